@@ -1,0 +1,213 @@
+"""Versioned JSON envelopes: what travels between master, broker and worker.
+
+Nothing on the wire is pickled. A task, a result and a dead letter are each a frozen
+dataclass with ``encode() -> bytes`` and ``decode(bytes)``; ``decode`` raises
+:class:`~distq.errors.EnvelopeError` with the reason on any malformed input.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from distq.errors import EnvelopeError
+
+VERSION = 1
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def new_id() -> str:
+    """A fresh random identifier (32 hex digits) for a task or a job."""
+    return uuid.uuid4().hex
+
+
+def _load(data: bytes | str, kind: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EnvelopeError(f"{kind} is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise EnvelopeError(f"{kind} must be a JSON object, got {type(obj).__name__}")
+    if obj.get("v") != VERSION:
+        raise EnvelopeError(f"{kind} has envelope version {obj.get('v')!r}, expected {VERSION}")
+    return obj
+
+
+def _field(obj: dict[str, Any], name: str, kind: str, typ: type | tuple[type, ...]) -> Any:
+    if name not in obj:
+        raise EnvelopeError(f"{kind} lacks the field {name!r}")
+    value = obj[name]
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise EnvelopeError(f"{kind} field {name!r} has the wrong type: {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One unit of work: call the registered function ``name`` with ``args``/``kwargs``.
+
+    ``reply_to`` names the result queue of the master that submitted it; ``attempt``
+    counts from 1 and grows on each retry after a failure.
+    """
+
+    name: str
+    args: list[Any]
+    reply_to: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=new_id)
+    attempt: int = 1
+    max_attempts: int = 3
+    created_at: float = field(default_factory=time.time)
+
+    def encode(self) -> bytes:
+        return _dumps(
+            {
+                "v": VERSION,
+                "id": self.id,
+                "name": self.name,
+                "args": self.args,
+                "kwargs": self.kwargs,
+                "reply_to": self.reply_to,
+                "attempt": self.attempt,
+                "max_attempts": self.max_attempts,
+                "created_at": self.created_at,
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> Task:
+        kind = "task"
+        obj = _load(data, kind)
+        return cls(
+            id=_field(obj, "id", kind, str),
+            name=_field(obj, "name", kind, str),
+            args=_field(obj, "args", kind, list),
+            kwargs=_field(obj, "kwargs", kind, dict),
+            reply_to=_field(obj, "reply_to", kind, str),
+            attempt=_field(obj, "attempt", kind, int),
+            max_attempts=_field(obj, "max_attempts", kind, int),
+            created_at=float(_field(obj, "created_at", kind, (int, float))),
+        )
+
+    def next_attempt(self) -> Task:
+        """The same task, one attempt later (for a retry after a failure)."""
+        return Task(
+            name=self.name,
+            args=self.args,
+            kwargs=self.kwargs,
+            reply_to=self.reply_to,
+            id=self.id,
+            attempt=self.attempt + 1,
+            max_attempts=self.max_attempts,
+            created_at=self.created_at,
+        )
+
+
+Status = Literal["ok", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of a task, sent to its ``reply_to`` queue.
+
+    ``status`` is ``"ok"`` with ``value`` set, or ``"error"`` (failed for good) with
+    ``error_type`` and ``error_message`` set.
+    """
+
+    task_id: str
+    status: Status
+    worker: str
+    attempt: int
+    started_at: float
+    duration: float
+    value: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+
+    def encode(self) -> bytes:
+        obj: dict[str, Any] = {
+            "v": VERSION,
+            "task_id": self.task_id,
+            "status": self.status,
+            "worker": self.worker,
+            "attempt": self.attempt,
+            "started_at": self.started_at,
+            "duration": self.duration,
+        }
+        if self.status == "ok":
+            obj["value"] = self.value
+        else:
+            obj["error"] = {"type": self.error_type, "message": self.error_message}
+        return _dumps(obj).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> Result:
+        kind = "result"
+        obj = _load(data, kind)
+        status = _field(obj, "status", kind, str)
+        if status not in ("ok", "error"):
+            raise EnvelopeError(f"result status must be 'ok' or 'error', got {status!r}")
+        error = obj.get("error") if status == "error" else None
+        if status == "error" and not isinstance(error, dict):
+            raise EnvelopeError("error result lacks the 'error' object")
+        return cls(
+            task_id=_field(obj, "task_id", kind, str),
+            status=status,
+            worker=_field(obj, "worker", kind, str),
+            attempt=_field(obj, "attempt", kind, int),
+            started_at=float(_field(obj, "started_at", kind, (int, float))),
+            duration=float(_field(obj, "duration", kind, (int, float))),
+            value=obj.get("value"),
+            error_type=error.get("type") if error else None,
+            error_message=error.get("message") if error else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message taken out of circulation for good, with the reason.
+
+    ``body`` is the original message as sent; kept as text when it is UTF-8, else as
+    base64 (``body_b64``), so a malformed message is preserved byte for byte.
+    """
+
+    body: bytes
+    reason: str
+    queue: str
+    worker: str
+    at: float = field(default_factory=time.time)
+
+    def encode(self) -> bytes:
+        obj: dict[str, Any] = {
+            "v": VERSION,
+            "reason": self.reason,
+            "queue": self.queue,
+            "worker": self.worker,
+            "at": self.at,
+        }
+        try:
+            obj["body"] = self.body.decode()
+        except UnicodeDecodeError:
+            obj["body_b64"] = base64.b64encode(self.body).decode()
+        return _dumps(obj).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> DeadLetter:
+        kind = "dead letter"
+        obj = _load(data, kind)
+        if "body_b64" in obj:
+            body = base64.b64decode(_field(obj, "body_b64", kind, str))
+        else:
+            body = _field(obj, "body", kind, str).encode()
+        return cls(
+            body=body,
+            reason=_field(obj, "reason", kind, str),
+            queue=_field(obj, "queue", kind, str),
+            worker=_field(obj, "worker", kind, str),
+            at=float(_field(obj, "at", kind, (int, float))),
+        )

@@ -1,0 +1,141 @@
+"""The transport seam: the one small contract every broker implements.
+
+A transport moves three kinds of message:
+
+* tasks, from a master's :class:`Producer` to a worker's :class:`Consumer`;
+* results, from a consumer back to the producer whose ``reply_to`` the task names;
+* dead letters, messages taken out of circulation for good, with the reason.
+
+Guarantee (the same on every transport): at-least-once delivery with leases.
+A delivery handed out by :meth:`Consumer.fetch` stays leased to that consumer while it
+calls :meth:`Consumer.heartbeat` at least every ``lease_seconds / 3``; if the consumer
+dies (SIGKILL, lost machine) its deliveries go back to the ready queue within about
+two lease periods. :meth:`Consumer.settle` publishes results, retries and dead letters
+durably *before* it removes the deliveries, so a crash between the two repeats a task
+and never loses one; masters drop the duplicate by task id.
+
+Everything is batched: ``submit``, ``results``, ``fetch`` and ``settle`` take or
+return many messages per broker round trip. Bodies are opaque ``bytes`` here; the
+envelopes in :mod:`distq.envelope` give them meaning.
+
+Threading: a ``Producer`` or ``Consumer`` is used by one thread at a time. A worker
+with concurrency C opens C consumers.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from distq.envelope import DeadLetter
+
+Role = Literal["master", "worker"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A task body handed to a consumer, with the transport's handle to settle it."""
+
+    body: bytes
+    tag: object
+    redelivered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How one delivery ends; every field but ``delivery`` is optional.
+
+    ``result`` goes to the queue ``reply_to``; ``retry`` (a new task body) is enqueued
+    again after ``retry_delay`` seconds; ``dead_letter`` (an encoded
+    :class:`~distq.envelope.DeadLetter`) goes to the dead-letter queue. Then the
+    delivery is acknowledged.
+    """
+
+    delivery: Delivery
+    reply_to: str | None = None
+    result: bytes | None = None
+    retry: bytes | None = None
+    retry_delay: float = 0.0
+    dead_letter: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts an operator cares about: waiting, leased to workers, dead-lettered."""
+
+    ready: int
+    in_flight: int
+    dead: int
+
+
+class Producer(abc.ABC):
+    """A master's end: submits tasks and receives the results sent to ``reply_to``."""
+
+    reply_to: str
+
+    @abc.abstractmethod
+    def submit(self, bodies: Sequence[bytes]) -> None:
+        """Enqueue task bodies; when this returns the broker holds them durably."""
+
+    @abc.abstractmethod
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        """Up to ``max_count`` result bodies; blocks up to ``timeout`` s for the first."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection and this producer's result queue."""
+
+
+class Consumer(abc.ABC):
+    """A worker's end: leases task deliveries and settles them."""
+
+    @abc.abstractmethod
+    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``max_count`` deliveries; blocks up to ``timeout`` s for the first.
+
+        Returns an empty list on timeout so the caller regains control regularly.
+        """
+
+    @abc.abstractmethod
+    def heartbeat(self) -> None:
+        """Renew the lease on every delivery this consumer holds."""
+
+    @abc.abstractmethod
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        """Publish results, retries and dead letters, then acknowledge the deliveries."""
+
+    @abc.abstractmethod
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand unprocessed deliveries back to the front of the ready queue."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection; deliveries still held return to the queue."""
+
+
+class Transport(abc.ABC):
+    """A connection to one broker and one task queue; a factory of producers and consumers."""
+
+    name: str
+
+    @abc.abstractmethod
+    def producer(self, reply_to: str) -> Producer:
+        """A producer whose results arrive on the queue named ``reply_to``."""
+
+    @abc.abstractmethod
+    def consumer(self, consumer_id: str) -> Consumer:
+        """A consumer identified by ``consumer_id`` (unique per worker thread)."""
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Read (without removing) up to ``limit`` dead letters, oldest first."""
+
+    @abc.abstractmethod
+    def stats(self) -> QueueStats:
+        """Ready, in-flight and dead counts of this transport's queue."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release every connection this transport opened."""
