@@ -7,10 +7,9 @@ the variable, what is wrong and what to set instead; the CLI turns it into exit 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from collections.abc import Callable
-from typing import Literal, TypeVar, cast
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from distq.errors import ConfigError
@@ -99,7 +98,7 @@ class Settings:
                 "DISTQ_AUTHKEY",
                 "is not set; the manager transport needs a shared secret: set the same "
                 "random value for master and workers, e.g. "
-                'DISTQ_AUTHKEY="$(python3 -c \'import secrets; print(secrets.token_hex(16))\')"',
+                "DISTQ_AUTHKEY=\"$(python3 -c 'import secrets; print(secrets.token_hex(16))')\"",
             )
         redis_url = raw("DISTQ_REDIS_URL") or ""
         _check_url("DISTQ_REDIS_URL", redis_url, ("redis", "rediss", "unix"), bad)
@@ -125,7 +124,7 @@ class Settings:
             if not 0 <= metrics_port <= 65535:
                 raise bad("DISTQ_METRICS_PORT", f"is {metrics_port}; use a port from 0 to 65535")
         return cls(
-            transport=cast(TransportName, transport),
+            transport=transport,
             manager_address=address,
             authkey=authkey,
             redis_url=redis_url,

@@ -35,7 +35,7 @@ class UnknownTask(DistqError):
     """A task names a function this worker has not registered."""
 
 
-class Shutdown(BaseException):  # noqa: N818 - control flow, not an error
+class Shutdown(BaseException):
     """Raised in the worker on the second SIGTERM/SIGINT: stop now, hand tasks back.
 
     Derives from BaseException so that ``except Exception`` in task code cannot swallow it.

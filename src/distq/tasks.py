@@ -1,0 +1,74 @@
+"""The task registry: which names a worker will run, and the built-in ``square``.
+
+Only registered names run. A user function is registered by its import path,
+``module:function`` (``distq worker --task mypkg.jobs:resize``), under that path as
+its name; arguments and return values must be JSON values.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+from distq.errors import ConfigError, UnknownTask
+
+TaskFunction = Callable[..., Any]
+
+
+def square(n: int, delay: float = 0.0) -> int:
+    """The tutorial's task: ``n * n``, after sleeping ``delay`` seconds."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"square() needs an integer, got {n!r}")
+    if delay:
+        time.sleep(delay)
+    return n * n
+
+
+class Registry:
+    """Task name -> function, with the signature cached to check arguments cheaply."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, tuple[TaskFunction, inspect.Signature]] = {}
+        self.register("square", square)
+
+    def register(self, name: str, function: TaskFunction) -> None:
+        self._tasks[name] = (function, inspect.signature(function))
+
+    def register_path(self, path: str) -> str:
+        """Import ``module:function`` and register it under ``path``; return the name."""
+        module_name, sep, attr = path.partition(":")
+        if not sep or not module_name or not attr:
+            raise ConfigError(f"--task {path!r}: use module:function, e.g. mypkg.jobs:resize")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"--task {path!r}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?"
+            ) from None
+        function = getattr(module, attr, None)
+        if not callable(function):
+            raise ConfigError(f"--task {path!r}: {module_name} has no function {attr!r}")
+        self.register(path, function)
+        return path
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def resolve(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> TaskFunction:
+        """The function for ``name``, once ``args``/``kwargs`` are known to fit it.
+
+        Raises :class:`UnknownTask`, or ``TypeError`` when the arguments do not fit.
+        """
+        try:
+            function, signature = self._tasks[name]
+        except KeyError:
+            raise UnknownTask(
+                f"no task named {name!r} is registered on this worker "
+                f"(registered: {', '.join(self.names())}); start the worker with "
+                f"--task module:function"
+            ) from None
+        signature.bind(*args, **kwargs)
+        return function

@@ -1,0 +1,397 @@
+"""The embedded default: queues hosted by the master over ``multiprocessing.managers``.
+
+The master runs a :class:`QueueBroker` in-process and serves it on
+``DISTQ_MANAGER_ADDRESS``; workers connect with the shared ``DISTQ_AUTHKEY`` (HMAC
+challenge before any message is unpickled, so only key holders can talk to it).
+Only ``bytes``/``str``/numbers cross the wire: the envelopes stay JSON.
+
+Leases are per consumer: every delivery a consumer holds shares one deadline, pushed
+back by ``fetch`` and ``heartbeat``. A reaper thread in the master puts the deliveries
+of a consumer whose deadline passed back at the front of the queue (a SIGKILLed
+worker's tasks run again within about one lease period) and moves due retries in.
+
+| queue name          | holds                                       |
+|---------------------|---------------------------------------------|
+| ``<queue>``         | ready task bodies, FIFO                     |
+| ``<queue>.dead``    | encoded dead letters                        |
+| reply_to (per job)  | result bodies for the master that owns it   |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing import AuthenticationError
+from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
+from typing import Any, TypeVar
+
+from distq.config import Settings
+from distq.envelope import DeadLetter
+from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
+from distq.transport.base import (
+    Consumer,
+    Delivery,
+    Producer,
+    QueueStats,
+    Role,
+    Settlement,
+    Transport,
+)
+
+# (token, body, redelivered) as handed to a consumer
+Wire = tuple[int, bytes, bool]
+# (token, reply_to, result, retry, retry_delay, dead_letter): a Settlement on the wire
+WireSettlement = tuple[int, str | None, bytes | None, bytes | None, float, bytes | None]
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class _Lease:
+    deadline: float
+    held: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+
+
+class QueueBroker:
+    """In-memory queues with per-consumer leases; thread-safe; lives in the master."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[str, deque[tuple[bytes, bool]]] = {}
+        self._ready: dict[str, threading.Condition] = {}
+        self._leases: dict[str, _Lease] = {}
+        self._delayed: list[tuple[float, int, str, bytes]] = []
+        self._tokens = itertools.count(1)
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    def start_reaper(self, interval: float) -> None:
+        """Expire leases and release due retries every ``interval`` seconds."""
+        self._reaper = threading.Thread(
+            target=self._reap_loop, args=(interval,), name="distq-reaper", daemon=True
+        )
+        self._reaper.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- producer side -------------------------------------------------------
+    def put(self, queue: str, bodies: Sequence[bytes]) -> None:
+        with self._lock:
+            self._queue(queue).extend((body, False) for body in bodies)
+            self._ready[queue].notify(len(bodies))
+
+    def get(self, queue: str, max_count: int, timeout: float) -> list[bytes]:
+        """Remove and return up to ``max_count`` bodies, waiting up to ``timeout`` s."""
+        with self._lock:
+            items = self._queue(queue)
+            if not items:
+                self._ready[queue].wait_for(lambda: bool(items), timeout)
+            return [items.popleft()[0] for _ in range(min(max_count, len(items)))]
+
+    def delete(self, queue: str) -> None:
+        with self._lock:
+            self._queues.pop(queue, None)
+            self._ready.pop(queue, None)
+
+    # -- consumer side -------------------------------------------------------
+    def fetch(
+        self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
+    ) -> list[Wire]:
+        with self._lock:
+            owner = self._renew(consumer, lease)
+            items = self._queue(queue)
+            if not items:
+                self._ready[queue].wait_for(lambda: bool(items), timeout)
+                owner = self._renew(consumer, lease)  # the reaper may have dropped us meanwhile
+            out: list[Wire] = []
+            for _ in range(min(max_count, len(items))):
+                body, redelivered = items.popleft()
+                token = next(self._tokens)
+                owner.held[token] = (queue, body)
+                out.append((token, body, redelivered))
+            return out
+
+    def heartbeat(self, consumer: str, lease: float) -> None:
+        with self._lock:
+            self._renew(consumer, lease)
+
+    def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None:
+        """Publish results, retries and dead letters, then drop the settled leases."""
+        now = time.monotonic()
+        with self._lock:
+            owner = self._leases.get(consumer)
+            for token, reply_to, result, retry, delay, dead in items:
+                if reply_to is not None and result is not None:
+                    self._push(reply_to, [result])
+                if retry is not None:
+                    if delay > 0:
+                        heapq.heappush(self._delayed, (now + delay, token, queue, retry))
+                    else:
+                        self._push(queue, [retry])
+                if dead is not None:
+                    self._push(f"{queue}.dead", [dead])
+                if owner is not None:
+                    owner.held.pop(token, None)
+
+    def release(self, consumer: str, tokens: Sequence[int]) -> None:
+        with self._lock:
+            owner = self._leases.get(consumer)
+            if owner is not None:
+                self._requeue(owner, tokens)
+
+    def disconnect(self, consumer: str) -> None:
+        """The consumer is leaving: everything it holds goes back to the front."""
+        with self._lock:
+            owner = self._leases.pop(consumer, None)
+            if owner is not None:
+                self._requeue(owner, list(owner.held))
+
+    # -- inspection ----------------------------------------------------------
+    def peek(self, queue: str, limit: int) -> list[bytes]:
+        with self._lock:
+            return [body for body, _ in itertools.islice(self._queue(queue), limit)]
+
+    def stats(self, queue: str) -> tuple[int, int, int]:
+        with self._lock:
+            ready = len(self._queue(queue)) + sum(1 for d in self._delayed if d[2] == queue)
+            in_flight = sum(
+                1 for lease in self._leases.values() for q, _ in lease.held.values() if q == queue
+            )
+            return ready, in_flight, len(self._queue(f"{queue}.dead"))
+
+    # -- internals (lock held) ------------------------------------------------
+    def _queue(self, name: str) -> deque[tuple[bytes, bool]]:
+        items = self._queues.get(name)
+        if items is None:
+            items = self._queues[name] = deque()
+            self._ready[name] = threading.Condition(self._lock)
+        return items
+
+    def _push(self, queue: str, bodies: list[bytes]) -> None:
+        self._queue(queue).extend((body, False) for body in bodies)
+        self._ready[queue].notify(len(bodies))
+
+    def _renew(self, consumer: str, lease: float) -> _Lease:
+        owner = self._leases.get(consumer)
+        if owner is None:
+            owner = self._leases[consumer] = _Lease(deadline=0.0)
+        owner.deadline = time.monotonic() + lease
+        return owner
+
+    def _requeue(self, owner: _Lease, tokens: Sequence[int]) -> None:
+        for token in reversed(tokens):
+            entry = owner.held.pop(token, None)
+            if entry is not None:
+                queue, body = entry
+                self._queue(queue).appendleft((body, True))
+                self._ready[queue].notify()
+
+    def _reap_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            now = time.monotonic()
+            with self._lock:
+                for name in [c for c, lease in self._leases.items() if lease.deadline < now]:
+                    owner = self._leases.pop(name)
+                    self._requeue(owner, sorted(owner.held))
+                while self._delayed and self._delayed[0][0] <= now:
+                    _, _, queue, body = heapq.heappop(self._delayed)
+                    self._push(queue, [body])
+
+
+_EXPOSED = (
+    "put",
+    "get",
+    "delete",
+    "fetch",
+    "heartbeat",
+    "settle",
+    "release",
+    "disconnect",
+    "peek",
+    "stats",
+)
+
+
+class _ClientManager(BaseManager):
+    """A worker's connection to the master's :class:`QueueBroker`."""
+
+
+_ClientManager.register("distq_broker", exposed=_EXPOSED)
+
+
+def _serving_manager(broker: QueueBroker, settings: Settings) -> BaseManager:
+    """A manager class of its own per master, so two masters in one process don't clash."""
+    cls: type[BaseManager] = type("_ServerManager", (BaseManager,), {})
+    cls.register("distq_broker", callable=lambda: broker, exposed=_EXPOSED)
+    return cls(address=settings.manager_address, authkey=settings.authkey)
+
+
+class ManagerTransport(Transport):
+    """``DISTQ_TRANSPORT=manager``: the master hosts the queues; workers connect to it."""
+
+    name = "manager"
+
+    def __init__(self, settings: Settings, role: Role) -> None:
+        if settings.authkey is None:  # Settings.load refuses this; here for direct callers
+            raise ConnectionFailed("DISTQ_AUTHKEY is not set; the manager transport needs it")
+        self._settings = settings
+        self._queue = settings.queue
+        self._server: Any = None  # multiprocessing's Server: untyped internals
+        self._broker: QueueBroker | None = None
+        self._manager: _ClientManager | None = None
+        host, port = settings.manager_address
+        self.address = f"{host}:{port}"
+        if role == "master":
+            broker = QueueBroker()
+            manager = _serving_manager(broker, settings)
+            try:
+                self._server = manager.get_server()
+            except OSError as exc:
+                raise ConnectionFailed(
+                    f"cannot listen on {self.address} (DISTQ_MANAGER_ADDRESS): {exc.strerror}; "
+                    "pick a free port or stop what uses it"
+                ) from None
+            broker.start_reaper(min(0.25, settings.lease_seconds / 4))
+            self._server.stop_event = threading.Event()  # serve_client() polls it
+            self._broker = broker
+            threading.Thread(target=self._accept, name="distq-accept", daemon=True).start()
+        else:
+            self._manager = _ClientManager(
+                address=settings.manager_address, authkey=settings.authkey
+            )
+            self._connect(self._manager.connect)
+
+    def _accept(self) -> None:
+        server = self._server
+        assert server is not None
+        while self._broker is not None:
+            try:
+                conn = server.listener.accept()
+            except (OSError, EOFError, AuthenticationError):
+                continue  # a failed handshake (wrong key, port scan) must not stop the master
+            threading.Thread(target=server.handle_request, args=(conn,), daemon=True).start()
+
+    def _connect(self, call: Callable[[], _T]) -> _T:
+        try:
+            return call()
+        except AuthenticationError:
+            raise AuthenticationFailed(
+                f"authentication failed: the master at {self.address} rejected DISTQ_AUTHKEY; "
+                "use the same key as the master"
+            ) from None
+        except OSError as exc:
+            raise ConnectionFailed(
+                f"cannot reach the master at {self.address} (DISTQ_MANAGER_ADDRESS): "
+                f"{exc.strerror or exc}; is `distq master` running there?"
+            ) from None
+
+    def _endpoint(self) -> Any:
+        """The broker: the object itself in the master, a fresh proxy in a worker."""
+        if self._broker is not None:
+            return self._broker
+        assert self._manager is not None
+        return self._connect(self._manager.distq_broker)  # type: ignore[attr-defined]
+
+    def producer(self, reply_to: str) -> Producer:
+        return ManagerProducer(self._endpoint(), self._queue, reply_to, self.address)
+
+    def consumer(self, consumer_id: str) -> Consumer:
+        return ManagerConsumer(
+            self._endpoint(), self._queue, consumer_id, self._settings.lease_seconds, self.address
+        )
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        bodies = _call(self.address, self._endpoint().peek, f"{self._queue}.dead", limit)
+        return [DeadLetter.decode(body) for body in bodies]
+
+    def stats(self) -> QueueStats:
+        ready, in_flight, dead = _call(self.address, self._endpoint().stats, self._queue)
+        return QueueStats(ready=ready, in_flight=in_flight, dead=dead)
+
+    def close(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            broker.stop()
+        if self._server is not None:
+            self._server.stop_event.set()
+            self._server.listener.close()
+
+
+def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
+    """Call the broker, turning a lost connection into :class:`TransportError`."""
+    try:
+        return method(*args)
+    except (OSError, EOFError) as exc:
+        raise TransportError(f"lost the connection to the master at {address}: {exc!r}") from None
+    except RemoteError as exc:
+        raise TransportError(f"the master at {address} failed a request: {exc}") from None
+
+
+class ManagerProducer(Producer):
+    def __init__(self, broker: Any, queue: str, reply_to: str, address: str) -> None:
+        self._broker, self._queue, self.reply_to, self._address = broker, queue, reply_to, address
+
+    def submit(self, bodies: Sequence[bytes]) -> None:
+        for start in range(0, len(bodies), 1000):
+            _call(self._address, self._broker.put, self._queue, list(bodies[start : start + 1000]))
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        return _call(self._address, self._broker.get, self.reply_to, max_count, timeout)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            self._broker.delete(self.reply_to)
+        _close_proxy(self._broker)
+
+
+class ManagerConsumer(Consumer):
+    def __init__(
+        self, broker: Any, queue: str, consumer_id: str, lease: float, address: str
+    ) -> None:
+        self._broker, self._queue, self._id = broker, queue, consumer_id
+        self._lease, self._address = lease, address
+
+    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+        wire: list[Wire] = _call(
+            self._address,
+            self._broker.fetch,
+            self._queue,
+            self._id,
+            max_count,
+            timeout,
+            self._lease,
+        )
+        return [Delivery(body=body, tag=token, redelivered=again) for token, body, again in wire]
+
+    def heartbeat(self) -> None:
+        _call(self._address, self._broker.heartbeat, self._id, self._lease)
+
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        items: list[WireSettlement] = [
+            (s.delivery.tag, s.reply_to, s.result, s.retry, s.retry_delay, s.dead_letter)  # type: ignore[misc]
+            for s in settlements
+        ]
+        _call(self._address, self._broker.settle, self._queue, self._id, items)
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        tokens = [d.tag for d in deliveries]
+        _call(self._address, self._broker.release, self._id, tokens)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, EOFError):  # the master gone means leases gone
+            self._broker.disconnect(self._id)
+        _close_proxy(self._broker)
+
+
+def _close_proxy(broker: Any) -> None:
+    if isinstance(broker, BaseProxy):
+        conn = getattr(getattr(broker, "_tls", None), "connection", None)
+        if conn is not None:
+            conn.close()

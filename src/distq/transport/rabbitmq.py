@@ -1,0 +1,572 @@
+"""RabbitMQ transport: AMQP 0-9-1 through pika's ``BlockingConnection``.
+
+``DISTQ_TRANSPORT=rabbitmq`` with ``DISTQ_AMQP_URL=amqp[s]://USER:PASSWORD@HOST[:PORT]/VHOST``
+(percent-encode the vhost: the default vhost ``/`` is ``%2F``; ``amqps`` verifies the
+server certificate against the system CAs unless pika's ``?ssl_options=`` says otherwise;
+other pika query arguments such as ``connection_attempts`` are honoured, ``heartbeat``
+is not: the lease decides it).
+
+Topology, declared idempotently by every transport (``Q`` = ``DISTQ_QUEUE``):
+
+============================  =========================================  ===================
+queue                         arguments                                  holds
+============================  =========================================  ===================
+``Q``                         durable; ``x-dead-letter-exchange: ""``,   tasks (persistent)
+                              ``x-dead-letter-routing-key: Q.dead``
+``Q.dead``                    durable                                    encoded DeadLetters
+``Q.retry.<ms>``              durable; ``x-message-ttl: ms``,            retries waiting out
+                              dead-lettering to ``Q``; ``x-expires:``    their delay, one
+                              ``ms`` + 1 h                               queue per delay
+``<reply_to>``                durable; ``x-expires: 1 h``                one master's results
+============================  =========================================  ===================
+
+Everything is published to the default exchange, persistent (``delivery_mode=2``).
+A message rejected with ``requeue=False`` from ``Q`` lands in ``Q.dead`` by itself;
+distq's own dead letters are published there as :class:`~distq.envelope.DeadLetter`.
+One queue per retry delay keeps a short delay from queueing behind a long one (RabbitMQ
+only expires messages at the head of a queue). The reply queue is durable so results
+survive a broker restart, and expires an hour after its master stopped consuming, so a
+master killed before :meth:`Producer.close` leaves nothing behind for good.
+
+Leases are the broker's: a delivery stays unacknowledged on the consumer's channel
+until it is settled or released. Each consumer's connection heartbeat is
+``max(1, round(lease_seconds))`` s, so RabbitMQ drops a frozen or vanished worker's
+connection within about two leases and requeues its deliveries (a SIGKILLed worker's
+TCP connection closes at once). :meth:`Consumer.heartbeat` services those heartbeats.
+RabbitMQ also has a ``consumer_timeout`` (30 min by default) after which it closes a
+channel holding an unacknowledged delivery; raise it for longer tasks.
+
+Publisher confirms, batched: pika's ``BlockingChannel.basic_publish`` in confirm mode
+waits for the broker's ack after every message (one round trip and, for persistent
+messages, one disk sync each). Instead each link puts its channel in confirm mode
+itself and tracks ``Basic.Ack``/``Basic.Nack`` by sequence number, publishes a whole
+batch, then waits once until every message is confirmed. This uses two pika
+internals, ``BlockingChannel._impl`` and ``BlockingChannel._flush_output``, the very
+ones ``basic_publish`` uses (pika is pinned below 2).
+
+Threading: pika is not thread-safe. Every producer and consumer owns one connection
+and channel and is used by one thread; nothing here calls pika from another thread.
+Code that must reach a connection from elsewhere has to go through
+``connection.add_callback_threadsafe``. The transport's own connection (topology,
+``stats``, ``dead_letters``) is guarded by a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pika
+import pika.exceptions
+
+from distq.config import Settings
+from distq.envelope import DeadLetter
+from distq.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    ConnectionFailed,
+    EnvelopeError,
+    TransportError,
+)
+from distq.transport.base import (
+    Consumer,
+    Delivery,
+    Producer,
+    QueueStats,
+    Role,
+    Settlement,
+    Transport,
+)
+
+_PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value)
+_HOUR_MS = 3_600_000
+_REPLY_PREFETCH = 1000  # results are small and the master dedupes; keep the pipe full
+_CONFIRM_WINDOW = 2000  # publishes per confirm wait in submit: bounds client-side buffering
+_RETRY_REDECLARE_S = 60.0  # re-declaring renews x-expires; well inside its hour
+_PRODUCER_HEARTBEAT = 60  # a master's connection holds no leases; tolerate a busy master
+_BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
+
+_PikaError = (pika.exceptions.AMQPError, OSError)
+
+
+@dataclass(frozen=True)
+class _Broker:
+    """Where and as whom to connect; knows how to name the broker in messages."""
+
+    url: str
+    host: str
+    port: int
+    user: str
+    vhost: str
+
+    @classmethod
+    def from_url(cls, url: str) -> _Broker:
+        try:
+            params = pika.URLParameters(url)
+        except ValueError as exc:
+            raise ConfigError(f"DISTQ_AMQP_URL is not a valid AMQP URL ({exc})") from None
+        user = unquote(urlsplit(url).username or params.credentials.username)
+        return cls(url, params.host, params.port, user, params.virtual_host)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def connect(self, heartbeat: int, name: str) -> Any:
+        """A new ``BlockingConnection``; pika's errors become distq's, without the password."""
+        params = pika.URLParameters(self.url)
+        params.heartbeat = heartbeat
+        params.blocked_connection_timeout = _BLOCKED_TIMEOUT
+        params.client_properties = {"connection_name": name}
+        where = f"RabbitMQ at {self.address} (DISTQ_AMQP_URL)"
+        try:
+            return pika.BlockingConnection(params)
+        except pika.exceptions.ProbableAuthenticationError:
+            raise AuthenticationFailed(
+                f"{where} refused user {self.user!r}; check the user and password"
+            ) from None
+        except pika.exceptions.ProbableAccessDeniedError as exc:
+            raise AuthenticationFailed(
+                f"{where} refused user {self.user!r} access to vhost {self.vhost!r} "
+                f"({_describe(exc)}); check that the vhost exists and the user may use it"
+            ) from None
+        except ssl.SSLError as exc:
+            raise ConnectionFailed(
+                f"TLS with {where} failed: {_describe(exc)}; check that the port speaks "
+                "TLS (amqps, usually 5671) and that its certificate is trusted"
+            ) from None
+        except _PikaError as exc:
+            raise ConnectionFailed(
+                f"cannot reach {where}: {_describe(exc)}; is it running?"
+            ) from None
+
+    @contextlib.contextmanager
+    def translated(self, what: str) -> Iterator[None]:
+        """Turn a pika or socket error raised inside into a :class:`TransportError`."""
+        try:
+            yield
+        except _PikaError as exc:
+            raise TransportError(
+                f"RabbitMQ at {self.address}: {what} failed: {_describe(exc)}"
+            ) from None
+
+
+def _describe(exc: BaseException) -> str:
+    """The innermost useful message of a pika exception (pika nests them in args)."""
+    while exc.args and isinstance(exc.args[0], BaseException):
+        exc = exc.args[0]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class _Link:
+    """One connection and one channel with batched publisher confirms, for one thread."""
+
+    def __init__(self, broker: _Broker, heartbeat: int, name: str) -> None:
+        self.broker = broker
+        self._sequence = 0
+        self._unconfirmed: set[int] = set()
+        self._nacked = 0
+        self._returned: list[str] = []
+        self.connection = broker.connect(heartbeat, name)
+        try:
+            with broker.translated("opening a channel"):
+                self.channel = self.connection.channel()
+                # BlockingChannel.confirm_delivery makes every publish wait; see module doc.
+                self._impl = self.channel._impl
+                self._impl.confirm_delivery(ack_nack_callback=self._on_confirm)
+                self._impl.add_on_return_callback(self._on_return)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.connection.is_open and self.channel.is_open)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        if method.multiple:
+            done = {seq for seq in self._unconfirmed if seq <= method.delivery_tag}
+        else:
+            done = {method.delivery_tag}
+        if isinstance(method, pika.spec.Basic.Nack):
+            self._nacked += len(done & self._unconfirmed)
+        self._unconfirmed -= done
+
+    def _on_return(self, _channel: Any, method: Any, _props: Any, _body: bytes) -> None:
+        self._returned.append(method.routing_key)
+
+    def publish(self, routing_key: str, body: bytes, *, mandatory: bool) -> None:
+        """Publish persistently via the default exchange; confirmed by :meth:`confirm`."""
+        self._sequence += 1
+        self._unconfirmed.add(self._sequence)
+        self._impl.basic_publish("", routing_key, body, _PERSISTENT, mandatory)
+
+    def confirm(self) -> None:
+        """Block until the broker confirmed everything published since the last call."""
+        if self._unconfirmed:
+            self.channel._flush_output(lambda: not self._unconfirmed)
+        nacked, returned = self._nacked, self._returned
+        self._nacked, self._returned = 0, []
+        if self._unconfirmed:
+            raise pika.exceptions.ChannelWrongStateError("channel closed before confirming")
+        if nacked:
+            raise TransportError(f"RabbitMQ at {self.broker.address} refused {nacked} message(s)")
+        if returned:
+            raise TransportError(
+                f"RabbitMQ at {self.broker.address} has no queue {sorted(set(returned))[0]!r} "
+                "to route to; was it deleted?"
+            )
+
+    def close(self) -> None:
+        with contextlib.suppress(*_PikaError):
+            if self.connection.is_open:
+                self.connection.close()
+
+
+def _receive_until(connection: Any, buffer: deque[Any], wanted: int, timeout: float) -> list[Any]:
+    """Up to ``wanted`` items from ``buffer``, filled by the connection's callbacks.
+
+    Picks up what has already arrived, then blocks up to ``timeout`` s for the first
+    item; ``process_data_events`` returns as soon as a delivery is dispatched.
+    """
+    if len(buffer) < wanted:
+        connection.process_data_events(time_limit=0)
+    deadline = time.monotonic() + timeout
+    while not buffer:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        connection.process_data_events(time_limit=remaining)
+    return [buffer.popleft() for _ in range(min(wanted, len(buffer)))]
+
+
+class RabbitMQTransport(Transport):
+    """Producers and consumers on one RabbitMQ task queue; see the module docstring."""
+
+    name = "rabbitmq"
+
+    def __init__(self, settings: Settings, role: Role) -> None:
+        self.settings = settings
+        self.role = role
+        self.queue = settings.queue
+        self.dead_queue = f"{settings.queue}.dead"
+        self._broker = _Broker.from_url(settings.amqp_url)
+        self._lock = threading.Lock()
+        self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
+        self._admin: _Link | None = None
+        with self._lock:
+            self._admin_link()
+
+    def task_queue_arguments(self) -> dict[str, Any]:
+        return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.dead_queue}
+
+    def declare(self, channel: Any) -> None:
+        """Declare the task queue and the dead-letter queue (idempotent)."""
+        try:
+            channel.queue_declare(self.queue, durable=True, arguments=self.task_queue_arguments())
+            channel.queue_declare(self.dead_queue, durable=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 406:
+                raise
+            raise TransportError(
+                f"RabbitMQ at {self._broker.address} already has queue {self.queue!r} or "
+                f"{self.dead_queue!r} with other arguments ({exc.reply_text}); delete them "
+                "or choose another DISTQ_QUEUE"
+            ) from None
+
+    def _admin_link(self, fresh: bool = False) -> _Link:
+        """The transport's own connection (heartbeats off: it idles between calls)."""
+        if self._admin is not None and not fresh and self._admin.is_open:
+            return self._admin
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+        link = _Link(self._broker, 0, f"distq {self.role} admin")
+        try:
+            with self._broker.translated("declaring the queues"):
+                self.declare(link.channel)
+        except BaseException:
+            link.close()
+            raise
+        self._admin = link
+        return link
+
+    def _with_admin(self, what: str, call: Callable[[Any], Any]) -> Any:
+        """Run ``call(channel)`` on the admin link, reconnecting once if it went stale."""
+        with self._lock:
+            try:
+                return call(self._admin_link().channel)
+            except _PikaError:
+                pass
+            with self._broker.translated(what):
+                return call(self._admin_link(fresh=True).channel)
+
+    def producer(self, reply_to: str) -> RabbitMQProducer:
+        producer = RabbitMQProducer(self, self._broker, reply_to)
+        self._children.append(producer)
+        return producer
+
+    def consumer(self, consumer_id: str) -> RabbitMQConsumer:
+        consumer = RabbitMQConsumer(self, self._broker, consumer_id)
+        self._children.append(consumer)
+        return consumer
+
+    def forget(self, child: RabbitMQProducer | RabbitMQConsumer) -> None:
+        with contextlib.suppress(ValueError):
+            self._children.remove(child)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Peek: ``basic_get`` up to ``limit`` without acking, then requeue them all.
+
+        A nack with ``requeue=True`` puts messages back at their original positions, so
+        the order is kept; while the peek lasts, other readers do not see them.
+        """
+
+        def peek(channel: Any) -> list[DeadLetter]:
+            got: list[tuple[Any, Any, bytes]] = []
+            try:
+                while len(got) < limit:
+                    method, props, body = channel.basic_get(self.dead_queue, auto_ack=False)
+                    if method is None:
+                        break
+                    got.append((method, props, body))
+            finally:
+                if got and channel.is_open:
+                    channel.basic_nack(got[-1][0].delivery_tag, multiple=True, requeue=True)
+            return [self._decode_dead(props, body) for _, props, body in got]
+
+        if limit <= 0:
+            return []
+        result: list[DeadLetter] = self._with_admin("reading dead letters", peek)
+        return result
+
+    def _decode_dead(self, props: Any, body: bytes) -> DeadLetter:
+        try:
+            return DeadLetter.decode(body)
+        except EnvelopeError:  # rejected straight from the task queue by someone else
+            deaths = (props.headers or {}).get("x-death") or [{}]
+            death = deaths[0]
+            reason, queue = death.get("reason", "dead-lettered"), death.get("queue", self.queue)
+            return DeadLetter(
+                body=body,
+                reason=f"{_text(reason)} by RabbitMQ",
+                queue=_text(queue),
+                worker="",
+                at=_timestamp(death.get("time")),
+            )
+
+    def stats(self) -> QueueStats:
+        """``ready`` and ``dead`` from passive declares; ``in_flight`` is partial.
+
+        AMQP does not report unacknowledged counts (only the management plugin does), so
+        ``in_flight`` counts the deliveries held by this process's consumers.
+        """
+
+        def counts(channel: Any) -> tuple[int, int]:
+            ready = channel.queue_declare(self.queue, passive=True).method.message_count
+            dead = channel.queue_declare(self.dead_queue, passive=True).method.message_count
+            return int(ready), int(dead)
+
+        ready, dead = self._with_admin("reading queue counts", counts)
+        held = sum(c.held for c in list(self._children) if isinstance(c, RabbitMQConsumer))
+        return QueueStats(ready=ready, in_flight=held, dead=dead)
+
+    def close(self) -> None:
+        """Close every producer and consumer still open, then the admin connection.
+
+        Call it after the threads using them are done: pika is not thread-safe.
+        """
+        for child in list(self._children):
+            child.close()
+        with self._lock:
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _timestamp(value: object) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    stamp = getattr(value, "timestamp", None)  # pika decodes AMQP timestamps to datetime
+    return float(stamp()) if callable(stamp) else time.time()
+
+
+class RabbitMQProducer(Producer):
+    """A master's link: publishes tasks, consumes its durable, self-expiring reply queue."""
+
+    def __init__(self, transport: RabbitMQTransport, broker: _Broker, reply_to: str) -> None:
+        self.reply_to = reply_to
+        self._transport = transport
+        self._broker = broker
+        self._results: deque[tuple[int, bytes]] = deque()
+        self._link = _Link(broker, _PRODUCER_HEARTBEAT, f"distq master {reply_to}")
+        try:
+            with broker.translated(f"declaring reply queue {reply_to!r}"):
+                channel = self._link.channel
+                channel.queue_declare(reply_to, durable=True, arguments={"x-expires": _HOUR_MS})
+                channel.basic_qos(prefetch_count=_REPLY_PREFETCH)
+                channel.basic_consume(reply_to, self._on_result, auto_ack=False)
+        except BaseException:
+            self._link.close()
+            raise
+
+    def _on_result(self, _channel: Any, method: Any, _props: Any, body: bytes) -> None:
+        self._results.append((method.delivery_tag, body))
+
+    def submit(self, bodies: Sequence[bytes]) -> None:
+        with self._broker.translated("submitting tasks"):
+            queue, link = self._transport.queue, self._link
+            for start in range(0, len(bodies), _CONFIRM_WINDOW):
+                for body in bodies[start : start + _CONFIRM_WINDOW]:
+                    link.publish(queue, body, mandatory=True)
+                link.confirm()
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        """Result bodies, oldest first; acked on return (the master dedupes by task id)."""
+        with self._broker.translated("receiving results"):
+            got = _receive_until(self._link.connection, self._results, max_count, timeout)
+            if got:  # everything older is in ``got`` too, so one cumulative ack suffices
+                self._link.channel.basic_ack(got[-1][0], multiple=True)
+        return [body for _, body in got]
+
+    def close(self) -> None:
+        """Delete the reply queue (best effort: x-expires is the fallback) and disconnect."""
+        self._transport.forget(self)
+        if self._link.connection.is_open:
+            with contextlib.suppress(*_PikaError):
+                self._link.channel.queue_delete(self.reply_to)
+        self._link.close()
+
+
+class RabbitMQConsumer(Consumer):
+    """A worker thread's link: ``basic_consume`` with ``basic_qos`` prefetch, manual acks."""
+
+    def __init__(self, transport: RabbitMQTransport, broker: _Broker, consumer_id: str) -> None:
+        self.consumer_id = consumer_id
+        self._transport = transport
+        self._broker = broker
+        self._buffer: deque[Delivery] = deque()
+        self._held: set[int] = set()  # delivered by the broker, not yet acked or nacked
+        self._retry_declared: dict[int, float] = {}
+        self._consuming = False
+        heartbeat = max(1, round(transport.settings.lease_seconds))
+        self._link = _Link(broker, heartbeat, f"distq worker {consumer_id}")
+
+    @property
+    def held(self) -> int:
+        """Deliveries this consumer holds unacknowledged (buffered or handed out)."""
+        return len(self._held)
+
+    def _on_task(self, _channel: Any, method: Any, _props: Any, body: bytes) -> None:
+        self._held.add(method.delivery_tag)
+        self._buffer.append(Delivery(body, method.delivery_tag, bool(method.redelivered)))
+
+    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+        with self._broker.translated("fetching tasks"):
+            if not self._consuming:
+                channel = self._link.channel
+                channel.basic_qos(prefetch_count=self._transport.settings.prefetch)
+                channel.basic_consume(
+                    self._transport.queue, self._on_task, consumer_tag=self.consumer_id
+                )
+                self._consuming = True
+            return _receive_until(self._link.connection, self._buffer, max_count, timeout)
+
+    def heartbeat(self) -> None:
+        """Service AMQP heartbeats (and buffer arriving deliveries); never blocks."""
+        with self._broker.translated("heartbeat"):
+            self._link.connection.process_data_events(time_limit=0)
+
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        if not settlements:
+            return
+        tags = self._tags_of(s.delivery for s in settlements)
+        for s in settlements:
+            if s.result is not None and not s.reply_to:
+                raise ValueError(f"settlement of delivery {s.delivery.tag} has no reply_to")
+        link, queue = self._link, self._transport.queue
+        with self._broker.translated("settling tasks"):
+            for s in settlements:
+                if s.retry is not None and s.retry_delay > 0:
+                    self._declare_retry_queue(_delay_ms(s.retry_delay))
+            for s in settlements:
+                if s.result is not None and s.reply_to:
+                    # not mandatory: a reply queue deleted by its master means nobody waits
+                    link.publish(s.reply_to, s.result, mandatory=False)
+                if s.retry is not None:
+                    target = queue
+                    if s.retry_delay > 0:
+                        target = f"{queue}.retry.{_delay_ms(s.retry_delay)}"
+                    link.publish(target, s.retry, mandatory=True)
+                if s.dead_letter is not None:
+                    link.publish(self._transport.dead_queue, s.dead_letter, mandatory=True)
+            link.confirm()
+            self._finish(tags, link.channel.basic_ack)
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        tags = self._tags_of(deliveries)
+        with self._broker.translated("releasing tasks"):
+            self._finish(tags, self._link.channel.basic_nack)
+
+    def _tags_of(self, deliveries: Iterable[Delivery]) -> list[int]:
+        tags = {d.tag for d in deliveries}
+        for tag in tags:
+            if not isinstance(tag, int) or tag not in self._held:
+                raise ValueError(
+                    f"delivery {tag!r} is not held by consumer {self.consumer_id!r} "
+                    "(settled or released already?)"
+                )
+        return sorted(t for t in tags if isinstance(t, int))
+
+    def _finish(self, tags: list[int], method: Callable[..., None]) -> None:
+        """Ack or nack (requeue) ``tags``: one cumulative frame when no older tag is held."""
+        self._held.difference_update(tags)
+        top = tags[-1]
+        if not self._held or min(self._held) > top:
+            method(top, multiple=True)
+        else:
+            for tag in tags:
+                method(tag)
+
+    def _declare_retry_queue(self, ms: int) -> None:
+        now = time.monotonic()
+        if now - self._retry_declared.get(ms, -_RETRY_REDECLARE_S) < _RETRY_REDECLARE_S:
+            return
+        self._link.channel.queue_declare(
+            f"{self._transport.queue}.retry.{ms}",
+            durable=True,
+            arguments={
+                "x-message-ttl": ms,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self._transport.queue,
+                "x-expires": ms + _HOUR_MS,
+            },
+        )
+        self._retry_declared[ms] = now
+
+    def close(self) -> None:
+        """Close the connection; RabbitMQ requeues every delivery still held."""
+        self._transport.forget(self)
+        self._link.close()
+        self._held.clear()  # the broker requeued them when the connection closed
+        self._buffer.clear()
+
+
+def _delay_ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

@@ -1,0 +1,479 @@
+"""``DISTQ_TRANSPORT=redis``: Redis >= 6.2 lists, leases in a sorted set, Lua for atomicity.
+
+URL (``DISTQ_REDIS_URL``, parsed by :meth:`redis.Redis.from_url`)::
+
+    redis://[[user]:password@]host[:port][/db]     plain TCP
+    rediss://[[user]:password@]host[:port][/db]    TLS (add ?ssl_cert_reqs=none for self-signed)
+    unix://[[user]:password@]/path/redis.sock?db=0
+
+Ready tasks live in a plain list named after the queue, so ``LLEN <queue>`` is the
+queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
+
+| key (``<q>`` = ``DISTQ_QUEUE``) | type | written by                       | read by            |
+|---------------------------------|------|----------------------------------|--------------------|
+| ``<q>``                         | list | submit LPUSH; requeue RPUSH      | claim, from tail   |
+| ``distq:<q>:inflight:<id>``     | list | claim (with the lease, atomic)   | settle, release    |
+| ``distq:<q>:consumers``         | zset | claim, heartbeat, settle         | sweep, stats       |
+| ``distq:<q>:delayed``           | zset | settle: retry with a delay       | sweep -> ``<q>``   |
+| ``distq:<q>:redelivered``       | set  | sweep, release, close            | claim (flag)       |
+| ``distq:<q>:dead``              | list | settle RPUSH, so oldest first    | dead_letters, LRANGE |
+| ``<reply_to>``                  | list | settle LPUSH of results          | results BRPOP      |
+
+``<reply_to>`` is whatever the master names (``distq:<q>:results:<job>``); its producer
+deletes it on close. ``<id>`` is the consumer id (one per worker thread); ``redelivered``
+holds bodies put back after a lease expired or a release, so their next delivery says so.
+``consumers`` maps consumer id -> lease deadline and ``delayed`` maps retry body -> due
+time, both in ms of the *Redis server's* clock (``TIME`` inside Lua), so worker clocks
+may drift freely. A claim moves tasks into the in-flight list and pushes the deadline in
+one script; ``heartbeat`` pushes it again. The sweep (inside every claim and heartbeat,
+and in producers while they wait) moves the in-flight list of every consumer past its
+deadline, and every due retry, back into ``<queue>``: no separate daemon.
+
+Not supported: Redis Cluster (scripts build in-flight key names at run time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
+from redis.retry import Retry
+
+from distq.config import Settings
+from distq.envelope import DeadLetter
+from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
+from distq.transport.base import (
+    Consumer,
+    Delivery,
+    Producer,
+    QueueStats,
+    Role,
+    Settlement,
+    Transport,
+)
+
+log = logging.getLogger(__name__)
+
+#: Longest single blocking call; long waits loop so leases and sweeps keep running.
+MAX_BLOCK_SECONDS = 5.0
+SUBMIT_CHUNK = 1000
+
+Arg = bytes | str | int | float
+
+
+class _Commands(Protocol):
+    """What scripts need of a client or a pipeline (the stubs leave pipelines untyped)."""
+
+    def execute_command(self, *args: Arg, **options: Any) -> Any: ...
+
+
+# Every consumer script gets KEYS = ready, consumers, delayed, redelivered, inflight, dead
+# and ARGV = consumer id, lease ms, in-flight key prefix, then its own arguments.
+_PRELUDE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- newest claim first to the tail, so the oldest claim ends up running next
+local function requeue_all(src, ready, again)
+  local body = redis.call('LMOVE', src, ready, 'LEFT', 'RIGHT')
+  while body do
+    redis.call('SADD', again, body)
+    body = redis.call('LMOVE', src, ready, 'LEFT', 'RIGHT')
+  end
+end
+local function sweep(ready, consumers, delayed, again, prefix, now)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', now, 'LIMIT', 0, 100)) do
+    requeue_all(prefix .. id, ready, again)
+    redis.call('ZREM', consumers, id)
+  end
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+  if #due > 0 then
+    redis.call('LPUSH', ready, unpack(due))
+    redis.call('ZREM', delayed, unpack(due))
+  end
+end
+"""
+
+# Returns {ms until the next delayed retry is due or -1, head flag, body, flag, ...}.
+_CLAIM = """
+local now = now_ms()
+sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+local again = redis.call('SCARD', KEYS[4]) > 0
+local out = {-1, 0}
+if again and ARGV[5] == '1' then
+  -- the body a pipelined BLMOVE just put at the head of our in-flight list
+  local head = redis.call('LINDEX', KEYS[5], 0)
+  if head then out[2] = redis.call('SREM', KEYS[4], head) end
+end
+local n = tonumber(ARGV[4])
+while n > 0 do
+  local got = redis.call('RPOP', KEYS[1], math.min(n, 1000))
+  if not got then break end
+  redis.call('LPUSH', KEYS[5], unpack(got))
+  for _, body in ipairs(got) do
+    out[#out + 1] = body
+    out[#out + 1] = again and redis.call('SREM', KEYS[4], body) or 0
+  end
+  n = n - #got
+end
+local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if first[2] then out[1] = math.max(0, tonumber(first[2]) - now) end
+return out
+"""
+
+# ARGV[4..]: triples (op, arg, body); publishing ops ('r' result to KEYS[arg], 't' retry
+# after arg ms, 'd' dead letter) come before the acks ('a') so a failure repeats, never loses.
+_SETTLE = """
+local now = now_ms()
+for i = 4, #ARGV, 3 do
+  local op, arg, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if op == 'r' then
+    redis.call('LPUSH', KEYS[tonumber(arg)], body)
+  elseif op == 't' then
+    if tonumber(arg) > 0 then
+      redis.call('ZADD', KEYS[3], now + tonumber(arg), body)
+    else
+      redis.call('LPUSH', KEYS[1], body)
+    end
+  elseif op == 'd' then
+    redis.call('RPUSH', KEYS[6], body)
+  else
+    redis.call('LREM', KEYS[5], -1, body)
+  end
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+"""
+
+_RELEASE = """
+for i = 4, #ARGV do
+  if redis.call('LREM', KEYS[5], -1, ARGV[i]) > 0 then
+    redis.call('RPUSH', KEYS[1], ARGV[i])
+    redis.call('SADD', KEYS[4], ARGV[i])
+  end
+end
+"""
+
+_CLOSE = """
+requeue_all(KEYS[5], KEYS[1], KEYS[4])
+redis.call('ZREM', KEYS[2], ARGV[1])
+"""
+
+_SWEEP = """
+sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now_ms())
+"""
+
+_STATS = """
+local inflight = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  inflight = inflight + redis.call('LLEN', ARGV[3] .. id)
+end
+return {redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3]), inflight,
+        redis.call('LLEN', KEYS[6])}
+"""
+
+
+class RedisTransport(Transport):
+    """One connection pool to the Redis in ``settings.redis_url``, for one queue."""
+
+    name = "redis"
+
+    def __init__(self, settings: Settings, role: Role) -> None:
+        self.settings = settings
+        queue = settings.queue
+        self.ready_key = queue
+        self.consumers_key = f"distq:{queue}:consumers"
+        self.delayed_key = f"distq:{queue}:delayed"
+        self.redelivered_key = f"distq:{queue}:redelivered"
+        self.dead_key = f"distq:{queue}:dead"
+        self.inflight_prefix = f"distq:{queue}:inflight:"
+        self.lease_ms = max(1, int(settings.lease_seconds * 1000))
+        # below the lease, so a consumer blocked in BLMOVE still holds a fresh lease
+        self.block_slice = min(MAX_BLOCK_SECONDS, settings.lease_seconds / 3)
+        try:
+            self.client: redis.Redis[bytes] = redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=self.block_slice + 5.0,  # a blocking call never trips it
+                socket_connect_timeout=5.0,
+                socket_keepalive=True,
+                # no silent retries: a re-sent claim whose reply was lost strands tasks
+                retry=Retry(NoBackoff(), 0),
+                client_name=f"distq-{role}",
+            )
+        except ValueError as exc:
+            raise ConfigError(f"DISTQ_REDIS_URL is not a valid Redis URL ({exc})") from None
+        kwargs = self.client.connection_pool.connection_kwargs
+        self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
+        self._connect()
+        self.claim_script = _Script(_PRELUDE + _CLAIM)
+        self.settle_script = _Script(_PRELUDE + _SETTLE)
+        self.release_script = _Script(_RELEASE)
+        self.close_script = _Script(_PRELUDE + _CLOSE)
+        self.sweep_script = _Script(_PRELUDE + _SWEEP)
+        self.stats_script = _Script(_STATS)
+        with self.errors():
+            # a pipelined EVALSHA cannot load its script on the fly, so load it now
+            self.client.execute_command("SCRIPT LOAD", self.claim_script.source)
+
+    def _connect(self) -> None:
+        """Ping at start so a wrong password or address fails now, with the fix."""
+        try:
+            self.client.ping()
+            version = str(self.client.info("server").get("redis_version", "0"))
+        except AuthenticationError as exc:
+            raise self._refused(exc) from None
+        except ResponseError as exc:
+            if "AUTH" in str(exc).upper():  # e.g. a password sent to a server without one
+                raise self._refused(exc) from None
+            raise ConnectionFailed(f"Redis at {self.address} failed at start: {exc}") from None
+        except RedisError as exc:
+            raise ConnectionFailed(
+                f"cannot reach Redis at {self.address} (DISTQ_REDIS_URL): {exc}; is it running?"
+            ) from None
+        if tuple(int(p) for p in version.split(".")[:2]) < (6, 2):
+            raise ConnectionFailed(
+                f"Redis at {self.address} is version {version}; distq needs Redis >= 6.2"
+            )
+
+    def _refused(self, exc: Exception) -> AuthenticationFailed:
+        return AuthenticationFailed(
+            f"Redis at {self.address} refused the credentials in DISTQ_REDIS_URL: {exc}; "
+            "check the password"
+        )
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Translate redis-py errors raised mid-operation into distq's error tree."""
+        try:
+            yield
+        except AuthenticationError as exc:
+            raise self._refused(exc) from None
+        except RedisError as exc:
+            raise TransportError(f"Redis at {self.address}: {exc}") from None
+
+    def keys(self, inflight: str = "") -> list[str]:
+        """KEYS as every script expects them (see the comment above ``_PRELUDE``)."""
+        return [
+            self.ready_key,
+            self.consumers_key,
+            self.delayed_key,
+            self.redelivered_key,
+            inflight,
+            self.dead_key,
+        ]
+
+    def new_client(self) -> redis.Redis[bytes]:
+        """A client on the shared pool, for one producer or consumer."""
+        return redis.Redis[bytes](connection_pool=self.client.connection_pool)
+
+    def producer(self, reply_to: str) -> Producer:
+        return RedisProducer(self, reply_to)
+
+    def consumer(self, consumer_id: str) -> Consumer:
+        return RedisConsumer(self, consumer_id)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self.errors():
+            bodies: list[bytes] = self.client.lrange(self.dead_key, 0, limit - 1)
+        return [DeadLetter.decode(body) for body in bodies]
+
+    def stats(self) -> QueueStats:
+        """``ready`` counts ``<queue>`` plus delayed retries; ``in_flight`` every lease."""
+        with self.errors():
+            ready, in_flight, dead = self.stats_script(
+                self.client, self.keys(), ["", 0, self.inflight_prefix]
+            )
+        return QueueStats(ready=int(ready), in_flight=int(in_flight), dead=int(dead))
+
+    def sweep(self, client: redis.Redis[bytes]) -> None:
+        """Requeue expired leases and due retries (consumers also do it on every claim)."""
+        self.sweep_script(client, self.keys(), ["", 0, self.inflight_prefix])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisProducer(Producer):
+    """LPUSHes tasks onto ``<queue>``; pops results from the tail of ``reply_to``."""
+
+    def __init__(self, transport: RedisTransport, reply_to: str) -> None:
+        self.reply_to = reply_to
+        self._t = transport
+        self._r = transport.new_client()
+
+    def submit(self, bodies: Sequence[bytes]) -> None:
+        if not bodies:
+            return
+        with self._t.errors():
+            pipe = self._r.pipeline(transaction=False)
+            for start in range(0, len(bodies), SUBMIT_CHUNK):
+                pipe.lpush(self._t.ready_key, *bodies[start : start + SUBMIT_CHUNK])
+            pipe.execute()
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        with self._t.errors():
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return self._rpop(max_count)
+                pipe = self._r.pipeline(transaction=False)
+                # BRPOP wakes on the first result; the RPOP behind it takes the rest
+                pipe.brpop([self.reply_to], timeout=_seconds(min(remaining, self._t.block_slice)))
+                if max_count > 1:
+                    pipe.rpop(self.reply_to, max_count - 1)
+                replies = pipe.execute()
+                if replies[0] is not None:
+                    more = replies[1] if len(replies) > 1 and replies[1] else []
+                    return [replies[0][1], *more]
+                self._t.sweep(self._r)  # idle: bring back a dead worker's tasks meanwhile
+
+    def _rpop(self, count: int) -> list[bytes]:
+        got: list[bytes] | None = self._r.rpop(self.reply_to, count)
+        return got or []
+
+    def close(self) -> None:
+        try:
+            self._r.delete(self.reply_to)
+        except RedisError as exc:  # closing must not mask the caller's own error
+            log.warning("could not delete result list %s: %s", self.reply_to, exc)
+        self._r.close()
+
+
+class RedisConsumer(Consumer):
+    """Leases tasks into ``distq:<queue>:inflight:<id>``, one deadline for all of them."""
+
+    def __init__(self, transport: RedisTransport, consumer_id: str) -> None:
+        self.consumer_id = consumer_id
+        self._t = transport
+        self._r = transport.new_client()
+        self.inflight_key = transport.inflight_prefix + consumer_id
+        self._keys = transport.keys(self.inflight_key)
+        self._args: list[Arg] = [consumer_id, transport.lease_ms, transport.inflight_prefix]
+
+    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        with self._t.errors():
+            reply = self._t.claim_script(self._r, self._keys, [*self._args, max_count, 0])
+            out = _deliveries(reply[2:])
+            while not out:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                block = min(remaining, self._t.block_slice)
+                if reply[0] >= 0:  # wake up when the next delayed retry is due
+                    block = min(block, reply[0] / 1000)
+                reply, out = self._block_then_claim(block, max_count)
+        return out
+
+    def _block_then_claim(self, block: float, max_count: int) -> tuple[Any, list[Delivery]]:
+        """One round trip: BLMOVE one task, then the claim script for the rest + the lease."""
+        pipe = self._r.pipeline(transaction=False)
+        _send(
+            pipe, "BLMOVE", self._t.ready_key, self.inflight_key, "RIGHT", "LEFT", _seconds(block)
+        )
+        claim = [*self._args, max_count - 1, 1]
+        _send(pipe, "EVALSHA", self._t.claim_script.sha, len(self._keys), *self._keys, *claim)
+        first, reply = pipe.execute(raise_on_error=False)
+        if isinstance(first, Exception):
+            raise first
+        if isinstance(reply, NoScriptError):  # Redis restarted or SCRIPT FLUSH
+            reply = self._t.claim_script(self._r, self._keys, claim)
+        elif isinstance(reply, Exception):
+            raise reply
+        out = _deliveries(reply[2:])
+        if first is not None:
+            out.insert(0, Delivery(body=first, tag=first, redelivered=reply[1] == 1))
+        return reply, out
+
+    def heartbeat(self) -> None:
+        with self._t.errors():
+            self._t.claim_script(self._r, self._keys, [*self._args, 0, 0])
+
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        if not settlements:
+            return
+        keys = list(self._keys)
+        index: dict[str, int] = {}  # reply_to -> its position in KEYS (1-based, for Lua)
+        publish: list[Arg] = []
+        acks: list[Arg] = []
+        for s in settlements:
+            if s.result is not None:
+                if s.reply_to is None:
+                    raise ValueError("a Settlement with a result needs reply_to")
+                if s.reply_to not in index:
+                    keys.append(s.reply_to)
+                    index[s.reply_to] = len(keys)
+                publish += ["r", index[s.reply_to], s.result]
+            if s.retry is not None:
+                publish += ["t", max(0, round(s.retry_delay * 1000)), s.retry]
+            if s.dead_letter is not None:
+                publish += ["d", 0, s.dead_letter]
+            acks += ["a", 0, _tag(s.delivery)]
+        with self._t.errors():
+            self._t.settle_script(self._r, keys, [*self._args, *publish, *acks])
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        # RPUSH in reverse so the first delivery ends up at the tail: it runs next
+        tags = [_tag(d) for d in reversed(deliveries)]
+        with self._t.errors():
+            self._t.release_script(self._r, self._keys, [*self._args, *tags])
+
+    def close(self) -> None:
+        try:
+            self._t.close_script(self._r, self._keys, self._args)
+        except RedisError as exc:  # the lease expires instead, so nothing is lost
+            log.warning("consumer %s could not hand back its tasks: %s", self.consumer_id, exc)
+        self._r.close()
+
+
+class _Script:
+    """A Lua script run by EVALSHA, falling back to EVAL when the server lost it.
+
+    Ours rather than redis-py's ``Script``, which adds a SCRIPT EXISTS round trip to
+    every pipeline that runs one; pipelines send ``EVALSHA`` with :func:`_send`.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, client: _Commands, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        try:
+            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:  # Redis restarted or SCRIPT FLUSH; EVAL caches it again
+            return client.execute_command("EVAL", self.source, len(keys), *keys, *args)
+
+
+def _send(pipe: _Commands, *args: Arg) -> None:
+    """Queue a raw command on a pipeline (the stubs type BLMOVE's timeout as int)."""
+    pipe.execute_command(*args)
+
+
+def _deliveries(pairs: list[Any]) -> list[Delivery]:
+    """Claim-script output (body, redelivered flag, ...) as deliveries; tag = body."""
+    return [
+        Delivery(body=pairs[i], tag=pairs[i], redelivered=pairs[i + 1] == 1)
+        for i in range(0, len(pairs), 2)
+    ]
+
+
+def _tag(delivery: Delivery) -> bytes:
+    if not isinstance(delivery.tag, bytes):
+        raise TypeError(f"not a Redis delivery: tag {delivery.tag!r}")
+    return delivery.tag
+
+
+def _seconds(value: float) -> float:
+    """A blocking timeout for Redis: 0 would mean forever, so at least 1 ms."""
+    return max(0.001, round(value, 3))

@@ -1,0 +1,347 @@
+"""The worker: lease tasks, run them, settle them, until told to stop.
+
+Lifecycle (read :meth:`Worker.run` top to bottom): connect one consumer per slot,
+install signal handlers, loop (fetch a batch, run it while heartbeating, settle it in
+one call), and hand back whatever is still in hand on the way out.
+
+Shutdown, sized for Kubernetes' ``terminationGracePeriodSeconds`` (default 30 s):
+the first SIGTERM/SIGINT is warm (stop fetching, finish the task running in each
+slot, hand back the rest of its batch); the second is cold (hand back everything in
+hand at once, including running tasks, which another worker will run again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Literal
+
+from distq.console import Console
+from distq.envelope import DeadLetter, Result, Task
+from distq.errors import EnvelopeError, Shutdown, TransportError, UnknownTask
+from distq.health import WorkerHealth
+from distq.metrics import WorkerMetrics
+from distq.tasks import Registry
+from distq.transport.base import Consumer, Delivery, Settlement, Transport
+
+Outcome = Literal["ok", "failed", "retried", "malformed"]
+TARGET_BATCH_SECONDS = 0.005  # fetch about this much work at once: throughput without hoarding
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Exponential backoff before attempt ``attempt + 1``: 0.5 s, 1 s, 2 s, ... capped."""
+    return float(min(cap, base * 2 ** (attempt - 1)))
+
+
+@dataclass
+class WorkerOptions:
+    concurrency: int = 1
+    prefetch: int = 32
+    heartbeat_interval: float = 5 / 3
+    exit_when_idle: float | None = None
+    worker_id: str = ""
+
+
+class _Batch:
+    """Deliveries handed to a slot's runner thread, and the settlements it produced."""
+
+    def __init__(self, deliveries: list[Delivery]) -> None:
+        self.deliveries = deliveries
+        self.settled: list[tuple[Settlement, Outcome]] = []
+        self.done = threading.Event()
+
+
+class Worker:
+    """Runs registered tasks from one transport with ``concurrency`` slots."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        registry: Registry,
+        options: WorkerOptions,
+        console: Console,
+        health: WorkerHealth | None = None,
+        metrics: WorkerMetrics | None = None,
+        queue_name: str = "distq",
+    ) -> None:
+        self.transport, self.registry, self.options = transport, registry, options
+        self.console, self.metrics, self.queue_name = console, metrics, queue_name
+        self.health = health or WorkerHealth()
+        self.id = options.worker_id or default_worker_id()
+        self._stopping = threading.Event()  # warm: finish what runs, take nothing new
+        self._abort = threading.Event()  # cold: hand back everything now
+        self._signals = 0
+
+    # -- lifecycle -------------------------------------------------------------
+    def run(self) -> int:
+        """Work until a signal or ``exit_when_idle``; return the exit code (0)."""
+        started = time.monotonic()
+        slots = [
+            threading.Thread(target=self._slot, args=(i,), name=f"distq-slot-{i}", daemon=True)
+            for i in range(self.options.concurrency)
+        ]
+        previous = self._install_signal_handlers()
+        try:
+            for slot in slots:
+                slot.start()
+            while any(slot.is_alive() for slot in slots):
+                for slot in slots:
+                    slot.join(0.2)
+                idle = self.options.exit_when_idle
+                if (
+                    idle is not None
+                    and not self._stopping.is_set()
+                    and self.health.idle_for() >= idle
+                ):
+                    self.console.info("task_queue is empty")
+                    self._stopping.set()
+        except Shutdown:
+            self._abort.set()
+            self._stopping.set()
+            for slot in slots:
+                slot.join(5)
+        finally:
+            self._restore_signal_handlers(previous)
+        snap = self.health.snapshot()
+        self.console.info(
+            f"worker exit. {snap.tasks_ok} ok, {snap.tasks_failed} failed for good, "
+            f"{snap.tasks_retried} retried, {snap.dead_lettered} dead-lettered "
+            f"in {time.monotonic() - started:.1f} s"
+        )
+        return 0
+
+    def stop(self, cold: bool = False) -> None:
+        """Ask the worker to stop (what a signal does); safe from any thread."""
+        self._stopping.set()
+        if cold:
+            self._abort.set()
+
+    def _install_signal_handlers(self) -> dict[int, object]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, object] = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, self._on_signal)
+        return previous
+
+    def _restore_signal_handlers(self, previous: dict[int, object]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            self.console.info(
+                f"{name}: finishing the tasks that run, handing back the rest "
+                f"(send {name} again to stop at once)"
+            )
+            self._stopping.set()
+        else:
+            self.console.info(f"{name} again: handing back every task in hand and exiting")
+            raise Shutdown
+
+    # -- one slot: a consumer and the thread that runs its tasks ---------------
+    def _slot(self, index: int) -> None:
+        consumer: Consumer | None = None
+        runner: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
+        threading.Thread(
+            target=self._run_batches, args=(runner,), name=f"distq-run-{index}", daemon=True
+        ).start()
+        batch_size, seconds_per_task = 1, 0.0
+        poll = min(self.options.heartbeat_interval, 1.0)
+        try:
+            while not self._stopping.is_set():
+                if consumer is None:
+                    consumer = self._connect(f"{self.id}-{index}")
+                    continue
+                try:
+                    deliveries = consumer.fetch(batch_size, poll)
+                    if not deliveries:
+                        continue
+                    self.health.took(len(deliveries))
+                    started = time.perf_counter()
+                    batch = self._execute(consumer, runner, deliveries)
+                    elapsed = time.perf_counter() - started
+                    seconds_per_task = 0.5 * seconds_per_task + 0.5 * elapsed / len(deliveries)
+                    batch_size = max(
+                        1,
+                        min(
+                            self.options.prefetch,
+                            int(TARGET_BATCH_SECONDS / seconds_per_task)
+                            if seconds_per_task > 0
+                            else self.options.prefetch,
+                        ),
+                    )
+                    self._settle(consumer, batch)
+                except Exception as exc:  # a transport bug must not kill the slot either
+                    self.console.error(f"{exc}; reconnecting")
+                    self._close(consumer)
+                    self.health.connected(False)
+                    consumer = None
+                    self._stopping.wait(1.0)
+        finally:
+            self._close(consumer)
+
+    def _connect(self, consumer_id: str) -> Consumer | None:
+        try:
+            consumer = self.transport.consumer(consumer_id)
+        except TransportError as exc:
+            self.console.error(f"{exc}; retrying in 1 s")
+            self._stopping.wait(1.0)
+            return None
+        self.health.connected(True)
+        return consumer
+
+    @staticmethod
+    def _close(consumer: Consumer | None) -> None:
+        if consumer is not None:
+            with contextlib.suppress(TransportError):  # a dead connection's leases expire anyway
+                consumer.close()
+
+    def _execute(
+        self, consumer: Consumer, runner: queue.SimpleQueue[_Batch], deliveries: list[Delivery]
+    ) -> _Batch:
+        """Hand the batch to the runner thread; heartbeat while it runs."""
+        batch = _Batch(deliveries)
+        runner.put(batch)
+        interval = self.options.heartbeat_interval
+        next_beat = time.monotonic() + interval
+        while not batch.done.wait(min(0.1, interval)):
+            if self._abort.is_set():
+                break
+            if time.monotonic() >= next_beat:
+                consumer.heartbeat()
+                next_beat = time.monotonic() + interval
+        return batch
+
+    def _settle(self, consumer: Consumer, batch: _Batch) -> None:
+        settled = list(batch.settled)  # the runner may still append on a cold stop
+        unstarted = batch.deliveries[len(settled) :]
+        if settled:
+            consumer.settle([s for s, _ in settled])
+        if unstarted:
+            consumer.release(unstarted)
+        counts: dict[str, int] = {"ok": 0, "failed": 0, "retried": 0, "malformed": 0}
+        for _, outcome in settled:
+            counts[outcome] += 1
+        self.health.finished(released=len(unstarted), **counts)
+        if self.metrics is not None:
+            for name, count in counts.items():
+                if count:
+                    self.metrics.tasks.labels(name).inc(count)
+            if unstarted:
+                self.metrics.tasks.labels("released").inc(len(unstarted))
+            self.metrics.in_hand.set(self.health.in_hand)
+
+    # -- running tasks (the runner thread) -------------------------------------
+    def _run_batches(self, runner: queue.SimpleQueue[_Batch]) -> None:
+        while True:
+            batch = runner.get()
+            try:
+                for delivery in batch.deliveries:
+                    if self._stopping.is_set() and batch.settled:
+                        break  # warm stop: finish one task per batch at most, hand back the rest
+                    batch.settled.append(self.process(delivery))
+            finally:
+                batch.done.set()
+
+    def process(self, delivery: Delivery) -> tuple[Settlement, Outcome]:
+        """Run one delivery and decide how it ends. Never raises for bad input."""
+        try:
+            task = Task.decode(delivery.body)
+        except EnvelopeError as exc:
+            reason = f"malformed message: {exc}"
+            self.console.error(f"dead-lettered a {reason}")
+            return Settlement(delivery, dead_letter=self._dead(delivery, reason)), "malformed"
+        if not self.console.quiet:
+            shown = (
+                task.args[0] if task.name == "square" and task.args else f"{task.name}{task.args}"
+            )
+            self.console.lines([f"Get task {shown} from task_queue."])
+        started_at, started = time.time(), time.perf_counter()
+        try:
+            function = self.registry.resolve(task.name, task.args, task.kwargs)
+        except (UnknownTask, TypeError) as exc:
+            return self._fail(delivery, task, exc, started_at, 0.0, retryable=False)
+        try:
+            value = function(*task.args, **task.kwargs)
+            duration = time.perf_counter() - started
+            body = Result(
+                task_id=task.id,
+                status="ok",
+                worker=self.id,
+                attempt=task.attempt,
+                started_at=started_at,
+                duration=duration,
+                value=value,
+            ).encode()
+        except (TypeError, ValueError) as exc:
+            duration = time.perf_counter() - started
+            if "JSON serializable" in str(exc):
+                return self._fail(delivery, task, exc, started_at, duration, retryable=False)
+            return self._fail(delivery, task, exc, started_at, duration, retryable=True)
+        except Exception as exc:
+            duration = time.perf_counter() - started
+            return self._fail(delivery, task, exc, started_at, duration, retryable=True)
+        if self.metrics is not None:
+            self.metrics.task_seconds.observe(duration)
+        return Settlement(delivery, reply_to=task.reply_to, result=body), "ok"
+
+    def _fail(
+        self,
+        delivery: Delivery,
+        task: Task,
+        exc: BaseException,
+        started_at: float,
+        duration: float,
+        retryable: bool,
+    ) -> tuple[Settlement, Outcome]:
+        error = f"{type(exc).__name__}: {exc}"
+        if retryable and task.attempt < task.max_attempts:
+            delay = retry_delay(task.attempt)
+            self.console.error(
+                f"task {task.name} {task.id} attempt {task.attempt}/{task.max_attempts} "
+                f"failed ({error}); retrying in {delay:g} s"
+            )
+            return Settlement(delivery, retry=task.next_attempt().encode(), retry_delay=delay), (
+                "retried"
+            )
+        reason = (
+            f"failed {task.attempt} of {task.max_attempts} attempts; last error: {error}"
+            if retryable
+            else f"cannot run: {error}"
+        )
+        self.console.error(f"task {task.name} {task.id} dead-lettered: {reason}")
+        result = Result(
+            task_id=task.id,
+            status="error",
+            worker=self.id,
+            attempt=task.attempt,
+            started_at=started_at,
+            duration=duration,
+            error_type=type(exc).__name__,
+            error_message=reason,
+        ).encode()
+        return Settlement(
+            delivery,
+            reply_to=task.reply_to,
+            result=result,
+            dead_letter=self._dead(delivery, reason),
+        ), "failed"
+
+    def _dead(self, delivery: Delivery, reason: str) -> bytes:
+        return DeadLetter(
+            body=delivery.body, reason=reason, queue=self.queue_name, worker=self.id
+        ).encode()
