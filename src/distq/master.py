@@ -8,6 +8,7 @@ submitted and finishes when each has a result (ok or failed for good), or when
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
@@ -72,7 +73,7 @@ class _Pending:
 
 def percentile(sorted_values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of already sorted values, nearest-rank."""
-    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values) + 0.5) - 1))
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
     return sorted_values[index]
 
 

@@ -1,0 +1,107 @@
+"""Shared fixtures: one ``target`` per transport, pointing at a real broker.
+
+``target`` is parametrized over ``manager``, ``redis`` and ``rabbitmq``; the broker
+fixtures (tests/brokers.py) are requested only by the transports that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+
+from distq.config import Settings
+from distq.transport import Transport, open_transport
+
+pytest_plugins = ["brokers"]
+
+REPO = Path(__file__).resolve().parent.parent
+TRANSPORTS = ("manager", "redis", "rabbitmq")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Target:
+    """One transport on one real broker: settings, and the same as environment variables."""
+
+    name: str
+    settings: Settings
+    env: dict[str, str] = field(default_factory=dict)
+    bad_credentials_env: dict[str, str] = field(default_factory=dict)
+
+    def fresh(self, **changes: object) -> Target:
+        """The same target on a queue (and, for manager, a port) of its own."""
+        queue = f"t{secrets.token_hex(4)}"
+        settings = replace(self.settings, queue=queue, **changes)  # type: ignore[arg-type]
+        if self.name == "manager":
+            settings = replace(settings, manager_address=("127.0.0.1", free_port()))
+        env = dict(self.env, DISTQ_QUEUE=queue, DISTQ_LEASE_SECONDS=str(settings.lease_seconds))
+        bad = dict(self.bad_credentials_env, DISTQ_QUEUE=queue)
+        if self.name == "manager":
+            address = f"127.0.0.1:{settings.manager_address[1]}"
+            env["DISTQ_MANAGER_ADDRESS"] = bad["DISTQ_MANAGER_ADDRESS"] = address
+        return Target(self.name, settings, env, bad)
+
+    def process_env(self, **extra: str) -> dict[str, str]:
+        """An environment for a distq subprocess on this target."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+        env.update(self.env)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra)
+        return env
+
+
+@pytest.fixture(params=TRANSPORTS)
+def target(request: pytest.FixtureRequest) -> Target:
+    """A fresh queue on a real broker, once per transport."""
+    name: str = request.param
+    if name == "manager":
+        key = secrets.token_hex(16)
+        settings = Settings(transport="manager", authkey=key.encode(), lease_seconds=1.0)
+        return Target(
+            name,
+            settings,
+            {"DISTQ_TRANSPORT": "manager", "DISTQ_AUTHKEY": key},
+            {"DISTQ_TRANSPORT": "manager", "DISTQ_AUTHKEY": "not-" + key},
+        ).fresh()
+    broker = request.getfixturevalue("redis_broker" if name == "redis" else "rabbitmq_broker")
+    var = "DISTQ_REDIS_URL" if name == "redis" else "DISTQ_AMQP_URL"
+    field_name = "redis_url" if name == "redis" else "amqp_url"
+    settings = Settings(transport=name, lease_seconds=1.0, **{field_name: broker.url})  # type: ignore[arg-type]
+    return Target(
+        name,
+        settings,
+        {"DISTQ_TRANSPORT": name, var: broker.url},
+        {"DISTQ_TRANSPORT": name, var: broker.bad_credentials_url},
+    ).fresh()
+
+
+@pytest.fixture
+def hosted(target: Target) -> Iterator[Transport]:
+    """The master's side of ``target``: for manager this process hosts the queues."""
+    transport = open_transport(target.settings, "master")
+    yield transport
+    transport.close()
+
+
+@pytest.fixture
+def remote(target: Target, hosted: Transport) -> Iterator[Transport]:
+    """A worker's side of ``target``, connected over the network like a real worker."""
+    transport = open_transport(target.settings, "worker")
+    yield transport
+    transport.close()
+
+
+PYTHON = sys.executable

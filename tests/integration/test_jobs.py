@@ -1,0 +1,198 @@
+"""End to end: ``distq master`` and ``distq worker`` as real processes on every transport."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Target, free_port
+from distq.envelope import Result, Task
+from distq.transport import Transport
+from procs import Distq
+
+pytestmark = pytest.mark.integration
+
+RESULT_LINE = re.compile(r"^Get result (\d+) \* (\d+) = (\d+) from result_queue\.$", re.M)
+
+Spawn = Callable[..., Distq]
+
+
+@pytest.fixture
+def spawn(target: Target) -> Iterator[Spawn]:
+    """Start distq subprocesses on ``target``; every one is stopped at teardown."""
+    started: list[Distq] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Distq:
+        proc = Distq(list(args), env if env is not None else target.process_env())
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def start_master(spawn: Spawn, *args: str) -> Distq:
+    master = spawn("master", *args)
+    master.wait_for(r"^master .* transport")  # for manager: the queues are hosted from here on
+    return master
+
+
+def test_job_completes_with_every_result_once(spawn: Spawn, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    # 20 ms per task: long enough for both workers to join before the job ends
+    master = start_master(
+        spawn, "--tasks", "200", "--task-delay", "0.02", "--timeout", "60", "--report", str(report)
+    )
+    workers = [spawn("worker", "--exit-when-idle", "3", "-q") for _ in range(2)]
+    assert master.wait(90) == 0, master.output()
+    out = master.output()
+    lines = RESULT_LINE.findall(out)
+    assert len(lines) == 200
+    assert all(a == b and int(a) ** 2 == int(c) for a, b, c in lines)
+    assert len(re.findall(r"^put task \d+ into task_queue \.\.\.\.$", out, re.M)) == 200
+    assert "all 200 results in and correct" in out and out.rstrip().endswith("master exit")
+    data = json.loads(report.read_text())
+    assert (data["ok"], data["failed"], data["missing"], data["duplicates"]) == (200, 0, 0, 0)
+    for worker in workers:
+        assert worker.wait(30) == 0, worker.output()
+    done = sum(int(re.search(r"worker exit\. (\d+) ok", w.output()).group(1)) for w in workers)  # type: ignore[union-attr]
+    assert done >= 200
+
+
+def test_sigkill_mid_task_loses_nothing(spawn: Spawn, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    master = start_master(
+        spawn, "--tasks", "10", "--task-delay", "0.5", "--timeout", "90", "--report", str(report)
+    )
+    victim = spawn("worker", "--worker-id", "victim")
+    victim.wait_for(r"Get task \d+ from task_queue")  # a task is in hand, mid-sleep
+    victim.signal(signal.SIGKILL)
+    assert victim.wait(10) == -signal.SIGKILL
+    taken_by_victim = set(re.findall(r"Get task (\d+) from", victim.output()))
+    survivor = spawn("worker", "--worker-id", "survivor", "--exit-when-idle", "3")
+    assert master.wait(90) == 0, master.output() + survivor.output()
+    data = json.loads(report.read_text())
+    assert (data["ok"], data["missing"], data["failed"]) == (10, 0, 0)
+    assert len(RESULT_LINE.findall(master.output())) == 10  # each result exactly once
+    redone = set(re.findall(r"Get task (\d+) from", survivor.output()))
+    assert taken_by_victim & redone, "the killed worker's task ran again on the survivor"
+
+
+def test_poison_messages_are_dead_lettered_and_the_worker_goes_on(
+    target: Target, hosted: Transport, spawn: Spawn
+) -> None:
+    producer = hosted.producer(f"{target.settings.queue}.results.poison")
+    reply = producer.reply_to
+    unknown = Task(name="nowhere:nothing", args=[1], reply_to=reply)
+    failing = Task(name="jobs:always_fail", args=[3], reply_to=reply, max_attempts=2)
+    good = Task(name="square", args=[4], reply_to=reply)
+    producer.submit([b"{not json", unknown.encode(), failing.encode(), good.encode()])
+    worker = spawn("worker", "--task", "jobs:always_fail")
+    results: dict[str, Result] = {}
+    for _ in range(100):
+        for body in producer.results(10, 0.2):
+            result = Result.decode(body)
+            results[result.task_id] = result
+        if len(results) == 3:
+            break
+    assert results[good.id].status == "ok" and results[good.id].value == 16
+    assert results[unknown.id].status == "error"
+    assert results[unknown.id].error_type == "UnknownTask"
+    assert results[failing.id].status == "error"
+    assert results[failing.id].attempt == 2
+    letters = hosted.dead_letters()
+    reasons = sorted(letter.reason for letter in letters)
+    assert len(letters) == 3, reasons
+    assert any(r.startswith("malformed message") for r in reasons)
+    assert any("no task named 'nowhere:nothing'" in r for r in reasons)
+    assert any("failed 2 of 2 attempts" in r and "RuntimeError" in r for r in reasons)
+    assert b"{not json" in {letter.body for letter in letters}
+    assert worker.proc.poll() is None, "the worker keeps going"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0, worker.output()
+    producer.close()
+
+
+def test_sigterm_finishes_the_task_in_hand(spawn: Spawn) -> None:
+    master = start_master(spawn, "--tasks", "1", "--task-delay", "1.5", "--timeout", "60")
+    worker = spawn("worker")
+    worker.wait_for(r"Get task \d+ from task_queue")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0, worker.output()
+    assert "SIGTERM: finishing" in worker.output()
+    assert master.wait(30) == 0, master.output()
+    assert len(RESULT_LINE.findall(master.output())) == 1
+
+
+@pytest.mark.parametrize("target", ["redis", "rabbitmq"], indirect=True)
+def test_two_masters_on_one_broker_get_their_own_results(spawn: Spawn, tmp_path: Path) -> None:
+    # manager is absent on purpose: each manager master hosts its own queues
+    one = spawn(
+        "master",
+        "--tasks",
+        "150",
+        "--seed",
+        "1",
+        "--timeout",
+        "60",
+        "--report",
+        str(tmp_path / "one.json"),
+    )
+    two = spawn(
+        "master",
+        "--tasks",
+        "120",
+        "--seed",
+        "2",
+        "--timeout",
+        "60",
+        "--report",
+        str(tmp_path / "two.json"),
+    )
+    for _ in range(2):
+        spawn("worker", "--exit-when-idle", "3", "-q")
+    assert one.wait(90) == 0, one.output()
+    assert two.wait(90) == 0, two.output()
+    assert len(RESULT_LINE.findall(one.output())) == 150
+    assert len(RESULT_LINE.findall(two.output())) == 120
+    for name, count in (("one", 150), ("two", 120)):
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        assert (data["ok"], data["missing"], data["duplicates"]) == (count, 0, 0)
+
+
+def test_unreachable_broker_at_start_exits_3(target: Target, spawn: Spawn) -> None:
+    port = free_port()
+    env = target.process_env(
+        DISTQ_MANAGER_ADDRESS=f"127.0.0.1:{port}",
+        DISTQ_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        DISTQ_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{port}/%2F",
+    )
+    worker = spawn("worker", "--connect-timeout", "0.5", env=env)
+    assert worker.wait(30) == 3
+    out = worker.output()
+    assert "cannot reach" in out and f"127.0.0.1:{port}" in out
+    assert "Traceback" not in out
+    if target.name != "manager":  # a manager master listens instead of connecting
+        master = spawn("master", "--tasks", "1", env=env)
+        assert master.wait(30) == 3
+        assert "cannot reach" in master.output() and "Traceback" not in master.output()
+
+
+def test_wrong_credentials_exit_3_with_a_clear_line(target: Target, spawn: Spawn) -> None:
+    if target.name == "manager":
+        start_master(spawn, "--tasks", "1", "--timeout", "30")
+    bad = target.process_env(**target.bad_credentials_env)
+    worker = spawn("worker", "--connect-timeout", "1", env=bad)
+    assert worker.wait(30) == 3
+    out = worker.output()
+    assert "Traceback" not in out
+    if target.name == "manager":
+        assert "authentication failed" in out
+    else:
+        assert "refused" in out

@@ -1,0 +1,76 @@
+"""Run ``distq`` as real subprocesses and watch what they print."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+class Distq:
+    """A ``python -m distq ...`` subprocess whose output (stdout+stderr) goes to a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.args = args
+        self._log = Path(tempfile.mkstemp(prefix="distq-", suffix=".log")[1])
+        with self._log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "distq", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self._log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """Wait until the output matches ``pattern`` (a regex); fail with the output if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.output(), re.MULTILINE)
+            if found:
+                return found
+            if self.proc.poll() is not None:
+                found = re.search(pattern, self.output(), re.MULTILINE)
+                if found:
+                    return found
+                raise AssertionError(
+                    f"distq {' '.join(self.args)} exited {self.proc.returncode} before printing "
+                    f"{pattern!r}:\n{self.output()}"
+                )
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output()}")
+
+    def wait(self, timeout: float = 60.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(
+                f"distq {' '.join(self.args)} still running after {timeout} s:\n{self.output()}"
+            ) from None
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        """End the process (ours, by PID): SIGTERM, then SIGKILL."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.unlink(missing_ok=True)

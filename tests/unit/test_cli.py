@@ -1,0 +1,64 @@
+"""The command line: exit codes and one actionable line for every bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    clean["PYTHONPATH"] = str(REPO / "src")
+    return subprocess.run(
+        [sys.executable, "-m", "distq", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["worker"], {}, "DISTQ_AUTHKEY is not set"),
+        (["worker"], {"DISTQ_TRANSPORT": "kafka"}, "DISTQ_TRANSPORT is 'kafka'"),
+        (
+            ["master", "--lease-seconds", "x"],
+            {"DISTQ_AUTHKEY": "k"},
+            "DISTQ_LEASE_SECONDS --lease-seconds",
+        ),
+        (["worker", "--task", "nomodule_xyz:f"], {"DISTQ_AUTHKEY": "k"}, "cannot import"),
+        (["master", "--tasks", "0"], {"DISTQ_AUTHKEY": "k"}, "must be greater than 0"),
+    ],
+)
+def test_bad_configuration_exits_2_with_one_line(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
+    done = distq(*args, **env)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_master_cannot_listen_on_a_busy_port() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = distq("master", DISTQ_AUTHKEY="k", DISTQ_MANAGER_ADDRESS=f"127.0.0.1:{port}")
+    assert done.returncode == 3
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def test_version_and_help() -> None:
+    assert distq("--version").stdout.startswith("distq ")
+    assert "--exit-when-idle" in distq("worker", "--help").stdout

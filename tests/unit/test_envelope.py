@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distq.envelope import DeadLetter, Result, Task
+from distq.errors import EnvelopeError
+
+
+def test_task_round_trip_and_next_attempt() -> None:
+    task = Task(name="square", args=[7], kwargs={"delay": 0.1}, reply_to="r", max_attempts=4)
+    again = Task.decode(task.encode())
+    assert again == task
+    later = again.next_attempt()
+    assert (later.id, later.attempt, later.max_attempts) == (task.id, 2, 4)
+
+
+def test_envelopes_are_json_not_pickle() -> None:
+    body = Task(name="square", args=[3], reply_to="r").encode()
+    assert json.loads(body)["v"] == 1
+
+
+def test_result_round_trips() -> None:
+    ok = Result(
+        task_id="t", status="ok", worker="w", attempt=1, started_at=1.0, duration=0.5, value=9
+    )
+    assert Result.decode(ok.encode()) == ok
+    bad = Result(
+        task_id="t",
+        status="error",
+        worker="w",
+        attempt=3,
+        started_at=1.0,
+        duration=0.5,
+        error_type="RuntimeError",
+        error_message="boom",
+    )
+    assert Result.decode(bad.encode()) == bad
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"v": 2}', "version"),
+        (b'{"v": 1, "id": "x"}', "lacks the field"),
+        (
+            b'{"v":1,"id":"x","name":5,"args":[],"kwargs":{},"reply_to":"r","attempt":1,'
+            b'"max_attempts":3,"created_at":0}',
+            "wrong type",
+        ),
+        (
+            b'{"v":1,"id":"x","name":"n","args":[],"kwargs":{},"reply_to":"r","attempt":true,'
+            b'"max_attempts":3,"created_at":0}',
+            "wrong type",
+        ),
+    ],
+)
+def test_malformed_tasks_say_why(body: bytes, reason: str) -> None:
+    with pytest.raises(EnvelopeError, match=reason):
+        Task.decode(body)
+
+
+def test_dead_letter_keeps_binary_bodies_byte_for_byte() -> None:
+    for body in (b"\xff\x00 raw", b'{"text": "fine"}'):
+        letter = DeadLetter(body=body, reason="r", queue="q", worker="w")
+        assert DeadLetter.decode(letter.encode()) == letter

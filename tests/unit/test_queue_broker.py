@@ -1,0 +1,73 @@
+"""The manager transport's in-master queues: leases, requeues, retries (no network)."""
+
+from __future__ import annotations
+
+import time
+
+from distq.transport.manager import QueueBroker
+
+
+def test_fetch_leases_and_settle_publishes() -> None:
+    broker = QueueBroker()
+    broker.put("q", [b"a", b"b"])
+    got = broker.fetch("q", "c1", 10, 0.1, 5.0)
+    assert [body for _, body, _ in got] == [b"a", b"b"]
+    assert broker.stats("q") == (0, 2, 0)
+    token = got[0][0]
+    broker.settle("q", "c1", [(token, "r", b"result", None, 0.0, b"dead")])
+    assert broker.get("r", 10, 0) == [b"result"]
+    assert broker.stats("q") == (0, 1, 1)
+
+
+def test_expired_lease_requeues_at_the_front_and_marks_redelivered() -> None:
+    broker = QueueBroker()
+    broker.start_reaper(0.02)
+    broker.put("q", [b"a", b"b", b"c"])
+    broker.fetch("q", "dies", 2, 0.1, 0.1)
+    time.sleep(0.3)
+    got = broker.fetch("q", "lives", 10, 0.1, 5.0)
+    assert [(body, again) for _, body, again in got] == [(b"a", True), (b"b", True), (b"c", False)]
+    broker.stop()
+
+
+def test_heartbeat_extends_the_lease() -> None:
+    broker = QueueBroker()
+    broker.start_reaper(0.02)
+    broker.put("q", [b"a"])
+    broker.fetch("q", "c1", 1, 0.1, 0.2)
+    for _ in range(5):
+        time.sleep(0.1)
+        broker.heartbeat("c1", 0.2)
+    assert broker.stats("q") == (0, 1, 0)
+    broker.stop()
+
+
+def test_settling_after_the_lease_expired_still_delivers_the_result() -> None:
+    broker = QueueBroker()
+    broker.put("q", [b"a"])
+    ((token, _, _),) = broker.fetch("q", "slow", 1, 0.1, 5.0)
+    broker.disconnect("slow")  # as if the lease had expired
+    broker.settle("q", "slow", [(token, "r", b"late", None, 0.0, None)])
+    assert broker.get("r", 10, 0) == [b"late"]  # at-least-once: the master drops the duplicate
+
+
+def test_delayed_retry_becomes_ready_after_its_delay() -> None:
+    broker = QueueBroker()
+    broker.start_reaper(0.02)
+    broker.put("q", [b"a"])
+    ((token, _, _),) = broker.fetch("q", "c1", 1, 0.1, 5.0)
+    broker.settle("q", "c1", [(token, None, None, b"a2", 0.3, None)])
+    assert broker.fetch("q", "c1", 1, 0.1, 5.0) == []
+    assert [body for _, body, _ in broker.fetch("q", "c1", 1, 1.0, 5.0)] == [b"a2"]
+    broker.stop()
+
+
+def test_release_and_disconnect_hand_back_to_the_front() -> None:
+    broker = QueueBroker()
+    broker.put("q", [b"a", b"b", b"c", b"d"])
+    got = broker.fetch("q", "c1", 3, 0.1, 5.0)
+    broker.release("c1", [got[1][0]])
+    assert [body for _, body, _ in broker.fetch("q", "c2", 1, 0.1, 5.0)] == [b"b"]
+    broker.disconnect("c1")
+    rest = broker.fetch("q", "c2", 10, 0.1, 5.0)
+    assert [(body, again) for _, body, again in rest] == [(b"a", True), (b"c", True), (b"d", False)]

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+
+from distq.errors import ConfigError, UnknownTask
+from distq.tasks import Registry, square
+
+
+def test_square() -> None:
+    assert square(733) == 537289
+    with pytest.raises(TypeError):
+        square("3")  # type: ignore[arg-type]
+
+
+def test_unknown_names_and_bad_arguments() -> None:
+    registry = Registry()
+    with pytest.raises(UnknownTask, match="no task named 'nope'"):
+        registry.resolve("nope", [], {})
+    with pytest.raises(TypeError):
+        registry.resolve("square", [1, 2, 3], {})
+    assert registry.resolve("square", [2], {"delay": 0}) is square
+
+
+def test_register_by_import_path() -> None:
+    registry = Registry()
+    assert registry.register_path("jobs:echo") == "jobs:echo"
+    assert registry.resolve("jobs:echo", ["x"], {})("x") == "x"
+    for bad in ("jobs", "no_such_module_xyz:f", "jobs:missing"):
+        with pytest.raises(ConfigError, match="--task"):
+            registry.register_path(bad)
