@@ -1,0 +1,12 @@
+"""The worker service's entrypoint: `distq worker`, configured by DISTQ_* variables.
+
+Container images and Kubernetes manifests run this file; all logic lives in the distq
+package.
+"""
+
+import sys
+
+from distq.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["worker", *sys.argv[1:]]))
