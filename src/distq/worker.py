@@ -82,6 +82,7 @@ class Worker:
         self._stopping = threading.Event()  # warm: finish what runs, take nothing new
         self._abort = threading.Event()  # cold: hand back everything now
         self._signals = 0
+        self._outage = False  # shared by slots: an outage is reported once, not per slot
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> int:
@@ -186,7 +187,8 @@ class Worker:
                     )
                     self._settle(consumer, batch)
                 except Exception as exc:  # a transport bug must not kill the slot either
-                    self.console.error(f"{exc}; reconnecting")
+                    self.console.error(f"{exc}; reconnecting every second")
+                    self._outage = True
                     self._close(consumer)
                     self.health.connected(False)
                     consumer = None
@@ -198,9 +200,14 @@ class Worker:
         try:
             consumer = self.transport.consumer(consumer_id)
         except TransportError as exc:
-            self.console.error(f"{exc}; retrying in 1 s")
+            if not self._outage:  # one line per outage, not one per attempt
+                self.console.error(f"{exc}; retrying every second")
+                self._outage = True
             self._stopping.wait(1.0)
             return None
+        if self._outage:
+            self._outage = False
+            self.console.info(f"reconnected ({consumer_id})")
         self.health.connected(True)
         return consumer
 

@@ -328,7 +328,11 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
     """Call the broker, turning a lost connection into :class:`TransportError`."""
     try:
         return method(*args)
-    except (OSError, EOFError) as exc:
+    except EOFError:
+        raise TransportError(
+            f"the master at {address} closed the connection (its job is done, or it stopped)"
+        ) from None
+    except OSError as exc:
         raise TransportError(f"lost the connection to the master at {address}: {exc!r}") from None
     except RemoteError as exc:
         raise TransportError(f"the master at {address} failed a request: {exc}") from None
