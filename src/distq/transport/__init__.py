@@ -3,7 +3,7 @@
 | transport | broker                          | lease held by                         |
 |-----------|---------------------------------|---------------------------------------|
 | manager   | the master (multiprocessing)    | per-consumer heartbeat in the master  |
-| redis     | Redis >= 6.2 (list per queue)   | per-consumer heartbeat key with a TTL |
+| redis     | Redis >= 6.2 (list per queue)   | per-consumer deadline in a sorted set (server clock) |
 | rabbitmq  | RabbitMQ (AMQP 0-9-1 via pika)  | the AMQP channel (connection heartbeat) |
 """
 

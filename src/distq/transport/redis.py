@@ -13,7 +13,7 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 |---------------------------------|------|----------------------------------|--------------------|
 | ``<q>``                         | list | submit LPUSH; requeue RPUSH      | claim, from tail   |
 | ``distq:<q>:inflight:<id>``     | list | claim (with the lease, atomic)   | settle, release    |
-| ``distq:<q>:consumers``         | zset | claim, heartbeat, settle         | sweep, stats       |
+| ``distq:<q>:consumers``         | zset | claim, heartbeat, close          | sweep, stats       |
 | ``distq:<q>:delayed``           | zset | settle: retry with a delay       | sweep -> ``<q>``   |
 | ``distq:<q>:redelivered``       | set  | sweep, release, close            | claim (flag)       |
 | ``distq:<q>:dead``              | list | settle RPUSH, so oldest first    | dead_letters, LRANGE |
@@ -25,9 +25,9 @@ holds bodies put back after a lease expired or a release, so their next delivery
 ``consumers`` maps consumer id -> lease deadline and ``delayed`` maps retry body -> due
 time, both in ms of the *Redis server's* clock (``TIME`` inside Lua), so worker clocks
 may drift freely. A claim moves tasks into the in-flight list and pushes the deadline in
-one script; ``heartbeat`` pushes it again. The sweep (inside every claim and heartbeat,
-and in producers while they wait) moves the in-flight list of every consumer past its
-deadline, and every due retry, back into ``<queue>``: no separate daemon.
+one script; ``heartbeat`` pushes it again. The sweep (in every heartbeat, in a claim that
+finds ``<q>`` short, in producers while they wait) moves the in-flight list of every
+consumer past its deadline, and every due retry, back into ``<q>``: no separate daemon.
 
 Not supported: Redis Cluster (scripts build in-flight key names at run time).
 """
@@ -81,12 +81,19 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- newest claim first to the tail, so the oldest claim ends up running next
+-- one variadic call per 1000 items: Lua's unpack() has a stack limit
+local function push(cmd, key, items)
+  for i = 1, #items, 1000 do
+    redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+-- LRANGE lists the newest claim first, so the oldest claim ends at the tail: runs next
 local function requeue_all(src, ready, again)
-  local body = redis.call('LMOVE', src, ready, 'LEFT', 'RIGHT')
-  while body do
-    redis.call('SADD', again, body)
-    body = redis.call('LMOVE', src, ready, 'LEFT', 'RIGHT')
+  local held = redis.call('LRANGE', src, 0, -1)
+  if #held > 0 then
+    redis.call('DEL', src)
+    push('RPUSH', ready, held)
+    push('SADD', again, held)
   end
 end
 local function sweep(ready, consumers, delayed, again, prefix, now)
@@ -102,44 +109,58 @@ local function sweep(ready, consumers, delayed, again, prefix, now)
 end
 """
 
+# ARGV[4] = how many to claim, ARGV[5] = '1' after a BLMOVE (flag the in-flight head).
 # Returns {ms until the next delayed retry is due or -1, head flag, body, flag, ...}.
+# Sweeps only when the ready list runs short (or on a heartbeat): the hot path stays lean.
 _CLAIM = """
 local now = now_ms()
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-local again = redis.call('SCARD', KEYS[4]) > 0
+local want = tonumber(ARGV[4])
 local out = {-1, 0}
+local got = {}
+local function take(n)
+  while n > 0 do
+    local bodies = redis.call('RPOP', KEYS[1], math.min(n, 1000))
+    if not bodies then break end
+    push('LPUSH', KEYS[5], bodies)
+    for _, body in ipairs(bodies) do got[#got + 1] = body end
+    n = n - #bodies
+  end
+  return n
+end
+if take(want) > 0 or want == 0 then
+  sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now)
+  take(want - #got)
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  if first[2] then out[1] = math.max(0, tonumber(first[2]) - now) end
+end
+local again = redis.call('SCARD', KEYS[4]) > 0
 if again and ARGV[5] == '1' then
-  -- the body a pipelined BLMOVE just put at the head of our in-flight list
-  local head = redis.call('LINDEX', KEYS[5], 0)
+  local head = redis.call('LINDEX', KEYS[5], #got)
   if head then out[2] = redis.call('SREM', KEYS[4], head) end
 end
-local n = tonumber(ARGV[4])
-while n > 0 do
-  local got = redis.call('RPOP', KEYS[1], math.min(n, 1000))
-  if not got then break end
-  redis.call('LPUSH', KEYS[5], unpack(got))
-  for _, body in ipairs(got) do
-    out[#out + 1] = body
-    out[#out + 1] = again and redis.call('SREM', KEYS[4], body) or 0
-  end
-  n = n - #got
+for _, body in ipairs(got) do
+  out[#out + 1] = body
+  out[#out + 1] = again and redis.call('SREM', KEYS[4], body) or 0
 end
-local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-if first[2] then out[1] = math.max(0, tonumber(first[2]) - now) end
 return out
 """
 
-# ARGV[4..]: triples (op, arg, body); publishing ops ('r' result to KEYS[arg], 't' retry
-# after arg ms, 'd' dead letter) come before the acks ('a') so a failure repeats, never loses.
+# ARGV[4..]: triples (op, arg, body): 'r' result for KEYS[arg], 't' retry after arg ms,
+# 'd' dead letter, 'a' ack. Everything is published before any ack: a failure repeats.
+# Acking most of the in-flight list rebuilds it (3 calls) instead of one LREM per task.
 _SETTLE = """
-local now = now_ms()
+local now = nil
+local results, acks = {}, {}
 for i = 4, #ARGV, 3 do
   local op, arg, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if op == 'r' then
-    redis.call('LPUSH', KEYS[tonumber(arg)], body)
+    local k = tonumber(arg)
+    results[k] = results[k] or {}
+    table.insert(results[k], body)
   elseif op == 't' then
     if tonumber(arg) > 0 then
+      now = now or now_ms()
       redis.call('ZADD', KEYS[3], now + tonumber(arg), body)
     else
       redis.call('LPUSH', KEYS[1], body)
@@ -147,10 +168,22 @@ for i = 4, #ARGV, 3 do
   elseif op == 'd' then
     redis.call('RPUSH', KEYS[6], body)
   else
-    redis.call('LREM', KEYS[5], -1, body)
+    acks[#acks + 1] = body
   end
 end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+for k, bodies in pairs(results) do push('LPUSH', KEYS[k], bodies) end
+local held = redis.call('LLEN', KEYS[5])
+if #acks * 2 < held then
+  for _, body in ipairs(acks) do redis.call('LREM', KEYS[5], -1, body) end
+elseif held > 0 then
+  local drop, keep = {}, {}
+  for _, body in ipairs(acks) do drop[body] = (drop[body] or 0) + 1 end
+  for _, body in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
+    if (drop[body] or 0) > 0 then drop[body] = drop[body] - 1 else keep[#keep + 1] = body end
+  end
+  redis.call('DEL', KEYS[5])
+  push('RPUSH', KEYS[5], keep)
+end
 """
 
 _RELEASE = """
@@ -227,7 +260,6 @@ class RedisTransport(Transport):
         """Ping at start so a wrong password or address fails now, with the fix."""
         try:
             self.client.ping()
-            version = str(self.client.info("server").get("redis_version", "0"))
         except AuthenticationError as exc:
             raise self._refused(exc) from None
         except ResponseError as exc:
@@ -238,9 +270,13 @@ class RedisTransport(Transport):
             raise ConnectionFailed(
                 f"cannot reach Redis at {self.address} (DISTQ_REDIS_URL): {exc}; is it running?"
             ) from None
+        version = "99"
+        with contextlib.suppress(RedisError):  # an ACL may forbid INFO; then trust the server
+            version = str(self.client.info("server").get("redis_version", version))
         if tuple(int(p) for p in version.split(".")[:2]) < (6, 2):
             raise ConnectionFailed(
-                f"Redis at {self.address} is version {version}; distq needs Redis >= 6.2"
+                f"Redis at {self.address} is version {version}; distq needs Redis >= 6.2 "
+                "(LMOVE, BLMOVE, RPOP with a count)"
             )
 
     def _refused(self, exc: Exception) -> AuthenticationFailed:
@@ -272,7 +308,7 @@ class RedisTransport(Transport):
 
     def new_client(self) -> redis.Redis[bytes]:
         """A client on the shared pool, for one producer or consumer."""
-        return redis.Redis[bytes](connection_pool=self.client.connection_pool)
+        return redis.Redis(connection_pool=self.client.connection_pool)
 
     def producer(self, reply_to: str) -> Producer:
         return RedisProducer(self, reply_to)
@@ -406,9 +442,7 @@ class RedisConsumer(Consumer):
         publish: list[Arg] = []
         acks: list[Arg] = []
         for s in settlements:
-            if s.result is not None:
-                if s.reply_to is None:
-                    raise ValueError("a Settlement with a result needs reply_to")
+            if s.result is not None and s.reply_to is not None:
                 if s.reply_to not in index:
                     keys.append(s.reply_to)
                     index[s.reply_to] = len(keys)

@@ -1,0 +1,398 @@
+"""Redis-specific behaviour of :class:`distq.transport.redis.RedisTransport`.
+
+The scenarios every transport shares live elsewhere; these check what only Redis has:
+the documented key layout, the Lua claim/settle/sweep scripts, server-clock leases and
+the error translation at the boundary. The broker comes from ``redis_broker``
+(tests/brokers.py); each test uses a queue of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from brokers import Broker
+from distq.config import Settings
+from distq.envelope import DeadLetter
+from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
+from distq.transport.base import Settlement
+from distq.transport.redis import RedisTransport
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+OpenTransport = Callable[..., RedisTransport]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def redis_url(redis_broker: Broker) -> str:
+    return redis_broker.url
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis[bytes]]:
+    """A plain client, to look at the keys as an operator with redis-cli would."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def open_transport(redis_url: str, queue: str) -> Iterator[OpenTransport]:
+    opened: list[RedisTransport] = []
+
+    def _open(lease: float = 5.0, url: str = redis_url) -> RedisTransport:
+        settings = Settings(transport="redis", redis_url=url, queue=queue, lease_seconds=lease)
+        transport = RedisTransport(settings, "worker")
+        opened.append(transport)
+        return transport
+
+    yield _open
+    for transport in opened:
+        transport.close()
+
+
+@contextlib.contextmanager
+def _later(delay: float, call: Callable[..., object], *args: object) -> Iterator[None]:
+    """Run ``call(*args)`` in a thread after ``delay`` s; wait for it when the block ends."""
+    timer = threading.Timer(delay, call, args)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join()
+
+
+def _bodies(n: int, prefix: str = "task") -> list[bytes]:
+    return [f"{prefix}-{i}".encode() for i in range(n)]
+
+
+def test_ready_list_is_named_after_the_queue_and_fifo(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    t.producer("r").submit(_bodies(5))
+    assert raw.llen(queue) == 5 == t.stats().ready
+    got = t.consumer("c1").fetch(3, timeout=1)
+    assert [d.body for d in got] == _bodies(3)
+    assert not any(d.redelivered for d in got)
+    assert raw.llen(queue) == 2
+    assert raw.llen(f"distq:{queue}:inflight:c1") == 3
+    # the lease deadline is on the server clock: about now + lease_seconds
+    server_ms = raw.time()[0] * 1000
+    deadline = raw.zscore(f"distq:{queue}:consumers", "c1")
+    assert deadline is not None and 4000 < deadline - server_ms < 6000
+    documented = {queue, f"distq:{queue}:inflight:c1", f"distq:{queue}:consumers"}
+    assert {k.decode() for k in raw.scan_iter(match=f"*{queue}*")} == documented
+
+
+def test_submit_large_batch_in_chunks(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    t.producer("r").submit(_bodies(2500))
+    assert raw.llen(queue) == 2500
+    assert [d.body for d in t.consumer("c").fetch(2500, timeout=1)] == _bodies(2500)
+
+
+def test_concurrent_batch_claims_never_share_a_task(open_transport: OpenTransport) -> None:
+    t = open_transport()
+    t.producer("r").submit(_bodies(300))
+    seen: list[list[bytes]] = [[] for _ in range(4)]
+
+    def drain(i: int) -> None:
+        consumer = t.consumer(f"c{i}")
+        while batch := consumer.fetch(7, timeout=0.2):
+            seen[i].extend(d.body for d in batch)
+
+    threads = [threading.Thread(target=drain, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    everything = [b for part in seen for b in part]
+    assert sorted(everything) == sorted(_bodies(300))
+    assert t.stats().in_flight == 300 and t.stats().ready == 0
+
+
+def test_expired_lease_goes_back_to_the_ready_list(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport(lease=0.5)
+    t.producer("r").submit(_bodies(4))
+    held = t.consumer("dead").fetch(3, timeout=1)  # then it stops heartbeating
+    alive = t.consumer("alive")
+    assert [d.body for d in alive.fetch(10, timeout=3)] == [b"task-3"]
+    start = time.monotonic()
+    got = alive.fetch(10, timeout=3)  # blocks; its own claims sweep meanwhile
+    assert 0.3 < time.monotonic() - start < 1.5  # within about one lease period
+    assert [d.body for d in got] == [d.body for d in held]  # oldest claim first
+    assert all(d.redelivered for d in got)
+    assert raw.zscore(f"distq:{queue}:consumers", "dead") is None
+    assert raw.llen(f"distq:{queue}:inflight:dead") == 0
+
+
+def test_heartbeat_keeps_the_lease(open_transport: OpenTransport) -> None:
+    t = open_transport(lease=0.5)
+    t.producer("r").submit(_bodies(2))
+    busy = t.consumer("busy")
+    assert len(busy.fetch(2, timeout=1)) == 2
+    other = t.consumer("other")
+    for _ in range(12):  # 1.2 s: more than two lease periods
+        busy.heartbeat()
+        assert other.fetch(10, timeout=0) == []
+        time.sleep(0.1)
+    assert t.stats().in_flight == 2
+
+
+def test_producer_sweeps_while_waiting_for_results(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport(lease=0.5)
+    producer = t.producer(f"distq:{queue}:results:job")
+    producer.submit(_bodies(3))
+    t.consumer("dead").fetch(3, timeout=1)
+    assert raw.llen(queue) == 0
+    assert producer.results(10, timeout=1.2) == []
+    assert raw.llen(queue) == 3  # no worker alive, yet the tasks are back
+
+
+def test_settle_publishes_and_acks_in_one_step(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    reply = f"distq:{queue}:results:job1"
+    producer = t.producer(reply)
+    producer.submit([b"ok", b"retry", b"dead"])
+    consumer = t.consumer("c")
+    ok, retry, dead = consumer.fetch(3, timeout=1)
+    letter = DeadLetter(body=b"dead", reason="boom", queue=queue, worker="c").encode()
+    consumer.settle(
+        [
+            Settlement(ok, reply_to=reply, result=b"result-ok"),
+            Settlement(retry, retry=b"retry-2"),
+            Settlement(dead, reply_to=reply, result=b"result-dead", dead_letter=letter),
+        ]
+    )
+    assert raw.llen(f"distq:{queue}:inflight:c") == 0
+    assert raw.lrange(queue, 0, -1) == [b"retry-2"]
+    assert raw.lrange(f"distq:{queue}:dead", 0, -1) == [letter]
+    assert producer.results(10, timeout=1) == [b"result-ok", b"result-dead"]
+    assert t.stats().in_flight == 0 and t.stats().ready == 1 and t.stats().dead == 1
+
+
+def test_settle_after_losing_the_lease_still_publishes(
+    open_transport: OpenTransport, queue: str
+) -> None:
+    t = open_transport(lease=0.5)
+    reply = f"distq:{queue}:results:job"
+    producer = t.producer(reply)
+    producer.submit([b"slow"])
+    slow = t.consumer("slow")
+    (delivery,) = slow.fetch(1, timeout=1)
+    again = t.consumer("other").fetch(1, timeout=3)  # the lease expired meanwhile
+    assert [d.body for d in again] == [b"slow"]
+    slow.settle([Settlement(delivery, reply_to=reply, result=b"late")])
+    assert producer.results(10, timeout=1) == [b"late"]
+    assert t.stats().in_flight == 1  # the redelivery, held by "other"
+
+
+def test_release_puts_tasks_back_to_run_next(open_transport: OpenTransport) -> None:
+    t = open_transport()
+    t.producer("r").submit(_bodies(4))
+    consumer = t.consumer("c")
+    first = consumer.fetch(2, timeout=1)
+    consumer.release(first)
+    got = consumer.fetch(10, timeout=1)
+    assert [d.body for d in got] == _bodies(4)
+    assert [d.redelivered for d in got] == [True, True, False, False]
+    consumer.release(got[:1])
+    consumer.release(got[:1])  # no longer held: not duplicated
+    assert [d.body for d in consumer.fetch(10, timeout=0)] == [b"task-0"]
+
+
+def test_close_hands_back_and_drops_the_lease(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    t.producer("r").submit(_bodies(3))
+    consumer = t.consumer("c")
+    consumer.fetch(2, timeout=1)
+    consumer.close()
+    assert raw.zscore(f"distq:{queue}:consumers", "c") is None
+    assert [d.body for d in t.consumer("c2").fetch(10, timeout=1)] == _bodies(3)
+
+
+def test_delayed_retry_becomes_ready_on_time(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    t.producer("r").submit([b"t"])
+    consumer = t.consumer("c")
+    (delivery,) = consumer.fetch(1, timeout=1)
+    consumer.settle([Settlement(delivery, retry=b"t-2", retry_delay=0.4)])
+    start = time.monotonic()
+    assert consumer.fetch(1, timeout=0) == []
+    assert raw.zcard(f"distq:{queue}:delayed") == 1 and t.stats().ready == 1
+    got = consumer.fetch(1, timeout=3)
+    waited = time.monotonic() - start
+    assert [d.body for d in got] == [b"t-2"]
+    assert 0.3 < waited < 1.2  # woke at the due time, not at the next 1.7 s slice
+
+
+def test_dead_letters_read_oldest_first(open_transport: OpenTransport, queue: str) -> None:
+    t = open_transport()
+    t.producer("r").submit([b"a", b"\xff\xfe"])
+    consumer = t.consumer("c")
+    a, b = consumer.fetch(2, timeout=1)
+    letters = [
+        DeadLetter(body=d.body, reason=f"r{i}", queue=queue, worker="c")
+        for i, d in enumerate((a, b))
+    ]
+    consumer.settle([Settlement(a, dead_letter=letters[0].encode())])
+    consumer.settle([Settlement(b, dead_letter=letters[1].encode())])
+    assert t.dead_letters() == letters
+    assert t.dead_letters(limit=1) == letters[:1]
+
+
+def test_producers_only_see_their_own_results(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    p1, p2 = t.producer(f"distq:{queue}:results:1"), t.producer(f"distq:{queue}:results:2")
+    p1.submit([b"from-1"])
+    p2.submit([b"from-2"])
+    consumer = t.consumer("c")
+    d1, d2 = consumer.fetch(2, timeout=1)
+    consumer.settle(
+        [
+            Settlement(d1, reply_to=p1.reply_to, result=b"r1"),
+            Settlement(d2, reply_to=p2.reply_to, result=b"r2"),
+        ]
+    )
+    assert p2.results(10, timeout=1) == [b"r2"]
+    assert p1.results(10, timeout=1) == [b"r1"]
+    p1.close()
+    assert raw.exists(p1.reply_to) == 0
+
+
+def test_results_fifo_and_bounded(open_transport: OpenTransport, queue: str) -> None:
+    t = open_transport()
+    reply = f"distq:{queue}:results:job"
+    producer = t.producer(reply)
+    producer.submit(_bodies(5))
+    consumer = t.consumer("c")
+    got = consumer.fetch(5, timeout=1)
+    consumer.settle([Settlement(d, reply_to=reply, result=d.body + b"!") for d in got])
+    assert producer.results(3, timeout=1) == [b"task-0!", b"task-1!", b"task-2!"]
+    assert producer.results(10, timeout=0) == [b"task-3!", b"task-4!"]
+    assert producer.results(10, timeout=0) == []
+
+
+def test_blocking_calls_wake_immediately(open_transport: OpenTransport, queue: str) -> None:
+    t = open_transport()
+    reply = f"distq:{queue}:results:job"
+    producer, consumer = t.producer(reply), t.consumer("c")
+
+    start = time.monotonic()
+    with _later(0.2, producer.submit, [b"x"]):
+        (delivery,) = consumer.fetch(10, timeout=5)
+    assert time.monotonic() - start < 0.4
+    start = time.monotonic()
+    with _later(0.2, consumer.settle, [Settlement(delivery, reply_to=reply, result=b"y")]):
+        assert producer.results(10, timeout=5) == [b"y"]
+    assert time.monotonic() - start < 0.4
+
+
+def test_lost_script_cache_is_reloaded(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    producer, consumer = t.producer(f"distq:{queue}:results:j"), t.consumer("c")
+    # flushed while the consumer blocks: its pipelined EVALSHA meets NOSCRIPT
+    with _later(0.1, raw.script_flush), _later(0.3, producer.submit, [b"a", b"b"]):
+        got = consumer.fetch(10, timeout=3)
+    got += consumer.fetch(10, timeout=0)
+    assert [d.body for d in got] == [b"a", b"b"]
+    raw.script_flush()  # as after a Redis restart
+    consumer.settle([Settlement(d, reply_to=producer.reply_to, result=d.body) for d in got])
+    assert producer.results(10, timeout=1) == [b"a", b"b"]
+    assert t.stats().in_flight == 0
+
+
+@pytest.mark.parametrize("settled", [1, 3])  # one LREM per task / rebuild the list
+def test_partial_settle_keeps_the_rest_leased(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str, settled: int
+) -> None:
+    t = open_transport()
+    t.producer("r").submit(_bodies(4))
+    consumer = t.consumer("c")
+    held = consumer.fetch(4, timeout=1)
+    consumer.settle([Settlement(d) for d in held[:settled]])
+    assert raw.llen(f"distq:{queue}:inflight:c") == 4 - settled
+    consumer.close()  # hands back the rest, oldest claim first
+    rest = t.consumer("c2").fetch(10, timeout=0)
+    assert [d.body for d in rest] == [d.body for d in held[settled:]]
+
+
+def test_heartbeat_sweeps_even_when_the_queue_is_busy(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport(lease=0.5)
+    producer = t.producer("r")
+    producer.submit(_bodies(2, "old"))
+    held = t.consumer("dead").fetch(2, timeout=1)
+    producer.submit(_bodies(50))
+    time.sleep(0.6)
+    busy = t.consumer("busy")
+    busy.heartbeat()
+    assert raw.llen(queue) == 52
+    got = busy.fetch(2, timeout=0)  # the expired ones run next
+    assert [d.body for d in got] == [d.body for d in held]
+
+
+def test_redis_errors_become_transport_errors(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    raw.set(queue, "not a list")
+    with pytest.raises(TransportError, match="WRONGTYPE"):
+        t.consumer("c").fetch(1, timeout=0)
+    with pytest.raises(TransportError):
+        t.producer("r").submit([b"x"])
+
+
+def test_wrong_password_is_refused_without_echoing_it(
+    open_transport: OpenTransport, redis_broker: Broker
+) -> None:
+    with pytest.raises(AuthenticationFailed, match="check the password") as info:
+        open_transport(url=redis_broker.bad_credentials_url)
+    for url in (redis_broker.url, redis_broker.bad_credentials_url):
+        assert str(urlsplit(url).password) not in str(info.value)
+    with pytest.raises(AuthenticationFailed):  # no password at all
+        open_transport(url=f"redis://127.0.0.1:{urlsplit(redis_broker.url).port}/0")
+
+
+def test_unreachable_server_fails_fast(open_transport: OpenTransport) -> None:
+    start = time.monotonic()
+    with pytest.raises(ConnectionFailed, match=r"cannot reach Redis at 127\.0\.0\.1:\d+"):
+        open_transport(url=f"redis://:pw@127.0.0.1:{_free_port()}/0")
+    assert time.monotonic() - start < 3
