@@ -1,10 +1,10 @@
 """Transports, chosen by ``DISTQ_TRANSPORT``; see :mod:`distq.transport.base` for the contract.
 
-| transport | broker                          | lease held by                         |
-|-----------|---------------------------------|---------------------------------------|
-| manager   | the master (multiprocessing)    | per-consumer heartbeat in the master  |
-| redis     | Redis >= 6.2 (list per queue)   | per-consumer deadline in a sorted set (server clock) |
-| rabbitmq  | RabbitMQ (AMQP 0-9-1 via pika)  | the AMQP channel (connection heartbeat) |
+| transport | broker                         | a lease is held by                          |
+|-----------|--------------------------------|---------------------------------------------|
+| manager   | the master (multiprocessing)   | a per-consumer deadline in the master       |
+| redis     | Redis >= 6.2 (list per queue)  | a per-consumer deadline in a sorted set     |
+| rabbitmq  | RabbitMQ (AMQP 0-9-1 via pika) | the channel, kept alive by AMQP heartbeats  |
 """
 
 from __future__ import annotations
