@@ -196,3 +196,15 @@ def test_wrong_credentials_exit_3_with_a_clear_line(target: Target, spawn: Spawn
         assert "authentication failed" in out
     else:
         assert "refused" in out
+
+
+def test_rate_mode_runs_until_stopped(spawn: Spawn, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    master = start_master(spawn, "--rate", "40", "--report", str(report), "-q")
+    spawn("worker", "-q")
+    master.wait_for(r"^submitted \d+, results \d+", timeout=20)  # the 10 s status line
+    master.signal(signal.SIGTERM)
+    assert master.wait(30) == 0, master.output()
+    data = json.loads(report.read_text())
+    assert 300 <= data["tasks"] <= 600  # about 40 per second for 10+ s
+    assert data["ok"] >= data["tasks"] - 5 and data["failed"] == 0
