@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Makes sure the broker images the tests use exist locally, and writes their names to
+# .build/images.env (DISTQ_REDIS_IMAGE=..., DISTQ_RABBITMQ_IMAGE=...) for tests/brokers.py.
+#
+# For each broker, the image named by DISTQ_REDIS_IMAGE (default redis:7) or
+# DISTQ_RABBITMQ_IMAGE (default rabbitmq:3-management) is used when it exists locally or
+# can be pulled. Without a registry, local stand-ins are built from deploy/images/*:
+#   distq-local/bookworm-python:3.11   debootstrap'd Debian 12 + python3, made here and
+#                                      carrying the host's extra CA certificates: never push it
+#   distq-local/redis:7                FROM that base
+#   distq-local/rabbitmq:3-management  FROM that base
+# Every step whose image already exists is skipped, so a second run takes seconds.
+# Needs a running Docker engine (scripts/ensure-docker.sh); root on Debian for debootstrap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DOCKER_BUILDKIT=0  # the docker client first on PATH may have no buildx
+
+BASE_IMAGE=distq-local/bookworm-python:3.11
+LOCAL_REDIS=distq-local/redis:7
+LOCAL_RABBITMQ=distq-local/rabbitmq:3-management
+ENV_FILE=.build/images.env
+
+log() { printf 'build-local-images: %s\n' "$*" >&2; }
+
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# Prints the Debian mirror this machine's apt uses for bookworm (deb822 .sources or .list).
+debian_mirror() {
+    local f mirror=""
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        mirror=$(awk 'BEGIN { RS = ""; FS = "\n" }
+            {
+                uri = ""; ok = 0
+                for (i = 1; i <= NF; i++) {
+                    if ($i ~ /^URIs:/) { split($i, u, /[ \t]+/); uri = u[2] }
+                    if ($i ~ /^Suites:/ && $i ~ /[ \t]bookworm([ \t]|$)/) ok = 1
+                }
+                if (ok && uri != "") { print uri; exit }
+            }' "$f")
+        [ -n "$mirror" ] && break
+    done
+    if [ -z "$mirror" ]; then
+        for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list; do
+            [ -f "$f" ] || continue
+            mirror=$(awk '$1 == "deb" {
+                    for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) break
+                    if ($(i + 1) == "bookworm") { print $i; exit }
+                }' "$f")
+            [ -n "$mirror" ] && break
+        done
+    fi
+    printf '%s\n' "${mirror:-http://deb.debian.org/debian}"
+}
+
+build_base() {
+    if [ "$(id -u)" != 0 ] || [ ! -f /etc/debian_version ]; then
+        log "cannot make $BASE_IMAGE: debootstrap needs root on Debian."
+        log "Use a machine that reaches a container registry, or set DISTQ_REDIS_IMAGE /"
+        log "DISTQ_RABBITMQ_IMAGE to images that exist locally."
+        exit 1
+    fi
+    if ! command -v debootstrap >/dev/null 2>&1; then
+        log "installing debootstrap"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q debootstrap >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null && apt-get install -y -q debootstrap >/dev/null; }
+    fi
+
+    local mirror root
+    mirror=${DISTQ_DEBIAN_MIRROR:-$(debian_mirror)}
+    root=$(mktemp -d "${TMPDIR:-/var/tmp}/distq-rootfs.XXXXXX")
+    # debootstrap mounts /proc and /sys inside the tree: unmount before removing it, and
+    # never cross into another file system.
+    cleanup_root() {
+        local m
+        for m in "$root/proc" "$root/sys" "$root/dev/pts" "$root/dev"; do
+            if mountpoint -q "$m" 2>/dev/null; then umount -l "$m" || true; fi
+        done
+        rm -rf --one-file-system "$root"
+    }
+    trap cleanup_root EXIT
+
+    log "debootstrap bookworm from $mirror (about a minute)"
+    if ! debootstrap --variant=minbase \
+            --include=python3,python3-venv,python3-pip,ca-certificates \
+            bookworm "$root" "$mirror" >"$root.log" 2>&1; then
+        tail -n 20 "$root.log" >&2
+        rm -f "$root.log"
+        log "debootstrap failed"
+        exit 1
+    fi
+    rm -f "$root.log"
+
+    # Outbound HTTPS here may pass a TLS-intercepting proxy: give the base the host's
+    # extra CAs so pip inside images works. Only this locally made base carries them.
+    local crt added=0
+    for crt in /usr/local/share/ca-certificates/*.crt; do
+        [ -f "$crt" ] || continue
+        cp "$crt" "$root/usr/local/share/ca-certificates/"
+        added=1
+    done
+    if [ "$added" = 1 ]; then
+        # Its warning about the bundle file (not a single certificate) is expected noise.
+        chroot "$root" update-ca-certificates >/dev/null 2>&1 \
+            || { log "update-ca-certificates failed in the base"; exit 1; }
+    fi
+    rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb
+
+    log "importing $BASE_IMAGE"
+    tar -C "$root" -c . | docker import \
+        -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        -c 'ENV LANG=C.UTF-8' \
+        -c 'CMD ["/bin/bash"]' \
+        - "$BASE_IMAGE" >/dev/null
+    cleanup_root
+    trap - EXIT
+}
+
+build_standin() {  # NAME CONTEXT_DIR
+    local name=$1 context=$2
+    if have_image "$name"; then
+        return 0
+    fi
+    have_image "$BASE_IMAGE" || build_base
+    log "building $name from $context"
+    local out
+    # Output is shown only on failure (the legacy builder also prints a deprecation notice).
+    if ! out=$(docker build --force-rm --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$name" \
+            "$context" 2>&1); then
+        printf '%s\n' "$out" | tail -n 30 >&2
+        log "docker build of $name failed"
+        exit 1
+    fi
+}
+
+# Prints the image to use for one broker: the wanted one if it can be had, else the stand-in.
+resolve() {  # WANTED STANDIN CONTEXT_DIR
+    local wanted=$1 standin=$2 context=$3
+    if have_image "$wanted"; then
+        printf '%s\n' "$wanted"
+        return 0
+    fi
+    # Without a registry a pull fails within about 0.1 s.
+    if docker pull -q "$wanted" >/dev/null 2>&1; then
+        printf '%s\n' "$wanted"
+        return 0
+    fi
+    build_standin "$standin" "$context"
+    printf '%s\n' "$standin"
+}
+
+if ! docker info >/dev/null 2>&1; then
+    log "no Docker engine answers; run scripts/ensure-docker.sh first"
+    exit 1
+fi
+
+redis_image=$(resolve "${DISTQ_REDIS_IMAGE:-redis:7}" "$LOCAL_REDIS" deploy/images/redis)
+rabbitmq_image=$(resolve "${DISTQ_RABBITMQ_IMAGE:-rabbitmq:3-management}" \
+    "$LOCAL_RABBITMQ" deploy/images/rabbitmq)
+
+mkdir -p .build
+new=$(printf 'DISTQ_REDIS_IMAGE=%s\nDISTQ_RABBITMQ_IMAGE=%s\n' "$redis_image" "$rabbitmq_image")
+if [ ! -f "$ENV_FILE" ] || [ "$(cat "$ENV_FILE")" != "$new" ]; then
+    printf '%s\n' "$new" >"$ENV_FILE"
+    log "wrote $ENV_FILE: $(printf '%s' "$new" | tr '\n' ' ')"
+fi
