@@ -1,0 +1,233 @@
+"""The one small interface every contestant implements, and the helpers they share.
+
+A contestant is one framework (or the raw client) on one broker. A trial, run by
+``bench/trial.py`` in its own process, calls, in this order::
+
+    start_workers()          # returns when every worker is connected and serving
+    throughput(warm_up)      # a short round, not reported
+    throughput(tasks)        # seconds from first submit to last verified result
+    latency(tasks)           # one task at a time, round-trip seconds each
+    stop_workers()           # always, in a ``finally``
+
+The master side runs inside the trial process (except for distq, whose own ``distq
+master`` command plays master); workers are separate OS processes started here.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from processes import die_with_parent
+
+BENCH_DIR = Path(__file__).resolve().parent.parent
+
+
+class VerifyError(AssertionError):
+    """A result was wrong, missing or duplicated."""
+
+
+class RoundTimeout(TimeoutError):
+    """A round did not finish before its deadline."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a contestant needs to know about its trial."""
+
+    broker: str  # "redis", "rabbitmq" or "manager"
+    url: str  # broker URL; "" for manager
+    queue: str  # a name unique to this trial; prefix of every queue/key the trial uses
+    workers: int  # worker processes to start
+    workdir: Path  # worker logs and scratch files
+    deadline: float  # time.monotonic() by which the whole trial must end
+
+    def remaining(self) -> float:
+        """Seconds left before the trial deadline (never negative)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def check_deadline(self, what: str) -> None:
+        if time.monotonic() > self.deadline:
+            raise RoundTimeout(f"{what}: trial deadline passed")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Round-trip latency of sequential single tasks, in seconds."""
+
+    count: int
+    p50: float
+    p99: float
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[float]) -> Latency:
+        if len(samples) < 2:
+            raise VerifyError(f"need at least 2 latency samples, got {len(samples)}")
+        cuts = statistics.quantiles(samples, n=100, method="inclusive")
+        return cls(count=len(samples), p50=statistics.median(samples), p99=cuts[98])
+
+
+def expect_squares(tasks: Sequence[int], results: Sequence[int | None]) -> None:
+    """Raise :class:`VerifyError` unless ``results[i] == tasks[i] ** 2`` for every i."""
+    if len(results) != len(tasks):
+        raise VerifyError(f"expected {len(tasks)} results, got {len(results)}")
+    for i, (n, got) in enumerate(zip(tasks, results, strict=True)):
+        if got != n * n:
+            raise VerifyError(f"task {i}: square({n}) returned {got!r}, expected {n * n}")
+
+
+class Collector:
+    """Results keyed by task index: rejects duplicates and unknown indexes."""
+
+    def __init__(self, tasks: Sequence[int]) -> None:
+        self.tasks = tasks
+        self.values: list[int | None] = [None] * len(tasks)
+        self.count = 0
+
+    def add(self, index: int, value: int) -> None:
+        if not 0 <= index < len(self.tasks):
+            raise VerifyError(f"result for unknown task index {index}")
+        if self.values[index] is not None:
+            raise VerifyError(f"duplicate result for task {index}")
+        n = self.tasks[index]
+        if value != n * n:
+            raise VerifyError(f"task {index}: square({n}) returned {value!r}, expected {n * n}")
+        self.values[index] = value
+        self.count += 1
+
+    @property
+    def done(self) -> bool:
+        return self.count == len(self.tasks)
+
+
+@dataclass
+class WorkerProcesses:
+    """Worker OS processes this trial started; stopped by PID, never by name."""
+
+    logs: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
+        index = len(self.procs)
+        log = open(self.logs / f"worker-{index}.log", "wb")  # noqa: SIM115 - child owns it
+        full_env = worker_env()
+        full_env.update(env or {})
+        proc = subprocess.Popen(
+            list(argv),
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=BENCH_DIR,
+            preexec_fn=die_with_parent,
+        )
+        self.procs.append(proc)
+        return proc.pid
+
+    def log_text(self, index: int) -> str:
+        path = self.logs / f"worker-{index}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_ready(self, marker: str, limit: float) -> None:
+        """Wait until every worker's log has a line containing ``marker``."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if all(marker in self.log_text(i) for i in range(len(self.procs))):
+                return
+            time.sleep(0.05)
+        raise RoundTimeout(f"workers not ready after {limit:.0f} s")
+
+    def check_alive(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                tail = self.log_text(i)[-1500:]
+                raise RuntimeError(f"worker {i} exited with code {proc.returncode}:\n{tail}")
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def stop(self, grace: float = 15.0) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self.procs.clear()
+
+
+def worker_env() -> dict[str, str]:
+    """The environment for worker processes: ours, with ``bench/`` importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH_DIR), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def python() -> str:
+    """The interpreter of the bench venv (the one running us)."""
+    return sys.executable
+
+
+def venv_bin(name: str) -> str:
+    """A console script installed next to our interpreter, e.g. ``celery``."""
+    return str(Path(sys.executable).parent / name)
+
+
+class Contestant(abc.ABC):
+    """One framework on one broker; see the module docstring for the call order."""
+
+    name: ClassVar[str]
+    #: At most this many tasks in the throughput round (None: all); for contestants
+    #: that would otherwise need many times the trial timeout.
+    task_cap: ClassVar[int | None] = None
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.workers = WorkerProcesses(ctx.workdir)
+
+    @abc.abstractmethod
+    def start_workers(self) -> None:
+        """Start ``ctx.workers`` worker processes; return once all are serving."""
+
+    @abc.abstractmethod
+    def throughput(self, tasks: Sequence[int]) -> float:
+        """Submit all tasks, collect and verify every result; return elapsed seconds."""
+
+    @abc.abstractmethod
+    def latency(self, tasks: Sequence[int]) -> Latency:
+        """Submit one task, wait for its verified result, repeat for every task."""
+
+    def stop_workers(self) -> None:
+        """Stop the worker processes (by PID) and release master-side connections."""
+        self.workers.stop()
+
+    def worker_pids(self) -> list[int]:
+        return self.workers.pids
+
+
+def timed_sequential(tasks: Sequence[int], one: Callable[[int], object]) -> Latency:
+    """Call ``one(n) -> n*n`` for every task; time each call; verify each result."""
+    samples: list[float] = []
+    for n in tasks:
+        start = time.perf_counter()
+        got = one(n)
+        samples.append(time.perf_counter() - start)
+        if got != n * n:
+            raise VerifyError(f"square({n}) returned {got!r}, expected {n * n}")
+    return Latency.from_samples(samples)

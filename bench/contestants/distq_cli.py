@@ -1,0 +1,154 @@
+"""distq, driven through its command line exactly as an operator would run it.
+
+Workers: ``distq worker --quiet --exit-when-idle S`` (two processes), configured by
+environment (``DISTQ_TRANSPORT``, ``DISTQ_REDIS_URL``/``DISTQ_AMQP_URL``,
+``DISTQ_QUEUE``; for manager ``DISTQ_MANAGER_ADDRESS`` and a random ``DISTQ_AUTHKEY``).
+Master: ``distq master --tasks N --quiet --report FILE --timeout S`` (plus
+``--max-in-flight 1`` for latency); the numbers are the master's own report, which
+times from its first submit to its last verified result, like the harness does for
+the other contestants.
+
+Readiness before timing: on Redis, until the server counts one new client per worker;
+on RabbitMQ, until the task queue has one consumer per worker (both at most
+``READY_LIMIT`` s, then the warm-up round decides). On manager the master hosts the
+queues, so workers are started first (they retry connecting) and the master right
+after them, for every master run; its elapsed time therefore includes the workers'
+first connect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+from brokers import free_port
+from contestants.base import Contestant, Latency, RoundTimeout, VerifyError, venv_bin
+
+READY_LIMIT = 15.0
+IDLE_EXIT = 600  # seconds; workers are stopped by PID long before this
+
+
+class DistqCli(Contestant):
+    name = "distq"
+
+    def start_workers(self) -> None:
+        self.runs = 0
+        self.env: dict[str, str] = {
+            "DISTQ_TRANSPORT": self.ctx.broker,
+            "DISTQ_QUEUE": self.ctx.queue,
+        }
+        if self.ctx.broker == "redis":
+            self.env["DISTQ_REDIS_URL"] = self.ctx.url
+        elif self.ctx.broker == "rabbitmq":
+            self.env["DISTQ_AMQP_URL"] = self.ctx.url
+        else:
+            self.env["DISTQ_MANAGER_ADDRESS"] = f"127.0.0.1:{free_port()}"
+            self.env["DISTQ_AUTHKEY"] = os.urandom(16).hex()
+            return  # manager workers start with each master run
+        baseline = self._connected()
+        self._start_worker_processes()
+        self._wait_connected(baseline)
+
+    def _start_worker_processes(self) -> None:
+        for _ in range(self.ctx.workers):
+            self.workers.start(
+                [venv_bin("distq"), "worker", "--quiet", "--exit-when-idle", str(IDLE_EXIT)],
+                env=self.env,
+            )
+
+    def _connected(self) -> int:
+        """Redis: connected clients; RabbitMQ: consumers on the task queue; else 0."""
+        try:
+            if self.ctx.broker == "redis":
+                import redis
+
+                client = redis.Redis.from_url(self.ctx.url)
+                try:
+                    info = cast(dict[str, Any], client.info("clients"))
+                    return int(info["connected_clients"]) - 1
+                finally:
+                    client.close()
+            if self.ctx.broker == "rabbitmq":
+                import pika
+
+                with pika.BlockingConnection(pika.URLParameters(self.ctx.url)) as conn:
+                    ok = conn.channel().queue_declare(self.ctx.queue, passive=True)
+                    return int(ok.method.consumer_count)
+        except Exception:
+            return 0  # queue not declared yet, or broker busy: not ready
+        return 0
+
+    def _wait_connected(self, baseline: int) -> None:
+        deadline = time.monotonic() + min(READY_LIMIT, self.ctx.remaining())
+        while time.monotonic() < deadline:
+            self.workers.check_alive()
+            if self._connected() >= baseline + self.ctx.workers:
+                return
+            time.sleep(0.1)
+        # Not confirmed (e.g. a topology this check does not know): the warm-up decides.
+
+    def _master(self, count: int, extra: Sequence[str]) -> dict[str, Any]:
+        self.runs += 1
+        report_path = self.ctx.workdir / f"master-{self.runs}.json"
+        log_path = self.ctx.workdir / f"master-{self.runs}.log"
+        remaining = self.ctx.remaining()
+        if remaining < 1:
+            raise RoundTimeout("distq master: trial deadline passed")
+        argv = [
+            venv_bin("distq"),
+            "master",
+            "--tasks",
+            str(count),
+            "--quiet",
+            "--report",
+            str(report_path),
+            "--timeout",
+            f"{max(1.0, remaining - 5):.0f}",
+            *extra,
+        ]
+        manager = self.ctx.broker == "manager"
+        if manager:
+            self._start_worker_processes()
+        env = dict(os.environ)
+        env.update(self.env)
+        try:
+            with open(log_path, "wb") as log:
+                proc = subprocess.run(
+                    argv,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    timeout=remaining,
+                    check=False,
+                )
+        except subprocess.TimeoutExpired:
+            raise RoundTimeout(f"distq master did not finish in {remaining:.0f} s") from None
+        finally:
+            if manager:
+                self.workers.stop()
+        if proc.returncode != 0 or not report_path.exists():
+            tail = log_path.read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"distq master exited {proc.returncode}:\n{tail}")
+        report: dict[str, Any] = json.loads(report_path.read_text())
+        bad = {k: report.get(k) for k in ("failed", "incorrect", "missing") if report.get(k)}
+        if report.get("tasks") != count or report.get("ok", count) != count or bad:
+            raise VerifyError(f"distq master report: tasks={report.get('tasks')} {bad}")
+        return report
+
+    def throughput(self, tasks: Sequence[int]) -> float:
+        # distq's master draws its own random numbers 1..1000 and verifies n*n itself.
+        report = self._master(len(tasks), [])
+        return float(report["elapsed_seconds"])
+
+    def latency(self, tasks: Sequence[int]) -> Latency:
+        report = self._master(len(tasks), ["--max-in-flight", "1"])
+        return Latency(
+            count=len(tasks),
+            p50=float(report["latency_p50_seconds"]),
+            p99=float(report["latency_p99_seconds"]),
+        )

@@ -1,0 +1,32 @@
+"""Child processes of the benchmark: started so they die with us, stopped by PID."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+
+
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the process that started it dies.
+
+    Linux ``prctl(PR_SET_PDEATHSIG)``, so nothing the benchmark started outlives it even
+    if it is SIGKILLed; a no-op where libc has no ``prctl``.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """SIGTERM ``proc``, wait up to ``grace`` seconds, then SIGKILL it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)

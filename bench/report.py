@@ -1,0 +1,165 @@
+"""Render a benchmark report (the dict ``run.py`` writes as ``latest.json``) as Markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+CONFIGS = """\
+- **raw (redis)**: redis-py, no framework. Master LPUSHes tasks 500 per command in one
+  pipeline; each worker RPOPs up to 500 (BRPOP when empty) and LPUSHes their results in
+  one command; master RPOPs results in batches. No acks (a dead worker loses tasks).
+- **raw / raw-confirm (rabbitmq)**: pika `BlockingConnection`; durable queues,
+  persistent messages; workers `basic_qos(prefetch_count=32)`, manual ack after
+  publishing the result to a results queue; master consumes results with auto-ack.
+  `raw-confirm` puts every publishing channel (master and workers) in confirm mode,
+  which in pika's blocking API waits for the broker after each message.
+- **raw (manager)**: the tutorial's `multiprocessing.managers` round: the master serves
+  a task and a result `queue.Queue`; each worker `get`s and `put`s through proxies
+  (one round trip each, pickled). Random authkey, no sleep.
+- **celery**: 2 x `celery worker --pool solo` (one OS process each), JSON,
+  `task_acks_late=True`, `worker_prefetch_multiplier=32`, gossip/mingle/heartbeat off.
+  Results: redis broker → Redis result backend; rabbitmq broker → `rpc://` backend
+  (results to the master's reply queue). Master: `apply_async` per task over one
+  producer, then `ResultSet.join_native()`; latency: `delay(n).get()`.
+- **dramatiq**: `dramatiq --processes 2 --threads 8` (a supervisor plus 2 worker
+  processes), default middleware. Results: redis → `Results` middleware with
+  `RedisBackend`, master `message.get_result(block=True)` per message; rabbitmq → no
+  result backend exists, so the actor publishes its result as a Dramatiq message to a
+  reply queue through the worker's own broker channel and the master reads it with
+  `broker.consume()` (workers run with `--queues` so none consumes replies).
+- **rq**: 2 x `rq worker` with the default `rq.Worker` (forks a work horse per job);
+  capped at 2,000 tasks per throughput round (see N) because fork-per-job runs at a
+  few dozen jobs/s. **rq-simple**: 2 x `rq worker -w rq.SimpleWorker` (no fork).
+  Both: JSON serializer, `Queue.enqueue_many` in one pipeline, results via RQ's results
+  stream (`job.latest_result(timeout=...)`, a blocking XREAD) in order.
+- **distq**: `distq worker --quiet` x 2 and `distq master --tasks N --quiet --report`
+  (`--max-in-flight 1` for latency); numbers from the master's own report. On manager,
+  workers start just before each master (the master hosts the queues), so that run's
+  time includes their first connect.
+"""
+
+
+def _range(stat: dict[str, float] | None, scale: float, fmt: str) -> str:
+    if not stat:
+        return "—"
+    median = format(stat["median"] * scale, fmt)
+    if stat["min"] == stat["max"]:
+        return median
+    low, high = format(stat["min"] * scale, fmt), format(stat["max"] * scale, fmt)
+    return f"{median} ({low}-{high})"
+
+
+def _ratio(ours: dict[str, float] | None, theirs: dict[str, float] | None) -> str:
+    if not ours or not theirs or not theirs["median"]:
+        return "—"
+    return f"{ours['median'] / theirs['median']:.2f}x"
+
+
+def _status(row: dict[str, Any]) -> str:
+    if row["ok"] == row["trials"]:
+        return "ok"
+    failed = [s for s in row["statuses"] if s != "ok"]
+    kinds = ", ".join(sorted(set(failed)))
+    if row["ok"] == 0:
+        return kinds.upper()
+    return f"{row['ok']}/{row['trials']} ok ({kinds})"
+
+
+def write_markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    s = report["settings"]
+    lines = [
+        "# distq benchmark: squares job",
+        "",
+        f"Run {report['date']} - {report['finished']} with `{report['command'].strip()}`"
+        + (f" — **interrupted by {report['interrupted']}**" if report.get("interrupted") else ""),
+        "",
+        "| machine | |",
+        "| --- | --- |",
+        f"| CPUs | nproc {m['nproc']}, {m['cpu']} |",
+        f"| RAM | {m['ram_gib']} GiB |",
+        f"| OS | {m['os']}, kernel {m['kernel']} |",
+        f"| Python | {m['python']} |",
+        f"| packages | {', '.join(f'{k} {v}' for k, v in m['packages'].items())} |",
+        f"| distq commit | {m['distq_commit']} |",
+        "| brokers | "
+        + (", ".join(f"{k} {v['version']}" for k, v in report["brokers"].items()) or "—")
+        + " |",
+        "| load average (1/5/15 min) | start "
+        + " / ".join(f"{x:.2f}" for x in report["load_average_start"])
+        + ", end "
+        + " / ".join(f"{x:.2f}" for x in report["load_average_end"])
+        + " |",
+        "",
+        f"Workload: N random `square(n)`, n in 1..1000, no delay, {s['workers']} worker "
+        "processes already connected and warmed by a 200-task round; throughput = N / time "
+        "from the first submit to the last verified result. Latency: "
+        f"{s['latency_tasks']} sequential single tasks (after 20 unmeasured), round trip. "
+        f"Each cell: median (min-max) of {s['repeat']} trial(s); a trial is killed after "
+        f"{s['timeout']:.0f} s. The ratio columns are distq's median over the row's median "
+        "on the same broker: throughput above 1x means distq is faster, latency below 1x "
+        "means distq answers sooner.",
+        "",
+        "| broker | contestant | N | throughput (tasks/s) | latency p50 (ms) | "
+        "latency p99 (ms) | distq ÷ this, throughput | distq ÷ this, p50 | status |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    distq = {r["broker"]: r for r in report["rows"] if r["contestant"] == "distq"}
+    notes: list[str] = []
+    for row in report["rows"]:
+        ours = distq.get(row["broker"], {})
+        is_distq = row["contestant"] == "distq"
+        status = _status(row)
+        if row["errors"]:
+            notes.append(
+                f"- {row['broker']} / {row['contestant']}: "
+                + "; ".join(sorted({e.splitlines()[0][:300] for e in row["errors"] if e}))
+            )
+        lines.append(
+            f"| {row['broker']} | {row['contestant']} | {row['tasks']:,} | "
+            f"{_range(row.get('throughput'), 1, ',.0f')} | "
+            f"{_range(row.get('latency_p50_seconds'), 1e3, '.2f')} | "
+            f"{_range(row.get('latency_p99_seconds'), 1e3, '.2f')} | "
+            f"{'—' if is_distq else _ratio(ours.get('throughput'), row.get('throughput'))} | "
+            f"{'—' if is_distq else _ratio(ours.get('latency_p50_seconds'), row.get('latency_p50_seconds'))} | "  # noqa: E501
+            f"{status} |"
+        )
+    if notes:
+        lines += ["", "Failures:", "", *notes]
+    if report["memory"]:
+        lines += [
+            "",
+            f"## distq worker memory, {s['memory_tasks']:,}-task run",
+            "",
+            "VmRSS of each worker process from /proc, sampled every 0.2 s: start = first "
+            "sample (before the round; on manager, within 0.2 s of the worker starting), "
+            "end = last sample while the worker was alive.",
+            "",
+            "| broker | worker pid | start (MiB) | end (MiB) | peak (MiB) | run | status |",
+            "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+        for trial in report["memory"]:
+            run = (
+                f"{trial['throughput']:,.0f} tasks/s in {trial['elapsed_seconds']:.1f} s"
+                if trial["status"] == "ok"
+                else "—"
+            )
+            samples = trial.get("worker_rss") or [{}]
+            for w in samples:
+                mib = {
+                    k: f"{w[k] / 1024:.1f}" if k in w else "—"
+                    for k in ("start_kib", "end_kib", "peak_kib")
+                }
+                error = "" if trial["status"] == "ok" else f": {trial.get('error', '')[:200]}"
+                lines.append(
+                    f"| {trial['broker']} | {w.get('pid', '—')} | {mib['start_kib']} | "
+                    f"{mib['end_kib']} | {mib['peak_kib']} | {run} | {trial['status']}{error} |"
+                )
+    lines += ["", "## How each contestant is set up", "", CONFIGS]
+    lines += [
+        "Numbers come from one shared 2-core machine; other work may have been running "
+        "(see the load averages), so treat differences under ~20 % as noise. "
+        f"Raw per-trial numbers and logs: `latest.json` (logs under `{report['logs']}`).",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,396 @@
+"""``make bench``: distq against raw clients, Celery, Dramatiq and RQ, side by side.
+
+Starts its own Redis and RabbitMQ on free loopback ports, runs every (broker,
+contestant) trial ``--repeat`` times, round-robin, each in a process group of its own
+that is killed if it outlives ``--timeout``, stops the brokers by PID, and writes
+``bench/results/RESULTS.md`` and ``bench/results/latest.json``. A failed or timed-out
+trial is a cell in the table, never the end of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import contestants
+from processes import die_with_parent
+from report import write_markdown
+
+import brokers
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+PACKAGES = ("distq", "celery", "kombu", "dramatiq", "rq", "redis", "pika")
+MEMORY_TIMEOUT = 900.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__)
+    parser.add_argument("--tasks", type=int, default=20_000, help="tasks per throughput round")
+    parser.add_argument("--repeat", type=int, default=3, help="trials per contestant")
+    parser.add_argument(
+        "--only",
+        default=",".join(contestants.BROKERS),
+        help="brokers, comma-separated (default: redis,rabbitmq,manager)",
+    )
+    parser.add_argument(
+        "--contestants",
+        default=",".join(contestants.CONTESTANTS),
+        help=f"comma-separated subset of {','.join(contestants.CONTESTANTS)}",
+    )
+    parser.add_argument("--latency-tasks", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per trial")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also run distq's worker-memory stage (--memory-tasks tasks per transport)",
+    )
+    parser.add_argument("--memory-tasks", type=int, default=200_000)
+    parser.add_argument("--no-caps", action="store_true", help="no per-contestant task caps")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    args.only = _pick(args.only, contestants.BROKERS, "--only")
+    args.contestants = _pick(args.contestants, contestants.CONTESTANTS, "--contestants")
+    for name in ("tasks", "repeat", "workers", "memory_tasks"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.latency_tasks < 2:
+        parser.error("--latency-tasks must be at least 2")
+    return args
+
+
+def _pick(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    chosen = [w.strip() for w in text.split(",") if w.strip()]
+    unknown = [w for w in chosen if w not in allowed]
+    if unknown:
+        raise SystemExit(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    return chosen
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived: clean up and leave."""
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
+def run_trial(
+    args: argparse.Namespace,
+    broker: str,
+    url: str,
+    name: str,
+    repeat: int,
+    logdir: Path,
+    *,
+    tasks: int,
+    latency_tasks: int,
+    timeout: float,
+    memory: bool = False,
+) -> dict[str, Any]:
+    """Run ``trial.py`` in a new process group; kill the group if it overstays."""
+    tag = f"{broker}-{name}-{'mem' if memory else repeat}"
+    workdir = logdir / tag
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "result.json"
+    argv = [
+        sys.executable,
+        str(BENCH_DIR / "trial.py"),
+        "--broker",
+        broker,
+        "--contestant",
+        name,
+        "--url",
+        url,
+        "--queue",
+        f"bench-{name}-{uuid.uuid4().hex[:8]}",
+        "--tasks",
+        str(tasks),
+        "--latency-tasks",
+        str(latency_tasks),
+        "--workers",
+        str(args.workers),
+        "--seed",
+        str(repeat),
+        "--timeout",
+        str(timeout),
+        "--workdir",
+        str(workdir),
+        "--out",
+        str(out),
+    ]
+    if memory:
+        argv.append("--memory")
+    if args.no_caps:
+        argv.append("--no-caps")
+    print(f"  {tag}: ", end="", flush=True)
+    started = time.monotonic()
+    with open(workdir / "trial.log", "wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+            cwd=BENCH_DIR,
+        )
+        try:
+            proc.wait(timeout=timeout + 30)  # the trial's own deadline, plus clean-up
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _end_group(proc)
+    result: dict[str, Any]
+    if timed_out:
+        result = {"status": "timeout", "error": f"no result within {timeout:.0f} s"}
+    elif out.exists():
+        result = json.loads(out.read_text())
+        if result["status"] != "ok" and "RoundTimeout" in result.get("error", ""):
+            result["status"] = "timeout"
+    else:
+        text = (workdir / "trial.log").read_text(errors="replace")[-1500:]
+        result = {"status": "failed", "error": f"trial exited {proc.returncode}: {text}"}
+    result.update(broker=broker, contestant=name, repeat=repeat, logs=str(workdir))
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    if result["status"] == "ok":
+        lat = result.get("latency_p50_seconds")
+        extra = f", p50 {lat * 1e3:.2f} ms" if lat is not None else ""
+        print(f"{result['throughput']:,.0f} tasks/s{extra} ({result['wall_seconds']} s)")
+    else:
+        print(f"{result['status'].upper()}: {result.get('error', '')[:300]}")
+    return result
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop whatever is left of a trial's process group (its PGID is the trial's PID)."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        if not _group_alive(proc.pid):
+            break
+        os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + grace
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            proc.poll()  # reap the leader so it does not linger as a zombie
+            time.sleep(0.1)
+    proc.wait(timeout=5)
+
+
+def _flush(broker: brokers.Broker) -> None:
+    """Between Redis trials: drop every key so no trial pays for another's leftovers."""
+    if broker.name == "redis":
+        import redis
+
+        client = redis.Redis.from_url(broker.url)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+
+def summarize(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [t for t in trials if t["status"] == "ok"]
+    row: dict[str, Any] = {
+        "trials": len(trials),
+        "ok": len(ok),
+        "tasks": max((t.get("tasks", 0) for t in trials), default=0),
+        "errors": [t.get("error", "") for t in trials if t["status"] != "ok"],
+        "statuses": [t["status"] for t in trials],
+    }
+    for key in ("throughput", "latency_p50_seconds", "latency_p99_seconds"):
+        values = [t[key] for t in ok if t.get(key) is not None]
+        if values:
+            row[key] = {
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+            }
+    return row
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    ram_kib = 0
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                ram_kib = int(line.split()[1])
+    os_name = platform.platform()
+    if Path("/etc/os-release").exists():
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip('"')
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    commit = subprocess.run(
+        ["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "ram_gib": round(ram_kib / 1024 / 1024, 1),
+        "os": os_name,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "distq_commit": commit or "unknown",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    started = dt.datetime.now(dt.UTC)
+    logdir = Path(tempfile.mkdtemp(prefix="distq-bench-"))
+    report: dict[str, Any] = {
+        "date": started.isoformat(timespec="seconds"),
+        "command": "bench/run.sh " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "settings": {
+            "tasks": args.tasks,
+            "repeat": args.repeat,
+            "latency_tasks": args.latency_tasks,
+            "workers": args.workers,
+            "timeout": args.timeout,
+            "memory_tasks": args.memory_tasks if args.memory else None,
+        },
+        "machine": machine(),
+        "load_average_start": os.getloadavg(),
+        "brokers": {},
+        "rows": [],
+        "memory": [],
+        "logs": str(logdir),
+    }
+    print(f"distq bench: logs in {logdir}")
+    running: list[brokers.Broker] = []
+    interrupted = None
+    try:
+        for broker_name in args.only:
+            names = [
+                n for b, n in contestants.REGISTRY if b == broker_name and n in args.contestants
+            ]
+            if not names:
+                continue
+            url, broker = "", None
+            if broker_name in brokers.STARTERS:
+                print(f"starting {broker_name} ...", flush=True)
+                try:
+                    broker = brokers.STARTERS[broker_name]()
+                except Exception as exc:
+                    error = f"{broker_name} did not start: {exc}"
+                    print(f"  {error}")
+                    for name in names:
+                        report["rows"].append(
+                            {
+                                "broker": broker_name,
+                                "contestant": name,
+                                **summarize([{"status": "failed", "error": error}]),
+                            }
+                        )
+                    continue
+                running.append(broker)
+                url = broker.url
+                report["brokers"][broker_name] = {"version": broker.version}
+            trials: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+            for repeat in range(1, args.repeat + 1):
+                for name in names:
+                    if broker:
+                        _flush(broker)
+                    trials[name].append(
+                        run_trial(
+                            args,
+                            broker_name,
+                            url,
+                            name,
+                            repeat,
+                            logdir,
+                            tasks=args.tasks,
+                            latency_tasks=args.latency_tasks,
+                            timeout=args.timeout,
+                        )
+                    )
+            for name in names:
+                report["rows"].append(
+                    {
+                        "broker": broker_name,
+                        "contestant": name,
+                        **summarize(trials[name]),
+                        "trials_detail": trials[name],
+                    }
+                )
+            if args.memory and "distq" in names:
+                if broker:
+                    _flush(broker)
+                report["memory"].append(
+                    run_trial(
+                        args,
+                        broker_name,
+                        url,
+                        "distq",
+                        0,
+                        logdir,
+                        tasks=args.memory_tasks,
+                        latency_tasks=0,
+                        timeout=max(args.timeout, MEMORY_TIMEOUT),
+                        memory=True,
+                    )
+                )
+            if broker:
+                broker.stop()
+                running.remove(broker)
+    except Stopped as exc:
+        interrupted = str(exc)
+        print(f"\ninterrupted by {interrupted}; stopping brokers")
+    finally:
+        for broker in running:
+            broker.stop()
+    report["load_average_end"] = os.getloadavg()
+    report["interrupted"] = interrupted
+    report["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = write_markdown(report)
+    (args.results_dir / "RESULTS.md").write_text(markdown)
+    print()
+    print(markdown)
+    print(f"wrote {args.results_dir / 'RESULTS.md'} and latest.json")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""One trial of one contestant on one broker, in a process of its own.
+
+Run by ``bench/run.py``, which kills this process group if it outlives its timeout.
+Writes one JSON object to ``--out``: ``status`` ("ok" or "failed"), and on success
+``throughput`` (tasks/s), ``elapsed_seconds``, ``latency_p50_seconds``,
+``latency_p99_seconds`` and, with ``--memory``, the workers' VmRSS samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import contestants
+from contestants.base import Context
+
+WARM_UP_TASKS = 200
+WARM_UP_LATENCY = 20
+
+
+def vm_rss_kib(pid: int) -> int | None:
+    """Resident set size of ``pid`` in KiB, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class RssSampler(threading.Thread):
+    """Samples every worker's VmRSS five times a second: first, last and peak per PID."""
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids  # the current worker PIDs (manager workers come and go)
+        self.first: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.peak: dict[int, int] = {}
+        self.stopping = threading.Event()
+
+    def sample(self) -> None:
+        for pid in self.pids():
+            rss = vm_rss_kib(pid)
+            if rss is None:
+                continue
+            self.first.setdefault(pid, rss)
+            self.last[pid] = rss
+            self.peak[pid] = max(rss, self.peak.get(pid, 0))
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.2):
+            self.sample()
+
+    def report(self) -> list[dict[str, int]]:
+        return [
+            {
+                "pid": pid,
+                "start_kib": self.first[pid],
+                "end_kib": self.last[pid],
+                "peak_kib": self.peak[pid],
+            }
+            for pid in self.first
+        ]
+
+
+def run_trial(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(
+        broker=args.broker,
+        url=args.url,
+        queue=args.queue,
+        workers=args.workers,
+        workdir=workdir,
+        deadline=time.monotonic() + args.timeout,
+    )
+    rng = random.Random(args.seed)
+    tasks = [rng.randint(1, 1000) for _ in range(args.tasks)]
+    warm = [rng.randint(1, 1000) for _ in range(WARM_UP_TASKS)]
+    single = [rng.randint(1, 1000) for _ in range(args.latency_tasks + WARM_UP_LATENCY)]
+
+    contestant = contestants.load(args.broker, args.contestant)(ctx)
+    if contestant.task_cap is not None and not args.no_caps:
+        tasks = tasks[: contestant.task_cap]
+    out: dict[str, Any] = {"status": "failed", "tasks": len(tasks)}
+    phase = "start_workers"
+    try:
+        contestant.start_workers()
+        phase = "warm-up"
+        contestant.throughput(warm)
+        phase = "throughput"
+        sampler = RssSampler(contestant.worker_pids) if args.memory else None
+        if sampler:
+            sampler.sample()
+            sampler.start()
+        elapsed = contestant.throughput(tasks)
+        if sampler:
+            sampler.sample()
+            sampler.stopping.set()
+            out["worker_rss"] = sampler.report()
+        out["elapsed_seconds"] = elapsed
+        out["throughput"] = len(tasks) / elapsed
+        if args.latency_tasks:
+            phase = "latency"
+            contestant.latency(single[:WARM_UP_LATENCY])  # not counted
+            lat = contestant.latency(single[WARM_UP_LATENCY:])
+            out["latency_p50_seconds"] = lat.p50
+            out["latency_p99_seconds"] = lat.p99
+            out["latency_tasks"] = lat.count
+        out["status"] = "ok"
+    except BaseException as exc:
+        out["error"] = f"{phase}: {type(exc).__name__}: {exc}"
+        out["traceback"] = traceback.format_exc()[-4000:]
+    finally:
+        try:
+            contestant.stop_workers()
+        except Exception as exc:
+            out.setdefault("warnings", []).append(f"stop_workers: {exc}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--broker", required=True, choices=contestants.BROKERS)
+    parser.add_argument("--contestant", required=True, choices=contestants.CONTESTANTS)
+    parser.add_argument("--url", default="")
+    parser.add_argument("--queue", required=True)
+    parser.add_argument("--tasks", type=int, required=True)
+    parser.add_argument("--latency-tasks", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--no-caps", action="store_true", help="ignore contestants' task_cap")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    result = run_trial(args)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
