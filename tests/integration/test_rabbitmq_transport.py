@@ -1,0 +1,431 @@
+"""RabbitMQ-specific behaviour of :class:`distq.transport.rabbitmq.RabbitMQTransport`.
+
+The scenarios every transport shares live in ``test_transport_contract.py``; these check
+what only RabbitMQ has: the declared topology and its arguments, persistent messages,
+publisher confirms before acks, cumulative acks, the prefetch window, leases held by the
+connection (a killed worker's deliveries come back at once), one retry queue per delay,
+dead letters peeked without being removed, and error translation at the boundary. The
+broker comes from ``rabbitmq_broker`` (tests/brokers.py); each test uses queues of its own
+and deletes them afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import pika
+import pika.exceptions
+import pytest
+
+from brokers import Broker
+from distq.config import Settings
+from distq.envelope import DeadLetter
+from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
+from distq.transport.base import Consumer, Delivery, Settlement
+from distq.transport.rabbitmq import RabbitMQTransport
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+OpenTransport = Callable[..., RabbitMQTransport]
+
+
+@pytest.fixture
+def amqp_url(rabbitmq_broker: Broker) -> str:
+    return rabbitmq_broker.url
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def raw(amqp_url: str, queue: str) -> Iterator[Any]:
+    """A plain pika channel, to look at the broker as an operator would; cleans up after."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    yield connection.channel()
+    if not connection.is_open:
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    for name in (queue, f"{queue}.dead", f"{queue}.reply", *_retry_queues(queue)):
+        channel.queue_delete(name)
+    connection.close()
+
+
+_RETRY_DELAYS_MS = (1, 300, 3000)  # every delay the tests use, for clean-up
+
+
+def _retry_queues(queue: str) -> list[str]:
+    return [f"{queue}.retry.{ms}" for ms in _RETRY_DELAYS_MS]
+
+
+@pytest.fixture
+def open_transport(amqp_url: str, queue: str, raw: Any) -> Iterator[OpenTransport]:
+    opened: list[RabbitMQTransport] = []
+
+    def _open(url: str = amqp_url, lease: float = 1.0, prefetch: int = 8) -> RabbitMQTransport:
+        settings = Settings(
+            transport="rabbitmq", amqp_url=url, queue=queue, lease_seconds=lease, prefetch=prefetch
+        )
+        transport = RabbitMQTransport(settings, "worker")
+        opened.append(transport)
+        return transport
+
+    yield _open
+    for transport in opened:
+        transport.close()
+
+
+def _fetch(consumer: Consumer, count: int, within: float = 10.0) -> list[Delivery]:
+    got: list[Delivery] = []
+    deadline = time.monotonic() + within
+    while len(got) < count and time.monotonic() < deadline:
+        got += consumer.fetch(count - len(got), 0.2)
+    return got
+
+
+def _ready(raw: Any, name: str) -> int:
+    return int(raw.queue_declare(name, passive=True).method.message_count)
+
+
+def _declare_refused(raw: Any, name: str, **kwargs: Any) -> bool:
+    """True if RabbitMQ refuses ``queue_declare(name, **kwargs)`` as inequivalent.
+
+    The broker refuses a re-declaration whose durability or arguments differ from the
+    queue's, which is how a client can check what a queue was declared with.
+    """
+    channel = raw.connection.channel()
+    try:
+        channel.queue_declare(name, **kwargs)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        assert exc.reply_code == 406, exc
+        return True
+    channel.close()
+    return False
+
+
+def _bodies(n: int) -> list[bytes]:
+    return [f"task-{i}".encode() for i in range(n)]
+
+
+def test_topology_is_durable_and_dead_letters_to_the_dlq(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    t = open_transport()
+    dead = f"{queue}.dead"
+    dlx = {"x-queue-version": 2, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead}
+    assert not _declare_refused(raw, queue, durable=True, arguments=dlx)
+    assert _declare_refused(raw, queue, durable=False, arguments=dlx)
+    assert _declare_refused(raw, queue, durable=True, arguments={"x-queue-version": 2})
+    assert not _declare_refused(raw, dead, durable=True, arguments={"x-queue-version": 2})
+    # anything rejected for good from the task queue lands in the DLQ by itself
+    t.producer(f"{queue}.reply").submit([b"poison"])
+    method, _, _ = raw.basic_get(queue)
+    raw.basic_reject(method.delivery_tag, requeue=False)
+    deadline = time.monotonic() + 5
+    while _ready(raw, dead) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (letter,) = t.dead_letters()
+    assert (letter.body, letter.queue) == (b"poison", queue)
+    assert letter.reason == "dead-lettered by RabbitMQ (rejected)"
+
+
+def test_a_queue_declared_otherwise_is_a_clear_error(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    raw.queue_declare(queue, durable=True)  # no dead-letter arguments
+    with pytest.raises(TransportError, match="DISTQ_QUEUE") as caught:
+        open_transport()
+    assert "already has queue" in str(caught.value)
+
+
+def test_tasks_results_retries_and_dead_letters_are_persistent(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    t = open_transport()
+    reply = f"{queue}.reply"
+    raw.queue_declare(reply, durable=True)  # a master's queue, read here by hand
+    producer = t.producer(reply + ".p")
+    producer.submit(_bodies(3))
+    consumer = t.consumer("c1")
+    a, b, c = _fetch(consumer, 3)
+    letter = DeadLetter(body=c.body, reason="bad", queue=queue, worker="w").encode()
+    consumer.settle(
+        [
+            Settlement(a, reply_to=reply, result=b"result"),
+            Settlement(b, retry=b"again", retry_delay=3.0),
+            Settlement(c, dead_letter=letter),
+        ]
+    )
+    for name, body in (
+        (reply, b"result"),
+        (f"{queue}.retry.3000", b"again"),
+        (f"{queue}.dead", letter),
+    ):
+        method, props, got = raw.basic_get(name, auto_ack=True)
+        assert method is not None, name
+        assert (got, props.delivery_mode) == (body, 2), name
+    producer.close()
+    raw.queue_delete(reply + ".p")
+
+
+def test_results_and_retries_are_published_before_the_ack(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    t = open_transport()
+    t.producer(f"{queue}.reply").submit([b"one"])
+    consumer = t.consumer("c1")
+    (delivery,) = _fetch(consumer, 1)
+    raw.queue_delete(f"{queue}.dead")  # the dead letter cannot be routed now
+    letter = DeadLetter(body=b"one", reason="bad", queue=queue, worker="w").encode()
+    with pytest.raises(TransportError, match=r"no queue '.*\.dead'"):
+        consumer.settle([Settlement(delivery, dead_letter=letter)])
+    consumer.close()  # the delivery was never acked: RabbitMQ hands it out again
+    (again,) = _fetch(t.consumer("c2"), 1)
+    assert (again.body, again.redelivered) == (b"one", True)
+
+
+def test_out_of_order_settles_ack_exactly_what_was_settled(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    t = open_transport()
+    t.producer(f"{queue}.reply").submit(_bodies(6))
+    consumer = t.consumer("c1")
+    d = _fetch(consumer, 6)
+    consumer.settle([Settlement(d[1]), Settlement(d[3])])  # older deliveries stay held
+    consumer.release([d[4]])
+    consumer.settle([Settlement(d[5])])  # the newest, with d[0] and d[2] still held
+    with pytest.raises(ValueError, match="not held"):
+        consumer.settle([Settlement(d[1])])
+    consumer.close()
+    back = _fetch(t.consumer("c2"), 3)
+    assert sorted(x.body for x in back) == [b"task-0", b"task-2", b"task-4"]
+    assert all(x.redelivered for x in back)
+    assert _ready(raw, queue) == 0
+
+
+def test_prefetch_window_follows_the_batch(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    t = open_transport(prefetch=8)
+    t.producer(f"{queue}.reply").submit(_bodies(30))
+    consumer = t.consumer("c1")
+    assert len(_fetch(consumer, 2)) == 2
+    assert _ready(raw, queue) == 28  # nothing hoarded beyond what was asked for
+    more = consumer.fetch(50, 1.0)
+    assert 1 <= len(more) <= 8  # never more than DISTQ_PREFETCH at once
+    assert t.stats().in_flight == 2 + len(more)
+
+
+def test_a_killed_worker_hands_its_deliveries_back_at_once(
+    open_transport: OpenTransport, amqp_url: str, queue: str
+) -> None:
+    t = open_transport(lease=30.0)  # the heartbeat is far off: the TCP close does it
+    t.producer(f"{queue}.reply").submit(_bodies(3))
+    script = (
+        "import sys\n"
+        "from distq.config import Settings\n"
+        "from distq.transport.rabbitmq import RabbitMQTransport\n"
+        f"s = Settings(transport='rabbitmq', amqp_url=sys.argv[1], queue={queue!r},"
+        " lease_seconds=30.0)\n"
+        "c = RabbitMQTransport(s, 'worker').consumer('doomed')\n"
+        "got = []\n"
+        "while len(got) < 3:\n"
+        "    got += c.fetch(3 - len(got), 1.0)\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, amqp_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"held\n"
+        peek = t.consumer("peek")
+        assert peek.fetch(3, 0.5) == []  # leased to the child
+        peek.close()  # else, still consuming, it would get them back first
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        started = time.monotonic()
+        back = _fetch(t.consumer("survivor"), 3, within=10)
+        assert sorted(d.body for d in back) == _bodies(3)
+        assert all(d.redelivered for d in back)
+        assert time.monotonic() - started < 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_connection_heartbeat_follows_the_lease(open_transport: OpenTransport) -> None:
+    for lease, heartbeat in ((0.3, 1), (1.0, 1), (4.6, 5)):
+        consumer = open_transport(lease=lease).consumer("c")
+        assert consumer._link.connection._impl.params.heartbeat == heartbeat
+
+
+def test_each_retry_delay_has_its_own_queue(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    t = open_transport()
+    t.producer(f"{queue}.reply").submit([b"slow", b"fast", b"now"])
+    consumer = t.consumer("c1")
+    slow, fast, now = _fetch(consumer, 3)
+    settled = time.monotonic()
+    consumer.settle([Settlement(slow, retry=b"slow-2", retry_delay=3.0)])
+    consumer.settle(
+        [
+            Settlement(fast, retry=b"fast-2", retry_delay=0.3),
+            Settlement(now, retry=b"now-2", retry_delay=0.0),
+        ]
+    )
+    (first,) = consumer.fetch(1, 0.2)
+    assert first.body == b"now-2"  # no delay: straight back to the task queue
+    assert consumer.fetch(1, 0.1) == []
+    (second,) = _fetch(consumer, 1, within=2.5)
+    assert second.body == b"fast-2"  # not stuck behind the 3 s retry queued before it
+    assert 0.25 < time.monotonic() - settled < 2.5
+    assert _ready(raw, f"{queue}.retry.3000") == 1
+    args = {"x-queue-version": 2, "x-message-ttl": 300, "x-dead-letter-exchange": ""}
+    args.update({"x-dead-letter-routing-key": queue, "x-expires": 300 + 3_600_000})
+    assert not _declare_refused(raw, f"{queue}.retry.300", durable=True, arguments=args)
+    (third,) = _fetch(consumer, 1, within=5)
+    assert third.body == b"slow-2"
+    assert time.monotonic() - settled >= 2.9
+
+
+def test_dead_letters_are_peeked_oldest_first_and_stay(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    t = open_transport()
+    t.producer(f"{queue}.reply").submit(_bodies(3))
+    consumer = t.consumer("c1")
+    deliveries = _fetch(consumer, 3)
+    consumer.settle(
+        [
+            Settlement(d, dead_letter=DeadLetter(d.body, f"why-{i}", queue, "w1").encode())
+            for i, d in enumerate(deliveries)
+        ]
+    )
+    two = t.dead_letters(limit=2)
+    assert [(x.body, x.reason) for x in two] == [(b"task-0", "why-0"), (b"task-1", "why-1")]
+    assert [x.reason for x in t.dead_letters()] == ["why-0", "why-1", "why-2"]
+    assert t.dead_letters(limit=0) == []
+    assert _ready(raw, f"{queue}.dead") == 3 == t.stats().dead
+
+
+def test_reply_queues_are_per_producer_and_deleted_at_close(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    t = open_transport()
+    mine, theirs = t.producer(f"{queue}.mine"), t.producer(f"{queue}.theirs")
+    expiring = {"x-queue-version": 2, "x-expires": 3_600_000}
+    assert not _declare_refused(raw, mine.reply_to, durable=True, arguments=expiring)
+    mine.submit([b"m"])
+    theirs.submit([b"t"])
+    consumer = t.consumer("c1")
+    consumer.settle(
+        [
+            Settlement(
+                d, reply_to=f"{queue}.{'mine' if d.body == b'm' else 'theirs'}", result=d.body
+            )
+            for d in _fetch(consumer, 2)
+        ]
+    )
+    assert mine.results(10, 5.0) == [b"m"]
+    assert theirs.results(10, 5.0) == [b"t"]
+    mine.close()
+    theirs.close()
+    for name in (f"{queue}.mine", f"{queue}.theirs"):
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+            raw.connection.channel().queue_declare(name, passive=True)
+
+
+def test_wrong_password_is_refused_without_echoing_it(
+    open_transport: OpenTransport, rabbitmq_broker: Broker
+) -> None:
+    parts = urlsplit(rabbitmq_broker.bad_credentials_url)
+    with pytest.raises(AuthenticationFailed) as caught:
+        open_transport(url=rabbitmq_broker.bad_credentials_url)
+    message = str(caught.value)
+    assert message == (
+        f"RabbitMQ at {parts.hostname}:{parts.port} refused user {parts.username!r} "
+        "(DISTQ_AMQP_URL); check the user and password"
+    )
+    for url in (rabbitmq_broker.bad_credentials_url, rabbitmq_broker.url):
+        assert str(urlsplit(url).password) not in message
+
+
+def test_the_transport_never_shows_the_password(
+    open_transport: OpenTransport, amqp_url: str
+) -> None:
+    t = open_transport()
+    consumer = t.consumer("c1")
+    shown = (
+        repr(vars(t)) + repr(vars(consumer)) + repr(vars(t.producer(f"p-{uuid.uuid4().hex[:8]}")))
+    )
+    assert str(urlsplit(amqp_url).password) not in shown
+
+
+def test_unknown_vhost_is_refused_by_name(open_transport: OpenTransport, amqp_url: str) -> None:
+    parts = urlsplit(amqp_url)
+    url = parts._replace(path="/" + quote("no-such-vhost", safe="")).geturl()
+    with pytest.raises(AuthenticationFailed, match="vhost 'no-such-vhost'"):
+        open_transport(url=url)
+
+
+def test_unreachable_port_fails_fast_and_names_it(open_transport: OpenTransport) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed) as caught:
+        open_transport(url=f"amqp://distq:secret@127.0.0.1:{port}/%2F")
+    assert time.monotonic() - started < 5
+    assert str(caught.value) == (
+        f"cannot reach RabbitMQ at 127.0.0.1:{port} (DISTQ_AMQP_URL): "
+        "Connection refused; is it running?"
+    )
+
+
+def test_a_connection_lost_mid_operation_is_a_transport_error(
+    open_transport: OpenTransport, queue: str
+) -> None:
+    t = open_transport()
+    consumer = t.consumer("c1")
+    assert consumer.fetch(1, 0.1) == []
+    sock = consumer._link.connection._impl._transport._sock
+    sock.shutdown(socket.SHUT_RDWR)
+    with pytest.raises(TransportError, match=r"RabbitMQ at .*: fetching tasks failed"):
+        consumer.fetch(1, 1.0)
+    consumer.close()  # closing a dead consumer is quiet
+    assert t.stats().ready == 0  # the transport's own connection is unaffected
+
+
+def test_a_deleted_task_queue_fails_loudly_and_a_new_consumer_heals_it(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    t = open_transport()
+    consumer = t.consumer("c1")
+    assert consumer.fetch(1, 0.1) == []
+    raw.queue_delete(queue)  # an operator's mistake; RabbitMQ cancels the consumer
+    with pytest.raises(TransportError, match="NOT_FOUND"):
+        for _ in range(20):
+            consumer.fetch(1, 0.1)
+    consumer.close()
+    fresh = t.consumer("c2")  # what the worker does after an error: declares again
+    t.producer(f"{queue}.reply").submit([b"after"])
+    assert [d.body for d in _fetch(fresh, 1)] == [b"after"]
