@@ -7,6 +7,7 @@ configuration or usage; 3 the broker could not be reached or refused our credent
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -89,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         help="attempts per task before it fails for good (default 3)",
     )
     master.add_argument(
+        "--wait-workers",
+        type=_positive(int),
+        metavar="K",
+        help="start (and start the clock) once K worker slots are attached",
+    )
+    master.add_argument(
         "--report", type=Path, metavar="FILE", help="write the job report as JSON to FILE"
     )
 
@@ -126,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # its errors reach us as ConnectionFailed
     console = Console(quiet=args.quiet)
     try:
         settings = Settings.load(os.environ, {var: getattr(args, var) for var in VARIABLES})
@@ -153,6 +161,7 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
         rate=args.rate,
         max_in_flight=args.max_in_flight,
         max_attempts=args.max_attempts,
+        wait_workers=args.wait_workers,
     )
     transport = open_transport(settings, "master")
     stop = threading.Event()

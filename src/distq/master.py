@@ -37,6 +37,7 @@ class JobSpec:
     rate: float | None = None
     max_in_flight: int | None = None
     max_attempts: int = 3
+    wait_workers: int | None = None  # start (and start the clock) once this many slots attach
     drain_seconds: float = 5.0  # rate mode: how long to wait for in-flight results at stop
 
 
@@ -115,8 +116,11 @@ class _Job:
 
     def run(self) -> JobReport:
         spec, total = self.spec, self.spec.tasks
+        deadline = time.perf_counter() + spec.timeout if spec.timeout is not None else None
+        if spec.wait_workers and not self._await_workers(spec.wait_workers, deadline):
+            self.report.tasks = total or 0
+            return self._finish(0.0)
         start = time.perf_counter()
-        deadline = start + spec.timeout if spec.timeout is not None else None
         next_status = start + STATUS_EVERY
         announced = False
         while True:
@@ -149,6 +153,20 @@ class _Job:
         if self.stop.is_set() and self.pending:
             self._drain()
         return self._finish(time.perf_counter() - start)
+
+    def _await_workers(self, count: int, deadline: float | None) -> bool:
+        """Wait (before the clock starts) until ``count`` worker slots are attached."""
+        self.console.info(f"waiting for {count} worker slots to attach ...")
+        seen = 0
+        while not self.stop.is_set():
+            seen = self.master.transport.stats().consumers
+            if seen >= count:
+                return True
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+            time.sleep(0.05)  # before the job starts: a short poll costs nothing measured
+        self.report.problems.append(f"only {seen} of {count} worker slots attached in time")
+        return False
 
     def _allowance(self, elapsed: float) -> int:
         spec = self.spec
@@ -249,7 +267,7 @@ class _Job:
     def _finish(self, elapsed: float) -> JobReport:
         r = self.report
         r.elapsed_seconds = elapsed
-        r.missing = len(self.pending)
+        r.missing = len(self.pending) + (r.tasks - self.submitted)
         r.throughput = (r.ok + r.failed) / elapsed if elapsed > 0 else 0.0
         if self.latencies:
             ordered = sorted(self.latencies)

@@ -208,3 +208,21 @@ def test_rate_mode_runs_until_stopped(spawn: Spawn, tmp_path: Path) -> None:
     data = json.loads(report.read_text())
     assert 300 <= data["tasks"] <= 600  # about 40 per second for 10+ s
     assert data["ok"] >= data["tasks"] - 5 and data["failed"] == 0
+
+
+def test_wait_workers_holds_the_job_until_enough_slots_attach(spawn: Spawn) -> None:
+    master = start_master(spawn, "--wait-workers", "2", "--tasks", "20", "--timeout", "60")
+    master.wait_for(r"waiting for 2 worker slots")
+    spawn("worker", "-q")
+    with pytest.raises(AssertionError):
+        master.wait_for(r"^put task", timeout=2)  # one slot is not enough
+    spawn("worker", "-q")
+    assert master.wait(60) == 0, master.output()
+    assert len(RESULT_LINE.findall(master.output())) == 20
+
+
+def test_wait_workers_gives_up_at_the_timeout(spawn: Spawn) -> None:
+    master = start_master(spawn, "--wait-workers", "1", "--tasks", "3", "--timeout", "1")
+    assert master.wait(30) == 1
+    assert "only 0 of 1 worker slots attached" in master.output()
+    assert "3 missing" in master.output()

@@ -184,6 +184,10 @@ def test_stats_count_ready_tasks(hosted: Transport, remote: Transport) -> None:
     assert len(taken) == 2
     stats = hosted.stats()
     assert stats.ready + len(taken) == 5
+    assert stats.consumers == 1
+    other = remote.consumer("c2")
+    other.fetch(1, 0.1)
+    assert hosted.stats().consumers == 2
 
 
 def test_wrong_credentials_are_refused(target: Target, hosted: Transport) -> None:

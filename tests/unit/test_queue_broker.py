@@ -12,11 +12,11 @@ def test_fetch_leases_and_settle_publishes() -> None:
     broker.put("q", [b"a", b"b"])
     got = broker.fetch("q", "c1", 10, 0.1, 5.0)
     assert [body for _, body, _ in got] == [b"a", b"b"]
-    assert broker.stats("q") == (0, 2, 0)
+    assert broker.stats("q") == (0, 2, 0, 1)
     token = got[0][0]
     broker.settle("q", "c1", [(token, "r", b"result", None, 0.0, b"dead")])
     assert broker.get("r", 10, 0) == [b"result"]
-    assert broker.stats("q") == (0, 1, 1)
+    assert broker.stats("q") == (0, 1, 1, 1)
 
 
 def test_expired_lease_requeues_at_the_front_and_marks_redelivered() -> None:
@@ -38,7 +38,7 @@ def test_heartbeat_extends_the_lease() -> None:
     for _ in range(5):
         time.sleep(0.1)
         broker.heartbeat("c1", 0.2)
-    assert broker.stats("q") == (0, 1, 0)
+    assert broker.stats("q") == (0, 1, 0, 1)
     broker.stop()
 
 

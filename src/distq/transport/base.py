@@ -63,11 +63,16 @@ class Settlement:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """Counts an operator cares about: waiting, leased to workers, dead-lettered."""
+    """Counts an operator cares about: waiting, leased, dead-lettered, and who takes them.
+
+    ``consumers`` is the number of worker slots attached to the queue (a worker with
+    ``--concurrency C`` has C), as far as the broker can tell.
+    """
 
     ready: int
     in_flight: int
     dead: int
+    consumers: int
 
 
 class Producer(abc.ABC):

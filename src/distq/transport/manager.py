@@ -55,6 +55,7 @@ _T = TypeVar("_T")
 @dataclass
 class _Lease:
     deadline: float
+    queue: str = ""  # the queue this consumer last fetched from
     held: dict[int, tuple[str, bytes]] = field(default_factory=dict)
 
 
@@ -106,10 +107,12 @@ class QueueBroker:
     ) -> list[Wire]:
         with self._lock:
             owner = self._renew(consumer, lease)
+            owner.queue = queue
             items = self._queue(queue)
             if not items:
                 self._ready[queue].wait_for(lambda: bool(items), timeout)
                 owner = self._renew(consumer, lease)  # the reaper may have dropped us meanwhile
+                owner.queue = queue
             out: list[Wire] = []
             for _ in range(min(max_count, len(items))):
                 body, redelivered = items.popleft()
@@ -158,13 +161,14 @@ class QueueBroker:
         with self._lock:
             return [body for body, _ in itertools.islice(self._queue(queue), limit)]
 
-    def stats(self, queue: str) -> tuple[int, int, int]:
+    def stats(self, queue: str) -> tuple[int, int, int, int]:
         with self._lock:
             ready = len(self._queue(queue)) + sum(1 for d in self._delayed if d[2] == queue)
             in_flight = sum(
                 1 for lease in self._leases.values() for q, _ in lease.held.values() if q == queue
             )
-            return ready, in_flight, len(self._queue(f"{queue}.dead"))
+            consumers = sum(1 for lease in self._leases.values() if lease.queue == queue)
+            return ready, in_flight, len(self._queue(f"{queue}.dead")), consumers
 
     # -- internals (lock held) ------------------------------------------------
     def _queue(self, name: str) -> deque[tuple[bytes, bool]]:
@@ -312,8 +316,8 @@ class ManagerTransport(Transport):
         return [DeadLetter.decode(body) for body in bodies]
 
     def stats(self) -> QueueStats:
-        ready, in_flight, dead = _call(self.address, self._endpoint().stats, self._queue)
-        return QueueStats(ready=ready, in_flight=in_flight, dead=dead)
+        ready, in_flight, dead, consumers = _call(self.address, self._endpoint().stats, self._queue)
+        return QueueStats(ready=ready, in_flight=in_flight, dead=dead, consumers=consumers)
 
     def close(self) -> None:
         broker, self._broker = self._broker, None

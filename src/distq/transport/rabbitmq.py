@@ -412,14 +412,14 @@ class RabbitMQTransport(Transport):
         ``in_flight`` counts the deliveries held by this process's consumers.
         """
 
-        def counts(channel: Any) -> tuple[int, int]:
-            ready = channel.queue_declare(self.queue, passive=True).method.message_count
+        def counts(channel: Any) -> tuple[int, int, int]:
+            tasks = channel.queue_declare(self.queue, passive=True).method
             dead = channel.queue_declare(self.dead_queue, passive=True).method.message_count
-            return int(ready), int(dead)
+            return int(tasks.message_count), int(dead), int(tasks.consumer_count)
 
-        ready, dead = self._with_admin("reading queue counts", counts)
+        ready, dead, consumers = self._with_admin("reading queue counts", counts)
         held = sum(c.held for c in list(self._children) if isinstance(c, RabbitMQConsumer))
-        return QueueStats(ready=ready, in_flight=held, dead=dead)
+        return QueueStats(ready=ready, in_flight=held, dead=dead, consumers=consumers)
 
     def close(self) -> None:
         """Close every producer and consumer still open, then the admin connection.

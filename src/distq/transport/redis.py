@@ -210,7 +210,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   inflight = inflight + redis.call('LLEN', ARGV[3] .. id)
 end
 return {redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3]), inflight,
-        redis.call('LLEN', KEYS[6])}
+        redis.call('LLEN', KEYS[6]), redis.call('ZCOUNT', KEYS[2], '(' .. now_ms(), '+inf')}
 """
 
 
@@ -251,7 +251,7 @@ class RedisTransport(Transport):
         self.release_script = _Script(_RELEASE)
         self.close_script = _Script(_PRELUDE + _CLOSE)
         self.sweep_script = _Script(_PRELUDE + _SWEEP)
-        self.stats_script = _Script(_STATS)
+        self.stats_script = _Script(_PRELUDE + _STATS)
         with self.errors():
             # a pipelined EVALSHA cannot load its script on the fly, so load it now
             self.client.execute_command("SCRIPT LOAD", self.claim_script.source)
@@ -322,12 +322,15 @@ class RedisTransport(Transport):
         return [DeadLetter.decode(body) for body in bodies]
 
     def stats(self) -> QueueStats:
-        """``ready`` counts ``<queue>`` plus delayed retries; ``in_flight`` every lease."""
+        """``ready`` counts ``<queue>`` plus delayed retries; ``in_flight`` every lease;
+        ``consumers`` the slots whose lease is live."""
         with self.errors():
-            ready, in_flight, dead = self.stats_script(
+            ready, in_flight, dead, consumers = self.stats_script(
                 self.client, self.keys(), ["", 0, self.inflight_prefix]
             )
-        return QueueStats(ready=int(ready), in_flight=int(in_flight), dead=int(dead))
+        return QueueStats(
+            ready=int(ready), in_flight=int(in_flight), dead=int(dead), consumers=int(consumers)
+        )
 
     def sweep(self, client: redis.Redis[bytes]) -> None:
         """Requeue expired leases and due retries (consumers also do it on every claim)."""
