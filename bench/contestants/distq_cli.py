@@ -11,9 +11,9 @@ the other contestants.
 Readiness before timing: on Redis, until the server counts one new client per worker;
 on RabbitMQ, until the task queue has one consumer per worker (both at most
 ``READY_LIMIT`` s, then the warm-up round decides). On manager the master hosts the
-queues, so workers are started first (they retry connecting) and the master right
-after them, for every master run; its elapsed time therefore includes the workers'
-first connect.
+queues, so workers are started with every master run; ``--wait-workers`` makes the
+master start the job (and its clock) only once both workers are attached, on every
+broker.
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ class DistqCli(Contestant):
             str(report_path),
             "--timeout",
             f"{max(1.0, remaining - 5):.0f}",
+            # the clock starts once every worker slot is attached, as for the peers
+            "--wait-workers",
+            str(self.ctx.workers),
             *extra,
         ]
         manager = self.ctx.broker == "manager"
