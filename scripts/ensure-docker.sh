@@ -34,10 +34,23 @@ if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; 
     apt_install docker.io
 fi
 
+# Live dockerd processes: a killed daemon can linger as a zombie (state Z) when nothing
+# reaps it, and a zombie must not pass for a daemon that is starting up.
+live_dockerd() {
+    local pid
+    for pid in $(pgrep -x dockerd 2>/dev/null); do
+        case "$(ps -o stat= -p "$pid" 2>/dev/null)" in
+            Z* | "") ;;
+            *) printf '%s ' "$pid" ;;
+        esac
+    done
+}
+
 # A daemon that is already starting up is left alone; only start one when none runs.
 started=""
-if pgrep -x dockerd >/dev/null 2>&1; then
-    log "a dockerd is already running (pid $(pgrep -x dockerd | tr '\n' ' ')); waiting for it"
+running=$(live_dockerd)
+if [ -n "$running" ]; then
+    log "a dockerd is already running (pid $running); waiting for it"
 else
     log "starting dockerd (log: /var/log/dockerd.log)"
     setsid dockerd >/var/log/dockerd.log 2>&1 </dev/null &
