@@ -180,6 +180,9 @@ def start_rabbitmq(limit: float = 90.0) -> Broker:
         "RABBITMQ_LOG_BASE": str(workdir / "log"),
         "RABBITMQ_PID_FILE": str(workdir / "rabbitmq.pid"),
         "RABBITMQ_ALLOW_INPUT": "",
+        # no busy-waiting schedulers: on 2 cores Erlang's spinning takes CPU from every
+        # contestant's Python processes alike
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+sbwt none +sbwtdcpu none +sbwtdio none",
     }
     log = open(workdir / "rabbitmq.stdout", "wb")  # noqa: SIM115 - the children own it
     procs: list[subprocess.Popen[bytes]] = []
