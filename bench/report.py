@@ -33,9 +33,9 @@ CONFIGS = """\
   Both: JSON serializer, `Queue.enqueue_many` in one pipeline, results via RQ's results
   stream (`job.latest_result(timeout=...)`, a blocking XREAD) in order.
 - **distq**: `distq worker --quiet` x 2 and `distq master --tasks N --quiet --report`
-  (`--max-in-flight 1` for latency); numbers from the master's own report. On manager,
-  workers start just before each master (the master hosts the queues), so that run's
-  time includes their first connect.
+  (`--max-in-flight 1` for latency); numbers from the master's own report. The master
+  runs with `--wait-workers 2`: its clock starts once both workers are attached (on
+  manager the workers start with each master, which hosts the queues).
 """
 
 
