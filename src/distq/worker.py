@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
-from typing import Literal
+from typing import Any, Literal
 
 from distq.console import Console
 from distq.envelope import DeadLetter, Result, Task
@@ -284,24 +284,14 @@ class Worker:
             return self._fail(delivery, task, exc, started_at, 0.0, retryable=False)
         try:
             value = function(*task.args, **task.kwargs)
-            duration = time.perf_counter() - started
-            body = Result(
-                task_id=task.id,
-                status="ok",
-                worker=self.id,
-                attempt=task.attempt,
-                started_at=started_at,
-                duration=duration,
-                value=value,
-            ).encode()
-        except (TypeError, ValueError) as exc:
-            duration = time.perf_counter() - started
-            if "JSON serializable" in str(exc):
-                return self._fail(delivery, task, exc, started_at, duration, retryable=False)
-            return self._fail(delivery, task, exc, started_at, duration, retryable=True)
         except Exception as exc:
             duration = time.perf_counter() - started
             return self._fail(delivery, task, exc, started_at, duration, retryable=True)
+        duration = time.perf_counter() - started
+        try:
+            body = self._result(task, started_at, duration, status="ok", value=value)
+        except (TypeError, ValueError) as exc:  # the value is not JSON: no retry will change it
+            return self._fail(delivery, task, exc, started_at, duration, retryable=False)
         if self.metrics is not None:
             self.metrics.task_seconds.observe(duration)
         return Settlement(delivery, reply_to=task.reply_to, result=body), "ok"
@@ -331,22 +321,30 @@ class Worker:
             else f"cannot run: {error}"
         )
         self.console.error(f"task {task.name} {task.id} dead-lettered: {reason}")
-        result = Result(
-            task_id=task.id,
+        result = self._result(
+            task,
+            started_at,
+            duration,
             status="error",
-            worker=self.id,
-            attempt=task.attempt,
-            started_at=started_at,
-            duration=duration,
             error_type=type(exc).__name__,
             error_message=reason,
-        ).encode()
+        )
         return Settlement(
             delivery,
             reply_to=task.reply_to,
             result=result,
             dead_letter=self._dead(delivery, reason),
         ), "failed"
+
+    def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
+        return Result(
+            task_id=task.id,
+            worker=self.id,
+            attempt=task.attempt,
+            started_at=started_at,
+            duration=duration,
+            **fields,
+        ).encode()
 
     def _dead(self, delivery: Delivery, reason: str) -> bytes:
         return DeadLetter(

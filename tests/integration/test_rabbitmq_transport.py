@@ -31,8 +31,9 @@ from brokers import Broker
 from distq.config import Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
-from distq.transport.base import Consumer, Delivery, Settlement
+from distq.transport.base import Settlement
 from distq.transport.rabbitmq import RabbitMQTransport
+from seam import fetch_n
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -85,14 +86,6 @@ def open_transport(amqp_url: str, queue: str, raw: Any) -> Iterator[OpenTranspor
     yield _open
     for transport in opened:
         transport.close()
-
-
-def _fetch(consumer: Consumer, count: int, within: float = 10.0) -> list[Delivery]:
-    got: list[Delivery] = []
-    deadline = time.monotonic() + within
-    while len(got) < count and time.monotonic() < deadline:
-        got += consumer.fetch(count - len(got), 0.2)
-    return got
 
 
 def _ready(raw: Any, name: str) -> int:
@@ -159,7 +152,7 @@ def test_tasks_results_retries_and_dead_letters_are_persistent(
     producer = t.producer(reply + ".p")
     producer.submit(_bodies(3))
     consumer = t.consumer("c1")
-    a, b, c = _fetch(consumer, 3)
+    a, b, c = fetch_n(consumer, 3)
     letter = DeadLetter(body=c.body, reason="bad", queue=queue, worker="w").encode()
     consumer.settle(
         [
@@ -186,13 +179,13 @@ def test_results_and_retries_are_published_before_the_ack(
     t = open_transport()
     t.producer(f"{queue}.reply").submit([b"one"])
     consumer = t.consumer("c1")
-    (delivery,) = _fetch(consumer, 1)
+    (delivery,) = fetch_n(consumer, 1)
     raw.queue_delete(f"{queue}.dead")  # the dead letter cannot be routed now
     letter = DeadLetter(body=b"one", reason="bad", queue=queue, worker="w").encode()
     with pytest.raises(TransportError, match=r"no queue '.*\.dead'"):
         consumer.settle([Settlement(delivery, dead_letter=letter)])
     consumer.close()  # the delivery was never acked: RabbitMQ hands it out again
-    (again,) = _fetch(t.consumer("c2"), 1)
+    (again,) = fetch_n(t.consumer("c2"), 1)
     assert (again.body, again.redelivered) == (b"one", True)
 
 
@@ -202,14 +195,14 @@ def test_out_of_order_settles_ack_exactly_what_was_settled(
     t = open_transport()
     t.producer(f"{queue}.reply").submit(_bodies(6))
     consumer = t.consumer("c1")
-    d = _fetch(consumer, 6)
+    d = fetch_n(consumer, 6)
     consumer.settle([Settlement(d[1]), Settlement(d[3])])  # older deliveries stay held
     consumer.release([d[4]])
     consumer.settle([Settlement(d[5])])  # the newest, with d[0] and d[2] still held
     with pytest.raises(ValueError, match="not held"):
         consumer.settle([Settlement(d[1])])
     consumer.close()
-    back = _fetch(t.consumer("c2"), 3)
+    back = fetch_n(t.consumer("c2"), 3)
     assert sorted(x.body for x in back) == [b"task-0", b"task-2", b"task-4"]
     assert all(x.redelivered for x in back)
     assert _ready(raw, queue) == 0
@@ -221,7 +214,7 @@ def test_prefetch_window_follows_the_batch(
     t = open_transport(prefetch=8)
     t.producer(f"{queue}.reply").submit(_bodies(30))
     consumer = t.consumer("c1")
-    assert len(_fetch(consumer, 2)) == 2
+    assert len(fetch_n(consumer, 2)) == 2
     assert _ready(raw, queue) == 28  # nothing hoarded beyond what was asked for
     more = consumer.fetch(50, 1.0)
     assert 1 <= len(more) <= 8  # never more than DISTQ_PREFETCH at once
@@ -261,7 +254,7 @@ def test_a_killed_worker_hands_its_deliveries_back_at_once(
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         started = time.monotonic()
-        back = _fetch(t.consumer("survivor"), 3, within=10)
+        back = fetch_n(t.consumer("survivor"), 3, within=10)
         assert sorted(d.body for d in back) == _bodies(3)
         assert all(d.redelivered for d in back)
         assert time.monotonic() - started < 3
@@ -283,7 +276,7 @@ def test_each_retry_delay_has_its_own_queue(
     t = open_transport()
     t.producer(f"{queue}.reply").submit([b"slow", b"fast", b"now"])
     consumer = t.consumer("c1")
-    slow, fast, now = _fetch(consumer, 3)
+    slow, fast, now = fetch_n(consumer, 3)
     settled = time.monotonic()
     consumer.settle([Settlement(slow, retry=b"slow-2", retry_delay=3.0)])
     consumer.settle(
@@ -295,14 +288,14 @@ def test_each_retry_delay_has_its_own_queue(
     (first,) = consumer.fetch(1, 0.2)
     assert first.body == b"now-2"  # no delay: straight back to the task queue
     assert consumer.fetch(1, 0.1) == []
-    (second,) = _fetch(consumer, 1, within=2.5)
+    (second,) = fetch_n(consumer, 1, within=2.5)
     assert second.body == b"fast-2"  # not stuck behind the 3 s retry queued before it
     assert 0.25 < time.monotonic() - settled < 2.5
     assert _ready(raw, f"{queue}.retry.3000") == 1
     args = {"x-queue-version": 2, "x-message-ttl": 300, "x-dead-letter-exchange": ""}
     args.update({"x-dead-letter-routing-key": queue, "x-expires": 300 + 3_600_000})
     assert not _declare_refused(raw, f"{queue}.retry.300", durable=True, arguments=args)
-    (third,) = _fetch(consumer, 1, within=5)
+    (third,) = fetch_n(consumer, 1, within=5)
     assert third.body == b"slow-2"
     assert time.monotonic() - settled >= 2.9
 
@@ -313,7 +306,7 @@ def test_dead_letters_are_peeked_oldest_first_and_stay(
     t = open_transport()
     t.producer(f"{queue}.reply").submit(_bodies(3))
     consumer = t.consumer("c1")
-    deliveries = _fetch(consumer, 3)
+    deliveries = fetch_n(consumer, 3)
     consumer.settle(
         [
             Settlement(d, dead_letter=DeadLetter(d.body, f"why-{i}", queue, "w1").encode())
@@ -342,7 +335,7 @@ def test_reply_queues_are_per_producer_and_deleted_at_close(
             Settlement(
                 d, reply_to=f"{queue}.{'mine' if d.body == b'm' else 'theirs'}", result=d.body
             )
-            for d in _fetch(consumer, 2)
+            for d in fetch_n(consumer, 2)
         ]
     )
     assert mine.results(10, 5.0) == [b"m"]
@@ -428,4 +421,4 @@ def test_a_deleted_task_queue_fails_loudly_and_a_new_consumer_heals_it(
     consumer.close()
     fresh = t.consumer("c2")  # what the worker does after an error: declares again
     t.producer(f"{queue}.reply").submit([b"after"])
-    assert [d.body for d in _fetch(fresh, 1)] == [b"after"]
+    assert [d.body for d in fetch_n(fresh, 1)] == [b"after"]

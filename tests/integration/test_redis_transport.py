@@ -9,7 +9,6 @@ the error translation at the boundary. The broker comes from ``redis_broker``
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 import uuid
@@ -20,6 +19,7 @@ import pytest
 import redis
 
 from brokers import Broker
+from conftest import free_port
 from distq.config import Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
@@ -29,12 +29,6 @@ from distq.transport.redis import RedisTransport
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 OpenTransport = Callable[..., RedisTransport]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -394,5 +388,5 @@ def test_wrong_password_is_refused_without_echoing_it(
 def test_unreachable_server_fails_fast(open_transport: OpenTransport) -> None:
     start = time.monotonic()
     with pytest.raises(ConnectionFailed, match=r"cannot reach Redis at 127\.0\.0\.1:\d+"):
-        open_transport(url=f"redis://:pw@127.0.0.1:{_free_port()}/0")
+        open_transport(url=f"redis://:pw@127.0.0.1:{free_port()}/0")
     assert time.monotonic() - start < 3

@@ -14,26 +14,10 @@ from conftest import Target, free_port
 from distq.config import Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed
-from distq.transport import Consumer, Delivery, Producer, Settlement, Transport, open_transport
+from distq.transport import Settlement, Transport, open_transport
+from seam import fetch_n, results_n
 
 pytestmark = pytest.mark.integration
-
-
-def fetch_n(consumer: Consumer, count: int, within: float = 10.0) -> list[Delivery]:
-    """Fetch until ``count`` deliveries arrived or ``within`` seconds passed."""
-    got: list[Delivery] = []
-    deadline = time.monotonic() + within
-    while len(got) < count and time.monotonic() < deadline:
-        got += consumer.fetch(count - len(got), 0.2)
-    return got
-
-
-def results_n(producer: Producer, count: int, within: float = 10.0) -> list[bytes]:
-    got: list[bytes] = []
-    deadline = time.monotonic() + within
-    while len(got) < count and time.monotonic() < deadline:
-        got += producer.results(count - len(got), 0.2)
-    return got
 
 
 def test_submit_fetch_settle_and_collect(hosted: Transport, remote: Transport) -> None:
