@@ -332,7 +332,7 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
     """Call the broker, turning a lost connection into :class:`TransportError`."""
     try:
         return method(*args)
-    except EOFError:
+    except (EOFError, ConnectionResetError):
         raise TransportError(
             f"the master at {address} closed the connection (its job is done, or it stopped)"
         ) from None
