@@ -20,7 +20,7 @@ from multiprocessing.managers import BaseManager
 from typing import Any
 
 from brokers import free_port
-from contestants.base import Collector, Contestant, Latency, python
+from contestants.base import Collector, Contestant, Latency, python, timed_sequential
 
 _task_queue: queue.Queue[Any] = queue.Queue()
 _result_queue: queue.Queue[Any] = queue.Queue()
@@ -76,14 +76,13 @@ class RawManager(Contestant):
         return time.perf_counter() - start
 
     def latency(self, tasks: Sequence[int]) -> Latency:
-        samples = []
-        for n in tasks:
-            collector = Collector([n])
-            start = time.perf_counter()
-            self.task_queue.put((0, n))
-            self._collect(collector, 1)
-            samples.append(time.perf_counter() - start)
-        return Latency.from_samples(samples)
+        return timed_sequential(tasks, self._round_trip)
+
+    def _round_trip(self, n: int) -> int | None:
+        collector = Collector([n])
+        self.task_queue.put((0, n))
+        self._collect(collector, 1)
+        return collector.values[0]
 
     def stop_workers(self) -> None:
         super().stop_workers()

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from contestants.base import Collector, Contestant, Latency, python
+from contestants.base import Collector, Contestant, Latency, python, timed_sequential
 
 PREFETCH = 32
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
@@ -82,14 +82,13 @@ class RawRabbitmq(Contestant):
         return time.perf_counter() - start
 
     def latency(self, tasks: Sequence[int]) -> Latency:
-        samples = []
-        for n in tasks:
-            collector = Collector([n])
-            start = time.perf_counter()
-            self.channel.basic_publish("", self.tasks_queue, f"0:{n}".encode(), PERSISTENT)
-            self._collect(collector, 1)
-            samples.append(time.perf_counter() - start)
-        return Latency.from_samples(samples)
+        return timed_sequential(tasks, self._round_trip)
+
+    def _round_trip(self, n: int) -> int | None:
+        collector = Collector([n])
+        self.channel.basic_publish("", self.tasks_queue, f"0:{n}".encode(), PERSISTENT)
+        self._collect(collector, 1)
+        return collector.values[0]
 
     def stop_workers(self) -> None:
         super().stop_workers()

@@ -18,7 +18,7 @@ from typing import cast
 
 import redis
 
-from contestants.base import Collector, Contestant, Latency, python
+from contestants.base import Collector, Contestant, Latency, python, timed_sequential
 
 BATCH = 500
 
@@ -78,14 +78,13 @@ class RawRedis(Contestant):
         return time.perf_counter() - start
 
     def latency(self, tasks: Sequence[int]) -> Latency:
-        samples = []
-        for n in tasks:
-            collector = Collector([n])
-            start = time.perf_counter()
-            self.client.lpush(self.tasks_key, f"0:{n}")
-            self._collect(collector, 1)
-            samples.append(time.perf_counter() - start)
-        return Latency.from_samples(samples)
+        return timed_sequential(tasks, self._round_trip)
+
+    def _round_trip(self, n: int) -> int | None:
+        collector = Collector([n])
+        self.client.lpush(self.tasks_key, f"0:{n}")
+        self._collect(collector, 1)
+        return collector.values[0]
 
     def stop_workers(self) -> None:
         super().stop_workers()
