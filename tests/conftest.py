@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -102,6 +101,3 @@ def remote(target: Target, hosted: Transport) -> Iterator[Transport]:
     transport = open_transport(target.settings, "worker")
     yield transport
     transport.close()
-
-
-PYTHON = sys.executable

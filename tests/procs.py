@@ -26,10 +26,6 @@ class Distq:
                 stdin=subprocess.DEVNULL,
             )
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
     def output(self) -> str:
         return self._log.read_text(errors="replace")
 

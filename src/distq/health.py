@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass
@@ -74,6 +74,3 @@ class WorkerHealth:
                 dead_lettered=self.dead_lettered,
                 in_hand=self.in_hand,
             )
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self.snapshot())

@@ -122,12 +122,6 @@ class Worker:
         )
         return 0
 
-    def stop(self, cold: bool = False) -> None:
-        """Ask the worker to stop (what a signal does); safe from any thread."""
-        self._stopping.set()
-        if cold:
-            self._abort.set()
-
     def _install_signal_handlers(self) -> dict[int, object]:
         if threading.current_thread() is not threading.main_thread():
             return {}
