@@ -85,8 +85,7 @@ class QueueBroker:
     # -- producer side -------------------------------------------------------
     def put(self, queue: str, bodies: Sequence[bytes]) -> None:
         with self._lock:
-            self._queue(queue).extend((body, False) for body in bodies)
-            self._ready[queue].notify(len(bodies))
+            self._push(queue, bodies)
 
     def get(self, queue: str, max_count: int, timeout: float) -> list[bytes]:
         """Remove and return up to ``max_count`` bodies, waiting up to ``timeout`` s."""
@@ -178,7 +177,7 @@ class QueueBroker:
             self._ready[name] = threading.Condition(self._lock)
         return items
 
-    def _push(self, queue: str, bodies: list[bytes]) -> None:
+    def _push(self, queue: str, bodies: Sequence[bytes]) -> None:
         self._queue(queue).extend((body, False) for body in bodies)
         self._ready[queue].notify(len(bodies))
 
