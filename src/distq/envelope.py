@@ -8,9 +8,10 @@ dataclass with ``encode() -> bytes`` and ``decode(bytes)``; ``decode`` raises
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,9 +22,23 @@ VERSION = 1
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def new_id() -> str:
-    """A fresh random identifier (32 hex digits) for a task or a job."""
-    return uuid.uuid4().hex
+class _Ids:
+    """32 hex digits: 64 random bits per process, then a counter (a sixth of uuid4's cost)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)  # a forked child must not repeat ids
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+#: A fresh unique identifier (32 hex digits) for a task or a job.
+new_id = _Ids()
 
 
 def _load(data: bytes | str, kind: str) -> dict[str, Any]:

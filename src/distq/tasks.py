@@ -27,15 +27,32 @@ def square(n: int, delay: float = 0.0) -> int:
     return n * n
 
 
+def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:
+    """(fewest, most) positional arguments that fit, when that alone decides a call
+    without keyword arguments; None when the signature needs :meth:`~inspect.Signature.bind`.
+    """
+    fewest = most = 0
+    for p in signature.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            most += 1
+            fewest += p.default is p.empty
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            return None
+        elif p.kind is p.VAR_POSITIONAL:
+            most = 1 << 30
+    return fewest, most
+
+
 class Registry:
     """Task name -> function, with the signature cached to check arguments cheaply."""
 
     def __init__(self) -> None:
-        self._tasks: dict[str, tuple[TaskFunction, inspect.Signature]] = {}
+        self._tasks: dict[str, tuple[TaskFunction, inspect.Signature, tuple[int, int] | None]] = {}
         self.register("square", square)
 
     def register(self, name: str, function: TaskFunction) -> None:
-        self._tasks[name] = (function, inspect.signature(function))
+        signature = inspect.signature(function)
+        self._tasks[name] = (function, signature, _positional_range(signature))
 
     def register_path(self, path: str) -> str:
         """Import ``module:function`` and register it under ``path``; return the name."""
@@ -63,12 +80,13 @@ class Registry:
         Raises :class:`UnknownTask`, or ``TypeError`` when the arguments do not fit.
         """
         try:
-            function, signature = self._tasks[name]
+            function, signature, positional = self._tasks[name]
         except KeyError:
             raise UnknownTask(
                 f"no task named {name!r} is registered on this worker "
                 f"(registered: {', '.join(self.names())}); start the worker with "
                 f"--task module:function"
             ) from None
-        signature.bind(*args, **kwargs)
+        if kwargs or positional is None or not positional[0] <= len(args) <= positional[1]:
+            signature.bind(*args, **kwargs)  # raises TypeError naming what does not fit
         return function

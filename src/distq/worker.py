@@ -1,8 +1,10 @@
 """The worker: lease tasks, run them, settle them, until told to stop.
 
-Lifecycle (read :meth:`Worker.run` top to bottom): connect one consumer per slot,
-install signal handlers, loop (fetch a batch, run it while heartbeating, settle it in
-one call), and hand back whatever is still in hand on the way out.
+Lifecycle (read :meth:`Worker.run` top to bottom): one thread per slot, each with its
+own consumer, loops: fetch a batch, run it on that same thread, settle it in one call.
+A lease keeper thread renews the lease of any batch that runs longer than a heartbeat
+interval; short tasks never leave their thread, which keeps round trips short.
+Whatever is still in hand goes back to the queue on the way out.
 
 Shutdown, sized for Kubernetes' ``terminationGracePeriodSeconds`` (default 30 s):
 the first SIGTERM/SIGINT is warm (stop fetching, finish the task running in each
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import signal
 import socket
 import threading
@@ -53,13 +54,21 @@ class WorkerOptions:
     worker_id: str = ""
 
 
-class _Batch:
-    """Deliveries handed to a slot's runner thread, and the settlements it produced."""
+class _Slot:
+    """One consumer, whether its batch is running, and the lock that serialises its calls.
 
-    def __init__(self, deliveries: list[Delivery]) -> None:
-        self.deliveries = deliveries
-        self.settled: list[tuple[Settlement, Outcome]] = []
-        self.done = threading.Event()
+    Tasks run on the slot's own thread, outside the lock; meanwhile the worker's lease
+    keeper may take the lock to renew the lease (pika is not thread-safe, so no two
+    threads ever call one consumer at once).
+    """
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.consumer: Consumer | None = None
+        self.lock = threading.Lock()
+        self.running = False  # tasks are running (outside the lock)
+        self.renewed = 0.0  # monotonic time of the last call that renewed the lease
+        self.handed_back = False  # a cold stop closed the consumer under the running batch
 
 
 class Worker:
@@ -88,17 +97,23 @@ class Worker:
     def run(self) -> int:
         """Work until a signal or ``exit_when_idle``; return the exit code (0)."""
         started = time.monotonic()
-        slots = [
-            threading.Thread(target=self._slot, args=(i,), name=f"distq-slot-{i}", daemon=True)
-            for i in range(self.options.concurrency)
+        slots = [_Slot(i) for i in range(self.options.concurrency)]
+        threads = [
+            threading.Thread(target=self._slot, args=(slot,), name=f"distq-slot-{i}", daemon=True)
+            for i, slot in enumerate(slots)
         ]
+        done = threading.Event()
+        keeper = threading.Thread(
+            target=self._keep_leases, args=(slots, done), name="distq-leases", daemon=True
+        )
         previous = self._install_signal_handlers()
         try:
-            for slot in slots:
-                slot.start()
-            while any(slot.is_alive() for slot in slots):
-                for slot in slots:
-                    slot.join(0.2)
+            keeper.start()
+            for thread in threads:
+                thread.start()
+            while any(thread.is_alive() for thread in threads):
+                for thread in threads:
+                    thread.join(0.2)
                 idle = self.options.exit_when_idle
                 if (
                     idle is not None
@@ -110,9 +125,11 @@ class Worker:
         except Shutdown:
             self._abort.set()
             self._stopping.set()
-            for slot in slots:
-                slot.join(5)
+            self._hand_back(slots)
+            for thread in threads:
+                thread.join(5)
         finally:
+            done.set()
             self._restore_signal_handlers(previous)
         snap = self.health.snapshot()
         self.console.info(
@@ -121,6 +138,38 @@ class Worker:
             f"in {time.monotonic() - started:.1f} s"
         )
         return 0
+
+    def _hand_back(self, slots: list[_Slot]) -> None:
+        """Cold stop: close the consumer under every running batch; its tasks go back."""
+        for slot in slots:
+            if not slot.lock.acquire(timeout=2.0):
+                continue  # in a broker call; the slot closes its consumer itself
+            try:
+                if slot.running and slot.consumer is not None:
+                    slot.handed_back = True
+                    self._close(slot.consumer)
+                    slot.consumer = None
+            finally:
+                slot.lock.release()
+
+    def _keep_leases(self, slots: list[_Slot], done: threading.Event) -> None:
+        """Renew the lease of every slot whose batch runs longer than a heartbeat interval."""
+        interval = self.options.heartbeat_interval
+        while not done.wait(interval / 4):
+            for slot in slots:
+                if not slot.running or time.monotonic() - slot.renewed < interval:
+                    continue
+                if not slot.lock.acquire(blocking=False):
+                    continue  # the slot is in a broker call, which renews the lease too
+                try:
+                    if slot.running and slot.consumer is not None:
+                        slot.consumer.heartbeat()
+                        slot.renewed = time.monotonic()
+                except Exception as exc:  # the slot meets the same error when it settles
+                    self.console.error(f"could not renew a lease: {exc}")
+                    slot.renewed = time.monotonic()  # one line per interval, not a flood
+                finally:
+                    slot.lock.release()
 
     def _install_signal_handlers(self) -> dict[int, object]:
         if threading.current_thread() is not threading.main_thread():
@@ -147,27 +196,26 @@ class Worker:
             self.console.info(f"{name} again: handing back every task in hand and exiting")
             raise Shutdown
 
-    # -- one slot: a consumer and the thread that runs its tasks ---------------
-    def _slot(self, index: int) -> None:
-        consumer: Consumer | None = None
-        runner: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
-        threading.Thread(
-            target=self._run_batches, args=(runner,), name=f"distq-run-{index}", daemon=True
-        ).start()
+    # -- one slot: a consumer, and its tasks run on the slot's thread -------------
+    def _slot(self, slot: _Slot) -> None:
         batch_size, seconds_per_task = 1, 0.0
         poll = min(self.options.heartbeat_interval, 1.0)
         try:
             while not self._stopping.is_set():
-                if consumer is None:
-                    consumer = self._connect(f"{self.id}-{index}")
+                if slot.consumer is None:
+                    consumer = self._connect(f"{self.id}-{slot.index}")
+                    with slot.lock:
+                        slot.consumer = consumer
                     continue
                 try:
-                    deliveries = consumer.fetch(batch_size, poll)
+                    with slot.lock:
+                        deliveries = slot.consumer.fetch(batch_size, poll)
+                        slot.renewed = time.monotonic()
                     if not deliveries:
                         continue
                     self.health.took(len(deliveries))
                     started = time.perf_counter()
-                    batch = self._execute(consumer, runner, deliveries)
+                    settled = self._run(slot, deliveries)
                     elapsed = time.perf_counter() - started
                     seconds_per_task = 0.5 * seconds_per_task + 0.5 * elapsed / len(deliveries)
                     batch_size = max(
@@ -179,16 +227,22 @@ class Worker:
                             else self.options.prefetch,
                         ),
                     )
-                    self._settle(consumer, batch)
+                    with slot.lock:
+                        if slot.handed_back or slot.consumer is None:
+                            break  # a cold stop handed the whole batch back already
+                        self._settle(slot.consumer, deliveries, settled)
                 except Exception as exc:  # a transport bug must not kill the slot either
                     self.console.error(f"{exc}; reconnecting every second")
                     self._outage = True
-                    self._close(consumer)
+                    with slot.lock:
+                        self._close(slot.consumer)
+                        slot.consumer = None
                     self.health.connected(False)
-                    consumer = None
                     self._stopping.wait(1.0)
         finally:
-            self._close(consumer)
+            with slot.lock:
+                self._close(slot.consumer)
+                slot.consumer = None
 
     def _connect(self, consumer_id: str) -> Consumer | None:
         try:
@@ -211,25 +265,13 @@ class Worker:
             with contextlib.suppress(TransportError):  # a dead connection's leases expire anyway
                 consumer.close()
 
-    def _execute(
-        self, consumer: Consumer, runner: queue.SimpleQueue[_Batch], deliveries: list[Delivery]
-    ) -> _Batch:
-        """Hand the batch to the runner thread; heartbeat while it runs."""
-        batch = _Batch(deliveries)
-        runner.put(batch)
-        interval = self.options.heartbeat_interval
-        next_beat = time.monotonic() + interval
-        while not batch.done.wait(min(0.1, interval)):
-            if self._abort.is_set():
-                break
-            if time.monotonic() >= next_beat:
-                consumer.heartbeat()
-                next_beat = time.monotonic() + interval
-        return batch
-
-    def _settle(self, consumer: Consumer, batch: _Batch) -> None:
-        settled = list(batch.settled)  # the runner may still append on a cold stop
-        unstarted = batch.deliveries[len(settled) :]
+    def _settle(
+        self,
+        consumer: Consumer,
+        deliveries: list[Delivery],
+        settled: list[tuple[Settlement, Outcome]],
+    ) -> None:
+        unstarted = deliveries[len(settled) :]
         if settled:
             consumer.settle([s for s, _ in settled])
         if unstarted:
@@ -246,17 +288,19 @@ class Worker:
                 self.metrics.tasks.labels("released").inc(len(unstarted))
             self.metrics.in_hand.set(self.health.in_hand)
 
-    # -- running tasks (the runner thread) -------------------------------------
-    def _run_batches(self, runner: queue.SimpleQueue[_Batch]) -> None:
-        while True:
-            batch = runner.get()
-            try:
-                for delivery in batch.deliveries:
-                    if self._stopping.is_set() and batch.settled:
-                        break  # warm stop: finish one task per batch at most, hand back the rest
-                    batch.settled.append(self.process(delivery))
-            finally:
-                batch.done.set()
+    # -- running tasks --------------------------------------------------------
+    def _run(self, slot: _Slot, deliveries: list[Delivery]) -> list[tuple[Settlement, Outcome]]:
+        """Run a batch in order; a warm stop finishes one task at most, a cold one none."""
+        settled: list[tuple[Settlement, Outcome]] = []
+        slot.running = True
+        try:
+            for delivery in deliveries:
+                if self._abort.is_set() or (self._stopping.is_set() and settled):
+                    break
+                settled.append(self.process(delivery))
+        finally:
+            slot.running = False
+        return settled
 
     def process(self, delivery: Delivery) -> tuple[Settlement, Outcome]:
         """Run one delivery and decide how it ends. Never raises for bad input."""

@@ -84,6 +84,36 @@ def test_sigkill_mid_task_loses_nothing(spawn: Spawn, tmp_path: Path) -> None:
     assert taken_by_victim & redone, "the killed worker's task ran again on the survivor"
 
 
+def test_a_task_longer_than_its_lease_runs_once(
+    target: Target, spawn: Spawn, tmp_path: Path
+) -> None:
+    """Tasks run on the slot's thread; the lease keeper renews the lease meanwhile."""
+    env = target.process_env(DISTQ_LEASE_SECONDS="1")
+    report = tmp_path / "report.json"
+    master = spawn(
+        "master",
+        "--tasks",
+        "2",
+        "--task-delay",
+        "3",
+        "--timeout",
+        "60",
+        "--report",
+        str(report),
+        env=env,
+    )
+    master.wait_for(r"^master .* transport")
+    workers = [spawn("worker", "--exit-when-idle", "2", env=env) for _ in range(2)]
+    assert master.wait(60) == 0, master.output()
+    data = json.loads(report.read_text())
+    assert (data["ok"], data["missing"], data["duplicates"]) == (2, 0, 0)
+    for worker in workers:
+        assert worker.wait(30) == 0, worker.output()
+    runs = [re.findall(r"Get task (\d+) from", w.output()) for w in workers]
+    # three leases long each, yet no lease lapsed: no task was handed to a second worker
+    assert sum(len(r) for r in runs) == 2, runs
+
+
 def test_poison_messages_are_dead_lettered_and_the_worker_goes_on(
     target: Target, hosted: Transport, spawn: Spawn
 ) -> None:

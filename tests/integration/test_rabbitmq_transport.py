@@ -117,13 +117,15 @@ def test_topology_is_durable_and_dead_letters_to_the_dlq(
 ) -> None:
     t = open_transport()
     dead = f"{queue}.dead"
-    dlx = {"x-queue-version": 2, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead}
+    dlx = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead}
     assert not _declare_refused(raw, queue, durable=True, arguments=dlx)
     assert _declare_refused(raw, queue, durable=False, arguments=dlx)
-    assert _declare_refused(raw, queue, durable=True, arguments={"x-queue-version": 2})
-    assert not _declare_refused(raw, dead, durable=True, arguments={"x-queue-version": 2})
+    assert _declare_refused(raw, queue, durable=True, arguments={})
+    assert not _declare_refused(raw, dead, durable=True, arguments={})
     # anything rejected for good from the task queue lands in the DLQ by itself
-    t.producer(f"{queue}.reply").submit([b"poison"])
+    producer = t.producer(f"{queue}.reply")
+    producer.submit([b"poison"])
+    producer.flush()
     method, _, _ = raw.basic_get(queue)
     raw.basic_reject(method.delivery_tag, requeue=False)
     deadline = time.monotonic() + 5
@@ -292,7 +294,7 @@ def test_each_retry_delay_has_its_own_queue(
     assert second.body == b"fast-2"  # not stuck behind the 3 s retry queued before it
     assert 0.25 < time.monotonic() - settled < 2.5
     assert _ready(raw, f"{queue}.retry.3000") == 1
-    args = {"x-queue-version": 2, "x-message-ttl": 300, "x-dead-letter-exchange": ""}
+    args: dict[str, Any] = {"x-message-ttl": 300, "x-dead-letter-exchange": ""}
     args.update({"x-dead-letter-routing-key": queue, "x-expires": 300 + 3_600_000})
     assert not _declare_refused(raw, f"{queue}.retry.300", durable=True, arguments=args)
     (third,) = fetch_n(consumer, 1, within=5)

@@ -28,3 +28,37 @@ def test_register_by_import_path() -> None:
     for bad in ("jobs", "no_such_module_xyz:f", "jobs:missing"):
         with pytest.raises(ConfigError, match="--task"):
             registry.register_path(bad)
+
+
+def _a(x: int, y: int = 0) -> None: ...
+def _b(x: int, *rest: int) -> None: ...
+def _c(x: int, *, key: int) -> None: ...
+def _d(x: int, /, y: int, *, key: int = 1, **more: int) -> None: ...
+
+
+@pytest.mark.parametrize("function", [_a, _b, _c, _d])
+def test_argument_checks_agree_with_inspect_bind(function: object) -> None:
+    import inspect
+
+    registry = Registry()
+    registry.register("f", function)  # type: ignore[arg-type]
+    for args, kwargs in [
+        ([], {}),
+        ([1], {}),
+        ([1, 2], {}),
+        ([1, 2, 3], {}),
+        ([1], {"y": 2}),
+        ([1], {"key": 2}),
+        ([1, 2], {"key": 3}),
+        ([1], {"nope": 1}),
+    ]:
+        try:
+            inspect.signature(function).bind(*args, **kwargs)  # type: ignore[arg-type]
+            fits = True
+        except TypeError:
+            fits = False
+        if fits:
+            registry.resolve("f", args, kwargs)
+        else:
+            with pytest.raises(TypeError):
+                registry.resolve("f", args, kwargs)

@@ -82,7 +82,16 @@ class Producer(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, bodies: Sequence[bytes]) -> None:
-        """Enqueue task bodies; when this returns the broker holds them durably."""
+        """Enqueue task bodies.
+
+        The broker may confirm them after this returns (RabbitMQ does, to keep the
+        round trip short): a body it refuses or cannot route, or a connection lost
+        first, raises :class:`~distq.errors.TransportError` from a later ``submit``,
+        ``results`` or ``flush``, so no task is lost unnoticed.
+        """
+
+    def flush(self) -> None:  # noqa: B027 - a no-op where submit already waits
+        """Block until the broker holds every body submitted so far, durably."""
 
     @abc.abstractmethod
     def results(self, max_count: int, timeout: float) -> list[bytes]:

@@ -7,9 +7,9 @@ Other pika query arguments (``connection_attempts``, ``socket_timeout``...) are 
 ``heartbeat`` is not: the lease sets it.
 
 Topology, declared idempotently (``Q`` = ``DISTQ_QUEUE``; every queue is durable, a
-classic queue fed through the default exchange with persistent messages; all but the
-reply queue are ``x-queue-version: 2``, for throughput; the reply queue stays v1, for
-round-trip latency):
+classic queue fed through the default exchange with persistent messages, at the
+server's default queue version; on 3.10, v1 answered a round trip in half the time of
+v2 with no loss of throughput, see ``bench/results``):
 
 ================  =============================================  =========================
 queue             arguments                                      holds
@@ -40,12 +40,16 @@ held; a SIGKILLed worker's TCP connection closes, and its deliveries return at o
 longer; raise it for longer tasks. The consumer's ``basic_qos`` prefetch follows the
 batch asked for, up to ``DISTQ_PREFETCH``, so the backlog stays visible as ``ready``.
 
-Publisher confirms, batched: in confirm mode pika's ``BlockingChannel.basic_publish``
-waits for the broker after every message (a round trip and a disk sync each, ~500
-messages/s). Each link here enables confirms on the underlying channel itself, counts
-``Basic.Ack``/``Basic.Nack`` per sequence number, publishes a whole batch (its frames
-joined into one socket write), then waits once for every confirm; only then are the
-deliveries acked. That relies on pika internals ``BlockingChannel._impl`` and
+Publisher confirms, batched and asynchronous: in confirm mode pika's
+``BlockingChannel.basic_publish`` waits for the broker after every message (a round trip
+and a disk sync each, ~500 messages/s). Each link here enables confirms on the
+underlying channel itself and counts ``Basic.Ack``/``Basic.Nack`` per sequence number.
+A worker publishes a whole batch of results (its frames joined into one socket write),
+then waits once for every confirm; only then are the deliveries acked. A master does
+not wait at all while fewer than ``_CONFIRM_WINDOW`` tasks are unconfirmed: confirms are
+counted as they arrive while it waits for results, and a refused or unroutable task
+raises from its next call. The master acks its results one call later, cumulatively,
+so the ack never delays the next task. That relies on pika internals ``BlockingChannel._impl`` and
 ``._flush_output`` (what ``basic_publish`` itself uses; pika is pinned below 2). Tasks,
 retries and dead letters are published ``mandatory``: an unroutable one fails the call
 instead of vanishing. Results are not: a missing reply queue means nobody waits.
@@ -98,14 +102,11 @@ from distq.transport.base import (
 _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value)
 _HOUR_MS = 3_600_000
 _REPLY_PREFETCH = 1000  # results are small and the master dedupes; keep the pipe full
-_CONFIRM_WINDOW = 2000  # publishes per confirm wait in submit: bounds client-side buffering
+_CONFIRM_WINDOW = 2000  # unconfirmed task publishes a master may have: bounds its buffer
 _RETRY_REDECLARE_S = 60.0  # re-declaring renews x-expires; well inside its hour
 _PRODUCER_HEARTBEAT = 60  # a master's connection holds no leases; tolerate a busy master
 _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
 
-# Classic queues v2 (the only kind from RabbitMQ 4.3): on 3.10 about 25 % more tasks/s
-# end to end than v1; reply queues stay v1, which saves about 0.6 ms per round trip.
-_QUEUE_ARGS: dict[str, Any] = {"x-queue-version": 2}
 
 _PikaError = (pika.exceptions.AMQPError, OSError)
 
@@ -231,15 +232,28 @@ class _Link:
         self._unconfirmed.add(self._sequence)
         self._impl.basic_publish("", routing_key, body, _PERSISTENT, mandatory)
 
-    def confirm(self) -> None:
-        """Block until the broker confirmed everything published since the last call."""
-        if self._unconfirmed:
+    @property
+    def unconfirmed(self) -> int:
+        return len(self._unconfirmed)
+
+    def send(self) -> None:
+        """Write everything published so far to the socket; do not wait for confirms."""
+        self._coalesce_output()
+        self.channel._flush_output()
+
+    def confirm(self, keep: int = 0) -> None:
+        """Block until at most ``keep`` publishes await their confirm, then :meth:`check`."""
+        if len(self._unconfirmed) > keep:
             self._coalesce_output()
-            self.channel._flush_output(lambda: not self._unconfirmed)
+            self.channel._flush_output(lambda: len(self._unconfirmed) <= keep)
+        if len(self._unconfirmed) > keep:
+            raise pika.exceptions.ChannelWrongStateError("channel closed before confirming")
+        self.check()
+
+    def check(self) -> None:
+        """Raise for any publish the broker refused or could not route since the last check."""
         nacked, returned = self._nacked, self._returned
         self._nacked, self._returned = 0, []
-        if self._unconfirmed:
-            raise pika.exceptions.ChannelWrongStateError("channel closed before confirming")
         if nacked:
             raise TransportError(f"RabbitMQ at {self.broker.address} refused {nacked} message(s)")
         if returned:
@@ -305,7 +319,6 @@ class RabbitMQTransport(Transport):
 
     def task_queue_arguments(self) -> dict[str, Any]:
         return {
-            **_QUEUE_ARGS,
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": self.dead_queue,
         }
@@ -314,7 +327,7 @@ class RabbitMQTransport(Transport):
         """Declare the task queue and the dead-letter queue (idempotent)."""
         try:
             channel.queue_declare(self.queue, durable=True, arguments=self.task_queue_arguments())
-            channel.queue_declare(self.dead_queue, durable=True, arguments=_QUEUE_ARGS)
+            channel.queue_declare(self.dead_queue, durable=True)
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != 406:
                 raise
@@ -453,12 +466,12 @@ class RabbitMQProducer(Producer):
         self._transport = transport
         self._broker = broker
         self._results: deque[tuple[int, bytes]] = deque()
+        self._ack_tag: int | None = None  # the newest result returned, not yet acked
         self._link = _Link(broker, _PRODUCER_HEARTBEAT, f"distq master {reply_to}")
         try:
             with broker.translated(f"declaring reply queue {reply_to!r}"):
                 channel = self._link.channel
                 transport.declare(channel)
-                # classic v1, not v2: on 3.10 a v1 reply queue answers ~0.6 ms sooner (p50)
                 channel.queue_declare(reply_to, durable=True, arguments={"x-expires": _HOUR_MS})
                 channel.basic_qos(prefetch_count=_REPLY_PREFETCH)
                 channel.basic_consume(reply_to, self._on_result, auto_ack=False)
@@ -470,20 +483,48 @@ class RabbitMQProducer(Producer):
         self._results.append((method.delivery_tag, body))
 
     def submit(self, bodies: Sequence[bytes]) -> None:
+        """Publish and return; confirms are counted while results are awaited.
+
+        Waits only when more than ``_CONFIRM_WINDOW`` publishes are unconfirmed. A task
+        the broker refuses or cannot route raises :class:`TransportError` from this or
+        a later call; a lost connection does too, so no task vanishes unnoticed.
+        """
         with self._broker.translated("submitting tasks"):
             queue, link = self._transport.queue, self._link
-            for start in range(0, len(bodies), _CONFIRM_WINDOW):
-                for body in bodies[start : start + _CONFIRM_WINDOW]:
-                    link.publish(queue, body, mandatory=True)
-                link.confirm()
+            for body in bodies:
+                link.publish(queue, body, mandatory=True)
+                if link.unconfirmed > _CONFIRM_WINDOW:
+                    link.confirm(keep=_CONFIRM_WINDOW // 2)
+            self._ack_results(flush=False)  # rides in the same write as the tasks
+            link.send()
+            link.check()
+
+    def flush(self) -> None:
+        with self._broker.translated("confirming tasks"):
+            self._link.confirm()
 
     def results(self, max_count: int, timeout: float) -> list[bytes]:
-        """Result bodies, oldest first; acked on return (the master dedupes by task id)."""
+        """Result bodies, oldest first.
+
+        Acked (cumulatively) on the next call, after the tasks submitted meanwhile: the
+        ack stays off the round trip, and the master dedupes a result seen twice.
+        """
         with self._broker.translated("receiving results"):
+            self._ack_results(flush=True)
             got = _receive_until(self._link.connection, self._results, max_count, timeout)
             if got:  # everything older is in ``got`` too, so one cumulative ack suffices
-                self._link.channel.basic_ack(got[-1][0], multiple=True)
+                self._ack_tag = got[-1][0]
+            self._link.check()
         return [body for _, body in got]
+
+    def _ack_results(self, flush: bool) -> None:
+        if self._ack_tag is None:
+            return
+        if flush:
+            self._link.channel.basic_ack(self._ack_tag, multiple=True)
+        else:
+            self._link._impl.basic_ack(self._ack_tag, multiple=True)
+        self._ack_tag = None
 
     def close(self) -> None:
         """Delete the reply queue (best effort: x-expires is the fallback) and disconnect."""
@@ -627,7 +668,6 @@ class RabbitMQConsumer(Consumer):
             f"{self._transport.queue}.retry.{ms}",
             durable=True,
             arguments={
-                **_QUEUE_ARGS,
                 "x-message-ttl": ms,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": self._transport.queue,
