@@ -37,7 +37,7 @@ DEFAULTS: dict[str, str] = {
     "DISTQ_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2F",
     "DISTQ_QUEUE": "distq",
     "DISTQ_LEASE_SECONDS": "5",
-    "DISTQ_PREFETCH": "32",
+    "DISTQ_PREFETCH": "128",
 }
 
 _N = TypeVar("_N", int, float)
@@ -57,7 +57,7 @@ class Settings:
     amqp_url: str = field(default=DEFAULTS["DISTQ_AMQP_URL"], repr=False)
     queue: str = "distq"
     lease_seconds: float = 5.0
-    prefetch: int = 32
+    prefetch: int = 128
     metrics_port: int | None = None
 
     @property

@@ -48,7 +48,7 @@ def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
 @dataclass
 class WorkerOptions:
     concurrency: int = 1
-    prefetch: int = 32
+    prefetch: int = 128
     heartbeat_interval: float = 5 / 3
     exit_when_idle: float | None = None
     worker_id: str = ""

@@ -17,7 +17,7 @@ def test_defaults_and_flags_over_environment() -> None:
     assert settings.manager_address == ("127.0.0.1", 9000)
     assert settings.queue == "from-flag"
     assert settings.lease_seconds == 2.0
-    assert settings.prefetch == 32
+    assert settings.prefetch == 128
     assert settings.heartbeat_interval == pytest.approx(2 / 3)
 
 

@@ -49,10 +49,16 @@ then waits once for every confirm; only then are the deliveries acked. A master 
 not wait at all while fewer than ``_CONFIRM_WINDOW`` tasks are unconfirmed: confirms are
 counted as they arrive while it waits for results, and a refused or unroutable task
 raises from its next call. The master acks its results one call later, cumulatively,
-so the ack never delays the next task. That relies on pika internals ``BlockingChannel._impl`` and
-``._flush_output`` (what ``basic_publish`` itself uses; pika is pinned below 2). Tasks,
-retries and dead letters are published ``mandatory``: an unroutable one fails the call
-instead of vanishing. Results are not: a missing reply queue means nobody waits.
+so the ack never delays the next task. That relies on pika internals
+``BlockingChannel._impl`` and ``._flush_output`` (what ``basic_publish`` itself uses;
+pika is pinned below 2). Tasks, retries and dead letters are published ``mandatory``:
+an unroutable one fails the call instead of vanishing. Results are not: a missing reply
+queue means nobody waits.
+
+Results, batched: a worker settling several tasks of one master publishes their results
+as one message (``type: distq.results``, each body after its 4-byte big-endian length);
+the master's producer unpacks it. The broker then stores, delivers and acks one message
+per batch instead of one per task. A lone result goes as it is.
 
 ``stats()``: ``ready`` and ``dead`` come from passive declares. AMQP does not report
 unacknowledged counts (the management plugin does), so ``in_flight`` counts only the
@@ -100,6 +106,8 @@ from distq.transport.base import (
 )
 
 _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value)
+_RESULTS_TYPE = "distq.results"  # one message carrying several results; see pack_results
+_PACKED = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value, type=_RESULTS_TYPE)
 _HOUR_MS = 3_600_000
 _REPLY_PREFETCH = 1000  # results are small and the master dedupes; keep the pipe full
 _CONFIRM_WINDOW = 2000  # unconfirmed task publishes a master may have: bounds its buffer
@@ -226,11 +234,13 @@ class _Link:
     def _on_return(self, _channel: Any, method: Any, _props: Any, _body: bytes) -> None:
         self._returned.append(method.routing_key)
 
-    def publish(self, routing_key: str, body: bytes, *, mandatory: bool) -> None:
+    def publish(
+        self, routing_key: str, body: bytes, *, mandatory: bool, properties: Any = _PERSISTENT
+    ) -> None:
         """Publish persistently via the default exchange; confirmed by :meth:`confirm`."""
         self._sequence += 1
         self._unconfirmed.add(self._sequence)
-        self._impl.basic_publish("", routing_key, body, _PERSISTENT, mandatory)
+        self._impl.basic_publish("", routing_key, body, properties, mandatory)
 
     @property
     def unconfirmed(self) -> int:
@@ -467,6 +477,7 @@ class RabbitMQProducer(Producer):
         self._broker = broker
         self._results: deque[tuple[int, bytes]] = deque()
         self._ack_tag: int | None = None  # the newest result returned, not yet acked
+        self._acked = 0  # the newest delivery tag acked or about to be
         self._link = _Link(broker, _PRODUCER_HEARTBEAT, f"distq master {reply_to}")
         try:
             with broker.translated(f"declaring reply queue {reply_to!r}"):
@@ -479,8 +490,15 @@ class RabbitMQProducer(Producer):
             self._link.close()
             raise
 
-    def _on_result(self, _channel: Any, method: Any, _props: Any, body: bytes) -> None:
-        self._results.append((method.delivery_tag, body))
+    def _on_result(self, _channel: Any, method: Any, props: Any, body: bytes) -> None:
+        tag = method.delivery_tag
+        if props.type == _RESULTS_TYPE:
+            try:
+                self._results.extend((tag, result) for result in unpack_results(body))
+                return
+            except ValueError:
+                pass  # not ours after all: hand it up whole; the master reports it malformed
+        self._results.append((tag, body))
 
     def submit(self, bodies: Sequence[bytes]) -> None:
         """Publish and return; confirms are counted while results are awaited.
@@ -513,7 +531,11 @@ class RabbitMQProducer(Producer):
             self._ack_results(flush=True)
             got = _receive_until(self._link.connection, self._results, max_count, timeout)
             if got:  # everything older is in ``got`` too, so one cumulative ack suffices
-                self._ack_tag = got[-1][0]
+                tag = got[-1][0]
+                if self._results and self._results[0][0] == tag:
+                    tag -= 1  # part of that message is still to be returned: not yet
+                if tag > self._acked:
+                    self._ack_tag = self._acked = tag
             self._link.check()
         return [body for _, body in got]
 
@@ -618,10 +640,10 @@ class RabbitMQConsumer(Consumer):
             for s in settlements:
                 if s.retry is not None and s.retry_delay > 0:
                     self._declare_retry_queue(_delay_ms(s.retry_delay))
+            replies: dict[str, list[bytes]] = {}
             for s in settlements:
                 if s.result is not None and s.reply_to:
-                    # not mandatory: a reply queue deleted by its master means nobody waits
-                    link.publish(s.reply_to, s.result, mandatory=False)
+                    replies.setdefault(s.reply_to, []).append(s.result)
                 if s.retry is not None:
                     target = queue
                     if s.retry_delay > 0:
@@ -629,6 +651,15 @@ class RabbitMQConsumer(Consumer):
                     link.publish(target, s.retry, mandatory=True)
                 if s.dead_letter is not None:
                     link.publish(self._transport.dead_queue, s.dead_letter, mandatory=True)
+            # one message per master, however many results: a fraction of the broker's
+            # work per task. Not mandatory: a reply queue deleted by its master means
+            # nobody waits.
+            for reply_to, results in replies.items():
+                if len(results) == 1:
+                    link.publish(reply_to, results[0], mandatory=False)
+                else:
+                    body = pack_results(results)
+                    link.publish(reply_to, body, mandatory=False, properties=_PACKED)
             link.confirm()
             self._finish(tags, link.channel.basic_ack)
 
@@ -683,6 +714,23 @@ class RabbitMQConsumer(Consumer):
         self._held.clear()  # the broker requeued them when the connection closed
         self._current.clear()
         self._buffer.clear()
+
+
+def pack_results(bodies: Sequence[bytes]) -> bytes:
+    """Several result bodies as one message body: each one after its 4-byte length."""
+    return b"".join(len(body).to_bytes(4, "big") + body for body in bodies)
+
+
+def unpack_results(data: bytes) -> list[bytes]:
+    """The bodies :func:`pack_results` packed; ``ValueError`` if ``data`` is not such."""
+    bodies, at, end = [], 0, len(data)
+    while at < end:
+        size = int.from_bytes(data[at : at + 4], "big")
+        if at + 4 + size > end:
+            raise ValueError("truncated packed results")
+        bodies.append(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    return bodies
 
 
 def _delay_ms(seconds: float) -> int:

@@ -1,0 +1,49 @@
+"""Manager-only behaviour; the contract suite covers what every transport shares."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from typing import Any
+
+import pytest
+
+from conftest import free_port
+from distq.config import Settings
+from distq.transport import Settlement, open_transport
+from seam import fetch_n, results_n
+
+pytestmark = pytest.mark.integration
+
+
+def _no_delay(conn: Any) -> bool:
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_worker_connections_send_large_batches_without_nagle_delay() -> None:
+    # multiprocessing writes a message over 16 KiB in two send() calls; with Nagle on,
+    # the second waits ~40 ms for a delayed ACK, so every connection must be no-delay
+    settings = Settings(
+        transport="manager",
+        authkey=secrets.token_hex(16).encode(),
+        manager_address=("127.0.0.1", free_port()),
+        queue="nodelay",
+    )
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    try:
+        producer = hosted.producer("nodelay.results")
+        bodies = [bytes([65 + i % 26]) * 1000 for i in range(64)]
+        producer.submit(bodies)
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 64)
+        consumer.settle([Settlement(d, reply_to=producer.reply_to, result=d.body) for d in got])
+        assert sorted(results_n(producer, 64)) == sorted(bodies)
+        assert _no_delay(consumer._broker._tls.connection)  # type: ignore[attr-defined]
+        consumer.close()
+        producer.close()
+    finally:
+        remote.close()
+        hosted.close()
