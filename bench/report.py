@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 CONFIGS = """\
-- **raw (redis)**: redis-py, no framework. Master LPUSHes tasks 500 per command in one
-  pipeline; each worker RPOPs up to 500 (BRPOP when empty) and LPUSHes their results in
-  one command; master RPOPs results in batches. No acks (a dead worker loses tasks).
+- **raw (redis)**: redis-py (with hiredis), no framework. Master LPUSHes tasks 500 per
+  command in one pipeline; each worker RPOPs up to 500 (BRPOP when empty) and LPUSHes
+  their results in one command; master RPOPs results in batches. No acks (a dead worker
+  loses tasks). **raw-per-task**: the same master; each worker BRPOPs one task and
+  LPUSHes its one result, the loop a plain redis-py user writes.
 - **raw / raw-confirm (rabbitmq)**: pika `BlockingConnection`; durable queues,
   persistent messages; workers `basic_qos(prefetch_count=32)`, manual ack after
   publishing the result to a results queue; master consumes results with auto-ack.
@@ -33,7 +35,8 @@ CONFIGS = """\
   Both: JSON serializer, `Queue.enqueue_many` in one pipeline, results via RQ's results
   stream (`job.latest_result(timeout=...)`, a blocking XREAD) in order.
 - **distq**: `distq worker --quiet` x 2 and `distq master --tasks N --quiet --report`
-  (`--max-in-flight 1` for latency); numbers from the master's own report. The master
+  (`--max-in-flight 1` for latency); numbers from the master's own report. Defaults
+  throughout (`DISTQ_PREFETCH` 128, 5 s leases, acks, confirms, persistent messages). The master
   runs with `--wait-workers 2`: its clock starts once both workers are attached (on
   manager the workers start with each master, which hosts the queues).
 """

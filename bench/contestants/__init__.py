@@ -15,6 +15,7 @@ BROKERS = ("redis", "rabbitmq", "manager")
 #: (broker, contestant) -> "module:Class", in the order rows appear in the table.
 REGISTRY: dict[tuple[str, str], str] = {
     ("redis", "raw"): "contestants.raw_redis:RawRedis",
+    ("redis", "raw-per-task"): "contestants.raw_redis:RawRedisPerTask",
     ("redis", "celery"): "contestants.celery_peer:CeleryPeer",
     ("redis", "dramatiq"): "contestants.dramatiq_peer:DramatiqPeer",
     ("redis", "rq"): "contestants.rq_peer:RqRedis",

@@ -2,10 +2,16 @@
 
 Wire format: a task is ``b"<index>:<n>"`` on list ``<queue>:tasks``; a result is
 ``b"<index>:<n*n>"`` on list ``<queue>:results``. The master LPUSHes tasks in batches
-of ``BATCH`` in one pipeline; each worker takes up to ``BATCH`` tasks per RPOP (BRPOP
-when the list is empty) and LPUSHes all their results in one command; the master
-RPOPs results in batches the same way. No acknowledgement: a task taken by a worker
-that dies is lost (this is the floor, not a design).
+of ``BATCH`` in one pipeline and RPOPs results up to ``BATCH`` at a time (BRPOP when
+the list is empty). Two kinds of worker:
+
+- ``raw`` (batch): takes up to ``BATCH`` tasks per RPOP and LPUSHes all their results
+  in one command: the ceiling, about two commands per 500 tasks.
+- ``raw-per-task``: the loop a plain redis-py user writes, one BRPOP per task and one
+  LPUSH per result (the master side stays pipelined and batched).
+
+No acknowledgement in either: a task taken by a worker that dies is lost (this is the
+floor, not a design).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ def pop_batch(client: redis.Redis, key: str) -> list[bytes]:
 
 class RawRedis(Contestant):
     name = "raw"
+    worker_mode = "batch"
 
     def start_workers(self) -> None:
         self.client = redis.Redis.from_url(self.ctx.url)
@@ -53,6 +60,7 @@ class RawRedis(Contestant):
                     self.ctx.url,
                     self.tasks_key,
                     self.results_key,
+                    self.worker_mode,
                 ]
             )
         self.workers.wait_ready("ready", limit=min(30.0, self.ctx.remaining()))
@@ -91,11 +99,21 @@ class RawRedis(Contestant):
         self.client.close()
 
 
-def worker(url: str, tasks_key: str, results_key: str) -> None:
+class RawRedisPerTask(RawRedis):
+    name = "raw-per-task"
+    worker_mode = "per-task"
+
+
+def worker(url: str, tasks_key: str, results_key: str, mode: str) -> None:
     """Square tasks until SIGTERM."""
     client = redis.Redis.from_url(url)
     client.ping()
     print("ready", flush=True)
+    while mode == "per-task":
+        popped = cast("tuple[bytes, bytes] | None", client.brpop([tasks_key], timeout=1))
+        if popped:
+            index, n = _split(popped[1])
+            client.lpush(results_key, f"{index}:{n * n}")
     while True:
         out = []
         for item in pop_batch(client, tasks_key):
@@ -106,7 +124,9 @@ def worker(url: str, tasks_key: str, results_key: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        raise SystemExit("usage: python -m contestants.raw_redis URL TASKS_KEY RESULTS_KEY")
+    if len(sys.argv) != 5 or sys.argv[4] not in ("batch", "per-task"):
+        raise SystemExit(
+            "usage: python -m contestants.raw_redis URL TASKS_KEY RESULTS_KEY batch|per-task"
+        )
     with contextlib.suppress(KeyboardInterrupt):
         worker(*sys.argv[1:])

@@ -5,16 +5,27 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import threading
 from typing import Any
 
 import pytest
 
 from conftest import free_port
 from distq.config import Settings
+from distq.errors import TransportError
 from distq.transport import Settlement, open_transport
 from seam import fetch_n, results_n
 
 pytestmark = pytest.mark.integration
+
+
+def _settings(queue: str) -> Settings:
+    return Settings(
+        transport="manager",
+        authkey=secrets.token_hex(16).encode(),
+        manager_address=("127.0.0.1", free_port()),
+        queue=queue,
+    )
 
 
 def _no_delay(conn: Any) -> bool:
@@ -25,12 +36,7 @@ def _no_delay(conn: Any) -> bool:
 def test_worker_connections_send_large_batches_without_nagle_delay() -> None:
     # multiprocessing writes a message over 16 KiB in two send() calls; with Nagle on,
     # the second waits ~40 ms for a delayed ACK, so every connection must be no-delay
-    settings = Settings(
-        transport="manager",
-        authkey=secrets.token_hex(16).encode(),
-        manager_address=("127.0.0.1", free_port()),
-        queue="nodelay",
-    )
+    settings = _settings("nodelay")
     hosted = open_transport(settings, "master")
     remote = open_transport(settings, "worker")
     try:
@@ -47,3 +53,18 @@ def test_worker_connections_send_large_batches_without_nagle_delay() -> None:
     finally:
         remote.close()
         hosted.close()
+
+
+def test_a_master_stopping_under_a_waiting_fetch_reads_as_closed() -> None:
+    settings = _settings("stopping")
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    consumer = remote.consumer("c1")
+    try:
+        assert consumer.fetch(5, 0.1) == []
+        threading.Timer(0.2, hosted.close).start()
+        with pytest.raises(TransportError, match="closed the connection"):
+            for _ in range(10):  # the fetch waiting when the master stops, then the next
+                consumer.fetch(5, 0.5)
+    finally:
+        remote.close()

@@ -371,13 +371,27 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
     try:
         return method(*args)
     except (EOFError, ConnectionResetError):
-        raise TransportError(
-            f"the master at {address} closed the connection (its job is done, or it stopped)"
-        ) from None
+        raise _closed(address) from None
     except OSError as exc:
         raise TransportError(f"lost the connection to the master at {address}: {exc!r}") from None
     except RemoteError as exc:
         raise TransportError(f"the master at {address} failed a request: {exc}") from None
+
+
+def _closed(address: str) -> TransportError:
+    return TransportError(
+        f"the master at {address} closed the connection (its job is done, or it stopped)"
+    )
+
+
+def _call_list(address: str, method: Callable[..., list[_T] | None], *args: Any) -> list[_T]:
+    """:func:`_call` for a method that returns a list. A master that is stopping ends
+    each connection with one stray ``None`` reply (``multiprocessing``'s server sends
+    what ``serve_client`` returned): that reads as the master having closed it."""
+    got = _call(address, method, *args)
+    if got is None:
+        raise _closed(address)
+    return got
 
 
 class ManagerProducer(Producer):
@@ -389,7 +403,7 @@ class ManagerProducer(Producer):
             _call(self._address, self._broker.put, self._queue, list(bodies[start : start + 1000]))
 
     def results(self, max_count: int, timeout: float) -> list[bytes]:
-        return _call(self._address, self._broker.get, self.reply_to, max_count, timeout)
+        return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
 
     def close(self) -> None:
         with contextlib.suppress(OSError, EOFError):
@@ -405,7 +419,7 @@ class ManagerConsumer(Consumer):
         self._lease, self._address = lease, address
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
-        wire: list[Wire] = _call(
+        wire: list[Wire] = _call_list(
             self._address,
             self._broker.fetch,
             self._queue,
