@@ -38,7 +38,8 @@ CONFIGS = """\
   (`--max-in-flight 1` for latency); numbers from the master's own report. Defaults
   throughout (`DISTQ_PREFETCH` 128, 5 s leases, acks, confirms, persistent messages). The master
   runs with `--wait-workers 2`: its clock starts once both workers are attached (on
-  manager the workers start with each master, which hosts the queues).
+  manager the workers start once and reconnect to each new master, which hosts the
+  queues, on the same address).
 """
 
 
@@ -135,11 +136,12 @@ def write_markdown(report: dict[str, Any]) -> str:
             f"## distq worker memory, {s['memory_tasks']:,}-task run",
             "",
             "VmRSS of each worker process from /proc, sampled every 0.2 s: start = first "
-            "sample (before the round; on manager, within 0.2 s of the worker starting), "
-            "end = last sample while the worker was alive.",
+            "sample (before the round, after the 200-task warm-up), halfway = the middle "
+            "sample, end = last sample while the worker was alive.",
             "",
-            "| broker | worker pid | start (MiB) | end (MiB) | peak (MiB) | run | status |",
-            "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+            "| broker | worker pid | start (MiB) | halfway (MiB) | end (MiB) | peak (MiB) "
+            "| run | status |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
         ]
         for trial in report["memory"]:
             run = (
@@ -151,12 +153,13 @@ def write_markdown(report: dict[str, Any]) -> str:
             for w in samples:
                 mib = {
                     k: f"{w[k] / 1024:.1f}" if k in w else "—"
-                    for k in ("start_kib", "end_kib", "peak_kib")
+                    for k in ("start_kib", "half_kib", "end_kib", "peak_kib")
                 }
                 error = "" if trial["status"] == "ok" else f": {trial.get('error', '')[:200]}"
                 lines.append(
                     f"| {trial['broker']} | {w.get('pid', '—')} | {mib['start_kib']} | "
-                    f"{mib['end_kib']} | {mib['peak_kib']} | {run} | {trial['status']}{error} |"
+                    f"{mib['half_kib']} | {mib['end_kib']} | {mib['peak_kib']} | {run} | "
+                    f"{trial['status']}{error} |"
                 )
     lines += ["", "## How each contestant is set up", "", CONFIGS]
     lines += [

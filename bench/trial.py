@@ -38,14 +38,15 @@ def vm_rss_kib(pid: int) -> int | None:
 
 
 class RssSampler(threading.Thread):
-    """Samples every worker's VmRSS five times a second: first, last and peak per PID."""
+    """Samples every worker's VmRSS five times a second: first, halfway, last and peak."""
 
     def __init__(self, pids: Callable[[], list[int]]) -> None:
         super().__init__(daemon=True)
-        self.pids = pids  # the current worker PIDs (manager workers come and go)
+        self.pids = pids  # the current worker PIDs
         self.first: dict[int, int] = {}
         self.last: dict[int, int] = {}
         self.peak: dict[int, int] = {}
+        self.all: dict[int, list[int]] = {}
         self.stopping = threading.Event()
 
     def sample(self) -> None:
@@ -54,6 +55,7 @@ class RssSampler(threading.Thread):
             if rss is None:
                 continue
             self.first.setdefault(pid, rss)
+            self.all.setdefault(pid, []).append(rss)
             self.last[pid] = rss
             self.peak[pid] = max(rss, self.peak.get(pid, 0))
 
@@ -66,6 +68,7 @@ class RssSampler(threading.Thread):
             {
                 "pid": pid,
                 "start_kib": self.first[pid],
+                "half_kib": self.all[pid][len(self.all[pid]) // 2],
                 "end_kib": self.last[pid],
                 "peak_kib": self.peak[pid],
             }

@@ -11,9 +11,10 @@ the other contestants.
 Readiness before timing: on Redis, until the server counts one new client per worker;
 on RabbitMQ, until the task queue has one consumer per worker (both at most
 ``READY_LIMIT`` s, then the warm-up round decides). On manager the master hosts the
-queues, so workers are started with every master run; ``--wait-workers`` makes the
-master start the job (and its clock) only once both workers are attached, on every
-broker.
+queues: the workers start once, like on the other brokers, and reconnect to each new
+master on the same address and key (they retry every second once one has gone).
+``--wait-workers`` makes the master start the job (and its clock) only once both
+workers are attached, on every broker.
 """
 
 from __future__ import annotations
@@ -48,17 +49,18 @@ class DistqCli(Contestant):
         else:
             self.env["DISTQ_MANAGER_ADDRESS"] = f"127.0.0.1:{free_port()}"
             self.env["DISTQ_AUTHKEY"] = os.urandom(16).hex()
-            return  # manager workers start with each master run
+            self._start_worker_processes()  # they wait for the first master to listen
+            return
         baseline = self._connected()
         self._start_worker_processes()
         self._wait_connected(baseline)
 
     def _start_worker_processes(self) -> None:
+        argv = [venv_bin("distq"), "worker", "--quiet", "--exit-when-idle", str(IDLE_EXIT)]
+        if self.ctx.broker == "manager":
+            argv += ["--connect-timeout", str(IDLE_EXIT)]
         for _ in range(self.ctx.workers):
-            self.workers.start(
-                [venv_bin("distq"), "worker", "--quiet", "--exit-when-idle", str(IDLE_EXIT)],
-                env=self.env,
-            )
+            self.workers.start(argv, env=self.env)
 
     def _connected(self) -> int:
         """Redis: connected clients; RabbitMQ: consumers on the task queue; else 0."""
@@ -113,9 +115,6 @@ class DistqCli(Contestant):
             str(self.ctx.workers),
             *extra,
         ]
-        manager = self.ctx.broker == "manager"
-        if manager:
-            self._start_worker_processes()
         env = dict(os.environ)
         env.update(self.env)
         try:
@@ -131,9 +130,6 @@ class DistqCli(Contestant):
                 )
         except subprocess.TimeoutExpired:
             raise RoundTimeout(f"distq master did not finish in {remaining:.0f} s") from None
-        finally:
-            if manager:
-                self.workers.stop()
         if proc.returncode != 0 or not report_path.exists():
             tail = log_path.read_text(errors="replace")[-1500:]
             raise RuntimeError(f"distq master exited {proc.returncode}:\n{tail}")
