@@ -126,8 +126,9 @@ class Worker:
             self._abort.set()
             self._stopping.set()
             self._hand_back(slots)
-            for thread in threads:
-                thread.join(5)
+            for slot, thread in zip(slots, threads, strict=True):
+                if not slot.handed_back:  # a handed-back slot is still inside its task
+                    thread.join(5)
         finally:
             done.set()
             self._restore_signal_handlers(previous)

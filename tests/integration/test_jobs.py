@@ -149,6 +149,26 @@ def test_poison_messages_are_dead_lettered_and_the_worker_goes_on(
     producer.close()
 
 
+def test_a_second_sigterm_hands_the_running_task_back_at_once(target: Target, spawn: Spawn) -> None:
+    env = target.process_env(DISTQ_LEASE_SECONDS="20")  # no lease runs out in this test
+    master = spawn("master", "--tasks", "1", "--task-delay", "30", "--timeout", "90", env=env)
+    master.wait_for(r"^master .* transport")
+    first = spawn("worker", "--worker-id", "first", env=env)
+    first.wait_for(r"Get task \d+ from task_queue")  # 30 s to go
+    first.signal(signal.SIGTERM)
+    first.wait_for(r"SIGTERM: finishing")
+    first.signal(signal.SIGTERM)
+    assert first.wait(4) == 0, first.output()  # did not sit out the task
+    assert "SIGTERM again: handing back" in first.output()
+    second = spawn("worker", "--worker-id", "second", "--exit-when-idle", "2", env=env)
+    # handed back at once, not after a lease of 5 s ran out
+    second.wait_for(r"Get task \d+ from task_queue", timeout=3)
+    assert master.proc.poll() is None
+    master.signal(signal.SIGTERM)  # no need to sit out the 30 s here either
+    second.signal(signal.SIGTERM)
+    second.signal(signal.SIGTERM)
+
+
 def test_sigterm_finishes_the_task_in_hand(spawn: Spawn) -> None:
     master = start_master(spawn, "--tasks", "1", "--task-delay", "1.5", "--timeout", "60")
     worker = spawn("worker")
