@@ -109,11 +109,12 @@ def worker(url: str, tasks_key: str, results_key: str, mode: str) -> None:
     client = redis.Redis.from_url(url)
     client.ping()
     print("ready", flush=True)
-    while mode == "per-task":
-        popped = cast("tuple[bytes, bytes] | None", client.brpop([tasks_key], timeout=1))
-        if popped:
-            index, n = _split(popped[1])
-            client.lpush(results_key, f"{index}:{n * n}")
+    if mode == "per-task":
+        while True:
+            popped = cast("tuple[bytes, bytes] | None", client.brpop([tasks_key], timeout=1))
+            if popped:
+                index, n = _split(popped[1])
+                client.lpush(results_key, f"{index}:{n * n}")
     while True:
         out = []
         for item in pop_batch(client, tasks_key):
