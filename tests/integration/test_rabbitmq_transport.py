@@ -223,6 +223,27 @@ def test_prefetch_window_follows_the_batch(
     assert t.stats().in_flight == 2 + len(more)
 
 
+def test_a_growing_batch_doubles_the_prefetch_window(
+    open_transport: OpenTransport, queue: str
+) -> None:
+    """Each resize costs three round trips; a batch growing task by task pays few of them.
+
+    When to shrink is :class:`PrefetchWindow`'s logic, unit-tested without a broker.
+    """
+    t = open_transport(prefetch=64)
+    t.producer(f"{queue}.reply").submit(_bodies(900))
+    consumer = t.consumer("c1")
+    windows: list[int] = []  # the prefetch of every consumer started
+    for want in range(1, 41):
+        tag = consumer._tag
+        got = consumer.fetch(want, 2.0)
+        assert got, f"nothing fetched for want={want}"
+        if consumer._tag != tag:
+            windows.append(consumer._window.size)
+        consumer.settle([Settlement(d) for d in got])
+    assert windows == [1, 2, 4, 8, 16, 32, 64]  # not one per step
+
+
 def test_a_killed_worker_hands_its_deliveries_back_at_once(
     open_transport: OpenTransport, amqp_url: str, queue: str
 ) -> None:

@@ -113,6 +113,7 @@ _REPLY_PREFETCH = 1000  # results are small and the master dedupes; keep the pip
 _CONFIRM_WINDOW = 2000  # unconfirmed task publishes a master may have: bounds its buffer
 _RETRY_REDECLARE_S = 60.0  # re-declaring renews x-expires; well inside its hour
 _PRODUCER_HEARTBEAT = 60  # a master's connection holds no leases; tolerate a busy master
+_SHRINK_AFTER = 4  # fetches in a row wanting a quarter of the window before it shrinks
 _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
 
 
@@ -568,7 +569,7 @@ class RabbitMQConsumer(Consumer):
         self._held: set[int] = set()  # delivered by the broker, not yet acked or nacked
         self._retry_declared: dict[int, float] = {}
         self._tag: str | None = None  # the current basic_consume
-        self._window = 0  # its prefetch_count
+        self._window = PrefetchWindow(transport.settings.prefetch)  # the consumer's prefetch
         self._current: set[int] = set()  # held deliveries that count against that window
         heartbeat = max(1, round(transport.settings.lease_seconds))
         self._link = _Link(broker, heartbeat, f"distq worker {consumer_id}")
@@ -607,21 +608,20 @@ class RabbitMQConsumer(Consumer):
 
         A consumer's prefetch is fixed when it starts (global QoS, which could change it,
         is refused by RabbitMQ 4.3), so resizing means cancel, ``basic_qos``, consume:
-        three round trips, only when the current consumer cannot supply ``want`` more
-        (the caller still holds earlier deliveries) or ``want`` fell to a quarter. A
-        window near the batch keeps the backlog visible as ``ready`` and leaves long
-        tasks to idle workers instead of a hoarding one.
+        three round trips. :class:`PrefetchWindow` decides when that is worth it.
         """
-        free = self._window - len(self._current)  # the broker may still push this many
-        if self._tag is not None and len(self._buffer) + free >= want > self._window // 4:
+        free = self._window.size - len(self._current)  # the broker may still push this many
+        consuming = self._tag is not None
+        size = self._window.resize(want, len(self._buffer) + free if consuming else 0)
+        if size is None:
             return
         channel = self._link.channel
-        if self._tag is not None:
+        if consuming:
             self._link.connection.process_data_events(time_limit=0)  # buffer what arrived
             channel.basic_cancel(self._tag)  # pika requeues deliveries still in flight
-        channel.basic_qos(prefetch_count=want)
+        channel.basic_qos(prefetch_count=size)
         self._tag = channel.basic_consume(self._transport.queue, self._on_task)
-        self._window, self._current = want, set()
+        self._current = set()
 
     def heartbeat(self) -> None:
         """Service AMQP heartbeats (and buffer arriving deliveries); never blocks."""
@@ -714,6 +714,39 @@ class RabbitMQConsumer(Consumer):
         self._held.clear()  # the broker requeued them when the connection closed
         self._current.clear()
         self._buffer.clear()
+
+
+class PrefetchWindow:
+    """When a worker's consumer should restart with another ``basic_qos`` prefetch.
+
+    A window near the batch the worker takes keeps the backlog visible as ``ready`` and
+    leaves long tasks to idle workers instead of a hoarding one. Restarting costs three
+    round trips, and the batch size of fast tasks wanders (one preempted task divides
+    it by ten), so: a window that must grow at least doubles, up to ``prefetch``; one
+    shrinks to the batch only after ``_SHRINK_AFTER`` fetches in a row wanted a quarter
+    of it or less; otherwise it stays.
+    """
+
+    def __init__(self, prefetch: int) -> None:
+        self.prefetch = prefetch
+        self.size = 0  # 0: no consumer yet
+        self._small = 0  # fetches in a row that wanted a quarter of the window or less
+
+    def resize(self, want: int, supply: int) -> int | None:
+        """The new prefetch for a fetch of ``want``, or None to keep the consumer.
+
+        ``supply`` is how many deliveries the current consumer can still hand over
+        (buffered plus what the broker may push); 0 when there is no consumer.
+        """
+        small = want <= self.size // 4
+        self._small = self._small + 1 if small else 0
+        if supply >= want and (not small or self._small < _SHRINK_AFTER):
+            return None
+        size = want
+        if want > self.size:
+            size = min(self.prefetch, max(want, 2 * self.size))
+        self.size, self._small = size, 0
+        return size
 
 
 def pack_results(bodies: Sequence[bytes]) -> bytes:

@@ -1,0 +1,57 @@
+"""The RabbitMQ transport's pure logic: result packing and the prefetch window policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from distq.transport.rabbitmq import PrefetchWindow, pack_results, unpack_results
+
+
+def test_packed_results_come_back_byte_for_byte() -> None:
+    bodies = [b"", b"a", b'{"v":1}', bytes(range(256)) * 300]
+    assert unpack_results(pack_results(bodies)) == bodies
+    assert unpack_results(b"") == []
+
+
+def test_a_truncated_pack_is_refused() -> None:
+    with pytest.raises(ValueError, match="truncated"):
+        unpack_results(pack_results([b"abc", b"def"])[:-1])
+
+
+def test_the_first_fetch_starts_a_consumer_of_its_size() -> None:
+    assert PrefetchWindow(64).resize(5, supply=0) == 5
+
+
+def test_a_window_that_must_grow_at_least_doubles_up_to_the_prefetch() -> None:
+    window = PrefetchWindow(64)
+    sizes = [window.resize(want, supply=window.size) for want in range(1, 41)]
+    assert [s for s in sizes if s is not None] == [1, 2, 4, 8, 16, 32, 64]
+    assert window.resize(50, supply=64) is None
+    assert PrefetchWindow(64).resize(100, supply=0) == 64  # never past DISTQ_PREFETCH
+    jump = PrefetchWindow(64)
+    jump.resize(2, supply=0)
+    assert jump.resize(30, supply=2) == 30  # a big jump takes what is asked
+
+
+def test_a_noisy_small_batch_keeps_the_window() -> None:
+    window = PrefetchWindow(64)
+    window.resize(64, supply=0)
+    for want in (8, 64, 8, 8, 8, 64, 2, 8, 64):
+        assert window.resize(want, supply=64) is None
+    assert window.size == 64
+
+
+def test_a_window_shrinks_to_the_batch_after_four_small_fetches_in_a_row() -> None:
+    window = PrefetchWindow(64)
+    window.resize(64, supply=0)
+    assert [window.resize(8, supply=64) for _ in range(3)] == [None, None, None]
+    assert window.resize(8, supply=64) == 8
+    assert window.resize(8, supply=8) is None  # the count starts again
+    assert window.resize(2, supply=8) is None  # 2 is a quarter of 8, but only once
+
+
+def test_a_consumer_that_cannot_supply_the_batch_restarts_at_its_size() -> None:
+    window = PrefetchWindow(64)
+    window.resize(32, supply=0)
+    assert window.resize(20, supply=10) == 20  # the caller still holds 22 of 32
+    assert window.resize(20, supply=0) == 20  # no consumer (cancelled by the broker)
