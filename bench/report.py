@@ -10,11 +10,13 @@ CONFIGS = """\
   their results in one command; master RPOPs results in batches. No acks (a dead worker
   loses tasks). **raw-per-task**: the same master; each worker BRPOPs one task and
   LPUSHes its one result, the loop a plain redis-py user writes.
-- **raw / raw-confirm (rabbitmq)**: pika `BlockingConnection`; durable queues,
-  persistent messages; workers `basic_qos(prefetch_count=32)`, manual ack after
-  publishing the result to a results queue; master consumes results with auto-ack.
-  `raw-confirm` puts every publishing channel (master and workers) in confirm mode,
-  which in pika's blocking API waits for the broker after each message.
+- **raw / raw-confirm / raw-confirm-ack (rabbitmq)**: pika `BlockingConnection`;
+  durable queues, persistent messages; workers `basic_qos(prefetch_count=32)`, manual
+  ack after publishing the result to a results queue; master consumes results with
+  auto-ack. `raw-confirm` puts every publishing channel (master and workers) in confirm
+  mode, which in pika's blocking API waits for the broker after each message.
+  `raw-confirm-ack` also has the master ack each result (manual ack): the guarantees
+  distq keeps, as a plain pika user gets them.
 - **raw (manager)**: the tutorial's `multiprocessing.managers` round: the master serves
   a task and a result `queue.Queue`; each worker `get`s and `put`s through proxies
   (one round trip each, pickled). Random authkey, no sleep.

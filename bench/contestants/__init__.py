@@ -23,6 +23,7 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("redis", "distq"): "contestants.distq_cli:DistqCli",
     ("rabbitmq", "raw"): "contestants.raw_rabbitmq:RawRabbitmq",
     ("rabbitmq", "raw-confirm"): "contestants.raw_rabbitmq:RawRabbitmqConfirm",
+    ("rabbitmq", "raw-confirm-ack"): "contestants.raw_rabbitmq:RawRabbitmqConfirmAck",
     ("rabbitmq", "celery"): "contestants.celery_peer:CeleryPeer",
     ("rabbitmq", "dramatiq"): "contestants.dramatiq_peer:DramatiqPeer",
     ("rabbitmq", "distq"): "contestants.distq_cli:DistqCli",

@@ -6,8 +6,10 @@ Queues ``<queue>.tasks`` and ``<queue>.results`` are durable and messages persis
 ``basic_qos(prefetch_count=PREFETCH)`` and manual acks, publishing each result to the
 results queue before acking its task. The master consumes results with auto-ack.
 
-Two variants: without publisher confirms, and with them (``confirm_delivery()`` on
-every publishing channel, master and workers: each publish waits for the broker).
+Three variants: without publisher confirms; with them (``confirm_delivery()`` on every
+publishing channel, master and workers: each publish waits for the broker); and with
+confirms and a master that acks each result it consumes (``raw-confirm-ack``), the
+guarantees distq keeps, the way a plain pika user gets them.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def _declare(channel: BlockingChannel, queue: str) -> tuple[str, str]:
 class RawRabbitmq(Contestant):
     name = "raw"
     confirms = False
+    acks = False  # the master acks each result (else it consumes them with auto-ack)
 
     def start_workers(self) -> None:
         self.connection = pika.BlockingConnection(pika.URLParameters(self.ctx.url))
@@ -61,7 +64,7 @@ class RawRabbitmq(Contestant):
             )
         self.workers.wait_ready("ready", limit=min(30.0, self.ctx.remaining()))
         self.results = self.channel.consume(
-            self.results_queue, auto_ack=True, inactivity_timeout=1.0
+            self.results_queue, auto_ack=not self.acks, inactivity_timeout=1.0
         )
 
     def _collect(self, collector: Collector, want: int) -> None:
@@ -72,6 +75,8 @@ class RawRabbitmq(Contestant):
                 self.workers.check_alive()
                 continue
             collector.add(*_split(body))
+            if self.acks:
+                self.channel.basic_ack(method.delivery_tag)
 
     def throughput(self, tasks: Sequence[int]) -> float:
         collector = Collector(tasks)
@@ -100,6 +105,12 @@ class RawRabbitmq(Contestant):
 class RawRabbitmqConfirm(RawRabbitmq):
     name = "raw-confirm"
     confirms = True
+
+
+class RawRabbitmqConfirmAck(RawRabbitmq):
+    name = "raw-confirm-ack"
+    confirms = True
+    acks = True
 
 
 def worker(url: str, queue: str, mode: str) -> None:
