@@ -38,7 +38,8 @@ held; a SIGKILLed worker's TCP connection closes, and its deliveries return at o
 :meth:`RabbitMQConsumer.heartbeat` services the heartbeats while a task runs. The broker's
 ``consumer_timeout`` (30 min by default) also closes a channel that holds a delivery
 longer; raise it for longer tasks. The consumer's ``basic_qos`` prefetch follows the
-batch asked for, up to ``DISTQ_PREFETCH``, so the backlog stays visible as ``ready``.
+batch asked for, up to ``DISTQ_PREFETCH``, so the backlog stays visible as ``ready``
+(:class:`PrefetchWindow` says when a resize is worth its round trips).
 
 Publisher confirms, batched and asynchronous: in confirm mode pika's
 ``BlockingChannel.basic_publish`` waits for the broker after every message (a round trip
@@ -724,7 +725,8 @@ class PrefetchWindow:
     round trips, and the batch size of fast tasks wanders (one preempted task divides
     it by ten), so: a window that must grow at least doubles, up to ``prefetch``; one
     shrinks to the batch only after ``_SHRINK_AFTER`` fetches in a row wanted a quarter
-    of it or less; otherwise it stays.
+    of it or less; otherwise it stays. Only fetches that find too few deliveries
+    buffered ask (:meth:`RabbitMQConsumer._size_window`): what is buffered is here anyway.
     """
 
     def __init__(self, prefetch: int) -> None:
