@@ -2,6 +2,8 @@
 
 Lifecycle (read :meth:`Worker.run` top to bottom): one thread per slot, each with its
 own consumer, loops: fetch a batch, run it on that same thread, settle it in one call.
+A batch is sized to about ``TARGET_BATCH_SECONDS`` of work; one that runs past
+``HAND_BACK_AFTER_SECONDS`` hands back the tasks it has not started, for idle workers.
 A lease keeper thread renews the lease of any batch that runs longer than a heartbeat
 interval; short tasks never leave their thread, which keeps round trips short.
 Whatever is still in hand goes back to the queue on the way out.
@@ -34,6 +36,9 @@ from distq.transport.base import Consumer, Delivery, Settlement, Transport
 
 Outcome = Literal["ok", "failed", "retried", "malformed"]
 TARGET_BATCH_SECONDS = 0.005  # fetch about this much work at once: throughput without hoarding
+# A batch still running after this long holds tasks slower than it was sized for: the
+# ones not started yet go back to the queue, for idle workers, instead of waiting here.
+HAND_BACK_AFTER_SECONDS = 10 * TARGET_BATCH_SECONDS
 
 
 def default_worker_id() -> str:
@@ -218,7 +223,8 @@ class Worker:
                     started = time.perf_counter()
                     settled = self._run(slot, deliveries)
                     elapsed = time.perf_counter() - started
-                    seconds_per_task = 0.5 * seconds_per_task + 0.5 * elapsed / len(deliveries)
+                    ran = max(1, len(settled))
+                    seconds_per_task = 0.5 * seconds_per_task + 0.5 * elapsed / ran
                     batch_size = max(
                         1,
                         min(
@@ -291,12 +297,20 @@ class Worker:
 
     # -- running tasks --------------------------------------------------------
     def _run(self, slot: _Slot, deliveries: list[Delivery]) -> list[tuple[Settlement, Outcome]]:
-        """Run a batch in order; a warm stop finishes one task at most, a cold one none."""
+        """Run a batch in order, as far as it goes; :meth:`_settle` hands back the rest.
+
+        It stops early when a warm stop comes (after one task at most), on a cold stop
+        (at once), and once it has run ``HAND_BACK_AFTER_SECONDS``: tasks slower than
+        the batch was sized for must not queue behind each other in one worker.
+        """
         settled: list[tuple[Settlement, Outcome]] = []
         slot.running = True
+        started = time.perf_counter()
         try:
             for delivery in deliveries:
                 if self._abort.is_set() or (self._stopping.is_set() and settled):
+                    break
+                if settled and time.perf_counter() - started > HAND_BACK_AFTER_SECONDS:
                     break
                 settled.append(self.process(delivery))
         finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -146,6 +148,33 @@ def test_poison_messages_are_dead_lettered_and_the_worker_goes_on(
     assert worker.proc.poll() is None, "the worker keeps going"
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0, worker.output()
+    producer.close()
+
+
+def test_slow_tasks_queued_behind_fast_ones_spread_over_both_workers(
+    target: Target, hosted: Transport, spawn: Spawn
+) -> None:
+    """A batch sized for fast tasks hands back the slow ones it has not started."""
+    producer = hosted.producer(f"{target.settings.queue}.results.spread")
+    reply = producer.reply_to
+    for name in ("a", "b"):
+        spawn("worker", "--worker-id", name, "-q")
+    deadline = time.monotonic() + 30
+    while hosted.stats().consumers < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    fast = [Task(name="square", args=[i], reply_to=reply) for i in range(400)]
+    slow = [Task(name="square", args=[i], kwargs={"delay": 0.4}, reply_to=reply) for i in range(6)]
+    producer.submit([t.encode() for t in fast + slow])
+    results: dict[str, Result] = {}
+    deadline = time.monotonic() + 30
+    while len(results) < 406 and time.monotonic() < deadline:
+        for body in producer.results(500, 0.5):
+            result = Result.decode(body)
+            results[result.task_id] = result
+    assert len(results) == 406
+    ran = Counter(results[t.id].worker for t in slow)
+    # without the hand-back, the one batch holding all six runs them one after another
+    assert ran["a"] >= 2 and ran["b"] >= 2, ran
     producer.close()
 
 

@@ -11,7 +11,7 @@ from distq.console import Console
 from distq.envelope import DeadLetter, Result, Task
 from distq.tasks import Registry
 from distq.transport import Delivery
-from distq.worker import Worker, WorkerOptions, retry_delay
+from distq.worker import HAND_BACK_AFTER_SECONDS, Worker, WorkerOptions, _Slot, retry_delay
 
 
 def boom(n: int) -> int:
@@ -93,3 +93,16 @@ def test_a_result_that_is_not_json_fails_for_good(worker: Worker) -> None:
 def test_backoff_grows_and_is_capped() -> None:
     assert [retry_delay(a) for a in (1, 2, 3)] == [0.5, 1.0, 2.0]
     assert retry_delay(50) == 30.0
+
+
+def test_a_batch_running_past_its_budget_stops_before_the_next_task(worker: Worker) -> None:
+    slow = task("square", 2, kwargs={"delay": HAND_BACK_AFTER_SECONDS * 1.5})
+    batch = [deliver(task("square", 1).encode()), deliver(slow.encode())]
+    batch += [deliver(task("square", n).encode()) for n in range(3, 6)]
+    settled = worker._run(_Slot(0), batch)
+    assert [outcome for _, outcome in settled] == ["ok", "ok"]  # the rest goes back
+
+
+def test_a_batch_of_fast_tasks_runs_whole(worker: Worker) -> None:
+    batch = [deliver(task("square", n).encode()) for n in range(200)]
+    assert len(worker._run(_Slot(0), batch)) == 200
