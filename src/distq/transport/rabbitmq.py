@@ -330,10 +330,7 @@ class RabbitMQTransport(Transport):
             self._admin_link()
 
     def task_queue_arguments(self) -> dict[str, Any]:
-        return {
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": self.dead_queue,
-        }
+        return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.dead_queue}
 
     def declare(self, channel: Any) -> None:
         """Declare the task queue and the dead-letter queue (idempotent)."""
