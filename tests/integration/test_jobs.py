@@ -16,6 +16,7 @@ from conftest import Target, free_port
 from distq.envelope import Result, Task
 from distq.transport import Transport
 from procs import Distq
+from seam import results_n
 
 pytestmark = pytest.mark.integration
 
@@ -165,12 +166,7 @@ def test_slow_tasks_queued_behind_fast_ones_spread_over_both_workers(
     fast = [Task(name="square", args=[i], reply_to=reply) for i in range(400)]
     slow = [Task(name="square", args=[i], kwargs={"delay": 0.4}, reply_to=reply) for i in range(6)]
     producer.submit([t.encode() for t in fast + slow])
-    results: dict[str, Result] = {}
-    deadline = time.monotonic() + 30
-    while len(results) < 406 and time.monotonic() < deadline:
-        for body in producer.results(500, 0.5):
-            result = Result.decode(body)
-            results[result.task_id] = result
+    results = {r.task_id: r for r in map(Result.decode, results_n(producer, 406, within=30))}
     assert len(results) == 406
     ran = Counter(results[t.id].worker for t in slow)
     # without the hand-back, the one batch holding all six runs them one after another
