@@ -391,7 +391,8 @@ class RabbitMQTransport(Transport):
         """Peek: ``basic_get`` up to ``limit`` without acking, then requeue them all.
 
         A nack with ``requeue=True`` puts messages back at their original positions, so
-        the order is kept; while the peek lasts, other readers do not see them.
+        the order is kept; while the peek lasts (until it returns), other readers do not
+        see them.
         """
 
         def peek(channel: Any) -> list[DeadLetter]:
@@ -405,6 +406,9 @@ class RabbitMQTransport(Transport):
             finally:
                 if got and channel.is_open:
                     channel.basic_nack(got[-1][0].delivery_tag, multiple=True, requeue=True)
+                    # a nack has no reply; this round trip reaches the queue after it, so
+                    # the letters are back (for every reader) when dead_letters() returns
+                    channel.queue_declare(self.dead_queue, passive=True)
             return [self._decode_dead(props, body) for _, props, body in got]
 
         if limit <= 0:
