@@ -525,7 +525,13 @@ class ManagerConsumer(Consumer):
 
 
 def _close_proxy(broker: _Broker) -> None:
+    """Close a proxy's connection, and forget it: every proxy of one address shares its
+    thread's connection, and a closed one left behind would fail the next proxy's calls
+    (a slot reconnecting after its master restarted)."""
     if isinstance(broker, BaseProxy):
-        conn = getattr(getattr(broker, "_tls", None), "connection", None)
+        local: Any = getattr(broker, "_tls", None)
+        conn = getattr(local, "connection", None)
         if conn is not None:
             conn.close()
+            with contextlib.suppress(AttributeError):
+                del local.connection

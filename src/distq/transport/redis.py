@@ -326,6 +326,8 @@ class RedisTransport(Transport):
         return RedisConsumer(self, consumer_id)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        if limit <= 0:
+            return []  # LRANGE 0 -1 would be all of them
         with self.errors():
             bodies: list[bytes] = self.client.lrange(self.dead_key, 0, limit - 1)
         return [DeadLetter.decode(body) for body in bodies]
