@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from distq.collector import Collector
-from distq.envelope import Result
+from distq.envelope import Result, Status
 from distq.errors import EnvelopeError
 from distq.metrics import MasterMetrics
 
 
-def result(task_id: str, value: object = 1, status: str = "ok") -> bytes:
-    fields = {"value": value} if status == "ok" else {"error_type": "E", "error_message": "m"}
+def result(task_id: str, value: object = 1, status: Status = "ok") -> bytes:
+    fields: dict[str, Any] = {"value": value}
+    if status == "error":
+        fields = {"error_type": "E", "error_message": "m"}
     return Result(
         task_id=task_id,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         worker="w",
         attempt=1,
         started_at=0.0,
         duration=0.0,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     ).encode()
 
 

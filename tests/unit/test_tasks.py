@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from distq.envelope import Task
@@ -55,11 +57,11 @@ def _d(x: int, /, y: int, *, key: int = 1, **more: int) -> None: ...
 
 
 @pytest.mark.parametrize("function", [_a, _b, _c, _d])
-def test_argument_checks_agree_with_inspect_bind(function: object) -> None:
+def test_argument_checks_agree_with_inspect_bind(function: Callable[..., None]) -> None:
     import inspect
 
     registry = Registry()
-    registry.register("f", function)  # type: ignore[arg-type]
+    registry.register("f", function)
     for args, kwargs in [
         ([], {}),
         ([1], {}),
@@ -71,7 +73,7 @@ def test_argument_checks_agree_with_inspect_bind(function: object) -> None:
         ([1], {"nope": 1}),
     ]:
         try:
-            inspect.signature(function).bind(*args, **kwargs)  # type: ignore[arg-type]
+            inspect.signature(function).bind(*args, **kwargs)
             fits = True
         except TypeError:
             fits = False
