@@ -186,7 +186,7 @@ class Settings:
         None,
         _secret,
         "shared secret of master and workers; prefer the variable (flags show in `ps`)",
-        shown_default="(none: required for manager)",
+        shown_default="(none: required for `manager`)",
         secret=True,
     )
     redis_url: str = setting(

@@ -235,19 +235,21 @@ class _Run(Generic[E]):
 
     def _on_result(self, result: Result, entry: E, _round_trip: float) -> None:
         """Judge one task's first result and keep its line."""
-        r, name = self.report, self.workload.name(entry)
+        r = self.report
         if result.status == "error":
             r.failed += 1
             problem = (
-                f"task {name} [{result.task_id}] failed for good: "
+                f"task {self.workload.name(entry)} [{result.task_id}] failed for good: "
                 f"{result.error_type}: {result.error_message}"
             )
         elif not self.workload.check(result, entry):
             r.incorrect += 1
-            problem = f"wrong result for {name} [{result.task_id}]: {result.value!r}"
+            problem = f"wrong result for {self.workload.name(entry)} [{result.task_id}]: "
+            problem += repr(result.value)
         else:
             r.ok += 1
-            self.lines.append(self.workload.result_line(result, entry))
+            if not self.console.quiet:  # skips formatting the line, on the hot path
+                self.lines.append(self.workload.result_line(result, entry))
             return
         r.problems.append(problem)
         self.lines.append(problem)

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from conftest import REPO
 from distq.config import DEFAULTS, SETTINGS, Settings, misspelled
 from distq.errors import ConfigError
 
@@ -110,3 +111,13 @@ def test_known_and_unrelated_variables_pass_without_a_word() -> None:
         "TRANSPORT": "x",
     }
     assert misspelled(environ) == []
+
+
+def test_the_readme_settings_table_lists_every_setting_with_its_flag_and_default() -> None:
+    readme = (REPO / "README.md").read_text()
+    for entry in SETTINGS:
+        prefix = f"| `{entry.variable}` | `{entry.flag}` | "
+        rows = [line for line in readme.splitlines() if line.startswith(prefix)]
+        assert len(rows) == 1, f"README.md: no settings row for {entry.variable}"
+        default = rows[0].removeprefix(prefix).split(" | ")[0].strip("`")
+        assert default == entry.shown_default, entry.variable
