@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from spec_metrics import TARGET_LABELS, Family, all_labels
 
 AGGREGATIONS = frozenset(
-    "sum min max avg group stddev stdvar count count_values bottomk topk quantile".split()
+    {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values"}
+    | {"bottomk", "topk", "quantile"}
 )
-KEYWORDS = frozenset("and or unless offset bool atan2 inf nan".split())
-GROUPING = frozenset("by without on ignoring group_left group_right".split())
+KEYWORDS = frozenset({"and", "or", "unless", "offset", "bool", "atan2", "inf", "nan"})
+GROUPING = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
 
 _STRING = r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`'
 _TOKEN = re.compile(

@@ -11,13 +11,12 @@ NAMES = series_names()
 
 def test_finds_selectors_inside_functions_aggregations_and_binary_operators() -> None:
     refs = references(
-        'histogram_quantile(0.99, sum by (le, task) (rate(distq_worker_task_duration_seconds_bucket{queue=~"$queue"}[$__rate_interval])))\n'
-        '/ on (transport) group_left max(distq_workers offset 5m) > bool 0.5e3'
+        "histogram_quantile(0.99, sum by (le, task) ("
+        'rate(distq_worker_task_duration_seconds_bucket{queue=~"$queue"}[$__rate_interval])))\n'
+        "/ on (transport) group_left max(distq_workers offset 5m) > bool 0.5e3"
     )
     assert refs.selectors == (
-        Selector(
-            "distq_worker_task_duration_seconds_bucket", (Matcher("queue", "=~", "$queue"),)
-        ),
+        Selector("distq_worker_task_duration_seconds_bucket", (Matcher("queue", "=~", "$queue"),)),
         Selector("distq_workers", ()),
     )
     assert refs.grouping_labels == {"le", "task", "transport"}
@@ -38,7 +37,8 @@ def test_matchers_with_escaped_quotes_and_every_operator() -> None:
 
 def test_spec_conforming_expressions_have_no_problems() -> None:
     expr = (
-        'sum by (transport, queue, task) (rate(distq_worker_tasks_total{outcome=~"failed|retried"}[5m]))'
+        "sum by (transport, queue, task) ("
+        'rate(distq_worker_tasks_total{outcome=~"failed|retried"}[5m]))'
         ' / ignoring (job) max(distq_queue_depth{state="in_flight"}) or up{job="distq-worker"} == 0'
     )
     assert problems(expr, NAMES) == []
