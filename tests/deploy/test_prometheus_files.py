@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -245,7 +245,9 @@ def _test_config(master: str, workers: list[str]) -> str:
     return yaml.safe_dump(config)
 
 
-def _wait_for(what: str, ready: Any, prometheus: LocalPrometheus, timeout: float = 60) -> None:
+def _wait_for(
+    what: str, ready: Callable[[], bool], prometheus: LocalPrometheus, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if time.monotonic() > deadline:
@@ -288,7 +290,8 @@ def test_alert_rules_load_and_evaluate_on_prometheus(prometheus: LocalPrometheus
         return [rule for group in groups for rule in group["rules"]]
 
     def all_evaluated() -> bool:
-        return all(not rule["lastEvaluation"].startswith("0001") for rule in rules())
+        loaded = rules()
+        return bool(loaded) and all(not r["lastEvaluation"].startswith("0001") for r in loaded)
 
     _wait_for("an evaluation of every rule", all_evaluated, prometheus)
     assert {rule["name"] for rule in rules()} == ALERT_NAMES
