@@ -1,7 +1,8 @@
 """A private Prometheus server (Debian's prometheus binary) on 127.0.0.1 for the tests.
 
-Stands in for tests/launch.py's LocalPrometheus (same constructor, url, start, stop,
-query, targets) until that lands; then this module goes and the tests import that one.
+Stands in for tests/launch.py's LocalPrometheus (the same constructor, url, log_path,
+start, stop, query, targets) until that lands on main; then this module goes and the
+tests import that one.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class LocalPrometheus:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
-    def log(self) -> Path:
+    def log_path(self) -> Path:
         return self.workdir / "prometheus.log"
 
     def start(self, timeout: float = 30) -> LocalPrometheus:
@@ -59,7 +60,7 @@ class LocalPrometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
         config.write_text(self.config_yaml)
-        with self.log.open("wb") as log:
+        with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 [
                     binary,
@@ -73,7 +74,7 @@ class LocalPrometheus:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"prometheus exited at start:\n{self.log_tail()}")
+                raise RuntimeError(f"prometheus exited at start; see {self.log_path}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as answer:
                     if answer.status == 200:
@@ -82,7 +83,7 @@ class LocalPrometheus:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"prometheus not ready within {timeout} s:\n{self.log_tail()}")
+        raise RuntimeError(f"prometheus not ready within {timeout} s; see {self.log_path}")
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s; idempotent."""
@@ -95,28 +96,24 @@ class LocalPrometheus:
             self._process.kill()
             self._process.wait(timeout=10)
 
-    def log_tail(self, lines: int = 20) -> str:
-        if not self.log.exists():
-            return "(no log)"
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def api(self, path: str, **params: str) -> dict[str, Any]:
-        """GET /api/v1/<path>; the whole JSON answer, errors (HTTP 400/422) included."""
+    def _api(self, path: str, **params: str) -> dict[str, Any]:
         query = urllib.parse.urlencode(params)
         try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as r:
-                answer: dict[str, Any] = json.load(r)
+            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as answer:
+                body: dict[str, Any] = json.load(answer)
         except urllib.error.HTTPError as error:
-            answer = json.load(error)  # Prometheus explains bad queries in the body
-        return answer
+            body = json.load(error)  # Prometheus explains a refused query in the body
+        if body.get("status") != "success":
+            raise RuntimeError(f"{path} {params}: {body.get('errorType')}: {body.get('error')}")
+        data: dict[str, Any] = body["data"]
+        return data
 
     def query(self, expr: str) -> list[dict[str, Any]]:
-        """The instant vector ``expr`` gives now; AssertionError with Prometheus' reason."""
-        answer = self.api("query", query=expr)
-        assert answer["status"] == "success", f"{expr!r}: {answer.get('error')}"
-        result: list[dict[str, Any]] = answer["data"]["result"]
+        """The instant vector ``expr`` gives now; RuntimeError with Prometheus' reason."""
+        result: list[dict[str, Any]] = self._api("/api/v1/query", query=expr)["result"]
         return result
 
     def targets(self) -> list[dict[str, Any]]:
-        targets: list[dict[str, Any]] = self.api("targets")["data"]["activeTargets"]
-        return targets
+        """The active scrape targets (``/api/v1/targets``)."""
+        active: list[dict[str, Any]] = self._api("/api/v1/targets")["activeTargets"]
+        return active

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -251,8 +252,16 @@ def _wait_for(
     deadline = time.monotonic() + timeout
     while not ready():
         if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {timeout} s; Prometheus log:\n{prometheus.log_tail()}")
+            log = prometheus.log_path.read_text(errors="replace").splitlines()[-20:]
+            pytest.fail(f"no {what} within {timeout} s; Prometheus log:\n" + "\n".join(log))
         time.sleep(0.2)
+
+
+def _rules(prometheus: LocalPrometheus) -> list[dict[str, Any]]:
+    """The rules Prometheus loaded (/api/v1/rules), with their health and last evaluation."""
+    with urllib.request.urlopen(f"{prometheus.url}/api/v1/rules", timeout=10) as answer:
+        groups = json.load(answer)["data"]["groups"]
+    return [rule for group in groups for rule in group["rules"]]
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +285,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPromet
 def test_dashboard_queries_return_data_from_prometheus(prometheus: LocalPrometheus) -> None:
     empty = []
     for query, promql in dashboard_promql(dashboard()):
-        result = prometheus.query(promql)  # fails with Prometheus' reason on a bad query
+        result = prometheus.query(promql)  # raises with Prometheus' reason on a bad query
         if not result:
             empty.append(f"{query.where}: {promql}")
         elif query.label and not all(query.label in r["metric"] for r in result):
@@ -285,15 +294,11 @@ def test_dashboard_queries_return_data_from_prometheus(prometheus: LocalPromethe
 
 
 def test_alert_rules_load_and_evaluate_on_prometheus(prometheus: LocalPrometheus) -> None:
-    def rules() -> list[dict[str, Any]]:
-        groups = prometheus.api("rules")["data"]["groups"]
-        return [rule for group in groups for rule in group["rules"]]
-
     def all_evaluated() -> bool:
-        loaded = rules()
+        loaded = _rules(prometheus)
         return bool(loaded) and all(not r["lastEvaluation"].startswith("0001") for r in loaded)
 
-    _wait_for("an evaluation of every rule", all_evaluated, prometheus)
-    assert {rule["name"] for rule in rules()} == ALERT_NAMES
-    unhealthy = {rule["name"]: rule.get("lastError") for rule in rules() if rule["health"] != "ok"}
-    assert unhealthy == {}
+    _wait_for("evaluation of every rule", all_evaluated, prometheus)
+    rules = _rules(prometheus)
+    assert {rule["name"] for rule in rules} == ALERT_NAMES
+    assert {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"} == {}
