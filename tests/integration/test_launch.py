@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from certs import CertificateAuthority
 from launch import LocalPrometheus, LocalRabbitMQ, LocalRedis, ServerError, free_port
+from launch.redis_server import NO_RETRY
 
 pytestmark = pytest.mark.integration
 
@@ -121,13 +122,15 @@ def test_redis_tls_answers_over_tls_only(tmp_path: Path, ca: CertificateAuthorit
         assert mutual.ping() is True
         mutual.close()
 
-        plain = redis.Redis(host="127.0.0.1", port=server.port, password="pw", socket_timeout=2)
+        plain = redis.Redis(
+            host="127.0.0.1", port=server.port, password="pw", socket_timeout=2, retry=NO_RETRY
+        )
         with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
             plain.ping()
         plain.close()
 
         stranger = CertificateAuthority(tmp_path / "other-ca")
-        untrusting = redis.Redis.from_url(server.url, ssl_ca_certs=str(stranger.ca))
+        untrusting = redis.Redis.from_url(server.url, ssl_ca_certs=str(stranger.ca), retry=NO_RETRY)
         with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
             untrusting.ping()
         untrusting.close()
@@ -142,18 +145,22 @@ def rabbitmq(
 ) -> Iterator[LocalRabbitMQ]:
     """One private node for this module (a node takes seconds of CPU to boot)."""
     server = LocalRabbitMQ(
-        tmp_path_factory.mktemp("rabbitmq"), plugins=["rabbitmq_management"], tls=ca.server()
+        tmp_path_factory.mktemp("rabbitmq"),
+        plugins=["rabbitmq_management", "rabbitmq_prometheus"],
+        tls=ca.server(),
     )
     server.start()
     yield server
-    server.stop()
+    if server.pid is not None:
+        server.kill()  # a throw-away node: no graceful shutdown (seconds with management)
+    server.stop()  # and its epmd
 
 
 def quick_parameters(url: str) -> pika.URLParameters:
     params = pika.URLParameters(url)
     params.connection_attempts = 1
     params.socket_timeout = 1
-    params.stack_timeout = 3
+    params.stack_timeout = 1.5
     return params
 
 
@@ -190,7 +197,7 @@ def get_json(url: str, path: str) -> Any:
         return json.load(response)
 
 
-def test_rabbitmq_management_api_answers_on_loopback(rabbitmq: LocalRabbitMQ) -> None:
+def test_rabbitmq_plugins_answer_on_loopback(rabbitmq: LocalRabbitMQ) -> None:
     url = rabbitmq.management_url
     assert url is not None
     assert urlsplit(url).hostname == "127.0.0.1"
@@ -198,6 +205,11 @@ def test_rabbitmq_management_api_answers_on_loopback(rabbitmq: LocalRabbitMQ) ->
     wrong = url.replace(rabbitmq.password, "wrong")
     with pytest.raises(urllib.error.HTTPError, match="401"):
         get_json(wrong, "/api/overview")
+
+    assert rabbitmq.prometheus_url is not None
+    assert urlsplit(rabbitmq.prometheus_url).hostname == "127.0.0.1"
+    with urllib.request.urlopen(rabbitmq.prometheus_url + "/metrics", timeout=10) as response:
+        assert b"rabbitmq_" in response.read()
 
 
 def test_rabbitmq_pause_holds_new_connections_until_resume(rabbitmq: LocalRabbitMQ) -> None:
