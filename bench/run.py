@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-# The brokers come from tests/launch.py, the project's one launcher of local servers.
+# The brokers come from tests/launch/, the project's one launcher of local servers.
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import contestants

@@ -1,6 +1,6 @@
 """Throw-away Redis and RabbitMQ servers for one benchmark run.
 
-They come from ``tests/launch.py``, the project's one launcher: plain child processes
+They come from ``tests/launch/``, the project's one launcher: plain child processes
 listening only on 127.0.0.1, on free ports, with all of their state in a temporary
 directory, RabbitMQ with an ``epmd`` of its own. :meth:`Broker.stop` ends a server by
 PID (SIGTERM, then SIGKILL after a grace period) and removes the directory; a server

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What `make test` runs before pytest:
 # 1. the venv (scripts/ensure-venv.sh);
-# 2. the local servers tests/launch.py starts on loopback: redis-server, rabbitmq-server
+# 2. the local servers tests/launch/ starts on loopback: redis-server, rabbitmq-server
 #    (with epmd) and prometheus (with promtool). Tests that kill, pause or restart a broker,
 #    TLS tests and the Prometheus tests need them whatever provides the shared brokers. As
 #    root on Debian they are installed (their services kept from starting); elsewhere it

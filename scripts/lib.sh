@@ -45,7 +45,7 @@ apt_install_no_start() {
 }
 
 # missing_server_packages PACKAGE...: prints (one a line) those of redis-server,
-# rabbitmq-server and prometheus whose programs tests/launch.py cannot find.
+# rabbitmq-server and prometheus whose programs tests/launch/ cannot find.
 missing_server_packages() {
     local pkg
     for pkg in "$@"; do

@@ -1,4 +1,4 @@
-"""tests/launch.py starts real servers on 127.0.0.1 that a test may crash, pause and restart."""
+"""tests/launch starts real servers on 127.0.0.1 that a test may crash, pause and restart."""
 
 from __future__ import annotations
 
