@@ -16,6 +16,7 @@ repo="$(dirname "$here")"
 venv="$here/.venv"
 python="${PYTHON:-python3}"
 LOG_NAME=bench
+# shellcheck source=scripts/lib.sh
 . "$repo/scripts/lib.sh"
 
 python_version() { "$1" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))'; }

@@ -6,6 +6,7 @@
 # Builds elsewhere in the project use DOCKER_BUILDKIT=0: the docker client first on PATH
 # may have no buildx plugin.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 if docker info >/dev/null 2>&1; then
