@@ -1,5 +1,7 @@
 """``distq master`` and ``distq worker``: thin wiring of settings, transport and role.
 
+``submit``, ``status``, ``dead-letters`` and ``requeue-dead`` live in :mod:`distq.commands`.
+
 Exit codes: 0 done; 1 the job failed (timeout, failed or wrong results); 2 bad
 configuration or usage; 3 the broker could not be reached or refused our credentials.
 """
@@ -16,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from distq import __version__
+from distq import __version__, commands
 from distq.config import (
     CONCURRENCY,
     CONNECT_TIMEOUT,
@@ -71,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="distq", description="Distributed master/worker tasks with at-least-once delivery."
     )
     parser.add_argument("--version", action="version", version=f"distq {__version__}")
-    roles = parser.add_subparsers(dest="role", required=True, metavar="{master,worker}")
+    roles = parser.add_subparsers(
+        dest="role",
+        required=True,
+        metavar="{master,worker,submit,status,dead-letters,requeue-dead}",
+    )
 
     master = roles.add_parser("master", parents=[common], help="submit the squares job")
     master.add_argument("--tasks", type=_positive(int), help=f"number of tasks (default {TASKS})")
@@ -146,6 +152,14 @@ def _parser() -> argparse.ArgumentParser:
         help="register a task function by import path (repeatable)",
     )
     worker.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        dest="task_modules",
+        metavar="MODULE",
+        help="register every function of MODULE marked @distq.task (repeatable)",
+    )
+    worker.add_argument(
         "--connect-timeout",
         type=float,
         default=CONNECT_TIMEOUT,
@@ -153,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"keep trying to reach the broker for S seconds at start ({CONNECT_TIMEOUT:g})",
     )
     worker.add_argument("--worker-id", help="name in results and dead letters (host-pid)")
+    commands.add_parsers(roles, common)
     return parser
 
 
@@ -168,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry = Registry()
         for path in getattr(args, "task", []):
             registry.register_path(path)
+        for module in getattr(args, "task_modules", []):
+            registry.register_module(module)
+        if args.role in commands.COMMANDS:
+            return commands.run(args, settings, console)
         if args.role == "master":
             return _master(args, settings, console)
         return _worker(args, settings, registry, console)

@@ -12,17 +12,33 @@ only decides.
 - it cannot run (unknown name, arguments that do not fit, a value that is not JSON):
   ``failed`` at once, as no retry would change that;
 - the body is not a task envelope: ``malformed``, a dead letter only (no one to answer).
+
+An error result carries the exception's traceback text when the task's own code raised,
+so whoever waits for it (an executor's future) can show where. A task sent with
+``reply_to`` :data:`~distq.envelope.NO_REPLY` ends the same way, without a result.
 """
 
 from __future__ import annotations
 
+import traceback
 from typing import Any, Literal, NamedTuple
 
-from distq.envelope import DeadLetter, Result, Task
+from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError
 from distq.transport.base import Delivery, Settlement
 
 Outcome = Literal["ok", "failed", "retried", "malformed"]
+
+#: Longest traceback text an error result carries; longer ones keep their end.
+MAX_TRACEBACK_CHARS = 8000
+
+
+def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> str:
+    """``error``'s traceback as Python prints it, cut to its last ``limit`` characters."""
+    text = "".join(traceback.format_exception(error))
+    if len(text) > limit:
+        text = "... (traceback cut)\n" + text[-limit:]
+    return text
 
 
 def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
@@ -61,6 +77,8 @@ class Endings:
             body = self._result(task, started_at, duration, status="ok", value=value)
         except (TypeError, ValueError) as exc:  # no retry will change the value
             return self.failed(delivery, task, exc, started_at, duration, retryable=False)
+        if task.reply_to == NO_REPLY:
+            return Ending(Settlement(delivery), "ok", task, started_at, duration)
         settlement = Settlement(delivery, reply_to=task.reply_to, result=body)
         return Ending(settlement, "ok", task, started_at, duration)
 
@@ -74,7 +92,10 @@ class Endings:
         *,
         retryable: bool,
     ) -> Ending:
-        """The task raised ``error`` (``retryable``) or cannot run at all (not retryable)."""
+        """The task raised ``error`` (``retryable``) or cannot run at all (not retryable).
+
+        The error result of a task that raised carries ``error``'s traceback text.
+        """
         message = f"{type(error).__name__}: {error}"
         if retryable and task.attempt < task.max_attempts:
             delay = retry_delay(task.attempt)
@@ -96,11 +117,12 @@ class Endings:
             status="error",
             error_type=type(error).__name__,
             error_message=reason,
+            error_traceback=traceback_text(error) if retryable else None,
         )
         settlement = Settlement(
             delivery,
-            reply_to=task.reply_to,
-            result=result,
+            reply_to=None if task.reply_to == NO_REPLY else task.reply_to,
+            result=None if task.reply_to == NO_REPLY else result,
             dead_letter=self._dead(delivery, reason),
         )
         note = f"task {task.name} {task.id} dead-lettered: {reason}"

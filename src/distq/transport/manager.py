@@ -26,7 +26,7 @@ import os
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import AuthenticationError
@@ -42,9 +42,11 @@ from distq.transport.base import (
     Delivery,
     Producer,
     QueueStats,
+    Revive,
     Role,
     Settlement,
     Transport,
+    original_body,
     tags_of,
 )
 
@@ -108,6 +110,30 @@ class QueueBroker:
         with self._lock:
             self._queues.pop(queue, None)
             self._ready.pop(queue, None)
+
+    def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
+        """Remove these bodies from the ready queue, one each; True for each one removed."""
+        with self._lock:
+            items = self._queue(queue)
+            wanted = Counter(bodies)
+            kept = [item for item in items if not _take(wanted, item[0])]
+            removed = Counter(bodies)
+            removed.subtract(wanted)  # what was found, per body
+            if len(kept) < len(items):
+                items.clear()  # the same deque: waiting fetches hold it
+                items.extend(kept)
+            return [_take(removed, body) for body in bodies]
+
+    def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool:
+        """If ``letter`` is the oldest dead letter of ``queue``, replace it by the task
+        ``body`` at the end of ``queue``; False when someone else took it first."""
+        with self._lock:
+            dead = self._queue(f"{queue}.dead")
+            if not dead or dead[0][0] != letter:
+                return False
+            dead.popleft()
+            self._push(queue, [body])
+            return True
 
     # -- consumer side -------------------------------------------------------
     def fetch(
@@ -221,6 +247,14 @@ class QueueBroker:
             self.reap()
 
 
+def _take(counts: Counter[bytes], body: bytes) -> bool:
+    """Count one ``body`` off ``counts``; whether there was one to count."""
+    if counts[body] > 0:
+        counts[body] -= 1
+        return True
+    return False
+
+
 class _Broker(Protocol):
     """What producers and consumers call: the :class:`QueueBroker` itself in the master,
     a :class:`_BrokerProxy` of it in a worker. ``None`` from ``get`` or ``fetch`` is a
@@ -229,6 +263,8 @@ class _Broker(Protocol):
     def put(self, queue: str, bodies: Sequence[bytes]) -> None: ...
     def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None: ...
     def delete(self, queue: str) -> None: ...
+    def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]: ...
+    def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool: ...
     def fetch(
         self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
     ) -> list[Wire] | None: ...
@@ -244,6 +280,8 @@ _EXPOSED = (
     "put",
     "get",
     "delete",
+    "withdraw",
+    "requeue_dead",
     "fetch",
     "heartbeat",
     "settle",
@@ -295,6 +333,12 @@ class _BrokerProxy(BaseProxy):
 
     def delete(self, queue: str) -> None:
         self._call("delete", queue)
+
+    def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
+        return cast("list[bool]", self._call("withdraw", queue, bodies))
+
+    def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool:
+        return bool(self._call("requeue_dead", queue, letter, body))
 
     def fetch(
         self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
@@ -425,6 +469,19 @@ class ManagerTransport(Transport):
         bodies = _call(self.address, self._endpoint().peek, f"{self._queue}.dead", limit)
         return [DeadLetter.decode(body) for body in bodies]
 
+    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+        broker, dead, moved = self._endpoint(), f"{self._queue}.dead", 0
+        while moved < limit:
+            letters = _call(self.address, broker.peek, dead, min(MESSAGE_BATCH, limit - moved))
+            if not letters:
+                break
+            for letter in letters:  # oldest first; one at a time, each compared and moved
+                body = revive(DeadLetter.decode(letter))
+                if not _call(self.address, broker.requeue_dead, self._queue, letter, body):
+                    break  # another caller took it: read the dead letters again
+                moved += 1
+        return moved
+
     def stats(self) -> QueueStats:
         ready, in_flight, dead, consumers = _call(self.address, self._endpoint().stats, self._queue)
         return QueueStats(ready=ready, in_flight=in_flight, dead=dead, consumers=consumers)
@@ -477,6 +534,9 @@ class ManagerProducer(Producer):
 
     def results(self, max_count: int, timeout: float) -> list[bytes]:
         return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
+
+    def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
+        return _call(self._address, self._broker.withdraw, self._queue, list(bodies))
 
     def close(self) -> None:
         with contextlib.suppress(OSError, EOFError):
