@@ -148,7 +148,10 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
         console.error(str(exc) or "interrupted")
         return EXIT_FAILED
     finally:
-        executor.shutdown(wait=answered, cancel_futures=not answered)
+        if answered:
+            executor.shutdown()
+        else:
+            executor.close()  # the task stays queued where it cannot be withdrawn
     console.info(json.dumps(value))
     return 0
 
