@@ -102,6 +102,8 @@ class Executor(concurrent.futures.Executor):
 
     def stats(self) -> QueueStats:
         """The task queue's counts: ready, in flight, dead, attached worker slots."""
+        if not self._dispatcher.is_alive():
+            raise RuntimeError("the executor has stopped; its connection is closed")
         return self._transport.stats()
 
     def submit(self, fn: str | Callable[..., Any], /, *args: Any, **kwargs: Any) -> DistqFuture:

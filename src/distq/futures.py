@@ -58,7 +58,7 @@ class DistqFuture(concurrent.futures.Future[Any]):
         age = time.monotonic() - self.submitted
         return (
             f"no result for task {self.task_name} [{self.task_id}] after waiting "
-            f"{timeout or 0:g} s ({age:.1f} s since it was submitted): it is queued, running "
+            f"{timeout or 0:.1f} s ({age:.1f} s since it was submitted): it is queued, running "
             "or retrying; is a worker running with it registered? (`distq status` shows "
             "ready tasks and attached workers)"
         )

@@ -397,6 +397,7 @@ class ManagerTransport(Transport):
         host, port = settings.manager_address
         self.address = f"{host}:{port}"
         self._role = role
+        self._acceptor: threading.Thread | None = None
         if role == "master":
             broker = QueueBroker()
             manager = _serving_manager(broker, settings)
@@ -410,7 +411,8 @@ class ManagerTransport(Transport):
             broker.start_reaper(min(0.25, settings.lease_seconds / 4))
             self._server.stop_event = threading.Event()  # serve_client() polls it
             self._broker = broker
-            threading.Thread(target=self._accept, name="distq-accept", daemon=True).start()
+            self._acceptor = threading.Thread(target=self._accept, name="distq-accept", daemon=True)
+            self._acceptor.start()
         else:
             self._manager = _ClientManager(
                 address=settings.manager_address, authkey=settings.authkey
@@ -492,7 +494,20 @@ class ManagerTransport(Transport):
             broker.stop()
         if self._server is not None:
             self._server.stop_event.set()
+            self._wake_acceptor()
             self._server.listener.close()
+
+    def _wake_acceptor(self) -> None:
+        """End the thread blocked in ``accept()``: until it returns, the listening socket
+        stays open whatever ``close()`` does, and the address cannot be listened on again
+        (a second executor on the same address in one process)."""
+        if self._acceptor is None or not self._acceptor.is_alive():
+            return
+        host, port = self._settings.manager_address
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            pass  # the handshake fails, and the thread sees it is to stop
+        self._acceptor.join(timeout=1)
 
 
 def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
