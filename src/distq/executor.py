@@ -32,7 +32,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any
 
 from distq.chunks import CHUNK_TASK, chunk_arguments
@@ -122,7 +122,7 @@ class Executor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         """``fn`` over the arguments from ``iterables``, results in order.
 
         Every call is checked and submitted now (``TypeError`` before anything is sent if
@@ -211,7 +211,7 @@ class Executor(concurrent.futures.Executor):
 
     def _results(
         self, futures: list[DistqFuture], end: float | None, chunked: bool
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         futures.reverse()  # pop() from the end: each future is dropped once yielded
         try:
             while futures:

@@ -155,7 +155,7 @@ def test_result_timeout_names_the_task_and_the_task_stays_submitted(
     with pytest.raises(TimeoutError, match=rf"no result for task jobs:add \[{future.task_id}\]"):
         future.result(0.5)
     assert 0.4 < time.monotonic() - started < 10
-    with pytest.raises(TimeoutError, match="after waiting 0.2 s"):
+    with pytest.raises(TimeoutError, match=r"after waiting 0\.2 s"):
         next(ex.map(jobs.add, [1], [1], timeout=0.2))
     workers()  # a worker comes: the task was waiting all along
     assert future.result(60) == 42

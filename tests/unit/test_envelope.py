@@ -85,5 +85,5 @@ def test_an_error_result_carries_the_remote_traceback_and_older_ones_still_decod
     decoded = Result.decode(json.dumps(older))
     assert decoded.error_traceback is None and decoded.error_type == "ValueError"
     older["error"]["traceback"] = 7
-    with pytest.raises(EnvelopeError, match="'error.traceback' is not text"):
+    with pytest.raises(EnvelopeError, match=r"'error\.traceback' is not text"):
         Result.decode(json.dumps(older))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_what_workers_cannot_import_is_refused_with_the_reason() -> None:
 def script_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
     """A stand-in ``__main__`` whose function is defined in it."""
     main = types.ModuleType("__main__")
-    exec("def job(x):\n    return x\n", main.__dict__)  # noqa: S102 - a fixed snippet
+    exec("def job(x):\n    return x\n", main.__dict__)  # a function whose module is __main__
     monkeypatch.setitem(sys.modules, "__main__", main)
     yield main
 
@@ -96,12 +97,13 @@ def test_a_chunk_that_cannot_run_fails_before_any_call_runs() -> None:
         registry.resolve(CHUNK_TASK, chunk_arguments("jobs:echo", [[1]]), {})
     with pytest.raises(TypeError):  # the second call does not fit add(a, b)
         registry.resolve(CHUNK_TASK, chunk_arguments("jobs:add", [[1, 2], [1]]), {})
-    for bad_args, bad_kwargs in [
+    bad: list[tuple[list[Any], dict[str, Any]]] = [
         (["jobs:add"], {}),
         (["jobs:add", "not a list"], {}),
         (["jobs:add", [1]], {}),
         (["jobs:add", [[1, 2]]], {"x": 1}),
         (chunk_arguments(CHUNK_TASK, [[]]), {}),
-    ]:
+    ]
+    for bad_args, bad_kwargs in bad:
         with pytest.raises(TypeError):
             registry.resolve(CHUNK_TASK, bad_args, bad_kwargs)
