@@ -185,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             registry.register_path(path)
         for module in getattr(args, "task_modules", []):
             registry.register_module(module)
+        if getattr(args, "task", []) or getattr(args, "task_modules", []):
+            console.info(f"tasks: {', '.join(registry.names())}")  # what this worker runs
         if args.role in commands.COMMANDS:
             return commands.run(args, settings, console)
         if args.role == "master":
