@@ -144,20 +144,15 @@ class Executor(concurrent.futures.Executor):
                 raise TypeError(f"call {number} of map(): {exc}") from None
         if chunksize == 1:
             futures = self._submit([(name, call, {}, name) for call in calls])
-        else:
-            chunks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
-            futures = self._submit(
-                [
-                    (
-                        CHUNK_TASK,
-                        chunk_arguments(name, chunk),
-                        {},
-                        f"{name} (chunk of {len(chunk)})",
-                    )
-                    for chunk in chunks
-                ]
-            )
-        return self._results(futures, end, chunked=chunksize > 1)
+            return self._results(futures, end, None)
+        chunks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
+        futures = self._submit(
+            [
+                (CHUNK_TASK, chunk_arguments(name, chunk), {}, f"{name} (chunk of {len(chunk)})")
+                for chunk in chunks
+            ]
+        )
+        return self._results(futures, end, [len(chunk) for chunk in chunks])
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more submissions; once every future is resolved, close the connection.
@@ -210,19 +205,25 @@ class Executor(concurrent.futures.Executor):
         return [entry.future for entry in entries]
 
     def _results(
-        self, futures: list[DistqFuture], end: float | None, chunked: bool
+        self, futures: list[DistqFuture], end: float | None, chunks: list[int] | None
     ) -> Generator[Any, None, None]:
+        """Each future's result in order (a chunk's: its list, one by one)."""
         futures.reverse()  # pop() from the end: each future is dropped once yielded
+        sizes = list(reversed(chunks)) if chunks is not None else None
         try:
             while futures:
                 future = futures[-1]
                 value = future.result() if end is None else future.result(end - time.monotonic())
                 futures.pop()
-                if not chunked:
+                if sizes is None:
                     yield value
                     continue
-                if not isinstance(value, list):
-                    raise EnvelopeError(f"{future.task_name} returned {value!r}, not a list")
+                size = sizes.pop()
+                if not isinstance(value, list) or len(value) != size:
+                    raise EnvelopeError(
+                        f"{future.task_name} [{future.task_id}] returned {value!r:.200}, "
+                        f"not a list of {size} results"
+                    )
                 yield from value
         finally:
             if futures:
