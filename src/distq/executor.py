@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -36,7 +37,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any
 
 from distq.chunks import CHUNK_TASK, chunk_arguments
-from distq.config import Settings
+from distq.config import Settings, misspelled
 from distq.dispatcher import Dispatcher, Entry, Stop, Submit, running
 from distq.envelope import MAX_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, ConfigError, EnvelopeError
@@ -46,6 +47,8 @@ from distq.tasks import task_name
 from distq.transport import QueueStats, open_transport
 
 __all__ = ["DistqFuture", "Executor", "load_settings"]
+
+log = logging.getLogger(__name__)
 
 
 class Executor(concurrent.futures.Executor):
@@ -247,6 +250,8 @@ def load_settings(
                 f"settings are: {', '.join(entries)}"
             )
     if settings is None:
+        for warning in misspelled(environ):  # as the distq command warns
+            log.warning("%s", warning)
         texts = {entries[n].variable: _as_text(v) for n, v in overrides.items()}
         return Settings.load(environ, texts)
     values: dict[str, Any] = {}

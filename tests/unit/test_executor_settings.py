@@ -48,3 +48,11 @@ def test_bad_values_and_unknown_names_are_refused_before_anything_connects() -> 
         Executor(Settings(transport="redis"), max_attempts=0)
     with pytest.raises(ValueError, match="task_timeout is -1"):
         Executor(Settings(transport="redis"), task_timeout=-1)
+
+
+def test_a_misspelled_variable_is_logged_as_the_command_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {"DISTQ_TRANSPORT": "redis", "DISTQ_QEUE": "x"}
+    assert load_settings(None, {}, env).queue == "distq"
+    assert "DISTQ_QEUE is not a distq setting (ignored); did you mean DISTQ_QUEUE?" in caplog.text
