@@ -15,13 +15,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from distq import __version__
+from distq.codec import Codec
 from distq.config import VARIABLES, Settings
 from distq.console import Console
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed
 from distq.master import JobSpec, Master
 from distq.metrics import MasterMetrics, WorkerMetrics, serve
+from distq.security import notices
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions
@@ -178,7 +181,8 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
             + (where if transport.name == "manager" else "")
             + f", queue {settings.queue!r}"
         )
-        master = Master(transport, console, settings.queue, metrics)
+        _notify(console, settings, "master")
+        master = Master(transport, console, settings.queue, metrics, Codec.from_settings(settings))
         report = master.run(spec, stop)
     finally:
         transport.close()
@@ -202,6 +206,7 @@ def _worker(
         "rabbitmq": "rabbitmq",
     }[settings.transport]
     console.info(f"Connect to {where} ..... (queue {settings.queue!r})")
+    _notify(console, settings, "worker")
     options = WorkerOptions(
         concurrency=args.concurrency,
         prefetch=settings.prefetch,
@@ -211,10 +216,24 @@ def _worker(
     )
     try:
         return Worker(
-            transport, registry, options, console, metrics=metrics, queue_name=settings.queue
+            transport,
+            registry,
+            options,
+            console,
+            metrics=metrics,
+            queue_name=settings.queue,
+            codec=Codec.from_settings(settings),
         ).run()
     finally:
         transport.close()
+
+
+def _notify(console: Console, settings: Settings, role: Literal["master", "worker"]) -> None:
+    for level, line in notices(settings, role):
+        if level == "warning":
+            console.error(f"warning: {line}")
+        else:
+            console.info(line)
 
 
 def _connect_worker(settings: Settings, patience: float, console: Console) -> Transport:

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
+from distq import credentials, signing, tls
 from distq.errors import ConfigError
+from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES
 
 TransportName = Literal["manager", "redis", "rabbitmq"]
 TRANSPORTS: tuple[TransportName, ...] = ("manager", "redis", "rabbitmq")
@@ -28,6 +30,20 @@ VARIABLES: dict[str, str] = {
     "DISTQ_LEASE_SECONDS": "--lease-seconds",
     "DISTQ_PREFETCH": "--prefetch",
     "DISTQ_METRICS_PORT": "--metrics-port",
+    # security: secrets (each also as X_FILE, see distq.credentials), TLS, limits
+    "DISTQ_AUTHKEY_FILE": "--authkey-file",
+    "DISTQ_SIGNING_KEYS": "--signing-keys",
+    "DISTQ_SIGNING_KEYS_FILE": "--signing-keys-file",
+    "DISTQ_SIGNING_KEY": "--signing-key",
+    "DISTQ_SIGNING_KEY_FILE": "--signing-key-file",
+    "DISTQ_REDIS_PASSWORD": "--redis-password",
+    "DISTQ_REDIS_PASSWORD_FILE": "--redis-password-file",
+    "DISTQ_AMQP_PASSWORD": "--amqp-password",
+    "DISTQ_AMQP_PASSWORD_FILE": "--amqp-password-file",
+    "DISTQ_TLS_CA_FILE": "--tls-ca-file",
+    "DISTQ_TLS_CERT_FILE": "--tls-cert-file",
+    "DISTQ_TLS_KEY_FILE": "--tls-key-file",
+    "DISTQ_MAX_MESSAGE_BYTES": "--max-message-bytes",
 }
 
 DEFAULTS: dict[str, str] = {
@@ -38,6 +54,7 @@ DEFAULTS: dict[str, str] = {
     "DISTQ_QUEUE": "distq",
     "DISTQ_LEASE_SECONDS": "5",
     "DISTQ_PREFETCH": "128",
+    "DISTQ_MAX_MESSAGE_BYTES": str(DEFAULT_MAX_MESSAGE_BYTES),
 }
 
 _N = TypeVar("_N", int, float)
@@ -59,6 +76,9 @@ class Settings:
     lease_seconds: float = 5.0
     prefetch: int = 128
     metrics_port: int | None = None
+    signing_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    tls_files: tls.TlsFiles = field(default_factory=tls.TlsFiles)
 
     @property
     def heartbeat_interval(self) -> float:
@@ -84,6 +104,7 @@ class Settings:
             origin = f"{VARIABLES[var]} " if var in from_flag else ""
             return ConfigError(f"{var} {origin}{problem}".replace("  ", " "))
 
+        given = credentials.read_secret_files(given, from_flag, bad)
         transport = raw("DISTQ_TRANSPORT") or ""
         if transport not in TRANSPORTS:
             raise bad(
@@ -102,8 +123,22 @@ class Settings:
             )
         redis_url = raw("DISTQ_REDIS_URL") or ""
         _check_url("DISTQ_REDIS_URL", redis_url, ("redis", "rediss", "unix"), bad)
+        if password := given.get("DISTQ_REDIS_PASSWORD"):
+            redis_url = credentials.add_password(
+                redis_url, password, "DISTQ_REDIS_URL", "DISTQ_REDIS_PASSWORD", bad
+            )
         amqp_url = raw("DISTQ_AMQP_URL") or ""
         _check_url("DISTQ_AMQP_URL", amqp_url, ("amqp", "amqps"), bad)
+        if password := given.get("DISTQ_AMQP_PASSWORD"):
+            if not credentials.url_user(amqp_url):
+                raise bad(
+                    "DISTQ_AMQP_PASSWORD",
+                    "is set but DISTQ_AMQP_URL names no user; put the user in the URL, "
+                    "e.g. amqp://distq@rabbit-host:5672/%2F",
+                )
+            amqp_url = credentials.add_password(
+                amqp_url, password, "DISTQ_AMQP_URL", "DISTQ_AMQP_PASSWORD", bad
+            )
         queue = raw("DISTQ_QUEUE") or ""
         if not _QUEUE_NAME.match(queue):
             raise bad(
@@ -123,6 +158,29 @@ class Settings:
             metrics_port = _parse_number("DISTQ_METRICS_PORT", metrics_raw, int, bad)
             if not 0 <= metrics_port <= 65535:
                 raise bad("DISTQ_METRICS_PORT", f"is {metrics_port}; use a port from 0 to 65535")
+        if given.get("DISTQ_SIGNING_KEY") and given.get("DISTQ_SIGNING_KEYS"):
+            raise bad(
+                "DISTQ_SIGNING_KEY",
+                "and DISTQ_SIGNING_KEYS are both set; use DISTQ_SIGNING_KEYS (a list whose "
+                "first key signs) or DISTQ_SIGNING_KEY (one key), not both",
+            )
+        keys_var = "DISTQ_SIGNING_KEY" if given.get("DISTQ_SIGNING_KEY") else "DISTQ_SIGNING_KEYS"
+        signing_keys = signing.parse_keys(given.get(keys_var, ""), keys_var, bad)
+        max_bytes = _parse_number(
+            "DISTQ_MAX_MESSAGE_BYTES", raw("DISTQ_MAX_MESSAGE_BYTES"), int, bad
+        )
+        if not MIN_MESSAGE_BYTES <= max_bytes <= MAX_MESSAGE_BYTES:
+            raise bad(
+                "DISTQ_MAX_MESSAGE_BYTES",
+                f"is {max_bytes}; use a whole number of bytes from {MIN_MESSAGE_BYTES} "
+                f"to {MAX_MESSAGE_BYTES} (default {DEFAULT_MAX_MESSAGE_BYTES}: 1 MiB)",
+            )
+        tls_files = tls.TlsFiles(
+            ca_file=raw("DISTQ_TLS_CA_FILE") or None,
+            cert_file=raw("DISTQ_TLS_CERT_FILE") or None,
+            key_file=raw("DISTQ_TLS_KEY_FILE") or None,
+        )
+        tls.check(transport, redis_url if transport == "redis" else amqp_url, tls_files)
         return cls(
             transport=transport,
             manager_address=address,
@@ -133,6 +191,9 @@ class Settings:
             lease_seconds=lease,
             prefetch=prefetch,
             metrics_port=metrics_port,
+            signing_keys=signing_keys,
+            max_message_bytes=max_bytes,
+            tls_files=tls_files,
         )
 
 
@@ -152,8 +213,12 @@ def _check_url(var: str, value: str, schemes: tuple[str, ...], bad: _Bad) -> Non
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as exc:
-        raise bad(var, f"is not a valid URL ({exc})") from None
+    except ValueError:  # its message may quote part of the password: not shown
+        raise bad(
+            var,
+            f"({credentials.mask_url(value)}) is not a valid URL: its port is not a number; "
+            "percent-encode '/', '@' and ':' in a password (%2F, %40, %3A)",
+        ) from None
     if parts.scheme not in schemes:
         raise bad(
             var,

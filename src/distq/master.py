@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from distq.codec import Codec
 from distq.console import Console
 from distq.envelope import Result, Task, new_id
 from distq.errors import EnvelopeError
@@ -87,8 +88,10 @@ class Master:
         console: Console,
         queue_name: str = "distq",
         metrics: MasterMetrics | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self.transport, self.console, self.metrics = transport, console, metrics
+        self.codec = codec or Codec()
         self.job_id = new_id()
         self.reply_to = f"{queue_name}.results.{self.job_id}"
 
@@ -192,7 +195,7 @@ class _Job:
         now = time.perf_counter()
         for task in tasks:
             self.pending[task.id] = _Pending(task.args[0], now)
-        self.producer.submit([task.encode() for task in tasks])
+        self.producer.submit([self.master.codec.seal_task(task) for task in tasks])
         self.submitted += count
         self.report.tasks = self.submitted
         if self.master.metrics is not None:
@@ -211,9 +214,9 @@ class _Job:
         lines: list[str] = []
         for body in bodies:
             try:
-                result = Result.decode(body)
+                result = self.master.codec.open_result(body)
             except EnvelopeError as exc:
-                self.console.error(f"ignored a malformed result: {exc}")
+                self.console.error(f"dropped a result: {exc}")
                 continue
             pending = self.pending.pop(result.task_id, None)
             if pending is None:

@@ -26,10 +26,19 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal
 
+from distq.codec import Codec
 from distq.console import Console
 from distq.envelope import DeadLetter, Result, Task
-from distq.errors import EnvelopeError, Shutdown, TransportError, UnknownTask
+from distq.errors import (
+    EnvelopeError,
+    MessageTooLarge,
+    Shutdown,
+    SignatureError,
+    TransportError,
+    UnknownTask,
+)
 from distq.health import WorkerHealth
+from distq.limits import OVERSIZED_KEPT_BYTES
 from distq.metrics import WorkerMetrics
 from distq.tasks import Registry
 from distq.transport.base import Consumer, Delivery, Settlement, Transport
@@ -88,8 +97,10 @@ class Worker:
         health: WorkerHealth | None = None,
         metrics: WorkerMetrics | None = None,
         queue_name: str = "distq",
+        codec: Codec | None = None,
     ) -> None:
         self.transport, self.registry, self.options = transport, registry, options
+        self.codec = codec or Codec()
         self.console, self.metrics, self.queue_name = console, metrics, queue_name
         self.health = health or WorkerHealth()
         self.id = options.worker_id or default_worker_id()
@@ -320,11 +331,9 @@ class Worker:
     def process(self, delivery: Delivery) -> tuple[Settlement, Outcome]:
         """Run one delivery and decide how it ends. Never raises for bad input."""
         try:
-            task = Task.decode(delivery.body)
+            task = self.codec.open_task(delivery.body)
         except EnvelopeError as exc:
-            reason = f"malformed message: {exc}"
-            self.console.error(f"dead-lettered a {reason}")
-            return Settlement(delivery, dead_letter=self._dead(delivery, reason)), "malformed"
+            return self._refuse(delivery, exc), "malformed"
         if not self.console.quiet:
             shown = (
                 task.args[0] if task.name == "square" and task.args else f"{task.name}{task.args}"
@@ -343,7 +352,8 @@ class Worker:
         duration = time.perf_counter() - started
         try:
             body = self._result(task, started_at, duration, status="ok", value=value)
-        except (TypeError, ValueError) as exc:  # the value is not JSON: no retry will change it
+        # not JSON, nested too deeply or too large: no retry will change that
+        except (TypeError, ValueError, RecursionError, EnvelopeError) as exc:
             return self._fail(delivery, task, exc, started_at, duration, retryable=False)
         if self.metrics is not None:
             self.metrics.task_seconds.observe(duration)
@@ -359,38 +369,50 @@ class Worker:
         retryable: bool,
     ) -> tuple[Settlement, Outcome]:
         error = f"{type(exc).__name__}: {exc}"
+        retry = None
         if retryable and task.attempt < task.max_attempts:
+            with contextlib.suppress(EnvelopeError):  # a retry over the limit fails for good
+                retry = self.codec.seal(task.next_attempt().encode(), "task")
+        if retry is not None:
             delay = retry_delay(task.attempt)
             self.console.error(
                 f"task {task.name} {task.id} attempt {task.attempt}/{task.max_attempts} "
                 f"failed ({error}); retrying in {delay:g} s"
             )
-            return Settlement(delivery, retry=task.next_attempt().encode(), retry_delay=delay), (
-                "retried"
-            )
+            return Settlement(delivery, retry=retry, retry_delay=delay), "retried"
         reason = (
             f"failed {task.attempt} of {task.max_attempts} attempts; last error: {error}"
             if retryable
             else f"cannot run: {error}"
         )
         self.console.error(f"task {task.name} {task.id} dead-lettered: {reason}")
-        result = self._result(
-            task,
-            started_at,
-            duration,
-            status="error",
-            error_type=type(exc).__name__,
-            error_message=reason,
-        )
+        try:
+            result = self._result(
+                task,
+                started_at,
+                duration,
+                status="error",
+                error_type=type(exc).__name__,
+                error_message=reason,
+            )
+        except EnvelopeError:  # the message made it too large: the dead letter keeps it
+            result = self._result(
+                task,
+                started_at,
+                duration,
+                status="error",
+                error_type=type(exc).__name__,
+                error_message="(too large to send; the dead letter has the reason)",
+            )
         return Settlement(
             delivery,
             reply_to=task.reply_to,
             result=result,
-            dead_letter=self._dead(delivery, reason),
+            dead_letter=self._dead(delivery.body, reason),
         ), "failed"
 
     def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
-        return Result(
+        envelope = Result(
             task_id=task.id,
             worker=self.id,
             attempt=task.attempt,
@@ -398,8 +420,20 @@ class Worker:
             duration=duration,
             **fields,
         ).encode()
+        return self.codec.seal(envelope, "result")
 
-    def _dead(self, delivery: Delivery, reason: str) -> bytes:
-        return DeadLetter(
-            body=delivery.body, reason=reason, queue=self.queue_name, worker=self.id
-        ).encode()
+    def _refuse(self, delivery: Delivery, exc: EnvelopeError) -> Settlement:
+        """A message not decoded (malformed, unsigned, forged, too large): dead-lettered."""
+        body = delivery.body
+        if isinstance(exc, MessageTooLarge | SignatureError):
+            reason = f"refused: {exc}"
+        else:
+            reason = f"malformed message: {exc}"
+        if len(body) > self.codec.max_message_bytes:
+            body = body[:OVERSIZED_KEPT_BYTES]
+            reason += f"; the dead letter keeps its first {len(body):,} bytes"
+        self.console.error(f"dead-lettered a message: {reason}")
+        return Settlement(delivery, dead_letter=self._dead(body, reason))
+
+    def _dead(self, body: bytes, reason: str) -> bytes:
+        return DeadLetter(body=body, reason=reason, queue=self.queue_name, worker=self.id).encode()

@@ -87,10 +87,13 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pika.exceptions
 
+from distq import tls
 from distq.config import Settings
+from distq.credentials import mask_url
 from distq.envelope import DeadLetter
 from distq.errors import (
     AuthenticationFailed,
+    CertificateRejected,
     ConfigError,
     ConnectionFailed,
     EnvelopeError,
@@ -130,15 +133,20 @@ class _Broker:
     port: int
     user: str
     vhost: str
+    tls_files: tls.TlsFiles = field(default_factory=tls.TlsFiles)
 
     @classmethod
-    def from_url(cls, url: str) -> _Broker:
+    def from_url(cls, url: str, tls_files: tls.TlsFiles | None = None) -> _Broker:
         try:
             params = pika.URLParameters(url)
         except ValueError as exc:
-            raise ConfigError(f"DISTQ_AMQP_URL is not a valid AMQP URL ({exc})") from None
+            raise ConfigError(
+                f"DISTQ_AMQP_URL ({mask_url(url)}) is not a valid AMQP URL ({exc})"
+            ) from None
         user = unquote(urlsplit(url).username or params.credentials.username)
-        return cls(url, params.host, params.port, user, params.virtual_host)
+        return cls(
+            url, params.host, params.port, user, params.virtual_host, tls_files or tls.TlsFiles()
+        )
 
     @property
     def address(self) -> str:
@@ -150,6 +158,10 @@ class _Broker:
         params.heartbeat = heartbeat
         params.blocked_connection_timeout = _BLOCKED_TIMEOUT
         params.client_properties = {"connection_name": name}
+        if params.ssl_options is not None and "ssl_options=" not in self.url:
+            # pika's own amqps context checks host names without telling OpenSSL the host
+            context = self.tls_files.context()
+            params.ssl_options = pika.SSLOptions(context, server_hostname=self.host)
         where = f"RabbitMQ at {self.address}"
         try:
             return pika.BlockingConnection(params)
@@ -163,14 +175,22 @@ class _Broker:
                 "(DISTQ_AMQP_URL); check that the vhost exists and that the user has "
                 "permissions on it"
             ) from None
-        except ssl.SSLError as exc:
+        except (ssl.SSLError, *_PikaError) as exc:
+            problem = tls.failure(exc)
+            if problem is not None:
+                what, certificate = problem
+                error = CertificateRejected if certificate else ConnectionFailed
+                raise error(
+                    f"TLS with {where} (DISTQ_AMQP_URL) failed: {what}; check "
+                    "DISTQ_TLS_CA_FILE (the CA that signed the server's certificate), the "
+                    "host name in the URL (the certificate must name it), the certificate's "
+                    "dates, and that the port speaks TLS (amqps, usually 5671)"
+                ) from None
+            hint = "is it running?"
+            if params.ssl_options is None and "refused" not in _describe(exc):
+                hint = "is it running? If that port expects TLS, use amqps://"
             raise ConnectionFailed(
-                f"TLS with {where} (DISTQ_AMQP_URL) failed: {_describe(exc)}; check that "
-                "the port speaks TLS (amqps, usually 5671) and that its certificate is trusted"
-            ) from None
-        except _PikaError as exc:
-            raise ConnectionFailed(
-                f"cannot reach {where} (DISTQ_AMQP_URL): {_describe(exc)}; is it running?"
+                f"cannot reach {where} (DISTQ_AMQP_URL): {_describe(exc)}; {hint}"
             ) from None
 
     @contextlib.contextmanager
@@ -322,7 +342,7 @@ class RabbitMQTransport(Transport):
         self.role = role
         self.queue = settings.queue
         self.dead_queue = f"{settings.queue}.dead"
-        self._broker = _Broker.from_url(settings.amqp_url)
+        self._broker = _Broker.from_url(settings.amqp_url, settings.tls_files)
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
         self._admin: _Link | None = None

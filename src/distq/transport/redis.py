@@ -3,7 +3,7 @@
 URL (``DISTQ_REDIS_URL``, parsed by :meth:`redis.Redis.from_url`)::
 
     redis://[[user]:password@]host[:port][/db]     plain TCP
-    rediss://[[user]:password@]host[:port][/db]    TLS (add ?ssl_cert_reqs=none for self-signed)
+    rediss://[[user]:password@]host[:port][/db]    TLS; see distq.tls for the CA and client files
     unix://[[user]:password@]/path/redis.sock?db=0
 
 Ready tasks live in a plain list named after the queue, so ``LLEN <queue>`` is the
@@ -46,9 +46,16 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
+from distq import tls
 from distq.config import Settings
 from distq.envelope import DeadLetter
-from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
+from distq.errors import (
+    AuthenticationFailed,
+    CertificateRejected,
+    ConfigError,
+    ConnectionFailed,
+    TransportError,
+)
 from distq.transport.base import (
     Consumer,
     Delivery,
@@ -61,6 +68,10 @@ from distq.transport.base import (
 
 log = logging.getLogger(__name__)
 
+_TLS_HINT = (
+    "check DISTQ_TLS_CA_FILE (the CA that signed the server's certificate), the host name "
+    "in the URL (the certificate must name it) and the certificate's dates"
+)
 #: Longest single blocking call; long waits loop so leases and sweeps keep running.
 MAX_BLOCK_SECONDS = 5.0
 SUBMIT_CHUNK = 1000
@@ -240,10 +251,12 @@ class RedisTransport(Transport):
                 # no silent retries: a re-sent claim whose reply was lost strands tasks
                 retry=Retry(NoBackoff(), 0),
                 client_name=f"distq-{role}",
+                **tls.redis_options(settings.redis_url, settings.tls_files),
             )
         except ValueError as exc:
             raise ConfigError(f"DISTQ_REDIS_URL is not a valid Redis URL ({exc})") from None
         kwargs = self.client.connection_pool.connection_kwargs
+        self.tls = settings.redis_url.startswith("rediss:")
         self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
         self._connect()
         self.claim_script = _Script(_PRELUDE + _CLAIM)
@@ -267,9 +280,7 @@ class RedisTransport(Transport):
                 raise self._refused(exc) from None
             raise ConnectionFailed(f"Redis at {self.address} failed at start: {exc}") from None
         except RedisError as exc:
-            raise ConnectionFailed(
-                f"cannot reach Redis at {self.address} (DISTQ_REDIS_URL): {exc}; is it running?"
-            ) from None
+            raise self._unreachable(exc) from None
         version = "99"
         with contextlib.suppress(RedisError):  # an ACL may forbid INFO; then trust the server
             version = str(self.client.info("server").get("redis_version", version))
@@ -278,6 +289,18 @@ class RedisTransport(Transport):
                 f"Redis at {self.address} is version {version}; distq needs Redis >= 6.2 "
                 "(LMOVE, BLMOVE, RPOP with a count)"
             )
+
+    def _unreachable(self, exc: RedisError) -> ConnectionFailed:
+        where = f"Redis at {self.address} (DISTQ_REDIS_URL)"
+        problem = tls.failure(exc)
+        if problem is not None:
+            what, certificate = problem
+            error = CertificateRejected if certificate else ConnectionFailed
+            return error(f"TLS with {where} failed: {what}; {_TLS_HINT}")
+        hint = "is it running?"
+        if not self.tls and "refused" not in str(exc):
+            hint = "is it running? If that port expects TLS, use rediss://"
+        return ConnectionFailed(f"cannot reach {where}: {exc}; {hint}")
 
     def _refused(self, exc: Exception) -> AuthenticationFailed:
         return AuthenticationFailed(
