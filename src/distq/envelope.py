@@ -71,6 +71,13 @@ def _number(obj: dict[str, Any], name: str, kind: str) -> float:
     return value
 
 
+def _count(obj: dict[str, Any], name: str, kind: str) -> int:
+    value: int = _field(obj, name, kind, int)
+    if value < 1:
+        raise EnvelopeError(f"{kind} field {name!r} must be 1 or more, got {value}")
+    return value
+
+
 def _reply_to(obj: dict[str, Any], kind: str) -> str:
     value: str = _field(obj, "reply_to", kind, str)
     if not 0 < len(value.encode(errors="replace")) <= 255:  # a RabbitMQ queue name's limit
@@ -121,8 +128,8 @@ class Task:
                 args=_field(obj, "args", kind, list),
                 kwargs=_field(obj, "kwargs", kind, dict),
                 reply_to=_reply_to(obj, kind),
-                attempt=_field(obj, "attempt", kind, int),
-                max_attempts=_field(obj, "max_attempts", kind, int),
+                attempt=_count(obj, "attempt", kind),
+                max_attempts=_count(obj, "max_attempts", kind),
                 created_at=_number(obj, "created_at", kind),
             )
         except OverflowError:

@@ -56,7 +56,7 @@ def default_worker_id() -> str:
 
 def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     """Exponential backoff before attempt ``attempt + 1``: 0.5 s, 1 s, 2 s, ... capped."""
-    return float(min(cap, base * 2 ** (attempt - 1)))
+    return float(min(cap, base * 2 ** min(attempt - 1, 64)))  # the wire may say 10**30
 
 
 @dataclass
