@@ -12,6 +12,7 @@ which certificate was refused and why.
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -116,27 +117,75 @@ def redis_options(url: str, files: TlsFiles) -> dict[str, Any]:
     return options
 
 
-def failure(exc: BaseException) -> tuple[str, bool] | None:
-    """If a TLS problem is behind ``exc`` (anywhere in its chain): what it is, and
-    whether a certificate was refused (which no retry will fix)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+_SSL_TEXT = re.compile(r"\[SSL: \w+\] ([^(']+)")
+_SERVER_HINT = (
+    "check DISTQ_TLS_CA_FILE (the CA that signed the server's certificate), the host name "
+    "in the URL (the certificate must name it) and the certificate's dates"
+)
+_CLIENT_HINT = (
+    "check DISTQ_TLS_CERT_FILE and DISTQ_TLS_KEY_FILE: the broker must trust the CA that "
+    "signed them, and may require one"
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A TLS failure as one line: what happened and what to check; ``refused`` means a
+    certificate was refused, which no retry will fix."""
+
+    what: str
+    hint: str
+    refused: bool
+
+    def line(self, where: str) -> str:
+        return f"TLS with {where} failed: {self.what}; {self.hint}"
+
+
+def failure(exc: BaseException) -> Failure | None:
+    """The TLS problem behind ``exc`` (anywhere in its chain), if there is one."""
+    chain = _chain(exc)
+    for current in chain:  # exception objects first: they say the most
         if isinstance(current, ssl.SSLCertVerificationError):
-            return f"the server's certificate was refused: {_reason(current)}", True
+            what = f"the server's certificate was refused: {_reason(current)}"
+            return Failure(what, _SERVER_HINT, refused=True)
+    for current in chain:
         if isinstance(current, ssl.SSLError):
-            reason = _reason(current)
-            if "CERTIFICATE" in reason.upper():
-                return f"the server refused our client certificate: {reason}", True
-            if "WRONG_VERSION_NUMBER" in reason.upper() or "wrong version" in reason:
-                return "the server does not speak TLS on that port", False
-            return f"TLS failed: {reason}", False
-        inner = getattr(current, "exception", None)  # pika wraps its causes here
+            return _classify(current, _reason(current))
+    for current in chain:  # pika keeps only the text of some errors
+        text = str(current)
+        if "SSLEOFError" in text or "EOF occurred in violation of protocol" in text:
+            return _classify(current, "eof")
+        if found := _SSL_TEXT.search(text):
+            return _classify(current, found.group(1).strip().lower())
+    return None
+
+
+def _classify(exc: BaseException, reason: str) -> Failure:
+    if isinstance(exc, ssl.SSLEOFError) or reason == "eof":
+        # TLS 1.3: a broker that refuses our client certificate may just close
+        what = "the broker closed the connection during the TLS handshake"
+        return Failure(what, _CLIENT_HINT, refused=False)
+    if "alert" in reason and ("certificate" in reason or " ca" in reason):
+        return Failure(f"the broker refused our client certificate ({reason})", _CLIENT_HINT, True)
+    if reason.startswith("certificate verify failed"):
+        return Failure(f"the server's certificate was refused: {reason}", _SERVER_HINT, True)
+    if "wrong version" in reason:
+        what = "the server does not speak TLS on that port"
+        return Failure(what, "use the broker's TLS port", refused=False)
+    return Failure(reason, _SERVER_HINT, refused=False)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps: causes, contexts, and pika's ``exception``/``args``."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        inner = getattr(current, "exception", None)
         if not isinstance(inner, BaseException):
             inner = next((a for a in current.args if isinstance(a, BaseException)), None)
         current = inner or current.__cause__ or current.__context__
-    return None
+    return chain
 
 
 def _reason(exc: BaseException) -> str:

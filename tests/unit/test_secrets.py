@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from certs import CA
 from distq import tls
 from distq.config import VARIABLES, Settings
 from distq.credentials import SECRETS, mask_url
 from distq.errors import ConfigError
 from distq.security import notices
+from tls_certs import CA
 
 KEY = {"DISTQ_AUTHKEY": "secret-authkey-value"}
 SIGNING = "k" * 16 + "-signing"

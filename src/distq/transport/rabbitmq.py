@@ -178,14 +178,8 @@ class _Broker:
         except (ssl.SSLError, *_PikaError) as exc:
             problem = tls.failure(exc)
             if problem is not None:
-                what, certificate = problem
-                error = CertificateRejected if certificate else ConnectionFailed
-                raise error(
-                    f"TLS with {where} (DISTQ_AMQP_URL) failed: {what}; check "
-                    "DISTQ_TLS_CA_FILE (the CA that signed the server's certificate), the "
-                    "host name in the URL (the certificate must name it), the certificate's "
-                    "dates, and that the port speaks TLS (amqps, usually 5671)"
-                ) from None
+                error = CertificateRejected if problem.refused else ConnectionFailed
+                raise error(problem.line(f"{where} (DISTQ_AMQP_URL)")) from None
             hint = "is it running?"
             if params.ssl_options is None and "refused" not in _describe(exc):
                 hint = "is it running? If that port expects TLS, use amqps://"

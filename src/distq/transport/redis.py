@@ -68,10 +68,6 @@ from distq.transport.base import (
 
 log = logging.getLogger(__name__)
 
-_TLS_HINT = (
-    "check DISTQ_TLS_CA_FILE (the CA that signed the server's certificate), the host name "
-    "in the URL (the certificate must name it) and the certificate's dates"
-)
 #: Longest single blocking call; long waits loop so leases and sweeps keep running.
 MAX_BLOCK_SECONDS = 5.0
 SUBMIT_CHUNK = 1000
@@ -294,9 +290,8 @@ class RedisTransport(Transport):
         where = f"Redis at {self.address} (DISTQ_REDIS_URL)"
         problem = tls.failure(exc)
         if problem is not None:
-            what, certificate = problem
-            error = CertificateRejected if certificate else ConnectionFailed
-            return error(f"TLS with {where} failed: {what}; {_TLS_HINT}")
+            error = CertificateRejected if problem.refused else ConnectionFailed
+            return error(problem.line(where))
         hint = "is it running?"
         if not self.tls and "refused" not in str(exc):
             hint = "is it running? If that port expects TLS, use rediss://"

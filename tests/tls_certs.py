@@ -1,4 +1,4 @@
-"""Throw-away certificate authorities and certificates for the TLS tests (``cryptography``).
+"""Throw-away CAs and certificates for the TLS tests, expired ones included (``cryptography``).
 
 Nothing here is secret beyond one test: keys are generated fresh, written to a temp dir.
 """
