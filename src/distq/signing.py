@@ -71,7 +71,7 @@ class Signer:
 
     def sign(self, envelope: bytes) -> bytes:
         """``envelope`` with its signature header in front."""
-        mac = hmac.new(self._key, envelope, hashlib.sha256).hexdigest().encode()
+        mac = hmac.digest(self._key, envelope, "sha256").hex().encode()  # one-shot: fastest
         return b"".join((self._prefix, mac, b"\n", envelope))
 
     def verify(self, message: bytes, kind: str) -> bytes:
@@ -100,7 +100,7 @@ class Signer:
                 "not one of this process's DISTQ_SIGNING_KEYS"
             )
         envelope = message[_HEADER_LENGTH:]
-        expected = hmac.new(key, envelope, hashlib.sha256).hexdigest().encode()
+        expected = hmac.digest(key, envelope, "sha256").hex().encode()
         if not hmac.compare_digest(expected, mac):
             raise SignatureError(
                 f"{kind} has a bad signature for key id {kid.decode()!r}: "
