@@ -167,7 +167,8 @@ class _Broker:
             return pika.BlockingConnection(params)
         except pika.exceptions.ProbableAuthenticationError:
             raise AuthenticationFailed(
-                f"{where} refused user {self.user!r} (DISTQ_AMQP_URL); check the user and password"
+                f"{where} refused user {self.user!r} (DISTQ_AMQP_URL, DISTQ_AMQP_PASSWORD[_FILE]); "
+                "check the user and password"
             ) from None
         except pika.exceptions.ProbableAccessDeniedError:
             raise AuthenticationFailed(

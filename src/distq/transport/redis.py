@@ -299,8 +299,8 @@ class RedisTransport(Transport):
 
     def _refused(self, exc: Exception) -> AuthenticationFailed:
         return AuthenticationFailed(
-            f"Redis at {self.address} refused the credentials in DISTQ_REDIS_URL: {exc}; "
-            "check the password"
+            f"Redis at {self.address} refused the credentials in DISTQ_REDIS_URL "
+            f"(or DISTQ_REDIS_PASSWORD[_FILE]): {exc}; check the password"
         )
 
     @contextlib.contextmanager
