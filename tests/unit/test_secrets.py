@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,39 @@ def test_the_manager_transport_says_it_is_not_encrypted() -> None:
     signed = load({**KEY, "DISTQ_SIGNING_KEYS": f"{SIGNING}1,{SIGNING}2"})
     assert re.search(r"signed with key id [0-9a-f]{8}; 2 keys accepted", notices(signed, "w")[0][1])  # type: ignore[arg-type]
     assert notices(load({"DISTQ_TRANSPORT": "redis"}), "master") == []
+
+
+# --- TLS failures as one line ---------------------------------------------------------
+
+
+def _raised_in(outer: type[Exception], inner: BaseException) -> Exception:
+    """``outer`` raised while handling ``inner``, as redis-py does."""
+    try:
+        try:
+            raise inner
+        except BaseException:
+            raise outer("Error 1 connecting to 127.0.0.1:6380.") from None
+    except Exception as exc:
+        exc.__context__ = inner
+        return exc
+
+
+def test_tls_failures_are_classified() -> None:
+    verify = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    verify.verify_message = "certificate has expired"
+    found = tls.failure(_raised_in(ConnectionError, verify))
+    assert found is not None and found.refused
+    assert found.what == "the server's certificate was refused: certificate has expired"
+    assert "DISTQ_TLS_CA_FILE" in found.line("Redis at h:1")
+    # pika keeps only the text of the TLS error
+    text = "SSLError(1, '[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:2580)')"
+    found = tls.failure(ConnectionError(text))
+    assert found is not None and found.refused and "client certificate" in found.what
+    assert "DISTQ_TLS_CERT_FILE" in found.hint
+    found = tls.failure(ConnectionError("Stream connection lost: SSLEOFError(8, 'EOF')"))
+    assert found is not None and not found.refused and "handshake" in found.what
+    wrong = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    wrong.reason = "WRONG_VERSION_NUMBER"  # type: ignore[misc]
+    found = tls.failure(wrong)
+    assert found is not None and "does not speak TLS" in found.what
+    assert tls.failure(ConnectionRefusedError(111, "Connection refused")) is None
