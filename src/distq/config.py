@@ -1,84 +1,336 @@
 """Settings: environment variables, each also a command-line flag, checked before any I/O.
 
+Every setting is one declarative entry: a field of :class:`Settings` made by
+:func:`setting`, which names the variable, the flag, the default, the parser and the
+help line. Adding a setting is adding one such field; ``distq --help``, the loader and
+the misspelling check all read the entries.
+
 Every problem is reported as one :class:`~distq.errors.ConfigError` line that names
 the variable, what is wrong and what to set instead; the CLI turns it into exit code 2.
+This module also holds the defaults of the master's and worker's own flags, so that
+each default lives in one place.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from distq import credentials, signing, tls
+from distq.envelope import MAX_ATTEMPTS as MAX_ATTEMPTS
 from distq.errors import ConfigError
 from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES
+from distq.transport import TRANSPORTS
 
-TransportName = Literal["manager", "redis", "rabbitmq"]
-TRANSPORTS: tuple[TransportName, ...] = ("manager", "redis", "rabbitmq")
-
-#: Environment variable -> command-line flag. The flag wins over the variable.
-VARIABLES: dict[str, str] = {
-    "DISTQ_TRANSPORT": "--transport",
-    "DISTQ_MANAGER_ADDRESS": "--manager-address",
-    "DISTQ_AUTHKEY": "--authkey",
-    "DISTQ_REDIS_URL": "--redis-url",
-    "DISTQ_AMQP_URL": "--amqp-url",
-    "DISTQ_QUEUE": "--queue",
-    "DISTQ_LEASE_SECONDS": "--lease-seconds",
-    "DISTQ_PREFETCH": "--prefetch",
-    "DISTQ_METRICS_PORT": "--metrics-port",
-    # security: secrets (each also as X_FILE, see distq.credentials), TLS, limits
-    "DISTQ_AUTHKEY_FILE": "--authkey-file",
-    "DISTQ_SIGNING_KEYS": "--signing-keys",
-    "DISTQ_SIGNING_KEYS_FILE": "--signing-keys-file",
-    "DISTQ_SIGNING_KEY": "--signing-key",
-    "DISTQ_SIGNING_KEY_FILE": "--signing-key-file",
-    "DISTQ_REDIS_PASSWORD": "--redis-password",
-    "DISTQ_REDIS_PASSWORD_FILE": "--redis-password-file",
-    "DISTQ_AMQP_PASSWORD": "--amqp-password",
-    "DISTQ_AMQP_PASSWORD_FILE": "--amqp-password-file",
-    "DISTQ_TLS_CA_FILE": "--tls-ca-file",
-    "DISTQ_TLS_CERT_FILE": "--tls-cert-file",
-    "DISTQ_TLS_KEY_FILE": "--tls-key-file",
-    "DISTQ_MAX_MESSAGE_BYTES": "--max-message-bytes",
-}
-
-DEFAULTS: dict[str, str] = {
-    "DISTQ_TRANSPORT": "manager",
-    "DISTQ_MANAGER_ADDRESS": "127.0.0.1:9000",
-    "DISTQ_REDIS_URL": "redis://127.0.0.1:6379/0",
-    "DISTQ_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2F",
-    "DISTQ_QUEUE": "distq",
-    "DISTQ_LEASE_SECONDS": "5",
-    "DISTQ_PREFETCH": "128",
-    "DISTQ_MAX_MESSAGE_BYTES": str(DEFAULT_MAX_MESSAGE_BYTES),
-}
-
+_T = TypeVar("_T")
 _N = TypeVar("_N", int, float)
-_Bad = Callable[[str, str], ConfigError]
+
+PREFIX = "DISTQ_"
+
+# -- defaults of the role flags (the settings' defaults are in their entries below) ------
+TASKS = 6  # distq master --tasks
+# MAX_ATTEMPTS (distq master --max-attempts) is a task's own default, from distq.envelope
+STATUS_EVERY = 10.0  # distq master --status-every; seconds between status lines in --rate mode
+DRAIN_SECONDS = 5.0  # rate mode: how long a stopping master waits for results in flight
+CONCURRENCY = 1  # distq worker --concurrency
+CONNECT_TIMEOUT = 10.0  # distq worker --connect-timeout
+#: Most messages one call carries: a master's submit and results, a transport's chunks.
+MESSAGE_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Setting(Generic[_T]):
+    """One setting: its variable and flag, default, parser and help line.
+
+    ``parse`` turns the text of the variable or flag into the value, or raises
+    ``ValueError`` whose message says what is wrong and what to use, phrased to follow
+    the variable's name ("is 'x'; use ..."). Values are stripped of surrounding
+    whitespace first; ``repr`` never shows a secret.
+    """
+
+    variable: str
+    flag: str
+    default: _T
+    parse: Callable[[str], _T]
+    help: str
+    shown_default: str
+    secret: bool = False
+
+
+def setting(
+    variable: str,
+    flag: str,
+    default: _T,
+    parse: Callable[[str], _T],
+    help: str,
+    *,
+    shown_default: str | None = None,
+    secret: bool = False,
+) -> _T:
+    """A :class:`Settings` field declared by its :class:`Setting` entry."""
+    entry = Setting(
+        variable,
+        flag,
+        default,
+        parse,
+        help,
+        str(default) if shown_default is None else shown_default,
+        secret,
+    )
+    return field(default=default, repr=not secret, metadata={"setting": entry})
+
+
+# -- parsers: text -> value, or ValueError("is ...; use ...") -----------------------------
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"is {text!r}; set it to one of: {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"is {text!r}; use host:port, e.g. 127.0.0.1:9000 "
+            "(the master listens there, workers connect there)"
+        )
+    return host, int(port)
+
+
+def _secret(text: str) -> bytes | None:
+    return text.encode() if text else None
+
+
+def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:  # its message may quote part of the password: not shown
+            raise ValueError(
+                f"({credentials.mask_url(text)}) is not a valid URL: its port is not a "
+                "number; percent-encode '/', '@' and ':' in a password (%2F, %40, %3A)"
+            ) from None
+        if parts.scheme not in schemes:
+            raise ValueError(
+                f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}"
+            )
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"names no host; use e.g. {example}")
+        return text
+
+    return parse
+
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _queue(text: str) -> str:
+    if not _QUEUE_NAME.match(text):
+        raise ValueError(
+            f"is {text!r}; use 1-100 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return text
+
+
+def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> Callable[[str], _N]:
+    word = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> _N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"is {text!r}, not {word}") from None
+        if not low <= value <= high:
+            raise ValueError(f"is {value:g}; use {word} from {low:g} to {high:g}{unit}")
+        return value
+
+    return parse
+
+
+def _optional(parse: Callable[[str], _N]) -> Callable[[str], _N | None]:
+    """An empty value means off."""
+    return lambda text: parse(text) if text else None
+
+
+def _text(text: str) -> str | None:
+    return text or None
+
+
+def _file(secret: str) -> Any:
+    """A ``*_FILE`` entry: read before parsing (see :mod:`distq.credentials`); here for
+    the flag, ``--help`` and the misspelling check."""
+    return setting(
+        f"{secret}_FILE",
+        f"--{secret.removeprefix(PREFIX).lower().replace('_', '-')}-file",
+        None,
+        _text,
+        f"file holding {secret} (a mounted secret), trailing newline stripped",
+        shown_default="(none)",
+    )
+
+
+_REDIS_URL = "redis://127.0.0.1:6379/0"
+_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
 @dataclass(frozen=True)
 class Settings:
     """Validated settings shared by master and worker. ``repr`` hides the secrets."""
 
-    transport: TransportName = "manager"
-    manager_address: tuple[str, int] = ("127.0.0.1", 9000)
-    authkey: bytes | None = field(default=None, repr=False)
-    redis_url: str = field(default=DEFAULTS["DISTQ_REDIS_URL"], repr=False)
-    amqp_url: str = field(default=DEFAULTS["DISTQ_AMQP_URL"], repr=False)
-    queue: str = "distq"
-    lease_seconds: float = 5.0
-    prefetch: int = 128
-    metrics_port: int | None = None
-    signing_keys: tuple[bytes, ...] = field(default=(), repr=False)
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    tls_files: tls.TlsFiles = field(default_factory=tls.TlsFiles)
+    transport: str = setting(
+        "DISTQ_TRANSPORT",
+        "--transport",
+        "manager",
+        _one_of(TRANSPORTS),
+        f"{', '.join(TRANSPORTS[:-1])} or {TRANSPORTS[-1]}",
+    )
+    manager_address: tuple[str, int] = setting(
+        "DISTQ_MANAGER_ADDRESS",
+        "--manager-address",
+        ("127.0.0.1", 9000),
+        _address,
+        "where a manager master listens and its workers connect",
+        shown_default="127.0.0.1:9000",
+    )
+    authkey: bytes | None = setting(
+        "DISTQ_AUTHKEY",
+        "--authkey",
+        None,
+        _secret,
+        "shared secret of master and workers; prefer the variable (flags show in `ps`)",
+        shown_default="(none: required for `manager`)",
+        secret=True,
+    )
+    redis_url: str = setting(
+        "DISTQ_REDIS_URL",
+        "--redis-url",
+        _REDIS_URL,
+        _url(("redis", "rediss", "unix"), _REDIS_URL),
+        "`redis://` or `rediss://`, password, database",
+        secret=True,  # it carries the password
+    )
+    amqp_url: str = setting(
+        "DISTQ_AMQP_URL",
+        "--amqp-url",
+        _AMQP_URL,
+        _url(("amqp", "amqps"), _AMQP_URL),
+        "`amqp://` or `amqps://`, user, password, vhost",
+        secret=True,
+    )
+    queue: str = setting("DISTQ_QUEUE", "--queue", "distq", _queue, "task queue name")
+    lease_seconds: float = setting(
+        "DISTQ_LEASE_SECONDS",
+        "--lease-seconds",
+        5.0,
+        _number(float, 0.3, 3600.0, " seconds"),
+        "lease length; workers renew it every third of that",
+        shown_default="5",
+    )
+    prefetch: int = setting(
+        "DISTQ_PREFETCH",
+        "--prefetch",
+        128,
+        _number(int, 1, 10_000),
+        "most tasks a worker slot takes at once (adapts down for slow tasks)",
+    )
+    metrics_port: int | None = setting(
+        "DISTQ_METRICS_PORT",
+        "--metrics-port",
+        None,
+        _optional(_number(int, 0, 65535)),
+        "serve Prometheus metrics on this port",
+        shown_default="(off)",
+    )
+
+    signing_keys: tuple[bytes, ...] = setting(
+        "DISTQ_SIGNING_KEYS",
+        "--signing-keys",
+        (),
+        signing.parse_keys,
+        "keys (comma-separated, 16+ characters each) to sign and check every task and "
+        "result; the first signs, any verifies",
+        shown_default="(off)",
+        secret=True,
+    )
+    signing_key: tuple[bytes, ...] = setting(
+        "DISTQ_SIGNING_KEY",
+        "--signing-key",
+        (),
+        signing.parse_keys,
+        "one key, instead of DISTQ_SIGNING_KEYS",
+        shown_default="(off)",
+        secret=True,
+    )
+    redis_password: str | None = setting(
+        "DISTQ_REDIS_PASSWORD",
+        "--redis-password",
+        None,
+        _text,
+        "Redis password, put into DISTQ_REDIS_URL (which must then hold none)",
+        shown_default="(none)",
+        secret=True,
+    )
+    amqp_password: str | None = setting(
+        "DISTQ_AMQP_PASSWORD",
+        "--amqp-password",
+        None,
+        _text,
+        "RabbitMQ password for the user in DISTQ_AMQP_URL (which must then hold none)",
+        shown_default="(none)",
+        secret=True,
+    )
+    authkey_file: str | None = _file("DISTQ_AUTHKEY")
+    signing_keys_file: str | None = _file("DISTQ_SIGNING_KEYS")
+    signing_key_file: str | None = _file("DISTQ_SIGNING_KEY")
+    redis_password_file: str | None = _file("DISTQ_REDIS_PASSWORD")
+    amqp_password_file: str | None = _file("DISTQ_AMQP_PASSWORD")
+    tls_ca_file: str | None = setting(
+        "DISTQ_TLS_CA_FILE",
+        "--tls-ca-file",
+        None,
+        _text,
+        "PEM file of the CAs that may sign the broker's certificate (rediss://, amqps://)",
+        shown_default="(the system's CAs)",
+    )
+    tls_cert_file: str | None = setting(
+        "DISTQ_TLS_CERT_FILE",
+        "--tls-cert-file",
+        None,
+        _text,
+        "client certificate (PEM) for brokers that ask for one; with DISTQ_TLS_KEY_FILE",
+        shown_default="(none)",
+    )
+    tls_key_file: str | None = setting(
+        "DISTQ_TLS_KEY_FILE",
+        "--tls-key-file",
+        None,
+        _text,
+        "the client certificate's private key (PEM)",
+        shown_default="(none)",
+    )
+    max_message_bytes: int = setting(
+        "DISTQ_MAX_MESSAGE_BYTES",
+        "--max-message-bytes",
+        DEFAULT_MAX_MESSAGE_BYTES,
+        _number(int, MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES, " bytes"),
+        "largest task or result on the wire; a larger task is refused at submit, a "
+        "larger delivery dead-lettered undecoded",
+    )
+
+    @property
+    def tls_files(self) -> tls.TlsFiles:
+        """The TLS client files, for the transports."""
+        return tls.TlsFiles(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
 
     @property
     def heartbeat_interval(self) -> float:
@@ -90,147 +342,86 @@ class Settings:
         cls, environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None
     ) -> Settings:
         """Read settings from ``environ`` overridden by ``flags`` (keyed by variable)."""
-        given = {k: v for k, v in environ.items() if k in VARIABLES}
-        from_flag = {k for k, v in (flags or {}).items() if v is not None}
-        given.update({k: v for k, v in (flags or {}).items() if v is not None})
+        environ, flags = credentials.read_secret_files(environ, flags or {})
+        values: dict[str, Any] = {}
+        for name, entry in _entries(cls):
+            text, origin = environ.get(entry.variable), ""
+            flag = (flags or {}).get(entry.variable)
+            if flag is not None:
+                text, origin = flag, f" {entry.flag}"
+            if text is None:
+                values[name] = entry.default
+                continue
+            try:
+                values[name] = entry.parse(text.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{entry.variable}{origin} {exc}") from None
+        settings = _secured(cls(**values))
+        if settings.transport == "manager" and not settings.authkey:
+            raise ConfigError(
+                "DISTQ_AUTHKEY is not set; the manager transport needs a shared secret: set "
+                "the same random value for master and workers, e.g. "
+                "DISTQ_AUTHKEY=\"$(python3 -c 'import secrets; print(secrets.token_hex(16))')\""
+            )
+        return settings
 
-        def raw(var: str) -> str | None:
-            value = given.get(var)
-            if value is None:
-                return DEFAULTS.get(var)
-            return value.strip()
 
-        def bad(var: str, problem: str) -> ConfigError:
-            origin = f"{VARIABLES[var]} " if var in from_flag else ""
-            return ConfigError(f"{var} {origin}{problem}".replace("  ", " "))
-
-        given = credentials.read_secret_files(given, from_flag, bad)
-        transport = raw("DISTQ_TRANSPORT") or ""
-        if transport not in TRANSPORTS:
-            raise bad(
-                "DISTQ_TRANSPORT",
-                f"is {transport!r}; set it to one of: {', '.join(TRANSPORTS)}",
-            )
-        address = _parse_address(raw("DISTQ_MANAGER_ADDRESS") or "", bad)
-        key = given.get("DISTQ_AUTHKEY")
-        authkey = key.encode() if key else None
-        if transport == "manager" and not authkey:
-            raise bad(
-                "DISTQ_AUTHKEY",
-                "is not set; the manager transport needs a shared secret: set the same "
-                "random value for master and workers, e.g. "
-                "DISTQ_AUTHKEY=\"$(python3 -c 'import secrets; print(secrets.token_hex(16))')\"",
-            )
-        redis_url = raw("DISTQ_REDIS_URL") or ""
-        _check_url("DISTQ_REDIS_URL", redis_url, ("redis", "rediss", "unix"), bad)
-        if password := given.get("DISTQ_REDIS_PASSWORD"):
-            redis_url = credentials.add_password(
-                redis_url, password, "DISTQ_REDIS_URL", "DISTQ_REDIS_PASSWORD", bad
-            )
-        amqp_url = raw("DISTQ_AMQP_URL") or ""
-        _check_url("DISTQ_AMQP_URL", amqp_url, ("amqp", "amqps"), bad)
-        if password := given.get("DISTQ_AMQP_PASSWORD"):
-            if not credentials.url_user(amqp_url):
-                raise bad(
-                    "DISTQ_AMQP_PASSWORD",
-                    "is set but DISTQ_AMQP_URL names no user; put the user in the URL, "
-                    "e.g. amqp://distq@rabbit-host:5672/%2F",
-                )
-            amqp_url = credentials.add_password(
-                amqp_url, password, "DISTQ_AMQP_URL", "DISTQ_AMQP_PASSWORD", bad
-            )
-        queue = raw("DISTQ_QUEUE") or ""
-        if not _QUEUE_NAME.match(queue):
-            raise bad(
-                "DISTQ_QUEUE",
-                f"is {queue!r}; use 1-100 letters, digits, '_', '.' or '-', "
-                "starting with a letter or digit",
-            )
-        lease = _parse_number("DISTQ_LEASE_SECONDS", raw("DISTQ_LEASE_SECONDS"), float, bad)
-        if not 0.3 <= lease <= 3600:
-            raise bad("DISTQ_LEASE_SECONDS", f"is {lease:g}; use a value from 0.3 to 3600 seconds")
-        prefetch = _parse_number("DISTQ_PREFETCH", raw("DISTQ_PREFETCH"), int, bad)
-        if not 1 <= prefetch <= 10_000:
-            raise bad("DISTQ_PREFETCH", f"is {prefetch}; use a whole number from 1 to 10000")
-        metrics_raw = raw("DISTQ_METRICS_PORT")
-        metrics_port = None
-        if metrics_raw:
-            metrics_port = _parse_number("DISTQ_METRICS_PORT", metrics_raw, int, bad)
-            if not 0 <= metrics_port <= 65535:
-                raise bad("DISTQ_METRICS_PORT", f"is {metrics_port}; use a port from 0 to 65535")
-        if given.get("DISTQ_SIGNING_KEY") and given.get("DISTQ_SIGNING_KEYS"):
-            raise bad(
-                "DISTQ_SIGNING_KEY",
-                "and DISTQ_SIGNING_KEYS are both set; use DISTQ_SIGNING_KEYS (a list whose "
-                "first key signs) or DISTQ_SIGNING_KEY (one key), not both",
-            )
-        keys_var = "DISTQ_SIGNING_KEY" if given.get("DISTQ_SIGNING_KEY") else "DISTQ_SIGNING_KEYS"
-        signing_keys = signing.parse_keys(given.get(keys_var, ""), keys_var, bad)
-        max_bytes = _parse_number(
-            "DISTQ_MAX_MESSAGE_BYTES", raw("DISTQ_MAX_MESSAGE_BYTES"), int, bad
+def _secured(settings: Settings) -> Settings:
+    """Settings whose secrets are in place: one signing key list, the passwords in the
+    URLs; TLS files that will be used and can be."""
+    if settings.signing_key and settings.signing_keys:
+        raise ConfigError(
+            "DISTQ_SIGNING_KEY and DISTQ_SIGNING_KEYS are both set; use DISTQ_SIGNING_KEYS "
+            "(a list whose first key signs) or DISTQ_SIGNING_KEY (one key), not both"
         )
-        if not MIN_MESSAGE_BYTES <= max_bytes <= MAX_MESSAGE_BYTES:
-            raise bad(
-                "DISTQ_MAX_MESSAGE_BYTES",
-                f"is {max_bytes}; use a whole number of bytes from {MIN_MESSAGE_BYTES} "
-                f"to {MAX_MESSAGE_BYTES} (default {DEFAULT_MAX_MESSAGE_BYTES}: 1 MiB)",
+    changes: dict[str, Any] = {}
+    if settings.signing_key:
+        changes["signing_keys"] = settings.signing_key
+    if settings.redis_password:
+        changes["redis_url"] = credentials.add_password(
+            settings.redis_url, settings.redis_password, "DISTQ_REDIS_URL"
+        )
+    if settings.amqp_password:
+        if not credentials.url_user(settings.amqp_url):
+            raise ConfigError(
+                "DISTQ_AMQP_PASSWORD is set but DISTQ_AMQP_URL names no user; put the user "
+                "in the URL, e.g. amqp://distq@rabbit-host:5672/%2F"
             )
-        tls_files = tls.TlsFiles(
-            ca_file=raw("DISTQ_TLS_CA_FILE") or None,
-            cert_file=raw("DISTQ_TLS_CERT_FILE") or None,
-            key_file=raw("DISTQ_TLS_KEY_FILE") or None,
+        changes["amqp_url"] = credentials.add_password(
+            settings.amqp_url, settings.amqp_password, "DISTQ_AMQP_URL"
         )
-        tls.check(transport, redis_url if transport == "redis" else amqp_url, tls_files)
-        return cls(
-            transport=transport,
-            manager_address=address,
-            authkey=authkey,
-            redis_url=redis_url,
-            amqp_url=amqp_url,
-            queue=queue,
-            lease_seconds=lease,
-            prefetch=prefetch,
-            metrics_port=metrics_port,
-            signing_keys=signing_keys,
-            max_message_bytes=max_bytes,
-            tls_files=tls_files,
-        )
+    settings = replace(settings, **changes) if changes else settings
+    url = settings.redis_url if settings.transport == "redis" else settings.amqp_url
+    tls.check(settings.transport, url, settings.tls_files)
+    return settings
 
 
-def _parse_address(value: str, bad: _Bad) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise bad(
-            "DISTQ_MANAGER_ADDRESS",
-            f"is {value!r}; use host:port, e.g. 127.0.0.1:9000 "
-            "(the master listens there, workers connect there)",
-        )
-    return host, int(port)
+def _entries(cls: type[Settings] = Settings) -> list[tuple[str, Setting[Any]]]:
+    return [(f.name, f.metadata["setting"]) for f in fields(cls)]
 
 
-def _check_url(var: str, value: str, schemes: tuple[str, ...], bad: _Bad) -> None:
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:  # its message may quote part of the password: not shown
-        raise bad(
-            var,
-            f"({credentials.mask_url(value)}) is not a valid URL: its port is not a number; "
-            "percent-encode '/', '@' and ':' in a password (%2F, %40, %3A)",
-        ) from None
-    if parts.scheme not in schemes:
-        raise bad(
-            var,
-            f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}",
-        )
-    if parts.scheme != "unix" and not parts.hostname:
-        raise bad(var, f"names no host; use e.g. {DEFAULTS[var]}")
+#: Every setting, in the order ``--help`` and the README list them.
+SETTINGS: tuple[Setting[Any], ...] = tuple(entry for _, entry in _entries())
+
+#: Every setting at its default (the master's and worker's options start from these).
+DEFAULTS = Settings()
+
+_MISSPELLING = 0.8  # difflib similarity above which an unknown name is taken as a typo
 
 
-def _parse_number(var: str, value: str | None, kind: type[_N], bad: _Bad) -> _N:
-    try:
-        return kind(value or "")
-    except ValueError:
-        word = "a whole number" if kind is int else "a number"
-        raise bad(var, f"is {value!r}, not {word}") from None
+def misspelled(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``DISTQ_*`` variable that looks like a misspelled setting.
+
+    Such a variable would be ignored without a word: ``DISTQ_TRANSPRT`` is read as
+    meaning ``DISTQ_TRANSPORT``. Names far from every setting, and the test harness's
+    ``DISTQ_TEST_*``, are other tools' and pass silently.
+    """
+    known = [entry.variable for entry in SETTINGS]
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(PREFIX) or name in known or name.startswith("DISTQ_TEST_"):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=_MISSPELLING)
+        if close:
+            warnings.append(f"{name} is not a distq setting (ignored); did you mean {close[0]}?")
+    return warnings

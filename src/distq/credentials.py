@@ -9,7 +9,7 @@ itself need not hold it. :func:`mask_url` is how a URL is shown anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -26,65 +26,65 @@ SECRETS: tuple[str, ...] = (
 FILE_SUFFIX = "_FILE"
 MASK = "***"
 
-_Bad = Callable[[str, str], ConfigError]
 
+def read_secret_files(
+    environ: Mapping[str, str], flags: Mapping[str, str | None]
+) -> tuple[dict[str, str], dict[str, str | None]]:
+    """``environ`` and ``flags`` with every ``X_FILE`` replaced by ``X`` (its content).
 
-def read_secret_files(given: Mapping[str, str], from_flag: set[str], bad: _Bad) -> dict[str, str]:
-    """``given`` with every ``X_FILE`` replaced by ``X`` (the file's content).
-
-    ``from_flag`` names the variables that came from flags: a flag for ``X`` or
-    ``X_FILE`` wins over either in the environment.
+    A flag for ``X`` or ``X_FILE`` wins over both in the environment; ``X`` and
+    ``X_FILE`` given in one place is a :class:`ConfigError`. Empty values count as unset.
     """
-    out = dict(given)
+    env = dict(environ)
+    given = {k: v for k, v in flags.items() if v is not None}
     for var in SECRETS:
         file_var = var + FILE_SUFFIX
-        if file_var not in out:
+        source = given if (given.get(var) or given.get(file_var)) else env
+        if source is given:  # the flag wins: the environment's spellings are ignored
+            env.pop(var, None)
+            env.pop(file_var, None)
+        path = source.pop(file_var, None)
+        if not path:
             continue
-        if var in out:
-            flagged = {var, file_var} & from_flag
-            if len(flagged) != 1:
-                raise bad(
-                    file_var,
-                    f"and {var} are both set; give the secret one way only "
-                    f"(the file, for a mounted secret)",
-                )
-            if var in flagged:
-                del out[file_var]
-                continue
-        out[var] = read_secret(out.pop(file_var), file_var, bad)
-    return out
+        if source.get(var):
+            where = "flags" if source is given else "variables"
+            raise ConfigError(
+                f"{file_var} and {var} are both set (as {where}); give the secret one way "
+                "only (the file, for a mounted secret)"
+            )
+        source[var] = read_secret(path, file_var)
+    return env, {**dict(flags), **given, **{v + FILE_SUFFIX: None for v in SECRETS}}
 
 
-def read_secret(path: str, var: str, bad: _Bad) -> str:
+def read_secret(path: str, var: str) -> str:
     """The content of the file at ``path``, trailing newline stripped; never empty."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise bad(
-            var,
-            f"names {path!r}, which cannot be read ({exc.strerror or exc}); "
-            f"mount the secret there or unset {var}",
+        raise ConfigError(
+            f"{var} names {path!r}, which cannot be read ({exc.strerror or exc}); "
+            f"mount the secret there or unset {var}"
         ) from None
     try:
         text = data.decode()
     except UnicodeDecodeError:
-        raise bad(var, f"names {path!r}, which is not UTF-8 text") from None
+        raise ConfigError(f"{var} names {path!r}, which is not UTF-8 text") from None
     text = text.rstrip("\r\n")
     if not text:
-        raise bad(var, f"names {path!r}, which is empty")
+        raise ConfigError(f"{var} names {path!r}, which is empty")
     return text
 
 
-def add_password(url: str, password: str, var: str, password_var: str, bad: _Bad) -> str:
+def add_password(url: str, password: str, var: str) -> str:
     """``url`` with ``password`` (percent-encoded) in it; the URL must not hold one already."""
     parts = urlsplit(url)
     userinfo, at, hostport = parts.netloc.rpartition("@")
     user, colon, _ = userinfo.partition(":")
     if at and colon:
-        raise bad(
-            password_var,
-            f"is set and {var} ({mask_url(url)}) holds a password too; "
-            f"keep the password in one place: drop it from {var}",
+        password_var = var.replace("_URL", "_PASSWORD")
+        raise ConfigError(
+            f"{password_var} is set and {var} ({mask_url(url)}) holds a password too; "
+            f"keep the password in one place: drop it from {var}"
         )
     netloc = f"{user}:{quote(password, safe='')}@{hostport}"
     return urlunsplit(parts._replace(netloc=netloc))

@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from distq.errors import ConfigError, SignatureError
+from distq.errors import SignatureError
 
 MAGIC = b"DQSIG1 "
 _ID_LENGTH = 8
@@ -32,20 +32,20 @@ _HEADER_LENGTH = len(MAGIC) + _ID_LENGTH + 1 + _SIG_LENGTH + 1
 MIN_KEY_LENGTH = 16
 
 
-def parse_keys(text: str, var: str, bad: Callable[[str, str], ConfigError]) -> tuple[bytes, ...]:
+def parse_keys(text: str) -> tuple[bytes, ...]:
     """Keys separated by commas or newlines (a file may hold one per line); first signs.
 
-    Each key must be at least ``MIN_KEY_LENGTH`` characters; errors never show a key.
+    Each key must be at least ``MIN_KEY_LENGTH`` characters; the ``ValueError`` for one
+    that is not never shows it.
     """
     keys = [key.strip() for key in re.split(r"[,\n]", text)]
     keys = [key for key in keys if key]
     for number, key in enumerate(keys, 1):
         if len(key) < MIN_KEY_LENGTH:
-            raise bad(
-                var,
-                f"key {number} of {len(keys)} is {len(key)} characters long; use at least "
+            raise ValueError(
+                f"has key {number} of {len(keys)} {len(key)} characters long; use at least "
                 f"{MIN_KEY_LENGTH} random characters, e.g. "
-                "$(python3 -c 'import secrets; print(secrets.token_hex(32))')",
+                "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
             )
     return tuple(key.encode() for key in keys)
 

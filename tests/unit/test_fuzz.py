@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 
 from distq.codec import Codec
 from distq.console import Console
+from distq.ending import Endings
 from distq.envelope import DeadLetter, Result, Task
 from distq.errors import EnvelopeError
+from distq.runner import TaskRunner
 from distq.tasks import Registry
 from distq.transport import Delivery
-from distq.worker import Worker, WorkerOptions
 
 pytestmark = pytest.mark.fuzz
 
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.fuzz
 EXAMPLES = int(os.environ.get("DISTQ_FUZZ_EXAMPLES", "10000"))
 
 
-def fuzz(share: float) -> Any:
+def fuzz(share: float) -> settings:
     return settings(
         max_examples=max(1, round(EXAMPLES * share)),
         deadline=None,
@@ -110,14 +111,14 @@ any_bytes = st.one_of(
 )
 
 
-def worker(codec: Codec) -> Worker:
+def worker(codec: Codec) -> TaskRunner:
+    """The part of a worker that reads a delivery, runs its task and says how it ends."""
     registry = Registry()
     registry.register("echo", lambda value=None, *more, **kw: value)
     registry.register("boom", lambda *args, **kw: 1 / 0)
     registry.register("unjsonable", lambda *args, **kw: {1, 2})
     console = Console(quiet=True, out=io.StringIO(), err=io.StringIO())
-    options = WorkerOptions(worker_id="fuzz")
-    return Worker(None, registry, options, console, codec=codec)  # type: ignore[arg-type]
+    return TaskRunner(registry, Endings("fuzz", "q", codec), console)
 
 
 WORKERS = {name: worker(codec) for name, codec in CODECS.items()}
@@ -126,7 +127,8 @@ WORKERS = {name: worker(codec) for name, codec in CODECS.items()}
 def settle_checked(name: str, body: bytes) -> None:
     """The worker's verdict on ``body`` is one of the three endings, each well formed."""
     codec = CODECS[name]
-    settlement, outcome = WORKERS[name].process(Delivery(body, tag=1))
+    ending = WORKERS[name](Delivery(body, tag=1))
+    settlement, outcome = ending.settlement, ending.outcome
     assert outcome in ("ok", "failed", "retried", "malformed")
     ends = [settlement.result, settlement.retry, settlement.dead_letter]
     assert any(end is not None for end in ends), (body, outcome)

@@ -14,14 +14,16 @@ from conftest import free_port
 from distq.codec import Codec
 from distq.config import Settings
 from distq.console import Console
+from distq.ending import Ending, Endings
 from distq.envelope import DeadLetter, Result, Task
 from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
 from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES, check_nesting
 from distq.master import JobSpec, Master
+from distq.runner import TaskRunner
 from distq.signing import MAGIC, Signer, key_id
+from distq.squares import Squares
 from distq.tasks import Registry
 from distq.transport import Delivery, Settlement, open_transport
-from distq.worker import Worker, WorkerOptions
 
 OLD, NEW, OTHER = (secrets.token_hex(16).encode() for _ in range(3))
 
@@ -34,16 +36,27 @@ def boom(n: int) -> int:
     raise ValueError(f"bad {n}")
 
 
-def worker(codec: Codec) -> tuple[Worker, io.StringIO]:
-    registry = Registry()
-    registry.register("boom", boom)
-    registry.register("echo", lambda value: value)
-    registry.register("grow", lambda text: text * 3)
-    registry.register("nest", lambda value: [[[[value]]]])
-    err = io.StringIO()
-    console = Console(quiet=True, out=io.StringIO(), err=err)
-    options = WorkerOptions(worker_id="w1")
-    return Worker(None, registry, options, console, codec=codec), err  # type: ignore[arg-type]
+class Runner:
+    """A worker's task runner with ``codec``; ``process`` gives (settlement, outcome)."""
+
+    def __init__(self, codec: Codec, ran: list[Any] | None = None) -> None:
+        self.registry = Registry()
+        self.registry.register("boom", boom)
+        self.registry.register("echo", lambda value: value)
+        self.registry.register("grow", lambda text: text * 3)
+        self.registry.register("nest", lambda value: [[[[value]]]])
+        self.err = io.StringIO()
+        console = Console(quiet=True, out=io.StringIO(), err=self.err)
+        self.runner = TaskRunner(self.registry, Endings("w1", "q", codec), console)
+
+    def process(self, delivery: Delivery) -> tuple[Settlement, str]:
+        ending: Ending = self.runner(delivery)
+        return ending.settlement, ending.outcome
+
+
+def worker(codec: Codec) -> tuple[Runner, io.StringIO]:
+    runner = Runner(codec)
+    return runner, runner.err
 
 
 def dead_reason(settlement: Settlement) -> str:
@@ -189,7 +202,7 @@ def test_a_signing_worker_runs_signed_tasks_and_signs_results_and_retries() -> N
 def test_a_task_not_signed_right_is_never_run_and_is_dead_lettered(body: Any, reason: str) -> None:
     ran: list[int] = []
     w, err = worker(Codec([NEW]))
-    w.registry.register("square", lambda n: ran.append(n) or n * n)
+    w.registry.register("square", lambda n: ran.append(n))
     message = body()
     settlement, outcome = w.process(Delivery(message, 1))
     assert outcome == "malformed" and not ran
@@ -252,8 +265,8 @@ def test_the_master_drops_results_that_are_not_signed_right() -> None:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        master = Master(transport, Console(out=out, err=out), "distq", codec=Codec([NEW]))
-        report = master.run(JobSpec(tasks=2, timeout=20))
+        master = Master(transport, Console(out=out, err=out), codec=Codec([NEW]))
+        report = master.run(JobSpec(tasks=2, timeout=20), Squares())
     finally:
         stop.set()
         thread.join(5)

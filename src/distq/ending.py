@@ -1,0 +1,159 @@
+"""How a delivery ends: ok, retried with backoff, failed for good, or malformed.
+
+Pure decisions, no I/O: given what happened to a delivery (its task's value, the
+error it raised, or why it could not be read), :class:`Endings` says what the consumer
+publishes (a :class:`~distq.transport.base.Settlement`) and how it counts (an
+:data:`Outcome`). The worker runs tasks (:mod:`distq.runner`) and settles; this module
+only decides.
+
+- the function returned a JSON value: ``ok``, an ok result;
+- it raised and attempts are left: ``retried``, the next attempt after :func:`retry_delay`;
+- it raised on its last attempt: ``failed``, an error result and a dead letter;
+- it cannot run (unknown name, arguments that do not fit, a value that is not JSON):
+  ``failed`` at once, as no retry would change that;
+- the body is not a task envelope: ``malformed``, a dead letter only (no one to answer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Literal, NamedTuple
+
+from distq.codec import Codec
+from distq.envelope import DeadLetter, Result, Task
+from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
+from distq.limits import OVERSIZED_KEPT_BYTES
+from distq.transport.base import Delivery, Settlement
+
+Outcome = Literal["ok", "failed", "retried", "malformed"]
+
+
+def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Exponential backoff before attempt ``attempt + 1``: 0.5 s, 1 s, 2 s, ... capped."""
+    return float(min(cap, base * 2 ** min(attempt - 1, 64)))  # the wire may say 10**30
+
+
+class Ending(NamedTuple):
+    """How one delivery ended: what to settle, how it counts, and what to tell the operator.
+
+    ``task`` is None for a malformed message; ``started_at`` (wall clock) and
+    ``duration`` (seconds the function ran, 0 if it never ran) describe the run;
+    ``note`` is the error line to print, None when all went well. (A named tuple: one
+    is made per task, and a frozen dataclass costs about three times as much to make.)
+    """
+
+    settlement: Settlement
+    outcome: Outcome
+    task: Task | None = None
+    started_at: float = 0.0
+    duration: float = 0.0
+    note: str | None = None
+
+
+class Endings:
+    """The endings one worker gives its deliveries: results and dead letters name it."""
+
+    def __init__(self, worker_id: str, queue: str, codec: Codec | None = None) -> None:
+        self.worker_id, self.queue = worker_id, queue
+        self.codec = codec or Codec()  # seals results and retries: signed, within the limit
+
+    def ok(
+        self, delivery: Delivery, task: Task, value: Any, started_at: float, duration: float
+    ) -> Ending:
+        """The function returned ``value``; it fails for good if ``value`` is not JSON."""
+        try:
+            body = self._result(task, started_at, duration, status="ok", value=value)
+        # not JSON, nested too deeply or too large: no retry will change that
+        except (TypeError, ValueError, RecursionError, EnvelopeError) as exc:
+            return self.failed(delivery, task, exc, started_at, duration, retryable=False)
+        settlement = Settlement(delivery, reply_to=task.reply_to, result=body)
+        return Ending(settlement, "ok", task, started_at, duration)
+
+    def failed(
+        self,
+        delivery: Delivery,
+        task: Task,
+        error: BaseException,
+        started_at: float,
+        duration: float,
+        *,
+        retryable: bool,
+    ) -> Ending:
+        """The task raised ``error`` (``retryable``) or cannot run at all (not retryable)."""
+        message = f"{type(error).__name__}: {error}"
+        retry = None
+        if retryable and task.attempt < task.max_attempts:
+            with contextlib.suppress(EnvelopeError):  # a retry over the limit fails for good
+                retry = self.codec.seal(task.next_attempt().encode(), "task")
+        if retry is not None:
+            delay = retry_delay(task.attempt)
+            note = (
+                f"task {task.name} {task.id} attempt {task.attempt}/{task.max_attempts} "
+                f"failed ({message}); retrying in {delay:g} s"
+            )
+            settlement = Settlement(delivery, retry=retry, retry_delay=delay)
+            return Ending(settlement, "retried", task, started_at, duration, note)
+        reason = (
+            f"failed {task.attempt} of {task.max_attempts} attempts; last error: {message}"
+            if retryable
+            else f"cannot run: {message}"
+        )
+        error_type = type(error).__name__
+        try:
+            result = self._result(
+                task,
+                started_at,
+                duration,
+                status="error",
+                error_type=error_type,
+                error_message=reason,
+            )
+        except EnvelopeError:  # the reason made it too large: the dead letter keeps it
+            result = self._result(
+                task,
+                started_at,
+                duration,
+                status="error",
+                error_type=error_type,
+                error_message="(too large to send; the dead letter has the reason)",
+            )
+        settlement = Settlement(
+            delivery,
+            reply_to=task.reply_to,
+            result=result,
+            dead_letter=self._dead(delivery.body, reason),
+        )
+        note = f"task {task.name} {task.id} dead-lettered: {reason}"
+        return Ending(settlement, "failed", task, started_at, duration, note)
+
+    def malformed(self, delivery: Delivery, error: EnvelopeError) -> Ending:
+        """The body is not a task, or is refused (unsigned, forged, too large): never run,
+        dead-lettered with the reason, nobody to answer. An oversized body's dead letter
+        keeps its first ``OVERSIZED_KEPT_BYTES``."""
+        body = delivery.body
+        if isinstance(error, MessageTooLarge | SignatureError):
+            reason = f"refused: {error}"
+        else:
+            reason = f"malformed message: {error}"
+        if len(body) > self.codec.max_message_bytes:
+            body = body[:OVERSIZED_KEPT_BYTES]
+            reason += f"; the dead letter keeps its first {len(body):,} bytes"
+        settlement = Settlement(delivery, dead_letter=self._dead(body, reason))
+        kind = "" if reason.startswith("malformed") else "message, "
+        return Ending(settlement, "malformed", note=f"dead-lettered a {kind}{reason}")
+
+    def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
+        envelope = Result(
+            task_id=task.id,
+            worker=self.worker_id,
+            attempt=task.attempt,
+            started_at=started_at,
+            duration=duration,
+            **fields,
+        ).encode()
+        return self.codec.seal(envelope, "result")
+
+    def _dead(self, body: bytes, reason: str) -> bytes:
+        return DeadLetter(
+            body=body, reason=reason, queue=self.queue, worker=self.worker_id
+        ).encode()
