@@ -11,7 +11,11 @@ only decides.
 - it raised on its last attempt: ``failed``, an error result and a dead letter;
 - it cannot run (unknown name, arguments that do not fit, a value that is not JSON):
   ``failed`` at once, as no retry would change that;
-- the body is not a task envelope: ``malformed``, a dead letter only (no one to answer).
+- the body is not a task envelope, or is refused (unsigned, signed wrongly, over the
+  size limit): ``malformed``, a dead letter only (no one to answer), never run.
+
+Results and retries are sealed by the worker's :class:`~distq.codec.Codec`: signed when
+it has keys, and a result over the size limit fails its task for good.
 """
 
 from __future__ import annotations
