@@ -21,6 +21,7 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("redis", "rq"): "contestants.rq_peer:RqRedis",
     ("redis", "rq-simple"): "contestants.rq_peer:RqSimpleRedis",
     ("redis", "distq"): "contestants.distq_cli:DistqCli",
+    ("redis", "distq-signed"): "contestants.distq_cli:DistqSigned",
     ("redis", "distq-executor"): "contestants.distq_executor:DistqExecutor",
     ("rabbitmq", "raw"): "contestants.raw_rabbitmq:RawRabbitmq",
     ("rabbitmq", "raw-confirm"): "contestants.raw_rabbitmq:RawRabbitmqConfirm",
@@ -28,9 +29,11 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("rabbitmq", "celery"): "contestants.celery_peer:CeleryPeer",
     ("rabbitmq", "dramatiq"): "contestants.dramatiq_peer:DramatiqPeer",
     ("rabbitmq", "distq"): "contestants.distq_cli:DistqCli",
+    ("rabbitmq", "distq-signed"): "contestants.distq_cli:DistqSigned",
     ("rabbitmq", "distq-executor"): "contestants.distq_executor:DistqExecutor",
     ("manager", "raw"): "contestants.raw_manager:RawManager",
     ("manager", "distq"): "contestants.distq_cli:DistqCli",
+    ("manager", "distq-signed"): "contestants.distq_cli:DistqSigned",
     ("manager", "distq-executor"): "contestants.distq_executor:DistqExecutor",
 }
 

@@ -17,13 +17,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from distq.codec import Codec
 from distq.config import MAX_ATTEMPTS, Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task, new_id
 from distq.errors import ConfigError, EnvelopeError, RemoteError, TransportError
 from distq.executor import Executor
 from distq.jsonvalue import check_arguments
-from distq.transport import Transport, open_transport
+from distq.transport import Revive, Transport, open_transport
 
 COMMANDS = ("submit", "status", "dead-letters", "requeue-dead")
 EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
             if args.role == "status":
                 return _status(args, transport, settings, console)
             if args.role == "dead-letters":
-                return _dead_letters(args, transport, console)
+                return _dead_letters(args, transport, settings, console)
             return _requeue_dead(args, transport, settings, console)
     except TransportError as exc:
         console.error(str(exc))
@@ -117,18 +118,22 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
         check_arguments(args.task_name, values, kwargs)
     except TypeError as exc:  # e.g. NaN: json.loads takes it, JSON does not
         raise ConfigError(str(exc)) from None
+    task = Task(
+        name=args.task_name,
+        args=values,
+        kwargs=kwargs,
+        reply_to=NO_REPLY,
+        max_attempts=args.max_attempts,
+    )
+    try:
+        body = Codec.from_settings(settings).seal_task(task)
+    except EnvelopeError as exc:  # too large: before anything connects
+        raise ConfigError(str(exc)) from None
     if not args.wait:
-        task = Task(
-            name=args.task_name,
-            args=values,
-            kwargs=kwargs,
-            reply_to=NO_REPLY,
-            max_attempts=args.max_attempts,
-        )
         with _client(settings) as transport:
             producer = transport.producer(transport.reply_queue(new_id()))
             try:
-                producer.submit([task.encode()])
+                producer.submit([body])
                 producer.flush()  # the broker holds it before we say so
             finally:
                 producer.close()
@@ -206,21 +211,24 @@ def _status(
 
 
 # -- dead letters ---------------------------------------------------------------------
-def _dead_letters(args: argparse.Namespace, transport: Transport, console: Console) -> int:
+def _dead_letters(
+    args: argparse.Namespace, transport: Transport, settings: Settings, console: Console
+) -> int:
     letters = transport.dead_letters(args.limit)
+    codec = Codec.from_settings(settings)  # signed bodies open with the same keys
     if args.json:
-        console.info(json.dumps([_letter_json(letter) for letter in letters], indent=2))
+        console.info(json.dumps([_letter_json(letter, codec) for letter in letters], indent=2))
         return 0
     total = transport.stats().dead
     console.info(f"{len(letters)} of {total} dead letters, oldest first")
     for letter in letters:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.at))
         console.info(f"{when}  worker {letter.worker or '-'}  {letter.reason}")
-        console.info(f"    {_describe_body(letter.body)}")
+        console.info(f"    {_describe_body(letter.body, codec)}")
     return 0
 
 
-def _letter_json(letter: DeadLetter) -> dict[str, Any]:
+def _letter_json(letter: DeadLetter, codec: Codec) -> dict[str, Any]:
     out: dict[str, Any] = {
         "at": letter.at,
         "queue": letter.queue,
@@ -232,7 +240,7 @@ def _letter_json(letter: DeadLetter) -> dict[str, Any]:
     except UnicodeDecodeError:
         out["body_b64"] = base64.b64encode(letter.body).decode()
     try:
-        task = Task.decode(letter.body)
+        task = codec.open_task(letter.body)
     except EnvelopeError:
         return out
     out["task"] = {
@@ -246,11 +254,11 @@ def _letter_json(letter: DeadLetter) -> dict[str, Any]:
     return out
 
 
-def _describe_body(body: bytes) -> str:
+def _describe_body(body: bytes, codec: Codec) -> str:
     try:
-        task = Task.decode(body)
-    except EnvelopeError:
-        return f"body {_cut(repr(body))}"
+        task = codec.open_task(body)
+    except EnvelopeError as exc:
+        return f"body {_cut(repr(body))} ({exc})"
     call = ", ".join(
         [json.dumps(a) for a in task.args]
         + [f"{k}={json.dumps(v)}" for k, v in task.kwargs.items()]
@@ -263,18 +271,24 @@ def _cut(text: str) -> str:
 
 
 # -- requeue --------------------------------------------------------------------------
-def revive_task(letter: DeadLetter) -> bytes:
-    """The body ``requeue-dead`` enqueues for a dead letter.
+def reviver(codec: Codec) -> Revive:
+    """How ``requeue-dead`` turns a dead letter into the body it enqueues.
 
     A task starts over: attempt 1, created now, and with nobody waiting for its result
-    (:data:`~distq.envelope.NO_REPLY`), since its submitter had its error result already.
-    Anything else (a malformed message) goes back as it was.
+    (:data:`~distq.envelope.NO_REPLY`), since its submitter had its error result already;
+    ``codec`` opens it and seals (signs) it anew. Anything it cannot open (a malformed
+    message, one signed with another key) goes back as it was.
     """
-    try:
-        task = Task.decode(letter.body)
-    except EnvelopeError:
-        return letter.body
-    return dataclasses.replace(task, attempt=1, reply_to=NO_REPLY, created_at=time.time()).encode()
+
+    def revive(letter: DeadLetter) -> bytes:
+        try:
+            task = codec.open_task(letter.body)
+        except EnvelopeError:
+            return letter.body
+        again = dataclasses.replace(task, attempt=1, reply_to=NO_REPLY, created_at=time.time())
+        return codec.seal_task(again)
+
+    return revive
 
 
 def _requeue_dead(
@@ -282,7 +296,8 @@ def _requeue_dead(
 ) -> int:
     # by default those there now: letters that die again meanwhile wait for the next run
     limit = args.limit if args.limit is not None else transport.stats().dead
-    moved = transport.requeue_dead(limit, revive_task) if limit > 0 else 0
+    revive = reviver(Codec.from_settings(settings))
+    moved = transport.requeue_dead(limit, revive) if limit > 0 else 0
     console.info(f"requeued {moved} dead letters onto queue {settings.queue!r}")
     return 0
 

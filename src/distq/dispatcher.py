@@ -19,6 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from distq.codec import Codec
 from distq.collector import Collector
 from distq.config import MESSAGE_BATCH
 from distq.envelope import Result, Task
@@ -40,7 +41,7 @@ class Entry:
     """A task submitted through the executor and not answered yet."""
 
     task: Task
-    body: bytes
+    body: bytes  # as sent (sealed): what withdraw() finds on the broker
     future: DistqFuture
     deadline: float | None  # time.monotonic() after which it fails with TaskTimeout
 
@@ -73,10 +74,12 @@ class Dispatcher(threading.Thread):
     threads only :meth:`put` commands (and wait for a cancel's answers).
     """
 
-    def __init__(self, transport: Transport, producer: Producer) -> None:
+    def __init__(self, transport: Transport, producer: Producer, codec: Codec) -> None:
         super().__init__(name="distq-executor", daemon=True)
         self.transport, self.producer = transport, producer
-        self.collector: Collector[Entry] = Collector(self._on_result, self._on_malformed)
+        self.collector: Collector[Entry] = Collector(
+            self._on_result, self._on_malformed, codec=codec
+        )
         self.broken: str | None = None  # why the thread stopped early, if it did
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards _ended against put()
@@ -259,7 +262,7 @@ class Dispatcher(threading.Thread):
 
     @staticmethod
     def _on_malformed(error: EnvelopeError) -> None:
-        log.warning("ignored a malformed result: %s", error)
+        log.warning("dropped a result: %s", error)
 
     def _fail_all(self, reason: str) -> None:
         """Fail every unanswered future, and answer every command left (the thread ends)."""

@@ -37,6 +37,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any
 
 from distq.chunks import CHUNK_TASK, chunk_arguments
+from distq.codec import Codec
 from distq.config import Settings, misspelled
 from distq.dispatcher import Dispatcher, Entry, Stop, Submit, running
 from distq.envelope import MAX_ATTEMPTS, Task, new_id
@@ -91,7 +92,8 @@ class Executor(concurrent.futures.Executor):
         except BaseException:
             self._transport.close()
             raise
-        self._dispatcher = Dispatcher(self._transport, producer)
+        self._codec = Codec.from_settings(self.settings)  # signs tasks, checks results
+        self._dispatcher = Dispatcher(self._transport, producer, self._codec)
         self._lock = threading.Lock()
         self._shutdown = False
         running.add(self._dispatcher)
@@ -112,8 +114,10 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: str | Callable[..., Any], /, *args: Any, **kwargs: Any) -> DistqFuture:
         """Send one call of ``fn`` (a task name or a module-level function) to the workers.
 
-        Raises ``TypeError`` naming the argument when one is not a JSON value, before
-        anything is sent, and ``RuntimeError`` after :meth:`shutdown`.
+        Raises ``TypeError`` naming the argument when one is not a JSON value, and
+        :class:`~distq.errors.MessageTooLarge` when the task would exceed
+        ``DISTQ_MAX_MESSAGE_BYTES``, before anything is sent; ``RuntimeError`` after
+        :meth:`shutdown`.
         """
         name = task_name(fn)
         check_arguments(name, args, kwargs)
@@ -202,7 +206,7 @@ class Executor(concurrent.futures.Executor):
                 max_attempts=self.max_attempts,
             )
             future = DistqFuture(self._dispatcher.cancel, task.id, shown)
-            entries.append(Entry(task, task.encode(), future, deadline))
+            entries.append(Entry(task, self._codec.seal_task(task), future, deadline))
         if entries and not self._dispatcher.put(Submit(entries)):
             raise BrokenExecutor(self._dispatcher.broken or "the executor has stopped")
         return [entry.future for entry in entries]
@@ -239,7 +243,8 @@ def load_settings(
     """``settings`` (or those of ``environ``) with ``overrides`` by field name applied.
 
     A string override is parsed like its environment variable; other values are taken
-    as they are. Raises ``TypeError`` for a name that is not a setting and
+    as they are. Overrides of a ``Settings`` object are set as given (no ``*_FILE`` is
+    read, no password moved into a URL). Raises ``TypeError`` for a name that is not a setting and
     :class:`~distq.errors.ConfigError` for a bad value.
     """
     entries = {f.name: f.metadata["setting"] for f in dataclasses.fields(Settings)}
@@ -276,8 +281,10 @@ def _as_text(value: Any) -> str:
         return value
     if isinstance(value, bytes):
         return value.decode()
+    if isinstance(value, tuple) and all(isinstance(item, bytes) for item in value):
+        return ",".join(item.decode() for item in value)  # keys, e.g. signing_keys
     if isinstance(value, tuple) and len(value) == 2:
-        return f"{value[0]}:{value[1]}"
+        return f"{value[0]}:{value[1]}"  # an address, e.g. manager_address
     if value is None:
         return ""
     return str(value)
