@@ -265,3 +265,16 @@ def test_a_lost_broker_fails_the_futures_instead_of_hanging(tmp_path: Any) -> No
         ex.shutdown()
     finally:
         server.stop()
+
+
+def test_with_signing_keys_tasks_and_results_are_signed_both_ways(
+    executor: Open, workers: Workers
+) -> None:
+    key = "exec15-signing-key-0123456789abcdef"
+    ex = executor(signing_keys=(key.encode(),))
+    worker = workers(DISTQ_SIGNING_KEYS=key)
+    assert ex.submit(jobs.add, 20, 22).result(60) == 42
+    with pytest.raises(RemoteError, match=r"ValueError: signed too") as caught:
+        ex.submit(jobs.fail_with, "signed too").result(60)
+    assert caught.value.remote_traceback is not None
+    assert "signed with key id" in worker.output()
