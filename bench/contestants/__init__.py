@@ -21,14 +21,17 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("redis", "rq"): "contestants.rq_peer:RqRedis",
     ("redis", "rq-simple"): "contestants.rq_peer:RqSimpleRedis",
     ("redis", "distq"): "contestants.distq_cli:DistqCli",
+    ("redis", "distq-metrics"): "contestants.distq_cli:DistqCliMetrics",
     ("rabbitmq", "raw"): "contestants.raw_rabbitmq:RawRabbitmq",
     ("rabbitmq", "raw-confirm"): "contestants.raw_rabbitmq:RawRabbitmqConfirm",
     ("rabbitmq", "raw-confirm-ack"): "contestants.raw_rabbitmq:RawRabbitmqConfirmAck",
     ("rabbitmq", "celery"): "contestants.celery_peer:CeleryPeer",
     ("rabbitmq", "dramatiq"): "contestants.dramatiq_peer:DramatiqPeer",
     ("rabbitmq", "distq"): "contestants.distq_cli:DistqCli",
+    ("rabbitmq", "distq-metrics"): "contestants.distq_cli:DistqCliMetrics",
     ("manager", "raw"): "contestants.raw_manager:RawManager",
     ("manager", "distq"): "contestants.distq_cli:DistqCli",
+    ("manager", "distq-metrics"): "contestants.distq_cli:DistqCliMetrics",
 }
 
 CONTESTANTS = tuple(dict.fromkeys(name for _, name in REGISTRY))

@@ -1,7 +1,9 @@
-"""``distq master`` and ``distq worker``: thin wiring of settings, transport and role.
+"""``distq master``, ``distq worker`` and ``distq probe``: thin wiring of settings,
+transport and role.
 
-Exit codes: 0 done; 1 the job failed (timeout, failed or wrong results); 2 bad
-configuration or usage; 3 the broker could not be reached or refused our credentials.
+Exit codes: 0 done; 1 the job failed (timeout, failed or wrong results), or a probe
+did not answer 200; 2 bad configuration or usage; 3 the broker could not be reached or
+refused our credentials.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from distq import __version__
 from distq.config import VARIABLES, Settings
 from distq.console import Console
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed
+from distq.logs import make_console, mask_url
 from distq.master import JobSpec, Master
-from distq.metrics import MasterMetrics, WorkerMetrics, serve
+from distq.observe import MasterObservability, WorkerObservability
+from distq.probe import add_probe_parser, run_probe
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
-from distq.worker import Worker, WorkerOptions
+from distq.worker import Worker, WorkerOptions, default_worker_id
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -53,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="distq", description="Distributed master/worker tasks with at-least-once delivery."
     )
     parser.add_argument("--version", action="version", version=f"distq {__version__}")
-    roles = parser.add_subparsers(dest="role", required=True, metavar="{master,worker}")
+    roles = parser.add_subparsers(dest="role", required=True, metavar="{master,worker,probe}")
 
     master = roles.add_parser("master", parents=[common], help="submit the squares job")
     master.add_argument("--tasks", type=_positive(int), help="number of tasks (default 6)")
@@ -128,21 +132,30 @@ def _parser() -> argparse.ArgumentParser:
         help="keep trying to reach the broker for S seconds at start (10)",
     )
     worker.add_argument("--worker-id", help="name in results and dead letters (host-pid)")
+    add_probe_parser(roles)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.role == "probe":
+        return run_probe(args, os.environ)
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # its errors reach us as ConnectionFailed
-    console = Console(quiet=args.quiet)
+    flags = {var: getattr(args, var) for var in VARIABLES}
+    wanted = flags["DISTQ_LOG_FORMAT"] or os.environ.get("DISTQ_LOG_FORMAT", "")
+    console = make_console("json" if wanted.strip() == "json" else "text", args.role, args.quiet)
     try:
-        settings = Settings.load(os.environ, {var: getattr(args, var) for var in VARIABLES})
+        settings = Settings.load(os.environ, flags)
         registry = Registry()
         for path in getattr(args, "task", []):
             registry.register_path(path)
     except ConfigError as exc:
         console.error(str(exc))
         return EXIT_CONFIG
+    fields = {"worker": args.worker_id or default_worker_id()} if args.role == "worker" else {}
+    if args.role == "worker":
+        args.worker_id = fields["worker"]
+    console = make_console(settings.log_format, args.role, args.quiet, **fields)
     try:
         if args.role == "master":
             return _master(args, settings, console)
@@ -150,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConnectionFailed as exc:
         console.error(str(exc))
         return EXIT_UNREACHABLE
+    except ConfigError as exc:  # found once running, e.g. the metrics port is taken
+        console.error(str(exc))
+        return EXIT_CONFIG
 
 
 def _master(args: argparse.Namespace, settings: Settings, console: Console) -> int:
@@ -163,24 +179,25 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
         max_attempts=args.max_attempts,
         wait_workers=args.wait_workers,
     )
-    transport = open_transport(settings, "master")
+    observe = MasterObservability(settings, console)
+    try:
+        transport = open_transport(settings, "master")
+    except BaseException:
+        observe.close()
+        raise
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    metrics = None
-    if settings.metrics_port is not None:
-        metrics = MasterMetrics()
-        serve(settings.metrics_port, metrics.registry)
     try:
-        where = f" on {settings.manager_address[0]}:{settings.manager_address[1]}"
+        observe.attach(transport)
         console.info(
-            f"master {__version__}: {transport.name} transport"
-            + (where if transport.name == "manager" else "")
-            + f", queue {settings.queue!r}"
+            f"master {__version__}: {transport.name} transport {_where(settings)}"
+            f", queue {settings.queue!r}"
         )
-        master = Master(transport, console, settings.queue, metrics)
+        master = Master(transport, console, settings.queue, observe.telemetry, observe.health)
         report = master.run(spec, stop)
     finally:
+        observe.close()
         transport.close()
     if args.report:
         args.report.write_text(report.to_json() + "\n")
@@ -191,15 +208,17 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
 def _worker(
     args: argparse.Namespace, settings: Settings, registry: Registry, console: Console
 ) -> int:
-    transport = _connect_worker(settings, args.connect_timeout, console)
-    metrics = None
-    if settings.metrics_port is not None:
-        metrics = WorkerMetrics()
-        serve(settings.metrics_port, metrics.registry)
+    observe = WorkerObservability(settings, console, args.concurrency, registry.names())
+    try:
+        transport = _connect_worker(settings, args.connect_timeout, console)
+    except BaseException:
+        observe.close()
+        raise
+    observe.attach(transport)
     where = {
         "manager": f"master {settings.manager_address[0]}:{settings.manager_address[1]}",
-        "redis": "redis",
-        "rabbitmq": "rabbitmq",
+        "redis": f"redis {_where(settings)}",
+        "rabbitmq": f"rabbitmq {_where(settings)}",
     }[settings.transport]
     console.info(f"Connect to {where} ..... (queue {settings.queue!r})")
     options = WorkerOptions(
@@ -211,10 +230,25 @@ def _worker(
     )
     try:
         return Worker(
-            transport, registry, options, console, metrics=metrics, queue_name=settings.queue
+            transport,
+            registry,
+            options,
+            console,
+            health=observe.health,
+            telemetry=observe.telemetry,
+            queue_name=settings.queue,
         ).run()
     finally:
+        observe.close()
         transport.close()
+
+
+def _where(settings: Settings) -> str:
+    """The broker, as a banner names it: the password masked."""
+    if settings.transport == "manager":
+        return f"on {settings.manager_address[0]}:{settings.manager_address[1]}"
+    url = settings.redis_url if settings.transport == "redis" else settings.amqp_url
+    return f"at {mask_url(url)}"
 
 
 def _connect_worker(settings: Settings, patience: float, console: Console) -> Transport:

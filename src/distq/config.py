@@ -16,6 +16,8 @@ from distq.errors import ConfigError
 
 TransportName = Literal["manager", "redis", "rabbitmq"]
 TRANSPORTS: tuple[TransportName, ...] = ("manager", "redis", "rabbitmq")
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
 #: Environment variable -> command-line flag. The flag wins over the variable.
 VARIABLES: dict[str, str] = {
@@ -28,6 +30,11 @@ VARIABLES: dict[str, str] = {
     "DISTQ_LEASE_SECONDS": "--lease-seconds",
     "DISTQ_PREFETCH": "--prefetch",
     "DISTQ_METRICS_PORT": "--metrics-port",
+    "DISTQ_METRICS_HOST": "--metrics-host",
+    "DISTQ_STALL_SECONDS": "--stall-seconds",
+    "DISTQ_STATS_SECONDS": "--stats-seconds",
+    "DISTQ_LOG_FORMAT": "--log-format",
+    "DISTQ_RABBITMQ_MANAGEMENT_URL": "--rabbitmq-management-url",
 }
 
 DEFAULTS: dict[str, str] = {
@@ -38,6 +45,10 @@ DEFAULTS: dict[str, str] = {
     "DISTQ_QUEUE": "distq",
     "DISTQ_LEASE_SECONDS": "5",
     "DISTQ_PREFETCH": "128",
+    "DISTQ_METRICS_HOST": "0.0.0.0",
+    "DISTQ_STALL_SECONDS": "60",
+    "DISTQ_STATS_SECONDS": "5",
+    "DISTQ_LOG_FORMAT": "text",
 }
 
 _N = TypeVar("_N", int, float)
@@ -59,6 +70,11 @@ class Settings:
     lease_seconds: float = 5.0
     prefetch: int = 128
     metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    stall_seconds: float = 60.0
+    stats_seconds: float = 5.0
+    log_format: LogFormat = "text"
+    rabbitmq_management_url: str | None = field(default=None, repr=False)
 
     @property
     def heartbeat_interval(self) -> float:
@@ -123,6 +139,26 @@ class Settings:
             metrics_port = _parse_number("DISTQ_METRICS_PORT", metrics_raw, int, bad)
             if not 0 <= metrics_port <= 65535:
                 raise bad("DISTQ_METRICS_PORT", f"is {metrics_port}; use a port from 0 to 65535")
+        metrics_host = raw("DISTQ_METRICS_HOST") or ""
+        if not metrics_host or any(c.isspace() or c in "/@" for c in metrics_host):
+            raise bad(
+                "DISTQ_METRICS_HOST",
+                f"is {metrics_host!r}; use an address to listen on, e.g. 0.0.0.0 or 127.0.0.1",
+            )
+        stall = _parse_number("DISTQ_STALL_SECONDS", raw("DISTQ_STALL_SECONDS"), float, bad)
+        if not 0.1 <= stall <= 86_400:
+            raise bad("DISTQ_STALL_SECONDS", f"is {stall:g}; use a value from 0.1 to 86400 seconds")
+        stats = _parse_number("DISTQ_STATS_SECONDS", raw("DISTQ_STATS_SECONDS"), float, bad)
+        if not 0.1 <= stats <= 3600:
+            raise bad("DISTQ_STATS_SECONDS", f"is {stats:g}; use a value from 0.1 to 3600 seconds")
+        log_format = raw("DISTQ_LOG_FORMAT") or ""
+        if log_format not in LOG_FORMATS:
+            raise bad(
+                "DISTQ_LOG_FORMAT", f"is {log_format!r}; set it to one of: {', '.join(LOG_FORMATS)}"
+            )
+        management = raw("DISTQ_RABBITMQ_MANAGEMENT_URL") or None
+        if management is not None:
+            _check_url("DISTQ_RABBITMQ_MANAGEMENT_URL", management, ("http", "https"), bad)
         return cls(
             transport=transport,
             manager_address=address,
@@ -133,6 +169,11 @@ class Settings:
             lease_seconds=lease,
             prefetch=prefetch,
             metrics_port=metrics_port,
+            metrics_host=metrics_host.strip("[]"),
+            stall_seconds=stall,
+            stats_seconds=stats,
+            log_format=log_format,
+            rabbitmq_management_url=management,
         )
 
 
@@ -160,7 +201,8 @@ def _check_url(var: str, value: str, schemes: tuple[str, ...], bad: _Bad) -> Non
             f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}",
         )
     if parts.scheme != "unix" and not parts.hostname:
-        raise bad(var, f"names no host; use e.g. {DEFAULTS[var]}")
+        example = DEFAULTS.get(var, "http://user:password@rabbit-host:15672")
+        raise bad(var, f"names no host; use e.g. {example}")
 
 
 def _parse_number(var: str, value: str | None, kind: type[_N], bad: _Bad) -> _N:

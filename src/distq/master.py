@@ -18,7 +18,8 @@ from typing import Any
 from distq.console import Console
 from distq.envelope import Result, Task, new_id
 from distq.errors import EnvelopeError
-from distq.metrics import MasterMetrics
+from distq.health import ProcessHealth
+from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, Transport
 
 SUBMIT_BATCH = 1000
@@ -86,9 +87,12 @@ class Master:
         transport: Transport,
         console: Console,
         queue_name: str = "distq",
-        metrics: MasterMetrics | None = None,
+        telemetry: MasterTelemetry | None = None,
+        health: ProcessHealth | None = None,
     ) -> None:
-        self.transport, self.console, self.metrics = transport, console, metrics
+        self.transport, self.console = transport, console
+        self.telemetry = telemetry or MasterTelemetry()
+        self.health = health or ProcessHealth("master")
         self.job_id = new_id()
         self.reply_to = f"{queue_name}.results.{self.job_id}"
 
@@ -113,6 +117,9 @@ class _Job:
         self.latencies: list[float] = []
         self.submitted = 0
         self.report = JobReport(transport=master.transport.name, tasks=0)
+        self.telemetry, self.health = master.telemetry, master.health
+        self.link = master.health.readiness.link("producer")
+        self.link.up()  # the producer is open: it reached the broker
 
     def run(self) -> JobReport:
         spec, total = self.spec, self.spec.tasks
@@ -124,6 +131,7 @@ class _Job:
         next_status = start + STATUS_EVERY
         announced = False
         while True:
+            self.health.beat("job")
             now = time.perf_counter()
             if self.stop.is_set():
                 break
@@ -192,11 +200,11 @@ class _Job:
         now = time.perf_counter()
         for task in tasks:
             self.pending[task.id] = _Pending(task.args[0], now)
-        self.producer.submit([task.encode() for task in tasks])
+        with self.link.call(), self.health.liveness.waiting("job"):
+            self.producer.submit([task.encode() for task in tasks])
         self.submitted += count
         self.report.tasks = self.submitted
-        if self.master.metrics is not None:
-            self.master.metrics.submitted.inc(count)
+        self.telemetry.submitted(tasks, len(self.pending))
         if self.console.bar is None and self.submitted == count and self.spec.tasks:
             self.console.start_progress(self.spec.tasks)
         self.console.lines(
@@ -204,7 +212,8 @@ class _Job:
         )
 
     def _collect(self, wait: float) -> None:
-        bodies = self.producer.results(RESULT_BATCH, wait)
+        with self.link.call(wait), self.health.liveness.waiting("job"):
+            bodies = self.producer.results(RESULT_BATCH, wait)
         if not bodies:
             return
         now = time.perf_counter()
@@ -219,15 +228,13 @@ class _Job:
             if pending is None:
                 if result.task_id in self.finished:
                     self.report.duplicates += 1
-                    if self.master.metrics is not None:
-                        self.master.metrics.duplicates.inc()
+                    self.telemetry.duplicate(result)
                 continue
             self.finished.add(result.task_id)
             self.latencies.append(now - pending.submitted)
-            if self.master.metrics is not None:
-                self.master.metrics.results.labels(result.status).inc()
-                self.master.metrics.round_trip.observe(now - pending.submitted)
+            self.telemetry.result(result, now - pending.submitted, "square")
             lines.append(self._judge(result, pending.n))
+        self.telemetry.collected(len(self.pending))
         self.console.lines(lines)
 
     def _judge(self, result: Result, n: int) -> str:

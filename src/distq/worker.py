@@ -30,8 +30,8 @@ from distq.console import Console
 from distq.envelope import DeadLetter, Result, Task
 from distq.errors import EnvelopeError, Shutdown, TransportError, UnknownTask
 from distq.health import WorkerHealth
-from distq.metrics import WorkerMetrics
 from distq.tasks import Registry
+from distq.telemetry import WorkerTelemetry
 from distq.transport.base import Consumer, Delivery, Settlement, Transport
 
 Outcome = Literal["ok", "failed", "retried", "malformed"]
@@ -86,12 +86,13 @@ class Worker:
         options: WorkerOptions,
         console: Console,
         health: WorkerHealth | None = None,
-        metrics: WorkerMetrics | None = None,
+        telemetry: WorkerTelemetry | None = None,
         queue_name: str = "distq",
     ) -> None:
         self.transport, self.registry, self.options = transport, registry, options
-        self.console, self.metrics, self.queue_name = console, metrics, queue_name
+        self.console, self.queue_name = console, queue_name
         self.health = health or WorkerHealth()
+        self.telemetry = telemetry or WorkerTelemetry()
         self.id = options.worker_id or default_worker_id()
         self._stopping = threading.Event()  # warm: finish what runs, take nothing new
         self._abort = threading.Event()  # cold: hand back everything now
@@ -119,6 +120,7 @@ class Worker:
             while any(thread.is_alive() for thread in threads):
                 for thread in threads:
                     thread.join(0.2)
+                self.health.beat("main")
                 idle = self.options.exit_when_idle
                 if (
                     idle is not None
@@ -162,6 +164,7 @@ class Worker:
         """Renew the lease of every slot whose batch runs longer than a heartbeat interval."""
         interval = self.options.heartbeat_interval
         while not done.wait(interval / 4):
+            self.health.beat("leases")
             for slot in slots:
                 if not slot.running or time.monotonic() - slot.renewed < interval:
                     continue
@@ -169,7 +172,8 @@ class Worker:
                     continue  # the slot is in a broker call, which renews the lease too
                 try:
                     if slot.running and slot.consumer is not None:
-                        slot.consumer.heartbeat()
+                        with self.health.liveness.waiting("leases"):  # a silent broker is no stall
+                            slot.consumer.heartbeat()
                         slot.renewed = time.monotonic()
                 except Exception as exc:  # the slot meets the same error when it settles
                     self.console.error(f"could not renew a lease: {exc}")
@@ -220,6 +224,7 @@ class Worker:
                     if not deliveries:
                         continue
                     self.health.took(len(deliveries))
+                    self.telemetry.fetched(deliveries)
                     started = time.perf_counter()
                     settled = self._run(slot, deliveries)
                     elapsed = time.perf_counter() - started
@@ -244,17 +249,19 @@ class Worker:
                     with slot.lock:
                         self._close(slot.consumer)
                         slot.consumer = None
-                    self.health.connected(False)
+                    self.health.connected(False, f"{self.id}-{slot.index}", str(exc))
                     self._stopping.wait(1.0)
         finally:
             with slot.lock:
                 self._close(slot.consumer)
                 slot.consumer = None
+            self.health.connected(False, f"{self.id}-{slot.index}", "worker stopping")
 
     def _connect(self, consumer_id: str) -> Consumer | None:
         try:
             consumer = self.transport.consumer(consumer_id)
         except TransportError as exc:
+            self.health.connected(False, consumer_id, str(exc))
             if not self._outage:  # one line per outage, not one per attempt
                 self.console.error(f"{exc}; retrying every second")
                 self._outage = True
@@ -263,7 +270,7 @@ class Worker:
         if self._outage:
             self._outage = False
             self.console.info(f"reconnected ({consumer_id})")
-        self.health.connected(True)
+        self.health.connected(True, consumer_id)
         return consumer
 
     @staticmethod
@@ -287,13 +294,7 @@ class Worker:
         for _, outcome in settled:
             counts[outcome] += 1
         self.health.finished(released=len(unstarted), **counts)
-        if self.metrics is not None:
-            for name, count in counts.items():
-                if count:
-                    self.metrics.tasks.labels(name).inc(count)
-            if unstarted:
-                self.metrics.tasks.labels("released").inc(len(unstarted))
-            self.metrics.in_hand.set(self.health.in_hand)
+        self.telemetry.settled(len(unstarted))
 
     # -- running tasks --------------------------------------------------------
     def _run(self, slot: _Slot, deliveries: list[Delivery]) -> list[tuple[Settlement, Outcome]]:
@@ -324,6 +325,7 @@ class Worker:
         except EnvelopeError as exc:
             reason = f"malformed message: {exc}"
             self.console.error(f"dead-lettered a {reason}")
+            self.telemetry.ran(None, "malformed", time.time(), None)
             return Settlement(delivery, dead_letter=self._dead(delivery, reason)), "malformed"
         if not self.console.quiet:
             shown = (
@@ -345,8 +347,7 @@ class Worker:
             body = self._result(task, started_at, duration, status="ok", value=value)
         except (TypeError, ValueError) as exc:  # the value is not JSON: no retry will change it
             return self._fail(delivery, task, exc, started_at, duration, retryable=False)
-        if self.metrics is not None:
-            self.metrics.task_seconds.observe(duration)
+        self.telemetry.ran(task, "ok", started_at, duration)
         return Settlement(delivery, reply_to=task.reply_to, result=body), "ok"
 
     def _fail(
@@ -361,6 +362,7 @@ class Worker:
         error = f"{type(exc).__name__}: {exc}"
         if retryable and task.attempt < task.max_attempts:
             delay = retry_delay(task.attempt)
+            self.telemetry.ran(task, "retried", started_at, duration)
             self.console.error(
                 f"task {task.name} {task.id} attempt {task.attempt}/{task.max_attempts} "
                 f"failed ({error}); retrying in {delay:g} s"
@@ -374,6 +376,7 @@ class Worker:
             else f"cannot run: {error}"
         )
         self.console.error(f"task {task.name} {task.id} dead-lettered: {reason}")
+        self.telemetry.ran(task, "failed", started_at, duration or None)  # 0.0: never ran
         result = self._result(
             task,
             started_at,
