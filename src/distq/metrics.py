@@ -5,10 +5,11 @@ its own registry so tests and several roles in one process do not collide. Units
 base units (seconds); counters end in ``_total``. Every family carries the labels
 ``transport`` and ``queue``; the README's metrics table lists them all.
 
-Per-task families (:class:`CounterTable`, :class:`HistogramTable`) are updated a batch
-at a time under one lock and read by prometheus-client at scrape time, through its
-collector interface: its own ``Counter``/``Histogram`` take a lock per update, which
-measured ~2 µs per observation, a tenth of what a fast task costs a worker.
+Counters and histograms (:class:`CounterTable`, :class:`HistogramTable`) are updated a
+batch at a time under one lock and read by prometheus-client at scrape time, through
+its collector interface: its own ``Counter``/``Histogram`` take a lock per update,
+which measured 1.5-2 µs per observation, several percent of what a fast task costs a
+worker. Gauges are prometheus-client's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import bisect
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -169,13 +170,14 @@ class WorkerMetrics:
             self.lock,
             self.registry,
         )
-        self.redeliveries = Counter(
+        self.redeliveries = CounterTable(
             "distq_worker_redeliveries_total",
             "Deliveries flagged redelivered: back after a lease expired or a worker handed "
             "them back.",
             BASE,
-            registry=self.registry,
-        ).labels(*base)
+            self.lock,
+            self.registry,
+        )
         self.in_hand = Gauge(
             "distq_worker_tasks_in_hand",
             "Tasks leased to this worker and not yet settled.",
@@ -193,6 +195,7 @@ class WorkerMetrics:
             self.tasks.add((*base, UNKNOWN, "malformed"), 0)
             self.tasks.add((*base, UNKNOWN, "released"), 0)
             self.queue_wait.series(base)
+            self.redeliveries.add(base, 0)
 
     def label(self, name: str | None) -> str:
         """The ``task`` label for a task called ``name`` (None: not decoded)."""
@@ -211,9 +214,9 @@ class MasterMetrics:
         self.registry = registry or CollectorRegistry()
         base = self.base = (transport, queue)
         self.lock = threading.Lock()
-        self.submitted = Counter(
-            "distq_master_tasks_submitted_total", "Tasks submitted.", BASE, registry=self.registry
-        ).labels(*base)
+        self.submitted = CounterTable(
+            "distq_master_tasks_submitted_total", "Tasks submitted.", BASE, self.lock, self.registry
+        )
         self.results = CounterTable(
             "distq_master_results_total",
             "First results received per task, by status (ok, error).",
@@ -221,12 +224,13 @@ class MasterMetrics:
             self.lock,
             self.registry,
         )
-        self.duplicates = Counter(
+        self.duplicates = CounterTable(
             "distq_master_duplicate_results_total",
             "Redelivered results dropped because the task already had one.",
             BASE,
-            registry=self.registry,
-        ).labels(*base)
+            self.lock,
+            self.registry,
+        )
         self.round_trip = HistogramTable(
             "distq_master_task_round_trip_seconds",
             "Time from submitting a task to receiving its result.",
@@ -238,6 +242,8 @@ class MasterMetrics:
         with self.lock:
             for status in ("ok", "error"):
                 self.results.add((*base, status), 0)
+            self.submitted.add(base, 0)
+            self.duplicates.add(base, 0)
             self.round_trip.series(base)
         self.outstanding = Gauge(
             "distq_master_tasks_outstanding",

@@ -39,7 +39,8 @@ class WorkerTelemetry:
         if self.metrics is not None:
             again = sum(d.redelivered for d in deliveries)
             if again:
-                self.metrics.redeliveries.inc(again)
+                with self.metrics.lock:
+                    self.metrics.redeliveries.add(self.metrics.base, again)
 
     def ran(
         self, task: Task | None, outcome: str, started_at: float, duration: float | None
@@ -129,7 +130,8 @@ class MasterTelemetry:
 
     def submitted(self, tasks: Sequence[Task], outstanding: int) -> None:
         if self.metrics is not None:
-            self.metrics.submitted.inc(len(tasks))
+            with self.metrics.lock:
+                self.metrics.submitted.add(self.metrics.base, len(tasks))
             self.metrics.outstanding.set(outstanding)
         if self.log is not None:
             record = self.log.record
@@ -168,7 +170,8 @@ class MasterTelemetry:
 
     def duplicate(self, result: Result) -> None:
         if self.metrics is not None:
-            self.metrics.duplicates.inc()
+            with self.metrics.lock:
+                self.metrics.duplicates.add(self.metrics.base, 1)
         if self.log is not None:
             self._records.append(
                 self.log.record(
