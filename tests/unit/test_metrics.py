@@ -75,7 +75,7 @@ def test_every_family_is_in_the_readme_table_with_its_type_and_labels() -> None:
     master.sampled(QueueStats(ready=1, in_flight=2, dead=3, consumers=4))
     exported = {**families(worker.registry), **families(master.registry)}
     assert exported == readme_table()
-    for kind, labels in exported.values():
+    for _kind, labels in exported.values():
         assert {"transport", "queue"} <= labels
 
 
