@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO
 from distq.console import Console
-from distq.envelope import Result, Task
+from distq.envelope import Result, Status, Task
 from distq.metrics import BUCKETS, MasterMetrics, WorkerMetrics
 from distq.tasks import Registry
 from distq.telemetry import MasterTelemetry, WorkerTelemetry
@@ -170,7 +170,8 @@ def test_master_counts_results_round_trips_and_outstanding_tasks() -> None:
     telemetry = MasterTelemetry(metrics)
     tasks = [task() for _ in range(3)]
     telemetry.submitted(tasks, outstanding=3)
-    for t, status in zip(tasks[:2], ("ok", "error"), strict=True):
+    statuses: tuple[Status, Status] = ("ok", "error")
+    for t, status in zip(tasks[:2], statuses, strict=True):
         result = Result(
             task_id=t.id, status=status, worker="w", attempt=1, started_at=0, duration=0.1
         )
