@@ -76,7 +76,9 @@ class StatsSampler:
             else:
                 stats = dataclasses.replace(stats, in_flight=queue.unacknowledged)
                 if self._management_failing and self.console is not None:
-                    self.console.info(f"{self.management.shown} answers again")
+                    self.console.info(
+                        f"the RabbitMQ management API at {self.management.shown} answers again"
+                    )
                 self._management_failing = False
         if self.metrics is not None:
             self.metrics.sampled(stats, in_flight_known)

@@ -120,7 +120,7 @@ class Worker:
             while any(thread.is_alive() for thread in threads):
                 for thread in threads:
                     thread.join(0.2)
-                self.health.beat("main")
+                    self.health.beat("main")  # per join: C slots take C x 0.2 s a round
                 idle = self.options.exit_when_idle
                 if (
                     idle is not None
