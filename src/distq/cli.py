@@ -152,9 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         console.error(str(exc))
         return EXIT_CONFIG
-    fields = {"worker": args.worker_id or default_worker_id()} if args.role == "worker" else {}
-    if args.role == "worker":
-        args.worker_id = fields["worker"]
+    fields = {}
+    if args.role == "worker":  # named now: the JSON lines carry it from the first one
+        args.worker_id = fields["worker"] = args.worker_id or default_worker_id()
     console = make_console(settings.log_format, args.role, args.quiet, **fields)
     try:
         if args.role == "master":
