@@ -50,7 +50,10 @@ class Endpoint:
         self.host = host
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="distq-http", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},  # how long close() waits for it to notice
+            name="distq-http",
+            daemon=True,
         )
 
     def start(self) -> Endpoint:
