@@ -51,6 +51,16 @@ def timestamp(at: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
+class TextConsole(Console):
+    """The default console, with any password in its start, summary and error lines masked."""
+
+    def info(self, line: str) -> None:
+        super().info(mask_secrets(line))
+
+    def error(self, line: str) -> None:
+        super().error(mask_secrets(line))
+
+
 class JsonConsole(Console):
     """A :class:`Console` that prints JSON lines; per-task events come from :meth:`events`.
 
@@ -136,7 +146,7 @@ def make_console(
         console = JsonConsole(role, quiet=quiet, **fields)
         handler.setFormatter(JsonFormatter(console.fields))
     else:
-        console = Console(quiet=quiet)
+        console = TextConsole(quiet=quiet)
         handler.setFormatter(MaskingFormatter("distq: %(message)s"))
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_distq", False)]:

@@ -5,12 +5,23 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
+from conftest import REPO, free_port
 from distq.console import Console
 from distq.envelope import Result, Task
-from distq.logs import JsonConsole, JsonFormatter, MaskingFormatter, mask_secrets, mask_url
+from distq.logs import (
+    JsonConsole,
+    JsonFormatter,
+    MaskingFormatter,
+    TextConsole,
+    mask_secrets,
+    mask_url,
+)
 from distq.telemetry import MasterTelemetry, WorkerTelemetry
 
 
@@ -85,13 +96,54 @@ def test_quiet_json_keeps_only_the_process_lines() -> None:
     assert [json.loads(line)["message"] for line in out.getvalue().splitlines()] == ["master exit"]
 
 
-def test_text_console_lines_are_unchanged() -> None:
+@pytest.mark.parametrize("kind", [Console, TextConsole])
+def test_text_console_lines_are_unchanged(kind: type[Console]) -> None:
     out = io.StringIO()
-    console = Console(out=out, err=out)
+    console = kind(out=out, err=out)
     console.lines(["Get task 733 from task_queue."])
     console.info("master exit")
     console.error("boom")
     assert out.getvalue() == "Get task 733 from task_queue.\nmaster exit\ndistq: boom\n"
+
+
+def test_text_console_masks_passwords() -> None:
+    out = io.StringIO()
+    console = TextConsole(out=out, err=out)
+    console.info("Connect to rabbitmq at amqp://distq:s3cret@h:5672/%2F .....")
+    console.error("lost amqp://distq:s3cret@h:5672/%2F")
+    assert "s3cret" not in out.getvalue() and out.getvalue().count("distq:***@h") == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DISTQ_REDIS_URL", "redis://:s3cret-pw@127.0.0.1:{port}/0"),
+        ("DISTQ_AMQP_URL", "amqp://distq:s3cret-pw@127.0.0.1:{port}/%2F"),
+    ],
+)
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_an_unreachable_broker_is_named_without_its_password(
+    variable: str, url: str, log_format: str
+) -> None:
+    transport = "redis" if variable == "DISTQ_REDIS_URL" else "rabbitmq"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(
+        PYTHONPATH=str(REPO / "src"),
+        DISTQ_TRANSPORT=transport,
+        DISTQ_LOG_FORMAT=log_format,
+        **{variable: url.format(port=free_port())},
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "distq", "worker", "--connect-timeout", "0.5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr
+    assert "s3cret-pw" not in done.stdout + done.stderr
+    assert "cannot reach" in done.stderr
 
 
 @pytest.mark.parametrize("json_format", [False, True])
