@@ -9,7 +9,6 @@ refused our credentials.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -19,13 +18,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from distq import __version__
-from distq.config import VARIABLES, Settings
+from distq.config import (
+    CONCURRENCY,
+    CONNECT_TIMEOUT,
+    MAX_ATTEMPTS,
+    SETTINGS,
+    STATUS_EVERY,
+    TASKS,
+    Settings,
+    misspelled,
+)
 from distq.console import Console
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed
-from distq.logs import make_console, mask_url
+from distq.logs import make_console
 from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
 from distq.probe import add_probe_parser, run_probe
+from distq.squares import Squares
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions, default_worker_id
@@ -49,8 +58,16 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("settings (each flag overrides its environment variable)")
-    for var, flag in VARIABLES.items():
-        group.add_argument(flag, dest=var, metavar=var.removeprefix("DISTQ_"), help=f"${var}")
+    for entry in SETTINGS:
+        group.add_argument(
+            entry.flag,
+            dest=entry.variable,
+            metavar=entry.variable.removeprefix("DISTQ_"),
+            help=f"{entry.help} (${entry.variable}, default {entry.shown_default})".replace(
+                "%",
+                "%%",  # argparse formats help with %
+            ),
+        )
     common.add_argument("--quiet", "-q", action="store_true", help="print only summaries")
 
     parser = argparse.ArgumentParser(
@@ -60,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     roles = parser.add_subparsers(dest="role", required=True, metavar="{master,worker,probe}")
 
     master = roles.add_parser("master", parents=[common], help="submit the squares job")
-    master.add_argument("--tasks", type=_positive(int), help="number of tasks (default 6)")
+    master.add_argument("--tasks", type=_positive(int), help=f"number of tasks (default {TASKS})")
     master.add_argument(
         "--task-delay",
         type=float,
@@ -88,10 +105,17 @@ def _parser() -> argparse.ArgumentParser:
         help="at most K tasks outstanding (1: one round trip at a time)",
     )
     master.add_argument(
+        "--status-every",
+        type=_positive(float),
+        default=STATUS_EVERY,
+        metavar="S",
+        help=f"--rate mode: seconds between status lines (default {STATUS_EVERY:g})",
+    )
+    master.add_argument(
         "--max-attempts",
         type=_positive(int),
-        default=3,
-        help="attempts per task before it fails for good (default 3)",
+        default=MAX_ATTEMPTS,
+        help=f"attempts per task before it fails for good (default {MAX_ATTEMPTS})",
     )
     master.add_argument(
         "--wait-workers",
@@ -108,8 +132,8 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency",
         "-c",
         type=_positive(int),
-        default=1,
-        help="tasks run at once, one thread each (default 1)",
+        default=CONCURRENCY,
+        help=f"tasks run at once, one thread each (default {CONCURRENCY})",
     )
     worker.add_argument(
         "--exit-when-idle",
@@ -127,9 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--connect-timeout",
         type=float,
-        default=10.0,
+        default=CONNECT_TIMEOUT,
         metavar="S",
-        help="keep trying to reach the broker for S seconds at start (10)",
+        help=f"keep trying to reach the broker for S seconds at start ({CONNECT_TIMEOUT:g})",
     )
     worker.add_argument("--worker-id", help="name in results and dead letters (host-pid)")
     add_probe_parser(roles)
@@ -140,45 +164,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.role == "probe":
         return run_probe(args, os.environ)
-    logging.getLogger("pika").setLevel(logging.CRITICAL)  # its errors reach us as ConnectionFailed
-    flags = {var: getattr(args, var) for var in VARIABLES}
-    wanted = flags["DISTQ_LOG_FORMAT"] or os.environ.get("DISTQ_LOG_FORMAT", "")
-    console = make_console("json" if wanted.strip() == "json" else "text", args.role, args.quiet)
+    flags = {e.variable: getattr(args, e.variable) for e in SETTINGS}
+    fields = {}
+    if args.role == "worker":  # named now: the JSON lines carry it from the first one
+        args.worker_id = fields["worker"] = args.worker_id or default_worker_id()
+    # JSON from the first line if asked for, even if another setting turns out wrong
+    wanted = (flags["DISTQ_LOG_FORMAT"] or os.environ.get("DISTQ_LOG_FORMAT", "")).strip()
+    console = make_console(wanted, args.role, args.quiet, **fields)
+    for warning in misspelled(os.environ):
+        console.error(f"warning: {warning}")
     try:
         settings = Settings.load(os.environ, flags)
         registry = Registry()
         for path in getattr(args, "task", []):
             registry.register_path(path)
-    except ConfigError as exc:
-        console.error(str(exc))
-        return EXIT_CONFIG
-    fields = {}
-    if args.role == "worker":  # named now: the JSON lines carry it from the first one
-        args.worker_id = fields["worker"] = args.worker_id or default_worker_id()
-    console = make_console(settings.log_format, args.role, args.quiet, **fields)
-    try:
         if args.role == "master":
             return _master(args, settings, console)
         return _worker(args, settings, registry, console)
+    except ConfigError as exc:  # from a setting, or one only the transport can judge
+        console.error(str(exc))
+        return EXIT_CONFIG
     except ConnectionFailed as exc:
         console.error(str(exc))
         return EXIT_UNREACHABLE
-    except ConfigError as exc:  # found once running, e.g. the metrics port is taken
-        console.error(str(exc))
-        return EXIT_CONFIG
 
 
 def _master(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     spec = JobSpec(
-        tasks=args.tasks if args.tasks is not None else (None if args.rate else 6),
-        task_delay=args.task_delay,
-        seed=args.seed,
+        tasks=args.tasks if args.tasks is not None else (None if args.rate else TASKS),
         timeout=args.timeout,
         rate=args.rate,
         max_in_flight=args.max_in_flight,
-        max_attempts=args.max_attempts,
         wait_workers=args.wait_workers,
+        status_every=args.status_every,
     )
+    squares = Squares(task_delay=args.task_delay, seed=args.seed, max_attempts=args.max_attempts)
     observe = MasterObservability(settings, console)
     try:
         transport = open_transport(settings, "master")
@@ -190,12 +210,9 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
         signal.signal(sig, lambda *_: stop.set())
     try:
         observe.attach(transport)
-        console.info(
-            f"master {__version__}: {transport.name} transport {_where(settings)}"
-            f", queue {settings.queue!r}"
-        )
-        master = Master(transport, console, settings.queue, observe.telemetry, observe.health)
-        report = master.run(spec, stop)
+        console.info(f"master {__version__}: {transport.describe()}, queue {settings.queue!r}")
+        master = Master(transport, console, observe.telemetry, observe.health)
+        report = master.run(spec, squares, stop)
     finally:
         observe.close()
         transport.close()
@@ -215,16 +232,10 @@ def _worker(
         observe.close()
         raise
     observe.attach(transport)
-    where = {
-        "manager": f"master {settings.manager_address[0]}:{settings.manager_address[1]}",
-        "redis": f"redis {_where(settings)}",
-        "rabbitmq": f"rabbitmq {_where(settings)}",
-    }[settings.transport]
-    console.info(f"Connect to {where} ..... (queue {settings.queue!r})")
-    options = WorkerOptions(
+    console.info(f"Connect to {transport.describe()} ..... (queue {settings.queue!r})")
+    options = WorkerOptions.from_settings(
+        settings,
         concurrency=args.concurrency,
-        prefetch=settings.prefetch,
-        heartbeat_interval=settings.heartbeat_interval,
         exit_when_idle=args.exit_when_idle,
         worker_id=args.worker_id or "",
     )
@@ -236,19 +247,10 @@ def _worker(
             console,
             health=observe.health,
             telemetry=observe.telemetry,
-            queue_name=settings.queue,
         ).run()
     finally:
         observe.close()
         transport.close()
-
-
-def _where(settings: Settings) -> str:
-    """The broker, as a banner names it: the password masked."""
-    if settings.transport == "manager":
-        return f"on {settings.manager_address[0]}:{settings.manager_address[1]}"
-    url = settings.redis_url if settings.transport == "redis" else settings.amqp_url
-    return f"at {mask_url(url)}"
 
 
 def _connect_worker(settings: Settings, patience: float, console: Console) -> Transport:

@@ -8,18 +8,15 @@ would count twice.
 
 from __future__ import annotations
 
-import threading
 from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any
 
+from distq.ending import Ending
 from distq.envelope import Result, Task
 from distq.logs import JsonConsole
 from distq.metrics import UNKNOWN, UNREGISTERED, MasterMetrics, WorkerMetrics
 from distq.transport.base import Delivery
-
-#: (task or None when not decoded, outcome, started_at epoch s, run seconds or None)
-_Ran = tuple[Task | None, str, float, float | None]
 
 
 class WorkerTelemetry:
@@ -28,62 +25,46 @@ class WorkerTelemetry:
     def __init__(self, metrics: WorkerMetrics | None = None, log: JsonConsole | None = None):
         self.metrics = metrics
         self.log = log if log is not None and not log.quiet else None
-        self.enabled = self.metrics is not None or self.log is not None
-        self._local = threading.local()  # each slot's batch being run
 
     def fetched(self, deliveries: Sequence[Delivery]) -> None:
-        """A slot took a new batch: count its redeliveries and start its tally."""
-        if not self.enabled:
-            return
-        self._local.ran = []
-        if self.metrics is not None:
+        """A slot took a batch: count its redeliveries."""
+        metrics = self.metrics
+        if metrics is not None:
             again = sum(d.redelivered for d in deliveries)
             if again:
-                with self.metrics.lock:
-                    self.metrics.redeliveries.add(self.metrics.base, again)
+                with metrics.lock:
+                    metrics.redeliveries.add(metrics.base, again)
 
-    def ran(
-        self, task: Task | None, outcome: str, started_at: float, duration: float | None
-    ) -> None:
-        """One delivery of the batch ended with ``outcome``; ``duration`` None: not run."""
-        if self.enabled:
-            ran: list[_Ran] | None = getattr(self._local, "ran", None)
-            if ran is None:
-                ran = self._local.ran = []
-            ran.append((task, outcome, started_at, duration))
-
-    def settled(self, released: int = 0) -> None:
-        """The batch is settled (``released`` deliveries went back unrun): count it."""
-        if not self.enabled:
-            return
-        ran: list[_Ran] = getattr(self._local, "ran", None) or []
-        self._local.ran = []
+    def settled(self, endings: Sequence[Ending], released: int = 0) -> None:
+        """A batch is settled as ``endings`` say; ``released`` deliveries went back unrun."""
         if self.metrics is not None:
-            self._count(self.metrics, ran, released)
+            self._count(self.metrics, endings, released)
         if self.log is not None:
-            self._log(self.log, ran, released)
+            self._log(self.log, endings, released)
 
     @staticmethod
-    def _count(metrics: WorkerMetrics, ran: list[_Ran], released: int) -> None:
+    def _count(metrics: WorkerMetrics, endings: Sequence[Ending], released: int) -> None:
         # the task path's share of metrics: kept to plain locals and one lock per batch
         base, known, bounds, where = metrics.base, metrics.known, metrics.bounds, bisect_left
         counts: dict[tuple[str, str], int] = {}
         runs: dict[str, list[float]] = {}
         with metrics.lock:
             waits = metrics.queue_wait.series(base)
-            for task, outcome, started_at, duration in ran:
+            for ending in endings:
+                task = ending.task
                 if task is None:
-                    key = (UNKNOWN, outcome)
+                    key = (UNKNOWN, ending.outcome)
                 else:
                     name = task.name
                     label = name if name in known else UNREGISTERED
-                    key = (label, outcome)
-                    wait = started_at - task.created_at
+                    key = (label, ending.outcome)
+                    wait = ending.started_at - task.created_at
                     if wait < 0:
                         wait = 0.0  # the worker's clock is behind the master's
                     waits[where(bounds, wait)] += 1
                     waits[-1] += wait
-                    if duration is not None:
+                    duration = ending.duration
+                    if duration > 0:  # 0: the function never ran (unknown name, bad arguments)
                         counts_of = runs.get(label)
                         if counts_of is None:
                             counts_of = runs[label] = metrics.task_seconds.series((*base, label))
@@ -96,21 +77,21 @@ class WorkerTelemetry:
                 metrics.tasks.add((*base, UNKNOWN, "released"), released)
 
     @staticmethod
-    def _log(log: JsonConsole, ran: list[_Ran], released: int) -> None:
+    def _log(log: JsonConsole, endings: Sequence[Ending], released: int) -> None:
         records = []
-        for task, outcome, started_at, duration in ran:
+        for ending in endings:
+            task, outcome = ending.task, ending.outcome
             fields: dict[str, Any] = {"event": "task settled", "outcome": outcome}
             if task is not None:
                 fields.update(
                     task_id=task.id,
                     task=task.name,
                     attempt=task.attempt,
-                    queue_wait=round(max(0.0, started_at - task.created_at), 6),
+                    queue_wait=round(max(0.0, ending.started_at - task.created_at), 6),
+                    duration=round(ending.duration, 6),
                 )
             else:
                 fields["task"] = UNKNOWN
-            if duration is not None:
-                fields["duration"] = round(duration, 6)
             level = "info" if outcome in ("ok", "retried") else "error"
             records.append(log.record(level, **fields))
         if released:
@@ -148,7 +129,7 @@ class MasterTelemetry:
                 ]
             )
 
-    def result(self, result: Result, round_trip: float, task_name: str) -> None:
+    def result(self, result: Result, round_trip: float) -> None:
         """The first result of a task; :meth:`collected` ends the batch."""
         if self.metrics is not None:
             self._statuses[result.status] = self._statuses.get(result.status, 0) + 1
@@ -159,7 +140,6 @@ class MasterTelemetry:
                     "info" if result.status == "ok" else "error",
                     event="result received",
                     task_id=result.task_id,
-                    task=task_name,
                     attempt=result.attempt,
                     duration=round(result.duration, 6),
                     outcome=result.status,

@@ -53,5 +53,3 @@ def test_one_task_can_be_followed_through_the_json_lines(target: Target) -> None
     url = urlsplit(target.env.get("DISTQ_REDIS_URL") or target.env.get("DISTQ_AMQP_URL") or "")
     if url.password:
         assert url.password not in text
-        banner = next(r["message"] for r in ours if "transport at" in r.get("message", ""))
-        assert ":***@" in banner, banner

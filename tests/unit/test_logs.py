@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO, free_port
 from distq.console import Console
+from distq.ending import Ending
 from distq.envelope import Result, Task
 from distq.logs import (
     JsonConsole,
@@ -23,6 +24,7 @@ from distq.logs import (
     mask_url,
 )
 from distq.telemetry import MasterTelemetry, WorkerTelemetry
+from distq.transport import Delivery, Settlement
 
 
 @pytest.mark.parametrize(
@@ -69,13 +71,12 @@ def test_a_task_can_be_followed_from_submit_to_settle_to_result() -> None:
     worker = WorkerTelemetry(log=JsonConsole("worker", out=worker_out, worker="w1"))
     task = Task(name="square", args=[7], reply_to="r")
     master.submitted([task], outstanding=1)
-    worker.fetched([])
-    worker.ran(task, "ok", task.created_at + 0.01, 0.002)
-    worker.settled(released=1)
+    settlement = Settlement(Delivery(b"", 1))
+    worker.settled([Ending(settlement, "ok", task, task.created_at + 0.01, 0.002)], released=1)
     result = Result(
         task_id=task.id, status="ok", worker="w1", attempt=1, started_at=0, duration=0.002
     )
-    master.result(result, 0.015, "square")
+    master.result(result, 0.015)
     master.collected(outstanding=0)
     submitted, received = (json.loads(line) for line in master_out.getvalue().splitlines())
     settled, released = (json.loads(line) for line in worker_out.getvalue().splitlines())
@@ -86,6 +87,7 @@ def test_a_task_can_be_followed_from_submit_to_settle_to_result() -> None:
     assert released == {**released, "event": "tasks released", "count": 1}
     assert received["event"] == "result received" and received["task_id"] == task.id
     assert (received["outcome"], received["worker"], received["round_trip"]) == ("ok", "w1", 0.015)
+    assert submitted["task"] == settled["task"] == "square"
 
 
 def test_quiet_json_keeps_only_the_process_lines() -> None:

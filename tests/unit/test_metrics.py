@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -15,11 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO
 from distq.console import Console
+from distq.ending import Ending, Outcome
 from distq.envelope import Result, Status, Task
+from distq.errors import TransportError
 from distq.metrics import BUCKETS, MasterMetrics, WorkerMetrics
 from distq.tasks import Registry
 from distq.telemetry import MasterTelemetry, WorkerTelemetry
-from distq.transport import Delivery, QueueStats
+from distq.transport import Consumer, Delivery, QueueStats, Settlement
 from distq.worker import Worker, WorkerOptions
 
 BASE = {"transport": "redis", "queue": "q"}
@@ -79,16 +82,24 @@ def test_every_family_is_in_the_readme_table_with_its_type_and_labels() -> None:
         assert {"transport", "queue"} <= labels
 
 
+def ending(
+    task: Task | None, outcome: Outcome, started_at: float = 0.0, duration: float = 0.0
+) -> Ending:
+    return Ending(Settlement(Delivery(b"", 1)), outcome, task, started_at, duration)
+
+
 def test_worker_counts_each_settled_task_by_registered_name_and_outcome() -> None:
     metrics, telemetry = worker_metrics()
     registry = metrics.registry
     telemetry.fetched([Delivery(b"", 1, redelivered=True), Delivery(b"", 2), Delivery(b"", 3)])
     now = time.time()
-    telemetry.ran(task("square", created_at=now - 0.3), "ok", now, 0.002)
-    telemetry.ran(task("resize", created_at=now - 0.3), "retried", now, 0.2)
-    telemetry.ran(task("rm -rf /", created_at=now - 0.3), "failed", now, None)
-    telemetry.ran(None, "malformed", now, None)
-    telemetry.settled(released=2)
+    endings = [
+        ending(task("square", created_at=now - 0.3), "ok", now, 0.002),
+        ending(task("resize", created_at=now - 0.3), "retried", now, 0.2),
+        ending(task("rm -rf /", created_at=now - 0.3), "failed", now, 0.0),  # never ran
+        ending(None, "malformed"),
+    ]
+    telemetry.settled(endings, released=2)
     assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 1
     assert value(registry, "distq_worker_tasks_total", task="resize", outcome="retried") == 1
     assert value(registry, "distq_worker_tasks_total", task="(unregistered)", outcome="failed") == 1
@@ -104,36 +115,55 @@ def test_worker_counts_each_settled_task_by_registered_name_and_outcome() -> Non
     assert "rm -rf" not in generate_latest(registry).decode()
 
 
-def test_a_batch_whose_settle_failed_is_not_counted() -> None:
-    metrics, telemetry = worker_metrics()
-    telemetry.fetched([Delivery(b"", 1)])
-    telemetry.ran(task(), "ok", time.time(), 0.001)
-    # settle raised: the slot reconnects and fetches the task again
-    telemetry.fetched([Delivery(b"", 1, redelivered=True)])
-    telemetry.ran(task(), "ok", time.time(), 0.001)
-    telemetry.settled()
-    assert value(metrics.registry, "distq_worker_tasks_total", task="square", outcome="ok") == 1
+class Settles(Consumer):
+    """A consumer whose settle and release succeed, or raise like a lost broker."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+        return []
+
+    def heartbeat(self) -> None:
+        pass
+
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        if self.fail:
+            raise TransportError("Redis at 127.0.0.1:6379: Connection reset by peer")
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
-def test_the_worker_reports_what_process_decides() -> None:
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_worker_counts_a_batch_once_it_is_settled(fail: bool) -> None:
     metrics, telemetry = worker_metrics()
     console = Console(quiet=True, out=io.StringIO(), err=io.StringIO())
     worker = Worker(
-        None,  # type: ignore[arg-type]  # process() does not touch the transport
+        None,  # type: ignore[arg-type]  # the runner and _settle do not touch the transport
         Registry(),
         WorkerOptions(worker_id="w1"),
         console,
         telemetry=telemetry,
     )
-    bodies = [task().encode(), b"{not json", task("nope").encode()]
-    telemetry.fetched([Delivery(body, i) for i, body in enumerate(bodies)])
-    outcomes = [worker.process(Delivery(body, i))[1] for i, body in enumerate(bodies)]
-    telemetry.settled()
-    assert outcomes == ["ok", "malformed", "failed"]
+    bodies = [task().encode(), b"{not json", task("nope").encode(), task().encode()]
+    deliveries = [Delivery(body, i) for i, body in enumerate(bodies)]
+    endings = [worker.runner(d) for d in deliveries[:3]]  # the last one never started
+    assert [e.outcome for e in endings] == ["ok", "malformed", "failed"]
     registry = metrics.registry
+    if fail:  # the tasks come back and run again: counting them now would count twice
+        with pytest.raises(TransportError):
+            worker._settle(Settles(fail=True), deliveries, endings)
+        assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 0
+        return
+    worker._settle(Settles(fail=False), deliveries, endings)
     assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 1
     assert value(registry, "distq_worker_tasks_total", task="(unknown)", outcome="malformed") == 1
     assert value(registry, "distq_worker_tasks_total", task="(unregistered)", outcome="failed") == 1
+    assert value(registry, "distq_worker_tasks_total", task="(unknown)", outcome="released") == 1
     # the unknown task never ran: it has no run time
     assert value(registry, "distq_worker_task_duration_seconds_count", task="square") == 1
     assert (
@@ -144,12 +174,10 @@ def test_the_worker_reports_what_process_decides() -> None:
 def test_histogram_buckets_match_prometheus_clients_own() -> None:
     metrics, telemetry = worker_metrics()
     reference = Histogram("ref", "ref", buckets=BUCKETS, registry=CollectorRegistry())
-    values = [0.0, 0.0005, 0.00051, 0.001, 0.3, 1.0, 2.5, 299.0, 300.0, 301.0, 1e6]
-    telemetry.fetched([])
+    values = [1e-9, 0.0005, 0.00051, 0.001, 0.3, 1.0, 2.5, 299.0, 300.0, 301.0, 1e6]
+    telemetry.settled([ending(task(), "ok", time.time(), seconds) for seconds in values])
     for seconds in values:
-        telemetry.ran(task(), "ok", time.time(), seconds)
         reference.observe(seconds)
-    telemetry.settled()
     ours = {
         s.labels["le"]: s.value
         for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
@@ -175,7 +203,7 @@ def test_master_counts_results_round_trips_and_outstanding_tasks() -> None:
         result = Result(
             task_id=t.id, status=status, worker="w", attempt=1, started_at=0, duration=0.1
         )
-        telemetry.result(result, 0.004, "square")
+        telemetry.result(result, 0.004)
     telemetry.duplicate(result)
     telemetry.collected(outstanding=1)
     registry = metrics.registry
@@ -217,9 +245,7 @@ def promtool_check(exposition: bytes) -> subprocess.CompletedProcess[bytes]:
 
 def test_promtool_finds_nothing_to_lint() -> None:
     worker, telemetry = worker_metrics()
-    telemetry.fetched([])
-    telemetry.ran(task(), "ok", time.time(), 0.001)
-    telemetry.settled(released=1)
+    telemetry.settled([ending(task(), "ok", time.time(), 0.001)], released=1)
     master = MasterMetrics("redis", "q")
     master.sampled(QueueStats(ready=1, in_flight=2, dead=3, consumers=4))
     for registry in (worker.registry, master.registry):
