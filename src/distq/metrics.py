@@ -268,7 +268,7 @@ class MasterMetrics:
             registry=self.registry,
         )
 
-    def sampled(self, stats: QueueStats | None, in_flight_known: bool = True) -> None:
+    def sampled(self, stats: QueueStats | None) -> None:
         """Show a sample of the queue; None (the broker did not answer) removes the values
         rather than leave stale ones."""
         base = self.base
@@ -278,7 +278,7 @@ class MasterMetrics:
             return
         self.queue_depth.labels(*base, "ready").set(stats.ready)
         self.queue_depth.labels(*base, "dead").set(stats.dead)
-        if in_flight_known:
+        if stats.in_flight_known:
             self.queue_depth.labels(*base, "in_flight").set(stats.in_flight)
         else:
             self.queue_depth.remove(*base, "in_flight")

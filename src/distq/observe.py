@@ -91,8 +91,8 @@ class MasterObservability(_Process):
     def attach(self, transport: Transport) -> None:
         if self.endpoint is None:
             return
-        management = None
-        if self.settings.rabbitmq_management_url and transport.name == "rabbitmq":
+        management = None  # asked only when the transport cannot count in-flight tasks
+        if self.settings.rabbitmq_management_url:
             management = ManagementApi(
                 self.settings.rabbitmq_management_url, self.settings.amqp_url, self.settings.queue
             )

@@ -33,8 +33,6 @@ class StatsSampler:
     ) -> None:
         self.transport, self.interval, self.link = transport, interval, link
         self.metrics, self.management, self.console = metrics, management, console
-        # AMQP counts only this process's own unacknowledged deliveries
-        self.counts_in_flight = management is not None or transport.name != "rabbitmq"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="distq-stats", daemon=True)
         self._management_failing = False
@@ -64,22 +62,23 @@ class StatsSampler:
             if self.metrics is not None:
                 self.metrics.sampled(None)
             return None
-        in_flight_known = self.counts_in_flight
-        if self.management is not None:
-            try:
-                queue = self.management.read()
-            except ManagementError as exc:
-                in_flight_known = False
-                if not self._management_failing and self.console is not None:
-                    self.console.error(f"{exc}; distq_queue_depth has no in_flight meanwhile")
-                self._management_failing = True
-            else:
-                stats = dataclasses.replace(stats, in_flight=queue.unacknowledged)
-                if self._management_failing and self.console is not None:
-                    self.console.info(
-                        f"the RabbitMQ management API at {self.management.shown} answers again"
-                    )
-                self._management_failing = False
+        if not stats.in_flight_known and self.management is not None:  # RabbitMQ over AMQP
+            stats = self._with_management(stats)
         if self.metrics is not None:
-            self.metrics.sampled(stats, in_flight_known)
+            self.metrics.sampled(stats)
         return stats
+
+    def _with_management(self, stats: QueueStats) -> QueueStats:
+        """``stats`` with the in-flight count of the management API; as is when it fails."""
+        assert self.management is not None
+        try:
+            queue = self.management.read()
+        except ManagementError as exc:
+            if not self._management_failing and self.console is not None:
+                self.console.error(f"{exc}; distq_queue_depth has no in_flight meanwhile")
+            self._management_failing = True
+            return stats
+        if self._management_failing and self.console is not None:
+            self.console.info(f"the RabbitMQ management API at {self.management.shown} answers")
+        self._management_failing = False
+        return dataclasses.replace(stats, in_flight=queue.unacknowledged, in_flight_known=True)

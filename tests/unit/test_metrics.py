@@ -17,12 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import REPO
 from distq.console import Console
 from distq.ending import Ending, Outcome
-from distq.envelope import Result, Status, Task
+from distq.envelope import DeadLetter, Result, Status, Task
 from distq.errors import TransportError
+from distq.health import Readiness
 from distq.metrics import BUCKETS, MasterMetrics, WorkerMetrics
+from distq.sampler import StatsSampler
 from distq.tasks import Registry
 from distq.telemetry import MasterTelemetry, WorkerTelemetry
-from distq.transport import Consumer, Delivery, QueueStats, Settlement
+from distq.transport import Consumer, Delivery, Producer, QueueStats, Settlement, Transport
 from distq.worker import Worker, WorkerOptions
 
 BASE = {"transport": "redis", "queue": "q"}
@@ -223,7 +225,7 @@ def test_queue_samples_replace_and_vanish_rather_than_go_stale() -> None:
     get = metrics.registry.get_sample_value
     assert get("distq_queue_depth", {**labels, "state": "in_flight"}) == 2
     assert get("distq_workers", labels) == 3
-    metrics.sampled(QueueStats(ready=4, in_flight=0, dead=1, consumers=3), in_flight_known=False)
+    metrics.sampled(QueueStats(ready=4, in_flight=0, dead=1, consumers=3, in_flight_known=False))
     assert get("distq_queue_depth", {**labels, "state": "ready"}) == 4
     assert get("distq_queue_depth", {**labels, "state": "in_flight"}) is None
     metrics.sampled(None)
@@ -260,3 +262,55 @@ def test_promtool_would_catch_a_bad_name() -> None:
     Counter("distq_bad_milliseconds", "Not base units.", registry=registry).inc()
     done = promtool_check(generate_latest(registry))
     assert done.returncode != 0
+
+
+class Counts(Transport):
+    """A transport whose stats() answers what the test says, or raises."""
+
+    name = "stub"
+
+    def __init__(self) -> None:
+        self.answer: QueueStats | Exception = QueueStats(1, 2, 3, 4)
+
+    def stats(self) -> QueueStats:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def describe(self) -> str:
+        return "stub"
+
+    def reply_queue(self, job_id: str) -> str:
+        return job_id
+
+    def producer(self, reply_to: str) -> Producer:
+        raise NotImplementedError
+
+    def consumer(self, consumer_id: str) -> Consumer:
+        raise NotImplementedError
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_sampler_feeds_the_gauges_and_the_brokers_readiness() -> None:
+    transport, metrics, readiness = Counts(), MasterMetrics("stub", "q"), Readiness()
+    sampler = StatsSampler(transport, 60, readiness.link("broker"), metrics)
+    labels = {"transport": "stub", "queue": "q"}
+    get = metrics.registry.get_sample_value
+    assert sampler.sample() == QueueStats(1, 2, 3, 4)
+    assert readiness.check().ok
+    assert get("distq_queue_depth", {**labels, "state": "in_flight"}) == 2
+    assert get("distq_workers", labels) == 4
+    transport.answer = TransportError("Redis at 127.0.0.1:6379: Connection refused")
+    assert sampler.sample() is None
+    assert readiness.check().body["reason"] == "broker: Redis at 127.0.0.1:6379: Connection refused"
+    assert get("distq_workers", labels) is None
+    transport.answer = QueueStats(5, 0, 0, 1, in_flight_known=False)  # RabbitMQ over AMQP
+    sampler.sample()
+    assert readiness.check().ok
+    assert get("distq_queue_depth", {**labels, "state": "ready"}) == 5
+    assert get("distq_queue_depth", {**labels, "state": "in_flight"}) is None
