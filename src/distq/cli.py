@@ -16,8 +16,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from distq import __version__
+from distq.codec import Codec
 from distq.config import (
     CONCURRENCY,
     CONNECT_TIMEOUT,
@@ -34,6 +36,7 @@ from distq.logs import make_console
 from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
 from distq.probe import add_probe_parser, run_probe
+from distq.security import notices
 from distq.squares import Squares
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
@@ -211,7 +214,14 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
     try:
         observe.attach(transport)
         console.info(f"master {__version__}: {transport.describe()}, queue {settings.queue!r}")
-        master = Master(transport, console, observe.telemetry, observe.health)
+        _notify(console, settings, "master")
+        master = Master(
+            transport,
+            console,
+            observe.telemetry,
+            Codec.from_settings(settings),
+            health=observe.health,
+        )
         report = master.run(spec, squares, stop)
     finally:
         observe.close()
@@ -233,6 +243,7 @@ def _worker(
         raise
     observe.attach(transport)
     console.info(f"Connect to {transport.describe()} ..... (queue {settings.queue!r})")
+    _notify(console, settings, "worker")
     options = WorkerOptions.from_settings(
         settings,
         concurrency=args.concurrency,
@@ -247,10 +258,19 @@ def _worker(
             console,
             health=observe.health,
             telemetry=observe.telemetry,
+            codec=Codec.from_settings(settings),
         ).run()
     finally:
         observe.close()
         transport.close()
+
+
+def _notify(console: Console, settings: Settings, role: Literal["master", "worker"]) -> None:
+    for level, line in notices(settings, role):
+        if level == "warning":
+            console.error(f"warning: {line}")
+        else:
+            console.info(line)
 
 
 def _connect_worker(settings: Settings, patience: float, console: Console) -> Transport:

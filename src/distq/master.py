@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
+from distq.codec import Codec
 from distq.collector import Collector
 from distq.config import DRAIN_SECONDS, MESSAGE_BATCH, STATUS_EVERY, TASKS
 from distq.console import Console
@@ -127,10 +128,12 @@ class Master:
         transport: Transport,
         console: Console,
         telemetry: MasterTelemetry | None = None,
+        codec: Codec | None = None,
         health: ProcessHealth | None = None,
     ) -> None:
         self.transport, self.console = transport, console
         self.telemetry = telemetry or MasterTelemetry()
+        self.codec = codec or Codec()
         self.health = health or ProcessHealth("master")
         self.job_id = new_id()
         self.reply_to = transport.reply_queue(self.job_id)
@@ -161,8 +164,9 @@ class _Run(Generic[E]):
         self.workload, self.console = workload, master.console
         self.collector: Collector[E] = Collector(
             self._on_result,
-            on_malformed=lambda exc: self.console.error(f"ignored a malformed result: {exc}"),
+            on_malformed=lambda exc: self.console.error(f"dropped a result: {exc}"),
             telemetry=master.telemetry,
+            codec=master.codec,
         )
         self.health, self.telemetry = master.health, master.telemetry
         self.link = master.health.readiness.link("producer")
@@ -230,7 +234,7 @@ class _Run(Generic[E]):
         tasks = self.workload.tasks(count, self.master.reply_to)
         self.collector.expect((task.id, entry) for task, entry in tasks)
         with self.link.call(), self.health.liveness.waiting("job"):
-            self.producer.submit([task.encode() for task, _ in tasks])
+            self.producer.submit([self.master.codec.seal_task(task) for task, _ in tasks])
         self.submitted += len(tasks)
         self.report.tasks = self.submitted
         self.telemetry.submitted([task for task, _ in tasks], self.collector.outstanding)
