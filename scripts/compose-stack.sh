@@ -89,6 +89,10 @@ check_ports() {  # TRANSPORT GRAFANA
     for pair in $pairs; do
         IFS=: read -r service inner var <<<"$pair"
         port=$(env_get "$var")
+        if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+            log "$var=$port: use a port number from 1 to 65535"
+            exit 2
+        fi
         mine=$(compose port "$service" "$inner" 2>/dev/null || true)
         if [ "$mine" = "127.0.0.1:$port" ]; then
             continue
@@ -103,11 +107,8 @@ up() {
     local var previous transport grafana tag line
     ensure_env_file
     previous=$(env_get DISTQ_TRANSPORT)
-    for var in $KNOBS; do
-        if [ -n "${!var:-}" ]; then env_set "$var" "${!var}"; fi
-    done
-    transport=$(env_get DISTQ_TRANSPORT)
-    grafana=$(env_get GRAFANA)
+    transport=${DISTQ_TRANSPORT:-$previous}
+    grafana=${GRAFANA:-$(env_get GRAFANA)}
     case " $TRANSPORT_NAMES " in
         *" $transport "*) ;;
         *) log "DISTQ_TRANSPORT=$transport: use one of: $TRANSPORT_NAMES"; exit 2 ;;
@@ -116,6 +117,9 @@ up() {
         0 | 1) ;;
         *) log "GRAFANA=$grafana: use 1 (with Grafana) or 0"; exit 2 ;;
     esac
+    for var in $KNOBS; do
+        if [ -n "${!var:-}" ]; then env_set "$var" "${!var}"; fi
+    done
 
     if [ "$previous" != "$transport" ] && [ -n "$(containers)" ]; then
         log "the transport changes from $previous to $transport: removing the old stack's containers"
@@ -123,6 +127,7 @@ up() {
     fi
     env_set COMPOSE_FILE "$(compose_files "$transport")"
     env_set COMPOSE_PROFILES "$(compose_profiles "$transport" "$grafana")"
+    check_ports "$transport" "$grafana"
 
     # Images: one named by the caller wins; a stand-in from an earlier run is tried anew.
     for var in $IMAGES; do
@@ -140,7 +145,6 @@ up() {
     PYTHON_IMAGE=$(env_get PYTHON_IMAGE) DISTQ_IMAGE_TAG=$tag scripts/compose-images.sh build
     env_set DISTQ_IMAGE_TAG "$tag"
 
-    check_ports "$transport" "$grafana"
     log "starting the stack: transport $transport, project $(project_name)"
     if ! compose up -d --remove-orphans; then
         wait_healthy || true

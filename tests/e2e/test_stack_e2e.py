@@ -44,6 +44,8 @@ def test_three_workers_each_process_tasks(stack: Stack) -> None:
 def test_prometheus_reports_every_target_up(stack: Stack) -> None:
     expected = {f"{c.ip}:9100" for c in stack.running("master") + stack.running("worker")}
     assert len(expected) == 4  # the master and three workers
+    # RabbitMQ's own exporter (deploy/prometheus/prometheus.yml, job rabbitmq)
+    expected |= {f"{c.ip}:15692" for c in stack.running("rabbitmq")}
 
     def all_up() -> list[dict[str, object]] | None:
         targets = stack.targets()
@@ -51,7 +53,7 @@ def test_prometheus_reports_every_target_up(stack: Stack) -> None:
         healthy = all(t["health"] == "up" for t in targets)
         return targets if seen == expected and healthy else None
 
-    wait_for("Prometheus: the master and three workers, every target up", all_up, 60)
+    wait_for(f"Prometheus: targets {sorted(expected)}, every one up", all_up, 60)
 
 
 def test_sigkill_of_a_worker_mid_job_loses_nothing(stack: Stack) -> None:
