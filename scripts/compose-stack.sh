@@ -14,6 +14,7 @@ LOG_NAME=stack
 . "$(dirname "$0")/compose.sh"
 cd "$REPO"
 
+TRANSPORT_NAMES="manager redis rabbitmq"
 HEALTH_TIMEOUT=${DISTQ_STACK_TIMEOUT:-240}  # seconds for the stack to become healthy
 # Settings `make up NAME=value` writes into the env file.
 KNOBS="DISTQ_TRANSPORT GRAFANA MASTER_RATE MASTER_TASK_DELAY WORKER_CONCURRENCY

@@ -15,7 +15,6 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ENV_FILE=${DISTQ_ENV_FILE:-$REPO/.env}
 ENV_EXAMPLE=$REPO/.env.example
-TRANSPORT_NAMES="manager redis rabbitmq"
 
 # Every variable docker-compose.yml and deploy/compose/*.yml read, and the ones that steer
 # compose itself. tests/e2e/test_files.py checks that the list is complete.
@@ -92,7 +91,7 @@ ensure_env_file() {
         env_set "$name" "$(secret)"
     done
     # Compose v1 and v2 derive different names from a directory such as distq-main.
-    project=$(basename "$REPO" | tr 'A-Z' 'a-z' | tr -cd 'a-z0-9')
+    project=$(basename "$REPO" | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9')
     env_set COMPOSE_PROJECT_NAME "${project:-distq}"
     log "wrote $ENV_FILE with random secrets (from .env.example)"
 }
