@@ -159,10 +159,10 @@ distq runs on the $transport transport: the master submits $(env_get MASTER_RATE
   Prometheus   http://127.0.0.1:$(env_get PROMETHEUS_PORT)  (try: distq_worker_tasks_total)
 EOF
     if [ "$grafana" = 1 ]; then
-        echo "  Grafana      http://127.0.0.1:$(env_get GRAFANA_PORT)  (admin password in .env)"
+        echo "  Grafana      http://127.0.0.1:$(env_get GRAFANA_PORT)  (admin password in $ENV_FILE)"
     fi
     if [ "$transport" = rabbitmq ]; then
-        echo "  RabbitMQ     http://127.0.0.1:$(env_get RABBITMQ_MANAGEMENT_PORT)  (user and password in .env)"
+        echo "  RabbitMQ     http://127.0.0.1:$(env_get RABBITMQ_MANAGEMENT_PORT)  (user and password in $ENV_FILE)"
     fi
     cat <<EOF
   make scale WORKERS=5   five workers
