@@ -11,7 +11,8 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from e2e_stack import Stack, docker_answers
+
+from e2e.e2e_stack import Stack, docker_answers
 
 TRANSPORTS = ("manager", "redis", "rabbitmq")
 _TOKEN = secrets.token_hex(3)  # one per test run: project names, env files, image tags

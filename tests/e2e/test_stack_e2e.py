@@ -12,7 +12,8 @@ import subprocess
 import time
 
 import pytest
-from e2e_stack import Stack, names, wait_for
+
+from e2e.e2e_stack import Stack, names, wait_for
 
 pytestmark = pytest.mark.docker
 
