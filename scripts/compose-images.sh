@@ -16,10 +16,10 @@
 # (DOCKER_BUILDKIT=0): the docker client on PATH may have no buildx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 export DOCKER_BUILDKIT=0
-
-log() { printf 'compose-images: %s\n' "$*" >&2; }
 
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 

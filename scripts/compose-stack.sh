@@ -9,7 +9,6 @@
 # Settings: see .env.example and scripts/compose.sh. Bounded waits; on a failure the
 # last log lines of the containers concerned are printed.
 set -euo pipefail
-LOG_NAME=stack
 # shellcheck source=scripts/compose.sh
 . "$(dirname "$0")/compose.sh"
 cd "$REPO"

@@ -13,6 +13,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
 ENV_FILE=${DISTQ_ENV_FILE:-$REPO/.env}
 ENV_EXAMPLE=$REPO/.env.example
 
@@ -23,10 +25,6 @@ STACK_VARIABLES="COMPOSE_FILE COMPOSE_PROFILES COMPOSE_PROJECT_NAME DISTQ_TRANSP
     GRAFANA MASTER_RATE MASTER_TASK_DELAY WORKER_CONCURRENCY PROMETHEUS_PORT REDIS_PORT
     RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT GRAFANA_PORT PYTHON_IMAGE REDIS_IMAGE
     RABBITMQ_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE DISTQ_IMAGE_TAG"
-
-log() { printf '%s: %s\n' "${LOG_NAME:-compose}" "$*" >&2; }
-
-is_root_on_debian() { [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ]; }
 
 # Sets COMPOSE (an array): the compose command to run.
 find_compose() {
@@ -48,9 +46,7 @@ find_compose() {
     fi
     if is_root_on_debian; then
         log "installing docker-compose (Debian's package)"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q docker-compose >/dev/null 2>&1 \
-            || { apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null; }
+        apt_install docker-compose
         COMPOSE=(docker-compose)
         return 0
     fi
