@@ -16,7 +16,7 @@ cd "$REPO"
 TRANSPORT_NAMES="manager redis rabbitmq"
 HEALTH_TIMEOUT=${DISTQ_STACK_TIMEOUT:-240}  # seconds for the stack to become healthy
 # Settings `make up NAME=value` writes into the env file.
-KNOBS="DISTQ_TRANSPORT GRAFANA MASTER_RATE MASTER_TASK_DELAY WORKER_CONCURRENCY
+KNOBS="DISTQ_TRANSPORT GRAFANA MASTER_RATE MASTER_TASK_DELAY WORKERS WORKER_CONCURRENCY
     PROMETHEUS_PORT REDIS_PORT RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT GRAFANA_PORT
     COMPOSE_PROJECT_NAME"
 IMAGES="PYTHON_IMAGE REDIS_IMAGE RABBITMQ_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE"
@@ -117,6 +117,10 @@ up() {
         0 | 1) ;;
         *) log "GRAFANA=$grafana: use 1 (with Grafana) or 0"; exit 2 ;;
     esac
+    if [ -n "${WORKERS:-}" ] && ! [[ "$WORKERS" =~ ^[0-9]+$ ]]; then
+        log "WORKERS=$WORKERS: say how many workers, e.g. WORKERS=3"
+        exit 2
+    fi
     for var in $KNOBS; do
         if [ -n "${!var:-}" ]; then env_set "$var" "${!var}"; fi
     done
@@ -146,7 +150,8 @@ up() {
     env_set DISTQ_IMAGE_TAG "$tag"
 
     log "starting the stack: transport $transport, project $(project_name)"
-    if ! compose up -d --remove-orphans; then
+    # The last `make scale` holds: an `up` without --scale would go back to one worker.
+    if ! compose up -d --remove-orphans --scale "worker=$(env_get WORKERS)"; then
         wait_healthy || true
         die "compose up failed (above: the containers and their last log lines)"
     fi
@@ -193,6 +198,7 @@ scale() {  # N
     local count=${1:-}
     [[ "$count" =~ ^[0-9]+$ ]] || { log "say how many workers: make scale WORKERS=3"; exit 2; }
     [ -n "$(containers)" ] || die "the stack is not running: make up first"
+    env_set WORKERS "$count"
     compose up -d --no-deps --no-recreate --scale "worker=$count" worker
     wait_healthy || die "the workers did not become healthy"
     log "$count worker(s):"
