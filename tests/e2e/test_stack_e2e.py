@@ -15,7 +15,9 @@ import pytest
 
 from e2e.e2e_stack import Stack, names, wait_for
 
-pytestmark = pytest.mark.docker
+# The first test of each transport also waits for `make up`, which on a fresh machine
+# builds the stand-in and distq images first.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
 WORKER_OK = 'sum by (instance) (distq_worker_tasks_total{outcome="ok"})'
 
