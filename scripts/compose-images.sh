@@ -45,7 +45,7 @@ resolve_one() {  # KIND VARIABLE
     fi
     if [ "$kind" = grafana ]; then
         log "$wanted cannot be pulled and has no local stand-in: Grafana needs a registry"
-        log "(or a local image named by GRAFANA_IMAGE); start without GRAFANA=1"
+        log "(or a local image named by GRAFANA_IMAGE); without it: make up GRAFANA=0"
         return 1
     fi
     local standin

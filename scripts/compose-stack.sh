@@ -104,7 +104,7 @@ check_ports() {  # TRANSPORT GRAFANA
 }
 
 up() {
-    local var previous transport grafana tag line
+    local var previous transport grafana tag line resolved
     ensure_env_file
     previous=$(env_get DISTQ_TRANSPORT)
     transport=${DISTQ_TRANSPORT:-$previous}
@@ -142,9 +142,11 @@ up() {
             esac
         fi
     done
+    resolved=$(scripts/compose-images.sh resolve "$([ "$grafana" = 1 ] && echo grafana)") \
+        || die "the stack's images cannot be had (above)"
     while IFS= read -r line; do
         env_set "${line%%=*}" "${line#*=}"
-    done < <(scripts/compose-images.sh resolve "$([ "$grafana" = 1 ] && echo grafana)")
+    done <<<"$resolved"
     tag=${DISTQ_IMAGE_TAG:-$(version)}
     PYTHON_IMAGE=$(env_get PYTHON_IMAGE) DISTQ_IMAGE_TAG=$tag scripts/compose-images.sh build
     env_set DISTQ_IMAGE_TAG "$tag"
