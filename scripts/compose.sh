@@ -21,7 +21,7 @@ ENV_EXAMPLE=$REPO/.env.example
 # Every variable docker-compose.yml and deploy/compose/*.yml read, and the ones that steer
 # compose itself. tests/e2e/test_files.py checks that the list is complete.
 STACK_VARIABLES="COMPOSE_FILE COMPOSE_PROFILES COMPOSE_PROJECT_NAME DISTQ_TRANSPORT
-    DISTQ_AUTHKEY REDIS_PASSWORD RABBITMQ_USER RABBITMQ_PASSWORD GRAFANA_ADMIN_PASSWORD
+    DISTQ_AUTHKEY DISTQ_SIGNING_KEYS REDIS_PASSWORD RABBITMQ_USER RABBITMQ_PASSWORD GRAFANA_ADMIN_PASSWORD
     GRAFANA MASTER_RATE MASTER_TASK_DELAY WORKERS WORKER_CONCURRENCY PROMETHEUS_PORT REDIS_PORT
     RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT GRAFANA_PORT PYTHON_IMAGE REDIS_IMAGE
     RABBITMQ_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE DISTQ_IMAGE_TAG"
@@ -78,18 +78,23 @@ env_set() {  # NAME VALUE: replaces the line of NAME, or appends one
 
 secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 
-# Makes the env file from .env.example on first use, with random secrets.
+# Makes the env file from .env.example on first use, with random secrets; gives an older
+# env file the secrets it lacks.
 ensure_env_file() {
-    [ -f "$ENV_FILE" ] && return 0
     local name project
-    (umask 077 && cp "$ENV_EXAMPLE" "$ENV_FILE")
-    for name in DISTQ_AUTHKEY REDIS_PASSWORD RABBITMQ_PASSWORD GRAFANA_ADMIN_PASSWORD; do
-        env_set "$name" "$(secret)"
+    if [ ! -f "$ENV_FILE" ]; then
+        (umask 077 && cp "$ENV_EXAMPLE" "$ENV_FILE")
+        # Compose v1 and v2 derive different names from a directory such as distq-main.
+        project=$(basename "$REPO" | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9')
+        env_set COMPOSE_PROJECT_NAME "${project:-distq}"
+        log "wrote $ENV_FILE with random secrets (from .env.example)"
+    fi
+    for name in DISTQ_AUTHKEY DISTQ_SIGNING_KEYS REDIS_PASSWORD RABBITMQ_PASSWORD \
+            GRAFANA_ADMIN_PASSWORD; do
+        case "$(env_get "$name")" in
+            "" | change-me) env_set "$name" "$(secret)" ;;
+        esac
     done
-    # Compose v1 and v2 derive different names from a directory such as distq-main.
-    project=$(basename "$REPO" | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9')
-    env_set COMPOSE_PROJECT_NAME "${project:-distq}"
-    log "wrote $ENV_FILE with random secrets (from .env.example)"
 }
 
 project_name() { env_get COMPOSE_PROJECT_NAME; }
