@@ -8,7 +8,7 @@ carries the last log lines of every container of its stack.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -38,13 +38,15 @@ def stack(
         stack.remove_images()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     stack = getattr(item, "funcargs", {}).get("stack")
     if report.failed and isinstance(stack, Stack):
         try:
             report.sections.append((f"containers of {stack.project}", stack.logs()))
         except Exception as exc:  # the report must not fail for want of logs
             report.sections.append(("containers", f"(could not read their logs: {exc})"))
+    return report
