@@ -1,6 +1,8 @@
 """``distq submit``, ``status``, ``dead-letters`` and ``requeue-dead``: operating a queue.
 
-Each connects to the configured transport as a client: with ``manager`` it reaches the
+Their output is data (a task id, a result, counts, dead letters) and goes to stdout as
+it is; diagnostics go to the console (stderr). Each connects to the configured
+transport as a client: with ``manager`` it reaches the
 running master (or executor) on ``DISTQ_MANAGER_ADDRESS`` as a worker would, and never
 hosts queues itself. Exit codes as for the rest of ``distq``: 0 done; 1 the task failed
 or timed out (``submit --wait``); 2 bad usage; 3 the broker cannot be reached or failed.
@@ -24,11 +26,18 @@ from distq.envelope import NO_REPLY, DeadLetter, Task, new_id
 from distq.errors import ConfigError, EnvelopeError, RemoteError, TransportError
 from distq.executor import Executor
 from distq.jsonvalue import check_arguments
-from distq.transport import Revive, Transport, open_transport
+from distq.management import ManagementApi, ManagementError
+from distq.transport import QueueStats, Revive, Transport, open_transport
 
 COMMANDS = ("submit", "status", "dead-letters", "requeue-dead")
 EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
 SHOWN_CHARS = 200  # of a dead letter's arguments, in text output
+
+
+def _say(line: str) -> None:
+    """A line of the command's output: on stdout as it is, whatever DISTQ_LOG_FORMAT says
+    (that shapes diagnostics, which go to ``console.error``)."""
+    print(line, flush=True)
 
 
 def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
@@ -137,13 +146,13 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
                 producer.flush()  # the broker holds it before we say so
             finally:
                 producer.close()
-        console.info(task.id)
+        _say(task.id)
         return 0
     executor = Executor(settings, host=False, max_attempts=args.max_attempts)
     answered = True
     try:
         future = executor.submit(args.task_name, *values, **kwargs)
-        console.info(future.task_id)
+        _say(future.task_id)
         value = future.result(args.timeout)
     except RemoteError as exc:
         console.error(str(exc))
@@ -157,7 +166,7 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
             executor.shutdown()
         else:
             executor.close()  # the task stays queued where it cannot be withdrawn
-    console.info(json.dumps(value))
+    _say(json.dumps(value))
     return 0
 
 
@@ -180,10 +189,9 @@ def _status(
     args: argparse.Namespace, transport: Transport, settings: Settings, console: Console
 ) -> int:
     stats = transport.stats()
-    # AMQP reports no unacknowledged counts to a client that holds none (see stats())
-    in_flight = None if transport.name == "rabbitmq" else stats.in_flight
+    in_flight, unknown_why = _in_flight(stats, settings)
     if args.json:
-        console.info(
+        _say(
             json.dumps(
                 {
                     "transport": transport.name,
@@ -196,18 +204,32 @@ def _status(
             )
         )
         return 0
-    console.info(f"{transport.describe()}, queue {settings.queue!r}")
-    console.info(f"ready      {stats.ready}")
-    if in_flight is None:
-        console.info(
-            "in flight  unknown: AMQP reports unacknowledged tasks only to their consumers "
-            "(rabbitmqctl list_queues name messages_unacknowledged shows them)"
-        )
-    else:
-        console.info(f"in flight  {in_flight}")
-    console.info(f"dead       {stats.dead}")
-    console.info(f"workers    {stats.consumers} (worker slots attached)")
+    _say(f"{transport.describe()}, queue {settings.queue!r}")
+    _say(f"ready      {stats.ready}")
+    _say(f"in flight  {in_flight if in_flight is not None else 'unknown: ' + unknown_why}")
+    _say(f"dead       {stats.dead}")
+    _say(f"workers    {stats.consumers} (worker slots attached)")
     return 0
+
+
+def _in_flight(stats: QueueStats, settings: Settings) -> tuple[int | None, str]:
+    """Tasks leased to workers, or None and why it is unknown.
+
+    AMQP tells a client only its own unacknowledged deliveries; RabbitMQ's management
+    API (``DISTQ_RABBITMQ_MANAGEMENT_URL``) has every consumer's, as the metrics use it.
+    """
+    if stats.in_flight_known:
+        return stats.in_flight, ""
+    if not settings.rabbitmq_management_url:
+        return None, (
+            "AMQP reports unacknowledged tasks only to their consumers; set "
+            "DISTQ_RABBITMQ_MANAGEMENT_URL to read them from the management API"
+        )
+    api = ManagementApi(settings.rabbitmq_management_url, settings.amqp_url, settings.queue)
+    try:
+        return api.read().unacknowledged, ""
+    except ManagementError as exc:
+        return None, str(exc)
 
 
 # -- dead letters ---------------------------------------------------------------------
@@ -217,14 +239,14 @@ def _dead_letters(
     letters = transport.dead_letters(args.limit)
     codec = Codec.from_settings(settings)  # signed bodies open with the same keys
     if args.json:
-        console.info(json.dumps([_letter_json(letter, codec) for letter in letters], indent=2))
+        _say(json.dumps([_letter_json(letter, codec) for letter in letters], indent=2))
         return 0
     total = transport.stats().dead
-    console.info(f"{len(letters)} of {total} dead letters, oldest first")
+    _say(f"{len(letters)} of {total} dead letters, oldest first")
     for letter in letters:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.at))
-        console.info(f"{when}  worker {letter.worker or '-'}  {letter.reason}")
-        console.info(f"    {_describe_body(letter.body, codec)}")
+        _say(f"{when}  worker {letter.worker or '-'}  {letter.reason}")
+        _say(f"    {_describe_body(letter.body, codec)}")
     return 0
 
 
@@ -298,7 +320,7 @@ def _requeue_dead(
     limit = args.limit if args.limit is not None else transport.stats().dead
     revive = reviver(Codec.from_settings(settings))
     moved = transport.requeue_dead(limit, revive) if limit > 0 else 0
-    console.info(f"requeued {moved} dead letters onto queue {settings.queue!r}")
+    _say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
     return 0
 
 

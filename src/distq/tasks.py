@@ -162,7 +162,12 @@ class Registry:
         return sorted(names)
 
     def names(self) -> list[str]:
+        """The registered names, sorted."""
         return sorted(self._tasks)
+
+    def runnable(self) -> list[str]:
+        """Every task name this worker runs: the registered ones and chunks of them."""
+        return [*self.names(), CHUNK_TASK]
 
     def resolve(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> TaskFunction:
         """The function for ``name``, once ``args``/``kwargs`` are known to fit it.
