@@ -18,26 +18,12 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 from distq.console import Console
+from distq.credentials import MASK
 
-MASK = "***"
 # scheme://user:password@ : the password is whatever runs up to the last '@' of the netloc
 _CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s]*@")
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``; safe to print or log."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return mask_secrets(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.netloc.rpartition("@")[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{netloc}"))
 
 
 def mask_secrets(text: str) -> str:

@@ -19,8 +19,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pika
 
+from distq.credentials import mask_url
 from distq.errors import DistqError
-from distq.logs import mask_url
 
 TIMEOUT_SECONDS = 2.0
 

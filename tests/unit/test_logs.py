@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO, free_port
 from distq.console import Console
+from distq.credentials import mask_url
 from distq.ending import Ending
 from distq.envelope import Result, Task
 from distq.logs import (
@@ -21,7 +22,6 @@ from distq.logs import (
     MaskingFormatter,
     TextConsole,
     mask_secrets,
-    mask_url,
 )
 from distq.telemetry import MasterTelemetry, WorkerTelemetry
 from distq.transport import Delivery, Settlement
