@@ -7,10 +7,11 @@ BENCH_ARGS ?=
 TASKS ?= 100
 WORKERS ?=
 
-.PHONY: help install demo test lint bench clean up down scale job logs ps images
+.PHONY: help install demo example test lint bench clean up down scale job logs ps images
 
 help:
 	@echo "make demo   - the tutorial's squares job: 1 master + 2 workers, manager transport"
+	@echo "make example - word counts over a folder of text files: your own job, 2 workers"
 	@echo "make test   - the whole suite against real Redis and RabbitMQ (provisions them)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - throughput and latency side by side with Celery, Dramatiq, RQ, raw clients"
@@ -29,13 +30,16 @@ install:
 demo: install
 	@scripts/demo.sh
 
+example: install
+	@scripts/example.sh
+
 test:
 	@scripts/ensure-test-env.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 	$(VENV)/bin/mypy
 
 bench:

@@ -1,6 +1,11 @@
-"""Task functions the tests register on workers with ``--task jobs:NAME``."""
+"""Task functions the tests register on workers: ``--task jobs:NAME``, or ``--tasks jobs``
+for those marked ``@distq.task``."""
 
 from __future__ import annotations
+
+import time
+
+import distq
 
 
 def always_fail(n: int) -> int:
@@ -9,4 +14,30 @@ def always_fail(n: int) -> int:
 
 
 def echo(value: object) -> object:
+    return value
+
+
+@distq.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@distq.task
+def fail_with(message: str) -> None:
+    """Raises ValueError(message), from a nested call (so the traceback has two frames)."""
+    _raise(message)
+
+
+def _raise(message: str) -> None:
+    raise ValueError(message)
+
+
+@distq.task
+def sleep_then(seconds: float, value: object) -> object:
+    time.sleep(seconds)
+    return value
+
+
+def not_a_task(value: object) -> object:
+    """A module-level function without @distq.task: --tasks jobs does not register it."""
     return value

@@ -1,6 +1,8 @@
 """``distq master``, ``distq worker`` and ``distq probe``: thin wiring of settings,
 transport and role.
 
+``submit``, ``status``, ``dead-letters`` and ``requeue-dead`` live in :mod:`distq.commands`.
+
 Exit codes: 0 done; 1 the job failed (timeout, failed or wrong results), or a probe
 did not answer 200; 2 bad configuration or usage; 3 the broker could not be reached or
 refused our credentials.
@@ -18,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from distq import __version__
+from distq import __version__, commands
 from distq.codec import Codec
 from distq.config import (
     CONCURRENCY,
@@ -77,7 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="distq", description="Distributed master/worker tasks with at-least-once delivery."
     )
     parser.add_argument("--version", action="version", version=f"distq {__version__}")
-    roles = parser.add_subparsers(dest="role", required=True, metavar="{master,worker,probe}")
+    roles = parser.add_subparsers(
+        dest="role",
+        required=True,
+        metavar="{master,worker,probe,submit,status,dead-letters,requeue-dead}",
+    )
 
     master = roles.add_parser("master", parents=[common], help="submit the squares job")
     master.add_argument("--tasks", type=_positive(int), help=f"number of tasks (default {TASKS})")
@@ -152,6 +158,14 @@ def _parser() -> argparse.ArgumentParser:
         help="register a task function by import path (repeatable)",
     )
     worker.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        dest="task_modules",
+        metavar="MODULE",
+        help="register every function of MODULE marked @distq.task (repeatable)",
+    )
+    worker.add_argument(
         "--connect-timeout",
         type=float,
         default=CONNECT_TIMEOUT,
@@ -160,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--worker-id", help="name in results and dead letters (host-pid)")
     add_probe_parser(roles)
+    commands.add_parsers(roles, common)
     return parser
 
 
@@ -181,6 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry = Registry()
         for path in getattr(args, "task", []):
             registry.register_path(path)
+        for module in getattr(args, "task_modules", []):
+            registry.register_module(module)
+        if getattr(args, "task", []) or getattr(args, "task_modules", []):
+            console.info(f"tasks: {', '.join(registry.names())}")  # what this worker runs
+        if args.role in commands.COMMANDS:
+            return commands.run(args, settings, console)
         if args.role == "master":
             return _master(args, settings, console)
         return _worker(args, settings, registry, console)
@@ -235,7 +256,7 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
 def _worker(
     args: argparse.Namespace, settings: Settings, registry: Registry, console: Console
 ) -> int:
-    observe = WorkerObservability(settings, console, args.concurrency, registry.names())
+    observe = WorkerObservability(settings, console, args.concurrency, registry.runnable())
     try:
         transport = _connect_worker(settings, args.connect_timeout, console)
     except BaseException:

@@ -84,6 +84,19 @@ class Collector(Generic[E]):
         for task_id, entry in tasks:
             self._pending[task_id] = Pending(entry, now)
 
+    def entry(self, task_id: str) -> E | None:
+        """The entry of a task expected and not answered yet, else None."""
+        pending = self._pending.get(task_id)
+        return pending.entry if pending is not None else None
+
+    def discard(self, task_id: str) -> E | None:
+        """Stop waiting for one task (cancelled, timed out); return its entry, if expected.
+
+        A result that arrives for it later is dropped like any unexpected one.
+        """
+        pending = self._pending.pop(task_id, None)
+        return pending.entry if pending is not None else None
+
     def forget(self) -> int:
         """Stop waiting for every task not answered yet; return how many there were."""
         count = len(self._pending)

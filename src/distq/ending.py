@@ -15,21 +15,36 @@ only decides.
   size limit): ``malformed``, a dead letter only (no one to answer), never run.
 
 Results and retries are sealed by the worker's :class:`~distq.codec.Codec`: signed when
-it has keys, and a result over the size limit fails its task for good.
+it has keys, and a result over the size limit fails its task for good. An error result
+carries the exception's traceback text when the task's own code raised, so whoever
+waits for it (an executor's future) can show where. A task sent with ``reply_to``
+:data:`~distq.envelope.NO_REPLY` ends the same way, without a result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import traceback
 from typing import Any, Literal, NamedTuple
 
 from distq.codec import Codec
-from distq.envelope import DeadLetter, Result, Task
+from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
 from distq.limits import OVERSIZED_KEPT_BYTES
 from distq.transport.base import Delivery, Settlement
 
 Outcome = Literal["ok", "failed", "retried", "malformed"]
+
+#: Longest traceback text an error result carries; longer ones keep their end.
+MAX_TRACEBACK_CHARS = 8000
+
+
+def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> str:
+    """``error``'s traceback as Python prints it, cut to its last ``limit`` characters."""
+    text = "".join(traceback.format_exception(error))
+    if len(text) > limit:
+        text = "... (traceback cut)\n" + text[-limit:]
+    return text
 
 
 def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
@@ -70,6 +85,8 @@ class Endings:
         # not JSON, nested too deeply or too large: no retry will change that
         except (TypeError, ValueError, RecursionError, EnvelopeError) as exc:
             return self.failed(delivery, task, exc, started_at, duration, retryable=False)
+        if task.reply_to == NO_REPLY:
+            return Ending(Settlement(delivery), "ok", task, started_at, duration)
         settlement = Settlement(delivery, reply_to=task.reply_to, result=body)
         return Ending(settlement, "ok", task, started_at, duration)
 
@@ -83,7 +100,10 @@ class Endings:
         *,
         retryable: bool,
     ) -> Ending:
-        """The task raised ``error`` (``retryable``) or cannot run at all (not retryable)."""
+        """The task raised ``error`` (``retryable``) or cannot run at all (not retryable).
+
+        The error result of a task that raised carries ``error``'s traceback text.
+        """
         message = f"{type(error).__name__}: {error}"
         retry = None
         if retryable and task.attempt < task.max_attempts:
@@ -111,6 +131,7 @@ class Endings:
                 status="error",
                 error_type=error_type,
                 error_message=reason,
+                error_traceback=traceback_text(error) if retryable else None,
             )
         except EnvelopeError:  # the reason made it too large: the dead letter keeps it
             result = self._result(
@@ -121,10 +142,11 @@ class Endings:
                 error_type=error_type,
                 error_message="(too large to send; the dead letter has the reason)",
             )
+        nobody = task.reply_to == NO_REPLY
         settlement = Settlement(
             delivery,
-            reply_to=task.reply_to,
-            result=result,
+            reply_to=None if nobody else task.reply_to,
+            result=None if nobody else result,
             dead_letter=self._dead(delivery.body, reason),
         )
         note = f"task {task.name} {task.id} dead-lettered: {reason}"

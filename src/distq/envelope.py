@@ -20,6 +20,10 @@ from distq.limits import check_nesting
 
 VERSION = 1
 MAX_ATTEMPTS = 3  # attempts a task gets unless its master says otherwise (distq master's default)
+#: A task's ``reply_to`` when nobody waits for its result (``distq submit`` without
+#: ``--wait``, a requeued dead letter): the worker runs it and publishes no result.
+#: Not a name any transport gives a queue (those start with a letter or digit).
+NO_REPLY = "(no reply)"
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -90,8 +94,8 @@ def _reply_to(obj: dict[str, Any], kind: str) -> str:
 class Task:
     """One unit of work: call the registered function ``name`` with ``args``/``kwargs``.
 
-    ``reply_to`` names the result queue of the master that submitted it; ``attempt``
-    counts from 1 and grows on each retry after a failure.
+    ``reply_to`` names the result queue of the master that submitted it (or is
+    :data:`NO_REPLY`); ``attempt`` counts from 1 and grows on each retry after a failure.
     """
 
     name: str
@@ -158,7 +162,9 @@ class Result:
     """The outcome of a task, sent to its ``reply_to`` queue.
 
     ``status`` is ``"ok"`` with ``value`` set, or ``"error"`` (failed for good) with
-    ``error_type`` and ``error_message`` set.
+    ``error_type`` and ``error_message`` set, and ``error_traceback`` (the remote
+    traceback's text) when the task's function raised. ``error_traceback`` is optional on
+    the wire (``error.traceback``), so results without it still decode.
     """
 
     task_id: str
@@ -170,6 +176,7 @@ class Result:
     value: Any = None
     error_type: str | None = None
     error_message: str | None = None
+    error_traceback: str | None = None
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {
@@ -184,7 +191,10 @@ class Result:
         if self.status == "ok":
             obj["value"] = self.value
         else:
-            obj["error"] = {"type": self.error_type, "message": self.error_message}
+            error = {"type": self.error_type, "message": self.error_message}
+            if self.error_traceback is not None:
+                error["traceback"] = self.error_traceback
+            obj["error"] = error
         return _dumps(obj).encode()
 
     @classmethod
@@ -197,6 +207,9 @@ class Result:
         error = obj.get("error") if status == "error" else None
         if status == "error" and not isinstance(error, dict):
             raise EnvelopeError("error result lacks the 'error' object")
+        traceback = error.get("traceback") if error else None
+        if traceback is not None and not isinstance(traceback, str):
+            raise EnvelopeError(f"result field 'error.traceback' is not text: {traceback!r}")
         try:
             return cls(
                 task_id=_field(obj, "task_id", kind, str),
@@ -208,6 +221,7 @@ class Result:
                 value=obj.get("value"),
                 error_type=error.get("type") if error else None,
                 error_message=error.get("message") if error else None,
+                error_traceback=traceback,
             )
         except OverflowError:
             raise EnvelopeError(f"{kind} has a number too large for a float") from None

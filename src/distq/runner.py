@@ -41,6 +41,8 @@ class TaskRunner:
             value = function(*task.args, **task.kwargs)
         except Exception as exc:
             duration = time.perf_counter() - started
+            if exc.__traceback__ is not None:  # the remote traceback starts in the task's code
+                exc.__traceback__ = exc.__traceback__.tb_next
             ending = self.endings.failed(delivery, task, exc, started_at, duration, retryable=True)
             return self._told(ending)
         duration = time.perf_counter() - started

@@ -65,3 +65,15 @@ def test_forgotten_tasks_are_no_longer_waited_for_and_their_results_dropped() ->
     assert collector.outstanding == 0 and collector.waiting() == []
     assert collector.accept([result("a")]) == 0
     assert got == [] and collector.duplicates == 0
+
+
+def test_a_discarded_task_is_no_longer_waited_for_and_its_late_result_is_dropped() -> None:
+    got: list[str] = []
+    collector: Collector[str] = Collector(lambda r, entry, _rt: got.append(entry))
+    collector.expect([("a", "entry-a"), ("b", "entry-b")])
+    assert collector.entry("a") == "entry-a" and collector.entry("zz") is None
+    assert collector.discard("a") == "entry-a"
+    assert collector.discard("a") is None and collector.entry("a") is None
+    assert collector.outstanding == 1
+    assert collector.accept([result("a"), result("b")]) == 1
+    assert got == ["entry-b"] and collector.duplicates == 0

@@ -24,7 +24,16 @@ from distq.metrics import BUCKETS, MasterMetrics, WorkerMetrics
 from distq.sampler import StatsSampler
 from distq.tasks import Registry
 from distq.telemetry import MasterTelemetry, WorkerTelemetry
-from distq.transport import Consumer, Delivery, Producer, QueueStats, Settlement, Transport
+from distq.transport import (
+    Consumer,
+    Delivery,
+    Producer,
+    QueueStats,
+    Revive,
+    Settlement,
+    Transport,
+    original_body,
+)
 from distq.worker import Worker, WorkerOptions
 
 BASE = {"transport": "redis", "queue": "q"}
@@ -291,6 +300,9 @@ class Counts(Transport):
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return []
+
+    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+        return 0
 
     def close(self) -> None:
         pass

@@ -57,6 +57,9 @@ the master's producer unpacks it.
 unacknowledged counts (the management plugin does), so ``in_flight`` counts only the
 deliveries held by this transport's own consumers. ``dead_letters()`` peeks with
 ``basic_get`` and requeues with one ``basic_nack``, which keeps the order.
+``requeue_dead()`` takes letters with ``basic_get``, publishes their tasks, waits for
+the confirms and only then acks the letters. A producer cannot ``withdraw`` a task:
+AMQP has no way to take one message back out of a queue.
 
 Threading: pika is not thread-safe. Every producer and consumer owns its connection and
 channel and is used by one thread; code that must reach a connection from another
@@ -99,9 +102,11 @@ from distq.transport.base import (
     Delivery,
     Producer,
     QueueStats,
+    Revive,
     Role,
     Settlement,
     Transport,
+    original_body,
     tags_of,
 )
 from distq.transport.pika_internals import FastChannel
@@ -423,6 +428,44 @@ class RabbitMQTransport(Transport):
             return []
         result: list[DeadLetter] = self._with_admin("reading dead letters", peek)
         return result
+
+    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+        """Take letters (``basic_get``), publish their tasks, confirm, then ack the letters.
+
+        A failure before the ack hands the letters back (nack, or the broker requeues
+        them when the connection dies): one whose task was published already is put back
+        twice, never lost. A stale admin connection is replaced once.
+        """
+        moved = [0]
+        with self._lock:
+            try:
+                self._requeue_dead(self._admin_link(), limit, revive, moved)
+            except _PikaError:
+                with self._broker.translated("requeueing dead letters"):
+                    self._requeue_dead(self._admin_link(fresh=True), limit, revive, moved)
+        return moved[0]
+
+    def _requeue_dead(self, link: _Link, limit: int, revive: Revive, moved: list[int]) -> None:
+        channel = link.channel
+        while moved[0] < limit:
+            got: list[tuple[Any, Any, bytes]] = []
+            try:
+                while len(got) < min(MESSAGE_BATCH, limit - moved[0]):
+                    method, props, body = channel.basic_get(self.dead_queue, auto_ack=False)
+                    if method is None:
+                        break
+                    got.append((method, props, body))
+                if not got:
+                    return
+                for _, props, body in got:
+                    link.publish(self.queue, revive(self._decode_dead(props, body)), mandatory=True)
+                link.confirm()
+                channel.basic_ack(got[-1][0].delivery_tag, multiple=True)
+                moved[0] += len(got)
+                got = []
+            finally:
+                if got and channel.is_open:
+                    channel.basic_nack(got[-1][0].delivery_tag, multiple=True, requeue=True)
 
     def _decode_dead(self, props: Any, body: bytes) -> DeadLetter:
         try:

@@ -11,13 +11,16 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 
 | key (``<q>`` = ``DISTQ_QUEUE``) | type | written by                       | read by            |
 |---------------------------------|------|----------------------------------|--------------------|
-| ``<q>``                         | list | submit LPUSH; requeue RPUSH      | claim, from tail   |
+| ``<q>``                         | list | submit LPUSH; requeue RPUSH (1)  | claim, from tail   |
 | ``distq:<q>:inflight:<id>``     | list | claim (with the lease, atomic)   | settle, release    |
 | ``distq:<q>:consumers``         | zset | claim, heartbeat, close          | sweep, stats       |
 | ``distq:<q>:delayed``           | zset | settle: retry with a delay       | sweep -> ``<q>``   |
 | ``distq:<q>:redelivered``       | set  | sweep, release, close            | claim (flag)       |
-| ``distq:<q>:dead``              | list | settle RPUSH, so oldest first    | dead_letters, LRANGE |
+| ``distq:<q>:dead``              | list | settle RPUSH, so oldest first    | dead_letters (2)   |
 | ``distq:<q>:results:<job>``     | list | settle LPUSH of results          | results BRPOP      |
+
+(1) ``withdraw`` LREMs tasks not claimed yet and ``requeue_dead`` LPUSHes revived tasks.
+(2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
 
 A master's results list is named by :meth:`RedisTransport.reply_queue` (``<job>`` is the
 job id, one per master run); its producer deletes it on close. ``<id>`` is the consumer
@@ -62,9 +65,11 @@ from distq.transport.base import (
     Delivery,
     Producer,
     QueueStats,
+    Revive,
     Role,
     Settlement,
     Transport,
+    original_body,
     tags_of,
 )
 
@@ -212,6 +217,56 @@ _SWEEP = """
 sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now_ms())
 """
 
+# KEYS = ready, redelivered; ARGV = bodies. One 1/0 per body: removed from ready or not.
+# A few bodies: one LREM each; many: one pass that rebuilds the list, in order.
+_WITHDRAW = """
+local out = {}
+if #ARGV <= 8 then
+  for i = 1, #ARGV do
+    out[i] = redis.call('LREM', KEYS[1], 1, ARGV[i])
+    if out[i] > 0 then redis.call('SREM', KEYS[2], ARGV[i]) end
+  end
+  return out
+end
+local wanted, found, keep = {}, {}, {}
+for i = 1, #ARGV do wanted[ARGV[i]] = (wanted[ARGV[i]] or 0) + 1 end
+for _, body in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if (wanted[body] or 0) > 0 then
+    wanted[body] = wanted[body] - 1
+    found[body] = (found[body] or 0) + 1
+  else
+    keep[#keep + 1] = body
+  end
+end
+if next(found) then
+  redis.call('DEL', KEYS[1])
+  push('RPUSH', KEYS[1], keep)
+  local gone = {}
+  for body, _ in pairs(found) do gone[#gone + 1] = body end
+  push('SREM', KEYS[2], gone)
+end
+for i = 1, #ARGV do
+  local n = found[ARGV[i]] or 0
+  out[i] = n > 0 and 1 or 0
+  if n > 0 then found[ARGV[i]] = n - 1 end
+end
+return out
+"""
+
+# KEYS = dead, ready; ARGV = pairs (dead letter, task body), oldest letter first. Moves
+# each letter whose turn it is (still the oldest) to ``ready`` as its body; stops at the
+# first one someone else took. Returns how many moved.
+_REQUEUE_DEAD = """
+local moved = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[i] then break end
+  redis.call('LPOP', KEYS[1])
+  redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+  moved = moved + 1
+end
+return moved
+"""
+
 _STATS = """
 local inflight = 0
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
@@ -262,6 +317,8 @@ class RedisTransport(Transport):
         self.close_script = _Script(_PRELUDE + _CLOSE)
         self.sweep_script = _Script(_PRELUDE + _SWEEP)
         self.stats_script = _Script(_PRELUDE + _STATS)
+        self.withdraw_script = _Script(_PRELUDE + _WITHDRAW)
+        self.requeue_dead_script = _Script(_REQUEUE_DEAD)
         with self.errors():
             # a pipelined EVALSHA cannot load its script on the fly, so load it now
             self.client.execute_command("SCRIPT LOAD", self.claim_script.source)
@@ -351,6 +408,25 @@ class RedisTransport(Transport):
             bodies: list[bytes] = self.client.lrange(self.dead_key, 0, limit - 1)
         return [DeadLetter.decode(body) for body in bodies]
 
+    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+        moved = 0
+        while moved < limit:
+            with self.errors():
+                letters: list[bytes] = self.client.lrange(
+                    self.dead_key, 0, min(MESSAGE_BATCH, limit - moved) - 1
+                )
+            if not letters:
+                break
+            pairs: list[Arg] = []
+            for letter in letters:
+                pairs += [letter, revive(DeadLetter.decode(letter))]
+            with self.errors():
+                count = int(
+                    self.requeue_dead_script(self.client, [self.dead_key, self.ready_key], pairs)
+                )
+            moved += count  # fewer than asked: another caller took some; read again
+        return moved
+
     def stats(self) -> QueueStats:
         """``ready`` counts ``<queue>`` plus delayed retries; ``in_flight`` every lease;
         ``consumers`` the slots whose lease is live."""
@@ -404,6 +480,14 @@ class RedisProducer(Producer):
                     more = replies[1] if len(replies) > 1 and replies[1] else []
                     return [replies[0][1], *more]
                 self._t.sweep(self._r)  # idle: bring back a dead worker's tasks meanwhile
+
+    def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
+        if not bodies:
+            return []
+        keys = [self._t.ready_key, self._t.redelivered_key]
+        with self._t.errors():
+            found = self._t.withdraw_script(self._r, keys, list(bodies))
+        return [bool(n) for n in found]
 
     def _rpop(self, count: int) -> list[bytes]:
         got: list[bytes] | None = self._r.rpop(self.reply_to, count)
