@@ -29,7 +29,9 @@ from k8s_render import (
 )
 
 Combo = tuple[str, str | None]
-COMBINATIONS: list[Combo] = [(o, None) for o in OVERLAYS] + [(o, c) for o in OVERLAYS for c in COMPONENTS]
+COMBINATIONS: list[Combo] = [(o, None) for o in OVERLAYS] + [
+    (o, c) for o in OVERLAYS for c in COMPONENTS
+]
 
 #: The custom kinds each component brings.
 CUSTOM_BY_COMPONENT = {
