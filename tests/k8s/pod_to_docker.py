@@ -243,7 +243,11 @@ def _volumes(
     claims: set[str],
 ) -> list[str]:
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    fs_group = pod.get("securityContext", {}).get("fsGroup")
+    security = pod.get("securityContext", {})
+    fs_group = security.get("fsGroup")
+    # Owned by the pod's user and fsGroup: writable by the pod as an emptyDir or a volume
+    # with fsGroup applied is (a tmpfs over a directory of the image keeps its mode).
+    owner = f"uid={security.get('runAsUser', 0)},gid={fs_group or security.get('runAsGroup', 0)}"
     options = []
     for mount in container.get("volumeMounts", []):
         volume = volumes.get(mount["name"])
@@ -251,13 +255,13 @@ def _volumes(
         if volume is None and mount["name"] not in claims:
             raise ValueError(f"volumeMount {mount['name']} names no volume or claim")
         if volume is None:
-            # A volumeClaimTemplate: storage that outlives the container. A tmpfs is enough
-            # for one test run; world-writable like a fresh volume with fsGroup applied.
-            options += ["--tmpfs", f"{path}:rw,exec,mode=1777"]
+            # A volumeClaimTemplate: storage that outlives the container; a tmpfs is
+            # enough for one test run.
+            options += ["--tmpfs", f"{path}:rw,exec,{owner},mode=1777"]
         elif "emptyDir" in volume:
             size = volume["emptyDir"].get("sizeLimit")
             extra = f",size={_size(str(size))}" if size else ""
-            options += ["--tmpfs", f"{path}:rw,exec,mode=1777{extra}"]
+            options += ["--tmpfs", f"{path}:rw,exec,{owner},mode=1777{extra}"]
         elif "secret" in volume:
             spec = volume["secret"]
             data = secrets[spec["secretName"]]

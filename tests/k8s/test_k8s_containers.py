@@ -165,9 +165,19 @@ class Stack:
 
 
 def host_port(run: DockerRun, port: int | str) -> int:
+    state = docker("inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", run.name)
+    running, code = state.split()
+    if running != "true":
+        raise AssertionError(f"{run.name} is not running: it exited with code {code}")
     number = run.ports[port] if isinstance(port, str) else port
     out = docker("port", run.name, f"{number}/tcp")
     return int(out.splitlines()[0].rsplit(":", 1)[1])
+
+
+def container_ip(run: DockerRun) -> str:
+    network = run.options[run.options.index("--network") + 1]
+    template = f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}'
+    return docker("inspect", "--format", template, run.name).strip()
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
@@ -189,9 +199,12 @@ def probe_passes(run: DockerRun, probe: Doc) -> tuple[bool, str]:
             )
             return 200 <= status < 400, f"{status} {body[:200]}"
         if "tcpSocket" in probe:
-            with socket.create_connection(
-                ("127.0.0.1", host_port(run, probe["tcpSocket"]["port"])), timeout=5
-            ):
+            # To the container's own address on the test's network, as the kubelet
+            # connects to the pod's: a published port would be accepted by Docker's proxy
+            # even while nothing listens behind it.
+            port = probe["tcpSocket"]["port"]
+            number = run.ports[port] if isinstance(port, str) else port
+            with socket.create_connection((container_ip(run), number), timeout=5):
                 return True, "connected"
         if "exec" in probe:
             done = subprocess.run(
