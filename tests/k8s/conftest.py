@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from k8s_render import Tree, provision
+
+from k8s.render import Tree, provision
 
 
 @pytest.fixture(scope="session")

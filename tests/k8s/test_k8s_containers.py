@@ -24,8 +24,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from k8s_render import ROOT, Doc, Tree, find, load
-from pod_to_docker import DockerRun, docker_run
+
+from k8s.pod_to_docker import DockerRun, docker_run
+from k8s.render import ROOT, Doc, Tree, find, load
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
@@ -79,7 +80,7 @@ def image_map(docker_engine: None, k8s_tree: Tree) -> dict[str, str]:
     mapping: dict[str, str] = {}
     docs = load(k8s_tree.render("redis")) + load(k8s_tree.render("rabbitmq"))
     for role in ("master", "worker"):
-        image = container_of(find(docs, "Deployment", role))["image"]
+        image: str = container_of(find(docs, "Deployment", role))["image"]
         if tag:
             mapping[image] = f"{image.rsplit(':', 1)[0]}:{tag}"
         assert have_image(mapping.get(image, image)), f"make images did not build {image}"
@@ -103,7 +104,8 @@ def image_map(docker_engine: None, k8s_tree: Tree) -> dict[str, str]:
 
 
 def container_of(workload: Doc) -> Doc:
-    return workload["spec"]["template"]["spec"]["containers"][0]
+    container: Doc = workload["spec"]["template"]["spec"]["containers"][0]
+    return container
 
 
 def service_names(docs: list[Doc], labels: dict[str, str]) -> list[str]:
@@ -242,6 +244,14 @@ def metric_sum(port: int, family: str, **labels: str) -> float:
     return total
 
 
+def worker_ran_tasks(port: int) -> Callable[[], tuple[bool, str]]:
+    def check() -> tuple[bool, str]:
+        n = metric_sum(port, "distq_worker_tasks_total", outcome="ok")
+        return n > 0, f"{n:g} tasks"
+
+    return check
+
+
 @pytest.fixture
 def stack_for(
     k8s_tree: Tree, image_map: dict[str, str], tmp_path: Path
@@ -296,15 +306,7 @@ def test_rendered_containers_complete_a_job_and_answer_their_probes(
             120,
         )
         for w in workers:
-            port = host_port(w, "metrics")
-            wait_for(
-                f"{w.name} ran tasks",
-                lambda port=port: (
-                    (n := metric_sum(port, "distq_worker_tasks_total", outcome="ok")) > 0,
-                    f"{n:g} tasks",
-                ),
-                60,
-            )
+            wait_for(f"{w.name} ran tasks", worker_ran_tasks(host_port(w, "metrics")), 60)
         assert metric_sum(master_metrics, "distq_master_results_total", status="error") == 0
 
         for run, spec in runs:

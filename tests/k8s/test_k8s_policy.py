@@ -14,7 +14,8 @@ import subprocess
 from urllib.parse import urlsplit
 
 import pytest
-from k8s_render import (
+
+from k8s.render import (
     COMPONENTS,
     K8S,
     NAMESPACE,
@@ -52,11 +53,13 @@ def docs(k8s_tree: Tree, overlay: str) -> list[Doc]:
 
 
 def pod_of(workload: Doc) -> Doc:
-    return workload["spec"]["template"]["spec"]
+    pod: Doc = workload["spec"]["template"]["spec"]
+    return pod
 
 
 def config(docs: list[Doc]) -> dict[str, str]:
-    return find_prefixed(docs, "ConfigMap", "distq-config")["data"]
+    data: dict[str, str] = find_prefixed(docs, "ConfigMap", "distq-config")["data"]
+    return data
 
 
 def secret_data(docs: list[Doc]) -> dict[str, str]:
@@ -67,7 +70,8 @@ def secret_data(docs: list[Doc]) -> dict[str, str]:
 def port_number(container: Doc, port: int | str) -> int:
     if isinstance(port, int):
         return port
-    return next(p["containerPort"] for p in container["ports"] if p.get("name") == port)
+    number: int = next(p["containerPort"] for p in container["ports"] if p.get("name") == port)
+    return number
 
 
 @pytest.mark.parametrize("role", ["master", "worker"])

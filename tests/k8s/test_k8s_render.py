@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k8s_render import (
+
+from k8s.render import (
     COMPONENTS,
     KUBERNETES_VERSIONS,
     OVERLAYS,
