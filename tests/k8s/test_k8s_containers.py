@@ -217,7 +217,7 @@ def probe_passes(run: DockerRun, probe: Doc) -> tuple[bool, str]:
                 timeout=30,
             )
             return done.returncode == 0, f"exit {done.returncode} {done.stderr.strip()[:200]}"
-    except (OSError, subprocess.TimeoutExpired, AssertionError) as exc:
+    except (OSError, http.client.HTTPException, subprocess.TimeoutExpired, AssertionError) as exc:
         return False, str(exc)
     raise AssertionError(f"probe not translated: {probe}")
 
@@ -226,7 +226,11 @@ def wait_for(what: str, check: Callable[[], tuple[bool, str]], timeout: float) -
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        ok, last = check()
+        try:
+            ok, last = check()
+        except (OSError, http.client.HTTPException) as exc:
+            # Docker's proxy accepts on a published port before the process listens.
+            ok, last = False, repr(exc)
         if ok:
             return last
         time.sleep(0.5)
