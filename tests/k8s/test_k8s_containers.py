@@ -5,8 +5,9 @@ For each transport: the overlay is rendered, every pod template is turned into t
 args, env with ConfigMap and Secret values resolved, security context, emptyDirs as
 tmpfs, Secret files mounted read-only, limits) and started on a Docker network of the
 test's own, where each container answers to its Service names. The master's job must
-complete (results come back, each worker runs tasks), and every probe the manifests
-declare must pass on those containers. Needs Docker and the images (`make images`);
+complete (results come back, each worker runs tasks, and so does one more started from
+the same spec, as `kubectl scale` would), and every probe the manifests declare must pass
+on those containers. Needs Docker and the images (`make images`);
 DISTQ_IMAGE_TAG builds and runs another tag of the same images, so parallel checkouts
 on one Docker engine do not overwrite each other's.
 """
@@ -311,6 +312,10 @@ def test_rendered_containers_complete_a_job_and_answer_their_probes(
         )
         for w in workers:
             wait_for(f"{w.name} ran tasks", worker_ran_tasks(host_port(w, "metrics")), 60)
+        # `kubectl scale deployment worker --replicas=N+1`: one more pod from the same spec.
+        extra = stack.start("Deployment", "worker", f"{stack.network}-worker-{len(workers)}")
+        runs.append((extra, container_of(worker_deployment)))
+        wait_for(f"{extra.name} ran tasks", worker_ran_tasks(host_port(extra, "metrics")), 60)
         assert metric_sum(master_metrics, "distq_master_results_total", status="error") == 0
 
         for run, spec in runs:
