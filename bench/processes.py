@@ -1,10 +1,10 @@
-"""Child processes of the benchmark: started so they die with us, stopped by PID."""
+"""Child processes of the benchmark, started so they die with us, and their ports."""
 
 from __future__ import annotations
 
 import ctypes
 import signal
-import subprocess
+import socket
 
 
 def die_with_parent() -> None:
@@ -20,13 +20,8 @@ def die_with_parent() -> None:
         pass
 
 
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    """SIGTERM ``proc``, wait up to ``grace`` seconds, then SIGKILL it."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -25,11 +25,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+# The brokers come from tests/launch/, the project's one launcher of local servers.
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
+
 import contestants
+import servers
 from processes import die_with_parent
 from report import write_markdown
-
-import brokers
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -198,7 +200,7 @@ def _end_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=5)
 
 
-def _flush(broker: brokers.Broker) -> None:
+def _flush(broker: servers.Broker) -> None:
     """Between Redis trials: drop every key so no trial pays for another's leftovers."""
     if broker.name == "redis":
         import redis
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         "logs": str(logdir),
     }
     print(f"distq bench: logs in {logdir}")
-    running: list[brokers.Broker] = []
+    running: list[servers.Broker] = []
     interrupted = None
     try:
         for broker_name in args.only:
@@ -306,10 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             if not names:
                 continue
             url, broker = "", None
-            if broker_name in brokers.STARTERS:
+            if broker_name in servers.STARTERS:
                 print(f"starting {broker_name} ...", flush=True)
                 try:
-                    broker = brokers.STARTERS[broker_name]()
+                    broker = servers.STARTERS[broker_name]()
                 except Exception as exc:
                     error = f"{broker_name} did not start: {exc}"
                     print(f"  {error}")

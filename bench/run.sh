@@ -15,48 +15,39 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
 venv="$here/.venv"
 python="${PYTHON:-python3}"
+LOG_NAME=bench
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
+
+python_version() { "$1" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))'; }
 
 ensure_venv() {
     local version want
-    version="$("$python" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))')"
-    want="$(cat "$here/requirements.txt" "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1) $version"
-    if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.bench-stamp" 2>/dev/null)" = "$want" ]; then
+    version="$(python_version "$python")"
+    want="$(files_hash "$here/requirements.txt" "$repo/pyproject.toml") $version"
+    if [ -x "$venv/bin/python" ] && stamp_matches "$venv/.bench-stamp" "$want"; then
         return
     fi
-    echo "bench: preparing $venv (Python $version)"
-    if [ -x "$venv/bin/python" ] && [ "$("$venv/bin/python" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))')" = "$version" ]; then
-        :
-    else
+    log "preparing $venv (Python $version; log: $venv/pip-install.log)"
+    if [ ! -x "$venv/bin/python" ] || [ "$(python_version "$venv/bin/python")" != "$version" ]; then
         "$python" -m venv --clear "$venv"
     fi
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -r "$here/requirements.txt" -e "$repo"
-    echo "$want" >"$venv/.bench-stamp"
+    venv_pip_install "$venv" --quiet --upgrade pip
+    venv_pip_install "$venv" --quiet -r "$here/requirements.txt" -e "$repo"
+    stamp_write "$venv/.bench-stamp" "$want"
 }
 
 ensure_brokers() {
-    local missing=()
-    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-    if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || ! command -v epmd >/dev/null 2>&1; then
-        missing+=(rabbitmq-server)
-    fi
+    local missing
+    mapfile -t missing < <(missing_server_packages redis-server rabbitmq-server)
     [ "${#missing[@]}" -eq 0 ] && return
-    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "bench: installing ${missing[*]} (Debian packages; their services are not started)"
-        # Keep the packages' init scripts from starting system-wide brokers.
-        local policy=/usr/sbin/policy-rc.d made_policy=0
-        if [ ! -e "$policy" ]; then
-            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
-        fi
-        local status=0
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            --no-install-recommends "${missing[@]}" >/dev/null; } || status=$?
-        [ "$made_policy" -eq 1 ] && rm -f "$policy"
-        [ "$status" -eq 0 ] || echo "bench: apt-get failed ($status); those brokers' rows will fail" >&2
+    if is_root_on_debian; then
+        log "installing ${missing[*]} (Debian packages; their services are not started)"
+        apt_install_no_start --no-install-recommends "${missing[@]}" \
+            || log "those brokers' rows will fail"
     else
-        echo "bench: missing ${missing[*]}; install them (Debian/Ubuntu:" \
-            "sudo apt-get install ${missing[*]}); their rows will fail until then" >&2
+        log "missing ${missing[*]}; install them (Debian/Ubuntu:" \
+            "sudo apt-get install ${missing[*]}); their rows will fail until then"
     fi
 }
 

@@ -10,9 +10,11 @@
 #   distq-local/redis:7                FROM that base
 #   distq-local/rabbitmq:3-management  FROM that base
 # Every step whose image already exists is skipped, so a second run takes seconds.
-# Needs a running Docker engine (scripts/ensure-docker.sh); root on Debian for debootstrap.
+# Needs a running Docker engine (scripts/ensure-docker.sh); root on Debian for debootstrap,
+# which uses DISTQ_DEBIAN_MIRROR, else the bookworm mirror named in this machine's apt sources.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 export DOCKER_BUILDKIT=0  # the docker client first on PATH may have no buildx
 
@@ -21,11 +23,10 @@ LOCAL_REDIS=distq-local/redis:7
 LOCAL_RABBITMQ=distq-local/rabbitmq:3-management
 ENV_FILE=.build/images.env
 
-log() { printf 'build-local-images: %s\n' "$*" >&2; }
-
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
-# Prints the Debian mirror this machine's apt uses for bookworm (deb822 .sources or .list).
+# Prints the Debian mirror this machine's apt uses for bookworm (deb822 .sources or .list),
+# or nothing when its apt sources name none.
 debian_mirror() {
     local f mirror=""
     for f in /etc/apt/sources.list.d/*.sources; do
@@ -51,11 +52,11 @@ debian_mirror() {
             [ -n "$mirror" ] && break
         done
     fi
-    printf '%s\n' "${mirror:-http://deb.debian.org/debian}"
+    [ -z "$mirror" ] || printf '%s\n' "$mirror"
 }
 
 build_base() {
-    if [ "$(id -u)" != 0 ] || [ ! -f /etc/debian_version ]; then
+    if ! is_root_on_debian; then
         log "cannot make $BASE_IMAGE: debootstrap needs root on Debian."
         log "Use a machine that reaches a container registry, or set DISTQ_REDIS_IMAGE /"
         log "DISTQ_RABBITMQ_IMAGE to images that exist locally."
@@ -63,13 +64,17 @@ build_base() {
     fi
     if ! command -v debootstrap >/dev/null 2>&1; then
         log "installing debootstrap"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q debootstrap >/dev/null 2>&1 \
-            || { apt-get update -q >/dev/null && apt-get install -y -q debootstrap >/dev/null; }
+        apt_install debootstrap
     fi
 
     local mirror root
     mirror=${DISTQ_DEBIAN_MIRROR:-$(debian_mirror)}
+    if [ -z "$mirror" ]; then
+        log "cannot make $BASE_IMAGE: no Debian bookworm mirror in this machine's apt sources"
+        log "(/etc/apt/sources.list.d/*.sources, *.list, /etc/apt/sources.list)."
+        log "Set DISTQ_DEBIAN_MIRROR to the mirror URL this machine may use, or add it to apt."
+        exit 1
+    fi
     root=$(mktemp -d "${TMPDIR:-/var/tmp}/distq-rootfs.XXXXXX")
     # debootstrap mounts /proc and /sys inside the tree: unmount before removing it, and
     # never cross into another file system.

@@ -6,28 +6,19 @@
 # Builds elsewhere in the project use DOCKER_BUILDKIT=0: the docker client first on PATH
 # may have no buildx plugin.
 set -euo pipefail
-
-log() { printf 'ensure-docker: %s\n' "$*" >&2; }
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 if docker info >/dev/null 2>&1; then
     exit 0
 fi
 
-if [ "$(id -u)" != 0 ] || [ ! -f /etc/debian_version ]; then
+if ! is_root_on_debian; then
     log "no Docker engine answers 'docker info'."
-    log "Install and start Docker Engine (https://docs.docker.com/engine/install/),"
+    log "Install and start Docker Engine (see Docker's install guide for your system),"
     log "or on Debian/Ubuntu as root: apt-get install -y docker.io && dockerd &"
     exit 1
 fi
-
-apt_install() {
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -q "$@" >/dev/null 2>&1; then
-        # The package lists may be stale or missing on a fresh machine.
-        apt-get update -q >/dev/null
-        apt-get install -y -q "$@" >/dev/null
-    fi
-}
 
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
     log "installing docker.io"

@@ -7,23 +7,11 @@
 # kept in .venv/.distq-installed, so a repeated run takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.distq-installed
-
-log() { printf 'ensure-venv: %s\n' "$*" >&2; }
-
-is_root_on_debian() { [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ]; }
-
-apt_install() {
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -q "$@" >/dev/null 2>&1; then
-        # The package lists may be stale or missing on a fresh machine.
-        apt-get update -q >/dev/null
-        apt-get install -y -q "$@" >/dev/null
-    fi
-}
 
 has_venv_module() { "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; }
 
@@ -38,7 +26,7 @@ if ! venv_works; then
     if ! has_venv_module; then
         if is_root_on_debian; then
             log "installing python3-venv ($PYTHON has no venv/ensurepip module)"
-            apt_install python3-venv
+            apt_install python3-venv || true  # the check below says what to do
         fi
         if ! has_venv_module; then
             log "$PYTHON ($(command -v "$PYTHON")) cannot create virtual environments."
@@ -55,17 +43,11 @@ if ! venv_works; then
 fi
 
 # pyvenv.cfg names the interpreter, so a venv remade with another Python reinstalls.
-want=$(cat pyproject.toml "$VENV/pyvenv.cfg" | sha256sum | cut -d' ' -f1)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+want=$(files_hash pyproject.toml "$VENV/pyvenv.cfg")
+if stamp_matches "$STAMP" "$want"; then
     exit 0
 fi
 
 log "installing the project into $VENV (pip install -e '.[dev]'; log: $VENV/pip-install.log)"
-# pip's build backend warns loudly even with -q: keep its output for when it fails.
-if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -e '.[dev]' \
-        >"$VENV/pip-install.log" 2>&1; then
-    tail -n 30 "$VENV/pip-install.log" >&2
-    log "pip install failed; the whole output is in $VENV/pip-install.log"
-    exit 1
-fi
-printf '%s\n' "$want" >"$STAMP"
+venv_pip_install "$VENV" -e '.[dev]'
+stamp_write "$STAMP" "$want"

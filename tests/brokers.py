@@ -26,10 +26,6 @@ import contextlib
 import ipaddress
 import os
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +37,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pika
 import pytest
 import redis
+
+from launch import LocalRabbitMQ, LocalRedis, ServerError
 
 # testcontainers reads these when it is imported, which happens only below (lazily). This
 # machine may look like it runs inside a container (/.dockerenv), which would make
@@ -291,175 +289,18 @@ def _from_process(kind: str, stack: contextlib.ExitStack) -> Broker:
             tempfile.TemporaryDirectory(prefix=f"distq-{kind}-", ignore_cleanup_errors=True)
         )
     )
-    start = _start_redis if kind == "redis" else _start_rabbitmq
     password = secrets.token_hex(16)
-    url = start(tmp, password, stack)
-    return Broker(url, _with_wrong_password(kind, url), kind, "process")
-
-
-def _start_redis(tmp: Path, password: str, stack: contextlib.ExitStack) -> str:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise Unavailable("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = _free_port()
-    proc = _spawn(
-        [
-            exe,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--requirepass",
-            password,
-            "--dir",
-            str(tmp),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ],
-        tmp / "redis.log",
-        os.environ.copy(),
-        stack,
-    )
-    url = _url("redis", "127.0.0.1", port, password)
-    _wait_ready(
-        "redis", url, time.monotonic() + READY_SECONDS["redis"], _exited(proc, tmp / "redis.log")
-    )
-    return url
-
-
-def _start_rabbitmq(tmp: Path, password: str, stack: contextlib.ExitStack) -> str:
-    # The server script itself: Debian's /usr/sbin/rabbitmq-server switches to the rabbitmq
-    # user, who cannot use this temporary directory.
-    exe = next(
-        (
-            p
-            for p in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server"))
-            if p and os.access(p, os.X_OK)
-        ),
-        None,
-    )
-    epmd = shutil.which("epmd")
-    if exe is None or epmd is None:
-        raise Unavailable(
-            "rabbitmq-server is not installed (Debian: apt-get install rabbitmq-server)"
-        )
-    # A private epmd on loopback: Erlang would otherwise start a shared one on
-    # 0.0.0.0:4369 that outlives the session.
-    epmd_port, amqp_port, dist_port = _free_port(), _free_port(), _free_port()
-    epmd_proc = _spawn(
-        [epmd, "-port", str(epmd_port), "-address", "127.0.0.1"],
-        tmp / "epmd.log",
-        os.environ.copy(),
-        stack,
-    )
-    _wait_port(epmd_port, epmd_proc, deadline=time.monotonic() + 10)
-
-    (tmp / "rabbitmq.conf").write_text(
-        f"listeners.tcp.1 = 127.0.0.1:{amqp_port}\n"
-        "loopback_users = none\n"
-        f"default_user = {RABBITMQ_USER}\n"
-        f"default_pass = {password}\n"
-        "log.console = true\n"
-        "log.file = false\n"
-    )
-    (tmp / "enabled_plugins").write_text("[].\n")  # no management listener to collide
-    (tmp / "rabbitmq-env.conf").write_text("")  # ignore the machine's
-    env = os.environ.copy()
-    env.update(
-        HOME=str(tmp),  # the Erlang cookie goes here
-        ERL_EPMD_ADDRESS="127.0.0.1",
-        ERL_EPMD_PORT=str(epmd_port),
-        RABBITMQ_NODENAME=f"distq-test-{os.getpid()}@localhost",
-        RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
-        RABBITMQ_NODE_PORT=str(amqp_port),
-        RABBITMQ_DIST_PORT=str(dist_port),
-        # Use the epmd above (do not fork a shared one); distribution on loopback only.
-        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
-            "-start_epmd false -kernel inet_dist_use_interface {127,0,0,1}"
-        ),
-        RABBITMQ_CONFIG_FILE=str(tmp / "rabbitmq.conf"),
-        RABBITMQ_CONF_ENV_FILE=str(tmp / "rabbitmq-env.conf"),
-        RABBITMQ_ENABLED_PLUGINS_FILE=str(tmp / "enabled_plugins"),
-        RABBITMQ_MNESIA_BASE=str(tmp / "mnesia"),
-        RABBITMQ_LOG_BASE=str(tmp / "log"),
-    )
-    proc = _spawn([exe], tmp / "rabbitmq.log", env, stack, grace=30)
-    url = _url("rabbitmq", "127.0.0.1", amqp_port, password)
-    _wait_ready(
-        "rabbitmq",
-        url,
-        time.monotonic() + READY_SECONDS["rabbitmq"],
-        _exited(proc, tmp / "rabbitmq.log"),
-    )
-    return url
-
-
-def _spawn(
-    argv: list[str],
-    log: Path,
-    env: dict[str, str],
-    stack: contextlib.ExitStack,
-    grace: float = 10,
-) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=log.parent,
-            start_new_session=True,  # its own process group, ended below
-        )
-    stack.callback(_terminate, proc, grace)
-    return proc
-
-
-def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """Stop a process this plugin started: SIGTERM, then SIGKILL to its own group."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
+    server: LocalRedis | LocalRabbitMQ
+    if kind == "redis":
+        server = LocalRedis(tmp, password=password)
+    else:
+        server = LocalRabbitMQ(tmp, user=RABBITMQ_USER, password=password)
     try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        # Not yet reaped, so the group id is still the one start_new_session gave it.
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _exited(proc: subprocess.Popen[bytes], log: Path) -> Callable[[], str | None]:
-    def check() -> str | None:
-        if proc.poll() is None:
-            return None
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-        return f"{_program(proc)} exited with {proc.returncode}; its last log lines:\n{tail}"
-
-    return check
-
-
-def _program(proc: subprocess.Popen[bytes]) -> str:
-    args = proc.args
-    return str(args[0] if isinstance(args, list) else args)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise Unavailable(f"{_program(proc)} did not listen on 127.0.0.1:{port}")
-        time.sleep(0.1)
+        server.start(READY_SECONDS[kind])  # nothing is left running when it raises
+    except ServerError as exc:
+        raise Unavailable(str(exc)) from None
+    stack.callback(server.stop)
+    return Broker(server.url, _with_wrong_password(kind, server.url), kind, "process")
 
 
 # --- readiness ----------------------------------------------------------------------

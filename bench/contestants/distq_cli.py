@@ -26,8 +26,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
-from brokers import free_port
 from contestants.base import Contestant, Latency, RoundTimeout, VerifyError, venv_bin
+from processes import free_port
 
 READY_LIMIT = 15.0
 IDLE_EXIT = 600  # seconds; workers are stopped by PID long before this

@@ -64,9 +64,9 @@ def setup(url: str, queue: str) -> tuple[Broker, Any]:
     broker: Broker
     actor: Any
     if url.startswith("redis"):
-        backend = RedisBackend(url=url)  # type: ignore[no-untyped-call]
-        broker = RedisBroker(url=url)  # type: ignore[no-untyped-call]
-        broker.add_middleware(Results(backend=backend))  # type: ignore[no-untyped-call]
+        backend = RedisBackend(url=url)
+        broker = RedisBroker(url=url)
+        broker.add_middleware(Results(backend=backend))
         dramatiq.set_broker(broker)
         actor = dramatiq.actor(actor_name="bench_square", queue_name=queue, store_results=True)(
             square

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from multiprocessing.managers import BaseManager
 from typing import Any
 
-from brokers import free_port
 from contestants.base import Collector, Contestant, Latency, python, timed_sequential
+from processes import free_port
 
 _task_queue: queue.Queue[Any] = queue.Queue()
 _result_queue: queue.Queue[Any] = queue.Queue()

@@ -34,12 +34,12 @@ def _split(item: bytes) -> tuple[int, int]:
     return int(left), int(right)
 
 
-def pop_batch(client: redis.Redis, key: str) -> list[bytes]:
+def pop_batch(client: redis.Redis[bytes], key: str) -> list[bytes]:
     """Up to ``BATCH`` items from the tail of list ``key``; waits up to 1 s for one."""
     items = cast("list[bytes] | None", client.rpop(key, BATCH))
     if items:
         return items
-    popped = cast("tuple[bytes, bytes] | None", client.brpop([key], timeout=1))
+    popped = client.brpop([key], timeout=1)
     return [popped[1]] if popped else []
 
 
@@ -111,7 +111,7 @@ def worker(url: str, tasks_key: str, results_key: str, mode: str) -> None:
     print("ready", flush=True)
     if mode == "per-task":
         while True:
-            popped = cast("tuple[bytes, bytes] | None", client.brpop([tasks_key], timeout=1))
+            popped = client.brpop([tasks_key], timeout=1)
             if popped:
                 index, n = _split(popped[1])
                 client.lpush(results_key, f"{index}:{n * n}")

@@ -1,16 +1,18 @@
 """The harness's own checks: result verification, summaries, the report, brokers.
 
-Run with ``.venv/bin/pytest bench/tests`` (no peers needed; the broker test needs
-``redis-server`` and is skipped without it).
+Part of ``make test`` (``.venv/bin/pytest bench/tests`` alone; no peers needed, the
+broker test needs ``redis-server`` and is skipped without it).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from typing import Any
 
 import pytest
+
 import run
 from contestants import REGISTRY, load
 from contestants.base import Collector, Latency, VerifyError, expect_squares
@@ -126,16 +128,19 @@ def test_options_are_checked() -> None:
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_redis_broker_starts_on_loopback_and_stops_by_pid() -> None:
-    import brokers
+    import servers
 
-    broker = brokers.start_redis()
+    broker = servers.start_redis()
     try:
         port = int(broker.url.rsplit(":", 1)[1].split("/")[0])
         with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
             sock.sendall(b"PING\r\n")
             assert sock.recv(16) == b"+PONG\r\n"
-        proc = broker.processes[0]
+        pid = broker.server.pid
+        assert pid is not None
     finally:
         broker.stop()
-    assert proc.poll() is not None
+    assert broker.server.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
     assert not broker.workdir.exists()

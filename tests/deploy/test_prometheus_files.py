@@ -5,6 +5,7 @@ distq exports and returns data from a real Prometheus scraping those metrics."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -17,9 +18,10 @@ import pytest
 import yaml
 from fixture_exporter import registry_for, serve
 from grafana_dashboard import Query, panels, queries, substitute, variables_used
-from local_prometheus import LocalPrometheus, require_binary
 from promql_refs import problems, references
 from spec_metrics import FAMILIES, HISTOGRAM_SUFFIXES, series_names
+
+from launch import LocalPrometheus
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -40,6 +42,19 @@ ALERT_NAMES = {
 }
 SEVERITIES = {"critical", "warning", "info"}
 GRID_WIDTH = 24  # Grafana's dashboard grid has 24 columns
+
+_INSTALL_HINT = (
+    "`make test` installs it (Debian's prometheus package, as root on Debian); elsewhere "
+    "install Prometheus 2.x so that `prometheus` and `promtool` are on PATH"
+)
+
+
+def require_binary(name: str) -> str:
+    """The path of ``name`` (prometheus, promtool); fails the test saying how to get it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found on PATH: {_INSTALL_HINT}", pytrace=False)
+    return path
 
 
 def promtool(*args: str | Path, explain: str = "") -> str:
