@@ -366,3 +366,25 @@ def test_images_are_tagged_with_the_package_version(docs: list[Doc]) -> None:
     for role in ("master", "worker"):
         (container,) = pod_of(find(docs, "Deployment", role))["containers"]
         assert container["image"] == f"distq-{role}:{version.group(1)}"
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(docs: list[Doc]) -> None:
+    """What the namespace's `pod-security.kubernetes.io/enforce: restricted` admits."""
+    namespace = find(docs, "Namespace", NAMESPACE)
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    allowed_volumes = {"name", "emptyDir", "secret", "configMap", "persistentVolumeClaim"}
+    for workload in (d for d in docs if d["kind"] in ("Deployment", "StatefulSet")):
+        pod = pod_of(workload)
+        what = f"{workload['kind']}/{workload['metadata']['name']}"
+        assert pod["securityContext"]["runAsNonRoot"] is True, what
+        assert pod["securityContext"]["runAsUser"] != 0, what
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, what
+        assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod), what
+        for volume in pod.get("volumes", []):
+            assert set(volume) <= allowed_volumes, what
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, what
+            assert context["capabilities"] == {"drop": ["ALL"]}, what
+            assert context["readOnlyRootFilesystem"] is True, what
+            assert all("hostPort" not in p for p in container.get("ports", [])), what
