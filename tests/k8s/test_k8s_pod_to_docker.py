@@ -34,7 +34,7 @@ def test_the_security_context_becomes_docker_flags(k8s_tree: Tree, tmp_path: Pat
     ):
         assert flag in joined
     assert "--tmpfs /tmp:rw,exec,uid=10001,gid=10001,mode=1777,size=64m" in joined
-    assert argv[-1] == "distq-worker:0.1.0"  # no command, no args: the image's entrypoint
+    assert argv[-2:] == ["distq-worker:0.1.0", "--quiet"]  # no command: the image entrypoint
 
 
 def test_env_is_resolved_from_the_configmap_and_secrets_are_files(
