@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,10 +40,10 @@ class Target:
     env: dict[str, str] = field(default_factory=dict)
     bad_credentials_env: dict[str, str] = field(default_factory=dict)
 
-    def fresh(self, **changes: object) -> Target:
+    def fresh(self, **changes: Any) -> Target:
         """The same target on a queue (and, for manager, a port) of its own."""
         queue = f"t{secrets.token_hex(4)}"
-        settings = replace(self.settings, queue=queue, **changes)  # type: ignore[arg-type]
+        settings = replace(self.settings, queue=queue, **changes)
         if self.name == "manager":
             settings = replace(settings, manager_address=("127.0.0.1", free_port()))
         env = dict(self.env, DISTQ_QUEUE=queue, DISTQ_LEASE_SECONDS=str(settings.lease_seconds))
@@ -78,7 +79,7 @@ def target(request: pytest.FixtureRequest) -> Target:
     broker = request.getfixturevalue("redis_broker" if name == "redis" else "rabbitmq_broker")
     var = "DISTQ_REDIS_URL" if name == "redis" else "DISTQ_AMQP_URL"
     field_name = "redis_url" if name == "redis" else "amqp_url"
-    settings = Settings(transport=name, lease_seconds=1.0, **{field_name: broker.url})  # type: ignore[arg-type]
+    settings = Settings(transport=name, lease_seconds=1.0, **{field_name: broker.url})
     return Target(
         name,
         settings,

@@ -60,12 +60,13 @@ class Distq:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
 
-    def stop(self) -> None:
-        """End the process (ours, by PID): SIGTERM, then SIGKILL."""
+    def stop(self, grace: float = 10.0) -> None:
+        """End the process (ours, by PID): SIGTERM, then SIGKILL after ``grace`` seconds."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if grace > 0:
+                self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(grace)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)

@@ -7,7 +7,6 @@ configuration or usage; 3 the broker could not be reached or refused our credent
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -15,13 +14,24 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from distq import __version__
-from distq.config import VARIABLES, Settings
+from distq.config import (
+    CONCURRENCY,
+    CONNECT_TIMEOUT,
+    MAX_ATTEMPTS,
+    SETTINGS,
+    STATUS_EVERY,
+    TASKS,
+    Settings,
+    misspelled,
+)
 from distq.console import Console
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed
 from distq.master import JobSpec, Master
 from distq.metrics import MasterMetrics, WorkerMetrics, serve
+from distq.squares import Squares
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions
@@ -45,8 +55,16 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("settings (each flag overrides its environment variable)")
-    for var, flag in VARIABLES.items():
-        group.add_argument(flag, dest=var, metavar=var.removeprefix("DISTQ_"), help=f"${var}")
+    for entry in SETTINGS:
+        group.add_argument(
+            entry.flag,
+            dest=entry.variable,
+            metavar=entry.variable.removeprefix("DISTQ_"),
+            help=f"{entry.help} (${entry.variable}, default {entry.shown_default})".replace(
+                "%",
+                "%%",  # argparse formats help with %
+            ),
+        )
     common.add_argument("--quiet", "-q", action="store_true", help="print only summaries")
 
     parser = argparse.ArgumentParser(
@@ -56,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     roles = parser.add_subparsers(dest="role", required=True, metavar="{master,worker}")
 
     master = roles.add_parser("master", parents=[common], help="submit the squares job")
-    master.add_argument("--tasks", type=_positive(int), help="number of tasks (default 6)")
+    master.add_argument("--tasks", type=_positive(int), help=f"number of tasks (default {TASKS})")
     master.add_argument(
         "--task-delay",
         type=float,
@@ -84,10 +102,17 @@ def _parser() -> argparse.ArgumentParser:
         help="at most K tasks outstanding (1: one round trip at a time)",
     )
     master.add_argument(
+        "--status-every",
+        type=_positive(float),
+        default=STATUS_EVERY,
+        metavar="S",
+        help=f"--rate mode: seconds between status lines (default {STATUS_EVERY:g})",
+    )
+    master.add_argument(
         "--max-attempts",
         type=_positive(int),
-        default=3,
-        help="attempts per task before it fails for good (default 3)",
+        default=MAX_ATTEMPTS,
+        help=f"attempts per task before it fails for good (default {MAX_ATTEMPTS})",
     )
     master.add_argument(
         "--wait-workers",
@@ -104,8 +129,8 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency",
         "-c",
         type=_positive(int),
-        default=1,
-        help="tasks run at once, one thread each (default 1)",
+        default=CONCURRENCY,
+        help=f"tasks run at once, one thread each (default {CONCURRENCY})",
     )
     worker.add_argument(
         "--exit-when-idle",
@@ -123,9 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--connect-timeout",
         type=float,
-        default=10.0,
+        default=CONNECT_TIMEOUT,
         metavar="S",
-        help="keep trying to reach the broker for S seconds at start (10)",
+        help=f"keep trying to reach the broker for S seconds at start ({CONNECT_TIMEOUT:g})",
     )
     worker.add_argument("--worker-id", help="name in results and dead letters (host-pid)")
     return parser
@@ -133,53 +158,57 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.getLogger("pika").setLevel(logging.CRITICAL)  # its errors reach us as ConnectionFailed
     console = Console(quiet=args.quiet)
+    for warning in misspelled(os.environ):
+        console.error(f"warning: {warning}")
     try:
-        settings = Settings.load(os.environ, {var: getattr(args, var) for var in VARIABLES})
+        settings = Settings.load(
+            os.environ, {e.variable: getattr(args, e.variable) for e in SETTINGS}
+        )
         registry = Registry()
         for path in getattr(args, "task", []):
             registry.register_path(path)
-    except ConfigError as exc:
-        console.error(str(exc))
-        return EXIT_CONFIG
-    try:
         if args.role == "master":
             return _master(args, settings, console)
         return _worker(args, settings, registry, console)
+    except ConfigError as exc:  # from a setting, or one only the transport can judge
+        console.error(str(exc))
+        return EXIT_CONFIG
     except ConnectionFailed as exc:
         console.error(str(exc))
         return EXIT_UNREACHABLE
 
 
+_M = TypeVar("_M", MasterMetrics, WorkerMetrics)
+
+
+def _metrics(settings: Settings, metrics: Callable[[], _M]) -> _M | None:
+    """The role's metrics, served on ``DISTQ_METRICS_PORT``; None when that is not set."""
+    if settings.metrics_port is None:
+        return None
+    made = metrics()
+    serve(settings.metrics_port, made.registry)
+    return made
+
+
 def _master(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     spec = JobSpec(
-        tasks=args.tasks if args.tasks is not None else (None if args.rate else 6),
-        task_delay=args.task_delay,
-        seed=args.seed,
+        tasks=args.tasks if args.tasks is not None else (None if args.rate else TASKS),
         timeout=args.timeout,
         rate=args.rate,
         max_in_flight=args.max_in_flight,
-        max_attempts=args.max_attempts,
         wait_workers=args.wait_workers,
+        status_every=args.status_every,
     )
+    squares = Squares(task_delay=args.task_delay, seed=args.seed, max_attempts=args.max_attempts)
     transport = open_transport(settings, "master")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    metrics = None
-    if settings.metrics_port is not None:
-        metrics = MasterMetrics()
-        serve(settings.metrics_port, metrics.registry)
+    metrics = _metrics(settings, MasterMetrics)
     try:
-        where = f" on {settings.manager_address[0]}:{settings.manager_address[1]}"
-        console.info(
-            f"master {__version__}: {transport.name} transport"
-            + (where if transport.name == "manager" else "")
-            + f", queue {settings.queue!r}"
-        )
-        master = Master(transport, console, settings.queue, metrics)
-        report = master.run(spec, stop)
+        console.info(f"master {__version__}: {transport.describe()}, queue {settings.queue!r}")
+        report = Master(transport, console, metrics).run(spec, squares, stop)
     finally:
         transport.close()
     if args.report:
@@ -192,27 +221,16 @@ def _worker(
     args: argparse.Namespace, settings: Settings, registry: Registry, console: Console
 ) -> int:
     transport = _connect_worker(settings, args.connect_timeout, console)
-    metrics = None
-    if settings.metrics_port is not None:
-        metrics = WorkerMetrics()
-        serve(settings.metrics_port, metrics.registry)
-    where = {
-        "manager": f"master {settings.manager_address[0]}:{settings.manager_address[1]}",
-        "redis": "redis",
-        "rabbitmq": "rabbitmq",
-    }[settings.transport]
-    console.info(f"Connect to {where} ..... (queue {settings.queue!r})")
-    options = WorkerOptions(
+    metrics = _metrics(settings, WorkerMetrics)
+    console.info(f"Connect to {transport.describe()} ..... (queue {settings.queue!r})")
+    options = WorkerOptions.from_settings(
+        settings,
         concurrency=args.concurrency,
-        prefetch=settings.prefetch,
-        heartbeat_interval=settings.heartbeat_interval,
         exit_when_idle=args.exit_when_idle,
         worker_id=args.worker_id or "",
     )
     try:
-        return Worker(
-            transport, registry, options, console, metrics=metrics, queue_name=settings.queue
-        ).run()
+        return Worker(transport, registry, options, console, metrics=metrics).run()
     finally:
         transport.close()
 

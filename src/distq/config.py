@@ -1,64 +1,234 @@
 """Settings: environment variables, each also a command-line flag, checked before any I/O.
 
+Every setting is one declarative entry: a field of :class:`Settings` made by
+:func:`setting`, which names the variable, the flag, the default, the parser and the
+help line. Adding a setting is adding one such field; ``distq --help``, the loader and
+the misspelling check all read the entries.
+
 Every problem is reported as one :class:`~distq.errors.ConfigError` line that names
 the variable, what is wrong and what to set instead; the CLI turns it into exit code 2.
+This module also holds the defaults of the master's and worker's own flags, so that
+each default lives in one place.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
+from distq.envelope import MAX_ATTEMPTS as MAX_ATTEMPTS
 from distq.errors import ConfigError
+from distq.transport import TRANSPORTS
 
-TransportName = Literal["manager", "redis", "rabbitmq"]
-TRANSPORTS: tuple[TransportName, ...] = ("manager", "redis", "rabbitmq")
-
-#: Environment variable -> command-line flag. The flag wins over the variable.
-VARIABLES: dict[str, str] = {
-    "DISTQ_TRANSPORT": "--transport",
-    "DISTQ_MANAGER_ADDRESS": "--manager-address",
-    "DISTQ_AUTHKEY": "--authkey",
-    "DISTQ_REDIS_URL": "--redis-url",
-    "DISTQ_AMQP_URL": "--amqp-url",
-    "DISTQ_QUEUE": "--queue",
-    "DISTQ_LEASE_SECONDS": "--lease-seconds",
-    "DISTQ_PREFETCH": "--prefetch",
-    "DISTQ_METRICS_PORT": "--metrics-port",
-}
-
-DEFAULTS: dict[str, str] = {
-    "DISTQ_TRANSPORT": "manager",
-    "DISTQ_MANAGER_ADDRESS": "127.0.0.1:9000",
-    "DISTQ_REDIS_URL": "redis://127.0.0.1:6379/0",
-    "DISTQ_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2F",
-    "DISTQ_QUEUE": "distq",
-    "DISTQ_LEASE_SECONDS": "5",
-    "DISTQ_PREFETCH": "128",
-}
-
+_T = TypeVar("_T")
 _N = TypeVar("_N", int, float)
-_Bad = Callable[[str, str], ConfigError]
+
+PREFIX = "DISTQ_"
+
+# -- defaults of the role flags (the settings' defaults are in their entries below) ------
+TASKS = 6  # distq master --tasks
+# MAX_ATTEMPTS (distq master --max-attempts) is a task's own default, from distq.envelope
+STATUS_EVERY = 10.0  # distq master --status-every; seconds between status lines in --rate mode
+DRAIN_SECONDS = 5.0  # rate mode: how long a stopping master waits for results in flight
+CONCURRENCY = 1  # distq worker --concurrency
+CONNECT_TIMEOUT = 10.0  # distq worker --connect-timeout
+#: Most messages one call carries: a master's submit and results, a transport's chunks.
+MESSAGE_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Setting(Generic[_T]):
+    """One setting: its variable and flag, default, parser and help line.
+
+    ``parse`` turns the text of the variable or flag into the value, or raises
+    ``ValueError`` whose message says what is wrong and what to use, phrased to follow
+    the variable's name ("is 'x'; use ..."). Values are stripped of surrounding
+    whitespace first; ``repr`` never shows a secret.
+    """
+
+    variable: str
+    flag: str
+    default: _T
+    parse: Callable[[str], _T]
+    help: str
+    shown_default: str
+    secret: bool = False
+
+
+def setting(
+    variable: str,
+    flag: str,
+    default: _T,
+    parse: Callable[[str], _T],
+    help: str,
+    *,
+    shown_default: str | None = None,
+    secret: bool = False,
+) -> _T:
+    """A :class:`Settings` field declared by its :class:`Setting` entry."""
+    entry = Setting(
+        variable,
+        flag,
+        default,
+        parse,
+        help,
+        str(default) if shown_default is None else shown_default,
+        secret,
+    )
+    return field(default=default, repr=not secret, metadata={"setting": entry})
+
+
+# -- parsers: text -> value, or ValueError("is ...; use ...") -----------------------------
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"is {text!r}; set it to one of: {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"is {text!r}; use host:port, e.g. 127.0.0.1:9000 "
+            "(the master listens there, workers connect there)"
+        )
+    return host, int(port)
+
+
+def _secret(text: str) -> bytes | None:
+    return text.encode() if text else None
+
+
+def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if parts.scheme not in schemes:
+            raise ValueError(
+                f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}"
+            )
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"names no host; use e.g. {example}")
+        return text
+
+    return parse
+
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _queue(text: str) -> str:
+    if not _QUEUE_NAME.match(text):
+        raise ValueError(
+            f"is {text!r}; use 1-100 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return text
+
+
+def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> Callable[[str], _N]:
+    word = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> _N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"is {text!r}, not {word}") from None
+        if not low <= value <= high:
+            raise ValueError(f"is {value:g}; use {word} from {low:g} to {high:g}{unit}")
+        return value
+
+    return parse
+
+
+def _optional(parse: Callable[[str], _N]) -> Callable[[str], _N | None]:
+    """An empty value means off."""
+    return lambda text: parse(text) if text else None
+
+
+_REDIS_URL = "redis://127.0.0.1:6379/0"
+_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
 @dataclass(frozen=True)
 class Settings:
     """Validated settings shared by master and worker. ``repr`` hides the secrets."""
 
-    transport: TransportName = "manager"
-    manager_address: tuple[str, int] = ("127.0.0.1", 9000)
-    authkey: bytes | None = field(default=None, repr=False)
-    redis_url: str = field(default=DEFAULTS["DISTQ_REDIS_URL"], repr=False)
-    amqp_url: str = field(default=DEFAULTS["DISTQ_AMQP_URL"], repr=False)
-    queue: str = "distq"
-    lease_seconds: float = 5.0
-    prefetch: int = 128
-    metrics_port: int | None = None
+    transport: str = setting(
+        "DISTQ_TRANSPORT",
+        "--transport",
+        "manager",
+        _one_of(TRANSPORTS),
+        f"{', '.join(TRANSPORTS[:-1])} or {TRANSPORTS[-1]}",
+    )
+    manager_address: tuple[str, int] = setting(
+        "DISTQ_MANAGER_ADDRESS",
+        "--manager-address",
+        ("127.0.0.1", 9000),
+        _address,
+        "where a manager master listens and its workers connect",
+        shown_default="127.0.0.1:9000",
+    )
+    authkey: bytes | None = setting(
+        "DISTQ_AUTHKEY",
+        "--authkey",
+        None,
+        _secret,
+        "shared secret of master and workers; prefer the variable (flags show in `ps`)",
+        shown_default="(none: required for `manager`)",
+        secret=True,
+    )
+    redis_url: str = setting(
+        "DISTQ_REDIS_URL",
+        "--redis-url",
+        _REDIS_URL,
+        _url(("redis", "rediss", "unix"), _REDIS_URL),
+        "`redis://` or `rediss://`, password, database",
+        secret=True,  # it carries the password
+    )
+    amqp_url: str = setting(
+        "DISTQ_AMQP_URL",
+        "--amqp-url",
+        _AMQP_URL,
+        _url(("amqp", "amqps"), _AMQP_URL),
+        "`amqp://` or `amqps://`, user, password, vhost",
+        secret=True,
+    )
+    queue: str = setting("DISTQ_QUEUE", "--queue", "distq", _queue, "task queue name")
+    lease_seconds: float = setting(
+        "DISTQ_LEASE_SECONDS",
+        "--lease-seconds",
+        5.0,
+        _number(float, 0.3, 3600.0, " seconds"),
+        "lease length; workers renew it every third of that",
+        shown_default="5",
+    )
+    prefetch: int = setting(
+        "DISTQ_PREFETCH",
+        "--prefetch",
+        128,
+        _number(int, 1, 10_000),
+        "most tasks a worker slot takes at once (adapts down for slow tasks)",
+    )
+    metrics_port: int | None = setting(
+        "DISTQ_METRICS_PORT",
+        "--metrics-port",
+        None,
+        _optional(_number(int, 0, 65535)),
+        "serve Prometheus metrics on this port",
+        shown_default="(off)",
+    )
 
     @property
     def heartbeat_interval(self) -> float:
@@ -70,102 +240,55 @@ class Settings:
         cls, environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None
     ) -> Settings:
         """Read settings from ``environ`` overridden by ``flags`` (keyed by variable)."""
-        given = {k: v for k, v in environ.items() if k in VARIABLES}
-        from_flag = {k for k, v in (flags or {}).items() if v is not None}
-        given.update({k: v for k, v in (flags or {}).items() if v is not None})
-
-        def raw(var: str) -> str | None:
-            value = given.get(var)
-            if value is None:
-                return DEFAULTS.get(var)
-            return value.strip()
-
-        def bad(var: str, problem: str) -> ConfigError:
-            origin = f"{VARIABLES[var]} " if var in from_flag else ""
-            return ConfigError(f"{var} {origin}{problem}".replace("  ", " "))
-
-        transport = raw("DISTQ_TRANSPORT") or ""
-        if transport not in TRANSPORTS:
-            raise bad(
-                "DISTQ_TRANSPORT",
-                f"is {transport!r}; set it to one of: {', '.join(TRANSPORTS)}",
+        values: dict[str, Any] = {}
+        for name, entry in _entries(cls):
+            text, origin = environ.get(entry.variable), ""
+            flag = (flags or {}).get(entry.variable)
+            if flag is not None:
+                text, origin = flag, f" {entry.flag}"
+            if text is None:
+                values[name] = entry.default
+                continue
+            try:
+                values[name] = entry.parse(text.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{entry.variable}{origin} {exc}") from None
+        settings = cls(**values)
+        if settings.transport == "manager" and not settings.authkey:
+            raise ConfigError(
+                "DISTQ_AUTHKEY is not set; the manager transport needs a shared secret: set "
+                "the same random value for master and workers, e.g. "
+                "DISTQ_AUTHKEY=\"$(python3 -c 'import secrets; print(secrets.token_hex(16))')\""
             )
-        address = _parse_address(raw("DISTQ_MANAGER_ADDRESS") or "", bad)
-        key = given.get("DISTQ_AUTHKEY")
-        authkey = key.encode() if key else None
-        if transport == "manager" and not authkey:
-            raise bad(
-                "DISTQ_AUTHKEY",
-                "is not set; the manager transport needs a shared secret: set the same "
-                "random value for master and workers, e.g. "
-                "DISTQ_AUTHKEY=\"$(python3 -c 'import secrets; print(secrets.token_hex(16))')\"",
-            )
-        redis_url = raw("DISTQ_REDIS_URL") or ""
-        _check_url("DISTQ_REDIS_URL", redis_url, ("redis", "rediss", "unix"), bad)
-        amqp_url = raw("DISTQ_AMQP_URL") or ""
-        _check_url("DISTQ_AMQP_URL", amqp_url, ("amqp", "amqps"), bad)
-        queue = raw("DISTQ_QUEUE") or ""
-        if not _QUEUE_NAME.match(queue):
-            raise bad(
-                "DISTQ_QUEUE",
-                f"is {queue!r}; use 1-100 letters, digits, '_', '.' or '-', "
-                "starting with a letter or digit",
-            )
-        lease = _parse_number("DISTQ_LEASE_SECONDS", raw("DISTQ_LEASE_SECONDS"), float, bad)
-        if not 0.3 <= lease <= 3600:
-            raise bad("DISTQ_LEASE_SECONDS", f"is {lease:g}; use a value from 0.3 to 3600 seconds")
-        prefetch = _parse_number("DISTQ_PREFETCH", raw("DISTQ_PREFETCH"), int, bad)
-        if not 1 <= prefetch <= 10_000:
-            raise bad("DISTQ_PREFETCH", f"is {prefetch}; use a whole number from 1 to 10000")
-        metrics_raw = raw("DISTQ_METRICS_PORT")
-        metrics_port = None
-        if metrics_raw:
-            metrics_port = _parse_number("DISTQ_METRICS_PORT", metrics_raw, int, bad)
-            if not 0 <= metrics_port <= 65535:
-                raise bad("DISTQ_METRICS_PORT", f"is {metrics_port}; use a port from 0 to 65535")
-        return cls(
-            transport=transport,
-            manager_address=address,
-            authkey=authkey,
-            redis_url=redis_url,
-            amqp_url=amqp_url,
-            queue=queue,
-            lease_seconds=lease,
-            prefetch=prefetch,
-            metrics_port=metrics_port,
-        )
+        return settings
 
 
-def _parse_address(value: str, bad: _Bad) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise bad(
-            "DISTQ_MANAGER_ADDRESS",
-            f"is {value!r}; use host:port, e.g. 127.0.0.1:9000 "
-            "(the master listens there, workers connect there)",
-        )
-    return host, int(port)
+def _entries(cls: type[Settings] = Settings) -> list[tuple[str, Setting[Any]]]:
+    return [(f.name, f.metadata["setting"]) for f in fields(cls)]
 
 
-def _check_url(var: str, value: str, schemes: tuple[str, ...], bad: _Bad) -> None:
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as exc:
-        raise bad(var, f"is not a valid URL ({exc})") from None
-    if parts.scheme not in schemes:
-        raise bad(
-            var,
-            f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}",
-        )
-    if parts.scheme != "unix" and not parts.hostname:
-        raise bad(var, f"names no host; use e.g. {DEFAULTS[var]}")
+#: Every setting, in the order ``--help`` and the README list them.
+SETTINGS: tuple[Setting[Any], ...] = tuple(entry for _, entry in _entries())
+
+#: Every setting at its default (the master's and worker's options start from these).
+DEFAULTS = Settings()
+
+_MISSPELLING = 0.8  # difflib similarity above which an unknown name is taken as a typo
 
 
-def _parse_number(var: str, value: str | None, kind: type[_N], bad: _Bad) -> _N:
-    try:
-        return kind(value or "")
-    except ValueError:
-        word = "a whole number" if kind is int else "a number"
-        raise bad(var, f"is {value!r}, not {word}") from None
+def misspelled(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``DISTQ_*`` variable that looks like a misspelled setting.
+
+    Such a variable would be ignored without a word: ``DISTQ_TRANSPRT`` is read as
+    meaning ``DISTQ_TRANSPORT``. Names far from every setting, and the test harness's
+    ``DISTQ_TEST_*``, are other tools' and pass silently.
+    """
+    known = [entry.variable for entry in SETTINGS]
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(PREFIX) or name in known or name.startswith("DISTQ_TEST_"):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=_MISSPELLING)
+        if close:
+            warnings.append(f"{name} is not a distq setting (ignored); did you mean {close[0]}?")
+    return warnings

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from distq.errors import EnvelopeError
 
 VERSION = 1
+MAX_ATTEMPTS = 3  # attempts a task gets unless its master says otherwise (distq master's default)
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -76,7 +77,7 @@ class Task:
     kwargs: dict[str, Any] = field(default_factory=dict)
     id: str = field(default_factory=new_id)
     attempt: int = 1
-    max_attempts: int = 3
+    max_attempts: int = MAX_ATTEMPTS
     created_at: float = field(default_factory=time.time)
 
     def encode(self) -> bytes:

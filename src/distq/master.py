@@ -1,49 +1,85 @@
-"""The master: submit the squares job, collect each result once, and say how it went.
+"""The master: submit a job's tasks at a pace, collect each result once, report.
 
 "Done" is never guessed from a quiet queue: the master knows every task id it
 submitted and finishes when each has a result (ok or failed for good), or when
-``timeout`` passes, naming what is missing. A redelivered duplicate counts once.
+``timeout`` passes, naming what is missing. A redelivered duplicate counts once
+(:class:`~distq.collector.Collector`).
+
+What the tasks are, how a result is checked and the per-task lines belong to a
+:class:`Workload` (the tutorial's is :class:`distq.squares.Squares`); pacing, timeout,
+drain, status lines and the report are the same for every workload, here.
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import math
-import random
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
+from distq.collector import Collector
+from distq.config import DRAIN_SECONDS, MESSAGE_BATCH, STATUS_EVERY, TASKS
 from distq.console import Console
 from distq.envelope import Result, Task, new_id
-from distq.errors import EnvelopeError
 from distq.metrics import MasterMetrics
 from distq.transport.base import Producer, Transport
 
-SUBMIT_BATCH = 1000
-RESULT_BATCH = 1000
-STATUS_EVERY = 10.0  # seconds between status lines in rate mode
+E = TypeVar("E")
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What to run: ``tasks`` squares (None: until stopped), paced by ``rate`` per second."""
+    """How many tasks, how fast and for how long: ``tasks`` (None: until stopped), at most
+    ``rate`` per second and ``max_in_flight`` outstanding, giving up after ``timeout``."""
 
-    tasks: int | None = 6
-    task_delay: float = 0.0
-    seed: int | None = None
+    tasks: int | None = TASKS
     timeout: float | None = None
     rate: float | None = None
     max_in_flight: int | None = None
-    max_attempts: int = 3
     wait_workers: int | None = None  # start (and start the clock) once this many slots attach
-    drain_seconds: float = 5.0  # rate mode: how long to wait for in-flight results at stop
+    drain_seconds: float = DRAIN_SECONDS  # when stopped: how long to wait for results in flight
+    status_every: float = STATUS_EVERY  # rate mode: seconds between status lines
+
+
+class Workload(abc.ABC, Generic[E]):
+    """What a job submits and how it reads the results; the :class:`Master` does the rest.
+
+    Each task comes with an *entry* of type ``E``, kept until its result arrives: what
+    the workload needs to check that result and to name the task.
+    """
+
+    @abc.abstractmethod
+    def tasks(self, count: int, reply_to: str) -> list[tuple[Task, E]]:
+        """The next ``count`` tasks (results to ``reply_to``), each with its entry."""
+
+    @abc.abstractmethod
+    def name(self, entry: E) -> str:
+        """How problems and the missing list name a task, e.g. ``square(733)``."""
+
+    def check(self, result: Result, entry: E) -> bool:
+        """Whether an ok result's value is right; a wrong one fails the job."""
+        return True
+
+    def submitted_lines(self, tasks: Sequence[tuple[Task, E]]) -> Iterable[str]:
+        """Lines for tasks just submitted (not counted on the progress bar)."""
+        return ()
+
+    def result_line(self, result: Result, entry: E) -> str:
+        """The line for a right result."""
+        return f"{self.name(entry)} [{result.task_id}] = {result.value!r}"
+
+    def waiting_line(self) -> str | None:
+        """A line printed once, when every task is submitted and the master only waits."""
+        return None
 
 
 @dataclass
 class JobReport:
-    """The outcome of one job; ``ok`` means every task is in and correct."""
+    """The outcome of one job; ``succeeded`` means every task is in and right."""
 
     transport: str
     tasks: int
@@ -66,51 +102,62 @@ class JobReport:
         return json.dumps(asdict(self), indent=2)
 
 
-@dataclass
-class _Pending:
-    n: int
-    submitted: float
-
-
 def percentile(sorted_values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of already sorted values, nearest-rank."""
     index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
     return sorted_values[index]
 
 
+def allowance(spec: JobSpec, submitted: int, outstanding: int, elapsed: float) -> int:
+    """How many tasks may be submitted now, ``elapsed`` s into the job (may be <= 0)."""
+    allowed = (spec.tasks - submitted) if spec.tasks is not None else 1 << 30
+    if spec.max_in_flight is not None:
+        allowed = min(allowed, spec.max_in_flight - outstanding)
+    if spec.rate is not None:
+        allowed = min(allowed, int(elapsed * spec.rate) + 1 - submitted)
+    return allowed
+
+
 class Master:
-    """Runs one job over ``transport``; its results come back on a queue of its own."""
+    """Runs jobs over ``transport``; their results come back on a queue of the master's own."""
 
     def __init__(
-        self,
-        transport: Transport,
-        console: Console,
-        queue_name: str = "distq",
-        metrics: MasterMetrics | None = None,
+        self, transport: Transport, console: Console, metrics: MasterMetrics | None = None
     ) -> None:
         self.transport, self.console, self.metrics = transport, console, metrics
         self.job_id = new_id()
-        self.reply_to = f"{queue_name}.results.{self.job_id}"
+        self.reply_to = transport.reply_queue(self.job_id)
 
-    def run(self, spec: JobSpec, stop: threading.Event | None = None) -> JobReport:
+    def run(
+        self, spec: JobSpec, workload: Workload[E], stop: threading.Event | None = None
+    ) -> JobReport:
         """Submit and collect until every task is in, ``timeout`` passes, or ``stop`` is set."""
         producer = self.transport.producer(self.reply_to)
         try:
-            return _Job(self, producer, spec, stop or threading.Event()).run()
+            return _Run(self, producer, spec, workload, stop or threading.Event()).run()
         finally:
             producer.close()
 
 
-class _Job:
+class _Run(Generic[E]):
+    """One job's loop: submit what the pace allows, collect, repeat; then report."""
+
     def __init__(
-        self, master: Master, producer: Producer, spec: JobSpec, stop: threading.Event
+        self,
+        master: Master,
+        producer: Producer,
+        spec: JobSpec,
+        workload: Workload[E],
+        stop: threading.Event,
     ) -> None:
         self.master, self.producer, self.spec, self.stop = master, producer, spec, stop
-        self.console = master.console
-        self.rng = random.Random(spec.seed)
-        self.pending: dict[str, _Pending] = {}
-        self.finished: set[str] = set()
-        self.latencies: list[float] = []
+        self.workload, self.console = workload, master.console
+        self.collector: Collector[E] = Collector(
+            self._on_result,
+            on_malformed=lambda exc: self.console.error(f"ignored a malformed result: {exc}"),
+            metrics=master.metrics,
+        )
+        self.lines: list[str] = []  # per-result lines of the current collect
         self.submitted = 0
         self.report = JobReport(transport=master.transport.name, tasks=0)
 
@@ -121,38 +168,38 @@ class _Job:
             self.report.tasks = total or 0
             return self._finish(0.0)
         start = time.perf_counter()
-        next_status = start + STATUS_EVERY
+        next_status = start + spec.status_every
         announced = False
-        while True:
+        while not self.stop.is_set():
             now = time.perf_counter()
-            if self.stop.is_set():
-                break
-            allowance = self._allowance(now - start)
-            if allowance > 0:
-                self._submit(min(allowance, SUBMIT_BATCH))
-                continue_submitting = self._allowance(now - start) > 0
-            else:
-                continue_submitting = False
+            more = self._allowance(now - start)
+            if more > 0:
+                self._submit(min(more, MESSAGE_BATCH))
+                more = self._allowance(now - start)
             if total is not None and self.submitted >= total and not announced:
                 announced = True
-                if spec.rate is None and spec.max_in_flight is None:
-                    self.console.lines(["try to get result...."], count=0)
-            if total is not None and len(self.finished) >= total:
+                line = self.workload.waiting_line()
+                if line is not None and spec.rate is None and spec.max_in_flight is None:
+                    self.console.lines([line], count=0)
+            if total is not None and self.collector.finished >= total:
                 break
             if deadline is not None and now >= deadline:
                 break
-            wait = 0.0 if continue_submitting else 0.5
+            wait = 0.0 if more > 0 else 0.5
             if spec.rate is not None and (total is None or self.submitted < total):
                 wait = min(wait, max(0.0, (self.submitted + 1) / spec.rate - (now - start)))
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - now))
             self._collect(wait)
             if spec.rate is not None and now >= next_status:
-                next_status = now + STATUS_EVERY
+                next_status = now + spec.status_every
                 self._status(now - start)
-        if self.stop.is_set() and self.pending:
+        if self.stop.is_set() and self.collector.outstanding:
             self._drain()
         return self._finish(time.perf_counter() - start)
+
+    def _allowance(self, elapsed: float) -> int:
+        return allowance(self.spec, self.submitted, self.collector.outstanding, elapsed)
 
     def _await_workers(self, count: int, deadline: float | None) -> bool:
         """Wait (before the clock starts) until ``count`` worker slots are attached."""
@@ -168,116 +215,78 @@ class _Job:
         self.report.problems.append(f"only {seen} of {count} worker slots attached in time")
         return False
 
-    def _allowance(self, elapsed: float) -> int:
-        spec = self.spec
-        allowed = (spec.tasks - self.submitted) if spec.tasks is not None else 1 << 30
-        if spec.max_in_flight is not None:
-            allowed = min(allowed, spec.max_in_flight - len(self.pending))
-        if spec.rate is not None:
-            allowed = min(allowed, int(elapsed * spec.rate) + 1 - self.submitted)
-        return allowed
-
     def _submit(self, count: int) -> None:
-        kwargs: dict[str, Any] = {"delay": self.spec.task_delay} if self.spec.task_delay else {}
-        tasks = [
-            Task(
-                name="square",
-                args=[self.rng.randint(1, 1000)],
-                kwargs=kwargs,
-                reply_to=self.master.reply_to,
-                max_attempts=self.spec.max_attempts,
-            )
-            for _ in range(count)
-        ]
-        now = time.perf_counter()
-        for task in tasks:
-            self.pending[task.id] = _Pending(task.args[0], now)
-        self.producer.submit([task.encode() for task in tasks])
-        self.submitted += count
+        tasks = self.workload.tasks(count, self.master.reply_to)
+        self.collector.expect((task.id, entry) for task, entry in tasks)
+        self.producer.submit([task.encode() for task, _ in tasks])
+        self.submitted += len(tasks)
         self.report.tasks = self.submitted
         if self.master.metrics is not None:
-            self.master.metrics.submitted.inc(count)
-        if self.console.bar is None and self.submitted == count and self.spec.tasks:
+            self.master.metrics.submitted.inc(len(tasks))
+        if self.console.bar is None and self.submitted == len(tasks) and self.spec.tasks:
             self.console.start_progress(self.spec.tasks)
-        self.console.lines(
-            (f"put task {task.args[0]} into task_queue ...." for task in tasks), count=0
-        )
+        self.console.lines(self.workload.submitted_lines(tasks), count=0)
 
     def _collect(self, wait: float) -> None:
-        bodies = self.producer.results(RESULT_BATCH, wait)
-        if not bodies:
-            return
-        now = time.perf_counter()
-        lines: list[str] = []
-        for body in bodies:
-            try:
-                result = Result.decode(body)
-            except EnvelopeError as exc:
-                self.console.error(f"ignored a malformed result: {exc}")
-                continue
-            pending = self.pending.pop(result.task_id, None)
-            if pending is None:
-                if result.task_id in self.finished:
-                    self.report.duplicates += 1
-                    if self.master.metrics is not None:
-                        self.master.metrics.duplicates.inc()
-                continue
-            self.finished.add(result.task_id)
-            self.latencies.append(now - pending.submitted)
-            if self.master.metrics is not None:
-                self.master.metrics.results.labels(result.status).inc()
-                self.master.metrics.round_trip.observe(now - pending.submitted)
-            lines.append(self._judge(result, pending.n))
-        self.console.lines(lines)
+        self.collector.collect(self.producer, wait)
+        if self.lines:
+            self.console.lines(self.lines)
+            self.lines = []
 
-    def _judge(self, result: Result, n: int) -> str:
+    def _on_result(self, result: Result, entry: E, _round_trip: float) -> None:
+        """Judge one task's first result and keep its line."""
+        r = self.report
         if result.status == "error":
-            self.report.failed += 1
+            r.failed += 1
             problem = (
-                f"task square({n}) [{result.task_id}] failed for good: "
+                f"task {self.workload.name(entry)} [{result.task_id}] failed for good: "
                 f"{result.error_type}: {result.error_message}"
             )
-            self.report.problems.append(problem)
-            return problem
-        if result.value != n * n:
-            self.report.incorrect += 1
-            problem = f"wrong result for square({n}) [{result.task_id}]: {result.value!r}"
-            self.report.problems.append(problem)
-            return problem
-        self.report.ok += 1
-        return f"Get result {n} * {n} = {result.value} from result_queue."
+        elif not self.workload.check(result, entry):
+            r.incorrect += 1
+            problem = f"wrong result for {self.workload.name(entry)} [{result.task_id}]: "
+            problem += repr(result.value)
+        else:
+            r.ok += 1
+            if not self.console.quiet:  # skips formatting the line, on the hot path
+                self.lines.append(self.workload.result_line(result, entry))
+            return
+        r.problems.append(problem)
+        self.lines.append(problem)
 
     def _drain(self) -> None:
-        """Rate mode, stopping: give in-flight tasks a short while to come back."""
+        """Stopping: give tasks in flight ``drain_seconds`` to come back."""
         deadline = time.perf_counter() + self.spec.drain_seconds
-        while self.pending and time.perf_counter() < deadline:
+        while self.collector.outstanding and time.perf_counter() < deadline:
             self._collect(min(0.5, deadline - time.perf_counter()))
-        if self.pending:
-            self.console.info(f"stopping with {len(self.pending)} tasks still in flight")
-            self.pending.clear()
+        if self.collector.outstanding:
+            count = self.collector.forget()
+            self.console.info(f"stopping with {count} tasks still in flight")
 
     def _status(self, elapsed: float) -> None:
         r = self.report
         self.console.info(
             f"submitted {self.submitted}, results {r.ok + r.failed} "
-            f"(ok {r.ok}, failed {r.failed}), in flight {len(self.pending)}, "
+            f"(ok {r.ok}, failed {r.failed}), in flight {self.collector.outstanding}, "
             f"{(r.ok + r.failed) / max(elapsed, 1e-9):,.1f} tasks/s"
         )
 
     def _finish(self, elapsed: float) -> JobReport:
-        r = self.report
+        r, collector = self.report, self.collector
+        waiting = collector.waiting()
         r.elapsed_seconds = elapsed
-        r.missing = len(self.pending) + (r.tasks - self.submitted)
+        r.duplicates = collector.duplicates
+        r.missing = len(waiting) + (r.tasks - self.submitted)
         r.throughput = (r.ok + r.failed) / elapsed if elapsed > 0 else 0.0
-        if self.latencies:
-            ordered = sorted(self.latencies)
+        if collector.latencies:
+            ordered = sorted(collector.latencies)
             r.latency_p50_seconds = percentile(ordered, 0.50)
             r.latency_p99_seconds = percentile(ordered, 0.99)
-        if self.pending:
-            shown = [f"square({p.n}) [{tid}]" for tid, p in list(self.pending.items())[:10]]
-            more = len(self.pending) - len(shown)
+        if waiting:
+            shown = [f"{self.workload.name(entry)} [{tid}]" for tid, entry in waiting[:10]]
+            more = len(waiting) - len(shown)
             r.problems.append(
-                f"missing {len(self.pending)} results: {', '.join(shown)}"
+                f"missing {len(waiting)} results: {', '.join(shown)}"
                 + (f" and {more} more" if more else "")
             )
         done = r.ok + r.failed

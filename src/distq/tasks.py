@@ -1,4 +1,4 @@
-"""The task registry: which names a worker will run, and the built-in ``square``.
+"""The task registry: which names a worker will run (the tutorial's ``square`` built in).
 
 Only registered names run. A user function is registered by its import path,
 ``module:function`` (``distq worker --task mypkg.jobs:resize``), under that path as
@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import time
 from collections.abc import Callable
 from typing import Any
 
+from distq import squares
+from distq.envelope import Task
 from distq.errors import ConfigError, UnknownTask
 
 TaskFunction = Callable[..., Any]
-
-
-def square(n: int, delay: float = 0.0) -> int:
-    """The tutorial's task: ``n * n``, after sleeping ``delay`` seconds."""
-    if not isinstance(n, int) or isinstance(n, bool):
-        raise TypeError(f"square() needs an integer, got {n!r}")
-    if delay:
-        time.sleep(delay)
-    return n * n
+#: How a worker's ``Get task ... from task_queue.`` line names a task.
+Show = Callable[[Task], str]
 
 
 def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:
@@ -48,11 +42,23 @@ class Registry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, tuple[TaskFunction, inspect.Signature, tuple[int, int] | None]] = {}
-        self.register("square", square)
+        self._shows: dict[str, Show] = {}
+        self.register("square", squares.square, show=squares.show)
 
-    def register(self, name: str, function: TaskFunction) -> None:
+    def register(self, name: str, function: TaskFunction, show: Show | None = None) -> None:
+        """Run ``function`` for tasks named ``name``; ``show`` names one in the worker's
+        lines (by default ``name[args]``)."""
         signature = inspect.signature(function)
         self._tasks[name] = (function, signature, _positional_range(signature))
+        if show is not None:
+            self._shows[name] = show
+        else:
+            self._shows.pop(name, None)
+
+    def show(self, task: Task) -> str:
+        """How the worker's ``Get task ...`` line names ``task``, registered or not."""
+        show = self._shows.get(task.name)
+        return show(task) if show is not None else f"{task.name}{task.args}"
 
     def register_path(self, path: str) -> str:
         """Import ``module:function`` and register it under ``path``; return the name."""

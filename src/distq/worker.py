@@ -1,10 +1,12 @@
 """The worker: lease tasks, run them, settle them, until told to stop.
 
-Lifecycle (read :meth:`Worker.run` top to bottom): one thread per slot, each with its
-own consumer, loops: fetch a batch, run it on that same thread, settle it in one call.
-A batch is sized to about ``TARGET_BATCH_SECONDS`` of work; one that runs past
-``HAND_BACK_AFTER_SECONDS`` hands back the tasks it has not started, for idle workers.
-A lease keeper thread renews the lease of any batch that runs longer than a heartbeat
+Lifecycle (read :meth:`Worker.run` top to bottom): install signal handlers, start a
+lease keeper and one thread per slot, wait until the slots end (a signal, or
+``exit_when_idle``), restore the handlers and say what was done. Each slot loops with
+its own consumer: connect, fetch a batch (:class:`~distq.batch.BatchSizer` sizes it),
+run it on the slot's thread (:func:`~distq.batch.run_batch`, each task by the
+:class:`~distq.runner.TaskRunner`), settle it in one call and hand back what did not
+run. The lease keeper renews the lease of any batch that runs longer than a heartbeat
 interval; short tasks never leave their thread, which keeps round trips short.
 Whatever is still in hand goes back to the queue on the way out.
 
@@ -22,41 +24,53 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Literal
 
+from distq.batch import BatchSizer, run_batch
+from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console
-from distq.envelope import DeadLetter, Result, Task
-from distq.errors import EnvelopeError, Shutdown, TransportError, UnknownTask
+from distq.ending import Ending, Endings
+from distq.errors import Shutdown, TransportError
 from distq.health import WorkerHealth
 from distq.metrics import WorkerMetrics
+from distq.runner import TaskRunner
 from distq.tasks import Registry
-from distq.transport.base import Consumer, Delivery, Settlement, Transport
-
-Outcome = Literal["ok", "failed", "retried", "malformed"]
-TARGET_BATCH_SECONDS = 0.005  # fetch about this much work at once: throughput without hoarding
-# A batch still running after this long holds tasks slower than it was sized for: the
-# ones not started yet go back to the queue, for idle workers, instead of waiting here.
-HAND_BACK_AFTER_SECONDS = 10 * TARGET_BATCH_SECONDS
+from distq.transport.base import Consumer, Delivery, Transport
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff before attempt ``attempt + 1``: 0.5 s, 1 s, 2 s, ... capped."""
-    return float(min(cap, base * 2 ** (attempt - 1)))
-
-
-@dataclass
+@dataclass(frozen=True)
 class WorkerOptions:
-    concurrency: int = 1
-    prefetch: int = 128
-    heartbeat_interval: float = 5 / 3
+    """How a worker runs; :meth:`from_settings` takes the shared settings' part."""
+
+    concurrency: int = CONCURRENCY
+    prefetch: int = DEFAULTS.prefetch
+    heartbeat_interval: float = DEFAULTS.heartbeat_interval
     exit_when_idle: float | None = None
     worker_id: str = ""
+    queue: str = DEFAULTS.queue
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        concurrency: int = CONCURRENCY,
+        exit_when_idle: float | None = None,
+        worker_id: str = "",
+    ) -> WorkerOptions:
+        return cls(
+            concurrency=concurrency,
+            prefetch=settings.prefetch,
+            heartbeat_interval=settings.heartbeat_interval,
+            exit_when_idle=exit_when_idle,
+            worker_id=worker_id,
+            queue=settings.queue,
+        )
 
 
 class _Slot:
@@ -74,6 +88,7 @@ class _Slot:
         self.running = False  # tasks are running (outside the lock)
         self.renewed = 0.0  # monotonic time of the last call that renewed the lease
         self.handed_back = False  # a cold stop closed the consumer under the running batch
+        self.thread: threading.Thread | None = None
 
 
 class Worker:
@@ -87,12 +102,12 @@ class Worker:
         console: Console,
         health: WorkerHealth | None = None,
         metrics: WorkerMetrics | None = None,
-        queue_name: str = "distq",
     ) -> None:
-        self.transport, self.registry, self.options = transport, registry, options
-        self.console, self.metrics, self.queue_name = console, metrics, queue_name
+        self.transport, self.options, self.console = transport, options, console
         self.health = health or WorkerHealth()
+        self.metrics = metrics
         self.id = options.worker_id or default_worker_id()
+        self.runner = TaskRunner(registry, Endings(self.id, options.queue), console)
         self._stopping = threading.Event()  # warm: finish what runs, take nothing new
         self._abort = threading.Event()  # cold: hand back everything now
         self._signals = 0
@@ -103,39 +118,15 @@ class Worker:
         """Work until a signal or ``exit_when_idle``; return the exit code (0)."""
         started = time.monotonic()
         slots = [_Slot(i) for i in range(self.options.concurrency)]
-        threads = [
-            threading.Thread(target=self._slot, args=(slot,), name=f"distq-slot-{i}", daemon=True)
-            for i, slot in enumerate(slots)
-        ]
         done = threading.Event()
-        keeper = threading.Thread(
-            target=self._keep_leases, args=(slots, done), name="distq-leases", daemon=True
-        )
         previous = self._install_signal_handlers()
         try:
-            keeper.start()
-            for thread in threads:
-                thread.start()
-            while any(thread.is_alive() for thread in threads):
-                for thread in threads:
-                    thread.join(0.2)
-                idle = self.options.exit_when_idle
-                if (
-                    idle is not None
-                    and not self._stopping.is_set()
-                    and self.health.idle_for() >= idle
-                ):
-                    self.console.info("task_queue is empty")
-                    self._stopping.set()
+            self._start(slots, done)
+            self._wait(slots)
         except Shutdown:
-            self._abort.set()
-            self._stopping.set()
-            self._hand_back(slots)
-            for slot, thread in zip(slots, threads, strict=True):
-                if not slot.handed_back:  # a handed-back slot is still inside its task
-                    thread.join(5)
+            self._stop_cold(slots)
         finally:
-            done.set()
+            done.set()  # the lease keeper ends
             self._restore_signal_handlers(previous)
         snap = self.health.snapshot()
         self.console.info(
@@ -145,8 +136,32 @@ class Worker:
         )
         return 0
 
-    def _hand_back(self, slots: list[_Slot]) -> None:
-        """Cold stop: close the consumer under every running batch; its tasks go back."""
+    def _start(self, slots: list[_Slot], done: threading.Event) -> None:
+        keeper = threading.Thread(
+            target=self._keep_leases, args=(slots, done), name="distq-leases", daemon=True
+        )
+        keeper.start()
+        for slot in slots:
+            slot.thread = threading.Thread(
+                target=self._work, args=(slot,), name=f"distq-slot-{slot.index}", daemon=True
+            )
+            slot.thread.start()
+
+    def _wait(self, slots: list[_Slot]) -> None:
+        """Until every slot has ended; a warm stop when idle for ``exit_when_idle``."""
+        threads = [slot.thread for slot in slots if slot.thread is not None]
+        idle = self.options.exit_when_idle
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(0.2)
+            if idle is not None and not self._stopping.is_set() and self.health.idle_for() >= idle:
+                self.console.info("task_queue is empty")
+                self._stopping.set()
+
+    def _stop_cold(self, slots: list[_Slot]) -> None:
+        """Second signal: close the consumer under every running batch; its tasks go back."""
+        self._abort.set()
+        self._stopping.set()
         for slot in slots:
             if not slot.lock.acquire(timeout=2.0):
                 continue  # in a broker call; the slot closes its consumer itself
@@ -157,6 +172,9 @@ class Worker:
                     slot.consumer = None
             finally:
                 slot.lock.release()
+        for slot in slots:
+            if slot.thread is not None and not slot.handed_back:  # else it is inside its task
+                slot.thread.join(5)
 
     def _keep_leases(self, slots: list[_Slot], done: threading.Event) -> None:
         """Renew the lease of every slot whose batch runs longer than a heartbeat interval."""
@@ -203,8 +221,9 @@ class Worker:
             raise Shutdown
 
     # -- one slot: a consumer, and its tasks run on the slot's thread -------------
-    def _slot(self, slot: _Slot) -> None:
-        batch_size, seconds_per_task = 1, 0.0
+    def _work(self, slot: _Slot) -> None:
+        """A slot's loop: connect, fetch a batch, run it, settle it; reconnect on errors."""
+        sizer = BatchSizer(self.options.prefetch)
         poll = min(self.options.heartbeat_interval, 1.0)
         try:
             while not self._stopping.is_set():
@@ -215,29 +234,18 @@ class Worker:
                     continue
                 try:
                     with slot.lock:
-                        deliveries = slot.consumer.fetch(batch_size, poll)
+                        deliveries = slot.consumer.fetch(sizer.size, poll)
                         slot.renewed = time.monotonic()
                     if not deliveries:
                         continue
                     self.health.took(len(deliveries))
                     started = time.perf_counter()
-                    settled = self._run(slot, deliveries)
-                    elapsed = time.perf_counter() - started
-                    ran = max(1, len(settled))
-                    seconds_per_task = 0.5 * seconds_per_task + 0.5 * elapsed / ran
-                    batch_size = max(
-                        1,
-                        min(
-                            self.options.prefetch,
-                            int(TARGET_BATCH_SECONDS / seconds_per_task)
-                            if seconds_per_task > 0
-                            else self.options.prefetch,
-                        ),
-                    )
+                    endings = self._run(slot, deliveries)
+                    sizer.ran(len(endings), time.perf_counter() - started)
                     with slot.lock:
                         if slot.handed_back or slot.consumer is None:
                             break  # a cold stop handed the whole batch back already
-                        self._settle(slot.consumer, deliveries, settled)
+                        self._settle(slot.consumer, deliveries, endings)
                 except Exception as exc:  # a transport bug must not kill the slot either
                     self.console.error(f"{exc}; reconnecting every second")
                     self._outage = True
@@ -272,134 +280,33 @@ class Worker:
             with contextlib.suppress(TransportError):  # a dead connection's leases expire anyway
                 consumer.close()
 
+    def _run(self, slot: _Slot, deliveries: Sequence[Delivery]) -> list[Ending]:
+        slot.running = True
+        try:
+            return run_batch(deliveries, self.runner, self._stopping, self._abort)
+        finally:
+            slot.running = False
+
     def _settle(
-        self,
-        consumer: Consumer,
-        deliveries: list[Delivery],
-        settled: list[tuple[Settlement, Outcome]],
+        self, consumer: Consumer, deliveries: Sequence[Delivery], endings: list[Ending]
     ) -> None:
-        unstarted = deliveries[len(settled) :]
-        if settled:
-            consumer.settle([s for s, _ in settled])
+        """Settle what ran in one call, hand back what did not, and count both."""
+        unstarted = deliveries[len(endings) :]
+        if endings:
+            consumer.settle([ending.settlement for ending in endings])
         if unstarted:
             consumer.release(unstarted)
         counts: dict[str, int] = {"ok": 0, "failed": 0, "retried": 0, "malformed": 0}
-        for _, outcome in settled:
-            counts[outcome] += 1
+        for ending in endings:
+            counts[ending.outcome] += 1
         self.health.finished(released=len(unstarted), **counts)
         if self.metrics is not None:
-            for name, count in counts.items():
+            for outcome, count in counts.items():
                 if count:
-                    self.metrics.tasks.labels(name).inc(count)
+                    self.metrics.tasks.labels(outcome).inc(count)
             if unstarted:
                 self.metrics.tasks.labels("released").inc(len(unstarted))
+            for ending in endings:
+                if ending.outcome == "ok":
+                    self.metrics.task_seconds.observe(ending.duration)
             self.metrics.in_hand.set(self.health.in_hand)
-
-    # -- running tasks --------------------------------------------------------
-    def _run(self, slot: _Slot, deliveries: list[Delivery]) -> list[tuple[Settlement, Outcome]]:
-        """Run a batch in order, as far as it goes; :meth:`_settle` hands back the rest.
-
-        It stops early when a warm stop comes (after one task at most), on a cold stop
-        (at once), and once it has run ``HAND_BACK_AFTER_SECONDS``: tasks slower than
-        the batch was sized for must not queue behind each other in one worker.
-        """
-        settled: list[tuple[Settlement, Outcome]] = []
-        slot.running = True
-        started = time.perf_counter()
-        try:
-            for delivery in deliveries:
-                if self._abort.is_set() or (self._stopping.is_set() and settled):
-                    break
-                if settled and time.perf_counter() - started > HAND_BACK_AFTER_SECONDS:
-                    break
-                settled.append(self.process(delivery))
-        finally:
-            slot.running = False
-        return settled
-
-    def process(self, delivery: Delivery) -> tuple[Settlement, Outcome]:
-        """Run one delivery and decide how it ends. Never raises for bad input."""
-        try:
-            task = Task.decode(delivery.body)
-        except EnvelopeError as exc:
-            reason = f"malformed message: {exc}"
-            self.console.error(f"dead-lettered a {reason}")
-            return Settlement(delivery, dead_letter=self._dead(delivery, reason)), "malformed"
-        if not self.console.quiet:
-            shown = (
-                task.args[0] if task.name == "square" and task.args else f"{task.name}{task.args}"
-            )
-            self.console.lines([f"Get task {shown} from task_queue."])
-        started_at, started = time.time(), time.perf_counter()
-        try:
-            function = self.registry.resolve(task.name, task.args, task.kwargs)
-        except (UnknownTask, TypeError) as exc:
-            return self._fail(delivery, task, exc, started_at, 0.0, retryable=False)
-        try:
-            value = function(*task.args, **task.kwargs)
-        except Exception as exc:
-            duration = time.perf_counter() - started
-            return self._fail(delivery, task, exc, started_at, duration, retryable=True)
-        duration = time.perf_counter() - started
-        try:
-            body = self._result(task, started_at, duration, status="ok", value=value)
-        except (TypeError, ValueError) as exc:  # the value is not JSON: no retry will change it
-            return self._fail(delivery, task, exc, started_at, duration, retryable=False)
-        if self.metrics is not None:
-            self.metrics.task_seconds.observe(duration)
-        return Settlement(delivery, reply_to=task.reply_to, result=body), "ok"
-
-    def _fail(
-        self,
-        delivery: Delivery,
-        task: Task,
-        exc: BaseException,
-        started_at: float,
-        duration: float,
-        retryable: bool,
-    ) -> tuple[Settlement, Outcome]:
-        error = f"{type(exc).__name__}: {exc}"
-        if retryable and task.attempt < task.max_attempts:
-            delay = retry_delay(task.attempt)
-            self.console.error(
-                f"task {task.name} {task.id} attempt {task.attempt}/{task.max_attempts} "
-                f"failed ({error}); retrying in {delay:g} s"
-            )
-            return Settlement(delivery, retry=task.next_attempt().encode(), retry_delay=delay), (
-                "retried"
-            )
-        reason = (
-            f"failed {task.attempt} of {task.max_attempts} attempts; last error: {error}"
-            if retryable
-            else f"cannot run: {error}"
-        )
-        self.console.error(f"task {task.name} {task.id} dead-lettered: {reason}")
-        result = self._result(
-            task,
-            started_at,
-            duration,
-            status="error",
-            error_type=type(exc).__name__,
-            error_message=reason,
-        )
-        return Settlement(
-            delivery,
-            reply_to=task.reply_to,
-            result=result,
-            dead_letter=self._dead(delivery, reason),
-        ), "failed"
-
-    def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
-        return Result(
-            task_id=task.id,
-            worker=self.id,
-            attempt=task.attempt,
-            started_at=started_at,
-            duration=duration,
-            **fields,
-        ).encode()
-
-    def _dead(self, delivery: Delivery, reason: str) -> bytes:
-        return DeadLetter(
-            body=delivery.body, reason=reason, queue=self.queue_name, worker=self.id
-        ).encode()

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import free_port
 from distq.config import Settings
+from distq.envelope import Task
 from distq.errors import TransportError
 from distq.transport import Settlement, open_transport
+from procs import Distq
 from seam import fetch_n, results_n
 
 pytestmark = pytest.mark.integration
@@ -68,3 +72,44 @@ def test_a_master_stopping_under_a_waiting_fetch_reads_as_closed() -> None:
                 consumer.fetch(5, 0.5)
     finally:
         remote.close()
+
+
+def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None:
+    # the masters are processes: a master restarts as a new process on the same port
+    settings = _settings("restarted")
+    assert settings.authkey is not None
+    host, port = settings.manager_address
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(
+        DISTQ_TRANSPORT="manager",
+        DISTQ_AUTHKEY=settings.authkey.decode(),
+        DISTQ_MANAGER_ADDRESS=f"{host}:{port}",
+        DISTQ_QUEUE=settings.queue,
+        PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"),
+    )
+    first = Distq(["master", "--tasks", "1", "--timeout", "60"], env)
+    try:
+        first.wait_for(r"^master .* transport")
+        remote = open_transport(settings, "worker")
+        try:
+            consumer = remote.consumer("c1")
+            assert len(fetch_n(consumer, 1)) == 1
+            first.signal(signal.SIGKILL)
+            first.wait(10)
+            with pytest.raises(TransportError):
+                for _ in range(10):
+                    consumer.fetch(5, 0.2)
+            consumer.close()  # what a worker slot does after an error, on the same thread
+            second = Distq(["master", "--tasks", "1", "--timeout", "60"], env)
+            try:
+                second.wait_for(r"^master .* transport")
+                again = remote.consumer("c1")  # the slot's next consumer, same thread
+                (task,) = fetch_n(again, 1)
+                assert Task.decode(task.body).reply_to.startswith(f"{settings.queue}.results.")
+                again.close()
+            finally:
+                second.stop(grace=0)  # no need to let it wait for its task
+        finally:
+            remote.close()
+    finally:
+        first.stop()

@@ -36,6 +36,11 @@ def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ),
         (["worker", "--task", "nomodule_xyz:f"], {"DISTQ_AUTHKEY": "k"}, "cannot import"),
         (["master", "--tasks", "0"], {"DISTQ_AUTHKEY": "k"}, "must be greater than 0"),
+        (
+            ["worker"],  # a setting only the transport can judge, before anything connects
+            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": "redis://h/0?socket_timeout=x"},
+            "DISTQ_REDIS_URL is not a valid Redis URL",
+        ),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(
@@ -59,6 +64,20 @@ def test_master_cannot_listen_on_a_busy_port() -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
 
 
+def test_a_misspelled_variable_warns_and_changes_nothing_else() -> None:
+    done = distq("worker", DISTQ_TRANSPRT="redis")
+    assert done.returncode == 2  # the manager transport, still without its DISTQ_AUTHKEY
+    assert done.stderr.splitlines() == [
+        "distq: warning: DISTQ_TRANSPRT is not a distq setting (ignored); "
+        "did you mean DISTQ_TRANSPORT?",
+        done.stderr.splitlines()[1],
+    ]
+    assert "DISTQ_AUTHKEY is not set" in done.stderr
+
+
 def test_version_and_help() -> None:
     assert distq("--version").stdout.startswith("distq ")
-    assert "--exit-when-idle" in distq("worker", "--help").stdout
+    worker_help = distq("worker", "--help").stdout
+    assert "--exit-when-idle" in worker_help
+    assert "$DISTQ_PREFETCH, default 128" in " ".join(worker_help.split())
+    assert "--status-every" in distq("master", "--help").stdout

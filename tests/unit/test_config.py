@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from distq.config import Settings
+from conftest import REPO
+from distq.config import DEFAULTS, SETTINGS, Settings, misspelled
 from distq.errors import ConfigError
 
 KEY = {"DISTQ_AUTHKEY": "secret"}
@@ -60,3 +63,61 @@ def test_authkey_is_needed_only_by_manager() -> None:
 def test_flag_origin_is_named() -> None:
     with pytest.raises(ConfigError, match="DISTQ_QUEUE --queue"):
         Settings.load(KEY, {"DISTQ_QUEUE": "bad name"})
+
+
+def test_every_setting_is_one_entry_with_variable_flag_default_and_help() -> None:
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    assert [e.variable for e in SETTINGS] == [
+        f.metadata["setting"].variable for f in fields.values()
+    ]
+    for entry in SETTINGS:
+        assert entry.variable.startswith("DISTQ_") and entry.flag.startswith("--")
+        assert entry.flag == "--" + entry.variable.removeprefix("DISTQ_").lower().replace("_", "-")
+        assert entry.help and entry.shown_default
+    assert Settings() == DEFAULTS and DEFAULTS.prefetch == 128 and DEFAULTS.lease_seconds == 5.0
+    loaded = Settings.load({"DISTQ_TRANSPORT": "redis"})
+    assert dataclasses.replace(loaded, transport="manager") == DEFAULTS  # defaults are the entries'
+
+
+def test_values_are_stripped_and_an_empty_metrics_port_is_off() -> None:
+    settings = Settings.load({**KEY, "DISTQ_QUEUE": " q1 \n", "DISTQ_METRICS_PORT": ""})
+    assert settings.queue == "q1" and settings.metrics_port is None
+    assert Settings.load({"DISTQ_AUTHKEY": " k \n"}).authkey == b"k"
+
+
+@pytest.mark.parametrize(
+    ("name", "closest"),
+    [
+        ("DISTQ_TRANSPRT", "DISTQ_TRANSPORT"),
+        ("DISTQ_PREFECH", "DISTQ_PREFETCH"),
+        ("DISTQ_LEASE_SECOND", "DISTQ_LEASE_SECONDS"),
+        ("DISTQ_AUTH_KEY", "DISTQ_AUTHKEY"),
+        ("DISTQ_AMQP", "DISTQ_AMQP_URL"),
+    ],
+)
+def test_a_misspelled_variable_warns_naming_the_closest_setting(name: str, closest: str) -> None:
+    environ = {name: "x", "DISTQ_QUEUE": "q", "PATH": "/bin"}
+    assert misspelled(environ) == [
+        f"{name} is not a distq setting (ignored); did you mean {closest}?"
+    ]
+
+
+def test_known_and_unrelated_variables_pass_without_a_word() -> None:
+    environ = {
+        "DISTQ_TRANSPORT": "redis",
+        "DISTQ_TEST_REDIS_URL": "redis://127.0.0.1:1/0",  # the test harness's own
+        "DISTQ_REDIS_IMAGE": "redis:7",
+        "DISTQ_DEBIAN_MIRROR": "http://127.0.0.1/debian",
+        "TRANSPORT": "x",
+    }
+    assert misspelled(environ) == []
+
+
+def test_the_readme_settings_table_lists_every_setting_with_its_flag_and_default() -> None:
+    readme = (REPO / "README.md").read_text()
+    for entry in SETTINGS:
+        prefix = f"| `{entry.variable}` | `{entry.flag}` | "
+        rows = [line for line in readme.splitlines() if line.startswith(prefix)]
+        assert len(rows) == 1, f"README.md: no settings row for {entry.variable}"
+        default = rows[0].removeprefix(prefix).split(" | ")[0].strip("`")
+        assert default == entry.shown_default, entry.variable

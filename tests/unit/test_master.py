@@ -1,8 +1,9 @@
-"""The master's bookkeeping, on the real manager transport hosted in this process."""
+"""The master on the real manager transport hosted in this process; pacing, by itself."""
 
 from __future__ import annotations
 
 import io
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -13,7 +14,8 @@ from conftest import free_port
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
-from distq.master import JobSpec, Master, percentile
+from distq.master import JobReport, JobSpec, Master, Workload, allowance, percentile
+from distq.squares import Squares
 from distq.transport import Settlement, Transport, open_transport
 
 
@@ -51,49 +53,113 @@ def result(task: Task, value: object) -> bytes:
     ).encode()
 
 
+def right(task: Task) -> list[bytes]:
+    return [result(task, task.args[0] ** 2)]
+
+
 def run(
-    transport: Transport, spec: JobSpec, answer: Callable[[Task], list[bytes]]
-) -> tuple[Master, str, object]:
+    transport: Transport,
+    spec: JobSpec,
+    answer: Callable[[Task], list[bytes]],
+    workload: Workload[int] | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[str, JobReport]:
     out = io.StringIO()
-    stop = threading.Event()
-    thread = threading.Thread(target=serve, args=(transport, answer, stop), daemon=True)
+    done = threading.Event()
+    thread = threading.Thread(target=serve, args=(transport, answer, done), daemon=True)
     thread.start()
-    master = Master(transport, Console(out=out, err=out), "distq")
+    master = Master(transport, Console(out=out, err=out))
     try:
-        report = master.run(spec)
+        report = master.run(spec, workload or Squares(seed=1), stop)
     finally:
-        stop.set()
+        done.set()
         thread.join(5)
-    return master, out.getvalue(), report
+    return out.getvalue(), report
 
 
-def test_duplicates_count_once(transport: Transport) -> None:
-    _, out, report = run(
-        transport, JobSpec(tasks=5, seed=1, timeout=20), lambda t: [result(t, t.args[0] ** 2)] * 3
-    )
-    assert report.succeeded and report.ok == 5  # type: ignore[attr-defined]
+def test_the_tutorial_lines_and_duplicates_counted_once(transport: Transport) -> None:
+    out, report = run(transport, JobSpec(tasks=5, timeout=20), lambda t: right(t) * 3)
+    assert report.succeeded and report.ok == 5
+    numbers = re.findall(r"^put task (\d+) into task_queue \.\.\.\.$", out, re.M)
+    assert len(numbers) == 5 and "try to get result....\n" in out
+    for n in numbers:
+        assert f"Get result {n} * {n} = {int(n) ** 2} from result_queue.\n" in out
     assert out.count("Get result") == 5
+    assert "all 5 results in and correct" in out
 
 
 def test_wrong_values_fail_the_job(transport: Transport) -> None:
-    _, out, report = run(transport, JobSpec(tasks=3, timeout=20), lambda t: [result(t, -1)])
-    assert not report.succeeded and report.incorrect == 3  # type: ignore[attr-defined]
+    out, report = run(transport, JobSpec(tasks=3, timeout=20), lambda t: [result(t, -1)])
+    assert not report.succeeded and report.incorrect == 3
     assert "wrong result for square(" in out
 
 
 def test_timeout_names_what_is_missing(transport: Transport) -> None:
-    _, out, report = run(transport, JobSpec(tasks=4, timeout=0.5), lambda t: [])
-    assert report.missing == 4 and not report.succeeded  # type: ignore[attr-defined]
+    out, report = run(transport, JobSpec(tasks=4, timeout=0.5), lambda t: [])
+    assert report.missing == 4 and not report.succeeded
     assert "job timed out" in out and "missing 4 results: square(" in out
 
 
 def test_max_in_flight_one_measures_round_trips(transport: Transport) -> None:
-    _, _, report = run(
-        transport,
-        JobSpec(tasks=20, max_in_flight=1, timeout=20),
-        lambda t: [result(t, t.args[0] ** 2)],
-    )
-    assert report.ok == 20 and report.latency_p50_seconds is not None  # type: ignore[attr-defined]
+    _, report = run(transport, JobSpec(tasks=20, max_in_flight=1, timeout=20), right)
+    assert report.ok == 20 and report.latency_p50_seconds is not None
+
+
+def test_rate_mode_prints_a_status_line_every_status_every_seconds(transport: Transport) -> None:
+    stop = threading.Event()
+    timer = threading.Timer(1.0, stop.set)
+    timer.start()
+    spec = JobSpec(tasks=None, rate=50, status_every=0.2)
+    out, report = run(transport, spec, right, stop=stop)
+    timer.join()
+    status = re.findall(r"^submitted (\d+), results \d+ \(ok \d+, failed 0\)", out, re.M)
+    assert 2 <= len(status) <= 6  # about 1 s / 0.2 s; never one per loop
+    assert report.succeeded and 25 <= report.tasks <= 50 * report.elapsed_seconds + 1
+
+
+class Echoes(Workload[int]):
+    """A workload with no lines or checks of its own: the defaults a new workload gets."""
+
+    def tasks(self, count: int, reply_to: str) -> list[tuple[Task, int]]:
+        return [(Task(name="echo", args=[n], reply_to=reply_to), n) for n in range(count)]
+
+    def name(self, entry: int) -> str:
+        return f"echo({entry})"
+
+
+def test_any_workload_runs_and_failures_are_named_by_it(transport: Transport) -> None:
+    def answer(task: Task) -> list[bytes]:
+        if task.args[0] == 1:
+            return [
+                Result(
+                    task_id=task.id,
+                    status="error",
+                    worker="w",
+                    attempt=1,
+                    started_at=0.0,
+                    duration=0.0,
+                    error_type="ValueError",
+                    error_message="no",
+                ).encode()
+            ]
+        return [result(task, "anything")]
+
+    out, report = run(transport, JobSpec(tasks=3, timeout=20), answer, Echoes())
+    assert (report.ok, report.failed) == (2, 1)
+    assert re.search(r"^echo\(0\) \[\w+\] = 'anything'$", out, re.M)
+    assert re.search(r"task echo\(1\) \[\w+\] failed for good: ValueError: no", out)
+    assert "put task" not in out and "try to get result" not in out
+
+
+def test_allowance_keeps_total_in_flight_and_rate() -> None:
+    assert allowance(JobSpec(tasks=6), submitted=0, outstanding=0, elapsed=0) == 6
+    assert allowance(JobSpec(tasks=6), submitted=6, outstanding=6, elapsed=9) == 0
+    in_flight = JobSpec(tasks=100, max_in_flight=4)
+    assert allowance(in_flight, submitted=10, outstanding=3, elapsed=0) == 1
+    rate = JobSpec(tasks=None, rate=10)
+    assert allowance(rate, submitted=0, outstanding=0, elapsed=0) == 1
+    assert allowance(rate, submitted=1, outstanding=1, elapsed=0.05) == 0
+    assert allowance(rate, submitted=1, outstanding=0, elapsed=1.0) == 10
 
 
 def test_percentile_nearest_rank() -> None:

@@ -1,10 +1,22 @@
-"""The manager transport's in-master queues: leases, requeues, retries (no network)."""
+"""The manager transport's in-master queues: leases, requeues, retries (no network).
+
+Leases and retry delays run on a clock the tests move by hand, and the reaper is
+called directly: no test sleeps, so none depends on how busy the machine is.
+"""
 
 from __future__ import annotations
 
-import time
+import inspect
 
-from distq.transport.manager import QueueBroker
+from distq.transport.manager import _EXPOSED, QueueBroker, _BrokerProxy
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_fetch_leases_and_settle_publishes() -> None:
@@ -20,26 +32,32 @@ def test_fetch_leases_and_settle_publishes() -> None:
 
 
 def test_expired_lease_requeues_at_the_front_and_marks_redelivered() -> None:
-    broker = QueueBroker()
-    broker.start_reaper(0.02)
+    clock = Clock()
+    broker = QueueBroker(clock)
     broker.put("q", [b"a", b"b", b"c"])
     broker.fetch("q", "dies", 2, 0.1, 0.1)
-    time.sleep(0.3)
+    clock.now += 0.09
+    broker.reap()
+    assert broker.stats("q") == (1, 2, 0, 1)  # not yet
+    clock.now += 0.02
+    broker.reap()
     got = broker.fetch("q", "lives", 10, 0.1, 5.0)
     assert [(body, again) for _, body, again in got] == [(b"a", True), (b"b", True), (b"c", False)]
-    broker.stop()
 
 
 def test_heartbeat_extends_the_lease() -> None:
-    broker = QueueBroker()
-    broker.start_reaper(0.02)
+    clock = Clock()
+    broker = QueueBroker(clock)
     broker.put("q", [b"a"])
     broker.fetch("q", "c1", 1, 0.1, 0.2)
-    for _ in range(5):
-        time.sleep(0.1)
+    for _ in range(5):  # a whole second, five leases, each renewed halfway through
+        clock.now += 0.1
+        broker.reap()
         broker.heartbeat("c1", 0.2)
     assert broker.stats("q") == (0, 1, 0, 1)
-    broker.stop()
+    clock.now += 0.21  # and without the heartbeat it lapses
+    broker.reap()
+    assert broker.stats("q") == (1, 0, 0, 0)
 
 
 def test_settling_after_the_lease_expired_still_delivers_the_result() -> None:
@@ -52,14 +70,29 @@ def test_settling_after_the_lease_expired_still_delivers_the_result() -> None:
 
 
 def test_delayed_retry_becomes_ready_after_its_delay() -> None:
-    broker = QueueBroker()
-    broker.start_reaper(0.02)
+    clock = Clock()
+    broker = QueueBroker(clock)
     broker.put("q", [b"a"])
     ((token, _, _),) = broker.fetch("q", "c1", 1, 0.1, 5.0)
     broker.settle("q", "c1", [(token, None, None, b"a2", 0.3, None)])
-    assert broker.fetch("q", "c1", 1, 0.1, 5.0) == []
-    assert [body for _, body, _ in broker.fetch("q", "c1", 1, 1.0, 5.0)] == [b"a2"]
-    broker.stop()
+    clock.now += 0.29
+    broker.reap()
+    assert broker.fetch("q", "c1", 1, 0, 5.0) == []
+    clock.now += 0.02
+    broker.reap()
+    assert [body for _, body, _ in broker.fetch("q", "c1", 1, 0, 5.0)] == [b"a2"]
+
+
+def test_the_reaper_thread_expires_leases_on_its_own() -> None:
+    broker = QueueBroker()
+    broker.start_reaper(0.02)
+    try:
+        broker.put("q", [b"a"])
+        broker.fetch("q", "dies", 1, 0.1, 0.05)
+        got = broker.fetch("q", "lives", 1, 5.0, 5.0)  # wakes when the reaper requeues it
+        assert [(body, again) for _, body, again in got] == [(b"a", True)]
+    finally:
+        broker.stop()
 
 
 def test_release_and_disconnect_hand_back_to_the_front() -> None:
@@ -71,3 +104,12 @@ def test_release_and_disconnect_hand_back_to_the_front() -> None:
     broker.disconnect("c1")
     rest = broker.fetch("q", "c2", 10, 0.1, 5.0)
     assert [(body, again) for _, body, again in rest] == [(b"a", True), (b"c", True), (b"d", False)]
+
+
+def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signature() -> None:
+    for name in _EXPOSED:
+        served = inspect.signature(getattr(QueueBroker, name))
+        proxied = inspect.signature(getattr(_BrokerProxy, name))
+        assert list(proxied.parameters) == list(served.parameters), name
+    public = {n for n, v in vars(QueueBroker).items() if callable(v) and not n.startswith("_")}
+    assert public - set(_EXPOSED) == {"start_reaper", "stop", "reap"}  # the master's own

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from distq.envelope import Task
 from distq.errors import ConfigError, UnknownTask
-from distq.tasks import Registry, square
+from distq.squares import square
+from distq.tasks import Registry
 
 
 def test_square() -> None:
@@ -19,6 +23,22 @@ def test_unknown_names_and_bad_arguments() -> None:
     with pytest.raises(TypeError):
         registry.resolve("square", [1, 2, 3], {})
     assert registry.resolve("square", [2], {"delay": 0}) is square
+
+
+def test_worker_lines_name_squares_by_number_and_others_by_name_and_arguments() -> None:
+    registry = Registry()
+    registry.register_path("jobs:echo")
+
+    def task(name: str, *args: object) -> Task:
+        return Task(name=name, args=list(args), reply_to="r")
+
+    assert registry.show(task("square", 733)) == "733"
+    assert registry.show(task("jobs:echo", 5, "x")) == "jobs:echo[5, 'x']"
+    assert registry.show(task("nowhere:nothing", 1)) == "nowhere:nothing[1]"  # not registered
+    registry.register("square", square)  # registered again without its own way to show
+    assert registry.show(task("square", 733)) == "square[733]"
+    registry.register("jobs:echo", print, show=lambda t: f"echo of {t.args[0]}")
+    assert registry.show(task("jobs:echo", 5)) == "echo of 5"
 
 
 def test_register_by_import_path() -> None:
@@ -37,11 +57,11 @@ def _d(x: int, /, y: int, *, key: int = 1, **more: int) -> None: ...
 
 
 @pytest.mark.parametrize("function", [_a, _b, _c, _d])
-def test_argument_checks_agree_with_inspect_bind(function: object) -> None:
+def test_argument_checks_agree_with_inspect_bind(function: Callable[..., None]) -> None:
     import inspect
 
     registry = Registry()
-    registry.register("f", function)  # type: ignore[arg-type]
+    registry.register("f", function)
     for args, kwargs in [
         ([], {}),
         ([1], {}),
@@ -53,7 +73,7 @@ def test_argument_checks_agree_with_inspect_bind(function: object) -> None:
         ([1], {"nope": 1}),
     ]:
         try:
-            inspect.signature(function).bind(*args, **kwargs)  # type: ignore[arg-type]
+            inspect.signature(function).bind(*args, **kwargs)
             fits = True
         except TypeError:
             fits = False

@@ -5,11 +5,17 @@
 | manager   | the master (multiprocessing)   | a per-consumer deadline in the master       |
 | redis     | Redis >= 6.2 (list per queue)  | a per-consumer deadline in a sorted set     |
 | rabbitmq  | RabbitMQ (AMQP 0-9-1 via pika) | the channel, kept alive by AMQP heartbeats  |
+
+Adding a transport is a module here with a :class:`Transport` subclass, and its line in
+:data:`_CLASSES`; nothing outside this package names a transport.
 """
 
 from __future__ import annotations
 
-from distq.config import Settings
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from distq.transport.base import (
     Consumer,
     Delivery,
@@ -20,7 +26,11 @@ from distq.transport.base import (
     Transport,
 )
 
+if TYPE_CHECKING:  # distq.config reads TRANSPORTS from here: no import back at run time
+    from distq.config import Settings
+
 __all__ = [
+    "TRANSPORTS",
     "Consumer",
     "Delivery",
     "Producer",
@@ -31,21 +41,24 @@ __all__ = [
     "open_transport",
 ]
 
+# name -> (module, class); a module is imported only when its transport is opened
+_CLASSES: dict[str, tuple[str, str]] = {
+    "manager": ("distq.transport.manager", "ManagerTransport"),
+    "redis": ("distq.transport.redis", "RedisTransport"),
+    "rabbitmq": ("distq.transport.rabbitmq", "RabbitMQTransport"),
+}
+
+#: The values ``DISTQ_TRANSPORT`` accepts; the first is the default.
+TRANSPORTS: tuple[str, ...] = tuple(_CLASSES)
+
 
 def open_transport(settings: Settings, role: Role) -> Transport:
     """Connect to the broker ``settings`` names (the master hosts it for ``manager``).
 
     Raises :class:`~distq.errors.ConnectionFailed` (or its subclass
-    ``AuthenticationFailed``) with an actionable message when that fails.
+    ``AuthenticationFailed``) with an actionable message when that fails, and
+    :class:`~distq.errors.ConfigError` for a setting only the transport can judge.
     """
-    if settings.transport == "manager":
-        from distq.transport.manager import ManagerTransport
-
-        return ManagerTransport(settings, role)
-    if settings.transport == "redis":
-        from distq.transport.redis import RedisTransport
-
-        return RedisTransport(settings, role)
-    from distq.transport.rabbitmq import RabbitMQTransport
-
-    return RabbitMQTransport(settings, role)
+    module, name = _CLASSES[settings.transport]
+    connect: Callable[[Settings, Role], Transport] = getattr(importlib.import_module(module), name)
+    return connect(settings, role)

@@ -20,27 +20,55 @@ envelopes in :mod:`distq.envelope` give them meaning.
 
 Threading: a ``Producer`` or ``Consumer`` is used by one thread at a time. A worker
 with concurrency C opens C consumers.
+
+A transport class is constructed as ``cls(settings, role)`` by
+:func:`distq.transport.open_transport`, and connects (or, for a manager master, starts
+listening) before it returns.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from distq.envelope import DeadLetter
 
 Role = Literal["master", "worker"]
 
+_Tag = TypeVar("_Tag")
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A task body handed to a consumer, with the transport's handle to settle it."""
+    """A task body handed to a consumer, with the transport's handle to settle it.
+
+    ``tag`` is opaque outside the transport. The one rule every consumer applies: only
+    the consumer that fetched a delivery settles or releases it, and a consumer given a
+    delivery whose tag is not of its own kind raises ``ValueError`` naming the tag
+    (:func:`tags_of`). A transport that can tell also refuses a tag it no longer holds
+    (RabbitMQ must: acking one twice closes the channel); Redis and manager accept
+    it, so that a result computed after the lease ran out is still published.
+    """
 
     body: bytes
     tag: object
     redelivered: bool = False
+
+
+def tags_of(deliveries: Iterable[Delivery], kind: type[_Tag], transport: str) -> list[_Tag]:
+    """The tags of ``deliveries``, each checked to be a ``kind``: see :class:`Delivery`."""
+    tags = []
+    for delivery in deliveries:
+        tag = delivery.tag
+        if not isinstance(tag, kind):
+            raise ValueError(
+                f"delivery tag {tag!r} was not handed out by a {transport} consumer; "
+                "settle or release a delivery with the consumer that fetched it"
+            )
+        tags.append(tag)
+    return tags
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +161,19 @@ class Transport(abc.ABC):
     """A connection to one broker and one task queue; a factory of producers and consumers."""
 
     name: str
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """How the start line names this connection.
+
+        For a master: the transport, and where it listens or connects
+        (``manager transport on 0.0.0.0:9000``); for a worker: what it connects to
+        (``master 10.0.0.5:9000``, ``redis at 127.0.0.1:6379``).
+        """
+
+    @abc.abstractmethod
+    def reply_queue(self, job_id: str) -> str:
+        """The name of the result queue of a master's job, a producer's ``reply_to``."""
 
     @abc.abstractmethod
     def producer(self, reply_to: str) -> Producer:

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection
 from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
-from distq.config import Settings
+from distq.config import MESSAGE_BATCH, Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport.base import (
@@ -45,6 +45,7 @@ from distq.transport.base import (
     Role,
     Settlement,
     Transport,
+    tags_of,
 )
 
 # (token, body, redelivered) as handed to a consumer
@@ -63,9 +64,14 @@ class _Lease:
 
 
 class QueueBroker:
-    """In-memory queues with per-consumer leases; thread-safe; lives in the master."""
+    """In-memory queues with per-consumer leases; thread-safe; lives in the master.
 
-    def __init__(self) -> None:
+    ``clock`` (monotonic seconds) times leases and retry delays; tests pass their own
+    and call :meth:`reap` instead of starting the reaper thread.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._queues: dict[str, deque[tuple[bytes, bool]]] = {}
         self._ready: dict[str, threading.Condition] = {}
@@ -129,7 +135,7 @@ class QueueBroker:
 
     def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None:
         """Publish results, retries and dead letters, then drop the settled leases."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             owner = self._leases.get(consumer)
             for token, reply_to, result, retry, delay, dead in items:
@@ -188,7 +194,7 @@ class QueueBroker:
         owner = self._leases.get(consumer)
         if owner is None:
             owner = self._leases[consumer] = _Lease(deadline=0.0)
-        owner.deadline = time.monotonic() + lease
+        owner.deadline = self._clock() + lease
         return owner
 
     def _requeue(self, owner: _Lease, tokens: Sequence[int]) -> None:
@@ -199,16 +205,39 @@ class QueueBroker:
                 self._queue(queue).appendleft((body, True))
                 self._ready[queue].notify()
 
+    def reap(self) -> None:
+        """Requeue what consumers past their deadline hold; move due retries in."""
+        now = self._clock()
+        with self._lock:
+            for name in [c for c, lease in self._leases.items() if lease.deadline < now]:
+                owner = self._leases.pop(name)
+                self._requeue(owner, sorted(owner.held))
+            while self._delayed and self._delayed[0][0] <= now:
+                _, _, queue, body = heapq.heappop(self._delayed)
+                self._push(queue, [body])
+
     def _reap_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            now = time.monotonic()
-            with self._lock:
-                for name in [c for c, lease in self._leases.items() if lease.deadline < now]:
-                    owner = self._leases.pop(name)
-                    self._requeue(owner, sorted(owner.held))
-                while self._delayed and self._delayed[0][0] <= now:
-                    _, _, queue, body = heapq.heappop(self._delayed)
-                    self._push(queue, [body])
+            self.reap()
+
+
+class _Broker(Protocol):
+    """What producers and consumers call: the :class:`QueueBroker` itself in the master,
+    a :class:`_BrokerProxy` of it in a worker. ``None`` from ``get`` or ``fetch`` is a
+    stopping master's stray reply (see :func:`_call_list`)."""
+
+    def put(self, queue: str, bodies: Sequence[bytes]) -> None: ...
+    def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None: ...
+    def delete(self, queue: str) -> None: ...
+    def fetch(
+        self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
+    ) -> list[Wire] | None: ...
+    def heartbeat(self, consumer: str, lease: float) -> None: ...
+    def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None: ...
+    def release(self, consumer: str, tokens: Sequence[int]) -> None: ...
+    def disconnect(self, consumer: str) -> None: ...
+    def peek(self, queue: str, limit: int) -> list[bytes]: ...
+    def stats(self, queue: str) -> tuple[int, int, int, int]: ...
 
 
 _EXPOSED = (
@@ -243,7 +272,10 @@ def _client(address: Any, authkey: bytes | None = None) -> Connection:
 
 
 class _BrokerProxy(BaseProxy):
-    """A worker's proxy of the master's :class:`QueueBroker`, on no-delay connections."""
+    """A worker's proxy of the master's :class:`QueueBroker`, on no-delay connections.
+
+    Each method sends its call to the master and returns the reply (see :class:`_Broker`).
+    """
 
     _exposed_ = _EXPOSED
 
@@ -251,17 +283,48 @@ class _BrokerProxy(BaseProxy):
         super().__init__(*args, **kwargs)
         self._Client = _client
 
+    def _call(self, method: str, *args: Any) -> Any:
+        call: Callable[..., Any] = self._callmethod  # typeshed types its reply as None
+        return call(method, args)
 
-for _name in _EXPOSED:
-    setattr(
-        _BrokerProxy,
-        _name,
-        lambda self, *args, _name=_name: self._callmethod(_name, args),
-    )
+    def put(self, queue: str, bodies: Sequence[bytes]) -> None:
+        self._call("put", queue, bodies)
+
+    def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None:
+        return cast("list[bytes] | None", self._call("get", queue, max_count, timeout))
+
+    def delete(self, queue: str) -> None:
+        self._call("delete", queue)
+
+    def fetch(
+        self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
+    ) -> list[Wire] | None:
+        reply = self._call("fetch", queue, consumer, max_count, timeout, lease)
+        return cast("list[Wire] | None", reply)
+
+    def heartbeat(self, consumer: str, lease: float) -> None:
+        self._call("heartbeat", consumer, lease)
+
+    def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None:
+        self._call("settle", queue, consumer, items)
+
+    def release(self, consumer: str, tokens: Sequence[int]) -> None:
+        self._call("release", consumer, tokens)
+
+    def disconnect(self, consumer: str) -> None:
+        self._call("disconnect", consumer)
+
+    def peek(self, queue: str, limit: int) -> list[bytes]:
+        return cast("list[bytes]", self._call("peek", queue, limit))
+
+    def stats(self, queue: str) -> tuple[int, int, int, int]:
+        return cast("tuple[int, int, int, int]", self._call("stats", queue))
 
 
 class _ClientManager(BaseManager):
     """A worker's connection to the master's :class:`QueueBroker`."""
+
+    distq_broker: Callable[[], _BrokerProxy]  # made by register() below
 
 
 _ClientManager.register("distq_broker", proxytype=_BrokerProxy)
@@ -289,6 +352,7 @@ class ManagerTransport(Transport):
         self._manager: _ClientManager | None = None
         host, port = settings.manager_address
         self.address = f"{host}:{port}"
+        self._role = role
         if role == "master":
             broker = QueueBroker()
             manager = _serving_manager(broker, settings)
@@ -334,12 +398,20 @@ class ManagerTransport(Transport):
                 f"{exc.strerror or exc}; is `distq master` running there?"
             ) from None
 
-    def _endpoint(self) -> Any:
+    def describe(self) -> str:
+        if self._role == "master":
+            return f"manager transport on {self.address}"
+        return f"master {self.address}"
+
+    def reply_queue(self, job_id: str) -> str:
+        return f"{self._queue}.results.{job_id}"
+
+    def _endpoint(self) -> _Broker:
         """The broker: the object itself in the master, a fresh proxy in a worker."""
         if self._broker is not None:
             return self._broker
         assert self._manager is not None
-        return self._connect(self._manager.distq_broker)  # type: ignore[attr-defined]
+        return self._connect(self._manager.distq_broker)
 
     def producer(self, reply_to: str) -> Producer:
         return ManagerProducer(self._endpoint(), self._queue, reply_to, self.address)
@@ -395,12 +467,13 @@ def _call_list(address: str, method: Callable[..., list[_T] | None], *args: Any)
 
 
 class ManagerProducer(Producer):
-    def __init__(self, broker: Any, queue: str, reply_to: str, address: str) -> None:
+    def __init__(self, broker: _Broker, queue: str, reply_to: str, address: str) -> None:
         self._broker, self._queue, self.reply_to, self._address = broker, queue, reply_to, address
 
     def submit(self, bodies: Sequence[bytes]) -> None:
-        for start in range(0, len(bodies), 1000):
-            _call(self._address, self._broker.put, self._queue, list(bodies[start : start + 1000]))
+        for start in range(0, len(bodies), MESSAGE_BATCH):
+            chunk = list(bodies[start : start + MESSAGE_BATCH])
+            _call(self._address, self._broker.put, self._queue, chunk)
 
     def results(self, max_count: int, timeout: float) -> list[bytes]:
         return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
@@ -413,7 +486,7 @@ class ManagerProducer(Producer):
 
 class ManagerConsumer(Consumer):
     def __init__(
-        self, broker: Any, queue: str, consumer_id: str, lease: float, address: str
+        self, broker: _Broker, queue: str, consumer_id: str, lease: float, address: str
     ) -> None:
         self._broker, self._queue, self._id = broker, queue, consumer_id
         self._lease, self._address = lease, address
@@ -434,14 +507,15 @@ class ManagerConsumer(Consumer):
         _call(self._address, self._broker.heartbeat, self._id, self._lease)
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
+        tokens = tags_of((s.delivery for s in settlements), int, "manager")
         items: list[WireSettlement] = [
-            (s.delivery.tag, s.reply_to, s.result, s.retry, s.retry_delay, s.dead_letter)  # type: ignore[misc]
-            for s in settlements
+            (token, s.reply_to, s.result, s.retry, s.retry_delay, s.dead_letter)
+            for token, s in zip(tokens, settlements, strict=True)
         ]
         _call(self._address, self._broker.settle, self._queue, self._id, items)
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
-        tokens = [d.tag for d in deliveries]
+        tokens = tags_of(deliveries, int, "manager")
         _call(self._address, self._broker.release, self._id, tokens)
 
     def close(self) -> None:
@@ -450,8 +524,14 @@ class ManagerConsumer(Consumer):
         _close_proxy(self._broker)
 
 
-def _close_proxy(broker: Any) -> None:
+def _close_proxy(broker: _Broker) -> None:
+    """Close a proxy's connection, and forget it: every proxy of one address shares its
+    thread's connection, and a closed one left behind would fail the next proxy's calls
+    (a slot reconnecting after its master restarted)."""
     if isinstance(broker, BaseProxy):
-        conn = getattr(getattr(broker, "_tls", None), "connection", None)
+        local: Any = getattr(broker, "_tls", None)
+        conn = getattr(local, "connection", None)
         if conn is not None:
             conn.close()
+            with contextlib.suppress(AttributeError):
+                del local.connection

@@ -7,29 +7,29 @@ Other pika query arguments (``connection_attempts``, ``socket_timeout``...) are 
 ``heartbeat`` is not: the lease sets it.
 
 Topology, declared idempotently (``Q`` = ``DISTQ_QUEUE``; every queue is durable, a
-classic queue fed through the default exchange with persistent messages, at the
-server's default queue version; on 3.10, v1 answered a round trip in half the time of
-v2 with no loss of throughput, see ``bench/results``):
+classic queue at the server's default version, fed through the default exchange with
+persistent messages):
 
-================  =============================================  =========================
-queue             arguments                                      holds
-================  =============================================  =========================
-``Q``             ``x-dead-letter-exchange: ""``,                tasks
-                  ``x-dead-letter-routing-key: Q.dead``
-``Q.dead``        none                                           DeadLetter envelopes, and
-                                                                 anything rejected from Q
-``Q.retry.<ms>``  ``x-message-ttl: <ms>``,                       retries waiting out their
-                  ``x-dead-letter-exchange: ""``,                delay; then back to Q
-                  ``x-dead-letter-routing-key: Q``,
-                  ``x-expires: <ms> + 1 h``
-``<reply_to>``    ``x-expires: 1 h``                             one master's results
-================  =============================================  =========================
+======================  =============================================  =====================
+queue                   arguments                                      holds
+======================  =============================================  =====================
+``Q``                   ``x-dead-letter-exchange: ""``,                tasks
+                        ``x-dead-letter-routing-key: Q.dead``
+``Q.dead``              none                                           DeadLetter envelopes,
+                                                                       and anything
+                                                                       rejected from Q
+``Q.retry.<ms>``        ``x-message-ttl: <ms>``,                       retries waiting out
+                        ``x-dead-letter-exchange: ""``,                their delay; then
+                        ``x-dead-letter-routing-key: Q``,              back to Q
+                        ``x-expires: <ms> + 1 h``
+``Q.results.<job>``     ``x-expires: 1 h``                             one master's results
+======================  =============================================  =====================
 
 One queue per retry delay, because RabbitMQ expires messages only at the head of a
 queue: a 0.5 s retry never waits behind a 60 s one. Retry queues go away an hour after
-their last use. The reply queue is durable so results outlive a broker restart;
-``Producer.close`` deletes it, and ``x-expires`` removes it an hour after a master died
-without closing (a queue with a consumer never expires).
+their last use. A master's reply queue (named by :meth:`RabbitMQTransport.reply_queue`)
+is durable so results outlive a broker restart; ``Producer.close`` deletes it, and
+``x-expires`` removes it an hour after a master died without closing.
 
 Leases: a delivery stays unacknowledged on its consumer's channel until settled or
 released. A consumer's connection heartbeat is ``max(1, round(lease_seconds))`` s, so
@@ -38,28 +38,20 @@ held; a SIGKILLed worker's TCP connection closes, and its deliveries return at o
 :meth:`RabbitMQConsumer.heartbeat` services the heartbeats while a task runs. The broker's
 ``consumer_timeout`` (30 min by default) also closes a channel that holds a delivery
 longer; raise it for longer tasks. The consumer's ``basic_qos`` prefetch follows the
-batch asked for, up to ``DISTQ_PREFETCH``, so the backlog stays visible as ``ready``
-(:class:`PrefetchWindow` says when a resize is worth its round trips).
+batch asked for, up to ``DISTQ_PREFETCH`` (:class:`PrefetchWindow`), so the backlog
+stays visible as ``ready``.
 
-Publisher confirms, batched and asynchronous: in confirm mode pika's
-``BlockingChannel.basic_publish`` waits for the broker after every message (a round trip
-and a disk sync each, ~500 messages/s). Each link here enables confirms on the
-underlying channel itself and counts ``Basic.Ack``/``Basic.Nack`` per sequence number.
-A worker publishes a whole batch of results (its frames joined into one socket write),
-then waits once for every confirm; only then are the deliveries acked. A master does
-not wait at all while fewer than ``_CONFIRM_WINDOW`` tasks are unconfirmed: confirms are
-counted as they arrive while it waits for results, and a refused or unroutable task
-raises from its next call. The master acks its results one call later, cumulatively,
-so the ack never delays the next task. That relies on pika internals
-``BlockingChannel._impl`` and ``._flush_output`` (what ``basic_publish`` itself uses;
-pika is pinned below 2). Tasks, retries and dead letters are published ``mandatory``:
-an unroutable one fails the call instead of vanishing. Results are not: a missing reply
-queue means nobody waits.
+Publisher confirms, batched: a worker publishes a whole batch's results, retries and
+dead letters, waits once for all their confirms, and only then acks the deliveries. A
+master waits only when more than ``_CONFIRM_WINDOW`` tasks are unconfirmed; a refused
+or unroutable task raises from its next call. It acks its results one call later,
+cumulatively. pika's ``BlockingChannel`` would wait per message: this goes through
+:mod:`distq.transport.pika_internals`. Tasks, retries and dead letters are published
+``mandatory``; results are not (a missing reply queue means nobody waits).
 
 Results, batched: a worker settling several tasks of one master publishes their results
 as one message (``type: distq.results``, each body after its 4-byte big-endian length);
-the master's producer unpacks it. The broker then stores, delivers and acks one message
-per batch instead of one per task. A lone result goes as it is.
+the master's producer unpacks it.
 
 ``stats()``: ``ready`` and ``dead`` come from passive declares. AMQP does not report
 unacknowledged counts (the management plugin does), so ``in_flight`` counts only the
@@ -67,14 +59,17 @@ deliveries held by this transport's own consumers. ``dead_letters()`` peeks with
 ``basic_get`` and requeues with one ``basic_nack``, which keeps the order.
 
 Threading: pika is not thread-safe. Every producer and consumer owns its connection and
-channel and is used by one thread, so nothing here crosses threads; code that must
-reach a connection from another thread has to use ``connection.add_callback_threadsafe``.
-The transport's own connection (``stats``, ``dead_letters``) is guarded by a lock.
+channel and is used by one thread; code that must reach a connection from another
+thread has to use ``connection.add_callback_threadsafe``. The transport's own
+connection (``stats``, ``dead_letters``) is guarded by a lock.
+
+The measurements behind these choices: ``bench/results/rabbitmq-design.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 import threading
 import time
@@ -87,7 +82,7 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pika.exceptions
 
-from distq.config import Settings
+from distq.config import MESSAGE_BATCH, Settings
 from distq.envelope import DeadLetter
 from distq.errors import (
     AuthenticationFailed,
@@ -104,13 +99,15 @@ from distq.transport.base import (
     Role,
     Settlement,
     Transport,
+    tags_of,
 )
+from distq.transport.pika_internals import FastChannel
 
 _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value)
 _RESULTS_TYPE = "distq.results"  # one message carrying several results; see pack_results
 _PACKED = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value, type=_RESULTS_TYPE)
 _HOUR_MS = 3_600_000
-_REPLY_PREFETCH = 1000  # results are small and the master dedupes; keep the pipe full
+_REPLY_PREFETCH = MESSAGE_BATCH  # what a master takes per call; it dedupes, so keep it full
 _CONFIRM_WINDOW = 2000  # unconfirmed task publishes a master may have: bounds its buffer
 _RETRY_REDECLARE_S = 60.0  # re-declaring renews x-expires; well inside its hour
 _PRODUCER_HEARTBEAT = 60  # a master's connection holds no leases; tolerate a busy master
@@ -119,6 +116,9 @@ _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/dis
 
 
 _PikaError = (pika.exceptions.AMQPError, OSError)
+
+# pika logs every failed connection attempt at ERROR; ours reach the user as ConnectionFailed
+logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
@@ -212,9 +212,8 @@ class _Link:
             with broker.translated("opening a channel"):
                 self.channel = self.connection.channel()
                 # BlockingChannel.confirm_delivery makes every publish wait; see module doc.
-                self._impl = self.channel._impl
-                self._impl.confirm_delivery(ack_nack_callback=self._on_confirm)
-                self._impl.add_on_return_callback(self._on_return)
+                self.fast = FastChannel(self.connection, self.channel)
+                self.fast.enable_confirms(self._on_confirm, self._on_return)
         except BaseException:
             self.close()
             raise
@@ -242,7 +241,7 @@ class _Link:
         """Publish persistently via the default exchange; confirmed by :meth:`confirm`."""
         self._sequence += 1
         self._unconfirmed.add(self._sequence)
-        self._impl.basic_publish("", routing_key, body, properties, mandatory)
+        self.fast.publish(routing_key, body, properties, mandatory)
 
     @property
     def unconfirmed(self) -> int:
@@ -250,14 +249,12 @@ class _Link:
 
     def send(self) -> None:
         """Write everything published so far to the socket; do not wait for confirms."""
-        self._coalesce_output()
-        self.channel._flush_output()
+        self.fast.send()
 
     def confirm(self, keep: int = 0) -> None:
         """Block until at most ``keep`` publishes await their confirm, then :meth:`check`."""
         if len(self._unconfirmed) > keep:
-            self._coalesce_output()
-            self.channel._flush_output(lambda: len(self._unconfirmed) <= keep)
+            self.fast.wait(lambda: len(self._unconfirmed) <= keep)
         if len(self._unconfirmed) > keep:
             raise pika.exceptions.ChannelWrongStateError("channel closed before confirming")
         self.check()
@@ -273,19 +270,6 @@ class _Link:
                 f"RabbitMQ at {self.broker.address} has no queue {sorted(set(returned))[0]!r} "
                 "to route to; was it deleted?"
             )
-
-    def _coalesce_output(self) -> None:
-        """Join the frames waiting for the socket into one ``send()``.
-
-        pika writes each frame with its own system call (three per message); on a busy
-        host those calls cost a third of a worker's CPU. Skipped if pika's internals move.
-        """
-        transport = getattr(self.connection._impl, "_transport", None)
-        pending = getattr(transport, "_tx_buffers", None)
-        if isinstance(pending, deque) and len(pending) > 1:
-            joined = b"".join(pending)
-            pending.clear()
-            pending.append(joined)
 
     def close(self) -> None:
         with contextlib.suppress(*_PikaError):
@@ -372,6 +356,14 @@ class RabbitMQTransport(Transport):
                 pass
             with self._broker.translated(what):
                 return call(self._admin_link(fresh=True).channel)
+
+    def describe(self) -> str:
+        if self.role == "master":
+            return f"rabbitmq transport at {self._broker.address}"
+        return f"rabbitmq at {self._broker.address}"
+
+    def reply_queue(self, job_id: str) -> str:
+        return f"{self.queue}.results.{job_id}"
 
     def producer(self, reply_to: str) -> RabbitMQProducer:
         producer = RabbitMQProducer(self, self._broker, reply_to)
@@ -548,7 +540,7 @@ class RabbitMQProducer(Producer):
         if flush:
             self._link.channel.basic_ack(self._ack_tag, multiple=True)
         else:
-            self._link._impl.basic_ack(self._ack_tag, multiple=True)
+            self._link.fast.ack(self._ack_tag, multiple=True)
         self._ack_tag = None
 
     def close(self) -> None:
@@ -673,14 +665,16 @@ class RabbitMQConsumer(Consumer):
             self._finish(tags, self._link.channel.basic_nack)
 
     def _tags_of(self, deliveries: Iterable[Delivery]) -> list[int]:
-        tags = {d.tag for d in deliveries}
+        """Sorted tags, refusing any this consumer does not hold: acking a tag twice
+        would close the channel."""
+        tags = set(tags_of(deliveries, int, "rabbitmq"))
         for tag in tags:
-            if not isinstance(tag, int) or tag not in self._held:
+            if tag not in self._held:
                 raise ValueError(
                     f"delivery {tag!r} is not held by consumer {self.consumer_id!r} "
                     "(settled or released already?)"
                 )
-        return sorted(t for t in tags if isinstance(t, int))
+        return sorted(tags)
 
     def _finish(self, tags: list[int], method: Callable[..., None]) -> None:
         """Ack or nack (requeue) ``tags``: one cumulative frame when no older tag is held."""

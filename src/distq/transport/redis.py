@@ -17,10 +17,11 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 | ``distq:<q>:delayed``           | zset | settle: retry with a delay       | sweep -> ``<q>``   |
 | ``distq:<q>:redelivered``       | set  | sweep, release, close            | claim (flag)       |
 | ``distq:<q>:dead``              | list | settle RPUSH, so oldest first    | dead_letters, LRANGE |
-| ``<reply_to>``                  | list | settle LPUSH of results          | results BRPOP      |
+| ``distq:<q>:results:<job>``     | list | settle LPUSH of results          | results BRPOP      |
 
-``<reply_to>`` is whatever the master names (``distq:<q>:results:<job>``); its producer
-deletes it on close. ``<id>`` is the consumer id (one per worker thread); ``redelivered``
+A master's results list is named by :meth:`RedisTransport.reply_queue` (``<job>`` is the
+job id, one per master run); its producer deletes it on close. ``<id>`` is the consumer
+id (one per worker thread); ``redelivered``
 holds bodies put back after a lease expired or a release, so their next delivery says so.
 ``consumers`` maps consumer id -> lease deadline and ``delayed`` maps retry body -> due
 time, both in ms of the *Redis server's* clock (``TIME`` inside Lua), so worker clocks
@@ -46,7 +47,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
-from distq.config import Settings
+from distq.config import MESSAGE_BATCH, Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.transport.base import (
@@ -57,13 +58,13 @@ from distq.transport.base import (
     Role,
     Settlement,
     Transport,
+    tags_of,
 )
 
 log = logging.getLogger(__name__)
 
 #: Longest single blocking call; long waits loop so leases and sweeps keep running.
 MAX_BLOCK_SECONDS = 5.0
-SUBMIT_CHUNK = 1000
 
 Arg = bytes | str | int | float
 
@@ -220,7 +221,7 @@ class RedisTransport(Transport):
     name = "redis"
 
     def __init__(self, settings: Settings, role: Role) -> None:
-        self.settings = settings
+        self.settings, self.role = settings, role
         queue = settings.queue
         self.ready_key = queue
         self.consumers_key = f"distq:{queue}:consumers"
@@ -295,6 +296,14 @@ class RedisTransport(Transport):
         except RedisError as exc:
             raise TransportError(f"Redis at {self.address}: {exc}") from None
 
+    def describe(self) -> str:
+        if self.role == "master":
+            return f"redis transport at {self.address}"
+        return f"redis at {self.address}"
+
+    def reply_queue(self, job_id: str) -> str:
+        return f"distq:{self.settings.queue}:results:{job_id}"
+
     def keys(self, inflight: str = "") -> list[str]:
         """KEYS as every script expects them (see the comment above ``_PRELUDE``)."""
         return [
@@ -317,6 +326,8 @@ class RedisTransport(Transport):
         return RedisConsumer(self, consumer_id)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        if limit <= 0:
+            return []  # LRANGE 0 -1 would be all of them
         with self.errors():
             bodies: list[bytes] = self.client.lrange(self.dead_key, 0, limit - 1)
         return [DeadLetter.decode(body) for body in bodies]
@@ -353,8 +364,8 @@ class RedisProducer(Producer):
             return
         with self._t.errors():
             pipe = self._r.pipeline(transaction=False)
-            for start in range(0, len(bodies), SUBMIT_CHUNK):
-                pipe.lpush(self._t.ready_key, *bodies[start : start + SUBMIT_CHUNK])
+            for start in range(0, len(bodies), MESSAGE_BATCH):
+                pipe.lpush(self._t.ready_key, *bodies[start : start + MESSAGE_BATCH])
             pipe.execute()
 
     def results(self, max_count: int, timeout: float) -> list[bytes]:
@@ -440,10 +451,12 @@ class RedisConsumer(Consumer):
     def settle(self, settlements: Sequence[Settlement]) -> None:
         if not settlements:
             return
+        acks: list[Arg] = []
+        for tag in tags_of((s.delivery for s in settlements), bytes, "redis"):
+            acks += ["a", 0, tag]
         keys = list(self._keys)
         index: dict[str, int] = {}  # reply_to -> its position in KEYS (1-based, for Lua)
         publish: list[Arg] = []
-        acks: list[Arg] = []
         for s in settlements:
             if s.result is not None and s.reply_to is not None:
                 if s.reply_to not in index:
@@ -454,7 +467,6 @@ class RedisConsumer(Consumer):
                 publish += ["t", max(0, round(s.retry_delay * 1000)), s.retry]
             if s.dead_letter is not None:
                 publish += ["d", 0, s.dead_letter]
-            acks += ["a", 0, _tag(s.delivery)]
         with self._t.errors():
             self._t.settle_script(self._r, keys, [*self._args, *publish, *acks])
 
@@ -462,7 +474,7 @@ class RedisConsumer(Consumer):
         if not deliveries:
             return
         # RPUSH in reverse so the first delivery ends up at the tail: it runs next
-        tags = [_tag(d) for d in reversed(deliveries)]
+        tags = tags_of(reversed(deliveries), bytes, "redis")
         with self._t.errors():
             self._t.release_script(self._r, self._keys, [*self._args, *tags])
 
@@ -503,12 +515,6 @@ def _deliveries(pairs: list[Any]) -> list[Delivery]:
         Delivery(body=pairs[i], tag=pairs[i], redelivered=pairs[i + 1] == 1)
         for i in range(0, len(pairs), 2)
     ]
-
-
-def _tag(delivery: Delivery) -> bytes:
-    if not isinstance(delivery.tag, bytes):
-        raise TypeError(f"not a Redis delivery: tag {delivery.tag!r}")
-    return delivery.tag
 
 
 def _seconds(value: float) -> float:

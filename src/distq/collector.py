@@ -1,0 +1,121 @@
+"""Collecting results: each task's first result, once, to whoever waits for it.
+
+Delivery is at least once, so a result can arrive twice (a task that ran again after
+its worker died, a redelivered result message). A :class:`Collector` maps each task id
+it expects to what the submitter keeps for it (an *entry*: the number a squares job
+checks the answer against, or a future an executor resolves) and hands over only the
+first result per task. It is the part of a master that any way of submitting tasks
+reuses: the squares job (:class:`distq.master.Master`) and an executor alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from distq.config import MESSAGE_BATCH
+from distq.envelope import Result
+from distq.errors import EnvelopeError
+from distq.metrics import MasterMetrics
+from distq.transport.base import Producer
+
+E = TypeVar("E")
+
+#: ``on_result(result, entry, round_trip_seconds)``: a task's first result arrived.
+OnResult = Callable[[Result, E, float], None]
+
+
+@dataclass(slots=True)
+class Pending(Generic[E]):
+    """A task submitted and not answered yet."""
+
+    entry: E
+    submitted: float  # time.perf_counter() at submit
+
+
+class Collector(Generic[E]):
+    """Task id -> entry for every task submitted and not answered; results handed on once.
+
+    :meth:`expect` the tasks as they are submitted; :meth:`collect` reads a producer's
+    results and calls ``on_result`` for the first result of each expected task. Later
+    copies count as :attr:`duplicates`; results of tasks never expected (another run's,
+    a forgotten one's) are dropped; bodies that are not results count as
+    :attr:`malformed` and go to ``on_malformed``. Round trips (submit to first result)
+    are kept in :attr:`latencies`, in seconds. One thread at a time: the one that owns
+    the producer.
+    """
+
+    def __init__(
+        self,
+        on_result: OnResult[E],
+        on_malformed: Callable[[EnvelopeError], None] | None = None,
+        metrics: MasterMetrics | None = None,
+    ) -> None:
+        self._on_result, self._on_malformed, self._metrics = on_result, on_malformed, metrics
+        self._pending: dict[str, Pending[E]] = {}
+        self._finished: set[str] = set()
+        self.duplicates = 0
+        self.malformed = 0
+        self.latencies: list[float] = []
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks expected and not answered yet."""
+        return len(self._pending)
+
+    @property
+    def finished(self) -> int:
+        """Tasks whose first result was handed on."""
+        return len(self._finished)
+
+    def waiting(self) -> list[tuple[str, E]]:
+        """(task id, entry) of every task not answered yet, oldest first."""
+        return [(task_id, p.entry) for task_id, p in self._pending.items()]
+
+    def expect(self, tasks: Iterable[tuple[str, E]]) -> None:
+        """Wait for these (task id, entry) pairs, submitted now."""
+        now = time.perf_counter()
+        for task_id, entry in tasks:
+            self._pending[task_id] = Pending(entry, now)
+
+    def forget(self) -> int:
+        """Stop waiting for every task not answered yet; return how many there were."""
+        count = len(self._pending)
+        self._pending.clear()
+        return count
+
+    def collect(self, producer: Producer, timeout: float, max_count: int = MESSAGE_BATCH) -> int:
+        """Read up to ``max_count`` results (waiting up to ``timeout`` s for the first) and
+        hand them on; return how many were first results."""
+        return self.accept(producer.results(max_count, timeout))
+
+    def accept(self, bodies: Iterable[bytes]) -> int:
+        """Hand on the first result of each expected task among ``bodies``; return how many."""
+        now = time.perf_counter()
+        firsts = 0
+        for body in bodies:
+            try:
+                result = Result.decode(body)
+            except EnvelopeError as exc:
+                self.malformed += 1
+                if self._on_malformed is not None:
+                    self._on_malformed(exc)
+                continue
+            pending = self._pending.pop(result.task_id, None)
+            if pending is None:
+                if result.task_id in self._finished:
+                    self.duplicates += 1
+                    if self._metrics is not None:
+                        self._metrics.duplicates.inc()
+                continue
+            self._finished.add(result.task_id)
+            round_trip = now - pending.submitted
+            self.latencies.append(round_trip)
+            if self._metrics is not None:
+                self._metrics.results.labels(result.status).inc()
+                self._metrics.round_trip.observe(round_trip)
+            firsts += 1
+            self._on_result(result, pending.entry, round_trip)
+        return firsts

@@ -1,0 +1,52 @@
+"""Running one delivery: read the task, find its function, call it, say how it ended.
+
+Tasks run on the calling thread (a worker slot's own). Nothing here raises for bad
+input: a malformed body, an unknown name, arguments that do not fit and exceptions
+from the task itself all become an :class:`~distq.ending.Ending`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from distq.console import Console
+from distq.ending import Ending, Endings
+from distq.envelope import Task
+from distq.errors import EnvelopeError, UnknownTask
+from distq.tasks import Registry
+from distq.transport.base import Delivery
+
+
+class TaskRunner:
+    """Runs deliveries' tasks from ``registry``; prints each ``Get task ...`` line and
+    each failure on ``console``."""
+
+    def __init__(self, registry: Registry, endings: Endings, console: Console) -> None:
+        self.registry, self.endings, self.console = registry, endings, console
+
+    def __call__(self, delivery: Delivery) -> Ending:
+        try:
+            task = Task.decode(delivery.body)
+        except EnvelopeError as exc:
+            return self._told(self.endings.malformed(delivery, exc))
+        if not self.console.quiet:  # skips formatting the line, on the hot path
+            self.console.lines([f"Get task {self.registry.show(task)} from task_queue."])
+        started_at, started = time.time(), time.perf_counter()
+        try:
+            function = self.registry.resolve(task.name, task.args, task.kwargs)
+        except (UnknownTask, TypeError) as exc:
+            ending = self.endings.failed(delivery, task, exc, started_at, 0.0, retryable=False)
+            return self._told(ending)
+        try:
+            value = function(*task.args, **task.kwargs)
+        except Exception as exc:
+            duration = time.perf_counter() - started
+            ending = self.endings.failed(delivery, task, exc, started_at, duration, retryable=True)
+            return self._told(ending)
+        duration = time.perf_counter() - started
+        return self._told(self.endings.ok(delivery, task, value, started_at, duration))
+
+    def _told(self, ending: Ending) -> Ending:
+        if ending.note is not None:
+            self.console.error(ending.note)
+        return ending

@@ -1,0 +1,156 @@
+"""Every use of pika's private internals, in one place, checked before it is relied on.
+
+pika's public ``BlockingChannel`` waits for the broker after each publish in confirm
+mode (a round trip and a disk sync per message) and writes every frame with its own
+system call. The RabbitMQ transport batches instead, through these internals of pika
+1.x (pyproject.toml pins pika below 2):
+
+=======================================================  ==================================
+internal                                                 used to
+=======================================================  ==================================
+``BlockingChannel._impl`` (a ``pika.channel.Channel``)   enable confirms with a callback;
+                                                         publish and ack without waiting
+``BlockingChannel._flush_output(*waiters)``              write what is queued; wait until
+                                                         a condition holds (the confirms)
+``BlockingConnection._impl._transport._tx_buffers``      join queued frames into one
+(a ``deque`` of ``bytes``)                               ``send()``
+=======================================================  ==================================
+
+:func:`check_classes` runs when this module is imported, and :class:`FastChannel`
+checks the instances of every connection it wraps: a pika release that moved one of
+them fails with a :class:`~distq.errors.ConfigError` naming it, never quietly.
+``tests/unit/test_pika_internals.py`` runs the same checks without a broker.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.channel
+from pika.adapters import blocking_connection
+from pika.adapters.utils import io_services_utils
+
+from distq.errors import ConfigError
+
+
+def changed(internal: str, found: object, expected: str) -> ConfigError:
+    """The error for an internal that is not what this module expects."""
+    version = pika.__version__
+    return ConfigError(
+        f"pika {version} changed {internal} (found {found}, expected {expected}), "
+        "which distq's RabbitMQ transport relies on (see distq.transport.pika_internals); "
+        f"install an earlier pika 1.x, e.g. pip install 'pika<{version}'"
+    )
+
+
+def _require(obj: object, owner: str, attribute: str, kind: type | tuple[type, ...]) -> Any:
+    value = getattr(obj, attribute, None)
+    if not isinstance(value, kind):
+        names = kind if isinstance(kind, tuple) else (kind,)
+        expected = " or ".join(f"{k.__module__}.{k.__qualname__}" for k in names)
+        raise changed(f"{owner}.{attribute}", type(value).__name__, expected)
+    return value
+
+
+def _parameters(method: str, function: object, names: tuple[str, ...]) -> None:
+    if not callable(function):
+        raise changed(method, type(function).__name__, "a method")
+    have = tuple(inspect.signature(function).parameters)[1 : 1 + len(names)]  # after self
+    if have != names:
+        raise changed(method, f"parameters {have}", f"parameters {names}")
+
+
+def check_classes() -> None:
+    """Check what can be checked without a connection: the classes and their methods."""
+    flush = getattr(blocking_connection.BlockingChannel, "_flush_output", None)
+    if not isinstance(flush, types.FunctionType):
+        raise changed("BlockingChannel._flush_output", type(flush).__name__, "a method")
+    channel = pika.channel.Channel
+    _parameters("Channel.confirm_delivery", channel.confirm_delivery, ("ack_nack_callback",))
+    _parameters(
+        "Channel.basic_publish",
+        channel.basic_publish,
+        ("exchange", "routing_key", "body", "properties", "mandatory"),
+    )
+    _parameters("Channel.basic_ack", channel.basic_ack, ("delivery_tag", "multiple"))
+    _parameters("Channel.add_on_return_callback", channel.add_on_return_callback, ("callback",))
+    _require(io_services_utils, "io_services_utils", "_AsyncTransportBase", type)
+
+
+def check_channel(channel: object) -> Any:
+    """The ``pika.channel.Channel`` under a ``BlockingChannel``."""
+    return _require(channel, "BlockingChannel", "_impl", pika.channel.Channel)
+
+
+def check_transport(transport: object) -> deque[bytes]:
+    """The queue of frames waiting for the socket of a connection's I/O transport."""
+    _require(transport, "the connection's transport", "_tx_buffers", deque)
+    pending: deque[bytes] = getattr(transport, "_tx_buffers")  # noqa: B009 - checked above
+    return pending
+
+
+check_classes()
+
+
+class FastChannel:
+    """A ``BlockingChannel`` driven without its per-message waits; one thread only.
+
+    Publishes and acks are queued on the underlying channel and go out, as one
+    ``send()``, at the next :meth:`send` or :meth:`wait`.
+    """
+
+    def __init__(self, connection: Any, channel: Any) -> None:
+        self._channel = channel
+        self._impl = check_channel(channel)
+        self._connection_impl = _require(
+            connection, "BlockingConnection", "_impl", pika.BaseConnection
+        )
+        base = io_services_utils._AsyncTransportBase
+        check_transport(_require(self._connection_impl, "SelectConnection", "_transport", base))
+
+    def enable_confirms(
+        self,
+        on_confirm: Callable[[Any], None],
+        on_return: Callable[[Any, Any, Any, bytes], None],
+    ) -> None:
+        """Confirm mode, with ``on_confirm(frame)`` for each Basic.Ack/Nack instead of waits."""
+        self._impl.confirm_delivery(ack_nack_callback=on_confirm)
+        self._impl.add_on_return_callback(on_return)
+
+    def publish(self, routing_key: str, body: bytes, properties: Any, mandatory: bool) -> None:
+        """Queue a publish to the default exchange."""
+        self._impl.basic_publish("", routing_key, body, properties, mandatory)
+
+    def ack(self, delivery_tag: int, multiple: bool) -> None:
+        """Queue an ack; it goes out with the next write."""
+        self._impl.basic_ack(delivery_tag, multiple)
+
+    def send(self) -> None:
+        """Write everything queued so far; do not wait for replies."""
+        self._coalesce()
+        self._channel._flush_output()
+
+    def wait(self, until: Callable[[], bool]) -> None:
+        """Write everything queued, then process input until ``until()`` holds.
+
+        Returns early if the channel or connection closes; the caller checks ``until``.
+        """
+        self._coalesce()
+        self._channel._flush_output(until)
+
+    def _coalesce(self) -> None:
+        """Join the frames waiting for the socket into one ``send()``: pika writes each
+        frame (three per message) with its own system call."""
+        transport = self._connection_impl._transport
+        if transport is None:
+            return  # closed: the flush that follows raises
+        pending = transport._tx_buffers
+        if len(pending) > 1:
+            joined = b"".join(pending)
+            pending.clear()
+            pending.append(joined)

@@ -1,0 +1,61 @@
+"""Collecting results: each expected task's first result once, whatever else arrives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distq.collector import Collector
+from distq.envelope import Result, Status
+from distq.errors import EnvelopeError
+from distq.metrics import MasterMetrics
+
+
+def result(task_id: str, value: object = 1, status: Status = "ok") -> bytes:
+    fields: dict[str, Any] = {"value": value}
+    if status == "error":
+        fields = {"error_type": "E", "error_message": "m"}
+    return Result(
+        task_id=task_id,
+        status=status,
+        worker="w",
+        attempt=1,
+        started_at=0.0,
+        duration=0.0,
+        **fields,
+    ).encode()
+
+
+def test_each_expected_task_is_handed_on_once_with_its_entry() -> None:
+    got: list[tuple[str, str, float]] = []
+    errors: list[EnvelopeError] = []
+    metrics = MasterMetrics()
+    collector: Collector[str] = Collector(
+        lambda r, entry, rtt: got.append((r.task_id, entry, rtt)), errors.append, metrics
+    )
+    collector.expect([("a", "entry-a"), ("b", "entry-b"), ("c", "entry-c")])
+    assert collector.outstanding == 3
+    firsts = collector.accept(
+        [result("b"), result("b"), b"{not json", result("stranger"), result("a", status="error")]
+    )
+    assert firsts == 2
+    assert [(task_id, entry) for task_id, entry, _ in got] == [("b", "entry-b"), ("a", "entry-a")]
+    assert all(rtt >= 0 for _, _, rtt in got) and len(collector.latencies) == 2
+    assert (collector.finished, collector.duplicates, collector.malformed) == (2, 1, 1)
+    assert len(errors) == 1 and "not valid JSON" in str(errors[0])
+    assert collector.accept([result("a")]) == 0  # a late copy of an answered task
+    assert collector.duplicates == 2
+    assert collector.waiting() == [("c", "entry-c")]
+    samples = metrics.registry
+    assert samples.get_sample_value("distq_master_duplicate_results_total") == 2
+    assert samples.get_sample_value("distq_master_results_total", {"status": "ok"}) == 1
+    assert samples.get_sample_value("distq_master_results_total", {"status": "error"}) == 1
+
+
+def test_forgotten_tasks_are_no_longer_waited_for_and_their_results_dropped() -> None:
+    got: list[str] = []
+    collector: Collector[int] = Collector(lambda r, entry, rtt: got.append(r.task_id))
+    collector.expect([("a", 1), ("b", 2)])
+    assert collector.forget() == 2
+    assert collector.outstanding == 0 and collector.waiting() == []
+    assert collector.accept([result("a")]) == 0
+    assert got == [] and collector.duplicates == 0

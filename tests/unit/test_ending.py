@@ -1,0 +1,98 @@
+"""How each delivery ends: the worker's decisions, with no task run and no broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from distq.ending import Endings, retry_delay
+from distq.envelope import DeadLetter, Result, Task
+from distq.errors import EnvelopeError
+from distq.transport import Delivery
+
+ENDINGS = Endings("w1", "q")
+
+
+def delivery(task: Task) -> Delivery:
+    return Delivery(body=task.encode(), tag=1)
+
+
+def task(name: str = "square", *args: Any, **kw: Any) -> Task:
+    return Task(name=name, args=list(args), reply_to="replies", **kw)
+
+
+def test_a_value_is_an_ok_result_for_the_master_and_nothing_else() -> None:
+    t = task("square", 12)
+    ending = ENDINGS.ok(delivery(t), t, 144, started_at=1000.0, duration=0.25)
+    s = ending.settlement
+    assert (ending.outcome, ending.task, ending.note) == ("ok", t, None)
+    assert (ending.started_at, ending.duration) == (1000.0, 0.25)
+    assert s.reply_to == "replies" and s.retry is None and s.dead_letter is None
+    assert s.result is not None
+    result = Result.decode(s.result)
+    assert (result.task_id, result.status, result.value, result.worker) == (t.id, "ok", 144, "w1")
+    assert (result.started_at, result.duration, result.attempt) == (1000.0, 0.25, 1)
+
+
+def test_an_error_with_attempts_left_is_retried_after_a_backoff() -> None:
+    t = task("boom", 5, max_attempts=3)
+    ending = ENDINGS.failed(delivery(t), t, ValueError("bad 5"), 0.0, 0.1, retryable=True)
+    s = ending.settlement
+    assert ending.outcome == "retried" and s.result is None and s.dead_letter is None
+    assert s.retry is not None and s.retry_delay == retry_delay(1) == 0.5
+    again = Task.decode(s.retry)
+    assert (again.id, again.attempt, again.args) == (t.id, 2, [5])
+    assert ending.note == (
+        f"task boom {t.id} attempt 1/3 failed (ValueError: bad 5); retrying in 0.5 s"
+    )
+
+
+def test_an_error_on_the_last_attempt_fails_for_good() -> None:
+    t = task("boom", 5, max_attempts=3, attempt=3)
+    ending = ENDINGS.failed(delivery(t), t, ValueError("bad 5"), 0.0, 0.1, retryable=True)
+    s = ending.settlement
+    assert ending.outcome == "failed" and s.retry is None
+    assert s.result is not None and s.dead_letter is not None and s.reply_to == "replies"
+    result = Result.decode(s.result)
+    assert (result.status, result.error_type, result.attempt) == ("error", "ValueError", 3)
+    letter = DeadLetter.decode(s.dead_letter)
+    assert letter.reason == "failed 3 of 3 attempts; last error: ValueError: bad 5"
+    assert (letter.body, letter.queue, letter.worker) == (t.encode(), "q", "w1")
+    assert ending.note == f"task boom {t.id} dead-lettered: {letter.reason}"
+
+
+def test_what_no_retry_can_fix_fails_at_the_first_attempt() -> None:
+    t = task("square", 1, 2, max_attempts=5)
+    ending = ENDINGS.failed(delivery(t), t, TypeError("too many"), 0.0, 0.0, retryable=False)
+    assert ending.outcome == "failed" and ending.settlement.retry is None
+    assert ending.settlement.dead_letter is not None
+    reason = DeadLetter.decode(ending.settlement.dead_letter).reason
+    assert reason == "cannot run: TypeError: too many"
+
+
+def test_a_value_that_is_not_json_fails_for_good() -> None:
+    t = task("unjsonable", 1)
+    ending = ENDINGS.ok(delivery(t), t, {1}, 0.0, 0.0)
+    assert ending.outcome == "failed" and ending.settlement.retry is None
+    assert ending.settlement.result is not None
+    assert Result.decode(ending.settlement.result).error_type == "TypeError"
+
+
+def test_a_malformed_message_is_dead_lettered_byte_for_byte_without_a_result() -> None:
+    d = Delivery(body=b"\x00garbage", tag=1)
+    ending = ENDINGS.malformed(d, EnvelopeError("task is not valid JSON"))
+    s = ending.settlement
+    assert (ending.outcome, ending.task, s.result, s.reply_to) == ("malformed", None, None, None)
+    assert s.dead_letter is not None
+    letter = DeadLetter.decode(s.dead_letter)
+    assert letter.body == b"\x00garbage"
+    assert letter.reason == "malformed message: task is not valid JSON"
+    assert ending.note == "dead-lettered a malformed message: task is not valid JSON"
+
+
+@pytest.mark.parametrize(
+    ("attempt", "delay"), [(1, 0.5), (2, 1.0), (3, 2.0), (7, 30.0), (50, 30.0)]
+)
+def test_backoff_doubles_and_is_capped(attempt: int, delay: float) -> None:
+    assert retry_delay(attempt) == delay

@@ -1,0 +1,84 @@
+"""Running one delivery's task: what the worker prints and how each kind of input ends."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+
+from distq.console import Console
+from distq.ending import Endings
+from distq.envelope import Result, Task
+from distq.runner import TaskRunner
+from distq.tasks import Registry
+from distq.transport import Delivery
+
+
+def boom(n: int) -> int:
+    raise ValueError(f"bad {n}")
+
+
+@pytest.fixture
+def out() -> io.StringIO:
+    return io.StringIO()
+
+
+@pytest.fixture
+def runner(out: io.StringIO) -> TaskRunner:
+    registry = Registry()
+    registry.register("boom", boom)
+    registry.register("echo", lambda value: value)
+    return TaskRunner(registry, Endings("w1", "q"), Console(out=out, err=out))
+
+
+def run(runner: TaskRunner, name: str, *args: Any, **kw: Any) -> tuple[str, Task]:
+    task = Task(name=name, args=list(args), reply_to="replies", **kw)
+    return runner(Delivery(body=task.encode(), tag=1)).outcome, task
+
+
+def test_the_tutorial_line_and_the_squared_value(runner: TaskRunner, out: io.StringIO) -> None:
+    task = Task(name="square", args=[733], reply_to="replies")
+    ending = runner(Delivery(body=task.encode(), tag=1))
+    assert out.getvalue() == "Get task 733 from task_queue.\n"
+    assert ending.outcome == "ok" and ending.task == task and ending.duration >= 0
+    assert ending.settlement.result is not None
+    assert Result.decode(ending.settlement.result).value == 537289
+
+
+def test_other_tasks_are_shown_by_name_and_arguments(runner: TaskRunner, out: io.StringIO) -> None:
+    assert run(runner, "echo", "hi")[0] == "ok"
+    assert out.getvalue() == "Get task echo['hi'] from task_queue.\n"
+
+
+def test_an_unknown_name_or_arguments_that_do_not_fit_fail_at_once(
+    runner: TaskRunner, out: io.StringIO
+) -> None:
+    assert run(runner, "nope", 1, max_attempts=3)[0] == "failed"
+    assert "no task named 'nope'" in out.getvalue()
+    assert run(runner, "square", 1, 2, 3, max_attempts=3)[0] == "failed"
+
+
+def test_a_task_that_raises_is_retried_and_the_operator_told(
+    runner: TaskRunner, out: io.StringIO
+) -> None:
+    outcome, task = run(runner, "boom", 5)
+    assert outcome == "retried"
+    assert f"distq: task boom {task.id} attempt 1/3 failed (ValueError: bad 5)" in out.getvalue()
+
+
+def test_garbage_is_dead_lettered_and_nothing_runs(runner: TaskRunner, out: io.StringIO) -> None:
+    assert runner(Delivery(body=b"{not json", tag=1)).outcome == "malformed"
+    assert "Get task" not in out.getvalue()
+    assert "dead-lettered a malformed message" in out.getvalue()
+
+
+def test_quiet_prints_failures_only() -> None:
+    out = io.StringIO()
+    registry = Registry()
+    registry.register("boom", boom)
+    runner = TaskRunner(registry, Endings("w1", "q"), Console(quiet=True, out=out, err=out))
+    assert run(runner, "square", 3)[0] == "ok"
+    assert out.getvalue() == ""
+    assert run(runner, "boom", 3)[0] == "retried"
+    assert "attempt 1/3 failed" in out.getvalue()
