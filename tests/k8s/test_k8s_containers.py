@@ -101,6 +101,8 @@ def image_map(docker_engine: None, k8s_tree: Tree) -> dict[str, str]:
         if variable not in standins:
             pytest.fail(f"{image} cannot be had and no stand-in is built: run make test")
         mapping[image] = standins[variable]
+    for rendered, local in mapping.items():
+        print(f"running {local} in place of {rendered}")  # shown with a failure's output
     return mapping
 
 
