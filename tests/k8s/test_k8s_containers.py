@@ -71,7 +71,7 @@ def image_map(docker_engine: None, k8s_tree: Tree) -> dict[str, str]:
     pullable (no registry) is replaced by the local stand-in the tests' brokers use.
     """
     if not (ROOT / "services" / "worker" / "Dockerfile").exists():
-        pytest.fail("services/*/Dockerfile are missing: the images come from the images stream")
+        pytest.fail("services/worker/Dockerfile is missing: this checkout cannot build the images")
     tag = os.environ.get("DISTQ_IMAGE_TAG")
     done = subprocess.run(
         ["make", "-s", "images"], cwd=ROOT, capture_output=True, text=True, check=False
