@@ -21,14 +21,17 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("redis", "rq"): "contestants.rq_peer:RqRedis",
     ("redis", "rq-simple"): "contestants.rq_peer:RqSimpleRedis",
     ("redis", "distq"): "contestants.distq_cli:DistqCli",
+    ("redis", "distq-signed"): "contestants.distq_cli:DistqSigned",
     ("rabbitmq", "raw"): "contestants.raw_rabbitmq:RawRabbitmq",
     ("rabbitmq", "raw-confirm"): "contestants.raw_rabbitmq:RawRabbitmqConfirm",
     ("rabbitmq", "raw-confirm-ack"): "contestants.raw_rabbitmq:RawRabbitmqConfirmAck",
     ("rabbitmq", "celery"): "contestants.celery_peer:CeleryPeer",
     ("rabbitmq", "dramatiq"): "contestants.dramatiq_peer:DramatiqPeer",
     ("rabbitmq", "distq"): "contestants.distq_cli:DistqCli",
+    ("rabbitmq", "distq-signed"): "contestants.distq_cli:DistqSigned",
     ("manager", "raw"): "contestants.raw_manager:RawManager",
     ("manager", "distq"): "contestants.distq_cli:DistqCli",
+    ("manager", "distq-signed"): "contestants.distq_cli:DistqSigned",
 }
 
 CONTESTANTS = tuple(dict.fromkeys(name for _, name in REGISTRY))

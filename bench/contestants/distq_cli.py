@@ -35,12 +35,15 @@ IDLE_EXIT = 600  # seconds; workers are stopped by PID long before this
 
 class DistqCli(Contestant):
     name = "distq"
+    #: More settings for master and workers (a variant sets what it measures).
+    extra_env: dict[str, str] = {}  # noqa: RUF012 - read-only
 
     def start_workers(self) -> None:
         self.runs = 0
         self.env: dict[str, str] = {
             "DISTQ_TRANSPORT": self.ctx.broker,
             "DISTQ_QUEUE": self.ctx.queue,
+            **self.extra_env,
         }
         if self.ctx.broker == "redis":
             self.env["DISTQ_REDIS_URL"] = self.ctx.url
@@ -151,3 +154,10 @@ class DistqCli(Contestant):
             p50=float(report["latency_p50_seconds"]),
             p99=float(report["latency_p99_seconds"]),
         )
+
+
+class DistqSigned(DistqCli):
+    """distq with ``DISTQ_SIGNING_KEYS`` on master and workers: what signing costs."""
+
+    name = "distq-signed"
+    extra_env = {"DISTQ_SIGNING_KEYS": os.urandom(32).hex()}  # noqa: RUF012 - read-only

@@ -14,9 +14,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from distq import __version__
+from distq.codec import Codec
 from distq.config import (
     CONCURRENCY,
     CONNECT_TIMEOUT,
@@ -31,6 +32,7 @@ from distq.console import Console
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed
 from distq.master import JobSpec, Master
 from distq.metrics import MasterMetrics, WorkerMetrics, serve
+from distq.security import notices
 from distq.squares import Squares
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
@@ -208,7 +210,9 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
     metrics = _metrics(settings, MasterMetrics)
     try:
         console.info(f"master {__version__}: {transport.describe()}, queue {settings.queue!r}")
-        report = Master(transport, console, metrics).run(spec, squares, stop)
+        _notify(console, settings, "master")
+        master = Master(transport, console, metrics, Codec.from_settings(settings))
+        report = master.run(spec, squares, stop)
     finally:
         transport.close()
     if args.report:
@@ -223,6 +227,7 @@ def _worker(
     transport = _connect_worker(settings, args.connect_timeout, console)
     metrics = _metrics(settings, WorkerMetrics)
     console.info(f"Connect to {transport.describe()} ..... (queue {settings.queue!r})")
+    _notify(console, settings, "worker")
     options = WorkerOptions.from_settings(
         settings,
         concurrency=args.concurrency,
@@ -230,9 +235,18 @@ def _worker(
         worker_id=args.worker_id or "",
     )
     try:
-        return Worker(transport, registry, options, console, metrics=metrics).run()
+        codec = Codec.from_settings(settings)
+        return Worker(transport, registry, options, console, metrics=metrics, codec=codec).run()
     finally:
         transport.close()
+
+
+def _notify(console: Console, settings: Settings, role: Literal["master", "worker"]) -> None:
+    for level, line in notices(settings, role):
+        if level == "warning":
+            console.error(f"warning: {line}")
+        else:
+            console.info(line)
 
 
 def _connect_worker(settings: Settings, patience: float, console: Console) -> Transport:

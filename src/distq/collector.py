@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from distq.codec import Codec
 from distq.config import MESSAGE_BATCH
 from distq.envelope import Result
 from distq.errors import EnvelopeError
@@ -52,8 +53,10 @@ class Collector(Generic[E]):
         on_result: OnResult[E],
         on_malformed: Callable[[EnvelopeError], None] | None = None,
         metrics: MasterMetrics | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self._on_result, self._on_malformed, self._metrics = on_result, on_malformed, metrics
+        self._codec = codec or Codec()
         self._pending: dict[str, Pending[E]] = {}
         self._finished: set[str] = set()
         self.duplicates = 0
@@ -97,7 +100,7 @@ class Collector(Generic[E]):
         firsts = 0
         for body in bodies:
             try:
-                result = Result.decode(body)
+                result = self._codec.open_result(body)
             except EnvelopeError as exc:
                 self.malformed += 1
                 if self._on_malformed is not None:

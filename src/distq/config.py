@@ -16,12 +16,14 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
+from distq import credentials, signing, tls
 from distq.envelope import MAX_ATTEMPTS as MAX_ATTEMPTS
 from distq.errors import ConfigError
+from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES
 from distq.transport import TRANSPORTS
 
 _T = TypeVar("_T")
@@ -112,8 +114,11 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
         try:
             parts = urlsplit(text)
             parts.port  # noqa: B018 - raises ValueError on a malformed port
-        except ValueError as exc:
-            raise ValueError(f"is not a valid URL ({exc})") from None
+        except ValueError:  # its message may quote part of the password: not shown
+            raise ValueError(
+                f"({credentials.mask_url(text)}) is not a valid URL: its port is not a "
+                "number; percent-encode '/', '@' and ':' in a password (%2F, %40, %3A)"
+            ) from None
         if parts.scheme not in schemes:
             raise ValueError(
                 f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}"
@@ -155,6 +160,23 @@ def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> Callable[[str]
 def _optional(parse: Callable[[str], _N]) -> Callable[[str], _N | None]:
     """An empty value means off."""
     return lambda text: parse(text) if text else None
+
+
+def _text(text: str) -> str | None:
+    return text or None
+
+
+def _file(secret: str) -> Any:
+    """A ``*_FILE`` entry: read before parsing (see :mod:`distq.credentials`); here for
+    the flag, ``--help`` and the misspelling check."""
+    return setting(
+        f"{secret}_FILE",
+        f"--{secret.removeprefix(PREFIX).lower().replace('_', '-')}-file",
+        None,
+        _text,
+        f"file holding {secret} (a mounted secret), trailing newline stripped",
+        shown_default="(none)",
+    )
 
 
 _REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -230,6 +252,86 @@ class Settings:
         shown_default="(off)",
     )
 
+    signing_keys: tuple[bytes, ...] = setting(
+        "DISTQ_SIGNING_KEYS",
+        "--signing-keys",
+        (),
+        signing.parse_keys,
+        "keys (comma-separated, 16+ characters each) to sign and check every task and "
+        "result; the first signs, any verifies",
+        shown_default="(off)",
+        secret=True,
+    )
+    signing_key: tuple[bytes, ...] = setting(
+        "DISTQ_SIGNING_KEY",
+        "--signing-key",
+        (),
+        signing.parse_keys,
+        "one key, instead of DISTQ_SIGNING_KEYS",
+        shown_default="(off)",
+        secret=True,
+    )
+    redis_password: str | None = setting(
+        "DISTQ_REDIS_PASSWORD",
+        "--redis-password",
+        None,
+        _text,
+        "Redis password, put into DISTQ_REDIS_URL (which must then hold none)",
+        shown_default="(none)",
+        secret=True,
+    )
+    amqp_password: str | None = setting(
+        "DISTQ_AMQP_PASSWORD",
+        "--amqp-password",
+        None,
+        _text,
+        "RabbitMQ password for the user in DISTQ_AMQP_URL (which must then hold none)",
+        shown_default="(none)",
+        secret=True,
+    )
+    authkey_file: str | None = _file("DISTQ_AUTHKEY")
+    signing_keys_file: str | None = _file("DISTQ_SIGNING_KEYS")
+    signing_key_file: str | None = _file("DISTQ_SIGNING_KEY")
+    redis_password_file: str | None = _file("DISTQ_REDIS_PASSWORD")
+    amqp_password_file: str | None = _file("DISTQ_AMQP_PASSWORD")
+    tls_ca_file: str | None = setting(
+        "DISTQ_TLS_CA_FILE",
+        "--tls-ca-file",
+        None,
+        _text,
+        "PEM file of the CAs that may sign the broker's certificate (rediss://, amqps://)",
+        shown_default="(the system's CAs)",
+    )
+    tls_cert_file: str | None = setting(
+        "DISTQ_TLS_CERT_FILE",
+        "--tls-cert-file",
+        None,
+        _text,
+        "client certificate (PEM) for brokers that ask for one; with DISTQ_TLS_KEY_FILE",
+        shown_default="(none)",
+    )
+    tls_key_file: str | None = setting(
+        "DISTQ_TLS_KEY_FILE",
+        "--tls-key-file",
+        None,
+        _text,
+        "the client certificate's private key (PEM)",
+        shown_default="(none)",
+    )
+    max_message_bytes: int = setting(
+        "DISTQ_MAX_MESSAGE_BYTES",
+        "--max-message-bytes",
+        DEFAULT_MAX_MESSAGE_BYTES,
+        _number(int, MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES, " bytes"),
+        "largest task or result on the wire; a larger task is refused at submit, a "
+        "larger delivery dead-lettered undecoded",
+    )
+
+    @property
+    def tls_files(self) -> tls.TlsFiles:
+        """The TLS client files, for the transports."""
+        return tls.TlsFiles(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+
     @property
     def heartbeat_interval(self) -> float:
         """How often a worker renews its leases: three times per lease period."""
@@ -240,6 +342,7 @@ class Settings:
         cls, environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None
     ) -> Settings:
         """Read settings from ``environ`` overridden by ``flags`` (keyed by variable)."""
+        environ, flags = credentials.read_secret_files(environ, flags or {})
         values: dict[str, Any] = {}
         for name, entry in _entries(cls):
             text, origin = environ.get(entry.variable), ""
@@ -253,7 +356,7 @@ class Settings:
                 values[name] = entry.parse(text.strip())
             except ValueError as exc:
                 raise ConfigError(f"{entry.variable}{origin} {exc}") from None
-        settings = cls(**values)
+        settings = _secured(cls(**values))
         if settings.transport == "manager" and not settings.authkey:
             raise ConfigError(
                 "DISTQ_AUTHKEY is not set; the manager transport needs a shared secret: set "
@@ -261,6 +364,36 @@ class Settings:
                 "DISTQ_AUTHKEY=\"$(python3 -c 'import secrets; print(secrets.token_hex(16))')\""
             )
         return settings
+
+
+def _secured(settings: Settings) -> Settings:
+    """Settings whose secrets are in place: one signing key list, the passwords in the
+    URLs; TLS files that will be used and can be."""
+    if settings.signing_key and settings.signing_keys:
+        raise ConfigError(
+            "DISTQ_SIGNING_KEY and DISTQ_SIGNING_KEYS are both set; use DISTQ_SIGNING_KEYS "
+            "(a list whose first key signs) or DISTQ_SIGNING_KEY (one key), not both"
+        )
+    changes: dict[str, Any] = {}
+    if settings.signing_key:
+        changes["signing_keys"] = settings.signing_key
+    if settings.redis_password:
+        changes["redis_url"] = credentials.add_password(
+            settings.redis_url, settings.redis_password, "DISTQ_REDIS_URL"
+        )
+    if settings.amqp_password:
+        if not credentials.url_user(settings.amqp_url):
+            raise ConfigError(
+                "DISTQ_AMQP_PASSWORD is set but DISTQ_AMQP_URL names no user; put the user "
+                "in the URL, e.g. amqp://distq@rabbit-host:5672/%2F"
+            )
+        changes["amqp_url"] = credentials.add_password(
+            settings.amqp_url, settings.amqp_password, "DISTQ_AMQP_URL"
+        )
+    settings = replace(settings, **changes) if changes else settings
+    url = settings.redis_url if settings.transport == "redis" else settings.amqp_url
+    tls.check(settings.transport, url, settings.tls_files)
+    return settings
 
 
 def _entries(cls: type[Settings] = Settings) -> list[tuple[str, Setting[Any]]]:

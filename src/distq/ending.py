@@ -11,15 +11,22 @@ only decides.
 - it raised on its last attempt: ``failed``, an error result and a dead letter;
 - it cannot run (unknown name, arguments that do not fit, a value that is not JSON):
   ``failed`` at once, as no retry would change that;
-- the body is not a task envelope: ``malformed``, a dead letter only (no one to answer).
+- the body is not a task envelope, or is refused (unsigned, signed wrongly, over the
+  size limit): ``malformed``, a dead letter only (no one to answer), never run.
+
+Results and retries are sealed by the worker's :class:`~distq.codec.Codec`: signed when
+it has keys, and a result over the size limit fails its task for good.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal, NamedTuple
 
+from distq.codec import Codec
 from distq.envelope import DeadLetter, Result, Task
-from distq.errors import EnvelopeError
+from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
+from distq.limits import OVERSIZED_KEPT_BYTES
 from distq.transport.base import Delivery, Settlement
 
 Outcome = Literal["ok", "failed", "retried", "malformed"]
@@ -27,7 +34,7 @@ Outcome = Literal["ok", "failed", "retried", "malformed"]
 
 def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     """Exponential backoff before attempt ``attempt + 1``: 0.5 s, 1 s, 2 s, ... capped."""
-    return float(min(cap, base * 2 ** (attempt - 1)))
+    return float(min(cap, base * 2 ** min(attempt - 1, 64)))  # the wire may say 10**30
 
 
 class Ending(NamedTuple):
@@ -50,8 +57,9 @@ class Ending(NamedTuple):
 class Endings:
     """The endings one worker gives its deliveries: results and dead letters name it."""
 
-    def __init__(self, worker_id: str, queue: str) -> None:
+    def __init__(self, worker_id: str, queue: str, codec: Codec | None = None) -> None:
         self.worker_id, self.queue = worker_id, queue
+        self.codec = codec or Codec()  # seals results and retries: signed, within the limit
 
     def ok(
         self, delivery: Delivery, task: Task, value: Any, started_at: float, duration: float
@@ -59,7 +67,8 @@ class Endings:
         """The function returned ``value``; it fails for good if ``value`` is not JSON."""
         try:
             body = self._result(task, started_at, duration, status="ok", value=value)
-        except (TypeError, ValueError) as exc:  # no retry will change the value
+        # not JSON, nested too deeply or too large: no retry will change that
+        except (TypeError, ValueError, RecursionError, EnvelopeError) as exc:
             return self.failed(delivery, task, exc, started_at, duration, retryable=False)
         settlement = Settlement(delivery, reply_to=task.reply_to, result=body)
         return Ending(settlement, "ok", task, started_at, duration)
@@ -76,44 +85,69 @@ class Endings:
     ) -> Ending:
         """The task raised ``error`` (``retryable``) or cannot run at all (not retryable)."""
         message = f"{type(error).__name__}: {error}"
+        retry = None
         if retryable and task.attempt < task.max_attempts:
+            with contextlib.suppress(EnvelopeError):  # a retry over the limit fails for good
+                retry = self.codec.seal(task.next_attempt().encode(), "task")
+        if retry is not None:
             delay = retry_delay(task.attempt)
             note = (
                 f"task {task.name} {task.id} attempt {task.attempt}/{task.max_attempts} "
                 f"failed ({message}); retrying in {delay:g} s"
             )
-            settlement = Settlement(delivery, retry=task.next_attempt().encode(), retry_delay=delay)
+            settlement = Settlement(delivery, retry=retry, retry_delay=delay)
             return Ending(settlement, "retried", task, started_at, duration, note)
         reason = (
             f"failed {task.attempt} of {task.max_attempts} attempts; last error: {message}"
             if retryable
             else f"cannot run: {message}"
         )
-        result = self._result(
-            task,
-            started_at,
-            duration,
-            status="error",
-            error_type=type(error).__name__,
-            error_message=reason,
-        )
+        error_type = type(error).__name__
+        try:
+            result = self._result(
+                task,
+                started_at,
+                duration,
+                status="error",
+                error_type=error_type,
+                error_message=reason,
+            )
+        except EnvelopeError:  # the reason made it too large: the dead letter keeps it
+            result = self._result(
+                task,
+                started_at,
+                duration,
+                status="error",
+                error_type=error_type,
+                error_message="(too large to send; the dead letter has the reason)",
+            )
         settlement = Settlement(
             delivery,
             reply_to=task.reply_to,
             result=result,
-            dead_letter=self._dead(delivery, reason),
+            dead_letter=self._dead(delivery.body, reason),
         )
         note = f"task {task.name} {task.id} dead-lettered: {reason}"
         return Ending(settlement, "failed", task, started_at, duration, note)
 
     def malformed(self, delivery: Delivery, error: EnvelopeError) -> Ending:
-        """The body is not a task: dead-lettered with the reason, nobody to answer."""
-        reason = f"malformed message: {error}"
-        settlement = Settlement(delivery, dead_letter=self._dead(delivery, reason))
-        return Ending(settlement, "malformed", note=f"dead-lettered a {reason}")
+        """The body is not a task, or is refused (unsigned, forged, too large): never run,
+        dead-lettered with the reason, nobody to answer. An oversized body's dead letter
+        keeps its first ``OVERSIZED_KEPT_BYTES``."""
+        body = delivery.body
+        if isinstance(error, MessageTooLarge | SignatureError):
+            reason = f"refused: {error}"
+        else:
+            reason = f"malformed message: {error}"
+        if len(body) > self.codec.max_message_bytes:
+            body = body[:OVERSIZED_KEPT_BYTES]
+            reason += f"; the dead letter keeps its first {len(body):,} bytes"
+        settlement = Settlement(delivery, dead_letter=self._dead(body, reason))
+        kind = "" if reason.startswith("malformed") else "message, "
+        return Ending(settlement, "malformed", note=f"dead-lettered a {kind}{reason}")
 
     def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
-        return Result(
+        envelope = Result(
             task_id=task.id,
             worker=self.worker_id,
             attempt=task.attempt,
@@ -121,8 +155,9 @@ class Endings:
             duration=duration,
             **fields,
         ).encode()
+        return self.codec.seal(envelope, "result")
 
-    def _dead(self, delivery: Delivery, reason: str) -> bytes:
+    def _dead(self, body: bytes, reason: str) -> bytes:
         return DeadLetter(
-            body=delivery.body, reason=reason, queue=self.queue, worker=self.worker_id
+            body=body, reason=reason, queue=self.queue, worker=self.worker_id
         ).encode()

@@ -27,8 +27,20 @@ class AuthenticationFailed(ConnectionFailed):
     """The broker refused our credentials (wrong authkey, user or password)."""
 
 
+class CertificateRejected(AuthenticationFailed):
+    """TLS failed on a certificate (untrusted CA, expired, wrong host name, client cert)."""
+
+
 class EnvelopeError(DistqError):
     """A message on the wire is not a valid distq envelope (bad JSON, wrong fields)."""
+
+
+class SignatureError(EnvelopeError):
+    """A message is unsigned, signed with an unknown key, or its signature does not match."""
+
+
+class MessageTooLarge(EnvelopeError):
+    """A message is over ``DISTQ_MAX_MESSAGE_BYTES`` (or nests JSON too deeply)."""
 
 
 class UnknownTask(DistqError):

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
+from distq.codec import Codec
 from distq.collector import Collector
 from distq.config import DRAIN_SECONDS, MESSAGE_BATCH, STATUS_EVERY, TASKS
 from distq.console import Console
@@ -122,9 +123,14 @@ class Master:
     """Runs jobs over ``transport``; their results come back on a queue of the master's own."""
 
     def __init__(
-        self, transport: Transport, console: Console, metrics: MasterMetrics | None = None
+        self,
+        transport: Transport,
+        console: Console,
+        metrics: MasterMetrics | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self.transport, self.console, self.metrics = transport, console, metrics
+        self.codec = codec or Codec()
         self.job_id = new_id()
         self.reply_to = transport.reply_queue(self.job_id)
 
@@ -154,8 +160,9 @@ class _Run(Generic[E]):
         self.workload, self.console = workload, master.console
         self.collector: Collector[E] = Collector(
             self._on_result,
-            on_malformed=lambda exc: self.console.error(f"ignored a malformed result: {exc}"),
+            on_malformed=lambda exc: self.console.error(f"dropped a result: {exc}"),
             metrics=master.metrics,
+            codec=master.codec,
         )
         self.lines: list[str] = []  # per-result lines of the current collect
         self.submitted = 0
@@ -218,7 +225,7 @@ class _Run(Generic[E]):
     def _submit(self, count: int) -> None:
         tasks = self.workload.tasks(count, self.master.reply_to)
         self.collector.expect((task.id, entry) for task, entry in tasks)
-        self.producer.submit([task.encode() for task, _ in tasks])
+        self.producer.submit([self.master.codec.seal_task(task) for task, _ in tasks])
         self.submitted += len(tasks)
         self.report.tasks = self.submitted
         if self.master.metrics is not None:

@@ -11,7 +11,6 @@ import time
 
 from distq.console import Console
 from distq.ending import Ending, Endings
-from distq.envelope import Task
 from distq.errors import EnvelopeError, UnknownTask
 from distq.tasks import Registry
 from distq.transport.base import Delivery
@@ -23,10 +22,11 @@ class TaskRunner:
 
     def __init__(self, registry: Registry, endings: Endings, console: Console) -> None:
         self.registry, self.endings, self.console = registry, endings, console
+        self.codec = endings.codec
 
     def __call__(self, delivery: Delivery) -> Ending:
         try:
-            task = Task.decode(delivery.body)
+            task = self.codec.open_task(delivery.body)
         except EnvelopeError as exc:
             return self._told(self.endings.malformed(delivery, exc))
         if not self.console.quiet:  # skips formatting the line, on the hot path

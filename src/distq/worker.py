@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from distq.batch import BatchSizer, run_batch
+from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console
 from distq.ending import Ending, Endings
@@ -102,12 +103,13 @@ class Worker:
         console: Console,
         health: WorkerHealth | None = None,
         metrics: WorkerMetrics | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self.transport, self.options, self.console = transport, options, console
         self.health = health or WorkerHealth()
         self.metrics = metrics
         self.id = options.worker_id or default_worker_id()
-        self.runner = TaskRunner(registry, Endings(self.id, options.queue), console)
+        self.runner = TaskRunner(registry, Endings(self.id, options.queue, codec), console)
         self._stopping = threading.Event()  # warm: finish what runs, take nothing new
         self._abort = threading.Event()  # cold: hand back everything now
         self._signals = 0

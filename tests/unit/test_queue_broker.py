@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import inspect
 
-from distq.transport.manager import _EXPOSED, QueueBroker, _BrokerProxy
+import pytest
+
+from distq.errors import ConnectionFailed
+from distq.transport.manager import _EXPOSED, ManagerTransport, QueueBroker, _BrokerProxy
 
 
 class Clock:
@@ -113,3 +116,15 @@ def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signatur
         assert list(proxied.parameters) == list(served.parameters), name
     public = {n for n, v in vars(QueueBroker).items() if callable(v) and not n.startswith("_")}
     assert public - set(_EXPOSED) == {"start_reaper", "stop", "reap"}  # the master's own
+
+
+def test_a_master_closing_as_a_worker_connects_is_a_connection_failure() -> None:
+    """Seen as a worker thread's traceback (EOFError) when a job ended as it connected."""
+
+    def closing() -> None:
+        raise EOFError
+
+    transport = ManagerTransport.__new__(ManagerTransport)  # only its address is needed
+    transport.address = "127.0.0.1:9"
+    with pytest.raises(ConnectionFailed, match="closed the connection as we connected"):
+        transport._connect(closing)

@@ -397,6 +397,11 @@ class ManagerTransport(Transport):
                 f"cannot reach the master at {self.address} (DISTQ_MANAGER_ADDRESS): "
                 f"{exc.strerror or exc}; is `distq master` running there?"
             ) from None
+        except EOFError:  # a master closing as we connect: its job is done, or it stopped
+            raise ConnectionFailed(
+                f"the master at {self.address} closed the connection as we connected "
+                "(its job is done, or it stopped)"
+            ) from None
 
     def describe(self) -> str:
         if self._role == "master":

@@ -82,10 +82,13 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pika.exceptions
 
+from distq import tls
 from distq.config import MESSAGE_BATCH, Settings
+from distq.credentials import mask_url
 from distq.envelope import DeadLetter
 from distq.errors import (
     AuthenticationFailed,
+    CertificateRejected,
     ConfigError,
     ConnectionFailed,
     EnvelopeError,
@@ -130,15 +133,20 @@ class _Broker:
     port: int
     user: str
     vhost: str
+    tls_files: tls.TlsFiles = field(default_factory=tls.TlsFiles)
 
     @classmethod
-    def from_url(cls, url: str) -> _Broker:
+    def from_url(cls, url: str, tls_files: tls.TlsFiles | None = None) -> _Broker:
         try:
             params = pika.URLParameters(url)
         except ValueError as exc:
-            raise ConfigError(f"DISTQ_AMQP_URL is not a valid AMQP URL ({exc})") from None
+            raise ConfigError(
+                f"DISTQ_AMQP_URL ({mask_url(url)}) is not a valid AMQP URL ({exc})"
+            ) from None
         user = unquote(urlsplit(url).username or params.credentials.username)
-        return cls(url, params.host, params.port, user, params.virtual_host)
+        return cls(
+            url, params.host, params.port, user, params.virtual_host, tls_files or tls.TlsFiles()
+        )
 
     @property
     def address(self) -> str:
@@ -150,12 +158,17 @@ class _Broker:
         params.heartbeat = heartbeat
         params.blocked_connection_timeout = _BLOCKED_TIMEOUT
         params.client_properties = {"connection_name": name}
+        if params.ssl_options is not None and "ssl_options=" not in self.url:
+            # pika's own amqps context checks host names without telling OpenSSL the host
+            context = self.tls_files.context()
+            params.ssl_options = pika.SSLOptions(context, server_hostname=self.host)
         where = f"RabbitMQ at {self.address}"
         try:
             return pika.BlockingConnection(params)
         except pika.exceptions.ProbableAuthenticationError:
             raise AuthenticationFailed(
-                f"{where} refused user {self.user!r} (DISTQ_AMQP_URL); check the user and password"
+                f"{where} refused user {self.user!r} (DISTQ_AMQP_URL, DISTQ_AMQP_PASSWORD[_FILE]); "
+                "check the user and password"
             ) from None
         except pika.exceptions.ProbableAccessDeniedError:
             raise AuthenticationFailed(
@@ -163,14 +176,16 @@ class _Broker:
                 "(DISTQ_AMQP_URL); check that the vhost exists and that the user has "
                 "permissions on it"
             ) from None
-        except ssl.SSLError as exc:
+        except (ssl.SSLError, *_PikaError) as exc:
+            problem = tls.failure(exc)
+            if problem is not None:
+                error = CertificateRejected if problem.refused else ConnectionFailed
+                raise error(problem.line(f"{where} (DISTQ_AMQP_URL)")) from None
+            hint = "is it running?"
+            if params.ssl_options is None and "refused" not in _describe(exc):
+                hint = "is it running? If that port expects TLS, use amqps://"
             raise ConnectionFailed(
-                f"TLS with {where} (DISTQ_AMQP_URL) failed: {_describe(exc)}; check that "
-                "the port speaks TLS (amqps, usually 5671) and that its certificate is trusted"
-            ) from None
-        except _PikaError as exc:
-            raise ConnectionFailed(
-                f"cannot reach {where} (DISTQ_AMQP_URL): {_describe(exc)}; is it running?"
+                f"cannot reach {where} (DISTQ_AMQP_URL): {_describe(exc)}; {hint}"
             ) from None
 
     @contextlib.contextmanager
@@ -306,7 +321,7 @@ class RabbitMQTransport(Transport):
         self.role = role
         self.queue = settings.queue
         self.dead_queue = f"{settings.queue}.dead"
-        self._broker = _Broker.from_url(settings.amqp_url)
+        self._broker = _Broker.from_url(settings.amqp_url, settings.tls_files)
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
         self._admin: _Link | None = None
@@ -358,9 +373,10 @@ class RabbitMQTransport(Transport):
                 return call(self._admin_link(fresh=True).channel)
 
     def describe(self) -> str:
+        tls = " over TLS" if self._broker.url.startswith("amqps:") else ""
         if self.role == "master":
-            return f"rabbitmq transport at {self._broker.address}"
-        return f"rabbitmq at {self._broker.address}"
+            return f"rabbitmq transport at {self._broker.address}{tls}"
+        return f"rabbitmq at {self._broker.address}{tls}"
 
     def reply_queue(self, job_id: str) -> str:
         return f"{self.queue}.results.{job_id}"

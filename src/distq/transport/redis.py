@@ -3,7 +3,7 @@
 URL (``DISTQ_REDIS_URL``, parsed by :meth:`redis.Redis.from_url`)::
 
     redis://[[user]:password@]host[:port][/db]     plain TCP
-    rediss://[[user]:password@]host[:port][/db]    TLS (add ?ssl_cert_reqs=none for self-signed)
+    rediss://[[user]:password@]host[:port][/db]    TLS; see distq.tls for the CA and client files
     unix://[[user]:password@]/path/redis.sock?db=0
 
 Ready tasks live in a plain list named after the queue, so ``LLEN <queue>`` is the
@@ -47,9 +47,16 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
+from distq import tls
 from distq.config import MESSAGE_BATCH, Settings
 from distq.envelope import DeadLetter
-from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
+from distq.errors import (
+    AuthenticationFailed,
+    CertificateRejected,
+    ConfigError,
+    ConnectionFailed,
+    TransportError,
+)
 from distq.transport.base import (
     Consumer,
     Delivery,
@@ -241,10 +248,12 @@ class RedisTransport(Transport):
                 # no silent retries: a re-sent claim whose reply was lost strands tasks
                 retry=Retry(NoBackoff(), 0),
                 client_name=f"distq-{role}",
+                **tls.redis_options(settings.redis_url, settings.tls_files),
             )
         except ValueError as exc:
             raise ConfigError(f"DISTQ_REDIS_URL is not a valid Redis URL ({exc})") from None
         kwargs = self.client.connection_pool.connection_kwargs
+        self.tls = settings.redis_url.startswith("rediss:")
         self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
         self._connect()
         self.claim_script = _Script(_PRELUDE + _CLAIM)
@@ -268,9 +277,7 @@ class RedisTransport(Transport):
                 raise self._refused(exc) from None
             raise ConnectionFailed(f"Redis at {self.address} failed at start: {exc}") from None
         except RedisError as exc:
-            raise ConnectionFailed(
-                f"cannot reach Redis at {self.address} (DISTQ_REDIS_URL): {exc}; is it running?"
-            ) from None
+            raise self._unreachable(exc) from None
         version = "99"
         with contextlib.suppress(RedisError):  # an ACL may forbid INFO; then trust the server
             version = str(self.client.info("server").get("redis_version", version))
@@ -280,10 +287,21 @@ class RedisTransport(Transport):
                 "(LMOVE, BLMOVE, RPOP with a count)"
             )
 
+    def _unreachable(self, exc: RedisError) -> ConnectionFailed:
+        where = f"Redis at {self.address} (DISTQ_REDIS_URL)"
+        problem = tls.failure(exc)
+        if problem is not None:
+            error = CertificateRejected if problem.refused else ConnectionFailed
+            return error(problem.line(where))
+        hint = "is it running?"
+        if not self.tls and "refused" not in str(exc):
+            hint = "is it running? If that port expects TLS, use rediss://"
+        return ConnectionFailed(f"cannot reach {where}: {exc}; {hint}")
+
     def _refused(self, exc: Exception) -> AuthenticationFailed:
         return AuthenticationFailed(
-            f"Redis at {self.address} refused the credentials in DISTQ_REDIS_URL: {exc}; "
-            "check the password"
+            f"Redis at {self.address} refused the credentials in DISTQ_REDIS_URL "
+            f"(or DISTQ_REDIS_PASSWORD[_FILE]): {exc}; check the password"
         )
 
     @contextlib.contextmanager
@@ -297,9 +315,10 @@ class RedisTransport(Transport):
             raise TransportError(f"Redis at {self.address}: {exc}") from None
 
     def describe(self) -> str:
+        tls = " over TLS" if self.tls else ""
         if self.role == "master":
-            return f"redis transport at {self.address}"
-        return f"redis at {self.address}"
+            return f"redis transport at {self.address}{tls}"
+        return f"redis at {self.address}{tls}"
 
     def reply_queue(self, job_id: str) -> str:
         return f"distq:{self.settings.queue}:results:{job_id}"
