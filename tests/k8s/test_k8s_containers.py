@@ -15,6 +15,7 @@ on one Docker engine do not overwrite each other's.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import secrets
@@ -324,6 +325,13 @@ def test_rendered_containers_complete_a_job_and_answer_their_probes(
             for kind in ("readinessProbe", "livenessProbe"):
                 ok, detail = probe_passes(run, spec[kind])
                 assert ok, f"{run.name} {kind}: {detail}"
+        # distq's probe paths are real endpoints (a JSON status), not a catch-all page.
+        for run in [master, *workers, extra]:
+            port = host_port(run, "metrics")
+            for path, status in (("/readyz", "ready"), ("/healthz", "ok")):
+                answer, body = http_get(port, path)
+                assert (answer, json.loads(body)["status"]) == (200, status), (run.name, body)
+            assert http_get(port, "/no-such-path")[0] == 404
 
         # Warm shutdown within the pod's grace period, exit 0.
         grace = worker_deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
