@@ -19,7 +19,7 @@ from distq.codec import Codec
 from distq.config import MESSAGE_BATCH
 from distq.envelope import Result
 from distq.errors import EnvelopeError
-from distq.metrics import MasterMetrics
+from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer
 
 E = TypeVar("E")
@@ -52,10 +52,11 @@ class Collector(Generic[E]):
         self,
         on_result: OnResult[E],
         on_malformed: Callable[[EnvelopeError], None] | None = None,
-        metrics: MasterMetrics | None = None,
+        telemetry: MasterTelemetry | None = None,
         codec: Codec | None = None,
     ) -> None:
-        self._on_result, self._on_malformed, self._metrics = on_result, on_malformed, metrics
+        self._on_result, self._on_malformed = on_result, on_malformed
+        self._telemetry = telemetry or MasterTelemetry()
         self._codec = codec or Codec()
         self._pending: dict[str, Pending[E]] = {}
         self._finished: set[str] = set()
@@ -110,15 +111,13 @@ class Collector(Generic[E]):
             if pending is None:
                 if result.task_id in self._finished:
                     self.duplicates += 1
-                    if self._metrics is not None:
-                        self._metrics.duplicates.inc()
+                    self._telemetry.duplicate(result)
                 continue
             self._finished.add(result.task_id)
             round_trip = now - pending.submitted
             self.latencies.append(round_trip)
-            if self._metrics is not None:
-                self._metrics.results.labels(result.status).inc()
-                self._metrics.round_trip.observe(round_trip)
+            self._telemetry.result(result, round_trip)
             firsts += 1
             self._on_result(result, pending.entry, round_trip)
+        self._telemetry.collected(len(self._pending))
         return firsts

@@ -157,9 +157,18 @@ def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> Callable[[str]
     return parse
 
 
-def _optional(parse: Callable[[str], _N]) -> Callable[[str], _N | None]:
+def _optional(parse: Callable[[str], _T]) -> Callable[[str], _T | None]:
     """An empty value means off."""
     return lambda text: parse(text) if text else None
+
+
+def _host(text: str) -> str:
+    if not text or any(c.isspace() or c in "/@" for c in text):
+        raise ValueError(f"is {text!r}; use an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
+    return text.strip("[]")
+
+
+LOG_FORMATS = ("text", "json")
 
 
 def _text(text: str) -> str | None:
@@ -248,8 +257,47 @@ class Settings:
         "--metrics-port",
         None,
         _optional(_number(int, 0, 65535)),
-        "serve Prometheus metrics on this port",
+        "serve /metrics, /healthz and /readyz on this port",
         shown_default="(off)",
+    )
+    metrics_host: str = setting(
+        "DISTQ_METRICS_HOST",
+        "--metrics-host",
+        "0.0.0.0",
+        _host,
+        "address that endpoint listens on",
+    )
+    stall_seconds: float = setting(
+        "DISTQ_STALL_SECONDS",
+        "--stall-seconds",
+        60.0,
+        _number(float, 0.1, 86_400.0, " seconds"),
+        "/healthz answers 503 once a loop of the process has not iterated for this long",
+        shown_default="60",
+    )
+    stats_seconds: float = setting(
+        "DISTQ_STATS_SECONDS",
+        "--stats-seconds",
+        5.0,
+        _number(float, 0.1, 3600.0, " seconds"),
+        "how often a master samples the queue's counts from the broker",
+        shown_default="5",
+    )
+    log_format: str = setting(
+        "DISTQ_LOG_FORMAT",
+        "--log-format",
+        "text",
+        _one_of(LOG_FORMATS),
+        "text (the tutorial's lines) or json (one JSON object per line)",
+    )
+    rabbitmq_management_url: str | None = setting(
+        "DISTQ_RABBITMQ_MANAGEMENT_URL",
+        "--rabbitmq-management-url",
+        None,
+        _optional(_url(("http", "https"), "http://user:password@rabbit-host:15672")),
+        "RabbitMQ's management API, for the in-flight count AMQP cannot tell",
+        shown_default="(none)",
+        secret=True,  # it carries the password
     )
 
     signing_keys: tuple[bytes, ...] = setting(

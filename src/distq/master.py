@@ -26,7 +26,8 @@ from distq.collector import Collector
 from distq.config import DRAIN_SECONDS, MESSAGE_BATCH, STATUS_EVERY, TASKS
 from distq.console import Console
 from distq.envelope import Result, Task, new_id
-from distq.metrics import MasterMetrics
+from distq.health import ProcessHealth
+from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, Transport
 
 E = TypeVar("E")
@@ -126,11 +127,14 @@ class Master:
         self,
         transport: Transport,
         console: Console,
-        metrics: MasterMetrics | None = None,
+        telemetry: MasterTelemetry | None = None,
         codec: Codec | None = None,
+        health: ProcessHealth | None = None,
     ) -> None:
-        self.transport, self.console, self.metrics = transport, console, metrics
+        self.transport, self.console = transport, console
+        self.telemetry = telemetry or MasterTelemetry()
         self.codec = codec or Codec()
+        self.health = health or ProcessHealth("master")
         self.job_id = new_id()
         self.reply_to = transport.reply_queue(self.job_id)
 
@@ -161,9 +165,12 @@ class _Run(Generic[E]):
         self.collector: Collector[E] = Collector(
             self._on_result,
             on_malformed=lambda exc: self.console.error(f"dropped a result: {exc}"),
-            metrics=master.metrics,
+            telemetry=master.telemetry,
             codec=master.codec,
         )
+        self.health, self.telemetry = master.health, master.telemetry
+        self.link = master.health.readiness.link("producer")
+        self.link.up()  # the producer is open: it reached the broker
         self.lines: list[str] = []  # per-result lines of the current collect
         self.submitted = 0
         self.report = JobReport(transport=master.transport.name, tasks=0)
@@ -178,6 +185,7 @@ class _Run(Generic[E]):
         next_status = start + spec.status_every
         announced = False
         while not self.stop.is_set():
+            self.health.beat("job")
             now = time.perf_counter()
             more = self._allowance(now - start)
             if more > 0:
@@ -225,17 +233,18 @@ class _Run(Generic[E]):
     def _submit(self, count: int) -> None:
         tasks = self.workload.tasks(count, self.master.reply_to)
         self.collector.expect((task.id, entry) for task, entry in tasks)
-        self.producer.submit([self.master.codec.seal_task(task) for task, _ in tasks])
+        with self.link.call(), self.health.liveness.waiting("job"):
+            self.producer.submit([self.master.codec.seal_task(task) for task, _ in tasks])
         self.submitted += len(tasks)
         self.report.tasks = self.submitted
-        if self.master.metrics is not None:
-            self.master.metrics.submitted.inc(len(tasks))
+        self.telemetry.submitted([task for task, _ in tasks], self.collector.outstanding)
         if self.console.bar is None and self.submitted == len(tasks) and self.spec.tasks:
             self.console.start_progress(self.spec.tasks)
         self.console.lines(self.workload.submitted_lines(tasks), count=0)
 
     def _collect(self, wait: float) -> None:
-        self.collector.collect(self.producer, wait)
+        with self.link.call(wait), self.health.liveness.waiting("job"):
+            self.collector.collect(self.producer, wait)
         if self.lines:
             self.console.lines(self.lines)
             self.lines = []

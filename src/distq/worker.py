@@ -35,9 +35,9 @@ from distq.console import Console
 from distq.ending import Ending, Endings
 from distq.errors import Shutdown, TransportError
 from distq.health import WorkerHealth
-from distq.metrics import WorkerMetrics
 from distq.runner import TaskRunner
 from distq.tasks import Registry
+from distq.telemetry import WorkerTelemetry
 from distq.transport.base import Consumer, Delivery, Transport
 
 
@@ -102,12 +102,12 @@ class Worker:
         options: WorkerOptions,
         console: Console,
         health: WorkerHealth | None = None,
-        metrics: WorkerMetrics | None = None,
+        telemetry: WorkerTelemetry | None = None,
         codec: Codec | None = None,
     ) -> None:
         self.transport, self.options, self.console = transport, options, console
         self.health = health or WorkerHealth()
-        self.metrics = metrics
+        self.telemetry = telemetry or WorkerTelemetry()
         self.id = options.worker_id or default_worker_id()
         self.runner = TaskRunner(registry, Endings(self.id, options.queue, codec), console)
         self._stopping = threading.Event()  # warm: finish what runs, take nothing new
@@ -156,6 +156,7 @@ class Worker:
         while any(thread.is_alive() for thread in threads):
             for thread in threads:
                 thread.join(0.2)
+                self.health.beat("main")  # per join: C slots take C x 0.2 s a round
             if idle is not None and not self._stopping.is_set() and self.health.idle_for() >= idle:
                 self.console.info("task_queue is empty")
                 self._stopping.set()
@@ -182,6 +183,7 @@ class Worker:
         """Renew the lease of every slot whose batch runs longer than a heartbeat interval."""
         interval = self.options.heartbeat_interval
         while not done.wait(interval / 4):
+            self.health.beat("leases")
             for slot in slots:
                 if not slot.running or time.monotonic() - slot.renewed < interval:
                     continue
@@ -189,7 +191,8 @@ class Worker:
                     continue  # the slot is in a broker call, which renews the lease too
                 try:
                     if slot.running and slot.consumer is not None:
-                        slot.consumer.heartbeat()
+                        with self.health.liveness.waiting("leases"):  # a silent broker is no stall
+                            slot.consumer.heartbeat()
                         slot.renewed = time.monotonic()
                 except Exception as exc:  # the slot meets the same error when it settles
                     self.console.error(f"could not renew a lease: {exc}")
@@ -241,6 +244,7 @@ class Worker:
                     if not deliveries:
                         continue
                     self.health.took(len(deliveries))
+                    self.telemetry.fetched(deliveries)
                     started = time.perf_counter()
                     endings = self._run(slot, deliveries)
                     sizer.ran(len(endings), time.perf_counter() - started)
@@ -254,17 +258,19 @@ class Worker:
                     with slot.lock:
                         self._close(slot.consumer)
                         slot.consumer = None
-                    self.health.connected(False)
+                    self.health.connected(False, f"{self.id}-{slot.index}", str(exc))
                     self._stopping.wait(1.0)
         finally:
             with slot.lock:
                 self._close(slot.consumer)
                 slot.consumer = None
+            self.health.connected(False, f"{self.id}-{slot.index}", "worker stopping")
 
     def _connect(self, consumer_id: str) -> Consumer | None:
         try:
             consumer = self.transport.consumer(consumer_id)
         except TransportError as exc:
+            self.health.connected(False, consumer_id, str(exc))
             if not self._outage:  # one line per outage, not one per attempt
                 self.console.error(f"{exc}; retrying every second")
                 self._outage = True
@@ -273,7 +279,7 @@ class Worker:
         if self._outage:
             self._outage = False
             self.console.info(f"reconnected ({consumer_id})")
-        self.health.connected(True)
+        self.health.connected(True, consumer_id)
         return consumer
 
     @staticmethod
@@ -302,13 +308,4 @@ class Worker:
         for ending in endings:
             counts[ending.outcome] += 1
         self.health.finished(released=len(unstarted), **counts)
-        if self.metrics is not None:
-            for outcome, count in counts.items():
-                if count:
-                    self.metrics.tasks.labels(outcome).inc(count)
-            if unstarted:
-                self.metrics.tasks.labels("released").inc(len(unstarted))
-            for ending in endings:
-                if ending.outcome == "ok":
-                    self.metrics.task_seconds.observe(ending.duration)
-            self.metrics.in_hand.set(self.health.in_hand)
+        self.telemetry.settled(endings, len(unstarted))

@@ -94,13 +94,16 @@ class QueueStats:
     """Counts an operator cares about: waiting, leased, dead-lettered, and who takes them.
 
     ``consumers`` is the number of worker slots attached to the queue (a worker with
-    ``--concurrency C`` has C), as far as the broker can tell.
+    ``--concurrency C`` has C), as far as the broker can tell. ``in_flight_known`` is
+    False where the broker's protocol cannot count every lease (then ``in_flight``
+    counts only this process's own).
     """
 
     ready: int
     in_flight: int
     dead: int
     consumers: int
+    in_flight_known: bool = True
 
 
 class Producer(abc.ABC):

@@ -453,7 +453,9 @@ class RabbitMQTransport(Transport):
 
         ready, dead, consumers = self._with_admin("reading queue counts", counts)
         held = sum(c.held for c in list(self._children) if isinstance(c, RabbitMQConsumer))
-        return QueueStats(ready=ready, in_flight=held, dead=dead, consumers=consumers)
+        return QueueStats(
+            ready=ready, in_flight=held, dead=dead, consumers=consumers, in_flight_known=False
+        )
 
     def close(self) -> None:
         """Close every producer and consumer still open, then the admin connection.
