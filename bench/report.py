@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Whose CPU the bench counts, in the order of the table's columns.
+ROLES = ("master", "workers", "broker", "total")
+#: distq variants that switch one optional feature on, and what it is.
+FEATURES = {
+    "distq-metrics": "metrics on (an endpoint per process, scraped every second)",
+    "distq-signed": "signing on (HMAC-SHA256 on every task and result)",
+    "distq-jsonlogs": "JSON logs on (per-task events, no --quiet)",
+}
+
 CONFIGS = """\
 - **raw (redis)**: redis-py (with hiredis), no framework. Master LPUSHes tasks 500 per
   command in one pipeline; each worker RPOPs up to 500 (BRPOP when empty) and LPUSHes
@@ -79,6 +88,109 @@ def _status(row: dict[str, Any]) -> str:
     return f"{row['ok']}/{row['trials']} ok ({kinds})"
 
 
+def _cpu_cells(row: dict[str, Any]) -> list[str]:
+    """CPU seconds per 1,000 tasks by role, then the total in µs per task."""
+    cpu = row.get("cpu_per_1000") or {}
+    cells = [_range(cpu.get(role), 1, ".3f") for role in ROLES[:-1]]
+    total = cpu.get("total")
+    return [*cells, _range(total, 1, ".3f"), _range(total, 1e3, ".1f")]
+
+
+def _cpu_section(report: dict[str, Any]) -> list[str]:
+    rows = [r for r in report["rows"] if r.get("cpu_per_1000")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## CPU per task, by role",
+        "",
+        "CPU seconds (user + system) per 1,000 tasks over the throughput round, from each "
+        "process's own counters (`/proc/<pid>/stat`, children included); master: the "
+        "process that submits and collects (for `distq` rows the `distq master` process's "
+        "own count over its timed job; for the others the trial process), workers: every "
+        "worker process and its children, broker: the server's processes. On manager the "
+        "queues live in the master, so its column includes them. Median (min-max); CPU "
+        "time moves far less with the machine's other load than throughput does.",
+        "",
+        "| broker | contestant | master (s/1k) | workers (s/1k) | broker (s/1k) "
+        "| total (s/1k) | total (µs/task) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        cells = _cpu_cells(row)
+        if row["broker"] == "manager" and cells[2] == "—":
+            cells[2] = "in master"
+        lines.append(f"| {row['broker']} | {row['contestant']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _feature_section(report: dict[str, Any]) -> list[str]:
+    """Each optional feature's row against plain distq: throughput and CPU per task."""
+    by_key = {(r["broker"], r["contestant"]): r for r in report["rows"]}
+    lines: list[str] = []
+    for (broker, name), row in by_key.items():
+        base = by_key.get((broker, "distq"))
+        if name not in FEATURES or base is None:
+            continue
+        cpu, base_cpu = row.get("cpu_per_1000") or {}, base.get("cpu_per_1000") or {}
+        lines.append(
+            f"| {broker} | {FEATURES[name]} | "
+            f"{_change(row.get('throughput'), base.get('throughput'))} | "
+            f"{_change(cpu.get('total'), base_cpu.get('total'))} |"
+        )
+    if not lines:
+        return []
+    return [
+        "",
+        "## What each optional feature costs",
+        "",
+        "Each feature's row against plain `distq` on the same broker (medians): the change "
+        "in throughput and in CPU per task (all roles). Positive CPU = the feature costs that "
+        "much more per task.",
+        "",
+        "| broker | feature | throughput | CPU per task |",
+        "| --- | --- | ---: | ---: |",
+        *lines,
+    ]
+
+
+def _change(ours: dict[str, float] | None, base: dict[str, float] | None) -> str:
+    if not ours or not base or not base["median"]:
+        return "—"
+    return f"{(ours['median'] / base['median'] - 1) * 100:+.1f} %"
+
+
+def _scaling_section(report: dict[str, Any]) -> list[str]:
+    rows = report.get("scaling") or []
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## distq scaling: worker processes on one broker",
+        "",
+        f"The same {report['settings']['tasks']:,}-task round with 1, 2, 4 ... `distq worker` "
+        "processes (concurrency 1 each) on one broker and one master, median (min-max) of "
+        f"{report['settings'].get('scaling_repeat', 1)} trial(s). This machine has "
+        f"{report['machine']['nproc']} CPUs for all of them: where throughput stops growing, "
+        "it is saturated, and the CPU per task says what one more worker host would have to "
+        "carry.",
+        "",
+        "| broker | workers | throughput (tasks/s) | master (s/1k) | workers (s/1k) "
+        "| broker (s/1k) | total (s/1k) | total (µs/task) | status |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        cells = _cpu_cells(row)
+        if row["broker"] == "manager" and cells[2] == "—":
+            cells[2] = "in master"
+        lines.append(
+            f"| {row['broker']} | {row['workers']} | {_range(row.get('throughput'), 1, ',.0f')} | "
+            + " | ".join(cells)
+            + f" | {_status(row)} |"
+        )
+    return lines
+
+
 def write_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     s = report["settings"]
@@ -140,6 +252,9 @@ def write_markdown(report: dict[str, Any]) -> str:
         )
     if notes:
         lines += ["", "Failures:", "", *notes]
+    lines += _cpu_section(report)
+    lines += _feature_section(report)
+    lines += _scaling_section(report)
     if report["memory"]:
         lines += [
             "",

@@ -30,8 +30,9 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import contestants
 import servers
+from cpu import per_thousand
 from processes import die_with_parent
-from report import write_markdown
+from report import ROLES, write_markdown
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -63,11 +64,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--memory-tasks", type=int, default=200_000)
     parser.add_argument("--no-caps", action="store_true", help="no per-contestant task caps")
+    parser.add_argument(
+        "--scaling",
+        default="1,2,4",
+        help="distq's scaling stage: worker process counts, comma-separated ('' to skip)",
+    )
+    parser.add_argument(
+        "--scaling-repeat", type=int, default=None, help="trials per count (default: --repeat)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write py-spy flame graphs of distq's master and workers (throughput round) here",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     args.only = _pick(args.only, contestants.BROKERS, "--only")
     args.contestants = _pick(args.contestants, contestants.CONTESTANTS, "--contestants")
-    for name in ("tasks", "repeat", "workers", "memory_tasks"):
+    try:
+        args.scaling = [int(w) for w in args.scaling.split(",") if w.strip()]
+    except ValueError:
+        parser.error(f"--scaling: worker counts are whole numbers, got {args.scaling!r}")
+    if any(w < 1 for w in args.scaling):
+        parser.error("--scaling: worker counts must be at least 1")
+    if args.scaling_repeat is None:
+        args.scaling_repeat = args.repeat
+    for name in ("tasks", "repeat", "workers", "memory_tasks", "scaling_repeat"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.latency_tasks < 2:
@@ -103,9 +126,14 @@ def run_trial(
     latency_tasks: int,
     timeout: float,
     memory: bool = False,
+    workers: int | None = None,
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
     """Run ``trial.py`` in a new process group; kill the group if it overstays."""
+    workers = workers or args.workers
     tag = f"{broker}-{name}-{'mem' if memory else repeat}"
+    if workers != args.workers:
+        tag += f"-w{workers}"
     workdir = logdir / tag
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "result.json"
@@ -125,7 +153,9 @@ def run_trial(
         "--latency-tasks",
         str(latency_tasks),
         "--workers",
-        str(args.workers),
+        str(workers),
+        "--broker-pid",
+        str(broker_pid or 0),
         "--seed",
         str(repeat),
         "--timeout",
@@ -139,6 +169,8 @@ def run_trial(
         argv.append("--memory")
     if args.no_caps:
         argv.append("--no-caps")
+    if args.profile is not None and not memory and workers == args.workers:
+        argv += ["--profile", str(args.profile.resolve())]
     print(f"  {tag}: ", end="", flush=True)
     started = time.monotonic()
     with open(workdir / "trial.log", "wb") as log:
@@ -168,11 +200,15 @@ def run_trial(
     else:
         text = (workdir / "trial.log").read_text(errors="replace")[-1500:]
         result = {"status": "failed", "error": f"trial exited {proc.returncode}: {text}"}
-    result.update(broker=broker, contestant=name, repeat=repeat, logs=str(workdir))
+    result.update(broker=broker, contestant=name, repeat=repeat, workers=workers, logs=str(workdir))
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     if result["status"] == "ok":
         lat = result.get("latency_p50_seconds")
         extra = f", p50 {lat * 1e3:.2f} ms" if lat is not None else ""
+        cpu = per_thousand(result.get("cpu_seconds") or {}, result.get("tasks") or 1)
+        total = cpu.get("total")
+        if total is not None:
+            extra += f", {total * 1e3:.1f} µs CPU/task"
         print(f"{result['throughput']:,.0f} tasks/s{extra} ({result['wall_seconds']} s)")
     else:
         print(f"{result['status'].upper()}: {result.get('error', '')[:300]}")
@@ -222,14 +258,58 @@ def summarize(trials: list[dict[str, Any]]) -> dict[str, Any]:
         "statuses": [t["status"] for t in trials],
     }
     for key in ("throughput", "latency_p50_seconds", "latency_p99_seconds"):
-        values = [t[key] for t in ok if t.get(key) is not None]
-        if values:
-            row[key] = {
-                "median": statistics.median(values),
-                "min": min(values),
-                "max": max(values),
-            }
+        stat = _stat([t[key] for t in ok if t.get(key) is not None])
+        if stat:
+            row[key] = stat
+    per_task = [per_thousand(t["cpu_seconds"], t["tasks"]) for t in ok if t.get("cpu_seconds")]
+    if per_task:
+        row["cpu_per_1000"] = {
+            role: _stat([v for c in per_task if (v := c.get(role)) is not None]) for role in ROLES
+        }
     return row
+
+
+def _stat(values: list[float]) -> dict[str, float] | None:
+    """Median, min and max of ``values``; None when there are none."""
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def scaling_rows(
+    args: argparse.Namespace,
+    broker_name: str,
+    url: str,
+    broker: servers.Broker | None,
+    broker_pid: int | None,
+    logdir: Path,
+) -> list[dict[str, Any]]:
+    """distq with each of ``args.scaling`` worker processes, round-robin, no latency round."""
+    print(f"  scaling: distq with {', '.join(map(str, args.scaling))} worker processes")
+    trials: dict[int, list[dict[str, Any]]] = {w: [] for w in args.scaling}
+    for repeat in range(1, args.scaling_repeat + 1):
+        for workers in args.scaling:
+            if broker:
+                _flush(broker)
+            trials[workers].append(
+                run_trial(
+                    args,
+                    broker_name,
+                    url,
+                    "distq",
+                    repeat,
+                    logdir,
+                    tasks=args.tasks,
+                    latency_tasks=0,
+                    timeout=args.timeout,
+                    workers=workers,
+                    broker_pid=broker_pid,
+                )
+            )
+    return [
+        {"broker": broker_name, "workers": w, **summarize(trials[w]), "trials_detail": trials[w]}
+        for w in args.scaling
+    ]
 
 
 def machine() -> dict[str, Any]:
@@ -289,12 +369,15 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
             "timeout": args.timeout,
             "memory_tasks": args.memory_tasks if args.memory else None,
+            "scaling": args.scaling,
+            "scaling_repeat": args.scaling_repeat,
         },
         "machine": machine(),
         "load_average_start": os.getloadavg(),
         "brokers": {},
         "rows": [],
         "memory": [],
+        "scaling": [],
         "logs": str(logdir),
     }
     print(f"distq bench: logs in {logdir}")
@@ -307,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if not names:
                 continue
-            url, broker = "", None
+            url, broker, broker_pid = "", None, None
             if broker_name in servers.STARTERS:
                 print(f"starting {broker_name} ...", flush=True)
                 try:
@@ -325,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     continue
                 running.append(broker)
-                url = broker.url
+                url, broker_pid = broker.url, broker.server.pid
                 report["brokers"][broker_name] = {"version": broker.version}
             trials: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
             for repeat in range(1, args.repeat + 1):
@@ -343,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                             tasks=args.tasks,
                             latency_tasks=args.latency_tasks,
                             timeout=args.timeout,
+                            broker_pid=broker_pid,
                         )
                     )
             for name in names:
@@ -353,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
                         **summarize(trials[name]),
                         "trials_detail": trials[name],
                     }
+                )
+            if args.scaling and "distq" in names:
+                report["scaling"] += scaling_rows(
+                    args, broker_name, url, broker, broker_pid, logdir
                 )
             if args.memory and "distq" in names:
                 if broker:
@@ -369,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                         latency_tasks=0,
                         timeout=max(args.timeout, MEMORY_TIMEOUT),
                         memory=True,
+                        broker_pid=broker_pid,
                     )
                 )
             if broker:

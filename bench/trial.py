@@ -2,14 +2,17 @@
 
 Run by ``bench/run.py``, which kills this process group if it outlives its timeout.
 Writes one JSON object to ``--out``: ``status`` ("ok" or "failed"), and on success
-``throughput`` (tasks/s), ``elapsed_seconds``, ``latency_p50_seconds``,
-``latency_p99_seconds`` and, with ``--memory``, the workers' VmRSS samples.
+``throughput`` (tasks/s), ``elapsed_seconds``, ``cpu_seconds`` (CPU seconds the master,
+the workers and the broker used over the throughput round, see :mod:`cpu`),
+``latency_p50_seconds``, ``latency_p99_seconds`` and, with ``--memory``, the workers'
+VmRSS samples.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import threading
 import time
@@ -19,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import contestants
-from contestants.base import Context
+from contestants.base import Contestant, Context
+from cpu import CpuMeter
 
 WARM_UP_TASKS = 200
 WARM_UP_LATENCY = 20
@@ -76,6 +80,16 @@ class RssSampler(threading.Thread):
         ]
 
 
+def cpu_meter(contestant: Contestant, broker_pid: int | None) -> CpuMeter:
+    """Master: this process (where a contestant's master runs unless it reports its own),
+    without its children, the workers; workers: their process trees; broker: its tree,
+    when it is a process of its own (manager's queues live in the master)."""
+    roles = {"master": [os.getpid()], "workers": contestant.worker_pids()}
+    if broker_pid:
+        roles["broker"] = [broker_pid]
+    return CpuMeter(roles, own=["master"])
+
+
 def run_trial(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +100,7 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
         workers=args.workers,
         workdir=workdir,
         deadline=time.monotonic() + args.timeout,
+        profile_dir=Path(args.profile) if args.profile else None,
     )
     rng = random.Random(args.seed)
     tasks = [rng.randint(1, 1000) for _ in range(args.tasks)]
@@ -106,7 +121,14 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
         if sampler:
             sampler.sample()
             sampler.start()
+        meter = cpu_meter(contestant, args.broker_pid)
+        meter.start()
         elapsed = contestant.throughput(tasks)
+        cpu: dict[str, float | None] = dict(meter.stop())
+        if contestant.master_cpu_seconds is not None:  # its master is a process of its own
+            cpu["master"] = contestant.master_cpu_seconds
+        cpu.setdefault("broker", None)
+        out["cpu_seconds"] = cpu
         if sampler:
             sampler.sample()
             sampler.stopping.set()
@@ -145,6 +167,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--no-caps", action="store_true", help="ignore contestants' task_cap")
+    parser.add_argument("--broker-pid", type=int, default=0, help="the broker's PID (0: none)")
+    parser.add_argument("--profile", default="", help="py-spy flame graphs into this folder")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()

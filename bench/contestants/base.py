@@ -50,6 +50,7 @@ class Context:
     workers: int  # worker processes to start
     workdir: Path  # worker logs and scratch files
     deadline: float  # time.monotonic() by which the whole trial must end
+    profile_dir: Path | None = None  # py-spy flame graphs of distq's processes go here
 
     def remaining(self) -> float:
         """Seconds left before the trial deadline (never negative)."""
@@ -200,6 +201,10 @@ class Contestant(abc.ABC):
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.workers = WorkerProcesses(ctx.workdir)
+        #: CPU seconds of the last throughput round's master, for a contestant whose
+        #: master is a process of its own that counts them; None: the trial process is
+        #: the master, and the trial measures itself.
+        self.master_cpu_seconds: float | None = None
 
     @abc.abstractmethod
     def start_workers(self) -> None:

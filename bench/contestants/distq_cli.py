@@ -8,6 +8,11 @@ Master: ``distq master --tasks N --quiet --report FILE --timeout S`` (plus
 times from its first submit to its last verified result, like the harness does for
 the other contestants.
 
+CPU: the master reports the CPU seconds of its timed job (its own process counter,
+every thread: with manager that includes the queues it hosts). With a profile folder
+(``bench/run.sh --profile DIR``) every worker and master runs under ``py-spy record``,
+which writes one flame graph per process there.
+
 Readiness before timing: on Redis, until the server counts one new client per worker;
 on RabbitMQ, until the task queue has one consumer per worker (both at most
 ``READY_LIMIT`` s, then the warm-up round decides). On manager the master hosts the
@@ -21,17 +26,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 from contestants.base import Contestant, Latency, RoundTimeout, VerifyError, venv_bin
 from processes import free_port
 
 READY_LIMIT = 15.0
+_PY_SPY = [venv_bin("py-spy"), "record", "--rate", "250", "--nonblocking", "--format", "flamegraph"]
 IDLE_EXIT = 600  # seconds; workers are stopped by PID long before this
 
 
@@ -39,6 +47,8 @@ class DistqCli(Contestant):
     name = "distq"
     #: More settings for master and workers (a variant sets what it measures).
     extra_env: dict[str, str] = {}  # noqa: RUF012 - read-only
+    #: ``--quiet``: no per-task lines (a variant that measures per-task logs drops it)
+    quiet: tuple[str, ...] = ("--quiet",)
 
     def start_workers(self) -> None:
         self.runs = 0
@@ -60,12 +70,41 @@ class DistqCli(Contestant):
         self._start_worker_processes()
         self._wait_connected(baseline)
 
-    def _start_worker_processes(self) -> None:
-        argv = [venv_bin("distq"), "worker", "--quiet", "--exit-when-idle", str(IDLE_EXIT)]
+    def _worker_argv(self) -> list[str]:
+        argv = [venv_bin("distq"), "worker", *self.quiet, "--exit-when-idle", str(IDLE_EXIT)]
         if self.ctx.broker == "manager":
             argv += ["--connect-timeout", str(IDLE_EXIT)]
+        return argv
+
+    def _start_worker_processes(self) -> None:
         for _ in range(self.ctx.workers):
-            self.workers.start(argv, env=self.env)
+            self.workers.start(self._worker_argv(), env=self.env)
+
+    def _svg(self, role: str) -> Path | None:
+        folder = self.ctx.profile_dir
+        if folder is None:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{self.ctx.broker}-{self.name}-{role}.svg"
+
+    def _profiled(self, argv: list[str], role: str) -> list[str]:
+        """``argv`` under ``py-spy record`` when profiling: it writes when the process ends."""
+        svg = self._svg(role)
+        if svg is None:
+            return argv
+        return [*_PY_SPY, "--output", str(svg), "--", *argv]
+
+    def _profile_workers(self) -> list[subprocess.Popen[bytes]]:
+        """When profiling: ``py-spy record --pid`` on every worker, until :func:`_stop`."""
+        spies = []
+        for index, pid in enumerate(self.workers.pids):
+            svg = self._svg(f"worker-{index}")
+            if svg is not None:
+                argv = [*_PY_SPY, "--output", str(svg), "--pid", str(pid)]
+                spies.append(
+                    subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                )
+        return spies
 
     def _connected(self) -> int:
         """Redis: connected clients; RabbitMQ: consumers on the task queue; else 0."""
@@ -98,7 +137,7 @@ class DistqCli(Contestant):
             time.sleep(0.1)
         # Not confirmed (e.g. a topology this check does not know): the warm-up decides.
 
-    def _master(self, count: int, extra: Sequence[str]) -> dict[str, Any]:
+    def _master(self, count: int, extra: Sequence[str], profile: bool = False) -> dict[str, Any]:
         self.runs += 1
         report_path = self.ctx.workdir / f"master-{self.runs}.json"
         log_path = self.ctx.workdir / f"master-{self.runs}.log"
@@ -110,7 +149,7 @@ class DistqCli(Contestant):
             "master",
             "--tasks",
             str(count),
-            "--quiet",
+            *self.quiet,
             "--report",
             str(report_path),
             "--timeout",
@@ -120,6 +159,8 @@ class DistqCli(Contestant):
             str(self.ctx.workers),
             *extra,
         ]
+        if profile:
+            argv = self._profiled(argv, "master")
         env = dict(os.environ)
         env.update(self.env)
         try:
@@ -146,7 +187,12 @@ class DistqCli(Contestant):
 
     def throughput(self, tasks: Sequence[int]) -> float:
         # distq's master draws its own random numbers 1..1000 and verifies n*n itself.
-        report = self._master(len(tasks), [])
+        spies = self._profile_workers() if self.runs == 1 else []  # the round after warm-up
+        try:
+            report = self._master(len(tasks), [], profile=bool(spies))
+        finally:
+            _stop(spies)
+        self.master_cpu_seconds = report.get("cpu_seconds")
         return float(report["elapsed_seconds"])
 
     def latency(self, tasks: Sequence[int]) -> Latency:
@@ -156,6 +202,18 @@ class DistqCli(Contestant):
             p50=float(report["latency_p50_seconds"]),
             p99=float(report["latency_p99_seconds"]),
         )
+
+
+def _stop(spies: Sequence[subprocess.Popen[bytes]]) -> None:
+    """End ``py-spy record --pid`` runs with SIGINT, on which they write their graph."""
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
 
 
 class DistqCliMetrics(DistqCli):
@@ -174,22 +232,19 @@ class DistqCliMetrics(DistqCli):
         super().start_workers()
 
     def _start_worker_processes(self) -> None:
-        argv = [venv_bin("distq"), "worker", "--quiet", "--exit-when-idle", str(IDLE_EXIT)]
-        if self.ctx.broker == "manager":
-            argv += ["--connect-timeout", str(IDLE_EXIT)]
         for _ in range(self.ctx.workers):
             port = free_port()
             self.ports.append(port)
             env = dict(self.env, DISTQ_METRICS_HOST="127.0.0.1", DISTQ_METRICS_PORT=str(port))
-            self.workers.start(argv, env=env)
+            self.workers.start(self._worker_argv(), env=env)
 
-    def _master(self, count: int, extra: Sequence[str]) -> dict[str, Any]:
+    def _master(self, count: int, extra: Sequence[str], profile: bool = False) -> dict[str, Any]:
         port = free_port()
         saved = dict(self.env)
         self.env.update(DISTQ_METRICS_HOST="127.0.0.1", DISTQ_METRICS_PORT=str(port))
         self.ports.append(port)
         try:
-            return super()._master(count, extra)
+            return super()._master(count, extra, profile)
         finally:
             self.ports.remove(port)
             self.env = saved
@@ -216,3 +271,13 @@ class DistqSigned(DistqCli):
 
     name = "distq-signed"
     extra_env = {"DISTQ_SIGNING_KEYS": os.urandom(32).hex()}  # noqa: RUF012 - read-only
+
+
+class DistqJsonLogs(DistqCli):
+    """distq with ``DISTQ_LOG_FORMAT=json`` and without ``--quiet``: every task's events
+    (``task submitted``, ``task settled``, ``result received``) written as JSON lines to
+    the processes' log files, what a log pipeline would read."""
+
+    name = "distq-jsonlogs"
+    extra_env = {"DISTQ_LOG_FORMAT": "json"}  # noqa: RUF012 - read-only
+    quiet = ()

@@ -91,6 +91,9 @@ class JobReport:
     duplicates: int = 0
     missing: int = 0
     elapsed_seconds: float = 0.0
+    #: CPU seconds this process used over ``elapsed_seconds``, every thread counted
+    #: (with manager, that includes serving the queues)
+    cpu_seconds: float = 0.0
     throughput: float = 0.0
     latency_p50_seconds: float | None = None
     latency_p99_seconds: float | None = None
@@ -173,6 +176,7 @@ class _Run(Generic[E]):
         self.link.up()  # the producer is open: it reached the broker
         self.lines: list[str] = []  # per-result lines of the current collect
         self.submitted = 0
+        self.cpu_start = time.process_time()
         self.report = JobReport(transport=master.transport.name, tasks=0)
 
     def run(self) -> JobReport:
@@ -181,7 +185,7 @@ class _Run(Generic[E]):
         if spec.wait_workers and not self._await_workers(spec.wait_workers, deadline):
             self.report.tasks = total or 0
             return self._finish(0.0)
-        start = time.perf_counter()
+        start, self.cpu_start = time.perf_counter(), time.process_time()
         next_status = start + spec.status_every
         announced = False
         while not self.stop.is_set():
@@ -291,6 +295,7 @@ class _Run(Generic[E]):
         r, collector = self.report, self.collector
         waiting = collector.waiting()
         r.elapsed_seconds = elapsed
+        r.cpu_seconds = time.process_time() - self.cpu_start
         r.duplicates = collector.duplicates
         r.missing = len(waiting) + (r.tasks - self.submitted)
         r.throughput = (r.ok + r.failed) / elapsed if elapsed > 0 else 0.0
