@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import dataclasses
 import json
 import time
 from collections.abc import Iterator
 from typing import Any
+
+import msgspec
 
 from distq.codec import Codec
 from distq.config import MAX_ATTEMPTS, Settings
@@ -307,7 +308,7 @@ def reviver(codec: Codec) -> Revive:
             task = codec.open_task(letter.body)
         except EnvelopeError:
             return letter.body
-        again = dataclasses.replace(task, attempt=1, reply_to=NO_REPLY, created_at=time.time())
+        again = msgspec.structs.replace(task, attempt=1, reply_to=NO_REPLY, created_at=time.time())
         return codec.seal_task(again)
 
     return revive

@@ -1,8 +1,18 @@
 """Versioned JSON envelopes: what travels between master, broker and worker.
 
 Nothing on the wire is pickled. A task, a result and a dead letter are each a frozen
-dataclass with ``encode() -> bytes`` and ``decode(bytes)``; ``decode`` raises
+record with ``encode() -> bytes`` and ``decode(bytes)``; ``decode`` raises
 :class:`~distq.errors.EnvelopeError` with the reason on any malformed input.
+
+Tasks and results cross the wire once or twice per task, so they take a fast path:
+they are ``msgspec`` structs (built in C, a tenth of a frozen dataclass's cost), encoded
+and decoded by ``msgspec.json`` through wire structs that fix the keys and their order
+and check every field's type in C. The stdlib ``json`` remains the reference: it encodes
+whatever the fast path does not know to be plain JSON (see :func:`_plain`), and it
+decodes whatever the fast path refuses, so that every error message, and every oddity
+``json`` accepts (``NaN``, UTF-16), stays as it was. Both write the same JSON: the same
+keys in the same order, the same strings, integers of any size; only a float may be
+written in another notation (``1e-05`` or ``0.00001``: the same number).
 """
 
 from __future__ import annotations
@@ -10,10 +20,13 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 from distq.errors import EnvelopeError
 from distq.limits import check_nesting
@@ -26,6 +39,40 @@ MAX_ATTEMPTS = 3  # attempts a task gets unless its master says otherwise (distq
 NO_REPLY = "(no reply)"
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_encode = msgspec.json.Encoder().encode
+_FAST_ERRORS = (msgspec.MsgspecError, ValueError, TypeError, OverflowError, RecursionError)
+#: Types whose JSON text ``msgspec`` and ``json`` write alike (floats: when finite).
+_SCALARS = frozenset({str, int, bool, type(None)})
+_PLAIN_DEPTH = 8  # deeper values take the stdlib encoder (no recursion limit to mind)
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is made only of exact JSON types, finite floats, lists, tuples and
+    dicts with string keys: then ``msgspec`` writes the JSON ``json`` would.
+
+    Anything else takes the stdlib encoder, which refuses what is not JSON (``msgspec``
+    would quietly write a set, bytes or a datetime) and writes NaN as ``json`` does.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if depth >= _PLAIN_DEPTH:
+        return False
+    if kind is list or kind is tuple:
+        for item in value:
+            if type(item) not in _SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            if type(item) not in _SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
+    return False
 
 
 class _Ids:
@@ -45,6 +92,61 @@ class _Ids:
 
 #: A fresh unique identifier (32 hex digits) for a task or a job.
 new_id = _Ids()
+
+
+def _fits_reply_to(value: str) -> bool:
+    return 0 < len(value) <= 63 or 0 < len(value.encode(errors="replace")) <= 255
+
+
+class _TaskWire(msgspec.Struct):
+    """A task as it is on the wire: these keys, in this order."""
+
+    v: Literal[1]
+    id: str
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    reply_to: str
+    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)]
+    created_at: float
+
+
+class _ErrorWire(msgspec.Struct):
+    type: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+
+
+class _ResultWire(msgspec.Struct):
+    """A result as it is read: ``value`` for ok results, ``error`` for failed ones."""
+
+    v: Literal[1]
+    task_id: str
+    status: Literal["ok", "error"]
+    worker: str
+    attempt: int
+    started_at: float
+    duration: float
+    value: Any = None
+    error: _ErrorWire | None = None
+
+
+class _OkResultWire(msgspec.Struct):
+    """An ok result as it is written: ``value`` always present, ``null`` included."""
+
+    v: int
+    task_id: str
+    status: str
+    worker: str
+    attempt: int
+    started_at: float
+    duration: float
+    value: Any
+
+
+_task_wire = msgspec.json.Decoder(_TaskWire).decode
+_result_wire = msgspec.json.Decoder(_ResultWire).decode
 
 
 def _load(data: bytes | str, kind: str) -> dict[str, Any]:
@@ -90,24 +192,40 @@ def _reply_to(obj: dict[str, Any], kind: str) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
+class Task(msgspec.Struct, frozen=True):
     """One unit of work: call the registered function ``name`` with ``args``/``kwargs``.
 
     ``reply_to`` names the result queue of the master that submitted it (or is
     :data:`NO_REPLY`); ``attempt`` counts from 1 and grows on each retry after a failure.
+    A frozen ``msgspec`` struct: change one with ``msgspec.structs.replace``.
     """
 
     name: str
     args: list[Any]
     reply_to: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    id: str = field(default_factory=new_id)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    id: str = msgspec.field(default_factory=new_id)
     attempt: int = 1
     max_attempts: int = MAX_ATTEMPTS
-    created_at: float = field(default_factory=time.time)
+    created_at: float = msgspec.field(default_factory=time.time)
 
     def encode(self) -> bytes:
+        if _plain(self.args) and _plain(self.kwargs) and math.isfinite(self.created_at):
+            wire = _TaskWire(
+                1,
+                self.id,
+                self.name,
+                self.args,
+                self.kwargs,
+                self.reply_to,
+                self.attempt,
+                self.max_attempts,
+                self.created_at,
+            )
+            try:
+                return _encode(wire)
+            except _FAST_ERRORS:
+                pass  # e.g. a lone surrogate in a string: json says why, below
         return _dumps(
             {
                 "v": VERSION,
@@ -124,6 +242,19 @@ class Task:
 
     @classmethod
     def decode(cls, data: bytes | str) -> Task:
+        check_nesting(data if isinstance(data, bytes) else data.encode(errors="replace"), "task")
+        try:
+            w = _task_wire(data)
+        except _FAST_ERRORS:
+            return cls._decode_json(data)  # the reference decoder: accepts, or says why
+        if not _fits_reply_to(w.reply_to) or not math.isfinite(w.created_at):
+            return cls._decode_json(data)
+        return cls(
+            w.name, w.args, w.reply_to, w.kwargs, w.id, w.attempt, w.max_attempts, w.created_at
+        )
+
+    @classmethod
+    def _decode_json(cls, data: bytes | str) -> Task:
         kind = "task"
         obj = _load(data, kind)
         try:
@@ -142,29 +273,20 @@ class Task:
 
     def next_attempt(self) -> Task:
         """The same task, one attempt later (for a retry after a failure)."""
-        return Task(
-            name=self.name,
-            args=self.args,
-            kwargs=self.kwargs,
-            reply_to=self.reply_to,
-            id=self.id,
-            attempt=self.attempt + 1,
-            max_attempts=self.max_attempts,
-            created_at=self.created_at,
-        )
+        return msgspec.structs.replace(self, attempt=self.attempt + 1)
 
 
 Status = Literal["ok", "error"]
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(msgspec.Struct, frozen=True):
     """The outcome of a task, sent to its ``reply_to`` queue.
 
     ``status`` is ``"ok"`` with ``value`` set, or ``"error"`` (failed for good) with
     ``error_type`` and ``error_message`` set, and ``error_traceback`` (the remote
     traceback's text) when the task's function raised. ``error_traceback`` is optional on
-    the wire (``error.traceback``), so results without it still decode.
+    the wire (``error.traceback``), so results without it still decode. A frozen
+    ``msgspec`` struct, like :class:`Task`.
     """
 
     task_id: str
@@ -179,6 +301,26 @@ class Result:
     error_traceback: str | None = None
 
     def encode(self) -> bytes:
+        if (
+            self.status == "ok"
+            and _plain(self.value)
+            and math.isfinite(self.started_at)
+            and math.isfinite(self.duration)
+        ):
+            wire = _OkResultWire(
+                1,
+                self.task_id,
+                self.status,
+                self.worker,
+                self.attempt,
+                self.started_at,
+                self.duration,
+                self.value,
+            )
+            try:
+                return _encode(wire)
+            except _FAST_ERRORS:
+                pass  # json says why, below
         obj: dict[str, Any] = {
             "v": VERSION,
             "task_id": self.task_id,
@@ -199,6 +341,35 @@ class Result:
 
     @classmethod
     def decode(cls, data: bytes | str) -> Result:
+        check_nesting(data if isinstance(data, bytes) else data.encode(errors="replace"), "result")
+        try:
+            w = _result_wire(data)
+        except _FAST_ERRORS:
+            return cls._decode_json(data)  # the reference decoder: accepts, or says why
+        error = w.error if w.status == "error" else None
+        if (
+            (w.status == "error" and error is None)
+            or not math.isfinite(w.started_at)
+            or not math.isfinite(w.duration)
+        ):
+            return cls._decode_json(data)
+        if error is None:
+            return cls(w.task_id, w.status, w.worker, w.attempt, w.started_at, w.duration, w.value)
+        return cls(
+            w.task_id,
+            w.status,
+            w.worker,
+            w.attempt,
+            w.started_at,
+            w.duration,
+            w.value,
+            error.type,
+            error.message,
+            error.traceback,
+        )
+
+    @classmethod
+    def _decode_json(cls, data: bytes | str) -> Result:
         kind = "result"
         obj = _load(data, kind)
         status = _field(obj, "status", kind, str)
