@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from distq.codec import Codec
@@ -28,12 +27,9 @@ E = TypeVar("E")
 OnResult = Callable[[Result, E, float], None]
 
 
-@dataclass(slots=True)
-class Pending(Generic[E]):
-    """A task submitted and not answered yet."""
-
-    entry: E
-    submitted: float  # time.perf_counter() at submit
+#: A task submitted and not answered yet: (entry, time.perf_counter() at submit); a
+#: tuple, the cheapest record to make once per task.
+Pending = tuple[E, float]
 
 
 class Collector(Generic[E]):
@@ -76,18 +72,19 @@ class Collector(Generic[E]):
 
     def waiting(self) -> list[tuple[str, E]]:
         """(task id, entry) of every task not answered yet, oldest first."""
-        return [(task_id, p.entry) for task_id, p in self._pending.items()]
+        return [(task_id, entry) for task_id, (entry, _) in self._pending.items()]
 
     def expect(self, tasks: Iterable[tuple[str, E]]) -> None:
         """Wait for these (task id, entry) pairs, submitted now."""
         now = time.perf_counter()
+        pending = self._pending
         for task_id, entry in tasks:
-            self._pending[task_id] = Pending(entry, now)
+            pending[task_id] = (entry, now)
 
     def entry(self, task_id: str) -> E | None:
         """The entry of a task expected and not answered yet, else None."""
         pending = self._pending.get(task_id)
-        return pending.entry if pending is not None else None
+        return pending[0] if pending is not None else None
 
     def discard(self, task_id: str) -> E | None:
         """Stop waiting for one task (cancelled, timed out); return its entry, if expected.
@@ -95,7 +92,7 @@ class Collector(Generic[E]):
         A result that arrives for it later is dropped like any unexpected one.
         """
         pending = self._pending.pop(task_id, None)
-        return pending.entry if pending is not None else None
+        return pending[0] if pending is not None else None
 
     def forget(self) -> int:
         """Stop waiting for every task not answered yet; return how many there were."""
@@ -127,10 +124,11 @@ class Collector(Generic[E]):
                     self._telemetry.duplicate(result)
                 continue
             self._finished.add(result.task_id)
-            round_trip = now - pending.submitted
+            entry, submitted = pending
+            round_trip = now - submitted
             self.latencies.append(round_trip)
             self._telemetry.result(result, round_trip)
             firsts += 1
-            self._on_result(result, pending.entry, round_trip)
+            self._on_result(result, entry, round_trip)
         self._telemetry.collected(len(self._pending))
         return firsts

@@ -32,6 +32,9 @@ def show(task: Task) -> str:
     return str(task.args[0]) if task.args else f"{task.name}{task.args}"
 
 
+_NUMBERS = range(1, 1001)
+
+
 class Squares(Workload[int]):
     """Random numbers 1..1000 to square (each task's entry is its number).
 
@@ -47,18 +50,11 @@ class Squares(Workload[int]):
         self._kwargs: dict[str, Any] = {"delay": task_delay} if task_delay else {}
 
     def tasks(self, count: int, reply_to: str) -> list[tuple[Task, int]]:
-        out = []
-        for _ in range(count):
-            n = self._rng.randint(1, 1000)
-            task = Task(
-                name="square",
-                args=[n],
-                kwargs=self._kwargs,
-                reply_to=reply_to,
-                max_attempts=self.max_attempts,
-            )
-            out.append((task, n))
-        return out
+        kwargs, attempts = self._kwargs, self.max_attempts
+        return [
+            (Task("square", [n], reply_to, kwargs, max_attempts=attempts), n)
+            for n in self._rng.choices(_NUMBERS, k=count)  # one call per batch, not per task
+        ]
 
     def name(self, entry: int) -> str:
         return f"square({entry})"

@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+import msgspec
+
 from distq.envelope import DeadLetter
 
 Role = Literal["master", "worker"]
@@ -42,8 +44,7 @@ Role = Literal["master", "worker"]
 _Tag = TypeVar("_Tag")
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(msgspec.Struct, frozen=True):
     """A task body handed to a consumer, with the transport's handle to settle it.
 
     ``tag`` is opaque outside the transport. The one rule every consumer applies: only
@@ -73,8 +74,7 @@ def tags_of(deliveries: Iterable[Delivery], kind: type[_Tag], transport: str) ->
     return tags
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Settlement(msgspec.Struct, frozen=True):
     """How one delivery ends; every field but ``delivery`` is optional.
 
     ``result`` goes to the queue ``reply_to``; ``retry`` (a new task body) is enqueued
