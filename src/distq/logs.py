@@ -19,8 +19,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import msgspec
+
 from distq.console import Console
 from distq.credentials import MASK
+
+#: JSON of a log object; what JSON cannot carry is written as its str(), as json's default=str
+_encode = msgspec.json.Encoder(enc_hook=str).encode
 
 # scheme://user:password@ : the password is whatever runs up to the last '@' of the netloc
 _CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s]*@")
@@ -64,6 +69,7 @@ class JsonConsole(Console):
     ) -> None:
         super().__init__(quiet=quiet, out=out, err=err)
         self.fields: dict[str, Any] = {"role": role, **fields}
+        self._stamp: tuple[int, str] = (0, "")  # (ms, its timestamp): one per millisecond
 
     def start_progress(self, total: int) -> None:
         """No progress bar: a log pipeline reads lines, not a redrawn terminal line."""
@@ -79,7 +85,11 @@ class JsonConsole(Console):
 
     def record(self, level: str, **fields: Any) -> dict[str, Any]:
         """One log object: timestamp, level, this process's fields, then ``fields``."""
-        return {"timestamp": timestamp(time.time()), "level": level, **self.fields, **fields}
+        now = time.time()
+        stamp = self._stamp
+        if stamp[0] != int(now * 1000):  # formatting a time costs more than the rest
+            stamp = self._stamp = (int(now * 1000), timestamp(now))
+        return {"timestamp": stamp[1], "level": level, **self.fields, **fields}
 
     def events(self, records: list[dict[str, Any]]) -> None:
         """Per-task events (already built with :meth:`record`); skipped when quiet."""
@@ -88,7 +98,11 @@ class JsonConsole(Console):
 
     @staticmethod
     def _write(stream: TextIO, records: list[dict[str, Any]]) -> None:
-        stream.write("".join(json.dumps(r, default=str) + "\n" for r in records))
+        lines = b"".join([_encode(r) + b"\n" for r in records])  # per-task events: in C
+        if lines.isascii():
+            stream.write(lines.decode())
+        else:  # as json writes it: \u escapes, which any stream can carry
+            stream.write("".join(json.dumps(r, default=str) + "\n" for r in records))
         stream.flush()
 
 
