@@ -259,6 +259,47 @@ def test_partial_settle_keeps_the_rest_leased(
     assert [d.body for d in rest] == [d.body for d in held[settled:]]
 
 
+def test_a_batch_settled_in_order_is_acked_by_count_without_its_bodies(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    t.producer("r").submit(_bodies(3))
+    consumer = t.consumer("c")
+    held = consumer.fetch(3, timeout=1)
+    sent: list[list[object]] = []
+    script = t.settle_script
+
+    def spy(client: object, keys: list[str], args: list[object]) -> object:
+        sent.append(list(args))
+        return script(client, keys, args)  # type: ignore[arg-type]
+
+    t.settle_script = spy  # type: ignore[assignment]
+    consumer.settle([Settlement(d) for d in held])
+    assert len(sent) == 1 and sent[0][3:5] == [3, 3]  # held 3, ack the oldest 3
+    assert not any(d.body in sent[0] for d in held)  # no body went back
+    assert raw.exists(f"distq:{queue}:inflight:c") == 0
+
+
+def test_settle_by_count_checks_the_in_flight_list_is_what_it_holds(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport(lease=0.5)
+    producer = t.producer("r")
+    producer.submit(_bodies(2))
+    slow = t.consumer("slow")
+    late = slow.fetch(2, timeout=1)
+    time.sleep(0.6)
+    other = t.consumer("other")
+    other.heartbeat()  # sweeps slow's expired lease: both tasks go back
+    assert sorted(d.body for d in other.fetch(2, timeout=0)) == sorted(d.body for d in late)
+    producer.submit([b"next"])
+    (fresh,) = slow.fetch(1, timeout=1)  # slow's in-flight list now holds only this one
+    slow.settle([Settlement(d) for d in late])  # late, in order: by count it would drop "next"
+    assert raw.lrange(f"distq:{queue}:inflight:slow", 0, -1) == [b"next"]
+    slow.settle([Settlement(fresh)])
+    assert raw.exists(f"distq:{queue}:inflight:slow") == 0
+
+
 def test_heartbeat_sweeps_even_when_the_queue_is_busy(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:

@@ -159,13 +159,20 @@ end
 return out
 """
 
-# ARGV[4..]: triples (op, arg, body): 'r' result for KEYS[arg], 't' retry after arg ms,
+# ARGV[4] = how many deliveries the consumer holds, ARGV[5] = how many of the oldest it
+# acks (the common case: a batch settled in order); or ARGV[4] = -1: acks by body, below.
+# ARGV[6..]: triples (op, arg, body): 'r' result for KEYS[arg], 't' retry after arg ms,
 # 'd' dead letter, 'a' ack. Everything is published before any ack: a failure repeats.
-# Acking most of the in-flight list rebuilds it (3 calls) instead of one LREM per task.
+# Acking by count needs the in-flight list to be exactly what the consumer holds, oldest
+# at the tail: if its length says otherwise (a sweep took it), nothing is done and 0 is
+# returned, and the consumer acks by body instead. Acking most of the in-flight list by
+# body rebuilds it (3 calls) instead of one LREM per task.
 _SETTLE = """
+local expect, count = tonumber(ARGV[4]), tonumber(ARGV[5])
+if expect >= 0 and redis.call('LLEN', KEYS[5]) ~= expect then return 0 end
 local now = nil
 local results, acks = {}, {}
-for i = 4, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local op, arg, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if op == 'r' then
     local k = tonumber(arg)
@@ -185,6 +192,14 @@ for i = 4, #ARGV, 3 do
   end
 end
 for k, bodies in pairs(results) do push('LPUSH', KEYS[k], bodies) end
+if expect >= 0 then
+  if count >= expect then
+    redis.call('DEL', KEYS[5])
+  else
+    redis.call('LTRIM', KEYS[5], 0, -count - 1)
+  end
+  return 1
+end
 local held = redis.call('LLEN', KEYS[5])
 if #acks * 2 < held then
   for _, body in ipairs(acks) do redis.call('LREM', KEYS[5], -1, body) end
@@ -197,6 +212,7 @@ elseif held > 0 then
   redis.call('DEL', KEYS[5])
   push('RPUSH', KEYS[5], keep)
 end
+return 1
 """
 
 _RELEASE = """
@@ -502,7 +518,12 @@ class RedisProducer(Producer):
 
 
 class RedisConsumer(Consumer):
-    """Leases tasks into ``distq:<queue>:inflight:<id>``, one deadline for all of them."""
+    """Leases tasks into ``distq:<queue>:inflight:<id>``, one deadline for all of them.
+
+    It keeps the bodies it holds in the order it got them, which is the in-flight list's
+    from its tail: a batch settled in order is acked by count, without sending its
+    bodies back (see ``_SETTLE``).
+    """
 
     def __init__(self, transport: RedisTransport, consumer_id: str) -> None:
         self.consumer_id = consumer_id
@@ -511,6 +532,7 @@ class RedisConsumer(Consumer):
         self.inflight_key = transport.inflight_prefix + consumer_id
         self._keys = transport.keys(self.inflight_key)
         self._args: list[Arg] = [consumer_id, transport.lease_ms, transport.inflight_prefix]
+        self._held: list[bytes] = []  # oldest first, as the in-flight list from its tail
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
@@ -525,6 +547,7 @@ class RedisConsumer(Consumer):
                 if reply[0] >= 0:  # wake up when the next delayed retry is due
                     block = min(block, reply[0] / 1000)
                 reply, out = self._block_then_claim(block, max_count)
+        self._held += [d.body for d in out]
         return out
 
     def _block_then_claim(self, block: float, max_count: int) -> tuple[Any, list[Delivery]]:
@@ -554,9 +577,23 @@ class RedisConsumer(Consumer):
     def settle(self, settlements: Sequence[Settlement]) -> None:
         if not settlements:
             return
-        acks: list[Arg] = []
-        for tag in tags_of((s.delivery for s in settlements), bytes, "redis"):
-            acks += ["a", 0, tag]
+        tags = tags_of((s.delivery for s in settlements), bytes, "redis")
+        keys, publish = self._publish(settlements)
+        held, count = self._held, len(tags)
+        with self._t.errors():
+            if tags == held[:count]:  # the oldest, in order: ack by count
+                args = [*self._args, len(held), count, *publish]
+                if self._t.settle_script(self._r, keys, args) == 1:
+                    del held[:count]
+                    return
+            acks: list[Arg] = []
+            for tag in tags:
+                acks += ["a", 0, tag]
+            self._t.settle_script(self._r, keys, [*self._args, -1, 0, *publish, *acks])
+        self._forget(tags)
+
+    def _publish(self, settlements: Sequence[Settlement]) -> tuple[list[str], list[Arg]]:
+        """The settle script's KEYS and its publishing triples (see ``_SETTLE``)."""
         keys = list(self._keys)
         index: dict[str, int] = {}  # reply_to -> its position in KEYS (1-based, for Lua)
         publish: list[Arg] = []
@@ -570,8 +607,11 @@ class RedisConsumer(Consumer):
                 publish += ["t", max(0, round(s.retry_delay * 1000)), s.retry]
             if s.dead_letter is not None:
                 publish += ["d", 0, s.dead_letter]
-        with self._t.errors():
-            self._t.settle_script(self._r, keys, [*self._args, *publish, *acks])
+        return keys, publish
+
+    def _forget(self, tags: Sequence[bytes]) -> None:
+        gone = set(tags)
+        self._held = [body for body in self._held if body not in gone]
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
@@ -580,12 +620,14 @@ class RedisConsumer(Consumer):
         tags = tags_of(reversed(deliveries), bytes, "redis")
         with self._t.errors():
             self._t.release_script(self._r, self._keys, [*self._args, *tags])
+        self._forget(tags)
 
     def close(self) -> None:
         try:
             self._t.close_script(self._r, self._keys, self._args)
         except RedisError as exc:  # the lease expires instead, so nothing is lost
             log.warning("consumer %s could not hand back its tasks: %s", self.consumer_id, exc)
+        self._held.clear()
         self._r.close()
 
 
