@@ -82,7 +82,7 @@ class CertificateAuthority:
         client: bool = False,
         expired: bool = False,
     ) -> Pair:
-        """A leaf certificate for ``hosts`` (IPs or DNS names); ``expired`` ended yesterday."""
+        """A leaf certificate for ``hosts`` (IPs or DNS names); ``expired`` ended days ago."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
@@ -124,7 +124,7 @@ def _builder(
     expired: bool = False,
 ) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
-    if expired:  # valid from ten days ago until yesterday
+    if expired:  # valid from ten days ago until nine days ago
         now -= dt.timedelta(days=5)
     return (
         x509.CertificateBuilder()
