@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from contestants.base import Contestant, Latency, RoundTimeout, VerifyError, venv_bin
-from processes import free_port
+from launch import free_port
 
 READY_LIMIT = 15.0
 IDLE_EXIT = 600  # seconds; workers are stopped by PID long before this
