@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from contestants.base import Contestant, Latency, RoundTimeout, VerifyError, venv_bin
-from processes import free_port
+from launch import free_port
 
 READY_LIMIT = 15.0
 _PY_SPY = [venv_bin("py-spy"), "record", "--rate", "250", "--nonblocking", "--format", "flamegraph"]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO
 from endpoints import get, promtool_check, wait_for
-from launch import LocalRabbitMQ, LocalRedis
+from launch import LocalRabbitMQ, LocalRedis, free_port
 from procs import Distq
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from conftest import Target, free_port
+from conftest import Target
 from endpoints import get, promtool_check, wait_for
-from launch import LocalPrometheus
+from launch import LocalPrometheus, free_port
 from procs import Distq
 
 pytestmark = pytest.mark.integration

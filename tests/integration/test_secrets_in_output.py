@@ -11,7 +11,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pytest
 
-from conftest import REPO, Target, free_port
+from conftest import REPO, Target
+from launch import free_port
 from procs import Distq
 
 pytestmark = pytest.mark.integration

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from certs import CertificateAuthority, Pair
 from conftest import REPO
 from launch import LocalRabbitMQ, LocalRedis, TlsFiles, free_port
 from procs import Distq
-from tls_certs import CA, Pair
 
 pytestmark = pytest.mark.integration
 
@@ -34,19 +34,22 @@ EXIT_UNREACHABLE = 3
 
 @dataclass(frozen=True)
 class Pki:
-    ca: CA
+    ca: CertificateAuthority
     server: Pair
     client: Pair
     expired: Pair
     elsewhere: Pair  # a server certificate for another host name
-    stranger_ca: CA  # trusts nothing of ours
+    stranger_ca: CertificateAuthority  # trusts nothing of ours
     stranger_client: Pair
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     base = tmp_path_factory.mktemp("pki")
-    ca, stranger = CA(base / "ca"), CA(base / "stranger", name="stranger CA")
+    ca, stranger = (
+        CertificateAuthority(base / "ca"),
+        CertificateAuthority(base / "stranger", name="stranger CA"),
+    )
     return Pki(
         ca=ca,
         server=ca.issue("server", hosts=("127.0.0.1",)),

@@ -15,11 +15,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Target, free_port
+from conftest import Target
 from distq.config import Settings
 from distq.envelope import DeadLetter, new_id
 from distq.errors import AuthenticationFailed, ConnectionFailed
 from distq.transport import Delivery, Settlement, Transport, open_transport
+from launch import free_port
 from seam import fetch_n, results_n
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO
 from distq.console import Console
 from distq.credentials import mask_url
 from distq.ending import Ending
@@ -25,6 +25,7 @@ from distq.logs import (
 )
 from distq.telemetry import MasterTelemetry, WorkerTelemetry
 from distq.transport import Delivery, Settlement
+from launch import free_port
 
 
 @pytest.mark.parametrize(

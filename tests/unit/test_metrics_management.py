@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from conftest import free_port
 from distq.management import ManagementApi, ManagementError
+from launch import free_port
 
 
 class Stub:

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from conftest import REPO, free_port
+from conftest import REPO
 from distq.errors import ConfigError, TransportError
 from distq.health import HANG_SECONDS, Liveness, ProcessHealth, Readiness, WorkerHealth
 from distq.http import Endpoint
+from launch import free_port
 
 
 class Clock:

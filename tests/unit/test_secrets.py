@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from certs import CertificateAuthority
 from distq import tls
 from distq.config import SETTINGS, Settings
 from distq.credentials import SECRETS, mask_url
 from distq.errors import ConfigError
 from distq.security import notices
-from tls_certs import CA
 
 KEY = {"DISTQ_AUTHKEY": "secret-authkey-value"}
 SIGNING = "k" * 16 + "-signing"
@@ -194,11 +194,11 @@ def test_a_malformed_url_is_reported_without_its_password() -> None:
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
-    return CA(tmp_path_factory.mktemp("ca"))
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path_factory.mktemp("ca"))
 
 
-def test_tls_files_are_checked_up_front(ca: CA, tmp_path: Path) -> None:
+def test_tls_files_are_checked_up_front(ca: CertificateAuthority, tmp_path: Path) -> None:
     client = ca.issue("client", client=True)
     env = {
         "DISTQ_TRANSPORT": "redis",

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from conftest import free_port
 from distq.codec import Codec
 from distq.config import Settings
 from distq.console import Console
@@ -24,6 +23,7 @@ from distq.signing import MAGIC, Signer, key_id
 from distq.squares import Squares
 from distq.tasks import Registry
 from distq.transport import Delivery, Settlement, open_transport
+from launch import free_port
 
 OLD, NEW, OTHER = (secrets.token_hex(16).encode() for _ in range(3))
 
