@@ -173,9 +173,11 @@ class WorkerProcesses:
 
 
 def worker_env() -> dict[str, str]:
-    """The environment for worker processes: ours, with ``bench/`` importable."""
+    """The environment for worker processes: ours, with ``bench/`` and ``tests/`` (the
+    launcher's ``free_port``) importable."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH_DIR), env.get("PYTHONPATH", "")) if p)
+    paths = (str(BENCH_DIR), str(BENCH_DIR.parent / "tests"), env.get("PYTHONPATH", ""))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
