@@ -65,14 +65,17 @@ class Signer:
     def __init__(self, keys: Sequence[bytes]) -> None:
         if not keys:
             raise ValueError("a Signer needs at least one key")
-        self._key = keys[0]
+        # an HMAC keyed once per key and copied per message: the key's inner and outer
+        # blocks are hashed once, not per message (a third of hmac.digest's cost here)
+        self._signing = _keyed(keys[0])
         self._prefix = MAGIC + key_id(keys[0]).encode() + b" "
-        self._keys = {key_id(key).encode(): key for key in keys}
+        self._keys = {key_id(key).encode(): _keyed(key) for key in keys}
 
     def sign(self, envelope: bytes) -> bytes:
         """``envelope`` with its signature header in front."""
-        mac = hmac.digest(self._key, envelope, "sha256").hex().encode()  # one-shot: fastest
-        return b"".join((self._prefix, mac, b"\n", envelope))
+        mac = self._signing.copy()
+        mac.update(envelope)
+        return b"".join((self._prefix, mac.hexdigest().encode(), b"\n", envelope))
 
     def verify(self, message: bytes, kind: str) -> bytes:
         """The envelope inside ``message`` once its signature checks out.
@@ -100,13 +103,19 @@ class Signer:
                 "not one of this process's DISTQ_SIGNING_KEYS"
             )
         envelope = message[_HEADER_LENGTH:]
-        expected = hmac.digest(key, envelope, "sha256").hex().encode()
-        if not hmac.compare_digest(expected, mac):
+        keyed = key.copy()
+        keyed.update(envelope)
+        if not hmac.compare_digest(keyed.hexdigest().encode(), mac):
             raise SignatureError(
                 f"{kind} has a bad signature for key id {kid.decode()!r}: "
                 "altered after signing, or forged"
             )
         return envelope
+
+
+def _keyed(key: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 under ``key``, fed nothing yet: copy it for each message."""
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def unsigned(message: bytes, kind: str) -> bytes:

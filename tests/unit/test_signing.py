@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import secrets
@@ -275,3 +277,29 @@ def test_the_master_drops_results_that_are_not_signed_right() -> None:
     assert report.succeeded and report.ok == 2, text
     assert text.count("dropped a result: result signed with another key") == 2
     assert text.count("dropped a result: unsigned result") == 2
+
+
+def test_the_signature_is_hmac_sha256_of_the_exact_envelope_bytes() -> None:
+    """The wire format, checked against the standard library's one-shot HMAC, from several
+    threads at once (the signer reuses one keyed state per key)."""
+    signer = Signer([NEW, OLD])
+    envelopes = [task(n).encode() for n in range(200)]
+    seen: list[bytes] = []
+
+    def sign_all() -> None:
+        seen.extend(signer.sign(envelope) for envelope in envelopes)
+
+    threads = [threading.Thread(target=sign_all) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 4 * len(envelopes)
+    for message in seen:
+        header, _, envelope = message.partition(b"\n")
+        mac = hmac.new(NEW, envelope, hashlib.sha256).hexdigest()
+        assert header == MAGIC + key_id(NEW).encode() + b" " + mac.encode()
+        assert signer.verify(message, "task") == envelope
+    assert key_id(NEW) == hmac.new(NEW, b"distq key id", hashlib.sha256).hexdigest()[:8]
+    old = Signer([OLD]).sign(envelopes[0])
+    assert signer.verify(old, "task") == envelopes[0]  # the second key verifies too
