@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -95,6 +95,28 @@ class JsonConsole(Console):
         """Per-task events (already built with :meth:`record`); skipped when quiet."""
         if records and not self.quiet:
             self._write(self.out, records)
+
+    def event_lines(self, events: Sequence[tuple[str, msgspec.Struct]]) -> None:
+        """Per-task events as (level, struct of the event's fields), one line each, all
+        with this moment's timestamp (a batch is one moment); skipped when quiet.
+
+        The same lines :meth:`record` and :meth:`events` write, at a fraction of the cost:
+        the fields every line shares are encoded once per batch and each event in C.
+        """
+        if not events or self.quiet:
+            return
+        heads: dict[str, bytes] = {}
+        lines = []
+        for level, event in events:
+            head = heads.get(level)
+            if head is None:  # {"timestamp":...,"level":...,"role":..., without the "}"
+                head = heads[level] = _encode(self.record(level))[:-1] + b","
+            lines.append(head + _encode(event)[1:])
+        text = b"\n".join(lines) + b"\n"
+        if not text.isascii():  # as json writes it: \u escapes, which any stream can carry
+            text = "".join(json.dumps(msgspec.json.decode(line)) + "\n" for line in lines).encode()
+        self.out.write(text.decode())
+        self.out.flush()
 
     @staticmethod
     def _write(stream: TextIO, records: list[dict[str, Any]]) -> None:

@@ -10,13 +10,62 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
-from typing import Any
+
+import msgspec
 
 from distq.ending import Ending
 from distq.envelope import Result, Task
 from distq.logs import JsonConsole
 from distq.metrics import UNKNOWN, UNREGISTERED, MasterMetrics, WorkerMetrics
 from distq.transport.base import Delivery
+
+
+# The per-task events of JSON logs, their keys in the order they are written.
+class TaskSettled(msgspec.Struct):
+    event: str
+    outcome: str
+    task_id: str
+    task: str
+    attempt: int
+    queue_wait: float
+    duration: float
+
+
+class UndecodedSettled(msgspec.Struct):
+    event: str
+    outcome: str
+    task: str
+
+
+class TasksReleased(msgspec.Struct):
+    event: str
+    count: int
+
+
+class TaskSubmitted(msgspec.Struct):
+    event: str
+    task_id: str
+    task: str
+    attempt: int
+
+
+class ResultReceived(msgspec.Struct):
+    event: str
+    task_id: str
+    attempt: int
+    duration: float
+    outcome: str
+    round_trip: float
+    worker: str
+
+
+class DuplicateResult(msgspec.Struct):
+    event: str
+    task_id: str
+    worker: str
+
+
+Event = tuple[str, msgspec.Struct]  # (level, fields)
 
 
 class WorkerTelemetry:
@@ -78,25 +127,27 @@ class WorkerTelemetry:
 
     @staticmethod
     def _log(log: JsonConsole, endings: Sequence[Ending], released: int) -> None:
-        records = []
+        events: list[Event] = []
         for ending in endings:
             task, outcome = ending.task, ending.outcome
-            fields: dict[str, Any] = {"event": "task settled", "outcome": outcome}
-            if task is not None:
-                fields.update(
-                    task_id=task.id,
-                    task=task.name,
-                    attempt=task.attempt,
-                    queue_wait=round(max(0.0, ending.started_at - task.created_at), 6),
-                    duration=round(ending.duration, 6),
-                )
-            else:
-                fields["task"] = UNKNOWN
             level = "info" if outcome in ("ok", "retried") else "error"
-            records.append(log.record(level, **fields))
+            if task is None:
+                events.append((level, UndecodedSettled("task settled", outcome, UNKNOWN)))
+                continue
+            wait = ending.started_at - task.created_at
+            event = TaskSettled(
+                "task settled",
+                outcome,
+                task.id,
+                task.name,
+                task.attempt,
+                round(wait, 6) if wait > 0 else 0.0,
+                round(ending.duration, 6),
+            )
+            events.append((level, event))
         if released:
-            records.append(log.record("info", event="tasks released", count=released))
-        log.events(records)
+            events.append(("info", TasksReleased("tasks released", released)))
+        log.event_lines(events)
 
 
 class MasterTelemetry:
@@ -105,7 +156,7 @@ class MasterTelemetry:
     def __init__(self, metrics: MasterMetrics | None = None, log: JsonConsole | None = None):
         self.metrics = metrics
         self.log = log if log is not None and not log.quiet else None
-        self._records: list[dict[str, Any]] = []
+        self._events: list[Event] = []
         self._statuses: dict[str, int] = {}
         self._round_trips: list[float] = []
 
@@ -115,18 +166,8 @@ class MasterTelemetry:
                 self.metrics.submitted.add(self.metrics.base, len(tasks))
             self.metrics.outstanding.set(outstanding)
         if self.log is not None:
-            record = self.log.record
-            self.log.events(
-                [
-                    record(
-                        "info",
-                        event="task submitted",
-                        task_id=task.id,
-                        task=task.name,
-                        attempt=task.attempt,
-                    )
-                    for task in tasks
-                ]
+            self.log.event_lines(
+                [("info", TaskSubmitted("task submitted", t.id, t.name, t.attempt)) for t in tasks]
             )
 
     def result(self, result: Result, round_trip: float) -> None:
@@ -135,29 +176,24 @@ class MasterTelemetry:
             self._statuses[result.status] = self._statuses.get(result.status, 0) + 1
             self._round_trips.append(round_trip)
         if self.log is not None:
-            self._records.append(
-                self.log.record(
-                    "info" if result.status == "ok" else "error",
-                    event="result received",
-                    task_id=result.task_id,
-                    attempt=result.attempt,
-                    duration=round(result.duration, 6),
-                    outcome=result.status,
-                    round_trip=round(round_trip, 6),
-                    worker=result.worker,
-                )
+            event = ResultReceived(
+                "result received",
+                result.task_id,
+                result.attempt,
+                round(result.duration, 6),
+                result.status,
+                round(round_trip, 6),
+                result.worker,
             )
+            self._events.append(("info" if result.status == "ok" else "error", event))
 
     def duplicate(self, result: Result) -> None:
         if self.metrics is not None:
             with self.metrics.lock:
                 self.metrics.duplicates.add(self.metrics.base, 1)
         if self.log is not None:
-            self._records.append(
-                self.log.record(
-                    "info", event="duplicate result", task_id=result.task_id, worker=result.worker
-                )
-            )
+            event = DuplicateResult("duplicate result", result.task_id, result.worker)
+            self._events.append(("info", event))
 
     def collected(self, outstanding: int) -> None:
         """A batch of results is handled; ``outstanding`` tasks still have none."""
@@ -173,6 +209,6 @@ class MasterTelemetry:
                         metrics.round_trip.observe(series, seconds)
                 self._statuses, self._round_trips = {}, []
             metrics.outstanding.set(outstanding)
-        if self.log is not None and self._records:
-            records, self._records = self._records, []
-            self.log.events(records)
+        if self.log is not None and self._events:
+            events, self._events = self._events, []
+            self.log.event_lines(events)
