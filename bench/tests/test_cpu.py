@@ -1,0 +1,174 @@
+"""The bench's CPU accounting (bench/cpu.py) and how the report shows it.
+
+The process tests burn real CPU in real child processes: a role's count must include
+its descendants, alive or already reaped, and nothing of the processes it does not own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import run
+from cpu import CpuMeter, own_seconds, per_thousand, tree_seconds
+from report import write_markdown
+
+BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
+
+
+def burner(seconds: float) -> list[str]:
+    return [sys.executable, "-c", BURN.format(seconds=seconds)]
+
+
+def test_a_tree_counts_living_and_reaped_children_once() -> None:
+    # a parent that burns 0.3 s in a child it waits for, then starts one that stays alive
+    script = (
+        "import subprocess, sys, time\n"
+        f"subprocess.run({burner(0.3)!r}, check=True)\n"
+        f"alive = subprocess.Popen({burner(0.3)!r})\n"
+        "alive.wait(); print('done', flush=True); time.sleep(30)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        meter = CpuMeter({"workers": [parent.pid]})
+        meter.start()
+        assert parent.stdout is not None
+        assert parent.stdout.readline().strip() == "done"
+        used = meter.stop()["workers"]
+        # 0.6 s burned by the two children; the parent's own start-up adds a little
+        assert 0.55 <= used <= 1.2, used
+        assert own_seconds(parent.pid) is not None
+        assert own_seconds(parent.pid) < 0.5  # type: ignore[operator]  # its own share only
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_own_seconds_leave_children_out_and_gone_processes_count_nothing(tmp_path: Path) -> None:
+    child = subprocess.Popen(burner(0.2))
+    child.wait()
+    assert own_seconds(child.pid) is None  # reaped: nothing to read
+    assert tree_seconds([child.pid]) == 0.0
+    meter = CpuMeter({"master": [child.pid]}, own=["master"])
+    meter.start()
+    assert meter.stop() == {"master": 0.0}
+
+
+def test_per_thousand_totals_the_roles_measured() -> None:
+    got = per_thousand({"master": 0.2, "workers": 0.4, "broker": None}, 20_000)
+    assert got["master"] == pytest.approx(0.01) and got["workers"] == pytest.approx(0.02)
+    assert got["broker"] is None
+    assert got["total"] == pytest.approx(0.03)
+    assert per_thousand({"broker": None}, 10)["total"] is None
+
+
+def _ok(cpu: dict[str, float | None], throughput: float = 1000.0) -> dict[str, Any]:
+    return {"status": "ok", "tasks": 1000, "throughput": throughput, "cpu_seconds": cpu}
+
+
+def _report(rows: list[dict[str, Any]], scaling: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "date": "d",
+        "finished": "f",
+        "command": "bench/run.sh",
+        "interrupted": None,
+        "machine": {
+            "nproc": 2,
+            "cpu": "cpu",
+            "ram_gib": 1.0,
+            "os": "os",
+            "kernel": "k",
+            "python": "3.11",
+            "packages": {},
+            "distq_commit": "abc",
+        },
+        "settings": {
+            "tasks": 1000,
+            "repeat": 2,
+            "latency_tasks": 10,
+            "workers": 2,
+            "timeout": 300.0,
+            "memory_tasks": None,
+            "scaling": [1, 2],
+            "scaling_repeat": 2,
+        },
+        "brokers": {},
+        "load_average_start": (1.0, 1.0, 1.0),
+        "load_average_end": (1.0, 1.0, 1.0),
+        "rows": rows,
+        "memory": [],
+        "scaling": scaling,
+        "logs": "/tmp/x",
+    }
+
+
+def test_the_report_shows_cpu_by_role_feature_costs_and_scaling() -> None:
+    distq = run.summarize(
+        [
+            _ok({"master": 0.010, "workers": 0.020, "broker": 0.005}),
+            _ok({"master": 0.012, "workers": 0.024, "broker": 0.007}),
+        ]
+    )
+    assert distq["cpu_per_1000"]["total"] == pytest.approx(
+        {"median": 0.039, "min": 0.035, "max": 0.043}
+    )
+    signed = run.summarize([_ok({"master": 0.02, "workers": 0.03, "broker": 0.006}, 900.0)])
+    manager = run.summarize([_ok({"master": 0.015, "workers": 0.015, "broker": None})])
+    one = run.summarize([_ok({"master": 0.01, "workers": 0.02, "broker": 0.005}, 500.0)])
+    text = write_markdown(
+        _report(
+            [
+                {"broker": "redis", "contestant": "distq", **distq},
+                {"broker": "redis", "contestant": "distq-signed", **signed},
+                {"broker": "manager", "contestant": "distq", **manager},
+            ],
+            [{"broker": "redis", "workers": 1, **one}],
+        )
+    )
+    # master, workers, broker, total per 1,000 tasks, and the total per task
+    assert (
+        "| redis | distq | 0.011 (0.010-0.012) | 0.022 (0.020-0.024) | 0.006 (0.005-0.007) "
+        "| 0.039 (0.035-0.043) | 39.0 (35.0-43.0) |" in text
+    )
+    assert "| manager | distq | 0.015 | 0.015 | in master | 0.030 | 30.0 |" in text
+    # signing: 900 vs 1,000 tasks/s, 56 vs 39 µs per task
+    assert (
+        "| redis | signing on (HMAC-SHA256 on every task and result) | -10.0 % | +43.6 % |" in text
+    )
+    assert "| redis | 1 | 500 | 0.010 | 0.020 | 0.005 | 0.035 | 35.0 | ok |" in text
+
+
+def test_scaling_options_are_checked() -> None:
+    args = run.parse_args(["--scaling", "1,4", "--repeat", "2"])
+    assert args.scaling == [1, 4] and args.scaling_repeat == 2
+    assert run.parse_args(["--scaling", ""]).scaling == []
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            run.parse_args(["--scaling", bad])
+
+
+def test_a_trial_measures_the_broker_process_it_is_given() -> None:
+    import trial
+
+    class Fake:
+        master_cpu_seconds = None
+
+        def worker_pids(self) -> list[int]:
+            return []
+
+    broker = subprocess.Popen(burner(0.3))
+    try:
+        meter = trial.cpu_meter(Fake(), broker.pid)  # type: ignore[arg-type]
+        meter.start()
+        time.sleep(0.5)
+        used = meter.stop()
+    finally:
+        broker.wait()
+    assert set(used) == {"master", "workers", "broker"}
+    assert used["workers"] == 0.0
+    assert used["broker"] >= 0.2  # most of the 0.3 s it burned while we watched
