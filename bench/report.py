@@ -11,6 +11,7 @@ FEATURES = {
     "distq-metrics": "metrics on (an endpoint per process, scraped every second)",
     "distq-signed": "signing on (HMAC-SHA256 on every task and result)",
     "distq-jsonlogs": "JSON logs on (per-task events, no --quiet)",
+    "distq-textlogs": "text logs with per-task lines (no --quiet), for comparison",
 }
 
 CONFIGS = """\
@@ -54,6 +55,12 @@ CONFIGS = """\
 - **distq-signed**: the same with `DISTQ_SIGNING_KEYS` set on master and workers: an
   HMAC-SHA256 over every task and result, checked before decoding. Its ratio column is
   what signing costs.
+- **distq-metrics**: `DISTQ_METRICS_PORT` on the master and every worker, each
+  endpoint's `/metrics` and `/readyz` read once a second.
+- **distq-jsonlogs**: `DISTQ_LOG_FORMAT=json` without `--quiet`: every task's events
+  (submitted, settled, result received) as JSON lines into the processes' log files.
+  **distq-textlogs**: text logs without `--quiet`, the per-task lines those events
+  replace.
 - **distq-executor**: the same workers; the master is one `distq.Executor` in the trial
   process (it hosts the queues on manager), kept for every round; throughput
   `list(executor.map("square", tasks))` (chunksize 1: one task per call), latency

@@ -24,6 +24,7 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("redis", "distq-metrics"): "contestants.distq_cli:DistqCliMetrics",
     ("redis", "distq-signed"): "contestants.distq_cli:DistqSigned",
     ("redis", "distq-jsonlogs"): "contestants.distq_cli:DistqJsonLogs",
+    ("redis", "distq-textlogs"): "contestants.distq_cli:DistqTextLogs",
     ("redis", "distq-executor"): "contestants.distq_executor:DistqExecutor",
     ("rabbitmq", "raw"): "contestants.raw_rabbitmq:RawRabbitmq",
     ("rabbitmq", "raw-confirm"): "contestants.raw_rabbitmq:RawRabbitmqConfirm",
@@ -34,12 +35,14 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("rabbitmq", "distq-metrics"): "contestants.distq_cli:DistqCliMetrics",
     ("rabbitmq", "distq-signed"): "contestants.distq_cli:DistqSigned",
     ("rabbitmq", "distq-jsonlogs"): "contestants.distq_cli:DistqJsonLogs",
+    ("rabbitmq", "distq-textlogs"): "contestants.distq_cli:DistqTextLogs",
     ("rabbitmq", "distq-executor"): "contestants.distq_executor:DistqExecutor",
     ("manager", "raw"): "contestants.raw_manager:RawManager",
     ("manager", "distq"): "contestants.distq_cli:DistqCli",
     ("manager", "distq-metrics"): "contestants.distq_cli:DistqCliMetrics",
     ("manager", "distq-signed"): "contestants.distq_cli:DistqSigned",
     ("manager", "distq-jsonlogs"): "contestants.distq_cli:DistqJsonLogs",
+    ("manager", "distq-textlogs"): "contestants.distq_cli:DistqTextLogs",
     ("manager", "distq-executor"): "contestants.distq_executor:DistqExecutor",
 }
 

@@ -281,3 +281,11 @@ class DistqJsonLogs(DistqCli):
     name = "distq-jsonlogs"
     extra_env = {"DISTQ_LOG_FORMAT": "json"}  # noqa: RUF012 - read-only
     quiet = ()
+
+
+class DistqTextLogs(DistqCli):
+    """distq without ``--quiet``, text logs: the per-task lines (``Get task ...``, ``put
+    task ...``, ``Get result ...``) the JSON row's events replace, for comparison."""
+
+    name = "distq-textlogs"
+    quiet = ()
