@@ -28,7 +28,7 @@ from distq.config import (
     misspelled,
 )
 from distq.console import Console
-from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed
+from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.master import JobSpec, Master
 from distq.metrics import MasterMetrics, WorkerMetrics, serve
 from distq.squares import Squares
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:  # from a setting, or one only the transport can judge
         console.error(str(exc))
         return EXIT_CONFIG
-    except ConnectionFailed as exc:
+    except TransportError as exc:  # unreachable or refusing at start (mid-job: reconnects)
         console.error(str(exc))
         return EXIT_UNREACHABLE
 

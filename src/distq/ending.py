@@ -11,7 +11,11 @@ only decides.
 - it raised on its last attempt: ``failed``, an error result and a dead letter;
 - it cannot run (unknown name, arguments that do not fit, a value that is not JSON):
   ``failed`` at once, as no retry would change that;
-- the body is not a task envelope: ``malformed``, a dead letter only (no one to answer).
+- the body is not a task envelope: ``malformed``, a dead letter only (no one to answer);
+- its master is gone (stopped, or died and its reply queue lapsed): ``orphaned``, a dead
+  letter only, the task not run (nobody would read its result);
+- it ran past its time limit (:class:`~distq.errors.TimeLimitExceeded`): like any
+  error, ``retried`` or ``failed`` (see :meth:`Endings.timed_out`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from __future__ import annotations
 from typing import Any, Literal, NamedTuple
 
 from distq.envelope import DeadLetter, Result, Task
-from distq.errors import EnvelopeError
+from distq.errors import EnvelopeError, TimeLimitExceeded
 from distq.transport.base import Delivery, Settlement
 
-Outcome = Literal["ok", "failed", "retried", "malformed"]
+Outcome = Literal["ok", "failed", "retried", "malformed", "orphaned"]
 
 
 def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
@@ -105,6 +109,23 @@ class Endings:
         )
         note = f"task {task.name} {task.id} dead-lettered: {reason}"
         return Ending(settlement, "failed", task, started_at, duration, note)
+
+    def timed_out(
+        self, delivery: Delivery, task: Task, limit: float, started_at: float, duration: float
+    ) -> Ending:
+        """The task ran past its ``limit`` (seconds): a failed attempt, retried per policy."""
+        error = TimeLimitExceeded(f"ran past its time limit of {limit:g} s")
+        return self.failed(delivery, task, error, started_at, duration, retryable=True)
+
+    def orphaned(self, delivery: Delivery, task: Task) -> Ending:
+        """The task's master is gone: dead-lettered unrun, no result (nobody waits)."""
+        reason = (
+            f"its master is gone (no live master holds reply queue {task.reply_to!r}: "
+            "it stopped, or died and the queue lapsed); not run"
+        )
+        settlement = Settlement(delivery, dead_letter=self._dead(delivery, reason))
+        note = f"task {task.name} {task.id} dead-lettered: {reason}"
+        return Ending(settlement, "orphaned", task, note=note)
 
     def malformed(self, delivery: Delivery, error: EnvelopeError) -> Ending:
         """The body is not a task: dead-lettered with the reason, nobody to answer."""

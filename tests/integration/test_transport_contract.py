@@ -59,7 +59,7 @@ def test_submit_fetch_settle_and_collect(hosted: Transport, remote: Transport) -
 
 
 def test_tasks_come_out_in_submission_order(hosted: Transport, remote: Transport) -> None:
-    producer = hosted.producer("r.contract.order")
+    producer = hosted.producer(hosted.reply_queue("order"))
     producer.submit([b"a", b"b", b"c"])
     consumer = remote.consumer("c1")
     assert [d.body for d in fetch_n(consumer, 3)] == [b"a", b"b", b"c"]
@@ -68,7 +68,7 @@ def test_tasks_come_out_in_submission_order(hosted: Transport, remote: Transport
 def test_results_come_out_oldest_first_and_at_most_as_many_as_asked(
     hosted: Transport, remote: Transport
 ) -> None:
-    producer = hosted.producer("r.contract.results")
+    producer = hosted.producer(hosted.reply_queue("results"))
     producer.submit([f"task-{i}".encode() for i in range(5)])
     consumer = remote.consumer("c1")
     got = fetch_n(consumer, 5)
@@ -80,7 +80,7 @@ def test_results_come_out_oldest_first_and_at_most_as_many_as_asked(
 
 
 def test_waits_block_and_return_empty(hosted: Transport, remote: Transport) -> None:
-    producer = hosted.producer("r.contract.wait")
+    producer = hosted.producer(hosted.reply_queue("wait"))
     consumer = remote.consumer("c1")
     started = time.monotonic()
     assert consumer.fetch(5, 0.3) == []
@@ -101,7 +101,7 @@ WOKE_WITHIN = 2.0
 
 def test_a_waiting_consumer_wakes_when_a_task_arrives(target: Target) -> None:
     with both_sides(target.fresh(lease_seconds=LONG_LEASE)) as (master, worker):
-        producer = master.producer("r.contract.wake")
+        producer = master.producer(master.reply_queue("wake"))
         consumer = worker.consumer("c1")
         consumer.fetch(1, 0.05)  # set up the subscription where the transport has one
         submitted: list[float] = []
@@ -121,7 +121,7 @@ def test_a_waiting_consumer_wakes_when_a_task_arrives(target: Target) -> None:
 
 def test_a_waiting_producer_wakes_when_a_result_arrives(target: Target) -> None:
     with both_sides(target.fresh(lease_seconds=LONG_LEASE)) as (master, worker):
-        producer = master.producer("r.contract.wake-results")
+        producer = master.producer(master.reply_queue("wake-results"))
         producer.submit([b"x"])
         consumer = worker.consumer("c1")
         (delivery,) = fetch_n(consumer, 1)
@@ -142,7 +142,7 @@ def test_a_waiting_producer_wakes_when_a_result_arrives(target: Target) -> None:
 
 
 def test_release_hands_back_to_the_front(hosted: Transport, remote: Transport) -> None:
-    producer = hosted.producer("r.contract.release")
+    producer = hosted.producer(hosted.reply_queue("release"))
     producer.submit([b"first", b"second"])
     consumer = remote.consumer("c1")
     (first,) = fetch_n(consumer, 1)
@@ -154,7 +154,7 @@ def test_release_hands_back_to_the_front(hosted: Transport, remote: Transport) -
 
 
 def test_close_hands_back_what_the_consumer_held(target: Target, hosted: Transport) -> None:
-    producer = hosted.producer("r.contract.close")
+    producer = hosted.producer(hosted.reply_queue("close"))
     producer.submit([b"1", b"2", b"3"])
     with worker_side(target) as leaving:
         consumer = leaving.consumer("leaves")
@@ -169,7 +169,7 @@ def test_close_hands_back_what_the_consumer_held(target: Target, hosted: Transpo
 def test_expired_lease_goes_back_to_the_queue(
     target: Target, hosted: Transport, remote: Transport
 ) -> None:
-    producer = hosted.producer("r.contract.lease")
+    producer = hosted.producer(hosted.reply_queue("lease"))
     producer.submit([b"1", b"2", b"3"])
     dead = remote.consumer("dies")
     assert len(fetch_n(dead, 3)) == 3
@@ -183,7 +183,7 @@ def test_expired_lease_goes_back_to_the_queue(
 
 
 def test_heartbeat_keeps_the_lease(target: Target, hosted: Transport, remote: Transport) -> None:
-    producer = hosted.producer("r.contract.heartbeat")
+    producer = hosted.producer(hosted.reply_queue("heartbeat"))
     producer.submit([b"long"])
     holder = remote.consumer("holder")
     (delivery,) = fetch_n(holder, 1)
@@ -199,7 +199,7 @@ def test_heartbeat_keeps_the_lease(target: Target, hosted: Transport, remote: Tr
 
 
 def test_retry_waits_its_delay(hosted: Transport, remote: Transport) -> None:
-    producer = hosted.producer("r.contract.retry")
+    producer = hosted.producer(hosted.reply_queue("retry"))
     producer.submit([b"try-1"])
     consumer = remote.consumer("c1")
     (delivery,) = fetch_n(consumer, 1)
@@ -214,7 +214,7 @@ def test_retry_waits_its_delay(hosted: Transport, remote: Transport) -> None:
 def test_dead_letters_keep_body_and_reason_oldest_first_and_stay(
     hosted: Transport, remote: Transport
 ) -> None:
-    producer = hosted.producer("r.contract.dead")
+    producer = hosted.producer(hosted.reply_queue("dead"))
     producer.submit([b"\xff not json", b"second", b"third"])
     consumer = remote.consumer("c1")
     for i, delivery in enumerate(fetch_n(consumer, 3)):  # one settle each: a known order
@@ -231,7 +231,7 @@ def test_dead_letters_keep_body_and_reason_oldest_first_and_stay(
 
 
 def test_results_reach_only_their_producer(hosted: Transport, remote: Transport) -> None:
-    mine, theirs = hosted.producer("r.contract.mine"), hosted.producer("r.contract.theirs")
+    mine, theirs = hosted.producer(hosted.reply_queue("mine")), hosted.producer(hosted.reply_queue("theirs"))
     mine.submit([b"m"])
     theirs.submit([b"t"])
     consumer = remote.consumer("c1")
@@ -269,7 +269,7 @@ def test_start_lines_name_the_transport_and_where_it_is(
 def test_a_delivery_of_another_kind_is_refused_by_name(
     hosted: Transport, remote: Transport
 ) -> None:
-    hosted.producer("r.contract.tags").submit([b"mine"])
+    hosted.producer(hosted.reply_queue("tags")).submit([b"mine"])
     consumer = remote.consumer("c1")
     (mine,) = fetch_n(consumer, 1)
     stranger = Delivery(body=b"x", tag=object())
@@ -282,7 +282,7 @@ def test_a_delivery_of_another_kind_is_refused_by_name(
 
 
 def test_stats_count_ready_tasks(hosted: Transport, remote: Transport) -> None:
-    producer = hosted.producer("r.contract.stats")
+    producer = hosted.producer(hosted.reply_queue("stats"))
     producer.submit([b"1", b"2", b"3", b"4", b"5"])
     producer.flush()  # the broker holds them all now, even where confirms are asynchronous
     assert hosted.stats().ready == 5

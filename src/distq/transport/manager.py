@@ -8,7 +8,14 @@ Only ``bytes``/``str``/numbers cross the wire: the envelopes stay JSON.
 Leases are per consumer: every delivery a consumer holds shares one deadline, pushed
 back by ``fetch`` and ``heartbeat``. A reaper thread in the master puts the deliveries
 of a consumer whose deadline passed back at the front of the queue (a SIGKILLed
-worker's tasks run again within about one lease period) and moves due retries in.
+worker's tasks run again within about one lease period) and moves due retries in. Each
+consumer connection gets a name of its own (the worker's slot name plus a random
+suffix), so a reconnecting worker never renews a lease its earlier connection held.
+
+Reply queues exist while their producer does: results addressed to any other queue
+are dropped, and :meth:`ManagerConsumer.gone` names them. The master hosts the queues,
+so they never outlive it and never lose a task while it runs: a worker that loses the
+master reconnects (with backoff) to whichever master listens next on the address.
 
 | queue name          | holds                                       |
 |---------------------|---------------------------------------------|
@@ -23,11 +30,12 @@ import contextlib
 import heapq
 import itertools
 import os
+import secrets
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection
@@ -77,6 +85,7 @@ class QueueBroker:
         self._ready: dict[str, threading.Condition] = {}
         self._leases: dict[str, _Lease] = {}
         self._delayed: list[tuple[float, int, str, bytes]] = []
+        self._replies: set[str] = set()  # reply queues whose producer lives
         self._tokens = itertools.count(1)
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -104,10 +113,22 @@ class QueueBroker:
                 self._ready[queue].wait_for(lambda: bool(items), timeout)
             return [items.popleft()[0] for _ in range(min(max_count, len(items)))]
 
+    def open(self, reply_to: str) -> None:
+        """A producer's reply queue: results addressed to it are kept from now on."""
+        with self._lock:
+            self._replies.add(reply_to)
+            self._queue(reply_to)
+
     def delete(self, queue: str) -> None:
         with self._lock:
+            self._replies.discard(queue)
             self._queues.pop(queue, None)
             self._ready.pop(queue, None)
+
+    def gone(self, reply_to: Sequence[str]) -> list[str]:
+        """Those of ``reply_to`` that no producer holds."""
+        with self._lock:
+            return [name for name in reply_to if name not in self._replies]
 
     # -- consumer side -------------------------------------------------------
     def fetch(
@@ -139,7 +160,7 @@ class QueueBroker:
         with self._lock:
             owner = self._leases.get(consumer)
             for token, reply_to, result, retry, delay, dead in items:
-                if reply_to is not None and result is not None:
+                if reply_to is not None and result is not None and reply_to in self._replies:
                     self._push(reply_to, [result])
                 if retry is not None:
                     if delay > 0:
@@ -227,8 +248,10 @@ class _Broker(Protocol):
     stopping master's stray reply (see :func:`_call_list`)."""
 
     def put(self, queue: str, bodies: Sequence[bytes]) -> None: ...
+    def open(self, reply_to: str) -> None: ...
     def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None: ...
     def delete(self, queue: str) -> None: ...
+    def gone(self, reply_to: Sequence[str]) -> list[str]: ...
     def fetch(
         self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
     ) -> list[Wire] | None: ...
@@ -242,8 +265,10 @@ class _Broker(Protocol):
 
 _EXPOSED = (
     "put",
+    "open",
     "get",
     "delete",
+    "gone",
     "fetch",
     "heartbeat",
     "settle",
@@ -290,11 +315,17 @@ class _BrokerProxy(BaseProxy):
     def put(self, queue: str, bodies: Sequence[bytes]) -> None:
         self._call("put", queue, bodies)
 
+    def open(self, reply_to: str) -> None:
+        self._call("open", reply_to)
+
     def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None:
         return cast("list[bytes] | None", self._call("get", queue, max_count, timeout))
 
     def delete(self, queue: str) -> None:
         self._call("delete", queue)
+
+    def gone(self, reply_to: Sequence[str]) -> list[str]:
+        return cast("list[str]", self._call("gone", reply_to))
 
     def fetch(
         self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
@@ -414,7 +445,9 @@ class ManagerTransport(Transport):
         return self._connect(self._manager.distq_broker)
 
     def producer(self, reply_to: str) -> Producer:
-        return ManagerProducer(self._endpoint(), self._queue, reply_to, self.address)
+        broker = self._endpoint()
+        _call(self.address, broker.open, reply_to)
+        return ManagerProducer(broker, self._queue, reply_to, self.address)
 
     def consumer(self, consumer_id: str) -> Consumer:
         return ManagerConsumer(
@@ -469,11 +502,17 @@ def _call_list(address: str, method: Callable[..., list[_T] | None], *args: Any)
 class ManagerProducer(Producer):
     def __init__(self, broker: _Broker, queue: str, reply_to: str, address: str) -> None:
         self._broker, self._queue, self.reply_to, self._address = broker, queue, reply_to, address
+        self._submitted = 0
 
     def submit(self, bodies: Sequence[bytes]) -> None:
         for start in range(0, len(bodies), MESSAGE_BATCH):
             chunk = list(bodies[start : start + MESSAGE_BATCH])
             _call(self._address, self._broker.put, self._queue, chunk)
+            self._submitted += len(chunk)
+
+    def reconcile(self) -> int:
+        """Every submitted body: the queues live in the master, so none is lost while it runs."""
+        return self._submitted
 
     def results(self, max_count: int, timeout: float) -> list[bytes]:
         return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
@@ -488,7 +527,9 @@ class ManagerConsumer(Consumer):
     def __init__(
         self, broker: _Broker, queue: str, consumer_id: str, lease: float, address: str
     ) -> None:
-        self._broker, self._queue, self._id = broker, queue, consumer_id
+        # a suffix per connection: an earlier connection's leases are never renewed by this one
+        self._id = f"{consumer_id}.{secrets.token_hex(3)}"
+        self._broker, self._queue = broker, queue
         self._lease, self._address = lease, address
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
@@ -505,6 +546,11 @@ class ManagerConsumer(Consumer):
 
     def heartbeat(self) -> None:
         _call(self._address, self._broker.heartbeat, self._id, self._lease)
+
+    def gone(self, reply_to: Collection[str]) -> set[str]:
+        if not reply_to:
+            return set()
+        return set(_call_list(self._address, self._broker.gone, list(reply_to)))
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
         tokens = tags_of((s.delivery for s in settlements), int, "manager")
