@@ -182,7 +182,7 @@ def test_settle_publishes_and_acks_in_one_step(
     # the result list lives a minute past its master's deadline
     master_deadline = raw.zscore(f"distq:{queue}:masters", reply)
     assert master_deadline is not None
-    assert raw.pexpiretime(reply) == master_deadline + REPLY_GRACE_MS
+    assert raw.execute_command("PEXPIRETIME", reply) == master_deadline + REPLY_GRACE_MS
     assert raw.lrange(queue, 0, -1) == [b"retry-2"]
     assert raw.lrange(f"distq:{queue}:dead", 0, -1) == [letter]
     assert producer.results(10, timeout=1) == [b"result-ok", b"result-dead"]

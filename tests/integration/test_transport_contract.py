@@ -231,7 +231,10 @@ def test_dead_letters_keep_body_and_reason_oldest_first_and_stay(
 
 
 def test_results_reach_only_their_producer(hosted: Transport, remote: Transport) -> None:
-    mine, theirs = hosted.producer(hosted.reply_queue("mine")), hosted.producer(hosted.reply_queue("theirs"))
+    mine, theirs = (
+        hosted.producer(hosted.reply_queue("mine")),
+        hosted.producer(hosted.reply_queue("theirs")),
+    )
     mine.submit([b"m"])
     theirs.submit([b"t"])
     consumer = remote.consumer("c1")

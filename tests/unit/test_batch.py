@@ -137,10 +137,10 @@ def test_unstarted_tasks_are_taken_by_one_side_only() -> None:
     for _ in range(50):
         batch = Batch(deliveries(2000))
         got: list[Delivery] = []
-        thread = threading.Thread(target=lambda: got.extend(batch.take_rest()))
+        thread = threading.Thread(target=lambda b=batch, g=got: g.extend(b.take_rest()))
         never = threading.Event()
         thread.start()
         endings = run_batch(batch, ran, never, never, budget=60)
         thread.join()
-        mine = [e.settlement.delivery.tag for e in endings]
-        assert sorted(mine + [d.tag for d in got]) == list(range(2000))
+        mine = [e.settlement.delivery.body for e in endings]
+        assert sorted(int(b) for b in mine + [d.body for d in got]) == list(range(2000))

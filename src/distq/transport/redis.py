@@ -419,10 +419,10 @@ class RedisTransport(Transport):
         """A client on the shared pool, for one producer or consumer."""
         return redis.Redis(connection_pool=self.client.connection_pool)
 
-    def producer(self, reply_to: str) -> Producer:
+    def producer(self, reply_to: str) -> RedisProducer:
         return RedisProducer(self, reply_to)
 
-    def consumer(self, consumer_id: str) -> Consumer:
+    def consumer(self, consumer_id: str) -> RedisConsumer:
         return RedisConsumer(self, consumer_id)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
