@@ -244,7 +244,7 @@ class _Run(Generic[E]):
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (backoff with jitter) and submit what the broker lost; False when the
         job ends first (stopped, or past its timeout)."""
-        self.console.error(f"{exc}; reconnecting")
+        self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
         started, backoff = time.perf_counter(), Backoff()
         while True:
             delay = backoff.next()

@@ -51,7 +51,7 @@ from distq.batch import Batch, BatchSizer, Running, run_batch
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console
 from distq.ending import Ending, Endings
-from distq.errors import Shutdown, TransportError
+from distq.errors import Shutdown
 from distq.health import WorkerHealth
 from distq.masters import MasterWatch
 from distq.metrics import WorkerMetrics
@@ -120,6 +120,7 @@ class _Slot:
         self.thread: threading.Thread | None = None
         self.generation = 0
         self.backoff = Backoff()
+        self.in_hand = 0  # deliveries fetched and not yet settled or handed back
 
 
 class Worker:
@@ -198,7 +199,8 @@ class Worker:
                 return
             for thread in threads:
                 thread.join(0.2 / len(threads))
-            if idle is not None and not self._stopping.is_set() and self.health.idle_for() >= idle:
+            waiting = not self._stopping.is_set() and not self.outage.ongoing
+            if idle is not None and waiting and self.health.idle_for() >= idle:
                 self.console.info("task_queue is empty")
                 self._stop_warm()
             if self._drain_until is not None and time.monotonic() >= self._drain_until:
@@ -288,7 +290,7 @@ class Worker:
                 rest = batch.take_rest()
                 if rest:
                     slot.consumer.release(rest)
-                    self._count([], released=len(rest))
+                    self._count(slot, [], released=len(rest))
                 slot.consumer.heartbeat()
                 slot.renewed = time.monotonic()
         finally:
@@ -313,7 +315,7 @@ class Worker:
                 self.left_behind.append(slot.thread)
             slot.generation += 1
             try:  # if this fails, the tasks go back when the lease runs out
-                self._settle(slot.consumer, [*batch.endings, ending], batch.take_rest())
+                self._settle(slot, [*batch.endings, ending], batch.take_rest())
             finally:
                 self._start_slot(slot)
         self.left_behind = [thread for thread in self.left_behind if thread.is_alive()]
@@ -345,6 +347,7 @@ class Worker:
                     if not deliveries:
                         continue
                     self.health.took(len(deliveries))
+                    slot.in_hand += len(deliveries)
                     started = time.perf_counter()
                     batch = slot.batch = Batch(deliveries, self.masters, self.limits)
                     self._run(slot, batch)
@@ -355,16 +358,17 @@ class Worker:
                         slot.batch = None
                         if slot.handed_back or slot.consumer is None:
                             break  # a cold stop handed the whole batch back already
-                        self._settle(slot.consumer, batch.endings, batch.take_rest())
+                        self._settle(slot, batch.endings, batch.take_rest())
                 except Exception as exc:  # a transport bug must not kill the slot either
                     if slot.generation != generation:
                         return
                     if self.outage.lost():
-                        self.console.error(f"{exc}; reconnecting")
+                        self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
                     with slot.lock:
                         slot.batch = None
                         self._close(slot.consumer)
                         slot.consumer = None
+                        self._count(slot, [], released=slot.in_hand)  # back with the lease
                     self.health.connected(False)
         finally:
             if slot.generation == generation:
@@ -390,15 +394,16 @@ class Worker:
         """A new consumer for the slot; None (after a backoff wait) while the broker is away."""
         try:
             consumer = self.transport.consumer(f"{self.id}-{slot.index}")
-        except TransportError as exc:
+        except Exception as exc:  # TransportError; anything else must not end the slot either
             if self.outage.lost():  # one line per outage, not one per attempt
-                self.console.error(f"{exc}; reconnecting")
+                self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
             self._stopping.wait(slot.backoff.next())
             return None
         slot.backoff.reset()
         lasted = self.outage.back()
         if lasted is not None:
             self.console.info(f"reconnected to {self.transport.describe()} after {lasted:.1f} s")
+            self.health.took(0)  # an outage is not idleness: --exit-when-idle counts from here
         self.health.connected(True)
         return consumer
 
@@ -408,17 +413,17 @@ class Worker:
             with contextlib.suppress(Exception):  # a dead connection's leases expire anyway
                 consumer.close()
 
-    def _settle(
-        self, consumer: Consumer, endings: list[Ending], unstarted: Sequence[Delivery]
-    ) -> None:
+    def _settle(self, slot: _Slot, endings: list[Ending], unstarted: Sequence[Delivery]) -> None:
         """Settle what ran in one call, hand back what did not, and count both."""
+        assert slot.consumer is not None
         if endings:
-            consumer.settle([ending.settlement for ending in endings])
+            slot.consumer.settle([ending.settlement for ending in endings])
         if unstarted:
-            consumer.release(unstarted)
-        self._count(endings, released=len(unstarted))
+            slot.consumer.release(unstarted)
+        self._count(slot, endings, released=len(unstarted))
 
-    def _count(self, endings: list[Ending], released: int) -> None:
+    def _count(self, slot: _Slot, endings: list[Ending], released: int) -> None:
+        slot.in_hand -= len(endings) + released
         counts: dict[str, int] = {"ok": 0, "failed": 0, "retried": 0, "malformed": 0, "orphaned": 0}
         for ending in endings:
             counts[ending.outcome] += 1

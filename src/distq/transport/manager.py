@@ -32,13 +32,14 @@ import itertools
 import os
 import secrets
 import socket
+import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection
+from multiprocessing import AuthenticationError, connection
+from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, Protocol, TypeVar, cast
 
@@ -62,6 +63,11 @@ Wire = tuple[int, bytes, bool]
 WireSettlement = tuple[int, str | None, bytes | None, bytes | None, float, bytes | None]
 
 _T = TypeVar("_T")
+
+#: A worker's read or write on a manager connection fails after this long (see _bounded).
+_REPLY_TIMEOUT = 30.0
+#: What ``Client()`` connects with; :func:`_client` sets socket options before the handshake.
+_socket_client: Callable[[Any], Connection] = getattr(connection, "SocketClient")  # noqa: B009
 
 
 @dataclass
@@ -292,8 +298,31 @@ def _no_delay(conn: Connection) -> Connection:
     return conn
 
 
+def _bounded(conn: Connection, seconds: float) -> Connection:
+    """Make a blocking read or write on ``conn`` fail after ``seconds`` (``SO_RCVTIMEO``,
+    ``SO_SNDTIMEO``): a master that accepted the connection and never answers (hung,
+    or cut off after the handshake began) is an error the worker recovers from, not a
+    thread blocked for good. Every call a worker makes is answered in about a second."""
+    timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    return conn
+
+
 def _client(address: Any, authkey: bytes | None = None) -> Connection:
-    return _no_delay(Client(address, authkey=authkey))
+    """``multiprocessing.connection.Client``, on a no-delay socket whose reads time out."""
+    if authkey is not None and not isinstance(authkey, bytes):
+        raise TypeError("authkey should be a byte string")
+    conn = _bounded(_no_delay(_socket_client(address)), _REPLY_TIMEOUT)
+    try:
+        if authkey is not None:
+            connection.answer_challenge(conn, authkey)
+            connection.deliver_challenge(conn, authkey)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 class _BrokerProxy(BaseProxy):
@@ -353,9 +382,13 @@ class _BrokerProxy(BaseProxy):
 
 
 class _ClientManager(BaseManager):
-    """A worker's connection to the master's :class:`QueueBroker`."""
+    """A worker's connection to the master's :class:`QueueBroker` (through :func:`_client`)."""
 
     distq_broker: Callable[[], _BrokerProxy]  # made by register() below
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._Client = _client
 
 
 _ClientManager.register("distq_broker", proxytype=_BrokerProxy)
@@ -423,10 +456,11 @@ class ManagerTransport(Transport):
                 f"authentication failed: the master at {self.address} rejected DISTQ_AUTHKEY; "
                 "use the same key as the master"
             ) from None
-        except OSError as exc:
+        except (OSError, EOFError) as exc:  # EOF: the master closed during the handshake
+            reason = getattr(exc, "strerror", None) or exc or "connection closed"
             raise ConnectionFailed(
                 f"cannot reach the master at {self.address} (DISTQ_MANAGER_ADDRESS): "
-                f"{exc.strerror or exc}; is `distq master` running there?"
+                f"{reason}; is `distq master` running there?"
             ) from None
 
     def describe(self) -> str:

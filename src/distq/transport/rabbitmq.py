@@ -240,6 +240,12 @@ class _Link:
     def is_open(self) -> bool:
         return bool(self.connection.is_open and self.channel.is_open)
 
+    def check_open(self) -> None:
+        """Raise a pika error if the connection or channel closed (pika's calls on a
+        closed connection raise an unrelated ValueError instead)."""
+        if not self.is_open:
+            raise pika.exceptions.ConnectionWrongStateError("the connection was closed")
+
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         if method.multiple:
@@ -586,6 +592,7 @@ class RabbitMQProducer(Producer):
 
     def _alive(self) -> bool:
         try:
+            self._link.check_open()
             self._link.connection.process_data_events(time_limit=0)
         except _PikaError:
             return False
@@ -610,6 +617,7 @@ class RabbitMQProducer(Producer):
         """
         with self._broker.translated("submitting tasks"):
             queue, link = self._transport.queue, self._link
+            link.check_open()
             for body in bodies:
                 link.publish(queue, body, mandatory=True)
                 if link.unconfirmed > _CONFIRM_WINDOW:
@@ -620,6 +628,7 @@ class RabbitMQProducer(Producer):
 
     def flush(self) -> None:
         with self._broker.translated("confirming tasks"):
+            self._link.check_open()
             self._link.confirm()
 
     def results(self, max_count: int, timeout: float) -> list[bytes]:
@@ -629,6 +638,7 @@ class RabbitMQProducer(Producer):
         ack stays off the round trip, and the master dedupes a result seen twice.
         """
         with self._broker.translated("receiving results"):
+            self._link.check_open()
             self._ack_results(flush=True)
             got = _receive_until(self._link.connection, self._results, max_count, timeout)
             if got:  # everything older is in ``got`` too, so one cumulative ack suffices

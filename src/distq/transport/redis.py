@@ -610,7 +610,7 @@ class RedisConsumer(Consumer):
         try:
             self._t.close_script(self._r, self._keys, self._args)
         except RedisError as exc:  # the lease expires instead, so nothing is lost
-            log.warning("consumer %s could not hand back its tasks: %s", self.consumer_id, exc)
+            log.debug("consumer %s could not hand back its tasks: %s", self.consumer_id, exc)
         self._r.close()
 
 
