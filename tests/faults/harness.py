@@ -9,6 +9,7 @@ per scenario (:func:`results_dir`), which ``render.py`` turns into the table in 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -50,6 +51,7 @@ class Figures:
     worker_crashes: int = 0
     bad_master_exits: int = 0
     recover_seconds: float | None = None  # from a fault's end to the next result, worst case
+    longest_gap_seconds: float = 0.0  # the longest the masters went without a result
     duplicates_ignored: int = 0  # results that came twice and were dropped (at-least-once)
     seconds: float = 0.0
     full: bool = FULL
@@ -165,6 +167,9 @@ class Scenario:
             if (not killed and worker.proc.returncode != 0) or "Traceback" in worker.output():
                 f.worker_crashes += 1
         f.recover_seconds = self._recovery(must_complete)
+        arrivals = sorted(t for m in must_complete for t in m.arrivals)
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        f.longest_gap_seconds = round(max(gaps, default=0.0), 2)
         f.seconds = round(time.monotonic() - self._started, 1)
         f.write()
         return f

@@ -124,6 +124,9 @@ from distq.transport.rabbitmq_holds import LeaseRecords
 _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value)
 _RESULTS_TYPE = "distq.results"  # one message carrying several results; see pack_results
 _PACKED = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value, type=_RESULTS_TYPE)
+_PROBE_TYPE = "distq.probe"  # a worker asking whether a reply queue exists; see gone()
+# transient, and dropped at once unless a consumer takes it (expiration 0): it never piles up
+_PROBE = pika.BasicProperties(type=_PROBE_TYPE, expiration="0")
 _HOUR_MS = 3_600_000
 _REPLY_PREFETCH = MESSAGE_BATCH  # what a master takes per call; it dedupes, so keep it full
 _CONFIRM_WINDOW = 2000  # unconfirmed task publishes a master may have: bounds its buffer
@@ -282,11 +285,22 @@ class _Link:
 
     def confirm(self, keep: int = 0) -> None:
         """Block until at most ``keep`` publishes await their confirm, then :meth:`check`."""
+        self._wait_for_confirms(keep)
+        self.check()
+
+    def unroutable(self) -> set[str]:
+        """Wait for every confirm; the routing keys the broker had no queue for (mandatory
+        publishes it returned) since the last check. Raises if it refused any."""
+        self._wait_for_confirms(0)
+        returned, self._returned = set(self._returned), []
+        self.check()
+        return returned
+
+    def _wait_for_confirms(self, keep: int) -> None:
         if len(self._unconfirmed) > keep:
             self.fast.wait(lambda: len(self._unconfirmed) <= keep)
         if len(self._unconfirmed) > keep:
             raise pika.exceptions.ChannelWrongStateError("channel closed before confirming")
-        self.check()
 
     def check(self) -> None:
         """Raise for any publish the broker refused or could not route since the last check."""
@@ -600,6 +614,10 @@ class RabbitMQProducer(Producer):
 
     def _on_result(self, _channel: Any, method: Any, props: Any, body: bytes) -> None:
         tag = method.delivery_tag
+        if props.type == _PROBE_TYPE:  # a worker checking that we are here: nothing to hand up
+            if not self._results and tag > self._acked:
+                self._ack_tag = self._acked = tag  # acked with the next call, with the rest
+            return
         if props.type == _RESULTS_TYPE:
             try:
                 self._results.extend((tag, result) for result in unpack_results(body))
@@ -684,7 +702,6 @@ class RabbitMQConsumer(Consumer):
         self._current: set[int] = set()  # held deliveries that count against that window
         self._seen: dict[int, float] = {}  # held delivery -> when a heartbeat first saw it
         self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
-        self._probe: Any = None  # a channel for passive declares of reply queues
         heartbeat = max(1, round(transport.settings.lease_seconds))
         self._link = _Link(broker, heartbeat, f"distq worker {self.consumer_id}")
         try:
@@ -781,20 +798,21 @@ class RabbitMQConsumer(Consumer):
         return self._records
 
     def gone(self, reply_to: Collection[str]) -> set[str]:
-        """Reply queues not named like one, or that RabbitMQ does not have (a passive declare)."""
+        """Reply queues not named like one, or that RabbitMQ does not have.
+
+        Asked with a mandatory publish of a probe the broker returns when no queue has
+        the name (and drops at once otherwise, unless the master takes it): a passive
+        declare would count as using the queue and keep a dead master's queue from
+        ever expiring.
+        """
         prefix = self._transport.reply_prefix
         out = {name for name in reply_to if not name.startswith(prefix)}
-        with self._broker.translated("checking reply queues"):
-            for name in set(reply_to) - out:
-                if self._probe is None or not self._probe.is_open:
-                    self._probe = self._link.connection.channel()
-                try:
-                    self._probe.queue_declare(name, passive=True)
-                except pika.exceptions.ChannelClosedByBroker as exc:
-                    self._probe = None  # a 404 closes the channel
-                    if exc.reply_code != 404:
-                        raise
-                    out.add(name)
+        asked = set(reply_to) - out
+        if asked:
+            with self._broker.translated("checking reply queues"):
+                for name in asked:
+                    self._link.publish(name, b"", mandatory=True, properties=_PROBE)
+                out |= self._link.unroutable() & asked
         return out
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
