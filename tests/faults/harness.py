@@ -85,6 +85,7 @@ class Scenario:
         self.masters: list[Master] = []
         self.workers: list[Distq] = []
         self.killed: set[int] = set()  # worker PIDs killed on purpose
+        self.worker_exits: dict[int, int] = {}  # worker PID -> its documented exit code
         self.fault_ends: list[tuple[float, int]] = []  # (when, results so far)
         self._started = time.monotonic()
         self._stop = threading.Event()
@@ -105,9 +106,10 @@ class Scenario:
         proc.wait_for(r"^master .* transport")
         return master
 
-    def worker(self, *args: str, env: dict[str, str] | None = None) -> Distq:
+    def worker(self, *args: str, env: dict[str, str] | None = None, expect_exit: int = 0) -> Distq:
         proc = Distq(["worker", "-q", *args], env or self.env())
         self.workers.append(proc)
+        self.worker_exits[proc.proc.pid] = expect_exit
         return proc
 
     def kill(self, proc: Distq) -> None:
@@ -163,8 +165,11 @@ class Scenario:
         for worker in self.workers:
             if worker.proc.poll() is None:
                 terminate(worker, grace=25.0)
+            expected = self.worker_exits.get(worker.proc.pid, 0)
             killed = worker.proc.pid in self.killed
-            if (not killed and worker.proc.returncode != 0) or "Traceback" in worker.output():
+            if (
+                not killed and worker.proc.returncode != expected
+            ) or "Traceback" in worker.output():
                 f.worker_crashes += 1
         f.recover_seconds = self._recovery(must_complete)
         arrivals = sorted(t for m in must_complete for t in m.arrivals)
