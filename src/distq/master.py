@@ -232,11 +232,12 @@ class _Run(Generic[E]):
         """Submit again the tasks after the first ``held`` that still wait for a result."""
         waiting = self.collector.is_waiting
         self.ledger.compact(waiting)
+        total = self.ledger.total
         again = self.ledger.lost(held, waiting)
         if again:
             self.console.error(
-                f"the broker holds {held} of the {held + len(again)} task messages submitted "
-                f"so far and lost the others; submitting {len(again)} tasks again"
+                f"the broker holds {held} of the {total} task messages submitted so far; "
+                f"submitting the {len(again)} tasks among the others that wait for a result again"
             )
             for start in range(0, len(again), MESSAGE_BATCH):
                 self.producer.submit([body for _, body in again[start : start + MESSAGE_BATCH]])

@@ -8,11 +8,14 @@ Other pika query arguments (``connection_attempts``, ``socket_timeout``...) are 
 
 Topology, declared idempotently (``Q`` = ``DISTQ_QUEUE``; every queue is durable, fed
 through the default exchange with persistent messages). ``DISTQ_RABBITMQ_QUEUE_TYPE``
-picks the type of the task, retry, dead-letter and lease-record queues: ``classic`` (the
-server's default version) or ``quorum`` (replicated Raft log; their dead-lettering gets
+picks the type of the task, retry and dead-letter queues: ``classic`` (the server's
+default version) or ``quorum`` (replicated Raft log; their dead-lettering gets
 ``x-dead-letter-strategy: at-least-once`` with ``x-overflow: reject-publish``, so a
-retry leaving its delay queue, or a lapsed lease record, survives a broker crash: a
-classic queue dead-letters at most once, and a crash at that moment loses the message):
+retry leaving its delay queue survives a broker crash: a classic queue dead-letters at
+most once, and a crash at that moment loses the message). On RabbitMQ 3.10 a quorum
+queue declared less than about 3 minutes before a node crashes comes back unusable
+(publishes are refused): Ra saves its name registry every 3 minutes. A graceful
+restart is not affected, nor a cluster that keeps a majority:
 
 ======================  =============================================  =====================
 queue                   arguments                                      holds
@@ -28,6 +31,7 @@ queue                   arguments                                      holds
                         ``x-expires: <ms> + 1 h``
 ``Q.held.<consumer>``   ``x-message-ttl: <lease ms>``, dead-letters    long tasks' lease
                         to ``Q``, ``x-expires: <lease ms> + 1 min``    records (below)
+                        (always classic)
 ``Q.results.<job>``     ``x-expires: <master ttl ms>`` (always         one master's results
                         classic)
 ======================  =============================================  =====================
@@ -400,9 +404,10 @@ class RabbitMQTransport(Transport):
         }
 
     def record_queue_arguments(self) -> dict[str, Any]:
-        return LeaseRecords.queue_arguments(
-            self.lease_ms, self.queue, self.dead_lettering(self.queue)
-        )
+        """Always classic: a consumer's record queue is new with each connection, and on
+        RabbitMQ 3.10 a quorum queue younger than about 3 minutes does not come back
+        from a node crash (its Ra name registry is saved every 3 minutes)."""
+        return LeaseRecords.queue_arguments(self.lease_ms, self.queue)
 
     def declare(self, channel: Any) -> None:
         """Declare the task queue and the dead-letter queue (idempotent)."""

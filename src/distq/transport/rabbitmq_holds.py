@@ -18,7 +18,7 @@ that long. Once it has held one for a lease (``after``), it writes the task into
 * settling or releasing such a task publishes what it must (result, retry, or the
   body back to the task queue) first, then drops its record the same way.
 
-The record queue has the task queue's type (quorum queues dead-letter at least once)
+The record queue is a classic queue (see ``RabbitMQTransport.record_queue_arguments``)
 and expires a minute after its last use, so a dead worker leaves nothing behind once
 its records have expired.
 """
@@ -59,12 +59,9 @@ class LeaseRecords:
         self.bodies: dict[int, bytes] = {}  # delivery tag -> body of each task held here
 
     @staticmethod
-    def queue_arguments(
-        lease_ms: int, task_queue: str, dead_lettering: dict[str, Any]
-    ) -> dict[str, Any]:
+    def queue_arguments(lease_ms: int, task_queue: str) -> dict[str, Any]:
         """Arguments of a record queue: records expire after a lease into ``task_queue``."""
         return {
-            **dead_lettering,
             "x-message-ttl": lease_ms,
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": task_queue,
