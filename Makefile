@@ -4,20 +4,35 @@ VENV  := .venv
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help install demo test faults lint bench clean
+TASKS ?= 100
+WORKERS ?=
+
+.PHONY: help install demo example test faults lint bench clean up down scale job logs ps images
 
 help:
 	@echo "make demo   - the tutorial's squares job: 1 master + 2 workers, manager transport"
+	@echo "make example - word counts over a folder of text files: your own job, 2 workers"
 	@echo "make test   - the whole suite against real Redis and RabbitMQ (provisions them)"
 	@echo "make faults - the fault-injection suite, long, then its figures into tests/faults/results.md and README.md"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - throughput and latency side by side with Celery, Dramatiq, RQ, raw clients"
+	@echo
+	@echo "In containers (README: Run it in containers); DISTQ_TRANSPORT=manager|redis|rabbitmq, default redis:"
+	@echo "make up               - build the images; start the broker, a master in --rate mode, a worker, Prometheus"
+	@echo "make scale WORKERS=N  - run N workers"
+	@echo "make job TASKS=N      - one batch job against the running stack (exit 0: every result in and correct)"
+	@echo "make logs, make ps    - follow the logs (SERVICE=worker: one service), list the containers"
+	@echo "make images           - build the distq-master and distq-worker images"
+	@echo "make down             - stop; remove the containers, networks and volumes"
 
 install:
 	@scripts/ensure-venv.sh
 
 demo: install
 	@scripts/demo.sh
+
+example: install
+	@scripts/example.sh
 
 test:
 	@scripts/ensure-test-env.sh
@@ -35,8 +50,8 @@ faults:
 	$(VENV)/bin/python tests/faults/render.py $(FAULTS_RESULTS) tests/faults/results.md README.md
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 	$(VENV)/bin/mypy
 
 bench:
@@ -44,3 +59,25 @@ bench:
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache .mypy_cache .ruff_cache
+
+up:
+	@scripts/compose-stack.sh up
+
+down:
+	@scripts/compose-stack.sh down
+
+scale:
+	@scripts/compose-stack.sh scale "$(WORKERS)"
+
+job:
+	@scripts/compose-stack.sh job "$(TASKS)"
+
+logs:
+	@scripts/compose.sh logs -f --tail=50 $(SERVICE)
+
+ps:
+	@scripts/compose.sh ps
+
+images:
+	@scripts/ensure-docker.sh
+	@scripts/compose-images.sh build

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import signal
-import socket
 
 
 def die_with_parent() -> None:
@@ -18,10 +17,3 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -42,6 +42,14 @@ CONFIGS = """\
   runs with `--wait-workers 2`: its clock starts once both workers are attached (on
   manager the workers start once and reconnect to each new master, which hosts the
   queues, on the same address).
+- **distq-signed**: the same with `DISTQ_SIGNING_KEYS` set on master and workers: an
+  HMAC-SHA256 over every task and result, checked before decoding. Its ratio column is
+  what signing costs.
+- **distq-executor**: the same workers; the master is one `distq.Executor` in the trial
+  process (it hosts the queues on manager), kept for every round; throughput
+  `list(executor.map("square", tasks))` (chunksize 1: one task per call), latency
+  `executor.submit("square", n).result()`, clock started once both workers are attached.
+  Its ratio column is `distq master` over the executor.
 """
 
 

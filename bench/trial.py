@@ -11,12 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# Contestants take free ports from tests/launch/, the project's one launcher.
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import contestants
 from contestants.base import Context

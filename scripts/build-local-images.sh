@@ -9,7 +9,12 @@
 #                                      carrying the host's extra CA certificates: never push it
 #   distq-local/redis:7                FROM that base
 #   distq-local/rabbitmq:3-management  FROM that base
+#   distq-local/prometheus:2.42        FROM that base (Debian's prometheus), for the compose stack
 # Every step whose image already exists is skipped, so a second run takes seconds.
+#
+# `build-local-images.sh --standin KIND` (python, redis, rabbitmq or prometheus) only makes
+# sure that kind's stand-in exists and prints its name: scripts/compose-images.sh uses it
+# when the compose stack's official images cannot be had.
 # Needs a running Docker engine (scripts/ensure-docker.sh); root on Debian for debootstrap,
 # which uses DISTQ_DEBIAN_MIRROR, else the bookworm mirror named in this machine's apt sources.
 set -euo pipefail
@@ -21,6 +26,7 @@ export DOCKER_BUILDKIT=0  # the docker client first on PATH may have no buildx
 BASE_IMAGE=distq-local/bookworm-python:3.11
 LOCAL_REDIS=distq-local/redis:7
 LOCAL_RABBITMQ=distq-local/rabbitmq:3-management
+LOCAL_PROMETHEUS=distq-local/prometheus:2.42
 ENV_FILE=.build/images.env
 
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
@@ -159,6 +165,23 @@ resolve() {  # WANTED STANDIN CONTEXT_DIR
 if ! docker info >/dev/null 2>&1; then
     log "no Docker engine answers; run scripts/ensure-docker.sh first"
     exit 1
+fi
+
+if [ "${1:-}" = --standin ]; then
+    case "${2:-}" in
+        python) have_image "$BASE_IMAGE" || build_base; printf '%s\n' "$BASE_IMAGE" ;;
+        redis) build_standin "$LOCAL_REDIS" deploy/images/redis; printf '%s\n' "$LOCAL_REDIS" ;;
+        rabbitmq)
+            build_standin "$LOCAL_RABBITMQ" deploy/images/rabbitmq
+            printf '%s\n' "$LOCAL_RABBITMQ"
+            ;;
+        prometheus)
+            build_standin "$LOCAL_PROMETHEUS" deploy/images/prometheus
+            printf '%s\n' "$LOCAL_PROMETHEUS"
+            ;;
+        *) log "--standin takes python, redis, rabbitmq or prometheus, not '${2:-}'"; exit 2 ;;
+    esac
+    exit 0
 fi
 
 redis_image=$(resolve "${DISTQ_REDIS_IMAGE:-redis:7}" "$LOCAL_REDIS" deploy/images/redis)

@@ -1,15 +1,17 @@
 """Throw-away TLS certificates for tests: a CA and the server and client certificates it
-signs, for servers on 127.0.0.1 / localhost. Never use them anywhere else.
+signs (expired ones too), for servers on 127.0.0.1 / localhost. Never use them anywhere else.
 
     ca = CertificateAuthority(tmp_path)
     server = LocalRedis(tmp_path / "redis", tls=ca.server()).start()
     cert, key = ca.client()                      # for mutual TLS
+    old = ca.issue("old", hosts=("127.0.0.1",), expired=True)
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -20,6 +22,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from launch import TlsFiles
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A certificate and its key, as PEM files."""
+
+    cert: Path
+    key: Path
 
 
 class CertificateAuthority:
@@ -51,25 +61,33 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .sign(self._key, hashes.SHA256())
         )
-        self.ca = self.directory / "ca.pem"
-        self.ca.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
+        self.cert = self.directory / "ca.pem"  # the CA's own certificate, for clients to trust
+        self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
     def server(self, hosts: tuple[str, ...] = LOOPBACK_NAMES, name: str = "server") -> TlsFiles:
         """A server certificate for ``hosts`` (IP addresses or DNS names), with this CA."""
-        cert, key = self._issue(name, hosts, ExtendedKeyUsageOID.SERVER_AUTH)
-        return TlsFiles(ca=self.ca, cert=cert, key=key)
+        pair = self.issue(name, hosts=hosts)
+        return TlsFiles(ca=self.cert, cert=pair.cert, key=pair.key)
 
     def client(self, name: str = "distq-client") -> tuple[Path, Path]:
         """A client certificate and its key (``NAME.pem``, ``NAME-key.pem``) for mutual TLS."""
-        return self._issue(name, (), ExtendedKeyUsageOID.CLIENT_AUTH)
+        pair = self.issue(name, hosts=(), client=True)
+        return pair.cert, pair.key
 
-    def _issue(
-        self, name: str, hosts: tuple[str, ...], usage: x509.ObjectIdentifier
-    ) -> tuple[Path, Path]:
+    def issue(
+        self,
+        name: str,
+        *,
+        hosts: tuple[str, ...] = LOOPBACK_NAMES,
+        client: bool = False,
+        expired: bool = False,
+    ) -> Pair:
+        """A leaf certificate for ``hosts`` (IPs or DNS names); ``expired`` ended days ago."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         builder = (
-            _builder(subject, self._cert.subject, key.public_key())
+            _builder(subject, self._cert.subject, key.public_key(), expired=expired)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
@@ -84,34 +102,38 @@ class CertificateAuthority:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([_general_name(h) for h in hosts]), critical=False
             )
-        cert_path = self.directory / f"{name}.pem"
-        key_path = self.directory / f"{name}-key.pem"
-        cert_path.write_bytes(
+        pair = Pair(self.directory / f"{name}.pem", self.directory / f"{name}-key.pem")
+        pair.cert.write_bytes(
             builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
         )
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(
+        pair.key.write_bytes(
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
         )
-        return cert_path, key_path
+        pair.key.chmod(0o644)  # a broker may run as another user and must read it
+        return pair
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey
+    subject: x509.Name,
+    issuer: x509.Name,
+    public: ec.EllipticCurvePublicKey,
+    expired: bool = False,
 ) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
+    if expired:  # valid from ten days ago until nine days ago
+        now -= dt.timedelta(days=5)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(public)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))  # a little clock skew is fine
-        .not_valid_after(now + dt.timedelta(days=2))
+        .not_valid_before(now - dt.timedelta(days=5 if expired else 0, minutes=5))
+        .not_valid_after(now + dt.timedelta(days=-4 if expired else 2))
     )
 
 

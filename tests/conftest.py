@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,17 +17,12 @@ import pytest
 
 from distq.config import Settings
 from distq.transport import Transport, open_transport
+from launch import free_port
 
 pytest_plugins = ["brokers"]
 
 REPO = Path(__file__).resolve().parent.parent
 TRANSPORTS = ("manager", "redis", "rabbitmq")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

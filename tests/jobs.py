@@ -1,10 +1,13 @@
-"""Task functions the tests register on workers with ``--task jobs:NAME``."""
+"""Task functions the tests register on workers: ``--task jobs:NAME``, or ``--tasks jobs``
+for those marked ``@distq.task``."""
 
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
+
+import distq
 
 
 def always_fail(n: int) -> int:
@@ -30,15 +33,27 @@ def flaky(n: int) -> int:
     raise RuntimeError(f"flaky({n}) fails once on purpose")
 
 
-def sleep(seconds: float) -> float:
-    """Sleeps ``seconds`` (time.sleep: no thread can interrupt it), returns them."""
+@distq.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@distq.task
+def fail_with(message: str) -> None:
+    """Raises ValueError(message), from a nested call (so the traceback has two frames)."""
+    _raise(message)
+
+
+def _raise(message: str) -> None:
+    raise ValueError(message)
+
+
+@distq.task
+def sleep_then(seconds: float, value: object) -> object:
     time.sleep(seconds)
-    return seconds
+    return value
 
 
-def spin(seconds: float) -> float:
-    """Computes for ``seconds`` in Python, returns them."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        pass
-    return seconds
+def not_a_task(value: object) -> object:
+    """A module-level function without @distq.task: --tasks jobs does not register it."""
+    return value

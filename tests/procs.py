@@ -51,9 +51,10 @@ class Distq:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            out = self.output()  # stop() removes the log
             self.stop()
             raise AssertionError(
-                f"distq {' '.join(self.args)} still running after {timeout} s:\n{self.output()}"
+                f"distq {' '.join(self.args)} still running after {timeout} s:\n{out}"
             ) from None
 
     def signal(self, sig: int) -> None:

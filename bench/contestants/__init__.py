@@ -21,14 +21,23 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("redis", "rq"): "contestants.rq_peer:RqRedis",
     ("redis", "rq-simple"): "contestants.rq_peer:RqSimpleRedis",
     ("redis", "distq"): "contestants.distq_cli:DistqCli",
+    ("redis", "distq-metrics"): "contestants.distq_cli:DistqCliMetrics",
+    ("redis", "distq-signed"): "contestants.distq_cli:DistqSigned",
+    ("redis", "distq-executor"): "contestants.distq_executor:DistqExecutor",
     ("rabbitmq", "raw"): "contestants.raw_rabbitmq:RawRabbitmq",
     ("rabbitmq", "raw-confirm"): "contestants.raw_rabbitmq:RawRabbitmqConfirm",
     ("rabbitmq", "raw-confirm-ack"): "contestants.raw_rabbitmq:RawRabbitmqConfirmAck",
     ("rabbitmq", "celery"): "contestants.celery_peer:CeleryPeer",
     ("rabbitmq", "dramatiq"): "contestants.dramatiq_peer:DramatiqPeer",
     ("rabbitmq", "distq"): "contestants.distq_cli:DistqCli",
+    ("rabbitmq", "distq-metrics"): "contestants.distq_cli:DistqCliMetrics",
+    ("rabbitmq", "distq-signed"): "contestants.distq_cli:DistqSigned",
+    ("rabbitmq", "distq-executor"): "contestants.distq_executor:DistqExecutor",
     ("manager", "raw"): "contestants.raw_manager:RawManager",
     ("manager", "distq"): "contestants.distq_cli:DistqCli",
+    ("manager", "distq-metrics"): "contestants.distq_cli:DistqCliMetrics",
+    ("manager", "distq-signed"): "contestants.distq_cli:DistqSigned",
+    ("manager", "distq-executor"): "contestants.distq_executor:DistqExecutor",
 }
 
 CONTESTANTS = tuple(dict.fromkeys(name for _, name in REGISTRY))

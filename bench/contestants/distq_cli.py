@@ -22,12 +22,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from typing import Any, cast
 
 from contestants.base import Contestant, Latency, RoundTimeout, VerifyError, venv_bin
-from processes import free_port
+from launch import free_port
 
 READY_LIMIT = 15.0
 IDLE_EXIT = 600  # seconds; workers are stopped by PID long before this
@@ -35,12 +37,15 @@ IDLE_EXIT = 600  # seconds; workers are stopped by PID long before this
 
 class DistqCli(Contestant):
     name = "distq"
+    #: More settings for master and workers (a variant sets what it measures).
+    extra_env: dict[str, str] = {}  # noqa: RUF012 - read-only
 
     def start_workers(self) -> None:
         self.runs = 0
         self.env: dict[str, str] = {
             "DISTQ_TRANSPORT": self.ctx.broker,
             "DISTQ_QUEUE": self.ctx.queue,
+            **self.extra_env,
         }
         if self.ctx.broker == "redis":
             self.env["DISTQ_REDIS_URL"] = self.ctx.url
@@ -151,3 +156,63 @@ class DistqCli(Contestant):
             p50=float(report["latency_p50_seconds"]),
             p99=float(report["latency_p99_seconds"]),
         )
+
+
+class DistqCliMetrics(DistqCli):
+    """distq with its metrics on (``DISTQ_METRICS_PORT`` on every worker and master), each
+    endpoint's ``/metrics`` and ``/readyz`` read once per ``SCRAPE_SECONDS``: what
+    Prometheus and a readiness probe cost, next to the plain ``distq`` row."""
+
+    name = "distq-metrics"
+    SCRAPE_SECONDS = 1.0
+
+    def start_workers(self) -> None:
+        self.ports: list[int] = []
+        self._stop_scraping = threading.Event()
+        self._scraper = threading.Thread(target=self._scrape, daemon=True)
+        self._scraper.start()
+        super().start_workers()
+
+    def _start_worker_processes(self) -> None:
+        argv = [venv_bin("distq"), "worker", "--quiet", "--exit-when-idle", str(IDLE_EXIT)]
+        if self.ctx.broker == "manager":
+            argv += ["--connect-timeout", str(IDLE_EXIT)]
+        for _ in range(self.ctx.workers):
+            port = free_port()
+            self.ports.append(port)
+            env = dict(self.env, DISTQ_METRICS_HOST="127.0.0.1", DISTQ_METRICS_PORT=str(port))
+            self.workers.start(argv, env=env)
+
+    def _master(self, count: int, extra: Sequence[str]) -> dict[str, Any]:
+        port = free_port()
+        saved = dict(self.env)
+        self.env.update(DISTQ_METRICS_HOST="127.0.0.1", DISTQ_METRICS_PORT=str(port))
+        self.ports.append(port)
+        try:
+            return super()._master(count, extra)
+        finally:
+            self.ports.remove(port)
+            self.env = saved
+
+    def _scrape(self) -> None:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+        while not self._stop_scraping.wait(self.SCRAPE_SECONDS):
+            for port in list(self.ports):
+                for path in ("/metrics", "/readyz"):
+                    try:
+                        url = f"http://127.0.0.1:{port}{path}"
+                        with opener.open(url, timeout=2) as response:
+                            response.read()
+                    except OSError:
+                        pass  # not listening yet, or gone: the next round tries again
+
+    def stop_workers(self) -> None:
+        self._stop_scraping.set()
+        super().stop_workers()
+
+
+class DistqSigned(DistqCli):
+    """distq with ``DISTQ_SIGNING_KEYS`` on master and workers: what signing costs."""
+
+    name = "distq-signed"
+    extra_env = {"DISTQ_SIGNING_KEYS": os.urandom(32).hex()}  # noqa: RUF012 - read-only

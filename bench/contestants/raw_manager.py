@@ -20,7 +20,7 @@ from multiprocessing.managers import BaseManager
 from typing import Any
 
 from contestants.base import Collector, Contestant, Latency, python, timed_sequential
-from processes import free_port
+from launch import free_port
 
 _task_queue: queue.Queue[Any] = queue.Queue()
 _result_queue: queue.Queue[Any] = queue.Queue()

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from distq.ending import Ending
-from distq.envelope import Task
+from distq.envelope import NO_REPLY, Task
 from distq.masters import MasterWatch
 from distq.timelimits import TimeLimits
 from distq.transport.base import Delivery
@@ -85,11 +85,18 @@ class Batch:
 
     def admit(self, task: Task) -> bool | None:
         """Whether ``task`` may run now: True; False if its master is gone; None when its
-        master must be asked first (the batch stops before it)."""
-        if task.reply_to in self.gone:
+        master must be asked first (the batch stops before it). A task nobody waits for
+        (``reply_to`` :data:`~distq.envelope.NO_REPLY`) has no master to lose."""
+        reply_to = task.reply_to
+        if reply_to in self.gone:
             return False
-        if self.masters is not None and not self.masters.alive(task.reply_to, self.started):
-            self.unchecked = task.reply_to
+        masters = self.masters
+        if (
+            masters is not None
+            and reply_to != NO_REPLY
+            and not masters.alive(reply_to, self.started)
+        ):
+            self.unchecked = reply_to
             return None
         if self.limits is not None:
             limit = self.limits.for_task(task.name)

@@ -1,7 +1,11 @@
-"""``distq master`` and ``distq worker``: thin wiring of settings, transport and role.
+"""``distq master``, ``distq worker`` and ``distq probe``: thin wiring of settings,
+transport and role.
 
-Exit codes: 0 done; 1 the job failed (timeout, failed or wrong results); 2 bad
-configuration or usage; 3 the broker could not be reached or refused our credentials.
+``submit``, ``status``, ``dead-letters`` and ``requeue-dead`` live in :mod:`distq.commands`.
+
+Exit codes: 0 done; 1 the job failed (timeout, failed or wrong results), or a probe
+did not answer 200; 2 bad configuration or usage; 3 the broker could not be reached or
+refused our credentials.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal
 
-from distq import __version__
+from distq import __version__, commands
+from distq.codec import Codec
 from distq.config import (
     CONCURRENCY,
     CONNECT_TIMEOUT,
@@ -29,12 +34,15 @@ from distq.config import (
 )
 from distq.console import Console
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
+from distq.logs import make_console
 from distq.master import JobSpec, Master
-from distq.metrics import MasterMetrics, WorkerMetrics, serve
+from distq.observe import MasterObservability, WorkerObservability
+from distq.probe import add_probe_parser, run_probe
+from distq.security import notices
 from distq.squares import Squares
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
-from distq.worker import Worker, WorkerOptions
+from distq.worker import Worker, WorkerOptions, default_worker_id
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -71,7 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="distq", description="Distributed master/worker tasks with at-least-once delivery."
     )
     parser.add_argument("--version", action="version", version=f"distq {__version__}")
-    roles = parser.add_subparsers(dest="role", required=True, metavar="{master,worker}")
+    roles = parser.add_subparsers(
+        dest="role",
+        required=True,
+        metavar="{master,worker,probe,submit,status,dead-letters,requeue-dead}",
+    )
 
     master = roles.add_parser("master", parents=[common], help="submit the squares job")
     master.add_argument("--tasks", type=_positive(int), help=f"number of tasks (default {TASKS})")
@@ -146,6 +158,14 @@ def _parser() -> argparse.ArgumentParser:
         help="register a task function by import path (repeatable)",
     )
     worker.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        dest="task_modules",
+        metavar="MODULE",
+        help="register every function of MODULE marked @distq.task (repeatable)",
+    )
+    worker.add_argument(
         "--connect-timeout",
         type=float,
         default=CONNECT_TIMEOUT,
@@ -153,21 +173,35 @@ def _parser() -> argparse.ArgumentParser:
         help=f"keep trying to reach the broker for S seconds at start ({CONNECT_TIMEOUT:g})",
     )
     worker.add_argument("--worker-id", help="name in results and dead letters (host-pid)")
+    add_probe_parser(roles)
+    commands.add_parsers(roles, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = Console(quiet=args.quiet)
+    if args.role == "probe":
+        return run_probe(args, os.environ)
+    flags = {e.variable: getattr(args, e.variable) for e in SETTINGS}
+    fields = {}
+    if args.role == "worker":  # named now: the JSON lines carry it from the first one
+        args.worker_id = fields["worker"] = args.worker_id or default_worker_id()
+    # JSON from the first line if asked for, even if another setting turns out wrong
+    wanted = (flags["DISTQ_LOG_FORMAT"] or os.environ.get("DISTQ_LOG_FORMAT", "")).strip()
+    console = make_console(wanted, args.role, args.quiet, **fields)
     for warning in misspelled(os.environ):
         console.error(f"warning: {warning}")
     try:
-        settings = Settings.load(
-            os.environ, {e.variable: getattr(args, e.variable) for e in SETTINGS}
-        )
+        settings = Settings.load(os.environ, flags)
         registry = Registry()
         for path in getattr(args, "task", []):
             registry.register_path(path)
+        for module in getattr(args, "task_modules", []):
+            registry.register_module(module)
+        if getattr(args, "task", []) or getattr(args, "task_modules", []):
+            console.info(f"tasks: {', '.join(registry.names())}")  # what this worker runs
+        if args.role in commands.COMMANDS:
+            return commands.run(args, settings, console)
         if args.role == "master":
             return _master(args, settings, console)
         return _worker(args, settings, registry, console)
@@ -177,18 +211,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TransportError as exc:  # unreachable or refusing at start (mid-job: reconnects)
         console.error(str(exc))
         return EXIT_UNREACHABLE
-
-
-_M = TypeVar("_M", MasterMetrics, WorkerMetrics)
-
-
-def _metrics(settings: Settings, metrics: Callable[[], _M]) -> _M | None:
-    """The role's metrics, served on ``DISTQ_METRICS_PORT``; None when that is not set."""
-    if settings.metrics_port is None:
-        return None
-    made = metrics()
-    serve(settings.metrics_port, made.registry)
-    return made
 
 
 def _master(args: argparse.Namespace, settings: Settings, console: Console) -> int:
@@ -201,15 +223,29 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
         status_every=args.status_every,
     )
     squares = Squares(task_delay=args.task_delay, seed=args.seed, max_attempts=args.max_attempts)
-    transport = open_transport(settings, "master")
+    observe = MasterObservability(settings, console)
+    try:
+        transport = open_transport(settings, "master")
+    except BaseException:
+        observe.close()
+        raise
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    metrics = _metrics(settings, MasterMetrics)
     try:
+        observe.attach(transport)
         console.info(f"master {__version__}: {transport.describe()}, queue {settings.queue!r}")
-        report = Master(transport, console, metrics).run(spec, squares, stop)
+        _notify(console, settings, "master")
+        master = Master(
+            transport,
+            console,
+            observe.telemetry,
+            Codec.from_settings(settings),
+            health=observe.health,
+        )
+        report = master.run(spec, squares, stop)
     finally:
+        observe.close()
         transport.close()
     if args.report:
         args.report.write_text(report.to_json() + "\n")
@@ -220,9 +256,15 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
 def _worker(
     args: argparse.Namespace, settings: Settings, registry: Registry, console: Console
 ) -> int:
-    transport = _connect_worker(settings, args.connect_timeout, console)
-    metrics = _metrics(settings, WorkerMetrics)
+    observe = WorkerObservability(settings, console, args.concurrency, registry.runnable())
+    try:
+        transport = _connect_worker(settings, args.connect_timeout, console)
+    except BaseException:
+        observe.close()
+        raise
+    observe.attach(transport)
     console.info(f"Connect to {transport.describe()} ..... (queue {settings.queue!r})")
+    _notify(console, settings, "worker")
     options = WorkerOptions.from_settings(
         settings,
         concurrency=args.concurrency,
@@ -230,9 +272,26 @@ def _worker(
         worker_id=args.worker_id or "",
     )
     try:
-        return Worker(transport, registry, options, console, metrics=metrics).run()
+        return Worker(
+            transport,
+            registry,
+            options,
+            console,
+            health=observe.health,
+            telemetry=observe.telemetry,
+            codec=Codec.from_settings(settings),
+        ).run()
     finally:
+        observe.close()
         transport.close()
+
+
+def _notify(console: Console, settings: Settings, role: Literal["master", "worker"]) -> None:
+    for level, line in notices(settings, role):
+        if level == "warning":
+            console.error(f"warning: {line}")
+        else:
+            console.info(line)
 
 
 def _connect_worker(settings: Settings, patience: float, console: Console) -> Transport:

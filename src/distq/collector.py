@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from distq.codec import Codec
 from distq.config import MESSAGE_BATCH
 from distq.envelope import Result
 from distq.errors import EnvelopeError
-from distq.metrics import MasterMetrics
+from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer
 
 E = TypeVar("E")
@@ -51,9 +52,12 @@ class Collector(Generic[E]):
         self,
         on_result: OnResult[E],
         on_malformed: Callable[[EnvelopeError], None] | None = None,
-        metrics: MasterMetrics | None = None,
+        telemetry: MasterTelemetry | None = None,
+        codec: Codec | None = None,
     ) -> None:
-        self._on_result, self._on_malformed, self._metrics = on_result, on_malformed, metrics
+        self._on_result, self._on_malformed = on_result, on_malformed
+        self._telemetry = telemetry or MasterTelemetry()
+        self._codec = codec or Codec()
         self._pending: dict[str, Pending[E]] = {}
         self._finished: set[str] = set()
         self.duplicates = 0
@@ -84,6 +88,19 @@ class Collector(Generic[E]):
         for task_id, entry in tasks:
             self._pending[task_id] = Pending(entry, now)
 
+    def entry(self, task_id: str) -> E | None:
+        """The entry of a task expected and not answered yet, else None."""
+        pending = self._pending.get(task_id)
+        return pending.entry if pending is not None else None
+
+    def discard(self, task_id: str) -> E | None:
+        """Stop waiting for one task (cancelled, timed out); return its entry, if expected.
+
+        A result that arrives for it later is dropped like any unexpected one.
+        """
+        pending = self._pending.pop(task_id, None)
+        return pending.entry if pending is not None else None
+
     def forget(self) -> int:
         """Stop waiting for every task not answered yet; return how many there were."""
         count = len(self._pending)
@@ -101,7 +118,7 @@ class Collector(Generic[E]):
         firsts = 0
         for body in bodies:
             try:
-                result = Result.decode(body)
+                result = self._codec.open_result(body)
             except EnvelopeError as exc:
                 self.malformed += 1
                 if self._on_malformed is not None:
@@ -111,15 +128,13 @@ class Collector(Generic[E]):
             if pending is None:
                 if result.task_id in self._finished:
                     self.duplicates += 1
-                    if self._metrics is not None:
-                        self._metrics.duplicates.inc()
+                    self._telemetry.duplicate(result)
                 continue
             self._finished.add(result.task_id)
             round_trip = now - pending.submitted
             self.latencies.append(round_trip)
-            if self._metrics is not None:
-                self._metrics.results.labels(result.status).inc()
-                self._metrics.round_trip.observe(round_trip)
+            self._telemetry.result(result, round_trip)
             firsts += 1
             self._on_result(result, pending.entry, round_trip)
+        self._telemetry.collected(len(self._pending))
         return firsts

@@ -16,12 +16,14 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
+from distq import credentials, signing, tls
 from distq.envelope import MAX_ATTEMPTS as MAX_ATTEMPTS
 from distq.errors import ConfigError
+from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES
 from distq.timelimits import TimeLimits
 from distq.transport import TRANSPORTS
 
@@ -117,8 +119,11 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
         try:
             parts = urlsplit(text)
             port = parts.port  # raises ValueError on a port that is not a number
-        except ValueError as exc:
-            raise ValueError(f"is not a valid URL ({exc}); use e.g. {example}") from None
+        except ValueError:  # its message may quote part of the password: not shown
+            raise ValueError(
+                f"({credentials.mask_url(text)}) is not a valid URL: its port is not a "
+                "number; percent-encode '/', '@' and ':' in a password (%2F, %40, %3A)"
+            ) from None
         if parts.scheme not in schemes:
             raise ValueError(
                 f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}"
@@ -163,12 +168,39 @@ def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> Callable[[str]
     return parse
 
 
-def _optional(parse: Callable[[str], _N]) -> Callable[[str], _N | None]:
+def _optional(parse: Callable[[str], _T]) -> Callable[[str], _T | None]:
     """An empty value means off."""
     return lambda text: parse(text) if text else None
 
 
+def _host(text: str) -> str:
+    if not text or any(c.isspace() or c in "/@" for c in text):
+        raise ValueError(f"is {text!r}; use an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
+    return text.strip("[]")
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def _text(text: str) -> str | None:
+    return text or None
+
+
+def _file(secret: str) -> Any:
+    """A ``*_FILE`` entry: read before parsing (see :mod:`distq.credentials`); here for
+    the flag, ``--help`` and the misspelling check."""
+    return setting(
+        f"{secret}_FILE",
+        f"--{secret.removeprefix(PREFIX).lower().replace('_', '-')}-file",
+        None,
+        _text,
+        f"file holding {secret} (a mounted secret), trailing newline stripped",
+        shown_default="(none)",
+    )
+
+
 NO_TIME_LIMITS = TimeLimits()
+
 _REDIS_URL = "redis://127.0.0.1:6379/0"
 _AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -263,9 +295,128 @@ class Settings:
         "--metrics-port",
         None,
         _optional(_number(int, 0, 65535)),
-        "serve Prometheus metrics on this port",
+        "serve /metrics, /healthz and /readyz on this port",
         shown_default="(off)",
     )
+    metrics_host: str = setting(
+        "DISTQ_METRICS_HOST",
+        "--metrics-host",
+        "0.0.0.0",
+        _host,
+        "address that endpoint listens on",
+    )
+    stall_seconds: float = setting(
+        "DISTQ_STALL_SECONDS",
+        "--stall-seconds",
+        60.0,
+        _number(float, 0.1, 86_400.0, " seconds"),
+        "/healthz answers 503 once a loop of the process has not iterated for this long",
+        shown_default="60",
+    )
+    stats_seconds: float = setting(
+        "DISTQ_STATS_SECONDS",
+        "--stats-seconds",
+        5.0,
+        _number(float, 0.1, 3600.0, " seconds"),
+        "how often a master samples the queue's counts from the broker",
+        shown_default="5",
+    )
+    log_format: str = setting(
+        "DISTQ_LOG_FORMAT",
+        "--log-format",
+        "text",
+        _one_of(LOG_FORMATS),
+        "text (the tutorial's lines) or json (one JSON object per line)",
+    )
+    rabbitmq_management_url: str | None = setting(
+        "DISTQ_RABBITMQ_MANAGEMENT_URL",
+        "--rabbitmq-management-url",
+        None,
+        _optional(_url(("http", "https"), "http://user:password@rabbit-host:15672")),
+        "RabbitMQ's management API, for the in-flight count AMQP cannot tell",
+        shown_default="(none)",
+        secret=True,  # it carries the password
+    )
+
+    signing_keys: tuple[bytes, ...] = setting(
+        "DISTQ_SIGNING_KEYS",
+        "--signing-keys",
+        (),
+        signing.parse_keys,
+        "keys (comma-separated, 16+ characters each) to sign and check every task and "
+        "result; the first signs, any verifies",
+        shown_default="(off)",
+        secret=True,
+    )
+    signing_key: tuple[bytes, ...] = setting(
+        "DISTQ_SIGNING_KEY",
+        "--signing-key",
+        (),
+        signing.parse_keys,
+        "one key, instead of DISTQ_SIGNING_KEYS",
+        shown_default="(off)",
+        secret=True,
+    )
+    redis_password: str | None = setting(
+        "DISTQ_REDIS_PASSWORD",
+        "--redis-password",
+        None,
+        _text,
+        "Redis password, put into DISTQ_REDIS_URL (which must then hold none)",
+        shown_default="(none)",
+        secret=True,
+    )
+    amqp_password: str | None = setting(
+        "DISTQ_AMQP_PASSWORD",
+        "--amqp-password",
+        None,
+        _text,
+        "RabbitMQ password for the user in DISTQ_AMQP_URL (which must then hold none)",
+        shown_default="(none)",
+        secret=True,
+    )
+    authkey_file: str | None = _file("DISTQ_AUTHKEY")
+    signing_keys_file: str | None = _file("DISTQ_SIGNING_KEYS")
+    signing_key_file: str | None = _file("DISTQ_SIGNING_KEY")
+    redis_password_file: str | None = _file("DISTQ_REDIS_PASSWORD")
+    amqp_password_file: str | None = _file("DISTQ_AMQP_PASSWORD")
+    tls_ca_file: str | None = setting(
+        "DISTQ_TLS_CA_FILE",
+        "--tls-ca-file",
+        None,
+        _text,
+        "PEM file of the CAs that may sign the broker's certificate (rediss://, amqps://)",
+        shown_default="(the system's CAs)",
+    )
+    tls_cert_file: str | None = setting(
+        "DISTQ_TLS_CERT_FILE",
+        "--tls-cert-file",
+        None,
+        _text,
+        "client certificate (PEM) for brokers that ask for one; with DISTQ_TLS_KEY_FILE",
+        shown_default="(none)",
+    )
+    tls_key_file: str | None = setting(
+        "DISTQ_TLS_KEY_FILE",
+        "--tls-key-file",
+        None,
+        _text,
+        "the client certificate's private key (PEM)",
+        shown_default="(none)",
+    )
+    max_message_bytes: int = setting(
+        "DISTQ_MAX_MESSAGE_BYTES",
+        "--max-message-bytes",
+        DEFAULT_MAX_MESSAGE_BYTES,
+        _number(int, MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES, " bytes"),
+        "largest task or result on the wire; a larger task is refused at submit, a "
+        "larger delivery dead-lettered undecoded",
+    )
+
+    @property
+    def tls_files(self) -> tls.TlsFiles:
+        """The TLS client files, for the transports."""
+        return tls.TlsFiles(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
 
     @property
     def heartbeat_interval(self) -> float:
@@ -286,6 +437,7 @@ class Settings:
         cls, environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None
     ) -> Settings:
         """Read settings from ``environ`` overridden by ``flags`` (keyed by variable)."""
+        environ, flags = credentials.read_secret_files(environ, flags or {})
         values: dict[str, Any] = {}
         for name, entry in _entries(cls):
             text, origin = environ.get(entry.variable), ""
@@ -299,7 +451,7 @@ class Settings:
                 values[name] = entry.parse(text.strip())
             except ValueError as exc:
                 raise ConfigError(f"{entry.variable}{origin} {exc}") from None
-        settings = cls(**values)
+        settings = _secured(cls(**values))
         if settings.transport == "manager" and not settings.authkey:
             raise ConfigError(
                 "DISTQ_AUTHKEY is not set; the manager transport needs a shared secret: set "
@@ -307,6 +459,36 @@ class Settings:
                 "DISTQ_AUTHKEY=\"$(python3 -c 'import secrets; print(secrets.token_hex(16))')\""
             )
         return settings
+
+
+def _secured(settings: Settings) -> Settings:
+    """Settings whose secrets are in place: one signing key list, the passwords in the
+    URLs; TLS files that will be used and can be."""
+    if settings.signing_key and settings.signing_keys:
+        raise ConfigError(
+            "DISTQ_SIGNING_KEY and DISTQ_SIGNING_KEYS are both set; use DISTQ_SIGNING_KEYS "
+            "(a list whose first key signs) or DISTQ_SIGNING_KEY (one key), not both"
+        )
+    changes: dict[str, Any] = {}
+    if settings.signing_key:
+        changes["signing_keys"] = settings.signing_key
+    if settings.redis_password:
+        changes["redis_url"] = credentials.add_password(
+            settings.redis_url, settings.redis_password, "DISTQ_REDIS_URL"
+        )
+    if settings.amqp_password:
+        if not credentials.url_user(settings.amqp_url):
+            raise ConfigError(
+                "DISTQ_AMQP_PASSWORD is set but DISTQ_AMQP_URL names no user; put the user "
+                "in the URL, e.g. amqp://distq@rabbit-host:5672/%2F"
+            )
+        changes["amqp_url"] = credentials.add_password(
+            settings.amqp_url, settings.amqp_password, "DISTQ_AMQP_URL"
+        )
+    settings = replace(settings, **changes) if changes else settings
+    url = settings.redis_url if settings.transport == "redis" else settings.amqp_url
+    tls.check(settings.transport, url, settings.tls_files)
+    return settings
 
 
 def _entries(cls: type[Settings] = Settings) -> list[tuple[str, Setting[Any]]]:

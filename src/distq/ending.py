@@ -11,27 +11,49 @@ only decides.
 - it raised on its last attempt: ``failed``, an error result and a dead letter;
 - it cannot run (unknown name, arguments that do not fit, a value that is not JSON):
   ``failed`` at once, as no retry would change that;
-- the body is not a task envelope: ``malformed``, a dead letter only (no one to answer);
+- the body is not a task envelope, or is refused (unsigned, signed wrongly, over the
+  size limit): ``malformed``, a dead letter only (no one to answer), never run;
 - its master is gone (stopped, or died and its reply queue lapsed): ``orphaned``, a dead
   letter only, the task not run (nobody would read its result);
 - it ran past its time limit (:class:`~distq.errors.TimeLimitExceeded`): like any
   error, ``retried`` or ``failed`` (see :meth:`Endings.timed_out`).
+
+Results and retries are sealed by the worker's :class:`~distq.codec.Codec`: signed when
+it has keys, and a result over the size limit fails its task for good. An error result
+carries the exception's traceback text when the task's own code raised, so whoever
+waits for it (an executor's future) can show where. A task sent with ``reply_to``
+:data:`~distq.envelope.NO_REPLY` ends the same way, without a result.
 """
 
 from __future__ import annotations
 
+import contextlib
+import traceback
 from typing import Any, Literal, NamedTuple
 
-from distq.envelope import DeadLetter, Result, Task
-from distq.errors import EnvelopeError, TimeLimitExceeded
+from distq.codec import Codec
+from distq.envelope import NO_REPLY, DeadLetter, Result, Task
+from distq.errors import EnvelopeError, MessageTooLarge, SignatureError, TimeLimitExceeded
+from distq.limits import OVERSIZED_KEPT_BYTES
 from distq.transport.base import Delivery, Settlement
 
 Outcome = Literal["ok", "failed", "retried", "malformed", "orphaned"]
 
+#: Longest traceback text an error result carries; longer ones keep their end.
+MAX_TRACEBACK_CHARS = 8000
+
+
+def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> str:
+    """``error``'s traceback as Python prints it, cut to its last ``limit`` characters."""
+    text = "".join(traceback.format_exception(error))
+    if len(text) > limit:
+        text = "... (traceback cut)\n" + text[-limit:]
+    return text
+
 
 def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     """Exponential backoff before attempt ``attempt + 1``: 0.5 s, 1 s, 2 s, ... capped."""
-    return float(min(cap, base * 2 ** (attempt - 1)))
+    return float(min(cap, base * 2 ** min(attempt - 1, 64)))  # the wire may say 10**30
 
 
 class Ending(NamedTuple):
@@ -54,8 +76,9 @@ class Ending(NamedTuple):
 class Endings:
     """The endings one worker gives its deliveries: results and dead letters name it."""
 
-    def __init__(self, worker_id: str, queue: str) -> None:
+    def __init__(self, worker_id: str, queue: str, codec: Codec | None = None) -> None:
         self.worker_id, self.queue = worker_id, queue
+        self.codec = codec or Codec()  # seals results and retries: signed, within the limit
 
     def ok(
         self, delivery: Delivery, task: Task, value: Any, started_at: float, duration: float
@@ -63,8 +86,11 @@ class Endings:
         """The function returned ``value``; it fails for good if ``value`` is not JSON."""
         try:
             body = self._result(task, started_at, duration, status="ok", value=value)
-        except (TypeError, ValueError) as exc:  # no retry will change the value
+        # not JSON, nested too deeply or too large: no retry will change that
+        except (TypeError, ValueError, RecursionError, EnvelopeError) as exc:
             return self.failed(delivery, task, exc, started_at, duration, retryable=False)
+        if task.reply_to == NO_REPLY:
+            return Ending(Settlement(delivery), "ok", task, started_at, duration)
         settlement = Settlement(delivery, reply_to=task.reply_to, result=body)
         return Ending(settlement, "ok", task, started_at, duration)
 
@@ -78,34 +104,54 @@ class Endings:
         *,
         retryable: bool,
     ) -> Ending:
-        """The task raised ``error`` (``retryable``) or cannot run at all (not retryable)."""
+        """The task raised ``error`` (``retryable``) or cannot run at all (not retryable).
+
+        The error result of a task that raised carries ``error``'s traceback text.
+        """
         message = f"{type(error).__name__}: {error}"
+        retry = None
         if retryable and task.attempt < task.max_attempts:
+            with contextlib.suppress(EnvelopeError):  # a retry over the limit fails for good
+                retry = self.codec.seal(task.next_attempt().encode(), "task")
+        if retry is not None:
             delay = retry_delay(task.attempt)
             note = (
                 f"task {task.name} {task.id} attempt {task.attempt}/{task.max_attempts} "
                 f"failed ({message}); retrying in {delay:g} s"
             )
-            settlement = Settlement(delivery, retry=task.next_attempt().encode(), retry_delay=delay)
+            settlement = Settlement(delivery, retry=retry, retry_delay=delay)
             return Ending(settlement, "retried", task, started_at, duration, note)
         reason = (
             f"failed {task.attempt} of {task.max_attempts} attempts; last error: {message}"
             if retryable
             else f"cannot run: {message}"
         )
-        result = self._result(
-            task,
-            started_at,
-            duration,
-            status="error",
-            error_type=type(error).__name__,
-            error_message=reason,
-        )
+        error_type = type(error).__name__
+        try:
+            result = self._result(
+                task,
+                started_at,
+                duration,
+                status="error",
+                error_type=error_type,
+                error_message=reason,
+                error_traceback=traceback_text(error) if retryable else None,
+            )
+        except EnvelopeError:  # the reason made it too large: the dead letter keeps it
+            result = self._result(
+                task,
+                started_at,
+                duration,
+                status="error",
+                error_type=error_type,
+                error_message="(too large to send; the dead letter has the reason)",
+            )
+        nobody = task.reply_to == NO_REPLY
         settlement = Settlement(
             delivery,
-            reply_to=task.reply_to,
-            result=result,
-            dead_letter=self._dead(delivery, reason),
+            reply_to=None if nobody else task.reply_to,
+            result=None if nobody else result,
+            dead_letter=self._dead(delivery.body, reason),
         )
         note = f"task {task.name} {task.id} dead-lettered: {reason}"
         return Ending(settlement, "failed", task, started_at, duration, note)
@@ -123,18 +169,28 @@ class Endings:
             f"its master is gone (no live master holds reply queue {task.reply_to!r}: "
             "it stopped, or died and the queue lapsed); not run"
         )
-        settlement = Settlement(delivery, dead_letter=self._dead(delivery, reason))
+        settlement = Settlement(delivery, dead_letter=self._dead(delivery.body, reason))
         note = f"task {task.name} {task.id} dead-lettered: {reason}"
         return Ending(settlement, "orphaned", task, note=note)
 
     def malformed(self, delivery: Delivery, error: EnvelopeError) -> Ending:
-        """The body is not a task: dead-lettered with the reason, nobody to answer."""
-        reason = f"malformed message: {error}"
-        settlement = Settlement(delivery, dead_letter=self._dead(delivery, reason))
-        return Ending(settlement, "malformed", note=f"dead-lettered a {reason}")
+        """The body is not a task, or is refused (unsigned, forged, too large): never run,
+        dead-lettered with the reason, nobody to answer. An oversized body's dead letter
+        keeps its first ``OVERSIZED_KEPT_BYTES``."""
+        body = delivery.body
+        if isinstance(error, MessageTooLarge | SignatureError):
+            reason = f"refused: {error}"
+        else:
+            reason = f"malformed message: {error}"
+        if len(body) > self.codec.max_message_bytes:
+            body = body[:OVERSIZED_KEPT_BYTES]
+            reason += f"; the dead letter keeps its first {len(body):,} bytes"
+        settlement = Settlement(delivery, dead_letter=self._dead(body, reason))
+        kind = "" if reason.startswith("malformed") else "message, "
+        return Ending(settlement, "malformed", note=f"dead-lettered a {kind}{reason}")
 
     def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
-        return Result(
+        envelope = Result(
             task_id=task.id,
             worker=self.worker_id,
             attempt=task.attempt,
@@ -142,8 +198,9 @@ class Endings:
             duration=duration,
             **fields,
         ).encode()
+        return self.codec.seal(envelope, "result")
 
-    def _dead(self, delivery: Delivery, reason: str) -> bytes:
+    def _dead(self, body: bytes, reason: str) -> bytes:
         return DeadLetter(
-            body=delivery.body, reason=reason, queue=self.queue, worker=self.worker_id
+            body=body, reason=reason, queue=self.queue, worker=self.worker_id
         ).encode()

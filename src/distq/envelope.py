@@ -16,9 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from distq.errors import EnvelopeError
+from distq.limits import check_nesting
 
 VERSION = 1
 MAX_ATTEMPTS = 3  # attempts a task gets unless its master says otherwise (distq master's default)
+#: A task's ``reply_to`` when nobody waits for its result (``distq submit`` without
+#: ``--wait``, a requeued dead letter): the worker runs it and publishes no result.
+#: Not a name any transport gives a queue (those start with a letter or digit).
+NO_REPLY = "(no reply)"
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -43,9 +48,10 @@ new_id = _Ids()
 
 
 def _load(data: bytes | str, kind: str) -> dict[str, Any]:
+    check_nesting(data if isinstance(data, bytes) else data.encode(errors="replace"), kind)
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise EnvelopeError(f"{kind} is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise EnvelopeError(f"{kind} must be a JSON object, got {type(obj).__name__}")
@@ -63,12 +69,33 @@ def _field(obj: dict[str, Any], name: str, kind: str, typ: type | tuple[type, ..
     return value
 
 
+def _number(obj: dict[str, Any], name: str, kind: str) -> float:
+    value = float(_field(obj, name, kind, (int, float)))  # an int too big raises OverflowError
+    if value != value or value in (float("inf"), float("-inf")):
+        raise EnvelopeError(f"{kind} field {name!r} is not a finite number")
+    return value
+
+
+def _count(obj: dict[str, Any], name: str, kind: str) -> int:
+    value: int = _field(obj, name, kind, int)
+    if value < 1:
+        raise EnvelopeError(f"{kind} field {name!r} must be 1 or more, got {value}")
+    return value
+
+
+def _reply_to(obj: dict[str, Any], kind: str) -> str:
+    value: str = _field(obj, "reply_to", kind, str)
+    if not 0 < len(value.encode(errors="replace")) <= 255:  # a RabbitMQ queue name's limit
+        raise EnvelopeError(f"{kind} field 'reply_to' must be 1 to 255 bytes long")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """One unit of work: call the registered function ``name`` with ``args``/``kwargs``.
 
-    ``reply_to`` names the result queue of the master that submitted it; ``attempt``
-    counts from 1 and grows on each retry after a failure.
+    ``reply_to`` names the result queue of the master that submitted it (or is
+    :data:`NO_REPLY`); ``attempt`` counts from 1 and grows on each retry after a failure.
     """
 
     name: str
@@ -99,16 +126,19 @@ class Task:
     def decode(cls, data: bytes | str) -> Task:
         kind = "task"
         obj = _load(data, kind)
-        return cls(
-            id=_field(obj, "id", kind, str),
-            name=_field(obj, "name", kind, str),
-            args=_field(obj, "args", kind, list),
-            kwargs=_field(obj, "kwargs", kind, dict),
-            reply_to=_field(obj, "reply_to", kind, str),
-            attempt=_field(obj, "attempt", kind, int),
-            max_attempts=_field(obj, "max_attempts", kind, int),
-            created_at=float(_field(obj, "created_at", kind, (int, float))),
-        )
+        try:
+            return cls(
+                id=_field(obj, "id", kind, str),
+                name=_field(obj, "name", kind, str),
+                args=_field(obj, "args", kind, list),
+                kwargs=_field(obj, "kwargs", kind, dict),
+                reply_to=_reply_to(obj, kind),
+                attempt=_count(obj, "attempt", kind),
+                max_attempts=_count(obj, "max_attempts", kind),
+                created_at=_number(obj, "created_at", kind),
+            )
+        except OverflowError:
+            raise EnvelopeError(f"{kind} has a number too large for a float") from None
 
     def next_attempt(self) -> Task:
         """The same task, one attempt later (for a retry after a failure)."""
@@ -132,7 +162,9 @@ class Result:
     """The outcome of a task, sent to its ``reply_to`` queue.
 
     ``status`` is ``"ok"`` with ``value`` set, or ``"error"`` (failed for good) with
-    ``error_type`` and ``error_message`` set.
+    ``error_type`` and ``error_message`` set, and ``error_traceback`` (the remote
+    traceback's text) when the task's function raised. ``error_traceback`` is optional on
+    the wire (``error.traceback``), so results without it still decode.
     """
 
     task_id: str
@@ -144,6 +176,7 @@ class Result:
     value: Any = None
     error_type: str | None = None
     error_message: str | None = None
+    error_traceback: str | None = None
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {
@@ -158,7 +191,10 @@ class Result:
         if self.status == "ok":
             obj["value"] = self.value
         else:
-            obj["error"] = {"type": self.error_type, "message": self.error_message}
+            error = {"type": self.error_type, "message": self.error_message}
+            if self.error_traceback is not None:
+                error["traceback"] = self.error_traceback
+            obj["error"] = error
         return _dumps(obj).encode()
 
     @classmethod
@@ -171,17 +207,24 @@ class Result:
         error = obj.get("error") if status == "error" else None
         if status == "error" and not isinstance(error, dict):
             raise EnvelopeError("error result lacks the 'error' object")
-        return cls(
-            task_id=_field(obj, "task_id", kind, str),
-            status=status,
-            worker=_field(obj, "worker", kind, str),
-            attempt=_field(obj, "attempt", kind, int),
-            started_at=float(_field(obj, "started_at", kind, (int, float))),
-            duration=float(_field(obj, "duration", kind, (int, float))),
-            value=obj.get("value"),
-            error_type=error.get("type") if error else None,
-            error_message=error.get("message") if error else None,
-        )
+        traceback = error.get("traceback") if error else None
+        if traceback is not None and not isinstance(traceback, str):
+            raise EnvelopeError(f"result field 'error.traceback' is not text: {traceback!r}")
+        try:
+            return cls(
+                task_id=_field(obj, "task_id", kind, str),
+                status=status,
+                worker=_field(obj, "worker", kind, str),
+                attempt=_field(obj, "attempt", kind, int),
+                started_at=_number(obj, "started_at", kind),
+                duration=_number(obj, "duration", kind),
+                value=obj.get("value"),
+                error_type=error.get("type") if error else None,
+                error_message=error.get("message") if error else None,
+                error_traceback=traceback,
+            )
+        except OverflowError:
+            raise EnvelopeError(f"{kind} has a number too large for a float") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,14 +259,17 @@ class DeadLetter:
     def decode(cls, data: bytes | str) -> DeadLetter:
         kind = "dead letter"
         obj = _load(data, kind)
-        if "body_b64" in obj:
-            body = base64.b64decode(_field(obj, "body_b64", kind, str))
-        else:
-            body = _field(obj, "body", kind, str).encode()
-        return cls(
-            body=body,
-            reason=_field(obj, "reason", kind, str),
-            queue=_field(obj, "queue", kind, str),
-            worker=_field(obj, "worker", kind, str),
-            at=float(_field(obj, "at", kind, (int, float))),
-        )
+        try:
+            if "body_b64" in obj:
+                body = base64.b64decode(_field(obj, "body_b64", kind, str), validate=True)
+            else:
+                body = _field(obj, "body", kind, str).encode()
+            return cls(
+                body=body,
+                reason=_field(obj, "reason", kind, str),
+                queue=_field(obj, "queue", kind, str),
+                worker=_field(obj, "worker", kind, str),
+                at=_number(obj, "at", kind),
+            )
+        except (ValueError, OverflowError) as exc:  # binascii.Error is a ValueError
+            raise EnvelopeError(f"{kind} is malformed: {exc}") from None

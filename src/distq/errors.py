@@ -6,6 +6,8 @@ boundary, so callers only ever catch these.
 
 from __future__ import annotations
 
+import concurrent.futures
+
 
 class DistqError(Exception):
     """Base class of every error distq raises on purpose."""
@@ -27,12 +29,62 @@ class AuthenticationFailed(ConnectionFailed):
     """The broker refused our credentials (wrong authkey, user or password)."""
 
 
+class CertificateRejected(AuthenticationFailed):
+    """TLS failed on a certificate (untrusted CA, expired, wrong host name, client cert)."""
+
+
 class EnvelopeError(DistqError):
     """A message on the wire is not a valid distq envelope (bad JSON, wrong fields)."""
 
 
+class SignatureError(EnvelopeError):
+    """A message is unsigned, signed with an unknown key, or its signature does not match."""
+
+
+class MessageTooLarge(EnvelopeError):
+    """A message is over ``DISTQ_MAX_MESSAGE_BYTES`` (or nests JSON too deeply)."""
+
+
 class UnknownTask(DistqError):
     """A task names a function this worker has not registered."""
+
+
+class RemoteError(DistqError):
+    """A task failed for good on a worker; the message carries the remote exception's type,
+    message and traceback text.
+
+    Attributes: ``task_name``, ``task_id``, ``worker``, ``error_type`` (the remote
+    exception's class name), ``reason`` (``failed 3 of 3 attempts; last error: ...`` or
+    ``cannot run: ...``) and ``remote_traceback`` (text; None when the task never ran).
+    """
+
+    def __init__(
+        self,
+        task_name: str,
+        task_id: str,
+        worker: str,
+        error_type: str,
+        reason: str,
+        remote_traceback: str | None,
+    ) -> None:
+        self.task_name, self.task_id, self.worker = task_name, task_id, worker
+        self.error_type, self.reason, self.remote_traceback = error_type, reason, remote_traceback
+        message = f"task {task_name} [{task_id}] failed on worker {worker}: {reason}"
+        if remote_traceback:
+            message += "\n\nRemote traceback:\n" + remote_traceback.rstrip("\n")
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str, str, str, str | None]]:
+        args = (self.task_name, self.task_id, self.worker, self.error_type, self.reason)
+        return type(self), (*args, self.remote_traceback)
+
+
+class TaskTimeout(DistqError, TimeoutError):
+    """A task had no result within the executor's ``task_timeout``."""
+
+
+class BrokenExecutor(DistqError, concurrent.futures.BrokenExecutor):
+    """The executor lost its broker (or stopped); its unanswered futures fail with this."""
 
 
 class Shutdown(BaseException):

@@ -29,13 +29,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
 from distq.backoff import Backoff
+from distq.codec import Codec
 from distq.collector import Collector
 from distq.config import MASTER_DRAIN_SECONDS, MESSAGE_BATCH, STATUS_EVERY, TASKS
 from distq.console import Console
 from distq.envelope import Result, Task, new_id
 from distq.errors import TransportError
+from distq.health import ProcessHealth
 from distq.ledger import Ledger
-from distq.metrics import MasterMetrics
+from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, Transport
 
 E = TypeVar("E")
@@ -137,9 +139,17 @@ class Master:
     """Runs jobs over ``transport``; their results come back on a queue of the master's own."""
 
     def __init__(
-        self, transport: Transport, console: Console, metrics: MasterMetrics | None = None
+        self,
+        transport: Transport,
+        console: Console,
+        telemetry: MasterTelemetry | None = None,
+        codec: Codec | None = None,
+        health: ProcessHealth | None = None,
     ) -> None:
-        self.transport, self.console, self.metrics = transport, console, metrics
+        self.transport, self.console = transport, console
+        self.telemetry = telemetry or MasterTelemetry()
+        self.codec = codec or Codec()
+        self.health = health or ProcessHealth("master")
         self.job_id = new_id()
         self.reply_to = transport.reply_queue(self.job_id)
 
@@ -169,10 +179,14 @@ class _Run(Generic[E]):
         self.workload, self.console = workload, master.console
         self.collector: Collector[E] = Collector(
             self._on_result,
-            on_malformed=lambda exc: self.console.error(f"ignored a malformed result: {exc}"),
-            metrics=master.metrics,
+            on_malformed=lambda exc: self.console.error(f"dropped a result: {exc}"),
+            telemetry=master.telemetry,
+            codec=master.codec,
         )
         self.ledger = Ledger()
+        self.health, self.telemetry = master.health, master.telemetry
+        self.link = master.health.readiness.link("producer")
+        self.link.up()  # the producer is open: it reached the broker
         self.lines: list[str] = []  # per-result lines of the current collect
         self.submitted = 0
         self.report = JobReport(transport=master.transport.name, tasks=0)
@@ -190,6 +204,7 @@ class _Run(Generic[E]):
         next_status = start + spec.status_every
         announced = False
         while not self.stop.is_set():
+            self.health.beat("job")
             now = time.perf_counter()
             if self.deadline is not None and now >= self.deadline:
                 break
@@ -226,6 +241,11 @@ class _Run(Generic[E]):
     def _reconcile_when_due(self, now: float) -> None:
         if now >= self.next_reconcile:
             self.next_reconcile = now + RECONCILE_SECONDS
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Ask the broker what it holds (reconnecting if need be); submit what it lost."""
+        with self.link.call(), self.health.liveness.waiting("job"):
             self._submit_lost(self.producer.reconcile())
 
     def _submit_lost(self, held: int) -> None:
@@ -251,12 +271,13 @@ class _Run(Generic[E]):
             delay = backoff.next()
             if self.deadline is not None:
                 delay = min(delay, max(0.0, self.deadline - time.perf_counter()))
-            if self.stop.wait(delay):
-                return False
+            with self.health.liveness.waiting("job"):  # waiting out the broker: not wedged
+                if self.stop.wait(delay):
+                    return False
             if self.deadline is not None and time.perf_counter() >= self.deadline:
                 return False
             try:
-                self._submit_lost(self.producer.reconcile())
+                self._reconcile()
             except TransportError:
                 continue
             self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
@@ -292,21 +313,22 @@ class _Run(Generic[E]):
     def _submit(self, count: int) -> None:
         tasks = self.workload.tasks(count, self.master.reply_to)
         self.collector.expect((task.id, entry) for task, entry in tasks)
-        bodies = [task.encode() for task, _ in tasks]
+        bodies = [self.master.codec.seal_task(task) for task, _ in tasks]
         # counted as submitted before the call: one that fails is an outage, and the
         # reconcile after it says whether the broker got them
         self.ledger.record(zip([task.id for task, _ in tasks], bodies, strict=True))
         self.submitted += len(tasks)
         self.report.tasks = self.submitted
-        if self.master.metrics is not None:
-            self.master.metrics.submitted.inc(len(tasks))
+        self.telemetry.submitted([task for task, _ in tasks], self.collector.outstanding)
         if self.console.bar is None and self.submitted == len(tasks) and self.spec.tasks:
             self.console.start_progress(self.spec.tasks)
         self.console.lines(self.workload.submitted_lines(tasks), count=0)
-        self.producer.submit(bodies)
+        with self.link.call(), self.health.liveness.waiting("job"):
+            self.producer.submit(bodies)
 
     def _collect(self, wait: float) -> None:
-        self.collector.collect(self.producer, wait)
+        with self.link.call(wait), self.health.liveness.waiting("job"):
+            self.collector.collect(self.producer, wait)
         if self.lines:
             self.console.lines(self.lines)
             self.lines = []

@@ -32,6 +32,7 @@ class TaskRunner:
 
     def __init__(self, registry: Registry, endings: Endings, console: Console) -> None:
         self.registry, self.endings, self.console = registry, endings, console
+        self.codec = endings.codec
 
     def __call__(self, delivery: Delivery) -> Ending:
         """Run ``delivery``'s task, whoever its master."""
@@ -42,7 +43,7 @@ class TaskRunner:
     def gated(self, delivery: Delivery, gate: Gate | None) -> Ending | None:
         """Run ``delivery``'s task if ``gate`` admits it; None when the gate says to stop."""
         try:
-            task = Task.decode(delivery.body)
+            task = self.codec.open_task(delivery.body)
         except EnvelopeError as exc:
             return self._told(self.endings.malformed(delivery, exc))
         if gate is not None:
@@ -63,6 +64,8 @@ class TaskRunner:
             value = function(*task.args, **task.kwargs)
         except Exception as exc:
             duration = time.perf_counter() - started
+            if exc.__traceback__ is not None:  # the remote traceback starts in the task's code
+                exc.__traceback__ = exc.__traceback__.tb_next
             ending = self.endings.failed(delivery, task, exc, started_at, duration, retryable=True)
             return self._told(ending)
         duration = time.perf_counter() - started

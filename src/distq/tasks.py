@@ -1,24 +1,86 @@
 """The task registry: which names a worker will run (the tutorial's ``square`` built in).
 
 Only registered names run. A user function is registered by its import path,
-``module:function`` (``distq worker --task mypkg.jobs:resize``), under that path as
-its name; arguments and return values must be JSON values.
+``module:function``, under that path as its name: one at a time
+(``distq worker --task mypkg.jobs:resize``), or every function of a module marked with
+:func:`task` (``distq worker --tasks mypkg.jobs``). An executor sends a function object
+by the same name (:func:`task_name`), so what it submits is what the worker registered.
+Arguments and return values must be JSON values. Every worker also runs chunks
+(:mod:`distq.chunks`) of its registered tasks.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from distq import squares
+from distq.chunks import CHUNK_TASK, chunk_function, show_chunk
 from distq.envelope import Task
 from distq.errors import ConfigError, UnknownTask
 
 TaskFunction = Callable[..., Any]
 #: How a worker's ``Get task ... from task_queue.`` line names a task.
 Show = Callable[[Task], str]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: The attribute :func:`task` sets on a function: its task name.
+TASK_ATTRIBUTE = "__distq_task__"
+
+
+def function_path(function: Callable[..., Any]) -> str:
+    """``module:name`` of a module-level function, the name a worker imports it by.
+
+    Raises ``TypeError`` naming the problem for anything else: a lambda, a nested
+    function, a method, an object that is not a function, or a function of a script run
+    as ``__main__`` (workers cannot import that; ``python -m package.module`` is fine).
+    """
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", None)
+    if not callable(function) or not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(
+            f"{function!r} is neither a task name nor a module-level function; "
+            "pass 'module:function' or the function itself"
+        )
+    if "." in qualname or "<" in qualname:
+        raise TypeError(
+            f"{module}.{qualname} is not a module-level function; workers import tasks "
+            "by module:name, so define it at the top level of a module"
+        )
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is None or not spec.name or spec.name == "__main__":
+            raise TypeError(
+                f"{qualname} is defined in the script being run (__main__), which workers "
+                "cannot import; move it into a module (or run the script with python -m)"
+            )
+        module = spec.name
+    return f"{module}:{qualname}"
+
+
+def task(function: _F) -> _F:
+    """Mark a module-level function as a distq task, named ``module:name``.
+
+    ``distq worker --tasks module`` registers every function so marked in ``module``;
+    ``Executor.submit(function, ...)`` sends the same name. The function is returned
+    unchanged and still runs locally when called.
+    """
+    setattr(function, TASK_ATTRIBUTE, function_path(function))
+    return function
+
+
+def task_name(function: str | Callable[..., Any]) -> str:
+    """The task name to send for ``function``: a name as is, a function by its path."""
+    if isinstance(function, str):
+        if not function:
+            raise TypeError("the task name is empty; use 'module:function'")
+        return function
+    marked = getattr(function, TASK_ATTRIBUTE, None)
+    return marked if isinstance(marked, str) else function_path(function)
 
 
 def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:
@@ -42,7 +104,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, tuple[TaskFunction, inspect.Signature, tuple[int, int] | None]] = {}
-        self._shows: dict[str, Show] = {}
+        self._shows: dict[str, Show] = {CHUNK_TASK: show_chunk}
         self._limits: dict[str, float] = {}
         self.register("square", squares.square, show=squares.show)
 
@@ -93,21 +155,50 @@ class Registry:
         self.register(path, function)
         return path
 
+    def register_module(self, module_name: str) -> list[str]:
+        """Import ``module_name`` and register every function in it marked with
+        :func:`task`, each under its task name; return the names."""
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"--tasks {module_name!r}: cannot import it ({exc}); is it on PYTHONPATH?"
+            ) from None
+        names = set()
+        for value in vars(module).values():
+            name = getattr(value, TASK_ATTRIBUTE, None) if inspect.isfunction(value) else None
+            if isinstance(name, str):
+                self.register(name, value)
+                names.add(name)
+        if not names:
+            raise ConfigError(
+                f"--tasks {module_name!r}: the module has no function marked @distq.task; "
+                "mark them, or register one with --task module:function"
+            )
+        return sorted(names)
+
     def names(self) -> list[str]:
+        """The registered names, sorted."""
         return sorted(self._tasks)
+
+    def runnable(self) -> list[str]:
+        """Every task name this worker runs: the registered ones and chunks of them."""
+        return [*self.names(), CHUNK_TASK]
 
     def resolve(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> TaskFunction:
         """The function for ``name``, once ``args``/``kwargs`` are known to fit it.
 
         Raises :class:`UnknownTask`, or ``TypeError`` when the arguments do not fit.
         """
+        if name == CHUNK_TASK:
+            return chunk_function(self.resolve, args, kwargs)
         try:
             function, signature, positional = self._tasks[name]
         except KeyError:
             raise UnknownTask(
                 f"no task named {name!r} is registered on this worker "
                 f"(registered: {', '.join(self.names())}); start the worker with "
-                f"--task module:function"
+                f"--task module:function or --tasks module"
             ) from None
         if kwargs or positional is None or not positional[0] <= len(args) <= positional[1]:
             signature.bind(*args, **kwargs)  # raises TypeError naming what does not fit

@@ -48,15 +48,16 @@ from types import FrameType
 
 from distq.backoff import Backoff, Outage
 from distq.batch import Batch, BatchSizer, Running, run_batch
+from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console
 from distq.ending import Ending, Endings
 from distq.errors import Shutdown
 from distq.health import WorkerHealth
 from distq.masters import MasterWatch
-from distq.metrics import WorkerMetrics
 from distq.runner import TaskRunner
 from distq.tasks import Registry
+from distq.telemetry import WorkerTelemetry
 from distq.timelimits import TimeLimits
 from distq.transport.base import Consumer, Delivery, Transport
 
@@ -133,13 +134,14 @@ class Worker:
         options: WorkerOptions,
         console: Console,
         health: WorkerHealth | None = None,
-        metrics: WorkerMetrics | None = None,
+        telemetry: WorkerTelemetry | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self.transport, self.options, self.console = transport, options, console
         self.health = health or WorkerHealth()
-        self.metrics = metrics
+        self.telemetry = telemetry or WorkerTelemetry()
         self.id = options.worker_id or default_worker_id()
-        self.runner = TaskRunner(registry, Endings(self.id, options.queue), console)
+        self.runner = TaskRunner(registry, Endings(self.id, options.queue, codec), console)
         self.limits = options.time_limits.with_registered(registry.time_limits())
         self.masters = MasterWatch()
         self.outage = Outage()
@@ -199,6 +201,7 @@ class Worker:
                 return
             for thread in threads:
                 thread.join(0.2 / len(threads))
+                self.health.beat("main")
             waiting = not self._stopping.is_set() and not self.outage.ongoing
             if idle is not None and waiting and self.health.idle_for() >= idle:
                 self.console.info("task_queue is empty")
@@ -266,6 +269,7 @@ class Worker:
         interval = self.options.heartbeat_interval
         tick = min(interval / 4, TIME_LIMIT_TICK) if self.limits else interval / 4
         while not done.wait(tick):
+            self.health.beat("leases")
             for slot in slots:
                 batch = slot.batch
                 if batch is None:
@@ -291,7 +295,8 @@ class Worker:
                 if rest:
                     slot.consumer.release(rest)
                     self._count(slot, [], released=len(rest))
-                slot.consumer.heartbeat()
+                with self.health.liveness.waiting("leases"):  # a silent broker is no stall
+                    slot.consumer.heartbeat()
                 slot.renewed = time.monotonic()
         finally:
             slot.lock.release()
@@ -346,6 +351,7 @@ class Worker:
                         slot.renewed = time.monotonic()
                     if not deliveries:
                         continue
+                    self.telemetry.fetched(deliveries)
                     self.health.took(len(deliveries))
                     slot.in_hand += len(deliveries)
                     started = time.perf_counter()
@@ -369,12 +375,13 @@ class Worker:
                         self._close(slot.consumer)
                         slot.consumer = None
                         self._count(slot, [], released=slot.in_hand)  # back with the lease
-                    self.health.connected(False)
+                    self.health.connected(False, f"{self.id}-{slot.index}", str(exc))
         finally:
             if slot.generation == generation:
                 with slot.lock:
                     self._close(slot.consumer)
                     slot.consumer = None
+                self.health.connected(False, f"{self.id}-{slot.index}", "worker stopping")
 
     def _run(self, slot: _Slot, batch: Batch) -> None:
         """Run the batch, asking the broker about any master not known alive on the way."""
@@ -392,9 +399,11 @@ class Worker:
 
     def _connect(self, slot: _Slot) -> Consumer | None:
         """A new consumer for the slot; None (after a backoff wait) while the broker is away."""
+        consumer_id = f"{self.id}-{slot.index}"
         try:
-            consumer = self.transport.consumer(f"{self.id}-{slot.index}")
+            consumer = self.transport.consumer(consumer_id)
         except Exception as exc:  # TransportError; anything else must not end the slot either
+            self.health.connected(False, consumer_id, str(exc))
             if self.outage.lost():  # one line per outage, not one per attempt
                 self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
             self._stopping.wait(slot.backoff.next())
@@ -404,7 +413,7 @@ class Worker:
         if lasted is not None:
             self.console.info(f"reconnected to {self.transport.describe()} after {lasted:.1f} s")
             self.health.took(0)  # an outage is not idleness: --exit-when-idle counts from here
-        self.health.connected(True)
+        self.health.connected(True, consumer_id)
         return consumer
 
     @staticmethod
@@ -428,14 +437,4 @@ class Worker:
         for ending in endings:
             counts[ending.outcome] += 1
         self.health.finished(released=released, **counts)
-        if self.metrics is not None:
-            counts["failed"] += counts.pop("orphaned")  # dead-lettered: the metric has no label
-            for outcome, count in counts.items():
-                if count:
-                    self.metrics.tasks.labels(outcome).inc(count)
-            if released:
-                self.metrics.tasks.labels("released").inc(released)
-            for ending in endings:
-                if ending.outcome == "ok":
-                    self.metrics.task_seconds.observe(ending.duration)
-            self.metrics.in_hand.set(self.health.in_hand)
+        self.telemetry.settled(endings, released)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Target, free_port
+from conftest import Target
 from distq.envelope import Result, Task
 from distq.transport import Transport
+from launch import free_port
 from procs import Distq
 from seam import results_n
 

@@ -130,7 +130,9 @@ def test_redis_tls_answers_over_tls_only(tmp_path: Path, ca: CertificateAuthorit
         plain.close()
 
         stranger = CertificateAuthority(tmp_path / "other-ca")
-        untrusting = redis.Redis.from_url(server.url, ssl_ca_certs=str(stranger.ca), retry=NO_RETRY)
+        untrusting = redis.Redis.from_url(
+            server.url, ssl_ca_certs=str(stranger.cert), retry=NO_RETRY
+        )
         with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
             untrusting.ping()
         untrusting.close()
@@ -182,7 +184,7 @@ def test_rabbitmq_answers_over_tls_and_plain_tcp(rabbitmq: LocalRabbitMQ, tmp_pa
 
     stranger = CertificateAuthority(tmp_path / "other-ca")
     params = rabbitmq.parameters()
-    untrusting = ssl.create_default_context(cafile=str(stranger.ca))
+    untrusting = ssl.create_default_context(cafile=str(stranger.cert))
     params.ssl_options = pika.SSLOptions(untrusting, server_hostname="127.0.0.1")
     with pytest.raises(ssl.SSLCertVerificationError):
         pika.BlockingConnection(params)

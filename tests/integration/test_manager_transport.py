@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from conftest import free_port
 from distq.config import Settings
 from distq.envelope import Task
 from distq.errors import TransportError
 from distq.transport import Settlement, open_transport
+from launch import free_port
 from procs import Distq
 from seam import fetch_n, results_n
 

@@ -347,7 +347,7 @@ def test_wrong_password_is_refused_without_echoing_it(
     message = str(caught.value)
     assert message == (
         f"RabbitMQ at {parts.hostname}:{parts.port} refused user {parts.username!r} "
-        "(DISTQ_AMQP_URL); check the user and password"
+        "(DISTQ_AMQP_URL, DISTQ_AMQP_PASSWORD[_FILE]); check the user and password"
     )
     for url in (rabbitmq_broker.bad_credentials_url, rabbitmq_broker.url):
         assert str(urlsplit(url).password) not in message

@@ -15,11 +15,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Target, free_port
+from conftest import Target
 from distq.config import Settings
 from distq.envelope import DeadLetter, new_id
 from distq.errors import AuthenticationFailed, ConnectionFailed
 from distq.transport import Delivery, Settlement, Transport, open_transport
+from launch import free_port
 from seam import fetch_n, results_n
 
 pytestmark = pytest.mark.integration
@@ -321,3 +322,75 @@ def test_unreachable_broker_is_a_clear_and_quick_error(target: Target) -> None:
         open_transport(Settings.load(env), "worker")
     assert time.monotonic() - started < 5  # a refused port answers at once: no retry loop
     assert f"127.0.0.1:{port}" in str(caught.value)
+
+
+def dead_lettered(hosted: Transport, remote: Transport, bodies: list[bytes]) -> None:
+    """Put ``bodies`` through a consumer into the dead letters, in this order."""
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    producer.submit(bodies)
+    consumer = remote.consumer("dies")
+    for i, delivery in enumerate(fetch_n(consumer, len(bodies))):
+        letter = DeadLetter(body=delivery.body, reason=f"why-{i}", queue="q", worker="w")
+        consumer.settle([Settlement(delivery, dead_letter=letter.encode())])
+    deadline = time.monotonic() + 5
+    while hosted.stats().dead < len(bodies) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    consumer.close()
+    producer.close()
+
+
+def test_requeue_dead_puts_the_oldest_letters_back_as_revived(
+    hosted: Transport, remote: Transport
+) -> None:
+    dead_lettered(hosted, remote, [b"one", b"\xfftwo", b"three"])
+    assert hosted.requeue_dead(0) == 0
+    moved = hosted.requeue_dead(2, lambda letter: letter.body + b"+" + letter.reason.encode())
+    assert moved == 2
+    assert [letter.body for letter in hosted.dead_letters()] == [b"three"]
+    consumer = remote.consumer("c1")
+    assert [d.body for d in fetch_n(consumer, 2)] == [b"one+why-0", b"\xfftwo+why-1"]
+    assert remote.requeue_dead(10) == 1  # a client requeues too (manager: as a worker would)
+    assert [d.body for d in fetch_n(consumer, 1)] == [b"three"]  # the body as it was
+    assert hosted.stats().dead == 0 and hosted.requeue_dead(10) == 0
+
+
+def test_requeue_dead_from_two_clients_at_once_moves_each_letter_once(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    letters = [f"letter-{i}".encode() for i in range(120)]
+    dead_lettered(hosted, remote, letters)
+    moved: list[int] = []
+    with worker_side(target) as one, worker_side(target) as other:
+        threads = [
+            threading.Thread(target=lambda t=t: moved.append(t.requeue_dead(1000)))
+            for t in (one, other)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert sum(moved) == 120
+    back = fetch_n(remote.consumer("c1"), 121, within=5)
+    assert sorted(d.body for d in back) == sorted(letters)  # none twice, none lost
+    assert hosted.stats().dead == 0
+
+
+def test_withdraw_takes_back_tasks_no_consumer_took(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    producer.submit([b"taken", b"waiting-1", b"waiting-2", b"stays"])
+    producer.flush()
+    consumer = remote.consumer("c1")
+    assert [d.body for d in fetch_n(consumer, 1)] == [b"taken"]
+    answers = producer.withdraw([b"taken", b"waiting-1", b"never-sent", b"waiting-2"])
+    if target.name == "rabbitmq":  # AMQP cannot take a message back out of a queue
+        assert answers == [False, False, False, False]
+        return
+    assert answers == [False, True, False, True]
+    assert [d.body for d in fetch_n(consumer, 2, within=2)] == [b"stays"]
+    many = [f"m{i}".encode() for i in range(50)]  # the bulk path of a transport, if it has one
+    producer.submit(many)
+    producer.flush()
+    assert producer.withdraw(many[::2]) == [True] * 25
+    assert [d.body for d in fetch_n(consumer, 50, within=2)] == many[1::2]

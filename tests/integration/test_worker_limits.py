@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Target, free_port
+from conftest import Target
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
@@ -25,6 +25,7 @@ from distq.tasks import Registry
 from distq.timelimits import TimeLimits
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions
+from launch import free_port
 from procs import Distq
 from seam import results_n
 

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -171,10 +172,30 @@ class LocalServer:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing uses right now, below the kernel's ephemeral
+    range: no outgoing connection takes it as its source port while a server restarts on it
+    (with a port from that range, a killed broker's restart failed with EADDRINUSE)."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(_LOWEST_PORT, low) if low > _LOWEST_PORT + 1000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise ServerError(f"no free port on {HOST} from {_LOWEST_PORT} to {low - 1}")
+
+
+_LOWEST_PORT = 20_000  # above the well-known and the usual service ports
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def port_open(port: int) -> bool:

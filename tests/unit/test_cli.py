@@ -81,3 +81,26 @@ def test_version_and_help() -> None:
     assert "--exit-when-idle" in worker_help
     assert "$DISTQ_PREFETCH, default 128" in " ".join(worker_help.split())
     assert "--status-every" in distq("master", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["submit", "jobs:add", "1", "--kwargs", "{oops"], "--kwargs '{oops' is not JSON"),
+        (["submit", "jobs:add", "--kwargs", "[1]"], "is not a JSON object"),
+        (["submit", "jobs:add", "NaN"], "jobs:add: argument 1 is nan"),
+        (["worker", "--tasks", "no_such_module_xyz"], "--tasks 'no_such_module_xyz': cannot"),
+        (["worker", "--tasks", "seam"], "has no function marked @distq.task"),
+    ],
+)
+def test_bad_task_input_exits_2_before_connecting(args: list[str], expected: str) -> None:
+    done = distq(*args, DISTQ_AUTHKEY="k", PYTHONPATH=f"{REPO / 'src'}:{REPO / 'tests'}")
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_operating_commands_are_listed() -> None:
+    usage = distq("--help").stdout
+    for command in ("submit", "status", "dead-letters", "requeue-dead"):
+        assert command in usage
+    assert "--tasks MODULE" in distq("worker", "--help").stdout

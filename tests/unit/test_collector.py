@@ -8,6 +8,7 @@ from distq.collector import Collector
 from distq.envelope import Result, Status
 from distq.errors import EnvelopeError
 from distq.metrics import MasterMetrics
+from distq.telemetry import MasterTelemetry
 
 
 def result(task_id: str, value: object = 1, status: Status = "ok") -> bytes:
@@ -28,9 +29,11 @@ def result(task_id: str, value: object = 1, status: Status = "ok") -> bytes:
 def test_each_expected_task_is_handed_on_once_with_its_entry() -> None:
     got: list[tuple[str, str, float]] = []
     errors: list[EnvelopeError] = []
-    metrics = MasterMetrics()
+    metrics = MasterMetrics("redis", "q")
     collector: Collector[str] = Collector(
-        lambda r, entry, rtt: got.append((r.task_id, entry, rtt)), errors.append, metrics
+        lambda r, entry, rtt: got.append((r.task_id, entry, rtt)),
+        errors.append,
+        MasterTelemetry(metrics),
     )
     collector.expect([("a", "entry-a"), ("b", "entry-b"), ("c", "entry-c")])
     assert collector.outstanding == 3
@@ -45,10 +48,13 @@ def test_each_expected_task_is_handed_on_once_with_its_entry() -> None:
     assert collector.accept([result("a")]) == 0  # a late copy of an answered task
     assert collector.duplicates == 2
     assert collector.waiting() == [("c", "entry-c")]
-    samples = metrics.registry
-    assert samples.get_sample_value("distq_master_duplicate_results_total") == 2
-    assert samples.get_sample_value("distq_master_results_total", {"status": "ok"}) == 1
-    assert samples.get_sample_value("distq_master_results_total", {"status": "error"}) == 1
+    samples, labels = metrics.registry, {"transport": "redis", "queue": "q"}
+    assert samples.get_sample_value("distq_master_duplicate_results_total", labels) == 2
+    assert samples.get_sample_value("distq_master_results_total", {**labels, "status": "ok"}) == 1
+    assert (
+        samples.get_sample_value("distq_master_results_total", {**labels, "status": "error"}) == 1
+    )
+    assert samples.get_sample_value("distq_master_tasks_outstanding", labels) == 1
 
 
 def test_forgotten_tasks_are_no_longer_waited_for_and_their_results_dropped() -> None:
@@ -59,3 +65,15 @@ def test_forgotten_tasks_are_no_longer_waited_for_and_their_results_dropped() ->
     assert collector.outstanding == 0 and collector.waiting() == []
     assert collector.accept([result("a")]) == 0
     assert got == [] and collector.duplicates == 0
+
+
+def test_a_discarded_task_is_no_longer_waited_for_and_its_late_result_is_dropped() -> None:
+    got: list[str] = []
+    collector: Collector[str] = Collector(lambda r, entry, _rt: got.append(entry))
+    collector.expect([("a", "entry-a"), ("b", "entry-b")])
+    assert collector.entry("a") == "entry-a" and collector.entry("zz") is None
+    assert collector.discard("a") == "entry-a"
+    assert collector.discard("a") is None and collector.entry("a") is None
+    assert collector.outstanding == 1
+    assert collector.accept([result("a"), result("b")]) == 1
+    assert got == ["entry-b"] and collector.duplicates == 0

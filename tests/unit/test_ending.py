@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from distq.ending import Endings, retry_delay
-from distq.envelope import DeadLetter, Result, Task
+from distq.ending import MAX_TRACEBACK_CHARS, Endings, retry_delay, traceback_text
+from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError
 from distq.transport import Delivery
 
@@ -96,3 +96,41 @@ def test_a_malformed_message_is_dead_lettered_byte_for_byte_without_a_result() -
 )
 def test_backoff_doubles_and_is_capped(attempt: int, delay: float) -> None:
     assert retry_delay(attempt) == delay
+
+
+def raised(error: Exception) -> Exception:
+    """``error`` with a traceback, as a task's own code leaves it."""
+    try:
+        raise error
+    except Exception as caught:
+        return caught
+
+
+def test_a_task_that_failed_for_good_sends_its_traceback_text() -> None:
+    t = task("boom", 5, max_attempts=1)
+    ending = ENDINGS.failed(delivery(t), t, raised(ValueError("bad 5")), 0.0, 0.1, retryable=True)
+    assert ending.settlement.result is not None
+    result = Result.decode(ending.settlement.result)
+    assert result.error_traceback is not None
+    assert result.error_traceback.startswith("Traceback (most recent call last):")
+    assert "in raised" in result.error_traceback
+    assert result.error_traceback.rstrip().endswith("ValueError: bad 5")
+    cannot = ENDINGS.failed(delivery(t), t, TypeError("too many"), 0.0, 0.0, retryable=False)
+    assert cannot.settlement.result is not None
+    assert Result.decode(cannot.settlement.result).error_traceback is None  # it never ran
+
+
+def test_a_long_traceback_keeps_its_end() -> None:
+    text = traceback_text(raised(ValueError("x" * 20_000)))
+    assert len(text) <= MAX_TRACEBACK_CHARS + 40
+    assert text.startswith("... (traceback cut)\n") and text.rstrip().endswith("x" * 100)
+
+
+def test_a_task_nobody_waits_for_ends_without_a_result() -> None:
+    t = Task(name="boom", args=[5], reply_to=NO_REPLY, max_attempts=1)
+    done = ENDINGS.ok(delivery(t), t, 25, 0.0, 0.1)
+    assert done.outcome == "ok"
+    assert (done.settlement.result, done.settlement.reply_to) == (None, None)
+    failed = ENDINGS.failed(delivery(t), t, raised(ValueError("x")), 0.0, 0.1, retryable=True)
+    assert failed.outcome == "failed" and failed.settlement.dead_letter is not None
+    assert (failed.settlement.result, failed.settlement.reply_to) == (None, None)

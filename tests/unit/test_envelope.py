@@ -68,3 +68,22 @@ def test_dead_letter_keeps_binary_bodies_byte_for_byte() -> None:
     for body in (b"\xff\x00 raw", b'{"text": "fine"}'):
         letter = DeadLetter(body=body, reason="r", queue="q", worker="w")
         assert DeadLetter.decode(letter.encode()) == letter
+
+
+def test_an_error_result_carries_the_remote_traceback_and_older_ones_still_decode() -> None:
+    fields = dict(task_id="t", status="error", worker="w", attempt=3, started_at=1.0, duration=0.5)
+    failed = Result(
+        **fields,  # type: ignore[arg-type]
+        error_type="ValueError",
+        error_message="failed 3 of 3 attempts; last error: ValueError: x",
+        error_traceback='Traceback (most recent call last):\n  File "a.py"\nValueError: x\n',
+    )
+    assert Result.decode(failed.encode()) == failed
+    assert json.loads(failed.encode())["error"]["traceback"].endswith("ValueError: x\n")
+    older = json.loads(failed.encode())
+    del older["error"]["traceback"]  # as a worker without tracebacks sends it
+    decoded = Result.decode(json.dumps(older))
+    assert decoded.error_traceback is None and decoded.error_type == "ValueError"
+    older["error"]["traceback"] = 7
+    with pytest.raises(EnvelopeError, match=r"'error\.traceback' is not text"):
+        Result.decode(json.dumps(older))

@@ -10,13 +10,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conftest import free_port
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
 from distq.master import JobReport, JobSpec, Master, Workload, allowance, percentile
 from distq.squares import Squares
 from distq.transport import Settlement, Transport, open_transport
+from launch import free_port
 
 
 @pytest.fixture

@@ -1,25 +1,338 @@
+"""Metrics: what master and worker count, in the names, types and labels the README promises."""
+
 from __future__ import annotations
 
-import urllib.request
+import io
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
 
-from conftest import free_port
-from distq.metrics import MasterMetrics, WorkerMetrics, serve
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import REPO
+from distq.console import Console
+from distq.ending import Ending, Outcome
+from distq.envelope import DeadLetter, Result, Status, Task
+from distq.errors import TransportError
+from distq.health import Readiness
+from distq.metrics import BUCKETS, MasterMetrics, WorkerMetrics
+from distq.sampler import StatsSampler
+from distq.tasks import Registry
+from distq.telemetry import MasterTelemetry, WorkerTelemetry
+from distq.transport import (
+    Consumer,
+    Delivery,
+    Producer,
+    QueueStats,
+    Revive,
+    Settlement,
+    Transport,
+    original_body,
+)
+from distq.worker import Worker, WorkerOptions, _Slot
+
+BASE = {"transport": "redis", "queue": "q"}
 
 
-def test_metrics_are_served_in_base_units_with_total_counters() -> None:
-    worker = WorkerMetrics()
-    worker.tasks.labels("ok").inc(3)
-    worker.task_seconds.observe(0.002)
-    port = free_port()
-    serve(port, worker.registry, host="127.0.0.1")
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    assert 'distq_worker_tasks_total{outcome="ok"} 3.0' in text
-    assert "distq_worker_task_duration_seconds_count 1.0" in text
+def readme_table() -> dict[str, tuple[str, set[str]]]:
+    """The README's metrics table: name -> (type, label names)."""
+    rows: dict[str, tuple[str, set[str]]] = {}
+    text = (REPO / "README.md").read_text()
+    table = text.split("| metric | type | labels | meaning |", 1)[1].split("\n\n", 1)[0]
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        name = cells[0].strip("`")
+        labels = set(re.findall(r"`([a-z_]+)`", cells[2]))
+        rows[name] = (cells[1], labels)
+    return rows
 
 
-def test_each_instance_has_its_own_registry() -> None:
-    one, two = MasterMetrics(), MasterMetrics()
-    one.submitted.inc(5)
-    assert two.registry.get_sample_value("distq_master_tasks_submitted_total") == 0.0
-    assert one.registry.get_sample_value("distq_master_tasks_submitted_total") == 5.0
+def families(registry: CollectorRegistry) -> dict[str, tuple[str, set[str]]]:
+    """What a registry exports: family name -> (type, label names of its samples)."""
+    found: dict[str, tuple[str, set[str]]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        labels: set[str] = set()
+        for sample in family.samples:
+            if not sample.name.endswith("_created"):
+                labels |= set(sample.labels) - {"le"}
+        name = family.name + ("_total" if family.type == "counter" else "")
+        found[name] = (family.type, labels)
+    return found
+
+
+def worker_metrics() -> tuple[WorkerMetrics, WorkerTelemetry]:
+    metrics = WorkerMetrics("redis", "q", ["square", "resize"])
+    return metrics, WorkerTelemetry(metrics)
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, {**BASE, **labels})
+
+
+def task(name: str = "square", created_at: float | None = None) -> Task:
+    return Task(
+        name=name,
+        args=[3],
+        reply_to="r",
+        created_at=time.time() if created_at is None else created_at,
+    )
+
+
+def test_every_family_is_in_the_readme_table_with_its_type_and_labels() -> None:
+    worker, _ = worker_metrics()
+    master = MasterMetrics("redis", "q")
+    master.sampled(QueueStats(ready=1, in_flight=2, dead=3, consumers=4))
+    exported = {**families(worker.registry), **families(master.registry)}
+    assert exported == readme_table()
+    for _kind, labels in exported.values():
+        assert {"transport", "queue"} <= labels
+
+
+def ending(
+    task: Task | None, outcome: Outcome, started_at: float = 0.0, duration: float = 0.0
+) -> Ending:
+    return Ending(Settlement(Delivery(b"", 1)), outcome, task, started_at, duration)
+
+
+def test_worker_counts_each_settled_task_by_registered_name_and_outcome() -> None:
+    metrics, telemetry = worker_metrics()
+    registry = metrics.registry
+    telemetry.fetched([Delivery(b"", 1, redelivered=True), Delivery(b"", 2), Delivery(b"", 3)])
+    now = time.time()
+    endings = [
+        ending(task("square", created_at=now - 0.3), "ok", now, 0.002),
+        ending(task("resize", created_at=now - 0.3), "retried", now, 0.2),
+        ending(task("rm -rf /", created_at=now - 0.3), "failed", now, 0.0),  # never ran
+        ending(None, "malformed"),
+    ]
+    telemetry.settled(endings, released=2)
+    assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 1
+    assert value(registry, "distq_worker_tasks_total", task="resize", outcome="retried") == 1
+    assert value(registry, "distq_worker_tasks_total", task="(unregistered)", outcome="failed") == 1
+    assert value(registry, "distq_worker_tasks_total", task="(unknown)", outcome="malformed") == 1
+    assert value(registry, "distq_worker_tasks_total", task="(unknown)", outcome="released") == 2
+    assert value(registry, "distq_worker_redeliveries_total") == 1
+    assert value(registry, "distq_worker_queue_wait_seconds_count") == 3
+    wait = value(registry, "distq_worker_queue_wait_seconds_sum")
+    assert wait is not None and 0.89 < wait < 0.91
+    assert value(registry, "distq_worker_task_duration_seconds_count", task="square") == 1
+    assert value(registry, "distq_worker_task_duration_seconds_count", task="resize") == 1
+    assert value(registry, "distq_worker_task_duration_seconds_sum", task="resize") == 0.2
+    assert "rm -rf" not in generate_latest(registry).decode()
+
+
+class Settles(Consumer):
+    """A consumer whose settle and release succeed, or raise like a lost broker."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+        return []
+
+    def heartbeat(self) -> None:
+        pass
+
+    def gone(self, reply_to: Collection[str]) -> set[str]:
+        return set()
+
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        if self.fail:
+            raise TransportError("Redis at 127.0.0.1:6379: Connection reset by peer")
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def slot(consumer: Consumer) -> _Slot:
+    """A worker slot holding ``consumer``, with the four deliveries of the test in hand."""
+    held = _Slot(0)
+    held.consumer, held.in_hand = consumer, 4
+    return held
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_worker_counts_a_batch_once_it_is_settled(fail: bool) -> None:
+    metrics, telemetry = worker_metrics()
+    console = Console(quiet=True, out=io.StringIO(), err=io.StringIO())
+    worker = Worker(
+        None,  # type: ignore[arg-type]  # the runner and _settle do not touch the transport
+        Registry(),
+        WorkerOptions(worker_id="w1"),
+        console,
+        telemetry=telemetry,
+    )
+    bodies = [task().encode(), b"{not json", task("nope").encode(), task().encode()]
+    deliveries = [Delivery(body, i) for i, body in enumerate(bodies)]
+    endings = [worker.runner(d) for d in deliveries[:3]]  # the last one never started
+    assert [e.outcome for e in endings] == ["ok", "malformed", "failed"]
+    registry = metrics.registry
+    if fail:  # the tasks come back and run again: counting them now would count twice
+        with pytest.raises(TransportError):
+            worker._settle(slot(Settles(fail=True)), endings, deliveries[len(endings) :])
+        assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 0
+        return
+    worker._settle(slot(Settles(fail=False)), endings, deliveries[len(endings) :])
+    assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 1
+    assert value(registry, "distq_worker_tasks_total", task="(unknown)", outcome="malformed") == 1
+    assert value(registry, "distq_worker_tasks_total", task="(unregistered)", outcome="failed") == 1
+    assert value(registry, "distq_worker_tasks_total", task="(unknown)", outcome="released") == 1
+    # the unknown task never ran: it has no run time
+    assert value(registry, "distq_worker_task_duration_seconds_count", task="square") == 1
+    assert (
+        value(registry, "distq_worker_task_duration_seconds_count", task="(unregistered)") is None
+    )
+
+
+def test_histogram_buckets_match_prometheus_clients_own() -> None:
+    metrics, telemetry = worker_metrics()
+    reference = Histogram("ref", "ref", buckets=BUCKETS, registry=CollectorRegistry())
+    values = [1e-9, 0.0005, 0.00051, 0.001, 0.3, 1.0, 2.5, 299.0, 300.0, 301.0, 1e6]
+    telemetry.settled([ending(task(), "ok", time.time(), seconds) for seconds in values])
+    for seconds in values:
+        reference.observe(seconds)
+    ours = {
+        s.labels["le"]: s.value
+        for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in f.samples
+        if s.name == "distq_worker_task_duration_seconds_bucket" and s.labels["task"] == "square"
+    }
+    theirs = {
+        s.labels["le"]: s.value
+        for f in reference.collect()
+        for s in f.samples
+        if s.name == "ref_bucket"
+    }
+    assert ours == theirs and ours["+Inf"] == len(values)
+
+
+def test_master_counts_results_round_trips_and_outstanding_tasks() -> None:
+    metrics = MasterMetrics("redis", "q")
+    telemetry = MasterTelemetry(metrics)
+    tasks = [task() for _ in range(3)]
+    telemetry.submitted(tasks, outstanding=3)
+    statuses: tuple[Status, Status] = ("ok", "error")
+    for t, status in zip(tasks[:2], statuses, strict=True):
+        result = Result(
+            task_id=t.id, status=status, worker="w", attempt=1, started_at=0, duration=0.1
+        )
+        telemetry.result(result, 0.004)
+    telemetry.duplicate(result)
+    telemetry.collected(outstanding=1)
+    registry = metrics.registry
+    assert value(registry, "distq_master_tasks_submitted_total") == 3
+    assert value(registry, "distq_master_results_total", status="ok") == 1
+    assert value(registry, "distq_master_results_total", status="error") == 1
+    assert value(registry, "distq_master_duplicate_results_total") == 1
+    assert value(registry, "distq_master_task_round_trip_seconds_count") == 2
+    assert value(registry, "distq_master_task_round_trip_seconds_bucket", le="0.005") == 2
+    assert value(registry, "distq_master_tasks_outstanding") == 1
+
+
+def test_queue_samples_replace_and_vanish_rather_than_go_stale() -> None:
+    metrics = MasterMetrics("rabbitmq", "q")
+    labels: dict[str, Any] = {"transport": "rabbitmq", "queue": "q"}
+    metrics.sampled(QueueStats(ready=5, in_flight=2, dead=1, consumers=3))
+    get = metrics.registry.get_sample_value
+    assert get("distq_queue_depth", {**labels, "state": "in_flight"}) == 2
+    assert get("distq_workers", labels) == 3
+    metrics.sampled(QueueStats(ready=4, in_flight=0, dead=1, consumers=3, in_flight_known=False))
+    assert get("distq_queue_depth", {**labels, "state": "ready"}) == 4
+    assert get("distq_queue_depth", {**labels, "state": "in_flight"}) is None
+    metrics.sampled(None)
+    assert get("distq_queue_depth", {**labels, "state": "ready"}) is None
+    assert get("distq_workers", labels) is None
+
+
+def promtool_check(exposition: bytes) -> subprocess.CompletedProcess[bytes]:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail(
+            "promtool is not installed: run `make test` (it installs Debian's prometheus), "
+            "or apt-get install prometheus"
+        )
+    return subprocess.run(
+        [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60
+    )
+
+
+def test_promtool_finds_nothing_to_lint() -> None:
+    worker, telemetry = worker_metrics()
+    telemetry.settled([ending(task(), "ok", time.time(), 0.001)], released=1)
+    master = MasterMetrics("redis", "q")
+    master.sampled(QueueStats(ready=1, in_flight=2, dead=3, consumers=4))
+    for registry in (worker.registry, master.registry):
+        done = promtool_check(generate_latest(registry))
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_would_catch_a_bad_name() -> None:
+    from prometheus_client import Counter
+
+    registry = CollectorRegistry()
+    Counter("distq_bad_milliseconds", "Not base units.", registry=registry).inc()
+    done = promtool_check(generate_latest(registry))
+    assert done.returncode != 0
+
+
+class Counts(Transport):
+    """A transport whose stats() answers what the test says, or raises."""
+
+    name = "stub"
+
+    def __init__(self) -> None:
+        self.answer: QueueStats | Exception = QueueStats(1, 2, 3, 4)
+
+    def stats(self) -> QueueStats:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def describe(self) -> str:
+        return "stub"
+
+    def reply_queue(self, job_id: str) -> str:
+        return job_id
+
+    def producer(self, reply_to: str) -> Producer:
+        raise NotImplementedError
+
+    def consumer(self, consumer_id: str) -> Consumer:
+        raise NotImplementedError
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return []
+
+    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_sampler_feeds_the_gauges_and_the_brokers_readiness() -> None:
+    transport, metrics, readiness = Counts(), MasterMetrics("stub", "q"), Readiness()
+    sampler = StatsSampler(transport, 60, readiness.link("broker"), metrics)
+    labels = {"transport": "stub", "queue": "q"}
+    get = metrics.registry.get_sample_value
+    assert sampler.sample() == QueueStats(1, 2, 3, 4)
+    assert readiness.check().ok
+    assert get("distq_queue_depth", {**labels, "state": "in_flight"}) == 2
+    assert get("distq_workers", labels) == 4
+    transport.answer = TransportError("Redis at 127.0.0.1:6379: Connection refused")
+    assert sampler.sample() is None
+    assert readiness.check().body["reason"] == "broker: Redis at 127.0.0.1:6379: Connection refused"
+    assert get("distq_workers", labels) is None
+    transport.answer = QueueStats(5, 0, 0, 1, in_flight_known=False)  # RabbitMQ over AMQP
+    sampler.sample()
+    assert readiness.check().ok
+    assert get("distq_queue_depth", {**labels, "state": "ready"}) == 5
+    assert get("distq_queue_depth", {**labels, "state": "in_flight"}) is None

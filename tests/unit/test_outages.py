@@ -144,6 +144,9 @@ class Stub(Transport):
     def stats(self) -> object:  # type: ignore[override]
         raise NotImplementedError
 
+    def requeue_dead(self, limit: int, revive: object = None) -> int:
+        return 0
+
     def close(self) -> None:
         pass
 

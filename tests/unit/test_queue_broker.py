@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import inspect
 
-from distq.transport.manager import _EXPOSED, QueueBroker, _BrokerProxy
+import pytest
+
+from distq.errors import ConnectionFailed
+from distq.transport.manager import _EXPOSED, ManagerTransport, QueueBroker, _BrokerProxy
 
 
 class Clock:
@@ -144,3 +147,36 @@ def test_a_consumer_back_under_its_old_name_does_not_renew_the_old_lease() -> No
         broker.reap()
     got = broker.fetch("q", "w-0.bbbbbb", 1, 0, 1.0)
     assert [(body, again) for _, body, again in got] == [(b"a", True)]
+
+
+def test_a_master_closing_as_a_worker_connects_is_a_connection_failure() -> None:
+    """Seen as a worker thread's traceback (EOFError) when a job ended as it connected."""
+
+    def closing() -> None:
+        raise EOFError
+
+    transport = ManagerTransport.__new__(ManagerTransport)  # only its address is needed
+    transport.address = "127.0.0.1:9"
+    with pytest.raises(ConnectionFailed, match="closed the connection as we connected"):
+        transport._connect(closing)
+
+
+def test_withdraw_takes_waiting_tasks_only_once_each_and_keeps_the_order() -> None:
+    broker = QueueBroker()
+    broker.put("q", [b"a", b"b", b"c", b"b", b"d"])
+    broker.fetch("q", "c1", 1, 0.1, 5.0)  # "a" is leased: not withdrawable
+    assert broker.withdraw("q", [b"a", b"b", b"d", b"zz", b"b", b"b"]) == [
+        False, True, True, False, True, False
+    ]  # fmt: skip
+    assert broker.peek("q", 10) == [b"c"]
+    assert broker.withdraw("q", []) == []
+
+
+def test_requeue_dead_moves_the_oldest_letter_only_if_it_is_still_the_oldest() -> None:
+    broker = QueueBroker()
+    broker.put("q.dead", [b"letter-1", b"letter-2"])
+    assert broker.requeue_dead("q", b"letter-2", b"task-2") is False  # not the oldest
+    assert broker.requeue_dead("q", b"letter-1", b"task-1") is True
+    assert broker.requeue_dead("q", b"letter-1", b"task-1") is False  # taken already
+    assert broker.peek("q", 10) == [b"task-1"]
+    assert broker.peek("q.dead", 10) == [b"letter-2"]

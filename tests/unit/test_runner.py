@@ -82,3 +82,14 @@ def test_quiet_prints_failures_only() -> None:
     assert out.getvalue() == ""
     assert run(runner, "boom", 3)[0] == "retried"
     assert "attempt 1/3 failed" in out.getvalue()
+
+
+def test_the_traceback_of_a_failed_task_starts_in_the_task_code(runner: TaskRunner) -> None:
+    task = Task(name="boom", args=[5], reply_to="replies", max_attempts=1)
+    ending = runner(Delivery(body=task.encode(), tag=1))
+    assert ending.outcome == "failed" and ending.settlement.result is not None
+    text = Result.decode(ending.settlement.result).error_traceback
+    assert text is not None
+    frames = [line for line in text.splitlines() if line.startswith("  File ")]
+    assert len(frames) == 1 and frames[0].endswith(", in boom"), text
+    assert "distq/runner.py" not in text

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import free_port
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions
+from launch import free_port
 from seam import results_n
 
 

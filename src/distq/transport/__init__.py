@@ -21,9 +21,11 @@ from distq.transport.base import (
     Delivery,
     Producer,
     QueueStats,
+    Revive,
     Role,
     Settlement,
     Transport,
+    original_body,
 )
 
 if TYPE_CHECKING:  # distq.config reads TRANSPORTS from here: no import back at run time
@@ -35,10 +37,12 @@ __all__ = [
     "Delivery",
     "Producer",
     "QueueStats",
+    "Revive",
     "Role",
     "Settlement",
     "Transport",
     "open_transport",
+    "original_body",
 ]
 
 # name -> (module, class); a module is imported only when its transport is opened

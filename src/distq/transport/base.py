@@ -4,7 +4,9 @@ A transport moves three kinds of message:
 
 * tasks, from a master's :class:`Producer` to a worker's :class:`Consumer`;
 * results, from a consumer back to the producer whose ``reply_to`` the task names;
-* dead letters, messages taken out of circulation for good, with the reason.
+* dead letters, messages taken out of circulation for good, with the reason; an
+  operator reads them (:meth:`Transport.dead_letters`) and puts them back after a fix
+  (:meth:`Transport.requeue_dead`).
 
 Guarantee (the same on every transport): at-least-once delivery with leases.
 A delivery handed out by :meth:`Consumer.fetch` stays leased to that consumer while it
@@ -41,7 +43,7 @@ listening) before it returns.
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -101,18 +103,30 @@ class Settlement:
     dead_letter: bytes | None = None
 
 
+#: How :meth:`Transport.requeue_dead` turns a dead letter into the body it enqueues.
+Revive = Callable[[DeadLetter], bytes]
+
+
+def original_body(letter: DeadLetter) -> bytes:
+    """The message exactly as it was dead-lettered."""
+    return letter.body
+
+
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     """Counts an operator cares about: waiting, leased, dead-lettered, and who takes them.
 
     ``consumers`` is the number of worker slots attached to the queue (a worker with
-    ``--concurrency C`` has C), as far as the broker can tell.
+    ``--concurrency C`` has C), as far as the broker can tell. ``in_flight_known`` is
+    False where the broker's protocol cannot count every lease (then ``in_flight``
+    counts only this process's own).
     """
 
     ready: int
     in_flight: int
     dead: int
     consumers: int
+    in_flight_known: bool = True
 
 
 class Producer(abc.ABC):
@@ -155,6 +169,17 @@ class Producer(abc.ABC):
         inside ``Settings.master_ttl``): it is what keeps the reply queue alive. Raises
         :class:`~distq.errors.TransportError` while the broker cannot be reached.
         """
+
+    def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
+        """Take tasks submitted earlier back out of the ready queue, before any worker does.
+
+        One answer per body: True when it was still waiting and is gone now (it will never
+        run), False when a consumer has it (leased, running, settled), it waits out a
+        retry delay, or the transport cannot take a message back. Manager and Redis
+        withdraw; RabbitMQ cannot (AMQP has no way to remove one message from a queue),
+        so this default answers False for every body.
+        """
+        return [False] * len(bodies)
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -227,6 +252,17 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Read (without removing) up to ``limit`` dead letters, oldest first."""
+
+    @abc.abstractmethod
+    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+        """Put up to ``limit`` dead letters, oldest first, back on the task queue as
+        ``revive(letter)``; return how many.
+
+        Each letter moves atomically: it leaves the dead letters only once its task is
+        enqueued, so a crash (or a lost connection) never loses one; at worst a letter
+        whose task was enqueued is put back twice (at-least-once, like every delivery).
+        Two callers at once never move the same letter twice.
+        """
 
     @abc.abstractmethod
     def stats(self) -> QueueStats:

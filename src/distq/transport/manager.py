@@ -35,7 +35,7 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import AuthenticationError, connection
@@ -51,9 +51,11 @@ from distq.transport.base import (
     Delivery,
     Producer,
     QueueStats,
+    Revive,
     Role,
     Settlement,
     Transport,
+    original_body,
     tags_of,
 )
 
@@ -135,6 +137,30 @@ class QueueBroker:
         """Those of ``reply_to`` that no producer holds."""
         with self._lock:
             return [name for name in reply_to if name not in self._replies]
+
+    def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
+        """Remove these bodies from the ready queue, one each; True for each one removed."""
+        with self._lock:
+            items = self._queue(queue)
+            wanted = Counter(bodies)
+            kept = [item for item in items if not _take(wanted, item[0])]
+            removed = Counter(bodies)
+            removed.subtract(wanted)  # what was found, per body
+            if len(kept) < len(items):
+                items.clear()  # the same deque: waiting fetches hold it
+                items.extend(kept)
+            return [_take(removed, body) for body in bodies]
+
+    def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool:
+        """If ``letter`` is the oldest dead letter of ``queue``, replace it by the task
+        ``body`` at the end of ``queue``; False when someone else took it first."""
+        with self._lock:
+            dead = self._queue(f"{queue}.dead")
+            if not dead or dead[0][0] != letter:
+                return False
+            dead.popleft()
+            self._push(queue, [body])
+            return True
 
     # -- consumer side -------------------------------------------------------
     def fetch(
@@ -248,6 +274,14 @@ class QueueBroker:
             self.reap()
 
 
+def _take(counts: Counter[bytes], body: bytes) -> bool:
+    """Count one ``body`` off ``counts``; whether there was one to count."""
+    if counts[body] > 0:
+        counts[body] -= 1
+        return True
+    return False
+
+
 class _Broker(Protocol):
     """What producers and consumers call: the :class:`QueueBroker` itself in the master,
     a :class:`_BrokerProxy` of it in a worker. ``None`` from ``get`` or ``fetch`` is a
@@ -258,6 +292,8 @@ class _Broker(Protocol):
     def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None: ...
     def delete(self, queue: str) -> None: ...
     def gone(self, reply_to: Sequence[str]) -> list[str]: ...
+    def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]: ...
+    def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool: ...
     def fetch(
         self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
     ) -> list[Wire] | None: ...
@@ -275,6 +311,8 @@ _EXPOSED = (
     "get",
     "delete",
     "gone",
+    "withdraw",
+    "requeue_dead",
     "fetch",
     "heartbeat",
     "settle",
@@ -356,6 +394,12 @@ class _BrokerProxy(BaseProxy):
     def gone(self, reply_to: Sequence[str]) -> list[str]:
         return cast("list[str]", self._call("gone", reply_to))
 
+    def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
+        return cast("list[bool]", self._call("withdraw", queue, bodies))
+
+    def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool:
+        return bool(self._call("requeue_dead", queue, letter, body))
+
     def fetch(
         self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
     ) -> list[Wire] | None:
@@ -417,6 +461,7 @@ class ManagerTransport(Transport):
         host, port = settings.manager_address
         self.address = f"{host}:{port}"
         self._role = role
+        self._acceptor: threading.Thread | None = None
         if role == "master":
             broker = QueueBroker()
             manager = _serving_manager(broker, settings)
@@ -430,7 +475,8 @@ class ManagerTransport(Transport):
             broker.start_reaper(min(0.25, settings.lease_seconds / 4))
             self._server.stop_event = threading.Event()  # serve_client() polls it
             self._broker = broker
-            threading.Thread(target=self._accept, name="distq-accept", daemon=True).start()
+            self._acceptor = threading.Thread(target=self._accept, name="distq-accept", daemon=True)
+            self._acceptor.start()
         else:
             self._manager = _ClientManager(
                 address=settings.manager_address, authkey=settings.authkey
@@ -456,11 +502,15 @@ class ManagerTransport(Transport):
                 f"authentication failed: the master at {self.address} rejected DISTQ_AUTHKEY; "
                 "use the same key as the master"
             ) from None
-        except (OSError, EOFError) as exc:  # EOF: the master closed during the handshake
-            reason = getattr(exc, "strerror", None) or exc or "connection closed"
+        except OSError as exc:
             raise ConnectionFailed(
                 f"cannot reach the master at {self.address} (DISTQ_MANAGER_ADDRESS): "
-                f"{reason}; is `distq master` running there?"
+                f"{exc.strerror or exc}; is `distq master` running there?"
+            ) from None
+        except EOFError:  # a master closing as we connect: its job is done, or it stopped
+            raise ConnectionFailed(
+                f"the master at {self.address} closed the connection as we connected "
+                "(its job is done, or it stopped)"
             ) from None
 
     def describe(self) -> str:
@@ -492,6 +542,19 @@ class ManagerTransport(Transport):
         bodies = _call(self.address, self._endpoint().peek, f"{self._queue}.dead", limit)
         return [DeadLetter.decode(body) for body in bodies]
 
+    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+        broker, dead, moved = self._endpoint(), f"{self._queue}.dead", 0
+        while moved < limit:
+            letters = _call(self.address, broker.peek, dead, min(MESSAGE_BATCH, limit - moved))
+            if not letters:
+                break
+            for letter in letters:  # oldest first; one at a time, each compared and moved
+                body = revive(DeadLetter.decode(letter))
+                if not _call(self.address, broker.requeue_dead, self._queue, letter, body):
+                    break  # another caller took it: read the dead letters again
+                moved += 1
+        return moved
+
     def stats(self) -> QueueStats:
         ready, in_flight, dead, consumers = _call(self.address, self._endpoint().stats, self._queue)
         return QueueStats(ready=ready, in_flight=in_flight, dead=dead, consumers=consumers)
@@ -502,7 +565,20 @@ class ManagerTransport(Transport):
             broker.stop()
         if self._server is not None:
             self._server.stop_event.set()
+            self._wake_acceptor()
             self._server.listener.close()
+
+    def _wake_acceptor(self) -> None:
+        """End the thread blocked in ``accept()``: until it returns, the listening socket
+        stays open whatever ``close()`` does, and the address cannot be listened on again
+        (a second executor on the same address in one process)."""
+        if self._acceptor is None or not self._acceptor.is_alive():
+            return
+        host, port = self._settings.manager_address
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            pass  # the handshake fails, and the thread sees it is to stop
+        self._acceptor.join(timeout=1)
 
 
 def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
@@ -550,6 +626,9 @@ class ManagerProducer(Producer):
 
     def results(self, max_count: int, timeout: float) -> list[bytes]:
         return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
+
+    def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
+        return _call(self._address, self._broker.withdraw, self._queue, list(bodies))
 
     def close(self) -> None:
         with contextlib.suppress(OSError, EOFError):

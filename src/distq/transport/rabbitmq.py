@@ -77,6 +77,9 @@ the master's producer unpacks it.
 unacknowledged counts (the management plugin does), so ``in_flight`` counts only the
 deliveries held by this transport's own consumers. ``dead_letters()`` peeks with
 ``basic_get`` and requeues with one ``basic_nack``, which keeps the order.
+``requeue_dead()`` takes letters with ``basic_get``, publishes their tasks, waits for
+the confirms and only then acks the letters. A producer cannot ``withdraw`` a task:
+AMQP has no way to take one message back out of a queue.
 
 Threading: pika is not thread-safe. Every producer and consumer owns its connection and
 channel and is used by one thread; code that must reach a connection from another
@@ -103,10 +106,13 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pika.exceptions
 
+from distq import tls
 from distq.config import MESSAGE_BATCH, Settings
+from distq.credentials import mask_url
 from distq.envelope import DeadLetter
 from distq.errors import (
     AuthenticationFailed,
+    CertificateRejected,
     ConfigError,
     ConnectionFailed,
     EnvelopeError,
@@ -117,9 +123,11 @@ from distq.transport.base import (
     Delivery,
     Producer,
     QueueStats,
+    Revive,
     Role,
     Settlement,
     Transport,
+    original_body,
     tags_of,
 )
 from distq.transport.pika_internals import FastChannel
@@ -155,15 +163,20 @@ class _Broker:
     port: int
     user: str
     vhost: str
+    tls_files: tls.TlsFiles = field(default_factory=tls.TlsFiles)
 
     @classmethod
-    def from_url(cls, url: str) -> _Broker:
+    def from_url(cls, url: str, tls_files: tls.TlsFiles | None = None) -> _Broker:
         try:
             params = pika.URLParameters(url)
         except ValueError as exc:
-            raise ConfigError(f"DISTQ_AMQP_URL is not a valid AMQP URL ({exc})") from None
+            raise ConfigError(
+                f"DISTQ_AMQP_URL ({mask_url(url)}) is not a valid AMQP URL ({exc})"
+            ) from None
         user = unquote(urlsplit(url).username or params.credentials.username)
-        return cls(url, params.host, params.port, user, params.virtual_host)
+        return cls(
+            url, params.host, params.port, user, params.virtual_host, tls_files or tls.TlsFiles()
+        )
 
     @property
     def address(self) -> str:
@@ -175,12 +188,17 @@ class _Broker:
         params.heartbeat = heartbeat
         params.blocked_connection_timeout = _BLOCKED_TIMEOUT
         params.client_properties = {"connection_name": name}
+        if params.ssl_options is not None and "ssl_options=" not in self.url:
+            # pika's own amqps context checks host names without telling OpenSSL the host
+            context = self.tls_files.context()
+            params.ssl_options = pika.SSLOptions(context, server_hostname=self.host)
         where = f"RabbitMQ at {self.address}"
         try:
             return pika.BlockingConnection(params)
         except pika.exceptions.ProbableAuthenticationError:
             raise AuthenticationFailed(
-                f"{where} refused user {self.user!r} (DISTQ_AMQP_URL); check the user and password"
+                f"{where} refused user {self.user!r} (DISTQ_AMQP_URL, DISTQ_AMQP_PASSWORD[_FILE]); "
+                "check the user and password"
             ) from None
         except pika.exceptions.ProbableAccessDeniedError:
             raise AuthenticationFailed(
@@ -188,14 +206,16 @@ class _Broker:
                 "(DISTQ_AMQP_URL); check that the vhost exists and that the user has "
                 "permissions on it"
             ) from None
-        except ssl.SSLError as exc:
+        except (ssl.SSLError, *_PikaError) as exc:
+            problem = tls.failure(exc)
+            if problem is not None:
+                error = CertificateRejected if problem.refused else ConnectionFailed
+                raise error(problem.line(f"{where} (DISTQ_AMQP_URL)")) from None
+            hint = "is it running?"
+            if params.ssl_options is None and "refused" not in _describe(exc):
+                hint = "is it running? If that port expects TLS, use amqps://"
             raise ConnectionFailed(
-                f"TLS with {where} (DISTQ_AMQP_URL) failed: {_describe(exc)}; check that "
-                "the port speaks TLS (amqps, usually 5671) and that its certificate is trusted"
-            ) from None
-        except _PikaError as exc:
-            raise ConnectionFailed(
-                f"cannot reach {where} (DISTQ_AMQP_URL): {_describe(exc)}; is it running?"
+                f"cannot reach {where} (DISTQ_AMQP_URL): {_describe(exc)}; {hint}"
             ) from None
 
     @contextlib.contextmanager
@@ -370,7 +390,7 @@ class RabbitMQTransport(Transport):
         self.reply_prefix = f"{settings.queue}.results."
         self.quorum = settings.rabbitmq_queue_type == "quorum"
         self.lease_ms = max(1, round(settings.lease_seconds * 1000))
-        self._broker = _Broker.from_url(settings.amqp_url)
+        self._broker = _Broker.from_url(settings.amqp_url, settings.tls_files)
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
         self._admin: _Link | None = None
@@ -451,9 +471,10 @@ class RabbitMQTransport(Transport):
                 return call(self._admin_link(fresh=True).channel)
 
     def describe(self) -> str:
+        tls = " over TLS" if self._broker.url.startswith("amqps:") else ""
         if self.role == "master":
-            return f"rabbitmq transport at {self._broker.address}"
-        return f"rabbitmq at {self._broker.address}"
+            return f"rabbitmq transport at {self._broker.address}{tls}"
+        return f"rabbitmq at {self._broker.address}{tls}"
 
     def reply_queue(self, job_id: str) -> str:
         return f"{self.queue}.results.{job_id}"
@@ -501,6 +522,44 @@ class RabbitMQTransport(Transport):
         result: list[DeadLetter] = self._with_admin("reading dead letters", peek)
         return result
 
+    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+        """Take letters (``basic_get``), publish their tasks, confirm, then ack the letters.
+
+        A failure before the ack hands the letters back (nack, or the broker requeues
+        them when the connection dies): one whose task was published already is put back
+        twice, never lost. A stale admin connection is replaced once.
+        """
+        moved = [0]
+        with self._lock:
+            try:
+                self._requeue_dead(self._admin_link(), limit, revive, moved)
+            except _PikaError:
+                with self._broker.translated("requeueing dead letters"):
+                    self._requeue_dead(self._admin_link(fresh=True), limit, revive, moved)
+        return moved[0]
+
+    def _requeue_dead(self, link: _Link, limit: int, revive: Revive, moved: list[int]) -> None:
+        channel = link.channel
+        while moved[0] < limit:
+            got: list[tuple[Any, Any, bytes]] = []
+            try:
+                while len(got) < min(MESSAGE_BATCH, limit - moved[0]):
+                    method, props, body = channel.basic_get(self.dead_queue, auto_ack=False)
+                    if method is None:
+                        break
+                    got.append((method, props, body))
+                if not got:
+                    return
+                for _, props, body in got:
+                    link.publish(self.queue, revive(self._decode_dead(props, body)), mandatory=True)
+                link.confirm()
+                channel.basic_ack(got[-1][0].delivery_tag, multiple=True)
+                moved[0] += len(got)
+                got = []
+            finally:
+                if got and channel.is_open:
+                    channel.basic_nack(got[-1][0].delivery_tag, multiple=True, requeue=True)
+
     def _decode_dead(self, props: Any, body: bytes) -> DeadLetter:
         try:
             return DeadLetter.decode(body)
@@ -530,7 +589,9 @@ class RabbitMQTransport(Transport):
 
         ready, dead, consumers = self._with_admin("reading queue counts", counts)
         held = sum(c.held for c in list(self._children) if isinstance(c, RabbitMQConsumer))
-        return QueueStats(ready=ready, in_flight=held, dead=dead, consumers=consumers)
+        return QueueStats(
+            ready=ready, in_flight=held, dead=dead, consumers=consumers, in_flight_known=False
+        )
 
     def close(self) -> None:
         """Close every producer and consumer still open, then the admin connection.

@@ -3,7 +3,7 @@
 URL (``DISTQ_REDIS_URL``, parsed by :meth:`redis.Redis.from_url`)::
 
     redis://[[user]:password@]host:port[/db]      plain TCP
-    rediss://[[user]:password@]host:port[/db]     TLS (add ?ssl_cert_reqs=none for self-signed)
+    rediss://[[user]:password@]host:port[/db]     TLS; see distq.tls for the CA and client files
     unix://[[user]:password@]/path/redis.sock?db=0
 
 Ready tasks live in a plain list named after the queue, so ``LLEN <queue>`` is the
@@ -11,16 +11,19 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 
 | key (``<q>`` = ``DISTQ_QUEUE``)     | type | written by                       | read by     |
 |-------------------------------------|------|----------------------------------|-------------|
-| ``<q>``                             | list | submit LPUSH; requeue RPUSH      | claim, tail |
+| ``<q>``                             | list | submit LPUSH; requeue RPUSH (1)  | claim, tail |
 | ``distq:<q>:inflight:<id>``         | list | claim (with the lease, atomic)   | settle      |
 | ``distq:<q>:consumers``             | zset | claim, heartbeat, close          | sweep       |
 | ``distq:<q>:delayed``               | zset | settle: retry with a delay       | sweep       |
 | ``distq:<q>:redelivered``           | set  | sweep, release, close            | claim       |
-| ``distq:<q>:dead``                  | list | settle RPUSH, so oldest first    | LRANGE      |
+| ``distq:<q>:dead``                  | list | settle RPUSH, so oldest first    | LRANGE (2)  |
 | ``distq:<q>:masters``               | zset | a master: register, renew, close | settle      |
 | ``distq:<q>:results:<job>``         | list | settle LPUSH, if its master lives | take       |
 | ``distq:<q>:results:<job>:unacked`` | list | take: results sent, not acked    | take        |
 | ``distq:<q>:results:<job>:state``   | hash | submit, take (counts)            | renew       |
+
+(1) ``withdraw`` LREMs tasks not claimed yet and ``requeue_dead`` LPUSHes revived tasks.
+(2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
 
 ``<id>`` is a consumer id: the worker's slot name plus a random suffix per connection,
 so a worker that reconnects (or restarts under the same name) never renews the lease
@@ -69,17 +72,26 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
+from distq import tls
 from distq.config import MESSAGE_BATCH, Settings
 from distq.envelope import DeadLetter
-from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
+from distq.errors import (
+    AuthenticationFailed,
+    CertificateRejected,
+    ConfigError,
+    ConnectionFailed,
+    TransportError,
+)
 from distq.transport.base import (
     Consumer,
     Delivery,
     Producer,
     QueueStats,
+    Revive,
     Role,
     Settlement,
     Transport,
+    original_body,
     tags_of,
 )
 
@@ -241,6 +253,66 @@ return {redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3]), inflight,
         redis.call('LLEN', KEYS[6]), redis.call('ZCOUNT', KEYS[2], '(' .. now_ms(), '+inf')}
 """
 
+# KEYS = ready, redelivered; ARGV = bodies. One 1/0 per body: removed from ready or not.
+# A few bodies: one LREM each; many: one pass that rebuilds the list, in order.
+_WITHDRAW = """
+local out = {}
+if #ARGV <= 8 then
+  for i = 1, #ARGV do
+    out[i] = redis.call('LREM', KEYS[1], 1, ARGV[i])
+    if out[i] > 0 then redis.call('SREM', KEYS[2], ARGV[i]) end
+  end
+  return out
+end
+local wanted, found, keep = {}, {}, {}
+for i = 1, #ARGV do wanted[ARGV[i]] = (wanted[ARGV[i]] or 0) + 1 end
+for _, body in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if (wanted[body] or 0) > 0 then
+    wanted[body] = wanted[body] - 1
+    found[body] = (found[body] or 0) + 1
+  else
+    keep[#keep + 1] = body
+  end
+end
+if next(found) then
+  redis.call('DEL', KEYS[1])
+  push('RPUSH', KEYS[1], keep)
+  local gone = {}
+  for body, _ in pairs(found) do gone[#gone + 1] = body end
+  push('SREM', KEYS[2], gone)
+end
+for i = 1, #ARGV do
+  local n = found[ARGV[i]] or 0
+  out[i] = n > 0 and 1 or 0
+  if n > 0 then found[ARGV[i]] = n - 1 end
+end
+return out
+"""
+
+# KEYS = dead, ready; ARGV = pairs (dead letter, task body), oldest letter first. Moves
+# each letter whose turn it is (still the oldest) to ``ready`` as its body; stops at the
+# first one someone else took. Returns how many moved.
+_REQUEUE_DEAD = """
+local moved = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[i] then break end
+  redis.call('LPOP', KEYS[1])
+  redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+  moved = moved + 1
+end
+return moved
+"""
+
+_STATS = """
+local inflight = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  inflight = inflight + redis.call('LLEN', ARGV[3] .. id)
+end
+return {redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3]), inflight,
+        redis.call('LLEN', KEYS[6]), redis.call('ZCOUNT', KEYS[2], '(' .. now_ms(), '+inf')}
+"""
+
+
 # ARGV[4..] = result list names; returns 1 for each whose master is not registered and live.
 _GONE = """
 local now, out = now_ms(), {}
@@ -331,11 +403,13 @@ class RedisTransport(Transport):
                 # no silent retries: a re-sent claim whose reply was lost strands tasks
                 retry=Retry(NoBackoff(), 0),
                 client_name=f"distq-{role}",
+                **tls.redis_options(settings.redis_url, settings.tls_files),
             )
         except ValueError as exc:
             raise ConfigError(f"DISTQ_REDIS_URL is not a valid Redis URL ({exc})") from None
         kwargs = self.client.connection_pool.connection_kwargs
         self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
+        self.tls = settings.redis_url.startswith("rediss:")
         self._connect()
         self.claim_script = _Script(_PRELUDE + _CLAIM)
         self.settle_script = _Script(_PRELUDE + _SETTLE)
@@ -348,6 +422,8 @@ class RedisTransport(Transport):
         self.renew_script = _Script(_PRELUDE + _RENEW)
         self.take_script = _Script(_PRELUDE + _TAKE)
         self.close_master_script = _Script(_CLOSE_MASTER)
+        self.withdraw_script = _Script(_PRELUDE + _WITHDRAW)
+        self.requeue_dead_script = _Script(_REQUEUE_DEAD)
         with self.errors():
             self.load_scripts(self.client)
 
@@ -367,9 +443,7 @@ class RedisTransport(Transport):
                 raise self._refused(exc) from None
             raise ConnectionFailed(f"Redis at {self.address} failed at start: {exc}") from None
         except RedisError as exc:
-            raise ConnectionFailed(
-                f"cannot reach Redis at {self.address} (DISTQ_REDIS_URL): {exc}; is it running?"
-            ) from None
+            raise self._unreachable(exc) from None
         version = "99"
         with contextlib.suppress(RedisError):  # an ACL may forbid INFO; then trust the server
             version = str(self.client.info("server").get("redis_version", version))
@@ -379,10 +453,21 @@ class RedisTransport(Transport):
                 "(LMOVE, BLMOVE, RPOP with a count)"
             )
 
+    def _unreachable(self, exc: RedisError) -> ConnectionFailed:
+        where = f"Redis at {self.address} (DISTQ_REDIS_URL)"
+        problem = tls.failure(exc)
+        if problem is not None:
+            error = CertificateRejected if problem.refused else ConnectionFailed
+            return error(problem.line(where))
+        hint = "is it running?"
+        if not self.tls and "refused" not in str(exc):
+            hint = "is it running? If that port expects TLS, use rediss://"
+        return ConnectionFailed(f"cannot reach {where}: {exc}; {hint}")
+
     def _refused(self, exc: Exception) -> AuthenticationFailed:
         return AuthenticationFailed(
-            f"Redis at {self.address} refused the credentials in DISTQ_REDIS_URL: {exc}; "
-            "check the password"
+            f"Redis at {self.address} refused the credentials in DISTQ_REDIS_URL "
+            f"(or DISTQ_REDIS_PASSWORD[_FILE]): {exc}; check the password"
         )
 
     @contextlib.contextmanager
@@ -396,9 +481,10 @@ class RedisTransport(Transport):
             raise TransportError(f"Redis at {self.address}: {exc}") from None
 
     def describe(self) -> str:
+        tls = " over TLS" if self.tls else ""
         if self.role == "master":
-            return f"redis transport at {self.address}"
-        return f"redis at {self.address}"
+            return f"redis transport at {self.address}{tls}"
+        return f"redis at {self.address}{tls}"
 
     def reply_queue(self, job_id: str) -> str:
         return f"distq:{self.settings.queue}:results:{job_id}"
@@ -431,6 +517,25 @@ class RedisTransport(Transport):
         with self.errors():
             bodies: list[bytes] = self.client.lrange(self.dead_key, 0, limit - 1)
         return [DeadLetter.decode(body) for body in bodies]
+
+    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+        moved = 0
+        while moved < limit:
+            with self.errors():
+                letters: list[bytes] = self.client.lrange(
+                    self.dead_key, 0, min(MESSAGE_BATCH, limit - moved) - 1
+                )
+            if not letters:
+                break
+            pairs: list[Arg] = []
+            for letter in letters:
+                pairs += [letter, revive(DeadLetter.decode(letter))]
+            with self.errors():
+                count = int(
+                    self.requeue_dead_script(self.client, [self.dead_key, self.ready_key], pairs)
+                )
+            moved += count  # fewer than asked: another caller took some; read again
+        return moved
 
     def stats(self) -> QueueStats:
         """``ready`` counts ``<queue>`` plus delayed retries; ``in_flight`` every lease;
@@ -467,11 +572,14 @@ class RedisProducer(Producer):
         ]
         self._args: list[Arg] = [reply_to, transport.master_ttl_ms]
         self._received = 0  # results taken and returned so far: the acknowledgement
+        self._renew_every = transport.master_ttl_ms / 4000
+        self._renew_at = 0.0
         self.reconcile()  # register: workers run only the tasks of registered masters
 
     def submit(self, bodies: Sequence[bytes]) -> None:
         if not bodies:
             return
+        self._renew_when_due()
         with self._t.errors():
             pipe = self._r.pipeline(transaction=False)
             for start in range(0, len(bodies), MESSAGE_BATCH):
@@ -479,12 +587,29 @@ class RedisProducer(Producer):
                 self._t.submit_script.send(pipe, self._keys, [*self._args, *chunk])
             _execute(pipe, self._t.submit_script)
 
+    def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
+        if not bodies:
+            return []
+        keys = [self._t.ready_key, self._t.redelivered_key]
+        with self._t.errors():
+            found = self._t.withdraw_script(self._r, keys, list(bodies))
+        return [bool(n) for n in found]
+
     def reconcile(self) -> int:
         with self._t.errors():
-            return int(self._t.renew_script(self._r, self._keys, self._args))
+            held = int(self._t.renew_script(self._r, self._keys, self._args))
+        self._renew_at = time.monotonic() + self._renew_every
+        return held
+
+    def _renew_when_due(self) -> None:
+        """Renew the registration from the calls themselves too, for callers that do not
+        reconcile (an executor): a quarter of the master's time to live at the latest."""
+        if time.monotonic() >= self._renew_at:
+            self.reconcile()
 
     def results(self, max_count: int, timeout: float) -> list[bytes]:
         deadline = time.monotonic() + timeout
+        self._renew_when_due()
         with self._t.errors():
             got = self._take(None, max_count)
             while not got:

@@ -1,0 +1,81 @@
+"""Word counts over a folder of text files, split into tasks for distq workers.
+
+    python wordcount.py FOLDER [--glob '**/*.txt'] [--piece-bytes 65536] [--top 10]
+                               [--check] [--output counts.json]
+
+Every file matching ``--glob`` under FOLDER is read and cut, at line ends, into pieces
+of about ``--piece-bytes``; each piece is one task (``wordcount_tasks:count_words``),
+sent through :class:`distq.Executor` with ``map``; the pieces' counts are added up.
+``--check`` counts the same files again in this process and compares. Settings come
+from the ``DISTQ_*`` environment, as for ``distq worker``: with the manager transport
+this job hosts the queues and the workers connect to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import distq
+from wordcount_tasks import count_words, words
+
+
+def pieces(text: str, size: int) -> Iterator[str]:
+    """``text`` in pieces of about ``size`` characters, each ending at a line end."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
+
+
+def read(folder: Path, pattern: str) -> list[str]:
+    files = sorted(path for path in folder.glob(pattern) if path.is_file())
+    if not files:
+        sys.exit(f"wordcount: no file matches {pattern!r} under {folder}")
+    return [path.read_text(encoding="utf-8", errors="replace") for path in files]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--glob", default="**/*.txt", help="which files (default **/*.txt)")
+    parser.add_argument("--piece-bytes", type=int, default=65536, help="text per task")
+    parser.add_argument("--top", type=int, default=10, help="most frequent words to print")
+    parser.add_argument("--check", action="store_true", help="compare with a local count")
+    parser.add_argument("--output", type=Path, help="write every count as JSON here")
+    parser.add_argument("--timeout", type=float, default=300, help="give up after S seconds")
+    args = parser.parse_args()
+
+    texts = read(args.folder, args.glob)
+    work = [piece for text in texts for piece in pieces(text, args.piece_bytes)]
+    started = time.perf_counter()
+    total: Counter[str] = Counter()
+    with distq.Executor(task_timeout=args.timeout) as executor:
+        print(f"wordcount: {len(texts)} files, {len(work)} tasks, {executor.describe()}")
+        for counts in executor.map(count_words, work, timeout=args.timeout):
+            total.update(counts)
+    elapsed = time.perf_counter() - started
+    print(f"{sum(total.values()):,} words, {len(total):,} different, in {elapsed:.2f} s")
+    for word, count in total.most_common(args.top):
+        print(f"{count:>10,}  {word}")
+    if args.output:
+        args.output.write_text(json.dumps(dict(total), ensure_ascii=False, sort_keys=True))
+    if args.check:
+        local = sum((words(text) for text in texts), Counter())
+        if local != total:
+            differ = sorted(set(local) ^ set(total) | {w for w in local if local[w] != total[w]})
+            print(f"wordcount: MISMATCH with a single-process count: {differ[:10]}")
+            return 1
+        print("checked: the same counts as a single-process count")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Docker Compose on the stack's files, with the stack's settings:
+#   scripts/compose.sh ARGS...        e.g. scripts/compose.sh ps, scripts/compose.sh logs master
+# Sourced by scripts/compose-stack.sh for the same functions.
+#
+# - Runs `docker compose` (v2) when it answers, else `docker-compose` (v1). When neither
+#   is there: as root on Debian installs Debian's docker-compose; elsewhere says what to
+#   install. DISTQ_COMPOSE="docker-compose" (or "docker compose") picks one.
+# - The settings are the env file's (DISTQ_ENV_FILE, default .env; `make up` writes it):
+#   the variables the compose files read are taken out of the environment, so a
+#   DISTQ_TRANSPORT exported for other work cannot steer the stack. `make up NAME=value`
+#   is how a setting changes.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
+ENV_FILE=${DISTQ_ENV_FILE:-$REPO/.env}
+ENV_EXAMPLE=$REPO/.env.example
+
+# Every variable docker-compose.yml and deploy/compose/*.yml read, and the ones that steer
+# compose itself. tests/e2e/test_files.py checks that the list is complete.
+STACK_VARIABLES="COMPOSE_FILE COMPOSE_PROFILES COMPOSE_PROJECT_NAME DISTQ_TRANSPORT
+    DISTQ_AUTHKEY DISTQ_SIGNING_KEYS REDIS_PASSWORD RABBITMQ_USER RABBITMQ_PASSWORD GRAFANA_ADMIN_PASSWORD
+    GRAFANA MASTER_RATE MASTER_TASK_DELAY WORKERS WORKER_CONCURRENCY PROMETHEUS_PORT REDIS_PORT
+    RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT GRAFANA_PORT PYTHON_IMAGE REDIS_IMAGE
+    RABBITMQ_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE DISTQ_IMAGE_TAG"
+
+# Sets COMPOSE (an array): the compose command to run.
+find_compose() {
+    if [ -n "${DISTQ_COMPOSE:-}" ]; then
+        read -r -a COMPOSE <<<"$DISTQ_COMPOSE"
+        if ! "${COMPOSE[@]}" version >/dev/null 2>&1; then
+            log "DISTQ_COMPOSE=$DISTQ_COMPOSE does not run; unset it or install that one"
+            exit 1
+        fi
+        return 0
+    fi
+    if docker compose version >/dev/null 2>&1; then
+        COMPOSE=(docker compose)
+        return 0
+    fi
+    if command -v docker-compose >/dev/null 2>&1 && docker-compose version >/dev/null 2>&1; then
+        COMPOSE=(docker-compose)
+        return 0
+    fi
+    if is_root_on_debian; then
+        log "installing docker-compose (Debian's package)"
+        apt_install docker-compose
+        COMPOSE=(docker-compose)
+        return 0
+    fi
+    log "neither 'docker compose' nor 'docker-compose' runs. Install Docker Compose:"
+    log "https://docs.docker.com/compose/install/ (Debian/Ubuntu: apt-get install docker-compose)"
+    exit 1
+}
+
+# The env file: one NAME=value per line; the last assignment of a name counts.
+env_get() {  # NAME
+    [ -f "$ENV_FILE" ] || return 0
+    sed -n "s/^$1=//p" "$ENV_FILE" | tail -n 1
+}
+
+env_set() {  # NAME VALUE: replaces the line of NAME, or appends one
+    local tmp
+    tmp=$(mktemp "$ENV_FILE.XXXXXX")
+    if grep -q "^$1=" "$ENV_FILE"; then
+        awk -v name="$1" -v value="$2" \
+            'index($0, name "=") == 1 { print name "=" value; next } { print }' \
+            "$ENV_FILE" >"$tmp"
+    else
+        cat "$ENV_FILE" >"$tmp"
+        printf '%s=%s\n' "$1" "$2" >>"$tmp"
+    fi
+    chmod 600 "$tmp"
+    mv "$tmp" "$ENV_FILE"
+}
+
+secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+
+# Makes the env file from .env.example on first use, with random secrets; gives an older
+# env file the secrets it lacks.
+ensure_env_file() {
+    local name project
+    if [ ! -f "$ENV_FILE" ]; then
+        (umask 077 && cp "$ENV_EXAMPLE" "$ENV_FILE")
+        # Compose v1 and v2 derive different names from a directory such as distq-main.
+        project=$(basename "$REPO" | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9')
+        env_set COMPOSE_PROJECT_NAME "${project:-distq}"
+        log "wrote $ENV_FILE with random secrets (from .env.example)"
+    fi
+    for name in DISTQ_AUTHKEY DISTQ_SIGNING_KEYS REDIS_PASSWORD RABBITMQ_PASSWORD \
+            GRAFANA_ADMIN_PASSWORD; do
+        case "$(env_get "$name")" in
+            "" | change-me) env_set "$name" "$(secret)" ;;
+        esac
+    done
+}
+
+project_name() { env_get COMPOSE_PROJECT_NAME; }
+
+# The compose files and profiles of one transport (GRAFANA=1 adds its profile). A local
+# docker-compose.override.yml comes last, as compose itself would load it.
+compose_files() {  # TRANSPORT
+    local files=docker-compose.yml
+    [ "$1" = manager ] || files+=":deploy/compose/$1.yml"
+    [ ! -f "$REPO/docker-compose.override.yml" ] || files+=":docker-compose.override.yml"
+    printf '%s' "$files"
+}
+
+compose_profiles() {  # TRANSPORT GRAFANA
+    local profiles=""
+    [ "$1" = manager ] || profiles=$1
+    if [ "$2" = 1 ]; then profiles=${profiles:+$profiles,}grafana; fi
+    printf '%s' "$profiles"
+}
+
+# Runs compose with the env file's settings and nothing else from the environment.
+compose() {
+    local unset_args=() var
+    for var in $STACK_VARIABLES; do unset_args+=(-u "$var"); done
+    (cd "$REPO" && env "${unset_args[@]}" "${COMPOSE[@]}" --env-file "$ENV_FILE" "$@")
+}
+
+# The same, with every transport's files and profiles: reaches all of the stack's services.
+compose_all() {
+    (
+        cd "$REPO"
+        local unset_args=() var
+        for var in $STACK_VARIABLES; do unset_args+=(-u "$var"); done
+        env "${unset_args[@]}" \
+            COMPOSE_FILE="$(compose_files redis):deploy/compose/rabbitmq.yml" \
+            COMPOSE_PROFILES="redis,rabbitmq,grafana" \
+            "${COMPOSE[@]}" --env-file "$ENV_FILE" "$@"
+    )
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    if [ ! -f "$ENV_FILE" ]; then
+        log "no $ENV_FILE: start the stack with 'make up' first"
+        exit 1
+    fi
+    find_compose
+    compose "$@"
+fi

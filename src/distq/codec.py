@@ -1,0 +1,78 @@
+"""Envelopes to and from the wire: size limit, then signature, then decoding, in that order.
+
+A master seals tasks and opens results; a worker opens tasks and seals results and
+retries. Opening checks the size before anything reads the body, and the signature
+before the JSON parser sees a byte; every refusal is an
+:class:`~distq.errors.EnvelopeError` whose message is the reason (the worker puts it in
+the dead letter, the master in its warning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from distq.envelope import Result, Task
+from distq.errors import MessageTooLarge
+from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, check_nesting, check_size
+from distq.signing import Signer, unsigned
+
+if TYPE_CHECKING:
+    from distq.config import Settings
+
+
+class Codec:
+    """Seals and opens messages with one process's signing keys and size limit.
+
+    Without keys, a sealed message is the bare JSON envelope (what distq sent before
+    signing existed) and an opened one must be unsigned; see :mod:`distq.signing`.
+    """
+
+    def __init__(
+        self,
+        signing_keys: Sequence[bytes] = (),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.signer = Signer(signing_keys) if signing_keys else None
+        self.max_message_bytes = max_message_bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Codec:
+        return cls(settings.signing_keys, settings.max_message_bytes)
+
+    @property
+    def signing(self) -> bool:
+        return self.signer is not None
+
+    def seal_task(self, task: Task) -> bytes:
+        """The task as sent; :class:`MessageTooLarge` names the task when it is too big."""
+        try:
+            return self.seal(task.encode(), "task")
+        except MessageTooLarge as exc:
+            raise MessageTooLarge(
+                f"task {task.name} [{task.id}] cannot be submitted: {exc}; pass large data "
+                "by reference (a path, a URL, a key) or raise DISTQ_MAX_MESSAGE_BYTES"
+            ) from None
+
+    def seal(self, envelope: bytes, kind: str) -> bytes:
+        """``envelope`` signed (when keys are set) and checked against the limits."""
+        check_nesting(envelope, kind)
+        message = envelope if self.signer is None else self.signer.sign(envelope)
+        if len(message) > self.max_message_bytes:
+            raise MessageTooLarge(
+                f"{kind} would be {len(message):,} bytes, over the limit of "
+                f"{self.max_message_bytes:,} (DISTQ_MAX_MESSAGE_BYTES)"
+            )
+        return message
+
+    def open_task(self, message: bytes) -> Task:
+        return Task.decode(self._open(message, "task"))
+
+    def open_result(self, message: bytes) -> Result:
+        return Result.decode(self._open(message, "result"))
+
+    def _open(self, message: bytes, kind: str) -> bytes:
+        check_size(message, self.max_message_bytes, kind)
+        if self.signer is None:
+            return unsigned(message, kind)
+        return self.signer.verify(message, kind)

@@ -1,0 +1,344 @@
+"""``distq submit``, ``status``, ``dead-letters`` and ``requeue-dead``: operating a queue.
+
+Their output is data (a task id, a result, counts, dead letters) and goes to stdout as
+it is; diagnostics go to the console (stderr). Each connects to the configured
+transport as a client: with ``manager`` it reaches the
+running master (or executor) on ``DISTQ_MANAGER_ADDRESS`` as a worker would, and never
+hosts queues itself. Exit codes as for the rest of ``distq``: 0 done; 1 the task failed
+or timed out (``submit --wait``); 2 bad usage; 3 the broker cannot be reached or failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from distq.codec import Codec
+from distq.config import MAX_ATTEMPTS, Settings
+from distq.console import Console
+from distq.envelope import NO_REPLY, DeadLetter, Task, new_id
+from distq.errors import ConfigError, EnvelopeError, RemoteError, TransportError
+from distq.executor import Executor
+from distq.jsonvalue import check_arguments
+from distq.management import ManagementApi, ManagementError
+from distq.transport import QueueStats, Revive, Transport, open_transport
+
+COMMANDS = ("submit", "status", "dead-letters", "requeue-dead")
+EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
+SHOWN_CHARS = 200  # of a dead letter's arguments, in text output
+
+
+def _say(line: str) -> None:
+    """A line of the command's output: on stdout as it is, whatever DISTQ_LOG_FORMAT says
+    (that shapes diagnostics, which go to ``console.error``)."""
+    print(line, flush=True)
+
+
+def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
+    """Add the commands to the ``distq`` subparsers ``roles``; ``common`` holds the settings."""
+    submit = roles.add_parser(
+        "submit",
+        parents=[common],
+        help="enqueue one task; with --wait, print its result",
+        description="Enqueue one task and print its id. ARGS are JSON values "
+        "(1, 2.5, true, null, '\"text\"', '[1, 2]'); anything else is taken as a string.",
+    )
+    submit.add_argument(
+        "task_name", metavar="TASK", help="a registered task, e.g. mypkg.jobs:resize"
+    )
+    submit.add_argument("args", metavar="ARGS", nargs="*", help="positional arguments")
+    submit.add_argument(
+        "--kwargs", metavar="JSON", help="keyword arguments as a JSON object, e.g. '{\"size\": 64}'"
+    )
+    submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    submit.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="S",
+        help="with --wait: give up after S seconds (exit 1; the task stays queued)",
+    )
+    submit.add_argument(
+        "--max-attempts",
+        type=int,
+        default=MAX_ATTEMPTS,
+        help=f"attempts before the task fails for good (default {MAX_ATTEMPTS})",
+    )
+    status = roles.add_parser(
+        "status", parents=[common], help="ready and in-flight tasks, dead letters, workers"
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    dead = roles.add_parser("dead-letters", parents=[common], help="show dead letters and why")
+    dead.add_argument("--limit", type=_count, default=20, metavar="N", help="oldest N (20)")
+    dead.add_argument("--json", action="store_true", help="print a JSON array")
+    requeue = roles.add_parser(
+        "requeue-dead", parents=[common], help="put dead letters back on the task queue"
+    )
+    requeue.add_argument(
+        "--limit", type=_count, metavar="N", help="oldest N (default: every one there now)"
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
+    """Run the command ``args.role``; ConfigError and ConnectionFailed reach the caller."""
+    try:
+        if args.role == "submit":
+            return _submit(args, settings, console)
+        with _client(settings) as transport:
+            if args.role == "status":
+                return _status(args, transport, settings, console)
+            if args.role == "dead-letters":
+                return _dead_letters(args, transport, settings, console)
+            return _requeue_dead(args, transport, settings, console)
+    except TransportError as exc:
+        console.error(str(exc))
+        return EXIT_UNREACHABLE
+
+
+@contextlib.contextmanager
+def _client(settings: Settings) -> Iterator[Transport]:
+    transport = open_transport(settings, "worker")  # a client: never hosts the queues
+    try:
+        yield transport
+    finally:
+        transport.close()
+
+
+# -- submit ---------------------------------------------------------------------------
+def parse_argument(text: str) -> Any:
+    """A command-line argument as a JSON value, or else as the string it is."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> int:
+    values = [parse_argument(text) for text in args.args]
+    kwargs = _kwargs(args.kwargs)
+    if args.max_attempts < 1:
+        raise ConfigError(f"--max-attempts {args.max_attempts}: use 1 or more")
+    try:
+        check_arguments(args.task_name, values, kwargs)
+    except TypeError as exc:  # e.g. NaN: json.loads takes it, JSON does not
+        raise ConfigError(str(exc)) from None
+    task = Task(
+        name=args.task_name,
+        args=values,
+        kwargs=kwargs,
+        reply_to=NO_REPLY,
+        max_attempts=args.max_attempts,
+    )
+    try:
+        body = Codec.from_settings(settings).seal_task(task)
+    except EnvelopeError as exc:  # too large: before anything connects
+        raise ConfigError(str(exc)) from None
+    if not args.wait:
+        with _client(settings) as transport:
+            producer = transport.producer(transport.reply_queue(new_id()))
+            try:
+                producer.submit([body])
+                producer.flush()  # the broker holds it before we say so
+            finally:
+                producer.close()
+        _say(task.id)
+        return 0
+    executor = Executor(settings, host=False, max_attempts=args.max_attempts)
+    answered = True
+    try:
+        future = executor.submit(args.task_name, *values, **kwargs)
+        _say(future.task_id)
+        value = future.result(args.timeout)
+    except RemoteError as exc:
+        console.error(str(exc))
+        return EXIT_FAILED
+    except (TimeoutError, KeyboardInterrupt) as exc:
+        answered = False  # exit now, without waiting for the result
+        console.error(str(exc) or "interrupted")
+        return EXIT_FAILED
+    finally:
+        if answered:
+            executor.shutdown()
+        else:
+            executor.close()  # the task stays queued where it cannot be withdrawn
+    _say(json.dumps(value))
+    return 0
+
+
+def _kwargs(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--kwargs {text!r} is not JSON ({exc}); use e.g. '{{\"size\": 64}}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--kwargs {text!r} is not a JSON object; use e.g. '{{\"size\": 64}}'")
+    return value
+
+
+# -- status ---------------------------------------------------------------------------
+def _status(
+    args: argparse.Namespace, transport: Transport, settings: Settings, console: Console
+) -> int:
+    stats = transport.stats()
+    in_flight, unknown_why = _in_flight(stats, settings)
+    if args.json:
+        _say(
+            json.dumps(
+                {
+                    "transport": transport.name,
+                    "queue": settings.queue,
+                    "ready": stats.ready,
+                    "in_flight": in_flight,
+                    "dead": stats.dead,
+                    "workers": stats.consumers,
+                }
+            )
+        )
+        return 0
+    _say(f"{transport.describe()}, queue {settings.queue!r}")
+    _say(f"ready      {stats.ready}")
+    _say(f"in flight  {in_flight if in_flight is not None else 'unknown: ' + unknown_why}")
+    _say(f"dead       {stats.dead}")
+    _say(f"workers    {stats.consumers} (worker slots attached)")
+    return 0
+
+
+def _in_flight(stats: QueueStats, settings: Settings) -> tuple[int | None, str]:
+    """Tasks leased to workers, or None and why it is unknown.
+
+    AMQP tells a client only its own unacknowledged deliveries; RabbitMQ's management
+    API (``DISTQ_RABBITMQ_MANAGEMENT_URL``) has every consumer's, as the metrics use it.
+    """
+    if stats.in_flight_known:
+        return stats.in_flight, ""
+    if not settings.rabbitmq_management_url:
+        return None, (
+            "AMQP reports unacknowledged tasks only to their consumers; set "
+            "DISTQ_RABBITMQ_MANAGEMENT_URL to read them from the management API"
+        )
+    api = ManagementApi(settings.rabbitmq_management_url, settings.amqp_url, settings.queue)
+    try:
+        return api.read().unacknowledged, ""
+    except ManagementError as exc:
+        return None, str(exc)
+
+
+# -- dead letters ---------------------------------------------------------------------
+def _dead_letters(
+    args: argparse.Namespace, transport: Transport, settings: Settings, console: Console
+) -> int:
+    letters = transport.dead_letters(args.limit)
+    codec = Codec.from_settings(settings)  # signed bodies open with the same keys
+    if args.json:
+        _say(json.dumps([_letter_json(letter, codec) for letter in letters], indent=2))
+        return 0
+    total = transport.stats().dead
+    _say(f"{len(letters)} of {total} dead letters, oldest first")
+    for letter in letters:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.at))
+        _say(f"{when}  worker {letter.worker or '-'}  {letter.reason}")
+        _say(f"    {_describe_body(letter.body, codec)}")
+    return 0
+
+
+def _letter_json(letter: DeadLetter, codec: Codec) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "at": letter.at,
+        "queue": letter.queue,
+        "worker": letter.worker,
+        "reason": letter.reason,
+    }
+    try:
+        out["body"] = letter.body.decode()
+    except UnicodeDecodeError:
+        out["body_b64"] = base64.b64encode(letter.body).decode()
+    try:
+        task = codec.open_task(letter.body)
+    except EnvelopeError:
+        return out
+    out["task"] = {
+        "id": task.id,
+        "name": task.name,
+        "args": task.args,
+        "kwargs": task.kwargs,
+        "attempt": task.attempt,
+        "max_attempts": task.max_attempts,
+    }
+    return out
+
+
+def _describe_body(body: bytes, codec: Codec) -> str:
+    try:
+        task = codec.open_task(body)
+    except EnvelopeError as exc:
+        return f"body {_cut(repr(body))} ({exc})"
+    call = ", ".join(
+        [json.dumps(a) for a in task.args]
+        + [f"{k}={json.dumps(v)}" for k, v in task.kwargs.items()]
+    )
+    return f"task {task.name}({_cut(call)}) [{task.id}]"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
+
+
+# -- requeue --------------------------------------------------------------------------
+def reviver(codec: Codec) -> Revive:
+    """How ``requeue-dead`` turns a dead letter into the body it enqueues.
+
+    A task starts over: attempt 1, created now, and with nobody waiting for its result
+    (:data:`~distq.envelope.NO_REPLY`), since its submitter had its error result already;
+    ``codec`` opens it and seals (signs) it anew. Anything it cannot open (a malformed
+    message, one signed with another key) goes back as it was.
+    """
+
+    def revive(letter: DeadLetter) -> bytes:
+        try:
+            task = codec.open_task(letter.body)
+        except EnvelopeError:
+            return letter.body
+        again = dataclasses.replace(task, attempt=1, reply_to=NO_REPLY, created_at=time.time())
+        return codec.seal_task(again)
+
+    return revive
+
+
+def _requeue_dead(
+    args: argparse.Namespace, transport: Transport, settings: Settings, console: Console
+) -> int:
+    # by default those there now: letters that die again meanwhile wait for the next run
+    limit = args.limit if args.limit is not None else transport.stats().dead
+    revive = reviver(Codec.from_settings(settings))
+    moved = transport.requeue_dead(limit, revive) if limit > 0 else 0
+    _say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
+    return 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value

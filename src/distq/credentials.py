@@ -1,0 +1,118 @@
+"""Secrets: read from files (what Docker and Kubernetes secrets mount), never printed.
+
+Every secret setting ``X`` may instead be given as ``X_FILE``, the path of a file whose
+content (trailing newline stripped) is the secret. Setting both in one place (both as
+variables, or both as flags) is a configuration error; a flag still wins over the
+environment. A broker password given this way is put into the broker URL, so the URL
+itself need not hold it. :func:`mask_url` is how a URL is shown anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from distq.errors import ConfigError
+
+#: Settings that are secrets: each also has an ``_FILE`` variant.
+SECRETS: tuple[str, ...] = (
+    "DISTQ_AUTHKEY",
+    "DISTQ_SIGNING_KEY",
+    "DISTQ_SIGNING_KEYS",
+    "DISTQ_REDIS_PASSWORD",
+    "DISTQ_AMQP_PASSWORD",
+)
+FILE_SUFFIX = "_FILE"
+MASK = "***"
+
+
+def read_secret_files(
+    environ: Mapping[str, str], flags: Mapping[str, str | None]
+) -> tuple[dict[str, str], dict[str, str | None]]:
+    """``environ`` and ``flags`` with every ``X_FILE`` replaced by ``X`` (its content).
+
+    A flag for ``X`` or ``X_FILE`` wins over both in the environment; ``X`` and
+    ``X_FILE`` given in one place is a :class:`ConfigError`. Empty values count as unset.
+    """
+    env = dict(environ)
+    given = {k: v for k, v in flags.items() if v is not None}
+    for var in SECRETS:
+        file_var = var + FILE_SUFFIX
+        source = given if (given.get(var) or given.get(file_var)) else env
+        if source is given:  # the flag wins: the environment's spellings are ignored
+            env.pop(var, None)
+            env.pop(file_var, None)
+        path = source.pop(file_var, None)
+        if not path:
+            continue
+        if source.get(var):
+            where = "flags" if source is given else "variables"
+            raise ConfigError(
+                f"{file_var} and {var} are both set (as {where}); give the secret one way "
+                "only (the file, for a mounted secret)"
+            )
+        source[var] = read_secret(path, file_var)
+    return env, {**dict(flags), **given, **{v + FILE_SUFFIX: None for v in SECRETS}}
+
+
+def read_secret(path: str, var: str) -> str:
+    """The content of the file at ``path``, trailing newline stripped; never empty."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{var} names {path!r}, which cannot be read ({exc.strerror or exc}); "
+            f"mount the secret there or unset {var}"
+        ) from None
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{var} names {path!r}, which is not UTF-8 text") from None
+    text = text.rstrip("\r\n")
+    if not text:
+        raise ConfigError(f"{var} names {path!r}, which is empty")
+    return text
+
+
+def add_password(url: str, password: str, var: str) -> str:
+    """``url`` with ``password`` (percent-encoded) in it; the URL must not hold one already."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if at and colon:
+        password_var = var.replace("_URL", "_PASSWORD")
+        raise ConfigError(
+            f"{password_var} is set and {var} ({mask_url(url)}) holds a password too; "
+            f"keep the password in one place: drop it from {var}"
+        )
+    netloc = f"{user}:{quote(password, safe='')}@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def url_user(url: str) -> str:
+    """The user named in ``url``, or ``""``."""
+    userinfo, at, _ = urlsplit(url).netloc.rpartition("@")
+    return userinfo.partition(":")[0] if at else ""
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``; safe to print or log.
+
+    Works on malformed URLs too: whatever stands between the first ``:`` of the user
+    part and the last ``@`` before the path is masked.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = len(rest)
+    for stop in "/?#":
+        found = rest.find(stop, rest.rfind("@") + 1 if "@" in rest else 0)
+        if found != -1:
+            end = min(end, found)
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':' + MASK if colon else ''}@{hostport}{tail}"

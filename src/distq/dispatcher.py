@@ -1,0 +1,316 @@
+"""The executor's thread: the one owner of its producer (pika is not thread-safe).
+
+Other threads hand it commands through a queue: tasks to submit, futures to cancel, a
+stop. It sends tasks in batches, waits for results (:class:`~distq.collector.Collector`
+hands on each task's first one), resolves the futures, fails those past their
+``task_timeout`` and withdraws what it can. When it stops, for any reason, no future is
+left pending: a lost broker fails them with :class:`~distq.errors.BrokenExecutor`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import heapq
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from distq.codec import Codec
+from distq.collector import Collector
+from distq.config import MESSAGE_BATCH
+from distq.envelope import Result, Task
+from distq.errors import BrokenExecutor, EnvelopeError, RemoteError, TaskTimeout
+from distq.futures import DistqFuture
+from distq.transport import Producer, Transport
+
+log = logging.getLogger("distq.executor")
+
+#: Shortest and longest wait for results before the thread looks at new commands: short
+#: while things happen, longer while it only waits (fewer broker calls per second).
+POLL_SECONDS = (0.005, 0.1)
+#: Longest the thread sleeps with nothing outstanding before it looks around anyway.
+IDLE_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class Entry:
+    """A task submitted through the executor and not answered yet."""
+
+    task: Task
+    body: bytes  # as sent (sealed): what withdraw() finds on the broker
+    future: DistqFuture
+    deadline: float | None  # time.monotonic() after which it fails with TaskTimeout
+
+
+@dataclass(slots=True)
+class Submit:
+    entries: list[Entry]
+
+
+@dataclass(slots=True)
+class CancelCommand:
+    futures: list[DistqFuture]
+    answers: list[bool] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(slots=True)
+class Stop:
+    cancel_futures: bool
+    abandon: str | None = None  # stop now, failing what is unanswered for this reason
+
+
+Command = Submit | CancelCommand | Stop
+
+
+class Dispatcher(threading.Thread):
+    """The executor's thread: owns the producer, sends tasks, resolves futures.
+
+    Everything that touches the producer, the collector or an entry runs here; other
+    threads only :meth:`put` commands (and wait for a cancel's answers).
+    """
+
+    def __init__(self, transport: Transport, producer: Producer, codec: Codec) -> None:
+        super().__init__(name="distq-executor", daemon=True)
+        self.transport, self.producer = transport, producer
+        self.collector: Collector[Entry] = Collector(
+            self._on_result, self._on_malformed, codec=codec
+        )
+        self.broken: str | None = None  # why the thread stopped early, if it did
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _ended against put()
+        self._ended = False
+        self._unsent: dict[str, Entry] = {}  # submitted to us, not yet to the broker
+        self._unsent_order: deque[Entry] = deque()  # the same, oldest first (and cancelled)
+        self._deadlines: list[tuple[float, str]] = []
+        self._stopping = False
+        self._poll = POLL_SECONDS[0]
+
+    # -- any thread ------------------------------------------------------------
+    def put(self, command: Command) -> bool:
+        """Hand ``command`` to the thread; False when the thread has ended."""
+        with self._lock:
+            if self._ended:
+                return False
+            self._commands.put(command)
+            return True
+
+    def cancel(self, futures: list[DistqFuture]) -> list[bool]:
+        """Cancel ``futures`` where possible (on the thread); one answer each."""
+        command = CancelCommand(futures)
+        if threading.current_thread() is self:
+            self._cancel(command)
+        elif self.put(command):
+            command.done.wait()
+        else:
+            return [f.cancelled() for f in futures]
+        return command.answers
+
+    # -- the thread ------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a lost broker, or a bug: no future may hang
+            self.broken = f"the executor stopped: {exc}"
+            log.error("%s", self.broken)
+        finally:
+            with self._lock:
+                self._ended = True
+            self._fail_all(self.broken or "the executor has stopped")
+            try:
+                self.producer.close()
+            except Exception as exc:  # closing must not hide why the loop ended
+                log.warning("could not close the executor's producer: %s", exc)
+            self.transport.close()
+            running.discard(self)
+
+    def _loop(self) -> None:
+        while True:
+            idle = not self._unsent and not self.collector.outstanding
+            if idle and self._stopping:
+                return
+            commands = self._take(IDLE_SECONDS if idle else None)
+            if commands is None:
+                return  # abandoned
+            wait = self._poll
+            if self._unsent:
+                self._send()
+                wait = 0.0
+            if self.collector.outstanding:
+                if self._deadlines:
+                    wait = max(0.0, min(wait, self._deadlines[0][0] - time.monotonic()))
+                answered = self.collector.collect(self.producer, wait)
+                quiet = not commands and not answered
+                self._poll = min(2 * self._poll, POLL_SECONDS[1]) if quiet else POLL_SECONDS[0]
+            self._expire()
+
+    def _take(self, block: float | None) -> int | None:
+        """Handle the commands waiting (waiting up to ``block`` s for one); return how many,
+        or None to stop at once (abandoned)."""
+        try:
+            command = self._commands.get(timeout=block) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return 0
+        count = 0
+        while True:
+            count += 1
+            if isinstance(command, Submit):
+                self._unsent_order.extend(command.entries)
+                for entry in command.entries:
+                    self._unsent[entry.task.id] = entry
+                    if entry.deadline is not None:
+                        heapq.heappush(self._deadlines, (entry.deadline, entry.task.id))
+            elif isinstance(command, CancelCommand):
+                self._cancel(command)
+            else:
+                self._stopping = True
+                if command.cancel_futures:
+                    self._cancel(CancelCommand(self._every_future()))
+                if command.abandon is not None:
+                    self.broken = command.abandon
+                    return None
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return count
+
+    def _send(self) -> None:
+        """Submit the oldest unsent tasks, at most one batch, and start waiting for them."""
+        batch: list[Entry] = []
+        while self._unsent_order and len(batch) < MESSAGE_BATCH:
+            entry = self._unsent_order.popleft()
+            if self._unsent.pop(entry.task.id, None) is not None:  # else cancelled or late
+                batch.append(entry)
+        self.collector.expect((entry.task.id, entry) for entry in batch)
+        self.producer.submit([entry.body for entry in batch])
+
+    def _every_future(self) -> list[DistqFuture]:
+        sent = [entry.future for _, entry in self.collector.waiting()]
+        return sent + [entry.future for entry in self._unsent.values()]
+
+    def _cancel(self, command: CancelCommand) -> None:
+        """Cancel what was not sent; withdraw what was, where the transport can."""
+        try:
+            answers: dict[int, bool] = {}
+            withdraw: list[Entry] = []
+            for future in command.futures:
+                if future.done():
+                    answers[id(future)] = future.cancelled()
+                elif self._unsent.pop(future.task_id, None) is not None:
+                    answers[id(future)] = _cancelled(future)
+                elif (entry := self.collector.entry(future.task_id)) is not None:
+                    withdraw.append(entry)
+                else:
+                    answers[id(future)] = False
+            taken = self.producer.withdraw([entry.body for entry in withdraw]) if withdraw else []
+            for entry, gone in zip(withdraw, taken, strict=True):
+                if gone:
+                    self.collector.discard(entry.task.id)
+                answers[id(entry.future)] = gone and _cancelled(entry.future)
+            command.answers = [answers[id(future)] for future in command.futures]
+        finally:
+            if len(command.answers) != len(command.futures):  # the broker failed meanwhile
+                command.answers = [future.cancelled() for future in command.futures]
+            command.done.set()
+
+    def _expire(self) -> None:
+        """Fail the futures of tasks past their ``task_timeout``, withdrawing them first."""
+        now = time.monotonic()
+        unsent: list[Entry] = []
+        sent: list[Entry] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, task_id = heapq.heappop(self._deadlines)
+            entry = self._unsent.pop(task_id, None)
+            if entry is not None:
+                unsent.append(entry)
+            elif (entry := self.collector.discard(task_id)) is not None:
+                sent.append(entry)
+        for entry in unsent:
+            _time_out(entry, "it was never sent: the executor was still sending earlier tasks")
+        if not sent:
+            return
+        for entry, gone in zip(sent, self.producer.withdraw([e.body for e in sent]), strict=True):
+            _time_out(
+                entry,
+                "no worker took it; it was withdrawn from the queue and will not run"
+                if gone
+                else "a worker has it (running or retrying), or the transport cannot withdraw "
+                "it; its result will be ignored",
+            )
+
+    def _on_result(self, result: Result, entry: Entry, _round_trip: float) -> None:
+        future = entry.future
+        if future.done():
+            return
+        if result.status == "ok":
+            future.set_result(result.value)
+            return
+        future.set_exception(
+            RemoteError(
+                future.task_name,
+                result.task_id,
+                result.worker,
+                result.error_type or "Exception",
+                result.error_message or "",
+                result.error_traceback,
+            )
+        )
+
+    @staticmethod
+    def _on_malformed(error: EnvelopeError) -> None:
+        log.warning("dropped a result: %s", error)
+
+    def _fail_all(self, reason: str) -> None:
+        """Fail every unanswered future, and answer every command left (the thread ends)."""
+        entries = list(self._unsent.values()) + [e for _, e in self.collector.waiting()]
+        self._unsent.clear()
+        self._unsent_order.clear()
+        self.collector.forget()
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(command, Submit):
+                entries += command.entries
+            elif isinstance(command, CancelCommand):
+                command.answers = [f.cancelled() for f in command.futures]
+                command.done.set()
+        for entry in entries:
+            if not entry.future.done():
+                entry.future.set_exception(BrokenExecutor(reason))
+
+
+def _cancelled(future: DistqFuture) -> bool:
+    """Cancel a pending future and tell its waiters (``concurrent.futures.wait``) so."""
+    if not concurrent.futures.Future.cancel(future):
+        return False
+    future.set_running_or_notify_cancel()
+    return True
+
+
+def _time_out(entry: Entry, why: str) -> None:
+    waited = time.monotonic() - entry.future.submitted
+    entry.future.set_exception(
+        TaskTimeout(
+            f"task {entry.future.task_name} [{entry.task.id}] had no result after "
+            f"{waited:.1f} s (task_timeout): {why}"
+        )
+    )
+
+
+#: Executors' threads still running: at interpreter exit each handles the commands it has
+#: (a shutdown's cancel_futures, say), then stops without waiting for results.
+running: set[Dispatcher] = set()
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    for dispatcher in list(running):
+        why = "the interpreter is exiting with the executor still open"
+        if dispatcher.put(Stop(cancel_futures=False, abandon=why)):
+            dispatcher.join(timeout=5)

@@ -1,0 +1,290 @@
+"""``distq.Executor``: :class:`concurrent.futures.Executor` over distq's workers.
+
+Submit functions the workers registered (``"mypkg.jobs:resize"``, or the function
+object, sent by its ``module:name`` path) and get :class:`~concurrent.futures.Future`
+objects back; ``map`` yields results in order. It is a master like ``distq master``:
+one reply queue of its own, each task's first result once (:class:`~distq.collector.
+Collector`), retries and dead letters on the workers, leases on the broker.
+
+One background thread owns the transport's producer (pika is not thread-safe):
+``submit``, ``map`` and ``cancel`` hand it commands through a queue, and it resolves
+the futures, so future callbacks run on that thread (never wait for another future in
+one). With the manager transport the executor hosts the queues, like ``distq master``:
+workers connect to its ``DISTQ_MANAGER_ADDRESS`` while it is open.
+
+What each way of waiting does:
+
+- ``future.result(timeout)`` raises :class:`TimeoutError` naming the task when the
+  result is not in after ``timeout`` seconds; the task stays submitted.
+- ``task_timeout`` (seconds from submit) fails a task's future with
+  :class:`~distq.errors.TaskTimeout` when its result is late; it is withdrawn from the
+  queue where the transport can (see :meth:`DistqFuture.cancel`).
+- A lost broker connection fails every unanswered future with
+  :class:`~distq.errors.BrokenExecutor`; so do :meth:`Executor.close` and leaving the
+  interpreter with the executor still open.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from typing import Any
+
+from distq.chunks import CHUNK_TASK, chunk_arguments
+from distq.codec import Codec
+from distq.config import Settings, misspelled
+from distq.dispatcher import Dispatcher, Entry, Stop, Submit, running
+from distq.envelope import MAX_ATTEMPTS, Task, new_id
+from distq.errors import BrokenExecutor, ConfigError, EnvelopeError
+from distq.futures import DistqFuture
+from distq.jsonvalue import check_arguments
+from distq.tasks import task_name
+from distq.transport import QueueStats, open_transport
+
+__all__ = ["DistqFuture", "Executor", "load_settings"]
+
+log = logging.getLogger(__name__)
+
+
+class Executor(concurrent.futures.Executor):
+    """Runs registered tasks on distq workers, over the transport the settings name.
+
+    ``settings``: a :class:`~distq.config.Settings`; by default read from the same
+    ``DISTQ_*`` environment as the ``distq`` command. Keyword ``overrides`` set single
+    settings by field name (``transport="redis"``, ``redis_url="redis://..."``,
+    ``queue="images"``); a string is parsed like its environment variable.
+    ``max_attempts`` is each task's number of attempts before it fails for good;
+    ``task_timeout`` fails a task's future with :class:`~distq.errors.TaskTimeout` when
+    it has no result that many seconds after submit (default: no limit).
+    ``host`` (manager transport only): True hosts the queues in this process (workers
+    connect to it); False connects to the master that hosts them, as ``distq submit``
+    does.
+
+    Raises :class:`~distq.errors.ConfigError` for a bad setting and
+    :class:`~distq.errors.ConnectionFailed` when the broker cannot be reached.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        task_timeout: float | None = None,
+        host: bool = True,
+        **overrides: Any,
+    ) -> None:
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts is {max_attempts!r}; use a whole number >= 1")
+        if task_timeout is not None and not task_timeout > 0:
+            raise ValueError(f"task_timeout is {task_timeout!r}; use seconds > 0, or None")
+        self.settings = load_settings(settings, overrides, os.environ)
+        self.max_attempts, self.task_timeout = max_attempts, task_timeout
+        self._transport = open_transport(self.settings, "master" if host else "worker")
+        try:
+            self.reply_to = self._transport.reply_queue(new_id())
+            producer = self._transport.producer(self.reply_to)
+        except BaseException:
+            self._transport.close()
+            raise
+        self._codec = Codec.from_settings(self.settings)  # signs tasks, checks results
+        self._dispatcher = Dispatcher(self._transport, producer, self._codec)
+        self._lock = threading.Lock()
+        self._shutdown = False
+        running.add(self._dispatcher)
+        self._dispatcher.start()
+        # forgotten without shutdown(): stop once the futures are answered
+        weakref.finalize(self, self._dispatcher.put, Stop(False)).atexit = False
+
+    def describe(self) -> str:
+        """The transport and where it is, as ``distq master`` names them."""
+        return self._transport.describe()
+
+    def stats(self) -> QueueStats:
+        """The task queue's counts: ready, in flight, dead, attached worker slots."""
+        if not self._dispatcher.is_alive():
+            raise RuntimeError("the executor has stopped; its connection is closed")
+        return self._transport.stats()
+
+    def submit(self, fn: str | Callable[..., Any], /, *args: Any, **kwargs: Any) -> DistqFuture:
+        """Send one call of ``fn`` (a task name or a module-level function) to the workers.
+
+        Raises ``TypeError`` naming the argument when one is not a JSON value, and
+        :class:`~distq.errors.MessageTooLarge` when the task would exceed
+        ``DISTQ_MAX_MESSAGE_BYTES``, before anything is sent; ``RuntimeError`` after
+        :meth:`shutdown`.
+        """
+        name = task_name(fn)
+        check_arguments(name, args, kwargs)
+        return self._submit([(name, list(args), kwargs, name)])[0]
+
+    def map(
+        self,
+        fn: str | Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Generator[Any, None, None]:
+        """``fn`` over the arguments from ``iterables``, results in order.
+
+        Every call is checked and submitted now (``TypeError`` before anything is sent if
+        an argument is not a JSON value); the iterator raises the first remote error in
+        order, and ``TimeoutError`` when a result is not in ``timeout`` seconds after this
+        call. ``chunksize`` > 1 sends that many calls as one task (a chunk): fewer
+        messages, but a failing call fails (and retries) its whole chunk. Leaving the
+        iterator early cancels the tasks not answered yet.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        end = None if timeout is None else time.monotonic() + timeout
+        name = task_name(fn)
+        calls = [list(args) for args in zip(*iterables, strict=False)]
+        for number, call in enumerate(calls, 1):
+            try:
+                check_arguments(name, call, {})
+            except TypeError as exc:
+                raise TypeError(f"call {number} of map(): {exc}") from None
+        if chunksize == 1:
+            futures = self._submit([(name, call, {}, name) for call in calls])
+            return self._results(futures, end, None)
+        chunks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
+        futures = self._submit(
+            [
+                (CHUNK_TASK, chunk_arguments(name, chunk), {}, f"{name} (chunk of {len(chunk)})")
+                for chunk in chunks
+            ]
+        )
+        return self._results(futures, end, [len(chunk) for chunk in chunks])
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more submissions; once every future is resolved, close the connection.
+
+        ``cancel_futures`` cancels every future whose task can still be cancelled (see
+        :meth:`DistqFuture.cancel`); ``wait`` returns only when the rest are resolved
+        (set ``task_timeout`` to bound that) and the connection is closed.
+        """
+        with self._lock:
+            first, self._shutdown = not self._shutdown, True
+        if first or cancel_futures:
+            self._dispatcher.put(Stop(cancel_futures))
+        if wait and threading.current_thread() is not self._dispatcher:
+            self._dispatcher.join()
+
+    def close(self) -> None:
+        """Stop now: cancel what can be cancelled, fail every other unanswered future with
+        :class:`~distq.errors.BrokenExecutor`, close the connection, then return.
+
+        For a program that must not wait for results any longer (a signal, a deadline of
+        its own); :meth:`shutdown` waits for them.
+        """
+        with self._lock:
+            self._shutdown = True
+        self._dispatcher.put(Stop(cancel_futures=True, abandon="the executor was closed"))
+        if threading.current_thread() is not self._dispatcher:
+            self._dispatcher.join()
+
+    def _submit(
+        self, calls: Sequence[tuple[str, list[Any], Mapping[str, Any], str]]
+    ) -> list[DistqFuture]:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        now = time.monotonic()
+        deadline = None if self.task_timeout is None else now + self.task_timeout
+        entries = []
+        for name, args, kwargs, shown in calls:
+            task = Task(
+                name=name,
+                args=args,
+                kwargs=dict(kwargs),
+                reply_to=self.reply_to,
+                max_attempts=self.max_attempts,
+            )
+            future = DistqFuture(self._dispatcher.cancel, task.id, shown)
+            entries.append(Entry(task, self._codec.seal_task(task), future, deadline))
+        if entries and not self._dispatcher.put(Submit(entries)):
+            raise BrokenExecutor(self._dispatcher.broken or "the executor has stopped")
+        return [entry.future for entry in entries]
+
+    def _results(
+        self, futures: list[DistqFuture], end: float | None, chunks: list[int] | None
+    ) -> Generator[Any, None, None]:
+        """Each future's result in order (a chunk's: its list, one by one)."""
+        futures.reverse()  # pop() from the end: each future is dropped once yielded
+        sizes = list(reversed(chunks)) if chunks is not None else None
+        try:
+            while futures:
+                future = futures[-1]
+                value = future.result() if end is None else future.result(end - time.monotonic())
+                futures.pop()
+                if sizes is None:
+                    yield value
+                    continue
+                size = sizes.pop()
+                if not isinstance(value, list) or len(value) != size:
+                    raise EnvelopeError(
+                        f"{future.task_name} [{future.task_id}] returned {value!r:.200}, "
+                        f"not a list of {size} results"
+                    )
+                yield from value
+        finally:
+            if futures:
+                self._dispatcher.cancel(futures)
+
+
+def load_settings(
+    settings: Settings | None, overrides: Mapping[str, Any], environ: Mapping[str, str]
+) -> Settings:
+    """``settings`` (or those of ``environ``) with ``overrides`` by field name applied.
+
+    A string override is parsed like its environment variable; other values are taken
+    as they are. Overrides of a ``Settings`` object are set as given (no ``*_FILE`` is
+    read, no password moved into a URL). Raises ``TypeError`` for a name that is not a setting and
+    :class:`~distq.errors.ConfigError` for a bad value.
+    """
+    entries = {f.name: f.metadata["setting"] for f in dataclasses.fields(Settings)}
+    for name in overrides:
+        if name not in entries:
+            raise TypeError(
+                f"Executor() got an unexpected keyword argument {name!r}; "
+                f"settings are: {', '.join(entries)}"
+            )
+    if settings is None:
+        for warning in misspelled(environ):  # as the distq command warns
+            log.warning("%s", warning)
+        texts = {entries[n].variable: _as_text(v) for n, v in overrides.items()}
+        return Settings.load(environ, texts)
+    values: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if isinstance(value, str):
+            try:
+                value = entries[name].parse(value.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{name}={value!r}: {entries[name].variable} {exc}") from None
+        values[name] = value
+    merged = dataclasses.replace(settings, **values)
+    if merged.transport == "manager" and not merged.authkey:
+        raise ConfigError(
+            "the manager transport needs a shared secret: set authkey (DISTQ_AUTHKEY)"
+        )
+    return merged
+
+
+def _as_text(value: Any) -> str:
+    """An override as the text of its environment variable."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, tuple) and all(isinstance(item, bytes) for item in value):
+        return ",".join(item.decode() for item in value)  # keys, e.g. signing_keys
+    if isinstance(value, tuple) and len(value) == 2:
+        return f"{value[0]}:{value[1]}"  # an address, e.g. manager_address
+    if value is None:
+        return ""
+    return str(value)

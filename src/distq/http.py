@@ -1,0 +1,125 @@
+"""The process's HTTP endpoint on ``DISTQ_METRICS_HOST:DISTQ_METRICS_PORT``.
+
+============  ==========================================================================
+``/metrics``  the process's Prometheus registry (prometheus-client's own exposition)
+``/healthz``  liveness: 200 ``{"status": "ok"}``; 503 ``{"status": "stalled"}`` when a
+              loop has not iterated for ``DISTQ_STALL_SECONDS``. Never asks the broker.
+``/readyz``   readiness: 200 ``{"status": "ready"}`` while the connections to the broker
+              work; 503 ``{"status": "not ready", "reason": ...}`` otherwise
+anything else 404
+============  ==========================================================================
+
+A request only reads state the process keeps (:mod:`distq.health`): no broker call,
+so probes cost the task path nothing. :func:`probe` is the client ``distq probe`` uses.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from distq.errors import ConfigError
+from distq.health import ProcessHealth, Verdict
+
+JSON = "application/json"
+
+
+class Endpoint:
+    """Serves ``/metrics``, ``/healthz`` and ``/readyz`` from a daemon thread."""
+
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, health: ProcessHealth
+    ) -> None:
+        self.registry, self.health = registry, health
+        handler = type("_Handler", (_Handler,), {"endpoint": self})
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"DISTQ_METRICS_PORT {port}: cannot listen on {host}:{port} "
+                f"(DISTQ_METRICS_HOST): {exc.strerror or exc}; pick a free port"
+            ) from None
+        self._server.daemon_threads = True
+        self.host = host
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},  # how long close() waits for it to notice
+            name="distq-http",
+            daemon=True,
+        )
+
+    def start(self) -> Endpoint:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def routes(self) -> dict[str, Callable[[str], tuple[int, str, bytes]]]:
+        return {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}
+
+    def _metrics(self, accept: str) -> tuple[int, str, bytes]:
+        encoder, content_type = choose_encoder(accept)
+        return 200, content_type, encoder(self.registry)
+
+    def _healthz(self, accept: str) -> tuple[int, str, bytes]:
+        return _json(self.health.live())
+
+    def _readyz(self, accept: str) -> tuple[int, str, bytes]:
+        return _json(self.health.ready())
+
+
+def _json(verdict: Verdict) -> tuple[int, str, bytes]:
+    return (200 if verdict.ok else 503), JSON, json.dumps(verdict.body).encode() + b"\n"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    endpoint: Endpoint
+    protocol_version = "HTTP/1.1"  # keep-alive for Prometheus's scrapes
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+    def _answer(self, head: bool) -> None:
+        route = self.endpoint.routes().get(self.path.partition("?")[0])
+        if route is None:
+            status, content_type, body = 404, JSON, b'{"status": "not found"}\n'
+        else:
+            try:
+                status, content_type, body = route(self.headers.get("Accept", ""))
+            except Exception as exc:  # a probe must answer, even about its own failure
+                status, content_type = 500, JSON
+                body = json.dumps({"status": "error", "reason": repr(exc)}).encode() + b"\n"
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: a scrape every few seconds is not news."""
+
+
+def probe(path: str, host: str, port: int, timeout: float) -> tuple[int, str]:
+    """GET ``path`` from a local endpoint: (HTTP status, body). Raises OSError if none answers."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()

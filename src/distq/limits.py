@@ -1,0 +1,50 @@
+"""Limits on what a message may be: its size in bytes and how deeply its JSON nests.
+
+The size limit (``DISTQ_MAX_MESSAGE_BYTES``) is checked before anything else looks at a
+body, so a huge message is refused without being decoded. The nesting limit is checked
+before the JSON parser runs, so no message can drive the parser's recursion to its end.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from itertools import accumulate
+
+from distq.errors import MessageTooLarge
+
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB
+MIN_MESSAGE_BYTES = 1024
+MAX_MESSAGE_BYTES = 128 << 20  # RabbitMQ's own default ceiling
+#: Deepest JSON nesting of a whole message; the envelope itself is one level.
+MAX_NESTING = 64
+#: A dead letter of an oversized message keeps this much of its body.
+OVERSIZED_KEPT_BYTES = 64 << 10
+
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # linear: no backtracking, unlike a string regex
+_STRING = re.compile(rb'"[^"]*"')  # once escapes are gone, a string is quote, non-quotes, quote
+_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # as signed bytes: +1, +1, -1, -1
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def check_size(body: bytes, limit: int, kind: str) -> None:
+    """Raise :class:`MessageTooLarge` when ``body`` is over ``limit`` bytes."""
+    if len(body) > limit:
+        raise MessageTooLarge(
+            f"{kind} is {len(body):,} bytes, over the limit of {limit:,} "
+            "(DISTQ_MAX_MESSAGE_BYTES); it was not decoded"
+        )
+
+
+def check_nesting(data: bytes, kind: str) -> None:
+    """Raise :class:`MessageTooLarge` when the JSON in ``data`` nests over ``MAX_NESTING``.
+
+    Two byte counts for an ordinary message. Otherwise one linear pass in C over the
+    brackets outside strings: the parser would recurse once per unclosed bracket.
+    """
+    if data.count(b"[") + data.count(b"{") <= MAX_NESTING:
+        return
+    outside_strings = _STRING.sub(b"", _ESCAPE.sub(b"", data))
+    steps = array("b", outside_strings.translate(_STEP, _NOT_BRACKETS))  # +1 open, -1 close
+    if max(accumulate(steps), default=0) > MAX_NESTING:
+        raise MessageTooLarge(f"{kind} nests JSON deeper than {MAX_NESTING} levels")

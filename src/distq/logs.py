@@ -1,0 +1,144 @@
+"""Log lines: passwords masked everywhere, and JSON lines when ``DISTQ_LOG_FORMAT=json``.
+
+Text (the default) is what :class:`~distq.console.Console` prints, unchanged.
+:class:`JsonConsole` prints the same events as one JSON object per line instead, on
+the same streams (stdout; errors on stderr), each with ``timestamp``, ``level``,
+``role`` and, in a worker, ``worker``. Per-task events carry ``task_id``, ``task``,
+``attempt``, ``duration``, ``outcome``, so one task can be followed from the master's
+``task submitted`` through the worker's ``task settled`` to the master's ``result``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from distq.console import Console
+from distq.credentials import MASK
+
+# scheme://user:password@ : the password is whatever runs up to the last '@' of the netloc
+_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s]*@")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the password of every URL in it masked (for messages from elsewhere)."""
+    return _CREDENTIALS.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+
+
+def timestamp(at: float) -> str:
+    """ISO 8601 in UTC with milliseconds, e.g. ``2026-11-29T10:15:02.123Z``."""
+    stamp = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+class TextConsole(Console):
+    """The default console, with any password in its start, summary and error lines masked."""
+
+    def info(self, line: str) -> None:
+        super().info(mask_secrets(line))
+
+    def error(self, line: str) -> None:
+        super().error(mask_secrets(line))
+
+
+class JsonConsole(Console):
+    """A :class:`Console` that prints JSON lines; per-task events come from :meth:`events`.
+
+    The text console's per-task lines (``put task ...``, ``Get task ...``) are dropped:
+    the structured ``task submitted`` / ``task settled`` / ``result`` events replace them.
+    """
+
+    def __init__(
+        self,
+        role: str,
+        quiet: bool = False,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__(quiet=quiet, out=out, err=err)
+        self.fields: dict[str, Any] = {"role": role, **fields}
+
+    def start_progress(self, total: int) -> None:
+        """No progress bar: a log pipeline reads lines, not a redrawn terminal line."""
+
+    def lines(self, lines: Iterable[str], count: int | None = None) -> None:
+        """Dropped: see the class docstring."""
+
+    def info(self, line: str) -> None:
+        self._write(self.out, [self.record("info", message=mask_secrets(line))])
+
+    def error(self, line: str) -> None:
+        self._write(self.err, [self.record("error", message=mask_secrets(line))])
+
+    def record(self, level: str, **fields: Any) -> dict[str, Any]:
+        """One log object: timestamp, level, this process's fields, then ``fields``."""
+        return {"timestamp": timestamp(time.time()), "level": level, **self.fields, **fields}
+
+    def events(self, records: list[dict[str, Any]]) -> None:
+        """Per-task events (already built with :meth:`record`); skipped when quiet."""
+        if records and not self.quiet:
+            self._write(self.out, records)
+
+    @staticmethod
+    def _write(stream: TextIO, records: list[dict[str, Any]]) -> None:
+        stream.write("".join(json.dumps(r, default=str) + "\n" for r in records))
+        stream.flush()
+
+
+class JsonFormatter(logging.Formatter):
+    """Python ``logging`` records (from distq's modules or libraries) as JSON lines."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        return json.dumps(
+            {
+                "timestamp": timestamp(record.created),
+                "level": record.levelname.lower(),
+                **self.fields,
+                "logger": record.name,
+                "message": mask_secrets(message),
+            },
+            default=str,
+        )
+
+
+class MaskingFormatter(logging.Formatter):
+    """Text ``logging`` records as ``distq: message`` (like console errors), passwords masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(super().format(record))
+
+
+def make_console(
+    log_format: str, role: str, quiet: bool = False, **fields: Any
+) -> Console | JsonConsole:
+    """The console for ``DISTQ_LOG_FORMAT``, and Python logging routed the same way."""
+    handler = logging.StreamHandler(sys.stderr)
+    console: Console | JsonConsole
+    if log_format == "json":
+        console = JsonConsole(role, quiet=quiet, **fields)
+        handler.setFormatter(JsonFormatter(console.fields))
+    else:
+        console = TextConsole(quiet=quiet)
+        handler.setFormatter(MaskingFormatter("distq: %(message)s"))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_distq", False)]:
+        root.removeHandler(old)
+    handler._distq = True  # type: ignore[attr-defined]  # replaced, not stacked, on a second call
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    return console

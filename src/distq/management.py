@@ -1,0 +1,95 @@
+"""RabbitMQ's management HTTP API, for the one count AMQP cannot tell: unacknowledged tasks.
+
+``DISTQ_RABBITMQ_MANAGEMENT_URL=http://USER:PASSWORD@HOST:15672`` (the management
+plugin's listener). One ``GET /api/queues/{vhost}/{queue}`` per sample, with a short
+timeout, no proxy, credentials in the Authorization header only: the password is never
+part of a URL that is printed. The plugin refreshes its counts every 5 s by default
+(``collect_statistics_interval``), so they lag by up to that much.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import pika
+
+from distq.credentials import mask_url
+from distq.errors import DistqError
+
+TIMEOUT_SECONDS = 2.0
+
+
+class ManagementError(DistqError):
+    """The management API did not answer, refused us, or answered something unexpected."""
+
+
+@dataclass(frozen=True)
+class ManagedQueue:
+    ready: int
+    unacknowledged: int
+    consumers: int
+
+
+class ManagementApi:
+    """Reads one queue's counts from RabbitMQ's management API."""
+
+    def __init__(
+        self, url: str, amqp_url: str, queue: str, timeout: float = TIMEOUT_SECONDS
+    ) -> None:
+        parts = urlsplit(url)
+        self.shown = mask_url(url)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        vhost = pika.URLParameters(amqp_url).virtual_host
+        self.queue = queue
+        self.vhost = vhost
+        self.url = f"{base}/api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}"
+        credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        self._headers = {
+            "Accept": "application/json",
+            "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode(),
+        }
+        self.timeout = timeout
+        # the API sits next to the broker: an HTTP(S)_PROXY of the environment is not the way
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def read(self) -> ManagedQueue:
+        """The queue's counts; :class:`ManagementError` (naming the fix) on any failure."""
+        where = f"RabbitMQ management API at {self.shown} (DISTQ_RABBITMQ_MANAGEMENT_URL)"
+        request = urllib.request.Request(self.url, headers=self._headers)
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                data: Any = json.load(response)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise ManagementError(
+                    f"{where} refused the user (HTTP {exc.code}); check the user and password "
+                    "and that the user has the 'monitoring' tag"
+                ) from None
+            if exc.code == 404:
+                raise ManagementError(
+                    f"{where} has no queue {self.queue!r} in vhost {self.vhost!r} (HTTP 404)"
+                ) from None
+            raise ManagementError(f"{where} answered HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ManagementError(f"cannot reach the {where}: {reason}") from None
+        except ValueError as exc:
+            raise ManagementError(f"{where} answered something that is not JSON: {exc}") from None
+        try:
+            return ManagedQueue(
+                ready=int(data.get("messages_ready", 0)),
+                unacknowledged=int(data.get("messages_unacknowledged", 0)),
+                consumers=int(data.get("consumers", 0)),
+            )
+        except (AttributeError, TypeError, ValueError):
+            raise ManagementError(f"{where} answered an unexpected document") from None

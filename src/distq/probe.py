@@ -1,0 +1,63 @@
+"""``distq probe healthz|readyz``: ask this machine's distq process how it is, for a healthcheck.
+
+GETs ``/healthz`` or ``/readyz`` from the endpoint on ``DISTQ_METRICS_PORT`` (images
+and compose healthchecks run it: no curl needed), prints the JSON body and exits 0 on
+200, 1 on anything else or no answer, 2 when no port is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from distq.http import probe
+
+EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
+_WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+
+
+def add_probe_parser(roles: Any) -> None:
+    """Add ``probe`` to the subcommands (``roles`` is argparse's subparsers object)."""
+    parser = roles.add_parser(
+        "probe", help="ask the local distq process: healthz (alive?) or readyz (connected?)"
+    )
+    parser.add_argument("check", choices=("healthz", "readyz"), help="which probe")
+    parser.add_argument("--port", type=int, help="endpoint port (default $DISTQ_METRICS_PORT)")
+    parser.add_argument(
+        "--host", help="endpoint address (default $DISTQ_METRICS_HOST, or 127.0.0.1 for any)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="give up after S seconds (5)"
+    )
+
+
+def run_probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """Run ``distq probe``; return its exit code."""
+    port = args.port
+    if port is None:
+        raw = environ.get("DISTQ_METRICS_PORT", "").strip()
+        if not raw.isdigit():
+            what = f"is {raw!r}" if raw else "is not set"
+            print(
+                f"distq: DISTQ_METRICS_PORT {what}; pass --port or set it to the port the "
+                "process serves /healthz and /readyz on",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        port = int(raw)
+    host = args.host or environ.get("DISTQ_METRICS_HOST", "").strip()
+    if host in _WILDCARDS:
+        host = "127.0.0.1"
+    try:
+        status, body = probe(f"/{args.check}", host.strip("[]"), port, args.timeout)
+    except OSError as exc:
+        print(
+            f"distq: no answer from http://{host}:{port}/{args.check}: {exc}; "
+            "is a distq process with DISTQ_METRICS_PORT running here?",
+            file=sys.stderr,
+        )
+        return EXIT_UNHEALTHY
+    print(body.rstrip("\n"))
+    return EXIT_OK if status == 200 else EXIT_UNHEALTHY

@@ -1,0 +1,84 @@
+"""A timer thread that asks the broker for the queue's counts, off the task path.
+
+In the master it feeds ``distq_queue_depth`` and ``distq_workers`` every
+``DISTQ_STATS_SECONDS``; in a worker it only checks that the broker answers (a RabbitMQ
+consumer that waits for deliveries cannot tell a paused broker from an idle queue).
+In both, each sample's outcome keeps readiness's link ``broker``: down when the call
+fails, hanging when it does not answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from distq.console import Console
+from distq.health import Link
+from distq.management import ManagementApi, ManagementError
+from distq.metrics import MasterMetrics
+from distq.transport.base import QueueStats, Transport
+
+
+class StatsSampler:
+    """Calls ``transport.stats()`` now and then every ``interval`` seconds, on a daemon thread."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        interval: float,
+        link: Link,
+        metrics: MasterMetrics | None = None,
+        management: ManagementApi | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self.transport, self.interval, self.link = transport, interval, link
+        self.metrics, self.management, self.console = metrics, management, console
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="distq-stats", daemon=True)
+        self._management_failing = False
+
+    def start(self) -> StatsSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop sampling; a sample stuck on a silent broker is left to die with the process."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(1.0)
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval):
+                return
+
+    def sample(self) -> QueueStats | None:
+        """One sample: the counts, or None when the broker failed (readiness says why)."""
+        try:
+            with self.link.call():
+                stats = self.transport.stats()
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.sampled(None)
+            return None
+        if not stats.in_flight_known and self.management is not None:  # RabbitMQ over AMQP
+            stats = self._with_management(stats)
+        if self.metrics is not None:
+            self.metrics.sampled(stats)
+        return stats
+
+    def _with_management(self, stats: QueueStats) -> QueueStats:
+        """``stats`` with the in-flight count of the management API; as is when it fails."""
+        assert self.management is not None
+        try:
+            queue = self.management.read()
+        except ManagementError as exc:
+            if not self._management_failing and self.console is not None:
+                self.console.error(f"{exc}; distq_queue_depth has no in_flight meanwhile")
+            self._management_failing = True
+            return stats
+        if self._management_failing and self.console is not None:
+            self.console.info(f"the RabbitMQ management API at {self.management.shown} answers")
+        self._management_failing = False
+        return dataclasses.replace(stats, in_flight=queue.unacknowledged, in_flight_known=True)

@@ -1,0 +1,48 @@
+"""What a master or worker says at start about its own protection: signing, encryption."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from distq.config import Settings
+from distq.signing import key_id
+
+Notice = tuple[Literal["info", "warning"], str]
+
+
+def notices(settings: Settings, role: Literal["master", "worker"]) -> list[Notice]:
+    """Lines to print at start: the signing key in use, and what the manager transport
+    does not protect (it is not encrypted)."""
+    out: list[Notice] = []
+    keys = settings.signing_keys
+    if keys:
+        accepted = f"; {len(keys)} keys accepted" if len(keys) > 1 else ""
+        out.append(("info", f"tasks and results signed with key id {key_id(keys[0])}{accepted}"))
+    if settings.transport != "manager":
+        return out
+    host, port = settings.manager_address
+    plain = (
+        "the manager transport is not encrypted: tasks and results cross the network as "
+        "plain text (DISTQ_AUTHKEY only authenticates)"
+    )
+    if role == "master" and not is_loopback(host):
+        out.append(
+            (
+                "warning",
+                f"listening on {host}:{port}, beyond this machine, and {plain}; keep that "
+                "network private, or use redis or rabbitmq over TLS",
+            )
+        )
+    else:
+        out.append(("info", plain))
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may be reachable from anywhere

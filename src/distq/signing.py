@@ -1,0 +1,119 @@
+"""Signed envelopes: an HMAC-SHA256 over the exact bytes of a task or result.
+
+With ``DISTQ_SIGNING_KEYS`` set, every message a master or worker sends is::
+
+    DQSIG1 <key id> <signature>\\n<envelope>
+
+``<envelope>`` is the JSON envelope, byte for byte as without signing; ``<signature>``
+is HMAC-SHA256(key, envelope) in 64 lowercase hex digits; ``<key id>`` is the first 8
+hex digits of HMAC-SHA256(key, b"distq key id"), which names the key without revealing
+it (it lets a reader say "signed with a key I do not have" instead of "altered").
+The signature sits outside the signed bytes, so a reader verifies exactly the bytes it
+received and decodes only bytes that verified. Without keys, messages are the bare JSON
+envelope, as before signing existed.
+
+Rotation: the first key signs, every key verifies. Add the new key at the end
+everywhere, then move it first everywhere, then drop the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+
+from distq.errors import SignatureError
+
+MAGIC = b"DQSIG1 "
+_ID_LENGTH = 8
+_SIG_LENGTH = 64
+_HEADER_LENGTH = len(MAGIC) + _ID_LENGTH + 1 + _SIG_LENGTH + 1
+MIN_KEY_LENGTH = 16
+
+
+def parse_keys(text: str) -> tuple[bytes, ...]:
+    """Keys separated by commas or newlines (a file may hold one per line); first signs.
+
+    Each key must be at least ``MIN_KEY_LENGTH`` characters; the ``ValueError`` for one
+    that is not never shows it.
+    """
+    keys = [key.strip() for key in re.split(r"[,\n]", text)]
+    keys = [key for key in keys if key]
+    for number, key in enumerate(keys, 1):
+        if len(key) < MIN_KEY_LENGTH:
+            raise ValueError(
+                f"has key {number} of {len(keys)} {len(key)} characters long; use at least "
+                f"{MIN_KEY_LENGTH} random characters, e.g. "
+                "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+    return tuple(key.encode() for key in keys)
+
+
+def key_id(key: bytes) -> str:
+    """The public name of ``key``: 8 hex digits of an HMAC under it, not the key itself."""
+    return hmac.new(key, b"distq key id", hashlib.sha256).hexdigest()[:_ID_LENGTH]
+
+
+def is_signed(message: bytes) -> bool:
+    return message.startswith(MAGIC)
+
+
+class Signer:
+    """Signs with the first of ``keys`` and accepts a signature by any of them."""
+
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        if not keys:
+            raise ValueError("a Signer needs at least one key")
+        self._key = keys[0]
+        self._prefix = MAGIC + key_id(keys[0]).encode() + b" "
+        self._keys = {key_id(key).encode(): key for key in keys}
+
+    def sign(self, envelope: bytes) -> bytes:
+        """``envelope`` with its signature header in front."""
+        mac = hmac.digest(self._key, envelope, "sha256").hex().encode()  # one-shot: fastest
+        return b"".join((self._prefix, mac, b"\n", envelope))
+
+    def verify(self, message: bytes, kind: str) -> bytes:
+        """The envelope inside ``message`` once its signature checks out.
+
+        Raises :class:`SignatureError` saying whether ``message`` is unsigned, signed
+        with a key this process does not hold, or signed wrongly (altered, or forged).
+        """
+        if not message.startswith(MAGIC):
+            raise SignatureError(
+                f"unsigned {kind}: this process requires signatures (DISTQ_SIGNING_KEYS is set)"
+            )
+        header = message[:_HEADER_LENGTH]
+        kid, mac = header[len(MAGIC) : len(MAGIC) + _ID_LENGTH], header[-_SIG_LENGTH - 1 : -1]
+        if (
+            len(header) < _HEADER_LENGTH
+            or header[len(MAGIC) + _ID_LENGTH] != 0x20
+            or header[-1] != 0x0A
+        ):
+            raise SignatureError(f"{kind} has a malformed signature header")
+        key = self._keys.get(kid)
+        if key is None:
+            shown = kid.decode(errors="replace")
+            raise SignatureError(
+                f"{kind} signed with another key (key id {shown!r}), "
+                "not one of this process's DISTQ_SIGNING_KEYS"
+            )
+        envelope = message[_HEADER_LENGTH:]
+        expected = hmac.digest(key, envelope, "sha256").hex().encode()
+        if not hmac.compare_digest(expected, mac):
+            raise SignatureError(
+                f"{kind} has a bad signature for key id {kid.decode()!r}: "
+                "altered after signing, or forged"
+            )
+        return envelope
+
+
+def unsigned(message: bytes, kind: str) -> bytes:
+    """What a process without keys reads: bare envelopes; a signed one is refused."""
+    if message.startswith(MAGIC):
+        raise SignatureError(
+            f"signed {kind}, but this process has no signing key: set DISTQ_SIGNING_KEYS "
+            "to the keys of the process that sent it"
+        )
+    return message

@@ -1,0 +1,180 @@
+"""What the worker and the master report about tasks: metrics and JSON task events.
+
+The worker and the master call these at a few points of their loops; each object
+does nothing when neither metrics nor JSON logs are on. A worker's tasks are counted
+when their batch is settled: a batch whose settle fails runs again, so counting it
+would count twice.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from typing import Any
+
+from distq.ending import Ending
+from distq.envelope import Result, Task
+from distq.logs import JsonConsole
+from distq.metrics import UNKNOWN, UNREGISTERED, MasterMetrics, WorkerMetrics
+from distq.transport.base import Delivery
+
+
+class WorkerTelemetry:
+    """Per-task metrics and events of one worker; slots call it from their own threads."""
+
+    def __init__(self, metrics: WorkerMetrics | None = None, log: JsonConsole | None = None):
+        self.metrics = metrics
+        self.log = log if log is not None and not log.quiet else None
+
+    def fetched(self, deliveries: Sequence[Delivery]) -> None:
+        """A slot took a batch: count its redeliveries."""
+        metrics = self.metrics
+        if metrics is not None:
+            again = sum(d.redelivered for d in deliveries)
+            if again:
+                with metrics.lock:
+                    metrics.redeliveries.add(metrics.base, again)
+
+    def settled(self, endings: Sequence[Ending], released: int = 0) -> None:
+        """A batch is settled as ``endings`` say; ``released`` deliveries went back unrun."""
+        if self.metrics is not None:
+            self._count(self.metrics, endings, released)
+        if self.log is not None:
+            self._log(self.log, endings, released)
+
+    @staticmethod
+    def _count(metrics: WorkerMetrics, endings: Sequence[Ending], released: int) -> None:
+        # the task path's share of metrics: kept to plain locals and one lock per batch
+        base, known, bounds, where = metrics.base, metrics.known, metrics.bounds, bisect_left
+        counts: dict[tuple[str, str], int] = {}
+        runs: dict[str, list[float]] = {}
+        with metrics.lock:
+            waits = metrics.queue_wait.series(base)
+            for ending in endings:
+                task = ending.task
+                if task is None:
+                    key = (UNKNOWN, ending.outcome)
+                else:
+                    name = task.name
+                    label = name if name in known else UNREGISTERED
+                    key = (label, ending.outcome)
+                    wait = ending.started_at - task.created_at
+                    if wait < 0:
+                        wait = 0.0  # the worker's clock is behind the master's
+                    waits[where(bounds, wait)] += 1
+                    waits[-1] += wait
+                    duration = ending.duration
+                    if duration > 0:  # 0: the function never ran (unknown name, bad arguments)
+                        counts_of = runs.get(label)
+                        if counts_of is None:
+                            counts_of = runs[label] = metrics.task_seconds.series((*base, label))
+                        counts_of[where(bounds, duration)] += 1
+                        counts_of[-1] += duration
+                if key[1] == "orphaned":  # the metric's outcomes are fixed: it is a failure
+                    key = (key[0], "failed")
+                counts[key] = counts.get(key, 0) + 1
+            for (label, outcome), count in counts.items():
+                metrics.tasks.add((*base, label, outcome), count)
+            if released:
+                metrics.tasks.add((*base, UNKNOWN, "released"), released)
+
+    @staticmethod
+    def _log(log: JsonConsole, endings: Sequence[Ending], released: int) -> None:
+        records = []
+        for ending in endings:
+            task, outcome = ending.task, ending.outcome
+            fields: dict[str, Any] = {"event": "task settled", "outcome": outcome}
+            if task is not None:
+                fields.update(
+                    task_id=task.id,
+                    task=task.name,
+                    attempt=task.attempt,
+                    queue_wait=round(max(0.0, ending.started_at - task.created_at), 6),
+                    duration=round(ending.duration, 6),
+                )
+            else:
+                fields["task"] = UNKNOWN
+            level = "info" if outcome in ("ok", "retried") else "error"
+            records.append(log.record(level, **fields))
+        if released:
+            records.append(log.record("info", event="tasks released", count=released))
+        log.events(records)
+
+
+class MasterTelemetry:
+    """Per-task metrics and events of one master (one thread: its job loop)."""
+
+    def __init__(self, metrics: MasterMetrics | None = None, log: JsonConsole | None = None):
+        self.metrics = metrics
+        self.log = log if log is not None and not log.quiet else None
+        self._records: list[dict[str, Any]] = []
+        self._statuses: dict[str, int] = {}
+        self._round_trips: list[float] = []
+
+    def submitted(self, tasks: Sequence[Task], outstanding: int) -> None:
+        if self.metrics is not None:
+            with self.metrics.lock:
+                self.metrics.submitted.add(self.metrics.base, len(tasks))
+            self.metrics.outstanding.set(outstanding)
+        if self.log is not None:
+            record = self.log.record
+            self.log.events(
+                [
+                    record(
+                        "info",
+                        event="task submitted",
+                        task_id=task.id,
+                        task=task.name,
+                        attempt=task.attempt,
+                    )
+                    for task in tasks
+                ]
+            )
+
+    def result(self, result: Result, round_trip: float) -> None:
+        """The first result of a task; :meth:`collected` ends the batch."""
+        if self.metrics is not None:
+            self._statuses[result.status] = self._statuses.get(result.status, 0) + 1
+            self._round_trips.append(round_trip)
+        if self.log is not None:
+            self._records.append(
+                self.log.record(
+                    "info" if result.status == "ok" else "error",
+                    event="result received",
+                    task_id=result.task_id,
+                    attempt=result.attempt,
+                    duration=round(result.duration, 6),
+                    outcome=result.status,
+                    round_trip=round(round_trip, 6),
+                    worker=result.worker,
+                )
+            )
+
+    def duplicate(self, result: Result) -> None:
+        if self.metrics is not None:
+            with self.metrics.lock:
+                self.metrics.duplicates.add(self.metrics.base, 1)
+        if self.log is not None:
+            self._records.append(
+                self.log.record(
+                    "info", event="duplicate result", task_id=result.task_id, worker=result.worker
+                )
+            )
+
+    def collected(self, outstanding: int) -> None:
+        """A batch of results is handled; ``outstanding`` tasks still have none."""
+        metrics = self.metrics
+        if metrics is not None:
+            if self._round_trips:
+                base = metrics.base
+                with metrics.lock:
+                    for status, count in self._statuses.items():
+                        metrics.results.add((*base, status), count)
+                    series = metrics.round_trip.series(base)
+                    for seconds in self._round_trips:
+                        metrics.round_trip.observe(series, seconds)
+                self._statuses, self._round_trips = {}, []
+            metrics.outstanding.set(outstanding)
+        if self.log is not None and self._records:
+            records, self._records = self._records, []
+            self.log.events(records)

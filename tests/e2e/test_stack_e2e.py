@@ -1,0 +1,103 @@
+"""`make up` on every transport, used the way an operator would, against real containers.
+
+For each transport, in order: a batch job with every result correct; three workers that
+each process tasks (their own counters in Prometheus); every Prometheus target up; a
+worker SIGKILLed mid-job loses nothing; `docker stop` of a busy worker is a warm
+shutdown (exit 0 in seconds); `make down` leaves nothing of the project behind.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from e2e.e2e_stack import Stack, names, wait_for
+
+# The first test of each transport also waits for `make up`, which on a fresh machine
+# builds the stand-in and distq images first.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
+
+WORKER_OK = 'sum by (instance) (distq_worker_tasks_total{outcome="ok"})'
+
+
+def test_batch_job_returns_every_result_correct(stack: Stack) -> None:
+    result = stack.make("job", "TASKS=200", timeout=240)
+
+    assert result.returncode == 0, result.stdout
+    assert "all 200 results in and correct" in result.stdout
+
+
+def test_three_workers_each_process_tasks(stack: Stack) -> None:
+    result = stack.make("scale", "WORKERS=3", timeout=240)
+    assert result.returncode == 0, result.stdout
+    workers = stack.running("worker")
+    assert len(workers) == 3, names(workers)
+
+    def every_worker_counted() -> dict[str, float] | None:
+        counts = stack.query(WORKER_OK)
+        mine = {w.name: counts.get(f"{w.ip}:9100", 0.0) for w in workers}
+        return mine if all(value > 0 for value in mine.values()) else None
+
+    # Prometheus finds new replicas by DNS and scrapes every few seconds.
+    wait_for("each worker's distq_worker_tasks_total above 0", every_worker_counted, 90)
+
+
+def test_prometheus_reports_every_target_up(stack: Stack) -> None:
+    expected = {f"{c.ip}:9100" for c in stack.running("master") + stack.running("worker")}
+    assert len(expected) == 4  # the master and three workers
+    # RabbitMQ's own exporter (deploy/prometheus/prometheus.yml, job rabbitmq)
+    expected |= {f"{c.ip}:15692" for c in stack.running("rabbitmq")}
+
+    def all_up() -> list[dict[str, object]] | None:
+        targets = stack.targets()
+        seen = {t["labels"]["instance"] for t in targets}
+        healthy = all(t["health"] == "up" for t in targets)
+        return targets if seen == expected and healthy else None
+
+    wait_for(f"Prometheus: targets {sorted(expected)}, every one up", all_up, 60)
+
+
+def test_sigkill_of_a_worker_mid_job_loses_nothing(stack: Stack) -> None:
+    victim = stack.running("worker")[0]
+    job = stack.start_job(tasks=300, task_delay=0.1, timeout=150)
+    job.wait_lines(r"^Get result", count=30, timeout=120)
+
+    subprocess.run(["docker", "kill", victim.name], check=True, capture_output=True, timeout=30)
+
+    code, output = job.finish(timeout=200)
+    assert code == 0, output[-3000:]
+    assert "all 300 results in and correct" in output
+    killed = next(c for c in stack.containers("worker") if c.name == victim.name)
+    assert (killed.status, killed.exit_code) == ("exited", 137)
+
+
+def test_docker_stop_of_a_busy_worker_is_a_warm_shutdown(stack: Stack) -> None:
+    victim = stack.running("worker")[0]
+    job = stack.start_job(tasks=40, task_delay=0.5, timeout=150)
+    job.wait_lines(r"^Get result", count=10, timeout=120)
+
+    started = time.monotonic()
+    subprocess.run(["docker", "stop", victim.name], check=True, capture_output=True, timeout=60)
+    took = time.monotonic() - started
+
+    stopped = next(c for c in stack.containers("worker") if c.name == victim.name)
+    assert (stopped.status, stopped.exit_code) == ("exited", 0)
+    assert took < 5, f"docker stop took {took:.1f} s"
+    log = subprocess.run(
+        ["docker", "logs", victim.name], capture_output=True, text=True, timeout=30
+    ).stdout
+    assert "SIGTERM: finishing the tasks that run" in log
+    code, output = job.finish(timeout=200)
+    assert code == 0, output[-3000:]
+    assert "all 40 results in and correct" in output
+
+
+def test_make_down_leaves_nothing_behind(stack: Stack) -> None:
+    assert stack.leftovers()  # the stack is there to be removed
+
+    result = stack.make("down", timeout=180)
+
+    assert result.returncode == 0, result.stdout
+    assert stack.leftovers() == {}

@@ -1,0 +1,142 @@
+"""``distq submit``, ``status``, ``dead-letters`` and ``requeue-dead`` end to end, on every
+transport: real brokers, the commands and workers as subprocesses.
+
+With the manager transport the test process hosts the queues (the ``hosted`` fixture),
+as a running master would, and every command connects to it as a worker does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conftest import Target
+from distq.transport import Transport
+from procs import Distq
+
+pytestmark = pytest.mark.integration
+
+
+def distq(target: Target, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "distq", *args],
+        env=target.process_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def status(target: Target) -> dict[str, Any]:
+    done = distq(target, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
+
+
+@pytest.fixture
+def workers(target: Target) -> Iterator[list[Distq]]:
+    started: list[Distq] = []
+    yield started
+    for proc in started:
+        proc.stop(grace=3.0)
+
+
+def start_worker(target: Target, started: list[Distq], *extra: str) -> Distq:
+    proc = Distq(["worker", "--tasks", "jobs", *extra], target.process_env())
+    started.append(proc)
+    return proc
+
+
+def test_submit_status_dead_letters_and_requeue(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    assert status(target) == {
+        "transport": target.name,
+        "queue": target.settings.queue,
+        "ready": 0,
+        "in_flight": None if target.name == "rabbitmq" else 0,  # AMQP cannot tell a client
+        "dead": 0,
+        "workers": 0,
+    }
+    doomed = distq(target, "submit", "jobs:fail_with", "boom", "--max-attempts", "1")
+    assert doomed.returncode == 0, doomed.stderr
+    task_id = doomed.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", task_id), doomed.stdout
+    for args in (["1", "2"], ["--kwargs", '{"a": 3, "b": 4}']):
+        assert distq(target, "submit", "jobs:add", *args).returncode == 0
+    assert status(target)["ready"] == 3
+
+    worker = start_worker(target, workers, "--exit-when-idle", "2")
+    assert worker.wait(60) == 0, worker.output()
+    assert "2 ok, 1 failed for good" in worker.output()
+    assert re.search(r"Get task jobs:add\[1, 2\]", worker.output())
+    after = status(target)
+    assert (after["ready"], after["dead"]) == (0, 1)
+
+    shown = distq(target, "dead-letters")
+    assert shown.returncode == 0, shown.stderr
+    assert "1 of 1 dead letters, oldest first" in shown.stdout
+    assert "failed 1 of 1 attempts; last error: ValueError: boom" in shown.stdout
+    assert f'task jobs:fail_with("boom") [{task_id}]' in shown.stdout
+    (letter,) = json.loads(distq(target, "dead-letters", "--json").stdout)
+    assert (letter["task"]["id"], letter["task"]["name"]) == (task_id, "jobs:fail_with")
+    assert letter["reason"] == "failed 1 of 1 attempts; last error: ValueError: boom"
+
+    requeued = distq(target, "requeue-dead")
+    assert requeued.returncode == 0, requeued.stderr
+    assert (
+        requeued.stdout.strip() == f"requeued 1 dead letters onto queue {target.settings.queue!r}"
+    )
+    again = status(target)
+    assert (again["ready"], again["dead"]) == (1, 0)
+    assert json.loads(distq(target, "dead-letters", "--json").stdout) == []
+    assert distq(target, "requeue-dead", "--limit", "5").stdout.startswith("requeued 0 ")
+
+
+def test_submit_wait_prints_the_result_or_the_remote_error(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    start_worker(target, workers)
+    done = distq(target, "submit", "jobs:add", "20", "22", "--wait", "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    task_id, value = done.stdout.split()
+    assert re.fullmatch(r"[0-9a-f]{32}", task_id) and value == "42"
+    kwargs = distq(
+        target, "submit", "jobs:sleep_then", "--kwargs", '{"seconds": 0, "value": [1]}', "--wait"
+    )
+    assert kwargs.returncode == 0 and kwargs.stdout.split()[1:] == ["[1]"], kwargs.stderr
+
+    failed = distq(target, "submit", "jobs:fail_with", "disk full", "--wait", "--max-attempts", "1")
+    assert failed.returncode == 1
+    assert "failed 1 of 1 attempts; last error: ValueError: disk full" in failed.stderr
+    assert "Remote traceback:" in failed.stderr and "in _raise" in failed.stderr
+
+    late = distq(target, "submit", "jobs:sleep_then", "5", "x", "--wait", "--timeout", "0.5")
+    assert late.returncode == 1
+    assert "no result for task jobs:sleep_then" in late.stderr and "Traceback" not in late.stderr
+
+
+def test_commands_name_an_unreachable_broker(target: Target) -> None:
+    done = distq(target, "status")  # nothing hosts a manager master; brokers: wrong port below
+    if target.name != "manager":
+        bad = dict(target.process_env())
+        bad["DISTQ_REDIS_URL"] = "redis://127.0.0.1:1/0"
+        bad["DISTQ_AMQP_URL"] = "amqp://guest:guest@127.0.0.1:1/%2F"
+        done = subprocess.run(
+            [sys.executable, "-m", "distq", "status"],
+            env=bad,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 3, done.stderr
+    assert "cannot reach" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,75 @@
+"""examples/wordcount on every transport: its counts equal a single-process count.
+
+The job and two workers run as a user runs them (README, ``make example``): real
+processes, the example's folder on ``PYTHONPATH``, settings from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, Target
+from procs import Distq
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = REPO / "examples" / "wordcount"
+VOCABULARY = ["task", "worker", "lease", "Straße", "naïve", "слово", "the", "a", "queue"]
+
+
+def corpus(folder: Path) -> None:
+    """Text files of known words: several small ones, one many pieces long, one empty."""
+    rng = random.Random(15)
+    for i in range(6):
+        lines = [" ".join(rng.choices(VOCABULARY, k=12)) + f" line{i}_7." for _ in range(40)]
+        (folder / f"small-{i}.txt").write_text("\n".join(lines), encoding="utf-8")
+    big = [" ".join(rng.choices(VOCABULARY, k=15)) for _ in range(3000)]
+    (folder / "nested").mkdir()
+    (folder / "nested" / "big.txt").write_text("\n".join(big), encoding="utf-8")
+    (folder / "empty.txt").write_text("")
+    (folder / "ignored.md").write_text("not counted: not a .txt file")
+
+
+def test_word_counts_equal_a_single_process_count(target: Target, tmp_path: Path) -> None:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    corpus(folder)
+    env = target.process_env()
+    env["PYTHONPATH"] = f"{EXAMPLE}:{env['PYTHONPATH']}"
+    workers = [
+        Distq(["worker", "--tasks", "wordcount_tasks", "-q", "--connect-timeout", "30"], env)
+        for _ in range(2)
+    ]
+    output = tmp_path / "counts.json"
+    try:
+        done = subprocess.run(
+            [
+                *(sys.executable, str(EXAMPLE / "wordcount.py"), str(folder)),
+                *("--piece-bytes", "2000", "--check", "--output", str(output), "--timeout", "120"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    finally:
+        for worker in workers:
+            worker.stop(grace=3.0)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = re.search(r"wordcount: 8 files, (\d+) tasks", done.stdout)
+    assert found is not None and int(found.group(1)) > 50, done.stdout  # the big file: pieces
+    assert "checked: the same counts as a single-process count" in done.stdout
+    expected: Counter[str] = Counter()
+    for path in folder.rglob("*.txt"):
+        expected.update(re.findall(r"[^\W\d_]+", path.read_text(encoding="utf-8").casefold()))
+    assert json.loads(output.read_text(encoding="utf-8")) == dict(expected)
+    assert expected["strasse"] > 0 and expected["слово"] > 0 and "line" in expected  # ß: ss

@@ -1,0 +1,280 @@
+"""The Executor contract, on every transport and real broker, with real worker processes.
+
+Workers are ``python -m distq worker --tasks jobs`` subprocesses (tests/jobs.py marks
+its tasks with ``@distq.task``). With the manager transport the executor hosts the
+queues and the workers connect to it, so an executor is opened before its workers.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import distq
+import jobs
+from conftest import Target
+from distq.errors import BrokenExecutor, RemoteError, TaskTimeout
+from procs import Distq
+
+pytestmark = pytest.mark.integration
+
+Workers = Callable[..., Distq]
+Open = Callable[..., distq.Executor]
+
+# what cancel(), cancel_futures and task_timeout can do: take a task back before it runs
+WITHDRAWS = {"manager": True, "redis": True, "rabbitmq": False}
+
+
+@pytest.fixture
+def workers(target: Target) -> Iterator[Workers]:
+    """Start worker processes on ``target`` (``--tasks jobs``); each stopped at teardown."""
+    started: list[Distq] = []
+
+    def start(*extra: str, **env: str) -> Distq:
+        args = ["worker", "--tasks", "jobs", "--connect-timeout", "30", *extra]
+        proc = Distq(args, target.process_env(**env))
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop(grace=3.0)
+
+
+@pytest.fixture
+def executor(target: Target) -> Iterator[Open]:
+    """Open executors on ``target``; each is closed (not waited for) at teardown."""
+    opened: list[distq.Executor] = []
+
+    def open_one(**options: Any) -> distq.Executor:
+        made = distq.Executor(target.settings, **options)
+        opened.append(made)
+        return made
+
+    yield open_one
+    for made in opened:
+        made.close()
+
+
+def attached(ex: distq.Executor, slots: int = 1, within: float = 30.0) -> None:
+    """Wait until ``slots`` worker slots are attached to the queue."""
+    deadline = time.monotonic() + within
+    while ex.stats().consumers < slots:
+        assert time.monotonic() < deadline, f"no {slots} worker slots attached in {within} s"
+        time.sleep(0.05)
+
+
+def test_map_yields_results_in_order_by_function_object_and_by_name(
+    executor: Open, workers: Workers
+) -> None:
+    ex = executor()
+    workers("--concurrency", "2")
+    workers()
+    # later tasks finish first: the order is the order of the calls, not of the results
+    delays = [0.3, 0.2, 0.1, 0.0] * 3
+    assert list(ex.map(jobs.sleep_then, delays, range(12))) == list(range(12))
+    assert list(ex.map("jobs:add", range(50), range(50))) == [2 * i for i in range(50)]
+    assert ex.submit(jobs.add, 2, b=3).result(30) == 5
+    assert ex.submit("square", 12).result(30) == 144  # a built-in name
+    assert list(ex.map(jobs.add, [], [])) == []
+
+
+def test_map_with_chunks_runs_every_call_once_in_order(executor: Open, workers: Workers) -> None:
+    ex = executor()
+    workers()
+    assert list(ex.map(jobs.add, range(103), range(103), chunksize=10)) == [
+        2 * i for i in range(103)
+    ]
+    results = ex.map(jobs.fail_with, ["a", "b"], chunksize=2)  # max_attempts 3: retried
+    with pytest.raises(RemoteError, match=r"jobs:fail_with \(chunk of 2\) \[.*ValueError: a"):
+        next(results)
+    with pytest.raises(ValueError, match="chunksize must be >= 1"):
+        ex.map(jobs.add, [1], [2], chunksize=0)
+
+
+def test_a_remote_exception_carries_its_type_message_and_traceback(
+    executor: Open, workers: Workers
+) -> None:
+    ex = executor(max_attempts=2)
+    workers()
+    future = ex.submit(jobs.fail_with, "disk full")
+    with pytest.raises(RemoteError) as caught:
+        future.result(60)
+    error = caught.value
+    assert (error.task_name, error.task_id, error.error_type) == (
+        "jobs:fail_with",
+        future.task_id,
+        "ValueError",
+    )
+    assert error.reason == "failed 2 of 2 attempts; last error: ValueError: disk full"
+    text = str(error)
+    assert "ValueError: disk full" in text and "Remote traceback:" in text
+    assert "in fail_with" in text and "in _raise" in text  # the worker's frames
+    assert isinstance(future.exception(0), RemoteError)
+    # results in order: map raises at the failing call, after the ones before it
+    results = ex.map(jobs.sleep_then, [0, 0], ["ok", "fine"])
+    assert list(results) == ["ok", "fine"]
+
+
+def test_only_registered_names_run(executor: Open, workers: Workers) -> None:
+    ex = executor()
+    workers()
+    for fn in (jobs.not_a_task, "jobs:not_a_task", "os:system"):
+        with pytest.raises(RemoteError, match=r"cannot run: UnknownTask: no task named"):
+            ex.submit(fn, "x").result(30)
+    with pytest.raises(RemoteError, match="cannot run: TypeError"):  # add(a, b) needs two
+        ex.submit(jobs.add, 1).result(30)
+
+
+def test_arguments_that_are_not_json_are_refused_before_anything_is_sent(
+    executor: Open,
+) -> None:
+    ex = executor()
+    with pytest.raises(TypeError, match=r"jobs:add: argument 2 is of type bytes"):
+        ex.submit(jobs.add, 1, b"2")
+    with pytest.raises(TypeError, match=r"keyword argument 'b'\[0\] is of type set"):
+        ex.submit(jobs.add, 1, b=[{2}])
+    with pytest.raises(TypeError, match=r"call 3 of map\(\): jobs:add: argument 1 is nan"):
+        ex.map(jobs.add, [1, 2, float("nan")], [1, 2, 3])
+    with pytest.raises(TypeError, match="not a module-level function"):
+        ex.submit(lambda: None)
+    time.sleep(0.2)  # long enough for the executor's thread to have sent anything it had
+    assert ex.stats().ready == 0  # not even the good calls of the map went out
+
+
+def test_result_timeout_names_the_task_and_the_task_stays_submitted(
+    executor: Open, workers: Workers
+) -> None:
+    ex = executor()
+    future = ex.submit(jobs.add, 20, 22)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=rf"no result for task jobs:add \[{future.task_id}\]"):
+        future.result(0.5)
+    assert 0.4 < time.monotonic() - started < 10
+    with pytest.raises(TimeoutError, match=r"after waiting 0\.2 s"):
+        next(ex.map(jobs.add, [1], [1], timeout=0.2))
+    workers()  # a worker comes: the task was waiting all along
+    assert future.result(60) == 42
+
+
+def test_task_timeout_fails_a_late_task_and_withdraws_it_where_it_can(
+    target: Target, executor: Open, workers: Workers
+) -> None:
+    ex = executor(task_timeout=2.0)
+    future = ex.submit(jobs.add, 1, 1)
+    with pytest.raises(TaskTimeout, match=r"jobs:add \[.*\] had no result after \d+\.\d s"):
+        future.result(30)
+    assert isinstance(future.exception(), TimeoutError)  # TaskTimeout is a TimeoutError
+    if WITHDRAWS[target.name]:
+        assert "withdrawn from the queue and will not run" in str(future.exception())
+        assert ex.stats().ready == 0
+    else:
+        assert "the transport cannot withdraw it" in str(future.exception())
+    workers()
+    attached(ex)  # a worker starting on a loaded machine can take longer than the deadline
+    assert ex.submit(jobs.add, 2, 2).result(60) == 4  # a fresh task has its own deadline
+
+
+def test_cancel_of_a_task_not_started_keeps_it_from_running_where_the_transport_can(
+    target: Target, executor: Open, workers: Workers
+) -> None:
+    ex = executor()
+    doomed = ex.submit(jobs.sleep_then, 0, "cancelled one")
+    kept = ex.submit(jobs.sleep_then, 0, "kept")
+    deadline = time.monotonic() + 10
+    while ex.stats().ready < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # both are on the broker: cancel() has to take one back from there
+    cancelled = doomed.cancel()
+    assert cancelled is WITHDRAWS[target.name]
+    assert doomed.cancelled() is cancelled and doomed.done() is cancelled
+    worker = workers()
+    assert kept.result(60) == "kept"
+    if cancelled:
+        with pytest.raises(concurrent.futures.CancelledError):
+            doomed.result(0)
+        assert concurrent.futures.wait([doomed], timeout=0).done == {doomed}
+        assert "cancelled one" not in worker.output()
+    else:  # RabbitMQ: the task runs, and the future has its result
+        assert doomed.result(60) == "cancelled one"
+    assert doomed.cancel() is cancelled and kept.cancel() is False  # done: nothing to cancel
+
+
+def test_shutdown_waits_for_results_and_cancel_futures_cancels_what_it_can(
+    target: Target, executor: Open, workers: Workers
+) -> None:
+    ex = executor()
+    running = [ex.submit(jobs.sleep_then, 0.2, i) for i in range(3)]
+    worker = workers()
+    ex.shutdown(wait=True)
+    assert [f.result(0) for f in running] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        ex.submit(jobs.add, 1, 2)
+    worker.stop()
+
+    second = executor()
+    queued = [second.submit(jobs.add, i, i) for i in range(5)]
+    deadline = time.monotonic() + 10
+    while second.stats().ready < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)  # on the broker, none taken: no worker runs now
+    second.shutdown(wait=False, cancel_futures=True)
+    if WITHDRAWS[target.name]:
+        concurrent.futures.wait(queued, timeout=10)
+        assert all(f.cancelled() for f in queued)  # each one taken back off the broker
+    else:  # RabbitMQ: they still run; shutdown's wait returns once they are answered
+        workers()
+        assert [f.result(60) for f in queued] == [0, 2, 4, 6, 8]
+    second.shutdown(wait=True)
+
+
+def test_leaving_map_early_cancels_the_rest(
+    target: Target, executor: Open, workers: Workers
+) -> None:
+    ex = executor()
+    worker = workers(DISTQ_PREFETCH="1")  # takes one task at a time: the rest wait queued
+    attached(ex)
+    results = ex.map(jobs.sleep_then, [0.0] + [0.2] * 20, ["first"] + [f"n{i}" for i in range(20)])
+    assert next(results) == "first"
+    results.close()  # 4 s of tasks left; a worker has taken one or two of them
+    ex.shutdown(wait=True)  # returns once what was not cancelled has come back
+    runs = worker.output().count("Get task jobs:sleep_then")
+    if WITHDRAWS[target.name]:
+        assert runs < 21, worker.output()
+    else:
+        assert runs == 21, worker.output()  # RabbitMQ: every one runs
+
+
+def test_a_lost_broker_fails_the_futures_instead_of_hanging(tmp_path: Any) -> None:
+    from launch import LocalRedis
+
+    server = LocalRedis(tmp_path).start()
+    try:
+        ex = distq.Executor(
+            transport="redis", redis_url=server.url, queue="lost", lease_seconds=1.0
+        )
+        future = ex.submit(jobs.add, 1, 2)  # no worker: it waits on the broker
+        time.sleep(0.3)
+        server.kill()
+        with pytest.raises(BrokenExecutor, match="the executor stopped: Redis at"):
+            future.result(30)
+        with pytest.raises(BrokenExecutor):
+            ex.submit(jobs.add, 1, 2)
+        ex.shutdown()
+    finally:
+        server.stop()
+
+
+def test_with_signing_keys_tasks_and_results_are_signed_both_ways(
+    executor: Open, workers: Workers
+) -> None:
+    key = "exec15-signing-key-0123456789abcdef"
+    ex = executor(signing_keys=(key.encode(),))
+    worker = workers(DISTQ_SIGNING_KEYS=key)
+    assert ex.submit(jobs.add, 20, 22).result(60) == 42
+    with pytest.raises(RemoteError, match=r"ValueError: signed too") as caught:
+        ex.submit(jobs.fail_with, "signed too").result(60)
+    assert caught.value.remote_traceback is not None
+    assert "signed with key id" in worker.output()

@@ -1,0 +1,55 @@
+"""DISTQ_LOG_FORMAT=json on a real job: every line is one JSON object, and each task can be
+followed from the master's submit to the worker's settle and back; no password anywhere."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import Target
+from procs import Distq
+
+pytestmark = pytest.mark.integration
+
+TASKS = 20
+
+
+def records(process: Distq) -> list[dict[str, Any]]:
+    lines = [line for line in process.output().splitlines() if line.strip()]
+    return [json.loads(line) for line in lines]  # raises on any line that is not JSON
+
+
+def test_one_task_can_be_followed_through_the_json_lines(target: Target) -> None:
+    env = target.process_env(DISTQ_LOG_FORMAT="json")
+    worker = Distq(["worker", "--worker-id", "w-json", "--exit-when-idle", "3"], env)
+    master = Distq(["master", "--tasks", str(TASKS), "--timeout", "60", "--wait-workers", "1"], env)
+    try:
+        assert master.wait(90) == 0, master.output()
+        assert worker.wait(60) == 0, worker.output()
+        ours, theirs = records(master), records(worker)
+        text = master.output() + worker.output()
+    finally:
+        master.stop()
+        worker.stop()
+    for record in ours + theirs:
+        assert record["timestamp"].endswith("Z") and record["level"] in ("info", "error")
+    assert {r["role"] for r in ours} == {"master"}
+    assert {(r["role"], r["worker"]) for r in theirs} == {("worker", "w-json")}
+
+    submitted = {r["task_id"]: r for r in ours if r.get("event") == "task submitted"}
+    settled = {r["task_id"]: r for r in theirs if r.get("event") == "task settled"}
+    received = {r["task_id"]: r for r in ours if r.get("event") == "result received"}
+    assert len(submitted) == TASKS
+    assert set(settled) == set(received) == set(submitted)
+    for task_id, result in received.items():
+        run = settled[task_id]
+        assert (run["task"], run["attempt"], run["outcome"]) == ("square", 1, "ok")
+        assert result["worker"] == "w-json" and result["duration"] == run["duration"]
+        assert result["round_trip"] >= run["queue_wait"]
+
+    url = urlsplit(target.env.get("DISTQ_REDIS_URL") or target.env.get("DISTQ_AMQP_URL") or "")
+    if url.password:
+        assert url.password not in text

@@ -1,0 +1,187 @@
+"""Readiness follows the broker for real: 503 while it is paused or stopped, 200 once it is
+back, and liveness stays 200 all along. Also RabbitMQ's in-flight count from its
+management API. Each broker here is private (tests/launch.py): these tests pause, stop
+and restart it, which the shared brokers must never see.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from endpoints import get, promtool_check, wait_for
+from launch import LocalRabbitMQ, LocalRedis, free_port
+from procs import Distq
+
+pytestmark = pytest.mark.integration
+
+DETECT = 20.0  # seconds: generous for a loaded machine; the README promises a few
+RECOVER = 60.0  # a restarted RabbitMQ takes a while; workers retry every second
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path_factory.mktemp("redis"), password=secrets.token_hex(8))
+    with server.start():
+        yield server
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRabbitMQ]:
+    server = LocalRabbitMQ(tmp_path_factory.mktemp("rabbitmq"), plugins=["rabbitmq_management"])
+    with server.start(timeout=120):
+        yield server
+
+
+def environment(transport: str, url: str = "", **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(
+        PYTHONPATH=str(REPO / "src"),
+        PYTHONUNBUFFERED="1",
+        DISTQ_TRANSPORT=transport,
+        DISTQ_QUEUE=f"t{secrets.token_hex(4)}",
+        DISTQ_METRICS_HOST="127.0.0.1",
+        DISTQ_STATS_SECONDS="0.5",
+    )
+    if transport == "redis":
+        env["DISTQ_REDIS_URL"] = url
+    elif transport == "rabbitmq":
+        env["DISTQ_AMQP_URL"] = url
+    else:
+        env["DISTQ_MANAGER_ADDRESS"] = f"127.0.0.1:{free_port()}"
+        env["DISTQ_AUTHKEY"] = secrets.token_hex(16)
+    env.update(extra)
+    return env
+
+
+def worker(env: dict[str, str], port: int, *args: str) -> Distq:
+    worker_env = dict(env, DISTQ_METRICS_PORT=str(port), DISTQ_LEASE_SECONDS="1")
+    argv = ["worker", "--exit-when-idle", "600", "--connect-timeout", "60", *args]
+    return Distq(argv, worker_env)
+
+
+def master(env: dict[str, str], port: int) -> Distq:
+    """A slow, endless job: the master keeps its producer busy until stopped. A long lease
+    gives its Redis calls a socket timeout (lease/3 + 5 s, at most 10 s) that outlasts the
+    pauses here: a master does not survive a broker call that fails (yet)."""
+    master_env = dict(env, DISTQ_METRICS_PORT=str(port), DISTQ_LEASE_SECONDS="30")
+    return Distq(["master", "--rate", "20", "--quiet"], master_env)
+
+
+def stop(*processes: Distq) -> None:
+    for process in processes:
+        process.stop()
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+def test_readiness_is_503_while_the_broker_is_paused_and_200_once_it_resumes(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    server: LocalRedis | LocalRabbitMQ = request.getfixturevalue(f"{kind}_server")
+    env = environment(kind, server.url)
+    ports = [free_port(), free_port()]
+    processes = [worker(env, ports[0], "--concurrency", "2"), master(env, ports[1])]
+    try:
+        wait_for(ports, "/readyz", 200, timeout=60)
+        server.pause()
+        try:
+            seen = wait_for(ports, "/readyz", 503, timeout=DETECT, alive=ports)
+        finally:
+            server.resume()
+        for body in seen.values():  # found by a call that hangs, not by a later timeout
+            assert "no answer from the broker" in body["reason"], seen
+        wait_for(ports, "/readyz", 200, timeout=RECOVER, alive=ports)
+        assert processes[1].proc.poll() is None, processes[1].output()
+    finally:
+        stop(*processes)
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+def test_a_workers_readiness_is_503_while_the_broker_is_stopped(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    server: LocalRedis | LocalRabbitMQ = request.getfixturevalue(f"{kind}_server")
+    port = free_port()
+    process = worker(environment(kind, server.url), port)
+    try:
+        wait_for([port], "/readyz", 200, timeout=60)
+        server.stop()
+        try:
+            seen = wait_for([port], "/readyz", 503, timeout=DETECT, alive=[port])
+            assert seen[port]["status"] == "not ready" and seen[port]["reason"]
+        finally:
+            server.restart(timeout=120)
+        wait_for([port], "/readyz", 200, timeout=RECOVER, alive=[port])
+    finally:
+        stop(process)
+
+
+def test_a_workers_readiness_follows_its_manager_master(tmp_path: Path) -> None:
+    env = environment("manager")
+    worker_port, master_port = free_port(), free_port()
+    work = worker(env, worker_port)
+    boss = master(env, master_port)
+    try:
+        wait_for([worker_port, master_port], "/readyz", 200, timeout=60)
+        boss.signal(signal.SIGSTOP)  # the master hosts the queues: a paused broker
+        try:
+            seen = wait_for([worker_port], "/readyz", 503, timeout=DETECT, alive=[worker_port])
+        finally:
+            boss.signal(signal.SIGCONT)
+        assert "broker: no answer from the broker" in seen[worker_port]["reason"]
+        wait_for([worker_port, master_port], "/readyz", 200, timeout=RECOVER, alive=[worker_port])
+        boss.proc.kill()  # gone for good: the worker's connections fail
+        boss.proc.wait(10)
+        wait_for([worker_port], "/readyz", 503, timeout=DETECT, alive=[worker_port])
+        boss = master(env, master_port)  # a new master on the same address
+        wait_for([worker_port, master_port], "/readyz", 200, timeout=RECOVER, alive=[worker_port])
+    finally:
+        stop(work, boss)
+
+
+def test_unknown_paths_are_404_and_the_metrics_pass_promtool(
+    rabbitmq_server: LocalRabbitMQ,
+) -> None:
+    """A master with DISTQ_RABBITMQ_MANAGEMENT_URL reports RabbitMQ's unacknowledged count
+    as in_flight; without it, in_flight has no sample."""
+    assert rabbitmq_server.management_url is not None
+    env = environment(
+        "rabbitmq",
+        rabbitmq_server.url,
+        DISTQ_RABBITMQ_MANAGEMENT_URL=rabbitmq_server.management_url,
+        DISTQ_PREFETCH="1",
+    )
+    worker_port, master_port = free_port(), free_port()
+    # each of 2 slots holds one 5 s task at a time: in_flight is 2 for a while
+    work = worker(env, worker_port, "--concurrency", "2")
+    boss = Distq(
+        ["master", "--tasks", "6", "--task-delay", "5", "--quiet", "--timeout", "120"],
+        dict(env, DISTQ_METRICS_PORT=str(master_port)),
+    )
+    try:
+        wait_for([worker_port, master_port], "/readyz", 200, timeout=60)
+        deadline = time.monotonic() + 30  # the management plugin refreshes every 5 s
+        while True:
+            text = get(master_port, "/metrics")[1]
+            found = re.search(r'^distq_queue_depth\{.*state="in_flight".*\} (\S+)$', text, re.M)
+            if found and float(found.group(1)) == 2:
+                break
+            assert time.monotonic() < deadline, text
+            time.sleep(0.5)
+        assert re.search(r"^distq_workers\{.*\} 2\.0$", text, re.M), text
+        promtool_check(text)
+        promtool_check(get(worker_port, "/metrics")[1])
+        for port in (worker_port, master_port):
+            for path in ("/", "/metrics/", "/healthz/x", "/ready"):
+                assert get(port, path)[0] == 404
+        assert rabbitmq_server.password not in boss.output() + work.output()
+    finally:
+        stop(work, boss)

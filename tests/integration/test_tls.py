@@ -1,0 +1,293 @@
+"""TLS for real: Debian's redis-server and RabbitMQ with TLS listeners on 127.0.0.1.
+
+A job runs over ``rediss://`` and ``amqps://`` (master and worker as processes, with a CA
+file, a client certificate and the password from a file). A wrong CA, an expired server
+certificate, a certificate for another host name, an untrusted client certificate and
+plain TCP to a TLS port each stop ``distq`` with exit code 3 and one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from certs import CertificateAuthority, Pair
+from conftest import REPO
+from launch import LocalRabbitMQ, LocalRedis, TlsFiles, free_port
+from procs import Distq
+
+pytestmark = pytest.mark.integration
+
+EXIT_UNREACHABLE = 3
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: CertificateAuthority
+    server: Pair
+    client: Pair
+    expired: Pair
+    elsewhere: Pair  # a server certificate for another host name
+    stranger_ca: CertificateAuthority  # trusts nothing of ours
+    stranger_client: Pair
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    base = tmp_path_factory.mktemp("pki")
+    ca, stranger = (
+        CertificateAuthority(base / "ca"),
+        CertificateAuthority(base / "stranger", name="stranger CA"),
+    )
+    return Pki(
+        ca=ca,
+        server=ca.issue("server", hosts=("127.0.0.1",)),
+        client=ca.issue("client", hosts=(), client=True),
+        expired=ca.issue("expired", hosts=("127.0.0.1", "localhost"), expired=True),
+        elsewhere=ca.issue("elsewhere", hosts=("broker.invalid",)),
+        stranger_ca=stranger,
+        stranger_client=stranger.issue("stranger-client", hosts=(), client=True),
+    )
+
+
+@dataclass(frozen=True)
+class TlsBroker:
+    transport: str
+    url: str  # TLS, no password in it
+    password: str
+    tls_port: int
+    plain_url: str  # plain TCP to the TLS port
+
+
+@pytest.fixture(scope="module")
+def redis_tls(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
+    password = secrets.token_hex(12)
+    files = TlsFiles(ca=pki.ca.cert, cert=pki.server.cert, key=pki.server.key)
+    server = LocalRedis(tmp_path_factory.mktemp("redis-tls"), password=password, tls=files)
+    with server.start():
+        url = f"rediss://127.0.0.1:{server.port}/0"
+        yield TlsBroker("redis", url, password, server.port, url.replace("rediss", "redis"))
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_tls(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
+    files = TlsFiles(ca=pki.ca.cert, cert=pki.server.cert, key=pki.server.key)
+    server = LocalRabbitMQ(tmp_path_factory.mktemp("rabbitmq-tls"), tls=files)
+    with server.start():
+        port = server.tls_port
+        assert port is not None
+        url = f"amqps://{server.user}@127.0.0.1:{port}/%2F"
+        plain = f"amqp://{server.user}@127.0.0.1:{port}/%2F"
+        yield TlsBroker("rabbitmq", url, server.password, port, plain)
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> TlsBroker:
+    name = "redis_tls" if request.param == "redis" else "rabbitmq_tls"
+    tls_broker: TlsBroker = request.getfixturevalue(name)
+    return tls_broker
+
+
+def environment(broker: TlsBroker, pki: Pki, tmp_path: Path, **changes: str) -> dict[str, str]:
+    """A distq process's environment: CA, client certificate, password from a file."""
+    secret = tmp_path / "broker-password"
+    secret.write_text(broker.password + "\n")
+    prefix = "REDIS" if broker.transport == "redis" else "AMQP"
+    env = {
+        "DISTQ_TRANSPORT": broker.transport,
+        f"DISTQ_{prefix}_URL": broker.url,
+        f"DISTQ_{prefix}_PASSWORD_FILE": str(secret),
+        "DISTQ_TLS_CA_FILE": str(pki.ca.cert),
+        "DISTQ_TLS_CERT_FILE": str(pki.client.cert),
+        "DISTQ_TLS_KEY_FILE": str(pki.client.key),
+        "DISTQ_QUEUE": f"tls{secrets.token_hex(4)}",
+        "DISTQ_LEASE_SECONDS": "2",
+    }
+    env.update(changes)
+    return process_env({k: v for k, v in env.items() if v})
+
+
+def process_env(distq: dict[str, str]) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(distq, PYTHONPATH=f"{REPO / 'tests'}:{REPO / 'src'}", PYTHONUNBUFFERED="1")
+    return env
+
+
+def test_a_job_runs_over_tls(broker: TlsBroker, pki: Pki, tmp_path: Path) -> None:
+    env = environment(broker, pki, tmp_path)
+    master = Distq(["master", "--tasks", "20", "--timeout", "60"], env)
+    worker = Distq(["worker", "--exit-when-idle", "2", "--concurrency", "2"], env)
+    try:
+        assert master.wait(90) == 0, master.output() + worker.output()
+        assert "all 20 results in and correct" in master.output()
+        assert worker.wait(30) == 0, worker.output()
+    finally:
+        master.stop()
+        worker.stop()
+
+
+def refused(env: dict[str, str], *expected: str) -> str:
+    """Run a master that cannot connect: exit 3 and one ``distq:`` line naming the problem."""
+    master = Distq(["master", "--tasks", "1", "--timeout", "20"], env)
+    try:
+        code = master.wait(60)
+        out = master.output()
+    finally:
+        master.stop()
+    assert code == EXIT_UNREACHABLE, out
+    assert "Traceback" not in out, out
+    errors = [line for line in out.splitlines() if line.startswith("distq:")]
+    assert len(errors) == 1 and len(out.strip().splitlines()) == 1, out
+    for text in expected:
+        assert text in errors[0], out
+    return errors[0]
+
+
+def test_a_wrong_ca_is_refused(broker: TlsBroker, pki: Pki, tmp_path: Path) -> None:
+    env = environment(broker, pki, tmp_path, DISTQ_TLS_CA_FILE=str(pki.stranger_ca.cert))
+    refused(env, "TLS with", "certificate was refused", "DISTQ_TLS_CA_FILE")
+
+
+def test_a_host_name_the_certificate_does_not_name_is_refused(
+    broker: TlsBroker, pki: Pki, tmp_path: Path
+) -> None:
+    """The server certificate names 127.0.0.1 only; connecting as localhost must fail."""
+    prefix = "REDIS" if broker.transport == "redis" else "AMQP"
+    url = broker.url.replace("127.0.0.1", "localhost")
+    refused(environment(broker, pki, tmp_path, **{f"DISTQ_{prefix}_URL": url}), "mismatch")
+
+
+def test_an_untrusted_client_certificate_is_refused_by_the_broker(
+    broker: TlsBroker, pki: Pki, tmp_path: Path
+) -> None:
+    """The broker checks a client certificate that is sent: proof that ours is sent."""
+    env = environment(
+        broker,
+        pki,
+        tmp_path,
+        DISTQ_TLS_CERT_FILE=str(pki.stranger_client.cert),
+        DISTQ_TLS_KEY_FILE=str(pki.stranger_client.key),
+    )
+    # TLS 1.3: the broker's alert may or may not arrive before it closes the connection
+    line = refused(env, "TLS with", "DISTQ_TLS_CERT_FILE")
+    assert "refused our client certificate" in line or "during the TLS handshake" in line, line
+
+
+def test_plain_tcp_to_a_tls_port_fails_with_one_line(
+    broker: TlsBroker, pki: Pki, tmp_path: Path
+) -> None:
+    prefix = "REDIS" if broker.transport == "redis" else "AMQP"
+    env = environment(
+        broker,
+        pki,
+        tmp_path,
+        **{f"DISTQ_{prefix}_URL": broker.plain_url},
+        DISTQ_TLS_CA_FILE="",
+        DISTQ_TLS_CERT_FILE="",
+        DISTQ_TLS_KEY_FILE="",
+    )
+    scheme = "rediss://" if broker.transport == "redis" else "amqps://"
+    refused(env, "If that port expects TLS, use " + scheme)
+
+
+def test_a_worker_gives_up_at_once_on_a_refused_certificate(
+    broker: TlsBroker, pki: Pki, tmp_path: Path
+) -> None:
+    env = environment(broker, pki, tmp_path, DISTQ_TLS_CA_FILE=str(pki.stranger_ca.cert))
+    worker = Distq(["worker", "--connect-timeout", "60"], env)
+    try:
+        started = time.monotonic()
+        assert worker.wait(30) == EXIT_UNREACHABLE, worker.output()
+        assert time.monotonic() - started < 20  # not retried for the minute it may wait
+        assert "Traceback" not in worker.output()
+        assert "certificate was refused" in worker.output()
+    finally:
+        worker.stop()
+
+
+# --- an expired server certificate ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_with(cert: Pair, ca: Path, workdir: Path) -> Iterator[int]:
+    """redis-server presenting ``cert`` (launch's start() would refuse an expired one)."""
+    port = free_port()
+    exe = shutil.which("redis-server") or "redis-server"
+    argv = [exe, "--bind", "127.0.0.1", "--port", "0", "--tls-port", str(port), "--save", ""]
+    argv += ["--tls-cert-file", str(cert.cert), "--tls-key-file", str(cert.key)]
+    argv += ["--tls-ca-cert-file", str(ca), "--tls-auth-clients", "optional"]
+    argv += ["--dir", str(workdir), "--appendonly", "no"]
+    with (workdir / "redis.log").open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    try:
+        deadline = time.monotonic() + 20
+        while not _listening(port):
+            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def tls_listener(cert: Pair) -> Iterator[int]:
+    """A TLS server that only does handshakes: where an expired certificate is refused."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert.cert, cert.key)
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close()
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+def test_an_expired_server_certificate_is_refused_by_redis_clients(
+    pki: Pki, tmp_path: Path
+) -> None:
+    with redis_with(pki.expired, pki.ca.cert, tmp_path) as port:
+        broker = TlsBroker("redis", f"rediss://127.0.0.1:{port}/0", "pw", port, "")
+        refused(environment(broker, pki, tmp_path), "certificate has expired")
+
+
+def test_an_expired_server_certificate_is_refused_by_rabbitmq_clients(
+    pki: Pki, tmp_path: Path
+) -> None:
+    with tls_listener(pki.expired) as port:
+        broker = TlsBroker("rabbitmq", f"amqps://distq@127.0.0.1:{port}/%2F", "pw", port, "")
+        refused(environment(broker, pki, tmp_path), "certificate has expired")

@@ -1,0 +1,390 @@
+"""What the manifests promise, read from the rendered output of every overlay.
+
+Pod hardening, probes, resources and scrape annotations on every distq pod; settings in
+the ConfigMap and every secret in a file; NetworkPolicies that admit only who must get
+in; the autoscalers pointing at the ready-task count of the right queue; scaling the
+worker Deployment needing nothing but its replica count.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+from urllib.parse import urlsplit
+
+import pytest
+
+from k8s.render import (
+    COMPONENTS,
+    K8S,
+    NAMESPACE,
+    OVERLAYS,
+    ROOT,
+    SECRET_FILES,
+    TOOLS,
+    Doc,
+    Tree,
+    find,
+    find_prefixed,
+    load,
+)
+
+DISTQ_UID = 10001
+METRICS_PORT = 9100
+BROKER_PORTS = {"redis": "redis", "rabbitmq": "amqp"}
+SECRET_SETTINGS = {
+    "DISTQ_AUTHKEY",
+    "DISTQ_SIGNING_KEY",
+    "DISTQ_SIGNING_KEYS",
+    "DISTQ_REDIS_PASSWORD",
+    "DISTQ_AMQP_PASSWORD",
+}
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def docs(k8s_tree: Tree, overlay: str) -> list[Doc]:
+    return load(k8s_tree.render(overlay))
+
+
+def pod_of(workload: Doc) -> Doc:
+    pod: Doc = workload["spec"]["template"]["spec"]
+    return pod
+
+
+def config(docs: list[Doc]) -> dict[str, str]:
+    data: dict[str, str] = find_prefixed(docs, "ConfigMap", "distq-config")["data"]
+    return data
+
+
+def secret_data(docs: list[Doc]) -> dict[str, str]:
+    data = find_prefixed(docs, "Secret", "distq-secrets")["data"]
+    return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+def port_number(container: Doc, port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    number: int = next(p["containerPort"] for p in container["ports"] if p.get("name") == port)
+    return number
+
+
+@pytest.mark.parametrize("role", ["master", "worker"])
+def test_distq_pods_are_hardened_probed_limited_and_scraped(docs: list[Doc], role: str) -> None:
+    deployment = find(docs, "Deployment", role)
+    pod = pod_of(deployment)
+    (container,) = pod["containers"]
+    assert container["image"].split(":")[0] == f"distq-{role}"
+
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": DISTQ_UID,
+        "runAsGroup": DISTQ_UID,
+        "fsGroup": DISTQ_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = [m for m in container["volumeMounts"] if not m.get("readOnly")]
+    assert [m["mountPath"] for m in writable] == ["/tmp"]
+    assert "emptyDir" in volumes[writable[0]["name"]]
+
+    assert pod["automountServiceAccountToken"] is False
+    account = find(docs, "ServiceAccount", pod["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False
+
+    assert config(docs)["DISTQ_METRICS_PORT"] == str(METRICS_PORT)
+    for kind, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = container[kind]["httpGet"]
+        assert get["path"] == path
+        assert port_number(container, get["port"]) == METRICS_PORT
+
+    for need in ("requests", "limits"):
+        assert set(container["resources"][need]) == {"cpu", "memory"}
+
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def test_worker_grace_period_outlasts_its_warm_shutdown(docs: list[Doc]) -> None:
+    drain = float(config(docs)["DISTQ_DRAIN_SECONDS"])
+    grace = pod_of(find(docs, "Deployment", "worker"))["terminationGracePeriodSeconds"]
+    # The drain, then handing back what was not started and closing the connections.
+    assert grace >= drain + 10
+
+
+def test_scaling_workers_needs_only_the_replica_count(docs: list[Doc]) -> None:
+    worker = find(docs, "Deployment", "worker")
+    pod = pod_of(worker)
+    (container,) = pod["containers"]
+    assert worker["spec"]["replicas"] >= 2
+    assert "hostNetwork" not in pod and "nodeName" not in pod and "affinity" not in pod
+    assert all("hostPort" not in p for p in container["ports"])
+    assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
+    # No per-replica identity in the settings: each pod names itself.
+    assert "DISTQ_WORKER_ID" not in config(docs)
+    assert all(e["name"] != "DISTQ_WORKER_ID" for e in container.get("env", []))
+
+
+def test_secrets_come_from_files_never_from_the_environment_or_a_url(
+    docs: list[Doc], k8s_tree: Tree
+) -> None:
+    settings = config(docs)
+    assert not SECRET_SETTINGS & set(settings), "a secret itself in the ConfigMap"
+    for key, value in settings.items():
+        if "://" in value:
+            assert urlsplit(value).password is None, f"{key} holds a password"
+    secret = secret_data(docs)
+    for role in ("master", "worker"):
+        pod = pod_of(find(docs, "Deployment", role))
+        (container,) = pod["containers"]
+        assert all("secretRef" not in s for s in container.get("envFrom", []))
+        assert all("secretKeyRef" not in e.get("valueFrom", {}) for e in container.get("env", []))
+        mounts = {
+            m["mountPath"]: m["name"]
+            for m in container["volumeMounts"]
+            if "secret" in {v["name"]: v for v in pod["volumes"]}[m["name"]]
+        }
+        for key, path in settings.items():
+            if key.endswith("_FILE"):
+                folder, _, name = path.rpartition("/")
+                assert folder in mounts, f"{key}={path} is not in a mounted Secret"
+                assert name in secret, f"{key}={path}: the Secret has no key {name!r}"
+    # The values are the ones the user's files hold (here: the test's random ones).
+    for name, value in secret.items():
+        if name in k8s_tree.secrets:
+            assert value == k8s_tree.secrets[name]
+
+
+def test_every_setting_a_transport_needs_is_there(docs: list[Doc], overlay: str) -> None:
+    settings = config(docs)
+    assert settings["DISTQ_TRANSPORT"] == overlay
+    secret = secret_data(docs)
+    if overlay == "manager":
+        assert settings["DISTQ_MANAGER_ADDRESS"] == "master:9000"
+        master = find(docs, "Deployment", "master")
+        (container,) = pod_of(master)["containers"]
+        assert {"name": "DISTQ_MANAGER_ADDRESS", "value": "0.0.0.0:9000"} in container["env"]
+        service = find(docs, "Service", "master")
+        port = next(p for p in service["spec"]["ports"] if p["port"] == 9000)
+        assert port_number(container, port["targetPort"]) == 9000
+        assert "authkey" in secret
+    elif overlay == "redis":
+        assert urlsplit(settings["DISTQ_REDIS_URL"]).hostname == "redis"
+        assert "redis-password" in secret
+    else:
+        url = urlsplit(settings["DISTQ_AMQP_URL"])
+        assert url.hostname == "rabbitmq"
+        assert url.username == secret["amqp-username"]
+        assert "amqp-password" in secret
+
+
+def test_brokers_are_statefulsets_with_storage_probes_and_a_service(
+    docs: list[Doc], overlay: str
+) -> None:
+    if overlay == "manager":
+        assert not [d for d in docs if d["kind"] == "StatefulSet"]
+        return
+    broker = find(docs, "StatefulSet", overlay)
+    pod = pod_of(broker)
+    (container,) = pod["containers"]
+    assert broker["spec"]["volumeClaimTemplates"]
+    assert {"readinessProbe", "livenessProbe"} <= set(container)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    service = find(docs, "Service", broker["spec"]["serviceName"])
+    assert service["metadata"]["name"] == overlay
+    assert service["spec"]["selector"].items() <= pod_labels(broker).items()
+
+
+def pod_labels(workload: Doc) -> dict[str, str]:
+    return dict(workload["spec"]["template"]["metadata"]["labels"])
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def test_network_policies_admit_only_who_must_get_in(docs: list[Doc], overlay: str) -> None:
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    for workload in workloads:  # every pod is covered by a policy
+        labels = pod_labels(workload)
+        assert any(selects(p["spec"]["podSelector"]["matchLabels"], labels) for p in policies)
+    distq = {"app.kubernetes.io/name": "distq"}
+    prometheus = {"app.kubernetes.io/name": "prometheus"}
+    worker_pods = pod_labels(find(docs, "Deployment", "worker"))
+    for role in ("master", "worker"):
+        rules = find(docs, "NetworkPolicy", role)["spec"]["ingress"]
+        scrape = [r for r in rules if r["ports"] == [{"port": "metrics", "protocol": "TCP"}]]
+        assert len(scrape) == 1
+        assert scrape[0]["from"][0]["podSelector"]["matchLabels"] == prometheus
+        others = [r for r in rules if r not in scrape]
+        if role == "master" and overlay == "manager":
+            (manager,) = others
+            assert manager["ports"] == [{"port": "manager", "protocol": "TCP"}]
+            (peer,) = manager["from"]
+            assert set(peer) == {"podSelector"}  # this namespace only
+            assert selects(peer["podSelector"]["matchLabels"], worker_pods)
+        else:
+            assert others == []
+    if overlay != "manager":
+        rules = find(docs, "NetworkPolicy", overlay)["spec"]["ingress"]
+        broker_port = {"port": BROKER_PORTS[overlay], "protocol": "TCP"}
+        admitted = [r for r in rules if broker_port in r["ports"]]
+        assert [r["from"] for r in admitted] == [[{"podSelector": {"matchLabels": distq}}]]
+
+
+def test_every_namespaced_object_lands_in_the_namespace(k8s_tree: Tree) -> None:
+    for overlay in OVERLAYS:
+        for component in (None, *COMPONENTS):
+            for d in load(k8s_tree.render(overlay, component)):
+                if d["kind"] != "Namespace":
+                    assert d["metadata"].get("namespace") == NAMESPACE, (overlay, component, d)
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_keda_scales_workers_on_the_ready_tasks_of_the_queue(k8s_tree: Tree, broker: str) -> None:
+    docs = load(k8s_tree.render(broker, f"keda-{broker}"))
+    scaled = find(docs, "ScaledObject", "worker")
+    assert find(docs, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+    assert 1 <= scaled["spec"]["minReplicaCount"] < scaled["spec"]["maxReplicaCount"]
+    assert scaled["spec"]["cooldownPeriod"] > 0
+    (trigger,) = scaled["spec"]["triggers"]
+    meta = trigger["metadata"]
+    queue = config(docs)["DISTQ_QUEUE"]
+    # KEDA's operator lives in another namespace: the broker's Service, fully named.
+    service_host = f"{broker}.{NAMESPACE}.svc"
+    if broker == "redis":
+        assert trigger["type"] == "redis"
+        assert meta["listName"] == queue  # the ready list is named exactly DISTQ_QUEUE
+        assert meta["address"] == f"{service_host}:6379"
+    else:
+        assert trigger["type"] == "rabbitmq"
+        assert (meta["queueName"], meta["mode"], meta["protocol"]) == (queue, "QueueLength", "amqp")
+        host = urlsplit(meta["host"])
+        assert (host.hostname, host.port, host.password) == (service_host, 5672, None)
+    auth = find(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    secret = find_prefixed(docs, "Secret", "distq-secrets")
+    for ref in auth["spec"]["secretTargetRef"]:
+        assert ref["name"] == secret["metadata"]["name"]  # the generated (hashed) name
+        assert ref["key"] in secret["data"]
+    # KEDA's operator may reach the broker, on the broker's port.
+    rules = find(docs, "NetworkPolicy", broker)["spec"]["ingress"]
+    keda = {"kubernetes.io/metadata.name": "keda"}
+    (rule,) = [
+        r for r in rules if r["from"][0].get("namespaceSelector", {}).get("matchLabels") == keda
+    ]
+    assert rule["ports"] == [{"port": BROKER_PORTS[broker], "protocol": "TCP"}]
+
+
+def test_hpa_scales_workers_on_cpu_they_request(k8s_tree: Tree) -> None:
+    docs = load(k8s_tree.render("redis", "hpa"))
+    hpa = find(docs, "HorizontalPodAutoscaler", "worker")
+    target = find(docs, "Deployment", hpa["spec"]["scaleTargetRef"]["name"])
+    assert target["metadata"]["name"] == "worker"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    (container,) = pod_of(target)["containers"]
+    assert "cpu" in container["resources"]["requests"]  # Utilization is relative to it
+
+
+def test_servicemonitor_finds_master_and_every_worker(k8s_tree: Tree) -> None:
+    docs = load(k8s_tree.render("redis", "servicemonitor"))
+    monitor = find(docs, "ServiceMonitor", "distq")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    services = [
+        d for d in docs if d["kind"] == "Service" and selects(selector, d["metadata"]["labels"])
+    ]
+    assert sorted(s["metadata"]["name"] for s in services) == ["master", "worker"]
+    assert find(docs, "Service", "worker")["spec"]["clusterIP"] == "None"  # every pod
+    for endpoint in monitor["spec"]["endpoints"]:
+        for service in services:
+            assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_disruption_budget_covers_the_workers(docs: list[Doc]) -> None:
+    budget = find(docs, "PodDisruptionBudget", "worker")
+    assert selects(
+        budget["spec"]["selector"]["matchLabels"], pod_labels(find(docs, "Deployment", "worker"))
+    )
+
+
+def test_every_secret_file_is_in_the_readme_and_none_is_committed() -> None:
+    wanted = set()
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        text = kustomization.read_text()
+        for match in re.finditer(r"^\s*-\s*[\w.-]+=(secrets/[\w.-]+)\s*$", text, re.M):
+            wanted.add(str((kustomization.parent / match.group(1)).relative_to(K8S)))
+    assert wanted == set(SECRET_FILES)
+    readme = (ROOT / "README.md").read_text()
+    for rel in SECRET_FILES:
+        assert f"k8s/{rel}" in readme, f"README.md does not say to create k8s/{rel}"
+    tracked = subprocess.run(
+        ["git", "ls-files", "k8s"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert [t for t in tracked if "/secrets/" in t and not t.endswith(".gitignore")] == []
+
+
+def test_the_readme_kustomization_renders_as_it_says(k8s_tree: Tree) -> None:
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"```yaml\n(# my-distq/kustomization.yaml.*?)```", readme, re.S)
+    assert match, "README.md has no my-distq/kustomization.yaml example"
+    folder = k8s_tree.dir / "my-distq"
+    folder.mkdir(exist_ok=True)
+    (folder / "kustomization.yaml").write_text(match.group(1))
+    done = subprocess.run(
+        [str(TOOLS / "kubectl"), "kustomize", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    docs = load(done.stdout)
+    assert find(docs, "ScaledObject", "worker")["metadata"]["namespace"] == NAMESPACE
+    for role in ("master", "worker"):
+        (container,) = pod_of(find(docs, "Deployment", role))["containers"]
+        assert container["image"] == f"registry.example/distq-{role}:0.1.0"
+
+
+def test_images_are_tagged_with_the_package_version(docs: list[Doc]) -> None:
+    version = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert version
+    for role in ("master", "worker"):
+        (container,) = pod_of(find(docs, "Deployment", role))["containers"]
+        assert container["image"] == f"distq-{role}:{version.group(1)}"
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(docs: list[Doc]) -> None:
+    """What the namespace's `pod-security.kubernetes.io/enforce: restricted` admits."""
+    namespace = find(docs, "Namespace", NAMESPACE)
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    allowed_volumes = {"name", "emptyDir", "secret", "configMap", "persistentVolumeClaim"}
+    for workload in (d for d in docs if d["kind"] in ("Deployment", "StatefulSet")):
+        pod = pod_of(workload)
+        what = f"{workload['kind']}/{workload['metadata']['name']}"
+        assert pod["securityContext"]["runAsNonRoot"] is True, what
+        assert pod["securityContext"]["runAsUser"] != 0, what
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, what
+        assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod), what
+        for volume in pod.get("volumes", []):
+            assert set(volume) <= allowed_volumes, what
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, what
+            assert context["capabilities"] == {"drop": ["ALL"]}, what
+            assert context["readOnlyRootFilesystem"] is True, what
+            assert all("hostPort" not in p for p in container.get("ports", [])), what

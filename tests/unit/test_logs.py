@@ -1,0 +1,162 @@
+"""Log lines: passwords masked in every format, JSON lines that parse, text lines unchanged."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from distq.console import Console
+from distq.credentials import mask_url
+from distq.ending import Ending
+from distq.envelope import Result, Task
+from distq.logs import (
+    JsonConsole,
+    JsonFormatter,
+    MaskingFormatter,
+    TextConsole,
+    mask_secrets,
+)
+from distq.telemetry import MasterTelemetry, WorkerTelemetry
+from distq.transport import Delivery, Settlement
+from launch import free_port
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@redis-host:6379/0", "redis://:***@redis-host:6379/0"),
+        ("rediss://user:s3cret@h/1?ssl_cert_reqs=none", "rediss://user:***@h/1?ssl_cert_reqs=none"),
+        ("amqp://distq:s3cret@rabbit:5672/%2F", "amqp://distq:***@rabbit:5672/%2F"),
+        ("amqps://u:p%40ss@rabbit/vh", "amqps://u:***@rabbit/vh"),
+        ("http://admin:s3cret@[::1]:15672", "http://admin:***@[::1]:15672"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://user@127.0.0.1:6379/0", "redis://user@127.0.0.1:6379/0"),
+        ("unix://:s3cret@/run/redis.sock?db=0", "unix://:***@/run/redis.sock?db=0"),
+    ],
+)
+def test_mask_url_hides_only_the_password(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+    assert mask_secrets(f"cannot reach {url}: refused") == f"cannot reach {shown}: refused"
+
+
+def test_a_password_with_at_signs_and_colons_is_masked_whole() -> None:
+    url = "amqp://distq:a:b@c@rabbit:5672/%2F"
+    assert "a:b@c" not in mask_url(url) and "a:b@c" not in mask_secrets(f"x {url} y")
+    assert mask_url(url) == "amqp://distq:***@rabbit:5672/%2F"
+
+
+def test_json_console_prints_one_object_per_line_with_the_process_fields() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    console = JsonConsole("worker", out=out, err=err, worker="w1")
+    console.info("Connect to redis at redis://:s3cret@h:6379/0 .....")
+    console.lines(["Get task 5 from task_queue."])  # per-task text: replaced by events
+    console.error("task square 42 dead-lettered: boom")
+    [info] = [json.loads(line) for line in out.getvalue().splitlines()]
+    [error] = [json.loads(line) for line in err.getvalue().splitlines()]
+    assert info["level"] == "info" and info["role"] == "worker" and info["worker"] == "w1"
+    assert info["message"] == "Connect to redis at redis://:***@h:6379/0 ....."
+    assert info["timestamp"].endswith("Z")
+    assert error["level"] == "error" and error["message"] == "task square 42 dead-lettered: boom"
+
+
+def test_a_task_can_be_followed_from_submit_to_settle_to_result() -> None:
+    master_out, worker_out = io.StringIO(), io.StringIO()
+    master = MasterTelemetry(log=JsonConsole("master", out=master_out))
+    worker = WorkerTelemetry(log=JsonConsole("worker", out=worker_out, worker="w1"))
+    task = Task(name="square", args=[7], reply_to="r")
+    master.submitted([task], outstanding=1)
+    settlement = Settlement(Delivery(b"", 1))
+    worker.settled([Ending(settlement, "ok", task, task.created_at + 0.01, 0.002)], released=1)
+    result = Result(
+        task_id=task.id, status="ok", worker="w1", attempt=1, started_at=0, duration=0.002
+    )
+    master.result(result, 0.015)
+    master.collected(outstanding=0)
+    submitted, received = (json.loads(line) for line in master_out.getvalue().splitlines())
+    settled, released = (json.loads(line) for line in worker_out.getvalue().splitlines())
+    assert submitted["event"] == "task submitted" and submitted["task_id"] == task.id
+    assert settled["event"] == "task settled" and settled["task_id"] == task.id
+    assert settled["worker"] == "w1" and settled["outcome"] == "ok"
+    assert (settled["task"], settled["attempt"], settled["duration"]) == ("square", 1, 0.002)
+    assert released == {**released, "event": "tasks released", "count": 1}
+    assert received["event"] == "result received" and received["task_id"] == task.id
+    assert (received["outcome"], received["worker"], received["round_trip"]) == ("ok", "w1", 0.015)
+    assert submitted["task"] == settled["task"] == "square"
+
+
+def test_quiet_json_keeps_only_the_process_lines() -> None:
+    out = io.StringIO()
+    log = JsonConsole("master", quiet=True, out=out)
+    MasterTelemetry(log=log).submitted([Task(name="square", args=[1], reply_to="r")], 1)
+    log.info("master exit")
+    assert [json.loads(line)["message"] for line in out.getvalue().splitlines()] == ["master exit"]
+
+
+@pytest.mark.parametrize("kind", [Console, TextConsole])
+def test_text_console_lines_are_unchanged(kind: type[Console]) -> None:
+    out = io.StringIO()
+    console = kind(out=out, err=out)
+    console.lines(["Get task 733 from task_queue."])
+    console.info("master exit")
+    console.error("boom")
+    assert out.getvalue() == "Get task 733 from task_queue.\nmaster exit\ndistq: boom\n"
+
+
+def test_text_console_masks_passwords() -> None:
+    out = io.StringIO()
+    console = TextConsole(out=out, err=out)
+    console.info("Connect to rabbitmq at amqp://distq:s3cret@h:5672/%2F .....")
+    console.error("lost amqp://distq:s3cret@h:5672/%2F")
+    assert "s3cret" not in out.getvalue() and out.getvalue().count("distq:***@h") == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DISTQ_REDIS_URL", "redis://:s3cret-pw@127.0.0.1:{port}/0"),
+        ("DISTQ_AMQP_URL", "amqp://distq:s3cret-pw@127.0.0.1:{port}/%2F"),
+    ],
+)
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_an_unreachable_broker_is_named_without_its_password(
+    variable: str, url: str, log_format: str
+) -> None:
+    transport = "redis" if variable == "DISTQ_REDIS_URL" else "rabbitmq"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(
+        PYTHONPATH=str(REPO / "src"),
+        DISTQ_TRANSPORT=transport,
+        DISTQ_LOG_FORMAT=log_format,
+        **{variable: url.format(port=free_port())},
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "distq", "worker", "--connect-timeout", "0.5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr
+    assert "s3cret-pw" not in done.stdout + done.stderr
+    assert "cannot reach" in done.stderr
+
+
+@pytest.mark.parametrize("json_format", [False, True])
+def test_library_log_records_are_masked_in_both_formats(json_format: bool) -> None:
+    record = logging.LogRecord(
+        "distq.transport.redis", logging.WARNING, __file__, 1, "lost %s", ("redis://:pw@h/0",), None
+    )
+    if json_format:
+        line = JsonFormatter({"role": "worker"}).format(record)
+        assert json.loads(line)["message"] == "lost redis://:***@h/0"
+    else:
+        line = MaskingFormatter("distq: %(message)s").format(record)
+        assert line == "distq: lost redis://:***@h/0"

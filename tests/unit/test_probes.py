@@ -1,0 +1,257 @@
+"""Liveness and readiness: the state health.py keeps, and the HTTP endpoint that serves it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from conftest import REPO
+from distq.errors import ConfigError, TransportError
+from distq.health import HANG_SECONDS, Liveness, ProcessHealth, Readiness, WorkerHealth
+from distq.http import Endpoint
+from launch import free_port
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def get(port: int, path: str) -> tuple[int, str, str]:
+    """(status, content type, body) of GET http://127.0.0.1:port/path."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+# -- liveness ---------------------------------------------------------------------------
+
+
+def test_a_loop_that_stops_iterating_is_stalled() -> None:
+    clock = Clock()
+    liveness = Liveness(stall_seconds=10, clock=clock)
+    assert liveness.check().ok  # no loop yet: starting is not stalled
+    liveness.beat("main")
+    liveness.beat("leases")
+    clock.now += 9
+    liveness.beat("main")
+    assert liveness.check().ok
+    clock.now += 2  # leases: 11 s without an iteration
+    verdict = liveness.check()
+    assert not verdict.ok
+    assert verdict.body["status"] == "stalled" and verdict.body["stalled"] == ["leases"]
+    liveness.beat("leases")
+    assert liveness.check().ok
+
+
+def test_time_spent_waiting_on_the_broker_is_not_a_stall() -> None:
+    clock = Clock()
+    liveness = Liveness(stall_seconds=10, clock=clock)
+    liveness.beat("leases")
+    with liveness.waiting("leases"):
+        clock.now += 60  # a heartbeat blocked on a silent broker: readiness's business
+        assert liveness.check().ok
+    assert liveness.check().ok  # leaving the call counts as an iteration
+    clock.now += 11
+    assert not liveness.check().ok
+
+
+# -- readiness --------------------------------------------------------------------------
+
+
+def test_a_link_is_ready_after_a_successful_call_and_not_after_a_failed_one() -> None:
+    clock = Clock()
+    readiness = Readiness(clock)
+    assert readiness.check().body["reason"] == "process: starting"
+    link = readiness.link("broker")
+    assert readiness.check().body["reason"] == "broker: connecting"
+    with link.call():
+        pass
+    assert readiness.check().ok
+    with pytest.raises(TransportError), link.call():
+        raise TransportError("Redis at 127.0.0.1:6379: Connection refused")
+    verdict = readiness.check()
+    assert not verdict.ok
+    assert verdict.body == {
+        "status": "not ready",
+        "reason": "broker: Redis at 127.0.0.1:6379: Connection refused",
+        "links": {"broker": "Redis at 127.0.0.1:6379: Connection refused"},
+    }
+    with link.call():
+        pass
+    assert readiness.check().ok
+
+
+def test_a_call_that_does_not_answer_makes_the_link_not_ready_while_it_hangs() -> None:
+    clock = Clock()
+    readiness = Readiness(clock)
+    link = readiness.link("producer")
+    link.up()
+    with link.call(timeout=5):
+        clock.now += 5 + HANG_SECONDS - 0.1  # still within the call's own timeout and grace
+        assert readiness.check().ok
+        clock.now += 0.2
+        verdict = readiness.check()
+        assert not verdict.ok
+        assert "no answer from the broker for 7.1 s" in verdict.body["reason"]
+    assert readiness.check().ok  # it answered after all
+
+
+def test_a_stopping_process_is_not_ready() -> None:
+    health = ProcessHealth("master")
+    health.readiness.link("broker").up()
+    assert health.ready().ok
+    health.readiness.stopping()
+    assert health.ready().body["reason"] == "process: stopping"
+
+
+def test_a_worker_is_ready_only_while_every_slot_is_connected() -> None:
+    health = WorkerHealth(slots=2)
+    health.readiness.link("broker").up()
+    health.connected(True, "w-0")
+    verdict = health.ready()
+    assert not verdict.ok and verdict.body["reason"] == "slots: 1 of 2 connected"
+    health.connected(True, "w-1")
+    assert health.ready().ok
+    assert health.ready().body["links"] == {"broker": "up", "slot w-0": "up", "slot w-1": "up"}
+    health.connected(False, "w-1", "the master at 127.0.0.1:9000 closed the connection")
+    verdict = health.ready()
+    assert not verdict.ok
+    assert verdict.body["reason"] == "slot w-1: the master at 127.0.0.1:9000 closed the connection"
+    health.connected(True, "w-1")
+    assert health.ready().ok
+
+
+# -- the HTTP endpoint ------------------------------------------------------------------
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Endpoint, ProcessHealth]]:
+    registry = CollectorRegistry()
+    Counter("distq_example_total", "An example.", registry=registry).inc(3)
+    health = ProcessHealth("worker", stall_seconds=0.3)
+    endpoint = Endpoint("127.0.0.1", 0, registry, health).start()
+    yield endpoint, health
+    endpoint.close()
+
+
+def test_probes_answer_json_and_metrics_answer_the_exposition(
+    served: tuple[Endpoint, ProcessHealth],
+) -> None:
+    endpoint, health = served
+    status, kind, body = get(endpoint.port, "/readyz")
+    assert (status, kind) == (503, "application/json")
+    assert json.loads(body) == {
+        "status": "not ready",
+        "reason": "process: starting",
+        "links": {},
+        "role": "worker",
+    }
+    health.readiness.link("broker").up()
+    status, _, body = get(endpoint.port, "/readyz")
+    assert status == 200 and json.loads(body)["status"] == "ready"
+
+    status, kind, body = get(endpoint.port, "/healthz")
+    assert (status, kind) == (200, "application/json")
+    assert json.loads(body)["status"] == "ok"
+
+    status, kind, body = get(endpoint.port, "/metrics")
+    assert status == 200 and kind.startswith("text/plain")
+    assert "distq_example_total 3.0" in body
+
+    for path in ("/", "/metrics/x", "/health", "/readyz/"):
+        status, _, body = get(endpoint.port, path)
+        assert status == 404, path
+        assert "distq_example" not in body
+
+
+def test_a_wedged_main_loop_turns_healthz_503(served: tuple[Endpoint, ProcessHealth]) -> None:
+    endpoint, health = served  # DISTQ_STALL_SECONDS = 0.3
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(0.05):
+            health.beat("main")
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        assert get(endpoint.port, "/healthz")[0] == 200
+    finally:
+        stop.set()  # the loop wedges: no more iterations
+        thread.join()
+    deadline = time.monotonic() + 10
+    while (status := get(endpoint.port, "/healthz"))[0] != 503:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+    body = json.loads(status[2])
+    assert body["status"] == "stalled" and body["stalled"] == ["main"]
+    assert body["stall_seconds"] == 0.3
+
+
+def test_a_busy_port_is_a_configuration_error_naming_it() -> None:
+    registry = CollectorRegistry()
+    endpoint = Endpoint("127.0.0.1", 0, registry, ProcessHealth("master")).start()
+    try:
+        with pytest.raises(ConfigError) as caught:
+            Endpoint("127.0.0.1", endpoint.port, registry, ProcessHealth("master"))
+    finally:
+        endpoint.close()
+    assert f"DISTQ_METRICS_PORT {endpoint.port}: cannot listen on 127.0.0.1" in str(caught.value)
+
+
+# -- distq probe ------------------------------------------------------------------------
+
+
+def probe(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    clean["PYTHONPATH"] = str(REPO / "src")
+    return subprocess.run(
+        [sys.executable, "-m", "distq", "probe", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_distq_probe_exits_0_on_200_and_1_otherwise(
+    served: tuple[Endpoint, ProcessHealth],
+) -> None:
+    endpoint, health = served
+    port = str(endpoint.port)
+    done = probe("readyz", DISTQ_METRICS_PORT=port)
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["reason"] == "process: starting"
+    health.readiness.link("broker").up()
+    done = probe("readyz", "--port", port, "--host", "127.0.0.1")
+    assert done.returncode == 0 and json.loads(done.stdout)["status"] == "ready"
+    done = probe("healthz", DISTQ_METRICS_PORT=port, DISTQ_METRICS_HOST="0.0.0.0")
+    assert done.returncode == 0 and json.loads(done.stdout)["status"] == "ok"
+
+
+def test_distq_probe_without_an_endpoint() -> None:
+    done = probe("healthz", "--port", str(free_port()), "--timeout", "2")
+    assert done.returncode == 1
+    assert "no answer from http://127.0.0.1:" in done.stderr and "Traceback" not in done.stderr
+    done = probe("readyz")
+    assert done.returncode == 2
+    assert "DISTQ_METRICS_PORT is not set" in done.stderr

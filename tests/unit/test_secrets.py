@@ -1,0 +1,282 @@
+"""Secrets from files, passwords kept out of URLs and output, TLS and limit settings."""
+
+from __future__ import annotations
+
+import re
+import ssl
+from pathlib import Path
+
+import pytest
+import redis
+
+from certs import CertificateAuthority
+from distq import tls
+from distq.config import SETTINGS, Settings
+from distq.credentials import SECRETS, mask_url
+from distq.errors import ConfigError
+from distq.security import notices
+
+KEY = {"DISTQ_AUTHKEY": "secret-authkey-value"}
+SIGNING = "k" * 16 + "-signing"
+
+
+def secret_file(tmp_path: Path, text: str, name: str = "secret") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def load(env: dict[str, str], flags: dict[str, str | None] | None = None) -> Settings:
+    return Settings.load(env, flags)
+
+
+def error(env: dict[str, str], flags: dict[str, str | None] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(env, flags)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+# --- *_FILE ------------------------------------------------------------------------
+
+
+def test_every_secret_has_a_file_variant_with_a_flag() -> None:
+    flags = {entry.variable: entry.flag for entry in SETTINGS}
+    for var in SECRETS:
+        assert var in flags and var + "_FILE" in flags
+    assert flags["DISTQ_SIGNING_KEYS_FILE"] == "--signing-keys-file"
+
+
+def test_a_file_holds_the_secret_without_its_trailing_newline(tmp_path: Path) -> None:
+    settings = load(
+        {
+            "DISTQ_AUTHKEY_FILE": secret_file(tmp_path, "from-a-file\n", "a"),
+            "DISTQ_SIGNING_KEYS_FILE": secret_file(tmp_path, f"{SIGNING}1\n{SIGNING}2\n", "k"),
+        }
+    )
+    assert settings.authkey == b"from-a-file"
+    assert settings.signing_keys == (f"{SIGNING}1".encode(), f"{SIGNING}2".encode())
+
+
+def test_a_file_keeps_inner_whitespace(tmp_path: Path) -> None:
+    assert load({"DISTQ_AUTHKEY_FILE": secret_file(tmp_path, "a b\r\n")}).authkey == b"a b"
+
+
+def test_setting_a_secret_and_its_file_is_an_error(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "x")
+    message = error({"DISTQ_AUTHKEY": "y", "DISTQ_AUTHKEY_FILE": path})
+    assert "DISTQ_AUTHKEY_FILE and DISTQ_AUTHKEY are both set" in message
+    message = error(KEY, {"DISTQ_AUTHKEY": "y", "DISTQ_AUTHKEY_FILE": path})
+    assert "both set" in message
+
+
+def test_a_flag_wins_over_the_environment_for_either_spelling(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "from-file")
+    assert load(KEY, {"DISTQ_AUTHKEY_FILE": path}).authkey == b"from-file"
+    assert load({"DISTQ_AUTHKEY_FILE": path}, {"DISTQ_AUTHKEY": "flag"}).authkey == b"flag"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"), [(None, "cannot be read"), ("\n", "empty"), (b"\xff\xfe", "UTF-8")]
+)
+def test_a_bad_secret_file_names_the_variable_and_path(
+    tmp_path: Path, content: str | bytes | None, problem: str
+) -> None:
+    path = tmp_path / "s"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    message = error({"DISTQ_AUTHKEY_FILE": str(path)})
+    assert message.startswith("DISTQ_AUTHKEY_FILE") and str(path) in message and problem in message
+
+
+def test_a_password_file_goes_into_the_url(tmp_path: Path) -> None:
+    settings = load(
+        {
+            "DISTQ_TRANSPORT": "rabbitmq",
+            "DISTQ_REDIS_URL": "redis://10.0.0.1:6379/2",
+            "DISTQ_REDIS_PASSWORD_FILE": secret_file(tmp_path, "p@ss/w:rd\n", "r"),
+            "DISTQ_AMQP_URL": "amqps://distq@rabbit:5671/%2F",
+            "DISTQ_AMQP_PASSWORD_FILE": secret_file(tmp_path, "a:b@c", "a"),
+        }
+    )
+    assert settings.redis_url == "redis://:p%40ss%2Fw%3Ard@10.0.0.1:6379/2"
+    assert settings.amqp_url == "amqps://distq:a%3Ab%40c@rabbit:5671/%2F"
+    kwargs = redis.connection.parse_url(settings.redis_url)
+    assert kwargs["password"] == "p@ss/w:rd" and kwargs["host"] == "10.0.0.1"
+
+
+def test_a_password_in_the_url_and_a_password_file_is_an_error(tmp_path: Path) -> None:
+    message = error(
+        {
+            "DISTQ_TRANSPORT": "redis",
+            "DISTQ_REDIS_URL": "redis://:inline-pw@h:6379/0",
+            "DISTQ_REDIS_PASSWORD_FILE": secret_file(tmp_path, "file-pw"),
+        }
+    )
+    assert "DISTQ_REDIS_PASSWORD" in message and "one place" in message
+    assert "inline-pw" not in message and "file-pw" not in message
+
+
+def test_an_amqp_password_needs_a_user_in_the_url() -> None:
+    message = error(
+        {
+            "DISTQ_TRANSPORT": "rabbitmq",
+            "DISTQ_AMQP_URL": "amqp://h:5672/%2F",
+            "DISTQ_AMQP_PASSWORD": "pw",
+        }
+    )
+    assert "names no user" in message
+
+
+# --- signing keys and limits --------------------------------------------------------
+
+
+def test_signing_key_settings() -> None:
+    assert load({**KEY, "DISTQ_SIGNING_KEY": SIGNING}).signing_keys == (SIGNING.encode(),)
+    keys = load({**KEY, "DISTQ_SIGNING_KEYS": f" {SIGNING}1, {SIGNING}2,"}).signing_keys
+    assert keys == (f"{SIGNING}1".encode(), f"{SIGNING}2".encode())
+    assert load(KEY).signing_keys == ()
+    both = error({**KEY, "DISTQ_SIGNING_KEY": SIGNING, "DISTQ_SIGNING_KEYS": SIGNING})
+    assert "both set" in both
+    short = error({**KEY, "DISTQ_SIGNING_KEYS": f"{SIGNING},tooshort"})
+    assert "key 2 of 2 8 characters long" in short and "tooshort" not in short
+
+
+def test_max_message_bytes() -> None:
+    assert load(KEY).max_message_bytes == 1 << 20
+    assert load(KEY, {"DISTQ_MAX_MESSAGE_BYTES": "4096"}).max_message_bytes == 4096
+    assert "1024 to" in error({**KEY, "DISTQ_MAX_MESSAGE_BYTES": "100"})
+
+
+# --- masking -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("amqps://u:p%40x@h:5671/%2F?heartbeat=5", "amqps://u:***@h:5671/%2F?heartbeat=5"),
+        ("rediss://u:p@ss/w@rd@h:1/0", "rediss://u:***@h:1/0"),
+        ("unix://:pw@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("amqp://user@h/v", "amqp://user@h/v"),
+    ],
+)
+def test_mask_url(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+def test_settings_never_show_a_secret(tmp_path: Path) -> None:
+    settings = load(
+        {
+            "DISTQ_TRANSPORT": "redis",
+            "DISTQ_AUTHKEY": "authkey-value-1",
+            "DISTQ_REDIS_URL": "redis://h:6379/0",
+            "DISTQ_REDIS_PASSWORD": "redis-password-2",
+            "DISTQ_AMQP_URL": "amqp://u:amqp-password-3@h:5672/%2F",
+            "DISTQ_SIGNING_KEYS": "signing-key-value-4",
+        }
+    )
+    shown = repr(settings) + str(settings)
+    for secret in ("authkey-value-1", "redis-password-2", "amqp-password-3", "signing-key-value"):
+        assert secret not in shown
+
+
+def test_a_malformed_url_is_reported_without_its_password() -> None:
+    message = error({**KEY, "DISTQ_REDIS_URL": "redis://:abc/defpw@host/0"})
+    assert "abc" not in message and "defpw" not in message and "not a valid URL" in message
+
+
+# --- TLS settings ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path_factory.mktemp("ca"))
+
+
+def test_tls_files_are_checked_up_front(ca: CertificateAuthority, tmp_path: Path) -> None:
+    client = ca.issue("client", client=True)
+    env = {
+        "DISTQ_TRANSPORT": "redis",
+        "DISTQ_REDIS_URL": "rediss://127.0.0.1:6380/0",
+        "DISTQ_TLS_CA_FILE": str(ca.cert),
+        "DISTQ_TLS_CERT_FILE": str(client.cert),
+        "DISTQ_TLS_KEY_FILE": str(client.key),
+    }
+    settings = load(env)
+    assert settings.tls_files == tls.TlsFiles(str(ca.cert), str(client.cert), str(client.key))
+    assert "(plain TCP); use rediss://" in error({**env, "DISTQ_REDIS_URL": "redis://h:6379/0"})
+    assert "without DISTQ_TLS_KEY_FILE" in error({**env, "DISTQ_TLS_KEY_FILE": ""})
+    assert "manager transport has no TLS" in error({**env, **KEY, "DISTQ_TRANSPORT": "manager"})
+    junk = secret_file(tmp_path, "not a certificate")
+    assert "holds no usable PEM" in error({**env, "DISTQ_TLS_CA_FILE": junk})
+    other = ca.issue("other", client=True)
+    mismatch = error({**env, "DISTQ_TLS_KEY_FILE": str(other.key)})
+    assert "not a PEM certificate and its key" in mismatch
+    amqp = {"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": "amqps://u@h:5671/%2F"}
+    assert load({**amqp, "DISTQ_TLS_CA_FILE": str(ca.cert)}).tls_files.ca_file == str(ca.cert)
+
+
+def test_redis_options_check_host_names() -> None:
+    files = tls.TlsFiles("ca.pem")
+    assert tls.redis_options("redis://h/0", files) == {}
+    options = tls.redis_options("rediss://h/0", files)
+    assert options == {"ssl_check_hostname": True, "ssl_ca_certs": "ca.pem"}
+    assert "ssl_check_hostname" not in tls.redis_options("rediss://h/0?ssl_cert_reqs=none", files)
+
+
+# --- what is said at start ----------------------------------------------------------
+
+
+def test_the_manager_transport_says_it_is_not_encrypted() -> None:
+    local = load(KEY)
+    [(level, line)] = notices(local, "master")
+    assert level == "info" and "not encrypted" in line
+    everywhere = load({**KEY, "DISTQ_MANAGER_ADDRESS": "0.0.0.0:9000"})
+    [(level, line)] = notices(everywhere, "master")
+    assert level == "warning" and "0.0.0.0:9000" in line and "not encrypted" in line
+    assert notices(everywhere, "worker")[0][0] == "info"
+    signed = load({**KEY, "DISTQ_SIGNING_KEYS": f"{SIGNING}1,{SIGNING}2"})
+    line = notices(signed, "worker")[0][1]
+    assert re.search(r"signed with key id [0-9a-f]{8}; 2 keys accepted", line)
+    assert notices(load({"DISTQ_TRANSPORT": "redis"}), "master") == []
+
+
+# --- TLS failures as one line ---------------------------------------------------------
+
+
+def _raised_in(outer: type[Exception], inner: BaseException) -> Exception:
+    """``outer`` raised while handling ``inner``, as redis-py does."""
+    try:
+        try:
+            raise inner
+        except BaseException:
+            raise outer("Error 1 connecting to 127.0.0.1:6380.") from None
+    except Exception as exc:
+        exc.__context__ = inner
+        return exc
+
+
+def test_tls_failures_are_classified() -> None:
+    verify = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    verify.verify_message = "certificate has expired"
+    found = tls.failure(_raised_in(ConnectionError, verify))
+    assert found is not None and found.refused
+    assert found.what == "the server's certificate was refused: certificate has expired"
+    assert "DISTQ_TLS_CA_FILE" in found.line("Redis at h:1")
+    # pika keeps only the text of the TLS error
+    text = "SSLError(1, '[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:2580)')"
+    found = tls.failure(ConnectionError(text))
+    assert found is not None and found.refused and "client certificate" in found.what
+    assert "DISTQ_TLS_CERT_FILE" in found.hint
+    found = tls.failure(ConnectionError("Stream connection lost: SSLEOFError(8, 'EOF')"))
+    assert found is not None and not found.refused and "handshake" in found.what
+    wrong = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    wrong.reason = "WRONG_VERSION_NUMBER"
+    found = tls.failure(wrong)
+    assert found is not None and "does not speak TLS" in found.what
+    assert tls.failure(ConnectionRefusedError(111, "Connection refused")) is None

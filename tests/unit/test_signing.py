@@ -1,0 +1,277 @@
+"""Signed envelopes, size and nesting limits: the codec, the worker's and the master's use."""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import threading
+from typing import Any
+
+import pytest
+
+from distq.codec import Codec
+from distq.config import Settings
+from distq.console import Console
+from distq.ending import Ending, Endings
+from distq.envelope import DeadLetter, Result, Task
+from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
+from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES, check_nesting
+from distq.master import JobSpec, Master
+from distq.runner import TaskRunner
+from distq.signing import MAGIC, Signer, key_id
+from distq.squares import Squares
+from distq.tasks import Registry
+from distq.transport import Delivery, Settlement, open_transport
+from launch import free_port
+
+OLD, NEW, OTHER = (secrets.token_hex(16).encode() for _ in range(3))
+
+
+def task(*args: Any, name: str = "square", **kw: Any) -> Task:
+    return Task(name=name, args=list(args), reply_to="replies", **kw)
+
+
+def boom(n: int) -> int:
+    raise ValueError(f"bad {n}")
+
+
+class Runner:
+    """A worker's task runner with ``codec``; ``process`` gives (settlement, outcome)."""
+
+    def __init__(self, codec: Codec, ran: list[Any] | None = None) -> None:
+        self.registry = Registry()
+        self.registry.register("boom", boom)
+        self.registry.register("echo", lambda value: value)
+        self.registry.register("grow", lambda text: text * 3)
+        self.registry.register("nest", lambda value: [[[[value]]]])
+        self.err = io.StringIO()
+        console = Console(quiet=True, out=io.StringIO(), err=self.err)
+        self.runner = TaskRunner(self.registry, Endings("w1", "q", codec), console)
+
+    def process(self, delivery: Delivery) -> tuple[Settlement, str]:
+        ending: Ending = self.runner(delivery)
+        return ending.settlement, ending.outcome
+
+
+def worker(codec: Codec) -> tuple[Runner, io.StringIO]:
+    runner = Runner(codec)
+    return runner, runner.err
+
+
+def dead_reason(settlement: Settlement) -> str:
+    assert settlement.dead_letter is not None and settlement.result is None
+    assert settlement.retry is None
+    return DeadLetter.decode(settlement.dead_letter).reason
+
+
+# --- the wire format ---------------------------------------------------------------
+
+
+def test_without_keys_a_message_is_the_bare_envelope() -> None:
+    t = task(3)
+    assert Codec().seal_task(t) == t.encode()
+    assert Codec().open_task(t.encode()) == t
+
+
+def test_signature_covers_the_exact_envelope_bytes() -> None:
+    t = task(3)
+    sealed = Codec([NEW]).seal_task(t)
+    header, envelope = sealed.split(b"\n", 1)
+    assert envelope == t.encode()  # the JSON is untouched: signature outside it
+    assert header.startswith(MAGIC) and header.split()[1] == key_id(NEW).encode()
+    assert len(header.split()[2]) == 64
+    assert Codec([NEW]).open_task(sealed) == t
+
+
+def test_key_id_does_not_reveal_the_key() -> None:
+    assert key_id(NEW) != key_id(OLD) and key_id(NEW).encode() not in NEW
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (lambda: task(3).encode(), "unsigned task"),
+        (lambda: Codec([OTHER]).seal_task(task(3)), "signed with another key"),
+        (lambda: Codec([NEW]).seal_task(task(3)).replace(b"[3]", b"[4]"), "bad signature"),
+        (lambda: Codec([NEW]).seal_task(task(3))[:-1] + b" ", "bad signature"),
+        (lambda: MAGIC + b"abc\n{}", "malformed signature header"),
+        (lambda: MAGIC, "malformed signature header"),
+    ],
+)
+def test_refused_messages_say_why(message: Any, reason: str) -> None:
+    with pytest.raises(SignatureError, match=reason):
+        Codec([NEW]).open_task(message())
+
+
+def test_rotation_signs_with_the_first_key_and_accepts_every_key() -> None:
+    rotating = Codec([NEW, OLD])
+    assert rotating.open_task(Codec([OLD]).seal_task(task(1))).args == [1]
+    assert rotating.open_task(Codec([NEW]).seal_task(task(2))).args == [2]
+    sealed = rotating.seal_task(task(3))
+    assert Codec([NEW]).open_task(sealed).args == [3]
+    with pytest.raises(SignatureError, match="another key"):
+        Codec([OLD]).open_task(sealed)
+
+
+def test_a_process_without_keys_refuses_a_signed_message() -> None:
+    with pytest.raises(SignatureError, match="no signing key"):
+        Codec().open_result(Codec([NEW]).seal(b"{}", "result"))
+
+
+def test_signer_needs_a_key() -> None:
+    with pytest.raises(ValueError):
+        Signer([])
+
+
+# --- limits ------------------------------------------------------------------------
+
+
+def test_submitting_a_task_over_the_limit_names_it() -> None:
+    t = task("x" * 2000, name="jobs:big")
+    with pytest.raises(MessageTooLarge) as caught:
+        Codec(max_message_bytes=1024).seal_task(t)
+    message = str(caught.value)
+    assert f"task jobs:big [{t.id}]" in message and "DISTQ_MAX_MESSAGE_BYTES" in message
+    assert "1,024" in message
+
+
+def test_the_limit_counts_the_signature() -> None:
+    t = task("x" * 800)
+    assert len(t.encode()) < 1024 < len(Codec([NEW]).seal_task(t)) + 200
+    Codec(max_message_bytes=1024).seal_task(t)
+    padded = task("x" * (1024 - len(t.encode()) + 800))
+    with pytest.raises(MessageTooLarge):
+        Codec([NEW], max_message_bytes=1024).seal_task(padded)
+
+
+def test_an_oversized_message_is_refused_before_any_decoding() -> None:
+    body = b"\xff" * 5000  # not JSON, not even UTF-8: refused for its size alone
+    with pytest.raises(MessageTooLarge, match="5,000 bytes"):
+        Codec(max_message_bytes=4096).open_task(body)
+
+
+def deep(levels: int) -> Any:
+    value: Any = 1
+    for i in range(levels):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+def test_nesting_is_limited_before_the_parser_recurses() -> None:
+    ok = json.dumps(deep(MAX_NESTING - 1)).encode()
+    check_nesting(ok, "task")
+    with pytest.raises(MessageTooLarge, match=f"deeper than {MAX_NESTING}"):
+        check_nesting(json.dumps([deep(MAX_NESTING)]).encode(), "task")
+    with pytest.raises(MessageTooLarge):  # far past the interpreter's recursion limit
+        check_nesting(b"[" * 200_000 + b"]" * 200_000, "task")
+    check_nesting(json.dumps(["[" * 500, "{" * 500]).encode(), "task")  # inside strings
+    check_nesting(json.dumps(['\\"[[' * 100]).encode(), "task")  # escapes inside strings
+    check_nesting(json.dumps([[i] for i in range(5000)]).encode(), "task")  # wide, not deep
+
+
+def test_a_deeply_nested_task_is_refused_as_an_envelope_error() -> None:
+    body = task(deep(MAX_NESTING)).encode()
+    with pytest.raises(EnvelopeError, match="deeper than"):
+        Task.decode(body)
+
+
+# --- the worker --------------------------------------------------------------------
+
+
+def test_a_signing_worker_runs_signed_tasks_and_signs_results_and_retries() -> None:
+    w, _ = worker(Codec([NEW, OLD]))
+    settlement, outcome = w.process(Delivery(Codec([OLD]).seal_task(task(7)), 1))
+    assert outcome == "ok" and settlement.result is not None
+    assert Codec([NEW]).open_result(settlement.result).value == 49
+    with pytest.raises(SignatureError):
+        Codec().open_result(settlement.result)
+    settlement, outcome = w.process(Delivery(Codec([NEW]).seal_task(task(1, name="boom")), 2))
+    assert outcome == "retried" and settlement.retry is not None
+    assert Codec([NEW]).open_task(settlement.retry).attempt == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (lambda: task(7).encode(), "refused: unsigned task"),
+        (lambda: Codec([OTHER]).seal_task(task(7)), "refused: task signed with another key"),
+        (lambda: Codec([NEW]).seal_task(task(7)).replace(b"[7]", b"[8]"), "bad signature"),
+    ],
+)
+def test_a_task_not_signed_right_is_never_run_and_is_dead_lettered(body: Any, reason: str) -> None:
+    ran: list[int] = []
+    w, err = worker(Codec([NEW]))
+    w.registry.register("square", lambda n: ran.append(n))
+    message = body()
+    settlement, outcome = w.process(Delivery(message, 1))
+    assert outcome == "malformed" and not ran
+    assert reason in dead_reason(settlement)
+    assert DeadLetter.decode(settlement.dead_letter or b"").body == message
+    assert reason in err.getvalue()
+
+
+def test_an_oversized_task_is_dead_lettered_with_its_head_kept() -> None:
+    w, _ = worker(Codec(max_message_bytes=4096))
+    body = task("y" * (OVERSIZED_KEPT_BYTES * 2)).encode()
+    settlement, outcome = w.process(Delivery(body, 1))
+    reason = dead_reason(settlement)
+    assert outcome == "malformed" and "over the limit of 4,096" in reason
+    assert f"keeps its first {OVERSIZED_KEPT_BYTES:,} bytes" in reason
+    assert DeadLetter.decode(settlement.dead_letter or b"").body == body[:OVERSIZED_KEPT_BYTES]
+
+
+def test_a_result_over_the_limit_fails_the_task_for_good() -> None:
+    w, _ = worker(Codec(max_message_bytes=2048))
+    settlement, outcome = w.process(Delivery(task("z" * 1000, name="grow").encode(), 1))
+    assert outcome == "failed" and settlement.retry is None
+    assert settlement.result is not None and len(settlement.result) <= 2048
+    assert "over the limit" in dead_reason_of(settlement)
+    assert Result.decode(settlement.result).status == "error"
+
+
+def dead_reason_of(settlement: Settlement) -> str:
+    assert settlement.dead_letter is not None
+    return DeadLetter.decode(settlement.dead_letter).reason
+
+
+def test_a_result_nested_too_deeply_fails_the_task_for_good() -> None:
+    w, _ = worker(Codec())
+    payload = json.loads(json.dumps(deep(MAX_NESTING - 3)))  # fits a task, not a result
+    settlement, outcome = w.process(Delivery(task(payload, name="nest").encode(), 1))
+    assert outcome == "failed" and "deeper than" in dead_reason_of(settlement)
+
+
+# --- the master --------------------------------------------------------------------
+
+
+def test_the_master_drops_results_that_are_not_signed_right() -> None:
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    transport = open_transport(settings, "master")
+    out = io.StringIO()
+    stop = threading.Event()
+
+    def serve() -> None:  # answers each task three times: forged, unsigned, then signed right
+        consumer = transport.consumer("w")
+        while not stop.is_set():
+            for delivery in consumer.fetch(10, 0.1):
+                t = Codec([NEW]).open_task(delivery.body)
+                ok = Result(t.id, "ok", "w", 1, 0.0, 0.0, value=t.args[0] ** 2).encode()
+                bodies = [Codec([OTHER]).seal(ok, "result"), ok, Codec([NEW]).seal(ok, "result")]
+                consumer.settle([Settlement(delivery, reply_to=t.reply_to, result=bodies[0])])
+                # the master's own process hosts the queues: push the other two straight in
+                transport._broker.put(t.reply_to, bodies[1:])  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        master = Master(transport, Console(out=out, err=out), codec=Codec([NEW]))
+        report = master.run(JobSpec(tasks=2, timeout=20), Squares())
+    finally:
+        stop.set()
+        thread.join(5)
+        transport.close()
+    text = out.getvalue()
+    assert report.succeeded and report.ok == 2, text
+    assert text.count("dropped a result: result signed with another key") == 2
+    assert text.count("dropped a result: unsigned result") == 2

@@ -1,0 +1,60 @@
+"""The pure parts of submit and requeue-dead: arguments from the shell, revived tasks."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from distq.codec import Codec
+from distq.commands import parse_argument, reviver
+from distq.envelope import NO_REPLY, DeadLetter, Task
+from distq.errors import SignatureError
+
+KEY = b"0123456789abcdef-key"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1", 1),
+        ("-2.5", -2.5),
+        ("true", True),
+        ("null", None),
+        ('"7"', "7"),
+        ("[1, 2]", [1, 2]),
+        ('{"a": 1}', {"a": 1}),
+        ("hello", "hello"),
+        ("photo.jpg", "photo.jpg"),
+        ("", ""),
+    ],
+)
+def test_arguments_are_json_values_or_else_strings(text: str, value: object) -> None:
+    assert parse_argument(text) == value
+
+
+def test_a_revived_task_starts_over_and_nobody_waits_for_its_result() -> None:
+    task = Task(name="jobs:add", args=[1, 2], reply_to="q.results.gone", attempt=3, created_at=5.0)
+    letter = DeadLetter(body=task.encode(), reason="failed 3 of 3", queue="q", worker="w")
+    revived = Task.decode(reviver(Codec())(letter))
+    assert (revived.id, revived.name, revived.args) == (task.id, "jobs:add", [1, 2])
+    assert (revived.attempt, revived.max_attempts, revived.reply_to) == (1, 3, NO_REPLY)
+    assert revived.created_at > time.time() - 60
+
+
+def test_a_malformed_letter_goes_back_as_it_was() -> None:
+    letter = DeadLetter(body=b"\xffgarbage", reason="malformed", queue="q", worker="w")
+    assert reviver(Codec())(letter) == b"\xffgarbage"
+
+
+def test_a_signed_task_is_opened_and_signed_anew() -> None:
+    codec = Codec([KEY])
+    task = Task(name="jobs:add", args=[1, 2], reply_to="r", attempt=3)
+    letter = DeadLetter(body=codec.seal_task(task), reason="x", queue="q", worker="w")
+    body = reviver(codec)(letter)
+    revived = codec.open_task(body)  # verifies: signed with the key
+    assert (revived.id, revived.attempt, revived.reply_to) == (task.id, 1, NO_REPLY)
+    with pytest.raises(SignatureError):
+        Codec().open_task(body)
+    other = Codec([b"another-key-0123456789"])
+    assert reviver(other)(letter) == letter.body  # cannot open it: back as it was
