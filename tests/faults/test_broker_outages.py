@@ -171,3 +171,19 @@ def test_rabbitmq_frozen_past_the_lease(
         private_rabbitmq.resume()
 
     run_job(s, freeze)
+
+
+def test_a_worker_says_reconnected_only_once_the_broker_answers(
+    private_redis: LocalRedis, scenario: MakeScenario
+) -> None:
+    """Opening a consumer is not reconnecting: the broker must answer first."""
+    target = target_on("redis", private_redis.url)
+    worker = scenario(target, "broker down, no job", "SIGKILL of redis-server").worker()
+    worker.wait_for(r"^Connect to redis")
+    private_redis.kill()
+    worker.wait_for(r"; reconnecting$", timeout=15)
+    time.sleep(3.0)  # thirty backoff ceilings' worth of attempts
+    assert "reconnected" not in worker.output(), worker.output()
+    private_redis.restart()
+    worker.wait_for(r"^reconnected to redis at ", timeout=15)
+    assert worker.output().count("; reconnecting") == 1  # one line for the whole outage

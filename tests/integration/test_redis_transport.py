@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,6 +28,7 @@ from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, TransportError
 from distq.transport.base import Settlement
 from distq.transport.redis import REPLY_GRACE_MS, RedisTransport
+from launch import LocalRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -317,3 +319,53 @@ def test_wrong_password_is_refused_without_echoing_it(
         assert str(urlsplit(url).password) not in str(info.value)
     with pytest.raises(AuthenticationFailed):  # no password at all
         open_transport(url=f"redis://127.0.0.1:{urlsplit(redis_broker.url).port}/0")
+
+
+def test_a_claim_reclaims_an_expired_lease_however_long_the_backlog(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """No heartbeat, a ready list far longer than the claim: the claim sweeps anyway."""
+    t = open_transport(lease=0.5)
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit(_bodies(2, "old"))
+    dead = t.consumer("dead")
+    held = dead.fetch(2, timeout=1)
+    producer.submit(_bodies(500))
+    time.sleep(0.6)
+    busy = t.consumer("busy")
+    got = busy.fetch(2, timeout=0)  # the claim sweeps first: the expired ones run next
+    assert raw.llen(dead.inflight_key) == 0
+    assert [d.body for d in got] == [d.body for d in held] and all(d.redelivered for d in got)
+    assert [d.body for d in busy.fetch(1, timeout=0)] == [b"task-0"]
+
+
+def test_leases_restored_from_a_snapshot_come_back_within_two_leases(tmp_path: Path) -> None:
+    """A restart from a dump restores in-flight lists under the old consumer names; a worker
+    that reconnects has a new name, so nobody renews those leases: they run again."""
+    with LocalRedis(tmp_path, password="pw") as server:
+        server.start()
+        settings = Settings(
+            transport="redis", redis_url=server.url, queue="snap", lease_seconds=1.0
+        )
+        before = RedisTransport(settings, "worker")
+        producer = before.producer(before.reply_queue("j"))
+        producer.submit(_bodies(3))
+        held = before.consumer("w-0").fetch(3, timeout=1)
+        assert len(held) == 3
+        with server.client() as client:
+            client.save()
+        server.kill()
+        server.restart()
+        after = RedisTransport(settings, "worker")
+        try:
+            consumer = after.consumer("w-0")  # the same slot, reconnected
+            started = time.monotonic()
+            got: list[bytes] = []
+            while len(got) < 3 and time.monotonic() - started < 5:
+                consumer.heartbeat()
+                got += [d.body for d in consumer.fetch(3, timeout=0.2)]
+            assert sorted(got) == sorted(d.body for d in held)
+            assert time.monotonic() - started < 2 * settings.lease_seconds + 0.5
+        finally:
+            after.close()
+            before.close()

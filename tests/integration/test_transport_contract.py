@@ -13,7 +13,10 @@ import threading
 import time
 from collections.abc import Iterator
 
+import pika
+import pika.exceptions
 import pytest
+import redis
 
 from conftest import Target
 from distq.config import Settings
@@ -248,6 +251,55 @@ def test_results_reach_only_their_producer(hosted: Transport, remote: Transport)
     assert results_n(mine, 1) == [b"m"]
     assert results_n(theirs, 1) == [b"t"]
     assert mine.results(5, 0.3) == []
+
+
+def test_results_for_a_reply_queue_no_live_master_holds_are_dropped(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """Never delivered, and never a new key or queue: neither a name no master made, nor
+    the queue of a master that has closed (a late result)."""
+    closed = hosted.producer(hosted.reply_queue("closed"))
+    closed.submit([b"late", b"stranger"])
+    closed.close()
+    consumer = remote.consumer("c1")
+    late, stranger = fetch_n(consumer, 2)
+    nobody = hosted.reply_queue("nobody")
+    assert consumer.gone([closed.reply_to, nobody]) == {closed.reply_to, nobody}
+    consumer.settle(
+        [
+            Settlement(late, reply_to=closed.reply_to, result=b"r1"),
+            Settlement(stranger, reply_to=nobody, result=b"r2"),
+        ]
+    )
+    consumer.close()
+    with worker_side(target) as other:
+        again = other.consumer("c2")
+        assert again.gone([closed.reply_to, nobody]) == {closed.reply_to, nobody}
+        again.close()
+    if target.name == "redis":
+        with redis.Redis.from_url(target.settings.redis_url) as client:
+            assert client.exists(closed.reply_to, nobody) == 0
+    elif target.name == "rabbitmq":
+        connection = pika.BlockingConnection(pika.URLParameters(target.settings.amqp_url))
+        try:
+            for name in (closed.reply_to, nobody):
+                with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+                    connection.channel().queue_declare(name, passive=True)
+        finally:
+            connection.close()
+
+
+def test_a_live_master_is_not_gone(hosted: Transport, remote: Transport) -> None:
+    producer = hosted.producer(hosted.reply_queue("alive"))
+    consumer = remote.consumer("c1")
+    assert consumer.gone([producer.reply_to]) == set()
+    assert consumer.gone([]) == set()
+    assert producer.reconcile() == 0  # registered, nothing submitted yet
+    producer.submit([b"a", b"b", b"c"])
+    producer.flush()
+    assert producer.reconcile() == 3  # the broker holds all three
+    assert consumer.gone([producer.reply_to]) == set()
+    producer.close()
 
 
 def test_a_master_names_its_own_result_queue(hosted: Transport) -> None:

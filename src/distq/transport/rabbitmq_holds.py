@@ -101,6 +101,8 @@ class LeaseRecords:
         self._confirm()
         self._in_queue = len(self.bodies)
         self._take_out(old)
+        if not self.bodies:  # unused from now on, it expires: declare it again when needed
+            self._declared = False
 
     def _take_out(self, count: int) -> None:
         """Ack up to ``count`` records of older generations from the head of the queue.
