@@ -202,8 +202,7 @@ class Worker:
             for thread in threads:
                 thread.join(0.2 / len(threads))
                 self.health.beat("main")
-            waiting = not self._stopping.is_set() and not self.outage.ongoing
-            if idle is not None and waiting and self.health.idle_for() >= idle:
+            if idle is not None and not self._stopping.is_set() and self.health.idle_for() >= idle:
                 self.console.info("task_queue is empty")
                 self._stop_warm()
             if self._drain_until is not None and time.monotonic() >= self._drain_until:
@@ -412,7 +411,7 @@ class Worker:
         lasted = self.outage.back()
         if lasted is not None:
             self.console.info(f"reconnected to {self.transport.describe()} after {lasted:.1f} s")
-            self.health.took(0)  # an outage is not idleness: --exit-when-idle counts from here
+            self.health.took(0)  # back at work: --exit-when-idle counts from here
         self.health.connected(True, consumer_id)
         return consumer
 
