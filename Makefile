@@ -7,12 +7,13 @@ BENCH_ARGS ?=
 TASKS ?= 100
 WORKERS ?=
 
-.PHONY: help install demo example test lint bench clean up down scale job logs ps images
+.PHONY: help install demo example test faults lint bench clean up down scale job logs ps images
 
 help:
 	@echo "make demo   - the tutorial's squares job: 1 master + 2 workers, manager transport"
 	@echo "make example - word counts over a folder of text files: your own job, 2 workers"
 	@echo "make test   - the whole suite against real Redis and RabbitMQ (provisions them)"
+	@echo "make faults - the fault-injection suite, long, then its figures into tests/faults/results.md and README.md"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - throughput and latency side by side with Celery, Dramatiq, RQ, raw clients"
 	@echo
@@ -36,6 +37,17 @@ example: install
 test:
 	@scripts/ensure-test-env.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The long fault suite (make test runs it short), the fuzz tests with more examples,
+# then the figures: tests/faults/results.md and the table in README.md.
+FAULTS_RESULTS ?= .build/faults
+FUZZ_EXAMPLES ?= 2000
+faults:
+	@scripts/ensure-test-env.sh
+	rm -rf $(FAULTS_RESULTS)
+	DISTQ_FAULTS_FULL=1 DISTQ_FAULTS_RESULTS=$(FAULTS_RESULTS) $(VENV)/bin/pytest -m faults tests/faults $(PYTEST_ARGS)
+	DISTQ_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -m fuzz $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: no fuzz tests here
+	$(VENV)/bin/python tests/faults/render.py $(FAULTS_RESULTS) tests/faults/results.md README.md
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench examples

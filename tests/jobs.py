@@ -3,7 +3,9 @@ for those marked ``@distq.task``."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import distq
 
@@ -15,6 +17,20 @@ def always_fail(n: int) -> int:
 
 def echo(value: object) -> object:
     return value
+
+
+def flaky(n: int) -> int:
+    """Fails the first time it runs for each ``n``, then returns ``n * n``.
+
+    It remembers which ``n`` failed by a file in ``$DISTQ_TEST_FLAKY_DIR``, so the retry,
+    wherever it runs, succeeds.
+    """
+    marker = Path(os.environ["DISTQ_TEST_FLAKY_DIR"]) / f"failed-{n}"
+    try:
+        marker.touch(exist_ok=False)
+    except FileExistsError:
+        return n * n
+    raise RuntimeError(f"flaky({n}) fails once on purpose")
 
 
 @distq.task

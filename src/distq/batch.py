@@ -1,19 +1,31 @@
-"""Batches of tasks in a worker slot: how many to fetch, and when to stop running one.
+"""Batches of tasks in a worker slot: how many to fetch, and how one runs.
 
 A slot fetches about ``TARGET_BATCH_SECONDS`` of work at once (:class:`BatchSizer`):
 enough tasks per broker round trip for throughput, few enough that slow tasks do not
 pile up in one worker. A batch still running after ``HAND_BACK_AFTER_SECONDS`` holds
 tasks slower than it was sized for: :func:`run_batch` stops there, and the worker hands
 the tasks not started back to the queue, for idle workers.
+
+While it runs, a :class:`Batch` is shared by two threads without a lock: the slot's,
+which takes its deliveries one by one and runs them, and the worker's keeper, which may
+take back those not started (the task running now is long) or give up on the task
+running (past its time limit). Each delivery is taken by exactly one of them: they pop
+it from one deque (atomic in CPython), and the task running is ended by whoever first
+pops its one-element *claim*.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from distq.ending import Ending
+from distq.envelope import NO_REPLY, Task
+from distq.masters import MasterWatch
+from distq.timelimits import TimeLimits
 from distq.transport.base import Delivery
 
 TARGET_BATCH_SECONDS = 0.005
@@ -44,25 +56,120 @@ class BatchSizer:
         return self.size
 
 
+class Batch:
+    """A slot's batch while it runs; also the gate each task passes before it runs.
+
+    ``masters`` says which reply queues have a live master; ``gone`` holds those the
+    broker said are gone since this batch was fetched, whose tasks are dead-lettered
+    unrun. A task of any other master stops the batch (:attr:`unchecked` names its reply
+    queue) until the slot has asked the broker. With ``limits``, each task's start and
+    limit are kept for the keeper (:attr:`running`).
+    """
+
+    def __init__(
+        self,
+        deliveries: Sequence[Delivery],
+        masters: MasterWatch | None = None,
+        limits: TimeLimits | None = None,
+    ) -> None:
+        self.deliveries = deliveries
+        self.waiting: deque[Delivery] = deque(deliveries)  # not started; popped by one side
+        self.endings: list[Ending] = []
+        self.started = time.monotonic()
+        self.masters, self.limits = masters, limits or None
+        self.gone: set[str] = set()
+        self.unchecked: str | None = None
+        self.claim: list[Delivery] = []  # the running task's delivery, until someone ends it
+        self.running: Running | None = None  # a task with a time limit, while it runs
+        self.abandoned = False  # the keeper gave up on the running task (time limit)
+
+    def admit(self, task: Task) -> bool | None:
+        """Whether ``task`` may run now: True; False if its master is gone; None when its
+        master must be asked first (the batch stops before it). A task nobody waits for
+        (``reply_to`` :data:`~distq.envelope.NO_REPLY`) has no master to lose."""
+        reply_to = task.reply_to
+        if reply_to in self.gone:
+            return False
+        masters = self.masters
+        if (
+            masters is not None
+            and reply_to != NO_REPLY
+            and not masters.alive(reply_to, self.started)
+        ):
+            self.unchecked = reply_to
+            return None
+        if self.limits is not None:
+            limit = self.limits.for_task(task.name)
+            if limit is not None:
+                self.running = Running(task, time.monotonic(), limit, self.claim)
+        return True
+
+    def take_rest(self) -> list[Delivery]:
+        """Take every delivery not started yet, in order (either thread)."""
+        rest: list[Delivery] = []
+        while True:
+            try:
+                rest.append(self.waiting.pop())
+            except IndexError:
+                rest.reverse()
+                return rest
+
+
+Run = Callable[[Delivery, Batch], Ending | None]
+
+
+class Running(NamedTuple):
+    """A task with a time limit, running: when it started (monotonic) and its claim."""
+
+    task: Task
+    started: float
+    limit: float
+    claim: list[Delivery]
+
+    def take(self) -> Delivery | None:
+        """The keeper's side: end this task; None if it has ended already."""
+        try:
+            return self.claim.pop()
+        except IndexError:
+            return None
+
+
 def run_batch(
-    deliveries: Sequence[Delivery],
-    run: Callable[[Delivery], Ending],
+    batch: Batch,
+    run: Run,
     stopping: threading.Event,
     abort: threading.Event,
     budget: float = HAND_BACK_AFTER_SECONDS,
 ) -> list[Ending]:
-    """Run ``deliveries`` in order as far as the batch goes; the rest are for handing back.
+    """Run the batch's deliveries in order as far as it goes; the rest stay in ``waiting``.
 
     It stops before the next task once ``budget`` seconds have passed (after one task at
-    least), after one task when ``stopping`` (a warm stop) is set, and at once on
-    ``abort`` (a cold stop).
+    least), after one task when ``stopping`` (a warm stop) is set, at once on ``abort``
+    (a cold stop), before a task whose master is to be asked (``run`` returns None:
+    the delivery goes back to the front of ``waiting``), and when the keeper gave up
+    on the task that ran (``batch.abandoned``: its ending is the keeper's).
     """
-    endings: list[Ending] = []
+    endings = batch.endings
     started = time.perf_counter()
-    for delivery in deliveries:
+    while True:
         if abort.is_set() or (endings and stopping.is_set()):
             break
         if endings and time.perf_counter() - started > budget:
             break
-        endings.append(run(delivery))
+        try:
+            delivery = batch.waiting.popleft()
+        except IndexError:
+            break
+        claim = batch.claim = [delivery]
+        ending = run(delivery, batch)
+        batch.running = None
+        try:
+            claim.pop()
+        except IndexError:  # the keeper ended it first: past its time limit
+            batch.abandoned = True
+            break
+        if ending is None:
+            batch.waiting.appendleft(delivery)
+            break
+        endings.append(ending)
     return endings

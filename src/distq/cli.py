@@ -33,7 +33,7 @@ from distq.config import (
     misspelled,
 )
 from distq.console import Console
-from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed
+from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.logs import make_console
 from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:  # from a setting, or one only the transport can judge
         console.error(str(exc))
         return EXIT_CONFIG
-    except ConnectionFailed as exc:
+    except TransportError as exc:  # unreachable or refusing at start (mid-job: reconnects)
         console.error(str(exc))
         return EXIT_UNREACHABLE
 

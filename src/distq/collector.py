@@ -70,6 +70,10 @@ class Collector(Generic[E]):
         """Tasks whose first result was handed on."""
         return len(self._finished)
 
+    def is_waiting(self, task_id: str) -> bool:
+        """Whether ``task_id`` was expected and has no result yet."""
+        return task_id in self._pending
+
     def waiting(self) -> list[tuple[str, E]]:
         """(task id, entry) of every task not answered yet, oldest first."""
         return [(task_id, entry) for task_id, (entry, _) in self._pending.items()]

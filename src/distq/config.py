@@ -24,6 +24,7 @@ from distq import credentials, signing, tls
 from distq.envelope import MAX_ATTEMPTS as MAX_ATTEMPTS
 from distq.errors import ConfigError
 from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES
+from distq.timelimits import TimeLimits
 from distq.transport import TRANSPORTS
 
 _T = TypeVar("_T")
@@ -35,11 +36,13 @@ PREFIX = "DISTQ_"
 TASKS = 6  # distq master --tasks
 # MAX_ATTEMPTS (distq master --max-attempts) is a task's own default, from distq.envelope
 STATUS_EVERY = 10.0  # distq master --status-every; seconds between status lines in --rate mode
-DRAIN_SECONDS = 5.0  # rate mode: how long a stopping master waits for results in flight
+MASTER_DRAIN_SECONDS = 5.0  # how long a stopping master waits for results in flight
 CONCURRENCY = 1  # distq worker --concurrency
 CONNECT_TIMEOUT = 10.0  # distq worker --connect-timeout
 #: Most messages one call carries: a master's submit and results, a transport's chunks.
 MESSAGE_BATCH = 1000
+#: Shortest time a master's reply queue outlives the master (``Settings.master_ttl``).
+MASTER_TTL_MIN_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,12 @@ def _secret(text: str) -> bytes | None:
 
 
 def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
+    """A broker URL: one of ``schemes``, a host and a port (a number), except ``unix://``."""
+
     def parse(text: str) -> str:
         try:
             parts = urlsplit(text)
-            parts.port  # noqa: B018 - raises ValueError on a malformed port
+            port = parts.port  # raises ValueError on a port that is not a number
         except ValueError:  # its message may quote part of the password: not shown
             raise ValueError(
                 f"({credentials.mask_url(text)}) is not a valid URL: its port is not a "
@@ -123,8 +128,14 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
             raise ValueError(
                 f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}"
             )
-        if parts.scheme != "unix" and not parts.hostname:
+        if parts.scheme == "unix":
+            return text
+        if not parts.hostname:
             raise ValueError(f"names no host; use e.g. {example}")
+        if port is None:  # absent, or empty after the colon: never guess one
+            raise ValueError(f"names no port after the host; use e.g. {example}")
+        if not 0 < port < 65536:
+            raise ValueError(f"has port {port}; use 1 to 65535, e.g. {example}")
         return text
 
     return parse
@@ -187,6 +198,8 @@ def _file(secret: str) -> Any:
         shown_default="(none)",
     )
 
+
+NO_TIME_LIMITS = TimeLimits()
 
 _REDIS_URL = "redis://127.0.0.1:6379/0"
 _AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -251,6 +264,31 @@ class Settings:
         128,
         _number(int, 1, 10_000),
         "most tasks a worker slot takes at once (adapts down for slow tasks)",
+    )
+    drain_seconds: float = setting(
+        "DISTQ_DRAIN_SECONDS",
+        "--drain-seconds",
+        20.0,
+        _number(float, 0.0, 3600.0, " seconds"),
+        "after SIGTERM a worker finishes running tasks for at most this long, then hands "
+        "them back and exits 0",
+        shown_default="20",
+    )
+    task_time_limit: TimeLimits = setting(  # noqa: RUF009 - frozen, so shared safely
+        "DISTQ_TASK_TIME_LIMIT",
+        "--task-time-limit",
+        NO_TIME_LIMITS,
+        TimeLimits.parse,
+        "seconds a task may run before that attempt fails (retried): `30`, "
+        "`square=2,mod:fn=600` or both",
+        shown_default="(off)",
+    )
+    rabbitmq_queue_type: str = setting(
+        "DISTQ_RABBITMQ_QUEUE_TYPE",
+        "--rabbitmq-queue-type",
+        "classic",
+        _one_of(("classic", "quorum")),
+        "`quorum`: task, retry and dead-letter queues replicated, dead-lettered at least once",
     )
     metrics_port: int | None = setting(
         "DISTQ_METRICS_PORT",
@@ -384,6 +422,15 @@ class Settings:
     def heartbeat_interval(self) -> float:
         """How often a worker renews its leases: three times per lease period."""
         return self.lease_seconds / 3
+
+    @property
+    def master_ttl(self) -> float:
+        """How long a master's reply queue outlives the master's last sign of life.
+
+        Its tasks still queued after that are dead-lettered as its master's, unrun;
+        results for it are dropped. The master renews it every few seconds while it runs.
+        """
+        return max(MASTER_TTL_MIN_SECONDS, 3 * self.lease_seconds)
 
     @classmethod
     def load(

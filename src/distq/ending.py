@@ -12,7 +12,11 @@ only decides.
 - it cannot run (unknown name, arguments that do not fit, a value that is not JSON):
   ``failed`` at once, as no retry would change that;
 - the body is not a task envelope, or is refused (unsigned, signed wrongly, over the
-  size limit): ``malformed``, a dead letter only (no one to answer), never run.
+  size limit): ``malformed``, a dead letter only (no one to answer), never run;
+- its master is gone (stopped, or died and its reply queue lapsed): ``orphaned``, a dead
+  letter only, the task not run (nobody would read its result);
+- it ran past its time limit (:class:`~distq.errors.TimeLimitExceeded`): like any
+  error, ``retried`` or ``failed`` (see :meth:`Endings.timed_out`).
 
 Results and retries are sealed by the worker's :class:`~distq.codec.Codec`: signed when
 it has keys, and a result over the size limit fails its task for good. An error result
@@ -29,11 +33,11 @@ from typing import Any, Literal, NamedTuple
 
 from distq.codec import Codec
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task
-from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
+from distq.errors import EnvelopeError, MessageTooLarge, SignatureError, TimeLimitExceeded
 from distq.limits import OVERSIZED_KEPT_BYTES
 from distq.transport.base import Delivery, Settlement
 
-Outcome = Literal["ok", "failed", "retried", "malformed"]
+Outcome = Literal["ok", "failed", "retried", "malformed", "orphaned"]
 
 #: Longest traceback text an error result carries; longer ones keep their end.
 MAX_TRACEBACK_CHARS = 8000
@@ -151,6 +155,23 @@ class Endings:
         )
         note = f"task {task.name} {task.id} dead-lettered: {reason}"
         return Ending(settlement, "failed", task, started_at, duration, note)
+
+    def timed_out(
+        self, delivery: Delivery, task: Task, limit: float, started_at: float, duration: float
+    ) -> Ending:
+        """The task ran past its ``limit`` (seconds): a failed attempt, retried per policy."""
+        error = TimeLimitExceeded(f"ran past its time limit of {limit:g} s")
+        return self.failed(delivery, task, error, started_at, duration, retryable=True)
+
+    def orphaned(self, delivery: Delivery, task: Task) -> Ending:
+        """The task's master is gone: dead-lettered unrun, no result (nobody waits)."""
+        reason = (
+            f"its master is gone (no live master holds reply queue {task.reply_to!r}: "
+            "it stopped, or died and the queue lapsed); not run"
+        )
+        settlement = Settlement(delivery, dead_letter=self._dead(delivery.body, reason))
+        note = f"task {task.name} {task.id} dead-lettered: {reason}"
+        return Ending(settlement, "orphaned", task, note=note)
 
     def malformed(self, delivery: Delivery, error: EnvelopeError) -> Ending:
         """The body is not a task, or is refused (unsigned, forged, too large): never run,

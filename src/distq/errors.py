@@ -92,3 +92,7 @@ class Shutdown(BaseException):
 
     Derives from BaseException so that ``except Exception`` in task code cannot swallow it.
     """
+
+
+class TimeLimitExceeded(DistqError):
+    """A task ran past its time limit (``DISTQ_TASK_TIME_LIMIT``); the attempt failed."""

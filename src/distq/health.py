@@ -265,19 +265,28 @@ class WorkerHealth(ProcessHealth):
             self._last_activity = time.monotonic()
             self.in_hand += count
 
-    def finished(self, ok: int, failed: int, retried: int, malformed: int, released: int) -> None:
+    def finished(
+        self,
+        ok: int = 0,
+        failed: int = 0,
+        retried: int = 0,
+        malformed: int = 0,
+        released: int = 0,
+        orphaned: int = 0,
+    ) -> None:
         """Count settled deliveries; each is exactly one of these outcomes.
 
         ``failed`` tasks got an error result and a dead letter; ``malformed`` messages
-        only a dead letter; ``released`` ones went back to the queue unprocessed.
+        and ``orphaned`` tasks (their master is gone) only a dead letter; ``released``
+        ones went back to the queue unprocessed.
         """
         with self._lock:
             self._last_activity = time.monotonic()
             self.tasks_ok += ok
             self.tasks_failed += failed
             self.tasks_retried += retried
-            self.dead_lettered += failed + malformed
-            self.in_hand -= ok + failed + retried + malformed + released
+            self.dead_lettered += failed + malformed + orphaned
+            self.in_hand -= ok + failed + retried + malformed + released + orphaned
 
     def idle_for(self) -> float:
         """Seconds since a task was last taken or finished (0 while tasks are in hand)."""

@@ -2,8 +2,15 @@
 
 "Done" is never guessed from a quiet queue: the master knows every task id it
 submitted and finishes when each has a result (ok or failed for good), or when
-``timeout`` passes, naming what is missing. A redelivered duplicate counts once
-(:class:`~distq.collector.Collector`).
+``timeout`` passes or it is stopped, naming what is missing (exit 1). A redelivered
+duplicate counts once (:class:`~distq.collector.Collector`).
+
+Broker outages: a call that fails starts one ``...; reconnecting`` line; the master
+retries with capped exponential backoff and jitter (:class:`~distq.backoff.Backoff`)
+until the broker answers, the job's ``timeout`` passes or it is stopped, and says when
+it is back. Every ``RECONCILE_SECONDS`` and after every outage it asks the broker how
+many of its tasks it still holds (:meth:`~distq.transport.Producer.reconcile`, which also
+keeps its reply queue alive) and submits again what was lost (:mod:`distq.ledger`).
 
 What the tasks are, how a result is checked and the per-task lines belong to a
 :class:`Workload` (the tutorial's is :class:`distq.squares.Squares`); pacing, timeout,
@@ -21,16 +28,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
+from distq.backoff import Backoff
 from distq.codec import Codec
 from distq.collector import Collector
-from distq.config import DRAIN_SECONDS, MESSAGE_BATCH, STATUS_EVERY, TASKS
+from distq.config import MASTER_DRAIN_SECONDS, MESSAGE_BATCH, STATUS_EVERY, TASKS
 from distq.console import Console
 from distq.envelope import Result, Task, new_id
+from distq.errors import TransportError
 from distq.health import ProcessHealth
+from distq.ledger import Ledger
 from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, Transport
 
 E = TypeVar("E")
+
+#: Seconds between reconciles: renews the master's reply queue, finds lost tasks.
+RECONCILE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,9 @@ class JobSpec:
     rate: float | None = None
     max_in_flight: int | None = None
     wait_workers: int | None = None  # start (and start the clock) once this many slots attach
-    drain_seconds: float = DRAIN_SECONDS  # when stopped: how long to wait for results in flight
+    drain_seconds: float = (
+        MASTER_DRAIN_SECONDS  # when stopped: how long to wait for results in flight
+    )
     status_every: float = STATUS_EVERY  # rate mode: seconds between status lines
 
 
@@ -171,6 +186,7 @@ class _Run(Generic[E]):
             telemetry=master.telemetry,
             codec=master.codec,
         )
+        self.ledger = Ledger()
         self.health, self.telemetry = master.health, master.telemetry
         self.link = master.health.readiness.link("producer")
         self.link.up()  # the producer is open: it reached the broker
@@ -178,11 +194,14 @@ class _Run(Generic[E]):
         self.submitted = 0
         self.cpu_start = time.process_time()
         self.report = JobReport(transport=master.transport.name, tasks=0)
+        self.deadline: float | None = None
+        self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
 
     def run(self) -> JobReport:
         spec, total = self.spec, self.spec.tasks
-        deadline = time.perf_counter() + spec.timeout if spec.timeout is not None else None
-        if spec.wait_workers and not self._await_workers(spec.wait_workers, deadline):
+        if spec.timeout is not None:
+            self.deadline = time.perf_counter() + spec.timeout
+        if spec.wait_workers and not self._await_workers(spec.wait_workers):
             self.report.tasks = total or 0
             return self._finish(0.0)
         start, self.cpu_start = time.perf_counter(), time.process_time()
@@ -191,25 +210,30 @@ class _Run(Generic[E]):
         while not self.stop.is_set():
             self.health.beat("job")
             now = time.perf_counter()
-            more = self._allowance(now - start)
-            if more > 0:
-                self._submit(min(more, MESSAGE_BATCH))
+            if self.deadline is not None and now >= self.deadline:
+                break
+            try:
+                self._reconcile_when_due(now)
                 more = self._allowance(now - start)
-            if total is not None and self.submitted >= total and not announced:
-                announced = True
-                line = self.workload.waiting_line()
-                if line is not None and spec.rate is None and spec.max_in_flight is None:
-                    self.console.lines([line], count=0)
-            if total is not None and self.collector.finished >= total:
-                break
-            if deadline is not None and now >= deadline:
-                break
-            wait = 0.0 if more > 0 else 0.5
-            if spec.rate is not None and (total is None or self.submitted < total):
-                wait = min(wait, max(0.0, (self.submitted + 1) / spec.rate - (now - start)))
-            if deadline is not None:
-                wait = min(wait, max(0.0, deadline - now))
-            self._collect(wait)
+                if more > 0:
+                    self._submit(min(more, MESSAGE_BATCH))
+                    more = self._allowance(now - start)
+                if total is not None and self.submitted >= total and not announced:
+                    announced = True
+                    line = self.workload.waiting_line()
+                    if line is not None and spec.rate is None and spec.max_in_flight is None:
+                        self.console.lines([line], count=0)
+                if total is not None and self.collector.finished >= total:
+                    break
+                wait = 0.0 if more > 0 else 0.5
+                if spec.rate is not None and (total is None or self.submitted < total):
+                    wait = min(wait, max(0.0, (self.submitted + 1) / spec.rate - (now - start)))
+                if self.deadline is not None:
+                    wait = min(wait, max(0.0, self.deadline - now))
+                self._collect(wait)
+            except TransportError as exc:
+                if not self._recover(exc):
+                    break
             if spec.rate is not None and now >= next_status:
                 next_status = now + spec.status_every
                 self._status(now - start)
@@ -217,18 +241,74 @@ class _Run(Generic[E]):
             self._drain()
         return self._finish(time.perf_counter() - start)
 
+    # -- the broker: reconciles and outages ------------------------------------------
+    def _reconcile_when_due(self, now: float) -> None:
+        if now >= self.next_reconcile:
+            self.next_reconcile = now + RECONCILE_SECONDS
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Ask the broker what it holds (reconnecting if need be); submit what it lost."""
+        with self.link.call(), self.health.liveness.waiting("job"):
+            self._submit_lost(self.producer.reconcile())
+
+    def _submit_lost(self, held: int) -> None:
+        """Submit again the tasks after the first ``held`` that still wait for a result."""
+        waiting = self.collector.is_waiting
+        self.ledger.compact(waiting)
+        total = self.ledger.total
+        again = self.ledger.lost(held, waiting)
+        if again:
+            self.console.error(
+                f"the broker holds {held} of the {total} task messages submitted so far; "
+                f"submitting the {len(again)} tasks among the others that wait for a result again"
+            )
+            for start in range(0, len(again), MESSAGE_BATCH):
+                self.producer.submit([body for _, body in again[start : start + MESSAGE_BATCH]])
+
+    def _recover(self, exc: TransportError) -> bool:
+        """Reconnect (backoff with jitter) and submit what the broker lost; False when the
+        job ends first (stopped, or past its timeout)."""
+        self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
+        started, backoff = time.perf_counter(), Backoff()
+        while True:
+            delay = backoff.next()
+            if self.deadline is not None:
+                delay = min(delay, max(0.0, self.deadline - time.perf_counter()))
+            with self.health.liveness.waiting("job"):  # waiting out the broker: not wedged
+                if self.stop.wait(delay):
+                    return False
+            if self.deadline is not None and time.perf_counter() >= self.deadline:
+                return False
+            try:
+                self._reconcile()
+            except TransportError:
+                continue
+            self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
+            self.console.info(
+                f"reconnected to the broker after {time.perf_counter() - started:.1f} s; "
+                f"{self.collector.outstanding} tasks outstanding"
+            )
+            return True
+
     def _allowance(self, elapsed: float) -> int:
         return allowance(self.spec, self.submitted, self.collector.outstanding, elapsed)
 
-    def _await_workers(self, count: int, deadline: float | None) -> bool:
+    def _await_workers(self, count: int) -> bool:
         """Wait (before the clock starts) until ``count`` worker slots are attached."""
         self.console.info(f"waiting for {count} worker slots to attach ...")
         seen = 0
         while not self.stop.is_set():
-            seen = self.master.transport.stats().consumers
+            try:
+                self._reconcile_when_due(time.perf_counter())
+                seen = self.master.transport.stats().consumers
+            except TransportError as exc:
+                if not self._recover(exc):
+                    break
+                continue
             if seen >= count:
                 return True
-            if deadline is not None and time.perf_counter() >= deadline:
+            if self.deadline is not None and time.perf_counter() >= self.deadline:
                 break
             time.sleep(0.05)  # before the job starts: a short poll costs nothing measured
         self.report.problems.append(f"only {seen} of {count} worker slots attached in time")
@@ -237,14 +317,18 @@ class _Run(Generic[E]):
     def _submit(self, count: int) -> None:
         tasks = self.workload.tasks(count, self.master.reply_to)
         self.collector.expect((task.id, entry) for task, entry in tasks)
-        with self.link.call(), self.health.liveness.waiting("job"):
-            self.producer.submit([self.master.codec.seal_task(task) for task, _ in tasks])
+        bodies = [self.master.codec.seal_task(task) for task, _ in tasks]
+        # counted as submitted before the call: one that fails is an outage, and the
+        # reconcile after it says whether the broker got them
+        self.ledger.record(zip([task.id for task, _ in tasks], bodies, strict=True))
         self.submitted += len(tasks)
         self.report.tasks = self.submitted
         self.telemetry.submitted([task for task, _ in tasks], self.collector.outstanding)
         if self.console.bar is None and self.submitted == len(tasks) and self.spec.tasks:
             self.console.start_progress(self.spec.tasks)
         self.console.lines(self.workload.submitted_lines(tasks), count=0)
+        with self.link.call(), self.health.liveness.waiting("job"):
+            self.producer.submit(bodies)
 
     def _collect(self, wait: float) -> None:
         with self.link.call(wait), self.health.liveness.waiting("job"):
@@ -275,13 +359,14 @@ class _Run(Generic[E]):
         self.lines.append(problem)
 
     def _drain(self) -> None:
-        """Stopping: give tasks in flight ``drain_seconds`` to come back."""
+        """Stopping: give tasks in flight ``drain_seconds`` to come back (they count as
+        missing after that: a job stopped before its end failed)."""
         deadline = time.perf_counter() + self.spec.drain_seconds
         while self.collector.outstanding and time.perf_counter() < deadline:
-            self._collect(min(0.5, deadline - time.perf_counter()))
-        if self.collector.outstanding:
-            count = self.collector.forget()
-            self.console.info(f"stopping with {count} tasks still in flight")
+            try:
+                self._collect(min(0.5, deadline - time.perf_counter()))
+            except TransportError:
+                break  # no reconnecting on the way out
 
     def _status(self, elapsed: float) -> None:
         r = self.report

@@ -2,18 +2,28 @@
 
 Tasks run on the calling thread (a worker slot's own). Nothing here raises for bad
 input: a malformed body, an unknown name, arguments that do not fit and exceptions
-from the task itself all become an :class:`~distq.ending.Ending`.
+from the task itself all become an :class:`~distq.ending.Ending`. In a worker, each task
+first passes its batch's gate (:meth:`distq.batch.Batch.admit`): a task whose master is
+gone is dead-lettered unrun.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from distq.console import Console
 from distq.ending import Ending, Endings
+from distq.envelope import Task
 from distq.errors import EnvelopeError, UnknownTask
 from distq.tasks import Registry
 from distq.transport.base import Delivery
+
+
+class Gate(Protocol):
+    """Says whether a decoded task may run: see :meth:`distq.batch.Batch.admit`."""
+
+    def admit(self, task: Task) -> bool | None: ...
 
 
 class TaskRunner:
@@ -25,10 +35,23 @@ class TaskRunner:
         self.codec = endings.codec
 
     def __call__(self, delivery: Delivery) -> Ending:
+        """Run ``delivery``'s task, whoever its master."""
+        ending = self.gated(delivery, None)
+        assert ending is not None  # without a gate, every task runs
+        return ending
+
+    def gated(self, delivery: Delivery, gate: Gate | None) -> Ending | None:
+        """Run ``delivery``'s task if ``gate`` admits it; None when the gate says to stop."""
         try:
             task = self.codec.open_task(delivery.body)
         except EnvelopeError as exc:
             return self._told(self.endings.malformed(delivery, exc))
+        if gate is not None:
+            admitted = gate.admit(task)
+            if admitted is None:
+                return None
+            if not admitted:
+                return self._told(self.endings.orphaned(delivery, task))
         if not self.console.quiet:  # skips formatting the line, on the hot path
             self.console.lines([f"Get task {self.registry.show(task)} from task_queue."])
         started_at, started = time.time(), time.perf_counter()

@@ -105,17 +105,33 @@ class Registry:
     def __init__(self) -> None:
         self._tasks: dict[str, tuple[TaskFunction, inspect.Signature, tuple[int, int] | None]] = {}
         self._shows: dict[str, Show] = {CHUNK_TASK: show_chunk}
+        self._limits: dict[str, float] = {}
         self.register("square", squares.square, show=squares.show)
 
-    def register(self, name: str, function: TaskFunction, show: Show | None = None) -> None:
+    def register(
+        self,
+        name: str,
+        function: TaskFunction,
+        show: Show | None = None,
+        time_limit: float | None = None,
+    ) -> None:
         """Run ``function`` for tasks named ``name``; ``show`` names one in the worker's
-        lines (by default ``name[args]``)."""
+        lines (by default ``name[args]``); ``time_limit`` (seconds) fails a run that takes
+        longer (``DISTQ_TASK_TIME_LIMIT`` may override it: :mod:`distq.timelimits`)."""
         signature = inspect.signature(function)
         self._tasks[name] = (function, signature, _positional_range(signature))
         if show is not None:
             self._shows[name] = show
         else:
             self._shows.pop(name, None)
+        if time_limit is not None:
+            self._limits[name] = time_limit
+        else:
+            self._limits.pop(name, None)
+
+    def time_limits(self) -> dict[str, float]:
+        """Time limits given at registration, by task name."""
+        return dict(self._limits)
 
     def show(self, task: Task) -> str:
         """How the worker's ``Get task ...`` line names ``task``, registered or not."""

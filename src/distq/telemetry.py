@@ -119,6 +119,8 @@ class WorkerTelemetry:
                             counts_of = runs[label] = metrics.task_seconds.series((*base, label))
                         counts_of[where(bounds, duration)] += 1
                         counts_of[-1] += duration
+                if key[1] == "orphaned":  # the metric's outcomes are fixed: it is a failure
+                    key = (key[0], "failed")
                 counts[key] = counts.get(key, 0) + 1
             for (label, outcome), count in counts.items():
                 metrics.tasks.add((*base, label, outcome), count)

@@ -1,19 +1,37 @@
 """The worker: lease tasks, run them, settle them, until told to stop.
 
 Lifecycle (read :meth:`Worker.run` top to bottom): install signal handlers, start a
-lease keeper and one thread per slot, wait until the slots end (a signal, or
+keeper and one thread per slot, wait until the slots end (a signal, or
 ``exit_when_idle``), restore the handlers and say what was done. Each slot loops with
 its own consumer: connect, fetch a batch (:class:`~distq.batch.BatchSizer` sizes it),
 run it on the slot's thread (:func:`~distq.batch.run_batch`, each task by the
-:class:`~distq.runner.TaskRunner`), settle it in one call and hand back what did not
-run. The lease keeper renews the lease of any batch that runs longer than a heartbeat
-interval; short tasks never leave their thread, which keeps round trips short.
-Whatever is still in hand goes back to the queue on the way out.
+:class:`~distq.runner.TaskRunner`, once its master is known alive:
+:class:`~distq.masters.MasterWatch`), settle it in one call and hand back what did not
+run. Short tasks never leave their thread, which keeps round trips short. The keeper
+looks after batches that run long: it renews their lease every heartbeat interval,
+hands back the tasks they have not started (for idle workers), and enforces time
+limits. Whatever is still in hand goes back to the queue on the way out.
 
-Shutdown, sized for Kubernetes' ``terminationGracePeriodSeconds`` (default 30 s):
-the first SIGTERM/SIGINT is warm (stop fetching, finish the task running in each
-slot, hand back the rest of its batch); the second is cold (hand back everything in
-hand at once, including running tasks, which another worker will run again).
+Broker outages: a failed call closes the slot's consumer; the slot reconnects with
+capped exponential backoff and jitter (:class:`~distq.backoff.Backoff`). The worker
+prints one line when the broker is lost and one when it is back, whatever the number
+of slots (:class:`~distq.backoff.Outage`).
+
+Time limits (``DISTQ_TASK_TIME_LIMIT``, :mod:`distq.timelimits`): a task past its limit
+fails that attempt (retried per policy, like an error) and its slot goes on. Python
+cannot interrupt a thread, whether it computes, sleeps or waits on I/O, so the function
+is not stopped: the keeper settles the attempt, hands back the batch's tasks not
+started, and gives the slot a new thread with the same consumer. The old thread runs
+on until the function returns, and its result is dropped; a function that never
+returns keeps its thread (memory, and CPU if it computes) for the life of the process.
+The worker says how many such threads it has left behind.
+
+Shutdown, sized for Kubernetes' ``terminationGracePeriodSeconds`` (default 30 s): the
+first SIGTERM/SIGINT is warm (stop fetching, finish the task running in each slot, hand
+back the rest of its batch), bounded by ``DISTQ_DRAIN_SECONDS`` (default 20 s): tasks
+still running then are handed back and the worker exits 0. The second signal is cold
+(hand back everything in hand at once, including running tasks, which another worker
+will run again).
 """
 
 from __future__ import annotations
@@ -25,20 +43,26 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
-from distq.batch import BatchSizer, run_batch
+from distq.backoff import Backoff, Outage
+from distq.batch import Batch, BatchSizer, Running, run_batch
 from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console
 from distq.ending import Ending, Endings
-from distq.errors import Shutdown, TransportError
+from distq.errors import Shutdown
 from distq.health import WorkerHealth
+from distq.masters import MasterWatch
 from distq.runner import TaskRunner
 from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry
+from distq.timelimits import TimeLimits
 from distq.transport.base import Consumer, Delivery, Transport
+
+#: How often the keeper checks running tasks against their time limits.
+TIME_LIMIT_TICK = 0.1
 
 
 def default_worker_id() -> str:
@@ -55,6 +79,8 @@ class WorkerOptions:
     exit_when_idle: float | None = None
     worker_id: str = ""
     queue: str = DEFAULTS.queue
+    drain_seconds: float = DEFAULTS.drain_seconds
+    time_limits: TimeLimits = field(default_factory=TimeLimits)
 
     @classmethod
     def from_settings(
@@ -71,25 +97,31 @@ class WorkerOptions:
             exit_when_idle=exit_when_idle,
             worker_id=worker_id,
             queue=settings.queue,
+            drain_seconds=settings.drain_seconds,
+            time_limits=settings.task_time_limit,
         )
 
 
 class _Slot:
-    """One consumer, whether its batch is running, and the lock that serialises its calls.
+    """One consumer, the batch it runs, and the lock that serialises its calls.
 
-    Tasks run on the slot's own thread, outside the lock; meanwhile the worker's lease
-    keeper may take the lock to renew the lease (pika is not thread-safe, so no two
-    threads ever call one consumer at once).
+    Tasks run on the slot's own thread, outside the lock; meanwhile the keeper may take
+    the lock to renew the lease (pika is not thread-safe, so no two threads ever call
+    one consumer at once). ``generation`` counts the slot's threads: a thread whose
+    generation is past was left behind in a task that ran out of time.
     """
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.consumer: Consumer | None = None
         self.lock = threading.Lock()
-        self.running = False  # tasks are running (outside the lock)
+        self.batch: Batch | None = None  # running (outside the lock)
         self.renewed = 0.0  # monotonic time of the last call that renewed the lease
         self.handed_back = False  # a cold stop closed the consumer under the running batch
         self.thread: threading.Thread | None = None
+        self.generation = 0
+        self.backoff = Backoff()
+        self.in_hand = 0  # deliveries fetched and not yet settled or handed back
 
 
 class Worker:
@@ -110,10 +142,14 @@ class Worker:
         self.telemetry = telemetry or WorkerTelemetry()
         self.id = options.worker_id or default_worker_id()
         self.runner = TaskRunner(registry, Endings(self.id, options.queue, codec), console)
+        self.limits = options.time_limits.with_registered(registry.time_limits())
+        self.masters = MasterWatch()
+        self.outage = Outage()
+        self.left_behind: list[threading.Thread] = []  # threads still in timed-out tasks
         self._stopping = threading.Event()  # warm: finish what runs, take nothing new
         self._abort = threading.Event()  # cold: hand back everything now
+        self._drain_until: float | None = None
         self._signals = 0
-        self._outage = False  # shared by slots: an outage is reported once, not per slot
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> int:
@@ -128,7 +164,7 @@ class Worker:
         except Shutdown:
             self._stop_cold(slots)
         finally:
-            done.set()  # the lease keeper ends
+            done.set()  # the keeper ends
             self._restore_signal_handlers(previous)
         snap = self.health.snapshot()
         self.console.info(
@@ -140,36 +176,58 @@ class Worker:
 
     def _start(self, slots: list[_Slot], done: threading.Event) -> None:
         keeper = threading.Thread(
-            target=self._keep_leases, args=(slots, done), name="distq-leases", daemon=True
+            target=self._keep, args=(slots, done), name="distq-keeper", daemon=True
         )
         keeper.start()
         for slot in slots:
-            slot.thread = threading.Thread(
-                target=self._work, args=(slot,), name=f"distq-slot-{slot.index}", daemon=True
-            )
-            slot.thread.start()
+            self._start_slot(slot)
+
+    def _start_slot(self, slot: _Slot) -> None:
+        slot.thread = threading.Thread(
+            target=self._work,
+            args=(slot, slot.generation),
+            name=f"distq-slot-{slot.index}",
+            daemon=True,
+        )
+        slot.thread.start()
 
     def _wait(self, slots: list[_Slot]) -> None:
-        """Until every slot has ended; a warm stop when idle for ``exit_when_idle``."""
-        threads = [slot.thread for slot in slots if slot.thread is not None]
+        """Until every slot has ended; a warm stop when idle for ``exit_when_idle``, and a
+        cold one when a warm stop outlasts ``drain_seconds``."""
         idle = self.options.exit_when_idle
-        while any(thread.is_alive() for thread in threads):
+        while True:
+            threads = [slot.thread for slot in slots if slot.thread is not None]
+            if not any(thread.is_alive() for thread in threads):
+                return
             for thread in threads:
-                thread.join(0.2)
-                self.health.beat("main")  # per join: C slots take C x 0.2 s a round
+                thread.join(0.2 / len(threads))
+                self.health.beat("main")
             if idle is not None and not self._stopping.is_set() and self.health.idle_for() >= idle:
                 self.console.info("task_queue is empty")
-                self._stopping.set()
+                self._stop_warm()
+            if self._drain_until is not None and time.monotonic() >= self._drain_until:
+                if any(thread.is_alive() for thread in threads):
+                    self.console.info(
+                        f"tasks still run after {self.options.drain_seconds:g} s "
+                        "(DISTQ_DRAIN_SECONDS): handing them back"
+                    )
+                    self._stop_cold(slots)
+                return
+
+    def _stop_warm(self) -> None:
+        if not self._stopping.is_set():
+            self._drain_until = time.monotonic() + self.options.drain_seconds
+            self._stopping.set()
 
     def _stop_cold(self, slots: list[_Slot]) -> None:
-        """Second signal: close the consumer under every running batch; its tasks go back."""
+        """Close the consumer under every running batch; its tasks go back."""
         self._abort.set()
         self._stopping.set()
         for slot in slots:
             if not slot.lock.acquire(timeout=2.0):
                 continue  # in a broker call; the slot closes its consumer itself
             try:
-                if slot.running and slot.consumer is not None:
+                if slot.batch is not None and slot.consumer is not None:
                     slot.handed_back = True
                     self._close(slot.consumer)
                     slot.consumer = None
@@ -178,27 +236,6 @@ class Worker:
         for slot in slots:
             if slot.thread is not None and not slot.handed_back:  # else it is inside its task
                 slot.thread.join(5)
-
-    def _keep_leases(self, slots: list[_Slot], done: threading.Event) -> None:
-        """Renew the lease of every slot whose batch runs longer than a heartbeat interval."""
-        interval = self.options.heartbeat_interval
-        while not done.wait(interval / 4):
-            self.health.beat("leases")
-            for slot in slots:
-                if not slot.running or time.monotonic() - slot.renewed < interval:
-                    continue
-                if not slot.lock.acquire(blocking=False):
-                    continue  # the slot is in a broker call, which renews the lease too
-                try:
-                    if slot.running and slot.consumer is not None:
-                        with self.health.liveness.waiting("leases"):  # a silent broker is no stall
-                            slot.consumer.heartbeat()
-                        slot.renewed = time.monotonic()
-                except Exception as exc:  # the slot meets the same error when it settles
-                    self.console.error(f"could not renew a lease: {exc}")
-                    slot.renewed = time.monotonic()  # one line per interval, not a flood
-                finally:
-                    slot.lock.release()
 
     def _install_signal_handlers(self) -> dict[int, object]:
         if threading.current_thread() is not threading.main_thread():
@@ -217,23 +254,93 @@ class Worker:
         name = signal.Signals(signum).name
         if self._signals == 1:
             self.console.info(
-                f"{name}: finishing the tasks that run, handing back the rest "
+                f"{name}: finishing the tasks that run (for at most "
+                f"{self.options.drain_seconds:g} s), handing back the rest "
                 f"(send {name} again to stop at once)"
             )
-            self._stopping.set()
+            self._stop_warm()
         else:
             self.console.info(f"{name} again: handing back every task in hand and exiting")
             raise Shutdown
 
+    # -- the keeper: long batches' leases, their unstarted tasks, time limits ---------
+    def _keep(self, slots: list[_Slot], done: threading.Event) -> None:
+        interval = self.options.heartbeat_interval
+        tick = min(interval / 4, TIME_LIMIT_TICK) if self.limits else interval / 4
+        while not done.wait(tick):
+            self.health.beat("leases")
+            for slot in slots:
+                batch = slot.batch
+                if batch is None:
+                    continue
+                try:
+                    running = batch.running
+                    if running is not None and time.monotonic() - running.started > running.limit:
+                        self._give_up(slot, batch, running)
+                    elif time.monotonic() - slot.renewed >= interval:
+                        self._renew(slot, batch)
+                except Exception as exc:  # the slot meets the same error when it settles
+                    self.console.error(f"keeping a long batch: {exc}")
+                    slot.renewed = time.monotonic()  # one line per interval, not a flood
+
+    def _renew(self, slot: _Slot, batch: Batch) -> None:
+        """A batch running longer than a heartbeat interval: hand back what it has not
+        started, and renew the lease of the rest."""
+        if not slot.lock.acquire(blocking=False):
+            return  # the slot is in a broker call, which renews the lease too
+        try:
+            if slot.batch is batch and slot.consumer is not None:
+                rest = batch.take_rest()
+                if rest:
+                    slot.consumer.release(rest)
+                    self._count(slot, [], released=len(rest))
+                with self.health.liveness.waiting("leases"):  # a silent broker is no stall
+                    slot.consumer.heartbeat()
+                slot.renewed = time.monotonic()
+        finally:
+            slot.lock.release()
+
+    def _give_up(self, slot: _Slot, batch: Batch, running: Running) -> None:
+        """A task ran past its time limit: settle that attempt as failed, hand back the
+        batch's tasks not started, and go on in a new thread."""
+        with slot.lock:
+            if slot.batch is not batch or slot.consumer is None:
+                return
+            delivery = running.take()
+            if delivery is None:
+                return  # it has just ended
+            batch.abandoned = True
+            ran = time.monotonic() - running.started
+            ending = self.runner.endings.timed_out(
+                delivery, running.task, running.limit, time.time() - ran, ran
+            )
+            slot.batch = None
+            if slot.thread is not None:
+                self.left_behind.append(slot.thread)
+            slot.generation += 1
+            try:  # if this fails, the tasks go back when the lease runs out
+                self._settle(slot, [*batch.endings, ending], batch.take_rest())
+            finally:
+                self._start_slot(slot)
+        self.left_behind = [thread for thread in self.left_behind if thread.is_alive()]
+        assert ending.note is not None
+        self.console.error(
+            f"{ending.note}; slot {slot.index} goes on in a new thread, leaving the old one "
+            f"in the task ({len(self.left_behind)} left behind, still running)"
+        )
+
     # -- one slot: a consumer, and its tasks run on the slot's thread -------------
-    def _work(self, slot: _Slot) -> None:
-        """A slot's loop: connect, fetch a batch, run it, settle it; reconnect on errors."""
+    def _work(self, slot: _Slot, generation: int) -> None:
+        """A slot's loop: connect, fetch a batch, run it, settle it; reconnect on errors.
+
+        Returns at once when it finds itself left behind (``generation`` is past).
+        """
         sizer = BatchSizer(self.options.prefetch)
         poll = min(self.options.heartbeat_interval, 1.0)
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and slot.generation == generation:
                 if slot.consumer is None:
-                    consumer = self._connect(f"{self.id}-{slot.index}")
+                    consumer = self._connect(slot)
                     with slot.lock:
                         slot.consumer = consumer
                     continue
@@ -243,69 +350,90 @@ class Worker:
                         slot.renewed = time.monotonic()
                     if not deliveries:
                         continue
-                    self.health.took(len(deliveries))
                     self.telemetry.fetched(deliveries)
+                    self.health.took(len(deliveries))
+                    slot.in_hand += len(deliveries)
                     started = time.perf_counter()
-                    endings = self._run(slot, deliveries)
-                    sizer.ran(len(endings), time.perf_counter() - started)
+                    batch = slot.batch = Batch(deliveries, self.masters, self.limits)
+                    self._run(slot, batch)
+                    if slot.generation != generation:
+                        return  # the keeper settled this batch: a task ran out of time
+                    sizer.ran(len(batch.endings), time.perf_counter() - started)
                     with slot.lock:
+                        slot.batch = None
                         if slot.handed_back or slot.consumer is None:
                             break  # a cold stop handed the whole batch back already
-                        self._settle(slot.consumer, deliveries, endings)
+                        self._settle(slot, batch.endings, batch.take_rest())
                 except Exception as exc:  # a transport bug must not kill the slot either
-                    self.console.error(f"{exc}; reconnecting every second")
-                    self._outage = True
+                    if slot.generation != generation:
+                        return
+                    if self.outage.lost():
+                        self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
                     with slot.lock:
+                        slot.batch = None
                         self._close(slot.consumer)
                         slot.consumer = None
+                        self._count(slot, [], released=slot.in_hand)  # back with the lease
                     self.health.connected(False, f"{self.id}-{slot.index}", str(exc))
-                    self._stopping.wait(1.0)
         finally:
-            with slot.lock:
-                self._close(slot.consumer)
-                slot.consumer = None
-            self.health.connected(False, f"{self.id}-{slot.index}", "worker stopping")
+            if slot.generation == generation:
+                with slot.lock:
+                    self._close(slot.consumer)
+                    slot.consumer = None
+                self.health.connected(False, f"{self.id}-{slot.index}", "worker stopping")
 
-    def _connect(self, consumer_id: str) -> Consumer | None:
+    def _run(self, slot: _Slot, batch: Batch) -> None:
+        """Run the batch, asking the broker about any master not known alive on the way."""
+        while True:
+            run_batch(batch, self.runner.gated, self._stopping, self._abort)
+            name, batch.unchecked = batch.unchecked, None
+            if name is None or batch.abandoned:
+                return
+            with slot.lock:
+                if slot.consumer is None or slot.handed_back:
+                    return
+                gone = slot.consumer.gone([name])
+            self.masters.learn([name], gone)
+            batch.gone |= gone
+
+    def _connect(self, slot: _Slot) -> Consumer | None:
+        """A new consumer for the slot; None (after a backoff wait) while the broker is away."""
+        consumer_id = f"{self.id}-{slot.index}"
         try:
             consumer = self.transport.consumer(consumer_id)
-        except TransportError as exc:
+        except Exception as exc:  # TransportError; anything else must not end the slot either
             self.health.connected(False, consumer_id, str(exc))
-            if not self._outage:  # one line per outage, not one per attempt
-                self.console.error(f"{exc}; retrying every second")
-                self._outage = True
-            self._stopping.wait(1.0)
+            if self.outage.lost():  # one line per outage, not one per attempt
+                self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
+            self._stopping.wait(slot.backoff.next())
             return None
-        if self._outage:
-            self._outage = False
-            self.console.info(f"reconnected ({consumer_id})")
+        slot.backoff.reset()
+        lasted = self.outage.back()
+        if lasted is not None:
+            self.console.info(f"reconnected to {self.transport.describe()} after {lasted:.1f} s")
+            self.health.took(0)  # back at work: --exit-when-idle counts from here
         self.health.connected(True, consumer_id)
         return consumer
 
     @staticmethod
     def _close(consumer: Consumer | None) -> None:
         if consumer is not None:
-            with contextlib.suppress(TransportError):  # a dead connection's leases expire anyway
+            with contextlib.suppress(Exception):  # a dead connection's leases expire anyway
                 consumer.close()
 
-    def _run(self, slot: _Slot, deliveries: Sequence[Delivery]) -> list[Ending]:
-        slot.running = True
-        try:
-            return run_batch(deliveries, self.runner, self._stopping, self._abort)
-        finally:
-            slot.running = False
-
-    def _settle(
-        self, consumer: Consumer, deliveries: Sequence[Delivery], endings: list[Ending]
-    ) -> None:
+    def _settle(self, slot: _Slot, endings: list[Ending], unstarted: Sequence[Delivery]) -> None:
         """Settle what ran in one call, hand back what did not, and count both."""
-        unstarted = deliveries[len(endings) :]
+        assert slot.consumer is not None
         if endings:
-            consumer.settle([ending.settlement for ending in endings])
+            slot.consumer.settle([ending.settlement for ending in endings])
         if unstarted:
-            consumer.release(unstarted)
-        counts: dict[str, int] = {"ok": 0, "failed": 0, "retried": 0, "malformed": 0}
+            slot.consumer.release(unstarted)
+        self._count(slot, endings, released=len(unstarted))
+
+    def _count(self, slot: _Slot, endings: list[Ending], released: int) -> None:
+        slot.in_hand -= len(endings) + released
+        counts: dict[str, int] = {"ok": 0, "failed": 0, "retried": 0, "malformed": 0, "orphaned": 0}
         for ending in endings:
             counts[ending.outcome] += 1
-        self.health.finished(released=len(unstarted), **counts)
-        self.telemetry.settled(endings, len(unstarted))
+        self.health.finished(released=released, **counts)
+        self.telemetry.settled(endings, released)

@@ -3,11 +3,13 @@
 For each transport, in order: a batch job with every result correct; three workers that
 each process tasks (their own counters in Prometheus); every Prometheus target up; a
 worker SIGKILLed mid-job loses nothing; `docker stop` of a busy worker is a warm
-shutdown (exit 0 in seconds); `make down` leaves nothing of the project behind.
+shutdown (exit 0 in seconds); a worker cut off its network past its lease has its tasks
+run elsewhere and rejoins; `make down` leaves nothing of the project behind.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -92,6 +94,46 @@ def test_docker_stop_of_a_busy_worker_is_a_warm_shutdown(stack: Stack) -> None:
     code, output = job.finish(timeout=200)
     assert code == 0, output[-3000:]
     assert "all 40 results in and correct" in output
+
+
+PARTITION_SECONDS = 12.0  # past the stack's lease (DISTQ_LEASE_SECONDS, 5 s) twice
+
+
+def test_a_worker_cut_off_its_network_has_its_tasks_run_elsewhere_and_rejoins(
+    stack: Stack,
+) -> None:
+    """`docker network disconnect` of a busy worker past its lease, then `connect`: the
+    job completes with every result once, and the worker carries on."""
+    victim = stack.running("worker")[0]
+    info = subprocess.run(
+        ["docker", "inspect", "--format", "{{json .NetworkSettings.Networks}}", victim.name],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    networks = sorted(json.loads(info))
+    job = stack.start_job(tasks=200, task_delay=0.1, timeout=240)
+    job.wait_lines(r"^Get result", count=20, timeout=120)
+    for network in networks:
+        docker("network", "disconnect", network, victim.name)
+    time.sleep(PARTITION_SECONDS)
+    for network in networks:
+        docker("network", "connect", "--alias", "worker", network, victim.name)
+
+    code, output = job.finish(timeout=300)
+    assert code == 0, output[-3000:]
+    assert "all 200 results in and correct" in output
+    assert victim.name in names(stack.running("worker"))  # it rode the partition out
+    log = subprocess.run(
+        ["docker", "logs", victim.name], capture_output=True, text=True, timeout=30
+    )
+    text = log.stdout + log.stderr
+    assert "Traceback" not in text, text[-3000:]
+
+
+def docker(*args: str) -> None:
+    subprocess.run(["docker", *args], check=True, capture_output=True, timeout=60)
 
 
 def test_make_down_leaves_nothing_behind(stack: Stack) -> None:

@@ -59,7 +59,7 @@ def raw(amqp_url: str, queue: str) -> Iterator[Any]:
     if not connection.is_open:
         connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     channel = connection.channel()
-    for name in (queue, f"{queue}.dead", f"{queue}.reply", *_retry_queues(queue)):
+    for name in (queue, f"{queue}.dead", *_retry_queues(queue)):
         channel.queue_delete(name)
     connection.close()
 
@@ -149,9 +149,9 @@ def test_tasks_results_retries_and_dead_letters_are_persistent(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:
     t = open_transport()
-    reply = f"{queue}.reply"
+    reply = t.reply_queue("by-hand")
     raw.queue_declare(reply, durable=True)  # a master's queue, read here by hand
-    producer = t.producer(reply + ".p")
+    producer = t.producer(t.reply_queue("p"))
     producer.submit(_bodies(3))
     consumer = t.consumer("c1")
     a, b, c = fetch_n(consumer, 3)
@@ -172,7 +172,7 @@ def test_tasks_results_retries_and_dead_letters_are_persistent(
         assert method is not None, name
         assert (got, props.delivery_mode) == (body, 2), name
     producer.close()
-    raw.queue_delete(reply + ".p")
+    raw.queue_delete(reply)
 
 
 def test_results_and_retries_are_published_before_the_ack(
@@ -329,7 +329,9 @@ def test_reply_queues_expire_and_are_deleted_at_close(
     reply = t.reply_queue("job")
     assert reply == f"{queue}.results.job"
     producer = t.producer(reply)
-    expiring = {"x-expires": 3_600_000}  # gone an hour after a master died unclosed
+    # gone master_ttl (10 s at least) after its master's consumer went away
+    expiring = {"x-expires": round(t.settings.master_ttl * 1000)}
+    assert expiring == {"x-expires": 10_000}
     assert not _declare_refused(raw, reply, durable=True, arguments=expiring)
     producer.close()
     with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):

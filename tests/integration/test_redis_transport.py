@@ -11,10 +11,12 @@ queue of its own, and every transport it opens is closed.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -25,7 +27,8 @@ from distq.config import Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, TransportError
 from distq.transport.base import Settlement
-from distq.transport.redis import RedisTransport
+from distq.transport.redis import REPLY_GRACE_MS, RedisTransport
+from launch import LocalRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -84,19 +87,33 @@ def test_ready_list_is_named_after_the_queue_and_fifo(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:
     t = open_transport()
-    t.producer("r").submit(_bodies(5))
+    reply = t.reply_queue("job")
+    t.producer(reply).submit(_bodies(5))
     assert raw.llen(queue) == 5 == t.stats().ready
-    got = t.consumer("c1").fetch(3, timeout=1)
+    consumer = t.consumer("c1")
+    got = consumer.fetch(3, timeout=1)
     assert [d.body for d in got] == _bodies(3)
     assert not any(d.redelivered for d in got)
     assert raw.llen(queue) == 2
-    assert raw.llen(f"distq:{queue}:inflight:c1") == 3
+    # the slot's name, and a suffix of its own per connection
+    assert re.fullmatch(r"c1\.[0-9a-f]{6}", consumer.consumer_id)
+    assert raw.llen(f"distq:{queue}:inflight:{consumer.consumer_id}") == 3
     # the lease deadline is on the server clock: about now + lease_seconds
     server_ms = raw.time()[0] * 1000
-    deadline = raw.zscore(f"distq:{queue}:consumers", "c1")
+    deadline = raw.zscore(f"distq:{queue}:consumers", consumer.consumer_id)
     assert deadline is not None and 4000 < deadline - server_ms < 6000
-    documented = {queue, f"distq:{queue}:inflight:c1", f"distq:{queue}:consumers"}
+    # the master's result list is registered until its deadline, on the same clock
+    master_deadline = raw.zscore(f"distq:{queue}:masters", reply)
+    assert master_deadline is not None and 9000 < master_deadline - server_ms < 16000
+    documented = {
+        queue,
+        f"distq:{queue}:inflight:{consumer.consumer_id}",
+        f"distq:{queue}:consumers",
+        f"distq:{queue}:masters",
+        f"{reply}:state",
+    }
     assert {k.decode() for k in raw.scan_iter(match=f"*{queue}*")} == documented
+    assert raw.hget(f"{reply}:state", "submitted") == b"5"
 
 
 def test_submit_large_batch_in_chunks(
@@ -134,14 +151,15 @@ def test_producer_sweeps_while_waiting_for_results(
     t = open_transport(lease=0.5)
     producer = t.producer(t.reply_queue("job"))
     producer.submit(_bodies(3))
-    t.consumer("dead").fetch(3, timeout=1)
-    assert raw.llen(queue) == 0
+    dead = t.consumer("dead")
+    dead.fetch(3, timeout=1)
+    assert raw.llen(queue) == 0 and raw.llen(dead.inflight_key) == 3
     deadline = time.monotonic() + 10
     while raw.llen(queue) < 3 and time.monotonic() < deadline:
         assert producer.results(10, timeout=0.3) == []  # no worker alive: only this sweeps
     assert raw.llen(queue) == 3
-    assert raw.llen(f"distq:{queue}:inflight:dead") == 0
-    assert raw.zscore(f"distq:{queue}:consumers", "dead") is None
+    assert raw.llen(dead.inflight_key) == 0
+    assert raw.zscore(f"distq:{queue}:consumers", dead.consumer_id) is None
 
 
 def test_settle_publishes_and_acks_in_one_step(
@@ -162,13 +180,18 @@ def test_settle_publishes_and_acks_in_one_step(
             Settlement(dead, reply_to=reply, result=b"result-dead", dead_letter=letter),
         ]
     )
-    assert raw.llen(f"distq:{queue}:inflight:c") == 0
+    assert raw.llen(consumer.inflight_key) == 0
+    # the result list lives a minute past its master's deadline
+    master_deadline = raw.zscore(f"distq:{queue}:masters", reply)
+    assert master_deadline is not None
+    assert raw.execute_command("PEXPIRETIME", reply) == master_deadline + REPLY_GRACE_MS
     assert raw.lrange(queue, 0, -1) == [b"retry-2"]
     assert raw.lrange(f"distq:{queue}:dead", 0, -1) == [letter]
     assert producer.results(10, timeout=1) == [b"result-ok", b"result-dead"]
     assert t.stats().in_flight == 0 and t.stats().ready == 1 and t.stats().dead == 1
     producer.close()
     assert raw.exists(reply) == 0  # a master's results list goes with it
+    assert raw.zscore(f"distq:{queue}:masters", reply) is None
 
 
 def test_settle_after_losing_the_lease_still_publishes(
@@ -205,9 +228,10 @@ def test_close_empties_the_in_flight_list_and_drops_the_lease(
     t.producer("r").submit(_bodies(3))
     consumer = t.consumer("c")
     consumer.fetch(2, timeout=1)
+    assert raw.zscore(f"distq:{queue}:consumers", consumer.consumer_id) is not None
     consumer.close()
-    assert raw.zscore(f"distq:{queue}:consumers", "c") is None
-    assert raw.exists(f"distq:{queue}:inflight:c") == 0
+    assert raw.zscore(f"distq:{queue}:consumers", consumer.consumer_id) is None
+    assert raw.exists(consumer.inflight_key) == 0
     assert raw.llen(queue) == 3
 
 
@@ -253,7 +277,7 @@ def test_partial_settle_keeps_the_rest_leased(
     consumer = t.consumer("c")
     held = consumer.fetch(4, timeout=1)
     consumer.settle([Settlement(d) for d in held[:settled]])
-    assert raw.llen(f"distq:{queue}:inflight:c") == 4 - settled
+    assert raw.llen(consumer.inflight_key) == 4 - settled
     consumer.close()  # hands back the rest, oldest claim first
     rest = t.consumer("c2").fetch(10, timeout=0)
     assert [d.body for d in rest] == [d.body for d in held[settled:]]
@@ -277,7 +301,7 @@ def test_a_batch_settled_in_order_is_acked_by_count_without_its_bodies(
     consumer.settle([Settlement(d) for d in held])
     assert len(sent) == 1 and sent[0][3:5] == [3, 3]  # held 3, ack the oldest 3
     assert not any(d.body in sent[0] for d in held)  # no body went back
-    assert raw.exists(f"distq:{queue}:inflight:c") == 0
+    assert raw.exists(consumer.inflight_key) == 0
 
 
 def test_settle_by_count_checks_the_in_flight_list_is_what_it_holds(
@@ -295,9 +319,9 @@ def test_settle_by_count_checks_the_in_flight_list_is_what_it_holds(
     producer.submit([b"next"])
     (fresh,) = slow.fetch(1, timeout=1)  # slow's in-flight list now holds only this one
     slow.settle([Settlement(d) for d in late])  # late, in order: by count it would drop "next"
-    assert raw.lrange(f"distq:{queue}:inflight:slow", 0, -1) == [b"next"]
+    assert raw.lrange(slow.inflight_key, 0, -1) == [b"next"]
     slow.settle([Settlement(fresh)])
-    assert raw.exists(f"distq:{queue}:inflight:slow") == 0
+    assert raw.exists(slow.inflight_key) == 0
 
 
 def test_heartbeat_sweeps_even_when_the_queue_is_busy(
@@ -336,3 +360,53 @@ def test_wrong_password_is_refused_without_echoing_it(
         assert str(urlsplit(url).password) not in str(info.value)
     with pytest.raises(AuthenticationFailed):  # no password at all
         open_transport(url=f"redis://127.0.0.1:{urlsplit(redis_broker.url).port}/0")
+
+
+def test_a_claim_reclaims_an_expired_lease_however_long_the_backlog(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """No heartbeat, a ready list far longer than the claim: the claim sweeps anyway."""
+    t = open_transport(lease=0.5)
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit(_bodies(2, "old"))
+    dead = t.consumer("dead")
+    held = dead.fetch(2, timeout=1)
+    producer.submit(_bodies(500))
+    time.sleep(0.6)
+    busy = t.consumer("busy")
+    got = busy.fetch(2, timeout=0)  # the claim sweeps first: the expired ones run next
+    assert raw.llen(dead.inflight_key) == 0
+    assert [d.body for d in got] == [d.body for d in held] and all(d.redelivered for d in got)
+    assert [d.body for d in busy.fetch(1, timeout=0)] == [b"task-0"]
+
+
+def test_leases_restored_from_a_snapshot_come_back_within_two_leases(tmp_path: Path) -> None:
+    """A restart from a dump restores in-flight lists under the old consumer names; a worker
+    that reconnects has a new name, so nobody renews those leases: they run again."""
+    with LocalRedis(tmp_path, password="pw") as server:
+        server.start()
+        settings = Settings(
+            transport="redis", redis_url=server.url, queue="snap", lease_seconds=1.0
+        )
+        before = RedisTransport(settings, "worker")
+        producer = before.producer(before.reply_queue("j"))
+        producer.submit(_bodies(3))
+        held = before.consumer("w-0").fetch(3, timeout=1)
+        assert len(held) == 3
+        with server.client() as client:
+            client.save()
+        server.kill()
+        server.restart()
+        after = RedisTransport(settings, "worker")
+        try:
+            consumer = after.consumer("w-0")  # the same slot, reconnected
+            started = time.monotonic()
+            got: list[bytes] = []
+            while len(got) < 3 and time.monotonic() - started < 5:
+                consumer.heartbeat()
+                got += [d.body for d in consumer.fetch(3, timeout=0.2)]
+            assert sorted(got) == sorted(d.body for d in held)
+            assert time.monotonic() - started < 2 * settings.lease_seconds + 0.5
+        finally:
+            after.close()
+            before.close()

@@ -13,7 +13,10 @@ import threading
 import time
 from collections.abc import Iterator
 
+import pika
+import pika.exceptions
 import pytest
+import redis
 
 from conftest import Target
 from distq.config import Settings
@@ -60,7 +63,7 @@ def test_submit_fetch_settle_and_collect(hosted: Transport, remote: Transport) -
 
 
 def test_tasks_come_out_in_submission_order(hosted: Transport, remote: Transport) -> None:
-    producer = hosted.producer("r.contract.order")
+    producer = hosted.producer(hosted.reply_queue("order"))
     producer.submit([b"a", b"b", b"c"])
     consumer = remote.consumer("c1")
     assert [d.body for d in fetch_n(consumer, 3)] == [b"a", b"b", b"c"]
@@ -69,7 +72,7 @@ def test_tasks_come_out_in_submission_order(hosted: Transport, remote: Transport
 def test_results_come_out_oldest_first_and_at_most_as_many_as_asked(
     hosted: Transport, remote: Transport
 ) -> None:
-    producer = hosted.producer("r.contract.results")
+    producer = hosted.producer(hosted.reply_queue("results"))
     producer.submit([f"task-{i}".encode() for i in range(5)])
     consumer = remote.consumer("c1")
     got = fetch_n(consumer, 5)
@@ -81,7 +84,7 @@ def test_results_come_out_oldest_first_and_at_most_as_many_as_asked(
 
 
 def test_waits_block_and_return_empty(hosted: Transport, remote: Transport) -> None:
-    producer = hosted.producer("r.contract.wait")
+    producer = hosted.producer(hosted.reply_queue("wait"))
     consumer = remote.consumer("c1")
     started = time.monotonic()
     assert consumer.fetch(5, 0.3) == []
@@ -102,7 +105,7 @@ WOKE_WITHIN = 2.0
 
 def test_a_waiting_consumer_wakes_when_a_task_arrives(target: Target) -> None:
     with both_sides(target.fresh(lease_seconds=LONG_LEASE)) as (master, worker):
-        producer = master.producer("r.contract.wake")
+        producer = master.producer(master.reply_queue("wake"))
         consumer = worker.consumer("c1")
         consumer.fetch(1, 0.05)  # set up the subscription where the transport has one
         submitted: list[float] = []
@@ -122,7 +125,7 @@ def test_a_waiting_consumer_wakes_when_a_task_arrives(target: Target) -> None:
 
 def test_a_waiting_producer_wakes_when_a_result_arrives(target: Target) -> None:
     with both_sides(target.fresh(lease_seconds=LONG_LEASE)) as (master, worker):
-        producer = master.producer("r.contract.wake-results")
+        producer = master.producer(master.reply_queue("wake-results"))
         producer.submit([b"x"])
         consumer = worker.consumer("c1")
         (delivery,) = fetch_n(consumer, 1)
@@ -143,7 +146,7 @@ def test_a_waiting_producer_wakes_when_a_result_arrives(target: Target) -> None:
 
 
 def test_release_hands_back_to_the_front(hosted: Transport, remote: Transport) -> None:
-    producer = hosted.producer("r.contract.release")
+    producer = hosted.producer(hosted.reply_queue("release"))
     producer.submit([b"first", b"second"])
     consumer = remote.consumer("c1")
     (first,) = fetch_n(consumer, 1)
@@ -155,7 +158,7 @@ def test_release_hands_back_to_the_front(hosted: Transport, remote: Transport) -
 
 
 def test_close_hands_back_what_the_consumer_held(target: Target, hosted: Transport) -> None:
-    producer = hosted.producer("r.contract.close")
+    producer = hosted.producer(hosted.reply_queue("close"))
     producer.submit([b"1", b"2", b"3"])
     with worker_side(target) as leaving:
         consumer = leaving.consumer("leaves")
@@ -170,7 +173,7 @@ def test_close_hands_back_what_the_consumer_held(target: Target, hosted: Transpo
 def test_expired_lease_goes_back_to_the_queue(
     target: Target, hosted: Transport, remote: Transport
 ) -> None:
-    producer = hosted.producer("r.contract.lease")
+    producer = hosted.producer(hosted.reply_queue("lease"))
     producer.submit([b"1", b"2", b"3"])
     dead = remote.consumer("dies")
     assert len(fetch_n(dead, 3)) == 3
@@ -184,7 +187,7 @@ def test_expired_lease_goes_back_to_the_queue(
 
 
 def test_heartbeat_keeps_the_lease(target: Target, hosted: Transport, remote: Transport) -> None:
-    producer = hosted.producer("r.contract.heartbeat")
+    producer = hosted.producer(hosted.reply_queue("heartbeat"))
     producer.submit([b"long"])
     holder = remote.consumer("holder")
     (delivery,) = fetch_n(holder, 1)
@@ -200,7 +203,7 @@ def test_heartbeat_keeps_the_lease(target: Target, hosted: Transport, remote: Tr
 
 
 def test_retry_waits_its_delay(hosted: Transport, remote: Transport) -> None:
-    producer = hosted.producer("r.contract.retry")
+    producer = hosted.producer(hosted.reply_queue("retry"))
     producer.submit([b"try-1"])
     consumer = remote.consumer("c1")
     (delivery,) = fetch_n(consumer, 1)
@@ -215,7 +218,7 @@ def test_retry_waits_its_delay(hosted: Transport, remote: Transport) -> None:
 def test_dead_letters_keep_body_and_reason_oldest_first_and_stay(
     hosted: Transport, remote: Transport
 ) -> None:
-    producer = hosted.producer("r.contract.dead")
+    producer = hosted.producer(hosted.reply_queue("dead"))
     producer.submit([b"\xff not json", b"second", b"third"])
     consumer = remote.consumer("c1")
     for i, delivery in enumerate(fetch_n(consumer, 3)):  # one settle each: a known order
@@ -232,7 +235,10 @@ def test_dead_letters_keep_body_and_reason_oldest_first_and_stay(
 
 
 def test_results_reach_only_their_producer(hosted: Transport, remote: Transport) -> None:
-    mine, theirs = hosted.producer("r.contract.mine"), hosted.producer("r.contract.theirs")
+    mine, theirs = (
+        hosted.producer(hosted.reply_queue("mine")),
+        hosted.producer(hosted.reply_queue("theirs")),
+    )
     mine.submit([b"m"])
     theirs.submit([b"t"])
     consumer = remote.consumer("c1")
@@ -245,6 +251,55 @@ def test_results_reach_only_their_producer(hosted: Transport, remote: Transport)
     assert results_n(mine, 1) == [b"m"]
     assert results_n(theirs, 1) == [b"t"]
     assert mine.results(5, 0.3) == []
+
+
+def test_results_for_a_reply_queue_no_live_master_holds_are_dropped(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """Never delivered, and never a new key or queue: neither a name no master made, nor
+    the queue of a master that has closed (a late result)."""
+    closed = hosted.producer(hosted.reply_queue("closed"))
+    closed.submit([b"late", b"stranger"])
+    closed.close()
+    consumer = remote.consumer("c1")
+    late, stranger = fetch_n(consumer, 2)
+    nobody = hosted.reply_queue("nobody")
+    assert consumer.gone([closed.reply_to, nobody]) == {closed.reply_to, nobody}
+    consumer.settle(
+        [
+            Settlement(late, reply_to=closed.reply_to, result=b"r1"),
+            Settlement(stranger, reply_to=nobody, result=b"r2"),
+        ]
+    )
+    consumer.close()
+    with worker_side(target) as other:
+        again = other.consumer("c2")
+        assert again.gone([closed.reply_to, nobody]) == {closed.reply_to, nobody}
+        again.close()
+    if target.name == "redis":
+        with redis.Redis.from_url(target.settings.redis_url) as client:
+            assert client.exists(closed.reply_to, nobody) == 0
+    elif target.name == "rabbitmq":
+        connection = pika.BlockingConnection(pika.URLParameters(target.settings.amqp_url))
+        try:
+            for name in (closed.reply_to, nobody):
+                with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+                    connection.channel().queue_declare(name, passive=True)
+        finally:
+            connection.close()
+
+
+def test_a_live_master_is_not_gone(hosted: Transport, remote: Transport) -> None:
+    producer = hosted.producer(hosted.reply_queue("alive"))
+    consumer = remote.consumer("c1")
+    assert consumer.gone([producer.reply_to]) == set()
+    assert consumer.gone([]) == set()
+    assert producer.reconcile() == 0  # registered, nothing submitted yet
+    producer.submit([b"a", b"b", b"c"])
+    producer.flush()
+    assert producer.reconcile() == 3  # the broker holds all three
+    assert consumer.gone([producer.reply_to]) == set()
+    producer.close()
 
 
 def test_a_master_names_its_own_result_queue(hosted: Transport) -> None:
@@ -270,7 +325,7 @@ def test_start_lines_name_the_transport_and_where_it_is(
 def test_a_delivery_of_another_kind_is_refused_by_name(
     hosted: Transport, remote: Transport
 ) -> None:
-    hosted.producer("r.contract.tags").submit([b"mine"])
+    hosted.producer(hosted.reply_queue("tags")).submit([b"mine"])
     consumer = remote.consumer("c1")
     (mine,) = fetch_n(consumer, 1)
     stranger = Delivery(body=b"x", tag=object())
@@ -283,7 +338,7 @@ def test_a_delivery_of_another_kind_is_refused_by_name(
 
 
 def test_stats_count_ready_tasks(hosted: Transport, remote: Transport) -> None:
-    producer = hosted.producer("r.contract.stats")
+    producer = hosted.producer(hosted.reply_queue("stats"))
     producer.submit([b"1", b"2", b"3", b"4", b"5"])
     producer.flush()  # the broker holds them all now, even where confirms are asynchronous
     assert hosted.stats().ready == 5

@@ -36,7 +36,9 @@ class LocalRabbitMQ(LocalServer):
     state (Mnesia, plugins, cookie) in ``workdir``, so :meth:`restart` keeps durable queues.
     Debian's ``/usr/lib/rabbitmq/bin/rabbitmq-server`` runs as the calling user (the
     ``/usr/sbin`` wrapper would switch to the ``rabbitmq`` user, who cannot use ``workdir``).
-    ``extra_config`` lines are appended to ``rabbitmq.conf``. ``plugins`` are enabled;
+    ``extra_config`` lines are appended to ``rabbitmq.conf``; ``advanced_config`` is the
+    node's ``advanced.config`` (Erlang terms), for settings ``rabbitmq.conf`` cannot set
+    (``[{rabbit, [{channel_tick_interval, 1000}]}].``). ``plugins`` are enabled;
     ``rabbitmq_management`` listens on ``management_url``, ``rabbitmq_prometheus`` on
     ``prometheus_url``. With ``tls`` an ``ssl`` listener is added and ``url`` uses it;
     ``plain_url`` is the TCP listener.
@@ -61,11 +63,13 @@ class LocalRabbitMQ(LocalServer):
         plugins: Sequence[str] = (),
         tls: TlsFiles | None = None,
         die_with_parent: bool = False,
+        advanced_config: str | None = None,
     ) -> None:
         super().__init__(workdir, die_with_parent=die_with_parent)
         self.user = user
         self.password = password or secrets.token_hex(16)
         self.extra_config = tuple(extra_config)
+        self.advanced_config = advanced_config
         self.plugins = tuple(plugins)
         self.tls = tls
         self.node = f"distq-{secrets.token_hex(4)}@localhost"
@@ -183,6 +187,7 @@ class LocalRabbitMQ(LocalServer):
             RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=self.ERL_ARGS,
             RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
             RABBITMQ_CONFIG_FILE=str(self.workdir / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.workdir / "advanced.config"),
             RABBITMQ_CONF_ENV_FILE=str(self.workdir / "rabbitmq-env.conf"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.workdir / "enabled_plugins"),
             RABBITMQ_MNESIA_BASE=str(self.workdir / "mnesia"),
@@ -226,6 +231,7 @@ class LocalRabbitMQ(LocalServer):
         (self.workdir / "rabbitmq.conf").write_text(self._config())
         (self.workdir / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         (self.workdir / "rabbitmq-env.conf").write_text("")  # not the machine's
+        (self.workdir / "advanced.config").write_text(self.advanced_config or "[].\n")
         cookie = self.workdir / ".erlang.cookie"
         if not cookie.exists():
             cookie.write_text(secrets.token_hex(16))

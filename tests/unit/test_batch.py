@@ -5,8 +5,17 @@ from __future__ import annotations
 import threading
 import time
 
-from distq.batch import HAND_BACK_AFTER_SECONDS, TARGET_BATCH_SECONDS, BatchSizer, run_batch
+from distq.batch import (
+    HAND_BACK_AFTER_SECONDS,
+    TARGET_BATCH_SECONDS,
+    Batch,
+    BatchSizer,
+    run_batch,
+)
 from distq.ending import Ending
+from distq.envelope import Task
+from distq.masters import MasterWatch
+from distq.timelimits import TimeLimits
 from distq.transport import Delivery, Settlement
 
 
@@ -32,35 +41,106 @@ def deliveries(count: int) -> list[Delivery]:
     return [Delivery(body=str(i).encode(), tag=i) for i in range(count)]
 
 
-def ran(delivery: Delivery, seconds: float = 0.0) -> Ending:
+def ran(delivery: Delivery, batch: Batch | None = None, seconds: float = 0.0) -> Ending:
     time.sleep(seconds)
     return Ending(Settlement(delivery), "ok")
 
 
 def test_a_batch_of_fast_tasks_runs_whole() -> None:
     never = threading.Event()
-    assert len(run_batch(deliveries(200), ran, never, never)) == 200
+    batch = Batch(deliveries(200))
+    assert len(run_batch(batch, ran, never, never)) == 200
+    assert batch.take_rest() == []
 
 
 def test_a_batch_past_its_budget_stops_before_the_next_task() -> None:
     never = threading.Event()
     slow = {1}  # the second task runs past the budget; the three after it go back
 
-    def run(delivery: Delivery) -> Ending:
-        return ran(delivery, HAND_BACK_AFTER_SECONDS * 1.5 if delivery.tag in slow else 0.0)
+    def run(delivery: Delivery, batch: Batch) -> Ending:
+        return ran(delivery, seconds=HAND_BACK_AFTER_SECONDS * 1.5 if delivery.tag in slow else 0)
 
-    endings = run_batch(deliveries(5), run, never, never)
+    batch = Batch(deliveries(5))
+    endings = run_batch(batch, run, never, never)
     assert [e.settlement.delivery.tag for e in endings] == [0, 1]
+    assert [d.tag for d in batch.take_rest()] == [2, 3, 4]
 
 
 def test_a_warm_stop_finishes_the_running_task_and_a_cold_one_starts_none() -> None:
     warm, cold, never = threading.Event(), threading.Event(), threading.Event()
 
-    def run_then_stop(delivery: Delivery) -> Ending:
+    def run_then_stop(delivery: Delivery, batch: Batch) -> Ending:
         warm.set()  # a signal arrives while the first task runs
         return ran(delivery)
 
-    assert len(run_batch(deliveries(5), run_then_stop, warm, never)) == 1
-    assert len(run_batch(deliveries(5), ran, warm, never)) == 1  # stopping already: one task
+    assert len(run_batch(Batch(deliveries(5)), run_then_stop, warm, never)) == 1
+    assert len(run_batch(Batch(deliveries(5)), ran, warm, never)) == 1  # stopping already
     cold.set()
-    assert run_batch(deliveries(5), ran, never, cold) == []
+    assert run_batch(Batch(deliveries(5)), ran, never, cold) == []
+
+
+def task(reply_to: str = "r", name: str = "square") -> Task:
+    return Task(name=name, args=[1], reply_to=reply_to)
+
+
+def test_a_task_of_a_master_not_known_alive_stops_the_batch_before_it() -> None:
+    never = threading.Event()
+    watch = MasterWatch()
+    batch = Batch(deliveries(3), masters=watch)
+
+    def run(delivery: Delivery, gate: Batch) -> Ending | None:
+        return ran(delivery) if gate.admit(task("alive" if delivery.tag == 0 else "new")) else None
+
+    watch.learn(["alive"], gone=[])
+    assert [e.settlement.delivery.tag for e in run_batch(batch, run, never, never)] == [0]
+    assert batch.unchecked == "new"
+    assert [d.tag for d in batch.waiting] == [1, 2]  # the stopped one is back in front
+    batch.gone.add("new")  # the broker said so, after this batch was fetched
+    assert batch.admit(task("new")) is False
+
+
+def test_an_answer_that_a_master_is_alive_grows_old() -> None:
+    now = [100.0]
+    watch = MasterWatch(alive_seconds=2.0, clock=lambda: now[0])
+    watch.learn(["a", "b"], gone=["b"])
+    assert watch.alive("a", now=101.0) and not watch.alive("b", now=101.0)
+    assert not watch.alive("a", now=102.5)
+
+
+def test_the_keeper_and_the_slot_never_both_end_a_task() -> None:
+    """Whoever pops the claim first ends the task: the keeper's give-up drops the slot's
+    ending, and a task that ended first is not given up on."""
+    never = threading.Event()
+    limits = TimeLimits(default=0.1)
+    batch = Batch(deliveries(3), limits=limits)
+    taken: list[Delivery | None] = []
+
+    def run(delivery: Delivery, gate: Batch) -> Ending:
+        assert gate.admit(task())
+        running = gate.running
+        assert running is not None and running.limit == 0.1
+        if delivery.tag == 1:
+            taken.append(running.take())  # the keeper gives up while it runs
+        return ran(delivery)
+
+    endings = run_batch(batch, run, never, never)
+    assert [e.settlement.delivery.tag for e in endings] == [0]  # the slot's ending is dropped
+    assert batch.abandoned and [d.tag for d in taken if d] == [1]
+    assert [d.tag for d in batch.take_rest()] == [2]  # the keeper hands it back
+    late = Batch(deliveries(1), limits=limits)
+    run_batch(late, lambda d, g: (g.admit(task()), ran(d))[1], never, never)
+    assert late.running is None and not late.abandoned
+
+
+def test_unstarted_tasks_are_taken_by_one_side_only() -> None:
+    """The keeper takes the rest from the right while the slot takes from the left."""
+    for _ in range(50):
+        batch = Batch(deliveries(2000))
+        got: list[Delivery] = []
+        thread = threading.Thread(target=lambda b=batch, g=got: g.extend(b.take_rest()))
+        never = threading.Event()
+        thread.start()
+        endings = run_batch(batch, ran, never, never, budget=60)
+        thread.join()
+        mine = [e.settlement.delivery.body for e in endings]
+        assert sorted(int(b) for b in mine + [d.body for d in got]) == list(range(2000))

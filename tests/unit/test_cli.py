@@ -38,7 +38,7 @@ def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         (["master", "--tasks", "0"], {"DISTQ_AUTHKEY": "k"}, "must be greater than 0"),
         (
             ["worker"],  # a setting only the transport can judge, before anything connects
-            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": "redis://h/0?socket_timeout=x"},
+            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": "redis://h:6379/0?socket_timeout=x"},
             "DISTQ_REDIS_URL is not a valid Redis URL",
         ),
     ],

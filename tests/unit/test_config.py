@@ -7,6 +7,7 @@ import pytest
 from conftest import REPO
 from distq.config import DEFAULTS, SETTINGS, Settings, misspelled
 from distq.errors import ConfigError
+from distq.timelimits import TimeLimits
 
 KEY = {"DISTQ_AUTHKEY": "secret"}
 
@@ -121,3 +122,65 @@ def test_the_readme_settings_table_lists_every_setting_with_its_flag_and_default
         assert len(rows) == 1, f"README.md: no settings row for {entry.variable}"
         default = rows[0].removeprefix(prefix).split(" | ")[0].strip("`")
         assert default == entry.shown_default, entry.variable
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis://127.0.0.1:/0", "names no port"),
+        ("redis://127.0.0.1/0", "names no port"),
+        ("redis://:6379/0", "names no host"),
+        ("redis://h:x/0", "not a valid URL"),
+        ("redis://h:0/0", "has port 0"),
+        ("rediss://h:99999/0", "not a valid URL"),
+    ],
+)
+def test_broker_urls_need_a_host_and_a_numeric_port(url: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
+    message = str(caught.value)
+    assert message.startswith("DISTQ_REDIS_URL ") and why in message and "\n" not in message
+    with pytest.raises(ConfigError, match="DISTQ_AMQP_URL names no port"):
+        Settings.load({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": "amqp://u:p@h/%2F"})
+    ok = Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": "unix:///run/r.sock?db=0"})
+    assert ok.redis_url.startswith("unix://")  # a socket path has no host or port
+
+
+def test_time_limits_per_task_name_and_for_every_task() -> None:
+    limits = Settings.load({**KEY, "DISTQ_TASK_TIME_LIMIT": "30, square=2,mod.jobs:fn=0.5"})
+    tl = limits.task_time_limit
+    assert (tl.for_task("square"), tl.for_task("mod.jobs:fn"), tl.for_task("other")) == (2, 0.5, 30)
+    assert tl.describe() == "30,mod.jobs:fn=0.5,square=2"
+    assert not Settings.load(KEY).task_time_limit  # off by default
+    assert not Settings.load({**KEY, "DISTQ_TASK_TIME_LIMIT": "off"}).task_time_limit
+    registered = TimeLimits.parse("square=2").with_registered({"square": 9, "resize": 60})
+    assert (registered.for_task("square"), registered.for_task("resize")) == (2, 60)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("soon", "not a number of seconds"),
+        ("square=", "not a number of seconds"),
+        ("=3", "NAME=SECONDS"),
+        ("1,2", "one limit without a name"),
+        ("a=1,a=2", "two limits"),
+        ("0", "out of range"),
+    ],
+)
+def test_bad_time_limits_name_the_variable(text: str, why: str) -> None:
+    with pytest.raises(ConfigError, match="DISTQ_TASK_TIME_LIMIT") as caught:
+        Settings.load({**KEY, "DISTQ_TASK_TIME_LIMIT": text})
+    assert why in str(caught.value)
+
+
+def test_drain_seconds_and_queue_type() -> None:
+    settings = Settings.load(
+        {**KEY, "DISTQ_DRAIN_SECONDS": "5", "DISTQ_RABBITMQ_QUEUE_TYPE": "quorum"}
+    )
+    assert (settings.drain_seconds, settings.rabbitmq_queue_type) == (5.0, "quorum")
+    assert (DEFAULTS.drain_seconds, DEFAULTS.rabbitmq_queue_type) == (20.0, "classic")
+    with pytest.raises(ConfigError, match="DISTQ_RABBITMQ_QUEUE_TYPE is 'stream'"):
+        Settings.load({**KEY, "DISTQ_RABBITMQ_QUEUE_TYPE": "stream"})
+    assert Settings(lease_seconds=1.0).master_ttl == 10.0  # at least 10 s
+    assert Settings(lease_seconds=5.0).master_ttl == 15.0  # three leases

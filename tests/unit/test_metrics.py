@@ -7,7 +7,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import pytest
@@ -34,7 +34,7 @@ from distq.transport import (
     Transport,
     original_body,
 )
-from distq.worker import Worker, WorkerOptions
+from distq.worker import Worker, WorkerOptions, _Slot
 
 BASE = {"transport": "redis", "queue": "q"}
 
@@ -138,6 +138,9 @@ class Settles(Consumer):
     def heartbeat(self) -> None:
         pass
 
+    def gone(self, reply_to: Collection[str]) -> set[str]:
+        return set()
+
     def settle(self, settlements: Sequence[Settlement]) -> None:
         if self.fail:
             raise TransportError("Redis at 127.0.0.1:6379: Connection reset by peer")
@@ -147,6 +150,13 @@ class Settles(Consumer):
 
     def close(self) -> None:
         pass
+
+
+def slot(consumer: Consumer) -> _Slot:
+    """A worker slot holding ``consumer``, with the four deliveries of the test in hand."""
+    held = _Slot(0)
+    held.consumer, held.in_hand = consumer, 4
+    return held
 
 
 @pytest.mark.parametrize("fail", [False, True])
@@ -167,10 +177,10 @@ def test_the_worker_counts_a_batch_once_it_is_settled(fail: bool) -> None:
     registry = metrics.registry
     if fail:  # the tasks come back and run again: counting them now would count twice
         with pytest.raises(TransportError):
-            worker._settle(Settles(fail=True), deliveries, endings)
+            worker._settle(slot(Settles(fail=True)), endings, deliveries[len(endings) :])
         assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 0
         return
-    worker._settle(Settles(fail=False), deliveries, endings)
+    worker._settle(slot(Settles(fail=False)), endings, deliveries[len(endings) :])
     assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 1
     assert value(registry, "distq_worker_tasks_total", task="(unknown)", outcome="malformed") == 1
     assert value(registry, "distq_worker_tasks_total", task="(unregistered)", outcome="failed") == 1

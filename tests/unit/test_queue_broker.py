@@ -24,6 +24,7 @@ class Clock:
 
 def test_fetch_leases_and_settle_publishes() -> None:
     broker = QueueBroker()
+    broker.open("r")
     broker.put("q", [b"a", b"b"])
     got = broker.fetch("q", "c1", 10, 0.1, 5.0)
     assert [body for _, body, _ in got] == [b"a", b"b"]
@@ -65,6 +66,7 @@ def test_heartbeat_extends_the_lease() -> None:
 
 def test_settling_after_the_lease_expired_still_delivers_the_result() -> None:
     broker = QueueBroker()
+    broker.open("r")
     broker.put("q", [b"a"])
     ((token, _, _),) = broker.fetch("q", "slow", 1, 0.1, 5.0)
     broker.disconnect("slow")  # as if the lease had expired
@@ -116,6 +118,35 @@ def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signatur
         assert list(proxied.parameters) == list(served.parameters), name
     public = {n for n, v in vars(QueueBroker).items() if callable(v) and not n.startswith("_")}
     assert public - set(_EXPOSED) == {"start_reaper", "stop", "reap"}  # the master's own
+
+
+def test_results_go_only_to_an_open_reply_queue_and_never_create_one() -> None:
+    broker = QueueBroker()
+    broker.open("mine")
+    broker.put("q", [b"a", b"b", b"c"])
+    (a, b, c) = (token for token, _, _ in broker.fetch("q", "c1", 3, 0.1, 5.0))
+    broker.settle("q", "c1", [(a, "mine", b"ok", None, 0.0, None)])
+    broker.settle("q", "c1", [(b, "nobody", b"lost", None, 0.0, None)])
+    assert broker.gone(["mine", "nobody"]) == ["nobody"]
+    broker.delete("mine")  # the master closed
+    broker.settle("q", "c1", [(c, "mine", b"late", None, 0.0, None)])
+    assert broker.gone(["mine"]) == ["mine"]
+    assert broker.get("mine", 10, 0) == [] and broker.get("nobody", 10, 0) == []
+
+
+def test_a_consumer_back_under_its_old_name_does_not_renew_the_old_lease() -> None:
+    """A new connection's consumer has a name of its own (ManagerConsumer adds a suffix):
+    under a new name, the old lease runs out and its tasks go back."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.put("q", [b"a"])
+    broker.fetch("q", "w-0.aaaaaa", 1, 0.1, 1.0)  # the first connection, then it is lost
+    for _ in range(3):
+        clock.now += 0.5
+        broker.heartbeat("w-0.bbbbbb", 1.0)  # the reconnected slot renews its own lease
+        broker.reap()
+    got = broker.fetch("q", "w-0.bbbbbb", 1, 0, 1.0)
+    assert [(body, again) for _, body, again in got] == [(b"a", True)]
 
 
 def test_a_master_closing_as_a_worker_connects_is_a_connection_failure() -> None:

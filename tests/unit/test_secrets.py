@@ -124,7 +124,7 @@ def test_an_amqp_password_needs_a_user_in_the_url() -> None:
     message = error(
         {
             "DISTQ_TRANSPORT": "rabbitmq",
-            "DISTQ_AMQP_URL": "amqp://h/%2F",
+            "DISTQ_AMQP_URL": "amqp://h:5672/%2F",
             "DISTQ_AMQP_PASSWORD": "pw",
         }
     )
@@ -176,7 +176,7 @@ def test_settings_never_show_a_secret(tmp_path: Path) -> None:
             "DISTQ_AUTHKEY": "authkey-value-1",
             "DISTQ_REDIS_URL": "redis://h:6379/0",
             "DISTQ_REDIS_PASSWORD": "redis-password-2",
-            "DISTQ_AMQP_URL": "amqp://u:amqp-password-3@h/%2F",
+            "DISTQ_AMQP_URL": "amqp://u:amqp-password-3@h:5672/%2F",
             "DISTQ_SIGNING_KEYS": "signing-key-value-4",
         }
     )
@@ -209,7 +209,7 @@ def test_tls_files_are_checked_up_front(ca: CertificateAuthority, tmp_path: Path
     }
     settings = load(env)
     assert settings.tls_files == tls.TlsFiles(str(ca.cert), str(client.cert), str(client.key))
-    assert "(plain TCP); use rediss://" in error({**env, "DISTQ_REDIS_URL": "redis://h/0"})
+    assert "(plain TCP); use rediss://" in error({**env, "DISTQ_REDIS_URL": "redis://h:6379/0"})
     assert "without DISTQ_TLS_KEY_FILE" in error({**env, "DISTQ_TLS_KEY_FILE": ""})
     assert "manager transport has no TLS" in error({**env, **KEY, "DISTQ_TRANSPORT": "manager"})
     junk = secret_file(tmp_path, "not a certificate")
@@ -217,7 +217,7 @@ def test_tls_files_are_checked_up_front(ca: CertificateAuthority, tmp_path: Path
     other = ca.issue("other", client=True)
     mismatch = error({**env, "DISTQ_TLS_KEY_FILE": str(other.key)})
     assert "not a PEM certificate and its key" in mismatch
-    amqp = {"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": "amqps://u@h/%2F"}
+    amqp = {"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": "amqps://u@h:5671/%2F"}
     assert load({**amqp, "DISTQ_TLS_CA_FILE": str(ca.cert)}).tls_files.ca_file == str(ca.cert)
 
 

@@ -1,10 +1,10 @@
 """Transports, chosen by ``DISTQ_TRANSPORT``; see :mod:`distq.transport.base` for the contract.
 
-| transport | broker                         | a lease is held by                          |
-|-----------|--------------------------------|---------------------------------------------|
-| manager   | the master (multiprocessing)   | a per-consumer deadline in the master       |
-| redis     | Redis >= 6.2 (list per queue)  | a per-consumer deadline in a sorted set     |
-| rabbitmq  | RabbitMQ (AMQP 0-9-1 via pika) | the channel, kept alive by AMQP heartbeats  |
+| transport | broker                         | a lease is held by                            |
+|-----------|--------------------------------|-----------------------------------------------|
+| manager   | the master (multiprocessing)   | a per-consumer deadline in the master         |
+| redis     | Redis >= 6.2 (list per queue)  | a per-consumer deadline in a sorted set       |
+| rabbitmq  | RabbitMQ (AMQP 0-9-1 via pika) | the channel; a long task's: a lease record    |
 
 Adding a transport is a module here with a :class:`Transport` subclass, and its line in
 :data:`_CLASSES`; nothing outside this package names a transport.

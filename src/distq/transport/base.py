@@ -16,6 +16,18 @@ two lease periods. :meth:`Consumer.settle` publishes results, retries and dead l
 durably *before* it removes the deliveries, so a crash between the two repeats a task
 and never loses one; masters drop the duplicate by task id.
 
+Masters come and go (the same on every transport): a producer registers its reply queue
+when it is made and :meth:`Producer.reconcile` renews it; a reply queue not renewed for
+``Settings.master_ttl`` seconds is gone. Results addressed to a reply queue that no live
+master holds are dropped (never creating one), and a worker asks :meth:`Consumer.gone`
+before it runs tasks, so the tasks of a master that is gone are dead-lettered, unrun.
+
+Broker outages: every call raises :class:`~distq.errors.TransportError` while the broker
+is unreachable. A consumer is then closed and a new one made; a producer reconnects in
+:meth:`Producer.reconcile`, which also says how many of the tasks submitted so far the
+broker still holds, so that the master submits again what a broker restarted empty (or
+from an older snapshot) lost.
+
 Everything is batched: ``submit``, ``results``, ``fetch`` and ``settle`` take or
 return many messages per broker round trip. Bodies are opaque ``bytes`` here; the
 envelopes in :mod:`distq.envelope` give them meaning.
@@ -31,7 +43,7 @@ listening) before it returns.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -137,7 +149,26 @@ class Producer(abc.ABC):
 
     @abc.abstractmethod
     def results(self, max_count: int, timeout: float) -> list[bytes]:
-        """Up to ``max_count`` result bodies; blocks up to ``timeout`` s for the first."""
+        """Up to ``max_count`` result bodies; blocks up to ``timeout`` s for the first.
+
+        At least once: a result whose reply was lost with the connection comes again
+        from a later call (then perhaps more than ``max_count`` at once).
+        """
+
+    @abc.abstractmethod
+    def reconcile(self) -> int:
+        """Renew the reply queue (reconnecting first if the connection was lost) and say
+        how many of the bodies submitted so far the broker still holds.
+
+        The bodies passed to :meth:`submit` over this producer's life form one sequence;
+        the broker holds (or has answered) a prefix of it, and this returns its length.
+        Less than was submitted when the broker lost tasks (restarted empty or from an
+        older snapshot, tasks never confirmed, or this master's reply queue lapsed and
+        its tasks were dead-lettered): the caller submits again what it still needs,
+        and the sequence goes on from that length. Call it every few seconds (well
+        inside ``Settings.master_ttl``): it is what keeps the reply queue alive. Raises
+        :class:`~distq.errors.TransportError` while the broker cannot be reached.
+        """
 
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
         """Take tasks submitted earlier back out of the ready queue, before any worker does.
@@ -168,6 +199,11 @@ class Consumer(abc.ABC):
     @abc.abstractmethod
     def heartbeat(self) -> None:
         """Renew the lease on every delivery this consumer holds."""
+
+    @abc.abstractmethod
+    def gone(self, reply_to: Collection[str]) -> set[str]:
+        """Which of these reply queues no live master holds: its master stopped, or died
+        and the queue lapsed, or no master ever made it. Its tasks are not to be run."""
 
     @abc.abstractmethod
     def settle(self, settlements: Sequence[Settlement]) -> None:
@@ -206,7 +242,12 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def consumer(self, consumer_id: str) -> Consumer:
-        """A consumer identified by ``consumer_id`` (unique per worker thread)."""
+        """A consumer named after ``consumer_id`` (unique per worker thread).
+
+        A new consumer never takes over an earlier one's leases, even under the same
+        name (a worker reconnecting, or restarted with the same ``--worker-id``): what
+        that one held goes back to the queue when its lease runs out.
+        """
 
     @abc.abstractmethod
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:

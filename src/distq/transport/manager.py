@@ -8,7 +8,14 @@ Only ``bytes``/``str``/numbers cross the wire: the envelopes stay JSON.
 Leases are per consumer: every delivery a consumer holds shares one deadline, pushed
 back by ``fetch`` and ``heartbeat``. A reaper thread in the master puts the deliveries
 of a consumer whose deadline passed back at the front of the queue (a SIGKILLed
-worker's tasks run again within about one lease period) and moves due retries in.
+worker's tasks run again within about one lease period) and moves due retries in. Each
+consumer connection gets a name of its own (the worker's slot name plus a random
+suffix), so a reconnecting worker never renews a lease its earlier connection held.
+
+Reply queues exist while their producer does: results addressed to any other queue
+are dropped, and :meth:`ManagerConsumer.gone` names them. The master hosts the queues,
+so they never outlive it and never lose a task while it runs: a worker that loses the
+master reconnects (with backoff) to whichever master listens next on the address.
 
 | queue name          | holds                                       |
 |---------------------|---------------------------------------------|
@@ -23,14 +30,16 @@ import contextlib
 import heapq
 import itertools
 import os
+import secrets
 import socket
+import struct
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection
+from multiprocessing import AuthenticationError, connection
+from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, Protocol, TypeVar, cast
 
@@ -57,6 +66,11 @@ WireSettlement = tuple[int, str | None, bytes | None, bytes | None, float, bytes
 
 _T = TypeVar("_T")
 
+#: A worker's read or write on a manager connection fails after this long (see _bounded).
+_REPLY_TIMEOUT = 30.0
+#: What ``Client()`` connects with; :func:`_client` sets socket options before the handshake.
+_socket_client: Callable[[Any], Connection] = getattr(connection, "SocketClient")  # noqa: B009
+
 
 @dataclass
 class _Lease:
@@ -79,6 +93,7 @@ class QueueBroker:
         self._ready: dict[str, threading.Condition] = {}
         self._leases: dict[str, _Lease] = {}
         self._delayed: list[tuple[float, int, str, bytes]] = []
+        self._replies: set[str] = set()  # reply queues whose producer lives
         self._tokens = itertools.count(1)
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -106,10 +121,22 @@ class QueueBroker:
                 self._ready[queue].wait_for(lambda: bool(items), timeout)
             return [items.popleft()[0] for _ in range(min(max_count, len(items)))]
 
+    def open(self, reply_to: str) -> None:
+        """A producer's reply queue: results addressed to it are kept from now on."""
+        with self._lock:
+            self._replies.add(reply_to)
+            self._queue(reply_to)
+
     def delete(self, queue: str) -> None:
         with self._lock:
+            self._replies.discard(queue)
             self._queues.pop(queue, None)
             self._ready.pop(queue, None)
+
+    def gone(self, reply_to: Sequence[str]) -> list[str]:
+        """Those of ``reply_to`` that no producer holds."""
+        with self._lock:
+            return [name for name in reply_to if name not in self._replies]
 
     def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
         """Remove these bodies from the ready queue, one each; True for each one removed."""
@@ -165,7 +192,7 @@ class QueueBroker:
         with self._lock:
             owner = self._leases.get(consumer)
             for token, reply_to, result, retry, delay, dead in items:
-                if reply_to is not None and result is not None:
+                if reply_to is not None and result is not None and reply_to in self._replies:
                     self._push(reply_to, [result])
                 if retry is not None:
                     if delay > 0:
@@ -261,8 +288,10 @@ class _Broker(Protocol):
     stopping master's stray reply (see :func:`_call_list`)."""
 
     def put(self, queue: str, bodies: Sequence[bytes]) -> None: ...
+    def open(self, reply_to: str) -> None: ...
     def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None: ...
     def delete(self, queue: str) -> None: ...
+    def gone(self, reply_to: Sequence[str]) -> list[str]: ...
     def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]: ...
     def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool: ...
     def fetch(
@@ -278,8 +307,10 @@ class _Broker(Protocol):
 
 _EXPOSED = (
     "put",
+    "open",
     "get",
     "delete",
+    "gone",
     "withdraw",
     "requeue_dead",
     "fetch",
@@ -305,8 +336,31 @@ def _no_delay(conn: Connection) -> Connection:
     return conn
 
 
+def _bounded(conn: Connection, seconds: float) -> Connection:
+    """Make a blocking read or write on ``conn`` fail after ``seconds`` (``SO_RCVTIMEO``,
+    ``SO_SNDTIMEO``): a master that accepted the connection and never answers (hung,
+    or cut off after the handshake began) is an error the worker recovers from, not a
+    thread blocked for good. Every call a worker makes is answered in about a second."""
+    timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    return conn
+
+
 def _client(address: Any, authkey: bytes | None = None) -> Connection:
-    return _no_delay(Client(address, authkey=authkey))
+    """``multiprocessing.connection.Client``, on a no-delay socket whose reads time out."""
+    if authkey is not None and not isinstance(authkey, bytes):
+        raise TypeError("authkey should be a byte string")
+    conn = _bounded(_no_delay(_socket_client(address)), _REPLY_TIMEOUT)
+    try:
+        if authkey is not None:
+            connection.answer_challenge(conn, authkey)
+            connection.deliver_challenge(conn, authkey)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 class _BrokerProxy(BaseProxy):
@@ -328,11 +382,17 @@ class _BrokerProxy(BaseProxy):
     def put(self, queue: str, bodies: Sequence[bytes]) -> None:
         self._call("put", queue, bodies)
 
+    def open(self, reply_to: str) -> None:
+        self._call("open", reply_to)
+
     def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None:
         return cast("list[bytes] | None", self._call("get", queue, max_count, timeout))
 
     def delete(self, queue: str) -> None:
         self._call("delete", queue)
+
+    def gone(self, reply_to: Sequence[str]) -> list[str]:
+        return cast("list[str]", self._call("gone", reply_to))
 
     def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
         return cast("list[bool]", self._call("withdraw", queue, bodies))
@@ -366,9 +426,13 @@ class _BrokerProxy(BaseProxy):
 
 
 class _ClientManager(BaseManager):
-    """A worker's connection to the master's :class:`QueueBroker`."""
+    """A worker's connection to the master's :class:`QueueBroker` (through :func:`_client`)."""
 
     distq_broker: Callable[[], _BrokerProxy]  # made by register() below
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._Client = _client
 
 
 _ClientManager.register("distq_broker", proxytype=_BrokerProxy)
@@ -465,7 +529,9 @@ class ManagerTransport(Transport):
         return self._connect(self._manager.distq_broker)
 
     def producer(self, reply_to: str) -> Producer:
-        return ManagerProducer(self._endpoint(), self._queue, reply_to, self.address)
+        broker = self._endpoint()
+        _call(self.address, broker.open, reply_to)
+        return ManagerProducer(broker, self._queue, reply_to, self.address)
 
     def consumer(self, consumer_id: str) -> Consumer:
         return ManagerConsumer(
@@ -546,11 +612,17 @@ def _call_list(address: str, method: Callable[..., list[_T] | None], *args: Any)
 class ManagerProducer(Producer):
     def __init__(self, broker: _Broker, queue: str, reply_to: str, address: str) -> None:
         self._broker, self._queue, self.reply_to, self._address = broker, queue, reply_to, address
+        self._submitted = 0
 
     def submit(self, bodies: Sequence[bytes]) -> None:
         for start in range(0, len(bodies), MESSAGE_BATCH):
             chunk = list(bodies[start : start + MESSAGE_BATCH])
             _call(self._address, self._broker.put, self._queue, chunk)
+            self._submitted += len(chunk)
+
+    def reconcile(self) -> int:
+        """Every submitted body: the queues live in the master, so none is lost while it runs."""
+        return self._submitted
 
     def results(self, max_count: int, timeout: float) -> list[bytes]:
         return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
@@ -568,7 +640,9 @@ class ManagerConsumer(Consumer):
     def __init__(
         self, broker: _Broker, queue: str, consumer_id: str, lease: float, address: str
     ) -> None:
-        self._broker, self._queue, self._id = broker, queue, consumer_id
+        # a suffix per connection: an earlier connection's leases are never renewed by this one
+        self._id = f"{consumer_id}.{secrets.token_hex(3)}"
+        self._broker, self._queue = broker, queue
         self._lease, self._address = lease, address
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
@@ -585,6 +659,11 @@ class ManagerConsumer(Consumer):
 
     def heartbeat(self) -> None:
         _call(self._address, self._broker.heartbeat, self._id, self._lease)
+
+    def gone(self, reply_to: Collection[str]) -> set[str]:
+        if not reply_to:
+            return set()
+        return set(_call_list(self._address, self._broker.gone, list(reply_to)))
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
         tokens = tags_of((s.delivery for s in settlements), int, "manager")

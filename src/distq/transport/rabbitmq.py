@@ -6,9 +6,16 @@ server certificate against the system CAs unless pika's ``?ssl_options=`` says o
 Other pika query arguments (``connection_attempts``, ``socket_timeout``...) are honoured;
 ``heartbeat`` is not: the lease sets it.
 
-Topology, declared idempotently (``Q`` = ``DISTQ_QUEUE``; every queue is durable, a
-classic queue at the server's default version, fed through the default exchange with
-persistent messages):
+Topology, declared idempotently (``Q`` = ``DISTQ_QUEUE``; every queue is durable, fed
+through the default exchange with persistent messages). ``DISTQ_RABBITMQ_QUEUE_TYPE``
+picks the type of the task, retry and dead-letter queues: ``classic`` (the server's
+default version) or ``quorum`` (replicated Raft log; their dead-lettering gets
+``x-dead-letter-strategy: at-least-once`` with ``x-overflow: reject-publish``, so a
+retry leaving its delay queue survives a broker crash: a classic queue dead-letters at
+most once, and a crash at that moment loses the message). On RabbitMQ 3.10 a quorum
+queue declared less than about 3 minutes before a node crashes comes back unusable
+(publishes are refused): Ra saves its name registry every 3 minutes. A graceful
+restart is not affected, nor a cluster that keeps a majority:
 
 ======================  =============================================  =====================
 queue                   arguments                                      holds
@@ -22,30 +29,43 @@ queue                   arguments                                      holds
                         ``x-dead-letter-exchange: ""``,                their delay; then
                         ``x-dead-letter-routing-key: Q``,              back to Q
                         ``x-expires: <ms> + 1 h``
-``Q.results.<job>``     ``x-expires: 1 h``                             one master's results
+``Q.held.<consumer>``   ``x-message-ttl: <lease ms>``, dead-letters    long tasks' lease
+                        to ``Q``, ``x-expires: <lease ms> + 1 min``    records (below)
+                        (always classic)
+``Q.results.<job>``     ``x-expires: <master ttl ms>`` (always         one master's results
+                        classic)
 ======================  =============================================  =====================
 
 One queue per retry delay, because RabbitMQ expires messages only at the head of a
 queue: a 0.5 s retry never waits behind a 60 s one. Retry queues go away an hour after
 their last use. A master's reply queue (named by :meth:`RabbitMQTransport.reply_queue`)
 is durable so results outlive a broker restart; ``Producer.close`` deletes it, and
-``x-expires`` removes it an hour after a master died without closing.
+``x-expires`` removes it ``Settings.master_ttl`` after its master's consumer went away
+(the master died, or lost the broker for that long). Workers treat a task whose reply
+queue is missing, or not named like one, as its master's that is gone
+(:meth:`RabbitMQConsumer.gone`), and publish results only to names like one: a publish
+to a missing queue is dropped by the broker and never creates it.
 
 Leases: a delivery stays unacknowledged on its consumer's channel until settled or
 released. A consumer's connection heartbeat is ``max(1, round(lease_seconds))`` s, so
 RabbitMQ drops a frozen or vanished worker within about two leases and requeues what it
 held; a SIGKILLed worker's TCP connection closes, and its deliveries return at once.
-:meth:`RabbitMQConsumer.heartbeat` services the heartbeats while a task runs. The broker's
-``consumer_timeout`` (30 min by default) also closes a channel that holds a delivery
-longer; raise it for longer tasks. The consumer's ``basic_qos`` prefetch follows the
-batch asked for, up to ``DISTQ_PREFETCH`` (:class:`PrefetchWindow`), so the backlog
-stays visible as ``ready``.
+:meth:`RabbitMQConsumer.heartbeat` services the heartbeats while a task runs, stops the
+consumer meanwhile (the broker pushes nothing more to a busy slot; the deliveries it
+had pushed go back) and moves any delivery held for a lease into a lease record
+(:mod:`distq.transport.rabbitmq_holds`), so that no delivery stays unacknowledged long
+enough for the broker's ``consumer_timeout`` to close the channel under a long task.
+The consumer's ``basic_qos`` prefetch follows the batch asked for, up to
+``DISTQ_PREFETCH`` (:class:`PrefetchWindow`), so the backlog stays visible as ``ready``.
 
 Publisher confirms, batched: a worker publishes a whole batch's results, retries and
 dead letters, waits once for all their confirms, and only then acks the deliveries. A
 master waits only when more than ``_CONFIRM_WINDOW`` tasks are unconfirmed; a refused
 or unroutable task raises from its next call. It acks its results one call later,
-cumulatively. pika's ``BlockingChannel`` would wait per message: this goes through
+cumulatively. After a lost connection, :meth:`RabbitMQProducer.reconcile` reconnects
+and counts the tasks confirmed before it as held (every one when the reply queue is
+gone: a new or reset node): the master submits the rest again. pika's
+``BlockingChannel`` would wait per message: this goes through
 :mod:`distq.transport.pika_internals`. Tasks, retries and dead letters are published
 ``mandatory``; results are not (a missing reply queue means nobody waits).
 
@@ -73,11 +93,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -110,15 +131,19 @@ from distq.transport.base import (
     tags_of,
 )
 from distq.transport.pika_internals import FastChannel
+from distq.transport.rabbitmq_holds import LeaseRecords
 
 _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value)
 _RESULTS_TYPE = "distq.results"  # one message carrying several results; see pack_results
 _PACKED = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value, type=_RESULTS_TYPE)
+_PROBE_TYPE = "distq.probe"  # a worker asking whether a reply queue exists; see gone()
+# transient, and dropped at once unless a consumer takes it (expiration 0): it never piles up
+_PROBE = pika.BasicProperties(type=_PROBE_TYPE, expiration="0")
 _HOUR_MS = 3_600_000
 _REPLY_PREFETCH = MESSAGE_BATCH  # what a master takes per call; it dedupes, so keep it full
 _CONFIRM_WINDOW = 2000  # unconfirmed task publishes a master may have: bounds its buffer
 _RETRY_REDECLARE_S = 60.0  # re-declaring renews x-expires; well inside its hour
-_PRODUCER_HEARTBEAT = 60  # a master's connection holds no leases; tolerate a busy master
+_PRODUCER_HEARTBEAT = 15  # a master's connection holds no leases; a frozen broker shows in 30 s
 _SHRINK_AFTER = 4  # fetches in a row wanting a quarter of the window before it shrinks
 _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
 
@@ -242,6 +267,12 @@ class _Link:
     def is_open(self) -> bool:
         return bool(self.connection.is_open and self.channel.is_open)
 
+    def check_open(self) -> None:
+        """Raise a pika error if the connection or channel closed (pika's calls on a
+        closed connection raise an unrelated ValueError instead)."""
+        if not self.is_open:
+            raise pika.exceptions.ConnectionWrongStateError("the connection was closed")
+
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         if method.multiple:
@@ -267,17 +298,33 @@ class _Link:
     def unconfirmed(self) -> int:
         return len(self._unconfirmed)
 
+    @property
+    def confirmed(self) -> int:
+        """How many publishes on this link, counted from the first, the broker confirmed."""
+        return min(self._unconfirmed) - 1 if self._unconfirmed else self._sequence
+
     def send(self) -> None:
         """Write everything published so far to the socket; do not wait for confirms."""
         self.fast.send()
 
     def confirm(self, keep: int = 0) -> None:
         """Block until at most ``keep`` publishes await their confirm, then :meth:`check`."""
+        self._wait_for_confirms(keep)
+        self.check()
+
+    def unroutable(self) -> set[str]:
+        """Wait for every confirm; the routing keys the broker had no queue for (mandatory
+        publishes it returned) since the last check. Raises if it refused any."""
+        self._wait_for_confirms(0)
+        returned, self._returned = set(self._returned), []
+        self.check()
+        return returned
+
+    def _wait_for_confirms(self, keep: int) -> None:
         if len(self._unconfirmed) > keep:
             self.fast.wait(lambda: len(self._unconfirmed) <= keep)
         if len(self._unconfirmed) > keep:
             raise pika.exceptions.ChannelWrongStateError("channel closed before confirming")
-        self.check()
 
     def check(self) -> None:
         """Raise for any publish the broker refused or could not route since the last check."""
@@ -295,6 +342,20 @@ class _Link:
         with contextlib.suppress(*_PikaError):
             if self.connection.is_open:
                 self.connection.close()
+
+
+def _exists(connection: Any, queue: str) -> bool:
+    """Whether ``queue`` exists, asked on a channel of its own (a 404 closes the channel)."""
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404:
+            raise
+        return False
+    with contextlib.suppress(*_PikaError):
+        channel.close()
+    return True
 
 
 def _receive_until(connection: Any, buffer: deque[Any], wanted: int, timeout: float) -> list[Any]:
@@ -326,6 +387,9 @@ class RabbitMQTransport(Transport):
         self.role = role
         self.queue = settings.queue
         self.dead_queue = f"{settings.queue}.dead"
+        self.reply_prefix = f"{settings.queue}.results."
+        self.quorum = settings.rabbitmq_queue_type == "quorum"
+        self.lease_ms = max(1, round(settings.lease_seconds * 1000))
         self._broker = _Broker.from_url(settings.amqp_url, settings.tls_files)
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
@@ -333,21 +397,50 @@ class RabbitMQTransport(Transport):
         with self._lock:
             self._admin_link()
 
+    def typed(self, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``arguments`` of a task, retry, dead-letter or record queue, with its type."""
+        return {**(arguments or {}), **({"x-queue-type": "quorum"} if self.quorum else {})}
+
+    def dead_lettering(self, target: str) -> dict[str, Any]:
+        """Arguments that dead-letter into ``target``: at least once on quorum queues."""
+        arguments: dict[str, Any] = {
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": target,
+        }
+        if self.quorum:
+            arguments.update(
+                {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+            )
+        return self.typed(arguments)
+
     def task_queue_arguments(self) -> dict[str, Any]:
-        return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.dead_queue}
+        return self.dead_lettering(self.dead_queue)
+
+    def retry_queue_arguments(self, ms: int) -> dict[str, Any]:
+        return {
+            **self.dead_lettering(self.queue),
+            "x-message-ttl": ms,
+            "x-expires": ms + _HOUR_MS,
+        }
+
+    def record_queue_arguments(self) -> dict[str, Any]:
+        """Always classic: a consumer's record queue is new with each connection, and on
+        RabbitMQ 3.10 a quorum queue younger than about 3 minutes does not come back
+        from a node crash (its Ra name registry is saved every 3 minutes)."""
+        return LeaseRecords.queue_arguments(self.lease_ms, self.queue)
 
     def declare(self, channel: Any) -> None:
         """Declare the task queue and the dead-letter queue (idempotent)."""
         try:
             channel.queue_declare(self.queue, durable=True, arguments=self.task_queue_arguments())
-            channel.queue_declare(self.dead_queue, durable=True)
+            channel.queue_declare(self.dead_queue, durable=True, arguments=self.typed())
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != 406:
                 raise
             raise TransportError(
                 f"RabbitMQ at {self._broker.address} already has queue {self.queue!r} or "
-                f"{self.dead_queue!r} with other arguments ({exc.reply_text}); delete them "
-                "or choose another DISTQ_QUEUE"
+                f"{self.dead_queue!r} with other arguments ({exc.reply_text}); check "
+                "DISTQ_RABBITMQ_QUEUE_TYPE, delete them or choose another DISTQ_QUEUE"
             ) from None
 
     def _admin_link(self, fresh: bool = False) -> _Link:
@@ -534,20 +627,63 @@ class RabbitMQProducer(Producer):
         self._results: deque[tuple[int, bytes]] = deque()
         self._ack_tag: int | None = None  # the newest result returned, not yet acked
         self._acked = 0  # the newest delivery tag acked or about to be
-        self._link = _Link(broker, _PRODUCER_HEARTBEAT, f"distq master {reply_to}")
+        self._held = 0  # tasks the broker confirmed on earlier links (see reconcile)
+        self._cancelled = False  # the broker cancelled our consumer: the reply queue went
+        self._link = self._connect()[0]
+
+    def _connect(self) -> tuple[_Link, bool]:
+        """A new link consuming the reply queue, and whether that queue was there already."""
+        link = _Link(self._broker, _PRODUCER_HEARTBEAT, f"distq master {self.reply_to}")
         try:
-            with broker.translated(f"declaring reply queue {reply_to!r}"):
-                channel = self._link.channel
-                transport.declare(channel)
-                channel.queue_declare(reply_to, durable=True, arguments={"x-expires": _HOUR_MS})
+            with self._broker.translated(f"declaring reply queue {self.reply_to!r}"):
+                existed = _exists(link.connection, self.reply_to)
+                channel = link.channel
+                self._transport.declare(channel)
+                ttl = round(self._transport.settings.master_ttl * 1000)
+                channel.queue_declare(self.reply_to, durable=True, arguments={"x-expires": ttl})
                 channel.basic_qos(prefetch_count=_REPLY_PREFETCH)
-                channel.basic_consume(reply_to, self._on_result, auto_ack=False)
+                channel.add_on_cancel_callback(self._on_cancelled)
+                channel.basic_consume(self.reply_to, self._on_result, auto_ack=False)
         except BaseException:
-            self._link.close()
+            link.close()
             raise
+        # delivery tags are the channel's: what the old one had buffered comes again
+        self._results.clear()
+        self._ack_tag, self._acked, self._cancelled = None, 0, False
+        return link, existed
+
+    def _on_cancelled(self, _frame: Any) -> None:
+        self._cancelled = True
+
+    def reconcile(self) -> int:
+        """The tasks confirmed so far; after a lost connection, reconnect first.
+
+        A reply queue found missing on reconnecting means a new or reset node, or a
+        master away longer than its queue lives (its tasks were dead-lettered): then
+        none is held and the master submits every outstanding task again.
+        """
+        if self._alive():
+            return self._held + self._link.confirmed
+        held = self._held + self._link.confirmed  # the broker keeps what it confirmed
+        self._link.close()
+        self._link, existed = self._connect()
+        self._held = held if existed else 0
+        return self._held
+
+    def _alive(self) -> bool:
+        try:
+            self._link.check_open()
+            self._link.connection.process_data_events(time_limit=0)
+        except _PikaError:
+            return False
+        return self._link.is_open and not self._cancelled
 
     def _on_result(self, _channel: Any, method: Any, props: Any, body: bytes) -> None:
         tag = method.delivery_tag
+        if props.type == _PROBE_TYPE:  # a worker checking that we are here: nothing to hand up
+            if not self._results and tag > self._acked:
+                self._ack_tag = self._acked = tag  # acked with the next call, with the rest
+            return
         if props.type == _RESULTS_TYPE:
             try:
                 self._results.extend((tag, result) for result in unpack_results(body))
@@ -565,6 +701,7 @@ class RabbitMQProducer(Producer):
         """
         with self._broker.translated("submitting tasks"):
             queue, link = self._transport.queue, self._link
+            link.check_open()
             for body in bodies:
                 link.publish(queue, body, mandatory=True)
                 if link.unconfirmed > _CONFIRM_WINDOW:
@@ -575,6 +712,7 @@ class RabbitMQProducer(Producer):
 
     def flush(self) -> None:
         with self._broker.translated("confirming tasks"):
+            self._link.check_open()
             self._link.confirm()
 
     def results(self, max_count: int, timeout: float) -> list[bytes]:
@@ -584,6 +722,7 @@ class RabbitMQProducer(Producer):
         ack stays off the round trip, and the master dedupes a result seen twice.
         """
         with self._broker.translated("receiving results"):
+            self._link.check_open()
             self._ack_results(flush=True)
             got = _receive_until(self._link.connection, self._results, max_count, timeout)
             if got:  # everything older is in ``got`` too, so one cumulative ack suffices
@@ -617,17 +756,20 @@ class RabbitMQConsumer(Consumer):
     """A worker thread's link: ``basic_consume`` with ``basic_qos`` prefetch, manual acks."""
 
     def __init__(self, transport: RabbitMQTransport, broker: _Broker, consumer_id: str) -> None:
-        self.consumer_id = consumer_id
+        # a suffix per connection: its lease-record queue is its own (see rabbitmq_holds)
+        self.consumer_id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._transport = transport
         self._broker = broker
         self._buffer: deque[Delivery] = deque()
-        self._held: set[int] = set()  # delivered by the broker, not yet acked or nacked
+        self._held: dict[int, Delivery] = {}  # delivered by the broker, not yet acked or nacked
         self._retry_declared: dict[int, float] = {}
         self._tag: str | None = None  # the current basic_consume
         self._window = PrefetchWindow(transport.settings.prefetch)  # the consumer's prefetch
         self._current: set[int] = set()  # held deliveries that count against that window
+        self._seen: dict[int, float] = {}  # held delivery -> when a heartbeat first saw it
+        self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
         heartbeat = max(1, round(transport.settings.lease_seconds))
-        self._link = _Link(broker, heartbeat, f"distq worker {consumer_id}")
+        self._link = _Link(broker, heartbeat, f"distq worker {self.consumer_id}")
         try:
             with broker.translated("declaring the queues"):
                 transport.declare(self._link.channel)  # a reconnect heals a deleted queue
@@ -638,17 +780,18 @@ class RabbitMQConsumer(Consumer):
 
     @property
     def held(self) -> int:
-        """Deliveries this consumer holds unacknowledged (buffered or handed out)."""
-        return len(self._held)
+        """Deliveries this consumer holds: unacknowledged (buffered or handed out) or recorded."""
+        return len(self._held) + (len(self._records) if self._records is not None else 0)
 
     def _on_cancelled(self, _frame: Any) -> None:
         self._tag = None  # the broker cancelled us (queue deleted): consume anew, or fail
 
     def _on_task(self, _channel: Any, method: Any, _props: Any, body: bytes) -> None:
-        self._held.add(method.delivery_tag)
+        delivery = Delivery(body, method.delivery_tag, bool(method.redelivered))
+        self._held[method.delivery_tag] = delivery
         if method.consumer_tag == self._tag:
             self._current.add(method.delivery_tag)
-        self._buffer.append(Delivery(body, method.delivery_tag, bool(method.redelivered)))
+        self._buffer.append(delivery)
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         """Deliveries pushed by the broker, at most ``min(max_count, prefetch)`` at a time."""
@@ -679,9 +822,64 @@ class RabbitMQConsumer(Consumer):
         self._current = set()
 
     def heartbeat(self) -> None:
-        """Service AMQP heartbeats (and buffer arriving deliveries); never blocks."""
+        """Service AMQP heartbeats while the slot is busy; keep no delivery for too long.
+
+        The slot's batch runs long, so: stop consuming (what the broker had pushed and
+        the slot has not taken goes back to the queue, for idle workers; the next fetch
+        consumes again) and move every delivery held for a lease into a lease record
+        (:mod:`distq.transport.rabbitmq_holds`), renewing the records there are.
+        """
         with self._broker.translated("heartbeat"):
             self._link.connection.process_data_events(time_limit=0)
+            if self._tag is not None:
+                self._link.channel.basic_cancel(self._tag)
+                self._tag, self._current = None, set()
+            if self._buffer:
+                self._finish(
+                    sorted(tags_of(self._buffer, int, "rabbitmq")), self._link.channel.basic_nack
+                )
+                self._buffer.clear()
+            self._hold_long_ones()
+
+    def _hold_long_ones(self) -> None:
+        now, after = time.monotonic(), self._transport.settings.lease_seconds
+        self._seen = {tag: self._seen.get(tag, now) for tag in self._held}
+        due = {tag: self._held[tag].body for tag, seen in self._seen.items() if now - seen >= after}
+        if due:
+            self._lease_records().hold(due)  # confirmed: the acks below lose nothing
+            self._finish(sorted(due), self._link.channel.basic_ack)
+        elif self._records:
+            self._records.renew()
+
+    def _lease_records(self) -> LeaseRecords:
+        if self._records is None:
+            link = self._link
+            self._records = LeaseRecords(
+                link.channel,
+                lambda key, body, props: link.publish(key, body, mandatory=True, properties=props),
+                link.confirm,
+                f"{self._transport.queue}.held.{self.consumer_id}",
+                self._transport.record_queue_arguments(),
+            )
+        return self._records
+
+    def gone(self, reply_to: Collection[str]) -> set[str]:
+        """Reply queues not named like one, or that RabbitMQ does not have.
+
+        Asked with a mandatory publish of a probe the broker returns when no queue has
+        the name (and drops at once otherwise, unless the master takes it): a passive
+        declare would count as using the queue and keep a dead master's queue from
+        ever expiring.
+        """
+        prefix = self._transport.reply_prefix
+        out = {name for name in reply_to if not name.startswith(prefix)}
+        asked = set(reply_to) - out
+        if asked:
+            with self._broker.translated("checking reply queues"):
+                for name in asked:
+                    self._link.publish(name, b"", mandatory=True, properties=_PROBE)
+                out |= self._link.unroutable() & asked
+        return out
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
         if not settlements:
@@ -691,13 +889,14 @@ class RabbitMQConsumer(Consumer):
             if s.result is not None and not s.reply_to:
                 raise ValueError(f"settlement of delivery {s.delivery.tag} has no reply_to")
         link, queue = self._link, self._transport.queue
+        prefix = self._transport.reply_prefix
         with self._broker.translated("settling tasks"):
             for s in settlements:
                 if s.retry is not None and s.retry_delay > 0:
                     self._declare_retry_queue(_delay_ms(s.retry_delay))
             replies: dict[str, list[bytes]] = {}
             for s in settlements:
-                if s.result is not None and s.reply_to:
+                if s.result is not None and s.reply_to and s.reply_to.startswith(prefix):
                     replies.setdefault(s.reply_to, []).append(s.result)
                 if s.retry is not None:
                     target = queue
@@ -708,7 +907,7 @@ class RabbitMQConsumer(Consumer):
                     link.publish(self._transport.dead_queue, s.dead_letter, mandatory=True)
             # one message per master, however many results: a fraction of the broker's
             # work per task. Not mandatory: a reply queue deleted by its master means
-            # nobody waits.
+            # nobody waits, and the broker drops it (never creating the queue).
             for reply_to, results in replies.items():
                 if len(results) == 1:
                     link.publish(reply_to, results[0], mandatory=False)
@@ -716,30 +915,49 @@ class RabbitMQConsumer(Consumer):
                     body = pack_results(results)
                     link.publish(reply_to, body, mandatory=False, properties=_PACKED)
             link.confirm()
-            self._finish(tags, link.channel.basic_ack)
+            self._end(tags, link.channel.basic_ack)
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
         tags = self._tags_of(deliveries)
         with self._broker.translated("releasing tasks"):
-            self._finish(tags, self._link.channel.basic_nack)
+            if self._records is not None:
+                recorded = [tag for tag in tags if tag in self._records]
+                for tag in recorded:  # acked long ago: back into the queue as new messages
+                    self._link.publish(
+                        self._transport.queue, self._records.bodies[tag], mandatory=True
+                    )
+                if recorded:
+                    self._link.confirm()
+            self._end(tags, self._link.channel.basic_nack)
 
     def _tags_of(self, deliveries: Iterable[Delivery]) -> list[int]:
         """Sorted tags, refusing any this consumer does not hold: acking a tag twice
         would close the channel."""
         tags = set(tags_of(deliveries, int, "rabbitmq"))
+        records = self._records if self._records is not None else ()
         for tag in tags:
-            if tag not in self._held:
+            if tag not in self._held and tag not in records:
                 raise ValueError(
                     f"delivery {tag!r} is not held by consumer {self.consumer_id!r} "
                     "(settled or released already?)"
                 )
         return sorted(tags)
 
+    def _end(self, tags: list[int], method: Callable[..., None]) -> None:
+        """Ack or nack the deliveries still on the channel; drop the others' lease records
+        (their outcome is published already)."""
+        on_channel = [tag for tag in tags if tag in self._held]
+        if on_channel:
+            self._finish(on_channel, method)
+        if len(on_channel) < len(tags) and self._records is not None:
+            self._records.drop(tag for tag in tags if tag not in self._held)
+
     def _finish(self, tags: list[int], method: Callable[..., None]) -> None:
         """Ack or nack (requeue) ``tags``: one cumulative frame when no older tag is held."""
-        self._held.difference_update(tags)
+        for tag in tags:
+            del self._held[tag]
         self._current.difference_update(tags)
         top = tags[-1]
         if not self._held or min(self._held) > top:
@@ -755,22 +973,20 @@ class RabbitMQConsumer(Consumer):
         self._link.channel.queue_declare(
             f"{self._transport.queue}.retry.{ms}",
             durable=True,
-            arguments={
-                "x-message-ttl": ms,
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": self._transport.queue,
-                "x-expires": ms + _HOUR_MS,
-            },
+            arguments=self._transport.retry_queue_arguments(ms),
         )
         self._retry_declared[ms] = now
 
     def close(self) -> None:
-        """Close the connection; RabbitMQ requeues every delivery still held."""
+        """Close the connection; RabbitMQ requeues every delivery still held, and lease
+        records expire into the queue within a lease."""
         self._transport.forget(self)
         self._link.close()
         self._held.clear()  # the broker requeued them when the connection closed
         self._current.clear()
         self._buffer.clear()
+        self._seen.clear()
+        self._records = None
 
 
 class PrefetchWindow:

@@ -2,36 +2,57 @@
 
 URL (``DISTQ_REDIS_URL``, parsed by :meth:`redis.Redis.from_url`)::
 
-    redis://[[user]:password@]host[:port][/db]     plain TCP
-    rediss://[[user]:password@]host[:port][/db]    TLS; see distq.tls for the CA and client files
+    redis://[[user]:password@]host:port[/db]      plain TCP
+    rediss://[[user]:password@]host:port[/db]     TLS; see distq.tls for the CA and client files
     unix://[[user]:password@]/path/redis.sock?db=0
 
 Ready tasks live in a plain list named after the queue, so ``LLEN <queue>`` is the
 queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 
-| key (``<q>`` = ``DISTQ_QUEUE``) | type | written by                       | read by            |
-|---------------------------------|------|----------------------------------|--------------------|
-| ``<q>``                         | list | submit LPUSH; requeue RPUSH (1)  | claim, from tail   |
-| ``distq:<q>:inflight:<id>``     | list | claim (with the lease, atomic)   | settle, release    |
-| ``distq:<q>:consumers``         | zset | claim, heartbeat, close          | sweep, stats       |
-| ``distq:<q>:delayed``           | zset | settle: retry with a delay       | sweep -> ``<q>``   |
-| ``distq:<q>:redelivered``       | set  | sweep, release, close            | claim (flag)       |
-| ``distq:<q>:dead``              | list | settle RPUSH, so oldest first    | dead_letters (2)   |
-| ``distq:<q>:results:<job>``     | list | settle LPUSH of results          | results BRPOP      |
+| key (``<q>`` = ``DISTQ_QUEUE``)     | type | written by                       | read by     |
+|-------------------------------------|------|----------------------------------|-------------|
+| ``<q>``                             | list | submit LPUSH; requeue RPUSH (1)  | claim, tail |
+| ``distq:<q>:inflight:<id>``         | list | claim (with the lease, atomic)   | settle      |
+| ``distq:<q>:consumers``             | zset | claim, heartbeat, close          | sweep       |
+| ``distq:<q>:delayed``               | zset | settle: retry with a delay       | sweep       |
+| ``distq:<q>:redelivered``           | set  | sweep, release, close            | claim       |
+| ``distq:<q>:dead``                  | list | settle RPUSH, so oldest first    | LRANGE (2)  |
+| ``distq:<q>:masters``               | zset | a master: register, renew, close | settle      |
+| ``distq:<q>:results:<job>``         | list | settle LPUSH, if its master lives | take       |
+| ``distq:<q>:results:<job>:unacked`` | list | take: results sent, not acked    | take        |
+| ``distq:<q>:results:<job>:state``   | hash | submit, take (counts)            | renew       |
 
 (1) ``withdraw`` LREMs tasks not claimed yet and ``requeue_dead`` LPUSHes revived tasks.
 (2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
 
-A master's results list is named by :meth:`RedisTransport.reply_queue` (``<job>`` is the
-job id, one per master run); its producer deletes it on close. ``<id>`` is the consumer
-id (one per worker thread); ``redelivered``
-holds bodies put back after a lease expired or a release, so their next delivery says so.
-``consumers`` maps consumer id -> lease deadline and ``delayed`` maps retry body -> due
-time, both in ms of the *Redis server's* clock (``TIME`` inside Lua), so worker clocks
-may drift freely. A claim moves tasks into the in-flight list and pushes the deadline in
-one script; ``heartbeat`` pushes it again. The sweep (in every heartbeat, in a claim that
-finds ``<q>`` short, in producers while they wait) moves the in-flight list of every
-consumer past its deadline, and every due retry, back into ``<q>``: no separate daemon.
+``<id>`` is a consumer id: the worker's slot name plus a random suffix per connection,
+so a worker that reconnects (or restarts under the same name) never renews the lease
+of tasks an earlier connection held: those go back to ``<q>`` when that lease runs
+out. ``redelivered`` holds bodies put back after a lease expired or a release, so their
+next delivery says so. ``consumers`` maps consumer id -> lease deadline, ``delayed``
+maps retry body -> due time and ``masters`` maps result list -> its master's deadline,
+all in ms of the *Redis server's* clock (``TIME`` inside Lua), so clocks may drift
+freely. A claim moves tasks into the in-flight list and pushes the deadline in one
+script; ``heartbeat`` pushes it again. Every claim and heartbeat also sweeps (the
+producers do too while they wait): the in-flight list of every consumer past its
+deadline, and every due retry, go back into ``<q>``, so an expired lease is reclaimed
+within about a lease however long the backlog is. No separate daemon.
+
+Masters: a master's producer registers its result list (``<job>`` is the job id, one
+per master run) in ``masters`` and renews it every few seconds (:meth:`RedisProducer.reconcile`);
+it lapses ``Settings.master_ttl`` after the master's last renewal. The settle script
+pushes a result only to a registered, live list, and gives the list a TTL of the
+master's deadline plus a minute: a late result never re-creates the list of a master
+that is gone, and a reply_to no master registered never becomes a key. Workers ask
+:meth:`RedisConsumer.gone` before they run a task and dead-letter, unrun, the tasks of
+a master that is gone. ``state`` counts the bodies the master submitted (in the same
+script as the LPUSH): after a restart from an older snapshot, the count says which of
+its tasks Redis lost, and the master submits those again.
+
+Results reach the master at least once: ``take`` moves them into ``:unacked`` and
+returns them; the master's next ``take`` acknowledges them by the running count it
+received, so a reply lost on the way (a timeout while Redis was frozen) is sent again
+and no result vanishes with a dropped connection.
 
 Not supported: Redis Cluster (scripts build in-flight key names at run time).
 """
@@ -41,8 +62,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Protocol
 
 import redis
@@ -77,6 +99,8 @@ log = logging.getLogger(__name__)
 
 #: Longest single blocking call; long waits loop so leases and sweeps keep running.
 MAX_BLOCK_SECONDS = 5.0
+#: A master's result list outlives its master's deadline by this much (ms).
+REPLY_GRACE_MS = 60_000
 
 Arg = bytes | str | int | float
 
@@ -87,9 +111,10 @@ class _Commands(Protocol):
     def execute_command(self, *args: Arg, **options: Any) -> Any: ...
 
 
-# Every consumer script gets KEYS = ready, consumers, delayed, redelivered, inflight, dead
-# and ARGV = consumer id, lease ms, in-flight key prefix, then its own arguments.
-_PRELUDE = """
+# Every consumer script gets KEYS = ready, consumers, delayed, redelivered, inflight, dead,
+# masters and ARGV = consumer id, lease ms, in-flight key prefix, then its own arguments.
+_PRELUDE = f"""
+local REPLY_GRACE_MS = {REPLY_GRACE_MS}
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -109,6 +134,7 @@ local function requeue_all(src, ready, again)
     push('SADD', again, held)
   end
 end
+-- two range reads when nothing is due: cheap enough for every claim
 local function sweep(ready, consumers, delayed, again, prefix, now)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', now, 'LIMIT', 0, 100)) do
     requeue_all(prefix .. id, ready, again)
@@ -124,26 +150,20 @@ end
 
 # ARGV[4] = how many to claim, ARGV[5] = '1' after a BLMOVE (flag the in-flight head).
 # Returns {ms until the next delayed retry is due or -1, head flag, body, flag, ...}.
-# Sweeps only when the ready list runs short (or on a heartbeat): the hot path stays lean.
 _CLAIM = """
 local now = now_ms()
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now)
 local want = tonumber(ARGV[4])
 local out = {-1, 0}
 local got = {}
-local function take(n)
-  while n > 0 do
-    local bodies = redis.call('RPOP', KEYS[1], math.min(n, 1000))
-    if not bodies then break end
-    push('LPUSH', KEYS[5], bodies)
-    for _, body in ipairs(bodies) do got[#got + 1] = body end
-    n = n - #bodies
-  end
-  return n
+while #got < want do
+  local bodies = redis.call('RPOP', KEYS[1], math.min(want - #got, 1000))
+  if not bodies then break end
+  push('LPUSH', KEYS[5], bodies)
+  for _, body in ipairs(bodies) do got[#got + 1] = body end
 end
-if take(want) > 0 or want == 0 then
-  sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now)
-  take(want - #got)
+if #got < want or want == 0 then
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   if first[2] then out[1] = math.max(0, tonumber(first[2]) - now) end
 end
@@ -163,6 +183,8 @@ return out
 # acks (the common case: a batch settled in order); or ARGV[4] = -1: acks by body, below.
 # ARGV[6..]: triples (op, arg, body): 'r' result for KEYS[arg], 't' retry after arg ms,
 # 'd' dead letter, 'a' ack. Everything is published before any ack: a failure repeats.
+# A result goes only to a list whose master is registered and live (KEYS[7]), and the
+# list expires a grace period after that master's deadline.
 # Acking by count needs the in-flight list to be exactly what the consumer holds, oldest
 # at the tail: if its length says otherwise (a sweep took it), nothing is done and 0 is
 # returned, and the consumer acks by body instead. Acking most of the in-flight list by
@@ -170,7 +192,7 @@ return out
 _SETTLE = """
 local expect, count = tonumber(ARGV[4]), tonumber(ARGV[5])
 if expect >= 0 and redis.call('LLEN', KEYS[5]) ~= expect then return 0 end
-local now = nil
+local now = now_ms()
 local results, acks = {}, {}
 for i = 6, #ARGV, 3 do
   local op, arg, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -180,7 +202,6 @@ for i = 6, #ARGV, 3 do
     table.insert(results[k], body)
   elseif op == 't' then
     if tonumber(arg) > 0 then
-      now = now or now_ms()
       redis.call('ZADD', KEYS[3], now + tonumber(arg), body)
     else
       redis.call('LPUSH', KEYS[1], body)
@@ -191,7 +212,13 @@ for i = 6, #ARGV, 3 do
     acks[#acks + 1] = body
   end
 end
-for k, bodies in pairs(results) do push('LPUSH', KEYS[k], bodies) end
+for k, bodies in pairs(results) do
+  local deadline = tonumber(redis.call('ZSCORE', KEYS[7], KEYS[k]))
+  if deadline and deadline >= now then
+    push('LPUSH', KEYS[k], bodies)
+    redis.call('PEXPIREAT', KEYS[k], deadline + REPLY_GRACE_MS)
+  end
+end
 if expect >= 0 then
   if count >= expect then
     redis.call('DEL', KEYS[5])
@@ -231,6 +258,15 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 
 _SWEEP = """
 sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now_ms())
+"""
+
+_STATS = """
+local inflight = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  inflight = inflight + redis.call('LLEN', ARGV[3] .. id)
+end
+return {redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3]), inflight,
+        redis.call('LLEN', KEYS[6]), redis.call('ZCOUNT', KEYS[2], '(' .. now_ms(), '+inf')}
 """
 
 # KEYS = ready, redelivered; ARGV = bodies. One 1/0 per body: removed from ready or not.
@@ -293,6 +329,68 @@ return {redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3]), inflight,
 """
 
 
+# ARGV[4..] = result list names; returns 1 for each whose master is not registered and live.
+_GONE = """
+local now, out = now_ms(), {}
+for i = 4, #ARGV do
+  local deadline = tonumber(redis.call('ZSCORE', KEYS[7], ARGV[i]))
+  out[#out + 1] = (deadline and deadline >= now) and 0 or 1
+end
+return out
+"""
+
+# The master's scripts. KEYS = ready, masters, results, unacked, state; ARGV[1] = the
+# result list's name (KEYS[3]), ARGV[2] = the master's time to live, ms.
+
+# ARGV[3..] = task bodies: queued, and counted in the master's state, in one step.
+_SUBMIT = """
+push('LPUSH', KEYS[1], {unpack(ARGV, 3)})
+redis.call('HINCRBY', KEYS[5], 'submitted', #ARGV - 2)
+redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[2]) + REPLY_GRACE_MS)
+"""
+
+# Register or renew the master; returns how many of its submitted bodies Redis holds:
+# 0 when it was not registered and live (never before, restarted empty, restored past
+# its deadline, or away too long: workers may have dead-lettered its tasks meanwhile).
+_RENEW = """
+local now, ttl = now_ms(), tonumber(ARGV[2])
+local deadline = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+local held = 0
+if deadline and deadline >= now then
+  held = tonumber(redis.call('HGET', KEYS[5], 'submitted') or '0')
+else
+  redis.call('HSET', KEYS[5], 'submitted', 0)
+end
+for i = 3, 5 do redis.call('PEXPIRE', KEYS[i], ttl + REPLY_GRACE_MS) end
+return held
+"""
+
+# ARGV[3] = results received so far (acknowledges those), ARGV[4] = how many more to take.
+# Returns {results taken so far, body, ...} newest first: the ones sent before and not
+# acknowledged (their reply was lost on the way) if any, else up to ARGV[4] new ones.
+_TAKE = """
+local taken = tonumber(redis.call('HGET', KEYS[5], 'taken') or '0')
+local drop = tonumber(ARGV[3]) - (taken - redis.call('LLEN', KEYS[4]))
+if drop > 0 then redis.call('RPOP', KEYS[4], drop) end
+local fresh = false
+if redis.call('LLEN', KEYS[4]) == 0 then fresh = redis.call('RPOP', KEYS[3], tonumber(ARGV[4])) end
+if fresh then
+  push('LPUSH', KEYS[4], fresh)
+  taken = redis.call('HINCRBY', KEYS[5], 'taken', #fresh)
+end
+local out = redis.call('LRANGE', KEYS[4], 0, -1)
+table.insert(out, 1, taken)
+return out
+"""
+
+_CLOSE_MASTER = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+"""
+
+
 class RedisTransport(Transport):
     """One connection pool to the Redis in ``settings.redis_url``, for one queue."""
 
@@ -306,8 +404,10 @@ class RedisTransport(Transport):
         self.delayed_key = f"distq:{queue}:delayed"
         self.redelivered_key = f"distq:{queue}:redelivered"
         self.dead_key = f"distq:{queue}:dead"
+        self.masters_key = f"distq:{queue}:masters"
         self.inflight_prefix = f"distq:{queue}:inflight:"
         self.lease_ms = max(1, int(settings.lease_seconds * 1000))
+        self.master_ttl_ms = int(settings.master_ttl * 1000)
         # below the lease, so a consumer blocked in BLMOVE still holds a fresh lease
         self.block_slice = min(MAX_BLOCK_SECONDS, settings.lease_seconds / 3)
         try:
@@ -324,8 +424,8 @@ class RedisTransport(Transport):
         except ValueError as exc:
             raise ConfigError(f"DISTQ_REDIS_URL is not a valid Redis URL ({exc})") from None
         kwargs = self.client.connection_pool.connection_kwargs
-        self.tls = settings.redis_url.startswith("rediss:")
         self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
+        self.tls = settings.redis_url.startswith("rediss:")
         self._connect()
         self.claim_script = _Script(_PRELUDE + _CLAIM)
         self.settle_script = _Script(_PRELUDE + _SETTLE)
@@ -333,11 +433,20 @@ class RedisTransport(Transport):
         self.close_script = _Script(_PRELUDE + _CLOSE)
         self.sweep_script = _Script(_PRELUDE + _SWEEP)
         self.stats_script = _Script(_PRELUDE + _STATS)
+        self.gone_script = _Script(_PRELUDE + _GONE)
+        self.submit_script = _Script(_PRELUDE + _SUBMIT)
+        self.renew_script = _Script(_PRELUDE + _RENEW)
+        self.take_script = _Script(_PRELUDE + _TAKE)
+        self.close_master_script = _Script(_CLOSE_MASTER)
         self.withdraw_script = _Script(_PRELUDE + _WITHDRAW)
         self.requeue_dead_script = _Script(_REQUEUE_DEAD)
         with self.errors():
-            # a pipelined EVALSHA cannot load its script on the fly, so load it now
-            self.client.execute_command("SCRIPT LOAD", self.claim_script.source)
+            self.load_scripts(self.client)
+
+    def load_scripts(self, client: _Commands) -> None:
+        """Load the scripts pipelines run: a pipelined EVALSHA cannot load one on the fly."""
+        for script in (self.claim_script, self.take_script):
+            client.execute_command("SCRIPT LOAD", script.source)
 
     def _connect(self) -> None:
         """Ping at start so a wrong password or address fails now, with the fix."""
@@ -397,7 +506,7 @@ class RedisTransport(Transport):
         return f"distq:{self.settings.queue}:results:{job_id}"
 
     def keys(self, inflight: str = "") -> list[str]:
-        """KEYS as every script expects them (see the comment above ``_PRELUDE``)."""
+        """KEYS as every consumer script expects them (see the comment above ``_PRELUDE``)."""
         return [
             self.ready_key,
             self.consumers_key,
@@ -405,16 +514,17 @@ class RedisTransport(Transport):
             self.redelivered_key,
             inflight,
             self.dead_key,
+            self.masters_key,
         ]
 
     def new_client(self) -> redis.Redis[bytes]:
         """A client on the shared pool, for one producer or consumer."""
         return redis.Redis(connection_pool=self.client.connection_pool)
 
-    def producer(self, reply_to: str) -> Producer:
+    def producer(self, reply_to: str) -> RedisProducer:
         return RedisProducer(self, reply_to)
 
-    def consumer(self, consumer_id: str) -> Consumer:
+    def consumer(self, consumer_id: str) -> RedisConsumer:
         return RedisConsumer(self, consumer_id)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
@@ -463,39 +573,35 @@ class RedisTransport(Transport):
 
 
 class RedisProducer(Producer):
-    """LPUSHes tasks onto ``<queue>``; pops results from the tail of ``reply_to``."""
+    """LPUSHes tasks onto ``<queue>``; takes results from ``reply_to`` (see the key table)."""
 
     def __init__(self, transport: RedisTransport, reply_to: str) -> None:
         self.reply_to = reply_to
         self._t = transport
         self._r = transport.new_client()
+        self._keys = [
+            transport.ready_key,
+            transport.masters_key,
+            reply_to,
+            f"{reply_to}:unacked",
+            f"{reply_to}:state",
+        ]
+        self._args: list[Arg] = [reply_to, transport.master_ttl_ms]
+        self._received = 0  # results taken and returned so far: the acknowledgement
+        self._renew_every = transport.master_ttl_ms / 4000
+        self._renew_at = 0.0
+        self.reconcile()  # register: workers run only the tasks of registered masters
 
     def submit(self, bodies: Sequence[bytes]) -> None:
         if not bodies:
             return
+        self._renew_when_due()
         with self._t.errors():
             pipe = self._r.pipeline(transaction=False)
             for start in range(0, len(bodies), MESSAGE_BATCH):
-                pipe.lpush(self._t.ready_key, *bodies[start : start + MESSAGE_BATCH])
-            pipe.execute()
-
-    def results(self, max_count: int, timeout: float) -> list[bytes]:
-        deadline = time.monotonic() + timeout
-        with self._t.errors():
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return self._rpop(max_count)
-                pipe = self._r.pipeline(transaction=False)
-                # BRPOP wakes on the first result; the RPOP behind it takes the rest
-                pipe.brpop([self.reply_to], timeout=_seconds(min(remaining, self._t.block_slice)))
-                if max_count > 1:
-                    pipe.rpop(self.reply_to, max_count - 1)
-                replies = pipe.execute()
-                if replies[0] is not None:
-                    more = replies[1] if len(replies) > 1 and replies[1] else []
-                    return [replies[0][1], *more]
-                self._t.sweep(self._r)  # idle: bring back a dead worker's tasks meanwhile
+                chunk = bodies[start : start + MESSAGE_BATCH]
+                self._t.submit_script.send(pipe, self._keys, [*self._args, *chunk])
+            _execute(pipe, self._t.submit_script)
 
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
         if not bodies:
@@ -505,13 +611,52 @@ class RedisProducer(Producer):
             found = self._t.withdraw_script(self._r, keys, list(bodies))
         return [bool(n) for n in found]
 
-    def _rpop(self, count: int) -> list[bytes]:
-        got: list[bytes] | None = self._r.rpop(self.reply_to, count)
-        return got or []
+    def reconcile(self) -> int:
+        with self._t.errors():
+            held = int(self._t.renew_script(self._r, self._keys, self._args))
+        self._renew_at = time.monotonic() + self._renew_every
+        return held
+
+    def _renew_when_due(self) -> None:
+        """Renew the registration from the calls themselves too, for callers that do not
+        reconcile (an executor): a quarter of the master's time to live at the latest."""
+        if time.monotonic() >= self._renew_at:
+            self.reconcile()
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        self._renew_when_due()
+        with self._t.errors():
+            got = self._take(None, max_count)
+            while not got:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                got = self._take(min(remaining, self._t.block_slice), max_count)
+                if not got:
+                    self._t.sweep(self._r)  # idle: bring back a dead worker's tasks meanwhile
+        return got
+
+    def _take(self, block: float | None, max_count: int) -> list[bytes]:
+        """One round trip: the take script, behind a wait for the first result if ``block``.
+
+        The wait is a BLMOVE of the list onto itself: it blocks until a result is there
+        and moves nothing, so the script takes every result, acknowledged or not.
+        """
+        args = [*self._args, self._received, max_count]
+        if block is None:
+            reply = self._t.take_script(self._r, self._keys, args)
+        else:
+            pipe = self._r.pipeline(transaction=False)
+            _send(pipe, "BLMOVE", self.reply_to, self.reply_to, "RIGHT", "RIGHT", _seconds(block))
+            self._t.take_script.send(pipe, self._keys, args)
+            reply = _execute(pipe, self._t.take_script)[1]
+        self._received = int(reply[0])
+        return list(reversed(reply[1:]))  # the list holds the newest first
 
     def close(self) -> None:
         try:
-            self._r.delete(self.reply_to)
+            self._t.close_master_script(self._r, self._keys, self._args)
         except RedisError as exc:  # closing must not mask the caller's own error
             log.warning("could not delete result list %s: %s", self.reply_to, exc)
         self._r.close()
@@ -526,13 +671,16 @@ class RedisConsumer(Consumer):
     """
 
     def __init__(self, transport: RedisTransport, consumer_id: str) -> None:
-        self.consumer_id = consumer_id
+        # a suffix per connection: an earlier connection's leases are never renewed by this one
+        self.consumer_id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._t = transport
         self._r = transport.new_client()
-        self.inflight_key = transport.inflight_prefix + consumer_id
+        self.inflight_key = transport.inflight_prefix + self.consumer_id
         self._keys = transport.keys(self.inflight_key)
-        self._args: list[Arg] = [consumer_id, transport.lease_ms, transport.inflight_prefix]
+        self._args: list[Arg] = [self.consumer_id, transport.lease_ms, transport.inflight_prefix]
         self._held: list[bytes] = []  # oldest first, as the in-flight list from its tail
+        with transport.errors():  # reachable now, so "reconnected" means it
+            self._r.ping()
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
@@ -557,14 +705,8 @@ class RedisConsumer(Consumer):
             pipe, "BLMOVE", self._t.ready_key, self.inflight_key, "RIGHT", "LEFT", _seconds(block)
         )
         claim = [*self._args, max_count - 1, 1]
-        _send(pipe, "EVALSHA", self._t.claim_script.sha, len(self._keys), *self._keys, *claim)
-        first, reply = pipe.execute(raise_on_error=False)
-        if isinstance(first, Exception):
-            raise first
-        if isinstance(reply, NoScriptError):  # Redis restarted or SCRIPT FLUSH
-            reply = self._t.claim_script(self._r, self._keys, claim)
-        elif isinstance(reply, Exception):
-            raise reply
+        self._t.claim_script.send(pipe, self._keys, claim)
+        first, reply = _execute(pipe, self._t.claim_script)
         out = _deliveries(reply[2:])
         if first is not None:
             out.insert(0, Delivery(body=first, tag=first, redelivered=reply[1] == 1))
@@ -573,6 +715,14 @@ class RedisConsumer(Consumer):
     def heartbeat(self) -> None:
         with self._t.errors():
             self._t.claim_script(self._r, self._keys, [*self._args, 0, 0])
+
+    def gone(self, reply_to: Collection[str]) -> set[str]:
+        names = list(reply_to)
+        if not names:
+            return set()
+        with self._t.errors():
+            flags = self._t.gone_script(self._r, self._keys, [*self._args, *names])
+        return {name for name, flag in zip(names, flags, strict=True) if flag == 1}
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
         if not settlements:
@@ -626,7 +776,7 @@ class RedisConsumer(Consumer):
         try:
             self._t.close_script(self._r, self._keys, self._args)
         except RedisError as exc:  # the lease expires instead, so nothing is lost
-            log.warning("consumer %s could not hand back its tasks: %s", self.consumer_id, exc)
+            log.debug("consumer %s could not hand back its tasks: %s", self.consumer_id, exc)
         self._held.clear()
         self._r.close()
 
@@ -635,7 +785,8 @@ class _Script:
     """A Lua script run by EVALSHA, falling back to EVAL when the server lost it.
 
     Ours rather than redis-py's ``Script``, which adds a SCRIPT EXISTS round trip to
-    every pipeline that runs one; pipelines send ``EVALSHA`` with :func:`_send`.
+    every pipeline that runs one; in a pipeline, :meth:`send` queues the EVALSHA and
+    :func:`_execute` runs it again with EVAL if the server had lost it.
     """
 
     def __init__(self, source: str) -> None:
@@ -647,6 +798,28 @@ class _Script:
             return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:  # Redis restarted or SCRIPT FLUSH; EVAL caches it again
             return client.execute_command("EVAL", self.source, len(keys), *keys, *args)
+
+    def send(self, pipe: _Commands, keys: Sequence[str], args: Sequence[Arg]) -> None:
+        """Queue this script on a pipeline (see :func:`_execute`)."""
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    def evaluate(self, pool: redis.ConnectionPool, numkeys_keys_args: Sequence[Arg]) -> Any:
+        """EVAL with the arguments of an EVALSHA that met NOSCRIPT (it caches it again)."""
+        client: redis.Redis[bytes] = redis.Redis(connection_pool=pool)
+        return client.execute_command("EVAL", self.source, *numkeys_keys_args)
+
+
+def _execute(pipe: Any, script: _Script) -> list[Any]:
+    """Run a pipeline and raise its first error, except that each EVALSHA of ``script``
+    the server had lost (restarted, SCRIPT FLUSH) runs again with EVAL, in order."""
+    commands = [args for args, _options in pipe.command_stack]
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    for i, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError) and commands[i][1] == script.sha:
+            replies[i] = script.evaluate(pipe.connection_pool, commands[i][2:])
+        elif isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _send(pipe: _Commands, *args: Arg) -> None:

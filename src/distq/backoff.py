@@ -1,0 +1,73 @@
+"""Waiting between reconnection attempts, and telling the operator about an outage once.
+
+:class:`Backoff` is capped exponential backoff with full jitter (the delay is drawn
+uniformly from zero to the current cap), so that many workers cut off by one broker
+restart do not all knock again in the same instant. :class:`Outage` turns the attempts
+of several threads into two lines: one when the broker is lost, one when it is back.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+#: First cap, and the largest: 0.1 s, 0.2 s, 0.4 s ... 5 s.
+BASE_SECONDS = 0.1
+CAP_SECONDS = 5.0
+
+
+class Backoff:
+    """Delays before the next attempt: random up to ``base * 2**n``, capped at ``cap``."""
+
+    def __init__(
+        self,
+        base: float = BASE_SECONDS,
+        cap: float = CAP_SECONDS,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.base, self.cap, self._rng = base, cap, rng
+        self.attempts = 0
+
+    def next(self) -> float:
+        """The delay before the next attempt (seconds); each call doubles the ceiling."""
+        ceiling = min(self.cap, self.base * 2**self.attempts)
+        self.attempts = min(self.attempts + 1, 62)  # 2**62 s is past any cap
+        return float(ceiling * self._rng())
+
+    def reset(self) -> None:
+        """An attempt succeeded: start again from ``base``."""
+        self.attempts = 0
+
+
+class Outage:
+    """One broker outage as seen by all of a process's threads: a start and an end.
+
+    :meth:`lost` returns True for the first thread to report the outage (it prints the
+    line), :meth:`back` returns the outage's length to the first thread to reconnect
+    (it prints that line) and None to the others. Thread-safe.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._since: float | None = None
+
+    @property
+    def ongoing(self) -> bool:
+        return self._since is not None
+
+    def lost(self) -> bool:
+        with self._lock:
+            if self._since is not None:
+                return False
+            self._since = self._clock()
+            return True
+
+    def back(self) -> float | None:
+        with self._lock:
+            if self._since is None:
+                return None
+            lasted, self._since = self._clock() - self._since, None
+            return lasted

@@ -1,0 +1,93 @@
+"""Per-task time limits: how long a task may run before its attempt fails.
+
+``DISTQ_TASK_TIME_LIMIT`` is off by default. It takes seconds for every task (``30``),
+seconds per task name (``square=2,mypkg.jobs:resize=600``), or both (``30,square=2``:
+square gets 2 s, every other task 30 s). A program that registers its own functions can
+also give one when it registers it (:meth:`distq.tasks.Registry.register`): the
+setting's ``NAME=SECONDS`` wins over that, and that over the setting's default.
+
+The worker enforces a limit (:mod:`distq.worker`): a task past it fails that attempt
+with :class:`~distq.errors.TimeLimitExceeded`, which is retried like any error, and its
+slot goes on. Python cannot stop a thread, so the function itself is not interrupted:
+the slot leaves its thread behind and takes a new one; see the worker's docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: Shortest limit accepted: the worker checks about every tenth of a second.
+MIN_SECONDS = 0.1
+MAX_SECONDS = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    """Time limits in seconds: ``default`` for any task, ``per_name`` for named ones."""
+
+    default: float | None = None
+    per_name: tuple[tuple[str, float], ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.default is not None or bool(self.per_name)
+
+    def for_task(self, name: str) -> float | None:
+        """The limit of tasks named ``name``: its own, else the default, else None (none)."""
+        for known, seconds in self.per_name:
+            if known == name:
+                return seconds
+        return self.default
+
+    def with_registered(self, registered: Mapping[str, float]) -> TimeLimits:
+        """These limits with limits given at registration, under this one's named ones."""
+        merged = {**registered, **dict(self.per_name)}
+        return TimeLimits(self.default, tuple(sorted(merged.items())))
+
+    def describe(self) -> str:
+        """As the setting is written (``30,square=2``), or ``off``."""
+        parts = [] if self.default is None else [f"{self.default:g}"]
+        parts += [f"{name}={seconds:g}" for name, seconds in self.per_name]
+        return ",".join(parts) or "off"
+
+    @classmethod
+    def parse(cls, text: str) -> TimeLimits:
+        """Read ``SECONDS``, ``NAME=SECONDS`` items, comma-separated; empty or ``off`` is off.
+
+        Raises ``ValueError`` phrased to follow the variable's name ("is ...; use ...").
+        """
+        if text.strip().lower() in ("", "off"):
+            return cls()
+        default: float | None = None
+        per_name: dict[str, float] = {}
+        for item in (part.strip() for part in text.split(",")):
+            name, sep, value = item.rpartition("=")
+            name = name.strip()
+            if not item or (sep and not name):
+                raise ValueError(
+                    f"is {text!r}; use SECONDS or NAME=SECONDS items, e.g. 30,square=2"
+                )
+            seconds = _seconds(value.strip(), text)
+            if not sep:
+                if default is not None:
+                    raise ValueError(f"is {text!r}; give one limit without a name, not two")
+                default = seconds
+            elif name in per_name:
+                raise ValueError(f"is {text!r}; {name!r} has two limits")
+            else:
+                per_name[name] = seconds
+        return cls(default, tuple(sorted(per_name.items())))
+
+
+def _seconds(value: str, text: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(
+            f"is {text!r}: {value!r} is not a number of seconds; e.g. 30,square=2"
+        ) from None
+    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
+        raise ValueError(
+            f"is {text!r}: {seconds:g} s is out of range; use {MIN_SECONDS:g} to {MAX_SECONDS:g}"
+        )
+    return seconds

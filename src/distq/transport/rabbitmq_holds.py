@@ -1,0 +1,121 @@
+"""Long tasks on RabbitMQ: their leases move off the channel into lease records.
+
+RabbitMQ closes a channel that keeps a delivery unacknowledged longer than the broker's
+``consumer_timeout`` (30 minutes by default; RabbitMQ 3.10 checks it on each channel
+tick, once a minute) and requeues the delivery: another worker would run the task
+while the first one still does. So a consumer does not hold a long task's delivery
+that long. Once it has held one for a lease (``after``), it writes the task into a
+*lease record* and acknowledges the delivery:
+
+* the record is a copy of the task body in the consumer's own queue
+  ``<queue>.held.<consumer id>``, whose ``x-message-ttl`` is the lease and whose
+  dead-letter target is the task queue: a record not renewed within a lease (the worker
+  died, froze, or lost the broker) expires back into the task queue, where another
+  worker takes it, as a lapsed lease does on Redis;
+* :meth:`LeaseRecords.renew` (every heartbeat) publishes a fresh generation of
+  records, waits for their confirms, then takes the previous generation out with
+  ``basic_get`` + ack, so a task always has a record, or two for a moment;
+* settling or releasing such a task publishes what it must (result, retry, or the
+  body back to the task queue) first, then drops its record the same way.
+
+The record queue is a classic queue (see ``RabbitMQTransport.record_queue_arguments``)
+and expires a minute after its last use, so a dead worker leaves nothing behind once
+its records have expired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pika
+
+_GENERATION = "x-distq-generation"
+_EXPIRES_AFTER_MS = 60_000  # the record queue outlives its last record's lease by this
+
+
+class LeaseRecords:
+    """One consumer's lease records: task bodies by delivery tag, kept in its own queue.
+
+    ``publish(routing_key, body, properties)`` queues a confirmed publish and
+    ``confirm()`` waits for every confirm (they are the consumer's link's); ``channel``
+    is its ``BlockingChannel``. One thread at a time, like the consumer.
+    """
+
+    def __init__(
+        self,
+        channel: Any,
+        publish: Callable[[str, bytes, Any], None],
+        confirm: Callable[[], None],
+        name: str,
+        arguments: dict[str, Any],
+    ) -> None:
+        self._channel, self._publish, self._confirm = channel, publish, confirm
+        self.name = name
+        self._arguments = arguments
+        self._declared = False
+        self._generation = 0
+        self._in_queue = 0  # records of the current generation published to the queue
+        self.bodies: dict[int, bytes] = {}  # delivery tag -> body of each task held here
+
+    @staticmethod
+    def queue_arguments(lease_ms: int, task_queue: str) -> dict[str, Any]:
+        """Arguments of a record queue: records expire after a lease into ``task_queue``."""
+        return {
+            "x-message-ttl": lease_ms,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": task_queue,
+            "x-expires": lease_ms + _EXPIRES_AFTER_MS,
+        }
+
+    def __contains__(self, tag: object) -> bool:
+        return tag in self.bodies
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def hold(self, taken: dict[int, bytes]) -> None:
+        """Give these deliveries (tag -> body) records; the caller acks them afterwards."""
+        self.bodies.update(taken)
+        self.renew()
+
+    def drop(self, tags: Iterable[int]) -> None:
+        """Remove these tasks' records (their outcome is published already)."""
+        for tag in tags:
+            self.bodies.pop(tag, None)
+        self.renew()
+
+    def renew(self) -> None:
+        """Publish a fresh generation of every record, confirmed, then take the old one out."""
+        if not self._declared:
+            self._channel.queue_declare(self.name, durable=True, arguments=self._arguments)
+            self._declared = True
+        old = self._in_queue
+        self._generation += 1
+        properties = pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent.value,
+            headers={_GENERATION: self._generation},
+        )
+        for body in self.bodies.values():
+            self._publish(self.name, body, properties)
+        self._confirm()
+        self._in_queue = len(self.bodies)
+        self._take_out(old)
+        if not self.bodies:  # unused from now on, it expires: declare it again when needed
+            self._declared = False
+
+    def _take_out(self, count: int) -> None:
+        """Ack up to ``count`` records of older generations from the head of the queue.
+
+        Fewer are there when some expired (this consumer was too late to renew them:
+        their tasks went back to the task queue); a current one met first goes back.
+        """
+        for _ in range(count):
+            method, properties, _body = self._channel.basic_get(self.name, auto_ack=False)
+            if method is None:
+                return
+            headers = properties.headers or {}
+            if headers.get(_GENERATION) == self._generation:
+                self._channel.basic_nack(method.delivery_tag, requeue=True)
+                return
+            self._channel.basic_ack(method.delivery_tag)

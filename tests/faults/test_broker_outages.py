@@ -1,0 +1,189 @@
+"""Broker outages mid-job: crashed and restarted with or without its data, or frozen.
+
+The job must end with every result once at the master, the master and the workers
+must say once that they lost the broker and once that it is back (no traceback), and
+a broker that came back without the job's tasks must get them again from the master.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable
+
+import pytest
+
+from faults.conftest import MakeScenario, target_on
+from faults.harness import FULL, Scenario, assert_clean
+from launch import LocalRabbitMQ, LocalRedis
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600)]
+
+TASKS, DELAY = (600, 0.05) if FULL else (150, 0.05)
+REPEATS = 3 if FULL else 1  # faults per job
+FREEZE_SECONDS = 6.0  # six leases: every lease lapses meanwhile
+
+
+def run_job(scenario: Scenario, inject: Callable[[], None]) -> None:
+    """A job on two workers; ``inject`` a fault each time a share of it is done."""
+    master = scenario.master("--tasks", str(TASKS), "--task-delay", str(DELAY), "--timeout", "240")
+    for _ in range(2):
+        scenario.worker()  # not --exit-when-idle: an outage leaves a worker idle too
+    for n in range(1, REPEATS + 1):
+        deadline = time.monotonic() + 60
+        while master.results() < TASKS * n // (REPEATS + 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with scenario.fault():
+            inject()
+    figures = scenario.finish([master])
+    assert_clean(figures, scenario)
+    assert figures.recover_seconds is not None, scenario.outputs()
+    for proc in [master.proc, *scenario.workers]:
+        out = proc.output()
+        lost, back = out.count("; reconnecting\n"), len(re.findall(r"^reconnected ", out, re.M))
+        # one line when the broker is lost, one when it is back; none per attempt
+        assert lost <= REPEATS and back == lost, out
+
+
+# -- Redis ----------------------------------------------------------------------------
+
+
+def test_redis_restarts_with_the_data_it_saved(
+    private_redis: LocalRedis, scenario: MakeScenario
+) -> None:
+    """SAVE, a second more of the job, SIGKILL, restart on the same port and dir: Redis
+    comes back a second in the past (tasks run again, results come twice)."""
+    s = scenario(
+        target_on("redis", private_redis.url),
+        "broker restart, with its data",
+        "SIGKILL of redis-server 1 s after a SAVE, restart on its dump",
+    )
+
+    def crash() -> None:
+        with private_redis.client() as client:
+            client.save()
+        time.sleep(1.0)
+        private_redis.kill()
+        private_redis.restart()
+
+    run_job(s, crash)
+
+
+def test_redis_restarts_empty(private_redis: LocalRedis, scenario: MakeScenario) -> None:
+    """SIGKILL, dump deleted, restart: the master must submit every task again."""
+    s = scenario(
+        target_on("redis", private_redis.url),
+        "broker restart, empty",
+        "SIGKILL of redis-server, dump deleted, restart on the same port",
+    )
+
+    def crash() -> None:
+        private_redis.kill()
+        (private_redis.workdir / "dump.rdb").unlink(missing_ok=True)
+        private_redis.restart()
+
+    run_job(s, crash)
+    assert "submitting" in s.masters[0].proc.output()  # it noticed the lost tasks
+
+
+def test_redis_frozen_past_the_lease(private_redis: LocalRedis, scenario: MakeScenario) -> None:
+    s = scenario(
+        target_on("redis", private_redis.url),
+        "broker frozen",
+        f"SIGSTOP of redis-server for {FREEZE_SECONDS:g} s (6 leases), then SIGCONT",
+    )
+
+    def freeze() -> None:
+        private_redis.pause()
+        time.sleep(FREEZE_SECONDS)
+        private_redis.resume()
+
+    run_job(s, freeze)
+
+
+# -- RabbitMQ -------------------------------------------------------------------------
+
+
+def test_rabbitmq_restarts_with_its_queues(
+    private_rabbitmq: LocalRabbitMQ, scenario: MakeScenario
+) -> None:
+    s = scenario(
+        target_on("rabbitmq", private_rabbitmq.url),
+        "broker restart, with its data",
+        "SIGKILL of the RabbitMQ node, restart on its Mnesia (durable queues)",
+    )
+
+    def crash() -> None:
+        private_rabbitmq.kill()
+        private_rabbitmq.restart()
+
+    run_job(s, crash)
+
+
+def test_rabbitmq_stop_app_and_start_app(
+    private_rabbitmq: LocalRabbitMQ, scenario: MakeScenario
+) -> None:
+    s = scenario(
+        target_on("rabbitmq", private_rabbitmq.url),
+        "broker stop_app / start_app",
+        "rabbitmqctl stop_app, 1 s, start_app",
+    )
+
+    def bounce() -> None:
+        private_rabbitmq.ctl("stop_app")
+        time.sleep(1.0)
+        private_rabbitmq.ctl("start_app")
+
+    run_job(s, bounce)
+
+
+def test_rabbitmq_restarts_empty(private_rabbitmq: LocalRabbitMQ, scenario: MakeScenario) -> None:
+    """A new node: no queues, no messages. The master declares its reply queue again and
+    submits every task again; workers declare the task queue again."""
+    s = scenario(
+        target_on("rabbitmq", private_rabbitmq.url),
+        "broker restart, empty",
+        "SIGKILL of the RabbitMQ node, Mnesia deleted, restart (a new node)",
+    )
+
+    def crash() -> None:
+        private_rabbitmq.kill()
+        shutil.rmtree(private_rabbitmq.workdir / "mnesia")
+        private_rabbitmq.restart()
+
+    run_job(s, crash)
+    assert "submitting" in s.masters[0].proc.output()
+
+
+def test_rabbitmq_frozen_past_the_lease(
+    private_rabbitmq: LocalRabbitMQ, scenario: MakeScenario
+) -> None:
+    s = scenario(
+        target_on("rabbitmq", private_rabbitmq.url),
+        "broker frozen",
+        f"SIGSTOP of the RabbitMQ node for {FREEZE_SECONDS:g} s (6 leases), then SIGCONT",
+    )
+
+    def freeze() -> None:
+        private_rabbitmq.pause()
+        time.sleep(FREEZE_SECONDS)
+        private_rabbitmq.resume()
+
+    run_job(s, freeze)
+
+
+def test_a_worker_says_reconnected_only_once_the_broker_answers(
+    private_redis: LocalRedis, scenario: MakeScenario
+) -> None:
+    """Opening a consumer is not reconnecting: the broker must answer first."""
+    target = target_on("redis", private_redis.url)
+    worker = scenario(target, "broker down, no job", "SIGKILL of redis-server").worker()
+    worker.wait_for(r"^Connect to redis")
+    private_redis.kill()
+    worker.wait_for(r"; reconnecting$", timeout=15)
+    time.sleep(3.0)  # thirty backoff ceilings' worth of attempts
+    assert "reconnected" not in worker.output(), worker.output()
+    private_redis.restart()
+    worker.wait_for(r"^reconnected to redis at ", timeout=15)
+    assert worker.output().count("; reconnecting") == 1  # one line for the whole outage

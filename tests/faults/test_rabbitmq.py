@@ -1,0 +1,205 @@
+"""What only RabbitMQ has: its consumer timeout, and quorum queues across a crash.
+
+The broker here checks ``consumer_timeout`` every second (``channel_tick_interval`` in
+``advanced.config``; RabbitMQ 3.10 checks once a minute by default) and allows 5 s: a
+delivery held longer closes its channel and goes to another consumer. Tasks three
+times that long must still run once each: their leases move into lease records
+(:mod:`distq.transport.rabbitmq_holds`).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pika.exceptions
+import pytest
+
+from distq.config import Settings
+from distq.console import Console
+from distq.envelope import Result, Task
+from distq.master import JobReport, JobSpec, Master, Workload
+from distq.transport import open_transport
+from faults.conftest import MakeScenario, target_on
+from faults.harness import FULL, assert_clean
+from launch import LocalRabbitMQ
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600)]
+
+CONSUMER_TIMEOUT_MS = 5000
+TICK = "[{rabbit, [{channel_tick_interval, 1000}]}].\n"
+
+
+@pytest.fixture(scope="module")
+def strict_rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRabbitMQ]:
+    """A node that closes a channel holding a delivery for more than 5 s."""
+    server = LocalRabbitMQ(
+        tmp_path_factory.mktemp("strict-rabbitmq"),
+        extra_config=[f"consumer_timeout = {CONSUMER_TIMEOUT_MS}"],
+        advanced_config=TICK,
+    )
+    with server:
+        yield server.start()
+
+
+def test_the_broker_really_closes_a_channel_that_holds_a_delivery_too_long(
+    strict_rabbitmq: LocalRabbitMQ,
+) -> None:
+    """The premise of the next test, checked with plain pika: it can fail."""
+    connection = strict_rabbitmq.connect()
+    try:
+        channel = connection.channel()
+        channel.queue_declare("premise")
+        channel.basic_publish("", "premise", b"x")
+        channel.basic_consume("premise", lambda *_: None)
+        deadline = time.monotonic() + 3 * CONSUMER_TIMEOUT_MS / 1000
+        while channel.is_open and time.monotonic() < deadline:
+            connection.process_data_events(time_limit=0.2)
+        assert not channel.is_open, "the broker let a delivery be held past consumer_timeout"
+    finally:
+        connection.close()
+
+
+def test_tasks_longer_than_the_consumer_timeout_run_once(
+    strict_rabbitmq: LocalRabbitMQ, scenario: MakeScenario
+) -> None:
+    seconds = 3 * CONSUMER_TIMEOUT_MS / 1000
+    s = scenario(
+        target_on("rabbitmq", strict_rabbitmq.url),
+        "tasks past consumer_timeout",
+        f"tasks of {seconds:g} s on a broker whose consumer_timeout is "
+        f"{CONSUMER_TIMEOUT_MS / 1000:g} s, checked every second",
+    )
+    master = s.master("--tasks", "3", "--task-delay", str(seconds), "--timeout", "120")
+    workers = [s.worker() for _ in range(2)]
+    figures = s.finish([master])
+    assert_clean(figures, s)
+    assert figures.duplicates_ignored == 0, s.outputs()  # no task ran twice
+    for worker in workers:
+        assert "timed out" not in worker.output() and "reconnecting" not in worker.output()
+
+
+class Flaky(Workload[int]):
+    """Tasks that fail once each (a retry through a delay queue), then succeed."""
+
+    def tasks(self, count: int, reply_to: str) -> list[tuple[Task, int]]:
+        self.next = getattr(self, "next", 0)
+        out = []
+        for _ in range(count):
+            self.next += 1
+            out.append((Task(name="jobs:flaky", args=[self.next], reply_to=reply_to), self.next))
+        return out
+
+    def name(self, entry: int) -> str:
+        return f"flaky({entry})"
+
+    def check(self, result: Result, entry: int) -> bool:
+        return bool(result.value == entry * entry)
+
+
+#: RabbitMQ 3.10 saves the registry of quorum queues (Ra's names) every 3 minutes: one
+#: younger than that does not come back from a SIGKILL (see transport/rabbitmq.py).
+RA_REGISTRY_SAVED_AFTER = 190.0
+
+
+@pytest.mark.parametrize(
+    "crash",
+    [
+        "restart",
+        pytest.param(
+            "sigkill",
+            marks=pytest.mark.skipif(not FULL, reason="waits 3 minutes first: make faults"),
+        ),
+    ],
+)
+def test_quorum_queues_keep_retries_across_a_broker_restart(
+    private_rabbitmq: LocalRabbitMQ, scenario: MakeScenario, tmp_path: Path, crash: str
+) -> None:
+    tasks = 200 if FULL else 60
+    target = target_on("rabbitmq", private_rabbitmq.url, DISTQ_RABBITMQ_QUEUE_TYPE="quorum")
+    how = {
+        "restart": "quorum queues; the node restarted (SIGTERM, start) while retries wait "
+        "in their delay queue",
+        "sigkill": "quorum queues over 3 minutes old; SIGKILL of the node while retries wait "
+        "in their delay queue, then restart",
+    }[crash]
+    s = scenario(target, f"broker {crash}, retries in flight (quorum)", how)
+    if crash == "sigkill":
+        _declare_then_age(target.settings)
+    env = s.env(DISTQ_TEST_FLAKY_DIR=str(tmp_path))
+    for _ in range(2):
+        s.worker("--task", "jobs:flaky", env=env)
+    out = io.StringIO()
+    report: list[JobReport] = []
+    transport = open_transport(target.settings, "master")
+    job = threading.Thread(
+        target=lambda: report.append(
+            Master(transport, Console(quiet=True, out=out, err=out)).run(
+                JobSpec(tasks=tasks, timeout=180), Flaky()
+            )
+        )
+    )
+    job.start()
+    try:
+        _wait_for_retries(private_rabbitmq, target.settings)
+        with s.fault():
+            if crash == "sigkill":
+                private_rabbitmq.kill()
+            private_rabbitmq.restart()
+        job.join(200)
+    finally:
+        transport.close()
+    assert report, out.getvalue()
+    f = s.figures
+    f.tasks_submitted, f.tasks_lost = report[0].tasks, report[0].missing
+    f.results_twice = max(0, report[0].ok + report[0].failed - report[0].tasks)
+    f.duplicates_ignored = report[0].duplicates
+    figures = s.finish([])
+    assert (report[0].ok, report[0].missing, report[0].failed) == (tasks, 0, 0), (
+        out.getvalue() + s.outputs()
+    )
+    assert_clean(figures, s)
+    listing = private_rabbitmq.ctl("list_queues", "name", "type", "arguments")
+    queue = target.settings.queue
+    for name in (queue, f"{queue}.dead", f"{queue}.retry.500"):
+        line = next(line for line in listing.splitlines() if line.startswith(name + "\t"))
+        assert "\tquorum\t" in line, listing
+    retry = next(line for line in listing.splitlines() if line.startswith(f"{queue}.retry.500\t"))
+    assert '{"x-dead-letter-strategy","at-least-once"}' in retry, retry
+
+
+def _declare_then_age(settings: Settings) -> None:
+    """Declare the job's quorum queues (the retry queue too), then let RabbitMQ save them."""
+    transport = open_transport(settings, "worker")
+    try:
+        consumer = transport.consumer("declare")
+        consumer._declare_retry_queue(500)  # type: ignore[attr-defined]
+        consumer.close()
+    finally:
+        transport.close()
+    time.sleep(RA_REGISTRY_SAVED_AFTER)
+
+
+def _wait_for_retries(server: LocalRabbitMQ, settings: Settings) -> None:
+    """Until some retries wait in the 0.5 s delay queue (asked over AMQP: rabbitmqctl
+    takes a second or two, longer than a retry waits there)."""
+    name = f"{settings.queue}.retry.500"
+    connection = server.connect()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            channel = connection.channel()
+            try:
+                if channel.queue_declare(name, passive=True).method.message_count > 0:
+                    return
+                channel.close()
+            except pika.exceptions.ChannelClosedByBroker:
+                pass  # not declared yet
+            time.sleep(0.02)
+    finally:
+        connection.close()
+    raise AssertionError(f"no retry waited in {name}")

@@ -1,0 +1,179 @@
+"""The worker's bounds: per-task time limits, the warm-shutdown drain, batches that run long.
+
+In-process tests run a :class:`~distq.worker.Worker` on the manager transport hosted by
+the test; the end-to-end ones run ``distq`` processes on every transport.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conftest import Target
+from distq.config import Settings
+from distq.console import Console
+from distq.envelope import Result, Task
+from distq.tasks import Registry
+from distq.timelimits import TimeLimits
+from distq.transport import Transport, open_transport
+from distq.worker import Worker, WorkerOptions
+from launch import free_port
+from procs import Distq
+from seam import results_n
+
+pytestmark = pytest.mark.integration
+
+REPLY = "limits.results.job"
+
+
+@pytest.fixture
+def transport() -> Iterator[Transport]:
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    hosted = open_transport(settings, "master")
+    yield hosted
+    hosted.close()
+
+
+def _worker(transport: Transport, registry: Registry, out: io.StringIO, **options: Any) -> Worker:
+    options = {"worker_id": "w", "heartbeat_interval": 0.3, **options}
+    return Worker(transport, registry, WorkerOptions(**options), Console(out=out, err=out))
+
+
+def _nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_task_past_its_time_limit_fails_that_attempt_and_the_slot_goes_on(
+    transport: Transport,
+) -> None:
+    """The function sleeps 3 s (nothing can interrupt that), its limit is 0.5 s: the
+    attempt fails and is retried, fails for good, and the fast tasks behind it run
+    long before the sleeping thread wakes up."""
+    producer = transport.producer(REPLY)
+    registry = Registry()
+    registry.register("nap", _nap, time_limit=0.5)
+    nap = Task(name="nap", args=[3.0], reply_to=REPLY, max_attempts=2)
+    quick = [Task(name="square", args=[n], reply_to=REPLY) for n in range(5)]
+    producer.submit([nap.encode(), *(t.encode() for t in quick)])
+    out = io.StringIO()
+    worker = _worker(transport, registry, out, exit_when_idle=0.5)
+    started = time.monotonic()
+    assert worker.run() == 0
+    results = {r.task_id: r for r in map(Result.decode, results_n(producer, 6, within=5))}
+    assert [results[t.id].value for t in quick] == [n * n for n in range(5)]
+    assert results[nap.id].status == "error" and results[nap.id].attempt == 2
+    assert results[nap.id].error_type == "TimeLimitExceeded"
+    assert "ran past its time limit of 0.5 s" in (results[nap.id].error_message or "")
+    assert time.monotonic() - started < 3.0 + 2.0  # the slot did not wait for the sleeps
+    text = out.getvalue()
+    assert "attempt 1/2 failed (TimeLimitExceeded: ran past its time limit of 0.5 s)" in text
+    assert re.search(r"slot 0 goes on in a new thread, leaving the old one in the task", text)
+    producer.close()
+
+
+def test_the_setting_overrides_a_limit_given_at_registration(transport: Transport) -> None:
+    producer = transport.producer(REPLY)
+    registry = Registry()
+    registry.register("nap", _nap, time_limit=0.2)
+    task = Task(name="nap", args=[0.6], reply_to=REPLY, max_attempts=1)
+    producer.submit([task.encode()])
+    out = io.StringIO()
+    limits = TimeLimits.parse("nap=5")
+    assert _worker(transport, registry, out, exit_when_idle=0.5, time_limits=limits).run() == 0
+    (result,) = map(Result.decode, results_n(producer, 1, within=5))
+    assert (result.status, result.value) == ("ok", 0.6)
+    producer.close()
+
+
+def test_a_long_task_does_not_hold_the_tasks_fetched_behind_it(transport: Transport) -> None:
+    """The keeper hands back what a batch has not started once it runs a heartbeat
+    interval: another slot runs those at once."""
+    producer = transport.producer(REPLY)
+    registry = Registry()
+    started: dict[int, float] = {}
+
+    def note(n: int, seconds: float) -> int:
+        started[n] = time.monotonic()
+        time.sleep(seconds)
+        return n
+
+    registry.register("note", note)
+    # one slot takes all six at once (the batch is sized for fast tasks by then)
+    tasks = [Task(name="note", args=[0, 2.0], reply_to=REPLY)]
+    tasks += [Task(name="note", args=[n, 0.0], reply_to=REPLY) for n in range(1, 6)]
+    out = io.StringIO()
+    worker = _worker(transport, registry, out, concurrency=2, prefetch=16, exit_when_idle=0.5)
+    for _ in range(3):  # warm the batch sizer up with fast tasks, then the long one
+        producer.submit([Task(name="note", args=[9, 0.0], reply_to=REPLY).encode()])
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    producer.submit([t.encode() for t in tasks])
+    runner.join(30)
+    assert set(started) >= {0, 1, 2, 3, 4, 5}, out.getvalue()
+    assert all(started[n] - t0 < 1.5 for n in range(1, 6)), (started, t0)
+    producer.close()
+
+
+# -- end to end, every transport ---------------------------------------------------
+
+
+def test_sigterm_hands_back_a_task_that_outlasts_the_drain(target: Target) -> None:
+    env = target.process_env(DISTQ_LEASE_SECONDS="20", DISTQ_DRAIN_SECONDS="1")
+    master = Distq(["master", "--tasks", "1", "--task-delay", "30", "--timeout", "90"], env)
+    first = second = None
+    try:
+        master.wait_for(r"^master .* transport")
+        first = Distq(["worker", "--worker-id", "first"], env)
+        first.wait_for(r"Get task \d+ from task_queue")
+        first.signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        assert first.proc.wait(15) == 0, first.output()
+        assert time.monotonic() - stopped < 8  # the 1 s drain, not the 30 s task
+        out = first.output()
+        assert "for at most 1 s" in out and "tasks still run after 1 s" in out, out
+        second = Distq(["worker", "--worker-id", "second"], env)
+        # handed back at once, not when its 20 s lease ran out
+        second.wait_for(r"Get task \d+ from task_queue", timeout=10)
+    finally:
+        for proc in (second, first, master):
+            if proc is not None:
+                proc.stop(grace=0)
+
+
+def test_time_limits_on_every_transport(target: Target) -> None:
+    env = target.process_env(DISTQ_TASK_TIME_LIMIT="square=1")
+    slow = Distq(
+        ["master", "--tasks", "2", "--task-delay", "4", "--max-attempts", "2", "--timeout", "60"],
+        env,
+    )
+    worker = None
+    try:
+        slow.wait_for(r"^master .* transport")
+        worker = Distq(["worker"], env)
+        assert slow.proc.wait(60) == 1, slow.output()
+        out = slow.output()
+        assert out.count("failed for good: TimeLimitExceeded") >= 1, out
+        assert "2 failed" in out
+        if target.name == "manager":
+            return  # the next master is a new broker: no need to show the slot is free
+        fast = Distq(["master", "--tasks", "20", "--timeout", "60"], env)
+        try:
+            assert fast.proc.wait(60) == 0, fast.output() + worker.output()
+        finally:
+            fast.stop(grace=0)
+        assert "left behind" in worker.output()
+    finally:
+        slow.stop(grace=0)
+        if worker is not None:
+            worker.stop(grace=0)

@@ -1,0 +1,185 @@
+"""Outages without a broker: the backoff, the outage lines, the ledger, and the master's
+reconnect-and-resubmit loop driven by a producer that fails on cue."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Sequence
+
+from distq.backoff import Backoff, Outage
+from distq.console import Console
+from distq.envelope import Result, Task
+from distq.errors import TransportError
+from distq.ledger import Ledger
+from distq.master import JobReport, JobSpec, Master
+from distq.squares import Squares
+from distq.transport.base import Producer, Transport
+
+
+def test_backoff_doubles_its_ceiling_up_to_the_cap_with_full_jitter() -> None:
+    top = Backoff(base=0.1, cap=1.0, rng=lambda: 0.999999)
+    assert [round(top.next(), 3) for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    low = Backoff(base=0.1, cap=1.0, rng=lambda: 0.0)
+    assert low.next() == 0.0  # jitter reaches all the way down
+    top.reset()
+    assert round(top.next(), 3) == 0.1
+    many = Backoff()
+    for _ in range(1000):
+        assert 0 <= many.next() <= 5.0  # capped however long the outage
+
+
+def test_an_outage_is_reported_once_lost_and_once_back_whatever_the_threads() -> None:
+    now = [10.0]
+    outage = Outage(clock=lambda: now[0])
+    assert outage.back() is None  # nothing was lost
+    assert outage.lost() and not outage.lost() and outage.ongoing
+    now[0] = 12.5
+    assert outage.back() == 2.5
+    assert outage.back() is None and not outage.ongoing
+
+
+def waiting_all(_: str) -> bool:
+    return True
+
+
+def test_the_ledger_resubmits_what_follows_the_held_prefix_and_still_waits() -> None:
+    ledger = Ledger()
+    ledger.record([(f"t{i}", f"b{i}".encode()) for i in range(6)])
+    assert ledger.lost(6, waiting_all) == []  # the broker holds everything
+    answered = {"t3"}
+    again = ledger.lost(2, lambda task_id: task_id not in answered)
+    assert [task_id for task_id, _ in again] == ["t2", "t4", "t5"]
+    assert ledger.total == 5  # the first two, then the three submitted again
+    assert [task_id for task_id, _ in ledger.lost(0, waiting_all)] == ["t0", "t1", "t2", "t4", "t5"]
+
+
+def test_the_ledger_forgets_answered_tasks_at_the_front() -> None:
+    ledger = Ledger()
+    ledger.record([(f"t{i}", b"x") for i in range(5)])
+    ledger.compact(lambda task_id: task_id not in {"t0", "t1", "t3"})
+    assert ledger.total == 5  # positions are kept: the broker counts them
+    # the broker lost everything after position 1: t0, t1 are answered, t3 too
+    assert [task_id for task_id, _ in ledger.lost(1, lambda t: t in {"t2", "t4"})] == ["t2", "t4"]
+    assert ledger.total == 3
+
+
+class Flaky(Producer):
+    """A producer whose broker fails ``outage`` calls, then comes back having lost
+    everything submitted (``held`` = 0) or nothing; it answers every task it holds."""
+
+    def __init__(self, reply_to: str, outage: int, loses: bool) -> None:
+        self.reply_to, self.outage, self.loses = reply_to, outage, loses
+        self.queue: list[bytes] = []  # bodies the "broker" holds
+        self.submitted = 0
+        self.calls = 0
+        self.reconciles = 0
+
+    def _maybe_fail(self) -> None:
+        self.calls += 1
+        if self.calls == 3:  # the third call starts the outage
+            if self.loses:
+                self.queue.clear()
+            raise TransportError("broker at nowhere:1: connection lost")
+
+    def submit(self, bodies: Sequence[bytes]) -> None:
+        self._maybe_fail()
+        self.queue.extend(bodies)
+        self.submitted += len(bodies)
+
+    def reconcile(self) -> int:
+        self.reconciles += 1
+        if self.calls >= 3 and self.outage > 0:
+            self.outage -= 1
+            raise TransportError("broker at nowhere:1: still down")
+        if self.loses and self.calls >= 3:
+            self.loses = False
+            self.submitted = 0
+        return self.submitted
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        self._maybe_fail()
+        count = min(max_count, 5)  # a few at a time: the outage comes mid-job
+        done, self.queue = self.queue[:count], self.queue[count:]
+        return [_answer(body) for body in done]
+
+    def close(self) -> None:
+        pass
+
+
+def _answer(body: bytes) -> bytes:
+    task = Task.decode(body)
+    return Result(
+        task_id=task.id,
+        status="ok",
+        worker="w",
+        attempt=1,
+        started_at=0.0,
+        duration=0.0,
+        value=task.args[0] ** 2,
+    ).encode()
+
+
+class Stub(Transport):
+    name = "stub"
+
+    def __init__(self, producer: Flaky) -> None:
+        self._producer = producer
+
+    def describe(self) -> str:
+        return "stub"
+
+    def reply_queue(self, job_id: str) -> str:
+        return f"r.{job_id}"
+
+    def producer(self, reply_to: str) -> Producer:
+        return self._producer
+
+    def consumer(self, consumer_id: str) -> object:  # type: ignore[override]
+        raise NotImplementedError
+
+    def dead_letters(self, limit: int = 100) -> list[object]:  # type: ignore[override]
+        return []
+
+    def stats(self) -> object:  # type: ignore[override]
+        raise NotImplementedError
+
+    def requeue_dead(self, limit: int, revive: object = None) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def _run(producer: Flaky, stop: threading.Event | None = None) -> tuple[str, JobReport]:
+    out = io.StringIO()
+    master = Master(Stub(producer), Console(out=out, err=out))
+    report = master.run(JobSpec(tasks=30, timeout=30), Squares(seed=3), stop)
+    return out.getvalue(), report
+
+
+def test_the_master_reconnects_and_resubmits_what_the_broker_lost() -> None:
+    producer = Flaky("r", outage=3, loses=True)
+    out, report = _run(producer)
+    assert report.succeeded and report.ok == 30 and report.missing == 0
+    assert out.count("connection lost; reconnecting") == 1  # one line for the outage
+    assert "still down" not in out  # not one line per attempt
+    assert out.count("reconnected to the broker after") == 1
+    assert "the broker holds 0 of the 30 task messages submitted so far" in out
+    assert "submitting the 25 tasks among the others that wait for a result again" in out
+
+
+def test_a_broker_that_kept_everything_gets_nothing_again() -> None:
+    producer = Flaky("r", outage=1, loses=False)
+    out, report = _run(producer)
+    assert report.succeeded and "submitting" not in out
+    assert producer.submitted == 30  # no duplicate was sent
+
+
+def test_a_master_stopped_during_an_outage_ends_naming_what_is_missing() -> None:
+    producer = Flaky("r", outage=10**6, loses=True)
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    out, report = _run(producer, stop)
+    assert report.missing == 25 and not report.succeeded  # 5 were in before the outage
+    assert "job stopped after" in out and "25 missing" in out
