@@ -21,15 +21,19 @@ RATE = 40  # tasks/s: the job lasts about 10 s, many scrapes
 CONCURRENCY = 2
 
 
-def eventually(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    """Poll ``check`` until it returns something true; fail naming ``what`` and the last value."""
+def eventually(
+    what: str, check: Callable[[], Any], timeout: float = 60, equals: object = True
+) -> Any:
+    """Poll ``check`` until it returns ``equals`` (or, by default, anything true); fail naming
+    ``what`` and the last value."""
     deadline = time.monotonic() + timeout
     while True:
         got = check()
-        if got:
+        if got == equals or (equals is True and got):
             return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {got!r})")
+            wanted = "" if equals is True else f" == {equals!r}"
+            raise AssertionError(f"{what}{wanted}: not within {timeout} s (last: {got!r})")
         time.sleep(0.5)
 
 
@@ -72,11 +76,11 @@ def test_prometheus_counts_the_job_and_the_attached_slots(target: Target, tmp_pa
             )
             # the broker saw every slot (the master may be done by the time Prometheus says)
             workers = f'max_over_time(distq_workers{{queue="{queue}"}}[5m])'
-            eventually(f"{workers} == 4", lambda: scalar(prometheus, workers) == 4)
+            eventually(workers, lambda: scalar(prometheus, workers), equals=4)
 
             assert master.wait(120) == 0, master.output()
             done = f'sum(distq_worker_tasks_total{{queue="{queue}",outcome="ok"}})'
-            eventually(f"{done} == {TASKS}", lambda: scalar(prometheus, done) == TASKS, timeout=30)
+            eventually(done, lambda: scalar(prometheus, done), timeout=30, equals=TASKS)
             by_worker = prometheus.query(
                 f'distq_worker_tasks_total{{queue="{queue}",outcome="ok",task="square"}}'
             )
