@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +32,15 @@ from distq.health import ProcessHealth, Verdict
 JSON = "application/json"
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scraper that hung up mid-answer (a timeout, a partition) is not an error
+        worth a traceback on the console; anything else still prints one."""
+        if isinstance(sys.exc_info()[1], ConnectionError):  # reset, broken pipe, aborted
+            return
+        super().handle_error(request, client_address)
+
+
 class Endpoint:
     """Serves ``/metrics``, ``/healthz`` and ``/readyz`` from a daemon thread."""
 
@@ -40,7 +50,7 @@ class Endpoint:
         self.registry, self.health = registry, health
         handler = type("_Handler", (_Handler,), {"endpoint": self})
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            self._server = _Server((host, port), handler)
         except OSError as exc:
             raise ConfigError(
                 f"DISTQ_METRICS_PORT {port}: cannot listen on {host}:{port} "

@@ -255,3 +255,26 @@ def test_distq_probe_without_an_endpoint() -> None:
     done = probe("readyz")
     assert done.returncode == 2
     assert "DISTQ_METRICS_PORT is not set" in done.stderr
+
+
+def test_a_scraper_hanging_up_mid_answer_prints_no_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A Prometheus scrape cut off by a timeout or a partition is not news on the console;
+    any other failure of a request still prints its traceback."""
+    endpoint = Endpoint("127.0.0.1", 0, CollectorRegistry(), ProcessHealth("worker"))
+    server = endpoint._server
+    try:
+        for gone in (ConnectionResetError(104, "reset"), BrokenPipeError(32, "broken pipe")):
+            try:
+                raise gone
+            except ConnectionError:
+                server.handle_error(None, ("127.0.0.1", 40000))
+        assert capsys.readouterr().err == ""
+        try:
+            raise ValueError("a real bug")
+        except ValueError:
+            server.handle_error(None, ("127.0.0.1", 40000))
+        assert "ValueError: a real bug" in capsys.readouterr().err
+    finally:
+        server.server_close()
