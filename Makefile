@@ -34,9 +34,13 @@ demo: install
 example: install
 	@scripts/example.sh
 
+# The suite mostly waits (leases running out, brokers restarting, containers starting):
+# TEST_WORKERS processes run its modules side by side (a module's tests stay together,
+# so its brokers start once). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 test:
 	@scripts/ensure-test-env.sh
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # The long fault suite (make test runs it short), the fuzz tests with more examples,
 # then the figures: tests/faults/results.md and the table in README.md.

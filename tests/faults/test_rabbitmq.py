@@ -131,8 +131,9 @@ def test_quorum_queues_keep_retries_across_a_broker_restart(
     if crash == "sigkill":
         _declare_then_age(target.settings)
     env = s.env(DISTQ_TEST_FLAKY_DIR=str(tmp_path))
-    for _ in range(2):
-        s.worker("--task", "jobs:flaky", env=env)
+    workers = [s.worker("--task", "jobs:flaky", env=env) for _ in range(2)]
+    for worker in workers:  # both connected before the fault: none meets it at its start
+        worker.wait_for(r"^Connect to rabbitmq")
     out = io.StringIO()
     report: list[JobReport] = []
     transport = open_transport(target.settings, "master")

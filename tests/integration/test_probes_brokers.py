@@ -163,7 +163,8 @@ def test_unknown_paths_are_404_and_the_metrics_pass_promtool(
     # each of 2 slots holds one 5 s task at a time: in_flight is 2 for a while
     work = worker(env, worker_port, "--concurrency", "2")
     boss = Distq(
-        ["master", "--tasks", "6", "--task-delay", "5", "--quiet", "--timeout", "120"],
+        # 20 tasks: the job outlasts the wait below (stopped at the end, not awaited)
+        ["master", "--tasks", "20", "--task-delay", "5", "--quiet", "--timeout", "120"],
         dict(env, DISTQ_METRICS_PORT=str(master_port)),
     )
     try:
