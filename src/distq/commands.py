@@ -228,7 +228,7 @@ def _in_flight(stats: QueueStats, settings: Settings) -> tuple[int | None, str]:
         )
     api = ManagementApi(settings.rabbitmq_management_url, settings.amqp_url, settings.queue)
     try:
-        return api.read().unacknowledged, ""
+        return api.read().in_flight, ""
     except ManagementError as exc:
         return None, str(exc)
 

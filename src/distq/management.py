@@ -1,16 +1,20 @@
 """RabbitMQ's management HTTP API, for the one count AMQP cannot tell: unacknowledged tasks.
 
 ``DISTQ_RABBITMQ_MANAGEMENT_URL=http://USER:PASSWORD@HOST:15672`` (the management
-plugin's listener). One ``GET /api/queues/{vhost}/{queue}`` per sample, with a short
-timeout, no proxy, credentials in the Authorization header only: the password is never
-part of a URL that is printed. The plugin refreshes its counts every 5 s by default
-(``collect_statistics_interval``), so they lag by up to that much.
+plugin's listener). Two GETs per sample, ``/api/queues/{vhost}/{queue}`` and one page
+of the queue's lease records (``<queue>.held.*``: tasks running past a lease are
+acknowledged on the task queue and held there, see :mod:`distq.transport.rabbitmq_holds`),
+each with a short timeout, no proxy, credentials in the Authorization header only: the
+password is never part of a URL that is printed. The plugin refreshes its counts every
+5 s by default (``collect_statistics_interval``), so they lag by up to that much.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from distq.credentials import mask_url
 from distq.errors import DistqError
 
 TIMEOUT_SECONDS = 2.0
+RECORD_QUEUES = 500  # lease-record queues counted (one per worker connection holding one)
 
 
 class ManagementError(DistqError):
@@ -34,6 +39,13 @@ class ManagedQueue:
     ready: int
     unacknowledged: int
     consumers: int
+    #: messages in the queue's lease records (``<queue>.held.<consumer>``): tasks running
+    #: past a lease, acknowledged on the task queue and held there instead
+    held: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.unacknowledged + self.held
 
 
 class ManagementApi:
@@ -53,6 +65,13 @@ class ManagementApi:
         self.queue = queue
         self.vhost = vhost
         self.url = f"{base}/api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}"
+        # the lease records: one page of up to RECORD_QUEUES, their message counts only
+        records = quote("^" + re.escape(f"{queue}.held."), safe="")
+        self.records_url = (
+            f"{base}/api/queues/{quote(vhost, safe='')}?page=1&page_size={RECORD_QUEUES}"
+            f"&use_regex=true&name={records}&columns=name,messages"
+        )
+        self._where = f"RabbitMQ management API at {self.shown} (DISTQ_RABBITMQ_MANAGEMENT_URL)"
         credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
         self._headers = {
             "Accept": "application/json",
@@ -64,8 +83,25 @@ class ManagementApi:
 
     def read(self) -> ManagedQueue:
         """The queue's counts; :class:`ManagementError` (naming the fix) on any failure."""
-        where = f"RabbitMQ management API at {self.shown} (DISTQ_RABBITMQ_MANAGEMENT_URL)"
-        request = urllib.request.Request(self.url, headers=self._headers)
+        data = self._get(self.url)
+        try:
+            queue = ManagedQueue(
+                ready=int(data.get("messages_ready", 0)),
+                unacknowledged=int(data.get("messages_unacknowledged", 0)),
+                consumers=int(data.get("consumers", 0)),
+            )
+        except (AttributeError, TypeError, ValueError):
+            raise ManagementError(f"{self._where} answered an unexpected document") from None
+        page = self._get(self.records_url)
+        try:
+            held = sum(int(item.get("messages", 0)) for item in page["items"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise ManagementError(f"{self._where} answered an unexpected page of queues") from None
+        return dataclasses.replace(queue, held=held)
+
+    def _get(self, url: str) -> Any:
+        where = self._where
+        request = urllib.request.Request(url, headers=self._headers)
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 data: Any = json.load(response)
@@ -85,11 +121,4 @@ class ManagementApi:
             raise ManagementError(f"cannot reach the {where}: {reason}") from None
         except ValueError as exc:
             raise ManagementError(f"{where} answered something that is not JSON: {exc}") from None
-        try:
-            return ManagedQueue(
-                ready=int(data.get("messages_ready", 0)),
-                unacknowledged=int(data.get("messages_unacknowledged", 0)),
-                consumers=int(data.get("consumers", 0)),
-            )
-        except (AttributeError, TypeError, ValueError):
-            raise ManagementError(f"{where} answered an unexpected document") from None
+        return data

@@ -256,14 +256,15 @@ class MasterMetrics:
             "Tasks in the queue by state, sampled from the broker: ready (waiting, delayed "
             "retries included), in_flight (leased, not settled), dead (dead letters). "
             "RabbitMQ without DISTQ_RABBITMQ_MANAGEMENT_URL has no in_flight sample: AMQP "
-            "cannot count unacknowledged messages.",
+            "cannot count unacknowledged messages (nor those in lease records).",
             [*BASE, "state"],
             registry=self.registry,
         )
         self.workers = Gauge(
             "distq_workers",
             "Worker slots attached to the queue as the broker sees them (a worker with "
-            "--concurrency C has C).",
+            "--concurrency C has C). RabbitMQ: a slot whose task has run past a lease stops "
+            "consuming until it is done, and is not counted meanwhile.",
             BASE,
             registry=self.registry,
         )

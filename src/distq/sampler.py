@@ -81,4 +81,4 @@ class StatsSampler:
         if self._management_failing and self.console is not None:
             self.console.info(f"the RabbitMQ management API at {self.management.shown} answers")
         self._management_failing = False
-        return dataclasses.replace(stats, in_flight=queue.unacknowledged, in_flight_known=True)
+        return dataclasses.replace(stats, in_flight=queue.in_flight, in_flight_known=True)

@@ -23,6 +23,7 @@ class Stub:
     def __init__(self) -> None:
         self.status = 200
         self.body: Any = {"messages_ready": 4, "messages_unacknowledged": 7, "consumers": 3}
+        self.records: Any = {"items": [{"name": "jobs.held.w1.a", "messages": 2}], "page": 1}
         self.seen: list[tuple[str, str | None]] = []
 
 
@@ -33,7 +34,7 @@ def stub() -> Iterator[tuple[Stub, int]]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             state.seen.append((self.path, self.headers.get("Authorization")))
-            body = json.dumps(state.body).encode()
+            body = json.dumps(state.records if "?" in self.path else state.body).encode()
             self.send_response(state.status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -54,11 +55,14 @@ def test_reads_the_queue_of_the_amqp_urls_vhost_with_basic_auth(stub: tuple[Stub
     api = ManagementApi(f"http://admin:p%40ss@127.0.0.1:{port}/", "amqp://u:x@h:5672/%2F", "jobs")
     queue = api.read()
     assert (queue.ready, queue.unacknowledged, queue.consumers) == (4, 7, 3)
-    path, auth = state.seen[-1]
+    assert (queue.held, queue.in_flight) == (2, 9)  # tasks past a lease count as in flight
+    (path, auth), (records, _) = state.seen[-2:]
     assert path == "/api/queues/%2F/jobs"
     assert auth == "Basic " + base64.b64encode(b"admin:p@ss").decode()
+    assert records.startswith("/api/queues/%2F?page=1&page_size=500&use_regex=true")
+    assert "&name=%5Ejobs%5C.held%5C.&" in records
     ManagementApi(f"http://a:b@127.0.0.1:{port}/rabbit", "amqp://h/prod", "jobs").read()
-    assert state.seen[-1][0] == "/rabbit/api/queues/prod/jobs"
+    assert state.seen[-2][0] == "/rabbit/api/queues/prod/jobs"
 
 
 @pytest.mark.parametrize(
@@ -89,3 +93,11 @@ def test_no_answer_is_an_error_too() -> None:
         api.read()
     assert "cannot reach the RabbitMQ management API" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+def test_a_records_page_that_is_not_one_is_an_error(stub: tuple[Stub, int]) -> None:
+    state, port = stub
+    state.records = {"no": "items"}
+    api = ManagementApi(f"http://admin:s3cret@127.0.0.1:{port}", "amqp://h/%2F", "jobs")
+    with pytest.raises(ManagementError, match="unexpected page of queues"):
+        api.read()

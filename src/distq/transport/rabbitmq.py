@@ -824,14 +824,18 @@ class RabbitMQConsumer(Consumer):
     def heartbeat(self) -> None:
         """Service AMQP heartbeats while the slot is busy; keep no delivery for too long.
 
-        The slot's batch runs long, so: stop consuming (what the broker had pushed and
-        the slot has not taken goes back to the queue, for idle workers; the next fetch
-        consumes again) and move every delivery held for a lease into a lease record
+        The slot's batch runs long, so: stop consuming unless the consumer's window is
+        full of what the slot runs (what the broker had pushed and the slot has not taken
+        goes back to the queue, for idle workers; the next fetch consumes again) and move
+        every delivery held for a lease into a lease record
         (:mod:`distq.transport.rabbitmq_holds`), renewing the records there are.
         """
         with self._broker.translated("heartbeat"):
             self._link.connection.process_data_events(time_limit=0)
-            if self._tag is not None:
+            # a consumer whose window is full of deliveries the slot runs gets nothing
+            # more pushed: it stays (the broker still counts the slot as attached)
+            full = self._window.size - len(self._current) <= 0
+            if self._tag is not None and (self._buffer or not full):
                 self._link.channel.basic_cancel(self._tag)
                 self._tag, self._current = None, set()
             if self._buffer:
