@@ -53,7 +53,7 @@ def tables(figures: list[dict[str, Any]]) -> str:
     runs = {bool(f.get("full")) for f in figures}
     scale = "long run (`make faults`)" if runs == {True} else "short run (`make test`)"
     out = [f"Figures of the {scale}.", "", LEGEND, ""]
-    hows: dict[str, str] = {}
+    hows: dict[str, dict[str, list[str]]] = {}
     for transport in TRANSPORTS:
         rows = sorted((f for f in figures if f["transport"] == transport), key=lambda f: f["fault"])
         if not rows:
@@ -63,10 +63,13 @@ def tables(figures: list[dict[str, Any]]) -> str:
         out.append("|" + "|".join("---" if key == "fault" else "--:" for key, _ in COLUMNS) + "|")
         for row in rows:
             out.append("| " + " | ".join(_cell(row.get(key)) for key, _ in COLUMNS) + " |")
-            hows.setdefault(row["fault"], row["how"])
+            hows.setdefault(row["fault"], {}).setdefault(row["how"], []).append(transport)
         out.append("")
     out += ["How each fault was injected:", ""]
-    out += [f"- *{fault}*: {how}" for fault, how in sorted(hows.items())]
+    for fault, ways in sorted(hows.items()):
+        for how, where in ways.items():  # one line per way; named by transport if several
+            on = f" ({', '.join(where)})" if len(ways) > 1 else ""
+            out.append(f"- *{fault}*{on}: {how}")
     return "\n".join(out) + "\n"
 
 

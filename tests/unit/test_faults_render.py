@@ -37,6 +37,7 @@ def test_one_table_per_transport_into_the_readme(tmp_path: Path) -> None:
         "redis.b": figures("redis", "broker frozen"),
         "redis.a": figures("redis", "a fault", recover_seconds=None),
         "manager.x": figures("manager", "worker frozen"),
+        "manager.b": figures("manager", "broker frozen", how="SIGSTOP of the manager"),
     }.items():
         (results / f"{name}.json").write_text(json.dumps(data))
     readme = tmp_path / "README.md"
@@ -48,7 +49,11 @@ def test_one_table_per_transport_into_the_readme(tmp_path: Path) -> None:
     assert text.index("**manager**") < text.index("**redis**")  # manager, redis, rabbitmq
     assert "| a fault | 1 | 100 | 0 | 0 | 0 | 0 | — | 2.00 | 3 |" in text
     assert "| broker frozen | 1 | 100 | 0 | 0 | 0 | 0 | 1.50 | 2.00 | 3 |" in text
-    assert "- *broker frozen*: how broker frozen" in text and "long run" in text
+    # a fault injected differently per transport says how on each
+    assert "- *broker frozen* (manager): SIGSTOP of the manager\n" in text
+    assert "- *broker frozen* (redis): how broker frozen\n" in text
+    assert "- *worker frozen*: how worker frozen\n" in text
+    assert "long run" in text
     assert md.read_text().startswith("# Fault injection")
 
 
