@@ -257,6 +257,15 @@ def _worker(
     args: argparse.Namespace, settings: Settings, registry: Registry, console: Console
 ) -> int:
     observe = WorkerObservability(settings, console, args.concurrency, registry.runnable())
+
+    def leave(signum: int, _frame: object) -> None:
+        # nothing in hand yet; and as PID 1 in a container an unhandled SIGTERM is
+        # ignored, so `docker stop` would wait out its whole grace period
+        console.info(f"{signal.Signals(signum).name} while connecting: worker exit")
+        raise SystemExit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the Worker installs its own once it runs
+        signal.signal(sig, leave)
     try:
         transport = _connect_worker(settings, args.connect_timeout, console)
     except BaseException:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import REPO
+from launch import free_port
 
 
 def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -104,3 +107,31 @@ def test_the_operating_commands_are_listed() -> None:
     for command in ("submit", "status", "dead-letters", "requeue-dead"):
         assert command in usage
     assert "--tasks MODULE" in distq("worker", "--help").stdout
+
+
+def test_sigterm_while_a_worker_is_still_connecting_exits_at_once() -> None:
+    """As PID 1 in a container an unhandled SIGTERM is ignored: `docker stop` would wait
+    out its grace period while the worker retries an unreachable broker."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env = {
+        **clean,
+        "PYTHONPATH": str(REPO / "src"),
+        "DISTQ_TRANSPORT": "redis",
+        "DISTQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distq", "worker", "--connect-timeout", "60"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(3)  # started, and retrying the broker
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=5)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "SIGTERM while connecting: worker exit" in output
