@@ -260,15 +260,6 @@ _SWEEP = """
 sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now_ms())
 """
 
-_STATS = """
-local inflight = 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  inflight = inflight + redis.call('LLEN', ARGV[3] .. id)
-end
-return {redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3]), inflight,
-        redis.call('LLEN', KEYS[6]), redis.call('ZCOUNT', KEYS[2], '(' .. now_ms(), '+inf')}
-"""
-
 # KEYS = ready, redelivered; ARGV = bodies. One 1/0 per body: removed from ready or not.
 # A few bodies: one LREM each; many: one pass that rebuilds the list, in order.
 _WITHDRAW = """
