@@ -198,8 +198,14 @@ class Scenario:
 
     def outputs(self) -> str:
         """Every process's output, for an assertion message."""
-        parts = [f"--- master {i}\n{m.proc.output()}" for i, m in enumerate(self.masters)]
-        parts += [f"--- worker {i}\n{w.output()}" for i, w in enumerate(self.workers)]
+        parts = [
+            f"--- master {i} (exit {m.proc.proc.returncode})\n{m.proc.output()}"
+            for i, m in enumerate(self.masters)
+        ]
+        parts += [
+            f"--- worker {i} (exit {w.proc.returncode})\n{w.output()}"
+            for i, w in enumerate(self.workers)
+        ]
         return "\n".join(parts)
 
 

@@ -59,7 +59,9 @@ def back_at_work(s: Scenario, first: Master, survivor: Distq, others: list[Distq
         terminate(worker, grace=25.0)
     second = s.master("--tasks", "10", "--timeout", "120")
     second.proc.proc.wait(150)
-    survivor.signal(signal.SIGTERM)
+    # stopped and awaited here: finish() would send a draining worker a second SIGTERM,
+    # which stops it at once (and, once Python is finalizing, by the signal: exit -15)
+    terminate(survivor, grace=25.0)
     return second
 
 
