@@ -1,5 +1,8 @@
 """RabbitMQ's management HTTP API, for the one count AMQP cannot tell: unacknowledged tasks.
 
+The count is of messages, and a message carries 1 to 32 tasks (a master packs a large
+submit, see :mod:`distq.transport.rabbitmq_packs`); lease records hold one task each.
+
 ``DISTQ_RABBITMQ_MANAGEMENT_URL=http://USER:PASSWORD@HOST:15672`` (the management
 plugin's listener). Two GETs per sample, ``/api/queues/{vhost}/{queue}`` and one page
 of the queue's lease records (``<queue>.held.*``: tasks running past a lease are

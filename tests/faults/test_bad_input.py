@@ -25,6 +25,7 @@ from distq.envelope import Task
 from distq.errors import EnvelopeError
 from distq.transport import Transport, open_transport
 from distq.transport.manager import _ClientManager
+from distq.transport.rabbitmq_packs import task_bodies
 from faults.conftest import MakeScenario
 from faults.harness import FULL, Scenario, assert_clean
 
@@ -203,11 +204,11 @@ def _peek(target: Target, queue: str) -> bytes | None:
     connection = pika.BlockingConnection(pika.URLParameters(target.settings.amqp_url))
     try:
         channel = connection.channel()
-        method, _, got = channel.basic_get(queue)
+        method, props, got = channel.basic_get(queue)
         if method is None:
             return None
         channel.basic_nack(method.delivery_tag, requeue=True)
-        return bytes(got)
+        return task_bodies(props.type, got)[0]  # the first of a packed message
     finally:
         connection.close()
 

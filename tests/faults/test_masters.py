@@ -20,6 +20,7 @@ import redis
 from conftest import Target
 from distq.envelope import Task
 from distq.transport import open_transport
+from distq.transport.rabbitmq_packs import task_bodies
 from faults.conftest import MakeScenario
 from faults.harness import FULL, Master, assert_clean
 from procs import Distq
@@ -112,9 +113,9 @@ def _forget_master(target: Target) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(target.settings.amqp_url))
     try:
         channel = connection.channel()
-        method, _, body = channel.basic_get(queue)
+        method, props, body = channel.basic_get(queue)
         assert method is not None
         channel.basic_nack(method.delivery_tag, requeue=True)
-        channel.queue_delete(Task.decode(body).reply_to)
+        channel.queue_delete(Task.decode(task_bodies(props.type, body)[0]).reply_to)
     finally:
         connection.close()

@@ -33,6 +33,7 @@ from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport.base import Settlement
 from distq.transport.rabbitmq import RabbitMQTransport
+from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE
 from seam import fetch_n
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -110,6 +111,14 @@ def _declare_refused(raw: Any, name: str, **kwargs: Any) -> bool:
 
 def _bodies(n: int) -> list[bytes]:
     return [f"task-{i}".encode() for i in range(n)]
+
+
+def _submit_one_by_one(t: RabbitMQTransport, queue: str, n: int) -> None:
+    """``n`` tasks, one message each (a submit of many packs them)."""
+    producer = t.producer(f"{queue}.reply")
+    for body in _bodies(n):
+        producer.submit([body])
+    producer.flush()
 
 
 def test_topology_is_durable_and_dead_letters_to_the_dlq(
@@ -210,11 +219,31 @@ def test_out_of_order_settles_ack_exactly_what_was_settled(
     assert _ready(raw, queue) == 0
 
 
+def test_a_large_submit_travels_packed_and_each_task_comes_back_once(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    t = open_transport(prefetch=64)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(256))
+    producer.flush()
+    assert _ready(raw, queue) == 256 // TASKS_PER_MESSAGE  # a message per 32 tasks
+    consumer = t.consumer("c1")
+    got = fetch_n(consumer, 40)
+    assert [d.body for d in got] == _bodies(40)  # in order, a delivery per task
+    consumer.settle([Settlement(d) for d in got[:20]])  # the first message, partly
+    consumer.release(got[20:30])  # back from a partly settled message: published again
+    consumer.close()  # the rest of it likewise; the second message is requeued whole
+    back = fetch_n(t.consumer("c2"), 236, within=15)
+    assert sorted(d.body for d in back) == sorted(_bodies(256)[20:])  # none lost or twice
+    assert _ready(raw, queue) == 0
+    producer.close()
+
+
 def test_prefetch_window_follows_the_batch(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:
     t = open_transport(prefetch=8)
-    t.producer(f"{queue}.reply").submit(_bodies(30))
+    _submit_one_by_one(t, queue, 30)  # a message per task: the window counts messages
     consumer = t.consumer("c1")
     assert len(fetch_n(consumer, 2)) == 2
     assert _ready(raw, queue) == 28  # nothing hoarded beyond what was asked for
@@ -231,7 +260,7 @@ def test_a_growing_batch_doubles_the_prefetch_window(
     When to shrink is :class:`PrefetchWindow`'s logic, unit-tested without a broker.
     """
     t = open_transport(prefetch=64)
-    t.producer(f"{queue}.reply").submit(_bodies(900))
+    _submit_one_by_one(t, queue, 900)
     consumer = t.consumer("c1")
     windows: list[int] = []  # the prefetch of every consumer started
     for want in range(1, 41):

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from distq.transport.rabbitmq import PrefetchWindow, pack_results, unpack_results
+from distq.transport.rabbitmq import PrefetchWindow
+from distq.transport.rabbitmq_packs import pack, unpack
 
 
 def test_packed_results_come_back_byte_for_byte() -> None:
     bodies = [b"", b"a", b'{"v":1}', bytes(range(256)) * 300]
-    assert unpack_results(pack_results(bodies)) == bodies
-    assert unpack_results(b"") == []
+    assert unpack(pack(bodies)) == bodies
+    assert unpack(b"") == []
 
 
 def test_a_truncated_pack_is_refused() -> None:
     with pytest.raises(ValueError, match="truncated"):
-        unpack_results(pack_results([b"abc", b"def"])[:-1])
+        unpack(pack([b"abc", b"def"])[:-1])
 
 
 def test_the_first_fetch_starts_a_consumer_of_its_size() -> None:

@@ -20,8 +20,8 @@ restart is not affected, nor a cluster that keeps a majority:
 ======================  =============================================  =====================
 queue                   arguments                                      holds
 ======================  =============================================  =====================
-``Q``                   ``x-dead-letter-exchange: ""``,                tasks
-                        ``x-dead-letter-routing-key: Q.dead``
+``Q``                   ``x-dead-letter-exchange: ""``,                tasks, one or a
+                        ``x-dead-letter-routing-key: Q.dead``          pack per message
 ``Q.dead``              none                                           DeadLetter envelopes,
                                                                        and anything
                                                                        rejected from Q
@@ -71,9 +71,15 @@ gone: a new or reset node): the master submits the rest again. pika's
 
 Results, batched: a worker settling several tasks of one master publishes their results
 as one message (``type: distq.results``, each body after its 4-byte big-endian length);
-the master's producer unpacks it.
+the master's producer unpacks it. Tasks, packed: a master puts the tasks of a large
+submit up to 32 to a message (``type: distq.tasks``, the same framing); a consumer hands
+out one delivery per task, with tags of its own, and acks a message once every task in
+it is settled (:mod:`distq.transport.rabbitmq_packs`). So the broker's counts (``ready``,
+unacknowledged, KEDA's queue length, ``basic_qos`` prefetch) are of messages, each of 1
+to 32 tasks. A packed message that a broker policy dead-letters lands in ``Q.dead``
+whole.
 
-``stats()``: ``ready`` and ``dead`` come from passive declares. AMQP does not report
+``stats()``: ``ready`` (messages) and ``dead`` come from passive declares. AMQP does not report
 unacknowledged counts (the management plugin does), so ``in_flight`` counts only the
 deliveries held by this transport's own consumers. ``dead_letters()`` peeks with
 ``basic_get`` and requeues with one ``basic_nack``, which keeps the order.
@@ -132,10 +138,22 @@ from distq.transport.base import (
 )
 from distq.transport.pika_internals import FastChannel
 from distq.transport.rabbitmq_holds import LeaseRecords
+from distq.transport.rabbitmq_packs import (
+    TASKS_PER_MESSAGE,
+    TASKS_TYPE,
+    HeldMessages,
+    chunks,
+    pack,
+    task_bodies,
+    unpack,
+)
 
 _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value)
-_RESULTS_TYPE = "distq.results"  # one message carrying several results; see pack_results
+_RESULTS_TYPE = "distq.results"  # one message carrying several results (rabbitmq_packs.pack)
 _PACKED = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value, type=_RESULTS_TYPE)
+_PACKED_TASKS = pika.BasicProperties(
+    delivery_mode=pika.DeliveryMode.Persistent.value, type=TASKS_TYPE
+)
 _PROBE_TYPE = "distq.probe"  # a worker asking whether a reply queue exists; see gone()
 # transient, and dropped at once unless a consumer takes it (expiration 0): it never piles up
 _PROBE = pika.BasicProperties(type=_PROBE_TYPE, expiration="0")
@@ -297,6 +315,11 @@ class _Link:
     @property
     def unconfirmed(self) -> int:
         return len(self._unconfirmed)
+
+    @property
+    def sequence(self) -> int:
+        """How many messages were published on this link: the last one's number."""
+        return self._sequence
 
     @property
     def confirmed(self) -> int:
@@ -629,6 +652,8 @@ class RabbitMQProducer(Producer):
         self._acked = 0  # the newest delivery tag acked or about to be
         self._held = 0  # tasks the broker confirmed on earlier links (see reconcile)
         self._cancelled = False  # the broker cancelled our consumer: the reply queue went
+        self._packs: deque[tuple[int, int]] = deque()  # (message number, tasks in it - 1)
+        self._extra = 0  # confirmed messages' tasks beyond one per message
         self._link = self._connect()[0]
 
     def _connect(self) -> tuple[_Link, bool]:
@@ -650,6 +675,8 @@ class RabbitMQProducer(Producer):
         # delivery tags are the channel's: what the old one had buffered comes again
         self._results.clear()
         self._ack_tag, self._acked, self._cancelled = None, 0, False
+        self._packs.clear()  # message numbers are the link's
+        self._extra = 0
         return link, existed
 
     def _on_cancelled(self, _frame: Any) -> None:
@@ -663,12 +690,19 @@ class RabbitMQProducer(Producer):
         none is held and the master submits every outstanding task again.
         """
         if self._alive():
-            return self._held + self._link.confirmed
-        held = self._held + self._link.confirmed  # the broker keeps what it confirmed
+            return self._held + self._confirmed_tasks()
+        held = self._held + self._confirmed_tasks()  # the broker keeps what it confirmed
         self._link.close()
         self._link, existed = self._connect()
         self._held = held if existed else 0
         return self._held
+
+    def _confirmed_tasks(self) -> int:
+        """Tasks in the messages confirmed on this link (a prefix: confirms are in order)."""
+        confirmed = self._link.confirmed
+        while self._packs and self._packs[0][0] <= confirmed:
+            self._extra += self._packs.popleft()[1]
+        return confirmed + self._extra
 
     def _alive(self) -> bool:
         try:
@@ -686,7 +720,7 @@ class RabbitMQProducer(Producer):
             return
         if props.type == _RESULTS_TYPE:
             try:
-                self._results.extend((tag, result) for result in unpack_results(body))
+                self._results.extend((tag, result) for result in unpack(body))
                 return
             except ValueError:
                 pass  # not ours after all: hand it up whole; the master reports it malformed
@@ -695,6 +729,7 @@ class RabbitMQProducer(Producer):
     def submit(self, bodies: Sequence[bytes]) -> None:
         """Publish and return; confirms are counted while results are awaited.
 
+        Many tasks go packed, several to a message (:mod:`distq.transport.rabbitmq_packs`).
         Waits only when more than ``_CONFIRM_WINDOW`` publishes are unconfirmed. A task
         the broker refuses or cannot route raises :class:`TransportError` from this or
         a later call; a lost connection does too, so no task vanishes unnoticed.
@@ -702,8 +737,12 @@ class RabbitMQProducer(Producer):
         with self._broker.translated("submitting tasks"):
             queue, link = self._transport.queue, self._link
             link.check_open()
-            for body in bodies:
-                link.publish(queue, body, mandatory=True)
+            for chunk in chunks(bodies):
+                if len(chunk) == 1:
+                    link.publish(queue, chunk[0], mandatory=True)
+                else:
+                    link.publish(queue, pack(chunk), mandatory=True, properties=_PACKED_TASKS)
+                    self._packs.append((link.sequence, len(chunk) - 1))
                 if link.unconfirmed > _CONFIRM_WINDOW:
                     link.confirm(keep=_CONFIRM_WINDOW // 2)
             self._ack_results(flush=False)  # rides in the same write as the tasks
@@ -760,13 +799,15 @@ class RabbitMQConsumer(Consumer):
         self.consumer_id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._transport = transport
         self._broker = broker
-        self._buffer: deque[Delivery] = deque()
-        self._held: dict[int, Delivery] = {}  # delivered by the broker, not yet acked or nacked
+        self._buffer: deque[Delivery] = deque()  # tasks received, not handed out yet
+        self._held = HeldMessages()  # delivered by the broker, not yet acked or nacked
         self._retry_declared: dict[int, float] = {}
         self._tag: str | None = None  # the current basic_consume
         self._window = PrefetchWindow(transport.settings.prefetch)  # the consumer's prefetch
-        self._current: set[int] = set()  # held deliveries that count against that window
-        self._seen: dict[int, float] = {}  # held delivery -> when a heartbeat first saw it
+        self._current: set[int] = set()  # held messages that count against that window
+        self._seen: dict[int, float] = {}  # held message -> when a heartbeat first saw it
+        # tasks in the last message received; until one came, assume packs (no hoarding)
+        self._per_message = TASKS_PER_MESSAGE
         self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
         heartbeat = max(1, round(transport.settings.lease_seconds))
         self._link = _Link(broker, heartbeat, f"distq worker {self.consumer_id}")
@@ -780,21 +821,22 @@ class RabbitMQConsumer(Consumer):
 
     @property
     def held(self) -> int:
-        """Deliveries this consumer holds: unacknowledged (buffered or handed out) or recorded."""
+        """Tasks this consumer holds: unacknowledged (buffered or handed out) or recorded."""
         return len(self._held) + (len(self._records) if self._records is not None else 0)
 
     def _on_cancelled(self, _frame: Any) -> None:
         self._tag = None  # the broker cancelled us (queue deleted): consume anew, or fail
 
-    def _on_task(self, _channel: Any, method: Any, _props: Any, body: bytes) -> None:
-        delivery = Delivery(body, method.delivery_tag, bool(method.redelivered))
-        self._held[method.delivery_tag] = delivery
+    def _on_task(self, _channel: Any, method: Any, props: Any, body: bytes) -> None:
+        bodies = task_bodies(props.type, body)
+        tag = method.delivery_tag
+        self._buffer += self._held.receive(tag, bodies, bool(method.redelivered))
+        self._per_message = len(bodies)
         if method.consumer_tag == self._tag:
-            self._current.add(method.delivery_tag)
-        self._buffer.append(delivery)
+            self._current.add(tag)
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
-        """Deliveries pushed by the broker, at most ``min(max_count, prefetch)`` at a time."""
+        """Tasks pushed by the broker, at most ``min(max_count, prefetch)`` at a time."""
         want = max(1, min(max_count, self._transport.settings.prefetch))
         with self._broker.translated("fetching tasks"):
             if len(self._buffer) < want:
@@ -806,11 +848,15 @@ class RabbitMQConsumer(Consumer):
 
         A consumer's prefetch is fixed when it starts (global QoS, which could change it,
         is refused by RabbitMQ 4.3), so resizing means cancel, ``basic_qos``, consume:
-        three round trips. :class:`PrefetchWindow` decides when that is worth it.
+        three round trips. :class:`PrefetchWindow` decides when that is worth it. The
+        window counts messages: ``want`` tasks are as many messages as the last one's
+        size says.
         """
+        per = self._per_message
         free = self._window.size - len(self._current)  # the broker may still push this many
         consuming = self._tag is not None
-        size = self._window.resize(want, len(self._buffer) + free if consuming else 0)
+        supply = -(-len(self._buffer) // per) + free if consuming else 0
+        size = self._window.resize(-(-want // per), supply)
         if size is None:
             return
         channel = self._link.channel
@@ -839,19 +885,18 @@ class RabbitMQConsumer(Consumer):
                 self._link.channel.basic_cancel(self._tag)
                 self._tag, self._current = None, set()
             if self._buffer:
-                self._finish(
-                    sorted(tags_of(self._buffer, int, "rabbitmq")), self._link.channel.basic_nack
-                )
+                self._give_back(sorted(tags_of(self._buffer, int, "rabbitmq")))
                 self._buffer.clear()
             self._hold_long_ones()
 
     def _hold_long_ones(self) -> None:
         now, after = time.monotonic(), self._transport.settings.lease_seconds
-        self._seen = {tag: self._seen.get(tag, now) for tag in self._held}
-        due = {tag: self._held[tag].body for tag, seen in self._seen.items() if now - seen >= after}
+        self._seen = {tag: self._seen.get(tag, now) for tag in self._held.messages}
+        due = sorted(tag for tag, seen in self._seen.items() if now - seen >= after)
         if due:
-            self._lease_records().hold(due)  # confirmed: the acks below lose nothing
-            self._finish(sorted(due), self._link.channel.basic_ack)
+            # confirmed: the acks below lose nothing
+            self._lease_records().hold(self._held.take(due))
+            self._finish(due, self._link.channel.basic_ack)
         elif self._records:
             self._records.renew()
 
@@ -916,25 +961,37 @@ class RabbitMQConsumer(Consumer):
                 if len(results) == 1:
                     link.publish(reply_to, results[0], mandatory=False)
                 else:
-                    body = pack_results(results)
+                    body = pack(results)
                     link.publish(reply_to, body, mandatory=False, properties=_PACKED)
             link.confirm()
-            self._end(tags, link.channel.basic_ack)
+            done = self._held.settle(tags)
+            if done:
+                self._finish(done, link.channel.basic_ack)
+            self._drop_records(tags)
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
         tags = self._tags_of(deliveries)
         with self._broker.translated("releasing tasks"):
-            if self._records is not None:
-                recorded = [tag for tag in tags if tag in self._records]
-                for tag in recorded:  # acked long ago: back into the queue as new messages
-                    self._link.publish(
-                        self._transport.queue, self._records.bodies[tag], mandatory=True
-                    )
-                if recorded:
-                    self._link.confirm()
-            self._end(tags, self._link.channel.basic_nack)
+            self._give_back(tags)
+
+    def _give_back(self, tags: list[int]) -> None:
+        """Put these tasks back in the queue: a message none of whose tasks was settled
+        is nacked whole; the others' tasks, and recorded ones, are published again."""
+        link, queue = self._link, self._transport.queue
+        records = self._records.bodies if self._records is not None else {}
+        again = [records[tag] for tag in tags if tag in records]  # acked long ago
+        plan = self._held.release(tags)
+        for body in again + plan.republish:  # confirmed before any ack
+            link.publish(queue, body, mandatory=True)
+        if again or plan.republish:
+            link.confirm()
+        if plan.ack:
+            self._finish(plan.ack, link.channel.basic_ack)
+        if plan.nack:
+            self._finish(plan.nack, link.channel.basic_nack)
+        self._drop_records(tags)
 
     def _tags_of(self, deliveries: Iterable[Delivery]) -> list[int]:
         """Sorted tags, refusing any this consumer does not hold: acking a tag twice
@@ -949,22 +1006,19 @@ class RabbitMQConsumer(Consumer):
                 )
         return sorted(tags)
 
-    def _end(self, tags: list[int], method: Callable[..., None]) -> None:
-        """Ack or nack the deliveries still on the channel; drop the others' lease records
-        (their outcome is published already)."""
-        on_channel = [tag for tag in tags if tag in self._held]
-        if on_channel:
-            self._finish(on_channel, method)
-        if len(on_channel) < len(tags) and self._records is not None:
-            self._records.drop(tag for tag in tags if tag not in self._held)
+    def _drop_records(self, tags: list[int]) -> None:
+        """Drop the lease records of these tasks (their outcome is published already)."""
+        if self._records is not None:
+            recorded = [tag for tag in tags if tag in self._records]
+            if recorded:
+                self._records.drop(recorded)
 
     def _finish(self, tags: list[int], method: Callable[..., None]) -> None:
-        """Ack or nack (requeue) ``tags``: one cumulative frame when no older tag is held."""
-        for tag in tags:
-            del self._held[tag]
+        """Ack or nack (requeue) the messages ``tags`` (ascending, no longer held): one
+        cumulative frame when no older message is held."""
         self._current.difference_update(tags)
-        top = tags[-1]
-        if not self._held or min(self._held) > top:
+        top, held = tags[-1], self._held.messages
+        if not held or min(held) > top:
             method(top, multiple=True)
         else:
             for tag in tags:
@@ -983,8 +1037,16 @@ class RabbitMQConsumer(Consumer):
 
     def close(self) -> None:
         """Close the connection; RabbitMQ requeues every delivery still held, and lease
-        records expire into the queue within a lease."""
+        records expire into the queue within a lease.
+
+        First, while the connection lives, the tasks held in messages partly settled go
+        back as new messages and those messages are acked, so that the tasks settled in
+        them do not run again.
+        """
         self._transport.forget(self)
+        if self._held.partly_settled() and self._link.is_open:
+            with contextlib.suppress(*_PikaError, TransportError):
+                self._give_back(self._held.tags())
         self._link.close()
         self._held.clear()  # the broker requeued them when the connection closed
         self._current.clear()
@@ -1025,23 +1087,6 @@ class PrefetchWindow:
             size = min(self.prefetch, max(want, 2 * self.size))
         self.size, self._small = size, 0
         return size
-
-
-def pack_results(bodies: Sequence[bytes]) -> bytes:
-    """Several result bodies as one message body: each one after its 4-byte length."""
-    return b"".join(len(body).to_bytes(4, "big") + body for body in bodies)
-
-
-def unpack_results(data: bytes) -> list[bytes]:
-    """The bodies :func:`pack_results` packed; ``ValueError`` if ``data`` is not such."""
-    bodies, at, end = [], 0, len(data)
-    while at < end:
-        size = int.from_bytes(data[at : at + 4], "big")
-        if at + 4 + size > end:
-            raise ValueError("truncated packed results")
-        bodies.append(data[at + 4 : at + 4 + size])
-        at += 4 + size
-    return bodies
 
 
 def _delay_ms(seconds: float) -> int:

@@ -1,0 +1,187 @@
+"""Packed task messages on RabbitMQ: one AMQP message, several tasks.
+
+RabbitMQ's own work per message (store, deliver, confirm, ack) dwarfs the work per
+byte, so a master packs the tasks of a large submit into messages of up to
+:data:`TASKS_PER_MESSAGE` (``type: distq.tasks``, each body after its 4-byte big-endian
+length: :func:`pack`), while keeping at least :data:`MESSAGES_PER_SUBMIT` messages per
+submit, so that a small job still spreads over the workers. A single task is a plain
+message, as before packing existed.
+
+A worker's consumer splits each message into one :class:`~distq.transport.base.Delivery`
+per task, tagged with a number of its own (:class:`HeldMessages`), and settles the
+message only when every task in it is settled or released:
+
+* every task settled: the message is acked (after the results were confirmed);
+* every task released and none settled: the message is nacked, requeued whole, and
+  comes back marked redelivered;
+* some settled, the rest released: the released tasks are published again as new
+  messages, confirmed, and then the message is acked.
+
+A worker that dies holding a message hands all of it back (the broker requeues it), so
+tasks of it that were settled already run again: at-least-once, as for any delivery
+whose ack was lost; the master keeps the first result of each task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from distq.transport.base import Delivery
+
+#: The ``type`` property of a message packing several tasks.
+TASKS_TYPE = "distq.tasks"
+#: A master packs at most this many tasks into one message.
+TASKS_PER_MESSAGE = 32
+#: ... and splits a submit into at least this many messages (fewer tasks: one each).
+MESSAGES_PER_SUBMIT = 8
+
+
+def pack(bodies: Sequence[bytes]) -> bytes:
+    """Several bodies as one message body: each one after its 4-byte length."""
+    return b"".join(len(body).to_bytes(4, "big") + body for body in bodies)
+
+
+def unpack(data: bytes) -> list[bytes]:
+    """The bodies :func:`pack` packed; ``ValueError`` if ``data`` is not such."""
+    bodies, at, end = [], 0, len(data)
+    while at < end:
+        size = int.from_bytes(data[at : at + 4], "big")
+        if at + 4 + size > end:
+            raise ValueError("truncated pack")
+        bodies.append(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    return bodies
+
+
+def task_bodies(message_type: str | None, body: bytes) -> list[bytes]:
+    """The tasks one message of the task queue carries: a pack's bodies, else the body.
+
+    A pack that does not unpack (or is empty) is one body, whole: the worker finds it
+    malformed and dead-letters it.
+    """
+    if message_type == TASKS_TYPE:
+        with contextlib.suppress(ValueError):
+            return unpack(body) or [body]
+    return [body]
+
+
+def chunks(bodies: Sequence[bytes]) -> list[Sequence[bytes]]:
+    """How a submit of ``bodies`` goes out: the messages' contents, in order."""
+    size = max(1, min(TASKS_PER_MESSAGE, len(bodies) // MESSAGES_PER_SUBMIT))
+    return [bodies[i : i + size] for i in range(0, len(bodies), size)]
+
+
+@dataclass
+class _Message:
+    tag: int  # the broker's delivery tag
+    open: set[int] = field(default_factory=set)  # its tasks neither settled nor released
+    settled: bool = False  # some task of it was settled
+
+
+@dataclass
+class Release:
+    """What releasing tasks takes, in this order: publish ``republish`` (confirmed), then
+    ack ``ack`` and nack (requeue) ``nack``, message delivery tags, ascending."""
+
+    republish: list[bytes] = field(default_factory=list)
+    ack: list[int] = field(default_factory=list)
+    nack: list[int] = field(default_factory=list)
+
+
+class HeldMessages:
+    """The messages a consumer holds unacknowledged, and the tasks they carry.
+
+    Tasks are tagged with this object's own numbers (1, 2, ...), distinct from the
+    broker's delivery tags, which name messages. One thread at a time.
+    """
+
+    def __init__(self) -> None:
+        self._next = 0
+        self.messages: dict[int, _Message] = {}  # delivery tag -> message, unacked
+        self._tasks: dict[int, tuple[_Message, Delivery]] = {}  # task tag -> its message
+
+    def __len__(self) -> int:
+        """Tasks held, in messages still unacknowledged."""
+        return len(self._tasks)
+
+    def __contains__(self, tag: object) -> bool:
+        return tag in self._tasks
+
+    def receive(
+        self, delivery_tag: int, bodies: Sequence[bytes], redelivered: bool
+    ) -> list[Delivery]:
+        """A message's tasks (``bodies``), as deliveries to hand out."""
+        message = _Message(delivery_tag)
+        self.messages[delivery_tag] = message
+        out = []
+        for body in bodies:
+            self._next += 1
+            delivery = Delivery(body, self._next, redelivered)
+            message.open.add(self._next)
+            self._tasks[self._next] = (message, delivery)
+            out.append(delivery)
+        return out
+
+    def settle(self, tags: Iterable[int]) -> list[int]:
+        """Mark these tasks settled (their outcome is confirmed); the messages now done,
+        to ack. Tags not held here are skipped."""
+        done: list[int] = []
+        for tag in tags:
+            entry = self._tasks.pop(tag, None)
+            if entry is None:
+                continue
+            message = entry[0]
+            message.open.discard(tag)
+            message.settled = True
+            if not message.open:
+                done.append(message.tag)
+        for tag in done:
+            del self.messages[tag]
+        return sorted(done)
+
+    def release(self, tags: Iterable[int]) -> Release:
+        """Hand these tasks back: see :class:`Release` for what that takes."""
+        touched: dict[int, list[bytes]] = {}
+        for tag in tags:
+            entry = self._tasks.pop(tag, None)
+            if entry is None:
+                continue
+            message, delivery = entry
+            message.open.discard(tag)
+            touched.setdefault(message.tag, []).append(delivery.body)
+        out = Release()
+        for tag in sorted(touched):
+            message = self.messages[tag]
+            if not message.open and not message.settled:
+                out.nack.append(tag)  # whole: the broker requeues it as it came
+            else:
+                out.republish += touched[tag]
+                if not message.open:
+                    out.ack.append(tag)
+        for tag in out.ack + out.nack:
+            del self.messages[tag]
+        return out
+
+    def take(self, delivery_tags: Iterable[int]) -> dict[int, bytes]:
+        """Stop tracking these messages; their open tasks (task tag -> body), which the
+        caller keeps by other means before it acks the messages."""
+        out: dict[int, bytes] = {}
+        for tag in delivery_tags:
+            message = self.messages.pop(tag)
+            for task in message.open:
+                out[task] = self._tasks.pop(task)[1].body
+        return out
+
+    def tags(self) -> list[int]:
+        """Every task held, oldest first."""
+        return sorted(self._tasks)
+
+    def partly_settled(self) -> bool:
+        """Whether some message held has tasks settled and others not."""
+        return any(message.settled for message in self.messages.values())
+
+    def clear(self) -> None:
+        self.messages.clear()
+        self._tasks.clear()
