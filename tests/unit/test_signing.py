@@ -303,3 +303,11 @@ def test_the_signature_is_hmac_sha256_of_the_exact_envelope_bytes() -> None:
     assert key_id(NEW) == hmac.new(NEW, b"distq key id", hashlib.sha256).hexdigest()[:8]
     old = Signer([OLD]).sign(envelopes[0])
     assert signer.verify(old, "task") == envelopes[0]  # the second key verifies too
+
+
+@pytest.mark.parametrize("length", [16, 63, 64, 65, 200])
+def test_keys_of_any_length_sign_as_the_standard_library_does(length: int) -> None:
+    key = bytes(range(256))[:length] if length <= 256 else b"k" * length
+    envelope = task(7).encode()
+    header, _, _ = Signer([key]).sign(envelope).partition(b"\n")
+    assert header.endswith(b" " + hmac.new(key, envelope, hashlib.sha256).hexdigest().encode())
