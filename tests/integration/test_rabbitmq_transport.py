@@ -239,6 +239,29 @@ def test_a_large_submit_travels_packed_and_each_task_comes_back_once(
     producer.close()
 
 
+def test_a_slot_taking_few_tasks_splits_a_pack_for_the_others(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """Slow tasks: a slot that takes one task at a time sends the rest of its pack back
+    one task per message, so that idle workers are not kept waiting behind it."""
+    t = open_transport(prefetch=64)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(256))
+    producer.flush()
+    slow = t.consumer("slow")
+    (one,) = fetch_n(slow, 1)
+    deadline = time.monotonic() + 5
+    while _ready(raw, queue) < TASKS_PER_MESSAGE - 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # its pack's 31 other tasks, one per message, and the packs nobody took yet
+    assert _ready(raw, queue) >= TASKS_PER_MESSAGE - 1 + 6
+    slow.settle([Settlement(one)])
+    slow.close()
+    back = fetch_n(t.consumer("idle"), 255, within=15)
+    assert sorted(d.body for d in back) == sorted(b for b in _bodies(256) if b != one.body)
+    producer.close()
+
+
 def test_prefetch_window_follows_the_batch(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

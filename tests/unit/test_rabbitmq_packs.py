@@ -116,3 +116,14 @@ def test_a_message_carries_its_pack_or_itself() -> None:
     broken = pack(bodies)[:-1]
     assert task_bodies(TASKS_TYPE, broken) == [broken]  # whole, to be dead-lettered
     assert task_bodies(TASKS_TYPE, b"") == [b""]
+
+
+def test_a_pack_split_for_a_slow_worker_goes_back_task_by_task() -> None:
+    held = HeldMessages()
+    first, *rest = held.receive(11, [b"a", b"b", b"c"], redelivered=False)
+    plan = held.release([_t(d) for d in rest], whole=False)
+    assert (plan.republish, plan.ack, plan.nack) == ([b"b", b"c"], [], [])
+    assert held.settle([_t(first)]) == [11]
+    (only,) = held.receive(12, [b"d"], redelivered=False)
+    plan = held.release([_t(only)], whole=False)  # never handed out, still not whole
+    assert (plan.republish, plan.ack, plan.nack) == ([b"d"], [12], [])

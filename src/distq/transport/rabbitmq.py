@@ -841,7 +841,13 @@ class RabbitMQConsumer(Consumer):
         with self._broker.translated("fetching tasks"):
             if len(self._buffer) < want:
                 self._size_window(want)
-            return _receive_until(self._link.connection, self._buffer, want, timeout)
+            got = _receive_until(self._link.connection, self._buffer, want, timeout)
+            if self._buffer and want < self._per_message:
+                # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
+                # the pack goes back one task per message, for idle workers to take
+                self._give_back(sorted(tags_of(self._buffer, int, "rabbitmq")), whole=False)
+                self._buffer.clear()
+            return got
 
     def _size_window(self, want: int) -> None:
         """Consume with a ``basic_qos`` prefetch close to what the caller takes.
@@ -976,13 +982,14 @@ class RabbitMQConsumer(Consumer):
         with self._broker.translated("releasing tasks"):
             self._give_back(tags)
 
-    def _give_back(self, tags: list[int]) -> None:
+    def _give_back(self, tags: list[int], whole: bool = True) -> None:
         """Put these tasks back in the queue: a message none of whose tasks was settled
-        is nacked whole; the others' tasks, and recorded ones, are published again."""
+        is nacked whole (if ``whole``); other tasks, and recorded ones, are published
+        again."""
         link, queue = self._link, self._transport.queue
         records = self._records.bodies if self._records is not None else {}
         again = [records[tag] for tag in tags if tag in records]  # acked long ago
-        plan = self._held.release(tags)
+        plan = self._held.release(tags, whole)
         for body in again + plan.republish:  # confirmed before any ack
             link.publish(queue, body, mandatory=True)
         if again or plan.republish:

@@ -141,8 +141,10 @@ class HeldMessages:
             del self.messages[tag]
         return sorted(done)
 
-    def release(self, tags: Iterable[int]) -> Release:
-        """Hand these tasks back: see :class:`Release` for what that takes."""
+    def release(self, tags: Iterable[int], whole: bool = True) -> Release:
+        """Hand these tasks back: see :class:`Release` for what that takes. With
+        ``whole=False`` no message is requeued whole: its tasks are published again,
+        one by one (splitting a pack for workers that take few tasks at a time)."""
         touched: dict[int, list[bytes]] = {}
         for tag in tags:
             entry = self._tasks.pop(tag, None)
@@ -154,7 +156,7 @@ class HeldMessages:
         out = Release()
         for tag in sorted(touched):
             message = self.messages[tag]
-            if not message.open and not message.settled:
+            if whole and not message.open and not message.settled:
                 out.nack.append(tag)  # whole: the broker requeues it as it came
             else:
                 out.republish += touched[tag]
