@@ -17,6 +17,10 @@ message only when every task in it is settled or released:
 * some settled, the rest released: the released tasks are published again as new
   messages, confirmed, and then the message is acked.
 
+A slot that asks for fewer tasks than a pack holds is running slow ones (its batch is
+sized to a few milliseconds of work): the rest of the pack goes back at once, one task
+per message, so idle workers take them instead of waiting behind it.
+
 A worker that dies holding a message hands all of it back (the broker requeues it), so
 tasks of it that were settled already run again: at-least-once, as for any delivery
 whose ack was lost; the master keeps the first result of each task.
