@@ -262,6 +262,27 @@ def test_a_slot_taking_few_tasks_splits_a_pack_for_the_others(
     producer.close()
 
 
+def test_one_release_that_acks_a_message_and_requeues_older_ones(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """The ack of a partly settled pack must not cover an older message being requeued."""
+    t = open_transport(prefetch=64)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"single"])  # the oldest message
+    producer.submit(_bodies(16))  # 8 packs of 2
+    producer.flush()
+    consumer = t.consumer("c1")
+    got = fetch_n(consumer, 17)
+    assert [d.body for d in got] == [b"single", *_bodies(16)]
+    consumer.settle([Settlement(got[1])])  # the first pack, half settled
+    consumer.release([got[0], *got[2:]])  # requeue whole: the single and 7 packs
+    consumer.close()
+    back = fetch_n(t.consumer("c2"), 16, within=15)
+    assert sorted(d.body for d in back) == sorted([b"single", *_bodies(16)[1:]])
+    assert _ready(raw, queue) == 0
+    producer.close()
+
+
 def test_prefetch_window_follows_the_batch(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

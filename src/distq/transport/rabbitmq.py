@@ -994,8 +994,8 @@ class RabbitMQConsumer(Consumer):
             link.publish(queue, body, mandatory=True)
         if again or plan.republish:
             link.confirm()
-        if plan.ack:
-            self._finish(plan.ack, link.channel.basic_ack)
+        if plan.ack:  # not cumulatively over the older ones being requeued
+            self._finish(plan.ack, link.channel.basic_ack, also_held=plan.nack)
         if plan.nack:
             self._finish(plan.nack, link.channel.basic_nack)
         self._drop_records(tags)
@@ -1020,12 +1020,15 @@ class RabbitMQConsumer(Consumer):
             if recorded:
                 self._records.drop(recorded)
 
-    def _finish(self, tags: list[int], method: Callable[..., None]) -> None:
+    def _finish(
+        self, tags: list[int], method: Callable[..., None], also_held: Sequence[int] = ()
+    ) -> None:
         """Ack or nack (requeue) the messages ``tags`` (ascending, no longer held): one
-        cumulative frame when no older message is held."""
+        cumulative frame when no older message is held, nor in ``also_held`` (still
+        on the channel, to be ended otherwise)."""
         self._current.difference_update(tags)
         top, held = tags[-1], self._held.messages
-        if not held or min(held) > top:
+        if (not held or min(held) > top) and (not also_held or min(also_held) > top):
             method(top, multiple=True)
         else:
             for tag in tags:
