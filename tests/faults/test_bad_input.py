@@ -25,7 +25,6 @@ from distq.envelope import Task
 from distq.errors import EnvelopeError
 from distq.transport import Transport, open_transport
 from distq.transport.manager import _ClientManager
-from distq.transport.rabbitmq_packs import task_bodies
 from faults.conftest import MakeScenario
 from faults.harness import FULL, Scenario, assert_clean
 
@@ -134,7 +133,7 @@ def test_garbage_straight_into_the_queues(target: Target, scenario: MakeScenario
             s.figures.faults_injected += 1
             assert _wait_dead(transport, pushed, within=60) == pushed, s.outputs()
             s.worker()  # the second worker: the job starts
-            reply = _reply_queue_of_master(target, push)
+            reply = _reply_queue_of_master(target, transport)
             push(reply, [b"not a result", b'{"v":1}', b"\xff" * 10])
             s.figures.faults_injected += 1
         figures = s.finish([master], timeout=300)
@@ -177,19 +176,19 @@ def _push_garbage(
     return pushed
 
 
-def _reply_queue_of_master(target: Target, push: Push) -> str:
+def _reply_queue_of_master(target: Target, transport: Transport) -> str:
     """The running master's reply queue, read from one of its tasks as soon as one is queued."""
     queue = target.settings.queue
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        body = _peek(target, queue)
+        body = _peek(target, queue, transport)
         if body is not None:
             return Task.decode(body).reply_to
         time.sleep(0.02)
     raise AssertionError("the master submitted no task")
 
 
-def _peek(target: Target, queue: str) -> bytes | None:
+def _peek(target: Target, queue: str, transport: Transport) -> bytes | None:
     if target.name == "redis":
         with redis.Redis.from_url(target.settings.redis_url) as client:
             body: bytes | None = client.lindex(queue, -1)
@@ -201,16 +200,15 @@ def _peek(target: Target, queue: str) -> bytes | None:
         manager.connect()
         bodies = manager.distq_broker().peek(queue, 1)
         return bodies[0] if bodies else None
-    connection = pika.BlockingConnection(pika.URLParameters(target.settings.amqp_url))
+    # the workers' consumers take packed messages as soon as they come: compete with them
+    consumer = transport.consumer("peek")
     try:
-        channel = connection.channel()
-        method, props, got = channel.basic_get(queue)
-        if method is None:
-            return None
-        channel.basic_nack(method.delivery_tag, requeue=True)
-        return task_bodies(props.type, got)[0]  # the first of a packed message
+        got = consumer.fetch(1, 0.5)
+        if got:
+            consumer.release(got)
+        return got[0].body if got else None
     finally:
-        connection.close()
+        consumer.close()
 
 
 def test_workers_with_wrong_credentials(target: Target, scenario: MakeScenario) -> None:
