@@ -27,7 +27,7 @@ from distq.config import Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, TransportError
 from distq.transport.base import Settlement
-from distq.transport.redis import REPLY_GRACE_MS, RedisTransport
+from distq.transport.redis import REPLY_GRACE_MS, RedisProducer, RedisTransport
 from launch import LocalRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -410,3 +410,109 @@ def test_leases_restored_from_a_snapshot_come_back_within_two_leases(tmp_path: P
         finally:
             after.close()
             before.close()
+
+
+def test_a_claim_flags_each_redelivery_by_its_position(open_transport: OpenTransport) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit([b"a", b"b", b"c", b"d"])
+    first = t.consumer("first")
+    a, b, c, d = first.fetch(4, timeout=1)
+    assert not any(x.redelivered for x in (a, b, c, d))
+    first.release([b, d])  # back to the tail, b next, each marked as redelivered
+    producer.submit([b"e"])
+    second = t.consumer("second")
+    got = second.fetch(3, timeout=1)
+    assert [(x.body, x.redelivered) for x in got] == [(b"b", True), (b"d", True), (b"e", False)]
+    first.release([a, c])
+    got = second.fetch(3, timeout=1)  # the set is read only while it has members
+    assert [(x.body, x.redelivered) for x in got] == [(b"a", True), (b"c", True)]
+
+
+def test_settle_publishes_runs_of_mixed_endings_in_order(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    one, two, gone = (t.producer(t.reply_queue(job)) for job in ("one", "two", "gone"))
+    gone.close()  # its master is not registered: its results are dropped
+    one.submit(_bodies(9))
+    consumer = t.consumer("c")
+    d = consumer.fetch(9, timeout=1)
+    letter = DeadLetter(body=b"x", reason="boom", queue=queue, worker="c").encode()
+    consumer.settle(
+        [
+            Settlement(d[0], reply_to=one.reply_to, result=b"one-1"),
+            Settlement(d[1], reply_to=one.reply_to, result=b"one-2"),
+            Settlement(d[2], reply_to=two.reply_to, result=b"two-1"),
+            Settlement(d[3], reply_to=gone.reply_to, result=b"gone-1"),
+            Settlement(d[4], retry=b"now-1"),
+            Settlement(d[5], retry=b"now-2"),
+            Settlement(d[6], retry=b"later", retry_delay=30),
+            Settlement(d[7], reply_to=one.reply_to, result=b"one-3", dead_letter=letter),
+            Settlement(d[8], reply_to=two.reply_to, result=b"two-2"),
+        ]
+    )
+    assert one.results(10, timeout=1) == [b"one-1", b"one-2", b"one-3"]
+    assert two.results(10, timeout=1) == [b"two-1", b"two-2"]
+    assert raw.exists(gone.reply_to) == 0
+    assert raw.lrange(queue, 0, -1) == [b"now-2", b"now-1"]  # LPUSHed: now-1 runs first
+    assert raw.zrange(f"distq:{queue}:delayed", 0, -1) == [b"later"]
+    assert raw.lrange(f"distq:{queue}:dead", 0, -1) == [letter]
+    assert raw.llen(consumer.inflight_key) == 0
+
+
+def test_a_settle_acked_by_body_takes_only_those(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit(_bodies(4))
+    consumer = t.consumer("c")
+    d = consumer.fetch(4, timeout=1)
+    consumer.settle([Settlement(d[2], reply_to=producer.reply_to, result=b"r2"), Settlement(d[0])])
+    assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [d[1].body, d[3].body]
+    consumer.settle([Settlement(d[3]), Settlement(d[1], reply_to=producer.reply_to, result=b"r1")])
+    assert raw.llen(consumer.inflight_key) == 0
+    assert producer.results(10, timeout=1) == [b"r2", b"r1"]
+
+
+def _results(producer: RedisProducer, n: int) -> list[bytes]:
+    consumer = producer._t.consumer("c")
+    bodies = [f"r{i}".encode() for i in range(n)]
+    producer.submit(bodies)
+    got = consumer.fetch(n, timeout=1)
+    consumer.settle([Settlement(d, reply_to=producer.reply_to, result=d.body) for d in got])
+    consumer.close()
+    return bodies
+
+
+def test_a_take_whose_reply_was_lost_is_answered_again(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    sent = _results(producer, 5)
+    assert producer.results(3, timeout=1) == sent[:3]
+    before = producer._received
+    assert producer.results(3, timeout=1) == sent[3:]
+    producer._received = before  # as if that reply never came: the same results again
+    assert producer.results(3, timeout=1) == sent[3:]
+    assert raw.llen(producer.reply_to) == 2  # received, not acknowledged yet
+    assert producer.results(3, timeout=0.1) == []  # acknowledges them
+    assert raw.llen(producer.reply_to) == 0
+
+
+def test_a_take_without_its_count_drops_nothing_unread(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    first = _results(producer, 2)
+    assert producer.results(5, timeout=1) == first
+    raw.hdel(f"{producer.reply_to}:state", "taken")  # lapsed, or restored from before it
+    sent = _results(producer, 3)
+    # the count 2 is adopted: the 2 received are sent again, none of the new ones dropped
+    got = producer.results(10, timeout=1)
+    assert got[-3:] == sent and len(got) == 5
+    assert producer.results(10, timeout=0.1) == []
+    assert raw.llen(producer.reply_to) == 0

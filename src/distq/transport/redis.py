@@ -18,12 +18,12 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 | ``distq:<q>:redelivered``           | set  | sweep, release, close            | claim       |
 | ``distq:<q>:dead``                  | list | settle RPUSH, so oldest first    | LRANGE (2)  |
 | ``distq:<q>:masters``               | zset | a master: register, renew, close | settle      |
-| ``distq:<q>:results:<job>``         | list | settle LPUSH, if its master lives | take       |
-| ``distq:<q>:results:<job>:unacked`` | list | take: results sent, not acked    | take        |
-| ``distq:<q>:results:<job>:state``   | hash | submit, take (counts)            | renew       |
+| ``distq:<q>:results:<job>``         | list | settle LPUSH, if its master lives | take (3)   |
+| ``distq:<q>:results:<job>:state``   | hash | submit, take (counts)            | renew, take |
 
 (1) ``withdraw`` LREMs tasks not claimed yet and ``requeue_dead`` LPUSHes revived tasks.
 (2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
+(3) LRANGE of its tail (the oldest results); the ack script LTRIMs those received.
 
 ``<id>`` is a consumer id: the worker's slot name plus a random suffix per connection,
 so a worker that reconnects (or restarts under the same name) never renews the lease
@@ -49,10 +49,11 @@ a master that is gone. ``state`` counts the bodies the master submitted (in the 
 script as the LPUSH): after a restart from an older snapshot, the count says which of
 its tasks Redis lost, and the master submits those again.
 
-Results reach the master at least once: ``take`` moves them into ``:unacked`` and
-returns them; the master's next ``take`` acknowledges them by the running count it
-received, so a reply lost on the way (a timeout while Redis was frozen) is sent again
-and no result vanishes with a dropped connection.
+Results reach the master at least once: ``take`` reads the oldest results at the tail
+of the list and leaves them there; the master's next ``take`` acknowledges them by the
+running count it received (``taken`` in ``state``), which drops them from the tail, so
+a reply lost on the way (a timeout while Redis was frozen) is sent again and no result
+vanishes with a dropped connection.
 
 Not supported: Redis Cluster (scripts build in-flight key names at run time).
 """
@@ -65,7 +66,7 @@ import logging
 import secrets
 import time
 from collections.abc import Collection, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -149,40 +150,46 @@ end
 """
 
 # ARGV[4] = how many to claim, ARGV[5] = '1' after a BLMOVE (flag the in-flight head).
-# Returns {ms until the next delayed retry is due or -1, head flag, body, flag, ...}.
+# Returns {ms until the next delayed retry is due or -1, head flag, {i, ...}, body, ...}:
+# the third item lists the positions (1-based) of the bodies that are redeliveries, so
+# that the reply carries one item per task (and the redelivered set is only read when
+# it has members).
 _CLAIM = """
 local now = now_ms()
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now)
 local want = tonumber(ARGV[4])
-local out = {-1, 0}
-local got = {}
-while #got < want do
-  local bodies = redis.call('RPOP', KEYS[1], math.min(want - #got, 1000))
+local out = {-1, 0, {}}
+local got = 0
+while got < want do
+  local bodies = redis.call('RPOP', KEYS[1], math.min(want - got, 1000))
   if not bodies then break end
   push('LPUSH', KEYS[5], bodies)
-  for _, body in ipairs(bodies) do got[#got + 1] = body end
+  for _, body in ipairs(bodies) do out[#out + 1] = body end
+  got = got + #bodies
 end
-if #got < want or want == 0 then
+if got < want or want == 0 then
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   if first[2] then out[1] = math.max(0, tonumber(first[2]) - now) end
 end
-local again = redis.call('SCARD', KEYS[4]) > 0
-if again and ARGV[5] == '1' then
-  local head = redis.call('LINDEX', KEYS[5], #got)
-  if head then out[2] = redis.call('SREM', KEYS[4], head) end
-end
-for _, body in ipairs(got) do
-  out[#out + 1] = body
-  out[#out + 1] = again and redis.call('SREM', KEYS[4], body) or 0
+if redis.call('SCARD', KEYS[4]) > 0 then
+  if ARGV[5] == '1' then
+    local head = redis.call('LINDEX', KEYS[5], got)
+    if head then out[2] = redis.call('SREM', KEYS[4], head) end
+  end
+  local again = out[3]
+  for i = 1, got do
+    if redis.call('SREM', KEYS[4], out[i + 3]) == 1 then again[#again + 1] = i end
+  end
 end
 return out
 """
 
 # ARGV[4] = how many deliveries the consumer holds, ARGV[5] = how many of the oldest it
 # acks (the common case: a batch settled in order); or ARGV[4] = -1: acks by body, below.
-# ARGV[6..]: triples (op, arg, body): 'r' result for KEYS[arg], 't' retry after arg ms,
-# 'd' dead letter, 'a' ack. Everything is published before any ack: a failure repeats.
+# ARGV[6..]: runs (op, arg, n, body 1, ..., body n), n bodies with the same op and arg:
+# 'r' results for KEYS[arg], 't' retries after arg ms, 'd' dead letters, 'a' acks (arg 0).
+# Everything is published before any ack: a failure repeats.
 # A result goes only to a list whose master is registered and live (KEYS[7]), and the
 # list expires a grace period after that master's deadline.
 # Acking by count needs the in-flight list to be exactly what the consumer holds, oldest
@@ -193,31 +200,37 @@ _SETTLE = """
 local expect, count = tonumber(ARGV[4]), tonumber(ARGV[5])
 if expect >= 0 and redis.call('LLEN', KEYS[5]) ~= expect then return 0 end
 local now = now_ms()
-local results, acks = {}, {}
-for i = 6, #ARGV, 3 do
-  local op, arg, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local live, acks = {}, {}
+local i = 6
+while i <= #ARGV do
+  local op, arg, first, last = ARGV[i], tonumber(ARGV[i + 1]), i + 3, i + 2 + tonumber(ARGV[i + 2])
   if op == 'r' then
-    local k = tonumber(arg)
-    results[k] = results[k] or {}
-    table.insert(results[k], body)
+    if live[arg] == nil then
+      local deadline = tonumber(redis.call('ZSCORE', KEYS[7], KEYS[arg]))
+      live[arg] = deadline ~= nil and deadline >= now and deadline
+    end
+    if live[arg] then
+      for j = first, last, 1000 do
+        redis.call('LPUSH', KEYS[arg], unpack(ARGV, j, math.min(j + 999, last)))
+      end
+    end
   elseif op == 't' then
-    if tonumber(arg) > 0 then
-      redis.call('ZADD', KEYS[3], now + tonumber(arg), body)
-    else
-      redis.call('LPUSH', KEYS[1], body)
+    for j = first, last do
+      if arg > 0 then
+        redis.call('ZADD', KEYS[3], now + arg, ARGV[j])
+      else
+        redis.call('LPUSH', KEYS[1], ARGV[j])
+      end
     end
   elseif op == 'd' then
-    redis.call('RPUSH', KEYS[6], body)
+    for j = first, last do redis.call('RPUSH', KEYS[6], ARGV[j]) end
   else
-    acks[#acks + 1] = body
+    for j = first, last do acks[#acks + 1] = ARGV[j] end
   end
+  i = last + 1
 end
-for k, bodies in pairs(results) do
-  local deadline = tonumber(redis.call('ZSCORE', KEYS[7], KEYS[k]))
-  if deadline and deadline >= now then
-    push('LPUSH', KEYS[k], bodies)
-    redis.call('PEXPIREAT', KEYS[k], deadline + REPLY_GRACE_MS)
-  end
+for k, deadline in pairs(live) do
+  if deadline then redis.call('PEXPIREAT', KEYS[k], deadline + REPLY_GRACE_MS) end
 end
 if expect >= 0 then
   if count >= expect then
@@ -330,14 +343,14 @@ end
 return out
 """
 
-# The master's scripts. KEYS = ready, masters, results, unacked, state; ARGV[1] = the
-# result list's name (KEYS[3]), ARGV[2] = the master's time to live, ms.
+# The master's scripts. KEYS = ready, masters, results, state; ARGV[1] = the result
+# list's name (KEYS[3]), ARGV[2] = the master's time to live, ms.
 
 # ARGV[3..] = task bodies: queued, and counted in the master's state, in one step.
 _SUBMIT = """
 push('LPUSH', KEYS[1], {unpack(ARGV, 3)})
-redis.call('HINCRBY', KEYS[5], 'submitted', #ARGV - 2)
-redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[2]) + REPLY_GRACE_MS)
+redis.call('HINCRBY', KEYS[4], 'submitted', #ARGV - 2)
+redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[2]) + REPLY_GRACE_MS)
 """
 
 # Register or renew the master; returns how many of its submitted bodies Redis holds:
@@ -350,35 +363,40 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 local held = 0
 if deadline and deadline >= now then
-  held = tonumber(redis.call('HGET', KEYS[5], 'submitted') or '0')
+  held = tonumber(redis.call('HGET', KEYS[4], 'submitted') or '0')
 else
-  redis.call('HSET', KEYS[5], 'submitted', 0)
+  redis.call('HSET', KEYS[4], 'submitted', 0)
+  redis.call('HDEL', KEYS[4], 'taken')  -- its results list may have lapsed: see _ACK
 end
-for i = 3, 5 do redis.call('PEXPIRE', KEYS[i], ttl + REPLY_GRACE_MS) end
+for i = 3, 4 do redis.call('PEXPIRE', KEYS[i], ttl + REPLY_GRACE_MS) end
 return held
 """
 
-# ARGV[3] = results received so far (acknowledges those), ARGV[4] = how many more to take.
-# Returns {results taken so far, body, ...} newest first: the ones sent before and not
-# acknowledged (their reply was lost on the way) if any, else up to ARGV[4] new ones.
-_TAKE = """
-local taken = tonumber(redis.call('HGET', KEYS[5], 'taken') or '0')
-local drop = tonumber(ARGV[3]) - (taken - redis.call('LLEN', KEYS[4]))
-if drop > 0 then redis.call('RPOP', KEYS[4], drop) end
-local fresh = false
-if redis.call('LLEN', KEYS[4]) == 0 then fresh = redis.call('RPOP', KEYS[3], tonumber(ARGV[4])) end
-if fresh then
-  push('LPUSH', KEYS[4], fresh)
-  taken = redis.call('HINCRBY', KEYS[5], 'taken', #fresh)
+# ARGV[3] = results received so far: acknowledges them. The results list holds the
+# newest first, so the received ones are at its tail: drops those not dropped yet
+# (``taken`` in state counts the dropped) and returns how many are dropped in all. The
+# caller then reads the tail (LRANGE, outside Lua), which holds the results after those:
+# a reply lost on the way is read again by the next take, which acknowledges by the same
+# count. Without ``taken`` (the first take, or the state or the list lapsed or was
+# restored without it) the caller's count is adopted and nothing dropped: a result may
+# then come twice (the master keeps the first), but none is dropped unread.
+_ACK = """
+local taken = tonumber(redis.call('HGET', KEYS[4], 'taken') or '-1')
+local received = tonumber(ARGV[3])
+if taken < 0 then
+  redis.call('HSET', KEYS[4], 'taken', received)
+  taken = received
+elseif received > taken then
+  redis.call('LTRIM', KEYS[3], 0, taken - received - 1)
+  redis.call('HSET', KEYS[4], 'taken', received)
+  taken = received
 end
-local out = redis.call('LRANGE', KEYS[4], 0, -1)
-table.insert(out, 1, taken)
-return out
+return taken
 """
 
 _CLOSE_MASTER = """
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[3], KEYS[4])
 """
 
 
@@ -427,7 +445,7 @@ class RedisTransport(Transport):
         self.gone_script = _Script(_PRELUDE + _GONE)
         self.submit_script = _Script(_PRELUDE + _SUBMIT)
         self.renew_script = _Script(_PRELUDE + _RENEW)
-        self.take_script = _Script(_PRELUDE + _TAKE)
+        self.ack_script = _Script(_ACK)
         self.close_master_script = _Script(_CLOSE_MASTER)
         self.withdraw_script = _Script(_PRELUDE + _WITHDRAW)
         self.requeue_dead_script = _Script(_REQUEUE_DEAD)
@@ -436,7 +454,7 @@ class RedisTransport(Transport):
 
     def load_scripts(self, client: _Commands) -> None:
         """Load the scripts pipelines run: a pipelined EVALSHA cannot load one on the fly."""
-        for script in (self.claim_script, self.take_script):
+        for script in (self.claim_script, self.ack_script):
             client.execute_command("SCRIPT LOAD", script.source)
 
     def _connect(self) -> None:
@@ -574,7 +592,6 @@ class RedisProducer(Producer):
             transport.ready_key,
             transport.masters_key,
             reply_to,
-            f"{reply_to}:unacked",
             f"{reply_to}:state",
         ]
         self._args: list[Arg] = [reply_to, transport.master_ttl_ms]
@@ -629,21 +646,32 @@ class RedisProducer(Producer):
         return got
 
     def _take(self, block: float | None, max_count: int) -> list[bytes]:
-        """One round trip: the take script, behind a wait for the first result if ``block``.
+        """One round trip: acknowledge the results received so far (the ack script), then
+        read the oldest ``max_count`` of the rest (LRANGE of the list's tail), behind a
+        wait for the first result if ``block``.
 
         The wait is a BLMOVE of the list onto itself: it blocks until a result is there
-        and moves nothing, so the script takes every result, acknowledged or not.
+        and moves nothing. The list's tail changes only here (workers push at its head),
+        so the LRANGE reads exactly the results after those the script counts.
         """
-        args = [*self._args, self._received, max_count]
-        if block is None:
-            reply = self._t.take_script(self._r, self._keys, args)
-        else:
-            pipe = self._r.pipeline(transaction=False)
+        ack = self._t.ack_script
+        pipe = self._r.pipeline(transaction=False)
+        if block is not None:
             _send(pipe, "BLMOVE", self.reply_to, self.reply_to, "RIGHT", "RIGHT", _seconds(block))
-            self._t.take_script.send(pipe, self._keys, args)
-            reply = _execute(pipe, self._t.take_script)[1]
-        self._received = int(reply[0])
-        return list(reversed(reply[1:]))  # the list holds the newest first
+        ack.send(pipe, self._keys, [*self._args, self._received])
+        _send(pipe, "LRANGE", self.reply_to, -max_count, -1)
+        commands = [args for args, _options in pipe.command_stack]
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        taken, bodies = replies[-2], cast("list[bytes]", replies[-1])
+        if isinstance(taken, NoScriptError):  # Redis lost its scripts: the LRANGE ran first
+            taken = ack.evaluate(self._r.connection_pool, commands[-2][2:])
+            bodies = self._r.lrange(self.reply_to, -max_count, -1)
+        for reply in replies:
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                raise reply
+        self._received = int(taken) + len(bodies)
+        bodies.reverse()  # the list holds the newest first
+        return bodies
 
     def close(self) -> None:
         try:
@@ -677,7 +705,7 @@ class RedisConsumer(Consumer):
         deadline = time.monotonic() + timeout
         with self._t.errors():
             reply = self._t.claim_script(self._r, self._keys, [*self._args, max_count, 0])
-            out = _deliveries(reply[2:])
+            out = _deliveries(reply)
             while not out:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -698,7 +726,7 @@ class RedisConsumer(Consumer):
         claim = [*self._args, max_count - 1, 1]
         self._t.claim_script.send(pipe, self._keys, claim)
         first, reply = _execute(pipe, self._t.claim_script)
-        out = _deliveries(reply[2:])
+        out = _deliveries(reply)
         if first is not None:
             out.insert(0, Delivery(body=first, tag=first, redelivered=reply[1] == 1))
         return reply, out
@@ -727,28 +755,28 @@ class RedisConsumer(Consumer):
                 if self._t.settle_script(self._r, keys, args) == 1:
                     del held[:count]
                     return
-            acks: list[Arg] = []
-            for tag in tags:
-                acks += ["a", 0, tag]
+            acks: list[Arg] = ["a", 0, count, *tags]
             self._t.settle_script(self._r, keys, [*self._args, -1, 0, *publish, *acks])
         self._forget(tags)
 
     def _publish(self, settlements: Sequence[Settlement]) -> tuple[list[str], list[Arg]]:
-        """The settle script's KEYS and its publishing triples (see ``_SETTLE``)."""
+        """The settle script's KEYS and its publishing runs (see ``_SETTLE``): the results
+        of a batch for one master are one run, ``('r', key, n, result 1, ..., result n)``."""
         keys = list(self._keys)
         index: dict[str, int] = {}  # reply_to -> its position in KEYS (1-based, for Lua)
-        publish: list[Arg] = []
+        runs = _Runs()
         for s in settlements:
             if s.result is not None and s.reply_to is not None:
-                if s.reply_to not in index:
+                key = index.get(s.reply_to)
+                if key is None:
                     keys.append(s.reply_to)
-                    index[s.reply_to] = len(keys)
-                publish += ["r", index[s.reply_to], s.result]
+                    key = index[s.reply_to] = len(keys)
+                runs.add("r", key, s.result)
             if s.retry is not None:
-                publish += ["t", max(0, round(s.retry_delay * 1000)), s.retry]
+                runs.add("t", max(0, round(s.retry_delay * 1000)), s.retry)
             if s.dead_letter is not None:
-                publish += ["d", 0, s.dead_letter]
-        return keys, publish
+                runs.add("d", 0, s.dead_letter)
+        return keys, runs.args()
 
     def _forget(self, tags: Sequence[bytes]) -> None:
         gone = set(tags)
@@ -770,6 +798,34 @@ class RedisConsumer(Consumer):
             log.debug("consumer %s could not hand back its tasks: %s", self.consumer_id, exc)
         self._held.clear()
         self._r.close()
+
+
+class _Runs:
+    """Arguments as runs: ``(op, arg, n, item 1, ..., item n)`` for each stretch of items
+    added with the same ``op`` and ``arg``, in the order added (see ``_SETTLE``)."""
+
+    __slots__ = ("_arg", "_args", "_at", "_op")
+
+    def __init__(self) -> None:
+        self._args: list[Arg] = []
+        self._op, self._arg = "", 0
+        self._at = -1  # where the count of the run being added to goes
+
+    def add(self, op: str, arg: int, item: bytes) -> None:
+        args = self._args
+        if op != self._op or arg != self._arg or self._at < 0:
+            self._close()
+            self._op, self._arg, self._at = op, arg, len(args) + 2
+            args += (op, arg, 0)
+        args.append(item)
+
+    def _close(self) -> None:
+        if self._at >= 0:
+            self._args[self._at] = len(self._args) - self._at - 1
+
+    def args(self) -> list[Arg]:
+        self._close()
+        return self._args
 
 
 class _Script:
@@ -818,12 +874,13 @@ def _send(pipe: _Commands, *args: Arg) -> None:
     pipe.execute_command(*args)
 
 
-def _deliveries(pairs: list[Any]) -> list[Delivery]:
-    """Claim-script output (body, redelivered flag, ...) as deliveries; tag = body."""
-    return [
-        Delivery(body=pairs[i], tag=pairs[i], redelivered=pairs[i + 1] == 1)
-        for i in range(0, len(pairs), 2)
-    ]
+def _deliveries(reply: list[Any]) -> list[Delivery]:
+    """The deliveries in a claim script's reply (see ``_CLAIM``); tag = body."""
+    bodies = reply[3:]
+    out = [Delivery(body, body) for body in bodies]
+    for i in reply[2]:  # the positions (1-based) of the redeliveries, usually none
+        out[i - 1] = Delivery(bodies[i - 1], bodies[i - 1], True)
+    return out
 
 
 def _seconds(value: float) -> float:
