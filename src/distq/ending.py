@@ -190,15 +190,15 @@ class Endings:
         return Ending(settlement, "malformed", note=f"dead-lettered a {kind}{reason}")
 
     def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
-        envelope = Result(
+        result = Result(
             task_id=task.id,
             worker=self.worker_id,
             attempt=task.attempt,
             started_at=started_at,
             duration=duration,
             **fields,
-        ).encode()
-        return self.codec.seal(envelope, "result")
+        )
+        return self.codec.seal_result(result)
 
     def _dead(self, body: bytes, reason: str) -> bytes:
         return DeadLetter(
