@@ -11,7 +11,7 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 
 | key (``<q>`` = ``DISTQ_QUEUE``)     | type | written by                       | read by     |
 |-------------------------------------|------|----------------------------------|-------------|
-| ``<q>``                             | list | submit LPUSH; requeue RPUSH (1)  | claim, tail |
+| ``<q>``                             | list | submit LPUSH (4); requeue RPUSH (1) | claim, tail |
 | ``distq:<q>:inflight:<id>``         | list | claim (with the lease, atomic)   | settle      |
 | ``distq:<q>:consumers``             | zset | claim, heartbeat, close          | sweep       |
 | ``distq:<q>:delayed``               | zset | settle: retry with a delay       | sweep       |
@@ -24,6 +24,7 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 (1) ``withdraw`` LREMs tasks not claimed yet and ``requeue_dead`` LPUSHes revived tasks.
 (2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
 (3) LRANGE of its tail (the oldest results); the ack script LTRIMs those received.
+(4) in a MULTI/EXEC transaction with the count in ``state``.
 
 ``<id>`` is a consumer id: the worker's slot name plus a random suffix per connection,
 so a worker that reconnects (or restarts under the same name) never renews the lease
@@ -346,13 +347,6 @@ return out
 # The master's scripts. KEYS = ready, masters, results, state; ARGV[1] = the result
 # list's name (KEYS[3]), ARGV[2] = the master's time to live, ms.
 
-# ARGV[3..] = task bodies: queued, and counted in the master's state, in one step.
-_SUBMIT = """
-push('LPUSH', KEYS[1], {unpack(ARGV, 3)})
-redis.call('HINCRBY', KEYS[4], 'submitted', #ARGV - 2)
-redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[2]) + REPLY_GRACE_MS)
-"""
-
 # Register or renew the master; returns how many of its submitted bodies Redis holds:
 # 0 when it was not registered and live (never before, restarted empty, restored past
 # its deadline, or away too long: workers may have dead-lettered its tasks meanwhile).
@@ -443,7 +437,6 @@ class RedisTransport(Transport):
         self.sweep_script = _Script(_PRELUDE + _SWEEP)
         self.stats_script = _Script(_PRELUDE + _STATS)
         self.gone_script = _Script(_PRELUDE + _GONE)
-        self.submit_script = _Script(_PRELUDE + _SUBMIT)
         self.renew_script = _Script(_PRELUDE + _RENEW)
         self.ack_script = _Script(_ACK)
         self.close_master_script = _Script(_CLOSE_MASTER)
@@ -601,15 +594,19 @@ class RedisProducer(Producer):
         self.reconcile()  # register: workers run only the tasks of registered masters
 
     def submit(self, bodies: Sequence[bytes]) -> None:
+        """LPUSH the bodies and count them in ``state`` in one step: a transaction
+        (MULTI/EXEC), not a script, so no body is copied into Lua and back."""
         if not bodies:
             return
         self._renew_when_due()
+        ready, state = self._keys[0], self._keys[3]
         with self._t.errors():
-            pipe = self._r.pipeline(transaction=False)
+            pipe = self._r.pipeline(transaction=True)
             for start in range(0, len(bodies), MESSAGE_BATCH):
-                chunk = bodies[start : start + MESSAGE_BATCH]
-                self._t.submit_script.send(pipe, self._keys, [*self._args, *chunk])
-            _execute(pipe, self._t.submit_script)
+                _send(pipe, "LPUSH", ready, *bodies[start : start + MESSAGE_BATCH])
+            _send(pipe, "HINCRBY", state, "submitted", len(bodies))
+            _send(pipe, "PEXPIRE", state, self._t.master_ttl_ms + REPLY_GRACE_MS)
+            pipe.execute()
 
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
         if not bodies:
