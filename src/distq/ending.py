@@ -84,8 +84,9 @@ class Endings:
         self, delivery: Delivery, task: Task, value: Any, started_at: float, duration: float
     ) -> Ending:
         """The function returned ``value``; it fails for good if ``value`` is not JSON."""
+        result = Result(task.id, "ok", self.worker_id, task.attempt, started_at, duration, value)
         try:
-            body = self._result(task, started_at, duration, status="ok", value=value)
+            body = self.codec.seal_result(result)
         # not JSON, nested too deeply or too large: no retry will change that
         except (TypeError, ValueError, RecursionError, EnvelopeError) as exc:
             return self.failed(delivery, task, exc, started_at, duration, retryable=False)

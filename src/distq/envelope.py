@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from distq.errors import EnvelopeError
-from distq.limits import check_nesting
+from distq.limits import MAX_NESTING, check_nesting  # the count: check_nesting's first step
 
 VERSION = 1
 MAX_ATTEMPTS = 3  # attempts a task gets unless its master says otherwise (distq master's default)
@@ -256,7 +256,10 @@ class Task(msgspec.Struct, frozen=True):
 
     @classmethod
     def decode(cls, data: bytes | str) -> Task:
-        check_nesting(data if isinstance(data, bytes) else data.encode(errors="replace"), "task")
+        if type(data) is not bytes or data.count(b"[") + data.count(b"{") > MAX_NESTING:
+            check_nesting(
+                data if isinstance(data, bytes) else data.encode(errors="replace"), "task"
+            )
         try:
             w = _task_wire(data)
         except _FAST_ERRORS:
@@ -363,7 +366,10 @@ class Result(msgspec.Struct, frozen=True):
 
     @classmethod
     def decode(cls, data: bytes | str) -> Result:
-        check_nesting(data if isinstance(data, bytes) else data.encode(errors="replace"), "result")
+        if type(data) is not bytes or data.count(b"[") + data.count(b"{") > MAX_NESTING:
+            check_nesting(
+                data if isinstance(data, bytes) else data.encode(errors="replace"), "result"
+            )
         try:
             w = _result_wire(data)
         except _FAST_ERRORS:
