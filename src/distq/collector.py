@@ -113,6 +113,8 @@ class Collector(Generic[E]):
         """Hand on the first result of each expected task among ``bodies``; return how many."""
         now = time.perf_counter()
         firsts = 0
+        telemetry = self._telemetry
+        tracked = telemetry.metrics is not None or telemetry.log is not None  # else a no-op
         for body in bodies:
             try:
                 result = self._codec.open_result(body)
@@ -131,7 +133,8 @@ class Collector(Generic[E]):
             entry, submitted = pending
             round_trip = now - submitted
             self.latencies.append(round_trip)
-            self._telemetry.result(result, round_trip)
+            if tracked:
+                telemetry.result(result, round_trip)
             firsts += 1
             self._on_result(result, entry, round_trip)
         self._telemetry.collected(len(self._pending))
