@@ -516,3 +516,45 @@ def test_a_take_without_its_count_drops_nothing_unread(
     assert got[-3:] == sent and len(got) == 5
     assert producer.results(10, timeout=0.1) == []
     assert raw.llen(producer.reply_to) == 0
+
+
+def _kill_connections(raw: redis.Redis[bytes], name: str) -> int:
+    """Close the server side of every connection named ``name``; how many there were."""
+    ids = [c["id"] for c in raw.client_list() if c.get("name") == name]
+    for client_id in ids:
+        raw.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    consumer = t.consumer("c")
+    producer.submit(_bodies(2))
+    assert _kill_connections(raw, "distq-worker") >= 2  # the consumer's and the producer's
+    with pytest.raises(TransportError):
+        consumer.fetch(1, timeout=0)
+    with pytest.raises(TransportError):
+        producer.submit(_bodies(1, "more"))
+    producer.submit(_bodies(1, "more"))  # a new connection, with the client's name
+    (delivery,) = consumer.fetch(1, timeout=1)
+    consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r")])
+    assert producer.results(5, timeout=1) == [b"r"]
+    assert any(c.get("name") == "distq-worker" for c in raw.client_list())
+
+
+def test_an_error_reply_keeps_the_connection(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    consumer = t.consumer("c")
+    before = {c["id"] for c in raw.client_list() if c.get("name") == "distq-worker"}
+    raw.set(queue, "not a list")
+    with pytest.raises(TransportError, match="WRONGTYPE"):
+        consumer.fetch(1, timeout=0)
+    raw.delete(queue)
+    assert consumer.fetch(1, timeout=0) == []
+    after = {c["id"] for c in raw.client_list() if c.get("name") == "distq-worker"}
+    assert after == before  # the same connection served both calls
