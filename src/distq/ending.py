@@ -73,6 +73,9 @@ class Ending(NamedTuple):
     note: str | None = None
 
 
+_ending = tuple.__new__  # makes an Ending from all its fields, in order
+
+
 class Endings:
     """The endings one worker gives its deliveries: results and dead letters name it."""
 
@@ -92,8 +95,9 @@ class Endings:
             return self.failed(delivery, task, exc, started_at, duration, retryable=False)
         if task.reply_to == NO_REPLY:
             return Ending(Settlement(delivery), "ok", task, started_at, duration)
-        settlement = Settlement(delivery, reply_to=task.reply_to, result=body)
-        return Ending(settlement, "ok", task, started_at, duration)
+        settlement = Settlement(delivery, task.reply_to, body)
+        # Ending(...) without its Python __new__: once per task
+        return _ending(Ending, (settlement, "ok", task, started_at, duration, None))
 
     def failed(
         self,
