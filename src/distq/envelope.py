@@ -256,7 +256,7 @@ class Task(msgspec.Struct, frozen=True):
 
     @classmethod
     def decode(cls, data: bytes | str) -> Task:
-        if type(data) is not bytes or data.count(b"[") + data.count(b"{") > MAX_NESTING:
+        if type(data) is not bytes or len(data) - len(data.translate(None, b"[{")) > MAX_NESTING:
             check_nesting(
                 data if isinstance(data, bytes) else data.encode(errors="replace"), "task"
             )
@@ -366,7 +366,7 @@ class Result(msgspec.Struct, frozen=True):
 
     @classmethod
     def decode(cls, data: bytes | str) -> Result:
-        if type(data) is not bytes or data.count(b"[") + data.count(b"{") > MAX_NESTING:
+        if type(data) is not bytes or len(data) - len(data.translate(None, b"[{")) > MAX_NESTING:
             check_nesting(
                 data if isinstance(data, bytes) else data.encode(errors="replace"), "result"
             )
