@@ -11,7 +11,7 @@ reuses: the squares job (:class:`distq.master.Master`) and an executor alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, KeysView
 from typing import Generic, TypeVar
 
 from distq.codec import Codec
@@ -73,6 +73,11 @@ class Collector(Generic[E]):
     def is_waiting(self, task_id: str) -> bool:
         """Whether ``task_id`` was expected and has no result yet."""
         return task_id in self._pending
+
+    def waiting_ids(self) -> KeysView[str]:
+        """The ids of the tasks expected and not answered yet, live: ``in`` it is
+        :meth:`is_waiting` without a Python call (a ledger asks once per task)."""
+        return self._pending.keys()
 
     def waiting(self) -> list[tuple[str, E]]:
         """(task id, entry) of every task not answered yet, oldest first."""

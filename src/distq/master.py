@@ -254,7 +254,7 @@ class _Run(Generic[E]):
 
     def _submit_lost(self, held: int) -> None:
         """Submit again the tasks after the first ``held`` that still wait for a result."""
-        waiting = self.collector.is_waiting
+        waiting = self.collector.waiting_ids().__contains__
         self.ledger.compact(waiting)
         total = self.ledger.total
         again = self.ledger.lost(held, waiting)
