@@ -762,6 +762,17 @@ class RedisConsumer(Consumer):
         """The settle script's KEYS and its publishing runs (see ``_SETTLE``): the results
         of a batch for one master are one run, ``('r', key, n, result 1, ..., result n)``."""
         keys = list(self._keys)
+        reply_to = settlements[0].reply_to
+        for s in settlements:  # the common case first: ok results, all for one master
+            if s.result is None or s.reply_to != reply_to:
+                break
+            if s.retry is not None or s.dead_letter is not None:
+                break
+        else:
+            if reply_to is not None:
+                keys.append(reply_to)
+                results = [s.result for s in settlements if s.result is not None]  # all
+                return keys, ["r", len(keys), len(results), *results]
         index: dict[str, int] = {}  # reply_to -> its position in KEYS (1-based, for Lua)
         runs = _Runs()
         for s in settlements:
