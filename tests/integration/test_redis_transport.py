@@ -11,12 +11,14 @@ queue of its own, and every transport it opens is closed.
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,10 +26,13 @@ import redis
 
 from brokers import Broker
 from distq.config import Settings
-from distq.envelope import DeadLetter
+from distq.console import Console
+from distq.envelope import DeadLetter, Result, Task
 from distq.errors import AuthenticationFailed, TransportError
+from distq.tasks import Registry
 from distq.transport.base import Settlement
-from distq.transport.redis import REPLY_GRACE_MS, RedisProducer, RedisTransport
+from distq.transport.redis import REPLY_GRACE_MS, RedisConsumer, RedisProducer, RedisTransport
+from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -558,3 +563,72 @@ def test_an_error_reply_keeps_the_connection(
     assert consumer.fetch(1, timeout=0) == []
     after = {c["id"] for c in raw.client_list() if c.get("name") == "distq-worker"}
     assert after == before  # the same connection served both calls
+
+
+def test_settle_then_fetch_settles_in_order_and_leases_the_next_batch(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit(_bodies(5))
+    consumer = t.consumer("c")
+    first = consumer.fetch(2, timeout=1)
+    results = [Settlement(d, reply_to=producer.reply_to, result=b"r-" + d.body) for d in first]
+    nxt = consumer.settle_then_fetch(results, 2)
+    assert [d.body for d in nxt] == [b"task-2", b"task-3"]
+    assert not any(d.redelivered for d in nxt)
+    assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"task-2", b"task-3"]
+    assert producer.results(5, timeout=1) == [b"r-task-0", b"r-task-1"]
+    # the next ones are acked by count as usual: the consumer holds them in order
+    last = consumer.settle_then_fetch([Settlement(d) for d in nxt], 5)
+    assert [d.body for d in last] == [b"task-4"]
+    consumer.settle([Settlement(d) for d in last])
+    assert raw.llen(consumer.inflight_key) == 0 and t.stats().ready == 0
+    assert consumer.settle_then_fetch([], 5) == []  # nothing to settle: no claim either
+
+
+def test_settle_then_fetch_acks_by_body_when_the_in_flight_list_changed(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit(_bodies(4))
+    consumer = t.consumer("c")
+    held = consumer.fetch(2, timeout=1)
+    raw.execute_command("LMOVE", consumer.inflight_key, queue, "RIGHT", "RIGHT")  # a sweep
+    done = [Settlement(d, reply_to=producer.reply_to, result=b"r-" + d.body) for d in held]
+    nxt = consumer.settle_then_fetch(done, 3)
+    # the settle by count found the list changed: the claim ran, then the acks by body.
+    # task-0, taken back by the sweep, is claimed again; its ack by body (after that
+    # claim) takes that new lease, in the step that stores its result: nothing is lost,
+    # the worker just runs it once more (a duplicate result, which the master drops)
+    assert sorted(d.body for d in nxt) == [b"task-0", b"task-2", b"task-3"]
+    assert producer.results(5, timeout=1) == [b"r-task-0", b"r-task-1"]
+    assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"task-2", b"task-3"]
+    consumer.settle([Settlement(d) for d in nxt])
+    assert raw.llen(consumer.inflight_key) == 0 and t.stats().ready == 0
+
+
+def test_a_worker_runs_the_batches_its_settles_claim(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    tasks = [Task(name="square", args=[n], reply_to=producer.reply_to) for n in range(300)]
+    producer.submit([task.encode() for task in tasks])
+    claimed: list[int] = []
+    original = RedisConsumer.settle_then_fetch
+
+    def spy(self: RedisConsumer, settlements: Any, max_count: int) -> Any:
+        got = original(self, settlements, max_count)
+        claimed.append(len(got))
+        return got
+
+    monkeypatch.setattr(RedisConsumer, "settle_then_fetch", spy)
+    options = WorkerOptions(concurrency=2, exit_when_idle=0.5, worker_id="w", prefetch=16)
+    out = io.StringIO()
+    assert Worker(t, Registry(), options, Console(quiet=True, out=out, err=out)).run() == 0
+    results = [Result.decode(body) for body in producer.results(1000, timeout=1)]
+    assert sorted(r.value for r in results) == sorted(n * n for n in range(300))
+    assert sum(claimed) > 0  # batches came with settles, and ran
+    assert t.stats().in_flight == 0 and t.stats().ready == 0

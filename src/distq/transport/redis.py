@@ -447,7 +447,7 @@ class RedisTransport(Transport):
 
     def load_scripts(self, client: _Commands) -> None:
         """Load the scripts pipelines run: a pipelined EVALSHA cannot load one on the fly."""
-        for script in (self.claim_script, self.ack_script):
+        for script in (self.claim_script, self.settle_script, self.ack_script):
             client.execute_command("SCRIPT LOAD", script.source)
 
     def _connect(self) -> None:
@@ -757,6 +757,46 @@ class RedisConsumer(Consumer):
             acks: list[Arg] = ["a", 0, count, *tags]
             self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
         self._forget(tags)
+
+    def settle_then_fetch(
+        self, settlements: Sequence[Settlement], max_count: int
+    ) -> list[Delivery]:
+        """A batch settled in order (acked by count) and the next claim, pipelined: one
+        round trip. The claim runs after the settle, as if fetched right after it.
+
+        If the in-flight list is not what the consumer holds (a sweep took it back), the
+        settle by count does nothing and the acks by body follow the claim: a body the
+        claim took again may then lose that new lease to its own ack, in the step that
+        stores its earlier delivery's result. The task is done and its result stored;
+        the worker runs the new delivery once more at most (a duplicate result)."""
+        if not settlements or max_count <= 0:
+            self.settle(settlements)
+            return []
+        tags = tags_of((s.delivery for s in settlements), bytes, "redis")
+        held, count = self._held, len(tags)
+        if tags != held[:count]:  # not the oldest, in order: acks by body, then a fetch
+            self.settle(settlements)
+            return self.fetch(max_count, 0)
+        keys, publish = self._publish(settlements)
+        settle = self._t.settle_script.command(keys, [*self._args, len(held), count, *publish])
+        claim = self._t.claim_script.command(self._keys, [*self._args, max_count, 0])
+        with self._t.errors():
+            settled, reply = self._w.pipeline([settle, claim])
+            if isinstance(settled, NoScriptError):  # it runs after the claim: by body, below
+                settled = self._t.settle_script.evaluate(self._w, settle)
+            if isinstance(reply, NoScriptError):
+                reply = self._t.claim_script.evaluate(self._w, claim)
+            _raise_first([settled])
+            if settled == 1:
+                del held[:count]
+            _raise_first([reply])
+            out = _deliveries(reply)
+            held += [d.body for d in out]
+            if settled != 1:  # the in-flight list was not what it holds: ack by body
+                acks: list[Arg] = ["a", 0, count, *tags]
+                self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
+                self._forget(tags)
+        return out
 
     def _publish(self, settlements: Sequence[Settlement]) -> tuple[list[str], list[Arg]]:
         """The settle script's KEYS and its publishing runs (see ``_SETTLE``): the results
