@@ -352,8 +352,16 @@ def test_redis_errors_become_transport_errors(
     raw.set(queue, "not a list")
     with pytest.raises(TransportError, match="WRONGTYPE"):
         t.consumer("c").fetch(1, timeout=0)
-    with pytest.raises(TransportError):
-        t.producer("r").submit([b"x"])
+    producer = t.producer("r")
+    with pytest.raises(TransportError, match="WRONGTYPE"):
+        producer.submit([b"x"])
+    # the transaction went on past the failed LPUSH, but did not count the body: a
+    # reconcile says Redis holds none of them, so the master submits it again
+    assert raw.hget("r:state", "submitted") == b"0"
+    raw.delete(queue)
+    assert producer.reconcile() == 0
+    producer.submit([b"x"])
+    assert raw.hget("r:state", "submitted") == b"1" and raw.lrange(queue, 0, -1) == [b"x"]
 
 
 def test_wrong_password_is_refused_without_echoing_it(

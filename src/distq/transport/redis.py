@@ -24,7 +24,7 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 (1) ``withdraw`` LREMs tasks not claimed yet and ``requeue_dead`` LPUSHes revived tasks.
 (2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
 (3) LRANGE of its tail (the oldest results); the ack script LTRIMs those received.
-(4) in a MULTI/EXEC transaction with the count in ``state``.
+(4) in a MULTI/EXEC transaction with the count in ``state`` (counted only if pushed).
 
 ``<id>`` is a consumer id: the worker's slot name plus a random suffix per connection,
 so a worker that reconnects (or restarts under the same name) never renews the lease
@@ -347,6 +347,17 @@ return out
 # The master's scripts. KEYS = ready, masters, results, state; ARGV[1] = the result
 # list's name (KEYS[3]), ARGV[2] = the master's time to live, ms.
 
+# Submit's count, in the transaction after its LPUSHes (KEYS = ready, state; ARGV = how
+# many bodies, state's time to live): only if those succeeded (a queue key of another
+# type fails them, and a transaction goes on past a failed command). Sent by EVAL: it is
+# small, and cannot meet NOSCRIPT inside the transaction.
+_COUNT_SUBMITTED = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'list' then return 0 end
+redis.call('HINCRBY', KEYS[2], 'submitted', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
 # Register or renew the master; returns how many of its submitted bodies Redis holds:
 # 0 when it was not registered and live (never before, restarted empty, restored past
 # its deadline, or away too long: workers may have dead-lettered its tasks meanwhile).
@@ -595,7 +606,10 @@ class RedisProducer(Producer):
 
     def submit(self, bodies: Sequence[bytes]) -> None:
         """LPUSH the bodies and count them in ``state`` in one step: a transaction
-        (MULTI/EXEC), not a script, so no body is copied into Lua and back."""
+        (MULTI/EXEC) rather than one script, so no body is copied into Lua and back.
+        A transaction does not stop at a failed command: the count (a small script,
+        ``_COUNT_SUBMITTED``) is made only if the queue is a list, that is, only if the
+        LPUSHes before it succeeded."""
         if not bodies:
             return
         self._renew_when_due()
@@ -603,8 +617,8 @@ class RedisProducer(Producer):
         commands: list[Sequence[Arg]] = [("MULTI",)]
         for start in range(0, len(bodies), MESSAGE_BATCH):
             commands.append(("LPUSH", ready, *bodies[start : start + MESSAGE_BATCH]))
-        commands.append(("HINCRBY", state, "submitted", len(bodies)))
-        commands.append(("PEXPIRE", state, self._t.master_ttl_ms + REPLY_GRACE_MS))
+        ttl = self._t.master_ttl_ms + REPLY_GRACE_MS
+        commands.append(("EVAL", _COUNT_SUBMITTED, 2, ready, state, len(bodies), ttl))
         commands.append(("EXEC",))
         with self._t.errors():
             replies = self._w.pipeline(commands)
