@@ -11,7 +11,7 @@ reuses: the squares job (:class:`distq.master.Master`) and an executor alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, KeysView
 from typing import Generic, TypeVar
 
 from distq.codec import Codec
@@ -74,6 +74,11 @@ class Collector(Generic[E]):
         """Whether ``task_id`` was expected and has no result yet."""
         return task_id in self._pending
 
+    def waiting_ids(self) -> KeysView[str]:
+        """The ids of the tasks expected and not answered yet, live: ``in`` it is
+        :meth:`is_waiting` without a Python call (a ledger asks once per task)."""
+        return self._pending.keys()
+
     def waiting(self) -> list[tuple[str, E]]:
         """(task id, entry) of every task not answered yet, oldest first."""
         return [(task_id, entry) for task_id, (entry, _) in self._pending.items()]
@@ -113,26 +118,32 @@ class Collector(Generic[E]):
         """Hand on the first result of each expected task among ``bodies``; return how many."""
         now = time.perf_counter()
         firsts = 0
+        telemetry = self._telemetry
+        tracked = telemetry.metrics is not None or telemetry.log is not None  # else a no-op
+        # once per result: looked up once per call
+        open_result, pop, finish = self._codec.open_result, self._pending.pop, self._finished.add
+        latency, on_result = self.latencies.append, self._on_result
         for body in bodies:
             try:
-                result = self._codec.open_result(body)
+                result = open_result(body)
             except EnvelopeError as exc:
                 self.malformed += 1
                 if self._on_malformed is not None:
                     self._on_malformed(exc)
                 continue
-            pending = self._pending.pop(result.task_id, None)
+            pending = pop(result.task_id, None)
             if pending is None:
                 if result.task_id in self._finished:
                     self.duplicates += 1
                     self._telemetry.duplicate(result)
                 continue
-            self._finished.add(result.task_id)
+            finish(result.task_id)
             entry, submitted = pending
             round_trip = now - submitted
-            self.latencies.append(round_trip)
-            self._telemetry.result(result, round_trip)
+            latency(round_trip)
+            if tracked:
+                telemetry.result(result, round_trip)
             firsts += 1
-            self._on_result(result, entry, round_trip)
+            on_result(result, entry, round_trip)
         self._telemetry.collected(len(self._pending))
         return firsts

@@ -73,6 +73,9 @@ class Ending(NamedTuple):
     note: str | None = None
 
 
+_ending = tuple.__new__  # makes an Ending from all its fields, in order
+
+
 class Endings:
     """The endings one worker gives its deliveries: results and dead letters name it."""
 
@@ -84,15 +87,17 @@ class Endings:
         self, delivery: Delivery, task: Task, value: Any, started_at: float, duration: float
     ) -> Ending:
         """The function returned ``value``; it fails for good if ``value`` is not JSON."""
+        result = Result(task.id, "ok", self.worker_id, task.attempt, started_at, duration, value)
         try:
-            body = self._result(task, started_at, duration, status="ok", value=value)
+            body = self.codec.seal_result(result)
         # not JSON, nested too deeply or too large: no retry will change that
         except (TypeError, ValueError, RecursionError, EnvelopeError) as exc:
             return self.failed(delivery, task, exc, started_at, duration, retryable=False)
         if task.reply_to == NO_REPLY:
             return Ending(Settlement(delivery), "ok", task, started_at, duration)
-        settlement = Settlement(delivery, reply_to=task.reply_to, result=body)
-        return Ending(settlement, "ok", task, started_at, duration)
+        settlement = Settlement(delivery, task.reply_to, body)
+        # Ending(...) without its Python __new__: once per task
+        return _ending(Ending, (settlement, "ok", task, started_at, duration, None))
 
     def failed(
         self,
@@ -190,15 +195,15 @@ class Endings:
         return Ending(settlement, "malformed", note=f"dead-lettered a {kind}{reason}")
 
     def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
-        envelope = Result(
+        result = Result(
             task_id=task.id,
             worker=self.worker_id,
             attempt=task.attempt,
             started_at=started_at,
             duration=duration,
             **fields,
-        ).encode()
-        return self.codec.seal(envelope, "result")
+        )
+        return self.codec.seal_result(result)
 
     def _dead(self, body: bytes, reason: str) -> bytes:
         return DeadLetter(

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from distq.errors import EnvelopeError
-from distq.limits import check_nesting
+from distq.limits import MAX_NESTING, check_nesting  # the count: check_nesting's first step
 
 VERSION = 1
 MAX_ATTEMPTS = 3  # attempts a task gets unless its master says otherwise (distq master's default)
@@ -44,6 +44,9 @@ _FAST_ERRORS = (msgspec.MsgspecError, ValueError, TypeError, OverflowError, Recu
 #: Types whose JSON text ``msgspec`` and ``json`` write alike (floats: when finite).
 _SCALARS = frozenset({str, int, bool, type(None)})
 _PLAIN_DEPTH = 8  # deeper values take the stdlib encoder (no recursion limit to mind)
+#: Deepest nesting of an envelope the fast path writes: the envelope, then a value that
+#: :func:`_plain` accepts (containers at depths 0 to ``_PLAIN_DEPTH - 1`` of it).
+SHALLOW_NESTING = 1 + _PLAIN_DEPTH
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
@@ -213,6 +216,26 @@ class Task(msgspec.Struct, frozen=True):
     created_at: float = msgspec.field(default_factory=time.time)
 
     def encode(self) -> bytes:
+        fast = self.encode_shallow()
+        if fast is not None:
+            return fast
+        return _dumps(
+            {
+                "v": VERSION,
+                "id": self.id,
+                "name": self.name,
+                "args": self.args,
+                "kwargs": self.kwargs,
+                "reply_to": self.reply_to,
+                "attempt": self.attempt,
+                "max_attempts": self.max_attempts,
+                "created_at": self.created_at,
+            }
+        ).encode()
+
+    def encode_shallow(self) -> bytes | None:
+        """:meth:`encode` by the fast path, whose JSON nests at most :data:`SHALLOW_NESTING`
+        levels (so no need to count them); None when the task takes the stdlib's."""
         if _plain(self.args) and _plain(self.kwargs) and math.isfinite(self.created_at):
             wire = _TaskWire(
                 1,
@@ -228,24 +251,15 @@ class Task(msgspec.Struct, frozen=True):
             try:
                 return _encode(wire)
             except _FAST_ERRORS:
-                pass  # e.g. a lone surrogate in a string: json says why, below
-        return _dumps(
-            {
-                "v": VERSION,
-                "id": self.id,
-                "name": self.name,
-                "args": self.args,
-                "kwargs": self.kwargs,
-                "reply_to": self.reply_to,
-                "attempt": self.attempt,
-                "max_attempts": self.max_attempts,
-                "created_at": self.created_at,
-            }
-        ).encode()
+                pass  # e.g. a lone surrogate in a string: json says why
+        return None
 
     @classmethod
     def decode(cls, data: bytes | str) -> Task:
-        check_nesting(data if isinstance(data, bytes) else data.encode(errors="replace"), "task")
+        if type(data) is not bytes or len(data) - len(data.translate(None, b"[{")) > MAX_NESTING:
+            check_nesting(
+                data if isinstance(data, bytes) else data.encode(errors="replace"), "task"
+            )
         try:
             w = _task_wire(data)
         except _FAST_ERRORS:
@@ -304,6 +318,30 @@ class Result(msgspec.Struct, frozen=True):
     error_traceback: str | None = None
 
     def encode(self) -> bytes:
+        fast = self.encode_shallow()
+        if fast is not None:
+            return fast
+        obj: dict[str, Any] = {
+            "v": VERSION,
+            "task_id": self.task_id,
+            "status": self.status,
+            "worker": self.worker,
+            "attempt": self.attempt,
+            "started_at": self.started_at,
+            "duration": self.duration,
+        }
+        if self.status == "ok":
+            obj["value"] = self.value
+        else:
+            error = {"type": self.error_type, "message": self.error_message}
+            if self.error_traceback is not None:
+                error["traceback"] = self.error_traceback
+            obj["error"] = error
+        return _dumps(obj).encode()
+
+    def encode_shallow(self) -> bytes | None:
+        """:meth:`encode` by the fast path (ok results), whose JSON nests at most
+        :data:`SHALLOW_NESTING` levels; None when the result takes the stdlib's."""
         if (
             self.status == "ok"
             and _plain(self.value)
@@ -323,28 +361,15 @@ class Result(msgspec.Struct, frozen=True):
             try:
                 return _encode(wire)
             except _FAST_ERRORS:
-                pass  # json says why, below
-        obj: dict[str, Any] = {
-            "v": VERSION,
-            "task_id": self.task_id,
-            "status": self.status,
-            "worker": self.worker,
-            "attempt": self.attempt,
-            "started_at": self.started_at,
-            "duration": self.duration,
-        }
-        if self.status == "ok":
-            obj["value"] = self.value
-        else:
-            error = {"type": self.error_type, "message": self.error_message}
-            if self.error_traceback is not None:
-                error["traceback"] = self.error_traceback
-            obj["error"] = error
-        return _dumps(obj).encode()
+                pass  # json says why
+        return None
 
     @classmethod
     def decode(cls, data: bytes | str) -> Result:
-        check_nesting(data if isinstance(data, bytes) else data.encode(errors="replace"), "result")
+        if type(data) is not bytes or len(data) - len(data.translate(None, b"[{")) > MAX_NESTING:
+            check_nesting(
+                data if isinstance(data, bytes) else data.encode(errors="replace"), "result"
+            )
         try:
             w = _result_wire(data)
         except _FAST_ERRORS:

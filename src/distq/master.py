@@ -254,7 +254,7 @@ class _Run(Generic[E]):
 
     def _submit_lost(self, held: int) -> None:
         """Submit again the tasks after the first ``held`` that still wait for a result."""
-        waiting = self.collector.is_waiting
+        waiting = self.collector.waiting_ids().__contains__
         self.ledger.compact(waiting)
         total = self.ledger.total
         again = self.ledger.lost(held, waiting)
@@ -316,14 +316,17 @@ class _Run(Generic[E]):
 
     def _submit(self, count: int) -> None:
         tasks = self.workload.tasks(count, self.master.reply_to)
-        self.collector.expect((task.id, entry) for task, entry in tasks)
-        bodies = [self.master.codec.seal_task(task) for task, _ in tasks]
+        made = [task for task, _ in tasks]
+        ids = [task.id for task in made]
+        self.collector.expect(zip(ids, [entry for _, entry in tasks], strict=True))
+        seal = self.master.codec.seal_task
+        bodies = [seal(task) for task in made]
         # counted as submitted before the call: one that fails is an outage, and the
         # reconcile after it says whether the broker got them
-        self.ledger.record(zip([task.id for task, _ in tasks], bodies, strict=True))
+        self.ledger.record(zip(ids, bodies, strict=True))
         self.submitted += len(tasks)
         self.report.tasks = self.submitted
-        self.telemetry.submitted([task for task, _ in tasks], self.collector.outstanding)
+        self.telemetry.submitted(made, self.collector.outstanding)
         if self.console.bar is None and self.submitted == len(tasks) and self.spec.tasks:
             self.console.start_progress(self.spec.tasks)
         self.console.lines(self.workload.submitted_lines(tasks), count=0)

@@ -60,8 +60,8 @@ class TaskRunner:
         except (UnknownTask, TypeError) as exc:
             ending = self.endings.failed(delivery, task, exc, started_at, 0.0, retryable=False)
             return self._told(ending)
-        try:
-            value = function(*task.args, **task.kwargs)
+        try:  # without keywords, no dict is built for the call
+            value = function(*task.args, **task.kwargs) if task.kwargs else function(*task.args)
         except Exception as exc:
             duration = time.perf_counter() - started
             if exc.__traceback__ is not None:  # the remote traceback starts in the task's code
@@ -69,7 +69,10 @@ class TaskRunner:
             ending = self.endings.failed(delivery, task, exc, started_at, duration, retryable=True)
             return self._told(ending)
         duration = time.perf_counter() - started
-        return self._told(self.endings.ok(delivery, task, value, started_at, duration))
+        ending = self.endings.ok(delivery, task, value, started_at, duration)
+        if ending.note is not None:  # _told, inline: the hot path
+            self.console.error(ending.note)
+        return ending
 
     def _told(self, ending: Ending) -> Ending:
         if ending.note is not None:

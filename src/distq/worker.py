@@ -337,6 +337,7 @@ class Worker:
         """
         sizer = BatchSizer(self.options.prefetch)
         poll = min(self.options.heartbeat_interval, 1.0)
+        claimed: list[Delivery] = []  # the next batch, leased by the last settle
         try:
             while not self._stopping.is_set() and slot.generation == generation:
                 if slot.consumer is None:
@@ -345,9 +346,12 @@ class Worker:
                         slot.consumer = consumer
                     continue
                 try:
-                    with slot.lock:
-                        deliveries = slot.consumer.fetch(sizer.size, poll)
-                        slot.renewed = time.monotonic()
+                    if claimed:
+                        deliveries, claimed = claimed, []
+                    else:
+                        with slot.lock:
+                            deliveries = slot.consumer.fetch(sizer.size, poll)
+                            slot.renewed = time.monotonic()
                     if not deliveries:
                         continue
                     self.telemetry.fetched(deliveries)
@@ -363,8 +367,11 @@ class Worker:
                         slot.batch = None
                         if slot.handed_back or slot.consumer is None:
                             break  # a cold stop handed the whole batch back already
-                        self._settle(slot, batch.endings, batch.take_rest())
+                        claimed = self._settle(slot, batch.endings, batch.take_rest(), sizer.size)
+                        if claimed:
+                            slot.renewed = time.monotonic()
                 except Exception as exc:  # a transport bug must not kill the slot either
+                    claimed = []  # held by the consumer closed below: they go back with it
                     if slot.generation != generation:
                         return
                     if self.outage.lost():
@@ -421,14 +428,27 @@ class Worker:
             with contextlib.suppress(Exception):  # a dead connection's leases expire anyway
                 consumer.close()
 
-    def _settle(self, slot: _Slot, endings: list[Ending], unstarted: Sequence[Delivery]) -> None:
-        """Settle what ran in one call, hand back what did not, and count both."""
+    def _settle(
+        self, slot: _Slot, endings: list[Ending], unstarted: Sequence[Delivery], fetch: int = 0
+    ) -> list[Delivery]:
+        """Settle what ran in one call, hand back what did not, and count both.
+
+        With ``fetch``, a batch that ran to its end also leases up to that many more in
+        the same call where the transport can (:meth:`Consumer.settle_then_fetch`): they
+        are returned, to run next. Not when stopping, nor after a batch that handed
+        tasks back (they were too slow for one batch: idle workers may take them)."""
         assert slot.consumer is not None
+        claimed: list[Delivery] = []
         if endings:
-            slot.consumer.settle([ending.settlement for ending in endings])
+            settlements = [ending.settlement for ending in endings]
+            if fetch > 0 and not unstarted and not self._stopping.is_set():
+                claimed = slot.consumer.settle_then_fetch(settlements, fetch)
+            else:
+                slot.consumer.settle(settlements)
         if unstarted:
             slot.consumer.release(unstarted)
         self._count(slot, endings, released=len(unstarted))
+        return claimed
 
     def _count(self, slot: _Slot, endings: list[Ending], released: int) -> None:
         slot.in_hand -= len(endings) + released

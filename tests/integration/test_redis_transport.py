@@ -11,12 +11,14 @@ queue of its own, and every transport it opens is closed.
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,10 +26,13 @@ import redis
 
 from brokers import Broker
 from distq.config import Settings
-from distq.envelope import DeadLetter
+from distq.console import Console
+from distq.envelope import DeadLetter, Result, Task
 from distq.errors import AuthenticationFailed, TransportError
+from distq.tasks import Registry
 from distq.transport.base import Settlement
-from distq.transport.redis import REPLY_GRACE_MS, RedisTransport
+from distq.transport.redis import REPLY_GRACE_MS, RedisConsumer, RedisProducer, RedisTransport
+from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -347,8 +352,16 @@ def test_redis_errors_become_transport_errors(
     raw.set(queue, "not a list")
     with pytest.raises(TransportError, match="WRONGTYPE"):
         t.consumer("c").fetch(1, timeout=0)
-    with pytest.raises(TransportError):
-        t.producer("r").submit([b"x"])
+    producer = t.producer("r")
+    with pytest.raises(TransportError, match="WRONGTYPE"):
+        producer.submit([b"x"])
+    # the transaction went on past the failed LPUSH, but did not count the body: a
+    # reconcile says Redis holds none of them, so the master submits it again
+    assert raw.hget("r:state", "submitted") == b"0"
+    raw.delete(queue)
+    assert producer.reconcile() == 0
+    producer.submit([b"x"])
+    assert raw.hget("r:state", "submitted") == b"1" and raw.lrange(queue, 0, -1) == [b"x"]
 
 
 def test_wrong_password_is_refused_without_echoing_it(
@@ -410,3 +423,220 @@ def test_leases_restored_from_a_snapshot_come_back_within_two_leases(tmp_path: P
         finally:
             after.close()
             before.close()
+
+
+def test_a_claim_flags_each_redelivery_by_its_position(open_transport: OpenTransport) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit([b"a", b"b", b"c", b"d"])
+    first = t.consumer("first")
+    a, b, c, d = first.fetch(4, timeout=1)
+    assert not any(x.redelivered for x in (a, b, c, d))
+    first.release([b, d])  # back to the tail, b next, each marked as redelivered
+    producer.submit([b"e"])
+    second = t.consumer("second")
+    got = second.fetch(3, timeout=1)
+    assert [(x.body, x.redelivered) for x in got] == [(b"b", True), (b"d", True), (b"e", False)]
+    first.release([a, c])
+    got = second.fetch(3, timeout=1)  # the set is read only while it has members
+    assert [(x.body, x.redelivered) for x in got] == [(b"a", True), (b"c", True)]
+
+
+def test_settle_publishes_runs_of_mixed_endings_in_order(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    one, two, gone = (t.producer(t.reply_queue(job)) for job in ("one", "two", "gone"))
+    gone.close()  # its master is not registered: its results are dropped
+    one.submit(_bodies(9))
+    consumer = t.consumer("c")
+    d = consumer.fetch(9, timeout=1)
+    letter = DeadLetter(body=b"x", reason="boom", queue=queue, worker="c").encode()
+    consumer.settle(
+        [
+            Settlement(d[0], reply_to=one.reply_to, result=b"one-1"),
+            Settlement(d[1], reply_to=one.reply_to, result=b"one-2"),
+            Settlement(d[2], reply_to=two.reply_to, result=b"two-1"),
+            Settlement(d[3], reply_to=gone.reply_to, result=b"gone-1"),
+            Settlement(d[4], retry=b"now-1"),
+            Settlement(d[5], retry=b"now-2"),
+            Settlement(d[6], retry=b"later", retry_delay=30),
+            Settlement(d[7], reply_to=one.reply_to, result=b"one-3", dead_letter=letter),
+            Settlement(d[8], reply_to=two.reply_to, result=b"two-2"),
+        ]
+    )
+    assert one.results(10, timeout=1) == [b"one-1", b"one-2", b"one-3"]
+    assert two.results(10, timeout=1) == [b"two-1", b"two-2"]
+    assert raw.exists(gone.reply_to) == 0
+    assert raw.lrange(queue, 0, -1) == [b"now-2", b"now-1"]  # LPUSHed: now-1 runs first
+    assert raw.zrange(f"distq:{queue}:delayed", 0, -1) == [b"later"]
+    assert raw.lrange(f"distq:{queue}:dead", 0, -1) == [letter]
+    assert raw.llen(consumer.inflight_key) == 0
+
+
+def test_a_settle_acked_by_body_takes_only_those(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit(_bodies(4))
+    consumer = t.consumer("c")
+    d = consumer.fetch(4, timeout=1)
+    consumer.settle([Settlement(d[2], reply_to=producer.reply_to, result=b"r2"), Settlement(d[0])])
+    assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [d[1].body, d[3].body]
+    consumer.settle([Settlement(d[3]), Settlement(d[1], reply_to=producer.reply_to, result=b"r1")])
+    assert raw.llen(consumer.inflight_key) == 0
+    assert producer.results(10, timeout=1) == [b"r2", b"r1"]
+
+
+def _results(producer: RedisProducer, n: int) -> list[bytes]:
+    consumer = producer._t.consumer("c")
+    bodies = [f"r{i}".encode() for i in range(n)]
+    producer.submit(bodies)
+    got = consumer.fetch(n, timeout=1)
+    consumer.settle([Settlement(d, reply_to=producer.reply_to, result=d.body) for d in got])
+    consumer.close()
+    return bodies
+
+
+def test_a_take_whose_reply_was_lost_is_answered_again(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    sent = _results(producer, 5)
+    assert producer.results(3, timeout=1) == sent[:3]
+    before = producer._received
+    assert producer.results(3, timeout=1) == sent[3:]
+    producer._received = before  # as if that reply never came: the same results again
+    assert producer.results(3, timeout=1) == sent[3:]
+    assert raw.llen(producer.reply_to) == 2  # received, not acknowledged yet
+    assert producer.results(3, timeout=0.1) == []  # acknowledges them
+    assert raw.llen(producer.reply_to) == 0
+
+
+def test_a_take_without_its_count_drops_nothing_unread(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    first = _results(producer, 2)
+    assert producer.results(5, timeout=1) == first
+    raw.hdel(f"{producer.reply_to}:state", "taken")  # lapsed, or restored from before it
+    sent = _results(producer, 3)
+    # the count 2 is adopted: the 2 received are sent again, none of the new ones dropped
+    got = producer.results(10, timeout=1)
+    assert got[-3:] == sent and len(got) == 5
+    assert producer.results(10, timeout=0.1) == []
+    assert raw.llen(producer.reply_to) == 0
+
+
+def _kill_connections(raw: redis.Redis[bytes], name: str) -> int:
+    """Close the server side of every connection named ``name``; how many there were."""
+    ids = [c["id"] for c in raw.client_list() if c.get("name") == name]
+    for client_id in ids:
+        raw.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    consumer = t.consumer("c")
+    producer.submit(_bodies(2))
+    assert _kill_connections(raw, "distq-worker") >= 2  # the consumer's and the producer's
+    with pytest.raises(TransportError):
+        consumer.fetch(1, timeout=0)
+    with pytest.raises(TransportError):
+        producer.submit(_bodies(1, "more"))
+    producer.submit(_bodies(1, "more"))  # a new connection, with the client's name
+    (delivery,) = consumer.fetch(1, timeout=1)
+    consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r")])
+    assert producer.results(5, timeout=1) == [b"r"]
+    assert any(c.get("name") == "distq-worker" for c in raw.client_list())
+
+
+def test_an_error_reply_keeps_the_connection(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    consumer = t.consumer("c")
+    before = {c["id"] for c in raw.client_list() if c.get("name") == "distq-worker"}
+    raw.set(queue, "not a list")
+    with pytest.raises(TransportError, match="WRONGTYPE"):
+        consumer.fetch(1, timeout=0)
+    raw.delete(queue)
+    assert consumer.fetch(1, timeout=0) == []
+    after = {c["id"] for c in raw.client_list() if c.get("name") == "distq-worker"}
+    assert after == before  # the same connection served both calls
+
+
+def test_settle_then_fetch_settles_in_order_and_leases_the_next_batch(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit(_bodies(5))
+    consumer = t.consumer("c")
+    first = consumer.fetch(2, timeout=1)
+    results = [Settlement(d, reply_to=producer.reply_to, result=b"r-" + d.body) for d in first]
+    nxt = consumer.settle_then_fetch(results, 2)
+    assert [d.body for d in nxt] == [b"task-2", b"task-3"]
+    assert not any(d.redelivered for d in nxt)
+    assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"task-2", b"task-3"]
+    assert producer.results(5, timeout=1) == [b"r-task-0", b"r-task-1"]
+    # the next ones are acked by count as usual: the consumer holds them in order
+    last = consumer.settle_then_fetch([Settlement(d) for d in nxt], 5)
+    assert [d.body for d in last] == [b"task-4"]
+    consumer.settle([Settlement(d) for d in last])
+    assert raw.llen(consumer.inflight_key) == 0 and t.stats().ready == 0
+    assert consumer.settle_then_fetch([], 5) == []  # nothing to settle: no claim either
+
+
+def test_settle_then_fetch_acks_by_body_when_the_in_flight_list_changed(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit(_bodies(4))
+    consumer = t.consumer("c")
+    held = consumer.fetch(2, timeout=1)
+    raw.execute_command("LMOVE", consumer.inflight_key, queue, "RIGHT", "RIGHT")  # a sweep
+    done = [Settlement(d, reply_to=producer.reply_to, result=b"r-" + d.body) for d in held]
+    nxt = consumer.settle_then_fetch(done, 3)
+    # the settle by count found the list changed: the claim ran, then the acks by body.
+    # task-0, taken back by the sweep, is claimed again; its ack by body (after that
+    # claim) takes that new lease, in the step that stores its result: nothing is lost,
+    # the worker just runs it once more (a duplicate result, which the master drops)
+    assert sorted(d.body for d in nxt) == [b"task-0", b"task-2", b"task-3"]
+    assert producer.results(5, timeout=1) == [b"r-task-0", b"r-task-1"]
+    assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"task-2", b"task-3"]
+    consumer.settle([Settlement(d) for d in nxt])
+    assert raw.llen(consumer.inflight_key) == 0 and t.stats().ready == 0
+
+
+def test_a_worker_runs_the_batches_its_settles_claim(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    tasks = [Task(name="square", args=[n], reply_to=producer.reply_to) for n in range(300)]
+    producer.submit([task.encode() for task in tasks])
+    claimed: list[int] = []
+    original = RedisConsumer.settle_then_fetch
+
+    def spy(self: RedisConsumer, settlements: Any, max_count: int) -> Any:
+        got = original(self, settlements, max_count)
+        claimed.append(len(got))
+        return got
+
+    monkeypatch.setattr(RedisConsumer, "settle_then_fetch", spy)
+    options = WorkerOptions(concurrency=2, exit_when_idle=0.5, worker_id="w", prefetch=16)
+    out = io.StringIO()
+    assert Worker(t, Registry(), options, Console(quiet=True, out=out, err=out)).run() == 0
+    results = [Result.decode(body) for body in producer.results(1000, timeout=1)]
+    assert sorted(r.value for r in results) == sorted(n * n for n in range(300))
+    assert sum(claimed) > 0  # batches came with settles, and ran
+    assert t.stats().in_flight == 0 and t.stats().ready == 0

@@ -48,6 +48,11 @@ def test_each_expected_task_is_handed_on_once_with_its_entry() -> None:
     assert collector.accept([result("a")]) == 0  # a late copy of an answered task
     assert collector.duplicates == 2
     assert collector.waiting() == [("c", "entry-c")]
+    waiting = collector.waiting_ids()  # live: what is_waiting says, for every id
+    assert [collector.is_waiting(i) for i in "abcx"] == [i in waiting for i in "abcx"]
+    assert list(waiting) == ["c"]
+    collector.discard("c")
+    assert "c" not in waiting and not collector.is_waiting("c")
     samples, labels = metrics.registry, {"transport": "redis", "queue": "q"}
     assert samples.get_sample_value("distq_master_duplicate_results_total", labels) == 2
     assert samples.get_sample_value("distq_master_results_total", {**labels, "status": "ok"}) == 1

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from distq.ending import MAX_TRACEBACK_CHARS, Endings, retry_delay, traceback_text
+from distq.ending import MAX_TRACEBACK_CHARS, Ending, Endings, retry_delay, traceback_text
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError
-from distq.transport import Delivery
+from distq.transport import Delivery, Settlement
 
 ENDINGS = Endings("w1", "q")
 
@@ -33,6 +33,12 @@ def test_a_value_is_an_ok_result_for_the_master_and_nothing_else() -> None:
     result = Result.decode(s.result)
     assert (result.task_id, result.status, result.value, result.worker) == (t.id, "ok", 144, "w1")
     assert (result.started_at, result.duration, result.attempt) == (1000.0, 0.25, 1)
+    # made without Ending's __new__: the very record the constructor makes
+    assert type(ending) is Ending and ending._fields == Ending._fields
+    made = Ending(
+        Settlement(ending.settlement.delivery, "replies", s.result), "ok", t, 1000.0, 0.25
+    )
+    assert ending == made and ending._asdict() == made._asdict()
 
 
 def test_an_error_with_attempts_left_is_retried_after_a_backoff() -> None:

@@ -16,7 +16,7 @@ from distq.codec import Codec
 from distq.config import Settings
 from distq.console import Console
 from distq.ending import Ending, Endings
-from distq.envelope import DeadLetter, Result, Task
+from distq.envelope import SHALLOW_NESTING, DeadLetter, Result, Task
 from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
 from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES, check_nesting
 from distq.master import JobSpec, Master
@@ -176,6 +176,46 @@ def test_a_deeply_nested_task_is_refused_as_an_envelope_error() -> None:
     body = task(deep(MAX_NESTING)).encode()
     with pytest.raises(EnvelopeError, match="deeper than"):
         Task.decode(body)
+
+
+@pytest.mark.parametrize("depth", [0, 1, SHALLOW_NESTING - 2, SHALLOW_NESTING - 1, 20])
+@pytest.mark.parametrize("codec", [Codec(), Codec([NEW])])
+def test_sealing_skips_the_nesting_count_only_for_what_the_fast_path_writes(
+    depth: int, codec: Codec
+) -> None:
+    value = deep(depth)
+    t = task(value, kwargs={"k": value})
+    r = Result(t.id, "ok", "w", 1, 1.0, 0.5, value)
+    for shallow, encoded, sealed, kind in (
+        (t.encode_shallow(), t.encode(), codec.seal_task(t), "task"),
+        (r.encode_shallow(), r.encode(), codec.seal_result(r), "result"),
+    ):
+        assert sealed == codec.seal(encoded, kind)  # the same message either way
+        if shallow is not None:  # written by the fast path: within the bound, uncounted
+            assert shallow == encoded
+            assert _nesting(encoded) <= SHALLOW_NESTING <= MAX_NESTING
+        else:
+            assert depth >= SHALLOW_NESTING - 1  # only deeper values take the stdlib's path
+    assert (t.encode_shallow() is None) == (depth >= SHALLOW_NESTING - 1)
+
+
+def test_sealing_still_refuses_what_nests_too_deeply() -> None:
+    codec = Codec()
+    with pytest.raises(MessageTooLarge, match="deeper than"):
+        codec.seal_task(task(deep(MAX_NESTING)))
+    with pytest.raises(MessageTooLarge, match="deeper than"):
+        codec.seal_result(Result("id", "ok", "w", 1, 1.0, 0.5, deep(MAX_NESTING)))
+    error = Result("id", "error", "w", 1, 1.0, 0.5, None, "E", "m")
+    assert error.encode_shallow() is None  # error results take the stdlib's path
+    assert codec.seal_result(error) == codec.seal(error.encode(), "result")
+
+
+def _nesting(data: bytes) -> int:
+    level = top = 0
+    for char in json.dumps(json.loads(data)):  # no brackets inside these strings
+        level += (char in "[{") - (char in "]}")
+        top = max(top, level)
+    return top
 
 
 # --- the worker --------------------------------------------------------------------

@@ -209,6 +209,16 @@ class Consumer(abc.ABC):
     def settle(self, settlements: Sequence[Settlement]) -> None:
         """Publish results, retries and dead letters, then acknowledge the deliveries."""
 
+    def settle_then_fetch(
+        self, settlements: Sequence[Settlement], max_count: int
+    ) -> list[Delivery]:
+        """:meth:`settle`, then lease up to ``max_count`` more deliveries without waiting
+        where the transport does both in one round trip; returns them. By default it only
+        settles and returns none: the caller fetches as usual. A failure raises as either
+        call would, and leaves the settle as :meth:`settle` leaves it."""
+        self.settle(settlements)
+        return []
+
     @abc.abstractmethod
     def release(self, deliveries: Sequence[Delivery]) -> None:
         """Hand unprocessed deliveries back to the front of the ready queue."""

@@ -11,19 +11,20 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 
 | key (``<q>`` = ``DISTQ_QUEUE``)     | type | written by                       | read by     |
 |-------------------------------------|------|----------------------------------|-------------|
-| ``<q>``                             | list | submit LPUSH; requeue RPUSH (1)  | claim, tail |
+| ``<q>``                             | list | submit LPUSH (4); requeue RPUSH (1) | claim, tail |
 | ``distq:<q>:inflight:<id>``         | list | claim (with the lease, atomic)   | settle      |
 | ``distq:<q>:consumers``             | zset | claim, heartbeat, close          | sweep       |
 | ``distq:<q>:delayed``               | zset | settle: retry with a delay       | sweep       |
 | ``distq:<q>:redelivered``           | set  | sweep, release, close            | claim       |
 | ``distq:<q>:dead``                  | list | settle RPUSH, so oldest first    | LRANGE (2)  |
 | ``distq:<q>:masters``               | zset | a master: register, renew, close | settle      |
-| ``distq:<q>:results:<job>``         | list | settle LPUSH, if its master lives | take       |
-| ``distq:<q>:results:<job>:unacked`` | list | take: results sent, not acked    | take        |
-| ``distq:<q>:results:<job>:state``   | hash | submit, take (counts)            | renew       |
+| ``distq:<q>:results:<job>``         | list | settle LPUSH, if its master lives | take (3)   |
+| ``distq:<q>:results:<job>:state``   | hash | submit, take (counts)            | renew, take |
 
 (1) ``withdraw`` LREMs tasks not claimed yet and ``requeue_dead`` LPUSHes revived tasks.
 (2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
+(3) LRANGE of its tail (the oldest results); the ack script LTRIMs those received.
+(4) in a MULTI/EXEC transaction with the count in ``state`` (counted only if pushed).
 
 ``<id>`` is a consumer id: the worker's slot name plus a random suffix per connection,
 so a worker that reconnects (or restarts under the same name) never renews the lease
@@ -49,10 +50,11 @@ a master that is gone. ``state`` counts the bodies the master submitted (in the 
 script as the LPUSH): after a restart from an older snapshot, the count says which of
 its tasks Redis lost, and the master submits those again.
 
-Results reach the master at least once: ``take`` moves them into ``:unacked`` and
-returns them; the master's next ``take`` acknowledges them by the running count it
-received, so a reply lost on the way (a timeout while Redis was frozen) is sent again
-and no result vanishes with a dropped connection.
+Results reach the master at least once: ``take`` reads the oldest results at the tail
+of the list and leaves them there; the master's next ``take`` acknowledges them by the
+running count it received (``taken`` in ``state``), which drops them from the tail, so
+a reply lost on the way (a timeout while Redis was frozen) is sent again and no result
+vanishes with a dropped connection.
 
 Not supported: Redis Cluster (scripts build in-flight key names at run time).
 """
@@ -149,40 +151,46 @@ end
 """
 
 # ARGV[4] = how many to claim, ARGV[5] = '1' after a BLMOVE (flag the in-flight head).
-# Returns {ms until the next delayed retry is due or -1, head flag, body, flag, ...}.
+# Returns {ms until the next delayed retry is due or -1, head flag, {i, ...}, body, ...}:
+# the third item lists the positions (1-based) of the bodies that are redeliveries, so
+# that the reply carries one item per task (and the redelivered set is only read when
+# it has members).
 _CLAIM = """
 local now = now_ms()
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now)
 local want = tonumber(ARGV[4])
-local out = {-1, 0}
-local got = {}
-while #got < want do
-  local bodies = redis.call('RPOP', KEYS[1], math.min(want - #got, 1000))
+local out = {-1, 0, {}}
+local got = 0
+while got < want do
+  local bodies = redis.call('RPOP', KEYS[1], math.min(want - got, 1000))
   if not bodies then break end
   push('LPUSH', KEYS[5], bodies)
-  for _, body in ipairs(bodies) do got[#got + 1] = body end
+  for _, body in ipairs(bodies) do out[#out + 1] = body end
+  got = got + #bodies
 end
-if #got < want or want == 0 then
+if got < want or want == 0 then
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   if first[2] then out[1] = math.max(0, tonumber(first[2]) - now) end
 end
-local again = redis.call('SCARD', KEYS[4]) > 0
-if again and ARGV[5] == '1' then
-  local head = redis.call('LINDEX', KEYS[5], #got)
-  if head then out[2] = redis.call('SREM', KEYS[4], head) end
-end
-for _, body in ipairs(got) do
-  out[#out + 1] = body
-  out[#out + 1] = again and redis.call('SREM', KEYS[4], body) or 0
+if redis.call('SCARD', KEYS[4]) > 0 then
+  if ARGV[5] == '1' then
+    local head = redis.call('LINDEX', KEYS[5], got)
+    if head then out[2] = redis.call('SREM', KEYS[4], head) end
+  end
+  local again = out[3]
+  for i = 1, got do
+    if redis.call('SREM', KEYS[4], out[i + 3]) == 1 then again[#again + 1] = i end
+  end
 end
 return out
 """
 
 # ARGV[4] = how many deliveries the consumer holds, ARGV[5] = how many of the oldest it
 # acks (the common case: a batch settled in order); or ARGV[4] = -1: acks by body, below.
-# ARGV[6..]: triples (op, arg, body): 'r' result for KEYS[arg], 't' retry after arg ms,
-# 'd' dead letter, 'a' ack. Everything is published before any ack: a failure repeats.
+# ARGV[6..]: runs (op, arg, n, body 1, ..., body n), n bodies with the same op and arg:
+# 'r' results for KEYS[arg], 't' retries after arg ms, 'd' dead letters, 'a' acks (arg 0).
+# Everything is published before any ack: a failure repeats.
 # A result goes only to a list whose master is registered and live (KEYS[7]), and the
 # list expires a grace period after that master's deadline.
 # Acking by count needs the in-flight list to be exactly what the consumer holds, oldest
@@ -193,31 +201,37 @@ _SETTLE = """
 local expect, count = tonumber(ARGV[4]), tonumber(ARGV[5])
 if expect >= 0 and redis.call('LLEN', KEYS[5]) ~= expect then return 0 end
 local now = now_ms()
-local results, acks = {}, {}
-for i = 6, #ARGV, 3 do
-  local op, arg, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local live, acks = {}, {}
+local i = 6
+while i <= #ARGV do
+  local op, arg, first, last = ARGV[i], tonumber(ARGV[i + 1]), i + 3, i + 2 + tonumber(ARGV[i + 2])
   if op == 'r' then
-    local k = tonumber(arg)
-    results[k] = results[k] or {}
-    table.insert(results[k], body)
+    if live[arg] == nil then
+      local deadline = tonumber(redis.call('ZSCORE', KEYS[7], KEYS[arg]))
+      live[arg] = deadline ~= nil and deadline >= now and deadline
+    end
+    if live[arg] then
+      for j = first, last, 1000 do
+        redis.call('LPUSH', KEYS[arg], unpack(ARGV, j, math.min(j + 999, last)))
+      end
+    end
   elseif op == 't' then
-    if tonumber(arg) > 0 then
-      redis.call('ZADD', KEYS[3], now + tonumber(arg), body)
-    else
-      redis.call('LPUSH', KEYS[1], body)
+    for j = first, last do
+      if arg > 0 then
+        redis.call('ZADD', KEYS[3], now + arg, ARGV[j])
+      else
+        redis.call('LPUSH', KEYS[1], ARGV[j])
+      end
     end
   elseif op == 'd' then
-    redis.call('RPUSH', KEYS[6], body)
+    for j = first, last do redis.call('RPUSH', KEYS[6], ARGV[j]) end
   else
-    acks[#acks + 1] = body
+    for j = first, last do acks[#acks + 1] = ARGV[j] end
   end
+  i = last + 1
 end
-for k, bodies in pairs(results) do
-  local deadline = tonumber(redis.call('ZSCORE', KEYS[7], KEYS[k]))
-  if deadline and deadline >= now then
-    push('LPUSH', KEYS[k], bodies)
-    redis.call('PEXPIREAT', KEYS[k], deadline + REPLY_GRACE_MS)
-  end
+for k, deadline in pairs(live) do
+  if deadline then redis.call('PEXPIREAT', KEYS[k], deadline + REPLY_GRACE_MS) end
 end
 if expect >= 0 then
   if count >= expect then
@@ -330,14 +344,18 @@ end
 return out
 """
 
-# The master's scripts. KEYS = ready, masters, results, unacked, state; ARGV[1] = the
-# result list's name (KEYS[3]), ARGV[2] = the master's time to live, ms.
+# The master's scripts. KEYS = ready, masters, results, state; ARGV[1] = the result
+# list's name (KEYS[3]), ARGV[2] = the master's time to live, ms.
 
-# ARGV[3..] = task bodies: queued, and counted in the master's state, in one step.
-_SUBMIT = """
-push('LPUSH', KEYS[1], {unpack(ARGV, 3)})
-redis.call('HINCRBY', KEYS[5], 'submitted', #ARGV - 2)
-redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[2]) + REPLY_GRACE_MS)
+# Submit's count, in the transaction after its LPUSHes (KEYS = ready, state; ARGV = how
+# many bodies, state's time to live): only if those succeeded (a queue key of another
+# type fails them, and a transaction goes on past a failed command). Sent by EVAL: it is
+# small, and cannot meet NOSCRIPT inside the transaction.
+_COUNT_SUBMITTED = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'list' then return 0 end
+redis.call('HINCRBY', KEYS[2], 'submitted', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
 """
 
 # Register or renew the master; returns how many of its submitted bodies Redis holds:
@@ -350,35 +368,40 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 local held = 0
 if deadline and deadline >= now then
-  held = tonumber(redis.call('HGET', KEYS[5], 'submitted') or '0')
+  held = tonumber(redis.call('HGET', KEYS[4], 'submitted') or '0')
 else
-  redis.call('HSET', KEYS[5], 'submitted', 0)
+  redis.call('HSET', KEYS[4], 'submitted', 0)
+  redis.call('HDEL', KEYS[4], 'taken')  -- its results list may have lapsed: see _ACK
 end
-for i = 3, 5 do redis.call('PEXPIRE', KEYS[i], ttl + REPLY_GRACE_MS) end
+for i = 3, 4 do redis.call('PEXPIRE', KEYS[i], ttl + REPLY_GRACE_MS) end
 return held
 """
 
-# ARGV[3] = results received so far (acknowledges those), ARGV[4] = how many more to take.
-# Returns {results taken so far, body, ...} newest first: the ones sent before and not
-# acknowledged (their reply was lost on the way) if any, else up to ARGV[4] new ones.
-_TAKE = """
-local taken = tonumber(redis.call('HGET', KEYS[5], 'taken') or '0')
-local drop = tonumber(ARGV[3]) - (taken - redis.call('LLEN', KEYS[4]))
-if drop > 0 then redis.call('RPOP', KEYS[4], drop) end
-local fresh = false
-if redis.call('LLEN', KEYS[4]) == 0 then fresh = redis.call('RPOP', KEYS[3], tonumber(ARGV[4])) end
-if fresh then
-  push('LPUSH', KEYS[4], fresh)
-  taken = redis.call('HINCRBY', KEYS[5], 'taken', #fresh)
+# ARGV[3] = results received so far: acknowledges them. The results list holds the
+# newest first, so the received ones are at its tail: drops those not dropped yet
+# (``taken`` in state counts the dropped) and returns how many are dropped in all. The
+# caller then reads the tail (LRANGE, outside Lua), which holds the results after those:
+# a reply lost on the way is read again by the next take, which acknowledges by the same
+# count. Without ``taken`` (the first take, or the state or the list lapsed or was
+# restored without it) the caller's count is adopted and nothing dropped: a result may
+# then come twice (the master keeps the first), but none is dropped unread.
+_ACK = """
+local taken = tonumber(redis.call('HGET', KEYS[4], 'taken') or '-1')
+local received = tonumber(ARGV[3])
+if taken < 0 then
+  redis.call('HSET', KEYS[4], 'taken', received)
+  taken = received
+elseif received > taken then
+  redis.call('LTRIM', KEYS[3], 0, taken - received - 1)
+  redis.call('HSET', KEYS[4], 'taken', received)
+  taken = received
 end
-local out = redis.call('LRANGE', KEYS[4], 0, -1)
-table.insert(out, 1, taken)
-return out
+return taken
 """
 
 _CLOSE_MASTER = """
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[3], KEYS[4])
 """
 
 
@@ -425,9 +448,8 @@ class RedisTransport(Transport):
         self.sweep_script = _Script(_PRELUDE + _SWEEP)
         self.stats_script = _Script(_PRELUDE + _STATS)
         self.gone_script = _Script(_PRELUDE + _GONE)
-        self.submit_script = _Script(_PRELUDE + _SUBMIT)
         self.renew_script = _Script(_PRELUDE + _RENEW)
-        self.take_script = _Script(_PRELUDE + _TAKE)
+        self.ack_script = _Script(_ACK)
         self.close_master_script = _Script(_CLOSE_MASTER)
         self.withdraw_script = _Script(_PRELUDE + _WITHDRAW)
         self.requeue_dead_script = _Script(_REQUEUE_DEAD)
@@ -436,7 +458,7 @@ class RedisTransport(Transport):
 
     def load_scripts(self, client: _Commands) -> None:
         """Load the scripts pipelines run: a pipelined EVALSHA cannot load one on the fly."""
-        for script in (self.claim_script, self.take_script):
+        for script in (self.claim_script, self.settle_script, self.ack_script):
             client.execute_command("SCRIPT LOAD", script.source)
 
     def _connect(self) -> None:
@@ -508,9 +530,9 @@ class RedisTransport(Transport):
             self.masters_key,
         ]
 
-    def new_client(self) -> redis.Redis[bytes]:
-        """A client on the shared pool, for one producer or consumer."""
-        return redis.Redis(connection_pool=self.client.connection_pool)
+    def wire(self) -> _Wire:
+        """A connection of the shared pool, for one producer or consumer."""
+        return _Wire(self.client.connection_pool)
 
     def producer(self, reply_to: str) -> RedisProducer:
         return RedisProducer(self, reply_to)
@@ -555,7 +577,7 @@ class RedisTransport(Transport):
             ready=int(ready), in_flight=int(in_flight), dead=int(dead), consumers=int(consumers)
         )
 
-    def sweep(self, client: redis.Redis[bytes]) -> None:
+    def sweep(self, client: _Commands) -> None:
         """Requeue expired leases and due retries (consumers also do it on every claim)."""
         self.sweep_script(client, self.keys(), ["", 0, self.inflight_prefix])
 
@@ -569,12 +591,11 @@ class RedisProducer(Producer):
     def __init__(self, transport: RedisTransport, reply_to: str) -> None:
         self.reply_to = reply_to
         self._t = transport
-        self._r = transport.new_client()
+        self._w = transport.wire()
         self._keys = [
             transport.ready_key,
             transport.masters_key,
             reply_to,
-            f"{reply_to}:unacked",
             f"{reply_to}:state",
         ]
         self._args: list[Arg] = [reply_to, transport.master_ttl_ms]
@@ -584,27 +605,37 @@ class RedisProducer(Producer):
         self.reconcile()  # register: workers run only the tasks of registered masters
 
     def submit(self, bodies: Sequence[bytes]) -> None:
+        """LPUSH the bodies and count them in ``state`` in one step: a transaction
+        (MULTI/EXEC) rather than one script, so no body is copied into Lua and back.
+        A transaction does not stop at a failed command: the count (a small script,
+        ``_COUNT_SUBMITTED``) is made only if the queue is a list, that is, only if the
+        LPUSHes before it succeeded."""
         if not bodies:
             return
         self._renew_when_due()
+        ready, state = self._keys[0], self._keys[3]
+        commands: list[Sequence[Arg]] = [("MULTI",)]
+        for start in range(0, len(bodies), MESSAGE_BATCH):
+            commands.append(("LPUSH", ready, *bodies[start : start + MESSAGE_BATCH]))
+        ttl = self._t.master_ttl_ms + REPLY_GRACE_MS
+        commands.append(("EVAL", _COUNT_SUBMITTED, 2, ready, state, len(bodies), ttl))
+        commands.append(("EXEC",))
         with self._t.errors():
-            pipe = self._r.pipeline(transaction=False)
-            for start in range(0, len(bodies), MESSAGE_BATCH):
-                chunk = bodies[start : start + MESSAGE_BATCH]
-                self._t.submit_script.send(pipe, self._keys, [*self._args, *chunk])
-            _execute(pipe, self._t.submit_script)
+            replies = self._w.pipeline(commands)
+            _raise_first(replies)
+            _raise_first(replies[-1])  # a command that failed inside the transaction
 
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
         if not bodies:
             return []
         keys = [self._t.ready_key, self._t.redelivered_key]
         with self._t.errors():
-            found = self._t.withdraw_script(self._r, keys, list(bodies))
+            found = self._t.withdraw_script(self._w, keys, list(bodies))
         return [bool(n) for n in found]
 
     def reconcile(self) -> int:
         with self._t.errors():
-            held = int(self._t.renew_script(self._r, self._keys, self._args))
+            held = int(self._t.renew_script(self._w, self._keys, self._args))
         self._renew_at = time.monotonic() + self._renew_every
         return held
 
@@ -625,32 +656,42 @@ class RedisProducer(Producer):
                     return []
                 got = self._take(min(remaining, self._t.block_slice), max_count)
                 if not got:
-                    self._t.sweep(self._r)  # idle: bring back a dead worker's tasks meanwhile
+                    self._t.sweep(self._w)  # idle: bring back a dead worker's tasks meanwhile
         return got
 
     def _take(self, block: float | None, max_count: int) -> list[bytes]:
-        """One round trip: the take script, behind a wait for the first result if ``block``.
+        """One round trip: acknowledge the results received so far (the ack script), then
+        read the oldest ``max_count`` of the rest (LRANGE of the list's tail), behind a
+        wait for the first result if ``block``.
 
         The wait is a BLMOVE of the list onto itself: it blocks until a result is there
-        and moves nothing, so the script takes every result, acknowledged or not.
+        and moves nothing. The list's tail changes only here (workers push at its head),
+        so the LRANGE reads exactly the results after those the script counts.
         """
-        args = [*self._args, self._received, max_count]
-        if block is None:
-            reply = self._t.take_script(self._r, self._keys, args)
-        else:
-            pipe = self._r.pipeline(transaction=False)
-            _send(pipe, "BLMOVE", self.reply_to, self.reply_to, "RIGHT", "RIGHT", _seconds(block))
-            self._t.take_script.send(pipe, self._keys, args)
-            reply = _execute(pipe, self._t.take_script)[1]
-        self._received = int(reply[0])
-        return list(reversed(reply[1:]))  # the list holds the newest first
+        ack = self._t.ack_script
+        commands: list[Sequence[Arg]] = []
+        if block is not None:
+            blmove = ("BLMOVE", self.reply_to, self.reply_to, "RIGHT", "RIGHT", _seconds(block))
+            commands.append(blmove)
+        commands.append(ack.command(self._keys, [*self._args, self._received]))
+        commands.append(("LRANGE", self.reply_to, -max_count, -1))
+        replies = self._w.pipeline(commands)
+        taken, bodies = replies[-2], replies[-1]
+        if isinstance(taken, NoScriptError):  # Redis lost its scripts: the LRANGE ran first
+            taken = ack.evaluate(self._w, commands[-2])
+            bodies = self._w.execute_command(*commands[-1])
+        _raise_first([reply for reply in replies if not isinstance(reply, NoScriptError)])
+        got: list[bytes] = bodies
+        self._received = int(taken) + len(got)
+        got.reverse()  # the list holds the newest first
+        return got
 
     def close(self) -> None:
         try:
-            self._t.close_master_script(self._r, self._keys, self._args)
+            self._t.close_master_script(self._w, self._keys, self._args)
         except RedisError as exc:  # closing must not mask the caller's own error
             log.warning("could not delete result list %s: %s", self.reply_to, exc)
-        self._r.close()
+        self._w.close()
 
 
 class RedisConsumer(Consumer):
@@ -665,19 +706,19 @@ class RedisConsumer(Consumer):
         # a suffix per connection: an earlier connection's leases are never renewed by this one
         self.consumer_id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._t = transport
-        self._r = transport.new_client()
+        self._w = transport.wire()
         self.inflight_key = transport.inflight_prefix + self.consumer_id
         self._keys = transport.keys(self.inflight_key)
         self._args: list[Arg] = [self.consumer_id, transport.lease_ms, transport.inflight_prefix]
         self._held: list[bytes] = []  # oldest first, as the in-flight list from its tail
         with transport.errors():  # reachable now, so "reconnected" means it
-            self._r.ping()
+            self._w.execute_command("PING")
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
         with self._t.errors():
-            reply = self._t.claim_script(self._r, self._keys, [*self._args, max_count, 0])
-            out = _deliveries(reply[2:])
+            reply = self._t.claim_script(self._w, self._keys, [*self._args, max_count, 0])
+            out = _deliveries(reply)
             while not out:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -691,28 +732,28 @@ class RedisConsumer(Consumer):
 
     def _block_then_claim(self, block: float, max_count: int) -> tuple[Any, list[Delivery]]:
         """One round trip: BLMOVE one task, then the claim script for the rest + the lease."""
-        pipe = self._r.pipeline(transaction=False)
-        _send(
-            pipe, "BLMOVE", self._t.ready_key, self.inflight_key, "RIGHT", "LEFT", _seconds(block)
-        )
-        claim = [*self._args, max_count - 1, 1]
-        self._t.claim_script.send(pipe, self._keys, claim)
-        first, reply = _execute(pipe, self._t.claim_script)
-        out = _deliveries(reply[2:])
+        claim = self._t.claim_script
+        blmove = ("BLMOVE", self._t.ready_key, self.inflight_key, "RIGHT", "LEFT", _seconds(block))
+        command = claim.command(self._keys, [*self._args, max_count - 1, 1])
+        first, reply = self._w.pipeline([blmove, command])
+        if isinstance(reply, NoScriptError):  # Redis lost its scripts; EVAL caches it again
+            reply = claim.evaluate(self._w, command)
+        _raise_first([first, reply])
+        out = _deliveries(reply)
         if first is not None:
             out.insert(0, Delivery(body=first, tag=first, redelivered=reply[1] == 1))
         return reply, out
 
     def heartbeat(self) -> None:
         with self._t.errors():
-            self._t.claim_script(self._r, self._keys, [*self._args, 0, 0])
+            self._t.claim_script(self._w, self._keys, [*self._args, 0, 0])
 
     def gone(self, reply_to: Collection[str]) -> set[str]:
         names = list(reply_to)
         if not names:
             return set()
         with self._t.errors():
-            flags = self._t.gone_script(self._r, self._keys, [*self._args, *names])
+            flags = self._t.gone_script(self._w, self._keys, [*self._args, *names])
         return {name for name, flag in zip(names, flags, strict=True) if flag == 1}
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
@@ -724,31 +765,82 @@ class RedisConsumer(Consumer):
         with self._t.errors():
             if tags == held[:count]:  # the oldest, in order: ack by count
                 args = [*self._args, len(held), count, *publish]
-                if self._t.settle_script(self._r, keys, args) == 1:
+                if self._t.settle_script(self._w, keys, args) == 1:
                     del held[:count]
                     return
-            acks: list[Arg] = []
-            for tag in tags:
-                acks += ["a", 0, tag]
-            self._t.settle_script(self._r, keys, [*self._args, -1, 0, *publish, *acks])
+            acks: list[Arg] = ["a", 0, count, *tags]
+            self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
         self._forget(tags)
 
+    def settle_then_fetch(
+        self, settlements: Sequence[Settlement], max_count: int
+    ) -> list[Delivery]:
+        """A batch settled in order (acked by count) and the next claim, pipelined: one
+        round trip. The claim runs after the settle, as if fetched right after it.
+
+        If the in-flight list is not what the consumer holds (a sweep took it back), the
+        settle by count does nothing and the acks by body follow the claim: a body the
+        claim took again may then lose that new lease to its own ack, in the step that
+        stores its earlier delivery's result. The task is done and its result stored;
+        the worker runs the new delivery once more at most (a duplicate result)."""
+        if not settlements or max_count <= 0:
+            self.settle(settlements)
+            return []
+        tags = tags_of((s.delivery for s in settlements), bytes, "redis")
+        held, count = self._held, len(tags)
+        if tags != held[:count]:  # not the oldest, in order: acks by body, then a fetch
+            self.settle(settlements)
+            return self.fetch(max_count, 0)
+        keys, publish = self._publish(settlements)
+        settle = self._t.settle_script.command(keys, [*self._args, len(held), count, *publish])
+        claim = self._t.claim_script.command(self._keys, [*self._args, max_count, 0])
+        with self._t.errors():
+            settled, reply = self._w.pipeline([settle, claim])
+            if isinstance(settled, NoScriptError):  # it runs after the claim: by body, below
+                settled = self._t.settle_script.evaluate(self._w, settle)
+            if isinstance(reply, NoScriptError):
+                reply = self._t.claim_script.evaluate(self._w, claim)
+            _raise_first([settled])
+            if settled == 1:
+                del held[:count]
+            _raise_first([reply])
+            out = _deliveries(reply)
+            held += [d.body for d in out]
+            if settled != 1:  # the in-flight list was not what it holds: ack by body
+                acks: list[Arg] = ["a", 0, count, *tags]
+                self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
+                self._forget(tags)
+        return out
+
     def _publish(self, settlements: Sequence[Settlement]) -> tuple[list[str], list[Arg]]:
-        """The settle script's KEYS and its publishing triples (see ``_SETTLE``)."""
+        """The settle script's KEYS and its publishing runs (see ``_SETTLE``): the results
+        of a batch for one master are one run, ``('r', key, n, result 1, ..., result n)``."""
         keys = list(self._keys)
+        reply_to = settlements[0].reply_to
+        for s in settlements:  # the common case first: ok results, all for one master
+            if s.result is None or s.reply_to != reply_to:
+                break
+            if s.retry is not None or s.dead_letter is not None:
+                break
+        else:
+            if reply_to is not None:
+                keys.append(reply_to)
+                results = [s.result for s in settlements if s.result is not None]  # all
+                return keys, ["r", len(keys), len(results), *results]
         index: dict[str, int] = {}  # reply_to -> its position in KEYS (1-based, for Lua)
-        publish: list[Arg] = []
+        runs = _Runs()
         for s in settlements:
             if s.result is not None and s.reply_to is not None:
-                if s.reply_to not in index:
+                key = index.get(s.reply_to)
+                if key is None:
                     keys.append(s.reply_to)
-                    index[s.reply_to] = len(keys)
-                publish += ["r", index[s.reply_to], s.result]
+                    key = index[s.reply_to] = len(keys)
+                runs.add("r", key, s.result)
             if s.retry is not None:
-                publish += ["t", max(0, round(s.retry_delay * 1000)), s.retry]
+                runs.add("t", max(0, round(s.retry_delay * 1000)), s.retry)
             if s.dead_letter is not None:
-                publish += ["d", 0, s.dead_letter]
-        return keys, publish
+                runs.add("d", 0, s.dead_letter)
+        return keys, runs.args()
 
     def _forget(self, tags: Sequence[bytes]) -> None:
         gone = set(tags)
@@ -760,24 +852,52 @@ class RedisConsumer(Consumer):
         # RPUSH in reverse so the first delivery ends up at the tail: it runs next
         tags = tags_of(reversed(deliveries), bytes, "redis")
         with self._t.errors():
-            self._t.release_script(self._r, self._keys, [*self._args, *tags])
+            self._t.release_script(self._w, self._keys, [*self._args, *tags])
         self._forget(tags)
 
     def close(self) -> None:
         try:
-            self._t.close_script(self._r, self._keys, self._args)
+            self._t.close_script(self._w, self._keys, self._args)
         except RedisError as exc:  # the lease expires instead, so nothing is lost
             log.debug("consumer %s could not hand back its tasks: %s", self.consumer_id, exc)
         self._held.clear()
-        self._r.close()
+        self._w.close()
+
+
+class _Runs:
+    """Arguments as runs: ``(op, arg, n, item 1, ..., item n)`` for each stretch of items
+    added with the same ``op`` and ``arg``, in the order added (see ``_SETTLE``)."""
+
+    __slots__ = ("_arg", "_args", "_at", "_op")
+
+    def __init__(self) -> None:
+        self._args: list[Arg] = []
+        self._op, self._arg = "", 0
+        self._at = -1  # where the count of the run being added to goes
+
+    def add(self, op: str, arg: int, item: bytes) -> None:
+        args = self._args
+        if op != self._op or arg != self._arg or self._at < 0:
+            self._close()
+            self._op, self._arg, self._at = op, arg, len(args) + 2
+            args += (op, arg, 0)
+        args.append(item)
+
+    def _close(self) -> None:
+        if self._at >= 0:
+            self._args[self._at] = len(self._args) - self._at - 1
+
+    def args(self) -> list[Arg]:
+        self._close()
+        return self._args
 
 
 class _Script:
     """A Lua script run by EVALSHA, falling back to EVAL when the server lost it.
 
     Ours rather than redis-py's ``Script``, which adds a SCRIPT EXISTS round trip to
-    every pipeline that runs one; in a pipeline, :meth:`send` queues the EVALSHA and
-    :func:`_execute` runs it again with EVAL if the server had lost it.
+    every pipeline that runs one; in a pipeline (:meth:`_Wire.pipeline`), the caller
+    sends :meth:`command` and runs :meth:`evaluate` if the server had lost the script.
     """
 
     def __init__(self, source: str) -> None:
@@ -790,40 +910,93 @@ class _Script:
         except NoScriptError:  # Redis restarted or SCRIPT FLUSH; EVAL caches it again
             return client.execute_command("EVAL", self.source, len(keys), *keys, *args)
 
-    def send(self, pipe: _Commands, keys: Sequence[str], args: Sequence[Arg]) -> None:
-        """Queue this script on a pipeline (see :func:`_execute`)."""
-        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+    def command(self, keys: Sequence[str], args: Sequence[Arg]) -> tuple[Arg, ...]:
+        """The EVALSHA command, for a pipeline."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
-    def evaluate(self, pool: redis.ConnectionPool, numkeys_keys_args: Sequence[Arg]) -> Any:
-        """EVAL with the arguments of an EVALSHA that met NOSCRIPT (it caches it again)."""
-        client: redis.Redis[bytes] = redis.Redis(connection_pool=pool)
-        return client.execute_command("EVAL", self.source, *numkeys_keys_args)
+    def evaluate(self, client: _Commands, command: Sequence[Arg]) -> Any:
+        """EVAL with the arguments of an EVALSHA :meth:`command` that met NOSCRIPT (it
+        caches the script again)."""
+        return client.execute_command("EVAL", self.source, *command[2:])
 
 
-def _execute(pipe: Any, script: _Script) -> list[Any]:
-    """Run a pipeline and raise its first error, except that each EVALSHA of ``script``
-    the server had lost (restarted, SCRIPT FLUSH) runs again with EVAL, in order."""
-    commands = [args for args, _options in pipe.command_stack]
-    replies: list[Any] = pipe.execute(raise_on_error=False)
-    for i, reply in enumerate(replies):
-        if isinstance(reply, NoScriptError) and commands[i][1] == script.sha:
-            replies[i] = script.evaluate(pipe.connection_pool, commands[i][2:])
-        elif isinstance(reply, Exception):
+class _Wire:
+    """One connection of the pool, held by one producer or consumer until it closes.
+
+    Commands are sent and read on it directly: redis-py's client layer costs about 70 µs
+    of CPU per call (a connection out of the pool and back, observability hooks, checks),
+    which a consumer pays twice per batch. A producer's or a consumer's calls are made
+    by one thread at a time, so one connection serves them all. A failed call drops the
+    connection (it may hold half a reply); the next call opens a new one. As with the
+    client (``Retry(NoBackoff(), 0)``), nothing is sent again on its own.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self._pool: Any = pool  # the stubs still want get_connection's old arguments
+        self._conn: Any = None
+
+    def execute_command(self, *args: Arg, **options: Any) -> Any:
+        """One command; its reply as redis-py parses it, an error reply raised."""
+        conn = self._connection()
+        try:
+            conn.send_command(*args)
+            return conn.read_response()
+        except ResponseError:
+            raise  # a whole reply was read: the connection is fine
+        except BaseException:
+            self._drop()
+            raise
+
+    def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send ``commands`` at once; their replies in order, an error reply as its
+        exception (not raised: see :func:`_raise_first`)."""
+        conn = self._connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            self._drop()
+            raise
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = self._pool.get_connection()
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.disconnect()
+            self._pool.release(conn)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.release(conn)
+
+
+def _raise_first(replies: Any) -> None:
+    """Raise the first error among pipeline (or transaction) replies."""
+    if isinstance(replies, Exception):
+        raise replies
+    for reply in replies:
+        if isinstance(reply, Exception):
             raise reply
-    return replies
 
 
-def _send(pipe: _Commands, *args: Arg) -> None:
-    """Queue a raw command on a pipeline (the stubs type BLMOVE's timeout as int)."""
-    pipe.execute_command(*args)
-
-
-def _deliveries(pairs: list[Any]) -> list[Delivery]:
-    """Claim-script output (body, redelivered flag, ...) as deliveries; tag = body."""
-    return [
-        Delivery(body=pairs[i], tag=pairs[i], redelivered=pairs[i + 1] == 1)
-        for i in range(0, len(pairs), 2)
-    ]
+def _deliveries(reply: list[Any]) -> list[Delivery]:
+    """The deliveries in a claim script's reply (see ``_CLAIM``); tag = body."""
+    bodies = reply[3:]
+    out = [Delivery(body, body) for body in bodies]
+    for i in reply[2]:  # the positions (1-based) of the redeliveries, usually none
+        out[i - 1] = Delivery(bodies[i - 1], bodies[i - 1], True)
+    return out
 
 
 def _seconds(value: float) -> float:
