@@ -260,7 +260,7 @@ class _Run(Generic[E]):
         again = self.ledger.lost(held, waiting)
         if again:
             self.console.error(
-                f"the broker holds {held} of the {total} task messages submitted so far; "
+                f"the broker holds {held} of the {total} tasks submitted so far; "
                 f"submitting the {len(again)} tasks among the others that wait for a result again"
             )
             for start in range(0, len(again), MESSAGE_BATCH):

@@ -239,6 +239,19 @@ def test_a_large_submit_travels_packed_and_each_task_comes_back_once(
     producer.close()
 
 
+def test_a_master_counts_the_tasks_the_broker_holds_not_its_messages(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(256))  # 8 messages
+    producer.submit([b"one more"])  # and a 9th
+    producer.flush()
+    assert _ready(raw, queue) == 256 // TASKS_PER_MESSAGE + 1
+    assert producer.reconcile() == 257
+    producer.close()
+
+
 def test_a_slot_taking_few_tasks_splits_a_pack_for_the_others(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:
