@@ -249,6 +249,10 @@ def test_a_master_counts_the_tasks_the_broker_holds_not_its_messages(
     producer.flush()
     assert _ready(raw, queue) == 256 // TASKS_PER_MESSAGE + 1
     assert producer.reconcile() == 257
+    for _ in range(20):  # not flushed: a confirm on its way must not count as a loss
+        producer.submit([b"single"] * 15)
+        producer.submit(_bodies(40))
+    assert producer.reconcile() == 257 + 20 * 55
     producer.close()
 
 

@@ -690,7 +690,14 @@ class RabbitMQProducer(Producer):
         none is held and the master submits every outstanding task again.
         """
         if self._alive():
-            return self._held + self._confirmed_tasks()
+            try:
+                # a publish not confirmed yet is not lost: counting it so would submit
+                # its task again (a duplicate run); wait for every confirm first
+                self._link.confirm()
+            except _PikaError:
+                pass  # the link went meanwhile: reconnect below
+            else:
+                return self._held + self._confirmed_tasks()
         held = self._held + self._confirmed_tasks()  # the broker keeps what it confirmed
         self._link.close()
         self._link, existed = self._connect()
