@@ -82,18 +82,15 @@ class Codec:
         return message
 
     def open_task(self, message: bytes) -> Task:
-        limit = self.max_message_bytes  # what _open checks, inline: once per task
-        if self.signer is None and len(message) <= limit and not message.startswith(MAGIC):
-            return Task.decode(message)
         return Task.decode(self._open(message, "task"))
 
     def open_result(self, message: bytes) -> Result:
-        limit = self.max_message_bytes  # what _open checks, inline: once per result
-        if self.signer is None and len(message) <= limit and not message.startswith(MAGIC):
-            return Result.decode(message)
         return Result.decode(self._open(message, "result"))
 
     def _open(self, message: bytes, kind: str) -> bytes:
+        limit, unsigned_ok = self.max_message_bytes, self.signer is None
+        if unsigned_ok and len(message) <= limit and not message.startswith(MAGIC):
+            return message  # the common case: what the checks below pass, in one step
         check_size(message, self.max_message_bytes, kind)
         if self.signer is None:
             return unsigned(message, kind)

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from distq.errors import EnvelopeError
-from distq.limits import MAX_NESTING, check_nesting  # the count: check_nesting's first step
+from distq.limits import check_nesting
 
 VERSION = 1
 MAX_ATTEMPTS = 3  # attempts a task gets unless its master says otherwise (distq master's default)
@@ -256,10 +256,7 @@ class Task(msgspec.Struct, frozen=True):
 
     @classmethod
     def decode(cls, data: bytes | str) -> Task:
-        if type(data) is not bytes or len(data) - len(data.translate(None, b"[{")) > MAX_NESTING:
-            check_nesting(
-                data if isinstance(data, bytes) else data.encode(errors="replace"), "task"
-            )
+        check_nesting(data if isinstance(data, bytes) else data.encode(errors="replace"), "task")
         try:
             w = _task_wire(data)
         except _FAST_ERRORS:
@@ -366,10 +363,7 @@ class Result(msgspec.Struct, frozen=True):
 
     @classmethod
     def decode(cls, data: bytes | str) -> Result:
-        if type(data) is not bytes or len(data) - len(data.translate(None, b"[{")) > MAX_NESTING:
-            check_nesting(
-                data if isinstance(data, bytes) else data.encode(errors="replace"), "result"
-            )
+        check_nesting(data if isinstance(data, bytes) else data.encode(errors="replace"), "result")
         try:
             w = _result_wire(data)
         except _FAST_ERRORS:

@@ -39,8 +39,7 @@ def check_size(body: bytes, limit: int, kind: str) -> None:
 def check_nesting(data: bytes, kind: str) -> None:
     """Raise :class:`MessageTooLarge` when the JSON in ``data`` nests over ``MAX_NESTING``.
 
-    One count of the opening brackets for an ordinary message (what the decoders in
-    :mod:`distq.envelope` do inline before they call this). Otherwise one linear pass in
+    One count of the opening brackets for an ordinary message. Otherwise one linear pass in
     C over the brackets outside strings: the parser would recurse once per unclosed bracket.
     """
     if len(data) - len(data.translate(None, b"[{")) <= MAX_NESTING:  # one pass; 2 counts: 2
