@@ -8,7 +8,7 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -164,6 +164,61 @@ class LocalRabbitMQ(LocalServer):
                 f"{(done.stderr or done.stdout).strip()[-1500:]}"
             )
         return done.stdout
+
+    @contextlib.contextmanager
+    def bounce_on_cue(self, times: int, pause: float = 1.0) -> Iterator[Callable[[], None]]:
+        """What ``rabbitmqctl stop_app``, a ``pause``, ``start_app`` do, on cue, ``times`` times.
+
+        ``rabbitmqctl`` is an Erlang VM of its own: on two busy cores it takes up to 20 s
+        to boot, so a bounce run as three commands lands whenever it lands (after a short
+        job's end, say). Here one ``rabbitmqctl eval``, booted before the block, runs
+        ``rabbit:stop()``, ``timer:sleep``, ``rabbit:start()`` (what ``stop_app`` and
+        ``start_app`` call) inside the node each time the yielded ``bounce()`` is
+        called; ``bounce()`` returns once the app is started again.
+        """
+        cues = self.workdir / f"cues-{secrets.token_hex(4)}"
+        cues.mkdir()
+        if '"' in str(cues) or "\\" in str(cues):
+            raise ServerError(f"{cues}: a path rabbitmqctl eval cannot quote")
+        wait_s = 300  # for each cue; the command then ends by itself
+        program_text = (
+            f'Dir = "{cues}", '
+            "Wait = fun W(F, 0) -> exit({no_cue, F}); W(F, K) -> "
+            "case filelib:is_file(F) of true -> ok; "
+            "false -> timer:sleep(20), W(F, K - 1) end end, "
+            "Bounce = fun B(I) when I > " + str(times) + " -> done; B(I) -> "
+            'N = integer_to_list(I), Wait(Dir ++ "/go-" ++ N, ' + str(wait_s * 50) + "), "
+            "ok = rabbit:stop(), timer:sleep(" + str(round(pause * 1000)) + "), "
+            'ok = rabbit:start(), ok = file:write_file(Dir ++ "/done-" ++ N, <<>>), '
+            "B(I + 1) end, "
+            'ok = file:write_file(Dir ++ "/ready", <<>>), '
+            "Bounce(1)."
+        )
+        ctl = program("rabbitmqctl", "rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmqctl")
+        log = cues / "rabbitmqctl.log"
+        proc = self.spawn([ctl, "-n", self.node, "eval", program_text], log)
+        done = 0
+
+        def wait_for(name: str) -> None:
+            deadline = time.monotonic() + 120
+            while not (cues / name).exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise ServerError(f"rabbitmqctl eval: no {name} in 120 s: {tail(log)}")
+                time.sleep(0.02)
+
+        def bounce() -> None:
+            nonlocal done
+            if done >= times:
+                raise ServerError(f"bounce_on_cue({times}): called once too often")
+            done += 1
+            (cues / f"go-{done}").touch()
+            wait_for(f"done-{done}")
+
+        try:
+            wait_for("ready")
+            yield bounce
+        finally:
+            process.end(proc, 5)
 
     def _userinfo(self) -> str:
         return f"{quote(self.user)}:{quote(self.password)}"
