@@ -33,7 +33,7 @@ from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport.base import Settlement
 from distq.transport.rabbitmq import RabbitMQTransport
-from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE
+from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, TASKS_TYPE
 from seam import fetch_n
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -236,6 +236,34 @@ def test_a_large_submit_travels_packed_and_each_task_comes_back_once(
     back = fetch_n(t.consumer("c2"), 236, within=15)
     assert sorted(d.body for d in back) == sorted(_bodies(256)[20:])  # none lost or twice
     assert _ready(raw, queue) == 0
+    producer.close()
+
+
+def test_a_pack_the_broker_dead_letters_comes_back_as_its_tasks(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """Rejected by another client (or expired by a policy), a pack lands whole in the
+    dead-letter queue: it is listed and requeued as its tasks, not as one bad message."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(256))  # 8 packs of 32
+    producer.flush()
+    method, props, _ = raw.basic_get(queue)
+    assert props.type == TASKS_TYPE
+    raw.basic_reject(method.delivery_tag, requeue=False)
+    deadline = time.monotonic() + 5
+    while _ready(raw, f"{queue}.dead") == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    letters = t.dead_letters()
+    assert [letter.body for letter in letters] == _bodies(32)
+    assert {(letter.reason, letter.queue) for letter in letters} == {
+        ("dead-lettered by RabbitMQ (rejected)", queue)
+    }
+    assert [letter.body for letter in t.dead_letters(limit=5)] == _bodies(5)
+    assert t.requeue_dead(100) == 32
+    assert _ready(raw, f"{queue}.dead") == 0
+    back = fetch_n(t.consumer("c"), 256, within=15)
+    assert sorted(d.body for d in back) == sorted(_bodies(256))  # none lost or twice
     producer.close()
 
 

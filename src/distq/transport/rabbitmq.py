@@ -76,8 +76,9 @@ submit up to 32 to a message (``type: distq.tasks``, the same framing); a consum
 out one delivery per task, with tags of its own, and acks a message once every task in
 it is settled (:mod:`distq.transport.rabbitmq_packs`). So the broker's counts (``ready``,
 unacknowledged, KEDA's queue length, ``basic_qos`` prefetch) are of messages, each of 1
-to 32 tasks. A packed message that a broker policy dead-letters lands in ``Q.dead``
-whole.
+to 32 tasks. A packed message that the broker dead-letters (a policy, or a client that
+rejects it) lands in ``Q.dead`` whole; ``dead_letters()`` and ``requeue_dead()`` read it
+as a letter per task.
 
 ``stats()``: ``ready`` (messages) and ``dead`` come from passive declares. AMQP does not report
 unacknowledged counts (the management plugin does), so ``in_flight`` counts only the
@@ -521,7 +522,7 @@ class RabbitMQTransport(Transport):
 
         A nack with ``requeue=True`` puts messages back at their original positions, so
         the order is kept; while the peek lasts (until it returns), other readers do not
-        see them.
+        see them. A pack of tasks the broker dead-lettered whole is a letter per task.
         """
 
         def peek(channel: Any) -> list[DeadLetter]:
@@ -538,7 +539,8 @@ class RabbitMQTransport(Transport):
                     # a nack has no reply; this round trip reaches the queue after it, so
                     # the letters are back (for every reader) when dead_letters() returns
                     channel.queue_declare(self.dead_queue, passive=True)
-            return [self._decode_dead(props, body) for _, props, body in got]
+            letters = [one for _, props, body in got for one in self._decode_dead(props, body)]
+            return letters[:limit]
 
         if limit <= 0:
             return []
@@ -550,7 +552,8 @@ class RabbitMQTransport(Transport):
 
         A failure before the ack hands the letters back (nack, or the broker requeues
         them when the connection dies): one whose task was published already is put back
-        twice, never lost. A stale admin connection is replaced once.
+        twice, never lost. A stale admin connection is replaced once. A pack of tasks the
+        broker dead-lettered whole goes back as a message per task, each counted.
         """
         moved = [0]
         with self._lock:
@@ -573,30 +576,37 @@ class RabbitMQTransport(Transport):
                     got.append((method, props, body))
                 if not got:
                     return
-                for _, props, body in got:
-                    link.publish(self.queue, revive(self._decode_dead(props, body)), mandatory=True)
+                letters = [one for _, props, body in got for one in self._decode_dead(props, body)]
+                for letter in letters:
+                    link.publish(self.queue, revive(letter), mandatory=True)
                 link.confirm()
                 channel.basic_ack(got[-1][0].delivery_tag, multiple=True)
-                moved[0] += len(got)
+                moved[0] += len(letters)
                 got = []
             finally:
                 if got and channel.is_open:
                     channel.basic_nack(got[-1][0].delivery_tag, multiple=True, requeue=True)
 
-    def _decode_dead(self, props: Any, body: bytes) -> DeadLetter:
-        try:
-            return DeadLetter.decode(body)
-        except EnvelopeError:  # rejected straight from the task queue by someone else
-            deaths = (props.headers or {}).get("x-death") or [{}]
-            death = deaths[0]
-            reason, queue = death.get("reason", "dead-lettered"), death.get("queue", self.queue)
-            return DeadLetter(
-                body=body,
+    def _decode_dead(self, props: Any, body: bytes) -> list[DeadLetter]:
+        """The letters one message of the dead-letter queue holds: one of ours, or what the
+        broker dead-lettered from the task queue (a rejection by another client, a
+        policy's TTL or length limit), a pack of tasks as a letter per task."""
+        if props.type != TASKS_TYPE:
+            with contextlib.suppress(EnvelopeError):
+                return [DeadLetter.decode(body)]
+        deaths = (props.headers or {}).get("x-death") or [{}]
+        death = deaths[0]
+        reason, queue = death.get("reason", "dead-lettered"), death.get("queue", self.queue)
+        return [
+            DeadLetter(
+                body=task,
                 reason=f"dead-lettered by RabbitMQ ({_text(reason)})",
                 queue=_text(queue),
                 worker="",
                 at=_timestamp(death.get("time")),
             )
+            for task in task_bodies(props.type, body)
+        ]
 
     def stats(self) -> QueueStats:
         """``ready`` and ``dead`` from passive declares; ``in_flight`` is partial.
