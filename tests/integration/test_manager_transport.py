@@ -59,6 +59,36 @@ def test_worker_connections_send_large_batches_without_nagle_delay() -> None:
         hosted.close()
 
 
+def test_settle_then_fetch_is_one_call_to_the_master() -> None:
+    settings = _settings("settlefetch")
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    try:
+        producer = hosted.producer("settlefetch.results")
+        producer.submit([b"a", b"b", b"c", b"d"])
+        consumer = remote.consumer("c1")
+        first = fetch_n(consumer, 2)
+        calls: list[str] = []
+        proxy = consumer._broker  # type: ignore[attr-defined]
+        call = proxy._callmethod
+
+        def counted(name: str, args: tuple[Any, ...] = ()) -> Any:
+            calls.append(name)
+            return call(name, args)
+
+        proxy._callmethod = counted
+        done = [Settlement(d, reply_to=producer.reply_to, result=b"r" + d.body) for d in first]
+        nxt = consumer.settle_then_fetch(done, 5)
+        assert calls == ["settle_fetch"]
+        assert [d.body for d in nxt] == [b"c", b"d"]
+        assert sorted(results_n(producer, 2)) == [b"ra", b"rb"]
+        consumer.close()
+        producer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
 def test_a_master_stopping_under_a_waiting_fetch_reads_as_closed() -> None:
     settings = _settings("stopping")
     hosted = open_transport(settings, "master")

@@ -62,6 +62,33 @@ def test_submit_fetch_settle_and_collect(hosted: Transport, remote: Transport) -
     producer.close()
 
 
+def test_settle_then_fetch_settles_and_leases_each_task_once(
+    hosted: Transport, remote: Transport
+) -> None:
+    """One call where the transport can (Redis, manager), settle then fetch where not."""
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    bodies = [f"task-{i}".encode() for i in range(12)]
+    producer.submit(bodies)
+    consumer = remote.consumer("c1")
+    seen: list[bytes] = []
+    batch = fetch_n(consumer, 3)
+    for _ in range(20):
+        seen += [d.body for d in batch]
+        done = [Settlement(d, reply_to=producer.reply_to, result=b"r:" + d.body) for d in batch]
+        batch = consumer.settle_then_fetch(done, 3)
+        assert len(batch) <= 3
+        if not batch and len(seen) < len(bodies):
+            batch = consumer.fetch(3, 1.0)
+        if not batch:
+            break
+    assert sorted(seen) == sorted(bodies)  # each task leased once: none lost, none twice
+    assert sorted(results_n(producer, 12)) == sorted(b"r:" + b for b in bodies)
+    assert consumer.settle_then_fetch([], 3) == []  # nothing to settle: nothing claimed
+    assert consumer.fetch(3, 0.2) == []
+    consumer.close()
+    producer.close()
+
+
 def test_tasks_come_out_in_submission_order(hosted: Transport, remote: Transport) -> None:
     producer = hosted.producer(hosted.reply_queue("order"))
     producer.submit([b"a", b"b", b"c"])

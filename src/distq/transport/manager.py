@@ -204,6 +204,19 @@ class QueueBroker:
                 if owner is not None:
                     owner.held.pop(token, None)
 
+    def settle_fetch(
+        self,
+        queue: str,
+        consumer: str,
+        items: Sequence[WireSettlement],
+        max_count: int,
+        lease: float,
+    ) -> list[Wire]:
+        """:meth:`settle`, then :meth:`fetch` up to ``max_count`` without waiting: a
+        worker's batch settled and its next one claimed in one call."""
+        self.settle(queue, consumer, items)
+        return self.fetch(queue, consumer, max_count, 0.0, lease)
+
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
         with self._lock:
             owner = self._leases.get(consumer)
@@ -299,6 +312,14 @@ class _Broker(Protocol):
     ) -> list[Wire] | None: ...
     def heartbeat(self, consumer: str, lease: float) -> None: ...
     def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None: ...
+    def settle_fetch(
+        self,
+        queue: str,
+        consumer: str,
+        items: Sequence[WireSettlement],
+        max_count: int,
+        lease: float,
+    ) -> list[Wire] | None: ...
     def release(self, consumer: str, tokens: Sequence[int]) -> None: ...
     def disconnect(self, consumer: str) -> None: ...
     def peek(self, queue: str, limit: int) -> list[bytes]: ...
@@ -316,6 +337,7 @@ _EXPOSED = (
     "fetch",
     "heartbeat",
     "settle",
+    "settle_fetch",
     "release",
     "disconnect",
     "peek",
@@ -411,6 +433,17 @@ class _BrokerProxy(BaseProxy):
 
     def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None:
         self._call("settle", queue, consumer, items)
+
+    def settle_fetch(
+        self,
+        queue: str,
+        consumer: str,
+        items: Sequence[WireSettlement],
+        max_count: int,
+        lease: float,
+    ) -> list[Wire] | None:
+        reply = self._call("settle_fetch", queue, consumer, items, max_count, lease)
+        return cast("list[Wire] | None", reply)
 
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
         self._call("release", consumer, tokens)
@@ -666,12 +699,25 @@ class ManagerConsumer(Consumer):
         return set(_call_list(self._address, self._broker.gone, list(reply_to)))
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
-        tokens = tags_of((s.delivery for s in settlements), int, "manager")
-        items: list[WireSettlement] = [
-            (token, s.reply_to, s.result, s.retry, s.retry_delay, s.dead_letter)
-            for token, s in zip(tokens, settlements, strict=True)
-        ]
-        _call(self._address, self._broker.settle, self._queue, self._id, items)
+        _call(self._address, self._broker.settle, self._queue, self._id, _wire(settlements))
+
+    def settle_then_fetch(
+        self, settlements: Sequence[Settlement], max_count: int
+    ) -> list[Delivery]:
+        """Settled and the next batch claimed (without waiting) in one call to the master."""
+        if not settlements or max_count <= 0:
+            self.settle(settlements)
+            return []
+        wire: list[Wire] = _call_list(
+            self._address,
+            self._broker.settle_fetch,
+            self._queue,
+            self._id,
+            _wire(settlements),
+            max_count,
+            self._lease,
+        )
+        return [Delivery(body=body, tag=token, redelivered=again) for token, body, again in wire]
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         tokens = tags_of(deliveries, int, "manager")
@@ -681,6 +727,14 @@ class ManagerConsumer(Consumer):
         with contextlib.suppress(OSError, EOFError):  # the master gone means leases gone
             self._broker.disconnect(self._id)
         _close_proxy(self._broker)
+
+
+def _wire(settlements: Sequence[Settlement]) -> list[WireSettlement]:
+    tokens = tags_of((s.delivery for s in settlements), int, "manager")
+    return [
+        (token, s.reply_to, s.result, s.retry, s.retry_delay, s.dead_letter)
+        for token, s in zip(tokens, settlements, strict=True)
+    ]
 
 
 def _close_proxy(broker: _Broker) -> None:
