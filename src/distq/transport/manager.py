@@ -11,6 +11,8 @@ of a consumer whose deadline passed back at the front of the queue (a SIGKILLed
 worker's tasks run again within about one lease period) and moves due retries in. Each
 consumer connection gets a name of its own (the worker's slot name plus a random
 suffix), so a reconnecting worker never renews a lease its earlier connection held.
+A worker settles a batch and claims its next one in a single call (``settle_fetch``):
+each call is a round trip that costs CPU on both sides, the master's included.
 
 Reply queues exist while their producer does: results addressed to any other queue
 are dropped, and :meth:`ManagerConsumer.gone` names them. The master hosts the queues,
