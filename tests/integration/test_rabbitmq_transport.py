@@ -307,6 +307,26 @@ def test_a_slot_taking_few_tasks_splits_a_pack_for_the_others(
     producer.close()
 
 
+def test_a_split_pack_whose_last_task_is_handed_back_is_not_requeued_whole(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """The slot hands back the one task it kept (a master to ask, a stop): its pack must
+    not come back whole, with the 31 tasks already published again one by one."""
+    t = open_transport(prefetch=64)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(256))
+    producer.flush()
+    slow = t.consumer("slow")
+    (one,) = fetch_n(slow, 1)
+    slow.release([one])
+    slow.close()
+    idle = t.consumer("idle")
+    back = fetch_n(idle, 256, within=15)
+    back += idle.fetch(64, 0.5)  # a pack requeued whole would bring 31 more
+    assert sorted(d.body for d in back) == sorted(_bodies(256))
+    producer.close()
+
+
 def test_one_release_that_acks_a_message_and_requeues_older_ones(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

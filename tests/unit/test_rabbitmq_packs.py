@@ -127,3 +127,17 @@ def test_a_pack_split_for_a_slow_worker_goes_back_task_by_task() -> None:
     (only,) = held.receive(12, [b"d"], redelivered=False)
     plan = held.release([_t(only)], whole=False)  # never handed out, still not whole
     assert (plan.republish, plan.ack, plan.nack) == ([b"d"], [12], [])
+
+
+def test_a_message_some_of_whose_tasks_went_back_is_never_requeued_whole() -> None:
+    """Requeued whole, it would bring back the tasks published again: each would run
+    twice (a pack split for a slot that then hands its task back, or the rest of a
+    pack given back while the slot runs its share)."""
+    for whole in (False, True):
+        held = HeldMessages()
+        first, *rest = held.receive(11, [b"a", b"b", b"c"], redelivered=False)
+        plan = held.release([_t(d) for d in rest], whole=whole)
+        assert (plan.republish, plan.ack, plan.nack) == ([b"b", b"c"], [], [])
+        plan = held.release([_t(first)])
+        assert (plan.republish, plan.ack, plan.nack) == ([b"a"], [11], [])
+        assert held.partly_settled() is False and len(held) == 0

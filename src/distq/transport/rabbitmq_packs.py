@@ -12,10 +12,11 @@ per task, tagged with a number of its own (:class:`HeldMessages`), and settles t
 message only when every task in it is settled or released:
 
 * every task settled: the message is acked (after the results were confirmed);
-* every task released and none settled: the message is nacked, requeued whole, and
-  comes back marked redelivered;
+* every task released and none settled nor published again: the message is nacked,
+  requeued whole, and comes back marked redelivered;
 * some settled, the rest released: the released tasks are published again as new
-  messages, confirmed, and then the message is acked.
+  messages, confirmed, and then the message is acked. A message some of whose tasks
+  were published again is never requeued whole after that: they would run twice.
 
 A slot that asks for fewer tasks than a pack holds is running slow ones (its batch is
 sized to a few milliseconds of work): the rest of the pack goes back at once, one task
@@ -81,7 +82,9 @@ def chunks(bodies: Sequence[bytes]) -> list[Sequence[bytes]]:
 class _Message:
     tag: int  # the broker's delivery tag
     open: set[int] = field(default_factory=set)  # its tasks neither settled nor released
-    settled: bool = False  # some task of it was settled
+    # some task of it was settled or published again: never requeue it whole (that
+    # would bring those tasks back a second time)
+    settled: bool = False
 
 
 @dataclass
@@ -164,6 +167,7 @@ class HeldMessages:
                 out.nack.append(tag)  # whole: the broker requeues it as it came
             else:
                 out.republish += touched[tag]
+                message.settled = True
                 if not message.open:
                     out.ack.append(tag)
         for tag in out.ack + out.nack:
@@ -185,7 +189,8 @@ class HeldMessages:
         return sorted(self._tasks)
 
     def partly_settled(self) -> bool:
-        """Whether some message held has tasks settled and others not."""
+        """Whether some message held has tasks settled (or published again) and others
+        not: closing must give those back one by one, not let the broker requeue it."""
         return any(message.settled for message in self.messages.values())
 
     def clear(self) -> None:
