@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 from distq.config import Settings
 from distq.envelope import Task
 from distq.errors import TransportError
-from distq.transport import Settlement, open_transport
+from distq.transport import Settlement, Transport, open_transport
 from launch import free_port
 from procs import Distq
 from seam import fetch_n, results_n
@@ -37,13 +39,23 @@ def _no_delay(conn: Any) -> bool:
         return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
-def test_worker_connections_send_large_batches_without_nagle_delay() -> None:
-    # multiprocessing writes a message over 16 KiB in two send() calls; with Nagle on,
-    # the second waits ~40 ms for a delayed ACK, so every connection must be no-delay
-    settings = _settings("nodelay")
+@contextlib.contextmanager
+def _master_and_worker(queue: str) -> Iterator[tuple[Transport, Transport]]:
+    """A master's transport hosting ``queue`` and a worker's connected to it, closed after."""
+    settings = _settings(queue)
     hosted = open_transport(settings, "master")
     remote = open_transport(settings, "worker")
     try:
+        yield hosted, remote
+    finally:
+        remote.close()
+        hosted.close()
+
+
+def test_worker_connections_send_large_batches_without_nagle_delay() -> None:
+    # multiprocessing writes a message over 16 KiB in two send() calls; with Nagle on,
+    # the second waits ~40 ms for a delayed ACK, so every connection must be no-delay
+    with _master_and_worker("nodelay") as (hosted, remote):
         producer = hosted.producer("nodelay.results")
         bodies = [bytes([65 + i % 26]) * 1000 for i in range(64)]
         producer.submit(bodies)
@@ -54,16 +66,10 @@ def test_worker_connections_send_large_batches_without_nagle_delay() -> None:
         assert _no_delay(consumer._broker._tls.connection)  # type: ignore[attr-defined]
         consumer.close()
         producer.close()
-    finally:
-        remote.close()
-        hosted.close()
 
 
 def test_settle_then_fetch_is_one_call_to_the_master() -> None:
-    settings = _settings("settlefetch")
-    hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "worker")
-    try:
+    with _master_and_worker("settlefetch") as (hosted, remote):
         producer = hosted.producer("settlefetch.results")
         producer.submit([b"a", b"b", b"c", b"d"])
         consumer = remote.consumer("c1")
@@ -84,9 +90,6 @@ def test_settle_then_fetch_is_one_call_to_the_master() -> None:
         assert sorted(results_n(producer, 2)) == [b"ra", b"rb"]
         consumer.close()
         producer.close()
-    finally:
-        remote.close()
-        hosted.close()
 
 
 def test_a_master_stopping_under_a_waiting_fetch_reads_as_closed() -> None:

@@ -31,8 +31,8 @@ from brokers import Broker
 from distq.config import Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
-from distq.transport.base import Settlement
-from distq.transport.rabbitmq import RabbitMQTransport
+from distq.transport.base import Delivery, Settlement
+from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
 from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, TASKS_TYPE
 from seam import fetch_n
 
@@ -284,17 +284,25 @@ def test_a_master_counts_the_tasks_the_broker_holds_not_its_messages(
     producer.close()
 
 
+def _one_task_of_a_pack(
+    t: RabbitMQTransport,
+) -> tuple[RabbitMQProducer, RabbitMQConsumer, Delivery]:
+    """256 tasks submitted (8 packs), and a consumer that took one task of them."""
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(256))
+    producer.flush()
+    slow = t.consumer("slow")
+    (one,) = fetch_n(slow, 1)
+    return producer, slow, one
+
+
 def test_a_slot_taking_few_tasks_splits_a_pack_for_the_others(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:
     """Slow tasks: a slot that takes one task at a time sends the rest of its pack back
     one task per message, so that idle workers are not kept waiting behind it."""
     t = open_transport(prefetch=64)
-    producer = t.producer(t.reply_queue("p"))
-    producer.submit(_bodies(256))
-    producer.flush()
-    slow = t.consumer("slow")
-    (one,) = fetch_n(slow, 1)
+    producer, slow, one = _one_task_of_a_pack(t)
     deadline = time.monotonic() + 5
     while _ready(raw, queue) < TASKS_PER_MESSAGE - 1 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -313,11 +321,7 @@ def test_a_split_pack_whose_last_task_is_handed_back_is_not_requeued_whole(
     """The slot hands back the one task it kept (a master to ask, a stop): its pack must
     not come back whole, with the 31 tasks already published again one by one."""
     t = open_transport(prefetch=64)
-    producer = t.producer(t.reply_queue("p"))
-    producer.submit(_bodies(256))
-    producer.flush()
-    slow = t.consumer("slow")
-    (one,) = fetch_n(slow, 1)
+    producer, slow, one = _one_task_of_a_pack(t)
     slow.release([one])
     slow.close()
     idle = t.consumer("idle")

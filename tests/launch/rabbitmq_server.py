@@ -148,9 +148,8 @@ class LocalRabbitMQ(LocalServer):
 
         Raises ServerError with rabbitmqctl's output when it fails.
         """
-        ctl = program("rabbitmqctl", "rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmqctl")
         done = subprocess.run(
-            [ctl, "-n", self.node, *args],
+            [self._rabbitmqctl(), "-n", self.node, *args],
             env=self._environment(),
             cwd=self.workdir,
             capture_output=True,
@@ -194,9 +193,8 @@ class LocalRabbitMQ(LocalServer):
             'ok = file:write_file(Dir ++ "/ready", <<>>), '
             "Bounce(1)."
         )
-        ctl = program("rabbitmqctl", "rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmqctl")
         log = cues / "rabbitmqctl.log"
-        proc = self.spawn([ctl, "-n", self.node, "eval", program_text], log)
+        proc = self.spawn([self._rabbitmqctl(), "-n", self.node, "eval", program_text], log)
         done = 0
 
         def wait_for(name: str) -> None:
@@ -219,6 +217,10 @@ class LocalRabbitMQ(LocalServer):
             yield bounce
         finally:
             process.end(proc, 5)
+
+    @staticmethod
+    def _rabbitmqctl() -> str:
+        return program("rabbitmqctl", "rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmqctl")
 
     def _userinfo(self) -> str:
         return f"{quote(self.user)}:{quote(self.password)}"

@@ -690,7 +690,7 @@ class ManagerConsumer(Consumer):
             timeout,
             self._lease,
         )
-        return [Delivery(body=body, tag=token, redelivered=again) for token, body, again in wire]
+        return _deliveries(wire)
 
     def heartbeat(self) -> None:
         _call(self._address, self._broker.heartbeat, self._id, self._lease)
@@ -719,7 +719,7 @@ class ManagerConsumer(Consumer):
             max_count,
             self._lease,
         )
-        return [Delivery(body=body, tag=token, redelivered=again) for token, body, again in wire]
+        return _deliveries(wire)
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         tokens = tags_of(deliveries, int, "manager")
@@ -729,6 +729,10 @@ class ManagerConsumer(Consumer):
         with contextlib.suppress(OSError, EOFError):  # the master gone means leases gone
             self._broker.disconnect(self._id)
         _close_proxy(self._broker)
+
+
+def _deliveries(wire: Sequence[Wire]) -> list[Delivery]:
+    return [Delivery(body=body, tag=token, redelivered=again) for token, body, again in wire]
 
 
 def _wire(settlements: Sequence[Settlement]) -> list[WireSettlement]:

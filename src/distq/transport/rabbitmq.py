@@ -539,8 +539,7 @@ class RabbitMQTransport(Transport):
                     # a nack has no reply; this round trip reaches the queue after it, so
                     # the letters are back (for every reader) when dead_letters() returns
                     channel.queue_declare(self.dead_queue, passive=True)
-            letters = [one for _, props, body in got for one in self._decode_dead(props, body)]
-            return letters[:limit]
+            return self._letters(got)[:limit]
 
         if limit <= 0:
             return []
@@ -576,7 +575,7 @@ class RabbitMQTransport(Transport):
                     got.append((method, props, body))
                 if not got:
                     return
-                letters = [one for _, props, body in got for one in self._decode_dead(props, body)]
+                letters = self._letters(got)
                 for letter in letters:
                     link.publish(self.queue, revive(letter), mandatory=True)
                 link.confirm()
@@ -586,6 +585,10 @@ class RabbitMQTransport(Transport):
             finally:
                 if got and channel.is_open:
                     channel.basic_nack(got[-1][0].delivery_tag, multiple=True, requeue=True)
+
+    def _letters(self, got: list[tuple[Any, Any, bytes]]) -> list[DeadLetter]:
+        """The letters in messages ``basic_get`` took from the dead-letter queue, in order."""
+        return [letter for _, props, body in got for letter in self._decode_dead(props, body)]
 
     def _decode_dead(self, props: Any, body: bytes) -> list[DeadLetter]:
         """The letters one message of the dead-letter queue holds: one of ours, or what the

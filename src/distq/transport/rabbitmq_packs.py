@@ -84,7 +84,7 @@ class _Message:
     open: set[int] = field(default_factory=set)  # its tasks neither settled nor released
     # some task of it was settled or published again: never requeue it whole (that
     # would bring those tasks back a second time)
-    settled: bool = False
+    partial: bool = False
 
 
 @dataclass
@@ -141,7 +141,7 @@ class HeldMessages:
                 continue
             message = entry[0]
             message.open.discard(tag)
-            message.settled = True
+            message.partial = True
             if not message.open:
                 done.append(message.tag)
         for tag in done:
@@ -163,11 +163,11 @@ class HeldMessages:
         out = Release()
         for tag in sorted(touched):
             message = self.messages[tag]
-            if whole and not message.open and not message.settled:
+            if whole and not message.open and not message.partial:
                 out.nack.append(tag)  # whole: the broker requeues it as it came
             else:
                 out.republish += touched[tag]
-                message.settled = True
+                message.partial = True
                 if not message.open:
                     out.ack.append(tag)
         for tag in out.ack + out.nack:
@@ -191,7 +191,7 @@ class HeldMessages:
     def partly_settled(self) -> bool:
         """Whether some message held has tasks settled (or published again) and others
         not: closing must give those back one by one, not let the broker requeue it."""
-        return any(message.settled for message in self.messages.values())
+        return any(message.partial for message in self.messages.values())
 
     def clear(self) -> None:
         self.messages.clear()

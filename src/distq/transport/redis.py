@@ -768,9 +768,7 @@ class RedisConsumer(Consumer):
                 if self._t.settle_script(self._w, keys, args) == 1:
                     del held[:count]
                     return
-            acks: list[Arg] = ["a", 0, count, *tags]
-            self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
-        self._forget(tags)
+            self._settle_by_body(keys, publish, tags)
 
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int
@@ -807,10 +805,15 @@ class RedisConsumer(Consumer):
             out = _deliveries(reply)
             held += [d.body for d in out]
             if settled != 1:  # the in-flight list was not what it holds: ack by body
-                acks: list[Arg] = ["a", 0, count, *tags]
-                self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
-                self._forget(tags)
+                self._settle_by_body(keys, publish, tags)
         return out
+
+    def _settle_by_body(self, keys: list[str], publish: list[Arg], tags: list[bytes]) -> None:
+        """Publish, then ack these deliveries by body (wherever they are in the in-flight
+        list), and forget them."""
+        acks: list[Arg] = ["a", 0, len(tags), *tags]
+        self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
+        self._forget(tags)
 
     def _publish(self, settlements: Sequence[Settlement]) -> tuple[list[str], list[Arg]]:
         """The settle script's KEYS and its publishing runs (see ``_SETTLE``): the results
