@@ -9,7 +9,10 @@ port=$("$bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1"
 DISTQ_AUTHKEY=$("$bin/python" -c 'import secrets; print(secrets.token_hex(16))')
 export DISTQ_TRANSPORT=manager DISTQ_MANAGER_ADDRESS="127.0.0.1:$port" DISTQ_AUTHKEY
 
-"$bin/distq" master --tasks "${DEMO_TASKS:-6}" --task-delay "${DEMO_TASK_DELAY:-1}" --timeout 120 &
+# --wait-workers 2: the job starts once both workers are attached, so that both take
+# part however slowly this machine starts them
+"$bin/distq" master --tasks "${DEMO_TASKS:-6}" --task-delay "${DEMO_TASK_DELAY:-1}" --timeout 120 \
+    --wait-workers 2 &
 master=$!
 workers=()
 for i in 1 2; do

@@ -18,15 +18,26 @@ fi
 folder=${EXAMPLE_FOLDER:-$("$bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')}
 export PYTHONPATH="$PWD/examples/wordcount${PYTHONPATH:+:$PYTHONPATH}"
 
-workers=()
+# Each worker's lines go through a FIFO to a sed that tags them, so that the workers'
+# own PIDs are known: once the job is done, they are told to stop (SIGTERM: a worker
+# finishes what it runs and exits 0), instead of waiting to be idle, or, for one that
+# started after a short job had ended, waiting for a master until --connect-timeout.
+fifos=$(mktemp -d)
+trap 'rm -rf "$fifos"' EXIT
+workers=() taggers=()
 for i in 1 2; do
+    mkfifo "$fifos/worker-$i"
+    sed -u "s/^/    [worker-$i] /" <"$fifos/worker-$i" &
+    taggers+=("$!")
     # manager: the workers wait for the job, which hosts the queues, to listen
     "$bin/distq" worker --tasks wordcount_tasks --worker-id "worker-$i" --quiet \
-        --exit-when-idle 3 --connect-timeout 30 2>&1 | sed -u "s/^/    [worker-$i] /" &
+        --connect-timeout 30 >"$fifos/worker-$i" 2>&1 &
     workers+=("$!")
 done
 status=0
 "$bin/python" examples/wordcount/wordcount.py "$folder" --glob "${EXAMPLE_GLOB:-*.py}" --check \
     || status=$?
+kill -TERM "${workers[@]}" 2>/dev/null || true
 wait "${workers[@]}" || true
+wait "${taggers[@]}" || true
 exit "$status"

@@ -149,11 +149,15 @@ def test_a_consumer_back_under_its_old_name_does_not_renew_the_old_lease() -> No
     assert [(body, again) for _, body, again in got] == [(b"a", True)]
 
 
-def test_a_master_closing_as_a_worker_connects_is_a_connection_failure() -> None:
-    """Seen as a worker thread's traceback (EOFError) when a job ended as it connected."""
+@pytest.mark.parametrize("error", [EOFError, ConnectionResetError])
+def test_a_master_closing_as_a_worker_connects_is_a_connection_failure(
+    error: type[Exception],
+) -> None:
+    """Seen as a worker thread's traceback (EOFError) when a job ended as it connected, and
+    as "cannot reach the master ... Connection reset by peer" (``make example``)."""
 
     def closing() -> None:
-        raise EOFError
+        raise error
 
     transport = ManagerTransport.__new__(ManagerTransport)  # only its address is needed
     transport.address = "127.0.0.1:9"

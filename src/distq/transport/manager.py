@@ -537,15 +537,15 @@ class ManagerTransport(Transport):
                 f"authentication failed: the master at {self.address} rejected DISTQ_AUTHKEY; "
                 "use the same key as the master"
             ) from None
+        except (EOFError, ConnectionResetError):  # a master closing as we connect
+            raise ConnectionFailed(
+                f"the master at {self.address} closed the connection as we connected "
+                "(its job is done, or it stopped)"
+            ) from None
         except OSError as exc:
             raise ConnectionFailed(
                 f"cannot reach the master at {self.address} (DISTQ_MANAGER_ADDRESS): "
                 f"{exc.strerror or exc}; is `distq master` running there?"
-            ) from None
-        except EOFError:  # a master closing as we connect: its job is done, or it stopped
-            raise ConnectionFailed(
-                f"the master at {self.address} closed the connection as we connected "
-                "(its job is done, or it stopped)"
             ) from None
 
     def describe(self) -> str:
