@@ -642,3 +642,72 @@ def test_a_worker_runs_the_batches_its_settles_claim(
     assert sorted(r.value for r in results) == sorted(n * n for n in range(300))
     assert sum(claimed) > 0  # batches came with settles, and ran
     assert t.stats().in_flight == 0 and t.stats().ready == 0
+
+
+class _CountedCalls:
+    """A script's stand-in that counts its direct calls (a claim of its own round trip);
+    a pipelined use (``command``, ``evaluate``) goes through uncounted."""
+
+    def __init__(self, script: Any) -> None:
+        self.script, self.calls = script, 0
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.script(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.script, name)
+
+
+def test_a_wait_after_a_claim_that_found_nothing_blocks_at_once(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a claim that found nothing (the settle's, or a wait's), the next fetch waits
+    in its first round trip: no claim of its own first. A task that comes meanwhile is
+    fetched; a fetch that must not wait still claims."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    consumer = t.consumer("c")
+    producer.submit([b"first"])
+    (delivery,) = consumer.fetch(1, timeout=1)
+    settled = Settlement(delivery, reply_to=producer.reply_to, result=b"r")
+    claims = _CountedCalls(t.claim_script)
+    monkeypatch.setattr(t, "claim_script", claims)
+    assert consumer.settle_then_fetch([settled], 5) == []  # its claim found nothing
+    with _later(0.3, producer.submit, [b"second"]):
+        (second,) = consumer.fetch(5, timeout=5)
+    assert second.body == b"second" and claims.calls == 0
+    consumer.settle([Settlement(second, reply_to=producer.reply_to, result=b"r2")])
+    assert consumer.fetch(5, timeout=0.2) == []  # a claim of its own first, then a wait
+    assert claims.calls == 1
+    assert consumer.fetch(5, timeout=0.2) == []  # waits at once: the last wait found nothing
+    assert claims.calls == 1
+    assert consumer.fetch(5, timeout=0) == []  # no wait: a claim of its own
+    assert claims.calls == 2
+    assert producer.results(5, timeout=1) == [b"r", b"r2"]
+
+
+def test_results_wait_from_the_first_read(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that may wait blocks in its first round trip, and returns at once with the
+    results already there; a read that may not wait never blocks."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    takes: list[float | None] = []
+    take = producer._take
+
+    def counted(block: float | None, max_count: int) -> list[bytes]:
+        takes.append(block)
+        return take(block, max_count)
+
+    monkeypatch.setattr(producer, "_take", counted)
+    assert producer.results(5, timeout=0) == []
+    assert takes == [None]
+    sent = _results(producer, 3)
+    takes.clear()
+    assert producer.results(5, timeout=2) == sent  # there already: one blocking read
+    assert len(takes) == 1 and takes[0] is not None
+    takes.clear()
+    assert producer.results(5, timeout=0.2) == []  # nothing: blocking reads only
+    assert takes and None not in takes

@@ -649,15 +649,16 @@ class RedisProducer(Producer):
         deadline = time.monotonic() + timeout
         self._renew_when_due()
         with self._t.errors():
-            got = self._take(None, max_count)
-            while not got:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
+            if timeout <= 0:
+                return self._take(None, max_count)
+            while True:  # blocking from the first read: it returns at once if results wait
+                remaining = max(0.0, deadline - time.monotonic())
                 got = self._take(min(remaining, self._t.block_slice), max_count)
-                if not got:
-                    self._t.sweep(self._w)  # idle: bring back a dead worker's tasks meanwhile
-        return got
+                if got:
+                    return got
+                self._t.sweep(self._w)  # idle: bring back a dead worker's tasks meanwhile
+                if time.monotonic() >= deadline:
+                    return []
 
     def _take(self, block: float | None, max_count: int) -> list[bytes]:
         """One round trip: acknowledge the results received so far (the ack script), then
@@ -711,17 +712,23 @@ class RedisConsumer(Consumer):
         self._keys = transport.keys(self.inflight_key)
         self._args: list[Arg] = [self.consumer_id, transport.lease_ms, transport.inflight_prefix]
         self._held: list[bytes] = []  # oldest first, as the in-flight list from its tail
+        # the reply of this consumer's last claim when it found nothing: the next fetch
+        # blocks at once instead of claiming again first (one round trip less per wait)
+        self._found_nothing: Any = None
         with transport.errors():  # reachable now, so "reconnected" means it
             self._w.execute_command("PING")
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
+        reply, self._found_nothing = self._found_nothing, None
         with self._t.errors():
-            reply = self._t.claim_script(self._w, self._keys, [*self._args, max_count, 0])
+            if reply is None or timeout <= 0:
+                reply = self._t.claim_script(self._w, self._keys, [*self._args, max_count, 0])
             out = _deliveries(reply)
             while not out:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    self._found_nothing = reply
                     return []
                 block = min(remaining, self._t.block_slice)
                 if reply[0] >= 0:  # wake up when the next delayed retry is due
@@ -757,6 +764,7 @@ class RedisConsumer(Consumer):
         return {name for name, flag in zip(names, flags, strict=True) if flag == 1}
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
+        self._found_nothing = None  # it may publish retries: the next fetch claims first
         if not settlements:
             return
         tags = tags_of((s.delivery for s in settlements), bytes, "redis")
@@ -806,6 +814,7 @@ class RedisConsumer(Consumer):
             held += [d.body for d in out]
             if settled != 1:  # the in-flight list was not what it holds: ack by body
                 self._settle_by_body(keys, publish, tags)
+            self._found_nothing = reply if settled == 1 and not out else None
         return out
 
     def _settle_by_body(self, keys: list[str], publish: list[Arg], tags: list[bytes]) -> None:
@@ -850,6 +859,7 @@ class RedisConsumer(Consumer):
         self._held = [body for body in self._held if body not in gone]
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
+        self._found_nothing = None
         if not deliveries:
             return
         # RPUSH in reverse so the first delivery ends up at the tail: it runs next
