@@ -95,9 +95,9 @@ def _status(row: dict[str, Any]) -> str:
     return f"{row['ok']}/{row['trials']} ok ({kinds})"
 
 
-def _cpu_cells(row: dict[str, Any]) -> list[str]:
+def _cpu_cells(row: dict[str, Any], key: str = "cpu_per_1000") -> list[str]:
     """CPU seconds per 1,000 tasks by role, then the total in µs per task."""
-    cpu = row.get("cpu_per_1000") or {}
+    cpu = row.get(key) or {}
     cells = [_range(cpu.get(role), 1, ".3f") for role in ROLES[:-1]]
     total = cpu.get("total")
     return [*cells, _range(total, 1, ".3f"), _range(total, 1e3, ".1f")]
@@ -123,8 +123,31 @@ def _cpu_section(report: dict[str, Any]) -> list[str]:
         "| total (s/1k) | total (µs/task) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    lines += _cpu_rows(rows, "cpu_per_1000")
+    sequential = [r for r in report["rows"] if r.get("latency_cpu_per_1000")]
+    if sequential:
+        lines += [
+            "",
+            "### One task at a time",
+            "",
+            "The same, over the latency round: one task submitted, its result awaited, then "
+            "the next. This is what a master and workers cost per task when tasks come one "
+            "by one (a low rate, an Executor's `submit().result()`): the broker round trips "
+            "of each task, not spread over a batch. For `distq` rows the master is the "
+            "`distq master --max-in-flight 1` process's own count.",
+            "",
+            "| broker | contestant | master (s/1k) | workers (s/1k) | broker (s/1k) "
+            "| total (s/1k) | total (µs/task) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            *_cpu_rows(sequential, "latency_cpu_per_1000"),
+        ]
+    return lines
+
+
+def _cpu_rows(rows: list[dict[str, Any]], key: str) -> list[str]:
+    lines = []
     for row in rows:
-        cells = _cpu_cells(row)
+        cells = _cpu_cells(row, key)
         if row["broker"] == "manager" and cells[2] == "—":
             cells[2] = "in master"
         lines.append(f"| {row['broker']} | {row['contestant']} | " + " | ".join(cells) + " |")

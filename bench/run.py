@@ -261,11 +261,15 @@ def summarize(trials: list[dict[str, Any]]) -> dict[str, Any]:
         stat = _stat([t[key] for t in ok if t.get(key) is not None])
         if stat:
             row[key] = stat
-    per_task = [per_thousand(t["cpu_seconds"], t["tasks"]) for t in ok if t.get("cpu_seconds")]
-    if per_task:
-        row["cpu_per_1000"] = {
-            role: _stat([v for c in per_task if (v := c.get(role)) is not None]) for role in ROLES
-        }
+    rounds = (("cpu_per_1000", "cpu_seconds", "tasks"),  # the throughput round
+              ("latency_cpu_per_1000", "latency_cpu_seconds", "latency_tasks"))  # fmt: skip
+    for key, seconds, tasks in rounds:
+        per_task = [per_thousand(t[seconds], t[tasks]) for t in ok if t.get(seconds)]
+        if per_task:
+            row[key] = {
+                role: _stat([v for c in per_task if (v := c.get(role)) is not None])
+                for role in ROLES
+            }
     return row
 
 

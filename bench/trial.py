@@ -94,6 +94,16 @@ def cpu_meter(contestant: Contestant, broker_pid: int | None) -> CpuMeter:
     return CpuMeter(roles, own=["master"])
 
 
+def _cpu_used(contestant: Contestant, meter: CpuMeter) -> dict[str, float | None]:
+    """CPU seconds by role since ``meter`` started; the master's from the contestant when
+    its master is a process of its own that counts its round (``distq master``)."""
+    cpu: dict[str, float | None] = dict(meter.stop())
+    if contestant.master_cpu_seconds is not None:
+        cpu["master"] = contestant.master_cpu_seconds
+    cpu.setdefault("broker", None)
+    return cpu
+
+
 def run_trial(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -128,11 +138,7 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
         meter = cpu_meter(contestant, args.broker_pid)
         meter.start()
         elapsed = contestant.throughput(tasks)
-        cpu: dict[str, float | None] = dict(meter.stop())
-        if contestant.master_cpu_seconds is not None:  # its master is a process of its own
-            cpu["master"] = contestant.master_cpu_seconds
-        cpu.setdefault("broker", None)
-        out["cpu_seconds"] = cpu
+        out["cpu_seconds"] = _cpu_used(contestant, meter)
         if sampler:
             sampler.sample()
             sampler.stopping.set()
@@ -142,7 +148,11 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
         if args.latency_tasks:
             phase = "latency"
             contestant.latency(single[:WARM_UP_LATENCY])  # not counted
+            contestant.master_cpu_seconds = None  # the counted round's own, if it has one
+            meter = cpu_meter(contestant, args.broker_pid)
+            meter.start()
             lat = contestant.latency(single[WARM_UP_LATENCY:])
+            out["latency_cpu_seconds"] = _cpu_used(contestant, meter)
             out["latency_p50_seconds"] = lat.p50
             out["latency_p99_seconds"] = lat.p99
             out["latency_tasks"] = lat.count

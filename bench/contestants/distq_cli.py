@@ -197,6 +197,7 @@ class DistqCli(Contestant):
 
     def latency(self, tasks: Sequence[int]) -> Latency:
         report = self._master(len(tasks), ["--max-in-flight", "1"])
+        self.master_cpu_seconds = report.get("cpu_seconds")
         return Latency(
             count=len(tasks),
             p50=float(report["latency_p50_seconds"]),

@@ -172,3 +172,51 @@ def test_a_trial_measures_the_broker_process_it_is_given() -> None:
     assert set(used) == {"master", "workers", "broker"}
     assert used["workers"] == 0.0
     assert used["broker"] >= 0.2  # most of the 0.3 s it burned while we watched
+
+
+def test_the_report_shows_cpu_per_task_one_at_a_time() -> None:
+    """The latency round's CPU (``latency_cpu_seconds`` over ``latency_tasks``) gets a table
+    of its own; a row without it (an older trial) is left out of that table only."""
+    trials = [
+        {**_ok({"master": 0.010, "workers": 0.020, "broker": 0.005}), "latency_tasks": 500,
+         "latency_cpu_seconds": {"master": 0.10, "workers": 0.15, "broker": 0.05}},
+        {**_ok({"master": 0.010, "workers": 0.020, "broker": 0.005}), "latency_tasks": 500,
+         "latency_cpu_seconds": {"master": 0.20, "workers": 0.25, "broker": 0.05}},
+    ]  # fmt: skip
+    distq = run.summarize(trials)
+    assert distq["latency_cpu_per_1000"]["total"] == pytest.approx(
+        {"median": 0.8, "min": 0.6, "max": 1.0}
+    )
+    older = run.summarize([_ok({"master": 0.01, "workers": 0.02, "broker": None})])
+    assert "latency_cpu_per_1000" not in older
+    text = write_markdown(
+        _report(
+            [
+                {"broker": "redis", "contestant": "distq", **distq},
+                {"broker": "manager", "contestant": "distq", **older},
+            ],
+            [],
+        )
+    )
+    table = text.split("### One task at a time", 1)[1].split("\n## ", 1)[0]
+    assert "| redis | distq | 0.300 (0.200-0.400) | 0.400 (0.300-0.500) | 0.100 " in table
+    assert "| 0.800 (0.600-1.000) | 800.0 (600.0-1000.0) |" in table
+    assert "| manager |" not in table
+
+
+def test_a_round_counts_the_master_of_a_contestant_that_reports_its_own() -> None:
+    import trial
+
+    class Fake:
+        master_cpu_seconds: float | None = None
+
+        def worker_pids(self) -> list[int]:
+            return []
+
+    fake = Fake()
+    meter = trial.cpu_meter(fake, None)  # type: ignore[arg-type]
+    meter.start()
+    assert trial._cpu_used(fake, meter)["broker"] is None  # type: ignore[arg-type]
+    fake.master_cpu_seconds = 1.25  # a distq master's report of its own round
+    meter.start()
+    assert trial._cpu_used(fake, meter)["master"] == 1.25  # type: ignore[arg-type]
