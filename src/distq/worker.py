@@ -367,7 +367,9 @@ class Worker:
                         slot.batch = None
                         if slot.handed_back or slot.consumer is None:
                             break  # a cold stop handed the whole batch back already
-                        claimed = self._settle(slot, batch.endings, batch.take_rest(), sizer.size)
+                        claimed = self._settle(
+                            slot, batch.endings, batch.take_rest(), sizer.size, poll
+                        )
                         if claimed:
                             slot.renewed = time.monotonic()
                 except Exception as exc:  # a transport bug must not kill the slot either
@@ -429,20 +431,26 @@ class Worker:
                 consumer.close()
 
     def _settle(
-        self, slot: _Slot, endings: list[Ending], unstarted: Sequence[Delivery], fetch: int = 0
+        self,
+        slot: _Slot,
+        endings: list[Ending],
+        unstarted: Sequence[Delivery],
+        fetch: int = 0,
+        wait: float = 0.0,
     ) -> list[Delivery]:
         """Settle what ran in one call, hand back what did not, and count both.
 
         With ``fetch``, a batch that ran to its end also leases up to that many more in
-        the same call where the transport can (:meth:`Consumer.settle_then_fetch`): they
-        are returned, to run next. Not when stopping, nor after a batch that handed
-        tasks back (they were too slow for one batch: idle workers may take them)."""
+        the same call where the transport can (:meth:`Consumer.settle_then_fetch`),
+        waiting up to ``wait`` s for the first where it can: they are returned, to run
+        next. Not when stopping, nor after a batch that handed tasks back (they were too
+        slow for one batch: idle workers may take them)."""
         assert slot.consumer is not None
         claimed: list[Delivery] = []
         if endings:
             settlements = [ending.settlement for ending in endings]
             if fetch > 0 and not unstarted and not self._stopping.is_set():
-                claimed = slot.consumer.settle_then_fetch(settlements, fetch)
+                claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
             else:
                 slot.consumer.settle(settlements)
         if unstarted:

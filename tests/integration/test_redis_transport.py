@@ -16,7 +16,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -629,8 +629,8 @@ def test_a_worker_runs_the_batches_its_settles_claim(
     claimed: list[int] = []
     original = RedisConsumer.settle_then_fetch
 
-    def spy(self: RedisConsumer, settlements: Any, max_count: int) -> Any:
-        got = original(self, settlements, max_count)
+    def spy(self: RedisConsumer, settlements: Any, max_count: int, timeout: float = 0) -> Any:
+        got = original(self, settlements, max_count, timeout)
         claimed.append(len(got))
         return got
 
@@ -711,3 +711,79 @@ def test_results_wait_from_the_first_read(
     takes.clear()
     assert producer.results(5, timeout=0.2) == []  # nothing: blocking reads only
     assert takes and None not in takes
+
+
+def _pipelined(consumer: RedisConsumer, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The command names of each pipeline ``consumer`` sends from now on."""
+    sent: list[list[str]] = []
+    pipeline = consumer._w.pipeline
+
+    def spy(commands: Sequence[Sequence[Any]]) -> list[Any]:
+        sent.append([str(command[0]) for command in commands])
+        return pipeline(commands)
+
+    monkeypatch.setattr(consumer._w, "pipeline", spy)
+    return sent
+
+
+def test_a_settle_after_the_queue_ran_dry_waits_for_the_next_task_in_its_round_trip(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One task at a time: the settle, the wait for the next task and its claim are one
+    round trip (not a settle and claim, then a wait and claim)."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    consumer = t.consumer("c")
+    producer.submit([b"first"])
+    (delivery,) = consumer.fetch(5, timeout=1)  # 1 of 5: the ready list is empty now
+    sent = _pipelined(consumer, monkeypatch)
+    settled = Settlement(delivery, reply_to=producer.reply_to, result=b"r")
+    with _later(0.3, producer.submit, [b"second"]):
+        (second,) = consumer.settle_then_fetch([settled], 5, timeout=5)
+    assert second.body == b"second" and not second.redelivered
+    assert sent == [["EVALSHA", "BLMOVE", "EVALSHA"]]  # settle, wait, claim: one round trip
+    assert producer.results(5, timeout=1) == [b"r"]
+    done = Settlement(second, reply_to=producer.reply_to, result=b"r2")
+    assert consumer.settle_then_fetch([done], 5, timeout=0.2) == []  # nothing came
+    assert producer.results(5, timeout=1) == [b"r2"]
+    assert t.stats().in_flight == 0
+
+
+def test_a_settle_waits_not_after_a_full_claim_nor_after_retries(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    consumer = t.consumer("c")
+    producer.submit(_bodies(2))
+    batch = consumer.fetch(2, timeout=1)  # 2 of 2: more may wait, and retries are unknown
+    sent = _pipelined(consumer, monkeypatch)
+    done = [Settlement(d, reply_to=producer.reply_to, result=d.body) for d in batch]
+    assert consumer.settle_then_fetch(done, 2, timeout=5) == []
+    assert sent == [["EVALSHA", "EVALSHA"]]  # settle and claim, no wait
+    producer.submit([b"flaky"])
+    (flaky,) = consumer.fetch(5, timeout=1)  # the ready list ran dry
+    sent.clear()
+    retry = Settlement(flaky, retry=b"flaky-2", retry_delay=30.0)
+    assert consumer.settle_then_fetch([retry], 5, timeout=5) == []
+    assert sent == [["EVALSHA", "EVALSHA"]]  # a batch with a retry: no wait either
+
+
+def test_a_settle_waits_no_longer_than_until_the_next_retry_is_due(
+    open_transport: OpenTransport,
+) -> None:
+    """A wait ends when a delayed retry is due (the claim after it takes the retry), not
+    at the end of the block: nothing else would wake it."""
+    t = open_transport(lease=30.0)  # blocks of 5 s
+    producer = t.producer(t.reply_queue("j"))
+    other, consumer = t.consumer("other"), t.consumer("c")
+    producer.submit([b"flaky"])
+    (flaky,) = other.fetch(1, timeout=1)
+    other.settle([Settlement(flaky, retry=b"flaky-2", retry_delay=1.0)])
+    producer.submit([b"task"])
+    (task,) = consumer.fetch(5, timeout=1)  # its claim saw the retry due in about 1 s
+    started = time.monotonic()
+    done = Settlement(task, reply_to=producer.reply_to, result=b"r")
+    got = consumer.settle_then_fetch([done], 5, timeout=10)
+    assert [d.body for d in got] == [b"flaky-2"]
+    assert time.monotonic() - started < 4.0  # well before the 5 s block would have ended

@@ -89,6 +89,31 @@ def test_settle_then_fetch_settles_and_leases_each_task_once(
     producer.close()
 
 
+def test_settle_then_fetch_that_may_wait_leases_a_task_that_comes_once(
+    hosted: Transport, remote: Transport
+) -> None:
+    """With a timeout, a task submitted while the settle waits (Redis) or after it (the
+    others) is leased once, by the settle or by the fetch after it, and results arrive."""
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    producer.submit([b"first"])
+    consumer = remote.consumer("c1")
+    (first,) = fetch_n(consumer, 1)
+    done = [Settlement(first, reply_to=producer.reply_to, result=b"r:first")]
+    timer = threading.Timer(0.3, producer.submit, [[b"second"]])
+    timer.start()
+    try:
+        got = consumer.settle_then_fetch(done, 3, 5.0) or fetch_n(consumer, 1)
+    finally:
+        timer.join()
+    assert [d.body for d in got] == [b"second"]
+    done = [Settlement(got[0], reply_to=producer.reply_to, result=b"r:second")]
+    assert consumer.settle_then_fetch(done, 3, 0.2) == []  # nothing comes: nothing leased
+    assert sorted(results_n(producer, 2)) == [b"r:first", b"r:second"]
+    assert consumer.fetch(3, 0.2) == []
+    consumer.close()
+    producer.close()
+
+
 def test_tasks_come_out_in_submission_order(hosted: Transport, remote: Transport) -> None:
     producer = hosted.producer(hosted.reply_queue("order"))
     producer.submit([b"a", b"b", b"c"])

@@ -210,12 +210,14 @@ class Consumer(abc.ABC):
         """Publish results, retries and dead letters, then acknowledge the deliveries."""
 
     def settle_then_fetch(
-        self, settlements: Sequence[Settlement], max_count: int
+        self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
     ) -> list[Delivery]:
-        """:meth:`settle`, then lease up to ``max_count`` more deliveries without waiting
-        where the transport does both in one round trip; returns them. By default it only
-        settles and returns none: the caller fetches as usual. A failure raises as either
-        call would, and leaves the settle as :meth:`settle` leaves it."""
+        """:meth:`settle`, then lease up to ``max_count`` more deliveries where the
+        transport does both in one round trip; returns them. A transport may wait up to
+        ``timeout`` seconds for the first when none is ready (Redis does), or not wait.
+        By default it only settles and returns none: the caller fetches as usual. A
+        failure raises as either call would, and leaves the settle as :meth:`settle`
+        leaves it."""
         self.settle(settlements)
         return []
 

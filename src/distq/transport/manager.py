@@ -704,7 +704,7 @@ class ManagerConsumer(Consumer):
         _call(self._address, self._broker.settle, self._queue, self._id, _wire(settlements))
 
     def settle_then_fetch(
-        self, settlements: Sequence[Settlement], max_count: int
+        self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
     ) -> list[Delivery]:
         """Settled and the next batch claimed (without waiting) in one call to the master."""
         if not settlements or max_count <= 0:

@@ -715,6 +715,9 @@ class RedisConsumer(Consumer):
         # the reply of this consumer's last claim when it found nothing: the next fetch
         # blocks at once instead of claiming again first (one round trip less per wait)
         self._found_nothing: Any = None
+        # whether the last claim emptied the ready list, and then when the next delayed
+        # retry is due (time.monotonic(); None: none is), as its reply says
+        self._drained, self._retry_due = False, None
         with transport.errors():  # reachable now, so "reconnected" means it
             self._w.execute_command("PING")
 
@@ -724,7 +727,7 @@ class RedisConsumer(Consumer):
         with self._t.errors():
             if reply is None or timeout <= 0:
                 reply = self._t.claim_script(self._w, self._keys, [*self._args, max_count, 0])
-            out = _deliveries(reply)
+            out = self._claimed(reply, max_count)
             while not out:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -740,16 +743,17 @@ class RedisConsumer(Consumer):
     def _block_then_claim(self, block: float, max_count: int) -> tuple[Any, list[Delivery]]:
         """One round trip: BLMOVE one task, then the claim script for the rest + the lease."""
         claim = self._t.claim_script
-        blmove = ("BLMOVE", self._t.ready_key, self.inflight_key, "RIGHT", "LEFT", _seconds(block))
         command = claim.command(self._keys, [*self._args, max_count - 1, 1])
-        first, reply = self._w.pipeline([blmove, command])
+        first, reply = self._w.pipeline([self._blmove(block), command])
         if isinstance(reply, NoScriptError):  # Redis lost its scripts; EVAL caches it again
             reply = claim.evaluate(self._w, command)
         _raise_first([first, reply])
-        out = _deliveries(reply)
-        if first is not None:
-            out.insert(0, Delivery(body=first, tag=first, redelivered=reply[1] == 1))
-        return reply, out
+        return reply, self._claimed(reply, max_count, first)
+
+    def _blmove(self, block: float) -> tuple[Arg, ...]:
+        """Wait up to ``block`` s for a task and move it into the in-flight list: the claim
+        script that follows it (its ARGV[5] = 1) leases it with the rest."""
+        return ("BLMOVE", self._t.ready_key, self.inflight_key, "RIGHT", "LEFT", _seconds(block))
 
     def heartbeat(self) -> None:
         with self._t.errors():
@@ -779,10 +783,13 @@ class RedisConsumer(Consumer):
             self._settle_by_body(keys, publish, tags)
 
     def settle_then_fetch(
-        self, settlements: Sequence[Settlement], max_count: int
+        self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
     ) -> list[Delivery]:
         """A batch settled in order (acked by count) and the next claim, pipelined: one
-        round trip. The claim runs after the settle, as if fetched right after it.
+        round trip. The claim runs after the settle, as if fetched right after it. With
+        ``timeout``, a BLMOVE between them waits (up to ``timeout``, and not past the next
+        delayed retry) for a task when none is ready, as :meth:`fetch` would in a round
+        trip of its own; not after a batch with retries (the next one may be due first).
 
         If the in-flight list is not what the consumer holds (a sweep took it back), the
         settle by count does nothing and the acks by body follow the claim: a body the
@@ -799,9 +806,16 @@ class RedisConsumer(Consumer):
             return self.fetch(max_count, 0)
         keys, publish = self._publish(settlements)
         settle = self._t.settle_script.command(keys, [*self._args, len(held), count, *publish])
-        claim = self._t.claim_script.command(self._keys, [*self._args, max_count, 0])
+        block = self._block_for(timeout, settlements)
+        if block > 0:  # wait for the first task, then claim the rest (as _block_then_claim)
+            claim = self._t.claim_script.command(self._keys, [*self._args, max_count - 1, 1])
+            commands: list[Sequence[Arg]] = [settle, self._blmove(block), claim]
+        else:
+            claim = self._t.claim_script.command(self._keys, [*self._args, max_count, 0])
+            commands = [settle, claim]
         with self._t.errors():
-            settled, reply = self._w.pipeline([settle, claim])
+            replies = self._w.pipeline(commands)
+            settled, first, reply = replies[0], replies[1] if block > 0 else None, replies[-1]
             if isinstance(settled, NoScriptError):  # it runs after the claim: by body, below
                 settled = self._t.settle_script.evaluate(self._w, settle)
             if isinstance(reply, NoScriptError):
@@ -809,12 +823,34 @@ class RedisConsumer(Consumer):
             _raise_first([settled])
             if settled == 1:
                 del held[:count]
-            _raise_first([reply])
-            out = _deliveries(reply)
+            _raise_first([first, reply])
+            out = self._claimed(reply, max_count, first)
             held += [d.body for d in out]
             if settled != 1:  # the in-flight list was not what it holds: ack by body
                 self._settle_by_body(keys, publish, tags)
             self._found_nothing = reply if settled == 1 and not out else None
+        return out
+
+    def _block_for(self, timeout: float, settlements: Sequence[Settlement]) -> float:
+        """How long a settle may wait for the next task: up to ``timeout``, a block slice
+        and the next delayed retry; 0 (no wait) after a batch with retries, or when the last
+        claim filled (the ready list may hold more, and its reply says nothing of retries)."""
+        if timeout <= 0 or not self._drained or any(s.retry is not None for s in settlements):
+            return 0.0
+        block = min(timeout, self._t.block_slice)
+        if self._retry_due is not None:
+            block = min(block, self._retry_due - time.monotonic())
+        return block if block > 0.001 else 0.0
+
+    def _claimed(self, reply: Any, asked: int, first: bytes | None = None) -> list[Delivery]:
+        """The deliveries of a claim of ``asked`` tasks, after ``first`` (what a BLMOVE
+        before the script moved) if any; notes whether it emptied the ready list and, if
+        so, when the next delayed retry is due (the script says only then: see _CLAIM)."""
+        out = _deliveries(reply)
+        if first is not None:
+            out.insert(0, Delivery(body=first, tag=first, redelivered=reply[1] == 1))
+        self._drained = len(out) < asked
+        self._retry_due = None if reply[0] < 0 else time.monotonic() + reply[0] / 1000
         return out
 
     def _settle_by_body(self, keys: list[str], publish: list[Arg], tags: list[bytes]) -> None:
