@@ -213,11 +213,13 @@ class QueueBroker:
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
+        timeout: float = 0.0,
     ) -> list[Wire]:
-        """:meth:`settle`, then :meth:`fetch` up to ``max_count`` without waiting: a
-        worker's batch settled and its next one claimed in one call."""
+        """:meth:`settle`, then :meth:`fetch` up to ``max_count``, waiting up to
+        ``timeout`` for the first: a worker's batch settled and its next one claimed in
+        one call."""
         self.settle(queue, consumer, items)
-        return self.fetch(queue, consumer, max_count, 0.0, lease)
+        return self.fetch(queue, consumer, max_count, timeout, lease)
 
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
         with self._lock:
@@ -321,6 +323,7 @@ class _Broker(Protocol):
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
+        timeout: float = 0.0,
     ) -> list[Wire] | None: ...
     def release(self, consumer: str, tokens: Sequence[int]) -> None: ...
     def disconnect(self, consumer: str) -> None: ...
@@ -443,8 +446,9 @@ class _BrokerProxy(BaseProxy):
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
+        timeout: float = 0.0,
     ) -> list[Wire] | None:
-        reply = self._call("settle_fetch", queue, consumer, items, max_count, lease)
+        reply = self._call("settle_fetch", queue, consumer, items, max_count, lease, timeout)
         return cast("list[Wire] | None", reply)
 
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
@@ -706,7 +710,8 @@ class ManagerConsumer(Consumer):
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
     ) -> list[Delivery]:
-        """Settled and the next batch claimed (without waiting) in one call to the master."""
+        """Settled and the next batch claimed in one call to the master, which waits up to
+        ``timeout`` for the first task when none is ready (as :meth:`fetch` does)."""
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
@@ -718,6 +723,7 @@ class ManagerConsumer(Consumer):
             _wire(settlements),
             max_count,
             self._lease,
+            timeout,
         )
         return _deliveries(wire)
 
