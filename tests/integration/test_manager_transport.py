@@ -17,7 +17,7 @@ import pytest
 from distq.config import Settings
 from distq.envelope import Task
 from distq.errors import TransportError
-from distq.transport import Consumer, Settlement, Transport, open_transport
+from distq.transport import Settlement, Transport, open_transport
 from launch import free_port
 from procs import Distq
 from seam import fetch_n, results_n
@@ -68,27 +68,21 @@ def test_worker_connections_send_large_batches_without_nagle_delay() -> None:
         producer.close()
 
 
-def _calls_to_the_master(consumer: Consumer) -> list[str]:
-    """The names of the methods ``consumer`` calls on the master from now on."""
-    calls: list[str] = []
-    proxy = consumer._broker  # type: ignore[attr-defined]
-    call = proxy._callmethod
-
-    def counted(name: str, args: tuple[Any, ...] = ()) -> Any:
-        calls.append(name)
-        return call(name, args)
-
-    proxy._callmethod = counted
-    return calls
-
-
 def test_settle_then_fetch_is_one_call_to_the_master() -> None:
     with _master_and_worker("settlefetch") as (hosted, remote):
         producer = hosted.producer("settlefetch.results")
         producer.submit([b"a", b"b", b"c", b"d"])
         consumer = remote.consumer("c1")
         first = fetch_n(consumer, 2)
-        calls = _calls_to_the_master(consumer)
+        calls: list[str] = []
+        proxy = consumer._broker  # type: ignore[attr-defined]
+        call = proxy._callmethod
+
+        def counted(name: str, args: tuple[Any, ...] = ()) -> Any:
+            calls.append(name)
+            return call(name, args)
+
+        proxy._callmethod = counted
         done = [Settlement(d, reply_to=producer.reply_to, result=b"r" + d.body) for d in first]
         nxt = consumer.settle_then_fetch(done, 5)
         assert calls == ["settle_fetch"]
@@ -104,7 +98,15 @@ def test_settle_then_fetch_waits_for_the_next_task_in_the_same_call() -> None:
         producer.submit([b"a"])
         consumer = remote.consumer("c1")
         (first,) = fetch_n(consumer, 1)
-        calls = _calls_to_the_master(consumer)
+        calls: list[str] = []
+        proxy = consumer._broker  # type: ignore[attr-defined]
+        call = proxy._callmethod
+
+        def counted(name: str, args: tuple[Any, ...] = ()) -> Any:
+            calls.append(name)
+            return call(name, args)
+
+        proxy._callmethod = counted
         done = [Settlement(first, reply_to=producer.reply_to, result=b"ra")]
         timer = threading.Timer(0.3, producer.submit, [[b"b"]])
         timer.start()
