@@ -92,35 +92,6 @@ def test_settle_then_fetch_is_one_call_to_the_master() -> None:
         producer.close()
 
 
-def test_settle_then_fetch_waits_for_the_next_task_in_the_same_call() -> None:
-    with _master_and_worker("settlewait") as (hosted, remote):
-        producer = hosted.producer("settlewait.results")
-        producer.submit([b"a"])
-        consumer = remote.consumer("c1")
-        (first,) = fetch_n(consumer, 1)
-        calls: list[str] = []
-        proxy = consumer._broker  # type: ignore[attr-defined]
-        call = proxy._callmethod
-
-        def counted(name: str, args: tuple[Any, ...] = ()) -> Any:
-            calls.append(name)
-            return call(name, args)
-
-        proxy._callmethod = counted
-        done = [Settlement(first, reply_to=producer.reply_to, result=b"ra")]
-        timer = threading.Timer(0.3, producer.submit, [[b"b"]])
-        timer.start()
-        try:
-            nxt = consumer.settle_then_fetch(done, 5, timeout=5)
-        finally:
-            timer.join()
-        assert calls == ["settle_fetch"]  # settled, waited and claimed: one call
-        assert [d.body for d in nxt] == [b"b"]
-        assert results_n(producer, 1) == [b"ra"]
-        consumer.close()
-        producer.close()
-
-
 def test_a_master_stopping_under_a_waiting_fetch_reads_as_closed() -> None:
     settings = _settings("stopping")
     hosted = open_transport(settings, "master")

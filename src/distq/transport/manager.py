@@ -213,13 +213,11 @@ class QueueBroker:
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
-        timeout: float = 0.0,
     ) -> list[Wire]:
-        """:meth:`settle`, then :meth:`fetch` up to ``max_count``, waiting up to
-        ``timeout`` for the first: a worker's batch settled and its next one claimed in
-        one call."""
+        """:meth:`settle`, then :meth:`fetch` up to ``max_count`` without waiting: a
+        worker's batch settled and its next one claimed in one call."""
         self.settle(queue, consumer, items)
-        return self.fetch(queue, consumer, max_count, timeout, lease)
+        return self.fetch(queue, consumer, max_count, 0.0, lease)
 
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
         with self._lock:
@@ -323,7 +321,6 @@ class _Broker(Protocol):
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
-        timeout: float = 0.0,
     ) -> list[Wire] | None: ...
     def release(self, consumer: str, tokens: Sequence[int]) -> None: ...
     def disconnect(self, consumer: str) -> None: ...
@@ -446,9 +443,8 @@ class _BrokerProxy(BaseProxy):
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
-        timeout: float = 0.0,
     ) -> list[Wire] | None:
-        reply = self._call("settle_fetch", queue, consumer, items, max_count, lease, timeout)
+        reply = self._call("settle_fetch", queue, consumer, items, max_count, lease)
         return cast("list[Wire] | None", reply)
 
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
@@ -710,8 +706,7 @@ class ManagerConsumer(Consumer):
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
     ) -> list[Delivery]:
-        """Settled and the next batch claimed in one call to the master, which waits up to
-        ``timeout`` for the first task when none is ready (as :meth:`fetch` does)."""
+        """Settled and the next batch claimed (without waiting) in one call to the master."""
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
@@ -723,7 +718,6 @@ class ManagerConsumer(Consumer):
             _wire(settlements),
             max_count,
             self._lease,
-            timeout,
         )
         return _deliveries(wire)
 
