@@ -103,6 +103,13 @@ def _cpu_cells(row: dict[str, Any], key: str = "cpu_per_1000") -> list[str]:
     return [*cells, _range(total, 1, ".3f"), _range(total, 1e3, ".1f")]
 
 
+_CPU_HEADER = [
+    "| broker | contestant | master (s/1k) | workers (s/1k) | broker (s/1k) "
+    "| total (s/1k) | total (µs/task) |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+]
+
+
 def _cpu_section(report: dict[str, Any]) -> list[str]:
     rows = [r for r in report["rows"] if r.get("cpu_per_1000")]
     if not rows:
@@ -119,9 +126,7 @@ def _cpu_section(report: dict[str, Any]) -> list[str]:
         "queues live in the master, so its column includes them. Median (min-max); CPU "
         "time moves far less with the machine's other load than throughput does.",
         "",
-        "| broker | contestant | master (s/1k) | workers (s/1k) | broker (s/1k) "
-        "| total (s/1k) | total (µs/task) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        *_CPU_HEADER,
     ]
     lines += _cpu_rows(rows, "cpu_per_1000")
     sequential = [r for r in report["rows"] if r.get("latency_cpu_per_1000")]
@@ -136,9 +141,7 @@ def _cpu_section(report: dict[str, Any]) -> list[str]:
             "of each task, not spread over a batch. For `distq` rows the master is the "
             "`distq master --max-in-flight 1` process's own count.",
             "",
-            "| broker | contestant | master (s/1k) | workers (s/1k) | broker (s/1k) "
-            "| total (s/1k) | total (µs/task) |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            *_CPU_HEADER,
             *_cpu_rows(sequential, "latency_cpu_per_1000"),
         ]
     return lines

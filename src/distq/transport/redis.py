@@ -712,35 +712,36 @@ class RedisConsumer(Consumer):
         self._keys = transport.keys(self.inflight_key)
         self._args: list[Arg] = [self.consumer_id, transport.lease_ms, transport.inflight_prefix]
         self._held: list[bytes] = []  # oldest first, as the in-flight list from its tail
-        # the reply of this consumer's last claim when it found nothing: the next fetch
-        # blocks at once instead of claiming again first (one round trip less per wait)
-        self._found_nothing: Any = None
         # whether the last claim emptied the ready list, and then when the next delayed
         # retry is due (time.monotonic(); None: none is), as its reply says
         self._drained, self._retry_due = False, None
+        # the last claim found nothing, and nothing was settled or released since: the next
+        # fetch blocks at once instead of claiming again first (one round trip less a wait)
+        self._found_nothing = False
         with transport.errors():  # reachable now, so "reconnected" means it
             self._w.execute_command("PING")
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
-        reply, self._found_nothing = self._found_nothing, None
+        found_nothing, self._found_nothing = self._found_nothing, False
         with self._t.errors():
-            if reply is None or timeout <= 0:
+            out: list[Delivery] = []
+            if not found_nothing or timeout <= 0:
                 reply = self._t.claim_script(self._w, self._keys, [*self._args, max_count, 0])
-            out = self._claimed(reply, max_count)
+                out = self._claimed(reply, max_count)
             while not out:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._found_nothing = reply
+                    self._found_nothing = True
                     return []
                 block = min(remaining, self._t.block_slice)
-                if reply[0] >= 0:  # wake up when the next delayed retry is due
-                    block = min(block, reply[0] / 1000)
-                reply, out = self._block_then_claim(block, max_count)
+                if self._retry_due is not None:  # wake up when the next delayed retry is due
+                    block = min(block, self._retry_due - time.monotonic())
+                out = self._block_then_claim(block, max_count)
         self._held += [d.body for d in out]
         return out
 
-    def _block_then_claim(self, block: float, max_count: int) -> tuple[Any, list[Delivery]]:
+    def _block_then_claim(self, block: float, max_count: int) -> list[Delivery]:
         """One round trip: BLMOVE one task, then the claim script for the rest + the lease."""
         claim = self._t.claim_script
         command = claim.command(self._keys, [*self._args, max_count - 1, 1])
@@ -748,7 +749,7 @@ class RedisConsumer(Consumer):
         if isinstance(reply, NoScriptError):  # Redis lost its scripts; EVAL caches it again
             reply = claim.evaluate(self._w, command)
         _raise_first([first, reply])
-        return reply, self._claimed(reply, max_count, first)
+        return self._claimed(reply, max_count, first)
 
     def _blmove(self, block: float) -> tuple[Arg, ...]:
         """Wait up to ``block`` s for a task and move it into the in-flight list: the claim
@@ -768,7 +769,7 @@ class RedisConsumer(Consumer):
         return {name for name, flag in zip(names, flags, strict=True) if flag == 1}
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
-        self._found_nothing = None  # it may publish retries: the next fetch claims first
+        self._found_nothing = False  # it may publish retries: the next fetch claims first
         if not settlements:
             return
         tags = tags_of((s.delivery for s in settlements), bytes, "redis")
@@ -828,7 +829,7 @@ class RedisConsumer(Consumer):
             held += [d.body for d in out]
             if settled != 1:  # the in-flight list was not what it holds: ack by body
                 self._settle_by_body(keys, publish, tags)
-            self._found_nothing = reply if settled == 1 and not out else None
+            self._found_nothing = settled == 1 and not out
         return out
 
     def _block_for(self, timeout: float, settlements: Sequence[Settlement]) -> float:
@@ -895,7 +896,7 @@ class RedisConsumer(Consumer):
         self._held = [body for body in self._held if body not in gone]
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
-        self._found_nothing = None
+        self._found_nothing = False
         if not deliveries:
             return
         # RPUSH in reverse so the first delivery ends up at the tail: it runs next
