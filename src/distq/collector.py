@@ -83,9 +83,10 @@ class Collector(Generic[E]):
         """(task id, entry) of every task not answered yet, oldest first."""
         return [(task_id, entry) for task_id, (entry, _) in self._pending.items()]
 
-    def expect(self, tasks: Iterable[tuple[str, E]]) -> None:
-        """Wait for these (task id, entry) pairs, submitted now."""
-        now = time.perf_counter()
+    def expect(self, tasks: Iterable[tuple[str, E]], since: float | None = None) -> None:
+        """Wait for these (task id, entry) pairs, submitted now; their round trips count
+        from ``since`` (``time.perf_counter()``), when given, else from now."""
+        now = time.perf_counter() if since is None else since
         pending = self._pending
         for task_id, entry in tasks:
             pending[task_id] = (entry, now)

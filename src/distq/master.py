@@ -315,10 +315,13 @@ class _Run(Generic[E]):
         return False
 
     def _submit(self, count: int) -> None:
+        # a round trip counts from the tasks' making, as a worker's queue wait does (from
+        # each task's created_at): it is never the shorter of the two
+        made_at = time.perf_counter()
         tasks = self.workload.tasks(count, self.master.reply_to)
         made = [task for task, _ in tasks]
         ids = [task.id for task in made]
-        self.collector.expect(zip(ids, [entry for _, entry in tasks], strict=True))
+        self.collector.expect(zip(ids, [entry for _, entry in tasks], strict=True), made_at)
         seal = self.master.codec.seal_task
         bodies = [seal(task) for task in made]
         # counted as submitted before the call: one that fails is an outage, and the
