@@ -64,6 +64,15 @@ def measure() -> dict[str, float]:
         for delivery in deliveries:
             runner(delivery)
 
+    # not quiet, as a worker with JSON logs runs: its text lines are dropped
+    json_runner = TaskRunner(
+        Registry(), Endings("host-1-0", "distq", plain), JsonConsole("worker", out=io.StringIO())
+    )
+
+    def json_worker_batch() -> None:
+        for delivery in deliveries:
+            json_runner(delivery)
+
     def json_worker() -> None:
         WorkerTelemetry(None, JsonConsole("worker", out=out, worker="w")).settled(endings)
         out.seek(0)
@@ -99,11 +108,15 @@ def measure() -> dict[str, float]:
         "signing: seal a task": cost(lambda: signed.seal_task(task)),
         "signing: open a task": cost(lambda: signed.open_task(signed_task)),
         "signing: open a result": cost(lambda: signed.open_result(signed_result)),
+        "signing: seal a result": cost(lambda: signed.seal_result(result)),
         "metrics: worker, per task": cost(
             lambda: worker_metrics.settled(endings), per=BATCH, calls=50
         ),
         "metrics: master, per task": cost(metrics_master, per=BATCH, calls=50),
         "JSON logs: worker, per task": cost(json_worker, per=BATCH, calls=50),
+        "JSON logs: worker, run a task (batch of 128)": cost(
+            json_worker_batch, per=BATCH, calls=20
+        ),
         "JSON logs: master, per task": cost(json_master, per=BATCH, calls=50),
     }
 

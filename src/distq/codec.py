@@ -88,10 +88,13 @@ class Codec:
         return Result.decode(self._open(message, "result"))
 
     def _open(self, message: bytes, kind: str) -> bytes:
-        limit, unsigned_ok = self.max_message_bytes, self.signer is None
-        if unsigned_ok and len(message) <= limit and not message.startswith(MAGIC):
-            return message  # the common case: what the checks below pass, in one step
+        signer = self.signer
+        if len(message) <= self.max_message_bytes:  # the common cases, in fewer steps
+            if signer is not None:
+                return signer.verify(message, kind)
+            if not message.startswith(MAGIC):
+                return message
         check_size(message, self.max_message_bytes, kind)
-        if self.signer is None:
+        if signer is None:
             return unsigned(message, kind)
-        return self.signer.verify(message, kind)
+        return signer.verify(message, kind)

@@ -57,6 +57,11 @@ class Console:
         self.err = err or sys.stderr
         self.bar: Progress | None = None
 
+    @property
+    def task_lines(self) -> bool:
+        """Whether :meth:`lines` prints per-task lines: callers skip formatting them if not."""
+        return not self.quiet
+
     def start_progress(self, total: int) -> None:
         """Show a bar instead of per-task lines when stderr is a terminal and the job is long."""
         if not self.quiet and total >= PROGRESS_THRESHOLD and self.err.isatty():

@@ -25,7 +25,8 @@ from distq.console import Console
 from distq.credentials import MASK
 
 #: JSON of a log object; what JSON cannot carry is written as its str(), as json's default=str
-_encode = msgspec.json.Encoder(enc_hook=str).encode
+_encoder = msgspec.json.Encoder(enc_hook=str)
+_encode, _encode_lines = _encoder.encode, _encoder.encode_lines
 
 # scheme://user:password@ : the password is whatever runs up to the last '@' of the netloc
 _CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s]*@")
@@ -52,8 +53,24 @@ class TextConsole(Console):
         super().error(mask_secrets(line))
 
 
+class Line(msgspec.Struct):
+    """The head of a per-task JSON line, as :meth:`JsonConsole.record` writes it: an
+    event's struct extends it with its own fields (``distq.telemetry``)."""
+
+    timestamp: str
+    level: str
+    role: str
+
+
+class WorkerLine(Line):
+    """The head of a worker's per-task line: its name too (``JsonConsole(worker=...)``)."""
+
+    worker: str
+
+
 class JsonConsole(Console):
-    """A :class:`Console` that prints JSON lines; per-task events come from :meth:`events`.
+    """A :class:`Console` that prints JSON lines; per-task events come from
+    :meth:`write_lines`.
 
     The text console's per-task lines (``put task ...``, ``Get task ...``) are dropped:
     the structured ``task submitted`` / ``task settled`` / ``result`` events replace them.
@@ -69,7 +86,14 @@ class JsonConsole(Console):
     ) -> None:
         super().__init__(quiet=quiet, out=out, err=err)
         self.fields: dict[str, Any] = {"role": role, **fields}
+        # the head of per-task lines (Line, WorkerLine): a worker's name, "" in other roles
+        self.role, self.worker = role, str(fields.get("worker", ""))
         self._stamp: tuple[int, str] = (0, "")  # (ms, its timestamp): one per millisecond
+
+    @property
+    def task_lines(self) -> bool:
+        """False: the text lines are dropped (see the class docstring), so none is formatted."""
+        return False
 
     def start_progress(self, total: int) -> None:
         """No progress bar: a log pipeline reads lines, not a redrawn terminal line."""
@@ -83,44 +107,35 @@ class JsonConsole(Console):
     def error(self, line: str) -> None:
         self._write(self.err, [self.record("error", message=mask_secrets(line))])
 
-    def record(self, level: str, **fields: Any) -> dict[str, Any]:
-        """One log object: timestamp, level, this process's fields, then ``fields``."""
+    def stamp(self) -> str:
+        """This moment as a line's ``timestamp``, formatted once per millisecond."""
         now = time.time()
         stamp = self._stamp
         if stamp[0] != int(now * 1000):  # formatting a time costs more than the rest
             stamp = self._stamp = (int(now * 1000), timestamp(now))
-        return {"timestamp": stamp[1], "level": level, **self.fields, **fields}
+        return stamp[1]
 
-    def events(self, records: list[dict[str, Any]]) -> None:
-        """Per-task events (already built with :meth:`record`); skipped when quiet."""
-        if records and not self.quiet:
-            self._write(self.out, records)
+    def record(self, level: str, **fields: Any) -> dict[str, Any]:
+        """One log object: timestamp, level, this process's fields, then ``fields``."""
+        return {"timestamp": self.stamp(), "level": level, **self.fields, **fields}
 
-    def event_lines(self, events: Sequence[tuple[str, msgspec.Struct]]) -> None:
-        """Per-task events as (level, struct of the event's fields), one line each, all
-        with this moment's timestamp (a batch is one moment); skipped when quiet.
-
-        The same lines :meth:`record` and :meth:`events` write, at a fraction of the cost:
-        the fields every line shares are encoded once per batch and each event in C.
-        """
-        if not events or self.quiet:
+    def write_lines(self, lines: Sequence[Line]) -> None:
+        """Per-task events, each a :class:`Line` with its head filled in from
+        :meth:`stamp`, ``role`` and ``worker``: one JSON line each, all encoded
+        in one call and written in one; skipped when quiet."""
+        if not lines or self.quiet:
             return
-        heads: dict[str, bytes] = {}
-        lines = []
-        for level, event in events:
-            head = heads.get(level)
-            if head is None:  # {"timestamp":...,"level":...,"role":..., without the "}"
-                head = heads[level] = _encode(self.record(level))[:-1] + b","
-            lines.append(head + _encode(event)[1:])
-        text = b"\n".join(lines) + b"\n"
+        text = _encode_lines(lines)
         if not text.isascii():  # as json writes it: \u escapes, which any stream can carry
-            text = "".join(json.dumps(msgspec.json.decode(line)) + "\n" for line in lines).encode()
+            text = "".join(
+                json.dumps(msgspec.json.decode(line)) + "\n" for line in text.splitlines()
+            ).encode()
         self.out.write(text.decode())
         self.out.flush()
 
     @staticmethod
     def _write(stream: TextIO, records: list[dict[str, Any]]) -> None:
-        lines = b"".join([_encode(r) + b"\n" for r in records])  # per-task events: in C
+        lines = b"".join([_encode(r) + b"\n" for r in records])
         if lines.isascii():
             stream.write(lines.decode())
         else:  # as json writes it: \u escapes, which any stream can carry

@@ -358,7 +358,7 @@ class _Run(Generic[E]):
             problem += repr(result.value)
         else:
             r.ok += 1
-            if not self.console.quiet:  # skips formatting the line, on the hot path
+            if self.console.task_lines:  # skips formatting the line, on the hot path
                 self.lines.append(self.workload.result_line(result, entry))
             return
         r.problems.append(problem)

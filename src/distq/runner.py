@@ -52,7 +52,7 @@ class TaskRunner:
                 return None
             if not admitted:
                 return self._told(self.endings.orphaned(delivery, task))
-        if not self.console.quiet:  # skips formatting the line, on the hot path
+        if self.console.task_lines:  # skips formatting the line, on the hot path
             self.console.lines([f"Get task {self.registry.show(task)} from task_queue."])
         started_at, started = time.time(), time.perf_counter()
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from conftest import REPO
 from distq.console import Console
 from distq.credentials import mask_url
-from distq.ending import Ending
+from distq.ending import Ending, Outcome
 from distq.envelope import Result, Task
 from distq.logs import (
     JsonConsole,
@@ -23,7 +24,7 @@ from distq.logs import (
     TextConsole,
     mask_secrets,
 )
-from distq.telemetry import MasterTelemetry, WorkerTelemetry
+from distq.telemetry import MasterTelemetry, WorkerTelemetry, micros
 from distq.transport import Delivery, Settlement
 from launch import free_port
 
@@ -160,3 +161,35 @@ def test_library_log_records_are_masked_in_both_formats(json_format: bool) -> No
     else:
         line = MaskingFormatter("distq: %(message)s").format(record)
         assert line == "distq: lost redis://:***@h/0"
+
+
+def test_events_of_a_batch_are_one_object_per_line_in_order_whatever_they_hold() -> None:
+    out = io.StringIO()
+    worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))
+    names = ["square", 'odd\n{"level":"x"}\n{', "plain", "naïve"]
+    tasks = [Task(name=name, args=[n], reply_to="r") for n, name in enumerate(names)]
+    outcomes: list[Outcome] = ["ok", "failed", "ok", "retried"]
+    endings = [
+        Ending(Settlement(Delivery(b"", n)), outcome, task, task.created_at, 0.0000015)
+        for n, (task, outcome) in enumerate(zip(tasks, outcomes, strict=True))
+    ]
+    worker.settled(endings, released=2)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line.get("task") for line in lines] == [*names, None]
+    assert [line["level"] for line in lines] == ["info", "error", "info", "info", "info"]
+    assert all(line["role"] == "worker" and line["worker"] == "w1" for line in lines)
+    assert [line["event"] for line in lines] == ["task settled"] * 4 + ["tasks released"]
+    assert lines[0]["duration"] == 0.000002  # to the microsecond, half up
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0.0, 0.0), (0.0123454, 0.012345), (0.0123456, 0.012346), (2.5e-7, 0.0), (7.0, 7.0)],
+)
+def test_times_in_events_are_to_the_microsecond(seconds: float, shown: float) -> None:
+    assert micros(seconds) == shown
+
+
+def test_times_no_clock_would_give_are_written_as_they_are() -> None:
+    assert math.isnan(micros(math.nan)) and micros(-0.0000021) == -0.000002
+    assert micros(math.inf) == math.inf and micros(3e9 + 0.25) == 3e9 + 0.25

@@ -93,3 +93,18 @@ def test_the_traceback_of_a_failed_task_starts_in_the_task_code(runner: TaskRunn
     frames = [line for line in text.splitlines() if line.startswith("  File ")]
     assert len(frames) == 1 and frames[0].endswith(", in boom"), text
     assert "distq/runner.py" not in text
+
+
+class _Unshown(Registry):
+    def show(self, task: Task) -> str:
+        raise AssertionError("a per-task text line was formatted for a console that drops it")
+
+
+def test_json_logs_format_no_text_line_per_task() -> None:
+    from distq.logs import JsonConsole
+
+    out = io.StringIO()
+    runner = TaskRunner(_Unshown(), Endings("w1", "q"), JsonConsole("worker", out=out, err=out))
+    assert run(runner, "square", 3)[0] == "ok"
+    assert out.getvalue() == ""  # the task's event is the batch's, written at its settle
+    assert Console().task_lines and not Console(quiet=True).task_lines

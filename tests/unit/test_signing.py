@@ -99,6 +99,9 @@ def test_key_id_does_not_reveal_the_key() -> None:
         (lambda: Codec([NEW]).seal_task(task(3))[:-1] + b" ", "bad signature"),
         (lambda: MAGIC + b"abc\n{}", "malformed signature header"),
         (lambda: MAGIC, "malformed signature header"),
+        (lambda: Codec([NEW]).seal_task(task(3))[:60], "malformed signature header"),
+        (lambda: Codec([NEW]).seal_task(task(3)).replace(b"\n", b" ", 1), "malformed"),
+        (lambda: (lambda m: m[:15] + b"-" + m[16:])(Codec([NEW]).seal_task(task(3))), "malformed"),
     ],
 )
 def test_refused_messages_say_why(message: Any, reason: str) -> None:
