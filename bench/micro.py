@@ -1,15 +1,18 @@
 """Per-operation CPU cost of distq's task path, in one process, no broker.
 
 ``bench/.venv/bin/python bench/micro.py`` prints, for each step a task goes through in
-the master and in a worker, the CPU microseconds it takes (``time.process_time``, best of
-5 rounds), so that a change to one step can be measured on its own, A/B, where the
-end-to-end rows of ``make bench`` move with the machine's load. Only public APIs are
-used, so the same file measures an older checkout too.
+the master and in a worker, the CPU microseconds it takes (``time.process_time``, best
+of 5 rounds, or of ``--rounds``), so that a change to one step can be measured on its
+own, A/B, where the end-to-end rows of ``make bench`` move with the machine's load.
+Only public APIs are used, so the same file measures an older checkout too: alternate
+it on both, e.g.
+``PYTHONPATH=<old checkout>/src bench/.venv/bin/python bench/micro.py --rounds 30``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import time
@@ -31,7 +34,9 @@ REPLY_TO = "distq:distq:results:" + "a" * 32
 BATCH = 128
 
 
-def cost(step: Callable[[], object], per: int = 1, rounds: int = 5, calls: int = 2000) -> float:
+def best_cost(
+    step: Callable[[], object], per: int = 1, rounds: int = 5, calls: int = 2000
+) -> float:
     """CPU µs of one ``step()``, divided by ``per`` (the tasks one call handles)."""
     best = float("inf")
     for _ in range(rounds):
@@ -42,7 +47,8 @@ def cost(step: Callable[[], object], per: int = 1, rounds: int = 5, calls: int =
     return best / calls / per * 1e6
 
 
-def measure() -> dict[str, float]:
+def measure(rounds: int = 5) -> dict[str, float]:
+    cost = functools.partial(best_cost, rounds=rounds)
     plain, signed = Codec(), Codec([KEY])
     task = Task(name="square", args=[733], reply_to=REPLY_TO)
     result = Result(
@@ -124,8 +130,11 @@ def measure() -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="best of this many rounds per step (A/B: 30)"
+    )
     args = parser.parse_args()
-    costs = measure()
+    costs = measure(args.rounds)
     if args.json:
         print(json.dumps(costs))
         return
