@@ -21,6 +21,11 @@ class TransportError(DistqError):
     """The broker (or the manager-hosting master) failed or went away mid-operation."""
 
 
+class SettledThenFailed(TransportError):
+    """A settle went through and the fetch after it, in the same call, failed (the
+    connection is gone): the batch is settled; only the next one was not leased."""
+
+
 class ConnectionFailed(TransportError):
     """The broker could not be reached at start; the message names the address."""
 

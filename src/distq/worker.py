@@ -52,7 +52,7 @@ from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console
 from distq.ending import Ending, Endings
-from distq.errors import Shutdown
+from distq.errors import SettledThenFailed, Shutdown
 from distq.health import WorkerHealth
 from distq.masters import MasterWatch
 from distq.runner import TaskRunner
@@ -450,7 +450,11 @@ class Worker:
         if endings:
             settlements = [ending.settlement for ending in endings]
             if fetch > 0 and not unstarted and not self._stopping.is_set():
-                claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
+                try:
+                    claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
+                except SettledThenFailed:
+                    self._count(slot, endings, released=0)  # settled: not handed back
+                    raise
             else:
                 slot.consumer.settle(settlements)
         if unstarted:

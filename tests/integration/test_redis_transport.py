@@ -28,7 +28,7 @@ from brokers import Broker
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import DeadLetter, Result, Task
-from distq.errors import AuthenticationFailed, TransportError
+from distq.errors import AuthenticationFailed, SettledThenFailed, TransportError
 from distq.tasks import Registry
 from distq.transport.base import Settlement
 from distq.transport.redis import REPLY_GRACE_MS, RedisConsumer, RedisProducer, RedisTransport
@@ -718,9 +718,9 @@ def _pipelined(consumer: RedisConsumer, monkeypatch: pytest.MonkeyPatch) -> list
     sent: list[list[str]] = []
     pipeline = consumer._w.pipeline
 
-    def spy(commands: Sequence[Sequence[Any]]) -> list[Any]:
+    def spy(commands: Sequence[Sequence[Any]], replies: list[Any] | None = None) -> list[Any]:
         sent.append([str(command[0]) for command in commands])
-        return pipeline(commands)
+        return pipeline(commands, replies)
 
     monkeypatch.setattr(consumer._w, "pipeline", spy)
     return sent
@@ -747,6 +747,33 @@ def test_a_settle_after_the_queue_ran_dry_waits_for_the_next_task_in_its_round_t
     assert consumer.settle_then_fetch([done], 5, timeout=0.2) == []  # nothing came
     assert producer.results(5, timeout=1) == [b"r2"]
     assert t.stats().in_flight == 0
+
+
+def test_a_connection_lost_while_a_settle_waits_still_counts_the_settle(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """The settle's reply comes in before the wait: when the connection drops during the
+    wait, the caller learns that the batch was settled (a worker counts it ok), and
+    that only the next lease failed; a settle whose reply never came raises as before."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    consumer = t.consumer("c")
+    producer.submit([b"first"])
+    (delivery,) = consumer.fetch(5, timeout=1)  # 1 of 5: the next settle waits
+    client_id = consumer._w.execute_command("CLIENT", "ID")
+    settled = Settlement(delivery, reply_to=producer.reply_to, result=b"r")
+    kill = _later(0.3, raw.client_kill_filter, client_id)
+    with kill, pytest.raises(SettledThenFailed, match="Redis at"):
+        consumer.settle_then_fetch([settled], 5, timeout=5)
+    assert producer.results(5, timeout=1) == [b"r"]
+    assert t.stats().in_flight == 0 and consumer._held == []
+    producer.submit([b"second"])
+    (second,) = consumer.fetch(5, timeout=1)  # a new connection
+    _kill_connections(raw, consumer)
+    lost = Settlement(second, reply_to=producer.reply_to, result=b"r2")
+    with pytest.raises(TransportError) as failed:
+        consumer.settle_then_fetch([lost], 5, timeout=5)  # sent on a dead connection
+    assert not isinstance(failed.value, SettledThenFailed)
 
 
 def test_a_settle_waits_not_after_a_full_claim_nor_after_retries(

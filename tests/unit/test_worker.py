@@ -6,12 +6,14 @@ import io
 import re
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
+from distq.errors import SettledThenFailed
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions
@@ -58,4 +60,34 @@ def test_a_worker_settles_every_kind_of_task_and_exits_when_idle(transport: Tran
     assert re.search(
         r"^worker exit\. 40 ok, 1 failed for good, 1 retried, 2 dead-lettered in ", lines, re.M
     )
+    producer.close()
+
+
+def test_a_batch_settled_before_its_next_fetch_failed_counts_as_settled(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settle that went through, then a failed wait for the next batch in the same call
+    (Redis: the connection dropped in the wait), counts its tasks ok, not handed back."""
+    producer = transport.producer("replies")
+    tasks = [Task(name="square", args=[n], reply_to="replies") for n in range(1, 6)]
+    producer.submit([t.encode() for t in tasks])
+    kind = type(transport.consumer("probe"))
+    original = kind.settle_then_fetch
+    settled: list[int] = []
+
+    def settle_then_fail(self: Any, settlements: Any, max_count: int, timeout: float = 0) -> Any:
+        if settled:
+            return original(self, settlements, max_count, timeout)
+        self.settle(settlements)
+        settled.append(len(settlements))
+        raise SettledThenFailed("the broker went away after the settle")
+
+    monkeypatch.setattr(kind, "settle_then_fetch", settle_then_fail)
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=1, exit_when_idle=0.5, worker_id="w", prefetch=2)
+    assert Worker(transport, Registry(), options, Console(quiet=True, out=out, err=out)).run() == 0
+    results = [Result.decode(body) for body in results_n(producer, 5, within=5)]
+    assert sorted(r.value for r in results) == [1, 4, 9, 16, 25]
+    assert settled and "broker went away after the settle; reconnecting" in out.getvalue()
+    assert re.search(r"^worker exit\. 5 ok, ", out.getvalue(), re.M), out.getvalue()
     producer.close()

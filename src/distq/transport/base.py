@@ -217,7 +217,8 @@ class Consumer(abc.ABC):
         ``timeout`` seconds for the first when none is ready (Redis does), or not wait.
         By default it only settles and returns none: the caller fetches as usual. A
         failure raises as either call would, and leaves the settle as :meth:`settle`
-        leaves it."""
+        leaves it; :class:`~distq.errors.SettledThenFailed` when the settle is known to
+        have gone through (the batch is settled) and what came after it failed."""
         self.settle(settlements)
         return []
 

@@ -82,6 +82,7 @@ from distq.errors import (
     CertificateRejected,
     ConfigError,
     ConnectionFailed,
+    SettledThenFailed,
     TransportError,
 )
 from distq.transport.base import (
@@ -815,7 +816,14 @@ class RedisConsumer(Consumer):
             claim = self._t.claim_script.command(self._keys, [*self._args, max_count, 0])
             commands = [settle, claim]
         with self._t.errors():
-            replies = self._w.pipeline(commands)
+            replies: list[Any] = []
+            try:
+                self._w.pipeline(commands, replies)
+            except RedisError as exc:  # the connection is gone: did the settle go through?
+                if replies and replies[0] == 1:  # its reply came in before the wait failed
+                    del held[:count]
+                    raise SettledThenFailed(f"Redis at {self._t.address}: {exc}") from None
+                raise
             settled, first, reply = replies[0], replies[1] if block > 0 else None, replies[-1]
             if isinstance(settled, NoScriptError):  # it runs after the claim: by body, below
                 settled = self._t.settle_script.evaluate(self._w, settle)
@@ -997,13 +1005,17 @@ class _Wire:
             self._drop()
             raise
 
-    def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+    def pipeline(
+        self, commands: Sequence[Sequence[Arg]], replies: list[Any] | None = None
+    ) -> list[Any]:
         """Send ``commands`` at once; their replies in order, an error reply as its
-        exception (not raised: see :func:`_raise_first`)."""
+        exception (not raised: see :func:`_raise_first`). Each reply is added to
+        ``replies`` as it is read, so a caller whose call fails has those read before."""
         conn = self._connection()
         try:
             conn.send_packed_command(conn.pack_commands(commands))
-            replies: list[Any] = []
+            if replies is None:
+                replies = []
             for _ in commands:
                 try:
                     replies.append(conn.read_response())
