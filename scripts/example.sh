@@ -27,12 +27,19 @@ trap 'rm -rf "$fifos"' EXIT
 workers=() taggers=()
 for i in 1 2; do
     mkfifo "$fifos/worker-$i"
-    sed -u "s/^/    [worker-$i] /" <"$fifos/worker-$i" &
+    sed -u -e "s/^/    [worker-$i] /" -e "w $fifos/said-$i" <"$fifos/worker-$i" &
     taggers+=("$!")
     # manager: the workers wait for the job, which hosts the queues, to listen
     "$bin/distq" worker --tasks wordcount_tasks --worker-id "worker-$i" --quiet \
         --connect-timeout 30 >"$fifos/worker-$i" 2>&1 &
     workers+=("$!")
+done
+# The job starts once both workers have said their first line (what tasks they run):
+# they are past Python's start-up, where a SIGTERM would end one without a word, and
+# both share the job. Bounded: one that failed at start has said why by then.
+for _ in $(seq 300); do
+    if [ -s "$fifos/said-1" ] && [ -s "$fifos/said-2" ]; then break; fi
+    sleep 0.1
 done
 status=0
 "$bin/python" examples/wordcount/wordcount.py "$folder" --glob "${EXAMPLE_GLOB:-*.py}" --check \

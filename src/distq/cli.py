@@ -189,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # JSON from the first line if asked for, even if another setting turns out wrong
     wanted = (flags["DISTQ_LOG_FORMAT"] or os.environ.get("DISTQ_LOG_FORMAT", "")).strip()
     console = make_console(wanted, args.role, args.quiet, **fields)
+    if args.role == "worker":  # from its first line on, a SIGTERM ends it with a line
+        _leave_on_signal(console)
     for warning in misspelled(os.environ):
         console.error(f"warning: {warning}")
     try:
@@ -253,19 +255,23 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
     return 0 if report.succeeded else EXIT_FAILED
 
 
+def _leave_on_signal(console: Console) -> None:
+    """Until the Worker installs its own handlers (once it runs), SIGTERM and SIGINT end
+    a worker at once, with a line: nothing is in hand yet; and as PID 1 in a container an
+    unhandled SIGTERM is ignored, so `docker stop` would wait out its whole grace period."""
+
+    def leave(signum: int, _frame: object) -> None:
+        console.info(f"{signal.Signals(signum).name} while connecting: worker exit")
+        raise SystemExit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, leave)
+
+
 def _worker(
     args: argparse.Namespace, settings: Settings, registry: Registry, console: Console
 ) -> int:
     observe = WorkerObservability(settings, console, args.concurrency, registry.runnable())
-
-    def leave(signum: int, _frame: object) -> None:
-        # nothing in hand yet; and as PID 1 in a container an unhandled SIGTERM is
-        # ignored, so `docker stop` would wait out its whole grace period
-        console.info(f"{signal.Signals(signum).name} while connecting: worker exit")
-        raise SystemExit(0)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):  # the Worker installs its own once it runs
-        signal.signal(sig, leave)
     try:
         transport = _connect_worker(settings, args.connect_timeout, console)
     except BaseException:

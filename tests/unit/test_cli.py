@@ -135,3 +135,34 @@ def test_sigterm_while_a_worker_is_still_connecting_exits_at_once() -> None:
         proc.kill()
     assert proc.returncode == 0, output
     assert "SIGTERM while connecting: worker exit" in output
+
+
+def test_a_worker_ends_with_a_line_on_sigterm_from_its_first_line_on() -> None:
+    """``make example`` starts its job once each worker has said its first line, and stops
+    them with SIGTERM after: from that line on, SIGTERM must find the worker's handler
+    (Python's default would end it without a word, or an exit status of 0)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env = {
+        **clean,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "examples" / "wordcount")]),
+        "DISTQ_TRANSPORT": "redis",
+        "DISTQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+    }
+    argv = [sys.executable, "-m", "distq", "worker", "--tasks", "wordcount_tasks"]
+    proc = subprocess.Popen(
+        [*argv, "--connect-timeout", "60"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)  # at once: the worker has not connected yet
+        output = first + proc.communicate(timeout=10)[0]
+    finally:
+        proc.kill()
+    assert first.startswith("tasks: "), output
+    assert proc.returncode == 0, output
+    assert "SIGTERM while connecting: worker exit" in output
