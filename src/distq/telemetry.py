@@ -65,7 +65,7 @@ class DuplicateResult(Line):
 
 
 def micros(seconds: float) -> float:
-    """``seconds`` to the microsecond, for a log line: ``round(seconds, 6)`` at a fifth
+    """``seconds`` to the microsecond, for a log line: ``round(seconds, 6)`` at about half
     of its cost, and the same number but where the 7th digit is a 5 (a half rounds up)."""
     if 0.0 <= seconds < 1e9:  # not NaN, not negative nor huge (a worker's clock is not ours)
         return int(seconds * 1e6 + 0.5) / 1e6
