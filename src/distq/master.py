@@ -215,8 +215,17 @@ class _Run(Generic[E]):
             try:
                 self._reconcile_when_due(now)
                 more = self._allowance(now - start)
+                collected = False
                 if more > 0:
-                    self._submit(min(more, MESSAGE_BATCH))
+                    count = min(more, MESSAGE_BATCH)
+                    # all it may have in flight: it waits for a result next, in the
+                    # submit's own round trip where the transport can (one task at a time)
+                    if count == more and spec.max_in_flight is not None and spec.rate is None:
+                        wait = 0.5 if self.deadline is None else self.deadline - now
+                        self._submit(count, min(0.5, max(0.0, wait)))
+                        collected = True
+                    else:
+                        self._submit(count)
                     more = self._allowance(now - start)
                 if total is not None and self.submitted >= total and not announced:
                     announced = True
@@ -230,7 +239,8 @@ class _Run(Generic[E]):
                     wait = min(wait, max(0.0, (self.submitted + 1) / spec.rate - (now - start)))
                 if self.deadline is not None:
                     wait = min(wait, max(0.0, self.deadline - now))
-                self._collect(wait)
+                if not collected:
+                    self._collect(wait)
             except TransportError as exc:
                 if not self._recover(exc):
                     break
@@ -314,7 +324,9 @@ class _Run(Generic[E]):
         self.report.problems.append(f"only {seen} of {count} worker slots attached in time")
         return False
 
-    def _submit(self, count: int) -> None:
+    def _submit(self, count: int, then_wait: float = 0.0) -> None:
+        """Make and submit ``count`` tasks; with ``then_wait``, collect after them in the
+        same call, waiting up to that long for the first result (see _collect)."""
         # a round trip counts from the tasks' making, as a worker's queue wait does (from
         # each task's created_at): it is never the shorter of the two
         made_at = time.perf_counter()
@@ -333,12 +345,21 @@ class _Run(Generic[E]):
         if self.console.bar is None and self.submitted == len(tasks) and self.spec.tasks:
             self.console.start_progress(self.spec.tasks)
         self.console.lines(self.workload.submitted_lines(tasks), count=0)
-        with self.link.call(), self.health.liveness.waiting("job"):
-            self.producer.submit(bodies)
+        with self.link.call(then_wait), self.health.liveness.waiting("job"):
+            if then_wait <= 0:
+                self.producer.submit(bodies)
+                return
+            self.collector.accept(
+                self.producer.submit_then_results(bodies, MESSAGE_BATCH, then_wait)
+            )
+        self._print_results()
 
     def _collect(self, wait: float) -> None:
         with self.link.call(wait), self.health.liveness.waiting("job"):
             self.collector.collect(self.producer, wait)
+        self._print_results()
+
+    def _print_results(self) -> None:
         if self.lines:
             self.console.lines(self.lines)
             self.lines = []

@@ -688,7 +688,7 @@ def test_a_wait_after_a_claim_that_found_nothing_blocks_at_once(
 
 
 def test_results_wait_from_the_first_read(
-    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch, raw: redis.Redis[bytes]
 ) -> None:
     """A read that may wait blocks in its first round trip, and returns at once with the
     results already there; a read that may not wait never blocks."""
@@ -711,18 +711,47 @@ def test_results_wait_from_the_first_read(
     takes.clear()
     assert producer.results(5, timeout=0.2) == []  # nothing: blocking reads only
     assert takes and None not in takes
+    raw.lpush(producer.reply_to, b"early")  # as a worker's settle pushes a result
+    assert producer.results(5, timeout=2) == [b"early"]
+    takes.clear()
+    with _later(0.3, raw.lpush, producer.reply_to, b"late"):
+        assert producer.results(5, timeout=2) == [b"late"]
+    assert len(takes) == 1  # "early", received, is still in the list: it wakes no wait
 
 
-def _pipelined(consumer: RedisConsumer, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The command names of each pipeline ``consumer`` sends from now on."""
+def test_a_submit_and_the_wait_for_its_result_are_one_round_trip(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    sent = _pipelined(producer, monkeypatch)
+    with _later(0.3, _answer, producer, 1):
+        assert producer.submit_then_results([b"task"], 5, 2.0) == [b"r:task"]
+    assert sent == [["MULTI", "LPUSH", "EVAL", "EXEC", "EVALSHA", "BLMOVE", "LRANGE"]]
+    assert t.stats().ready == 0 and t.stats().in_flight == 0
+
+
+def _answer(producer: RedisProducer, n: int) -> None:
+    """A consumer of its own takes ``n`` tasks and answers each with ``r:<body>``."""
+    consumer = producer._t.consumer("answers")
+    got = consumer.fetch(n, timeout=1)
+    done = [Settlement(d, reply_to=producer.reply_to, result=b"r:" + d.body) for d in got]
+    consumer.settle(done)
+    consumer.close()
+
+
+def _pipelined(
+    end: RedisConsumer | RedisProducer, monkeypatch: pytest.MonkeyPatch
+) -> list[list[str]]:
+    """The command names of each pipeline ``end`` (a consumer or producer) sends from now on."""
     sent: list[list[str]] = []
-    pipeline = consumer._w.pipeline
+    pipeline = end._w.pipeline
 
     def spy(commands: Sequence[Sequence[Any]], replies: list[Any] | None = None) -> list[Any]:
         sent.append([str(command[0]) for command in commands])
         return pipeline(commands, replies)
 
-    monkeypatch.setattr(consumer._w, "pipeline", spy)
+    monkeypatch.setattr(end._w, "pipeline", spy)
     return sent
 
 

@@ -89,6 +89,35 @@ def test_settle_then_fetch_settles_and_leases_each_task_once(
     producer.close()
 
 
+def test_submit_then_results_submits_and_reads_each_result_once(
+    hosted: Transport, remote: Transport
+) -> None:
+    """One round trip where the transport can (Redis), a submit and a read where not: the
+    tasks arrive once, and a result that comes while it waits is read, by it or by the
+    read after it, once."""
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    consumer = remote.consumer("c1")
+
+    def answer() -> None:
+        for delivery in fetch_n(consumer, 2):
+            result = b"r:" + delivery.body
+            consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=result)])
+
+    worker = threading.Timer(0.3, answer)
+    worker.start()
+    try:
+        got = producer.submit_then_results([b"one", b"two"], 10, 5.0)
+    finally:
+        worker.join()
+    got += results_n(producer, 2 - len(got)) if len(got) < 2 else []
+    assert sorted(got) == [b"r:one", b"r:two"]
+    assert producer.submit_then_results([b"three"], 10, 0.2) == []  # nothing answers it
+    assert [d.body for d in fetch_n(consumer, 1)] == [b"three"]
+    assert producer.results(10, 0.2) == [] and consumer.fetch(3, 0.2) == []
+    consumer.close()
+    producer.close()
+
+
 def test_settle_then_fetch_that_may_wait_leases_a_task_that_comes_once(
     hosted: Transport, remote: Transport
 ) -> None:

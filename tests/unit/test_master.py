@@ -6,7 +6,7 @@ import io
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
@@ -16,6 +16,7 @@ from distq.envelope import Result, Task
 from distq.master import JobReport, JobSpec, Master, Workload, allowance, percentile
 from distq.squares import Squares
 from distq.transport import Settlement, Transport, open_transport
+from distq.transport.base import Producer
 from launch import free_port
 
 
@@ -100,9 +101,22 @@ def test_timeout_names_what_is_missing(transport: Transport) -> None:
     assert "job timed out" in out and "missing 4 results: square(" in out
 
 
-def test_max_in_flight_one_measures_round_trips(transport: Transport) -> None:
-    _, report = run(transport, JobSpec(tasks=20, max_in_flight=1, timeout=20), right)
+def test_max_in_flight_one_measures_round_trips(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One task at a time, each submit and the wait for its result are one call (one
+    round trip where the transport can), and every result is judged and shown."""
+    calls: list[int] = []
+    original = Producer.submit_then_results
+
+    def counted(self: Producer, bodies: Sequence[bytes], count: int, wait: float) -> list[bytes]:
+        calls.append(len(bodies))
+        return original(self, bodies, count, wait)
+
+    monkeypatch.setattr(Producer, "submit_then_results", counted)
+    out, report = run(transport, JobSpec(tasks=20, max_in_flight=1, timeout=20), right)
     assert report.ok == 20 and report.latency_p50_seconds is not None
+    assert calls == [1] * 20 and out.count("Get result") == 20
 
 
 def test_rate_mode_prints_a_status_line_every_status_every_seconds(transport: Transport) -> None:

@@ -155,6 +155,18 @@ class Producer(abc.ABC):
         from a later call (then perhaps more than ``max_count`` at once).
         """
 
+    def submit_then_results(
+        self, bodies: Sequence[bytes], max_count: int, timeout: float
+    ) -> list[bytes]:
+        """:meth:`submit`, then :meth:`results`, where the transport does both in one
+        round trip (Redis does: a master that waits right after it submits, one task at a
+        time, pays one round trip per task instead of two). It may return before
+        ``timeout`` with none, as :meth:`results` may not; the caller reads again. A
+        failure raises as either call would: the bodies count as submitted as after a
+        failed :meth:`submit` (:meth:`reconcile` says whether the broker has them)."""
+        self.submit(bodies)
+        return self.results(max_count, timeout)
+
     @abc.abstractmethod
     def reconcile(self) -> int:
         """Renew the reply queue (reconnecting first if the connection was lost) and say

@@ -614,6 +614,26 @@ class RedisProducer(Producer):
         if not bodies:
             return
         self._renew_when_due()
+        with self._t.errors():
+            _submitted(self._w.pipeline(self._submit_commands(bodies)))
+
+    def submit_then_results(
+        self, bodies: Sequence[bytes], max_count: int, timeout: float
+    ) -> list[bytes]:
+        """The submit's transaction, then a take that waits up to ``timeout`` (a block
+        slice at most) for the first result, pipelined: one round trip."""
+        if not bodies or timeout <= 0:
+            self.submit(bodies)
+            return self.results(max_count, timeout)
+        self._renew_when_due()
+        submit = self._submit_commands(bodies)
+        take = self._take_commands(min(timeout, self._t.block_slice), max_count)
+        with self._t.errors():
+            replies = self._w.pipeline([*submit, *take])
+            _submitted(replies[: len(submit)])
+            return self._taken(take, replies[len(submit) :])
+
+    def _submit_commands(self, bodies: Sequence[bytes]) -> list[Sequence[Arg]]:
         ready, state = self._keys[0], self._keys[3]
         commands: list[Sequence[Arg]] = [("MULTI",)]
         for start in range(0, len(bodies), MESSAGE_BATCH):
@@ -621,10 +641,7 @@ class RedisProducer(Producer):
         ttl = self._t.master_ttl_ms + REPLY_GRACE_MS
         commands.append(("EVAL", _COUNT_SUBMITTED, 2, ready, state, len(bodies), ttl))
         commands.append(("EXEC",))
-        with self._t.errors():
-            replies = self._w.pipeline(commands)
-            _raise_first(replies)
-            _raise_first(replies[-1])  # a command that failed inside the transaction
+        return commands
 
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
         if not bodies:
@@ -663,24 +680,33 @@ class RedisProducer(Producer):
 
     def _take(self, block: float | None, max_count: int) -> list[bytes]:
         """One round trip: acknowledge the results received so far (the ack script), then
-        read the oldest ``max_count`` of the rest (LRANGE of the list's tail), behind a
-        wait for the first result if ``block``.
+        read the oldest ``max_count`` of the rest (LRANGE of the list's tail), after a
+        wait for the first of them if ``block``.
 
         The wait is a BLMOVE of the list onto itself: it blocks until a result is there
         and moves nothing. The list's tail changes only here (workers push at its head),
         so the LRANGE reads exactly the results after those the script counts.
         """
-        ack = self._t.ack_script
-        commands: list[Sequence[Arg]] = []
+        commands = self._take_commands(block, max_count)
+        return self._taken(commands, self._w.pipeline(commands))
+
+    def _take_commands(self, block: float | None, max_count: int) -> list[Sequence[Arg]]:
+        # the ack first: a wait behind it finds only results not received yet (the ones
+        # received stay in the list until this ack trims them)
+        commands: list[Sequence[Arg]] = [
+            self._t.ack_script.command(self._keys, [*self._args, self._received])
+        ]
         if block is not None:
             blmove = ("BLMOVE", self.reply_to, self.reply_to, "RIGHT", "RIGHT", _seconds(block))
             commands.append(blmove)
-        commands.append(ack.command(self._keys, [*self._args, self._received]))
         commands.append(("LRANGE", self.reply_to, -max_count, -1))
-        replies = self._w.pipeline(commands)
-        taken, bodies = replies[-2], replies[-1]
+        return commands
+
+    def _taken(self, commands: list[Sequence[Arg]], replies: list[Any]) -> list[bytes]:
+        """The results of a take (:meth:`_take_commands`) from its replies."""
+        taken, bodies = replies[0], replies[-1]
         if isinstance(taken, NoScriptError):  # Redis lost its scripts: the LRANGE ran first
-            taken = ack.evaluate(self._w, commands[-2])
+            taken = self._t.ack_script.evaluate(self._w, commands[0])
             bodies = self._w.execute_command(*commands[-1])
         _raise_first([reply for reply in replies if not isinstance(reply, NoScriptError)])
         got: list[bytes] = bodies
@@ -1041,6 +1067,13 @@ class _Wire:
         conn, self._conn = self._conn, None
         if conn is not None:
             self._pool.release(conn)
+
+
+def _submitted(replies: list[Any]) -> None:
+    """Raise the first error among a submit's replies (MULTI ... EXEC), its transaction's
+    own included (a command that failed inside it)."""
+    _raise_first(replies)
+    _raise_first(replies[-1])
 
 
 def _raise_first(replies: Any) -> None:
