@@ -220,12 +220,10 @@ class _Run(Generic[E]):
                     count = min(more, MESSAGE_BATCH)
                     # all it may have in flight: it waits for a result next, in the
                     # submit's own round trip where the transport can (one task at a time)
+                    wait = 0.5 if self.deadline is None else min(0.5, self.deadline - now)
                     if count == more and spec.max_in_flight is not None and spec.rate is None:
-                        wait = 0.5 if self.deadline is None else self.deadline - now
-                        self._submit(count, min(0.5, max(0.0, wait)))
-                        collected = True
-                    else:
-                        self._submit(count)
+                        collected = wait > 0
+                    self._submit(count, wait if collected else 0.0)
                     more = self._allowance(now - start)
                 if total is not None and self.submitted >= total and not announced:
                     announced = True
