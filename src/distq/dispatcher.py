@@ -136,14 +136,15 @@ class Dispatcher(threading.Thread):
             commands = self._take(IDLE_SECONDS if idle else None)
             if commands is None:
                 return  # abandoned
-            wait = self._poll
-            if self._unsent:
-                self._send()
-                wait = 0.0
-            if self.collector.outstanding:
-                if self._deadlines:
-                    wait = max(0.0, min(wait, self._deadlines[0][0] - time.monotonic()))
-                answered = self.collector.collect(self.producer, wait)
+            sent = self._send() if self._unsent else None
+            if self.collector.outstanding or sent:
+                if sent is not None:  # read with the send, without a wait: back to commands
+                    answered = self.collector.accept(sent)
+                else:
+                    wait = self._poll
+                    if self._deadlines:
+                        wait = max(0.0, min(wait, self._deadlines[0][0] - time.monotonic()))
+                    answered = self.collector.collect(self.producer, wait)
                 quiet = not commands and not answered
                 self._poll = min(2 * self._poll, POLL_SECONDS[1]) if quiet else POLL_SECONDS[0]
             self._expire()
@@ -178,15 +179,18 @@ class Dispatcher(threading.Thread):
             except queue.Empty:
                 return count
 
-    def _send(self) -> None:
-        """Submit the oldest unsent tasks, at most one batch, and start waiting for them."""
+    def _send(self) -> list[bytes]:
+        """Submit the oldest unsent tasks, at most one batch, and start waiting for them;
+        return the results already there, read in the same round trip where the
+        transport can (:meth:`~distq.transport.base.Producer.submit_then_results`)."""
         batch: list[Entry] = []
         while self._unsent_order and len(batch) < MESSAGE_BATCH:
             entry = self._unsent_order.popleft()
             if self._unsent.pop(entry.task.id, None) is not None:  # else cancelled or late
                 batch.append(entry)
         self.collector.expect((entry.task.id, entry) for entry in batch)
-        self.producer.submit([entry.body for entry in batch])
+        bodies = [entry.body for entry in batch]
+        return self.producer.submit_then_results(bodies, MESSAGE_BATCH, 0.0)
 
     def _every_future(self) -> list[DistqFuture]:
         sent = [entry.future for _, entry in self.collector.waiting()]

@@ -96,6 +96,26 @@ def test_map_with_chunks_runs_every_call_once_in_order(executor: Open, workers: 
         ex.map(jobs.add, [1], [2], chunksize=0)
 
 
+def test_each_send_reads_the_results_there_in_the_same_call(
+    executor: Open, workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ``submit().result()`` at a time: each send is one call that also reads the
+    results already there, without a wait (one round trip on Redis, not two)."""
+    ex = executor()
+    workers()
+    kind = type(ex._dispatcher.producer)
+    original = kind.submit_then_results
+    calls: list[tuple[int, float]] = []
+
+    def counted(self: Any, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
+        calls.append((len(bodies), timeout))
+        return original(self, bodies, max_count, timeout)
+
+    monkeypatch.setattr(kind, "submit_then_results", counted)
+    assert [ex.submit(jobs.add, n, b=n).result(30) for n in range(5)] == [0, 2, 4, 6, 8]
+    assert calls == [(1, 0.0)] * 5
+
+
 def test_a_remote_exception_carries_its_type_message_and_traceback(
     executor: Open, workers: Workers
 ) -> None:

@@ -729,6 +729,10 @@ def test_a_submit_and_the_wait_for_its_result_are_one_round_trip(
         assert producer.submit_then_results([b"task"], 5, 2.0) == [b"r:task"]
     assert sent == [["MULTI", "LPUSH", "EVAL", "EXEC", "EVALSHA", "BLMOVE", "LRANGE"]]
     assert t.stats().ready == 0 and t.stats().in_flight == 0
+    sent.clear()
+    assert producer.submit_then_results([b"later"], 5, 0.0) == []  # no wait: read what is there
+    assert sent == [["MULTI", "LPUSH", "EVAL", "EXEC", "EVALSHA", "LRANGE"]]
+    assert t.stats().ready == 1
 
 
 def _answer(producer: RedisProducer, n: int) -> None:

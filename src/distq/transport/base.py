@@ -160,8 +160,9 @@ class Producer(abc.ABC):
     ) -> list[bytes]:
         """:meth:`submit`, then :meth:`results`, where the transport does both in one
         round trip (Redis does: a master that waits right after it submits, one task at a
-        time, pays one round trip per task instead of two). It may return before
-        ``timeout`` with none, as :meth:`results` may not; the caller reads again. A
+        time, pays one round trip per task instead of two; an executor reads what is
+        there, ``timeout`` 0, with each send). It may return before ``timeout`` with
+        none, as :meth:`results` may not; the caller reads again. A
         failure raises as either call would: the bodies count as submitted as after a
         failed :meth:`submit` (:meth:`reconcile` says whether the broker has them)."""
         self.submit(bodies)

@@ -621,13 +621,14 @@ class RedisProducer(Producer):
         self, bodies: Sequence[bytes], max_count: int, timeout: float
     ) -> list[bytes]:
         """The submit's transaction, then a take that waits up to ``timeout`` (a block
-        slice at most) for the first result, pipelined: one round trip."""
-        if not bodies or timeout <= 0:
-            self.submit(bodies)
+        slice at most) for the first result, or does not wait, pipelined: one round
+        trip."""
+        if not bodies:
             return self.results(max_count, timeout)
         self._renew_when_due()
         submit = self._submit_commands(bodies)
-        take = self._take_commands(min(timeout, self._t.block_slice), max_count)
+        block = min(timeout, self._t.block_slice) if timeout > 0 else None
+        take = self._take_commands(block, max_count)
         with self._t.errors():
             replies = self._w.pipeline([*submit, *take])
             _submitted(replies[: len(submit)])
