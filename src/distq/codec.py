@@ -88,13 +88,10 @@ class Codec:
         return Result.decode(self._open(message, "result"))
 
     def _open(self, message: bytes, kind: str) -> bytes:
-        signer = self.signer
-        if len(message) <= self.max_message_bytes:  # the common cases, in fewer steps
-            if signer is not None:
-                return signer.verify(message, kind)
-            if not message.startswith(MAGIC):
-                return message
-        check_size(message, self.max_message_bytes, kind)
-        if signer is None:
-            return unsigned(message, kind)
-        return signer.verify(message, kind)
+        if len(message) > self.max_message_bytes:
+            check_size(message, self.max_message_bytes, kind)  # raises, saying by how much
+        if self.signer is not None:
+            return self.signer.verify(message, kind)
+        if not message.startswith(MAGIC):
+            return message  # the common case, without a call
+        return unsigned(message, kind)  # refuses a signed message, saying why

@@ -215,15 +215,14 @@ class _Run(Generic[E]):
             try:
                 self._reconcile_when_due(now)
                 more = self._allowance(now - start)
-                collected = False
+                then_wait = 0.0
                 if more > 0:
                     count = min(more, MESSAGE_BATCH)
-                    # all it may have in flight: it waits for a result next, in the
-                    # submit's own round trip where the transport can (one task at a time)
-                    wait = 0.5 if self.deadline is None else min(0.5, self.deadline - now)
+                    # all it may have in flight: the wait for a result that follows rides
+                    # in the submit's own round trip where the transport can (one at a time)
                     if count == more and spec.max_in_flight is not None and spec.rate is None:
-                        collected = wait > 0
-                    self._submit(count, wait if collected else 0.0)
+                        then_wait = self._wait(now, now - start, 0)
+                    self._submit(count, then_wait)
                     more = self._allowance(now - start)
                 if total is not None and self.submitted >= total and not announced:
                     announced = True
@@ -232,13 +231,8 @@ class _Run(Generic[E]):
                         self.console.lines([line], count=0)
                 if total is not None and self.collector.finished >= total:
                     break
-                wait = 0.0 if more > 0 else 0.5
-                if spec.rate is not None and (total is None or self.submitted < total):
-                    wait = min(wait, max(0.0, (self.submitted + 1) / spec.rate - (now - start)))
-                if self.deadline is not None:
-                    wait = min(wait, max(0.0, self.deadline - now))
-                if not collected:
-                    self._collect(wait)
+                if then_wait <= 0:  # else collected with the submit
+                    self._collect(self._wait(now, now - start, more))
             except TransportError as exc:
                 if not self._recover(exc):
                     break
@@ -248,6 +242,17 @@ class _Run(Generic[E]):
         if self.stop.is_set() and self.collector.outstanding:
             self._drain()
         return self._finish(time.perf_counter() - start)
+
+    def _wait(self, now: float, elapsed: float, more: int) -> float:
+        """How long the loop waits for results: not while it may submit ``more``, else up
+        to 0.5 s, and not past the rate's next submit nor the deadline."""
+        spec, total = self.spec, self.spec.tasks
+        wait = 0.0 if more > 0 else 0.5
+        if spec.rate is not None and (total is None or self.submitted < total):
+            wait = min(wait, max(0.0, (self.submitted + 1) / spec.rate - elapsed))
+        if self.deadline is not None:
+            wait = min(wait, max(0.0, self.deadline - now))
+        return wait
 
     # -- the broker: reconciles and outages ------------------------------------------
     def _reconcile_when_due(self, now: float) -> None:
