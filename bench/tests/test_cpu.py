@@ -119,12 +119,16 @@ def test_the_report_shows_cpu_by_role_feature_costs_and_scaling() -> None:
     )
     signed = run.summarize([_ok({"master": 0.02, "workers": 0.03, "broker": 0.006}, 900.0)])
     manager = run.summarize([_ok({"master": 0.015, "workers": 0.015, "broker": None})])
+    json_logs = run.summarize([_ok({"master": 0.02, "workers": 0.03, "broker": 0.01}, 800.0)])
+    text_logs = run.summarize([_ok({"master": 0.02, "workers": 0.02, "broker": 0.008}, 900.0)])
     one = run.summarize([_ok({"master": 0.01, "workers": 0.02, "broker": 0.005}, 500.0)])
     text = write_markdown(
         _report(
             [
                 {"broker": "redis", "contestant": "distq", **distq},
                 {"broker": "redis", "contestant": "distq-signed", **signed},
+                {"broker": "redis", "contestant": "distq-jsonlogs", **json_logs},
+                {"broker": "redis", "contestant": "distq-textlogs", **text_logs},
                 {"broker": "manager", "contestant": "distq", **manager},
             ],
             [{"broker": "redis", "workers": 1, **one}],
@@ -139,6 +143,12 @@ def test_the_report_shows_cpu_by_role_feature_costs_and_scaling() -> None:
     # signing: 900 vs 1,000 tasks/s, 56 vs 39 µs per task
     assert (
         "| redis | signing on (HMAC-SHA256 on every task and result) | -10.0 % | +43.6 % |" in text
+    )
+    # JSON logs against plain distq, and against text logs with the same lines (60 vs 48 µs)
+    assert "| redis | JSON logs on (per-task events, no --quiet) | -20.0 % | +53.8 % |" in text
+    assert (
+        "| redis | JSON logs against text logs, both with a line per task event: the format's "
+        "own cost | -11.1 % | +25.0 % |" in text
     )
     assert "| redis | 1 | 500 | 0.010 | 0.020 | 0.005 | 0.035 | 35.0 | ok |" in text
 

@@ -166,3 +166,21 @@ def test_a_worker_ends_with_a_line_on_sigterm_from_its_first_line_on() -> None:
     assert first.startswith("tasks: "), output
     assert proc.returncode == 0, output
     assert "SIGTERM while connecting: worker exit" in output
+
+
+def test_a_master_or_worker_collects_young_objects_less_often() -> None:
+    import gc
+
+    from distq.cli import YOUNG_GC_THRESHOLD, fewer_collections
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's default
+        fewer_collections()
+        assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, 10, 10)
+        for kept in ((0, 10, 10), (YOUNG_GC_THRESHOLD * 2, 5, 5)):  # off, or set higher
+            gc.set_threshold(*kept)
+            fewer_collections()
+            assert gc.get_threshold() == kept
+    finally:
+        gc.set_threshold(*before)
