@@ -170,7 +170,9 @@ class MasterTelemetry:
     def __init__(self, metrics: MasterMetrics | None = None, log: JsonConsole | None = None):
         self.metrics = metrics
         self.log = log if log is not None and not log.quiet else None
-        self._lines: list[Line] = []
+        # a batch's results (round trip) and duplicates (None), in order: their lines are
+        # made in collected(), with one timestamp for the batch, as a worker's are
+        self._received: list[tuple[Result, float | None]] = []
         self._statuses: dict[str, int] = {}
         self._round_trips: list[float] = []
 
@@ -194,32 +196,15 @@ class MasterTelemetry:
         if self.metrics is not None:
             self._statuses[result.status] = self._statuses.get(result.status, 0) + 1
             self._round_trips.append(round_trip)
-        log = self.log
-        if log is not None:
-            line = ResultReceived(
-                log.stamp(),
-                "info" if result.status == "ok" else "error",
-                log.role,
-                "result received",
-                result.task_id,
-                result.attempt,
-                micros(result.duration),
-                result.status,
-                micros(round_trip),
-                result.worker,
-            )
-            self._lines.append(line)
+        if self.log is not None:
+            self._received.append((result, round_trip))
 
     def duplicate(self, result: Result) -> None:
         if self.metrics is not None:
             with self.metrics.lock:
                 self.metrics.duplicates.add(self.metrics.base, 1)
-        log = self.log
-        if log is not None:
-            line = DuplicateResult(
-                log.stamp(), "info", log.role, "duplicate result", result.task_id, result.worker
-            )
-            self._lines.append(line)
+        if self.log is not None:
+            self._received.append((result, None))
 
     def collected(self, outstanding: int) -> None:
         """A batch of results is handled; ``outstanding`` tasks still have none."""
@@ -235,6 +220,26 @@ class MasterTelemetry:
                         metrics.round_trip.observe(series, seconds)
                 self._statuses, self._round_trips = {}, []
             metrics.outstanding.set(outstanding)
-        if self.log is not None and self._lines:
-            lines, self._lines = self._lines, []
-            self.log.write_lines(lines)
+        log = self.log
+        if log is not None and self._received:
+            received, self._received = self._received, []
+            at, role = log.stamp(), log.role
+            log.write_lines(
+                [
+                    DuplicateResult(at, "info", role, "duplicate result", r.task_id, r.worker)
+                    if round_trip is None
+                    else ResultReceived(
+                        at,
+                        "info" if r.status == "ok" else "error",
+                        role,
+                        "result received",
+                        r.task_id,
+                        r.attempt,
+                        micros(r.duration),
+                        r.status,
+                        micros(round_trip),
+                        r.worker,
+                    )
+                    for r, round_trip in received
+                ]
+            )

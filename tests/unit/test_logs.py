@@ -182,6 +182,31 @@ def test_events_of_a_batch_are_one_object_per_line_in_order_whatever_they_hold()
     assert lines[0]["duration"] == 0.000002  # to the microsecond, half up
 
 
+def test_a_masters_batch_of_results_and_duplicates_is_written_in_the_order_it_came() -> None:
+    out = io.StringIO()
+    master = MasterTelemetry(log=JsonConsole("master", out=out))
+
+    def result(task_id: str, status: str, worker: str) -> Result:
+        return Result(task_id, status, worker, 1, 0.0, 0.0000015)  # type: ignore[arg-type]
+
+    master.result(result("t1", "ok", "w1"), 0.0123456)
+    master.duplicate(result("t1", "ok", "w2"))
+    master.result(result("t2", "error", "w2"), 0.02)
+    assert out.getvalue() == ""  # written when the batch is handled
+    master.collected(outstanding=0)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["event"], line["task_id"], line["worker"]) for line in lines] == [
+        ("result received", "t1", "w1"),
+        ("duplicate result", "t1", "w2"),
+        ("result received", "t2", "w2"),
+    ]
+    assert [line["level"] for line in lines] == ["info", "info", "error"]
+    assert (lines[0]["round_trip"], lines[0]["duration"]) == (0.012346, 0.000002)
+    assert len({line["timestamp"] for line in lines}) == 1  # one stamp per batch
+    master.collected(outstanding=0)  # nothing new: nothing written
+    assert len(out.getvalue().splitlines()) == 3
+
+
 @pytest.mark.parametrize(
     ("seconds", "shown"),
     [(0.0, 0.0), (0.0123454, 0.012345), (0.0123456, 0.012346), (2.5e-7, 0.0), (7.0, 7.0)],
