@@ -9,9 +9,11 @@ would count twice.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Sequence
+from operator import attrgetter, sub
 
-from distq.ending import Ending
+from distq.ending import Ending, Outcome
 from distq.envelope import Result, Task
 from distq.logs import JsonConsole, Line, WorkerLine
 from distq.metrics import UNKNOWN, UNREGISTERED, MasterMetrics, WorkerMetrics
@@ -64,6 +66,25 @@ class DuplicateResult(Line):
     worker: str
 
 
+_name, _created_at = attrgetter("name"), attrgetter("created_at")
+
+#: A batch by columns: its one task name, then each ending's outcome, task, start, duration.
+Columns = tuple[str, tuple[Outcome, ...], tuple[Task, ...], tuple[float, ...], tuple[float, ...]]
+
+
+def _one_name(endings: Sequence[Ending]) -> Columns | None:
+    """``endings`` by columns when each has a decoded task and all one name, else None."""
+    if not endings:
+        return None
+    _, outcomes, tasks, starts, durations, _ = zip(*endings, strict=True)
+    if None in tasks:
+        return None
+    names = set(map(_name, tasks))
+    if len(names) != 1:
+        return None
+    return names.pop(), outcomes, tasks, starts, durations
+
+
 def micros(seconds: float) -> float:
     """``seconds`` to the microsecond, for a log line: ``round(seconds, 6)`` at about half
     of its cost, and the same number but where the 7th digit is a 5 (a half rounds up)."""
@@ -97,7 +118,34 @@ class WorkerTelemetry:
 
     @staticmethod
     def _count(metrics: WorkerMetrics, endings: Sequence[Ending], released: int) -> None:
-        # the task path's share of metrics: kept to plain locals and one lock per batch
+        """The batch's tasks into the counter and both histograms: by columns, in C, when
+        they are all decoded and of one name (the common case), else task by task."""
+        columns = _one_name(endings)
+        if columns is None:
+            WorkerTelemetry._count_each(metrics, endings, released)
+            return
+        name, outcomes, tasks, starts, durations = columns
+        label = name if name in metrics.known else UNREGISTERED
+        waits = list(map(sub, starts, map(_created_at, tasks)))
+        if min(waits) < 0:  # the worker's clock is behind the master's
+            waits = [wait if wait > 0 else 0.0 for wait in waits]
+        ran = [seconds for seconds in durations if seconds > 0]  # 0: the function never ran
+        counts = Counter(outcomes)
+        base, queue_wait, task_seconds = metrics.base, metrics.queue_wait, metrics.task_seconds
+        with metrics.lock:
+            queue_wait.observe(queue_wait.series(base), waits)
+            if ran:
+                task_seconds.observe(task_seconds.series((*base, label)), ran)
+            for outcome, count in counts.items():
+                if outcome == "orphaned":  # the metric's outcomes are fixed: it is a failure
+                    outcome = "failed"
+                metrics.tasks.add((*base, label, outcome), count)
+            if released:
+                metrics.tasks.add((*base, UNKNOWN, "released"), released)
+
+    @staticmethod
+    def _count_each(metrics: WorkerMetrics, endings: Sequence[Ending], released: int) -> None:
+        """:meth:`_count` task by task: any batch (several names, undecoded messages)."""
         base, known, bounds, where = metrics.base, metrics.known, metrics.bounds, bisect_left
         counts: dict[tuple[str, str], int] = {}
         runs: dict[str, list[float]] = {}
@@ -215,9 +263,8 @@ class MasterTelemetry:
                 with metrics.lock:
                     for status, count in self._statuses.items():
                         metrics.results.add((*base, status), count)
-                    series = metrics.round_trip.series(base)
-                    for seconds in self._round_trips:
-                        metrics.round_trip.observe(series, seconds)
+                    histogram = metrics.round_trip
+                    histogram.observe(histogram.series(base), self._round_trips)
                 self._statuses, self._round_trips = {}, []
             metrics.outstanding.set(outstanding)
         log = self.log

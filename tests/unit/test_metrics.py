@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import re
 import shutil
 import subprocess
@@ -190,6 +191,40 @@ def test_the_worker_counts_a_batch_once_it_is_settled(fail: bool) -> None:
     assert (
         value(registry, "distq_worker_task_duration_seconds_count", task="(unregistered)") is None
     )
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample a registry exports but the process's own, by name and labels."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in f.samples
+        if s.name.startswith("distq_")
+    }
+
+
+@pytest.mark.parametrize("name", ["square", "rm -rf /"])
+def test_a_batch_of_one_task_name_counts_as_it_does_task_by_task(name: str) -> None:
+    # a batch of one name takes the column-wise path; task by task is the reference
+    rng = random.Random(7)
+    now = time.time()
+    outcomes: list[Outcome] = ["ok", "failed", "retried", "orphaned"]
+    endings = [
+        ending(
+            task(name, created_at=now - rng.uniform(-0.01, 2.0)),  # some from a clock ahead
+            rng.choice(outcomes),
+            now,
+            rng.choice([0.0, rng.uniform(0.0, 400.0)]),  # some never ran, some past +Inf
+        )
+        for _ in range(300)
+    ]
+    column_wise, one_by_one = WorkerMetrics("redis", "q"), WorkerMetrics("redis", "q")
+    WorkerTelemetry._count(column_wise, endings, released=3)
+    WorkerTelemetry._count_each(one_by_one, endings, released=3)
+    ours, reference = samples(column_wise.registry), samples(one_by_one.registry)
+    assert ours == pytest.approx(reference)
+    assert ours[("distq_worker_queue_wait_seconds_count", tuple(sorted(BASE.items())))] == 300
+    assert any(key[0] == "distq_worker_task_duration_seconds_sum" for key in ours)
 
 
 def test_histogram_buckets_match_prometheus_clients_own() -> None:
