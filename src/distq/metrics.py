@@ -111,10 +111,15 @@ class HistogramTable(Collector):
     def observe(self, counts: list[float], values: Sequence[float]) -> None:
         """``values`` into ``counts`` (from :meth:`series`); caller holds ``lock``.
 
-        Sorted once, then one bisection per bucket bound up to the largest value: a few
-        dozen nanoseconds per value in a batch, where a bisection per value in Python
+        A batch is sorted once, then bisected once per bucket bound up to its largest
+        value: a few dozen nanoseconds per value, where a bisection per value in Python
         costs about 140.
         """
+        if len(values) < 8:  # a few: a bisection each costs less than sorting
+            for value in values:
+                counts[bisect.bisect_left(self.bounds, value)] += 1  # "less or equal"
+                counts[-1] += value
+            return
         ordered, counted = sorted(values), 0
         for bucket, bound in enumerate(self.bounds):
             if counted == len(ordered):

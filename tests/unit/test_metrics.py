@@ -7,6 +7,7 @@ import random
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from distq.ending import Ending, Outcome
 from distq.envelope import DeadLetter, Result, Status, Task
 from distq.errors import TransportError
 from distq.health import Readiness
-from distq.metrics import BUCKETS, MasterMetrics, WorkerMetrics
+from distq.metrics import BUCKETS, HistogramTable, MasterMetrics, WorkerMetrics
 from distq.sampler import StatsSampler
 from distq.tasks import Registry
 from distq.telemetry import MasterTelemetry, WorkerTelemetry
@@ -225,6 +226,31 @@ def test_a_batch_of_one_task_name_counts_as_it_does_task_by_task(name: str) -> N
     assert ours == pytest.approx(reference)
     assert ours[("distq_worker_queue_wait_seconds_count", tuple(sorted(BASE.items())))] == 300
     assert any(key[0] == "distq_worker_task_duration_seconds_sum" for key in ours)
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 9, 50, 300])
+def test_a_histogram_takes_a_batch_of_any_size_as_prometheus_client_would(size: int) -> None:
+    # a few values are bisected one by one, more are sorted first: both as the reference
+    rng = random.Random(size)
+    values = [
+        rng.choice([*BUCKETS, rng.uniform(0, 400), rng.uniform(0, 0.01)]) for _ in range(size)
+    ]
+    ours = HistogramTable("h", "h", [], BUCKETS, threading.Lock(), CollectorRegistry())
+    with ours.lock:
+        ours.observe(ours.series(()), values)
+    reference = Histogram("h", "h", buckets=BUCKETS, registry=CollectorRegistry())
+    for seconds in values:
+        reference.observe(seconds)
+
+    def samples(histogram: Any) -> dict[tuple[str, str], float]:
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for family in histogram.collect()
+            for s in family.samples
+            if s.name != "h_created"
+        }
+
+    assert samples(ours) == pytest.approx(samples(reference))
 
 
 def test_histogram_buckets_match_prometheus_clients_own() -> None:
