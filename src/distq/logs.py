@@ -54,8 +54,9 @@ class TextConsole(Console):
 
 
 class Line(msgspec.Struct):
-    """The head of a per-task JSON line, as :meth:`JsonConsole.record` writes it: an
-    event's struct extends it with its own fields (``distq.telemetry``)."""
+    """The head of a per-task JSON line (:meth:`JsonConsole.write_lines`), the keys
+    :meth:`JsonConsole.record` starts other lines with: an event's struct extends it with
+    its own fields (``distq.telemetry``)."""
 
     timestamp: str
     level: str

@@ -202,7 +202,6 @@ class WorkerMetrics:
             registry=self.registry,
         ).labels(*base)
         self.known = frozenset(task_names)
-        self.bounds = self.task_seconds.bounds  # shared by both histograms
         with self.lock:  # the series that can happen exist from the start, at 0
             for name in self.known:
                 for outcome in ("ok", "failed", "retried"):

@@ -8,7 +8,6 @@ would count twice.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
 from operator import attrgetter, sub
@@ -89,6 +88,46 @@ def _one_name(endings: Sequence[Ending]) -> Columns | None:
     return names.pop(), outcomes, tasks, starts, durations
 
 
+#: A batch as metrics count it: queue waits, run times by task label (only of functions
+#: that ran), and how many tasks by (label, outcome).
+Tally = tuple[list[float], dict[str, list[float]], dict[tuple[str, str], int]]
+
+
+def _tally_columns(known: frozenset[str], columns: Columns) -> Tally:
+    """The tally of a batch of one name (:func:`_one_name`), in C."""
+    name, outcomes, tasks, starts, durations = columns
+    label = name if name in known else UNREGISTERED
+    waits = list(map(sub, starts, map(_created_at, tasks)))
+    if min(waits) < 0:  # the worker's clock is behind the master's
+        waits = [wait if wait > 0 else 0.0 for wait in waits]
+    ran = [seconds for seconds in durations if seconds > 0]  # 0: the function never ran
+    counts: dict[tuple[str, str], int] = {
+        (label, outcome): count for outcome, count in Counter(outcomes).items()
+    }
+    return waits, ({label: ran} if ran else {}), counts
+
+
+def _tally_each(known: frozenset[str], endings: Sequence[Ending]) -> Tally:
+    """The tally of any batch, task by task."""
+    waits: list[float] = []
+    runs: dict[str, list[float]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for ending in endings:
+        task = ending.task
+        if task is None:
+            label = UNKNOWN
+        else:
+            name = task.name
+            label = name if name in known else UNREGISTERED
+            wait = ending.started_at - task.created_at
+            waits.append(wait if wait > 0 else 0.0)  # < 0: the worker's clock is behind
+            if ending.duration > 0:  # 0: the function never ran (unknown name, bad arguments)
+                runs.setdefault(label, []).append(ending.duration)
+        key = (label, ending.outcome)
+        counts[key] = counts.get(key, 0) + 1
+    return waits, runs, counts
+
+
 def micros(seconds: float) -> float:
     """``seconds`` to the microsecond, for a log line: ``round(seconds, 6)`` at about half
     of its cost, and the same number but where the 7th digit is a 5 (a half rounds up)."""
@@ -122,63 +161,31 @@ class WorkerTelemetry:
 
     @staticmethod
     def _count(metrics: WorkerMetrics, endings: Sequence[Ending], released: int) -> None:
-        """The batch's tasks into the counter and both histograms: by columns, in C, when
-        there are many, all decoded and of one name (the common case), else task by task."""
+        """The batch's tasks into the counter and both histograms: tallied by columns, in
+        C, when there are many, all decoded and of one name (the common case)."""
         columns = _one_name(endings) if len(endings) >= COLUMNS_FROM else None
         if columns is None:
             WorkerTelemetry._count_each(metrics, endings, released)
             return
-        name, outcomes, tasks, starts, durations = columns
-        label = name if name in metrics.known else UNREGISTERED
-        waits = list(map(sub, starts, map(_created_at, tasks)))
-        if min(waits) < 0:  # the worker's clock is behind the master's
-            waits = [wait if wait > 0 else 0.0 for wait in waits]
-        ran = [seconds for seconds in durations if seconds > 0]  # 0: the function never ran
-        counts = Counter(outcomes)
-        base, queue_wait, task_seconds = metrics.base, metrics.queue_wait, metrics.task_seconds
-        with metrics.lock:
-            queue_wait.observe(queue_wait.series(base), waits)
-            if ran:
-                task_seconds.observe(task_seconds.series((*base, label)), ran)
-            for outcome, count in counts.items():
-                if outcome == "orphaned":  # the metric's outcomes are fixed: it is a failure
-                    outcome = "failed"
-                metrics.tasks.add((*base, label, outcome), count)
-            if released:
-                metrics.tasks.add((*base, UNKNOWN, "released"), released)
+        WorkerTelemetry._record(metrics, _tally_columns(metrics.known, columns), released)
 
     @staticmethod
     def _count_each(metrics: WorkerMetrics, endings: Sequence[Ending], released: int) -> None:
-        """:meth:`_count` task by task: any batch (several names, undecoded messages)."""
-        base, known, bounds, where = metrics.base, metrics.known, metrics.bounds, bisect_left
-        counts: dict[tuple[str, str], int] = {}
-        runs: dict[str, list[float]] = {}
+        """:meth:`_count`, tallied task by task: any batch (several names, undecoded)."""
+        WorkerTelemetry._record(metrics, _tally_each(metrics.known, endings), released)
+
+    @staticmethod
+    def _record(metrics: WorkerMetrics, tally: Tally, released: int) -> None:
+        """A batch's tally into the metrics, under one lock."""
+        waits, runs, counts = tally
+        base, queue_wait, task_seconds = metrics.base, metrics.queue_wait, metrics.task_seconds
         with metrics.lock:
-            waits = metrics.queue_wait.series(base)
-            for ending in endings:
-                task = ending.task
-                if task is None:
-                    key = (UNKNOWN, ending.outcome)
-                else:
-                    name = task.name
-                    label = name if name in known else UNREGISTERED
-                    key = (label, ending.outcome)
-                    wait = ending.started_at - task.created_at
-                    if wait < 0:
-                        wait = 0.0  # the worker's clock is behind the master's
-                    waits[where(bounds, wait)] += 1
-                    waits[-1] += wait
-                    duration = ending.duration
-                    if duration > 0:  # 0: the function never ran (unknown name, bad arguments)
-                        counts_of = runs.get(label)
-                        if counts_of is None:
-                            counts_of = runs[label] = metrics.task_seconds.series((*base, label))
-                        counts_of[where(bounds, duration)] += 1
-                        counts_of[-1] += duration
-                if key[1] == "orphaned":  # the metric's outcomes are fixed: it is a failure
-                    key = (key[0], "failed")
-                counts[key] = counts.get(key, 0) + 1
+            queue_wait.observe(queue_wait.series(base), waits)
+            for label, seconds in runs.items():
+                task_seconds.observe(task_seconds.series((*base, label)), seconds)
             for (label, outcome), count in counts.items():
+                if outcome == "orphaned":  # the metric's outcomes are fixed: it is a failure
+                    outcome = "failed"
                 metrics.tasks.add((*base, label, outcome), count)
             if released:
                 metrics.tasks.add((*base, UNKNOWN, "released"), released)
