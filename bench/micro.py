@@ -47,6 +47,21 @@ def best_cost(
     return best / calls / per * 1e6
 
 
+def seal_batch(codec: Codec, results: list[Result]) -> list[bytes]:
+    """A worker's results of one batch for one master, as sent: packed where the code
+    measured packs them (``Codec.seal_results``), else sealed one by one."""
+    if hasattr(codec, "seal_results"):
+        return codec.seal_results([codec.encode_result(r) for r in results])
+    return [codec.seal_result(r) for r in results]
+
+
+def open_batch(codec: Codec, messages: list[bytes]) -> list[Result]:
+    """The results in ``messages`` as a master reads them: packs opened where they exist."""
+    if hasattr(codec, "open_results"):
+        return [Result.decode(e) for m in messages for e in codec.open_results(m)]
+    return [codec.open_result(m) for m in messages]
+
+
 def measure(rounds: int = 5) -> dict[str, float]:
     cost = functools.partial(best_cost, rounds=rounds)
     plain, signed = Codec(), Codec([KEY])
@@ -63,6 +78,9 @@ def measure(rounds: int = 5) -> dict[str, float]:
     runner = TaskRunner(Registry(), Endings("host-1-0", "distq", plain), quiet)
     endings = [runner(d) for d in deliveries]
     results = [result] * BATCH
+    sealed = {
+        name: seal_batch(codec, results) for name, codec in (("plain", plain), ("signed", signed))
+    }
     tasks = [Task("square", [n], REPLY_TO) for n in range(BATCH)]
     out = io.StringIO()
 
@@ -111,10 +129,22 @@ def measure(rounds: int = 5) -> dict[str, float]:
         "worker: run a task, its result sealed (batch of 128)": cost(
             worker_batch, per=BATCH, calls=20
         ),
+        "worker: seal a batch's results (128), per task": cost(
+            lambda: seal_batch(plain, results), per=BATCH, calls=50
+        ),
+        "master: open a batch's results (128), per task": cost(
+            lambda: open_batch(plain, sealed["plain"]), per=BATCH, calls=50
+        ),
         "signing: seal a task": cost(lambda: signed.seal_task(task)),
         "signing: open a task": cost(lambda: signed.open_task(signed_task)),
         "signing: open a result": cost(lambda: signed.open_result(signed_result)),
         "signing: seal a result": cost(lambda: signed.seal_result(result)),
+        "signing: seal a batch's results (128), per task": cost(
+            lambda: seal_batch(signed, results), per=BATCH, calls=50
+        ),
+        "signing: open a batch's results (128), per task": cost(
+            lambda: open_batch(signed, sealed["signed"]), per=BATCH, calls=50
+        ),
         "metrics: worker, per task": cost(
             lambda: worker_metrics.settled(endings), per=BATCH, calls=50
         ),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from distq.codec import Codec
+from distq.envelope import Result
 from distq.transport import Consumer, Delivery, Producer
 
 
@@ -21,4 +23,18 @@ def results_n(producer: Producer, count: int, within: float = 10.0) -> list[byte
     deadline = time.monotonic() + within
     while len(got) < count and time.monotonic() < deadline:
         got += producer.results(count - len(got), 0.2)
+    return got
+
+
+def results_of(
+    producer: Producer, count: int, within: float = 10.0, codec: Codec | None = None
+) -> list[Result]:
+    """A worker's results, until ``count`` arrived or ``within`` seconds passed: read as a
+    master reads them, packs opened (a worker packs a batch's results for one master)."""
+    codec = codec or Codec()
+    got: list[Result] = []
+    deadline = time.monotonic() + within
+    while len(got) < count and time.monotonic() < deadline:
+        for body in producer.results(count - len(got), 0.2):
+            got += map(Result.decode, codec.open_results(body))
     return got

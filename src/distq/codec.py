@@ -5,6 +5,13 @@ retries. Opening checks the size before anything reads the body, and the signatu
 before the JSON parser sees a byte; every refusal is an
 :class:`~distq.errors.EnvelopeError` whose message is the reason (the worker puts it in
 the dead letter, the master in its warning).
+
+Results travel packed: a worker seals the results of one batch for one master as one
+message (:meth:`Codec.seal_results`), a JSON array of their envelopes, signed once, so
+a signature costs one HMAC per batch, not one per result. A message holding a single
+result is that result's envelope, as before packing existed; a master reads both
+(:meth:`Codec.open_results`). An envelope is always a JSON object, so a message whose
+envelope starts with ``[`` is a pack.
 """
 
 from __future__ import annotations
@@ -12,10 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from distq.envelope import SHALLOW_NESTING, Result, Task
-from distq.errors import MessageTooLarge
+from distq.errors import EnvelopeError, MessageTooLarge
 from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_NESTING, check_nesting, check_size
-from distq.signing import MAGIC, Signer, unsigned
+from distq.signing import HEADER_BYTES, MAGIC, Signer, unsigned
 
 if TYPE_CHECKING:
     from distq.config import Settings
@@ -37,6 +46,8 @@ class Codec:
     ) -> None:
         self.signer = Signer(signing_keys) if signing_keys else None
         self.max_message_bytes = max_message_bytes
+        # the longest envelope that is still within the limit once signed
+        self._max_envelope = max_message_bytes - (HEADER_BYTES if signing_keys else 0)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Codec:
@@ -66,6 +77,43 @@ class Codec:
             return self.seal(result.encode(), "result")
         return self._sign(envelope, "result")
 
+    def encode_result(self, result: Result) -> bytes:
+        """The result's envelope, unsigned, refused as :meth:`seal_result` would refuse it
+        (nested too deeply, or too large once signed): :meth:`seal_results` sends it."""
+        envelope = result.encode_shallow()  # no nesting to count
+        if envelope is None:
+            envelope = result.encode()
+            check_nesting(envelope, "result")
+        if len(envelope) > self._max_envelope:
+            self._sign(envelope, "result")  # raises, saying by how much
+        return envelope
+
+    def seal_results(self, envelopes: Sequence[bytes]) -> list[bytes]:
+        """Envelopes from :meth:`encode_result`, all for one master, as the messages to
+        send: one envelope alone as itself (:meth:`seal_result`'s message); several as
+        JSON arrays of them, each signed once and within the size limit (so as few
+        messages as the limit allows, and never more than envelopes)."""
+        if len(envelopes) == 1:
+            return [self._sign(envelopes[0], "result")]
+        messages: list[bytes] = []
+        room = self._max_envelope - 2  # the brackets
+        pack: list[bytes] = []
+        size = -1  # no comma before the first
+        for envelope in envelopes:
+            if size + 1 + len(envelope) > room and pack:
+                messages.append(self._pack(pack))
+                pack, size = [], -1
+            pack.append(envelope)
+            size += 1 + len(envelope)
+        messages.append(self._pack(pack))
+        return messages
+
+    def _pack(self, envelopes: list[bytes]) -> bytes:
+        if len(envelopes) == 1:
+            return self._sign(envelopes[0], "result")
+        envelope = b"".join((b"[", b",".join(envelopes), b"]"))
+        return envelope if self.signer is None else self.signer.sign(envelope)
+
     def seal(self, envelope: bytes, kind: str) -> bytes:
         """``envelope`` signed (when keys are set) and checked against the limits."""
         check_nesting(envelope, kind)
@@ -85,7 +133,26 @@ class Codec:
         return Task.decode(self._open(message, "task"))
 
     def open_result(self, message: bytes) -> Result:
+        """The one result in ``message``; a pack of several is refused (see
+        :meth:`open_results`)."""
         return Result.decode(self._open(message, "result"))
+
+    def open_results(self, message: bytes) -> list[bytes]:
+        """The result envelopes in ``message``, a single result or a pack, once its size
+        and signature check out; each is read with :meth:`Result.decode`, so that a bad
+        one costs only itself. :class:`EnvelopeError` if the message as a whole is refused."""
+        envelope = self._open(message, "result")
+        if envelope[:1] != b"[":
+            return [envelope]
+        try:
+            raws = _raw_list(envelope)
+        except msgspec.DecodeError as exc:  # a pack that is not a JSON array
+            raise EnvelopeError(f"result pack is not a JSON array: {exc}") from None
+        except RecursionError:  # msgspec stops at its own depth
+            raise MessageTooLarge(
+                f"result pack nests JSON deeper than {MAX_NESTING} levels"
+            ) from None
+        return [bytes(raw) for raw in raws]
 
     def _open(self, message: bytes, kind: str) -> bytes:
         if len(message) > self.max_message_bytes:
@@ -95,3 +162,6 @@ class Codec:
         if not message.startswith(MAGIC):
             return message  # the common case, without a call
         return unsigned(message, kind)  # refuses a signed message, saying why
+
+
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw]).decode

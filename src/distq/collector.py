@@ -11,7 +11,7 @@ reuses: the squares job (:class:`distq.master.Master`) and an executor alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, KeysView
+from collections.abc import Callable, Iterable, Iterator, KeysView
 from typing import Generic, TypeVar
 
 from distq.codec import Codec
@@ -122,16 +122,9 @@ class Collector(Generic[E]):
         telemetry = self._telemetry
         tracked = telemetry.metrics is not None or telemetry.log is not None  # else a no-op
         # once per result: looked up once per call
-        open_result, pop, finish = self._codec.open_result, self._pending.pop, self._finished.add
-        latency, on_result = self.latencies.append, self._on_result
-        for body in bodies:
-            try:
-                result = open_result(body)
-            except EnvelopeError as exc:
-                self.malformed += 1
-                if self._on_malformed is not None:
-                    self._on_malformed(exc)
-                continue
+        open_results, pop, finish = self._codec.open_results, self._pending.pop, self._finished.add
+        latency, on_result, decode = self.latencies.append, self._on_result, Result.decode
+        for result in _results(bodies, open_results, decode, self._refused):
             pending = pop(result.task_id, None)
             if pending is None:
                 if result.task_id in self._finished:
@@ -148,3 +141,30 @@ class Collector(Generic[E]):
             on_result(result, entry, round_trip)
         self._telemetry.collected(len(self._pending))
         return firsts
+
+    def _refused(self, error: EnvelopeError) -> None:
+        self.malformed += 1
+        if self._on_malformed is not None:
+            self._on_malformed(error)
+
+
+def _results(
+    bodies: Iterable[bytes],
+    open_results: Callable[[bytes], list[bytes]],
+    decode: Callable[[bytes], Result],
+    refused: Callable[[EnvelopeError], None],
+) -> Iterator[Result]:
+    """The results in ``bodies`` (single results and packs), each one refused on its own:
+    a bad result in a pack costs only itself, a refused message (unsigned, forged, too
+    large) all of it."""
+    for body in bodies:
+        try:
+            envelopes = open_results(body)
+        except EnvelopeError as exc:
+            refused(exc)
+            continue
+        for envelope in envelopes:
+            try:
+                yield decode(envelope)
+            except EnvelopeError as exc:
+                refused(exc)

@@ -18,8 +18,10 @@ only decides.
 - it ran past its time limit (:class:`~distq.errors.TimeLimitExceeded`): like any
   error, ``retried`` or ``failed`` (see :meth:`Endings.timed_out`).
 
-Results and retries are sealed by the worker's :class:`~distq.codec.Codec`: signed when
-it has keys, and a result over the size limit fails its task for good. An error result
+Retries are sealed by the worker's :class:`~distq.codec.Codec`: signed when it has keys.
+A result is encoded at once (one over the size limit fails its task for good) and
+sealed with the rest of its batch: :meth:`Endings.settlements` packs the results of a
+batch for one master into one message, signed once. An error result
 carries the exception's traceback text when the task's own code raised, so whoever
 waits for it (an executor's future) can show where. A task sent with ``reply_to``
 :data:`~distq.envelope.NO_REPLY` ends the same way, without a result.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import traceback
+from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 from distq.codec import Codec
@@ -59,6 +62,8 @@ def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
 class Ending(NamedTuple):
     """How one delivery ended: what to settle, how it counts, and what to tell the operator.
 
+    ``settlement.result``, if any, is the result's envelope, not yet sealed:
+    :meth:`Endings.settlements` seals a batch's results together.
     ``task`` is None for a malformed message; ``started_at`` (wall clock) and
     ``duration`` (seconds the function ran, 0 if it never ran) describe the run;
     ``note`` is the error line to print, None when all went well. (A named tuple: one
@@ -76,6 +81,10 @@ class Ending(NamedTuple):
 _ending = tuple.__new__  # makes an Ending from all its fields, in order
 
 
+def _settlement(s: Settlement, reply_to: str | None, result: bytes | None) -> Settlement:
+    return Settlement(s.delivery, reply_to, result, s.retry, s.retry_delay, s.dead_letter)
+
+
 class Endings:
     """The endings one worker gives its deliveries: results and dead letters name it."""
 
@@ -89,7 +98,7 @@ class Endings:
         """The function returned ``value``; it fails for good if ``value`` is not JSON."""
         result = Result(task.id, "ok", self.worker_id, task.attempt, started_at, duration, value)
         try:
-            body = self.codec.seal_result(result)
+            body = self.codec.encode_result(result)
         # not JSON, nested too deeply or too large: no retry will change that
         except (TypeError, ValueError, RecursionError, EnvelopeError) as exc:
             return self.failed(delivery, task, exc, started_at, duration, retryable=False)
@@ -203,7 +212,37 @@ class Endings:
             duration=duration,
             **fields,
         )
-        return self.codec.seal_result(result)
+        return self.codec.encode_result(result)
+
+    def settlements(self, endings: Sequence[Ending]) -> list[Settlement]:
+        """What to settle for ``endings``, in their order, results sealed.
+
+        The results for one master go as few messages as the size limit allows
+        (:meth:`Codec.seal_results`: one per batch, signed once), each carried by the
+        settlement of one of them, the earliest: the transports publish a batch's
+        results before they ack any of its deliveries, so no result is acked unsent.
+        """
+        settlements = [ending.settlement for ending in endings]
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(settlements):
+            if s.result is not None and s.reply_to is not None:
+                group = groups.get(s.reply_to)
+                if group is None:
+                    groups[s.reply_to] = [i]
+                else:
+                    group.append(i)
+        seal = self.codec.seal_results
+        for at in groups.values():
+            messages = seal([settlements[i].result for i in at])  # type: ignore[misc]
+            for n, i in enumerate(at):
+                s = settlements[i]
+                if n < len(messages):
+                    settlements[i] = _settlement(s, s.reply_to, messages[n])
+                elif s.retry is None and s.dead_letter is None:
+                    settlements[i] = Settlement(s.delivery)  # acked; its result rides earlier
+                else:
+                    settlements[i] = _settlement(s, None, None)
+        return settlements
 
     def _dead(self, body: bytes, reason: str) -> bytes:
         return DeadLetter(

@@ -29,6 +29,8 @@ MAGIC = b"DQSIG1 "
 _ID_LENGTH = 8
 _SIG_LENGTH = 64
 _HEADER_LENGTH = len(MAGIC) + _ID_LENGTH + 1 + _SIG_LENGTH + 1
+#: How many bytes signing adds to a message: the header in front of the envelope.
+HEADER_BYTES = _HEADER_LENGTH
 _ID_AT, _ID_END = len(MAGIC), len(MAGIC) + _ID_LENGTH
 _SIG_AT = _ID_END + 1
 MIN_KEY_LENGTH = 16

@@ -448,7 +448,7 @@ class Worker:
         assert slot.consumer is not None
         claimed: list[Delivery] = []
         if endings:
-            settlements = [ending.settlement for ending in endings]
+            settlements = self.runner.endings.settlements(endings)
             if fetch > 0 and not unstarted and not self._stopping.is_set():
                 try:
                     claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)

@@ -17,7 +17,7 @@ from distq.envelope import Result, Task
 from distq.transport import Transport
 from launch import free_port
 from procs import Distq
-from seam import results_n
+from seam import results_of
 
 pytestmark = pytest.mark.integration
 
@@ -130,8 +130,7 @@ def test_poison_messages_are_dead_lettered_and_the_worker_goes_on(
     worker = spawn("worker", "--task", "jobs:always_fail")
     results: dict[str, Result] = {}
     for _ in range(100):
-        for body in producer.results(10, 0.2):
-            result = Result.decode(body)
+        for result in results_of(producer, 1, within=0.2):
             results[result.task_id] = result
         if len(results) == 3:
             break
@@ -167,7 +166,7 @@ def test_slow_tasks_queued_behind_fast_ones_spread_over_both_workers(
     fast = [Task(name="square", args=[i], reply_to=reply) for i in range(400)]
     slow = [Task(name="square", args=[i], kwargs={"delay": 0.4}, reply_to=reply) for i in range(6)]
     producer.submit([t.encode() for t in fast + slow])
-    results = {r.task_id: r for r in map(Result.decode, results_n(producer, 406, within=30))}
+    results = {r.task_id: r for r in results_of(producer, 406, within=30)}
     assert len(results) == 406
     ran = Counter(results[t.id].worker for t in slow)
     # without the hand-back, the one batch holding all six runs them one after another

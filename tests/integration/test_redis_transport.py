@@ -27,13 +27,14 @@ import redis
 from brokers import Broker
 from distq.config import Settings
 from distq.console import Console
-from distq.envelope import DeadLetter, Result, Task
+from distq.envelope import DeadLetter, Task
 from distq.errors import AuthenticationFailed, SettledThenFailed, TransportError
 from distq.tasks import Registry
 from distq.transport.base import Settlement
 from distq.transport.redis import REPLY_GRACE_MS, RedisConsumer, RedisProducer, RedisTransport
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
+from seam import results_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -638,7 +639,7 @@ def test_a_worker_runs_the_batches_its_settles_claim(
     options = WorkerOptions(concurrency=2, exit_when_idle=0.5, worker_id="w", prefetch=16)
     out = io.StringIO()
     assert Worker(t, Registry(), options, Console(quiet=True, out=out, err=out)).run() == 0
-    results = [Result.decode(body) for body in producer.results(1000, timeout=1)]
+    results = results_of(producer, 300, within=1)
     assert sorted(r.value for r in results) == sorted(n * n for n in range(300))
     assert sum(claimed) > 0  # batches came with settles, and ran
     assert t.stats().in_flight == 0 and t.stats().ready == 0

@@ -20,14 +20,14 @@ import pytest
 from conftest import Target
 from distq.config import Settings
 from distq.console import Console
-from distq.envelope import Result, Task
+from distq.envelope import Task
 from distq.tasks import Registry
 from distq.timelimits import TimeLimits
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions
 from launch import free_port
 from procs import Distq
-from seam import results_n
+from seam import results_of
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,7 @@ def test_a_task_past_its_time_limit_fails_that_attempt_and_the_slot_goes_on(
     worker = _worker(transport, registry, out, exit_when_idle=0.5)
     started = time.monotonic()
     assert worker.run() == 0
-    results = {r.task_id: r for r in map(Result.decode, results_n(producer, 6, within=5))}
+    results = {r.task_id: r for r in results_of(producer, 6, within=5)}
     assert [results[t.id].value for t in quick] == [n * n for n in range(5)]
     assert results[nap.id].status == "error" and results[nap.id].attempt == 2
     assert results[nap.id].error_type == "TimeLimitExceeded"
@@ -89,7 +89,7 @@ def test_the_setting_overrides_a_limit_given_at_registration(transport: Transpor
     out = io.StringIO()
     limits = TimeLimits.parse("nap=5")
     assert _worker(transport, registry, out, exit_when_idle=0.5, time_limits=limits).run() == 0
-    (result,) = map(Result.decode, results_n(producer, 1, within=5))
+    (result,) = results_of(producer, 1, within=5)
     assert (result.status, result.value) == ("ok", 0.6)
     producer.close()
 

@@ -127,8 +127,9 @@ WORKERS = {name: worker(codec) for name, codec in CODECS.items()}
 def settle_checked(name: str, body: bytes) -> None:
     """The worker's verdict on ``body`` is one of the three endings, each well formed."""
     codec = CODECS[name]
-    ending = WORKERS[name](Delivery(body, tag=1))
-    settlement, outcome = ending.settlement, ending.outcome
+    runner = WORKERS[name]
+    ending = runner(Delivery(body, tag=1))
+    (settlement,), outcome = runner.endings.settlements([ending]), ending.outcome
     assert outcome in ("ok", "failed", "retried", "malformed")
     ends = [settlement.result, settlement.retry, settlement.dead_letter]
     assert any(end is not None for end in ends), (body, outcome)

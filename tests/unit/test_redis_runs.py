@@ -89,7 +89,7 @@ def test_a_batch_of_ok_results_for_one_master_is_one_run() -> None:
         Settlement(D[3], "a", retry=b""),  # an empty body is still a retry
     ],
 )
-def test_any_other_batch_takes_the_general_path(odd: Settlement) -> None:
+def test_any_other_batch_makes_the_same_runs(odd: Settlement) -> None:
     batch = [*(Settlement(d, "a", b"r" + d.body) for d in D[:3]), odd]
     keys, args = _publish(batch)
     assert args == _general(batch)

@@ -53,7 +53,8 @@ class Runner:
 
     def process(self, delivery: Delivery) -> tuple[Settlement, str]:
         ending: Ending = self.runner(delivery)
-        return ending.settlement, ending.outcome
+        (settlement,) = self.runner.endings.settlements([ending])  # as the worker sends it
+        return settlement, ending.outcome
 
 
 def worker(codec: Codec) -> tuple[Runner, io.StringIO]:

@@ -12,13 +12,13 @@ import pytest
 
 from distq.config import Settings
 from distq.console import Console
-from distq.envelope import Result, Task
+from distq.envelope import Task
 from distq.errors import SettledThenFailed
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions
 from launch import free_port
-from seam import results_n
+from seam import results_of
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_a_worker_settles_every_kind_of_task_and_exits_when_idle(transport: Tran
 
     assert worker.run() == 0
 
-    results = {r.task_id: r for r in map(Result.decode, results_n(producer, 41, within=5))}
+    results = {r.task_id: r for r in results_of(producer, 41, within=5)}
     assert {t.id: results[t.id].value for t in good} == {t.id: t.args[0] ** 2 for t in good}
     assert results[failing.id].status == "error" and results[failing.id].attempt == 2
     assert len(transport.dead_letters()) == 2  # the failing task and the garbage
@@ -86,7 +86,7 @@ def test_a_batch_settled_before_its_next_fetch_failed_counts_as_settled(
     out = io.StringIO()
     options = WorkerOptions(concurrency=1, exit_when_idle=0.5, worker_id="w", prefetch=2)
     assert Worker(transport, Registry(), options, Console(quiet=True, out=out, err=out)).run() == 0
-    results = [Result.decode(body) for body in results_n(producer, 5, within=5)]
+    results = results_of(producer, 5, within=5)
     assert sorted(r.value for r in results) == [1, 4, 9, 16, 25]
     assert settled and "broker went away after the settle; reconnecting" in out.getvalue()
     assert re.search(r"^worker exit\. 5 ok, ", out.getvalue(), re.M), out.getvalue()

@@ -50,11 +50,13 @@ a master that is gone. ``state`` counts the bodies the master submitted (in the 
 script as the LPUSH): after a restart from an older snapshot, the count says which of
 its tasks Redis lost, and the master submits those again.
 
-Results reach the master at least once: ``take`` reads the oldest results at the tail
-of the list and leaves them there; the master's next ``take`` acknowledges them by the
-running count it received (``taken`` in ``state``), which drops them from the tail, so
-a reply lost on the way (a timeout while Redis was frozen) is sent again and no result
-vanishes with a dropped connection.
+An item of a result list is one message: a single result, or the results of a worker's
+batch for that master (:meth:`distq.codec.Codec.seal_results`); "results" below count
+items. Results reach the master at least once: ``take`` reads the oldest results at the
+tail of the list and leaves them there; the master's next ``take`` acknowledges them by
+the running count it received (``taken`` in ``state``), which drops them from the tail,
+so a reply lost on the way (a timeout while Redis was frozen) is sent again and no
+result vanishes with a dropped connection.
 
 Not supported: Redis Cluster (scripts build in-flight key names at run time).
 """
@@ -897,20 +899,11 @@ class RedisConsumer(Consumer):
         self._forget(tags)
 
     def _publish(self, settlements: Sequence[Settlement]) -> tuple[list[str], list[Arg]]:
-        """The settle script's KEYS and its publishing runs (see ``_SETTLE``): the results
-        of a batch for one master are one run, ``('r', key, n, result 1, ..., result n)``."""
+        """The settle script's KEYS and its publishing runs (see ``_SETTLE``): results
+        for one master in a row are one run, ``('r', key, n, result 1, ..., result n)``
+        (a worker's batch has one message of results per master: see
+        :meth:`distq.ending.Endings.settlements`)."""
         keys = list(self._keys)
-        reply_to = settlements[0].reply_to
-        for s in settlements:  # the common case first: ok results, all for one master
-            if s.result is None or s.reply_to != reply_to:
-                break
-            if s.retry is not None or s.dead_letter is not None:
-                break
-        else:
-            if reply_to is not None:
-                keys.append(reply_to)
-                results = [s.result for s in settlements if s.result is not None]  # all
-                return keys, ["r", len(keys), len(results), *results]
         index: dict[str, int] = {}  # reply_to -> its position in KEYS (1-based, for Lua)
         runs = _Runs()
         for s in settlements:
