@@ -71,11 +71,8 @@ class Codec:
             ) from None
 
     def seal_result(self, result: Result) -> bytes:
-        """The result as sent (see :meth:`seal`)."""
-        envelope = result.encode_shallow()  # no nesting to count
-        if envelope is None:
-            return self.seal(result.encode(), "result")
-        return self._sign(envelope, "result")
+        """The result alone as sent: what :meth:`seal_results` makes of one envelope."""
+        return self._sign(self.encode_result(result), "result")
 
     def encode_result(self, result: Result) -> bytes:
         """The result's envelope, unsigned, refused as :meth:`seal_result` would refuse it
@@ -93,8 +90,6 @@ class Codec:
         send: one envelope alone as itself (:meth:`seal_result`'s message); several as
         JSON arrays of them, each signed once and within the size limit (so as few
         messages as the limit allows, and never more than envelopes)."""
-        if len(envelopes) == 1:
-            return [self._sign(envelopes[0], "result")]
         messages: list[bytes] = []
         room = self._max_envelope - 2  # the brackets
         pack: list[bytes] = []

@@ -238,9 +238,7 @@ class Endings:
                 s = settlements[i]
                 if n < len(messages):
                     settlements[i] = _settlement(s, s.reply_to, messages[n])
-                elif s.retry is None and s.dead_letter is None:
-                    settlements[i] = Settlement(s.delivery)  # acked; its result rides earlier
-                else:
+                else:  # its result rides on an earlier settlement
                     settlements[i] = _settlement(s, None, None)
         return settlements
 
