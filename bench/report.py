@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 #: Whose CPU the bench counts, in the order of the table's columns.
@@ -129,7 +130,8 @@ def _cpu_section(report: dict[str, Any]) -> list[str]:
         "## CPU per task, by role",
         "",
         "CPU seconds (user + system) per 1,000 tasks over the throughput round, from each "
-        "process's own counters (`/proc/<pid>/stat`, children included); master: the "
+        "process's own CPU-time clock (nanoseconds; reaped children from `/proc/<pid>/stat`); "
+        "master: the "
         "process that submits and collects (for `distq` rows the `distq master` process's "
         "own count over its timed job; for the others the trial process), workers: every "
         "worker process and its children, broker: the server's processes. On manager the "
@@ -187,10 +189,13 @@ def _feature_section(report: dict[str, Any]) -> list[str]:
         "",
         "Each feature's row against plain `distq` on the same broker (medians), unless it "
         "names another base: the change in throughput and in CPU per task (all roles). "
-        "Positive CPU = the feature costs that much more per task.",
+        "Positive CPU = the feature costs that much more per task. Trials run round-robin, "
+        "so trial i of a feature ran next to trial i of its base: the last column is the "
+        "change in CPU per task pair by pair, median (min to max). Its spread is how far "
+        "one pair can be trusted on this machine.",
         "",
-        "| broker | feature | throughput | CPU per task |",
-        "| --- | --- | ---: | ---: |",
+        "| broker | feature | throughput | CPU per task | CPU per task, pair by pair |",
+        "| --- | --- | ---: | ---: | ---: |",
         *lines,
     ]
 
@@ -199,8 +204,30 @@ def _feature_row(broker: str, label: str, row: dict[str, Any], base: dict[str, A
     cpu, base_cpu = row.get("cpu_per_1000") or {}, base.get("cpu_per_1000") or {}
     return (
         f"| {broker} | {label} | {_change(row.get('throughput'), base.get('throughput'))} | "
-        f"{_change(cpu.get('total'), base_cpu.get('total'))} |"
+        f"{_change(cpu.get('total'), base_cpu.get('total'))} | {_paired(row, base)} |"
     )
+
+
+def _cpu_per_task(trial: dict[str, Any]) -> float | None:
+    """A trial's CPU seconds per task over every role measured; None if it failed."""
+    seconds = [v for v in (trial.get("cpu_seconds") or {}).values() if v is not None]
+    if trial.get("status") != "ok" or not seconds or not trial.get("tasks"):
+        return None
+    return float(sum(seconds)) / trial["tasks"]
+
+
+def _paired(row: dict[str, Any], base: dict[str, Any]) -> str:
+    """The change in CPU per task of each trial against the base's trial of the same
+    round, as ``median (min to max)``; a dash without two such pairs."""
+    changes = []
+    pairs = zip(row.get("trials_detail") or [], base.get("trials_detail") or [], strict=False)
+    for ours, theirs in pairs:  # a base with fewer trials (one ran out of time) pairs fewer
+        a, b = _cpu_per_task(ours), _cpu_per_task(theirs)
+        if a is not None and b:
+            changes.append((a / b - 1) * 100)
+    if len(changes) < 2:
+        return "—"
+    return f"{statistics.median(changes):+.1f} % ({min(changes):+.0f} to {max(changes):+.0f})"
 
 
 def _change(ours: dict[str, float] | None, base: dict[str, float] | None) -> str:

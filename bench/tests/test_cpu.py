@@ -6,6 +6,7 @@ its descendants, alive or already reaped, and nothing of the processes it does n
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 import run
-from cpu import CpuMeter, own_seconds, per_thousand, tree_seconds
+from cpu import TICK, CpuMeter, clock_seconds, own_seconds, per_thousand, tree_seconds
 from report import write_markdown
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
@@ -57,6 +58,29 @@ def test_own_seconds_leave_children_out_and_gone_processes_count_nothing(tmp_pat
     meter = CpuMeter({"master": [child.pid]}, own=["master"])
     meter.start()
     assert meter.stop() == {"master": 0.0}
+
+
+def test_a_process_clock_reads_what_the_process_reads_of_itself_finer_than_a_tick() -> None:
+    before, mine, after = time.process_time(), clock_seconds(os.getpid()), time.process_time()
+    assert mine is not None and before - 1e-6 <= mine <= after + 1e-6
+    # a child that burns 0.123 s and waits: its clock counts that and its start-up, and
+    # /proc/<pid>/stat the same to within a few ticks (which it samples: 19 ms off seen)
+    script = BURN.format(seconds=0.123) + "import sys; print('done', flush=True); sys.stdin.read()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "done"
+        precise = clock_seconds(child.pid)
+        fields = (Path("/proc") / str(child.pid) / "stat").read_text().rpartition(")")[2].split()
+        ticked = (int(fields[11]) + int(fields[12])) / TICK
+        assert precise is not None and 0.123 <= precise <= 0.3, precise
+        assert abs(precise - ticked) <= 4 / TICK, (precise, ticked)
+        assert own_seconds(child.pid) == pytest.approx(precise, abs=0.005)
+    finally:
+        child.kill()
+        child.wait()
+    assert clock_seconds(child.pid) is None  # reaped: no clock left to read
 
 
 def test_per_thousand_totals_the_roles_measured() -> None:
@@ -142,15 +166,42 @@ def test_the_report_shows_cpu_by_role_feature_costs_and_scaling() -> None:
     assert "| manager | distq | 0.015 | 0.015 | in master | 0.030 | 30.0 |" in text
     # signing: 900 vs 1,000 tasks/s, 56 vs 39 µs per task
     assert (
-        "| redis | signing on (HMAC-SHA256 on every task and result) | -10.0 % | +43.6 % |" in text
+        "| redis | signing on (HMAC-SHA256 on every task and result) | -10.0 % | +43.6 % | — |"
+        in text
     )
     # JSON logs against plain distq, and against text logs with the same lines (60 vs 48 µs)
-    assert "| redis | JSON logs on (per-task events, no --quiet) | -20.0 % | +53.8 % |" in text
+    assert "| redis | JSON logs on (per-task events, no --quiet) | -20.0 % | +53.8 % | — |" in text
     assert (
         "| redis | JSON logs against text logs, both with a line per task event: the format's "
-        "own cost | -11.1 % | +25.0 % |" in text
+        "own cost | -11.1 % | +25.0 % | — |" in text
     )
     assert "| redis | 1 | 500 | 0.010 | 0.020 | 0.005 | 0.035 | 35.0 | ok |" in text
+
+
+def test_the_feature_table_pairs_each_trial_with_its_bases_trial_of_the_same_round() -> None:
+    """Trial i of a feature against trial i of plain distq: a machine that slows down for
+    one round moves both, and the pairs show how far a single comparison wanders."""
+    plain = [_ok({"master": 0.010, "workers": 0.010}) for _ in range(3)]
+    plain[1] = _ok({"master": 0.020, "workers": 0.020})  # a slow round, for both
+    metrics = [
+        _ok({"master": 0.011, "workers": 0.010}),  # +5 %
+        _ok({"master": 0.022, "workers": 0.022}),  # +10 %, in the slow round
+        {"status": "failed", "error": "x"},  # no pair
+    ]
+    rows = [
+        {"broker": "redis", "contestant": "distq", **run.summarize(plain),
+         "trials_detail": plain},
+        {"broker": "redis", "contestant": "distq-metrics", **run.summarize(metrics),
+         "trials_detail": metrics},
+    ]  # fmt: skip
+    text = write_markdown(_report(rows, []))
+    # by medians, the slow round makes metrics look +62.5 %; pair by pair it is +5 and +10
+    assert (
+        "| redis | metrics on (an endpoint per process, scraped every second) | +0.0 % "
+        "| +62.5 % | +7.5 % (+5 to +10) |" in text
+    ), text
+    one = [{**rows[1], "trials_detail": metrics[:1]}, rows[0]]
+    assert "| +62.5 % | — |" in write_markdown(_report(one, []))  # one pair: no spread to show
 
 
 def test_scaling_options_are_checked() -> None:
