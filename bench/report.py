@@ -213,7 +213,7 @@ def _cpu_per_task(trial: dict[str, Any]) -> float | None:
     seconds = [v for v in (trial.get("cpu_seconds") or {}).values() if v is not None]
     if trial.get("status") != "ok" or not seconds or not trial.get("tasks"):
         return None
-    return float(sum(seconds)) / trial["tasks"]
+    return float(sum(seconds)) / int(trial["tasks"])
 
 
 def _paired(row: dict[str, Any], base: dict[str, Any]) -> str:

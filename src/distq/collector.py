@@ -18,7 +18,7 @@ from distq.codec import Codec
 from distq.config import MESSAGE_BATCH
 from distq.envelope import Result
 from distq.errors import EnvelopeError
-from distq.telemetry import MasterTelemetry
+from distq.telemetry import MasterTelemetry, Received
 from distq.transport.base import Producer
 
 E = TypeVar("E")
@@ -121,6 +121,7 @@ class Collector(Generic[E]):
         firsts = 0
         telemetry = self._telemetry
         tracked = telemetry.metrics is not None or telemetry.log is not None  # else a no-op
+        received: list[Received] = []  # for telemetry, when tracked: in the order they came
         # once per result: looked up once per call
         open_results, pop, finish = self._codec.open_results, self._pending.pop, self._finished.add
         latency, on_result, decode = self.latencies.append, self._on_result, Result.decode
@@ -129,17 +130,18 @@ class Collector(Generic[E]):
             if pending is None:
                 if result.task_id in self._finished:
                     self.duplicates += 1
-                    self._telemetry.duplicate(result)
+                    if tracked:
+                        received.append((result, None))
                 continue
             finish(result.task_id)
             entry, submitted = pending
             round_trip = now - submitted
             latency(round_trip)
             if tracked:
-                telemetry.result(result, round_trip)
+                received.append((result, round_trip))
             firsts += 1
             on_result(result, entry, round_trip)
-        self._telemetry.collected(len(self._pending))
+        telemetry.collected(len(self._pending), received)
         return firsts
 
     def _refused(self, error: EnvelopeError) -> None:

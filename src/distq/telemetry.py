@@ -66,6 +66,10 @@ class DuplicateResult(Line):
 
 
 _name, _created_at = attrgetter("name"), attrgetter("created_at")
+_status, _redelivered = attrgetter("status"), attrgetter("redelivered")
+
+#: A master's result as telemetry takes it: with its round trip, or None for a duplicate.
+Received = tuple[Result, float | None]
 
 #: The fewest endings a worker counts by columns: each column and histogram costs about a
 #: microsecond to set up, more than counting a few tasks one by one (even at about 12).
@@ -80,9 +84,10 @@ def _one_name(endings: Sequence[Ending]) -> Columns | None:
     if not endings:
         return None
     _, outcomes, tasks, starts, durations, _ = zip(*endings, strict=True)
-    if None in tasks:
+    try:  # rather than ``None in tasks``, which compares every task with None
+        names = set(map(_name, tasks))
+    except AttributeError:  # an undecoded task (None) has no name
         return None
-    names = set(map(_name, tasks))
     if len(names) != 1:
         return None
     return names.pop(), outcomes, tasks, starts, durations
@@ -100,10 +105,16 @@ def _tally_columns(known: frozenset[str], columns: Columns) -> Tally:
     waits = list(map(sub, starts, map(_created_at, tasks)))
     if min(waits) < 0:  # the worker's clock is behind the master's
         waits = [wait if wait > 0 else 0.0 for wait in waits]
-    ran = [seconds for seconds in durations if seconds > 0]  # 0: the function never ran
-    counts: dict[tuple[str, str], int] = {
-        (label, outcome): count for outcome, count in Counter(outcomes).items()
-    }
+    if min(durations) > 0:  # all ran; 0: the function never ran (unknown name, bad arguments)
+        ran = list(durations)
+    else:
+        ran = [seconds for seconds in durations if seconds > 0]
+    outcome = outcomes[0]
+    counts: dict[tuple[str, str], int]
+    if outcomes.count(outcome) == len(outcomes):  # one outcome (all ok): no Counter
+        counts = {(label, outcome): len(outcomes)}
+    else:
+        counts = {(label, outcome): count for outcome, count in Counter(outcomes).items()}
     return waits, ({label: ran} if ran else {}), counts
 
 
@@ -147,7 +158,7 @@ class WorkerTelemetry:
         """A slot took a batch: count its redeliveries."""
         metrics = self.metrics
         if metrics is not None:
-            again = sum(d.redelivered for d in deliveries)
+            again = sum(map(_redelivered, deliveries))
             if again:
                 with metrics.lock:
                     metrics.redeliveries.add(metrics.base, again)
@@ -229,11 +240,6 @@ class MasterTelemetry:
     def __init__(self, metrics: MasterMetrics | None = None, log: JsonConsole | None = None):
         self.metrics = metrics
         self.log = log if log is not None and not log.quiet else None
-        # a batch's results (round trip) and duplicates (None), in order: their lines are
-        # made in collected(), with one timestamp for the batch, as a worker's are
-        self._received: list[tuple[Result, float | None]] = []
-        self._statuses: dict[str, int] = {}
-        self._round_trips: list[float] = []
 
     def submitted(self, tasks: Sequence[Task], outstanding: int) -> None:
         if self.metrics is not None:
@@ -250,37 +256,18 @@ class MasterTelemetry:
                 ]
             )
 
-    def result(self, result: Result, round_trip: float) -> None:
-        """The first result of a task; :meth:`collected` ends the batch."""
-        if self.metrics is not None:
-            self._statuses[result.status] = self._statuses.get(result.status, 0) + 1
-            self._round_trips.append(round_trip)
-        if self.log is not None:
-            self._received.append((result, round_trip))
-
-    def duplicate(self, result: Result) -> None:
-        if self.metrics is not None:
-            with self.metrics.lock:
-                self.metrics.duplicates.add(self.metrics.base, 1)
-        if self.log is not None:
-            self._received.append((result, None))
-
-    def collected(self, outstanding: int) -> None:
-        """A batch of results is handled; ``outstanding`` tasks still have none."""
+    def collected(self, outstanding: int, received: Sequence[Received] = ()) -> None:
+        """A batch of results is handled: ``received`` holds them in the order they came,
+        each with its round trip, or None for a duplicate (a task's result came before);
+        ``outstanding`` tasks still have none. Counted, and written with one timestamp,
+        a batch at a time, as a worker's are: a call per result costs more than the rest."""
         metrics = self.metrics
         if metrics is not None:
-            if self._round_trips:
-                base = metrics.base
-                with metrics.lock:
-                    for status, count in self._statuses.items():
-                        metrics.results.add((*base, status), count)
-                    histogram = metrics.round_trip
-                    histogram.observe(histogram.series(base), self._round_trips)
-                self._statuses, self._round_trips = {}, []
+            if received:
+                self._count(metrics, received)
             metrics.outstanding.set(outstanding)
         log = self.log
-        if log is not None and self._received:
-            received, self._received = self._received, []
+        if log is not None and received:
             at, role = log.stamp(), log.role
             log.write_lines(
                 [
@@ -301,3 +288,29 @@ class MasterTelemetry:
                     for r, round_trip in received
                 ]
             )
+
+    @staticmethod
+    def _count(metrics: MasterMetrics, received: Sequence[Received]) -> None:
+        """A batch's results by status, their round trips and its duplicates, in C when
+        it has no duplicate and one status (the common batch)."""
+        results, trips = zip(*received, strict=True)
+        duplicates = trips.count(None)
+        round_trips: Sequence[float]
+        if duplicates:
+            pairs = [(r.status, trip) for r, trip in received if trip is not None]
+            statuses, round_trips = [s for s, _ in pairs], [trip for _, trip in pairs]
+        else:
+            statuses, round_trips = list(map(_status, results)), trips
+        counts: dict[str, int]
+        if statuses and statuses.count(statuses[0]) == len(statuses):
+            counts = {statuses[0]: len(statuses)}
+        else:
+            counts = Counter(statuses)
+        base, histogram = metrics.base, metrics.round_trip
+        with metrics.lock:
+            for status, count in counts.items():
+                metrics.results.add((*base, status), count)
+            if round_trips:
+                histogram.observe(histogram.series(base), round_trips)
+            if duplicates:
+                metrics.duplicates.add(base, duplicates)

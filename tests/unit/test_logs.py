@@ -78,8 +78,7 @@ def test_a_task_can_be_followed_from_submit_to_settle_to_result() -> None:
     result = Result(
         task_id=task.id, status="ok", worker="w1", attempt=1, started_at=0, duration=0.002
     )
-    master.result(result, 0.015)
-    master.collected(outstanding=0)
+    master.collected(outstanding=0, received=[(result, 0.015)])
     submitted, received = (json.loads(line) for line in master_out.getvalue().splitlines())
     settled, released = (json.loads(line) for line in worker_out.getvalue().splitlines())
     assert submitted["event"] == "task submitted" and submitted["task_id"] == task.id
@@ -189,11 +188,14 @@ def test_a_masters_batch_of_results_and_duplicates_is_written_in_the_order_it_ca
     def result(task_id: str, status: str, worker: str) -> Result:
         return Result(task_id, status, worker, 1, 0.0, 0.0000015)  # type: ignore[arg-type]
 
-    master.result(result("t1", "ok", "w1"), 0.0123456)
-    master.duplicate(result("t1", "ok", "w2"))
-    master.result(result("t2", "error", "w2"), 0.02)
-    assert out.getvalue() == ""  # written when the batch is handled
-    master.collected(outstanding=0)
+    master.collected(
+        outstanding=0,
+        received=[
+            (result("t1", "ok", "w1"), 0.0123456),
+            (result("t1", "ok", "w2"), None),  # a duplicate
+            (result("t2", "error", "w2"), 0.02),
+        ],
+    )
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(line["event"], line["task_id"], line["worker"]) for line in lines] == [
         ("result received", "t1", "w1"),

@@ -22,7 +22,7 @@ from distq.ending import Ending, Outcome
 from distq.envelope import DeadLetter, Result, Status, Task
 from distq.errors import TransportError
 from distq.health import Readiness
-from distq.metrics import BUCKETS, HistogramTable, MasterMetrics, WorkerMetrics
+from distq.metrics import BUCKETS, UNKNOWN, HistogramTable, MasterMetrics, WorkerMetrics
 from distq.sampler import StatsSampler
 from distq.tasks import Registry
 from distq.telemetry import MasterTelemetry, WorkerTelemetry
@@ -204,18 +204,29 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str
     }
 
 
-@pytest.mark.parametrize("name", ["square", "rm -rf /"])
-def test_a_batch_of_one_task_name_counts_as_it_does_task_by_task(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "outcomes", "never_ran"),
+    [
+        ("square", ["ok", "failed", "retried", "orphaned"], True),
+        ("rm -rf /", ["ok", "failed", "retried", "orphaned"], True),
+        ("square", ["ok"], False),  # the common batch: one outcome, every function ran
+        ("square", ["failed"], True),
+        ("square", ["ok", "failed"], False),
+    ],
+)
+def test_a_batch_of_one_task_name_counts_as_it_does_task_by_task(
+    name: str, outcomes: list[Outcome], never_ran: bool
+) -> None:
     # a batch of one name takes the column-wise path; task by task is the reference
     rng = random.Random(7)
     now = time.time()
-    outcomes: list[Outcome] = ["ok", "failed", "retried", "orphaned"]
+    runs = [0.0, 1e-6] if never_ran else [1e-6]  # 0: the function never ran
     endings = [
         ending(
             task(name, created_at=now - rng.uniform(-0.01, 2.0)),  # some from a clock ahead
             rng.choice(outcomes),
             now,
-            rng.choice([0.0, rng.uniform(0.0, 400.0)]),  # some never ran, some past +Inf
+            rng.choice(runs) * rng.uniform(0.0, 400e6),  # some past +Inf
         )
         for _ in range(300)
     ]
@@ -226,6 +237,18 @@ def test_a_batch_of_one_task_name_counts_as_it_does_task_by_task(name: str) -> N
     assert ours == pytest.approx(reference)
     assert ours[("distq_worker_queue_wait_seconds_count", tuple(sorted(BASE.items())))] == 300
     assert any(key[0] == "distq_worker_task_duration_seconds_sum" for key in ours)
+
+
+def test_a_batch_with_an_undecoded_task_is_counted_task_by_task() -> None:
+    now = time.time()
+    endings = [ending(task(created_at=now - 0.1), "ok", now, 0.001) for _ in range(40)]
+    endings[17] = ending(None, "malformed", now)
+    metrics, _ = worker_metrics()
+    WorkerTelemetry._count(metrics, endings, released=0)
+    registry = metrics.registry
+    assert value(registry, "distq_worker_queue_wait_seconds_count") == 39
+    assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 39
+    assert value(registry, "distq_worker_tasks_total", task=UNKNOWN, outcome="malformed") == 1
 
 
 @pytest.mark.parametrize("size", [1, 7, 8, 9, 50, 300])
@@ -281,13 +304,12 @@ def test_master_counts_results_round_trips_and_outstanding_tasks() -> None:
     tasks = [task() for _ in range(3)]
     telemetry.submitted(tasks, outstanding=3)
     statuses: tuple[Status, Status] = ("ok", "error")
-    for t, status in zip(tasks[:2], statuses, strict=True):
-        result = Result(
-            task_id=t.id, status=status, worker="w", attempt=1, started_at=0, duration=0.1
-        )
-        telemetry.result(result, 0.004)
-    telemetry.duplicate(result)
-    telemetry.collected(outstanding=1)
+    results = [
+        Result(task_id=t.id, status=status, worker="w", attempt=1, started_at=0, duration=0.1)
+        for t, status in zip(tasks[:2], statuses, strict=True)
+    ]
+    telemetry.collected(outstanding=1, received=[(r, 0.004) for r in results])
+    telemetry.collected(outstanding=1, received=[(results[1], None)])  # a duplicate
     registry = metrics.registry
     assert value(registry, "distq_master_tasks_submitted_total") == 3
     assert value(registry, "distq_master_results_total", status="ok") == 1
@@ -296,6 +318,33 @@ def test_master_counts_results_round_trips_and_outstanding_tasks() -> None:
     assert value(registry, "distq_master_task_round_trip_seconds_count") == 2
     assert value(registry, "distq_master_task_round_trip_seconds_bucket", le="0.005") == 2
     assert value(registry, "distq_master_tasks_outstanding") == 1
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [
+        ["ok"] * 40,  # the common batch: one status, no duplicate
+        ["ok", "error", "ok", "dup", "error", "dup", "ok"],
+        ["dup", "dup"],  # only duplicates
+        ["error"],
+    ],
+)
+def test_a_masters_batch_counts_as_its_results_one_by_one(kinds: list[str]) -> None:
+    metrics = MasterMetrics("redis", "q")
+    received: list[tuple[Result, float | None]] = []
+    for n, kind in enumerate(kinds):
+        status: Status = "error" if kind == "error" else "ok"
+        result = Result(f"t{n}", status, "w", 1, 0.0, 0.1)
+        received.append((result, None if kind == "dup" else 0.001 * (n + 1)))
+    MasterTelemetry(metrics).collected(outstanding=5, received=received)
+    registry = metrics.registry
+    for status in ("ok", "error"):
+        assert value(registry, "distq_master_results_total", status=status) == kinds.count(status)
+    assert value(registry, "distq_master_duplicate_results_total") == kinds.count("dup")
+    trips = [trip for _, trip in received if trip is not None]
+    assert value(registry, "distq_master_task_round_trip_seconds_count") == len(trips)
+    assert value(registry, "distq_master_task_round_trip_seconds_sum") == pytest.approx(sum(trips))
+    assert value(registry, "distq_master_tasks_outstanding") == 5
 
 
 def test_queue_samples_replace_and_vanish_rather_than_go_stale() -> None:
