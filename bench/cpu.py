@@ -51,12 +51,16 @@ def clock_seconds(pid: int) -> float | None:
 
 def own_seconds(pid: int, proc: Path = PROC) -> float | None:
     """User + system CPU seconds of ``pid`` itself (every thread, living or ended)."""
+    fields = _fields(pid, proc)
+    return None if fields is None else _own(pid, fields)
+
+
+def _own(pid: int, fields: list[str]) -> float:
+    """:func:`own_seconds` of a process whose ``/proc/<pid>/stat`` ``fields`` were read:
+    its clock, or those fields' ticks where the clock cannot be read."""
     seconds = clock_seconds(pid)
     if seconds is not None:
         return seconds
-    fields = _fields(pid, proc)
-    if fields is None:
-        return None
     # after the name: state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17)
     return (int(fields[11]) + int(fields[12])) / TICK
 
@@ -88,11 +92,10 @@ def tree_seconds(roots: Iterable[int], proc: Path = PROC) -> float:
         if pid in seen:
             continue
         seen.add(pid)
-        own = own_seconds(pid, proc)
         fields = _fields(pid, proc)
-        if own is None or fields is None:
+        if fields is None:
             continue
-        total += own + (int(fields[13]) + int(fields[14])) / TICK  # + cutime, cstime
+        total += _own(pid, fields) + (int(fields[13]) + int(fields[14])) / TICK  # + reaped
         stack.extend(children.get(pid, ()))
     return total
 

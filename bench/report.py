@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from cpu import per_thousand
+
 #: Whose CPU the bench counts, in the order of the table's columns.
 ROLES = ("master", "workers", "broker", "total")
 #: distq variants that switch one optional feature on, and what it is.
@@ -209,11 +211,10 @@ def _feature_row(broker: str, label: str, row: dict[str, Any], base: dict[str, A
 
 
 def _cpu_per_task(trial: dict[str, Any]) -> float | None:
-    """A trial's CPU seconds per task over every role measured; None if it failed."""
-    seconds = [v for v in (trial.get("cpu_seconds") or {}).values() if v is not None]
-    if trial.get("status") != "ok" or not seconds or not trial.get("tasks"):
+    """A trial's CPU over every role measured, per 1,000 tasks; None if it failed."""
+    if trial.get("status") != "ok" or not trial.get("tasks"):
         return None
-    return float(sum(seconds)) / int(trial["tasks"])
+    return per_thousand(trial.get("cpu_seconds") or {}, trial["tasks"])["total"]
 
 
 def _paired(row: dict[str, Any], base: dict[str, Any]) -> str:
