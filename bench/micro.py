@@ -171,9 +171,7 @@ def measure(rounds: int = 5) -> dict[str, float]:
         "signing: open a batch's results (128), per task": cost(
             lambda: open_batch(signed, sealed["signed"]), per=BATCH, calls=50
         ),
-        "signing floor: one HMAC-SHA256 of a task (two per task)": cost(
-            hmac_floor(KEY, task_body)
-        ),
+        "signing floor: one HMAC-SHA256 of a task (two per task)": cost(hmac_floor(KEY, task_body)),
         "metrics: worker, per task": cost(
             lambda: worker_metrics.settled(endings), per=BATCH, calls=50
         ),
