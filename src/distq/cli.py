@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
         "--exit-when-idle",
         type=_positive(float),
         metavar="S",
-        help="exit after S seconds with nothing to do",
+        help="exit after S seconds with nothing to do, counting from when its last retry is due",
     )
     worker.add_argument(
         "--task",

@@ -231,10 +231,12 @@ class WorkerHealth(ProcessHealth):
         self, stall_seconds: float = 60.0, slots: int = 0, clock: Clock = time.monotonic
     ) -> None:
         super().__init__("worker", stall_seconds, clock)
+        self._now = clock
         self.slots = slots
         self._lock = threading.Lock()
         self.started_at = time.time()
-        self._last_activity = time.monotonic()
+        self._last_activity = self._now()
+        self._retry_due = 0.0  # when the last retry this worker published is due (monotonic)
         self._up: set[str] = set()
         self._down: dict[str, str] = {}
         self.tasks_ok = self.tasks_failed = self.tasks_retried = self.dead_lettered = 0
@@ -262,7 +264,7 @@ class WorkerHealth(ProcessHealth):
 
     def took(self, count: int) -> None:
         with self._lock:
-            self._last_activity = time.monotonic()
+            self._last_activity = self._now()
             self.in_hand += count
 
     def finished(
@@ -273,15 +275,19 @@ class WorkerHealth(ProcessHealth):
         malformed: int = 0,
         released: int = 0,
         orphaned: int = 0,
+        retry_in: float = 0.0,
     ) -> None:
         """Count settled deliveries; each is exactly one of these outcomes.
 
         ``failed`` tasks got an error result and a dead letter; ``malformed`` messages
         and ``orphaned`` tasks (their master is gone) only a dead letter; ``released``
-        ones went back to the queue unprocessed.
+        ones went back to the queue unprocessed. ``retry_in``: seconds until the latest
+        of the ``retried`` tasks' next attempts is due (see :meth:`idle_for`).
         """
         with self._lock:
-            self._last_activity = time.monotonic()
+            self._last_activity = now = self._now()
+            if retry_in > 0:
+                self._retry_due = max(self._retry_due, now + retry_in)
             self.tasks_ok += ok
             self.tasks_failed += failed
             self.tasks_retried += retried
@@ -289,16 +295,20 @@ class WorkerHealth(ProcessHealth):
             self.in_hand -= ok + failed + retried + malformed + released + orphaned
 
     def idle_for(self) -> float:
-        """Seconds since a task was last taken or finished (0 while tasks are in hand)."""
+        """Seconds since a task was last taken or finished, or since the last retry this
+        worker published fell due: 0 while tasks are in hand or such a retry waits out
+        its delay (it is work to come, which ``--exit-when-idle`` must not walk away from)."""
         with self._lock:
-            return 0.0 if self.in_hand else time.monotonic() - self._last_activity
+            if self.in_hand:
+                return 0.0
+            return max(0.0, self._now() - max(self._last_activity, self._retry_due))
 
     def snapshot(self) -> HealthSnapshot:
         with self._lock:
             return HealthSnapshot(
                 connected=bool(self._up),
                 started_at=self.started_at,
-                last_activity_age=time.monotonic() - self._last_activity,
+                last_activity_age=self._now() - self._last_activity,
                 tasks_ok=self.tasks_ok,
                 tasks_failed=self.tasks_failed,
                 tasks_retried=self.tasks_retried,

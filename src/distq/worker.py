@@ -467,5 +467,8 @@ class Worker:
         counts: dict[str, int] = {"ok": 0, "failed": 0, "retried": 0, "malformed": 0, "orphaned": 0}
         for ending in endings:
             counts[ending.outcome] += 1
-        self.health.finished(released=released, **counts)
+        retry_in = 0.0  # a retry due later keeps --exit-when-idle waiting for it
+        if counts["retried"]:
+            retry_in = max(e.settlement.retry_delay for e in endings if e.outcome == "retried")
+        self.health.finished(released=released, retry_in=retry_in, **counts)
         self.telemetry.settled(endings, released)

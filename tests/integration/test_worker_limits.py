@@ -20,7 +20,7 @@ import pytest
 from conftest import Target
 from distq.config import Settings
 from distq.console import Console
-from distq.envelope import Task
+from distq.envelope import Task, new_id
 from distq.tasks import Registry
 from distq.timelimits import TimeLimits
 from distq.transport import Transport, open_transport
@@ -130,6 +130,36 @@ def test_a_long_task_does_not_hold_the_tasks_fetched_behind_it(transport: Transp
 
 
 # -- end to end, every transport ---------------------------------------------------
+
+
+def test_a_worker_idle_while_its_retry_waits_out_the_delay_does_not_exit(
+    hosted: Transport, remote: Transport
+) -> None:
+    """On every transport: attempt 2 fails and attempt 3 waits 1 s in the broker; a
+    worker that exits after 0.2 s idle runs it first instead of walking away (without
+    that, it exits before the retry is due on every transport)."""
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    registry = Registry()
+    calls: list[int] = []
+
+    def flaky(n: int) -> int:
+        calls.append(n)
+        if len(calls) == 1:
+            raise ValueError(f"first call with {n} fails")
+        return n * n
+
+    registry.register("flaky", flaky)
+    # at attempt 2, as if attempt 1 had failed elsewhere: the next retry waits 1 s
+    task = Task(name="flaky", args=[7], reply_to=producer.reply_to, attempt=2, max_attempts=3)
+    producer.submit([task.encode()])
+    out = io.StringIO()
+    assert _worker(remote, registry, out, exit_when_idle=0.2).run() == 0
+    said = out.getvalue()
+    assert "attempt 2/3 failed (ValueError: first call with 7 fails); retrying in 1 s" in said
+    results = results_of(producer, 1, within=2)
+    assert [(r.status, r.attempt, r.value) for r in results] == [("ok", 3, 49)], said
+    assert re.search(r"^worker exit\. 1 ok, 0 failed for good, 1 retried, ", said, re.M), said
+    producer.close()
 
 
 def test_sigterm_hands_back_a_task_that_outlasts_the_drain(target: Target) -> None:

@@ -138,6 +138,30 @@ def test_a_worker_is_ready_only_while_every_slot_is_connected() -> None:
     assert health.ready().ok
 
 
+def test_a_worker_is_not_idle_while_a_retry_it_published_waits_out_its_delay() -> None:
+    """``--exit-when-idle`` counts from the later of the last task taken or finished and
+    the moment the latest retry this worker published falls due."""
+    clock = Clock()
+    health = WorkerHealth(clock=clock)
+    health.took(3)
+    assert health.idle_for() == 0.0  # tasks in hand
+    clock.now += 1.0
+    health.finished(ok=1, retried=1, retry_in=2.0)  # due 2 s from now
+    clock.now += 0.5
+    health.finished(retried=1, retry_in=0.5)  # due sooner: the later one still counts
+    clock.now += 0.5
+    assert health.in_hand == 0
+    assert health.idle_for() == 0.0  # 0.5 s after the last finish, the first retry not due
+    clock.now += 1.0
+    assert health.idle_for() == 0.0  # the first retry falls due now
+    clock.now += 0.25
+    assert health.idle_for() == pytest.approx(0.25)  # counted from when it fell due
+    health.took(1)
+    health.finished(ok=1)  # a task without a retry moves only the last activity
+    clock.now += 0.1
+    assert health.idle_for() == pytest.approx(0.1)
+
+
 # -- the HTTP endpoint ------------------------------------------------------------------
 
 

@@ -41,7 +41,7 @@ def test_a_worker_settles_every_kind_of_task_and_exits_when_idle(transport: Tran
     registry = Registry()
     registry.register("boom", boom)
     out = io.StringIO()
-    # idle for 1 s: twice the retry's delay; a short poll so the exit follows soon after
+    # idle for 1 s (counted from when the retry falls due); a short poll so the exit follows soon
     options = WorkerOptions(
         concurrency=2, exit_when_idle=1.0, worker_id="w", heartbeat_interval=0.3
     )
