@@ -135,8 +135,8 @@ def test_a_long_task_does_not_hold_the_tasks_fetched_behind_it(transport: Transp
 def test_a_worker_idle_while_its_retry_waits_out_the_delay_does_not_exit(
     hosted: Transport, remote: Transport
 ) -> None:
-    """On every transport: attempt 2 fails and attempt 3 waits 1 s in the broker; a
-    worker that exits after 0.2 s idle runs it first instead of walking away (without
+    """On every transport: attempt 3 fails and attempt 4 waits 2 s in the broker; a
+    worker that exits after 0.5 s idle runs it first instead of walking away (without
     that, it exits before the retry is due on every transport)."""
     producer = hosted.producer(hosted.reply_queue(new_id()))
     registry = Registry()
@@ -149,15 +149,15 @@ def test_a_worker_idle_while_its_retry_waits_out_the_delay_does_not_exit(
         return n * n
 
     registry.register("flaky", flaky)
-    # at attempt 2, as if attempt 1 had failed elsewhere: the next retry waits 1 s
-    task = Task(name="flaky", args=[7], reply_to=producer.reply_to, attempt=2, max_attempts=3)
+    # at attempt 3, as if two attempts had failed elsewhere: the next retry waits 2 s
+    task = Task(name="flaky", args=[7], reply_to=producer.reply_to, attempt=3, max_attempts=4)
     producer.submit([task.encode()])
     out = io.StringIO()
-    assert _worker(remote, registry, out, exit_when_idle=0.2).run() == 0
+    assert _worker(remote, registry, out, exit_when_idle=0.5).run() == 0
     said = out.getvalue()
-    assert "attempt 2/3 failed (ValueError: first call with 7 fails); retrying in 1 s" in said
+    assert "attempt 3/4 failed (ValueError: first call with 7 fails); retrying in 2 s" in said
     results = results_of(producer, 1, within=2)
-    assert [(r.status, r.attempt, r.value) for r in results] == [("ok", 3, 49)], said
+    assert [(r.status, r.attempt, r.value) for r in results] == [("ok", 4, 49)], said
     assert re.search(r"^worker exit\. 1 ok, 0 failed for good, 1 retried, ", said, re.M), said
     producer.close()
 
