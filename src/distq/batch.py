@@ -11,7 +11,9 @@ which takes its deliveries one by one and runs them, and the worker's keeper, wh
 take back those not started (the task running now is long) or give up on the task
 running (past its time limit). Each delivery is taken by exactly one of them: they pop
 it from one deque (atomic in CPython), and the task running is ended by whoever first
-pops its one-element *claim*.
+pops its one-element *claim*. A task that returns past its limit before the keeper saw
+it (the keeper was held up: the function held the GIL, or the process was starved) is
+the slot's to end, and it fails that attempt all the same (``late``).
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ class Batch:
 
 
 Run = Callable[[Delivery, Batch], Ending | None]
+#: How a task that returned ``ran`` seconds after it started, past its limit, ends.
+Late = Callable[[Delivery, "Running", float], Ending]
 
 
 class Running(NamedTuple):
@@ -140,6 +144,7 @@ def run_batch(
     stopping: threading.Event,
     abort: threading.Event,
     budget: float = HAND_BACK_AFTER_SECONDS,
+    late: Late | None = None,
 ) -> list[Ending]:
     """Run the batch's deliveries in order as far as it goes; the rest stay in ``waiting``.
 
@@ -147,7 +152,9 @@ def run_batch(
     least), after one task when ``stopping`` (a warm stop) is set, at once on ``abort``
     (a cold stop), before a task whose master is to be asked (``run`` returns None:
     the delivery goes back to the front of ``waiting``), and when the keeper gave up
-    on the task that ran (``batch.abandoned``: its ending is the keeper's).
+    on the task that ran (``batch.abandoned``: its ending is the keeper's). A task with
+    a time limit that returned past it, the keeper not having ended it, ends as ``late``
+    says instead of as it returned.
     """
     endings = batch.endings
     started = time.perf_counter()
@@ -162,7 +169,7 @@ def run_batch(
             break
         claim = batch.claim = [delivery]
         ending = run(delivery, batch)
-        batch.running = None
+        running, batch.running = batch.running, None  # this task's, if it has a limit
         try:
             claim.pop()
         except IndexError:  # the keeper ended it first: past its time limit
@@ -171,5 +178,9 @@ def run_batch(
         if ending is None:
             batch.waiting.appendleft(delivery)
             break
+        if running is not None and late is not None:
+            took = time.monotonic() - running.started
+            if took > running.limit:
+                ending = late(delivery, running, took)
         endings.append(ending)
     return endings

@@ -24,7 +24,8 @@ is not stopped: the keeper settles the attempt, hands back the batch's tasks not
 started, and gives the slot a new thread with the same consumer. The old thread runs
 on until the function returns, and its result is dropped; a function that never
 returns keeps its thread (memory, and CPU if it computes) for the life of the process.
-The worker says how many such threads it has left behind.
+The worker says how many such threads it has left behind. A task that returns past its
+limit before the keeper acted (:meth:`Worker._late`) fails that attempt too.
 
 Shutdown, sized for Kubernetes' ``terminationGracePeriodSeconds`` (default 30 s): the
 first SIGTERM/SIGINT is warm (stop fetching, finish the task running in each slot, hand
@@ -394,7 +395,7 @@ class Worker:
     def _run(self, slot: _Slot, batch: Batch) -> None:
         """Run the batch, asking the broker about any master not known alive on the way."""
         while True:
-            run_batch(batch, self.runner.gated, self._stopping, self._abort)
+            run_batch(batch, self.runner.gated, self._stopping, self._abort, late=self._late)
             name, batch.unchecked = batch.unchecked, None
             if name is None or batch.abandoned:
                 return
@@ -404,6 +405,17 @@ class Worker:
                 gone = slot.consumer.gone([name])
             self.masters.learn([name], gone)
             batch.gone |= gone
+
+    def _late(self, delivery: Delivery, running: Running, took: float) -> Ending:
+        """A task that returned past its time limit before the keeper ended it (the keeper
+        was held up: the function held the GIL, or the process was starved): that attempt
+        fails all the same, and its value is dropped."""
+        ending = self.runner.endings.timed_out(
+            delivery, running.task, running.limit, time.time() - took, took
+        )
+        assert ending.note is not None
+        self.console.error(f"{ending.note}; it returned after {took:.2f} s, its value dropped")
+        return ending
 
     def _connect(self, slot: _Slot) -> Consumer | None:
         """A new consumer for the slot; None (after a backoff wait) while the broker is away."""

@@ -84,6 +84,29 @@ def test_a_task_past_its_time_limit_fails_that_attempt_and_the_slot_goes_on(
     producer.close()
 
 
+def test_a_task_that_returns_past_its_limit_before_the_keeper_acts_fails_that_attempt(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper held up (a function that holds the GIL past its limit, a starved
+    process): the task returns past its limit, and the slot fails that attempt itself."""
+    monkeypatch.setattr(Worker, "_give_up", lambda *args: None)  # the keeper never acts
+    producer = transport.producer(REPLY)
+    registry = Registry()
+    registry.register("nap", _nap, time_limit=0.2)
+    task = Task(name="nap", args=[0.6], reply_to=REPLY, max_attempts=1)
+    producer.submit([task.encode()])
+    out = io.StringIO()
+    assert _worker(transport, registry, out, exit_when_idle=0.5).run() == 0
+    said = out.getvalue()
+    results = results_of(producer, 1, within=5)
+    assert [(r.status, r.attempt, r.error_type) for r in results] == [
+        ("error", 1, "TimeLimitExceeded")
+    ], said
+    assert re.search(r"ran past its time limit of 0\.2 s.*; it returned after \d+\.\d\d s", said)
+    assert re.search(r"^worker exit\. 0 ok, 1 failed for good, ", said, re.M), said
+    producer.close()
+
+
 def test_the_setting_overrides_a_limit_given_at_registration(transport: Transport) -> None:
     producer = transport.producer(REPLY)
     registry = Registry()

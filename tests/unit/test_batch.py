@@ -9,6 +9,7 @@ from distq.batch import (
     TARGET_BATCH_SECONDS,
     Batch,
     BatchSizer,
+    Running,
     run_batch,
 )
 from distq.ending import Ending
@@ -136,6 +137,35 @@ def test_the_keeper_and_the_slot_never_both_end_a_task() -> None:
     late = Batch(deliveries(1), limits=limits)
     run_batch(late, lambda d, g: (g.admit(task()), ran(d))[1], never, never)
     assert late.running is None and not late.abandoned
+
+
+def test_a_task_that_returns_past_its_limit_unseen_by_the_keeper_ends_late() -> None:
+    """No keeper acts here, as when the function held the GIL past its limit: the slot
+    ends a task that returned past its limit as ``late`` says; a task within its limit,
+    or one without a limit, ends as it returned."""
+    never = threading.Event()
+    limits = TimeLimits(per_name=(("nap", 0.05),))
+    names, seconds = {0: "nap", 1: "nap", 2: "square"}, {0: 0.0, 1: 0.15, 2: 0.15}
+    lates: list[tuple[object, float, float]] = []
+
+    def run(delivery: Delivery, gate: Batch) -> Ending:
+        index = int(delivery.body)
+        assert gate.admit(task(name=names[index]))
+        return ran(delivery, seconds=seconds[index])
+
+    def late(delivery: Delivery, running: Running, took: float) -> Ending:
+        lates.append((delivery.tag, running.limit, took))
+        return Ending(Settlement(delivery), "retried")
+
+    batch = Batch(deliveries(3), limits=limits)
+    endings = run_batch(batch, run, never, never, budget=ROOMY, late=late)
+    assert [(e.settlement.delivery.tag, e.outcome) for e in endings] == [
+        (0, "ok"),
+        (1, "retried"),
+        (2, "ok"),
+    ]
+    assert [(tag, limit) for tag, limit, _ in lates] == [(1, 0.05)] and lates[0][2] >= 0.15
+    assert batch.running is None and not batch.abandoned
 
 
 def test_unstarted_tasks_are_taken_by_one_side_only() -> None:
