@@ -118,7 +118,7 @@ class Batch:
 
 
 Run = Callable[[Delivery, Batch], Ending | None]
-#: How a task that returned ``ran`` seconds after it started, past its limit, ends.
+#: The ending of a task that returned ``took`` seconds after it started, past its limit.
 Late = Callable[[Delivery, "Running", float], Ending]
 
 
