@@ -20,6 +20,7 @@ import redis
 
 from conftest import Target
 from distq.config import Settings
+from distq.ending import retry_delay
 from distq.envelope import DeadLetter, new_id
 from distq.errors import AuthenticationFailed, ConnectionFailed
 from distq.transport import Delivery, Settlement, Transport, open_transport
@@ -294,6 +295,29 @@ def test_retry_waits_its_delay(hosted: Transport, remote: Transport) -> None:
     (again,) = fetch_n(consumer, 1, within=10)
     assert again.body == b"try-2"
     assert time.monotonic() - started >= 1.2
+
+
+def test_a_retry_waiting_out_its_delay_counts_as_ready(
+    hosted: Transport, remote: Transport
+) -> None:
+    """``stats().ready`` counts retries waiting out their delay (the queue-depth gauge
+    and ``distq status`` say so), at every delay of the backoff schedule."""
+    producer = hosted.producer(hosted.reply_queue("retry-counted"))
+    delays = [retry_delay(attempt) for attempt in range(1, 8)]  # 0.5 s ... 30 s
+    producer.submit([f"try-{i}".encode() for i in range(len(delays))])
+    consumer = remote.consumer("c1")
+    deliveries = fetch_n(consumer, len(delays))
+    assert hosted.stats().ready == 0
+    retries = [
+        Settlement(delivery, retry=b"again-" + delivery.body, retry_delay=delay)
+        for delivery, delay in zip(deliveries, delays, strict=True)
+    ]
+    consumer.settle(retries[3:4])  # 4 s: delays before and after it have no retry yet
+    assert hosted.stats().ready == 1
+    consumer.settle(retries[:3] + retries[4:])
+    consumer.close()  # nothing comes back to it: the 0.5 s retry stays ready
+    assert hosted.stats().ready == len(delays)
+    producer.close()
 
 
 def test_dead_letters_keep_body_and_reason_oldest_first_and_stay(

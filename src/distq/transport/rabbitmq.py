@@ -116,6 +116,7 @@ import pika.exceptions
 from distq import tls
 from distq.config import MESSAGE_BATCH, Settings
 from distq.credentials import mask_url
+from distq.ending import retry_delay
 from distq.envelope import DeadLetter
 from distq.errors import (
     AuthenticationFailed,
@@ -382,6 +383,32 @@ def _exists(connection: Any, queue: str) -> bool:
     return True
 
 
+def _retrying(connection: Any, queue: str) -> int:
+    """Messages in ``queue``'s retry queues (``Q.retry.<ms>``) of the backoff schedule.
+
+    Asked on channels of their own: a queue that does not exist (no retry of that delay
+    in the last hour) closes the channel that asked, with a 404. A passive declare
+    counts as using a queue, so one that exists stays while its counts are read.
+    """
+    total = 0
+    channel = connection.channel()
+    try:
+        for ms in RETRY_DELAYS_MS:
+            try:
+                method = channel.queue_declare(f"{queue}.retry.{ms}", passive=True).method
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                channel = connection.channel()
+                continue
+            total += int(method.message_count)
+    finally:
+        with contextlib.suppress(*_PikaError):
+            if channel.is_open:
+                channel.close()
+    return total
+
+
 def _receive_until(connection: Any, buffer: deque[Any], wanted: int, timeout: float) -> list[Any]:
     """Up to ``wanted`` items from ``buffer``, filled by the connection's callbacks.
 
@@ -614,14 +641,18 @@ class RabbitMQTransport(Transport):
     def stats(self) -> QueueStats:
         """``ready`` and ``dead`` from passive declares; ``in_flight`` is partial.
 
-        AMQP does not report unacknowledged counts (only the management plugin does), so
-        ``in_flight`` counts the deliveries held by this process's consumers.
+        ``ready`` counts the task queue and the retry queues of distq's backoff schedule
+        (:data:`RETRY_DELAYS_MS`): retries waiting out their delay, as on the other
+        transports. AMQP does not report unacknowledged counts (only the management
+        plugin does), so ``in_flight`` counts the deliveries held by this process's
+        consumers.
         """
 
         def counts(channel: Any) -> tuple[int, int, int]:
             tasks = channel.queue_declare(self.queue, passive=True).method
             dead = channel.queue_declare(self.dead_queue, passive=True).method.message_count
-            return int(tasks.message_count), int(dead), int(tasks.consumer_count)
+            retrying = _retrying(channel.connection, self.queue)
+            return int(tasks.message_count) + retrying, int(dead), int(tasks.consumer_count)
 
         ready, dead, consumers = self._with_admin("reading queue counts", counts)
         held = sum(c.held for c in list(self._children) if isinstance(c, RabbitMQConsumer))
@@ -1121,3 +1152,8 @@ class PrefetchWindow:
 
 def _delay_ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+#: The delays of distq's retries (:func:`distq.ending.retry_delay`, 0.5 s to 30 s), in
+#: ms: the names of the retry queues a worker declares, which ``stats`` counts as ready.
+RETRY_DELAYS_MS = tuple(sorted({_delay_ms(retry_delay(attempt)) for attempt in range(1, 64)}))
