@@ -54,9 +54,16 @@ class StatsSampler:
                 return
 
     def sample(self) -> QueueStats | None:
-        """One sample: the counts, or None when the broker failed (readiness says why)."""
+        """One sample: the counts, or None when the broker failed (readiness says why).
+
+        Without metrics to feed (a worker's sampler) it only asks the broker to answer
+        (:meth:`~distq.transport.base.Transport.ping`), and returns None.
+        """
         try:
             with self.link.call():
+                if self.metrics is None and self.management is None:
+                    self.transport.ping()
+                    return None
                 stats = self.transport.stats()
         except Exception:
             if self.metrics is not None:

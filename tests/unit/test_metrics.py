@@ -428,6 +428,30 @@ class Counts(Transport):
         pass
 
 
+def test_a_workers_sampler_only_pings_the_broker() -> None:
+    """Without metrics to feed (a worker's), the sampler asks the broker to answer
+    (``ping``), not for counts: RabbitMQ's count the retry queues too."""
+    pinged: list[bool] = []
+
+    class Pinged(Counts):
+        def ping(self) -> None:
+            pinged.append(True)
+            if isinstance(self.answer, Exception):
+                raise self.answer
+
+        def stats(self) -> QueueStats:
+            raise AssertionError("a worker's sampler asks for no counts")
+
+    transport, readiness = Pinged(), Readiness()
+    sampler = StatsSampler(transport, 60, readiness.link("broker"))
+    assert sampler.sample() is None and pinged == [True]
+    assert readiness.check().ok
+    refused = "RabbitMQ at 127.0.0.1:5672: Connection refused"
+    transport.answer = TransportError(refused)
+    assert sampler.sample() is None
+    assert readiness.check().body["reason"] == f"broker: {refused}"
+
+
 def test_the_sampler_feeds_the_gauges_and_the_brokers_readiness() -> None:
     transport, metrics, readiness = Counts(), MasterMetrics("stub", "q"), Readiness()
     sampler = StatsSampler(transport, 60, readiness.link("broker"), metrics)

@@ -294,6 +294,12 @@ class Transport(abc.ABC):
     def stats(self) -> QueueStats:
         """Ready, in-flight and dead counts of this transport's queue."""
 
+    def ping(self) -> None:
+        """Raise (a :class:`~distq.errors.TransportError`) unless the broker answers: a
+        worker's readiness asks this every heartbeat. :meth:`stats`, unless a transport
+        has a cheaper question."""
+        self.stats()
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release every connection this transport opened."""

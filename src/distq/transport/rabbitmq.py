@@ -638,6 +638,13 @@ class RabbitMQTransport(Transport):
             for task in task_bodies(props.type, body)
         ]
 
+    def ping(self) -> None:
+        """One passive declare of the task queue: not :meth:`stats`'s retry queues."""
+        self._with_admin("checking the task queue", self._declare_passively)
+
+    def _declare_passively(self, channel: Any) -> None:
+        channel.queue_declare(self.queue, passive=True)
+
     def stats(self) -> QueueStats:
         """``ready`` and ``dead`` from passive declares; ``in_flight`` is partial.
 
