@@ -38,13 +38,14 @@ queue                   arguments                                      holds
 
 One queue per retry delay, because RabbitMQ expires messages only at the head of a
 queue: a 0.5 s retry never waits behind a 60 s one. Retry queues go away an hour after
-their last use. A master's reply queue (named by :meth:`RabbitMQTransport.reply_queue`)
-is durable so results outlive a broker restart; ``Producer.close`` deletes it, and
-``x-expires`` removes it ``Settings.master_ttl`` after its master's consumer went away
-(the master died, or lost the broker for that long). Workers treat a task whose reply
-queue is missing, or not named like one, as its master's that is gone
-(:meth:`RabbitMQConsumer.gone`), and publish results only to names like one: a publish
-to a missing queue is dropped by the broker and never creates it.
+their last use (``stats``, which counts their messages as ready, is a use). A master's
+reply queue (named by :meth:`RabbitMQTransport.reply_queue`) is durable so results
+outlive a broker restart; ``Producer.close`` deletes it, and ``x-expires`` removes it
+``Settings.master_ttl`` after its master's consumer went away (the master died, or lost
+the broker for that long). Workers treat a task whose reply queue is missing, or not
+named like one, as its master's that is gone (:meth:`RabbitMQConsumer.gone`), and
+publish results only to names like one: a publish to a missing queue is dropped by the
+broker and never creates it.
 
 Leases: a delivery stays unacknowledged on its consumer's channel until settled or
 released. A consumer's connection heartbeat is ``max(1, round(lease_seconds))`` s, so
