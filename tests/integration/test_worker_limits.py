@@ -23,7 +23,7 @@ from distq.console import Console
 from distq.envelope import Task, new_id
 from distq.tasks import Registry
 from distq.timelimits import TimeLimits
-from distq.transport import Transport, open_transport
+from distq.transport import Producer, Transport, open_transport
 from distq.worker import Worker, WorkerOptions
 from launch import free_port
 from procs import Distq
@@ -50,6 +50,15 @@ def _worker(transport: Transport, registry: Registry, out: io.StringIO, **option
 def _nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+def _a_nap_past_its_limit(transport: Transport) -> tuple[Producer, Registry]:
+    """A 0.6 s nap submitted (one attempt), registered with a time limit of 0.2 s."""
+    producer = transport.producer(REPLY)
+    registry = Registry()
+    registry.register("nap", _nap, time_limit=0.2)
+    producer.submit([Task(name="nap", args=[0.6], reply_to=REPLY, max_attempts=1).encode()])
+    return producer, registry
 
 
 def test_a_task_past_its_time_limit_fails_that_attempt_and_the_slot_goes_on(
@@ -90,11 +99,7 @@ def test_a_task_that_returns_past_its_limit_before_the_keeper_acts_fails_that_at
     """The keeper held up (a function that holds the GIL past its limit, a starved
     process): the task returns past its limit, and the slot fails that attempt itself."""
     monkeypatch.setattr(Worker, "_give_up", lambda *args: None)  # the keeper never acts
-    producer = transport.producer(REPLY)
-    registry = Registry()
-    registry.register("nap", _nap, time_limit=0.2)
-    task = Task(name="nap", args=[0.6], reply_to=REPLY, max_attempts=1)
-    producer.submit([task.encode()])
+    producer, registry = _a_nap_past_its_limit(transport)
     out = io.StringIO()
     assert _worker(transport, registry, out, exit_when_idle=0.5).run() == 0
     said = out.getvalue()
@@ -108,11 +113,7 @@ def test_a_task_that_returns_past_its_limit_before_the_keeper_acts_fails_that_at
 
 
 def test_the_setting_overrides_a_limit_given_at_registration(transport: Transport) -> None:
-    producer = transport.producer(REPLY)
-    registry = Registry()
-    registry.register("nap", _nap, time_limit=0.2)
-    task = Task(name="nap", args=[0.6], reply_to=REPLY, max_attempts=1)
-    producer.submit([task.encode()])
+    producer, registry = _a_nap_past_its_limit(transport)
     out = io.StringIO()
     limits = TimeLimits.parse("nap=5")
     assert _worker(transport, registry, out, exit_when_idle=0.5, time_limits=limits).run() == 0
