@@ -27,6 +27,12 @@ E = TypeVar("E")
 OnResult = Callable[[Result, E, float], None]
 
 
+#: How many answered task ids a collector remembers at least (to count a late copy as a
+#: duplicate): far more than arrive within a lease or two.
+REMEMBER = 100_000
+#: How many round trips a collector's sample keeps at least (and at most twice as many).
+SAMPLE = 100_000
+
 #: A task submitted and not answered yet: (entry, time.perf_counter() at submit); a
 #: tuple, the cheapest record to make once per task.
 Pending = tuple[E, float]
@@ -42,6 +48,12 @@ class Collector(Generic[E]):
     :attr:`malformed` and go to ``on_malformed``. Round trips (submit to first result)
     are kept in :attr:`latencies`, in seconds. One thread at a time: the one that owns
     the producer.
+
+    Memory stays bounded however long it runs (a master in ``--rate`` mode, an executor
+    kept open): it remembers the ids of the last ``remember`` to ``2 * remember``
+    answered tasks (a copy of an older one is dropped as a stranger's, not counted as a
+    duplicate) and a sample of at most ``2 * SAMPLE`` round trips (every one, until
+    there are more: then every second, fourth, ... spread evenly over the whole run).
     """
 
     def __init__(
@@ -50,25 +62,25 @@ class Collector(Generic[E]):
         on_malformed: Callable[[EnvelopeError], None] | None = None,
         telemetry: MasterTelemetry | None = None,
         codec: Codec | None = None,
+        remember: int = REMEMBER,
     ) -> None:
         self._on_result, self._on_malformed = on_result, on_malformed
         self._telemetry = telemetry or MasterTelemetry()
         self._codec = codec or Codec()
         self._pending: dict[str, Pending[E]] = {}
+        # answered ids in two generations: the current one, and the one before it
         self._finished: set[str] = set()
+        self._finished_before: set[str] = set()
+        self._remember = remember
+        self.finished = 0  # tasks whose first result was handed on
         self.duplicates = 0
         self.malformed = 0
-        self.latencies: list[float] = []
+        self.latencies = Sample()
 
     @property
     def outstanding(self) -> int:
         """Tasks expected and not answered yet."""
         return len(self._pending)
-
-    @property
-    def finished(self) -> int:
-        """Tasks whose first result was handed on."""
-        return len(self._finished)
 
     def is_waiting(self, task_id: str) -> bool:
         """Whether ``task_id`` was expected and has no result yet."""
@@ -124,11 +136,13 @@ class Collector(Generic[E]):
         received: list[Received] = []  # for telemetry, when tracked: in the order they came
         # once per result: looked up once per call
         open_results, pop, finish = self._codec.open_results, self._pending.pop, self._finished.add
-        latency, on_result, decode = self.latencies.append, self._on_result, Result.decode
+        on_result, decode = self._on_result, Result.decode
+        round_trips: list[float] = []
+        latency = round_trips.append
         for result in _results(bodies, open_results, decode, self._refused):
             pending = pop(result.task_id, None)
             if pending is None:
-                if result.task_id in self._finished:
+                if result.task_id in self._finished or result.task_id in self._finished_before:
                     self.duplicates += 1
                     if tracked:
                         received.append((result, None))
@@ -141,6 +155,11 @@ class Collector(Generic[E]):
                 received.append((result, round_trip))
             firsts += 1
             on_result(result, entry, round_trip)
+        self.finished += firsts
+        if round_trips:
+            self.latencies.extend(round_trips)
+        if len(self._finished) >= self._remember:  # a new generation; the oldest goes
+            self._finished_before, self._finished = self._finished, set()
         telemetry.collected(len(self._pending), received)
         return firsts
 
@@ -148,6 +167,31 @@ class Collector(Generic[E]):
         self.malformed += 1
         if self._on_malformed is not None:
             self._on_malformed(error)
+
+
+class Sample(list[float]):
+    """Round trips: every one while there are fewer than ``2 * SAMPLE``; past that, every
+    ``stride``-th one, the stride doubling (and every other one kept dropped) each time
+    the list fills, so the sample spreads evenly over however long a run is."""
+
+    def __init__(self, size: int = SAMPLE) -> None:
+        super().__init__()
+        self.size, self.stride, self._skip = size, 1, 0
+
+    def extend(self, values: Iterable[float], /) -> None:
+        if self.stride == 1:
+            super().extend(values)
+        else:  # every stride-th value, counting on from the last call's
+            values = list(values)
+            super().extend(values[self._skip :: self.stride])
+            self._skip = (self._skip - len(values)) % self.stride
+        while len(self) >= 2 * self.size:
+            # kept: every stride-th value from the first; now every (2 * stride)-th, so
+            # the next one to keep moves on by a stride when an odd number were kept
+            if len(self) % 2:
+                self._skip += self.stride
+            del self[1::2]
+            self.stride *= 2
 
 
 def _results(

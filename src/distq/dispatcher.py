@@ -24,7 +24,7 @@ from distq.collector import Collector
 from distq.config import MESSAGE_BATCH
 from distq.envelope import Result, Task
 from distq.errors import BrokenExecutor, EnvelopeError, RemoteError, TaskTimeout
-from distq.futures import DistqFuture
+from distq.futures import Callbacks, DistqFuture
 from distq.transport import Producer, Transport
 
 log = logging.getLogger("distq.executor")
@@ -74,9 +74,11 @@ class Dispatcher(threading.Thread):
     threads only :meth:`put` commands (and wait for a cancel's answers).
     """
 
-    def __init__(self, transport: Transport, producer: Producer, codec: Codec) -> None:
+    def __init__(
+        self, transport: Transport, producer: Producer, codec: Codec, callbacks: Callbacks
+    ) -> None:
         super().__init__(name="distq-executor", daemon=True)
-        self.transport, self.producer = transport, producer
+        self.transport, self.producer, self.callbacks = transport, producer, callbacks
         self.collector: Collector[Entry] = Collector(
             self._on_result, self._on_malformed, codec=codec
         )
@@ -84,6 +86,7 @@ class Dispatcher(threading.Thread):
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards _ended against put()
         self._ended = False
+        self.finishing = False  # told to stop once every future is answered (shutdown)
         self._unsent: dict[str, Entry] = {}  # submitted to us, not yet to the broker
         self._unsent_order: deque[Entry] = deque()  # the same, oldest first (and cancelled)
         self._deadlines: list[tuple[float, str]] = []
@@ -96,6 +99,8 @@ class Dispatcher(threading.Thread):
         with self._lock:
             if self._ended:
                 return False
+            if isinstance(command, Stop) and command.abandon is None:
+                self.finishing = True
             self._commands.put(command)
             return True
 
@@ -126,6 +131,7 @@ class Dispatcher(threading.Thread):
             except Exception as exc:  # closing must not hide why the loop ended
                 log.warning("could not close the executor's producer: %s", exc)
             self.transport.close()
+            self.callbacks.close()  # after the last future was resolved
             running.discard(self)
 
     def _loop(self) -> None:
@@ -231,13 +237,17 @@ class Dispatcher(threading.Thread):
             entry = self._unsent.pop(task_id, None)
             if entry is not None:
                 unsent.append(entry)
-            elif (entry := self.collector.discard(task_id)) is not None:
+            elif (entry := self.collector.entry(task_id)) is not None:
                 sent.append(entry)
         for entry in unsent:
             _time_out(entry, "it was never sent: the executor was still sending earlier tasks")
         if not sent:
             return
-        for entry, gone in zip(sent, self.producer.withdraw([e.body for e in sent]), strict=True):
+        # withdrawn first: if the broker fails meanwhile, they are still waited for, and
+        # the thread's end fails them with BrokenExecutor like every other
+        taken = self.producer.withdraw([e.body for e in sent])
+        for entry, gone in zip(sent, taken, strict=True):
+            self.collector.discard(entry.task.id)
             _time_out(
                 entry,
                 "no worker took it; it was withdrawn from the queue and will not run"
@@ -307,14 +317,21 @@ def _time_out(entry: Entry, why: str) -> None:
     )
 
 
-#: Executors' threads still running: at interpreter exit each handles the commands it has
-#: (a shutdown's cancel_futures, say), then stops without waiting for results.
+#: Executors' threads still running. At interpreter exit, one told to finish (shutdown
+#: with wait=False, or an executor forgotten) is waited for, as concurrent.futures waits
+#: for pending futures; any other handles the commands it has (a shutdown's
+#: cancel_futures, say), then stops without waiting for results.
 running: set[Dispatcher] = set()
 
 
 @atexit.register
 def _stop_at_exit() -> None:
     for dispatcher in list(running):
+        if dispatcher.finishing:
+            dispatcher.join()
+            dispatcher.callbacks.join()
+            continue
         why = "the interpreter is exiting with the executor still open"
         if dispatcher.put(Stop(cancel_futures=False, abandon=why)):
             dispatcher.join(timeout=5)
+            dispatcher.callbacks.join(timeout=5)

@@ -8,9 +8,10 @@ Collector`), retries and dead letters on the workers, leases on the broker.
 
 One background thread owns the transport's producer (pika is not thread-safe):
 ``submit``, ``map`` and ``cancel`` hand it commands through a queue, and it resolves
-the futures, so future callbacks run on that thread (never wait for another future in
-one). With the manager transport the executor hosts the queues, like ``distq master``:
-workers connect to its ``DISTQ_MANAGER_ADDRESS`` while it is open.
+the futures. Their done-callbacks run on a second thread, one at a time in the order
+the futures resolved, so a slow callback delays only the callbacks after it. With the
+manager transport the executor hosts the queues, like ``distq master``: workers connect
+to its ``DISTQ_MANAGER_ADDRESS`` while it is open.
 
 What each way of waiting does:
 
@@ -21,7 +22,8 @@ What each way of waiting does:
   queue where the transport can (see :meth:`DistqFuture.cancel`).
 - A lost broker connection fails every unanswered future with
   :class:`~distq.errors.BrokenExecutor`; so do :meth:`Executor.close` and leaving the
-  interpreter with the executor still open.
+  interpreter with the executor still open. After ``shutdown(wait=False)`` the
+  interpreter waits at exit for the futures, as ``concurrent.futures`` does.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from distq.config import Settings, misspelled
 from distq.dispatcher import Dispatcher, Entry, Stop, Submit, running
 from distq.envelope import MAX_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, ConfigError, EnvelopeError
-from distq.futures import DistqFuture
+from distq.futures import Callbacks, DistqFuture
 from distq.jsonvalue import check_arguments
 from distq.tasks import task_name
 from distq.transport import QueueStats, open_transport
@@ -93,7 +95,8 @@ class Executor(concurrent.futures.Executor):
             self._transport.close()
             raise
         self._codec = Codec.from_settings(self.settings)  # signs tasks, checks results
-        self._dispatcher = Dispatcher(self._transport, producer, self._codec)
+        self._callbacks = Callbacks()
+        self._dispatcher = Dispatcher(self._transport, producer, self._codec, self._callbacks)
         self._lock = threading.Lock()
         self._shutdown = False
         running.add(self._dispatcher)
@@ -151,7 +154,7 @@ class Executor(concurrent.futures.Executor):
                 raise TypeError(f"call {number} of map(): {exc}") from None
         if chunksize == 1:
             futures = self._submit([(name, call, {}, name) for call in calls])
-            return self._results(futures, end, None)
+            return self._results(futures, timeout, end, None)
         chunks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
         futures = self._submit(
             [
@@ -159,21 +162,22 @@ class Executor(concurrent.futures.Executor):
                 for chunk in chunks
             ]
         )
-        return self._results(futures, end, [len(chunk) for chunk in chunks])
+        return self._results(futures, timeout, end, [len(chunk) for chunk in chunks])
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more submissions; once every future is resolved, close the connection.
 
         ``cancel_futures`` cancels every future whose task can still be cancelled (see
         :meth:`DistqFuture.cancel`); ``wait`` returns only when the rest are resolved
-        (set ``task_timeout`` to bound that) and the connection is closed.
+        (set ``task_timeout`` to bound that), their done-callbacks have run and the
+        connection is closed. Without ``wait``, the interpreter waits for them at exit.
         """
         with self._lock:
             first, self._shutdown = not self._shutdown, True
         if first or cancel_futures:
             self._dispatcher.put(Stop(cancel_futures))
-        if wait and threading.current_thread() is not self._dispatcher:
-            self._dispatcher.join()
+        if wait:
+            self._join()
 
     def close(self) -> None:
         """Stop now: cancel what can be cancelled, fail every other unanswered future with
@@ -185,8 +189,14 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             self._shutdown = True
         self._dispatcher.put(Stop(cancel_futures=True, abandon="the executor was closed"))
+        self._join()
+
+    def _join(self) -> None:
+        """Wait for the executor's thread to end, then for the callbacks it handed on
+        (not from one of those threads: a callback may shut its executor down)."""
         if threading.current_thread() is not self._dispatcher:
             self._dispatcher.join()
+        self._callbacks.join()
 
     def _submit(
         self, calls: Sequence[tuple[str, list[Any], Mapping[str, Any], str]]
@@ -205,22 +215,35 @@ class Executor(concurrent.futures.Executor):
                 reply_to=self.reply_to,
                 max_attempts=self.max_attempts,
             )
-            future = DistqFuture(self._dispatcher.cancel, task.id, shown)
+            future = DistqFuture(self._dispatcher.cancel, task.id, shown, self._callbacks)
             entries.append(Entry(task, self._codec.seal_task(task), future, deadline))
         if entries and not self._dispatcher.put(Submit(entries)):
             raise BrokenExecutor(self._dispatcher.broken or "the executor has stopped")
         return [entry.future for entry in entries]
 
     def _results(
-        self, futures: list[DistqFuture], end: float | None, chunks: list[int] | None
+        self,
+        futures: list[DistqFuture],
+        timeout: float | None,
+        end: float | None,
+        chunks: list[int] | None,
     ) -> Generator[Any, None, None]:
-        """Each future's result in order (a chunk's: its list, one by one)."""
+        """Each future's result in order (a chunk's: its list, one by one); past ``end``
+        (``timeout`` s after the map() call), ``TimeoutError``."""
         futures.reverse()  # pop() from the end: each future is dropped once yielded
         sizes = list(reversed(chunks)) if chunks is not None else None
         try:
             while futures:
                 future = futures[-1]
-                value = future.result() if end is None else future.result(end - time.monotonic())
+                if end is None:
+                    value = future.result()
+                else:
+                    try:
+                        value = future.result(max(0.0, end - time.monotonic()))
+                    except TimeoutError:
+                        if future.done():  # the task's own error, a TaskTimeout
+                            raise
+                        raise TimeoutError(f"map(): {future.waiting(timeout)}") from None
                 futures.pop()
                 if sizes is None:
                     yield value

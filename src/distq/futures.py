@@ -1,8 +1,16 @@
-"""The futures an executor hands out: one per task, cancelled through the executor."""
+"""The futures an executor hands out: one per task, cancelled through the executor.
+
+Their done-callbacks run on a thread of their own (:class:`Callbacks`, one per
+executor), not on the executor's thread that resolves them: a slow callback then holds
+up only the callbacks after it, never the results, the broker connection or the
+master's registration that keeps its tasks alive.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
+import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,20 +19,78 @@ from typing import Any
 Cancel = Callable[[list["DistqFuture"]], list[bool]]
 
 
+class Callbacks:
+    """Runs the done-callbacks of an executor's futures, one future at a time, in the
+    order they resolved, on a thread started at the first callback and ended by
+    :meth:`close` once every callback handed to it has run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[DistqFuture | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def put(self, future: DistqFuture) -> None:
+        """Run ``future``'s callbacks on the thread (here, after :meth:`close`)."""
+        with self._lock:
+            if not self._closed:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="distq-executor-callbacks", daemon=True
+                    )
+                    self._thread.start()
+                self._queue.put(future)
+                return
+        future.run_callbacks()  # the thread is gone: run them in the resolving thread
+
+    def close(self) -> None:
+        """No more callbacks to come: the thread ends after the ones it has."""
+        with self._lock:
+            self._closed = True
+            if self._thread is not None:
+                self._queue.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the callbacks handed over so far (from another thread than theirs)."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while (future := self._queue.get()) is not None:
+            future.run_callbacks()
+
+
 class DistqFuture(concurrent.futures.Future[Any]):
     """A :class:`concurrent.futures.Future` for one distq task.
 
     ``task_id`` and ``task_name`` name the task. The future stays pending until the
     task's result arrives (``running()`` is never true: a worker does not say when it
     starts). ``result(timeout)`` and ``exception(timeout)`` raise :class:`TimeoutError`
-    with a message naming the task.
+    with a message naming the task. Done-callbacks run on ``callbacks``' thread.
     """
 
-    def __init__(self, cancel: Cancel, task_id: str, name: str) -> None:
+    def __init__(
+        self, cancel: Cancel, task_id: str, name: str, callbacks: Callbacks | None = None
+    ) -> None:
         super().__init__()
         self.task_id, self.task_name = task_id, name
         self.submitted = time.monotonic()
         self._cancel = cancel
+        self._callbacks = callbacks
+
+    def _invoke_callbacks(self) -> None:
+        """Hand the callbacks to the executor's callback thread (Future calls this once
+        it is done); none: nothing to do, no thread involved."""
+        if self._done_callbacks:  # type: ignore[attr-defined]
+            if self._callbacks is None:
+                self.run_callbacks()
+            else:
+                self._callbacks.put(self)
+
+    def run_callbacks(self) -> None:
+        """Call the done-callbacks, in the order added (a raising one is logged)."""
+        super()._invoke_callbacks()  # type: ignore[misc]
 
     def cancel(self) -> bool:
         """Cancel the task if it has not started; True if the future is now cancelled.
@@ -43,7 +109,7 @@ class DistqFuture(concurrent.futures.Future[Any]):
             return super().result(timeout)
         except TimeoutError:
             if not self.done():
-                raise TimeoutError(self._waiting(timeout)) from None
+                raise TimeoutError(self.waiting(timeout)) from None
             raise
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -51,10 +117,11 @@ class DistqFuture(concurrent.futures.Future[Any]):
             return super().exception(timeout)
         except TimeoutError:
             if not self.done():
-                raise TimeoutError(self._waiting(timeout)) from None
+                raise TimeoutError(self.waiting(timeout)) from None
             raise
 
-    def _waiting(self, timeout: float | None) -> str:
+    def waiting(self, timeout: float | None) -> str:
+        """Why a wait of ``timeout`` s for this future ended without its result."""
         age = time.monotonic() - self.submitted
         return (
             f"no result for task {self.task_name} [{self.task_id}] after waiting "

@@ -112,14 +112,21 @@ class JobReport:
     throughput: float = 0.0
     latency_p50_seconds: float | None = None
     latency_p99_seconds: float | None = None
+    #: what went wrong, oldest first: at most the latest 2 * KEEP_PROBLEMS
     problems: list[str] = field(default_factory=list)
+    #: False when the job never began: its workers did not attach in time (--wait-workers)
+    started: bool = True
 
     @property
     def succeeded(self) -> bool:
-        return self.failed == 0 and self.incorrect == 0 and self.missing == 0
+        return self.started and self.failed == 0 and self.incorrect == 0 and self.missing == 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+
+#: A report keeps at least this many of its latest problems (and at most twice as many).
+KEEP_PROBLEMS = 1000
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -202,7 +209,7 @@ class _Run(Generic[E]):
         if spec.timeout is not None:
             self.deadline = time.perf_counter() + spec.timeout
         if spec.wait_workers and not self._await_workers(spec.wait_workers):
-            self.report.tasks = total or 0
+            self.report.started = False
             return self._finish(0.0)
         start, self.cpu_start = time.perf_counter(), time.process_time()
         next_status = start + spec.status_every
@@ -386,6 +393,8 @@ class _Run(Generic[E]):
                 self.lines.append(self.workload.result_line(result, entry))
             return
         r.problems.append(problem)
+        if len(r.problems) > 2 * KEEP_PROBLEMS:  # --rate runs for days: keep the latest
+            del r.problems[:-KEEP_PROBLEMS]
         self.lines.append(problem)
 
     def _drain(self) -> None:
@@ -412,7 +421,10 @@ class _Run(Generic[E]):
         r.elapsed_seconds = elapsed
         r.cpu_seconds = time.process_time() - self.cpu_start
         r.duplicates = collector.duplicates
-        r.missing = len(waiting) + (r.tasks - self.submitted)
+        if self.spec.tasks is not None:  # the job's size, not what it got to submit
+            r.tasks = self.spec.tasks
+        unsent = r.tasks - self.submitted
+        r.missing = len(waiting) + unsent
         r.throughput = (r.ok + r.failed) / elapsed if elapsed > 0 else 0.0
         if collector.latencies:
             ordered = sorted(collector.latencies)
@@ -425,6 +437,8 @@ class _Run(Generic[E]):
                 f"missing {len(waiting)} results: {', '.join(shown)}"
                 + (f" and {more} more" if more else "")
             )
+        if unsent:
+            r.problems.append(f"{unsent} of {r.tasks} tasks never submitted")
         done = r.ok + r.failed
         if r.succeeded:
             self.console.info(
@@ -433,7 +447,9 @@ class _Run(Generic[E]):
             )
         else:
             reason = "stopped" if self.stop.is_set() else "timed out"
-            if r.missing == 0:
+            if not r.started:
+                reason = "never started"
+            elif r.missing == 0:
                 reason = "finished with errors"
             self.console.info(
                 f"job {reason} after {elapsed:.1f} s: {done} of {r.tasks} results in, "

@@ -8,6 +8,10 @@ queues and the workers connect to it, so an executor is opened before its worker
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -177,6 +181,10 @@ def test_result_timeout_names_the_task_and_the_task_stays_submitted(
     assert 0.4 < time.monotonic() - started < 10
     with pytest.raises(TimeoutError, match=r"after waiting 0\.2 s"):
         next(ex.map(jobs.add, [1], [1], timeout=0.2))
+    results = ex.map(jobs.add, [1], [1], timeout=0.2)
+    time.sleep(0.4)  # the map's time is up before its iterator is asked: still its timeout
+    with pytest.raises(TimeoutError, match=r"^map\(\): no result .* after waiting 0\.2 s"):
+        next(results)
     workers()  # a worker comes: the task was waiting all along
     assert future.result(60) == 42
 
@@ -248,6 +256,73 @@ def test_shutdown_waits_for_results_and_cancel_futures_cancels_what_it_can(
         workers()
         assert [f.result(60) for f in queued] == [0, 2, 4, 6, 8]
     second.shutdown(wait=True)
+
+
+def test_a_slow_done_callback_holds_up_no_result(executor: Open, workers: Workers) -> None:
+    """Callbacks run on a thread of their own: while one takes its time, results still
+    come in (on Redis, the executor's thread also keeps its reply queue registered)."""
+    ex = executor()
+    workers()
+    release = threading.Event()
+    ran: list[object] = []
+
+    def slow(future: concurrent.futures.Future[Any]) -> None:
+        ran.append(threading.current_thread().name)
+        release.wait(60)
+
+    first = ex.submit(jobs.add, 1, 1)
+    first.add_done_callback(slow)
+    try:
+        assert first.result(60) == 2
+        later = ex.submit(jobs.sleep_then, 0.5, "later")
+        later.add_done_callback(lambda f: ran.append(f.result()))
+        # the slow callback holds its thread; before, it held the executor's, and these
+        # results never came
+        assert [ex.submit(jobs.add, i, 1).result(20) for i in range(3)] == [1, 2, 3]
+        assert later.result(20) == "later"
+    finally:
+        release.set()
+    ex.shutdown(wait=True)  # returns once every callback has run, in order
+    assert ran == ["distq-executor-callbacks", "later"]
+
+
+EXITS_AFTER_SHUTDOWN = """
+    import atexit
+    answered = []
+    # registered before distq is imported, so it runs after distq's own exit hook
+    atexit.register(lambda: print(f"answered {len(answered)}", flush=True))
+    import distq
+    import jobs
+    executor = distq.Executor()
+    for i in range(300):
+        executor.submit(jobs.add, i, 1).add_done_callback(lambda f: answered.append(f.result()))
+    executor.shutdown(wait=False)
+    print("shut down, exiting", flush=True)
+"""
+
+
+def test_a_program_that_exits_after_shutdown_without_wait_waits_for_its_futures(
+    target: Target, workers: Workers
+) -> None:
+    """As concurrent.futures: whatever ``wait`` was, the program exits once every
+    pending future is done (before, the tasks not sent yet were dropped at exit)."""
+    env = target.process_env()
+    program = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(EXITS_AFTER_SHUTDOWN)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        workers()
+        out, _ = program.communicate(timeout=90)
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait()
+    assert program.returncode == 0, out
+    assert out.splitlines()[-2:] == ["shut down, exiting", "answered 300"], out
 
 
 def test_leaving_map_early_cancels_the_rest(

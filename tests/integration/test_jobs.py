@@ -304,3 +304,27 @@ def test_wait_workers_gives_up_at_the_timeout(spawn: Spawn) -> None:
     assert master.wait(30) == 1
     assert "only 0 of 1 worker slots attached" in master.output()
     assert "3 missing" in master.output()
+
+
+def test_wait_workers_giving_up_in_rate_mode_fails_the_job(spawn: Spawn) -> None:
+    master = start_master(spawn, "--wait-workers", "1", "--rate", "10", "--timeout", "1")
+    assert master.wait(30) == 1, master.output()  # before: "all 0 results in", exit 0
+    assert "job never started" in master.output()
+    assert "only 0 of 1 worker slots attached" in master.output()
+
+
+def test_a_job_cut_short_counts_the_tasks_it_never_submitted_as_missing(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """--timeout (and a stop) before a paced job has submitted every task fails it: the
+    job is its --tasks, not the tasks it got to submit."""
+    report = tmp_path / "report.json"
+    args = ("--tasks", "200", "--rate", "20", "--timeout", "2", "--report", str(report), "-q")
+    master = start_master(spawn, *args)
+    spawn("worker", "-q")
+    assert master.wait(60) == 1, master.output()  # before: "all 41 results in", exit 0
+    data = json.loads(report.read_text())
+    assert data["tasks"] == 200 and data["ok"] + data["failed"] < 200
+    assert data["missing"] == 200 - data["ok"] - data["failed"], data
+    assert re.search(r"job timed out after .*: \d+ of 200 results in", master.output())
+    assert re.search(r"\d+ of 200 tasks never submitted", master.output())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distq.collector import Collector
+from distq.collector import Collector, Sample
 from distq.envelope import Result, Status
 from distq.errors import EnvelopeError
 from distq.metrics import MasterMetrics
@@ -82,3 +82,33 @@ def test_a_discarded_task_is_no_longer_waited_for_and_its_late_result_is_dropped
     assert collector.outstanding == 1
     assert collector.accept([result("a"), result("b")]) == 1
     assert got == ["entry-b"] and collector.duplicates == 0
+
+
+def test_a_long_run_remembers_only_recent_answers_and_a_bounded_sample_of_round_trips() -> None:
+    """A master in --rate mode or an executor kept open runs for days: what a collector
+    keeps per answered task must stay bounded (remember=2: 2 to 4 ids; SAMPLE 3: 3 to 5
+    round trips)."""
+    got: list[str] = []
+    collector: Collector[None] = Collector(lambda r, _e, _rt: got.append(r.task_id), remember=2)
+    collector.latencies = Sample(3)
+    ids = [f"t{n}" for n in range(40)]
+    for task_id in ids:
+        collector.expect([(task_id, None)])
+        assert collector.accept([result(task_id)]) == 1
+    assert got == ids and collector.finished == 40
+    assert 3 <= len(collector.latencies) < 6  # spread over the whole run, not the last few
+    assert collector.accept([result("t39"), result("t38")]) == 0  # recent: duplicates
+    assert collector.duplicates == 2
+    assert collector.accept([result("t0")]) == 0  # long forgotten: dropped as a stranger's
+    assert collector.duplicates == 2 and got == ids
+
+
+def test_a_sample_keeps_every_round_trip_then_an_even_spread_of_them() -> None:
+    sample = Sample(4)
+    sample.extend([0.0, 1.0, 2.0])
+    assert sample == [0.0, 1.0, 2.0]  # fewer than 2 * 4: every one
+    for start in range(3, 100, 7):  # batches of 7, as results come
+        sample.extend(float(n) for n in range(start, min(start + 7, 100)))
+        assert len(sample) < 8
+        assert sample == [float(n) for n in range(0, start + 7, sample.stride)][: len(sample)]
+    assert sample.stride == 16 and sample == [0.0, 16.0, 32.0, 48.0, 64.0, 80.0, 96.0]
