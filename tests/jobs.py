@@ -4,6 +4,7 @@ for those marked ``@distq.task``."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,21 @@ def always_fail(n: int) -> int:
 
 def echo(value: object) -> object:
     return value
+
+
+def exits(code: int) -> None:
+    """A task that ends its process the wrong way: ``sys.exit`` inside a worker slot."""
+    sys.exit(code)
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("a bug in __str__")
+
+
+def raises_unprintable() -> None:
+    """A task whose exception cannot be turned into text."""
+    raise _Unprintable
 
 
 def flaky(n: int) -> int:

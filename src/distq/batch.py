@@ -101,7 +101,7 @@ class Batch:
             self.unchecked = reply_to
             return None
         if self.limits is not None:
-            limit = self.limits.for_task(task.name)
+            limit = self.limits.of(task)
             if limit is not None:
                 self.running = Running(task, time.monotonic(), limit, self.claim)
         return True

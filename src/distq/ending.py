@@ -9,8 +9,12 @@ only decides.
 - the function returned a JSON value: ``ok``, an ok result;
 - it raised and attempts are left: ``retried``, the next attempt after :func:`retry_delay`;
 - it raised on its last attempt: ``failed``, an error result and a dead letter;
-- it cannot run (unknown name, arguments that do not fit, a value that is not JSON):
-  ``failed`` at once, as no retry would change that;
+- it cannot run (unknown name, arguments that do not fit), or it ran and returned a
+  value it cannot send back (not a JSON value, too large): ``failed`` at once, as no
+  retry would change that;
+- distq's own handling of the task failed (a bug, or input no check foresaw):
+  ``failed`` at once, dead-lettered (:meth:`Endings.unhandled`), never handed back to
+  fail again;
 - the body is not a task envelope, or is refused (unsigned, signed wrongly, over the
   size limit): ``malformed``, a dead letter only (no one to answer), never run;
 - its master is gone (stopped, or died and its reply queue lapsed): ``orphaned``, a dead
@@ -30,6 +34,7 @@ waits for it (an executor's future) can show where. A task sent with ``reply_to`
 from __future__ import annotations
 
 import contextlib
+import math
 import traceback
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
@@ -37,6 +42,7 @@ from typing import Any, Literal, NamedTuple
 from distq.codec import Codec
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError, MessageTooLarge, SignatureError, TimeLimitExceeded
+from distq.jsonvalue import problem
 from distq.limits import OVERSIZED_KEPT_BYTES
 from distq.transport.base import Delivery, Settlement
 
@@ -48,10 +54,29 @@ MAX_TRACEBACK_CHARS = 8000
 
 def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> str:
     """``error``'s traceback as Python prints it, cut to its last ``limit`` characters."""
-    text = "".join(traceback.format_exception(error))
+    text = printable("".join(traceback.format_exception(error)))
     if len(text) > limit:
         text = "... (traceback cut)\n" + text[-limit:]
     return text
+
+
+def describe(error: BaseException) -> str:
+    """``Type: message`` of ``error``, whatever its ``__str__`` does (raises, returns text
+    that is not UTF-8), as text any log or envelope can carry."""
+    try:
+        text = str(error)
+    except Exception:  # a broken __str__, or an int too long to print
+        text = "<exception str() failed>"
+    return printable(f"{type(error).__name__}: {text}")
+
+
+def printable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot carry (unpaired surrogates) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+#: Types of values that are JSON as they are: a result of one of them needs no check.
+_PLAIN = frozenset({int, str, bool, type(None)})
 
 
 def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
@@ -95,13 +120,21 @@ class Endings:
     def ok(
         self, delivery: Delivery, task: Task, value: Any, started_at: float, duration: float
     ) -> Ending:
-        """The function returned ``value``; it fails for good if ``value`` is not JSON."""
+        """The function returned ``value``; it fails for good if ``value`` is not a JSON
+        value (checked as arguments are: JSON would turn a dict's int keys into strings
+        and write NaN, which is not JSON) or its result is too large."""
+        kind = type(value)
+        if kind not in _PLAIN and not (kind is float and math.isfinite(value)):
+            found = problem(value, "its value")
+            if found is not None:
+                error = TypeError(f"{found}; a task must return a JSON value")
+                return self.failed(delivery, task, error, started_at, duration, returned=True)
         result = Result(task.id, "ok", self.worker_id, task.attempt, started_at, duration, value)
         try:
             body = self.codec.encode_result(result)
-        # not JSON, nested too deeply or too large: no retry will change that
+        # too large, or not JSON after all: no retry will change that
         except (TypeError, ValueError, RecursionError, EnvelopeError) as exc:
-            return self.failed(delivery, task, exc, started_at, duration, retryable=False)
+            return self.failed(delivery, task, exc, started_at, duration, returned=True)
         if task.reply_to == NO_REPLY:
             return Ending(Settlement(delivery), "ok", task, started_at, duration)
         settlement = Settlement(delivery, task.reply_to, body)
@@ -116,13 +149,15 @@ class Endings:
         started_at: float,
         duration: float,
         *,
-        retryable: bool,
+        retryable: bool = False,
+        returned: bool = False,
     ) -> Ending:
-        """The task raised ``error`` (``retryable``) or cannot run at all (not retryable).
+        """The task raised ``error`` (``retryable``), cannot run at all, or ``returned`` a
+        value it cannot send back (neither is retried).
 
         The error result of a task that raised carries ``error``'s traceback text.
         """
-        message = f"{type(error).__name__}: {error}"
+        message = describe(error)
         retry = None
         if retryable and task.attempt < task.max_attempts:
             with contextlib.suppress(EnvelopeError):  # a retry over the limit fails for good
@@ -135,11 +170,12 @@ class Endings:
             )
             settlement = Settlement(delivery, retry=retry, retry_delay=delay)
             return Ending(settlement, "retried", task, started_at, duration, note)
-        reason = (
-            f"failed {task.attempt} of {task.max_attempts} attempts; last error: {message}"
-            if retryable
-            else f"cannot run: {message}"
-        )
+        if retryable:
+            reason = f"failed {task.attempt} of {task.max_attempts} attempts; last error: {message}"
+        elif returned:
+            reason = f"ran, but its value cannot be sent back: {message}"
+        else:
+            reason = f"cannot run: {message}"
         error_type = type(error).__name__
         try:
             result = self._result(
@@ -169,6 +205,27 @@ class Endings:
         )
         note = f"task {task.name} {task.id} dead-lettered: {reason}"
         return Ending(settlement, "failed", task, started_at, duration, note)
+
+    def unhandled(self, delivery: Delivery, task: Task, error: Exception) -> Ending:
+        """distq's own handling of ``task`` raised ``error`` (printing its line, making
+        its ending): it fails for good and is dead-lettered with the reason, since handed
+        back it would fail the same way again, over and over; its master gets an error
+        result when one can be made. Nothing here may raise in turn."""
+        reason = f"the worker could not handle it: {describe(error)}"
+        result: bytes | None = None
+        if task.reply_to != NO_REPLY:
+            with contextlib.suppress(Exception):
+                result = self._result(
+                    task, 0.0, 0.0, status="error", error_type="WorkerError", error_message=reason
+                )
+        settlement = Settlement(
+            delivery,
+            reply_to=None if result is None else task.reply_to,
+            result=result,
+            dead_letter=self._dead(delivery.body, reason),
+        )
+        note = f"task {printable(task.name)} {printable(task.id)} dead-lettered: {reason}"
+        return Ending(settlement, "failed", task, 0.0, 0.0, note)
 
     def timed_out(
         self, delivery: Delivery, task: Task, limit: float, started_at: float, duration: float

@@ -163,6 +163,13 @@ def _load(data: bytes | str, kind: str) -> dict[str, Any]:
         raise EnvelopeError(f"{kind} is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise EnvelopeError(f"{kind} must be a JSON object, got {type(obj).__name__}")
+    try:  # json accepts an unpaired surrogate escape (msgspec does not): no text can hold it
+        json.dumps(obj, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise EnvelopeError(
+            f"{kind} has an unpaired UTF-16 surrogate escape (\\ud800 to \\udfff alone), "
+            "which is not a character: a sender must escape a character outside the BMP as a pair"
+        ) from None
     if obj.get("v") != VERSION:
         raise EnvelopeError(f"{kind} has envelope version {obj.get('v')!r}, expected {VERSION}")
     return obj

@@ -59,8 +59,10 @@ class RemoteError(DistqError):
     message and traceback text.
 
     Attributes: ``task_name``, ``task_id``, ``worker``, ``error_type`` (the remote
-    exception's class name), ``reason`` (``failed 3 of 3 attempts; last error: ...`` or
-    ``cannot run: ...``) and ``remote_traceback`` (text; None when the task never ran).
+    exception's class name), ``reason`` (``failed 3 of 3 attempts; last error: ...``,
+    ``cannot run: ...`` when it never ran, ``ran, but its value cannot be sent back: ...``
+    when its value is not JSON or too large) and ``remote_traceback`` (text; None unless
+    the task's own code raised).
     """
 
     def __init__(

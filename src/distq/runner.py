@@ -2,9 +2,12 @@
 
 Tasks run on the calling thread (a worker slot's own). Nothing here raises for bad
 input: a malformed body, an unknown name, arguments that do not fit and exceptions
-from the task itself all become an :class:`~distq.ending.Ending`. In a worker, each task
-first passes its batch's gate (:meth:`distq.batch.Batch.admit`): a task whose master is
-gone is dead-lettered unrun.
+from the task itself (``SystemExit`` and ``KeyboardInterrupt`` too: a task's
+``sys.exit()`` must not end the slot) all become an :class:`~distq.ending.Ending`, and
+so does an error in distq's own handling of a task (:meth:`~distq.ending.Endings.
+unhandled`): raised to the slot, it would hand the task back to fail again forever. In
+a worker, each task first passes its batch's gate (:meth:`distq.batch.Batch.admit`): a
+task whose master is gone is dead-lettered unrun.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Protocol
 from distq.console import Console
 from distq.ending import Ending, Endings
 from distq.envelope import Task
-from distq.errors import EnvelopeError, UnknownTask
+from distq.errors import EnvelopeError, Shutdown, UnknownTask
 from distq.tasks import Registry
 from distq.transport.base import Delivery
 
@@ -52,27 +55,34 @@ class TaskRunner:
                 return None
             if not admitted:
                 return self._told(self.endings.orphaned(delivery, task))
-        if self.console.task_lines:  # skips formatting the line, on the hot path
-            self.console.lines([f"Get task {self.registry.show(task)} from task_queue."])
-        started_at, started = time.time(), time.perf_counter()
         try:
-            function = self.registry.resolve(task.name, task.args, task.kwargs)
-        except (UnknownTask, TypeError) as exc:
-            ending = self.endings.failed(delivery, task, exc, started_at, 0.0, retryable=False)
-            return self._told(ending)
-        try:  # without keywords, no dict is built for the call
-            value = function(*task.args, **task.kwargs) if task.kwargs else function(*task.args)
-        except Exception as exc:
+            if self.console.task_lines:  # skips formatting the line, on the hot path
+                self.console.lines([f"Get task {self.registry.show(task)} from task_queue."])
+            started_at, started = time.time(), time.perf_counter()
+            try:
+                function = self.registry.resolve(task.name, task.args, task.kwargs)
+            except (UnknownTask, TypeError) as exc:
+                ending = self.endings.failed(delivery, task, exc, started_at, 0.0)
+                return self._told(ending)
+            try:  # without keywords, no dict is built for the call
+                value = function(*task.args, **task.kwargs) if task.kwargs else function(*task.args)
+            except Shutdown:
+                raise
+            except BaseException as exc:  # sys.exit() in a task is the task's error too
+                duration = time.perf_counter() - started
+                if exc.__traceback__ is not None:  # the remote traceback starts in its code
+                    exc.__traceback__ = exc.__traceback__.tb_next
+                ending = self.endings.failed(
+                    delivery, task, exc, started_at, duration, retryable=True
+                )
+                return self._told(ending)
             duration = time.perf_counter() - started
-            if exc.__traceback__ is not None:  # the remote traceback starts in the task's code
-                exc.__traceback__ = exc.__traceback__.tb_next
-            ending = self.endings.failed(delivery, task, exc, started_at, duration, retryable=True)
-            return self._told(ending)
-        duration = time.perf_counter() - started
-        ending = self.endings.ok(delivery, task, value, started_at, duration)
-        if ending.note is not None:  # _told, inline: the hot path
-            self.console.error(ending.note)
-        return ending
+            ending = self.endings.ok(delivery, task, value, started_at, duration)
+            if ending.note is not None:  # _told, inline: the hot path
+                self.console.error(ending.note)
+            return ending
+        except Exception as exc:  # distq's own handling failed: never hand it back to loop
+            return self._told(self.endings.unhandled(delivery, task, exc))
 
     def _told(self, ending: Ending) -> Ending:
         if ending.note is not None:

@@ -103,7 +103,9 @@ class Registry:
     """Task name -> function, with the signature cached to check arguments cheaply."""
 
     def __init__(self) -> None:
-        self._tasks: dict[str, tuple[TaskFunction, inspect.Signature, tuple[int, int] | None]] = {}
+        self._tasks: dict[
+            str, tuple[TaskFunction, inspect.Signature | None, tuple[int, int] | None]
+        ] = {}
         self._shows: dict[str, Show] = {CHUNK_TASK: show_chunk}
         self._limits: dict[str, float] = {}
         self.register("square", squares.square, show=squares.show)
@@ -118,8 +120,12 @@ class Registry:
         """Run ``function`` for tasks named ``name``; ``show`` names one in the worker's
         lines (by default ``name[args]``); ``time_limit`` (seconds) fails a run that takes
         longer (``DISTQ_TASK_TIME_LIMIT`` may override it: :mod:`distq.timelimits`)."""
-        signature = inspect.signature(function)
-        self._tasks[name] = (function, signature, _positional_range(signature))
+        try:
+            signature: inspect.Signature | None = inspect.signature(function)
+        except (ValueError, TypeError):  # some C functions have none Python can read
+            signature = None  # called unchecked: arguments that do not fit fail in it
+        positional = None if signature is None else _positional_range(signature)
+        self._tasks[name] = (function, signature, positional)
         if show is not None:
             self._shows[name] = show
         else:
@@ -200,6 +206,8 @@ class Registry:
                 f"(registered: {', '.join(self.names())}); start the worker with "
                 f"--task module:function or --tasks module"
             ) from None
-        if kwargs or positional is None or not positional[0] <= len(args) <= positional[1]:
+        if signature is not None and (
+            kwargs or positional is None or not positional[0] <= len(args) <= positional[1]
+        ):
             signature.bind(*args, **kwargs)  # raises TypeError naming what does not fit
         return function

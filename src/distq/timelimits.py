@@ -2,7 +2,8 @@
 
 ``DISTQ_TASK_TIME_LIMIT`` is off by default. It takes seconds for every task (``30``),
 seconds per task name (``square=2,mypkg.jobs:resize=600``), or both (``30,square=2``:
-square gets 2 s, every other task 30 s). A program that registers its own functions can
+square gets 2 s, every other task 30 s); a chunk of N calls (``Executor.map(chunksize=N)``)
+gets N times the limit of the function it calls. A program that registers its own functions can
 also give one when it registers it (:meth:`distq.tasks.Registry.register`): the
 setting's ``NAME=SECONDS`` wins over that, and that over the setting's default.
 
@@ -16,6 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from distq.chunks import CHUNK_TASK
+from distq.envelope import Task
 
 #: Shortest limit accepted: the worker checks about every tenth of a second.
 MIN_SECONDS = 0.1
@@ -31,6 +35,15 @@ class TimeLimits:
 
     def __bool__(self) -> bool:
         return self.default is not None or bool(self.per_name)
+
+    def of(self, task: Task) -> float | None:
+        """The limit of one run of ``task``: a chunk's (``Executor.map(chunksize=N)``) is
+        its function's limit once per call it holds."""
+        name, args = task.name, task.args
+        if name == CHUNK_TASK and len(args) == 2 and isinstance(args[1], list):
+            limit = self.for_task(args[0]) if isinstance(args[0], str) else self.default
+            return None if limit is None else limit * max(1, len(args[1]))
+        return self.for_task(name)
 
     def for_task(self, name: str) -> float | None:
         """The limit of tasks named ``name``: its own, else the default, else None (none)."""

@@ -100,6 +100,17 @@ def test_map_with_chunks_runs_every_call_once_in_order(executor: Open, workers: 
         ex.map(jobs.add, [1], [2], chunksize=0)
 
 
+def test_a_chunk_runs_under_its_functions_time_limit(executor: Open, workers: Workers) -> None:
+    ex = executor(max_attempts=1)
+    workers(DISTQ_TASK_TIME_LIMIT="jobs:sleep_then=0.5")  # a chunk of 2: 1 s
+    assert list(ex.map(jobs.sleep_then, [0.1, 0.1], ["a", "b"], chunksize=2)) == ["a", "b"]
+    started = time.monotonic()
+    results = ex.map(jobs.sleep_then, [3, 3], ["a", "b"], chunksize=2)
+    with pytest.raises(RemoteError, match="TimeLimitExceeded: ran past its time limit of 1 s"):
+        next(results)  # before: no limit at all, both ran, after 6 s
+    assert time.monotonic() - started < 5
+
+
 def test_each_send_reads_the_results_there_in_the_same_call(
     executor: Open, workers: Workers, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -126,26 +126,39 @@ def test_poison_messages_are_dead_lettered_and_the_worker_goes_on(
     unknown = Task(name="nowhere:nothing", args=[1], reply_to=reply)
     failing = Task(name="jobs:always_fail", args=[3], reply_to=reply, max_attempts=2)
     good = Task(name="square", args=[4], reply_to=reply)
-    producer.submit([b"{not json", unknown.encode(), failing.encode(), good.encode()])
-    worker = spawn("worker", "--task", "jobs:always_fail")
+    # each of these once sent a worker into a loop or ended its slot (exit 0, task back)
+    exits = Task(name="jobs:exits", args=[0], reply_to=reply, max_attempts=2)
+    unprintable = Task(name="jobs:raises_unprintable", args=[], reply_to=reply, max_attempts=2)
+    # an unpaired surrogate escape: json reads it, no text can hold it (was: a loop)
+    surrogate = good.encode().replace(b'"square"', b'"sq\\ud800"')
+    bodies = [b"{not json", unknown.encode(), failing.encode(), surrogate, exits.encode()]
+    producer.submit([*bodies, unprintable.encode(), good.encode()])
+    tasks = ("jobs:always_fail", "jobs:exits", "jobs:raises_unprintable")
+    worker = spawn("worker", *[arg for name in tasks for arg in ("--task", name)])
     results: dict[str, Result] = {}
     for _ in range(100):
         for result in results_of(producer, 1, within=0.2):
             results[result.task_id] = result
-        if len(results) == 3:
+        if len(results) == 5:
             break
     assert results[good.id].status == "ok" and results[good.id].value == 16
     assert results[unknown.id].status == "error"
     assert results[unknown.id].error_type == "UnknownTask"
     assert results[failing.id].status == "error"
     assert results[failing.id].attempt == 2
+    assert (results[exits.id].status, results[exits.id].error_type) == ("error", "SystemExit")
+    assert results[unprintable.id].status == "error" and results[unprintable.id].attempt == 2
     letters = hosted.dead_letters()
     reasons = sorted(letter.reason for letter in letters)
-    assert len(letters) == 3, reasons
+    assert len(letters) == 6, reasons
     assert any(r.startswith("malformed message") for r in reasons)
+    assert any("unpaired UTF-16 surrogate" in r for r in reasons)
     assert any("no task named 'nowhere:nothing'" in r for r in reasons)
     assert any("failed 2 of 2 attempts" in r and "RuntimeError" in r for r in reasons)
+    assert any("failed 2 of 2 attempts; last error: SystemExit: 0" in r for r in reasons)
+    assert any("_Unprintable: <exception str() failed>" in r for r in reasons)
     assert b"{not json" in {letter.body for letter in letters}
+    assert worker.output().count("reconnecting") == 0, worker.output()
     assert worker.proc.poll() is None, "the worker keeps going"
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0, worker.output()

@@ -180,3 +180,18 @@ def test_unstarted_tasks_are_taken_by_one_side_only() -> None:
         thread.join()
         mine = [e.settlement.delivery.body for e in endings]
         assert sorted(int(b) for b in mine + [d.body for d in got]) == list(range(2000))
+
+
+def test_a_chunk_gets_its_functions_limit_once_per_call() -> None:
+    """``Executor.map(chunksize=N)`` sends N calls of a function as one task: its limit
+    is that function's, N times (before, a chunk had only the default, if any)."""
+    from distq.chunks import CHUNK_TASK, chunk_arguments
+
+    limits = TimeLimits(default=30.0, per_name=(("jobs:nap", 1.5),))
+    chunk = Task(name=CHUNK_TASK, args=chunk_arguments("jobs:nap", [[1], [2], [3]]), reply_to="r")
+    assert limits.of(chunk) == 4.5
+    other = Task(name=CHUNK_TASK, args=chunk_arguments("jobs:other", [[1], [2]]), reply_to="r")
+    assert limits.of(other) == 60.0
+    assert TimeLimits(per_name=(("jobs:nap", 1.5),)).of(other) is None
+    assert limits.of(Task(name=CHUNK_TASK, args=["bad"], reply_to="r")) == 30.0  # fails anyway
+    assert limits.of(Task(name="jobs:nap", args=[1], reply_to="r")) == 1.5

@@ -77,12 +77,66 @@ def test_what_no_retry_can_fix_fails_at_the_first_attempt() -> None:
     assert reason == "cannot run: TypeError: too many"
 
 
-def test_a_value_that_is_not_json_fails_for_good() -> None:
-    t = task("unjsonable", 1)
-    ending = ENDINGS.ok(delivery(t), t, {1}, 0.0, 0.0)
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ({1}, "its value is of type set"),
+        ({1: "a"}, "its value has the key 1; JSON object keys are strings"),  # json: {"1": "a"}
+        (float("nan"), "its value is nan, which JSON cannot carry"),  # json: NaN, not JSON
+        ([1, {"x": float("inf")}], "its value[1]['x'] is inf, which JSON cannot carry"),
+    ],
+)
+def test_a_value_that_is_not_json_fails_for_good_saying_the_task_ran(value: Any, why: str) -> None:
+    t = task("unjsonable", 1, max_attempts=3)
+    ending = ENDINGS.ok(delivery(t), t, value, 0.0, 0.0)
     assert ending.outcome == "failed" and ending.settlement.retry is None
-    assert ending.settlement.result is not None
-    assert Result.decode(ending.settlement.result).error_type == "TypeError"
+    assert ending.settlement.result is not None and ending.settlement.dead_letter is not None
+    result = Result.decode(ending.settlement.result)
+    assert result.error_type == "TypeError"
+    assert result.error_message == (
+        f"ran, but its value cannot be sent back: TypeError: {why}; a task must return a JSON value"
+    )
+
+
+def test_plain_values_are_sent_as_they_are() -> None:
+    t = task("fine", 1)
+    for value in [1, -(10**18), "s", True, None, 2.5, [1, "a", None], {"k": [1.5, {"n": None}]}]:
+        ending = ENDINGS.ok(delivery(t), t, value, 0.0, 0.0)
+        assert ending.outcome == "ok" and ending.settlement.result is not None
+        assert Result.decode(ending.settlement.result).value == value
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("a bug in __str__")
+
+
+def test_an_error_that_cannot_be_printed_is_retried_and_fails_like_any_other() -> None:
+    # a broken __str__; an int too long to print; text UTF-8 cannot carry
+    for error in [Unprintable(), ValueError(2**20000), ValueError("x\ud800y")]:
+        t = task("boom", 5, max_attempts=2)
+        ending = ENDINGS.failed(delivery(t), t, error, 0.0, 0.1, retryable=True)
+        assert ending.outcome == "retried" and ending.note is not None
+        last = t.next_attempt()
+        ending = ENDINGS.failed(delivery(last), last, error, 0.0, 0.1, retryable=True)
+        assert ending.outcome == "failed" and ending.settlement.dead_letter is not None
+        reason = DeadLetter.decode(ending.settlement.dead_letter).reason
+        assert reason.startswith("failed 2 of 2 attempts; last error: ")
+    assert reason.endswith("ValueError: x\\ud800y")  # escaped: UTF-8 cannot carry it
+    ending = ENDINGS.failed(delivery(t), t, Unprintable(), 0.0, 0.1)
+    assert ending.note is not None and "Unprintable: <exception str() failed>" in ending.note
+
+
+def test_a_task_distq_could_not_handle_is_dead_lettered_with_an_error_result() -> None:
+    t = task("odd", 1)
+    ending = ENDINGS.unhandled(delivery(t), t, UnicodeEncodeError("utf-8", "\ud800", 0, 1, "no"))
+    s = ending.settlement
+    assert ending.outcome == "failed" and s.retry is None and s.reply_to == "replies"
+    assert s.dead_letter is not None and s.result is not None
+    reason = DeadLetter.decode(s.dead_letter).reason
+    assert reason.startswith("the worker could not handle it: UnicodeEncodeError: ")
+    assert Result.decode(s.result).error_message == reason
+    assert ending.note == f"task odd {t.id} dead-lettered: {reason}"
 
 
 def test_a_malformed_message_is_dead_lettered_byte_for_byte_without_a_result() -> None:

@@ -87,3 +87,14 @@ def test_an_error_result_carries_the_remote_traceback_and_older_ones_still_decod
     older["error"]["traceback"] = 7
     with pytest.raises(EnvelopeError, match=r"'error\.traceback' is not text"):
         Result.decode(json.dumps(older))
+
+
+def test_an_unpaired_surrogate_escape_is_malformed_not_a_string_that_breaks_later() -> None:
+    """json reads ``"\\ud800"`` into a str that no UTF-8 can hold: printing, logging or
+    encoding it again would fail in the worker, every time it ran."""
+    good = Task(name="square", args=[4], reply_to="r").encode()
+    for bad in (b'"sq\\ud800"', b'"sq\\udfff"'):
+        with pytest.raises(EnvelopeError, match="unpaired UTF-16 surrogate escape"):
+            Task.decode(good.replace(b'"square"', bad))
+    paired = Task.decode(good.replace(b'"square"', b'"sq\\ud83d\\ude00"'))
+    assert paired.name == "sq\U0001f600"
