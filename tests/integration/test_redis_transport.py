@@ -426,6 +426,67 @@ def test_leases_restored_from_a_snapshot_come_back_within_two_leases(tmp_path: P
             before.close()
 
 
+def test_results_pushed_after_a_restore_from_a_snapshot_are_not_dropped_unread(
+    tmp_path: Path,
+) -> None:
+    """Redis restarts from a snapshot older than the master's last take: its ``taken``
+    and its results list are older than the master's count, and workers push results the
+    master never read onto the restored list. The first take after that trims none by the
+    stale count: it reads the list again from the server's count (duplicates, which the
+    master drops), so every task's result reaches the master."""
+    with LocalRedis(tmp_path) as server:
+        server.start()
+        settings = Settings(
+            transport="redis", redis_url=server.url, queue="snap", lease_seconds=1.0
+        )
+        master = RedisTransport(settings, "master")
+        producer = master.producer(master.reply_queue("j"))
+        tasks = _bodies(6)
+        producer.submit(tasks)
+        before = RedisTransport(settings, "worker")
+        try:
+            consumer = before.consumer("w")
+            got: list[bytes] = []
+
+            def answer(held: Sequence[Any]) -> None:
+                done = [
+                    Settlement(d, reply_to=producer.reply_to, result=b"r:" + d.body) for d in held
+                ]
+                consumer.settle(done)
+
+            answer(consumer.fetch(2, timeout=1))  # tasks 0 and 1 answered ...
+            got += producer.results(10, timeout=1)  # ... and received
+            held = consumer.fetch(2, timeout=1)  # tasks 2 and 3 run during the snapshot
+            with server.client() as client:
+                client.save()
+            answer(held)
+            got += producer.results(10, timeout=1)  # received; Redis then restarts
+            assert sorted(got) == [b"r:" + t for t in tasks[:4]]
+            server.kill()
+        finally:
+            before.close()
+        server.restart()
+        after = RedisTransport(settings, "worker")
+        try:
+            consumer = after.consumer("w")  # 4 and 5 are answered before the master is back
+            answer(consumer.fetch(10, timeout=1))
+            for _ in range(5):  # the master reconnects, as Master._recover does
+                with contextlib.suppress(TransportError):
+                    assert producer.reconcile() == 6  # the snapshot holds every task
+                    break
+            started = time.monotonic()
+            while set(got) != {b"r:" + t for t in tasks} and time.monotonic() - started < 5:
+                got += producer.results(10, timeout=0.2)
+                answer(consumer.fetch(10, timeout=0))  # 2 and 3 again, once their lease lapses
+            assert set(got) == {b"r:" + t for t in tasks}
+            assert producer.results(10, timeout=0) == []  # acknowledges the last ones
+            with server.client() as client:
+                assert client.llen(producer.reply_to) == 0
+        finally:
+            after.close()
+            master.close()
+
+
 def test_a_claim_flags_each_redelivery_by_its_position(open_transport: OpenTransport) -> None:
     t = open_transport()
     producer = t.producer(t.reply_queue("j"))
@@ -540,6 +601,34 @@ def _kill_connections(raw: redis.Redis[bytes], *ends: RedisProducer | RedisConsu
         name = next(c.get("name") for c in raw.client_list() if int(c["id"]) == client_id)
         assert name == "distq-worker"  # the name distq gives a worker's connections
         assert raw.client_kill_filter(_id=client_id) == 1
+
+
+def test_a_take_on_a_new_connection_drops_nothing_and_reads_on_from_the_servers_count(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """The master's count acks only on the connection that counted it: on a new one
+    (after a dropped connection; redis-py connecting the one held again fails a call
+    first), Redis may be one restarted from an older snapshot, so a take acks nothing and
+    reads on from the server's count; the take after it acks by count again."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    sent = _results(producer, 3)
+    assert producer.results(2, timeout=1) == sent[:2]
+    assert producer.results(2, timeout=1) == sent[2:]  # acks the first 2
+    _kill_connections(raw, producer)
+    with pytest.raises(TransportError):
+        producer.results(2, timeout=0)
+    assert producer.results(2, timeout=1) == sent[2:]  # again: none acked, none dropped
+    assert raw.llen(producer.reply_to) == 1
+    more = _results(producer, 1)
+    assert producer.results(2, timeout=1) == more  # the same connection: acks by count
+    assert raw.llen(producer.reply_to) == 1
+    t.client.connection_pool.disconnect()  # redis-py would connect the one held again
+    with pytest.raises(TransportError):
+        producer.results(2, timeout=0)
+    assert producer.results(2, timeout=1) == more
+    assert producer.results(2, timeout=0) == []
+    assert raw.llen(producer.reply_to) == 0
 
 
 def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(

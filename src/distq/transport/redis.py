@@ -56,7 +56,11 @@ items. Results reach the master at least once: ``take`` reads the oldest results
 tail of the list and leaves them there; the master's next ``take`` acknowledges them by
 the running count it received (``taken`` in ``state``), which drops them from the tail,
 so a reply lost on the way (a timeout while Redis was frozen) is sent again and no
-result vanishes with a dropped connection.
+result vanishes with a dropped connection. The count means something only to the Redis
+that counted it: a take on a new connection (after any failed call, so after every
+restart, and a restart from an older snapshot brings back an older list and count) drops
+nothing and reads on from the server's ``taken``, so results received before may come
+again (the master keeps the first), but none pushed since is dropped unread.
 
 Not supported: Redis Cluster (scripts build in-flight key names at run time).
 """
@@ -387,11 +391,15 @@ return held
 # a reply lost on the way is read again by the next take, which acknowledges by the same
 # count. Without ``taken`` (the first take, or the state or the list lapsed or was
 # restored without it) the caller's count is adopted and nothing dropped: a result may
-# then come twice (the master keeps the first), but none is dropped unread.
+# then come twice (the master keeps the first), but none is dropped unread. ARGV[3] = -1
+# (a take on a new connection: Redis may have restarted from an older snapshot since the
+# count was made, and the list's tail then holds results pushed since, never read) drops
+# nothing either, and returns the server's count for the caller to read on from.
 _ACK = """
 local taken = tonumber(redis.call('HGET', KEYS[4], 'taken') or '-1')
 local received = tonumber(ARGV[3])
 if taken < 0 then
+  received = math.max(received, 0)
   redis.call('HSET', KEYS[4], 'taken', received)
   taken = received
 elseif received > taken then
@@ -603,6 +611,8 @@ class RedisProducer(Producer):
         ]
         self._args: list[Arg] = [reply_to, transport.master_ttl_ms]
         self._received = 0  # results taken and returned so far: the acknowledgement
+        # the wire's connection that counted them (see _take_commands); None: none yet
+        self._counted_on: int | None = None
         self._renew_every = transport.master_ttl_ms / 4000
         self._renew_at = 0.0
         self.reconcile()  # register: workers run only the tasks of registered masters
@@ -695,9 +705,15 @@ class RedisProducer(Producer):
 
     def _take_commands(self, block: float | None, max_count: int) -> list[Sequence[Arg]]:
         # the ack first: a wait behind it finds only results not received yet (the ones
-        # received stay in the list until this ack trims them)
+        # received stay in the list until this ack trims them). The count acks only on the
+        # connection that counted it: one Redis, alive all along. A new connection may
+        # reach a Redis restarted from an older snapshot, whose list holds results pushed
+        # since at the tail: -1 drops nothing and reads on from the server's count.
+        received = self._received
+        if self._counted_on is None or self._w.link != self._counted_on:
+            received = -1
         commands: list[Sequence[Arg]] = [
-            self._t.ack_script.command(self._keys, [*self._args, self._received])
+            self._t.ack_script.command(self._keys, [*self._args, received])
         ]
         if block is not None:
             blmove = ("BLMOVE", self.reply_to, self.reply_to, "RIGHT", "RIGHT", _seconds(block))
@@ -714,6 +730,7 @@ class RedisProducer(Producer):
         _raise_first([reply for reply in replies if not isinstance(reply, NoScriptError)])
         got: list[bytes] = bodies
         self._received = int(taken) + len(got)
+        self._counted_on = self._w.link
         got.reverse()  # the list holds the newest first
         return got
 
@@ -1012,6 +1029,15 @@ class _Wire:
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self._pool: Any = pool  # the stubs still want get_connection's old arguments
         self._conn: Any = None
+        self._links = 0  # connections taken from the pool so far
+
+    @property
+    def link(self) -> int | None:
+        """Which connection the wire holds (None: none; the next call takes one): a number
+        that changes with each. While it stays the same, every call went to one Redis that
+        never restarted: a restart ends the connection, which fails the next call on it
+        (redis-py would connect it again on its own: see :meth:`_reconnected`)."""
+        return self._links if self._conn is not None else None
 
     def execute_command(self, *args: Arg, **options: Any) -> Any:
         """One command; its reply as redis-py parses it, an error reply raised."""
@@ -1048,18 +1074,35 @@ class _Wire:
 
     def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = self._pool.get_connection()
+            conn = self._pool.get_connection()
+            try:
+                conn.connect()  # connected before the callback: only a reconnect calls it
+            except BaseException:
+                self._pool.release(conn)
+                raise
+            conn.register_connect_callback(self._reconnected)
+            self._conn = conn
+            self._links += 1
         return self._conn
+
+    def _reconnected(self, _conn: Any) -> None:
+        """redis-py connects the connection held again (the pool disconnected it under us):
+        fail the call instead, as if the connection had dropped. A call may count on
+        the Redis of the calls before it (a producer's take acks by its count, which
+        means something only to that Redis), and the next call takes a new ``link``."""
+        raise redis.ConnectionError("the connection was closed; the next call opens a new one")
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.deregister_connect_callback(self._reconnected)
             conn.disconnect()
             self._pool.release(conn)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.deregister_connect_callback(self._reconnected)
             self._pool.release(conn)
 
 
