@@ -187,7 +187,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=CONNECT_TIMEOUT,
         metavar="S",
-        help=f"keep trying to reach the broker for S seconds at start ({CONNECT_TIMEOUT:g})",
+        help="keep trying to reach the broker for S seconds at start, then exit 3 "
+        f"({CONNECT_TIMEOUT:g})",
     )
     worker.add_argument("--worker-id", help="name in results and dead letters (host-pid)")
     add_probe_parser(roles)

@@ -7,17 +7,20 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from distq.config import Settings
+from distq.config import CONNECT_TIMEOUT, Settings
 from distq.envelope import Task
-from distq.errors import TransportError
-from distq.transport import Settlement, Transport, open_transport
+from distq.errors import ConnectionFailed, TransportError
+from distq.transport import Settlement, Transport, manager, open_transport
 from launch import free_port
 from procs import Distq
 from seam import fetch_n, results_n
@@ -107,9 +110,8 @@ def test_a_master_stopping_under_a_waiting_fetch_reads_as_closed() -> None:
         remote.close()
 
 
-def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None:
-    # the masters are processes: a master restarts as a new process on the same port
-    settings = _settings("restarted")
+def _env(settings: Settings) -> dict[str, str]:
+    """The environment of a distq subprocess on ``settings``' master."""
     assert settings.authkey is not None
     host, port = settings.manager_address
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
@@ -120,6 +122,13 @@ def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None
         DISTQ_QUEUE=settings.queue,
         PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"),
     )
+    return env
+
+
+def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None:
+    # the masters are processes: a master restarts as a new process on the same port
+    settings = _settings("restarted")
+    env = _env(settings)
     first = Distq(["master", "--tasks", "1", "--timeout", "60"], env)
     try:
         first.wait_for(r"^master .* transport")
@@ -146,3 +155,137 @@ def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None
             remote.close()
     finally:
         first.stop()
+
+
+@contextlib.contextmanager
+def _silent_listener(address: tuple[str, int]) -> Iterator[None]:
+    """A TCP server on ``address`` that accepts every connection and never sends a byte:
+    what a frozen master, or another service on the port (e.g. Redis), looks like."""
+    server = socket.create_server(address)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+
+
+@contextlib.contextmanager
+def _stopped(master: Distq) -> Iterator[None]:
+    """``master`` frozen with SIGSTOP (its port still accepts connections), then resumed."""
+    master.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        master.signal(signal.SIGCONT)
+
+
+#: Each command's arguments, and how long it may take to give up (generous: CI is loaded).
+#: The commands have the default connect timeout; a worker its --connect-timeout, and an
+#: attempt in progress when that runs out ends after manager._CONNECT_TIMEOUT.
+_WORKER_PATIENCE = 2.0
+_GIVING_UP: dict[str, tuple[list[str], float]] = {
+    "status": (["status"], 4 * CONNECT_TIMEOUT),
+    "submit": (["submit", "mod:fn", "1"], 4 * CONNECT_TIMEOUT),
+    "dead-letters": (["dead-letters"], 4 * CONNECT_TIMEOUT),
+    "requeue-dead": (["requeue-dead"], 4 * CONNECT_TIMEOUT),
+    "worker": (
+        ["worker", "--connect-timeout", f"{_WORKER_PATIENCE:g}"],
+        4 * max(_WORKER_PATIENCE, manager._CONNECT_TIMEOUT),
+    ),
+}
+
+
+def _give_up_on(env: dict[str, str], commands: list[str]) -> None:
+    """Run ``commands`` of :data:`_GIVING_UP` at once: each must exit 3 within its bound
+    with one line saying the master did not answer, and no traceback."""
+    started = time.monotonic()
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "distq", *_GIVING_UP[name][0]],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in commands
+    }
+    try:
+        for name, proc in procs.items():
+            bound = _GIVING_UP[name][1]
+            try:
+                _, err = proc.communicate(timeout=max(0.1, started + bound - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"distq {name} still connecting after {bound:g} s") from None
+            assert proc.returncode == 3, (name, err)
+            assert "Traceback" not in err, (name, err)
+            (line,) = [line for line in err.splitlines() if "no answer" in line]
+            assert "no answer to the authentication handshake" in line, (name, err)
+            assert env["DISTQ_MANAGER_ADDRESS"] in line and "distq master" in line, (name, err)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+def test_commands_and_workers_give_up_on_a_port_that_accepts_and_never_answers() -> None:
+    settings = _settings("silent")
+    with _silent_listener(settings.manager_address):
+        _give_up_on(_env(settings), list(_GIVING_UP))
+
+
+def test_commands_and_workers_give_up_on_a_stopped_master() -> None:
+    settings = _settings("frozen")
+    env = _env(settings)
+    master = Distq(["master", "--tasks", "1", "--timeout", "120"], env)
+    try:
+        master.wait_for(r"^master .* transport")
+        with _stopped(master):
+            _give_up_on(env, ["status", "submit", "worker"])
+    finally:
+        master.stop(grace=0)
+
+
+@pytest.mark.timeout(120)
+def test_a_connected_worker_detects_a_stopped_master_then_reconnects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # every call is bounded: a frozen master is an error a slot recovers from, not a hang
+    monkeypatch.setattr(manager, "_REPLY_TIMEOUT", 2.0)  # 30 s in production
+    settings = _settings("frozenmidjob")
+    master = Distq(["master", "--tasks", "3", "--timeout", "120"], _env(settings))
+    try:
+        master.wait_for(r"^master .* transport")
+        remote = open_transport(settings, "worker")
+        try:
+            consumer = remote.consumer("c1")
+            assert len(fetch_n(consumer, 1)) == 1
+            with _stopped(master):
+                started = time.monotonic()
+                with pytest.raises(TransportError, match="did not answer within 2 s"):
+                    consumer.fetch(1, 0.1)
+                consumer.close()  # what a slot does after an error; its connection is gone
+                with pytest.raises(ConnectionFailed, match="no answer to the authentication"):
+                    remote.consumer("c1")  # the slot's reconnect, while the master is stopped
+                assert time.monotonic() - started < 4 * (2.0 + 2 * manager._CONNECT_TIMEOUT)
+            again = remote.consumer("c1")  # resumed: the next reconnect works
+            assert len(fetch_n(again, 1)) == 1
+            again.close()
+        finally:
+            remote.close()
+    finally:
+        master.stop(grace=0)

@@ -29,6 +29,7 @@ master reconnects (with backoff) to whichever master listens next on the address
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import itertools
 import os
@@ -40,7 +41,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import AuthenticationError, connection
+from multiprocessing import AuthenticationError, connection, managers
 from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, Protocol, TypeVar, cast
@@ -70,8 +71,9 @@ _T = TypeVar("_T")
 
 #: A worker's read or write on a manager connection fails after this long (see _bounded).
 _REPLY_TIMEOUT = 30.0
-#: What ``Client()`` connects with; :func:`_client` sets socket options before the handshake.
-_socket_client: Callable[[Any], Connection] = getattr(connection, "SocketClient")  # noqa: B009
+#: A worker's connecting to the master fails after this long: the TCP connect, then the
+#: HMAC handshake (a master answers it at once; a frozen one or another service never does).
+_CONNECT_TIMEOUT = 5.0
 
 
 @dataclass
@@ -373,18 +375,41 @@ def _bounded(conn: Connection, seconds: float) -> Connection:
 
 
 def _client(address: Any, authkey: bytes | None = None) -> Connection:
-    """``multiprocessing.connection.Client``, on a no-delay socket whose reads time out."""
+    """``multiprocessing.connection.Client``, on a no-delay socket whose reads time out:
+    the connect and the handshake after ``_CONNECT_TIMEOUT``, each later read or write
+    after ``_REPLY_TIMEOUT``. Raises ``TimeoutError`` naming the step that got no answer."""
     if authkey is not None and not isinstance(authkey, bytes):
         raise TypeError("authkey should be a byte string")
-    conn = _bounded(_no_delay(_socket_client(address)), _REPLY_TIMEOUT)
+    try:
+        sock = socket.create_connection(address, timeout=_CONNECT_TIMEOUT)
+    except TimeoutError:
+        raise _no_answer("the TCP connect") from None
+    sock.setblocking(True)  # the timeouts below are the socket's own: Connection reads the fd
+    conn = _bounded(_no_delay(Connection(sock.detach())), _CONNECT_TIMEOUT)
     try:
         if authkey is not None:
             connection.answer_challenge(conn, authkey)
             connection.deliver_challenge(conn, authkey)
+    except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO/SO_SNDTIMEO ran out: EAGAIN
+        conn.close()
+        raise _no_answer("the authentication handshake (it accepted the connection)") from None
     except BaseException:
         conn.close()
         raise
-    return conn
+    return _bounded(conn, _REPLY_TIMEOUT)
+
+
+def _no_answer(step: str) -> TimeoutError:
+    return TimeoutError(errno.ETIMEDOUT, f"no answer to {step} within {_CONNECT_TIMEOUT:g} s")
+
+
+#: The serializer name under which ``multiprocessing.managers`` finds :func:`_client`.
+#: ``BaseManager.connect()``, a proxy's first ``incref`` (made in ``BaseProxy.__init__``)
+#: and its ``decref`` finalizer open their connections with ``listener_client[serializer]``,
+#: not with an instance's ``_Client``: under the stdlib's ``"pickle"`` entry each of them
+#: waits forever on a master that accepts and never answers. Same wire format as "pickle".
+_SERIALIZER = "distq"
+getattr(managers, "listener_client")[_SERIALIZER] = (connection.Listener, _client)  # noqa: B009
 
 
 class _BrokerProxy(BaseProxy):
@@ -394,10 +419,6 @@ class _BrokerProxy(BaseProxy):
     """
 
     _exposed_ = _EXPOSED
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._Client = _client
 
     def _call(self, method: str, *args: Any) -> Any:
         call: Callable[..., Any] = self._callmethod  # typeshed types its reply as None
@@ -461,13 +482,10 @@ class _BrokerProxy(BaseProxy):
 
 
 class _ClientManager(BaseManager):
-    """A worker's connection to the master's :class:`QueueBroker` (through :func:`_client`)."""
+    """A worker's connection to the master's :class:`QueueBroker`: made with
+    ``serializer=_SERIALIZER``, so every connection it and its proxies open is :func:`_client`'s."""
 
     distq_broker: Callable[[], _BrokerProxy]  # made by register() below
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._Client = _client
 
 
 _ClientManager.register("distq_broker", proxytype=_BrokerProxy)
@@ -514,7 +532,7 @@ class ManagerTransport(Transport):
             self._acceptor.start()
         else:
             self._manager = _ClientManager(
-                address=settings.manager_address, authkey=settings.authkey
+                address=settings.manager_address, authkey=settings.authkey, serializer=_SERIALIZER
             )
             self._connect(self._manager.connect)
 
@@ -536,6 +554,11 @@ class ManagerTransport(Transport):
             raise AuthenticationFailed(
                 f"authentication failed: the master at {self.address} rejected DISTQ_AUTHKEY; "
                 "use the same key as the master"
+            ) from None
+        except TimeoutError as exc:  # a frozen master, or a service that is not distq's
+            raise ConnectionFailed(
+                f"the master at {self.address} (DISTQ_MANAGER_ADDRESS) gave {exc.strerror}; "
+                "is a running `distq master` (not another service, not a stopped process) there?"
             ) from None
         except (EOFError, ConnectionResetError):  # a master closing as we connect
             raise ConnectionFailed(
@@ -622,6 +645,17 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
         return method(*args)
     except (EOFError, ConnectionResetError):
         raise _closed(address) from None
+    except BlockingIOError:  # _bounded's SO_RCVTIMEO or SO_SNDTIMEO ran out (EAGAIN)
+        # its reply may still come, and would answer this thread's next call: start afresh
+        _close_proxy(getattr(method, "__self__", None))
+        raise TransportError(
+            f"the master at {address} did not answer within {_REPLY_TIMEOUT:g} s "
+            "(stopped, or overloaded?)"
+        ) from None
+    except TimeoutError as exc:  # _client's, connecting afresh for this call
+        raise TransportError(
+            f"the master at {address} gave {exc.strerror} (stopped, or overloaded?)"
+        ) from None
     except OSError as exc:
         raise TransportError(f"lost the connection to the master at {address}: {exc!r}") from None
     except RemoteError as exc:
@@ -743,7 +777,7 @@ def _wire(settlements: Sequence[Settlement]) -> list[WireSettlement]:
     ]
 
 
-def _close_proxy(broker: _Broker) -> None:
+def _close_proxy(broker: object) -> None:
     """Close a proxy's connection, and forget it: every proxy of one address shares its
     thread's connection, and a closed one left behind would fail the next proxy's calls
     (a slot reconnecting after its master restarted)."""
