@@ -12,12 +12,15 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import Target
+from distq.config import Settings
 from distq.transport import Transport
+from launch import LocalRedis
 from procs import Distq
 
 pytestmark = pytest.mark.integration
@@ -140,3 +143,30 @@ def test_commands_name_an_unreachable_broker(target: Target) -> None:
         )
     assert done.returncode == 3, done.stderr
     assert "cannot reach" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_commands_and_a_worker_run_over_a_redis_unix_socket(tmp_path: Path) -> None:
+    """``unix://`` is a documented DISTQ_REDIS_URL: no TCP-only option may reach the socket."""
+    sock = tmp_path / "r.sock"
+    with LocalRedis(tmp_path, extra_args=["--unixsocket", str(sock)]) as server:
+        server.start()
+        url = f"unix://{sock}?db=0"
+        target = Target(
+            "redis",
+            Settings(transport="redis", redis_url=url, lease_seconds=1.0),
+            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url},
+        ).fresh()
+        assert status(target)["ready"] == 0
+        queued = distq(target, "submit", "jobs:add", "1", "2")
+        assert queued.returncode == 0, queued.stderr
+        assert status(target)["ready"] == 1
+        worker = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], target.process_env())
+        try:
+            assert worker.wait(60) == 0, worker.output()
+            assert "1 ok" in worker.output()
+        finally:
+            worker.stop(grace=3.0)
+        assert status(target)["ready"] == 0
+    gone = distq(target, "status")  # the server and its socket are gone
+    assert gone.returncode == 3, gone.stderr
+    assert f"cannot reach Redis at {sock}" in gone.stderr and "rediss://" not in gone.stderr

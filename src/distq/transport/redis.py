@@ -416,6 +416,11 @@ redis.call('DEL', KEYS[3], KEYS[4])
 """
 
 
+def _is_unix(url: str) -> bool:
+    """Whether ``url`` names a unix socket (``unix://``), not a TCP address."""
+    return url.lower().startswith("unix:")
+
+
 class RedisTransport(Transport):
     """One connection pool to the Redis in ``settings.redis_url``, for one queue."""
 
@@ -435,15 +440,17 @@ class RedisTransport(Transport):
         self.master_ttl_ms = int(settings.master_ttl * 1000)
         # below the lease, so a consumer blocked in BLMOVE still holds a fresh lease
         self.block_slice = min(MAX_BLOCK_SECONDS, settings.lease_seconds / 3)
+        # TCP keepalive is a TCP option: redis-py's unix socket connection refuses it
+        tcp: dict[str, Any] = {} if _is_unix(settings.redis_url) else {"socket_keepalive": True}
         try:
             self.client: redis.Redis[bytes] = redis.Redis.from_url(
                 settings.redis_url,
                 socket_timeout=self.block_slice + 5.0,  # a blocking call never trips it
                 socket_connect_timeout=5.0,
-                socket_keepalive=True,
                 # no silent retries: a re-sent claim whose reply was lost strands tasks
                 retry=Retry(NoBackoff(), 0),
                 client_name=f"distq-{role}",
+                **tcp,
                 **tls.redis_options(settings.redis_url, settings.tls_files),
             )
         except ValueError as exc:
@@ -500,7 +507,9 @@ class RedisTransport(Transport):
             error = CertificateRejected if problem.refused else ConnectionFailed
             return error(problem.line(where))
         hint = "is it running?"
-        if not self.tls and "refused" not in str(exc):
+        if _is_unix(self.settings.redis_url):
+            hint = "is it running, with that --unixsocket path, and may this user open it?"
+        elif not self.tls and "refused" not in str(exc):
             hint = "is it running? If that port expects TLS, use rediss://"
         return ConnectionFailed(f"cannot reach {where}: {exc}; {hint}")
 
