@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -62,7 +63,8 @@ def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
         "--timeout",
         type=_seconds,
         metavar="S",
-        help="with --wait: give up after S seconds (exit 1; the task stays queued)",
+        help="with --wait: give up after S seconds (exit 1); the task stays queued, and a "
+        "worker dead-letters it unrun as nobody waits any more (requeue-dead runs it)",
     )
     submit.add_argument(
         "--max-attempts",
@@ -150,7 +152,7 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
         _say(task.id)
         return 0
     executor = Executor(settings, host=False, max_attempts=args.max_attempts)
-    answered = True
+    stop: Callable[[], None] = executor.shutdown
     try:
         future = executor.submit(args.task_name, *values, **kwargs)
         _say(future.task_id)
@@ -158,15 +160,20 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
     except RemoteError as exc:
         console.error(str(exc))
         return EXIT_FAILED
-    except (TimeoutError, KeyboardInterrupt) as exc:
-        answered = False  # exit now, without waiting for the result
-        console.error(str(exc) or "interrupted")
+    except TimeoutError as exc:
+        # exit now, the task left queued as --timeout says (not withdrawn)
+        stop = functools.partial(executor.close, cancel_futures=False)
+        console.error(
+            f"{exc}. It stays queued; with nobody waiting, a worker dead-letters it unrun "
+            "(`distq requeue-dead` runs it)"
+        )
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        stop = executor.close  # the user stopped it: withdrawn where the transport can
+        console.error("interrupted")
         return EXIT_FAILED
     finally:
-        if answered:
-            executor.shutdown()
-        else:
-            executor.close()  # the task stays queued where it cannot be withdrawn
+        stop()
     _say(json.dumps(value))
     return 0
 

@@ -179,16 +179,19 @@ class Executor(concurrent.futures.Executor):
         if wait:
             self._join()
 
-    def close(self) -> None:
+    def close(self, *, cancel_futures: bool = True) -> None:
         """Stop now: cancel what can be cancelled, fail every other unanswered future with
         :class:`~distq.errors.BrokenExecutor`, close the connection, then return.
 
         For a program that must not wait for results any longer (a signal, a deadline of
-        its own); :meth:`shutdown` waits for them.
+        its own); :meth:`shutdown` waits for them. ``cancel_futures=False`` leaves the
+        tasks sent on the queue (``distq submit --wait`` past its ``--timeout``); with
+        nobody waiting, a worker that reaches one dead-letters it unrun ("its master is
+        gone"), as it does any task whose master went away.
         """
         with self._lock:
             self._shutdown = True
-        self._dispatcher.put(Stop(cancel_futures=True, abandon="the executor was closed"))
+        self._dispatcher.put(Stop(cancel_futures, abandon="the executor was closed"))
         self._join()
 
     def _join(self) -> None:

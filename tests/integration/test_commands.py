@@ -127,6 +127,30 @@ def test_submit_wait_prints_the_result_or_the_remote_error(
     assert "no result for task jobs:sleep_then" in late.stderr and "Traceback" not in late.stderr
 
 
+def test_submit_wait_past_its_timeout_leaves_the_task_queued(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """As --timeout says: exit 1 and the task stays queued (it was withdrawn before); nobody
+    waits for it any more, so a worker dead-letters it unrun, and requeue-dead runs it."""
+    late = distq(target, "submit", "jobs:add", "1", "2", "--wait", "--timeout", "0.5")
+    assert late.returncode == 1, late.stderr
+    assert "no result for task jobs:add" in late.stderr and "Traceback" not in late.stderr
+    assert status(target)["ready"] == 1
+    assert "It stays queued" in late.stderr
+
+    worker = start_worker(target, workers, "--exit-when-idle", "2")
+    assert worker.wait(60) == 0, worker.output()
+    (letter,) = json.loads(distq(target, "dead-letters", "--json").stdout)
+    assert letter["task"]["id"] == late.stdout.strip()
+    assert letter["reason"].startswith("its master is gone")
+
+    assert distq(target, "requeue-dead").returncode == 0
+    again = start_worker(target, workers, "--exit-when-idle", "2")
+    assert again.wait(60) == 0, again.output()
+    assert "1 ok" in again.output()
+    assert (status(target)["ready"], status(target)["dead"]) == (0, 0)
+
+
 def test_commands_name_an_unreachable_broker(target: Target) -> None:
     done = distq(target, "status")  # nothing hosts a manager master; brokers: wrong port below
     if target.name != "manager":
