@@ -17,11 +17,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from distq import __version__, commands
+from distq import __version__, commands, flagtypes
 from distq.codec import Codec
 from distq.config import (
     CONCURRENCY,
@@ -64,19 +64,6 @@ def fewer_collections() -> None:
         gc.set_threshold(YOUNG_GC_THRESHOLD, older, oldest)
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-        return value
-
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("settings (each flag overrides its environment variable)")
@@ -103,10 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     master = roles.add_parser("master", parents=[common], help="submit the squares job")
-    master.add_argument("--tasks", type=_positive(int), help=f"number of tasks (default {TASKS})")
+    master.add_argument("--tasks", type=flagtypes.count, help=f"number of tasks (default {TASKS})")
     master.add_argument(
         "--task-delay",
-        type=float,
+        type=flagtypes.seconds_or_zero,
         default=0.0,
         metavar="S",
         help="each task sleeps S seconds first (the tutorial's worker: 1)",
@@ -114,38 +101,38 @@ def _parser() -> argparse.ArgumentParser:
     master.add_argument("--seed", type=int, help="random seed for the task numbers")
     master.add_argument(
         "--timeout",
-        type=_positive(float),
+        type=flagtypes.seconds,
         metavar="S",
         help="give up after S seconds and name what is missing",
     )
     master.add_argument(
         "--rate",
-        type=_positive(float),
+        type=flagtypes.rate,
         metavar="R",
         help="submit R tasks per second until stopped (or --tasks reached)",
     )
     master.add_argument(
         "--max-in-flight",
-        type=_positive(int),
+        type=flagtypes.count,
         metavar="K",
         help="at most K tasks outstanding (1: one round trip at a time)",
     )
     master.add_argument(
         "--status-every",
-        type=_positive(float),
+        type=flagtypes.seconds,
         default=STATUS_EVERY,
         metavar="S",
         help=f"--rate mode: seconds between status lines (default {STATUS_EVERY:g})",
     )
     master.add_argument(
         "--max-attempts",
-        type=_positive(int),
+        type=flagtypes.count,
         default=MAX_ATTEMPTS,
         help=f"attempts per task before it fails for good (default {MAX_ATTEMPTS})",
     )
     master.add_argument(
         "--wait-workers",
-        type=_positive(int),
+        type=flagtypes.count,
         metavar="K",
         help="start (and start the clock) once K worker slots are attached",
     )
@@ -157,13 +144,13 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--concurrency",
         "-c",
-        type=_positive(int),
+        type=flagtypes.count,
         default=CONCURRENCY,
         help=f"tasks run at once, one thread each (default {CONCURRENCY})",
     )
     worker.add_argument(
         "--exit-when-idle",
-        type=_positive(float),
+        type=flagtypes.seconds,
         metavar="S",
         help="exit after S seconds with nothing to do, counting from when its last retry is due",
     )
@@ -184,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--connect-timeout",
-        type=float,
+        type=flagtypes.seconds_or_zero,
         default=CONNECT_TIMEOUT,
         metavar="S",
         help="keep trying to reach the broker for S seconds at start, then exit 3 "

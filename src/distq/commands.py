@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from distq import flagtypes
 from distq.codec import Codec
 from distq.config import MAX_ATTEMPTS, Settings
 from distq.console import Console
@@ -61,7 +62,7 @@ def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
     submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
     submit.add_argument(
         "--timeout",
-        type=_seconds,
+        type=flagtypes.seconds,
         metavar="S",
         help="with --wait: give up after S seconds (exit 1); the task stays queued, and a "
         "worker dead-letters it unrun as nobody waits any more (requeue-dead runs it)",
@@ -77,13 +78,15 @@ def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
     dead = roles.add_parser("dead-letters", parents=[common], help="show dead letters and why")
-    dead.add_argument("--limit", type=_count, default=20, metavar="N", help="oldest N (20)")
+    dead.add_argument(
+        "--limit", type=flagtypes.count, default=20, metavar="N", help="oldest N (20)"
+    )
     dead.add_argument("--json", action="store_true", help="print a JSON array")
     requeue = roles.add_parser(
         "requeue-dead", parents=[common], help="put dead letters back on the task queue"
     )
     requeue.add_argument(
-        "--limit", type=_count, metavar="N", help="oldest N (default: every one there now)"
+        "--limit", type=flagtypes.count, metavar="N", help="oldest N (default: every one there now)"
     )
 
 
@@ -330,23 +333,3 @@ def _requeue_dead(
     moved = transport.requeue_dead(limit, revive) if limit > 0 else 0
     _say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
     return 0
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from distq import flagtypes
 from distq.http import probe
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
@@ -24,12 +25,20 @@ def add_probe_parser(roles: Any) -> None:
         "probe", help="ask the local distq process: healthz (alive?) or readyz (connected?)"
     )
     parser.add_argument("check", choices=("healthz", "readyz"), help="which probe")
-    parser.add_argument("--port", type=int, help="endpoint port (default $DISTQ_METRICS_PORT)")
     parser.add_argument(
-        "--host", help="endpoint address (default $DISTQ_METRICS_HOST, or 127.0.0.1 for any)"
+        "--port", type=flagtypes.port, help="endpoint port (default $DISTQ_METRICS_PORT)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=5.0, metavar="S", help="give up after S seconds (5)"
+        "--host",
+        type=flagtypes.host,
+        help="endpoint address (default $DISTQ_METRICS_HOST, or 127.0.0.1 for any)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=flagtypes.seconds,
+        default=5.0,
+        metavar="S",
+        help="give up after S seconds (5)",
     )
 
 
@@ -38,7 +47,7 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     port = args.port
     if port is None:
         raw = environ.get("DISTQ_METRICS_PORT", "").strip()
-        if not raw.isdigit():
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
             what = f"is {raw!r}" if raw else "is not set"
             print(
                 f"distq: DISTQ_METRICS_PORT {what}; pass --port or set it to the port the "
@@ -50,6 +59,11 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     host = args.host or environ.get("DISTQ_METRICS_HOST", "").strip()
     if host in _WILDCARDS:
         host = "127.0.0.1"
+    try:
+        flagtypes.host(host)
+    except argparse.ArgumentTypeError as exc:  # only the variable's can be wrong here
+        print(f"distq: DISTQ_METRICS_HOST {exc}; pass --host", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         status, body = probe(f"/{args.check}", host.strip("[]"), port, args.timeout)
     except OSError as exc:

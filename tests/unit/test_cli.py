@@ -38,7 +38,7 @@ def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
             "DISTQ_LEASE_SECONDS --lease-seconds",
         ),
         (["worker", "--task", "nomodule_xyz:f"], {"DISTQ_AUTHKEY": "k"}, "cannot import"),
-        (["master", "--tasks", "0"], {"DISTQ_AUTHKEY": "k"}, "must be greater than 0"),
+        (["master", "--tasks", "0"], {"DISTQ_AUTHKEY": "k"}, "'0' must be 1 or more"),
         (
             ["worker"],  # a setting only the transport can judge, before anything connects
             {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": "redis://h:6379/0?socket_timeout=x"},
@@ -53,6 +53,58 @@ def test_bad_configuration_exits_2_with_one_line(
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["master", "--rate", "nan"], "--rate"),
+        (["master", "--rate", "inf"], "--rate"),
+        (["master", "--timeout", "nan"], "--timeout"),
+        (["master", "--status-every", "inf"], "--status-every"),
+        (["master", "--task-delay", "-1"], "--task-delay"),
+        (["master", "--task-delay", "nan"], "--task-delay"),
+        (["master", "--task-delay", "inf"], "--task-delay"),
+        (["worker", "--exit-when-idle", "nan"], "--exit-when-idle"),
+        (["worker", "--connect-timeout", "nan"], "--connect-timeout"),
+        (["worker", "--connect-timeout", "-1"], "--connect-timeout"),
+        (["worker", "--connect-timeout", "1e300"], "--connect-timeout"),
+        (["submit", "jobs:add", "--wait", "--timeout", "inf"], "--timeout"),
+        (["submit", "jobs:add", "--wait", "--timeout", "nan"], "--timeout"),
+        (["probe", "healthz", "--port", "1", "--timeout", "-1"], "--timeout"),
+        (["probe", "healthz", "--port", "1", "--timeout", "nan"], "--timeout"),
+        (["probe", "healthz", "--port", "1", "--timeout", "1e12"], "--timeout"),
+    ],
+)
+def test_a_number_flag_out_of_range_exits_2_naming_it(args: list[str], flag: str) -> None:
+    """NaN and infinity pass a ``value <= 0`` check: each must be refused, not crash the
+    master, never time out, or put NaN on the wire."""
+    done = distq(*args, DISTQ_AUTHKEY="k")
+    assert done.returncode == 2, done.stderr
+    assert f"argument {flag}: '{args[-1]}' is out of range; use a number " in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--host", "bad host"], {}, "argument --host: 'bad host' is not a host"),
+        (["--port", "70000"], {}, "argument --port: '70000' is out of range"),
+        (["--port", "0"], {}, "argument --port: '0' is out of range"),
+        ([], {"DISTQ_METRICS_PORT": "70000"}, "DISTQ_METRICS_PORT is '70000'; pass --port"),
+        (
+            ["--port", "1"],
+            {"DISTQ_METRICS_HOST": "bad host"},
+            "DISTQ_METRICS_HOST 'bad host' is not a host",
+        ),
+    ],
+)
+def test_a_probe_of_a_bad_address_exits_2(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
+    done = distq("probe", "healthz", *args, **env)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr
 
 
 def test_master_cannot_listen_on_a_busy_port() -> None:

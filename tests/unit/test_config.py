@@ -184,3 +184,20 @@ def test_drain_seconds_and_queue_type() -> None:
         Settings.load({**KEY, "DISTQ_RABBITMQ_QUEUE_TYPE": "stream"})
     assert Settings(lease_seconds=1.0).master_ttl == 10.0  # at least 10 s
     assert Settings(lease_seconds=5.0).master_ttl == 15.0  # three leases
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "NaN", "Infinity"])
+def test_no_number_setting_takes_nan_or_infinity(text: str) -> None:
+    """``float()`` reads these, and NaN passes any ``value <= 0`` check: every setting
+    that is a number (and the time limits) must refuse them by name."""
+    numeric = [e for e in SETTINGS if isinstance(e.default, (int, float)) and e.variable]
+    numeric += [e for e in SETTINGS if e.variable == "DISTQ_METRICS_PORT"]
+    assert {"DISTQ_LEASE_SECONDS", "DISTQ_DRAIN_SECONDS", "DISTQ_PREFETCH"} <= {
+        e.variable for e in numeric
+    }
+    for variable in [e.variable for e in numeric] + ["DISTQ_TASK_TIME_LIMIT"]:
+        with pytest.raises(ConfigError, match=variable):
+            Settings.load({**KEY, variable: text})
+        if variable == "DISTQ_TASK_TIME_LIMIT":
+            with pytest.raises(ConfigError, match=variable):
+                Settings.load({**KEY, variable: f"square={text}"})

@@ -1,0 +1,42 @@
+"""The role flags' parsers: a finite number in range, or one argparse line."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from distq import flagtypes
+
+
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "Infinity", "0", "-1", "1e10"])
+def test_seconds_refuse_what_is_not_a_finite_positive_wait(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="is out of range"):
+        flagtypes.seconds(text)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-0.5", "1e300"])
+def test_a_delay_refuses_what_is_not_finite_or_is_below_0(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="use a number from 0 to 1000000000"):
+        flagtypes.seconds_or_zero(text)
+
+
+def test_numbers_in_range_are_taken() -> None:
+    assert flagtypes.seconds("0.5") == 0.5
+    assert flagtypes.seconds_or_zero("0") == 0.0
+    assert flagtypes.rate("2000") == 2000.0
+    assert flagtypes.count("3") == 3
+    assert flagtypes.port("65535") == 65535
+    assert flagtypes.host("::1") == "::1"
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "0", "-3"])
+def test_a_rate_is_finite_and_positive(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        flagtypes.rate(text)
+
+
+@pytest.mark.parametrize("text", ["", "bad host", "a/b", "u@h", "h\x00"])
+def test_a_host_with_spaces_or_separators_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="is not a host"):
+        flagtypes.host(text)
