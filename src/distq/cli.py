@@ -221,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _master(args: argparse.Namespace, settings: Settings, console: Console) -> int:
+    if args.report is not None:
+        _check_report(args.report)
     spec = JobSpec(
         tasks=args.tasks if args.tasks is not None else (None if args.rate else TASKS),
         timeout=args.timeout,
@@ -255,10 +257,32 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
     finally:
         observe.close()
         transport.close()
-    if args.report:
-        args.report.write_text(report.to_json() + "\n")
+    written = True
+    if args.report is not None:
+        try:
+            args.report.write_text(report.to_json() + "\n")
+        except OSError as exc:  # checked at start, but the disk may fill, the directory go
+            console.error(f"--report {args.report}: could not write the job report: {exc}")
+            written = False
     console.info("master exit")
-    return 0 if report.succeeded else EXIT_FAILED
+    return 0 if report.succeeded and written else EXIT_FAILED
+
+
+def _check_report(path: Path) -> None:
+    """Fail before anything connects if ``--report`` cannot be written: found only after
+    the job, it would lose the report (with a traceback) and end a finished job in error."""
+    where = path.parent  # Path(".") for a bare file name
+    why = None
+    if path.is_dir():
+        why = "is a directory"
+    elif not where.is_dir():
+        why = f"its directory {str(where)!r} does not exist"
+    elif path.exists() and not os.access(path, os.W_OK):
+        why = "is not writable by this user"
+    elif not path.exists() and not os.access(where, os.W_OK | os.X_OK):
+        why = f"its directory {str(where)!r} is not writable by this user"
+    if why is not None:
+        raise ConfigError(f"--report {str(path)!r} {why}; name a file the master can write")
 
 
 def _leave_on_signal(console: Console) -> None:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +106,58 @@ def test_a_probe_of_a_bad_address_exits_2(
     done = distq("probe", "healthz", *args, **env)
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("where", ["missing/dir/report.json", ".", "readonly/report.json"])
+def test_a_report_file_that_cannot_be_written_is_refused_before_the_job(
+    tmp_path: Path, where: str
+) -> None:
+    """Found only after the job, it lost the report with a traceback."""
+    if where.startswith("readonly"):
+        if os.geteuid() == 0:
+            pytest.skip("root may write into a read-only directory")
+        (tmp_path / "readonly").mkdir(mode=0o500)
+    report = tmp_path / where
+    started = time.monotonic()
+    done = distq(
+        "master",
+        "--timeout",
+        "3",
+        "--report",
+        str(report),
+        DISTQ_AUTHKEY="k",
+        DISTQ_MANAGER_ADDRESS=f"127.0.0.1:{free_port()}",
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"distq: --report {str(report)!r} ")
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 3  # not after the job
+
+
+def test_a_report_that_fails_to_be_written_at_the_end_is_one_line(tmp_path: Path) -> None:
+    """The directory goes away during the job: exit 1, one line naming --report."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(
+        PYTHONPATH=str(REPO / "src"),
+        DISTQ_AUTHKEY="k",
+        DISTQ_MANAGER_ADDRESS=f"127.0.0.1:{free_port()}",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distq", "master", "--timeout", "2", "--report", str(folder / "r")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("master ")  # connected: --report checked
+    folder.rmdir()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert f"--report {folder / 'r'}: could not write the job report" in err
+    assert "Traceback" not in err
 
 
 def test_master_cannot_listen_on_a_busy_port() -> None:
