@@ -9,6 +9,7 @@ itself need not hold it. :func:`mask_url` is how a URL is shown anywhere.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -25,6 +26,10 @@ SECRETS: tuple[str, ...] = (
 )
 FILE_SUFFIX = "_FILE"
 MASK = "***"
+#: A query parameter whose value is a secret: redis-py takes the password from
+#: ``?password=`` as well as from the user part, and TLS options may carry one
+#: (``ssl_password``). Its value runs to the next parameter, fragment, space or quote.
+_SECRET_PARAM = re.compile(r"([?&;][^=&#\s]*(?:pass|secret|token)[^=&#\s]*=)[^&#\s'\"]*", re.I)
 
 
 def read_secret_files(
@@ -80,7 +85,7 @@ def add_password(url: str, password: str, var: str) -> str:
     parts = urlsplit(url)
     userinfo, at, hostport = parts.netloc.rpartition("@")
     user, colon, _ = userinfo.partition(":")
-    if at and colon:
+    if (at and colon) or mask_query(f"?{parts.query}") != f"?{parts.query}":
         password_var = var.replace("_URL", "_PASSWORD")
         raise ConfigError(
             f"{password_var} is set and {var} ({mask_url(url)}) holds a password too; "
@@ -96,12 +101,23 @@ def url_user(url: str) -> str:
     return userinfo.partition(":")[0] if at else ""
 
 
+def mask_query(text: str) -> str:
+    """``text`` with the value of every password-like query parameter (``password=``,
+    ``ssl_password=``, ``...secret=``, ``...token=``) replaced by ``***``."""
+    return _SECRET_PARAM.sub(lambda m: m.group(1) + MASK, text)
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password, if any, replaced by ``***``; safe to print or log.
 
     Works on malformed URLs too: whatever stands between the first ``:`` of the user
-    part and the last ``@`` before the path is masked.
+    part and the last ``@`` before the path is masked, and so is a password given as a
+    query parameter (``?password=``).
     """
+    return mask_query(_mask_userinfo(url))
+
+
+def _mask_userinfo(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import msgspec
 
 from distq.console import Console
-from distq.credentials import MASK
+from distq.credentials import MASK, mask_query
 
 #: JSON of a log object; what JSON cannot carry is written as its str(), as json's default=str
 _encoder = msgspec.json.Encoder(enc_hook=str)
@@ -33,8 +33,9 @@ _CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s]*@")
 
 
 def mask_secrets(text: str) -> str:
-    """``text`` with the password of every URL in it masked (for messages from elsewhere)."""
-    return _CREDENTIALS.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+    """``text`` with the password of every URL in it masked (for messages from elsewhere):
+    in the user part and in a query parameter (``?password=``)."""
+    return mask_query(_CREDENTIALS.sub(lambda m: f"{m.group(1)}{MASK}@", text))
 
 
 def timestamp(at: float) -> str:

@@ -133,10 +133,33 @@ def test_no_secret_in_the_output_of_a_job_or_its_failures(target: Target, tmp_pa
         code, out = run(["worker"], malformed, timeout=30)
         outputs.append(out)
         assert code == 2, out
+        if target.name == "redis":  # redis-py also takes the password from ?password=
+            outputs += password_in_the_query(env, url, password, wrong)
     known.append(wrong)
     everything = "\n".join(outputs)
     assert "Traceback" not in everything, everything
     assert_clean(everything, known)
+
+
+def password_in_the_query(env: dict[str, str], url: str, password: str, wrong: str) -> list[str]:
+    """The outputs of commands given a Redis URL with ``?password=``: right (a status),
+    wrong, and in a URL with a bad port, in text and in JSON lines."""
+    base = {k: v for k, v in env.items() if k != "DISTQ_REDIS_PASSWORD_FILE"}
+    parts = urlsplit(url)
+    bad_port = urlunsplit(parts._replace(netloc=f"{parts.hostname}:70000"))
+    outputs = []
+    for query_url, expected in (
+        (f"{url}?password={password}", 0),
+        (f"{url}?password={wrong}", 3),
+        (f"{bad_port}?db=0&password={password}", 2),
+        (f"{bad_port.replace(':70000', ':x')}?password={password}", 2),
+    ):
+        for log_format in ("text", "json"):
+            shown_env = {**base, "DISTQ_REDIS_URL": query_url, "DISTQ_LOG_FORMAT": log_format}
+            code, out = run(["status"], shown_env, timeout=30)
+            assert code == expected, out
+            outputs.append(out)
+    return outputs
 
 
 # --- images ------------------------------------------------------------------------

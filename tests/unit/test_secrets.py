@@ -14,6 +14,7 @@ from distq import tls
 from distq.config import SETTINGS, Settings
 from distq.credentials import SECRETS, mask_url
 from distq.errors import ConfigError
+from distq.logs import mask_secrets
 from distq.security import notices
 
 KEY = {"DISTQ_AUTHKEY": "secret-authkey-value"}
@@ -163,10 +164,39 @@ def test_max_message_bytes() -> None:
         ("unix://:pw@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
         ("redis://h:6379/0", "redis://h:6379/0"),
         ("amqp://user@h/v", "amqp://user@h/v"),
+        ("redis://h:6379/0?password=S3cret", "redis://h:6379/0?password=***"),
+        ("redis://h:6379/0?db=1&Password=S3&x=1#f", "redis://h:6379/0?db=1&Password=***&x=1#f"),
+        ("rediss://:pw@h:1/0?ssl_password=k3y", "rediss://:***@h:1/0?ssl_password=***"),
+        ("unix:///run/r.sock?db=0&password=S3cret", "unix:///run/r.sock?db=0&password=***"),
+        ("redis://h:70000/0?password=S3cret", "redis://h:70000/0?password=***"),
     ],
 )
 def test_mask_url(url: str, shown: str) -> None:
     assert mask_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cannot use redis://h:6379/0?password=S3cret now",
+        "url='redis://u:S3cret@h:6379/0?db=0' failed",
+        "rediss://h:1/0?db=0&password=S3cret&ssl_cert_reqs=none",
+    ],
+)
+def test_log_lines_mask_a_password_in_a_query(text: str) -> None:
+    shown = mask_secrets(text)
+    assert "S3cret" not in shown and "***" in shown
+
+
+def test_a_password_in_the_query_and_a_password_setting_is_an_error() -> None:
+    message = error(
+        {
+            "DISTQ_TRANSPORT": "redis",
+            "DISTQ_REDIS_URL": "redis://h:6379/0?password=S3cret",
+            "DISTQ_REDIS_PASSWORD": "other",
+        }
+    )
+    assert "holds a password too" in message and "S3cret" not in message
 
 
 def test_settings_never_show_a_secret(tmp_path: Path) -> None:
