@@ -118,8 +118,14 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         try:
             parts = urlsplit(text)
-            port = parts.port  # raises ValueError on a port that is not a number
+            port = parts.port  # raises ValueError on a port not a number, or above 65535
         except ValueError:  # its message may quote part of the password: not shown
+            digits = _port_text(text)
+            if digits.isdigit():
+                raise ValueError(
+                    f"({credentials.mask_url(text)}) has port {int(digits)}; use 1 to 65535, "
+                    f"e.g. {example}"
+                ) from None
             raise ValueError(
                 f"({credentials.mask_url(text)}) is not a valid URL: its port is not a "
                 "number; percent-encode '/', '@' and ':' in a password (%2F, %40, %3A)"
@@ -139,6 +145,18 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+def _port_text(url: str) -> str:
+    """What stands after the host's ``:`` in ``url``; ``""`` if nothing does, or if an
+    ``@`` after the host part says that part is a password's (``redis://:12/3@h``)."""
+    netloc = url.partition("://")[2]
+    for stop in "/?#":
+        netloc = netloc.partition(stop)[0]
+    if netloc.count("@") != url.count("@"):
+        return ""
+    host, colon, port = netloc.rpartition("@")[2].rpartition(":")
+    return port if colon and (host.endswith("]") or not host.startswith("[")) else ""
 
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

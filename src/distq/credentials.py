@@ -28,8 +28,12 @@ FILE_SUFFIX = "_FILE"
 MASK = "***"
 #: A query parameter whose value is a secret: redis-py takes the password from
 #: ``?password=`` as well as from the user part, and TLS options may carry one
-#: (``ssl_password``). Its value runs to the next parameter, fragment, space or quote.
-_SECRET_PARAM = re.compile(r"([?&;][^=&#\s]*(?:pass|secret|token)[^=&#\s]*=)[^&#\s'\"]*", re.I)
+#: (``ssl_password``). Its value runs to the next parameter, fragment, space or quote; one
+#: masked already (``***`` then ``)``, as a message quotes a masked URL) is left alone.
+_SECRET_PARAM = re.compile(
+    r"([?&;][^=&#\s]*(?:pass|secret|token)[^=&#\s]*=)(?!\*\*\*(?:[)&#\s'\"]|$))[^&#\s'\"]*",
+    re.I,
+)
 
 
 def read_secret_files(

@@ -132,7 +132,11 @@ def test_the_readme_settings_table_lists_every_setting_with_its_flag_and_default
         ("redis://:6379/0", "names no host"),
         ("redis://h:x/0", "not a valid URL"),
         ("redis://h:0/0", "has port 0"),
-        ("rediss://h:99999/0", "not a valid URL"),
+        ("rediss://h:99999/0", "has port 99999; use 1 to 65535"),
+        ("redis://127.0.0.1:70000/0", "has port 70000; use 1 to 65535"),
+        ("redis://[::1]:70000/0", "has port 70000; use 1 to 65535"),
+        ("redis://:pw@h:70000/0?password=x", "has port 70000; use 1 to 65535"),
+        ("redis://:99999/pw@h:6379/0", "not a valid URL"),  # a password's digits: not shown
     ],
 )
 def test_broker_urls_need_a_host_and_a_numeric_port(url: str, why: str) -> None:
@@ -140,6 +144,8 @@ def test_broker_urls_need_a_host_and_a_numeric_port(url: str, why: str) -> None:
         Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
     message = str(caught.value)
     assert message.startswith("DISTQ_REDIS_URL ") and why in message and "\n" not in message
+    if "pw" in url:  # nothing of a password is shown, not even as a port
+        assert "pw" not in message and "99999" not in message
     with pytest.raises(ConfigError, match="DISTQ_AMQP_URL names no port"):
         Settings.load({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": "amqp://u:p@h/%2F"})
     ok = Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": "unix:///run/r.sock?db=0"})

@@ -188,6 +188,11 @@ def test_log_lines_mask_a_password_in_a_query(text: str) -> None:
     assert "S3cret" not in shown and "***" in shown
 
 
+def test_a_masked_url_in_a_message_keeps_its_closing_parenthesis() -> None:
+    line = f"DISTQ_REDIS_URL ({mask_url('redis://h:70000?password=S3cret')}) has port 70000"
+    assert mask_secrets(line) == "DISTQ_REDIS_URL (redis://h:70000?password=***) has port 70000"
+
+
 def test_a_password_in_the_query_and_a_password_setting_is_an_error() -> None:
     message = error(
         {
