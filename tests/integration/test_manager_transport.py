@@ -185,12 +185,27 @@ def _silent_listener(address: tuple[str, int]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _stopped(master: Distq) -> Iterator[None]:
-    """``master`` frozen with SIGSTOP (its port still accepts connections), then resumed."""
+    """``master`` frozen with SIGSTOP (its port still accepts connections), then resumed.
+
+    Frozen means every thread of it stopped: the kernel stops them one by one, and on a
+    loaded machine one may still answer a request sent right after the signal."""
     master.signal(signal.SIGSTOP)
     try:
+        deadline = time.monotonic() + 10
+        while not _every_thread_stopped(master.proc.pid):
+            assert time.monotonic() < deadline, "the master did not stop within 10 s"
+            time.sleep(0.01)
         yield
     finally:
         master.signal(signal.SIGCONT)
+
+
+def _every_thread_stopped(pid: int) -> bool:
+    states = []
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            states.append((thread / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return all(state in ("T", "t") for state in states)
 
 
 #: Each command's arguments, and how long it may take to give up (generous: CI is loaded).
