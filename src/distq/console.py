@@ -3,6 +3,11 @@
 Lines go to stdout in batches (one write and flush per batch, so a pipe shows them
 live without a syscall per line). On a terminal, a long job shows a progress bar on
 stderr instead of one line per task; off a terminal, plain lines always.
+
+Output is never a reason to stop work: a stream that cannot be written any more (a
+closed pipe, a full disk) is dropped, said once on the other stream if it still works,
+and the process goes on without it, as Python's ``logging`` does. Otherwise a worker
+whose stdout went away would fail each task it takes while printing its line.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Console:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.bar: Progress | None = None
+        self._gone: set[int] = set()  # id() of streams that failed: written no more
 
     @property
     def task_lines(self) -> bool:
@@ -76,17 +82,36 @@ class Console:
             return
         text = "\n".join(lines)
         if text:
-            self.out.write(text + "\n")
-            self.out.flush()
+            self.write(self.out, text + "\n")
 
     def info(self, line: str) -> None:
         """A line that always prints: start, summary, exit."""
         if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        self.out.write(line + "\n")
-        self.out.flush()
+            bar, self.bar = self.bar, None
+            try:
+                bar.close()
+            except (OSError, ValueError):
+                self._lost(self.err)
+        self.write(self.out, line + "\n")
 
     def error(self, line: str) -> None:
-        self.err.write(f"distq: {line}\n")
-        self.err.flush()
+        self.write(self.err, f"distq: {line}\n")
+
+    def write(self, stream: TextIO, text: str) -> None:
+        """Write ``text`` to ``stream`` and flush; a stream that fails is dropped."""
+        if id(stream) in self._gone:
+            return
+        try:
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or file, a full disk
+            self._lost(stream)
+
+    def _lost(self, stream: TextIO) -> None:
+        """``stream`` failed: drop it, and say so once on the other one (in this
+        console's own format), if that still works."""
+        self._gone.add(id(stream))
+        if stream is self.out:
+            self.error("stdout cannot be written any more; going on without it")
+        else:
+            self.info("distq: stderr cannot be written any more; going on without it")

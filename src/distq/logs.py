@@ -132,17 +132,14 @@ class JsonConsole(Console):
             text = "".join(
                 json.dumps(msgspec.json.decode(line)) + "\n" for line in text.splitlines()
             ).encode()
-        self.out.write(text.decode())
-        self.out.flush()
+        self.write(self.out, text.decode())
 
-    @staticmethod
-    def _write(stream: TextIO, records: list[dict[str, Any]]) -> None:
+    def _write(self, stream: TextIO, records: list[dict[str, Any]]) -> None:
         lines = b"".join([_encode(r) + b"\n" for r in records])
         if lines.isascii():
-            stream.write(lines.decode())
+            self.write(stream, lines.decode())
         else:  # as json writes it: \u escapes, which any stream can carry
-            stream.write("".join(json.dumps(r, default=str) + "\n" for r in records))
-        stream.flush()
+            self.write(stream, "".join(json.dumps(r, default=str) + "\n" for r in records))
 
 
 class JsonFormatter(logging.Formatter):

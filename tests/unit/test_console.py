@@ -41,3 +41,37 @@ def test_short_jobs_print_lines_on_a_terminal_and_quiet_prints_summaries_only() 
     quiet.lines(["a"])
     quiet.info("summary")
     assert quiet_out.getvalue() == "summary\n"
+
+
+class Gone(io.StringIO):
+    """A stream whose reader went away: every write fails as a closed pipe does."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_stream_that_cannot_be_written_is_dropped_said_once_and_work_goes_on() -> None:
+    out, err = Gone(), io.StringIO()
+    console = Console(out=out, err=err)
+    console.lines(["Get task square(3) from task_queue."])  # raised BrokenPipeError before
+    console.lines(["Get task square(4) from task_queue."])
+    console.info("worker exit.")
+    assert out.writes == 1  # dropped after the first failure
+    assert err.getvalue() == "distq: stdout cannot be written any more; going on without it\n"
+    console.error("an error line still shows")
+    assert err.getvalue().endswith("distq: an error line still shows\n")
+
+
+def test_a_json_console_drops_a_failed_stream_the_same_way() -> None:
+    from distq.logs import JsonConsole
+
+    out, err = io.StringIO(), Gone()
+    console = JsonConsole("worker", out=out, err=err, worker="w1")
+    console.error("first")
+    console.error("second")
+    assert err.writes == 1
+    assert '"message":"distq: stderr cannot be written any more' in out.getvalue()
+    assert out.getvalue().count("\n") == 1

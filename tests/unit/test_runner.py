@@ -108,3 +108,22 @@ def test_json_logs_format_no_text_line_per_task() -> None:
     assert run(runner, "square", 3)[0] == "ok"
     assert out.getvalue() == ""  # the task's event is the batch's, written at its settle
     assert Console().task_lines and not Console(quiet=True).task_lines
+
+
+def test_a_worker_whose_stdout_went_away_still_runs_its_tasks() -> None:
+    """Its ``Get task`` line cannot be printed: the task runs all the same (before, the
+    BrokenPipeError ended the slot's batch as an outage; then each task was
+    dead-lettered as one the worker could not handle)."""
+
+    class Gone(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    err = io.StringIO()
+    runner = TaskRunner(Registry(), Endings("w1", "q"), Console(out=Gone(), err=err))
+    for n in (3, 4):
+        task = Task(name="square", args=[n], reply_to="replies")
+        ending = runner(Delivery(body=task.encode(), tag=1))
+        assert ending.outcome == "ok" and ending.settlement.result is not None
+        assert Result.decode(ending.settlement.result).value == n * n
+    assert err.getvalue() == "distq: stdout cannot be written any more; going on without it\n"
