@@ -553,3 +553,73 @@ def test_a_deleted_task_queue_fails_loudly_and_a_new_consumer_heals_it(
     fresh = t.consumer("c2")  # what the worker does after an error: declares again
     t.producer(f"{queue}.reply").submit([b"after"])
     assert [d.body for d in fetch_n(fresh, 1)] == [b"after"]
+
+
+def test_a_task_the_broker_returned_is_not_counted_as_held_and_its_queue_comes_back(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """The task queue deleted under a master: a publish to it comes back unroutable.
+    reconcile() must not vouch for it (before, it counted every publish as held, and the
+    master never sent those tasks again), and the new link declares the queue again."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"a", b"b"])
+    producer.flush()
+    assert producer.reconcile() == 2
+    raw.queue_delete(queue)  # an operator's mistake
+    with pytest.raises(TransportError, match="no queue"):
+        producer.submit([b"c"])
+        producer.flush()
+    held = producer.reconcile()
+    assert held == 2  # "c" never reached a queue: the master submits it again
+    producer.submit([b"c"])  # as the master does, after position `held`
+    producer.flush()
+    assert producer.reconcile() == 3
+    consumer = t.consumer("c1")
+    assert [d.body for d in fetch_n(consumer, 1)] == [b"c"]  # the queue is back, with it
+    consumer.close()
+    producer.close()
+
+
+def test_a_task_the_broker_refused_is_not_counted_as_held(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A queue at its length limit with overflow reject-publish nacks the publish."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("p"))
+    raw.queue_delete(queue)
+    raw.queue_declare(  # as the transport declares it, plus a limit an operator set
+        queue,
+        durable=True,
+        arguments={**t.task_queue_arguments(), "x-max-length": 2, "x-overflow": "reject-publish"},
+    )
+    producer.submit([b"a", b"b"])
+    producer.flush()
+    with pytest.raises(TransportError, match="refused 1 message"):
+        producer.submit([b"c"])
+        producer.flush()
+    raw.queue_delete(queue)  # so that the new link can declare it as distq does
+    assert producer.reconcile() == 2  # before: 3, and "c" was never sent again
+    producer.close()
+
+
+def test_a_retry_queue_declared_otherwise_is_used_as_it_is(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A retry queue left by another DISTQ_RABBITMQ_QUEUE_TYPE (it lives an hour) has other
+    arguments: redeclaring it is a 406. Before, that closed the consumer's channel, the
+    batch went back and ran again at once, forever, its attempt never counted."""
+    t = open_transport()
+    args: dict[str, Any] = {"x-message-ttl": 300, "x-dead-letter-exchange": ""}
+    args.update({"x-dead-letter-routing-key": queue, "x-expires": 300 + 3_600_000})
+    raw.queue_declare(
+        f"{queue}.retry.300", durable=True, arguments={**args, "x-overflow": "reject-publish"}
+    )
+    t.producer(f"{queue}.reply").submit([b"task"])
+    consumer = t.consumer("c1")
+    (task,) = fetch_n(consumer, 1)
+    consumer.settle([Settlement(task, retry=b"task-2", retry_delay=0.3)])  # no 406 raised
+    (again,) = fetch_n(consumer, 1, within=5)  # through the old queue, back after 0.3 s
+    assert again.body == b"task-2"
+    consumer.settle([Settlement(again)])
+    consumer.close()

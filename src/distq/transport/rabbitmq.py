@@ -63,9 +63,11 @@ Publisher confirms, batched: a worker publishes a whole batch's results, retries
 dead letters, waits once for all their confirms, and only then acks the deliveries. A
 master waits only when more than ``_CONFIRM_WINDOW`` tasks are unconfirmed; a refused
 or unroutable task raises from its next call. It acks its results one call later,
-cumulatively. After a lost connection, :meth:`RabbitMQProducer.reconcile` reconnects
-and counts the tasks confirmed before it as held (every one when the reply queue is
-gone: a new or reset node): the master submits the rest again. pika's
+cumulatively. After a lost connection, or a task the broker refused (a length limit)
+or returned (its queue deleted), :meth:`RabbitMQProducer.reconcile` reconnects (which
+declares the task queue again) and counts as held the tasks confirmed before the first
+one lost (none when the reply queue is gone: a new or reset node): the master submits
+the rest again. pika's
 ``BlockingChannel`` would wait per message: this goes through
 :mod:`distq.transport.pika_internals`. Tasks, retries and dead letters are published
 ``mandatory``; results are not (a missing reply queue means nobody waits).
@@ -273,6 +275,8 @@ class _Link:
         self._unconfirmed: set[int] = set()
         self._nacked = 0
         self._returned: list[str] = []
+        # the first publish the broker may have refused or returned: None while none was
+        self._failed_at: int | None = None
         self.connection = broker.connect(heartbeat, name)
         try:
             with broker.translated("opening a channel"):
@@ -301,11 +305,27 @@ class _Link:
         else:
             done = {method.delivery_tag}
         if isinstance(method, pika.spec.Basic.Nack):
-            self._nacked += len(done & self._unconfirmed)
+            refused = done & self._unconfirmed
+            if refused:
+                self._nacked += len(refused)
+                self._failed(min(refused))
         self._unconfirmed -= done
 
     def _on_return(self, _channel: Any, method: Any, _props: Any, _body: bytes) -> None:
         self._returned.append(method.routing_key)
+        # a return names no publish: RabbitMQ sends it just before that publish's ack, so
+        # the publish is still unconfirmed, at or after the oldest one not confirmed yet
+        self._failed(min(self._unconfirmed) if self._unconfirmed else self._sequence)
+
+    def _failed(self, sequence: int) -> None:
+        if self._failed_at is None or sequence < self._failed_at:
+            self._failed_at = sequence
+
+    @property
+    def failed(self) -> bool:
+        """Whether the broker refused or returned a publish on this link: from there on,
+        it vouches for none (see :attr:`confirmed`)."""
+        return self._failed_at is not None
 
     def publish(
         self, routing_key: str, body: bytes, *, mandatory: bool, properties: Any = _PERSISTENT
@@ -326,8 +346,12 @@ class _Link:
 
     @property
     def confirmed(self) -> int:
-        """How many publishes on this link, counted from the first, the broker confirmed."""
-        return min(self._unconfirmed) - 1 if self._unconfirmed else self._sequence
+        """How many publishes on this link, counted from the first, the broker confirmed
+        and holds: the prefix before the first one unconfirmed, refused or returned."""
+        confirmed = min(self._unconfirmed) - 1 if self._unconfirmed else self._sequence
+        if self._failed_at is not None:
+            confirmed = min(confirmed, self._failed_at - 1)
+        return confirmed
 
     def send(self) -> None:
         """Write everything published so far to the socket; do not wait for confirms."""
@@ -345,6 +369,11 @@ class _Link:
         returned, self._returned = set(self._returned), []
         self.check()
         return returned
+
+    def wait_for_confirms(self) -> None:
+        """Block until every publish is confirmed (or refused), raising nothing for a
+        refused or returned one: :attr:`failed` and :attr:`confirmed` say."""
+        self._wait_for_confirms(0)
 
     def _wait_for_confirms(self, keep: int) -> None:
         if len(self._unconfirmed) > keep:
@@ -492,7 +521,9 @@ class RabbitMQTransport(Transport):
             raise TransportError(
                 f"RabbitMQ at {self._broker.address} already has queue {self.queue!r} or "
                 f"{self.dead_queue!r} with other arguments ({exc.reply_text}); check "
-                "DISTQ_RABBITMQ_QUEUE_TYPE, delete them or choose another DISTQ_QUEUE"
+                "DISTQ_RABBITMQ_QUEUE_TYPE, delete them (and its retry queues "
+                f"{self.queue + '.retry.*'!r}, or they are used as they are until they "
+                "expire an hour after their last retry) or choose another DISTQ_QUEUE"
             ) from None
 
     def _admin_link(self, fresh: bool = False) -> _Link:
@@ -745,12 +776,16 @@ class RabbitMQProducer(Producer):
             try:
                 # a publish not confirmed yet is not lost: counting it so would submit
                 # its task again (a duplicate run); wait for every confirm first
-                self._link.confirm()
+                self._link.wait_for_confirms()
             except _PikaError:
                 pass  # the link went meanwhile: reconnect below
             else:
-                return self._held + self._confirmed_tasks()
-        held = self._held + self._confirmed_tasks()  # the broker keeps what it confirmed
+                if not self._link.failed:
+                    return self._held + self._confirmed_tasks()
+        # a lost link, or one whose publish the broker refused or returned (its queue
+        # deleted, a length limit): the broker keeps the prefix it confirmed before that;
+        # a new link declares the task queue again, and the master submits the rest again
+        held = self._held + self._confirmed_tasks()
         self._link.close()
         self._link, existed = self._connect()
         self._held = held if existed else 0
@@ -1097,11 +1132,24 @@ class RabbitMQConsumer(Consumer):
         now, last = time.monotonic(), self._retry_declared.get(ms)
         if last is not None and now - last < _RETRY_REDECLARE_S:
             return
-        self._link.channel.queue_declare(
-            f"{self._transport.queue}.retry.{ms}",
-            durable=True,
-            arguments=self._transport.retry_queue_arguments(ms),
-        )
+        # on a channel of its own: a 406 closes the channel it came on, and on the
+        # link's channel that would hand the whole batch back to run again, forever
+        channel = self._link.connection.channel()
+        try:
+            channel.queue_declare(
+                f"{self._transport.queue}.retry.{ms}",
+                durable=True,
+                arguments=self._transport.retry_queue_arguments(ms),
+            )
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 406:
+                raise
+            # declared with other arguments (another DISTQ_RABBITMQ_QUEUE_TYPE, within
+            # the hour it lives): its delay and its target are the same, so it is used
+            # as it is
+        else:
+            with contextlib.suppress(*_PikaError):
+                channel.close()
         self._retry_declared[ms] = now
 
     def close(self) -> None:
