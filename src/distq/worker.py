@@ -219,6 +219,9 @@ class Worker:
         if not self._stopping.is_set():
             self._drain_until = time.monotonic() + self.options.drain_seconds
             self._stopping.set()
+            # not ready from now on, even while a slot still runs its task (the README's
+            # "503 while stopping"): before, /readyz said so only once a slot had ended
+            self.health.readiness.stopping()
 
     def _stop_cold(self, slots: list[_Slot]) -> None:
         """Close the consumer under every running batch; its tasks go back."""
@@ -267,7 +270,11 @@ class Worker:
     # -- the keeper: long batches' leases, their unstarted tasks, time limits ---------
     def _keep(self, slots: list[_Slot], done: threading.Event) -> None:
         interval = self.options.heartbeat_interval
-        tick = min(interval / 4, TIME_LIMIT_TICK) if self.limits else interval / 4
+        # it beats liveness each tick: at most a third of the stall limit apart, or a long
+        # lease (lease/12 between ticks) made /healthz say "stalled" while all was well
+        tick = min(interval / 4, self.health.liveness.stall_seconds / 3)
+        if self.limits:
+            tick = min(tick, TIME_LIMIT_TICK)
         while not done.wait(tick):
             self.health.beat("leases")
             for slot in slots:

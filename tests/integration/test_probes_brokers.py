@@ -187,3 +187,41 @@ def test_unknown_paths_are_404_and_the_metrics_pass_promtool(
         assert rabbitmq_server.password not in boss.output() + work.output()
     finally:
         stop(work, boss)
+
+
+def test_a_long_lease_does_not_make_an_idle_worker_look_stalled(
+    redis_server: LocalRedis,
+) -> None:
+    """The keeper beats liveness once per tick; the tick was lease/12 whatever the stall
+    limit: with a 30 s lease and DISTQ_STALL_SECONDS=2, /healthz said 503 ("leases")
+    2 s after each tick (with the defaults, from leases above 720 s)."""
+    port = free_port()
+    env = environment("redis", redis_server.url, DISTQ_STALL_SECONDS="2")
+    process = worker(env, port, lease="30")
+    try:
+        wait_for([port], "/readyz", 200, timeout=60)
+        deadline = time.monotonic() + 6  # three stall limits
+        while time.monotonic() < deadline:
+            status, body = get(port, "/healthz")
+            assert status == 200, body
+            time.sleep(0.2)
+    finally:
+        stop(process)
+
+
+def test_readiness_is_503_as_soon_as_a_worker_stops_even_while_its_task_runs(
+    redis_server: LocalRedis,
+) -> None:
+    port = free_port()
+    env = environment("redis", redis_server.url)
+    process = worker(env, port, "--concurrency", "1")
+    submit = Distq(["submit", "square", "3", "--kwargs", '{"delay": 8}'], env)
+    try:
+        assert submit.proc.wait(30) == 0, submit.output()
+        process.wait_for(r"Get task", timeout=30)
+        process.signal(signal.SIGTERM)  # a warm stop: the 8 s task finishes first
+        seen = wait_for([port], "/readyz", 503, timeout=3)
+        assert seen[port]["status"] != "ready"
+        assert process.proc.poll() is None  # still running its task
+    finally:
+        stop(process)
