@@ -11,12 +11,20 @@ anything else 404
 
 A request only reads state the process keeps (:mod:`distq.health`): no broker call,
 so probes cost the task path nothing. :func:`probe` is the client ``distq probe`` uses.
+
+Clients that are slow or never finish cannot pile up: a connection that sends nothing
+for ``REQUEST_TIMEOUT`` seconds is closed, and at most ``MAX_CONNECTIONS`` are served at
+once (one more is closed at once, unanswered). An IPv6 ``DISTQ_METRICS_HOST`` (``::``,
+``::1``) listens on IPv6; ``::`` takes IPv4 too where the system allows dual stack.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
+import ipaddress
 import json
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -30,15 +38,51 @@ from distq.errors import ConfigError
 from distq.health import ProcessHealth, Verdict
 
 JSON = "application/json"
+#: Seconds a connection may send nothing (mid-request, or idle between keep-alive
+#: requests) before it is closed.
+REQUEST_TIMEOUT = 10.0
+#: Connections served at once; one more is closed unanswered.
+MAX_CONNECTIONS = 32
 
 
 class _Server(ThreadingHTTPServer):
+    def __init__(self, address: tuple[str, int], handler: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):  # too many at once: refused, not queued
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A scraper that hung up mid-answer (a timeout, a partition) is not an error
         worth a traceback on the console; anything else still prints one."""
         if isinstance(sys.exc_info()[1], ConnectionError):  # reset, broken pipe, aborted
             return
         super().handle_error(request, client_address)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def _ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).version == 6
+    except ValueError:
+        return False  # a name, or IPv4: as before
 
 
 class Endpoint:
@@ -50,11 +94,19 @@ class Endpoint:
         self.registry, self.health = registry, health
         handler = type("_Handler", (_Handler,), {"endpoint": self})
         try:
-            self._server = _Server((host, port), handler)
+            if _ipv6(host):
+                self._server: _Server = _Server6((host.strip("[]"), port), handler)
+            else:
+                self._server = _Server((host, port), handler)
         except OSError as exc:
+            fix = (
+                "pick a free port"
+                if exc.errno == errno.EADDRINUSE
+                else "check DISTQ_METRICS_HOST: an address of this machine, 0.0.0.0 or ::"
+            )
             raise ConfigError(
                 f"DISTQ_METRICS_PORT {port}: cannot listen on {host}:{port} "
-                f"(DISTQ_METRICS_HOST): {exc.strerror or exc}; pick a free port"
+                f"(DISTQ_METRICS_HOST): {exc.strerror or exc}; {fix}"
             ) from None
         self._server.daemon_threads = True
         self.host = host
@@ -95,6 +147,7 @@ def _json(verdict: Verdict) -> tuple[int, str, bytes]:
 class _Handler(BaseHTTPRequestHandler):
     endpoint: Endpoint
     protocol_version = "HTTP/1.1"  # keep-alive for Prometheus's scrapes
+    timeout = REQUEST_TIMEOUT  # the socket's: a client that stops sending is dropped
 
     def do_GET(self) -> None:
         self._answer(head=False)

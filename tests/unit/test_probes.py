@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+import distq.http as distq_http
 from conftest import REPO
 from distq.errors import ConfigError, TransportError
 from distq.health import HANG_SECONDS, Liveness, ProcessHealth, Readiness, WorkerHealth
@@ -302,3 +304,46 @@ def test_a_scraper_hanging_up_mid_answer_prints_no_traceback(
         assert "ValueError: a real bug" in capsys.readouterr().err
     finally:
         server.server_close()
+
+
+def test_slow_clients_cannot_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half-sent requests are closed after the request timeout, and past the connection
+    cap a new one is closed at once: before, each held a thread and a descriptor for as
+    long as the client liked, until the process ran out of them and its probes failed."""
+    monkeypatch.setattr(distq_http, "MAX_CONNECTIONS", 3, raising=False)
+    monkeypatch.setattr(distq_http._Handler, "timeout", 0.5)
+    endpoint = Endpoint("127.0.0.1", 0, CollectorRegistry(), ProcessHealth("worker")).start()
+    slow = [socket.create_connection(("127.0.0.1", endpoint.port)) for _ in range(3)]
+    try:
+        for client in slow:
+            client.sendall(b"GET /healthz HTTP/1.1\r\n")  # and never the rest
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", endpoint.port))
+        extra.settimeout(5)
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert extra.recv(100) == b""  # closed, unanswered: three are being served
+        extra.close()
+        for client in slow:
+            client.settimeout(5)
+            assert client.recv(100) == b""  # closed by the server after 0.5 s
+        status, _, _ = get(endpoint.port, "/healthz")
+        assert status == 200  # room again
+    finally:
+        for client in slow:
+            client.close()
+        endpoint.close()
+
+
+def test_an_ipv6_host_listens_on_ipv6() -> None:
+    try:  # a machine without ::1 (IPv6 off in its kernel) cannot have it
+        with socket.socket(socket.AF_INET6) as plain:
+            plain.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    endpoint = Endpoint("::1", 0, CollectorRegistry(), ProcessHealth("worker")).start()
+    try:
+        with socket.create_connection(("::1", endpoint.port), timeout=5) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.1 200")
+    finally:
+        endpoint.close()
