@@ -52,6 +52,7 @@ class TaskSubmitted(Line):
 class ResultReceived(Line):
     event: str
     task_id: str
+    task: str
     attempt: int
     duration: float
     outcome: str
@@ -240,6 +241,9 @@ class MasterTelemetry:
     def __init__(self, metrics: MasterMetrics | None = None, log: JsonConsole | None = None):
         self.metrics = metrics
         self.log = log if log is not None and not log.quiet else None
+        # with JSON logs: the name of each task submitted and not answered, for its
+        # "result received" line (a result names only its task's id)
+        self._names: dict[str, str] = {}
 
     def submitted(self, tasks: Sequence[Task], outstanding: int) -> None:
         if self.metrics is not None:
@@ -248,6 +252,7 @@ class MasterTelemetry:
             self.metrics.outstanding.set(outstanding)
         log = self.log
         if log is not None:
+            self._names.update([(t.id, t.name) for t in tasks])
             at, role = log.stamp(), log.role
             log.write_lines(
                 [
@@ -268,7 +273,7 @@ class MasterTelemetry:
             metrics.outstanding.set(outstanding)
         log = self.log
         if log is not None and received:
-            at, role = log.stamp(), log.role
+            at, role, name = log.stamp(), log.role, self._names.pop
             log.write_lines(
                 [
                     DuplicateResult(at, "info", role, "duplicate result", r.task_id, r.worker)
@@ -279,6 +284,7 @@ class MasterTelemetry:
                         role,
                         "result received",
                         r.task_id,
+                        name(r.task_id, ""),
                         r.attempt,
                         micros(r.duration),
                         r.status,

@@ -48,6 +48,7 @@ def test_one_task_can_be_followed_through_the_json_lines(target: Target) -> None
         run = settled[task_id]
         assert (run["task"], run["attempt"], run["outcome"]) == ("square", 1, "ok")
         assert result["worker"] == "w-json" and result["duration"] == run["duration"]
+        assert result["task"] == "square"  # all three events name the task
         assert result["round_trip"] >= run["queue_wait"]
 
     url = urlsplit(target.env.get("DISTQ_REDIS_URL") or target.env.get("DISTQ_AMQP_URL") or "")

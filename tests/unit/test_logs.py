@@ -88,7 +88,8 @@ def test_a_task_can_be_followed_from_submit_to_settle_to_result() -> None:
     assert released == {**released, "event": "tasks released", "count": 1}
     assert received["event"] == "result received" and received["task_id"] == task.id
     assert (received["outcome"], received["worker"], received["round_trip"]) == ("ok", "w1", 0.015)
-    assert submitted["task"] == settled["task"] == "square"
+    assert submitted["task"] == settled["task"] == received["task"] == "square"
+    assert list(received)[4:7] == ["task_id", "task", "attempt"]  # as the README shows it
 
 
 def test_quiet_json_keeps_only_the_process_lines() -> None:
