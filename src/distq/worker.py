@@ -103,6 +103,10 @@ class WorkerOptions:
         )
 
 
+#: A failed batch this long after the last one starts the slot's backoff afresh.
+FAILURES_FORGOTTEN_S = 60.0
+
+
 class _Slot:
     """One consumer, the batch it runs, and the lock that serialises its calls.
 
@@ -122,6 +126,10 @@ class _Slot:
         self.thread: threading.Thread | None = None
         self.generation = 0
         self.backoff = Backoff()
+        # between a failed batch and the next: a failure that repeats (a settle the broker
+        # always refuses) must not rerun the batch as fast as the broker answers
+        self.failing = Backoff(base=0.5)
+        self.failed_at = -FAILURES_FORGOTTEN_S  # monotonic time of the last failed batch
         self.in_hand = 0  # deliveries fetched and not yet settled or handed back
 
 
@@ -378,6 +386,7 @@ class Worker:
                         claimed = self._settle(
                             slot, batch.endings, batch.take_rest(), sizer.size, poll
                         )
+                        slot.failing.reset()
                         if claimed:
                             slot.renewed = time.monotonic()
                 except Exception as exc:  # a transport bug must not kill the slot either
@@ -392,6 +401,11 @@ class Worker:
                         slot.consumer = None
                         self._count(slot, [], released=slot.in_hand)  # back with the lease
                     self.health.connected(False, f"{self.id}-{slot.index}", str(exc))
+                    now = time.monotonic()
+                    if now - slot.failed_at > FAILURES_FORGOTTEN_S:  # not a repeat: afresh
+                        slot.failing.reset()
+                    slot.failed_at = now
+                    self._stopping.wait(slot.failing.next())
         finally:
             if slot.generation == generation:
                 with slot.lock:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import re
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Task
-from distq.errors import SettledThenFailed
+from distq.errors import SettledThenFailed, TransportError
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions
@@ -91,3 +93,31 @@ def test_a_batch_settled_before_its_next_fetch_failed_counts_as_settled(
     assert settled and "broker went away after the settle; reconnecting" in out.getvalue()
     assert re.search(r"^worker exit\. 5 ok, ", out.getvalue(), re.M), out.getvalue()
     producer.close()
+
+
+def test_a_settle_that_always_fails_does_not_rerun_its_batch_in_a_hot_loop(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that refuses every settle (RabbitMQ's 406 on a queue declared otherwise,
+    say) hands the batch back each time; before, the slot ran it again at once, thousands
+    of times a second. Now the retries back off (0.5 s, 1 s, ... up to 5 s, jittered)."""
+    producer = transport.producer("replies")
+    producer.submit([Task(name="square", args=[3], reply_to="replies").encode()])
+    kind = type(transport.consumer("probe"))
+    calls: list[float] = []
+
+    def refuse(self: Any, settlements: Any, max_count: int, timeout: float = 0) -> Any:
+        calls.append(time.monotonic())
+        raise TransportError("PRECONDITION_FAILED, every time")
+
+    monkeypatch.setattr(kind, "settle_then_fetch", refuse)
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=1, worker_id="w", heartbeat_interval=0.3)
+    worker = Worker(transport, Registry(), options, Console(quiet=True, out=out, err=out))
+    timer = threading.Timer(3.0, worker._stop_warm)
+    timer.start()
+    try:
+        assert worker.run() == 0
+    finally:
+        timer.cancel()
+    assert 1 <= len(calls) <= 12, len(calls)  # before: thousands in 3 s
