@@ -610,11 +610,8 @@ def test_a_retry_queue_declared_otherwise_is_used_as_it_is(
     arguments: redeclaring it is a 406. Before, that closed the consumer's channel, the
     batch went back and ran again at once, forever, its attempt never counted."""
     t = open_transport()
-    args: dict[str, Any] = {"x-message-ttl": 300, "x-dead-letter-exchange": ""}
-    args.update({"x-dead-letter-routing-key": queue, "x-expires": 300 + 3_600_000})
-    raw.queue_declare(
-        f"{queue}.retry.300", durable=True, arguments={**args, "x-overflow": "reject-publish"}
-    )
+    otherwise = {**t.retry_queue_arguments(300), "x-overflow": "reject-publish"}
+    raw.queue_declare(f"{queue}.retry.300", durable=True, arguments=otherwise)
     t.producer(f"{queue}.reply").submit([b"task"])
     consumer = t.consumer("c1")
     (task,) = fetch_n(consumer, 1)
