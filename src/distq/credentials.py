@@ -66,7 +66,8 @@ def read_secret_files(
 
 
 def read_secret(path: str, var: str) -> str:
-    """The content of the file at ``path``, trailing newline stripped; never empty."""
+    """The content of the file at ``path``, trailing newline stripped; never empty or
+    only whitespace (a :class:`ConfigError` naming ``var`` and ``path``, not the content)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -79,8 +80,12 @@ def read_secret(path: str, var: str) -> str:
     except UnicodeDecodeError:
         raise ConfigError(f"{var} names {path!r}, which is not UTF-8 text") from None
     text = text.rstrip("\r\n")
-    if not text:
-        raise ConfigError(f"{var} names {path!r}, which is empty")
+    if not text.strip():
+        what = "empty" if not text else "empty but for whitespace"
+        raise ConfigError(
+            f"{var} names {path!r}, which is {what}; write the secret into that file, "
+            f"or unset {var}"
+        )
     return text
 
 

@@ -40,10 +40,18 @@ def parse_keys(text: str) -> tuple[bytes, ...]:
     """Keys separated by commas or newlines (a file may hold one per line); first signs.
 
     Each key must be at least ``MIN_KEY_LENGTH`` characters; the ``ValueError`` for one
-    that is not never shows it.
+    that is not never shows it. An empty ``text`` is no keys (signing off); a ``text``
+    of only separators and whitespace is a ``ValueError``: someone meant to set a key.
     """
     keys = [key.strip() for key in re.split(r"[,\n]", text)]
     keys = [key for key in keys if key]
+    if not keys and text:
+        raise ValueError(
+            "holds no key, only commas, line breaks or whitespace, so nothing would be "
+            f"signed; set it to keys of at least {MIN_KEY_LENGTH} random characters, e.g. "
+            "$(python3 -c 'import secrets; print(secrets.token_hex(32))'), or unset it "
+            "to turn signing off"
+        )
     for number, key in enumerate(keys, 1):
         if len(key) < MIN_KEY_LENGTH:
             raise ValueError(

@@ -146,6 +146,50 @@ def test_signing_key_settings() -> None:
     assert "key 2 of 2 8 characters long" in short and "tooshort" not in short
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DISTQ_SIGNING_KEYS": ","},
+        {"DISTQ_SIGNING_KEYS": " , \n"},
+        {"DISTQ_SIGNING_KEY": ","},
+        {"DISTQ_SIGNING_KEYS": ",,"},
+    ],
+)
+def test_a_signing_key_setting_that_holds_no_key_is_refused(env: dict[str, str]) -> None:
+    """Was: loaded with no key, so the process ran unsigned without a word."""
+    [variable] = env
+    message = error({"DISTQ_TRANSPORT": "redis", **env})
+    assert message.startswith(f"{variable} holds no key"), message
+    assert "16 random characters" in message and "unset it" in message
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (" \n", "DISTQ_SIGNING_KEYS_FILE names {path!r}, which is empty but for whitespace"),
+        ("\t\r\n", "DISTQ_SIGNING_KEYS_FILE names {path!r}, which is empty but for whitespace"),
+        (",\n", "DISTQ_SIGNING_KEYS holds no key"),
+        (" ,\n,\n", "DISTQ_SIGNING_KEYS holds no key"),
+    ],
+)
+def test_a_signing_keys_file_that_holds_no_key_is_refused(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    """Was: a file of blanks or commas loaded as no key: signing silently off."""
+    path = secret_file(tmp_path, content)
+    message = error({"DISTQ_TRANSPORT": "redis", "DISTQ_SIGNING_KEYS_FILE": path})
+    assert problem.format(path=path) in message, message
+
+
+def test_a_secret_file_of_only_whitespace_is_refused(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "  \n")
+    message = error({"DISTQ_AUTHKEY_FILE": path})
+    assert message == (
+        f"DISTQ_AUTHKEY_FILE names {path!r}, which is empty but for whitespace; write the "
+        "secret into that file, or unset DISTQ_AUTHKEY_FILE"
+    )
+
+
 def test_max_message_bytes() -> None:
     assert load(KEY).max_message_bytes == 1 << 20
     assert load(KEY, {"DISTQ_MAX_MESSAGE_BYTES": "4096"}).max_message_bytes == 4096
