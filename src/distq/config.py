@@ -51,8 +51,10 @@ class Setting(Generic[_T]):
 
     ``parse`` turns the text of the variable or flag into the value, or raises
     ``ValueError`` whose message says what is wrong and what to use, phrased to follow
-    the variable's name ("is 'x'; use ..."). Values are stripped of surrounding
-    whitespace first; ``repr`` never shows a secret.
+    the variable's name ("is 'x'; use ..."). Values of variables and flags are stripped
+    of surrounding whitespace first; a secret read from its ``_FILE`` is not (only its
+    trailing newline goes, see :func:`distq.credentials.read_secret`). ``repr`` never
+    shows a secret.
     """
 
     variable: str
@@ -455,7 +457,7 @@ class Settings:
         cls, environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None
     ) -> Settings:
         """Read settings from ``environ`` overridden by ``flags`` (keyed by variable)."""
-        environ, flags = credentials.read_secret_files(environ, flags or {})
+        environ, flags, files = credentials.read_secret_files(environ, flags or {})
         values: dict[str, Any] = {}
         for name, entry in _entries(cls):
             text, origin = environ.get(entry.variable), ""
@@ -465,8 +467,13 @@ class Settings:
             if text is None:
                 values[name] = entry.default
                 continue
+            path = files.get(entry.variable)
+            if path is not None:  # a file's content, as read_secret left it
+                origin = f" (read from {entry.variable}{credentials.FILE_SUFFIX} {path!r})"
+            else:
+                text = text.strip()
             try:
-                values[name] = entry.parse(text.strip())
+                values[name] = entry.parse(text)
             except ValueError as exc:
                 raise ConfigError(f"{entry.variable}{origin} {exc}") from None
         settings = _secured(cls(**values))

@@ -1,9 +1,9 @@
 """Secrets: read from files (what Docker and Kubernetes secrets mount), never printed.
 
 Every secret setting ``X`` may instead be given as ``X_FILE``, the path of a file whose
-content (trailing newline stripped) is the secret. Setting both in one place (both as
-variables, or both as flags) is a configuration error; a flag still wins over the
-environment. A broker password given this way is put into the broker URL, so the URL
+content (trailing newline stripped, nothing else) is the secret. Setting both in one
+place (both as variables, or both as flags) is a configuration error; a flag still wins
+over the environment. A broker password given this way is put into the broker URL, so the URL
 itself need not hold it. :func:`mask_url` is how a URL is shown anywhere.
 """
 
@@ -38,14 +38,16 @@ _SECRET_PARAM = re.compile(
 
 def read_secret_files(
     environ: Mapping[str, str], flags: Mapping[str, str | None]
-) -> tuple[dict[str, str], dict[str, str | None]]:
-    """``environ`` and ``flags`` with every ``X_FILE`` replaced by ``X`` (its content).
+) -> tuple[dict[str, str], dict[str, str | None], dict[str, str]]:
+    """``environ`` and ``flags`` with every ``X_FILE`` replaced by ``X`` (its content),
+    and the path of each file read, by ``X``.
 
     A flag for ``X`` or ``X_FILE`` wins over both in the environment; ``X`` and
     ``X_FILE`` given in one place is a :class:`ConfigError`. Empty values count as unset.
     """
     env = dict(environ)
     given = {k: v for k, v in flags.items() if v is not None}
+    paths: dict[str, str] = {}
     for var in SECRETS:
         file_var = var + FILE_SUFFIX
         source = given if (given.get(var) or given.get(file_var)) else env
@@ -62,12 +64,15 @@ def read_secret_files(
                 "only (the file, for a mounted secret)"
             )
         source[var] = read_secret(path, file_var)
-    return env, {**dict(flags), **given, **{v + FILE_SUFFIX: None for v in SECRETS}}
+        paths[var] = path
+    return env, {**dict(flags), **given, **{v + FILE_SUFFIX: None for v in SECRETS}}, paths
 
 
 def read_secret(path: str, var: str) -> str:
-    """The content of the file at ``path``, trailing newline stripped; never empty or
-    only whitespace (a :class:`ConfigError` naming ``var`` and ``path``, not the content)."""
+    """The content of the file at ``path`` with its trailing newline (``\\n`` or
+    ``\\r\\n``) stripped and nothing else: a space or tab around a password is part of
+    it. Never empty or only whitespace (a :class:`ConfigError` naming ``var`` and
+    ``path``, not the content)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:

@@ -64,6 +64,31 @@ def test_a_file_keeps_inner_whitespace(tmp_path: Path) -> None:
     assert load({"DISTQ_AUTHKEY_FILE": secret_file(tmp_path, "a b\r\n")}).authkey == b"a b"
 
 
+def test_a_file_keeps_the_spaces_around_its_secret(tmp_path: Path) -> None:
+    """Only the trailing newline goes, as documented; was: every surrounding blank."""
+    settings = load(
+        {
+            "DISTQ_TRANSPORT": "redis",
+            "DISTQ_AUTHKEY_FILE": secret_file(tmp_path, "\tkey with blanks \r\n", "a"),
+            "DISTQ_REDIS_PASSWORD_FILE": secret_file(tmp_path, " my-redis-password \n", "r"),
+        }
+    )
+    assert settings.authkey == b"\tkey with blanks "
+    assert redis.connection.parse_url(settings.redis_url)["password"] == " my-redis-password "
+    # a variable's value is stripped like every setting's (an editor's or a shell's blank)
+    assert load({"DISTQ_AUTHKEY": " k \n"}).authkey == b"k"
+
+
+def test_an_error_in_a_secret_from_a_file_names_the_file(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "tooshort\n")
+    message = error({"DISTQ_TRANSPORT": "redis", "DISTQ_SIGNING_KEYS_FILE": path})
+    assert message.startswith(
+        f"DISTQ_SIGNING_KEYS (read from DISTQ_SIGNING_KEYS_FILE {path!r}) has key 1 of 1 "
+        "8 characters long"
+    )
+    assert "tooshort" not in message.replace(path, "")
+
+
 def test_setting_a_secret_and_its_file_is_an_error(tmp_path: Path) -> None:
     path = secret_file(tmp_path, "x")
     message = error({"DISTQ_AUTHKEY": "y", "DISTQ_AUTHKEY_FILE": path})
@@ -168,8 +193,8 @@ def test_a_signing_key_setting_that_holds_no_key_is_refused(env: dict[str, str])
     [
         (" \n", "DISTQ_SIGNING_KEYS_FILE names {path!r}, which is empty but for whitespace"),
         ("\t\r\n", "DISTQ_SIGNING_KEYS_FILE names {path!r}, which is empty but for whitespace"),
-        (",\n", "DISTQ_SIGNING_KEYS holds no key"),
-        (" ,\n,\n", "DISTQ_SIGNING_KEYS holds no key"),
+        (",\n", "DISTQ_SIGNING_KEYS (read from DISTQ_SIGNING_KEYS_FILE {path!r}) holds no key"),
+        (" ,\n,\n", "DISTQ_SIGNING_KEYS (read from DISTQ_SIGNING_KEYS_FILE {path!r}) holds no"),
     ],
 )
 def test_a_signing_keys_file_that_holds_no_key_is_refused(
