@@ -51,7 +51,8 @@ class Codec:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Codec:
-        return cls(settings.signing_keys, settings.max_message_bytes)
+        # signing_key too: settings built by hand, not secured (config.secured moves it)
+        return cls(settings.signing_keys or settings.signing_key, settings.max_message_bytes)
 
     @property
     def signing(self) -> bool:

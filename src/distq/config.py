@@ -476,7 +476,7 @@ class Settings:
                 values[name] = entry.parse(text)
             except ValueError as exc:
                 raise ConfigError(f"{entry.variable}{origin} {exc}") from None
-        settings = _secured(cls(**values))
+        settings = secured(cls(**values))
         if settings.transport == "manager" and not settings.authkey:
             raise ConfigError(
                 "DISTQ_AUTHKEY is not set; the manager transport needs a shared secret: set "
@@ -486,9 +486,14 @@ class Settings:
         return settings
 
 
-def _secured(settings: Settings) -> Settings:
-    """Settings whose secrets are in place: one signing key list, the passwords in the
-    URLs; TLS files that will be used and can be."""
+def secured(settings: Settings) -> Settings:
+    """``settings`` with their secrets in place, checked as :meth:`Settings.load` checks
+    them: ``signing_key`` moved into ``signing_keys`` (which the codec signs with), the
+    passwords moved into the URLs, TLS files that will be used and can be.
+
+    Raises :class:`ConfigError` otherwise. Secured settings come out the same, so a
+    program may secure settings that :meth:`Settings.load` made.
+    """
     if settings.signing_key and settings.signing_keys:
         raise ConfigError(
             "DISTQ_SIGNING_KEY and DISTQ_SIGNING_KEYS are both set; use DISTQ_SIGNING_KEYS "
@@ -496,12 +501,14 @@ def _secured(settings: Settings) -> Settings:
         )
     changes: dict[str, Any] = {}
     if settings.signing_key:
-        changes["signing_keys"] = settings.signing_key
+        changes.update(signing_keys=settings.signing_key, signing_key=())
     if settings.redis_password:
+        changes["redis_password"] = None
         changes["redis_url"] = credentials.add_password(
             settings.redis_url, settings.redis_password, "DISTQ_REDIS_URL"
         )
     if settings.amqp_password:
+        changes["amqp_password"] = None
         if not credentials.url_user(settings.amqp_url):
             raise ConfigError(
                 "DISTQ_AMQP_PASSWORD is set but DISTQ_AMQP_URL names no user; put the user "

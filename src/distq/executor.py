@@ -38,9 +38,10 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any
 
+from distq import credentials
 from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.codec import Codec
-from distq.config import Settings, misspelled
+from distq.config import Setting, Settings, misspelled, secured
 from distq.dispatcher import Dispatcher, Entry, Stop, Submit, running
 from distq.envelope import MAX_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, ConfigError, EnvelopeError
@@ -269,9 +270,12 @@ def load_settings(
     """``settings`` (or those of ``environ``) with ``overrides`` by field name applied.
 
     A string override is parsed like its environment variable; other values are taken
-    as they are. Overrides of a ``Settings`` object are set as given (no ``*_FILE`` is
-    read, no password moved into a URL). Raises ``TypeError`` for a name that is not a setting and
-    :class:`~distq.errors.ConfigError` for a bad value.
+    as they are. A ``*_file`` override of a secret (``signing_keys_file=``) reads the
+    secret from that file. Overrides of a ``Settings`` object, and the object itself, are
+    then checked and put in place as :meth:`Settings.load` does (:func:`~distq.config.
+    secured`): ``signing_key`` signs, passwords go into the URLs, TLS files are checked.
+    Raises ``TypeError`` for a name that is not a setting and
+    :class:`~distq.errors.ConfigError` for a bad value (never showing a secret's value).
     """
     entries = {f.name: f.metadata["setting"] for f in dataclasses.fields(Settings)}
     for name in overrides:
@@ -285,20 +289,46 @@ def load_settings(
             log.warning("%s", warning)
         texts = {entries[n].variable: _as_text(v) for n, v in overrides.items()}
         return Settings.load(environ, texts)
+    files = {var + credentials.FILE_SUFFIX: var for var in credentials.SECRETS}
+    names = {entry.variable: name for name, entry in entries.items()}
     values: dict[str, Any] = {}
     for name, value in overrides.items():
-        if isinstance(value, str):
-            try:
-                value = entries[name].parse(value.strip())
-            except ValueError as exc:
-                raise ConfigError(f"{name}={value!r}: {entries[name].variable} {exc}") from None
-        values[name] = value
-    merged = dataclasses.replace(settings, **values)
+        entry = entries[name]
+        if entry.variable in files and value:  # the secret it holds, as Settings.load reads it
+            secret = names[files[entry.variable]]
+            if overrides.get(secret):
+                raise ConfigError(
+                    f"{name} and {secret} are both given; give the secret one way only "
+                    "(the file, for a mounted secret)"
+                )
+            text = credentials.read_secret(str(value), entry.variable)
+            values[secret] = _parsed(f"{name}={value!r}", entries[secret], text)
+            values[name] = None
+        elif isinstance(value, str):
+            shown = name if entry.secret else f"{name}={value!r}"  # a secret never shown
+            values[name] = _parsed(shown, entry, value.strip())
+        else:
+            values[name] = value
+    # one spelling of the signing keys replaces the other the settings had
+    if values.get("signing_key") and "signing_keys" not in overrides:
+        values["signing_keys"] = ()
+    if values.get("signing_keys") and "signing_key" not in overrides:
+        values["signing_key"] = ()
+    merged = secured(dataclasses.replace(settings, **values))
     if merged.transport == "manager" and not merged.authkey:
         raise ConfigError(
             "the manager transport needs a shared secret: set authkey (DISTQ_AUTHKEY)"
         )
     return merged
+
+
+def _parsed(shown: str, entry: Setting[Any], text: str) -> Any:
+    """``text`` parsed as ``entry``'s variable; a bad one is a :class:`ConfigError`
+    that starts with ``shown`` (the override, without the value of a secret)."""
+    try:
+        return entry.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{shown}: {entry.variable} {exc}") from None
 
 
 def _as_text(value: Any) -> str:

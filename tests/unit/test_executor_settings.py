@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from distq.codec import Codec
 from distq.config import Settings
+from distq.envelope import Task
 from distq.errors import ConfigError
 from distq.executor import Executor, load_settings
+from distq.signing import MAGIC
+
+KEY = "k" * 32
+REDIS = {"DISTQ_TRANSPORT": "redis"}
 
 
 def test_the_environment_with_keyword_overrides_by_field_name() -> None:
@@ -56,3 +65,88 @@ def test_a_misspelled_variable_is_logged_as_the_command_warns(
     env = {"DISTQ_TRANSPORT": "redis", "DISTQ_QEUE": "x"}
     assert load_settings(None, {}, env).queue == "distq"
     assert "DISTQ_QEUE is not a distq setting (ignored); did you mean DISTQ_QUEUE?" in caplog.text
+
+
+def _signs_as_a_worker_with_the_key_expects(settings: Settings) -> None:
+    worker = Codec.from_settings(Settings.load({**REDIS, "DISTQ_SIGNING_KEY": KEY}))
+    message = Codec.from_settings(settings).seal_task(Task("f", [1], "q"))
+    assert message.startswith(MAGIC), message[:40]
+    assert worker.open_task(message).args == [1]
+
+
+@pytest.mark.parametrize(
+    ("base", "overrides"),
+    [
+        (Settings.load(REDIS), {"signing_key": KEY}),
+        (Settings(transport="redis"), {"signing_key": KEY.encode()}),  # not parsed: as given
+        (Settings(transport="redis", signing_key=(KEY.encode(),)), {}),
+        (Settings.load({**REDIS, "DISTQ_SIGNING_KEYS": "o" * 32}), {"signing_key": KEY}),
+        (Settings.load({**REDIS, "DISTQ_SIGNING_KEY": "o" * 32}), {"signing_key": KEY}),
+        (Settings.load({**REDIS, "DISTQ_SIGNING_KEY": KEY}), {"queue": "q"}),
+    ],
+)
+def test_a_signing_key_over_a_settings_object_signs(base: Settings, overrides: Any) -> None:
+    """Was: Executor(settings, signing_key=...) sent unsigned tasks, without a word."""
+    if isinstance(overrides.get("signing_key"), bytes):
+        overrides = {"signing_key": (overrides["signing_key"],)}
+    _signs_as_a_worker_with_the_key_expects(load_settings(base, overrides, {}))
+
+
+def test_a_secret_file_over_a_settings_object_is_read(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEY}\n")
+    password = tmp_path / "password"
+    password.write_text(" pw \n")
+    base = Settings.load(REDIS)
+    got = load_settings(
+        base, {"signing_keys_file": str(keys), "redis_password_file": str(password)}, {}
+    )
+    _signs_as_a_worker_with_the_key_expects(got)
+    assert got.redis_url == "redis://:%20pw%20@127.0.0.1:6379/0"
+    with pytest.raises(ConfigError, match="signing_key_file and signing_key are both given"):
+        load_settings(base, {"signing_key_file": str(keys), "signing_key": KEY}, {})
+
+
+def test_a_codec_signs_with_the_one_key_of_settings_made_by_hand() -> None:
+    _signs_as_a_worker_with_the_key_expects(Settings(signing_key=(KEY.encode(),)))
+
+
+def test_a_settings_object_goes_through_the_checks_of_settings_load(tmp_path: Path) -> None:
+    """Was: TLS files that would not be used, or could not be, were accepted."""
+    base = Settings(transport="redis")
+    with pytest.raises(ConfigError, match=r"DISTQ_REDIS_URL is redis:// \(plain TCP\); use rediss"):
+        load_settings(base, {"tls_ca_file": str(tmp_path / "ca.pem")}, {})
+    with pytest.raises(ConfigError, match="holds no usable PEM certificates"):
+        load_settings(
+            base, {"redis_url": "rediss://h:6380/0", "tls_ca_file": str(tmp_path / "ca.pem")}, {}
+        )
+    with pytest.raises(ConfigError, match="DISTQ_SIGNING_KEY and DISTQ_SIGNING_KEYS are both set"):
+        load_settings(base, {"signing_key": KEY, "signing_keys": KEY}, {})
+    with pytest.raises(ConfigError, match="holds a password too"):
+        load_settings(base, {"redis_url": "redis://:a@h:1/0", "redis_password": "b"}, {})
+    # a password goes into the URL, once: settings Settings.load made come out the same
+    moved = load_settings(base, {"redis_password": "pw"}, {})
+    assert moved.redis_url == "redis://:pw@127.0.0.1:6379/0" and moved.redis_password is None
+    loaded = Settings.load({**REDIS, "DISTQ_REDIS_PASSWORD": "pw", "DISTQ_SIGNING_KEY": KEY})
+    assert load_settings(loaded, {}, {}) == loaded
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("redis_url", "redis://:TopSecretPw@localhost:notaport/0", "is not a valid URL"),
+        ("signing_keys", "short-secret-k", "has key 1 of 1 14 characters long"),
+        ("signing_key", ",", "holds no key"),
+        ("amqp_url", "ftp://guest:TopSecretPw@h:5672/", "has scheme 'ftp'"),
+        ("rabbitmq_management_url", "ftp://u:TopSecretPw@h:1", "has scheme 'ftp'"),
+    ],
+)
+def test_a_bad_secret_override_is_refused_without_its_value(
+    name: str, value: str, problem: str
+) -> None:
+    """Was: ``redis_url='redis://:TopSecretPw@...': ...``, the secret in clear."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(Settings(transport="redis"), {name: value}, {})
+    message = str(caught.value)
+    assert message.startswith(f"{name}: DISTQ_{name.upper()} ") and problem in message, message
+    assert "TopSecretPw" not in message and "short-secret-k" not in message, message
