@@ -3,7 +3,10 @@
 ``DISTQ_TLS_CA_FILE`` names the CAs that may sign the broker's certificate (default: the
 system's); ``DISTQ_TLS_CERT_FILE`` and ``DISTQ_TLS_KEY_FILE`` a client certificate for
 brokers that require one. The broker's certificate must name the host in the URL:
-host name verification is always on. The manager transport has no TLS.
+host name verification is on unless the URL itself turns it or certificate checks off
+(Redis: ``?ssl_check_hostname=false``, ``?ssl_cert_reqs=none``). TLS files are given
+one way only: ``DISTQ_TLS_*`` or the URL's own options, not both. The manager
+transport has no TLS.
 
 This module checks the files up front (a configuration error, exit 2), gives each
 transport its options, and turns the ``ssl`` module's failures into one line that says
@@ -22,6 +25,14 @@ from distq.errors import ConfigError
 
 TLS_SCHEMES = {"redis": ("rediss",), "rabbitmq": ("amqps",)}
 URL_VARIABLE = {"redis": "DISTQ_REDIS_URL", "rabbitmq": "DISTQ_AMQP_URL"}
+#: Query options of a URL that name TLS files, as ``DISTQ_TLS_*`` do. redis-py lets
+#: the URL's win over the keywords distq passes, pika's ``ssl_options`` replaces them.
+URL_FILE_OPTIONS = {
+    "redis": ("ssl_ca_certs", "ssl_ca_path", "ssl_ca_data", "ssl_certfile", "ssl_keyfile"),
+    "rabbitmq": ("ssl_options",),
+}
+#: ``ssl_cert_reqs`` values with which redis-py does not require a verified certificate.
+_UNVERIFIED = ("none", "optional")
 
 
 @dataclass(frozen=True)
@@ -92,23 +103,29 @@ def check(transport: str, url: str, files: TlsFiles) -> None:
             else ("DISTQ_TLS_KEY_FILE", "DISTQ_TLS_CERT_FILE")
         )
         raise ConfigError(f"{given} is set without {missing}; a client certificate needs both")
-    if "ssl_options" in parse_qs(urlsplit(url).query):
-        raise ConfigError(
-            f"{named[0]} is set and {URL_VARIABLE[transport]} has ssl_options; "
-            "give the TLS files one way only"
-        )
+    query = parse_qs(urlsplit(url).query)
+    for option in URL_FILE_OPTIONS[transport]:
+        if option in query:
+            raise ConfigError(
+                f"{named[0]} is set and {URL_VARIABLE[transport]} has {option}, which would "
+                f"be used instead; give the TLS files one way only: drop {option} from the "
+                f"URL, or unset {named[0]}"
+            )
     files.context()  # every file readable and PEM, the key matching the certificate
 
 
 def redis_options(url: str, files: TlsFiles) -> dict[str, Any]:
     """Keyword arguments for ``redis.Redis.from_url``: host names checked unless the URL
-    turns certificate checks off (``?ssl_cert_reqs=none``)."""
+    says otherwise (``?ssl_check_hostname=...``) or turns certificate checks off
+    (``?ssl_cert_reqs=none`` or ``optional``)."""
     if urlsplit(url).scheme != "rediss":
         return {}
-    query = parse_qs(urlsplit(url).query)
+    query = parse_qs(urlsplit(url).query)  # as redis-py reads it: the first value counts
     options: dict[str, Any] = {}
-    if "ssl_cert_reqs" not in query and "ssl_check_hostname" not in query:
-        options["ssl_check_hostname"] = True  # redis-py 5 defaults to False
+    cert_reqs = query.get("ssl_cert_reqs", [""])[0].strip().lower()
+    if "ssl_check_hostname" not in query and cert_reqs not in _UNVERIFIED:
+        # redis-py 5 defaults to False, even with ?ssl_cert_reqs=required
+        options["ssl_check_hostname"] = True
     if files.ca_file:
         options["ssl_ca_certs"] = files.ca_file
     if files.cert_file:

@@ -218,6 +218,33 @@ def test_a_worker_gives_up_at_once_on_a_refused_certificate(
         worker.stop()
 
 
+def test_a_ca_file_in_the_redis_url_and_distq_tls_ca_file_is_refused(
+    redis_tls: TlsBroker, pki: Pki, tmp_path: Path
+) -> None:
+    """redis-py lets the URL's ``ssl_ca_certs`` win: DISTQ_TLS_CA_FILE (here a CA that
+    trusts nothing of this broker's) was silently unused and the connection made."""
+    url = f"{redis_tls.url}?ssl_ca_certs={pki.ca.cert}"
+    env = environment(
+        redis_tls,
+        pki,
+        tmp_path,
+        DISTQ_REDIS_URL=url,
+        DISTQ_TLS_CA_FILE=str(pki.stranger_ca.cert),
+    )
+    status = Distq(["status"], env)
+    try:
+        code = status.wait(60)
+        out = status.output()
+    finally:
+        status.stop()
+    assert code == 2, out
+    assert out.strip() == (
+        "distq: DISTQ_TLS_CA_FILE is set and DISTQ_REDIS_URL has ssl_ca_certs, which would be "
+        "used instead; give the TLS files one way only: drop ssl_ca_certs from the URL, or "
+        "unset DISTQ_TLS_CA_FILE"
+    ), out
+
+
 # --- an expired server certificate ----------------------------------------------------
 
 

@@ -333,6 +333,52 @@ def test_redis_options_check_host_names() -> None:
     assert "ssl_check_hostname" not in tls.redis_options("rediss://h/0?ssl_cert_reqs=none", files)
 
 
+@pytest.mark.parametrize(
+    ("query", "checked"),
+    [
+        ("?ssl_cert_reqs=required", True),  # was: not checked with redis-py 5
+        ("?db=0&ssl_cert_reqs=required", True),
+        ("?ssl_cert_reqs=none", False),  # no certificate check at all: nor a host name one
+        ("?ssl_cert_reqs=optional", False),
+        ("?ssl_cert_reqs=required&ssl_check_hostname=false", False),  # the URL says so
+    ],
+)
+def test_a_url_that_asks_for_certificate_checks_gets_host_names_checked(
+    query: str, checked: bool
+) -> None:
+    """redis-py 5 (allowed by pyproject) defaults ``ssl_check_hostname`` to False."""
+    options = tls.redis_options(f"rediss://h:6380/0{query}", tls.TlsFiles())
+    assert options.get("ssl_check_hostname") is (True if checked else None), options
+    client = redis.Redis.from_url(f"rediss://h:6380/0{query}", **options)
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs.get("ssl_check_hostname") in (True, "True")) is checked, kwargs
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["ssl_ca_certs=/etc/other.pem", "ssl_ca_path=/etc/ssl", "ssl_certfile=c.pem&ssl_keyfile=k.pem"],
+)
+def test_tls_files_in_the_redis_url_and_a_tls_setting_are_refused(
+    ca: CertificateAuthority, option: str
+) -> None:
+    """Was: accepted, and redis-py let the URL's file win over DISTQ_TLS_CA_FILE."""
+    url = f"rediss://127.0.0.1:6380/0?db=0&{option}"
+    message = error(
+        {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url, "DISTQ_TLS_CA_FILE": str(ca.cert)}
+    )
+    name = option.partition("=")[0]
+    assert message == (
+        f"DISTQ_TLS_CA_FILE is set and DISTQ_REDIS_URL has {name}, which would be used "
+        f"instead; give the TLS files one way only: drop {name} from the URL, or unset "
+        "DISTQ_TLS_CA_FILE"
+    )
+    if name == "ssl_ca_certs":  # what it prevents: redis-py lets the URL's option win
+        client = redis.Redis.from_url(url, ssl_ca_certs=str(ca.cert))
+        assert client.connection_pool.connection_kwargs["ssl_ca_certs"] == "/etc/other.pem"
+    # without DISTQ_TLS_*, the URL's own TLS options are the user's to set
+    assert load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url}).redis_url == url
+
+
 # --- what is said at start ----------------------------------------------------------
 
 
