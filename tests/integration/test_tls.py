@@ -81,15 +81,23 @@ def redis_tls(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tl
 
 
 @pytest.fixture(scope="module")
-def rabbitmq_tls(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
+def rabbitmq_tls_server(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalRabbitMQ]:
     files = TlsFiles(ca=pki.ca.cert, cert=pki.server.cert, key=pki.server.key)
     server = LocalRabbitMQ(tmp_path_factory.mktemp("rabbitmq-tls"), tls=files)
     with server.start():
-        port = server.tls_port
-        assert port is not None
-        url = f"amqps://{server.user}@127.0.0.1:{port}/%2F"
-        plain = f"amqp://{server.user}@127.0.0.1:{port}/%2F"
-        yield TlsBroker("rabbitmq", url, server.password, port, plain)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_tls(rabbitmq_tls_server: LocalRabbitMQ) -> TlsBroker:
+    server = rabbitmq_tls_server
+    port = server.tls_port
+    assert port is not None
+    url = f"amqps://{server.user}@127.0.0.1:{port}/%2F"
+    plain = f"amqp://{server.user}@127.0.0.1:{port}/%2F"
+    return TlsBroker("rabbitmq", url, server.password, port, plain)
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
@@ -243,6 +251,27 @@ def test_a_ca_file_in_the_redis_url_and_distq_tls_ca_file_is_refused(
         "used instead; give the TLS files one way only: drop ssl_ca_certs from the URL, or "
         "unset DISTQ_TLS_CA_FILE"
     ), out
+
+
+def test_a_password_holding_ssl_options_leaves_the_tls_files_in_use(
+    rabbitmq_tls_server: LocalRabbitMQ, rabbitmq_tls: TlsBroker, pki: Pki, tmp_path: Path
+) -> None:
+    """``=`` may stand unencoded in a URL's password. Was: a password holding
+    ``ssl_options=`` made the transport keep pika's own context (the system's CAs, no
+    client certificate) instead of DISTQ_TLS_*: the test CA's certificate was refused."""
+    user, password = "odd-password", f"{secrets.token_hex(8)}=ssl_options={secrets.token_hex(4)}"
+    rabbitmq_tls_server.ctl("add_user", user, password)
+    rabbitmq_tls_server.ctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+    url = f"amqps://{user}:{password}@127.0.0.1:{rabbitmq_tls.tls_port}/%2F"
+    env = environment(rabbitmq_tls, pki, tmp_path, DISTQ_AMQP_URL=url, DISTQ_AMQP_PASSWORD_FILE="")
+    status = Distq(["status"], env)
+    try:
+        code = status.wait(60)
+        out = status.output()
+    finally:
+        status.stop()
+    assert code == 0, out
+    assert "over TLS" in out and password not in out, out
 
 
 # --- an expired server certificate ----------------------------------------------------

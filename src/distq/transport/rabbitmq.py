@@ -111,7 +111,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pika
 import pika.exceptions
@@ -211,7 +211,9 @@ class _Broker:
         params.heartbeat = heartbeat
         params.blocked_connection_timeout = _BLOCKED_TIMEOUT
         params.client_properties = {"connection_name": name}
-        if params.ssl_options is not None and "ssl_options=" not in self.url:
+        # the URL's own ssl_options: a query option, not text anywhere (a password may hold it)
+        own_options = "ssl_options" in parse_qs(urlsplit(self.url).query)
+        if params.ssl_options is not None and not own_options:
             # pika's own amqps context checks host names without telling OpenSSL the host
             context = self.tls_files.context()
             params.ssl_options = pika.SSLOptions(context, server_hostname=self.host)
