@@ -10,9 +10,11 @@ and decoded by ``msgspec.json`` through wire structs that fix the keys and their
 and check every field's type in C. The stdlib ``json`` remains the reference: it encodes
 whatever the fast path does not know to be plain JSON (see :func:`_plain`), and it
 decodes whatever the fast path refuses, so that every error message, and every oddity
-``json`` accepts (``NaN``, UTF-16), stays as it was. Both write the same JSON: the same
-keys in the same order, the same strings, integers of any size; only a float may be
-written in another notation (``1e-05`` or ``0.00001``: the same number).
+``json`` accepts (``NaN``, a UTF-8 byte order mark), stays as it was. Both read UTF-8
+only (``json`` alone would take UTF-16 and UTF-32, whose nesting is not counted). Both
+write the same JSON: the same keys in the same order, the same strings, integers of any
+size; only a float may be written in another notation (``1e-05`` or ``0.00001``: the
+same number).
 """
 
 from __future__ import annotations
@@ -156,11 +158,23 @@ _result_wire = msgspec.json.Decoder(_ResultWire).decode
 
 
 def _load(data: bytes | str, kind: str) -> dict[str, Any]:
-    check_nesting(data if isinstance(data, bytes) else data.encode(errors="replace"), kind)
+    if isinstance(data, bytes):
+        # UTF-8 only, what distq writes: json.loads would also take UTF-16 and UTF-32,
+        # whose bytes check_nesting cannot count (a 0x22 inside another character reads
+        # as a quote and hides the brackets after it). A UTF-8 BOM is skipped, as json did.
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise EnvelopeError(f"{kind} is not valid JSON: not UTF-8 ({exc})") from None
+        check_nesting(data, kind)
+    else:
+        text = data
+        check_nesting(data.encode(errors="replace"), kind)
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise EnvelopeError(f"{kind} is not valid JSON: {exc}") from None
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        hint = " (NUL characters: UTF-16 or UTF-32? distq reads UTF-8)" if "\0" in text else ""
+        raise EnvelopeError(f"{kind} is not valid JSON: {exc}{hint}") from None
     if not isinstance(obj, dict):
         raise EnvelopeError(f"{kind} must be a JSON object, got {type(obj).__name__}")
     try:  # json accepts an unpaired surrogate escape (msgspec does not): no text can hold it

@@ -182,6 +182,52 @@ def test_a_deeply_nested_task_is_refused_as_an_envelope_error() -> None:
         Task.decode(body)
 
 
+def _task_text(depth: int) -> str:
+    """A task whose args hold U+2241 (``A"`` in UTF-16-LE) and then ``depth`` nested lists."""
+    return (
+        '{"v":1,"id":"a","name":"f","args":["\u2241",' + "[" * depth + "]" * depth + ',"x"],'
+        '"kwargs":{},"reply_to":"q","attempt":1,"max_attempts":3,"created_at":1.0}'
+    )
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING, 500, 980])
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32"])
+def test_a_task_not_in_utf_8_is_refused_however_deep(depth: int, encoding: str) -> None:
+    """Was: json.loads guessed UTF-16, whose ``0x22`` bytes inside other characters hid
+    every bracket from the nesting count: a task 980 levels deep reached its function."""
+    body = _task_text(depth).encode(encoding)
+    signed = Signer([NEW]).sign(body)  # a signature proves the sender, not the encoding
+    for decode, message in (
+        (Task.decode, body),
+        (Codec().open_task, body),
+        (Codec([NEW]).open_task, signed),
+    ):
+        with pytest.raises(EnvelopeError, match="task is not valid JSON"):
+            decode(message)
+    # in UTF-8 the same task is refused for its depth, as the README says
+    with pytest.raises(MessageTooLarge, match=f"deeper than {MAX_NESTING}"):
+        Task.decode(_task_text(depth).encode())
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_results_and_dead_letters_not_in_utf_8_are_refused(encoding: str) -> None:
+    ok = Result("t", "ok", "w", 1, 1.0, 0.5, value=["\u2241", [[[1]]]])
+    with pytest.raises(EnvelopeError, match="result is not valid JSON"):
+        Result.decode(ok.encode().decode().encode(encoding))
+    letter = DeadLetter(b"body", "why", "q", "w").encode()
+    with pytest.raises(EnvelopeError, match="dead letter is not valid JSON"):
+        DeadLetter.decode(letter.decode().encode(encoding))
+
+
+def test_what_is_utf_8_decodes_as_before() -> None:
+    task = Task("f", ["\u2241", [[1]], "\U0001f600"], "q")
+    for body in (task.encode(), b"\xef\xbb\xbf" + task.encode()):  # a UTF-8 BOM: as json did
+        assert Task.decode(body) == task and Task._decode_json(body) == task
+    assert Task._decode_json(task.encode().decode()) == task  # text, as a test may pass
+    with pytest.raises(EnvelopeError, match=r"task is not valid JSON: not UTF-8 .*0xff"):
+        Task.decode(task.encode().replace(b"\xe2", b"\xff"))
+
+
 @pytest.mark.parametrize("depth", [0, 1, SHALLOW_NESTING - 2, SHALLOW_NESTING - 1, 20])
 @pytest.mark.parametrize("codec", [Codec(), Codec([NEW])])
 def test_sealing_skips_the_nesting_count_only_for_what_the_fast_path_writes(
