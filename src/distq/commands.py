@@ -104,6 +104,9 @@ def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     except TransportError as exc:
         console.error(str(exc))
         return EXIT_UNREACHABLE
+    except EnvelopeError as exc:  # a message no command expected to be unreadable
+        console.error(str(exc))
+        return EXIT_FAILED
 
 
 @contextlib.contextmanager
@@ -256,6 +259,8 @@ def _dead_letters(
     _say(f"{len(letters)} of {total} dead letters, oldest first")
     for letter in letters:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.at))
+        if letter.unreadable:  # no time: the raw entry is all there is
+            when = "time unknown".ljust(len(when))
         _say(f"{when}  worker {letter.worker or '-'}  {letter.reason}")
         _say(f"    {_describe_body(letter.body, codec)}")
     return 0
@@ -330,6 +335,21 @@ def _requeue_dead(
     # by default those there now: letters that die again meanwhile wait for the next run
     limit = args.limit if args.limit is not None else transport.stats().dead
     revive = reviver(Codec.from_settings(settings))
-    moved = transport.requeue_dead(limit, revive) if limit > 0 else 0
+    unreadable = 0
+
+    def counted(letter: DeadLetter) -> bytes:
+        nonlocal unreadable
+        unreadable += letter.unreadable
+        return revive(letter)
+
+    moved = transport.requeue_dead(limit, counted) if limit > 0 else 0
     _say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
+    # revived more than once only when another requeue-dead took a letter first: at most
+    unreadable = min(unreadable, moved)
+    if unreadable:
+        _say(
+            f"{unreadable} of them unreadable (not a distq dead letter): their raw bytes went "
+            "back as tasks, which a worker dead-letters again as malformed, with the reason "
+            "and the bytes kept (see `distq dead-letters`)"
+        )
     return 0

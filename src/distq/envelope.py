@@ -441,6 +441,12 @@ class Result(msgspec.Struct, frozen=True):
             raise EnvelopeError(f"{kind} has a number too large for a float") from None
 
 
+#: How the reason of a dead-letter entry that is not a readable letter starts.
+UNREADABLE = "unreadable dead letter: "
+#: ... and at most how much of why it is unreadable follows.
+UNREADABLE_WHY_CHARS = 300
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A message taken out of circulation for good, with the reason.
@@ -487,3 +493,24 @@ class DeadLetter:
             )
         except (ValueError, OverflowError) as exc:  # binascii.Error is a ValueError
             raise EnvelopeError(f"{kind} is malformed: {exc}") from None
+
+    @classmethod
+    def read(cls, data: bytes, queue: str) -> DeadLetter:
+        """An entry of ``queue``'s dead letters, whatever it holds: decoded, or else (a
+        hand edit, another tool, another envelope version) an *unreadable* letter, with
+        the entry's bytes as its body, the reason ``unreadable dead letter: <why>``, no
+        worker and no time (``at`` 0). So listing shows it, and requeueing moves its bytes
+        back as a task (a worker dead-letters them again, as a letter it can read) instead
+        of stopping at it: every transport reads its dead letters through this."""
+        try:
+            return cls.decode(data)
+        except EnvelopeError as exc:
+            why = str(exc)
+            if len(why) > UNREADABLE_WHY_CHARS:
+                why = why[:UNREADABLE_WHY_CHARS] + "..."
+            return cls(body=bytes(data), reason=UNREADABLE + why, queue=queue, worker="", at=0.0)
+
+    @property
+    def unreadable(self) -> bool:
+        """Whether :meth:`read` found this entry unreadable (its body is the raw entry)."""
+        return self.at == 0.0 and not self.worker and self.reason.startswith(UNREADABLE)

@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ import pytest
 
 from conftest import Target
 from distq.config import Settings
-from distq.transport import Transport
+from distq.envelope import DeadLetter, new_id
+from distq.transport import Settlement, Transport
 from launch import LocalRedis
 from procs import Distq
+from seam import fetch_n
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +105,52 @@ def test_submit_status_dead_letters_and_requeue(
     assert (again["ready"], again["dead"]) == (1, 0)
     assert json.loads(distq(target, "dead-letters", "--json").stdout) == []
     assert distq(target, "requeue-dead", "--limit", "5").stdout.startswith("requeued 0 ")
+
+
+def test_an_unreadable_dead_letter_is_listed_and_requeued_as_its_bytes(
+    target: Target, hosted: Transport, remote: Transport, workers: list[Distq]
+) -> None:
+    """An entry of the dead letters that is no distq dead letter (a hand edit, another
+    tool) is listed as unreadable with its bytes escaped; requeue-dead moves it and every
+    letter after it, and a worker dead-letters its bytes again, readably, as malformed."""
+    raw = b"not a dead letter \x1b[2J"
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    producer.submit([b"first", b"second"])
+    consumer = remote.consumer("dies")
+    first, second = fetch_n(consumer, 2)
+    consumer.settle([Settlement(first, dead_letter=raw)])  # the raw bytes, oldest
+    letter = DeadLetter(body=b"garbage", reason="why", queue="q", worker="w")
+    consumer.settle([Settlement(second, dead_letter=letter.encode())])
+    consumer.close()
+    producer.close()
+    deadline = time.monotonic() + 10
+    while status(target)["dead"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    shown = distq(target, "dead-letters")
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+    assert "2 of 2 dead letters, oldest first" in shown.stdout
+    unreadable = "time unknown         worker -  unreadable dead letter: dead letter is not"
+    assert f"{unreadable} valid JSON" in shown.stdout
+    assert r"body b'not a dead letter \x1b[2J'" in shown.stdout  # escaped, not sent raw
+    listed = json.loads(distq(target, "dead-letters", "--json").stdout)
+    assert [(entry["body"], entry["reason"][:22]) for entry in listed] == [
+        (raw.decode(), "unreadable dead letter"),
+        ("garbage", "why"),
+    ]
+
+    requeued = distq(target, "requeue-dead")
+    assert requeued.returncode == 0 and "Traceback" not in requeued.stderr, requeued.stderr
+    moved, why = requeued.stdout.strip().splitlines()
+    assert moved == f"requeued 2 dead letters onto queue {target.settings.queue!r}"
+    assert why.startswith("1 of them unreadable (not a distq dead letter): their raw bytes")
+    assert (status(target)["ready"], status(target)["dead"]) == (2, 0)
+
+    worker = start_worker(target, workers, "--exit-when-idle", "2")
+    assert worker.wait(60) == 0, worker.output()
+    again = json.loads(distq(target, "dead-letters", "--json").stdout)
+    assert sorted(entry["body"] for entry in again) == ["garbage", raw.decode()]
+    assert all(entry["reason"].startswith("malformed message") for entry in again), again
 
 
 def test_submit_wait_prints_the_result_or_the_remote_error(

@@ -511,6 +511,34 @@ def test_requeue_dead_puts_the_oldest_letters_back_as_revived(
     assert hosted.stats().dead == 0 and hosted.requeue_dead(10) == 0
 
 
+def test_an_unreadable_dead_letter_is_listed_raw_and_requeued_as_its_bytes(
+    hosted: Transport, remote: Transport
+) -> None:
+    """An entry of the dead letters that is no distq dead letter (a hand edit, another
+    tool, another version) neither stops listing nor requeueing, nor the letters after it."""
+    raw = b"not a dead letter \xff\x00"
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    producer.submit([b"first", b"second"])
+    consumer = remote.consumer("dies")
+    first, second = fetch_n(consumer, 2)
+    consumer.settle([Settlement(first, dead_letter=raw)])  # the bytes as they are
+    letter = DeadLetter(body=second.body, reason="why", queue="q", worker="w")
+    consumer.settle([Settlement(second, dead_letter=letter.encode())])
+    deadline = time.monotonic() + 5
+    while hosted.stats().dead < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    unreadable, readable = hosted.dead_letters()
+    assert unreadable.reason.startswith("unreadable dead letter: dead letter is not valid JSON")
+    assert unreadable.body == raw and unreadable.worker == "" and unreadable.at == 0.0
+    assert (readable.body, readable.reason) == (b"second", "why")
+    assert unreadable.unreadable and not readable.unreadable
+    assert remote.requeue_dead(10) == 2  # the raw bytes go back as a task, then the next
+    assert [d.body for d in fetch_n(consumer, 2)] == [raw, b"second"]
+    assert hosted.stats().dead == 0
+    consumer.close()
+    producer.close()
+
+
 def test_requeue_dead_from_two_clients_at_once_moves_each_letter_once(
     target: Target, hosted: Transport, remote: Transport
 ) -> None:

@@ -98,3 +98,18 @@ def test_an_unpaired_surrogate_escape_is_malformed_not_a_string_that_breaks_late
             Task.decode(good.replace(b'"square"', bad))
     paired = Task.decode(good.replace(b'"square"', b'"sq\\ud83d\\ude00"'))
     assert paired.name == "sq\U0001f600"
+
+
+def test_a_dead_letter_entry_that_is_none_is_read_as_unreadable_with_its_bytes() -> None:
+    letter = DeadLetter(body=b"\xfftask", reason="r", queue="q", worker="w")
+    assert DeadLetter.read(letter.encode(), "q") == letter and not letter.unreadable
+    for raw, why in (
+        (b"not a dead letter", "dead letter is not valid JSON"),
+        (b'{"v": 99}', "dead letter has envelope version 99"),
+        (b'{"v": 1, "body": "x"}', "dead letter lacks the field"),
+    ):
+        got = DeadLetter.read(raw, "q")
+        assert (got.body, got.queue, got.worker, got.at) == (raw, "q", "", 0.0)
+        assert got.reason.startswith(f"unreadable dead letter: {why}") and got.unreadable
+    long = DeadLetter.read(b'{"v": 1, "body": "", "reason": ' + b"1" * 1000 + b"}", "q")
+    assert len(long.reason) < 400 and long.reason.endswith("...")

@@ -598,7 +598,7 @@ class ManagerTransport(Transport):
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         bodies = _call(self.address, self._endpoint().peek, f"{self._queue}.dead", limit)
-        return [DeadLetter.decode(body) for body in bodies]
+        return [DeadLetter.read(body, self._queue) for body in bodies]
 
     def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
         broker, dead, moved = self._endpoint(), f"{self._queue}.dead", 0
@@ -607,7 +607,7 @@ class ManagerTransport(Transport):
             if not letters:
                 break
             for letter in letters:  # oldest first; one at a time, each compared and moved
-                body = revive(DeadLetter.decode(letter))
+                body = revive(DeadLetter.read(letter, self._queue))
                 if not _call(self.address, broker.requeue_dead, self._queue, letter, body):
                     break  # another caller took it: read the dead letters again
                 moved += 1

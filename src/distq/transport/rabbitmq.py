@@ -654,12 +654,16 @@ class RabbitMQTransport(Transport):
     def _decode_dead(self, props: Any, body: bytes) -> list[DeadLetter]:
         """The letters one message of the dead-letter queue holds: one of ours, or what the
         broker dead-lettered from the task queue (a rejection by another client, a
-        policy's TTL or length limit), a pack of tasks as a letter per task."""
+        policy's TTL or length limit), a pack of tasks as a letter per task. A message
+        that is neither (no ``x-death`` header: published there by hand or another tool)
+        is an unreadable letter (:meth:`DeadLetter.read`), not one the broker made."""
+        deaths = (props.headers or {}).get("x-death")
         if props.type != TASKS_TYPE:
+            if not deaths:
+                return [DeadLetter.read(body, self.queue)]
             with contextlib.suppress(EnvelopeError):
                 return [DeadLetter.decode(body)]
-        deaths = (props.headers or {}).get("x-death") or [{}]
-        death = deaths[0]
+        death = (deaths or [{}])[0]
         reason, queue = death.get("reason", "dead-lettered"), death.get("queue", self.queue)
         return [
             DeadLetter(

@@ -565,7 +565,7 @@ class RedisTransport(Transport):
             return []  # LRANGE 0 -1 would be all of them
         with self.errors():
             bodies: list[bytes] = self.client.lrange(self.dead_key, 0, limit - 1)
-        return [DeadLetter.decode(body) for body in bodies]
+        return [DeadLetter.read(body, self.settings.queue) for body in bodies]
 
     def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
         moved = 0
@@ -578,7 +578,7 @@ class RedisTransport(Transport):
                 break
             pairs: list[Arg] = []
             for letter in letters:
-                pairs += [letter, revive(DeadLetter.decode(letter))]
+                pairs += [letter, revive(DeadLetter.read(letter, self.settings.queue))]
             with self.errors():
                 count = int(
                     self.requeue_dead_script(self.client, [self.dead_key, self.ready_key], pairs)
