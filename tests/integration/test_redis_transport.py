@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,10 +27,11 @@ import pytest
 import redis
 
 from brokers import Broker
+from conftest import Target
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import DeadLetter, Task
-from distq.errors import AuthenticationFailed, SettledThenFailed, TransportError
+from distq.errors import AuthenticationFailed, ConfigError, SettledThenFailed, TransportError
 from distq.tasks import Registry
 from distq.transport.base import Settlement
 from distq.transport.redis import REPLY_GRACE_MS, RedisConsumer, RedisProducer, RedisTransport
@@ -346,15 +349,20 @@ def test_heartbeat_sweeps_even_when_the_queue_is_busy(
     assert [d.body for d in got] == [d.body for d in held]
 
 
-def test_redis_errors_become_transport_errors(
+def test_a_key_of_the_queue_made_another_type_since_start_is_named(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:
+    """Made after the transport started (its start checks the types): the WRONGTYPE reply
+    becomes a ConfigError that names the key, not an outage to retry for ever."""
     t = open_transport()
+    held = t.consumer("held")
     raw.set(queue, "not a list")
-    with pytest.raises(TransportError, match="WRONGTYPE"):
-        t.consumer("c").fetch(1, timeout=0)
+    with pytest.raises(ConfigError, match=f"Redis key '{queue}' .* holds a string, not the list"):
+        held.fetch(1, timeout=0)
+    with pytest.raises(ConfigError, match="DISTQ_QUEUE"):  # a consumer connecting checks too
+        t.consumer("c")
     producer = t.producer("r")
-    with pytest.raises(TransportError, match="WRONGTYPE"):
+    with pytest.raises(ConfigError, match=f"redis-cli -n 0 DEL {queue}"):
         producer.submit([b"x"])
     # the transaction went on past the failed LPUSH, but did not count the body: a
     # reconcile says Redis holds none of them, so the master submits it again
@@ -363,6 +371,78 @@ def test_redis_errors_become_transport_errors(
     assert producer.reconcile() == 0
     producer.submit([b"x"])
     assert raw.hget("r:state", "submitted") == b"1" and raw.lrange(queue, 0, -1) == [b"x"]
+    raw.set("r", "not a list")  # a key of one job, not checked: a TransportError, with a hint
+    with pytest.raises(TransportError, match=r"WRONGTYPE .* look for it with redis-cli --scan"):
+        producer.results(1, 0)
+    raw.delete("r")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "make", "found", "want"),
+    [
+        ("", "set", "string", "list of ready tasks"),
+        ("", "hset", "hash", "list of ready tasks"),
+        (":dead", "set", "string", "list of dead letters"),
+        (":consumers", "set", "string", "zset of worker leases"),
+        (":redelivered", "hset", "hash", "set of redelivered tasks"),
+    ],
+)
+def test_a_key_of_the_queue_of_another_type_is_refused_at_start(
+    open_transport: OpenTransport,
+    raw: redis.Redis[bytes],
+    queue: str,
+    suffix: str,
+    make: str,
+    found: str,
+    want: str,
+) -> None:
+    key = f"distq:{queue}{suffix}" if suffix else queue
+    if make == "set":
+        raw.set(key, "hello")
+    else:
+        raw.hset(key, "field", "value")
+    with pytest.raises(ConfigError) as caught:
+        open_transport()
+    assert str(caught.value).startswith(f"Redis key '{key}' at 127.0.0.1:")
+    assert f"holds a {found}, not the {want} distq keeps there for DISTQ_QUEUE='{queue}'" in (
+        str(caught.value)
+    )
+    assert f"redis-cli -n 0 DEL {key}" in str(caught.value)
+    raw.delete(key)
+    open_transport()  # the same queue, once the key is gone
+
+
+def test_a_queue_name_another_key_holds_stops_workers_masters_and_commands_at_once(
+    redis_url: str, raw: redis.Redis[bytes]
+) -> None:
+    """Not a loop of 'reconnecting' / 'reconnected' until killed: exit 2, naming the key."""
+    target = Target(
+        "redis",
+        Settings(transport="redis", redis_url=redis_url),
+        {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": redis_url},
+    ).fresh()
+    queue = target.settings.queue
+    raw.set(queue, "hello")
+    for args in (
+        ["worker", "--exit-when-idle", "2"],
+        ["master", "--tasks", "2", "--timeout", "10"],
+        ["status"],
+        ["submit", "jobs:add", "1", "2"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "distq", *args],
+            env=target.process_env(),
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        assert done.returncode == 2, (args, done.stderr)
+        assert f"Redis key '{queue}' at 127.0.0.1:" in done.stderr, done.stderr
+        assert "holds a string, not the list of ready tasks distq keeps there for " in (done.stderr)
+        assert "set DISTQ_QUEUE to a name no other key has" in done.stderr
+        assert "reconnect" not in done.stderr and "Traceback" not in done.stderr
+    raw.delete(queue)
 
 
 def test_wrong_password_is_refused_without_echoing_it(
@@ -655,14 +735,13 @@ def test_an_error_reply_keeps_the_connection(
 ) -> None:
     t = open_transport()
     consumer = t.consumer("c")
-    before = {c["id"] for c in raw.client_list() if c.get("name") == "distq-worker"}
+    before = consumer._w.execute_command("CLIENT", "ID")
     raw.set(queue, "not a list")
-    with pytest.raises(TransportError, match="WRONGTYPE"):
+    with pytest.raises(ConfigError, match="holds a string"):  # a WRONGTYPE error reply
         consumer.fetch(1, timeout=0)
     raw.delete(queue)
     assert consumer.fetch(1, timeout=0) == []
-    after = {c["id"] for c in raw.client_list() if c.get("name") == "distq-worker"}
-    assert after == before  # the same connection served both calls
+    assert consumer._w.execute_command("CLIENT", "ID") == before  # one connection served all
 
 
 def test_settle_then_fetch_settles_in_order_and_leases_the_next_batch(

@@ -26,6 +26,11 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 (3) LRANGE of its tail (the oldest results); the ack script LTRIMs those received.
 (4) in a MULTI/EXEC transaction with the count in ``state`` (counted only if pushed).
 
+The transport checks the type of every key above but the per-consumer and per-job ones
+when it starts and when a consumer connects (:meth:`RedisTransport.check_types`): a key of
+another type (another application's, named like the queue) is a ConfigError naming it,
+not a WRONGTYPE reply that workers and masters would retry as an outage.
+
 ``<id>`` is a consumer id: the worker's slot name plus a random suffix per connection,
 so a worker that reconnects (or restarts under the same name) never renews the lease
 of tasks an earlier connection held: those go back to ``<q>`` when that lease runs
@@ -71,6 +76,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import shlex
 import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Protocol
@@ -88,6 +94,7 @@ from distq.errors import (
     CertificateRejected,
     ConfigError,
     ConnectionFailed,
+    DistqError,
     SettledThenFailed,
     TransportError,
 )
@@ -459,6 +466,8 @@ class RedisTransport(Transport):
         self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
         self.tls = settings.redis_url.startswith("rediss:")
         self._connect()
+        with self.errors(), contextlib.closing(self.wire()) as wire:
+            self.check_types(wire)
         self.claim_script = _Script(_PRELUDE + _CLAIM)
         self.settle_script = _Script(_PRELUDE + _SETTLE)
         self.release_script = _Script(_RELEASE)
@@ -500,6 +509,67 @@ class RedisTransport(Transport):
                 "(LMOVE, BLMOVE, RPOP with a count)"
             )
 
+    def check_types(self, wire: _Wire) -> None:
+        """Raise :class:`ConfigError` naming the first of the queue's keys (see the key
+        table) that exists as another type than distq's: the ready list is named after
+        the queue itself, so another application's key (or a ``SET`` by mistake) may have
+        its name. Without this, every call would fail with WRONGTYPE, which workers and
+        masters take for an outage and retry for ever. One round trip, at start and when
+        a consumer connects."""
+        replies = wire.pipeline([("TYPE", key) for key, _, _ in self._typed_keys()])
+        for (key, want, what), found in zip(self._typed_keys(), replies, strict=True):
+            if isinstance(found, Exception):  # an ACL may forbid TYPE: the calls will tell
+                continue
+            kind = found.decode() if isinstance(found, bytes) else str(found)
+            if kind not in ("none", want):
+                raise self._wrong_type(key, kind, want, what)
+
+    def _typed_keys(self) -> list[tuple[str, str, str]]:
+        """The queue's keys (not those per consumer or job), their type, what they hold."""
+        return [
+            (self.ready_key, "list", "ready tasks"),
+            (self.consumers_key, "zset", "worker leases"),
+            (self.delayed_key, "zset", "delayed retries"),
+            (self.redelivered_key, "set", "redelivered tasks"),
+            (self.dead_key, "list", "dead letters"),
+            (self.masters_key, "zset", "live masters"),
+        ]
+
+    def _wrong_type_behind(self, exc: ResponseError) -> DistqError:
+        """What a WRONGTYPE reply means: the :class:`ConfigError` naming the queue's key of
+        the wrong type, or (none is: a per-consumer or per-job key) a TransportError."""
+        try:
+            with contextlib.closing(self.wire()) as wire:
+                self.check_types(wire)
+        except ConfigError as wrong:
+            return wrong
+        except RedisError:
+            pass
+        return TransportError(
+            f"Redis at {self.address}: {exc}; a key of DISTQ_QUEUE={self.settings.queue!r} "
+            "holds another type than distq's: look for it with "
+            f"redis-cli --scan --pattern {shlex.quote(f'distq:{self.settings.queue}:*')}"
+        )
+
+    def _wrong_type(self, key: str, found: str, want: str, what: str) -> ConfigError:
+        db = self.client.connection_pool.connection_kwargs.get("db", 0)
+        delete = f"redis-cli -n {db} DEL {shlex.quote(key)}"
+        if key == self.ready_key:
+            fix = (
+                "set DISTQ_QUEUE to a name no other key has, or delete that key if nothing "
+                f"else needs it ({delete})"
+            )
+        else:
+            fix = (
+                f"delete that key if nothing else needs it ({delete}), or set DISTQ_QUEUE "
+                "to another name"
+            )
+        return ConfigError(
+            f"Redis key {key!r} at {self.address} (db {db}) holds a {found}, not the {want} "
+            f"of {what} distq keeps there for DISTQ_QUEUE={self.settings.queue!r}: another "
+            f"application (or a hand edit) uses that name; {fix}"
+        )
+
     def _unreachable(self, exc: RedisError) -> ConnectionFailed:
         where = f"Redis at {self.address} (DISTQ_REDIS_URL)"
         problem = tls.failure(exc)
@@ -526,6 +596,10 @@ class RedisTransport(Transport):
             yield
         except AuthenticationError as exc:
             raise self._refused(exc) from None
+        except ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):  # a key was made another type since start
+                raise self._wrong_type_behind(exc) from None
+            raise TransportError(f"Redis at {self.address}: {exc}") from None
         except RedisError as exc:
             raise TransportError(f"Redis at {self.address}: {exc}") from None
 
@@ -775,7 +849,7 @@ class RedisConsumer(Consumer):
         # fetch blocks at once instead of claiming again first (one round trip less a wait)
         self._found_nothing = False
         with transport.errors():  # reachable now, so "reconnected" means it
-            self._w.execute_command("PING")
+            transport.check_types(self._w)  # and its keys are distq's: one round trip
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
