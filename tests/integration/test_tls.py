@@ -14,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from brokers import Broker
 from certs import CertificateAuthority, Pair
 from conftest import REPO
 from launch import LocalRabbitMQ, LocalRedis, TlsFiles, free_port
@@ -209,6 +211,39 @@ def test_plain_tcp_to_a_tls_port_fails_with_one_line(
     )
     scheme = "rediss://" if broker.transport == "redis" else "amqps://"
     refused(env, "If that port expects TLS, use " + scheme)
+
+
+def test_tls_to_a_plain_redis_port_fails_saying_to_use_redis(
+    redis_broker: Broker, pki: Pki, tmp_path: Path
+) -> None:
+    """The handshake stalls (Redis waits for a command) until the connect timeout: the
+    line must say the port may be plain TCP, not only "is it running?"."""
+    env = process_env(
+        {
+            "DISTQ_TRANSPORT": "redis",
+            "DISTQ_REDIS_URL": redis_broker.url.replace("redis://", "rediss://", 1),
+            "DISTQ_TLS_CA_FILE": str(pki.ca.cert),
+            "DISTQ_QUEUE": f"tls{secrets.token_hex(4)}",
+        }
+    )
+    refused(env, "cannot reach Redis at", "If that port is plain TCP (no TLS), use redis://")
+
+
+def test_an_upper_case_rediss_scheme_is_tls(redis_tls: TlsBroker, pki: Pki, tmp_path: Path) -> None:
+    """A URL's scheme is case-insensitive, as the settings take it: REDISS:// is TLS (the
+    password in the URL: one from a file would rebuild the URL, in lower case)."""
+    url = f"REDISS://:{redis_tls.password}@" + redis_tls.url.removeprefix("rediss://")
+    env = environment(redis_tls, pki, tmp_path, DISTQ_REDIS_URL=url, DISTQ_REDIS_PASSWORD_FILE="")
+    done = subprocess.run(
+        [sys.executable, "-m", "distq", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"redis at 127.0.0.1:{redis_tls.tls_port} over TLS, queue")
 
 
 def test_a_worker_gives_up_at_once_on_a_refused_certificate(

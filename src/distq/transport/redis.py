@@ -80,6 +80,7 @@ import shlex
 import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -428,6 +429,13 @@ def _is_unix(url: str) -> bool:
     return url.lower().startswith("unix:")
 
 
+def _lower_scheme(url: str) -> str:
+    """``url`` with its scheme in lower case: a URL's scheme is case-insensitive (the
+    settings take ``REDISS://``), redis-py's ``from_url`` takes lower case only."""
+    scheme, sep, rest = url.partition("://")
+    return scheme.lower() + sep + rest if sep else url
+
+
 class RedisTransport(Transport):
     """One connection pool to the Redis in ``settings.redis_url``, for one queue."""
 
@@ -449,22 +457,23 @@ class RedisTransport(Transport):
         self.block_slice = min(MAX_BLOCK_SECONDS, settings.lease_seconds / 3)
         # TCP keepalive is a TCP option: redis-py's unix socket connection refuses it
         tcp: dict[str, Any] = {} if _is_unix(settings.redis_url) else {"socket_keepalive": True}
+        url = _lower_scheme(settings.redis_url)
         try:
             self.client: redis.Redis[bytes] = redis.Redis.from_url(
-                settings.redis_url,
+                url,
                 socket_timeout=self.block_slice + 5.0,  # a blocking call never trips it
                 socket_connect_timeout=5.0,
                 # no silent retries: a re-sent claim whose reply was lost strands tasks
                 retry=Retry(NoBackoff(), 0),
                 client_name=f"distq-{role}",
                 **tcp,
-                **tls.redis_options(settings.redis_url, settings.tls_files),
+                **tls.redis_options(url, settings.tls_files),
             )
         except ValueError as exc:
             raise ConfigError(f"DISTQ_REDIS_URL is not a valid Redis URL ({exc})") from None
         kwargs = self.client.connection_pool.connection_kwargs
         self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
-        self.tls = settings.redis_url.startswith("rediss:")
+        self.tls = urlsplit(url).scheme == "rediss"
         self._connect()
         with self.errors(), contextlib.closing(self.wire()) as wire:
             self.check_types(wire)
@@ -579,7 +588,9 @@ class RedisTransport(Transport):
         hint = "is it running?"
         if _is_unix(self.settings.redis_url):
             hint = "is it running, with that --unixsocket path, and may this user open it?"
-        elif not self.tls and "refused" not in str(exc):
+        elif self.tls and "refused" not in str(exc):  # a plain port stalls the handshake
+            hint = "is it running? If that port is plain TCP (no TLS), use redis://"
+        elif "refused" not in str(exc):
             hint = "is it running? If that port expects TLS, use rediss://"
         return ConnectionFailed(f"cannot reach {where}: {exc}; {hint}")
 
