@@ -230,6 +230,36 @@ def test_releasing_a_task_twice_puts_it_back_once(open_transport: OpenTransport)
     assert t.stats().ready == 0
 
 
+def test_releasing_most_of_a_large_batch_rebuilds_the_in_flight_list_in_one_pass(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """A keeper handing back a large prefetch: one pass over the in-flight list, not an LREM
+    per task, each scanning it (9,990 of them blocked Redis for 0.89 s); same outcome."""
+    t = open_transport()
+    t.producer("r").submit(_bodies(3000))
+    consumer = t.consumer("c")
+    got = consumer.fetch(3000, timeout=1)
+    assert len(got) == 3000
+
+    def lrems() -> int:
+        calls: int = raw.info("commandstats").get("cmdstat_lrem", {}).get("calls", 0)
+        return calls
+
+    before = lrems()
+    consumer.release(got[30:])
+    assert lrems() == before
+    held = raw.lrange(consumer.inflight_key, 0, -1)
+    assert held[::-1] == [d.body for d in got[:30]]  # the rest stay leased, in order
+    consumer.release(got[30:])  # not held any more: nothing goes back twice
+    assert t.stats().ready == 2970
+    again = t.consumer("d").fetch(3000, timeout=0)
+    assert [d.body for d in again] == [d.body for d in got[30:]]  # in order: first runs next
+    assert all(d.redelivered for d in again)
+    consumer.release(got[:2])  # a few of many: one LREM each, as before
+    assert lrems() == before + 2
+    assert raw.llen(consumer.inflight_key) == 28
+
+
 def test_close_empties_the_in_flight_list_and_drops_the_lease(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:
