@@ -10,7 +10,8 @@
 #   distq-local/redis:7                FROM that base
 #   distq-local/rabbitmq:3-management  FROM that base
 #   distq-local/prometheus:2.42        FROM that base (Debian's prometheus), for the compose stack
-# Every step whose image already exists is skipped, so a second run takes seconds.
+# Every step whose image already exists is skipped, so a second run takes seconds; a
+# stand-in is built again when its deploy/images/ folder changed (a label holds its hash).
 #
 # `build-local-images.sh --standin KIND` (python, redis, rabbitmq or prometheus) only makes
 # sure that kind's stand-in exists and prints its name: scripts/compose-images.sh uses it
@@ -129,17 +130,39 @@ build_base() {
     trap - EXIT
 }
 
+# A hash of a build context: each file's name, whether it is executable, and contents.
+context_hash() {  # DIR
+    (
+        cd "$1"
+        find . -type f | LC_ALL=C sort | while IFS= read -r file; do
+            if [ -x "$file" ]; then echo "executable $file"; fi
+            sha256sum "$file"
+        done
+    ) | sha256sum | cut -d' ' -f1
+}
+
+# The label a stand-in carries: the hash of the context it was built from. An image of
+# that name built from other files (an older deploy/images/*) is built again, so a
+# change there reaches the tests without removing the image by hand.
+CONTEXT_LABEL=org.distq.standin-context
+
 build_standin() {  # NAME CONTEXT_DIR
-    local name=$1 context=$2
+    local name=$1 context=$2 key built
+    key=$(context_hash "$context")
     if have_image "$name"; then
-        return 0
+        built=$(docker image inspect --format "{{ index .Config.Labels \"$CONTEXT_LABEL\" }}" \
+            "$name" 2>/dev/null || true)
+        if [ "$built" = "$key" ]; then
+            return 0
+        fi
+        log "$name was built from another version of $context: building it again"
     fi
     have_image "$BASE_IMAGE" || build_base
     log "building $name from $context"
     local out
     # Output is shown only on failure (the legacy builder also prints a deprecation notice).
-    if ! out=$(docker build --force-rm --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$name" \
-            "$context" 2>&1); then
+    if ! out=$(docker build --force-rm --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+            --label "$CONTEXT_LABEL=$key" -t "$name" "$context" 2>&1); then
         printf '%s\n' "$out" | tail -n 30 >&2
         log "docker build of $name failed"
         exit 1
