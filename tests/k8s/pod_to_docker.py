@@ -168,10 +168,17 @@ def docker_run(
         options += ["--network-alias", alias]
 
     env = resolve_env(container, docs)
+    # An env file holds one variable a line: a value with a newline in it (a Secret's
+    # value taken from a file that ends with one) would lose it there, and what runs would
+    # not be what the kubelet runs. Such values go on the command line, bytes intact.
+    plain = {k: v for k, v in env.items() if "\n" not in v}
     env_file = workdir / f"{name}.env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in plain.items()))
     env_file.chmod(0o600)
     options += ["--env-file", str(env_file)]
+    for key, value in env.items():
+        if key not in plain:
+            options += ["--env", f"{key}={value}"]
 
     options += _security(pod.get("securityContext", {}), container.get("securityContext", {}))
     options += _volumes(name, pod, container, _secrets(docs), workdir, set(claims))

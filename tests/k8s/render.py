@@ -72,16 +72,28 @@ def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 
 class Tree:
-    """A copy of k8s/ with a random value in every secret file, ready to render."""
+    """A copy of k8s/ with a random value in every secret file, ready to render.
+
+    Each file is written as README.md's ``print(secrets.token_hex(32)) > FILE`` writes
+    it: the value and a trailing newline. ``secrets[name]`` is the file's whole text,
+    newline included: the bytes kustomize copies into the Secret and the kubelet into
+    the mounted file. Whoever reads it must strip the newline (distq's ``*_FILE``
+    settings, ``$(cat FILE)`` in a broker's command); ``password(name)`` is the value
+    without it.
+    """
 
     def __init__(self, workdir: Path | None = None) -> None:
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="distq-k8s-"))
         shutil.copytree(K8S, self.dir / "k8s", dirs_exist_ok=True)
         self.secrets: dict[str, str] = {}
         for rel in SECRET_FILES:
-            value = secrets.token_hex(16)
-            (self.dir / "k8s" / rel).write_text(value)
-            self.secrets[Path(rel).name] = value
+            text = secrets.token_hex(16) + "\n"
+            (self.dir / "k8s" / rel).write_text(text)
+            self.secrets[Path(rel).name] = text
+
+    def password(self, name: str) -> str:
+        """The secret file ``name``'s value, without the newline its file ends with."""
+        return self.secrets[name].rstrip("\n")
 
     def path(self, rel: str) -> Path:
         return self.dir / "k8s" / rel

@@ -163,7 +163,8 @@ def test_secrets_come_from_files_never_from_the_environment_or_a_url(
                 folder, _, name = path.rpartition("/")
                 assert folder in mounts, f"{key}={path} is not in a mounted Secret"
                 assert name in secret, f"{key}={path}: the Secret has no key {name!r}"
-    # The values are the ones the user's files hold (here: the test's random ones).
+    # The values are the ones the user's files hold, byte for byte (here: the test's random
+    # ones, each with the trailing newline README's `print` writes).
     for name, value in secret.items():
         if name in k8s_tree.secrets:
             assert value == k8s_tree.secrets[name]
@@ -208,6 +209,33 @@ def test_brokers_are_statefulsets_with_storage_probes_and_a_service(
     service = find(docs, "Service", broker["spec"]["serviceName"])
     assert service["metadata"]["name"] == overlay
     assert service["spec"]["selector"].items() <= pod_labels(broker).items()
+
+
+def test_brokers_read_their_passwords_from_secret_files_without_the_newline(
+    docs: list[Doc], overlay: str
+) -> None:
+    """The README's secret files end with a newline, and so do the Secret's values.
+
+    distq's ``*_FILE`` settings drop it; a broker must too, so it reads each file through
+    ``"$(cat FILE)"`` in its command. Through the environment (a secretKeyRef) RabbitMQ
+    kept the newline in the user's password and refused distq.
+    """
+    if overlay == "manager":
+        return
+    pod = pod_of(find(docs, "StatefulSet", overlay))
+    (container,) = pod["containers"]
+    assert all("secretRef" not in s for s in container.get("envFrom", []))
+    assert all("secretKeyRef" not in e.get("valueFrom", {}) for e in container.get("env", []))
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounted = {
+        f"{mount['mountPath']}/{item['path']}"
+        for mount in container["volumeMounts"]
+        if "secret" in volumes.get(mount["name"], {})
+        for item in volumes[mount["name"]]["secret"]["items"]
+    }
+    read = set(re.findall(r'"\$\(cat (/[^)"]+)\)"', " ".join(container.get("command", []))))
+    assert read, "the broker's command reads no Secret file"
+    assert read <= mounted, f"read but not mounted from the Secret: {sorted(read - mounted)}"
 
 
 def pod_labels(workload: Doc) -> dict[str, str]:
