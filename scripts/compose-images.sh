@@ -69,8 +69,10 @@ build() {
     python=$(resolve_one python PYTHON_IMAGE) || exit 1
     version=$(version)
     tag=${DISTQ_IMAGE_TAG:-$version}
-    revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-    source=$(git remote get-url origin 2>/dev/null || echo unknown)
+    revision=$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)
+    # Never the remote as it is: it may carry a CI token (https://user:token@host/...) or
+    # be a path on this machine, and the label travels with every push and pull.
+    source=$(public_source_url "$(git remote get-url origin 2>/dev/null || true)")
     for role in master worker; do
         log "building distq-$role:$tag FROM $python"
         # Output only on failure (the legacy builder also prints a deprecation notice).

@@ -88,3 +88,43 @@ venv_pip_install() {
         return 1
     fi
 }
+
+# public_source_url URL: what an image label (org.opencontainers.image.source) may say
+# about a git remote. An http(s), ssh or git URL keeps its scheme, host, port and path,
+# and loses any user:password@ (CI systems clone through token URLs), query and fragment;
+# scp-like [user@]host:path becomes ssh://host/path. Anything else (a local path,
+# file://, an empty remote, anything odd such as a stray @) is "unknown": the label then
+# says nothing rather than something private.
+public_source_url() {
+    local url=${1:-} scheme rest authority tail host
+    local host_re='^([A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]+)?$'
+    # Git's scp-like syntax; a one-letter "host" is a Windows drive (C:\...), not a host.
+    local scp_re='^([^@/:]+@)?([A-Za-z0-9._-]{2,}):(.+)$'
+    case "$url" in
+        *[[:space:]\\]* | "") echo unknown; return 0 ;;
+        http://* | https://* | ssh://* | git://* | git+ssh://* | ssh+git://*)
+            scheme=${url%%://*}
+            rest=${url#*://}
+            authority=${rest%%[/?#]*}
+            tail=${rest#"$authority"}
+            host=${authority##*@}
+            # An @ after the host: a password with a / ? or # in it, or worse.
+            case "$tail" in *@*) echo unknown; return 0 ;; esac
+            if [[ $host =~ $host_re ]]; then
+                printf '%s://%s%s\n' "$scheme" "$host" "${tail%%[?#]*}"
+            else
+                echo unknown
+            fi
+            ;;
+        *://*) echo unknown ;;
+        *)
+            if [[ $url =~ $scp_re ]] && [[ ${BASH_REMATCH[3]} != *@* ]]; then
+                host=${BASH_REMATCH[2]}
+                tail=${BASH_REMATCH[3]#/}
+                printf 'ssh://%s/%s\n' "$host" "${tail%%[?#]*}"
+            else
+                echo unknown
+            fi
+            ;;
+    esac
+}

@@ -131,3 +131,76 @@ def test_secrets_never_reach_git_or_an_image() -> None:
     dockerignore = (REPO / ".dockerignore").read_text().splitlines()
     assert "*" in dockerignore  # everything stays out of the build context ...
     assert not [line for line in dockerignore if line.startswith("!.env")]  # ... .env too
+
+
+@pytest.mark.parametrize(
+    ("remote", "label"),
+    [
+        # A CI clone's token URL (GitLab CI's default): the token never reaches the label.
+        (
+            "https://ci-token:glpat-SECRET123@git.example/group/distq.git",
+            "https://git.example/group/distq.git",
+        ),
+        ("https://github.com/owner/distq.git", "https://github.com/owner/distq.git"),
+        (
+            "http://user@git.example:8080/distq.git?private_token=x#y",
+            "http://git.example:8080/distq.git",
+        ),
+        ("ssh://git@git.example:2222/group/distq.git", "ssh://git.example:2222/group/distq.git"),
+        ("git://git.example/distq.git", "git://git.example/distq.git"),
+        ("git@github.com:owner/distq.git", "ssh://github.com/owner/distq.git"),
+        # Local paths say nothing to whoever pulls the image: "unknown".
+        ("/check/repo.git", "unknown"),
+        ("../distq", "unknown"),
+        ("file:///srv/git/distq.git", "unknown"),
+        ("C:\\src\\distq", "unknown"),
+        ("", "unknown"),
+        # A password holding / ? or # ends the host part early: refused, not half-stripped.
+        ("https://user:pa/ss@git.example/distq.git", "unknown"),
+        ("https://user:123?x@git.example/distq.git", "unknown"),
+        ("ftp://git.example/distq.git", "unknown"),
+    ],
+)
+def test_image_source_label_has_no_credentials_and_no_local_path(remote: str, label: str) -> None:
+    done = subprocess.run(
+        ["bash", "-c", '. scripts/lib.sh && public_source_url "$1"', "_", remote],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, label + "\n", "")
+
+
+def test_make_images_labels_the_remote_without_its_token(tmp_path: Path) -> None:
+    """compose-images.sh build, with a recording `docker`, in a clone with a token URL."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for rel in ("scripts/compose-images.sh", "scripts/lib.sh", "pyproject.toml", ".env.example"):
+        shutil.copy2(REPO / rel, repo / rel)
+    git = ["git", "-C", str(repo), "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    token_url = "https://ci-token:glpat-SECRET123@git.example/group/distq.git"
+    subprocess.run([*git, "remote", "add", "origin", token_url], check=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "docker-calls"
+    fake = bin_dir / "docker"
+    # Every call works; one line per call, its arguments separated by tabs.
+    fake.write_text(f'#!/bin/sh\n(IFS="$(printf "\\t")"; printf "%s\\n" "$*") >> "{calls}"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        ["bash", str(repo / "scripts/compose-images.sh"), "build"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    builds = [c.split("\t") for c in calls.read_text().splitlines() if c.startswith("build\t")]
+    assert len(builds) == 2  # master and worker
+    for args in builds:
+        assert "SOURCE_URL=https://git.example/group/distq.git" in args
+        assert "REVISION=unknown" in args  # no commit yet: one word, not git's error
+        assert not [a for a in args if "glpat-SECRET123" in a or "ci-token" in a]
