@@ -9,11 +9,13 @@ worker Deployment needing nothing but its replica count.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from k8s.render import (
     COMPONENTS,
@@ -33,6 +35,9 @@ from k8s.render import (
 DISTQ_UID = 10001
 METRICS_PORT = 9100
 BROKER_PORTS = {"redis": "redis", "rabbitmq": "amqp"}
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "distq.json"
 SECRET_SETTINGS = {
     "DISTQ_AUTHKEY",
     "DISTQ_SIGNING_KEY",
@@ -342,6 +347,121 @@ def test_servicemonitor_finds_master_and_every_worker(k8s_tree: Tree) -> None:
     for endpoint in monitor["spec"]["endpoints"]:
         for service in services:
             assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def meta_labels(kind: str, labels: dict[str, str]) -> dict[str, str]:
+    """Kubernetes service discovery's __meta_kubernetes_<kind>_label_* for ``labels``."""
+    return {
+        f"__meta_kubernetes_{kind}_label_{re.sub(r'[^A-Za-z0-9_]', '_', key)}": value
+        for key, value in labels.items()
+    }
+
+
+def relabel(rules: list[Doc], labels: dict[str, str]) -> dict[str, str]:
+    """Prometheus' relabeling, the ``replace`` action only (the one that can set a job),
+    in either spelling (scrape config: source_labels; Prometheus Operator: sourceLabels)."""
+    labels = dict(labels)
+    for rule in rules:
+        assert rule.get("action", "replace").lower() == "replace", f"not simulated: {rule}"
+        sources: list[str] = rule.get("sourceLabels") or rule.get("source_labels") or []
+        value = rule.get("separator", ";").join(labels.get(s, "") for s in sources)
+        match = re.fullmatch(rule.get("regex", "(.*)"), value)
+        if match:
+            replacement = re.sub(r"\$\{?(\d+)\}?", r"\\g<\1>", rule.get("replacement", "$1"))
+            target: str = rule.get("targetLabel") or rule["target_label"]
+            labels[target] = match.expand(replacement)
+    return labels
+
+
+def operator_job(monitor: Doc, endpoint: Doc, service: Doc) -> str:
+    """The job label the Prometheus Operator gives one Service's targets of ``endpoint``.
+
+    As its API reference says: the Service's label named by ``spec.jobLabel``, else (no
+    jobLabel, or the Service lacks that label) the Service's name. Then the endpoint's
+    ``relabelings`` run, after the operator's own, on the target's metadata labels.
+    """
+    name = service["metadata"]["name"]
+    labels = service["metadata"].get("labels", {})
+    meta = {"__meta_kubernetes_service_name": name, **meta_labels("service", labels)}
+    meta["job"] = labels.get(monitor["spec"].get("jobLabel", ""), "") or name
+    return relabel(endpoint.get("relabelings", []), meta)["job"]
+
+
+def assert_alerts_and_dashboard_select(jobs: set[str], how: str) -> None:
+    matchers = job_matchers()
+    assert matchers, "alerts.yml and the dashboard select no job: this test checks nothing"
+    for where, op, value in matchers:
+        assert op in ("=", "=~"), f"{where}: job{op}{value!r} is not simulated"
+        selected = {j for j in jobs if (j == value if op == "=" else re.fullmatch(value, j))}
+        assert selected, f"{where}: job{op}{value!r} selects no distq target {how}"
+
+
+def job_matchers() -> list[tuple[str, str, str]]:
+    """Every (where, op, value) matcher on ``job`` in alerts.yml and the Grafana dashboard."""
+    exprs = [
+        (f"alert {rule['alert']}", rule["expr"])
+        for group in yaml.safe_load(ALERTS.read_text())["groups"]
+        for rule in group["rules"]
+    ]
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("expr"), str):
+                exprs.append((f"dashboard {node.get('refId', '')}", node["expr"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(DASHBOARD.read_text()))
+    return [
+        (where, m.group(1), m.group(2))
+        for where, expr in exprs
+        for m in re.finditer(r'\bjob\s*(=~|!~|!=|=)\s*"([^"]*)"', expr)
+    ]
+
+
+def test_servicemonitor_targets_carry_the_jobs_the_alerts_and_dashboard_select(
+    k8s_tree: Tree,
+) -> None:
+    docs = load(k8s_tree.render("redis", "servicemonitor"))
+    monitor = find(docs, "ServiceMonitor", "distq")
+    jobs = {
+        name: {
+            operator_job(monitor, e, find(docs, "Service", name))
+            for e in monitor["spec"]["endpoints"]
+        }
+        for name in ("master", "worker")
+    }
+    assert_alerts_and_dashboard_select(set().union(*jobs.values()), "through the ServiceMonitor")
+    # The same jobs as the compose stack's Prometheus (deploy/prometheus/prometheus.yml).
+    compose_jobs = {
+        j["job_name"] for j in yaml.safe_load(SCRAPE_CONFIG.read_text())["scrape_configs"]
+    }
+    assert jobs == {"master": {"distq-master"}, "worker": {"distq-worker"}}
+    assert {"distq-master", "distq-worker"} <= compose_jobs
+
+
+def test_the_readme_relabeling_gives_annotation_scraped_pods_the_same_jobs(
+    docs: list[Doc],
+) -> None:
+    """Annotation-based scraping names the job after its own scrape config; README.md gives
+    the rule that sets distq's jobs there (and leaves every other pod's job alone)."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"relabel_configs`[^`]*?```yaml\n(.*?)```", readme, re.S)
+    assert match, "README.md has no relabel_configs rule for annotation-based scraping"
+    rules = yaml.safe_load(match.group(1))
+    jobs = {}
+    for role in ("master", "worker"):
+        pod = find(docs, "Deployment", role)["spec"]["template"]
+        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        meta = {"job": "kubernetes-pods", **meta_labels("pod", pod["metadata"]["labels"])}
+        jobs[role] = relabel(rules, meta)["job"]
+    assert jobs == {"master": "distq-master", "worker": "distq-worker"}
+    assert_alerts_and_dashboard_select(set(jobs.values()), "with the README's relabeling")
+    other = {"job": "kubernetes-pods", **meta_labels("pod", {"app.kubernetes.io/name": "x"})}
+    assert relabel(rules, other)["job"] == "kubernetes-pods"
 
 
 def test_disruption_budget_covers_the_workers(docs: list[Doc]) -> None:
