@@ -208,7 +208,7 @@ scale() {  # N
 }
 
 job() {  # N
-    local tasks=${1:-} delay=${TASK_DELAY:-0} timeout=${JOB_TIMEOUT:-300} transport status=0
+    local tasks=${1:-} delay=${TASK_DELAY:-0} timeout=${JOB_TIMEOUT:-300} transport status=0 out
     [[ "$tasks" =~ ^[1-9][0-9]*$ ]] || { log "say how many tasks: make job TASKS=100"; exit 2; }
     [ -n "$(containers)" ] || die "the stack is not running: make up first"
     transport=$(env_get DISTQ_TRANSPORT)
@@ -219,10 +219,18 @@ job() {  # N
         # The manager master hosts the queues its workers use: the job's master takes
         # its place (and its name on the network) while the job runs.
         log "manager transport: the job's master stands in for the running master meanwhile"
-        compose stop master >/dev/null 2>&1
+        if ! out=$(compose stop master 2>&1); then
+            printf '%s\n' "$out" | tail -n 5 | sed 's/^/  /' >&2
+            die "could not stop the stack's master for the job (above); see make ps"
+        fi
         trap 'compose start master >/dev/null 2>&1 || true' EXIT
         compose "${run[@]}" --use-aliases "${args[@]}" || status=$?
-        compose start master >/dev/null 2>&1
+        # A master that does not come back is reported; the exit status stays the job's.
+        if ! out=$(compose start master 2>&1); then
+            printf '%s\n' "$out" | tail -n 5 | sed 's/^/  /' >&2
+            log "the job is over (exit $status), but the stack's master did not start again"
+            log "(above): see make ps and make logs SERVICE=master; make up starts it"
+        fi
         trap - EXIT
     else
         compose "${run[@]}" "${args[@]}" || status=$?

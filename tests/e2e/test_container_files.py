@@ -1,7 +1,9 @@
 """The container files keep their contract (SPEC "Containers", README "Run it in
 containers") without needing Docker: Dockerfiles lint clean and say what the images
 promise; docker-compose.yml publishes only on 127.0.0.1, pins its images and keeps its
-defaults equal to .env.example; the secrets file never reaches git or an image.
+defaults equal to .env.example; the secrets file never reaches git or an image. The
+stack scripts' own logic runs here too, with a recording `docker` / compose in place of
+the real ones: the image labels `make images` passes, `make job` on the manager transport.
 """
 
 from __future__ import annotations
@@ -204,3 +206,63 @@ def test_make_images_labels_the_remote_without_its_token(tmp_path: Path) -> None
         assert "SOURCE_URL=https://git.example/group/distq.git" in args
         assert "REVISION=unknown" in args  # no commit yet: one word, not git's error
         assert not [a for a in args if "glpat-SECRET123" in a or "ci-token" in a]
+
+
+@pytest.mark.parametrize(
+    ("job_status", "start_status", "message"),
+    [
+        (0, 1, True),  # the job passed, the stack's master did not come back
+        (3, 1, True),  # both failed: the job's own status (3: unreachable) is kept
+        (1, 0, False),  # the job failed, the master is back: nothing more to say
+    ],
+)
+def test_make_job_on_manager_reports_a_master_that_does_not_restart(
+    tmp_path: Path, job_status: int, start_status: int, message: bool
+) -> None:
+    """compose-stack.sh job with a recording compose: the manager transport stops the
+    stack's master for the job and starts it again afterwards."""
+    env_file = tmp_path / "stack.env"
+    env_file.write_text("DISTQ_TRANSPORT=manager\nCOMPOSE_PROJECT_NAME=fake\n")
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_compose = bin_dir / "fake-compose"
+    fake_compose.write_text(
+        "#!/bin/sh\n"
+        f'echo "compose $*" >> "{calls}"\n'
+        '[ "$1" = --env-file ] && shift 2\n'
+        'case "$1" in\n'
+        f"  run) exit {job_status} ;;\n"
+        f'  start) [ {start_status} = 0 ] || echo "Error: cannot start service master" >&2;'
+        f" exit {start_status} ;;\n"
+        "esac\n"
+    )
+    fake_docker = bin_dir / "docker"
+    fake_docker.write_text(  # `docker ps -aq ...`: the stack is running
+        f'#!/bin/sh\necho "docker $*" >> "{calls}"\n[ "$1" = ps ] && echo c0ffee\nexit 0\n'
+    )
+    for fake in (fake_compose, fake_docker):
+        fake.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts/compose-stack.sh"), "job", "5"],
+        env={
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "DISTQ_ENV_FILE": str(env_file),
+            "DISTQ_COMPOSE": str(fake_compose),
+        },
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == job_status, done.stderr
+    said = "the stack's master did not start again" in done.stderr
+    assert said == message, done.stderr
+    if message:
+        assert f"exit {job_status}" in done.stderr
+        assert "cannot start service master" in done.stderr  # compose's own words
+    made = [
+        c.split()[3] for c in calls.read_text().splitlines() if c.startswith("compose --env-file ")
+    ]
+    assert made == ["stop", "run", "start"], made  # started once, not again on exit
