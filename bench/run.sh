@@ -38,8 +38,10 @@ ensure_venv() {
 }
 
 ensure_brokers() {
-    local missing
-    mapfile -t missing < <(missing_server_packages redis-server rabbitmq-server)
+    local missing=() pkg
+    while IFS= read -r pkg; do  # not mapfile: bash 3.2 (macOS) has none
+        missing+=("$pkg")
+    done < <(missing_server_packages redis-server rabbitmq-server)
     [ "${#missing[@]}" -eq 0 ] && return
     if is_root_on_debian; then
         log "installing ${missing[*]} (Debian packages; their services are not started)"

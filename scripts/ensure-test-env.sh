@@ -25,7 +25,12 @@ esac
 
 scripts/ensure-venv.sh
 
-mapfile -t missing < <(missing_server_packages "${SERVER_PACKAGES[@]}")
+# A read loop, not mapfile: macOS runs this with its bash 3.2, which has no mapfile, and
+# must get as far as the hint below.
+missing=()
+while IFS= read -r pkg; do
+    missing+=("$pkg")
+done < <(missing_server_packages "${SERVER_PACKAGES[@]}")
 if [ "${#missing[@]}" -gt 0 ]; then
     if ! is_root_on_debian; then
         log "the tests start their own ${missing[*]} on 127.0.0.1; install them:"

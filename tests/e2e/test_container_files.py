@@ -266,3 +266,57 @@ def test_make_job_on_manager_reports_a_master_that_does_not_restart(
         c.split()[3] for c in calls.read_text().splitlines() if c.startswith("compose --env-file ")
     ]
     assert made == ["stop", "run", "start"], made  # started once, not again on exit
+
+
+# Builtins and syntax bash 3.2 (macOS's /bin/bash, what `#!/usr/bin/env bash` finds
+# there) lacks; every script `make` runs must keep clear of them.
+_BASH4_ONLY = re.compile(
+    r"\b(mapfile|readarray|coproc)\b|\b(declare|local|typeset) -[a-zA-Z]*[Agn]"
+    r"|\$\{\w+(,,?|\^\^?)\}|&>>|\|&|;;&|\[\[ -v |shopt -s (globstar|lastpipe)"
+)
+SHELL_SCRIPTS = sorted(REPO.glob("scripts/*.sh")) + sorted(REPO.glob("bench/*.sh"))
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_scripts_keep_to_bash_3_2(script: Path) -> None:
+    found = [
+        f"{script.name}:{number}: {line.strip()}"
+        for number, line in enumerate(script.read_text().splitlines(), 1)
+        if _BASH4_ONLY.search(re.sub(r"(^|\s)#.*$", "", line))  # comments aside
+    ]
+    assert found == []
+
+
+def test_make_test_without_mapfile_reaches_the_install_hint(tmp_path: Path) -> None:
+    """ensure-test-env.sh as macOS's bash 3.2 runs it: no mapfile (disabled here), not
+    root, the test servers missing. It must get to the hint that says what to install."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for rel in ("scripts/ensure-test-env.sh", "scripts/lib.sh"):
+        shutil.copy2(REPO / rel, repo / rel)
+    (repo / "scripts/ensure-venv.sh").write_text("#!/bin/sh\nexit 0\n")  # the venv is there
+    (repo / "scripts/ensure-venv.sh").chmod(0o755)
+    bin_dir = tmp_path / "bin"  # only what the script needs: no redis-server, no prometheus
+    bin_dir.mkdir()
+    for tool in ("dirname", "basename"):
+        found = shutil.which(tool)
+        assert found, tool
+        (bin_dir / tool).symlink_to(found)
+    (bin_dir / "id").write_text("#!/bin/sh\necho 501\n")  # not root
+    (bin_dir / "id").chmod(0o755)
+    done = subprocess.run(
+        [
+            shutil.which("bash") or "/bin/bash",
+            "-c",
+            'enable -n mapfile readarray && . "$0"',
+            str(repo / "scripts/ensure-test-env.sh"),
+        ],
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "command not found" not in done.stderr, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "macOS: brew install redis rabbitmq prometheus" in done.stderr
+    assert "redis-server" in done.stderr  # named among what is missing
