@@ -132,6 +132,11 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
     kwargs = _kwargs(args.kwargs)
     if args.max_attempts < 1:
         raise ConfigError(f"--max-attempts {args.max_attempts}: use 1 or more")
+    if args.timeout is not None and not args.wait:
+        raise ConfigError(
+            "--timeout is how long --wait waits for the result; without --wait, submit "
+            "returns once the task is queued: add --wait, or drop --timeout"
+        )
     try:
         check_arguments(args.task_name, values, kwargs)
     except TypeError as exc:  # e.g. NaN: json.loads takes it, JSON does not

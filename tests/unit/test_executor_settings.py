@@ -47,8 +47,15 @@ def test_overrides_of_a_settings_object_are_parsed_and_checked() -> None:
 
 
 def test_bad_values_and_unknown_names_are_refused_before_anything_connects() -> None:
-    with pytest.raises(ConfigError, match="DISTQ_TRANSPORT --transport is 'kafka'"):
+    # the keyword the caller gave is named, not the command's flag
+    with pytest.raises(
+        ConfigError, match=r"^Executor keyword transport \(DISTQ_TRANSPORT\) is 'kafka'"
+    ):
         load_settings(None, {"transport": "kafka"}, {})
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, {"transport": "redis", "signing_key": "short"}, {})
+    assert str(refused.value).startswith("Executor keyword signing_key (DISTQ_SIGNING_KEY) has key")
+    assert "--signing-key" not in str(refused.value) and "short" not in str(refused.value)
     with pytest.raises(ConfigError, match="DISTQ_AUTHKEY is not set"):
         load_settings(None, {}, {})
     with pytest.raises(TypeError, match="unexpected keyword argument 'queu'; settings are: "):
