@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import distq
 from distq.config import CONNECT_TIMEOUT, Settings
 from distq.envelope import Task
 from distq.errors import ConnectionFailed, TransportError
@@ -26,6 +27,10 @@ from procs import Distq
 from seam import fetch_n, results_n
 
 pytestmark = pytest.mark.integration
+
+
+#: Where this run imports distq from: its subprocesses run the same code.
+_SRC = str(Path(distq.__file__).resolve().parents[1])
 
 
 def _settings(queue: str) -> Settings:
@@ -120,7 +125,7 @@ def _env(settings: Settings) -> dict[str, str]:
         DISTQ_AUTHKEY=settings.authkey.decode(),
         DISTQ_MANAGER_ADDRESS=f"{host}:{port}",
         DISTQ_QUEUE=settings.queue,
-        PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"),
+        PYTHONPATH=_SRC,
     )
     return env
 
@@ -304,3 +309,141 @@ def test_a_connected_worker_detects_a_stopped_master_then_reconnects(
             remote.close()
     finally:
         master.stop(grace=0)
+
+
+# -- a master under limits: silent peers, no threads, no file descriptors ----------------
+#: A master in a process of its own (argv: port, key, limit, amount) whose thread or file
+#: descriptor budget runs out after ``amount`` MiB of address space or open files.
+_LIMITED_MASTER = """
+import os, resource, sys, time
+from distq.config import Settings
+from distq.transport import open_transport
+port, key, limit, amount = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+settings = Settings(transport="manager", authkey=key.encode(),
+                    manager_address=("127.0.0.1", port), queue="limited")
+master = open_transport(settings, "master")
+if limit == "memory":  # thread stacks are 8 MiB: a few threads more, then no more
+    with open("/proc/self/status") as status:
+        vm = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, ((vm << 10) + (amount << 20), resource.RLIM_INFINITY))
+else:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + amount, hard))
+print("master up", flush=True)
+time.sleep(120)
+"""
+
+
+@contextlib.contextmanager
+def _limited_master(limit: str, amount: int) -> Iterator[tuple[Settings, subprocess.Popen[str]]]:
+    settings = _settings("limited")
+    assert settings.authkey is not None
+    port, key = str(settings.manager_address[1]), settings.authkey.decode()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LIMITED_MASTER, port, key, limit, str(amount)],
+        env=dict(os.environ, PYTHONPATH=_SRC),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "master up\n", proc.stderr and proc.stderr.read()
+        yield settings, proc
+    finally:
+        proc.kill()  # ours, by PID
+        proc.wait(10)
+
+
+def _silent_peers(address: tuple[str, int], count: int) -> list[socket.socket]:
+    """``count`` TCP connections to ``address`` that never send a byte (as many as connect)."""
+    peers = []
+    for _ in range(count):
+        try:
+            peers.append(socket.create_connection(address, timeout=5))
+        except OSError:  # the master's backlog is full: enough of them
+            break
+    return peers
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _connects_within(settings: Settings, seconds: float) -> bool:
+    """Whether a worker connects (and the master answers a call) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            remote = open_transport(settings, "worker")
+        except ConnectionFailed:
+            continue
+        try:
+            remote.stats()
+            return True
+        except TransportError:
+            continue
+        finally:
+            remote.close()
+    return False
+
+
+def test_the_master_drops_a_connection_that_never_authenticates() -> None:
+    # each silent peer held a master thread and file descriptor for good
+    settings = _settings("silentpeers")
+    master = Distq(["master", "--tasks", "1", "--timeout", "60"], _env(settings))
+    try:
+        master.wait_for(r"^master .* transport")
+        before = len(list(Path(f"/proc/{master.proc.pid}/task").iterdir()))
+        peers = _silent_peers(settings.manager_address, 20)
+        assert len(peers) == 20
+        bound = time.monotonic() + 20.0  # the master gives up on each after 5 s
+        try:
+            for peer in peers:
+                peer.settimeout(max(0.1, bound - time.monotonic()))
+                with contextlib.suppress(ConnectionResetError):
+                    while peer.recv(4096):  # the challenge, then the master's close
+                        pass
+        finally:
+            for peer in peers:
+                peer.close()
+        after = len(list(Path(f"/proc/{master.proc.pid}/task").iterdir()))
+        assert after <= before + 2, (before, after)
+        assert _connects_within(settings, 10)
+    finally:
+        master.stop(grace=0)
+
+
+def test_the_master_keeps_accepting_when_it_cannot_start_a_thread() -> None:
+    # the accept thread died on "can't start new thread": no worker got in ever again
+    with _limited_master("memory", 40) as (settings, proc):
+        peers = _silent_peers(settings.manager_address, 30)
+        time.sleep(1)  # the master has tried to start a thread for each
+        for peer in peers:
+            peer.close()
+        assert _connects_within(settings, 15)
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    assert "cannot start a thread" in err and "pids limit" in err, err
+    assert err.count("cannot start a thread") == 1, err  # logged once, not per connection
+
+
+def test_the_master_backs_off_at_the_open_file_limit() -> None:
+    # accept() failing with EMFILE was retried at once, forever: a core at 100 %, and
+    # no worker got in while the silent peers held their connections
+    with _limited_master("files", 24) as (settings, proc):
+        peers = _silent_peers(settings.manager_address, 60)
+        try:
+            time.sleep(0.5)
+            cpu = _cpu_seconds(proc.pid)
+            time.sleep(2)
+            assert _cpu_seconds(proc.pid) - cpu < 0.5
+            assert _connects_within(settings, 20)  # the silent ones are dropped meanwhile
+        finally:
+            for peer in peers:
+                peer.close()
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    assert "Too many open files" in err and "ulimit -n" in err, err
+    assert err.count("Too many open files") == 1, err

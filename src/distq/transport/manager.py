@@ -19,6 +19,11 @@ are dropped, and :meth:`ManagerConsumer.gone` names them. The master hosts the q
 so they never outlive it and never lose a task while it runs: a worker that loses the
 master reconnects (with backoff) to whichever master listens next on the address.
 
+The master serves each connection in a thread of its own (``multiprocessing``'s
+server), and bounds what a peer without the key can hold: the handshake and first call
+within ``_HANDSHAKE_TIMEOUT``, at most ``_HANDSHAKES_AT_ONCE`` of them at a time, TCP
+keepalive on the rest.
+
 | queue name          | holds                                       |
 |---------------------|---------------------------------------------|
 | ``<queue>``         | ready task bodies, FIFO                     |
@@ -32,12 +37,14 @@ import contextlib
 import errno
 import heapq
 import itertools
+import logging
 import os
 import secrets
 import socket
 import struct
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -69,11 +76,28 @@ WireSettlement = tuple[int, str | None, bytes | None, bytes | None, float, bytes
 
 _T = TypeVar("_T")
 
+log = logging.getLogger(__name__)
+
 #: A worker's read or write on a manager connection fails after this long (see _bounded).
 _REPLY_TIMEOUT = 30.0
 #: A worker's connecting to the master fails after this long: the TCP connect, then the
 #: HMAC handshake (a master answers it at once; a frozen one or another service never does).
 _CONNECT_TIMEOUT = 5.0
+#: The master drops a connection whose peer has not completed the HMAC handshake and
+#: sent its first request this long after it was accepted (a worker does so at once; a
+#: port scanner, a load balancer's probe or a vanished host never does).
+_HANDSHAKE_TIMEOUT = 5.0
+#: Most connections the master authenticates at once; more wait in the listen backlog.
+_HANDSHAKES_AT_ONCE = 64
+#: On a served connection, a reply the master cannot send for this long (a peer that
+#: stopped reading) ends the connection. Reads have no timeout: a worker or an executor
+#: may sit idle between calls for any time; TCP keepalive finds a peer that vanished.
+_SERVING_SEND_TIMEOUT = 2 * _REPLY_TIMEOUT
+#: TCP keepalive on served connections: probes after 60 s idle, every 15 s, 4 unanswered
+#: ones drop the connection (a worker host gone without a FIN: about 2 minutes).
+_KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
+#: Seconds between two log lines about the same accept problem.
+_LOG_EVERY = 60.0
 
 
 @dataclass
@@ -374,6 +398,32 @@ def _bounded(conn: Connection, seconds: float) -> Connection:
     return conn
 
 
+def _timeval(seconds: float) -> bytes:
+    return struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+
+
+def _accepted(conn: Connection) -> None:
+    """A connection the master just accepted: no-delay, TCP keepalive, and reads and
+    writes that fail after ``_HANDSHAKE_TIMEOUT`` until :func:`_serving` lifts them."""
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for name, value in _KEEPALIVE:
+                if hasattr(socket, name):  # Linux; others keep their system defaults
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(_HANDSHAKE_TIMEOUT))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(_HANDSHAKE_TIMEOUT))
+
+
+def _serving(conn: Connection) -> None:
+    """An authenticated connection: reads wait for as long as the peer is idle (its next
+    call may come at any time), a reply the peer does not take ends it."""
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(_SERVING_SEND_TIMEOUT))
+
+
 def _client(address: Any, authkey: bytes | None = None) -> Connection:
     """``multiprocessing.connection.Client``, on a no-delay socket whose reads time out:
     the connect and the handshake after ``_CONNECT_TIMEOUT``, each later read or write
@@ -515,6 +565,7 @@ class ManagerTransport(Transport):
         self.address = f"{host}:{port}"
         self._role = role
         self._acceptor: threading.Thread | None = None
+        self._logged: dict[str, float] = {}  # accept problem -> when last logged
         if role == "master":
             broker = QueueBroker()
             manager = _serving_manager(broker, settings)
@@ -537,15 +588,86 @@ class ManagerTransport(Transport):
             self._connect(self._manager.connect)
 
     def _accept(self) -> None:
+        """Accept connections until closed; each is authenticated and served in a thread
+        of its own. Nothing that goes wrong with one connection ends this thread."""
         server = self._server
         assert server is not None
+        handshakes = threading.BoundedSemaphore(_HANDSHAKES_AT_ONCE)
         while self._broker is not None:
+            if not handshakes.acquire(timeout=1.0):
+                continue  # as many handshakes under way as allowed: the next waits its turn
             try:
                 conn = server.listener.accept()
-            except (OSError, EOFError, AuthenticationError):
-                continue  # a failed handshake (wrong key, port scan) must not stop the master
-            _no_delay(conn)
-            threading.Thread(target=server.handle_request, args=(conn,), daemon=True).start()
+            except OSError as exc:
+                handshakes.release()
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._log_accept_problem(
+                        "fds",
+                        f"cannot accept a connection: {exc.strerror}; the waiting ones are "
+                        "accepted as open ones close. Raise the open-file limit (ulimit -n, "
+                        "LimitNOFILE=, the container's nofile) for the workers' connections",
+                    )
+                    time.sleep(0.1)  # not a busy loop: accept() fails at once until one closes
+                continue  # a closed listener (close()), or a connection reset before accept
+            except Exception:  # whatever it is, the master keeps accepting
+                handshakes.release()
+                time.sleep(0.1)
+                continue
+            try:
+                _accepted(conn)
+                threading.Thread(
+                    target=self._serve, args=(conn, handshakes), name="distq-serve", daemon=True
+                ).start()
+            except Exception as exc:  # RuntimeError: can't start new thread
+                handshakes.release()
+                conn.close()
+                self._log_accept_problem(
+                    "thread",
+                    f"dropped a connection: cannot start a thread to serve it ({exc}); raise "
+                    "the process's thread or memory limit (the container's pids limit, "
+                    "ulimit -u, ulimit -v), or run fewer worker slots against this master",
+                )
+                time.sleep(0.1)
+
+    def _log_accept_problem(self, kind: str, message: str) -> None:
+        """Log ``message`` unless the same ``kind`` of problem was logged recently."""
+        now = time.monotonic()
+        if now - self._logged.get(kind, -_LOG_EVERY) >= _LOG_EVERY:
+            self._logged[kind] = now
+            log.error("master at %s: %s", self.address, message)
+
+    def _serve(self, conn: Connection, handshakes: threading.BoundedSemaphore) -> None:
+        """``multiprocessing``'s ``Server.handle_request``, with the handshake and first
+        request bounded by ``_HANDSHAKE_TIMEOUT``, and nothing sent to a peer that failed
+        it: a silent or half-open peer costs the master a thread and a file descriptor for
+        that long, not for good."""
+        server = self._server
+        try:
+            try:
+                connection.deliver_challenge(conn, server.authkey)
+                connection.answer_challenge(conn, server.authkey)
+                _, name, args, kwds = conn.recv()
+            finally:
+                handshakes.release()
+            if name not in server.public:
+                raise ValueError(f"{name!r} unrecognized")
+        except Exception:  # no key, a wrong one, a silent peer, a port scan: dropped
+            conn.close()
+            return
+        _serving(conn)
+        try:
+            msg: tuple[str, Any] = ("#RETURN", getattr(server, name)(conn, *args, **kwds))
+        except SystemExit:  # serve_client()'s end on EOF: the peer closed
+            conn.close()
+            return
+        except Exception:
+            msg = ("#TRACEBACK", traceback.format_exc())
+        try:
+            conn.send(msg)  # serve_client() returns when the master stops: its last reply
+        except Exception:  # the peer is gone: nothing to tell it
+            pass
+        finally:
+            conn.close()
 
     def _connect(self, call: Callable[[], _T]) -> _T:
         try:
