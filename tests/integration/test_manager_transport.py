@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -447,3 +448,63 @@ def test_the_master_backs_off_at_the_open_file_limit() -> None:
         _, err = proc.communicate(timeout=10)
     assert "Too many open files" in err and "ulimit -n" in err, err
     assert err.count("Too many open files") == 1, err
+
+
+# -- a remote producer that dies --------------------------------------------------------
+_REMOTE_PRODUCER = """
+import time
+from distq import Executor
+executor = Executor(host=False)
+futures = [executor.submit("square", n) for n in (2, 3)]
+print(executor.reply_to, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_remote_producers_reply_queue_lapses_its_task_dead_lettered_unrun() -> None:
+    # a SIGKILLed `distq submit --wait` or Executor(host=False) kept its reply queue in the
+    # master for good: its tasks ran, and the results for it were kept forever
+    settings = replace(_settings("remote"), lease_seconds=1.0)
+    ttl = settings.master_ttl  # 10 s, the shortest there is
+    env = _env(settings)
+    hosted = open_transport(settings, "master")
+    broker = hosted._broker  # type: ignore[attr-defined]
+    producer = subprocess.Popen(
+        [sys.executable, "-c", _REMOTE_PRODUCER],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert producer.stdout is not None
+        reply_to = producer.stdout.readline().strip()
+        remote = open_transport(settings, "worker")
+        consumer = remote.consumer("c1")
+        first, second = fetch_n(consumer, 2)
+        producer.kill()  # ours, by PID
+        producer.wait(10)
+        time.sleep(0.5)  # its last call, a wait for results (0.1 s at most), has ended
+        consumer.settle([Settlement(first, reply_to=reply_to, result=b"held")])
+        consumer.release([second])
+        assert len(broker._queues[reply_to]) == 1
+        assert consumer.gone([reply_to]) == set()  # until master_ttl has passed
+        consumer.close()
+        remote.close()
+        time.sleep(ttl + 1)
+        assert reply_to not in broker._queues  # the held result went with the queue
+        worker = Distq(["worker", "--exit-when-idle", "1"], env)
+        try:
+            assert worker.wait(30) == 0, worker.output()
+            out = worker.output()
+        finally:
+            worker.stop()
+        assert "0 ok" in out and "1 dead-lettered" in out, out
+        (letter,) = hosted.dead_letters()
+        assert letter.reason.startswith("its master is gone"), letter.reason
+        assert Task.decode(letter.body).args == [3]
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+            producer.wait(10)
+        hosted.close()

@@ -11,7 +11,13 @@ import inspect
 import pytest
 
 from distq.errors import ConnectionFailed
-from distq.transport.manager import _EXPOSED, ManagerTransport, QueueBroker, _BrokerProxy
+from distq.transport.manager import (
+    _EXPOSED,
+    ManagerProducer,
+    ManagerTransport,
+    QueueBroker,
+    _BrokerProxy,
+)
 
 
 class Clock:
@@ -132,6 +138,49 @@ def test_results_go_only_to_an_open_reply_queue_and_never_create_one() -> None:
     broker.settle("q", "c1", [(c, "mine", b"late", None, 0.0, None)])
     assert broker.gone(["mine"]) == ["mine"]
     assert broker.get("mine", 10, 0) == [] and broker.get("nobody", 10, 0) == []
+
+
+def test_a_reply_queue_not_renewed_for_its_ttl_lapses_with_the_results_it_holds() -> None:
+    # a remote producer that died kept its reply queue, and every result for it, for good
+    clock = Clock()
+    broker = QueueBroker(clock, reply_ttl=10.0)
+    assert broker.open("mine") is False  # new
+    broker.put("q", [b"a", b"b"])
+    (a, b) = (token for token, _, _ in broker.fetch("q", "c1", 2, 0.1, 60.0))
+    broker.settle("q", "c1", [(a, "mine", b"held", None, 0.0, None)])
+    clock.now += 9.0
+    assert broker.open("mine") is True  # renewed: ten seconds from now
+    clock.now += 9.0
+    broker.reap()
+    assert broker.gone(["mine"]) == []
+    clock.now += 1.5
+    broker.reap()
+    assert broker.gone(["mine"]) == ["mine"]  # its tasks are dead-lettered unrun
+    broker.settle("q", "c1", [(b, "mine", b"late", None, 0.0, None)])  # dropped
+    assert broker.open("mine") is False  # lapsed: opened afresh, without what it held
+    assert broker.get("mine", 10, 0) == []
+
+
+def test_a_producer_renews_its_reply_queue_and_says_when_it_had_lapsed() -> None:
+    clock = Clock()
+    broker = QueueBroker(clock, reply_ttl=10.0)
+    broker.open("mine")
+    producer = ManagerProducer(broker, "q", "mine", "here", renew_every=0.0)
+    producer.submit([b"a", b"b"])
+    assert producer.reconcile() == 2
+    clock.now += 8.0
+    assert producer.results(10, 0) == []  # renews (due at once here)
+    clock.now += 8.0
+    broker.reap()
+    assert broker.gone(["mine"]) == []
+    clock.now += 11.0
+    broker.reap()
+    assert broker.gone(["mine"]) == ["mine"]
+    producer.submit([b"c"])  # renews first: open again
+    assert broker.gone(["mine"]) == []
+    assert producer.reconcile() == 0  # the broker may have dead-lettered any of them
+    producer.submit([b"d"])
+    assert producer.reconcile() == 1
 
 
 def test_a_consumer_back_under_its_old_name_does_not_renew_the_old_lease() -> None:

@@ -14,10 +14,14 @@ suffix), so a reconnecting worker never renews a lease its earlier connection he
 A worker settles a batch and claims its next one in a single call (``settle_fetch``):
 each call is a round trip that costs CPU on both sides, the master's included.
 
-Reply queues exist while their producer does: results addressed to any other queue
-are dropped, and :meth:`ManagerConsumer.gone` names them. The master hosts the queues,
-so they never outlive it and never lose a task while it runs: a worker that loses the
-master reconnects (with backoff) to whichever master listens next on the address.
+Reply queues exist while their producer renews them (``open``, every quarter of
+``Settings.master_ttl``): the master's own producer in-process, a remote one (``distq
+submit --wait``, ``Executor(host=False)``) over its connection; the reaper drops one not
+renewed for ``master_ttl``, with the results it holds. Results addressed to any other
+queue are dropped, and :meth:`ManagerConsumer.gone` names them. The master hosts the
+queues, so they never outlive it and never lose a task while it runs: a worker that
+loses the master reconnects (with backoff) to whichever master listens next on the
+address.
 
 The master serves each connection in a thread of its own (``multiprocessing``'s
 server), and bounds what a peer without the key can hold: the handshake and first call
@@ -110,18 +114,23 @@ class _Lease:
 class QueueBroker:
     """In-memory queues with per-consumer leases; thread-safe; lives in the master.
 
-    ``clock`` (monotonic seconds) times leases and retry delays; tests pass their own
-    and call :meth:`reap` instead of starting the reaper thread.
+    ``clock`` (monotonic seconds) times leases, retry delays and reply queues; tests pass
+    their own and call :meth:`reap` instead of starting the reaper thread. A reply queue
+    not renewed (:meth:`open`) for ``reply_ttl`` seconds is gone, with the results it
+    held (``None``: never).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, reply_ttl: float | None = None
+    ) -> None:
         self._clock = clock
+        self._reply_ttl = reply_ttl
         self._lock = threading.Lock()
         self._queues: dict[str, deque[tuple[bytes, bool]]] = {}
         self._ready: dict[str, threading.Condition] = {}
         self._leases: dict[str, _Lease] = {}
         self._delayed: list[tuple[float, int, str, bytes]] = []
-        self._replies: set[str] = set()  # reply queues whose producer lives
+        self._replies: dict[str, float] = {}  # reply queues whose producer lives: renewed at
         self._tokens = itertools.count(1)
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -149,17 +158,19 @@ class QueueBroker:
                 self._ready[queue].wait_for(lambda: bool(items), timeout)
             return [items.popleft()[0] for _ in range(min(max_count, len(items)))]
 
-    def open(self, reply_to: str) -> None:
-        """A producer's reply queue: results addressed to it are kept from now on."""
+    def open(self, reply_to: str) -> bool:
+        """Open or renew a producer's reply queue: results addressed to it are kept for
+        ``reply_ttl`` seconds from now. Whether it was open already (False: new, or it
+        had lapsed, its results dropped and its queued tasks left to be dead-lettered)."""
         with self._lock:
-            self._replies.add(reply_to)
+            live = reply_to in self._replies
+            self._replies[reply_to] = self._clock()
             self._queue(reply_to)
+            return live
 
     def delete(self, queue: str) -> None:
         with self._lock:
-            self._replies.discard(queue)
-            self._queues.pop(queue, None)
-            self._ready.pop(queue, None)
+            self._drop(queue)
 
     def gone(self, reply_to: Sequence[str]) -> list[str]:
         """Those of ``reply_to`` that no producer holds."""
@@ -284,6 +295,11 @@ class QueueBroker:
         self._queue(queue).extend((body, False) for body in bodies)
         self._ready[queue].notify(len(bodies))
 
+    def _drop(self, queue: str) -> None:
+        self._replies.pop(queue, None)
+        self._queues.pop(queue, None)
+        self._ready.pop(queue, None)
+
     def _renew(self, consumer: str, lease: float) -> _Lease:
         owner = self._leases.get(consumer)
         if owner is None:
@@ -300,9 +316,14 @@ class QueueBroker:
                 self._ready[queue].notify()
 
     def reap(self) -> None:
-        """Requeue what consumers past their deadline hold; move due retries in."""
+        """Requeue what consumers past their deadline hold; move due retries in; drop the
+        reply queues (and the results they hold) that were not renewed in time."""
         now = self._clock()
         with self._lock:
+            if self._reply_ttl is not None:
+                lapsed = now - self._reply_ttl
+                for name in [q for q, renewed in self._replies.items() if renewed < lapsed]:
+                    self._drop(name)
             for name in [c for c, lease in self._leases.items() if lease.deadline < now]:
                 owner = self._leases.pop(name)
                 self._requeue(owner, sorted(owner.held))
@@ -329,7 +350,7 @@ class _Broker(Protocol):
     stopping master's stray reply (see :func:`_call_list`)."""
 
     def put(self, queue: str, bodies: Sequence[bytes]) -> None: ...
-    def open(self, reply_to: str) -> None: ...
+    def open(self, reply_to: str) -> bool: ...
     def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None: ...
     def delete(self, queue: str) -> None: ...
     def gone(self, reply_to: Sequence[str]) -> list[str]: ...
@@ -477,8 +498,8 @@ class _BrokerProxy(BaseProxy):
     def put(self, queue: str, bodies: Sequence[bytes]) -> None:
         self._call("put", queue, bodies)
 
-    def open(self, reply_to: str) -> None:
-        self._call("open", reply_to)
+    def open(self, reply_to: str) -> bool:
+        return self._call("open", reply_to) is not False  # None: an older master's "yes"
 
     def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None:
         return cast("list[bytes] | None", self._call("get", queue, max_count, timeout))
@@ -567,7 +588,7 @@ class ManagerTransport(Transport):
         self._acceptor: threading.Thread | None = None
         self._logged: dict[str, float] = {}  # accept problem -> when last logged
         if role == "master":
-            broker = QueueBroker()
+            broker = QueueBroker(reply_ttl=settings.master_ttl)
             manager = _serving_manager(broker, settings)
             try:
                 self._server = manager.get_server()
@@ -711,7 +732,8 @@ class ManagerTransport(Transport):
     def producer(self, reply_to: str) -> Producer:
         broker = self._endpoint()
         _call(self.address, broker.open, reply_to)
-        return ManagerProducer(broker, self._queue, reply_to, self.address)
+        renew_every = self._settings.master_ttl / 4
+        return ManagerProducer(broker, self._queue, reply_to, self.address, renew_every)
 
     def consumer(self, consumer_id: str) -> Consumer:
         return ManagerConsumer(
@@ -801,21 +823,47 @@ def _call_list(address: str, method: Callable[..., list[_T] | None], *args: Any)
 
 
 class ManagerProducer(Producer):
-    def __init__(self, broker: _Broker, queue: str, reply_to: str, address: str) -> None:
+    """A producer, in the master (``broker`` is the :class:`QueueBroker`) or remote (a
+    proxy: ``distq submit --wait``, ``Executor(host=False)``). Either way its reply queue
+    lapses ``Settings.master_ttl`` after its last renewal: :meth:`reconcile` renews it,
+    and so do :meth:`submit` and :meth:`results` every ``renew_every`` seconds (for
+    callers that do not reconcile, an executor), one extra call at most that often."""
+
+    def __init__(
+        self, broker: _Broker, queue: str, reply_to: str, address: str, renew_every: float
+    ) -> None:
         self._broker, self._queue, self.reply_to, self._address = broker, queue, reply_to, address
         self._submitted = 0
+        self._lapsed = False  # seen lapsed by a renewal since the last reconcile
+        self._renew_every = renew_every
+        self._renew_at = time.monotonic() + renew_every  # opened by ManagerTransport.producer
 
     def submit(self, bodies: Sequence[bytes]) -> None:
+        if time.monotonic() >= self._renew_at:
+            self._renew()
         for start in range(0, len(bodies), MESSAGE_BATCH):
             chunk = list(bodies[start : start + MESSAGE_BATCH])
             _call(self._address, self._broker.put, self._queue, chunk)
             self._submitted += len(chunk)
 
     def reconcile(self) -> int:
-        """Every submitted body: the queues live in the master, so none is lost while it runs."""
+        """Renew the reply queue; every submitted body while it stayed open (the queues
+        live in the master, so none is lost while it runs), 0 once it had lapsed (the
+        tasks queued then are dead-lettered unrun: the caller submits again what it
+        still waits for, and a duplicate result is dropped)."""
+        self._renew()
+        if self._lapsed:
+            self._submitted, self._lapsed = 0, False
         return self._submitted
 
+    def _renew(self) -> None:
+        if not _call(self._address, self._broker.open, self.reply_to):
+            self._lapsed = True
+        self._renew_at = time.monotonic() + self._renew_every
+
     def results(self, max_count: int, timeout: float) -> list[bytes]:
+        if time.monotonic() >= self._renew_at:
+            self._renew()
         return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
 
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
