@@ -124,7 +124,7 @@ def _env(settings: Settings) -> dict[str, str]:
     env.update(
         DISTQ_TRANSPORT="manager",
         DISTQ_AUTHKEY=settings.authkey.decode(),
-        DISTQ_MANAGER_ADDRESS=f"{host}:{port}",
+        DISTQ_MANAGER_ADDRESS=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         DISTQ_QUEUE=settings.queue,
         PYTHONPATH=_SRC,
     )
@@ -508,3 +508,39 @@ def test_a_killed_remote_producers_reply_queue_lapses_its_task_dead_lettered_unr
             producer.kill()
             producer.wait(10)
         hosted.close()
+
+
+# -- where the master listens -----------------------------------------------------------
+def test_a_master_on_ipv6_serves_workers_over_ipv6() -> None:
+    # the master could not listen on an IPv6 address ("Address family for hostname not
+    # supported; pick a free port"), while workers connected over IPv6
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    settings = replace(_settings("six"), manager_address=("::1", port))
+    env = _env(settings)
+    master = Distq(["master", "--tasks", "2", "--timeout", "60"], env)
+    try:
+        master.wait_for(rf"^master .* transport on \[::1\]:{port}")
+        worker = Distq(["worker", "--exit-when-idle", "1"], env)
+        try:
+            assert worker.wait(60) == 0, worker.output()
+        finally:
+            worker.stop()
+        assert master.wait(60) == 0, master.output()
+    finally:
+        master.stop(grace=0)
+
+
+def test_a_master_that_cannot_listen_says_why() -> None:
+    # every failure said "pick a free port or stop what uses it", the port free or not
+    settings = _settings("listen")
+    taken = pytest.raises(ConnectionFailed, match="pick a free port or stop what uses it")
+    with socket.create_server(settings.manager_address), taken:  # the port is in use
+        open_transport(settings, "master")
+    elsewhere = replace(settings, manager_address=("192.0.2.1", free_port()))  # TEST-NET-1
+    with pytest.raises(ConnectionFailed) as failed:
+        open_transport(elsewhere, "master")
+    message = str(failed.value)
+    assert "not one of this machine's; use 0.0.0.0" in message, message
+    assert "192.0.2.1" in message and "free port" not in message, message

@@ -7,6 +7,7 @@ called directly: no test sleeps, so none depends on how busy the machine is.
 from __future__ import annotations
 
 import inspect
+import socket
 
 import pytest
 
@@ -17,6 +18,7 @@ from distq.transport.manager import (
     ManagerTransport,
     QueueBroker,
     _BrokerProxy,
+    _listen_error,
 )
 
 
@@ -233,3 +235,10 @@ def test_requeue_dead_moves_the_oldest_letter_only_if_it_is_still_the_oldest() -
     assert broker.requeue_dead("q", b"letter-1", b"task-1") is False  # taken already
     assert broker.peek("q", 10) == [b"task-1"]
     assert broker.peek("q.dead", 10) == [b"letter-2"]
+
+
+def test_a_name_that_does_not_resolve_is_not_blamed_on_the_port() -> None:
+    # (the master's listen error, for an address it cannot resolve: no DNS in the tests)
+    why = _listen_error(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+    assert why.startswith("cannot resolve its host (Name or service not known)"), why
+    assert "0.0.0.0" in why and "port" not in why, why

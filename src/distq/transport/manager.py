@@ -26,7 +26,7 @@ address.
 The master serves each connection in a thread of its own (``multiprocessing``'s
 server), and bounds what a peer without the key can hold: the handshake and first call
 within ``_HANDSHAKE_TIMEOUT``, at most ``_HANDSHAKES_AT_ONCE`` of them at a time, TCP
-keepalive on the rest.
+keepalive on the rest. It listens on IPv4 or IPv6, as the host of the address says.
 
 | queue name          | holds                                       |
 |---------------------|---------------------------------------------|
@@ -445,6 +445,16 @@ def _serving(conn: Connection) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(_SERVING_SEND_TIMEOUT))
 
 
+class _Listener(connection.Listener):
+    """``multiprocessing.connection.Listener`` on a TCP address, IPv6 too: the stdlib's
+    picks ``AF_INET`` for every ``(host, port)``, so an IPv6 host could never listen."""
+
+    def __init__(self, address: tuple[str, int], family: str | None = None, backlog: int = 1):
+        family = "AF_INET6" if ":" in address[0] else "AF_INET"
+        self._listener = connection.SocketListener(address, family, backlog)  # type: ignore[attr-defined]
+        self._authkey = None  # the server authenticates each connection in its own thread
+
+
 def _client(address: Any, authkey: bytes | None = None) -> Connection:
     """``multiprocessing.connection.Client``, on a no-delay socket whose reads time out:
     the connect and the handshake after ``_CONNECT_TIMEOUT``, each later read or write
@@ -480,7 +490,7 @@ def _no_answer(step: str) -> TimeoutError:
 #: not with an instance's ``_Client``: under the stdlib's ``"pickle"`` entry each of them
 #: waits forever on a master that accepts and never answers. Same wire format as "pickle".
 _SERIALIZER = "distq"
-getattr(managers, "listener_client")[_SERIALIZER] = (connection.Listener, _client)  # noqa: B009
+getattr(managers, "listener_client")[_SERIALIZER] = (_Listener, _client)  # noqa: B009
 
 
 class _BrokerProxy(BaseProxy):
@@ -566,7 +576,7 @@ def _serving_manager(broker: QueueBroker, settings: Settings) -> BaseManager:
     """A manager class of its own per master, so two masters in one process don't clash."""
     cls: type[BaseManager] = type("_ServerManager", (BaseManager,), {})
     cls.register("distq_broker", callable=lambda: broker, exposed=_EXPOSED)
-    return cls(address=settings.manager_address, authkey=settings.authkey)
+    return cls(address=settings.manager_address, authkey=settings.authkey, serializer=_SERIALIZER)
 
 
 class ManagerTransport(Transport):
@@ -583,7 +593,7 @@ class ManagerTransport(Transport):
         self._broker: QueueBroker | None = None
         self._manager: _ClientManager | None = None
         host, port = settings.manager_address
-        self.address = f"{host}:{port}"
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._role = role
         self._acceptor: threading.Thread | None = None
         self._logged: dict[str, float] = {}  # accept problem -> when last logged
@@ -594,8 +604,7 @@ class ManagerTransport(Transport):
                 self._server = manager.get_server()
             except OSError as exc:
                 raise ConnectionFailed(
-                    f"cannot listen on {self.address} (DISTQ_MANAGER_ADDRESS): {exc.strerror}; "
-                    "pick a free port or stop what uses it"
+                    f"cannot listen on {self.address} (DISTQ_MANAGER_ADDRESS): {_listen_error(exc)}"
                 ) from None
             broker.start_reaper(min(0.25, settings.lease_seconds / 4))
             self._server.stop_event = threading.Event()  # serve_client() polls it
@@ -781,6 +790,28 @@ class ManagerTransport(Transport):
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             pass  # the handshake fails, and the thread sees it is to stop
         self._acceptor.join(timeout=1)
+
+
+def _listen_error(exc: OSError) -> str:
+    """Why the master cannot listen, and what to do about it."""
+    what = exc.strerror or str(exc)
+    if isinstance(exc, socket.gaierror):
+        return (
+            f"cannot resolve its host ({what}); use 0.0.0.0 (every interface), "
+            "or a name or address of this machine"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return f"{what}; pick a free port or stop what uses it"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{what}: that address is not one of this machine's; use 0.0.0.0 (every "
+            "interface), :: for IPv6, or one of this host's addresses"
+        )
+    if exc.errno == errno.EAFNOSUPPORT:
+        return f"{what}: this machine has no IPv6; use an IPv4 address, or 0.0.0.0"
+    if exc.errno == errno.EACCES:
+        return f"{what}: ports below 1024 need privileges; pick a port above 1023"
+    return what
 
 
 def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
