@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import secrets
 import signal
@@ -544,3 +545,24 @@ def test_a_master_that_cannot_listen_says_why() -> None:
     message = str(failed.value)
     assert "not one of this machine's; use 0.0.0.0" in message, message
     assert "192.0.2.1" in message and "free port" not in message, message
+
+
+def test_a_workers_stats_calls_reuse_one_connection_to_the_master() -> None:
+    # a worker's readiness asks every heartbeat; each call made a fresh proxy: about four
+    # connections to the master, each a handshake and a thread there
+    with _master_and_worker("pings") as (hosted, remote):
+        listener = hosted._server.listener  # type: ignore[attr-defined]
+        accept, accepted = listener.accept, []
+
+        def counted() -> Any:
+            conn = accept()
+            accepted.append(conn)
+            return conn
+
+        listener.accept = counted
+        remote.stats()
+        before = len(accepted)
+        hosted.producer("pings.results").submit([b"a", b"b", b"c"])
+        assert [remote.stats().ready for _ in range(10)] == [3] * 10  # the master's answers
+        gc.collect()  # a dropped proxy's finalizer connects to decref it
+        assert len(accepted) == before, len(accepted) - before

@@ -597,6 +597,8 @@ class ManagerTransport(Transport):
         self._role = role
         self._acceptor: threading.Thread | None = None
         self._logged: dict[str, float] = {}  # accept problem -> when last logged
+        self._inspector: _Broker | None = None  # a worker's proxy for stats(), kept
+        self._inspector_lock = threading.Lock()
         if role == "master":
             broker = QueueBroker(reply_ttl=settings.master_ttl)
             manager = _serving_manager(broker, settings)
@@ -767,10 +769,27 @@ class ManagerTransport(Transport):
         return moved
 
     def stats(self) -> QueueStats:
-        ready, in_flight, dead, consumers = _call(self.address, self._endpoint().stats, self._queue)
+        """The counts, from the master. In a worker one proxy serves every call (a worker's
+        readiness asks every heartbeat): a fresh one costs the master four connections,
+        each with its handshake and thread. Dropped when a call fails, so the next call
+        connects afresh (to a restarted master, say)."""
+        with self._inspector_lock:
+            if self._inspector is None:
+                self._inspector = self._endpoint()
+            broker = self._inspector
+        try:
+            ready, in_flight, dead, consumers = _call(self.address, broker.stats, self._queue)
+        except TransportError:
+            if broker is not self._broker:
+                _close_proxy(broker)  # this thread's connection, shared by its proxies
+                with self._inspector_lock:
+                    if self._inspector is broker:
+                        self._inspector = None
+            raise
         return QueueStats(ready=ready, in_flight=in_flight, dead=dead, consumers=consumers)
 
     def close(self) -> None:
+        self._inspector = None  # a worker's: its connection goes with it
         broker, self._broker = self._broker, None
         if broker is not None:
             broker.stop()
