@@ -106,6 +106,11 @@ class CpuMeter:
     ``roles`` maps a role name to the root PIDs whose trees it counts; ``own`` names the
     roles counted without descendants (a master living in the trial process, whose
     children are the workers).
+
+    Reading a tree scans all of ``/proc`` in the reading process, the trial process that
+    an ``own`` role usually is. So :meth:`start` reads the trees first and the own roles
+    last, and :meth:`stop` the own roles first and the trees last: the meter's own work
+    falls outside every own role's window, and no role is charged for it.
     """
 
     def __init__(self, roles: Mapping[str, Iterable[int]], own: Iterable[str] = ()) -> None:
@@ -113,21 +118,33 @@ class CpuMeter:
         self.own = set(own)
         self._start: dict[str, float] = {}
 
-    def read(self) -> dict[str, float]:
+    def _read(self, own: bool) -> dict[str, float]:
+        """The own roles' readings (``own``) or the trees' (not ``own``)."""
         out = {}
         for role, pids in self.roles.items():
-            if role in self.own:
+            if (role in self.own) != own:
+                continue
+            if own:
                 out[role] = sum(own_seconds(pid) or 0.0 for pid in pids)
             else:
                 out[role] = tree_seconds(pids)
         return out
+
+    def read(self) -> dict[str, float]:
+        """Every role's CPU seconds so far: the trees first, then the own roles (as at
+        :meth:`start`)."""
+        trees = self._read(own=False)
+        own = self._read(own=True)
+        return {role: own[role] if role in own else trees[role] for role in self.roles}
 
     def start(self) -> None:
         self._start = self.read()
 
     def stop(self) -> dict[str, float]:
         """CPU seconds each role used since :meth:`start`."""
-        end = self.read()
+        own = self._read(own=True)  # before the trees' /proc scans, which are ours
+        trees = self._read(own=False)
+        end = {role: own[role] if role in own else trees[role] for role in self.roles}
         return {role: max(0.0, end[role] - self._start.get(role, 0.0)) for role in end}
 
 

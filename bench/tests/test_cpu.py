@@ -281,3 +281,25 @@ def test_a_round_counts_the_master_of_a_contestant_that_reports_its_own() -> Non
     fake.master_cpu_seconds = 1.25  # a distq master's report of its own round
     meter.start()
     assert trial._cpu_used(fake, meter)["master"] == 1.25  # type: ignore[arg-type]
+
+def test_the_meter_s_own_proc_scans_fall_outside_the_own_roles_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tree reading scans all of /proc in this process: that CPU must land before an own
+    role's first reading or after its last, never between them (else the master pays it)."""
+    import cpu
+
+    spent = [0.0]  # this process's CPU clock, as the fakes advance it
+
+    def scan(roots: Any, proc: Any = None) -> float:
+        spent[0] += 1.0  # one /proc scan's cost, in the reading process
+        return 0.0
+
+    monkeypatch.setattr(cpu, "tree_seconds", scan)
+    monkeypatch.setattr(cpu, "own_seconds", lambda pid, proc=None: spent[0])
+    meter = CpuMeter({"master": [1], "workers": [2], "broker": [3]}, own=["master"])
+    meter.start()
+    used = meter.stop()
+    assert used == {"master": 0.0, "workers": 0.0, "broker": 0.0}, used
+    assert list(used) == ["master", "workers", "broker"]  # the roles' order, as given
+
