@@ -87,10 +87,13 @@ class RssSampler(threading.Thread):
 def cpu_meter(contestant: Contestant, broker_pid: int | None) -> CpuMeter:
     """Master: this process (where a contestant's master runs unless it reports its own),
     without its children, the workers; workers: their process trees; broker: its tree,
-    when it is a process of its own (manager's queues live in the master)."""
+    when it is a process of its own: the server run.py started, or one the contestant
+    started (the raw manager's forked queue server). distq's manager queues live in its
+    master, which has no broker role."""
     roles = {"master": [os.getpid()], "workers": contestant.worker_pids()}
-    if broker_pid:
-        roles["broker"] = [broker_pid]
+    brokers = ([broker_pid] if broker_pid else []) + contestant.broker_pids()
+    if brokers:
+        roles["broker"] = brokers
     return CpuMeter(roles, own=["master"])
 
 

@@ -227,6 +227,11 @@ class Contestant(abc.ABC):
     def worker_pids(self) -> list[int]:
         return self.workers.pids
 
+    def broker_pids(self) -> list[int]:
+        """Processes this contestant started that hold its queues (its broker role), for
+        a contestant that serves them itself rather than through run.py's broker."""
+        return []
+
 
 def timed_sequential(tasks: Sequence[int], one: Callable[[int], object]) -> Latency:
     """Call ``one(n) -> n*n`` for every task; time each call; verify each result."""

@@ -2,7 +2,11 @@
 
 As in the tutorial, the master (this trial process) starts a ``BaseManager`` serving
 a task queue and a result queue (``get_task_queue``, ``get_result_queue``); each worker
-connects, ``get``s a task and ``put``s its result, one proxy round trip each. Changes
+connects, ``get``s a task and ``put``s its result, one proxy round trip each.
+``BaseManager.start()`` forks a server process that holds both queues and serves every
+proxy call, the master's puts and gets as well as the workers': the bench counts that
+process as this row's broker (distq's manager master serves its queues in its own
+process instead, so they are in its master figure). Changes
 from the tutorial: a random authkey instead of ``b"abc"``, a free port, no sleep, and
 results carry the task index so the master verifies each one. Every item is pickled
 (the tutorial's wire format).
@@ -83,6 +87,12 @@ class RawManager(Contestant):
         self.task_queue.put((0, n))
         self._collect(collector, 1)
         return collector.values[0]
+
+    def broker_pids(self) -> list[int]:
+        """The queue server ``BaseManager.start()`` forked (the manager keeps its
+        ``multiprocessing.Process`` in ``_process``; there is no public accessor)."""
+        process = getattr(getattr(self, "manager", None), "_process", None)
+        return [process.pid] if process is not None and process.pid else []
 
     def stop_workers(self) -> None:
         super().stop_workers()

@@ -222,6 +222,9 @@ def test_a_trial_measures_the_broker_process_it_is_given() -> None:
         def worker_pids(self) -> list[int]:
             return []
 
+        def broker_pids(self) -> list[int]:
+            return []
+
     broker = subprocess.Popen(burner(0.3))
     try:
         meter = trial.cpu_meter(Fake(), broker.pid)  # type: ignore[arg-type]
@@ -274,6 +277,9 @@ def test_a_round_counts_the_master_of_a_contestant_that_reports_its_own() -> Non
         def worker_pids(self) -> list[int]:
             return []
 
+        def broker_pids(self) -> list[int]:
+            return []
+
     fake = Fake()
     meter = trial.cpu_meter(fake, None)  # type: ignore[arg-type]
     meter.start()
@@ -281,6 +287,7 @@ def test_a_round_counts_the_master_of_a_contestant_that_reports_its_own() -> Non
     fake.master_cpu_seconds = 1.25  # a distq master's report of its own round
     meter.start()
     assert trial._cpu_used(fake, meter)["master"] == 1.25  # type: ignore[arg-type]
+
 
 def test_the_meter_s_own_proc_scans_fall_outside_the_own_roles_window(
     monkeypatch: pytest.MonkeyPatch,
@@ -303,3 +310,57 @@ def test_the_meter_s_own_proc_scans_fall_outside_the_own_roles_window(
     assert used == {"master": 0.0, "workers": 0.0, "broker": 0.0}, used
     assert list(used) == ["master", "workers", "broker"]  # the roles' order, as given
 
+
+def test_raw_manager_counts_its_queue_server_process_as_the_broker(tmp_path: Path) -> None:
+    """The tutorial's ``BaseManager.start()`` forks a server that holds both queues and
+    serves every proxy call: it is the raw manager row's broker, not nobody's CPU."""
+    import multiprocessing
+
+    import trial
+    from contestants.base import Context
+    from contestants.raw_manager import RawManager
+
+    ctx = Context(
+        broker="manager",
+        url="",
+        queue="q",
+        workers=0,  # the server alone; the proxies below do what the workers would
+        workdir=tmp_path,
+        deadline=time.monotonic() + 60,
+    )
+    raw = RawManager(ctx)
+    raw.start_workers()
+    try:
+        server = [p.pid for p in multiprocessing.active_children()]
+        assert len(server) == 1 and server[0] != os.getpid()
+        meter = trial.cpu_meter(raw, None)
+        assert meter.roles.get("broker") == server
+        meter.start()
+        for i in range(1000):
+            raw.task_queue.put((i, i))
+            raw.task_queue.get()
+        used = meter.stop()
+    finally:
+        raw.stop_workers()
+    assert used["broker"] >= 0.01, used  # 2,000 proxy calls served, each a few µs or more
+
+
+def test_the_report_names_where_manager_queues_are_counted() -> None:
+    distq = run.summarize([_ok({"master": 0.015, "workers": 0.015, "broker": None})])
+    raw = run.summarize([_ok({"master": 0.01, "workers": 0.01, "broker": 0.02})])
+    text = write_markdown(
+        _report(
+            [
+                {"broker": "manager", "contestant": "distq", **distq},
+                {"broker": "manager", "contestant": "raw", **raw},
+            ],
+            [],
+        )
+    )
+    assert "| manager | distq | 0.015 | 0.015 | in master | 0.030 | 30.0 |" in text
+    assert "| manager | raw | 0.010 | 0.010 | 0.020 | 0.040 | 40.0 |" in text
+    assert "On manager the queues live in the master" not in text
+    assert "the server process `BaseManager.start()` forks, counted as its broker" in text
+    older = run.summarize([_ok({"master": 0.01, "workers": 0.01, "broker": None})])
+    text = write_markdown(_report([{"broker": "manager", "contestant": "raw", **older}], []))
+    assert "| manager | raw | 0.010 | 0.010 | not counted | 0.020 | 20.0 |" in text
