@@ -126,17 +126,29 @@ def run_trial(
     latency_tasks: int,
     timeout: float,
     memory: bool = False,
+    scaling: bool = False,
     workers: int | None = None,
     broker_pid: int | None = None,
 ) -> dict[str, Any]:
-    """Run ``trial.py`` in a new process group; kill the group if it overstays."""
+    """Run ``trial.py`` in a new process group; kill the group if it overstays.
+
+    Each kind of trial has a workdir (``tag``) of its own: the main table's
+    ``{broker}-{name}-{repeat}``, the scaling stage's ``...-scale-w{workers}-{repeat}``
+    and the memory stage's ``...-mem``, so no trial's logs or result replace another's.
+    """
     workers = workers or args.workers
-    tag = f"{broker}-{name}-{'mem' if memory else repeat}"
-    if workers != args.workers:
+    if memory:
+        tag = f"{broker}-{name}-mem"
+    elif scaling:
+        tag = f"{broker}-{name}-scale-w{workers}-{repeat}"
+    else:
+        tag = f"{broker}-{name}-{repeat}"
+    if workers != args.workers and not scaling:
         tag += f"-w{workers}"
     workdir = logdir / tag
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "result.json"
+    out.unlink(missing_ok=True)  # only this trial's own result is ever read back
     argv = [
         sys.executable,
         str(BENCH_DIR / "trial.py"),
@@ -193,13 +205,8 @@ def run_trial(
     result: dict[str, Any]
     if timed_out:
         result = {"status": "timeout", "error": f"no result within {timeout:.0f} s"}
-    elif out.exists():
-        result = json.loads(out.read_text())
-        if result["status"] != "ok" and "RoundTimeout" in result.get("error", ""):
-            result["status"] = "timeout"
     else:
-        text = (workdir / "trial.log").read_text(errors="replace")[-1500:]
-        result = {"status": "failed", "error": f"trial exited {proc.returncode}: {text}"}
+        result = _read_result(out, workdir, proc.returncode)
     result.update(broker=broker, contestant=name, repeat=repeat, workers=workers, logs=str(workdir))
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     if result["status"] == "ok":
@@ -212,6 +219,20 @@ def run_trial(
         print(f"{result['throughput']:,.0f} tasks/s{extra} ({result['wall_seconds']} s)")
     else:
         print(f"{result['status'].upper()}: {result.get('error', '')[:300]}")
+    return result
+
+
+def _read_result(out: Path, workdir: Path, returncode: int | None) -> dict[str, Any]:
+    """The result the trial wrote to ``out``; failed if it wrote none, or not a whole one."""
+    try:
+        result: dict[str, Any] = json.loads(out.read_text())
+        status = result["status"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        text = (workdir / "trial.log").read_text(errors="replace")[-1500:]
+        why = "no result" if isinstance(exc, FileNotFoundError) else f"no whole result ({exc})"
+        return {"status": "failed", "error": f"trial exited {returncode}, {why}: {text}"}
+    if status != "ok" and "RoundTimeout" in result.get("error", ""):
+        result["status"] = "timeout"
     return result
 
 
@@ -306,6 +327,7 @@ def scaling_rows(
                     tasks=args.tasks,
                     latency_tasks=0,
                     timeout=args.timeout,
+                    scaling=True,
                     workers=workers,
                     broker_pid=broker_pid,
                 )

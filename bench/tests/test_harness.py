@@ -6,9 +6,12 @@ broker test needs ``redis-server`` and is skipped without it).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,3 +147,61 @@ def test_redis_broker_starts_on_loopback_and_stops_by_pid() -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not broker.workdir.exists()
+
+
+STUB_TRIAL = """\
+import json, os, sys
+argv = sys.argv
+if os.path.exists(os.environ["STUB_FAIL"]):
+    sys.exit("simulated crash: trial died before writing its result")
+workers = int(argv[argv.index("--workers") + 1])
+profile = argv[argv.index("--profile") + 1] if "--profile" in argv else None
+result = {"status": "ok", "tasks": 100, "throughput": 1000.0 * workers, "elapsed_seconds": 0.1,
+          "cpu_seconds": {"master": 0.01, "workers": 0.01, "broker": None}, "profile": profile}
+open(argv[argv.index("--out") + 1], "w").write(json.dumps(result))
+"""
+
+
+@pytest.fixture
+def stub_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """run.py runs ``[sys.executable, trial.py, ...]``: make that a stub which writes an ok
+    result, or dies without one while the returned file exists."""
+    stub = tmp_path / "stub_trial"
+    stub.write_text(f"#!{sys.executable}\n{STUB_TRIAL}")
+    stub.chmod(0o755)
+    fail = tmp_path / "FAIL"
+    monkeypatch.setenv("STUB_FAIL", str(fail))
+    monkeypatch.setattr(sys, "executable", str(stub))
+    return fail
+
+
+def test_a_trial_that_writes_no_result_fails_and_scaling_trials_keep_their_own_logs(
+    stub_trial: Path, tmp_path: Path
+) -> None:
+    args = run.parse_args(["--contestants", "distq", "--repeat", "1", "--scaling", "1,2"])
+    logdir = tmp_path / "logs"
+    main = run.run_trial(
+        args, "manager", "", "distq", 1, logdir, tasks=100, latency_tasks=10, timeout=30
+    )
+    assert main["status"] == "ok"
+    stub_trial.touch()  # every trial from now on dies before writing result.json
+    again = run.run_trial(
+        args, "manager", "", "distq", 1, logdir, tasks=100, latency_tasks=10, timeout=30
+    )
+    assert again["status"] == "failed", again  # not the earlier trial's result.json
+    assert "simulated crash" in again["error"]
+    stub_trial.unlink()
+    main = run.run_trial(
+        args, "manager", "", "distq", 1, logdir, tasks=100, latency_tasks=10, timeout=30
+    )
+    stub_trial.touch()
+    rows = run.scaling_rows(args, "manager", "", None, None, logdir)
+    assert [row["statuses"] for row in rows] == [["failed"], ["failed"]]
+    logs = {row["trials_detail"][0]["logs"] for row in rows}
+    assert main["logs"] not in logs and len(logs) == 2
+    assert json.loads((Path(main["logs"]) / "result.json").read_text())["status"] == "ok"
+    # a trial killed while writing its result leaves half of one: failed, not a crash
+    torn = tmp_path / "torn.json"
+    torn.write_text('{"status": "ok", "throughput": 12')
+    (tmp_path / "trial.log").write_text("killed")
+    assert run._read_result(torn, tmp_path, -9)["status"] == "failed"
