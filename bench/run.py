@@ -76,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile",
         type=Path,
         default=None,
-        help="write py-spy flame graphs of distq's master and workers (throughput round) here",
+        help="py-spy flame graphs of distq's master and workers (the main table's throughput "
+        "rounds, not the scaling or memory stage) here, a folder per trial",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -127,6 +128,7 @@ def run_trial(
     timeout: float,
     memory: bool = False,
     scaling: bool = False,
+    profile: bool = False,
     workers: int | None = None,
     broker_pid: int | None = None,
 ) -> dict[str, Any]:
@@ -135,6 +137,7 @@ def run_trial(
     Each kind of trial has a workdir (``tag``) of its own: the main table's
     ``{broker}-{name}-{repeat}``, the scaling stage's ``...-scale-w{workers}-{repeat}``
     and the memory stage's ``...-mem``, so no trial's logs or result replace another's.
+    ``profile``: under py-spy (``--profile``), its flame graphs in a folder named ``tag``.
     """
     workers = workers or args.workers
     if memory:
@@ -181,8 +184,8 @@ def run_trial(
         argv.append("--memory")
     if args.no_caps:
         argv.append("--no-caps")
-    if args.profile is not None and not memory and workers == args.workers:
-        argv += ["--profile", str(args.profile.resolve())]
+    if profile and args.profile is not None:
+        argv += ["--profile", str(args.profile.resolve() / tag)]
     print(f"  {tag}: ", end="", flush=True)
     started = time.monotonic()
     with open(workdir / "trial.log", "wb") as log:
@@ -452,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                             tasks=args.tasks,
                             latency_tasks=args.latency_tasks,
                             timeout=args.timeout,
+                            profile=True,  # the main table's trials only
                             broker_pid=broker_pid,
                         )
                     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -205,3 +206,22 @@ def test_a_trial_that_writes_no_result_fails_and_scaling_trials_keep_their_own_l
     torn.write_text('{"status": "ok", "throughput": 12')
     (tmp_path / "trial.log").write_text("killed")
     assert run._read_result(torn, tmp_path, -9)["status"] == "failed"
+
+
+def test_profile_runs_only_the_main_trials_each_into_files_of_its_own(
+    stub_trial: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # keep pytest's handlers
+    results = tmp_path / "results"
+    argv = ["--only", "manager", "--contestants", "distq", "--repeat", "2", "--scaling", "1,2"]
+    argv += ["--profile", str(tmp_path / "profiles"), "--results-dir", str(results)]
+    assert run.main(argv) == 0
+    report = json.loads((results / "latest.json").read_text())
+    main = report["rows"][0]["trials_detail"]
+    scaling = [t for row in report["scaling"] for t in row["trials_detail"]]
+    assert [t["status"] for t in main + scaling] == ["ok"] * 6
+    assert [(t["workers"], t["profile"]) for t in scaling] == [(w, None) for w in (1, 1, 2, 2)]
+    profiles = [t["profile"] for t in main]
+    assert None not in profiles and len(set(profiles)) == 2  # repeat 2 keeps repeat 1's graphs
+    logs = [t["logs"] for t in main + scaling]
+    assert len(set(logs)) == len(logs)
