@@ -18,7 +18,6 @@ from __future__ import annotations
 import abc
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -71,10 +70,16 @@ class Latency:
 
     @classmethod
     def from_samples(cls, samples: Sequence[float]) -> Latency:
+        """p50 and p99 by nearest rank, with the function ``distq master`` computes its own
+        report's with (the lower middle value for an even count), so every row of the
+        table means the same by them. Imported here, not at the top: peers' worker
+        processes import this module too, and need nothing of distq."""
+        from distq.master import percentile
+
         if len(samples) < 2:
             raise VerifyError(f"need at least 2 latency samples, got {len(samples)}")
-        cuts = statistics.quantiles(samples, n=100, method="inclusive")
-        return cls(count=len(samples), p50=statistics.median(samples), p99=cuts[98])
+        ordered = sorted(samples)
+        return cls(count=len(samples), p50=percentile(ordered, 0.5), p99=percentile(ordered, 0.99))
 
 
 def expect_squares(tasks: Sequence[int], results: Sequence[int | None]) -> None:

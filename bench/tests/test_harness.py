@@ -48,8 +48,20 @@ def test_expect_squares_names_the_first_wrong_result() -> None:
 def test_latency_percentiles() -> None:
     lat = Latency.from_samples([i / 1000 for i in range(1, 101)])
     assert lat.count == 100
-    assert lat.p50 == pytest.approx(0.0505)
-    assert 0.099 <= lat.p99 <= 0.1
+    assert lat.p50 == pytest.approx(0.050)  # nearest rank: the 50th of 100
+    assert lat.p99 == pytest.approx(0.099)
+
+
+def test_every_row_s_percentiles_are_distq_masters_nearest_rank() -> None:
+    """distq's rows take p50/p99 from ``distq master``'s report; every other row's must
+    come from the same definition, or the two sit in one column meaning different things."""
+    from distq.master import percentile
+
+    samples = [0.30, 0.10, 0.20, 0.11]
+    lat = Latency.from_samples(samples)
+    ordered = sorted(samples)
+    assert (lat.p50, lat.p99) == (percentile(ordered, 0.5), percentile(ordered, 0.99))
+    assert lat.p50 == 0.11  # the lower middle value, not the mean of the two (0.155)
 
 
 def _trial(status: str, throughput: float = 0.0, **extra: Any) -> dict[str, Any]:
