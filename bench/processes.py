@@ -1,4 +1,5 @@
-"""Child processes of the benchmark, started so they die with us, and their ports."""
+"""Child processes of the benchmark, started so they die with us (their free ports come
+from ``tests/launch/``)."""
 
 from __future__ import annotations
 

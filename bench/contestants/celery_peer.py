@@ -10,7 +10,8 @@ Result mechanism (the master gets every result back):
 
 Settings chosen to match distq's semantics, otherwise Celery's defaults: JSON,
 ``task_acks_late`` (at-least-once: ack after the task ran) and
-``worker_prefetch_multiplier = 32`` (distq's default prefetch). Gossip, mingle and
+``worker_prefetch_multiplier = 32`` (as the raw pika rows' ``prefetch_count``; not
+distq's default prefetch, which is 128, ``DISTQ_PREFETCH``). Gossip, mingle and
 heartbeats are off (two workers need none of them). Tasks are sent one by one with
 ``apply_async`` over one producer connection; Celery has no bulk publish.
 """
