@@ -502,13 +502,14 @@ def secured(settings: Settings) -> Settings:
     changes: dict[str, Any] = {}
     if settings.signing_key:
         changes.update(signing_keys=settings.signing_key, signing_key=())
+    # The password settings stay as they are, so an override of the URL alone (a
+    # program's Executor(settings, redis_url=...)) gets the password too, as the variable
+    # would; add_password leaves a URL that holds that very password as it is.
     if settings.redis_password:
-        changes["redis_password"] = None
         changes["redis_url"] = credentials.add_password(
             settings.redis_url, settings.redis_password, "DISTQ_REDIS_URL"
         )
     if settings.amqp_password:
-        changes["amqp_password"] = None
         if not credentials.url_user(settings.amqp_url):
             raise ConfigError(
                 "DISTQ_AMQP_PASSWORD is set but DISTQ_AMQP_URL names no user; put the user "

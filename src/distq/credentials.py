@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from distq.errors import ConfigError
 
@@ -95,10 +95,13 @@ def read_secret(path: str, var: str) -> str:
 
 
 def add_password(url: str, password: str, var: str) -> str:
-    """``url`` with ``password`` (percent-encoded) in it; the URL must not hold one already."""
+    """``url`` with ``password`` (percent-encoded) in it; the URL must hold no other
+    password (one that holds this very password is returned as it is)."""
     parts = urlsplit(url)
     userinfo, at, hostport = parts.netloc.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
+    user, colon, held = userinfo.partition(":")
+    if at and colon and unquote(held) == password:
+        return url
     if (at and colon) or mask_query(f"?{parts.query}") != f"?{parts.query}":
         password_var = var.replace("_URL", "_PASSWORD")
         raise ConfigError(
@@ -107,6 +110,16 @@ def add_password(url: str, password: str, var: str) -> str:
         )
     netloc = f"{user}:{quote(password, safe='')}@{hostport}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def drop_password(url: str) -> str:
+    """``url`` without the password in its user part (the user stays)."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@{hostport}" if user else hostport))
 
 
 def url_user(url: str) -> str:

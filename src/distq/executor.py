@@ -318,6 +318,10 @@ def load_settings(
             values[name] = _parsed(shown, entry, value.strip())
         else:
             values[name] = value
+    # a new password replaces the one the settings' password setting put into their URL
+    for url, password in (("redis_url", "redis_password"), ("amqp_url", "amqp_password")):
+        if password in values and url not in values and getattr(settings, password):
+            values[url] = credentials.drop_password(getattr(settings, url))
     # one spelling of the signing keys replaces the other the settings had
     if values.get("signing_key") and "signing_keys" not in overrides:
         values["signing_keys"] = ()

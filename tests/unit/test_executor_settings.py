@@ -133,9 +133,35 @@ def test_a_settings_object_goes_through_the_checks_of_settings_load(tmp_path: Pa
         load_settings(base, {"redis_url": "redis://:a@h:1/0", "redis_password": "b"}, {})
     # a password goes into the URL, once: settings Settings.load made come out the same
     moved = load_settings(base, {"redis_password": "pw"}, {})
-    assert moved.redis_url == "redis://:pw@127.0.0.1:6379/0" and moved.redis_password is None
+    assert moved.redis_url == "redis://:pw@127.0.0.1:6379/0"
     loaded = Settings.load({**REDIS, "DISTQ_REDIS_PASSWORD": "pw", "DISTQ_SIGNING_KEY": KEY})
     assert load_settings(loaded, {}, {}) == loaded
+
+
+def test_a_password_or_a_url_over_loaded_settings_is_used_as_the_variables_would_be() -> None:
+    """Was: over settings Settings.load made with DISTQ_REDIS_PASSWORD, a new password was
+    refused ("holds a password too") and a new URL lost the password."""
+    loaded = Settings.load({**REDIS, "DISTQ_REDIS_PASSWORD": "old"})
+    assert load_settings(loaded, {"redis_password": "new"}, {}).redis_url == (
+        "redis://:new@127.0.0.1:6379/0"
+    )
+    assert load_settings(loaded, {"redis_url": "redis://10.0.0.9:6380/2"}, {}).redis_url == (
+        "redis://:old@10.0.0.9:6380/2"
+    )
+    amqp = Settings.load(
+        {
+            "DISTQ_TRANSPORT": "rabbitmq",
+            "DISTQ_AMQP_URL": "amqp://distq@h:5672/%2F",
+            "DISTQ_AMQP_PASSWORD": "old",
+        }
+    )
+    assert load_settings(amqp, {"amqp_password": "n w"}, {}).amqp_url == (
+        "amqp://distq:n%20w@h:5672/%2F"
+    )
+    # a password the URL itself held (no password setting) and a second one: refused
+    inline = Settings.load({**REDIS, "DISTQ_REDIS_URL": "redis://:inline@127.0.0.1:6379/0"})
+    with pytest.raises(ConfigError, match="holds a password too"):
+        load_settings(inline, {"redis_password": "other"}, {})
 
 
 @pytest.mark.parametrize(
