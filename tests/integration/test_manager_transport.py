@@ -8,6 +8,7 @@ import os
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -417,6 +418,37 @@ def test_the_master_drops_a_connection_that_never_authenticates() -> None:
         master.stop(grace=0)
 
 
+def test_the_master_drops_a_peer_that_trickles_its_handshake() -> None:
+    # the 5 s bound was per read: a peer sending one byte of its answer every 2 s kept
+    # its connection (and a master thread) for as long as it liked
+    settings = _settings("tricklers")
+    hosted = open_transport(settings, "master")
+    try:
+        with socket.create_connection(settings.manager_address, timeout=5) as peer:
+            peer.recv(4096)  # the challenge
+            peer.sendall(struct.pack("!i", 200))  # an answer of 200 bytes, announced...
+            started = time.monotonic()
+            dropped = None
+            while time.monotonic() - started < 14:  # ...and sent a byte every 2 s
+                time.sleep(2)
+                try:
+                    peer.sendall(b"x")
+                    peer.settimeout(0.01)
+                    if peer.recv(1) == b"":
+                        dropped = time.monotonic() - started
+                        break
+                except TimeoutError:
+                    pass
+                except OSError:
+                    dropped = time.monotonic() - started
+                    break
+                finally:
+                    peer.settimeout(5)
+        assert dropped is not None and dropped < 9, dropped
+    finally:
+        hosted.close()
+
+
 def test_the_master_keeps_accepting_when_it_cannot_start_a_thread() -> None:
     # the accept thread died on "can't start new thread": no worker got in ever again
     with _limited_master("memory", 40) as (settings, proc):
@@ -508,6 +540,29 @@ def test_a_killed_remote_producers_reply_queue_lapses_its_task_dead_lettered_unr
         if producer.poll() is None:
             producer.kill()
             producer.wait(10)
+        hosted.close()
+
+
+def test_the_masters_own_reply_queue_and_a_remote_one_of_a_longer_lease_stay_open() -> None:
+    # a remote producer renewed every quarter of ITS master_ttl: one with a 60 s lease
+    # (every 45 s) lost its queue to a master on 1 s leases (master_ttl 10 s) after 10 s,
+    # results and all; and the master's own queue could lapse if its loop was held up
+    settings = replace(_settings("longer"), lease_seconds=1.0)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(replace(settings, lease_seconds=60.0), "worker")
+    try:
+        own = hosted.producer("own-replies")
+        theirs = remote.producer("their-replies")
+        consumer = remote.consumer("c1")
+        deadline = time.monotonic() + settings.master_ttl + 2
+        while time.monotonic() < deadline:  # a remote executor waiting for its results
+            assert theirs.results(10, 0.5) == []
+        assert consumer.gone(["own-replies", "their-replies"]) == set()
+        consumer.close()
+        own.close()
+        theirs.close()
+    finally:
+        remote.close()
         hosted.close()
 
 

@@ -125,7 +125,7 @@ def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signatur
         proxied = inspect.signature(getattr(_BrokerProxy, name))
         assert list(proxied.parameters) == list(served.parameters), name
     public = {n for n, v in vars(QueueBroker).items() if callable(v) and not n.startswith("_")}
-    assert public - set(_EXPOSED) == {"start_reaper", "stop", "reap"}  # the master's own
+    assert public - set(_EXPOSED) == {"start_reaper", "stop", "reap", "hold"}  # the master's own
 
 
 def test_results_go_only_to_an_open_reply_queue_and_never_create_one() -> None:
@@ -242,3 +242,21 @@ def test_a_name_that_does_not_resolve_is_not_blamed_on_the_port() -> None:
     why = _listen_error(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
     assert why.startswith("cannot resolve its host (Name or service not known)"), why
     assert "0.0.0.0" in why and "port" not in why, why
+
+
+def test_the_hosting_processs_own_reply_queue_never_lapses() -> None:
+    # a master whose own loop was held up past master_ttl (output to a full pipe, say)
+    # lost its reply queue, and every result in it, to its own reaper
+    clock = Clock()
+    broker = QueueBroker(clock, reply_ttl=10.0)
+    broker.hold("own")
+    broker.put("q", [b"a"])
+    ((token, _, _),) = broker.fetch("q", "c1", 1, 0.1, 600.0)
+    broker.settle("q", "c1", [(token, "own", b"kept", None, 0.0, None)])
+    clock.now += 3600.0
+    broker.reap()
+    assert broker.gone(["own"]) == []
+    assert broker.open("own") is True  # a renewal does not make it one that lapses
+    clock.now += 3600.0
+    broker.reap()
+    assert broker.get("own", 10, 0) == [b"kept"]

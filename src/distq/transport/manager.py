@@ -14,14 +14,15 @@ suffix), so a reconnecting worker never renews a lease its earlier connection he
 A worker settles a batch and claims its next one in a single call (``settle_fetch``):
 each call is a round trip that costs CPU on both sides, the master's included.
 
-Reply queues exist while their producer renews them (``open``, every quarter of
-``Settings.master_ttl``): the master's own producer in-process, a remote one (``distq
-submit --wait``, ``Executor(host=False)``) over its connection; the reaper drops one not
-renewed for ``master_ttl``, with the results it holds. Results addressed to any other
-queue are dropped, and :meth:`ManagerConsumer.gone` names them. The master hosts the
-queues, so they never outlive it and never lose a task while it runs: a worker that
-loses the master reconnects (with backoff) to whichever master listens next on the
-address.
+Reply queues exist while their producer does. The hosting process's own (the master's,
+a hosting executor's) never lapse (``hold``). A remote producer's (``distq submit
+--wait``, ``Executor(host=False)``) is renewed over its connection (``open``, every
+quarter of the shortest ``master_ttl`` there is, whatever the master's), and the reaper
+drops one not renewed for the master's ``master_ttl``, with the results it holds.
+Results addressed to any other queue are dropped, and :meth:`ManagerConsumer.gone`
+names them. The master hosts the queues, so they never outlive it and never lose a task
+while it runs: a worker that loses the master reconnects (with backoff) to whichever
+master listens next on the address.
 
 The master serves each connection in a thread of its own (``multiprocessing``'s
 server), and bounds what a peer without the key can hold: the handshake and first call
@@ -42,6 +43,7 @@ import errno
 import heapq
 import itertools
 import logging
+import math
 import os
 import secrets
 import socket
@@ -57,7 +59,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, Protocol, TypeVar, cast
 
-from distq.config import MESSAGE_BATCH, Settings
+from distq.config import MASTER_TTL_MIN_SECONDS, MESSAGE_BATCH, Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport.base import (
@@ -164,9 +166,17 @@ class QueueBroker:
         had lapsed, its results dropped and its queued tasks left to be dead-lettered)."""
         with self._lock:
             live = reply_to in self._replies
-            self._replies[reply_to] = self._clock()
+            if self._replies.get(reply_to) != math.inf:  # one hold() made stays so
+                self._replies[reply_to] = self._clock()
             self._queue(reply_to)
             return live
+
+    def hold(self, reply_to: str) -> None:
+        """Open a reply queue that never lapses: the hosting process's own producer's,
+        which lives exactly as long as these queues do (not exposed to remote callers)."""
+        with self._lock:
+            self._replies[reply_to] = math.inf
+            self._queue(reply_to)
 
     def delete(self, queue: str) -> None:
         with self._lock:
@@ -445,6 +455,43 @@ def _serving(conn: Connection) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(_SERVING_SEND_TIMEOUT))
 
 
+class _Deadlines:
+    """Connections that must finish their handshake by a deadline: one thread shuts down
+    (never closes) those past it, so a peer that trickles a byte every few seconds, which
+    a per-read timeout never stops, is cut too. A connection leaves (:meth:`done`) before
+    it is closed, so a descriptor number reused by a later connection is never cut."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[Connection, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._cut_late, name="distq-handshakes", daemon=True)
+        self._thread.start()
+
+    def add(self, conn: Connection, seconds: float) -> None:
+        with self._lock:
+            self._due[conn] = time.monotonic() + seconds
+
+    def done(self, conn: Connection) -> None:
+        with self._lock:
+            self._due.pop(conn, None)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _cut_late(self) -> None:
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            with self._lock:
+                for conn in [c for c, due in self._due.items() if due <= now]:
+                    del self._due[conn]
+                    with (
+                        contextlib.suppress(OSError),
+                        socket.socket(fileno=os.dup(conn.fileno())) as sock,
+                    ):
+                        sock.shutdown(socket.SHUT_RDWR)  # its thread's read ends at once
+
+
 class _Listener(connection.Listener):
     """``multiprocessing.connection.Listener`` on a TCP address, IPv6 too: the stdlib's
     picks ``AF_INET`` for every ``(host, port)``, so an IPv6 host could never listen."""
@@ -611,6 +658,7 @@ class ManagerTransport(Transport):
             broker.start_reaper(min(0.25, settings.lease_seconds / 4))
             self._server.stop_event = threading.Event()  # serve_client() polls it
             self._broker = broker
+            self._deadlines = _Deadlines()
             self._acceptor = threading.Thread(target=self._accept, name="distq-accept", daemon=True)
             self._acceptor.start()
         else:
@@ -674,12 +722,14 @@ class ManagerTransport(Transport):
         it: a silent or half-open peer costs the master a thread and a file descriptor for
         that long, not for good."""
         server = self._server
+        self._deadlines.add(conn, _HANDSHAKE_TIMEOUT)  # the whole handshake, however sent
         try:
             try:
                 connection.deliver_challenge(conn, server.authkey)
                 connection.answer_challenge(conn, server.authkey)
                 _, name, args, kwds = conn.recv()
             finally:
+                self._deadlines.done(conn)
                 handshakes.release()
             if name not in server.public:
                 raise ValueError(f"{name!r} unrecognized")
@@ -742,8 +792,13 @@ class ManagerTransport(Transport):
 
     def producer(self, reply_to: str) -> Producer:
         broker = self._endpoint()
-        _call(self.address, broker.open, reply_to)
-        renew_every = self._settings.master_ttl / 4
+        if self._broker is not None:
+            self._broker.hold(reply_to)  # in the hosting process: lives as long as it does
+        else:
+            _call(self.address, broker.open, reply_to)
+        # The master lapses it by its own master_ttl, which may be shorter than this
+        # process's: renewed within the shortest there is.
+        renew_every = MASTER_TTL_MIN_SECONDS / 4
         return ManagerProducer(broker, self._queue, reply_to, self.address, renew_every)
 
     def consumer(self, consumer_id: str) -> Consumer:
@@ -794,6 +849,7 @@ class ManagerTransport(Transport):
         if broker is not None:
             broker.stop()
         if self._server is not None:
+            self._deadlines.stop()
             self._server.stop_event.set()
             self._wake_acceptor()
             self._server.listener.close()
@@ -874,8 +930,9 @@ def _call_list(address: str, method: Callable[..., list[_T] | None], *args: Any)
 
 class ManagerProducer(Producer):
     """A producer, in the master (``broker`` is the :class:`QueueBroker`) or remote (a
-    proxy: ``distq submit --wait``, ``Executor(host=False)``). Either way its reply queue
-    lapses ``Settings.master_ttl`` after its last renewal: :meth:`reconcile` renews it,
+    proxy: ``distq submit --wait``, ``Executor(host=False)``). A remote one's reply queue
+    lapses the master's ``Settings.master_ttl`` after its last renewal (the master's own
+    never does): :meth:`reconcile` renews it,
     and so do :meth:`submit` and :meth:`results` every ``renew_every`` seconds (for
     callers that do not reconcile, an executor), one extra call at most that often."""
 
