@@ -499,6 +499,20 @@ def secured(settings: Settings) -> Settings:
             "DISTQ_SIGNING_KEY and DISTQ_SIGNING_KEYS are both set; use DISTQ_SIGNING_KEYS "
             "(a list whose first key signs) or DISTQ_SIGNING_KEY (one key), not both"
         )
+    for name in ("signing_key", "signing_keys"):  # parsed keys are; a program's may not be
+        keys = getattr(settings, name)
+        if not isinstance(keys, tuple) or not all(isinstance(key, bytes) for key in keys):
+            raise ConfigError(
+                f"{name} is a {type(keys).__name__} of other things; give a tuple of keys as "
+                f"bytes, e.g. {name}=(key.encode(),), or a string as the variable takes"
+            )
+        for number, key in enumerate(keys, 1):
+            if len(key) < signing.MIN_KEY_LENGTH:
+                raise ConfigError(
+                    f"{name} has key {number} of {len(keys)} {len(key)} bytes long; use at "
+                    f"least {signing.MIN_KEY_LENGTH} random characters, e.g. "
+                    "secrets.token_hex(32).encode()"
+                )
     changes: dict[str, Any] = {}
     if settings.signing_key:
         changes.update(signing_keys=settings.signing_key, signing_key=())

@@ -183,3 +183,24 @@ def test_a_bad_secret_override_is_refused_without_its_value(
     message = str(caught.value)
     assert message.startswith(f"{name}: DISTQ_{name.upper()} ") and problem in message, message
     assert "TopSecretPw" not in message and "short-secret-k" not in message, message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"signing_keys": (b"short",)}, "signing_keys has key 1 of 1 5 bytes long"),
+        ({"signing_key": (b"x" * 16, b"tiny")}, "signing_key has key 2 of 2 4 bytes long"),
+        ({"signing_keys": b"a-long-enough-key-0123"}, "signing_keys is a bytes of other things"),
+        ({"signing_keys": ["a-long-enough-key-0123"]}, "signing_keys is a list of other things"),
+    ],
+)
+def test_keys_given_as_values_are_checked_like_the_variables_keys(
+    overrides: dict[str, Any], expected: str
+) -> None:
+    """Was: Executor(settings, signing_keys=(b"short",)) signed with a 5-byte key, and
+    keys of another type were taken as given."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(Settings(transport="redis"), overrides, {})
+    assert str(refused.value).startswith(expected), refused.value
+    assert "short" not in str(refused.value) and "tiny" not in str(refused.value)
+    assert "a-long-enough" not in str(refused.value)
