@@ -118,33 +118,26 @@ class CpuMeter:
         self.own = set(own)
         self._start: dict[str, float] = {}
 
-    def _read(self, own: bool) -> dict[str, float]:
-        """The own roles' readings (``own``) or the trees' (not ``own``)."""
-        out = {}
-        for role, pids in self.roles.items():
-            if (role in self.own) != own:
-                continue
-            if own:
-                out[role] = sum(own_seconds(pid) or 0.0 for pid in pids)
-            else:
-                out[role] = tree_seconds(pids)
-        return out
-
-    def read(self) -> dict[str, float]:
-        """Every role's CPU seconds so far: the trees first, then the own roles (as at
-        :meth:`start`)."""
-        trees = self._read(own=False)
-        own = self._read(own=True)
-        return {role: own[role] if role in own else trees[role] for role in self.roles}
+    def read(self, own_first: bool = False) -> dict[str, float]:
+        """Every role's CPU seconds so far: the trees first and the own roles last (as at
+        :meth:`start`), or the own roles first (``own_first``, as at :meth:`stop`)."""
+        out: dict[str, float] = {}
+        for own in (True, False) if own_first else (False, True):
+            for role, pids in self.roles.items():
+                if (role in self.own) != own:
+                    continue
+                if own:
+                    out[role] = sum(own_seconds(pid) or 0.0 for pid in pids)
+                else:
+                    out[role] = tree_seconds(pids)
+        return {role: out[role] for role in self.roles}
 
     def start(self) -> None:
         self._start = self.read()
 
     def stop(self) -> dict[str, float]:
         """CPU seconds each role used since :meth:`start`."""
-        own = self._read(own=True)  # before the trees' /proc scans, which are ours
-        trees = self._read(own=False)
-        end = {role: own[role] if role in own else trees[role] for role in self.roles}
+        end = self.read(own_first=True)  # before the trees' /proc scans, which are ours
         return {role: max(0.0, end[role] - self._start.get(role, 0.0)) for role in end}
 
 

@@ -14,7 +14,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -166,6 +165,15 @@ def refused(env: dict[str, str], *expected: str) -> str:
     return errors[0]
 
 
+def status(env: dict[str, str]) -> tuple[int, str]:
+    """``distq status`` on ``env``: its exit code and its output (stdout and stderr)."""
+    command = Distq(["status"], env)
+    try:
+        return command.wait(60), command.output()
+    finally:
+        command.stop()
+
+
 def test_a_wrong_ca_is_refused(broker: TlsBroker, pki: Pki, tmp_path: Path) -> None:
     env = environment(broker, pki, tmp_path, DISTQ_TLS_CA_FILE=str(pki.stranger_ca.cert))
     refused(env, "TLS with", "certificate was refused", "DISTQ_TLS_CA_FILE")
@@ -234,16 +242,9 @@ def test_an_upper_case_rediss_scheme_is_tls(redis_tls: TlsBroker, pki: Pki, tmp_
     password in the URL: one from a file would rebuild the URL, in lower case)."""
     url = f"REDISS://:{redis_tls.password}@" + redis_tls.url.removeprefix("rediss://")
     env = environment(redis_tls, pki, tmp_path, DISTQ_REDIS_URL=url, DISTQ_REDIS_PASSWORD_FILE="")
-    done = subprocess.run(
-        [sys.executable, "-m", "distq", "status"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"redis at 127.0.0.1:{redis_tls.tls_port} over TLS, queue")
+    code, out = status(env)
+    assert code == 0, out
+    assert out.startswith(f"redis at 127.0.0.1:{redis_tls.tls_port} over TLS, queue"), out
 
 
 def test_a_worker_gives_up_at_once_on_a_refused_certificate(
@@ -274,12 +275,7 @@ def test_a_ca_file_in_the_redis_url_and_distq_tls_ca_file_is_refused(
         DISTQ_REDIS_URL=url,
         DISTQ_TLS_CA_FILE=str(pki.stranger_ca.cert),
     )
-    status = Distq(["status"], env)
-    try:
-        code = status.wait(60)
-        out = status.output()
-    finally:
-        status.stop()
+    code, out = status(env)
     assert code == 2, out
     assert out.strip() == (
         "distq: DISTQ_TLS_CA_FILE is set and DISTQ_REDIS_URL has ssl_ca_certs, which would be "
@@ -299,12 +295,7 @@ def test_a_password_holding_ssl_options_leaves_the_tls_files_in_use(
     rabbitmq_tls_server.ctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
     url = f"amqps://{user}:{password}@127.0.0.1:{rabbitmq_tls.tls_port}/%2F"
     env = environment(rabbitmq_tls, pki, tmp_path, DISTQ_AMQP_URL=url, DISTQ_AMQP_PASSWORD_FILE="")
-    status = Distq(["status"], env)
-    try:
-        code = status.wait(60)
-        out = status.output()
-    finally:
-        status.stop()
+    code, out = status(env)
     assert code == 0, out
     assert "over TLS" in out and password not in out, out
 

@@ -417,42 +417,41 @@ def _no_delay(conn: Connection) -> Connection:
     return conn
 
 
-def _bounded(conn: Connection, seconds: float) -> Connection:
-    """Make a blocking read or write on ``conn`` fail after ``seconds`` (``SO_RCVTIMEO``,
-    ``SO_SNDTIMEO``): a master that accepted the connection and never answers (hung,
-    or cut off after the handshake began) is an error the worker recovers from, not a
-    thread blocked for good. Every call a worker makes is answered in about a second."""
-    timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+def _timeouts(conn: Connection, read: float, write: float) -> Connection:
+    """Make a blocking read on ``conn`` fail after ``read`` seconds and a write after
+    ``write`` (``SO_RCVTIMEO``, ``SO_SNDTIMEO``; 0: never)."""
     with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        for option, seconds in ((socket.SO_RCVTIMEO, read), (socket.SO_SNDTIMEO, write)):
+            timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+            sock.setsockopt(socket.SOL_SOCKET, option, timeval)
     return conn
 
 
-def _timeval(seconds: float) -> bytes:
-    return struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+def _bounded(conn: Connection, seconds: float) -> Connection:
+    """Make a blocking read or write on ``conn`` fail after ``seconds``: a master that
+    accepted the connection and never answers (hung, or cut off after the handshake
+    began) is an error the worker recovers from, not a thread blocked for good. Every
+    call a worker makes is answered in about a second."""
+    return _timeouts(conn, seconds, seconds)
 
 
 def _accepted(conn: Connection) -> None:
     """A connection the master just accepted: no-delay, TCP keepalive, and reads and
     writes that fail after ``_HANDSHAKE_TIMEOUT`` until :func:`_serving` lifts them."""
+    _no_delay(conn)
     with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             for name, value in _KEEPALIVE:
                 if hasattr(socket, name):  # Linux; others keep their system defaults
                     sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(_HANDSHAKE_TIMEOUT))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(_HANDSHAKE_TIMEOUT))
+    _timeouts(conn, _HANDSHAKE_TIMEOUT, _HANDSHAKE_TIMEOUT)
 
 
 def _serving(conn: Connection) -> None:
     """An authenticated connection: reads wait for as long as the peer is idle (its next
     call may come at any time), a reply the peer does not take ends it."""
-    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(0))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(_SERVING_SEND_TIMEOUT))
+    _timeouts(conn, 0, _SERVING_SEND_TIMEOUT)
 
 
 class _Deadlines:

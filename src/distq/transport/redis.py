@@ -554,8 +554,9 @@ class RedisTransport(Transport):
         its name. Without this, every call would fail with WRONGTYPE, which workers and
         masters take for an outage and retry for ever. One round trip, at start and when
         a consumer connects."""
-        replies = wire.pipeline([("TYPE", key) for key, _, _ in self._typed_keys()])
-        for (key, want, what), found in zip(self._typed_keys(), replies, strict=True):
+        keys = self._typed_keys()
+        replies = wire.pipeline([("TYPE", key) for key, _, _ in keys])
+        for (key, want, what), found in zip(keys, replies, strict=True):
             if isinstance(found, Exception):  # an ACL may forbid TYPE: the calls will tell
                 continue
             kind = found.decode() if isinstance(found, bytes) else str(found)
