@@ -454,28 +454,37 @@ class Settings:
 
     @classmethod
     def load(
-        cls, environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None
+        cls,
+        environ: Mapping[str, str],
+        flags: Mapping[str, str | None] | None = None,
+        flag_names: Mapping[str, str] | None = None,
     ) -> Settings:
-        """Read settings from ``environ`` overridden by ``flags`` (keyed by variable)."""
+        """Read settings from ``environ`` overridden by ``flags`` (keyed by variable).
+
+        An error in a flag's value names it as ``VARIABLE --flag``, or as
+        ``flag_names[VARIABLE]`` when the caller's flags are not the command's."""
         environ, flags, files = credentials.read_secret_files(environ, flags or {})
         values: dict[str, Any] = {}
+        named = flag_names or {}
         for name, entry in _entries(cls):
-            text, origin = environ.get(entry.variable), ""
+            text, label = environ.get(entry.variable), entry.variable
             flag = (flags or {}).get(entry.variable)
             if flag is not None:
-                text, origin = flag, f" {entry.flag}"
+                text = flag
+                label = named.get(entry.variable, f"{entry.variable} {entry.flag}")
             if text is None:
                 values[name] = entry.default
                 continue
             path = files.get(entry.variable)
             if path is not None:  # a file's content, as read_secret left it
-                origin = f" (read from {entry.variable}{credentials.FILE_SUFFIX} {path!r})"
+                file_variable = entry.variable + credentials.FILE_SUFFIX
+                label = f"{entry.variable} (read from {file_variable} {path!r})"
             else:
                 text = text.strip()
             try:
                 values[name] = entry.parse(text)
             except ValueError as exc:
-                raise ConfigError(f"{entry.variable}{origin} {exc}") from None
+                raise ConfigError(f"{label} {exc}") from None
         settings = secured(cls(**values))
         if settings.transport == "manager" and not settings.authkey:
             raise ConfigError(

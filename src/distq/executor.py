@@ -288,16 +288,11 @@ def load_settings(
         for warning in misspelled(environ):  # as the distq command warns
             log.warning("%s", warning)
         texts = {entries[n].variable: _as_text(v) for n, v in overrides.items()}
-        try:
-            return Settings.load(environ, texts)
-        except ConfigError as exc:  # it names the flag: name the keyword the caller gave
-            message = str(exc)
-            for name in overrides:
-                entry = entries[name]
-                message = message.replace(
-                    f"{entry.variable} {entry.flag}", f"Executor keyword {name} ({entry.variable})"
-                )
-            raise ConfigError(message) from None
+        # a bad value is named by the keyword the caller gave, not by the command's flag
+        named = {
+            entries[n].variable: f"Executor keyword {n} ({entries[n].variable})" for n in overrides
+        }
+        return Settings.load(environ, texts, named)
     files = {var + credentials.FILE_SUFFIX: var for var in credentials.SECRETS}
     names = {entry.variable: name for name, entry in entries.items()}
     values: dict[str, Any] = {}
