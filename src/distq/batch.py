@@ -149,7 +149,8 @@ def run_batch(
     """Run the batch's deliveries in order as far as it goes; the rest stay in ``waiting``.
 
     It stops before the next task once ``budget`` seconds have passed (after one task at
-    least), after one task when ``stopping`` (a warm stop) is set, at once on ``abort``
+    least), before the next task once ``stopping`` (a warm stop) is set, before any
+    even (a batch fetched as the stop came goes back whole), at once on ``abort``
     (a cold stop), before a task whose master is to be asked (``run`` returns None:
     the delivery goes back to the front of ``waiting``), and when the keeper gave up
     on the task that ran (``batch.abandoned``: its ending is the keeper's). A task with
@@ -159,7 +160,7 @@ def run_batch(
     endings = batch.endings
     started = time.perf_counter()
     while True:
-        if abort.is_set() or (endings and stopping.is_set()):
+        if abort.is_set() or stopping.is_set():
             break
         if endings and time.perf_counter() - started > budget:
             break

@@ -34,6 +34,9 @@ log = logging.getLogger("distq.executor")
 POLL_SECONDS = (0.005, 0.1)
 #: Longest the thread sleeps with nothing outstanding before it looks around anyway.
 IDLE_SECONDS = 1.0
+#: Deadlines of answered tasks are dropped once the heap holds more than this many
+#: and more than twice the open tasks (:meth:`Dispatcher._prune_deadlines`).
+DEADLINES_KEPT = 1024
 
 
 @dataclass(slots=True)
@@ -239,6 +242,7 @@ class Dispatcher(threading.Thread):
                 unsent.append(entry)
             elif (entry := self.collector.entry(task_id)) is not None:
                 sent.append(entry)
+        self._prune_deadlines()
         for entry in unsent:
             _time_out(entry, "it was never sent: the executor was still sending earlier tasks")
         if not sent:
@@ -255,6 +259,24 @@ class Dispatcher(threading.Thread):
                 else "a worker has it (running or retrying), or the transport cannot withdraw "
                 "it; its result will be ignored",
             )
+
+    def _prune_deadlines(self) -> None:
+        """Drop the deadlines of tasks answered, cancelled or withdrawn before them.
+
+        A deadline stays in the heap until it passes, answered or not; without this, an
+        executor with ``task_timeout=T`` would hold one entry per task of the last T
+        seconds. Rebuilt once the heap is more than twice the open tasks, so the cost per
+        task stays constant and the heap stays bounded by the tasks still open.
+        """
+        open_tasks = len(self._unsent) + self.collector.outstanding
+        if len(self._deadlines) <= max(DEADLINES_KEPT, 2 * open_tasks):
+            return
+        self._deadlines = [
+            (deadline, task_id)
+            for deadline, task_id in self._deadlines
+            if task_id in self._unsent or self.collector.is_waiting(task_id)
+        ]
+        heapq.heapify(self._deadlines)
 
     def _on_result(self, result: Result, entry: Entry, _round_trip: float) -> None:
         future = entry.future

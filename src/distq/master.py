@@ -118,6 +118,11 @@ class JobReport:
     started: bool = True
 
     @property
+    def answered(self) -> int:
+        """Results in: ok, failed, or wrong (each task counted once)."""
+        return self.ok + self.failed + self.incorrect
+
+    @property
     def succeeded(self) -> bool:
         return self.started and self.failed == 0 and self.incorrect == 0 and self.missing == 0
 
@@ -202,12 +207,14 @@ class _Run(Generic[E]):
         self.cpu_start = time.process_time()
         self.report = JobReport(transport=master.transport.name, tasks=0)
         self.deadline: float | None = None
+        self.began = time.perf_counter()
         self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
 
     def run(self) -> JobReport:
         spec, total = self.spec, self.spec.tasks
+        self.began = time.perf_counter()  # --timeout counts from here, the wait for workers too
         if spec.timeout is not None:
-            self.deadline = time.perf_counter() + spec.timeout
+            self.deadline = self.began + spec.timeout
         if spec.wait_workers and not self._await_workers(spec.wait_workers):
             self.report.started = False
             return self._finish(0.0)
@@ -256,7 +263,8 @@ class _Run(Generic[E]):
         spec, total = self.spec, self.spec.tasks
         wait = 0.0 if more > 0 else 0.5
         if spec.rate is not None and (total is None or self.submitted < total):
-            wait = min(wait, max(0.0, (self.submitted + 1) / spec.rate - elapsed))
+            # the next task is due when allowance() lets it go: submitted / rate s in
+            wait = min(wait, max(0.0, self.submitted / spec.rate - elapsed))
         if self.deadline is not None:
             wait = min(wait, max(0.0, self.deadline - now))
         return wait
@@ -410,9 +418,10 @@ class _Run(Generic[E]):
     def _status(self, elapsed: float) -> None:
         r = self.report
         self.console.info(
-            f"submitted {self.submitted}, results {r.ok + r.failed} "
-            f"(ok {r.ok}, failed {r.failed}), in flight {self.collector.outstanding}, "
-            f"{(r.ok + r.failed) / max(elapsed, 1e-9):,.1f} tasks/s"
+            f"submitted {self.submitted}, results {r.answered} "
+            f"(ok {r.ok}, failed {r.failed}, wrong {r.incorrect}), "
+            f"in flight {self.collector.outstanding}, "
+            f"{r.answered / max(elapsed, 1e-9):,.1f} tasks/s"
         )
 
     def _finish(self, elapsed: float) -> JobReport:
@@ -425,7 +434,7 @@ class _Run(Generic[E]):
             r.tasks = self.spec.tasks
         unsent = r.tasks - self.submitted
         r.missing = len(waiting) + unsent
-        r.throughput = (r.ok + r.failed) / elapsed if elapsed > 0 else 0.0
+        r.throughput = r.answered / elapsed if elapsed > 0 else 0.0
         if collector.latencies:
             ordered = sorted(collector.latencies)
             r.latency_p50_seconds = percentile(ordered, 0.50)
@@ -439,7 +448,7 @@ class _Run(Generic[E]):
             )
         if unsent:
             r.problems.append(f"{unsent} of {r.tasks} tasks never submitted")
-        done = r.ok + r.failed
+        done = r.answered
         if r.succeeded:
             self.console.info(
                 f"all {done} results in and correct in {elapsed:.2f} s "
@@ -451,9 +460,16 @@ class _Run(Generic[E]):
                 reason = "never started"
             elif r.missing == 0:
                 reason = "finished with errors"
+            waited = ""
+            if reason == "timed out" and self.spec.wait_workers:  # its clock started later
+                waited = (
+                    f"; --timeout counts from the master's start, and "
+                    f"{time.perf_counter() - self.began - elapsed:.1f} s of it went to "
+                    "waiting for workers"
+                )
             self.console.info(
                 f"job {reason} after {elapsed:.1f} s: {done} of {r.tasks} results in, "
-                f"{r.ok} ok, {r.failed} failed, {r.incorrect} wrong, {r.missing} missing"
+                f"{r.ok} ok, {r.failed} failed, {r.incorrect} wrong, {r.missing} missing{waited}"
             )
             for problem in r.problems[-10:]:
                 self.console.error(problem)

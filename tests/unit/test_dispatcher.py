@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from distq.codec import Codec
-from distq.dispatcher import Dispatcher, Entry, Stop, Submit
-from distq.envelope import Task
+from distq.dispatcher import DEADLINES_KEPT, Dispatcher, Entry, Stop, Submit
+from distq.envelope import Result, Task
 from distq.errors import BrokenExecutor, TransportError
 from distq.futures import Callbacks, DistqFuture
 
@@ -48,3 +48,52 @@ def test_a_task_timing_out_as_the_broker_fails_is_failed_not_left_pending() -> N
     assert "went away" in str(error)
     dispatcher.join(10)
     assert not dispatcher.is_alive() and not dispatcher.put(Stop(False))
+
+
+class AnswersAtOnce:
+    """A producer whose worker answers every task in the same round trip."""
+
+    def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
+        return [answer(body) for body in bodies]
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        time.sleep(timeout)
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def answer(body: bytes) -> bytes:
+    task = Task.decode(body)
+    return Result(
+        task_id=task.id,
+        status="ok",
+        worker="w",
+        attempt=1,
+        started_at=0.0,
+        duration=0.0,
+        value=task.args[0],
+    ).encode()
+
+
+def test_answered_tasks_leave_no_deadline_behind() -> None:
+    """With a task_timeout, the deadlines of answered tasks do not pile up until they
+    pass: the heap stays bounded by the open tasks, not by the last hour's."""
+    callbacks = Callbacks()
+    dispatcher = Dispatcher(Closed(), AnswersAtOnce(), Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher.start()
+    futures = []
+    for round_ in range(3):
+        entries = []
+        for n in range(2000):
+            task = Task(name="ident", args=[n], reply_to="r")
+            future = DistqFuture(dispatcher.cancel, task.id, "ident", callbacks)
+            entries.append(Entry(task, task.encode(), future, deadline=time.monotonic() + 3600))
+            futures.append(future)
+        assert dispatcher.put(Submit(entries))
+        assert [f.result(timeout=10) for f in futures[-2000:]] == list(range(2000)), round_
+    time.sleep(0.1)  # the thread's turn after the last results
+    assert len(dispatcher._deadlines) <= DEADLINES_KEPT
+    assert dispatcher.put(Stop(False))
+    dispatcher.join(10)

@@ -17,6 +17,7 @@ from distq.master import JobReport, JobSpec, Master, Workload, allowance, percen
 from distq.squares import Squares
 from distq.transport import Settlement, Transport, open_transport
 from distq.transport.base import Producer
+from distq.transport.manager import ManagerProducer
 from launch import free_port
 
 
@@ -95,10 +96,63 @@ def test_wrong_values_fail_the_job(transport: Transport) -> None:
     assert "wrong result for square(" in out
 
 
+def test_wrong_results_count_as_results_in(transport: Transport) -> None:
+    """A wrong result came back: it is in (not missing), in the summary and throughput."""
+    out, report = run(transport, JobSpec(tasks=3, timeout=20), lambda t: [result(t, -1)])
+    assert report.answered == 3 and report.missing == 0 and report.throughput > 0
+    assert "finished with errors" in out and "3 of 3 results in, 0 ok, 0 failed, 3 wrong" in out
+
+
+def test_rate_mode_status_lines_count_wrong_results(transport: Transport) -> None:
+    stop = threading.Event()
+    timer = threading.Timer(1.0, stop.set)
+    timer.start()
+    spec = JobSpec(tasks=None, rate=50, status_every=0.2)
+    out, _ = run(transport, spec, lambda t: [result(t, -1)], stop=stop)
+    timer.join()
+    status = re.findall(r"^submitted \d+, results (\d+) \(ok 0, failed 0, wrong (\d+)\)", out, re.M)
+    assert status and all(results == wrong for results, wrong in status)
+    assert int(status[-1][0]) > 0, out
+
+
+def test_rate_mode_sends_one_task_every_period_not_pairs(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--rate 5 submits one task every 0.2 s (not two every 0.4 s)."""
+    sizes: list[int] = []
+    original = ManagerProducer.submit
+
+    def counted(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        sizes.append(len(bodies))
+        original(self, bodies)
+
+    monkeypatch.setattr(ManagerProducer, "submit", counted)
+    stop = threading.Event()
+    timer = threading.Timer(1.1, stop.set)
+    timer.start()
+    run(transport, JobSpec(tasks=None, rate=5, status_every=10), right, stop=stop)
+    timer.join()
+    assert 4 <= len(sizes) <= 7 and set(sizes) == {1}, sizes
+
+
 def test_timeout_names_what_is_missing(transport: Transport) -> None:
     out, report = run(transport, JobSpec(tasks=4, timeout=0.5), lambda t: [])
     assert report.missing == 4 and not report.succeeded
     assert "job timed out" in out and "missing 4 results: square(" in out
+
+
+def test_a_timeout_says_it_counted_the_wait_for_workers(transport: Transport) -> None:
+    """--timeout bounds the whole run; the job's own clock starts once workers attach,
+    so the summary says where the rest of the timeout went."""
+    spec = JobSpec(tasks=2, timeout=0.5, wait_workers=1)
+    out, report = run(transport, spec, lambda t: [])
+    assert report.missing == 2 and report.started
+    assert re.search(
+        r"job timed out after [\d.]+ s: 0 of 2 results in, .* 2 missing; "
+        r"--timeout counts from the master's start, and [\d.]+ s of it went "
+        r"to waiting for workers",
+        out,
+    ), out
 
 
 def test_max_in_flight_one_measures_round_trips(
@@ -126,7 +180,7 @@ def test_rate_mode_prints_a_status_line_every_status_every_seconds(transport: Tr
     spec = JobSpec(tasks=None, rate=50, status_every=0.2)
     out, report = run(transport, spec, right, stop=stop)
     timer.join()
-    status = re.findall(r"^submitted (\d+), results \d+ \(ok \d+, failed 0\)", out, re.M)
+    status = re.findall(r"^submitted (\d+), results \d+ \(ok \d+, failed 0, wrong 0\)", out, re.M)
     assert 2 <= len(status) <= 6  # about 1 s / 0.2 s; never one per loop
     assert report.succeeded and 25 <= report.tasks <= 50 * report.elapsed_seconds + 1
 
