@@ -291,7 +291,7 @@ def test_rate_mode_runs_until_stopped(spawn: Spawn, tmp_path: Path) -> None:
     args = ("--rate", "40", "--status-every", "0.5", "--report", str(report), "-q")
     master = start_master(spawn, *args)
     spawn("worker", "-q")
-    status = r"^submitted (\d+), results \d+ \(ok \d+, failed 0\), in flight \d+, "
+    status = r"^submitted (\d+), results \d+ \(ok \d+, failed 0, wrong 0\), in flight \d+, "
     master.wait_for(status + r"(?:.*\n)+" + status, timeout=20)  # two lines: a second or more
     master.signal(signal.SIGTERM)
     assert master.wait(30) == 0, master.output()
