@@ -109,9 +109,10 @@ class JsonConsole(Console):
     def error(self, line: str) -> None:
         self._write(self.err, [self.record("error", message=mask_secrets(line))])
 
-    def stamp(self) -> str:
-        """This moment as a line's ``timestamp``, formatted once per millisecond."""
-        now = time.time()
+    def stamp(self, at: float | None = None) -> str:
+        """This moment (or ``at``, a ``time.time()``) as a line's ``timestamp``,
+        formatted once per millisecond."""
+        now = time.time() if at is None else at
         stamp = self._stamp
         if stamp[0] != int(now * 1000):  # formatting a time costs more than the rest
             stamp = self._stamp = (int(now * 1000), timestamp(now))

@@ -164,12 +164,17 @@ class WorkerTelemetry:
                 with metrics.lock:
                     metrics.redeliveries.add(metrics.base, again)
 
-    def settled(self, endings: Sequence[Ending], released: int = 0) -> None:
-        """A batch is settled as ``endings`` say; ``released`` deliveries went back unrun."""
+    def settled(
+        self, endings: Sequence[Ending], released: int = 0, at: float | None = None
+    ) -> None:
+        """A batch is settled as ``endings`` say; ``released`` deliveries went back unrun.
+
+        ``at`` (a ``time.time()``) is when the settle was sent, the lines' timestamp: the
+        call that settles may also wait for the next tasks before it returns."""
         if self.metrics is not None:
             self._count(self.metrics, endings, released)
         if self.log is not None:
-            self._log(self.log, endings, released)
+            self._log(self.log, endings, released, at)
 
     @staticmethod
     def _count(metrics: WorkerMetrics, endings: Sequence[Ending], released: int) -> None:
@@ -203,8 +208,10 @@ class WorkerTelemetry:
                 metrics.tasks.add((*base, UNKNOWN, "released"), released)
 
     @staticmethod
-    def _log(log: JsonConsole, endings: Sequence[Ending], released: int) -> None:
-        at, role, worker = log.stamp(), log.role, log.worker
+    def _log(
+        log: JsonConsole, endings: Sequence[Ending], released: int, sent: float | None
+    ) -> None:
+        at, role, worker = log.stamp(sent), log.role, log.worker
         lines: list[Line] = []
         for ending in endings:
             task, outcome = ending.task, ending.outcome

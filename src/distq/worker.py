@@ -164,6 +164,8 @@ class Worker:
     def run(self) -> int:
         """Work until a signal or ``exit_when_idle``; return the exit code (0)."""
         started = time.monotonic()
+        # --exit-when-idle counts from here: not the wait for the broker before the start
+        self.health.took(0)
         slots = [_Slot(i) for i in range(self.options.concurrency)]
         done = threading.Event()
         previous = self._install_signal_handlers()
@@ -264,6 +266,9 @@ class Worker:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
         name = signal.Signals(signum).name
+        if self._signals > 2:  # the cold stop is under way: raising again would break it
+            self.console.info(f"{name} again: already handing back every task and exiting")
+            return
         if self._signals == 1:
             self.console.info(
                 f"{name}: finishing the tasks that run (for at most "
@@ -453,7 +458,7 @@ class Worker:
         lasted = self.outage.back()
         if lasted is not None:
             self.console.info(f"reconnected to {self.transport.describe()} after {lasted:.1f} s")
-            self.health.took(0)  # back at work: --exit-when-idle counts from here
+        self.health.took(0)  # at work (again): --exit-when-idle counts from here
         self.health.connected(True, consumer_id)
         return consumer
 
@@ -480,22 +485,25 @@ class Worker:
         slow for one batch: idle workers may take them)."""
         assert slot.consumer is not None
         claimed: list[Delivery] = []
+        sent = time.time()  # the lines' time: settle_then_fetch may wait for tasks after
         if endings:
             settlements = self.runner.endings.settlements(endings)
             if fetch > 0 and not unstarted and not self._stopping.is_set():
                 try:
                     claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
                 except SettledThenFailed:
-                    self._count(slot, endings, released=0)  # settled: not handed back
+                    self._count(slot, endings, released=0, at=sent)  # settled, not handed back
                     raise
             else:
                 slot.consumer.settle(settlements)
         if unstarted:
             slot.consumer.release(unstarted)
-        self._count(slot, endings, released=len(unstarted))
+        self._count(slot, endings, released=len(unstarted), at=sent)
         return claimed
 
-    def _count(self, slot: _Slot, endings: list[Ending], released: int) -> None:
+    def _count(
+        self, slot: _Slot, endings: list[Ending], released: int, at: float | None = None
+    ) -> None:
         slot.in_hand -= len(endings) + released
         counts: dict[str, int] = {"ok": 0, "failed": 0, "retried": 0, "malformed": 0, "orphaned": 0}
         for ending in endings:
@@ -504,4 +512,4 @@ class Worker:
         if counts["retried"]:
             retry_in = max(e.settlement.retry_delay for e in endings if e.outcome == "retried")
         self.health.finished(released=released, retry_in=retry_in, **counts)
-        self.telemetry.settled(endings, released)
+        self.telemetry.settled(endings, released, at)

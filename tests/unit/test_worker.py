@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -16,7 +20,9 @@ from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Task
 from distq.errors import SettledThenFailed, TransportError
+from distq.logs import JsonConsole
 from distq.tasks import Registry
+from distq.telemetry import WorkerTelemetry
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions
 from launch import free_port
@@ -121,3 +127,79 @@ def test_a_settle_that_always_fails_does_not_rerun_its_batch_in_a_hot_loop(
     finally:
         timer.cancel()
     assert 1 <= len(calls) <= 12, len(calls)  # before: thousands in 3 s
+
+
+def test_exit_when_idle_counts_from_the_start_not_from_before_it(transport: Transport) -> None:
+    """The time before ``run`` (the CLI's wait for a broker that is down) is not idle
+    time: before, a worker built 1.5 s earlier exited 0.2 s into ``run``, its
+    --exit-when-idle 1 used up, whatever waited in the queue."""
+    out = io.StringIO()
+    # short fetches (0.1 s), so the exit follows the idle check closely
+    options = WorkerOptions(
+        concurrency=1, exit_when_idle=1.0, worker_id="w", heartbeat_interval=0.1
+    )
+    worker = Worker(transport, Registry(), options, Console(out=out, err=out))
+    time.sleep(1.5)
+    started = time.monotonic()
+    assert worker.run() == 0
+    assert time.monotonic() - started >= 0.9, out.getvalue()
+
+
+def test_a_third_signal_during_the_cold_stop_does_not_break_it(transport: Transport) -> None:
+    """Ctrl-C three times: the first is a warm stop, the second a cold one, and the third
+    (arriving while the cold stop waits for an idle slot's fetch) is only noted. Before,
+    it raised out of the cold stop: two tracebacks, no summary, exit 1."""
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=1, worker_id="w", heartbeat_interval=1.0)  # 1 s fetches
+    worker = Worker(transport, Registry(), options, Console(out=out, err=out))
+    ignored = signal.signal(signal.SIGINT, lambda *_: None)  # a late signal must not hit pytest
+
+    def three_interrupts() -> None:
+        time.sleep(0.5)
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=three_interrupts)
+    sender.start()
+    try:
+        assert worker.run() == 0
+    finally:
+        sender.join()
+        signal.signal(signal.SIGINT, ignored)
+    lines = out.getvalue()
+    assert "SIGINT again: already handing back every task and exiting" in lines, lines
+    assert re.search(r"^worker exit\. 0 ok, ", lines, re.M), lines
+
+
+def test_task_settled_lines_carry_the_time_of_the_settle_not_of_the_wait_after_it(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """settle_then_fetch settles, then waits up to a second for the next tasks: the
+    ``task settled`` line is stamped when the settle was sent, not when the wait ended."""
+    producer = transport.producer("replies")
+    producer.submit([Task(name="square", args=[3], reply_to="replies").encode()])
+    kind = type(transport.consumer("probe"))
+    original = kind.settle_then_fetch
+    returned: list[float] = []
+
+    def settle_then_wait(self: Any, settlements: Any, max_count: int, timeout: float = 0) -> Any:
+        claimed = original(self, settlements, max_count, timeout)
+        time.sleep(0.5)  # the wait for the next task, as on an idle Redis queue
+        returned.append(time.time())
+        return claimed
+
+    monkeypatch.setattr(kind, "settle_then_fetch", settle_then_wait)
+    out = io.StringIO()
+    log = JsonConsole("worker", out=out, err=out, worker="w")
+    options = WorkerOptions(concurrency=1, exit_when_idle=0.5, worker_id="w", prefetch=2)
+    worker = Worker(transport, Registry(), options, log, telemetry=WorkerTelemetry(log=log))
+    assert worker.run() == 0
+    [settled] = [
+        line
+        for line in map(json.loads, out.getvalue().splitlines())
+        if line.get("event") == "task settled"
+    ]
+    stamped = datetime.fromisoformat(settled["timestamp"].replace("Z", "+00:00")).timestamp()
+    assert returned and stamped <= returned[0] - 0.4, (settled, returned)
+    producer.close()
