@@ -216,6 +216,7 @@ def test_commands_name_an_unreachable_broker(target: Target) -> None:
         )
     assert done.returncode == 3, done.stderr
     assert "cannot reach" in done.stderr and "Traceback" not in done.stderr
+    assert ".;" not in done.stderr, done.stderr  # the broker's sentence, then the hint
 
 
 def test_commands_and_a_worker_run_over_a_redis_unix_socket(tmp_path: Path) -> None:

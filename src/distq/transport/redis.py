@@ -622,7 +622,7 @@ class RedisTransport(Transport):
             hint = "is it running? If that port is plain TCP (no TLS), use redis://"
         elif "refused" not in str(exc):
             hint = "is it running? If that port expects TLS, use rediss://"
-        return ConnectionFailed(f"cannot reach {where}: {exc}; {hint}")
+        return ConnectionFailed(f"cannot reach {where}: {str(exc).rstrip('.')}; {hint}")
 
     def _refused(self, exc: Exception) -> AuthenticationFailed:
         return AuthenticationFailed(
