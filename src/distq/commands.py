@@ -4,8 +4,11 @@ Their output is data (a task id, a result, counts, dead letters) and goes to std
 it is; diagnostics go to the console (stderr). Each connects to the configured
 transport as a client: with ``manager`` it reaches the
 running master (or executor) on ``DISTQ_MANAGER_ADDRESS`` as a worker would, and never
-hosts queues itself. Exit codes as for the rest of ``distq``: 0 done; 1 the task failed
-or timed out (``submit --wait``); 2 bad usage; 3 the broker cannot be reached or failed.
+hosts queues itself; with ``rabbitmq`` it creates no queue it only reads (``status``,
+``dead-letters``): one it declared would have this caller's
+``DISTQ_RABBITMQ_QUEUE_TYPE``, and workers of the other type could not declare it then.
+Exit codes as for the rest of ``distq``: 0 done; 1 the task failed or timed out
+(``submit --wait``); 2 bad usage; 3 the broker cannot be reached or failed.
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
 
 @contextlib.contextmanager
 def _client(settings: Settings) -> Iterator[Transport]:
-    transport = open_transport(settings, "worker")  # a client: never hosts the queues
+    transport = open_transport(settings, "client")  # never hosts the queues
     try:
         yield transport
     finally:

@@ -13,15 +13,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pika
+import pika.exceptions
 import pytest
 
 from conftest import Target
 from distq.config import Settings
 from distq.envelope import DeadLetter, new_id
-from distq.transport import Settlement, Transport
+from distq.transport import Settlement, Transport, open_transport
 from launch import LocalRedis
 from procs import Distq
 from seam import fetch_n
@@ -198,6 +201,62 @@ def test_submit_wait_past_its_timeout_leaves_the_task_queued(
     assert again.wait(60) == 0, again.output()
     assert "1 ok" in again.output()
     assert (status(target)["ready"], status(target)["dead"]) == (0, 0)
+
+
+def _rabbitmq_queues(target: Target, *names: str) -> list[str]:
+    """Those of ``names`` that exist on ``target``'s RabbitMQ (a passive declare each)."""
+    found = []
+    with pika.BlockingConnection(pika.URLParameters(target.settings.amqp_url)) as connection:
+        for name in names:
+            try:
+                connection.channel().queue_declare(name, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                assert exc.reply_code == 404, exc
+                continue
+            found.append(name)
+    return found
+
+
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+def test_reading_commands_create_no_rabbitmq_queue_for_quorum_workers_to_trip_on(
+    target: Target,
+) -> None:
+    """``status``, ``dead-letters`` and ``requeue-dead`` with nothing to move declare no
+    queue: one declared with this caller's type (classic, the default) would make a
+    quorum deployment's workers fail to declare it (PRECONDITION_FAILED, exit 3)."""
+    queues = (target.settings.queue, f"{target.settings.queue}.dead")
+    quorum = replace(target.settings, rabbitmq_queue_type="quorum")
+    try:
+        assert status(target) == {
+            "transport": "rabbitmq",
+            "queue": target.settings.queue,
+            "ready": 0,
+            "in_flight": None,  # AMQP cannot tell a client
+            "dead": 0,
+            "workers": 0,
+        }
+        shown = distq(target, "dead-letters")
+        assert shown.returncode == 0, shown.stderr
+        assert "0 of 0 dead letters" in shown.stdout
+        assert json.loads(distq(target, "dead-letters", "--json").stdout) == []
+        for limit in ([], ["--limit", "5"]):  # the count, then the transport, finds none
+            requeued = distq(target, "requeue-dead", *limit)
+            assert requeued.returncode == 0, requeued.stderr
+            assert requeued.stdout.startswith("requeued 0 "), requeued.stdout
+        assert _rabbitmq_queues(target, *queues) == []
+
+        worker = open_transport(quorum, "worker")  # declares them, quorum
+        try:
+            assert worker.stats().ready == 0
+        finally:
+            worker.close()
+        assert _rabbitmq_queues(target, *queues) == list(queues)
+        assert status(target)["workers"] == 0  # the classic caller reads quorum queues
+    finally:
+        with pika.BlockingConnection(pika.URLParameters(target.settings.amqp_url)) as connection:
+            channel = connection.channel()
+            for name in queues:
+                channel.queue_delete(name)
 
 
 def test_commands_name_an_unreachable_broker(target: Target) -> None:

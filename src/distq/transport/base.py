@@ -37,7 +37,9 @@ with concurrency C opens C consumers.
 
 A transport class is constructed as ``cls(settings, role)`` by
 :func:`distq.transport.open_transport`, and connects (or, for a manager master, starts
-listening) before it returns.
+listening) before it returns. ``client`` is the operating commands' role (``distq
+status``, ``dead-letters``, ...): it connects as a worker does, but creates no queue
+it only reads; one not there yet holds nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import msgspec
 
 from distq.envelope import DeadLetter
 
-Role = Literal["master", "worker"]
+Role = Literal["master", "worker", "client"]
 
 _Tag = TypeVar("_Tag")
 

@@ -83,7 +83,9 @@ to 32 tasks. A packed message that the broker dead-letters (a policy, or a clien
 rejects it) lands in ``Q.dead`` whole; ``dead_letters()`` and ``requeue_dead()`` read it
 as a letter per task.
 
-``stats()``: ``ready`` (messages) and ``dead`` come from passive declares. AMQP does not report
+``stats()``: ``ready`` (messages) and ``dead`` come from passive declares, and a queue not
+there yet counts as empty: the operating commands (role ``client``: ``distq status``,
+``dead-letters``) declare no queue they only read. AMQP does not report
 unacknowledged counts (the management plugin does), so ``in_flight`` counts only the
 deliveries held by this transport's own consumers. ``dead_letters()`` peeks with
 ``basic_get`` and requeues with one ``basic_nack``, which keeps the order.
@@ -402,43 +404,39 @@ class _Link:
 
 
 def _exists(connection: Any, queue: str) -> bool:
-    """Whether ``queue`` exists, asked on a channel of its own (a 404 closes the channel)."""
-    channel = connection.channel()
-    try:
-        channel.queue_declare(queue, passive=True)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code != 404:
-            raise
-        return False
-    with contextlib.suppress(*_PikaError):
-        channel.close()
-    return True
+    """Whether ``queue`` exists."""
+    return _declared(connection, queue)[0] is not None
 
 
-def _retrying(connection: Any, queue: str) -> int:
-    """Messages in ``queue``'s retry queues (``Q.retry.<ms>``) of the backoff schedule.
+def _declared(connection: Any, *queues: str) -> list[Any | None]:
+    """Each queue's counts (a passive declare's ``Queue.DeclareOk``), None for one that
+    does not exist (a client declared none; a retry queue expired).
 
-    Asked on channels of their own: a queue that does not exist (no retry of that delay
-    in the last hour) closes the channel that asked, with a 404. A passive declare
-    counts as using a queue, so one that exists stays while its counts are read.
+    Asked on channels of their own: a queue that does not exist closes the channel that
+    asked, with a 404. A passive declare counts as using a queue, so one that exists
+    stays while its counts are read.
     """
-    total = 0
+    found: list[Any | None] = []
     channel = connection.channel()
     try:
-        for ms in RETRY_DELAYS_MS:
+        for queue in queues:
             try:
-                method = channel.queue_declare(f"{queue}.retry.{ms}", passive=True).method
+                found.append(channel.queue_declare(queue, passive=True).method)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 if exc.reply_code != 404:
                     raise
+                found.append(None)
                 channel = connection.channel()
-                continue
-            total += int(method.message_count)
     finally:
         with contextlib.suppress(*_PikaError):
             if channel.is_open:
                 channel.close()
-    return total
+    return found
+
+
+def _retry_queues(queue: str) -> list[str]:
+    """``queue``'s retry queues (``Q.retry.<ms>``) of the backoff schedule."""
+    return [f"{queue}.retry.{ms}" for ms in RETRY_DELAYS_MS]
 
 
 def _receive_until(connection: Any, buffer: deque[Any], wanted: int, timeout: float) -> list[Any]:
@@ -538,7 +536,8 @@ class RabbitMQTransport(Transport):
         link = _Link(self._broker, 0, f"distq {self.role} admin")
         try:
             with self._broker.translated("declaring the queues"):
-                self.declare(link.channel)
+                if self.role != "client":  # a client only reads them: see ``stats``
+                    self.declare(link.channel)
         except BaseException:
             link.close()
             raise
@@ -588,6 +587,8 @@ class RabbitMQTransport(Transport):
 
         def peek(channel: Any) -> list[DeadLetter]:
             got: list[tuple[Any, Any, bytes]] = []
+            if not _exists(channel.connection, self.dead_queue):  # not declared yet
+                return []
             try:
                 while len(got) < limit:
                     method, props, body = channel.basic_get(self.dead_queue, auto_ack=False)
@@ -626,6 +627,8 @@ class RabbitMQTransport(Transport):
 
     def _requeue_dead(self, link: _Link, limit: int, revive: Revive, moved: list[int]) -> None:
         channel = link.channel
+        if not _exists(link.connection, self.dead_queue):  # not declared yet: nothing to move
+            return
         while moved[0] < limit:
             got: list[tuple[Any, Any, bytes]] = []
             try:
@@ -636,6 +639,7 @@ class RabbitMQTransport(Transport):
                     got.append((method, props, body))
                 if not got:
                     return
+                self.declare(channel)  # where they go: a client's admin link declared nothing
                 letters = self._letters(got)
                 for letter in letters:
                     link.publish(self.queue, revive(letter), mandatory=True)
@@ -690,14 +694,18 @@ class RabbitMQTransport(Transport):
         (:data:`RETRY_DELAYS_MS`): retries waiting out their delay, as on the other
         transports. AMQP does not report unacknowledged counts (only the management
         plugin does), so ``in_flight`` counts the deliveries held by this process's
-        consumers.
+        consumers. A queue that does not exist holds nothing: a client (``distq status``)
+        declares none, as one it declared would have the caller's
+        ``DISTQ_RABBITMQ_QUEUE_TYPE``: workers of the other type would then fail to
+        declare it (``PRECONDITION_FAILED``) until it was deleted by hand.
         """
 
         def counts(channel: Any) -> tuple[int, int, int]:
-            tasks = channel.queue_declare(self.queue, passive=True).method
-            dead = channel.queue_declare(self.dead_queue, passive=True).method.message_count
-            retrying = _retrying(channel.connection, self.queue)
-            return int(tasks.message_count) + retrying, int(dead), int(tasks.consumer_count)
+            queues = (self.queue, self.dead_queue, *_retry_queues(self.queue))
+            tasks, dead, *retries = _declared(channel.connection, *queues)
+            ready = sum(int(q.message_count) for q in (tasks, *retries) if q is not None)
+            consumers = int(tasks.consumer_count) if tasks is not None else 0
+            return ready, int(dead.message_count) if dead is not None else 0, consumers
 
         ready, dead, consumers = self._with_admin("reading queue counts", counts)
         held = sum(c.held for c in list(self._children) if isinstance(c, RabbitMQConsumer))
