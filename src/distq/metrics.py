@@ -144,9 +144,22 @@ class HistogramTable(Collector):
         yield family
 
 
+def ready_gauge(base: Labels, registry: CollectorRegistry) -> Gauge:
+    """``distq_ready`` for the process with labels ``base``: the caller gives it the
+    process's readiness verdict with ``set_function``, so it is read at scrape time."""
+    return Gauge(
+        "distq_ready",
+        "1 while this process is ready (its /readyz answers 200: every connection to the "
+        "broker works), 0 while it is not (the broker does not answer, or the process is "
+        "starting or stopping).",
+        BASE,
+        registry=registry,
+    ).labels(*base)
+
+
 class WorkerMetrics:
     """What a worker reports: tasks settled by task and outcome, run time, queue wait,
-    redeliveries, tasks in hand.
+    redeliveries, tasks in hand, readiness.
 
     ``task`` labels are the worker's registered names, :data:`UNREGISTERED` or
     :data:`UNKNOWN`: a name from the wire never becomes a label by itself.
@@ -201,6 +214,7 @@ class WorkerMetrics:
             BASE,
             registry=self.registry,
         ).labels(*base)
+        self.ready = ready_gauge(base, self.registry)
         self.known = frozenset(task_names)
         with self.lock:  # the series that can happen exist from the start, at 0
             for name in self.known:
@@ -221,8 +235,9 @@ class WorkerMetrics:
 
 
 class MasterMetrics:
-    """What a master reports: tasks submitted and outstanding, results, round trips, and
-    the queue as the broker sees it (sampled, see :class:`distq.sampler.StatsSampler`)."""
+    """What a master reports: tasks submitted and outstanding, results, round trips,
+    readiness, and the queue as the broker sees it (sampled, see
+    :class:`distq.sampler.StatsSampler`)."""
 
     def __init__(
         self, transport: str, queue: str, registry: CollectorRegistry | None = None
@@ -267,6 +282,7 @@ class MasterMetrics:
             BASE,
             registry=self.registry,
         ).labels(*base)
+        self.ready = ready_gauge(base, self.registry)
         self.queue_depth = Gauge(
             "distq_queue_depth",
             "Tasks in the queue by state, sampled from the broker: ready (waiting, delayed "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from distq.config import Settings
 from distq.console import Console
@@ -33,10 +33,15 @@ class _Process:
         self.sampler: StatsSampler | None = None
         self.log = console if isinstance(console, JsonConsole) else None
 
-    def _serve(self, registry: CollectorRegistry) -> None:
+    def _serve(self, registry: CollectorRegistry, ready: Gauge) -> None:
+        """Serve ``registry``, whose ``ready`` gauge reads the verdict /readyz gives, at
+        scrape time: a process that cannot reach its broker still answers /metrics, and
+        says so there (``distq_ready`` 0)."""
         port = self.settings.metrics_port
         if port is None:
             return
+        health = self.health
+        ready.set_function(lambda: 1.0 if health.ready().ok else 0.0)
         self.endpoint = Endpoint(self.settings.metrics_host, port, registry, self.health).start()
         self.console.info(
             f"metrics, /healthz and /readyz on http://{self.settings.metrics_host}:"
@@ -65,7 +70,7 @@ class WorkerObservability(_Process):
             self.metrics = WorkerMetrics(settings.transport, settings.queue, task_names)
             health = self.health
             self.metrics.in_hand.set_function(lambda: health.in_hand)
-            self._serve(self.metrics.registry)
+            self._serve(self.metrics.registry, self.metrics.ready)
         self.telemetry = WorkerTelemetry(self.metrics, self.log)
 
     def attach(self, transport: Transport) -> None:
@@ -85,7 +90,7 @@ class MasterObservability(_Process):
         self.metrics: MasterMetrics | None = None
         if settings.metrics_port is not None:
             self.metrics = MasterMetrics(settings.transport, settings.queue)
-            self._serve(self.metrics.registry)
+            self._serve(self.metrics.registry, self.metrics.ready)
         self.telemetry = MasterTelemetry(self.metrics, self.log)
 
     def attach(self, transport: Transport) -> None:

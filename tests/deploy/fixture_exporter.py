@@ -29,7 +29,7 @@ def registry_for(role: Role) -> CollectorRegistry:
     """A registry with every family of ``role``, each label set observed once."""
     registry = CollectorRegistry()
     for family in FAMILIES:
-        if family.role == role:
+        if family.role in (role, "process"):
             _add(registry, family)
     return registry
 

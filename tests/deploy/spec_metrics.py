@@ -12,6 +12,8 @@ from typing import Literal
 
 Kind = Literal["counter", "gauge", "histogram"]
 Role = Literal["master", "worker", "prometheus"]
+#: ``"process"``: exported by every distq process that serves /metrics (master and worker).
+Exporter = Literal["master", "worker", "process", "prometheus"]
 
 # Labels Prometheus itself adds to every scraped series.
 TARGET_LABELS = frozenset({"job", "instance"})
@@ -24,7 +26,7 @@ class Family:
 
     name: str
     kind: Kind
-    role: Role
+    role: Exporter
     labels: tuple[str, ...]
     values: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
@@ -46,6 +48,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("distq_worker_queue_wait_seconds", "histogram", "worker", _TQ),
     Family("distq_worker_redeliveries_total", "counter", "worker", _TQ),
     Family("distq_worker_tasks_in_hand", "gauge", "worker", _TQ),
+    Family("distq_ready", "gauge", "process", _TQ),
     Family("distq_master_tasks_submitted_total", "counter", "master", _TQ),
     Family(
         "distq_master_results_total",

@@ -5,6 +5,7 @@ distq exports and returns data from a real Prometheus scraping those metrics."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -39,6 +40,7 @@ ALERT_NAMES = {
     "DistqDeadLettersRising",
     "DistqTaskErrorRatioHigh",
     "DistqTargetDown",
+    "DistqNotReady",
 }
 SEVERITIES = {"critical", "warning", "info"}
 GRID_WIDTH = 24  # Grafana's dashboard grid has 24 columns
@@ -234,6 +236,58 @@ def test_dashboard_shows_every_distq_metric() -> None:
     assert [family.name for family in FAMILIES if family.name not in used] == []
 
 
+def stat_panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    return [panel for panel in panels(board) if panel["type"] == "stat"]
+
+
+def test_stat_panels_are_instant_queries_that_say_why_they_are_empty() -> None:
+    """A stat over a range reduces to its last point: during a broker outage it showed
+    "Worker slots 3" from before the outage, the series being gone. An instant query
+    shows the absence, and ``noValue`` says what it means."""
+    board = dashboard()
+    assert len(stat_panels(board)) == 6
+    for panel in stat_panels(board):
+        name = f"panel {panel['id']} {panel['title']!r}"
+        for target in panel["targets"]:
+            assert target.get("instant") is True, f"{name}: not an instant query"
+            assert target.get("range") is False, f"{name}: also a range query"
+        assert panel["fieldConfig"]["defaults"].get("noValue", "").strip(), f"{name}: no noValue"
+        assert panel["options"]["graphMode"] == "none", f"{name}: a sparkline needs a range"
+        exprs = " ".join(target["expr"] for target in panel["targets"])
+        if re.search(r"\bdistq_(queue_depth|workers)\b", exprs):  # the master's broker samples
+            assert "broker" in panel["fieldConfig"]["defaults"]["noValue"], name
+
+
+# Queries where nothing to count means 0, not "no data": (panel title, refId).
+ZERO_IS_THE_TRUTH = {
+    ("Tasks/s run ok", "A"),
+    ("Workers", "B"),  # worker processes up
+    ("Workers", "C"),  # processes not ready
+}
+
+
+def zero_is_the_truth(board: dict[str, Any]) -> dict[str, str]:
+    """where -> expr of the queries that must give 0, never an empty result."""
+    found = {
+        f"panel {panel['id']} {panel['title']!r} target {target['refId']}": target["expr"]
+        for panel in panels(board)
+        for target in panel.get("targets", [])
+        if (panel["title"], target["refId"]) in ZERO_IS_THE_TRUTH
+    }
+    return found
+
+
+def test_counts_and_rates_that_can_be_zero_are_never_empty() -> None:
+    """``count(up{job="distq-worker"} == 1)`` is empty, not 0, when no worker is up: the
+    line ended where it mattered. Each such query falls back to ``vector(0)``."""
+    board = dashboard()
+    exprs = zero_is_the_truth(board)
+    assert len(exprs) == len(ZERO_IS_THE_TRUTH), exprs
+    assert 'count(up{job="distq-worker"} == 1) or vector(0)' in exprs.values()
+    for where, expr in exprs.items():
+        assert expr.rstrip().endswith("or vector(0)"), f"{where}: {expr}"
+
+
 def test_grafana_provisioning_points_at_the_compose_prometheus_and_dashboards() -> None:
     [datasource] = load_yaml(DATASOURCES)["datasources"]
     assert datasource["type"] == "prometheus"
@@ -306,6 +360,21 @@ def test_dashboard_queries_return_data_from_prometheus(prometheus: LocalPromethe
         elif query.label and not all(query.label in r["metric"] for r in result):
             empty.append(f"{query.where}: no {query.label!r} label in {result}")
     assert empty == [], "queries that find no data among every metric distq exports"
+
+
+def test_zero_count_queries_answer_0_when_nothing_matches(prometheus: LocalPrometheus) -> None:
+    """On a real Prometheus, with no queue and no worker job matching: 0, not empty."""
+    board = dashboard()
+    defined = defined_variables(board)
+    wrong = []
+    for where, expr in zero_is_the_truth(board).items():
+        promql = substitute(expr, defined).replace('=~".+"', '="no-such-queue"')
+        promql = promql.replace('job="distq-worker"', 'job="no-such-job"')
+        assert promql != substitute(expr, defined), f"{where}: nothing made to match nothing"
+        result = prometheus.query(promql)
+        if [float(r["value"][1]) for r in result] != [0.0]:
+            wrong.append(f"{where}: {promql} -> {result}")
+    assert wrong == []
 
 
 def test_alert_rules_load_and_evaluate_on_prometheus(prometheus: LocalPrometheus) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO
 from endpoints import get, promtool_check, wait_for
@@ -81,6 +82,23 @@ def stop(*processes: Distq) -> None:
         process.stop()
 
 
+def readiness_gauges(ports: list[int]) -> dict[int, float | None]:
+    """Each port's ``distq_ready`` from its /metrics (None: not exported)."""
+    found: dict[int, float | None] = {}
+    for port in ports:
+        status, text = get(port, "/metrics")
+        assert status == 200, text
+        samples = [
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "distq_ready"
+        ]
+        assert len(samples) <= 1, samples
+        found[port] = samples[0] if samples else None
+    return found
+
+
 @pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
 def test_readiness_is_503_while_the_broker_is_paused_and_200_once_it_resumes(
     kind: str, request: pytest.FixtureRequest
@@ -117,11 +135,36 @@ def test_a_workers_readiness_is_503_while_the_broker_is_stopped(
         try:
             seen = wait_for([port], "/readyz", 503, timeout=DETECT, alive=[port])
             assert seen[port]["status"] == "not ready" and seen[port]["reason"]
+            assert readiness_gauges([port]) == {port: 0.0}  # /metrics still answers, and says so
         finally:
             server.restart(timeout=120)
         wait_for([port], "/readyz", 200, timeout=RECOVER, alive=[port])
     finally:
         stop(process)
+
+
+def test_metrics_say_distq_ready_0_while_the_broker_does_not_answer(
+    redis_server: LocalRedis,
+) -> None:
+    """During a broker outage every process still answers /metrics (Prometheus' up is 1),
+    the master drops its broker samples and nothing is settled: no alert could see it.
+    ``distq_ready``, /readyz's verdict on /metrics, is 0 on master and worker alike."""
+    env = environment("redis", redis_server.url)
+    ports = [free_port(), free_port()]
+    processes = [worker(env, ports[0], "--concurrency", "2"), master(env, ports[1])]
+    try:
+        wait_for(ports, "/readyz", 200, timeout=60)
+        assert readiness_gauges(ports) == {port: 1.0 for port in ports}
+        redis_server.pause()
+        try:
+            wait_for(ports, "/readyz", 503, timeout=DETECT, alive=ports)
+            assert readiness_gauges(ports) == {port: 0.0 for port in ports}
+        finally:
+            redis_server.resume()
+        wait_for(ports, "/readyz", 200, timeout=RECOVER, alive=ports)
+        assert readiness_gauges(ports) == {port: 1.0 for port in ports}
+    finally:
+        stop(*processes)
 
 
 def test_a_workers_readiness_follows_its_manager_master(tmp_path: Path) -> None:

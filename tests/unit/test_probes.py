@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -15,12 +16,16 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.parser import text_string_to_metric_families
 
 import distq.http as distq_http
 from conftest import REPO
+from distq.config import Settings
+from distq.console import Console
 from distq.errors import ConfigError, TransportError
 from distq.health import HANG_SECONDS, Liveness, ProcessHealth, Readiness, WorkerHealth
 from distq.http import Endpoint
+from distq.observe import BROKER_LINK, MasterObservability, WorkerObservability
 from launch import free_port
 
 
@@ -205,6 +210,61 @@ def test_probes_answer_json_and_metrics_answer_the_exposition(
         status, _, body = get(endpoint.port, path)
         assert status == 404, path
         assert "distq_example" not in body
+
+
+def ready_samples(port: int) -> list[tuple[dict[str, str], float]]:
+    """The ``distq_ready`` samples on the endpoint's /metrics."""
+    status, _, text = get(port, "/metrics")
+    assert status == 200, text
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "distq_ready"
+    ]
+
+
+@pytest.mark.parametrize("role", ["master", "worker"])
+def test_metrics_carry_the_readiness_verdict_as_distq_ready(role: str) -> None:
+    """/readyz's verdict, read at each scrape: a process that cannot reach its broker still
+    answers /metrics, where Prometheus (and an alert) can now see it is not ready."""
+    port = free_port()
+    settings = Settings.load(
+        {
+            "DISTQ_AUTHKEY": "secret",
+            "DISTQ_QUEUE": "jobs",
+            "DISTQ_METRICS_PORT": str(port),
+            "DISTQ_METRICS_HOST": "127.0.0.1",
+        }
+    )
+    console = Console(quiet=True, out=io.StringIO())
+    observe = (
+        MasterObservability(settings, console)
+        if role == "master"
+        else WorkerObservability(settings, console, slots=1, task_names=["square"])
+    )
+    labels = {"transport": "manager", "queue": "jobs"}
+
+    def agree(ready: float) -> None:
+        assert ready_samples(port) == [(labels, ready)]
+        assert get(port, "/readyz")[0] == (200 if ready else 503)
+
+    try:
+        agree(0.0)  # starting
+        broker = observe.health.readiness.link(BROKER_LINK)
+        broker.up()
+        if isinstance(observe, WorkerObservability):
+            agree(0.0)  # its slot has not connected yet
+            observe.health.connected(True, "w-0")
+        agree(1.0)
+        broker.down("Manager at 127.0.0.1:50000: Connection refused")
+        agree(0.0)
+        broker.up()
+        agree(1.0)
+        observe.health.readiness.stopping()
+        agree(0.0)
+    finally:
+        observe.close()
 
 
 def test_a_wedged_main_loop_turns_healthz_503(served: tuple[Endpoint, ProcessHealth]) -> None:
