@@ -5,8 +5,21 @@ from __future__ import annotations
 import time
 
 from distq.codec import Codec
-from distq.envelope import Result
+from distq.envelope import Result, Task
 from distq.transport import Consumer, Delivery, Producer
+
+
+def ok_result(task: Task, value: object) -> bytes:
+    """``task``'s result, ok with ``value``, as a worker "w" sends it."""
+    return Result(
+        task_id=task.id,
+        status="ok",
+        worker="w",
+        attempt=1,
+        started_at=0.0,
+        duration=0.0,
+        value=value,
+    ).encode()
 
 
 def fetch_n(consumer: Consumer, count: int, within: float = 10.0) -> list[Delivery]:

@@ -7,9 +7,10 @@ from typing import Any
 
 from distq.codec import Codec
 from distq.dispatcher import DEADLINES_KEPT, Dispatcher, Entry, Stop, Submit
-from distq.envelope import Result, Task
+from distq.envelope import Task
 from distq.errors import BrokenExecutor, TransportError
 from distq.futures import Callbacks, DistqFuture
+from seam import ok_result
 
 
 class BrokerGoneAtWithdraw:
@@ -66,15 +67,7 @@ class AnswersAtOnce:
 
 def answer(body: bytes) -> bytes:
     task = Task.decode(body)
-    return Result(
-        task_id=task.id,
-        status="ok",
-        worker="w",
-        attempt=1,
-        started_at=0.0,
-        duration=0.0,
-        value=task.args[0],
-    ).encode()
+    return ok_result(task, task.args[0])
 
 
 def test_answered_tasks_leave_no_deadline_behind() -> None:

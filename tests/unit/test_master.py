@@ -19,6 +19,7 @@ from distq.transport import Settlement, Transport, open_transport
 from distq.transport.base import Producer
 from distq.transport.manager import ManagerProducer
 from launch import free_port
+from seam import ok_result
 
 
 @pytest.fixture
@@ -44,15 +45,7 @@ def serve(
 
 
 def result(task: Task, value: object) -> bytes:
-    return Result(
-        task_id=task.id,
-        status="ok",
-        worker="w",
-        attempt=1,
-        started_at=0.0,
-        duration=0.0,
-        value=value,
-    ).encode()
+    return ok_result(task, value)
 
 
 def right(task: Task) -> list[bytes]:

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 
 from distq.backoff import Backoff, Outage
 from distq.console import Console
-from distq.envelope import Result, Task
+from distq.envelope import Task
 from distq.errors import TransportError
 from distq.ledger import Ledger
 from distq.master import JobReport, JobSpec, Master
 from distq.squares import Squares
 from distq.transport.base import Producer, Transport
+from seam import ok_result
 
 
 def test_backoff_doubles_its_ceiling_up_to_the_cap_with_full_jitter() -> None:
@@ -109,15 +110,7 @@ class Flaky(Producer):
 
 def _answer(body: bytes) -> bytes:
     task = Task.decode(body)
-    return Result(
-        task_id=task.id,
-        status="ok",
-        worker="w",
-        attempt=1,
-        started_at=0.0,
-        duration=0.0,
-        value=task.args[0] ** 2,
-    ).encode()
+    return ok_result(task, task.args[0] ** 2)
 
 
 class Stub(Transport):
