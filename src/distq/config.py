@@ -39,6 +39,9 @@ STATUS_EVERY = 10.0  # distq master --status-every; seconds between status lines
 MASTER_DRAIN_SECONDS = 5.0  # how long a stopping master waits for results in flight
 CONCURRENCY = 1  # distq worker --concurrency
 CONNECT_TIMEOUT = 10.0  # distq worker --connect-timeout
+#: Seconds between a master's (or executor's) reconciles: renew its reply queue, find
+#: the tasks the broker lost (:meth:`distq.transport.Producer.reconcile`).
+RECONCILE_SECONDS = 2.0
 #: Most messages one call carries: a master's submit and results, a transport's chunks.
 MESSAGE_BATCH = 1000
 #: Shortest time a master's reply queue outlives the master (``Settings.master_ttl``).

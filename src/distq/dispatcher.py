@@ -3,8 +3,12 @@
 Other threads hand it commands through a queue: tasks to submit, futures to cancel, a
 stop. It sends tasks in batches, waits for results (:class:`~distq.collector.Collector`
 hands on each task's first one), resolves the futures, fails those past their
-``task_timeout`` and withdraws what it can. When it stops, for any reason, no future is
-left pending: a lost broker fails them with :class:`~distq.errors.BrokenExecutor`.
+``task_timeout`` and withdraws what it can. Every ``RECONCILE_SECONDS``, idle or not, it
+asks the broker what it holds, as a master does: that keeps the connection and the reply
+queue alive, and finds the tasks a broker lost. A failed broker call is an outage: it
+reconnects with backoff and submits again what the broker lost (:class:`~distq.ledger.
+Ledger`). When it stops, for any reason, no future is left pending: a broker unreachable
+for ``OUTAGE_SECONDS`` fails them with :class:`~distq.errors.BrokenExecutor`.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from distq.backoff import Backoff
 from distq.codec import Codec
 from distq.collector import Collector
-from distq.config import MESSAGE_BATCH
+from distq.config import MESSAGE_BATCH, RECONCILE_SECONDS
 from distq.envelope import Result, Task
-from distq.errors import BrokenExecutor, EnvelopeError, RemoteError, TaskTimeout
+from distq.errors import BrokenExecutor, EnvelopeError, RemoteError, TaskTimeout, TransportError
 from distq.futures import Callbacks, DistqFuture
+from distq.ledger import Ledger
 from distq.transport import Producer, Transport
 
 log = logging.getLogger("distq.executor")
@@ -34,6 +40,9 @@ log = logging.getLogger("distq.executor")
 POLL_SECONDS = (0.005, 0.1)
 #: Longest the thread sleeps with nothing outstanding before it looks around anyway.
 IDLE_SECONDS = 1.0
+#: How long the executor waits out a broker it cannot reach (reconnecting with backoff)
+#: before it fails every unanswered future with BrokenExecutor.
+OUTAGE_SECONDS = 30.0
 #: Deadlines of answered tasks are dropped once the heap holds more than this many
 #: and more than twice the open tasks (:meth:`Dispatcher._prune_deadlines`).
 DEADLINES_KEPT = 1024
@@ -93,6 +102,9 @@ class Dispatcher(threading.Thread):
         self._unsent: dict[str, Entry] = {}  # submitted to us, not yet to the broker
         self._unsent_order: deque[Entry] = deque()  # the same, oldest first (and cancelled)
         self._deadlines: list[tuple[float, str]] = []
+        self.ledger = Ledger()  # what was sent, for the tasks a broker loses
+        self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
+        self._abandon = threading.Event()  # close(): an outage is not waited out
         self._stopping = False
         self._poll = POLL_SECONDS[0]
 
@@ -104,6 +116,8 @@ class Dispatcher(threading.Thread):
                 return False
             if isinstance(command, Stop) and command.abandon is None:
                 self.finishing = True
+            elif isinstance(command, Stop):
+                self._abandon.set()
             self._commands.put(command)
             return True
 
@@ -142,21 +156,64 @@ class Dispatcher(threading.Thread):
             idle = not self._unsent and not self.collector.outstanding
             if idle and self._stopping:
                 return
-            commands = self._take(IDLE_SECONDS if idle else None)
-            if commands is None:
-                return  # abandoned
-            sent = self._send() if self._unsent else None
-            if self.collector.outstanding or sent:
-                if sent is not None:  # read with the send, without a wait: back to commands
-                    answered = self.collector.accept(sent)
-                else:
-                    wait = self._poll
-                    if self._deadlines:
-                        wait = max(0.0, min(wait, self._deadlines[0][0] - time.monotonic()))
-                    answered = self.collector.collect(self.producer, wait)
-                quiet = not commands and not answered
-                self._poll = min(2 * self._poll, POLL_SECONDS[1]) if quiet else POLL_SECONDS[0]
-            self._expire()
+            try:
+                if not self._turn(idle):
+                    return  # abandoned
+            except TransportError as exc:
+                self._recover(exc)  # raises when the broker stays away: the thread ends
+
+    def _turn(self, idle: bool) -> bool:
+        """Take the commands, send, read results, reconcile when due, expire; False to
+        stop at once (abandoned)."""
+        commands = self._take(IDLE_SECONDS if idle else None)
+        if commands is None:
+            return False
+        sent = self._send() if self._unsent else None
+        if self.collector.outstanding or sent:
+            if sent is not None:  # read with the send, without a wait: back to commands
+                answered = self.collector.accept(sent)
+            else:
+                wait = self._poll
+                if self._deadlines:
+                    wait = max(0.0, min(wait, self._deadlines[0][0] - time.monotonic()))
+                answered = self.collector.collect(self.producer, wait)
+            quiet = not commands and not answered
+            self._poll = min(2 * self._poll, POLL_SECONDS[1]) if quiet else POLL_SECONDS[0]
+        if time.monotonic() >= self._next_reconcile:
+            self._reconcile()
+        self._expire()
+        return True
+
+    def _reconcile(self) -> None:
+        """Ask the broker what it holds (renewing the reply queue, reconnecting if need
+        be); submit again the tasks it lost that are still waited for."""
+        self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
+        waiting = self.collector.waiting_ids().__contains__
+        self.ledger.compact(waiting)
+        again = self.ledger.lost(self.producer.reconcile(), waiting)
+        if again:
+            log.warning("the broker lost %d tasks the executor waits for: sent again", len(again))
+        for start in range(0, len(again), MESSAGE_BATCH):
+            self.producer.submit([body for _, body in again[start : start + MESSAGE_BATCH]])
+
+    def _recover(self, exc: TransportError) -> None:
+        """Reconnect (at once, then with backoff) and submit again what the broker lost,
+        as a master does. Raises once the broker has been away ``OUTAGE_SECONDS``."""
+        log.warning("%s; reconnecting", str(exc).rstrip("."))
+        started, backoff = time.monotonic(), Backoff()
+        while not self._abandon.is_set():  # close(): the Stop in the queue ends the loop
+            try:
+                self._reconcile()
+            except TransportError as again:
+                away = time.monotonic() - started
+                if away >= OUTAGE_SECONDS:
+                    raise TransportError(
+                        f"{str(again).rstrip('.')}; still unreachable after {away:.0f} s"
+                    ) from again
+                self._abandon.wait(min(backoff.next(), OUTAGE_SECONDS - away))
+                continue
+            log.warning("reconnected to the broker after %.1f s", time.monotonic() - started)
+            return
 
     def _take(self, block: float | None) -> int | None:
         """Handle the commands waiting (waiting up to ``block`` s for one); return how many,
@@ -199,6 +256,8 @@ class Dispatcher(threading.Thread):
                 batch.append(entry)
         self.collector.expect((entry.task.id, entry) for entry in batch)
         bodies = [entry.body for entry in batch]
+        # recorded first: a send that fails may have reached the broker (see _reconcile)
+        self.ledger.record((entry.task.id, entry.body) for entry in batch)
         return self.producer.submit_then_results(bodies, MESSAGE_BATCH, 0.0)
 
     def _every_future(self) -> list[DistqFuture]:
@@ -248,8 +307,13 @@ class Dispatcher(threading.Thread):
         if not sent:
             return
         # withdrawn first: if the broker fails meanwhile, they are still waited for, and
-        # the thread's end fails them with BrokenExecutor like every other
-        taken = self.producer.withdraw([e.body for e in sent])
+        # time out again once it is back (or fail with BrokenExecutor if it stays away)
+        try:
+            taken = self.producer.withdraw([e.body for e in sent])
+        except TransportError:
+            for entry in sent:
+                heapq.heappush(self._deadlines, (now, entry.task.id))
+            raise
         for entry, gone in zip(sent, taken, strict=True):
             self.collector.discard(entry.task.id)
             _time_out(

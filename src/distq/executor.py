@@ -20,7 +20,8 @@ What each way of waiting does:
 - ``task_timeout`` (seconds from submit) fails a task's future with
   :class:`~distq.errors.TaskTimeout` when its result is late; it is withdrawn from the
   queue where the transport can (see :meth:`DistqFuture.cancel`).
-- A lost broker connection fails every unanswered future with
+- A broker unreachable for ``OUTAGE_SECONDS`` (it reconnects meanwhile, and sends
+  again what the broker lost) fails every unanswered future with
   :class:`~distq.errors.BrokenExecutor`; so do :meth:`Executor.close` and leaving the
   interpreter with the executor still open. After ``shutdown(wait=False)`` the
   interpreter waits at exit for the futures, as ``concurrent.futures`` does.

@@ -1,4 +1,4 @@
-"""The master's ledger: every task body it submitted, in order, until answered.
+"""A producer's ledger: each task body a master or executor submitted, in order, until answered.
 
 A broker may lose tasks: restarted empty, restored from an older snapshot, or a publish
 never confirmed before the connection went. :meth:`distq.transport.Producer.reconcile`
@@ -9,8 +9,10 @@ vouch for and the master still needs goes again) and sends a duplicate only when
 broker held a task it could not vouch for (an unconfirmed publish that did arrive, or a
 task of a master the broker had declared gone); the master counts a task's result once.
 
-Answered tasks leave the front of the ledger as it goes, so it holds about the
-outstanding tasks, not the whole job.
+Answered tasks leave the ledger at each :meth:`Ledger.compact`, wherever they stand, so
+it holds the outstanding tasks only, even behind one that runs for hours: each entry
+keeps its position in the sequence, which is all an answered task's place was for.
+A master and an executor keep one each.
 """
 
 from __future__ import annotations
@@ -23,37 +25,44 @@ Entry = tuple[str, bytes]
 
 
 class Ledger:
-    """Bodies by position in the producer's sequence; positions below ``offset`` are answered."""
+    """The bodies still waiting for a result, each with its position in the producer's
+    sequence of bodies (``total`` of them so far)."""
 
     def __init__(self) -> None:
-        self._offset = 0
-        self._entries: deque[Entry] = deque()
+        self._total = 0
+        self._entries: deque[tuple[int, str, bytes]] = deque()  # positions ascending
 
     @property
     def total(self) -> int:
         """How many bodies the producer was given, as it counts them."""
-        return self._offset + len(self._entries)
+        return self._total
+
+    def __len__(self) -> int:
+        """Entries held: the tasks submitted and not known answered at the last compact."""
+        return len(self._entries)
 
     def record(self, entries: Iterable[Entry]) -> None:
         """These bodies go to the producer now (record first: a failed submit may have
         reached the broker, and the count is the broker's)."""
-        self._entries.extend(entries)
+        total = self._total
+        for task_id, body in entries:
+            self._entries.append((total, task_id, body))
+            total += 1
+        self._total = total
 
     def compact(self, waiting: Callable[[str], bool]) -> None:
-        """Forget the answered tasks at the front."""
-        while self._entries and not waiting(self._entries[0][0]):
-            self._entries.popleft()
-            self._offset += 1
+        """Forget the answered tasks (their positions stay counted in ``total``)."""
+        self._entries = deque(entry for entry in self._entries if waiting(entry[1]))
 
     def lost(self, held: int, waiting: Callable[[str], bool]) -> list[Entry]:
         """The broker holds the first ``held`` bodies: the tasks after them still
         ``waiting`` for a result, to submit again. The ledger counts them as submitted
         right after position ``held``, as the producer will."""
-        if held >= self.total:
+        if held >= self._total:
             return []
-        keep = max(0, held - self._offset)
-        entries = list(self._entries)
-        again = [entry for entry in entries[keep:] if waiting(entry[0])]
-        self._offset = min(self._offset, held)
-        self._entries = deque(entries[:keep] + again)
+        kept = [entry for entry in self._entries if entry[0] < held]
+        again = [(tid, body) for at, tid, body in self._entries if at >= held and waiting(tid)]
+        self._entries = deque(kept)
+        self._total = held
+        self.record(again)
         return again

@@ -31,7 +31,13 @@ from typing import Generic, TypeVar
 from distq.backoff import Backoff
 from distq.codec import Codec
 from distq.collector import Collector
-from distq.config import MASTER_DRAIN_SECONDS, MESSAGE_BATCH, STATUS_EVERY, TASKS
+from distq.config import (
+    MASTER_DRAIN_SECONDS,
+    MESSAGE_BATCH,
+    RECONCILE_SECONDS,
+    STATUS_EVERY,
+    TASKS,
+)
 from distq.console import Console
 from distq.envelope import Result, Task, new_id
 from distq.errors import TransportError
@@ -41,9 +47,6 @@ from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, Transport
 
 E = TypeVar("E")
-
-#: Seconds between reconciles: renews the master's reply queue, finds lost tasks.
-RECONCILE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ queues and the workers connect to it, so an executor is opened before its worker
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import subprocess
 import sys
 import textwrap
@@ -19,8 +20,9 @@ from typing import Any
 import pytest
 
 import distq
+import distq.dispatcher as dispatching
 import jobs
-from conftest import Target
+from conftest import REPO, Target
 from distq.errors import BrokenExecutor, RemoteError, TaskTimeout
 from procs import Distq
 
@@ -353,9 +355,12 @@ def test_leaving_map_early_cancels_the_rest(
         assert runs == 21, worker.output()  # RabbitMQ: every one runs
 
 
-def test_a_lost_broker_fails_the_futures_instead_of_hanging(tmp_path: Any) -> None:
+def test_a_lost_broker_fails_the_futures_instead_of_hanging(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from launch import LocalRedis
 
+    monkeypatch.setattr(dispatching, "OUTAGE_SECONDS", 2.0)  # waited out, then given up
     server = LocalRedis(tmp_path).start()
     try:
         ex = distq.Executor(
@@ -364,11 +369,39 @@ def test_a_lost_broker_fails_the_futures_instead_of_hanging(tmp_path: Any) -> No
         future = ex.submit(jobs.add, 1, 2)  # no worker: it waits on the broker
         time.sleep(0.3)
         server.kill()
-        with pytest.raises(BrokenExecutor, match="the executor stopped: Redis at"):
+        with pytest.raises(
+            BrokenExecutor, match=r"the executor stopped: Redis at .*; still unreachable after 2 s"
+        ):
             future.result(30)
         with pytest.raises(BrokenExecutor):
             ex.submit(jobs.add, 1, 2)
         ex.shutdown()
+    finally:
+        server.stop()
+
+
+def test_an_idle_executor_whose_connection_was_dropped_reconnects(tmp_path: Any) -> None:
+    """A broker that closes an idle client's connection (Redis's ``timeout``, a proxy's
+    idle limit, missed RabbitMQ heartbeats, a restart) costs the executor a reconnect,
+    not its life: before, the next submit failed with BrokenExecutor, and so did every
+    one after it, the broker up all along."""
+    from launch import LocalRedis
+
+    server = LocalRedis(tmp_path).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+        env.update(DISTQ_TRANSPORT="redis", DISTQ_REDIS_URL=server.url, DISTQ_QUEUE="dropped")
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])
+        worker = Distq(["worker", "--tasks", "jobs", "--connect-timeout", "30"], env)
+        try:
+            with distq.Executor(transport="redis", redis_url=server.url, queue="dropped") as ex:
+                assert ex.submit(jobs.add, 1, 2).result(30) == 3
+                killed = server.client().client_kill_filter(_type="normal", skipme=True)
+                assert killed >= 1  # the executor's connections, and the worker's
+                assert ex.submit(jobs.add, 2, 3).result(30) == 5
+                assert ex.submit(jobs.add, 3, 4).result(30) == 7
+        finally:
+            worker.stop(grace=3.0)
     finally:
         server.stop()
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
+import distq.dispatcher as dispatching
 from distq.codec import Codec
+from distq.config import RECONCILE_SECONDS
 from distq.dispatcher import DEADLINES_KEPT, Dispatcher, Entry, Stop, Submit
 from distq.envelope import Task
 from distq.errors import BrokenExecutor, TransportError
@@ -26,6 +30,9 @@ class BrokerGoneAtWithdraw:
     def withdraw(self, bodies: Any) -> list[bool]:
         raise TransportError("Redis at 127.0.0.1:1 went away")
 
+    def reconcile(self) -> int:
+        raise TransportError("Redis at 127.0.0.1:1 went away")
+
     def close(self) -> None:
         pass
 
@@ -35,7 +42,10 @@ class Closed:
         pass
 
 
-def test_a_task_timing_out_as_the_broker_fails_is_failed_not_left_pending() -> None:
+def test_a_task_timing_out_as_the_broker_fails_is_failed_not_left_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dispatching, "OUTAGE_SECONDS", 1.0)  # the broker stays away
     callbacks = Callbacks()
     dispatcher = Dispatcher(Closed(), BrokerGoneAtWithdraw(), Codec(), callbacks)  # type: ignore[arg-type]
     task = Task(name="square", args=[3], reply_to="r")
@@ -43,10 +53,11 @@ def test_a_task_timing_out_as_the_broker_fails_is_failed_not_left_pending() -> N
     entry = Entry(task, task.encode(), future, deadline=time.monotonic() + 0.2)
     dispatcher.start()
     assert dispatcher.put(Submit([entry]))
-    # sent, then past its task_timeout: the withdraw fails, and the thread's end fails it
+    # sent, then past its task_timeout: the withdraw fails, the broker stays away past
+    # OUTAGE_SECONDS, and the thread's end fails it
     error = future.exception(timeout=10)
     assert isinstance(error, BrokenExecutor), error
-    assert "went away" in str(error)
+    assert "went away; still unreachable after 1 s" in str(error)
     dispatcher.join(10)
     assert not dispatcher.is_alive() and not dispatcher.put(Stop(False))
 
@@ -88,5 +99,80 @@ def test_answered_tasks_leave_no_deadline_behind() -> None:
         assert [f.result(timeout=10) for f in futures[-2000:]] == list(range(2000)), round_
     time.sleep(0.1)  # the thread's turn after the last results
     assert len(dispatcher._deadlines) <= DEADLINES_KEPT
+    assert dispatcher.put(Stop(False))
+    dispatcher.join(10)
+
+
+class DroppedWhileIdle:
+    """A producer whose connection was closed while the executor was idle (a broker's
+    idle timeout, missed RabbitMQ heartbeats, a restart): its next call fails once;
+    reconnected, the broker holds none of what was sent (``reconcile`` says 0)."""
+
+    def __init__(self) -> None:
+        self.dropped = False
+        self.held: list[bytes] = []  # what the broker holds, in order
+        self.reconciles = 0
+
+    def _call(self) -> None:
+        if self.dropped:
+            self.dropped = False
+            raise TransportError("Redis at 127.0.0.1:6379: Connection closed by server.")
+
+    def submit(self, bodies: Any) -> None:
+        self._call()
+        self.held.extend(bodies)
+
+    def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
+        self._call()  # fails before the broker got them
+        self.held.extend(bodies)
+        return self.results(max_count, 0.0)
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        self._call()
+        answered, self.held = self.held, []
+        return [answer(body) for body in answered]
+
+    def reconcile(self) -> int:
+        self._call()
+        self.reconciles += 1
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_idle_executor_reconnects_when_its_connection_was_dropped() -> None:
+    """Before, the first call after the drop ended the executor's thread for good:
+    that future and every later submit failed with BrokenExecutor, broker up or not."""
+    callbacks = Callbacks()
+    producer = DroppedWhileIdle()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher.start()
+
+    def submit(n: int) -> DistqFuture:
+        task = Task(name="ident", args=[n], reply_to="r")
+        future = DistqFuture(dispatcher.cancel, task.id, "ident", callbacks)
+        assert dispatcher.put(Submit([Entry(task, task.encode(), future, deadline=None)]))
+        return future
+
+    assert submit(1).result(timeout=10) == 1
+    producer.dropped = True  # while idle
+    assert submit(2).result(timeout=10) == 2  # the send fails, reconnects, sends it again
+    assert submit(3).result(timeout=10) == 3
+    assert dispatcher.broken is None
+    assert dispatcher.put(Stop(False))
+    dispatcher.join(10)
+
+
+def test_an_idle_executor_asks_the_broker_every_reconcile_period() -> None:
+    """Idle, it still reconciles every RECONCILE_SECONDS: RabbitMQ's heartbeats are
+    answered and the reply queue renewed, and a dropped connection is found (and
+    reconnected) before the next submit needs it."""
+    callbacks = Callbacks()
+    producer = DroppedWhileIdle()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher.start()
+    time.sleep(2 * RECONCILE_SECONDS + 1.5)
+    assert producer.reconciles >= 2
     assert dispatcher.put(Stop(False))
     dispatcher.join(10)
