@@ -33,7 +33,7 @@ from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport.base import Delivery, Settlement
 from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
-from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, TASKS_TYPE
+from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, TASKS_TYPE, task_bodies, unpack
 from seam import fetch_n
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -76,9 +76,16 @@ def _retry_queues(queue: str) -> list[str]:
 def open_transport(amqp_url: str, queue: str, raw: Any) -> Iterator[OpenTransport]:
     opened: list[RabbitMQTransport] = []
 
-    def _open(url: str = amqp_url, lease: float = 1.0, prefetch: int = 8) -> RabbitMQTransport:
+    def _open(
+        url: str = amqp_url, lease: float = 1.0, prefetch: int = 8, **more: Any
+    ) -> RabbitMQTransport:
         settings = Settings(
-            transport="rabbitmq", amqp_url=url, queue=queue, lease_seconds=lease, prefetch=prefetch
+            transport="rabbitmq",
+            amqp_url=url,
+            queue=queue,
+            lease_seconds=lease,
+            prefetch=prefetch,
+            **more,
         )
         transport = RabbitMQTransport(settings, "worker")
         opened.append(transport)
@@ -237,6 +244,70 @@ def test_a_large_submit_travels_packed_and_each_task_comes_back_once(
     assert sorted(d.body for d in back) == sorted(_bodies(256)[20:])  # none lost or twice
     assert _ready(raw, queue) == 0
     producer.close()
+
+
+def _drain(raw: Any, name: str) -> list[tuple[Any, bytes]]:
+    """Every message in queue ``name``, taken (acked), oldest first: (properties, body)."""
+    got: list[tuple[Any, bytes]] = []
+    while True:
+        method, props, body = raw.basic_get(name, auto_ack=True)
+        if method is None:
+            return got
+        got.append((props, body))
+
+
+_SMALL_LIMIT = 256 << 10  # DISTQ_MAX_MESSAGE_BYTES of the tests below
+
+
+def test_packs_of_large_tasks_stay_within_the_message_limit(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A pack is sized by bytes too: at most DISTQ_MAX_MESSAGE_BYTES (and 16 MiB), what a
+    reader accepts, so the broker's max_message_size (16 MiB on RabbitMQ 4.x) does not
+    refuse it while every task is within the limit. 32 tasks of 20 KB made a 640 KB
+    pack over a 256 KiB limit."""
+    limit = _SMALL_LIMIT
+    t = open_transport(max_message_bytes=limit, prefetch=64)
+    bodies = [b"%03d" % i + b"t" * 20_000 for i in range(256)]
+    bodies[50] = b"x" * limit  # a task alone may be as large as the limit
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(bodies)
+    producer.flush()
+    assert producer.reconcile() == 256  # the master counts tasks, not messages
+    sent = _drain(raw, queue)
+    assert max(len(body) for _, body in sent) <= limit
+    assert [task for props, body in sent for task in task_bodies(props.type, body)] == bodies
+    assert len(sent) < 256 // 4  # still packed
+    producer.close()
+
+
+def test_packs_of_large_results_stay_within_the_message_limit(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A worker's results for one master go as few messages as the byte budget allows:
+    10 results of 100 KB were one 1 MB message, over a 256 KiB limit (on a broker
+    refusing it, the batch ran again and again, its results never delivered)."""
+    limit = _SMALL_LIMIT
+    t = open_transport(max_message_bytes=limit)
+    reply = t.reply_queue("by-hand")
+    raw.queue_declare(reply, durable=True)  # a master's queue, read here by hand
+    try:
+        t.producer(t.reply_queue("q")).submit(_bodies(10))
+        consumer = t.consumer("c1")
+        got = fetch_n(consumer, 10)
+        results = [b"%d" % i + b"r" * 100_000 for i in range(10)]
+        pairs = zip(got, results, strict=True)
+        consumer.settle([Settlement(d, reply_to=reply, result=r) for d, r in pairs])
+        answered = _drain(raw, reply)
+        assert max(len(body) for _, body in answered) <= limit
+        assert [
+            result
+            for props, body in answered
+            for result in (unpack(body) if props.type == "distq.results" else [body])
+        ] == results
+        assert _ready(raw, queue) == 0  # all settled and acked
+    finally:
+        raw.queue_delete(reply)
 
 
 def test_a_pack_the_broker_dead_letters_comes_back_as_its_tasks(

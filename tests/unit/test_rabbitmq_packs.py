@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
 from distq.transport.base import Delivery
 from distq.transport.rabbitmq_packs import (
+    MAX_PACK_BYTES,
     MESSAGES_PER_SUBMIT,
     TASKS_PER_MESSAGE,
     TASKS_TYPE,
     HeldMessages,
     chunks,
+    fill,
     pack,
+    pack_bytes,
     task_bodies,
+    unpack,
 )
+
+BUDGET = pack_bytes(DEFAULT_MAX_MESSAGE_BYTES)
 
 
 def _t(delivery: Delivery) -> int:
@@ -25,21 +34,64 @@ def _bodies(count: int) -> list[bytes]:
 
 def test_a_small_submit_sends_one_task_per_message() -> None:
     bodies = _bodies(2 * MESSAGES_PER_SUBMIT - 1)
-    assert [list(c) for c in chunks(bodies)] == [[body] for body in bodies]
+    assert [list(c) for c in chunks(bodies, BUDGET)] == [[body] for body in bodies]
 
 
 def test_a_large_submit_is_packed_in_order_up_to_the_limit() -> None:
     bodies = _bodies(1000)
-    got = chunks(bodies)
+    got = chunks(bodies, BUDGET)
     assert [body for chunk in got for body in chunk] == bodies
     assert max(len(chunk) for chunk in got) == TASKS_PER_MESSAGE
     assert len(got) >= MESSAGES_PER_SUBMIT
 
 
 def test_a_middling_submit_still_makes_enough_messages_to_spread() -> None:
-    got = chunks(_bodies(10 * MESSAGES_PER_SUBMIT))
+    got = chunks(_bodies(10 * MESSAGES_PER_SUBMIT), BUDGET)
     assert len(got) == MESSAGES_PER_SUBMIT
     assert {len(chunk) for chunk in got} == {10}
+
+
+def test_a_pack_budget_is_the_message_limit_up_to_16_mib() -> None:
+    """No pack is larger than a message a distq reader accepts (DISTQ_MAX_MESSAGE_BYTES)
+    nor than RabbitMQ 4.x's default max_message_size (16 MiB)."""
+    assert pack_bytes(DEFAULT_MAX_MESSAGE_BYTES) == DEFAULT_MAX_MESSAGE_BYTES
+    assert pack_bytes(MAX_MESSAGE_BYTES) == MAX_PACK_BYTES == 16 << 20
+
+
+def _sent(messages: Sequence[Sequence[bytes]]) -> list[bytes]:
+    """What goes on the wire: one body alone as itself, several as a pack."""
+    return [m[0] if len(m) == 1 else pack(m) for m in messages]
+
+
+def test_a_submit_of_large_tasks_is_packed_within_the_byte_budget() -> None:
+    """256 tasks of 44 KB would make packs of 32 (1.4 MB: over a 1 MiB limit, as 22 MB
+    packs of 700 KB tasks are over RabbitMQ 4.x's 16 MiB); each pack stays within the
+    budget, and a task as large as the limit goes alone."""
+    bodies = [b"%03d" % i + b"x" * 44_000 for i in range(256)]
+    bodies[100] = b"x" * DEFAULT_MAX_MESSAGE_BYTES  # as large as a task may be
+    got = chunks(bodies, BUDGET)
+    assert [body for chunk in got for body in chunk] == bodies  # all, in order
+    assert max(len(message) for message in _sent(got)) <= DEFAULT_MAX_MESSAGE_BYTES
+    assert [bodies[100]] in [list(chunk) for chunk in got]  # alone, a plain message
+    assert max(len(chunk) for chunk in got) == BUDGET // (4 + 44_003)  # as full as fits
+    assert [unpack(pack(chunk)) for chunk in got] == [list(chunk) for chunk in got]
+
+
+def test_results_are_split_by_bytes_only() -> None:
+    """A worker's results for one master: any count to a message, within the budget."""
+    small = _bodies(200)
+    assert [list(m) for m in fill(small, len(small), BUDGET)] == [small]
+    big = [b"r" * 300_000] * 10  # 3 MB as one message before
+    got = fill(big, len(big), BUDGET)
+    assert [len(m) for m in got] == [3, 3, 3, 1]
+    assert max(len(message) for message in _sent(got)) <= BUDGET
+    assert fill([], 5, BUDGET) == []
+    # a body exactly filling the budget with its length prefix still shares nothing
+    exact = [b"a" * (BUDGET - 4), b"b"]
+    assert [list(m) for m in fill(exact, 2, BUDGET)] == [[exact[0]], [exact[1]]]
+    assert [list(m) for m in fill([b"a" * (BUDGET - 9), b"b"], 2, BUDGET)] == [
+        [b"a" * (BUDGET - 9), b"b"]
+    ]
 
 
 def test_each_task_gets_a_tag_of_its_own_and_the_message_flag() -> None:

@@ -77,7 +77,10 @@ as one message (``type: distq.results``, each body after its 4-byte big-endian l
 the master's producer unpacks it. Tasks, packed: a master puts the tasks of a large
 submit up to 32 to a message (``type: distq.tasks``, the same framing); a consumer hands
 out one delivery per task, with tags of its own, and acks a message once every task in
-it is settled (:mod:`distq.transport.rabbitmq_packs`). So the broker's counts (``ready``,
+it is settled (:mod:`distq.transport.rabbitmq_packs`). Either pack holds at most
+``min(DISTQ_MAX_MESSAGE_BYTES, 16 MiB)`` (RabbitMQ 4.x refuses messages over 16 MiB by
+default, its ``max_message_size``); more goes as further messages, and a task or result
+too large to share one goes alone. So the broker's counts (``ready``,
 unacknowledged, KEDA's queue length, ``basic_qos`` prefetch) are of messages, each of 1
 to 32 tasks. A packed message that the broker dead-letters (a policy, or a client that
 rejects it) lands in ``Q.dead`` whole; ``dead_letters()`` and ``requeue_dead()`` read it
@@ -150,7 +153,9 @@ from distq.transport.rabbitmq_packs import (
     TASKS_TYPE,
     HeldMessages,
     chunks,
+    fill,
     pack,
+    pack_bytes,
     task_bodies,
     unpack,
 )
@@ -471,6 +476,7 @@ class RabbitMQTransport(Transport):
         self.reply_prefix = f"{settings.queue}.results."
         self.quorum = settings.rabbitmq_queue_type == "quorum"
         self.lease_ms = max(1, round(settings.lease_seconds * 1000))
+        self.pack_bytes = pack_bytes(settings.max_message_bytes)  # a pack's byte budget
         self._broker = _Broker.from_url(settings.amqp_url, settings.tls_files)
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
@@ -845,7 +851,7 @@ class RabbitMQProducer(Producer):
         with self._broker.translated("submitting tasks"):
             queue, link = self._transport.queue, self._link
             link.check_open()
-            for chunk in chunks(bodies):
+            for chunk in chunks(bodies, self._transport.pack_bytes):
                 if len(chunk) == 1:
                     link.publish(queue, chunk[0], mandatory=True)
                 else:
@@ -1068,15 +1074,18 @@ class RabbitMQConsumer(Consumer):
                     link.publish(target, s.retry, mandatory=True)
                 if s.dead_letter is not None:
                     link.publish(self._transport.dead_queue, s.dead_letter, mandatory=True)
-            # one message per master, however many results: a fraction of the broker's
-            # work per task. Not mandatory: a reply queue deleted by its master means
-            # nobody waits, and the broker drops it (never creating the queue).
+            # one message per master, however many results, within a pack's byte budget:
+            # a fraction of the broker's work per task. Not mandatory: a reply queue
+            # deleted by its master means nobody waits, and the broker drops it (never
+            # creating the queue).
+            budget = self._transport.pack_bytes
             for reply_to, results in replies.items():
-                if len(results) == 1:
-                    link.publish(reply_to, results[0], mandatory=False)
-                else:
-                    body = pack(results)
-                    link.publish(reply_to, body, mandatory=False, properties=_PACKED)
+                for part in fill(results, len(results), budget):
+                    if len(part) == 1:
+                        link.publish(reply_to, part[0], mandatory=False)
+                    else:
+                        body = pack(part)
+                        link.publish(reply_to, body, mandatory=False, properties=_PACKED)
             link.confirm()
             done = self._held.settle(tags)
             if done:

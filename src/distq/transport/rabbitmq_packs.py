@@ -7,6 +7,15 @@ length: :func:`pack`), while keeping at least :data:`MESSAGES_PER_SUBMIT` messag
 submit, so that a small job still spreads over the workers. A single task is a plain
 message, as before packing existed.
 
+Packs have a byte budget as well (:func:`pack_bytes`): a pack, its length prefixes
+included, holds at most ``min(DISTQ_MAX_MESSAGE_BYTES, 16 MiB)``, so it is never larger
+than a message distq accepts (a reader takes any message up to DISTQ_MAX_MESSAGE_BYTES)
+nor than RabbitMQ 4.x's default ``max_message_size`` (16 MiB; 3.x: 128 MiB), which
+refuses a larger message with ``406 PRECONDITION_FAILED``. A task that does not fit
+beside others goes alone, as a plain message: as large as DISTQ_MAX_MESSAGE_BYTES
+allows (keep that below the broker's ``max_message_size``). A worker packs the results
+of a batch for one master the same way (:func:`fill`, with no count limit).
+
 A worker's consumer splits each message into one :class:`~distq.transport.base.Delivery`
 per task, tagged with a number of its own (:class:`HeldMessages`), and settles the
 message only when every task in it is settled or released:
@@ -41,6 +50,10 @@ TASKS_TYPE = "distq.tasks"
 TASKS_PER_MESSAGE = 32
 #: ... and splits a submit into at least this many messages (fewer tasks: one each).
 MESSAGES_PER_SUBMIT = 8
+#: No pack is larger than this: RabbitMQ 4.x's default ``max_message_size``.
+MAX_PACK_BYTES = 16 << 20
+#: What :func:`pack` adds per body: its length.
+LENGTH_BYTES = 4
 
 
 def pack(bodies: Sequence[bytes]) -> bytes:
@@ -72,10 +85,40 @@ def task_bodies(message_type: str | None, body: bytes) -> list[bytes]:
     return [body]
 
 
-def chunks(bodies: Sequence[bytes]) -> list[Sequence[bytes]]:
-    """How a submit of ``bodies`` goes out: the messages' contents, in order."""
+def pack_bytes(max_message_bytes: int) -> int:
+    """The byte budget of a pack, for a limit of ``max_message_bytes``
+    (DISTQ_MAX_MESSAGE_BYTES) per task or result: no larger than what a reader accepts
+    of any message, nor than :data:`MAX_PACK_BYTES`."""
+    return min(max_message_bytes, MAX_PACK_BYTES)
+
+
+def chunks(bodies: Sequence[bytes], max_bytes: int) -> list[Sequence[bytes]]:
+    """How a submit of ``bodies`` goes out: the messages' contents, in order; a pack of
+    several holds at most ``max_bytes`` (:func:`pack_bytes`), a task alone any size."""
     size = max(1, min(TASKS_PER_MESSAGE, len(bodies) // MESSAGES_PER_SUBMIT))
-    return [bodies[i : i + size] for i in range(0, len(bodies), size)]
+    return fill(bodies, size, max_bytes)
+
+
+def fill(bodies: Sequence[bytes], per_message: int, max_bytes: int) -> list[Sequence[bytes]]:
+    """``bodies`` in order, split into messages of at most ``per_message`` bodies whose
+    :func:`pack` is at most ``max_bytes`` long; a body that fits beside no other is a
+    message of its own, whatever its size."""
+    if not bodies:
+        return []
+    per_message = max(1, per_message)
+    if per_message == 1 or per_message * (LENGTH_BYTES + max(map(len, bodies))) <= max_bytes:
+        # every run of ``per_message`` fits: the common case, without a loop in Python
+        return [bodies[i : i + per_message] for i in range(0, len(bodies), per_message)]
+    out: list[Sequence[bytes]] = []
+    start, size = 0, 0
+    for i, body in enumerate(bodies):
+        cost = LENGTH_BYTES + len(body)
+        if i > start and (i - start >= per_message or size + cost > max_bytes):
+            out.append(bodies[start:i])
+            start, size = i, 0
+        size += cost
+    out.append(bodies[start:])
+    return out
 
 
 @dataclass
