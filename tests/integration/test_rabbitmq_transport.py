@@ -500,6 +500,29 @@ def test_a_killed_worker_hands_its_deliveries_back_at_once(
             proc.wait(timeout=10)
 
 
+def test_a_lost_connection_is_named_by_every_later_heartbeat_and_fetch(
+    open_transport: OpenTransport, queue: str
+) -> None:
+    """Once pika's connection is closed, its calls raise a bare ``ValueError("Timeout
+    closed before call")``: each heartbeat after the first (which sees the loss) and
+    each fetch must say instead that the connection to RabbitMQ is gone."""
+    t = open_transport(lease=30.0)
+    t.producer(f"{queue}.reply").submit([b"long"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+    sock = consumer._link.connection._impl._transport._sock
+    sock.shutdown(socket.SHUT_RDWR)  # as the broker closing it: pika reads EOF
+    for _ in range(3):
+        with pytest.raises(TransportError, match=r"RabbitMQ at .*: heartbeat failed"):
+            consumer.heartbeat()
+    with pytest.raises(TransportError, match="the connection was closed"):
+        consumer.heartbeat()
+    with pytest.raises(TransportError, match=r"RabbitMQ at .*: fetching tasks failed"):
+        consumer.fetch(1, 0.1)
+    with pytest.raises(TransportError, match="releasing tasks failed"):
+        consumer.release([delivery])
+
+
 def test_connection_heartbeat_follows_the_lease(open_transport: OpenTransport) -> None:
     for lease, heartbeat in ((0.3, 1), (1.0, 1), (4.6, 5)):
         consumer = open_transport(lease=lease).consumer("c")

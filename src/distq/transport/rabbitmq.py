@@ -953,6 +953,7 @@ class RabbitMQConsumer(Consumer):
         """Tasks pushed by the broker, at most ``min(max_count, prefetch)`` at a time."""
         want = max(1, min(max_count, self._transport.settings.prefetch))
         with self._broker.translated("fetching tasks"):
+            self._link.check_open()  # not pika's bare ValueError on a closed connection
             if len(self._buffer) < want:
                 self._size_window(want)
             got = _receive_until(self._link.connection, self._buffer, want, timeout)
@@ -997,6 +998,9 @@ class RabbitMQConsumer(Consumer):
         (:mod:`distq.transport.rabbitmq_holds`), renewing the records there are.
         """
         with self._broker.translated("heartbeat"):
+            # on a connection gone already, pika raises a bare ValueError ("Timeout closed
+            # before call"): say the connection was closed instead
+            self._link.check_open()
             self._link.connection.process_data_events(time_limit=0)
             # a consumer whose window is full of deliveries the slot runs gets nothing
             # more pushed: it stays (the broker still counts the slot as attached)
