@@ -259,6 +259,46 @@ def test_reading_commands_create_no_rabbitmq_queue_for_quorum_workers_to_trip_on
                 channel.queue_delete(name)
 
 
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+def test_requeue_dead_moves_a_quorum_deployments_letters_from_any_caller(
+    target: Target,
+) -> None:
+    """``requeue-dead`` from a shell without DISTQ_RABBITMQ_QUEUE_TYPE=quorum publishes to
+    the quorum task queue as it is: declaring it with the caller's type was refused
+    (PRECONDITION_FAILED, exit 3). A task queue not there is declared, the dead-letter
+    queue left as it is."""
+    task_queue, dead_queue = target.settings.queue, f"{target.settings.queue}.dead"
+    quorum = replace(target.settings, rabbitmq_queue_type="quorum")
+    url = target.settings.amqp_url
+    try:
+        worker = open_transport(quorum, "worker")  # declares them, quorum
+        worker.close()
+        with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+            channel = connection.channel()
+            for n in (1, 2):
+                letter = DeadLetter(body=b"task-%d" % n, reason="bad", queue=task_queue, worker="w")
+                channel.basic_publish("", dead_queue, letter.encode())
+        assert status(target)["dead"] == 2  # the classic caller reads quorum queues
+
+        requeued = distq(target, "requeue-dead", "--limit", "1")
+        assert requeued.returncode == 0, requeued.stderr
+        assert requeued.stdout.startswith("requeued 1 "), requeued.stdout
+        with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+            channel = connection.channel()
+            method, _, body = channel.basic_get(task_queue, auto_ack=True)
+            assert (method is not None, body) == (True, b"task-1")
+            channel.queue_delete(task_queue)  # gone: requeue-dead declares it again
+        requeued = distq(target, "requeue-dead")
+        assert requeued.returncode == 0, requeued.stderr
+        assert requeued.stdout.startswith("requeued 1 "), requeued.stdout
+        assert (status(target)["ready"], status(target)["dead"]) == (1, 0)
+    finally:
+        with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+            channel = connection.channel()
+            for name in (task_queue, dead_queue):
+                channel.queue_delete(name)
+
+
 def test_commands_name_an_unreachable_broker(target: Target) -> None:
     done = distq(target, "status")  # nothing hosts a manager master; brokers: wrong port below
     if target.name != "manager":

@@ -516,11 +516,12 @@ class RabbitMQTransport(Transport):
         from a node crash (its Ra name registry is saved every 3 minutes)."""
         return LeaseRecords.queue_arguments(self.lease_ms, self.queue)
 
-    def declare(self, channel: Any) -> None:
-        """Declare the task queue and the dead-letter queue (idempotent)."""
+    def declare(self, channel: Any, dead_queue: bool = True) -> None:
+        """Declare the task queue and (``dead_queue``) the dead-letter queue (idempotent)."""
         try:
             channel.queue_declare(self.queue, durable=True, arguments=self.task_queue_arguments())
-            channel.queue_declare(self.dead_queue, durable=True, arguments=self.typed())
+            if dead_queue:
+                channel.queue_declare(self.dead_queue, durable=True, arguments=self.typed())
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != 406:
                 raise
@@ -635,6 +636,7 @@ class RabbitMQTransport(Transport):
         channel = link.channel
         if not _exists(link.connection, self.dead_queue):  # not declared yet: nothing to move
             return
+        target_ready = False
         while moved[0] < limit:
             got: list[tuple[Any, Any, bytes]] = []
             try:
@@ -645,7 +647,13 @@ class RabbitMQTransport(Transport):
                     got.append((method, props, body))
                 if not got:
                     return
-                self.declare(channel)  # where they go: a client's admin link declared nothing
+                if not target_ready:
+                    # where they go, as it is: declaring it with the caller's
+                    # DISTQ_RABBITMQ_QUEUE_TYPE would be refused by queues of the other
+                    # type (PRECONDITION_FAILED); only a task queue not there is declared
+                    if not _exists(link.connection, self.queue):
+                        self.declare(channel, dead_queue=False)
+                    target_ready = True
                 letters = self._letters(got)
                 for letter in letters:
                     link.publish(self.queue, revive(letter), mandatory=True)
