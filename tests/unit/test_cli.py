@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -290,3 +294,53 @@ def test_a_master_or_worker_collects_young_objects_less_often() -> None:
             assert gc.get_threshold() == kept
     finally:
         gc.set_threshold(*before)
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts TCP connections and never says a word: a Redis
+    port given as RabbitMQ's, a load balancer with no backend, a hung broker."""
+    held: list[socket.socket] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(50)
+        server.settimeout(0.2)
+        done = threading.Event()
+
+        def accept() -> None:
+            while not done.is_set():
+                with contextlib.suppress(OSError):  # a timeout: look at done again
+                    held.append(server.accept()[0])
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield server.getsockname()[1]
+        finally:
+            done.set()
+            thread.join(5)
+            for conn in held:
+                conn.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status"], ["worker", "--connect-timeout", "2"]],
+    ids=["status", "worker"],
+)
+def test_a_port_that_never_answers_the_amqp_handshake_exits_3_with_one_line(
+    silent_port: int, args: list[str]
+) -> None:
+    """pika's AMQPConnectorStackTimeout derives from neither AMQPError nor OSError: it
+    escaped as a traceback, exit 1, and the worker did not retry it."""
+    url = f"amqp://guest:secret@127.0.0.1:{silent_port}/%2F?stack_timeout=0.5"
+    started = time.monotonic()
+    done = distq(*args, DISTQ_TRANSPORT="rabbitmq", DISTQ_AMQP_URL=url)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.splitlines() == [
+        f"distq: cannot reach RabbitMQ at 127.0.0.1:{silent_port} (DISTQ_AMQP_URL): no AMQP "
+        "handshake within 0.5 s; is that port RabbitMQ's (not Redis's, not a proxy with no "
+        "broker)?"
+    ]
+    if args[0] == "worker":  # retried for its --connect-timeout, as any unreachable broker
+        assert time.monotonic() - started > 2

@@ -120,6 +120,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectorException,
+    AMQPConnectorStackTimeout,
+)
 
 from distq import tls
 from distq.config import MESSAGE_BATCH, Settings
@@ -178,7 +182,9 @@ _SHRINK_AFTER = 4  # fetches in a row wanting a quarter of the window before it 
 _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
 
 
-_PikaError = (pika.exceptions.AMQPError, OSError)
+# AMQPConnectorException: pika's connection workflow, e.g. a port that accepts TCP and
+# never answers the AMQP handshake (AMQPConnectorStackTimeout); it derives from neither
+_PikaError = (pika.exceptions.AMQPError, AMQPConnectorException, OSError)
 
 # pika logs every failed connection attempt at ERROR; ours reach the user as ConnectionFailed
 logging.getLogger("pika").setLevel(logging.CRITICAL)
@@ -243,11 +249,14 @@ class _Broker:
             if problem is not None:
                 error = CertificateRejected if problem.refused else ConnectionFailed
                 raise error(problem.line(f"{where} (DISTQ_AMQP_URL)")) from None
-            hint = "is it running?"
-            if params.ssl_options is None and "refused" not in _describe(exc):
+            why, hint = _describe(exc), "is it running?"
+            if isinstance(exc, AMQPConnectorStackTimeout):
+                why = f"no AMQP handshake within {params.stack_timeout:g} s"
+                hint = "is that port RabbitMQ's (not Redis's, not a proxy with no broker)?"
+            elif params.ssl_options is None and "refused" not in why:
                 hint = "is it running? If that port expects TLS, use amqps://"
             raise ConnectionFailed(
-                f"cannot reach {where} (DISTQ_AMQP_URL): {_describe(exc)}; {hint}"
+                f"cannot reach {where} (DISTQ_AMQP_URL): {why}; {hint}"
             ) from None
 
     @contextlib.contextmanager
