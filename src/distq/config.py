@@ -152,6 +152,22 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
     return parse
 
 
+_DATABASE_PATH = re.compile(r"(/[0-9]*)?/?")
+
+
+def _redis_url(text: str) -> str:
+    """A Redis URL whose path, if any, is a database number: redis-py reads any other
+    path as database 0 without a word (``redis://h:6379/abc``)."""
+    url = _url(("redis", "rediss", "unix"), _REDIS_URL)(text)
+    parts = urlsplit(url)
+    if parts.scheme != "unix" and not _DATABASE_PATH.fullmatch(parts.path):
+        raise ValueError(
+            f"({credentials.mask_url(url)}) has path {parts.path!r}, not a database number; "
+            f"end it with the database, e.g. {_REDIS_URL} (or no path: database 0)"
+        )
+    return url
+
+
 def _port_text(url: str) -> str:
     """What stands after the host's ``:`` in ``url``; ``""`` if nothing does, or if an
     ``@`` after the host part says that part is a password's (``redis://:12/3@h``)."""
@@ -260,7 +276,7 @@ class Settings:
         "DISTQ_REDIS_URL",
         "--redis-url",
         _REDIS_URL,
-        _url(("redis", "rediss", "unix"), _REDIS_URL),
+        _redis_url,
         "`redis://` or `rediss://`, password, database",
         secret=True,  # it carries the password
     )

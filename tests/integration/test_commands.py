@@ -343,3 +343,20 @@ def test_commands_and_a_worker_run_over_a_redis_unix_socket(tmp_path: Path) -> N
     gone = distq(target, "status")  # the server and its socket are gone
     assert gone.returncode == 3, gone.stderr
     assert f"cannot reach Redis at {sock}" in gone.stderr and "rediss://" not in gone.stderr
+
+
+def test_a_redis_database_the_server_does_not_have_exits_2(tmp_path: Path) -> None:
+    """A configuration error, not an outage: it exited 3 with the server's words alone."""
+    with LocalRedis(tmp_path, password="pw-xyz", extra_args=["--databases", "4"]) as server:
+        server.start()
+        url = server.url.removesuffix("/0") + "/4"
+        target = Target(
+            "redis",
+            Settings(transport="redis", redis_url=url),
+            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url},
+        )
+        done = distq(target, "status")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("distq: DISTQ_REDIS_URL (redis://:***@127.0.0.1:"), done.stderr
+    assert "names database 4, which Redis at 127.0.0.1:" in done.stderr
+    assert "pw-xyz" not in done.stderr and "Traceback" not in done.stderr

@@ -344,3 +344,27 @@ def test_a_port_that_never_answers_the_amqp_handshake_exits_3_with_one_line(
     ]
     if args[0] == "worker":  # retried for its --connect-timeout, as any unreachable broker
         assert time.monotonic() - started > 2
+
+
+@pytest.mark.parametrize(
+    ("query", "option"),
+    [
+        ("foo=bar", "foo"),
+        ("ssl=true", "ssl"),
+        ("sslmode=require", "sslmode"),
+        ("timeout=3", "timeout"),
+    ],
+)
+def test_an_unknown_redis_url_option_exits_2_naming_it(query: str, option: str) -> None:
+    """redis-py passed it on to its connection class: a TypeError at the first command,
+    a traceback and exit 1."""
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0?{query}"
+    for args in (["status"], ["worker", "--connect-timeout", "5"]):
+        done = distq(*args, DISTQ_TRANSPORT="redis", DISTQ_REDIS_URL=url)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("distq: DISTQ_REDIS_URL (redis://:***@127.0.0.1:"), (
+            done.stderr
+        )
+        assert f"has unknown option {option!r}" in done.stderr
+        assert ("rediss://" in done.stderr) == option.startswith("ssl")
+        assert "hunter2" not in done.stderr and len(done.stderr.splitlines()) == 1

@@ -207,3 +207,21 @@ def test_no_number_setting_takes_nan_or_infinity(text: str) -> None:
         if variable == "DISTQ_TASK_TIME_LIMIT":
             with pytest.raises(ConfigError, match=variable):
                 Settings.load({**KEY, variable: f"square={text}"})
+
+
+@pytest.mark.parametrize("path", ["/abc", "/0x", "/1/2", "/-1", "/ 1", "/\uff15"])
+def test_a_redis_url_path_that_is_not_a_database_number_is_refused(path: str) -> None:
+    """redis-py reads such a path as database 0 (``/1/2`` as 12) without a word."""
+    url = f"redis://:pw@127.0.0.1:6379{path}"
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
+    message = str(caught.value)
+    assert message.startswith("DISTQ_REDIS_URL (redis://:***@127.0.0.1:6379")
+    assert "not a database number" in message and "pw" not in message
+
+
+@pytest.mark.parametrize("path", ["", "/", "/0", "/15", "/3/"])
+def test_a_redis_url_may_end_with_a_database_number_or_nothing(path: str) -> None:
+    url = f"redis://127.0.0.1:6379{path}"
+    settings = Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
+    assert settings.redis_url == url

@@ -74,13 +74,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import logging
 import secrets
 import shlex
 import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -89,6 +90,7 @@ from redis.retry import Retry
 
 from distq import tls
 from distq.config import MESSAGE_BATCH, Settings
+from distq.credentials import mask_url
 from distq.envelope import DeadLetter
 from distq.errors import (
     AuthenticationFailed,
@@ -458,6 +460,29 @@ def _is_unix(url: str) -> bool:
     return url.lower().startswith("unix:")
 
 
+def _keywords(*classes: type) -> set[str]:
+    """The keyword arguments the ``__init__`` of ``classes`` and their bases name."""
+    names = set()
+    for cls in classes:
+        for base in cls.__mro__:
+            init = base.__dict__.get("__init__")
+            if init is None or not callable(init):
+                continue
+            for p in inspect.signature(init).parameters.values():
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                    names.add(p.name)
+    return names - {"self", "connection_class"}
+
+
+def _unknown_option(url: str, client: redis.Redis[bytes]) -> str | None:
+    """The first query option of ``url`` that neither redis-py's pool nor its connection
+    class takes: redis-py passes it on, and the first command fails with a ``TypeError``."""
+    pool = client.connection_pool
+    known = _keywords(type(pool), pool.connection_class)
+    given = parse_qs(urlsplit(url).query)  # as redis-py reads them: blank values dropped
+    return next((name for name in given if name not in known), None)
+
+
 def _lower_scheme(url: str) -> str:
     """``url`` with its scheme in lower case: a URL's scheme is case-insensitive (the
     settings take ``REDISS://``), redis-py's ``from_url`` takes lower case only."""
@@ -500,6 +525,14 @@ class RedisTransport(Transport):
             )
         except ValueError as exc:
             raise ConfigError(f"DISTQ_REDIS_URL is not a valid Redis URL ({exc})") from None
+        unknown = _unknown_option(url, self.client)
+        if unknown is not None:
+            tls_hint = " (for TLS use rediss://)" if unknown.lower().startswith("ssl") else ""
+            raise ConfigError(
+                f"DISTQ_REDIS_URL ({mask_url(settings.redis_url)}) has unknown option "
+                f"{unknown!r}; redis-py's connections take no option by that name: remove it or "
+                f"correct its spelling{tls_hint}"
+            )
         kwargs = self.client.connection_pool.connection_kwargs
         self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
         self.tls = urlsplit(url).scheme == "rediss"
@@ -535,6 +568,13 @@ class RedisTransport(Transport):
         except ResponseError as exc:
             if "AUTH" in str(exc).upper():  # e.g. a password sent to a server without one
                 raise self._refused(exc) from None
+            if "DB index" in str(exc):  # a database above the server's `databases`
+                db = self.client.connection_pool.connection_kwargs.get("db", 0)
+                raise ConfigError(
+                    f"DISTQ_REDIS_URL ({mask_url(self.settings.redis_url)}) names database "
+                    f"{db}, which Redis at {self.address} does not have ({exc}); use one "
+                    "from 0 to its `databases` setting minus 1 (0 to 15 by default)"
+                ) from None
             raise ConnectionFailed(f"Redis at {self.address} failed at start: {exc}") from None
         except RedisError as exc:
             raise self._unreachable(exc) from None
