@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import traceback
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, TypeVar
 
 from distq import squares
@@ -83,6 +85,36 @@ def task_name(function: str | Callable[..., Any]) -> str:
     return marked if isinstance(marked, str) else function_path(function)
 
 
+def _import(module_name: str, flag: str) -> ModuleType:
+    """Import ``module_name`` for ``flag`` (``--task 'mod:fn'``, ``--tasks 'mod'``), or
+    raise :class:`ConfigError` naming both: the module cannot be found, its name is not
+    a module's full name, or its own code failed while importing (its error and where)."""
+    if not module_name or module_name.startswith("."):
+        raise ConfigError(
+            f"{flag}: {module_name!r} is not a module's full name; use e.g. mypkg.jobs "
+            "(no relative import: nothing to be relative to)"
+        )
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{flag}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?"
+        ) from None
+    except (Exception, SystemExit) as exc:  # the module's own code: a bug, not distq's
+        raise ConfigError(
+            f"{flag}: importing {module_name!r} raised {_raised(exc)}; fix the module"
+        ) from None
+
+
+def _raised(exc: BaseException) -> str:
+    """``Type: message``, and where the module's code raised it, in one line."""
+    if isinstance(exc, SyntaxError):  # where the parser stopped: no frame of the module
+        return f"{type(exc).__name__}: {exc.msg} (at {exc.filename}:{exc.lineno})"
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{text} (at {frames[-1].filename}:{frames[-1].lineno})" if frames else text
+
+
 def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:
     """(fewest, most) positional arguments that fit, when that alone decides a call
     without keyword arguments; None when the signature needs :meth:`~inspect.Signature.bind`.
@@ -149,12 +181,7 @@ class Registry:
         module_name, sep, attr = path.partition(":")
         if not sep or not module_name or not attr:
             raise ConfigError(f"--task {path!r}: use module:function, e.g. mypkg.jobs:resize")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(
-                f"--task {path!r}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?"
-            ) from None
+        module = _import(module_name, f"--task {path!r}")
         function = getattr(module, attr, None)
         if not callable(function):
             raise ConfigError(f"--task {path!r}: {module_name} has no function {attr!r}")
@@ -164,12 +191,7 @@ class Registry:
     def register_module(self, module_name: str) -> list[str]:
         """Import ``module_name`` and register every function in it marked with
         :func:`task`, each under its task name; return the names."""
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(
-                f"--tasks {module_name!r}: cannot import it ({exc}); is it on PYTHONPATH?"
-            ) from None
+        module = _import(module_name, f"--tasks {module_name!r}")
         names = set()
         for value in vars(module).values():
             name = getattr(value, TASK_ATTRIBUTE, None) if inspect.isfunction(value) else None

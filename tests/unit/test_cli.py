@@ -368,3 +368,31 @@ def test_an_unknown_redis_url_option_exits_2_naming_it(query: str, option: str) 
         assert f"has unknown option {option!r}" in done.stderr
         assert ("rediss://" in done.stderr) == option.startswith("ssl")
         assert "hunter2" not in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--tasks", ""], "distq: --tasks '': '' is not a module's full name"),
+        (["--tasks", ".x"], "distq: --tasks '.x': '.x' is not a module's full name"),
+        (["--task", ".x:f"], "distq: --task '.x:f': '.x' is not a module's full name"),
+        (["--tasks", "broken_at_import"], "raised RuntimeError: boom at import (at "),
+        (["--tasks", "bad_syntax"], "raised SyntaxError: invalid syntax (at "),
+    ],
+)
+def test_a_task_module_that_cannot_be_imported_exits_2_with_one_line(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    """Empty and relative names, and a module whose code fails, gave a traceback, exit 1."""
+    (tmp_path / "broken_at_import.py").write_text("raise RuntimeError('boom at import')\n")
+    (tmp_path / "bad_syntax.py").write_text("def f(:\n")
+    done = distq(
+        "worker",
+        *args,
+        DISTQ_AUTHKEY="k",
+        PYTHONPATH=f"{REPO / 'src'}:{tmp_path}",
+        DISTQ_MANAGER_ADDRESS=f"127.0.0.1:{free_port()}",
+    )
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+    assert expected in done.stderr

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,45 @@ def test_a_function_without_a_signature_python_can_read_is_registered_and_called
     function = registry.resolve("builtins:max", [], {})  # unchecked: max() raises when run
     with pytest.raises(TypeError):
         function()
+
+
+@pytest.mark.parametrize(
+    ("source", "raised"),
+    [
+        ("def f(:\n", "raised SyntaxError: invalid syntax (at {path}:1)"),
+        (
+            "x = 1\nraise RuntimeError('boom at import')\n",
+            "RuntimeError: boom at import (at {path}:2)",
+        ),
+        ("import sys\nsys.exit(0)\n", "raised SystemExit: 0 (at {path}:2)"),
+        ("1 / 0\n", "raised ZeroDivisionError: division by zero (at {path}:1)"),
+    ],
+    ids=["syntax", "raises", "exits", "zero"],
+)
+def test_a_task_module_that_fails_to_import_is_a_config_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, raised: str
+) -> None:
+    """A traceback and exit 1 ("the job failed") before; a misconfigured worker exits 2."""
+    name = f"failing_{tmp_path.name.replace('-', '_')}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        Registry().register_module(name)
+    assert str(caught.value).startswith(f"--tasks {name!r}: importing {name!r} raised ")
+    assert raised.format(path=path) in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        Registry().register_path(f"{name}:f")
+    assert str(caught.value).startswith(f"--task '{name}:f': importing {name!r} raised ")
+
+
+@pytest.mark.parametrize("name", ["", ".", ".x", "..x"])
+def test_an_empty_or_relative_module_name_is_refused(name: str) -> None:
+    """``importlib`` raised ValueError (empty) or TypeError (relative) past the check."""
+    with pytest.raises(ConfigError) as caught:
+        Registry().register_module(name)
+    assert str(caught.value).startswith(f"--tasks {name!r}: {name!r} is not a module's full name")
+    if name:
+        with pytest.raises(ConfigError) as caught:
+            Registry().register_path(f"{name}:f")
+        assert str(caught.value).startswith(f"--task '{name}:f': {name!r} is not a module's")
