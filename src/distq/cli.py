@@ -27,6 +27,7 @@ from distq.config import (
     CONCURRENCY,
     CONNECT_TIMEOUT,
     MAX_ATTEMPTS,
+    MAX_CONCURRENCY,
     SETTINGS,
     STATUS_EVERY,
     TASKS,
@@ -144,9 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--concurrency",
         "-c",
-        type=flagtypes.count,
+        type=flagtypes.count_up_to(MAX_CONCURRENCY),
         default=CONCURRENCY,
-        help=f"tasks run at once, one thread each (default {CONCURRENCY})",
+        help=f"tasks run at once, one thread each, 1 to {MAX_CONCURRENCY} (default {CONCURRENCY})",
     )
     worker.add_argument(
         "--exit-when-idle",

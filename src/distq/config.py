@@ -38,6 +38,8 @@ TASKS = 6  # distq master --tasks
 STATUS_EVERY = 10.0  # distq master --status-every; seconds between status lines in --rate mode
 MASTER_DRAIN_SECONDS = 5.0  # how long a stopping master waits for results in flight
 CONCURRENCY = 1  # distq worker --concurrency
+#: Most slots one worker runs: each is a thread and a broker connection (more: more workers).
+MAX_CONCURRENCY = 1024
 CONNECT_TIMEOUT = 10.0  # distq worker --connect-timeout
 #: Seconds between a master's (or executor's) reconciles: renew its reply queue, find
 #: the tasks the broker lost (:meth:`distq.transport.Producer.reconcile`).

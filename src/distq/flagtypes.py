@@ -28,6 +28,18 @@ def count(text: str) -> int:
     return value
 
 
+def count_up_to(high: int) -> Callable[[str], int]:
+    """A whole number from 1 to ``high``."""
+
+    def parse(text: str) -> int:
+        value = count(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; use 1 to {high}")
+        return value
+
+    return parse
+
+
 def number(low: float, high: float, *, zero: bool = False) -> Callable[[str], float]:
     """A finite number above ``low`` (or equal to it with ``zero``), at most ``high``."""
     wanted = f"from {low:g} to {high:.0f}" if zero else f"greater than {low:g}, at most {high:.0f}"

@@ -396,3 +396,12 @@ def test_a_task_module_that_cannot_be_imported_exits_2_with_one_line(
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
     assert expected in done.stderr
+
+
+@pytest.mark.parametrize("value", ["1025", "99999999999999999999999"])
+def test_a_worker_concurrency_above_its_bound_exits_2_before_connecting(value: str) -> None:
+    """Each slot is a thread and a lock: a huge value used memory until the OOM killer."""
+    done = distq("worker", "--concurrency", value, DISTQ_AUTHKEY="k")
+    assert done.returncode == 2, done.stderr
+    assert f"argument --concurrency/-c: '{value}' is out of range; use 1 to 1024" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -40,3 +40,18 @@ def test_a_rate_is_finite_and_positive(text: str) -> None:
 def test_a_host_with_spaces_or_separators_is_refused(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="is not a host"):
         flagtypes.host(text)
+
+
+@pytest.mark.parametrize("text", ["1025", "1000000", "99999999999999999999999"])
+def test_a_count_up_to_a_bound_refuses_more(text: str) -> None:
+    with pytest.raises(
+        argparse.ArgumentTypeError, match=f"'{text}' is out of range; use 1 to 1024"
+    ):
+        flagtypes.count_up_to(1024)(text)
+
+
+def test_a_count_up_to_a_bound_takes_1_to_it_and_refuses_0() -> None:
+    assert flagtypes.count_up_to(1024)("1") == 1
+    assert flagtypes.count_up_to(1024)("1024") == 1024
+    with pytest.raises(argparse.ArgumentTypeError, match="must be 1 or more"):
+        flagtypes.count_up_to(1024)("0")
