@@ -203,10 +203,24 @@ def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> Callable[[str]
         except ValueError:
             raise ValueError(f"is {text!r}, not {word}") from None
         if not low <= value <= high:
-            raise ValueError(f"is {value:g}; use {word} from {low:g} to {high:g}{unit}")
+            shown, span = _shown(value), f"{_shown(low)} to {_shown(high)}{unit}"
+            if unit == " bytes" and high % _MIB == 0:
+                span += f" ({high // _MIB} MiB)"
+            raise ValueError(f"is {shown}; use {word} from {span}")
         return value
 
     return parse
+
+
+_MIB = 1 << 20
+
+
+def _shown(value: float) -> str:
+    """A number as a user would write it, every digit kept: ``134217729``, ``0.3``,
+    ``3600`` (``:g`` rounds to 6 digits, ``134217729`` to ``1.34218e+08``)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return str(value)
 
 
 def _optional(parse: Callable[[str], _T]) -> Callable[[str], _T | None]:

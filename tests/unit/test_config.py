@@ -225,3 +225,25 @@ def test_a_redis_url_may_end_with_a_database_number_or_nothing(path: str) -> Non
     url = f"redis://127.0.0.1:6379{path}"
     settings = Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
     assert settings.redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "message"),
+    [
+        (
+            "DISTQ_MAX_MESSAGE_BYTES",
+            "134217729",
+            "is 134217729; use a whole number from 1024 to 134217728 bytes (128 MiB)",
+        ),
+        ("DISTQ_PREFETCH", "1234567", "is 1234567; use a whole number from 1 to 10000"),
+        ("DISTQ_LEASE_SECONDS", "123456.7", "is 123456.7; use a number from 0.3 to 3600 seconds"),
+        ("DISTQ_STALL_SECONDS", "0.05", "is 0.05; use a number from 0.1 to 86400 seconds"),
+    ],
+)
+def test_a_number_out_of_range_is_quoted_with_every_digit(
+    variable: str, text: str, message: str
+) -> None:
+    """``:g`` kept 6 digits: "is 1.34218e+08; use ... to 1.34218e+08 bytes"."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({**KEY, variable: text})
+    assert str(caught.value) == f"{variable} {message}"
