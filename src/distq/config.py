@@ -14,6 +14,7 @@ each default lives in one place.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -106,13 +107,31 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
 
 def _address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if "://" in text:
+        raise ValueError(f"is {text!r}; use host:port without a scheme, e.g. 127.0.0.1:9000")
+    if _is_ipv6(text) or (":" in host and not bracketed):  # ::1 read as host ':', port 1
+        example = f"[{text}]:PORT" if _is_ipv6(text) else "[ADDRESS]:PORT"
+        raise ValueError(
+            f"is {text!r}, not host:port; write an IPv6 address in brackets, then its port: "
+            f"{example}, e.g. [::1]:9000"
+        )
+    if not sep or not host or "[" in host or "]" in host:
+        port = ""  # refused below
+    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(
             f"is {text!r}; use host:port, e.g. 127.0.0.1:9000 "
             "(the master listens there, workers connect there)"
         )
     return host, int(port)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
+    except ValueError:
+        return False
 
 
 def _secret(text: str) -> bytes | None:

@@ -405,3 +405,16 @@ def test_a_worker_concurrency_above_its_bound_exits_2_before_connecting(value: s
     assert done.returncode == 2, done.stderr
     assert f"argument --concurrency/-c: '{value}' is out of range; use 1 to 1024" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("role", ["master", "worker"])
+def test_a_bare_ipv6_manager_address_exits_2_at_once(role: str) -> None:
+    """``::1`` was host ':' port 1: the master exited 3, the worker retried for 10 s."""
+    started = time.monotonic()
+    done = distq(role, DISTQ_AUTHKEY="k", DISTQ_MANAGER_ADDRESS="::1")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "distq: DISTQ_MANAGER_ADDRESS is '::1', not host:port; write an IPv6 address in "
+        "brackets, then its port: [::1]:PORT, e.g. [::1]:9000"
+    ]
+    assert time.monotonic() - started < 8

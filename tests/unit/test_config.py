@@ -247,3 +247,38 @@ def test_a_number_out_of_range_is_quoted_with_every_digit(
     with pytest.raises(ConfigError) as caught:
         Settings.load({**KEY, variable: text})
     assert str(caught.value) == f"{variable} {message}"
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("::1", "write an IPv6 address in brackets, then its port: [::1]:PORT, e.g. [::1]:9000"),
+        ("::", "[::]:PORT"),
+        ("fe80::1", "[fe80::1]:PORT"),
+        ("[::1", "[ADDRESS]:PORT"),
+        ("http://h:9000", "use host:port without a scheme"),
+        ("h]:9000", "use host:port, e.g. 127.0.0.1:9000"),
+    ],
+)
+def test_a_manager_address_that_is_not_host_port_is_refused(text: str, hint: str) -> None:
+    """``::1`` was read as host ':' and port 1, ``http://h:9000`` as host 'http://h':
+    an unreachable master (exit 3) for a typo."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({**KEY, "DISTQ_MANAGER_ADDRESS": text})
+    assert str(caught.value).startswith(f"DISTQ_MANAGER_ADDRESS is {text!r}")
+    assert hint in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("[::1]:9000", ("::1", 9000)),
+        ("[::]:9001", ("::", 9001)),
+        ("h.example:1", ("h.example", 1)),
+        ("127.0.0.1:65535", ("127.0.0.1", 65535)),
+    ],
+)
+def test_a_manager_address_is_host_port_with_ipv6_in_brackets(
+    text: str, address: tuple[str, int]
+) -> None:
+    assert Settings.load({**KEY, "DISTQ_MANAGER_ADDRESS": text}).manager_address == address
