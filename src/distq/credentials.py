@@ -43,21 +43,22 @@ def read_secret_files(
     and the path of each file read, by ``X``.
 
     A flag for ``X`` or ``X_FILE`` wins over both in the environment; ``X`` and
-    ``X_FILE`` given in one place is a :class:`ConfigError`. Empty values count as unset.
+    ``X_FILE`` given in one place is a :class:`ConfigError`. Values are stripped of
+    surrounding whitespace, as every setting's (a path too); empty ones count as unset.
     """
     env = dict(environ)
     given = {k: v for k, v in flags.items() if v is not None}
     paths: dict[str, str] = {}
     for var in SECRETS:
         file_var = var + FILE_SUFFIX
-        source = given if (given.get(var) or given.get(file_var)) else env
+        source = given if (_set(given, var) or _set(given, file_var)) else env
         if source is given:  # the flag wins: the environment's spellings are ignored
             env.pop(var, None)
             env.pop(file_var, None)
-        path = source.pop(file_var, None)
+        path = (source.pop(file_var, None) or "").strip()
         if not path:
             continue
-        if source.get(var):
+        if _set(source, var):
             where = "flags" if source is given else "variables"
             raise ConfigError(
                 f"{file_var} and {var} are both set (as {where}); give the secret one way "
@@ -66,6 +67,11 @@ def read_secret_files(
         source[var] = read_secret(path, file_var)
         paths[var] = path
     return env, {**dict(flags), **given, **{v + FILE_SUFFIX: None for v in SECRETS}}, paths
+
+
+def _set(values: Mapping[str, str], name: str) -> bool:
+    """Whether ``name`` has a value in ``values`` other than blanks."""
+    return bool((values.get(name) or "").strip())
 
 
 def read_secret(path: str, var: str) -> str:

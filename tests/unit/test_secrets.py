@@ -103,6 +103,19 @@ def test_a_flag_wins_over_the_environment_for_either_spelling(tmp_path: Path) ->
     assert load({"DISTQ_AUTHKEY_FILE": path}, {"DISTQ_AUTHKEY": "flag"}).authkey == b"flag"
 
 
+def test_a_file_variable_is_stripped_and_a_blank_one_is_unset(tmp_path: Path) -> None:
+    """As every variable's value and the TLS files': a compose ``value: "/run/secrets/x "``
+    named a file that does not exist, and a blank one counted as set."""
+    path = secret_file(tmp_path, "from-file")
+    assert load({"DISTQ_AUTHKEY_FILE": f" {path} \n"}).authkey == b"from-file"
+    assert load({"DISTQ_AUTHKEY_FILE": "   ", "DISTQ_AUTHKEY": "k"}).authkey == b"k"
+    assert load({"DISTQ_AUTHKEY_FILE": path, "DISTQ_AUTHKEY": "  "}).authkey == b"from-file"
+    assert load({"DISTQ_AUTHKEY_FILE": path}, {"DISTQ_AUTHKEY_FILE": " "}).authkey == b"from-file"
+    assert load(KEY, {"DISTQ_AUTHKEY_FILE": f"\t{path} "}).authkey == b"from-file"
+    message = error({"DISTQ_AUTHKEY_FILE": f" {path}x "})
+    assert f"DISTQ_AUTHKEY_FILE names {path + 'x'!r}, which cannot be read" in message
+
+
 @pytest.mark.parametrize(
     ("content", "problem"), [(None, "cannot be read"), ("\n", "empty"), (b"\xff\xfe", "UTF-8")]
 )
