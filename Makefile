@@ -10,12 +10,14 @@ WORKERS ?=
 .PHONY: help install demo example test faults lint bench clean up down scale job logs ps images
 
 help:
+	@echo "make install - .venv with distq and its dev tools (demo, example and lint run it first)"
 	@echo "make demo   - the tutorial's squares job: 1 master + 2 workers, manager transport"
 	@echo "make example - word counts over a folder of text files: your own job, 2 workers"
 	@echo "make test   - the whole suite against real Redis and RabbitMQ (provisions them)"
 	@echo "make faults - the fault-injection suite, long, then its figures into tests/faults/results.md and README.md"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - throughput and latency side by side with Celery, Dramatiq, RQ, raw clients"
+	@echo "make clean  - remove .venv and the build, test and lint caches"
 	@echo
 	@echo "In containers (README: Run it in containers); DISTQ_TRANSPORT=manager|redis|rabbitmq, default redis:"
 	@echo "make up               - build the images; start the broker, a master in --rate mode, a worker, Prometheus"

@@ -131,6 +131,11 @@ def parse_argument(text: str) -> Any:
 
 
 def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> int:
+    if not args.task_name.strip():  # queued, it could only be dead-lettered
+        raise ConfigError(
+            f"TASK is {args.task_name!r}; name a task the workers run, e.g. "
+            "mypkg.jobs:resize or square"
+        )
     values = [parse_argument(text) for text in args.args]
     kwargs = _kwargs(args.kwargs)
     if args.max_attempts < 1:

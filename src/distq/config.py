@@ -368,7 +368,7 @@ class Settings:
         "DISTQ_METRICS_PORT",
         "--metrics-port",
         None,
-        _optional(_number(int, 0, 65535)),
+        _optional(_number(int, 1, 65535)),  # 0 would be a port no probe can find
         "serve /metrics, /healthz and /readyz on this port",
         shown_default="(off)",
     )

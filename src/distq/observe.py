@@ -43,10 +43,9 @@ class _Process:
         health = self.health
         ready.set_function(lambda: 1.0 if health.ready().ok else 0.0)
         self.endpoint = Endpoint(self.settings.metrics_host, port, registry, self.health).start()
-        self.console.info(
-            f"metrics, /healthz and /readyz on http://{self.settings.metrics_host}:"
-            f"{self.endpoint.port}"
-        )
+        host = self.settings.metrics_host
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 address, in a URL
+        self.console.info(f"metrics, /healthz and /readyz on http://{shown}:{self.endpoint.port}")
 
     def close(self) -> None:
         self.health.readiness.stopping()

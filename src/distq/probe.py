@@ -40,6 +40,9 @@ def add_probe_parser(roles: Any) -> None:
         metavar="S",
         help="give up after S seconds (5)",
     )
+    parser.add_argument(  # as every command takes it; the answer is all a probe prints
+        "--quiet", "-q", action="store_true", help="print only summaries (a probe's answer is one)"
+    )
 
 
 def run_probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

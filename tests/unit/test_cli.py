@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -418,3 +419,34 @@ def test_a_bare_ipv6_manager_address_exits_2_at_once(role: str) -> None:
         "brackets, then its port: [::1]:PORT, e.g. [::1]:9000"
     ]
     assert time.monotonic() - started < 8
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_submit_of_an_empty_task_name_exits_2_before_connecting(name: str) -> None:
+    """It was queued (exit 0, an id printed), and a worker could only dead-letter it."""
+    done = distq("submit", name, "3", DISTQ_AUTHKEY="k", DISTQ_MANAGER_ADDRESS="127.0.0.1:1")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"distq: TASK is {name!r}; name a task the workers run, e.g. mypkg.jobs:resize or square"
+    ]
+
+
+def test_probe_takes_quiet_as_every_command_does() -> None:
+    """The README: "--quiet | summaries only (every command takes it)"."""
+    for flag in ("--quiet", "-q"):
+        done = distq("probe", "healthz", flag, "--port", str(free_port()), "--timeout", "1")
+        assert done.returncode == 1, done.stderr  # no answer; not a usage error (2)
+        assert "unrecognized arguments" not in done.stderr
+        assert done.stderr.startswith("distq: no answer from http://127.0.0.1:")
+
+
+def test_make_help_lists_every_target_the_readme_runs() -> None:
+    """``make install`` is in the README but was missing from ``make help``."""
+    makefile = (REPO / "Makefile").read_text()
+    help_lines = makefile.partition("\nhelp:\n")[2].partition("\n\n")[0]
+    phony = makefile.partition(".PHONY:")[2].partition("\n")[0].split()
+    readme = (REPO / "README.md").read_text()
+    for target in phony:
+        if target != "help" and f"make {target}" in readme:
+            assert re.search(rf"\bmake {target}\b", help_lines), target
+    assert re.search(r"\bmake install\b", help_lines) and re.search(r"\bmake clean\b", help_lines)

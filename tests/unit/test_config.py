@@ -282,3 +282,12 @@ def test_a_manager_address_is_host_port_with_ipv6_in_brackets(
     text: str, address: tuple[str, int]
 ) -> None:
     assert Settings.load({**KEY, "DISTQ_MANAGER_ADDRESS": text}).manager_address == address
+
+
+def test_a_metrics_port_of_0_is_refused_and_empty_is_off() -> None:
+    """0 bound a random port, which neither ``distq probe`` nor Prometheus can find."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({**KEY, "DISTQ_METRICS_PORT": "0"})
+    assert str(caught.value) == "DISTQ_METRICS_PORT is 0; use a whole number from 1 to 65535"
+    assert Settings.load({**KEY, "DISTQ_METRICS_PORT": "1"}).metrics_port == 1
+    assert Settings.load({**KEY, "DISTQ_METRICS_PORT": " "}).metrics_port is None

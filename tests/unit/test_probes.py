@@ -407,3 +407,20 @@ def test_an_ipv6_host_listens_on_ipv6() -> None:
             assert client.recv(100).startswith(b"HTTP/1.1 200")
     finally:
         endpoint.close()
+
+
+def test_the_metrics_line_shows_an_ipv6_host_in_brackets() -> None:
+    """``http://::1:9100`` is not a URL one can paste; ``http://[::1]:9100`` is."""
+    try:  # a machine without ::1 (IPv6 off in its kernel) cannot have it
+        with socket.socket(socket.AF_INET6) as plain:
+            plain.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    port = free_port()
+    settings = Settings.load(
+        {"DISTQ_AUTHKEY": "secret", "DISTQ_METRICS_PORT": str(port), "DISTQ_METRICS_HOST": "::1"}
+    )
+    out = io.StringIO()
+    observe = WorkerObservability(settings, Console(out=out), slots=1, task_names=["square"])
+    observe.close()
+    assert f"metrics, /healthz and /readyz on http://[::1]:{port}\n" in out.getvalue()
