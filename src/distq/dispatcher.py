@@ -17,6 +17,7 @@ import atexit
 import concurrent.futures
 import heapq
 import logging
+import os
 import queue
 import threading
 import time
@@ -74,6 +75,9 @@ class CancelCommand:
 class Stop:
     cancel_futures: bool
     abandon: str | None = None  # stop now, failing what is unanswered for this reason
+    #: False from the finalizer of an executor collected without shutdown(): it finishes
+    #: its futures, but at interpreter exit it is stopped like one left open
+    wait_at_exit: bool = True
 
 
 Command = Submit | CancelCommand | Stop
@@ -114,12 +118,16 @@ class Dispatcher(threading.Thread):
         with self._lock:
             if self._ended:
                 return False
-            if isinstance(command, Stop) and command.abandon is None:
+            if isinstance(command, Stop) and command.abandon is None and command.wait_at_exit:
                 self.finishing = True
             elif isinstance(command, Stop):
                 self._abandon.set()
             self._commands.put(command)
             return True
+
+    def forked(self) -> bool:
+        """True in a child made by fork() after this executor was created."""
+        return self.broken == FORKED
 
     def cancel(self, futures: list[DistqFuture]) -> list[bool]:
         """Cancel ``futures`` where possible (on the thread); one answer each."""
@@ -404,10 +412,44 @@ def _time_out(entry: Entry, why: str) -> None:
 
 
 #: Executors' threads still running. At interpreter exit, one told to finish (shutdown
-#: with wait=False, or an executor forgotten) is waited for, as concurrent.futures waits
-#: for pending futures; any other handles the commands it has (a shutdown's
+#: with wait=False) is waited for, as concurrent.futures waits for pending futures; any
+#: other (open, or collected without shutdown) handles the commands it has (a shutdown's
 #: cancel_futures, say), then stops without waiting for results.
 running: set[Dispatcher] = set()
+
+#: Why an executor refuses work in a child made by fork(): its thread is the parent's.
+FORKED = (
+    "the executor belongs to the parent process (it was created before fork()); "
+    "create a new distq.Executor in the child process"
+)
+
+
+def _after_fork_in_child() -> None:
+    """In a child made by fork(), where no executor thread exists: each executor refuses
+    commands (``submit`` raises :class:`BrokenExecutor`), the futures inherited fail
+    (without their done-callbacks: they are the parent's), and a listening socket
+    inherited is closed. Nothing is sent: the connections are the parent's."""
+    for dispatcher in list(running):
+        dispatcher._lock = threading.Lock()  # another thread may have held it at the fork
+        dispatcher._ended, dispatcher.broken = True, FORKED
+        entries = list(dispatcher._unsent.values()) + [e for _, e in dispatcher.collector.waiting()]
+        while True:
+            try:
+                command = dispatcher._commands.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(command, Submit):
+                entries += command.entries
+        for entry in entries:
+            entry.future.fail_inherited(BrokenExecutor(FORKED))
+        try:
+            dispatcher.transport.close_inherited()
+        except Exception as exc:
+            log.warning("could not close the executor's listener after fork(): %s", exc)
+    running.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

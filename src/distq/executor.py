@@ -23,8 +23,15 @@ What each way of waiting does:
 - A broker unreachable for ``OUTAGE_SECONDS`` (it reconnects meanwhile, and sends
   again what the broker lost) fails every unanswered future with
   :class:`~distq.errors.BrokenExecutor`; so do :meth:`Executor.close` and leaving the
-  interpreter with the executor still open. After ``shutdown(wait=False)`` the
-  interpreter waits at exit for the futures, as ``concurrent.futures`` does.
+  interpreter with the executor still open, or garbage-collected without
+  :meth:`~Executor.shutdown` (until the exit, a collected executor still resolves its
+  futures). After ``shutdown(wait=False)`` the interpreter waits at exit for the
+  futures, as ``concurrent.futures`` does.
+
+An executor belongs to the process that created it: in a child made by ``fork()``,
+``submit`` and ``map`` raise :class:`~distq.errors.BrokenExecutor` at once, the futures
+inherited fail with it (their done-callbacks do not run there), and a manager
+executor's listening socket is closed in the child (:mod:`distq.dispatcher`).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from distq import credentials
 from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.codec import Codec
 from distq.config import Setting, Settings, misspelled, secured
-from distq.dispatcher import Dispatcher, Entry, Stop, Submit, running
+from distq.dispatcher import FORKED, Dispatcher, Entry, Stop, Submit, running
 from distq.envelope import MAX_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, ConfigError, EnvelopeError
 from distq.futures import Callbacks, DistqFuture
@@ -103,8 +110,10 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         running.add(self._dispatcher)
         self._dispatcher.start()
-        # forgotten without shutdown(): stop once the futures are answered
-        weakref.finalize(self, self._dispatcher.put, Stop(False)).atexit = False
+        # forgotten without shutdown(): stop once the futures are answered; at interpreter
+        # exit it is still "open" (its futures fail), not waited for without end
+        finalizer = weakref.finalize(self, self._dispatcher.put, Stop(False, wait_at_exit=False))
+        finalizer.atexit = False
 
     def describe(self) -> str:
         """The transport and where it is, as ``distq master`` names them."""
@@ -122,7 +131,8 @@ class Executor(concurrent.futures.Executor):
         Raises ``TypeError`` naming the argument when one is not a JSON value, and
         :class:`~distq.errors.MessageTooLarge` when the task would exceed
         ``DISTQ_MAX_MESSAGE_BYTES``, before anything is sent; ``RuntimeError`` after
-        :meth:`shutdown`.
+        :meth:`shutdown`; :class:`~distq.errors.BrokenExecutor` once the executor has
+        stopped (a lost broker) and in a child made by ``fork()``.
         """
         name = task_name(fn)
         check_arguments(name, args, kwargs)
@@ -206,6 +216,8 @@ class Executor(concurrent.futures.Executor):
     def _submit(
         self, calls: Sequence[tuple[str, list[Any], Mapping[str, Any], str]]
     ) -> list[DistqFuture]:
+        if self._dispatcher.forked():
+            raise BrokenExecutor(FORKED)
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -222,8 +234,13 @@ class Executor(concurrent.futures.Executor):
             )
             future = DistqFuture(self._dispatcher.cancel, task.id, shown, self._callbacks)
             entries.append(Entry(task, self._codec.seal_task(task), future, deadline))
-        if entries and not self._dispatcher.put(Submit(entries)):
-            raise BrokenExecutor(self._dispatcher.broken or "the executor has stopped")
+        # checked again and handed on under the lock: a shutdown() either comes first
+        # (RuntimeError) or after, and then its Stop is queued behind these tasks
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if entries and not self._dispatcher.put(Submit(entries)):
+                raise BrokenExecutor(self._dispatcher.broken or "the executor has stopped")
         return [entry.future for entry in entries]
 
     def _results(

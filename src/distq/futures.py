@@ -92,6 +92,21 @@ class DistqFuture(concurrent.futures.Future[Any]):
         """Call the done-callbacks, in the order added (a raising one is logged)."""
         super()._invoke_callbacks()  # type: ignore[misc]
 
+    def fail_inherited(self, error: BaseException) -> None:
+        """In a child made by fork(): fail this future of the parent's executor, if it is
+        pending and no thread of the parent held its lock at the fork (it would never be
+        released). Its waiters and done-callbacks are the parent's: none is run here."""
+        condition = self._condition
+        if not condition.acquire(blocking=False):
+            return
+        try:
+            if not self.done():
+                self._waiters.clear()
+                self._done_callbacks.clear()  # type: ignore[attr-defined]
+                self.set_exception(error)
+        finally:
+            condition.release()
+
     def cancel(self) -> bool:
         """Cancel the task if it has not started; True if the future is now cancelled.
 

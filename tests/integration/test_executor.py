@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import secrets
+import signal
 import subprocess
 import sys
 import textwrap
@@ -23,7 +25,9 @@ import distq
 import distq.dispatcher as dispatching
 import jobs
 from conftest import REPO, Target
+from distq.config import Settings
 from distq.errors import BrokenExecutor, RemoteError, TaskTimeout
+from distq.futures import DistqFuture
 from procs import Distq
 
 pytestmark = pytest.mark.integration
@@ -417,3 +421,168 @@ def test_with_signing_keys_tasks_and_results_are_signed_both_ways(
         ex.submit(jobs.fail_with, "signed too").result(60)
     assert caught.value.remote_traceback is not None
     assert "signed with key id" in worker.output()
+
+
+def manager_env(**extra: str) -> dict[str, str]:
+    """A subprocess environment for an executor hosting a queue of its own (no worker)."""
+    return (
+        Target(
+            "manager",
+            Settings(transport="manager"),
+            {"DISTQ_TRANSPORT": "manager", "DISTQ_AUTHKEY": secrets.token_hex(16)},
+        )
+        .fresh()
+        .process_env(**extra)
+    )
+
+
+def run_program(source: str, env: dict[str, str], timeout: float = 30) -> tuple[str, float]:
+    """Run ``source`` in a fresh interpreter; its output, and how long it took (a program
+    that does not end within ``timeout`` s fails the test)."""
+    started = time.monotonic()
+    program = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(source)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its children too are killed if it hangs
+    )
+    try:
+        out, _ = program.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(program.pid, signal.SIGKILL)
+        out, _ = program.communicate()
+        pytest.fail(f"the program did not end within {timeout} s; its output:\n{out}")
+    assert program.returncode == 0, out
+    return out, time.monotonic() - started
+
+
+FORKS = """
+    import os, sys, time
+    import distq
+    import distq.errors
+    ex = distq.Executor()
+    inherited = ex.submit("jobs:add", 1, 2)  # no worker: pending at the fork
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a child that lives on, like a multiprocessing pool's worker
+        os.close(writer)
+        started = time.monotonic()
+        try:
+            ex.submit("jobs:add", 2, 3)
+            print("child submit: accepted", flush=True)
+        except distq.BrokenExecutor as exc:
+            print(f"child submit: BrokenExecutor {exc}", flush=True)
+        try:
+            list(ex.map("jobs:add", [1], [2], timeout=3))
+        except distq.BrokenExecutor:
+            print("child map: BrokenExecutor", flush=True)
+        except TimeoutError:
+            print("child map: no result", flush=True)
+        try:
+            inherited.result(3)
+        except distq.BrokenExecutor:
+            print("child inherited future: BrokenExecutor", flush=True)
+        except TimeoutError:
+            print("child inherited future: still pending", flush=True)
+        print(f"child took {time.monotonic() - started:.1f} s", flush=True)
+        os.read(reader, 1)  # until the parent is done
+        sys.exit(0)  # a normal exit: the exit hooks run
+    os.close(reader)
+    time.sleep(0.5)  # the child is past the fork
+    ex.close(cancel_futures=False)  # the parent's future fails: BrokenExecutor
+    try:
+        distq.Executor().close()
+        print("parent reopens the address: ok", flush=True)
+    except distq.errors.ConnectionFailed as exc:
+        print(f"parent reopens the address: {exc}", flush=True)
+    print("parent future:", type(inherited.exception(0)).__name__, flush=True)
+    os.close(writer)
+    _, status = os.waitpid(pid, 0)
+    print("child exit status", status, flush=True)
+"""
+
+
+def test_an_executor_used_in_a_forked_child_refuses_work_and_frees_the_hosts_port() -> None:
+    """After fork() the executor's thread exists in the parent only: the child's submit
+    fails at once, saying so, its inherited futures fail, and its copy of the manager
+    listener is closed, so the parent can listen on the address again once closed."""
+    out, _ = run_program(FORKS, manager_env())
+    lines = out.splitlines()
+    assert any(
+        line.startswith("child submit: BrokenExecutor the executor belongs to the parent process")
+        and "created before fork()" in line
+        and "in the child" in line
+        for line in lines
+    ), out
+    assert "child map: BrokenExecutor" in lines, out
+    assert "child inherited future: BrokenExecutor" in lines, out
+    assert "child took 0.0 s" in lines, out
+    assert "parent reopens the address: ok" in lines, out
+    assert "parent future: BrokenExecutor" in lines, out
+    assert "child exit status 0" in lines, out
+
+
+FORGETS_AN_EXECUTOR = """
+    import atexit
+    seen = []
+    # registered before distq is imported, so it runs after distq's own exit hook
+    atexit.register(lambda: print("at exit:", type(seen[0].exception(0)).__name__, flush=True))
+    import gc
+    import distq
+
+    def submit_one():
+        ex = distq.Executor()
+        return ex.submit("jobs:add", 1, 2)  # no worker: never answered
+
+    seen.append(submit_one())
+    gc.collect()  # the executor is gone; its future is kept
+    print("exiting", flush=True)
+"""
+
+
+def test_an_executor_collected_without_shutdown_does_not_hold_up_the_exit() -> None:
+    """Like an executor left open: its unanswered futures fail with BrokenExecutor at
+    exit (before, its finalizer's shutdown(wait=False) had the exit wait for ever)."""
+    out, took = run_program(FORGETS_AN_EXECUTOR, manager_env(), timeout=20)
+    assert out.splitlines()[-2:] == ["exiting", "at exit: BrokenExecutor"], out
+    assert took < 15, out
+
+
+def test_a_submit_racing_shutdown_is_either_refused_or_waited_for() -> None:
+    """The shutdown check and the hand-over to the executor's thread are one step: a
+    submit that the shutdown overtakes raises RuntimeError, not BrokenExecutor."""
+    env = manager_env()
+    ex = distq.Executor(
+        transport="manager",
+        authkey=env["DISTQ_AUTHKEY"].encode(),
+        manager_address=env["DISTQ_MANAGER_ADDRESS"],
+    )
+    sealing, go_on = threading.Event(), threading.Event()
+    seal_task = ex._codec.seal_task
+
+    def slow_seal(task: Any) -> bytes:  # the submit is past its first check, not yet sent
+        sealing.set()
+        assert go_on.wait(10)
+        return seal_task(task)
+
+    ex._codec.seal_task = slow_seal  # type: ignore[method-assign]
+    outcome: list[BaseException | DistqFuture] = []
+
+    def submit() -> None:
+        try:
+            outcome.append(ex.submit(jobs.add, 1, 2))
+        except Exception as exc:
+            outcome.append(exc)
+
+    submitter = threading.Thread(target=submit)
+    submitter.start()
+    try:
+        assert sealing.wait(10)
+        ex.shutdown(wait=True)  # nothing to wait for: the executor's thread ends
+    finally:
+        go_on.set()
+        submitter.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError), outcome
+    assert "after shutdown" in str(outcome[0])

@@ -305,3 +305,7 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release every connection this transport opened."""
+
+    def close_inherited(self) -> None:  # noqa: B027 - nothing to do for a client's
+        """In a child made by fork(): close what must not stay open there (a listening
+        socket) without sending anything: the connections are the parent's."""

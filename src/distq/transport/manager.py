@@ -853,6 +853,12 @@ class ManagerTransport(Transport):
             self._wake_acceptor()
             self._server.listener.close()
 
+    def close_inherited(self) -> None:
+        """The child's copy of the listening socket: closed (not shut down), so the
+        address is free once the parent closes its own."""
+        if self._server is not None:
+            self._server.listener.close()
+
     def _wake_acceptor(self) -> None:
         """End the thread blocked in ``accept()``: until it returns, the listening socket
         stays open whatever ``close()`` does, and the address cannot be listened on again
