@@ -120,8 +120,8 @@ class Dispatcher(threading.Thread):
                 return False
             if isinstance(command, Stop) and command.abandon is None and command.wait_at_exit:
                 self.finishing = True
-            elif isinstance(command, Stop):
-                self._abandon.set()
+            elif isinstance(command, Stop) and command.abandon is not None:
+                self._abandon.set()  # close(): an outage is not waited out
             self._commands.put(command)
             return True
 
