@@ -176,3 +176,46 @@ def test_an_idle_executor_asks_the_broker_every_reconcile_period() -> None:
     assert producer.reconciles >= 2
     assert dispatcher.put(Stop(False))
     dispatcher.join(10)
+
+
+class BrokerAway:
+    """A producer whose broker never answers again."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _fail(self) -> Any:
+        self.calls += 1
+        raise TransportError("Redis at 127.0.0.1:1: Connection refused.")
+
+    def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
+        return self._fail()  # type: ignore[no-any-return]
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        return self._fail()  # type: ignore[no-any-return]
+
+    def reconcile(self) -> int:
+        return self._fail()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_collected_executors_stop_during_an_outage_waits_it_out_without_spinning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Stop a collected executor sends is not close(): the outage is still waited out
+    with backoff (a handful of attempts), not retried as fast as the calls fail."""
+    monkeypatch.setattr(dispatching, "OUTAGE_SECONDS", 1.5)
+    callbacks = Callbacks()
+    producer = BrokerAway()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    task = Task(name="square", args=[3], reply_to="r")
+    future = DistqFuture(dispatcher.cancel, task.id, "square", callbacks)
+    dispatcher.start()
+    assert dispatcher.put(Submit([Entry(task, task.encode(), future, deadline=None)]))
+    assert dispatcher.put(Stop(False, wait_at_exit=False))
+    error = future.exception(timeout=10)
+    assert isinstance(error, BrokenExecutor) and "still unreachable after" in str(error)
+    assert producer.calls < 30, producer.calls  # backoff: before, a busy loop
+    dispatcher.join(10)
