@@ -108,7 +108,7 @@ class Dispatcher(threading.Thread):
         self._deadlines: list[tuple[float, str]] = []
         self.ledger = Ledger()  # what was sent, for the tasks a broker loses
         self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
-        self._abandon = threading.Event()  # close(): an outage is not waited out
+        self._offline = False  # waiting out an outage: nothing is asked of the broker
         self._stopping = False
         self._poll = POLL_SECONDS[0]
 
@@ -120,8 +120,6 @@ class Dispatcher(threading.Thread):
                 return False
             if isinstance(command, Stop) and command.abandon is None and command.wait_at_exit:
                 self.finishing = True
-            elif isinstance(command, Stop) and command.abandon is not None:
-                self._abandon.set()  # close(): an outage is not waited out
             self._commands.put(command)
             return True
 
@@ -168,7 +166,8 @@ class Dispatcher(threading.Thread):
                 if not self._turn(idle):
                     return  # abandoned
             except TransportError as exc:
-                self._recover(exc)  # raises when the broker stays away: the thread ends
+                if not self._recover(exc):  # raises when the broker stays away
+                    return  # abandoned meanwhile (close())
 
     def _turn(self, idle: bool) -> bool:
         """Take the commands, send, read results, reconcile when due, expire; False to
@@ -197,19 +196,24 @@ class Dispatcher(threading.Thread):
         be); submit again the tasks it lost that are still waited for."""
         self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
         waiting = self.collector.waiting_ids().__contains__
-        self.ledger.compact(waiting)
+        self.ledger.compact(waiting, self.collector.outstanding)
         again = self.ledger.lost(self.producer.reconcile(), waiting)
         if again:
             log.warning("the broker lost %d tasks the executor waits for: sent again", len(again))
         for start in range(0, len(again), MESSAGE_BATCH):
             self.producer.submit([body for _, body in again[start : start + MESSAGE_BATCH]])
 
-    def _recover(self, exc: TransportError) -> None:
+    def _recover(self, exc: TransportError) -> bool:
         """Reconnect (at once, then with backoff) and submit again what the broker lost,
-        as a master does. Raises once the broker has been away ``OUTAGE_SECONDS``."""
+        as a master does; True once back, False when close() came meanwhile. Raises once
+        the broker has been away ``OUTAGE_SECONDS``.
+
+        Between attempts it handles commands and deadlines without the broker: new tasks
+        wait to be sent, a cancel takes back only what was not sent, and a task past its
+        ``task_timeout`` fails without being withdrawn."""
         log.warning("%s; reconnecting", str(exc).rstrip("."))
         started, backoff = time.monotonic(), Backoff()
-        while not self._abandon.is_set():  # close(): the Stop in the queue ends the loop
+        while True:
             try:
                 self._reconcile()
             except TransportError as again:
@@ -218,10 +222,27 @@ class Dispatcher(threading.Thread):
                     raise TransportError(
                         f"{str(again).rstrip('.')}; still unreachable after {away:.0f} s"
                     ) from again
-                self._abandon.wait(min(backoff.next(), OUTAGE_SECONDS - away))
+                wait = min(backoff.next(), OUTAGE_SECONDS - away)
+                if not self._offline_until(time.monotonic() + wait):
+                    return False
                 continue
             log.warning("reconnected to the broker after %.1f s", time.monotonic() - started)
-            return
+            return True
+
+    def _offline_until(self, until: float) -> bool:
+        """Handle commands and deadlines until ``until`` without the broker; False when
+        told to stop at once."""
+        self._offline = True
+        try:
+            while (left := until - time.monotonic()) > 0:
+                if self._deadlines:
+                    left = min(left, max(0.01, self._deadlines[0][0] - time.monotonic()))
+                if self._take(left) is None:
+                    return False
+                self._expire()
+            return True
+        finally:
+            self._offline = False
 
     def _take(self, block: float | None) -> int | None:
         """Handle the commands waiting (waiting up to ``block`` s for one); return how many,
@@ -286,7 +307,7 @@ class Dispatcher(threading.Thread):
                     withdraw.append(entry)
                 else:
                     answers[id(future)] = False
-            taken = self.producer.withdraw([entry.body for entry in withdraw]) if withdraw else []
+            taken = self._withdraw([entry.body for entry in withdraw])
             for entry, gone in zip(withdraw, taken, strict=True):
                 if gone:
                     self.collector.discard(entry.task.id)
@@ -317,20 +338,32 @@ class Dispatcher(threading.Thread):
         # withdrawn first: if the broker fails meanwhile, they are still waited for, and
         # time out again once it is back (or fail with BrokenExecutor if it stays away)
         try:
-            taken = self.producer.withdraw([e.body for e in sent])
+            taken = self._withdraw([e.body for e in sent])
         except TransportError:
             for entry in sent:
                 heapq.heappush(self._deadlines, (now, entry.task.id))
             raise
+        kept = (
+            "the broker is unreachable, so it was not withdrawn: it may still run; its "
+            "result will be ignored"
+            if self._offline
+            else "a worker has it (running or retrying), or the transport cannot withdraw "
+            "it; its result will be ignored"
+        )
         for entry, gone in zip(sent, taken, strict=True):
             self.collector.discard(entry.task.id)
             _time_out(
                 entry,
                 "no worker took it; it was withdrawn from the queue and will not run"
                 if gone
-                else "a worker has it (running or retrying), or the transport cannot withdraw "
-                "it; its result will be ignored",
+                else kept,
             )
+
+    def _withdraw(self, bodies: list[bytes]) -> list[bool]:
+        """The producer's withdraw, where there is anything to ask and a broker to ask."""
+        if not bodies or self._offline:
+            return [False] * len(bodies)
+        return self.producer.withdraw(bodies)
 
     def _prune_deadlines(self) -> None:
         """Drop the deadlines of tasks answered, cancelled or withdrawn before them.

@@ -9,10 +9,12 @@ vouch for and the master still needs goes again) and sends a duplicate only when
 broker held a task it could not vouch for (an unconfirmed publish that did arrive, or a
 task of a master the broker had declared gone); the master counts a task's result once.
 
-Answered tasks leave the ledger at each :meth:`Ledger.compact`, wherever they stand, so
-it holds the outstanding tasks only, even behind one that runs for hours: each entry
-keeps its position in the sequence, which is all an answered task's place was for.
-A master and an executor keep one each.
+Answered tasks leave the front of the ledger at each :meth:`Ledger.compact`, and the
+rest of it too once it holds more than twice the open tasks: so it holds about the
+outstanding tasks, even behind one that runs for hours (each entry keeps its position in
+the sequence, which is all an answered task's place was for), and each task is looked
+at a bounded number of times, however many are outstanding. A master and an executor
+keep one each.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Callable, Iterable
 
 #: (task id, encoded task) as submitted.
 Entry = tuple[str, bytes]
+#: The ledger is scanned whole only past this many entries (and twice the open tasks).
+COMPACT_FROM = 1024
 
 
 class Ledger:
@@ -50,9 +54,14 @@ class Ledger:
             total += 1
         self._total = total
 
-    def compact(self, waiting: Callable[[str], bool]) -> None:
-        """Forget the answered tasks (their positions stay counted in ``total``)."""
-        self._entries = deque(entry for entry in self._entries if waiting(entry[1]))
+    def compact(self, waiting: Callable[[str], bool], open_tasks: int) -> None:
+        """Forget the answered tasks at the front, and every answered one once the ledger
+        holds more than twice ``open_tasks`` (their positions stay counted in ``total``)."""
+        entries = self._entries
+        while entries and not waiting(entries[0][1]):
+            entries.popleft()
+        if len(entries) > max(COMPACT_FROM, 2 * open_tasks):
+            self._entries = deque(entry for entry in entries if waiting(entry[1]))
 
     def lost(self, held: int, waiting: Callable[[str], bool]) -> list[Entry]:
         """The broker holds the first ``held`` bodies: the tasks after them still

@@ -286,7 +286,7 @@ class _Run(Generic[E]):
     def _submit_lost(self, held: int) -> None:
         """Submit again the tasks after the first ``held`` that still wait for a result."""
         waiting = self.collector.waiting_ids().__contains__
-        self.ledger.compact(waiting)
+        self.ledger.compact(waiting, self.collector.outstanding)
         total = self.ledger.total
         again = self.ledger.lost(held, waiting)
         if again:

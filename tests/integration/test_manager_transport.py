@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import distq
+from conftest import REPO
 from distq.config import CONNECT_TIMEOUT, Settings
 from distq.envelope import Task
 from distq.errors import ConnectionFailed, TransportError
@@ -621,3 +622,38 @@ def test_a_workers_stats_calls_reuse_one_connection_to_the_master() -> None:
         assert [remote.stats().ready for _ in range(10)] == [3] * 10  # the master's answers
         gc.collect()  # a dropped proxy's finalizer connects to decref it
         assert len(accepted) == before, len(accepted) - before
+
+
+def test_a_remote_executor_reconnects_to_a_master_started_again() -> None:
+    """``Executor(host=False)`` (and ``distq submit --wait``) outlives its master's
+    restart on the same address: before, it kept calling over the dead connection until
+    OUTAGE_SECONDS, then failed with BrokenExecutor (and, before the outage handling,
+    at once)."""
+    import jobs
+
+    key = secrets.token_hex(16)
+    settings = Settings(
+        transport="manager",
+        authkey=key.encode(),
+        manager_address=("127.0.0.1", free_port()),
+        queue="restarted",
+    )
+    host = open_transport(settings, "master")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(
+        DISTQ_TRANSPORT="manager",
+        DISTQ_AUTHKEY=key,
+        DISTQ_MANAGER_ADDRESS=f"127.0.0.1:{settings.manager_address[1]}",
+        DISTQ_QUEUE="restarted",
+        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO / "src")]),
+    )
+    worker = Distq(["worker", "--tasks", "jobs", "--connect-timeout", "30"], env)
+    try:
+        with distq.Executor(settings, host=False) as ex:
+            assert ex.submit(jobs.add, 1, 2).result(30) == 3
+            host.close()
+            host = open_transport(settings, "master")  # the master, started again
+            assert ex.submit(jobs.add, 2, 3).result(30) == 5
+    finally:
+        worker.stop(grace=3.0)
+        host.close()

@@ -12,7 +12,7 @@ from distq.codec import Codec
 from distq.config import RECONCILE_SECONDS
 from distq.dispatcher import DEADLINES_KEPT, Dispatcher, Entry, Stop, Submit
 from distq.envelope import Task
-from distq.errors import BrokenExecutor, TransportError
+from distq.errors import BrokenExecutor, TaskTimeout, TransportError
 from distq.futures import Callbacks, DistqFuture
 from seam import ok_result
 
@@ -45,21 +45,61 @@ class Closed:
 def test_a_task_timing_out_as_the_broker_fails_is_failed_not_left_pending(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Sent, then past its task_timeout as the broker goes: the withdraw fails, and the
+    future fails with TaskTimeout at its deadline (not 30 s later with BrokenExecutor:
+    the executor handles deadlines while it waits the outage out); the broker staying
+    away past OUTAGE_SECONDS then ends the thread."""
     monkeypatch.setattr(dispatching, "OUTAGE_SECONDS", 1.0)  # the broker stays away
     callbacks = Callbacks()
     dispatcher = Dispatcher(Closed(), BrokerGoneAtWithdraw(), Codec(), callbacks)  # type: ignore[arg-type]
     task = Task(name="square", args=[3], reply_to="r")
     future = DistqFuture(dispatcher.cancel, task.id, "square", callbacks)
     entry = Entry(task, task.encode(), future, deadline=time.monotonic() + 0.2)
+    started = time.monotonic()
     dispatcher.start()
     assert dispatcher.put(Submit([entry]))
-    # sent, then past its task_timeout: the withdraw fails, the broker stays away past
-    # OUTAGE_SECONDS, and the thread's end fails it
     error = future.exception(timeout=10)
-    assert isinstance(error, BrokenExecutor), error
-    assert "went away; still unreachable after 1 s" in str(error)
+    assert isinstance(error, TaskTimeout), error
+    assert "the broker is unreachable, so it was not withdrawn" in str(error)
+    assert time.monotonic() - started < 0.9  # at its deadline, not at the outage's end
     dispatcher.join(10)
+    assert "went away; still unreachable after 1 s" in str(dispatcher.broken)
     assert not dispatcher.is_alive() and not dispatcher.put(Stop(False))
+
+
+def test_cancel_and_task_timeout_work_while_an_outage_is_waited_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before, the thread waited the outage out without handling commands: cancel()
+    blocked for the whole 30 s, and task_timeout fired only with BrokenExecutor."""
+    monkeypatch.setattr(dispatching, "OUTAGE_SECONDS", 5.0)
+    callbacks = Callbacks()
+    producer = BrokerAway()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+
+    def entry(deadline: float | None) -> Entry:
+        task = Task(name="square", args=[3], reply_to="r")
+        return Entry(
+            task,
+            task.encode(),
+            DistqFuture(dispatcher.cancel, task.id, "square", callbacks),
+            deadline,
+        )
+
+    dispatcher.start()
+    sent = entry(None)
+    assert dispatcher.put(Submit([sent]))  # its send fails: the outage starts
+    time.sleep(0.3)
+    late, waiting = entry(time.monotonic() + 0.3), entry(None)
+    assert dispatcher.put(Submit([late, waiting]))  # not sent during the outage
+    started = time.monotonic()
+    assert dispatcher.cancel([waiting.future]) == [True]  # never sent: cancelled at once
+    assert dispatcher.cancel([sent.future]) == [False]  # sent, the broker away: no withdraw
+    assert time.monotonic() - started < 1.0
+    assert isinstance(late.future.exception(timeout=2), TaskTimeout)
+    assert dispatcher.put(Stop(False, abandon="closed"))
+    dispatcher.join(10)
+    assert not dispatcher.is_alive() and isinstance(sent.future.exception(0), BrokenExecutor)
 
 
 class AnswersAtOnce:

@@ -798,7 +798,8 @@ class ManagerTransport(Transport):
         # The master lapses it by its own master_ttl, which may be shorter than this
         # process's: renewed within the shortest there is.
         renew_every = MASTER_TTL_MIN_SECONDS / 4
-        return ManagerProducer(broker, self._queue, reply_to, self.address, renew_every)
+        reconnect = self._endpoint if self._broker is None else None  # remote: a new proxy
+        return ManagerProducer(broker, self._queue, reply_to, self.address, renew_every, reconnect)
 
     def consumer(self, consumer_id: str) -> Consumer:
         return ManagerConsumer(
@@ -939,12 +940,21 @@ class ManagerProducer(Producer):
     lapses the master's ``Settings.master_ttl`` after its last renewal (the master's own
     never does): :meth:`reconcile` renews it,
     and so do :meth:`submit` and :meth:`results` every ``renew_every`` seconds (for
-    callers that do not reconcile, an executor), one extra call at most that often."""
+    callers that do not reconcile, an executor), one extra call at most that often. A
+    remote one whose connection is gone (the master restarted) connects afresh in
+    :meth:`reconcile`, with ``reconnect``."""
 
     def __init__(
-        self, broker: _Broker, queue: str, reply_to: str, address: str, renew_every: float
+        self,
+        broker: _Broker,
+        queue: str,
+        reply_to: str,
+        address: str,
+        renew_every: float,
+        reconnect: Callable[[], _Broker] | None = None,
     ) -> None:
         self._broker, self._queue, self.reply_to, self._address = broker, queue, reply_to, address
+        self._reconnect = reconnect
         self._submitted = 0
         self._lapsed = False  # seen lapsed by a renewal since the last reconcile
         self._renew_every = renew_every
@@ -962,8 +972,16 @@ class ManagerProducer(Producer):
         """Renew the reply queue; every submitted body while it stayed open (the queues
         live in the master, so none is lost while it runs), 0 once it had lapsed (the
         tasks queued then are dead-lettered unrun: the caller submits again what it
-        still waits for, and a duplicate result is dropped)."""
-        self._renew()
+        still waits for, and a duplicate result is dropped). A lost connection is opened
+        afresh first (a restarted master holds none of the tasks: 0)."""
+        try:
+            self._renew()
+        except TransportError:
+            if self._reconnect is None:
+                raise
+            _close_proxy(self._broker)
+            self._broker = self._reconnect()  # raises while the master is away
+            self._renew()
         if self._lapsed:
             self._submitted, self._lapsed = 0, False
         return self._submitted
