@@ -41,6 +41,9 @@ log = logging.getLogger("distq.executor")
 POLL_SECONDS = (0.005, 0.1)
 #: Longest the thread sleeps with nothing outstanding before it looks around anyway.
 IDLE_SECONDS = 1.0
+#: Most commands handled in one turn: a thread submitting without pause must not keep
+#: the executor from sending, reading results, reconciling and expiring.
+COMMANDS_PER_TURN = 1000
 #: How long the executor waits out a broker it cannot reach (reconnecting with backoff)
 #: before it fails every unanswered future with BrokenExecutor.
 OUTAGE_SECONDS = 30.0
@@ -269,6 +272,8 @@ class Dispatcher(threading.Thread):
                 if command.abandon is not None:
                     self.broken = command.abandon
                     return None
+            if count >= COMMANDS_PER_TURN:
+                return count  # the rest in the next turn, after a send and a read
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:

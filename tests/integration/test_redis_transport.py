@@ -1046,3 +1046,24 @@ def test_a_settle_waits_no_longer_than_until_the_next_retry_is_due(
     got = consumer.settle_then_fetch([done], 5, timeout=10)
     assert [d.body for d in got] == [b"flaky-2"]
     assert time.monotonic() - started < 4.0  # well before the 5 s block would have ended
+
+
+def test_a_lapse_found_by_a_calls_own_renewal_makes_the_next_reconcile_hold_none(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """A producer's registration lapsed (its thread held up past master_ttl) and the
+    next submit's own renewal re-registered it, restarting the count: the bodies counted
+    since are not the first of the sequence. Before, the next reconcile said they were
+    (2 held of 5): an executor then took the oldest tasks as held, and sent the newest
+    again. Now it says none, and the count restarts in step with the caller."""
+    transport = open_transport()
+    producer = transport.producer(transport.reply_queue("lapsing"))
+    producer.submit(_bodies(3))
+    assert producer.reconcile() == 3
+    raw.zrem(transport.masters_key, producer.reply_to)  # the registration lapses
+    producer._renew_at = 0.0  # the next call renews it first, as when one is due
+    producer.submit(_bodies(2, "after"))
+    assert producer.reconcile() == 0
+    producer.submit(_bodies(1, "again"))
+    assert producer.reconcile() == 1  # counted from the restart
+    producer.close()

@@ -259,3 +259,31 @@ def test_a_collected_executors_stop_during_an_outage_waits_it_out_without_spinni
     assert isinstance(error, BrokenExecutor) and "still unreachable after" in str(error)
     assert producer.calls < 30, producer.calls  # backoff: before, a busy loop
     dispatcher.join(10)
+
+
+def test_a_flood_of_submits_does_not_hold_up_the_first_sends() -> None:
+    """The thread handles at most COMMANDS_PER_TURN commands before it sends and reads:
+    before, a thread submitting without pause kept it taking commands, with nothing sent,
+    no result read and no reconcile (its Redis registration then lapsed)."""
+    callbacks = Callbacks()
+    dispatcher: Dispatcher
+    waiting_at_first_send: list[int] = []
+
+    class Recording(AnswersAtOnce):
+        def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
+            if not waiting_at_first_send:
+                waiting_at_first_send.append(dispatcher._commands.qsize())
+            return super().submit_then_results(bodies, max_count, timeout)
+
+    dispatcher = Dispatcher(Closed(), Recording(), Codec(), callbacks)  # type: ignore[arg-type]
+    futures = []
+    for n in range(3 * dispatching.COMMANDS_PER_TURN):  # queued before the thread starts
+        task = Task(name="ident", args=[n], reply_to="r")
+        future = DistqFuture(dispatcher.cancel, task.id, "ident", callbacks)
+        assert dispatcher.put(Submit([Entry(task, task.encode(), future, deadline=None)]))
+        futures.append(future)
+    dispatcher.start()
+    assert [f.result(timeout=20) for f in futures] == list(range(len(futures)))
+    assert waiting_at_first_send[0] >= dispatching.COMMANDS_PER_TURN
+    assert dispatcher.put(Stop(False))
+    dispatcher.join(10)

@@ -779,6 +779,8 @@ class RedisProducer(Producer):
         self._counted_on: int | None = None
         self._renew_every = transport.master_ttl_ms / 4000
         self._renew_at = 0.0
+        self._count = 0  # bodies the broker counts as submitted (``submitted`` in state)
+        self._lapsed = False  # a renewal from a call found the registration lapsed
         self.reconcile()  # register: workers run only the tasks of registered masters
 
     def submit(self, bodies: Sequence[bytes]) -> None:
@@ -792,6 +794,7 @@ class RedisProducer(Producer):
         self._renew_when_due()
         with self._t.errors():
             _submitted(self._w.pipeline(self._submit_commands(bodies)))
+        self._count += len(bodies)
 
     def submit_then_results(
         self, bodies: Sequence[bytes], max_count: int, timeout: float
@@ -808,6 +811,7 @@ class RedisProducer(Producer):
         with self._t.errors():
             replies = self._w.pipeline([*submit, *take])
             _submitted(replies[: len(submit)])
+            self._count += len(bodies)
             return self._taken(take, replies[len(submit) :])
 
     def _submit_commands(self, bodies: Sequence[bytes]) -> list[Sequence[Arg]]:
@@ -829,16 +833,32 @@ class RedisProducer(Producer):
         return [bool(n) for n in found]
 
     def reconcile(self) -> int:
+        """See :meth:`Producer.reconcile`. After a lapse that a call's own renewal found
+        (:meth:`_renew_when_due`), none is held: the count restarted then, so what it
+        counts since is not the first bodies of the sequence; it restarts from 0 here,
+        and the caller sends again everything it still waits for."""
+        held = self._register()
+        if self._lapsed:
+            with self._t.errors():
+                self._w.pipeline([("HSET", self._keys[3], "submitted", 0)])
+            held, self._lapsed = 0, False
+        self._count = held
+        return held
+
+    def _register(self) -> int:
+        """Renew the registration (re-register a lapsed one); the bodies held."""
         with self._t.errors():
             held = int(self._t.renew_script(self._w, self._keys, self._args))
         self._renew_at = time.monotonic() + self._renew_every
         return held
 
     def _renew_when_due(self) -> None:
-        """Renew the registration from the calls themselves too, for callers that do not
-        reconcile (an executor): a quarter of the master's time to live at the latest."""
-        if time.monotonic() >= self._renew_at:
-            self.reconcile()
+        """Renew the registration from the calls themselves too, between a caller's
+        reconciles: a quarter of the master's time to live at the latest. Fewer held than
+        counted means the registration had lapsed (or the broker lost tasks): the next
+        :meth:`reconcile` says so."""
+        if time.monotonic() >= self._renew_at and self._register() < self._count:
+            self._lapsed = True
 
     def results(self, max_count: int, timeout: float) -> list[bytes]:
         deadline = time.monotonic() + timeout
