@@ -6,6 +6,7 @@ import io
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
-from distq.master import JobReport, JobSpec, Master, Workload, allowance, percentile
+from distq.master import JobReport, JobSpec, Master, Workload, _Run, allowance, percentile
 from distq.squares import Squares
 from distq.transport import Settlement, Transport, open_transport
 from distq.transport.base import Producer
@@ -126,6 +127,30 @@ def test_rate_mode_sends_one_task_every_period_not_pairs(
     run(transport, JobSpec(tasks=None, rate=5, status_every=10), right, stop=stop)
     timer.join()
     assert 4 <= len(sizes) <= 7 and set(sizes) == {1}, sizes
+
+
+def test_rate_with_max_in_flight_full_waits_for_a_result_without_polling(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--rate 50 --max-in-flight 1 with tasks that take 0.3 s: while the one in flight
+    runs, the loop waits for its result; before, a task was due by the rate, so it
+    polled with no wait at all, thousands of times."""
+    waits: list[float] = []
+    original = _Run._collect
+
+    def counted(self: _Run[int], wait: float) -> None:
+        waits.append(wait)
+        original(self, wait)
+
+    monkeypatch.setattr(_Run, "_collect", counted)
+
+    def slow(task: Task) -> list[bytes]:
+        time.sleep(0.3)
+        return right(task)
+
+    _, report = run(transport, JobSpec(tasks=3, rate=50, max_in_flight=1, timeout=20), slow)
+    assert report.succeeded
+    assert sum(1 for wait in waits if wait == 0) < 50, len(waits)
 
 
 def test_timeout_names_what_is_missing(transport: Transport) -> None:
