@@ -412,23 +412,29 @@ class Dispatcher(threading.Thread):
 
     def _fail_all(self, reason: str) -> None:
         """Fail every unanswered future, and answer every command left (the thread ends)."""
-        entries = list(self._unsent.values()) + [e for _, e in self.collector.waiting()]
+        entries = self._unanswered(answer_cancels=True)
         self._unsent.clear()
         self._unsent_order.clear()
         self.collector.forget()
+        for entry in entries:
+            if not entry.future.done():
+                entry.future.set_exception(BrokenExecutor(reason))
+
+    def _unanswered(self, answer_cancels: bool) -> list[Entry]:
+        """The entries not answered yet, those of the Submits still queued too; the queue
+        is emptied, its cancels answered (with what they can be: done or not) where
+        ``answer_cancels``."""
+        entries = list(self._unsent.values()) + [e for _, e in self.collector.waiting()]
         while True:
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
-                break
+                return entries
             if isinstance(command, Submit):
                 entries += command.entries
-            elif isinstance(command, CancelCommand):
+            elif answer_cancels and isinstance(command, CancelCommand):
                 command.answers = [f.cancelled() for f in command.futures]
                 command.done.set()
-        for entry in entries:
-            if not entry.future.done():
-                entry.future.set_exception(BrokenExecutor(reason))
 
 
 def _cancelled(future: DistqFuture) -> bool:
@@ -470,15 +476,8 @@ def _after_fork_in_child() -> None:
     for dispatcher in list(running):
         dispatcher._lock = threading.Lock()  # another thread may have held it at the fork
         dispatcher._ended, dispatcher.broken = True, FORKED
-        entries = list(dispatcher._unsent.values()) + [e for _, e in dispatcher.collector.waiting()]
-        while True:
-            try:
-                command = dispatcher._commands.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(command, Submit):
-                entries += command.entries
-        for entry in entries:
+        # a cancel's waiter is a parent's thread: nothing here may wake it
+        for entry in dispatcher._unanswered(answer_cancels=False):
             entry.future.fail_inherited(BrokenExecutor(FORKED))
         try:
             dispatcher.transport.close_inherited()

@@ -394,12 +394,17 @@ def test_slow_clients_cannot_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
         endpoint.close()
 
 
-def test_an_ipv6_host_listens_on_ipv6() -> None:
-    try:  # a machine without ::1 (IPv6 off in its kernel) cannot have it
+def ipv6_loopback_or_skip() -> None:
+    """Skip the test on a machine without ::1 (IPv6 off in its kernel)."""
+    try:
         with socket.socket(socket.AF_INET6) as plain:
             plain.bind(("::1", 0))
     except OSError as exc:
         pytest.skip(f"no IPv6 loopback here: {exc}")
+
+
+def test_an_ipv6_host_listens_on_ipv6() -> None:
+    ipv6_loopback_or_skip()
     endpoint = Endpoint("::1", 0, CollectorRegistry(), ProcessHealth("worker")).start()
     try:
         with socket.create_connection(("::1", endpoint.port), timeout=5) as client:
@@ -411,11 +416,7 @@ def test_an_ipv6_host_listens_on_ipv6() -> None:
 
 def test_the_metrics_line_shows_an_ipv6_host_in_brackets() -> None:
     """``http://::1:9100`` is not a URL one can paste; ``http://[::1]:9100`` is."""
-    try:  # a machine without ::1 (IPv6 off in its kernel) cannot have it
-        with socket.socket(socket.AF_INET6) as plain:
-            plain.bind(("::1", 0))
-    except OSError as exc:
-        pytest.skip(f"no IPv6 loopback here: {exc}")
+    ipv6_loopback_or_skip()
     port = free_port()
     settings = Settings.load(
         {"DISTQ_AUTHKEY": "secret", "DISTQ_METRICS_PORT": str(port), "DISTQ_METRICS_HOST": "::1"}
