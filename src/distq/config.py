@@ -111,8 +111,9 @@ def _address(text: str) -> tuple[str, int]:
     host = host[1:-1] if bracketed else host
     if "://" in text:
         raise ValueError(f"is {text!r}; use host:port without a scheme, e.g. 127.0.0.1:9000")
-    if _is_ipv6(text) or (":" in host and not bracketed):  # ::1 read as host ':', port 1
-        example = f"[{text}]:PORT" if _is_ipv6(text) else "[ADDRESS]:PORT"
+    bare_ipv6 = _is_ipv6(text)
+    if bare_ipv6 or (":" in host and not bracketed):  # ::1 read as host ':', port 1
+        example = f"[{text}]:PORT" if bare_ipv6 else "[ADDRESS]:PORT"
         raise ValueError(
             f"is {text!r}, not host:port; write an IPv6 address in brackets, then its port: "
             f"{example}, e.g. [::1]:9000"
@@ -125,6 +126,13 @@ def _address(text: str) -> tuple[str, int]:
             "(the master listens there, workers connect there)"
         )
     return host, int(port)
+
+
+def host_port(host: str, port: int | None = None) -> str:
+    """``host`` and ``port`` as an address or a URL's netloc has them: an IPv6 address in
+    brackets (``[::1]:9000``), the port left out when None."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
 
 
 def _is_ipv6(text: str) -> bool:

@@ -31,7 +31,7 @@ from distq.config import MESSAGE_BATCH, RECONCILE_SECONDS
 from distq.envelope import Result, Task
 from distq.errors import BrokenExecutor, EnvelopeError, RemoteError, TaskTimeout, TransportError
 from distq.futures import Callbacks, DistqFuture
-from distq.ledger import Ledger
+from distq.ledger import Ledger, submit_again
 from distq.transport import Producer, Transport
 
 log = logging.getLogger("distq.executor")
@@ -199,12 +199,11 @@ class Dispatcher(threading.Thread):
         be); submit again the tasks it lost that are still waited for."""
         self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
         waiting = self.collector.waiting_ids().__contains__
-        self.ledger.compact(waiting, self.collector.outstanding)
-        again = self.ledger.lost(self.producer.reconcile(), waiting)
+        held = self.producer.reconcile()
+        again = self.ledger.reconcile(held, waiting, self.collector.outstanding)
         if again:
             log.warning("the broker lost %d tasks the executor waits for: sent again", len(again))
-        for start in range(0, len(again), MESSAGE_BATCH):
-            self.producer.submit([body for _, body in again[start : start + MESSAGE_BATCH]])
+            submit_again(self.producer.submit, again)
 
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (at once, then with backoff) and submit again what the broker lost,

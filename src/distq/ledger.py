@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 
+from distq.config import MESSAGE_BATCH
+
 #: (task id, encoded task) as submitted.
 Entry = tuple[str, bytes]
 #: The ledger is scanned whole only past this many entries (and twice the open tasks).
@@ -63,6 +65,12 @@ class Ledger:
         if len(entries) > max(COMPACT_FROM, 2 * open_tasks):
             self._entries = deque(entry for entry in entries if waiting(entry[1]))
 
+    def reconcile(self, held: int, waiting: Callable[[str], bool], open_tasks: int) -> list[Entry]:
+        """What a producer's reconcile found (the broker holds the first ``held`` bodies)
+        made into the tasks to submit again: :meth:`compact`, then :meth:`lost`."""
+        self.compact(waiting, open_tasks)
+        return self.lost(held, waiting)
+
     def lost(self, held: int, waiting: Callable[[str], bool]) -> list[Entry]:
         """The broker holds the first ``held`` bodies: the tasks after them still
         ``waiting`` for a result, to submit again. The ledger counts them as submitted
@@ -75,3 +83,9 @@ class Ledger:
         self._total = held
         self.record(again)
         return again
+
+
+def submit_again(submit: Callable[[list[bytes]], None], entries: list[Entry]) -> None:
+    """``entries`` (from :meth:`Ledger.reconcile`) through ``submit``, a batch at a time."""
+    for start in range(0, len(entries), MESSAGE_BATCH):
+        submit([body for _, body in entries[start : start + MESSAGE_BATCH]])

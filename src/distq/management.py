@@ -26,6 +26,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pika
 
+from distq.config import host_port
 from distq.credentials import mask_url
 from distq.errors import DistqError
 
@@ -59,10 +60,7 @@ class ManagementApi:
     ) -> None:
         parts = urlsplit(url)
         self.shown = mask_url(url)
-        host = parts.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
-        if parts.port is not None:
-            netloc += f":{parts.port}"
+        netloc = host_port(parts.hostname or "", parts.port)
         base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         vhost = pika.URLParameters(amqp_url).virtual_host
         self.queue = queue

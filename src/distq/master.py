@@ -42,7 +42,7 @@ from distq.console import Console
 from distq.envelope import Result, Task, new_id
 from distq.errors import TransportError
 from distq.health import ProcessHealth
-from distq.ledger import Ledger
+from distq.ledger import Ledger, submit_again
 from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, Transport
 
@@ -210,12 +210,11 @@ class _Run(Generic[E]):
         self.cpu_start = time.process_time()
         self.report = JobReport(transport=master.transport.name, tasks=0)
         self.deadline: float | None = None
-        self.began = time.perf_counter()
+        self.began = time.perf_counter()  # --timeout counts from here, the wait for workers too
         self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
 
     def run(self) -> JobReport:
         spec, total = self.spec, self.spec.tasks
-        self.began = time.perf_counter()  # --timeout counts from here, the wait for workers too
         if spec.timeout is not None:
             self.deadline = self.began + spec.timeout
         if spec.wait_workers and not self._await_workers(spec.wait_workers):
@@ -287,17 +286,15 @@ class _Run(Generic[E]):
 
     def _submit_lost(self, held: int) -> None:
         """Submit again the tasks after the first ``held`` that still wait for a result."""
-        waiting = self.collector.waiting_ids().__contains__
-        self.ledger.compact(waiting, self.collector.outstanding)
         total = self.ledger.total
-        again = self.ledger.lost(held, waiting)
+        waiting = self.collector.waiting_ids().__contains__
+        again = self.ledger.reconcile(held, waiting, self.collector.outstanding)
         if again:
             self.console.error(
                 f"the broker holds {held} of the {total} tasks submitted so far; "
                 f"submitting the {len(again)} tasks among the others that wait for a result again"
             )
-            for start in range(0, len(again), MESSAGE_BATCH):
-                self.producer.submit([body for _, body in again[start : start + MESSAGE_BATCH]])
+            submit_again(self.producer.submit, again)
 
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (backoff with jitter) and submit what the broker lost; False when the

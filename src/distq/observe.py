@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from distq.config import Settings
+from distq.config import Settings, host_port
 from distq.console import Console
 from distq.health import ProcessHealth, WorkerHealth
 from distq.http import Endpoint
@@ -43,9 +43,8 @@ class _Process:
         health = self.health
         ready.set_function(lambda: 1.0 if health.ready().ok else 0.0)
         self.endpoint = Endpoint(self.settings.metrics_host, port, registry, self.health).start()
-        host = self.settings.metrics_host
-        shown = f"[{host}]" if ":" in host else host  # an IPv6 address, in a URL
-        self.console.info(f"metrics, /healthz and /readyz on http://{shown}:{self.endpoint.port}")
+        where = host_port(self.settings.metrics_host, self.endpoint.port)
+        self.console.info(f"metrics, /healthz and /readyz on http://{where}")
 
     def close(self) -> None:
         self.health.readiness.stopping()

@@ -59,7 +59,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, Protocol, TypeVar, cast
 
-from distq.config import MASTER_TTL_MIN_SECONDS, MESSAGE_BATCH, Settings
+from distq.config import MASTER_TTL_MIN_SECONDS, MESSAGE_BATCH, Settings, host_port
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport.base import (
@@ -639,7 +639,7 @@ class ManagerTransport(Transport):
         self._broker: QueueBroker | None = None
         self._manager: _ClientManager | None = None
         host, port = settings.manager_address
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.address = host_port(host, port)
         self._role = role
         self._acceptor: threading.Thread | None = None
         self._logged: dict[str, float] = {}  # accept problem -> when last logged
