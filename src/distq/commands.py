@@ -29,7 +29,14 @@ from distq.codec import Codec
 from distq.config import MAX_ATTEMPTS, Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task, new_id
-from distq.errors import ConfigError, EnvelopeError, RemoteError, TransportError
+from distq.errors import (
+    ConfigError,
+    EnvelopeError,
+    KeyMissing,
+    MessageTooLarge,
+    RemoteError,
+    TransportError,
+)
 from distq.executor import Executor
 from distq.jsonvalue import check_arguments
 from distq.management import ManagementApi, ManagementError
@@ -271,12 +278,16 @@ def _dead_letters(
     total = transport.stats().dead
     _say(f"{len(letters)} of {total} dead letters, oldest first")
     for letter in letters:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.at))
+        when = _when(letter.at)
         if letter.unreadable:  # no time: the raw entry is all there is
             when = "time unknown".ljust(len(when))
         _say(f"{when}  worker {letter.worker or '-'}  {letter.reason}")
         _say(f"    {_describe_body(letter.body, codec)}")
     return 0
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
 def _letter_json(letter: DeadLetter, codec: Codec) -> dict[str, Any]:
@@ -322,13 +333,19 @@ def _cut(text: str) -> str:
 
 
 # -- requeue --------------------------------------------------------------------------
+#: ``requeue-dead`` first opens this many of the letters it will move: one it cannot
+#: open for want of a setting (a signing key, a size limit) stops it before any moves.
+CHECKED_FIRST = 100
+
+
 def reviver(codec: Codec) -> Revive:
     """How ``requeue-dead`` turns a dead letter into the body it enqueues.
 
     A task starts over: attempt 1, created now, and with nobody waiting for its result
     (:data:`~distq.envelope.NO_REPLY`), since its submitter had its error result already;
     ``codec`` opens it and seals (signs) it anew. Anything it cannot open (a malformed
-    message, one signed with another key) goes back as it was.
+    message, a forged signature, one this command lacks the key or the size limit for)
+    goes back as it was.
     """
 
     def revive(letter: DeadLetter) -> bytes:
@@ -342,23 +359,57 @@ def reviver(codec: Codec) -> Revive:
     return revive
 
 
+def unsettable(body: bytes, codec: Codec, settings: Settings) -> str | None:
+    """Why ``requeue-dead`` cannot start this task over with its own settings, though the
+    workers could run it: signed with a key it lacks, or over its size limit. Then the
+    task would go back unchanged (its old master, its old attempt) and, its master long
+    gone, be dead-lettered again at once. None for a task it opens, or a malformed one."""
+    try:
+        codec.open_task(body)
+    except KeyMissing as exc:
+        return f"{exc}; set the workers' DISTQ_SIGNING_KEYS for this command"
+    except MessageTooLarge as exc:
+        if len(body) > settings.max_message_bytes:
+            return f"{exc}; set the workers' DISTQ_MAX_MESSAGE_BYTES for this command"
+    except EnvelopeError:
+        pass
+    return None
+
+
 def _requeue_dead(
     args: argparse.Namespace, transport: Transport, settings: Settings, console: Console
 ) -> int:
     # by default those there now: letters that die again meanwhile wait for the next run
     limit = args.limit if args.limit is not None else transport.stats().dead
-    revive = reviver(Codec.from_settings(settings))
-    unreadable = 0
+    codec = Codec.from_settings(settings)
+    revive = reviver(codec)
+    for letter in transport.dead_letters(min(limit, CHECKED_FIRST)) if limit > 0 else []:
+        why = None if letter.unreadable else unsettable(letter.body, codec, settings)
+        if why is not None:
+            raise ConfigError(
+                f"requeue-dead cannot start over the dead letter of {_when(letter.at)} "
+                f"({_cut(letter.reason)}): {why}; nothing requeued"
+            )
+    unreadable = unopened = 0
 
     def counted(letter: DeadLetter) -> bytes:
-        nonlocal unreadable
+        nonlocal unreadable, unopened
         unreadable += letter.unreadable
+        if not letter.unreadable and unsettable(letter.body, codec, settings) is not None:
+            unopened += 1
         return revive(letter)
 
     moved = transport.requeue_dead(limit, counted) if limit > 0 else 0
     _say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
     # revived more than once only when another requeue-dead took a letter first: at most
-    unreadable = min(unreadable, moved)
+    unreadable, unopened = min(unreadable, moved), min(unopened, moved)
+    if unopened:
+        _say(
+            f"{unopened} of them could not be opened with this command's DISTQ_SIGNING_KEYS "
+            "or DISTQ_MAX_MESSAGE_BYTES (the first were checked, not these): they went back "
+            "unchanged, with their old master and attempt, and will be dead-lettered again; "
+            "run requeue-dead with the workers' settings"
+        )
     if unreadable:
         _say(
             f"{unreadable} of them unreadable (not a distq dead letter): their raw bytes went "

@@ -46,6 +46,11 @@ class SignatureError(EnvelopeError):
     """A message is unsigned, signed with an unknown key, or its signature does not match."""
 
 
+class KeyMissing(SignatureError):
+    """A message is signed with a key this process does not have (or it has none): not
+    a forgery, a setting to fix."""
+
+
 class MessageTooLarge(EnvelopeError):
     """A message is over ``DISTQ_MAX_MESSAGE_BYTES`` (or nests JSON too deeply)."""
 

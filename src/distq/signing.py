@@ -23,7 +23,7 @@ import hmac
 import re
 from collections.abc import Sequence
 
-from distq.errors import SignatureError
+from distq.errors import KeyMissing, SignatureError
 
 MAGIC = b"DQSIG1 "
 _ID_LENGTH = 8
@@ -119,7 +119,7 @@ class Signer:
         key = self._keys.get(kid)
         if key is None:
             shown = kid.decode(errors="replace")
-            raise SignatureError(
+            raise KeyMissing(
                 f"{kind} signed with another key (key id {shown!r}), "
                 "not one of this process's DISTQ_SIGNING_KEYS"
             )
@@ -164,7 +164,7 @@ _OPAD = bytes(x ^ 0x5C for x in range(256))
 def unsigned(message: bytes, kind: str) -> bytes:
     """What a process without keys reads: bare envelopes; a signed one is refused."""
     if message.startswith(MAGIC):
-        raise SignatureError(
+        raise KeyMissing(
             f"signed {kind}, but this process has no signing key: set DISTQ_SIGNING_KEYS "
             "to the keys of the process that sent it"
         )

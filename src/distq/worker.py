@@ -53,7 +53,7 @@ from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console
 from distq.ending import Ending, Endings
-from distq.errors import SettledThenFailed, Shutdown
+from distq.errors import ConfigError, SettledThenFailed, Shutdown
 from distq.health import WorkerHealth
 from distq.masters import MasterWatch
 from distq.runner import TaskRunner
@@ -159,6 +159,7 @@ class Worker:
         self._abort = threading.Event()  # cold: hand back everything now
         self._drain_until: float | None = None
         self._signals = 0
+        self._fatal: ConfigError | None = None  # a setting the broker refused: run() raises it
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> int:
@@ -183,6 +184,8 @@ class Worker:
             f"{snap.tasks_retried} retried, {snap.dead_lettered} dead-lettered "
             f"in {time.monotonic() - started:.1f} s"
         )
+        if self._fatal is not None:
+            raise self._fatal
         return 0
 
     def _start(self, slots: list[_Slot], done: threading.Event) -> None:
@@ -224,6 +227,14 @@ class Worker:
                     )
                     self._stop_cold(slots)
                 return
+
+    def _refused(self, exc: ConfigError) -> None:
+        """The broker refused a setting mid-run (a key of another type, an ACL without
+        distq's keys): no reconnect mends that, so stop warm and exit 2 with its message,
+        instead of a loop of "reconnecting" / "reconnected"."""
+        if self._fatal is None:
+            self._fatal = exc
+        self._stop_warm()
 
     def _stop_warm(self) -> None:
         if not self._stopping.is_set():
@@ -398,7 +409,9 @@ class Worker:
                     claimed = []  # held by the consumer closed below: they go back with it
                     if slot.generation != generation:
                         return
-                    if self.outage.lost():
+                    if isinstance(exc, ConfigError):
+                        self._refused(exc)
+                    elif self.outage.lost():
                         self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
                     with slot.lock:
                         slot.batch = None
@@ -450,6 +463,9 @@ class Worker:
             consumer = self.transport.consumer(consumer_id)
         except Exception as exc:  # TransportError; anything else must not end the slot either
             self.health.connected(False, consumer_id, str(exc))
+            if isinstance(exc, ConfigError):
+                self._refused(exc)
+                return None
             if self.outage.lost():  # one line per outage, not one per attempt
                 self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
             self._stopping.wait(slot.backoff.next())

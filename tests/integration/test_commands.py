@@ -22,8 +22,9 @@ import pika.exceptions
 import pytest
 
 from conftest import Target
+from distq.codec import Codec
 from distq.config import Settings
-from distq.envelope import DeadLetter, new_id
+from distq.envelope import DeadLetter, Task, new_id
 from distq.transport import Settlement, Transport, open_transport
 from launch import LocalRedis
 from procs import Distq
@@ -154,6 +155,48 @@ def test_an_unreadable_dead_letter_is_listed_and_requeued_as_its_bytes(
     again = json.loads(distq(target, "dead-letters", "--json").stdout)
     assert sorted(entry["body"] for entry in again) == ["garbage", raw.decode()]
     assert all(entry["reason"].startswith("malformed message") for entry in again), again
+
+
+def test_requeue_dead_without_the_signing_key_moves_nothing_and_says_which_key(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """Without the workers' key, requeue-dead cannot start a signed task over: it went
+    back unchanged (its old master, its old attempt) and was dead-lettered again at once,
+    while the command said "requeued 1". Now it moves nothing and names the setting."""
+    key = "requeue-key-0123456789abcdef"
+    signed = Codec([key.encode()])
+    task = Task(name="jobs:add", args=[1, 2], reply_to="gone", attempt=3)
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    producer.submit([b"first"])
+    consumer = remote.consumer("dies")
+    (first,) = fetch_n(consumer, 1)
+    letter = DeadLetter(body=signed.seal_task(task), reason="failed 3 of 3", queue="q", worker="w")
+    consumer.settle([Settlement(first, dead_letter=letter.encode())])
+    consumer.close()
+    producer.close()
+    deadline = time.monotonic() + 10
+    while status(target)["dead"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    refused = distq(target, "requeue-dead")
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    assert "signed task, but this process has no signing key" in refused.stderr
+    assert "set the workers' DISTQ_SIGNING_KEYS for this command; nothing requeued" in (
+        refused.stderr
+    )
+    assert (status(target)["ready"], status(target)["dead"]) == (0, 1)
+
+    keyed = subprocess.run(
+        [sys.executable, "-m", "distq", "requeue-dead"],
+        env=target.process_env(DISTQ_SIGNING_KEYS=key),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert keyed.returncode == 0, keyed.stderr
+    assert keyed.stdout.startswith("requeued 1 dead letters"), keyed.stdout
+    assert (status(target)["ready"], status(target)["dead"]) == (1, 0)
 
 
 def test_submit_wait_prints_the_result_or_the_remote_error(

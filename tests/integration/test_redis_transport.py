@@ -37,6 +37,7 @@ from distq.transport.base import Settlement
 from distq.transport.redis import REPLY_GRACE_MS, RedisConsumer, RedisProducer, RedisTransport
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
+from procs import Distq
 from seam import results_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -473,6 +474,98 @@ def test_a_queue_name_another_key_holds_stops_workers_masters_and_commands_at_on
         assert "set DISTQ_QUEUE to a name no other key has" in done.stderr
         assert "reconnect" not in done.stderr and "Traceback" not in done.stderr
     raw.delete(queue)
+
+
+@contextlib.contextmanager
+def _acl_user(raw: redis.Redis[bytes], *rules: str) -> Iterator[str]:
+    """A Redis user with these ACL rules and password "pw"; its name. Deleted after."""
+    user = f"u{uuid.uuid4().hex[:8]}"
+    raw.execute_command("ACL", "SETUSER", user, "on", ">pw", *rules)
+    try:
+        yield user
+    finally:
+        raw.execute_command("ACL", "DELUSER", user)
+
+
+def test_a_user_whose_acl_leaves_out_the_ready_list_stops_everything_at_once(
+    redis_url: str, raw: redis.Redis[bytes]
+) -> None:
+    """``~distq:*`` misses the ready list, named after the queue itself: workers looped on
+    'reconnecting' / 'reconnected' for good (or said "task_queue is empty" and exited 0)."""
+    port = urlsplit(redis_url).port
+    with _acl_user(raw, "~distq:*", "+@all") as user:
+        url = f"redis://{user}:pw@127.0.0.1:{port}/0"
+        target = Target(
+            "redis",
+            Settings(transport="redis", redis_url=url),
+            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url},
+        ).fresh()
+        queue = target.settings.queue
+        for args in (
+            ["worker", "--exit-when-idle", "2"],
+            ["master", "--tasks", "2", "--timeout", "10"],
+            ["status"],
+            ["submit", "jobs:add", "1", "2"],
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "distq", *args],
+                env=target.process_env(),
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            )
+            assert done.returncode == 2, (args, done.stderr)
+            assert f"refused user '{user}' access to key '{queue}' of DISTQ_QUEUE" in done.stderr
+            assert f"ACL SETUSER {user} '~{queue}' '~distq:{queue}:*' +@all" in done.stderr
+            assert "reconnect" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_permissions_taken_away_mid_run_are_a_config_error_not_an_outage(
+    open_transport: OpenTransport, redis_url: str, raw: redis.Redis[bytes], queue: str
+) -> None:
+    port = urlsplit(redis_url).port
+    with _acl_user(raw, f"~{queue}", f"~distq:{queue}:*", "+@all") as user:
+        transport = open_transport(url=f"redis://{user}:pw@127.0.0.1:{port}/0")
+        consumer = transport.consumer("w")
+        assert consumer.fetch(1, 0.0) == []
+        raw.execute_command("ACL", "SETUSER", user, "resetkeys", "~distq:*")
+        with pytest.raises(ConfigError, match=f"refused user '{user}' access to a key"):
+            consumer.fetch(1, 0.0)
+
+
+@pytest.mark.parametrize("change", ["acl", "type"])
+def test_a_worker_exits_2_when_the_broker_refuses_a_setting_mid_run(
+    redis_url: str, raw: redis.Redis[bytes], change: str
+) -> None:
+    """Permissions taken away, or the ready list made another type, while a worker runs:
+    it looped on 'reconnecting' / 'reconnected' for good. Now it stops and exits 2."""
+    port = urlsplit(redis_url).port
+    with _acl_user(raw, "~*", "+@all") as user:
+        url = f"redis://{user}:pw@127.0.0.1:{port}/0"
+        target = Target(
+            "redis",
+            Settings(transport="redis", redis_url=url),
+            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url},
+        ).fresh()
+        queue = target.settings.queue
+        worker = Distq(["worker", "--concurrency", "2"], target.process_env())
+        try:
+            worker.wait_for(r"Connect to redis")
+            time.sleep(1.0)  # both slots fetch
+            if change == "acl":
+                raw.execute_command("ACL", "SETUSER", user, "resetkeys", "~distq:*")
+            else:
+                raw.set(queue, "hello")
+            assert worker.wait(20) == 2, worker.output()
+            out = worker.output()
+        finally:
+            worker.stop(grace=0)
+            raw.delete(queue)
+        assert "worker exit." in out
+        wanted = "access to a key" if change == "acl" else f"Redis key '{queue}' at 127.0.0.1:"
+        assert wanted in out, out
+        assert "reconnected" not in out and "Traceback" not in out, out
 
 
 def test_wrong_password_is_refused_without_echoing_it(

@@ -85,7 +85,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+)
 from redis.retry import Retry
 
 from distq import tls
@@ -597,6 +603,8 @@ class RedisTransport(Transport):
         keys = self._typed_keys()
         replies = wire.pipeline([("TYPE", key) for key, _, _ in keys])
         for (key, want, what), found in zip(keys, replies, strict=True):
+            if isinstance(found, NoPermissionError) and "key" in str(found):
+                raise self._forbidden(found, key)
             if isinstance(found, Exception):  # an ACL may forbid TYPE: the calls will tell
                 continue
             kind = found.decode() if isinstance(found, bytes) else str(found)
@@ -649,6 +657,19 @@ class RedisTransport(Transport):
             f"application (or a hand edit) uses that name; {fix}"
         )
 
+    def _forbidden(self, exc: NoPermissionError, key: str | None = None) -> ConfigError:
+        """A NOPERM reply: the Redis user's ACL leaves out a key or a command distq uses.
+        Not an outage to retry: it fails the same way until the ACL changes."""
+        queue = self.settings.queue
+        user = self.client.connection_pool.connection_kwargs.get("username") or "default"
+        what = f"key {key!r}" if key else "a key or a command"
+        return ConfigError(
+            f"Redis at {self.address} refused user {user!r} access to {what} of "
+            f"DISTQ_QUEUE={queue!r}: {exc}; its ACL must allow distq's keys ({queue} and "
+            f"distq:{queue}:*) and commands, for example: ACL SETUSER {user} "
+            f"{shlex.quote('~' + queue)} {shlex.quote(f'~distq:{queue}:*')} +@all"
+        )
+
     def _unreachable(self, exc: RedisError) -> ConnectionFailed:
         where = f"Redis at {self.address} (DISTQ_REDIS_URL)"
         problem = tls.failure(exc)
@@ -677,6 +698,8 @@ class RedisTransport(Transport):
             yield
         except AuthenticationError as exc:
             raise self._refused(exc) from None
+        except NoPermissionError as exc:  # the user's ACL: not an outage to wait out
+            raise self._forbidden(exc) from None
         except ResponseError as exc:
             if str(exc).startswith("WRONGTYPE"):  # a key was made another type since start
                 raise self._wrong_type_behind(exc) from None
