@@ -28,7 +28,7 @@ from distq import flagtypes
 from distq.codec import Codec
 from distq.config import MAX_ATTEMPTS, Settings
 from distq.console import Console
-from distq.envelope import NO_REPLY, DeadLetter, Task, new_id
+from distq.envelope import NO_REPLY, DeadLetter, Task, new_id, shown
 from distq.errors import (
     ConfigError,
     EnvelopeError,
@@ -281,7 +281,7 @@ def _dead_letters(
         when = _when(letter.at)
         if letter.unreadable:  # no time: the raw entry is all there is
             when = "time unknown".ljust(len(when))
-        _say(f"{when}  worker {letter.worker or '-'}  {letter.reason}")
+        _say(f"{when}  worker {shown(letter.worker) or '-'}  {shown(letter.reason)}")
         _say(f"    {_describe_body(letter.body, codec)}")
     return 0
 
@@ -325,7 +325,7 @@ def _describe_body(body: bytes, codec: Codec) -> str:
         [json.dumps(a) for a in task.args]
         + [f"{k}={json.dumps(v)}" for k, v in task.kwargs.items()]
     )
-    return f"task {task.name}({_cut(call)}) [{task.id}]"
+    return f"task {shown(task.name)}({_cut(call)}) [{shown(task.id)}]"
 
 
 def _cut(text: str) -> str:
@@ -388,7 +388,7 @@ def _requeue_dead(
         if why is not None:
             raise ConfigError(
                 f"requeue-dead cannot start over the dead letter of {_when(letter.at)} "
-                f"({_cut(letter.reason)}): {why}; nothing requeued"
+                f"({_cut(shown(letter.reason))}): {why}; nothing requeued"
             )
     unreadable = unopened = 0
 

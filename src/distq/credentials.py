@@ -28,10 +28,13 @@ FILE_SUFFIX = "_FILE"
 MASK = "***"
 #: A query parameter whose value is a secret: redis-py takes the password from
 #: ``?password=`` as well as from the user part, and TLS options may carry one
-#: (``ssl_password``). Its value runs to the next parameter, fragment, space or quote; one
-#: masked already (``***`` then ``)``, as a message quotes a masked URL) is left alone.
+#: (``ssl_password``; pika's ``ssl_options`` holds a dict that may hold a key's
+#: ``password``, so all of it is masked). Its value runs to the next parameter, fragment,
+#: space or quote; one masked already (``***`` then ``)``, as a message quotes a masked
+#: URL) is left alone.
 _SECRET_PARAM = re.compile(
-    r"([?&;][^=&#\s]*(?:pass|secret|token)[^=&#\s]*=)(?!\*\*\*(?:[)&#\s'\"]|$))[^&#\s'\"]*",
+    r"([?&;][^=&#\s]*(?:pass|secret|token|ssl_options)[^=&#\s]*=)"
+    r"(?!\*\*\*(?:[)&#\s'\"]|$))[^&#\s'\"]*",
     re.I,
 )
 

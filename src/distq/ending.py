@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 from distq.codec import Codec
-from distq.envelope import NO_REPLY, DeadLetter, Result, Task
+from distq.envelope import NO_REPLY, DeadLetter, Result, Task, shown
 from distq.errors import EnvelopeError, MessageTooLarge, SignatureError, TimeLimitExceeded
 from distq.jsonvalue import problem
 from distq.limits import OVERSIZED_KEPT_BYTES
@@ -165,8 +165,8 @@ class Endings:
         if retry is not None:
             delay = retry_delay(task.attempt)
             note = (
-                f"task {task.name} {task.id} attempt {task.attempt}/{task.max_attempts} "
-                f"failed ({message}); retrying in {delay:g} s"
+                f"task {shown(task.name)} {shown(task.id)} attempt {task.attempt}/"
+                f"{task.max_attempts} failed ({message}); retrying in {delay:g} s"
             )
             settlement = Settlement(delivery, retry=retry, retry_delay=delay)
             return Ending(settlement, "retried", task, started_at, duration, note)
@@ -203,7 +203,7 @@ class Endings:
             result=None if nobody else result,
             dead_letter=self._dead(delivery.body, reason),
         )
-        note = f"task {task.name} {task.id} dead-lettered: {reason}"
+        note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {reason}"
         return Ending(settlement, "failed", task, started_at, duration, note)
 
     def unhandled(self, delivery: Delivery, task: Task, error: Exception) -> Ending:
@@ -224,7 +224,7 @@ class Endings:
             result=result,
             dead_letter=self._dead(delivery.body, reason),
         )
-        note = f"task {printable(task.name)} {printable(task.id)} dead-lettered: {reason}"
+        note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {reason}"
         return Ending(settlement, "failed", task, 0.0, 0.0, note)
 
     def timed_out(
@@ -241,7 +241,7 @@ class Endings:
             "it stopped, or died and the queue lapsed); not run"
         )
         settlement = Settlement(delivery, dead_letter=self._dead(delivery.body, reason))
-        note = f"task {task.name} {task.id} dead-lettered: {reason}"
+        note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {reason}"
         return Ending(settlement, "orphaned", task, note=note)
 
     def malformed(self, delivery: Delivery, error: EnvelopeError) -> Ending:

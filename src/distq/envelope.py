@@ -102,6 +102,15 @@ def new_id() -> str:
     return "%032x" % next(_ids.counter)  # noqa: UP031 - the fastest spelling, per task
 
 
+def shown(text: str) -> str:
+    """Text from the wire (a task's name or id) made safe for a line of a text log: line
+    breaks, terminal escapes and other unprintable characters escaped, as in repr(), so
+    a message cannot forge log lines or drive the operator's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _fits_reply_to(value: str) -> bool:
     return 0 < len(value) <= 63 or 0 < len(value.encode(errors="replace")) <= 255
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from distq import squares
 from distq.chunks import CHUNK_TASK, chunk_function, show_chunk
-from distq.envelope import Task
+from distq.envelope import Task, shown
 from distq.errors import ConfigError, UnknownTask
 
 TaskFunction = Callable[..., Any]
@@ -174,7 +174,7 @@ class Registry:
     def show(self, task: Task) -> str:
         """How the worker's ``Get task ...`` line names ``task``, registered or not."""
         show = self._shows.get(task.name)
-        return show(task) if show is not None else f"{task.name}{task.args}"
+        return show(task) if show is not None else f"{shown(task.name)}{task.args}"
 
     def register_path(self, path: str) -> str:
         """Import ``module:function`` and register it under ``path``; return the name."""

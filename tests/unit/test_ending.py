@@ -194,3 +194,22 @@ def test_a_task_nobody_waits_for_ends_without_a_result() -> None:
     failed = ENDINGS.failed(delivery(t), t, raised(ValueError("x")), 0.0, 0.1, retryable=True)
     assert failed.outcome == "failed" and failed.settlement.dead_letter is not None
     assert (failed.settlement.result, failed.settlement.reply_to) == (None, None)
+
+
+FORGED = "square\ndistq: worker exit. 0 ok\x1b[8m"
+
+
+def test_a_name_and_id_from_the_wire_cannot_forge_log_lines() -> None:
+    """A queue writer put a line break and a terminal escape in a task's name: the text
+    log showed a forged "worker exit" line and hid the rest of the terminal's output."""
+    t = Task(name=FORGED, id="id\r\n1", args=[3], reply_to="replies", max_attempts=2)
+    notes = [
+        ENDINGS.failed(delivery(t), t, ValueError("x"), 0.0, 0.1, retryable=True).note,
+        ENDINGS.failed(delivery(t), t, ValueError("x"), 0.0, 0.1, retryable=False).note,
+        ENDINGS.orphaned(delivery(t), t).note,
+        ENDINGS.unhandled(delivery(t), t, ValueError("x")).note,
+    ]
+    for note in notes:
+        assert note is not None
+        assert "\n" not in note and "\r" not in note and "\x1b" not in note, note
+        assert note.startswith(r"task square\ndistq: worker exit. 0 ok\x1b[8m id\r\n1 "), note

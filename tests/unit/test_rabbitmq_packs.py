@@ -170,6 +170,21 @@ def test_a_message_carries_its_pack_or_itself() -> None:
     assert task_bodies(TASKS_TYPE, b"") == [b""]
 
 
+def test_a_pack_no_master_writes_is_one_malformed_message_not_thousands() -> None:
+    """One 64 KiB message of 16,384 empty entries made 16,384 dead letters and lines."""
+    empties = pack([b""] * 16_384)
+    assert task_bodies(TASKS_TYPE, empties) == [empties]
+    too_many = pack(_bodies(TASKS_PER_MESSAGE + 1))
+    assert task_bodies(TASKS_TYPE, too_many) == [too_many]
+    most = _bodies(TASKS_PER_MESSAGE)
+    assert task_bodies(TASKS_TYPE, pack(most)) == most
+    one_empty = pack([b"a", b"", b"c"])
+    assert task_bodies(TASKS_TYPE, one_empty) == [one_empty]
+    large = pack(_bodies(3))
+    assert task_bodies(TASKS_TYPE, large, max_bytes=len(large) - 1) == [large]
+    assert task_bodies(TASKS_TYPE, large, max_bytes=len(large)) == _bodies(3)
+
+
 def test_a_pack_split_for_a_slow_worker_goes_back_task_by_task() -> None:
     held = HeldMessages()
     first, *rest = held.receive(11, [b"a", b"b", b"c"], redelivered=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import ssl
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -16,6 +17,7 @@ from distq.credentials import SECRETS, mask_url
 from distq.errors import ConfigError
 from distq.logs import mask_secrets
 from distq.security import notices
+from distq.transport.rabbitmq import _Broker
 
 KEY = {"DISTQ_AUTHKEY": "secret-authkey-value"}
 SIGNING = "k" * 16 + "-signing"
@@ -251,6 +253,10 @@ def test_max_message_bytes() -> None:
         ("rediss://:pw@h:1/0?ssl_password=k3y", "rediss://:***@h:1/0?ssl_password=***"),
         ("unix:///run/r.sock?db=0&password=S3cret", "unix:///run/r.sock?db=0&password=***"),
         ("redis://h:70000/0?password=S3cret", "redis://h:70000/0?password=***"),
+        (  # pika's TLS options: a dict that may hold the client key's password
+            "amqps://u:p@h:5671/%2F?ssl_options=%7B%27password%27%3A%27k3y%27%7D&heartbeat=5",
+            "amqps://u:***@h:5671/%2F?ssl_options=***&heartbeat=5",
+        ),
     ],
 )
 def test_mask_url(url: str, shown: str) -> None:
@@ -305,6 +311,24 @@ def test_settings_never_show_a_secret(tmp_path: Path) -> None:
 def test_a_malformed_url_is_reported_without_its_password() -> None:
     message = error({**KEY, "DISTQ_REDIS_URL": "redis://:abc/defpw@host/0"})
     assert "abc" not in message and "defpw" not in message and "not a valid URL" in message
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        "{'ca_certs':'/etc/ssl/certs/ca-certificates.crt','password':'KeyPassS3cr3t",
+        "{}",
+        "{'ca_certs':'/nonexistent.pem','password':'KeyPassS3cr3t'}",
+    ],
+)
+def test_unusable_ssl_options_are_a_config_error_without_the_key_password(options: str) -> None:
+    """pika reads them with ast.literal_eval and builds an SSL context at once: a
+    SyntaxError (quoting the value, password and all), TypeError or OSError was a
+    traceback and exit 1."""
+    url = f"amqps://u:S3cr3tPw@127.0.0.1:5671/%2F?ssl_options={quote(options, safe='')}"
+    with pytest.raises(ConfigError, match="its ssl_options cannot be used") as caught:
+        _Broker.from_url(url)
+    assert "KeyPassS3cr3t" not in str(caught.value) and "S3cr3tPw" not in str(caught.value)
 
 
 # --- TLS settings ------------------------------------------------------------------

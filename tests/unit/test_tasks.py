@@ -36,6 +36,8 @@ def test_worker_lines_name_squares_by_number_and_others_by_name_and_arguments() 
     assert registry.show(task("square", 733)) == "733"
     assert registry.show(task("jobs:echo", 5, "x")) == "jobs:echo[5, 'x']"
     assert registry.show(task("nowhere:nothing", 1)) == "nowhere:nothing[1]"  # not registered
+    forged = registry.show(task("x\nGet task square\x1b[8m", 1))  # no forged line, no escape
+    assert forged == r"x\nGet task square\x1b[8m[1]"
     registry.register("square", square)  # registered again without its own way to show
     assert registry.show(task("square", 733)) == "square[733]"
     registry.register("jobs:echo", print, show=lambda t: f"echo of {t.args[0]}")

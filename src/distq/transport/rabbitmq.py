@@ -209,6 +209,16 @@ class _Broker:
             raise ConfigError(
                 f"DISTQ_AMQP_URL ({mask_url(url)}) is not a valid AMQP URL ({exc})"
             ) from None
+        except (SyntaxError, TypeError, OSError) as exc:  # ssl.SSLError is an OSError
+            # pika reads ?ssl_options= with ast.literal_eval and builds its SSL context at
+            # once; a SyntaxError's text would quote the value, and a key's password in it
+            why = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+            raise ConfigError(
+                f"DISTQ_AMQP_URL ({mask_url(url)}): its ssl_options cannot be used "
+                f"({type(exc).__name__}: {why}); give a Python dict of pika's SSL options "
+                "(ca_certs, certfile, keyfile, password), or leave them out and set "
+                "DISTQ_TLS_CA_FILE, DISTQ_TLS_CERT_FILE and DISTQ_TLS_KEY_FILE"
+            ) from None
         user = unquote(urlsplit(url).username or params.credentials.username)
         return cls(
             url, params.host, params.port, user, params.virtual_host, tls_files or tls.TlsFiles()
@@ -959,7 +969,7 @@ class RabbitMQConsumer(Consumer):
         self._tag = None  # the broker cancelled us (queue deleted): consume anew, or fail
 
     def _on_task(self, _channel: Any, method: Any, props: Any, body: bytes) -> None:
-        bodies = task_bodies(props.type, body)
+        bodies = task_bodies(props.type, body, self._transport.pack_bytes)
         tag = method.delivery_tag
         self._buffer += self._held.receive(tag, bodies, bool(method.redelivered))
         self._per_message = len(bodies)

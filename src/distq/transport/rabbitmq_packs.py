@@ -73,15 +73,22 @@ def unpack(data: bytes) -> list[bytes]:
     return bodies
 
 
-def task_bodies(message_type: str | None, body: bytes) -> list[bytes]:
+def task_bodies(
+    message_type: str | None, body: bytes, max_bytes: int = MAX_PACK_BYTES
+) -> list[bytes]:
     """The tasks one message of the task queue carries: a pack's bodies, else the body.
 
-    A pack that does not unpack (or is empty) is one body, whole: the worker finds it
-    malformed and dead-letters it.
+    A pack no master writes is one body, whole, which the worker finds malformed (or too
+    large) and dead-letters once: one that does not unpack, is empty, holds an empty
+    body or more than :data:`TASKS_PER_MESSAGE`, or is over ``max_bytes`` (the
+    :func:`pack_bytes` budget). Without these limits a queue writer turned one 64 KiB
+    message into 16,384 dead letters and as many log lines.
     """
-    if message_type == TASKS_TYPE:
+    if message_type == TASKS_TYPE and len(body) <= max_bytes:
         with contextlib.suppress(ValueError):
-            return unpack(body) or [body]
+            bodies = unpack(body)
+            if 0 < len(bodies) <= TASKS_PER_MESSAGE and b"" not in bodies:
+                return bodies
     return [body]
 
 
