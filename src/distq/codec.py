@@ -160,4 +160,10 @@ class Codec:
         return unsigned(message, kind)  # refuses a signed message, saying why
 
 
+def not_bytes(message: object, kind: str) -> EnvelopeError:
+    """The error for a message that is not bytes at all: a manager peer can put any
+    picklable value on a queue (a str, None), which the codec's checks raise TypeError on."""
+    return EnvelopeError(f"{kind} is a {type(message).__name__}, not bytes: {message!r:.200}")
+
+
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw]).decode

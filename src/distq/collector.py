@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, KeysView
 from typing import Generic, TypeVar
 
-from distq.codec import Codec
+from distq.codec import Codec, not_bytes
 from distq.config import MESSAGE_BATCH
 from distq.envelope import Result
 from distq.errors import EnvelopeError
@@ -208,6 +208,9 @@ def _results(
             envelopes = open_results(body)
         except EnvelopeError as exc:
             refused(exc)
+            continue
+        except TypeError:  # not bytes at all (a manager peer put a str): bad input too
+            refused(not_bytes(body, "result"))
             continue
         for envelope in envelopes:
             try:

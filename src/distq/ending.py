@@ -50,6 +50,10 @@ Outcome = Literal["ok", "failed", "retried", "malformed", "orphaned"]
 
 #: Longest traceback text an error result carries; longer ones keep their end.
 MAX_TRACEBACK_CHARS = 8000
+#: Longest exception message a reason (log line, dead letter, error result) carries;
+#: longer ones keep their start. A 5 MB message made a dead letter over the broker's
+#: max_message_size, refused, and the task ran again for good.
+MAX_MESSAGE_CHARS = 4000
 
 
 def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> str:
@@ -67,6 +71,8 @@ def describe(error: BaseException) -> str:
         text = str(error)
     except Exception:  # a broken __str__, or an int too long to print
         text = "<exception str() failed>"
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS:,} characters cut)"
     return printable(f"{type(error).__name__}: {text}")
 
 
@@ -249,6 +255,8 @@ class Endings:
         dead-lettered with the reason, nobody to answer. An oversized body's dead letter
         keeps its first ``OVERSIZED_KEPT_BYTES``."""
         body = delivery.body
+        if not isinstance(body, bytes):  # a manager peer's str, None...: kept as its repr
+            body = repr(body).encode("utf-8", "backslashreplace")
         if isinstance(error, MessageTooLarge | SignatureError):
             reason = f"refused: {error}"
         else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from distq.codec import not_bytes
 from distq.console import Console
 from distq.ending import Ending, Endings
 from distq.envelope import Task
@@ -49,6 +50,8 @@ class TaskRunner:
             task = self.codec.open_task(delivery.body)
         except EnvelopeError as exc:
             return self._told(self.endings.malformed(delivery, exc))
+        except TypeError:  # not bytes at all (a manager peer put a str): bad input too
+            return self._told(self.endings.malformed(delivery, not_bytes(delivery.body, "task")))
         if gate is not None:
             admitted = gate.admit(task)
             if admitted is None:

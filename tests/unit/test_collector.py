@@ -112,3 +112,20 @@ def test_a_sample_keeps_every_round_trip_then_an_even_spread_of_them() -> None:
         assert len(sample) < 8
         assert sample == [float(n) for n in range(0, start + 7, sample.stride)][: len(sample)]
     assert sample.stride == 16 and sample == [0.0, 16.0, 32.0, 48.0, 64.0, 80.0, 96.0]
+
+
+def test_a_result_that_is_not_bytes_is_refused_not_a_crash() -> None:
+    """A manager peer put a str on a master's reply queue: the master died with a
+    TypeError traceback, and an Executor broke for good."""
+    errors: list[EnvelopeError] = []
+    got: list[str] = []
+    collector: Collector[str] = Collector(
+        lambda r, entry, rtt: got.append(r.task_id),
+        errors.append,
+        MasterTelemetry(MasterMetrics("manager", "q")),
+    )
+    collector.expect([("a", "entry-a")])
+    junk: list[Any] = ['{"v": 1}', None, result("a")]
+    assert collector.accept(junk) == 1
+    assert got == ["a"] and collector.malformed == 2
+    assert [str(e)[:24] for e in errors] == ["result is a str, not byt", "result is a NoneType, no"]

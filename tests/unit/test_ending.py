@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from distq.ending import MAX_TRACEBACK_CHARS, Ending, Endings, retry_delay, traceback_text
+from distq.ending import (
+    MAX_MESSAGE_CHARS,
+    MAX_TRACEBACK_CHARS,
+    Ending,
+    Endings,
+    describe,
+    retry_delay,
+    traceback_text,
+)
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError
 from distq.transport import Delivery, Settlement
@@ -213,3 +221,16 @@ def test_a_name_and_id_from_the_wire_cannot_forge_log_lines() -> None:
         assert note is not None
         assert "\n" not in note and "\r" not in note and "\x1b" not in note, note
         assert note.startswith(r"task square\ndistq: worker exit. 0 ok\x1b[8m id\r\n1 "), note
+
+
+def test_a_huge_exception_message_is_cut_in_every_reason() -> None:
+    """A 5 MB message went whole into the log line, the dead letter and the error result:
+    on RabbitMQ the dead letter was over max_message_size, refused, and the task ran again
+    for good, writing 250 MB of log."""
+    huge = ValueError("x" * 5_000_000)
+    assert describe(huge) == f"ValueError: {'x' * MAX_MESSAGE_CHARS}... (4,996,000 characters cut)"
+    t = task("boom", 5, max_attempts=1)
+    ending = ENDINGS.failed(delivery(t), t, huge, 0.0, 0.1, retryable=True)
+    assert ending.note is not None and len(ending.note) < MAX_MESSAGE_CHARS + 500
+    assert ending.settlement.dead_letter is not None
+    assert len(ending.settlement.dead_letter) < 2 * MAX_MESSAGE_CHARS + MAX_TRACEBACK_CHARS

@@ -9,7 +9,7 @@ import pytest
 
 from distq.console import Console
 from distq.ending import Endings
-from distq.envelope import Result, Task
+from distq.envelope import DeadLetter, Result, Task
 from distq.runner import TaskRunner
 from distq.tasks import Registry
 from distq.transport import Delivery
@@ -71,6 +71,21 @@ def test_garbage_is_dead_lettered_and_nothing_runs(runner: TaskRunner, out: io.S
     assert runner(Delivery(body=b"{not json", tag=1)).outcome == "malformed"
     assert "Get task" not in out.getvalue()
     assert "dead-lettered a malformed message" in out.getvalue()
+
+
+@pytest.mark.parametrize("body", ["a str body", None, 7])
+def test_a_body_that_is_not_bytes_is_dead_lettered_not_taken_for_an_outage(
+    runner: TaskRunner, out: io.StringIO, body: object
+) -> None:
+    """A manager peer put a str on the task queue: the TypeError reached the slot, which
+    took it for a broker outage and handed the batch back, over and over."""
+    ending = runner(Delivery(body=body, tag=1))  # type: ignore[arg-type]
+    assert ending.outcome == "malformed"
+    letter = ending.settlement.dead_letter
+    assert letter is not None
+    dead = DeadLetter.decode(letter)
+    assert dead.body == repr(body).encode()
+    assert dead.reason.startswith(f"malformed message: task is a {type(body).__name__}, not bytes")
 
 
 def test_quiet_prints_failures_only() -> None:
