@@ -12,8 +12,10 @@ anything else 404
 A request only reads state the process keeps (:mod:`distq.health`): no broker call,
 so probes cost the task path nothing. :func:`probe` is the client ``distq probe`` uses.
 
-Clients that are slow or never finish cannot pile up: a connection that sends nothing
-for ``REQUEST_TIMEOUT`` seconds is closed, and at most ``MAX_CONNECTIONS`` are served at
+Clients that are slow or never finish cannot pile up: a connection has
+``REQUEST_TIMEOUT`` seconds from accept to send its whole request (request line and
+headers), however it trickles them, and a kept-alive one as long again from each answer
+for its next request; past that it is closed. At most ``MAX_CONNECTIONS`` are served at
 once (one more is closed at once, unanswered). An IPv6 ``DISTQ_METRICS_HOST`` (``::``,
 ``::1``) listens on IPv6; ``::`` takes IPv4 too where the system allows dual stack.
 """
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 import errno
 import http.client
+import io
 import ipaddress
 import json
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -38,8 +42,9 @@ from distq.errors import ConfigError
 from distq.health import ProcessHealth, Verdict
 
 JSON = "application/json"
-#: Seconds a connection may send nothing (mid-request, or idle between keep-alive
-#: requests) before it is closed.
+#: Seconds a connection has for its whole request (line and headers), counted from
+#: accept, or for a kept-alive one from its last answer; then it is closed. Also the
+#: bound on writing one answer.
 REQUEST_TIMEOUT = 10.0
 #: Connections served at once; one more is closed unanswered.
 MAX_CONNECTIONS = 32
@@ -144,10 +149,39 @@ def _json(verdict: Verdict) -> tuple[int, str, bytes]:
     return (200 if verdict.ok else 503), JSON, json.dumps(verdict.body).encode() + b"\n"
 
 
+class _DeadlineReader(socket.SocketIO):
+    """The request's reads, each with the socket timeout set to what is left of the
+    handler's deadline: a client that trickles a byte every few seconds, which a
+    per-read timeout never stops, is cut at the deadline all the same."""
+
+    def __init__(self, handler: _Handler) -> None:
+        super().__init__(handler.connection, "rb")
+        self._handler = handler
+
+    def readinto(self, b: Any) -> int | None:
+        left = self._handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete request within {self._handler.timeout:g} s")
+        self._handler.connection.settimeout(left)
+        return super().readinto(b)
+
+
 class _Handler(BaseHTTPRequestHandler):
     endpoint: Endpoint
     protocol_version = "HTTP/1.1"  # keep-alive for Prometheus's scrapes
-    timeout = REQUEST_TIMEOUT  # the socket's: a client that stops sending is dropped
+    #: seconds for a whole request, from accept (or from the last answer, kept alive)
+    timeout = REQUEST_TIMEOUT
+    deadline = 0.0
+
+    def setup(self) -> None:
+        self.deadline = time.monotonic() + self.timeout
+        super().setup()
+        self.rfile.close()  # the stdlib's reader: reads with a per-read timeout only
+        self.rfile = io.BufferedReader(_DeadlineReader(self))
+
+    def handle_one_request(self) -> None:
+        super().handle_one_request()  # a timeout ends the connection (close_connection)
+        self.deadline = time.monotonic() + self.timeout  # kept alive: the next request's
 
     def do_GET(self) -> None:
         self._answer(head=False)
@@ -165,6 +199,7 @@ class _Handler(BaseHTTPRequestHandler):
             except Exception as exc:  # a probe must answer, even about its own failure
                 status, content_type = 500, JSON
                 body = json.dumps({"status": "error", "reason": repr(exc)}).encode() + b"\n"
+        self.connection.settimeout(self.timeout)  # the answer: written within as long
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

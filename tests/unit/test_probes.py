@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -391,6 +392,79 @@ def test_slow_clients_cannot_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         for client in slow:
             client.close()
+        endpoint.close()
+
+
+def test_trickling_clients_are_cut_at_the_request_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """32 clients that each send a byte of their headers every 0.25 s hold every slot: a
+    per-read timeout (1 s here, 10 s in use) never ends them, and every probe and scrape
+    was closed unanswered for as long as they liked. The deadline is for the whole request,
+    so they are cut after 1 s and the probe is answered. Bounded: 33 connections, 4 s."""
+    monkeypatch.setattr(distq_http._Handler, "timeout", 1.0)
+    endpoint = Endpoint("127.0.0.1", 0, CollectorRegistry(), ProcessHealth("worker")).start()
+    header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000  # never ends
+    trickling: list[socket.socket] = []
+    probes: list[bytes] = []
+    try:
+        for _ in range(32):  # one at a time: the listen backlog is 5, and all must be served
+            trickling.append(socket.create_connection(("127.0.0.1", endpoint.port), timeout=5))
+            trickling[-1].sendall(header[:1])
+            time.sleep(0.02)
+        start = time.monotonic()
+        sent = 1
+        while time.monotonic() - start < 4.0:
+            for client in trickling:
+                with contextlib.suppress(OSError):  # cut by the server: the fix
+                    client.sendall(header[sent : sent + 1])
+            sent += 1
+            if time.monotonic() - start > 1.2:  # past every deadline, still trickling
+                with socket.create_connection(("127.0.0.1", endpoint.port), timeout=2) as probe:
+                    probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    answer = b""
+                    with contextlib.suppress(OSError):  # reset: unanswered too
+                        answer = probe.recv(100)
+                    probes.append(answer)
+                if probes[-1].startswith(b"HTTP/1.1 200"):
+                    break
+            time.sleep(0.25)
+        assert probes and probes[-1].startswith(b"HTTP/1.1 200"), (
+            f"every probe closed unanswered while 32 clients trickled: {probes}"
+        )
+        for client in trickling:  # the server closed them: no answer, just the end
+            client.settimeout(2)
+            with contextlib.suppress(ConnectionResetError):
+                assert client.recv(100) == b""
+    finally:
+        for client in trickling:
+            client.close()
+        endpoint.close()
+
+
+def test_a_kept_alive_connection_has_the_same_deadline_for_its_next_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After an answer, a kept-alive connection has the request timeout again for its next
+    request, not for each byte of it. Bounded: one connection, 3 s."""
+    monkeypatch.setattr(distq_http._Handler, "timeout", 0.6)
+    endpoint = Endpoint("127.0.0.1", 0, CollectorRegistry(), ProcessHealth("worker")).start()
+    try:
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=2) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.1 200")  # kept alive (HTTP/1.1)
+            client.setblocking(False)
+            start, closed = time.monotonic(), False
+            while not closed and time.monotonic() - start < 3.0:
+                try:
+                    client.sendall(b"G")  # the next request, a byte every 0.2 s
+                    time.sleep(0.2)
+                    closed = client.recv(100) == b""
+                except BlockingIOError:
+                    pass  # nothing to read: still open
+                except OSError:
+                    closed = True  # reset: cut
+            assert closed, "a trickled next request held its connection for 3 s"
+            assert time.monotonic() - start < 1.5
+    finally:
         endpoint.close()
 
 
