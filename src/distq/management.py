@@ -8,8 +8,13 @@ plugin's listener). Two GETs per sample, ``/api/queues/{vhost}/{queue}`` and one
 of the queue's lease records (``<queue>.held.*``: tasks running past a lease are
 acknowledged on the task queue and held there, see :mod:`distq.transport.rabbitmq_holds`),
 each with a short timeout, no proxy, credentials in the Authorization header only: the
-password is never part of a URL that is printed. The plugin refreshes its counts every
-5 s by default (``collect_statistics_interval``), so they lag by up to that much.
+password is never part of a URL that is printed. A redirect is not followed (the API
+never answers one, and the password would go wherever it points, in clear if to
+``http://``): it is an error naming its target. An ``https://`` URL is checked against
+``DISTQ_TLS_CA_FILE`` (or the system's CAs), with the client certificate of
+``DISTQ_TLS_CERT_FILE`` if there is one, as the broker is. The plugin refreshes its
+counts every 5 s by default (``collect_statistics_interval``), so they lag by up to that
+much.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 import pika
 
 from distq.config import host_port
 from distq.credentials import mask_url
 from distq.errors import DistqError
+from distq.tls import TlsFiles, failure
 
 TIMEOUT_SECONDS = 2.0
 RECORD_QUEUES = 500  # lease-record queues counted (one per worker connection holding one)
@@ -52,11 +58,25 @@ class ManagedQueue:
         return self.unacknowledged + self.held
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx stays an answer (an ``HTTPError``): urllib's own handler follows it to any
+    host, the Authorization header with it."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class ManagementApi:
-    """Reads one queue's counts from RabbitMQ's management API."""
+    """Reads one queue's counts from RabbitMQ's management API; ``tls_files`` (the
+    settings') check an ``https://`` one's certificate, as the broker's."""
 
     def __init__(
-        self, url: str, amqp_url: str, queue: str, timeout: float = TIMEOUT_SECONDS
+        self,
+        url: str,
+        amqp_url: str,
+        queue: str,
+        timeout: float = TIMEOUT_SECONDS,
+        tls_files: TlsFiles | None = None,
     ) -> None:
         parts = urlsplit(url)
         self.shown = mask_url(url)
@@ -80,7 +100,13 @@ class ManagementApi:
         }
         self.timeout = timeout
         # the API sits next to the broker: an HTTP(S)_PROXY of the environment is not the way
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        handlers: list[urllib.request.BaseHandler] = [
+            urllib.request.ProxyHandler({}),
+            _NoRedirects(),
+        ]
+        if parts.scheme == "https" and tls_files:  # a private CA, a client certificate
+            handlers.append(urllib.request.HTTPSHandler(context=tls_files.context()))
+        self._opener = urllib.request.build_opener(*handlers)
 
     def read(self) -> ManagedQueue:
         """The queue's counts; :class:`ManagementError` (naming the fix) on any failure."""
@@ -112,6 +138,15 @@ class ManagementApi:
                     f"{where} refused the user (HTTP {exc.code}); check the user and password "
                     "and that the user has the 'monitoring' tag"
                 ) from None
+            if 300 <= exc.code < 400:
+                target = exc.headers.get("Location") if exc.headers else None
+                shown = "".join(c if c.isprintable() else "?" for c in urljoin(url, target or ""))
+                to = f" to {mask_url(shown)[:300]}" if target else ""
+                raise ManagementError(
+                    f"{where} answered a redirect (HTTP {exc.code}){to}, which is not followed "
+                    "(the password would go with it); point DISTQ_RABBITMQ_MANAGEMENT_URL at "
+                    "the API itself"
+                ) from None
             if exc.code == 404:
                 raise ManagementError(
                     f"{where} has no queue {self.queue!r} in vhost {self.vhost!r} (HTTP 404)"
@@ -119,6 +154,8 @@ class ManagementApi:
             raise ManagementError(f"{where} answered HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, BaseException) and (problem := failure(reason)):
+                raise ManagementError(problem.line(f"the {where}")) from None
             raise ManagementError(f"cannot reach the {where}: {reason}") from None
         except ValueError as exc:
             raise ManagementError(f"{where} answered something that is not JSON: {exc}") from None

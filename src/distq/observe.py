@@ -97,7 +97,10 @@ class MasterObservability(_Process):
         management = None  # asked only when the transport cannot count in-flight tasks
         if self.settings.rabbitmq_management_url:
             management = ManagementApi(
-                self.settings.rabbitmq_management_url, self.settings.amqp_url, self.settings.queue
+                self.settings.rabbitmq_management_url,
+                self.settings.amqp_url,
+                self.settings.queue,
+                tls_files=self.settings.tls_files,
             )
         self.sampler = StatsSampler(
             transport,

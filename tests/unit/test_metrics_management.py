@@ -7,15 +7,22 @@ reads a real RabbitMQ's.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import ssl
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from threading import Thread
 from typing import Any
 
 import pytest
 
+from certs import CertificateAuthority
+from distq.commands import _in_flight
+from distq.config import Settings
 from distq.management import ManagementApi, ManagementError
+from distq.transport.base import QueueStats
 from launch import free_port
 
 
@@ -101,3 +108,109 @@ def test_a_records_page_that_is_not_one_is_an_error(stub: tuple[Stub, int]) -> N
     api = ManagementApi(f"http://admin:s3cret@127.0.0.1:{port}", "amqp://h/%2F", "jobs")
     with pytest.raises(ManagementError, match="unexpected page of queues"):
         api.read()
+
+
+def _serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_redirect_is_an_error_and_the_password_does_not_follow_it() -> None:
+    """urllib followed a 3xx to any host with the Authorization header: a misconfigured
+    or hostile proxy got the monitoring user's password (in clear if sent to http://)."""
+    seen: list[str | None] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):  # another host: records what it is sent
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            body = json.dumps({"messages_unacknowledged": 0, "items": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    elsewhere = _serve(Elsewhere)
+    other = f"http://localhost:{elsewhere.server_address[1]}"
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", other + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    redirect = _serve(Redirect)
+    try:
+        port = redirect.server_address[1]
+        api = ManagementApi(f"http://admin:s3cret@127.0.0.1:{port}", "amqp://h/%2F", "jobs")
+        try:
+            api.read()
+            message = "read() followed the redirect"
+        except ManagementError as exc:
+            message = str(exc)
+        # the other host was never asked, the password never sent there
+        assert seen == [], f"the other host received Authorization: {seen}"
+        assert f"answered a redirect (HTTP 302) to {other}/api/queues/%2F/jobs" in message
+        assert "point DISTQ_RABBITMQ_MANAGEMENT_URL at the API itself" in message
+        assert "s3cret" not in message and "admin:***@127.0.0.1" in message
+    finally:
+        for server in (redirect, elsewhere):
+            server.shutdown()
+            server.server_close()
+
+
+def test_an_https_api_is_checked_with_the_tls_files_of_the_settings(tmp_path: Path) -> None:
+    """A management listener with a certificate of the broker's private CA was refused
+    (system CAs only): DISTQ_TLS_CA_FILE was not used, nor the client certificate, so
+    ``in_flight`` stayed unknown. This one requires a client certificate too."""
+    ca = CertificateAuthority(tmp_path / "ca")
+    files = ca.server()
+    client_cert, client_key = ca.client()
+
+    class Api(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            document: dict[str, Any] = (
+                {"items": []} if "?" in self.path else {"messages_unacknowledged": 7}
+            )
+            body = json.dumps(document).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(files.ca))
+    context.load_cert_chain(str(files.cert), str(files.key))
+    context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        stats = QueueStats(ready=0, in_flight=0, dead=0, consumers=0, in_flight_known=False)
+        settings = Settings(
+            transport="rabbitmq",
+            amqp_url="amqps://u:p@localhost:5671/%2F",
+            rabbitmq_management_url=f"https://admin:s3cret@localhost:{server.server_address[1]}",
+            tls_ca_file=str(ca.cert),
+            tls_cert_file=str(client_cert),
+            tls_key_file=str(client_key),
+        )
+        assert _in_flight(stats, settings) == (7, "")  # distq status; the master's sampler too
+        stranger = CertificateAuthority(tmp_path / "stranger", name="stranger CA")
+        other = dataclasses.replace(settings, tls_ca_file=str(stranger.cert))
+        in_flight, why = _in_flight(stats, other)
+        assert in_flight is None
+        assert "the server's certificate was refused" in why and "DISTQ_TLS_CA_FILE" in why
+        assert "s3cret" not in why
+    finally:
+        server.shutdown()
+        server.server_close()
