@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import os
+import pickle
+import re
 import secrets
 import signal
 import socket
@@ -15,6 +18,8 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from multiprocessing import connection, managers
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +57,10 @@ def _no_delay(conn: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _master_and_worker(queue: str) -> Iterator[tuple[Transport, Transport]]:
-    """A master's transport hosting ``queue`` and a worker's connected to it, closed after."""
-    settings = _settings(queue)
+def _master_and_worker(queue: str | Settings) -> Iterator[tuple[Transport, Transport]]:
+    """A master's transport hosting ``queue`` (or on these settings) and a worker's
+    connected to it, closed after."""
+    settings = _settings(queue) if isinstance(queue, str) else queue
     hosted = open_transport(settings, "master")
     remote = open_transport(settings, "worker")
     try:
@@ -663,3 +669,159 @@ def test_a_remote_executor_reconnects_to_a_master_started_again() -> None:
     finally:
         worker.stop(grace=3.0)
         host.close()
+
+
+class _MakesDir:
+    """A pickle that, loaded, creates ``path`` (``os.mkdir``): code run by whoever loads
+    it, as an attacker's ``os.system`` would be."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.mkdir, (str(self.path),)
+
+
+def _authenticated(settings: Settings) -> Connection:
+    """A connection to ``settings``' master that passed the HMAC handshake, as any
+    DISTQ_AUTHKEY holder can open: the stdlib's, which pickles and unpickles anything."""
+    assert settings.authkey is not None
+    sock = socket.create_connection(settings.manager_address, timeout=5)
+    sock.setblocking(True)
+    conn = manager._bounded(Connection(sock.detach()), 10)  # a read or write: 10 s at most
+    connection.answer_challenge(conn, settings.authkey)
+    connection.deliver_challenge(conn, settings.authkey)
+    return conn
+
+
+@pytest.mark.parametrize("when", ["first request", "a later request"])
+def test_an_authkey_holder_cannot_run_code_in_the_master(
+    when: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the master unpickled whatever an authenticated peer sent: any DISTQ_AUTHKEY holder
+    # (every worker host) ran code in it, signing keys or not
+    settings, marker = _settings("nopickle"), tmp_path / "ran"
+    with _master_and_worker(settings) as (hosted, remote):
+        producer = hosted.producer("nopickle.results")
+        consumer = remote.consumer("c1")  # a worker connected before the attack
+        producer.submit([b"a"])
+        assert [d.body for d in fetch_n(consumer, 1)] == [b"a"]
+        with _authenticated(settings) as attacker:
+            if when == "a later request":  # on a connection the master serves already
+                attacker.send((None, "accept_connection", ("attacker",), {}))
+                assert attacker.recv() == ("#RETURN", None)
+            attacker.send((None, "dummy", (_MakesDir(marker),), {}))
+            try:
+                answer: object = attacker.recv()
+            except (EOFError, ConnectionResetError) as exc:
+                answer = exc
+        assert not marker.exists(), "the attacker's pickle ran in the master"
+        assert isinstance(answer, EOFError | ConnectionResetError), answer  # dropped, unanswered
+        # the master serves its workers still, the one connected before and a new one
+        producer.submit([b"b"])
+        assert [d.body for d in fetch_n(consumer, 1)] == [b"b"]
+        later = open_transport(settings, "worker")
+        try:
+            assert later.stats().in_flight == 2
+        finally:
+            later.close()
+        consumer.close()
+        producer.close()
+    dropped = [r.getMessage() for r in caplog.records if "dropped the connection" in r.message]
+    assert len(dropped) == 1, dropped  # said once, with the peer's address and what it sent
+    assert "from 127.0.0.1:" in dropped[0] and "posix.mkdir" in dropped[0], dropped
+
+
+@contextlib.contextmanager
+def _fake_master(settings: Settings, evil_on: str, marker: Path) -> Iterator[None]:
+    """A master holding DISTQ_AUTHKEY that answers like a real one, except ``evil_on``
+    (a method name), answered with a pickle that creates ``marker`` when loaded."""
+    assert settings.authkey is not None
+    authkey = settings.authkey
+    server = socket.create_server(settings.manager_address)
+    stop = threading.Event()
+
+    def serve(conn: Connection) -> None:
+        with conn, contextlib.suppress(EOFError, OSError):
+            connection.deliver_challenge(conn, authkey)
+            connection.answer_challenge(conn, authkey)
+            while not stop.is_set():
+                _, method, _, _ = conn.recv()
+                reply: Any = None
+                if method == evil_on:
+                    reply = _MakesDir(marker)
+                elif method == "create":
+                    reply = ("1", manager._EXPOSED)
+                elif method == "fetch":
+                    reply = []
+                conn.send(("#RETURN", reply))
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                sock, _ = server.accept()
+                sock.setblocking(True)
+                threading.Thread(
+                    target=serve, args=(Connection(sock.detach()),), daemon=True
+                ).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(5)
+
+
+def test_a_fake_master_cannot_run_code_in_a_worker_as_it_connects(tmp_path: Path) -> None:
+    # a worker unpickled the master's replies: whoever holds DISTQ_AUTHKEY and answers on
+    # the master's address (or in its place) ran code in every worker that connected
+    settings, marker = _settings("fakemaster"), tmp_path / "ran"
+    with _fake_master(settings, "dummy", marker):
+        try:
+            open_transport(settings, "worker").close()
+            failed = ""
+        except ConnectionFailed as exc:
+            failed = str(exc)
+    assert not marker.exists(), "the fake master's pickle ran in the worker"
+    assert re.search(r"refused the reply .*posix\.mkdir is not among", failed), failed
+
+
+def test_a_fake_master_cannot_run_code_in_a_worker_with_a_reply(tmp_path: Path) -> None:
+    settings, marker = _settings("fakereply"), tmp_path / "ran"
+    with _fake_master(settings, "fetch", marker):
+        remote = open_transport(settings, "worker")
+        try:
+            consumer = remote.consumer("c1")
+            with pytest.raises(TransportError) as failed:
+                consumer.fetch(5, 0.1)
+            assert not marker.exists(), "the fake master's pickle ran in the worker"
+            assert re.search(r"refused a reply .*posix\.mkdir is not among", str(failed.value))
+            consumer.close()
+        finally:
+            remote.close()
+
+
+def test_the_manager_protocol_unpickles_plain_data_and_builtin_exceptions_only() -> None:
+    settle = [(1, "q.results.j", b"x" * 70_000, None, 0.5, None), (2, None, None, b"t", 0.0, b"")]
+    request: tuple[Any, ...] = ("7f01", "settle_fetch", ("q", "w1.ab12", settle, 128, 30.0), {})
+    other: Any = [None, True, -(2**70), 1.5e300, "\u00e9", {"a": {1, 2}}, frozenset({b""})]
+    for plain in (request, other, ("#RETURN", [(3, b"body", False)]), ("#TRACEBACK", "...")):
+        for reader in (manager._RequestUnpickler, manager._ReplyUnpickler):
+            assert reader(io.BytesIO(pickle.dumps(plain))).load() == plain
+    reply = ("#ERROR", TypeError("fetch() takes 6 positional arguments but 7 were given"))
+    kind, error = manager._ReplyUnpickler(io.BytesIO(pickle.dumps(reply))).load()
+    assert kind == "#ERROR" and isinstance(error, TypeError), error
+    refused: list[tuple[type[pickle.Unpickler], object, str]] = [
+        (manager._RequestUnpickler, KeyError("a master is never sent an exception"), "KeyError"),
+        (manager._RequestUnpickler, range(3), "builtins.range"),
+        (manager._ReplyUnpickler, SystemExit(0), "builtins.SystemExit"),  # would end a worker
+        (manager._ReplyUnpickler, managers.Token("distq_broker", None, "1"), "managers.Token"),
+        (manager._ReplyUnpickler, ("#RETURN", eval), "builtins.eval"),
+    ]
+    for unpickler, data, named in refused:
+        with pytest.raises(pickle.UnpicklingError, match=f"{named} is not among"):
+            unpickler(io.BytesIO(pickle.dumps(data))).load()

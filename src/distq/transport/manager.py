@@ -3,7 +3,10 @@
 The master runs a :class:`QueueBroker` in-process and serves it on
 ``DISTQ_MANAGER_ADDRESS``; workers connect with the shared ``DISTQ_AUTHKEY`` (HMAC
 challenge before any message is unpickled, so only key holders can talk to it).
-Only ``bytes``/``str``/numbers cross the wire: the envelopes stay JSON.
+Only plain data (``bytes``, ``str``, numbers, in tuples and lists) crosses the wire: the
+envelopes stay JSON. Both ends unpickle with :class:`_Unpickler`, which builds nothing
+else (built-in exceptions aside, in replies), so a key holder cannot run code in the
+master, nor a fake master in the workers.
 
 Leases are per consumer: every delivery a consumer holds shares one deadline, pushed
 back by ``fetch`` and ``heartbeat``. A reaper thread in the master puts the deliveries
@@ -38,13 +41,16 @@ keepalive on the rest. It listens on IPv4 or IPv6, as the host of the address sa
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import heapq
+import io
 import itertools
 import logging
 import math
 import os
+import pickle
 import secrets
 import socket
 import struct
@@ -57,7 +63,7 @@ from dataclasses import dataclass, field
 from multiprocessing import AuthenticationError, connection, managers
 from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from distq.config import MASTER_TTL_MIN_SECONDS, MESSAGE_BATCH, Settings, host_port
 from distq.envelope import DeadLetter
@@ -491,14 +497,96 @@ class _Deadlines:
                         sock.shutdown(socket.SHUT_RDWR)  # its thread's read ends at once
 
 
+# -- what a manager connection unpickles ---------------------------------------------
+# multiprocessing's connections unpickle whatever the peer sends, and a pickle can call
+# any importable function (os.system, ...): every DISTQ_AUTHKEY holder could run code in
+# the master, and a fake master in the workers. Both ends unpickle with _Unpickler
+# instead, which builds plain data (None, bool, int, float, str, bytes, tuple, list,
+# dict, set: no global is named for any of them) and only the globals listed here.
+
+#: What a master unpickles from a peer besides plain data: nothing. A request is
+#: ``(object id, method name, args, kwargs)`` of plain data (see :class:`_Broker`), the
+#: first one on a connection too (``accept_connection``, ``create``, ``incref``, ...).
+_REQUEST_GLOBALS: frozenset[tuple[str, str]] = frozenset()
+#: What a worker (any process that connects to a master) unpickles from it besides plain
+#: data: the built-in exception classes (``Exception``'s subclasses in ``builtins``), for
+#: ``("#ERROR", exc)``, a broker method that raised (a ``TypeError`` on arguments an
+#: older master does not take, say). Replies are otherwise plain data (see :class:`_Broker`).
+_REPLY_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    ("builtins", name)
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, Exception)
+)
+
+
+class _Refused(pickle.UnpicklingError):
+    """A message that names a global its receiver does not unpickle: not loaded."""
+
+
+class _Unpickler(pickle.Unpickler):
+    """``pickle``'s C unpickler, which looks up no global outside ``allowed``."""
+
+    allowed: ClassVar[frozenset[tuple[str, str]]] = frozenset()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.allowed:
+            return super().find_class(module, name)
+        raise _Refused(f"{module}.{name} is not among what the manager protocol unpickles")
+
+
+class _RequestUnpickler(_Unpickler):
+    allowed = _REQUEST_GLOBALS
+
+
+class _ReplyUnpickler(_Unpickler):
+    allowed = _REPLY_GLOBALS
+
+
+class _ServedConnection(Connection):
+    """The master's end of a connection: requests unpickled by :class:`_RequestUnpickler`.
+    A refused one ends the connection as the peer's close would (``EOFError``: what ends
+    ``multiprocessing``'s ``serve_client``), with ``refused`` saying why."""
+
+    def __init__(self, handle: int, peer: str) -> None:
+        super().__init__(handle)
+        self.peer = peer
+        self.refused: str | None = None
+
+    def recv(self) -> Any:
+        try:
+            return _RequestUnpickler(io.BytesIO(self.recv_bytes())).load()
+        except _Refused as exc:
+            self.refused = str(exc)
+            raise EOFError(self.refused) from None
+
+
+class _ClientConnection(Connection):
+    """A worker's end of a connection: replies unpickled by :class:`_ReplyUnpickler`; a
+    refused one raises :class:`_Refused` (a ``TransportError`` in :func:`_call`)."""
+
+    def recv(self) -> Any:
+        return _ReplyUnpickler(io.BytesIO(self.recv_bytes())).load()
+
+
 class _Listener(connection.Listener):
     """``multiprocessing.connection.Listener`` on a TCP address, IPv6 too: the stdlib's
-    picks ``AF_INET`` for every ``(host, port)``, so an IPv6 host could never listen."""
+    picks ``AF_INET`` for every ``(host, port)``, so an IPv6 host could never listen.
+    Its connections are :class:`_ServedConnection` objects."""
 
     def __init__(self, address: tuple[str, int], family: str | None = None, backlog: int = 1):
         family = "AF_INET6" if ":" in address[0] else "AF_INET"
         self._listener = connection.SocketListener(address, family, backlog)  # type: ignore[attr-defined]
         self._authkey = None  # the server authenticates each connection in its own thread
+
+    def accept(self) -> _ServedConnection:
+        """``SocketListener.accept()``, making a :class:`_ServedConnection` that knows
+        its peer's address."""
+        listener = self._listener
+        if listener is None:  # close() was called
+            raise OSError("listener is closed")
+        sock, address = listener._socket.accept()
+        sock.setblocking(True)
+        return _ServedConnection(sock.detach(), host_port(*address[:2]))
 
 
 def _client(address: Any, authkey: bytes | None = None) -> Connection:
@@ -512,7 +600,7 @@ def _client(address: Any, authkey: bytes | None = None) -> Connection:
     except TimeoutError:
         raise _no_answer("the TCP connect") from None
     sock.setblocking(True)  # the timeouts below are the socket's own: Connection reads the fd
-    conn = _bounded(_no_delay(Connection(sock.detach())), _CONNECT_TIMEOUT)
+    conn = _bounded(_no_delay(_ClientConnection(sock.detach())), _CONNECT_TIMEOUT)
     try:
         if authkey is not None:
             connection.answer_challenge(conn, authkey)
@@ -715,7 +803,24 @@ class ManagerTransport(Transport):
             self._logged[kind] = now
             log.error("master at %s: %s", self.address, message)
 
-    def _serve(self, conn: Connection, handshakes: threading.BoundedSemaphore) -> None:
+    def _serve(self, conn: _ServedConnection, handshakes: threading.BoundedSemaphore) -> None:
+        """Serve ``conn`` (:meth:`_serve_requests`); a connection dropped for a message
+        the master does not unpickle is logged, once, with the peer's address."""
+        try:
+            self._serve_requests(conn, handshakes)
+        finally:
+            if conn.refused is not None:
+                log.error(
+                    "master at %s: dropped the connection from %s: it sent a message the "
+                    "master does not unpickle (%s)",
+                    self.address,
+                    conn.peer,
+                    conn.refused,
+                )
+
+    def _serve_requests(
+        self, conn: _ServedConnection, handshakes: threading.BoundedSemaphore
+    ) -> None:
         """``multiprocessing``'s ``Server.handle_request``, with the handshake and first
         request bounded by ``_HANDSHAKE_TIMEOUT``, and nothing sent to a peer that failed
         it: a silent or half-open peer costs the master a thread and a file descriptor for
@@ -767,6 +872,10 @@ class ManagerTransport(Transport):
             raise ConnectionFailed(
                 f"the master at {self.address} closed the connection as we connected "
                 "(its job is done, or it stopped)"
+            ) from None
+        except pickle.UnpicklingError as exc:  # not a distq master, or not a genuine one
+            raise ConnectionFailed(
+                f"refused the reply of the master at {self.address} as we connected: {exc}"
             ) from None
         except OSError as exc:
             raise ConnectionFailed(
@@ -916,6 +1025,11 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
         raise TransportError(f"lost the connection to the master at {address}: {exc!r}") from None
     except RemoteError as exc:
         raise TransportError(f"the master at {address} failed a request: {exc}") from None
+    except pickle.UnpicklingError as exc:  # _Refused: a reply naming a global; or garbage
+        _close_proxy(getattr(method, "__self__", None))  # not a master to keep talking to
+        raise TransportError(
+            f"refused a reply of the master at {address} and dropped the connection: {exc}"
+        ) from None
 
 
 def _closed(address: str) -> TransportError:
@@ -1000,7 +1114,7 @@ class ManagerProducer(Producer):
         return _call(self._address, self._broker.withdraw, self._queue, list(bodies))
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, EOFError):
+        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
             self._broker.delete(self.reply_to)
         _close_proxy(self._broker)
 
@@ -1060,7 +1174,8 @@ class ManagerConsumer(Consumer):
         _call(self._address, self._broker.release, self._id, tokens)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, EOFError):  # the master gone means leases gone
+        # the master gone means leases gone
+        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
             self._broker.disconnect(self._id)
         _close_proxy(self._broker)
 
