@@ -732,6 +732,81 @@ def test_an_authkey_holder_cannot_run_code_in_the_master(
     assert "from 127.0.0.1:" in dropped[0] and "posix.mkdir" in dropped[0], dropped
 
 
+def test_sixty_slots_connecting_at_once_all_get_in() -> None:
+    # the listen backlog was the stdlib server's 16: with 60 slots at once (a worker of
+    # --concurrency 60, or every slot after a master's restart) 17 failed their
+    # handshake 5 s later, "is a running `distq master` ... there?"
+    with _master_and_worker("burst") as (_hosted, remote):
+        go, failed = threading.Event(), []
+        consumers: list[Any] = []
+
+        def slot(i: int) -> None:
+            go.wait()
+            try:
+                consumer = remote.consumer(f"burst-{i}")
+                consumers.append(consumer)
+                consumer.fetch(1, 0.0)
+            except Exception as exc:
+                failed.append(repr(exc))
+
+        threads = [threading.Thread(target=slot, args=(i,)) for i in range(60)]
+        for thread in threads:
+            thread.start()
+        go.set()
+        for thread in threads:
+            thread.join(30)
+        for consumer in consumers:
+            consumer.close()
+        assert failed == [], failed
+
+
+def test_a_service_with_a_short_framed_greeting_is_named_not_a_traceback() -> None:
+    # the stdlib handshake asserts on a greeting not its own: worker, submit and status
+    # ended with an AssertionError traceback, exit 1
+    settings = _settings("greeter")
+    server = socket.create_server(settings.manager_address)
+    stop = threading.Event()
+
+    def greet() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                peer, _ = server.accept()
+                with peer:
+                    peer.sendall(struct.pack("!i", 5) + b"hello")
+                    time.sleep(0.2)
+
+    thread = threading.Thread(target=greet)
+    thread.start()
+    try:
+        with pytest.raises(ConnectionFailed, match="something other than a distq master"):
+            open_transport(settings, "worker").stats()
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+def test_an_authkey_holder_cannot_stop_the_master_serving() -> None:
+    # the stdlib server takes "shutdown" from any authenticated peer: after one, new
+    # connections got None replies and a new worker's stats() raised TypeError
+    settings = _settings("noshutdown")
+    with _master_and_worker(settings):
+        for name in ("shutdown", "debug_info"):
+            with _authenticated(settings) as attacker:
+                attacker.send((None, name, (), {}))
+                try:
+                    answer: object = attacker.recv()
+                except (EOFError, ConnectionResetError) as exc:
+                    answer = exc
+            assert isinstance(answer, EOFError | ConnectionResetError), (name, answer)
+        later = open_transport(settings, "worker")
+        try:
+            assert later.stats().ready == 0
+        finally:
+            later.close()
+
+
 @contextlib.contextmanager
 def _fake_master(settings: Settings, evil_on: str, marker: Path) -> Iterator[None]:
     """A master holding DISTQ_AUTHKEY that answers like a real one, except ``evil_on``

@@ -519,6 +519,12 @@ _REPLY_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 )
 
 
+#: What a connection's first request may ask of the master: the stdlib server's public
+#: methods but ``shutdown`` (any key holder could stop the master serving everyone; it
+#: stops when its job does) and ``debug_info`` (a listing of what it holds).
+_FIRST_REQUESTS = frozenset(managers.Server.public) - {"shutdown", "debug_info"}
+
+
 class _Refused(pickle.UnpicklingError):
     """A message that names a global its receiver does not unpickle: not loaded."""
 
@@ -575,6 +581,9 @@ class _Listener(connection.Listener):
 
     def __init__(self, address: tuple[str, int], family: str | None = None, backlog: int = 1):
         family = "AF_INET6" if ":" in address[0] else "AF_INET"
+        # the stdlib server asks for 16: 40 worker slots connecting at once (a master's
+        # restart) overflowed it, and some failed their handshake 5 s later
+        backlog = max(backlog, socket.SOMAXCONN)
         self._listener = connection.SocketListener(address, family, backlog)  # type: ignore[attr-defined]
         self._authkey = None  # the server authenticates each connection in its own thread
 
@@ -835,7 +844,7 @@ class ManagerTransport(Transport):
             finally:
                 self._deadlines.done(conn)
                 handshakes.release()
-            if name not in server.public:
+            if name not in _FIRST_REQUESTS:  # not shutdown: any key holder could stop us
                 raise ValueError(f"{name!r} unrecognized")
         except Exception:  # no key, a wrong one, a silent peer, a port scan: dropped
             conn.close()
@@ -876,6 +885,12 @@ class ManagerTransport(Transport):
         except pickle.UnpicklingError as exc:  # not a distq master, or not a genuine one
             raise ConnectionFailed(
                 f"refused the reply of the master at {self.address} as we connected: {exc}"
+            ) from None
+        except AssertionError:  # the stdlib handshake asserts on a greeting not its own
+            raise ConnectionFailed(
+                f"the service at {self.address} (DISTQ_MANAGER_ADDRESS) answered with "
+                "something other than a distq master's handshake; is a running `distq master` "
+                "(not another service) there?"
             ) from None
         except OSError as exc:
             raise ConnectionFailed(
