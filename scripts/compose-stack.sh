@@ -88,7 +88,7 @@ check_ports() {  # TRANSPORT GRAFANA
     if [ "$2" = 1 ]; then pairs+=" grafana:3000:GRAFANA_PORT"; fi
     for pair in $pairs; do
         IFS=: read -r service inner var <<<"$pair"
-        port=$(env_get "$var")
+        port=${!var:-$(env_get "$var")}  # the caller's value, before .env is written
         if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
             log "$var=$port: use a port number from 1 to 65535"
             exit 2
@@ -121,6 +121,8 @@ up() {
         log "WORKERS=$WORKERS: say how many workers, e.g. WORKERS=3"
         exit 2
     fi
+    # ports first: a refusal leaves the running stack, and .env, as they were
+    check_ports "$transport" "$grafana"
     for var in $KNOBS; do
         if [ -n "${!var:-}" ]; then env_set "$var" "${!var}"; fi
     done
@@ -131,7 +133,6 @@ up() {
     fi
     env_set COMPOSE_FILE "$(compose_files "$transport")"
     env_set COMPOSE_PROFILES "$(compose_profiles "$transport" "$grafana")"
-    check_ports "$transport" "$grafana"
 
     # Images: one named by the caller wins; a stand-in from an earlier run is tried anew.
     for var in $IMAGES; do

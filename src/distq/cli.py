@@ -196,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = (flags["DISTQ_LOG_FORMAT"] or os.environ.get("DISTQ_LOG_FORMAT", "")).strip()
     console = make_console(wanted, args.role, args.quiet, **fields)
     if args.role == "worker":  # from its first line on, a SIGTERM ends it with a line
-        _leave_on_signal(console)
+        _leave_on_signal(console, "worker", 0)
+    elif args.role == "master":  # a job not started is not done, but an endless --rate's
+        _leave_on_signal(console, "master", 0 if args.rate and args.tasks is None else 1)
     for warning in misspelled(os.environ):
         console.error(f"warning: {warning}")
     try:
@@ -286,14 +288,15 @@ def _check_report(path: Path) -> None:
         raise ConfigError(f"--report {str(path)!r} {why}; name a file the master can write")
 
 
-def _leave_on_signal(console: Console) -> None:
-    """Until the Worker installs its own handlers (once it runs), SIGTERM and SIGINT end
-    a worker at once, with a line: nothing is in hand yet; and as PID 1 in a container an
-    unhandled SIGTERM is ignored, so `docker stop` would wait out its whole grace period."""
+def _leave_on_signal(console: Console, role: str, code: int) -> None:
+    """Until the master or worker installs its own handlers (once connected), SIGTERM and
+    SIGINT end it at once (exit ``code``), with a line: nothing is in hand yet; and as
+    PID 1 in a container an unhandled SIGTERM is ignored, so `docker stop` would wait out
+    its whole grace period."""
 
     def leave(signum: int, _frame: object) -> None:
-        console.info(f"{signal.Signals(signum).name} while connecting: worker exit")
-        raise SystemExit(0)
+        console.info(f"{signal.Signals(signum).name} while connecting: {role} exit")
+        raise SystemExit(code)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, leave)

@@ -88,6 +88,14 @@ def test_worker_service_can_scale() -> None:
     assert worker["depends_on"]["master"]["condition"] == "service_healthy"
 
 
+def test_master_and_worker_get_as_long_to_stop_as_in_kubernetes() -> None:
+    # the master had Docker's default 10 s; through a Redis outage its stop took 19 s
+    services = _compose()["services"]
+    assert "terminationGracePeriodSeconds: 30" in (REPO / "k8s/base/master.yaml").read_text()
+    assert services["master"]["stop_grace_period"] == "30s"
+    assert services["worker"]["stop_grace_period"] == "30s"
+
+
 def test_each_broker_has_a_profile_an_overlay_and_a_named_volume() -> None:
     services = _compose()["services"]
     for broker in ("redis", "rabbitmq"):

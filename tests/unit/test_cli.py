@@ -279,6 +279,38 @@ def test_a_worker_ends_with_a_line_on_sigterm_from_its_first_line_on() -> None:
     assert "SIGTERM while connecting: worker exit" in output
 
 
+@pytest.mark.parametrize(("extra", "code"), [([], 1), (["--rate", "5"], 0)])
+def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], code: int) -> None:
+    """The master's handler came only once it had connected: as PID 1 a SIGTERM while it
+    waited for a broker that does not answer was ignored, and `docker stop` waited out
+    its whole grace period. A job not started is not done (exit 1), but an endless
+    --rate job's stop is its end (exit 0)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes connections, says nothing
+        env = {
+            **clean,
+            "PYTHONPATH": str(REPO / "src"),
+            "DISTQ_TRANSPORT": "redis",
+            "DISTQ_REDIS_URL": f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "distq", "master", *extra],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            time.sleep(1.5)  # started, and waiting for the broker's answer
+            assert proc.poll() is None, proc.communicate()[0]
+            proc.send_signal(signal.SIGTERM)
+            output = proc.communicate(timeout=2)[0]
+        finally:
+            proc.kill()
+    assert proc.returncode == code, output
+    assert "SIGTERM while connecting: master exit" in output
+
+
 def test_a_master_or_worker_collects_young_objects_less_often() -> None:
     import gc
 
