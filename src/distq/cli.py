@@ -34,7 +34,7 @@ from distq.config import (
     Settings,
     misspelled,
 )
-from distq.console import Console
+from distq.console import Console, announce
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.logs import make_console
 from distq.master import JobSpec, Master
@@ -295,7 +295,7 @@ def _leave_on_signal(console: Console, role: str, code: int) -> None:
     its whole grace period."""
 
     def leave(signum: int, _frame: object) -> None:
-        console.info(f"{signal.Signals(signum).name} while connecting: {role} exit")
+        announce(console, f"{signal.Signals(signum).name} while connecting: {role} exit")
         raise SystemExit(code)
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,6 +12,7 @@ whose stdout went away would fail each task it takes while printing its line.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -49,6 +50,18 @@ class Progress:
         self._draw(time.monotonic())
         self._stream.write("\n")
         self._stream.flush()
+
+
+def announce(console: Console, line: str) -> None:
+    """``console.info(line)`` from a signal handler. The handler may run while this
+    thread is inside a write to the same stream (a write to a pipe interrupted by the
+    signal): the buffered stream then raises ``RuntimeError: reentrant call``, which
+    made a SIGTERM'd worker exit 1 with a traceback. Then the line goes straight to
+    stderr's file descriptor instead."""
+    try:
+        console.info(line)
+    except RuntimeError:
+        os.write(2, f"{line}\n".encode(errors="backslashreplace"))
 
 
 class Console:

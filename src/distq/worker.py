@@ -51,7 +51,7 @@ from distq.backoff import Backoff, Outage
 from distq.batch import Batch, BatchSizer, Running, run_batch
 from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
-from distq.console import Console
+from distq.console import Console, announce
 from distq.ending import Ending, Endings
 from distq.errors import ConfigError, SettledThenFailed, Shutdown
 from distq.health import WorkerHealth
@@ -278,17 +278,18 @@ class Worker:
         self._signals += 1
         name = signal.Signals(signum).name
         if self._signals > 2:  # the cold stop is under way: raising again would break it
-            self.console.info(f"{name} again: already handing back every task and exiting")
+            announce(self.console, f"{name} again: already handing back every task and exiting")
             return
         if self._signals == 1:
-            self.console.info(
+            announce(
+                self.console,
                 f"{name}: finishing the tasks that run (for at most "
                 f"{self.options.drain_seconds:g} s), handing back the rest "
-                f"(send {name} again to stop at once)"
+                f"(send {name} again to stop at once)",
             )
             self._stop_warm()
         else:
-            self.console.info(f"{name} again: handing back every task in hand and exiting")
+            announce(self.console, f"{name} again: handing back every task in hand and exiting")
             raise Shutdown
 
     # -- the keeper: long batches' leases, their unstarted tasks, time limits ---------

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from distq.codec import Codec
 from distq.ending import (
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
@@ -234,3 +235,33 @@ def test_a_huge_exception_message_is_cut_in_every_reason() -> None:
     assert ending.note is not None and len(ending.note) < MAX_MESSAGE_CHARS + 500
     assert ending.settlement.dead_letter is not None
     assert len(ending.settlement.dead_letter) < 2 * MAX_MESSAGE_CHARS + MAX_TRACEBACK_CHARS
+
+
+def test_results_too_many_for_one_message_ride_on_several_settlements_none_lost() -> None:
+    codec = Codec(max_message_bytes=4096)
+    endings = Endings("w", "q", codec)
+    tasks = [Task("square", [n], reply_to="A") for n in range(30)]
+    batch = [
+        endings.ok(Delivery(codec.seal_task(t), tag=n), t, "x" * 500, 1000.0, 0.1)
+        for n, t in enumerate(tasks)
+    ]
+    settlements = endings.settlements(batch)
+    carriers = [s for s in settlements if s.result is not None]
+    assert len(carriers) > 1 and all(len(s.result or b"") <= 4096 for s in carriers)
+    # the packs ride on the earliest settlements, in order, and hold every result once
+    assert [s is c for s, c in zip(settlements, carriers, strict=False)] == [True] * len(carriers)
+    got = [Result.decode(e).task_id for s in carriers for e in codec.open_results(s.result or b"")]
+    assert got == [t.id for t in tasks]
+
+
+def test_a_long_traceback_keeps_its_last_line() -> None:
+    # the test before passed whether the cut kept the start or the end
+    try:
+        try:
+            raise KeyError("c" * 20_000)
+        except KeyError as cause:
+            raise ValueError("the-last-line") from cause
+    except ValueError as error:
+        text = traceback_text(error)
+    assert text.startswith("... (traceback cut)\n")
+    assert text.rstrip().endswith("ValueError: the-last-line")

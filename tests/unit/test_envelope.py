@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from distq.envelope import DeadLetter, Result, Task
+from distq.envelope import DeadLetter, Result, Task, new_id
 from distq.errors import EnvelopeError
 
 
@@ -113,3 +114,26 @@ def test_a_dead_letter_entry_that_is_none_is_read_as_unreadable_with_its_bytes()
         assert got.reason.startswith(f"unreadable dead letter: {why}") and got.unreadable
     long = DeadLetter.read(b'{"v": 1, "body": "", "reason": ' + b"1" * 1000 + b"}", "q")
     assert len(long.reason) < 400 and long.reason.endswith("...")
+
+
+def test_a_forked_child_makes_ids_its_parent_does_not() -> None:
+    """Task ids and reply queue names (Executor, distq submit) come from new_id(): two
+    processes forked from one must not make the same ones."""
+    new_id()  # the counter is in use before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.write(write, ",".join(new_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 1000).decode().split(",")
+    os.waitpid(pid, 0)
+    parent = [new_id() for _ in range(3)]
+    assert not set(child) & set(parent)
+
+
+@pytest.mark.parametrize("reply_to", ["é" * 128, "\u20ac" * 86])  # 256, 258 bytes
+def test_a_reply_queue_name_over_255_bytes_is_refused_by_both_decoders(reply_to: str) -> None:
+    body = Task("square", [1], reply_to=reply_to).encode()
+    with pytest.raises(Exception, match="1 to 255 bytes"):
+        Task.decode(body)
