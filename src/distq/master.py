@@ -176,8 +176,10 @@ class Master:
     ) -> JobReport:
         """Submit and collect until every task is in, ``timeout`` passes, or ``stop`` is set."""
         producer = self.transport.producer(self.reply_to)
+        stop = stop or threading.Event()
+        producer.stop_waiting_on(stop)
         try:
-            return _Run(self, producer, spec, workload, stop or threading.Event()).run()
+            return _Run(self, producer, spec, workload, stop).run()
         finally:
             producer.close()
 
@@ -299,6 +301,8 @@ class _Run(Generic[E]):
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (backoff with jitter) and submit what the broker lost; False when the
         job ends first (stopped, or past its timeout)."""
+        if self.stop.is_set():
+            return False  # no reconnecting on the way out
         self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
         started, backoff = time.perf_counter(), Backoff()
         while True:

@@ -10,15 +10,18 @@ times that long must still run once each: their leases move into lease records
 from __future__ import annotations
 
 import io
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
 import pytest
 
+from conftest import Target
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
@@ -26,7 +29,9 @@ from distq.master import JobReport, JobSpec, Master, Workload
 from distq.transport import open_transport
 from faults.conftest import MakeScenario, target_on
 from faults.harness import FULL, assert_clean
+from faults.proxy import Partition
 from launch import LocalRabbitMQ
+from procs import Distq
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -204,3 +209,57 @@ def _wait_for_retries(server: LocalRabbitMQ, settings: Settings) -> None:
     finally:
         connection.close()
     raise AssertionError(f"no retry waited in {name}")
+
+
+HUNG_DRAIN_SECONDS = 3.0
+
+
+@pytest.mark.parametrize("role", ["worker", "master"])
+def test_sigterm_ends_a_process_whose_broker_hangs(
+    private_rabbitmq: LocalRabbitMQ, role: str
+) -> None:
+    """A broker that hangs (paused, or a network cut without a reset: here a proxy that
+    stops relaying) answers no Close: the worker (after ``worker exit``) and the master
+    (first in a wait for confirms) used to block in pika's close until SIGKILLed. Each
+    must exit 0 within its drain plus a few seconds of bounded closes."""
+    target = target_on("rabbitmq", private_rabbitmq.url)
+    with Partition(_port(target)) as partition:
+        env = target.process_env(
+            DISTQ_AMQP_URL=_via(target, partition.port),
+            DISTQ_DRAIN_SECONDS=f"{HUNG_DRAIN_SECONDS:g}",
+        )
+        if role == "worker":
+            proc = Distq(["worker", "--concurrency", "1"], env)
+            started = r"^Connect to rabbitmq"
+        else:  # no worker: the tasks wait in the queue, the master keeps submitting
+            proc = Distq(["master", "--rate", "50", "--quiet"], env)
+            started = r"^master .* transport"
+        # the worker: its drain, then bounded closes (3 s each); the master: noticing the
+        # stop (its I/O loop wakes every 5 s), its drain, a queue delete and closes
+        bound = HUNG_DRAIN_SECONDS + 10 if role == "worker" else 25.0
+        try:
+            proc.wait_for(started, timeout=60)
+            time.sleep(2.0)  # connected and at work
+            partition.cut()
+            time.sleep(2.0)
+            proc.signal(signal.SIGTERM)
+            began = time.monotonic()
+            code = proc.wait(timeout=bound + 10)
+            took = time.monotonic() - began
+            out = proc.output()
+        finally:
+            proc.stop(grace=0)  # SIGKILL if still there: ours, by PID
+    # the master's job was stopped before its end (no results: no worker): exit 1
+    assert code == (0 if role == "worker" else 1), out
+    assert took < bound, f"{took:.1f} s:\n{out}"
+
+
+def _port(target: Target) -> int:
+    port = urlsplit(target.env["DISTQ_AMQP_URL"]).port
+    assert port is not None
+    return port
+
+
+def _via(target: Target, port: int) -> str:
+    parts = urlsplit(target.env["DISTQ_AMQP_URL"])
+    return urlunsplit(parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}"))

@@ -45,6 +45,7 @@ it only reads; one not there yet holds nothing.
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -169,6 +170,11 @@ class Producer(abc.ABC):
         failed :meth:`submit` (:meth:`reconcile` says whether the broker has them)."""
         self.submit(bodies)
         return self.results(max_count, timeout)
+
+    def stop_waiting_on(self, stop: threading.Event) -> None:  # noqa: B027 - optional
+        """Let a long wait for the broker (:meth:`reconcile`'s) end, raising
+        :class:`~distq.errors.TransportError`, once ``stop`` is set; where none can be
+        long, nothing."""
 
     @abc.abstractmethod
     def reconcile(self) -> int:

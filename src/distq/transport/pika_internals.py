@@ -14,6 +14,13 @@ internal                                                 used to
                                                          a condition holds (the confirms)
 ``BlockingConnection._impl._transport._tx_buffers``      join queued frames into one
 (a ``deque`` of ``bytes``)                               ``send()``
+``BaseConnection._adapter_call_later`` /                 a timer inside a blocking wait
+``_adapter_remove_timeout``                              (pika's public ``call_later``
+                                                         fires only in
+                                                         ``process_data_events``)
+``BaseConnection._terminate_stream(error)``              abort the socket of a close the
+                                                         broker does not answer (what
+                                                         pika's heartbeat checker does)
 =======================================================  ==================================
 
 :func:`check_classes` runs when this module is imported, and :class:`FastChannel`
@@ -78,8 +85,19 @@ def check_classes() -> None:
         ("exchange", "routing_key", "body", "properties", "mandatory"),
     )
     _parameters("Channel.basic_ack", channel.basic_ack, ("delivery_tag", "multiple"))
+    _parameters(
+        "Channel.queue_delete", channel.queue_delete, ("queue", "if_unused", "if_empty", "callback")
+    )
     _parameters("Channel.add_on_return_callback", channel.add_on_return_callback, ("callback",))
     _require(io_services_utils, "io_services_utils", "_AsyncTransportBase", type)
+    base = pika.BaseConnection
+    _parameters(
+        "BaseConnection._adapter_call_later", base._adapter_call_later, ("delay", "callback")
+    )
+    _parameters(
+        "BaseConnection._adapter_remove_timeout", base._adapter_remove_timeout, ("timeout_id",)
+    )
+    _parameters("BaseConnection._terminate_stream", base._terminate_stream, ("error",))
 
 
 def check_channel(channel: object) -> Any:
@@ -95,6 +113,34 @@ def check_transport(transport: object) -> deque[bytes]:
 
 
 check_classes()
+
+
+def close_within(connection: Any, seconds: float) -> None:
+    """``BlockingConnection.close()`` (each open channel's Close, then the connection's,
+    each awaiting its Close-Ok), bounded: after ``seconds`` the socket is aborted and the
+    close raises a pika error (the connection is closed either way).
+
+    pika's own close waits for the broker's answers for ever: a hung broker (paused, or
+    a network cut without a reset) held a stopping process until it was killed. The
+    heartbeat checker does not help a connection without heartbeats, nor one whose
+    owner is already ending. On a healthy broker the close is what it was; the timer is
+    removed.
+    """
+    impl = _require(connection, "BlockingConnection", "_impl", pika.BaseConnection)
+
+    def abort() -> None:
+        if not impl.is_closed:
+            impl._terminate_stream(
+                pika.exceptions.StreamLostError(
+                    f"no answer to closing the connection within {seconds:g} s; aborted"
+                )
+            )
+
+    timer = impl._adapter_call_later(seconds, abort)
+    try:
+        connection.close()
+    finally:
+        impl._adapter_remove_timeout(timer)
 
 
 class FastChannel:
@@ -135,13 +181,33 @@ class FastChannel:
         self._coalesce()
         self._channel._flush_output()
 
-    def wait(self, until: Callable[[], bool]) -> None:
-        """Write everything queued, then process input until ``until()`` holds.
+    def wait(self, until: Callable[[], bool], seconds: float | None = None) -> None:
+        """Write everything queued, then process input until ``until()`` holds, or for
+        at most ``seconds`` (None: no bound).
 
-        Returns early if the channel or connection closes; the caller checks ``until``.
+        Returns early if the channel or connection closes, or the time runs out; the
+        caller checks ``until``. ``until`` is also checked each time the I/O loop wakes
+        (at least every 5 s), so it may watch something other than the broker.
         """
         self._coalesce()
-        self._channel._flush_output(until)
+        if seconds is None:
+            self._channel._flush_output(until)
+            return
+        expired: list[bool] = []
+        impl = self._connection_impl
+        timer = impl._adapter_call_later(seconds, lambda: expired.append(True))
+        try:
+            self._channel._flush_output(lambda: bool(expired) or until())
+        finally:
+            impl._adapter_remove_timeout(timer)
+
+    def queue_delete(self, queue: str, seconds: float) -> bool:
+        """Delete ``queue``, waiting at most ``seconds`` for the broker's answer;
+        whether it answered (raises if the channel or connection closed)."""
+        answered: list[Any] = []
+        self._impl.queue_delete(queue, callback=answered.append)
+        self.wait(lambda: bool(answered), seconds)
+        return bool(answered)
 
     def _coalesce(self) -> None:
         """Join the frames waiting for the socket into one ``send()``: pika writes each

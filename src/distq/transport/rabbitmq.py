@@ -150,7 +150,7 @@ from distq.transport.base import (
     original_body,
     tags_of,
 )
-from distq.transport.pika_internals import FastChannel
+from distq.transport.pika_internals import FastChannel, close_within
 from distq.transport.rabbitmq_holds import LeaseRecords
 from distq.transport.rabbitmq_packs import (
     TASKS_PER_MESSAGE,
@@ -179,6 +179,9 @@ _CONFIRM_WINDOW = 2000  # unconfirmed task publishes a master may have: bounds i
 _RETRY_REDECLARE_S = 60.0  # re-declaring renews x-expires; well inside its hour
 _PRODUCER_HEARTBEAT = 15  # a master's connection holds no leases; a frozen broker shows in 30 s
 _SHRINK_AFTER = 4  # fetches in a row wanting a quarter of the window before it shrinks
+# a close (or a stopping master's last call) waits this long for a hung broker, then
+# aborts the socket: the process is ending, and leases bring back what it held
+_CLOSE_SECONDS = 3.0
 _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
 
 
@@ -398,10 +401,19 @@ class _Link:
         self.check()
         return returned
 
-    def wait_for_confirms(self) -> None:
+    def wait_for_confirms(self, stop: threading.Event | None = None) -> bool:
         """Block until every publish is confirmed (or refused), raising nothing for a
-        refused or returned one: :attr:`failed` and :attr:`confirmed` say."""
+        refused or returned one: :attr:`failed` and :attr:`confirmed` say. False if
+        ``stop`` was set first (noticed within 5 s: pika's I/O loop wakes that often)."""
+        if stop is None:
+            self._wait_for_confirms(0)
+            return True
+        if self._unconfirmed:
+            self.fast.wait(lambda: not self._unconfirmed or stop.is_set())
+        if self._unconfirmed and stop.is_set():
+            return False
         self._wait_for_confirms(0)
+        return True
 
     def _wait_for_confirms(self, keep: int) -> None:
         if len(self._unconfirmed) > keep:
@@ -422,9 +434,10 @@ class _Link:
             )
 
     def close(self) -> None:
+        """Close the connection; within :data:`_CLOSE_SECONDS` whatever the broker does."""
         with contextlib.suppress(*_PikaError):
             if self.connection.is_open:
-                self.connection.close()
+                close_within(self.connection, _CLOSE_SECONDS)
 
 
 def _exists(connection: Any, queue: str) -> bool:
@@ -753,10 +766,16 @@ class RabbitMQTransport(Transport):
         """
         for child in list(self._children):
             child.close()
-        with self._lock:
+        # a sampler thread may be stuck in an admin call to a hung broker (no heartbeats
+        # there), holding the lock: then the admin link is left to the ending process
+        if not self._lock.acquire(timeout=_CLOSE_SECONDS):
+            return
+        try:
             if self._admin is not None:
                 self._admin.close()
                 self._admin = None
+        finally:
+            self._lock.release()
 
 
 def _text(value: object) -> str:
@@ -784,6 +803,7 @@ class RabbitMQProducer(Producer):
         self._cancelled = False  # the broker cancelled our consumer: the reply queue went
         self._packs: deque[tuple[int, int]] = deque()  # (message number, tasks in it - 1)
         self._extra = 0  # confirmed messages' tasks beyond one per message
+        self._stop: threading.Event | None = None  # see stop_waiting_on
         self._link = self._connect()[0]
 
     def _connect(self) -> tuple[_Link, bool]:
@@ -823,10 +843,15 @@ class RabbitMQProducer(Producer):
             try:
                 # a publish not confirmed yet is not lost: counting it so would submit
                 # its task again (a duplicate run); wait for every confirm first
-                self._link.wait_for_confirms()
+                confirmed = self._link.wait_for_confirms(self._stop)
             except _PikaError:
                 pass  # the link went meanwhile: reconnect below
             else:
+                if not confirmed:  # stopping, the broker silent: no reconnecting now
+                    raise TransportError(
+                        f"RabbitMQ at {self._broker.address}: stopped while "
+                        f"{self._link.unconfirmed} message(s) awaited the broker's confirm"
+                    )
                 if not self._link.failed:
                     return self._held + self._confirmed_tasks()
         # a lost link, or one whose publish the broker refused or returned (its queue
@@ -926,10 +951,14 @@ class RabbitMQProducer(Producer):
     def close(self) -> None:
         """Delete the reply queue (best effort: x-expires is the fallback) and disconnect."""
         self._transport.forget(self)
-        if self._link.connection.is_open:
+        if self._link.is_open:
             with contextlib.suppress(*_PikaError):
-                self._link.channel.queue_delete(self.reply_to)
+                self._link.fast.queue_delete(self.reply_to, _CLOSE_SECONDS)
         self._link.close()
+
+    def stop_waiting_on(self, stop: threading.Event) -> None:
+        """:meth:`reconcile`'s wait for confirms ends (TransportError) once ``stop`` is set."""
+        self._stop = stop
 
 
 class RabbitMQConsumer(Consumer):
