@@ -107,3 +107,9 @@ def test_a_chunk_that_cannot_run_fails_before_any_call_runs() -> None:
     for bad_args, bad_kwargs in bad:
         with pytest.raises(TypeError):
             registry.resolve(CHUNK_TASK, bad_args, bad_kwargs)
+    # two of the cases above fail for another reason (no arguments; *1): these fail
+    # only for the check they name, which a hand-made task would otherwise get past
+    with pytest.raises(TypeError, match="list of arguments"):
+        registry.resolve(CHUNK_TASK, ["jobs:add", ["ab"]], {})
+    with pytest.raises(TypeError, match="cannot run chunks"):
+        registry.resolve(CHUNK_TASK, [CHUNK_TASK, [["jobs:add", [[1, 2]]]]], {})
