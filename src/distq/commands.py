@@ -338,11 +338,6 @@ def _cut(text: str) -> str:
 
 
 # -- requeue --------------------------------------------------------------------------
-#: ``requeue-dead`` first opens this many of the letters it will move: one it cannot
-#: open for want of a setting (a signing key, a size limit) stops it before any moves.
-CHECKED_FIRST = 100
-
-
 def reviver(codec: Codec) -> Revive:
     """How ``requeue-dead`` turns a dead letter into the body it enqueues.
 
@@ -365,10 +360,10 @@ def reviver(codec: Codec) -> Revive:
 
 
 def unsettable(body: bytes, codec: Codec, settings: Settings) -> str | None:
-    """Why ``requeue-dead`` cannot start this task over with its own settings, though the
-    workers could run it: signed with a key it lacks, or over its size limit. Then the
-    task would go back unchanged (its old master, its old attempt) and, its master long
-    gone, be dead-lettered again at once. None for a task it opens, or a malformed one."""
+    """Why ``requeue-dead`` cannot start this task over with its own settings: signed
+    with a key it lacks, or over its size limit. Then the task goes back unchanged (its
+    old master, its old attempt) and, its master long gone, is dead-lettered again at
+    once: the command says so and exits 1. None for a task it opens, or a malformed one."""
     try:
         codec.open_task(body)
     except KeyMissing as exc:
@@ -388,32 +383,25 @@ def _requeue_dead(
     limit = args.limit if args.limit is not None else transport.stats().dead
     codec = Codec.from_settings(settings)
     revive = reviver(codec)
-    for letter in transport.dead_letters(min(limit, CHECKED_FIRST)) if limit > 0 else []:
-        why = None if letter.unreadable else unsettable(letter.body, codec, settings)
-        if why is not None:
-            raise ConfigError(
-                f"requeue-dead cannot start over the dead letter of {_when(letter.at)} "
-                f"({_cut(shown(letter.reason))}): {why}; nothing requeued"
-            )
-    unreadable = unopened = 0
+    unreadable, unopened = 0, []
 
     def counted(letter: DeadLetter) -> bytes:
-        nonlocal unreadable, unopened
+        nonlocal unreadable
         unreadable += letter.unreadable
-        if not letter.unreadable and unsettable(letter.body, codec, settings) is not None:
-            unopened += 1
+        why = None if letter.unreadable else unsettable(letter.body, codec, settings)
+        if why is not None:
+            unopened.append(why)
         return revive(letter)
 
     moved = transport.requeue_dead(limit, counted) if limit > 0 else 0
     _say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
     # revived more than once only when another requeue-dead took a letter first: at most
-    unreadable, unopened = min(unreadable, moved), min(unopened, moved)
-    if unopened:
+    unreadable = min(unreadable, moved)
+    if unopened:  # a wrong setting here, most likely: said, and exit 1, not "done"
         _say(
-            f"{unopened} of them could not be opened with this command's DISTQ_SIGNING_KEYS "
-            "or DISTQ_MAX_MESSAGE_BYTES (the first were checked, not these): they went back "
-            "unchanged, with their old master and attempt, and will be dead-lettered again; "
-            "run requeue-dead with the workers' settings"
+            f"{min(len(unopened), moved)} of them could not be started over: they went back "
+            "unchanged, with their old master and attempt, and a worker dead-letters them "
+            f"again unless it can run them; the first: {unopened[0]}"
         )
     if unreadable:
         _say(
@@ -421,4 +409,4 @@ def _requeue_dead(
             "back as tasks, which a worker dead-letters again as malformed, with the reason "
             "and the bytes kept (see `distq dead-letters`)"
         )
-    return 0
+    return 1 if unopened else 0

@@ -28,15 +28,15 @@ FILE_SUFFIX = "_FILE"
 MASK = "***"
 #: A query parameter whose value is a secret: redis-py takes the password from
 #: ``?password=`` as well as from the user part, and TLS options may carry one
-#: (``ssl_password``; pika's ``ssl_options`` holds a dict that may hold a key's
-#: ``password``, so all of it is masked). Its value runs to the next parameter, fragment,
-#: space or quote; one masked already (``***`` then ``)``, as a message quotes a masked
-#: URL) is left alone.
+#: (``ssl_password``). Its value runs to the next parameter, fragment, space or quote; one
+#: masked already (``***`` then ``)``, as a message quotes a masked URL) is left alone.
 _SECRET_PARAM = re.compile(
-    r"([?&;][^=&#\s]*(?:pass|secret|token|ssl_options)[^=&#\s]*=)"
-    r"(?!\*\*\*(?:[)&#\s'\"]|$))[^&#\s'\"]*",
+    r"([?&;][^=&#\s]*(?:pass|secret|token)[^=&#\s]*=)(?!\*\*\*(?:[)&#\s'\"]|$))[^&#\s'\"]*",
     re.I,
 )
+#: pika's ``ssl_options``: a Python dict literal that may hold a key's ``password``,
+#: quotes and spaces included, so all of it is masked, to the next parameter or the end.
+_SSL_OPTIONS = re.compile(r"([?&;]ssl_options=)(?!\*\*\*(?:[)&#\s'\"]|$))[^&#]*", re.I)
 
 
 def read_secret_files(
@@ -139,8 +139,9 @@ def url_user(url: str) -> str:
 
 def mask_query(text: str) -> str:
     """``text`` with the value of every password-like query parameter (``password=``,
-    ``ssl_password=``, ``...secret=``, ``...token=``) replaced by ``***``."""
-    return _SECRET_PARAM.sub(lambda m: m.group(1) + MASK, text)
+    ``ssl_password=``, ``...secret=``, ``...token=``, ``ssl_options=``) replaced by ``***``."""
+    text = _SECRET_PARAM.sub(lambda m: m.group(1) + MASK, text)
+    return _SSL_OPTIONS.sub(lambda m: m.group(1) + MASK, text)
 
 
 def mask_url(url: str) -> str:

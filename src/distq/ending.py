@@ -172,7 +172,7 @@ class Endings:
             delay = retry_delay(task.attempt)
             note = (
                 f"task {shown(task.name)} {shown(task.id)} attempt {task.attempt}/"
-                f"{task.max_attempts} failed ({message}); retrying in {delay:g} s"
+                f"{task.max_attempts} failed ({shown(message)}); retrying in {delay:g} s"
             )
             settlement = Settlement(delivery, retry=retry, retry_delay=delay)
             return Ending(settlement, "retried", task, started_at, duration, note)
@@ -209,7 +209,7 @@ class Endings:
             result=None if nobody else result,
             dead_letter=self._dead(delivery.body, reason),
         )
-        note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {reason}"
+        note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {shown(reason)}"
         return Ending(settlement, "failed", task, started_at, duration, note)
 
     def unhandled(self, delivery: Delivery, task: Task, error: Exception) -> Ending:
@@ -230,7 +230,7 @@ class Endings:
             result=result,
             dead_letter=self._dead(delivery.body, reason),
         )
-        note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {reason}"
+        note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {shown(reason)}"
         return Ending(settlement, "failed", task, 0.0, 0.0, note)
 
     def timed_out(
@@ -247,7 +247,7 @@ class Endings:
             "it stopped, or died and the queue lapsed); not run"
         )
         settlement = Settlement(delivery, dead_letter=self._dead(delivery.body, reason))
-        note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {reason}"
+        note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {shown(reason)}"
         return Ending(settlement, "orphaned", task, note=note)
 
     def malformed(self, delivery: Delivery, error: EnvelopeError) -> Ending:
@@ -266,7 +266,7 @@ class Endings:
             reason += f"; the dead letter keeps its first {len(body):,} bytes"
         settlement = Settlement(delivery, dead_letter=self._dead(body, reason))
         kind = "" if reason.startswith("malformed") else "message, "
-        return Ending(settlement, "malformed", note=f"dead-lettered a {kind}{reason}")
+        return Ending(settlement, "malformed", note=f"dead-lettered a {kind}{shown(reason)}")
 
     def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
         result = Result(

@@ -39,7 +39,7 @@ from distq.config import (
     TASKS,
 )
 from distq.console import Console
-from distq.envelope import Result, Task, new_id
+from distq.envelope import Result, Task, new_id, shown
 from distq.errors import TransportError
 from distq.health import ProcessHealth
 from distq.ledger import Ledger, submit_again
@@ -395,7 +395,7 @@ class _Run(Generic[E]):
             r.failed += 1
             problem = (
                 f"task {self.workload.name(entry)} [{result.task_id}] failed for good: "
-                f"{result.error_type}: {result.error_message}"
+                f"{shown(str(result.error_type))}: {shown(str(result.error_message))}"
             )
         elif not self.workload.check(result, entry):
             r.incorrect += 1

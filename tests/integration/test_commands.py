@@ -157,34 +157,34 @@ def test_an_unreadable_dead_letter_is_listed_and_requeued_as_its_bytes(
     assert all(entry["reason"].startswith("malformed message") for entry in again), again
 
 
-def test_requeue_dead_without_the_signing_key_moves_nothing_and_says_which_key(
+def test_requeue_dead_without_the_signing_key_says_so_and_exits_1(
     target: Target, hosted: Transport, remote: Transport
 ) -> None:
-    """Without the workers' key, requeue-dead cannot start a signed task over: it went
-    back unchanged (its old master, its old attempt) and was dead-lettered again at once,
-    while the command said "requeued 1". Now it moves nothing and names the setting."""
+    """Without the workers' key, requeue-dead cannot start a signed task over: it goes
+    back unchanged (its old master, its old attempt) and is dead-lettered again at once,
+    while the command said "requeued 1" and exited 0."""
     key = "requeue-key-0123456789abcdef"
     signed = Codec([key.encode()])
-    task = Task(name="jobs:add", args=[1, 2], reply_to="gone", attempt=3)
     producer = hosted.producer(hosted.reply_queue(new_id()))
-    producer.submit([b"first"])
+    producer.submit([b"first", b"second"])
     consumer = remote.consumer("dies")
-    (first,) = fetch_n(consumer, 1)
-    letter = DeadLetter(body=signed.seal_task(task), reason="failed 3 of 3", queue="q", worker="w")
-    consumer.settle([Settlement(first, dead_letter=letter.encode())])
+    for n, delivery in enumerate(fetch_n(consumer, 2)):
+        task = Task(name="jobs:add", args=[n, 2], reply_to="gone", attempt=3)
+        letter = DeadLetter(body=signed.seal_task(task), reason="failed", queue="q", worker="w")
+        consumer.settle([Settlement(delivery, dead_letter=letter.encode())])
     consumer.close()
     producer.close()
     deadline = time.monotonic() + 10
-    while status(target)["dead"] < 1 and time.monotonic() < deadline:
+    while status(target)["dead"] < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
 
-    refused = distq(target, "requeue-dead")
-    assert refused.returncode == 2, (refused.stdout, refused.stderr)
-    assert "signed task, but this process has no signing key" in refused.stderr
-    assert "set the workers' DISTQ_SIGNING_KEYS for this command; nothing requeued" in (
-        refused.stderr
-    )
-    assert (status(target)["ready"], status(target)["dead"]) == (0, 1)
+    keyless = distq(target, "requeue-dead", "--limit", "1")
+    assert keyless.returncode == 1, (keyless.stdout, keyless.stderr)
+    moved, why = keyless.stdout.strip().splitlines()
+    assert moved.startswith("requeued 1 dead letters")
+    assert why.startswith("1 of them could not be started over: they went back unchanged")
+    assert "signed task, but this process has no signing key" in why
+    assert why.endswith("set the workers' DISTQ_SIGNING_KEYS for this command")
 
     keyed = subprocess.run(
         [sys.executable, "-m", "distq", "requeue-dead"],
@@ -195,8 +195,10 @@ def test_requeue_dead_without_the_signing_key_moves_nothing_and_says_which_key(
         check=False,
     )
     assert keyed.returncode == 0, keyed.stderr
-    assert keyed.stdout.startswith("requeued 1 dead letters"), keyed.stdout
-    assert (status(target)["ready"], status(target)["dead"]) == (1, 0)
+    assert keyed.stdout.strip() == (
+        f"requeued 1 dead letters onto queue {target.settings.queue!r}"
+    ), keyed.stdout
+    assert (status(target)["ready"], status(target)["dead"]) == (2, 0)
 
 
 def test_submit_wait_prints_the_result_or_the_remote_error(

@@ -281,6 +281,25 @@ def test_packs_of_large_tasks_stay_within_the_message_limit(
     producer.close()
 
 
+def test_a_worker_with_a_lower_limit_takes_a_masters_larger_packs_task_by_task(
+    open_transport: OpenTransport,
+) -> None:
+    """A pack is sized by its master's DISTQ_MAX_MESSAGE_BYTES: a worker that judged it by
+    its own, lower, budget dead-lettered whole packs of tasks each within its limit (cut
+    to 64 KiB: lost for good)."""
+    master = open_transport(max_message_bytes=4 * _SMALL_LIMIT)
+    worker = open_transport(max_message_bytes=_SMALL_LIMIT, prefetch=64)
+    bodies = [b"%03d" % i + b"t" * 60_000 for i in range(64)]
+    producer = master.producer(master.reply_queue("p"))
+    producer.submit(bodies)
+    producer.flush()
+    consumer = worker.consumer("w")
+    taken = [d.body for d in fetch_n(consumer, len(bodies))]
+    assert sorted(taken) == bodies
+    consumer.close()
+    producer.close()
+
+
 def test_packs_of_large_results_stay_within_the_message_limit(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -224,6 +224,20 @@ def test_a_name_and_id_from_the_wire_cannot_forge_log_lines() -> None:
         assert note.startswith(r"task square\ndistq: worker exit. 0 ok\x1b[8m id\r\n1 "), note
 
 
+def test_an_exception_message_cannot_forge_log_lines_either() -> None:
+    """A task that puts its argument into its exception's message wrote it raw."""
+    t = task("boom", 5, max_attempts=2)
+    error = ValueError("bad\ndistq: worker exit. 0 ok\x1b[8m")
+    retried = ENDINGS.failed(delivery(t), t, error, 0.0, 0.1, retryable=True)
+    failed = ENDINGS.failed(delivery(t), t, error, 0.0, 0.1, retryable=False)
+    for ending in (retried, failed):
+        assert ending.note is not None
+        assert "\n" not in ending.note and "\x1b" not in ending.note, ending.note
+        assert r"ValueError: bad\ndistq: worker exit. 0 ok\x1b[8m" in ending.note
+    assert failed.settlement.dead_letter is not None  # the dead letter keeps the text
+    assert DeadLetter.decode(failed.settlement.dead_letter).reason.endswith("0 ok\x1b[8m")
+
+
 def test_a_huge_exception_message_is_cut_in_every_reason() -> None:
     """A 5 MB message went whole into the log line, the dead letter and the error result:
     on RabbitMQ the dead letter was over max_message_size, refused, and the task ran again

@@ -225,7 +225,7 @@ def test_any_workload_runs_and_failures_are_named_by_it(transport: Transport) ->
                     started_at=0.0,
                     duration=0.0,
                     error_type="ValueError",
-                    error_message="no",
+                    error_message="no\nmaster exit\x1b[8m",  # no forged line, no escape
                 ).encode()
             ]
         return [result(task, "anything")]
@@ -233,7 +233,8 @@ def test_any_workload_runs_and_failures_are_named_by_it(transport: Transport) ->
     out, report = run(transport, JobSpec(tasks=3, timeout=20), answer, Echoes())
     assert (report.ok, report.failed) == (2, 1)
     assert re.search(r"^echo\(0\) \[\w+\] = 'anything'$", out, re.M)
-    assert re.search(r"task echo\(1\) \[\w+\] failed for good: ValueError: no", out)
+    assert re.search(r"task echo\(1\) \[\w+\] failed for good: ValueError: no\\nmaster", out)
+    assert "\x1b" not in out and not re.search("^master exit", out, re.M)
     assert "put task" not in out and "try to get result" not in out
 
 

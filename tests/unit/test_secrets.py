@@ -257,6 +257,10 @@ def test_max_message_bytes() -> None:
             "amqps://u:p@h:5671/%2F?ssl_options=%7B%27password%27%3A%27k3y%27%7D&heartbeat=5",
             "amqps://u:***@h:5671/%2F?ssl_options=***&heartbeat=5",
         ),
+        (  # written as it is, quotes and spaces: the mask stopped at the first quote
+            "amqps://u:p@h/%2F?ssl_options={'keyfile': '/k', 'password': 'hunter2'}",
+            "amqps://u:***@h/%2F?ssl_options=***",
+        ),
     ],
 )
 def test_mask_url(url: str, shown: str) -> None:
@@ -319,6 +323,7 @@ def test_a_malformed_url_is_reported_without_its_password() -> None:
         "{'ca_certs':'/etc/ssl/certs/ca-certificates.crt','password':'KeyPassS3cr3t",
         "{}",
         "{'ca_certs':'/nonexistent.pem','password':'KeyPassS3cr3t'}",
+        "['KeyPassS3cr3t']",  # not a dict: pika's AttributeError was a traceback too
     ],
 )
 def test_unusable_ssl_options_are_a_config_error_without_the_key_password(options: str) -> None:

@@ -212,7 +212,7 @@ class _Broker:
             raise ConfigError(
                 f"DISTQ_AMQP_URL ({mask_url(url)}) is not a valid AMQP URL ({exc})"
             ) from None
-        except (SyntaxError, TypeError, OSError) as exc:  # ssl.SSLError is an OSError
+        except Exception as exc:  # SyntaxError, TypeError, AttributeError, ssl.SSLError...
             # pika reads ?ssl_options= with ast.literal_eval and builds its SSL context at
             # once; a SyntaxError's text would quote the value, and a key's password in it
             why = exc.msg if isinstance(exc, SyntaxError) else str(exc)
@@ -998,7 +998,8 @@ class RabbitMQConsumer(Consumer):
         self._tag = None  # the broker cancelled us (queue deleted): consume anew, or fail
 
     def _on_task(self, _channel: Any, method: Any, props: Any, body: bytes) -> None:
-        bodies = task_bodies(props.type, body, self._transport.pack_bytes)
+        # a master's packs are up to its own budget: not this worker's, which may be less
+        bodies = task_bodies(props.type, body)
         tag = method.delivery_tag
         self._buffer += self._held.receive(tag, bodies, bool(method.redelivered))
         self._per_message = len(bodies)

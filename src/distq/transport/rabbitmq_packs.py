@@ -80,9 +80,10 @@ def task_bodies(
 
     A pack no master writes is one body, whole, which the worker finds malformed (or too
     large) and dead-letters once: one that does not unpack, is empty, holds an empty
-    body or more than :data:`TASKS_PER_MESSAGE`, or is over ``max_bytes`` (the
-    :func:`pack_bytes` budget). Without these limits a queue writer turned one 64 KiB
-    message into 16,384 dead letters and as many log lines.
+    body or more than :data:`TASKS_PER_MESSAGE`, or is over ``max_bytes`` (no master
+    packs more than :data:`MAX_PACK_BYTES`, whatever its DISTQ_MAX_MESSAGE_BYTES: a
+    worker's own, lower, would refuse a master's packs). Without these limits a queue
+    writer turned one 64 KiB message into 16,384 dead letters and as many log lines.
     """
     if message_type == TASKS_TYPE and len(body) <= max_bytes:
         with contextlib.suppress(ValueError):
