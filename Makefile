@@ -47,7 +47,7 @@ test:
 # The long fault suite (make test runs it short), the fuzz tests with more examples,
 # then the figures: tests/faults/results.md and the table in README.md.
 FAULTS_RESULTS ?= .build/faults
-FUZZ_EXAMPLES ?= 2000
+FUZZ_EXAMPLES ?= 200000
 faults:
 	@scripts/ensure-test-env.sh
 	rm -rf $(FAULTS_RESULTS)

@@ -462,8 +462,8 @@ class _Run(Generic[E]):
             )
         else:
             reason = "stopped" if self.stop.is_set() else "timed out"
-            if not r.started:
-                reason = "never started"
+            if not r.started:  # no job clock: the time since the master's start
+                reason, elapsed = "never started", time.perf_counter() - self.began
             elif r.missing == 0:
                 reason = "finished with errors"
             waited = ""

@@ -317,6 +317,9 @@ def test_wait_workers_gives_up_at_the_timeout(spawn: Spawn) -> None:
     assert master.wait(30) == 1
     assert "only 0 of 1 worker slots attached" in master.output()
     assert "3 missing" in master.output()
+    # the time since the master's start, not the job's clock, which never started ("0.0 s")
+    took = re.search(r"job never started after (\d+\.\d) s", master.output())
+    assert took is not None and float(took.group(1)) >= 1.0, master.output()
 
 
 def test_wait_workers_giving_up_in_rate_mode_fails_the_job(spawn: Spawn) -> None:

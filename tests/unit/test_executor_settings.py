@@ -13,6 +13,7 @@ from distq.envelope import Task
 from distq.errors import ConfigError
 from distq.executor import Executor, load_settings
 from distq.signing import MAGIC
+from distq.transport import open_transport
 
 KEY = "k" * 32
 REDIS = {"DISTQ_TRANSPORT": "redis"}
@@ -204,3 +205,9 @@ def test_keys_given_as_values_are_checked_like_the_variables_keys(
     assert str(refused.value).startswith(expected), refused.value
     assert "short" not in str(refused.value) and "tiny" not in str(refused.value)
     assert "a-long-enough" not in str(refused.value)
+
+
+def test_a_hand_built_settings_object_with_an_unknown_transport_is_a_config_error() -> None:
+    """A bare KeyError: 'redsi' before."""
+    with pytest.raises(ConfigError, match="transport 'redsi' is not one of manager, redis"):
+        open_transport(Settings(transport="redsi"), "worker")

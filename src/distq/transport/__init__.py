@@ -16,6 +16,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from distq.errors import ConfigError
 from distq.transport.base import (
     Consumer,
     Delivery,
@@ -63,6 +64,11 @@ def open_transport(settings: Settings, role: Role) -> Transport:
     ``AuthenticationFailed``) with an actionable message when that fails, and
     :class:`~distq.errors.ConfigError` for a setting only the transport can judge.
     """
+    if settings.transport not in _CLASSES:  # a Settings object built by hand, say
+        raise ConfigError(
+            f"transport {settings.transport!r} is not one of {', '.join(_CLASSES)} "
+            "(DISTQ_TRANSPORT)"
+        )
     module, name = _CLASSES[settings.transport]
     connect: Callable[[Settings, Role], Transport] = getattr(importlib.import_module(module), name)
     return connect(settings, role)
