@@ -111,6 +111,23 @@ def test_submit_status_dead_letters_and_requeue(
     assert distq(target, "requeue-dead", "--limit", "5").stdout.startswith("requeued 0 ")
 
 
+def _dead_letter(
+    target: Target, hosted: Transport, remote: Transport, letters: list[bytes]
+) -> None:
+    """Put ``letters`` (dead-letter entries, as bytes) into the dead letters, in order, as
+    a worker settling tasks would; return once ``status`` counts them."""
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    producer.submit([b"task-%d" % n for n in range(len(letters))])
+    consumer = remote.consumer("dies")
+    for delivery, letter in zip(fetch_n(consumer, len(letters)), letters, strict=True):
+        consumer.settle([Settlement(delivery, dead_letter=letter)])
+    consumer.close()
+    producer.close()
+    deadline = time.monotonic() + 10
+    while status(target)["dead"] < len(letters) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_an_unreadable_dead_letter_is_listed_and_requeued_as_its_bytes(
     target: Target, hosted: Transport, remote: Transport, workers: list[Distq]
 ) -> None:
@@ -118,18 +135,8 @@ def test_an_unreadable_dead_letter_is_listed_and_requeued_as_its_bytes(
     tool) is listed as unreadable with its bytes escaped; requeue-dead moves it and every
     letter after it, and a worker dead-letters its bytes again, readably, as malformed."""
     raw = b"not a dead letter \x1b[2J"
-    producer = hosted.producer(hosted.reply_queue(new_id()))
-    producer.submit([b"first", b"second"])
-    consumer = remote.consumer("dies")
-    first, second = fetch_n(consumer, 2)
-    consumer.settle([Settlement(first, dead_letter=raw)])  # the raw bytes, oldest
     letter = DeadLetter(body=b"garbage", reason="why", queue="q", worker="w")
-    consumer.settle([Settlement(second, dead_letter=letter.encode())])
-    consumer.close()
-    producer.close()
-    deadline = time.monotonic() + 10
-    while status(target)["dead"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _dead_letter(target, hosted, remote, [raw, letter.encode()])  # the raw bytes, oldest
 
     shown = distq(target, "dead-letters")
     assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
@@ -165,18 +172,16 @@ def test_requeue_dead_without_the_signing_key_says_so_and_exits_1(
     while the command said "requeued 1" and exited 0."""
     key = "requeue-key-0123456789abcdef"
     signed = Codec([key.encode()])
-    producer = hosted.producer(hosted.reply_queue(new_id()))
-    producer.submit([b"first", b"second"])
-    consumer = remote.consumer("dies")
-    for n, delivery in enumerate(fetch_n(consumer, 2)):
-        task = Task(name="jobs:add", args=[n, 2], reply_to="gone", attempt=3)
-        letter = DeadLetter(body=signed.seal_task(task), reason="failed", queue="q", worker="w")
-        consumer.settle([Settlement(delivery, dead_letter=letter.encode())])
-    consumer.close()
-    producer.close()
-    deadline = time.monotonic() + 10
-    while status(target)["dead"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    letters = [
+        DeadLetter(
+            body=signed.seal_task(Task(name="jobs:add", args=[n, 2], reply_to="gone", attempt=3)),
+            reason="failed",
+            queue="q",
+            worker="w",
+        ).encode()
+        for n in range(2)
+    ]
+    _dead_letter(target, hosted, remote, letters)
 
     keyless = distq(target, "requeue-dead", "--limit", "1")
     assert keyless.returncode == 1, (keyless.stdout, keyless.stderr)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from multiprocessing import connection, managers
 from multiprocessing.connection import Connection
@@ -173,27 +173,39 @@ def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None
 
 
 @contextlib.contextmanager
-def _silent_listener(address: tuple[str, int]) -> Iterator[None]:
-    """A TCP server on ``address`` that accepts every connection and never sends a byte:
-    what a frozen master, or another service on the port (e.g. Redis), looks like."""
+def _accepting(
+    address: tuple[str, int], handle: Callable[[socket.socket], object]
+) -> Iterator[threading.Event]:
+    """A TCP server on ``address`` that hands each connection to ``handle`` (in its
+    accepting thread) until the block ends; yields the event set then."""
     server = socket.create_server(address)
-    held: list[socket.socket] = []
     stop = threading.Event()
 
     def accept() -> None:
         while not stop.is_set():
             with contextlib.suppress(OSError):
-                held.append(server.accept()[0])
+                handle(server.accept()[0])
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield
+        yield stop
     finally:
         stop.set()
         server.shutdown(socket.SHUT_RDWR)
         server.close()
         thread.join(5)
+
+
+@contextlib.contextmanager
+def _silent_listener(address: tuple[str, int]) -> Iterator[None]:
+    """A TCP server on ``address`` that accepts every connection and never sends a byte:
+    what a frozen master, or another service on the port (e.g. Redis), looks like."""
+    held: list[socket.socket] = []
+    try:
+        with _accepting(address, held.append):
+            yield
+    finally:
         for conn in held:
             conn.close()
 
@@ -764,27 +776,17 @@ def test_a_service_with_a_short_framed_greeting_is_named_not_a_traceback() -> No
     # the stdlib handshake asserts on a greeting not its own: worker, submit and status
     # ended with an AssertionError traceback, exit 1
     settings = _settings("greeter")
-    server = socket.create_server(settings.manager_address)
-    stop = threading.Event()
 
-    def greet() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                peer, _ = server.accept()
-                with peer:
-                    peer.sendall(struct.pack("!i", 5) + b"hello")
-                    time.sleep(0.2)
+    def greet(peer: socket.socket) -> None:
+        with peer:
+            peer.sendall(struct.pack("!i", 5) + b"hello")
+            time.sleep(0.2)
 
-    thread = threading.Thread(target=greet)
-    thread.start()
-    try:
-        with pytest.raises(ConnectionFailed, match="something other than a distq master"):
-            open_transport(settings, "worker").stats()
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
+    with (
+        _accepting(settings.manager_address, greet),
+        pytest.raises(ConnectionFailed, match="something other than a distq master"),
+    ):
+        open_transport(settings, "worker").stats()
 
 
 def test_an_authkey_holder_cannot_stop_the_master_serving() -> None:
@@ -813,14 +815,13 @@ def _fake_master(settings: Settings, evil_on: str, marker: Path) -> Iterator[Non
     (a method name), answered with a pickle that creates ``marker`` when loaded."""
     assert settings.authkey is not None
     authkey = settings.authkey
-    server = socket.create_server(settings.manager_address)
-    stop = threading.Event()
+    done = threading.Event()
 
     def serve(conn: Connection) -> None:
         with conn, contextlib.suppress(EOFError, OSError):
             connection.deliver_challenge(conn, authkey)
             connection.answer_challenge(conn, authkey)
-            while not stop.is_set():
+            while not done.is_set():
                 _, method, _, _ = conn.recv()
                 reply: Any = None
                 if method == evil_on:
@@ -831,24 +832,15 @@ def _fake_master(settings: Settings, evil_on: str, marker: Path) -> Iterator[Non
                     reply = []
                 conn.send(("#RETURN", reply))
 
-    def accept() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                sock, _ = server.accept()
-                sock.setblocking(True)
-                threading.Thread(
-                    target=serve, args=(Connection(sock.detach()),), daemon=True
-                ).start()
+    def start(sock: socket.socket) -> None:
+        sock.setblocking(True)
+        threading.Thread(target=serve, args=(Connection(sock.detach()),), daemon=True).start()
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
     try:
-        yield
+        with _accepting(settings.manager_address, start):
+            yield
     finally:
-        stop.set()
-        server.shutdown(socket.SHUT_RDWR)
-        server.close()
-        thread.join(5)
+        done.set()
 
 
 def test_a_fake_master_cannot_run_code_in_a_worker_as_it_connects(tmp_path: Path) -> None:

@@ -443,17 +443,17 @@ def test_a_key_of_the_queue_of_another_type_is_refused_at_start(
     open_transport()  # the same queue, once the key is gone
 
 
-def test_a_queue_name_another_key_holds_stops_workers_masters_and_commands_at_once(
-    redis_url: str, raw: redis.Redis[bytes]
-) -> None:
-    """Not a loop of 'reconnecting' / 'reconnected' until killed: exit 2, naming the key."""
-    target = Target(
+def _redis_target(url: str) -> Target:
+    """A fresh queue on the Redis at ``url``, for distq subprocesses."""
+    return Target(
         "redis",
-        Settings(transport="redis", redis_url=redis_url),
-        {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": redis_url},
+        Settings(transport="redis", redis_url=url),
+        {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url},
     ).fresh()
-    queue = target.settings.queue
-    raw.set(queue, "hello")
+
+
+def _each_role(target: Target) -> Iterator[tuple[list[str], subprocess.CompletedProcess[str]]]:
+    """A worker, a master and two commands run on ``target``, one after the other."""
     for args in (
         ["worker", "--exit-when-idle", "2"],
         ["master", "--tasks", "2", "--timeout", "10"],
@@ -468,6 +468,17 @@ def test_a_queue_name_another_key_holds_stops_workers_masters_and_commands_at_on
             timeout=20,
             check=False,
         )
+        yield args, done
+
+
+def test_a_queue_name_another_key_holds_stops_workers_masters_and_commands_at_once(
+    redis_url: str, raw: redis.Redis[bytes]
+) -> None:
+    """Not a loop of 'reconnecting' / 'reconnected' until killed: exit 2, naming the key."""
+    target = _redis_target(redis_url)
+    queue = target.settings.queue
+    raw.set(queue, "hello")
+    for args, done in _each_role(target):
         assert done.returncode == 2, (args, done.stderr)
         assert f"Redis key '{queue}' at 127.0.0.1:" in done.stderr, done.stderr
         assert "holds a string, not the list of ready tasks distq keeps there for " in (done.stderr)
@@ -494,27 +505,9 @@ def test_a_user_whose_acl_leaves_out_the_ready_list_stops_everything_at_once(
     'reconnecting' / 'reconnected' for good (or said "task_queue is empty" and exited 0)."""
     port = urlsplit(redis_url).port
     with _acl_user(raw, "~distq:*", "+@all") as user:
-        url = f"redis://{user}:pw@127.0.0.1:{port}/0"
-        target = Target(
-            "redis",
-            Settings(transport="redis", redis_url=url),
-            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url},
-        ).fresh()
+        target = _redis_target(f"redis://{user}:pw@127.0.0.1:{port}/0")
         queue = target.settings.queue
-        for args in (
-            ["worker", "--exit-when-idle", "2"],
-            ["master", "--tasks", "2", "--timeout", "10"],
-            ["status"],
-            ["submit", "jobs:add", "1", "2"],
-        ):
-            done = subprocess.run(
-                [sys.executable, "-m", "distq", *args],
-                env=target.process_env(),
-                capture_output=True,
-                text=True,
-                timeout=20,
-                check=False,
-            )
+        for args, done in _each_role(target):
             assert done.returncode == 2, (args, done.stderr)
             assert f"refused user '{user}' access to key '{queue}' of DISTQ_QUEUE" in done.stderr
             assert f"ACL SETUSER {user} '~{queue}' '~distq:{queue}:*' +@all" in done.stderr
@@ -542,12 +535,7 @@ def test_a_worker_exits_2_when_the_broker_refuses_a_setting_mid_run(
     it looped on 'reconnecting' / 'reconnected' for good. Now it stops and exits 2."""
     port = urlsplit(redis_url).port
     with _acl_user(raw, "~*", "+@all") as user:
-        url = f"redis://{user}:pw@127.0.0.1:{port}/0"
-        target = Target(
-            "redis",
-            Settings(transport="redis", redis_url=url),
-            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url},
-        ).fresh()
+        target = _redis_target(f"redis://{user}:pw@127.0.0.1:{port}/0")
         queue = target.settings.queue
         worker = Distq(["worker", "--concurrency", "2"], target.process_env())
         try:

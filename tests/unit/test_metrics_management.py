@@ -34,6 +34,15 @@ class Stub:
         self.seen: list[tuple[str, str | None]] = []
 
 
+def _send_json(handler: BaseHTTPRequestHandler, status: int, document: Any) -> None:
+    """Answer a stand-in API's request with ``document`` as JSON."""
+    body = json.dumps(document).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 @pytest.fixture
 def stub() -> Iterator[tuple[Stub, int]]:
     state = Stub()
@@ -41,11 +50,7 @@ def stub() -> Iterator[tuple[Stub, int]]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             state.seen.append((self.path, self.headers.get("Authorization")))
-            body = json.dumps(state.records if "?" in self.path else state.body).encode()
-            self.send_response(state.status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _send_json(self, state.status, state.records if "?" in self.path else state.body)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -179,11 +184,7 @@ def test_an_https_api_is_checked_with_the_tls_files_of_the_settings(tmp_path: Pa
             document: dict[str, Any] = (
                 {"items": []} if "?" in self.path else {"messages_unacknowledged": 7}
             )
-            body = json.dumps(document).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _send_json(self, 200, document)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
