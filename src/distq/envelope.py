@@ -194,8 +194,19 @@ def _load(data: bytes | str, kind: str) -> dict[str, Any]:
             "which is not a character: a sender must escape a character outside the BMP as a pair"
         ) from None
     if obj.get("v") != VERSION:
-        raise EnvelopeError(f"{kind} has envelope version {obj.get('v')!r}, expected {VERSION}")
+        raise EnvelopeError(
+            f"{kind} has envelope version {_quoted(obj.get('v'))}, expected {VERSION}"
+        )
     return obj
+
+
+#: Longest repr of a wrong value an envelope error quotes (a 1 MB one made a 1 MB reason).
+QUOTED_CHARS = 200
+
+
+def _quoted(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + "..."
 
 
 def _field(obj: dict[str, Any], name: str, kind: str, typ: type | tuple[type, ...]) -> Any:
@@ -203,7 +214,7 @@ def _field(obj: dict[str, Any], name: str, kind: str, typ: type | tuple[type, ..
         raise EnvelopeError(f"{kind} lacks the field {name!r}")
     value = obj[name]
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise EnvelopeError(f"{kind} field {name!r} has the wrong type: {value!r}")
+        raise EnvelopeError(f"{kind} field {name!r} has the wrong type: {_quoted(value)}")
     return value
 
 
@@ -426,13 +437,13 @@ class Result(msgspec.Struct, frozen=True):
         obj = _load(data, kind)
         status = _field(obj, "status", kind, str)
         if status not in ("ok", "error"):
-            raise EnvelopeError(f"result status must be 'ok' or 'error', got {status!r}")
+            raise EnvelopeError(f"result status must be 'ok' or 'error', got {_quoted(status)}")
         error = obj.get("error") if status == "error" else None
         if status == "error" and not isinstance(error, dict):
             raise EnvelopeError("error result lacks the 'error' object")
         traceback = error.get("traceback") if error else None
         if traceback is not None and not isinstance(traceback, str):
-            raise EnvelopeError(f"result field 'error.traceback' is not text: {traceback!r}")
+            raise EnvelopeError(f"result field 'error.traceback' is not text: {_quoted(traceback)}")
         try:
             return cls(
                 task_id=_field(obj, "task_id", kind, str),

@@ -137,3 +137,13 @@ def test_a_reply_queue_name_over_255_bytes_is_refused_by_both_decoders(reply_to:
     body = Task("square", [1], reply_to=reply_to).encode()
     with pytest.raises(Exception, match="1 to 255 bytes"):
         Task.decode(body)
+
+
+@pytest.mark.parametrize("field", ["v", "name", "id"])
+def test_a_huge_wrong_value_is_not_quoted_whole(field: str) -> None:
+    """A 1 MB value in a mistyped field made a 1 MB reason, dead letter and log line."""
+    fields = json.loads(Task(name="x", args=[1], reply_to="r").encode())
+    fields[field] = ["x" * 1_000_000]
+    with pytest.raises(EnvelopeError) as caught:
+        Task.decode(json.dumps(fields).encode())
+    assert len(str(caught.value)) < 400, str(caught.value)[:400]
