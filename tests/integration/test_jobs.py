@@ -107,7 +107,10 @@ def test_a_task_longer_than_its_lease_runs_once(
         env=env,
     )
     master.wait_for(r"^master .* transport")
-    workers = [spawn("worker", "--exit-when-idle", "2", env=env) for _ in range(2)]
+    # a third worker, idle, takes any task whose lease lapses while it runs: with two,
+    # a keeper renewing every 3.3 s against a 1 s lease went unnoticed (both were busy
+    # until the job ended)
+    workers = [spawn("worker", "--exit-when-idle", "2", env=env) for _ in range(3)]
     assert master.wait(60) == 0, master.output()
     data = json.loads(report.read_text())
     assert (data["ok"], data["missing"], data["duplicates"]) == (2, 0, 0)
