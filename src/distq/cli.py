@@ -302,6 +302,17 @@ def _leave_on_signal(console: Console, role: str, code: int) -> None:
         signal.signal(sig, leave)
 
 
+def _note_signals(console: Console, role: str) -> None:
+    """From here on a SIGTERM or SIGINT only says the stop is under way: the process is
+    closing its connections, each bounded, and exits with the code it has."""
+
+    def noted(signum: int, _frame: object) -> None:
+        announce(console, f"{signal.Signals(signum).name}: the {role} is stopping already")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, noted)
+
+
 def _worker(
     args: argparse.Namespace, settings: Settings, registry: Registry, console: Console
 ) -> int:
@@ -332,6 +343,9 @@ def _worker(
             codec=Codec.from_settings(settings),
         ).run()
     finally:
+        # the Worker put back the handler it found (leave(): "while connecting"): a
+        # signal now would say so, exit 0 and skip the closes, losing an exit code of 2
+        _note_signals(console, "worker")
         observe.close()
         transport.close()
 

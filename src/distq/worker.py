@@ -64,6 +64,11 @@ from distq.transport.base import Consumer, Delivery, Transport
 
 #: How often the keeper checks running tasks against their time limits.
 TIME_LIMIT_TICK = 0.1
+#: A cold stop's bound on closing the slots' connections, all at once (a hung broker
+#: held each close for seconds, one after the other: past Kubernetes' grace period).
+CLOSE_SECONDS = 5.0
+#: Past the drain, how long slots that hold no task may take to end their fetch.
+IDLE_SLOTS_GRACE = 5.0
 
 
 def default_worker_id() -> str:
@@ -220,11 +225,15 @@ class Worker:
                 self.console.info("task_queue is empty")
                 self._stop_warm()
             if self._drain_until is not None and time.monotonic() >= self._drain_until:
+                busy = any(slot.batch is not None for slot in slots)
+                if not busy and time.monotonic() < self._drain_until + IDLE_SLOTS_GRACE:
+                    continue  # no task in hand: the slots end with their fetch
                 if any(thread.is_alive() for thread in threads):
-                    self.console.info(
-                        f"tasks still run after {self.options.drain_seconds:g} s "
-                        "(DISTQ_DRAIN_SECONDS): handing them back"
-                    )
+                    if busy:
+                        self.console.info(
+                            f"tasks still run after {self.options.drain_seconds:g} s "
+                            "(DISTQ_DRAIN_SECONDS): handing them back"
+                        )
                     self._stop_cold(slots)
                 return
 
@@ -248,19 +257,23 @@ class Worker:
         """Close the consumer under every running batch; its tasks go back."""
         self._abort.set()
         self._stopping.set()
+        closing: list[Consumer] = []
+        locks_by = time.monotonic() + 2.0  # for all the slots, not for each
         for slot in slots:
-            if not slot.lock.acquire(timeout=2.0):
+            if not slot.lock.acquire(timeout=max(0.0, locks_by - time.monotonic())):
                 continue  # in a broker call; the slot closes its consumer itself
             try:
                 if slot.batch is not None and slot.consumer is not None:
                     slot.handed_back = True
-                    self._close(slot.consumer)
+                    closing.append(slot.consumer)
                     slot.consumer = None
             finally:
                 slot.lock.release()
+        self._close_all(closing)
+        joined_by = time.monotonic() + 5.0  # for all the slots, not for each
         for slot in slots:
             if slot.thread is not None and not slot.handed_back:  # else it is inside its task
-                slot.thread.join(5)
+                slot.thread.join(max(0.0, joined_by - time.monotonic()))
 
     def _install_signal_handlers(self) -> dict[int, object]:
         if threading.current_thread() is not threading.main_thread():
@@ -478,6 +491,19 @@ class Worker:
         self.health.took(0)  # at work (again): --exit-when-idle counts from here
         self.health.connected(True, consumer_id)
         return consumer
+
+    def _close_all(self, consumers: list[Consumer]) -> None:
+        """Close ``consumers`` side by side, within :data:`CLOSE_SECONDS` in all; one
+        still closing then is left to the ending process (its tasks go back with it)."""
+        threads = [
+            threading.Thread(target=self._close, args=(c,), name="distq-close", daemon=True)
+            for c in consumers
+        ]
+        for thread in threads:
+            thread.start()
+        by = time.monotonic() + CLOSE_SECONDS
+        for thread in threads:
+            thread.join(max(0.0, by - time.monotonic()))
 
     @staticmethod
     def _close(consumer: Consumer | None) -> None:

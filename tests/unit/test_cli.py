@@ -482,3 +482,59 @@ def test_make_help_lists_every_target_the_readme_runs() -> None:
         if target != "help" and f"make {target}" in readme:
             assert re.search(rf"\bmake {target}\b", help_lines), target
     assert re.search(r"\bmake install\b", help_lines) and re.search(r"\bmake clean\b", help_lines)
+
+
+def test_a_signal_while_a_stopping_worker_closes_keeps_its_exit_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Worker put back the pre-connect handler when it returned: a SIGTERM during
+    the closes after it said "SIGTERM while connecting: worker exit", exited 0 (losing
+    the 2 of a setting the broker refused) and skipped the rest of the closes."""
+    import argparse
+    import io
+
+    from distq import cli
+    from distq.config import Settings
+    from distq.console import Console
+    from distq.tasks import Registry
+
+    class Observed:
+        health = telemetry = None
+
+        def attach(self, _transport: object) -> None: ...
+        def close(self) -> None: ...
+
+    class Transport:
+        closed = False
+
+        def describe(self) -> str:
+            return "a stand-in"
+
+        def close(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # the signal lands during the closes
+            Transport.closed = True
+
+    class Refused:
+        def __init__(self, *_args: object, **_kwargs: object) -> None: ...
+
+        def run(self) -> int:
+            return 2
+
+    monkeypatch.setattr(cli, "WorkerObservability", lambda *_a, **_k: Observed())
+    monkeypatch.setattr(cli, "_connect_worker", lambda *_a: Transport())
+    monkeypatch.setattr(cli, "Worker", Refused)
+    out = io.StringIO()
+    console = Console(out=out, err=out)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cli._leave_on_signal(console, "worker", 0)  # as main() installs it
+        args = argparse.Namespace(
+            concurrency=1, exit_when_idle=None, worker_id="w", connect_timeout=1.0
+        )
+        assert cli._worker(args, Settings(), Registry(), console) == 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert Transport.closed
+    assert "SIGTERM: the worker is stopping already" in out.getvalue()
+    assert "while connecting" not in out.getvalue()

@@ -203,3 +203,38 @@ def test_task_settled_lines_carry_the_time_of_the_settle_not_of_the_wait_after_i
     stamped = datetime.fromisoformat(settled["timestamp"].replace("Z", "+00:00")).timestamp()
     assert returned and stamped <= returned[0] - 0.4, (settled, returned)
     producer.close()
+
+
+def test_an_idle_worker_past_a_short_drain_says_no_task_still_runs(transport: Transport) -> None:
+    """DISTQ_DRAIN_SECONDS=0: idle slots waiting in their fetch counted as tasks that
+    still ran ("tasks still run after 0 s: handing them back") on every idle exit."""
+    out = io.StringIO()
+    options = WorkerOptions(
+        concurrency=2, exit_when_idle=0.3, worker_id="w", heartbeat_interval=0.3, drain_seconds=0
+    )
+    worker = Worker(transport, Registry(), options, Console(out=out, err=out))
+    assert worker.run() == 0
+    assert "task_queue is empty" in out.getvalue()
+    assert "tasks still run" not in out.getvalue(), out.getvalue()
+
+
+class _SlowClose:
+    """A consumer whose close takes 1 s, as a hung broker's did (3 s each)."""
+
+    def __init__(self) -> None:
+        self.closed = 0.0
+
+    def close(self) -> None:
+        time.sleep(1.0)
+        self.closed = time.monotonic()
+
+
+def test_a_cold_stop_closes_the_slots_side_by_side(transport: Transport) -> None:
+    """One close after another: with 4 slots on a hung broker, 12 s of closes after the
+    drain, past Kubernetes' grace period."""
+    worker = Worker(transport, Registry(), WorkerOptions(worker_id="w"), Console())
+    consumers = [_SlowClose() for _ in range(4)]
+    started = time.monotonic()
+    worker._close_all(consumers)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 2.0
+    assert all(c.closed for c in consumers)
