@@ -469,6 +469,9 @@ def test_disruption_budget_covers_the_workers(docs: list[Doc]) -> None:
     assert selects(
         budget["spec"]["selector"]["matchLabels"], pod_labels(find(docs, "Deployment", "worker"))
     )
+    # workers are not ready while the broker is away: the default policy (IfHealthyBudget)
+    # would then refuse to evict any, and a drain of the broker's node would never end
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 def test_every_secret_file_is_in_the_readme_and_none_is_committed() -> None:
