@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from distq.envelope import SHALLOW_NESTING, Result, Task
+from distq.envelope import SHALLOW_NESTING, Result, Task, quoted
 from distq.errors import EnvelopeError, MessageTooLarge
 from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_NESTING, check_nesting, check_size
 from distq.signing import HEADER_BYTES, MAGIC, Signer, unsigned
@@ -163,7 +163,7 @@ class Codec:
 def not_bytes(message: object, kind: str) -> EnvelopeError:
     """The error for a message that is not bytes at all: a manager peer can put any
     picklable value on a queue (a str, None), which the codec's checks raise TypeError on."""
-    return EnvelopeError(f"{kind} is a {type(message).__name__}, not bytes: {message!r:.200}")
+    return EnvelopeError(f"{kind} is a {type(message).__name__}, not bytes: {quoted(message)}")
 
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw]).decode

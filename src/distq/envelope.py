@@ -195,7 +195,7 @@ def _load(data: bytes | str, kind: str) -> dict[str, Any]:
         ) from None
     if obj.get("v") != VERSION:
         raise EnvelopeError(
-            f"{kind} has envelope version {_quoted(obj.get('v'))}, expected {VERSION}"
+            f"{kind} has envelope version {quoted(obj.get('v'))}, expected {VERSION}"
         )
     return obj
 
@@ -204,7 +204,9 @@ def _load(data: bytes | str, kind: str) -> dict[str, Any]:
 QUOTED_CHARS = 200
 
 
-def _quoted(value: object) -> str:
+def quoted(value: object) -> str:
+    """``repr(value)``, its first :data:`QUOTED_CHARS` characters when longer: a value
+    from the wire, quoted in an error."""
     text = repr(value)
     return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + "..."
 
@@ -214,7 +216,7 @@ def _field(obj: dict[str, Any], name: str, kind: str, typ: type | tuple[type, ..
         raise EnvelopeError(f"{kind} lacks the field {name!r}")
     value = obj[name]
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise EnvelopeError(f"{kind} field {name!r} has the wrong type: {_quoted(value)}")
+        raise EnvelopeError(f"{kind} field {name!r} has the wrong type: {quoted(value)}")
     return value
 
 
@@ -437,13 +439,13 @@ class Result(msgspec.Struct, frozen=True):
         obj = _load(data, kind)
         status = _field(obj, "status", kind, str)
         if status not in ("ok", "error"):
-            raise EnvelopeError(f"result status must be 'ok' or 'error', got {_quoted(status)}")
+            raise EnvelopeError(f"result status must be 'ok' or 'error', got {quoted(status)}")
         error = obj.get("error") if status == "error" else None
         if status == "error" and not isinstance(error, dict):
             raise EnvelopeError("error result lacks the 'error' object")
         traceback = error.get("traceback") if error else None
         if traceback is not None and not isinstance(traceback, str):
-            raise EnvelopeError(f"result field 'error.traceback' is not text: {_quoted(traceback)}")
+            raise EnvelopeError(f"result field 'error.traceback' is not text: {quoted(traceback)}")
         try:
             return cls(
                 task_id=_field(obj, "task_id", kind, str),
