@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
 from distq.transport.base import Delivery
 from distq.transport.rabbitmq_packs import (
+    LENGTH_BYTES,
     MAX_PACK_BYTES,
     MESSAGES_PER_SUBMIT,
     TASKS_PER_MESSAGE,
@@ -180,9 +181,11 @@ def test_a_pack_no_master_writes_is_one_malformed_message_not_thousands() -> Non
     assert task_bodies(TASKS_TYPE, pack(most)) == most
     one_empty = pack([b"a", b"", b"c"])
     assert task_bodies(TASKS_TYPE, one_empty) == [one_empty]
-    large = pack(_bodies(3))
-    assert task_bodies(TASKS_TYPE, large, max_bytes=len(large) - 1) == [large]
-    assert task_bodies(TASKS_TYPE, large, max_bytes=len(large)) == _bodies(3)
+    halves = [b"a" * (MAX_PACK_BYTES // 2 - LENGTH_BYTES), b"b" * (MAX_PACK_BYTES // 2)]
+    assert len(pack(halves)) == MAX_PACK_BYTES + LENGTH_BYTES  # no master packs that
+    assert task_bodies(TASKS_TYPE, pack(halves)) == [pack(halves)]
+    halves[1] = halves[1][:-LENGTH_BYTES]  # the largest a master packs
+    assert task_bodies(TASKS_TYPE, pack(halves)) == halves
 
 
 def test_a_pack_split_for_a_slow_worker_goes_back_task_by_task() -> None:

@@ -73,19 +73,17 @@ def unpack(data: bytes) -> list[bytes]:
     return bodies
 
 
-def task_bodies(
-    message_type: str | None, body: bytes, max_bytes: int = MAX_PACK_BYTES
-) -> list[bytes]:
+def task_bodies(message_type: str | None, body: bytes) -> list[bytes]:
     """The tasks one message of the task queue carries: a pack's bodies, else the body.
 
     A pack no master writes is one body, whole, which the worker finds malformed (or too
     large) and dead-letters once: one that does not unpack, is empty, holds an empty
-    body or more than :data:`TASKS_PER_MESSAGE`, or is over ``max_bytes`` (no master
-    packs more than :data:`MAX_PACK_BYTES`, whatever its DISTQ_MAX_MESSAGE_BYTES: a
-    worker's own, lower, would refuse a master's packs). Without these limits a queue
+    body or more than :data:`TASKS_PER_MESSAGE`, or is over :data:`MAX_PACK_BYTES` (no
+    master packs more, whatever its DISTQ_MAX_MESSAGE_BYTES: a worker's own, lower,
+    would refuse a master's packs). Without these limits a queue
     writer turned one 64 KiB message into 16,384 dead letters and as many log lines.
     """
-    if message_type == TASKS_TYPE and len(body) <= max_bytes:
+    if message_type == TASKS_TYPE and len(body) <= MAX_PACK_BYTES:
         with contextlib.suppress(ValueError):
             bodies = unpack(body)
             if 0 < len(bodies) <= TASKS_PER_MESSAGE and b"" not in bodies:
