@@ -338,20 +338,23 @@ def _cut(text: str) -> str:
 
 
 # -- requeue --------------------------------------------------------------------------
-def reviver(codec: Codec) -> Revive:
+def reviver(codec: Codec, unopened: Callable[[str], object] | None = None) -> Revive:
     """How ``requeue-dead`` turns a dead letter into the body it enqueues.
 
     A task starts over: attempt 1, created now, and with nobody waiting for its result
     (:data:`~distq.envelope.NO_REPLY`), since its submitter had its error result already;
     ``codec`` opens it and seals (signs) it anew. Anything it cannot open (a malformed
     message, a forged signature, one this command lacks the key or the size limit for)
-    goes back as it was.
+    goes back as it was; ``unopened`` is told why for the last two (:func:`_unopened`).
     """
 
     def revive(letter: DeadLetter) -> bytes:
         try:
             task = codec.open_task(letter.body)
-        except EnvelopeError:
+        except EnvelopeError as exc:
+            why = None if letter.unreadable else _unopened(exc, letter.body, codec)
+            if why is not None and unopened is not None:
+                unopened(why)
             return letter.body
         again = msgspec.structs.replace(task, attempt=1, reply_to=NO_REPLY, created_at=time.time())
         return codec.seal_task(again)
@@ -359,20 +362,16 @@ def reviver(codec: Codec) -> Revive:
     return revive
 
 
-def unsettable(body: bytes, codec: Codec, settings: Settings) -> str | None:
-    """Why ``requeue-dead`` cannot start this task over with its own settings: signed
-    with a key it lacks, or over its size limit. Then the task goes back unchanged (its
-    old master, its old attempt) and, its master long gone, is dead-lettered again at
-    once: the command says so and exits 1. None for a task it opens, or a malformed one."""
-    try:
-        codec.open_task(body)
-    except KeyMissing as exc:
+def _unopened(exc: EnvelopeError, body: bytes, codec: Codec) -> str | None:
+    """Why ``requeue-dead`` could not open ``body`` with its own settings, when a setting
+    is why (a signing key it lacks, a size limit below the task's). Then the task goes
+    back unchanged (its old master, its old attempt) and, its master long gone, is
+    dead-lettered again at once: the command says so and exits 1. None for a malformed
+    task or a forged one."""
+    if isinstance(exc, KeyMissing):
         return f"{exc}; set the workers' DISTQ_SIGNING_KEYS for this command"
-    except MessageTooLarge as exc:
-        if len(body) > settings.max_message_bytes:
-            return f"{exc}; set the workers' DISTQ_MAX_MESSAGE_BYTES for this command"
-    except EnvelopeError:
-        pass
+    if isinstance(exc, MessageTooLarge) and len(body) > codec.max_message_bytes:
+        return f"{exc}; set the workers' DISTQ_MAX_MESSAGE_BYTES for this command"
     return None
 
 
@@ -381,16 +380,13 @@ def _requeue_dead(
 ) -> int:
     # by default those there now: letters that die again meanwhile wait for the next run
     limit = args.limit if args.limit is not None else transport.stats().dead
-    codec = Codec.from_settings(settings)
-    revive = reviver(codec)
-    unreadable, unopened = 0, []
+    unopened: list[str] = []
+    revive = reviver(Codec.from_settings(settings), unopened.append)
+    unreadable = 0
 
     def counted(letter: DeadLetter) -> bytes:
         nonlocal unreadable
         unreadable += letter.unreadable
-        why = None if letter.unreadable else unsettable(letter.body, codec, settings)
-        if why is not None:
-            unopened.append(why)
         return revive(letter)
 
     moved = transport.requeue_dead(limit, counted) if limit > 0 else 0
