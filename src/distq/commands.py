@@ -254,17 +254,12 @@ def _in_flight(stats: QueueStats, settings: Settings) -> tuple[int | None, str]:
     """
     if stats.in_flight_known:
         return stats.in_flight, ""
-    if not settings.rabbitmq_management_url:
+    api = ManagementApi.from_settings(settings)
+    if api is None:
         return None, (
             "AMQP reports unacknowledged tasks only to their consumers; set "
             "DISTQ_RABBITMQ_MANAGEMENT_URL to read them from the management API"
         )
-    api = ManagementApi(
-        settings.rabbitmq_management_url,
-        settings.amqp_url,
-        settings.queue,
-        tls_files=settings.tls_files,
-    )
     try:
         return api.read().in_flight, ""
     except ManagementError as exc:

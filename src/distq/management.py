@@ -31,7 +31,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 import pika
 
-from distq.config import host_port
+from distq.config import Settings, host_port
 from distq.credentials import mask_url
 from distq.errors import DistqError
 from distq.tls import TlsFiles, failure
@@ -107,6 +107,19 @@ class ManagementApi:
         if parts.scheme == "https" and tls_files:  # a private CA, a client certificate
             handlers.append(urllib.request.HTTPSHandler(context=tls_files.context()))
         self._opener = urllib.request.build_opener(*handlers)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ManagementApi | None:
+        """The API of ``DISTQ_RABBITMQ_MANAGEMENT_URL`` for the settings' queue, with their
+        TLS files; None when it is not set."""
+        if not settings.rabbitmq_management_url:
+            return None
+        return cls(
+            settings.rabbitmq_management_url,
+            settings.amqp_url,
+            settings.queue,
+            tls_files=settings.tls_files,
+        )
 
     def read(self) -> ManagedQueue:
         """The queue's counts; :class:`ManagementError` (naming the fix) on any failure."""

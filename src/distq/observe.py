@@ -94,14 +94,8 @@ class MasterObservability(_Process):
     def attach(self, transport: Transport) -> None:
         if self.endpoint is None:
             return
-        management = None  # asked only when the transport cannot count in-flight tasks
-        if self.settings.rabbitmq_management_url:
-            management = ManagementApi(
-                self.settings.rabbitmq_management_url,
-                self.settings.amqp_url,
-                self.settings.queue,
-                tls_files=self.settings.tls_files,
-            )
+        # asked only when the transport cannot count in-flight tasks
+        management = ManagementApi.from_settings(self.settings)
         self.sampler = StatsSampler(
             transport,
             self.settings.stats_seconds,
