@@ -140,6 +140,14 @@ def _parser() -> argparse.ArgumentParser:
     master.add_argument(
         "--report", type=Path, metavar="FILE", help="write the job report as JSON to FILE"
     )
+    master.add_argument(
+        "--connect-timeout",
+        type=flagtypes.seconds_or_zero,
+        default=0.0,
+        metavar="S",
+        help="keep trying to reach the broker for S seconds at start, then exit 3 (0: "
+        "at once; on manager the master listens, nothing to wait for)",
+    )
 
     worker = roles.add_parser("worker", parents=[common], help="run tasks")
     worker.add_argument(
@@ -238,7 +246,7 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
     fewer_collections()
     observe = MasterObservability(settings, console)
     try:
-        transport = open_transport(settings, "master")
+        transport = _connect(settings, "master", args.connect_timeout)
     except BaseException:
         observe.close()
         raise
@@ -319,7 +327,7 @@ def _worker(
     fewer_collections()
     observe = WorkerObservability(settings, console, args.concurrency, registry.runnable())
     try:
-        transport = _connect_worker(settings, args.connect_timeout, console)
+        transport = _connect(settings, "worker", args.connect_timeout)
     except BaseException:
         observe.close()
         raise
@@ -358,16 +366,19 @@ def _notify(console: Console, settings: Settings, role: Literal["master", "worke
             console.info(line)
 
 
-def _connect_worker(settings: Settings, patience: float, console: Console) -> Transport:
-    """Open the transport, retrying unreachable brokers for ``patience`` seconds."""
+def _connect(settings: Settings, role: Literal["master", "worker"], patience: float) -> Transport:
+    """Open the transport, retrying an unreachable broker for ``patience`` seconds (a
+    broker that starts beside the process, in compose or Kubernetes). A manager master
+    listens rather than connects: a port it cannot have fails at once."""
     deadline = time.monotonic() + patience
     while True:
         try:
-            return open_transport(settings, "worker")
+            return open_transport(settings, role)
         except AuthenticationFailed:
             raise
         except ConnectionFailed:
-            if time.monotonic() >= deadline:
+            listens = role == "master" and settings.transport == "manager"
+            if listens or time.monotonic() >= deadline:
                 raise
             time.sleep(0.2)
 

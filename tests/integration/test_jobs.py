@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ import pytest
 from conftest import Target
 from distq.envelope import Result, Task
 from distq.transport import Transport
-from launch import free_port
+from launch import LocalRedis, free_port
 from procs import Distq
 from seam import results_of
 
@@ -273,6 +274,38 @@ def test_unreachable_broker_at_start_exits_3(target: Target, spawn: Spawn) -> No
         master = spawn("master", "--tasks", "1", env=env)
         assert master.wait(30) == 3
         assert "cannot reach" in master.output() and "Traceback" not in master.output()
+
+
+def test_master_and_worker_wait_for_a_broker_that_starts_after_them(
+    target: Target, spawn: Spawn, tmp_path: Path
+) -> None:
+    """``--connect-timeout``: a broker that starts beside them (compose, Kubernetes) is
+    waited for; without it the master gives up at once (exit 3). A manager master
+    listens rather than connects: a port in use fails at once, whatever the flag says."""
+    if target.name == "manager":
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            address = f"127.0.0.1:{taken.getsockname()[1]}"
+            env = target.process_env(DISTQ_MANAGER_ADDRESS=address)
+            master = spawn("master", "--tasks", "1", "--connect-timeout", "60", env=env)
+            assert master.wait(20) == 3, master.output()
+            assert "cannot listen" in master.output()
+        return
+    if target.name != "redis":
+        pytest.skip("the wait is the command's, not the transport's: one broker shows it")
+    server = LocalRedis(tmp_path / "redis")  # its port chosen, the server not started yet
+    env = target.process_env(DISTQ_REDIS_URL=server.url, DISTQ_QUEUE="late-broker")
+    at_once = spawn("master", "--tasks", "1", env=env)
+    assert at_once.wait(30) == 3, at_once.output()
+    master = spawn("master", "--tasks", "20", "--connect-timeout", "60", "-q", env=env)
+    worker = spawn("worker", "--connect-timeout", "60", "--exit-when-idle", "2", "-q", env=env)
+    time.sleep(2)
+    assert master.proc.poll() is None and worker.proc.poll() is None, master.output()
+    with server.start():
+        assert master.wait(60) == 0, master.output()
+        assert worker.wait(60) == 0, worker.output()
+    assert "all 20 results in and correct" in master.output(), master.output()
 
 
 def test_wrong_credentials_exit_3_with_a_clear_line(target: Target, spawn: Spawn) -> None:

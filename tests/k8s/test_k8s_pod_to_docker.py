@@ -34,7 +34,8 @@ def test_the_security_context_becomes_docker_flags(k8s_tree: Tree, tmp_path: Pat
     ):
         assert flag in joined
     assert "--tmpfs /tmp:rw,exec,uid=10001,gid=10001,mode=1777,size=64m" in joined
-    assert argv[-2:] == ["distq-worker:0.1.0", "--quiet"]  # no command: the image entrypoint
+    # no command: the image entrypoint
+    assert argv[-4:] == ["distq-worker:0.1.0", "--connect-timeout", "120", "--quiet"]
 
 
 def test_env_is_resolved_from_the_configmap_and_secrets_are_files(
