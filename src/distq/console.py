@@ -57,11 +57,11 @@ def announce(console: Console, line: str) -> None:
     thread is inside a write to the same stream (a write to a pipe interrupted by the
     signal): the buffered stream then raises ``RuntimeError: reentrant call``, which
     made a SIGTERM'd worker exit 1 with a traceback. Then the line goes straight to
-    stderr's file descriptor instead."""
+    stderr's file descriptor instead, in the console's own format (a JSON line too)."""
     try:
         console.info(line)
     except RuntimeError:
-        os.write(2, f"{line}\n".encode(errors="backslashreplace"))
+        os.write(2, console.rendered(line).encode(errors="backslashreplace"))
 
 
 class Console:
@@ -109,6 +109,11 @@ class Console:
 
     def error(self, line: str) -> None:
         self.write(self.err, f"distq: {line}\n")
+
+    def rendered(self, line: str) -> str:
+        """``line`` as :meth:`info` writes it, for a write that cannot go through the
+        stream (:func:`announce`)."""
+        return f"{line}\n"
 
     def write(self, stream: TextIO, text: str) -> None:
         """Write ``text`` to ``stream`` and flush; a stream that fails is dropped."""

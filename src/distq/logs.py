@@ -53,6 +53,9 @@ class TextConsole(Console):
     def error(self, line: str) -> None:
         super().error(mask_secrets(line))
 
+    def rendered(self, line: str) -> str:
+        return super().rendered(mask_secrets(line))
+
 
 class Line(msgspec.Struct):
     """The head of a per-task JSON line (:meth:`JsonConsole.write_lines`), the keys
@@ -108,6 +111,10 @@ class JsonConsole(Console):
 
     def error(self, line: str) -> None:
         self._write(self.err, [self.record("error", message=mask_secrets(line))])
+
+    def rendered(self, line: str) -> str:
+        record = self.record("info", message=mask_secrets(line))
+        return json.dumps(record, default=str) + "\n"  # \u escapes: any stream carries them
 
     def stamp(self, at: float | None = None) -> str:
         """This moment (or ``at``, a ``time.time()``) as a line's ``timestamp``,

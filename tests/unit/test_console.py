@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -94,3 +95,19 @@ def test_a_signal_handlers_line_survives_a_stream_caught_mid_write(
     with a RuntimeError traceback (9 of 12 runs of a test without PYTHONUNBUFFERED)."""
     announce(Console(out=_MidWrite(), err=_MidWrite()), "SIGTERM while connecting: worker exit")
     assert capfd.readouterr().err == "SIGTERM while connecting: worker exit\n"
+
+
+def test_a_json_console_caught_mid_write_still_writes_a_json_line(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """In JSON log mode the fallback line is a JSON line too: a log pipeline that parses
+    every line would choke on a plain one."""
+    from distq.logs import JsonConsole
+
+    console = JsonConsole("worker", out=_MidWrite(), err=_MidWrite(), worker="w1")
+    announce(console, "SIGTERM: the worker is stopping (é)")
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].isascii()
+    record = json.loads(lines[0])
+    assert record["message"] == "SIGTERM: the worker is stopping (é)"
+    assert (record["level"], record["role"], record["worker"]) == ("info", "worker", "w1")
