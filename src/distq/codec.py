@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from distq.envelope import SHALLOW_NESTING, Result, Task, quoted
-from distq.errors import EnvelopeError, MessageTooLarge
+from distq.errors import EnvelopeError, MessageTooLarge, NestedTooDeep
 from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_NESTING, check_nesting, check_size
 from distq.signing import HEADER_BYTES, MAGIC, Signer, unsigned
 
@@ -66,9 +66,14 @@ class Codec:
                 return self.seal(task.encode(), "task")
             return self._sign(envelope, "task")
         except MessageTooLarge as exc:
-            raise MessageTooLarge(
-                f"task {task.name} [{task.id}] cannot be submitted: {exc}; pass large data "
-                "by reference (a path, a URL, a key) or raise DISTQ_MAX_MESSAGE_BYTES"
+            advice = (
+                "flatten its arguments"
+                if isinstance(exc, NestedTooDeep)
+                else "pass large data by reference (a path, a URL, a key) or raise "
+                "DISTQ_MAX_MESSAGE_BYTES"
+            )
+            raise type(exc)(
+                f"task {task.name} [{task.id}] cannot be submitted: {exc}; {advice}"
             ) from None
 
     def seal_result(self, result: Result) -> bytes:

@@ -133,8 +133,14 @@ def parse_argument(text: str) -> Any:
     """A command-line argument as a JSON value, or else as the string it is."""
     try:
         return json.loads(text)
-    except ValueError:
+    except json.JSONDecodeError:
         return text
+    except ValueError as exc:  # JSON, but an integer past Python's digit limit
+        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
+        raise ConfigError(
+            f"ARG {shown!r} ({len(text):,} characters): {exc}; to send it as a string, "
+            "write it as a JSON string, in double quotes"
+        ) from None
 
 
 def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> int:

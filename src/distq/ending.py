@@ -43,7 +43,7 @@ from distq.codec import Codec
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task, shown
 from distq.errors import EnvelopeError, MessageTooLarge, SignatureError, TimeLimitExceeded
 from distq.jsonvalue import problem
-from distq.limits import OVERSIZED_KEPT_BYTES
+from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES
 from distq.transport.base import Delivery, Settlement
 
 Outcome = Literal["ok", "failed", "retried", "malformed", "orphaned"]
@@ -131,7 +131,7 @@ class Endings:
         and write NaN, which is not JSON) or its result is too large."""
         kind = type(value)
         if kind not in _PLAIN and not (kind is float and math.isfinite(value)):
-            found = problem(value, "its value")
+            found = problem(value, "its value", MAX_NESTING - 1)  # the result's envelope: 1
             if found is not None:
                 error = TypeError(f"{found}; a task must return a JSON value")
                 return self.failed(delivery, task, error, started_at, duration, returned=True)

@@ -55,6 +55,10 @@ class MessageTooLarge(EnvelopeError):
     """A message is over ``DISTQ_MAX_MESSAGE_BYTES`` (or nests JSON too deeply)."""
 
 
+class NestedTooDeep(MessageTooLarge):
+    """A message nests JSON deeper than ``limits.MAX_NESTING``: no size setting helps."""
+
+
 class UnknownTask(DistqError):
     """A task names a function this worker has not registered."""
 

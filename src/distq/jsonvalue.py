@@ -9,13 +9,18 @@ not a JSON value, and where inside it, so the caller can fix that call.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-#: Deepest nesting accepted (a cycle is refused as too deep).
-MAX_DEPTH = 100
+from distq.limits import MAX_NESTING
 
-_SCALARS = frozenset({str, int, bool, type(None)})
+#: Deepest nesting accepted (a cycle is refused as too deep): what fits in a task's
+#: envelope, whose object and ``args`` (or ``kwargs``) take two of its levels.
+MAX_DEPTH = MAX_NESTING - 2
+
+# an int this long or shorter has fewer digits than Python's int-to-text limit allows
+_SAFE_INT_BITS = 14_000
 
 
 # where a value sits inside an argument: (parent link, key), formatted only on error
@@ -32,27 +37,59 @@ def _where(name: str, link: _Link) -> str:
     return name + shown + ("[...]" if len(keys) > 8 else "")
 
 
-def problem(value: Any, name: str) -> str | None:
+def _unsendable(item: str | int) -> str | None:
+    """Why a string or an integer cannot be written as JSON text, or None: a lone
+    surrogate has no UTF-8, and Python writes no int longer than its digit limit."""
+    if isinstance(item, str):
+        if item.isascii():
+            return None
+        try:
+            item.encode()
+        except UnicodeEncodeError as exc:
+            return (
+                f"holds the unpaired surrogate {item[exc.start]!r} at index {exc.start}, "
+                "which UTF-8, and so the wire, cannot carry"
+            )
+        return None
+    if item.bit_length() <= _SAFE_INT_BITS:
+        return None
+    try:
+        str(int(item))
+    except ValueError:
+        return (
+            f"is an integer of more than {sys.get_int_max_str_digits():,} digits, Python's "
+            "limit for writing it as text; send it as a string"
+        )
+    return None
+
+
+def problem(value: Any, name: str, max_depth: int = MAX_DEPTH) -> str | None:
     """Why ``value`` (the argument ``name``) is not a JSON value, or None when it is one.
 
-    JSON values: None, booleans, integers, finite floats, strings, lists (tuples are sent
-    as lists) and dicts with string keys, nested at most :data:`MAX_DEPTH` deep.
+    JSON values: None, booleans, integers, finite floats, strings (with no lone
+    surrogate), lists (tuples are sent as lists) and dicts with string keys, nested at
+    most ``max_depth`` deep (an argument's :data:`MAX_DEPTH`, by default).
     """
     stack: list[tuple[Any, _Link, int]] = [(value, None, 0)]
     while stack:
         item, link, depth = stack.pop()
         kind = type(item)
-        if kind in _SCALARS:
+        if (kind is str and item.isascii()) or kind is bool or item is None:
+            continue  # the common cases first
+        if kind is int and item.bit_length() <= _SAFE_INT_BITS:
+            continue
+        if isinstance(item, (str, int)):  # subclasses too: str and IntEnum members
+            why = _unsendable(item)
+            if why is not None:
+                return f"{_where(name, link)} {why}"
             continue
         if isinstance(item, float):
             if math.isfinite(item):
                 continue
             return f"{_where(name, link)} is {item!r}, which JSON cannot carry"
-        if isinstance(item, (str, int)):  # subclasses: str and IntEnum members, for example
-            continue
-        if depth >= MAX_DEPTH:
+        if depth >= max_depth:
             where = _where(name, link)
-            return f"{where} is nested more than {MAX_DEPTH} levels deep (or contains itself)"
+            return f"{where} is nested more than {max_depth} levels deep (or contains itself)"
         if isinstance(item, (list, tuple)):
             stack.extend((x, (link, i), depth + 1) for i, x in enumerate(item))
             continue
@@ -60,6 +97,9 @@ def problem(value: Any, name: str) -> str | None:
             for key, x in item.items():
                 if not isinstance(key, str):
                     return f"{_where(name, link)} has the key {key!r}; JSON object keys are strings"
+                why = _unsendable(key)
+                if why is not None:
+                    return f"{_where(name, link)} has a key that {why}"
                 stack.append((x, (link, key), depth + 1))
             continue
         module = kind.__module__
@@ -72,13 +112,15 @@ def check_arguments(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -
     """Raise ``TypeError`` naming the first argument of a call of ``task`` that is not a
     JSON value (see :func:`problem`)."""
     for index, value in enumerate(args):
-        if type(value) in _SCALARS:
-            continue  # the common case, without the walk
+        kind = type(value)
+        if (kind is str and value.isascii()) or (kind is int and value.bit_length() < 64):
+            continue  # the common cases, without the walk
         found = problem(value, f"argument {index + 1}")
         if found is not None:
             raise TypeError(f"{task}: {found}; {_ALLOWED}")
     for key, value in kwargs.items():
-        found = problem(value, f"keyword argument {key!r}")
+        why = _unsendable(key)
+        found = f"the keyword {key!r} {why}" if why else problem(value, f"keyword argument {key!r}")
         if found is not None:
             raise TypeError(f"{task}: {found}; {_ALLOWED}")
 

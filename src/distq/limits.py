@@ -11,7 +11,7 @@ import re
 from array import array
 from itertools import accumulate
 
-from distq.errors import MessageTooLarge
+from distq.errors import MessageTooLarge, NestedTooDeep
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB
 MIN_MESSAGE_BYTES = 1024
@@ -47,4 +47,4 @@ def check_nesting(data: bytes, kind: str) -> None:
     outside_strings = _STRING.sub(b"", _ESCAPE.sub(b"", data))
     steps = array("b", outside_strings.translate(_STEP, _NOT_BRACKETS))  # +1 open, -1 close
     if max(accumulate(steps), default=0) > MAX_NESTING:
-        raise MessageTooLarge(f"{kind} nests JSON deeper than {MAX_NESTING} levels")
+        raise NestedTooDeep(f"{kind} nests JSON deeper than {MAX_NESTING} levels")

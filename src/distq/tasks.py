@@ -173,8 +173,8 @@ class Registry:
 
     def show(self, task: Task) -> str:
         """How the worker's ``Get task ...`` line names ``task``, registered or not."""
-        show = self._shows.get(task.name)
-        return show(task) if show is not None else f"{shown(task.name)}{task.args}"
+        show = self._shows.get(task.name)  # its text escaped: it may quote the wire
+        return shown(show(task)) if show is not None else f"{shown(task.name)}{task.args}"
 
     def register_path(self, path: str) -> str:
         """Import ``module:function`` and register it under ``path``; return the name."""

@@ -521,7 +521,7 @@ def test_a_signal_while_a_stopping_worker_closes_keeps_its_exit_code(
             return 2
 
     monkeypatch.setattr(cli, "WorkerObservability", lambda *_a, **_k: Observed())
-    monkeypatch.setattr(cli, "_connect_worker", lambda *_a: Transport())
+    monkeypatch.setattr(cli, "_connect", lambda *_a: Transport())
     monkeypatch.setattr(cli, "Worker", Refused)
     out = io.StringIO()
     console = Console(out=out, err=out)

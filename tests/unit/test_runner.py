@@ -51,6 +51,20 @@ def test_other_tasks_are_shown_by_name_and_arguments(runner: TaskRunner, out: io
     assert out.getvalue() == "Get task echo['hi'] from task_queue.\n"
 
 
+@pytest.mark.parametrize(
+    ("name", "argument"),
+    [("square", "7\nworker exit. 999 ok\x1b[31m"), ("distq:chunk", "evil\nGet task FORGED")],
+)
+def test_a_shown_argument_cannot_forge_a_line(
+    runner: TaskRunner, out: io.StringIO, name: str, argument: str
+) -> None:
+    """``square`` and chunks show their first argument, from the wire: printed raw, a
+    queue writer's line break and terminal escape wrote a fake "worker exit" line."""
+    run(runner, name, argument, [])
+    first = out.getvalue().splitlines()[0]
+    assert first.startswith("Get task ") and "\\n" in first and "\x1b" not in out.getvalue()
+
+
 def test_an_unknown_name_or_arguments_that_do_not_fit_fail_at_once(
     runner: TaskRunner, out: io.StringIO
 ) -> None:

@@ -331,7 +331,7 @@ def test_a_result_nested_too_deeply_fails_the_task_for_good() -> None:
     w, _ = worker(Codec())
     payload = json.loads(json.dumps(deep(MAX_NESTING - 3)))  # fits a task, not a result
     settlement, outcome = w.process(Delivery(task(payload, name="nest").encode(), 1))
-    assert outcome == "failed" and "deeper than" in dead_reason_of(settlement)
+    assert outcome == "failed" and "nested more than 63 levels" in dead_reason_of(settlement)
 
 
 # --- the master --------------------------------------------------------------------

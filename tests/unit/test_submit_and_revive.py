@@ -9,7 +9,7 @@ import pytest
 from distq.codec import Codec
 from distq.commands import parse_argument, reviver
 from distq.envelope import NO_REPLY, DeadLetter, Task
-from distq.errors import SignatureError
+from distq.errors import ConfigError, SignatureError
 
 KEY = b"0123456789abcdef-key"
 
@@ -31,6 +31,15 @@ KEY = b"0123456789abcdef-key"
 )
 def test_arguments_are_json_values_or_else_strings(text: str, value: object) -> None:
     assert parse_argument(text) == value
+
+
+def test_a_number_past_pythons_digit_limit_is_refused_not_sent_as_a_string() -> None:
+    """json.loads refuses it with a ValueError that is not a JSONDecodeError: it was taken
+    for "not JSON", and the task got the digits as a string, with no message."""
+    with pytest.raises(ConfigError, match=r"^ARG '7{20}\.\.\.7{10}' \(5,000 characters\): "):
+        parse_argument("7" * 5000)
+    assert parse_argument("7" * 4000) == int("7" * 4000)
+    assert parse_argument(f'"{"7" * 5000}"') == "7" * 5000  # quoted: the string it asks for
 
 
 def test_a_revived_task_starts_over_and_nobody_waits_for_its_result() -> None:
