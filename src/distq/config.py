@@ -143,7 +143,8 @@ def _is_ipv6(text: str) -> bool:
 
 
 def _secret(text: str) -> bytes | None:
-    return text.encode() if text else None
+    # surrogateescape: the bytes as the environment holds them (os.environb), UTF-8 or not
+    return text.encode(errors="surrogateescape") if text else None
 
 
 def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
@@ -573,9 +574,10 @@ def secured(settings: Settings) -> Settings:
     for name in ("signing_key", "signing_keys"):  # parsed keys are; a program's may not be
         keys = getattr(settings, name)
         if not isinstance(keys, tuple) or not all(isinstance(key, bytes) for key in keys):
+            what = f"a {type(keys).__name__}" + (" of other things" * isinstance(keys, tuple))
             raise ConfigError(
-                f"{name} is a {type(keys).__name__} of other things; give a tuple of keys as "
-                f"bytes, e.g. {name}=(key.encode(),), or a string as the variable takes"
+                f"{name} is {what}; give a tuple of keys as bytes, e.g. "
+                f"{name}=(key.encode(),), or a string as the variable takes"
             )
         for number, key in enumerate(keys, 1):
             if len(key) < signing.MIN_KEY_LENGTH:

@@ -305,12 +305,21 @@ def load_settings(
     if settings is None:
         for warning in misspelled(environ):  # as the distq command warns
             log.warning("%s", warning)
-        texts = {entries[n].variable: _as_text(v) for n, v in overrides.items()}
+        # keys not given as a string go in as given, checked as over a Settings object
+        # (a tuple of bytes): a key's bytes may hold a comma, which would split it as text,
+        # and a list's text would be its repr, a wrong key signing every task
+        given = {n: v for n, v in overrides.items() if n in _KEYS and not isinstance(v, str | None)}
+        texts = {
+            entries[n].variable: _as_text(n, entries[n].variable, v)
+            for n, v in overrides.items()
+            if n not in given
+        }
         # a bad value is named by the keyword the caller gave, not by the command's flag
         named = {
             entries[n].variable: f"Executor keyword {n} ({entries[n].variable})" for n in overrides
         }
-        return Settings.load(environ, texts, named)
+        loaded = Settings.load(environ, texts, named)
+        return load_settings(loaded, given, environ) if given else loaded
     files = {var + credentials.FILE_SUFFIX: var for var in credentials.SECRETS}
     names = {entry.variable: name for name, entry in entries.items()}
     values: dict[str, Any] = {}
@@ -357,16 +366,22 @@ def _parsed(shown: str, entry: Setting[Any], text: str) -> Any:
         raise ConfigError(f"{shown}: {entry.variable} {exc}") from None
 
 
-def _as_text(value: Any) -> str:
-    """An override as the text of its environment variable."""
+_KEYS = ("signing_keys", "signing_key")
+
+
+def _as_text(name: str, variable: str, value: Any) -> str:
+    """An override as the text of its environment variable (``variable``)."""
     if isinstance(value, str):
         return value
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, tuple) and all(isinstance(item, bytes) for item in value):
-        return ",".join(item.decode() for item in value)  # keys, e.g. signing_keys
-    if isinstance(value, tuple) and len(value) == 2:
-        return f"{value[0]}:{value[1]}"  # an address, e.g. manager_address
     if value is None:
         return ""
-    return str(value)
+    if isinstance(value, bytes):  # an authkey of random bytes too, as os.environb holds it
+        return value.decode(errors="surrogateescape")
+    if name == "manager_address" and isinstance(value, (tuple, list)) and len(value) == 2:
+        return f"{value[0]}:{value[1]}"
+    if isinstance(value, (bool, int, float, os.PathLike)):
+        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    raise ConfigError(
+        f"Executor keyword {name} ({variable}) is a {type(value).__name__}; give it as a "
+        f"string, as {variable} takes"
+    )

@@ -59,7 +59,7 @@ def parse_keys(text: str) -> tuple[bytes, ...]:
                 f"{MIN_KEY_LENGTH} random characters, e.g. "
                 "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
             )
-    return tuple(key.encode() for key in keys)
+    return tuple(key.encode(errors="surrogateescape") for key in keys)  # as os.environb
 
 
 def key_id(key: bytes) -> str:

@@ -191,20 +191,40 @@ def test_a_bad_secret_override_is_refused_without_its_value(
     [
         ({"signing_keys": (b"short",)}, "signing_keys has key 1 of 1 5 bytes long"),
         ({"signing_key": (b"x" * 16, b"tiny")}, "signing_key has key 2 of 2 4 bytes long"),
-        ({"signing_keys": b"a-long-enough-key-0123"}, "signing_keys is a bytes of other things"),
-        ({"signing_keys": ["a-long-enough-key-0123"]}, "signing_keys is a list of other things"),
+        ({"signing_keys": b"a-long-enough-key-0123"}, "signing_keys is a bytes; give a tuple"),
+        ({"signing_keys": ["a-long-enough-key-0123"]}, "signing_keys is a list; give a tuple"),
+        ({"signing_keys": ("a-long-enough-key-0123",)}, "signing_keys is a tuple of other"),
+        ({"signing_key": ["a-long-enough-key-0123"]}, "signing_key is a list; give a tuple"),
     ],
 )
+@pytest.mark.parametrize("base", [Settings(transport="redis"), None])
 def test_keys_given_as_values_are_checked_like_the_variables_keys(
-    overrides: dict[str, Any], expected: str
+    overrides: dict[str, Any], expected: str, base: Settings | None
 ) -> None:
     """Was: Executor(settings, signing_keys=(b"short",)) signed with a 5-byte key, and
-    keys of another type were taken as given."""
+    keys of another type were taken as given. Without a Settings object (keywords over
+    the environment), a list of keys became the text of its repr: every task was signed
+    with a wrong key, dead-lettered by the workers, and every future waited for good."""
     with pytest.raises(ConfigError) as refused:
-        load_settings(Settings(transport="redis"), overrides, {})
+        load_settings(base, overrides, REDIS)
     assert str(refused.value).startswith(expected), refused.value
     assert "short" not in str(refused.value) and "tiny" not in str(refused.value)
     assert "a-long-enough" not in str(refused.value)
+
+
+def test_keyword_secrets_of_any_bytes_are_kept_as_given() -> None:
+    """A random authkey (as multiprocessing makes them) was a UnicodeDecodeError quoting
+    one of its bytes; a key holding a comma was split in two."""
+    key = bytes(range(256))  # not UTF-8, and a comma in it
+    got = load_settings(None, {"authkey": key, "signing_keys": (key,)}, {})
+    assert (got.authkey, got.signing_keys) == (key, (key,))
+    assert load_settings(None, {"signing_key": (key,)}, REDIS).signing_keys == (key,)
+    assert load_settings(None, {"signing_keys": None}, REDIS).signing_keys == ()
+    with pytest.raises(ConfigError, match=r"^Executor keyword queue \(DISTQ_QUEUE\) is a list; "):
+        load_settings(None, {"queue": ["jobs"]}, REDIS)
+    # as the variables: bytes that are not UTF-8 reach them through os.environ escaped
+    env = {"DISTQ_AUTHKEY": key.decode(errors="surrogateescape")}
+    assert load_settings(None, {}, env).authkey == key
 
 
 def test_a_hand_built_settings_object_with_an_unknown_transport_is_a_config_error() -> None:
