@@ -26,13 +26,28 @@ from wordcount_tasks import count_words, words
 
 
 def pieces(text: str, size: int) -> Iterator[str]:
-    """``text`` in pieces of about ``size`` characters, each ending at a line end."""
+    """``text`` in pieces of about ``size`` characters (at most twice that), each ending
+    at a line end; a line far longer than ``size`` is cut after a space (a word only if
+    it is longer than ``size`` itself), so no piece outgrows a message."""
     start = 0
     while start < len(text):
-        end = text.find("\n", start + size)
-        end = len(text) if end < 0 else end + 1
+        end = text.find("\n", start + size, start + 2 * size)
+        if end >= 0:
+            end += 1
+        elif len(text) - start <= 2 * size:
+            end = len(text)
+        else:
+            gap = max(text.rfind(c, start + 1, start + size + 1) for c in " \n\t")
+            end = gap + 1 if gap > start else start + size
         yield text[start:end]
         start = end
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
 
 
 def read(folder: Path, pattern: str) -> list[str]:
@@ -46,7 +61,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--glob", default="**/*.txt", help="which files (default **/*.txt)")
-    parser.add_argument("--piece-bytes", type=int, default=65536, help="text per task")
+    parser.add_argument("--piece-bytes", type=positive, default=65536, help="text per task")
     parser.add_argument("--top", type=int, default=10, help="most frequent words to print")
     parser.add_argument("--check", action="store_true", help="compare with a local count")
     parser.add_argument("--output", type=Path, help="write every count as JSON here")

@@ -1,0 +1,43 @@
+"""The word-count example's cut of a text into tasks (examples/wordcount/wordcount.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "wordcount"
+sys.path.insert(0, str(EXAMPLE))
+
+from wordcount import pieces  # noqa: E402
+from wordcount_tasks import words  # noqa: E402
+
+ONE_LONG_LINE = " ".join(["alpha", "beta", "délta", "x" * 10] * 100_000)  # 2.2 MB, no newline
+LINES = "\n".join(" ".join(["gamma", "beta", "y" * 9] * 20) for _ in range(5_000))
+
+
+@pytest.mark.parametrize("text", [ONE_LONG_LINE, LINES, "", "abc", "\n\n\n", "a b\n" * 7])
+@pytest.mark.parametrize("size", [16, 1000, 65536])
+def test_pieces_cover_the_text_keep_every_word_and_stay_small(text: str, size: int) -> None:
+    """A line longer than DISTQ_MAX_MESSAGE_BYTES was one piece, refused by map() with a
+    MessageTooLarge traceback; pieces now end at a line end, or in a long line at a space."""
+    cut = list(pieces(text, size))
+    assert "".join(cut) == text and all(cut)
+    assert max((len(piece) for piece in cut), default=0) <= 2 * size
+    assert sum((words(piece) for piece in cut), Counter()) == words(text)
+
+
+def test_a_piece_size_below_1_is_refused() -> None:
+    """A negative --piece-bytes made pieces() yield empty strings for good: the job hung,
+    printing nothing, its memory growing."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE / "wordcount.py"), str(EXAMPLE), "--piece-bytes", "-1000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "--piece-bytes: -1000 is not 1 or more" in done.stderr
