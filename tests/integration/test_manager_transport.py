@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import logging
 import os
 import pickle
 import re
@@ -84,6 +85,34 @@ def test_worker_connections_send_large_batches_without_nagle_delay() -> None:
         assert _no_delay(consumer._broker._tls.connection)  # type: ignore[attr-defined]
         consumer.close()
         producer.close()
+
+
+def test_a_master_that_ends_holding_dead_letters_says_they_end_with_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On manager the dead letters live in the hosting master's memory: a job's failures
+    vanished with it, and `dead-letters` / `requeue-dead` after a fix found nothing,
+    without a word (Redis and RabbitMQ keep them)."""
+    with _master_and_worker("ending") as (hosted, remote):
+        producer = hosted.producer("ending.results")
+        producer.submit([b"a", b"b", b"c"])
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 3)
+        consumer.settle([Settlement(d, dead_letter=b"letter") for d in got[:2]])
+        consumer.settle([Settlement(got[2], reply_to=producer.reply_to, result=b"r")])
+        consumer.close()
+        producer.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "2 dead letter(s) of queue 'ending' end with this process: on the manager transport "
+        "they live in the memory of the master that hosts the queues. Read or requeue them "
+        "while it runs (distq dead-letters, distq requeue-dead), or use Redis or RabbitMQ, "
+        "which keep them"
+    ]
+    caplog.clear()
+    with _master_and_worker("clean"):
+        pass  # none held: nothing said
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def test_settle_then_fetch_is_one_call_to_the_master() -> None:

@@ -153,6 +153,15 @@ class QueueBroker:
     def stop(self) -> None:
         self._stop.set()
 
+    def dead_counts(self) -> dict[str, int]:
+        """The dead letters held, by queue: they end with this process."""
+        with self._lock:
+            return {
+                name.removesuffix(".dead"): len(items)
+                for name, items in self._queues.items()
+                if name.endswith(".dead") and items
+            }
+
     # -- producer side -------------------------------------------------------
     def put(self, queue: str, bodies: Sequence[bytes]) -> None:
         with self._lock:
@@ -971,6 +980,15 @@ class ManagerTransport(Transport):
         self._inspector = None  # a worker's: its connection goes with it
         broker, self._broker = self._broker, None
         if broker is not None:
+            for queue, count in broker.dead_counts().items():
+                log.warning(
+                    "%d dead letter(s) of queue %r end with this process: on the manager "
+                    "transport they live in the memory of the master that hosts the queues. "
+                    "Read or requeue them while it runs (distq dead-letters, distq "
+                    "requeue-dead), or use Redis or RabbitMQ, which keep them",
+                    count,
+                    queue,
+                )
             broker.stop()
         if self._server is not None:
             self._deadlines.stop()
