@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import signal
 import statistics
 import subprocess
@@ -390,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     logdir = Path(tempfile.mkdtemp(prefix="distq-bench-"))
     report: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),
-        "command": "bench/run.sh " + " ".join(argv if argv is not None else sys.argv[1:]),
+        # quoted as a shell reads it back: an empty value (``--scaling ''``) stays one
+        "command": "bench/run.sh " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "settings": {
             "tasks": args.tasks,
             "repeat": args.repeat,

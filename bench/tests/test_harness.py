@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -237,3 +238,21 @@ def test_profile_runs_only_the_main_trials_each_into_files_of_its_own(
     assert None not in profiles and len(set(profiles)) == 2  # repeat 2 keeps repeat 1's graphs
     logs = [t["logs"] for t in main + scaling]
     assert len(set(logs)) == len(logs)
+
+
+def test_the_recorded_command_runs_again_with_an_empty_argument(
+    stub_trial: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RESULTS.md's command is pasted back into a shell: ``--scaling ''`` must stay one
+    (empty) argument, not vanish and make ``--results-dir`` the value of ``--scaling``."""
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # keep pytest's handlers
+    results = tmp_path / "results dir"  # a space needs quoting too
+    argv = ["--only", "manager", "--contestants", "distq", "--repeat", "1", "--scaling", ""]
+    argv += ["--results-dir", str(results)]
+    assert run.main(argv) == 0
+    command = json.loads((results / "latest.json").read_text())["command"]
+    assert f"`{command}`" in (results / "RESULTS.md").read_text()
+    words = shlex.split(command)
+    assert words[0] == "bench/run.sh" and words[1:] == argv
+    again = run.parse_args(words[1:])
+    assert again.scaling == [] and again.results_dir == results
