@@ -108,8 +108,10 @@ def _pick(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     return chosen
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGINT arrived: clean up and leave."""
+class Stopped(BaseException):
+    """SIGTERM or SIGINT arrived: clean up and leave. A BaseException, like
+    KeyboardInterrupt, so no ``except Exception`` (a broker that did not start) takes it
+    for a failure and runs on."""
 
 
 def _on_signal(signum: int, _frame: object) -> None:

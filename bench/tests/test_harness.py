@@ -256,3 +256,26 @@ def test_the_recorded_command_runs_again_with_an_empty_argument(
     assert words[0] == "bench/run.sh" and words[1:] == argv
     again = run.parse_args(words[1:])
     assert again.scaling == [] and again.results_dir == results
+
+
+def test_a_stop_while_a_broker_starts_ends_the_run_marked_interrupted(
+    stub_trial: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT arrives (as run.Stopped, from the handler) while RabbitMQ starts: no
+    "did not start" cell, no next broker's trials, and the report says interrupted."""
+    import servers
+
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # keep pytest's handlers
+
+    def interrupted_start() -> servers.Broker:
+        raise run.Stopped("SIGINT")
+
+    monkeypatch.setitem(servers.STARTERS, "rabbitmq", interrupted_start)
+    results = tmp_path / "results"
+    argv = ["--only", "rabbitmq,manager", "--contestants", "raw", "--repeat", "1"]
+    argv += ["--scaling", "", "--results-dir", str(results)]
+    assert run.main(argv) == 130
+    report = json.loads((results / "latest.json").read_text())
+    assert report["interrupted"] == "SIGINT"
+    assert report["rows"] == []  # neither a failed rabbitmq row nor a manager trial
+    assert "interrupted by SIGINT" in (results / "RESULTS.md").read_text()
