@@ -100,6 +100,13 @@ def _ratio(ours: dict[str, float] | None, theirs: dict[str, float] | None) -> st
 
 
 def _status(row: dict[str, Any]) -> str:
+    status = _outcome(row)
+    if row.get("planned_trials"):  # the run stopped before this row's other trials
+        status += f", {row['trials']} of {row['planned_trials']} trials (run stopped)"
+    return status
+
+
+def _outcome(row: dict[str, Any]) -> str:
     if row["ok"] == row["trials"]:
         return "ok"
     failed = [s for s in row["statuses"] if s != "ok"]

@@ -314,34 +314,56 @@ def scaling_rows(
     broker: servers.Broker | None,
     broker_pid: int | None,
     logdir: Path,
+    into: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """distq with each of ``args.scaling`` worker processes, round-robin, no latency round."""
+    """distq with each of ``args.scaling`` worker processes, round-robin, no latency round.
+
+    The rows go into ``into`` (and are returned), also when a stop cuts the stage short:
+    then with the trials that finished (see :func:`_rows`)."""
     print(f"  scaling: distq with {', '.join(map(str, args.scaling))} worker processes")
+    rows: list[dict[str, Any]] = [] if into is None else into
     trials: dict[int, list[dict[str, Any]]] = {w: [] for w in args.scaling}
-    for repeat in range(1, args.scaling_repeat + 1):
-        for workers in args.scaling:
-            if broker:
-                _flush(broker)
-            trials[workers].append(
-                run_trial(
-                    args,
-                    broker_name,
-                    url,
-                    "distq",
-                    repeat,
-                    logdir,
-                    tasks=args.tasks,
-                    latency_tasks=0,
-                    timeout=args.timeout,
-                    scaling=True,
-                    workers=workers,
-                    broker_pid=broker_pid,
+    try:
+        for repeat in range(1, args.scaling_repeat + 1):
+            for workers in args.scaling:
+                if broker:
+                    _flush(broker)
+                trials[workers].append(
+                    run_trial(
+                        args,
+                        broker_name,
+                        url,
+                        "distq",
+                        repeat,
+                        logdir,
+                        tasks=args.tasks,
+                        latency_tasks=0,
+                        timeout=args.timeout,
+                        scaling=True,
+                        workers=workers,
+                        broker_pid=broker_pid,
+                    )
                 )
-            )
-    return [
-        {"broker": broker_name, "workers": w, **summarize(trials[w]), "trials_detail": trials[w]}
-        for w in args.scaling
-    ]
+    finally:
+        rows += _rows(trials, "workers", args.scaling_repeat, broker=broker_name)
+    return rows
+
+
+def _rows(
+    trials: dict[Any, list[dict[str, Any]]], key: str, planned: int, **fixed: Any
+) -> list[dict[str, Any]]:
+    """One summarized row per ``trials`` entry (``{key: its key}``) that has any trials.
+    A row with fewer than ``planned`` (a stop cut its stage short) keeps the ones that
+    finished, and says how many were planned."""
+    rows = []
+    for value, done in trials.items():
+        if not done:
+            continue
+        row = {**fixed, key: value, **summarize(done), "trials_detail": done}
+        if len(done) < planned:
+            row["planned_trials"] = planned
+        rows.append(row)
+    return rows
 
 
 def machine() -> dict[str, Any]:
@@ -444,37 +466,31 @@ def main(argv: list[str] | None = None) -> int:
                 url, broker_pid = broker.url, broker.server.pid
                 report["brokers"][broker_name] = {"version": broker.version}
             trials: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-            for repeat in range(1, args.repeat + 1):
-                for name in names:
-                    if broker:
-                        _flush(broker)
-                    trials[name].append(
-                        run_trial(
-                            args,
-                            broker_name,
-                            url,
-                            name,
-                            repeat,
-                            logdir,
-                            tasks=args.tasks,
-                            latency_tasks=args.latency_tasks,
-                            timeout=args.timeout,
-                            profile=True,  # the main table's trials only
-                            broker_pid=broker_pid,
+            try:
+                for repeat in range(1, args.repeat + 1):
+                    for name in names:
+                        if broker:
+                            _flush(broker)
+                        trials[name].append(
+                            run_trial(
+                                args,
+                                broker_name,
+                                url,
+                                name,
+                                repeat,
+                                logdir,
+                                tasks=args.tasks,
+                                latency_tasks=args.latency_tasks,
+                                timeout=args.timeout,
+                                profile=True,  # the main table's trials only
+                                broker_pid=broker_pid,
+                            )
                         )
-                    )
-            for name in names:
-                report["rows"].append(
-                    {
-                        "broker": broker_name,
-                        "contestant": name,
-                        **summarize(trials[name]),
-                        "trials_detail": trials[name],
-                    }
-                )
+            finally:  # a stop keeps the trials that finished
+                report["rows"] += _rows(trials, "contestant", args.repeat, broker=broker_name)
             if args.scaling and "distq" in names:
-                report["scaling"] += scaling_rows(
-                    args, broker_name, url, broker, broker_pid, logdir
+                scaling_rows(
+                    args, broker_name, url, broker, broker_pid, logdir, into=report["scaling"]
                 )
             if args.memory and "distq" in names:
                 if broker:

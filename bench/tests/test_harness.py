@@ -279,3 +279,46 @@ def test_a_stop_while_a_broker_starts_ends_the_run_marked_interrupted(
     assert report["interrupted"] == "SIGINT"
     assert report["rows"] == []  # neither a failed rabbitmq row nor a manager trial
     assert "interrupted by SIGINT" in (results / "RESULTS.md").read_text()
+
+
+@pytest.mark.parametrize("stop_at", [3, 6])
+def test_a_stop_keeps_the_finished_trials_of_the_broker_it_was_on(
+    stop_at: int, stub_trial: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT in the ``stop_at``-th trial: 3 is manager-raw-2 of the main table, 6 the
+    scaling stage's second (2 workers, repeat 1). Every trial that finished stays in
+    latest.json and RESULTS.md, its row marked with how many trials were planned."""
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # keep pytest's handlers
+    real_run_trial = run.run_trial
+    calls = []
+
+    def run_trial(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(args[3])
+        if len(calls) == stop_at:
+            raise run.Stopped("SIGINT")
+        return real_run_trial(*args, **kwargs)
+
+    monkeypatch.setattr(run, "run_trial", run_trial)
+    results = tmp_path / "results"
+    argv = ["--only", "manager", "--contestants", "raw,distq", "--repeat", "2"]
+    argv += ["--scaling", "1,2", "--scaling-repeat", "1", "--results-dir", str(results)]
+    assert run.main(argv) == 130
+    report = json.loads((results / "latest.json").read_text())
+    assert report["interrupted"] == "SIGINT"
+    text = (results / "RESULTS.md").read_text()
+    rows = {row["contestant"]: row for row in report["rows"]}
+    if stop_at == 3:
+        assert set(rows) == {"raw", "distq"}
+        assert [(r["trials"], r["ok"], r["planned_trials"]) for r in rows.values()] == [
+            (1, 1, 2),
+            (1, 1, 2),
+        ]
+        assert [t["repeat"] for t in rows["raw"]["trials_detail"]] == [1]
+        assert "| manager | raw | 100 | 2,000 |" in text
+        assert "ok, 1 of 2 trials (run stopped) |" in text
+        assert report["scaling"] == []
+    else:
+        assert [r["trials"] for r in rows.values()] == [2, 2]
+        assert all("planned_trials" not in r for r in rows.values())
+        assert [(r["workers"], r["trials"]) for r in report["scaling"]] == [(1, 1)]
+        assert "| manager | 1 | 1,000 |" in text
