@@ -291,7 +291,8 @@ def write_markdown(report: dict[str, Any]) -> str:
         "# distq benchmark: squares job",
         "",
         f"Run {report['date']} - {report['finished']} with `{report['command'].strip()}`"
-        + (f" — **interrupted by {report['interrupted']}**" if report.get("interrupted") else ""),
+        + (f" — **interrupted by {report['interrupted']}**" if report.get("interrupted") else "")
+        + (f" — **aborted by {report['aborted']}**" if report.get("aborted") else ""),
         "",
         "| machine | |",
         "| --- | --- |",

@@ -4,7 +4,9 @@ Starts its own Redis and RabbitMQ on free loopback ports, runs every (broker,
 contestant) trial ``--repeat`` times, round-robin, each in a process group of its own
 that is killed if it outlives ``--timeout``, stops the brokers by PID, and writes
 ``bench/results/RESULTS.md`` and ``bench/results/latest.json``. A failed or timed-out
-trial is a cell in the table, never the end of the run.
+trial is a cell in the table, never the end of the run; so are the trials after a
+broker died (not run). A stop (SIGINT, SIGTERM) or a harness error still writes both
+files, with every trial that finished.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -134,8 +137,12 @@ def run_trial(
     profile: bool = False,
     workers: int | None = None,
     broker_pid: int | None = None,
+    broker_server: servers.Broker | None = None,
 ) -> dict[str, Any]:
     """Run ``trial.py`` in a new process group; kill the group if it overstays.
+
+    ``broker_server``: the broker run.py started, checked (and, Redis, flushed) first;
+    when it is dead or does not answer, the trial is not run but failed, saying why.
 
     Each kind of trial has a workdir (``tag``) of its own: the main table's
     ``{broker}-{name}-{repeat}``, the scaling stage's ``...-scale-w{workers}-{repeat}``
@@ -151,6 +158,18 @@ def run_trial(
         tag = f"{broker}-{name}-{repeat}"
     if workers != args.workers and not scaling:
         tag += f"-w{workers}"
+    trouble = _trouble(broker_server)
+    if trouble is not None:
+        print(f"  {tag}: NOT RUN: {trouble}", flush=True)
+        error = f"not run: {trouble}"
+        return {
+            "status": "failed",
+            "error": error,
+            "broker": broker,
+            "contestant": name,
+            "repeat": repeat,
+            "workers": workers,
+        }
     workdir = logdir / tag
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "result.json"
@@ -263,16 +282,24 @@ def _end_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=5)
 
 
-def _flush(broker: servers.Broker) -> None:
-    """Between Redis trials: drop every key so no trial pays for another's leftovers."""
+def _trouble(broker: servers.Broker | None) -> str | None:
+    """Before a trial: None when ``broker`` can take it (Redis flushed, so no trial pays
+    for another's leftovers), else why not: its server died, or does not answer."""
+    if broker is None:
+        return None
+    if broker.server.pid is None:
+        return f"{broker.name} is not running: its server (started by run.py) has exited"
     if broker.name == "redis":
         import redis
 
-        client = redis.Redis.from_url(broker.url)
+        client = redis.Redis.from_url(broker.url, socket_connect_timeout=10, socket_timeout=60)
         try:
             client.flushall()
+        except redis.RedisError as exc:
+            return f"{broker.name} does not answer: {type(exc).__name__}: {exc}"
         finally:
             client.close()
+    return None
 
 
 def summarize(trials: list[dict[str, Any]]) -> dict[str, Any]:
@@ -326,8 +353,6 @@ def scaling_rows(
     try:
         for repeat in range(1, args.scaling_repeat + 1):
             for workers in args.scaling:
-                if broker:
-                    _flush(broker)
                 trials[workers].append(
                     run_trial(
                         args,
@@ -342,6 +367,7 @@ def scaling_rows(
                         scaling=True,
                         workers=workers,
                         broker_pid=broker_pid,
+                        broker_server=broker,
                     )
                 )
     finally:
@@ -437,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"distq bench: logs in {logdir}")
     running: list[servers.Broker] = []
-    interrupted = None
+    interrupted = aborted = None
     try:
         for broker_name in args.only:
             names = [
@@ -469,8 +495,6 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for repeat in range(1, args.repeat + 1):
                     for name in names:
-                        if broker:
-                            _flush(broker)
                         trials[name].append(
                             run_trial(
                                 args,
@@ -484,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                                 timeout=args.timeout,
                                 profile=True,  # the main table's trials only
                                 broker_pid=broker_pid,
+                                broker_server=broker,
                             )
                         )
             finally:  # a stop keeps the trials that finished
@@ -493,8 +518,6 @@ def main(argv: list[str] | None = None) -> int:
                     args, broker_name, url, broker, broker_pid, logdir, into=report["scaling"]
                 )
             if args.memory and "distq" in names:
-                if broker:
-                    _flush(broker)
                 report["memory"].append(
                     run_trial(
                         args,
@@ -508,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                         timeout=max(args.timeout, MEMORY_TIMEOUT),
                         memory=True,
                         broker_pid=broker_pid,
+                        broker_server=broker,
                     )
                 )
             if broker:
@@ -516,11 +540,16 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as exc:
         interrupted = str(exc)
         print(f"\ninterrupted by {interrupted}; stopping brokers")
+    except Exception as exc:  # a bug of the harness: the trials so far are still written
+        traceback.print_exc()
+        aborted = f"{type(exc).__name__}: {exc}"
+        print(f"\naborted by {aborted}; stopping brokers")
     finally:
         for broker in running:
             broker.stop()
     report["load_average_end"] = os.getloadavg()
     report["interrupted"] = interrupted
+    report["aborted"] = aborted
     report["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -530,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(markdown)
     print(f"wrote {args.results_dir / 'RESULTS.md'} and latest.json")
-    return 130 if interrupted else 0
+    return 130 if interrupted else 1 if aborted else 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -168,6 +168,13 @@ import json, os, sys
 argv = sys.argv
 if os.path.exists(os.environ["STUB_FAIL"]):
     sys.exit("simulated crash: trial died before writing its result")
+kill = os.environ.get("STUB_KILL_BROKER")
+if kill and not os.path.exists(kill):  # the broker dies in this trial, which fails
+    open(kill, "w").close()
+    os.kill(int(argv[argv.index("--broker-pid") + 1]), 9)
+    result = {"status": "failed", "error": "latency: ConnectionError: reset by peer"}
+    open(argv[argv.index("--out") + 1], "w").write(json.dumps(result))
+    sys.exit(0)
 workers = int(argv[argv.index("--workers") + 1])
 profile = argv[argv.index("--profile") + 1] if "--profile" in argv else None
 result = {"status": "ok", "tasks": 100, "throughput": 1000.0 * workers, "elapsed_seconds": 0.1,
@@ -322,3 +329,73 @@ def test_a_stop_keeps_the_finished_trials_of_the_broker_it_was_on(
         assert all("planned_trials" not in r for r in rows.values())
         assert [(r["workers"], r["trials"]) for r in report["scaling"]] == [(1, 1)]
         assert "| manager | 1 | 1,000 |" in text
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_a_broker_that_dies_fails_the_trials_after_it_and_the_report_is_written(
+    stub_trial: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's own Redis is SIGKILLed during its first trial (by the stub, with the PID
+    run.py passes as --broker-pid): that trial fails, the ones after it are failed cells
+    "not run", the manager stage still runs, and both files are written."""
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # keep pytest's handlers
+    monkeypatch.setenv("STUB_KILL_BROKER", str(tmp_path / "killed"))
+    results = tmp_path / "results"
+    argv = ["--only", "redis,manager", "--contestants", "raw,distq", "--repeat", "2"]
+    argv += ["--scaling", "1", "--results-dir", str(results)]
+    assert run.main(argv) == 0
+    report = json.loads((results / "latest.json").read_text())
+    assert report["interrupted"] is None and report["aborted"] is None
+    redis_rows = [r for r in report["rows"] if r["broker"] == "redis"]
+    assert [(r["contestant"], r["statuses"]) for r in redis_rows] == [
+        ("raw", ["failed", "failed"]),
+        ("distq", ["failed", "failed"]),
+    ]
+    errors = [t["error"] for r in redis_rows for t in r["trials_detail"]]
+    assert errors[0].startswith("latency: ConnectionError")
+    assert all(e.startswith("not run: redis is not running") for e in errors[1:])
+    assert [(r["broker"], r["statuses"]) for r in report["scaling"]] == [
+        ("redis", ["failed", "failed"]),
+        ("manager", ["ok", "ok"]),
+    ]
+    manager = [r["statuses"] for r in report["rows"] if r["broker"] == "manager"]
+    assert manager == [["ok", "ok"], ["ok", "ok"]]
+    assert "- redis / distq: not run: redis is not running" in (results / "RESULTS.md").read_text()
+
+
+def test_a_broker_that_does_not_answer_is_trouble_and_a_harness_error_still_writes(
+    stub_trial: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import servers
+
+    class Gone:  # a redis-server that runs but does not answer: nothing on its port
+        pid = os.getpid()
+        url = f"redis://127.0.0.1:{_closed_port()}/0"
+
+    dead = servers.Broker("redis", cast(Any, Gone()), tmp_path)
+    assert (run._trouble(dead) or "").startswith("redis does not answer: ConnectionError")
+    # an unexpected error in the harness: the trials so far are still written
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # keep pytest's handlers
+    real_run_trial = run.run_trial
+    calls = []
+
+    def run_trial(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(args[3])
+        if len(calls) == 2:
+            raise KeyError("oops")
+        return real_run_trial(*args, **kwargs)
+
+    monkeypatch.setattr(run, "run_trial", run_trial)
+    results = tmp_path / "results"
+    argv = ["--only", "manager", "--contestants", "raw,distq", "--repeat", "1"]
+    assert run.main([*argv, "--scaling", "", "--results-dir", str(results)]) == 1
+    report = json.loads((results / "latest.json").read_text())
+    assert report["aborted"] == "KeyError: 'oops'"
+    assert [(r["contestant"], r["statuses"]) for r in report["rows"]] == [("raw", ["ok"])]
+    assert "aborted by KeyError: 'oops'" in (results / "RESULTS.md").read_text()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
