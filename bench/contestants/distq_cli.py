@@ -177,10 +177,11 @@ class DistqCli(Contestant):
         except subprocess.TimeoutExpired:
             raise RoundTimeout(f"distq master did not finish in {remaining:.0f} s") from None
         if proc.returncode != 0 or not report_path.exists():
-            tail = log_path.read_text(errors="replace")[-1500:]
-            raise RuntimeError(f"distq master exited {proc.returncode}:\n{tail}")
+            raise _failure(proc.returncode, log_path, report_path)
         report: dict[str, Any] = json.loads(report_path.read_text())
-        bad = {k: report.get(k) for k in ("failed", "incorrect", "missing") if report.get(k)}
+        # a task run twice is a wrong result, as for the peers (Collector.add)
+        wrong = ("failed", "incorrect", "duplicates", "missing")
+        bad = {k: report.get(k) for k in wrong if report.get(k)}
         if report.get("tasks") != count or report.get("ok", count) != count or bad:
             raise VerifyError(f"distq master report: tasks={report.get('tasks')} {bad}")
         return report
@@ -203,6 +204,31 @@ class DistqCli(Contestant):
             p50=float(report["latency_p50_seconds"]),
             p99=float(report["latency_p99_seconds"]),
         )
+
+
+def _failure(code: int, log_path: Path, report_path: Path) -> Exception:
+    """Why ``distq master`` exited ``code``, on the error's first line (the report's Failures
+    note): :class:`RoundTimeout` when its job timed out (its own ``--timeout``, which
+    fires before the trial's deadline), as a peer's round that runs out of time; else the
+    report's problems (or the log's last error line) and the master's verdict. The log's
+    tail follows."""
+    log = log_path.read_text(errors="replace") if log_path.exists() else ""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    verdict = next((x for x in reversed(lines) if x.startswith("job ") and " after " in x), "")
+    tail = log[-1500:]
+    if verdict.startswith("job timed out"):
+        return RoundTimeout(f"distq master: {verdict}\n{tail}")
+    try:
+        problems = [str(x) for x in json.loads(report_path.read_text())["problems"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        problems = []  # no report, or not a whole one: the log says why
+    if not problems:
+        errors = [x for x in lines if x.startswith("distq: ") and not x.startswith("distq: warn")]
+        problems = errors[-1:] or lines[-1:]  # e.g. a traceback's last line
+    reasons = [x if len(x) <= 200 else x[:199] + "…" for x in problems[-3:]]
+    if verdict:
+        reasons.append(verdict)
+    return RuntimeError(f"distq master exited {code}: {'; '.join(reasons)}\n{tail}")
 
 
 def _stop(spies: Sequence[subprocess.Popen[bytes]]) -> None:

@@ -1,0 +1,131 @@
+"""How a trial judges a round: ``distq master``'s exit and report, and dead workers.
+
+A stand-in ``distq`` (a script that writes the report and log a master writes) and a
+stand-in contestant (``sleep`` processes as workers): no broker needed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import run
+from contestants import distq_cli
+from contestants.base import Context, RoundTimeout, VerifyError
+
+FAKE_DISTQ = """\
+import os, sys
+argv = sys.argv
+report = os.environ["FAKE_REPORT"]
+if report:
+    open(argv[argv.index("--report") + 1], "w").write(report)
+sys.stdout.write(os.environ["FAKE_LOG"])
+sys.exit(int(os.environ["FAKE_CODE"]))
+"""
+
+
+def _report(**fields: Any) -> str:
+    report = {"transport": "redis", "tasks": 200, "ok": 200, "failed": 0, "incorrect": 0,
+              "duplicates": 0, "missing": 0, "elapsed_seconds": 0.01, "cpu_seconds": 0.01,
+              "latency_p50_seconds": 0.001, "latency_p99_seconds": 0.002, "problems": [],
+              "started": True}  # fmt: skip
+    return json.dumps({**report, **fields})
+
+
+@pytest.fixture
+def master(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> distq_cli.DistqCli:
+    """A DistqCli whose ``distq`` writes $FAKE_REPORT, logs $FAKE_LOG, exits $FAKE_CODE."""
+    fake = tmp_path / "distq"
+    fake.write_text(f"#!{sys.executable}\n{FAKE_DISTQ}")
+    fake.chmod(0o755)
+    monkeypatch.setattr(distq_cli, "venv_bin", lambda name: str(fake))
+    ctx = Context("redis", "redis://127.0.0.1:1/0", "q", 2, tmp_path, time.monotonic() + 60)
+    contestant = distq_cli.DistqCli(ctx)
+    contestant.runs, contestant.env = 0, {}
+    return contestant
+
+
+def _fake(monkeypatch: pytest.MonkeyPatch, report: str, log: str, code: int) -> None:
+    monkeypatch.setenv("FAKE_REPORT", report)
+    monkeypatch.setenv("FAKE_LOG", log)
+    monkeypatch.setenv("FAKE_CODE", str(code))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0]
+
+
+def test_a_distq_job_that_times_out_is_a_timeout_with_its_reason(
+    master: distq_cli.DistqCli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    verdict = "job timed out after 4.0 s: 710 of 1500 results in, 710 ok, 0 failed, 790 missing"
+    report = _report(tasks=1500, ok=710, missing=790, problems=["790 of 1500 never submitted"])
+    _fake(monkeypatch, report, f"waiting for 2 worker slots to attach ...\n{verdict}\n", 1)
+    with pytest.raises(RoundTimeout) as caught:
+        master.throughput([1] * 1500)
+    assert verdict in _first_line(caught.value)
+    # run.py reads the trial's error (trial.py: "phase: Type: message") as a timeout
+    out = tmp_path / "result.json"
+    error = f"throughput: {type(caught.value).__name__}: {caught.value}"
+    out.write_text(json.dumps({"status": "failed", "error": error}))
+    assert run._read_result(out, tmp_path, 0)["status"] == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("report", "log", "reason"),
+    [
+        (  # its workers never attached: the report's problem, then the verdict
+            _report(
+                tasks=20,
+                ok=0,
+                missing=20,
+                started=False,
+                problems=["only 1 of 2 worker slots attached in time"],
+            ),
+            "job never started after 89.0 s: 0 of 20 results in\n"
+            "distq: only 1 of 2 worker slots attached in time\nmaster exit\n",
+            "only 1 of 2 worker slots attached in time; job never started after 89.0 s",
+        ),
+        (  # no report: the log's last error line
+            "",
+            "distq: warning: something minor\ndistq: cannot reach redis://127.0.0.1:1/0\n",
+            "cannot reach redis://127.0.0.1:1/0",
+        ),
+        (  # a crash: a traceback's last line
+            "",
+            "Traceback (most recent call last):\n  File x\nConnectionError: boom\n",
+            "ConnectionError: boom",
+        ),
+    ],
+    ids=["never-started", "no-report", "crash"],
+)
+def test_a_failed_distq_master_says_why_on_the_first_line(
+    master: distq_cli.DistqCli,
+    monkeypatch: pytest.MonkeyPatch,
+    report: str,
+    log: str,
+    reason: str,
+) -> None:
+    """RESULTS.md's Failures note is the error's first line: not just 'exited 1:'."""
+    _fake(monkeypatch, report, log, 1)
+    with pytest.raises(RuntimeError) as caught:
+        master.latency([1] * 20)
+    assert not isinstance(caught.value, RoundTimeout)
+    first = _first_line(caught.value)
+    assert first.startswith("distq master exited 1: ") and reason in first
+
+
+def test_a_distq_report_with_duplicate_results_fails_verification(
+    master: distq_cli.DistqCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer fails on one duplicate result (Collector.add); so does a distq row."""
+    _fake(monkeypatch, _report(), "", 0)
+    assert master.throughput([1] * 200) == 0.01  # a clean report passes
+    _fake(monkeypatch, _report(duplicates=37), "", 0)
+    with pytest.raises(VerifyError, match="duplicates"):
+        master.throughput([1] * 200)
