@@ -146,6 +146,9 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
             sampler.sample()
             sampler.stopping.set()
             out["worker_rss"] = sampler.report()
+        # a worker that died in the round fails it, though the others (redelivery) may
+        # have finished its tasks: the round was not the one of --workers workers
+        contestant.workers.check_alive()
         out["elapsed_seconds"] = elapsed
         out["throughput"] = len(tasks) / elapsed
         if args.latency_tasks:
@@ -156,6 +159,7 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
             meter.start()
             lat = contestant.latency(single[WARM_UP_LATENCY:])
             out["latency_cpu_seconds"] = _cpu_used(contestant, meter)
+            contestant.workers.check_alive()
             out["latency_p50_seconds"] = lat.p50
             out["latency_p99_seconds"] = lat.p99
             out["latency_tasks"] = lat.count

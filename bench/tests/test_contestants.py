@@ -6,17 +6,22 @@ stand-in contestant (``sleep`` processes as workers): no broker needed.
 
 from __future__ import annotations
 
+import argparse
 import json
+import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import contestants
 import run
+import trial
 from contestants import distq_cli
-from contestants.base import Context, RoundTimeout, VerifyError
+from contestants.base import Contestant, Context, Latency, RoundTimeout, VerifyError
 
 FAKE_DISTQ = """\
 import os, sys
@@ -129,3 +134,48 @@ def test_a_distq_report_with_duplicate_results_fails_verification(
     _fake(monkeypatch, _report(duplicates=37), "", 0)
     with pytest.raises(VerifyError, match="duplicates"):
         master.throughput([1] * 200)
+
+
+class _Dies(Contestant):
+    """``sleep`` processes as workers; worker 0 is killed in the counted ``round``."""
+
+    name = "dies"
+    round = "throughput"
+
+    def start_workers(self) -> None:
+        for _ in range(self.ctx.workers):
+            self.workers.start(["sleep", "60"])
+        self.calls = {"throughput": 0, "latency": 0}
+
+    def _round(self, kind: str) -> None:
+        self.calls[kind] += 1
+        if kind == self.round and self.calls[kind] == 2:  # the one after the warm-up
+            self.workers.procs[0].send_signal(signal.SIGKILL)
+            self.workers.procs[0].wait()
+
+    def throughput(self, tasks: Sequence[int]) -> float:
+        self._round("throughput")
+        return 0.01
+
+    def latency(self, tasks: Sequence[int]) -> Latency:
+        self._round("latency")
+        return Latency(count=len(tasks), p50=0.001, p99=0.002)
+
+
+@pytest.mark.parametrize(("round_", "latency_tasks"), [("throughput", 0), ("latency", 10)])
+def test_a_worker_that_dies_in_a_counted_round_fails_the_trial(
+    round_: str, latency_tasks: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a latency round (the scaling and memory stages) the trial was ok; with one,
+    a distq trial hung until its master's --timeout. Now the round's check names the
+    worker and its exit code."""
+    monkeypatch.setattr(_Dies, "round", round_)
+    monkeypatch.setattr(contestants, "load", lambda broker, name: _Dies)
+    args = argparse.Namespace(
+        workdir=str(tmp_path), broker="redis", url="", queue="q", workers=2, timeout=30.0,
+        profile="", seed=1, tasks=100, latency_tasks=latency_tasks, contestant="dies",
+        no_caps=False, memory=latency_tasks == 0, broker_pid=0,
+    )  # fmt: skip
+    out = trial.run_trial(args)
+    assert out["status"] == "failed", out
+    assert out["error"].startswith(f"{round_}: RuntimeError: worker 0 exited with code -9")
