@@ -147,7 +147,12 @@ def _cpu_section(report: dict[str, Any]) -> list[str]:
         "worker process and its children, broker: the server's processes. On manager, distq "
         "serves the queues in its master's own process, so its master column includes them "
         "(broker: in master); the tutorial's raw manager serves them from the server "
-        "process `BaseManager.start()` forks, counted as its broker. Median (min-max); CPU "
+        "process `BaseManager.start()` forks, counted as its broker. For the `distq` "
+        "command-line rows (every `distq*` row but `distq-executor`) each round is one "
+        "`distq master` process: its master column and the clock cover its timed job "
+        "only, while the workers' and broker's columns cover that whole process, its "
+        "start-up, connection, wait for workers and exit too. `distq-executor`, connected "
+        "once for every round, shows the difference. Median (min-max); CPU "
         "time moves far less with the machine's other load than throughput does.",
         "",
         *_CPU_HEADER,
@@ -162,8 +167,11 @@ def _cpu_section(report: dict[str, Any]) -> list[str]:
             "The same, over the latency round: one task submitted, its result awaited, then "
             "the next. This is what a master and workers cost per task when tasks come one "
             "by one (a low rate, an Executor's `submit().result()`): the broker round trips "
-            "of each task, not spread over a batch. For `distq` rows the master is the "
-            "`distq master --max-in-flight 1` process's own count.",
+            "of each task, not spread over a batch. For the `distq` command-line rows the "
+            "master is the `distq master --max-in-flight 1` process's own count over its "
+            "timed job, while the workers' and broker's columns again cover that whole "
+            "process (start-up, connection, wait for workers, exit), which weighs more per "
+            "task in this shorter round; compare `distq-executor`.",
             "",
             *_CPU_HEADER,
             *_cpu_rows(sequential, "latency_cpu_per_1000"),
