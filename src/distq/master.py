@@ -287,8 +287,19 @@ class _Run(Generic[E]):
             self._submit_lost(self.producer.reconcile())
 
     def _submit_lost(self, held: int) -> None:
-        """Submit again the tasks after the first ``held`` that still wait for a result."""
+        """Submit again the tasks after the first ``held`` that still wait for a result.
+
+        Results already in the reply queue answer their tasks: they are read first. After
+        a long partition (the registration lapsed: ``held`` 0) most of a job's results
+        may wait there, and without that read every task not yet read would run again."""
         total = self.ledger.total
+        if held < total:
+            for _ in range(self.collector.outstanding // MESSAGE_BATCH + 2):  # bounded
+                bodies = self.producer.results(MESSAGE_BATCH, 0)
+                if not bodies:
+                    break
+                self.collector.accept(bodies)
+            self._print_results()
         waiting = self.collector.waiting_ids().__contains__
         again = self.ledger.reconcile(held, waiting, self.collector.outstanding)
         if again:
