@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
-from distq.backoff import Backoff
+from distq.backoff import Backoff, Outage
 from distq.codec import Codec
 from distq.collector import Collector
 from distq.config import (
@@ -214,6 +214,9 @@ class _Run(Generic[E]):
         self.deadline: float | None = None
         self.began = time.perf_counter()  # --timeout counts from here, the wait for workers too
         self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
+        # one outage: from the first call that failed to the first that went through
+        self.outage = Outage(time.perf_counter)
+        self.said_lost = False  # "the broker holds ... again": said once an outage
 
     def run(self) -> JobReport:
         spec, total = self.spec, self.spec.tasks
@@ -251,6 +254,8 @@ class _Run(Generic[E]):
                     break
                 if then_wait <= 0:  # else collected with the submit
                     self._collect(self._wait(now, now - start, more))
+                if self.outage.ongoing:
+                    self._back()
             except TransportError as exc:
                 if not self._recover(exc):
                     break
@@ -303,10 +308,12 @@ class _Run(Generic[E]):
         waiting = self.collector.waiting_ids().__contains__
         again = self.ledger.reconcile(held, waiting, self.collector.outstanding)
         if again:
-            self.console.error(
-                f"the broker holds {held} of the {total} tasks submitted so far; "
-                f"submitting the {len(again)} tasks among the others that wait for a result again"
-            )
+            if not self.said_lost:  # a broker refusing writes: once, not every attempt
+                self.said_lost = self.outage.ongoing
+                self.console.error(
+                    f"the broker holds {held} of the {total} tasks sent so far; submitting "
+                    f"the {len(again)} tasks among the others that wait for a result again"
+                )
             submit_again(self.producer.submit, again)
 
     def _recover(self, exc: TransportError) -> bool:
@@ -314,8 +321,9 @@ class _Run(Generic[E]):
         job ends first (stopped, or past its timeout)."""
         if self.stop.is_set():
             return False  # no reconnecting on the way out
-        self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
-        started, backoff = time.perf_counter(), Backoff()
+        if self.outage.lost():  # one line an outage, however many calls fail in it
+            self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
+        backoff = Backoff()
         while True:
             delay = backoff.next()
             if self.deadline is not None:
@@ -330,11 +338,19 @@ class _Run(Generic[E]):
             except TransportError:
                 continue
             self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
+            return True  # back once the job's next calls go through too (_back)
+
+    def _back(self) -> None:
+        """The job's calls went through after an outage: it is over; say so, once.
+        Not at the reconnect: a broker that takes connections but refuses the work (Redis
+        out of memory, a RabbitMQ alarm) would be "reconnected" every few seconds."""
+        lasted = self.outage.back()
+        self.said_lost = False
+        if lasted is not None:
             self.console.info(
-                f"reconnected to the broker after {time.perf_counter() - started:.1f} s; "
+                f"reconnected to the broker after {lasted:.1f} s; "
                 f"{self.collector.outstanding} tasks outstanding"
             )
-            return True
 
     def _allowance(self, elapsed: float) -> int:
         return allowance(self.spec, self.submitted, self.collector.outstanding, elapsed)
@@ -351,6 +367,8 @@ class _Run(Generic[E]):
                 if not self._recover(exc):
                     break
                 continue
+            if self.outage.ongoing:
+                self._back()
             if seen >= count:
                 return True
             if self.deadline is not None and time.perf_counter() >= self.deadline:

@@ -398,6 +398,8 @@ class Worker:
                         with slot.lock:
                             deliveries = slot.consumer.fetch(sizer.size, poll)
                             slot.renewed = time.monotonic()
+                        if self.outage.ongoing:
+                            self._back()
                     if not deliveries:
                         continue
                     self.telemetry.fetched(deliveries)
@@ -484,13 +486,18 @@ class Worker:
                 self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
             self._stopping.wait(slot.backoff.next())
             return None
-        slot.backoff.reset()
-        lasted = self.outage.back()
-        if lasted is not None:
-            self.console.info(f"reconnected to {self.transport.describe()} after {lasted:.1f} s")
+        slot.backoff.reset()  # the outage is over once a call goes through (_back)
         self.health.took(0)  # at work (again): --exit-when-idle counts from here
         self.health.connected(True, consumer_id)
         return consumer
+
+    def _back(self) -> None:
+        """A call went through: the outage is over, and the first slot to see it says so.
+        Not at the connect: a broker that takes connections but refuses the work (Redis
+        out of memory) would be "reconnected" every second, one pair of lines a slot."""
+        lasted = self.outage.back()
+        if lasted is not None:
+            self.console.info(f"reconnected to {self.transport.describe()} after {lasted:.1f} s")
 
     def _close_all(self, consumers: list[Consumer]) -> None:
         """Close ``consumers`` side by side, within :data:`CLOSE_SECONDS` in all; one

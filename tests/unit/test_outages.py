@@ -7,6 +7,8 @@ import io
 import threading
 from collections.abc import Sequence
 
+import pytest
+
 from distq.backoff import Backoff, Outage
 from distq.console import Console
 from distq.envelope import Task
@@ -158,7 +160,7 @@ def test_the_master_reconnects_and_resubmits_what_the_broker_lost() -> None:
     assert out.count("connection lost; reconnecting") == 1  # one line for the outage
     assert "still down" not in out  # not one line per attempt
     assert out.count("reconnected to the broker after") == 1
-    assert "the broker holds 0 of the 30 tasks submitted so far" in out
+    assert "the broker holds 0 of the 30 tasks sent so far" in out
     assert "submitting the 25 tasks among the others that wait for a result again" in out
 
 
@@ -201,3 +203,40 @@ def test_results_waiting_in_the_reply_queue_are_read_before_anything_goes_again(
     # only the batch whose submit failed went again: no task ran twice
     assert report.succeeded and report.ok == 30 and report.duplicates == 0, out
     assert "submitting the 15 tasks among the others" in out and producer.submitted == 15
+
+
+class Refusing(Flaky):
+    """A broker that takes every connection and answers every reconcile, but refuses
+    ``refusals`` writes in a row (Redis out of memory, a RabbitMQ alarm); if it
+    ``loses``, what it held goes with the first refusal."""
+
+    def __init__(self, refusals: int, loses: bool) -> None:
+        super().__init__("r", outage=0, loses=loses)
+        self.refusals = refusals
+
+    def _maybe_fail(self) -> None:
+        self.calls += 1
+        if self.calls >= 3 and self.refusals > 0:
+            self.refusals -= 1
+            if self.loses:
+                self.queue.clear()
+                self.submitted, self.loses = 0, False
+            raise TransportError("Redis at nowhere:1: OOM command not allowed")
+
+    def reconcile(self) -> int:
+        self.reconciles += 1
+        return self.submitted
+
+
+@pytest.mark.parametrize("loses", [False, True])
+def test_a_broker_refusing_writes_is_one_outage_said_once(loses: bool) -> None:
+    """Every refused write was a "reconnecting" line and a "reconnected ... after 0.0 s"
+    (the reconcile went through), and each attempt to submit the lost tasks again said
+    "the broker holds 0 of ..." again: 9 pairs, 7 such lines in a few seconds of Redis
+    out of memory."""
+    producer = Refusing(refusals=6, loses=loses)
+    out, report = _run(producer)
+    assert report.succeeded and report.ok == 30, out
+    assert out.count("OOM command not allowed; reconnecting") == 1, out
+    assert out.count("reconnected to the broker after") == 1, out
+    assert out.count("the broker holds 0 of the") == (1 if loses else 0), out

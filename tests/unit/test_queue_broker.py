@@ -125,7 +125,13 @@ def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signatur
         proxied = inspect.signature(getattr(_BrokerProxy, name))
         assert list(proxied.parameters) == list(served.parameters), name
     public = {n for n, v in vars(QueueBroker).items() if callable(v) and not n.startswith("_")}
-    assert public - set(_EXPOSED) == {"start_reaper", "stop", "reap", "hold", "dead_counts"}  # the master's own
+    assert public - set(_EXPOSED) == {
+        "start_reaper",
+        "stop",
+        "reap",
+        "hold",
+        "dead_counts",
+    }  # the master's own
 
 
 def test_results_go_only_to_an_open_reply_queue_and_never_create_one() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from distq.backoff import Backoff
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Task
@@ -127,6 +128,38 @@ def test_a_settle_that_always_fails_does_not_rerun_its_batch_in_a_hot_loop(
     finally:
         timer.cancel()
     assert 1 <= len(calls) <= 12, len(calls)  # before: thousands in 3 s
+
+
+def test_a_broker_that_connects_but_refuses_the_work_is_one_outage_said_once(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis out of memory takes connections and refuses every write: each slot printed
+    "...; reconnecting" and "reconnected ... after 0.1 s" for every refused fetch (56 pairs
+    in 30 s from an idle 4-slot worker). The outage ends when a call goes through."""
+    kind = type(transport.consumer("probe"))
+    fetch = kind.fetch
+    refusals = [6]
+
+    def refusing(self: Any, max_count: int, timeout: float) -> Any:
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            raise TransportError("OOM command not allowed when used memory > 'maxmemory'")
+        return fetch(self, max_count, timeout)
+
+    monkeypatch.setattr(kind, "fetch", refusing)
+    monkeypatch.setattr("distq.worker.Backoff", lambda base=0.1, cap=0.1: Backoff(0.05, 0.05))
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=2, worker_id="w", heartbeat_interval=0.3)
+    worker = Worker(transport, Registry(), options, Console(out=out, err=out))
+    timer = threading.Timer(3.0, worker._stop_warm)
+    timer.start()
+    try:
+        assert worker.run() == 0
+    finally:
+        timer.cancel()
+    lines = out.getvalue()
+    assert refusals[0] == 0, lines
+    assert lines.count("; reconnecting") == 1 and lines.count("reconnected to ") == 1, lines
 
 
 def test_exit_when_idle_counts_from_the_start_not_from_before_it(transport: Transport) -> None:
