@@ -88,6 +88,48 @@ def test_tasks_longer_than_the_consumer_timeout_run_once(
         assert "timed out" not in worker.output() and "reconnecting" not in worker.output()
 
 
+def test_a_memory_alarm_is_said_when_it_blocks_publishing_and_when_it_clears(
+    strict_rabbitmq: LocalRabbitMQ, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A master whose broker raised a memory alarm sat silent for the 60 s a blocked
+    publish waits, and a 20 s alarm passed without a word: nothing named the alarm."""
+    settings = Settings(transport="rabbitmq", amqp_url=strict_rabbitmq.url, queue="alarmed")
+    transport = open_transport(settings, "master")
+    producer = transport.producer(transport.reply_queue("alarm"))
+    enough = threading.Event()
+
+    def publish() -> None:  # until told: the broker blocks a connection that publishes
+        while not enough.is_set():
+            producer.submit([b"x"])
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=publish)
+    try:
+        strict_rabbitmq.ctl("set_vm_memory_high_watermark", "0.0001")
+        try:
+            thread.start()
+            deadline = time.monotonic() + 30
+            while "blocks publishing" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            enough.set()
+            strict_rabbitmq.ctl("set_vm_memory_high_watermark", "0.4")
+        thread.join(60)
+        assert not thread.is_alive()
+        deadline = time.monotonic() + 15
+        while "takes publishing again" not in caplog.text and time.monotonic() < deadline:
+            producer.reconcile()  # a call: the connection reads what the broker said
+            time.sleep(0.2)
+        said = [r.getMessage() for r in caplog.records if "publishing" in r.getMessage()]
+        assert len(said) == 2, said
+        assert said[0].startswith(f"RabbitMQ at 127.0.0.1:{strict_rabbitmq.port} blocks"), said
+        assert said[1] == "RabbitMQ takes publishing again: its alarm cleared"
+    finally:
+        enough.set()
+        producer.close()
+        transport.close()
+
+
 class Flaky(Workload[int]):
     """Tasks that fail once each (a retry through a delay queue), then succeed."""
 

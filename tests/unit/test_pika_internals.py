@@ -52,3 +52,5 @@ def test_a_moved_internal_is_named_with_pikas_version() -> None:
     assert "expected pika.channel.Channel" in message and "pip install 'pika<" in message
     with pytest.raises(ConfigError, match=r"_tx_buffers \(found NoneType, expected"):
         pika_internals.check_transport(object())
+    with pytest.raises(ConfigError, match=r"changed BlockingConnection\._impl"):
+        pika_internals.on_blocked(object(), lambda _c, _r: None, lambda _c: None)

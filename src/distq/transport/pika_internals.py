@@ -21,6 +21,10 @@ internal                                                 used to
 ``BaseConnection._terminate_stream(error)``              abort the socket of a close the
                                                          broker does not answer (what
                                                          pika's heartbeat checker does)
+``BlockingConnection._impl`` (a ``pika.BaseConnection``)  hear Connection.Blocked/Unblocked
+                                                         as they come, also inside a
+                                                         blocking call (the public
+                                                         callbacks wait for it to return)
 =======================================================  ==================================
 
 :func:`check_classes` runs when this module is imported, and :class:`FastChannel`
@@ -103,6 +107,22 @@ def check_classes() -> None:
 def check_channel(channel: object) -> Any:
     """The ``pika.channel.Channel`` under a ``BlockingChannel``."""
     return _require(channel, "BlockingChannel", "_impl", pika.channel.Channel)
+
+
+def on_blocked(
+    connection: object,
+    blocked: Callable[[object, str], None],
+    unblocked: Callable[[object], None],
+) -> None:
+    """Call ``blocked(impl, reason)`` when RabbitMQ blocks ``connection`` (a memory or
+    disk alarm: its publishes wait) and ``unblocked(impl)`` when it lets it go, as the
+    frames arrive: ``BlockingConnection``'s own callbacks run only once the call that
+    waits returns, which a blocked publish does not until the alarm clears."""
+    impl = _require(connection, "BlockingConnection", "_impl", pika.BaseConnection)
+    impl.add_on_connection_blocked_callback(
+        lambda conn, frame: blocked(conn, str(getattr(frame.method, "reason", "") or "no reason"))
+    )
+    impl.add_on_connection_unblocked_callback(lambda conn, _frame: unblocked(conn))
 
 
 def check_transport(transport: object) -> deque[bytes]:

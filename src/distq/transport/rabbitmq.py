@@ -112,9 +112,11 @@ import secrets
 import ssl
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -150,7 +152,7 @@ from distq.transport.base import (
     original_body,
     tags_of,
 )
-from distq.transport.pika_internals import FastChannel, close_within
+from distq.transport.pika_internals import FastChannel, close_within, on_blocked
 from distq.transport.rabbitmq_holds import LeaseRecords
 from distq.transport.rabbitmq_packs import (
     TASKS_PER_MESSAGE,
@@ -183,6 +185,42 @@ _SHRINK_AFTER = 4  # fetches in a row wanting a quarter of the window before it 
 # aborts the socket: the process is ending, and leases bring back what it held
 _CLOSE_SECONDS = 3.0
 _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
+
+log = logging.getLogger(__name__)
+
+
+class _Alarm:
+    """RabbitMQ blocking this process's connections (a memory or disk alarm: publishes
+    wait): said once when it blocks the first, once when it lets the last go. Before,
+    nothing was said: a master sat silent for the 60 s a blocked call waits."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._blocked: weakref.WeakSet[object] = weakref.WeakSet()  # a closed one drops out
+
+    def blocked(self, where: str, connection: object, reason: str) -> None:
+        with self._lock:
+            first = not self._blocked
+            self._blocked.add(connection)
+        if first:
+            log.warning(
+                "%s blocks publishing: %s (a memory or disk alarm on the broker); waiting "
+                "for it to clear (a call blocked for %g s gives up and reconnects)",
+                where,
+                reason,
+                _BLOCKED_TIMEOUT,
+            )
+
+    def unblocked(self, connection: object) -> None:
+        with self._lock:
+            held = connection in self._blocked
+            self._blocked.discard(connection)
+            last = held and not self._blocked
+        if last:
+            log.warning("RabbitMQ takes publishing again: its alarm cleared")
+
+
+_ALARM = _Alarm()
 
 
 # AMQPConnectorException: pika's connection workflow, e.g. a port that accepts TCP and
@@ -245,7 +283,9 @@ class _Broker:
             params.ssl_options = pika.SSLOptions(context, server_hostname=self.host)
         where = f"RabbitMQ at {self.address}"
         try:
-            return pika.BlockingConnection(params)
+            connection = pika.BlockingConnection(params)
+            on_blocked(connection, partial(_ALARM.blocked, where), _ALARM.unblocked)
+            return connection
         except pika.exceptions.ProbableAuthenticationError:
             raise AuthenticationFailed(
                 f"{where} refused user {self.user!r} (DISTQ_AMQP_URL, DISTQ_AMQP_PASSWORD[_FILE]); "
