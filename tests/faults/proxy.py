@@ -69,7 +69,10 @@ class Partition:
     def _accept(self) -> None:
         while not self._closed.is_set():
             self._open.wait()
-            readable, _, _ = select.select([self._listener], [], [], 0.1)
+            try:
+                readable, _, _ = select.select([self._listener], [], [], 0.1)
+            except (OSError, ValueError):  # closed under it (fileno -1): the proxy ends
+                return
             if not readable or not self._open.is_set() or self._closed.is_set():
                 continue
             try:
@@ -103,7 +106,7 @@ class Partition:
                     if not data:
                         return
                     peers[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: closed under select() by close()
             return
         finally:
             for sock in peers:
