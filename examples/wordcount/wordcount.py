@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -24,11 +25,14 @@ from pathlib import Path
 import distq
 from wordcount_tasks import count_words, words
 
+NOT_A_WORD = re.compile(r"[\W\d_]")  # the complement of wordcount_tasks.WORD's letters
+
 
 def pieces(text: str, size: int) -> Iterator[str]:
     """``text`` in pieces of about ``size`` characters (at most twice that), each ending
-    at a line end; a line far longer than ``size`` is cut after a space (a word only if
-    it is longer than ``size`` itself), so no piece outgrows a message."""
+    at a line end; a line far longer than ``size`` is cut after a character no word holds
+    (a space, a comma, a digit; a word only if it is longer than ``size`` itself), so no
+    piece outgrows a message and the counts stay the same."""
     start = 0
     while start < len(text):
         end = text.find("\n", start + size, start + 2 * size)
@@ -37,8 +41,9 @@ def pieces(text: str, size: int) -> Iterator[str]:
         elif len(text) - start <= 2 * size:
             end = len(text)
         else:
-            gap = max(text.rfind(c, start + 1, start + size + 1) for c in " \n\t")
-            end = gap + 1 if gap > start else start + size
+            window = text[start + 1 : start + size + 1]
+            gap = NOT_A_WORD.search(window[::-1])  # the last character no word holds
+            end = start + 1 + len(window) - gap.start() if gap else start + size
         yield text[start:end]
         start = end
 

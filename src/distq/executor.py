@@ -308,11 +308,23 @@ def load_settings(
         # keys not given as a string go in as given, checked as over a Settings object
         # (a tuple of bytes): a key's bytes may hold a comma, which would split it as text,
         # and a list's text would be its repr, a wrong key signing every task
-        given = {n: v for n, v in overrides.items() if n in _KEYS and not isinstance(v, str | None)}
+        # and so does an authkey of bytes (its text would lose whitespace at either end);
+        # its text is there too, for the checks and the environment it meets
+        given = {
+            n: v
+            for n, v in overrides.items()
+            if (n in _KEYS and not isinstance(v, str | None))
+            or (n == "authkey" and isinstance(v, bytes) and v.strip())
+        }
+        if all(overrides.get(n) for n in _KEYS):  # one of them in each way slipped through
+            raise ConfigError(
+                "Executor keywords signing_key and signing_keys are both given; give "
+                "signing_keys (a list whose first key signs) or signing_key (one key), not both"
+            )
         texts = {
             entries[n].variable: _as_text(n, entries[n].variable, v)
             for n, v in overrides.items()
-            if n not in given
+            if n not in given or n == "authkey"
         }
         # a bad value is named by the keyword the caller gave, not by the command's flag
         named = {

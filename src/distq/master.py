@@ -251,6 +251,8 @@ class _Run(Generic[E]):
                     if line is not None and spec.rate is None and spec.max_in_flight is None:
                         self.console.lines([line], count=0)
                 if total is not None and self.collector.finished >= total:
+                    if self.outage.ongoing:  # the last results came in after an outage
+                        self._back()
                     break
                 if then_wait <= 0:  # else collected with the submit
                     self._collect(self._wait(now, now - start, more))

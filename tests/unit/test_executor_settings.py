@@ -227,6 +227,26 @@ def test_keyword_secrets_of_any_bytes_are_kept_as_given() -> None:
     assert load_settings(None, {}, env).authkey == key
 
 
+@pytest.mark.parametrize(
+    ("key", "keys"),
+    [(KEY, (b"2" * 32,)), ((b"1" * 32,), KEY), (KEY, KEY.replace("k", "j"))],
+)
+def test_both_spellings_of_the_keys_are_refused_whatever_their_types(key: Any, keys: Any) -> None:
+    """One as a string, the other as a tuple: the tuple went in as given and the string's
+    key was dropped without a word (workers holding it dead-lettered every task)."""
+    with pytest.raises(ConfigError, match="signing_key and signing_keys are both given"):
+        load_settings(None, {"signing_key": key, "signing_keys": keys}, REDIS)
+
+
+@pytest.mark.parametrize("key", [b" leading", b"trailing\n", b"\t\x07tabbed\x07\n", b"\xa4 \x00"])
+def test_an_authkey_of_bytes_is_kept_to_the_last_byte(key: bytes) -> None:
+    """Its text went through Settings.load, which strips: a key with whitespace at an
+    end lost it, and disagreed with the same key over a Settings object."""
+    assert load_settings(None, {"authkey": key}, {}).authkey == key
+    over = load_settings(Settings.load({"DISTQ_AUTHKEY": "x" * 16}), {"authkey": key}, {})
+    assert over.authkey == key
+
+
 def test_a_hand_built_settings_object_with_an_unknown_transport_is_a_config_error() -> None:
     """A bare KeyError: 'redsi' before."""
     with pytest.raises(ConfigError, match="transport 'redsi' is not one of manager, redis"):

@@ -240,3 +240,26 @@ def test_a_broker_refusing_writes_is_one_outage_said_once(loses: bool) -> None:
     assert out.count("OOM command not allowed; reconnecting") == 1, out
     assert out.count("reconnected to the broker after") == 1, out
     assert out.count("the broker holds 0 of the") == (1 if loses else 0), out
+
+
+class LastCallFails(Lapsed):
+    """The outage starts at the job's last call, and the broker comes back having lost
+    count (as :class:`Lapsed`): every result waits in the reply queue."""
+
+    def _maybe_fail(self) -> None:
+        self.calls += 1
+        if self.calls == self.failing_call:
+            raise TransportError("broker at nowhere:1: connection lost")
+
+    failing_call = 0
+
+
+@pytest.mark.parametrize("failing_call", [5, 6, 7])
+def test_an_outage_that_ends_with_the_job_is_said_to_end(failing_call: int) -> None:
+    """The last results read after an outage (the reply queue read before anything goes
+    again) ended the job before the "reconnected" line: an outage that never ended."""
+    producer = LastCallFails("r", outage=1, loses=False)
+    producer.failing_call = failing_call
+    out, report = _run(producer)
+    assert report.succeeded and report.ok == 30, out
+    assert out.count("; reconnecting") == out.count("reconnected to the broker after") == 1, out

@@ -17,9 +17,10 @@ from wordcount_tasks import words  # noqa: E402
 
 ONE_LONG_LINE = " ".join(["alpha", "beta", "délta", "x" * 10] * 100_000)  # 2.2 MB, no newline
 LINES = "\n".join(" ".join(["gamma", "beta", "y" * 9] * 20) for _ in range(5_000))
+CSV = "alpha,beta,gamma,délta;42|x_y," * 20_000  # no space, no line end: cut at a comma
 
 
-@pytest.mark.parametrize("text", [ONE_LONG_LINE, LINES, "", "abc", "\n\n\n", "a b\n" * 7])
+@pytest.mark.parametrize("text", [ONE_LONG_LINE, LINES, CSV, "", "abc", "\n\n\n", "a b\n" * 7])
 @pytest.mark.parametrize("size", [16, 1000, 65536])
 def test_pieces_cover_the_text_keep_every_word_and_stay_small(text: str, size: int) -> None:
     """A line longer than DISTQ_MAX_MESSAGE_BYTES was one piece, refused by map() with a
