@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
@@ -248,7 +249,9 @@ class Endings:
         )
         settlement = Settlement(delivery, dead_letter=self._dead(delivery.body, reason))
         note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {shown(reason)}"
-        return Ending(settlement, "orphaned", task, note=note)
+        # started_at: when it was dead-lettered, so its line's queue_wait is how long it
+        # waited (the metrics count no queue wait for it: it never started)
+        return Ending(settlement, "orphaned", task, time.time(), note=note)
 
     def malformed(self, delivery: Delivery, error: EnvelopeError) -> Ending:
         """The body is not a task, or is refused (unsigned, forged, too large): never run,

@@ -104,7 +104,11 @@ def _tally_columns(known: frozenset[str], columns: Columns) -> Tally:
     name, outcomes, tasks, starts, durations = columns
     label = name if name in known else UNREGISTERED
     waits = list(map(sub, starts, map(_created_at, tasks)))
-    if min(waits) < 0:  # the worker's clock is behind the master's
+    if "orphaned" in outcomes:  # never started: no queue wait to count
+        waits = [
+            wait for wait, outcome in zip(waits, outcomes, strict=True) if outcome != "orphaned"
+        ]
+    if waits and min(waits) < 0:  # the worker's clock is behind the master's
         waits = [wait if wait > 0 else 0.0 for wait in waits]
     if min(durations) > 0:  # all ran; 0: the function never ran (unknown name, bad arguments)
         ran = list(durations)
@@ -131,8 +135,9 @@ def _tally_each(known: frozenset[str], endings: Sequence[Ending]) -> Tally:
         else:
             name = task.name
             label = name if name in known else UNREGISTERED
-            wait = ending.started_at - task.created_at
-            waits.append(wait if wait > 0 else 0.0)  # < 0: the worker's clock is behind
+            if ending.outcome != "orphaned":  # never started: no queue wait to count
+                wait = ending.started_at - task.created_at
+                waits.append(wait if wait > 0 else 0.0)  # < 0: the worker's clock is behind
             if ending.duration > 0:  # 0: the function never ran (unknown name, bad arguments)
                 runs.setdefault(label, []).append(ending.duration)
         key = (label, ending.outcome)
@@ -200,10 +205,8 @@ class WorkerTelemetry:
             queue_wait.observe(queue_wait.series(base), waits)
             for label, seconds in runs.items():
                 task_seconds.observe(task_seconds.series((*base, label)), seconds)
-            for (label, outcome), count in counts.items():
-                if outcome == "orphaned":  # the metric's outcomes are fixed: it is a failure
-                    outcome = "failed"
-                metrics.tasks.add((*base, label, outcome), count)
+            for key, count in counts.items():
+                metrics.tasks.add((*base, *key), count)
             if released:
                 metrics.tasks.add((*base, UNKNOWN, "released"), released)
 

@@ -42,7 +42,7 @@ FAMILIES: tuple[Family, ...] = (
         "counter",
         "worker",
         (*_TQ, "task", "outcome"),
-        _values(outcome="ok failed retried malformed released"),
+        _values(outcome="ok failed retried orphaned malformed released"),
     ),
     Family("distq_worker_task_duration_seconds", "histogram", "worker", (*_TQ, "task")),
     Family("distq_worker_queue_wait_seconds", "histogram", "worker", _TQ),

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO
 from distq.console import Console
-from distq.ending import Ending, Outcome
+from distq.ending import Ending, Endings, Outcome
 from distq.envelope import DeadLetter, Result, Status, Task
 from distq.errors import TransportError
 from distq.health import Readiness
@@ -128,6 +128,24 @@ def test_worker_counts_each_settled_task_by_registered_name_and_outcome() -> Non
     assert "rm -rf" not in generate_latest(registry).decode()
 
 
+@pytest.mark.parametrize("count", [3, 20])  # task by task, and a batch of one name (16+)
+def test_a_task_whose_master_is_gone_is_orphaned_not_a_failed_run_nor_a_zero_wait(
+    count: int,
+) -> None:
+    """Tasks dead-lettered unrun because their master is gone counted as failed runs of
+    their task (the error-ratio alert paged about a task that never raised) and as
+    queue waits of 0 s (they never started, and had waited seconds)."""
+    metrics, telemetry = worker_metrics()
+    registry = metrics.registry
+    made = task("square", created_at=time.time() - 8)
+    orphan = Endings("w1", "q").orphaned(Delivery(made.encode(), 1), made)
+    assert orphan.started_at - made.created_at >= 8  # its line's queue_wait: how long
+    telemetry.settled([orphan] * count, released=0)
+    assert value(registry, "distq_worker_tasks_total", task="square", outcome="orphaned") == count
+    assert value(registry, "distq_worker_tasks_total", task="square", outcome="failed") == 0
+    assert value(registry, "distq_worker_queue_wait_seconds_count") == 0
+
+
 class Settles(Consumer):
     """A consumer whose settle and release succeed, or raise like a lost broker."""
 
@@ -235,7 +253,8 @@ def test_a_batch_of_one_task_name_counts_as_it_does_task_by_task(
     WorkerTelemetry._count_each(one_by_one, endings, released=3)
     ours, reference = samples(column_wise.registry), samples(one_by_one.registry)
     assert ours == pytest.approx(reference)
-    assert ours[("distq_worker_queue_wait_seconds_count", tuple(sorted(BASE.items())))] == 300
+    started = sum(1 for e in endings if e.outcome != "orphaned")  # an orphan never started
+    assert ours[("distq_worker_queue_wait_seconds_count", tuple(sorted(BASE.items())))] == started
     assert any(key[0] == "distq_worker_task_duration_seconds_sum" for key in ours)
 
 
