@@ -44,6 +44,11 @@ def timestamp(at: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
+#: json's separators for the lines msgspec cannot write as ASCII: compact as msgspec's,
+#: so every line has one form, as the README shows it
+_COMPACT = (",", ":")
+
+
 class TextConsole(Console):
     """The default console, with any password in its start, summary and error lines masked."""
 
@@ -114,7 +119,7 @@ class JsonConsole(Console):
 
     def rendered(self, line: str) -> str:
         record = self.record("info", message=mask_secrets(line))
-        return json.dumps(record, default=str) + "\n"  # \u escapes: any stream carries them
+        return json.dumps(record, default=str, separators=_COMPACT) + "\n"  # \u escapes too
 
     def stamp(self, at: float | None = None) -> str:
         """This moment (or ``at``, a ``time.time()``) as a line's ``timestamp``,
@@ -138,7 +143,8 @@ class JsonConsole(Console):
         text = _encode_lines(lines)
         if not text.isascii():  # as json writes it: \u escapes, which any stream can carry
             text = "".join(
-                json.dumps(msgspec.json.decode(line)) + "\n" for line in text.splitlines()
+                json.dumps(msgspec.json.decode(line), separators=_COMPACT) + "\n"
+                for line in text.splitlines()
             ).encode()
         self.write(self.out, text.decode())
 
@@ -147,7 +153,8 @@ class JsonConsole(Console):
         if lines.isascii():
             self.write(stream, lines.decode())
         else:  # as json writes it: \u escapes, which any stream can carry
-            self.write(stream, "".join(json.dumps(r, default=str) + "\n" for r in records))
+            escaped = [json.dumps(r, default=str, separators=_COMPACT) + "\n" for r in records]
+            self.write(stream, "".join(escaped))
 
 
 class JsonFormatter(logging.Formatter):
@@ -170,6 +177,7 @@ class JsonFormatter(logging.Formatter):
                 "message": mask_secrets(message),
             },
             default=str,
+            separators=_COMPACT,
         )
 
 

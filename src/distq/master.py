@@ -362,6 +362,7 @@ class _Run(Generic[E]):
         self.console.info(f"waiting for {count} worker slots to attach ...")
         seen = 0
         while not self.stop.is_set():
+            self.health.beat("job")  # waiting for workers is not being wedged
             try:
                 self._reconcile_when_due(time.perf_counter())
                 seen = self.master.transport.stats().consumers

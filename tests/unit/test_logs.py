@@ -163,6 +163,22 @@ def test_library_log_records_are_masked_in_both_formats(json_format: bool) -> No
         assert line == "distq: lost redis://:***@h/0"
 
 
+def test_every_json_line_is_compact_non_ascii_and_library_records_too() -> None:
+    """Lines with a non-ASCII field (a worker named wörker-✓: every line it wrote) and
+    every library record came out of json.dumps with blanks after , and : while the
+    README shows one compact form, as msgspec writes the rest."""
+    out, err = io.StringIO(), io.StringIO()
+    console = JsonConsole("worker", out=out, err=err, worker="wörker-✓")
+    console.info("a line with ünïcode")
+    console.error("plain")
+    record = logging.LogRecord("redis.client", logging.WARNING, __file__, 1, "ascii", (), None)
+    lines = [*out.getvalue().splitlines(), *err.getvalue().splitlines()]
+    lines.append(JsonFormatter({"role": "worker"}).format(record))
+    lines.append(console.rendered("rendered ✓").rstrip("\n"))
+    for line in lines:
+        assert line.isascii() and line == json.dumps(json.loads(line), separators=(",", ":"))
+
+
 def test_events_of_a_batch_are_one_object_per_line_in_order_whatever_they_hold() -> None:
     out = io.StringIO()
     worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))

@@ -14,6 +14,7 @@ import pytest
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
+from distq.health import ProcessHealth
 from distq.master import JobReport, JobSpec, Master, Workload, _Run, allowance, percentile
 from distq.squares import Squares
 from distq.transport import Settlement, Transport, open_transport
@@ -171,6 +172,28 @@ def test_a_timeout_says_it_counted_the_wait_for_workers(transport: Transport) ->
         r"to waiting for workers",
         out,
     ), out
+
+
+def test_a_master_waiting_for_workers_is_live(transport: Transport) -> None:
+    """Its wait never beat the job loop: with DISTQ_STALL_SECONDS under the 2 s between
+    reconciles, /healthz went 503 "stalled" for a master that was only waiting."""
+    health = ProcessHealth("master", stall_seconds=0.3)
+    master = Master(transport, Console(out=io.StringIO()), health=health)
+    verdicts: list[bool] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            verdicts.append(health.live().ok)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:  # no worker: it waits its whole --timeout of 2.5 s
+        report = master.run(JobSpec(tasks=1, timeout=2.5, wait_workers=1), Squares(seed=1))
+    finally:
+        done.set()
+        watcher.join(5)
+    assert not report.started and len(verdicts) > 30 and all(verdicts), verdicts
 
 
 def test_max_in_flight_one_measures_round_trips(
