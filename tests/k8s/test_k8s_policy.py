@@ -217,10 +217,10 @@ def test_brokers_are_statefulsets_with_storage_probes_and_a_service(
 
 
 def test_redis_refuses_writes_before_its_memory_limit_kills_it(k8s_tree: Tree) -> None:
-    """Without maxmemory, a Redis past its container's limit is OOM-killed, again after
-    each restart from its append-only file; with it, and with noeviction (no task
-    evicted), writes are refused and distq's master and workers say so and wait. 384 of
-    the 512 MiB leaves room for the append-only file's rewrite, a fork."""
+    """Without maxmemory, a Redis past its container's limit is OOM-killed (and its tasks
+    wait for a restart from the append-only file); with it, and with noeviction (no task
+    evicted), writes are refused and distq's master and workers wait it out. 384 of the
+    512 MiB leaves room for the append-only file's rewrite, a fork."""
     (container,) = pod_of(find(load(k8s_tree.render("redis")), "StatefulSet", "redis"))[
         "containers"
     ]
