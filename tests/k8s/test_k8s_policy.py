@@ -216,20 +216,6 @@ def test_brokers_are_statefulsets_with_storage_probes_and_a_service(
     assert service["spec"]["selector"].items() <= pod_labels(broker).items()
 
 
-def test_redis_refuses_writes_before_its_memory_limit_kills_it(k8s_tree: Tree) -> None:
-    """Without maxmemory, a Redis past its container's limit is OOM-killed (and its tasks
-    wait for a restart from the append-only file); with it, and with noeviction (no task
-    evicted), writes are refused and distq's master and workers wait it out. 384 of the
-    512 MiB leaves room for the append-only file's rewrite, a fork."""
-    (container,) = pod_of(find(load(k8s_tree.render("redis")), "StatefulSet", "redis"))[
-        "containers"
-    ]
-    command = " ".join(container["command"])
-    (megabytes,) = re.findall(r"--maxmemory (\d+)mb", command)
-    assert "--maxmemory-policy noeviction" in command
-    assert container["resources"]["limits"]["memory"] == "512Mi" and int(megabytes) <= 400
-
-
 def test_brokers_read_their_passwords_from_secret_files_without_the_newline(
     docs: list[Doc], overlay: str
 ) -> None:
