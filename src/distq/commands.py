@@ -18,6 +18,8 @@ import base64
 import contextlib
 import functools
 import json
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,19 +40,29 @@ from distq.errors import (
     TransportError,
 )
 from distq.executor import Executor
-from distq.jsonvalue import check_arguments
+from distq.jsonvalue import MAX_DEPTH, check_arguments
 from distq.management import ManagementApi, ManagementError
 from distq.transport import QueueStats, Revive, Transport, open_transport
 
 COMMANDS = ("submit", "status", "dead-letters", "requeue-dead")
 EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
 SHOWN_CHARS = 200  # of a dead letter's arguments, in text output
+MAX_LIMIT = 2**31 - 1  # --limit: what every broker's range commands take
 
 
 def _say(line: str) -> None:
     """A line of the command's output: on stdout as it is, whatever DISTQ_LOG_FORMAT says
-    (that shapes diagnostics, which go to ``console.error``)."""
-    print(line, flush=True)
+    (that shapes diagnostics, which go to ``console.error``).
+
+    A reader that left (``| head -1``) is no failure of the command: the rest goes to
+    /dev/null and its exit code still says how it went (a task ``submit`` queued is
+    queued; a traceback and exit 1 made a script submit it again)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
@@ -89,14 +101,21 @@ def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
     status.add_argument("--json", action="store_true", help="print one JSON object")
     dead = roles.add_parser("dead-letters", parents=[common], help="show dead letters and why")
     dead.add_argument(
-        "--limit", type=flagtypes.count, default=20, metavar="N", help="oldest N (20)"
+        "--limit",
+        type=flagtypes.count_up_to(MAX_LIMIT),
+        default=20,
+        metavar="N",
+        help="oldest N (20)",
     )
     dead.add_argument("--json", action="store_true", help="print a JSON array")
     requeue = roles.add_parser(
         "requeue-dead", parents=[common], help="put dead letters back on the task queue"
     )
     requeue.add_argument(
-        "--limit", type=flagtypes.count, metavar="N", help="oldest N (default: every one there now)"
+        "--limit",
+        type=flagtypes.count_up_to(MAX_LIMIT),
+        metavar="N",
+        help="oldest N (default: every one there now)",
     )
 
 
@@ -135,12 +154,17 @@ def parse_argument(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+    except RecursionError:  # nested past Python's own limit: far past the wire's
+        raise ConfigError(f"ARG {text[:40]!r}... is nested too deep; {_NESTING}") from None
     except ValueError as exc:  # JSON, but an integer past Python's digit limit
         shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
         raise ConfigError(
             f"ARG {shown!r} ({len(text):,} characters): {exc}; to send it as a string, "
             "write it as a JSON string, in double quotes"
         ) from None
+
+
+_NESTING = f"a task's arguments may nest {MAX_DEPTH} levels at most"
 
 
 def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> int:
@@ -219,6 +243,8 @@ def _kwargs(text: str | None) -> dict[str, Any]:
         raise ConfigError(
             f"--kwargs {text!r} is not JSON ({exc}); use e.g. '{{\"size\": 64}}'"
         ) from None
+    except RecursionError:
+        raise ConfigError(f"--kwargs {text[:40]!r}... is nested too deep; {_NESTING}") from None
     if not isinstance(value, dict):
         raise ConfigError(f"--kwargs {text!r} is not a JSON object; use e.g. '{{\"size\": 64}}'")
     return value
@@ -293,7 +319,10 @@ def _dead_letters(
 
 
 def _when(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    except (OverflowError, OSError, ValueError):  # a letter's own "at", past any clock
+        return f"at {at!r:.15}".ljust(19)
 
 
 def _letter_json(letter: DeadLetter, codec: Codec) -> dict[str, Any]:

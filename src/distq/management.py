@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import http.client
 import json
 import re
 import urllib.error
@@ -165,6 +166,11 @@ class ManagementApi:
                     f"{where} has no queue {self.queue!r} in vhost {self.vhost!r} (HTTP 404)"
                 ) from None
             raise ManagementError(f"{where} answered HTTP {exc.code}") from None
+        except http.client.HTTPException as exc:  # BadStatusLine, IncompleteRead, ...
+            raise ManagementError(
+                f"{where} answered a broken HTTP response ({type(exc).__name__}); is "
+                "DISTQ_RABBITMQ_MANAGEMENT_URL the management API's address?"
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, BaseException) and (problem := failure(reason)):

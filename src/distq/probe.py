@@ -8,8 +8,11 @@ and compose healthchecks run it: no curl needed), prints the JSON body and exits
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
+import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from distq import flagtypes
@@ -68,8 +71,9 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(f"distq: DISTQ_METRICS_HOST {exc}; pass --host", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        status, body = probe(f"/{args.check}", host.strip("[]"), port, args.timeout)
-    except OSError as exc:
+        with _within(args.timeout):
+            status, body = probe(f"/{args.check}", host.strip("[]"), port, args.timeout)
+    except (OSError, http.client.HTTPException) as exc:  # no answer, or not HTTP's
         print(
             f"distq: no answer from http://{host}:{port}/{args.check}: {exc}; "
             "is a distq process with DISTQ_METRICS_PORT running here?",
@@ -78,3 +82,21 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return EXIT_UNHEALTHY
     print(body.rstrip("\n"))
     return EXIT_OK if status == 200 else EXIT_UNHEALTHY
+
+
+@contextlib.contextmanager
+def _within(seconds: float) -> Iterator[None]:
+    """Bound the whole exchange, not each read (the socket's timeout): a peer that
+    trickles its answer a byte at a time held the probe far past ``--timeout``. The
+    command's main thread only: SIGALRM raises TimeoutError (an OSError) in it."""
+
+    def expired(_signum: int, _frame: object) -> None:
+        raise TimeoutError(f"no whole answer within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -49,7 +49,11 @@ class StatsSampler:
 
     def _run(self) -> None:
         while True:
-            self.sample()
+            try:
+                self.sample()
+            except Exception as exc:  # one bad sample must not end the sampling for good
+                if self.console is not None:
+                    self.console.error(f"sampling the broker failed: {type(exc).__name__}: {exc}")
             if self._stop.wait(self.interval):
                 return
 

@@ -164,6 +164,48 @@ def test_an_unreadable_dead_letter_is_listed_and_requeued_as_its_bytes(
     assert all(entry["reason"].startswith("malformed message") for entry in again), again
 
 
+def test_a_letter_with_a_time_past_any_clock_is_listed_with_the_others(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """A letter whose "at" is finite but past the platform's clock (1e300) raised
+    OverflowError: the listing printed only a traceback, hiding every other letter."""
+    odd = DeadLetter(body=b"odd", reason="from another tool", queue="q", worker="w", at=1e300)
+    fine = DeadLetter(body=b"fine", reason="why", queue="q", worker="w")
+    _dead_letter(target, hosted, remote, [odd.encode(), fine.encode()])
+    shown = distq(target, "dead-letters")
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+    assert "at 1e+300" in shown.stdout and "from another tool" in shown.stdout
+    assert "why" in shown.stdout, shown.stdout
+
+
+def test_a_reader_that_leaves_early_is_no_failure(target: Target, hosted: Transport) -> None:
+    """`| head -1`: every command ended in a BrokenPipeError traceback, exit 1, and
+    `submit`, whose task was queued, told a script to submit it again."""
+    env = target.process_env()
+    for args in (["submit", "jobs:add", "1", "2"], ["status"], ["dead-letters", "--json"]):
+        done = subprocess.run(  # stdout a pipe whose reader has gone: a write gets EPIPE
+            f"{sys.executable} -m distq {' '.join(args)} | true",
+            shell=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            executable="/bin/bash",
+        )
+        assert "Traceback" not in done.stderr, (args, done.stderr)
+    queued = status(target)["ready"]
+    assert queued >= 1  # the task submit queued, though its id had no reader
+
+
+@pytest.mark.parametrize("command", ["dead-letters", "requeue-dead"])
+def test_a_limit_past_what_brokers_take_is_refused_naming_it(command: str, target: Target) -> None:
+    """99999999999999999999 was a traceback on manager, and exit 3, "the broker cannot
+    be reached", on Redis."""
+    done = distq(target, command, "--limit", "99999999999999999999")
+    assert done.returncode == 2 and "--limit" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_requeue_dead_without_the_signing_key_says_so_and_exits_1(
     target: Target, hosted: Transport, remote: Transport
 ) -> None:

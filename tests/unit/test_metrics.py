@@ -471,6 +471,32 @@ def test_a_workers_sampler_only_pings_the_broker() -> None:
     assert readiness.check().body["reason"] == f"broker: {refused}"
 
 
+def test_one_sample_that_raises_does_not_end_the_sampling() -> None:
+    """A management API answer that broke http.client killed the sampler thread: the
+    master never sampled the broker again (no queue depth, no readiness check)."""
+    transport, metrics, readiness = Counts(), MasterMetrics("stub", "q"), Readiness()
+    transport.answer = QueueStats(1, 0, 3, 4, in_flight_known=False)
+    calls: list[float] = []
+
+    class Broken:
+        shown = "the RabbitMQ management API"
+
+        def read(self) -> Any:
+            calls.append(time.monotonic())
+            raise RuntimeError("something no one expected")
+
+    out = io.StringIO()
+    broken: Any = Broken()  # reads as a ManagementApi whose read() raises
+    sampler = StatsSampler(
+        transport, 0.05, readiness.link("broker"), metrics, broken, Console(out=out, err=out)
+    )
+    sampler.start()
+    time.sleep(0.5)
+    sampler.stop()
+    assert len(calls) >= 3, out.getvalue()  # it went on sampling
+    assert "sampling the broker failed: RuntimeError: something no one expected" in out.getvalue()
+
+
 def test_the_sampler_feeds_the_gauges_and_the_brokers_readiness() -> None:
     transport, metrics, readiness = Counts(), MasterMetrics("stub", "q"), Readiness()
     sampler = StatsSampler(transport, 60, readiness.link("broker"), metrics)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -105,6 +107,32 @@ def test_no_answer_is_an_error_too() -> None:
         api.read()
     assert "cannot reach the RabbitMQ management API" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"HELLO THERE\r\n\r\n", b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"a"'],
+)
+def test_a_broken_http_answer_is_an_error_not_a_crash(answer: bytes) -> None:
+    """Not HTTP (another service on the port), or a body cut short: http.client's own
+    exceptions went through, a traceback from `distq status` and, in a master, the end of
+    its stats thread (no distq_queue_depth for the rest of its life)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    api = ManagementApi(f"http://u:s3cret@127.0.0.1:{port}", "amqp://h/%2F", "jobs")
+    try:
+        with pytest.raises(ManagementError, match="answered a broken HTTP response"):
+            api.read()
+    finally:
+        listener.close()
 
 
 def test_a_records_page_that_is_not_one_is_an_error(stub: tuple[Stub, int]) -> None:

@@ -344,6 +344,39 @@ def test_distq_probe_without_an_endpoint() -> None:
     assert "DISTQ_METRICS_PORT is not set" in done.stderr
 
 
+@pytest.mark.parametrize("answer", ["garbage", "trickle"])
+def test_distq_probe_of_a_peer_that_is_no_distq_endpoint_says_no_answer_in_time(
+    answer: str,
+) -> None:
+    """A port answering something not HTTP was a BadStatusLine traceback; one answering
+    a byte a second held the probe ~60 s past --timeout 2 (the timeout bounded each read)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            text = b"HELLO THERE\r\n\r\n" if answer == "garbage" else b"HTTP/1.0 200 OK\r\n" * 60
+            for byte in text if answer == "trickle" else [text]:
+                if stop.wait(1.0 if answer == "trickle" else 0):
+                    return
+                conn.sendall(bytes([byte]) if isinstance(byte, int) else byte)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        done = probe("healthz", "--port", str(port), "--timeout", "2")
+    finally:
+        stop.set()
+        listener.close()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"no answer from http://127.0.0.1:{port}/healthz" in done.stderr
+    assert time.monotonic() - started < 10
+
+
 def test_a_scraper_hanging_up_mid_answer_prints_no_traceback(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
