@@ -7,7 +7,7 @@ import time
 import pytest
 
 from distq.codec import Codec
-from distq.commands import parse_argument, reviver
+from distq.commands import _kwargs, parse_argument, reviver
 from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import ConfigError, SignatureError
 
@@ -40,6 +40,15 @@ def test_a_number_past_pythons_digit_limit_is_refused_not_sent_as_a_string() -> 
         parse_argument("7" * 5000)
     assert parse_argument("7" * 4000) == int("7" * 4000)
     assert parse_argument(f'"{"7" * 5000}"') == "7" * 5000  # quoted: the string it asks for
+
+
+def test_arguments_nested_past_pythons_own_limit_are_refused_not_a_traceback() -> None:
+    """json.loads raises RecursionError (not a ValueError) past about 1,000 levels."""
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(ConfigError, match=r"is nested too deep; .* 62 levels at most"):
+        parse_argument(deep)
+    with pytest.raises(ConfigError, match=r"^--kwargs .* is nested too deep"):
+        _kwargs('{"a": ' + deep + "}")
 
 
 def test_a_revived_task_starts_over_and_nobody_waits_for_its_result() -> None:
