@@ -716,6 +716,43 @@ def test_a_task_the_broker_refused_is_not_counted_as_held(
     producer.close()
 
 
+def test_a_split_the_full_queue_refuses_stays_with_the_slot_and_runs_once(
+    open_transport: OpenTransport, raw: Any, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A length limit with overflow reject-publish, and a slot taking one task of a pack:
+    the broker refuses most of its split. Before, fetch raised, the worker dropped its
+    consumer, the whole pack came back (beside the tasks already published again) and
+    its split was refused again: no task ran, and copies filled the queue. Now what is
+    refused stays with the slot, which runs it; the cause is named, once."""
+    t = open_transport(prefetch=64)
+    producer = t.producer(t.reply_queue("p"))
+    slow = t.consumer("slow")
+    raw.queue_delete(queue)
+    raw.queue_declare(  # as the transport declares it, plus a limit (a policy's, usually)
+        queue,
+        durable=True,
+        arguments={**t.task_queue_arguments(), "x-max-length": 8, "x-overflow": "reject-publish"},
+    )
+    producer.submit(_bodies(64))  # 8 packs of 8: the queue is full
+    producer.flush()
+    assert _ready(raw, queue) == 8
+    ran: list[bytes] = []
+    deadline = time.monotonic() + 20
+    while len(ran) < 64 and time.monotonic() < deadline:
+        for delivery in slow.fetch(1, 0.2):  # raised "refused 6 message(s)" before
+            ran.append(delivery.body)
+            slow.settle([Settlement(delivery)])
+    assert slow.fetch(8, 0.5) == []
+    assert sorted(ran) == sorted(_bodies(64))  # each once: nothing lost, nothing copied
+    assert _ready(raw, queue) == 0
+    said = [r.getMessage() for r in caplog.records if "reject-publish" in r.getMessage()]
+    assert len(said) == 1, said
+    assert f"handed back to queue {queue!r}" in said[0]
+    assert "rabbitmqctl list_policies" in said[0]
+    slow.close()
+    producer.close()
+
+
 def test_a_retry_queue_declared_otherwise_is_used_as_it_is(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

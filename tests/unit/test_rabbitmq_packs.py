@@ -211,3 +211,17 @@ def test_a_message_some_of_whose_tasks_went_back_is_never_requeued_whole() -> No
         plan = held.release([_t(first)])
         assert (plan.republish, plan.ack, plan.nack) == ([b"a"], [11], [])
         assert held.partly_settled() is False and len(held) == 0
+
+
+def test_tasks_the_broker_refused_to_take_back_are_held_again_in_their_message() -> None:
+    """A full queue refuses part of a split: those tasks stay held, and their message
+    is acked only once they are settled (not when the split was planned)."""
+    held = HeldMessages()
+    (a, b, c) = held.receive(11, [b"a", b"b", b"c"], redelivered=False)
+    held.settle([_t(a)])
+    plan = held.release([_t(b), _t(c)])
+    assert (plan.republish, plan.ack) == ([b"b", b"c"], [11])
+    assert held.keep(plan, [_t(c)]) == [c]  # "b" went, "c" was refused
+    assert plan.ack == [] and 11 in held.messages and _t(c) in held
+    assert held.partly_settled()  # never requeued whole: "b" is in the queue again
+    assert held.release([_t(c)]).nack == []

@@ -185,6 +185,13 @@ _SHRINK_AFTER = 4  # fetches in a row wanting a quarter of the window before it 
 # aborts the socket: the process is ending, and leases bring back what it held
 _CLOSE_SECONDS = 3.0
 _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
+# after the broker refused a pack's split, the slot runs the rest of it for this long
+# before it tries to split again: a full queue has work enough for idle workers
+_SPLIT_PAUSE_S = 10.0
+# what a nack most likely means: RabbitMQ gives no reason
+_REFUSED_WHY = (
+    "a length limit with overflow reject-publish on the queue? see `rabbitmqctl list_policies`"
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +228,33 @@ class _Alarm:
 
 
 _ALARM = _Alarm()
+
+
+class _Refusals:
+    """The broker refusing tasks a worker hands back to a queue (its nack says no
+    reason): said once per queue and process, naming the likely cause. Before, a refused
+    split failed the consumer, the pack came again, and its split was refused again:
+    no task ever ran, and the queue filled with copies."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._said: set[str] = set()
+
+    def refused(self, where: str, queue: str, count: int) -> None:
+        with self._lock:
+            first = queue not in self._said
+            self._said.add(queue)
+        (log.warning if first else log.debug)(
+            "%s refused %d task(s) handed back to queue %r (%s); this worker keeps them "
+            "and runs them itself",
+            where,
+            count,
+            queue,
+            _REFUSED_WHY,
+        )
+
+
+_REFUSALS = _Refusals()
 
 
 # AMQPConnectorException: pika's connection workflow, e.g. a port that accepts TCP and
@@ -344,7 +378,7 @@ class _Link:
         self.broker = broker
         self._sequence = 0
         self._unconfirmed: set[int] = set()
-        self._nacked = 0
+        self._refused: set[int] = set()  # publishes nacked, not raised nor taken yet
         self._returned: list[str] = []
         # the first publish the broker may have refused or returned: None while none was
         self._failed_at: int | None = None
@@ -378,7 +412,7 @@ class _Link:
         if isinstance(method, pika.spec.Basic.Nack):
             refused = done & self._unconfirmed
             if refused:
-                self._nacked += len(refused)
+                self._refused |= refused
                 self._failed(min(refused))
         self._unconfirmed -= done
 
@@ -433,6 +467,15 @@ class _Link:
         self._wait_for_confirms(keep)
         self.check()
 
+    def refused(self, sequences: Collection[int]) -> set[int]:
+        """Wait for every confirm; which of these publishes (their :attr:`sequence`
+        numbers) the broker refused. The caller deals with those: :meth:`check` no
+        longer raises for them."""
+        self._wait_for_confirms(0)
+        out = self._refused & set(sequences)
+        self._refused -= out
+        return out
+
     def unroutable(self) -> set[str]:
         """Wait for every confirm; the routing keys the broker had no queue for (mandatory
         publishes it returned) since the last check. Raises if it refused any."""
@@ -463,10 +506,13 @@ class _Link:
 
     def check(self) -> None:
         """Raise for any publish the broker refused or could not route since the last check."""
-        nacked, returned = self._nacked, self._returned
-        self._nacked, self._returned = 0, []
-        if nacked:
-            raise TransportError(f"RabbitMQ at {self.broker.address} refused {nacked} message(s)")
+        refused, returned = self._refused, self._returned
+        self._refused, self._returned = set(), []
+        if refused:
+            raise TransportError(
+                f"RabbitMQ at {self.broker.address} refused {len(refused)} message(s) "
+                f"({_REFUSED_WHY})"
+            )
         if returned:
             raise TransportError(
                 f"RabbitMQ at {self.broker.address} has no queue {sorted(set(returned))[0]!r} "
@@ -1019,6 +1065,7 @@ class RabbitMQConsumer(Consumer):
         # tasks in the last message received; until one came, assume packs (no hoarding)
         self._per_message = TASKS_PER_MESSAGE
         self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
+        self._split_after = 0.0  # no splitting a pack before (see fetch)
         heartbeat = max(1, round(transport.settings.lease_seconds))
         self._link = _Link(broker, heartbeat, f"distq worker {self.consumer_id}")
         try:
@@ -1054,11 +1101,16 @@ class RabbitMQConsumer(Consumer):
             if len(self._buffer) < want:
                 self._size_window(want)
             got = _receive_until(self._link.connection, self._buffer, want, timeout)
-            if self._buffer and want < self._per_message:
+            if self._buffer and want < self._per_message and time.monotonic() >= self._split_after:
                 # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
-                # the pack goes back one task per message, for idle workers to take
-                self._give_back(sorted(tags_of(self._buffer, int, "rabbitmq")), whole=False)
+                # the pack goes back one task per message, for idle workers to take. What
+                # the broker refuses (a full queue) stays here, and runs in this slot
+                rest = sorted(tags_of(self._buffer, int, "rabbitmq"))
                 self._buffer.clear()
+                kept = self._give_back(rest, whole=False)
+                if kept:
+                    self._buffer.extend(kept)
+                    self._split_after = time.monotonic() + _SPLIT_PAUSE_S
             return got
 
     def _size_window(self, want: int) -> None:
@@ -1106,8 +1158,9 @@ class RabbitMQConsumer(Consumer):
                 self._link.channel.basic_cancel(self._tag)
                 self._tag, self._current = None, set()
             if self._buffer:
-                self._give_back(sorted(tags_of(self._buffer, int, "rabbitmq")))
+                rest = sorted(tags_of(self._buffer, int, "rabbitmq"))
                 self._buffer.clear()
+                self._buffer.extend(self._give_back(rest))  # what a full queue refused
             self._hold_long_ones()
 
     def _hold_long_ones(self) -> None:
@@ -1198,25 +1251,47 @@ class RabbitMQConsumer(Consumer):
             return
         tags = self._tags_of(deliveries)
         with self._broker.translated("releasing tasks"):
-            self._give_back(tags)
+            # what a full queue refused stays held: this consumer hands it out again
+            self._buffer.extendleft(reversed(self._give_back(tags)))
 
-    def _give_back(self, tags: list[int], whole: bool = True) -> None:
+    def _give_back(self, tags: list[int], whole: bool = True) -> list[Delivery]:
         """Put these tasks back in the queue: a message none of whose tasks was settled
         is nacked whole (if ``whole``); other tasks, and recorded ones, are published
-        again."""
+        again.
+
+        Returns the tasks whose publish the broker refused (a queue at a length limit
+        with overflow ``reject-publish``): still held, as before, for this consumer to
+        hand out and run itself. Failing instead dropped the consumer, the broker
+        requeued the whole message although some of its tasks were in the queue again,
+        and the same refusal met it next time.
+        """
         link, queue = self._link, self._transport.queue
         records = self._records.bodies if self._records is not None else {}
-        again = [records[tag] for tag in tags if tag in records]  # acked long ago
         plan = self._held.release(tags, whole)
-        for body in again + plan.republish:  # confirmed before any ack
+        sent: dict[int, Delivery] = {}  # publish number -> its task
+        for tag in tags:
+            if tag in records:  # acked long ago
+                link.publish(queue, records[tag], mandatory=True)
+                sent[link.sequence] = Delivery(records[tag], tag, True)
+        for task, body in zip(plan.tasks, plan.republish, strict=True):
             link.publish(queue, body, mandatory=True)
-        if again or plan.republish:
-            link.confirm()
+            sent[link.sequence] = task
+        kept: list[Delivery] = []
+        if sent:  # confirmed before any ack
+            refused = sorted(link.refused(sent))
+            link.check()  # returned (the queue deleted), or an older publish refused
+            if refused:
+                _REFUSALS.refused(f"RabbitMQ at {self._broker.address}", queue, len(refused))
+                ours = {sent[number].tag for number in refused}
+                kept = self._held.keep(plan, ours)
+                kept += [sent[number] for number in refused if sent[number].tag in records]
         if plan.ack:  # not cumulatively over the older ones being requeued
             self._finish(plan.ack, link.channel.basic_ack, also_held=plan.nack)
         if plan.nack:
             self._finish(plan.nack, link.channel.basic_nack)
-        self._drop_records(tags)
+        dropped = {delivery.tag for delivery in kept}
+        self._drop_records([tag for tag in tags if tag not in dropped])
+        return kept
 
     def _tags_of(self, deliveries: Iterable[Delivery]) -> list[int]:
         """Sorted tags, refusing any this consumer does not hold: acking a tag twice

@@ -29,7 +29,9 @@ message only when every task in it is settled or released:
 
 A slot that asks for fewer tasks than a pack holds is running slow ones (its batch is
 sized to a few milliseconds of work): the rest of the pack goes back at once, one task
-per message, so idle workers take them instead of waiting behind it.
+per message, so idle workers take them instead of waiting behind it. A task whose
+publish the broker refuses (a queue at a length limit with overflow ``reject-publish``)
+stays held, in its message (:meth:`HeldMessages.keep`), and the slot runs it itself.
 
 A worker that dies holding a message hands all of it back (the broker requeues it), so
 tasks of it that were settled already run again: at-least-once, as for any delivery
@@ -139,11 +141,16 @@ class _Message:
 @dataclass
 class Release:
     """What releasing tasks takes, in this order: publish ``republish`` (confirmed), then
-    ack ``ack`` and nack (requeue) ``nack``, message delivery tags, ascending."""
+    ack ``ack`` and nack (requeue) ``nack``, message delivery tags, ascending.
+
+    ``tasks`` are the deliveries whose bodies ``republish`` holds, in the same order: a
+    publish the broker refuses puts its task back (:meth:`HeldMessages.keep`)."""
 
     republish: list[bytes] = field(default_factory=list)
     ack: list[int] = field(default_factory=list)
     nack: list[int] = field(default_factory=list)
+    tasks: list[Delivery] = field(default_factory=list)
+    _of: dict[object, _Message] = field(default_factory=dict, repr=False)  # task tag -> message
 
 
 class HeldMessages:
@@ -201,27 +208,45 @@ class HeldMessages:
         """Hand these tasks back: see :class:`Release` for what that takes. With
         ``whole=False`` no message is requeued whole: its tasks are published again,
         one by one (splitting a pack for workers that take few tasks at a time)."""
-        touched: dict[int, list[bytes]] = {}
+        touched: dict[int, list[Delivery]] = {}
         for tag in tags:
             entry = self._tasks.pop(tag, None)
             if entry is None:
                 continue
             message, delivery = entry
             message.open.discard(tag)
-            touched.setdefault(message.tag, []).append(delivery.body)
+            touched.setdefault(message.tag, []).append(delivery)
         out = Release()
         for tag in sorted(touched):
             message = self.messages[tag]
             if whole and not message.open and not message.partial:
                 out.nack.append(tag)  # whole: the broker requeues it as it came
             else:
-                out.republish += touched[tag]
+                out.republish += [delivery.body for delivery in touched[tag]]
+                out.tasks += touched[tag]
+                out._of.update((delivery.tag, message) for delivery in touched[tag])
                 message.partial = True
                 if not message.open:
                     out.ack.append(tag)
         for tag in out.ack + out.nack:
             del self.messages[tag]
         return out
+
+    def keep(self, plan: Release, tags: Iterable[object]) -> list[Delivery]:
+        """Undo ``plan``'s release of these tasks (of ``plan.tasks``: the broker refused
+        to take them back): held again, in their messages, which ``plan`` no longer
+        acks. The deliveries, oldest first, for the consumer to hand out itself."""
+        kept = set(tags)
+        out = [delivery for delivery in plan.tasks if delivery.tag in kept]
+        for delivery in out:
+            assert isinstance(delivery.tag, int)  # this object's own numbers
+            message = plan._of[delivery.tag]
+            message.open.add(delivery.tag)  # still partial: never requeued whole
+            self._tasks[delivery.tag] = (message, delivery)
+            self.messages[message.tag] = message
+            if message.tag in plan.ack:
+                plan.ack.remove(message.tag)
+        return out  # in ``plan.tasks``' order: by message, then as released
 
     def take(self, delivery_tags: Iterable[int]) -> dict[int, bytes]:
         """Stop tracking these messages; their open tasks (task tag -> body), which the
