@@ -542,6 +542,39 @@ def test_a_lost_connection_is_named_by_every_later_heartbeat_and_fetch(
         consumer.release([delivery])
 
 
+def test_a_deleted_lease_record_queue_is_declared_again_and_still_brings_the_task_back(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A long task's delivery is acked once its lease record is written. Its record
+    queue deleted (an operator, a clean-up script): before, every renew went to no
+    queue ("has no queue ... to route to") and was never declared again, so a crash
+    then lost the task. Now the renew declares it and writes the record again."""
+    t = open_transport(lease=1.0)
+    t.producer(f"{queue}.reply").submit([b"long"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+    records = f"{queue}.held.{consumer.consumer_id}"
+
+    def beat(seconds: float) -> None:  # the worker's keeper, three times a lease
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            consumer.heartbeat()
+            time.sleep(0.3)
+
+    try:
+        beat(1.5)  # held past its lease: the record holds it now
+        assert _ready(raw, records) == 1
+        raw.queue_delete(records)
+        beat(1.0)  # raised "has no queue ... to route to" before
+        assert _ready(raw, records) == 1
+        sock = consumer._link.connection._impl._transport._sock
+        sock.shutdown(socket.SHUT_RDWR)  # the worker dies: nothing renews the record
+        back = fetch_n(t.consumer("survivor"), 1, within=10)  # expired into the queue
+        assert [d.body for d in back] == [delivery.body]
+    finally:
+        raw.queue_delete(records)
+
+
 def test_connection_heartbeat_follows_the_lease(open_transport: OpenTransport) -> None:
     for lease, heartbeat in ((0.3, 1), (1.0, 1), (4.6, 5)):
         consumer = open_transport(lease=lease).consumer("c")

@@ -53,7 +53,6 @@ class LeaseRecords:
         self._channel, self._publish, self._confirm = channel, publish, confirm
         self.name = name
         self._arguments = arguments
-        self._declared = False
         self._generation = 0
         self._in_queue = 0  # records of the current generation published to the queue
         self.bodies: dict[int, bytes] = {}  # delivery tag -> body of each task held here
@@ -86,11 +85,18 @@ class LeaseRecords:
         self.renew()
 
     def renew(self) -> None:
-        """Publish a fresh generation of every record, confirmed, then take the old one out."""
-        if not self._declared:
-            self._channel.queue_declare(self.name, durable=True, arguments=self._arguments)
-            self._declared = True
+        """Publish a fresh generation of every record, confirmed, then take the old one out.
+
+        The record queue is declared first, every time (idempotent, one round trip a
+        heartbeat): one deleted under a long task (by an operator, a clean-up script)
+        holds the task's record again from the next heartbeat on. Before, it was declared
+        once: every renew went to no queue, and a worker crash then lost the task (no
+        record left to expire, its delivery acked long ago).
+        """
         old = self._in_queue
+        if not self.bodies and not old:
+            return
+        self._channel.queue_declare(self.name, durable=True, arguments=self._arguments)
         self._generation += 1
         properties = pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent.value,
@@ -100,9 +106,7 @@ class LeaseRecords:
             self._publish(self.name, body, properties)
         self._confirm()
         self._in_queue = len(self.bodies)
-        self._take_out(old)
-        if not self.bodies:  # unused from now on, it expires: declare it again when needed
-            self._declared = False
+        self._take_out(old)  # unused from now on, the queue expires
 
     def _take_out(self, count: int) -> None:
         """Ack up to ``count`` records of older generations from the head of the queue.
