@@ -13,7 +13,7 @@ import io
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,7 +26,7 @@ from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
 from distq.master import JobReport, JobSpec, Master, Workload
-from distq.transport import open_transport
+from distq.transport import open_transport, rabbitmq
 from faults.conftest import MakeScenario, target_on
 from faults.harness import FULL, assert_clean
 from faults.proxy import Partition
@@ -126,6 +126,57 @@ def test_a_memory_alarm_is_said_when_it_blocks_publishing_and_when_it_clears(
         assert said[1] == "RabbitMQ takes publishing again: its alarm cleared"
     finally:
         enough.set()
+        producer.close()
+        transport.close()
+
+
+def test_an_alarm_longer_than_the_blocked_timeout_is_said_to_clear(
+    strict_rabbitmq: LocalRabbitMQ,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An alarm outlasting pika's blocked-connection timeout (60 s; 2 s here): pika
+    closes the blocked connection, the master reconnects and is blocked again. Before,
+    the closed connection stayed among the blocked ones (a pika connection sits in
+    reference cycles, and lives on), so the clearing was never said, nor the give-up."""
+    monkeypatch.setattr(rabbitmq, "_BLOCKED_TIMEOUT", 2.0)
+    settings = Settings(transport="rabbitmq", amqp_url=strict_rabbitmq.url, queue="alarmed2")
+    transport = open_transport(settings, "master")
+    producer = transport.producer(transport.reply_queue("alarm2"))
+    assert isinstance(producer, rabbitmq.RabbitMQProducer)
+
+    def until(done: Callable[[], bool], call: Callable[[], object], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not done() and time.monotonic() < deadline:
+            call()
+            time.sleep(0.1)
+        assert done(), caplog.text
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == rabbitmq.__name__]
+
+    old = producer._link  # kept, as the reference cycles of pika's connection keep it
+    try:
+        strict_rabbitmq.ctl("set_vm_memory_high_watermark", "0.0001")
+        try:  # publishing: the broker blocks the connection
+            until(lambda: any("blocks" in m for m in said()), lambda: producer.submit([b"x"]), 30)
+            producer.reconcile()  # waits for the confirms: pika gives up after 2 s; reconnects
+            assert not old.connection.is_open and producer._link is not old
+            blocked = rabbitmq._ALARM._blocked
+            until(  # the new connection publishes, and is blocked too
+                lambda: producer._link.connection._impl in blocked,
+                lambda: producer.submit([b"y"]),
+                30,
+            )
+        finally:
+            strict_rabbitmq.ctl("set_vm_memory_high_watermark", "0.4")
+        until(lambda: "takes publishing again" in caplog.text, producer.reconcile, 15)
+        lines = said()
+        assert [line.split(":")[-1] for line in lines][-1] == " its alarm cleared", lines
+        gave_up = [line for line in lines if "gave up" in line]
+        assert len(gave_up) == 1 and "blocked for 2 s" in gave_up[0], lines
+    finally:
+        old.close()
         producer.close()
         transport.close()
 

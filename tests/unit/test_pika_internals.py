@@ -53,4 +53,6 @@ def test_a_moved_internal_is_named_with_pikas_version() -> None:
     with pytest.raises(ConfigError, match=r"_tx_buffers \(found NoneType, expected"):
         pika_internals.check_transport(object())
     with pytest.raises(ConfigError, match=r"changed BlockingConnection\._impl"):
-        pika_internals.on_blocked(object(), lambda _c, _r: None, lambda _c: None)
+        pika_internals.on_blocked(
+            object(), lambda _c, _r: None, lambda _c: None, lambda _c, _r: None
+        )

@@ -113,16 +113,20 @@ def on_blocked(
     connection: object,
     blocked: Callable[[object, str], None],
     unblocked: Callable[[object], None],
+    closed: Callable[[object, BaseException], None],
 ) -> None:
     """Call ``blocked(impl, reason)`` when RabbitMQ blocks ``connection`` (a memory or
-    disk alarm: its publishes wait) and ``unblocked(impl)`` when it lets it go, as the
-    frames arrive: ``BlockingConnection``'s own callbacks run only once the call that
-    waits returns, which a blocked publish does not until the alarm clears."""
+    disk alarm: its publishes wait), ``unblocked(impl)`` when it lets it go, as the
+    frames arrive (``BlockingConnection``'s own callbacks run only once the call that
+    waits returns, which a blocked publish does not until the alarm clears), and
+    ``closed(impl, reason)`` when the connection closes (pika's blocked-connection
+    timeout among the reasons: ``pika.exceptions.ConnectionBlockedTimeout``)."""
     impl = _require(connection, "BlockingConnection", "_impl", pika.BaseConnection)
     impl.add_on_connection_blocked_callback(
         lambda conn, frame: blocked(conn, str(getattr(frame.method, "reason", "") or "no reason"))
     )
     impl.add_on_connection_unblocked_callback(lambda conn, _frame: unblocked(conn))
+    impl.add_on_close_callback(closed)
 
 
 def check_transport(transport: object) -> deque[bytes]:

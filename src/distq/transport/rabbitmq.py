@@ -198,12 +198,17 @@ log = logging.getLogger(__name__)
 
 class _Alarm:
     """RabbitMQ blocking this process's connections (a memory or disk alarm: publishes
-    wait): said once when it blocks the first, once when it lets the last go. Before,
-    nothing was said: a master sat silent for the 60 s a blocked call waits."""
+    wait): said once when it blocks the first, once when it lets the last go, and when
+    pika gives up on one blocked for :data:`_BLOCKED_TIMEOUT` (the caller reconnects,
+    and a new connection blocked is said again). Before, nothing was said: a master sat
+    silent for the 60 s a blocked call waits."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._blocked: weakref.WeakSet[object] = weakref.WeakSet()  # a closed one drops out
+        # open connections the broker blocks; a closed one is taken out (:meth:`closed`):
+        # pika's connections sit in reference cycles, and one closed while blocked stayed
+        # here after an alarm longer than the timeout, so its end was never said
+        self._blocked: weakref.WeakSet[object] = weakref.WeakSet()
 
     def blocked(self, where: str, connection: object, reason: str) -> None:
         with self._lock:
@@ -225,6 +230,18 @@ class _Alarm:
             last = held and not self._blocked
         if last:
             log.warning("RabbitMQ takes publishing again: its alarm cleared")
+
+    def closed(self, where: str, connection: object, reason: BaseException) -> None:
+        with self._lock:
+            held = connection in self._blocked
+            self._blocked.discard(connection)
+        if held and isinstance(reason, pika.exceptions.ConnectionBlockedTimeout):
+            log.warning(
+                "%s: gave up on a connection blocked for %g s (the alarm may still be on); "
+                "reconnecting",
+                where,
+                _BLOCKED_TIMEOUT,
+            )
 
 
 _ALARM = _Alarm()
@@ -318,7 +335,12 @@ class _Broker:
         where = f"RabbitMQ at {self.address}"
         try:
             connection = pika.BlockingConnection(params)
-            on_blocked(connection, partial(_ALARM.blocked, where), _ALARM.unblocked)
+            on_blocked(
+                connection,
+                partial(_ALARM.blocked, where),
+                _ALARM.unblocked,
+                partial(_ALARM.closed, where),
+            )
             return connection
         except pika.exceptions.ProbableAuthenticationError:
             raise AuthenticationFailed(
