@@ -38,6 +38,16 @@ def transport() -> Iterator[Transport]:
     hosted.close()
 
 
+def run_for(worker: Worker, seconds: float) -> None:
+    """Run ``worker`` until a warm stop ``seconds`` from now; it exits 0."""
+    timer = threading.Timer(seconds, worker._stop_warm)
+    timer.start()
+    try:
+        assert worker.run() == 0
+    finally:
+        timer.cancel()
+
+
 def boom(n: int) -> int:
     raise ValueError(f"bad {n}")
 
@@ -121,12 +131,7 @@ def test_a_settle_that_always_fails_does_not_rerun_its_batch_in_a_hot_loop(
     out = io.StringIO()
     options = WorkerOptions(concurrency=1, worker_id="w", heartbeat_interval=0.3)
     worker = Worker(transport, Registry(), options, Console(quiet=True, out=out, err=out))
-    timer = threading.Timer(3.0, worker._stop_warm)
-    timer.start()
-    try:
-        assert worker.run() == 0
-    finally:
-        timer.cancel()
+    run_for(worker, 3.0)
     assert 1 <= len(calls) <= 12, len(calls)  # before: thousands in 3 s
 
 
@@ -151,12 +156,7 @@ def test_a_broker_that_connects_but_refuses_the_work_is_one_outage_said_once(
     out = io.StringIO()
     options = WorkerOptions(concurrency=2, worker_id="w", heartbeat_interval=0.3)
     worker = Worker(transport, Registry(), options, Console(out=out, err=out))
-    timer = threading.Timer(3.0, worker._stop_warm)
-    timer.start()
-    try:
-        assert worker.run() == 0
-    finally:
-        timer.cancel()
+    run_for(worker, 3.0)
     lines = out.getvalue()
     assert refusals[0] == 0, lines
     assert lines.count("; reconnecting") == 1 and lines.count("reconnected to ") == 1, lines
