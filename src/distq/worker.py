@@ -337,9 +337,9 @@ class Worker:
         try:
             if slot.batch is batch and slot.consumer is not None:
                 rest = batch.take_rest()
-                if rest:
-                    slot.consumer.release(rest)
-                    self._count(slot, [], released=len(rest))
+                if rest:  # what a full queue refused comes back to the slot: not released
+                    back = slot.consumer.release(rest)
+                    self._count(slot, [], released=len(rest), kept=len(rest) - back)
                 with self.health.liveness.waiting("leases"):  # a silent broker is no stall
                     slot.consumer.heartbeat()
                 slot.renewed = time.monotonic()
@@ -546,15 +546,23 @@ class Worker:
                     raise
             else:
                 slot.consumer.settle(settlements)
-        if unstarted:
-            slot.consumer.release(unstarted)
-        self._count(slot, endings, released=len(unstarted), at=sent)
+        back = slot.consumer.release(unstarted) if unstarted else 0
+        self._count(slot, endings, released=len(unstarted), at=sent, kept=len(unstarted) - back)
         return claimed
 
     def _count(
-        self, slot: _Slot, endings: list[Ending], released: int, at: float | None = None
+        self,
+        slot: _Slot,
+        endings: list[Ending],
+        released: int,
+        at: float | None = None,
+        kept: int = 0,
     ) -> None:
+        """``released`` deliveries left the slot's hands, ``kept`` of them refused by the
+        broker and kept by the consumer (they come back from its next fetch): those are
+        no hand-back, and count as nothing now."""
         slot.in_hand -= len(endings) + released
+        released -= kept
         counts: dict[str, int] = {"ok": 0, "failed": 0, "retried": 0, "malformed": 0, "orphaned": 0}
         for ending in endings:
             counts[ending.outcome] += 1

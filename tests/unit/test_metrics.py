@@ -165,8 +165,8 @@ class Settles(Consumer):
         if self.fail:
             raise TransportError("Redis at 127.0.0.1:6379: Connection reset by peer")
 
-    def release(self, deliveries: Sequence[Delivery]) -> None:
-        pass
+    def release(self, deliveries: Sequence[Delivery]) -> int:
+        return len(deliveries)
 
     def close(self) -> None:
         pass
@@ -210,6 +210,36 @@ def test_the_worker_counts_a_batch_once_it_is_settled(fail: bool) -> None:
     assert (
         value(registry, "distq_worker_task_duration_seconds_count", task="(unregistered)") is None
     )
+
+
+class Refuses(Settles):
+    """RabbitMQ at a length limit: the broker refuses the hand-back, the consumer keeps
+    the deliveries (its next fetch hands them out again) and says none went back."""
+
+    def release(self, deliveries: Sequence[Delivery]) -> int:
+        return 0
+
+
+def test_deliveries_the_broker_refused_to_take_back_are_not_counted_released() -> None:
+    """They come back from the consumer's next fetch and run: counted released first,
+    they were counted twice, as handed back unrun and then as ok."""
+    metrics, telemetry = worker_metrics()
+    console = Console(quiet=True, out=io.StringIO(), err=io.StringIO())
+    worker = Worker(
+        None,  # type: ignore[arg-type]  # _settle does not touch the transport
+        Registry(),
+        WorkerOptions(worker_id="w1"),
+        console,
+        telemetry=telemetry,
+    )
+    deliveries = [Delivery(task().encode(), i) for i in range(4)]
+    held = slot(Refuses(fail=False))
+    endings = [worker.runner(deliveries[0])]
+    worker._settle(held, endings, deliveries[1:])
+    registry = metrics.registry
+    assert value(registry, "distq_worker_tasks_total", task="(unknown)", outcome="released") == 0
+    assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 1
+    assert held.in_hand == 0  # out of the slot's hands: its fetch takes them in again
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

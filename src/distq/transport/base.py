@@ -244,8 +244,10 @@ class Consumer(abc.ABC):
         return []
 
     @abc.abstractmethod
-    def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Hand unprocessed deliveries back to the front of the ready queue."""
+    def release(self, deliveries: Sequence[Delivery]) -> int:
+        """Hand unprocessed deliveries back to the front of the ready queue; how many went
+        back: all of them, unless the broker refused some (RabbitMQ, a queue at a length
+        limit), which this consumer keeps and hands out again from its next fetch."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -1202,9 +1202,10 @@ class ManagerConsumer(Consumer):
         )
         return _deliveries(wire)
 
-    def release(self, deliveries: Sequence[Delivery]) -> None:
+    def release(self, deliveries: Sequence[Delivery]) -> int:
         tokens = tags_of(deliveries, int, "manager")
         _call(self._address, self._broker.release, self._id, tokens)
+        return len(tokens)
 
     def close(self) -> None:
         # the master gone means leases gone

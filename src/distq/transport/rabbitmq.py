@@ -1268,13 +1268,15 @@ class RabbitMQConsumer(Consumer):
                 self._finish(done, link.channel.basic_ack)
             self._drop_records(tags)
 
-    def release(self, deliveries: Sequence[Delivery]) -> None:
+    def release(self, deliveries: Sequence[Delivery]) -> int:
         if not deliveries:
-            return
+            return 0
         tags = self._tags_of(deliveries)
         with self._broker.translated("releasing tasks"):
             # what a full queue refused stays held: this consumer hands it out again
-            self._buffer.extendleft(reversed(self._give_back(tags)))
+            kept = self._give_back(tags)
+            self._buffer.extendleft(reversed(kept))
+        return len(tags) - len(kept)
 
     def _give_back(self, tags: list[int], whole: bool = True) -> list[Delivery]:
         """Put these tasks back in the queue: a message none of whose tasks was settled

@@ -1147,15 +1147,16 @@ class RedisConsumer(Consumer):
         gone = set(tags)
         self._held = [body for body in self._held if body not in gone]
 
-    def release(self, deliveries: Sequence[Delivery]) -> None:
+    def release(self, deliveries: Sequence[Delivery]) -> int:
         self._found_nothing = False
         if not deliveries:
-            return
+            return 0
         # RPUSH in reverse so the first delivery ends up at the tail: it runs next
         tags = tags_of(reversed(deliveries), bytes, "redis")
         with self._t.errors():
             self._t.release_script(self._w, self._keys, [*self._args, *tags])
         self._forget(tags)
+        return len(tags)
 
     def close(self) -> None:
         try:
