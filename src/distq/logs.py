@@ -44,9 +44,10 @@ def timestamp(at: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-#: json's separators for the lines msgspec cannot write as ASCII: compact as msgspec's,
-#: so every line has one form, as the README shows it
-_COMPACT = (",", ":")
+def _escaped(value: Any) -> str:
+    """``value`` as a JSON text of ASCII only (``\\u`` escapes, which any stream carries),
+    as compact as msgspec writes the other lines: every line has one form."""
+    return json.dumps(value, default=str, separators=(",", ":"))
 
 
 class TextConsole(Console):
@@ -119,7 +120,7 @@ class JsonConsole(Console):
 
     def rendered(self, line: str) -> str:
         record = self.record("info", message=mask_secrets(line))
-        return json.dumps(record, default=str, separators=_COMPACT) + "\n"  # \u escapes too
+        return _escaped(record) + "\n"
 
     def stamp(self, at: float | None = None) -> str:
         """This moment (or ``at``, a ``time.time()``) as a line's ``timestamp``,
@@ -143,8 +144,7 @@ class JsonConsole(Console):
         text = _encode_lines(lines)
         if not text.isascii():  # as json writes it: \u escapes, which any stream can carry
             text = "".join(
-                json.dumps(msgspec.json.decode(line), separators=_COMPACT) + "\n"
-                for line in text.splitlines()
+                _escaped(msgspec.json.decode(line)) + "\n" for line in text.splitlines()
             ).encode()
         self.write(self.out, text.decode())
 
@@ -153,8 +153,7 @@ class JsonConsole(Console):
         if lines.isascii():
             self.write(stream, lines.decode())
         else:  # as json writes it: \u escapes, which any stream can carry
-            escaped = [json.dumps(r, default=str, separators=_COMPACT) + "\n" for r in records]
-            self.write(stream, "".join(escaped))
+            self.write(stream, "".join(_escaped(r) + "\n" for r in records))
 
 
 class JsonFormatter(logging.Formatter):
@@ -168,16 +167,14 @@ class JsonFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
-        return json.dumps(
+        return _escaped(
             {
                 "timestamp": timestamp(record.created),
                 "level": record.levelname.lower(),
                 **self.fields,
                 "logger": record.name,
                 "message": mask_secrets(message),
-            },
-            default=str,
-            separators=_COMPACT,
+            }
         )
 
 
