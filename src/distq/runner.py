@@ -31,8 +31,9 @@ class Gate(Protocol):
 
 
 class TaskRunner:
-    """Runs deliveries' tasks from ``registry``; prints each ``Get task ...`` line and
-    each failure on ``console``."""
+    """Runs deliveries' tasks from ``registry``; prints each ``Get task ...`` line on
+    ``console``. A failure's line is its ending's ``note``: the worker prints it once the
+    ending is settled (before, "dead-lettered" could name a settle that then failed)."""
 
     def __init__(self, registry: Registry, endings: Endings, console: Console) -> None:
         self.registry, self.endings, self.console = registry, endings, console
@@ -49,15 +50,15 @@ class TaskRunner:
         try:
             task = self.codec.open_task(delivery.body)
         except EnvelopeError as exc:
-            return self._told(self.endings.malformed(delivery, exc))
+            return self.endings.malformed(delivery, exc)
         except TypeError:  # not bytes at all (a manager peer put a str): bad input too
-            return self._told(self.endings.malformed(delivery, not_bytes(delivery.body, "task")))
+            return self.endings.malformed(delivery, not_bytes(delivery.body, "task"))
         if gate is not None:
             admitted = gate.admit(task)
             if admitted is None:
                 return None
             if not admitted:
-                return self._told(self.endings.orphaned(delivery, task))
+                return self.endings.orphaned(delivery, task)
         try:
             if self.console.task_lines:  # skips formatting the line, on the hot path
                 self.console.lines([f"Get task {self.registry.show(task)} from task_queue."])
@@ -65,8 +66,7 @@ class TaskRunner:
             try:
                 function = self.registry.resolve(task.name, task.args, task.kwargs)
             except (UnknownTask, TypeError) as exc:
-                ending = self.endings.failed(delivery, task, exc, started_at, 0.0)
-                return self._told(ending)
+                return self.endings.failed(delivery, task, exc, started_at, 0.0)
             try:  # without keywords, no dict is built for the call
                 value = function(*task.args, **task.kwargs) if task.kwargs else function(*task.args)
             except Shutdown:
@@ -75,19 +75,10 @@ class TaskRunner:
                 duration = time.perf_counter() - started
                 if exc.__traceback__ is not None:  # the remote traceback starts in its code
                     exc.__traceback__ = exc.__traceback__.tb_next
-                ending = self.endings.failed(
+                return self.endings.failed(
                     delivery, task, exc, started_at, duration, retryable=True
                 )
-                return self._told(ending)
             duration = time.perf_counter() - started
-            ending = self.endings.ok(delivery, task, value, started_at, duration)
-            if ending.note is not None:  # _told, inline: the hot path
-                self.console.error(ending.note)
-            return ending
+            return self.endings.ok(delivery, task, value, started_at, duration)
         except Exception as exc:  # distq's own handling failed: never hand it back to loop
-            return self._told(self.endings.unhandled(delivery, task, exc))
-
-    def _told(self, ending: Ending) -> Ending:
-        if ending.note is not None:
-            self.console.error(ending.note)
-        return ending
+            return self.endings.unhandled(delivery, task, exc)

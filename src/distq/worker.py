@@ -363,17 +363,16 @@ class Worker:
             slot.batch = None
             if slot.thread is not None:
                 self.left_behind.append(slot.thread)
+            self.left_behind = [thread for thread in self.left_behind if thread.is_alive()]
+            ending = ending._replace(  # the settle prints it
+                note=f"{ending.note}; slot {slot.index} goes on in a new thread, leaving the "
+                f"old one in the task ({len(self.left_behind)} left behind, still running)"
+            )
             slot.generation += 1
             try:  # if this fails, the tasks go back when the lease runs out
                 self._settle(slot, [*batch.endings, ending], batch.take_rest())
             finally:
                 self._start_slot(slot)
-        self.left_behind = [thread for thread in self.left_behind if thread.is_alive()]
-        assert ending.note is not None
-        self.console.error(
-            f"{ending.note}; slot {slot.index} goes on in a new thread, leaving the old one "
-            f"in the task ({len(self.left_behind)} left behind, still running)"
-        )
 
     # -- one slot: a consumer, and its tasks run on the slot's thread -------------
     def _work(self, slot: _Slot, generation: int) -> None:
@@ -468,9 +467,9 @@ class Worker:
         ending = self.runner.endings.timed_out(
             delivery, running.task, running.limit, time.time() - took, took
         )
-        assert ending.note is not None
-        self.console.error(f"{ending.note}; it returned after {took:.2f} s, its value dropped")
-        return ending
+        return ending._replace(
+            note=f"{ending.note}; it returned after {took:.2f} s, its value dropped"
+        )
 
     def _connect(self, slot: _Slot) -> Consumer | None:
         """A new consumer for the slot; None (after a backoff wait) while the broker is away."""
@@ -546,8 +545,10 @@ class Worker:
                     raise
             else:
                 slot.consumer.settle(settlements)
-        back = slot.consumer.release(unstarted) if unstarted else 0
-        self._count(slot, endings, released=len(unstarted), at=sent, kept=len(unstarted) - back)
+        self._count(slot, endings, released=0, at=sent)
+        if unstarted:
+            back = slot.consumer.release(unstarted)
+            self._count(slot, [], released=len(unstarted), at=sent, kept=len(unstarted) - back)
         return claimed
 
     def _count(
@@ -558,14 +559,17 @@ class Worker:
         at: float | None = None,
         kept: int = 0,
     ) -> None:
-        """``released`` deliveries left the slot's hands, ``kept`` of them refused by the
-        broker and kept by the consumer (they come back from its next fetch): those are
-        no hand-back, and count as nothing now."""
+        """``endings`` were settled and ``released`` deliveries left the slot's hands,
+        ``kept`` of them refused by the broker and kept by the consumer (they come back
+        from its next fetch): those are no hand-back, and count as nothing now. Each
+        ending's note is printed here, once it is true ("dead-lettered", "retrying")."""
         slot.in_hand -= len(endings) + released
         released -= kept
         counts: dict[str, int] = {"ok": 0, "failed": 0, "retried": 0, "malformed": 0, "orphaned": 0}
         for ending in endings:
             counts[ending.outcome] += 1
+            if ending.note is not None:
+                self.console.error(ending.note)
         retry_in = 0.0  # a retry due later keeps --exit-when-idle waiting for it
         if counts["retried"]:
             retry_in = max(e.settlement.retry_delay for e in endings if e.outcome == "retried")

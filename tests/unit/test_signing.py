@@ -48,12 +48,14 @@ class Runner:
         self.registry.register("grow", lambda text: text * 3)
         self.registry.register("nest", lambda value: [[[[value]]]])
         self.err = io.StringIO()
-        console = Console(quiet=True, out=io.StringIO(), err=self.err)
-        self.runner = TaskRunner(self.registry, Endings("w1", "q", codec), console)
+        self.console = Console(quiet=True, out=io.StringIO(), err=self.err)
+        self.runner = TaskRunner(self.registry, Endings("w1", "q", codec), self.console)
 
     def process(self, delivery: Delivery) -> tuple[Settlement, str]:
         ending: Ending = self.runner(delivery)
         (settlement,) = self.runner.endings.settlements([ending])  # as the worker sends it
+        if ending.note is not None:  # the worker prints it once settled
+            self.console.error(ending.note)
         return settlement, ending.outcome
 
 

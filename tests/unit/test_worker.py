@@ -135,6 +135,42 @@ def test_a_settle_that_always_fails_does_not_rerun_its_batch_in_a_hot_loop(
     assert 1 <= len(calls) <= 12, len(calls)  # before: thousands in 3 s
 
 
+def test_a_failure_is_said_once_it_is_settled_not_when_the_settle_then_fails(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker said "dead-lettered" (or "retrying") when the task ended, before the
+    settle: a settle that failed left the line wrong (the task stays queued and runs
+    again), and the rerun said it a second time."""
+    producer = transport.producer("replies")
+    once = Task(name="boom", args=[1], reply_to="replies", max_attempts=1)
+    twice = Task(name="boom", args=[2], reply_to="replies", max_attempts=2)
+    producer.submit([once.encode(), twice.encode()])
+    registry = Registry()
+    registry.register("boom", boom)
+    kind = type(transport.consumer("probe"))
+    original = kind.settle_then_fetch
+    refused: list[int] = []
+
+    def refuse_twice(self: Any, settlements: Any, max_count: int, timeout: float = 0) -> Any:
+        if len(refused) < 2:
+            refused.append(len(settlements))
+            raise TransportError("the broker went away before the settle")
+        return original(self, settlements, max_count, timeout)
+
+    monkeypatch.setattr(kind, "settle_then_fetch", refuse_twice)
+    monkeypatch.setattr("distq.worker.Backoff", lambda base=0.1, cap=0.1: Backoff(0.05, 0.05))
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=1, exit_when_idle=1.0, worker_id="w", prefetch=1)
+    assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+    lines = out.getvalue()
+    assert len(refused) == 2, lines
+    assert lines.count(f"task boom {once.id} dead-lettered: ") == 1, lines
+    assert lines.count(f"task boom {twice.id} attempt 1/2 failed") == 1, lines
+    assert lines.count(f"task boom {twice.id} dead-lettered: ") == 1, lines
+    assert len(transport.dead_letters()) == 2
+    producer.close()
+
+
 def test_a_broker_that_connects_but_refuses_the_work_is_one_outage_said_once(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
