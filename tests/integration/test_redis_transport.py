@@ -514,6 +514,23 @@ def test_a_user_whose_acl_leaves_out_the_ready_list_stops_everything_at_once(
             assert "reconnect" not in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_user_with_exactly_the_readme_acl_can_count_sweep_and_wait(
+    open_transport: OpenTransport, redis_url: str, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """``stats`` and ``sweep`` (``distq status``, a master waiting a block slice without a
+    result) passed an empty key name, outside ``~<queue> ~distq:<queue>:*``: NOPERM, and
+    the master exited 2 mid-job while its workers dead-lettered its tasks."""
+    port = urlsplit(redis_url).port
+    with _acl_user(raw, f"~{queue}", f"~distq:{queue}:*", "+@all") as user:
+        transport = open_transport(lease=0.6, url=f"redis://{user}:pw@127.0.0.1:{port}/0")
+        producer = transport.producer(transport.reply_queue("job"))
+        producer.submit(_bodies(2))
+        assert transport.stats().ready == 2
+        assert producer.results(1, 0.5) == []  # waits past a block slice: sweeps
+        assert transport.stats().ready == 2
+        producer.close()
+
+
 def test_permissions_taken_away_mid_run_are_a_config_error_not_an_outage(
     open_transport: OpenTransport, redis_url: str, raw: redis.Redis[bytes], queue: str
 ) -> None:

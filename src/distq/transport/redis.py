@@ -717,13 +717,18 @@ class RedisTransport(Transport):
         return f"distq:{self.settings.queue}:results:{job_id}"
 
     def keys(self, inflight: str = "") -> list[str]:
-        """KEYS as every consumer script expects them (see the comment above ``_PRELUDE``)."""
+        """KEYS as every consumer script expects them (see the comment above ``_PRELUDE``).
+
+        Without a consumer's ``inflight`` key (``stats``, ``sweep``), the in-flight prefix
+        stands in, a key those scripts never touch: an empty name would fall outside the
+        ACL key patterns the README gives (``~<queue> ~distq:<queue>:*``), and Redis
+        refuses a script any of whose declared keys its user may not access."""
         return [
             self.ready_key,
             self.consumers_key,
             self.delayed_key,
             self.redelivered_key,
-            inflight,
+            inflight or self.inflight_prefix,
             self.dead_key,
             self.masters_key,
         ]
