@@ -32,6 +32,7 @@ from distq.config import MAX_ATTEMPTS, Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task, new_id, shown
 from distq.errors import (
+    BrokenExecutor,
     ConfigError,
     EnvelopeError,
     KeyMissing,
@@ -40,6 +41,7 @@ from distq.errors import (
     TransportError,
 )
 from distq.executor import Executor
+from distq.futures import DistqFuture
 from distq.jsonvalue import MAX_DEPTH, check_arguments
 from distq.management import ManagementApi, ManagementError
 from distq.transport import QueueStats, Revive, Transport, open_transport
@@ -167,6 +169,11 @@ def parse_argument(text: str) -> Any:
 _NESTING = f"a task's arguments may nest {MAX_DEPTH} levels at most"
 
 
+_NOBODY_WAITING = (
+    "with nobody waiting, a worker dead-letters it unrun (`distq requeue-dead` runs it)"
+)
+
+
 def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     if not args.task_name.strip():  # queued, it could only be dead-lettered
         raise ConfigError(
@@ -209,6 +216,7 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
         return 0
     executor = Executor(settings, host=False, max_attempts=args.max_attempts)
     stop: Callable[[], None] = executor.shutdown
+    future: DistqFuture | None = None
     try:
         future = executor.submit(args.task_name, *values, **kwargs)
         _say(future.task_id)
@@ -219,11 +227,21 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
     except TimeoutError as exc:
         # exit now, the task left queued as --timeout says (not withdrawn)
         stop = functools.partial(executor.close, cancel_futures=False)
-        console.error(
-            f"{exc}. It stays queued; with nobody waiting, a worker dead-letters it unrun "
-            "(`distq requeue-dead` runs it)"
-        )
+        console.error(f"{exc}. It stays queued; {_NOBODY_WAITING}")
         return EXIT_FAILED
+    except BrokenExecutor as exc:  # the broker stayed away, or refused a setting mid-wait
+        # the executor has logged why ("the executor stopped: ..."): not said twice
+        if future is None:
+            console.error("the task was not queued")
+        else:
+            console.error(
+                f"task {future.task_id} has no result. If it reached the queue, it stays "
+                f"there; {_NOBODY_WAITING}"
+            )
+        cause = exc.__cause__
+        if isinstance(cause, ConfigError):
+            return EXIT_CONFIG
+        return EXIT_UNREACHABLE if isinstance(cause, TransportError) else EXIT_FAILED
     except KeyboardInterrupt:
         stop = executor.close  # the user stopped it: withdrawn where the transport can
         console.error("interrupted")

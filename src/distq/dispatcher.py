@@ -102,6 +102,7 @@ class Dispatcher(threading.Thread):
             self._on_result, self._on_malformed, codec=codec
         )
         self.broken: str | None = None  # why the thread stopped early, if it did
+        self.broken_by: BaseException | None = None  # the error that stopped it, if any
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards _ended against put()
         self._ended = False
@@ -146,7 +147,7 @@ class Dispatcher(threading.Thread):
         try:
             self._loop()
         except BaseException as exc:  # a lost broker, or a bug: no future may hang
-            self.broken = f"the executor stopped: {exc}"
+            self.broken, self.broken_by = f"the executor stopped: {exc}", exc
             log.error("%s", self.broken)
         finally:
             with self._lock:
@@ -417,7 +418,9 @@ class Dispatcher(threading.Thread):
         self.collector.forget()
         for entry in entries:
             if not entry.future.done():
-                entry.future.set_exception(BrokenExecutor(reason))
+                error = BrokenExecutor(reason)
+                error.__cause__ = self.broken_by  # ConfigError or TransportError: exit 2 or 3
+                entry.future.set_exception(error)
 
     def _unanswered(self, answer_cancels: bool) -> list[Entry]:
         """The entries not answered yet, those of the Submits still queued too; the queue

@@ -240,7 +240,8 @@ class Executor(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if entries and not self._dispatcher.put(Submit(entries)):
-                raise BrokenExecutor(self._dispatcher.broken or "the executor has stopped")
+                error = BrokenExecutor(self._dispatcher.broken or "the executor has stopped")
+                raise error from self._dispatcher.broken_by
         return [entry.future for entry in entries]
 
     def _results(

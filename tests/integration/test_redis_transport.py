@@ -544,6 +544,30 @@ def test_permissions_taken_away_mid_run_are_a_config_error_not_an_outage(
             consumer.fetch(1, 0.0)
 
 
+def test_submit_wait_whose_broker_refuses_it_mid_wait_says_so_in_one_line(
+    redis_url: str, raw: redis.Redis[bytes]
+) -> None:
+    """The executor broke (the user's keys taken away; likewise a broker away for 30 s):
+    ``submit --wait`` ended in a Python traceback and exit 1. Now one line, exit 2."""
+    port = urlsplit(redis_url).port
+    with _acl_user(raw, "~*", "+@all") as user:
+        target = _redis_target(f"redis://{user}:pw@127.0.0.1:{port}/0")
+        submit = Distq(["submit", "jobs:add", "1", "2", "--wait"], target.process_env())
+        try:
+            submit.wait_for(r"^[0-9a-f]{32}$")  # queued, no worker: it waits
+            raw.execute_command("ACL", "SETUSER", user, "resetkeys", "~distq:*")
+            assert submit.wait(20) == 2, submit.output()
+            out = submit.output()
+        finally:
+            submit.stop(grace=0)
+            raw.delete(target.settings.queue)
+        task_id = out.splitlines()[0]
+        said = f"the executor stopped: Redis at 127.0.0.1:{port} refused user '{user}'"
+        assert out.count(said) == 1, out
+        assert f"task {task_id} has no result. If it reached the queue, it stays there" in out
+        assert "Traceback" not in out, out
+
+
 @pytest.mark.parametrize("change", ["acl", "type"])
 def test_a_worker_exits_2_when_the_broker_refuses_a_setting_mid_run(
     redis_url: str, raw: redis.Redis[bytes], change: str
