@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import gc
 import io
@@ -198,6 +199,48 @@ def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None
         finally:
             remote.close()
     finally:
+        first.stop()
+
+
+def test_a_workers_keeper_thread_renews_leases_again_after_its_master_restarted() -> None:
+    """The keeper renews long batches' leases from its own thread, over that thread's
+    connection. A connection lost with its master was kept: after a restart every renewal
+    failed ("Broken pipe") for the worker's life, so each task longer than the lease ran
+    again and again; and a call for a consumer of the old master printed its traceback."""
+    settings = _settings("kept")
+    env = _env(settings)
+    keeper = concurrent.futures.ThreadPoolExecutor(1)  # one thread, as a worker's keeper
+    first = Distq(["master", "--tasks", "1", "--timeout", "60"], env)
+    try:
+        first.wait_for(r"^master .* transport")
+        remote = open_transport(settings, "worker")
+        try:
+            old = remote.consumer("c1")
+            assert len(fetch_n(old, 1)) == 1
+            keeper.submit(old.heartbeat).result(10)
+            first.signal(signal.SIGKILL)
+            first.wait(10)
+            with pytest.raises(TransportError):
+                keeper.submit(old.heartbeat).result(10)
+            second = Distq(["master", "--tasks", "1", "--timeout", "60"], env)
+            try:
+                second.wait_for(r"^master .* transport")
+                with pytest.raises(TransportError) as unknown:
+                    keeper.submit(old.heartbeat).result(10)
+                assert "no longer knows this consumer: it restarted since" in str(unknown.value)
+                assert "Traceback" not in str(unknown.value)
+                with contextlib.suppress(TransportError):
+                    old.close()  # the slot's close after its error
+                new = remote.consumer("c1")
+                assert len(fetch_n(new, 1)) == 1
+                keeper.submit(new.heartbeat).result(10)  # before: BrokenPipeError, for good
+                new.close()
+            finally:
+                second.stop(grace=0)
+        finally:
+            remote.close()
+    finally:
+        keeper.shutdown()
         first.stop()
 
 

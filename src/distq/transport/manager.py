@@ -1038,14 +1038,22 @@ def _listen_error(exc: OSError) -> str:
 
 
 def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
-    """Call the broker, turning a lost connection into :class:`TransportError`."""
+    """Call the broker, turning a lost connection into :class:`TransportError`.
+
+    A connection that failed is forgotten (:func:`_close_proxy`): it is the calling
+    thread's, shared by every proxy of the address, so kept it would fail each later
+    call of that thread for good. A slot closes its consumer and so forgets it anyway;
+    the worker's keeper thread, renewing long batches' leases, never did: after its
+    master restarted, every renewal failed ("Broken pipe") for the worker's life."""
+    proxy = getattr(method, "__self__", None)
     try:
         return method(*args)
     except (EOFError, ConnectionResetError):
+        _close_proxy(proxy)
         raise _closed(address) from None
     except BlockingIOError:  # _bounded's SO_RCVTIMEO or SO_SNDTIMEO ran out (EAGAIN)
         # its reply may still come, and would answer this thread's next call: start afresh
-        _close_proxy(getattr(method, "__self__", None))
+        _close_proxy(proxy)
         raise TransportError(
             f"the master at {address} did not answer within {_REPLY_TIMEOUT:g} s "
             "(stopped, or overloaded?)"
@@ -1055,14 +1063,28 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
             f"the master at {address} gave {exc.strerror} (stopped, or overloaded?)"
         ) from None
     except OSError as exc:
+        _close_proxy(proxy)
         raise TransportError(f"lost the connection to the master at {address}: {exc!r}") from None
     except RemoteError as exc:
+        if _unknown_to(proxy, exc):  # made before the master restarted: its leases are gone
+            raise TransportError(
+                f"the master at {address} no longer knows this consumer: it restarted "
+                "since, and the leases of this consumer's tasks went with it"
+            ) from None
         raise TransportError(f"the master at {address} failed a request: {exc}") from None
     except pickle.UnpicklingError as exc:  # _Refused: a reply naming a global; or garbage
-        _close_proxy(getattr(method, "__self__", None))  # not a master to keep talking to
+        _close_proxy(proxy)  # not a master to keep talking to
         raise TransportError(
             f"refused a reply of the master at {address} and dropped the connection: {exc}"
         ) from None
+
+
+def _unknown_to(proxy: object, exc: RemoteError) -> bool:
+    """Whether ``exc`` is the master's ``KeyError`` for ``proxy``'s object: a master
+    started since the proxy was made has no object of that id."""
+    ident = getattr(proxy, "_id", None)
+    text = str(exc.args[0]) if exc.args else ""
+    return ident is not None and text.rstrip().endswith(f"KeyError: {ident!r}")
 
 
 def _closed(address: str) -> TransportError:
