@@ -426,8 +426,10 @@ def _unopened(exc: EnvelopeError, body: bytes, codec: Codec) -> str | None:
 def _requeue_dead(
     args: argparse.Namespace, transport: Transport, settings: Settings, console: Console
 ) -> int:
-    # by default those there now: letters that die again meanwhile wait for the next run
-    limit = args.limit if args.limit is not None else transport.stats().dead
+    # at most those there now: a letter that dies again meanwhile (a worker that cannot
+    # run it) waits for the next run, not moved twice and counted twice by this one
+    dead = transport.stats().dead
+    limit = dead if args.limit is None else min(args.limit, dead)
     unopened: list[str] = []
     revive = reviver(Codec.from_settings(settings), unopened.append)
     unreadable = 0

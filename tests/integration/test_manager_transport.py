@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import contextlib
 import gc
@@ -29,8 +30,10 @@ import pytest
 
 import distq
 from conftest import REPO
+from distq import commands
 from distq.config import CONNECT_TIMEOUT, Settings
-from distq.envelope import Task
+from distq.console import Console
+from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import ConnectionFailed, TransportError
 from distq.transport import Settlement, Transport, manager, open_transport
 from launch import free_port
@@ -242,6 +245,50 @@ def test_a_workers_keeper_thread_renews_leases_again_after_its_master_restarted(
     finally:
         keeper.shutdown()
         first.stop()
+
+
+def test_requeue_dead_with_a_limit_past_the_letters_moves_each_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker that cannot run a task dead-letters it again at once: with ``--limit``
+    above the letters there, the command met it again, moved it again and said
+    "requeued 3 dead letters" of 2 (one task run up to N times)."""
+    settings = _settings("again")
+    with _master_and_worker(settings) as (hosted, remote):
+        producer = hosted.producer(hosted.reply_queue("job"))
+        bodies = [Task(name="nosuch", args=[n], reply_to=NO_REPLY).encode() for n in (1, 2)]
+        producer.submit(bodies)
+        consumer = remote.consumer("w")
+
+        def dead_letter_what_is_queued() -> None:  # what a worker without the task does
+            deliveries = consumer.fetch(10, 0.0)
+            consumer.settle(
+                [
+                    Settlement(d, dead_letter=DeadLetter(d.body, "unknown", "again", "w").encode())
+                    for d in deliveries
+                ]
+            )
+
+        dead_letter_what_is_queued()
+        assert remote.stats().dead == 2
+        plain = commands.reviver
+
+        def racing(codec: Any, unopened: Any) -> Callable[[DeadLetter], bytes]:
+            revive = plain(codec, unopened)
+
+            def each(letter: DeadLetter) -> bytes:
+                dead_letter_what_is_queued()  # the letter moved before dies again
+                return revive(letter)
+
+            return each
+
+        monkeypatch.setattr(commands, "reviver", racing)
+        args = argparse.Namespace(limit=5)
+        console = Console(out=io.StringIO(), err=io.StringIO())
+        commands._requeue_dead(args, remote, settings, console)
+        assert "requeued 2 dead letters onto queue 'again'" in capsys.readouterr().out
+        consumer.close()
+        producer.close()
 
 
 @contextlib.contextmanager
