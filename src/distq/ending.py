@@ -58,10 +58,13 @@ MAX_MESSAGE_CHARS = 4000
 
 
 def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> str:
-    """``error``'s traceback as Python prints it, cut to its last ``limit`` characters."""
+    """``error``'s traceback as Python prints it; over ``limit`` characters, its first
+    and last halves: the frames where it began, and the innermost with the message (the
+    end alone was only the message, when that was long)."""
     text = printable("".join(traceback.format_exception(error)))
     if len(text) > limit:
-        text = "... (traceback cut)\n" + text[-limit:]
+        half = limit // 2
+        text = f"{text[:half]}\n... ({len(text) - 2 * half:,} characters cut)\n{text[-half:]}"
     return text
 
 
@@ -70,7 +73,7 @@ def describe(error: BaseException) -> str:
     that is not UTF-8), as text any log or envelope can carry."""
     try:
         text = str(error)
-    except Exception:  # a broken __str__, or an int too long to print
+    except BaseException:  # a broken __str__ (raising even SystemExit), a too long int
         text = "<exception str() failed>"
     if len(text) > MAX_MESSAGE_CHARS:
         text = f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS:,} characters cut)"
@@ -213,7 +216,7 @@ class Endings:
         note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {shown(reason)}"
         return Ending(settlement, "failed", task, started_at, duration, note)
 
-    def unhandled(self, delivery: Delivery, task: Task, error: Exception) -> Ending:
+    def unhandled(self, delivery: Delivery, task: Task, error: BaseException) -> Ending:
         """distq's own handling of ``task`` raised ``error`` (printing its line, making
         its ending): it fails for good and is dead-lettered with the reason, since handed
         back it would fail the same way again, over and over; its master gets an error

@@ -80,5 +80,7 @@ class TaskRunner:
                 )
             duration = time.perf_counter() - started
             return self.endings.ok(delivery, task, value, started_at, duration)
-        except Exception as exc:  # distq's own handling failed: never hand it back to loop
-            return self.endings.unhandled(delivery, task, exc)
+        except Shutdown:
+            raise
+        except BaseException as exc:  # distq's own handling failed: never hand it back
+            return self.endings.unhandled(delivery, task, exc)  # to loop (nor end the slot)

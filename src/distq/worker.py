@@ -52,7 +52,7 @@ from distq.batch import Batch, BatchSizer, Running, run_batch
 from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console, announce
-from distq.ending import Ending, Endings
+from distq.ending import Ending, Endings, describe
 from distq.errors import ConfigError, SettledThenFailed, Shutdown
 from distq.health import WorkerHealth
 from distq.masters import MasterWatch
@@ -165,10 +165,13 @@ class Worker:
         self._drain_until: float | None = None
         self._signals = 0
         self._fatal: ConfigError | None = None  # a setting the broker refused: run() raises it
+        self._slot_error: str | None = None  # why a slot's thread ended, until said
+        self._slot_failed = False  # a slot's thread ended on an error: exit 1
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> int:
-        """Work until a signal or ``exit_when_idle``; return the exit code (0)."""
+        """Work until a signal or ``exit_when_idle``; return the exit code: 0, or 1 when
+        a slot's thread ended on an error (a bug in distq: the others stop too)."""
         started = time.monotonic()
         # --exit-when-idle counts from here: not the wait for the broker before the start
         self.health.took(0)
@@ -191,7 +194,7 @@ class Worker:
         )
         if self._fatal is not None:
             raise self._fatal
-        return 0
+        return 1 if self._slot_failed else 0
 
     def _start(self, slots: list[_Slot], done: threading.Event) -> None:
         keeper = threading.Thread(
@@ -217,7 +220,9 @@ class Worker:
         while True:
             threads = [slot.thread for slot in slots if slot.thread is not None]
             if not any(thread.is_alive() for thread in threads):
+                self._slot_stopped()
                 return
+            self._slot_stopped()
             for thread in threads:
                 thread.join(0.2 / len(threads))
                 self.health.beat("main")
@@ -236,6 +241,14 @@ class Worker:
                         )
                     self._stop_cold(slots)
                 return
+
+    def _slot_stopped(self) -> None:
+        """Say once that a slot's thread ended on an error, and stop the others."""
+        error, self._slot_error = self._slot_error, None
+        if error is not None:
+            self._slot_failed = True
+            self.console.error(f"{error}; the worker stops (exit 1)")
+            self._stop_warm()
 
     def _refused(self, exc: ConfigError) -> None:
         """The broker refused a setting mid-run (a key of another type, an ACL without
@@ -380,71 +393,75 @@ class Worker:
 
         Returns at once when it finds itself left behind (``generation`` is past).
         """
-        sizer = BatchSizer(self.options.prefetch)
-        poll = min(self.options.heartbeat_interval, 1.0)
-        claimed: list[Delivery] = []  # the next batch, leased by the last settle
         try:
-            while not self._stopping.is_set() and slot.generation == generation:
-                if slot.consumer is None:
-                    consumer = self._connect(slot)
-                    with slot.lock:
-                        slot.consumer = consumer
-                    continue
-                try:
-                    if claimed:
-                        deliveries, claimed = claimed, []
-                    else:
-                        with slot.lock:
-                            deliveries = slot.consumer.fetch(sizer.size, poll)
-                            slot.renewed = time.monotonic()
-                        if self.outage.ongoing:
-                            self._back()
-                    if not deliveries:
-                        continue
-                    self.telemetry.fetched(deliveries)
-                    self.health.took(len(deliveries))
-                    slot.in_hand += len(deliveries)
-                    started = time.perf_counter()
-                    batch = slot.batch = Batch(deliveries, self.masters, self.limits)
-                    self._run(slot, batch)
-                    if slot.generation != generation:
-                        return  # the keeper settled this batch: a task ran out of time
-                    sizer.ran(len(batch.endings), time.perf_counter() - started)
-                    with slot.lock:
-                        slot.batch = None
-                        if slot.handed_back or slot.consumer is None:
-                            break  # a cold stop handed the whole batch back already
-                        claimed = self._settle(
-                            slot, batch.endings, batch.take_rest(), sizer.size, poll
-                        )
-                        slot.failing.reset()
-                        if claimed:
-                            slot.renewed = time.monotonic()
-                except Exception as exc:  # a transport bug must not kill the slot either
-                    claimed = []  # held by the consumer closed below: they go back with it
-                    if slot.generation != generation:
-                        return
-                    if isinstance(exc, ConfigError):
-                        self._refused(exc)
-                    elif self.outage.lost():
-                        self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
-                    with slot.lock:
-                        slot.batch = None
-                        self._close(slot.consumer)
-                        slot.consumer = None
-                        self._count(slot, [], released=slot.in_hand)  # back with the lease
-                    self.health.connected(False, f"{self.id}-{slot.index}", str(exc))
-                    now = time.monotonic()
-                    if now - slot.failed_at > FAILURES_FORGOTTEN_S:  # not a repeat: afresh
-                        slot.failing.reset()
-                    slot.failed_at = now
-                    self._stopping.wait(slot.failing.next())
+            self._work_on(slot, generation)
+        except BaseException as exc:  # a bug: said, and the worker stops (not one slot fewer)
+            self._slot_error = f"slot {slot.index} stopped: {describe(exc)}"
+            raise
         finally:
             if slot.generation == generation:
                 with slot.lock:
                     self._close(slot.consumer)
                     slot.consumer = None
                 self.health.connected(False, f"{self.id}-{slot.index}", "worker stopping")
+
+    def _work_on(self, slot: _Slot, generation: int) -> None:
+        sizer = BatchSizer(self.options.prefetch)
+        poll = min(self.options.heartbeat_interval, 1.0)
+        claimed: list[Delivery] = []  # the next batch, leased by the last settle
+        while not self._stopping.is_set() and slot.generation == generation:
+            if slot.consumer is None:
+                consumer = self._connect(slot)
+                with slot.lock:
+                    slot.consumer = consumer
+                continue
+            try:
+                if claimed:
+                    deliveries, claimed = claimed, []
+                else:
+                    with slot.lock:
+                        deliveries = slot.consumer.fetch(sizer.size, poll)
+                        slot.renewed = time.monotonic()
+                    if self.outage.ongoing:
+                        self._back()
+                if not deliveries:
+                    continue
+                self.telemetry.fetched(deliveries)
+                self.health.took(len(deliveries))
+                slot.in_hand += len(deliveries)
+                started = time.perf_counter()
+                batch = slot.batch = Batch(deliveries, self.masters, self.limits)
+                self._run(slot, batch)
+                if slot.generation != generation:
+                    return  # the keeper settled this batch: a task ran out of time
+                sizer.ran(len(batch.endings), time.perf_counter() - started)
+                with slot.lock:
+                    slot.batch = None
+                    if slot.handed_back or slot.consumer is None:
+                        break  # a cold stop handed the whole batch back already
+                    claimed = self._settle(slot, batch.endings, batch.take_rest(), sizer.size, poll)
+                    slot.failing.reset()
+                    if claimed:
+                        slot.renewed = time.monotonic()
+            except Exception as exc:  # a transport bug must not kill the slot either
+                claimed = []  # held by the consumer closed below: they go back with it
+                if slot.generation != generation:
+                    return
+                if isinstance(exc, ConfigError):
+                    self._refused(exc)
+                elif self.outage.lost():
+                    self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
+                with slot.lock:
+                    slot.batch = None
+                    self._close(slot.consumer)
+                    slot.consumer = None
+                    self._count(slot, [], released=slot.in_hand)  # back with the lease
+                self.health.connected(False, f"{self.id}-{slot.index}", str(exc))
+                now = time.monotonic()
+                if now - slot.failed_at > FAILURES_FORGOTTEN_S:  # not a repeat: afresh
+                    slot.failing.reset()
+                slot.failed_at = now
+                self._stopping.wait(slot.failing.next())
 
     def _run(self, slot: _Slot, batch: Batch) -> None:
         """Run the batch, asking the broker about any master not known alive on the way."""

@@ -171,6 +171,56 @@ def test_a_failure_is_said_once_it_is_settled_not_when_the_settle_then_fails(
     producer.close()
 
 
+class Poison(Exception):
+    def __str__(self) -> str:
+        raise SystemExit(3)
+
+
+def poison() -> None:
+    raise Poison
+
+
+def test_a_task_error_whose_text_raises_systemexit_is_dead_lettered_not_a_dead_slot(
+    transport: Transport,
+) -> None:
+    """It went through the worker's handling and ended the slot's thread; the task went
+    back, ended the next slot, and the worker said "worker exit." and exited 0."""
+    producer = transport.producer("replies")
+    bad = Task(name="poison", args=[], reply_to="replies", max_attempts=1)
+    producer.submit([bad.encode(), Task(name="square", args=[3], reply_to="replies").encode()])
+    registry = Registry()
+    registry.register("poison", poison)
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=2, exit_when_idle=0.5, worker_id="w")
+    assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+    assert "Poison: <exception str() failed>" in out.getvalue()
+    assert re.search(r"^worker exit\. 1 ok, 1 failed for good, ", out.getvalue(), re.M)
+    assert len(transport.dead_letters()) == 1
+    producer.close()
+
+
+def test_a_slot_that_ends_on_a_bug_stops_the_worker_with_exit_1(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot's thread that died left the worker running with one slot fewer, unsaid; the
+    last one dead, it exited 0 as if stopped."""
+
+    def broken(prefetch: int) -> None:
+        raise RuntimeError("a bug in distq")
+
+    monkeypatch.setattr("distq.worker.BatchSizer", broken)
+    monkeypatch.setattr("threading.excepthook", lambda args: None)  # the thread's traceback
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=2, worker_id="w")
+    worker = Worker(transport, Registry(), options, Console(out=out, err=out))
+    assert worker.run() == 1
+    lines = out.getvalue()
+    assert "slot 0 stopped: RuntimeError: a bug in distq; the worker stops (exit 1)" in lines or (
+        "slot 1 stopped: RuntimeError: a bug in distq; the worker stops (exit 1)" in lines
+    ), lines
+    assert "worker exit." in lines
+
+
 def test_a_broker_that_connects_but_refuses_the_work_is_one_outage_said_once(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
