@@ -35,7 +35,13 @@ from distq.config import (
     misspelled,
 )
 from distq.console import Console, announce
-from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
+from distq.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    ConnectionFailed,
+    SignalExit,
+    TransportError,
+)
 from distq.logs import make_console
 from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
@@ -304,7 +310,7 @@ def _leave_on_signal(console: Console, role: str, code: int) -> None:
 
     def leave(signum: int, _frame: object) -> None:
         announce(console, f"{signal.Signals(signum).name} while connecting: {role} exit")
-        raise SystemExit(code)
+        raise SignalExit(code)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, leave)

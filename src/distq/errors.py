@@ -103,6 +103,11 @@ class BrokenExecutor(DistqError, concurrent.futures.BrokenExecutor):
     """The executor lost its broker (or stopped); its unanswered futures fail with this."""
 
 
+class SignalExit(SystemExit):
+    """A SIGTERM or SIGINT before the master or worker is at work: it exits at once. Its
+    own class, so that importing a task module does not take it for the module's error."""
+
+
 class Shutdown(BaseException):
     """Raised in the worker on the second SIGTERM/SIGINT: stop now, hand tasks back.
 

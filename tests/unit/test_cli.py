@@ -279,6 +279,37 @@ def test_a_worker_ends_with_a_line_on_sigterm_from_its_first_line_on() -> None:
     assert "SIGTERM while connecting: worker exit" in output
 
 
+def test_sigterm_while_a_slow_task_module_imports_is_the_workers_stop(tmp_path: Path) -> None:
+    """A module that takes a while to import (numpy, a model): a SIGTERM then (a rollout,
+    `docker stop`) read as the module's own ``SystemExit``: "importing ... raised
+    SystemExit: 0 ...; fix the module", exit 2 (a configuration error)."""
+    (tmp_path / "slow_module.py").write_text(
+        "import sys, time\nprint('importing', flush=True)\ntime.sleep(30)\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env = {
+        **clean,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        "DISTQ_TRANSPORT": "redis",
+        "DISTQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+    }
+    argv = [sys.executable, "-m", "distq", "worker", "--tasks", "slow_module"]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)  # while it sleeps in the import
+        output = first + proc.communicate(timeout=10)[0]
+    finally:
+        proc.kill()
+    assert first == "importing\n", output
+    assert proc.returncode == 0, output
+    assert "SIGTERM while connecting: worker exit" in output
+    assert "fix the module" not in output, output
+
+
 @pytest.mark.parametrize(("extra", "code"), [([], 1), (["--rate", "5"], 0)])
 def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], code: int) -> None:
     """The master's handler came only once it had connected: as PID 1 a SIGTERM while it

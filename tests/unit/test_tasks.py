@@ -129,6 +129,41 @@ def test_a_task_module_that_fails_to_import_is_a_config_error_naming_it(
     assert str(caught.value).startswith(f"--task '{name}:f': importing {name!r} raised ")
 
 
+def test_an_import_error_that_cannot_be_printed_is_still_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error whose ``__str__`` raises crashed the start: two tracebacks, exit 1."""
+    name = f"unprintable_{tmp_path.name.replace('-', '_')}"
+    source = (
+        "class E(Exception):\n    def __str__(self):\n        raise ValueError('x')\nraise E()\n"
+    )
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"raised E: <exception str\(\) failed> \(at "):
+        Registry().register_module(name)
+
+
+def test_a_module_that_imports_what_is_not_installed_is_not_said_to_be_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The module was found; a package it imports was not: "is it on PYTHONPATH?" sent
+    the operator after the wrong module."""
+    name = f"needs_{tmp_path.name.replace('-', '_')}"
+    path = tmp_path / f"{name}.py"
+    path.write_text("import no_such_dependency_here\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        Registry().register_module(name)
+    text = str(caught.value)
+    assert f"importing {name!r} raised ModuleNotFoundError: No module named " in text
+    assert f"'no_such_dependency_here' (at {path}:1); install what it imports" in text
+    assert "PYTHONPATH" not in text
+    with pytest.raises(ConfigError, match=r"cannot import 'absent_module_x' .*on PYTHONPATH"):
+        Registry().register_module("absent_module_x")
+    with pytest.raises(ConfigError, match=r"cannot import 'absent_module_x\.sub' .*PYTHONPATH"):
+        Registry().register_module("absent_module_x.sub")  # its package is not there either
+
+
 @pytest.mark.parametrize("name", ["", ".", ".x", "..x"])
 def test_an_empty_or_relative_module_name_is_refused(name: str) -> None:
     """``importlib`` raised ValueError (empty) or TypeError (relative) past the check."""
