@@ -71,6 +71,11 @@ class Setting(Generic[_T]):
     shown_default: str
     secret: bool = False
 
+    def read(self, text: str) -> _T:
+        """``parse`` the stripped ``text``; signing keys unstripped: a value of blanks
+        only is someone's missing key (refused), stripped it read as "signing off"."""
+        return self.parse(text if self.parse is signing.parse_keys else text.strip())
+
 
 def setting(
     variable: str,
@@ -213,11 +218,23 @@ def _port_text(url: str) -> str:
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
+#: What the names distq derives from a queue's hold, by the part that marks them
+#: (``<queue>.retry.<ms>``, ``<queue>.results.<job>``, ``<queue>.held.<slot>``).
+_DERIVED = {".retry.": "delayed retries", ".results.": "results", ".held.": "held tasks"}
+
+
 def _queue(text: str) -> str:
     if not _QUEUE_NAME.match(text):
         raise ValueError(
             f"is {text!r}; use 1-100 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
+        )
+    part = ".dead" if text.endswith(".dead") else next((p for p in _DERIVED if p in text), None)
+    if part is not None:  # a worker on "distq.dead" took distq's dead letters as tasks
+        what = _DERIVED.get(part, "dead letters")
+        raise ValueError(
+            f"is {text!r}: distq names the queues of another queue's {what} so; pick a "
+            f"name without {part!r}"
         )
     return text
 
@@ -332,7 +349,14 @@ class Settings:
         "`amqp://` or `amqps://`, user, password, vhost",
         secret=True,
     )
-    queue: str = setting("DISTQ_QUEUE", "--queue", "distq", _queue, "task queue name")
+    queue: str = setting(
+        "DISTQ_QUEUE",
+        "--queue",
+        "distq",
+        _queue,
+        "task queue name: letters, digits, _ . -; not ending in .dead nor holding .retry. "
+        ".results. or .held. (the names of a queue's own queues)",
+    )
     lease_seconds: float = setting(
         "DISTQ_LEASE_SECONDS",
         "--lease-seconds",
@@ -542,10 +566,8 @@ class Settings:
             if path is not None:  # a file's content, as read_secret left it
                 file_variable = entry.variable + credentials.FILE_SUFFIX
                 label = f"{entry.variable} (read from {file_variable} {path!r})"
-            else:
-                text = text.strip()
             try:
-                values[name] = entry.parse(text)
+                values[name] = entry.parse(text) if path is not None else entry.read(text)
             except ValueError as exc:
                 raise ConfigError(f"{label} {exc}") from None
         settings = secured(cls(**values))

@@ -346,11 +346,11 @@ def load_settings(
                     "(the file, for a mounted secret)"
                 )
             text = credentials.read_secret(str(value), entry.variable)
-            values[secret] = _parsed(f"{name}={value!r}", entries[secret], text)
+            values[secret] = _parsed(f"{name}={value!r}", entries[secret], text, secret_file=True)
             values[name] = None
         elif isinstance(value, str):
             shown = name if entry.secret else f"{name}={value!r}"  # a secret never shown
-            values[name] = _parsed(shown, entry, value.strip())
+            values[name] = _parsed(shown, entry, value)
         else:
             values[name] = value
     # a new password replaces the one the settings' password setting put into their URL
@@ -370,11 +370,12 @@ def load_settings(
     return merged
 
 
-def _parsed(shown: str, entry: Setting[Any], text: str) -> Any:
-    """``text`` parsed as ``entry``'s variable; a bad one is a :class:`ConfigError`
-    that starts with ``shown`` (the override, without the value of a secret)."""
+def _parsed(shown: str, entry: Setting[Any], text: str, *, secret_file: bool = False) -> Any:
+    """``text`` read as ``entry``'s variable (:meth:`Setting.read`; a ``secret_file``'s
+    content as it is); a bad one is a :class:`ConfigError` that starts with ``shown``
+    (the override, without the value of a secret)."""
     try:
-        return entry.parse(text)
+        return entry.parse(text) if secret_file else entry.read(text)
     except ValueError as exc:
         raise ConfigError(f"{shown}: {entry.variable} {exc}") from None
 

@@ -114,6 +114,26 @@ def test_known_and_unrelated_variables_pass_without_a_word() -> None:
     assert misspelled(environ) == []
 
 
+@pytest.mark.parametrize(
+    ("queue", "part"),
+    [
+        ("distq.dead", ".dead"),
+        ("jobs.retry.500", ".retry."),
+        ("jobs.results.x", ".results."),
+        ("jobs.held.w-1", ".held."),
+    ],
+)
+def test_a_queue_named_as_another_queues_own_queue_is_refused(queue: str, part: str) -> None:
+    """A worker on ``distq.dead`` took queue distq's dead letters for tasks, and
+    dead-lettered them as malformed into ``distq.dead.dead``: gone from distq's."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({**KEY, "DISTQ_QUEUE": queue})
+    assert str(caught.value).startswith(f"DISTQ_QUEUE is {queue!r}: distq names the queues of ")
+    assert f"pick a name without {part!r}" in str(caught.value)
+    for fine in ("dead", "jobs.deadline", "jobs.retry", "held.jobs"):
+        assert Settings.load({**KEY, "DISTQ_QUEUE": fine}).queue == fine
+
+
 def test_the_readme_settings_table_lists_every_setting_with_its_flag_and_default() -> None:
     readme = (REPO / "README.md").read_text()
     for entry in SETTINGS:

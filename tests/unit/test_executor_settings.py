@@ -171,6 +171,8 @@ def test_a_password_or_a_url_over_loaded_settings_is_used_as_the_variables_would
         ("redis_url", "redis://:TopSecretPw@localhost:notaport/0", "is not a valid URL"),
         ("signing_keys", "short-secret-k", "has key 1 of 1 14 characters long"),
         ("signing_key", ",", "holds no key"),
+        ("signing_key", " ", "holds no key"),
+        ("signing_keys", "\n\n", "holds no key"),
         ("amqp_url", "ftp://guest:TopSecretPw@h:5672/", "has scheme 'ftp'"),
         ("rabbitmq_management_url", "ftp://u:TopSecretPw@h:1", "has scheme 'ftp'"),
     ],

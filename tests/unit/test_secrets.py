@@ -193,6 +193,9 @@ def test_signing_key_settings() -> None:
         {"DISTQ_SIGNING_KEYS": " , \n"},
         {"DISTQ_SIGNING_KEY": ","},
         {"DISTQ_SIGNING_KEYS": ",,"},
+        {"DISTQ_SIGNING_KEYS": "   "},  # stripped, these read as unset: signing off
+        {"DISTQ_SIGNING_KEYS": "\n"},
+        {"DISTQ_SIGNING_KEY": "\t"},
     ],
 )
 def test_a_signing_key_setting_that_holds_no_key_is_refused(env: dict[str, str]) -> None:
