@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from distq import credentials, signing, tls
 from distq.envelope import MAX_ATTEMPTS as MAX_ATTEMPTS
@@ -174,7 +175,13 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
             raise ValueError(
                 f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}"
             )
+        _timeouts(text, parts.query)
         if parts.scheme == "unix":
+            if parts.hostname or parts.path in ("", "/"):  # unix://tmp/r.sock: /r.sock
+                raise ValueError(
+                    f"({credentials.mask_url(text)}) names no socket path after three "
+                    "slashes; use e.g. unix:///run/redis/redis.sock"
+                )
             return text
         if not parts.hostname:
             raise ValueError(f"names no host; use e.g. {example}")
@@ -185,6 +192,34 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+#: Options of a broker URL that are seconds: each must be a number above 0 (NaN made a
+#: connect wait for good, -1 a traceback at the first connect).
+_SECONDS_OPTIONS = ("socket_timeout", "socket_connect_timeout", "stack_timeout")
+
+
+def _timeouts(url: str, query: str) -> None:
+    """Refuse a URL's timeout options that are not seconds above 0, and Redis's
+    ``socket_timeout``, which distq sets itself (the URL's would win)."""
+    options = parse_qs(query)
+    if url.lower().startswith(("redis", "unix")) and "socket_timeout" in options:
+        raise ValueError(
+            f"({credentials.mask_url(url)}) sets socket_timeout, which distq sets itself "
+            "(a blocking read waits up to a third of DISTQ_LEASE_SECONDS, and a shorter "
+            "timeout reads as an outage): remove it"
+        )
+    for name in _SECONDS_OPTIONS:
+        for value in options.get(name, []):
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = math.nan
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise ValueError(
+                    f"({credentials.mask_url(url)}) has {name}={value!r}; use a number of "
+                    "seconds above 0, or leave the option out"
+                )
 
 
 _DATABASE_PATH = re.compile(r"(/[0-9]*)?/?")

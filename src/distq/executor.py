@@ -92,7 +92,11 @@ class Executor(concurrent.futures.Executor):
     ) -> None:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts is {max_attempts!r}; use a whole number >= 1")
-        if task_timeout is not None and not task_timeout > 0:
+        if task_timeout is not None and (
+            isinstance(task_timeout, bool)
+            or not isinstance(task_timeout, (int, float))
+            or not task_timeout > 0
+        ):
             raise ValueError(f"task_timeout is {task_timeout!r}; use seconds > 0, or None")
         self.settings = load_settings(settings, overrides, os.environ)
         self.max_attempts, self.task_timeout = max_attempts, task_timeout

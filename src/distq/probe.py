@@ -53,7 +53,7 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     port = args.port
     if port is None:
         raw = environ.get("DISTQ_METRICS_PORT", "").strip()
-        if not raw.isdigit() or not 0 < int(raw) < 65536:
+        if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
             what = f"is {raw!r}" if raw else "is not set"
             print(
                 f"distq: DISTQ_METRICS_PORT {what}; pass --port or set it to the port the "

@@ -101,6 +101,8 @@ def _seconds(value: str, text: str) -> float:
         ) from None
     if not MIN_SECONDS <= seconds <= MAX_SECONDS:
         raise ValueError(
-            f"is {text!r}: {seconds:g} s is out of range; use {MIN_SECONDS:g} to {MAX_SECONDS:g}"
+            # as written: :g showed 604800.4 as 604800, "out of range; use 0.1 to 604800"
+            f"is {text!r}: {value.strip()} s is out of range; use {MIN_SECONDS:g} to "
+            f"{MAX_SECONDS:g}"
         )
     return seconds

@@ -47,7 +47,10 @@ def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         (["master", "--tasks", "0"], {"DISTQ_AUTHKEY": "k"}, "'0' must be 1 or more"),
         (
             ["worker"],  # a setting only the transport can judge, before anything connects
-            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": "redis://h:6379/0?socket_timeout=x"},
+            {
+                "DISTQ_TRANSPORT": "redis",
+                "DISTQ_REDIS_URL": "redis://h:6379/0?health_check_interval=x",
+            },
             "DISTQ_REDIS_URL is not a valid Redis URL",
         ),
     ],
@@ -98,6 +101,7 @@ def test_a_number_flag_out_of_range_exits_2_naming_it(args: list[str], flag: str
         (["--port", "70000"], {}, "argument --port: '70000' is out of range"),
         (["--port", "0"], {}, "argument --port: '0' is out of range"),
         ([], {"DISTQ_METRICS_PORT": "70000"}, "DISTQ_METRICS_PORT is '70000'; pass --port"),
+        ([], {"DISTQ_METRICS_PORT": "\u00b2"}, "DISTQ_METRICS_PORT is '\u00b2'; pass --port"),
         (
             ["--port", "1"],
             {"DISTQ_METRICS_HOST": "bad host"},

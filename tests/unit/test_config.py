@@ -134,6 +134,31 @@ def test_a_queue_named_as_another_queues_own_queue_is_refused(queue: str, part: 
         assert Settings.load({**KEY, "DISTQ_QUEUE": fine}).queue == fine
 
 
+@pytest.mark.parametrize(
+    ("variable", "url", "why"),
+    [
+        ("DISTQ_REDIS_URL", "redis://h:6379/0?socket_timeout=1", "sets socket_timeout, which "),
+        ("DISTQ_REDIS_URL", "redis://h:6379/0?socket_connect_timeout=nan", "'nan'; use a "),
+        ("DISTQ_REDIS_URL", "redis://h:6379/0?socket_connect_timeout=-1", "'-1'; use a "),
+        ("DISTQ_AMQP_URL", "amqp://u:p@h:5672/%2F?socket_timeout=nan", "'nan'; use a number"),
+        ("DISTQ_AMQP_URL", "amqp://u:p@h:5672/%2F?stack_timeout=inf", "'inf'; use a number"),
+        ("DISTQ_REDIS_URL", "unix://", "names no socket path"),
+        ("DISTQ_REDIS_URL", "unix://tmp/redis.sock", "names no socket path"),
+    ],
+)
+def test_broker_url_options_that_cannot_work_are_refused(variable: str, url: str, why: str) -> None:
+    """Redis's socket_timeout replaced distq's (false outages, --exit-when-idle never
+    came); NaN or -1 seconds gave a traceback or a wait for good; ``unix://`` without
+    a path retried "None:None" for the whole connect timeout."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": "redis", variable: url})
+    assert str(caught.value).startswith(f"{variable} ("), caught.value
+    assert why in str(caught.value), caught.value
+    fine = "unix:///run/redis.sock?db=2", "redis://h:6379/0?socket_connect_timeout=2.5"
+    for ok in fine:
+        assert Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": ok}).redis_url == ok
+
+
 def test_the_readme_settings_table_lists_every_setting_with_its_flag_and_default() -> None:
     readme = (REPO / "README.md").read_text()
     for entry in SETTINGS:
@@ -192,6 +217,8 @@ def test_time_limits_per_task_name_and_for_every_task() -> None:
         ("1,2", "one limit without a name"),
         ("a=1,a=2", "two limits"),
         ("0", "out of range"),
+        ("604800.4", "604800.4 s is out of range; use 0.1 to 604800"),  # :g said 604800
+        ("x=1234567", "1234567 s is out of range"),  # :g said 1.23457e+06
     ],
 )
 def test_bad_time_limits_name_the_variable(text: str, why: str) -> None:

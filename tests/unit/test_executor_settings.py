@@ -65,6 +65,8 @@ def test_bad_values_and_unknown_names_are_refused_before_anything_connects() -> 
         Executor(Settings(transport="redis"), max_attempts=0)
     with pytest.raises(ValueError, match="task_timeout is -1"):
         Executor(Settings(transport="redis"), task_timeout=-1)
+    with pytest.raises(ValueError, match="task_timeout is '5'; use seconds > 0"):  # TypeError
+        Executor(Settings(transport="redis"), task_timeout="5")  # type: ignore[arg-type]
 
 
 def test_a_misspelled_variable_is_logged_as_the_command_warns(
