@@ -77,7 +77,7 @@ def describe(error: BaseException) -> str:
         text = "<exception str() failed>"
     if len(text) > MAX_MESSAGE_CHARS:
         text = f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS:,} characters cut)"
-    return printable(f"{type(error).__name__}: {text}")
+    return printable(f"{type(error).__name__}: {text}" if text else type(error).__name__)
 
 
 def printable(text: str) -> str:
@@ -144,6 +144,13 @@ class Endings:
             body = self.codec.encode_result(result)
         # too large, or not JSON after all: no retry will change that
         except (TypeError, ValueError, RecursionError, EnvelopeError) as exc:
+            found = (
+                None
+                if isinstance(exc, EnvelopeError)
+                else problem(value, "its value", MAX_NESTING - 1)
+            )
+            if found is not None:  # a plain str or int, unchecked above: said as checked
+                exc = TypeError(f"{found}; a task must return a JSON value")
             return self.failed(delivery, task, exc, started_at, duration, returned=True)
         if task.reply_to == NO_REPLY:
             return Ending(Settlement(delivery), "ok", task, started_at, duration)

@@ -93,6 +93,10 @@ def test_what_no_retry_can_fix_fails_at_the_first_attempt() -> None:
         ({1: "a"}, "its value has the key 1; JSON object keys are strings"),  # json: {"1": "a"}
         (float("nan"), "its value is nan, which JSON cannot carry"),  # json: NaN, not JSON
         ([1, {"x": float("inf")}], "its value[1]['x'] is inf, which JSON cannot carry"),
+        # plain str and int skip the check: the encoder's own words, "position 172" of the
+        # envelope, or advice to call sys.set_int_max_str_digits()
+        ("a\ud800", "its value holds the unpaired surrogate '\\ud800' at index 1"),
+        pytest.param(10**5000, "its value is an integer of more than 4,300 digits", id="bigint"),
     ],
 )
 def test_a_value_that_is_not_json_fails_for_good_saying_the_task_ran(value: Any, why: str) -> None:
@@ -102,9 +106,9 @@ def test_a_value_that_is_not_json_fails_for_good_saying_the_task_ran(value: Any,
     assert ending.settlement.result is not None and ending.settlement.dead_letter is not None
     result = Result.decode(ending.settlement.result)
     assert result.error_type == "TypeError"
-    assert result.error_message == (
-        f"ran, but its value cannot be sent back: TypeError: {why}; a task must return a JSON value"
-    )
+    message = result.error_message or ""
+    assert message.startswith(f"ran, but its value cannot be sent back: TypeError: {why}")
+    assert message.endswith("; a task must return a JSON value"), message
 
 
 def test_plain_values_are_sent_as_they_are() -> None:
@@ -146,6 +150,13 @@ def test_an_error_whose_text_raises_a_base_exception_is_an_error_like_any_other(
     ending = ENDINGS.failed(delivery(t), t, Interrupting(), 0.0, 0.1, retryable=True)
     assert ending.outcome == "failed" and ending.note is not None
     assert "Interrupting: <exception str() failed>" in ending.note
+
+
+def test_an_error_without_a_message_is_its_type_alone() -> None:
+    """Was ``KeyboardInterrupt: `` (a colon, then nothing) in lines and dead letters."""
+    assert describe(KeyboardInterrupt()) == "KeyboardInterrupt"
+    assert describe(ValueError("")) == "ValueError"
+    assert describe(ValueError("x")) == "ValueError: x"
 
 
 def test_a_task_distq_could_not_handle_is_dead_lettered_with_an_error_result() -> None:
