@@ -863,6 +863,23 @@ def test_an_authkey_holder_cannot_run_code_in_the_master(
     assert "from 127.0.0.1:" in dropped[0] and "posix.mkdir" in dropped[0], dropped
 
 
+def test_an_authkey_holder_sending_garbage_is_dropped_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused pickle was logged; bytes that are no pickle at all were dropped without
+    a word, leaving a misconfigured client no trace in the master's log."""
+    settings = _settings("garbage")
+    with _master_and_worker(settings) as (_, remote):
+        with _authenticated(settings) as peer:
+            peer.send_bytes(b"\x80\x05garbage, not a pickle")
+            with pytest.raises((EOFError, ConnectionResetError)):
+                peer.recv()
+        assert remote.stats().ready == 0  # it serves on
+    dropped = [r.getMessage() for r in caplog.records if "dropped the connection" in r.message]
+    assert len(dropped) == 1 and "from 127.0.0.1:" in dropped[0], dropped
+    assert "(not a pickle: " in dropped[0], dropped
+
+
 def test_sixty_slots_connecting_at_once_all_get_in() -> None:
     # the listen backlog was the stdlib server's 16: with 60 slots at once (a worker of
     # --concurrency 60, or every slot after a master's restart) 17 failed their

@@ -568,11 +568,14 @@ class _ServedConnection(Connection):
         self.refused: str | None = None
 
     def recv(self) -> Any:
+        data = self.recv_bytes()  # its EOFError or OSError: the peer closed, or the network
         try:
-            return _RequestUnpickler(io.BytesIO(self.recv_bytes())).load()
+            return _RequestUnpickler(io.BytesIO(data)).load()
         except _Refused as exc:
             self.refused = str(exc)
-            raise EOFError(self.refused) from None
+        except Exception as exc:  # not a pickle at all: dropped silently before
+            self.refused = f"not a pickle: {type(exc).__name__}"
+        raise EOFError(self.refused)
 
 
 class _ClientConnection(Connection):
