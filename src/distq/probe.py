@@ -74,8 +74,10 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         with _within(args.timeout):
             status, body = probe(f"/{args.check}", host.strip("[]"), port, args.timeout)
     except (OSError, http.client.HTTPException) as exc:  # no answer, or not HTTP's
+        said = str(exc)  # a peer that is not HTTP: its first line, raw (escapes, a CR)
         print(
-            f"distq: no answer from http://{host}:{port}/{args.check}: {exc}; "
+            f"distq: no answer from http://{host}:{port}/{args.check}: "
+            f"{said if said.isprintable() else repr(said)}; "
             "is a distq process with DISTQ_METRICS_PORT running here?",
             file=sys.stderr,
         )

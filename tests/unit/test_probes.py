@@ -358,7 +358,8 @@ def test_distq_probe_of_a_peer_that_is_no_distq_endpoint_says_no_answer_in_time(
         conn, _ = listener.accept()
         with conn:
             conn.recv(4096)
-            text = b"HELLO THERE\r\n\r\n" if answer == "garbage" else b"HTTP/1.0 200 OK\r\n" * 60
+            hello = b"HELLO \x1b[2J THERE\r\n\r\n"  # an escape: printed raw, it cleared the screen
+            text = hello if answer == "garbage" else b"HTTP/1.0 200 OK\r\n" * 60
             for byte in text if answer == "trickle" else [text]:
                 if stop.wait(1.0 if answer == "trickle" else 0):
                     return
@@ -374,6 +375,7 @@ def test_distq_probe_of_a_peer_that_is_no_distq_endpoint_says_no_answer_in_time(
         listener.close()
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"no answer from http://127.0.0.1:{port}/healthz" in done.stderr
+    assert "\x1b" not in done.stderr and "\r" not in done.stderr, repr(done.stderr)
     assert time.monotonic() - started < 10
 
 
