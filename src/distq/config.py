@@ -175,7 +175,7 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
             raise ValueError(
                 f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}"
             )
-        _timeouts(text, parts.query)
+        _options(text, parts.query)
         if parts.scheme == "unix":
             if parts.hostname or parts.path in ("", "/"):  # unix://tmp/r.sock: /r.sock
                 raise ValueError(
@@ -199,10 +199,17 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
 _SECONDS_OPTIONS = ("socket_timeout", "socket_connect_timeout", "stack_timeout")
 
 
-def _timeouts(url: str, query: str) -> None:
-    """Refuse a URL's timeout options that are not seconds above 0, and Redis's
-    ``socket_timeout``, which distq sets itself (the URL's would win)."""
+def _options(url: str, query: str) -> None:
+    """Refuse a URL's timeout options that are not seconds above 0, Redis's
+    ``socket_timeout``, which distq sets itself (the URL's would win), and an
+    ``ssl_cert_reqs`` redis-py does not take (it failed at each connect, an outage)."""
     options = parse_qs(query)
+    for value in options.get("ssl_cert_reqs", []) if url.lower().startswith("rediss") else []:
+        if value not in ("none", "optional", "required"):
+            raise ValueError(
+                f"({credentials.mask_url(url)}) has ssl_cert_reqs={value!r}; use required, "
+                "optional or none, in lower case"
+            )
     if url.lower().startswith(("redis", "unix")) and "socket_timeout" in options:
         raise ValueError(
             f"({credentials.mask_url(url)}) sets socket_timeout, which distq sets itself "

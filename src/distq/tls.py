@@ -61,14 +61,28 @@ class TlsFiles:
         context.check_hostname = True
         context.verify_mode = ssl.CERT_REQUIRED
         if self.cert_file:
-            try:
-                context.load_cert_chain(self.cert_file, self.key_file)
+            try:  # never OpenSSL's own prompt: it waited on a terminal, for good
+                context.load_cert_chain(self.cert_file, self.key_file, password=_no_pass_phrase)
+            except _PassPhrase:
+                raise ConfigError(
+                    f"DISTQ_TLS_KEY_FILE {self.key_file or self.cert_file!r} is encrypted with "
+                    "a pass phrase, which distq cannot give; decrypt it (openssl pkey -in "
+                    "key.pem -out plain-key.pem) into a file only distq's user may read"
+                ) from None
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(
                     f"DISTQ_TLS_CERT_FILE {self.cert_file!r} and DISTQ_TLS_KEY_FILE "
                     f"{self.key_file!r} are not a PEM certificate and its key ({_reason(exc)})"
                 ) from None
         return context
+
+
+class _PassPhrase(Exception):
+    """The client key is encrypted: OpenSSL asked for its pass phrase."""
+
+
+def _no_pass_phrase() -> str:
+    raise _PassPhrase
 
 
 def check(transport: str, url: str, files: TlsFiles) -> None:

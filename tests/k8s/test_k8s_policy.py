@@ -241,6 +241,12 @@ def test_brokers_read_their_passwords_from_secret_files_without_the_newline(
     read = set(re.findall(r'"\$\(cat (/[^)"]+)\)"', " ".join(container.get("command", []))))
     assert read, "the broker's command reads no Secret file"
     assert read <= mounted, f"read but not mounted from the Secret: {sorted(read - mounted)}"
+    # A probe runs every few seconds: a secret in its program's arguments (redis-cli -a)
+    # shows in `ps` on the node; in a variable of the probe's shell (REDISCLI_AUTH) it does not
+    for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+        command = " ".join(container.get(kind, {}).get("exec", {}).get("command", []))
+        for at in re.finditer(r'"\$\(cat /[^)"]+\)"', command):
+            assert re.search(r"\b[A-Z_]+=$", command[: at.start()]), f"{kind}: {command}"
 
 
 def pod_labels(workload: Doc) -> dict[str, str]:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import redis
+from cryptography.hazmat.primitives import serialization
 
 from certs import CertificateAuthority
+from conftest import REPO
 from distq import tls
 from distq.config import SETTINGS, Settings
 from distq.credentials import SECRETS, mask_url
@@ -368,6 +373,51 @@ def test_tls_files_are_checked_up_front(ca: CertificateAuthority, tmp_path: Path
     assert "not a PEM certificate and its key" in mismatch
     amqp = {"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": "amqps://u@h:5671/%2F"}
     assert load({**amqp, "DISTQ_TLS_CA_FILE": str(ca.cert)}).tls_files.ca_file == str(ca.cert)
+
+
+def test_an_encrypted_client_key_is_refused_without_prompting(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """OpenSSL's own callback asked "Enter PEM pass phrase:" on the terminal, twice, and
+    waited for good; with none, it said the files were "not a PEM certificate"."""
+    client = ca.issue("client", client=True)
+    key = serialization.load_pem_private_key(client.key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"a pass phrase"),
+        )
+    )
+    env = {
+        "DISTQ_TRANSPORT": "redis",
+        "DISTQ_REDIS_URL": "rediss://127.0.0.1:6380/0",
+        "DISTQ_TLS_CA_FILE": str(ca.cert),
+        "DISTQ_TLS_CERT_FILE": str(client.cert),
+        "DISTQ_TLS_KEY_FILE": str(encrypted),
+    }
+    done = subprocess.run(  # a process of its own: a prompt would read its stdin
+        [sys.executable, "-m", "distq", "status"],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Enter PEM pass phrase" not in done.stdout + done.stderr, done.stderr
+    assert f"DISTQ_TLS_KEY_FILE {str(encrypted)!r} is encrypted with a pass phrase" in done.stderr
+
+
+@pytest.mark.parametrize("value", ["REQUIRED", "Required", "CERT_REQUIRED", "required "])
+def test_an_ssl_cert_reqs_redis_py_does_not_take_is_refused_at_once(value: str) -> None:
+    """It failed at each connect, read as an outage: 10 s of retries, then exit 3 and
+    "is it running? ... use redis://"."""
+    url = f"rediss://127.0.0.1:6380/0?ssl_cert_reqs={quote(value)}"
+    message = error({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
+    assert f"has ssl_cert_reqs={value!r}; use required, optional or none" in message, message
 
 
 def test_redis_options_check_host_names() -> None:
