@@ -23,7 +23,13 @@ import msgspec
 
 from distq.envelope import SHALLOW_NESTING, Result, Task, quoted
 from distq.errors import EnvelopeError, MessageTooLarge, NestedTooDeep
-from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_NESTING, check_nesting, check_size
+from distq.limits import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_NESTING,
+    MAX_PREFETCH,
+    check_nesting,
+    check_size,
+)
 from distq.signing import HEADER_BYTES, MAGIC, Signer, unsigned
 
 if TYPE_CHECKING:
@@ -153,6 +159,11 @@ class Codec:
             raise MessageTooLarge(
                 f"result pack nests JSON deeper than {MAX_NESTING} levels"
             ) from None
+        if len(raws) > MAX_PREFETCH:  # one line, not one per item (500,000 from 1 MB)
+            raise MessageTooLarge(
+                f"result pack holds {len(raws):,} results; a worker packs at most "
+                f"{MAX_PREFETCH:,} (a batch)"
+            )
         return [bytes(raw) for raw in raws]
 
     def _open(self, message: bytes, kind: str) -> bytes:

@@ -32,6 +32,8 @@ OnResult = Callable[[Result, E, float], None]
 REMEMBER = 100_000
 #: How many round trips a collector's sample keeps at least (and at most twice as many).
 SAMPLE = 100_000
+#: Bad results of one pack said one by one; the rest of them are said in one line.
+REFUSALS_SAID = 3
 
 #: A task submitted and not answered yet: (entry, time.perf_counter() at submit); a
 #: tuple, the cheapest record to make once per task.
@@ -163,8 +165,8 @@ class Collector(Generic[E]):
         telemetry.collected(len(self._pending), received)
         return firsts
 
-    def _refused(self, error: EnvelopeError) -> None:
-        self.malformed += 1
+    def _refused(self, error: EnvelopeError, count: int = 1) -> None:
+        self.malformed += count
         if self._on_malformed is not None:
             self._on_malformed(error)
 
@@ -198,22 +200,29 @@ def _results(
     bodies: Iterable[bytes],
     open_results: Callable[[bytes], list[bytes]],
     decode: Callable[[bytes], Result],
-    refused: Callable[[EnvelopeError], None],
+    refused: Callable[[EnvelopeError, int], None],
 ) -> Iterator[Result]:
     """The results in ``bodies`` (single results and packs), each one refused on its own:
     a bad result in a pack costs only itself, a refused message (unsigned, forged, too
-    large) all of it."""
+    large) all of it. Past :data:`REFUSALS_SAID` in one message, the rest of its refusals
+    are said in one line: a pack of 10,000 bad items made 10,000 lines."""
     for body in bodies:
         try:
             envelopes = open_results(body)
         except EnvelopeError as exc:
-            refused(exc)
+            refused(exc, 1)
             continue
         except TypeError:  # not bytes at all (a manager peer put a str): bad input too
-            refused(not_bytes(body, "result"))
+            refused(not_bytes(body, "result"), 1)
             continue
+        bad = 0
         for envelope in envelopes:
             try:
                 yield decode(envelope)
             except EnvelopeError as exc:
-                refused(exc)
+                bad += 1
+                if bad <= REFUSALS_SAID:
+                    refused(exc, 1)
+        if bad > REFUSALS_SAID:
+            more = bad - REFUSALS_SAID
+            refused(EnvelopeError(f"and {more:,} more results of the same pack, each as bad"), more)

@@ -25,7 +25,12 @@ from urllib.parse import parse_qs, urlsplit
 from distq import credentials, signing, tls
 from distq.envelope import MAX_ATTEMPTS as MAX_ATTEMPTS
 from distq.errors import ConfigError
-from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES
+from distq.limits import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_PREFETCH,
+    MIN_MESSAGE_BYTES,
+)
 from distq.timelimits import TimeLimits
 from distq.transport import TRANSPORTS
 
@@ -411,7 +416,7 @@ class Settings:
         "DISTQ_PREFETCH",
         "--prefetch",
         128,
-        _number(int, 1, 10_000),
+        _number(int, 1, MAX_PREFETCH),
         "most tasks a worker slot takes at once (adapts down for slow tasks)",
     )
     drain_seconds: float = setting(

@@ -18,6 +18,9 @@ MIN_MESSAGE_BYTES = 1024
 MAX_MESSAGE_BYTES = 128 << 20  # RabbitMQ's own default ceiling
 #: Deepest JSON nesting of a whole message; the envelope itself is one level.
 MAX_NESTING = 64
+#: Most tasks a worker slot takes at once (DISTQ_PREFETCH's ceiling), and so most results
+#: one of its messages packs: a pack of more is no worker's.
+MAX_PREFETCH = 10_000
 #: A dead letter of an oversized message keeps this much of its body.
 OVERSIZED_KEPT_BYTES = 64 << 10
 

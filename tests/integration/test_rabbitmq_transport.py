@@ -357,6 +357,22 @@ def test_a_pack_the_broker_dead_letters_comes_back_as_its_tasks(
     producer.close()
 
 
+@pytest.mark.parametrize("death", ["junk", ["a", "b"], 7, []])
+def test_a_dead_letter_with_an_x_death_no_broker_wrote_is_listed_as_unreadable(
+    open_transport: OpenTransport, raw: Any, queue: str, death: Any
+) -> None:
+    """A publisher sets ``x-death`` as it likes: a str, a list of str or an int crashed
+    dead-letters and requeue-dead ('str' object has no attribute 'get'), every letter
+    behind it blocked."""
+    t = open_transport()
+    t.dead_letters()  # declares the queues
+    props = pika.BasicProperties(headers={"x-death": death})
+    raw.basic_publish("", f"{queue}.dead", b"garbage", props)
+    (letter,) = t.dead_letters()
+    assert letter.body == b"garbage" and letter.reason.startswith("unreadable dead letter")
+    assert t.requeue_dead(10) == 1 and _ready(raw, f"{queue}.dead") == 0
+
+
 def test_a_master_counts_the_tasks_the_broker_holds_not_its_messages(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -93,6 +93,21 @@ def test_refused_packs_say_why() -> None:
         plain.open_results(b'[{"v":1}')
     with pytest.raises(MessageTooLarge, match="deeper than"):
         plain.open_results(b"[" * 5000 + b"]" * 5000)
+    with pytest.raises(MessageTooLarge, match="holds 10,001 results; a worker packs at most"):
+        plain.open_results(b"[" + b",".join([b"1"] * 10_001) + b"]")
+
+
+def test_a_pack_of_many_bad_results_is_said_in_a_few_lines_not_one_each() -> None:
+    """One 1 MB message ``[1,1,...]`` made 500,000 "dropped a result" lines."""
+    errors: list[EnvelopeError] = []
+    collector: Collector[None] = Collector(
+        lambda r, entry, rtt: None, errors.append, MasterTelemetry(None)
+    )
+    collector.expect([("t0", None)])
+    assert collector.accept([b"[" + b",".join([b"1"] * 10_000) + b"]"]) == 0
+    assert collector.malformed == 10_000
+    assert len(errors) == 4, [str(e) for e in errors]
+    assert str(errors[-1]) == "and 9,997 more results of the same pack, each as bad"
 
 
 def test_a_bad_result_in_a_pack_costs_only_itself() -> None:

@@ -140,6 +140,7 @@ from distq.errors import (
     EnvelopeError,
     TransportError,
 )
+from distq.limits import MAX_PREFETCH
 from distq.transport.base import (
     Consumer,
     Delivery,
@@ -814,8 +815,12 @@ class RabbitMQTransport(Transport):
         broker dead-lettered from the task queue (a rejection by another client, a
         policy's TTL or length limit), a pack of tasks as a letter per task. A message
         that is neither (no ``x-death`` header: published there by hand or another tool)
-        is an unreadable letter (:meth:`DeadLetter.read`), not one the broker made."""
-        deaths = (props.headers or {}).get("x-death")
+        is an unreadable letter (:meth:`DeadLetter.read`), not one the broker made; so is
+        one whose ``x-death`` is not the broker's list of tables (a publisher can set it)."""
+        headers = props.headers if isinstance(props.headers, dict) else {}
+        deaths = headers.get("x-death")
+        if not (isinstance(deaths, list) and deaths and isinstance(deaths[0], dict)):
+            deaths = None
         if props.type != TASKS_TYPE:
             if not deaths:
                 return [DeadLetter.read(body, self.queue)]
@@ -993,11 +998,11 @@ class RabbitMQProducer(Producer):
                 self._ack_tag = self._acked = tag  # acked with the next call, with the rest
             return
         if props.type == _RESULTS_TYPE:
-            try:
-                self._results.extend((tag, result) for result in unpack(body))
-                return
-            except ValueError:
-                pass  # not ours after all: hand it up whole; the master reports it malformed
+            with contextlib.suppress(ValueError):  # not ours: handed up whole, malformed
+                results = unpack(body)
+                if 0 < len(results) <= MAX_PREFETCH and b"" not in results:  # a worker's
+                    self._results.extend((tag, result) for result in results)
+                    return
         self._results.append((tag, body))
 
     def submit(self, bodies: Sequence[bytes]) -> None:
