@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -256,9 +257,9 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
     except BaseException:
         observe.close()
         raise
-    stop = threading.Event()
+    stop, hurry = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, partial(_stop_job, console, stop, hurry, spec.drain_seconds))
     try:
         observe.attach(transport)
         console.info(f"master {__version__}: {transport.describe()}, queue {settings.queue!r}")
@@ -270,8 +271,9 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
             Codec.from_settings(settings),
             health=observe.health,
         )
-        report = master.run(spec, squares, stop)
+        report = master.run(spec, squares, stop, hurry)
     finally:
+        _note_signals(console, "master")
         observe.close()
         transport.close()
     written = True
@@ -282,6 +284,8 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
             console.error(f"--report {args.report}: could not write the job report: {exc}")
             written = False
     console.info("master exit")
+    if master.refused is not None:
+        return EXIT_CONFIG  # said, with the job's report: a setting the broker refused
     return 0 if report.succeeded and written else EXIT_FAILED
 
 
@@ -314,6 +318,30 @@ def _leave_on_signal(console: Console, role: str, code: int) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, leave)
+
+
+def _stop_job(
+    console: Console,
+    stop: threading.Event,
+    hurry: threading.Event,
+    drain: float,
+    signum: int,
+    _frame: object,
+) -> None:
+    """The master's first SIGTERM or SIGINT stops the job, giving the results in flight
+    ``drain`` s; a second stops it at once. Each says so (they were silent for the
+    drain's 5 s, and the second did nothing)."""
+    name = signal.Signals(signum).name
+    if not stop.is_set():
+        stop.set()
+        announce(
+            console,
+            f"{name}: stopping the job; results in flight get up to {drain:g} s "
+            f"(send {name} again to stop at once)",
+        )
+    elif not hurry.is_set():
+        hurry.set()
+        announce(console, f"{name} again: stopping at once")
 
 
 def _note_signals(console: Console, role: str) -> None:

@@ -40,7 +40,7 @@ from distq.config import (
 )
 from distq.console import Console
 from distq.envelope import Result, Task, new_id, shown
-from distq.errors import TransportError
+from distq.errors import ConfigError, TransportError
 from distq.health import ProcessHealth
 from distq.ledger import Ledger, submit_again
 from distq.telemetry import MasterTelemetry
@@ -143,11 +143,16 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
+#: Most tasks outstanding without ``--max-in-flight``: each is held until answered (about
+#: 600 bytes), and ``--tasks 1000000000`` grew the master by 230 MB a second, unbounded.
+IN_FLIGHT = 100_000
+
+
 def allowance(spec: JobSpec, submitted: int, outstanding: int, elapsed: float) -> int:
-    """How many tasks may be submitted now, ``elapsed`` s into the job (may be <= 0)."""
+    """How many tasks may be submitted now, ``elapsed`` s into the job's pace (may be <= 0)."""
     allowed = (spec.tasks - submitted) if spec.tasks is not None else 1 << 30
-    if spec.max_in_flight is not None:
-        allowed = min(allowed, spec.max_in_flight - outstanding)
+    in_flight = spec.max_in_flight if spec.max_in_flight is not None else IN_FLIGHT
+    allowed = min(allowed, in_flight - outstanding)
     if spec.rate is not None:
         allowed = min(allowed, int(elapsed * spec.rate) + 1 - submitted)
     return allowed
@@ -170,17 +175,26 @@ class Master:
         self.health = health or ProcessHealth("master")
         self.job_id = new_id()
         self.reply_to = transport.reply_queue(self.job_id)
+        #: the setting the broker refused mid-job, which ended it (the CLI exits 2)
+        self.refused: ConfigError | None = None
 
     def run(
-        self, spec: JobSpec, workload: Workload[E], stop: threading.Event | None = None
+        self,
+        spec: JobSpec,
+        workload: Workload[E],
+        stop: threading.Event | None = None,
+        hurry: threading.Event | None = None,
     ) -> JobReport:
-        """Submit and collect until every task is in, ``timeout`` passes, or ``stop`` is set."""
+        """Submit and collect until every task is in, ``timeout`` passes, or ``stop`` is
+        set; then give results in flight ``drain_seconds``, unless ``hurry`` is set."""
         producer = self.transport.producer(self.reply_to)
         stop = stop or threading.Event()
         producer.stop_waiting_on(stop)
+        run = _Run(self, producer, spec, workload, stop, hurry or threading.Event())
         try:
-            return _Run(self, producer, spec, workload, stop).run()
+            return run.run()
         finally:
+            self.refused = run.refused
             producer.close()
 
 
@@ -194,8 +208,10 @@ class _Run(Generic[E]):
         spec: JobSpec,
         workload: Workload[E],
         stop: threading.Event,
+        hurry: threading.Event,
     ) -> None:
         self.master, self.producer, self.spec, self.stop = master, producer, spec, stop
+        self.hurry = hurry
         self.workload, self.console = workload, master.console
         self.collector: Collector[E] = Collector(
             self._on_result,
@@ -217,15 +233,39 @@ class _Run(Generic[E]):
         # one outage: from the first call that failed to the first that went through
         self.outage = Outage(time.perf_counter)
         self.said_lost = False  # "the broker holds ... again": said once an outage
+        self.paced_from = self.began  # --rate's clock: moved on past an outage (_loop)
+        self.refused: ConfigError | None = None  # a setting the broker refused mid-job
 
     def run(self) -> JobReport:
-        spec, total = self.spec, self.spec.tasks
+        spec = self.spec
         if spec.timeout is not None:
             self.deadline = self.began + spec.timeout
-        if spec.wait_workers and not self._await_workers(spec.wait_workers):
+        try:
+            if spec.wait_workers and not self._await_workers(spec.wait_workers):
+                self.report.started = False
+                return self._finish(0.0)
+        except ConfigError as exc:
+            self._refused(exc)
             self.report.started = False
             return self._finish(0.0)
         start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.paced_from = start
+        try:
+            self._loop(start)
+        except ConfigError as exc:  # the broker refused a setting mid-job: a report all the same
+            self._refused(exc)
+        if self.stop.is_set() and self.collector.outstanding and self.refused is None:
+            self._drain()
+        return self._finish(time.perf_counter() - start)
+
+    def _refused(self, exc: ConfigError) -> None:
+        """Say why the job stops here (an ACL taken away, the queue's key made another
+        type); its report is written as at any other ending, and the master exits 2."""
+        self.refused = exc  # said with the job's other problems, by _finish
+        self.report.problems.append(f"stopped: {exc}")
+
+    def _loop(self, start: float) -> None:
+        spec, total = self.spec, self.spec.tasks
         next_status = start + spec.status_every
         announced = False
         while not self.stop.is_set():
@@ -235,16 +275,17 @@ class _Run(Generic[E]):
                 break
             try:
                 self._reconcile_when_due(now)
-                more = self._allowance(now - start)
+                paced = now - self.paced_from
+                more = self._allowance(paced)
                 then_wait = 0.0
                 if more > 0:
                     count = min(more, MESSAGE_BATCH)
                     # all it may have in flight: the wait for a result that follows rides
                     # in the submit's own round trip where the transport can (one at a time)
                     if count == more and spec.max_in_flight is not None and spec.rate is None:
-                        then_wait = self._wait(now, now - start, 0)
+                        then_wait = self._wait(now, paced, 0)
                     self._submit(count, then_wait)
-                    more = self._allowance(now - start)
+                    more = self._allowance(paced)
                 if total is not None and self.submitted >= total and not announced:
                     announced = True
                     line = self.workload.waiting_line()
@@ -255,25 +296,26 @@ class _Run(Generic[E]):
                         self._back()
                     break
                 if then_wait <= 0:  # else collected with the submit
-                    self._collect(self._wait(now, now - start, more))
+                    self._collect(self._wait(now, paced, more))
                 if self.outage.ongoing:
                     self._back()
             except TransportError as exc:
                 if not self._recover(exc):
                     break
+                if spec.rate is not None:  # the pace resumes from now: no burst of R * outage
+                    owed_from = time.perf_counter() - self.submitted / spec.rate
+                    self.paced_from = max(self.paced_from, owed_from)
             if spec.rate is not None and now >= next_status:
                 next_status = now + spec.status_every
                 self._status(now - start)
-        if self.stop.is_set() and self.collector.outstanding:
-            self._drain()
-        return self._finish(time.perf_counter() - start)
 
     def _wait(self, now: float, elapsed: float, more: int) -> float:
         """How long the loop waits for results: not while it may submit ``more``, else up
         to 0.5 s, and not past the rate's next submit nor the deadline."""
         spec, total = self.spec, self.spec.tasks
         wait = 0.0 if more > 0 else 0.5
-        full = spec.max_in_flight is not None and self.collector.outstanding >= spec.max_in_flight
+        in_flight = spec.max_in_flight if spec.max_in_flight is not None else IN_FLIGHT
+        full = self.collector.outstanding >= in_flight
         if spec.rate is not None and (total is None or self.submitted < total) and not full:
             # the next task is due when allowance() lets it go: submitted / rate s in
             # (with --max-in-flight full, a result must come first: no busy poll)
@@ -447,7 +489,11 @@ class _Run(Generic[E]):
         """Stopping: give tasks in flight ``drain_seconds`` to come back (they count as
         missing after that: a job stopped before its end failed)."""
         deadline = time.perf_counter() + self.spec.drain_seconds
-        while self.collector.outstanding and time.perf_counter() < deadline:
+        while (
+            self.collector.outstanding
+            and time.perf_counter() < deadline
+            and not self.hurry.is_set()
+        ):
             try:
                 self._collect(min(0.5, deadline - time.perf_counter()))
             except TransportError:
@@ -493,7 +539,7 @@ class _Run(Generic[E]):
                 f"({r.throughput:,.0f} tasks/s); {r.duplicates} duplicate results ignored"
             )
         else:
-            reason = "stopped" if self.stop.is_set() else "timed out"
+            reason = "stopped" if self.stop.is_set() or self.refused else "timed out"
             if not r.started:  # no job clock: the time since the master's start
                 reason, elapsed = "never started", time.perf_counter() - self.began
             elif r.missing == 0:

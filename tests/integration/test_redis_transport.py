@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import subprocess
 import sys
@@ -542,6 +543,31 @@ def test_permissions_taken_away_mid_run_are_a_config_error_not_an_outage(
         raw.execute_command("ACL", "SETUSER", user, "resetkeys", "~distq:*")
         with pytest.raises(ConfigError, match=f"refused user '{user}' access to a key"):
             consumer.fetch(1, 0.0)
+
+
+def test_a_master_the_broker_refuses_mid_job_writes_its_report_and_exits_2(
+    redis_url: str, raw: redis.Redis[bytes], tmp_path: Path
+) -> None:
+    """The queue's key made another type mid-job (likewise an ACL taken away): the
+    master exited 2 at once, with no report file, no summary, no "master exit"."""
+    target = _redis_target(redis_url)
+    queue, report = target.settings.queue, tmp_path / "report.json"
+    argv = ["master", "--rate", "20", "--tasks", "200", "--report", str(report)]
+    master = Distq(argv, target.process_env())
+    try:
+        master.wait_for(r"^put task ")
+        raw.delete(queue)
+        raw.set(queue, "oops")
+        assert master.wait(20) == 2, master.output()
+        out = master.output()
+    finally:
+        master.stop(grace=0)
+        raw.delete(queue)
+    assert out.count(f"Redis key '{queue}' at 127.0.0.1:") == 1 and "Traceback" not in out, out
+    assert re.search(r"^job stopped after .* missing$", out, re.M), out
+    assert out.rstrip().endswith("master exit"), out
+    written = json.loads(report.read_text())
+    assert written["problems"][0].startswith(f"stopped: Redis key '{queue}' at 127.0.0.1:")
 
 
 def test_submit_wait_whose_broker_refuses_it_mid_wait_says_so_in_one_line(

@@ -346,6 +346,44 @@ def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], cod
     assert "SIGTERM while connecting: master exit" in output
 
 
+def test_a_master_says_what_a_signal_does_and_a_second_one_stops_it_at_once() -> None:
+    """Silent for the drain's 5 s after Ctrl-C, and a second Ctrl-C did nothing."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env = {
+        **clean,
+        "PYTHONPATH": str(REPO / "src"),
+        "DISTQ_AUTHKEY": "k",
+        "DISTQ_MANAGER_ADDRESS": f"127.0.0.1:{free_port()}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distq", "master", "--tasks", "3", "--timeout", "60"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the job runs: its tasks wait for a worker
+            if line.startswith("put task "):
+                break
+        proc.send_signal(signal.SIGINT)
+        said = ""
+        while not said.startswith("SIGINT"):  # the job's own lines come first
+            said = proc.stdout.readline()
+            assert said, "no line for the SIGINT"
+        proc.send_signal(signal.SIGINT)
+        stopped = time.monotonic()
+        output = said + proc.communicate(timeout=10)[0]
+        took = time.monotonic() - stopped
+    finally:
+        proc.kill()
+    assert said.startswith("SIGINT: stopping the job; results in flight get up to 5 s"), output
+    assert "SIGINT again: stopping at once" in output, output
+    assert took < 3, (took, output)  # not the drain's 5 s
+    assert proc.returncode == 1 and "3 missing" in output, output
+
+
 def test_a_master_or_worker_collects_young_objects_less_often() -> None:
     import gc
 

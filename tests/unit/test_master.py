@@ -11,11 +11,22 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
+from distq.backoff import Backoff
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
+from distq.errors import TransportError
 from distq.health import ProcessHealth
-from distq.master import JobReport, JobSpec, Master, Workload, _Run, allowance, percentile
+from distq.master import (
+    IN_FLIGHT,
+    JobReport,
+    JobSpec,
+    Master,
+    Workload,
+    _Run,
+    allowance,
+    percentile,
+)
 from distq.squares import Squares
 from distq.transport import Settlement, Transport, open_transport
 from distq.transport.base import Producer
@@ -270,6 +281,49 @@ def test_allowance_keeps_total_in_flight_and_rate() -> None:
     assert allowance(rate, submitted=0, outstanding=0, elapsed=0) == 1
     assert allowance(rate, submitted=1, outstanding=1, elapsed=0.05) == 0
     assert allowance(rate, submitted=1, outstanding=0, elapsed=1.0) == 10
+
+
+def test_a_job_without_max_in_flight_holds_at_most_in_flight_tasks() -> None:
+    """``--tasks 1000000000`` sent every task at once and held each until answered:
+    230 MB of master a second, no bound."""
+    huge = JobSpec(tasks=10**9)
+    assert allowance(huge, submitted=0, outstanding=0, elapsed=0) == IN_FLIGHT
+    assert allowance(huge, submitted=IN_FLIGHT, outstanding=IN_FLIGHT, elapsed=9) == 0
+    assert allowance(huge, submitted=IN_FLIGHT, outstanding=IN_FLIGHT - 5, elapsed=9) == 5
+    endless = JobSpec(tasks=None, rate=1000)
+    assert allowance(endless, submitted=IN_FLIGHT, outstanding=IN_FLIGHT, elapsed=999) == 0
+
+
+def test_a_rate_job_resumes_its_pace_after_an_outage_without_a_burst(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pace counted from the job's start: after an outage of T s the master sent
+    about R * T tasks at once (69 in one second at --rate 10 after 6.5 s)."""
+    sizes: list[tuple[float, int]] = []
+    original = ManagerProducer.submit
+    down_until = time.monotonic() + 0.5
+    monkeypatch.setattr("distq.master.Backoff", lambda: Backoff(1.2, 1.2))
+
+    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        if time.monotonic() < down_until:
+            raise TransportError("the broker is away")
+        sizes.append((time.monotonic(), len(bodies)))
+        original(self, bodies)
+
+    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    stop = threading.Event()
+    timer = threading.Timer(2.5, stop.set)
+    timer.start()
+    out, _ = run(transport, JobSpec(tasks=None, rate=10, status_every=10), right, stop=stop)
+    timer.join()
+    assert "the broker is away; reconnecting" in out, out
+    assert sizes and max(size for _, size in sizes) <= 2, sizes  # before: 12 at once
+
+
+def test_a_square_of_another_type_is_a_wrong_result(transport: Transport) -> None:
+    """``65536.0`` (or True for square(1)) is equal to the right int: it counted ok."""
+    out, report = run(transport, JobSpec(tasks=3), lambda t: [result(t, float(t.args[0] ** 2))])
+    assert report.incorrect == 3 and report.ok == 0 and not report.succeeded, out
 
 
 def test_percentile_nearest_rank() -> None:
