@@ -545,6 +545,41 @@ def test_permissions_taken_away_mid_run_are_a_config_error_not_an_outage(
             consumer.fetch(1, 0.0)
 
 
+def test_a_redis_full_to_its_maxmemory_drains_and_the_job_ends(tmp_path: Path) -> None:
+    """With ``maxmemory`` and ``noeviction`` a full Redis refused the workers' claim
+    script too (its ZADD), so nothing drained: master and workers waited for good (225
+    of 60,000 results in 60 s). Redis 7 runs the scripts flagged allow-oom; the master's
+    submits stay refused until the workers have made room."""
+    args = ["--maxmemory", "6mb", "--maxmemory-policy", "noeviction"]
+    with LocalRedis(tmp_path, extra_args=args).start() as server:
+        if tuple(int(p) for p in server.version.split(".")[:2]) < (7, 0):
+            pytest.skip(f"Redis {server.version}: allow-oom scripts need Redis 7")
+        client = server.client()
+        for n in range(200):  # room for a few thousand tasks only
+            if int(client.info("memory")["used_memory"]) >= 4_500_000:
+                break
+            client.set(f"filler{n}", b"z" * 50_000)
+        client.close()
+        target = _redis_target(server.url)
+        master = Distq(
+            ["master", "--tasks", "60000", "--timeout", "90", "--quiet"], target.process_env()
+        )
+        workers = [
+            Distq(["worker", "--exit-when-idle", "3", "--quiet"], target.process_env())
+            for _ in range(2)
+        ]
+        try:
+            assert master.wait(120) == 0, master.output()
+            out = master.output()
+            for worker in workers:
+                assert worker.wait(30) == 0, worker.output()
+        finally:
+            for process in (master, *workers):
+                process.stop(grace=0)
+    assert "command not allowed when used memory > 'maxmemory'; reconnecting" in out, out
+    assert "all 60000 results in and correct" in out, out
+
+
 def test_a_master_the_broker_refuses_mid_job_writes_its_report_and_exits_2(
     redis_url: str, raw: redis.Redis[bytes], tmp_path: Path
 ) -> None:

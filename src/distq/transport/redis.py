@@ -461,6 +461,11 @@ redis.call('DEL', KEYS[3], KEYS[4])
 """
 
 
+#: The first line of a script Redis 7 may run when it is full (``maxmemory`` reached,
+#: ``noeviction``); Redis 6.2 knows no such line (its Lua reads it as an error).
+_ALLOW_OOM = "#!lua flags=allow-oom\n"
+
+
 def _is_unix(url: str) -> bool:
     """Whether ``url`` names a unix socket (``unix://``), not a TCP address."""
     return url.lower().startswith("unix:")
@@ -545,18 +550,22 @@ class RedisTransport(Transport):
         self._connect()
         with self.errors(), contextlib.closing(self.wire()) as wire:
             self.check_types(wire)
-        self.claim_script = _Script(_PRELUDE + _CLAIM)
-        self.settle_script = _Script(_PRELUDE + _SETTLE)
-        self.release_script = _Script(_PRELUDE + _RELEASE)
-        self.close_script = _Script(_PRELUDE + _CLOSE)
-        self.sweep_script = _Script(_PRELUDE + _SWEEP)
-        self.stats_script = _Script(_PRELUDE + _STATS)
-        self.gone_script = _Script(_PRELUDE + _GONE)
-        self.renew_script = _Script(_PRELUDE + _RENEW)
-        self.ack_script = _Script(_ACK)
-        self.close_master_script = _Script(_CLOSE_MASTER)
-        self.withdraw_script = _Script(_PRELUDE + _WITHDRAW)
-        self.requeue_dead_script = _Script(_REQUEUE_DEAD)
+        # Redis 7 runs a script flagged allow-oom when full (maxmemory, noeviction): the
+        # scripts drain the queue and free memory. Unflagged, the claim's ZADD was refused,
+        # nothing drained, and master and workers waited for good. Submits stay refused.
+        head = _ALLOW_OOM if self.version >= (7, 0) else ""
+        self.claim_script = _Script(head + _PRELUDE + _CLAIM)
+        self.settle_script = _Script(head + _PRELUDE + _SETTLE)
+        self.release_script = _Script(head + _PRELUDE + _RELEASE)
+        self.close_script = _Script(head + _PRELUDE + _CLOSE)
+        self.sweep_script = _Script(head + _PRELUDE + _SWEEP)
+        self.stats_script = _Script(head + _PRELUDE + _STATS)
+        self.gone_script = _Script(head + _PRELUDE + _GONE)
+        self.renew_script = _Script(head + _PRELUDE + _RENEW)
+        self.ack_script = _Script(head + _ACK)
+        self.close_master_script = _Script(head + _CLOSE_MASTER)
+        self.withdraw_script = _Script(head + _PRELUDE + _WITHDRAW)
+        self.requeue_dead_script = _Script(head + _REQUEUE_DEAD)
         with self.errors():
             self.load_scripts(self.client)
 
@@ -584,10 +593,11 @@ class RedisTransport(Transport):
             raise ConnectionFailed(f"Redis at {self.address} failed at start: {exc}") from None
         except RedisError as exc:
             raise self._unreachable(exc) from None
-        version = "99"
+        version = "6.2"
         with contextlib.suppress(RedisError):  # an ACL may forbid INFO; then trust the server
             version = str(self.client.info("server").get("redis_version", version))
-        if tuple(int(p) for p in version.split(".")[:2]) < (6, 2):
+        self.version = tuple(int(p) for p in version.split(".")[:2])
+        if self.version < (6, 2):
             raise ConnectionFailed(
                 f"Redis at {self.address} is version {version}; distq needs Redis >= 6.2 "
                 "(LMOVE, BLMOVE, RPOP with a count)"
