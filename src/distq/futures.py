@@ -9,11 +9,14 @@ master's registration that keeps its tasks alive.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("distq.executor")
 
 #: Cancels futures where possible; one answer each (the executor's thread decides).
 Cancel = Callable[[list["DistqFuture"]], list[bool]]
@@ -89,8 +92,17 @@ class DistqFuture(concurrent.futures.Future[Any]):
                 self._callbacks.put(self)
 
     def run_callbacks(self) -> None:
-        """Call the done-callbacks, in the order added (a raising one is logged)."""
-        super()._invoke_callbacks()  # type: ignore[misc]
+        """Call the done-callbacks, in the order added; one that raises, even
+        ``SystemExit``, is logged and the others run (the standard library's catch
+        ``Exception`` only: a ``sys.exit()`` in one ended the callback thread, silently,
+        and no later callback of the executor ran)."""
+        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+            try:
+                callback(self)
+            except BaseException:
+                log.exception(
+                    "a done-callback of task %s [%s] raised", self.task_name, self.task_id
+                )
 
     def fail_inherited(self, error: BaseException) -> None:
         """In a child made by fork(): fail this future of the parent's executor, if it is

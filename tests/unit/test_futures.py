@@ -60,6 +60,29 @@ def test_callbacks_run_in_order_on_one_thread_that_ends_after_close() -> None:
     assert callbacks._thread is not None and not callbacks._thread.is_alive()
 
 
+def test_a_callback_that_exits_is_logged_and_the_later_ones_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A ``sys.exit()`` in one ended the callback thread without a word: no later
+    callback of the executor ran, and their futures piled up unread."""
+    callbacks = Callbacks()
+    ran: list[str] = []
+
+    def leave(future: object) -> None:
+        raise SystemExit(3)
+
+    for n in range(3):
+        future = DistqFuture(_never, f"t{n}", "square", callbacks)
+        if n == 0:
+            future.add_done_callback(leave)
+        future.add_done_callback(lambda f: ran.append(getattr(f, "task_id", "?")))
+        future.set_result(n)
+    callbacks.close()
+    callbacks.join(5)
+    assert ran == ["t0", "t1", "t2"]
+    assert any("a done-callback of task square [t0] raised" in r.message for r in caplog.records)
+
+
 def test_a_slow_callback_holds_up_no_resolving_thread() -> None:
     callbacks = Callbacks()
     release = threading.Event()
