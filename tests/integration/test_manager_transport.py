@@ -173,36 +173,39 @@ def _env(settings: Settings) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def _master_process(env: dict[str, str]) -> Iterator[Distq]:
+    """A ``distq master`` process of one task, serving on ``env``'s address; stopped after
+    (it need not wait for its task)."""
+    master = Distq(["master", "--tasks", "1", "--timeout", "60"], env)
+    try:
+        master.wait_for(r"^master .* transport")
+        yield master
+    finally:
+        master.stop(grace=0)
+
+
 def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None:
     # the masters are processes: a master restarts as a new process on the same port
     settings = _settings("restarted")
     env = _env(settings)
-    first = Distq(["master", "--tasks", "1", "--timeout", "60"], env)
-    try:
-        first.wait_for(r"^master .* transport")
-        remote = open_transport(settings, "worker")
-        try:
-            consumer = remote.consumer("c1")
-            assert len(fetch_n(consumer, 1)) == 1
-            first.signal(signal.SIGKILL)
-            first.wait(10)
-            with pytest.raises(TransportError):
-                for _ in range(10):
-                    consumer.fetch(5, 0.2)
-            consumer.close()  # what a worker slot does after an error, on the same thread
-            second = Distq(["master", "--tasks", "1", "--timeout", "60"], env)
-            try:
-                second.wait_for(r"^master .* transport")
-                again = remote.consumer("c1")  # the slot's next consumer, same thread
-                (task,) = fetch_n(again, 1)
-                assert Task.decode(task.body).reply_to.startswith(f"{settings.queue}.results.")
-                again.close()
-            finally:
-                second.stop(grace=0)  # no need to let it wait for its task
-        finally:
-            remote.close()
-    finally:
-        first.stop()
+    with (
+        _master_process(env) as first,
+        contextlib.closing(open_transport(settings, "worker")) as remote,
+    ):
+        consumer = remote.consumer("c1")
+        assert len(fetch_n(consumer, 1)) == 1
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+        with pytest.raises(TransportError):
+            for _ in range(10):
+                consumer.fetch(5, 0.2)
+        consumer.close()  # what a worker slot does after an error, on the same thread
+        with _master_process(env):
+            again = remote.consumer("c1")  # the slot's next consumer, same thread
+            (task,) = fetch_n(again, 1)
+            assert Task.decode(task.body).reply_to.startswith(f"{settings.queue}.results.")
+            again.close()
 
 
 def test_a_workers_keeper_thread_renews_leases_again_after_its_master_restarted() -> None:
@@ -213,11 +216,11 @@ def test_a_workers_keeper_thread_renews_leases_again_after_its_master_restarted(
     settings = _settings("kept")
     env = _env(settings)
     keeper = concurrent.futures.ThreadPoolExecutor(1)  # one thread, as a worker's keeper
-    first = Distq(["master", "--tasks", "1", "--timeout", "60"], env)
     try:
-        first.wait_for(r"^master .* transport")
-        remote = open_transport(settings, "worker")
-        try:
+        with (
+            _master_process(env) as first,
+            contextlib.closing(open_transport(settings, "worker")) as remote,
+        ):
             old = remote.consumer("c1")
             assert len(fetch_n(old, 1)) == 1
             keeper.submit(old.heartbeat).result(10)
@@ -225,9 +228,7 @@ def test_a_workers_keeper_thread_renews_leases_again_after_its_master_restarted(
             first.wait(10)
             with pytest.raises(TransportError):
                 keeper.submit(old.heartbeat).result(10)
-            second = Distq(["master", "--tasks", "1", "--timeout", "60"], env)
-            try:
-                second.wait_for(r"^master .* transport")
+            with _master_process(env):
                 with pytest.raises(TransportError) as unknown:
                     keeper.submit(old.heartbeat).result(10)
                 assert "no longer knows this consumer: it restarted since" in str(unknown.value)
@@ -238,13 +239,8 @@ def test_a_workers_keeper_thread_renews_leases_again_after_its_master_restarted(
                 assert len(fetch_n(new, 1)) == 1
                 keeper.submit(new.heartbeat).result(10)  # before: BrokenPipeError, for good
                 new.close()
-            finally:
-                second.stop(grace=0)
-        finally:
-            remote.close()
     finally:
         keeper.shutdown()
-        first.stop()
 
 
 def test_requeue_dead_with_a_limit_past_the_letters_moves_each_once(

@@ -545,6 +545,21 @@ def test_permissions_taken_away_mid_run_are_a_config_error_not_an_outage(
             consumer.fetch(1, 0.0)
 
 
+def _exits_2_after(
+    process: Distq, ready: str, change: Callable[[], object], raw: redis.Redis[bytes], queue: str
+) -> str:
+    """Once ``process`` prints ``ready``, make ``change`` (a setting the broker then
+    refuses); ``process`` must exit 2. Its output; the queue's key is deleted after."""
+    try:
+        process.wait_for(ready)
+        change()
+        assert process.wait(20) == 2, process.output()
+        return process.output()
+    finally:
+        process.stop(grace=0)
+        raw.delete(queue)
+
+
 def test_a_redis_full_to_its_maxmemory_drains_and_the_job_ends(tmp_path: Path) -> None:
     """With ``maxmemory`` and ``noeviction`` a full Redis refused the workers' claim
     script too (its ZADD), so nothing drained: master and workers waited for good (225
@@ -589,15 +604,7 @@ def test_a_master_the_broker_refuses_mid_job_writes_its_report_and_exits_2(
     queue, report = target.settings.queue, tmp_path / "report.json"
     argv = ["master", "--rate", "20", "--tasks", "200", "--report", str(report)]
     master = Distq(argv, target.process_env())
-    try:
-        master.wait_for(r"^put task ")
-        raw.delete(queue)
-        raw.set(queue, "oops")
-        assert master.wait(20) == 2, master.output()
-        out = master.output()
-    finally:
-        master.stop(grace=0)
-        raw.delete(queue)
+    out = _exits_2_after(master, r"^put task ", lambda: raw.set(queue, "oops"), raw, queue)
     assert out.count(f"Redis key '{queue}' at 127.0.0.1:") == 1 and "Traceback" not in out, out
     assert re.search(r"^job stopped after .* missing$", out, re.M), out
     assert out.rstrip().endswith("master exit"), out
@@ -640,18 +647,15 @@ def test_a_worker_exits_2_when_the_broker_refuses_a_setting_mid_run(
         target = _redis_target(f"redis://{user}:pw@127.0.0.1:{port}/0")
         queue = target.settings.queue
         worker = Distq(["worker", "--concurrency", "2"], target.process_env())
-        try:
-            worker.wait_for(r"Connect to redis")
+
+        def refuse() -> None:
             time.sleep(1.0)  # both slots fetch
             if change == "acl":
                 raw.execute_command("ACL", "SETUSER", user, "resetkeys", "~distq:*")
             else:
                 raw.set(queue, "hello")
-            assert worker.wait(20) == 2, worker.output()
-            out = worker.output()
-        finally:
-            worker.stop(grace=0)
-            raw.delete(queue)
+
+        out = _exits_2_after(worker, r"Connect to redis", refuse, raw, queue)
         assert "worker exit." in out
         wanted = "access to a key" if change == "acl" else f"Redis key '{queue}' at 127.0.0.1:"
         assert wanted in out, out

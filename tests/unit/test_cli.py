@@ -20,16 +20,31 @@ from conftest import REPO
 from launch import free_port
 
 
-def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _env(**env: str) -> dict[str, str]:
+    """This environment without its DISTQ_ variables, running this checkout, with ``env``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
-    clean["PYTHONPATH"] = str(REPO / "src")
+    return {**clean, "PYTHONPATH": str(REPO / "src"), **env}
+
+
+def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "distq", *args],
-        env={**clean, **env},
+        env=_env(**env),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+    )
+
+
+def started(*args: str, **env: str) -> subprocess.Popen[str]:
+    """``distq ARGS`` running, its stderr on its stdout (``proc.stdout``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "distq", *args],
+        env=_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -227,19 +242,12 @@ def test_the_operating_commands_are_listed() -> None:
 def test_sigterm_while_a_worker_is_still_connecting_exits_at_once() -> None:
     """As PID 1 in a container an unhandled SIGTERM is ignored: `docker stop` would wait
     out its grace period while the worker retries an unreachable broker."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
-    env = {
-        **clean,
-        "PYTHONPATH": str(REPO / "src"),
-        "DISTQ_TRANSPORT": "redis",
-        "DISTQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distq", "worker", "--connect-timeout", "60"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc = started(
+        "worker",
+        "--connect-timeout",
+        "60",
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
     )
     try:
         time.sleep(3)  # started, and retrying the broker
@@ -256,20 +264,11 @@ def test_a_worker_ends_with_a_line_on_sigterm_from_its_first_line_on() -> None:
     """``make example`` starts its job once each worker has said its first line, and stops
     them with SIGTERM after: from that line on, SIGTERM must find the worker's handler
     (Python's default would end it without a word, or an exit status of 0)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
-    env = {
-        **clean,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "examples" / "wordcount")]),
-        "DISTQ_TRANSPORT": "redis",
-        "DISTQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
-    }
-    argv = [sys.executable, "-m", "distq", "worker", "--tasks", "wordcount_tasks"]
-    proc = subprocess.Popen(
-        [*argv, "--connect-timeout", "60"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc = started(
+        *("worker", "--tasks", "wordcount_tasks", "--connect-timeout", "60"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO / "examples" / "wordcount")]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
     )
     try:
         assert proc.stdout is not None
@@ -290,16 +289,11 @@ def test_sigterm_while_a_slow_task_module_imports_is_the_workers_stop(tmp_path: 
     (tmp_path / "slow_module.py").write_text(
         "import sys, time\nprint('importing', flush=True)\ntime.sleep(30)\n"
     )
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
-    env = {
-        **clean,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
-        "DISTQ_TRANSPORT": "redis",
-        "DISTQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-    }
-    argv = [sys.executable, "-m", "distq", "worker", "--tasks", "slow_module"]
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    proc = started(
+        *("worker", "--tasks", "slow_module"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
     )
     try:
         assert proc.stdout is not None
@@ -320,20 +314,12 @@ def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], cod
     waited for a broker that does not answer was ignored, and `docker stop` waited out
     its whole grace period. A job not started is not done (exit 1), but an endless
     --rate job's stop is its end (exit 0)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
     with socket.create_server(("127.0.0.1", 0)) as silent:  # takes connections, says nothing
-        env = {
-            **clean,
-            "PYTHONPATH": str(REPO / "src"),
-            "DISTQ_TRANSPORT": "redis",
-            "DISTQ_REDIS_URL": f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "distq", "master", *extra],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        proc = started(
+            "master",
+            *extra,
+            DISTQ_TRANSPORT="redis",
+            DISTQ_REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
         )
         try:
             time.sleep(1.5)  # started, and waiting for the broker's answer
@@ -348,19 +334,10 @@ def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], cod
 
 def test_a_master_says_what_a_signal_does_and_a_second_one_stops_it_at_once() -> None:
     """Silent for the drain's 5 s after Ctrl-C, and a second Ctrl-C did nothing."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
-    env = {
-        **clean,
-        "PYTHONPATH": str(REPO / "src"),
-        "DISTQ_AUTHKEY": "k",
-        "DISTQ_MANAGER_ADDRESS": f"127.0.0.1:{free_port()}",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distq", "master", "--tasks", "3", "--timeout", "60"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc = started(
+        *("master", "--tasks", "3", "--timeout", "60"),
+        DISTQ_AUTHKEY="k",
+        DISTQ_MANAGER_ADDRESS=f"127.0.0.1:{free_port()}",
     )
     try:
         assert proc.stdout is not None
