@@ -545,6 +545,55 @@ def test_permissions_taken_away_mid_run_are_a_config_error_not_an_outage(
             consumer.fetch(1, 0.0)
 
 
+def test_scripts_run_when_full_for_a_user_without_info(
+    open_transport: OpenTransport, redis_url: str, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """INFO is @dangerous: a user without it was taken for Redis 6.2, and its scripts
+    went out without the allow-oom flag (the wedge when full, on Redis 7)."""
+    if int(str(raw.info("server")["redis_version"]).split(".")[0]) < 7:
+        pytest.skip("allow-oom scripts need Redis 7")
+    port = urlsplit(redis_url).port
+    with _acl_user(raw, f"~{queue}", f"~distq:{queue}:*", "+@all", "-@dangerous") as user:
+        transport = open_transport(url=f"redis://{user}:pw@127.0.0.1:{port}/0")
+        assert transport.claim_script.source.startswith("#!lua flags=allow-oom\n")
+        assert transport.consumer("w").fetch(1, 0.0) == []  # and Redis runs it
+
+
+def test_a_redis_kept_full_by_other_data_still_runs_the_job(tmp_path: Path) -> None:
+    """Full for good (another application's keys): the scripts ran, but the BLMOVE of a
+    worker's and the master's waits was refused, an outage each time; the results sat
+    unread and the worker never went idle (0 of 50 results in 20 s)."""
+    args = ["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]
+    with LocalRedis(tmp_path, extra_args=args).start() as server:
+        if tuple(int(p) for p in server.version.split(".")[:2]) < (7, 0):
+            pytest.skip(f"Redis {server.version}: allow-oom scripts need Redis 7")
+        target = _redis_target(server.url)
+        client = server.client()
+        master = Distq(
+            ["master", "--tasks", "50", "--timeout", "25", "--quiet"], target.process_env()
+        )
+        worker = None
+        try:
+            deadline = time.monotonic() + 10
+            while client.llen(target.settings.queue) < 50 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with contextlib.suppress(redis.ResponseError):  # until Redis refuses: full
+                for n in range(400):
+                    client.set(f"other{n}", b"z" * 50_000)
+            client.config_set("maxmemory", "3mb")  # and full it stays, whatever drains
+            worker = Distq(["worker", "--exit-when-idle", "2", "--quiet"], target.process_env())
+            assert master.wait(40) == 0, master.output()
+            assert worker.wait(30) == 0, worker.output()
+            out = master.output() + worker.output()
+        finally:
+            for process in (master, worker):
+                if process is not None:
+                    process.stop(grace=0)
+            client.close()
+    assert "all 50 results in and correct" in out, out
+    assert "reconnecting" not in out and "50 ok" in out, out
+
+
 def _exits_2_after(
     process: Distq, ready: str, change: Callable[[], object], raw: redis.Redis[bytes], queue: str
 ) -> str:

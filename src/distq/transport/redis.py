@@ -124,6 +124,10 @@ log = logging.getLogger(__name__)
 
 #: Longest single blocking call; long waits loop so leases and sweeps keep running.
 MAX_BLOCK_SECONDS = 5.0
+#: After Redis refused a call for its ``maxmemory``, waits poll this long (no BLMOVE).
+FULL_SECONDS = 2.0
+#: How often a wait polls meanwhile.
+FULL_POLL_SECONDS = 0.05
 #: A master's result list outlives its master's deadline by this much (ms).
 REPLY_GRACE_MS = 60_000
 
@@ -520,6 +524,7 @@ class RedisTransport(Transport):
         self.master_ttl_ms = int(settings.master_ttl * 1000)
         # below the lease, so a consumer blocked in BLMOVE still holds a fresh lease
         self.block_slice = min(MAX_BLOCK_SECONDS, settings.lease_seconds / 3)
+        self._full_until = 0.0  # see full()
         # TCP keepalive is a TCP option: redis-py's unix socket connection refuses it
         tcp: dict[str, Any] = {} if _is_unix(settings.redis_url) else {"socket_keepalive": True}
         url = _lower_scheme(settings.redis_url)
@@ -553,7 +558,7 @@ class RedisTransport(Transport):
         # Redis 7 runs a script flagged allow-oom when full (maxmemory, noeviction): the
         # scripts drain the queue and free memory. Unflagged, the claim's ZADD was refused,
         # nothing drained, and master and workers waited for good. Submits stay refused.
-        head = _ALLOW_OOM if self.version >= (7, 0) else ""
+        head = _ALLOW_OOM if self._takes_flags() else ""
         self.claim_script = _Script(head + _PRELUDE + _CLAIM)
         self.settle_script = _Script(head + _PRELUDE + _SETTLE)
         self.release_script = _Script(head + _PRELUDE + _RELEASE)
@@ -593,15 +598,36 @@ class RedisTransport(Transport):
             raise ConnectionFailed(f"Redis at {self.address} failed at start: {exc}") from None
         except RedisError as exc:
             raise self._unreachable(exc) from None
-        version = "6.2"
+        version = "99"
         with contextlib.suppress(RedisError):  # an ACL may forbid INFO; then trust the server
             version = str(self.client.info("server").get("redis_version", version))
-        self.version = tuple(int(p) for p in version.split(".")[:2])
-        if self.version < (6, 2):
+        if tuple(int(p) for p in version.split(".")[:2]) < (6, 2):
             raise ConnectionFailed(
                 f"Redis at {self.address} is version {version}; distq needs Redis >= 6.2 "
                 "(LMOVE, BLMOVE, RPOP with a count)"
             )
+
+    def _takes_flags(self) -> bool:
+        """Whether this Redis runs a script flagged allow-oom (Redis 7: its version may
+        be hidden, INFO being @dangerous; 6.2's Lua reads the flags line as an error)."""
+        try:
+            self.client.execute_command("EVAL", _ALLOW_OOM + "return 1", 0)
+        except RedisError:
+            return False
+        return True
+
+    def full(self) -> bool:
+        """Whether Redis refused a call for its ``maxmemory`` lately: then waits poll (a
+        BLMOVE is refused when full, whatever the scripts may do)."""
+        return time.monotonic() < self._full_until
+
+    def refused_for_memory(self, reply: object) -> bool:
+        """Whether ``reply`` is Redis's refusal for its ``maxmemory`` (noeviction); if so,
+        waits poll for :data:`FULL_SECONDS` (:meth:`full`)."""
+        if isinstance(reply, ResponseError) and "used memory > 'maxmemory'" in str(reply):
+            self._full_until = time.monotonic() + FULL_SECONDS
+            return True
+        return False
 
     def check_types(self, wire: _Wire) -> None:
         """Raise :class:`ConfigError` naming the first of the queue's keys (see the key
@@ -713,6 +739,7 @@ class RedisTransport(Transport):
         except ResponseError as exc:
             if str(exc).startswith("WRONGTYPE"):  # a key was made another type since start
                 raise self._wrong_type_behind(exc) from None
+            self.refused_for_memory(exc)
             raise TransportError(f"Redis at {self.address}: {exc}") from None
         except RedisError as exc:
             raise TransportError(f"Redis at {self.address}: {exc}") from None
@@ -909,6 +936,8 @@ class RedisProducer(Producer):
                 got = self._take(min(remaining, self._t.block_slice), max_count)
                 if got:
                     return got
+                if self._t.full():  # the take did not wait (no BLMOVE): a short sleep
+                    time.sleep(min(remaining, FULL_POLL_SECONDS))
                 self._t.sweep(self._w)  # idle: bring back a dead worker's tasks meanwhile
                 if time.monotonic() >= deadline:
                     return []
@@ -937,7 +966,7 @@ class RedisProducer(Producer):
         commands: list[Sequence[Arg]] = [
             self._t.ack_script.command(self._keys, [*self._args, received])
         ]
-        if block is not None:
+        if block is not None and not self._t.full():  # full, BLMOVE is refused: results() polls
             blmove = ("BLMOVE", self.reply_to, self.reply_to, "RIGHT", "RIGHT", _seconds(block))
             commands.append(blmove)
         commands.append(("LRANGE", self.reply_to, -max_count, -1))
@@ -945,6 +974,8 @@ class RedisProducer(Producer):
 
     def _taken(self, commands: list[Sequence[Arg]], replies: list[Any]) -> list[bytes]:
         """The results of a take (:meth:`_take_commands`) from its replies."""
+        if len(replies) == 3 and self._t.refused_for_memory(replies[1]):  # full: no wait
+            replies = [replies[0], replies[2]]
         taken, bodies = replies[0], replies[-1]
         if isinstance(taken, NoScriptError):  # Redis lost its scripts: the LRANGE ran first
             taken = self._t.ack_script.evaluate(self._w, commands[0])
@@ -1011,10 +1042,17 @@ class RedisConsumer(Consumer):
         return out
 
     def _block_then_claim(self, block: float, max_count: int) -> list[Delivery]:
-        """One round trip: BLMOVE one task, then the claim script for the rest + the lease."""
+        """One round trip: BLMOVE one task, then the claim script for the rest + the lease;
+        while Redis is full, a short sleep and a claim that does not wait."""
+        if self._t.full():
+            time.sleep(min(block, FULL_POLL_SECONDS))
+            reply = self._t.claim_script(self._w, self._keys, [*self._args, max_count, 0])
+            return self._claimed(reply, max_count)
         claim = self._t.claim_script
         command = claim.command(self._keys, [*self._args, max_count - 1, 1])
         first, reply = self._w.pipeline([self._blmove(block), command])
+        if self._t.refused_for_memory(first):  # full: the claim ran all the same; poll on
+            first = None
         if isinstance(reply, NoScriptError):  # Redis lost its scripts; EVAL caches it again
             reply = claim.evaluate(self._w, command)
         _raise_first([first, reply])
@@ -1093,6 +1131,8 @@ class RedisConsumer(Consumer):
                     raise SettledThenFailed(f"Redis at {self._t.address}: {exc}") from None
                 raise
             settled, first, reply = replies[0], replies[1] if block > 0 else None, replies[-1]
+            if self._t.refused_for_memory(first):  # full: the claim ran all the same
+                first = None
             if isinstance(settled, NoScriptError):  # it runs after the claim: by body, below
                 settled = self._t.settle_script.evaluate(self._w, settle)
             if isinstance(reply, NoScriptError):
@@ -1113,6 +1153,8 @@ class RedisConsumer(Consumer):
         and the next delayed retry; 0 (no wait) after a batch with retries, or when the last
         claim filled (the ready list may hold more, and its reply says nothing of retries)."""
         if timeout <= 0 or not self._drained or any(s.retry is not None for s in settlements):
+            return 0.0
+        if self._t.full():  # no BLMOVE: the fetch after polls
             return 0.0
         block = min(timeout, self._t.block_slice)
         if self._retry_due is not None:
