@@ -252,10 +252,10 @@ class _Run(Generic[E]):
         self.paced_from = start
         try:
             self._loop(start)
+            if self.stop.is_set() and self.collector.outstanding:
+                self._drain()
         except ConfigError as exc:  # the broker refused a setting mid-job: a report all the same
             self._refused(exc)
-        if self.stop.is_set() and self.collector.outstanding and self.refused is None:
-            self._drain()
         return self._finish(time.perf_counter() - start)
 
     def _refused(self, exc: ConfigError) -> None:

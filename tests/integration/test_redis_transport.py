@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -659,6 +660,29 @@ def test_a_master_the_broker_refuses_mid_job_writes_its_report_and_exits_2(
     assert out.rstrip().endswith("master exit"), out
     written = json.loads(report.read_text())
     assert written["problems"][0].startswith(f"stopped: Redis key '{queue}' at 127.0.0.1:")
+
+
+def test_a_master_the_broker_refuses_while_it_drains_writes_its_report_too(
+    redis_url: str, raw: redis.Redis[bytes], tmp_path: Path
+) -> None:
+    """Stopped, the master waits up to 5 s for results in flight: a refusal then still
+    ended it with exit 2 and no summary, no report, no "master exit"."""
+    port = urlsplit(redis_url).port
+    with _acl_user(raw, "~*", "+@all") as user:
+        target = _redis_target(f"redis://{user}:pw@127.0.0.1:{port}/0")
+        report = tmp_path / "report.json"
+        argv = ["master", "--rate", "20", "--tasks", "200", "--report", str(report)]
+        master = Distq(argv, target.process_env())
+
+        def stop_then_refuse() -> None:
+            master.signal(signal.SIGTERM)
+            master.wait_for(r"^SIGTERM: stopping the job")
+            raw.execute_command("ACL", "SETUSER", user, "resetkeys", "~nothing")
+
+        out = _exits_2_after(master, r"^put task ", stop_then_refuse, raw, target.settings.queue)
+    assert re.search(r"^job stopped after .* missing$", out, re.M), out
+    assert out.rstrip().endswith("master exit") and "Traceback" not in out, out
+    assert json.loads(report.read_text())["problems"][0].startswith("stopped: Redis at ")
 
 
 def test_submit_wait_whose_broker_refuses_it_mid_wait_says_so_in_one_line(
