@@ -677,6 +677,7 @@ def test_a_master_the_broker_refuses_while_it_drains_writes_its_report_too(
         def stop_then_refuse() -> None:
             master.signal(signal.SIGTERM)
             master.wait_for(r"^SIGTERM: stopping the job")
+            time.sleep(1.0)  # the job's loop has ended: the master drains (up to 5 s)
             raw.execute_command("ACL", "SETUSER", user, "resetkeys", "~nothing")
 
         out = _exits_2_after(master, r"^put task ", stop_then_refuse, raw, target.settings.queue)
