@@ -25,7 +25,9 @@ from prometheus_client.utils import floatToGoString
 
 from distq.transport.base import QueueStats
 
-#: Seconds, from a fast task's half millisecond to five minutes.
+#: Seconds, from a fast task's half millisecond to an hour: a backlog's queue waits run
+#: to many minutes, and past the last bound a quantile reads as that bound (all waits of
+#: 30 minutes read "5 min" when it was 300 s).
 BUCKETS = (
     0.0005,
     0.001,
@@ -44,6 +46,9 @@ BUCKETS = (
     30.0,
     60.0,
     300.0,
+    900.0,
+    1800.0,
+    3600.0,
 )
 BASE = ("transport", "queue")
 UNREGISTERED = "(unregistered)"  # a task name this worker does not know

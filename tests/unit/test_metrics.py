@@ -325,10 +325,17 @@ def test_a_histogram_takes_a_batch_of_any_size_as_prometheus_client_would(size: 
     assert samples(ours) == pytest.approx(samples(reference))
 
 
+def test_buckets_reach_an_hour_so_a_long_wait_is_not_read_as_five_minutes() -> None:
+    """Past the last bound ``histogram_quantile`` answers that bound: with 300 s the
+    last, a backlog whose tasks all waited 30 minutes showed p50 = p99 = 300 s."""
+    assert BUCKETS[-1] >= 3600 and 1800.0 in BUCKETS
+    assert list(BUCKETS) == sorted(set(BUCKETS))
+
+
 def test_histogram_buckets_match_prometheus_clients_own() -> None:
     metrics, telemetry = worker_metrics()
     reference = Histogram("ref", "ref", buckets=BUCKETS, registry=CollectorRegistry())
-    values = [1e-9, 0.0005, 0.00051, 0.001, 0.3, 1.0, 2.5, 299.0, 300.0, 301.0, 1e6]
+    values = [1e-9, 0.0005, 0.00051, 0.001, 0.3, 1.0, 2.5, 299.0, 300.0, 301.0, 1800.0, 1e6]
     telemetry.settled([ending(task(), "ok", time.time(), seconds) for seconds in values])
     for seconds in values:
         reference.observe(seconds)
