@@ -276,14 +276,16 @@ class WorkerHealth(ProcessHealth):
         released: int = 0,
         orphaned: int = 0,
         retry_in: float = 0.0,
+        kept: int = 0,
     ) -> None:
         """Count settled deliveries; each is exactly one of these outcomes.
 
         ``failed`` tasks got an error result and a dead letter; ``malformed`` messages
         and ``orphaned`` tasks (their master is gone) only a dead letter; ``released``
         ones went back to the queue unprocessed. ``retry_in``: seconds until the latest
-        of the ``retried`` tasks' next attempts is due (see :meth:`idle_for`).
-        """
+        of the ``retried`` tasks' next attempts is due (see :meth:`idle_for`). ``kept``
+        ones a full queue refused to take back leave the hand uncounted: the consumer
+        keeps them, and its next fetch takes them again (:meth:`took`)."""
         with self._lock:
             self._last_activity = now = self._now()
             if retry_in > 0:
@@ -292,7 +294,7 @@ class WorkerHealth(ProcessHealth):
             self.tasks_failed += failed
             self.tasks_retried += retried
             self.dead_lettered += failed + malformed + orphaned
-            self.in_hand -= ok + failed + retried + malformed + released + orphaned
+            self.in_hand -= ok + failed + retried + malformed + released + orphaned + kept
 
     def idle_for(self) -> float:
         """Seconds since a task was last taken or finished, or since the last retry this

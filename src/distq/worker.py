@@ -590,5 +590,5 @@ class Worker:
         retry_in = 0.0  # a retry due later keeps --exit-when-idle waiting for it
         if counts["retried"]:
             retry_in = max(e.settlement.retry_delay for e in endings if e.outcome == "retried")
-        self.health.finished(released=released, retry_in=retry_in, **counts)
+        self.health.finished(released=released, retry_in=retry_in, kept=kept, **counts)
         self.telemetry.settled(endings, released, at)

@@ -234,12 +234,16 @@ def test_deliveries_the_broker_refused_to_take_back_are_not_counted_released() -
     )
     deliveries = [Delivery(task().encode(), i) for i in range(4)]
     held = slot(Refuses(fail=False))
+    worker.health.took(len(deliveries))  # as the slot's fetch does
     endings = [worker.runner(deliveries[0])]
     worker._settle(held, endings, deliveries[1:])
     registry = metrics.registry
     assert value(registry, "distq_worker_tasks_total", task="(unknown)", outcome="released") == 0
     assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 1
     assert held.in_hand == 0  # out of the slot's hands: its fetch takes them in again
+    # and out of the worker's count too: it stayed 3 too high for good (the next fetch
+    # took them again), so --exit-when-idle never came and the in-hand gauge lied
+    assert worker.health.in_hand == 0
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
