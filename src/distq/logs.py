@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -185,6 +186,15 @@ class MaskingFormatter(logging.Formatter):
         return mask_secrets(super().format(record))
 
 
+def _logged(args: threading.ExceptHookArgs) -> None:
+    """An exception that ended a thread, logged (as a JSON line) rather than printed."""
+    if args.exc_type is SystemExit:
+        return  # as threading's own hook: a thread's sys.exit() says nothing
+    name = args.thread.name if args.thread is not None else "?"
+    exc = (args.exc_type, args.exc_value, args.exc_traceback)
+    logging.getLogger("distq").error("exception in thread %s", name, exc_info=exc)  # type: ignore[arg-type]
+
+
 def make_console(
     log_format: str, role: str, quiet: bool = False, **fields: Any
 ) -> Console | JsonConsole:
@@ -194,6 +204,7 @@ def make_console(
     if log_format == "json":
         console = JsonConsole(role, quiet=quiet, **fields)
         handler.setFormatter(JsonFormatter(console.fields))
+        threading.excepthook = _logged  # a task's own thread's traceback: a JSON line too
     else:
         console = TextConsole(quiet=quiet)
         handler.setFormatter(MaskingFormatter("distq: %(message)s"))

@@ -163,6 +163,31 @@ def test_library_log_records_are_masked_in_both_formats(json_format: bool) -> No
         assert line == "distq: lost redis://:***@h/0"
 
 
+def test_a_thread_that_dies_in_json_mode_writes_a_json_line_not_a_traceback() -> None:
+    """A task's own thread that raised printed Python's plain traceback into the JSON
+    stream: lines that do not parse."""
+    code = (
+        "import threading\n"
+        "from distq.logs import make_console\n"
+        "make_console('json', 'worker')\n"
+        "def boom(): raise ValueError('in a thread of the task')\n"
+        "t = threading.Thread(target=boom, name='tasks-own'); t.start(); t.join()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    (line,) = done.stderr.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "error" and record["role"] == "worker", record
+    assert record["message"].startswith("exception in thread tasks-own\nTraceback")
+    assert record["message"].rstrip().endswith("ValueError: in a thread of the task")
+
+
 def test_every_json_line_is_compact_non_ascii_and_library_records_too() -> None:
     """Lines with a non-ASCII field (a worker named wörker-✓: every line it wrote) and
     every library record came out of json.dumps with blanks after , and : while the
