@@ -18,8 +18,6 @@ import base64
 import contextlib
 import functools
 import json
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,7 +27,7 @@ import msgspec
 from distq import flagtypes
 from distq.codec import Codec
 from distq.config import MAX_ATTEMPTS, Settings
-from distq.console import Console
+from distq.console import Console, say
 from distq.envelope import NO_REPLY, DeadLetter, Task, new_id, shown
 from distq.errors import (
     BrokenExecutor,
@@ -38,6 +36,7 @@ from distq.errors import (
     KeyMissing,
     MessageTooLarge,
     RemoteError,
+    SignatureError,
     TransportError,
 )
 from distq.executor import Executor
@@ -50,21 +49,6 @@ COMMANDS = ("submit", "status", "dead-letters", "requeue-dead")
 EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
 SHOWN_CHARS = 200  # of a dead letter's arguments, in text output
 MAX_LIMIT = 2**31 - 1  # --limit: what every broker's range commands take
-
-
-def _say(line: str) -> None:
-    """A line of the command's output: on stdout as it is, whatever DISTQ_LOG_FORMAT says
-    (that shapes diagnostics, which go to ``console.error``).
-
-    A reader that left (``| head -1``) is no failure of the command: the rest goes to
-    /dev/null and its exit code still says how it went (a task ``submit`` queued is
-    queued; a traceback and exit 1 made a script submit it again)."""
-    try:
-        print(line, flush=True)
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
@@ -159,11 +143,18 @@ def parse_argument(text: str) -> Any:
     except RecursionError:  # nested past Python's own limit: far past the wire's
         raise ConfigError(f"ARG {text[:40]!r}... is nested too deep; {_NESTING}") from None
     except ValueError as exc:  # JSON, but an integer past Python's digit limit
-        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
         raise ConfigError(
-            f"ARG {shown!r} ({len(text):,} characters): {exc}; to send it as a string, "
-            "write it as a JSON string, in double quotes"
+            f"ARG {_quoted(text)}: {exc}; to send it as a string, write it as a JSON "
+            "string, in double quotes"
         ) from None
+
+
+def _quoted(text: str) -> str:
+    """``text`` quoted for an error line: its ends only, and its length, when long (a
+    100 KB argument made a 100 KB line)."""
+    if len(text) <= 40:
+        return repr(text)
+    return f"{f'{text[:20]}...{text[-10:]}'!r} ({len(text):,} characters)"
 
 
 _NESTING = f"a task's arguments may nest {MAX_DEPTH} levels at most"
@@ -212,14 +203,14 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
                 producer.flush()  # the broker holds it before we say so
             finally:
                 producer.close()
-        _say(task.id)
+        say(task.id)
         return 0
     executor = Executor(settings, host=False, max_attempts=args.max_attempts)
     stop: Callable[[], None] = executor.shutdown
     future: DistqFuture | None = None
     try:
         future = executor.submit(args.task_name, *values, **kwargs)
-        _say(future.task_id)
+        say(future.task_id)
         value = future.result(args.timeout)
     except RemoteError as exc:
         console.error(str(exc))
@@ -248,7 +239,7 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
         return EXIT_FAILED
     finally:
         stop()
-    _say(json.dumps(value))
+    say(json.dumps(value))
     return 0
 
 
@@ -259,12 +250,14 @@ def _kwargs(text: str | None) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise ConfigError(
-            f"--kwargs {text!r} is not JSON ({exc}); use e.g. '{{\"size\": 64}}'"
+            f"--kwargs {_quoted(text)} is not JSON ({exc}); use e.g. '{{\"size\": 64}}'"
         ) from None
     except RecursionError:
-        raise ConfigError(f"--kwargs {text[:40]!r}... is nested too deep; {_NESTING}") from None
+        raise ConfigError(f"--kwargs {_quoted(text)} is nested too deep; {_NESTING}") from None
     if not isinstance(value, dict):
-        raise ConfigError(f"--kwargs {text!r} is not a JSON object; use e.g. '{{\"size\": 64}}'")
+        raise ConfigError(
+            f"--kwargs {_quoted(text)} is not a JSON object; use e.g. '{{\"size\": 64}}'"
+        )
     return value
 
 
@@ -275,7 +268,7 @@ def _status(
     stats = transport.stats()
     in_flight, unknown_why = _in_flight(stats, settings)
     if args.json:
-        _say(
+        say(
             json.dumps(
                 {
                     "transport": transport.name,
@@ -288,11 +281,11 @@ def _status(
             )
         )
         return 0
-    _say(f"{transport.describe()}, queue {settings.queue!r}")
-    _say(f"ready      {stats.ready}")
-    _say(f"in flight  {in_flight if in_flight is not None else 'unknown: ' + unknown_why}")
-    _say(f"dead       {stats.dead}")
-    _say(f"workers    {stats.consumers} (worker slots attached)")
+    say(f"{transport.describe()}, queue {settings.queue!r}")
+    say(f"ready      {stats.ready}")
+    say(f"in flight  {in_flight if in_flight is not None else 'unknown: ' + unknown_why}")
+    say(f"dead       {stats.dead}")
+    say(f"workers    {stats.consumers} (worker slots attached)")
     return 0
 
 
@@ -323,16 +316,16 @@ def _dead_letters(
     letters = transport.dead_letters(args.limit)
     codec = Codec.from_settings(settings)  # signed bodies open with the same keys
     if args.json:
-        _say(json.dumps([_letter_json(letter, codec) for letter in letters], indent=2))
+        say(json.dumps([_letter_json(letter, codec) for letter in letters], indent=2))
         return 0
     total = transport.stats().dead
-    _say(f"{len(letters)} of {total} dead letters, oldest first")
+    say(f"{len(letters)} of {total} dead letters, oldest first")
     for letter in letters:
         when = _when(letter.at)
         if letter.unreadable:  # no time: the raw entry is all there is
             when = "time unknown".ljust(len(when))
-        _say(f"{when}  worker {shown(letter.worker) or '-'}  {shown(letter.reason)}")
-        _say(f"    {_describe_body(letter.body, codec)}")
+        say(f"{when}  worker {shown(letter.worker) or '-'}  {shown(letter.reason)}")
+        say(f"    {_describe_body(letter.body, codec)}")
     return 0
 
 
@@ -376,7 +369,7 @@ def _describe_body(body: bytes, codec: Codec) -> str:
         return f"body {_cut(repr(body))} ({exc})"
     call = ", ".join(
         [json.dumps(a) for a in task.args]
-        + [f"{k}={json.dumps(v)}" for k, v in task.kwargs.items()]
+        + [f"{shown(k)}={json.dumps(v)}" for k, v in task.kwargs.items()]  # keys from the wire
     )
     return f"task {shown(task.name)}({_cut(call)}) [{shown(task.id)}]"
 
@@ -414,10 +407,12 @@ def _unopened(exc: EnvelopeError, body: bytes, codec: Codec) -> str | None:
     """Why ``requeue-dead`` could not open ``body`` with its own settings, when a setting
     is why (a signing key it lacks, a size limit below the task's). Then the task goes
     back unchanged (its old master, its old attempt) and, its master long gone, is
-    dead-lettered again at once: the command says so and exits 1. None for a malformed
-    task or a forged one."""
+    dead-lettered again at once: the command says so and exits 1; so for one unsigned or
+    forged, which workers that sign refuse again. None for a malformed task."""
     if isinstance(exc, KeyMissing):
         return f"{exc}; set the workers' DISTQ_SIGNING_KEYS for this command"
+    if isinstance(exc, SignatureError):  # unsigned (from before signing), or forged
+        return f"{exc}; workers with signing keys refuse it again, at once"
     if isinstance(exc, MessageTooLarge) and len(body) > codec.max_message_bytes:
         return f"{exc}; set the workers' DISTQ_MAX_MESSAGE_BYTES for this command"
     return None
@@ -440,17 +435,17 @@ def _requeue_dead(
         return revive(letter)
 
     moved = transport.requeue_dead(limit, counted) if limit > 0 else 0
-    _say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
+    say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
     # revived more than once only when another requeue-dead took a letter first: at most
     unreadable = min(unreadable, moved)
     if unopened:  # a wrong setting here, most likely: said, and exit 1, not "done"
-        _say(
+        say(
             f"{min(len(unopened), moved)} of them could not be started over: they went back "
             "unchanged, with their old master and attempt, and a worker dead-letters them "
             f"again unless it can run them; the first: {unopened[0]}"
         )
     if unreadable:
-        _say(
+        say(
             f"{unreadable} of them unreadable (not a distq dead letter): their raw bytes went "
             "back as tasks, which a worker dead-letters again as malformed, with the reason "
             "and the bytes kept (see `distq dead-letters`)"

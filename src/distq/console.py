@@ -52,6 +52,21 @@ class Progress:
         self._stream.flush()
 
 
+def say(line: str) -> None:
+    """A line of a command's output: on stdout as it is, whatever DISTQ_LOG_FORMAT says
+    (that shapes diagnostics, which go to ``console.error``).
+
+    A reader that left (``| head -1``, ``| grep -q``) is no failure of the command: the
+    rest goes to /dev/null and its exit code still says how it went (a task ``submit``
+    queued is queued; a traceback and exit 1 made a script submit it again)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def announce(console: Console, line: str) -> None:
     """``console.info(line)`` from a signal handler. The handler may run while this
     thread is inside a write to the same stream (a write to a pipe interrupted by the
@@ -122,8 +137,8 @@ class Console:
         try:
             stream.write(text)
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe or file, a full disk
-            self._lost(stream)
+        except (OSError, ValueError, AttributeError):  # a closed pipe or file, a full disk;
+            self._lost(stream)  # None: the process started with that descriptor closed
 
     def _lost(self, stream: TextIO) -> None:
         """``stream`` failed: drop it, and say so once on the other one (in this

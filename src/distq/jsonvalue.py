@@ -110,7 +110,11 @@ def problem(value: Any, name: str, max_depth: int = MAX_DEPTH) -> str | None:
 
 def check_arguments(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
     """Raise ``TypeError`` naming the first argument of a call of ``task`` that is not a
-    JSON value (see :func:`problem`)."""
+    JSON value (see :func:`problem`), or naming ``task`` itself if the wire cannot carry
+    it (bytes from a shell that are not UTF-8: an encoder's traceback before)."""
+    why = _unsendable(task) if isinstance(task, str) else None
+    if why:
+        raise TypeError(f"the task name {task!r} {why}; name a task the workers run")
     for index, value in enumerate(args):
         kind = type(value)
         if (kind is str and value.isascii()) or (kind is int and value.bit_length() < 64):

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from distq import flagtypes
+from distq.console import say
 from distq.http import probe
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
@@ -82,7 +83,7 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             file=sys.stderr,
         )
         return EXIT_UNHEALTHY
-    print(body.rstrip("\n"))
+    say(body.rstrip("\n"))  # a reader that left (| grep -q) is no failure of the process
     return EXIT_OK if status == 200 else EXIT_UNHEALTHY
 
 

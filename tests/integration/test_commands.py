@@ -248,6 +248,33 @@ def test_requeue_dead_without_the_signing_key_says_so_and_exits_1(
     assert (status(target)["ready"], status(target)["dead"]) == (2, 0)
 
 
+def test_requeue_dead_with_signing_on_says_so_of_letters_from_before_it(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """A letter that died before signing was turned on went back with "requeued 1" and
+    exit 0, and workers that sign refused it again at once."""
+    unsigned = DeadLetter(
+        body=Task(name="jobs:add", args=[1, 2], reply_to="gone").encode(),
+        reason="failed",
+        queue="q",
+        worker="w",
+    ).encode()
+    _dead_letter(target, hosted, remote, [unsigned])
+    done = subprocess.run(
+        [sys.executable, "-m", "distq", "requeue-dead"],
+        env=target.process_env(DISTQ_SIGNING_KEYS="requeue-key-0123456789abcdef"),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    moved, why = done.stdout.strip().splitlines()
+    assert moved.startswith("requeued 1 dead letters")
+    assert why.startswith("1 of them could not be started over") and "unsigned" in why, why
+    assert why.endswith("workers with signing keys refuse it again, at once")
+
+
 def test_submit_wait_prints_the_result_or_the_remote_error(
     target: Target, hosted: Transport, workers: list[Distq]
 ) -> None:

@@ -588,3 +588,19 @@ def test_a_signal_while_a_stopping_worker_closes_keeps_its_exit_code(
     assert Transport.closed
     assert "SIGTERM: the worker is stopping already" in out.getvalue()
     assert "while connecting" not in out.getvalue()
+
+
+def test_a_command_started_with_stderr_closed_keeps_its_exit_code() -> None:
+    """``2>&-`` (a daemon, cron): sys.stderr is None, and every failing command exited 1,
+    not the README's 2 (configuration) or 3 (broker)."""
+    done = subprocess.run(
+        f"{sys.executable} -m distq worker 2>&-",
+        shell=True,
+        executable="/bin/bash",
+        env=_env(DISTQ_TRANSPORT="kafka"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)

@@ -534,3 +534,37 @@ def test_the_metrics_line_shows_an_ipv6_host_in_brackets() -> None:
     observe = WorkerObservability(settings, Console(out=out), slots=1, task_names=["square"])
     observe.close()
     assert f"metrics, /healthz and /readyz on http://[::1]:{port}\n" in out.getvalue()
+
+
+def test_a_probe_whose_reader_leaves_early_exits_with_the_answer_not_a_traceback() -> None:
+    """``distq probe healthz | grep -q ok``: a reader that stops reading ended a probe
+    of a healthy process in a BrokenPipeError traceback and exit 1."""
+    body = b"ok\n" + b"x" * 300_000  # past a pipe's buffer: the write meets the gone reader
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    try:
+        done = subprocess.run(
+            f"{sys.executable} -m distq probe healthz --port {port} | head -c 3 >/dev/null;"
+            " exit ${PIPESTATUS[0]}",
+            shell=True,
+            executable="/bin/bash",
+            env={**clean, "PYTHONPATH": str(REPO / "src")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        listener.close()
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr

@@ -7,9 +7,10 @@ import time
 import pytest
 
 from distq.codec import Codec
-from distq.commands import _kwargs, parse_argument, reviver
+from distq.commands import _describe_body, _kwargs, parse_argument, reviver
 from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import ConfigError, SignatureError
+from distq.jsonvalue import check_arguments
 
 KEY = b"0123456789abcdef-key"
 
@@ -76,3 +77,25 @@ def test_a_signed_task_is_opened_and_signed_anew() -> None:
         Codec().open_task(body)
     other = Codec([b"another-key-0123456789"])
     assert reviver(other)(letter) == letter.body  # cannot open it: back as it was
+
+
+def test_a_keyword_name_from_the_wire_cannot_forge_dead_letter_lines() -> None:
+    """Names, ids and reasons were escaped; keyword names printed raw: a queued task
+    could write fake letters and terminal escapes into `dead-letters`."""
+    task = Task(name="t", args=[], kwargs={"x\nfake letter\x1b[2J": 1}, reply_to=NO_REPLY)
+    line = _describe_body(task.encode(), Codec())
+    assert "\n" not in line and "\x1b" not in line and "fake letter" in line, line
+
+
+def test_a_task_name_that_is_not_utf_8_is_refused_by_name() -> None:
+    """Bytes from a shell that are not UTF-8 (surrogates in argv): an encoder's traceback."""
+    with pytest.raises(TypeError, match=r"the task name '\\udcff\\udcfe' holds the unpaired"):
+        check_arguments("\udcff\udcfe", [], {})
+
+
+def test_a_long_kwargs_or_argument_is_quoted_by_its_ends_in_an_error() -> None:
+    """A typo in a 100 KB --kwargs made a 100 KB error line."""
+    for text in ("{" + "x" * 100_000, "[" + "1," * 50_000 + "]"):
+        with pytest.raises(ConfigError) as caught:
+            _kwargs(text)
+        assert len(str(caught.value)) < 300 and "characters)" in str(caught.value)
