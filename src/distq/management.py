@@ -24,6 +24,7 @@ import dataclasses
 import http.client
 import json
 import re
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -39,6 +40,16 @@ from distq.tls import TlsFiles, failure
 
 TIMEOUT_SECONDS = 2.0
 RECORD_QUEUES = 500  # lease-record queues counted (one per worker connection holding one)
+
+
+def _count(value: object) -> int:
+    """A count of the API's answer: a whole number of 0 or more, else ``ValueError``."""
+    if not isinstance(value, int | float | str):
+        raise TypeError(f"a count of type {type(value).__name__}")
+    count = int(value)
+    if count < 0:
+        raise ValueError(f"negative count {count}")
+    return count
 
 
 class ManagementError(DistqError):
@@ -100,6 +111,7 @@ class ManagementApi:
             "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode(),
         }
         self.timeout = timeout
+        self._late: threading.Thread | None = None  # a request still running past timeout
         # the API sits next to the broker: an HTTP(S)_PROXY of the environment is not the way
         handlers: list[urllib.request.BaseHandler] = [
             urllib.request.ProxyHandler({}),
@@ -127,20 +139,54 @@ class ManagementApi:
         data = self._get(self.url)
         try:
             queue = ManagedQueue(
-                ready=int(data.get("messages_ready", 0)),
-                unacknowledged=int(data.get("messages_unacknowledged", 0)),
-                consumers=int(data.get("consumers", 0)),
+                ready=_count(data.get("messages_ready", 0)),
+                unacknowledged=_count(data.get("messages_unacknowledged", 0)),
+                consumers=_count(data.get("consumers", 0)),
             )
-        except (AttributeError, TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError, OverflowError):  # 1e400: OverflowError
             raise ManagementError(f"{self._where} answered an unexpected document") from None
         page = self._get(self.records_url)
+        prefix = f"{self.queue}.held."  # the API's name filter ignores case: JOBS.held.* too
         try:
-            held = sum(int(item.get("messages", 0)) for item in page["items"])
-        except (AttributeError, KeyError, TypeError, ValueError):
+            held = sum(
+                _count(item.get("messages", 0))
+                for item in page["items"]
+                if str(item.get("name", "")).startswith(prefix)
+            )
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
             raise ManagementError(f"{self._where} answered an unexpected page of queues") from None
         return dataclasses.replace(queue, held=held)
 
     def _get(self, url: str) -> Any:
+        """The JSON document at ``url``, within :attr:`timeout` in all: the socket's own
+        timeout bounds each read only, and an API that trickled its answer a byte at a
+        time held ``distq status`` and a master's queue-depth samples for good. The
+        request runs on a thread of its own, left to end by itself if it is late; while
+        it has not, the next request fails at once."""
+        if self._late is not None and self._late.is_alive():
+            raise ManagementError(
+                f"{self._where} has not finished answering a request of over {self.timeout:g} s ago"
+            )
+        answer: list[tuple[bool, Any]] = []
+
+        def fetch() -> None:
+            try:
+                answer.append((True, self._fetch(url)))
+            except BaseException as exc:  # handed to the caller
+                answer.append((False, exc))
+
+        thread = threading.Thread(target=fetch, name="distq-management", daemon=True)
+        thread.start()
+        thread.join(self.timeout)
+        if not answer:
+            self._late = thread
+            raise ManagementError(f"{self._where} did not answer within {self.timeout:g} s")
+        ok, value = answer[0]
+        if not ok:
+            raise value
+        return value
+
+    def _fetch(self, url: str) -> Any:
         where = self._where
         request = urllib.request.Request(url, headers=self._headers)
         try:

@@ -12,6 +12,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -86,6 +87,8 @@ def test_reads_the_queue_of_the_amqp_urls_vhost_with_basic_auth(stub: tuple[Stub
         (404, {}, "has no queue 'jobs' in vhost '/'"),
         (500, {}, "answered HTTP 500"),
         (200, ["not", "a", "queue"], "answered an unexpected document"),
+        (200, {"messages_ready": 1e400}, "answered an unexpected document"),  # OverflowError
+        (200, {"consumers": -5}, "answered an unexpected document"),
     ],
 )
 def test_errors_name_the_setting_and_never_the_password(
@@ -99,6 +102,46 @@ def test_errors_name_the_setting_and_never_the_password(
     message = str(caught.value)
     assert expected in message and "DISTQ_RABBITMQ_MANAGEMENT_URL" in message
     assert "s3cret" not in message and "admin:***@" in message
+
+
+def test_another_queues_records_of_another_case_are_not_counted(stub: tuple[Stub, int]) -> None:
+    """The API's name filter ignores case: queue jobs counted JOBS's held tasks as its own."""
+    state, port = stub
+    state.records = {
+        "items": [{"name": "jobs.held.w1", "messages": 2}, {"name": "JOBS.held.w9", "messages": 3}]
+    }
+    api = ManagementApi(f"http://a:b@127.0.0.1:{port}", "amqp://h/%2F", "jobs")
+    assert api.read().held == 2
+
+
+def test_an_api_that_trickles_its_answer_is_given_up_on_within_the_timeout() -> None:
+    """The timeout bounded each read: a byte every 1.5 s held `distq status` and a
+    master's queue-depth samples for good."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            for byte in b"HTTP/1.0 200 OK\r\n\r\n{}":
+                if stop.wait(0.5):
+                    return
+                conn.sendall(bytes([byte]))
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    api = ManagementApi(f"http://u:p@127.0.0.1:{port}", "amqp://h/%2F", "jobs", timeout=1.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ManagementError, match="did not answer within 1 s"):
+            api.read()
+        assert time.monotonic() - started < 2
+        with pytest.raises(ManagementError, match="has not finished answering a request"):
+            api.read()  # the late one still runs: no second thread behind it
+    finally:
+        stop.set()
+        listener.close()
 
 
 def test_no_answer_is_an_error_too() -> None:
