@@ -41,7 +41,7 @@ from distq.errors import (
 )
 from distq.executor import Executor
 from distq.futures import DistqFuture
-from distq.jsonvalue import MAX_DEPTH, check_arguments
+from distq.jsonvalue import MAX_DEPTH, check_arguments, quoted_ends
 from distq.management import ManagementApi, ManagementError
 from distq.transport import QueueStats, Revive, Transport, open_transport
 
@@ -144,17 +144,9 @@ def parse_argument(text: str) -> Any:
         raise ConfigError(f"ARG {text[:40]!r}... is nested too deep; {_NESTING}") from None
     except ValueError as exc:  # JSON, but an integer past Python's digit limit
         raise ConfigError(
-            f"ARG {_quoted(text)}: {exc}; to send it as a string, write it as a JSON "
+            f"ARG {quoted_ends(text)}: {exc}; to send it as a string, write it as a JSON "
             "string, in double quotes"
         ) from None
-
-
-def _quoted(text: str) -> str:
-    """``text`` quoted for an error line: its ends only, and its length, when long (a
-    100 KB argument made a 100 KB line)."""
-    if len(text) <= 40:
-        return repr(text)
-    return f"{f'{text[:20]}...{text[-10:]}'!r} ({len(text):,} characters)"
 
 
 _NESTING = f"a task's arguments may nest {MAX_DEPTH} levels at most"
@@ -250,13 +242,13 @@ def _kwargs(text: str | None) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise ConfigError(
-            f"--kwargs {_quoted(text)} is not JSON ({exc}); use e.g. '{{\"size\": 64}}'"
+            f"--kwargs {quoted_ends(text)} is not JSON ({exc}); use e.g. '{{\"size\": 64}}'"
         ) from None
     except RecursionError:
-        raise ConfigError(f"--kwargs {_quoted(text)} is nested too deep; {_NESTING}") from None
+        raise ConfigError(f"--kwargs {quoted_ends(text)} is nested too deep; {_NESTING}") from None
     if not isinstance(value, dict):
         raise ConfigError(
-            f"--kwargs {_quoted(text)} is not a JSON object; use e.g. '{{\"size\": 64}}'"
+            f"--kwargs {quoted_ends(text)} is not a JSON object; use e.g. '{{\"size\": 64}}'"
         )
     return value
 

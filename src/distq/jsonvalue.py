@@ -114,19 +114,32 @@ def check_arguments(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -
     it (bytes from a shell that are not UTF-8: an encoder's traceback before)."""
     why = _unsendable(task) if isinstance(task, str) else None
     if why:
-        raise TypeError(f"the task name {task!r} {why}; name a task the workers run")
+        raise TypeError(f"the task name {quoted_ends(task)} {why}; name a task the workers run")
     for index, value in enumerate(args):
         kind = type(value)
         if (kind is str and value.isascii()) or (kind is int and value.bit_length() < 64):
             continue  # the common cases, without the walk
         found = problem(value, f"argument {index + 1}")
         if found is not None:
-            raise TypeError(f"{task}: {found}; {_ALLOWED}")
+            raise TypeError(f"{_named(task)}: {found}; {_ALLOWED}")
     for key, value in kwargs.items():
         why = _unsendable(key)
-        found = f"the keyword {key!r} {why}" if why else problem(value, f"keyword argument {key!r}")
+        shown = quoted_ends(key) if isinstance(key, str) else repr(key)
+        found = f"the keyword {shown} {why}" if why else problem(value, f"keyword argument {shown}")
         if found is not None:
-            raise TypeError(f"{task}: {found}; {_ALLOWED}")
+            raise TypeError(f"{_named(task)}: {found}; {_ALLOWED}")
+
+
+def quoted_ends(text: str) -> str:
+    """``text`` quoted for an error line: its ends only, and its length, when long (a
+    100 KB name or value made a 100 KB line)."""
+    if len(text) <= 40:
+        return repr(text)
+    return f"{f'{text[:20]}...{text[-10:]}'!r} ({len(text):,} characters)"
+
+
+def _named(task: str) -> str:
+    return task if len(task) <= 40 else quoted_ends(task)
 
 
 _ALLOWED = (

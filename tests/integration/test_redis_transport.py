@@ -560,6 +560,17 @@ def test_scripts_run_when_full_for_a_user_without_info(
         assert transport.consumer("w").fetch(1, 0.0) == []  # and Redis runs it
 
 
+def test_a_full_redis_poll_past_a_retry_already_due_does_not_fail(
+    open_transport: OpenTransport,
+) -> None:
+    """A retry due before the fetch began made its wait negative: while Redis is full,
+    time.sleep(-0.5) raised, and the slot took it for an outage."""
+    transport = open_transport()
+    consumer = transport.consumer("w")
+    transport._full_until = time.monotonic() + 5  # as after a refusal for memory
+    assert consumer._block_then_claim(-0.5, 5) == []
+
+
 def test_a_redis_kept_full_by_other_data_still_runs_the_job(tmp_path: Path) -> None:
     """Full for good (another application's keys): the scripts ran, but the BLMOVE of a
     worker's and the master's waits was refused, an outage each time; the results sat

@@ -99,3 +99,11 @@ def test_a_long_kwargs_or_argument_is_quoted_by_its_ends_in_an_error() -> None:
         with pytest.raises(ConfigError) as caught:
             _kwargs(text)
         assert len(str(caught.value)) < 300 and "characters)" in str(caught.value)
+
+
+def test_a_long_task_or_keyword_name_is_quoted_by_its_ends_in_an_error() -> None:
+    """The name checks quoted the whole name: a 100 KB name made a 100 KB line."""
+    for name, kwargs in (("\udcff" + "n" * 100_000, {}), ("t", {"k\udcff" + "k" * 100_000: 1})):
+        with pytest.raises(TypeError) as caught:
+            check_arguments(name, [], kwargs)
+        assert len(str(caught.value)) < 400 and "characters)" in str(caught.value)

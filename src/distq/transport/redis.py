@@ -1045,7 +1045,7 @@ class RedisConsumer(Consumer):
         """One round trip: BLMOVE one task, then the claim script for the rest + the lease;
         while Redis is full, a short sleep and a claim that does not wait."""
         if self._t.full():
-            time.sleep(min(block, FULL_POLL_SECONDS))
+            time.sleep(max(0.0, min(block, FULL_POLL_SECONDS)))  # a retry due already: < 0
             reply = self._t.claim_script(self._w, self._keys, [*self._args, max_count, 0])
             return self._claimed(reply, max_count)
         claim = self._t.claim_script
