@@ -560,6 +560,38 @@ def test_scripts_run_when_full_for_a_user_without_info(
         assert transport.consumer("w").fetch(1, 0.0) == []  # and Redis runs it
 
 
+@pytest.mark.parametrize("policy", ["noeviction", "allkeys-lru", "volatile-lru"])
+def test_a_redis_that_evicts_keys_is_named_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, policy: str
+) -> None:
+    """With an evicting policy (ElastiCache's default is volatile-lru) a full Redis
+    deleted distq's result lists: the master waited for them until --timeout, and
+    nothing said why."""
+    args = ["--maxmemory", "100mb", "--maxmemory-policy", policy]
+    with LocalRedis(tmp_path, extra_args=args).start() as server:
+        settings = Settings(transport="redis", redis_url=server.url, queue="evict")
+        RedisTransport(settings, "worker").close()
+    said = [r.getMessage() for r in caplog.records if "evicts keys when full" in r.message]
+    if policy == "noeviction":
+        assert said == []
+    else:
+        assert len(said) == 1 and f"(maxmemory-policy {policy}, maxmemory 100.00M)" in said[0]
+        assert "set maxmemory-policy noeviction" in said[0]
+
+
+def test_a_command_renamed_away_is_a_config_error_not_an_outage(tmp_path: Path) -> None:
+    """``rename-command BLMOVE ""``: master and worker said "unknown command ...;
+    reconnecting" for good, and a worker with --exit-when-idle left its tasks queued."""
+    with LocalRedis(tmp_path, extra_args=["--rename-command", "BLMOVE", ""]).start() as server:
+        settings = Settings(transport="redis", redis_url=server.url, queue="renamed")
+        transport = RedisTransport(settings, "worker")
+        try:
+            with pytest.raises(ConfigError, match="does not know a command distq uses"):
+                transport.consumer("w").fetch(1, 0.3)  # an empty queue: it waits, by BLMOVE
+        finally:
+            transport.close()
+
+
 def test_a_full_redis_poll_past_a_retry_already_due_does_not_fail(
     open_transport: OpenTransport,
 ) -> None:

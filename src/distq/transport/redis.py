@@ -79,7 +79,7 @@ import logging
 import secrets
 import shlex
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -599,12 +599,25 @@ class RedisTransport(Transport):
         except RedisError as exc:
             raise self._unreachable(exc) from None
         version = "99"
+        memory: Mapping[str, Any] = {}
         with contextlib.suppress(RedisError):  # an ACL may forbid INFO; then trust the server
             version = str(self.client.info("server").get("redis_version", version))
+            memory = self.client.info("memory")
         if tuple(int(p) for p in version.split(".")[:2]) < (6, 2):
             raise ConnectionFailed(
                 f"Redis at {self.address} is version {version}; distq needs Redis >= 6.2 "
                 "(LMOVE, BLMOVE, RPOP with a count)"
+            )
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if int(memory.get("maxmemory", 0) or 0) > 0 and policy != "noeviction":
+            log.warning(
+                "Redis at %s evicts keys when full (maxmemory-policy %s, maxmemory %s): "
+                "distq's tasks and results are keys like any other, and one evicted is lost "
+                "(a master then waits for it until --timeout); set maxmemory-policy "
+                "noeviction, or give distq a Redis of its own",
+                self.address,
+                policy,
+                memory.get("maxmemory_human", memory.get("maxmemory")),
             )
 
     def _takes_flags(self) -> bool:
@@ -739,6 +752,12 @@ class RedisTransport(Transport):
         except ResponseError as exc:
             if str(exc).startswith("WRONGTYPE"):  # a key was made another type since start
                 raise self._wrong_type_behind(exc) from None
+            if str(exc).startswith("unknown command"):  # rename-command: no outage, for good
+                raise ConfigError(
+                    f"Redis at {self.address} does not know a command distq uses ({exc}): "
+                    "renamed or disabled with rename-command? distq needs LMOVE, BLMOVE, "
+                    "EVAL, EVALSHA, SCRIPT and the list, hash and sorted-set commands"
+                ) from None
             self.refused_for_memory(exc)
             raise TransportError(f"Redis at {self.address}: {exc}") from None
         except RedisError as exc:
