@@ -2,9 +2,10 @@
 
 For each transport, in order: a batch job with every result correct; three workers that
 each process tasks (their own counters in Prometheus); every Prometheus target up; a
-worker SIGKILLed mid-job loses nothing; `docker stop` of a busy worker is a warm
-shutdown (exit 0 in seconds); a worker cut off its network past its lease has its tasks
-run elsewhere and rejoins; `make down` leaves nothing of the project behind.
+queue-depth sample of each state; a worker SIGKILLed mid-job loses nothing; `docker
+stop` of a busy worker is a warm shutdown (exit 0 in seconds); a worker cut off its
+network past its lease has its tasks run elsewhere and rejoins; `make down` leaves
+nothing of the project behind.
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ def test_prometheus_reports_every_target_up(stack: Stack) -> None:
         return targets if seen == expected and healthy else None
 
     wait_for(f"Prometheus: targets {sorted(expected)}, every one up", all_up, 60)
+
+
+def test_the_queue_depth_has_every_state_on_every_transport(stack: Stack) -> None:
+    """The compose stack set no DISTQ_RABBITMQ_MANAGEMENT_URL: on RabbitMQ the master
+    exported no in_flight sample, and the dashboard's two "In flight" panels were empty."""
+    for state in ("ready", "in_flight", "dead"):
+        expr = f'count(distq_queue_depth{{state="{state}"}})'
+
+        def sampled(expr: str = expr) -> dict[str, float] | None:
+            return stack.query(expr) or None
+
+        wait_for(f"Prometheus: a {state} sample", sampled, 60)
 
 
 def test_sigkill_of_a_worker_mid_job_loses_nothing(stack: Stack) -> None:
