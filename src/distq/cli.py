@@ -253,7 +253,7 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
     fewer_collections()
     observe = MasterObservability(settings, console)
     try:
-        transport = _connect(settings, "master", args.connect_timeout)
+        transport = _connect(settings, "master", args.connect_timeout, console)
     except BaseException:
         observe.close()
         raise
@@ -361,7 +361,7 @@ def _worker(
     fewer_collections()
     observe = WorkerObservability(settings, console, args.concurrency, registry.runnable())
     try:
-        transport = _connect(settings, "worker", args.connect_timeout)
+        transport = _connect(settings, "worker", args.connect_timeout, console)
     except BaseException:
         observe.close()
         raise
@@ -400,20 +400,30 @@ def _notify(console: Console, settings: Settings, role: Literal["master", "worke
             console.info(line)
 
 
-def _connect(settings: Settings, role: Literal["master", "worker"], patience: float) -> Transport:
+def _connect(
+    settings: Settings, role: Literal["master", "worker"], patience: float, console: Console
+) -> Transport:
     """Open the transport, retrying an unreachable broker for ``patience`` seconds (a
-    broker that starts beside the process, in compose or Kubernetes). A manager master
+    broker that starts beside the process, in compose or Kubernetes), and saying so once
+    (it waited up to 120 s, the Kubernetes value, without a line). A manager master
     listens rather than connects: a port it cannot have fails at once."""
     deadline = time.monotonic() + patience
+    said = False
     while True:
         try:
             return open_transport(settings, role)
         except AuthenticationFailed:
             raise
-        except ConnectionFailed:
+        except ConnectionFailed as exc:
             listens = role == "master" and settings.transport == "manager"
             if listens or time.monotonic() >= deadline:
                 raise
+            if not said:
+                said = True
+                console.error(
+                    f"waiting for the broker: {str(exc).rstrip('.')}; trying again for up "
+                    f"to {patience:g} s (--connect-timeout)"
+                )
             time.sleep(0.2)
 
 

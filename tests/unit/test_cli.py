@@ -420,13 +420,20 @@ def test_a_port_that_never_answers_the_amqp_handshake_exits_3_with_one_line(
     started = time.monotonic()
     done = distq(*args, DISTQ_TRANSPORT="rabbitmq", DISTQ_AMQP_URL=url)
     assert done.returncode == 3, done.stderr
-    assert done.stderr.splitlines() == [
-        f"distq: cannot reach RabbitMQ at 127.0.0.1:{silent_port} (DISTQ_AMQP_URL): no AMQP "
+    why = (
+        f"cannot reach RabbitMQ at 127.0.0.1:{silent_port} (DISTQ_AMQP_URL): no AMQP "
         "handshake within 0.5 s; is that port RabbitMQ's (not Redis's, not a proxy with no "
         "broker)?"
-    ]
+    )
     if args[0] == "worker":  # retried for its --connect-timeout, as any unreachable broker
         assert time.monotonic() - started > 2
+        assert done.stderr.splitlines() == [
+            f"distq: waiting for the broker: {why}; trying again for up to 2 s "
+            "(--connect-timeout)",
+            f"distq: {why}",
+        ]
+    else:
+        assert done.stderr.splitlines() == [f"distq: {why}"]
 
 
 @pytest.mark.parametrize(
@@ -604,3 +611,18 @@ def test_a_command_started_with_stderr_closed_keeps_its_exit_code() -> None:
         check=False,
     )
     assert done.returncode == 2, (done.stdout, done.stderr)
+
+
+def test_a_worker_waiting_for_its_broker_says_so_once() -> None:
+    """--connect-timeout (120 s in the Kubernetes manifests) waited without a line: the
+    reason came only with the exit 3 at its end."""
+    done = distq(
+        "worker",
+        "--connect-timeout",
+        "2",
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.count("waiting for the broker: cannot reach Redis at 127.0.0.1:") == 1
+    assert "trying again for up to 2 s (--connect-timeout)" in done.stderr, done.stderr
