@@ -18,6 +18,7 @@ import base64
 import contextlib
 import functools
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -200,6 +201,9 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
     executor = Executor(settings, host=False, max_attempts=args.max_attempts)
     stop: Callable[[], None] = executor.shutdown
     future: DistqFuture | None = None
+    # SIGTERM (timeout(1), kill, a CI cancel, a container stop) as Ctrl-C: it ended the
+    # wait with exit 143, no word, and the task left queued for a worker to dead-letter
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         future = executor.submit(args.task_name, *values, **kwargs)
         say(future.task_id)
@@ -230,6 +234,7 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
         console.error("interrupted")
         return EXIT_FAILED
     finally:
+        signal.signal(signal.SIGTERM, previous)
         stop()
     say(json.dumps(value))
     return 0

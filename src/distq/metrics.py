@@ -183,7 +183,7 @@ class WorkerMetrics:
         self.tasks = CounterTable(
             "distq_worker_tasks_total",
             "Tasks this worker settled, by task name and outcome (ok, failed, retried, "
-            "malformed, released).",
+            "orphaned, malformed, released).",
             [*BASE, "task", "outcome"],
             self.lock,
             self.registry,

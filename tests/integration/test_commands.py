@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -320,6 +321,25 @@ def test_submit_wait_past_its_timeout_leaves_the_task_queued(
     assert again.wait(60) == 0, again.output()
     assert "1 ok" in again.output()
     assert (status(target)["ready"], status(target)["dead"]) == (0, 0)
+
+
+def test_submit_wait_stopped_by_sigterm_is_interrupted_as_by_ctrl_c(
+    target: Target, hosted: Transport
+) -> None:
+    """SIGTERM (timeout(1), kill, a container stop) ended the wait with exit 143, no word,
+    and the task left queued for a worker to dead-letter; Ctrl-C said "interrupted",
+    exited 1 and took the task back where the transport can."""
+    submit = Distq(["submit", "jobs:add", "1", "2", "--wait"], target.process_env())
+    try:
+        submit.wait_for(r"^[0-9a-f]{32}$")  # queued, no worker: it waits
+        submit.signal(signal.SIGTERM)
+        assert submit.wait(30) == 1, submit.output()
+        out = submit.output()
+    finally:
+        submit.stop(grace=0)
+    assert "distq: interrupted" in out and "Traceback" not in out, out
+    if target.name != "rabbitmq":  # RabbitMQ cannot take a published message back
+        assert status(target)["ready"] == 0
 
 
 def _rabbitmq_queues(target: Target, *names: str) -> list[str]:
