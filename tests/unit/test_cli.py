@@ -428,8 +428,7 @@ def test_a_port_that_never_answers_the_amqp_handshake_exits_3_with_one_line(
     if args[0] == "worker":  # retried for its --connect-timeout, as any unreachable broker
         assert time.monotonic() - started > 2
         assert done.stderr.splitlines() == [
-            f"distq: waiting for the broker: {why}; trying again for up to 2 s "
-            "(--connect-timeout)",
+            f"distq: waiting for the broker: {why}; trying again for up to 2 s (--connect-timeout)",
             f"distq: {why}",
         ]
     else:
