@@ -64,6 +64,10 @@ EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
 YOUNG_GC_THRESHOLD = 5_000
 
 
+#: How long a wait for the broker (``--connect-timeout``) goes unsaid: a start-up race.
+WAIT_SAID_AFTER = 2.0
+
+
 def fewer_collections() -> None:
     """Raise this process's young-generation threshold to :data:`YOUNG_GC_THRESHOLD`;
     a collector switched off (threshold 0) or set higher is left as it is."""
@@ -405,9 +409,12 @@ def _connect(
 ) -> Transport:
     """Open the transport, retrying an unreachable broker for ``patience`` seconds (a
     broker that starts beside the process, in compose or Kubernetes), and saying so once
-    (it waited up to 120 s, the Kubernetes value, without a line). A manager master
-    listens rather than connects: a port it cannot have fails at once."""
-    deadline = time.monotonic() + patience
+    the wait has lasted :data:`WAIT_SAID_AFTER` (it waited up to 120 s, the Kubernetes
+    value, without a line; at the first refusal, a normal start-up race, the line was
+    noise). A manager master listens rather than connects: a port it cannot have fails
+    at once."""
+    started = time.monotonic()
+    deadline = started + patience
     said = False
     while True:
         try:
@@ -418,9 +425,9 @@ def _connect(
             listens = role == "master" and settings.transport == "manager"
             if listens or time.monotonic() >= deadline:
                 raise
-            if not said:
+            if not said and time.monotonic() - started >= WAIT_SAID_AFTER:
                 said = True
-                console.error(
+                console.info(
                     f"waiting for the broker: {str(exc).rstrip('.')}; trying again for up "
                     f"to {patience:g} s (--connect-timeout)"
                 )

@@ -198,12 +198,21 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
                 producer.close()
         say(task.id)
         return 0
-    executor = Executor(settings, host=False, max_attempts=args.max_attempts)
+    # SIGTERM (timeout(1), kill, a CI cancel, a container stop) as Ctrl-C: it ended the
+    # wait with exit 143, no word, and the task left queued for a worker to dead-letter;
+    # from before the executor connects, which may take seconds
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        executor = Executor(settings, host=False, max_attempts=args.max_attempts)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGTERM, previous)
+        console.error("interrupted before the task was queued")
+        return EXIT_FAILED
+    except BaseException:
+        signal.signal(signal.SIGTERM, previous)
+        raise
     stop: Callable[[], None] = executor.shutdown
     future: DistqFuture | None = None
-    # SIGTERM (timeout(1), kill, a CI cancel, a container stop) as Ctrl-C: it ended the
-    # wait with exit 143, no word, and the task left queued for a worker to dead-letter
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         future = executor.submit(args.task_name, *values, **kwargs)
         say(future.task_id)

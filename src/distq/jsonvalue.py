@@ -33,8 +33,20 @@ def _where(name: str, link: _Link) -> str:
         link, key = link
         keys.append(key)
     keys.reverse()
-    shown = "".join(f"[{key!r}]" for key in keys[:8])
+    shown = "".join(f"[{_key(key)}]" for key in keys[:8])
     return name + shown + ("[...]" if len(keys) > 8 else "")
+
+
+def _key(key: Any) -> str:
+    """A dict key or list index as an error line shows it: short, whatever it is (a
+    100 KB key made a 100 KB line; an int past the digit limit has no repr)."""
+    if isinstance(key, str):
+        return quoted_ends(key)
+    try:
+        text = repr(key)
+    except ValueError:
+        return f"<{type(key).__name__}>"
+    return text if len(text) <= 40 else f"{text[:30]}... ({len(text):,} characters)"
 
 
 def _unsendable(item: str | int) -> str | None:
@@ -96,7 +108,8 @@ def problem(value: Any, name: str, max_depth: int = MAX_DEPTH) -> str | None:
         if isinstance(item, dict):
             for key, x in item.items():
                 if not isinstance(key, str):
-                    return f"{_where(name, link)} has the key {key!r}; JSON object keys are strings"
+                    where = _where(name, link)
+                    return f"{where} has the key {_key(key)}; JSON object keys are strings"
                 why = _unsendable(key)
                 if why is not None:
                     return f"{_where(name, link)} has a key that {why}"

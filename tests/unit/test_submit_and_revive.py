@@ -107,3 +107,12 @@ def test_a_long_task_or_keyword_name_is_quoted_by_its_ends_in_an_error() -> None
         with pytest.raises(TypeError) as caught:
             check_arguments(name, [], kwargs)
         assert len(str(caught.value)) < 400 and "characters)" in str(caught.value)
+
+
+def test_a_long_key_inside_an_argument_is_quoted_by_its_ends_in_an_error() -> None:
+    """Only the top-level names were shortened: a NaN under a 100 KB key inside an
+    argument still made a 100 KB line; a huge int key had no repr at all."""
+    for value in ({"k" * 100_000: float("nan")}, [{10**5000: 1}]):
+        with pytest.raises(TypeError) as caught:
+            check_arguments("t", [value], {})
+        assert len(str(caught.value)) < 400, str(caught.value)[:500]

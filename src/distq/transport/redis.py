@@ -752,11 +752,12 @@ class RedisTransport(Transport):
         except ResponseError as exc:
             if str(exc).startswith("WRONGTYPE"):  # a key was made another type since start
                 raise self._wrong_type_behind(exc) from None
-            if str(exc).startswith("unknown command"):  # rename-command: no outage, for good
+            if "nknown command" in str(exc) or "nknown Redis command" in str(exc):
+                # rename-command, at the top or inside a script: no outage, for good
                 raise ConfigError(
                     f"Redis at {self.address} does not know a command distq uses ({exc}): "
-                    "renamed or disabled with rename-command? distq needs LMOVE, BLMOVE, "
-                    "EVAL, EVALSHA, SCRIPT and the list, hash and sorted-set commands"
+                    "renamed or disabled with rename-command? distq needs BLMOVE, EVAL, "
+                    "EVALSHA, SCRIPT, TIME and the list, hash, set and sorted-set commands"
                 ) from None
             self.refused_for_memory(exc)
             raise TransportError(f"Redis at {self.address}: {exc}") from None
