@@ -64,6 +64,11 @@ class JobSpec:
     )
     status_every: float = STATUS_EVERY  # rate mode: seconds between status lines
 
+    @property
+    def in_flight(self) -> int:
+        """Most tasks outstanding: ``max_in_flight``, or :data:`IN_FLIGHT` without it."""
+        return self.max_in_flight if self.max_in_flight is not None else IN_FLIGHT
+
 
 class Workload(abc.ABC, Generic[E]):
     """What a job submits and how it reads the results; the :class:`Master` does the rest.
@@ -151,8 +156,7 @@ IN_FLIGHT = 100_000
 def allowance(spec: JobSpec, submitted: int, outstanding: int, elapsed: float) -> int:
     """How many tasks may be submitted now, ``elapsed`` s into the job's pace (may be <= 0)."""
     allowed = (spec.tasks - submitted) if spec.tasks is not None else 1 << 30
-    in_flight = spec.max_in_flight if spec.max_in_flight is not None else IN_FLIGHT
-    allowed = min(allowed, in_flight - outstanding)
+    allowed = min(allowed, spec.in_flight - outstanding)
     if spec.rate is not None:
         allowed = min(allowed, int(elapsed * spec.rate) + 1 - submitted)
     return allowed
@@ -241,11 +245,11 @@ class _Run(Generic[E]):
         if spec.timeout is not None:
             self.deadline = self.began + spec.timeout
         try:
-            if spec.wait_workers and not self._await_workers(spec.wait_workers):
-                self.report.started = False
-                return self._finish(0.0)
+            attached = not spec.wait_workers or self._await_workers(spec.wait_workers)
         except ConfigError as exc:
             self._refused(exc)
+            attached = False
+        if not attached:
             self.report.started = False
             return self._finish(0.0)
         start, self.cpu_start = time.perf_counter(), time.process_time()
@@ -314,8 +318,7 @@ class _Run(Generic[E]):
         to 0.5 s, and not past the rate's next submit nor the deadline."""
         spec, total = self.spec, self.spec.tasks
         wait = 0.0 if more > 0 else 0.5
-        in_flight = spec.max_in_flight if spec.max_in_flight is not None else IN_FLIGHT
-        full = self.collector.outstanding >= in_flight
+        full = self.collector.outstanding >= spec.in_flight
         if spec.rate is not None and (total is None or self.submitted < total) and not full:
             # the next task is due when allowance() lets it go: submitted / rate s in
             # (with --max-in-flight full, a result must come first: no busy poll)
