@@ -219,10 +219,10 @@ class Worker:
         idle = self.options.exit_when_idle
         while True:
             threads = [slot.thread for slot in slots if slot.thread is not None]
-            if not any(thread.is_alive() for thread in threads):
-                self._slot_stopped()
+            alive = any(thread.is_alive() for thread in threads)
+            self._slot_stopped()  # after that check: a slot says why before its thread ends
+            if not alive:
                 return
-            self._slot_stopped()
             for thread in threads:
                 thread.join(0.2 / len(threads))
                 self.health.beat("main")
