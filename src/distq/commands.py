@@ -142,7 +142,7 @@ def parse_argument(text: str) -> Any:
     except json.JSONDecodeError:
         return text
     except RecursionError:  # nested past Python's own limit: far past the wire's
-        raise ConfigError(f"ARG {text[:40]!r}... is nested too deep; {_NESTING}") from None
+        raise ConfigError(f"ARG {quoted_ends(text)} is nested too deep; {_NESTING}") from None
     except ValueError as exc:  # JSON, but an integer past Python's digit limit
         raise ConfigError(
             f"ARG {quoted_ends(text)}: {exc}; to send it as a string, write it as a JSON "
@@ -203,14 +203,24 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
     # from before the executor connects, which may take seconds
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        return _submit_and_wait(args, settings, console, values, kwargs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _submit_and_wait(
+    args: argparse.Namespace,
+    settings: Settings,
+    console: Console,
+    values: list[Any],
+    kwargs: dict[str, Any],
+) -> int:
+    """``submit --wait``: the task through an executor, and its result printed."""
+    try:
         executor = Executor(settings, host=False, max_attempts=args.max_attempts)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGTERM, previous)
         console.error("interrupted before the task was queued")
         return EXIT_FAILED
-    except BaseException:
-        signal.signal(signal.SIGTERM, previous)
-        raise
     stop: Callable[[], None] = executor.shutdown
     future: DistqFuture | None = None
     try:
@@ -243,7 +253,6 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
         console.error("interrupted")
         return EXIT_FAILED
     finally:
-        signal.signal(signal.SIGTERM, previous)
         stop()
     say(json.dumps(value))
     return 0
