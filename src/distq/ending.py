@@ -71,13 +71,19 @@ def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> st
 def describe(error: BaseException) -> str:
     """``Type: message`` of ``error``, whatever its ``__str__`` does (raises, returns text
     that is not UTF-8), as text any log or envelope can carry."""
-    try:
-        text = str(error)
-    except BaseException:  # a broken __str__ (raising even SystemExit), a too long int
-        text = "<exception str() failed>"
+    text = message(error)
     if len(text) > MAX_MESSAGE_CHARS:
         text = f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS:,} characters cut)"
     return printable(f"{type(error).__name__}: {text}" if text else type(error).__name__)
+
+
+def message(error: BaseException) -> str:
+    """``str(error)``, or a placeholder when its ``__str__`` raises (even ``SystemExit``)
+    or the int it holds is too long to print."""
+    try:
+        return str(error)
+    except BaseException:
+        return "<exception str() failed>"
 
 
 def printable(text: str) -> str:

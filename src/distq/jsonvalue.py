@@ -137,7 +137,7 @@ def check_arguments(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -
             raise TypeError(f"{_named(task)}: {found}; {_ALLOWED}")
     for key, value in kwargs.items():
         why = _unsendable(key)
-        shown = quoted_ends(key) if isinstance(key, str) else repr(key)
+        shown = _key(key)
         found = f"the keyword {shown} {why}" if why else problem(value, f"keyword argument {shown}")
         if found is not None:
             raise TypeError(f"{_named(task)}: {found}; {_ALLOWED}")

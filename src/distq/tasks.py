@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from distq import squares
 from distq.chunks import CHUNK_TASK, chunk_function, show_chunk
+from distq.ending import describe, message
 from distq.envelope import Task, shown
 from distq.errors import ConfigError, SignalExit, UnknownTask
 
@@ -101,7 +102,7 @@ def _import(module_name: str, flag: str) -> ModuleType:
     except ImportError as exc:
         if exc.name is not None and f"{module_name}.".startswith(f"{exc.name}."):
             raise ConfigError(
-                f"{flag}: cannot import {module_name!r} ({_message(exc)}); is it on PYTHONPATH?"
+                f"{flag}: cannot import {module_name!r} ({message(exc)}); is it on PYTHONPATH?"
             ) from None
         raise ConfigError(  # found, and its code imports what is not there
             f"{flag}: importing {module_name!r} raised {_raised(exc)}; install what it "
@@ -117,18 +118,9 @@ def _raised(exc: BaseException) -> str:
     """``Type: message``, and where the module's code raised it, in one line."""
     if isinstance(exc, SyntaxError):  # where the parser stopped: no frame of the module
         return f"{type(exc).__name__}: {exc.msg} (at {exc.filename}:{exc.lineno})"
-    message = _message(exc)
-    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    text = describe(exc)
     frames = traceback.extract_tb(exc.__traceback__)
     return f"{text} (at {frames[-1].filename}:{frames[-1].lineno})" if frames else text
-
-
-def _message(exc: BaseException) -> str:
-    """``str(exc)``, or a placeholder when its ``__str__`` raises."""
-    try:
-        return str(exc)
-    except Exception:
-        return "<exception str() failed>"
 
 
 def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:
