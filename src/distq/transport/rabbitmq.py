@@ -163,8 +163,8 @@ from distq.transport.rabbitmq_packs import (
     fill,
     pack,
     pack_bytes,
+    packed,
     task_bodies,
-    unpack,
 )
 
 _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value)
@@ -997,13 +997,12 @@ class RabbitMQProducer(Producer):
             if not self._results and tag > self._acked:
                 self._ack_tag = self._acked = tag  # acked with the next call, with the rest
             return
-        if props.type == _RESULTS_TYPE:
-            with contextlib.suppress(ValueError):  # not ours: handed up whole, malformed
-                results = unpack(body)
-                if 0 < len(results) <= MAX_PREFETCH and b"" not in results:  # a worker's
-                    self._results.extend((tag, result) for result in results)
-                    return
-        self._results.append((tag, body))
+        if props.type == _RESULTS_TYPE:  # at most a worker's batch: else handed up whole
+            results = packed(body, MAX_PREFETCH)
+            if results is not None:
+                self._results.extend((tag, result) for result in results)
+                return
+        self._results.append((tag, body))  # the master reports it malformed
 
     def submit(self, bodies: Sequence[bytes]) -> None:
         """Publish and return; confirms are counted while results are awaited.

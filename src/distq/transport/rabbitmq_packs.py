@@ -40,7 +40,6 @@ whose ack was lost; the master keeps the first result of each task.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -75,6 +74,17 @@ def unpack(data: bytes) -> list[bytes]:
     return bodies
 
 
+def packed(data: bytes, most: int) -> list[bytes] | None:
+    """The bodies of ``data`` if it is a pack a distq process writes: one to ``most``
+    bodies, none empty; None otherwise (a queue writer's, which is refused whole: one
+    message must not become thousands of refusals and log lines)."""
+    try:
+        bodies = unpack(data)
+    except ValueError:
+        return None
+    return bodies if 0 < len(bodies) <= most and b"" not in bodies else None
+
+
 def task_bodies(message_type: str | None, body: bytes) -> list[bytes]:
     """The tasks one message of the task queue carries: a pack's bodies, else the body.
 
@@ -86,10 +96,9 @@ def task_bodies(message_type: str | None, body: bytes) -> list[bytes]:
     writer turned one 64 KiB message into 16,384 dead letters and as many log lines.
     """
     if message_type == TASKS_TYPE and len(body) <= MAX_PACK_BYTES:
-        with contextlib.suppress(ValueError):
-            bodies = unpack(body)
-            if 0 < len(bodies) <= TASKS_PER_MESSAGE and b"" not in bodies:
-                return bodies
+        bodies = packed(body, TASKS_PER_MESSAGE)
+        if bodies is not None:
+            return bodies
     return [body]
 
 
