@@ -37,6 +37,18 @@ def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def sigterm_after(proc: subprocess.Popen[str], seconds: float, within: float) -> str:
+    """SIGTERM ``proc`` once it has run ``seconds`` (still running, asserted); its output,
+    which must end within ``within`` s. It is killed after, whatever happened."""
+    try:
+        time.sleep(seconds)
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=within)[0]
+    finally:
+        proc.kill()
+
+
 def started(*args: str, **env: str) -> subprocess.Popen[str]:
     """``distq ARGS`` running, its stderr on its stdout (``proc.stdout``)."""
     return subprocess.Popen(
@@ -249,13 +261,7 @@ def test_sigterm_while_a_worker_is_still_connecting_exits_at_once() -> None:
         DISTQ_TRANSPORT="redis",
         DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
     )
-    try:
-        time.sleep(3)  # started, and retrying the broker
-        assert proc.poll() is None, proc.communicate()[0]
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=5)[0]
-    finally:
-        proc.kill()
+    output = sigterm_after(proc, 3, within=5)  # started, and retrying the broker
     assert proc.returncode == 0, output
     assert "SIGTERM while connecting: worker exit" in output
 
@@ -321,13 +327,7 @@ def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], cod
             DISTQ_TRANSPORT="redis",
             DISTQ_REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
         )
-        try:
-            time.sleep(1.5)  # started, and waiting for the broker's answer
-            assert proc.poll() is None, proc.communicate()[0]
-            proc.send_signal(signal.SIGTERM)
-            output = proc.communicate(timeout=2)[0]
-        finally:
-            proc.kill()
+        output = sigterm_after(proc, 1.5, within=2)  # waiting for the broker's answer
     assert proc.returncode == code, output
     assert "SIGTERM while connecting: master exit" in output
 
@@ -640,12 +640,6 @@ def test_submit_wait_stopped_while_it_connects_says_so() -> None:
             DISTQ_TRANSPORT="redis",
             DISTQ_REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
         )
-        try:
-            time.sleep(1.5)  # connecting: the server answers nothing
-            assert proc.poll() is None, proc.communicate()[0]
-            proc.send_signal(signal.SIGTERM)
-            output = proc.communicate(timeout=10)[0]
-        finally:
-            proc.kill()
+        output = sigterm_after(proc, 1.5, within=10)  # connecting: the server answers nothing
     assert proc.returncode == 1, output
     assert "distq: interrupted before the task was queued" in output and "Traceback" not in output
