@@ -598,18 +598,17 @@ class RedisTransport(Transport):
             raise ConnectionFailed(f"Redis at {self.address} failed at start: {exc}") from None
         except RedisError as exc:
             raise self._unreachable(exc) from None
-        version = "99"
-        memory: Mapping[str, Any] = {}
+        info: Mapping[str, Any] = {}
         with contextlib.suppress(RedisError):  # an ACL may forbid INFO; then trust the server
-            version = str(self.client.info("server").get("redis_version", version))
-            memory = self.client.info("memory")
+            info = self.client.info()  # its default sections: server and memory, one call
+        version = str(info.get("redis_version", "99"))
         if tuple(int(p) for p in version.split(".")[:2]) < (6, 2):
             raise ConnectionFailed(
                 f"Redis at {self.address} is version {version}; distq needs Redis >= 6.2 "
                 "(LMOVE, BLMOVE, RPOP with a count)"
             )
-        policy = str(memory.get("maxmemory_policy", "noeviction"))
-        if int(memory.get("maxmemory", 0) or 0) > 0 and policy != "noeviction":
+        policy = str(info.get("maxmemory_policy", "noeviction"))
+        if int(info.get("maxmemory", 0) or 0) > 0 and policy != "noeviction":
             log.warning(
                 "Redis at %s evicts keys when full (maxmemory-policy %s, maxmemory %s): "
                 "distq's tasks and results are keys like any other, and one evicted is lost "
@@ -617,7 +616,7 @@ class RedisTransport(Transport):
                 "noeviction, or give distq a Redis of its own",
                 self.address,
                 policy,
-                memory.get("maxmemory_human", memory.get("maxmemory")),
+                info.get("maxmemory_human", info.get("maxmemory")),
             )
 
     def _takes_flags(self) -> bool:
