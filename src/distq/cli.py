@@ -48,6 +48,7 @@ from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
 from distq.probe import add_probe_parser, run_probe
 from distq.security import notices
+from distq.signals import stop_signals
 from distq.squares import Squares
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
@@ -262,7 +263,7 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
         observe.close()
         raise
     stop, hurry = threading.Event(), threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in stop_signals():
         signal.signal(sig, partial(_stop_job, console, stop, hurry, spec.drain_seconds))
     try:
         observe.attach(transport)
@@ -320,7 +321,7 @@ def _leave_on_signal(console: Console, role: str, code: int) -> None:
         announce(console, f"{signal.Signals(signum).name} while connecting: {role} exit")
         raise SignalExit(code)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in stop_signals():
         signal.signal(sig, leave)
 
 
@@ -355,7 +356,7 @@ def _note_signals(console: Console, role: str) -> None:
     def noted(signum: int, _frame: object) -> None:
         announce(console, f"{signal.Signals(signum).name}: the {role} is stopping already")
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in stop_signals():
         signal.signal(sig, noted)
 
 

@@ -57,6 +57,7 @@ from distq.errors import ConfigError, SettledThenFailed, Shutdown
 from distq.health import WorkerHealth
 from distq.masters import MasterWatch
 from distq.runner import TaskRunner
+from distq.signals import stop_signals
 from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry
 from distq.timelimits import TimeLimits
@@ -292,7 +293,7 @@ class Worker:
         if threading.current_thread() is not threading.main_thread():
             return {}
         previous: dict[int, object] = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in stop_signals():
             previous[sig] = signal.signal(sig, self._on_signal)
         return previous
 

@@ -211,13 +211,16 @@ def test_a_second_sigterm_hands_the_running_task_back_at_once(target: Target, sp
     second.signal(signal.SIGTERM)
 
 
-def test_sigterm_finishes_the_task_in_hand(spawn: Spawn) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_finishes_the_task_in_hand(spawn: Spawn, stop: signal.Signals) -> None:
+    """SIGHUP (the worker's terminal closed) is a stop too: unhandled, it ended the worker
+    at once and its task came back only when its lease lapsed."""
     master = start_master(spawn, "--tasks", "1", "--task-delay", "1.5", "--timeout", "60")
     worker = spawn("worker")
     worker.wait_for(r"Get task \d+ from task_queue")
-    worker.signal(signal.SIGTERM)
+    worker.signal(stop)
     assert worker.wait(20) == 0, worker.output()
-    assert "SIGTERM: finishing" in worker.output()
+    assert f"{stop.name}: finishing" in worker.output()
     assert master.wait(30) == 0, master.output()
     assert len(RESULT_LINE.findall(master.output())) == 1
 

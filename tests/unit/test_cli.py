@@ -266,6 +266,32 @@ def test_sigterm_while_a_worker_is_still_connecting_exits_at_once() -> None:
     assert "SIGTERM while connecting: worker exit" in output
 
 
+def test_sighup_stops_a_worker_unless_nohup_ignores_it() -> None:
+    """A closed terminal's SIGHUP ended a worker at once, without a line (its tasks back
+    only when their leases lapsed); under ``nohup`` it must keep running."""
+    env = _env(DISTQ_TRANSPORT="redis", DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    worker = [sys.executable, "-m", "distq", "worker", "--connect-timeout", "60"]
+    run = {"env": env, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    plain = subprocess.Popen(worker, **run)  # type: ignore[call-overload]
+    kept = subprocess.Popen(["nohup", *worker], **run)  # type: ignore[call-overload]
+    try:
+        time.sleep(2)  # both started, and retrying the broker
+        for proc in (plain, kept):
+            assert proc.poll() is None, proc.communicate()[0]
+            proc.send_signal(signal.SIGHUP)
+        output = plain.communicate(timeout=5)[0]
+        assert plain.returncode == 0, output
+        assert "SIGHUP while connecting: worker exit" in output
+        time.sleep(1)
+        assert kept.poll() is None, kept.communicate()[0]  # nohup: SIGHUP is ignored
+        output = sigterm_after(kept, 0, within=5)
+        assert kept.returncode == 0, output
+        assert "SIGHUP" not in output
+    finally:
+        plain.kill()
+        kept.kill()
+
+
 def test_a_worker_ends_with_a_line_on_sigterm_from_its_first_line_on() -> None:
     """``make example`` starts its job once each worker has said its first line, and stops
     them with SIGTERM after: from that line on, SIGTERM must find the worker's handler
