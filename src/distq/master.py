@@ -470,10 +470,11 @@ class _Run(Generic[E]):
         r = self.report
         if result.status == "error":
             r.failed += 1
-            problem = (
-                f"task {self.workload.name(entry)} [{result.task_id}] failed for good: "
-                f"{shown(str(result.error_type))}: {shown(str(result.error_message))}"
-            )
+            kind, why = str(result.error_type), str(result.error_message)
+            if not (f"{kind}:" in why or why.endswith(kind)):  # a worker's reason names it
+                why = f"{kind}: {why}"
+            problem = f"task {self.workload.name(entry)} [{result.task_id}] failed for good: "
+            problem += shown(why)
         elif not self.workload.check(result, entry):
             r.incorrect += 1
             problem = f"wrong result for {self.workload.name(entry)} [{result.task_id}]: "

@@ -248,8 +248,13 @@ class Echoes(Workload[int]):
 
 
 def test_any_workload_runs_and_failures_are_named_by_it(transport: Transport) -> None:
+    messages = {
+        1: "no\nmaster exit\x1b[8m",  # no forged line, no escape
+        2: "failed 3 of 3 attempts; last error: ValueError: boom",  # as a worker says it
+    }
+
     def answer(task: Task) -> list[bytes]:
-        if task.args[0] == 1:
+        if task.args[0] in messages:
             return [
                 Result(
                     task_id=task.id,
@@ -259,15 +264,22 @@ def test_any_workload_runs_and_failures_are_named_by_it(transport: Transport) ->
                     started_at=0.0,
                     duration=0.0,
                     error_type="ValueError",
-                    error_message="no\nmaster exit\x1b[8m",  # no forged line, no escape
+                    error_message=messages[task.args[0]],
                 ).encode()
             ]
         return [result(task, "anything")]
 
     out, report = run(transport, JobSpec(tasks=3, timeout=20), answer, Echoes())
-    assert (report.ok, report.failed) == (2, 1)
+    assert (report.ok, report.failed) == (1, 2)
     assert re.search(r"^echo\(0\) \[\w+\] = 'anything'$", out, re.M)
     assert re.search(r"task echo\(1\) \[\w+\] failed for good: ValueError: no\\nmaster", out)
+    # the worker's reason names the type already: once, not "ValueError: failed ..."
+    assert re.search(
+        r"task echo\(2\) \[\w+\] failed for good: failed 3 of 3 attempts; "
+        r"last error: ValueError: boom$",
+        out,
+        re.M,
+    )
     assert "\x1b" not in out and not re.search("^master exit", out, re.M)
     assert "put task" not in out and "try to get result" not in out
 
