@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -338,3 +339,32 @@ def test_a_metrics_port_of_0_is_refused_and_empty_is_off() -> None:
     assert str(caught.value) == "DISTQ_METRICS_PORT is 0; use a whole number from 1 to 65535"
     assert Settings.load({**KEY, "DISTQ_METRICS_PORT": "1"}).metrics_port == 1
     assert Settings.load({**KEY, "DISTQ_METRICS_PORT": " "}).metrics_port is None
+
+
+def _readme_defaults() -> dict[str, str]:
+    """Each setting's default column in the README's table, by variable."""
+    text = (REPO / "README.md").read_text()
+    return {
+        name: default.strip()
+        for name, default in re.findall(r"^\| `(DISTQ_\w+)` \|[^|]*\|([^|]*)\|", text, re.M)
+    }
+
+
+def _loaded(env: dict[str, str]) -> Settings | str:
+    try:
+        return Settings.load(env)
+    except ConfigError as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize("name", sorted(_readme_defaults()))
+def test_an_empty_variable_is_unset_or_refused_as_the_readme_says(name: str) -> None:
+    """The README: empty is unset for a setting off unless set (its default in
+    parentheses), and an error, not the default, for one with a default value."""
+    base = {"DISTQ_AUTHKEY": "k"}
+    unset = {key: value for key, value in base.items() if key != name}
+    empty = _loaded({**unset, name: ""})
+    if _readme_defaults()[name].startswith("("):
+        assert empty == _loaded(unset)
+    else:
+        assert isinstance(empty, str) and empty.startswith(name), empty
