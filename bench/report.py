@@ -11,7 +11,7 @@ from cpu import per_thousand
 ROLES = ("master", "workers", "broker", "total")
 #: distq variants that switch one optional feature on, and what it is.
 FEATURES = {
-    "distq-metrics": "metrics on (an endpoint per process, scraped every second)",
+    "distq-metrics": "metrics on (every task recorded; endpoints read once a second)",
     "distq-signed": "signing on (HMAC-SHA256 on every task and result)",
     "distq-jsonlogs": "JSON logs on (per-task events, no --quiet)",
     "distq-textlogs": "text logs with per-task lines (no --quiet), for comparison",
@@ -70,7 +70,10 @@ CONFIGS = """\
   HMAC-SHA256 over every task and result, checked before decoding. Its ratio column is
   what signing costs.
 - **distq-metrics**: `DISTQ_METRICS_PORT` on the master and every worker, each
-  endpoint's `/metrics` and `/readyz` read once a second.
+  endpoint's `/metrics` and `/readyz` read once a second. A counted round lasts well
+  under a second at these rates, so a worker's endpoint is read at most once in it and
+  a master's (a new process each round) seldom: the row measures what grows with the
+  work, every task recorded in the counters and histograms, not a scrape.
 - **distq-jsonlogs**: `DISTQ_LOG_FORMAT=json` without `--quiet`: every task's events
   (submitted, settled, result received) as JSON lines into the processes' log files.
   **distq-textlogs**: text logs without `--quiet`, the per-task lines those events
@@ -253,13 +256,22 @@ def _paired(row: dict[str, Any], base: dict[str, Any]) -> str:
             changes.append((a / b - 1) * 100)
     if len(changes) < 2:
         return "—"
-    return f"{statistics.median(changes):+.1f} % ({min(changes):+.0f} to {max(changes):+.0f})"
+    low, high = round(min(changes)) + 0, round(max(changes)) + 0  # + 0: no "-0"
+    return f"{statistics.median(changes):+.1f} % ({low:+d} to {high:+d})"
 
 
 def _change(ours: dict[str, float] | None, base: dict[str, float] | None) -> str:
     if not ours or not base or not base["median"]:
         return "—"
     return f"{(ours['median'] / base['median'] - 1) * 100:+.1f} %"
+
+
+def _counts(report: dict[str, Any]) -> str:
+    """The worker counts the scaling round ran with: ``--scaling``'s, else its rows'."""
+    counts = report["settings"].get("scaling") or sorted(
+        {row["workers"] for row in report.get("scaling") or []}
+    )
+    return ", ".join(str(count) for count in counts)
 
 
 def _scaling_section(report: dict[str, Any]) -> list[str]:
@@ -270,8 +282,9 @@ def _scaling_section(report: dict[str, Any]) -> list[str]:
         "",
         "## distq scaling: worker processes on one broker",
         "",
-        f"The same {report['settings']['tasks']:,}-task round with 1, 2, 4 ... `distq worker` "
-        "processes (concurrency 1 each) on one broker and one master, median (min-max) of "
+        f"The same {report['settings']['tasks']:,}-task round with {_counts(report)} "
+        "`distq worker` processes (concurrency 1 each) on one broker and one master, "
+        "median (min-max) of "
         f"{report['settings'].get('scaling_repeat', 1)} trial(s). This machine has "
         f"{report['machine']['nproc']} CPUs for all of them: where throughput stops growing, "
         "it is saturated, and the CPU per task says what one more worker host would have to "

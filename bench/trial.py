@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import contestants
-from contestants.base import Contestant, Context
+from contestants.base import Contestant, Context, RoundTimeout
 from cpu import CpuMeter
 
 WARM_UP_TASKS = 200
@@ -165,7 +165,7 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
             out["latency_tasks"] = lat.count
         out["status"] = "ok"
     except BaseException as exc:
-        out["error"] = f"{phase}: {type(exc).__name__}: {exc}"
+        out["error"] = f"{phase}: {_named(exc, ctx.deadline)}: {exc}"
         out["traceback"] = traceback.format_exc()[-4000:]
     finally:
         try:
@@ -173,6 +173,18 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as exc:
             out.setdefault("warnings", []).append(f"stop_workers: {exc}")
     return out
+
+
+def _named(exc: BaseException, deadline: float) -> str:
+    """``exc``'s type, as RoundTimeout when it is a library's own timeout at the trial's
+    deadline (Celery's ``TimeoutError``, Dramatiq's ``ResultTimeout``, the Executor's
+    ``TimeoutError``: each waits with the time the trial has left), so that the report
+    says TIMEOUT for them as for the contestants that raise RoundTimeout, not FAILED."""
+    name = type(exc).__name__
+    timed_out = isinstance(exc, TimeoutError) or "Timeout" in name
+    if timed_out and not isinstance(exc, RoundTimeout) and time.monotonic() >= deadline - 1.0:
+        return f"RoundTimeout (the trial's deadline passed; {name})"
+    return name
 
 
 def main() -> None:

@@ -177,10 +177,19 @@ class WorkerProcesses:
         self.procs.clear()
 
 
+def clean_env() -> dict[str, str]:
+    """Our environment without any ``DISTQ_*`` variable: the bench sets distq's settings
+    itself. A ``DISTQ_SIGNING_KEYS`` exported in the caller's shell signed the "plain"
+    distq row (the feature table then compared signing against signing) and failed the
+    Executor's, which reads only the bench's settings; ``DISTQ_CONCURRENCY`` gave the
+    scaling table's "concurrency 1 each" workers four slots."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("DISTQ_")}
+
+
 def worker_env() -> dict[str, str]:
-    """The environment for worker processes: ours, with ``bench/`` and ``tests/`` (the
-    launcher's ``free_port``) importable."""
-    env = dict(os.environ)
+    """The environment for worker processes: ours (:func:`clean_env`), with ``bench/`` and
+    ``tests/`` (the launcher's ``free_port``) importable."""
+    env = clean_env()
     paths = (str(BENCH_DIR), str(BENCH_DIR.parent / "tests"), env.get("PYTHONPATH", ""))
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["PYTHONUNBUFFERED"] = "1"

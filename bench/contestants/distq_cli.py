@@ -35,7 +35,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from contestants.base import Contestant, Latency, RoundTimeout, VerifyError, venv_bin
+from contestants.base import (
+    Contestant,
+    Latency,
+    RoundTimeout,
+    VerifyError,
+    clean_env,
+    venv_bin,
+)
 from launch import free_port
 
 READY_LIMIT = 15.0
@@ -161,7 +168,7 @@ class DistqCli(Contestant):
         ]
         if profile:
             argv = self._profiled(argv, "master")
-        env = dict(os.environ)
+        env = clean_env()
         env.update(self.env)
         try:
             with open(log_path, "wb") as log:

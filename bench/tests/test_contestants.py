@@ -21,7 +21,14 @@ import contestants
 import run
 import trial
 from contestants import distq_cli
-from contestants.base import Contestant, Context, Latency, RoundTimeout, VerifyError
+from contestants.base import (
+    Contestant,
+    Context,
+    Latency,
+    RoundTimeout,
+    VerifyError,
+    worker_env,
+)
 
 FAKE_DISTQ = """\
 import os, sys
@@ -30,6 +37,7 @@ report = os.environ["FAKE_REPORT"]
 if report:
     open(argv[argv.index("--report") + 1], "w").write(report)
 sys.stdout.write(os.environ["FAKE_LOG"])
+sys.stdout.write(" ".join(sorted(k for k in os.environ if k.startswith("DISTQ_"))))
 sys.exit(int(os.environ["FAKE_CODE"]))
 """
 
@@ -79,6 +87,41 @@ def test_a_distq_job_that_times_out_is_a_timeout_with_its_reason(
     error = f"throughput: {type(caught.value).__name__}: {caught.value}"
     out.write_text(json.dumps({"status": "failed", "error": error}))
     assert run._read_result(out, tmp_path, 0)["status"] == "timeout"
+
+
+def test_distq_processes_get_the_bench_s_settings_not_the_caller_s(
+    master: distq_cli.DistqCli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A DISTQ_SIGNING_KEYS exported where ``make bench`` ran signed the plain distq row
+    (and failed the Executor's); DISTQ_CONCURRENCY gave "concurrency 1" workers more."""
+    monkeypatch.setenv("DISTQ_SIGNING_KEYS", "k" * 32)
+    monkeypatch.setenv("DISTQ_CONCURRENCY", "4")
+    assert not [key for key in worker_env() if key.startswith("DISTQ_")]
+    master.env = {"DISTQ_QUEUE": "q"}
+    _fake(monkeypatch, _report(tasks=20, ok=20), "", 0)
+    master.latency([1] * 20)
+    assert (tmp_path / "master-1.log").read_text() == "DISTQ_QUEUE"
+
+
+@pytest.mark.parametrize(
+    ("error", "late", "status"),
+    [
+        (TimeoutError("map(): no result for task square"), True, "timeout"),  # the Executor
+        (type("ResultTimeout", (Exception,), {})("timed out"), True, "timeout"),  # Dramatiq
+        (TimeoutError("a wait of its own"), False, "failed"),  # before the deadline
+        (ValueError("wrong"), True, "failed"),  # not a timeout
+    ],
+)
+def test_a_library_s_own_timeout_at_the_deadline_is_a_timeout(
+    error: Exception, late: bool, status: str, tmp_path: Path
+) -> None:
+    """Celery, Dramatiq and the Executor wait with the time the trial has left and raise
+    their own timeouts: those rows read FAILED where the others read TIMEOUT."""
+    deadline = time.monotonic() + (0 if late else 60)
+    out = tmp_path / "result.json"
+    text = f"throughput: {trial._named(error, deadline)}: {error}"
+    out.write_text(json.dumps({"status": "failed", "error": text}))
+    assert run._read_result(out, tmp_path, 0)["status"] == status
 
 
 @pytest.mark.parametrize(

@@ -176,6 +176,21 @@ def test_the_report_shows_cpu_by_role_feature_costs_and_scaling() -> None:
         "own cost | -11.1 % | +25.0 % | — |" in text
     )
     assert "| redis | 1 | 500 | 0.010 | 0.020 | 0.005 | 0.035 | 35.0 | ok |" in text
+    # the counts --scaling named, not a fixed "1, 2, 4 ..."
+    assert "-task round with 1, 2 `distq worker` processes" in text
+
+
+def test_a_pair_by_pair_range_never_reads_minus_zero() -> None:
+    plain = [_ok({"master": 0.010, "workers": 0.010}) for _ in range(2)]
+    metrics = [_ok({"master": 0.00999, "workers": 0.010}), _ok({"master": 0.011, "workers": 0.01})]
+    rows = [
+        {"broker": "redis", "contestant": "distq", **run.summarize(plain),
+         "trials_detail": plain},
+        {"broker": "redis", "contestant": "distq-metrics", **run.summarize(metrics),
+         "trials_detail": metrics},
+    ]  # fmt: skip
+    text = write_markdown(_report(rows, []))
+    assert "(+0 to +5) |" in text and "-0 " not in text, text
 
 
 def test_the_feature_table_pairs_each_trial_with_its_bases_trial_of_the_same_round() -> None:
@@ -197,7 +212,7 @@ def test_the_feature_table_pairs_each_trial_with_its_bases_trial_of_the_same_rou
     text = write_markdown(_report(rows, []))
     # by medians, the slow round makes metrics look +62.5 %; pair by pair it is +5 and +10
     assert (
-        "| redis | metrics on (an endpoint per process, scraped every second) | +0.0 % "
+        "| redis | metrics on (every task recorded; endpoints read once a second) | +0.0 % "
         "| +62.5 % | +7.5 % (+5 to +10) |" in text
     ), text
     one = [{**rows[1], "trials_detail": metrics[:1]}, rows[0]]

@@ -6,6 +6,7 @@ broker test needs ``redis-server`` and is skipped without it).
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shlex
@@ -124,6 +125,26 @@ def test_summary_and_markdown_show_ranges_ratios_and_failures() -> None:
     assert "1/2 ok (timeout)" in text
     assert "| FAILED |" in text
     assert "- redis / rq: phase: Boom: it broke" in text
+
+
+def test_every_registered_contestant_is_a_class_of_its_name_in_its_module() -> None:
+    """What the import below checks, without the peers' packages: ``make test``'s venv has
+    no celery, dramatiq or rq, so that test always skipped there and a renamed class or a
+    broken peer module showed only as FAILED cells in a full ``make bench``."""
+    for (_broker, name), where in REGISTRY.items():
+        module, _, cls = where.partition(":")
+        path = Path(run.__file__).parent / (module.replace(".", "/") + ".py")
+        tree = ast.parse(path.read_text(), str(path))  # a syntax error fails here
+        classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+        assert cls in classes, f"{where}: no class {cls} in {path}"
+        named = [
+            node.value.value
+            for node in classes[cls].body
+            if isinstance(node, ast.Assign)
+            and [getattr(t, "id", None) for t in node.targets] == ["name"]
+            and isinstance(node.value, ast.Constant)
+        ]
+        assert named in ([], [name]), f"{where} is named {named}, registered as {name!r}"
 
 
 def test_every_registered_contestant_loads() -> None:
