@@ -33,6 +33,7 @@ from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport.base import Delivery, Settlement
 from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
+from distq.transport.rabbitmq_holds import record_queue
 from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, TASKS_TYPE, task_bodies, unpack
 from seam import fetch_n
 
@@ -558,18 +559,21 @@ def test_a_lost_connection_is_named_by_every_later_heartbeat_and_fetch(
         consumer.release([delivery])
 
 
+@pytest.mark.parametrize("worker", ["c", "w" * 300], ids=["short-id", "300-character-id"])
 def test_a_deleted_lease_record_queue_is_declared_again_and_still_brings_the_task_back(
-    open_transport: OpenTransport, raw: Any, queue: str
+    open_transport: OpenTransport, raw: Any, queue: str, worker: str
 ) -> None:
     """A long task's delivery is acked once its lease record is written. Its record
     queue deleted (an operator, a clean-up script): before, every renew went to no
     queue ("has no queue ... to route to") and was never declared again, so a crash
-    then lost the task. Now the renew declares it and writes the record again."""
+    then lost the task. Now the renew declares it and writes the record again. A worker
+    id that made the record queue's name longer than AMQP's 255 bytes failed every
+    heartbeat, so the task stayed unacked, open to RabbitMQ's consumer_timeout."""
     t = open_transport(lease=1.0)
     t.producer(f"{queue}.reply").submit([b"long"])
-    consumer = t.consumer("c")
+    consumer = t.consumer(worker)
     (delivery,) = fetch_n(consumer, 1)
-    records = f"{queue}.held.{consumer.consumer_id}"
+    records = record_queue(queue, consumer.consumer_id)
 
     def beat(seconds: float) -> None:  # the worker's keeper, three times a lease
         until = time.monotonic() + seconds

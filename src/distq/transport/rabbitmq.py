@@ -154,7 +154,7 @@ from distq.transport.base import (
     tags_of,
 )
 from distq.transport.pika_internals import FastChannel, close_within, on_blocked
-from distq.transport.rabbitmq_holds import LeaseRecords
+from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
 from distq.transport.rabbitmq_packs import (
     TASKS_PER_MESSAGE,
     TASKS_TYPE,
@@ -1207,7 +1207,7 @@ class RabbitMQConsumer(Consumer):
                 link.channel,
                 lambda key, body, props: link.publish(key, body, mandatory=True, properties=props),
                 link.confirm,
-                f"{self._transport.queue}.held.{self.consumer_id}",
+                record_queue(self._transport.queue, self.consumer_id),
                 self._transport.record_queue_arguments(),
             )
         return self._records

@@ -25,6 +25,7 @@ its records have expired.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,6 +33,22 @@ import pika
 
 _GENERATION = "x-distq-generation"
 _EXPIRES_AFTER_MS = 60_000  # the record queue outlives its last record's lease by this
+#: AMQP's limit on a queue name, in bytes (a "short string").
+MAX_QUEUE_NAME_BYTES = 255
+
+
+def record_queue(queue: str, consumer_id: str) -> str:
+    """The name of a consumer's lease-record queue, ``<queue>.held.<consumer id>``, kept
+    within AMQP's 255 bytes: a longer one (a long ``--worker-id`` or host name) ends in a
+    hash of the whole instead. Declaring a longer one failed on every heartbeat, so a task
+    past RabbitMQ's ``consumer_timeout`` would have run a second time."""
+    name = f"{queue}.held.{consumer_id}"
+    raw = name.encode(errors="backslashreplace")  # an id from non-UTF-8 bytes as well
+    if len(raw) <= MAX_QUEUE_NAME_BYTES and raw.decode() == name:
+        return name
+    digest = "~" + hashlib.sha256(raw).hexdigest()[:16]
+    head = raw[: MAX_QUEUE_NAME_BYTES - len(digest)].decode(errors="ignore")  # whole chars
+    return head + digest
 
 
 class LeaseRecords:
