@@ -330,6 +330,14 @@ def _dead_letters(
 ) -> int:
     letters = transport.dead_letters(args.limit)
     codec = Codec.from_settings(settings)  # signed bodies open with the same keys
+    most = transport.most_peeked
+    capped = most is not None and args.limit > most and len(letters) >= most
+    if capped:  # said where a reader looks, on stderr: --json's stdout stays JSON
+        console.error(
+            f"{transport.name} lists at most {most:,} dead letters at a time: it holds each "
+            "one it shows until all are shown, and puts back more only slowly; "
+            "`distq requeue-dead` moves any number"
+        )
     if args.json:
         say(json.dumps([_letter_json(letter, codec) for letter in letters], indent=2))
         return 0

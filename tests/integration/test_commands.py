@@ -112,6 +112,26 @@ def test_submit_status_dead_letters_and_requeue(
     assert distq(target, "requeue-dead", "--limit", "5").stdout.startswith("requeued 0 ")
 
 
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+def test_dead_letters_past_what_rabbitmq_lists_at_once_says_so(
+    target: Target, hosted: Transport
+) -> None:
+    """A peek holds what it shows: 20,000 letters came back over a minute, and a
+    `requeue-dead` right after waited silently for them."""
+    hosted.dead_letters()  # declares the queues
+    connection = pika.BlockingConnection(pika.URLParameters(target.settings.amqp_url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    for i in range(1_003):
+        channel.basic_publish("", f"{target.settings.queue}.dead", b"letter %d" % i)
+    connection.close()
+    shown = distq(target, "dead-letters", "--limit", "5000")
+    assert shown.returncode == 0, shown.stderr
+    assert "1000 of 1003 dead letters, oldest first" in shown.stdout
+    assert "rabbitmq lists at most 1,000 dead letters at a time" in shown.stderr
+    assert status(target)["dead"] == 1_003  # all back
+
+
 def _dead_letter(
     target: Target, hosted: Transport, remote: Transport, letters: list[bytes]
 ) -> None:

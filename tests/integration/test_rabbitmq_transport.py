@@ -358,6 +358,21 @@ def test_a_pack_the_broker_dead_letters_comes_back_as_its_tasks(
     producer.close()
 
 
+def test_a_peek_holds_at_most_a_batch_of_letters_and_all_are_back_when_it_returns(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """`dead-letters --limit 20000` held 20,000 letters and nacked them at once: RabbitMQ
+    put them back over a minute, while `requeue-dead` waited and `status` counted few."""
+    t = open_transport()
+    t.dead_letters()  # declares the queues
+    for i in range(t.most_peeked + 5):
+        raw.basic_publish("", f"{queue}.dead", f"letter-{i}".encode())
+    letters = t.dead_letters(limit=100_000)
+    assert len(letters) == t.most_peeked == 1_000
+    assert letters[0].body == b"letter-0" and letters[-1].body == b"letter-999"
+    assert t.stats().dead == 1_005  # every one back and ready when the peek returns
+
+
 @pytest.mark.parametrize("death", ["junk", ["a", "b"], 7, []])
 def test_a_dead_letter_with_an_x_death_no_broker_wrote_is_listed_as_unreadable(
     open_transport: OpenTransport, raw: Any, queue: str, death: Any

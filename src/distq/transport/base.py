@@ -285,6 +285,10 @@ class Transport(abc.ABC):
         that one held goes back to the queue when its lease runs out.
         """
 
+    #: The most dead letters :meth:`dead_letters` reads at once, whatever its ``limit``;
+    #: None for no bound of its own.
+    most_peeked: int | None = None
+
     @abc.abstractmethod
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Read (without removing) up to ``limit`` dead letters, oldest first."""

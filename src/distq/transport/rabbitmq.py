@@ -549,6 +549,23 @@ class _Link:
                 close_within(self.connection, _CLOSE_SECONDS)
 
 
+#: How long a peek waits for RabbitMQ to put back the letters it held.
+REQUEUED_WITHIN = 10.0
+
+
+def _requeued(channel: Any, queue: str, ready: int) -> None:
+    """Wait until ``queue`` holds ``ready`` messages again (or :data:`REQUEUED_WITHIN` s):
+    a nack's requeue is done by the queue after the nack's channel has moved on, a
+    thousand letters over a few tenths of a second, so a ``requeue-dead`` or ``status``
+    run right after the peek found letters missing."""
+    deadline = time.monotonic() + REQUEUED_WITHIN
+    while True:
+        back = channel.queue_declare(queue, passive=True).method.message_count
+        if back >= ready or time.monotonic() >= deadline:
+            return
+        time.sleep(0.02)
+
+
 def _exists(connection: Any, queue: str) -> bool:
     """Whether ``queue`` exists."""
     return _declared(connection, queue)[0] is not None
@@ -608,6 +625,10 @@ class RabbitMQTransport(Transport):
     """Producers and consumers on one RabbitMQ task queue; see the module docstring."""
 
     name = "rabbitmq"
+    #: A peek holds the letters it reads (unacked) and hands them back with one nack:
+    #: RabbitMQ puts 20,000 back over a minute or more, while ``requeue-dead`` and other
+    #: readers of the dead-letter queue wait and ``status`` counts fewer letters.
+    most_peeked = MESSAGE_BATCH
 
     def __init__(self, settings: Settings, role: Role) -> None:
         self.settings = settings
@@ -726,16 +747,19 @@ class RabbitMQTransport(Transport):
             self._children.remove(child)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """Peek: ``basic_get`` up to ``limit`` without acking, then requeue them all.
+        """Peek: ``basic_get`` up to ``limit`` (at most :attr:`most_peeked` messages)
+        without acking, then requeue them all.
 
         A nack with ``requeue=True`` puts messages back at their original positions, so
         the order is kept; while the peek lasts (until it returns), other readers do not
         see them. A pack of tasks the broker dead-lettered whole is a letter per task.
         """
+        limit = min(limit, self.most_peeked)
 
         def peek(channel: Any) -> list[DeadLetter]:
             got: list[tuple[Any, Any, bytes]] = []
-            if not _exists(channel.connection, self.dead_queue):  # not declared yet
+            (before,) = _declared(channel.connection, self.dead_queue)
+            if before is None:  # not declared yet
                 return []
             try:
                 while len(got) < limit:
@@ -746,9 +770,7 @@ class RabbitMQTransport(Transport):
             finally:
                 if got and channel.is_open:
                     channel.basic_nack(got[-1][0].delivery_tag, multiple=True, requeue=True)
-                    # a nack has no reply; this round trip reaches the queue after it, so
-                    # the letters are back (for every reader) when dead_letters() returns
-                    channel.queue_declare(self.dead_queue, passive=True)
+                    _requeued(channel, self.dead_queue, before.message_count)
             return self._letters(got)[:limit]
 
         if limit <= 0:
