@@ -113,6 +113,18 @@ class WorkerOptions:
 FAILURES_FORGOTTEN_S = 60.0
 
 
+def _slot_alive(slot: _Slot) -> bool:
+    """Whether ``slot`` still works: its thread runs, or a task that ran out of time is
+    having it replaced (the old thread may end during the settle before the new one
+    starts: the worker exited 0 then, its queue still full). The thread is read first:
+    one that ended for that reason did so after ``replacing`` was set, and a new one is
+    in ``slot.thread`` before it is cleared."""
+    thread = slot.thread
+    if thread is not None and thread.is_alive():
+        return True
+    return slot.replacing or slot.thread is not thread
+
+
 class _Slot:
     """One consumer, the batch it runs, and the lock that serialises its calls.
 
@@ -130,6 +142,7 @@ class _Slot:
         self.renewed = 0.0  # monotonic time of the last call that renewed the lease
         self.handed_back = False  # a cold stop closed the consumer under the running batch
         self.thread: threading.Thread | None = None
+        self.replacing = False  # its thread was left behind; the new one is not started yet
         self.generation = 0
         self.backoff = Backoff()
         # between a failed batch and the next: a failure that repeats (a settle the broker
@@ -220,7 +233,7 @@ class Worker:
         idle = self.options.exit_when_idle
         while True:
             threads = [slot.thread for slot in slots if slot.thread is not None]
-            alive = any(thread.is_alive() for thread in threads)
+            alive = any(_slot_alive(slot) for slot in slots)
             self._slot_stopped()  # after that check: a slot says why before its thread ends
             if not alive:
                 return
@@ -369,6 +382,10 @@ class Worker:
             delivery = running.take()
             if delivery is None:
                 return  # it has just ended
+            # at once, and in this order: once the generation moves on, the old thread
+            # may end (its function returns), and _wait must see a slot still alive
+            slot.replacing = True
+            slot.generation += 1
             batch.abandoned = True
             ran = time.monotonic() - running.started
             ending = self.runner.endings.timed_out(
@@ -382,11 +399,11 @@ class Worker:
                 note=f"{ending.note}; slot {slot.index} goes on in a new thread, leaving the "
                 f"old one in the task ({len(self.left_behind)} left behind, still running)"
             )
-            slot.generation += 1
             try:  # if this fails, the tasks go back when the lease runs out
                 self._settle(slot, [*batch.endings, ending], batch.take_rest())
             finally:
                 self._start_slot(slot)
+                slot.replacing = False
 
     # -- one slot: a consumer, and its tasks run on the slot's thread -------------
     def _work(self, slot: _Slot, generation: int) -> None:

@@ -93,6 +93,39 @@ def test_a_task_past_its_time_limit_fails_that_attempt_and_the_slot_goes_on(
     producer.close()
 
 
+def test_a_worker_goes_on_when_the_old_thread_ends_before_its_slot_has_a_new_one(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper settles a timed-out attempt before it starts the slot's new thread. A
+    function that holds the GIL past its limit returns just as the keeper acts, so the
+    old thread ended during that settle: with no thread alive, the worker exited 0,
+    silent, its queue still full. Here the settle waits for the old thread to end."""
+    settle = Worker._settle
+
+    def late_settle(self: Worker, slot: Any, *args: Any) -> Any:
+        if threading.current_thread().name == "distq-keeper":
+            old = self.left_behind[-1]
+            old.join(5)  # the function returned: the left-behind thread is gone
+            time.sleep(0.5)  # more than the worker's checks apart
+        return settle(self, slot, *args)
+
+    monkeypatch.setattr(Worker, "_settle", late_settle)
+    producer, registry = _a_nap_past_its_limit(transport)
+    quick = [Task(name="square", args=[n], reply_to=REPLY) for n in range(3)]
+    out = io.StringIO()
+    worker = _worker(transport, registry, out, exit_when_idle=1.0)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    time.sleep(1.0)  # past the nap's limit and its end: the keeper is in the settle
+    producer.submit([t.encode() for t in quick])
+    results = {r.task_id: r for r in results_of(producer, 4, within=10)}
+    thread.join(10)
+    said = out.getvalue()
+    assert [results[t.id].value for t in quick] == [0, 1, 4], said
+    assert re.search(r"^worker exit\. 3 ok, 1 failed for good, ", said, re.M), said
+    producer.close()
+
+
 def test_a_task_that_returns_past_its_limit_before_the_keeper_acts_fails_that_attempt(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
