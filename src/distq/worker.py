@@ -240,7 +240,12 @@ class Worker:
             for thread in threads:
                 thread.join(0.2 / len(threads))
                 self.health.beat("main")
-            if idle is not None and not self._stopping.is_set() and self.health.idle_for() >= idle:
+            if (
+                idle is not None
+                and not self._stopping.is_set()
+                and not self.outage.ongoing  # a broker away is no empty queue
+                and self.health.idle_for() >= idle
+            ):
                 self.console.info("task_queue is empty")
                 self._stop_warm()
             if self._drain_until is not None and time.monotonic() >= self._drain_until:
@@ -531,6 +536,7 @@ class Worker:
         out of memory) would be "reconnected" every second, one pair of lines a slot."""
         lasted = self.outage.back()
         if lasted is not None:
+            self.health.took(0)  # --exit-when-idle counts afresh: the outage was no idleness
             self.console.info(f"reconnected to {self.transport.describe()} after {lasted:.1f} s")
 
     def _close_all(self, consumers: list[Consumer]) -> None:

@@ -248,6 +248,48 @@ def test_a_broker_that_connects_but_refuses_the_work_is_one_outage_said_once(
     assert lines.count("; reconnecting") == 1 and lines.count("reconnected to ") == 1, lines
 
 
+def test_exit_when_idle_does_not_count_a_broker_outage_as_nothing_to_do(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker frozen mid-job for longer than --exit-when-idle: the worker said
+    "task_queue is empty" and exited 0 while the broker was still away, the tasks
+    waiting in it and the master waiting until its --timeout."""
+    kind = type(transport.consumer("probe"))
+    fetch = kind.fetch
+    away_until = time.monotonic() + 2.0
+
+    def away(self: Any, max_count: int, timeout: float) -> Any:
+        if time.monotonic() < away_until:
+            time.sleep(0.1)  # a socket timeout's wait, shortened
+            raise TransportError("Timeout reading from 127.0.0.1:6379")
+        return fetch(self, max_count, timeout)
+
+    def unreachable(consumer_id: str) -> Any:
+        if time.monotonic() < away_until:
+            time.sleep(0.1)
+            raise TransportError("Timeout connecting to 127.0.0.1:6379")
+        return connect(consumer_id)
+
+    connect = transport.consumer
+    monkeypatch.setattr(kind, "fetch", away)
+    monkeypatch.setattr(transport, "consumer", unreachable)
+    monkeypatch.setattr("distq.worker.Backoff", lambda base=0.1, cap=0.1: Backoff(0.05, 0.05))
+    producer = transport.producer("w.results.job")
+    tasks = [Task(name="square", args=[n], reply_to="w.results.job") for n in range(3)]
+    producer.submit([t.encode() for t in tasks])
+    out = io.StringIO()
+    options = WorkerOptions(
+        concurrency=1, exit_when_idle=0.5, worker_id="w", heartbeat_interval=0.1
+    )
+    worker = Worker(transport, Registry(), options, Console(out=out, err=out))
+    assert worker.run() == 0
+    said = out.getvalue()
+    assert time.monotonic() >= away_until, said  # not while the broker was away
+    assert sorted(r.value for r in results_of(producer, 3, within=5)) == [0, 1, 4], said
+    assert said.index("reconnected to ") < said.index("task_queue is empty"), said
+    producer.close()
+
+
 def test_exit_when_idle_counts_from_the_start_not_from_before_it(transport: Transport) -> None:
     """The time before ``run`` (the CLI's wait for a broker that is down) is not idle
     time: before, a worker built 1.5 s earlier exited 0.2 s into ``run``, its
