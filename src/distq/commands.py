@@ -354,9 +354,10 @@ def _dead_letters(
 
 def _when(at: float) -> str:
     try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+        # UTC, marked, as the log lines are (a shell's TZ shifted the hours unsaid)
+        return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at))
     except (OverflowError, OSError, ValueError):  # a letter's own "at", past any clock
-        return f"at {at!r:.15}".ljust(19)
+        return f"at {at!r:.15}".ljust(20)
 
 
 def _letter_json(letter: DeadLetter, codec: Codec) -> dict[str, Any]:

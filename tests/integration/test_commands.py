@@ -162,7 +162,7 @@ def test_an_unreadable_dead_letter_is_listed_and_requeued_as_its_bytes(
     shown = distq(target, "dead-letters")
     assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
     assert "2 of 2 dead letters, oldest first" in shown.stdout
-    unreadable = "time unknown         worker -  unreadable dead letter: dead letter is not"
+    unreadable = "time unknown          worker -  unreadable dead letter: dead letter is not"
     assert f"{unreadable} valid JSON" in shown.stdout
     assert r"body b'not a dead letter \x1b[2J'" in shown.stdout  # escaped, not sent raw
     listed = json.loads(distq(target, "dead-letters", "--json").stdout)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from distq.codec import Codec
-from distq.commands import _describe_body, _kwargs, parse_argument, reviver
+from distq.commands import _describe_body, _kwargs, _when, parse_argument, reviver
 from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import ConfigError, SignatureError
 from distq.jsonvalue import check_arguments
@@ -116,3 +116,17 @@ def test_a_long_key_inside_an_argument_is_quoted_by_its_ends_in_an_error() -> No
         with pytest.raises(TypeError) as caught:
             check_arguments("t", [value], {})
         assert len(str(caught.value)) < 400, str(caught.value)[:500]
+
+
+def test_a_dead_letters_time_is_utc_and_says_so_whatever_the_shells_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In local time without a zone, the same letter read 02:23:27 or 21:23:27 by the
+    shell's TZ, while the log lines about it say UTC."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert _when(1_796_178_207.13) == "2026-12-02 02:23:27Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
