@@ -16,6 +16,7 @@ envelope starts with ``[`` is a pack.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,14 @@ if TYPE_CHECKING:
 
 assert SHALLOW_NESTING <= MAX_NESTING  # what the fast path writes needs no counting
 
+#: The head of a result envelope as distq writes it (alone, or in a pack after ``[`` or
+#: ``,``): its task id, worker and attempt. Inside a JSON string a quote is escaped, so
+#: this cannot match a string's text.
+_RESULT_HEAD = re.compile(
+    rb'(?<![^\[,])\{"v":1,"task_id":"([0-9A-Za-z_.:-]{1,128})","status":"(?:ok|error)",'
+    rb'"worker":"((?:[^"\\]|\\.){0,1024})","attempt":([0-9]{1,9}),'
+)
+
 
 class Codec:
     """Seals and opens messages with one process's signing keys and size limit.
@@ -53,7 +62,12 @@ class Codec:
         self.signer = Signer(signing_keys) if signing_keys else None
         self.max_message_bytes = max_message_bytes
         # the longest envelope that is still within the limit once signed
-        self._max_envelope = max_message_bytes - (HEADER_BYTES if signing_keys else 0)
+        header = HEADER_BYTES if signing_keys else 0
+        self._max_envelope = max_message_bytes - header
+        # a pack of results stays within the default limit, the one a submitter most
+        # likely reads with; a result too large for that travels alone (see
+        # oversized_results), so it costs its own task at most, not its pack's
+        self._pack_room = min(max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES) - header - 2
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Codec:
@@ -103,7 +117,7 @@ class Codec:
         JSON arrays of them, each signed once and within the size limit (so as few
         messages as the limit allows, and never more than envelopes)."""
         messages: list[bytes] = []
-        room = self._max_envelope - 2  # the brackets
+        room = self._pack_room
         pack: list[bytes] = []
         size = -1  # no comma before the first
         for envelope in envelopes:
@@ -165,6 +179,48 @@ class Codec:
                 f"{MAX_PREFETCH:,} (a batch)"
             )
         return [bytes(raw) for raw in raws]
+
+    def oversized_results(self, message: bytes) -> list[Result]:
+        """For a result message over this process's size limit, which a worker whose
+        ``DISTQ_MAX_MESSAGE_BYTES`` is larger sends: an error result for each task it
+        carries, named by the heads of its envelopes (the signature checked first), so
+        those tasks fail for good with the reason instead of waiting unanswered. Empty
+        when the message is within the limit or says no task that way."""
+        if len(message) <= self.max_message_bytes:
+            return []
+        envelope = message
+        if self.signer is not None:
+            try:
+                envelope = self.signer.verify(message, "result")
+            except EnvelopeError:
+                return []
+        elif message.startswith(MAGIC):
+            return []
+        reason = (
+            f"ran, but the message with its result was {len(message):,} bytes, over the "
+            f"{self.max_message_bytes:,} of this process's DISTQ_MAX_MESSAGE_BYTES and "
+            "within its worker's: give the process that submits tasks at least the "
+            "workers' limit"
+        )
+        found: list[Result] = []
+        for head in _RESULT_HEAD.finditer(envelope):
+            try:
+                worker = msgspec.json.decode(b'"' + head[2] + b'"', type=str)
+            except msgspec.DecodeError:
+                continue
+            found.append(
+                Result(
+                    task_id=head[1].decode(),
+                    status="error",
+                    worker=worker,
+                    attempt=int(head[3]),
+                    started_at=0.0,
+                    duration=0.0,
+                    error_type="MessageTooLarge",
+                    error_message=reason,
+                )
+            )
+        return found
 
     def _open(self, message: bytes, kind: str) -> bytes:
         if len(message) > self.max_message_bytes:

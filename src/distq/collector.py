@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 from distq.codec import Codec, not_bytes
 from distq.config import MESSAGE_BATCH
 from distq.envelope import Result
-from distq.errors import EnvelopeError
+from distq.errors import EnvelopeError, MessageTooLarge, NestedTooDeep
 from distq.telemetry import MasterTelemetry, Received
 from distq.transport.base import Producer
 
@@ -141,7 +141,8 @@ class Collector(Generic[E]):
         on_result, decode = self._on_result, Result.decode
         round_trips: list[float] = []
         latency = round_trips.append
-        for result in _results(bodies, open_results, decode, self._refused):
+        oversized = self._codec.oversized_results
+        for result in _results(bodies, open_results, decode, self._refused, oversized):
             pending = pop(result.task_id, None)
             if pending is None:
                 if result.task_id in self._finished or result.task_id in self._finished_before:
@@ -201,14 +202,23 @@ def _results(
     open_results: Callable[[bytes], list[bytes]],
     decode: Callable[[bytes], Result],
     refused: Callable[[EnvelopeError, int], None],
+    oversized: Callable[[bytes], list[Result]],
 ) -> Iterator[Result]:
     """The results in ``bodies`` (single results and packs), each one refused on its own:
     a bad result in a pack costs only itself, a refused message (unsigned, forged, too
-    large) all of it. Past :data:`REFUSALS_SAID` in one message, the rest of its refusals
-    are said in one line: a pack of 10,000 bad items made 10,000 lines."""
+    large) all of it; the tasks of one too large get error results saying so (see
+    :meth:`Codec.oversized_results`), not silence. Past :data:`REFUSALS_SAID` in one
+    message, the rest of its refusals are said in one line: a pack of 10,000 bad items
+    made 10,000 lines."""
     for body in bodies:
         try:
             envelopes = open_results(body)
+        except MessageTooLarge as exc:
+            stand_ins = [] if isinstance(exc, NestedTooDeep) else oversized(body)
+            if not stand_ins:
+                refused(exc, 1)
+            yield from stand_ins
+            continue
         except EnvelopeError as exc:
             refused(exc, 1)
             continue

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from distq.codec import Codec
 from distq.collector import Collector, Sample
 from distq.envelope import Result, Status
 from distq.errors import EnvelopeError
+from distq.limits import DEFAULT_MAX_MESSAGE_BYTES
 from distq.metrics import MasterMetrics
 from distq.telemetry import MasterTelemetry
 
@@ -129,3 +133,62 @@ def test_a_result_that_is_not_bytes_is_refused_not_a_crash() -> None:
     assert collector.accept(junk) == 1
     assert got == ["a"] and collector.malformed == 2
     assert [str(e)[:24] for e in errors] == ["result is a str, not byt", "result is a NoneType, no"]
+
+
+def _results_of(size: int, count: int = 3) -> list[Result]:
+    """``count`` results of ids t0, t1, ...; the middle one's value ``size`` bytes long."""
+    values = ["x" * size if i == count // 2 else i for i in range(count)]
+    return [
+        Result(task_id=f"t{i}", status="ok", worker='w "1"', attempt=2, started_at=0.0,
+               duration=0.0, value=value)
+        for i, value in enumerate(values)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("keys", [(), (b"k" * 32,)], ids=["unsigned", "signed"])
+def test_a_result_over_the_submitters_limit_fails_its_own_task_and_no_other(
+    keys: tuple[bytes, ...],
+) -> None:
+    """A worker whose DISTQ_MAX_MESSAGE_BYTES is larger than the submitter's: the big
+    result took the small ones packed with it down, none named, and every one of those
+    tasks waited unanswered (a future for good, without a timeout)."""
+    worker, submitter = Codec(keys, 64 * 2**20), Codec(keys)
+    results = _results_of(2_000_000)
+    messages = worker.seal_results([worker.encode_result(r) for r in results])
+    assert [len(m) > DEFAULT_MAX_MESSAGE_BYTES for m in messages] == [False, True, False]
+    got: dict[str, Result] = {}
+    collector: Collector[str] = Collector(
+        lambda r, entry, rtt: got.update({entry: r}), codec=submitter
+    )
+    collector.expect([(r.task_id, r.task_id) for r in results])
+    assert collector.accept(messages) == 3
+    assert [(got[i].status, got[i].value) for i in ("t0", "t2")] == [("ok", 0), ("ok", 2)]
+    big = got["t1"]
+    assert (big.status, big.error_type, big.worker, big.attempt) == (
+        "error", "MessageTooLarge", 'w "1"', 2,
+    )  # fmt: skip
+    assert "over the 1,048,576 of this process's DISTQ_MAX_MESSAGE_BYTES" in str(big.error_message)
+
+
+def test_a_pack_over_a_lower_limit_fails_each_of_its_tasks_with_the_reason() -> None:
+    worker, submitter = Codec(), Codec(max_message_bytes=4096)
+    results = _results_of(4500, count=4)
+    (pack,) = worker.seal_results([worker.encode_result(r) for r in results])
+    got: list[Result] = []
+    collector: Collector[str] = Collector(lambda r, entry, rtt: got.append(r), codec=submitter)
+    collector.expect([(r.task_id, r.task_id) for r in results])
+    assert collector.accept([pack]) == 4
+    assert {(r.task_id, r.error_type) for r in got} == {
+        (f"t{i}", "MessageTooLarge") for i in range(4)
+    }
+
+
+def test_a_forged_oversized_result_fails_no_task_when_signing_is_on() -> None:
+    submitter = Codec((b"k" * 32,))
+    forged = Codec((b"x" * 32,), 64 * 2**20)
+    (message,) = forged.seal_results([forged.encode_result(_results_of(2_000_000, 1)[0])])
+    errors: list[EnvelopeError] = []
+    collector: Collector[str] = Collector(lambda r, e, t: None, errors.append, codec=submitter)
+    collector.expect([("t0", "t0")])
+    assert collector.accept([message]) == 0 and collector.is_waiting("t0")
+    assert "over the limit" in str(errors[0])
