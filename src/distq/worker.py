@@ -407,8 +407,10 @@ class Worker:
             try:  # if this fails, the tasks go back when the lease runs out
                 self._settle(slot, [*batch.endings, ending], batch.take_rest())
             finally:
-                self._start_slot(slot)
-                slot.replacing = False
+                try:
+                    self._start_slot(slot)
+                finally:  # a thread that cannot start must not keep the worker alive
+                    slot.replacing = False
 
     # -- one slot: a consumer, and its tasks run on the slot's thread -------------
     def _work(self, slot: _Slot, generation: int) -> None:
