@@ -243,7 +243,8 @@ class Worker:
             if (
                 idle is not None
                 and not self._stopping.is_set()
-                and not self.outage.ongoing  # a broker away is no empty queue
+                # a broker away is no empty queue; a manager master gone is a job ended
+                and not (self.outage.ongoing and not self.transport.queues_in_master)
                 and self.health.idle_for() >= idle
             ):
                 self.console.info("task_queue is empty")

@@ -225,6 +225,18 @@ def test_sigterm_finishes_the_task_in_hand(spawn: Spawn, stop: signal.Signals) -
     assert len(RESULT_LINE.findall(master.output())) == 1
 
 
+@pytest.mark.parametrize("target", ["manager"], indirect=True)
+def test_a_manager_worker_exits_when_idle_once_its_master_has_ended(spawn: Spawn) -> None:
+    """The tutorial's flow: the master ends with its job, and with it the queues; the
+    worker's --exit-when-idle must still end it (a lost master is not waited out as a
+    broker outage is: it waited for good)."""
+    master = start_master(spawn, "--tasks", "5", "--timeout", "60")
+    worker = spawn("worker", "--exit-when-idle", "2")
+    assert master.wait(30) == 0, master.output()
+    assert worker.wait(15) == 0, worker.output()
+    assert "task_queue is empty" in worker.output()
+
+
 @pytest.mark.parametrize("target", ["redis", "rabbitmq"], indirect=True)
 def test_two_masters_on_one_broker_get_their_own_results(spawn: Spawn, tmp_path: Path) -> None:
     # manager is absent on purpose: each manager master hosts its own queues

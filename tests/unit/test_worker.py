@@ -248,12 +248,14 @@ def test_a_broker_that_connects_but_refuses_the_work_is_one_outage_said_once(
     assert lines.count("; reconnecting") == 1 and lines.count("reconnected to ") == 1, lines
 
 
+@pytest.mark.parametrize("in_master", [False, True], ids=["own-broker", "queues-in-master"])
 def test_exit_when_idle_does_not_count_a_broker_outage_as_nothing_to_do(
-    transport: Transport, monkeypatch: pytest.MonkeyPatch
+    transport: Transport, monkeypatch: pytest.MonkeyPatch, in_master: bool
 ) -> None:
     """A broker frozen mid-job for longer than --exit-when-idle: the worker said
     "task_queue is empty" and exited 0 while the broker was still away, the tasks
-    waiting in it and the master waiting until its --timeout."""
+    waiting in it and the master waiting until its --timeout. Where the queues are in
+    the master (manager), its end is most likely the job's: there it still counts."""
     kind = type(transport.consumer("probe"))
     fetch = kind.fetch
     away_until = time.monotonic() + 2.0
@@ -273,6 +275,7 @@ def test_exit_when_idle_does_not_count_a_broker_outage_as_nothing_to_do(
     connect = transport.consumer
     monkeypatch.setattr(kind, "fetch", away)
     monkeypatch.setattr(transport, "consumer", unreachable)
+    monkeypatch.setattr(transport, "queues_in_master", in_master)
     monkeypatch.setattr("distq.worker.Backoff", lambda base=0.1, cap=0.1: Backoff(0.05, 0.05))
     producer = transport.producer("w.results.job")
     tasks = [Task(name="square", args=[n], reply_to="w.results.job") for n in range(3)]
@@ -284,6 +287,10 @@ def test_exit_when_idle_does_not_count_a_broker_outage_as_nothing_to_do(
     worker = Worker(transport, Registry(), options, Console(out=out, err=out))
     assert worker.run() == 0
     said = out.getvalue()
+    if in_master:  # gone for S seconds: the job is over, as before
+        assert time.monotonic() < away_until and "task_queue is empty" in said, said
+        producer.close()
+        return
     assert time.monotonic() >= away_until, said  # not while the broker was away
     assert sorted(r.value for r in results_of(producer, 3, within=5)) == [0, 1, 4], said
     assert said.index("reconnected to ") < said.index("task_queue is empty"), said

@@ -258,6 +258,9 @@ class Transport(abc.ABC):
     """A connection to one broker and one task queue; a factory of producers and consumers."""
 
     name: str
+    #: Whether a master process holds the queues (manager): a worker that loses it has
+    #: most likely seen its job end, where a broker of its own is only away a while.
+    queues_in_master = False
 
     @abc.abstractmethod
     def describe(self) -> str:

@@ -738,6 +738,7 @@ class ManagerTransport(Transport):
     """``DISTQ_TRANSPORT=manager``: the master hosts the queues; workers connect to it."""
 
     name = "manager"
+    queues_in_master = True
 
     def __init__(self, settings: Settings, role: Role) -> None:
         if settings.authkey is None:  # Settings.load refuses this; here for direct callers
