@@ -38,13 +38,14 @@ if TYPE_CHECKING:
 
 assert SHALLOW_NESTING <= MAX_NESTING  # what the fast path writes needs no counting
 
-#: The head of a result envelope as distq writes it (alone, or in a pack after ``[`` or
-#: ``,``): its task id, worker and attempt. Inside a JSON string a quote is escaped, so
-#: this cannot match a string's text.
+#: The head of a result envelope as distq writes it: its task id, worker and attempt.
+#: Matched only where an envelope starts (a message's, or a pack item's), never inside
+#: one: a value may hold anything, that text too.
 _RESULT_HEAD = re.compile(
-    rb'(?<![^\[,])\{"v":1,"task_id":"([0-9A-Za-z_.:-]{1,128})","status":"(?:ok|error)",'
+    rb'\{"v":1,"task_id":"([0-9A-Za-z_.:-]{1,128})","status":"(?:ok|error)",'
     rb'"worker":"((?:[^"\\]|\\.){0,1024})","attempt":([0-9]{1,9}),'
 )
+_HEAD_BYTES = 1400  # the longest head that pattern matches, and some
 
 
 class Codec:
@@ -68,6 +69,9 @@ class Codec:
         # likely reads with; a result too large for that travels alone (see
         # oversized_results), so it costs its own task at most, not its pack's
         self._pack_room = min(max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES) - header - 2
+        # so a pack that size is read even by a process whose own limit is lower: each
+        # result in it is then held to that limit (see Collector)
+        self._results_allowance = max(max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Codec:
@@ -162,8 +166,10 @@ class Codec:
         """The result envelopes in ``message``, a single result or a pack, once its size
         and signature check out; each is read with :meth:`Result.decode`, so that a bad
         one costs only itself. :class:`EnvelopeError` if the message as a whole is refused."""
-        envelope = self._open(message, "result")
+        envelope = self._open(message, "result", self._results_allowance)
         if envelope[:1] != b"[":
+            if len(message) > self.max_message_bytes:
+                check_size(message, self.max_message_bytes, "result")  # raises
             return [envelope]
         try:
             raws = _raw_list(envelope)
@@ -181,13 +187,11 @@ class Codec:
         return [bytes(raw) for raw in raws]
 
     def oversized_results(self, message: bytes) -> list[Result]:
-        """For a result message over this process's size limit, which a worker whose
-        ``DISTQ_MAX_MESSAGE_BYTES`` is larger sends: an error result for each task it
-        carries, named by the heads of its envelopes (the signature checked first), so
-        those tasks fail for good with the reason instead of waiting unanswered. Empty
-        when the message is within the limit or says no task that way."""
-        if len(message) <= self.max_message_bytes:
-            return []
+        """For a result message :meth:`open_results` refused as too large, which a worker
+        whose ``DISTQ_MAX_MESSAGE_BYTES`` is larger sends: an error result for each task
+        it carries, named by its envelope's head (the signature checked first), so those
+        tasks fail for good with the reason instead of waiting unanswered. Empty when the
+        message says no task that way."""
         envelope = message
         if self.signer is not None:
             try:
@@ -196,35 +200,46 @@ class Codec:
                 return []
         elif message.startswith(MAGIC):
             return []
-        reason = (
-            f"ran, but the message with its result was {len(message):,} bytes, over the "
-            f"{self.max_message_bytes:,} of this process's DISTQ_MAX_MESSAGE_BYTES and "
-            "within its worker's: give the process that submits tasks at least the "
-            "workers' limit"
-        )
-        found: list[Result] = []
-        for head in _RESULT_HEAD.finditer(envelope):
-            try:
-                worker = msgspec.json.decode(b'"' + head[2] + b'"', type=str)
-            except msgspec.DecodeError:
-                continue
-            found.append(
-                Result(
-                    task_id=head[1].decode(),
-                    status="error",
-                    worker=worker,
-                    attempt=int(head[3]),
-                    started_at=0.0,
-                    duration=0.0,
-                    error_type="MessageTooLarge",
-                    error_message=reason,
-                )
-            )
-        return found
+        if envelope[:1] != b"[":
+            lone = self.stand_in(envelope, len(message))
+            return [] if lone is None else [lone]
+        try:
+            raws = _raw_list(envelope)
+        except (msgspec.DecodeError, RecursionError):
+            return []
+        found = (self.stand_in(memoryview(raw)[:_HEAD_BYTES], len(raw)) for raw in raws)
+        return [result for result in found if result is not None]
 
-    def _open(self, message: bytes, kind: str) -> bytes:
-        if len(message) > self.max_message_bytes:
-            check_size(message, self.max_message_bytes, kind)  # raises, saying by how much
+    def stand_in(self, head: bytes | memoryview, size: int) -> Result | None:
+        """The error result for a result envelope of ``size`` bytes, over this process's
+        limit, that starts with ``head``; None if ``head`` is not a result's."""
+        found = _RESULT_HEAD.match(head, 0, _HEAD_BYTES)
+        if found is None:
+            return None
+        try:
+            worker = msgspec.json.decode(b'"' + found[2] + b'"', type=str)
+        except msgspec.DecodeError:
+            return None
+        return Result(
+            task_id=found[1].decode(),
+            status="error",
+            worker=worker,
+            attempt=int(found[3]),
+            started_at=0.0,
+            duration=0.0,
+            error_type="MessageTooLarge",
+            error_message=(
+                f"ran, but its result was {size:,} bytes, over the "
+                f"{self.max_message_bytes:,} of this process's DISTQ_MAX_MESSAGE_BYTES "
+                "and within its worker's: give the process that submits tasks at least "
+                "the workers' limit"
+            ),
+        )
+
+    def _open(self, message: bytes, kind: str, most: int | None = None) -> bytes:
+        most = self.max_message_bytes if most is None else most
+        if len(message) > most:
+            check_size(message, most, kind)  # raises, saying by how much
         if self.signer is not None:
             return self.signer.verify(message, kind)
         if not message.startswith(MAGIC):

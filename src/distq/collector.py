@@ -11,7 +11,7 @@ reuses: the squares job (:class:`distq.master.Master`) and an executor alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, KeysView
+from collections.abc import Callable, Generator, Iterable, Iterator, KeysView
 from typing import Generic, TypeVar
 
 from distq.codec import Codec, not_bytes
@@ -137,12 +137,11 @@ class Collector(Generic[E]):
         tracked = telemetry.metrics is not None or telemetry.log is not None  # else a no-op
         received: list[Received] = []  # for telemetry, when tracked: in the order they came
         # once per result: looked up once per call
-        open_results, pop, finish = self._codec.open_results, self._pending.pop, self._finished.add
-        on_result, decode = self._on_result, Result.decode
+        pop, finish = self._pending.pop, self._finished.add
+        on_result = self._on_result
         round_trips: list[float] = []
         latency = round_trips.append
-        oversized = self._codec.oversized_results
-        for result in _results(bodies, open_results, decode, self._refused, oversized):
+        for result in _results(bodies, self._codec, self._refused):
             pending = pop(result.task_id, None)
             if pending is None:
                 if result.task_id in self._finished or result.task_id in self._finished_before:
@@ -199,22 +198,22 @@ class Sample(list[float]):
 
 def _results(
     bodies: Iterable[bytes],
-    open_results: Callable[[bytes], list[bytes]],
-    decode: Callable[[bytes], Result],
+    codec: Codec,
     refused: Callable[[EnvelopeError, int], None],
-    oversized: Callable[[bytes], list[Result]],
 ) -> Iterator[Result]:
     """The results in ``bodies`` (single results and packs), each one refused on its own:
-    a bad result in a pack costs only itself, a refused message (unsigned, forged, too
-    large) all of it; the tasks of one too large get error results saying so (see
-    :meth:`Codec.oversized_results`), not silence. Past :data:`REFUSALS_SAID` in one
-    message, the rest of its refusals are said in one line: a pack of 10,000 bad items
-    made 10,000 lines."""
+    a bad result in a pack costs only itself, a refused message (unsigned, forged) all of
+    it. A result over this process's size limit (its worker's is larger) is an error
+    result for its task saying so (:meth:`Codec.stand_in`), not silence; so are those of
+    a message too large to open at all, where their heads say them. Past
+    :data:`REFUSALS_SAID` in one message, the rest of its refusals are said in one line: a
+    pack of 10,000 bad items made 10,000 lines."""
+    open_results, decode, limit = codec.open_results, Result.decode, codec.max_message_bytes
     for body in bodies:
         try:
             envelopes = open_results(body)
         except MessageTooLarge as exc:
-            stand_ins = [] if isinstance(exc, NestedTooDeep) else oversized(body)
+            stand_ins = [] if isinstance(exc, NestedTooDeep) else codec.oversized_results(body)
             if not stand_ins:
                 refused(exc, 1)
             yield from stand_ins
@@ -225,6 +224,8 @@ def _results(
         except TypeError:  # not bytes at all (a manager peer put a str): bad input too
             refused(not_bytes(body, "result"), 1)
             continue
+        if len(body) > limit:  # a pack read past this process's limit: each result held to it
+            envelopes = yield from _within(envelopes, limit, codec, refused)
         bad = 0
         for envelope in envelopes:
             try:
@@ -236,3 +237,30 @@ def _results(
         if bad > REFUSALS_SAID:
             more = bad - REFUSALS_SAID
             refused(EnvelopeError(f"and {more:,} more results of the same pack, each as bad"), more)
+
+
+def _within(
+    envelopes: list[bytes],
+    limit: int,
+    codec: Codec,
+    refused: Callable[[EnvelopeError, int], None],
+) -> Generator[Result, None, list[bytes]]:
+    """Yield a stand-in error result for each of ``envelopes`` over ``limit`` (refused if
+    its head names no task); return the rest."""
+    kept: list[bytes] = []
+    for envelope in envelopes:
+        if len(envelope) <= limit:
+            kept.append(envelope)
+            continue
+        stand_in = codec.stand_in(envelope, len(envelope))
+        if stand_in is None:
+            refused(
+                MessageTooLarge(
+                    f"a result of {len(envelope):,} bytes, over the limit of {limit:,} "
+                    "(DISTQ_MAX_MESSAGE_BYTES), was not decoded"
+                ),
+                1,
+            )
+        else:
+            yield stand_in
+    return kept

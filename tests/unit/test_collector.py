@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -170,17 +171,55 @@ def test_a_result_over_the_submitters_limit_fails_its_own_task_and_no_other(
     assert "over the 1,048,576 of this process's DISTQ_MAX_MESSAGE_BYTES" in str(big.error_message)
 
 
-def test_a_pack_over_a_lower_limit_fails_each_of_its_tasks_with_the_reason() -> None:
+def test_a_pack_over_a_lower_limit_is_read_and_each_result_held_to_that_limit() -> None:
+    """A submitter whose limit is below the default 1 MiB a worker packs up to: the
+    whole pack was refused, every small result in it failing for good with it."""
     worker, submitter = Codec(), Codec(max_message_bytes=4096)
     results = _results_of(4500, count=4)
     (pack,) = worker.seal_results([worker.encode_result(r) for r in results])
-    got: list[Result] = []
-    collector: Collector[str] = Collector(lambda r, entry, rtt: got.append(r), codec=submitter)
+    assert len(pack) > 4096
+    got: dict[str, Result] = {}
+    collector: Collector[str] = Collector(
+        lambda r, entry, rtt: got.update({entry: r}), codec=submitter
+    )
     collector.expect([(r.task_id, r.task_id) for r in results])
     assert collector.accept([pack]) == 4
-    assert {(r.task_id, r.error_type) for r in got} == {
-        (f"t{i}", "MessageTooLarge") for i in range(4)
-    }
+    assert {i: (r.status, r.error_type) for i, r in got.items()} == {
+        "t0": ("ok", None), "t1": ("ok", None), "t2": ("error", "MessageTooLarge"),
+        "t3": ("ok", None),
+    }  # fmt: skip
+
+
+def _keep(got: dict[str, Result], result: Result, entry: str, _round_trip: float) -> None:
+    got[entry] = result
+
+
+def _fake_head(task_id: str) -> dict[str, Any]:
+    """A value shaped like a result envelope's head, naming ``task_id``."""
+    return {"v": 1, "task_id": task_id, "status": "ok", "worker": "forger", "attempt": 1,
+            "started_at": 0.0}  # fmt: skip
+
+
+def test_only_heads_where_envelopes_start_name_tasks_not_text_inside_a_value() -> None:
+    """A value holding a dict shaped like a result's head failed the task it named, which
+    had its own good result."""
+    big = Result(task_id="t0", status="ok", worker="w", attempt=1, started_at=0.0,
+                 duration=0.0, value=[_fake_head("t1"), "x" * 2_000_000])  # fmt: skip
+    small = Result(task_id="t1", status="ok", worker="w", attempt=1, started_at=0.0,
+                   duration=0.0, value=[_fake_head("t1")])  # fmt: skip
+    worker, submitter = Codec((), 64 * 2**20), Codec()
+    messages = worker.seal_results([worker.encode_result(r) for r in (big, small)])
+    old_pack = b"[" + b",".join(worker.encode_result(r) for r in (small, big)) + b"]"
+    for bodies in (messages, [old_pack]):  # a pack past 1 MiB: a worker before this one
+        got: dict[str, Result] = {}
+        collector: Collector[str] = Collector(partial(_keep, got), codec=submitter)
+        collector.expect([("t0", "t0"), ("t1", "t1")])
+        collector.accept(bodies)
+        assert got["t0"].error_type == "MessageTooLarge", bodies is messages
+        if bodies is messages:
+            assert (got["t1"].status, got["t1"].value) == ("ok", [_fake_head("t1")])
+        else:  # the pack is too large to open: its heads name its tasks, t1's too
+            assert (got["t1"].error_type, got["t1"].worker) == ("MessageTooLarge", "w")
 
 
 def test_a_forged_oversized_result_fails_no_task_when_signing_is_on() -> None:
