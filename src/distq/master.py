@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -471,8 +472,8 @@ class _Run(Generic[E]):
         if result.status == "error":
             r.failed += 1
             kind, why = str(result.error_type), str(result.error_message)
-            if not (f"{kind}:" in why or why.endswith(kind)):  # a worker's reason names it
-                why = f"{kind}: {why}"
+            if not re.search(rf"(?<![\w.]){re.escape(kind)}(?::|$)", why):  # a worker's
+                why = f"{kind}: {why}"  # reason names it ("last error: ValueError: ...")
             problem = f"task {self.workload.name(entry)} [{result.task_id}] failed for good: "
             problem += shown(why)
         elif not self.workload.check(result, entry):

@@ -251,6 +251,7 @@ def test_any_workload_runs_and_failures_are_named_by_it(transport: Transport) ->
     messages = {
         1: "no\nmaster exit\x1b[8m",  # no forged line, no escape
         2: "failed 3 of 3 attempts; last error: ValueError: boom",  # as a worker says it
+        3: "MyValueError: a bad value",  # names another type
     }
 
     def answer(task: Task) -> list[bytes]:
@@ -269,8 +270,8 @@ def test_any_workload_runs_and_failures_are_named_by_it(transport: Transport) ->
             ]
         return [result(task, "anything")]
 
-    out, report = run(transport, JobSpec(tasks=3, timeout=20), answer, Echoes())
-    assert (report.ok, report.failed) == (1, 2)
+    out, report = run(transport, JobSpec(tasks=4, timeout=20), answer, Echoes())
+    assert (report.ok, report.failed) == (1, 3)
     assert re.search(r"^echo\(0\) \[\w+\] = 'anything'$", out, re.M)
     assert re.search(r"task echo\(1\) \[\w+\] failed for good: ValueError: no\\nmaster", out)
     # the worker's reason names the type already: once, not "ValueError: failed ..."
@@ -280,6 +281,7 @@ def test_any_workload_runs_and_failures_are_named_by_it(transport: Transport) ->
         out,
         re.M,
     )
+    assert re.search(r"\] failed for good: ValueError: MyValueError: a bad value$", out, re.M)
     assert "\x1b" not in out and not re.search("^master exit", out, re.M)
     assert "put task" not in out and "try to get result" not in out
 
