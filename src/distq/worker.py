@@ -53,7 +53,7 @@ from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console, announce
 from distq.ending import Ending, Endings, describe
-from distq.errors import ConfigError, SettledThenFailed, Shutdown
+from distq.errors import ConfigError, SettledThenFailed, Shutdown, TransportError
 from distq.health import WorkerHealth
 from distq.masters import MasterWatch
 from distq.runner import TaskRunner
@@ -358,6 +358,13 @@ class Worker:
                         self._give_up(slot, batch, running)
                     elif time.monotonic() - slot.renewed >= interval:
                         self._renew(slot, batch)
+                except TransportError as exc:  # the broker away: one line per outage
+                    if self.outage.lost():
+                        self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
+                    # tried again a tick from now, not an interval: a try an interval
+                    # later fell on the lease's deadline, and a broker back before it
+                    # still lost the lease (7 of 8 running tasks ran twice)
+                    slot.renewed = time.monotonic() - interval + tick
                 except Exception as exc:  # the slot meets the same error when it settles
                     self.console.error(f"keeping a long batch: {exc}")
                     slot.renewed = time.monotonic()  # one line per interval, not a flood
@@ -376,6 +383,7 @@ class Worker:
                 with self.health.liveness.waiting("leases"):  # a silent broker is no stall
                     slot.consumer.heartbeat()
                 slot.renewed = time.monotonic()
+                self._back()  # an outage only the keeper saw ends here
         finally:
             slot.lock.release()
 

@@ -297,6 +297,42 @@ def test_exit_when_idle_does_not_count_a_broker_outage_as_nothing_to_do(
     producer.close()
 
 
+def test_a_lease_renewal_the_broker_refused_is_tried_again_soon_and_said_once(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker away while slots run long tasks: each slot's keeper line came every
+    interval (24 lines for 8 slots and 6 s), with no "reconnected", and the next try
+    an interval after a failure fell on the lease's deadline (7 of 8 tasks ran twice)."""
+    kind = type(transport.consumer("probe"))
+    heartbeat = kind.heartbeat
+    seen: dict[str, float] = {}
+
+    def away_a_while(self: Any) -> None:
+        now = time.monotonic()
+        first = seen.setdefault("first", now)
+        if now < first + 1.2:
+            raise TransportError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        seen.setdefault("back", now)
+        heartbeat(self)
+
+    monkeypatch.setattr(kind, "heartbeat", away_a_while)
+    producer = transport.producer("w.results.job")
+    registry = Registry()
+    registry.register("nap", lambda seconds: time.sleep(seconds))
+    naps = [Task(name="nap", args=[3.5], reply_to="w.results.job") for _ in range(2)]
+    producer.submit([t.encode() for t in naps])
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=2, worker_id="w", heartbeat_interval=1.0)
+    worker = Worker(transport, registry, options, Console(out=out, err=out))
+    run_for(worker, 5.0)
+    said = out.getvalue()
+    assert said.count("Connection refused; reconnecting") == 1, said
+    assert said.count("reconnected to ") == 1 and "keeping a long batch" not in said, said
+    # the first try past the outage came a tick (0.25 s) after it, not an interval (1 s)
+    assert seen["back"] - (seen["first"] + 1.2) < 0.6, seen
+    producer.close()
+
+
 def test_exit_when_idle_counts_from_the_start_not_from_before_it(transport: Transport) -> None:
     """The time before ``run`` (the CLI's wait for a broker that is down) is not idle
     time: before, a worker built 1.5 s earlier exited 0.2 s into ``run``, its
