@@ -109,6 +109,9 @@ class WorkerOptions:
         )
 
 
+#: The keeper's tick while the broker is away: how soon a lease is renewed once it is back.
+OUTAGE_TICK = 0.1
+
 #: A failed batch this long after the last one starts the slot's backoff afresh.
 FAILURES_FORGOTTEN_S = 60.0
 
@@ -346,7 +349,9 @@ class Worker:
         tick = min(interval / 4, self.health.liveness.stall_seconds / 3)
         if self.limits:
             tick = min(tick, TIME_LIMIT_TICK)
-        while not done.wait(tick):
+        # a broker away: leases are tried again every OUTAGE_TICK, so that one back just
+        # before a lease's deadline still finds it (a tick of lease/12 came too late)
+        while not done.wait(min(tick, OUTAGE_TICK) if self.outage.ongoing else tick):
             self.health.beat("leases")
             for slot in slots:
                 batch = slot.batch
@@ -361,10 +366,10 @@ class Worker:
                 except TransportError as exc:  # the broker away: one line per outage
                     if self.outage.lost():
                         self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
-                    # tried again a tick from now, not an interval: a try an interval
-                    # later fell on the lease's deadline, and a broker back before it
-                    # still lost the lease (7 of 8 running tasks ran twice)
-                    slot.renewed = time.monotonic() - interval + tick
+                    # tried again at the next tick, not an interval later: that try fell
+                    # on the lease's deadline, and a broker back before it still lost the
+                    # lease (7 of 8 running tasks ran twice)
+                    slot.renewed = time.monotonic() - interval
                 except Exception as exc:  # the slot meets the same error when it settles
                     self.console.error(f"keeping a long batch: {exc}")
                     slot.renewed = time.monotonic()  # one line per interval, not a flood
