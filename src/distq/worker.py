@@ -222,13 +222,15 @@ class Worker:
             self._start_slot(slot)
 
     def _start_slot(self, slot: _Slot) -> None:
-        slot.thread = threading.Thread(
+        thread = threading.Thread(
             target=self._work,
             args=(slot, slot.generation),
             name=f"distq-slot-{slot.index}",
             daemon=True,
         )
-        slot.thread.start()
+        thread.start()
+        slot.thread = thread  # started: the main loop joins it ("cannot join ... before
+        # it is started" ended the worker when it met a replacement thread just made)
 
     def _wait(self, slots: list[_Slot]) -> None:
         """Until every slot has ended; a warm stop when idle for ``exit_when_idle``, and a
