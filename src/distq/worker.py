@@ -146,6 +146,7 @@ class _Slot:
         self.handed_back = False  # a cold stop closed the consumer under the running batch
         self.thread: threading.Thread | None = None
         self.replacing = False  # its thread was left behind; the new one is not started yet
+        self.renew_failed_on: Consumer | None = None  # the link the keeper last failed on
         self.generation = 0
         self.backoff = Backoff()
         # between a failed batch and the next: a failure that repeats (a settle the broker
@@ -366,8 +367,14 @@ class Worker:
                     elif time.monotonic() - slot.renewed >= interval:
                         self._renew(slot, batch)
                 except TransportError as exc:  # the broker away: one line per outage
-                    if self.outage.lost():
-                        self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
+                    # an outage begins at a link's first failure, not at each: a slot in a
+                    # long task keeps its broken link (RabbitMQ) until the task ends, and
+                    # each failed renewal on it began a new outage once another slot's
+                    # call had ended the last (a pair of lines every 1.3 s)
+                    if slot.renew_failed_on is not slot.consumer:
+                        slot.renew_failed_on = slot.consumer
+                        if self.outage.lost():
+                            self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
                     # tried again at the next tick, not an interval later: that try fell
                     # on the lease's deadline, and a broker back before it still lost the
                     # lease (7 of 8 running tasks ran twice)
@@ -390,6 +397,7 @@ class Worker:
                 with self.health.liveness.waiting("leases"):  # a silent broker is no stall
                     slot.consumer.heartbeat()
                 slot.renewed = time.monotonic()
+                slot.renew_failed_on = None
                 self._back()  # an outage only the keeper saw ends here
         finally:
             slot.lock.release()

@@ -333,6 +333,61 @@ def test_a_lease_renewal_the_broker_refused_is_tried_again_soon_and_said_once(
     producer.close()
 
 
+def test_a_broken_link_under_a_long_task_is_one_outage_while_other_slots_work(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ: a slot in a long task keeps its broken link until the task ends. Each
+    failed renewal on it began a new outage once another slot's call had ended the last:
+    a "reconnecting" / "reconnected" pair every 1.3 s while the broker was up."""
+    kind = type(transport.consumer("probe"))
+    heartbeat = kind.heartbeat
+    broken: set[int] = set()
+
+    def on_a_broken_link(self: Any) -> None:
+        if id(self) in broken:
+            raise TransportError("RabbitMQ at 127.0.0.1:5672: heartbeat failed: Connection reset")
+        heartbeat(self)
+
+    monkeypatch.setattr(kind, "heartbeat", on_a_broken_link)
+    registry = Registry()
+
+    slots: list[Any] = []  # the worker's, once it starts them
+
+    def long_one(seconds: float) -> None:
+        for slot in slots:  # this slot's link breaks
+            if threading.current_thread().name == f"distq-slot-{slot.index}":
+                broken.add(id(slot.consumer))
+        time.sleep(seconds)
+
+    registry.register("long_one", long_one)
+    producer = transport.producer("w.results.job")
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=2, worker_id="w", heartbeat_interval=0.3)
+    worker = Worker(transport, registry, options, Console(out=out, err=out))
+    start = worker._start
+
+    def seen_start(started: Any, done: Any) -> None:
+        slots.extend(started)
+        start(started, done)
+
+    monkeypatch.setattr(worker, "_start", seen_start)
+    producer.submit([Task(name="long_one", args=[3.0], reply_to="w.results.job").encode()])
+
+    def quick_ones() -> None:  # the other slot works all along: its calls go through
+        for n in range(25):
+            producer.submit([Task(name="square", args=[n], reply_to="w.results.job").encode()])
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=quick_ones)
+    feeder.start()
+    run_for(worker, 3.5)
+    feeder.join()
+    said = out.getvalue()
+    assert broken, said
+    assert said.count("; reconnecting") <= 1 and said.count("reconnected to ") <= 1, said
+    producer.close()
+
+
 def test_exit_when_idle_counts_from_the_start_not_from_before_it(transport: Transport) -> None:
     """The time before ``run`` (the CLI's wait for a broker that is down) is not idle
     time: before, a worker built 1.5 s earlier exited 0.2 s into ``run``, its
