@@ -430,6 +430,9 @@ def test_a_slot_taking_few_tasks_splits_a_pack_for_the_others(
         time.sleep(0.05)
     # its pack's 31 other tasks, one per message, and the packs nobody took yet
     assert _ready(raw, queue) >= TASKS_PER_MESSAGE - 1 + 6
+    time.sleep(0.5)  # the slot runs its task: nothing more is pushed to it meanwhile
+    slow._link.connection.process_data_events(time_limit=0)
+    assert not slow._buffer and _ready(raw, queue) == TASKS_PER_MESSAGE - 1 + 7
     slow.settle([Settlement(one)])
     slow.close()
     back = fetch_n(t.consumer("idle"), 255, within=15)

@@ -1159,7 +1159,8 @@ class RabbitMQConsumer(Consumer):
                 if kept:
                     self._buffer.extend(kept)
                     self._split_after = time.monotonic() + _SPLIT_PAUSE_S
-                self._hold_split()
+                else:  # tasks a full queue refused stay in their packs, unacked, as before
+                    self._hold_split()
             return got
 
     def _hold_split(self) -> None:
@@ -1171,6 +1172,12 @@ class RabbitMQConsumer(Consumer):
         if split:
             self._lease_records().hold(self._held.take(split))  # confirmed before the acks
             self._finish(split, self._link.channel.basic_ack)
+            if self._tag is not None:
+                # the acks freed the consumer's window: the broker would push the next
+                # pack to this slot, busy in its task, out of idle workers' reach. The
+                # next fetch consumes again (as after a heartbeat)
+                self._link.channel.basic_cancel(self._tag)
+                self._tag, self._current = None, set()
 
     def _size_window(self, want: int) -> None:
         """Consume with a ``basic_qos`` prefetch close to what the caller takes.
@@ -1313,7 +1320,8 @@ class RabbitMQConsumer(Consumer):
             # what a full queue refused stays held: this consumer hands it out again
             kept = self._give_back(tags)
             self._buffer.extendleft(reversed(kept))
-            self._hold_split()  # a long batch's unstarted tasks back, its running ones not
+            if not kept:  # a long batch's unstarted tasks back, its running ones not
+                self._hold_split()
         return len(tags) - len(kept)
 
     def _give_back(self, tags: list[int], whole: bool = True) -> list[Delivery]:
