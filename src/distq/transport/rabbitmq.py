@@ -1159,25 +1159,7 @@ class RabbitMQConsumer(Consumer):
                 if kept:
                     self._buffer.extend(kept)
                     self._split_after = time.monotonic() + _SPLIT_PAUSE_S
-                else:  # tasks a full queue refused stay in their packs, unacked, as before
-                    self._hold_split()
             return got
-
-    def _hold_split(self) -> None:
-        """Move the tasks still open in split packs into lease records, and ack the packs:
-        left unacked, a pack lost with the connection (a worker killed, a broker
-        restart) came back whole, and the tasks already published again one by one ran
-        twice. As a long task's delivery does after a lease (:meth:`_hold_long_ones`)."""
-        split = self._held.partial()
-        if split:
-            self._lease_records().hold(self._held.take(split))  # confirmed before the acks
-            self._finish(split, self._link.channel.basic_ack)
-            if self._tag is not None:
-                # the acks freed the consumer's window: the broker would push the next
-                # pack to this slot, busy in its task, out of idle workers' reach. The
-                # next fetch consumes again (as after a heartbeat)
-                self._link.channel.basic_cancel(self._tag)
-                self._tag, self._current = None, set()
 
     def _size_window(self, want: int) -> None:
         """Consume with a ``basic_qos`` prefetch close to what the caller takes.
@@ -1320,8 +1302,6 @@ class RabbitMQConsumer(Consumer):
             # what a full queue refused stays held: this consumer hands it out again
             kept = self._give_back(tags)
             self._buffer.extendleft(reversed(kept))
-            if not kept:  # a long batch's unstarted tasks back, its running ones not
-                self._hold_split()
         return len(tags) - len(kept)
 
     def _give_back(self, tags: list[int], whole: bool = True) -> list[Delivery]:

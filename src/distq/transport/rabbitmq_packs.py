@@ -271,11 +271,6 @@ class HeldMessages:
         """Every task held, oldest first."""
         return sorted(self._tasks)
 
-    def partial(self) -> list[int]:
-        """The messages held with tasks settled (or published again) and others still
-        open: requeued whole, by a lost connection, they would run the former twice."""
-        return sorted(tag for tag, message in self.messages.items() if message.partial)
-
     def partly_settled(self) -> bool:
         """Whether some message held has tasks settled (or published again) and others
         not: closing must give those back one by one, not let the broker requeue it."""
