@@ -180,16 +180,20 @@ def test_the_report_shows_cpu_by_role_feature_costs_and_scaling() -> None:
     assert "-task round with 1, 2 `distq worker` processes" in text
 
 
-def test_a_pair_by_pair_range_never_reads_minus_zero() -> None:
-    plain = [_ok({"master": 0.010, "workers": 0.010}) for _ in range(2)]
-    metrics = [_ok({"master": 0.00999, "workers": 0.010}), _ok({"master": 0.011, "workers": 0.01})]
-    rows = [
+def _with_metrics(plain: list[dict[str, Any]], metrics: list[dict[str, Any]]) -> list[Any]:
+    """Rows of plain distq and of its metrics variant on Redis, with their trials."""
+    return [
         {"broker": "redis", "contestant": "distq", **run.summarize(plain),
          "trials_detail": plain},
         {"broker": "redis", "contestant": "distq-metrics", **run.summarize(metrics),
          "trials_detail": metrics},
     ]  # fmt: skip
-    text = write_markdown(_report(rows, []))
+
+
+def test_a_pair_by_pair_range_never_reads_minus_zero() -> None:
+    plain = [_ok({"master": 0.010, "workers": 0.010}) for _ in range(2)]
+    metrics = [_ok({"master": 0.00999, "workers": 0.010}), _ok({"master": 0.011, "workers": 0.01})]
+    text = write_markdown(_report(_with_metrics(plain, metrics), []))
     assert "(+0 to +5) |" in text and "-0 " not in text, text
 
 
@@ -203,12 +207,7 @@ def test_the_feature_table_pairs_each_trial_with_its_bases_trial_of_the_same_rou
         _ok({"master": 0.022, "workers": 0.022}),  # +10 %, in the slow round
         {"status": "failed", "error": "x"},  # no pair
     ]
-    rows = [
-        {"broker": "redis", "contestant": "distq", **run.summarize(plain),
-         "trials_detail": plain},
-        {"broker": "redis", "contestant": "distq-metrics", **run.summarize(metrics),
-         "trials_detail": metrics},
-    ]  # fmt: skip
+    rows = _with_metrics(plain, metrics)
     text = write_markdown(_report(rows, []))
     # by medians, the slow round makes metrics look +62.5 %; pair by pair it is +5 and +10
     assert (
