@@ -373,8 +373,7 @@ class Worker:
                     # call had ended the last (a pair of lines every 1.3 s)
                     if slot.renew_failed_on is not slot.consumer:
                         slot.renew_failed_on = slot.consumer
-                        if self.outage.lost():
-                            self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
+                        self._lost(exc)
                     # tried again at the next tick, not an interval later: that try fell
                     # on the lease's deadline, and a broker back before it still lost the
                     # lease (7 of 8 running tasks ran twice)
@@ -498,8 +497,8 @@ class Worker:
                     return
                 if isinstance(exc, ConfigError):
                     self._refused(exc)
-                elif self.outage.lost():
-                    self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
+                else:
+                    self._lost(exc)
                 with slot.lock:
                     slot.batch = None
                     self._close(slot.consumer)
@@ -547,14 +546,19 @@ class Worker:
             if isinstance(exc, ConfigError):
                 self._refused(exc)
                 return None
-            if self.outage.lost():  # one line per outage, not one per attempt
-                self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
+            self._lost(exc)
             self._stopping.wait(slot.backoff.next())
             return None
         slot.backoff.reset()  # the outage is over once a call goes through (_back)
         self.health.took(0)  # at work (again): --exit-when-idle counts from here
         self.health.connected(True, consumer_id)
         return consumer
+
+    def _lost(self, exc: Exception) -> None:
+        """A call failed on the broker: the first to see an outage says so, in one line
+        per outage whatever the number of slots and attempts (see :meth:`_back`)."""
+        if self.outage.lost():
+            self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
 
     def _back(self) -> None:
         """A call went through: the outage is over, and the first slot to see it says so.
