@@ -1,13 +1,15 @@
-"""The pure parts of submit and requeue-dead: arguments from the shell, revived tasks."""
+"""The pure parts of submit, dead-letters and requeue-dead: arguments from the shell,
+revived tasks, the JSON list."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 from distq.codec import Codec
-from distq.commands import _describe_body, _kwargs, _when, parse_argument, reviver
+from distq.commands import _describe_body, _kwargs, _when, parse_argument, reviver, say_array
 from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import ConfigError, SignatureError
 from distq.jsonvalue import check_arguments
@@ -130,3 +132,20 @@ def test_a_dead_letters_time_is_utc_and_says_so_whatever_the_shells_zone(
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [],
+        [{}],
+        [{"at": 1.5, "reason": 'a "quoted"\nline', "task": {"args": [1, [2, {}]], "kwargs": {}}}],
+        [{"a": 1}, [], {"b": [1, 2]}, "x", None],
+    ],
+)
+def test_dead_letters_json_is_said_letter_by_letter_as_one_array(
+    items: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    say_array(iter(items))
+    out = capsys.readouterr().out
+    assert out == json.dumps(items, indent=2) + "\n"  # what one json.dumps of them printed
