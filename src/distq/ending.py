@@ -184,7 +184,9 @@ class Endings:
         retry = None
         if retryable and task.attempt < task.max_attempts:
             with contextlib.suppress(EnvelopeError):  # a retry over the limit fails for good
-                retry = self.codec.seal(task.next_attempt().encode(), "task")
+                retry = self.codec.seal(
+                    self._as_sent(delivery, task).next_attempt().encode(), "task"
+                )
         if retry is not None:
             delay = retry_delay(task.attempt)
             note = (
@@ -325,6 +327,16 @@ class Endings:
                 else:  # its result rides on an earlier settlement
                     settlements[i] = _settlement(s, None, None)
         return settlements
+
+    def _as_sent(self, delivery: Delivery, task: Task) -> Task:
+        """``task`` as its message holds it: the function got the very lists and dicts of
+        ``task``, and may have changed them before it raised (``items.pop()``), or may be
+        changing them still (past its time limit). A retry of those ran on what was left
+        and could return a wrong value as ``ok``."""
+        try:
+            return self.codec.open_task(delivery.body)
+        except EnvelopeError:  # it opened before; kept as it is, should that ever change
+            return task
 
     def _dead(self, body: bytes, reason: str) -> bytes:
         return DeadLetter(

@@ -63,6 +63,27 @@ def test_an_error_with_attempts_left_is_retried_after_a_backoff() -> None:
     )
 
 
+@pytest.mark.parametrize("codec", [Codec(), Codec([b"0123456789abcdef-key"])])
+def test_a_retry_carries_the_arguments_as_sent_not_as_the_function_left_them(
+    codec: Codec,
+) -> None:
+    sent = Task(name="drain", args=[[1, 2, 3]], kwargs={"d": {"k": 1}}, reply_to="r")
+    body = codec.seal_task(sent)
+    ran = codec.open_task(body)  # what the function got, and changed before it raised
+    ran.args[0].clear()
+    ran.kwargs["d"]["k"] = 2
+    endings = Endings("w1", "q", codec)
+    ending = endings.failed(Delivery(body, 1), ran, ValueError("x"), 0.0, 0.1, retryable=True)
+    assert ending.settlement.retry is not None
+    again = codec.open_task(ending.settlement.retry)
+    assert (again.id, again.attempt, again.args, again.kwargs) == (
+        sent.id,
+        2,
+        [[1, 2, 3]],
+        {"d": {"k": 1}},
+    )
+
+
 def test_an_error_on_the_last_attempt_fails_for_good() -> None:
     t = task("boom", 5, max_attempts=3, attempt=3)
     ending = ENDINGS.failed(delivery(t), t, ValueError("bad 5"), 0.0, 0.1, retryable=True)

@@ -82,6 +82,37 @@ def test_a_worker_settles_every_kind_of_task_and_exits_when_idle(transport: Tran
     producer.close()
 
 
+def test_a_retry_runs_the_call_as_submitted_not_what_the_failed_attempt_left(
+    transport: Transport,
+) -> None:
+    producer = transport.producer("replies")
+    tries: list[list[int]] = []
+
+    def total(items: list[int], seen: dict[str, int]) -> int:
+        tries.append(list(items))
+        seen["n"] = seen.get("n", 0) + 1  # kwargs change too
+        added = 0
+        while items:
+            item = items.pop()
+            if item == 3 and len(tries) == 1:
+                raise ConnectionError("flaky backend, try again")
+            added += item
+        return added
+
+    job = Task(name="total", args=[[1, 2, 3, 4]], kwargs={"seen": {}}, reply_to="replies")
+    producer.submit([job.encode()])
+    registry = Registry()
+    registry.register("total", total)
+    out = io.StringIO()
+    options = WorkerOptions(exit_when_idle=0.5, worker_id="w", heartbeat_interval=0.3)
+    assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+
+    (result,) = results_of(producer, 1, within=5)
+    assert (result.status, result.attempt, result.value) == ("ok", 2, 10), out.getvalue()
+    assert tries == [[1, 2, 3, 4], [1, 2, 3, 4]]
+    producer.close()
+
+
 def test_a_batch_settled_before_its_next_fetch_failed_counts_as_settled(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
