@@ -70,10 +70,32 @@ def task(function: _F) -> _F:
 
     ``distq worker --tasks module`` registers every function so marked in ``module``;
     ``Executor.submit(function, ...)`` sends the same name. The function is returned
-    unchanged and still runs locally when called.
+    unchanged and still runs locally when called. ``TypeError`` for an ``async def`` or
+    a generator function (:func:`not_plain`).
     """
-    setattr(function, TASK_ATTRIBUTE, function_path(function))
+    path = function_path(function)
+    why = not_plain(function)
+    if why is not None:
+        raise TypeError(f"{path} {why}")
+    setattr(function, TASK_ATTRIBUTE, path)
     return function
+
+
+def not_plain(function: Callable[..., Any]) -> str | None:
+    """Why ``function`` cannot be a task, or None: a worker calls a task and sends back
+    what the call returns, and calling an ``async def`` or a generator function runs
+    none of its body (each call failed for good, saying its value could not be sent)."""
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        return (
+            "is an async def, and a worker calls a task without awaiting it; register a "
+            "plain function that runs it, e.g. def fetch_now(url): return asyncio.run(fetch(url))"
+        )
+    if inspect.isgeneratorfunction(function):
+        return (
+            "is a generator function, whose call returns before its body runs; register a "
+            "plain function that returns a list, e.g. def rows_list(n): return list(rows(n))"
+        )
+    return None
 
 
 def task_name(function: str | Callable[..., Any]) -> str:
@@ -123,6 +145,28 @@ def _raised(exc: BaseException) -> str:
     return f"{text} (at {frames[-1].filename}:{frames[-1].lineno})" if frames else text
 
 
+def _marked_as(
+    name: str, functions: dict[int, tuple[str, TaskFunction]], flag: str
+) -> TaskFunction:
+    """The function to run as task ``name``, of the module's ``functions`` (by id: their
+    attribute names and themselves) marked with it: the one its path names. A wrapper made
+    with ``functools.wraps`` carries its function's mark, and an earlier definition kept
+    under another name carries the same mark as the later one: whichever came later in the
+    module ran instead of the task, unsaid."""
+    module_name, _, attr = name.partition(":")
+    own = getattr(sys.modules.get(module_name), attr, None)
+    if id(own) in functions:
+        return functions[id(own)][1]
+    if len(functions) == 1:  # its path names something else now: still the one so marked
+        return next(iter(functions.values()))[1]
+    attrs = ", ".join(sorted(attr for attr, _ in functions.values()))
+    raise ConfigError(
+        f"{flag}: {attrs} are each marked as task {name!r} (a copy or a wrapper of it), "
+        f"and {name} is none of them; keep one in the module, or register the one to "
+        "run with --task module:function"
+    )
+
+
 def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:
     """(fewest, most) positional arguments that fit, when that alone decides a call
     without keyword arguments; None when the signature needs :meth:`~inspect.Signature.bind`.
@@ -159,7 +203,11 @@ class Registry:
     ) -> None:
         """Run ``function`` for tasks named ``name``; ``show`` names one in the worker's
         lines (by default ``name[args]``); ``time_limit`` (seconds) fails a run that takes
-        longer (``DISTQ_TASK_TIME_LIMIT`` may override it: :mod:`distq.timelimits`)."""
+        longer (``DISTQ_TASK_TIME_LIMIT`` may override it: :mod:`distq.timelimits`).
+        ``TypeError`` for an ``async def`` or a generator function (:func:`not_plain`)."""
+        why = not_plain(function)
+        if why is not None:
+            raise TypeError(f"task {name} {why}")
         try:
             signature: inspect.Signature | None = inspect.signature(function)
         except (ValueError, TypeError):  # some C functions have none Python can read
@@ -193,25 +241,30 @@ class Registry:
         function = getattr(module, attr, None)
         if not callable(function):
             raise ConfigError(f"--task {path!r}: {module_name} has no function {attr!r}")
+        why = not_plain(function)
+        if why is not None:
+            raise ConfigError(f"--task {path!r}: {module_name}.{attr} {why}")
         self.register(path, function)
         return path
 
     def register_module(self, module_name: str) -> list[str]:
         """Import ``module_name`` and register every function in it marked with
         :func:`task`, each under its task name; return the names."""
-        module = _import(module_name, f"--tasks {module_name!r}")
-        names = set()
-        for value in vars(module).values():
+        flag = f"--tasks {module_name!r}"
+        module = _import(module_name, flag)
+        marked: dict[str, dict[int, tuple[str, TaskFunction]]] = {}
+        for attr, value in vars(module).items():
             name = getattr(value, TASK_ATTRIBUTE, None) if inspect.isfunction(value) else None
             if isinstance(name, str):
-                self.register(name, value)
-                names.add(name)
-        if not names:
+                marked.setdefault(name, {}).setdefault(id(value), (attr, value))
+        if not marked:
             raise ConfigError(
-                f"--tasks {module_name!r}: the module has no function marked @distq.task; "
+                f"{flag}: the module has no function marked @distq.task; "
                 "mark them, or register one with --task module:function"
             )
-        return sorted(names)
+        for name, functions in marked.items():
+            self.register(name, _marked_as(name, functions, flag))
+        return sorted(marked)
 
     def names(self) -> list[str]:
         """The registered names, sorted."""

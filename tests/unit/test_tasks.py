@@ -174,3 +174,103 @@ def test_an_empty_or_relative_module_name_is_refused(name: str) -> None:
         with pytest.raises(ConfigError) as caught:
             Registry().register_path(f"{name}:f")
         assert str(caught.value).startswith(f"--task '{name}:f': {name!r} is not a module's")
+
+
+def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stem: str, source: str) -> str:
+    name = f"{stem}_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(source.replace("MOD", name))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+WRAPPED = """
+import functools
+import distq
+
+def logged(fn):
+    @functools.wraps(fn)  # copies the mark too
+    def wrapper(*args, **kwargs):
+        return {"logged": fn(*args, **kwargs)}
+    return wrapper
+
+@distq.task
+def resize(width):
+    return width
+
+resize_logged = logged(resize)
+
+@distq.task
+def dup(n):
+    return "first"
+
+first = dup
+
+@distq.task
+def dup(n):
+    return "second"
+
+@logged
+@distq.task
+def decorated(n):
+    return n
+"""
+
+
+def test_tasks_runs_the_function_its_name_names_not_a_wrapper_or_an_alias_marked_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``functools.wraps`` wrapper, and an earlier definition kept under another name,
+    carry the task's mark: whichever came later in the module ran instead, unsaid."""
+    name = _module(tmp_path, monkeypatch, "wrapped", WRAPPED)
+    registry = Registry()
+    assert registry.register_module(name) == [f"{name}:decorated", f"{name}:dup", f"{name}:resize"]
+    assert registry.resolve(f"{name}:resize", [320], {})(320) == 320
+    assert registry.resolve(f"{name}:dup", [1], {})(1) == "second"
+    # a decorator over the mark is the module's function: it runs, decorated
+    assert registry.resolve(f"{name}:decorated", [1], {})(1) == {"logged": 1}
+
+
+def test_tasks_refuses_a_name_marked_on_several_functions_none_of_them_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = WRAPPED + "\nkept = resize\nresize = None\n"  # neither the function nor its wrapper
+    name = _module(tmp_path, monkeypatch, "lost", source)
+    with pytest.raises(ConfigError) as caught:
+        Registry().register_module(name)
+    assert str(caught.value) == (
+        f"--tasks {name!r}: kept, resize_logged are each marked as task '{name}:resize' "
+        f"(a copy or a wrapper of it), and {name}:resize is none of them; keep one in the "
+        "module, or register the one to run with --task module:function"
+    )
+
+
+ASYNC = """
+import distq
+
+async def fetch(url):
+    return url
+
+def rows(n):
+    yield from range(n)
+"""
+
+
+def test_an_async_def_or_a_generator_function_is_refused_where_it_is_registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call of one failed for good saying its value (a coroutine, a generator) could
+    not be sent back, although none of its body ran."""
+    name = _module(tmp_path, monkeypatch, "notplain", ASYNC)
+    for attr, kind in (("fetch", "is an async def"), ("rows", "is a generator function")):
+        with pytest.raises(ConfigError, match=f"^--task '{name}:{attr}': {name}.{attr} {kind}, "):
+            Registry().register_path(f"{name}:{attr}")
+    marked = _module(
+        tmp_path, monkeypatch, "marked", ASYNC.replace("async def", "@distq.task\nasync def")
+    )
+    with pytest.raises(ConfigError) as caught:
+        Registry().register_module(marked)
+    assert f"raised TypeError: {marked}:fetch is an async def, and a worker calls" in str(
+        caught.value
+    )
+    with pytest.raises(TypeError, match=r"^task g is a generator function, whose call returns"):
+        Registry().register("g", lambda: (yield))
