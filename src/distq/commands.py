@@ -240,6 +240,12 @@ def _submit_and_wait(
         # the executor has logged why ("the executor stopped: ..."): not said twice
         if future is None:
             console.error("the task was not queued")
+        elif settings.transport == "manager":  # its queue was in the master that went
+            console.error(
+                f"task {future.task_id} has no result. On the manager transport its queue "
+                "lived in the master, which has gone, so it went with it: submit it again "
+                "while a master runs"
+            )
         else:
             console.error(
                 f"task {future.task_id} has no result. If it reached the queue, it stays "

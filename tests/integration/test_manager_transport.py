@@ -119,6 +119,30 @@ def test_a_master_that_ends_holding_dead_letters_says_they_end_with_it(
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
+def test_a_master_that_ends_holding_tasks_says_they_end_with_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Tasks `distq submit` queued on a master whose own job then ended vanished with it,
+    without a word, though `submit` had printed their ids (identity10)."""
+    with _master_and_worker("left") as (hosted, remote):
+        producer = hosted.producer("left.results")
+        producer.submit([b"a", b"b", b"c", b"d", b"e"])
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 3)  # two more stay ready
+        consumer.settle([Settlement(got[0], retry=b"a2", retry_delay=60.0)])  # delayed
+        consumer.settle([Settlement(got[1], reply_to=producer.reply_to, result=b"r")])
+        # got[2] stays leased; the result waits in the reply queue: not a task
+        producer.close()
+        caplog.clear()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "4 task(s) of queue 'left', queued or running, end with this process: on the manager "
+        "transport the queues live in the memory of the master that hosts them, so a task "
+        "another client submits (distq submit, an executor) runs only while it runs (a "
+        "--rate master, an open Executor); Redis and RabbitMQ keep them"
+    ]
+
+
 def test_settle_then_fetch_is_one_call_to_the_master() -> None:
     with _master_and_worker("settlefetch") as (hosted, remote):
         producer = hosted.producer("settlefetch.results")

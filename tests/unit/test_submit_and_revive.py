@@ -1,18 +1,36 @@
-"""The pure parts of submit, dead-letters and requeue-dead: arguments from the shell,
-revived tasks, the JSON list."""
+"""Submit, dead-letters and requeue-dead, in process: arguments from the shell,
+revived tasks, the JSON list, the end of a wait."""
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
+import re
+import secrets
+import threading
 import time
 
 import pytest
 
+from distq import dispatcher
 from distq.codec import Codec
-from distq.commands import _describe_body, _kwargs, _when, parse_argument, reviver, say_array
+from distq.commands import (
+    _describe_body,
+    _kwargs,
+    _submit_and_wait,
+    _when,
+    parse_argument,
+    reviver,
+    say_array,
+)
+from distq.config import Settings
+from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import ConfigError, SignatureError
 from distq.jsonvalue import check_arguments
+from distq.transport import open_transport
+from launch import free_port
 
 KEY = b"0123456789abcdef-key"
 
@@ -149,3 +167,29 @@ def test_dead_letters_json_is_said_letter_by_letter_as_one_array(
     say_array(iter(items))
     out = capsys.readouterr().out
     assert out == json.dumps(items, indent=2) + "\n"  # what one json.dumps of them printed
+
+
+def test_submit_wait_whose_manager_master_went_says_the_task_went_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On manager the queue is in the master: "it stays there ... `distq requeue-dead`
+    runs it" sent the user after a queue that no longer existed (identity10)."""
+    monkeypatch.setattr(dispatcher, "OUTAGE_SECONDS", 1.0)
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    hosted = open_transport(settings, "master")
+    out = io.StringIO()
+    args = argparse.Namespace(task_name="square", max_attempts=3, timeout=20.0)
+    timer = threading.Timer(1.0, hosted.close)  # the master ends, the task still queued
+    timer.start()
+    try:
+        code = _submit_and_wait(args, settings, Console(out=out, err=out), [3], {})
+    finally:
+        timer.cancel()
+        hosted.close()
+    assert code == 3, out.getvalue()
+    assert re.search(
+        r"^distq: task [0-9a-f]{32} has no result\. On the manager transport its queue lived in "
+        r"the master, which has gone, so it went with it: submit it again while a master runs$",
+        out.getvalue(),
+        re.M,
+    ), out.getvalue()

@@ -162,6 +162,20 @@ class QueueBroker:
                 if name.endswith(".dead") and items
             }
 
+    def task_counts(self) -> dict[str, int]:
+        """The tasks held, by task queue: ready, waiting out a retry's delay, or leased.
+        They end with this process too: a master's own once its job is done are none,
+        but ``distq submit``'s, another executor's, or a timed-out job's are not."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for name, items in self._queues.items():
+                if items and not name.endswith(".dead") and ".results." not in name:
+                    counts[name] = len(items)
+            held = [queue for lease in self._leases.values() for queue, _ in lease.held.values()]
+            for queue in [item[2] for item in self._delayed] + held:
+                counts[queue] = counts.get(queue, 0) + 1
+        return counts
+
     # -- producer side -------------------------------------------------------
     def put(self, queue: str, bodies: Sequence[bytes]) -> None:
         with self._lock:
@@ -990,6 +1004,16 @@ class ManagerTransport(Transport):
                     "transport they live in the memory of the master that hosts the queues. "
                     "Read or requeue them while it runs (distq dead-letters, distq "
                     "requeue-dead), or use Redis or RabbitMQ, which keep them",
+                    count,
+                    queue,
+                )
+            for queue, count in broker.task_counts().items():
+                log.warning(
+                    "%d task(s) of queue %r, queued or running, end with this process: on "
+                    "the manager transport the queues live in the memory of the master "
+                    "that hosts them, so a task another client submits (distq submit, an "
+                    "executor) runs only while it runs (a --rate master, an open Executor); "
+                    "Redis and RabbitMQ keep them",
                     count,
                     queue,
                 )
