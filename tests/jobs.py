@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,6 +69,13 @@ def _raise(message: str) -> None:
 def sleep_then(seconds: float, value: object) -> object:
     time.sleep(seconds)
     return value
+
+
+@distq.task
+def leave_thread(seconds: float) -> str:
+    """Starts a thread that is not a daemon, which outlives the task by ``seconds``."""
+    threading.Thread(target=time.sleep, args=(seconds,), name="left-behind", daemon=False).start()
+    return "started"
 
 
 def not_a_task(value: object) -> object:

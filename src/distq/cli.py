@@ -11,7 +11,9 @@ refused our credentials.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import logging
 import os
 import signal
 import sys
@@ -36,6 +38,7 @@ from distq.config import (
     misspelled,
 )
 from distq.console import Console, announce
+from distq.envelope import shown
 from distq.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -234,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.run(args, settings, console)
         if args.role == "master":
             return _master(args, settings, console)
-        return _worker(args, settings, registry, console)
+        return _past_task_threads(_worker(args, settings, registry, console), console)
     except ConfigError as exc:  # from a setting, or one only the transport can judge
         console.error(str(exc))
         return EXIT_CONFIG
@@ -395,6 +398,26 @@ def _worker(
         _note_signals(console, "worker")
         observe.close()
         transport.close()
+
+
+def _past_task_threads(code: int, console: Console) -> int:
+    """The worker's exit ``code``, now, even with threads its tasks started still running:
+    Python joins every non-daemon thread at exit, which kept the process up after its
+    "worker exit" line, every later SIGTERM only saying it was stopping already."""
+    main = threading.main_thread()
+    left = [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+    if not left:
+        return code
+    names = ", ".join(sorted(shown(t.name) for t in left)[:5]) + (", ..." if len(left) > 5 else "")
+    console.error(
+        f"{len(left)} thread(s) that tasks started still run ({names}): the worker exits "
+        "without waiting for them"
+    )
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a reader gone: the exit code still says it
+            stream.flush()
+    os._exit(code)
 
 
 def _notify(console: Console, settings: Settings, role: Literal["master", "worker"]) -> None:

@@ -477,6 +477,25 @@ def test_commands_name_an_unreachable_broker(target: Target) -> None:
     assert ".;" not in done.stderr, done.stderr  # the broker's sentence, then the hint
 
 
+def test_a_worker_exits_though_a_task_left_a_thread_running(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """Python joins non-daemon threads at exit: the worker said "worker exit" and stayed
+    up for the thread's 60 s, each SIGTERM only "the worker is stopping already" (tasks10)."""
+    queued = distq(target, "submit", "jobs:leave_thread", "60")
+    assert queued.returncode == 0, queued.stderr
+    worker = start_worker(target, workers, "--exit-when-idle", "1")
+    assert worker.wait(15) == 0, worker.output()
+    out = worker.output()
+    assert re.search(r"^worker exit\. 1 ok, ", out, re.M), out
+    assert re.search(
+        r"^distq: 1 thread\(s\) that tasks started still run \(left-behind\): the worker "
+        r"exits without waiting for them$",
+        out,
+        re.M,
+    ), out
+
+
 def test_commands_and_a_worker_run_over_a_redis_unix_socket(tmp_path: Path) -> None:
     """``unix://`` is a documented DISTQ_REDIS_URL: no TCP-only option may reach the socket."""
     sock = tmp_path / "r.sock"
