@@ -290,7 +290,9 @@ class Dispatcher(threading.Thread):
                 batch.append(entry)
         self.collector.expect((entry.task.id, entry) for entry in batch)
         bodies = [entry.body for entry in batch]
-        # recorded first: a send that fails may have reached the broker (see _reconcile)
+        # recorded first: a send that fails may have reached the broker (see _reconcile);
+        # the answered ones forgotten now, not only at the next reconcile (as a master)
+        self.ledger.compact(self.collector.waiting_ids().__contains__, self.collector.outstanding)
         self.ledger.record((entry.task.id, entry.body) for entry in batch)
         return self.producer.submit_then_results(bodies, MESSAGE_BATCH, 0.0)
 

@@ -586,3 +586,16 @@ def test_a_submit_racing_shutdown_is_either_refused_or_waited_for() -> None:
         submitter.join(10)
     assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError), outcome
     assert "after shutdown" in str(outcome[0])
+
+
+def test_the_executor_forgets_answered_bodies_as_it_sends(
+    executor: Open, workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It forgot them only at each reconcile, every 2 s: a fast map() held every body it
+    sent in that time (soak10)."""
+    monkeypatch.setattr(dispatching, "RECONCILE_SECONDS", 3600.0)  # none meanwhile
+    ex = executor()
+    workers()
+    for n in range(20):
+        assert ex.submit(jobs.add, n, 1).result(30) == n + 1
+    assert len(ex._dispatcher.ledger) == 1  # the last one, answered since it was sent

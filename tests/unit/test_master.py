@@ -7,16 +7,18 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pytest
 
+from distq import master as master_module
 from distq.backoff import Backoff
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
 from distq.errors import TransportError
 from distq.health import ProcessHealth
+from distq.ledger import Entry, Ledger
 from distq.master import (
     IN_FLIGHT,
     JobReport,
@@ -223,6 +225,25 @@ def test_max_in_flight_one_measures_round_trips(
     out, report = run(transport, JobSpec(tasks=20, max_in_flight=1, timeout=20), right)
     assert report.ok == 20 and report.latency_p50_seconds is not None
     assert calls == [1] * 20 and out.count("Get result") == 20
+
+
+def test_max_in_flight_bounds_the_bodies_the_master_holds_not_only_its_results(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger forgot answered bodies only at each reconcile (every 2 s): a fast job
+    held 150,000 of them (145 MB) with --max-in-flight 100 (soak10)."""
+    held: list[int] = []
+    original = Ledger.record
+
+    def record(self: Ledger, entries: Iterable[Entry]) -> None:
+        original(self, entries)
+        held.append(len(self))
+
+    monkeypatch.setattr(Ledger, "record", record)
+    monkeypatch.setattr(master_module, "RECONCILE_SECONDS", 3600.0)  # none in the job
+    _, report = run(transport, JobSpec(tasks=3000, max_in_flight=10, timeout=30), right)
+    assert report.ok == 3000
+    assert len(held) >= 300 and max(held) <= 20, max(held)
 
 
 def test_rate_mode_prints_a_status_line_every_status_every_seconds(transport: Transport) -> None:
