@@ -232,6 +232,20 @@ class Codec:
             ),
         )
 
+    def oversized_task(self, message: bytes) -> Task | None:
+        """For a task message refused as too large, which a submitter whose
+        ``DISTQ_MAX_MESSAGE_BYTES`` is larger sends: the task without its arguments, read
+        past them without keeping them (the signature checked first), so that the worker
+        can answer whoever waits for it; None when the message says no task that way."""
+        try:
+            envelope = self._open(message, "task", most=len(message))
+            head = _task_head(envelope)
+        except (EnvelopeError, msgspec.DecodeError, RecursionError):
+            return None
+        if head.v != 1 or not 0 < len(head.reply_to.encode(errors="replace")) <= 255:
+            return None
+        return Task(head.name, [], head.reply_to, {}, head.id, head.attempt, head.max_attempts)
+
     def _open(self, message: bytes, kind: str, most: int | None = None) -> bytes:
         most = self.max_message_bytes if most is None else most
         if len(message) > most:
@@ -250,3 +264,17 @@ def not_bytes(message: object, kind: str) -> EnvelopeError:
 
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw]).decode
+
+
+class _TaskHead(msgspec.Struct):
+    """What a task envelope says of who waits for it: its arguments skipped, unkept."""
+
+    v: int
+    id: str
+    name: str
+    reply_to: str
+    attempt: int
+    max_attempts: int
+
+
+_task_head = msgspec.json.Decoder(_TaskHead).decode

@@ -282,12 +282,40 @@ class Endings:
             reason = f"refused: {error}"
         else:
             reason = f"malformed message: {error}"
+        waits = None
         if len(body) > self.codec.max_message_bytes:
+            waits = self._answer_oversized(body, reason)
             body = body[:OVERSIZED_KEPT_BYTES]
             reason += f"; the dead letter keeps its first {len(body):,} bytes"
-        settlement = Settlement(delivery, dead_letter=self._dead(body, reason))
+        dead = self._dead(body, reason)
         kind = "" if reason.startswith("malformed") else "message, "
-        return Ending(settlement, "malformed", note=f"dead-lettered a {kind}{shown(reason)}")
+        if waits is None:
+            settlement = Settlement(delivery, dead_letter=dead)
+            return Ending(settlement, "malformed", note=f"dead-lettered a {kind}{shown(reason)}")
+        task, result = waits
+        settlement = Settlement(delivery, task.reply_to, result, dead_letter=dead)
+        note = f"dead-lettered task {shown(task.name)} {shown(task.id)}, {shown(reason)}"
+        return Ending(settlement, "malformed", note=note)
+
+    def _answer_oversized(self, body: bytes, reason: str) -> tuple[Task, bytes] | None:
+        """The task in ``body``, too large for this worker, and the error result for
+        whoever waits for it: within its submitter's larger limit, it was refused unsaid,
+        and its master waited until its timeout, or for good. None: nobody waits."""
+        task = self.codec.oversized_task(body)
+        if task is None or task.reply_to == NO_REPLY:
+            return None
+        why = (
+            f"{reason}; not run: give the workers at least the DISTQ_MAX_MESSAGE_BYTES of "
+            "the process that submits tasks"
+        )
+        try:
+            now = time.time()
+            result = self._result(
+                task, now, 0.0, status="error", error_type="MessageTooLarge", error_message=why
+            )
+        except EnvelopeError:  # a worker limit below a result's size: the dead letter says it
+            return None
+        return task, result
 
     def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
         result = Result(

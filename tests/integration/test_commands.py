@@ -496,6 +496,29 @@ def test_a_worker_exits_though_a_task_left_a_thread_running(
     ), out
 
 
+def test_a_task_over_the_workers_size_limit_fails_for_its_submitter_at_once(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """Within the submitter's limit and over the worker's: dead-lettered unanswered, and
+    `submit --wait` waited its whole timeout, then said "queued, running or retrying"."""
+    env = target.process_env()
+    env["DISTQ_MAX_MESSAGE_BYTES"] = "2000"
+    worker = Distq(["worker", "--tasks", "jobs"], env)
+    workers.append(worker)
+    started = time.monotonic()
+    done = distq(target, "submit", "jobs:add", "x" * 5000, "1", "--wait", "--timeout", "60")
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 30, done.stderr
+    assert re.search(
+        r"^distq: task jobs:add \[[0-9a-f]{32}\] failed on worker [^:]+: refused: task is "
+        r"5,\d{3} bytes, over the limit of "
+        r"2,000 \(DISTQ_MAX_MESSAGE_BYTES\); it was not decoded; not run: give the workers at "
+        r"least the DISTQ_MAX_MESSAGE_BYTES of the process that submits tasks",
+        done.stderr,
+    ), done.stderr
+    assert status(target)["dead"] == 1
+
+
 def test_commands_and_a_worker_run_over_a_redis_unix_socket(tmp_path: Path) -> None:
     """``unix://`` is a documented DISTQ_REDIS_URL: no TCP-only option may reach the socket."""
     sock = tmp_path / "r.sock"

@@ -17,7 +17,7 @@ from distq.ending import (
     traceback_text,
 )
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task
-from distq.errors import EnvelopeError
+from distq.errors import EnvelopeError, MessageTooLarge
 from distq.transport import Delivery, Settlement
 
 ENDINGS = Endings("w1", "q")
@@ -202,6 +202,55 @@ def test_a_malformed_message_is_dead_lettered_byte_for_byte_without_a_result() -
     assert letter.body == b"\x00garbage"
     assert letter.reason == "malformed message: task is not valid JSON"
     assert ending.note == "dead-lettered a malformed message: task is not valid JSON"
+
+
+KEY = b"0123456789abcdef-key"
+
+
+@pytest.mark.parametrize("keys", [(), (KEY,)])
+def test_a_task_over_the_workers_limit_answers_its_submitter_with_the_reason(
+    keys: tuple[bytes, ...],
+) -> None:
+    """Within its submitter's larger DISTQ_MAX_MESSAGE_BYTES, it was dead-lettered
+    unanswered: the master waited until its timeout, or for good (drift10)."""
+    sent = Task(name="jobs:thumb", args=["x" * 5000], reply_to="replies", attempt=2)
+    body = Codec(keys).seal_task(sent)  # the submitter's default limit
+    endings = Endings("w1", "q", Codec(keys, max_message_bytes=2000))
+    error = MessageTooLarge(f"task is {len(body):,} bytes, over the limit of 2,000")
+    ending = endings.malformed(Delivery(body, 1), error)
+    s = ending.settlement
+    assert (ending.outcome, s.reply_to) == ("malformed", "replies")
+    assert s.result is not None and s.dead_letter is not None
+    result = Result.decode(s.result)  # an envelope: signed with its pack when sent
+    assert (result.task_id, result.status, result.attempt, result.worker) == (
+        sent.id,
+        "error",
+        2,
+        "w1",
+    )
+    assert result.error_type == "MessageTooLarge"
+    assert result.error_message == (
+        f"refused: task is {len(body):,} bytes, over the limit of 2,000; not run: give the "
+        "workers at least the DISTQ_MAX_MESSAGE_BYTES of the process that submits tasks"
+    )
+    letter = DeadLetter.decode(s.dead_letter)
+    assert letter.reason.startswith(f"refused: task is {len(body):,} bytes, over the limit")
+    assert ending.note is not None and ending.note.startswith(
+        f"dead-lettered task jobs:thumb {sent.id}, refused: task is "
+    )
+
+
+def test_an_oversized_task_nobody_waits_for_or_forged_is_answered_by_nobody() -> None:
+    endings = Endings("w1", "q", Codec((KEY,), max_message_bytes=2000))
+    nobody = Task(name="t", args=["x" * 5000], reply_to=NO_REPLY)
+    forged = Task(name="t", args=["x" * 5000], reply_to="replies")
+    for body in (
+        Codec((KEY,)).seal_task(nobody),
+        Codec((b"another-key-0123456",)).seal_task(forged),
+    ):
+        ending = endings.malformed(Delivery(body, 1), MessageTooLarge("task is too large"))
+        s = ending.settlement
+        assert (s.result, s.reply_to) == (None, None) and s.dead_letter is not None
 
 
 @pytest.mark.parametrize(
