@@ -516,6 +516,23 @@ class _Run(Generic[E]):
             f"{r.answered / max(elapsed, 1e-9):,.1f} tasks/s"
         )
 
+    def _nobody_attached(self) -> None:
+        """A job that got no result at all: whether any worker slot is attached to its
+        queue. Workers on another queue, database, vhost or transport wait as silently
+        as the master does, and the lines of both sides read alike."""
+        transport = self.master.transport
+        try:
+            attached = transport.stats().consumers
+        except TransportError:
+            return  # the broker is away: the job's own lines said so
+        if attached == 0:
+            self.report.problems.append(
+                f"no worker slot is attached to the job's queue at {transport.describe()}: "
+                "are the workers running, with this DISTQ_QUEUE, "
+                "DISTQ_TRANSPORT and broker (the database of DISTQ_REDIS_URL, the vhost of "
+                "DISTQ_AMQP_URL, DISTQ_MANAGER_ADDRESS)?"
+            )
+
     def _finish(self, elapsed: float) -> JobReport:
         r, collector = self.report, self.collector
         waiting = collector.waiting()
@@ -540,6 +557,8 @@ class _Run(Generic[E]):
             )
         if unsent:
             r.problems.append(f"{unsent} of {r.tasks} tasks never submitted")
+        if waiting and not r.answered:
+            self._nobody_attached()
         done = r.answered
         if r.succeeded:
             self.console.info(

@@ -171,6 +171,27 @@ def test_timeout_names_what_is_missing(transport: Transport) -> None:
     out, report = run(transport, JobSpec(tasks=4, timeout=0.5), lambda t: [])
     assert report.missing == 4 and not report.succeeded
     assert "job timed out" in out and "missing 4 results: square(" in out
+    assert "no worker slot is attached" not in out  # one is: it kept them
+
+
+def test_a_job_no_worker_ever_answered_says_whether_any_is_attached(
+    transport: Transport,
+) -> None:
+    """Workers on another queue, database, vhost or transport: both sides waited in
+    silence, and their start lines read alike (drift10)."""
+    out = io.StringIO()
+    report = Master(transport, Console(out=out, err=out)).run(
+        JobSpec(tasks=3, timeout=0.5), Squares(seed=1)
+    )
+    assert report.missing == 3
+    assert (
+        "no worker slot is attached to the job's queue at manager transport on 127.0.0.1:"
+        in out.getvalue()
+    ), out.getvalue()
+    assert (
+        "are the workers running, with this DISTQ_QUEUE, DISTQ_TRANSPORT and broker"
+        in (report.problems[-1])
+    )
 
 
 def test_a_timeout_says_it_counted_the_wait_for_workers(transport: Transport) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
-from distq.transport.rabbitmq import PrefetchWindow
+from distq.transport.rabbitmq import PrefetchWindow, RabbitMQTransport, _Broker
 from distq.transport.rabbitmq_packs import pack, unpack
 
 
@@ -56,3 +58,17 @@ def test_a_consumer_that_cannot_supply_the_batch_restarts_at_its_size() -> None:
     window.resize(32, supply=0)
     assert window.resize(20, supply=10) == 20  # the caller still holds 22 of 32
     assert window.resize(20, supply=0) == 20  # no consumer (cancelled by the broker)
+
+
+@pytest.mark.parametrize(
+    ("path", "where"), [("/%2F", "127.0.0.1:5672"), ("/other", "127.0.0.1:5672 (vhost 'other')")]
+)
+def test_start_lines_name_a_vhost_other_than_the_default(path: str, where: str) -> None:
+    """Master and workers on different vhosts waited in silence, and their start lines
+    read alike (drift10)."""
+    broker = _Broker.from_url(f"amqp://u:p@127.0.0.1:5672{path}")
+    for role, shown in (
+        ("master", f"rabbitmq transport at {where}"),
+        ("worker", f"rabbitmq at {where}"),
+    ):
+        assert RabbitMQTransport.describe(SimpleNamespace(_broker=broker, role=role)) == shown  # type: ignore[arg-type]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import redis
 
 from distq.transport.base import Delivery, Settlement
-from distq.transport.redis import RedisConsumer, _Runs
+from distq.transport.redis import RedisConsumer, RedisTransport, _Runs
 
 
 def _runs(items: list[tuple[str, int, bytes]]) -> list[object]:
@@ -94,3 +97,12 @@ def test_any_other_batch_makes_the_same_runs(odd: Settlement) -> None:
     keys, args = _publish(batch)
     assert args == _general(batch)
     assert keys[7:] == (["a", "b"] if odd.reply_to == "b" else ["a"])
+
+
+@pytest.mark.parametrize(("db", "where"), [("0", "127.0.0.1:6379"), ("3", "127.0.0.1:6379 (db 3)")])
+def test_start_lines_name_a_redis_database_other_than_0(db: str, where: str) -> None:
+    """Master and workers on different databases waited in silence, and their start
+    lines read alike (drift10)."""
+    client = redis.Redis.from_url(f"redis://127.0.0.1:6379/{db}")  # connects to nothing yet
+    fake = SimpleNamespace(tls=False, client=client, address="127.0.0.1:6379", role="worker")
+    assert RedisTransport.describe(fake) == f"redis at {where}"  # type: ignore[arg-type]

@@ -725,9 +725,11 @@ class RabbitMQTransport(Transport):
 
     def describe(self) -> str:
         tls = " over TLS" if self._broker.url.startswith("amqps:") else ""
+        vhost = self._broker.vhost
+        where = f"{self._broker.address}{tls}" + (f" (vhost {vhost!r})" if vhost != "/" else "")
         if self.role == "master":
-            return f"rabbitmq transport at {self._broker.address}{tls}"
-        return f"rabbitmq at {self._broker.address}{tls}"
+            return f"rabbitmq transport at {where}"
+        return f"rabbitmq at {where}"
 
     def reply_queue(self, job_id: str) -> str:
         return f"{self.queue}.results.{job_id}"

@@ -765,9 +765,11 @@ class RedisTransport(Transport):
 
     def describe(self) -> str:
         tls = " over TLS" if self.tls else ""
+        db = self.client.connection_pool.connection_kwargs.get("db", 0)
+        where = f"{self.address}{tls}" + (f" (db {db})" if db else "")  # a drift shows
         if self.role == "master":
-            return f"redis transport at {self.address}{tls}"
-        return f"redis at {self.address}{tls}"
+            return f"redis transport at {where}"
+        return f"redis at {where}"
 
     def reply_queue(self, job_id: str) -> str:
         return f"distq:{self.settings.queue}:results:{job_id}"
