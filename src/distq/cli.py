@@ -207,6 +207,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Settings only ``distq worker`` reads; a master takes their flags, as every command
+#: takes every setting's, and a user put the time limit beside --max-attempts.
+WORKERS_ONLY = {
+    "DISTQ_PREFETCH": "--prefetch",
+    "DISTQ_DRAIN_SECONDS": "--drain-seconds",
+    "DISTQ_TASK_TIME_LIMIT": "--task-time-limit",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.role == "probe":
@@ -224,6 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _leave_on_signal(console, "master", 0 if args.rate and args.tasks is None else 1)
     for warning in misspelled(os.environ):
         console.error(f"warning: {warning}")
+    if args.role != "worker":
+        for variable, flag in WORKERS_ONLY.items():
+            if flags.get(variable) is not None:  # the flag, given here (a variable may be shared)
+                console.error(
+                    f"warning: {flag} is a worker's setting: `distq {args.role}` does not "
+                    "read it; give it to `distq worker`"
+                )
     try:
         settings = Settings.load(os.environ, flags)
         registry = Registry()

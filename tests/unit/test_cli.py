@@ -219,6 +219,24 @@ def test_a_misspelled_variable_warns_and_changes_nothing_else() -> None:
     assert "DISTQ_AUTHKEY is not set" in done.stderr
 
 
+def test_a_workers_setting_given_to_a_master_or_a_command_is_said_to_do_nothing() -> None:
+    """A master with --task-time-limit 1 let a 3 s task pass, without a word (drift10);
+    the variable alone says nothing: compose and Kubernetes share one environment."""
+    flags = ["--task-time-limit", "1", "--prefetch", "4", "--drain-seconds", "5"]
+    for role in ("master", "status"):
+        done = distq(role, *flags, DISTQ_TASK_TIME_LIMIT="2")
+        assert done.returncode == 2  # the manager transport, without its DISTQ_AUTHKEY
+        assert done.stderr.splitlines()[:3] == [
+            f"distq: warning: {flag} is a worker's setting: `distq {role}` does not read it; "
+            "give it to `distq worker`"
+            for flag in ("--prefetch", "--drain-seconds", "--task-time-limit")
+        ]
+    quiet = distq("master", DISTQ_TASK_TIME_LIMIT="2", DISTQ_PREFETCH="4")
+    assert "warning" not in quiet.stderr and "DISTQ_AUTHKEY is not set" in quiet.stderr
+    worker = distq("worker", *flags)
+    assert "warning" not in worker.stderr and "DISTQ_AUTHKEY is not set" in worker.stderr
+
+
 def test_version_and_help() -> None:
     assert distq("--version").stdout.startswith("distq ")
     worker_help = distq("worker", "--help").stdout
