@@ -54,6 +54,7 @@ from distq.security import notices
 from distq.signals import stop_signals
 from distq.squares import Squares
 from distq.tasks import Registry
+from distq.timelimits import TimeLimits
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions, default_worker_id
 
@@ -398,6 +399,7 @@ def _worker(
         exit_when_idle=args.exit_when_idle,
         worker_id=args.worker_id or "",
     )
+    _say_time_limits(console, options.time_limits, registry)
     try:
         return Worker(
             transport,
@@ -414,6 +416,22 @@ def _worker(
         _note_signals(console, "worker")
         observe.close()
         transport.close()
+
+
+def _say_time_limits(console: Console, limits: TimeLimits, registry: Registry) -> None:
+    """The limits in force, and each name that no task of this worker has: a typo
+    (``squre=1``) protected nothing, and a right setting read the same, unsaid. A
+    warning, not a refusal: one setting may serve workers that run other tasks."""
+    if not limits:
+        return
+    console.info(f"time limits: {limits.describe()}")
+    runs = registry.names()
+    for name, _ in limits.per_name:
+        if name not in runs:
+            console.error(
+                f"warning: DISTQ_TASK_TIME_LIMIT names {shown(name)!r}, which this worker "
+                f"does not run (it runs {', '.join(shown(n) for n in runs)})"
+            )
 
 
 def _past_task_threads(code: int, console: Console) -> int:

@@ -687,3 +687,27 @@ def test_submit_wait_stopped_while_it_connects_says_so() -> None:
         output = sigterm_after(proc, 1.5, within=10)  # connecting: the server answers nothing
     assert proc.returncode == 1, output
     assert "distq: interrupted before the task was queued" in output and "Traceback" not in output
+
+
+def test_a_worker_says_its_time_limits_and_each_name_it_does_not_run() -> None:
+    """``squre=1`` (a typo) protected nothing, and read the same as a right setting
+    (drift10): both unsaid."""
+    import io
+
+    from distq import cli
+    from distq.console import Console
+    from distq.tasks import Registry
+    from distq.timelimits import TimeLimits
+
+    out, err = io.StringIO(), io.StringIO()
+    cli._say_time_limits(
+        Console(out=out, err=err), TimeLimits.parse("30,squre=1,square=2"), Registry()
+    )
+    assert out.getvalue() == "time limits: 30,square=2,squre=1\n"
+    assert err.getvalue() == (
+        "distq: warning: DISTQ_TASK_TIME_LIMIT names 'squre', which this worker does not run "
+        "(it runs square)\n"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    cli._say_time_limits(Console(out=out, err=err), TimeLimits.parse("off"), Registry())
+    assert out.getvalue() == err.getvalue() == ""
