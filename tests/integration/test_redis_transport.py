@@ -15,6 +15,7 @@ import io
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +34,13 @@ from conftest import Target
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import DeadLetter, Task
-from distq.errors import AuthenticationFailed, ConfigError, SettledThenFailed, TransportError
+from distq.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    ConnectionFailed,
+    SettledThenFailed,
+    TransportError,
+)
 from distq.tasks import Registry
 from distq.transport.base import Settlement
 from distq.transport.redis import REPLY_GRACE_MS, RedisConsumer, RedisProducer, RedisTransport
@@ -1376,3 +1383,35 @@ def test_a_lapse_found_by_a_calls_own_renewal_makes_the_next_reconcile_hold_none
     producer.submit(_bodies(1, "again"))
     assert producer.reconcile() == 1  # counted from the restart
     producer.close()
+
+
+def test_a_redis_url_at_an_amqp_port_says_so_not_tls() -> None:
+    """An AMQP broker answers anything with its protocol header: "Protocol error, got "A""
+    came with a hint to use rediss:// (drift10)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            for _ in range(4):  # bounded: each connection attempt of the client
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(1024)
+                    conn.sendall(b"AMQP\x00\x00\x09\x01")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        server.settimeout(10)
+        settings = Settings(transport="redis", redis_url=f"redis://127.0.0.1:{port}/0")
+        with pytest.raises(ConnectionFailed) as caught:
+            RedisTransport(settings, "worker").stats()
+    said = str(caught.value)
+    assert said.startswith(f"cannot reach Redis at 127.0.0.1:{port} (DISTQ_REDIS_URL): "), said
+    assert said.endswith(
+        "is that port Redis's? It answers as an AMQP broker (RabbitMQ) does: check "
+        "DISTQ_TRANSPORT and DISTQ_REDIS_URL"
+    ), said

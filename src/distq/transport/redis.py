@@ -729,6 +729,11 @@ class RedisTransport(Transport):
             hint = "is it running, with that --unixsocket path, and may this user open it?"
         elif self.tls and "refused" not in str(exc):  # a plain port stalls the handshake
             hint = "is it running? If that port is plain TCP (no TLS), use redis://"
+        elif 'got "A" as reply type byte' in str(exc):  # AMQP's "AMQP" protocol header
+            hint = (
+                "is that port Redis's? It answers as an AMQP broker (RabbitMQ) does: check "
+                "DISTQ_TRANSPORT and DISTQ_REDIS_URL"
+            )
         elif "refused" not in str(exc):
             hint = "is it running? If that port expects TLS, use rediss://"
         return ConnectionFailed(f"cannot reach {where}: {str(exc).rstrip('.')}; {hint}")
