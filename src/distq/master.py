@@ -523,8 +523,8 @@ class _Run(Generic[E]):
         transport = self.master.transport
         try:
             attached = transport.stats().consumers
-        except TransportError:
-            return  # the broker is away: the job's own lines said so
+        except (TransportError, ConfigError):
+            return  # the broker is away, or refuses: the job's own lines said so
         if attached == 0:
             self.report.problems.append(
                 f"no worker slot is attached to the job's queue at {transport.describe()}: "
@@ -557,7 +557,8 @@ class _Run(Generic[E]):
             )
         if unsent:
             r.problems.append(f"{unsent} of {r.tasks} tasks never submitted")
-        if waiting and not r.answered:
+        timed_out = not (self.stop.is_set() or self.refused or self.outage.ongoing)
+        if waiting and not r.answered and r.started and timed_out:
             self._nobody_attached()
         done = r.answered
         if r.succeeded:

@@ -126,7 +126,8 @@ def test_a_master_that_ends_holding_tasks_says_they_end_with_it(
     without a word, though `submit` had printed their ids (identity10)."""
     with _master_and_worker("left") as (hosted, remote):
         producer = hosted.producer("left.results")
-        producer.submit([b"a", b"b", b"c", b"d", b"e"])
+        mine = b'{"args":[{"reply_to":"elsewhere"}],"reply_to":"left.results","attempt":1}'
+        producer.submit([b"a", b"b", b"c", b"d", b"e", mine])  # the host's own: not counted
         consumer = remote.consumer("c1")
         got = fetch_n(consumer, 3)  # two more stay ready
         consumer.settle([Settlement(got[0], retry=b"a2", retry_delay=60.0)])  # delayed

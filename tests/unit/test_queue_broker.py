@@ -131,6 +131,7 @@ def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signatur
         "reap",
         "hold",
         "dead_counts",
+        "task_counts",
     }  # the master's own
 
 

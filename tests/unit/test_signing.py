@@ -309,10 +309,12 @@ def test_an_oversized_task_is_dead_lettered_with_its_head_kept() -> None:
     w, _ = worker(Codec(max_message_bytes=4096))
     body = task("y" * (OVERSIZED_KEPT_BYTES * 2)).encode()
     settlement, outcome = w.process(Delivery(body, 1))
-    reason = dead_reason(settlement)
+    reason = dead_reason_of(settlement)
     assert outcome == "malformed" and "over the limit of 4,096" in reason
     assert f"keeps its first {OVERSIZED_KEPT_BYTES:,} bytes" in reason
     assert DeadLetter.decode(settlement.dead_letter or b"").body == body[:OVERSIZED_KEPT_BYTES]
+    assert settlement.result is not None  # its submitter is told (see test_ending)
+    assert Result.decode(settlement.result).error_type == "MessageTooLarge"
 
 
 def test_a_result_over_the_limit_fails_the_task_for_good() -> None:

@@ -119,6 +119,19 @@ class _Lease:
     held: dict[int, tuple[str, bytes]] = field(default_factory=dict)
 
 
+def _reply_to(body: object) -> str | None:
+    """The reply queue a task body names, read without decoding it: the envelope's
+    ``reply_to`` is its last string field, so its last match (an argument may hold one)."""
+    if not isinstance(body, bytes):
+        return None
+    at = body.rfind(b'"reply_to":"')
+    if at < 0:
+        return None
+    start = at + len(b'"reply_to":"')
+    end = body.find(b'"', start)
+    return body[start:end].decode(errors="replace") if end > 0 else None
+
+
 class QueueBroker:
     """In-memory queues with per-consumer leases; thread-safe; lives in the master.
 
@@ -138,6 +151,7 @@ class QueueBroker:
         self._ready: dict[str, threading.Condition] = {}
         self._leases: dict[str, _Lease] = {}
         self._delayed: list[tuple[float, int, str, bytes]] = []
+        self._own: set[str] = set()  # the reply queues the hosting process ever held
         self._replies: dict[str, float] = {}  # reply queues whose producer lives: renewed at
         self._tokens = itertools.count(1)
         self._stop = threading.Event()
@@ -163,16 +177,22 @@ class QueueBroker:
             }
 
     def task_counts(self) -> dict[str, int]:
-        """The tasks held, by task queue: ready, waiting out a retry's delay, or leased.
-        They end with this process too: a master's own once its job is done are none,
-        but ``distq submit``'s, another executor's, or a timed-out job's are not."""
-        counts: dict[str, int] = {}
+        """Other clients' tasks held, by task queue: ready, waiting out a retry's delay,
+        or leased. They end with this process: ``distq submit``'s, another executor's
+        (this process's own master or executor knows of its own)."""
         with self._lock:
-            for name, items in self._queues.items():
-                if items and not name.endswith(".dead") and ".results." not in name:
-                    counts[name] = len(items)
-            held = [queue for lease in self._leases.values() for queue, _ in lease.held.values()]
-            for queue in [item[2] for item in self._delayed] + held:
+            bodies = [
+                (name, body)
+                for name, items in self._queues.items()
+                if not name.endswith(".dead") and ".results." not in name
+                for body, _ in items
+            ]
+            bodies += [(queue, body) for _, _, queue, body in self._delayed]
+            bodies += [item for lease in self._leases.values() for item in lease.held.values()]
+            own = set(self._own)
+        counts: dict[str, int] = {}
+        for queue, body in bodies:
+            if _reply_to(body) not in own:
                 counts[queue] = counts.get(queue, 0) + 1
         return counts
 
@@ -206,6 +226,7 @@ class QueueBroker:
         with self._lock:
             self._replies[reply_to] = math.inf
             self._queue(reply_to)
+            self._own.add(reply_to)
 
     def delete(self, queue: str) -> None:
         with self._lock:
