@@ -78,6 +78,15 @@ def leave_thread(seconds: float) -> str:
     return "started"
 
 
+@distq.task
+def chatter(lines: int) -> int:
+    """Prints ``lines`` lines to stdout and to stderr, as a task's own output."""
+    for n in range(lines):
+        print(f"out line {n}")
+        print(f"err line {n}", file=sys.stderr)
+    return lines
+
+
 def not_a_task(value: object) -> object:
     """A module-level function without @distq.task: --tasks jobs does not register it."""
     return value

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -46,7 +46,7 @@ from distq.errors import (
     SignalExit,
     TransportError,
 )
-from distq.logs import make_console
+from distq.logs import JsonConsole, WholeLines, make_console
 from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
 from distq.probe import add_probe_parser, run_probe
@@ -254,7 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.run(args, settings, console)
         if args.role == "master":
             return _master(args, settings, console)
-        return _past_task_threads(_worker(args, settings, registry, console), console)
+        with _whole_lines(console):
+            code = _worker(args, settings, registry, console)
+        return _past_task_threads(code, console)
     except ConfigError as exc:  # from a setting, or one only the transport can judge
         console.error(str(exc))
         return EXIT_CONFIG
@@ -432,6 +434,24 @@ def _say_time_limits(console: Console, limits: TimeLimits, registry: Registry) -
                 f"warning: DISTQ_TASK_TIME_LIMIT names {shown(name)!r}, which this worker "
                 f"does not run (it runs {', '.join(shown(n) for n in runs)})"
             )
+
+
+@contextlib.contextmanager
+def _whole_lines(console: Console) -> Iterator[None]:
+    """In JSON log mode, a task's ``print()`` reaches stdout and stderr a whole line at
+    a time (:class:`~distq.logs.WholeLines`), not split by another slot's JSON line."""
+    if not isinstance(console, JsonConsole):
+        yield
+        return
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = WholeLines(streams[0]), WholeLines(streams[1])
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a reader gone: nothing more to say
+                stream.flush()
+        sys.stdout, sys.stderr = streams
 
 
 def _past_task_threads(code: int, console: Console) -> int:

@@ -4,11 +4,15 @@ followed from the master's submit to the worker's settle and back; no password a
 from __future__ import annotations
 
 import json
+import re
+import signal
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+import distq
+import jobs
 from conftest import Target
 from procs import Distq
 
@@ -54,3 +58,28 @@ def test_one_task_can_be_followed_through_the_json_lines(target: Target) -> None
     url = urlsplit(target.env.get("DISTQ_REDIS_URL") or target.env.get("DISTQ_AMQP_URL") or "")
     if url.password:
         assert url.password not in text
+
+
+def test_a_tasks_own_lines_stay_whole_between_the_json_lines(target: Target) -> None:
+    """print() writes its text and its line end in two calls: another slot's JSON line
+    between them was glued to the text, one in five with four slots (tasks10)."""
+    env = target.process_env(DISTQ_LOG_FORMAT="json")
+    worker = Distq(
+        ["worker", "--tasks", "jobs", "--concurrency", "4", "--connect-timeout", "30"], env
+    )
+    try:
+        with distq.Executor(target.settings) as ex:
+            assert list(ex.map(jobs.chatter, [200] * 60)) == [200] * 60
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.output()
+        out = worker.output()
+    finally:
+        worker.stop()
+    lines = [line for line in out.splitlines() if line]
+    own = [line for line in lines if re.fullmatch(r"(out|err) line \d+", line)]
+    assert len(own) == 2 * 200 * 60
+    logged = [json.loads(line) for line in lines if line.startswith("{")]  # each whole
+    assert sum(r.get("event") == "task settled" for r in logged) == 60
+    assert len(own) + len(logged) == len(lines), [
+        line for line in lines if line not in own and not line.startswith("{")
+    ][:5]

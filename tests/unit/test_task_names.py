@@ -65,7 +65,13 @@ def test_a_function_of_a_script_is_refused_unless_run_with_python_m(
 def test_tasks_module_registers_every_marked_function_and_nothing_else() -> None:
     registry = Registry()
     names = registry.register_module("jobs")
-    assert names == ["jobs:add", "jobs:fail_with", "jobs:sleep_then"]
+    assert names == [
+        "jobs:add",
+        "jobs:chatter",
+        "jobs:fail_with",
+        "jobs:leave_thread",
+        "jobs:sleep_then",
+    ]
     assert registry.resolve("jobs:add", [1, 2], {})(1, 2) == 3
     for unmarked in ("jobs:not_a_task", "jobs:echo", "jobs:_raise"):
         with pytest.raises(UnknownTask):
