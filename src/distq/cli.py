@@ -46,7 +46,7 @@ from distq.errors import (
     SignalExit,
     TransportError,
 )
-from distq.logs import JsonConsole, WholeLines, make_console
+from distq.logs import WholeLines, make_console
 from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
 from distq.probe import add_probe_parser, run_probe
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.run(args, settings, console)
         if args.role == "master":
             return _master(args, settings, console)
-        with _whole_lines(console):
+        with _whole_lines():
             code = _worker(args, settings, registry, console)
         return _past_task_threads(code, console)
     except ConfigError as exc:  # from a setting, or one only the transport can judge
@@ -437,12 +437,10 @@ def _say_time_limits(console: Console, limits: TimeLimits, registry: Registry) -
 
 
 @contextlib.contextmanager
-def _whole_lines(console: Console) -> Iterator[None]:
-    """In JSON log mode, a task's ``print()`` reaches stdout and stderr a whole line at
-    a time (:class:`~distq.logs.WholeLines`), not split by another slot's JSON line."""
-    if not isinstance(console, JsonConsole):
-        yield
-        return
+def _whole_lines() -> Iterator[None]:
+    """A task's ``print()`` reaches stdout and stderr a whole line at a time, not split by
+    another slot's line, and without raising once their reader has gone
+    (:class:`~distq.logs.WholeLines`)."""
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = WholeLines(streams[0]), WholeLines(streams[1])
     try:

@@ -12,6 +12,7 @@ whose stdout went away would fail each task it takes while printing its line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -62,8 +63,17 @@ def say(line: str) -> None:
     try:
         print(line, flush=True)
     except BrokenPipeError:
+        to_devnull(sys.stdout)
+
+
+def to_devnull(stream: TextIO) -> None:
+    """Point ``stream``'s file descriptor at /dev/null, once its reader has gone (or its
+    disk is full): what the process still writes there, a task's ``print()`` too, goes
+    nowhere instead of raising, and the exit's flush is quiet."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no descriptor: nothing
+        fd = stream.fileno()
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, fd)
         os.close(devnull)
 
 
@@ -144,6 +154,8 @@ class Console:
         """``stream`` failed: drop it, and say so once on the other one (in this
         console's own format), if that still works."""
         self._gone.add(id(stream))
+        if stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            to_devnull(stream)  # the process's own: a task's print() there raised too
         if stream is self.out:
             self.error("stdout cannot be written any more; going on without it")
         else:

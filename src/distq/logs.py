@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from distq.console import Console
+from distq.console import Console, to_devnull
 from distq.credentials import MASK, mask_query
 
 #: JSON of a log object; what JSON cannot carry is written as its str(), as json's default=str
@@ -158,14 +158,18 @@ class JsonConsole(Console):
 
 
 class WholeLines:
-    """``sys.stdout`` or ``sys.stderr`` for a worker's tasks in JSON log mode: each
-    thread's text reaches the stream a whole line at a time.
+    """``sys.stdout`` or ``sys.stderr`` for a worker's tasks: each thread's text reaches
+    the stream a whole line at a time, and a stream that cannot be written any more
+    takes it without raising.
 
     ``print()`` writes its text and its line end in two calls, and a JSON line another
     slot wrote between them was glued to the text (one in five, with four slots that
     printed). Text without a line end waits for one, or for a ``flush()`` (then it is
     written as it is: a progress display still glues the next line to it, as the README
-    says), and is written once it holds ``MOST_HELD`` characters.
+    says), and is written once it holds ``MOST_HELD`` characters. A stream whose reader
+    has gone (``distq worker | head -1``, a log shipper that died) raised
+    ``BrokenPipeError`` in each task that printed, which failed it for good: now it
+    points at /dev/null, as distq's own lines do (:func:`distq.console.to_devnull`).
     """
 
     MOST_HELD = 65536
@@ -183,8 +187,16 @@ class WholeLines:
                 self.flush()
             return len(text)
         self._held.text = text[end:]
-        self.stream.write(held + text[:end])
+        self._write(held + text[:end])
         return len(text)
+
+    def _write(self, text: str, flush: bool = False) -> None:
+        try:
+            self.stream.write(text)
+            if flush:
+                self.stream.flush()
+        except OSError:  # a closed pipe, a full disk: the task's output goes nowhere
+            to_devnull(self.stream)
 
     def writelines(self, lines: Iterable[str]) -> None:
         for line in lines:
@@ -192,10 +204,8 @@ class WholeLines:
 
     def flush(self) -> None:
         held: str = getattr(self._held, "text", "")
-        if held:
-            self._held.text = ""
-            self.stream.write(held)
-        self.stream.flush()
+        self._held.text = ""
+        self._write(held, flush=True)
 
     def __getattr__(self, name: str) -> Any:  # encoding, fileno(), isatty(), buffer, ...
         return getattr(self.stream, name)

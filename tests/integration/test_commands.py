@@ -22,7 +22,9 @@ import pika
 import pika.exceptions
 import pytest
 
+import jobs
 from conftest import Target
+from distq import Executor
 from distq.codec import Codec
 from distq.config import Settings
 from distq.envelope import DeadLetter, Task, new_id
@@ -519,6 +521,29 @@ def test_a_task_over_the_workers_size_limit_fails_for_its_submitter_at_once(
     assert status(target)["dead"] == 1
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_worker_whose_stdout_reader_has_gone_still_runs_tasks_that_print(
+    target: Target, hosted: Transport, tmp_path: Path, log_format: str
+) -> None:
+    """`distq worker | head -1`: each task's print() raised BrokenPipeError, and a task
+    that printed failed for good (signals10)."""
+    env = target.process_env(DISTQ_LOG_FORMAT=log_format)
+    command = [sys.executable, "-m", "distq", "worker", "--tasks", "jobs", "--quiet"]
+    with (tmp_path / "err").open("w") as err:
+        worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err)
+    assert worker.stdout is not None
+    worker.stdout.close()  # the reader gone before the worker's first line
+    try:
+        with distq_executor(target) as ex:
+            assert list(ex.map(jobs.chatter, [3, 3, 3], timeout=60)) == [3, 3, 3]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(30)
+    said = (tmp_path / "err").read_text()
+    assert code == 0, said
+    assert "BrokenPipeError" not in said, said
+
+
 def test_commands_and_a_worker_run_over_a_redis_unix_socket(tmp_path: Path) -> None:
     """``unix://`` is a documented DISTQ_REDIS_URL: no TCP-only option may reach the socket."""
     sock = tmp_path / "r.sock"
@@ -561,3 +586,8 @@ def test_a_redis_database_the_server_does_not_have_exits_2(tmp_path: Path) -> No
     assert done.stderr.startswith("distq: DISTQ_REDIS_URL (redis://:***@127.0.0.1:"), done.stderr
     assert "names database 4, which Redis at 127.0.0.1:" in done.stderr
     assert "pw-xyz" not in done.stderr and "Traceback" not in done.stderr
+
+
+def distq_executor(target: Target) -> Executor:
+    """An executor of the target's queue; on manager, a client of the hosted queues."""
+    return Executor(target.settings, host=False)
