@@ -10,10 +10,13 @@ is retried as one task. Only registered names run inside a chunk, as outside.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from distq.envelope import Task
+from distq.errors import TimeLimitExceeded
 
 #: The name of the built-in task that runs a chunk; every worker has it.
 CHUNK_TASK = "distq:chunk"
@@ -45,9 +48,25 @@ def chunk_function(resolve: Resolve, args: list[Any], kwargs: dict[str, Any]) ->
         runs.append((resolve(name, call, {}), call))
 
     def run_chunk(*_chunk_arguments: Any) -> list[Any]:
-        return [function(*call) for function, call in runs]
+        values = []
+        for function, call in runs:
+            if threading.current_thread() in _given_up:
+                raise TimeLimitExceeded(f"{CHUNK_TASK} of {name}: its slot gave up on it")
+            values.append(function(*call))
+        return values
 
     return run_chunk
+
+
+#: Threads whose slot gave up on the task they run (past its time limit): a chunk there
+#: starts none of its remaining calls (they ran beside its retry, and after its failure).
+_given_up: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def give_up(thread: threading.Thread) -> None:
+    """``thread``'s slot left it in its task: a chunk it runs stops before its next call
+    (the call running now cannot be stopped: Python cannot stop a thread)."""
+    _given_up.add(thread)
 
 
 def show_chunk(task: Task) -> str:

@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
+from distq import chunks
 from distq.backoff import Backoff, Outage
 from distq.batch import Batch, BatchSizer, Running, run_batch
 from distq.codec import Codec
@@ -421,6 +422,7 @@ class Worker:
             )
             slot.batch = None
             if slot.thread is not None:
+                chunks.give_up(slot.thread)  # a chunk there starts no more of its calls
                 self.left_behind.append(slot.thread)
             self.left_behind = [thread for thread in self.left_behind if thread.is_alive()]
             ending = ending._replace(  # the settle prints it

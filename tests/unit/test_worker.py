@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from distq.backoff import Backoff
+from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Task
@@ -24,6 +25,7 @@ from distq.errors import SettledThenFailed, TransportError
 from distq.logs import JsonConsole
 from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry
+from distq.timelimits import TimeLimits
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions
 from launch import free_port
@@ -110,6 +112,42 @@ def test_a_retry_runs_the_call_as_submitted_not_what_the_failed_attempt_left(
     (result,) = results_of(producer, 1, within=5)
     assert (result.status, result.attempt, result.value) == ("ok", 2, 10), out.getvalue()
     assert tries == [[1, 2, 3, 4], [1, 2, 3, 4]]
+    producer.close()
+
+
+def test_a_chunk_past_its_time_limit_starts_none_of_its_remaining_calls(
+    transport: Transport,
+) -> None:
+    """The thread left behind ran the chunk's later calls once its slow one returned,
+    beside the retry and after the task had failed for good (chunks10)."""
+    producer = transport.producer("replies")
+    started: list[float] = []
+
+    def sleepy(seconds: float) -> float:
+        started.append(seconds)
+        time.sleep(seconds)
+        return seconds
+
+    calls = [[2.5], [0.0], [0.0], [0.0]]  # 4 calls: the chunk's limit is 4 x 0.5 s
+    chunk = Task(
+        name=CHUNK_TASK, args=chunk_arguments("sleepy", calls), reply_to="replies", max_attempts=1
+    )
+    producer.submit([chunk.encode()])
+    registry = Registry()
+    registry.register("sleepy", sleepy)
+    out = io.StringIO()
+    options = WorkerOptions(
+        exit_when_idle=0.5,
+        worker_id="w",
+        heartbeat_interval=0.3,
+        time_limits=TimeLimits.parse("sleepy=0.5"),
+    )
+    began = time.monotonic()
+    assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+    (result,) = results_of(producer, 1, within=5)
+    assert result.status == "error" and result.error_type == "TimeLimitExceeded"
+    time.sleep(max(0.0, began + 3.5 - time.monotonic()))  # the slow call has returned
+    assert started == [2.5], out.getvalue()
     producer.close()
 
 
