@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from operator import attrgetter, sub
 
+from distq.chunks import CHUNK_TASK
 from distq.ending import Ending, Outcome
 from distq.envelope import Result, Task
 from distq.logs import JsonConsole, Line, WorkerLine
@@ -89,9 +90,22 @@ def _one_name(endings: Sequence[Ending]) -> Columns | None:
         names = set(map(_name, tasks))
     except AttributeError:  # an undecoded task (None) has no name
         return None
-    if len(names) != 1:
+    if len(names) != 1 or CHUNK_TASK in names:  # a chunk's label is its function's
         return None
     return names.pop(), outcomes, tasks, starts, durations
+
+
+def label_of(task: Task, known: frozenset[str]) -> str:
+    """The ``task`` label of ``task``'s metrics: its name if this worker registered it,
+    else ``(unregistered)``; a chunk (``Executor.map(chunksize=N)``) counts under the
+    function it calls, once per chunk (as ``distq:chunk``, no alert or panel could say
+    which function failed or slowed)."""
+    name = task.name
+    if name == CHUNK_TASK:
+        args = task.args
+        if len(args) == 2 and isinstance(args[0], str) and args[0] != CHUNK_TASK:
+            name = args[0]
+    return name if name in known else UNREGISTERED
 
 
 #: A batch as metrics count it: queue waits, run times by task label (only of functions
@@ -133,8 +147,7 @@ def _tally_each(known: frozenset[str], endings: Sequence[Ending]) -> Tally:
         if task is None:
             label = UNKNOWN
         else:
-            name = task.name
-            label = name if name in known else UNREGISTERED
+            label = label_of(task, known)
             if ending.outcome != "orphaned":  # never started: no queue wait to count
                 wait = ending.started_at - task.created_at
                 waits.append(wait if wait > 0 else 0.0)  # < 0: the worker's clock is behind

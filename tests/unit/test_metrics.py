@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO
+from distq.chunks import CHUNK_TASK
 from distq.console import Console
 from distq.ending import Ending, Endings, Outcome
 from distq.envelope import DeadLetter, Result, Status, Task
@@ -126,6 +127,26 @@ def test_worker_counts_each_settled_task_by_registered_name_and_outcome() -> Non
     assert value(registry, "distq_worker_task_duration_seconds_count", task="resize") == 1
     assert value(registry, "distq_worker_task_duration_seconds_sum", task="resize") == 0.2
     assert "rm -rf" not in generate_latest(registry).decode()
+
+
+@pytest.mark.parametrize("count", [1, 20])  # task by task, and a batch by columns
+def test_a_chunk_counts_once_under_the_function_it_calls(count: int) -> None:
+    """Every chunk counted as task="distq:chunk": no alert or panel could say which
+    function failed or slowed, and a chunk of an unknown name was not (unregistered)."""
+    metrics, telemetry = worker_metrics()
+    registry = metrics.registry
+    now = time.time()
+
+    def chunk(name: object) -> Task:
+        return Task(name=CHUNK_TASK, args=[name, [[1], [2]]], reply_to="r", created_at=now)
+
+    telemetry.settled([ending(chunk("resize"), "ok", now, 0.01)] * count)
+    telemetry.settled([ending(chunk("nope:fn"), "failed", now, 0.0)] * count)
+    assert value(registry, "distq_worker_tasks_total", task="resize", outcome="ok") == count
+    assert value(registry, "distq_worker_task_duration_seconds_count", task="resize") == count
+    failed = value(registry, "distq_worker_tasks_total", task="(unregistered)", outcome="failed")
+    assert failed == count
+    assert value(registry, "distq_worker_tasks_total", task=CHUNK_TASK, outcome="ok") is None
 
 
 @pytest.mark.parametrize("count", [3, 20])  # task by task, and a batch of one name (16+)
