@@ -40,6 +40,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
+from distq.chunks import CHUNK_TASK
 from distq.codec import Codec
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task, shown
 from distq.errors import EnvelopeError, MessageTooLarge, SignatureError, TimeLimitExceeded
@@ -157,6 +158,11 @@ class Endings:
             )
             if found is not None:  # a plain str or int, unchecked above: said as checked
                 exc = TypeError(f"{found}; a task must return a JSON value")
+            elif isinstance(exc, MessageTooLarge) and task.name == CHUNK_TASK:
+                exc = MessageTooLarge(  # the values of its calls, together: each may fit
+                    f"{exc}; a chunk's result holds the values of all its calls: a smaller "
+                    "map() chunksize sends fewer of them at a time"
+                )
             return self.failed(delivery, task, exc, started_at, duration, returned=True)
         if task.reply_to == NO_REPLY:
             return Ending(Settlement(delivery), "ok", task, started_at, duration)

@@ -52,9 +52,9 @@ from distq.codec import Codec
 from distq.config import Setting, Settings, misspelled, secured
 from distq.dispatcher import FORKED, Dispatcher, Entry, Stop, Submit, running
 from distq.envelope import MAX_ATTEMPTS, Task, new_id
-from distq.errors import BrokenExecutor, ConfigError, EnvelopeError
+from distq.errors import BrokenExecutor, ConfigError, EnvelopeError, MessageTooLarge
 from distq.futures import Callbacks, DistqFuture
-from distq.jsonvalue import check_arguments
+from distq.jsonvalue import MAX_CHUNK_DEPTH, MAX_DEPTH, check_arguments
 from distq.tasks import task_name
 from distq.transport import QueueStats, open_transport
 
@@ -163,21 +163,35 @@ class Executor(concurrent.futures.Executor):
         end = None if timeout is None else time.monotonic() + timeout
         name = task_name(fn)
         calls = [list(args) for args in zip(*iterables, strict=False)]
+        depth = MAX_DEPTH if chunksize == 1 else MAX_CHUNK_DEPTH  # a chunk nests 2 more
         for number, call in enumerate(calls, 1):
             try:
-                check_arguments(name, call, {})
+                check_arguments(name, call, {}, depth)
             except TypeError as exc:
                 raise TypeError(f"call {number} of map(): {exc}") from None
         if chunksize == 1:
             futures = self._submit([(name, call, {}, name) for call in calls])
             return self._results(futures, timeout, end, None)
         chunks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
-        futures = self._submit(
-            [
-                (CHUNK_TASK, chunk_arguments(name, chunk), {}, f"{name} (chunk of {len(chunk)})")
-                for chunk in chunks
-            ]
-        )
+        try:
+            futures = self._submit(
+                [
+                    (
+                        CHUNK_TASK,
+                        chunk_arguments(name, chunk),
+                        {},
+                        f"{name} (chunk of {len(chunk)})",
+                    )
+                    for chunk in chunks
+                ]
+            )
+        except MessageTooLarge as exc:  # it named a chunk task never sent, not the fix
+            why = str(exc).partition("cannot be submitted: ")[2].partition("; ")[0]
+            raise MessageTooLarge(
+                f"map() of {name} with chunksize={chunksize}: a chunk of its calls would "
+                f"be too large to send ({why.removeprefix('task ')}); nothing was sent: "
+                "pass a smaller chunksize, or large data by reference"
+            ) from None
         return self._results(futures, timeout, end, [len(chunk) for chunk in chunks])
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

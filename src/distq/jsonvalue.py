@@ -18,6 +18,9 @@ from distq.limits import MAX_NESTING
 #: Deepest nesting accepted (a cycle is refused as too deep): what fits in a task's
 #: envelope, whose object and ``args`` (or ``kwargs``) take two of its levels.
 MAX_DEPTH = MAX_NESTING - 2
+#: The same in a chunk (``Executor.map(chunksize=N)``), whose ``[name, [call, ...]]``
+#: takes two more levels of the envelope.
+MAX_CHUNK_DEPTH = MAX_DEPTH - 2
 
 # an int this long or shorter has fewer digits than Python's int-to-text limit allows
 _SAFE_INT_BITS = 14_000
@@ -121,10 +124,13 @@ def problem(value: Any, name: str, max_depth: int = MAX_DEPTH) -> str | None:
     return None
 
 
-def check_arguments(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+def check_arguments(
+    task: str, args: Sequence[Any], kwargs: Mapping[str, Any], max_depth: int = MAX_DEPTH
+) -> None:
     """Raise ``TypeError`` naming the first argument of a call of ``task`` that is not a
-    JSON value (see :func:`problem`), or naming ``task`` itself if the wire cannot carry
-    it (bytes from a shell that are not UTF-8: an encoder's traceback before)."""
+    JSON value (see :func:`problem`; nested at most ``max_depth`` deep), or naming
+    ``task`` itself if the wire cannot carry it (bytes from a shell that are not UTF-8:
+    an encoder's traceback before)."""
     why = _unsendable(task) if isinstance(task, str) else None
     if why:
         raise TypeError(f"the task name {quoted_ends(task)} {why}; name a task the workers run")
@@ -132,13 +138,17 @@ def check_arguments(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -
         kind = type(value)
         if (kind is str and value.isascii()) or (kind is int and value.bit_length() < 64):
             continue  # the common cases, without the walk
-        found = problem(value, f"argument {index + 1}")
+        found = problem(value, f"argument {index + 1}", max_depth)
         if found is not None:
             raise TypeError(f"{_named(task)}: {found}; {_ALLOWED}")
     for key, value in kwargs.items():
         why = _unsendable(key)
         shown = _key(key)
-        found = f"the keyword {shown} {why}" if why else problem(value, f"keyword argument {shown}")
+        found = (
+            f"the keyword {shown} {why}"
+            if why
+            else problem(value, f"keyword argument {shown}", max_depth)
+        )
         if found is not None:
             raise TypeError(f"{_named(task)}: {found}; {_ALLOWED}")
 

@@ -26,7 +26,7 @@ import distq.dispatcher as dispatching
 import jobs
 from conftest import REPO, Target
 from distq.config import Settings
-from distq.errors import BrokenExecutor, RemoteError, TaskTimeout
+from distq.errors import BrokenExecutor, MessageTooLarge, RemoteError, TaskTimeout
 from distq.futures import DistqFuture
 from procs import Distq
 
@@ -599,3 +599,28 @@ def test_the_executor_forgets_answered_bodies_as_it_sends(
     for n in range(20):
         assert ex.submit(jobs.add, n, 1).result(30) == n + 1
     assert len(ex._dispatcher.ledger) == 1  # the last one, answered since it was sent
+
+
+def test_a_chunk_is_checked_for_what_a_chunk_can_carry_and_says_the_fix(
+    executor: Open,
+) -> None:
+    """A chunk nests its calls 2 levels deeper: arguments that fit alone were refused as
+    NestedTooDeep naming distq:chunk; an oversized chunk named a task never sent and not
+    the fix, a smaller chunksize (chunks10)."""
+    ex = executor()
+    deep: list[Any] = []
+    for _ in range(60):
+        deep = [deep]  # 61 levels with the outer list: fits alone, not in a chunk
+    with pytest.raises(TypeError, match=r"^call 1 of map\(\): jobs:echo: argument 1.* is nested"):
+        ex.map("jobs:echo", [deep, deep], chunksize=2)
+    with pytest.raises(MessageTooLarge) as caught:
+        ex.map("jobs:echo", ["y" * 1000] * 2000, chunksize=2000)
+    assert str(caught.value).startswith(
+        "map() of jobs:echo with chunksize=2000: a chunk of its calls would be too large to "
+        "send (would be 2,0"
+    ), caught.value
+    assert str(caught.value).endswith(
+        "over the limit of 1,048,576 (DISTQ_MAX_MESSAGE_BYTES)); nothing was sent: pass a "
+        "smaller chunksize, or large data by reference"
+    ), caught.value
+    assert ex.stats().ready == 0

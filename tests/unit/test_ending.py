@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from distq.chunks import CHUNK_TASK
 from distq.codec import Codec
 from distq.ending import (
     MAX_MESSAGE_CHARS,
@@ -202,6 +203,19 @@ def test_a_malformed_message_is_dead_lettered_byte_for_byte_without_a_result() -
     assert letter.body == b"\x00garbage"
     assert letter.reason == "malformed message: task is not valid JSON"
     assert ending.note == "dead-lettered a malformed message: task is not valid JSON"
+
+
+def test_a_chunks_result_too_large_says_a_smaller_chunksize_sends_fewer_values() -> None:
+    endings = Endings("w1", "q", Codec(max_message_bytes=4096))
+    chunk = Task(name=CHUNK_TASK, args=["echo", [["x"], ["y"], ["z"]]], reply_to="r")
+    ending = endings.ok(delivery(chunk), chunk, ["v" * 2000] * 3, 0.0, 0.1)
+    assert ending.outcome == "failed" and ending.settlement.dead_letter is not None
+    reason = DeadLetter.decode(ending.settlement.dead_letter).reason
+    assert reason.startswith("ran, but its value cannot be sent back: MessageTooLarge: ")
+    assert reason.endswith(
+        "; a chunk's result holds the values of all its calls: a smaller map() chunksize "
+        "sends fewer of them at a time"
+    ), reason
 
 
 KEY = b"0123456789abcdef-key"
