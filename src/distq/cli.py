@@ -313,7 +313,10 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
     console.info("master exit")
     if master.refused is not None:
         return EXIT_CONFIG  # said, with the job's report: a setting the broker refused
-    return 0 if report.succeeded and written else EXIT_FAILED
+    # an endless --rate stopped is its end, before its workers came as after (as while
+    # connecting: exit 0): a rollout or scale-down before they attach is no failure
+    endless_stopped = spec.tasks is None and stop.is_set() and not report.problems
+    return 0 if (report.succeeded or endless_stopped) and written else EXIT_FAILED
 
 
 def _check_report(path: Path) -> None:

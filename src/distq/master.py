@@ -423,7 +423,8 @@ class _Run(Generic[E]):
             if self.deadline is not None and time.perf_counter() >= self.deadline:
                 break
             time.sleep(0.05)  # before the job starts: a short poll costs nothing measured
-        self.report.problems.append(f"only {seen} of {count} worker slots attached in time")
+        if not self.stop.is_set():  # stopped: no problem of the job's, nor "in time"
+            self.report.problems.append(f"only {seen} of {count} worker slots attached in time")
         return False
 
     def _submit(self, count: int, then_wait: float = 0.0) -> None:

@@ -376,6 +376,20 @@ def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], cod
     assert "SIGTERM while connecting: master exit" in output
 
 
+@pytest.mark.parametrize(("extra", "code"), [(["--tasks", "5"], 1), (["--rate", "5"], 0)])
+def test_a_master_stopped_while_waiting_for_workers_is_stopped_not_out_of_time(
+    extra: list[str], code: int
+) -> None:
+    """An endless --rate master stopped before its workers came (a rollout) exited 1,
+    saying "only 0 of 1 worker slots attached in time" with no --timeout (signals10)."""
+    env = {"DISTQ_AUTHKEY": "k" * 16, "DISTQ_MANAGER_ADDRESS": f"127.0.0.1:{free_port()}"}
+    proc = started("master", "--wait-workers", "1", *extra, **env)
+    output = sigterm_after(proc, 2.0, within=10)
+    assert proc.returncode == code, output
+    assert "waiting for 1 worker slots to attach" in output
+    assert "in time" not in output and "job never started after" in output
+
+
 def test_a_master_says_what_a_signal_does_and_a_second_one_stops_it_at_once() -> None:
     """Silent for the drain's 5 s after Ctrl-C, and a second Ctrl-C did nothing."""
     proc = started(
