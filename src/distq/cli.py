@@ -29,6 +29,7 @@ from distq.codec import Codec
 from distq.config import (
     CONCURRENCY,
     CONNECT_TIMEOUT,
+    DEFAULTS,
     MAX_ATTEMPTS,
     MAX_CONCURRENCY,
     SETTINGS,
@@ -241,8 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"warning: {flag} is a worker's setting: `distq {args.role}` does not "
                     "read it; give it to `distq worker`"
                 )
+    patience = DEFAULTS.drain_seconds  # how long a worker's exit waits for task threads
     try:
         settings = Settings.load(os.environ, flags)
+        patience = settings.drain_seconds
         registry = Registry()
         for path in getattr(args, "task", []):
             registry.register_path(path)
@@ -256,13 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _master(args, settings, console)
         with _whole_lines():
             code = _worker(args, settings, registry, console)
-        return _past_task_threads(code, console)
     except ConfigError as exc:  # from a setting, or one only the transport can judge
         console.error(str(exc))
-        return EXIT_CONFIG
+        code = EXIT_CONFIG
     except TransportError as exc:  # unreachable or refusing at start (mid-job: reconnects)
         console.error(str(exc))
-        return EXIT_UNREACHABLE
+        code = EXIT_UNREACHABLE
+    if args.role == "worker":  # every way out of a worker that ran tasks (exit 2 too)
+        _bound_exit(code, console, patience)
+    return code
 
 
 def _master(args: argparse.Namespace, settings: Settings, console: Console) -> int:
@@ -455,24 +460,35 @@ def _whole_lines() -> Iterator[None]:
         sys.stdout, sys.stderr = streams
 
 
-def _past_task_threads(code: int, console: Console) -> int:
-    """The worker's exit ``code``, now, even with threads its tasks started still running:
-    Python joins every non-daemon thread at exit, which kept the process up after its
-    "worker exit" line, every later SIGTERM only saying it was stopping already."""
+def _bound_exit(code: int, console: Console, patience: float) -> None:
+    """Let the worker's exit wait at most ``patience`` seconds for threads its tasks
+    left (Python joins every non-daemon thread at exit, then runs ``atexit``): one that
+    never ended kept it up after its "worker exit" line, a SIGTERM only saying it was
+    stopping already. An idle pool's thread, or one finishing a short job, still ends
+    as it would, and ``atexit`` runs; past the wait, or on a signal, it exits ``code``."""
     main = threading.main_thread()
     left = [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
     if not left:
-        return code
+        return
     names = ", ".join(sorted(shown(t.name) for t in left)[:5]) + (", ..." if len(left) > 5 else "")
-    console.error(
-        f"{len(left)} thread(s) that tasks started still run ({names}): the worker exits "
-        "without waiting for them"
+    console.info(
+        f"{len(left)} thread(s) that tasks started are alive ({names}): the worker waits at "
+        f"most {patience:g} s (DISTQ_DRAIN_SECONDS) for them to end, or a signal"
     )
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a reader gone: the exit code still says it
-            stream.flush()
-    os._exit(code)
+
+    def leave(*_: object) -> None:
+        console.error(f"thread(s) that tasks started still run: the worker exits {code} now")
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a reader gone: the exit code still says it
+                stream.flush()
+        os._exit(code)
+
+    for sig in stop_signals():
+        signal.signal(sig, leave)
+    timer = threading.Timer(patience, leave)
+    timer.daemon = True  # it must not be one of the threads the exit waits for
+    timer.start()
 
 
 def _notify(console: Console, settings: Settings, role: Literal["master", "worker"]) -> None:

@@ -8,6 +8,7 @@ as a running master would, and every command connects to it as a worker does.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -483,19 +484,73 @@ def test_a_worker_exits_though_a_task_left_a_thread_running(
     target: Target, hosted: Transport, workers: list[Distq]
 ) -> None:
     """Python joins non-daemon threads at exit: the worker said "worker exit" and stayed
-    up for the thread's 60 s, each SIGTERM only "the worker is stopping already" (tasks10)."""
+    up for the thread's 60 s, each SIGTERM only "the worker is stopping already" (tasks10).
+    It waits at most DISTQ_DRAIN_SECONDS for them now."""
     queued = distq(target, "submit", "jobs:leave_thread", "60")
     assert queued.returncode == 0, queued.stderr
-    worker = start_worker(target, workers, "--exit-when-idle", "1")
+    env = target.process_env(DISTQ_DRAIN_SECONDS="2")
+    worker = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "1"], env)
+    workers.append(worker)
     assert worker.wait(15) == 0, worker.output()
     out = worker.output()
     assert re.search(r"^worker exit\. 1 ok, ", out, re.M), out
     assert re.search(
-        r"^distq: 1 thread\(s\) that tasks started still run \(left-behind\): the worker "
-        r"exits without waiting for them$",
+        r"^1 thread\(s\) that tasks started are alive \(left-behind\): the worker waits at "
+        r"most 2 s \(DISTQ_DRAIN_SECONDS\) for them to end, or a signal$",
         out,
         re.M,
     ), out
+    assert "distq: thread(s) that tasks started still run: the worker exits 0 now" in out
+
+
+POOL = """
+import atexit
+import concurrent.futures
+import threading
+import time
+
+import distq
+
+OUT = __file__ + ".out"
+POOL = concurrent.futures.ThreadPoolExecutor(1)
+POOL.submit(lambda: None).result()  # its thread started at import, idle after
+
+
+def _upload(n):
+    time.sleep(0.5)
+    with open(OUT, "a") as out:
+        out.write(f"uploaded {n}\\n")
+
+
+@distq.task
+def record(n):
+    POOL.submit(_upload, n)  # fire and forget
+    return n
+
+
+@atexit.register
+def _done():
+    with open(OUT, "a") as out:
+        out.write("atexit ran\\n")
+"""
+
+
+def test_a_worker_exit_lets_a_tasks_pool_finish_and_atexit_run(
+    target: Target, hosted: Transport, workers: list[Distq], tmp_path: Path
+) -> None:
+    """Exiting past a task's threads at once lost the work queued on a pool the module
+    used, and its atexit handlers (diff13)."""
+    (tmp_path / "poolmod.py").write_text(POOL)
+    for n in (1, 2, 3):
+        assert distq(target, "submit", "poolmod:record", str(n)).returncode == 0
+    env = target.process_env()
+    env["PYTHONPATH"] += os.pathsep + str(tmp_path)
+    worker = Distq(["worker", "--tasks", "poolmod", "--exit-when-idle", "0.5"], env)
+    workers.append(worker)
+    assert worker.wait(30) == 0, worker.output()
+    assert "3 ok" in worker.output()
+    done = (tmp_path / "poolmod.py.out").read_text().splitlines()
+    assert done == ["uploaded 1", "uploaded 2", "uploaded 3", "atexit ran"], worker.output()
 
 
 def test_a_task_over_the_workers_size_limit_fails_for_its_submitter_at_once(

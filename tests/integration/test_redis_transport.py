@@ -33,7 +33,7 @@ from brokers import Broker
 from conftest import Target
 from distq.config import Settings
 from distq.console import Console
-from distq.envelope import DeadLetter, Task
+from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -789,6 +789,29 @@ def test_a_worker_exits_2_when_the_broker_refuses_a_setting_mid_run(
         wanted = "access to a key" if change == "acl" else f"Redis key '{queue}' at 127.0.0.1:"
         assert wanted in out, out
         assert "reconnected" not in out and "Traceback" not in out, out
+
+
+def test_a_worker_refused_mid_run_exits_2_though_a_task_left_a_thread_running(
+    redis_url: str, raw: redis.Redis[bytes]
+) -> None:
+    """The exit past a task's threads came only on a normal return: refused (exit 2),
+    the worker stayed up for the thread's 60 s, deaf to SIGTERM (diff13)."""
+    port = urlsplit(redis_url).port
+    with _acl_user(raw, "~*", "+@all") as user:
+        target = _redis_target(f"redis://{user}:pw@127.0.0.1:{port}/0")
+        queue = target.settings.queue
+        raw.lpush(queue, Task(name="jobs:leave_thread", args=[60], reply_to=NO_REPLY).encode())
+        env = target.process_env(DISTQ_DRAIN_SECONDS="2")
+        worker = Distq(["worker", "--tasks", "jobs"], env)
+
+        def refuse() -> None:
+            raw.execute_command("ACL", "SETUSER", user, "resetkeys", "~distq:*")
+
+        started = time.monotonic()
+        out = _exits_2_after(worker, r"Get task jobs:leave_thread", refuse, raw, queue)
+        assert time.monotonic() - started < 15, out
+        assert "access to a key" in out, out
+        assert "thread(s) that tasks started still run: the worker exits 2 now" in out, out
 
 
 def test_wrong_password_is_refused_without_echoing_it(
