@@ -450,13 +450,14 @@ def _whole_lines() -> Iterator[None]:
     another slot's line, and without raising once their reader has gone
     (:class:`~distq.logs.WholeLines`)."""
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = WholeLines(streams[0]), WholeLines(streams[1])
+    lines = WholeLines(streams[0]), WholeLines(streams[1])
+    sys.stdout, sys.stderr = lines
     try:
         yield
     finally:
-        for stream in (sys.stdout, sys.stderr):
+        for stream in lines:
             with contextlib.suppress(Exception):  # a reader gone: nothing more to say
-                stream.flush()
+                stream.flush_all()
         sys.stdout, sys.stderr = streams
 
 

@@ -166,8 +166,9 @@ class WholeLines:
     slot wrote between them was glued to the text (one in five, with four slots that
     printed). Text without a line end waits for one, or for a ``flush()`` (then it is
     written as it is: a progress display still glues the next line to it, as the README
-    says), and is written once it holds ``MOST_HELD`` characters. A stream whose reader
-    has gone (``distq worker | head -1``, a log shipper that died) raised
+    says), for more text past ``MOST_HELD`` characters, for its thread's end (written at
+    the next write of any thread) or for :meth:`flush_all` at the worker's exit. A stream
+    whose reader has gone (``distq worker | head -1``, a log shipper that died) raised
     ``BrokenPipeError`` in each task that printed, which failed it for good: now it
     points at /dev/null, as distq's own lines do (:func:`distq.console.to_devnull`).
     """
@@ -176,36 +177,60 @@ class WholeLines:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self._held = threading.local()
+        self._held: dict[threading.Thread, str] = {}  # text without its line end yet
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        held: str = getattr(self._held, "text", "")
+        if not isinstance(text, str):  # as a text stream says it
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        me = threading.current_thread()
         end = text.rfind("\n") + 1
-        if end == 0:
-            self._held.text = held + text
-            if len(self._held.text) >= self.MOST_HELD:
-                self.flush()
-            return len(text)
-        self._held.text = text[end:]
-        self._write(held + text[:end])
+        with self._lock:
+            held = self._held.pop(me, "")
+            if end == 0 and len(held) < self.MOST_HELD:
+                self._held[me] = held + text  # a long line's print() stays one piece
+                return len(text)
+            if end == 0:  # past the bound: what was held goes, this waits for its end
+                out, self._held[me] = held, text
+            else:
+                out = held + text[:end]
+                if end < len(text):
+                    self._held[me] = text[end:]
+            out += self._ended()
+        self._write(out)
         return len(text)
 
-    def _write(self, text: str, flush: bool = False) -> None:
-        try:
-            self.stream.write(text)
-            if flush:
-                self.stream.flush()
-        except OSError:  # a closed pipe, a full disk: the task's output goes nowhere
-            to_devnull(self.stream)
+    def _ended(self) -> str:
+        """The text threads that have ended left without a line end (lock held)."""
+        if len(self._held) < 2 and all(t.is_alive() for t in self._held):
+            return ""
+        gone = [t for t in self._held if not t.is_alive()]
+        return "".join(self._held.pop(t) for t in gone)
 
     def writelines(self, lines: Iterable[str]) -> None:
         for line in lines:
             self.write(line)
 
     def flush(self) -> None:
-        held: str = getattr(self._held, "text", "")
-        self._held.text = ""
+        with self._lock:
+            held = self._held.pop(threading.current_thread(), "") + self._ended()
         self._write(held, flush=True)
+
+    def flush_all(self) -> None:
+        """Every thread's text, at the worker's exit: a slot's last text without a line
+        end was lost with it."""
+        with self._lock:
+            held, self._held = "".join(self._held.values()), {}
+        self._write(held, flush=True)
+
+    def _write(self, text: str, flush: bool = False) -> None:
+        try:
+            if text:
+                self.stream.write(text)
+            if flush:
+                self.stream.flush()
+        except OSError:  # a closed pipe, a full disk: the task's output goes nowhere
+            to_devnull(self.stream)
 
     def __getattr__(self, name: str) -> Any:  # encoding, fileno(), isatty(), buffer, ...
         return getattr(self.stream, name)

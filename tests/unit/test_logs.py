@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -22,6 +23,7 @@ from distq.logs import (
     JsonFormatter,
     MaskingFormatter,
     TextConsole,
+    WholeLines,
     mask_secrets,
 )
 from distq.telemetry import MasterTelemetry, WorkerTelemetry, micros
@@ -262,3 +264,51 @@ def test_times_in_events_are_to_the_microsecond(seconds: float, shown: float) ->
 def test_times_no_clock_would_give_are_written_as_they_are() -> None:
     assert math.isnan(micros(math.nan)) and micros(-0.0000021) == -0.000002
     assert micros(math.inf) == math.inf and micros(3e9 + 0.25) == 3e9 + 0.25
+
+
+class _Writes(io.StringIO):
+    """A stream that keeps each write call's text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_whole_lines_reach_the_stream_a_line_at_a_time_from_every_thread() -> None:
+    """print() writes its text and its line end in two calls: another slot's line between
+    them glued to the text (tasks10); past 64 KiB a print() was split all the same, and
+    a thread's text without a line end was lost with its thread (diff13)."""
+    stream = _Writes()
+    lines = WholeLines(stream)
+
+    def chatter(n: int) -> None:
+        for i in range(200):
+            print(f"thread {n} line {i}", file=lines)
+
+    threads = [threading.Thread(target=chatter, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(call.endswith("\n") for call in stream.calls)
+    assert len(stream.getvalue().splitlines()) == 800
+
+    long = "x" * 70_000
+    print(long, file=lines)  # one write of text and line end
+    assert stream.calls[-1] == long + "\n"
+
+    left = threading.Thread(target=lambda: lines.write("no line end"))
+    left.start()
+    left.join()
+    lines.write("after\n")  # a write of any thread takes what an ended thread left
+    assert stream.calls[-1] in ("after\nno line end", "no line endafter\n")
+
+    lines.write("held at exit")
+    lines.flush_all()
+    assert stream.getvalue().endswith("held at exit")
+    with pytest.raises(TypeError, match=r"^write\(\) argument must be str, not bytes$"):
+        lines.write(b"x")  # type: ignore[arg-type]
