@@ -240,11 +240,12 @@ def _submit_and_wait(
         # the executor has logged why ("the executor stopped: ..."): not said twice
         if future is None:
             console.error("the task was not queued")
-        elif settings.transport == "manager":  # its queue was in the master that went
+        elif settings.transport == "manager":  # its queue is in the master, gone or not
             console.error(
                 f"task {future.task_id} has no result. On the manager transport its queue "
-                "lived in the master, which has gone, so it went with it: submit it again "
-                "while a master runs"
+                "lives in the master: if that master has gone, the task went with it "
+                "(submit it again once one runs); if it is only unreachable, the task stays "
+                f"queued there, and {_NOBODY_WAITING}"
             )
         else:
             console.error(

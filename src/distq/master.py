@@ -41,7 +41,7 @@ from distq.config import (
 )
 from distq.console import Console
 from distq.envelope import Result, Task, new_id, shown
-from distq.errors import ConfigError, TransportError
+from distq.errors import ConfigError, DistqError, TransportError
 from distq.health import ProcessHealth
 from distq.ledger import Ledger, submit_again
 from distq.telemetry import MasterTelemetry
@@ -524,7 +524,7 @@ class _Run(Generic[E]):
         transport = self.master.transport
         try:
             attached = transport.stats().consumers
-        except (TransportError, ConfigError):
+        except (DistqError, OSError):
             return  # the broker is away, or refuses: the job's own lines said so
         if attached == 0:
             self.report.problems.append(

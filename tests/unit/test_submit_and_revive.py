@@ -188,8 +188,10 @@ def test_submit_wait_whose_manager_master_went_says_the_task_went_with_it(
         hosted.close()
     assert code == 3, out.getvalue()
     assert re.search(
-        r"^distq: task [0-9a-f]{32} has no result\. On the manager transport its queue lived in "
-        r"the master, which has gone, so it went with it: submit it again while a master runs$",
+        r"^distq: task [0-9a-f]{32} has no result\. On the manager transport its queue lives "
+        r"in the master: if that master has gone, the task went with it \(submit it again once "
+        r"one runs\); if it is only unreachable, the task stays queued there, and with nobody "
+        r"waiting, a worker dead-letters it unrun \(`distq requeue-dead` runs it\)$",
         out.getvalue(),
         re.M,
     ), out.getvalue()
