@@ -37,6 +37,7 @@ import contextlib
 import math
 import time
 import traceback
+import types
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -122,6 +123,22 @@ class Ending(NamedTuple):
 
 _ending = tuple.__new__  # makes an Ending from all its fields, in order
 
+#: What calling an ``async def`` or a generator function returns before its body runs.
+_UNRUN = (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)
+
+
+def _unrun(value: Any) -> TypeError:
+    """The error for a call that returned ``value`` (a coroutine, a generator), closed
+    so that Python says nothing of it: a wrapper around an ``async def`` or a generator
+    function got past the check at registration (:func:`distq.tasks.not_plain`)."""
+    with contextlib.suppress(Exception):
+        value.close()
+    return TypeError(
+        f"it returned a {type(value).__name__}, so none of its body ran: a worker calls a "
+        "task without awaiting or iterating it; register a plain function that runs it, "
+        "e.g. def fetch_now(url): return asyncio.run(fetch(url))"
+    )
+
 
 def _settlement(s: Settlement, reply_to: str | None, result: bytes | None) -> Settlement:
     return Settlement(s.delivery, reply_to, result, s.retry, s.retry_delay, s.dead_letter)
@@ -142,6 +159,10 @@ class Endings:
         and write NaN, which is not JSON) or its result is too large."""
         kind = type(value)
         if kind not in _PLAIN and not (kind is float and math.isfinite(value)):
+            if isinstance(value, _UNRUN):  # an async def's or a generator's: its body never ran
+                return self.failed(
+                    delivery, task, _unrun(value), started_at, duration, returned=True
+                )
             found = problem(value, "its value", MAX_NESTING - 1)  # the result's envelope: 1
             if found is not None:
                 error = TypeError(f"{found}; a task must return a JSON value")

@@ -11,6 +11,7 @@ Arguments and return values must be JSON values. Every worker also runs chunks
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import sys
@@ -85,6 +86,13 @@ def not_plain(function: Callable[..., Any]) -> str | None:
     """Why ``function`` cannot be a task, or None: a worker calls a task and sends back
     what the call returns, and calling an ``async def`` or a generator function runs
     none of its body (each call failed for good, saying its value could not be sent)."""
+    own = getattr(function, "__func__", None)  # a staticmethod's, a bound method's
+    if own is not None:
+        function = own
+    elif callable(function) and not (
+        inspect.isroutine(function) or isinstance(function, functools.partial)
+    ):
+        function = type(function).__call__  # an object's own call
     if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
         return (
             "is an async def, and a worker calls a task without awaiting it; register a "

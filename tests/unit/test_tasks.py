@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from distq.envelope import Task
+from distq.ending import Endings
+from distq.envelope import DeadLetter, Task
 from distq.errors import ConfigError, UnknownTask
 from distq.squares import square
 from distq.tasks import Registry
+from distq.transport import Delivery
 
 
 def test_square() -> None:
@@ -274,3 +278,36 @@ def test_an_async_def_or_a_generator_function_is_refused_where_it_is_registered(
     )
     with pytest.raises(TypeError, match=r"^task g is a generator function, whose call returns"):
         Registry().register("g", lambda: (yield))
+
+
+class _AsyncCall:
+    async def __call__(self, n: int) -> int:
+        return n
+
+
+def test_async_callables_of_every_shape_are_refused_or_fail_saying_why() -> None:
+    """An object with async __call__ and a staticmethod of an async def registered, and
+    each call failed "its value is of type coroutine" (diff13). A sync wrapper around
+    one may run it (asyncio.run): refused only when a call returns a coroutine unrun."""
+
+    async def fetch(n: int) -> int:
+        return n
+
+    for shape in (_AsyncCall(), staticmethod(fetch), functools.partial(fetch, 1)):
+        with pytest.raises(TypeError, match=r"^task t is an async def, and a worker calls"):
+            Registry().register("t", shape)  # type: ignore[arg-type]
+
+    @functools.wraps(fetch)
+    def wrapped(n: int) -> Any:
+        return fetch(n)  # a coroutine, never awaited
+
+    registry = Registry()
+    registry.register("wrapped", wrapped)
+    t = Task(name="wrapped", args=[1], reply_to="r")
+    ending = Endings("w1", "q").ok(Delivery(t.encode(), 1), t, wrapped(1), 0.0, 0.1)
+    assert ending.outcome == "failed" and ending.settlement.dead_letter is not None
+    reason = DeadLetter.decode(ending.settlement.dead_letter).reason
+    assert reason.startswith(
+        "ran, but its value cannot be sent back: TypeError: it returned a coroutine, so none "
+        "of its body ran: a worker calls a task without awaiting or iterating it;"
+    ), reason
