@@ -295,7 +295,7 @@ def test_async_callables_of_every_shape_are_refused_or_fail_saying_why() -> None
 
     for shape in (_AsyncCall(), staticmethod(fetch), functools.partial(fetch, 1)):
         with pytest.raises(TypeError, match=r"^task t is an async def, and a worker calls"):
-            Registry().register("t", shape)  # type: ignore[arg-type]
+            Registry().register("t", shape)
 
     @functools.wraps(fetch)
     def wrapped(n: int) -> Any:
