@@ -124,6 +124,13 @@ def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     except EnvelopeError as exc:  # a message no command expected to be unreadable
         console.error(str(exc))
         return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C on a slow broker: a line, not a traceback
+        said = {
+            "requeue-dead": "interrupted: the letters moved so far are on the task queue, the "
+            "rest stay dead letters (a letter leaves only once its task is enqueued)",
+        }
+        console.error(said.get(args.role, "interrupted"))
+        return EXIT_FAILED
 
 
 @contextlib.contextmanager
@@ -190,13 +197,25 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
     except EnvelopeError as exc:  # too large: before anything connects
         raise ConfigError(str(exc)) from None
     if not args.wait:
-        with _client(settings) as transport:
-            producer = transport.producer(transport.reply_queue(new_id()))
-            try:
-                producer.submit([body])
-                producer.flush()  # the broker holds it before we say so
-            finally:
-                producer.close()
+        sent = False
+        try:
+            with _client(settings) as transport:
+                producer = transport.producer(transport.reply_queue(new_id()))
+                try:
+                    sent = True  # from here on, it may reach the broker
+                    producer.submit([body])
+                    producer.flush()  # the broker holds it before we say so
+                finally:
+                    producer.close()
+        except KeyboardInterrupt:  # a traceback left a script unsure whether it was queued
+            if not sent:
+                console.error("interrupted before the task was queued")
+            else:
+                console.error(
+                    f"interrupted while queuing task {task.id}: it may be queued or not "
+                    "(`distq status` counts the ready tasks)"
+                )
+            return EXIT_FAILED
         say(task.id)
         return 0
     # SIGTERM (timeout(1), kill, a CI cancel, a container stop) as Ctrl-C: it ended the
@@ -261,7 +280,11 @@ def _submit_and_wait(
         console.error("interrupted")
         return EXIT_FAILED
     finally:
-        stop()
+        try:
+            stop()
+        except KeyboardInterrupt:  # again, while it closes (19 s on a frozen broker)
+            console.error("interrupted again: exiting without waiting for the close")
+            return EXIT_FAILED  # the second Ctrl-C's exit wins, as asked
     say(json.dumps(value))
     return 0
 

@@ -390,6 +390,37 @@ def test_a_master_stopped_while_waiting_for_workers_is_stopped_not_out_of_time(
     assert "in time" not in output and "job never started after" in output
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["status"], "distq: interrupted"),
+        (["dead-letters"], "distq: interrupted"),
+        (["requeue-dead"], "distq: interrupted: the letters moved so far are on the task queue"),
+        (["submit", "square", "3"], "distq: interrupted before the task was queued"),
+    ],
+)
+def test_ctrl_c_on_a_command_whose_broker_is_slow_says_so_in_one_line(
+    args: list[str], said: str
+) -> None:
+    """A KeyboardInterrupt traceback and exit 130: for submit, a script could not tell
+    whether the task was queued (signals10)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes connections, says nothing
+        proc = started(
+            *args,
+            DISTQ_TRANSPORT="redis",
+            DISTQ_REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+        )
+        try:
+            time.sleep(1.0)
+            assert proc.poll() is None, proc.communicate()[0]
+            proc.send_signal(signal.SIGINT)
+            output = proc.communicate(timeout=10)[0]
+        finally:
+            proc.kill()
+    assert proc.returncode == 1, output
+    assert said in output and "Traceback" not in output, output
+
+
 def test_a_master_says_what_a_signal_does_and_a_second_one_stops_it_at_once() -> None:
     """Silent for the drain's 5 s after Ctrl-C, and a second Ctrl-C did nothing."""
     proc = started(
