@@ -814,6 +814,32 @@ def test_a_worker_refused_mid_run_exits_2_though_a_task_left_a_thread_running(
         assert "thread(s) that tasks started still run: the worker exits 2 now" in out, out
 
 
+def test_submit_wait_interrupted_twice_on_a_frozen_redis_exits_1_with_lines(
+    tmp_path: Path,
+) -> None:
+    """The first Ctrl-C was handled, but a second one while the executor closed (19 s
+    on a frozen broker) ended in a KeyboardInterrupt traceback and exit 130 (signals10)."""
+    with LocalRedis(tmp_path).start() as server:
+        target = _redis_target(server.url)
+        submit = Distq(["submit", "square", "3", "--wait"], target.process_env())
+        try:
+            submit.wait_for(r"^[0-9a-f]{32}$")  # queued, no worker: it waits
+            server.pause()
+            try:
+                submit.signal(signal.SIGINT)
+                submit.wait_for(r"^distq: interrupted$", timeout=10)
+                time.sleep(0.5)  # closing, against the frozen broker
+                submit.signal(signal.SIGINT)
+                assert submit.wait(10) == 1, submit.output()
+            finally:
+                server.resume()
+            out = submit.output()
+        finally:
+            submit.stop(grace=0)
+    assert "interrupted again: exiting without waiting for the close" in out, out
+    assert "Traceback" not in out, out
+
+
 def test_wrong_password_is_refused_without_echoing_it(
     open_transport: OpenTransport, redis_broker: Broker
 ) -> None:
