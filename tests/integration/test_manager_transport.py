@@ -91,57 +91,41 @@ def test_worker_connections_send_large_batches_without_nagle_delay() -> None:
         producer.close()
 
 
-def test_a_master_that_ends_holding_dead_letters_says_they_end_with_it(
+def test_a_master_that_ends_holding_dead_letters_or_tasks_says_they_end_with_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """On manager the dead letters live in the hosting master's memory: a job's failures
+    """On manager the queues live in the hosting master's memory: a job's failures
     vanished with it, and `dead-letters` / `requeue-dead` after a fix found nothing,
-    without a word (Redis and RabbitMQ keep them)."""
+    without a word (Redis and RabbitMQ keep them); so did the tasks `distq submit`
+    queued on a master whose own job then ended, though `submit` had printed their ids
+    (identity10)."""
     with _master_and_worker("ending") as (hosted, remote):
         producer = hosted.producer("ending.results")
-        producer.submit([b"a", b"b", b"c"])
+        mine = b'{"args":[{"reply_to":"elsewhere"}],"reply_to":"ending.results","attempt":1}'
+        producer.submit([b"a", b"b", b"c", b"d", b"e", b"f", mine])  # the host's own: not counted
         consumer = remote.consumer("c1")
-        got = fetch_n(consumer, 3)
+        got = fetch_n(consumer, 5)  # f and mine stay ready
         consumer.settle([Settlement(d, dead_letter=b"letter") for d in got[:2]])
         consumer.settle([Settlement(got[2], reply_to=producer.reply_to, result=b"r")])
-        consumer.close()
+        consumer.settle([Settlement(got[3], retry=b"d2", retry_delay=60.0)])  # delayed
+        # got[4] stays leased; the result waits in the reply queue: not a task
         producer.close()
+        caplog.clear()
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == [
         "2 dead letter(s) of queue 'ending' end with this process: on the manager transport "
         "they live in the memory of the master that hosts the queues. Read or requeue them "
         "while it runs (distq dead-letters, distq requeue-dead), or use Redis or RabbitMQ, "
-        "which keep them"
+        "which keep them",
+        "3 task(s) of queue 'ending', queued or running, end with this process: on the "
+        "manager transport the queues live in the memory of the master that hosts them, so a "
+        "task another client submits (distq submit, an executor) runs only while it runs (a "
+        "--rate master, an open Executor); Redis and RabbitMQ keep them",
     ]
     caplog.clear()
     with _master_and_worker("clean"):
         pass  # none held: nothing said
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
-
-
-def test_a_master_that_ends_holding_tasks_says_they_end_with_it(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Tasks `distq submit` queued on a master whose own job then ended vanished with it,
-    without a word, though `submit` had printed their ids (identity10)."""
-    with _master_and_worker("left") as (hosted, remote):
-        producer = hosted.producer("left.results")
-        mine = b'{"args":[{"reply_to":"elsewhere"}],"reply_to":"left.results","attempt":1}'
-        producer.submit([b"a", b"b", b"c", b"d", b"e", mine])  # the host's own: not counted
-        consumer = remote.consumer("c1")
-        got = fetch_n(consumer, 3)  # two more stay ready
-        consumer.settle([Settlement(got[0], retry=b"a2", retry_delay=60.0)])  # delayed
-        consumer.settle([Settlement(got[1], reply_to=producer.reply_to, result=b"r")])
-        # got[2] stays leased; the result waits in the reply queue: not a task
-        producer.close()
-        caplog.clear()
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warned == [
-        "4 task(s) of queue 'left', queued or running, end with this process: on the manager "
-        "transport the queues live in the memory of the master that hosts them, so a task "
-        "another client submits (distq submit, an executor) runs only while it runs (a "
-        "--rate master, an open Executor); Redis and RabbitMQ keep them"
-    ]
 
 
 def test_settle_then_fetch_is_one_call_to_the_master() -> None:
