@@ -265,6 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TransportError as exc:  # unreachable or refusing at start (mid-job: reconnects)
         console.error(str(exc))
         code = EXIT_UNREACHABLE
+    except SignalExit as exc:  # a signal while connecting: said; a task module's threads
+        if args.role != "worker":  # may run already (started at its import)
+            raise
+        code = exc.code if isinstance(exc.code, int) else 1
     if args.role == "worker":  # every way out of a worker that ran tasks (exit 2 too)
         _bound_exit(code, console, patience)
     return code
@@ -450,14 +454,16 @@ def _whole_lines() -> Iterator[None]:
     another slot's line, and without raising once their reader has gone
     (:class:`~distq.logs.WholeLines`)."""
     streams = sys.stdout, sys.stderr
-    lines = WholeLines(streams[0]), WholeLines(streams[1])
-    sys.stdout, sys.stderr = lines
+    # None: the process started with that descriptor closed; print() skips it then
+    out, err = (None if stream is None else WholeLines(stream) for stream in streams)
+    sys.stdout, sys.stderr = out or streams[0], err or streams[1]
     try:
         yield
     finally:
-        for stream in lines:
+        for stream in (out, err):
             with contextlib.suppress(Exception):  # a reader gone: nothing more to say
-                stream.flush_all()
+                if stream is not None:
+                    stream.flush_all()
         sys.stdout, sys.stderr = streams
 
 
@@ -478,16 +484,20 @@ def _bound_exit(code: int, console: Console, patience: float) -> None:
     )
 
     def leave(*_: object) -> None:
-        console.error(f"thread(s) that tasks started still run: the worker exits {code} now")
+        console.error(f"the worker exits {code} now, without waiting any longer")
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):  # a reader gone: the exit code still says it
                 stream.flush()
         os._exit(code)
 
+    def expire() -> None:
+        if any(thread.is_alive() for thread in left):  # ended: atexit may run on, as asked
+            leave()
+
     for sig in stop_signals():
         signal.signal(sig, leave)
-    timer = threading.Timer(patience, leave)
+    timer = threading.Timer(patience, expire)
     timer.daemon = True  # it must not be one of the threads the exit waits for
     timer.start()
 

@@ -177,50 +177,49 @@ class WholeLines:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self._held: dict[threading.Thread, str] = {}  # text without its line end yet
-        self._lock = threading.Lock()
+        # text without its line end yet, by thread: each thread sets only its own entry,
+        # so no lock (one let a finalizer that printed, run by a collection inside it,
+        # wait for good on the lock its own thread held: every slot hung)
+        self._held: dict[threading.Thread, str] = {}
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # as a text stream says it
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         me = threading.current_thread()
         end = text.rfind("\n") + 1
-        with self._lock:
-            held = self._held.pop(me, "")
-            if end == 0 and len(held) < self.MOST_HELD:
-                self._held[me] = held + text  # a long line's print() stays one piece
-                return len(text)
-            if end == 0:  # past the bound: what was held goes, this waits for its end
-                out, self._held[me] = held, text
-            else:
-                out = held + text[:end]
-                if end < len(text):
-                    self._held[me] = text[end:]
-            out += self._ended()
-        self._write(out)
+        held = self._held.pop(me, "")
+        if end == 0 and len(held) < self.MOST_HELD:
+            self._held[me] = held + text  # a long line's print() stays one piece
+            return len(text)
+        if end == 0:  # past the bound: what was held goes, this waits for its end
+            out = held
+            self._held[me] = text
+        else:
+            out = held + text[:end]
+            if end < len(text):
+                self._held[me] = text[end:]
+        self._write(out + self._ended())
         return len(text)
 
     def _ended(self) -> str:
-        """The text threads that have ended left without a line end (lock held)."""
-        if len(self._held) < 2 and all(t.is_alive() for t in self._held):
+        """The text threads that have ended left without a line end."""
+        if not self._held:
             return ""
-        gone = [t for t in self._held if not t.is_alive()]
-        return "".join(self._held.pop(t) for t in gone)
+        gone = [t for t in list(self._held) if not t.is_alive()]
+        return "".join([self._held.pop(t, "") for t in gone])
 
     def writelines(self, lines: Iterable[str]) -> None:
         for line in lines:
             self.write(line)
 
     def flush(self) -> None:
-        with self._lock:
-            held = self._held.pop(threading.current_thread(), "") + self._ended()
+        held = self._held.pop(threading.current_thread(), "") + self._ended()
         self._write(held, flush=True)
 
     def flush_all(self) -> None:
         """Every thread's text, at the worker's exit: a slot's last text without a line
         end was lost with it."""
-        with self._lock:
-            held, self._held = "".join(self._held.values()), {}
+        held = "".join([self._held.pop(t, "") for t in list(self._held)])
         self._write(held, flush=True)
 
     def _write(self, text: str, flush: bool = False) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ import pika.exceptions
 import pytest
 
 import jobs
-from conftest import Target
+from conftest import REPO, Target
 from distq import Executor
 from distq.codec import Codec
 from distq.config import Settings
@@ -500,7 +501,7 @@ def test_a_worker_exits_though_a_task_left_a_thread_running(
         out,
         re.M,
     ), out
-    assert "distq: thread(s) that tasks started still run: the worker exits 0 now" in out
+    assert "distq: the worker exits 0 now, without waiting any longer" in out
 
 
 POOL = """
@@ -533,6 +534,78 @@ def _done():
     with open(OUT, "a") as out:
         out.write("atexit ran\\n")
 """
+
+
+SLOW_EXIT = """
+import atexit
+import threading
+import time
+
+import distq
+
+OUT = __file__ + ".out"
+threading.Thread(target=time.sleep, args=(1.0,), daemon=False).start()  # at import
+
+
+@distq.task
+def nothing():
+    return None
+
+
+@atexit.register
+def _slow():
+    time.sleep(3.0)  # past DISTQ_DRAIN_SECONDS, once the thread has ended
+    with open(OUT, "a") as out:
+        out.write("atexit done\\n")
+"""
+
+
+def test_a_worker_exit_waits_for_a_modules_thread_but_never_cuts_atexit_short(
+    target: Target, hosted: Transport, tmp_path: Path
+) -> None:
+    """The exit's wait went on after the thread had ended and cut a running atexit
+    handler short (diff14)."""
+    (tmp_path / "slowexit.py").write_text(SLOW_EXIT)
+    env = target.process_env(DISTQ_DRAIN_SECONDS="2")
+    env["PYTHONPATH"] += os.pathsep + str(tmp_path)
+    out = _exits_0(Distq(["worker", "--tasks", "slowexit", "--exit-when-idle", "0.5"], env))
+    assert "the worker waits at most 2 s (DISTQ_DRAIN_SECONDS)" in out, out
+    assert "without waiting any longer" not in out, out
+    assert (tmp_path / "slowexit.py.out").read_text() == "atexit done\n", out
+
+
+def test_a_worker_stopped_while_connecting_waits_for_a_modules_thread_as_bounded(
+    tmp_path: Path,
+) -> None:
+    """A SIGTERM while connecting skipped the bounded wait: a thread the task module
+    started at its import held the worker past DISTQ_DRAIN_SECONDS (diff14)."""
+    (tmp_path / "slowexit.py").write_text(SLOW_EXIT.replace("args=(1.0,)", "args=(60.0,)"))
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes connections, says nothing
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+        env.update(
+            DISTQ_TRANSPORT="redis",
+            DISTQ_REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+            DISTQ_DRAIN_SECONDS="2",
+            PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO / "src")]),
+        )
+        worker = Distq(["worker", "--tasks", "slowexit"], env)
+        worker.wait_for(r"^tasks: ")
+        time.sleep(0.5)
+        started = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        out = _exits_0(worker)
+    assert time.monotonic() - started < 10, out
+    assert "SIGTERM while connecting: worker exit" in out, out
+    assert "the worker exits 0 now, without waiting any longer" in out, out
+
+
+def _exits_0(worker: Distq) -> str:
+    """``worker``'s output once it exited 0 (within 20 s)."""
+    try:
+        assert worker.wait(20) == 0, worker.output()
+        return worker.output()
+    finally:
+        worker.stop(grace=0)
 
 
 def test_a_worker_exit_lets_a_tasks_pool_finish_and_atexit_run(
@@ -576,18 +649,24 @@ def test_a_task_over_the_workers_size_limit_fails_for_its_submitter_at_once(
     assert status(target)["dead"] == 1
 
 
-@pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.parametrize(
+    ("log_format", "closed"), [("text", False), ("json", False), ("text", True)]
+)
 def test_a_worker_whose_stdout_reader_has_gone_still_runs_tasks_that_print(
-    target: Target, hosted: Transport, tmp_path: Path, log_format: str
+    target: Target, hosted: Transport, tmp_path: Path, log_format: str, closed: bool
 ) -> None:
     """`distq worker | head -1`: each task's print() raised BrokenPipeError, and a task
-    that printed failed for good (signals10)."""
+    that printed failed for good (signals10); a worker started with stdout closed
+    (`>&-`) failed them with AttributeError (diff14)."""
     env = target.process_env(DISTQ_LOG_FORMAT=log_format)
     command = [sys.executable, "-m", "distq", "worker", "--tasks", "jobs", "--quiet"]
     with (tmp_path / "err").open("w") as err:
-        worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err)
-    assert worker.stdout is not None
-    worker.stdout.close()  # the reader gone before the worker's first line
+        if closed:
+            worker = subprocess.Popen(command, env=env, stderr=err, preexec_fn=lambda: os.close(1))
+        else:
+            worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err)
+            assert worker.stdout is not None
+            worker.stdout.close()  # the reader gone before the worker's first line
     try:
         with distq_executor(target) as ex:
             assert list(ex.map(jobs.chatter, [3, 3, 3], timeout=60)) == [3, 3, 3]
@@ -596,7 +675,7 @@ def test_a_worker_whose_stdout_reader_has_gone_still_runs_tasks_that_print(
         code = worker.wait(30)
     said = (tmp_path / "err").read_text()
     assert code == 0, said
-    assert "BrokenPipeError" not in said, said
+    assert "BrokenPipeError" not in said and "AttributeError" not in said, said
 
 
 def test_commands_and_a_worker_run_over_a_redis_unix_socket(tmp_path: Path) -> None:

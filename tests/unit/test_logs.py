@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -312,3 +313,44 @@ def test_whole_lines_reach_the_stream_a_line_at_a_time_from_every_thread() -> No
     assert stream.getvalue().endswith("held at exit")
     with pytest.raises(TypeError, match=r"^write\(\) argument must be str, not bytes$"):
         lines.write(b"x")  # type: ignore[arg-type]
+
+
+GC_PRINTS = """
+import gc, sys, threading
+sys.path[:0] = [SRC]
+from distq.logs import WholeLines
+
+class PrintsWhenCollected:
+    def __init__(self, stream):
+        self.stream, self.me = stream, self  # a cycle: only a collection frees it
+
+    def __del__(self):
+        print("collected", file=self.stream)
+
+lines = WholeLines(open("/dev/null", "w"))
+gc.set_threshold(50)
+
+def work(k):
+    for i in range(20000):
+        PrintsWhenCollected(lines)
+        lines.write(f"line {k} {i}")
+        lines.write("\\n")
+
+threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("finished")
+"""
+
+
+def test_whole_lines_survive_a_finalizer_that_prints_during_a_write(tmp_path: Path) -> None:
+    """A collection inside write()'s lock ran a finalizer that printed, which waited for
+    good on the lock its own thread held: every slot of the worker hung (diff14)."""
+    script = tmp_path / "gc_prints.py"
+    script.write_text(GC_PRINTS.replace("[SRC]", repr([str(REPO / "src")])))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=25, check=False
+    )
+    assert done.stdout == "finished\n", done.stderr
