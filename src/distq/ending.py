@@ -127,16 +127,34 @@ _ending = tuple.__new__  # makes an Ending from all its fields, in order
 _UNRUN = (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)
 
 
-def _unrun(value: Any) -> TypeError:
-    """The error for a call that returned ``value`` (a coroutine, a generator), closed
-    so that Python says nothing of it: a wrapper around an ``async def`` or a generator
-    function got past the check at registration (:func:`distq.tasks.not_plain`)."""
-    with contextlib.suppress(Exception):
-        value.close()
+def _unrun(value: Any, task: Task) -> TypeError | None:
+    """The error for a call that returned a coroutine or a generator (in a chunk: any of
+    its calls), each closed so that Python says nothing of it; None for any other value.
+    A wrapper around an ``async def`` or a generator function gets past the check at
+    registration (:func:`distq.tasks.not_plain`)."""
+    if isinstance(value, _UNRUN):
+        found, where = [value], "it"
+    elif task.name == CHUNK_TASK and type(value) is list:
+        found = [item for item in value if isinstance(item, _UNRUN)]
+        if not found:
+            return None
+        where = f"call {next(n for n, v in enumerate(value, 1) if isinstance(v, _UNRUN))}"
+    else:
+        return None
+    for item in found:  # an async generator never started says nothing: no aclose()
+        if isinstance(item, types.CoroutineType | types.GeneratorType):
+            with contextlib.suppress(Exception):
+                item.close()
+    kind = type(found[0]).__name__
+    if isinstance(found[0], types.GeneratorType):  # a generator expression's, or a function's
+        return TypeError(
+            f"{where} returned a generator, not a JSON value: return a list (list(...)); a "
+            "generator function's body runs only as it is iterated"
+        )
     return TypeError(
-        f"it returned a {type(value).__name__}, so none of its body ran: a worker calls a "
-        "task without awaiting or iterating it; register a plain function that runs it, "
-        "e.g. def fetch_now(url): return asyncio.run(fetch(url))"
+        f"{where} returned a {kind}, so none of its body ran: a worker calls a task without "
+        "awaiting it; register a plain function that runs it, e.g. "
+        "def fetch_now(url): return asyncio.run(fetch(url))"
     )
 
 
@@ -159,10 +177,9 @@ class Endings:
         and write NaN, which is not JSON) or its result is too large."""
         kind = type(value)
         if kind not in _PLAIN and not (kind is float and math.isfinite(value)):
-            if isinstance(value, _UNRUN):  # an async def's or a generator's: its body never ran
-                return self.failed(
-                    delivery, task, _unrun(value), started_at, duration, returned=True
-                )
+            unrun = _unrun(value, task)  # an async def's or a generator's: never iterated
+            if unrun is not None:
+                return self.failed(delivery, task, unrun, started_at, duration, returned=True)
             found = problem(value, "its value", MAX_NESTING - 1)  # the result's envelope: 1
             if found is not None:
                 error = TypeError(f"{found}; a task must return a JSON value")

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from distq.chunks import CHUNK_TASK
 from distq.ending import Endings
 from distq.envelope import DeadLetter, Task
 from distq.errors import ConfigError, UnknownTask
@@ -309,5 +310,32 @@ def test_async_callables_of_every_shape_are_refused_or_fail_saying_why() -> None
     reason = DeadLetter.decode(ending.settlement.dead_letter).reason
     assert reason.startswith(
         "ran, but its value cannot be sent back: TypeError: it returned a coroutine, so none "
-        "of its body ran: a worker calls a task without awaiting or iterating it;"
+        "of its body ran: a worker calls a task without awaiting it;"
     ), reason
+
+
+def test_a_generator_returned_and_a_coroutine_in_a_chunk_fail_saying_what_they_are() -> None:
+    """A plain function returning a generator expression was told "none of its body ran"
+    and to use asyncio.run; a chunk's coroutine failed as "of type coroutine", with
+    Python's never-awaited warning (diff14)."""
+
+    async def fetch(n: int) -> int:
+        return n
+
+    endings = Endings("w1", "q")
+    plain = Task(name="plain", args=[], reply_to="r")
+    rows = endings.ok(Delivery(plain.encode(), 1), plain, (n for n in range(3)), 0.0, 0.1)
+    chunk = Task(name=CHUNK_TASK, args=["f", [[1], [2]]], reply_to="r")
+    in_chunk = endings.ok(Delivery(chunk.encode(), 1), chunk, [1, fetch(2)], 0.0, 0.1)
+    reasons = []
+    for ending in (rows, in_chunk):
+        assert ending.outcome == "failed" and ending.settlement.dead_letter is not None
+        reasons.append(DeadLetter.decode(ending.settlement.dead_letter).reason)
+    prefix = "ran, but its value cannot be sent back: TypeError: "
+    assert reasons == [
+        prefix + "it returned a generator, not a JSON value: return a list (list(...)); a "
+        "generator function's body runs only as it is iterated",
+        prefix + "call 2 returned a coroutine, so none of its body ran: a worker calls a task "
+        "without awaiting it; register a plain function that runs it, e.g. "
+        "def fetch_now(url): return asyncio.run(fetch(url))",
+    ]
