@@ -147,6 +147,8 @@ class Console:
         try:
             stream.write(text)
             stream.flush()
+        except BlockingIOError:  # a non-blocking stream, full for now: this text only
+            return
         except (OSError, ValueError, AttributeError):  # a closed pipe or file, a full disk;
             self._lost(stream)  # None: the process started with that descriptor closed
 

@@ -228,6 +228,8 @@ class WholeLines:
                 self.stream.write(text)
             if flush:
                 self.stream.flush()
+        except BlockingIOError:  # a non-blocking stream, full for now: the task's to say
+            raise
         except OSError:  # a closed pipe, a full disk: the task's output goes nowhere
             to_devnull(self.stream)
 

@@ -354,3 +354,36 @@ def test_whole_lines_survive_a_finalizer_that_prints_during_a_write(tmp_path: Pa
         [sys.executable, str(script)], capture_output=True, text=True, timeout=25, check=False
     )
     assert done.stdout == "finished\n", done.stderr
+
+
+class _FullForNow(io.StringIO):
+    """A non-blocking stream that is full once: EAGAIN, then takes text again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = True
+
+    def write(self, text: str) -> int:
+        if self.full:
+            self.full = False
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return super().write(text)
+
+
+def test_a_stream_full_for_now_is_not_taken_for_one_whose_reader_has_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """EAGAIN on a non-blocking stream pointed it at /dev/null for good, as a closed pipe
+    is (diff14): a task's print() now says so to the task, the console skips one line."""
+    pointed: list[object] = []
+    monkeypatch.setattr("distq.logs.to_devnull", pointed.append)
+    monkeypatch.setattr("distq.console.to_devnull", pointed.append)
+    lines = WholeLines(_FullForNow())
+    with pytest.raises(BlockingIOError):
+        lines.write("one\n")
+    lines.write("two\n")
+    stream = _FullForNow()
+    console = TextConsole(out=stream, err=stream)
+    console.info("first")  # EAGAIN: this line only
+    console.info("second")
+    assert pointed == [] and stream.getvalue() == "second\n"
