@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from distq.envelope import SHALLOW_NESTING, Result, Task, quoted
+from distq.envelope import SHALLOW_NESTING, VERSION, Result, Task, fits_reply_to, quoted
 from distq.errors import EnvelopeError, MessageTooLarge, NestedTooDeep
 from distq.limits import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -242,7 +242,7 @@ class Codec:
             head = _task_head(envelope)
         except (EnvelopeError, msgspec.DecodeError, RecursionError):
             return None
-        if head.v != 1 or not 0 < len(head.reply_to.encode(errors="replace")) <= 255:
+        if head.v != VERSION or not fits_reply_to(head.reply_to):
             return None
         return Task(head.name, [], head.reply_to, {}, head.id, head.attempt, head.max_attempts)
 

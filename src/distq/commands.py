@@ -125,11 +125,13 @@ def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
         console.error(str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:  # Ctrl-C on a slow broker: a line, not a traceback
-        said = {
-            "requeue-dead": "interrupted: the letters moved so far are on the task queue, the "
-            "rest stay dead letters (a letter leaves only once its task is enqueued)",
-        }
-        console.error(said.get(args.role, "interrupted"))
+        if args.role == "requeue-dead":
+            console.error(
+                "interrupted: the letters moved so far are on the task queue, the rest stay "
+                "dead letters (a letter leaves only once its task is enqueued)"
+            )
+        else:
+            console.error("interrupted")
         return EXIT_FAILED
 
 

@@ -111,7 +111,9 @@ def shown(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def _fits_reply_to(value: str) -> bool:
+def fits_reply_to(value: str) -> bool:
+    """Whether ``value`` is a reply queue name a task may carry: 1 to 255 bytes (a
+    RabbitMQ queue name's limit), known without encoding it up to 63 characters."""
     return 0 < len(value) <= 63 or 0 < len(value.encode(errors="replace")) <= 255
 
 
@@ -304,7 +306,7 @@ class Task(msgspec.Struct, frozen=True):
             w = _task_wire(data)
         except _FAST_ERRORS:
             return cls._decode_json(data)  # the reference decoder: accepts, or says why
-        if not _fits_reply_to(w.reply_to) or not math.isfinite(w.created_at):
+        if not fits_reply_to(w.reply_to) or not math.isfinite(w.created_at):
             return cls._decode_json(data)
         return cls(
             w.name, w.args, w.reply_to, w.kwargs, w.id, w.attempt, w.max_attempts, w.created_at
