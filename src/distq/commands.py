@@ -244,7 +244,7 @@ def _submit_and_wait(
         console.error("interrupted before the task was queued")
         return EXIT_FAILED
     stop: Callable[[], None] = executor.shutdown
-    future: DistqFuture | None = None
+    future: DistqFuture[Any] | None = None
     try:
         future = executor.submit(args.task_name, *values, **kwargs)
         say(future.task_id)

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from distq.backoff import Backoff
 from distq.codec import Codec
@@ -58,7 +59,7 @@ class Entry:
 
     task: Task
     body: bytes  # as sent (sealed): what withdraw() finds on the broker
-    future: DistqFuture
+    future: DistqFuture[Any]
     deadline: float | None  # time.monotonic() after which it fails with TaskTimeout
 
 
@@ -69,7 +70,7 @@ class Submit:
 
 @dataclass(slots=True)
 class CancelCommand:
-    futures: list[DistqFuture]
+    futures: list[DistqFuture[Any]]
     answers: list[bool] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -131,7 +132,7 @@ class Dispatcher(threading.Thread):
         """True in a child made by fork() after this executor was created."""
         return self.broken == FORKED
 
-    def cancel(self, futures: list[DistqFuture]) -> list[bool]:
+    def cancel(self, futures: list[DistqFuture[Any]]) -> list[bool]:
         """Cancel ``futures`` where possible (on the thread); one answer each."""
         command = CancelCommand(futures)
         if threading.current_thread() is self:
@@ -296,7 +297,7 @@ class Dispatcher(threading.Thread):
         self.ledger.record((entry.task.id, entry.body) for entry in batch)
         return self.producer.submit_then_results(bodies, MESSAGE_BATCH, 0.0)
 
-    def _every_future(self) -> list[DistqFuture]:
+    def _every_future(self) -> list[DistqFuture[Any]]:
         sent = [entry.future for _, entry in self.collector.waiting()]
         return sent + [entry.future for entry in self._unsent.values()]
 
@@ -441,7 +442,7 @@ class Dispatcher(threading.Thread):
                 command.done.set()
 
 
-def _cancelled(future: DistqFuture) -> bool:
+def _cancelled(future: DistqFuture[Any]) -> bool:
     """Cancel a pending future and tell its waiters (``concurrent.futures.wait``) so."""
     if not concurrent.futures.Future.cancel(future):
         return False

@@ -44,7 +44,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, overload
 
 from distq import credentials
 from distq.chunks import CHUNK_TASK, chunk_arguments
@@ -59,6 +59,9 @@ from distq.tasks import task_name
 from distq.transport import QueueStats, open_transport
 
 __all__ = ["DistqFuture", "Executor", "load_settings"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +132,21 @@ class Executor(concurrent.futures.Executor):
             raise RuntimeError("the executor has stopped; its connection is closed")
         return self._transport.stats()
 
-    def submit(self, fn: str | Callable[..., Any], /, *args: Any, **kwargs: Any) -> DistqFuture:
+    @overload
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> DistqFuture[_T]: ...
+
+    @overload
+    def submit(self, fn: str, /, *args: Any, **kwargs: Any) -> DistqFuture[Any]: ...
+
+    def submit(
+        self, fn: str | Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> DistqFuture[Any]:
         """Send one call of ``fn`` (a task name or a module-level function) to the workers.
+
+        Typed as the standard library's: a function's arguments are checked and its
+        future is of its return type (a name's, ``DistqFuture[Any]``).
 
         Raises ``TypeError`` naming the argument when one is not a JSON value, and
         :class:`~distq.errors.MessageTooLarge` when the task would exceed
@@ -141,6 +157,24 @@ class Executor(concurrent.futures.Executor):
         name = task_name(fn)
         check_arguments(name, args, kwargs)
         return self._submit([(name, list(args), kwargs, name)])[0]
+
+    @overload
+    def map(
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Generator[_T, None, None]: ...
+
+    @overload
+    def map(
+        self,
+        fn: str,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Generator[Any, None, None]: ...
 
     def map(
         self,
@@ -233,7 +267,7 @@ class Executor(concurrent.futures.Executor):
 
     def _submit(
         self, calls: Sequence[tuple[str, list[Any], Mapping[str, Any], str]]
-    ) -> list[DistqFuture]:
+    ) -> list[DistqFuture[Any]]:
         if self._dispatcher.forked():
             raise BrokenExecutor(FORKED)
         with self._lock:
@@ -250,6 +284,7 @@ class Executor(concurrent.futures.Executor):
                 reply_to=self.reply_to,
                 max_attempts=self.max_attempts,
             )
+            future: DistqFuture[Any]
             future = DistqFuture(self._dispatcher.cancel, task.id, shown, self._callbacks)
             entries.append(Entry(task, self._codec.seal_task(task), future, deadline))
         # checked again and handed on under the lock: a shutdown() either comes first
@@ -264,7 +299,7 @@ class Executor(concurrent.futures.Executor):
 
     def _results(
         self,
-        futures: list[DistqFuture],
+        futures: list[DistqFuture[Any]],
         timeout: float | None,
         end: float | None,
         chunks: list[int] | None,

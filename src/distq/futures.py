@@ -14,12 +14,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("distq.executor")
 
 #: Cancels futures where possible; one answer each (the executor's thread decides).
-Cancel = Callable[[list["DistqFuture"]], list[bool]]
+Cancel = Callable[[list["DistqFuture[Any]"]], list[bool]]
+_T = TypeVar("_T")
 
 
 class Callbacks:
@@ -29,11 +30,11 @@ class Callbacks:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[DistqFuture | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[DistqFuture[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def put(self, future: DistqFuture) -> None:
+    def put(self, future: DistqFuture[Any]) -> None:
         """Run ``future``'s callbacks on the thread (here, after :meth:`close`)."""
         with self._lock:
             if not self._closed:
@@ -64,9 +65,12 @@ class Callbacks:
             future.run_callbacks()
 
 
-class DistqFuture(concurrent.futures.Future[Any]):
+class DistqFuture(concurrent.futures.Future[_T]):
     """A :class:`concurrent.futures.Future` for one distq task.
 
+    Generic in the result's type as the standard library's futures are:
+    ``submit(square, 3)`` of a ``def square(n: int) -> int`` is a ``DistqFuture[int]``
+    to a type checker (a result comes back as its JSON value: a tuple as a list).
     ``task_id`` and ``task_name`` name the task. The future stays pending until the
     task's result arrives (``running()`` is never true: a worker does not say when it
     starts). ``result(timeout)`` and ``exception(timeout)`` raise :class:`TimeoutError`
@@ -131,7 +135,7 @@ class DistqFuture(concurrent.futures.Future[Any]):
             return self.cancelled()
         return self._cancel([self])[0]
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> _T:
         try:
             return super().result(timeout)
         except TimeoutError:

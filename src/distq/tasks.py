@@ -75,6 +75,11 @@ def task(function: _F) -> _F:
     a generator function (:func:`not_plain`).
     """
     path = function_path(function)
+    if inspect.isclass(function):
+        raise TypeError(
+            f"{path} is a class; a worker sends back what a task returns, as a JSON "
+            "value: mark a function that makes the object and returns its data"
+        )
     why = not_plain(function)
     if why is not None:
         raise TypeError(f"{path} {why}")
@@ -151,6 +156,20 @@ def _raised(exc: BaseException) -> str:
     text = describe(exc)
     frames = traceback.extract_tb(exc.__traceback__)
     return f"{text} (at {frames[-1].filename}:{frames[-1].lineno})" if frames else text
+
+
+def _mark(value: object) -> str | None:
+    """The task name ``value`` was marked with by :func:`task`, if it is a marked
+    callable: a function, or a wrapper of one such as ``functools.cache``'s (marked
+    above it). Classes and other objects are skipped, as are attributes that cannot be
+    read (a lazy object's own ``__getattr__`` may raise anything)."""
+    if inspect.isclass(value) or not callable(value):
+        return None
+    try:
+        name = inspect.getattr_static(value, TASK_ATTRIBUTE, None)
+    except Exception:
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _marked_as(
@@ -262,8 +281,8 @@ class Registry:
         module = _import(module_name, flag)
         marked: dict[str, dict[int, tuple[str, TaskFunction]]] = {}
         for attr, value in vars(module).items():
-            name = getattr(value, TASK_ATTRIBUTE, None) if inspect.isfunction(value) else None
-            if isinstance(name, str):
+            name = _mark(value)
+            if name is not None:
                 marked.setdefault(name, {}).setdefault(id(value), (attr, value))
         if not marked:
             raise ConfigError(

@@ -168,7 +168,7 @@ def test_only_registered_names_run(executor: Open, workers: Workers) -> None:
         with pytest.raises(RemoteError, match=r"cannot run: UnknownTask: no task named"):
             ex.submit(fn, "x").result(30)
     with pytest.raises(RemoteError, match="cannot run: TypeError"):  # add(a, b) needs two
-        ex.submit(jobs.add, 1).result(30)
+        ex.submit(jobs.add, 1).result(30)  # type: ignore[call-overload]
 
 
 def test_arguments_that_are_not_json_are_refused_before_anything_is_sent(
@@ -176,9 +176,9 @@ def test_arguments_that_are_not_json_are_refused_before_anything_is_sent(
 ) -> None:
     ex = executor()
     with pytest.raises(TypeError, match=r"jobs:add: argument 2 is of type bytes"):
-        ex.submit(jobs.add, 1, b"2")
+        ex.submit(jobs.add, 1, b"2")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match=r"keyword argument 'b'\[0\] is of type set"):
-        ex.submit(jobs.add, 1, b=[{2}])
+        ex.submit(jobs.add, 1, b=[{2}])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"call 3 of map\(\): jobs:add: argument 1 is nan"):
         ex.map(jobs.add, [1, 2, float("nan")], [1, 2, 3])
     with pytest.raises(TypeError, match="not a module-level function"):
@@ -568,7 +568,7 @@ def test_a_submit_racing_shutdown_is_either_refused_or_waited_for() -> None:
         return seal_task(task)
 
     ex._codec.seal_task = slow_seal  # type: ignore[method-assign]
-    outcome: list[BaseException | DistqFuture] = []
+    outcome: list[BaseException | DistqFuture[Any]] = []
 
     def submit() -> None:
         try:

@@ -53,7 +53,7 @@ def test_a_task_timing_out_as_the_broker_fails_is_failed_not_left_pending(
     callbacks = Callbacks()
     dispatcher = Dispatcher(Closed(), BrokerGoneAtWithdraw(), Codec(), callbacks)  # type: ignore[arg-type]
     task = Task(name="square", args=[3], reply_to="r")
-    future = DistqFuture(dispatcher.cancel, task.id, "square", callbacks)
+    future = DistqFuture[Any](dispatcher.cancel, task.id, "square", callbacks)
     entry = Entry(task, task.encode(), future, deadline=time.monotonic() + 0.2)
     started = time.monotonic()
     dispatcher.start()
@@ -82,7 +82,7 @@ def test_cancel_and_task_timeout_work_while_an_outage_is_waited_out(
         return Entry(
             task,
             task.encode(),
-            DistqFuture(dispatcher.cancel, task.id, "square", callbacks),
+            DistqFuture[Any](dispatcher.cancel, task.id, "square", callbacks),
             deadline,
         )
 
@@ -132,7 +132,7 @@ def test_answered_tasks_leave_no_deadline_behind() -> None:
         entries = []
         for n in range(2000):
             task = Task(name="ident", args=[n], reply_to="r")
-            future = DistqFuture(dispatcher.cancel, task.id, "ident", callbacks)
+            future = DistqFuture[Any](dispatcher.cancel, task.id, "ident", callbacks)
             entries.append(Entry(task, task.encode(), future, deadline=time.monotonic() + 3600))
             futures.append(future)
         assert dispatcher.put(Submit(entries))
@@ -189,9 +189,9 @@ def test_an_idle_executor_reconnects_when_its_connection_was_dropped() -> None:
     dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
     dispatcher.start()
 
-    def submit(n: int) -> DistqFuture:
+    def submit(n: int) -> DistqFuture[Any]:
         task = Task(name="ident", args=[n], reply_to="r")
-        future = DistqFuture(dispatcher.cancel, task.id, "ident", callbacks)
+        future = DistqFuture[Any](dispatcher.cancel, task.id, "ident", callbacks)
         assert dispatcher.put(Submit([Entry(task, task.encode(), future, deadline=None)]))
         return future
 
@@ -251,7 +251,7 @@ def test_a_collected_executors_stop_during_an_outage_waits_it_out_without_spinni
     producer = BrokerAway()
     dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
     task = Task(name="square", args=[3], reply_to="r")
-    future = DistqFuture(dispatcher.cancel, task.id, "square", callbacks)
+    future = DistqFuture[Any](dispatcher.cancel, task.id, "square", callbacks)
     dispatcher.start()
     assert dispatcher.put(Submit([Entry(task, task.encode(), future, deadline=None)]))
     assert dispatcher.put(Stop(False, wait_at_exit=False))
@@ -279,7 +279,7 @@ def test_a_flood_of_submits_does_not_hold_up_the_first_sends() -> None:
     futures = []
     for n in range(3 * dispatching.COMMANDS_PER_TURN):  # queued before the thread starts
         task = Task(name="ident", args=[n], reply_to="r")
-        future = DistqFuture(dispatcher.cancel, task.id, "ident", callbacks)
+        future = DistqFuture[Any](dispatcher.cancel, task.id, "ident", callbacks)
         assert dispatcher.put(Submit([Entry(task, task.encode(), future, deadline=None)]))
         futures.append(future)
     dispatcher.start()

@@ -1,18 +1,20 @@
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import distq
 from distq.chunks import CHUNK_TASK
 from distq.ending import Endings
 from distq.envelope import DeadLetter, Task
 from distq.errors import ConfigError, UnknownTask
 from distq.squares import square
-from distq.tasks import Registry
+from distq.tasks import Registry, task_name
 from distq.transport import Delivery
 
 
@@ -190,6 +192,7 @@ def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stem: str, source: 
 
 WRAPPED = """
 import functools
+import importlib
 import distq
 
 def logged(fn):
@@ -247,6 +250,57 @@ def test_tasks_refuses_a_name_marked_on_several_functions_none_of_them_its_own(
         f"(a copy or a wrapper of it), and {name}:resize is none of them; keep one in the "
         "module, or register the one to run with --task module:function"
     )
+
+
+CACHED = """
+import functools
+import importlib
+import distq
+
+@distq.task
+@functools.cache
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+@functools.lru_cache(maxsize=16)
+@distq.task
+def halve(n):
+    return n // 2
+
+class Lazy:  # an object whose every attribute read raises
+    def __getattr__(self, name):
+        raise RuntimeError(name)
+    def __call__(self):
+        return 0
+
+lazy = Lazy()
+"""
+
+
+def test_tasks_registers_a_marked_cached_function_as_the_executor_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``@distq.task`` above (or below) ``functools.cache`` marks the cache's wrapper,
+    not a plain function: ``--tasks`` skipped it, so every call the Executor sent failed
+    as UnknownTask, or the worker refused to start: "the module has no function marked"."""
+    name = _module(tmp_path, monkeypatch, "cached", CACHED)
+    registry = Registry()
+    assert registry.register_module(name) == [f"{name}:fib", f"{name}:halve"]
+    module = importlib.import_module(name)
+    assert task_name(module.fib) == f"{name}:fib"  # what the Executor sends
+    assert registry.resolve(f"{name}:fib", [20], {})(20) == 6765
+    assert registry.resolve(f"{name}:halve", [9], {})(9) == 4
+    with pytest.raises(TypeError):  # its signature is still checked
+        registry.resolve(f"{name}:fib", [1, 2], {})
+
+
+def test_task_refuses_a_class() -> None:
+    class Point:
+        pass
+
+    Point.__qualname__ = "Point"  # as if at a module's top level
+    with pytest.raises(TypeError, match=r":Point is a class; a worker sends back what"):
+        distq.task(Point)
 
 
 ASYNC = """
