@@ -493,10 +493,9 @@ def _unopened(exc: EnvelopeError, body: bytes, codec: Codec) -> str | None:
 def _requeue_dead(
     args: argparse.Namespace, transport: Transport, settings: Settings, console: Console
 ) -> int:
-    # at most those there now: a letter that dies again meanwhile (a worker that cannot
-    # run it) waits for the next run, not moved twice and counted twice by this one
-    dead = transport.stats().dead
-    limit = dead if args.limit is None else min(args.limit, dead)
+    # at most those there now (None: counted by the transport once it reads alone): a
+    # letter that dies again meanwhile waits for the next run, not moved twice
+    limit: int | None = args.limit
     unopened: list[str] = []
     revive = reviver(Codec.from_settings(settings), unopened.append)
     unreadable = 0
@@ -506,7 +505,7 @@ def _requeue_dead(
         unreadable += letter.unreadable
         return revive(letter)
 
-    moved = transport.requeue_dead(limit, counted) if limit > 0 else 0
+    moved = transport.requeue_dead(limit, counted) if limit is None or limit > 0 else 0
     say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
     # revived more than once only when another requeue-dead took a letter first: at most
     unreadable = min(unreadable, moved)

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from brokers import Broker
 from distq.config import Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
+from distq.transport import rabbitmq
 from distq.transport.base import Delivery, Settlement
 from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
 from distq.transport.rabbitmq_holds import record_queue
@@ -371,6 +373,67 @@ def test_a_peek_holds_at_most_a_batch_of_letters_and_all_are_back_when_it_return
     assert len(letters) == t.most_peeked == 1_000
     assert letters[0].body == b"letter-0" and letters[-1].body == b"letter-999"
     assert t.stats().dead == 1_005  # every one back and ready when the peek returns
+
+
+def _holding(raw: Any, dead: str, count: int) -> tuple[Any, Any]:
+    """What a peek in progress does: be the dead letters' reader, hold ``count`` letters."""
+    reading = rabbitmq._reading(raw.connection, dead)
+    reading.__enter__()
+    held = [raw.basic_get(dead, auto_ack=False) for _ in range(count)]
+    return reading, held[-1][0].delivery_tag
+
+
+def test_a_reader_of_the_dead_letters_waits_while_another_one_holds_them(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A peek holds the letters it reads, unacked and unseen by anyone else: a
+    requeue-dead run meanwhile moved only the rest and said it moved them all (2,582 of
+    3,000, exit 0), and two peeks at once each showed a part, neither the oldest."""
+    t, other = open_transport(), open_transport()
+    dead = f"{queue}.dead"
+    t.dead_letters()  # declares the queues
+    for i in range(50):
+        raw.basic_publish("", dead, f"letter-{i}".encode())
+    for reader in ("peek", "requeue-dead"):
+        reading, last = _holding(raw, dead, 20)
+        out: list[Any] = []
+        thread = threading.Thread(
+            target=lambda r=reader, out=out: out.append(
+                other.dead_letters(limit=5) if r == "peek" else other.requeue_dead(None)
+            )
+        )
+        thread.start()
+        time.sleep(0.5)
+        assert thread.is_alive() and not out  # it waits for the reader holding them
+        raw.basic_nack(last, multiple=True, requeue=True)
+        reading.__exit__(None, None, None)
+        thread.join(15)
+        if reader == "peek":  # the oldest, every one back
+            assert [letter.body for letter in out[0]] == [f"letter-{i}".encode() for i in range(5)]
+        else:
+            assert out == [50] and _ready(raw, dead) == 0  # all there, none left behind
+
+
+def test_a_reader_of_the_dead_letters_gives_up_on_another_one_after_a_while(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rabbitmq, "READER_WAIT", 0.3)
+    t = open_transport()
+    t.dead_letters()  # declares the queues
+    raw.basic_publish("", f"{queue}.dead", b"letter")
+    reading, last = _holding(raw, f"{queue}.dead", 1)
+    try:
+        for read in (t.dead_letters, lambda: t.requeue_dead(None)):
+            with pytest.raises(
+                TransportError,
+                match=r"another distq dead-letters or requeue-dead has been reading the dead "
+                r"letters of '.*\.dead' for 0 s",
+            ):
+                read()
+    finally:
+        raw.basic_nack(last, multiple=True, requeue=True)
+        reading.__exit__(None, None, None)
+    assert t.requeue_dead(None) == 1  # once it is done
 
 
 @pytest.mark.parametrize("death", ["junk", ["a", "b"], 7, []])

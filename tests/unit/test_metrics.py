@@ -502,7 +502,7 @@ class Counts(Transport):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return []
 
-    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+    def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
         return 0
 
     def close(self) -> None:

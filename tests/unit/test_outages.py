@@ -139,7 +139,7 @@ class Stub(Transport):
     def stats(self) -> object:  # type: ignore[override]
         raise NotImplementedError
 
-    def requeue_dead(self, limit: int, revive: object = None) -> int:
+    def requeue_dead(self, limit: int | None, revive: object = None) -> int:
         return 0
 
     def close(self) -> None:

@@ -297,9 +297,11 @@ class Transport(abc.ABC):
         """Read (without removing) up to ``limit`` dead letters, oldest first."""
 
     @abc.abstractmethod
-    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+    def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
         """Put up to ``limit`` dead letters, oldest first, back on the task queue as
-        ``revive(letter)``; return how many.
+        ``revive(letter)``; return how many. At most the letters there when it starts
+        (``None``: all of them): a letter that dies again meanwhile (a worker that cannot
+        run it) waits for the next call, not moved twice.
 
         Each letter moves atomically: it leaves the dead letters only once its task is
         enqueued, so a crash (or a lost connection) never loses one; at worst a letter

@@ -982,8 +982,10 @@ class ManagerTransport(Transport):
         bodies = _call(self.address, self._endpoint().peek, f"{self._queue}.dead", limit)
         return [DeadLetter.read(body, self._queue) for body in bodies]
 
-    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+    def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
         broker, dead, moved = self._endpoint(), f"{self._queue}.dead", 0
+        there = self.stats().dead
+        limit = there if limit is None else min(limit, there)
         while moved < limit:
             letters = _call(self.address, broker.peek, dead, min(MESSAGE_BATCH, limit - moved))
             if not letters:

@@ -34,6 +34,8 @@ queue                   arguments                                      holds
                         (always classic)
 ``Q.results.<job>``     ``x-expires: <master ttl ms>`` (always         one master's results
                         classic)
+``Q.dead.reader``       exclusive (its connection's: gone with it)     none: held while a
+                                                                       command reads Q.dead
 ======================  =============================================  =====================
 
 One queue per retry delay, because RabbitMQ expires messages only at the head of a
@@ -566,6 +568,47 @@ def _requeued(channel: Any, queue: str, ready: int) -> None:
         time.sleep(0.02)
 
 
+#: How long ``dead-letters`` and ``requeue-dead`` wait for another one reading the
+#: dead letters of the same queue (:func:`_reading`).
+READER_WAIT = 30.0
+
+
+@contextlib.contextmanager
+def _reading(connection: Any, dead_queue: str) -> Iterator[None]:
+    """Be the only reader of ``dead_queue`` while the block runs: the exclusive queue
+    ``<dead_queue>.reader`` is this connection's meanwhile (and goes with it if the
+    process dies). A peek holds the letters it reads unacked, unseen by any other
+    reader: a ``requeue-dead`` run meanwhile moved only the letters it could see and
+    said it moved them all, and two peeks each showed a part, neither the oldest.
+
+    Waits up to :data:`READER_WAIT` s for another reader, then raises
+    :class:`TransportError` saying so.
+    """
+    lock, deadline = f"{dead_queue}.reader", time.monotonic() + READER_WAIT
+    while True:
+        channel = connection.channel()
+        try:
+            channel.queue_declare(lock, exclusive=True, auto_delete=True)
+            break
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 405:  # RESOURCE_LOCKED: another connection's
+                raise
+        if time.monotonic() >= deadline:
+            raise TransportError(
+                f"another distq dead-letters or requeue-dead has been reading the dead "
+                f"letters of {dead_queue!r} for {READER_WAIT:.0f} s (it holds {lock!r}); "
+                "run this again once it is done"
+            )
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(*_PikaError):
+            if channel.is_open:
+                channel.queue_delete(lock)
+                channel.close()
+
+
 def _exists(connection: Any, queue: str) -> bool:
     """Whether ``queue`` exists."""
     return _declared(connection, queue)[0] is not None
@@ -759,6 +802,10 @@ class RabbitMQTransport(Transport):
         limit = min(limit, self.most_peeked)
 
         def peek(channel: Any) -> list[DeadLetter]:
+            with _reading(channel.connection, self.dead_queue):
+                return held(channel)
+
+        def held(channel: Any) -> list[DeadLetter]:
             got: list[tuple[Any, Any, bytes]] = []
             (before,) = _declared(channel.connection, self.dead_queue)
             if before is None:  # not declared yet
@@ -780,8 +827,12 @@ class RabbitMQTransport(Transport):
         result: list[DeadLetter] = self._with_admin("reading dead letters", peek)
         return result
 
-    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+    def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
         """Take letters (``basic_get``), publish their tasks, confirm, then ack the letters.
+
+        As the only reader of the dead letters (:func:`_reading`): a peek's letters,
+        held unacked while it reads, are back, and counted in "all there now" (``limit``
+        None), which it counts once it reads alone.
 
         A failure before the ack hands the letters back (nack, or the broker requeues
         them when the connection dies): one whose task was published already is put back
@@ -797,10 +848,18 @@ class RabbitMQTransport(Transport):
                     self._requeue_dead(self._admin_link(fresh=True), limit, revive, moved)
         return moved[0]
 
-    def _requeue_dead(self, link: _Link, limit: int, revive: Revive, moved: list[int]) -> None:
+    def _requeue_dead(
+        self, link: _Link, limit: int | None, revive: Revive, moved: list[int]
+    ) -> None:
+        with _reading(link.connection, self.dead_queue):
+            (dead,) = _declared(link.connection, self.dead_queue)
+            if dead is None:  # not declared yet: nothing to move
+                return
+            there = moved[0] + dead.message_count  # moved: by a try before a reconnection
+            self._move_dead(link, there if limit is None else min(limit, there), revive, moved)
+
+    def _move_dead(self, link: _Link, limit: int, revive: Revive, moved: list[int]) -> None:
         channel = link.channel
-        if not _exists(link.connection, self.dead_queue):  # not declared yet: nothing to move
-            return
         target_ready = False
         while moved[0] < limit:
             got: list[tuple[Any, Any, bytes]] = []

@@ -813,8 +813,10 @@ class RedisTransport(Transport):
             bodies: list[bytes] = self.client.lrange(self.dead_key, 0, limit - 1)
         return [DeadLetter.read(body, self.settings.queue) for body in bodies]
 
-    def requeue_dead(self, limit: int, revive: Revive = original_body) -> int:
+    def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
         moved = 0
+        there = self.stats().dead
+        limit = there if limit is None else min(limit, there)
         while moved < limit:
             with self.errors():
                 letters: list[bytes] = self.client.lrange(
