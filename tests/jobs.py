@@ -87,6 +87,13 @@ def chatter(lines: int) -> int:
     return lines
 
 
+@distq.task
+def say(text: str) -> str:
+    """Prints ``text`` on stdout, as a task's own output, and returns it."""
+    print(text)
+    return text
+
+
 def not_a_task(value: object) -> object:
     """A module-level function without @distq.task: --tasks jobs does not register it."""
     return value

@@ -14,6 +14,7 @@ this job hosts the queues and the workers connect to it.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import sys
@@ -63,7 +64,8 @@ def read(folder: Path, pattern: str) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    about = __doc__ or "Word counts over a folder of text files."  # None under python -OO
+    parser = argparse.ArgumentParser(description=about.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--glob", default="**/*.txt", help="which files (default **/*.txt)")
     parser.add_argument("--piece-bytes", type=positive, default=65536, help="text per task")
@@ -72,6 +74,8 @@ def main() -> int:
     parser.add_argument("--output", type=Path, help="write every count as JSON here")
     parser.add_argument("--timeout", type=float, default=300, help="give up after S seconds")
     args = parser.parse_args()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # words an ASCII locale lacks: escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
 
     texts = read(args.folder, args.glob)
     work = [piece for text in texts for piece in pieces(text, args.piece_bytes)]
@@ -86,7 +90,8 @@ def main() -> int:
     for word, count in total.most_common(args.top):
         print(f"{count:>10,}  {word}")
     if args.output:
-        args.output.write_text(json.dumps(dict(total), ensure_ascii=False, sort_keys=True))
+        counts = json.dumps(dict(total), ensure_ascii=False, sort_keys=True)
+        args.output.write_text(counts, encoding="utf-8")
     if args.check:
         local = sum((words(text) for text in texts), Counter())
         if local != total:

@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from distq import __version__, commands, flagtypes
+from distq import __version__, commands, descriptors, flagtypes
 from distq.codec import Codec
 from distq.config import (
     CONCURRENCY,
@@ -38,7 +38,7 @@ from distq.config import (
     Settings,
     misspelled,
 )
-from distq.console import Console, announce
+from distq.console import Console, announce, escaping
 from distq.envelope import shown
 from distq.errors import (
     AuthenticationFailed,
@@ -203,7 +203,9 @@ def _parser() -> argparse.ArgumentParser:
         help="keep trying to reach the broker for S seconds at start, then exit 3 "
         f"({CONNECT_TIMEOUT:g})",
     )
-    worker.add_argument("--worker-id", help="name in results and dead letters (host-pid)")
+    worker.add_argument(
+        "--worker-id", type=flagtypes.name, help="name in results and dead letters (host-pid)"
+    )
     add_probe_parser(roles)
     commands.add_parsers(roles, common)
     return parser
@@ -219,6 +221,7 @@ WORKERS_ONLY = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    escaping(sys.stdout, sys.stderr)  # an ASCII locale: escaped, not a failure
     args = _parser().parse_args(argv)
     if args.role == "probe":
         return run_probe(args, os.environ)
@@ -398,6 +401,9 @@ def _worker(
     args: argparse.Namespace, settings: Settings, registry: Registry, console: Console
 ) -> int:
     fewer_collections()
+    short = descriptors.room_for(args.concurrency, settings.transport)
+    if short is not None:
+        console.error(short)
     observe = WorkerObservability(settings, console, args.concurrency, registry.runnable())
     try:
         transport = _connect(settings, "worker", args.connect_timeout, console)

@@ -13,6 +13,7 @@ whose stdout went away would fail each task it takes while printing its line.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import time
@@ -64,6 +65,18 @@ def say(line: str) -> None:
         print(line, flush=True)
     except BrokenPipeError:
         to_devnull(sys.stdout)
+
+
+def escaping(*streams: TextIO | None) -> None:
+    """Write the characters a stream's encoding lacks as backslash escapes (``caf\\xe9``),
+    as Python's own stderr does, instead of raising: under an ASCII or Latin-1 locale one
+    task argument, worker name or error message outside it raised UnicodeEncodeError,
+    which stopped `dead-letters` with a traceback, failed a task that printed it, and sent
+    a worker's every later line to /dev/null as if stdout had gone."""
+    for stream in streams:
+        if isinstance(stream, io.TextIOWrapper) and stream.errors != "backslashreplace":
+            with contextlib.suppress(Exception):  # a stream that cannot: as it was
+                stream.reconfigure(errors="backslashreplace")
 
 
 def to_devnull(stream: TextIO) -> None:
@@ -149,6 +162,13 @@ class Console:
             stream.flush()
         except BlockingIOError:  # a non-blocking stream, full for now: this text only
             return
+        except UnicodeEncodeError:  # not a stream gone: a character it cannot take
+            encoding = getattr(stream, "encoding", None) or "ascii"
+            escaped = text.encode(encoding, "backslashreplace").decode(encoding)
+            if escaped != text:  # else it was no character of the text's: gone after all
+                self.write(stream, escaped)
+                return
+            self._lost(stream)
         except (OSError, ValueError, AttributeError):  # a closed pipe or file, a full disk;
             self._lost(stream)  # None: the process started with that descriptor closed
 

@@ -82,3 +82,24 @@ def host(text: str) -> str:
             f"{text!r} is not a host; use a name or an address, e.g. 127.0.0.1 or ::1"
         )
     return text
+
+
+def name(text: str) -> str:
+    """A name other processes see and print (``--worker-id``): printable UTF-8 text.
+
+    A byte that is not UTF-8 in a command line becomes a lone surrogate in Python, which
+    no broker protocol can send: a worker so named connected, failed to say its name,
+    and went on reconnecting, its job never run.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} holds bytes that are not UTF-8 (at {exc.start}); give it in UTF-8, "
+            "or set a UTF-8 locale"
+        ) from None
+    if not text or not text.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a name: use printable text, without control characters"
+        )
+    return text

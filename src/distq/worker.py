@@ -216,12 +216,27 @@ class Worker:
         return 1 if self._slot_failed else 0
 
     def _start(self, slots: list[_Slot], done: threading.Event) -> None:
+        """The keeper's thread and a thread per slot; a thread that cannot start (a limit
+        on threads or memory) stops the worker warm, exit 2 naming it, not a traceback."""
         keeper = threading.Thread(
             target=self._keep, args=(slots, done), name="distq-keeper", daemon=True
         )
-        keeper.start()
-        for slot in slots:
-            self._start_slot(slot)
+        for slot in [None, *slots]:
+            try:
+                if slot is None:
+                    keeper.start()
+                else:
+                    self._start_slot(slot)
+            except RuntimeError as exc:  # "can't start new thread"
+                which = "its keeper" if slot is None else f"slot {slot.index + 1} of {len(slots)}"
+                self._refused(
+                    ConfigError(
+                        f"could not start {which} ({exc}): the process is at a limit on "
+                        "threads or memory (ulimit -u or -v, a container's pids or memory "
+                        "limit); lower --concurrency, or raise the limit"
+                    )
+                )
+                return
 
     def _start_slot(self, slot: _Slot) -> None:
         thread = threading.Thread(

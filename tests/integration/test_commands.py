@@ -26,7 +26,7 @@ import pytest
 
 import jobs
 from conftest import REPO, Target
-from distq import Executor
+from distq import Executor, RemoteError
 from distq.codec import Codec
 from distq.config import Settings
 from distq.envelope import DeadLetter, Task, new_id
@@ -676,6 +676,37 @@ def test_a_worker_whose_stdout_reader_has_gone_still_runs_tasks_that_print(
     said = (tmp_path / "err").read_text()
     assert code == 0, said
     assert "BrokenPipeError" not in said and "AttributeError" not in said, said
+
+
+def test_a_worker_and_dead_letters_under_an_ascii_locale_escape_what_it_lacks(
+    target: Target, hosted: Transport, tmp_path: Path
+) -> None:
+    """Under an ASCII (or Latin-1) locale one character outside it in a task's arguments
+    sent a worker's every later line to /dev/null ("stdout cannot be written any more"),
+    failed a task that printed it, and stopped `dead-letters` with a traceback (env11)."""
+    env = target.process_env(PYTHONIOENCODING="ascii")
+    command = [sys.executable, "-m", "distq", "worker", "--tasks", "jobs", "--worker-id", "wörker"]
+    with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
+        worker = subprocess.Popen(command, env=env, stdout=out, stderr=err)
+    try:
+        with Executor(target.settings, host=False, max_attempts=1) as ex:
+            assert ex.submit(jobs.say, "café").result(60) == "café"
+            with pytest.raises(RemoteError, match="grüße"):
+                ex.submit(jobs.fail_with, "grüße").result(60)
+            assert ex.submit(jobs.say, "plain").result(60) == "plain"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(30)
+    said, printed = (tmp_path / "err").read_text(), (tmp_path / "out").read_text()
+    assert code == 0, said
+    assert "cannot be written" not in said and "Traceback" not in said, said
+    assert "caf\\xe9\n" in printed and "plain\n" in printed, printed  # the task's own print()
+    assert "worker exit." in printed, printed
+    listed = subprocess.run(
+        [sys.executable, "-m", "distq", "dead-letters"], env=env, capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "w\\xf6rker" in listed.stdout and "gr\\xfc\\xdfe" in listed.stdout, listed.stdout
 
 
 def test_commands_and_a_worker_run_over_a_redis_unix_socket(tmp_path: Path) -> None:

@@ -122,6 +122,24 @@ def test_a_number_flag_out_of_range_exits_2_naming_it(args: list[str], flag: str
 
 
 @pytest.mark.parametrize(
+    ("worker_id", "expected"),
+    [
+        ("w\udcf6rker", "holds bytes that are not UTF-8 (at 1)"),  # a Latin-1 byte in argv
+        ("two\nlines", "is not a name: use printable text"),
+        ("", "is not a name: use printable text"),
+    ],
+)
+def test_a_worker_id_no_broker_can_carry_exits_2(worker_id: str, expected: str) -> None:
+    """A byte that is not UTF-8 (`--worker-id wörker` under a Latin-1 locale) became a
+    lone surrogate: the worker connected, failed to send its name, and went on
+    reconnecting, its job never run (env11)."""
+    done = distq("worker", "--worker-id", worker_id, DISTQ_AUTHKEY="k")
+    assert done.returncode == 2, done.stderr
+    assert "argument --worker-id: " in done.stderr and expected in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
         (["--host", "bad host"], {}, "argument --host: 'bad host' is not a host"),

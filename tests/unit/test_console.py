@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from distq.console import PROGRESS_THRESHOLD, Console, announce
+from distq.console import PROGRESS_THRESHOLD, Console, announce, escaping
 
 
 class Terminal(io.StringIO):
@@ -111,3 +111,28 @@ def test_a_json_console_caught_mid_write_still_writes_a_json_line(
     record = json.loads(lines[0])
     assert record["message"] == "SIGTERM: the worker is stopping (é)"
     assert (record["level"], record["role"], record["worker"]) == ("info", "worker", "w1")
+
+
+def test_a_character_the_stream_cannot_encode_is_escaped_not_taken_for_a_stream_gone() -> None:
+    """Under an ASCII locale one task argument outside it (``café``) raised
+    UnicodeEncodeError, a ValueError: the console took stdout for gone, said "stdout
+    cannot be written any more" and sent every later line to /dev/null (env11)."""
+    raw, err = io.BytesIO(), io.StringIO()
+    out = io.TextIOWrapper(raw, encoding="ascii")
+    console = Console(out=out, err=err)
+    console.info("Get task echo['café'] from task_queue.")
+    console.info("Get task echo['plain'] from task_queue.")
+    assert raw.getvalue() == (
+        b"Get task echo['caf\\xe9'] from task_queue.\nGet task echo['plain'] from task_queue.\n"
+    )
+    assert err.getvalue() == ""
+
+
+def test_escaping_makes_a_stream_write_what_its_encoding_lacks_as_escapes() -> None:
+    """So a task's own print() and a command's output under an ASCII locale: `dead-letters`
+    stopped with a traceback at a worker named ``wörker-1`` (env11)."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii")
+    escaping(stream, None)
+    print("worker wörker-1 日本", file=stream, flush=True)
+    assert raw.getvalue() == b"worker w\\xf6rker-1 \\u65e5\\u672c\n"

@@ -42,3 +42,16 @@ def test_a_piece_size_below_1_is_refused() -> None:
         check=False,
     )
     assert done.returncode == 2 and "--piece-bytes: -1000 is not 1 or more" in done.stderr
+
+
+def test_the_example_runs_under_python_oo() -> None:
+    """``python -OO`` strips docstrings: its description from ``__doc__`` crashed it
+    before any work (env11)."""
+    done = subprocess.run(
+        [sys.executable, "-OO", str(EXAMPLE / "wordcount.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and "--piece-bytes" in done.stdout, done.stderr

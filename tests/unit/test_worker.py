@@ -21,7 +21,7 @@ from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Task
-from distq.errors import SettledThenFailed, TransportError
+from distq.errors import ConfigError, SettledThenFailed, TransportError
 from distq.logs import JsonConsole
 from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry
@@ -566,3 +566,35 @@ def test_a_cold_stop_closes_the_slots_side_by_side(transport: Transport) -> None
     worker._close_all(consumers)  # type: ignore[arg-type]
     assert time.monotonic() - started < 2.0
     assert all(c.closed for c in consumers)
+
+
+def test_a_slot_whose_thread_cannot_start_stops_the_worker_naming_the_limit(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `ulimit -v` (or a container's pids limit) `thread.start()` raised "can't
+    start new thread" out of the worker: a traceback, exit 1, no line saying what to
+    change (env11). Now the slots started stop warm and run() raises a ConfigError
+    (exit 2) naming the slot and the limits; the tasks stay queued."""
+    producer = transport.producer("replies")
+    producer.submit([Task(name="square", args=[n], reply_to="replies").encode() for n in (1, 2)])
+    original, started = threading.Thread.start, list[str]()
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("distq-slot-") and len(started) == 3:  # the keeper, 2 slots
+            raise RuntimeError("can't start new thread")
+        started.append(self.name)
+        original(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=4, worker_id="w", prefetch=1)
+    worker = Worker(transport, Registry(), options, Console(quiet=True, out=out, err=out))
+    with pytest.raises(ConfigError) as caught:
+        worker.run()
+    assert str(caught.value) == (
+        "could not start slot 3 of 4 (can't start new thread): the process is at a limit on "
+        "threads or memory (ulimit -u or -v, a container's pids or memory limit); lower "
+        "--concurrency, or raise the limit"
+    )
+    assert re.search(r"^worker exit\. ", out.getvalue(), re.M), out.getvalue()
+    producer.close()

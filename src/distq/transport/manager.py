@@ -65,6 +65,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
+from distq import descriptors
 from distq.config import MASTER_TTL_MIN_SECONDS, MESSAGE_BATCH, Settings, host_port
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
@@ -941,9 +942,12 @@ class ManagerTransport(Transport):
                 "(not another service) there?"
             ) from None
         except OSError as exc:
+            hint = "is `distq master` running there?"
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                hint = descriptors.HINT
             raise ConnectionFailed(
                 f"cannot reach the master at {self.address} (DISTQ_MANAGER_ADDRESS): "
-                f"{exc.strerror or exc}; is `distq master` running there?"
+                f"{exc.strerror or exc}; {hint}"
             ) from None
 
     def describe(self) -> str:

@@ -129,7 +129,7 @@ from pika.adapters.utils.connection_workflow import (
     AMQPConnectorStackTimeout,
 )
 
-from distq import tls
+from distq import descriptors, tls
 from distq.config import MESSAGE_BATCH, Settings
 from distq.credentials import mask_url
 from distq.ending import retry_delay
@@ -365,6 +365,8 @@ class _Broker:
             if isinstance(exc, AMQPConnectorStackTimeout):
                 why = f"no AMQP handshake within {params.stack_timeout:g} s"
                 hint = "is that port RabbitMQ's (not Redis's, not a proxy with no broker)?"
+            elif descriptors.out_of_descriptors(why):
+                hint = descriptors.HINT
             elif params.ssl_options is None and "refused" not in why:
                 hint = "is it running? If that port expects TLS, use amqps://"
             raise ConnectionFailed(

@@ -94,7 +94,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from distq import tls
+from distq import descriptors, tls
 from distq.config import MESSAGE_BATCH, Settings
 from distq.credentials import mask_url
 from distq.envelope import DeadLetter
@@ -725,7 +725,9 @@ class RedisTransport(Transport):
             error = CertificateRejected if problem.refused else ConnectionFailed
             return error(problem.line(where))
         hint = "is it running?"
-        if _is_unix(self.settings.redis_url):
+        if descriptors.out_of_descriptors(exc):
+            hint = descriptors.HINT
+        elif _is_unix(self.settings.redis_url):
             hint = "is it running, with that --unixsocket path, and may this user open it?"
         elif self.tls and "refused" not in str(exc):  # a plain port stalls the handshake
             hint = "is it running? If that port is plain TCP (no TLS), use redis://"

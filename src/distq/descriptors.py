@@ -1,0 +1,46 @@
+"""File descriptors a worker's slots need, against the process's ``ulimit -n``.
+
+Each Redis or RabbitMQ slot has its own connection: a RabbitMQ slot holds about four
+descriptors (13 open with one slot, 41 with 8, 73 with 16), a Redis slot one (32 slots
+fit in 40, not in 30), manager slots fewer (64 fit in 64, 256 not in 128). A slot
+that could not open one failed as if the broker were away ("Too many open files; is it
+running?"), retried for ever, and kept ``--exit-when-idle`` from ending the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+
+#: Descriptors per slot, by transport, and for the rest of the process.
+PER_SLOT, BASE = {"rabbitmq": 4, "redis": 1, "manager": 1}, 16
+#: What a connection that failed for want of a descriptor says to do.
+HINT = "this process is out of file descriptors (ulimit -n): raise it, or lower --concurrency"
+
+
+def out_of_descriptors(error: object) -> bool:
+    """Whether ``error`` (an exception, or its text) is EMFILE or ENFILE."""
+    text = str(error)
+    return "Too many open files" in text or "[Errno 24]" in text or "[Errno 23]" in text
+
+
+def room_for(concurrency: int, transport: str) -> str | None:
+    """Raise the soft limit on open files as far as ``concurrency`` slots need (up to
+    the hard limit, as any process may); a warning line when even that is too low."""
+    need = BASE + PER_SLOT.get(transport, 4) * concurrency
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return None
+    wanted = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if wanted > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    if soft >= need:
+        return None
+    return (
+        f"warning: --concurrency {concurrency} needs about {need} open files and this "
+        f"process may have {soft} (ulimit -n; its hard limit: {hard}): the slots past "
+        "that cannot connect, and retry as if the broker were away; raise the limit, or "
+        "lower --concurrency"
+    )

@@ -1,0 +1,58 @@
+"""A worker's slots against ``ulimit -n``: each Redis or RabbitMQ slot opens its own
+connection, and one that could not failed as if the broker were away, for ever (env11,
+scale11)."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from distq import descriptors
+
+PROBE = (
+    "import resource; from distq import descriptors; "
+    "print(descriptors.room_for(64, 'rabbitmq')); "
+    "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+)
+
+
+def _under(soft: int, hard: int) -> list[str]:
+    """What PROBE prints in a process started with that limit on open files."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.splitlines()
+
+
+def test_the_soft_limit_is_raised_as_far_as_the_slots_need() -> None:
+    assert _under(64, 4096) == ["None", str(descriptors.BASE + 64 * 4)]
+
+
+def test_a_hard_limit_too_low_for_the_slots_is_said_at_start() -> None:
+    line, soft = _under(64, 100)
+    assert soft == "100"  # raised as far as it may go
+    assert line == (
+        "warning: --concurrency 64 needs about 272 open files and this process may have "
+        "100 (ulimit -n; its hard limit: 100): the slots past that cannot connect, and "
+        "retry as if the broker were away; raise the limit, or lower --concurrency"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "out"),
+    [
+        (OSError(24, "Too many open files"), True),
+        ("Error 24 connecting to 127.0.0.1:6379. Too many open files.", True),
+        ("[Errno 24] Too many open files: '/x/METADATA'", True),
+        (ConnectionRefusedError(111, "Connection refused"), False),
+    ],
+)
+def test_out_of_descriptors_is_told_from_a_broker_away(error: object, out: bool) -> None:
+    assert descriptors.out_of_descriptors(error) is out
