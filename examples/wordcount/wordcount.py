@@ -90,8 +90,8 @@ def main() -> int:
     for word, count in total.most_common(args.top):
         print(f"{count:>10,}  {word}")
     if args.output:
-        counts = json.dumps(dict(total), ensure_ascii=False, sort_keys=True)
-        args.output.write_text(counts, encoding="utf-8")
+        text = json.dumps(dict(total), ensure_ascii=False, sort_keys=True)
+        args.output.write_text(text, encoding="utf-8")
     if args.check:
         local = sum((words(text) for text in texts), Counter())
         if local != total:

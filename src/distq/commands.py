@@ -451,23 +451,32 @@ def _cut(text: str) -> str:
 
 
 # -- requeue --------------------------------------------------------------------------
-def reviver(codec: Codec, unopened: Callable[[str], object] | None = None) -> Revive:
+def reviver(
+    codec: Codec,
+    unopened: Callable[[str], object] | None = None,
+    malformed: Callable[[str], object] | None = None,
+) -> Revive:
     """How ``requeue-dead`` turns a dead letter into the body it enqueues.
 
     A task starts over: attempt 1, created now, and with nobody waiting for its result
     (:data:`~distq.envelope.NO_REPLY`), since its submitter had its error result already;
     ``codec`` opens it and seals (signs) it anew. Anything it cannot open (a malformed
     message, a forged signature, one this command lacks the key or the size limit for)
-    goes back as it was; ``unopened`` is told why for the last two (:func:`_unopened`).
+    goes back as it was; ``unopened`` is told why for the last two (:func:`_unopened`),
+    ``malformed`` for a task no setting opens (malformed, or cut to its first 64 KiB
+    when it was refused for its size).
     """
 
     def revive(letter: DeadLetter) -> bytes:
         try:
             task = codec.open_task(letter.body)
         except EnvelopeError as exc:
-            why = None if letter.unreadable else _unopened(exc, letter.body, codec)
-            if why is not None and unopened is not None:
-                unopened(why)
+            if letter.unreadable:  # counted by the caller
+                return letter.body
+            why = _unopened(exc, letter.body, codec)
+            told = unopened if why is not None else malformed
+            if told is not None:
+                told(why if why is not None else str(exc))
             return letter.body
         again = msgspec.structs.replace(task, attempt=1, reply_to=NO_REPLY, created_at=time.time())
         return codec.seal_task(again)
@@ -497,7 +506,8 @@ def _requeue_dead(
     # letter that dies again meanwhile waits for the next run, not moved twice
     limit: int | None = args.limit
     unopened: list[str] = []
-    revive = reviver(Codec.from_settings(settings), unopened.append)
+    malformed: list[str] = []
+    revive = reviver(Codec.from_settings(settings), unopened.append, malformed.append)
     unreadable = 0
 
     def counted(letter: DeadLetter) -> bytes:
@@ -515,10 +525,16 @@ def _requeue_dead(
             "unchanged, with their old master and attempt, and a worker dead-letters them "
             f"again unless it can run them; the first: {unopened[0]}"
         )
+    if malformed:  # no setting cures them: each dies again at once, now "malformed"
+        say(
+            f"{min(len(malformed), moved)} of them are not tasks any worker can run: they "
+            "went back as they were, and a worker dead-letters them again at once (with "
+            f"that reason: see `distq dead-letters`); the first: {malformed[0]}"
+        )
     if unreadable:
         say(
             f"{unreadable} of them unreadable (not a distq dead letter): their raw bytes went "
             "back as tasks, which a worker dead-letters again as malformed, with the reason "
             "and the bytes kept (see `distq dead-letters`)"
         )
-    return 1 if unopened else 0
+    return 1 if unopened or malformed else 0

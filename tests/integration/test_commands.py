@@ -158,7 +158,8 @@ def test_an_unreadable_dead_letter_is_listed_and_requeued_as_its_bytes(
 ) -> None:
     """An entry of the dead letters that is no distq dead letter (a hand edit, another
     tool) is listed as unreadable with its bytes escaped; requeue-dead moves it and every
-    letter after it, and a worker dead-letters its bytes again, readably, as malformed."""
+    letter after it, and a worker dead-letters its bytes again, readably, as malformed. A
+    letter whose task is malformed goes back too, said, exit 1: it dies again at once."""
     raw = b"not a dead letter \x1b[2J"
     letter = DeadLetter(body=b"garbage", reason="why", queue="q", worker="w")
     _dead_letter(target, hosted, remote, [raw, letter.encode()])  # the raw bytes, oldest
@@ -176,9 +177,15 @@ def test_an_unreadable_dead_letter_is_listed_and_requeued_as_its_bytes(
     ]
 
     requeued = distq(target, "requeue-dead")
-    assert requeued.returncode == 0 and "Traceback" not in requeued.stderr, requeued.stderr
-    moved, why = requeued.stdout.strip().splitlines()
+    assert requeued.returncode == 1 and "Traceback" not in requeued.stderr, requeued.stderr
+    moved, malformed, why = requeued.stdout.strip().splitlines()
     assert moved == f"requeued 2 dead letters onto queue {target.settings.queue!r}"
+    assert malformed == (
+        "1 of them are not tasks any worker can run: they went back as they were, and a "
+        "worker dead-letters them again at once (with that reason: see `distq "
+        "dead-letters`); the first: task is not valid JSON: Expecting value: line 1 "
+        "column 1 (char 0)"
+    ), malformed
     assert why.startswith("1 of them unreadable (not a distq dead letter): their raw bytes")
     assert (status(target)["ready"], status(target)["dead"]) == (2, 0)
 
@@ -439,7 +446,8 @@ def test_requeue_dead_moves_a_quorum_deployments_letters_from_any_caller(
         with pika.BlockingConnection(pika.URLParameters(url)) as connection:
             channel = connection.channel()
             for n in (1, 2):
-                letter = DeadLetter(body=b"task-%d" % n, reason="bad", queue=task_queue, worker="w")
+                task = Task(name="jobs:add", args=[n, n], reply_to="gone")
+                letter = DeadLetter(body=task.encode(), reason="bad", queue=task_queue, worker="w")
                 channel.basic_publish("", dead_queue, letter.encode())
         assert status(target)["dead"] == 2  # the classic caller reads quorum queues
 
@@ -449,7 +457,7 @@ def test_requeue_dead_moves_a_quorum_deployments_letters_from_any_caller(
         with pika.BlockingConnection(pika.URLParameters(url)) as connection:
             channel = connection.channel()
             method, _, body = channel.basic_get(task_queue, auto_ack=True)
-            assert (method is not None, body) == (True, b"task-1")
+            assert method is not None and Task.decode(body).args == [1, 1]
             channel.queue_delete(task_queue)  # gone: requeue-dead declares it again
         requeued = distq(target, "requeue-dead")
         assert requeued.returncode == 0, requeued.stderr

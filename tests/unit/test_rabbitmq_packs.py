@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
 from distq.transport.base import Delivery
 from distq.transport.rabbitmq_packs import (
-    LENGTH_BYTES,
     MAX_PACK_BYTES,
     MESSAGES_PER_SUBMIT,
     TASKS_PER_MESSAGE,
@@ -181,11 +180,15 @@ def test_a_pack_no_master_writes_is_one_malformed_message_not_thousands() -> Non
     assert task_bodies(TASKS_TYPE, pack(most)) == most
     one_empty = pack([b"a", b"", b"c"])
     assert task_bodies(TASKS_TYPE, one_empty) == [one_empty]
-    halves = [b"a" * (MAX_PACK_BYTES // 2 - LENGTH_BYTES), b"b" * (MAX_PACK_BYTES // 2)]
-    assert len(pack(halves)) == MAX_PACK_BYTES + LENGTH_BYTES  # no master packs that
-    assert task_bodies(TASKS_TYPE, pack(halves)) == [pack(halves)]
-    halves[1] = halves[1][:-LENGTH_BYTES]  # the largest a master packs
-    assert task_bodies(TASKS_TYPE, pack(halves)) == halves
+
+
+def test_a_pack_over_the_budget_an_older_master_wrote_is_still_its_tasks() -> None:
+    """Masters before the 16 MiB budget packed 32 tasks whatever their size: a worker
+    took a 19 MB pack of 600 KB tasks for one task over its limit and dead-lettered it,
+    cut to 64 KiB: 32 tasks lost, the submitter never answered (upgrade11)."""
+    bodies = [bytes([65 + i % 26]) * 600_000 for i in range(TASKS_PER_MESSAGE)]
+    assert len(pack(bodies)) > MAX_PACK_BYTES
+    assert task_bodies(TASKS_TYPE, pack(bodies)) == bodies
 
 
 def test_a_pack_split_for_a_slow_worker_goes_back_task_by_task() -> None:

@@ -81,9 +81,14 @@ def test_a_revived_task_starts_over_and_nobody_waits_for_its_result() -> None:
     assert revived.created_at > time.time() - 60
 
 
-def test_a_malformed_letter_goes_back_as_it_was() -> None:
+def test_a_malformed_letter_goes_back_as_it_was_and_is_told() -> None:
+    """`requeue-dead` put back letters no worker can run (malformed, or cut to 64 KiB when
+    refused for size) and said only "requeued 8", exit 0; each died again at once under
+    another reason (upgrade11). The command is told, to say so and exit 1."""
     letter = DeadLetter(body=b"\xffgarbage", reason="malformed", queue="q", worker="w")
-    assert reviver(Codec())(letter) == b"\xffgarbage"
+    told: list[str] = []
+    assert reviver(Codec(), malformed=told.append)(letter) == b"\xffgarbage"
+    assert len(told) == 1 and told[0].startswith("task is not valid JSON: not UTF-8"), told
 
 
 def test_a_signed_task_is_opened_and_signed_anew() -> None:

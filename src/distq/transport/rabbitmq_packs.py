@@ -88,14 +88,15 @@ def packed(data: bytes, most: int) -> list[bytes] | None:
 def task_bodies(message_type: str | None, body: bytes) -> list[bytes]:
     """The tasks one message of the task queue carries: a pack's bodies, else the body.
 
-    A pack no master writes is one body, whole, which the worker finds malformed (or too
-    large) and dead-letters once: one that does not unpack, is empty, holds an empty
-    body or more than :data:`TASKS_PER_MESSAGE`, or is over :data:`MAX_PACK_BYTES` (no
-    master packs more, whatever its DISTQ_MAX_MESSAGE_BYTES: a worker's own, lower,
-    would refuse a master's packs). Without these limits a queue
-    writer turned one 64 KiB message into 16,384 dead letters and as many log lines.
+    A pack no master writes is one body, whole, which the worker finds malformed and
+    dead-letters once: one that does not unpack, is empty, holds an empty body or more
+    than :data:`TASKS_PER_MESSAGE`. Without these limits a queue writer turned one
+    64 KiB message into 16,384 dead letters and as many log lines. Its size is no
+    reason: each task is judged by the worker's own limit, and masters older than the
+    :data:`MAX_PACK_BYTES` budget wrote packs up to 32 times a task's limit (taken whole
+    as one task over the limit, all 32 tasks were dead-lettered cut to 64 KiB, lost).
     """
-    if message_type == TASKS_TYPE and len(body) <= MAX_PACK_BYTES:
+    if message_type == TASKS_TYPE:
         bodies = packed(body, TASKS_PER_MESSAGE)
         if bodies is not None:
             return bodies
