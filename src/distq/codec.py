@@ -232,17 +232,18 @@ class Codec:
             ),
         )
 
-    def oversized_task(self, message: bytes) -> Task | None:
+    def oversized_task(self, message: bytes, any_version: bool = False) -> Task | None:
         """For a task message refused as too large, which a submitter whose
         ``DISTQ_MAX_MESSAGE_BYTES`` is larger sends: the task without its arguments, read
         past them without keeping them (the signature checked first), so that the worker
-        can answer whoever waits for it; None when the message says no task that way."""
+        can answer whoever waits for it; None when the message says no task that way.
+        ``any_version``: for a task of another envelope version, whose head reads alike."""
         try:
             envelope = self._open(message, "task", most=len(message))
             head = _task_head(envelope)
         except (EnvelopeError, msgspec.DecodeError, RecursionError):
             return None
-        if head.v != VERSION or not fits_reply_to(head.reply_to):
+        if (head.v != VERSION and not any_version) or not fits_reply_to(head.reply_to):
             return None
         return Task(head.name, [], head.reply_to, {}, head.id, head.attempt, head.max_attempts)
 

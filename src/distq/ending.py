@@ -44,7 +44,13 @@ from typing import Any, Literal, NamedTuple
 from distq.chunks import CHUNK_TASK
 from distq.codec import Codec
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task, shown
-from distq.errors import EnvelopeError, MessageTooLarge, SignatureError, TimeLimitExceeded
+from distq.errors import (
+    EnvelopeError,
+    MessageTooLarge,
+    SignatureError,
+    TimeLimitExceeded,
+    VersionMismatch,
+)
 from distq.jsonvalue import problem
 from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES
 from distq.transport.base import Delivery, Settlement
@@ -327,8 +333,14 @@ class Endings:
         else:
             reason = f"malformed message: {error}"
         waits = None
-        if len(body) > self.codec.max_message_bytes:
-            waits = self._answer_oversized(body, reason)
+        if isinstance(error, VersionMismatch) and isinstance(delivery.body, bytes):
+            waits = self._answer(body, f"{reason}; not run", "VersionMismatch", any_version=True)
+        elif len(body) > self.codec.max_message_bytes:
+            why = (
+                f"{reason}; not run: give the workers at least the DISTQ_MAX_MESSAGE_BYTES "
+                "of the process that submits tasks"
+            )
+            waits = self._answer(body, why, "MessageTooLarge")
             body = body[:OVERSIZED_KEPT_BYTES]
             reason += f"; the dead letter keeps its first {len(body):,} bytes"
         dead = self._dead(body, reason)
@@ -341,21 +353,20 @@ class Endings:
         note = f"dead-lettered task {shown(task.name)} {shown(task.id)}, {shown(reason)}"
         return Ending(settlement, "malformed", note=note)
 
-    def _answer_oversized(self, body: bytes, reason: str) -> tuple[Task, bytes] | None:
-        """The task in ``body``, too large for this worker, and the error result for
-        whoever waits for it: within its submitter's larger limit, it was refused unsaid,
-        and its master waited until its timeout, or for good. None: nobody waits."""
-        task = self.codec.oversized_task(body)
+    def _answer(
+        self, body: bytes, why: str, error_type: str, any_version: bool = False
+    ) -> tuple[Task, bytes] | None:
+        """The task in ``body`` this worker does not run (too large for it, of another
+        envelope version), and the error result ``why`` for whoever waits for it: it was
+        refused unsaid, and its master waited until its timeout, or for good. None:
+        nobody waits, or its head does not read."""
+        task = self.codec.oversized_task(body, any_version)
         if task is None or task.reply_to == NO_REPLY:
             return None
-        why = (
-            f"{reason}; not run: give the workers at least the DISTQ_MAX_MESSAGE_BYTES of "
-            "the process that submits tasks"
-        )
         try:
             now = time.time()
             result = self._result(
-                task, now, 0.0, status="error", error_type="MessageTooLarge", error_message=why
+                task, now, 0.0, status="error", error_type=error_type, error_message=why
             )
         except EnvelopeError:  # a worker limit below a result's size: the dead letter says it
             return None

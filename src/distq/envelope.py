@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from distq.errors import EnvelopeError
+from distq.errors import EnvelopeError, VersionMismatch
 from distq.limits import check_nesting
 
 VERSION = 1
@@ -196,10 +196,26 @@ def _load(data: bytes | str, kind: str) -> dict[str, Any]:
             "which is not a character: a sender must escape a character outside the BMP as a pair"
         ) from None
     if obj.get("v") != VERSION:
-        raise EnvelopeError(
-            f"{kind} has envelope version {quoted(obj.get('v'))}, expected {VERSION}"
-        )
+        raise VersionMismatch(version_mismatch(kind, obj.get("v")))
     return obj
+
+
+#: Who sends each kind of message, for :func:`version_mismatch`.
+SENDERS = {"task": "submitter", "result": "worker", "dead letter": "worker"}
+
+
+def version_mismatch(kind: str, version: object) -> str:
+    """Why a message of envelope ``version`` is not read here, and what to upgrade."""
+    sender = SENDERS.get(kind, "sender")
+    newer = isinstance(version, int) and not isinstance(version, bool) and version > VERSION
+    if newer:
+        hint = f"its {sender} runs a newer distq than this process: upgrade this one"
+    else:
+        hint = f"its {sender} is not this distq's format (an older one?): upgrade the {sender}"
+    return (
+        f"{kind} has envelope version {quoted(version)}, and this distq reads version "
+        f"{VERSION}: {hint}"
+    )
 
 
 #: Longest repr of a wrong value an envelope error quotes (a 1 MB one made a 1 MB reason).

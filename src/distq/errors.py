@@ -42,6 +42,10 @@ class EnvelopeError(DistqError):
     """A message on the wire is not a valid distq envelope (bad JSON, wrong fields)."""
 
 
+class VersionMismatch(EnvelopeError):
+    """A message of another envelope version: a newer or older distq sent it."""
+
+
 class SignatureError(EnvelopeError):
     """A message is unsigned, signed with an unknown key, or its signature does not match."""
 

@@ -18,7 +18,7 @@ from distq.ending import (
     traceback_text,
 )
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task
-from distq.errors import EnvelopeError, MessageTooLarge
+from distq.errors import EnvelopeError, MessageTooLarge, VersionMismatch
 from distq.transport import Delivery, Settlement
 
 ENDINGS = Endings("w1", "q")
@@ -252,6 +252,42 @@ def test_a_task_over_the_workers_limit_answers_its_submitter_with_the_reason(
     assert ending.note is not None and ending.note.startswith(
         f"dead-lettered task jobs:thumb {sent.id}, refused: task is "
     )
+
+
+@pytest.mark.parametrize(
+    ("version", "hint"),
+    [
+        (2, "its submitter runs a newer distq than this process: upgrade this one"),
+        (0, "its submitter is not this distq's format (an older one?): upgrade the submitter"),
+    ],
+)
+def test_a_task_of_another_envelope_version_answers_its_submitter_saying_what_to_upgrade(
+    version: int, hint: str
+) -> None:
+    """A task with "v": 2 (a newer submitter, in a rolling upgrade) read as any malformed
+    message: "expected 1", no word of which side to upgrade, and its master waited until
+    its timeout (upgrade11)."""
+    sent = Task(name="jobs:add", args=[1, 2], reply_to="replies")
+    body = sent.encode().replace(b'{"v":1,', b'{"v":%d,' % version, 1)
+    codec = Codec()
+    with pytest.raises(VersionMismatch) as caught:
+        codec.open_task(body)
+    ending = Endings("w1", "q", codec).malformed(Delivery(body, 1), caught.value)
+    s = ending.settlement
+    assert s.reply_to == "replies" and s.result is not None and s.dead_letter is not None
+    result = Result.decode(s.result)
+    assert (result.task_id, result.status, result.error_type) == (
+        sent.id,
+        "error",
+        "VersionMismatch",
+    )
+    reason = (
+        f"malformed message: task has envelope version {version}, and this distq reads "
+        f"version 1: {hint}"
+    )
+    assert result.error_message == f"{reason}; not run"
+    assert DeadLetter.decode(s.dead_letter).reason == reason
+    assert ending.note == f"dead-lettered task jobs:add {sent.id}, {reason}"
 
 
 def test_an_oversized_task_nobody_waits_for_or_forged_is_answered_by_nobody() -> None:
