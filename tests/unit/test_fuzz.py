@@ -145,8 +145,8 @@ def settle_checked(name: str, body: bytes) -> None:
     if outcome == "malformed":
         assert settlement.dead_letter is not None
         if settlement.result is not None:  # answered: a task of another version, or too large
-            task = codec.oversized_task(body, any_version=True)
-            assert task is not None and task.reply_to == settlement.reply_to
+            head = codec.oversized_task(body, any_version=True)
+            assert head is not None and head.reply_to == settlement.reply_to
 
 
 @fuzz(0.3)
