@@ -232,12 +232,12 @@ class Codec:
             ),
         )
 
-    def oversized_task(self, message: bytes, any_version: bool = False) -> Task | None:
-        """For a task message refused as too large, which a submitter whose
-        ``DISTQ_MAX_MESSAGE_BYTES`` is larger sends: the task without its arguments, read
-        past them without keeping them (the signature checked first), so that the worker
-        can answer whoever waits for it; None when the message says no task that way.
-        ``any_version``: for a task of another envelope version, whose head reads alike."""
+    def task_head(self, message: bytes, any_version: bool = False) -> Task | None:
+        """For a task message a worker refuses to run: too large (a submitter whose
+        ``DISTQ_MAX_MESSAGE_BYTES`` is larger sends it) or, with ``any_version``, of
+        another envelope version whose head reads alike. The task without its arguments,
+        read past them without keeping them (the signature checked first), so that the
+        worker can answer whoever waits for it; None when the message says no task that way."""
         try:
             envelope = self._open(message, "task", most=len(message))
             head = _task_head(envelope)

@@ -360,7 +360,7 @@ class Endings:
         envelope version), and the error result ``why`` for whoever waits for it: it was
         refused unsaid, and its master waited until its timeout, or for good. None:
         nobody waits, or its head does not read."""
-        task = self.codec.oversized_task(body, any_version)
+        task = self.codec.task_head(body, any_version)
         if task is None or task.reply_to == NO_REPLY:
             return None
         try:

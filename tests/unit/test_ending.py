@@ -290,7 +290,7 @@ def test_a_task_of_another_envelope_version_answers_its_submitter_saying_what_to
     assert ending.note == f"dead-lettered task jobs:add {sent.id}, {reason}"
 
 
-def test_an_oversized_task_nobody_waits_for_or_forged_is_answered_by_nobody() -> None:
+def test_an_task_head_nobody_waits_for_or_forged_is_answered_by_nobody() -> None:
     endings = Endings("w1", "q", Codec((KEY,), max_message_bytes=2000))
     nobody = Task(name="t", args=["x" * 5000], reply_to=NO_REPLY)
     forged = Task(name="t", args=["x" * 5000], reply_to="replies")

@@ -145,7 +145,7 @@ def settle_checked(name: str, body: bytes) -> None:
     if outcome == "malformed":
         assert settlement.dead_letter is not None
         if settlement.result is not None:  # answered: a task of another version, or too large
-            head = codec.oversized_task(body, any_version=True)
+            head = codec.task_head(body, any_version=True)
             assert head is not None and head.reply_to == settlement.reply_to
 
 

@@ -305,7 +305,7 @@ def test_a_task_not_signed_right_is_never_run_and_is_dead_lettered(body: Any, re
     assert reason in err.getvalue()
 
 
-def test_an_oversized_task_is_dead_lettered_with_its_head_kept() -> None:
+def test_an_task_head_is_dead_lettered_with_its_head_kept() -> None:
     w, _ = worker(Codec(max_message_bytes=4096))
     body = task("y" * (OVERSIZED_KEPT_BYTES * 2)).encode()
     settlement, outcome = w.process(Delivery(body, 1))
