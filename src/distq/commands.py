@@ -40,6 +40,7 @@ from distq.errors import (
     RemoteError,
     SignatureError,
     TransportError,
+    VersionMismatch,
 )
 from distq.executor import Executor
 from distq.futures import DistqFuture
@@ -496,6 +497,8 @@ def _unopened(exc: EnvelopeError, body: bytes, codec: Codec) -> str | None:
         return f"{exc}; workers with signing keys refuse it again, at once"
     if isinstance(exc, MessageTooLarge) and len(body) > codec.max_message_bytes:
         return f"{exc}; set the workers' DISTQ_MAX_MESSAGE_BYTES for this command"
+    if isinstance(exc, VersionMismatch):  # another distq's: it runs where that one does
+        return str(exc)
     return None
 
 
@@ -518,16 +521,18 @@ def _requeue_dead(
     moved = transport.requeue_dead(limit, counted) if limit is None or limit > 0 else 0
     say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
     # revived more than once only when another requeue-dead took a letter first: at most
+    # as many as moved (none moved: another took them all, nothing to say)
     unreadable = min(unreadable, moved)
+    unopened, malformed = unopened[:moved], malformed[:moved]
     if unopened:  # a wrong setting here, most likely: said, and exit 1, not "done"
         say(
-            f"{min(len(unopened), moved)} of them could not be started over: they went back "
+            f"{len(unopened)} of them could not be started over: they went back "
             "unchanged, with their old master and attempt, and a worker dead-letters them "
             f"again unless it can run them; the first: {unopened[0]}"
         )
     if malformed:  # no setting cures them: each dies again at once, now "malformed"
         say(
-            f"{min(len(malformed), moved)} of them are not tasks any worker can run: they "
+            f"{len(malformed)} of them are not tasks any worker can run: they "
             "went back as they were, and a worker dead-letters them again at once (with "
             f"that reason: see `distq dead-letters`); the first: {malformed[0]}"
         )

@@ -195,8 +195,14 @@ def _load(data: bytes | str, kind: str) -> dict[str, Any]:
             f"{kind} has an unpaired UTF-16 surrogate escape (\\ud800 to \\udfff alone), "
             "which is not a character: a sender must escape a character outside the BMP as a pair"
         ) from None
-    if obj.get("v") != VERSION:
-        raise VersionMismatch(version_mismatch(kind, obj.get("v")))
+    version = obj.get("v")
+    if version != VERSION:
+        if not isinstance(version, int) or isinstance(version, bool):  # none, "1", 1.5
+            raise EnvelopeError(
+                f'{kind} has no envelope version (a whole number in "v"; it has '
+                f"{quoted(version)}): it is not a distq message"
+            )
+        raise VersionMismatch(version_mismatch(kind, version))
     return obj
 
 
@@ -207,11 +213,10 @@ SENDERS = {"task": "submitter", "result": "worker", "dead letter": "worker"}
 def version_mismatch(kind: str, version: object) -> str:
     """Why a message of envelope ``version`` is not read here, and what to upgrade."""
     sender = SENDERS.get(kind, "sender")
-    newer = isinstance(version, int) and not isinstance(version, bool) and version > VERSION
-    if newer:
+    if isinstance(version, int) and version > VERSION:
         hint = f"its {sender} runs a newer distq than this process: upgrade this one"
     else:
-        hint = f"its {sender} is not this distq's format (an older one?): upgrade the {sender}"
+        hint = f"its {sender} runs an older distq than this process: upgrade the {sender}"
     return (
         f"{kind} has envelope version {quoted(version)}, and this distq reads version "
         f"{VERSION}: {hint}"

@@ -360,6 +360,31 @@ def test_a_pack_the_broker_dead_letters_comes_back_as_its_tasks(
     producer.close()
 
 
+def test_requeue_dead_of_all_there_now_counts_a_pack_as_the_message_it_is(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "All there now" was the dead letters' message count, compared with the letters
+    moved: a pack the broker dead-lettered whole is one message of several letters, so
+    one letter was left behind, the command saying it moved them all (diff15a)."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(64))  # packs of several tasks
+    producer.flush()
+    method, props, body = raw.basic_get(queue)
+    assert props.type == TASKS_TYPE
+    raw.basic_reject(method.delivery_tag, requeue=False)  # dead-lettered whole
+    for i in range(3):
+        raw.basic_publish("", f"{queue}.dead", DeadLetter(b"t%d" % i, "why", queue, "w").encode())
+    deadline = time.monotonic() + 5
+    while _ready(raw, f"{queue}.dead") < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    monkeypatch.setattr(rabbitmq, "MESSAGE_BATCH", 2)  # the pack and a letter first
+    packed = len(task_bodies(props.type, body))
+    assert packed > 1 and t.requeue_dead(None) == packed + 3
+    assert _ready(raw, f"{queue}.dead") == 0
+    producer.close()
+
+
 def test_a_peek_holds_at_most_a_batch_of_letters_and_all_are_back_when_it_returns(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pika.exceptions
 import pytest
 
+from distq.transport import rabbitmq
 from distq.transport.rabbitmq import PrefetchWindow, RabbitMQTransport, _Broker
 from distq.transport.rabbitmq_packs import pack, unpack
 
@@ -72,3 +74,36 @@ def test_start_lines_name_a_vhost_other_than_the_default(path: str, where: str) 
         ("worker", f"rabbitmq at {where}"),
     ):
         assert RabbitMQTransport.describe(SimpleNamespace(_broker=broker, role=role)) == shown  # type: ignore[arg-type]
+
+
+class _Refusing:
+    """A connection whose channels refuse every declare with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        self.code, self.deleted = code, list[str]()
+
+    def channel(self) -> _Refusing:
+        return self
+
+    def queue_declare(self, queue: str, **_: object) -> None:
+        raise pika.exceptions.ChannelClosedByBroker(self.code, "ACCESS_REFUSED - not allowed")
+
+    is_open = False
+
+    def queue_delete(self, queue: str) -> None:
+        self.deleted.append(queue)
+
+
+def test_a_user_who_may_not_declare_the_reader_queue_reads_the_dead_letters_without_it() -> None:
+    """`<queue>.dead.reader` needs a configure permission on that name: a user allowed only
+    distq's own queues got ACCESS_REFUSED, exit 3, where it read and requeued before
+    (diff15a). It reads as before, unguarded; other refusals are raised."""
+    connection = _Refusing(403)
+    with rabbitmq._reading(connection, "q.dead"):
+        ran = True
+    assert ran and connection.deleted == []
+    with (
+        pytest.raises(pika.exceptions.ChannelClosedByBroker),
+        rabbitmq._reading(_Refusing(406), "q.dead"),
+    ):
+        pass

@@ -10,6 +10,7 @@ import re
 import secrets
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from distq.codec import Codec
 from distq.commands import (
     _describe_body,
     _kwargs,
+    _requeue_dead,
     _submit_and_wait,
     _when,
     parse_argument,
@@ -200,3 +202,40 @@ def test_submit_wait_whose_manager_master_went_says_the_task_went_with_it(
         out.getvalue(),
         re.M,
     ), out.getvalue()
+
+
+class _Taken:
+    """A transport whose every letter another requeue-dead took first: it revives them
+    (reads them) and moves none."""
+
+    def __init__(self, letters: list[DeadLetter]) -> None:
+        self.letters = letters
+
+    def requeue_dead(self, limit: int | None, revive: Any) -> int:
+        for letter in self.letters:
+            revive(letter)
+        return 0
+
+
+def test_requeue_dead_that_moved_nothing_says_nothing_more_and_exits_0(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two at once: the one that lost said "requeued 0", then "0 of them are not tasks
+    any worker can run", exit 1 (diff15a)."""
+    letters = [DeadLetter(body=b"\xffgarbage", reason="malformed", queue="q", worker="w")]
+    args = argparse.Namespace(limit=None)
+    code = _requeue_dead(args, _Taken(letters), Settings(), Console())  # type: ignore[arg-type]
+    assert code == 0
+    assert capsys.readouterr().out == "requeued 0 dead letters onto queue 'distq'\n"
+
+
+def test_a_task_of_another_envelope_version_goes_back_as_one_a_setting_keeps_from_running() -> None:
+    """requeue-dead called it "not tasks any worker can run" and, in the same line, said
+    to upgrade this process: a worker of its version runs it (diff15a)."""
+    body = Task(name="t", args=[], reply_to="r").encode().replace(b'{"v":1,', b'{"v":2,', 1)
+    letter = DeadLetter(body=body, reason="malformed", queue="q", worker="w")
+    unopened: list[str] = []
+    malformed: list[str] = []
+    assert reviver(Codec(), unopened.append, malformed.append)(letter) == body
+    assert malformed == [] and len(unopened) == 1
+    assert unopened[0].startswith("task has envelope version 2, and this distq reads version 1")

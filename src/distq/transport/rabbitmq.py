@@ -584,15 +584,20 @@ def _reading(connection: Any, dead_queue: str) -> Iterator[None]:
     said it moved them all, and two peeks each showed a part, neither the oldest.
 
     Waits up to :data:`READER_WAIT` s for another reader, then raises
-    :class:`TransportError` saying so.
+    :class:`TransportError` saying so. A user not allowed to declare that queue (a
+    configure permission for distq's own queues only) reads as before, without it.
     """
     lock, deadline = f"{dead_queue}.reader", time.monotonic() + READER_WAIT
+    locked = True
     while True:
         channel = connection.channel()
         try:
             channel.queue_declare(lock, exclusive=True, auto_delete=True)
             break
         except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 403:  # ACCESS_REFUSED: this user may not; unguarded
+                locked = False
+                break
             if exc.reply_code != 405:  # RESOURCE_LOCKED: another connection's
                 raise
         if time.monotonic() >= deadline:
@@ -606,7 +611,7 @@ def _reading(connection: Any, dead_queue: str) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(*_PikaError):
-            if channel.is_open:
+            if locked and channel.is_open:
                 channel.queue_delete(lock)
                 channel.close()
 
@@ -857,16 +862,19 @@ class RabbitMQTransport(Transport):
             (dead,) = _declared(link.connection, self.dead_queue)
             if dead is None:  # not declared yet: nothing to move
                 return
-            there = moved[0] + dead.message_count  # moved: by a try before a reconnection
-            self._move_dead(link, there if limit is None else min(limit, there), revive, moved)
+            # at most the messages there now (a pack is a message of several letters)
+            self._move_dead(link, limit, dead.message_count, revive, moved)
 
-    def _move_dead(self, link: _Link, limit: int, revive: Revive, moved: list[int]) -> None:
+    def _move_dead(
+        self, link: _Link, limit: int | None, there: int, revive: Revive, moved: list[int]
+    ) -> None:
         channel = link.channel
         target_ready = False
-        while moved[0] < limit:
+        while (limit is None or moved[0] < limit) and there > 0:
             got: list[tuple[Any, Any, bytes]] = []
+            wanted = min(MESSAGE_BATCH, there, (limit - moved[0]) if limit is not None else there)
             try:
-                while len(got) < min(MESSAGE_BATCH, limit - moved[0]):
+                while len(got) < wanted:
                     method, props, body = channel.basic_get(self.dead_queue, auto_ack=False)
                     if method is None:
                         break
@@ -886,6 +894,7 @@ class RabbitMQTransport(Transport):
                 link.confirm()
                 channel.basic_ack(got[-1][0].delivery_tag, multiple=True)
                 moved[0] += len(letters)
+                there -= len(got)
                 got = []
             finally:
                 if got and channel.is_open:
