@@ -10,6 +10,7 @@ overflows a socket timeout or a sleep.
 from __future__ import annotations
 
 import argparse
+import unicodedata
 from collections.abc import Callable
 
 #: Longest time a flag may give, in seconds (about 31 years): below every platform's
@@ -98,8 +99,8 @@ def name(text: str) -> str:
             f"{text!r} holds bytes that are not UTF-8 (at {exc.start}); give it in UTF-8, "
             "or set a UTF-8 locale"
         ) from None
-    if not text or not text.isprintable():
+    if not text or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a name: use printable text, without control characters"
+            f"{text!r} is not a name: use text on one line, without control characters"
         )
     return text

@@ -163,9 +163,9 @@ def _mark(value: object) -> str | None:
     callable: a function, or a wrapper of one such as ``functools.cache``'s (marked
     above it). Classes and other objects are skipped, as are attributes that cannot be
     read (a lazy object's own ``__getattr__`` may raise anything)."""
-    if inspect.isclass(value) or not callable(value):
-        return None
-    try:
+    try:  # a lazy proxy answers even isinstance() and callable() with its own code
+        if inspect.isclass(value) or not callable(value):
+            return None
         name = inspect.getattr_static(value, TASK_ATTRIBUTE, None)
     except Exception:
         return None

@@ -229,14 +229,18 @@ class Worker:
                     self._start_slot(slot)
             except RuntimeError as exc:  # "can't start new thread"
                 which = "its keeper" if slot is None else f"slot {slot.index + 1} of {len(slots)}"
-                self._refused(
-                    ConfigError(
-                        f"could not start {which} ({exc}): the process is at a limit on "
-                        "threads or memory (ulimit -u or -v, a container's pids or memory "
-                        "limit); lower --concurrency, or raise the limit"
-                    )
-                )
+                self._cannot_start(which, exc)
                 return
+
+    def _cannot_start(self, which: str, exc: RuntimeError) -> None:
+        """A thread the worker needs did not start: stop warm, exit 2 naming the limits."""
+        self._refused(
+            ConfigError(
+                f"could not start {which} ({exc}): the process is at a limit on threads or "
+                "memory (ulimit -u or -v, a container's pids or memory limit); lower "
+                "--concurrency, or raise the limit"
+            )
+        )
 
     def _start_slot(self, slot: _Slot) -> None:
         thread = threading.Thread(
@@ -449,6 +453,8 @@ class Worker:
             finally:
                 try:
                     self._start_slot(slot)
+                except RuntimeError as exc:  # the tasks left behind hold the threads
+                    self._cannot_start(f"slot {slot.index + 1} again after its time limit", exc)
                 finally:  # a thread that cannot start must not keep the worker alive
                     slot.replacing = False
 

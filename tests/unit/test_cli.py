@@ -125,8 +125,8 @@ def test_a_number_flag_out_of_range_exits_2_naming_it(args: list[str], flag: str
     ("worker_id", "expected"),
     [
         ("w\udcf6rker", "holds bytes that are not UTF-8 (at 1)"),  # a Latin-1 byte in argv
-        ("two\nlines", "is not a name: use printable text"),
-        ("", "is not a name: use printable text"),
+        ("two\nlines", "is not a name: use text on one line"),
+        ("", "is not a name: use text on one line"),
     ],
 )
 def test_a_worker_id_no_broker_can_carry_exits_2(worker_id: str, expected: str) -> None:

@@ -274,6 +274,13 @@ class Lazy:  # an object whose every attribute read raises
         return 0
 
 lazy = Lazy()
+
+class Proxy:  # a lazy proxy: even its __class__ is read through code that raises
+    @property
+    def __class__(self):
+        raise RuntimeError("settings are not configured")
+
+proxy = Proxy()
 """
 
 

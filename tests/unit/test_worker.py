@@ -598,3 +598,42 @@ def test_a_slot_whose_thread_cannot_start_stops_the_worker_naming_the_limit(
     )
     assert re.search(r"^worker exit\. ", out.getvalue(), re.M), out.getvalue()
     producer.close()
+
+
+def test_a_slot_that_cannot_start_again_after_a_time_limit_stops_the_worker_naming_it(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past a time limit a slot goes on in a new thread; when that one could not start
+    the keeper said "keeping a long batch: can't start new thread", the slot was gone,
+    and the worker exited 0, tasks still queued (diff15b)."""
+    producer = transport.producer("replies")
+    tasks = [Task(name="sleepy", args=[s], reply_to="replies", max_attempts=1) for s in (2, 0)]
+    producer.submit([task.encode() for task in tasks])
+    registry = Registry()
+    registry.register("sleepy", time.sleep)
+    original, slots = threading.Thread.start, list[str]()
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("distq-slot-"):
+            slots.append(self.name)
+            if len(slots) > 1:  # the slot's second thread, after the time limit
+                raise RuntimeError("can't start new thread")
+        original(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    out = io.StringIO()
+    options = WorkerOptions(
+        worker_id="w",
+        prefetch=1,
+        heartbeat_interval=0.2,
+        time_limits=TimeLimits.parse("sleepy=0.5"),
+    )
+    worker = Worker(transport, registry, options, Console(quiet=True, out=out, err=out))
+    with pytest.raises(ConfigError) as caught:
+        worker.run()
+    assert str(caught.value).startswith(
+        "could not start slot 1 again after its time limit (can't start new thread): the "
+        "process is at a limit on threads or memory"
+    ), out.getvalue()
+    assert "keeping a long batch" not in out.getvalue(), out.getvalue()
+    producer.close()
