@@ -231,12 +231,14 @@ class Endings:
         The error result of a task that raised carries ``error``'s traceback text.
         """
         message = describe(error)
-        retry = None
+        retry, unsent = None, ""
         if retryable and task.attempt < task.max_attempts:
-            with contextlib.suppress(EnvelopeError):  # a retry over the limit fails for good
+            try:  # a retry over the limit (its attempt one digit longer) fails for good
                 retry = self.codec.seal(
                     self._as_sent(delivery, task).next_attempt().encode(), "task"
                 )
+            except EnvelopeError as exc:
+                unsent = f"; its retry cannot be sent ({exc}), so it is not retried"
         if retry is not None:
             delay = retry_delay(task.attempt)
             note = (
@@ -246,7 +248,10 @@ class Endings:
             settlement = Settlement(delivery, retry=retry, retry_delay=delay)
             return Ending(settlement, "retried", task, started_at, duration, note)
         if retryable:
-            reason = f"failed {task.attempt} of {task.max_attempts} attempts; last error: {message}"
+            reason = (
+                f"failed {task.attempt} of {task.max_attempts} attempts; last error: "
+                f"{message}{unsent}"
+            )
         elif returned:
             reason = f"ran, but its value cannot be sent back: {message}"
         else:

@@ -85,6 +85,26 @@ def test_a_retry_carries_the_arguments_as_sent_not_as_the_function_left_them(
     )
 
 
+def test_a_retry_over_the_size_limit_fails_for_good_saying_so() -> None:
+    """A task within a byte of DISTQ_MAX_MESSAGE_BYTES grew a byte at attempt 10: its
+    retry was refused unsaid, and it was dead-lettered "failed 9 of 20 attempts", with
+    attempts left and no word of the limit (retries11)."""
+    t = Task(name="boom", args=[""], reply_to="replies", attempt=9, max_attempts=20)
+    t.args[0] = "x" * (2000 - len(t.encode()))
+    assert len(t.encode()) == 2000
+    codec = Codec(max_message_bytes=2000)
+    ending = Endings("w1", "q", codec).failed(
+        Delivery(t.encode(), 1), t, ValueError("bad"), 0.0, 0.1, retryable=True
+    )
+    letter = DeadLetter.decode(ending.settlement.dead_letter or b"")
+    assert ending.outcome == "failed" and ending.settlement.retry is None
+    assert letter.reason == (
+        "failed 9 of 20 attempts; last error: ValueError: bad; its retry cannot be sent "
+        "(task would be 2,001 bytes, over the limit of 2,000 (DISTQ_MAX_MESSAGE_BYTES)), so it "
+        "is not retried"
+    ), letter.reason
+
+
 def test_an_error_on_the_last_attempt_fails_for_good() -> None:
     t = task("boom", 5, max_attempts=3, attempt=3)
     ending = ENDINGS.failed(delivery(t), t, ValueError("bad 5"), 0.0, 0.1, retryable=True)

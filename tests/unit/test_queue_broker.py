@@ -96,6 +96,21 @@ def test_delayed_retry_becomes_ready_after_its_delay() -> None:
     assert [body for _, body, _ in broker.fetch("q", "c1", 1, 0, 5.0)] == [b"a2"]
 
 
+def test_the_reaper_wakes_when_a_retry_falls_due_not_a_whole_interval_later() -> None:
+    """Due retries moved in only every 0.25 s: a 0.5 s retry started after 0.63 s and a
+    1 s one after 1.25 s, where Redis and RabbitMQ keep within 20 ms (retries11)."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    assert broker.next_reap(0.25) == 0.25  # nothing delayed
+    broker.put("q", [b"a"])
+    ((token, _, _),) = broker.fetch("q", "c1", 1, 0.1, 5.0)
+    broker.settle("q", "c1", [(token, None, None, b"a2", 0.5, None)])
+    clock.now += 0.4
+    assert broker.next_reap(0.25) == pytest.approx(0.1)  # the retry's due time
+    clock.now += 0.2
+    assert broker.next_reap(0.25) == 0.0
+
+
 def test_the_reaper_thread_expires_leases_on_its_own() -> None:
     broker = QueueBroker()
     broker.start_reaper(0.02)
@@ -129,6 +144,7 @@ def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signatur
         "start_reaper",
         "stop",
         "reap",
+        "next_reap",
         "hold",
         "dead_counts",
         "task_counts",

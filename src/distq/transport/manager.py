@@ -393,8 +393,18 @@ class QueueBroker:
                 self._push(queue, [body])
 
     def _reap_loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+        while not self._stop.wait(self.next_reap(interval)):
             self.reap()
+
+    def next_reap(self, interval: float) -> float:
+        """Seconds until the next reap: ``interval``, or less when a retry falls due
+        sooner (a retry waited up to a whole interval more than its delay: 0.63 s for
+        0.5). One added meanwhile is due at least 0.5 s on, after the next reap."""
+        with self._lock:
+            due = self._delayed[0][0] if self._delayed else None
+        if due is None:
+            return interval
+        return min(interval, max(0.0, due - self._clock()))
 
 
 def _take(counts: Counter[bytes], body: bytes) -> bool:
