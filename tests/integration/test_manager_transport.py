@@ -278,8 +278,8 @@ def test_requeue_dead_with_a_limit_past_the_letters_moves_each_once(
         assert remote.stats().dead == 2
         plain = commands.reviver
 
-        def racing(codec: Any, unopened: Any) -> Callable[[DeadLetter], bytes]:
-            revive = plain(codec, unopened)
+        def racing(codec: Any, unopened: Any, malformed: Any) -> Callable[[DeadLetter], bytes]:
+            revive = plain(codec, unopened, malformed)
 
             def each(letter: DeadLetter) -> bytes:
                 dead_letter_what_is_queued()  # the letter moved before dies again

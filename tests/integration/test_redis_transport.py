@@ -684,11 +684,13 @@ def test_a_redis_full_to_its_maxmemory_drains_and_the_job_ends(tmp_path: Path) -
         master = Distq(
             ["master", "--tasks", "60000", "--timeout", "90", "--quiet"], target.process_env()
         )
-        workers = [
-            Distq(["worker", "--exit-when-idle", "3", "--quiet"], target.process_env())
-            for _ in range(2)
-        ]
-        try:
+        workers: list[Distq] = []
+        try:  # workers once Redis is full: they kept up with the master on a busy machine
+            master.wait_for("command not allowed when used memory > 'maxmemory'", 60)
+            workers += [
+                Distq(["worker", "--exit-when-idle", "3", "--quiet"], target.process_env())
+                for _ in range(2)
+            ]
             assert master.wait(120) == 0, master.output()
             out = master.output()
             for worker in workers:
