@@ -197,7 +197,7 @@ def _load(data: bytes | str, kind: str) -> dict[str, Any]:
         ) from None
     version = obj.get("v")
     if version != VERSION:
-        if not isinstance(version, int) or isinstance(version, bool):  # none, "1", 1.5
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise EnvelopeError(
                 f'{kind} has no envelope version (a whole number in "v"; it has '
                 f"{quoted(version)}): it is not a distq message"
@@ -215,7 +215,7 @@ def version_mismatch(kind: str, version: object) -> str:
     sender = SENDERS.get(kind, "sender")
     if isinstance(version, int) and version > VERSION:
         hint = f"its {sender} runs a newer distq than this process: upgrade this one"
-    else:
+    else:  # none yet: version 1 is the first
         hint = f"its {sender} runs an older distq than this process: upgrade the {sender}"
     return (
         f"{kind} has envelope version {quoted(version)}, and this distq reads version "

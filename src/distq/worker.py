@@ -454,7 +454,7 @@ class Worker:
                 try:
                     self._start_slot(slot)
                 except RuntimeError as exc:  # the tasks left behind hold the threads
-                    self._cannot_start(f"slot {slot.index + 1} again after its time limit", exc)
+                    self._cannot_start(f"slot {slot.index} again after its time limit", exc)
                 finally:  # a thread that cannot start must not keep the worker alive
                     slot.replacing = False
 

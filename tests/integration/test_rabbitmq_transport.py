@@ -385,6 +385,29 @@ def test_requeue_dead_of_all_there_now_counts_a_pack_as_the_message_it_is(
     producer.close()
 
 
+def test_requeue_dead_with_a_limit_stops_at_the_pack_that_reaches_it(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """``--limit`` counted messages, not letters: `--limit 40` moved 10 packs of 30,
+    300 letters, where the README says at most 31 more than N (diff16)."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(64))
+    producer.flush()
+    packs = []
+    for _ in range(2):
+        method, props, body = raw.basic_get(queue)
+        raw.basic_reject(method.delivery_tag, requeue=False)  # dead-lettered whole
+        packs.append(len(task_bodies(props.type, body)))
+    assert min(packs) > 2
+    deadline = time.monotonic() + 5
+    while _ready(raw, f"{queue}.dead") < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert t.requeue_dead(2) == packs[0]  # the first pack reaches it: not the second
+    assert _ready(raw, f"{queue}.dead") == 1
+    producer.close()
+
+
 def test_a_peek_holds_at_most_a_batch_of_letters_and_all_are_back_when_it_returns(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -108,6 +108,7 @@ def test_a_dead_letter_entry_that_is_none_is_read_as_unreadable_with_its_bytes()
         (b"not a dead letter", "dead letter is not valid JSON"),
         (b'{"v": 99}', "dead letter has envelope version 99, and this distq reads version 1"),
         (b"{}", 'dead letter has no envelope version (a whole number in "v"; it has None)'),
+        (b'{"v": 0}', 'dead letter has no envelope version (a whole number in "v"; it has 0)'),
         (
             b'{"v": "1"}',
             "dead letter has no envelope version (a whole number in \"v\"; it has '1')",

@@ -632,7 +632,7 @@ def test_a_slot_that_cannot_start_again_after_a_time_limit_stops_the_worker_nami
     with pytest.raises(ConfigError) as caught:
         worker.run()
     assert str(caught.value).startswith(
-        "could not start slot 1 again after its time limit (can't start new thread): the "
+        "could not start slot 0 again after its time limit (can't start new thread): the "
         "process is at a limit on threads or memory"
     ), out.getvalue()
     assert "keeping a long batch" not in out.getvalue(), out.getvalue()
