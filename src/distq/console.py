@@ -73,8 +73,8 @@ def escaping(*streams: TextIO | None) -> None:
     task argument, worker name or error message outside it raised UnicodeEncodeError,
     which stopped `dead-letters` with a traceback, failed a task that printed it, and sent
     a worker's every later line to /dev/null as if stdout had gone."""
-    for stream in streams:
-        if isinstance(stream, io.TextIOWrapper) and stream.errors != "backslashreplace":
+    for stream in streams:  # only "strict": surrogateescape passes a file name's bytes
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
             with contextlib.suppress(Exception):  # a stream that cannot: as it was
                 stream.reconfigure(errors="backslashreplace")
 

@@ -10,10 +10,12 @@ running?"), retried for ever, and kept ``--exit-when-idle`` from ending the work
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 
-#: Descriptors per slot, by transport, and for the rest of the process.
-PER_SLOT, BASE = {"rabbitmq": 4, "redis": 1, "manager": 1}, 16
+#: Descriptors per slot, by transport, and for the rest of the process beyond those open
+#: at start (the metrics endpoint, a report file).
+PER_SLOT, MARGIN = {"rabbitmq": 4, "redis": 1, "manager": 1}, 2
 #: What a connection that failed for want of a descriptor says to do.
 HINT = "this process is out of file descriptors (ulimit -n): raise it, or lower --concurrency"
 
@@ -24,10 +26,18 @@ def out_of_descriptors(error: object) -> bool:
     return "Too many open files" in text or "[Errno 24]" in text or "[Errno 23]" in text
 
 
+def open_now() -> int:
+    """How many descriptors this process has open (12, when it cannot tell)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 12
+
+
 def room_for(concurrency: int, transport: str) -> str | None:
     """Raise the soft limit on open files as far as ``concurrency`` slots need (up to
     the hard limit, as any process may); a warning line when even that is too low."""
-    need = BASE + PER_SLOT.get(transport, 4) * concurrency
+    need = open_now() + MARGIN + PER_SLOT.get(transport, 4) * concurrency
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return None

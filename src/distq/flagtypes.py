@@ -99,7 +99,7 @@ def name(text: str) -> str:
             f"{text!r} holds bytes that are not UTF-8 (at {exc.start}); give it in UTF-8, "
             "or set a UTF-8 locale"
         ) from None
-    if not text or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text):
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text):  # "": the default
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a name: use text on one line, without control characters"
         )

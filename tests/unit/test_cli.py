@@ -126,7 +126,6 @@ def test_a_number_flag_out_of_range_exits_2_naming_it(args: list[str], flag: str
     [
         ("w\udcf6rker", "holds bytes that are not UTF-8 (at 1)"),  # a Latin-1 byte in argv
         ("two\nlines", "is not a name: use text on one line"),
-        ("", "is not a name: use text on one line"),
     ],
 )
 def test_a_worker_id_no_broker_can_carry_exits_2(worker_id: str, expected: str) -> None:

@@ -136,3 +136,14 @@ def test_escaping_makes_a_stream_write_what_its_encoding_lacks_as_escapes() -> N
     escaping(stream, None)
     print("worker wörker-1 日本", file=stream, flush=True)
     assert raw.getvalue() == b"worker w\\xf6rker-1 \\u65e5\\u672c\n"
+
+
+def test_escaping_leaves_a_stream_that_already_passes_bytes_through() -> None:
+    """Under the C.UTF-8 or POSIX locale stdout uses surrogateescape: a task printing a
+    file name that is not UTF-8 wrote its bytes, and wrote ``caf\\udce9`` once escaping()
+    made every stream backslashreplace (regress11). Only "strict" streams change."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape")
+    escaping(stream)
+    print("caf\udce9.txt", file=stream, flush=True)
+    assert raw.getvalue() == b"caf\xe9.txt\n"

@@ -58,15 +58,16 @@ def test_a_count_up_to_a_bound_takes_1_to_it_and_refuses_0() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["پیش\u200cفرض", "a\u00a0b", "host\u3000one", "👩\u200d🔬", "w\u200fx", "w-1:2 ok"]
+    "text", ["پیش\u200cفرض", "a\u00a0b", "host\u3000one", "👩\u200d🔬", "w\u200fx", "w-1:2 ok", ""]
 )
 def test_a_worker_name_may_be_any_text_on_one_line(text: str) -> None:
     """isprintable() refused a no-break space, a zero-width joiner or non-joiner and
-    direction marks: ids that ran before were refused, exit 2 (diff15b)."""
+    direction marks: ids that ran before were refused, exit 2 (diff15b); and "" (a start
+    script's empty $WORKER_ID) is the default name, as before (regress11)."""
     assert flagtypes.name(text) == text
 
 
-@pytest.mark.parametrize("text", ["", "a\tb", "a\x00b", "a\u2028b", "w\udcf6"])
+@pytest.mark.parametrize("text", ["a\tb", "a\x00b", "a\u2028b", "w\udcf6"])
 def test_a_worker_name_with_control_characters_or_no_utf_8_is_refused(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         flagtypes.name(text)

@@ -7,6 +7,8 @@ from types import SimpleNamespace
 import pika.exceptions
 import pytest
 
+from distq.config import Settings
+from distq.errors import ConfigError
 from distq.transport import rabbitmq
 from distq.transport.rabbitmq import PrefetchWindow, RabbitMQTransport, _Broker
 from distq.transport.rabbitmq_packs import pack, unpack
@@ -95,7 +97,7 @@ class _Refusing:
 
 
 def test_a_user_who_may_not_declare_the_reader_queue_reads_the_dead_letters_without_it() -> None:
-    """`<queue>.dead.reader` needs a configure permission on that name: a user allowed only
+    """`<queue>.dead:reader` needs a configure permission on that name: a user allowed only
     distq's own queues got ACCESS_REFUSED, exit 3, where it read and requeued before
     (diff15a). It reads as before, unguarded; other refusals are raised."""
     connection = _Refusing(403)
@@ -107,3 +109,20 @@ def test_a_user_who_may_not_declare_the_reader_queue_reads_the_dead_letters_with
         rabbitmq._reading(_Refusing(406), "q.dead"),
     ):
         pass
+
+
+@pytest.mark.parametrize("queue", ["distq", "jobs.v2", "a-b_c"])
+def test_the_reader_queue_is_named_as_no_task_queue_can_be(queue: str) -> None:
+    """``<queue>.dead.reader`` is a valid task queue's name: a job on it blocked the
+    dead-letters and requeue-dead of ``<queue>`` for 30 s, then exit 3 "another distq
+    ... has been reading" (regress11)."""
+    lock = []
+
+    class Recording(_Refusing):
+        def queue_declare(self, queue: str, **_: object) -> None:
+            lock.append(queue)
+
+    with rabbitmq._reading(Recording(0), f"{queue}.dead"):
+        pass
+    with pytest.raises(ConfigError, match=r"DISTQ_QUEUE is .*; use 1-100 letters"):
+        Settings.load({"DISTQ_QUEUE": lock[0]})

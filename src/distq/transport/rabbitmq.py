@@ -34,7 +34,7 @@ queue                   arguments                                      holds
                         (always classic)
 ``Q.results.<job>``     ``x-expires: <master ttl ms>`` (always         one master's results
                         classic)
-``Q.dead.reader``       exclusive (its connection's: gone with it)     none: held while a
+``Q.dead:reader``       exclusive (its connection's: gone with it)     none: held while a
                                                                        command reads Q.dead
 ======================  =============================================  =====================
 
@@ -578,8 +578,9 @@ READER_WAIT = 30.0
 @contextlib.contextmanager
 def _reading(connection: Any, dead_queue: str) -> Iterator[None]:
     """Be the only reader of ``dead_queue`` while the block runs: the exclusive queue
-    ``<dead_queue>.reader`` is this connection's meanwhile (and goes with it if the
-    process dies). A peek holds the letters it reads unacked, unseen by any other
+    ``<dead_queue>:reader`` is this connection's meanwhile (and goes with it if the
+    process dies; the colon keeps it apart from every task queue's name and the names
+    derived from one). A peek holds the letters it reads unacked, unseen by any other
     reader: a ``requeue-dead`` run meanwhile moved only the letters it could see and
     said it moved them all, and two peeks each showed a part, neither the oldest.
 
@@ -587,7 +588,7 @@ def _reading(connection: Any, dead_queue: str) -> Iterator[None]:
     :class:`TransportError` saying so. A user not allowed to declare that queue (a
     configure permission for distq's own queues only) reads as before, without it.
     """
-    lock, deadline = f"{dead_queue}.reader", time.monotonic() + READER_WAIT
+    lock, deadline = f"{dead_queue}:reader", time.monotonic() + READER_WAIT
     locked = True
     while True:
         channel = connection.channel()
