@@ -86,7 +86,7 @@ def host(text: str) -> str:
 
 
 def name(text: str) -> str:
-    """A name other processes see and print (``--worker-id``): printable UTF-8 text.
+    """A name other processes see and print (``--worker-id``): UTF-8 text on one line.
 
     A byte that is not UTF-8 in a command line becomes a lone surrogate in Python, which
     no broker protocol can send: a worker so named connected, failed to say its name,
