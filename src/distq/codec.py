@@ -232,6 +232,27 @@ class Codec:
             ),
         )
 
+    def versioned_stand_in(self, envelope: bytes, error: EnvelopeError) -> Result | None:
+        """The error result for a result envelope of another envelope version (a newer
+        worker's), when its head names its task as version 1 does: the master and the
+        Executor dropped it and waited for that task until their timeout, or for good."""
+        try:
+            head = _result_head(envelope)
+        except (msgspec.DecodeError, RecursionError):
+            return None
+        if not head.task_id:
+            return None
+        return Result(
+            task_id=head.task_id,
+            status="error",
+            worker=head.worker,
+            attempt=head.attempt,
+            started_at=0.0,
+            duration=0.0,
+            error_type="VersionMismatch",
+            error_message=f"ran, but its result could not be read: {error}",
+        )
+
     def task_head(self, message: bytes, any_version: bool = False) -> Task | None:
         """For a task message a worker refuses to run: too large (a submitter whose
         ``DISTQ_MAX_MESSAGE_BYTES`` is larger sends it) or, with ``any_version``, of
@@ -265,6 +286,17 @@ def not_bytes(message: object, kind: str) -> EnvelopeError:
 
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw]).decode
+
+
+class _ResultHead(msgspec.Struct):
+    """What a result envelope of any version says of its task, if it says it as v1 does."""
+
+    task_id: str
+    worker: str = ""
+    attempt: int = 1
+
+
+_result_head = msgspec.json.Decoder(_ResultHead).decode
 
 
 class _TaskHead(msgspec.Struct):

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 from distq.codec import Codec, not_bytes
 from distq.config import MESSAGE_BATCH
 from distq.envelope import Result
-from distq.errors import EnvelopeError, MessageTooLarge, NestedTooDeep
+from distq.errors import EnvelopeError, MessageTooLarge, NestedTooDeep, VersionMismatch
 from distq.telemetry import MasterTelemetry, Received
 from distq.transport.base import Producer
 
@@ -230,6 +230,14 @@ def _results(
         for envelope in envelopes:
             try:
                 yield decode(envelope)
+            except VersionMismatch as exc:  # a newer worker's: its task fails, saying so
+                stand_in = codec.versioned_stand_in(envelope, exc)
+                if stand_in is not None:
+                    yield stand_in
+                    continue
+                bad += 1
+                if bad <= REFUSALS_SAID:
+                    refused(exc, 1)
             except EnvelopeError as exc:
                 bad += 1
                 if bad <= REFUSALS_SAID:

@@ -231,3 +231,31 @@ def test_a_forged_oversized_result_fails_no_task_when_signing_is_on() -> None:
     collector.expect([("t0", "t0")])
     assert collector.accept([message]) == 0 and collector.is_waiting("t0")
     assert "over the limit" in str(errors[0])
+
+
+def test_a_result_of_another_envelope_version_fails_its_task_saying_so() -> None:
+    """A newer worker's result was "dropped a result: ... version 2", and its master (or
+    a `submit --wait`) waited until its timeout, or for good (diff15a)."""
+    got: list[Result] = []
+    errors: list[EnvelopeError] = []
+    collector: Collector[str] = Collector(
+        lambda r, entry, rtt: got.append(r), errors.append, MasterTelemetry(MasterMetrics("r", "q"))
+    )
+    collector.expect([("a", "entry-a"), ("b", "entry-b")])
+    newer = result("a").replace(b'{"v":1,', b'{"v":2,', 1)
+    nameless = b'{"v":2,"id":"b"}'  # says no task as v1 does: dropped, as before
+    assert collector.accept([newer, nameless]) == 1
+    (failed,) = got
+    assert (failed.task_id, failed.status, failed.error_type, failed.worker) == (
+        "a",
+        "error",
+        "VersionMismatch",
+        "w",
+    )
+    assert failed.error_message == (
+        "ran, but its result could not be read: result has envelope version 2, and this "
+        "distq reads version 1: its worker runs a newer distq than this process: upgrade "
+        "this one"
+    )
+    assert len(errors) == 1 and "version 2" in str(errors[0])
+    assert collector.waiting() == [("b", "entry-b")]
