@@ -216,20 +216,14 @@ class Codec:
             worker = msgspec.json.decode(b'"' + found[2] + b'"', type=str)
         except msgspec.DecodeError:
             return None
-        return Result(
-            task_id=found[1].decode(),
-            status="error",
-            worker=worker,
-            attempt=int(found[3]),
-            started_at=0.0,
-            duration=0.0,
-            error_type="MessageTooLarge",
-            error_message=(
-                f"ran, but its result was {size:,} bytes, over the "
-                f"{self.max_message_bytes:,} of this process's DISTQ_MAX_MESSAGE_BYTES "
-                "and within its worker's: give the process that submits tasks at least "
-                "the workers' limit"
-            ),
+        return _unread(
+            found[1].decode(),
+            worker,
+            int(found[3]),
+            "MessageTooLarge",
+            f"ran, but its result was {size:,} bytes, over the {self.max_message_bytes:,} "
+            "of this process's DISTQ_MAX_MESSAGE_BYTES and within its worker's: give the "
+            "process that submits tasks at least the workers' limit",
         )
 
     def versioned_stand_in(self, envelope: bytes, error: EnvelopeError) -> Result | None:
@@ -242,16 +236,8 @@ class Codec:
             return None
         if not head.task_id:
             return None
-        return Result(
-            task_id=head.task_id,
-            status="error",
-            worker=head.worker,
-            attempt=head.attempt,
-            started_at=0.0,
-            duration=0.0,
-            error_type="VersionMismatch",
-            error_message=f"ran, but its result could not be read: {error}",
-        )
+        message = f"ran, but its result could not be read: {error}"
+        return _unread(head.task_id, head.worker, head.attempt, "VersionMismatch", message)
 
     def task_head(self, message: bytes, any_version: bool = False) -> Task | None:
         """For a task message a worker refuses to run: too large (a submitter whose
@@ -286,6 +272,20 @@ def not_bytes(message: object, kind: str) -> EnvelopeError:
 
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw]).decode
+
+
+def _unread(task_id: str, worker: str, attempt: int, error_type: str, message: str) -> Result:
+    """The error result that stands in for a result this process could not read."""
+    return Result(
+        task_id=task_id,
+        status="error",
+        worker=worker,
+        attempt=attempt,
+        started_at=0.0,
+        duration=0.0,
+        error_type=error_type,
+        error_message=message,
+    )
 
 
 class _ResultHead(msgspec.Struct):

@@ -230,15 +230,12 @@ def _results(
         for envelope in envelopes:
             try:
                 yield decode(envelope)
-            except VersionMismatch as exc:  # a newer worker's: its task fails, saying so
-                stand_in = codec.versioned_stand_in(envelope, exc)
-                if stand_in is not None:
-                    yield stand_in
-                    continue
-                bad += 1
-                if bad <= REFUSALS_SAID:
-                    refused(exc, 1)
             except EnvelopeError as exc:
+                if isinstance(exc, VersionMismatch):  # a newer worker's: its task fails
+                    stand_in = codec.versioned_stand_in(envelope, exc)
+                    if stand_in is not None:
+                        yield stand_in
+                        continue
                 bad += 1
                 if bad <= REFUSALS_SAID:
                     refused(exc, 1)

@@ -338,7 +338,7 @@ class Endings:
         else:
             reason = f"malformed message: {error}"
         waits = None
-        if isinstance(error, VersionMismatch) and isinstance(delivery.body, bytes):
+        if isinstance(error, VersionMismatch):
             waits = self._answer(body, f"{reason}; not run", "VersionMismatch", any_version=True)
         elif len(body) > self.codec.max_message_bytes:
             why = (

@@ -210,10 +210,10 @@ def _load(data: bytes | str, kind: str) -> dict[str, Any]:
 SENDERS = {"task": "submitter", "result": "worker", "dead letter": "worker"}
 
 
-def version_mismatch(kind: str, version: object) -> str:
+def version_mismatch(kind: str, version: int) -> str:
     """Why a message of envelope ``version`` is not read here, and what to upgrade."""
     sender = SENDERS.get(kind, "sender")
-    if isinstance(version, int) and version > VERSION:
+    if version > VERSION:
         hint = f"its {sender} runs a newer distq than this process: upgrade this one"
     else:  # none yet: version 1 is the first
         hint = f"its {sender} runs an older distq than this process: upgrade the {sender}"

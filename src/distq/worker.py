@@ -221,16 +221,14 @@ class Worker:
         keeper = threading.Thread(
             target=self._keep, args=(slots, done), name="distq-keeper", daemon=True
         )
-        for slot in [None, *slots]:
-            try:
-                if slot is None:
-                    keeper.start()
-                else:
-                    self._start_slot(slot)
-            except RuntimeError as exc:  # "can't start new thread"
-                which = "its keeper" if slot is None else f"slot {slot.index + 1} of {len(slots)}"
-                self._cannot_start(which, exc)
-                return
+        which = "its keeper"
+        try:
+            keeper.start()
+            for slot in slots:
+                which = f"slot {slot.index + 1} of {len(slots)}"
+                self._start_slot(slot)
+        except RuntimeError as exc:  # "can't start new thread"
+            self._cannot_start(which, exc)
 
     def _cannot_start(self, which: str, exc: RuntimeError) -> None:
         """A thread the worker needs did not start: stop warm, exit 2 naming the limits."""

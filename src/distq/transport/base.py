@@ -309,6 +309,12 @@ class Transport(abc.ABC):
         Two callers at once never move the same letter twice.
         """
 
+    def dead_there(self, limit: int | None) -> int:
+        """``limit`` (None: no limit), at most the dead letters there now: what a
+        :meth:`requeue_dead` moves."""
+        there = self.stats().dead
+        return there if limit is None else min(limit, there)
+
     @abc.abstractmethod
     def stats(self) -> QueueStats:
         """Ready, in-flight and dead counts of this transport's queue."""

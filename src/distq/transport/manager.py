@@ -953,7 +953,7 @@ class ManagerTransport(Transport):
             ) from None
         except OSError as exc:
             hint = "is `distq master` running there?"
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
+            if descriptors.out_of_descriptors(exc):
                 hint = descriptors.HINT
             raise ConnectionFailed(
                 f"cannot reach the master at {self.address} (DISTQ_MANAGER_ADDRESS): "
@@ -998,8 +998,7 @@ class ManagerTransport(Transport):
 
     def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
         broker, dead, moved = self._endpoint(), f"{self._queue}.dead", 0
-        there = self.stats().dead
-        limit = there if limit is None else min(limit, there)
+        limit = self.dead_there(limit)
         while moved < limit:
             letters = _call(self.address, broker.peek, dead, min(MESSAGE_BATCH, limit - moved))
             if not letters:

@@ -817,8 +817,7 @@ class RedisTransport(Transport):
 
     def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
         moved = 0
-        there = self.stats().dead
-        limit = there if limit is None else min(limit, there)
+        limit = self.dead_there(limit)
         while moved < limit:
             with self.errors():
                 letters: list[bytes] = self.client.lrange(
