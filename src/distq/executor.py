@@ -55,7 +55,7 @@ from distq.envelope import MAX_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, ConfigError, EnvelopeError, MessageTooLarge
 from distq.futures import Callbacks, DistqFuture
 from distq.jsonvalue import MAX_CHUNK_DEPTH, MAX_DEPTH, check_arguments
-from distq.tasks import task_name
+from distq.tasks import bound, task_name
 from distq.transport import QueueStats, open_transport
 
 __all__ = ["DistqFuture", "Executor", "load_settings"]
@@ -143,7 +143,8 @@ class Executor(concurrent.futures.Executor):
     def submit(
         self, fn: str | Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> DistqFuture[Any]:
-        """Send one call of ``fn`` (a task name or a module-level function) to the workers.
+        """Send one call of ``fn`` (a task name or a module-level function, or a
+        ``functools.partial`` of one: its arguments go first) to the workers.
 
         Typed as the standard library's: a function's arguments are checked and its
         future is of its return type (a name's, ``DistqFuture[Any]``).
@@ -154,7 +155,9 @@ class Executor(concurrent.futures.Executor):
         :meth:`shutdown`; :class:`~distq.errors.BrokenExecutor` once the executor has
         stopped (a lost broker) and in a child made by ``fork()``.
         """
+        fn, before, keywords = bound(fn)
         name = task_name(fn)
+        args, kwargs = (*before, *args), {**keywords, **kwargs}
         check_arguments(name, args, kwargs)
         return self._submit([(name, list(args), kwargs, name)])[0]
 
@@ -189,22 +192,30 @@ class Executor(concurrent.futures.Executor):
         an argument is not a JSON value); the iterator raises the first remote error in
         order, and ``TimeoutError`` when a result is not in ``timeout`` seconds after this
         call. ``chunksize`` > 1 sends that many calls as one task (a chunk): fewer
-        messages, but a failing call fails (and retries) its whole chunk. Leaving the
-        iterator early cancels the tasks not answered yet.
+        messages, but a failing call fails (and retries) its whole chunk, and its calls
+        take no keywords (``TypeError`` for a ``functools.partial`` that binds some).
+        Leaving the iterator early cancels the tasks not answered yet.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         end = None if timeout is None else time.monotonic() + timeout
+        fn, before, keywords = bound(fn)
         name = task_name(fn)
-        calls = [list(args) for args in zip(*iterables, strict=False)]
+        if keywords and chunksize > 1:
+            raise TypeError(
+                f"map() of {name} with chunksize={chunksize}: a chunk's calls take no "
+                f"keywords, and the partial binds {', '.join(keywords)}; bind them "
+                "positionally, or pass chunksize=1"
+            )
+        calls = [[*before, *args] for args in zip(*iterables, strict=False)]
         depth = MAX_DEPTH if chunksize == 1 else MAX_CHUNK_DEPTH  # a chunk nests 2 more
         for number, call in enumerate(calls, 1):
             try:
-                check_arguments(name, call, {}, depth)
+                check_arguments(name, call, keywords, depth)
             except TypeError as exc:
                 raise TypeError(f"call {number} of map(): {exc}") from None
         if chunksize == 1:
-            futures = self._submit([(name, call, {}, name) for call in calls])
+            futures = self._submit([(name, call, dict(keywords), name) for call in calls])
             return self._results(futures, timeout, end, None)
         chunks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
         try:

@@ -121,6 +121,17 @@ def task_name(function: str | Callable[..., Any]) -> str:
     return marked if isinstance(marked, str) else function_path(function)
 
 
+def bound(
+    function: str | Callable[..., Any],
+) -> tuple[str | Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """``function`` without a ``functools.partial`` around it, and the arguments that
+    partial binds (none otherwise): the task to send, and what goes before a call's own
+    arguments and keywords (a nested partial is already flat)."""
+    if isinstance(function, functools.partial):
+        return function.func, function.args, dict(function.keywords)
+    return function, (), {}
+
+
 def _import(module_name: str, flag: str) -> ModuleType:
     """Import ``module_name`` for ``flag`` (``--task 'mod:fn'``, ``--tasks 'mod'``), or
     raise :class:`ConfigError` naming both: the module cannot be found, its name is not

@@ -8,6 +8,7 @@ queues and the workers connect to it, so an executor is opened before its worker
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 import secrets
 import signal
@@ -104,6 +105,22 @@ def test_map_with_chunks_runs_every_call_once_in_order(executor: Open, workers: 
         next(results)
     with pytest.raises(ValueError, match="chunksize must be >= 1"):
         ex.map(jobs.add, [1], [2], chunksize=0)
+
+
+def test_a_partial_sends_its_function_with_its_arguments_first(
+    executor: Open, workers: Workers
+) -> None:
+    ex = executor()
+    workers()
+    # before: "functools.partial(...) is neither a task name nor a module-level function"
+    assert ex.submit(functools.partial(jobs.add, 2), 3).result(30) == 5
+    assert ex.submit(functools.partial(jobs.add, b=10), 1).result(30) == 11
+    assert list(ex.map(functools.partial(jobs.add, b=1), range(5))) == [1, 2, 3, 4, 5]
+    assert list(ex.map(functools.partial(jobs.add, 100), range(25), chunksize=10)) == [
+        100 + i for i in range(25)
+    ]
+    with pytest.raises(TypeError, match="chunksize=2: a chunk's calls take no keywords"):
+        ex.map(functools.partial(jobs.add, b=1), range(5), chunksize=2)
 
 
 def test_a_chunk_runs_under_its_functions_time_limit(executor: Open, workers: Workers) -> None:

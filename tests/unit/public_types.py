@@ -8,6 +8,7 @@ fails on an ignore that is not needed, so an API typed ``Any`` again fails the l
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator
 from typing import Any, assert_type
 
@@ -21,6 +22,8 @@ def _typed(ex: distq.Executor) -> int:
     assert_type(ex.submit("jobs:add", 1, 2), distq.DistqFuture[Any])  # a name: untyped
     assert_type(ex.map(jobs.add, [1], [2]), Generator[int, None, None])
     assert_type(ex.map("jobs:add", [1], [2]), Generator[Any, None, None])
+    assert_type(ex.submit(functools.partial(jobs.add, 1), 2), distq.DistqFuture[int])
+    assert_type(ex.map(functools.partial(jobs.add, b=1), [1]), Generator[int, None, None])
     ex.submit(jobs.add, 1)  # type: ignore[call-overload]
     ex.submit(jobs.add, 1, "2")  # type: ignore[call-overload]
     ex.submit(jobs.add, 1, b="2")  # type: ignore[arg-type]
