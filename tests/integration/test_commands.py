@@ -393,7 +393,7 @@ def test_reading_commands_create_no_rabbitmq_queue_for_quorum_workers_to_trip_on
 ) -> None:
     """``status``, ``dead-letters`` and ``requeue-dead`` with nothing to move declare no
     queue: one declared with this caller's type (classic, the default) would make a
-    quorum deployment's workers fail to declare it (PRECONDITION_FAILED, exit 3)."""
+    quorum deployment's workers fail to declare it (PRECONDITION_FAILED, exit 2)."""
     queues = (target.settings.queue, f"{target.settings.queue}.dead")
     quorum = replace(target.settings, rabbitmq_queue_type="quorum")
     try:
@@ -435,7 +435,7 @@ def test_requeue_dead_moves_a_quorum_deployments_letters_from_any_caller(
 ) -> None:
     """``requeue-dead`` from a shell without DISTQ_RABBITMQ_QUEUE_TYPE=quorum publishes to
     the quorum task queue as it is: declaring it with the caller's type was refused
-    (PRECONDITION_FAILED, exit 3). A task queue not there is declared, the dead-letter
+    (PRECONDITION_FAILED, exit 2). A task queue not there is declared, the dead-letter
     queue left as it is."""
     task_queue, dead_queue = target.settings.queue, f"{target.settings.queue}.dead"
     quorum = replace(target.settings, rabbitmq_queue_type="quorum")

@@ -31,12 +31,14 @@ import pytest
 from brokers import Broker
 from distq.config import Settings
 from distq.envelope import DeadLetter
-from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
+from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.transport import rabbitmq
 from distq.transport.base import Delivery, Settlement
 from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
 from distq.transport.rabbitmq_holds import record_queue
 from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, TASKS_TYPE, task_bodies, unpack
+from faults.proxy import Partition
+from procs import Distq
 from seam import fetch_n
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -159,9 +161,53 @@ def test_a_queue_declared_otherwise_is_a_clear_error(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:
     raw.queue_declare(queue, durable=True)  # no dead-letter arguments
-    with pytest.raises(TransportError, match="DISTQ_QUEUE") as caught:
+    # a setting, not an outage (it was a TransportError: exit 3, a worker retrying for ever)
+    with pytest.raises(ConfigError, match="DISTQ_QUEUE") as caught:
         open_transport()
     assert "already has queue" in str(caught.value)
+
+
+def test_a_worker_stops_exit_2_when_its_queue_is_declared_otherwise_mid_run(
+    amqp_url: str, raw: Any, queue: str
+) -> None:
+    """Another deployment (DISTQ_RABBITMQ_QUEUE_TYPE=quorum) makes the queue again while a
+    worker's connection is down: the worker's declare on reconnecting is refused. Before,
+    it said "reconnecting" and retried for ever, silent, taking no task again; and a
+    worker started on such a queue exited 3, "cannot be reached"."""
+    address = urlsplit(amqp_url)
+    with Partition(address.port or 5672) as partition:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(SRC),
+            "DISTQ_TRANSPORT": "rabbitmq",
+            "DISTQ_AMQP_URL": amqp_url.replace(
+                address.netloc, f"{address.netloc.rpartition(':')[0]}:{partition.port}"
+            ),
+            "DISTQ_QUEUE": queue,
+            "DISTQ_LEASE_SECONDS": "1",  # heartbeats every second: a cut is seen soon
+        }
+        worker = Distq(["worker", "--connect-timeout", "20"], env)
+        try:
+            worker.wait_for(r"^Connect to rabbitmq")
+            deadline = time.monotonic() + 20
+            while raw.queue_declare(queue, passive=True).method.consumer_count == 0:
+                assert time.monotonic() < deadline, worker.output()
+                time.sleep(0.05)
+            partition.cut()
+            worker.wait_for("reconnecting", timeout=20)
+            raw.queue_delete(queue)
+            raw.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+            partition.heal()
+            assert worker.wait(30) == 2, worker.output()
+            assert "already has queue" in worker.output(), worker.output()
+        finally:
+            worker.stop()
+        started = Distq(["worker", "--connect-timeout", "5"], env)
+        try:
+            assert started.wait(30) == 2, started.output()
+            assert "check DISTQ_RABBITMQ_QUEUE_TYPE" in started.output()
+        finally:
+            started.stop()
 
 
 def test_tasks_results_retries_and_dead_letters_are_persistent(

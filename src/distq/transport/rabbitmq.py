@@ -738,7 +738,8 @@ class RabbitMQTransport(Transport):
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != 406:
                 raise
-            raise TransportError(
+            # a setting, not an outage: no reconnect mends it (exit 2, a worker stops warm)
+            raise ConfigError(
                 f"RabbitMQ at {self._broker.address} already has queue {self.queue!r} or "
                 f"{self.dead_queue!r} with other arguments ({exc.reply_text}); check "
                 "DISTQ_RABBITMQ_QUEUE_TYPE, delete them (and its retry queues "
