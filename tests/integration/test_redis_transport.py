@@ -396,12 +396,14 @@ def test_a_key_of_the_queue_made_another_type_since_start_is_named(
     becomes a ConfigError that names the key, not an outage to retry for ever."""
     t = open_transport()
     held = t.consumer("held")
+    producer = t.producer("r")
     raw.set(queue, "not a list")
     with pytest.raises(ConfigError, match=f"Redis key '{queue}' .* holds a string, not the list"):
         held.fetch(1, timeout=0)
     with pytest.raises(ConfigError, match="DISTQ_QUEUE"):  # a consumer connecting checks too
         t.consumer("c")
-    producer = t.producer("r")
+    with pytest.raises(ConfigError, match="DISTQ_QUEUE"):  # and a producer's reconcile
+        t.producer("r2")
     with pytest.raises(ConfigError, match=f"redis-cli -n 0 DEL {queue}"):
         producer.submit([b"x"])
     # the transaction went on past the failed LPUSH, but did not count the body: a
@@ -494,6 +496,27 @@ def test_a_queue_name_another_key_holds_stops_workers_masters_and_commands_at_on
         assert "set DISTQ_QUEUE to a name no other key has" in done.stderr
         assert "reconnect" not in done.stderr and "Traceback" not in done.stderr
     raw.delete(queue)
+
+
+def test_a_master_waiting_for_results_stops_when_its_queue_key_is_made_another_type(
+    redis_url: str, raw: redis.Redis[bytes]
+) -> None:
+    """Its tasks went with the key. Before, a master that had submitted all (no worker
+    yet) touched none of the queue's keys again: it waited until its --timeout, exit 1,
+    never naming the key (README: such a refusal stops the job, exit 2)."""
+    target = _redis_target(redis_url)
+    queue = target.settings.queue
+    master = Distq(["master", "--tasks", "3", "--timeout", "60"], target.process_env())
+    try:
+        master.wait_for("try to get result")
+        raw.delete(queue)
+        raw.set(queue, "hello")
+        assert master.wait(20) == 2, master.output()  # within a reconcile or two (2 s each)
+        assert f"Redis key '{queue}' at 127.0.0.1:" in master.output(), master.output()
+        assert "holds a string, not the list of ready tasks" in master.output()
+    finally:
+        master.stop()
+        raw.delete(queue)
 
 
 @contextlib.contextmanager

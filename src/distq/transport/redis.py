@@ -930,7 +930,13 @@ class RedisProducer(Producer):
         """See :meth:`Producer.reconcile`. After a lapse that a call's own renewal found
         (:meth:`_renew_when_due`), none is held: the count restarted then, so what it
         counts since is not the first bodies of the sequence; it restarts from 0 here,
-        and the caller sends again everything it still waits for."""
+        and the caller sends again everything it still waits for.
+
+        It checks the queue's key types too: a master waiting for its results touches
+        none of them, and would not learn that its tasks went with a key made another
+        type (it waited until its timeout, or for ever)."""
+        with self._t.errors():
+            self._t.check_types(self._w)
         held = self._register()
         if self._lapsed:
             with self._t.errors():
