@@ -26,6 +26,12 @@ class SettledThenFailed(TransportError):
     connection is gone): the batch is settled; only the next one was not leased."""
 
 
+class SettledThenRefused(ConfigError):
+    """A settle went through and the fetch after it, in the same call, was refused for a
+    setting (Redis: the queue's key made another type, an ACL taken away): the batch is
+    settled; the worker stops as for any :class:`ConfigError`."""
+
+
 class ConnectionFailed(TransportError):
     """The broker could not be reached at start; the message names the address."""
 

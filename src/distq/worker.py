@@ -54,7 +54,13 @@ from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console, announce
 from distq.ending import Ending, Endings, describe
-from distq.errors import ConfigError, SettledThenFailed, Shutdown, TransportError
+from distq.errors import (
+    ConfigError,
+    SettledThenFailed,
+    SettledThenRefused,
+    Shutdown,
+    TransportError,
+)
 from distq.health import WorkerHealth
 from distq.masters import MasterWatch
 from distq.runner import TaskRunner
@@ -632,7 +638,7 @@ class Worker:
             if fetch > 0 and not unstarted and not self._stopping.is_set():
                 try:
                     claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
-                except SettledThenFailed:
+                except (SettledThenFailed, SettledThenRefused):
                     self._count(slot, endings, released=0, at=sent)  # settled, not handed back
                     raise
             else:

@@ -39,6 +39,7 @@ from distq.errors import (
     ConfigError,
     ConnectionFailed,
     SettledThenFailed,
+    SettledThenRefused,
     TransportError,
 )
 from distq.tasks import Registry
@@ -1396,6 +1397,29 @@ def test_a_connection_lost_while_a_settle_waits_still_counts_the_settle(
     with pytest.raises(TransportError) as failed:
         consumer.settle_then_fetch([lost], 5, timeout=5)  # sent on a dead connection
     assert not isinstance(failed.value, SettledThenFailed)
+
+
+def test_a_settle_that_went_through_before_its_claim_was_refused_says_so(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """The ready list made another type between a worker's tasks: the settle goes through
+    (the result is out) and the claim after it is refused. Before, the plain ConfigError
+    made the worker count the batch handed back, not done (its summary said 3 ok of the
+    4 results its master had)."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    consumer = t.consumer("c")
+    producer.submit([b"first"])
+    (delivery,) = consumer.fetch(5, timeout=1)
+    raw.delete(queue)
+    raw.set(queue, "not a list")
+    settled = Settlement(delivery, reply_to=producer.reply_to, result=b"r")
+    with pytest.raises(SettledThenRefused, match=f"Redis key '{queue}' .* holds a string"):
+        consumer.settle_then_fetch([settled], 5, timeout=0)
+    assert producer.results(5, timeout=1) == [b"r"]
+    assert consumer._held == []
+    raw.delete(queue)
+    assert t.stats().in_flight == 0
 
 
 def test_a_settle_waits_not_after_a_full_claim_nor_after_retries(

@@ -21,7 +21,7 @@ from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Task
-from distq.errors import ConfigError, SettledThenFailed, TransportError
+from distq.errors import ConfigError, SettledThenFailed, SettledThenRefused, TransportError
 from distq.logs import JsonConsole
 from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry
@@ -178,6 +178,30 @@ def test_a_batch_settled_before_its_next_fetch_failed_counts_as_settled(
     assert sorted(r.value for r in results) == [1, 4, 9, 16, 25]
     assert settled and "broker went away after the settle; reconnecting" in out.getvalue()
     assert re.search(r"^worker exit\. 5 ok, ", out.getvalue(), re.M), out.getvalue()
+    producer.close()
+
+
+def test_a_batch_settled_before_its_next_fetch_was_refused_counts_as_settled(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, when what came after the settle was refused for a setting (Redis: the
+    queue's key made another type): the worker stops, exit 2, its tasks counted ok."""
+    producer = transport.producer("replies")
+    producer.submit([Task(name="square", args=[2], reply_to="replies").encode()])
+    kind = type(transport.consumer("probe"))
+
+    def settle_then_refuse(self: Any, settlements: Any, max_count: int, timeout: float = 0) -> Any:
+        self.settle(settlements)
+        raise SettledThenRefused("the queue's key is another type now")
+
+    monkeypatch.setattr(kind, "settle_then_fetch", settle_then_refuse)
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=1, exit_when_idle=0.5, worker_id="w", prefetch=2)
+    worker = Worker(transport, Registry(), options, Console(quiet=True, out=out, err=out))
+    with pytest.raises(ConfigError, match="another type now"):
+        worker.run()
+    assert [r.value for r in results_of(producer, 1, within=5)] == [4]
+    assert re.search(r"^worker exit\. 1 ok, ", out.getvalue(), re.M), out.getvalue()
     producer.close()
 
 

@@ -239,7 +239,8 @@ class Consumer(abc.ABC):
         By default it only settles and returns none: the caller fetches as usual. A
         failure raises as either call would, and leaves the settle as :meth:`settle`
         leaves it; :class:`~distq.errors.SettledThenFailed` when the settle is known to
-        have gone through (the batch is settled) and what came after it failed."""
+        have gone through (the batch is settled) and what came after it failed,
+        :class:`~distq.errors.SettledThenRefused` when it was refused for a setting."""
         self.settle(settlements)
         return []
 

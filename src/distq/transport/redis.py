@@ -105,6 +105,7 @@ from distq.errors import (
     ConnectionFailed,
     DistqError,
     SettledThenFailed,
+    SettledThenRefused,
     TransportError,
 )
 from distq.transport.base import (
@@ -1175,6 +1176,7 @@ class RedisConsumer(Consumer):
             _raise_first([settled])
             if settled == 1:
                 del held[:count]
+                _settled_then_raise_first(self._t, [first, reply])
             _raise_first([first, reply])
             out = self._claimed(reply, max_count, first)
             held += [d.body for d in out]
@@ -1411,6 +1413,19 @@ def _submitted(replies: list[Any]) -> None:
     own included (a command that failed inside it)."""
     _raise_first(replies)
     _raise_first(replies[-1])
+
+
+def _settled_then_raise_first(transport: RedisTransport, replies: list[Any]) -> None:
+    """Raise the first error among the replies after a settle that went through, as
+    :class:`SettledThenRefused` or :class:`SettledThenFailed`: the caller counts the
+    batch settled (it was: its results are out), not handed back."""
+    try:
+        with transport.errors():
+            _raise_first(replies)
+    except ConfigError as exc:
+        raise SettledThenRefused(str(exc)) from None
+    except TransportError as exc:
+        raise SettledThenFailed(str(exc)) from None
 
 
 def _raise_first(replies: Any) -> None:
