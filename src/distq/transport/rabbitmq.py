@@ -110,7 +110,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
+import shlex
 import ssl
 import threading
 import time
@@ -295,9 +297,12 @@ class _Broker:
     user: str
     vhost: str
     tls_files: tls.TlsFiles = field(default_factory=tls.TlsFiles)
+    queue: str = "distq"  # DISTQ_QUEUE: what a refused permission's hint names
 
     @classmethod
-    def from_url(cls, url: str, tls_files: tls.TlsFiles | None = None) -> _Broker:
+    def from_url(
+        cls, url: str, tls_files: tls.TlsFiles | None = None, queue: str = "distq"
+    ) -> _Broker:
         try:
             params = pika.URLParameters(url)
         except ValueError as exc:
@@ -316,7 +321,13 @@ class _Broker:
             ) from None
         user = unquote(urlsplit(url).username or params.credentials.username)
         return cls(
-            url, params.host, params.port, user, params.virtual_host, tls_files or tls.TlsFiles()
+            url,
+            params.host,
+            params.port,
+            user,
+            params.virtual_host,
+            tls_files or tls.TlsFiles(),
+            queue,
         )
 
     @property
@@ -375,13 +386,44 @@ class _Broker:
 
     @contextlib.contextmanager
     def translated(self, what: str) -> Iterator[None]:
-        """Turn a pika or socket error raised inside into a :class:`TransportError`."""
+        """Turn a pika or socket error raised inside into a :class:`TransportError`; a
+        permission the user lacks (ACCESS_REFUSED) into a :class:`ConfigError`, which no
+        reconnect mends (a master or worker stops, exit 2, instead of retrying, silent)."""
         try:
             yield
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 403:
+                raise ConfigError(self.refused(what, exc.reply_text)) from None
+            raise TransportError(
+                f"RabbitMQ at {self.address}: {what} failed: {_describe(exc)}"
+            ) from None
         except _PikaError as exc:
             raise TransportError(
                 f"RabbitMQ at {self.address}: {what} failed: {_describe(exc)}"
             ) from None
+
+
+    def refused(self, what: str, why: str) -> str:
+        """What to say when RabbitMQ refuses this user ``what`` (``why``: its reply)."""
+        mine = f"^{re.escape(self.queue)}(\\..*)?$"
+        grant = shlex.join(
+            [
+                "rabbitmqctl",
+                "set_permissions",
+                "-p",
+                self.vhost,
+                self.user,
+                mine,
+                f"^({re.escape(self.queue)}(\\..*)?|amq\\.default)$",
+                mine,
+            ]
+        )
+        return (
+            f"RabbitMQ at {self.address} refused user {self.user!r} {what} ({why}); distq "
+            f"needs the configure, write and read permissions on its queues "
+            f"({self.queue!r} and those named {self.queue + '.*'!r}) and write on the "
+            f"exchange amq.default: {grant}"
+        )
 
 
 def _describe(exc: BaseException) -> str:
@@ -690,7 +732,7 @@ class RabbitMQTransport(Transport):
         self.quorum = settings.rabbitmq_queue_type == "quorum"
         self.lease_ms = max(1, round(settings.lease_seconds * 1000))
         self.pack_bytes = pack_bytes(settings.max_message_bytes)  # a pack's byte budget
-        self._broker = _Broker.from_url(settings.amqp_url, settings.tls_files)
+        self._broker = _Broker.from_url(settings.amqp_url, settings.tls_files, settings.queue)
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
         self._admin: _Link | None = None

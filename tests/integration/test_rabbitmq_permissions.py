@@ -1,0 +1,126 @@
+"""A RabbitMQ user with only the permissions the README's Security section gives it runs
+every role, and a permission it lacks is a setting (exit 2, naming the grant), not an
+outage retried in silence. A private broker (tests/launch.py): these tests add users and
+close their connections, which the shared broker must never see.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+
+from conftest import REPO
+from launch import LocalRabbitMQ
+from procs import Distq
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+GRANT = "rabbitmqctl set_permissions -p /"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRabbitMQ]:
+    with LocalRabbitMQ(tmp_path_factory.mktemp("rabbitmq")).start(timeout=120) as started:
+        yield started
+
+
+def _user(server: LocalRabbitMQ, queue: str, write_default: bool = True) -> str:
+    """A new user with the README's permissions on ``queue`` (without write on
+    amq.default if not ``write_default``); its AMQP URL."""
+    name, password = f"u{secrets.token_hex(4)}", secrets.token_hex(8)
+    server.ctl("add_user", name, password)
+    mine = f"^{queue}(\\..*)?$"
+    write = f"^({queue}(\\..*)?|amq\\.default)$" if write_default else mine
+    server.ctl("set_permissions", "-p", "/", name, mine, write, mine)
+    host = server.url.rpartition("@")[2]
+    return f"amqp://{quote(name)}:{quote(password)}@{host}"
+
+
+def _env(url: str, queue: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(
+        PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO / 'tests'}",
+        DISTQ_TRANSPORT="rabbitmq",
+        DISTQ_AMQP_URL=url,
+        DISTQ_QUEUE=queue,
+    )
+    return env
+
+
+def _distq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "distq", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def test_the_readmes_permissions_run_every_role(server: LocalRabbitMQ) -> None:
+    queue = f"t{secrets.token_hex(4)}"
+    env = _env(_user(server, queue), queue)
+    worker = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "3"], env)
+    try:
+        job = _distq(env, "master", "--tasks", "20", "--timeout", "60", "--quiet")
+        assert job.returncode == 0, job.stdout + job.stderr
+        failed = _distq(
+            env,
+            "submit",
+            "--wait",
+            "--timeout",
+            "30",
+            "--max-attempts",
+            "2",
+            "jobs:fail_with",
+            '"x"',
+        )  # a retry, then a dead letter
+        assert failed.returncode == 1 and "failed 2 of 2 attempts" in failed.stderr, failed
+        for args in (["status"], ["dead-letters"], ["requeue-dead"]):
+            done = _distq(env, *args)
+            assert done.returncode == 0, (args, done.stdout, done.stderr)
+        assert worker.wait(60) == 0, worker.output()
+    finally:
+        worker.stop()
+
+
+def test_a_permission_missing_at_start_exits_2_naming_the_grant(server: LocalRabbitMQ) -> None:
+    """Before: exit 3 ("cannot be reached") with pika's tuple, the credentials accepted."""
+    queue = f"t{secrets.token_hex(4)}"
+    env = _env(_user(server, queue, write_default=False), queue)
+    done = _distq(env, "submit", "jobs:add", "1", "2")
+    assert done.returncode == 2, done.stderr
+    assert "ACCESS_REFUSED - access to exchange 'amq.default'" in done.stderr, done.stderr
+    assert f"{GRANT} " in done.stderr and "amq\\.default)$'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_permissions_taken_away_mid_job_stop_the_master_and_worker_exit_2(
+    server: LocalRabbitMQ,
+) -> None:
+    """Before: both retried for ever without a word (the master until its --timeout,
+    exit 1, naming no reason)."""
+    queue = f"t{secrets.token_hex(4)}"
+    url = _user(server, queue)
+    env = _env(url, queue)
+    user = url.split("//")[1].split(":")[0]
+    worker = Distq(["worker", "--tasks", "jobs"], env)
+    master = Distq(["master", "--tasks", "3", "--task-delay", "30", "--timeout", "150"], env)
+    try:
+        worker.wait_for("^Get task", timeout=60)
+        server.ctl("set_permissions", "-p", "/", user, "^$", "^$", "^$")
+        server.ctl("close_all_connections", "permissions taken away")
+        for proc in (master, worker):
+            assert proc.wait(90) == 2, proc.output()
+            assert f"refused user '{user}'" in proc.output(), proc.output()
+            assert GRANT in proc.output(), proc.output()
+    finally:
+        master.stop()
+        worker.stop()
