@@ -277,6 +277,7 @@ class WorkerHealth(ProcessHealth):
         orphaned: int = 0,
         retry_in: float = 0.0,
         kept: int = 0,
+        since: float | None = None,
     ) -> None:
         """Count settled deliveries; each is exactly one of these outcomes.
 
@@ -285,9 +286,13 @@ class WorkerHealth(ProcessHealth):
         ones went back to the queue unprocessed. ``retry_in``: seconds until the latest
         of the ``retried`` tasks' next attempts is due (see :meth:`idle_for`). ``kept``
         ones a full queue refused to take back leave the hand uncounted: the consumer
-        keeps them, and its next fetch takes them again (:meth:`took`)."""
+        keeps them, and its next fetch takes them again (:meth:`took`). ``since``
+        (this health's clock): when the worker sent the settle, if the call waited for
+        tasks after it (Redis's settle and claim in one round trip): the idle time of
+        ``--exit-when-idle`` counts from then, not from the end of that wait."""
         with self._lock:
-            self._last_activity = now = self._now()
+            now = self._now() if since is None else since
+            self._last_activity = max(self._last_activity, now)
             if retry_in > 0:
                 self._retry_due = max(self._retry_due, now + retry_in)
             self.tasks_ok += ok
@@ -295,6 +300,10 @@ class WorkerHealth(ProcessHealth):
             self.tasks_retried += retried
             self.dead_lettered += failed + malformed + orphaned
             self.in_hand -= ok + failed + retried + malformed + released + orphaned + kept
+
+    def now(self) -> float:
+        """This health's clock (monotonic seconds), for :meth:`finished`'s ``since``."""
+        return self._now()
 
     def idle_for(self) -> float:
         """Seconds since a task was last taken or finished, or since the last retry this

@@ -565,7 +565,7 @@ class _Run(Generic[E]):
         if r.succeeded:
             self.console.info(
                 f"all {done} results in and correct in {elapsed:.2f} s "
-                f"({r.throughput:,.0f} tasks/s); {r.duplicates} duplicate results ignored"
+                f"({_rate(r.throughput)} tasks/s); {r.duplicates} duplicate results ignored"
             )
         else:
             reason = "stopped" if self.stop.is_set() or self.refused else "timed out"
@@ -587,3 +587,9 @@ class _Run(Generic[E]):
             for problem in r.problems[-10:]:
                 self.console.error(problem)
         return r
+
+
+def _rate(per_second: float) -> str:
+    """Tasks per second as the summary line says it: whole numbers, and two significant
+    digits below 10 (a job slower than one task in two seconds said "0 tasks/s")."""
+    return f"{per_second:,.0f}" if per_second >= 10 else f"{per_second:.2g}"

@@ -632,18 +632,19 @@ class Worker:
         slow for one batch: idle workers may take them)."""
         assert slot.consumer is not None
         claimed: list[Delivery] = []
-        sent = time.time()  # the lines' time: settle_then_fetch may wait for tasks after
+        # the lines' time, and the idle clock's: settle_then_fetch may wait for tasks after
+        sent, since = time.time(), self.health.now()
         if endings:
             settlements = self.runner.endings.settlements(endings)
             if fetch > 0 and not unstarted and not self._stopping.is_set():
                 try:
                     claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
                 except (SettledThenFailed, SettledThenRefused):
-                    self._count(slot, endings, released=0, at=sent)  # settled, not handed back
+                    self._count(slot, endings, 0, sent, since=since)  # settled, not handed back
                     raise
             else:
                 slot.consumer.settle(settlements)
-        self._count(slot, endings, released=0, at=sent)
+        self._count(slot, endings, 0, sent, since=since)
         if unstarted:
             back = slot.consumer.release(unstarted)
             self._count(slot, [], released=len(unstarted), at=sent, kept=len(unstarted) - back)
@@ -656,6 +657,7 @@ class Worker:
         released: int,
         at: float | None = None,
         kept: int = 0,
+        since: float | None = None,
     ) -> None:
         """``endings`` were settled and ``released`` deliveries left the slot's hands,
         ``kept`` of them refused by the broker and kept by the consumer (they come back
@@ -671,5 +673,5 @@ class Worker:
         retry_in = 0.0  # a retry due later keeps --exit-when-idle waiting for it
         if counts["retried"]:
             retry_in = max(e.settlement.retry_delay for e in endings if e.outcome == "retried")
-        self.health.finished(released=released, retry_in=retry_in, kept=kept, **counts)
+        self.health.finished(released=released, retry_in=retry_in, kept=kept, since=since, **counts)
         self.telemetry.settled(endings, released, at)

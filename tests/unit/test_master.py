@@ -387,3 +387,13 @@ def test_percentile_nearest_rank() -> None:
     assert percentile(values, 0.5) == 50.0
     assert percentile(values, 0.99) == 99.0
     assert percentile([3.0], 0.99) == 3.0
+
+
+@pytest.mark.parametrize(
+    ("per_second", "said"),
+    [(0.498, "0.5"), (0.04, "0.04"), (1.99, "2"), (9.4, "9.4"), (12.4, "12"), (7802.2, "7,802")],
+)
+def test_the_summary_says_a_slow_jobs_rate_not_0_tasks_per_second(
+    per_second: float, said: str
+) -> None:
+    assert master_module._rate(per_second) == said  # before: "0 tasks/s" below 0.5

@@ -205,6 +205,33 @@ def test_a_batch_settled_before_its_next_fetch_was_refused_counts_as_settled(
     producer.close()
 
 
+def test_exit_when_idle_counts_from_the_settle_not_from_the_end_of_the_wait_after_it(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis settles and waits for the next task in one round trip (up to a second).
+    The idle clock started when that call returned: a Redis worker exited about 2 s past
+    its --exit-when-idle, others on time (diff12). Here the wait is 3.5 s, the idle time
+    3: the worker exits once the wait ends (and its next fetch, up to 1 s), not 3 s later."""
+    producer = transport.producer("replies")
+    producer.submit([Task(name="square", args=[3], reply_to="replies").encode()])
+    kind = type(transport.consumer("probe"))
+    settled: list[float] = []
+
+    def settle_then_wait(self: Any, settlements: Any, max_count: int, timeout: float = 0) -> Any:
+        self.settle(settlements)
+        settled.append(time.monotonic())
+        time.sleep(3.5)  # no task came
+        return []
+
+    monkeypatch.setattr(kind, "settle_then_fetch", settle_then_wait)
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=1, exit_when_idle=3.0, worker_id="w", prefetch=2)
+    assert Worker(transport, Registry(), options, Console(quiet=True, out=out, err=out)).run() == 0
+    assert settled, out.getvalue()
+    assert time.monotonic() - settled[0] < 5.5  # before: 6.5 to 7.5 s
+    producer.close()
+
+
 def test_a_settle_that_always_fails_does_not_rerun_its_batch_in_a_hot_loop(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -402,7 +402,6 @@ class _Broker:
                 f"RabbitMQ at {self.address}: {what} failed: {_describe(exc)}"
             ) from None
 
-
     def refused(self, what: str, why: str) -> str:
         """What to say when RabbitMQ refuses this user ``what`` (``why``: its reply)."""
         mine = f"^{re.escape(self.queue)}(\\..*)?$"
