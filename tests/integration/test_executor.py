@@ -541,6 +541,45 @@ def test_an_executor_used_in_a_forked_child_refuses_work_and_frees_the_hosts_por
     assert "child exit status 0" in lines, out
 
 
+FORKS_WITH_A_WORKER = """
+    import os, subprocess, sys, time
+    import distq
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "distq", "worker", "--tasks", "jobs", "--connect-timeout", "20"]
+    )
+    try:
+        with distq.Executor() as ex:
+            print("first:", ex.submit("jobs:add", 1, 2).result(30), flush=True)
+            reader, writer = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # a multiprocessing pool's worker, say: it outlives the executor
+                os.close(writer)
+                os.read(reader, 1)
+                os._exit(0)
+            os.close(reader)
+        started = time.monotonic()
+        with distq.Executor() as ex:  # the worker sees the first one go, and comes back
+            print("second:", ex.submit("jobs:add", 2, 3).result(60), flush=True)
+        print(f"second took {time.monotonic() - started:.0f} s", flush=True)
+        os.close(writer)
+        os.waitpid(pid, 0)
+    finally:
+        worker.terminate()
+        worker.wait(20)
+"""
+
+
+def test_a_forked_child_does_not_hold_a_manager_executors_workers() -> None:
+    """The child closed its copy of the listener, not of the workers' connections: while
+    it lived, a worker did not see the parent's executor close, and came back to the next
+    one on the address only about 30 s later (exec12)."""
+    out, _ = run_program(FORKS_WITH_A_WORKER, manager_env(), timeout=120)
+    lines = out.splitlines()
+    assert "first: 3" in lines and "second: 5" in lines, out
+    took = next(int(line.split()[2]) for line in lines if line.startswith("second took"))
+    assert took < 10, out  # before: 30 to 33 s
+
+
 FORGETS_AN_EXECUTOR = """
     import atexit
     seen = []

@@ -799,6 +799,8 @@ class ManagerTransport(Transport):
         self._role = role
         self._acceptor: threading.Thread | None = None
         self._logged: dict[str, float] = {}  # accept problem -> when last logged
+        # the connections being served: a child made by fork() closes its copies
+        self._served: set[_ServedConnection] = set()
         self._inspector: _Broker | None = None  # a worker's proxy for stats(), kept
         self._inspector_lock = threading.Lock()
         if role == "master":
@@ -850,11 +852,13 @@ class ManagerTransport(Transport):
                 continue
             try:
                 _accepted(conn)
+                self._served.add(conn)
                 threading.Thread(
                     target=self._serve, args=(conn, handshakes), name="distq-serve", daemon=True
                 ).start()
             except Exception as exc:  # RuntimeError: can't start new thread
                 handshakes.release()
+                self._served.discard(conn)
                 conn.close()
                 self._log_accept_problem(
                     "thread",
@@ -877,6 +881,7 @@ class ManagerTransport(Transport):
         try:
             self._serve_requests(conn, handshakes)
         finally:
+            self._served.discard(conn)
             if conn.refused is not None:
                 log.error(
                     "master at %s: dropped the connection from %s: it sent a message the "
@@ -1061,10 +1066,17 @@ class ManagerTransport(Transport):
             self._server.listener.close()
 
     def close_inherited(self) -> None:
-        """The child's copy of the listening socket: closed (not shut down), so the
-        address is free once the parent closes its own."""
+        """The child's copies of the listening socket and of the workers' connections:
+        closed (not shut down, which would cut the parent's), so the address is free once
+        the parent closes its own, and a worker sees the parent's close at once (a child
+        holding its connection kept it waiting about 30 s). No lock: in the child, only
+        the thread that forked runs."""
         if self._server is not None:
             self._server.listener.close()
+            for conn in list(self._served):
+                with contextlib.suppress(OSError):
+                    conn.close()
+            self._served.clear()
 
     def _wake_acceptor(self) -> None:
         """End the thread blocked in ``accept()``: until it returns, the listening socket
