@@ -215,7 +215,9 @@ class Executor(concurrent.futures.Executor):
             except TypeError as exc:
                 raise TypeError(f"call {number} of map(): {exc}") from None
         if chunksize == 1:
-            futures = self._submit([(name, call, dict(keywords), name) for call in calls])
+            futures = self._submit(
+                [(name, call, dict(keywords), name) for call in calls], mapped=True
+            )
             return self._results(futures, timeout, end, None)
         chunks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
         try:
@@ -277,8 +279,13 @@ class Executor(concurrent.futures.Executor):
         self._callbacks.join()
 
     def _submit(
-        self, calls: Sequence[tuple[str, list[Any], Mapping[str, Any], str]]
+        self,
+        calls: Sequence[tuple[str, list[Any], Mapping[str, Any], str]],
+        mapped: bool = False,
     ) -> list[DistqFuture[Any]]:
+        """Futures for ``calls`` (name, arguments, keywords, the name shown), all sent or
+        none; ``mapped``: a task too large is named as ``map()``'s call N, not by the id
+        of a task never sent."""
         if self._dispatcher.forked():
             raise BrokenExecutor(FORKED)
         with self._lock:
@@ -287,7 +294,7 @@ class Executor(concurrent.futures.Executor):
         now = time.monotonic()
         deadline = None if self.task_timeout is None else now + self.task_timeout
         entries = []
-        for name, args, kwargs, shown in calls:
+        for number, (name, args, kwargs, shown) in enumerate(calls, 1):
             task = Task(
                 name=name,
                 args=args,
@@ -295,9 +302,19 @@ class Executor(concurrent.futures.Executor):
                 reply_to=self.reply_to,
                 max_attempts=self.max_attempts,
             )
+            try:
+                sealed = self._codec.seal_task(task)
+            except MessageTooLarge as exc:
+                if not mapped:
+                    raise
+                why = str(exc).partition("cannot be submitted: ")[2]
+                raise type(exc)(
+                    f"map() of {shown}: call {number} cannot be submitted: {why}; nothing "
+                    "was sent"
+                ) from None
             future: DistqFuture[Any]
             future = DistqFuture(self._dispatcher.cancel, task.id, shown, self._callbacks)
-            entries.append(Entry(task, self._codec.seal_task(task), future, deadline))
+            entries.append(Entry(task, sealed, future, deadline))
         # checked again and handed on under the lock: a shutdown() either comes first
         # (RuntimeError) or after, and then its Stop is queued behind these tasks
         with self._lock:

@@ -680,3 +680,11 @@ def test_a_chunk_is_checked_for_what_a_chunk_can_carry_and_says_the_fix(
         "smaller chunksize, or large data by reference"
     ), caught.value
     assert ex.stats().ready == 0
+    # one call at a time: named by its number, not by the id of a task never sent (exec12)
+    with pytest.raises(MessageTooLarge) as caught:
+        ex.map("jobs:echo", ["a", "b", "y" * 1_100_000])
+    assert str(caught.value).startswith(
+        "map() of jobs:echo: call 3 cannot be submitted: task would be 1,1"
+    ), caught.value
+    assert str(caught.value).endswith("; nothing was sent"), caught.value
+    assert ex.stats().ready == 0
