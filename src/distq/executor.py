@@ -309,8 +309,7 @@ class Executor(concurrent.futures.Executor):
                     raise
                 why = str(exc).partition("cannot be submitted: ")[2]
                 raise type(exc)(
-                    f"map() of {shown}: call {number} cannot be submitted: {why}; nothing "
-                    "was sent"
+                    f"map() of {shown}: call {number} cannot be submitted: {why}; nothing was sent"
                 ) from None
             future: DistqFuture[Any]
             future = DistqFuture(self._dispatcher.cancel, task.id, shown, self._callbacks)
