@@ -402,8 +402,8 @@ def _worker(
 ) -> int:
     fewer_collections()
     short = descriptors.room_for(args.concurrency, settings.transport)
-    if short is not None:
-        console.error(short)
+    if short is not None:  # its slots past the limit would retry for ever, its probes starve
+        raise ConfigError(short)
     observe = WorkerObservability(settings, console, args.concurrency, registry.runnable())
     try:
         transport = _connect(settings, "worker", args.connect_timeout, console)

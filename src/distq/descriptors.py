@@ -4,7 +4,10 @@ Each Redis or RabbitMQ slot has its own connection: a RabbitMQ slot holds about 
 descriptors (13 open with one slot, 41 with 8, 73 with 16), a Redis slot one (32 slots
 fit in 40, not in 30), manager slots fewer (64 fit in 64, 256 not in 128). A slot
 that could not open one failed as if the broker were away ("Too many open files; is it
-running?"), retried for ever, and kept ``--exit-when-idle`` from ending the worker.
+running?"), retried for ever, and kept ``--exit-when-idle`` from ending the worker; its
+retries took every descriptor that came free, so the metrics endpoint could not accept
+a probe (``/healthz`` unanswered: a container marked unhealthy, a pod restarted). A
+worker whose hard limit is too low for its slots does not start.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ def open_now() -> int:
 
 def room_for(concurrency: int, transport: str) -> str | None:
     """Raise the soft limit on open files as far as ``concurrency`` slots need (up to
-    the hard limit, as any process may); a warning line when even that is too low."""
-    need = open_now() + MARGIN + PER_SLOT.get(transport, 4) * concurrency
+    the hard limit, as any process may); what to tell the user when even that is too
+    low (the worker then does not start: a configuration error)."""
+    per_slot, others = PER_SLOT.get(transport, 4), open_now() + MARGIN
+    need = others + per_slot * concurrency
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return None
@@ -48,9 +53,10 @@ def room_for(concurrency: int, transport: str) -> str | None:
             soft = wanted
     if soft >= need:
         return None
+    fit = max(0, (soft - others) // per_slot)
     return (
-        f"warning: --concurrency {concurrency} needs about {need} open files and this "
-        f"process may have {soft} (ulimit -n; its hard limit: {hard}): the slots past "
-        "that cannot connect, and retry as if the broker were away; raise the limit, or "
-        "lower --concurrency"
+        f"--concurrency {concurrency} needs about {need} open files and this process may "
+        f"have {soft} (ulimit -n; its hard limit: {hard}): lower --concurrency to {fit} "
+        "or less, or raise the hard limit (docker run --ulimit nofile=N, a pod's or "
+        "service's LimitNOFILE)"
     )

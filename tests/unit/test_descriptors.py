@@ -37,14 +37,15 @@ def test_the_soft_limit_is_raised_as_far_as_the_slots_need() -> None:
     assert line == "None" and int(soft) == int(opened) + descriptors.MARGIN + 64 * 4
 
 
-def test_a_hard_limit_too_low_for_the_slots_is_said_at_start() -> None:
+def test_a_hard_limit_too_low_for_the_slots_says_how_many_fit() -> None:
     line, soft, opened = _under(64, 100)
     assert soft == "100"  # raised as far as it may go
     need = int(opened) + descriptors.MARGIN + 64 * 4
+    fit = (100 - int(opened) - descriptors.MARGIN) // 4
     assert line == (
-        f"warning: --concurrency 64 needs about {need} open files and this process may have "
-        "100 (ulimit -n; its hard limit: 100): the slots past that cannot connect, and "
-        "retry as if the broker were away; raise the limit, or lower --concurrency"
+        f"--concurrency 64 needs about {need} open files and this process may have 100 "
+        f"(ulimit -n; its hard limit: 100): lower --concurrency to {fit} or less, or raise "
+        "the hard limit (docker run --ulimit nofile=N, a pod's or service's LimitNOFILE)"
     )
 
 
@@ -59,3 +60,28 @@ def test_a_hard_limit_too_low_for_the_slots_is_said_at_start() -> None:
 )
 def test_out_of_descriptors_is_told_from_a_broker_away(error: object, out: bool) -> None:
     assert descriptors.out_of_descriptors(error) is out
+
+
+def test_a_worker_whose_hard_limit_is_too_low_does_not_start() -> None:
+    """Before: a warning, then the slots past the limit retried for ever and took every
+    descriptor that came free, so its /healthz went unanswered (a container marked
+    unhealthy, a pod restarted; stack12). Refused before it connects: no broker here."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": ":".join(sys.path),
+        "DISTQ_TRANSPORT": "redis",
+        "DISTQ_REDIS_URL": "redis://127.0.0.1:9/0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "distq", "worker", "--concurrency", "64", "--quiet"],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("distq: --concurrency 64 needs about "), done.stderr
+    assert "lower --concurrency to 3" in done.stderr, done.stderr  # about 35 fit in 40
+    assert "cannot reach" not in done.stderr
