@@ -121,19 +121,8 @@ up() {
         log "WORKERS=$WORKERS: say how many workers, e.g. WORKERS=3"
         exit 2
     fi
-    # ports first: a refusal leaves the running stack, and .env, as they were
+    # ports and images first: a refusal leaves the running stack, and .env, as they were
     check_ports "$transport" "$grafana"
-    for var in $KNOBS; do
-        if [ -n "${!var:-}" ]; then env_set "$var" "${!var}"; fi
-    done
-
-    if [ "$previous" != "$transport" ] && [ -n "$(containers)" ]; then
-        log "the transport changes from $previous to $transport: removing the old stack's containers"
-        compose_all down --remove-orphans >/dev/null 2>&1
-    fi
-    env_set COMPOSE_FILE "$(compose_files "$transport")"
-    env_set COMPOSE_PROFILES "$(compose_profiles "$transport" "$grafana")"
-
     # Images: one named by the caller wins; a stand-in from an earlier run is tried anew.
     for var in $IMAGES; do
         if [ -z "${!var:-}" ]; then
@@ -145,6 +134,17 @@ up() {
     done
     resolved=$(scripts/compose-images.sh resolve "$([ "$grafana" = 1 ] && echo grafana)") \
         || die "the stack's images cannot be had (above)"
+    for var in $KNOBS; do
+        if [ -n "${!var:-}" ]; then env_set "$var" "${!var}"; fi
+    done
+
+    if [ "$previous" != "$transport" ] && [ -n "$(containers)" ]; then
+        log "the transport changes from $previous to $transport: removing the old stack's containers"
+        compose_all down --remove-orphans >/dev/null 2>&1
+    fi
+    env_set COMPOSE_FILE "$(compose_files "$transport")"
+    env_set COMPOSE_PROFILES "$(compose_profiles "$transport" "$grafana")"
+
     while IFS= read -r line; do
         env_set "${line%%=*}" "${line#*=}"
     done <<<"$resolved"

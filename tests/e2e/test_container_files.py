@@ -276,6 +276,57 @@ def test_make_job_on_manager_reports_a_master_that_does_not_restart(
     assert made == ["stop", "run", "start"], made  # started once, not again on exit
 
 
+def test_make_up_refused_for_an_image_leaves_env_as_it_was(tmp_path: Path) -> None:
+    """`make up GRAFANA=1` with no registry: refused, and .env as before. It wrote
+    GRAFANA=1 and the grafana profile first, so every later plain `make up` failed the
+    same way until `make up GRAFANA=0` (stack12)."""
+    env_file = tmp_path / "stack.env"
+    before = (
+        "DISTQ_TRANSPORT=redis\nCOMPOSE_PROJECT_NAME=fake\nGRAFANA=0\n"
+        "PROMETHEUS_PORT=1\nREDIS_PORT=2\nRABBITMQ_PORT=3\nRABBITMQ_MANAGEMENT_PORT=4\n"
+        "GRAFANA_PORT=5\n"
+        + "".join(  # the secrets a first `make up` makes
+            f"{name}={'0' * 32}\n"
+            for name in (
+                "DISTQ_AUTHKEY",
+                "DISTQ_SIGNING_KEYS",
+                "REDIS_PASSWORD",
+                "RABBITMQ_PASSWORD",
+                "GRAFANA_ADMIN_PASSWORD",
+            )
+        )
+    )
+    env_file.write_text(before)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_docker = bin_dir / "docker"  # every image is here but Grafana, and nothing pulls
+    fake_docker.write_text(
+        '#!/bin/sh\ncase "$1 $2 $3" in\n  "image inspect grafana"*) exit 1 ;;\n'
+        "  pull*) exit 1 ;;\nesac\nexit 0\n"
+    )
+    fake_compose = bin_dir / "fake-compose"
+    fake_compose.write_text("#!/bin/sh\nexit 0\n")
+    for fake in (fake_docker, fake_compose):
+        fake.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts/compose-stack.sh"), "up"],
+        env={
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "DISTQ_ENV_FILE": str(env_file),
+            "DISTQ_COMPOSE": str(fake_compose),
+            "GRAFANA": "1",
+        },
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0, done.stderr
+    assert "Grafana needs a registry" in done.stderr, done.stderr
+    assert env_file.read_text() == before
+
+
 # Builtins and syntax bash 3.2 (macOS's /bin/bash, what `#!/usr/bin/env bash` finds
 # there) lacks; every script `make` runs must keep clear of them.
 _BASH4_ONLY = re.compile(
