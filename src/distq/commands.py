@@ -317,6 +317,9 @@ def _status(
     stats = transport.stats()
     in_flight, unknown_why = _in_flight(stats, settings)
     if args.json:
+        if in_flight is None and ManagementApi.from_settings(settings) is not None:
+            # set, and it failed: said on stderr (stdout stays JSON), or null reads as unset
+            console.error(f"in_flight is null: {unknown_why}")
         say(
             json.dumps(
                 {

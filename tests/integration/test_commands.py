@@ -388,6 +388,28 @@ def _rabbitmq_queues(target: Target, *names: str) -> list[str]:
 
 
 @pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+def test_status_json_says_why_in_flight_is_null_when_the_management_api_fails(
+    target: Target,
+) -> None:
+    """Set and failing, it printed null as when unset, and said nothing (docs12)."""
+    env = target.process_env(DISTQ_RABBITMQ_MANAGEMENT_URL="http://127.0.0.1:9")
+    done = subprocess.run(
+        [sys.executable, "-m", "distq", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["in_flight"] is None
+    assert done.stderr.startswith("distq: in_flight is null: "), done.stderr
+    assert "DISTQ_RABBITMQ_MANAGEMENT_URL" in done.stderr, done.stderr
+    unset = distq(target, "status", "--json")  # not set: null, as documented, and no line
+    assert json.loads(unset.stdout)["in_flight"] is None and unset.stderr == ""
+
+
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
 def test_reading_commands_create_no_rabbitmq_queue_for_quorum_workers_to_trip_on(
     target: Target,
 ) -> None:
