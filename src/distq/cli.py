@@ -223,8 +223,9 @@ WORKERS_ONLY = {
 def main(argv: Sequence[str] | None = None) -> int:
     escaping(sys.stdout, sys.stderr)  # an ASCII locale: escaped, not a failure
     args = _parser().parse_args(argv)
-    if args.role == "probe":
-        return run_probe(args, os.environ)
+    if args.role == "probe":  # no settings but this one: its errors as the others' lines
+        wanted = os.environ.get("DISTQ_LOG_FORMAT", "").strip()
+        return run_probe(args, os.environ, make_console(wanted, "probe", args.quiet))
     flags = {e.variable: getattr(args, e.variable) for e in SETTINGS}
     fields = {}
     if args.role == "worker":  # named now: the JSON lines carry it from the first one

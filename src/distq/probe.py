@@ -11,12 +11,11 @@ import argparse
 import contextlib
 import http.client
 import signal
-import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from distq import flagtypes
-from distq.console import say
+from distq.console import Console, say
 from distq.http import probe
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
@@ -49,17 +48,17 @@ def add_probe_parser(roles: Any) -> None:
     )
 
 
-def run_probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    """Run ``distq probe``; return its exit code."""
+def run_probe(args: argparse.Namespace, environ: Mapping[str, str], console: Console) -> int:
+    """Run ``distq probe``; return its exit code. Its errors go through ``console`` (a
+    JSON line each under ``DISTQ_LOG_FORMAT=json``); the answer is printed as it came."""
     port = args.port
     if port is None:
         raw = environ.get("DISTQ_METRICS_PORT", "").strip()
         if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
             what = f"is {raw!r}" if raw else "is not set"
-            print(
-                f"distq: DISTQ_METRICS_PORT {what}; pass --port or set it to the port the "
-                "process serves /healthz and /readyz on",
-                file=sys.stderr,
+            console.error(
+                f"DISTQ_METRICS_PORT {what}; pass --port or set it to the port the "
+                "process serves /healthz and /readyz on"
             )
             return EXIT_CONFIG
         port = int(raw)
@@ -69,18 +68,17 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         flagtypes.host(host)
     except argparse.ArgumentTypeError as exc:  # only the variable's can be wrong here
-        print(f"distq: DISTQ_METRICS_HOST {exc}; pass --host", file=sys.stderr)
+        console.error(f"DISTQ_METRICS_HOST {exc}; pass --host")
         return EXIT_CONFIG
     try:
         with _within(args.timeout):
             status, body = probe(f"/{args.check}", host.strip("[]"), port, args.timeout)
     except (OSError, http.client.HTTPException) as exc:  # no answer, or not HTTP's
         said = str(exc)  # a peer that is not HTTP: its first line, raw (escapes, a CR)
-        print(
-            f"distq: no answer from http://{host}:{port}/{args.check}: "
+        console.error(
+            f"no answer from http://{host}:{port}/{args.check}: "
             f"{said if said.isprintable() else repr(said)}; "
-            "is a distq process with DISTQ_METRICS_PORT running here?",
-            file=sys.stderr,
+            "is a distq process with DISTQ_METRICS_PORT running here?"
         )
         return EXIT_UNHEALTHY
     say(body.rstrip("\n"))  # a reader that left (| grep -q) is no failure of the process

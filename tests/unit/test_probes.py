@@ -344,6 +344,20 @@ def test_distq_probe_without_an_endpoint() -> None:
     assert "DISTQ_METRICS_PORT is not set" in done.stderr
 
 
+def test_distq_probe_writes_its_errors_as_json_lines_when_asked() -> None:
+    """Every other command did; the probe's errors stayed text (docs12)."""
+    for args, env in (
+        (["readyz"], {}),
+        (["healthz", "--port", str(free_port()), "--timeout", "2"], {}),
+        (["healthz"], {"DISTQ_METRICS_PORT": "9100", "DISTQ_METRICS_HOST": "no host"}),
+    ):
+        done = probe(*args, DISTQ_LOG_FORMAT="json", **env)
+        (line,) = done.stderr.splitlines()
+        event = json.loads(line)
+        assert (event["level"], event["role"]) == ("error", "probe"), line
+        assert event["message"].startswith(("DISTQ_METRICS_", "no answer from")), line
+
+
 @pytest.mark.parametrize("answer", ["garbage", "trickle"])
 def test_distq_probe_of_a_peer_that_is_no_distq_endpoint_says_no_answer_in_time(
     answer: str,
