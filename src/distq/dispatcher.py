@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import heapq
 import logging
 import os
@@ -425,6 +426,24 @@ class Dispatcher(threading.Thread):
                 error.__cause__ = self.broken_by  # ConfigError or TransportError: exit 2 or 3
                 entry.future.set_exception(error)
 
+    def fail_stuck(self, reason: str) -> int:
+        """At exit, from the exiting thread, while this one is stuck in a broker call:
+        take no more commands, answer the cancels waiting, and fail every unanswered
+        future with :class:`BrokenExecutor` (their done-callbacks run); how many."""
+        with self._lock:
+            self._ended = True
+        try:
+            entries = self._unanswered(answer_cancels=True)
+        except RuntimeError:  # changed while read: the thread is not stuck after all
+            return 0
+        failed = 0
+        for entry in entries:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                if not entry.future.done():
+                    entry.future.set_exception(BrokenExecutor(reason))
+                    failed += 1
+        return failed
+
     def _unanswered(self, answer_cancels: bool) -> list[Entry]:
         """The entries not answered yet, those of the Submits still queued too; the queue
         is emptied, its cancels answered (with what they can be: done or not) where
@@ -504,4 +523,11 @@ def _stop_at_exit() -> None:
         why = "the interpreter is exiting with the executor still open"
         if dispatcher.put(Stop(cancel_futures=False, abandon=why)):
             dispatcher.join(timeout=5)
+            if dispatcher.is_alive():  # still in a broker call: a broker that hangs
+                failed = dispatcher.fail_stuck(f"{why}, its broker not answering")
+                log.warning(
+                    "the executor's thread was still waiting for the broker at exit: "
+                    "%d unanswered futures failed without it",
+                    failed,
+                )
             dispatcher.callbacks.join(timeout=5)

@@ -580,6 +580,33 @@ def test_a_forked_child_does_not_hold_a_manager_executors_workers() -> None:
     assert took < 10, out  # before: 30 to 33 s
 
 
+LEAVES_WITH_ITS_BROKER_STOPPED = """
+    import tempfile, time
+    from pathlib import Path
+    import distq
+    from launch import LocalRedis
+    server = LocalRedis(Path(tempfile.mkdtemp()), die_with_parent=True).start()
+    ex = distq.Executor(transport="redis", redis_url=server.url, queue="stopped")
+    future = ex.submit("jobs:add", 1, 2)  # no worker
+    future.add_done_callback(
+        lambda f: print("callback:", type(f.exception()).__name__, flush=True)
+    )
+    time.sleep(0.5)
+    server.pause()  # SIGSTOP: the executor's thread waits in a read
+    print("exiting", flush=True)
+"""
+
+
+def test_an_executor_left_open_fails_its_futures_at_exit_even_with_its_broker_hung() -> None:
+    """The exit waited 5 s for the executor's thread, stuck in a read of a stopped
+    Redis, then left: the future never failed and its done-callback never ran (exec12)."""
+    out, took = run_program(LEAVES_WITH_ITS_BROKER_STOPPED, manager_env(), timeout=60)
+    lines = out.splitlines()
+    assert "callback: BrokenExecutor" in lines, out
+    assert "unanswered futures failed without it" in out, out
+    assert took < 30, out
+
+
 FORGETS_AN_EXECUTOR = """
     import atexit
     seen = []
