@@ -106,8 +106,11 @@ class Dispatcher(threading.Thread):
         self.broken: str | None = None  # why the thread stopped early, if it did
         self.broken_by: BaseException | None = None  # the error that stopped it, if any
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # guards _ended against put()
+        self._lock = threading.Lock()  # guards _ended and _not_sent against put() and cancel()
         self._ended = False
+        # the tasks of Submits put and not yet sent: a cancel() takes one back at once,
+        # on its caller's thread, however long this thread waits for the broker
+        self._not_sent: set[str] = set()
         self.finishing = False  # told to stop once every future is answered (shutdown)
         self._unsent: dict[str, Entry] = {}  # submitted to us, not yet to the broker
         self._unsent_order: deque[Entry] = deque()  # the same, oldest first (and cancelled)
@@ -126,6 +129,8 @@ class Dispatcher(threading.Thread):
                 return False
             if isinstance(command, Stop) and command.abandon is None and command.wait_at_exit:
                 self.finishing = True
+            elif isinstance(command, Submit):
+                self._not_sent.update(entry.task.id for entry in command.entries)
             self._commands.put(command)
             return True
 
@@ -134,15 +139,32 @@ class Dispatcher(threading.Thread):
         return self.broken == FORKED
 
     def cancel(self, futures: list[DistqFuture[Any]]) -> list[bool]:
-        """Cancel ``futures`` where possible (on the thread); one answer each."""
-        command = CancelCommand(futures)
-        if threading.current_thread() is self:
-            self._cancel(command)
-        elif self.put(command):
-            command.done.wait()
-        else:
-            return [f.cancelled() for f in futures]
-        return command.answers
+        """Cancel ``futures`` where possible; one answer each. A task not sent yet is
+        taken back here, at once; one sent is withdrawn by the thread (a broker call)."""
+        with self._lock:
+            taken = [f for f in futures if f.task_id in self._not_sent]
+            self._not_sent.difference_update(f.task_id for f in taken)
+        answers = {id(f): _cancelled(f) or f.cancelled() for f in taken}
+        rest = [f for f in futures if id(f) not in answers]
+        if rest:
+            command = CancelCommand(rest)
+            if threading.current_thread() is self:
+                self._cancel(command)
+            elif self.put(command):
+                command.done.wait()
+            else:
+                command.answers = [f.cancelled() for f in rest]
+            answers.update(zip(map(id, rest), command.answers, strict=True))
+        return [answers[id(f)] for f in futures]
+
+    def _sending(self, entry: Entry) -> bool:
+        """Whether ``entry``, not sent yet, is still to be sent (not cancelled, not
+        timed out): it leaves :attr:`_not_sent`, so a cancel() no longer takes it."""
+        with self._lock:
+            if entry.task.id not in self._not_sent:
+                return False
+            self._not_sent.discard(entry.task.id)
+            return True
 
     # -- the thread ------------------------------------------------------------
     def run(self) -> None:
@@ -288,7 +310,8 @@ class Dispatcher(threading.Thread):
         batch: list[Entry] = []
         while self._unsent_order and len(batch) < MESSAGE_BATCH:
             entry = self._unsent_order.popleft()
-            if self._unsent.pop(entry.task.id, None) is not None:  # else cancelled or late
+            # else cancelled or late: on this thread (_unsent) or on the caller's
+            if self._unsent.pop(entry.task.id, None) is not None and self._sending(entry):
                 batch.append(entry)
         self.collector.expect((entry.task.id, entry) for entry in batch)
         bodies = [entry.body for entry in batch]
@@ -310,8 +333,9 @@ class Dispatcher(threading.Thread):
             for future in command.futures:
                 if future.done():
                     answers[id(future)] = future.cancelled()
-                elif self._unsent.pop(future.task_id, None) is not None:
-                    answers[id(future)] = _cancelled(future)
+                elif (entry := self._unsent.pop(future.task_id, None)) is not None:
+                    mine = self._sending(entry)  # else a cancel() on its caller's thread
+                    answers[id(future)] = _cancelled(future) if mine else future.cancelled()
                 elif (entry := self.collector.entry(future.task_id)) is not None:
                     withdraw.append(entry)
                 else:
@@ -336,7 +360,8 @@ class Dispatcher(threading.Thread):
             _, task_id = heapq.heappop(self._deadlines)
             entry = self._unsent.pop(task_id, None)
             if entry is not None:
-                unsent.append(entry)
+                if self._sending(entry):  # else a cancel() took it back meanwhile
+                    unsent.append(entry)
             elif (entry := self.collector.entry(task_id)) is not None:
                 sent.append(entry)
         self._prune_deadlines()
@@ -418,6 +443,8 @@ class Dispatcher(threading.Thread):
         """Fail every unanswered future, and answer every command left (the thread ends)."""
         entries = self._unanswered(answer_cancels=True)
         self._unsent.clear()
+        with self._lock:
+            self._not_sent.clear()
         self._unsent_order.clear()
         self.collector.forget()
         for entry in entries:

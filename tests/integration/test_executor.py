@@ -18,6 +18,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from conftest import REPO, Target
 from distq.config import Settings
 from distq.errors import BrokenExecutor, MessageTooLarge, RemoteError, TaskTimeout
 from distq.futures import DistqFuture
+from launch import LocalRedis
 from procs import Distq
 
 pytestmark = pytest.mark.integration
@@ -578,6 +580,35 @@ def test_a_forked_child_does_not_hold_a_manager_executors_workers() -> None:
     assert "first: 3" in lines and "second: 5" in lines, out
     took = next(int(line.split()[2]) for line in lines if line.startswith("second took"))
     assert took < 10, out  # before: 30 to 33 s
+
+
+def test_cancel_takes_back_a_task_not_sent_at_once_while_the_broker_hangs(
+    tmp_path: Path,
+) -> None:
+    """The executor's thread waits in a read of a stopped Redis: a cancel() of a task not
+    sent yet waited for that thread, about 12 s (exec12), blocking the event loop of an
+    asyncio.wrap_future caller. It is taken back on the caller's thread now."""
+    with LocalRedis(tmp_path).start() as server:
+        ex = distq.Executor(transport="redis", redis_url=server.url, queue="hung")
+        try:
+            waiting = ex.submit("jobs:add", 1, 2)  # no worker: the thread reads results
+            time.sleep(0.5)
+            server.pause()
+            time.sleep(1.0)  # the thread is in a read now
+            late = ex.submit("jobs:add", 3, 4)
+            started = time.monotonic()
+            assert late.cancel() is True
+            assert time.monotonic() - started < 1.0  # before: about 12 s
+            assert late.cancelled() and not waiting.done()
+            server.resume()
+            deadline = time.monotonic() + 30
+            while ex.stats().ready != 1:  # the first task; the cancelled one is never sent
+                assert time.monotonic() < deadline, ex.stats()
+                time.sleep(0.1)
+            time.sleep(0.5)
+            assert ex.stats().ready == 1
+        finally:
+            ex.close()
 
 
 LEAVES_WITH_ITS_BROKER_STOPPED = """
