@@ -67,10 +67,6 @@ def key_id(key: bytes) -> str:
     return hmac.new(key, b"distq key id", hashlib.sha256).hexdigest()[:_ID_LENGTH]
 
 
-def is_signed(message: bytes) -> bool:
-    return message.startswith(MAGIC)
-
-
 class Signer:
     """Signs with the first of ``keys`` and accepts a signature by any of them."""
 
