@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,9 @@ class Dispatcher(threading.Thread):
         # the tasks of Submits put and not yet sent: a cancel() takes one back at once,
         # on its caller's thread, however long this thread waits for the broker
         self._not_sent: set[str] = set()
+        # set at exit while this thread waited for a hung broker (fail_stuck): the futures
+        # are failed; once back, the thread sends nothing more and ends
+        self._given_up = False
         self.finishing = False  # told to stop once every future is answered (shutdown)
         self._unsent: dict[str, Entry] = {}  # submitted to us, not yet to the broker
         self._unsent_order: deque[Entry] = deque()  # the same, oldest first (and cancelled)
@@ -176,17 +180,22 @@ class Dispatcher(threading.Thread):
         finally:
             with self._lock:
                 self._ended = True
-            self._fail_all(self.broken or "the executor has stopped")
-            try:
-                self.producer.close()
-            except Exception as exc:  # closing must not hide why the loop ended
-                log.warning("could not close the executor's producer: %s", exc)
-            self.transport.close()
+            # each step whatever the one before did: no future may hang, nothing stay open
+            steps: list[tuple[Callable[[], None], str]] = [
+                (lambda: self._fail_all(self.broken or "the executor has stopped"), "fail"),
+                (self.producer.close, "close the producer of"),
+                (self.transport.close, "close the connection of"),
+            ]
+            for step, what in steps:
+                try:
+                    step()
+                except Exception as exc:  # closing must not hide why the loop ended
+                    log.warning("could not %s the executor: %s", what, exc)
             self.callbacks.close()  # after the last future was resolved
             running.discard(self)
 
     def _loop(self) -> None:
-        while True:
+        while not self._given_up:
             idle = not self._unsent and not self.collector.outstanding
             if idle and self._stopping:
                 return
@@ -225,6 +234,8 @@ class Dispatcher(threading.Thread):
         self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
         waiting = self.collector.waiting_ids().__contains__
         held = self.producer.reconcile()
+        if self._given_up:  # back from a hung broker after the exit failed the futures
+            return
         again = self.ledger.reconcile(held, waiting, self.collector.outstanding)
         if again:
             log.warning("the broker lost %d tasks the executor waits for: sent again", len(again))
@@ -253,6 +264,8 @@ class Dispatcher(threading.Thread):
                 if not self._offline_until(time.monotonic() + wait):
                     return False
                 continue
+            if self._given_up:
+                return False
             log.warning("reconnected to the broker after %.1f s", time.monotonic() - started)
             return True
 
@@ -421,6 +434,11 @@ class Dispatcher(threading.Thread):
         future = entry.future
         if future.done():
             return
+        with contextlib.suppress(concurrent.futures.InvalidStateError):  # see fail_stuck
+            self._resolve(future, result)
+
+    @staticmethod
+    def _resolve(future: DistqFuture[Any], result: Result) -> None:
         if result.status == "ok":
             future.set_result(result.value)
             return
@@ -441,16 +459,17 @@ class Dispatcher(threading.Thread):
 
     def _fail_all(self, reason: str) -> None:
         """Fail every unanswered future, and answer every command left (the thread ends)."""
+        with self._lock:  # a cancel() from now on waits for no one: this thread has ended
+            self._not_sent.clear()
         entries = self._unanswered(answer_cancels=True)
         self._unsent.clear()
-        with self._lock:
-            self._not_sent.clear()
         self._unsent_order.clear()
         self.collector.forget()
         for entry in entries:
-            if not entry.future.done():
-                error = BrokenExecutor(reason)
-                error.__cause__ = self.broken_by  # ConfigError or TransportError: exit 2 or 3
+            error = BrokenExecutor(reason)
+            error.__cause__ = self.broken_by  # ConfigError or TransportError: exit 2 or 3
+            # a cancel() on its caller's thread may resolve it between a check and this
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
                 entry.future.set_exception(error)
 
     def fail_stuck(self, reason: str) -> int:
@@ -458,17 +477,19 @@ class Dispatcher(threading.Thread):
         take no more commands, answer the cancels waiting, and fail every unanswered
         future with :class:`BrokenExecutor` (their done-callbacks run); how many."""
         with self._lock:
-            self._ended = True
+            self._ended, self._given_up = True, True
+            self._not_sent.clear()  # nothing more is sent
         try:
             entries = self._unanswered(answer_cancels=True)
         except RuntimeError:  # changed while read: the thread is not stuck after all
-            return 0
+            entries = []
         failed = 0
         for entry in entries:
             with contextlib.suppress(concurrent.futures.InvalidStateError):
                 if not entry.future.done():
                     entry.future.set_exception(BrokenExecutor(reason))
                     failed += 1
+        self.callbacks.close()  # they run, then its thread ends: the exit need not wait
         return failed
 
     def _unanswered(self, answer_cancels: bool) -> list[Entry]:
@@ -492,7 +513,8 @@ def _cancelled(future: DistqFuture[Any]) -> bool:
     """Cancel a pending future and tell its waiters (``concurrent.futures.wait``) so."""
     if not concurrent.futures.Future.cancel(future):
         return False
-    future.set_running_or_notify_cancel()
+    with contextlib.suppress(RuntimeError):  # told already: by a cancel on another thread
+        future.set_running_or_notify_cancel()
     return True
 
 
@@ -540,21 +562,30 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_AT_EXIT = "the interpreter is exiting with the executor still open"
+
+
 @atexit.register
 def _stop_at_exit() -> None:
+    stopping: list[Dispatcher] = []
     for dispatcher in list(running):
         if dispatcher.finishing:
             dispatcher.join()
             dispatcher.callbacks.join()
             continue
-        why = "the interpreter is exiting with the executor still open"
-        if dispatcher.put(Stop(cancel_futures=False, abandon=why)):
-            dispatcher.join(timeout=5)
-            if dispatcher.is_alive():  # still in a broker call: a broker that hangs
-                failed = dispatcher.fail_stuck(f"{why}, its broker not answering")
+        if dispatcher.put(Stop(cancel_futures=False, abandon=_AT_EXIT)):
+            stopping.append(dispatcher)
+    deadline = time.monotonic() + 5  # for all of them at once, not 5 s each
+    for dispatcher in stopping:
+        dispatcher.join(timeout=max(0.0, deadline - time.monotonic()))
+    for dispatcher in stopping:
+        if dispatcher.is_alive():  # still in a broker call: a broker that hangs
+            failed = dispatcher.fail_stuck(f"{_AT_EXIT}, its broker not answering")
+            if failed:
                 log.warning(
                     "the executor's thread was still waiting for the broker at exit: "
                     "%d unanswered futures failed without it",
                     failed,
                 )
-            dispatcher.callbacks.join(timeout=5)
+    for dispatcher in stopping:
+        dispatcher.callbacks.join(timeout=max(0.0, deadline + 5 - time.monotonic()))

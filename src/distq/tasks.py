@@ -124,12 +124,23 @@ def task_name(function: str | Callable[..., Any]) -> str:
 def bound(
     function: str | Callable[..., Any],
 ) -> tuple[str | Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-    """``function`` without a ``functools.partial`` around it, and the arguments that
-    partial binds (none otherwise): the task to send, and what goes before a call's own
-    arguments and keywords (a nested partial is already flat)."""
-    if isinstance(function, functools.partial):
-        return function.func, function.args, dict(function.keywords)
-    return function, (), {}
+    """``function`` without the ``functools.partial`` objects around it, and the
+    arguments they bind (none otherwise): the task to send, and what goes before a
+    call's own arguments and keywords. A partial nests another when Python did not
+    flatten them (the inner one has attributes). Raises ``TypeError`` for a partial
+    subclass with its own ``__call__``: a worker would call the function, not that."""
+    args: tuple[Any, ...] = ()
+    keywords: dict[str, Any] = {}
+    while isinstance(function, functools.partial):
+        if type(function).__call__ is not functools.partial.__call__:
+            raise TypeError(
+                f"{type(function).__qualname__} is a functools.partial with a __call__ of "
+                "its own, which a worker would not run; submit the function it wraps, or "
+                "a module-level function that does what that __call__ does"
+            )
+        args, keywords = (*function.args, *args), {**function.keywords, **keywords}
+        function = function.func
+    return function, args, keywords
 
 
 def _import(module_name: str, flag: str) -> ModuleType:

@@ -287,3 +287,91 @@ def test_a_flood_of_submits_does_not_hold_up_the_first_sends() -> None:
     assert waiting_at_first_send[0] >= dispatching.COMMANDS_PER_TURN
     assert dispatcher.put(Stop(False))
     dispatcher.join(10)
+
+
+class Hangs:
+    """A producer whose broker never answers a results read until ``release`` is set."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.submitted: list[list[bytes]] = []
+
+    def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
+        self.submitted.append(list(bodies))
+        return []
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        self.release.wait(30)
+        raise TransportError("Redis at 127.0.0.1:1: Timeout reading")
+
+    def withdraw(self, bodies: Any) -> list[bool]:
+        return [False for _ in bodies]
+
+    def reconcile(self) -> int:
+        return 0  # it lost them all: a thread still running would send them again
+
+    def close(self) -> None:
+        pass
+
+
+def _entry(dispatcher: Dispatcher, callbacks: Callbacks) -> Entry:
+    task = Task(name="square", args=[3], reply_to="r")
+    future = DistqFuture[Any](dispatcher.cancel, task.id, "square", callbacks)
+    return Entry(task, task.encode(), future, None)
+
+
+def test_a_cancel_resolving_a_future_as_the_thread_fails_it_leaves_none_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancel() on its caller's thread may resolve a future between _fail_all's look
+    and its set_exception: the thread died there with InvalidStateError, and every
+    later future stayed pending for ever (diff12b). One is cancelled at that very
+    moment here; the others still fail, and the callbacks' thread ends."""
+    callbacks = Callbacks()
+    dispatcher = Dispatcher(Closed(), BrokerGoneAtWithdraw(), Codec(), callbacks)  # type: ignore[arg-type]
+    entries = [_entry(dispatcher, callbacks) for _ in range(3)]
+    real = BrokenExecutor
+
+    class CancelledMeanwhile(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any) -> None:
+            if not entries[0].future.done():
+                dispatching._cancelled(entries[0].future)  # as a caller's cancel() would
+            super().__init__(*args)
+
+    monkeypatch.setattr(dispatching, "BrokenExecutor", CancelledMeanwhile)
+    assert dispatcher.put(Submit(entries))
+    assert dispatcher.put(Stop(False, abandon="closed"))
+    dispatcher.start()
+    dispatcher.join(10)
+    assert not dispatcher.is_alive()
+    assert entries[0].future.cancelled()
+    for entry in entries[1:]:
+        assert isinstance(entry.future.exception(0), real)
+
+
+def test_at_exit_a_thread_stuck_on_a_hung_broker_fails_its_futures_and_sends_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exit fails the futures from its own thread; the thread, back from its wait,
+    reconnected and sent those tasks again, and the exit waited 5 s more for a callback
+    thread nobody had told to end (diff12b)."""
+    callbacks = Callbacks()
+    producer = Hangs()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    monkeypatch.setattr(dispatching, "running", {dispatcher})
+    entry = _entry(dispatcher, callbacks)
+    seen: list[BaseException | None] = []
+    entry.future.add_done_callback(lambda f: seen.append(f.exception()))
+    dispatcher.start()
+    assert dispatcher.put(Submit([entry]))
+    time.sleep(0.3)  # sent; the thread waits in a read that does not return
+    started = time.monotonic()
+    dispatching._stop_at_exit()
+    assert time.monotonic() - started < 7  # 5 s for the thread, not 5 more for callbacks
+    assert len(seen) == 1 and isinstance(seen[0], BrokenExecutor), seen
+    producer.release.set()  # the broker answers again: the thread must not send again
+    dispatcher.join(10)
+    assert not dispatcher.is_alive()
+    assert producer.submitted == [[entry.body]], producer.submitted

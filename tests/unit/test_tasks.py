@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 import distq
+import jobs
 from distq.chunks import CHUNK_TASK
 from distq.ending import Endings
 from distq.envelope import DeadLetter, Task
 from distq.errors import ConfigError, UnknownTask
 from distq.squares import square
-from distq.tasks import Registry, task_name
+from distq.tasks import Registry, bound, task_name
 from distq.transport import Delivery
 
 
@@ -400,3 +401,23 @@ def test_a_generator_returned_and_a_coroutine_in_a_chunk_fail_saying_what_they_a
         "without awaiting it; register a plain function that runs it, e.g. "
         "def fetch_now(url): return asyncio.run(fetch(url))",
     ]
+
+
+def test_bound_unwraps_every_partial_and_refuses_one_with_a_call_of_its_own() -> None:
+    """A partial Python did not flatten (the inner one has an attribute) was refused as
+    'neither a task name nor a module-level function'; a subclass's own __call__ was
+    ignored, silent (diff12b)."""
+    inner = functools.partial(jobs.add, 1)
+    inner.note = "kept"  # type: ignore[attr-defined]  # Python no longer flattens it
+    outer = functools.partial(inner, b=2)
+    assert outer.func is inner
+    assert bound(outer) == (jobs.add, (1,), {"b": 2})
+    keywords = functools.partial(functools.partial(jobs.add, b=1), b=5)  # the outer one wins
+    assert bound(keywords) == (jobs.add, (), {"b": 5})
+
+    class Times10(functools.partial):  # type: ignore[type-arg]
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return super().__call__(*args, **kwargs) * 10
+
+    with pytest.raises(TypeError, match=r"Times10 is a functools\.partial with a __call__"):
+        bound(Times10(jobs.add, 1))
