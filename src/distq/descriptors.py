@@ -16,9 +16,10 @@ import contextlib
 import os
 import resource
 
-#: Descriptors per slot, by transport, and for the rest of the process beyond those open
-#: at start (the metrics endpoint, a report file).
-PER_SLOT, MARGIN = {"rabbitmq": 4, "redis": 1, "manager": 1}, 2
+#: Descriptors per slot, by transport; the transport's own connection (RabbitMQ: about
+#: 4, so 41 with 8 slots); and for the rest of the process beyond those open at start
+#: (the metrics endpoint and a probe or scrape it serves, a report file).
+PER_SLOT, OWN, MARGIN = {"rabbitmq": 4, "redis": 1, "manager": 1}, {"rabbitmq": 4}, 2
 #: What a connection that failed for want of a descriptor says to do.
 HINT = "this process is out of file descriptors (ulimit -n): raise it, or lower --concurrency"
 
@@ -41,7 +42,7 @@ def room_for(concurrency: int, transport: str) -> str | None:
     """Raise the soft limit on open files as far as ``concurrency`` slots need (up to
     the hard limit, as any process may); what to tell the user when even that is too
     low (the worker then does not start: a configuration error)."""
-    per_slot, others = PER_SLOT.get(transport, 4), open_now() + MARGIN
+    per_slot, others = PER_SLOT.get(transport, 4), open_now() + OWN.get(transport, 1) + MARGIN
     need = others + per_slot * concurrency
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:

@@ -124,3 +124,23 @@ def test_permissions_taken_away_mid_job_stop_the_master_and_worker_exit_2(
     finally:
         master.stop()
         worker.stop()
+
+
+def test_a_vhost_queue_limit_is_named_as_it_is_not_as_a_queue_declared_otherwise(
+    server: LocalRabbitMQ,
+) -> None:
+    """RabbitMQ refuses a declare past a vhost's max-queues with a 406 too: it was said
+    to be a queue 'already declared with other arguments', to delete (diff12a)."""
+    vhost = f"v{secrets.token_hex(4)}"
+    server.ctl("add_vhost", vhost)
+    try:
+        server.ctl("set_permissions", "-p", vhost, server.user, ".*", ".*", ".*")
+        server.ctl("set_vhost_limits", "-p", vhost, '{"max-queues": 1}')
+        url = server.url.rsplit("/", 1)[0] + f"/{vhost}"
+        done = _distq(_env(url, "q"), "submit", "jobs:add", "1", "2")
+        assert done.returncode == 2, done.stderr
+        assert "queue limit in vhost" in done.stderr, done.stderr
+        assert f"list_vhost_limits -p {vhost}" in done.stderr, done.stderr
+        assert "other arguments" not in done.stderr
+    finally:
+        server.ctl("delete_vhost", vhost)

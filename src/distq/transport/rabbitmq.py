@@ -392,8 +392,8 @@ class _Broker:
         try:
             yield
         except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 403:
-                raise ConfigError(self.refused(what, exc.reply_text)) from None
+            if exc.reply_code == 403:  # its text names what was refused, ``what`` may not
+                raise ConfigError(self.refused(exc.reply_text)) from None
             raise TransportError(
                 f"RabbitMQ at {self.address}: {what} failed: {_describe(exc)}"
             ) from None
@@ -402,8 +402,8 @@ class _Broker:
                 f"RabbitMQ at {self.address}: {what} failed: {_describe(exc)}"
             ) from None
 
-    def refused(self, what: str, why: str) -> str:
-        """What to say when RabbitMQ refuses this user ``what`` (``why``: its reply)."""
+    def refused(self, why: str) -> str:
+        """What to say when RabbitMQ refuses this user access (``why``: its reply)."""
         mine = f"^{re.escape(self.queue)}(\\..*)?$"
         grant = shlex.join(
             [
@@ -418,7 +418,7 @@ class _Broker:
             ]
         )
         return (
-            f"RabbitMQ at {self.address} refused user {self.user!r} {what} ({why}); distq "
+            f"RabbitMQ at {self.address} refused user {self.user!r} ({why}); distq "
             f"needs the configure, write and read permissions on its queues "
             f"({self.queue!r} and those named {self.queue + '.*'!r}) and write on the "
             f"exchange amq.default: {grant}"
@@ -780,6 +780,12 @@ class RabbitMQTransport(Transport):
             if exc.reply_code != 406:
                 raise
             # a setting, not an outage: no reconnect mends it (exit 2, a worker stops warm)
+            if "inequivalent arg" not in exc.reply_text:  # a vhost's queue limit, say
+                raise ConfigError(
+                    f"RabbitMQ at {self._broker.address} refused to declare queue "
+                    f"{self.queue!r} or {self.dead_queue!r} ({exc.reply_text}); see "
+                    f"rabbitmqctl list_vhost_limits -p {shlex.quote(self._broker.vhost)}"
+                ) from None
             raise ConfigError(
                 f"RabbitMQ at {self._broker.address} already has queue {self.queue!r} or "
                 f"{self.dead_queue!r} with other arguments ({exc.reply_text}); check "
