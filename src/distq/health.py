@@ -287,8 +287,8 @@ class WorkerHealth(ProcessHealth):
         of the ``retried`` tasks' next attempts is due (see :meth:`idle_for`). ``kept``
         ones a full queue refused to take back leave the hand uncounted: the consumer
         keeps them, and its next fetch takes them again (:meth:`took`). ``since``
-        (this health's clock): when the worker sent the settle, if the call waited for
-        tasks after it (Redis's settle and claim in one round trip): the idle time of
+        (this health's clock): when the slot went idle, if the settle's call went on to
+        wait for tasks (Redis's settle and claim in one round trip): the idle time of
         ``--exit-when-idle`` counts from then, not from the end of that wait."""
         with self._lock:
             now = self._now() if since is None else since

@@ -632,16 +632,20 @@ class Worker:
         slow for one batch: idle workers may take them)."""
         assert slot.consumer is not None
         claimed: list[Delivery] = []
-        # the lines' time, and the idle clock's: settle_then_fetch may wait for tasks after
-        sent, since = time.time(), self.health.now()
+        sent = time.time()  # the lines' time: settle_then_fetch may wait for tasks after
+        since: float | None = None  # when the slot went idle: now, unless it waited since
         if endings:
             settlements = self.runner.endings.settlements(endings)
             if fetch > 0 and not unstarted and not self._stopping.is_set():
+                began = self.health.now()
                 try:
                     claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
                 except (SettledThenFailed, SettledThenRefused):
-                    self._count(slot, endings, 0, sent, since=since)  # settled, not handed back
+                    self._count(slot, endings, 0, sent)  # settled, not handed back
                     raise
+                # up to ``wait`` of the call was a wait for tasks (Redis): idle since its
+                # start at the latest; the settle itself (a broker that blocks it) is not
+                since = max(began, self.health.now() - wait)
             else:
                 slot.consumer.settle(settlements)
         self._count(slot, endings, 0, sent, since=since)

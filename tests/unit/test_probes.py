@@ -170,6 +170,21 @@ def test_a_worker_is_not_idle_while_a_retry_it_published_waits_out_its_delay() -
     assert health.idle_for() == pytest.approx(0.1)
 
 
+def test_a_settle_that_waited_for_tasks_counts_idle_from_when_the_wait_began() -> None:
+    """Redis settles and waits for the next task in one round trip: the idle time of
+    --exit-when-idle counted from the end of that wait, so a Redis worker exited about
+    a wait later than the others (diff12). Never earlier than the last activity."""
+    clock = Clock()
+    health = WorkerHealth(clock=clock)
+    health.took(1)
+    clock.now += 2.0
+    health.finished(ok=1, since=clock.now - 1.0)  # its last second was a wait for tasks
+    assert health.idle_for() == pytest.approx(1.0)
+    health.took(1)
+    health.finished(ok=1, since=clock.now - 5.0)  # before the last activity: that counts
+    assert health.idle_for() == pytest.approx(0.0)
+
+
 # -- the HTTP endpoint ------------------------------------------------------------------
 
 

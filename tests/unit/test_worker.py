@@ -205,30 +205,37 @@ def test_a_batch_settled_before_its_next_fetch_was_refused_counts_as_settled(
     producer.close()
 
 
-def test_exit_when_idle_counts_from_the_settle_not_from_the_end_of_the_wait_after_it(
+def test_a_settle_the_broker_held_up_is_no_idle_time_for_exit_when_idle(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Redis settles and waits for the next task in one round trip (up to a second).
-    The idle clock started when that call returned: a Redis worker exited about 2 s past
-    its --exit-when-idle, others on time (diff12). Here the wait is 3.5 s, the idle time
-    3: the worker exits once the wait ends (and its next fetch, up to 1 s), not 3 s later."""
+    """A settle a broker held up (a RabbitMQ alarm, a Redis stall) is not idleness: the
+    worker counted it as such and quit as the broker let go, leaving the tasks that came
+    then queued (diff12a, a regression of this session's own fix). Only the wait for
+    tasks after the settle counts (Redis settles and waits in one round trip: a worker
+    there exited about 2 s after the others, diff12)."""
     producer = transport.producer("replies")
     producer.submit([Task(name="square", args=[3], reply_to="replies").encode()])
     kind = type(transport.consumer("probe"))
-    settled: list[float] = []
+    original = kind.settle_then_fetch
+    calls: list[float] = []
 
-    def settle_then_wait(self: Any, settlements: Any, max_count: int, timeout: float = 0) -> Any:
+    def held_up_once(self: Any, settlements: Any, max_count: int, timeout: float = 0) -> Any:
+        calls.append(time.monotonic())
+        if len(calls) > 1:
+            return original(self, settlements, max_count, timeout)
+        time.sleep(3.0)  # the broker holds the settle
         self.settle(settlements)
-        settled.append(time.monotonic())
-        time.sleep(3.5)  # no task came
+        time.sleep(timeout)  # then the wait for tasks: none yet
+        threading.Timer(0.5, producer.submit, [[later.encode()]]).start()  # one comes
         return []
 
-    monkeypatch.setattr(kind, "settle_then_fetch", settle_then_wait)
+    later = Task(name="square", args=[4], reply_to="replies")
+    monkeypatch.setattr(kind, "settle_then_fetch", held_up_once)
     out = io.StringIO()
-    options = WorkerOptions(concurrency=1, exit_when_idle=3.0, worker_id="w", prefetch=2)
+    options = WorkerOptions(concurrency=1, exit_when_idle=2.0, worker_id="w", prefetch=2)
     assert Worker(transport, Registry(), options, Console(quiet=True, out=out, err=out)).run() == 0
-    assert settled, out.getvalue()
-    assert time.monotonic() - settled[0] < 5.5  # before: 6.5 to 7.5 s
+    assert sorted(r.value for r in results_of(producer, 2, within=5)) == [9, 16], out.getvalue()
+    assert re.search(r"^worker exit\. 2 ok, ", out.getvalue(), re.M), out.getvalue()
     producer.close()
 
 
