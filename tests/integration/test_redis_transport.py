@@ -520,6 +520,36 @@ def test_a_master_waiting_for_results_stops_when_its_queue_key_is_made_another_t
         raw.delete(queue)
 
 
+def test_a_master_collects_the_results_of_leased_tasks_before_a_wrong_typed_key_stops_it(
+    redis_url: str, raw: redis.Redis[bytes]
+) -> None:
+    """The workers finish the tasks they hold and send their results (they stop warm):
+    this session's first fix stopped the master at its next reconcile, 2 missing, the
+    results sent after it had gone (diff12a)."""
+    target = _redis_target(redis_url)
+    queue = target.settings.queue
+    env = target.process_env()
+    worker = Distq(["worker", "--concurrency", "2"], env)
+    master = Distq(
+        ["master", "--tasks", "2", "--task-delay", "6", "--timeout", "60", "--wait-workers", "2"],
+        env,
+    )
+    try:
+        worker.wait_for(r"Get task .*\n.*Get task", timeout=60)  # both leased
+        raw.delete(queue)
+        raw.set(queue, "hello")
+        assert master.wait(60) in (0, 2), master.output()
+        out = master.output()
+        assert "all 2 results in" in out or "2 of 2 results in" in out, out
+        assert "missing" not in out, out
+        assert worker.wait(30) == 2, worker.output()
+        assert "2 ok" in worker.output(), worker.output()
+    finally:
+        master.stop()
+        worker.stop()
+        raw.delete(queue)
+
+
 @contextlib.contextmanager
 def _acl_user(raw: redis.Redis[bytes], *rules: str) -> Iterator[str]:
     """A Redis user with these ACL rules and password "pw"; its name. Deleted after."""

@@ -660,6 +660,16 @@ class RedisTransport(Transport):
             if kind not in ("none", want):
                 raise self._wrong_type(key, kind, want, what)
 
+    def leased(self, wire: _Wire) -> int:
+        """Tasks of the queue leased to workers now (each worker's in-flight list): two
+        round trips, without the ready list, which may be of another type."""
+        (consumers,) = wire.pipeline([("ZRANGE", self.consumers_key, 0, -1)])
+        if isinstance(consumers, Exception) or not consumers:
+            return 0
+        prefix = self.inflight_prefix.encode()
+        lengths = wire.pipeline([("LLEN", prefix + consumer) for consumer in consumers])
+        return sum(n for n in lengths if isinstance(n, int))
+
     def _typed_keys(self) -> list[tuple[str, str, str]]:
         """The queue's keys (not those per consumer or job), their type, what they hold."""
         return [
@@ -876,6 +886,7 @@ class RedisProducer(Producer):
         self._renew_at = 0.0
         self._count = 0  # bodies the broker counts as submitted (``submitted`` in state)
         self._lapsed = False  # a renewal from a call found the registration lapsed
+        self._refused_said = False  # the queue's key of another type: said once
         self.reconcile()  # register: workers run only the tasks of registered masters
 
     def submit(self, bodies: Sequence[bytes]) -> None:
@@ -935,9 +946,19 @@ class RedisProducer(Producer):
 
         It checks the queue's key types too: a master waiting for its results touches
         none of them, and would not learn that its tasks went with a key made another
-        type (it waited until its timeout, or for ever)."""
+        type (it waited until its timeout, or for ever). Such a key stops it once no
+        task of the queue is leased any more: the workers finish theirs and send their
+        results (they stop warm), which it still collects."""
         with self._t.errors():
-            self._t.check_types(self._w)
+            try:
+                self._t.check_types(self._w)
+            except ConfigError as wrong:
+                leased = self._t.leased(self._w)
+                if not leased:
+                    raise
+                if not self._refused_said:
+                    self._refused_said = True
+                    log.warning("%s; waiting for the %d tasks leased to workers", wrong, leased)
         held = self._register()
         if self._lapsed:
             with self._t.errors():
