@@ -38,10 +38,12 @@ from seam import fetch_n
 pytestmark = pytest.mark.integration
 
 
-def distq(target: Target, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def distq(
+    target: Target, *args: str, timeout: float = 90, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "distq", *args],
-        env=target.process_env(),
+        env=target.process_env(**env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -392,15 +394,7 @@ def test_status_json_says_why_in_flight_is_null_when_the_management_api_fails(
     target: Target,
 ) -> None:
     """Set and failing, it printed null as when unset, and said nothing (docs12)."""
-    env = target.process_env(DISTQ_RABBITMQ_MANAGEMENT_URL="http://127.0.0.1:9")
-    done = subprocess.run(
-        [sys.executable, "-m", "distq", "status", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    done = distq(target, "status", "--json", DISTQ_RABBITMQ_MANAGEMENT_URL="http://127.0.0.1:9")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["in_flight"] is None
     assert done.stderr.startswith("distq: in_flight is null: "), done.stderr

@@ -20,15 +20,25 @@ PROBE = (
 )
 
 
-def _under(soft: int, hard: int) -> list[str]:
-    """What PROBE prints in a process started with that limit on open files."""
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE],
+def _limited(
+    argv: list[str], soft: int, hard: int, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``argv`` run with that limit on open files."""
+    return subprocess.run(
+        argv,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+        env=env,
         capture_output=True,
         text=True,
-        check=True,
+        timeout=60,
+        check=False,
     )
+
+
+def _under(soft: int, hard: int) -> list[str]:
+    """What PROBE prints in a process started with that limit on open files."""
+    done = _limited([sys.executable, "-c", PROBE], soft, hard)
+    assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
 
@@ -73,15 +83,7 @@ def test_a_worker_whose_hard_limit_is_too_low_does_not_start() -> None:
         "DISTQ_TRANSPORT": "redis",
         "DISTQ_REDIS_URL": "redis://127.0.0.1:9/0",
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "distq", "worker", "--concurrency", "64", "--quiet"],
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _limited([sys.executable, "-m", "distq", "worker", "-c", "64", "--quiet"], 40, 40, env)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("distq: --concurrency 64 needs about "), done.stderr
     assert "lower --concurrency to 3" in done.stderr, done.stderr  # about 34 fit in 40

@@ -26,7 +26,7 @@ from distq.logs import JsonConsole
 from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry
 from distq.timelimits import TimeLimits
-from distq.transport import Transport, open_transport
+from distq.transport import Producer, Transport, open_transport
 from distq.worker import Worker, WorkerOptions
 from launch import free_port
 from seam import results_of
@@ -52,6 +52,13 @@ def run_for(worker: Worker, seconds: float) -> None:
 
 def boom(n: int) -> int:
     raise ValueError(f"bad {n}")
+
+
+def _queued(transport: Transport, *squares: int) -> tuple[Producer, type[Any]]:
+    """A producer with a square task per number queued, and the consumer class to patch."""
+    producer = transport.producer("replies")
+    producer.submit([Task(name="square", args=[n], reply_to="replies").encode() for n in squares])
+    return producer, type(transport.consumer("probe"))
 
 
 def test_a_worker_settles_every_kind_of_task_and_exits_when_idle(transport: Transport) -> None:
@@ -186,9 +193,7 @@ def test_a_batch_settled_before_its_next_fetch_was_refused_counts_as_settled(
 ) -> None:
     """As above, when what came after the settle was refused for a setting (Redis: the
     queue's key made another type): the worker stops, exit 2, its tasks counted ok."""
-    producer = transport.producer("replies")
-    producer.submit([Task(name="square", args=[2], reply_to="replies").encode()])
-    kind = type(transport.consumer("probe"))
+    producer, kind = _queued(transport, 2)
 
     def settle_then_refuse(self: Any, settlements: Any, max_count: int, timeout: float = 0) -> Any:
         self.settle(settlements)
@@ -213,9 +218,7 @@ def test_a_settle_the_broker_held_up_is_no_idle_time_for_exit_when_idle(
     then queued (diff12a, a regression of this session's own fix). Only the wait for
     tasks after the settle counts (Redis settles and waits in one round trip: a worker
     there exited about 2 s after the others, diff12)."""
-    producer = transport.producer("replies")
-    producer.submit([Task(name="square", args=[3], reply_to="replies").encode()])
-    kind = type(transport.consumer("probe"))
+    producer, kind = _queued(transport, 3)
     original = kind.settle_then_fetch
     calls: list[float] = []
 
@@ -245,9 +248,7 @@ def test_a_settle_that_always_fails_does_not_rerun_its_batch_in_a_hot_loop(
     """A broker that refuses every settle (RabbitMQ's 406 on a queue declared otherwise,
     say) hands the batch back each time; before, the slot ran it again at once, thousands
     of times a second. Now the retries back off (0.5 s, 1 s, ... up to 5 s, jittered)."""
-    producer = transport.producer("replies")
-    producer.submit([Task(name="square", args=[3], reply_to="replies").encode()])
-    kind = type(transport.consumer("probe"))
+    _, kind = _queued(transport, 3)
     calls: list[float] = []
 
     def refuse(self: Any, settlements: Any, max_count: int, timeout: float = 0) -> Any:
@@ -563,9 +564,7 @@ def test_task_settled_lines_carry_the_time_of_the_settle_not_of_the_wait_after_i
 ) -> None:
     """settle_then_fetch settles, then waits up to a second for the next tasks: the
     ``task settled`` line is stamped when the settle was sent, not when the wait ended."""
-    producer = transport.producer("replies")
-    producer.submit([Task(name="square", args=[3], reply_to="replies").encode()])
-    kind = type(transport.consumer("probe"))
+    producer, kind = _queued(transport, 3)
     original = kind.settle_then_fetch
     returned: list[float] = []
 
