@@ -291,8 +291,8 @@ class WorkerHealth(ProcessHealth):
         wait for tasks (Redis's settle and claim in one round trip): the idle time of
         ``--exit-when-idle`` counts from then, not from the end of that wait."""
         with self._lock:
-            now = self._now() if since is None else since
-            self._last_activity = max(self._last_activity, now)
+            now = self._now()  # a retry is due from now, whatever ``since`` says
+            self._last_activity = max(self._last_activity, now if since is None else since)
             if retry_in > 0:
                 self._retry_due = max(self._retry_due, now + retry_in)
             self.tasks_ok += ok
