@@ -1197,7 +1197,8 @@ class RedisConsumer(Consumer):
             _raise_first([settled])
             if settled == 1:
                 del held[:count]
-                _settled_then_raise_first(self._t, [first, reply])
+                if isinstance(first, Exception) or isinstance(reply, Exception):
+                    _settled_then_raise_first(self._t, [first, reply])  # not on the way
             _raise_first([first, reply])
             out = self._claimed(reply, max_count, first)
             held += [d.body for d in out]
