@@ -435,23 +435,19 @@ class Dispatcher(threading.Thread):
         if future.done():
             return
         with contextlib.suppress(concurrent.futures.InvalidStateError):  # see fail_stuck
-            self._resolve(future, result)
-
-    @staticmethod
-    def _resolve(future: DistqFuture[Any], result: Result) -> None:
-        if result.status == "ok":
-            future.set_result(result.value)
-            return
-        future.set_exception(
-            RemoteError(
-                future.task_name,
-                result.task_id,
-                result.worker,
-                result.error_type or "Exception",
-                result.error_message or "",
-                result.error_traceback,
+            if result.status == "ok":
+                future.set_result(result.value)
+                return
+            future.set_exception(
+                RemoteError(
+                    future.task_name,
+                    result.task_id,
+                    result.worker,
+                    result.error_type or "Exception",
+                    result.error_message or "",
+                    result.error_traceback,
+                )
             )
-        )
 
     @staticmethod
     def _on_malformed(error: EnvelopeError) -> None:
@@ -465,12 +461,20 @@ class Dispatcher(threading.Thread):
         self._unsent.clear()
         self._unsent_order.clear()
         self.collector.forget()
+        self._fail(entries, reason)
+
+    def _fail(self, entries: list[Entry], reason: str) -> int:
+        """Fail the futures of ``entries`` still pending with :class:`BrokenExecutor`; how
+        many. One resolved meanwhile (a cancel() on its caller's thread, between any look
+        and the set) stays as it is."""
+        failed = 0
         for entry in entries:
             error = BrokenExecutor(reason)
             error.__cause__ = self.broken_by  # ConfigError or TransportError: exit 2 or 3
-            # a cancel() on its caller's thread may resolve it between a check and this
             with contextlib.suppress(concurrent.futures.InvalidStateError):
                 entry.future.set_exception(error)
+                failed += 1
+        return failed
 
     def fail_stuck(self, reason: str) -> int:
         """At exit, from the exiting thread, while this one is stuck in a broker call:
@@ -483,12 +487,7 @@ class Dispatcher(threading.Thread):
             entries = self._unanswered(answer_cancels=True)
         except RuntimeError:  # changed while read: the thread is not stuck after all
             entries = []
-        failed = 0
-        for entry in entries:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
-                if not entry.future.done():
-                    entry.future.set_exception(BrokenExecutor(reason))
-                    failed += 1
+        failed = self._fail(entries, reason)
         self.callbacks.close()  # they run, then its thread ends: the exit need not wait
         return failed
 

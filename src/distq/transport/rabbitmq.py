@@ -391,13 +391,10 @@ class _Broker:
         reconnect mends (a master or worker stops, exit 2, instead of retrying, silent)."""
         try:
             yield
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 403:  # its text names what was refused, ``what`` may not
-                raise ConfigError(self.refused(exc.reply_text)) from None
-            raise TransportError(
-                f"RabbitMQ at {self.address}: {what} failed: {_describe(exc)}"
-            ) from None
         except _PikaError as exc:
+            if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 403:
+                # ACCESS_REFUSED: its text names what was refused, ``what`` may not
+                raise ConfigError(self.refused(exc.reply_text)) from None
             raise TransportError(
                 f"RabbitMQ at {self.address}: {what} failed: {_describe(exc)}"
             ) from None
