@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from distq.envelope import SHALLOW_NESTING, VERSION, Result, Task, fits_reply_to, quoted
+from distq.envelope import SHALLOW_NESTING, VERSION, Result, Task, fits_reply_to
 from distq.errors import EnvelopeError, MessageTooLarge, NestedTooDeep
 from distq.limits import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -263,12 +263,6 @@ class Codec:
         if not message.startswith(MAGIC):
             return message  # the common case, without a call
         return unsigned(message, kind)  # refuses a signed message, saying why
-
-
-def not_bytes(message: object, kind: str) -> EnvelopeError:
-    """The error for a message that is not bytes at all: a manager peer can put any
-    picklable value on a queue (a str, None), which the codec's checks raise TypeError on."""
-    return EnvelopeError(f"{kind} is a {type(message).__name__}, not bytes: {quoted(message)}")
 
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw]).decode

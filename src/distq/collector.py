@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, KeysView
 from typing import Generic, TypeVar
 
-from distq.codec import Codec, not_bytes
+from distq.codec import Codec
 from distq.config import MESSAGE_BATCH
-from distq.envelope import Result
+from distq.envelope import Result, not_bytes
 from distq.errors import EnvelopeError, MessageTooLarge, NestedTooDeep, VersionMismatch
 from distq.telemetry import MasterTelemetry, Received
 from distq.transport.base import Producer
@@ -206,8 +206,19 @@ def _results(
     it. A result over this process's size limit (its worker's is larger) is an error
     result for its task saying so (:meth:`Codec.stand_in`), not silence; so are those of
     a message too large to open at all, where their heads say them. Past
-    :data:`REFUSALS_SAID` in one message, the rest of its refusals are said in one line: a
-    pack of 10,000 bad items made 10,000 lines."""
+    :data:`REFUSALS_SAID` in one read (``bodies``), the rest of its refusals are said in
+    one line: a pack of 10,000 bad items made 10,000 lines, and so did a RabbitMQ pack,
+    whose results come here as bodies of their own."""
+    said = more = 0
+
+    def refuse(exc: EnvelopeError, count: int) -> None:
+        nonlocal said, more
+        if said < REFUSALS_SAID:
+            said += 1
+            refused(exc, count)
+        else:
+            more += count
+
     open_results, decode, limit = codec.open_results, Result.decode, codec.max_message_bytes
     for body in bodies:
         try:
@@ -215,18 +226,20 @@ def _results(
         except MessageTooLarge as exc:
             stand_ins = [] if isinstance(exc, NestedTooDeep) else codec.oversized_results(body)
             if not stand_ins:
-                refused(exc, 1)
+                refuse(exc, 1)
             yield from stand_ins
             continue
         except EnvelopeError as exc:
-            refused(exc, 1)
+            refuse(exc, 1)
             continue
-        except TypeError:  # not bytes at all (a manager peer put a str): bad input too
-            refused(not_bytes(body, "result"), 1)
+        except Exception:
+            if type(body) is bytes:
+                raise
+            # not bytes at all: a manager peer can put any plain value (a str, a list)
+            refuse(not_bytes(body, "result"), 1)
             continue
         if len(body) > limit:  # a pack read past this process's limit: each result held to it
-            envelopes = yield from _within(envelopes, limit, codec, refused)
-        bad = 0
+            envelopes = yield from _within(envelopes, limit, codec, refuse)
         for envelope in envelopes:
             try:
                 yield decode(envelope)
@@ -236,12 +249,9 @@ def _results(
                     if stand_in is not None:
                         yield stand_in
                         continue
-                bad += 1
-                if bad <= REFUSALS_SAID:
-                    refused(exc, 1)
-        if bad > REFUSALS_SAID:
-            more = bad - REFUSALS_SAID
-            refused(EnvelopeError(f"and {more:,} more results of the same pack, each as bad"), more)
+                refuse(exc, 1)
+    if more:
+        refused(EnvelopeError(f"and {more:,} more results of the same read, each as bad"), more)
 
 
 def _within(

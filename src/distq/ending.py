@@ -43,7 +43,7 @@ from typing import Any, Literal, NamedTuple
 
 from distq.chunks import CHUNK_TASK
 from distq.codec import Codec
-from distq.envelope import NO_REPLY, DeadLetter, Result, Task, shown
+from distq.envelope import NO_REPLY, DeadLetter, Result, Task, shown, wire_bytes
 from distq.errors import (
     EnvelopeError,
     MessageTooLarge,
@@ -330,9 +330,7 @@ class Endings:
         """The body is not a task, or is refused (unsigned, forged, too large): never run,
         dead-lettered with the reason, nobody to answer. An oversized body's dead letter
         keeps its first ``OVERSIZED_KEPT_BYTES``."""
-        body = delivery.body
-        if not isinstance(body, bytes):  # a manager peer's str, None...: kept as its repr
-            body = repr(body).encode("utf-8", "backslashreplace")
+        body = wire_bytes(delivery.body)  # a manager peer's str, None...: kept as its repr
         if isinstance(error, MessageTooLarge | SignatureError):
             reason = f"refused: {error}"
         else:

@@ -234,6 +234,21 @@ def quoted(value: object) -> str:
     return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + "..."
 
 
+def not_bytes(message: object, kind: str) -> EnvelopeError:
+    """The error for a message that is not bytes at all: a manager peer can put any
+    picklable value on a queue (a str, None, a list), which the codec's checks raise TypeError or
+    AttributeError on."""
+    return EnvelopeError(f"{kind} is a {type(message).__name__}, not bytes: {quoted(message)}")
+
+
+def wire_bytes(message: object) -> bytes:
+    """A message as bytes: itself, or (not bytes at all: see :func:`not_bytes`) its repr,
+    to keep in a dead letter."""
+    if isinstance(message, bytes):
+        return message
+    return repr(message).encode("utf-8", "backslashreplace")
+
+
 def _field(obj: dict[str, Any], name: str, kind: str, typ: type | tuple[type, ...]) -> Any:
     if name not in obj:
         raise EnvelopeError(f"{kind} lacks the field {name!r}")
@@ -466,9 +481,11 @@ class Result(msgspec.Struct, frozen=True):
         error = obj.get("error") if status == "error" else None
         if status == "error" and not isinstance(error, dict):
             raise EnvelopeError("error result lacks the 'error' object")
-        traceback = error.get("traceback") if error else None
-        if traceback is not None and not isinstance(traceback, str):
-            raise EnvelopeError(f"result field 'error.traceback' is not text: {quoted(traceback)}")
+        texts = [error.get(name) if error else None for name in _ERROR_TEXTS]
+        for name, text in zip(_ERROR_TEXTS, texts, strict=True):
+            if text is not None and not isinstance(text, str):
+                raise EnvelopeError(f"result field 'error.{name}' is not text: {quoted(text)}")
+        error_type, error_message, traceback = texts
         try:
             return cls(
                 task_id=_field(obj, "task_id", kind, str),
@@ -478,13 +495,16 @@ class Result(msgspec.Struct, frozen=True):
                 started_at=_number(obj, "started_at", kind),
                 duration=_number(obj, "duration", kind),
                 value=obj.get("value"),
-                error_type=error.get("type") if error else None,
-                error_message=error.get("message") if error else None,
+                error_type=error_type,
+                error_message=error_message,
                 error_traceback=traceback,
             )
         except OverflowError:
             raise EnvelopeError(f"{kind} has a number too large for a float") from None
 
+
+#: The fields of a result's ``error`` object, each text or absent (null).
+_ERROR_TEXTS = ("type", "message", "traceback")
 
 #: How the reason of a dead-letter entry that is not a readable letter starts.
 UNREADABLE = "unreadable dead letter: "
@@ -548,12 +568,15 @@ class DeadLetter:
         back as a task (a worker dead-letters them again, as a letter it can read) instead
         of stopping at it: every transport reads its dead letters through this."""
         try:
+            if not isinstance(data, bytes | str):  # a manager peer can put any plain value
+                raise not_bytes(data, "dead letter")
             return cls.decode(data)
         except EnvelopeError as exc:
             why = str(exc)
             if len(why) > UNREADABLE_WHY_CHARS:
                 why = why[:UNREADABLE_WHY_CHARS] + "..."
-            return cls(body=bytes(data), reason=UNREADABLE + why, queue=queue, worker="", at=0.0)
+            reason = UNREADABLE + why
+            return cls(body=wire_bytes(data), reason=reason, queue=queue, worker="", at=0.0)
 
     @property
     def unreadable(self) -> bool:

@@ -15,10 +15,9 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from distq.codec import not_bytes
 from distq.console import Console
 from distq.ending import Ending, Endings
-from distq.envelope import Task
+from distq.envelope import Task, not_bytes
 from distq.errors import EnvelopeError, Shutdown, UnknownTask
 from distq.tasks import Registry
 from distq.transport.base import Delivery
@@ -51,7 +50,11 @@ class TaskRunner:
             task = self.codec.open_task(delivery.body)
         except EnvelopeError as exc:
             return self.endings.malformed(delivery, exc)
-        except TypeError:  # not bytes at all (a manager peer put a str): bad input too
+        except Exception:
+            if type(delivery.body) is bytes:
+                raise
+            # not bytes at all: a manager peer can put any plain value (a str, a list),
+            # which the codec's checks raise TypeError or AttributeError on: bad input too
             return self.endings.malformed(delivery, not_bytes(delivery.body, "task"))
         if gate is not None:
             admitted = gate.admit(task)

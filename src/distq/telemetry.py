@@ -108,6 +108,12 @@ def label_of(task: Task, known: frozenset[str]) -> str:
     return name if name in known else UNREGISTERED
 
 
+#: The longest queue wait the metrics count, in seconds (a year). A wait below 0 (the
+#: worker's clock behind its master's) or longer (a ``created_at`` of 0, or of -1e308,
+#: from a hand-written producer: one such task made the histogram's sum +Inf until the
+#: worker restarted) counts as 0.
+LONGEST_WAIT = 366 * 86400.0
+
 #: A batch as metrics count it: queue waits, run times by task label (only of functions
 #: that ran), and how many tasks by (label, outcome).
 Tally = tuple[list[float], dict[str, list[float]], dict[tuple[str, str], int]]
@@ -122,8 +128,8 @@ def _tally_columns(known: frozenset[str], columns: Columns) -> Tally:
         waits = [
             wait for wait, outcome in zip(waits, outcomes, strict=True) if outcome != "orphaned"
         ]
-    if waits and min(waits) < 0:  # the worker's clock is behind the master's
-        waits = [wait if wait > 0 else 0.0 for wait in waits]
+    if waits and (min(waits) < 0 or max(waits) > LONGEST_WAIT):  # clocks not ours
+        waits = [wait if 0 < wait <= LONGEST_WAIT else 0.0 for wait in waits]
     if min(durations) > 0:  # all ran; 0: the function never ran (unknown name, bad arguments)
         ran = list(durations)
     else:
@@ -150,7 +156,7 @@ def _tally_each(known: frozenset[str], endings: Sequence[Ending]) -> Tally:
             label = label_of(task, known)
             if ending.outcome != "orphaned":  # never started: no queue wait to count
                 wait = ending.started_at - task.created_at
-                waits.append(wait if wait > 0 else 0.0)  # < 0: the worker's clock is behind
+                waits.append(wait if 0 < wait <= LONGEST_WAIT else 0.0)  # clocks not ours
             if ending.duration > 0:  # 0: the function never ran (unknown name, bad arguments)
                 runs.setdefault(label, []).append(ending.duration)
         key = (label, ending.outcome)

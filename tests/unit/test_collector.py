@@ -121,7 +121,8 @@ def test_a_sample_keeps_every_round_trip_then_an_even_spread_of_them() -> None:
 
 def test_a_result_that_is_not_bytes_is_refused_not_a_crash() -> None:
     """A manager peer put a str on a master's reply queue: the master died with a
-    TypeError traceback, and an Executor broke for good."""
+    TypeError traceback, and an Executor broke for good; a list, tuple or dict: the same
+    with an AttributeError."""
     errors: list[EnvelopeError] = []
     got: list[str] = []
     collector: Collector[str] = Collector(
@@ -130,10 +131,12 @@ def test_a_result_that_is_not_bytes_is_refused_not_a_crash() -> None:
         MasterTelemetry(MasterMetrics("manager", "q")),
     )
     collector.expect([("a", "entry-a")])
-    junk: list[Any] = ['{"v": 1}', None, result("a")]
-    assert collector.accept(junk) == 1
-    assert got == ["a"] and collector.malformed == 2
-    assert [str(e)[:24] for e in errors] == ["result is a str, not byt", "result is a NoneType, no"]
+    junk: list[Any] = ['{"v": 1}', None, [b"x"], (b"y",), {"a": 1}, result("a")]
+    assert sum(collector.accept([body]) for body in junk) == 1  # a line each: a read each
+    assert got == ["a"] and collector.malformed == 5
+    assert [str(e).split(",")[0] for e in errors] == [
+        f"result is a {kind}" for kind in ("str", "NoneType", "list", "tuple", "dict")
+    ]
 
 
 def _results_of(size: int, count: int = 3) -> list[Result]:

@@ -88,6 +88,13 @@ def test_an_error_result_carries_the_remote_traceback_and_older_ones_still_decod
     older["error"]["traceback"] = 7
     with pytest.raises(EnvelopeError, match=r"'error\.traceback' is not text"):
         Result.decode(json.dumps(older))
+    # a type or message not text: a master printed "failed for good: ['x']: {'m': 1}", an
+    # Executor's RemoteError.error_type was a list
+    for name, wrong in (("type", ["x"]), ("message", {"m": 1}), ("type", 5)):
+        forged = json.loads(failed.encode())
+        forged["error"][name] = wrong
+        with pytest.raises(EnvelopeError, match=rf"'error\.{name}' is not text: "):
+            Result.decode(json.dumps(forged))
 
 
 def test_an_unpaired_surrogate_escape_is_malformed_not_a_string_that_breaks_later() -> None:
@@ -120,6 +127,17 @@ def test_a_dead_letter_entry_that_is_none_is_read_as_unreadable_with_its_bytes()
         assert got.reason.startswith(f"unreadable dead letter: {why}") and got.unreadable
     long = DeadLetter.read(b'{"v": 1, "body": "", "reason": ' + b"1" * 1000 + b"}", "q")
     assert len(long.reason) < 400 and long.reason.endswith("...")
+
+
+@pytest.mark.parametrize("entry", ["a str", None, 5, [b"x"], (b"y",), {"a": 1}])
+def test_a_dead_letter_entry_that_is_not_bytes_is_read_as_unreadable(entry: object) -> None:
+    """A manager peer can put any plain value on the dead-letter queue: dead-letters and
+    requeue-dead died with a TypeError (or AttributeError) traceback on it."""
+    got = DeadLetter.read(entry, "q")  # type: ignore[arg-type]
+    assert (got.body, got.queue, got.worker, got.at) == (repr(entry).encode(), "q", "", 0.0)
+    kind = type(entry).__name__
+    assert got.unreadable and got.reason.startswith("unreadable dead letter: ")
+    assert f"a {kind}, not bytes" in got.reason or kind == "str"
 
 
 def test_a_forked_child_makes_ids_its_parent_does_not() -> None:

@@ -313,6 +313,21 @@ def test_a_batch_of_one_task_name_counts_as_it_does_task_by_task(
     assert any(key[0] == "distq_worker_task_duration_seconds_sum" for key in ours)
 
 
+@pytest.mark.parametrize("size", [1, 40])  # one by one, and a batch of one name (in C)
+def test_a_task_made_at_an_absurd_time_does_not_make_the_wait_sum_infinite(size: int) -> None:
+    """A hand-written producer's ``created_at`` of -1.7e308 passed as a finite number:
+    two such tasks made the queue wait's sum +Inf until the worker restarted (every rate
+    over it NaN); one of 0 added 55 years. Such waits count as 0, as a clock ahead's."""
+    now = time.time()
+    for created_at in (-1.7e308, 0.0, now - 0.5):
+        metrics, _ = worker_metrics()
+        endings = [ending(task(created_at=created_at), "ok", now, 0.001) for _ in range(size)]
+        WorkerTelemetry._count(metrics, endings, released=0)
+        assert value(metrics.registry, "distq_worker_queue_wait_seconds_count") == size
+        wait = value(metrics.registry, "distq_worker_queue_wait_seconds_sum")
+        assert wait == pytest.approx(0.5 * size if created_at > 0 else 0.0, abs=0.1 * size)
+
+
 def test_a_batch_with_an_undecoded_task_is_counted_task_by_task() -> None:
     now = time.time()
     endings = [ending(task(created_at=now - 0.1), "ok", now, 0.001) for _ in range(40)]

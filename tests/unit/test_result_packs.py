@@ -107,7 +107,23 @@ def test_a_pack_of_many_bad_results_is_said_in_a_few_lines_not_one_each() -> Non
     assert collector.accept([b"[" + b",".join([b"1"] * 10_000) + b"]"]) == 0
     assert collector.malformed == 10_000
     assert len(errors) == 4, [str(e) for e in errors]
-    assert str(errors[-1]) == "and 9,997 more results of the same pack, each as bad"
+    assert str(errors[-1]) == "and 9,997 more results of the same read, each as bad"
+
+
+def test_many_bad_results_in_one_read_are_said_in_a_few_lines_not_one_each() -> None:
+    """A RabbitMQ pack of 10,000 junk items reaches the collector as 10,000 bodies (the
+    transport unpacks it): 10,000 "dropped a result" lines, the cap per message bypassed."""
+    errors: list[EnvelopeError] = []
+    got: list[str] = []
+    collector: Collector[None] = Collector(
+        lambda r, entry, rtt: got.append(r.task_id), errors.append, MasterTelemetry(None)
+    )
+    collector.expect([("t0", None)])
+    bodies = [b"x"] * 5_000 + [b"[1, 2]", b"{}", result(0).encode()] + [b"x"] * 4_998
+    assert collector.accept(bodies) == 1 and got == ["t0"]
+    assert collector.malformed == 10_001  # [1, 2]: two bad results
+    assert len(errors) == 4, [str(e) for e in errors]
+    assert str(errors[-1]) == "and 9,998 more results of the same read, each as bad"
 
 
 def test_a_bad_result_in_a_pack_costs_only_itself() -> None:

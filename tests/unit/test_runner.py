@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from distq.codec import Codec
 from distq.console import Console
 from distq.ending import Endings
 from distq.envelope import DeadLetter, Result, Task
@@ -92,12 +93,18 @@ def test_garbage_is_dead_lettered_and_nothing_runs(runner: TaskRunner, out: io.S
     assert ending.note is not None and "dead-lettered a malformed message" in ending.note
 
 
-@pytest.mark.parametrize("body", ["a str body", None, 7])
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("body", ["a str body", None, 7, [b"x"], (b"y",), {"a": 1}, {1, 2}])
 def test_a_body_that_is_not_bytes_is_dead_lettered_not_taken_for_an_outage(
-    runner: TaskRunner, out: io.StringIO, body: object
+    body: object, signed: bool
 ) -> None:
     """A manager peer put a str on the task queue: the TypeError reached the slot, which
-    took it for a broker outage and handed the batch back, over and over."""
+    took it for a broker outage and handed the batch back, over and over; a list, tuple,
+    dict or set did the same with an AttributeError (signed or not), for ever."""
+    out = io.StringIO()
+    codec = Codec([b"k" * 32] if signed else ())
+    endings = Endings("w1", "q", codec=codec)
+    runner = TaskRunner(Registry(), endings, Console(quiet=True, out=out, err=out))
     ending = runner(Delivery(body=body, tag=1))  # type: ignore[arg-type]
     assert ending.outcome == "malformed"
     letter = ending.settlement.dead_letter
