@@ -129,6 +129,17 @@ class Collector(Generic[E]):
         hand them on; return how many were first results."""
         return self.accept(producer.results(max_count, timeout))
 
+    def read_waiting(self, producer: Producer) -> None:
+        """Read the results already in the reply queue, without waiting (bounded), before
+        tasks the broker does not hold are sent again: each answers its task, which is
+        then not sent again. After a long partition (a master's registration lapsed) most
+        of a job's results may wait there."""
+        for _ in range(self.outstanding // MESSAGE_BATCH + 2):
+            bodies = producer.results(MESSAGE_BATCH, 0)
+            if not bodies:
+                break
+            self.accept(bodies)
+
     def accept(self, bodies: Iterable[bytes]) -> int:
         """Hand on the first result of each expected task among ``bodies``; return how many."""
         now = time.perf_counter()

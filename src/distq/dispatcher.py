@@ -8,7 +8,9 @@ asks the broker what it holds, as a master does: that keeps the connection and t
 queue alive, and finds the tasks a broker lost. A failed broker call is an outage: it
 reconnects with backoff and submits again what the broker lost (:class:`~distq.ledger.
 Ledger`). When it stops, for any reason, no future is left pending: a broker unreachable
-for ``OUTAGE_SECONDS`` fails them with :class:`~distq.errors.BrokenExecutor`.
+for ``OUTAGE_SECONDS`` fails them with :class:`~distq.errors.BrokenExecutor`. A broker
+that answers but refuses the tasks (a Redis at its ``maxmemory``) is not unreachable: the
+thread reads the results it has and sends again as room comes back, as a master does.
 """
 
 from __future__ import annotations
@@ -122,6 +124,9 @@ class Dispatcher(threading.Thread):
         self.ledger = Ledger()  # what was sent, for the tasks a broker loses
         self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
         self._offline = False  # waiting out an outage: nothing is asked of the broker
+        self._answered = 0.0  # when the broker last answered a reconcile (monotonic)
+        self._recovering = False  # in _recover: the lost tasks are said once, not each try
+        self._said_lost = False
         self._stopping = False
         self._poll = POLL_SECONDS[0]
 
@@ -232,30 +237,49 @@ class Dispatcher(threading.Thread):
         """Ask the broker what it holds (renewing the reply queue, reconnecting if need
         be); submit again the tasks it lost that are still waited for."""
         self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
-        waiting = self.collector.waiting_ids().__contains__
         held = self.producer.reconcile()
+        self._answered = time.monotonic()  # a submit refused after it is no outage
         if self._given_up:  # back from a hung broker after the exit failed the futures
             return
+        if held < self.ledger.total:  # the results there first: each answers its task
+            self.collector.read_waiting(self.producer)
+        waiting = self.collector.waiting_ids().__contains__
         again = self.ledger.reconcile(held, waiting, self.collector.outstanding)
         if again:
-            log.warning("the broker lost %d tasks the executor waits for: sent again", len(again))
+            if not self._said_lost:  # a broker refusing them: once a recovery, not each try
+                self._said_lost = self._recovering
+                log.warning(
+                    "the broker does not hold %d tasks the executor waits for (lost, or "
+                    "refused when sent): sending them again",
+                    len(again),
+                )
             submit_again(self.producer.submit, again)
 
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (at once, then with backoff) and submit again what the broker lost,
         as a master does; True once back, False when close() came meanwhile. Raises once
-        the broker has been away ``OUTAGE_SECONDS``.
+        the broker has been away ``OUTAGE_SECONDS``: counted from the failure or from the
+        broker's last answer (one that answers but refuses the tasks, a Redis at its
+        ``maxmemory``, is waited for: the results it has are read meanwhile).
 
         Between attempts it handles commands and deadlines without the broker: new tasks
         wait to be sent, a cancel takes back only what was not sent, and a task past its
         ``task_timeout`` fails without being withdrawn."""
         log.warning("%s; reconnecting", str(exc).rstrip("."))
         started, backoff = time.monotonic(), Backoff()
+        self._recovering = True
+        try:
+            return self._reconnect(started, backoff)
+        finally:
+            self._recovering = self._said_lost = False
+
+    def _reconnect(self, started: float, backoff: Backoff) -> bool:
+        """:meth:`_recover`'s attempts."""
         while True:
             try:
                 self._reconcile()
             except TransportError as again:
-                away = time.monotonic() - started
+                away = time.monotonic() - max(started, self._answered)
                 if away >= OUTAGE_SECONDS:
                     raise TransportError(
                         f"{str(again).rstrip('.')}; still unreachable after {away:.0f} s"

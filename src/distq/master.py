@@ -347,11 +347,7 @@ class _Run(Generic[E]):
         may wait there, and without that read every task not yet read would run again."""
         total = self.ledger.total
         if held < total:
-            for _ in range(self.collector.outstanding // MESSAGE_BATCH + 2):  # bounded
-                bodies = self.producer.results(MESSAGE_BATCH, 0)
-                if not bodies:
-                    break
-                self.collector.accept(bodies)
+            self.collector.read_waiting(self.producer)
             self._print_results()
         waiting = self.collector.waiting_ids().__contains__
         again = self.ledger.reconcile(held, waiting, self.collector.outstanding)

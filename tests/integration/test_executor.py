@@ -8,6 +8,7 @@ queues and the workers connect to it, so an executor is opened before its worker
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import os
 import secrets
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 import distq
 import distq.dispatcher as dispatching
@@ -425,6 +427,44 @@ def test_an_idle_executor_whose_connection_was_dropped_reconnects(tmp_path: Any)
                 assert ex.submit(jobs.add, 3, 4).result(30) == 7
         finally:
             worker.stop(grace=3.0)
+    finally:
+        server.stop()
+
+
+def test_a_full_redis_holds_the_tasks_back_without_breaking_the_executor(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis at its ``maxmemory`` (``noeviction``) refuses submits, and answers reads:
+    the executor took that for an outage and broke after 30 s ("command not allowed when
+    used memory > 'maxmemory'; still unreachable after 33 s"), its workers draining all
+    along. It waits now, and sends as room comes back, as a master does."""
+    monkeypatch.setattr(dispatching, "OUTAGE_SECONDS", 2.0)  # the refusal lasts longer
+    args = ["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]
+    server = LocalRedis(tmp_path, extra_args=args).start()
+    try:
+        if tuple(int(p) for p in server.version.split(".")[:2]) < (7, 0):
+            pytest.skip(f"Redis {server.version}: allow-oom scripts need Redis 7")
+        client = server.client()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+        env.update(DISTQ_TRANSPORT="redis", DISTQ_REDIS_URL=server.url, DISTQ_QUEUE="full")
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])
+        worker = Distq(["worker", "--tasks", "jobs", "--quiet"], env)
+        try:
+            with distq.Executor(transport="redis", redis_url=server.url, queue="full") as ex:
+                assert ex.submit(jobs.add, 1, 2).result(30) == 3  # the worker is attached
+                fillers = [f"other{n}" for n in range(400)]
+                with contextlib.suppress(redis.ResponseError):  # until Redis refuses: full
+                    for name in fillers:
+                        client.set(name, b"z" * 50_000)
+                client.config_set("maxmemory", "3mb")  # and full it stays, whatever drains
+                futures = [ex.submit(jobs.add, n, n) for n in range(20)]
+                time.sleep(5)  # refused for longer than OUTAGE_SECONDS
+                assert not any(f.done() for f in futures), [f.exception(0) for f in futures]
+                client.config_set("maxmemory", "0")  # room again
+                assert [f.result(30) for f in futures] == [2 * n for n in range(20)]
+        finally:
+            worker.stop(grace=3.0)
+            client.close()
     finally:
         server.stop()
 
