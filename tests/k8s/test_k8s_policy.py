@@ -249,19 +249,41 @@ def test_brokers_read_their_passwords_from_secret_files_without_the_newline(
             assert re.search(r"\b[A-Z_]+=$", command[: at.start()]), f"{kind}: {command}"
 
 
+def memory_limit(container: Doc) -> int:
+    """The container's ``limits.memory`` in bytes."""
+    limit = container["resources"]["limits"]["memory"]
+    units = {"Gi": 1 << 30, "Mi": 1 << 20}
+    number, unit = re.fullmatch(r"(\d+)(Gi|Mi)", limit).groups()  # type: ignore[union-attr]
+    return int(number) * units[unit]
+
+
 def test_rabbitmq_sizes_its_memory_alarm_from_its_limit(docs: list[Doc], overlay: str) -> None:
     """RabbitMQ takes its memory from the node, not the pod's limit: its alarm (0.4 of
     it) lay above the 1 GiB limit, and a backlog got it OOM-killed, never flow-controlled."""
     if overlay != "rabbitmq":
         return
     (container,) = pod_of(find(docs, "StatefulSet", "rabbitmq"))["containers"]
-    limit = container["resources"]["limits"]["memory"]
-    units = {"Gi": 1 << 30, "Mi": 1 << 20}
-    number, unit = re.fullmatch(r"(\d+)(Gi|Mi)", limit).groups()  # type: ignore[union-attr]
     env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
     args = env.get("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "").split()
     assert args[:2] == ["-rabbit", "total_memory_available_override_value"], args
-    assert int(args[2]) == int(number) * units[unit], (args, limit)
+    assert int(args[2]) == memory_limit(container), args
+
+
+def test_redis_refuses_writes_when_full_before_its_limit_kills_it(
+    docs: list[Doc], overlay: str
+) -> None:
+    """Without maxmemory a backlog grew Redis to its 512Mi limit: OOM-killed, restarted,
+    its AOF replayed, killed again (6 times in 40 s), where a full Redis with noeviction
+    refuses the submits, which distq waits out."""
+    if overlay != "redis":
+        return
+    (container,) = pod_of(find(docs, "StatefulSet", "redis"))["containers"]
+    command = " ".join(container["command"])
+    found = re.search(r"--maxmemory (\d+)mb --maxmemory-policy (\S+)", command)
+    assert found, command
+    assert found[2] == "noeviction"
+    limit = memory_limit(container)
+    assert 0.5 * limit <= int(found[1]) << 20 <= 0.8 * limit, (found[0], limit)
 
 
 def pod_labels(workload: Doc) -> dict[str, str]:
