@@ -517,6 +517,34 @@ def run_program(source: str, env: dict[str, str], timeout: float = 30) -> tuple[
     return out, time.monotonic() - started
 
 
+def test_executors_opened_one_after_another_on_a_master_do_not_break_each_other() -> None:
+    """Executor(host=False) after Executor(host=False) in one process: the garbage
+    collector ran an earlier executor's proxy finalizer in the live one's thread, which
+    closed that thread's connection to the master, mid-send at times: "the executor
+    stopped: 'NoneType' object cannot be interpreted as an integer" (at the 12th of 100)."""
+    env = manager_env()
+    master = Distq(["master", "--rate", "5", "--status-every", "600", "--quiet"], env)
+    worker = Distq(["worker", "--tasks", "jobs", "--quiet", "--connect-timeout", "30"], env)
+    try:
+        master.wait_for("manager transport on")
+        out, _ = run_program(
+            """
+            import distq, jobs
+            for cycle in range(60):
+                with distq.Executor(host=False) as ex:
+                    assert ex.submit(jobs.add, cycle, 1).result(timeout=30) == cycle + 1
+                    assert list(ex.map(jobs.add, range(20), range(20))) == list(range(0, 40, 2))
+            print("60 cycles")
+            """,
+            env,
+            timeout=120,
+        )
+        assert "60 cycles" in out and "stopped" not in out, out
+    finally:
+        worker.stop(grace=3.0)
+        master.stop(grace=3.0)
+
+
 FORKS = """
     import os, sys, time
     import distq

@@ -57,10 +57,11 @@ import struct
 import threading
 import time
 import traceback
+import types
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import AuthenticationError, connection, managers
+from multiprocessing import AuthenticationError, connection, managers, util
 from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, ClassVar, Protocol, TypeVar, cast
@@ -694,6 +695,10 @@ _SERIALIZER = "distq"
 getattr(managers, "listener_client")[_SERIALIZER] = (_Listener, _client)  # noqa: B009
 
 
+#: What a proxy's finalizer takes for its thread's connections: none to close.
+_NO_CONNECTION = types.SimpleNamespace()
+
+
 class _BrokerProxy(BaseProxy):
     """A worker's proxy of the master's :class:`QueueBroker`, on no-delay connections.
 
@@ -701,6 +706,31 @@ class _BrokerProxy(BaseProxy):
     """
 
     _exposed_ = _EXPOSED
+
+    def _incref(self) -> None:
+        """The stdlib's, with a finalizer that only tells the master the proxy is gone.
+
+        The stdlib's finalizer also closes the connection of whatever thread the garbage
+        collector runs it in, once no proxy id of the address is left in the process's
+        set; every proxy of a master has the same id (one object), so an old proxy
+        collected in a live executor's or slot's thread closed that thread's connection,
+        mid-send at times (``'NoneType' object cannot be interpreted as an integer``: the
+        executor broke). A connection is closed by the one who made it
+        (:func:`_close_proxy`), or with its thread."""
+        base: Any = BaseProxy  # typeshed declares none of its private parts
+        me: Any = self
+        base._incref(me)
+        close = getattr(me, "_close", None)
+        if close is None:  # owned by the manager: no finalizer
+            return
+        close.cancel()
+        state = me._manager and me._manager._state
+        me._close = util.Finalize(
+            me,
+            base._decref,
+            args=(me._token, me._authkey, state, _NO_CONNECTION, set(), me._Client),
+            exitpriority=10,
+        )
 
     def _call(self, method: str, *args: Any) -> Any:
         call: Callable[..., Any] = self._callmethod  # typeshed types its reply as None
