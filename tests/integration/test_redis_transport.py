@@ -48,7 +48,7 @@ from distq.transport.redis import REPLY_GRACE_MS, RedisConsumer, RedisProducer, 
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
 from procs import Distq
-from seam import results_of
+from seam import results_n, results_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -227,7 +227,7 @@ def test_settle_after_losing_the_lease_still_publishes(
     assert [d.body for d in again] == [b"slow"]
     slow.settle([Settlement(delivery, reply_to=reply, result=b"late")])
     assert producer.results(10, timeout=1) == [b"late"]
-    assert t.stats().in_flight == 1  # the redelivery, held by "other"
+    assert t.stats().in_flight == 0  # done: the redelivery "other" holds is dropped
 
 
 def test_releasing_a_task_twice_puts_it_back_once(open_transport: OpenTransport) -> None:
@@ -905,6 +905,30 @@ def test_wrong_password_is_refused_without_echoing_it(
         assert str(urlsplit(url).password) not in str(info.value)
     with pytest.raises(AuthenticationFailed):  # no password at all
         open_transport(url=f"redis://127.0.0.1:{urlsplit(redis_broker.url).port}/0")
+
+
+def test_a_late_result_drops_the_copy_its_lapsed_lease_sent_back(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """A task holding the GIL past its lease ran again on another slot, whose lease then
+    lapsed in turn (3 runs): a late result left the copy where it was. The copy goes,
+    queued or leased again, and the late settle of a leased copy publishes its result."""
+    t = open_transport(lease=0.5)
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit([b"queued", b"leased"])
+    stalled = t.consumer("stalled")
+    first = stalled.fetch(2, timeout=1)
+    time.sleep(0.6)
+    other = t.consumer("other")
+    (copy,) = other.fetch(1, timeout=0)  # the claim sweeps: one copy leased again
+    assert copy.redelivered and raw.llen(t.ready_key) == 1
+    stalled.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in first])
+    assert results_n(producer, 2) == [b"r", b"r"]
+    assert raw.llen(t.ready_key) == 0  # the copy still queued is gone
+    assert raw.llen(other.inflight_key) == 0  # so is the one leased again
+    other.settle([Settlement(copy, reply_to=producer.reply_to, result=b"dup", retry=b"x")])
+    assert results_n(producer, 1, within=1) == []  # late too, with a retry: nothing
+    assert other.fetch(1, timeout=0) == [] and t.stats().dead == 0
 
 
 def test_a_claim_reclaims_an_expired_lease_however_long_the_backlog(

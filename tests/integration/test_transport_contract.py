@@ -22,7 +22,7 @@ from conftest import Target
 from distq.config import Settings
 from distq.ending import retry_delay
 from distq.envelope import DeadLetter, new_id
-from distq.errors import AuthenticationFailed, ConnectionFailed
+from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport import Delivery, Settlement, Transport, open_transport
 from launch import free_port
 from seam import fetch_n, results_n
@@ -266,6 +266,35 @@ def test_expired_lease_goes_back_to_the_queue(
         assert sorted(d.body for d in again) == [b"1", b"2", b"3"]
         assert all(d.redelivered for d in again)
         assert time.monotonic() - started < 10  # a few lease periods, not minutes
+
+
+@pytest.mark.parametrize("late", ["retry", "dead letter"])
+def test_a_late_retry_or_dead_letter_is_not_published_the_copy_decides(
+    target: Target, hosted: Transport, remote: Transport, late: str
+) -> None:
+    """A worker stalled past its lease (stopped, paused, a task holding the GIL) settled
+    late: on Redis and manager its retry started the task again after the copy's result,
+    and its dead letter and error result failed a task the copy ran ok."""
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    producer.submit([b"task"])
+    stalled = remote.consumer("stalled")
+    (delivery,) = fetch_n(stalled, 1)
+    with worker_side(target) as other_side:
+        other = other_side.consumer("other")
+        (copy,) = fetch_n(other, 1, within=15)  # the lease (1 s) lapsed: the copy
+        if late == "retry":
+            settlement = Settlement(delivery, retry=b"task-attempt-2")
+        else:
+            reply_to, result = producer.reply_to, b"failed"
+            settlement = Settlement(delivery, reply_to=reply_to, result=result, dead_letter=b"x")
+        with contextlib.suppress(TransportError):  # RabbitMQ: its connection is gone
+            stalled.settle([settlement])
+        other.settle([Settlement(copy, reply_to=producer.reply_to, result=b"ok")])
+        assert results_n(producer, 1) == [b"ok"]
+        assert other.fetch(1, 1.5) == []  # no retry of a task that is done
+        assert hosted.stats().dead == 0
+    stalled.close()
+    producer.close()
 
 
 def test_heartbeat_keeps_the_lease(target: Target, hosted: Transport, remote: Transport) -> None:

@@ -82,6 +82,52 @@ def test_settling_after_the_lease_expired_still_delivers_the_result() -> None:
     assert broker.get("r", 10, 0) == [b"late"]  # at-least-once: the master drops the duplicate
 
 
+def lapsed(clock: Clock, broker: QueueBroker, body: bytes = b"a") -> int:
+    """``body`` leased to "stalled", whose lease then lapses: its token."""
+    broker.put("q", [body])
+    ((token, _, _),) = broker.fetch("q", "stalled", 1, 0.1, 1.0)
+    clock.now += 1.1
+    broker.reap()
+    return token
+
+
+@pytest.mark.parametrize("taken", [False, True])
+def test_a_late_retry_or_dead_letter_is_not_published_the_copy_decides(taken: bool) -> None:
+    """A worker stalled past its lease (SIGSTOP, a task holding the GIL) settled late: its
+    retry started the task again after another worker's result, its dead letter and error
+    result failed a task that succeeded. The copy requeued at the lapse decides."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    token = lapsed(clock, broker)
+    if taken:
+        broker.fetch("q", "other", 1, 0.1, 5.0)
+    broker.settle("q", "stalled", [(token, None, None, b"a-attempt-2", 0.0, None)])
+    broker.settle("q", "stalled", [(token, "r", b"failed", None, 0.0, b"dead")])
+    assert broker.get("r", 10, 0) == []
+    assert broker.stats("q") == ((0, 1, 0, 1) if taken else (1, 0, 0, 0))  # the copy only
+
+
+@pytest.mark.parametrize("taken", [False, True])
+def test_a_late_result_is_published_and_the_requeued_copy_dropped(taken: bool) -> None:
+    """A task holding the GIL past its lease ran again and again on manager (13 runs in
+    108 s): each run's lease lapsed in turn, and a late settle left the copy requeued."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    token = lapsed(clock, broker)
+    other = broker.fetch("q", "other", 1, 0.1, 5.0) if taken else []
+    broker.settle("q", "stalled", [(token, "r", b"result", None, 0.0, None)])
+    assert broker.get("r", 10, 0) == [b"result"]
+    assert broker.stats("q") == (0, 0, 0, 1 if taken else 0)
+    clock.now += 5.1  # the other holder stalls too: its copy does not come back
+    broker.reap()
+    assert broker.stats("q") == (0, 0, 0, 0)
+    for token_of_other, _, _ in other:  # and its late settle publishes only its result
+        broker.settle("q", "other", [(token_of_other, "r", b"again", b"retry", 0.0, None)])
+    assert broker.stats("q") == (0, 0, 0, 0)
+
+
 def test_delayed_retry_becomes_ready_after_its_delay() -> None:
     clock = Clock()
     broker = QueueBroker(clock)

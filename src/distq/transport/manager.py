@@ -134,6 +134,10 @@ def _reply_to(body: object) -> str | None:
     return body[start:end].decode(errors="replace") if end > 0 else None
 
 
+#: How many deliveries of lapsed leases a master remembers, for their late settles.
+LAPSED_KEPT = 10_000
+
+
 class QueueBroker:
     """In-memory queues with per-consumer leases; thread-safe; lives in the master.
 
@@ -156,6 +160,8 @@ class QueueBroker:
         self._own: set[str] = set()  # the reply queues the hosting process ever held
         self._replies: dict[str, float] = {}  # reply queues whose producer lives: renewed at
         self._tokens = itertools.count(1)
+        # the deliveries of leases that lapsed, by token, the latest LAPSED_KEPT
+        self._lapsed: dict[int, tuple[str, bytes]] = {}
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
 
@@ -288,13 +294,25 @@ class QueueBroker:
             self._renew(consumer, lease)
 
     def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None:
-        """Publish results, retries and dead letters, then drop the settled leases."""
+        """Publish results, retries and dead letters, and drop the settled leases.
+
+        A delivery whose lease lapsed meanwhile (its worker stalled: stopped, paused, a
+        task holding the GIL) went back to the queue: its retry or dead letter (and that
+        one's error result) is not published, the copy decides (it would have started the
+        task again after its result, or failed a task that succeeded); its result is, and
+        the copy is dropped where it still is (else a task holding the GIL past its lease
+        ran again and again, each run's lease lapsing in turn)."""
         now = self._clock()
         with self._lock:
             owner = self._leases.get(consumer)
             for token, reply_to, result, retry, delay, dead in items:
+                held = owner is not None and owner.held.pop(token, None) is not None
+                if not held and (retry is not None or dead is not None):
+                    continue
                 if reply_to is not None and result is not None and reply_to in self._replies:
                     self._push(reply_to, [result])
+                if not held:
+                    self._drop_copy(token)
                 if retry is not None:
                     if delay > 0:
                         heapq.heappush(self._delayed, (now + delay, token, queue, retry))
@@ -302,8 +320,25 @@ class QueueBroker:
                         self._push(queue, [retry])
                 if dead is not None:
                     self._push(f"{queue}.dead", [dead])
-                if owner is not None:
-                    owner.held.pop(token, None)
+
+    def _drop_copy(self, token: int) -> None:
+        """The task of ``token``, whose lease lapsed, is done: drop the copy that went back
+        to its queue then, still queued or leased again (its holder's settle is then late
+        too, and publishes only its result). Caller holds the lock."""
+        lapsed = self._lapsed.pop(token, None)
+        if lapsed is None:
+            return
+        queue, body = lapsed
+        items = self._queues.get(queue, deque())
+        for at, (queued, _) in enumerate(items):
+            if queued is body:
+                del items[at]
+                return
+        for lease in self._leases.values():
+            for other, (_, leased) in lease.held.items():
+                if leased is body:
+                    del lease.held[other]
+                    return
 
     def settle_fetch(
         self,
@@ -388,6 +423,9 @@ class QueueBroker:
                     self._drop(name)
             for name in [c for c, lease in self._leases.items() if lease.deadline < now]:
                 owner = self._leases.pop(name)
+                self._lapsed.update(owner.held)  # for a late settle of these (settle)
+                while len(self._lapsed) > LAPSED_KEPT:
+                    del self._lapsed[next(iter(self._lapsed))]
                 self._requeue(owner, sorted(owner.held))
             while self._delayed and self._delayed[0][0] <= now:
                 _, _, queue, body = heapq.heappop(self._delayed)

@@ -217,7 +217,13 @@ return out
 # ARGV[4] = how many deliveries the consumer holds, ARGV[5] = how many of the oldest it
 # acks (the common case: a batch settled in order); or ARGV[4] = -1: acks by body, below.
 # ARGV[6..]: runs (op, arg, n, body 1, ..., body n), n bodies with the same op and arg:
-# 'r' results for KEYS[arg], 't' retries after arg ms, 'd' dead letters, 'a' acks (arg 0).
+# 'r' results for KEYS[arg], 't' retries after arg ms, 'd' dead letters, 'a' acks (arg 0),
+# and, acking by body, 'g' (arg k, one delivery): the k runs after it are published only
+# if the in-flight list still holds that delivery. A delivery whose lease lapsed went
+# back to the queue (its worker stalled: stopped, paused, a task holding the GIL): its
+# retry or dead letter would start the task again after its result, or fail a task that
+# succeeded; the copy decides. Its result goes, and the copy is dropped where it still is
+# (queued, or in another consumer's list: that one's settle is then late too).
 # Everything is published before any ack: a failure repeats.
 # A result goes only to a list whose master is registered and live (KEYS[7]), and the
 # list expires a grace period after that master's deadline.
@@ -229,11 +235,17 @@ _SETTLE = """
 local expect, count = tonumber(ARGV[4]), tonumber(ARGV[5])
 if expect >= 0 and redis.call('LLEN', KEYS[5]) ~= expect then return 0 end
 local now = now_ms()
-local live, acks = {}, {}
+local live, acks, skip, late = {}, {}, 0, {}
 local i = 6
 while i <= #ARGV do
   local op, arg, first, last = ARGV[i], tonumber(ARGV[i + 1]), i + 3, i + 2 + tonumber(ARGV[i + 2])
-  if op == 'r' then
+  if skip > 0 then
+    skip = skip - 1
+  elseif op == 'g' then
+    if not redis.call('LPOS', KEYS[5], ARGV[first]) then
+      skip, late[ARGV[first]] = arg, true
+    end
+  elseif op == 'r' then
     if live[arg] == nil then
       local deadline = tonumber(redis.call('ZSCORE', KEYS[7], KEYS[arg]))
       live[arg] = deadline ~= nil and deadline >= now and deadline
@@ -269,17 +281,37 @@ if expect >= 0 then
   end
   return 1
 end
+-- a body acked and not held (its lease lapsed), and not late with a retry or dead
+-- letter: its task is done, the copy that went back is dropped
+local function done(body)
+  if late[body] then return end
+  late[body] = true
+  if redis.call('LREM', KEYS[1], -1, body) > 0 then
+    redis.call('SREM', KEYS[4], body)
+    return
+  end
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if redis.call('LREM', ARGV[3] .. id, -1, body) > 0 then return end
+  end
+end
 local held = redis.call('LLEN', KEYS[5])
 if #acks * 2 < held then
-  for _, body in ipairs(acks) do redis.call('LREM', KEYS[5], -1, body) end
-elseif held > 0 then
+  for _, body in ipairs(acks) do
+    if redis.call('LREM', KEYS[5], -1, body) == 0 then done(body) end
+  end
+else
   local drop, keep = {}, {}
   for _, body in ipairs(acks) do drop[body] = (drop[body] or 0) + 1 end
   for _, body in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
     if (drop[body] or 0) > 0 then drop[body] = drop[body] - 1 else keep[#keep + 1] = body end
   end
-  redis.call('DEL', KEYS[5])
-  push('RPUSH', KEYS[5], keep)
+  if held > 0 then
+    redis.call('DEL', KEYS[5])
+    push('RPUSH', KEYS[5], keep)
+  end
+  for body, left in pairs(drop) do
+    if left > 0 then done(body) end
+  end
 end
 return 1
 """
@@ -1145,7 +1177,7 @@ class RedisConsumer(Consumer):
                 if self._t.settle_script(self._w, keys, args) == 1:
                     del held[:count]
                     return
-            self._settle_by_body(keys, publish, tags)
+            self._settle_by_body(settlements, tags)
 
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
@@ -1203,7 +1235,7 @@ class RedisConsumer(Consumer):
             out = self._claimed(reply, max_count, first)
             held += [d.body for d in out]
             if settled != 1:  # the in-flight list was not what it holds: ack by body
-                self._settle_by_body(keys, publish, tags)
+                self._settle_by_body(settlements, tags)
             self._found_nothing = settled == 1 and not out
         return out
 
@@ -1231,22 +1263,31 @@ class RedisConsumer(Consumer):
         self._retry_due = None if reply[0] < 0 else time.monotonic() + reply[0] / 1000
         return out
 
-    def _settle_by_body(self, keys: list[str], publish: list[Arg], tags: list[bytes]) -> None:
+    def _settle_by_body(self, settlements: Sequence[Settlement], tags: list[bytes]) -> None:
         """Publish, then ack these deliveries by body (wherever they are in the in-flight
-        list), and forget them."""
+        list), and forget them; a retry or dead letter only if its delivery is still
+        held (see ``_SETTLE``)."""
+        keys, publish = self._publish(settlements, gated=True)
         acks: list[Arg] = ["a", 0, len(tags), *tags]
         self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
         self._forget(tags)
 
-    def _publish(self, settlements: Sequence[Settlement]) -> tuple[list[str], list[Arg]]:
+    def _publish(
+        self, settlements: Sequence[Settlement], gated: bool = False
+    ) -> tuple[list[str], list[Arg]]:
         """The settle script's KEYS and its publishing runs (see ``_SETTLE``): results
         for one master in a row are one run, ``('r', key, n, result 1, ..., result n)``
         (a worker's batch has one message of results per master: see
-        :meth:`distq.ending.Endings.settlements`)."""
+        :meth:`distq.ending.Endings.settlements`). ``gated`` (acks by body): a retry or
+        dead letter, and its result, after a ``('g', runs, 1, body)`` of its delivery."""
         keys = list(self._keys)
         index: dict[str, int] = {}  # reply_to -> its position in KEYS (1-based, for Lua)
         runs = _Runs()
         for s in settlements:
+            if gated and (s.retry is not None or s.dead_letter is not None):
+                ops = (s.result is not None and s.reply_to is not None) + (s.retry is not None)
+                ops += s.dead_letter is not None
+                runs.add("g", ops, tags_of([s.delivery], bytes, "redis")[0])
             if s.result is not None and s.reply_to is not None:
                 key = index.get(s.reply_to)
                 if key is None:
