@@ -72,9 +72,10 @@ def sleep_then(seconds: float, value: object) -> object:
 
 
 @distq.task
-def leave_thread(seconds: float) -> str:
-    """Starts a thread that is not a daemon, which outlives the task by ``seconds``."""
-    threading.Thread(target=time.sleep, args=(seconds,), name="left-behind", daemon=False).start()
+def leave_thread(seconds: float, daemon: bool | None = False) -> str:
+    """Starts a thread that outlives the task by ``seconds``: not a daemon, or made
+    without saying (``daemon`` None), as most code makes its threads."""
+    threading.Thread(target=time.sleep, args=(seconds,), name="left-behind", daemon=daemon).start()
     return "started"
 
 

@@ -481,7 +481,11 @@ def _bound_exit(code: int, console: Console, patience: float) -> None:
     stopping already. An idle pool's thread, or one finishing a short job, still ends
     as it would, and ``atexit`` runs; past the wait, or on a signal, it exits ``code``."""
     main = threading.main_thread()
-    left = [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+    left = [
+        t
+        for t in threading.enumerate()
+        if t is not main and not t.daemon and t.is_alive() and not t.name.startswith("distq-")
+    ]
     if not left:
         return
     names = ", ".join(sorted(shown(t.name) for t in left)[:5]) + (", ..." if len(left) > 5 else "")

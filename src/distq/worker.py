@@ -46,6 +46,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from distq import chunks
 from distq.backoff import Backoff, Outage
@@ -468,6 +469,7 @@ class Worker:
 
         Returns at once when it finds itself left behind (``generation`` is past).
         """
+        _threads_it_starts_are_not_daemons()
         try:
             self._work_on(slot, generation)
         except BaseException as exc:  # a bug: said, and the worker stops (not one slot fewer)
@@ -679,3 +681,14 @@ class Worker:
             retry_in = max(e.settlement.retry_delay for e in endings if e.outcome == "retried")
         self.health.finished(released=released, retry_in=retry_in, kept=kept, since=since, **counts)
         self.telemetry.settled(endings, released, at)
+
+
+def _threads_it_starts_are_not_daemons() -> None:
+    """A slot's thread is a daemon (a hung task must not hold up the worker's exit), and
+    a thread made without saying is a daemon if the thread that makes it is: so every
+    plain ``threading.Thread()`` a task started was one, and the worker's exit neither
+    named nor waited for it (its work was lost; README: a thread a task leaves running).
+    Marked not a daemon once running, it makes threads that are not; the interpreter's
+    exit, which took its daemon flag when it started, still does not wait for it."""
+    thread: Any = threading.current_thread()
+    thread._daemonic = False

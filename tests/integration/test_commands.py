@@ -505,13 +505,16 @@ def test_commands_name_an_unreachable_broker(target: Target) -> None:
     assert ".;" not in done.stderr, done.stderr  # the broker's sentence, then the hint
 
 
+@pytest.mark.parametrize("made", ["not a daemon", "without saying"])
 def test_a_worker_exits_though_a_task_left_a_thread_running(
-    target: Target, hosted: Transport, workers: list[Distq]
+    target: Target, hosted: Transport, workers: list[Distq], made: str
 ) -> None:
     """Python joins non-daemon threads at exit: the worker said "worker exit" and stayed
     up for the thread's 60 s, each SIGTERM only "the worker is stopping already" (tasks10).
-    It waits at most DISTQ_DRAIN_SECONDS for them now."""
-    queued = distq(target, "submit", "jobs:leave_thread", "60")
+    It waits at most DISTQ_DRAIN_SECONDS for them now. A thread made without saying was a
+    daemon, as the slot's thread that made it is: neither named nor waited for (gil13)."""
+    kwargs = '{"daemon": null}' if made == "without saying" else "{}"
+    queued = distq(target, "submit", "jobs:leave_thread", "60", "--kwargs", kwargs)
     assert queued.returncode == 0, queued.stderr
     env = target.process_env(DISTQ_DRAIN_SECONDS="2")
     worker = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "1"], env)
