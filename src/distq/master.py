@@ -153,6 +153,10 @@ def percentile(sorted_values: list[float], q: float) -> float:
 #: 600 bytes), and ``--tasks 1000000000`` grew the master by 230 MB a second, unbounded.
 IN_FLIGHT = 100_000
 
+#: A turn of the job's loop this much later than the one before (it waits 0.5 s at
+#: most): the process stood still, and ``--rate`` resumes its pace without a burst.
+STOOD_STILL_SECONDS = 1.0
+
 
 def allowance(spec: JobSpec, submitted: int, outstanding: int, elapsed: float) -> int:
     """How many tasks may be submitted now, ``elapsed`` s into the job's pace (may be <= 0)."""
@@ -273,9 +277,13 @@ class _Run(Generic[E]):
         spec, total = self.spec, self.spec.tasks
         next_status = start + spec.status_every
         announced = False
+        last = time.perf_counter()
         while not self.stop.is_set():
             self.health.beat("job")
             now = time.perf_counter()
+            if spec.rate is not None and now - last > STOOD_STILL_SECONDS:
+                self._resume_pace(spec.rate)  # this process stood still (stopped, paused)
+            last = now
             if self.deadline is not None and now >= self.deadline:
                 break
             try:
@@ -307,12 +315,17 @@ class _Run(Generic[E]):
             except TransportError as exc:
                 if not self._recover(exc):
                     break
-                if spec.rate is not None:  # the pace resumes from now: no burst of R * outage
-                    owed_from = time.perf_counter() - self.submitted / spec.rate
-                    self.paced_from = max(self.paced_from, owed_from)
+                if spec.rate is not None:
+                    self._resume_pace(spec.rate)
             if spec.rate is not None and now >= next_status:
                 next_status = now + spec.status_every
                 self._status(now - start)
+
+    def _resume_pace(self, rate: float) -> None:
+        """``--rate`` goes on at its pace from now: not with a burst of R times the time a
+        broker outage, or a stop of this process (SIGSTOP, a paused VM), held it back."""
+        owed_from = time.perf_counter() - self.submitted / rate
+        self.paced_from = max(self.paced_from, owed_from)
 
     def _wait(self, now: float, elapsed: float, more: int) -> float:
         """How long the loop waits for results: not while it may submit ``more``, else up

@@ -376,6 +376,29 @@ def test_a_rate_job_resumes_its_pace_after_an_outage_without_a_burst(
     assert sizes and max(size for _, size in sizes) <= 2, sizes  # before: 12 at once
 
 
+def test_a_rate_job_that_stood_still_resumes_its_pace_without_a_burst(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master stopped for S s (SIGSTOP, a paused VM) sent R * S tasks at once when it
+    went on: 798 in one second at --rate 50 after 15 s."""
+    sizes: list[int] = []
+    original = ManagerProducer.submit
+
+    def stands_still_once(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        if len(sizes) == 2:
+            time.sleep(1.5)  # as the process's stop would: a turn of the loop 1.5 s late
+        sizes.append(len(bodies))
+        original(self, bodies)
+
+    monkeypatch.setattr(ManagerProducer, "submit", stands_still_once)
+    stop = threading.Event()
+    timer = threading.Timer(3.0, stop.set)
+    timer.start()
+    run(transport, JobSpec(tasks=None, rate=10, status_every=10), right, stop=stop)
+    timer.join()
+    assert len(sizes) > 3 and max(sizes) <= 2, sizes  # before: 15 at once
+
+
 def test_a_square_of_another_type_is_a_wrong_result(transport: Transport) -> None:
     """``65536.0`` (or True for square(1)) is equal to the right int: it counted ok."""
     out, report = run(transport, JobSpec(tasks=3), lambda t: [result(t, float(t.args[0] ** 2))])
