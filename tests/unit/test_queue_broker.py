@@ -128,6 +128,19 @@ def test_a_late_result_is_published_and_the_requeued_copy_dropped(taken: bool) -
     assert broker.stats("q") == (0, 0, 0, 0)
 
 
+def test_reading_a_queue_keeps_nothing_for_its_name() -> None:
+    """A master kept a queue (and its condition, about 4 KB) for every name anyone asked
+    about, `distq status --queue <name>` included, for as long as it ran."""
+    broker = QueueBroker()
+    for n in range(100):
+        name = f"typo{n}"
+        assert broker.stats(name) == (0, 0, 0, 0)
+        assert broker.peek(name, 10) == [] and broker.peek(f"{name}.dead", 10) == []
+        assert broker.withdraw(name, [b"x"]) == [False]
+        assert broker.requeue_dead(name, b"letter", b"task") is False
+    assert broker._queues == {} and broker._ready == {}
+
+
 def test_delayed_retry_becomes_ready_after_its_delay() -> None:
     clock = Clock()
     broker = QueueBroker(clock)

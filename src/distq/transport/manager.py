@@ -248,7 +248,9 @@ class QueueBroker:
     def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
         """Remove these bodies from the ready queue, one each; True for each one removed."""
         with self._lock:
-            items = self._queue(queue)
+            items = self._queues.get(queue)  # not made: a read of any name keeps nothing
+            if not items:
+                return [False] * len(bodies)
             wanted = Counter(bodies)
             kept = [item for item in items if not _take(wanted, item[0])]
             removed = Counter(bodies)
@@ -262,7 +264,7 @@ class QueueBroker:
         """If ``letter`` is the oldest dead letter of ``queue``, replace it by the task
         ``body`` at the end of ``queue``; False when someone else took it first."""
         with self._lock:
-            dead = self._queue(f"{queue}.dead")
+            dead = self._queues.get(f"{queue}.dead")
             if not dead or dead[0][0] != letter:
                 return False
             dead.popleft()
@@ -369,16 +371,20 @@ class QueueBroker:
     # -- inspection ----------------------------------------------------------
     def peek(self, queue: str, limit: int) -> list[bytes]:
         with self._lock:
-            return [body for body, _ in itertools.islice(self._queue(queue), limit)]
+            items = self._queues.get(queue, ())  # a read of any name keeps nothing
+            return [body for body, _ in itertools.islice(items, limit)]
 
     def stats(self, queue: str) -> tuple[int, int, int, int]:
         with self._lock:
-            ready = len(self._queue(queue)) + sum(1 for d in self._delayed if d[2] == queue)
+            # not made: `distq status --queue <any name>` kept a queue for each (4 KB)
+            ready = len(self._queues.get(queue, ())) + sum(
+                1 for d in self._delayed if d[2] == queue
+            )
             in_flight = sum(
                 1 for lease in self._leases.values() for q, _ in lease.held.values() if q == queue
             )
             consumers = sum(1 for lease in self._leases.values() if lease.queue == queue)
-            return ready, in_flight, len(self._queue(f"{queue}.dead")), consumers
+            return ready, in_flight, len(self._queues.get(f"{queue}.dead", ())), consumers
 
     # -- internals (lock held) ------------------------------------------------
     def _queue(self, name: str) -> deque[tuple[bytes, bool]]:
