@@ -767,6 +767,32 @@ def test_a_deleted_lease_record_queue_is_declared_again_and_still_brings_the_tas
         raw.queue_delete(records)
 
 
+def test_a_lease_record_renewed_late_still_holds_its_task(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """One keeper renews every slot's records in turn: with 16 slots of CPU-bound Python
+    a renewal came later than a lease, the record (whose life was one lease) expired
+    into the task queue, and the task ran twice. A record lives two leases now."""
+    t = open_transport(lease=1.0)
+    t.producer(f"{queue}.reply").submit([b"long"])
+    consumer = t.consumer("c")
+    fetch_n(consumer, 1)
+    records = record_queue(queue, consumer.consumer_id)
+    try:
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:  # held past its lease: the record holds it now
+            consumer.heartbeat()
+            time.sleep(0.3)
+        assert _ready(raw, records) == 1
+        time.sleep(1.5)  # the next renewal comes 1.5 leases late
+        assert _ready(raw, queue) == 0 and _ready(raw, records) == 1
+        consumer.heartbeat()
+        assert _ready(raw, records) == 1 and _ready(raw, queue) == 0
+    finally:
+        consumer.close()
+        raw.queue_delete(records)
+
+
 def test_connection_heartbeat_follows_the_lease(open_transport: OpenTransport) -> None:
     for lease, heartbeat in ((0.3, 1), (1.0, 1), (4.6, 5)):
         consumer = open_transport(lease=lease).consumer("c")

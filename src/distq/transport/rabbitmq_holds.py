@@ -8,10 +8,12 @@ that long. Once it has held one for a lease (``after``), it writes the task into
 *lease record* and acknowledges the delivery:
 
 * the record is a copy of the task body in the consumer's own queue
-  ``<queue>.held.<consumer id>``, whose ``x-message-ttl`` is the lease and whose
-  dead-letter target is the task queue: a record not renewed within a lease (the worker
-  died, froze, or lost the broker) expires back into the task queue, where another
-  worker takes it, as a lapsed lease does on Redis;
+  ``<queue>.held.<consumer id>``, whose ``x-message-ttl`` is :data:`RECORD_LEASES`
+  leases and whose dead-letter target is the task queue: a record not renewed within
+  that (the worker died, froze, or lost the broker) expires back into the task queue,
+  where another worker takes it, as a lapsed lease does on Redis (and as RabbitMQ takes
+  back the deliveries of a connection whose heartbeats stopped: within about two
+  leases);
 * :meth:`LeaseRecords.renew` (every heartbeat) publishes a fresh generation of
   records, waits for their confirms, then takes the previous generation out with
   ``basic_get`` + ack, so a task always has a record, or two for a moment;
@@ -33,6 +35,10 @@ import pika
 
 _GENERATION = "x-distq-generation"
 _EXPIRES_AFTER_MS = 60_000  # the record queue outlives its last record's lease by this
+#: A record's life, in leases. One keeper renews every slot's records in turn, a few
+#: round trips each: with a lease of one, 16 slots running CPU-bound Python (each round
+#: trip waiting for the GIL) renewed some too late, and their tasks ran twice.
+RECORD_LEASES = 2
 #: AMQP's limit on a queue name, in bytes (a "short string").
 MAX_QUEUE_NAME_BYTES = 255
 
@@ -76,9 +82,10 @@ class LeaseRecords:
 
     @staticmethod
     def queue_arguments(lease_ms: int, task_queue: str) -> dict[str, Any]:
-        """Arguments of a record queue: records expire after a lease into ``task_queue``."""
+        """Arguments of a record queue: records expire after :data:`RECORD_LEASES` leases
+        into ``task_queue``."""
         return {
-            "x-message-ttl": lease_ms,
+            "x-message-ttl": RECORD_LEASES * lease_ms,
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": task_queue,
             "x-expires": lease_ms + _EXPIRES_AFTER_MS,
