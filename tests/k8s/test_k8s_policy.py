@@ -338,7 +338,10 @@ def test_keda_scales_workers_on_the_ready_tasks_of_the_queue(k8s_tree: Tree, bro
     scaled = find(docs, "ScaledObject", "worker")
     assert find(docs, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
     assert 1 <= scaled["spec"]["minReplicaCount"] < scaled["spec"]["maxReplicaCount"]
-    assert scaled["spec"]["cooldownPeriod"] > 0
+    # cooldownPeriod is KEDA's wait before scaling to 0 only: from N to minReplicaCount
+    # (1) the HPA's scale-down window is the cool-down the README gives (5 minutes)
+    scale_down = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert scale_down["scaleDown"]["stabilizationWindowSeconds"] == 300
     (trigger,) = scaled["spec"]["triggers"]
     meta = trigger["metadata"]
     queue = config(docs)["DISTQ_QUEUE"]
