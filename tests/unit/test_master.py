@@ -127,20 +127,34 @@ def test_rate_mode_sends_one_task_every_period_not_pairs(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--rate 5 submits one task every 0.2 s (not two every 0.4 s)."""
+    sizes = rate_batches(transport, monkeypatch, rate=5, seconds=1.1)
+    assert 4 <= len(sizes) <= 7 and set(sizes) == {1}, sizes
+
+
+def rate_batches(
+    transport: Transport,
+    monkeypatch: pytest.MonkeyPatch,
+    rate: float,
+    seconds: float,
+    before: Callable[[list[int]], None] = lambda sizes: None,
+) -> list[int]:
+    """The sizes of the batches a ``--rate`` job submits in ``seconds``; ``before(sizes)``
+    runs before each submit."""
     sizes: list[int] = []
     original = ManagerProducer.submit
 
     def counted(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        before(sizes)
         sizes.append(len(bodies))
         original(self, bodies)
 
     monkeypatch.setattr(ManagerProducer, "submit", counted)
     stop = threading.Event()
-    timer = threading.Timer(1.1, stop.set)
+    timer = threading.Timer(seconds, stop.set)
     timer.start()
-    run(transport, JobSpec(tasks=None, rate=5, status_every=10), right, stop=stop)
+    run(transport, JobSpec(tasks=None, rate=rate, status_every=10), right, stop=stop)
     timer.join()
-    assert 4 <= len(sizes) <= 7 and set(sizes) == {1}, sizes
+    return sizes
 
 
 def test_rate_with_max_in_flight_full_waits_for_a_result_without_polling(
@@ -381,21 +395,12 @@ def test_a_rate_job_that_stood_still_resumes_its_pace_without_a_burst(
 ) -> None:
     """The master stopped for S s (SIGSTOP, a paused VM) sent R * S tasks at once when it
     went on: 798 in one second at --rate 50 after 15 s."""
-    sizes: list[int] = []
-    original = ManagerProducer.submit
 
-    def stands_still_once(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+    def stands_still_once(sizes: list[int]) -> None:
         if len(sizes) == 2:
             time.sleep(1.5)  # as the process's stop would: a turn of the loop 1.5 s late
-        sizes.append(len(bodies))
-        original(self, bodies)
 
-    monkeypatch.setattr(ManagerProducer, "submit", stands_still_once)
-    stop = threading.Event()
-    timer = threading.Timer(3.0, stop.set)
-    timer.start()
-    run(transport, JobSpec(tasks=None, rate=10, status_every=10), right, stop=stop)
-    timer.join()
+    sizes = rate_batches(transport, monkeypatch, rate=10, seconds=3.0, before=stands_still_once)
     assert len(sizes) > 3 and max(sizes) <= 2, sizes  # before: 15 at once
 
 
