@@ -217,15 +217,18 @@ def _results(
     it. A result over this process's size limit (its worker's is larger) is an error
     result for its task saying so (:meth:`Codec.stand_in`), not silence; so are those of
     a message too large to open at all, where their heads say them. Past
-    :data:`REFUSALS_SAID` in one read (``bodies``), the rest of its refusals are said in
-    one line: a pack of 10,000 bad items made 10,000 lines, and so did a RabbitMQ pack,
-    whose results come here as bodies of their own."""
-    said = more = 0
+    :data:`REFUSALS_SAID` of one kind (the reason's text up to its first colon) in one
+    read (``bodies``), the rest are said in one line: a pack of 10,000 bad items made
+    10,000 lines, and so did a RabbitMQ pack, whose results come here as bodies of their
+    own."""
+    said: dict[str, int] = {}
+    more = 0
 
     def refuse(exc: EnvelopeError, count: int) -> None:
-        nonlocal said, more
-        if said < REFUSALS_SAID:
-            said += 1
+        nonlocal more
+        kind = str(exc).split(":", 1)[0]
+        if said.get(kind, 0) < REFUSALS_SAID:
+            said[kind] = said.get(kind, 0) + 1
             refused(exc, count)
         else:
             more += count
@@ -262,7 +265,7 @@ def _results(
                         continue
                 refuse(exc, 1)
     if more:
-        refused(EnvelopeError(f"and {more:,} more results of the same read, each as bad"), more)
+        refused(EnvelopeError(f"and {more:,} more results refused in the same read"), more)
 
 
 def _within(

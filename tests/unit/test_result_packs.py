@@ -107,7 +107,7 @@ def test_a_pack_of_many_bad_results_is_said_in_a_few_lines_not_one_each() -> Non
     assert collector.accept([b"[" + b",".join([b"1"] * 10_000) + b"]"]) == 0
     assert collector.malformed == 10_000
     assert len(errors) == 4, [str(e) for e in errors]
-    assert str(errors[-1]) == "and 9,997 more results of the same read, each as bad"
+    assert str(errors[-1]) == "and 9,997 more results refused in the same read"
 
 
 def test_many_bad_results_in_one_read_are_said_in_a_few_lines_not_one_each() -> None:
@@ -122,8 +122,10 @@ def test_many_bad_results_in_one_read_are_said_in_a_few_lines_not_one_each() -> 
     bodies = [b"x"] * 5_000 + [b"[1, 2]", b"{}", result(0).encode()] + [b"x"] * 4_998
     assert collector.accept(bodies) == 1 and got == ["t0"]
     assert collector.malformed == 10_001  # [1, 2]: two bad results
-    assert len(errors) == 4, [str(e) for e in errors]
-    assert str(errors[-1]) == "and 9,998 more results of the same read, each as bad"
+    kinds = [str(e).split(":")[0] for e in errors[:-1]]
+    assert all(kinds.count(kind) <= 3 for kind in kinds) and len(kinds) < 10, kinds
+    more = 10_001 - len(kinds)
+    assert str(errors[-1]) == f"and {more:,} more results refused in the same read", errors
 
 
 def test_a_bad_result_in_a_pack_costs_only_itself() -> None:
