@@ -35,7 +35,7 @@ from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, Tr
 from distq.transport import rabbitmq
 from distq.transport.base import Delivery, Settlement
 from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
-from distq.transport.rabbitmq_holds import record_queue
+from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
 from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, TASKS_TYPE, task_bodies, unpack
 from faults.proxy import Partition
 from procs import Distq
@@ -791,6 +791,15 @@ def test_a_lease_record_renewed_late_still_holds_its_task(
     finally:
         consumer.close()
         raw.queue_delete(records)
+
+
+@pytest.mark.parametrize("lease_ms", [300, 60_000, 80_000, 3_600_000])
+def test_a_record_queue_outlives_its_records_whatever_the_lease(lease_ms: int) -> None:
+    """Records live two leases; their queue expired a lease and 60 s after its last use:
+    with a lease over 60 s a killed worker's queue went first, and RabbitMQ drops an
+    expired queue's messages without dead-lettering them: the task was lost."""
+    arguments = LeaseRecords.queue_arguments(lease_ms, "q")
+    assert arguments["x-expires"] >= arguments["x-message-ttl"] + 30_000, arguments
 
 
 def test_connection_heartbeat_follows_the_lease(open_transport: OpenTransport) -> None:

@@ -227,7 +227,7 @@ def test_settle_after_losing_the_lease_still_publishes(
     assert [d.body for d in again] == [b"slow"]
     slow.settle([Settlement(delivery, reply_to=reply, result=b"late")])
     assert producer.results(10, timeout=1) == [b"late"]
-    assert t.stats().in_flight == 0  # done: the redelivery "other" holds is dropped
+    assert t.stats().in_flight == 1  # the redelivery, held by "other"
 
 
 def test_releasing_a_task_twice_puts_it_back_once(open_transport: OpenTransport) -> None:
@@ -911,8 +911,8 @@ def test_a_late_result_drops_the_copy_its_lapsed_lease_sent_back(
     open_transport: OpenTransport, raw: redis.Redis[bytes]
 ) -> None:
     """A task holding the GIL past its lease ran again on another slot, whose lease then
-    lapsed in turn (3 runs): a late result left the copy where it was. The copy goes,
-    queued or leased again, and the late settle of a leased copy publishes its result."""
+    lapsed in turn (3 runs): a late result left the copy queued. The copy still queued
+    goes; one leased again runs (a duplicate result the master drops)."""
     t = open_transport(lease=0.5)
     producer = t.producer(t.reply_queue("j"))
     producer.submit([b"queued", b"leased"])
@@ -925,10 +925,34 @@ def test_a_late_result_drops_the_copy_its_lapsed_lease_sent_back(
     stalled.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in first])
     assert results_n(producer, 2) == [b"r", b"r"]
     assert raw.llen(t.ready_key) == 0  # the copy still queued is gone
-    assert raw.llen(other.inflight_key) == 0  # so is the one leased again
-    other.settle([Settlement(copy, reply_to=producer.reply_to, result=b"dup", retry=b"x")])
-    assert results_n(producer, 1, within=1) == []  # late too, with a retry: nothing
-    assert other.fetch(1, timeout=0) == [] and t.stats().dead == 0
+    assert raw.llen(other.inflight_key) == 1  # the one leased again runs
+    other.settle([Settlement(copy, reply_to=producer.reply_to, result=b"dup")])
+    assert results_n(producer, 1) == [b"dup"] and t.stats().in_flight == 0
+
+
+def test_a_late_dead_letter_is_not_published_when_the_claim_took_the_copy_back(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """A worker's settle rides with its next claim: that claim took the lapsed copy back
+    into the same in-flight list before the settle by body, whose gate then found it
+    held and published the late dead letter (a task that succeeded failed for good);
+    its ack took the new lease too. The new delivery is the copy: it decides."""
+    t = open_transport(lease=0.5)
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit([b"task"])
+    stalled = t.consumer("stalled")
+    (delivery,) = stalled.fetch(1, timeout=1)
+    time.sleep(0.6)
+    t.sweep(t.client)  # as another slot's claim does: the lapsed lease goes back
+    assert raw.llen(t.ready_key) == 1
+    late = Settlement(delivery, reply_to=producer.reply_to, result=b"failed", dead_letter=b"x")
+    (again,) = stalled.settle_then_fetch([late], 1)
+    assert again.body == b"task" and again.redelivered
+    assert raw.lrange(stalled.inflight_key, 0, -1) == [b"task"]  # leased: the copy runs
+    stalled.heartbeat()
+    assert raw.llen(t.dead_key) == 0 and results_n(producer, 1, within=0.2) == []
+    stalled.settle([Settlement(again, reply_to=producer.reply_to, result=b"ok")])
+    assert results_n(producer, 1) == [b"ok"] and raw.llen(stalled.inflight_key) == 0
 
 
 def test_a_claim_reclaims_an_expired_lease_however_long_the_backlog(

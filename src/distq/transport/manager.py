@@ -134,8 +134,14 @@ def _reply_to(body: object) -> str | None:
     return body[start:end].decode(errors="replace") if end > 0 else None
 
 
-#: How many deliveries of lapsed leases a master remembers, for their late settles.
+#: How many deliveries of lapsed leases a master remembers, for their late settles, and
+#: at most how many bytes of them (a count alone let 1 MiB tasks keep 10 GiB alive).
 LAPSED_KEPT = 10_000
+LAPSED_BYTES = 64 << 20
+#: How long a task a late settle found done is not put back when a lease of it lapses.
+DONE_SECONDS = 600.0
+#: How far from the front a late settle looks for the copy its lapsed lease sent back.
+COPY_LOOK = 1000
 
 
 class QueueBroker:
@@ -160,8 +166,12 @@ class QueueBroker:
         self._own: set[str] = set()  # the reply queues the hosting process ever held
         self._replies: dict[str, float] = {}  # reply queues whose producer lives: renewed at
         self._tokens = itertools.count(1)
-        # the deliveries of leases that lapsed, by token, the latest LAPSED_KEPT
+        # the deliveries of leases that lapsed, by token: the latest, within LAPSED_KEPT
+        # and LAPSED_BYTES; and the bodies of tasks done meanwhile, until when to remember
         self._lapsed: dict[int, tuple[str, bytes]] = {}
+        self._lapsed_bytes = 0
+        self._done: dict[bytes, float] = {}
+        self._done_bytes = 0
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
 
@@ -302,8 +312,9 @@ class QueueBroker:
         task holding the GIL) went back to the queue: its retry or dead letter (and that
         one's error result) is not published, the copy decides (it would have started the
         task again after its result, or failed a task that succeeded); its result is, and
-        the copy is dropped where it still is (else a task holding the GIL past its lease
-        ran again and again, each run's lease lapsing in turn)."""
+        the task is done: its copy is dropped if it still waits near the front, where the
+        lapse put it, and not put back again when a lease of it lapses in turn (a task
+        holding the GIL past its lease ran again and again, each run's lease lapsing)."""
         now = self._clock()
         with self._lock:
             owner = self._leases.get(consumer)
@@ -314,7 +325,7 @@ class QueueBroker:
                 if reply_to is not None and result is not None and reply_to in self._replies:
                     self._push(reply_to, [result])
                 if not held:
-                    self._drop_copy(token)
+                    self._done_elsewhere(token, now)
                 if retry is not None:
                     if delay > 0:
                         heapq.heappush(self._delayed, (now + delay, token, queue, retry))
@@ -323,24 +334,24 @@ class QueueBroker:
                 if dead is not None:
                     self._push(f"{queue}.dead", [dead])
 
-    def _drop_copy(self, token: int) -> None:
-        """The task of ``token``, whose lease lapsed, is done: drop the copy that went back
-        to its queue then, still queued or leased again (its holder's settle is then late
-        too, and publishes only its result). Caller holds the lock."""
+    def _done_elsewhere(self, token: int, now: float) -> None:
+        """The task of ``token``, whose lease lapsed, is done (its late result is out):
+        drop its copy if still queued near the front (a bounded look: a scan of a long
+        queue held the lock for seconds), and remember it for :data:`DONE_SECONDS`, so
+        that a copy leased again is not put back when that lease lapses. Lock held."""
         lapsed = self._lapsed.pop(token, None)
         if lapsed is None:
             return
         queue, body = lapsed
+        self._lapsed_bytes -= len(body)
+        if self._done.pop(body, None) is None:
+            self._done_bytes += len(body)
+        self._done[body] = now + DONE_SECONDS  # at the end: expiries stay in order
         items = self._queues.get(queue, deque())
-        for at, (queued, _) in enumerate(items):
-            if queued is body:
+        for at, (queued, _) in enumerate(itertools.islice(items, COPY_LOOK)):
+            if queued == body:
                 del items[at]
                 return
-        for lease in self._leases.values():
-            for other, (_, leased) in lease.held.items():
-                if leased is body:
-                    del lease.held[other]
-                    return
 
     def settle_fetch(
         self,
@@ -427,11 +438,22 @@ class QueueBroker:
                 lapsed = now - self._reply_ttl
                 for name in [q for q, renewed in self._replies.items() if renewed < lapsed]:
                     self._drop(name)
+            while self._done and (
+                next(iter(self._done.values())) < now or self._done_bytes > LAPSED_BYTES
+            ):  # oldest first: one window for all
+                self._done_bytes -= len(next(iter(self._done)))
+                del self._done[next(iter(self._done))]
             for name in [c for c, lease in self._leases.items() if lease.deadline < now]:
                 owner = self._leases.pop(name)
-                self._lapsed.update(owner.held)  # for a late settle of these (settle)
-                while len(self._lapsed) > LAPSED_KEPT:
-                    del self._lapsed[next(iter(self._lapsed))]
+                for token, (queue, body) in list(owner.held.items()):
+                    if body in self._done:  # its task is done: not put back again
+                        del owner.held[token]
+                        continue
+                    self._lapsed[token] = (queue, body)  # for a late settle of it (settle)
+                    self._lapsed_bytes += len(body)
+                while len(self._lapsed) > LAPSED_KEPT or self._lapsed_bytes > LAPSED_BYTES:
+                    _, oldest = self._lapsed.pop(next(iter(self._lapsed)))
+                    self._lapsed_bytes -= len(oldest)
                 self._requeue(owner, sorted(owner.held))
             while self._delayed and self._delayed[0][0] <= now:
                 _, _, queue, body = heapq.heappop(self._delayed)

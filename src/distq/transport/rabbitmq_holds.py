@@ -88,7 +88,8 @@ class LeaseRecords:
             "x-message-ttl": RECORD_LEASES * lease_ms,
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": task_queue,
-            "x-expires": lease_ms + _EXPIRES_AFTER_MS,
+            # after its records: an expired queue drops its messages, dead-lettering none
+            "x-expires": RECORD_LEASES * lease_ms + _EXPIRES_AFTER_MS,
         }
 
     def __contains__(self, tag: object) -> bool:

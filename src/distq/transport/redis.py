@@ -79,6 +79,7 @@ import logging
 import secrets
 import shlex
 import time
+from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -131,6 +132,8 @@ FULL_SECONDS = 2.0
 FULL_POLL_SECONDS = 0.05
 #: A master's result list outlives its master's deadline by this much (ms).
 REPLY_GRACE_MS = 60_000
+#: How far from the claim end a late settle looks for the copy its lapsed lease sent back.
+COPY_LOOK = 1000
 
 Arg = bytes | str | int | float
 
@@ -145,6 +148,7 @@ class _Commands(Protocol):
 # masters and ARGV = consumer id, lease ms, in-flight key prefix, then its own arguments.
 _PRELUDE = f"""
 local REPLY_GRACE_MS = {REPLY_GRACE_MS}
+local COPY_LOOK = {COPY_LOOK}
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -222,8 +226,9 @@ return out
 # if the in-flight list still holds that delivery. A delivery whose lease lapsed went
 # back to the queue (its worker stalled: stopped, paused, a task holding the GIL): its
 # retry or dead letter would start the task again after its result, or fail a task that
-# succeeded; the copy decides. Its result goes, and the copy is dropped where it still is
-# (queued, or in another consumer's list: that one's settle is then late too).
+# succeeded; the copy decides. Its result goes, and the copy is dropped if it still waits
+# near the claim end of the ready list, where the lapse put it (a bounded look: a copy
+# claimed again runs again; a scan of a long list blocked Redis for seconds).
 # Everything is published before any ack: a failure repeats.
 # A result goes only to a list whose master is registered and live (KEYS[7]), and the
 # list expires a grace period after that master's deadline.
@@ -282,16 +287,13 @@ if expect >= 0 then
   return 1
 end
 -- a body acked and not held (its lease lapsed), and not late with a retry or dead
--- letter: its task is done, the copy that went back is dropped
+-- letter: its task is done, the copy that went back is dropped if it still waits there
 local function done(body)
   if late[body] then return end
   late[body] = true
-  if redis.call('LREM', KEYS[1], -1, body) > 0 then
+  if redis.call('LPOS', KEYS[1], body, 'RANK', -1, 'MAXLEN', COPY_LOOK) then
+    redis.call('LREM', KEYS[1], -1, body)
     redis.call('SREM', KEYS[4], body)
-    return
-  end
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    if redis.call('LREM', ARGV[3] .. id, -1, body) > 0 then return end
   end
 end
 local held = redis.call('LLEN', KEYS[5])
@@ -1235,7 +1237,7 @@ class RedisConsumer(Consumer):
             out = self._claimed(reply, max_count, first)
             held += [d.body for d in out]
             if settled != 1:  # the in-flight list was not what it holds: ack by body
-                self._settle_by_body(settlements, tags)
+                self._settle_by_body(settlements, tags, {d.body for d in out})
             self._found_nothing = settled == 1 and not out
         return out
 
@@ -1263,10 +1265,31 @@ class RedisConsumer(Consumer):
         self._retry_due = None if reply[0] < 0 else time.monotonic() + reply[0] / 1000
         return out
 
-    def _settle_by_body(self, settlements: Sequence[Settlement], tags: list[bytes]) -> None:
+    def _settle_by_body(
+        self,
+        settlements: Sequence[Settlement],
+        tags: list[bytes],
+        reclaimed: Collection[bytes] = (),
+    ) -> None:
         """Publish, then ack these deliveries by body (wherever they are in the in-flight
         list), and forget them; a retry or dead letter only if its delivery is still
-        held (see ``_SETTLE``)."""
+        held (see ``_SETTLE``). ``reclaimed``: bodies the claim in the same round trip
+        took again, after their lease had lapsed (``settle_then_fetch``): the in-flight
+        list holds the new delivery, which is the copy and decides: of these only a
+        result is published, and nothing is acked (the ack took the new lease, and the
+        gate let a late dead letter through: a task that succeeded failed for good)."""
+        if reclaimed:
+            pairs = list(zip(settlements, tags, strict=True))
+            late = [(s, tag) for s, tag in pairs if tag in reclaimed]
+            results = [s for s, _ in late if s.retry is None and s.dead_letter is None]
+            keys, publish = self._publish(results)
+            if publish:
+                self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish])
+            self._forget([tag for _, tag in late])  # the old entries: the new ones stay
+            settlements = [s for s, tag in pairs if tag not in reclaimed]
+            tags = [tag for _, tag in pairs if tag not in reclaimed]
+            if not tags:
+                return
         keys, publish = self._publish(settlements, gated=True)
         acks: list[Arg] = ["a", 0, len(tags), *tags]
         self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
@@ -1301,8 +1324,16 @@ class RedisConsumer(Consumer):
         return keys, runs.args()
 
     def _forget(self, tags: Sequence[bytes]) -> None:
-        gone = set(tags)
-        self._held = [body for body in self._held if body not in gone]
+        """Forget one delivery per tag, the oldest: a body claimed again after its lease
+        lapsed is held twice for a moment (``settle_then_fetch``), the later one live."""
+        gone = Counter(tags)
+        kept: list[bytes] = []
+        for body in self._held:
+            if gone[body] > 0:
+                gone[body] -= 1
+            else:
+                kept.append(body)
+        self._held = kept
 
     def release(self, deliveries: Sequence[Delivery]) -> int:
         self._found_nothing = False
