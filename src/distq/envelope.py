@@ -230,8 +230,18 @@ QUOTED_CHARS = 200
 def quoted(value: object) -> str:
     """``repr(value)``, its first :data:`QUOTED_CHARS` characters when longer: a value
     from the wire, quoted in an error."""
-    text = repr(value)
+    text = safe_repr(value)
     return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + "..."
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)``, or what it is when that raises: a manager peer can put an int of
+    more than 4,300 digits (ValueError) or a list nested thousands deep (RecursionError),
+    which wedged a worker's slot and crashed a master where their repr was asked for."""
+    try:
+        return repr(value)
+    except Exception:  # any value a peer can build
+        return f"<a {type(value).__name__} that cannot be shown>"
 
 
 def not_bytes(message: object, kind: str) -> EnvelopeError:
@@ -246,7 +256,7 @@ def wire_bytes(message: object) -> bytes:
     to keep in a dead letter."""
     if isinstance(message, bytes):
         return message
-    return repr(message).encode("utf-8", "backslashreplace")
+    return safe_repr(message).encode("utf-8", "backslashreplace")
 
 
 def _field(obj: dict[str, Any], name: str, kind: str, typ: type | tuple[type, ...]) -> Any:

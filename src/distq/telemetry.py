@@ -255,7 +255,7 @@ class WorkerTelemetry:
                 task.id,
                 task.name,
                 task.attempt,
-                micros(wait) if wait > 0 else 0.0,
+                micros(wait) if 0 < wait <= LONGEST_WAIT else 0.0,  # as the metric counts it
                 micros(ending.duration),
             )
             lines.append(line)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from distq.envelope import DeadLetter, Result, Task, new_id
+from distq.envelope import DeadLetter, Result, Task, new_id, quoted
 from distq.errors import EnvelopeError
 
 
@@ -138,6 +138,18 @@ def test_a_dead_letter_entry_that_is_not_bytes_is_read_as_unreadable(entry: obje
     kind = type(entry).__name__
     assert got.unreadable and got.reason.startswith("unreadable dead letter: ")
     assert f"a {kind}, not bytes" in got.reason or kind == "str"
+
+
+def test_a_value_whose_repr_raises_is_still_read_and_quoted() -> None:
+    """An int of 5,000 digits (repr raises ValueError) or a list nested 2,000 deep
+    (RecursionError) crashed dead-letters, requeue-dead and a master (diff13b)."""
+    deep: list[object] = []
+    for _ in range(2000):
+        deep = [deep]
+    for value in (10**5000, deep):
+        letter = DeadLetter.read(value, "q")  # type: ignore[arg-type]
+        assert letter.unreadable and b"that cannot be shown" in letter.body
+        assert "that cannot be shown" in quoted(value)
 
 
 def test_a_forked_child_makes_ids_its_parent_does_not() -> None:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,20 @@ def test_events_of_a_batch_are_one_object_per_line_in_order_whatever_they_hold()
     assert all(line["role"] == "worker" and line["worker"] == "w1" for line in lines)
     assert [line["event"] for line in lines] == ["task settled"] * 4 + ["tasks released"]
     assert lines[0]["duration"] == 0.000002  # to the microsecond, half up
+
+
+def test_a_settled_lines_queue_wait_is_the_one_the_metric_counts() -> None:
+    """A created_at of -1e308 or 0 (a hand-written producer) wrote "queue_wait": 1e308 or
+    55 years into the task's line while the histogram counted 0 (diff13b)."""
+    out = io.StringIO()
+    worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))
+    now = time.time()
+    tasks = [Task(name="square", args=[1], reply_to="r", created_at=at) for at in (-1e308, 0.0)]
+    tasks.append(Task(name="square", args=[1], reply_to="r", created_at=now - 0.25))
+    endings = [Ending(Settlement(Delivery(b"", 1)), "ok", task, now, 0.001) for task in tasks]
+    worker.settled(endings)
+    waits = [json.loads(line)["queue_wait"] for line in out.getvalue().splitlines()]
+    assert waits[:2] == [0.0, 0.0] and 0.2 < waits[2] < 0.3, waits
 
 
 def test_a_masters_batch_of_results_and_duplicates_is_written_in_the_order_it_came() -> None:

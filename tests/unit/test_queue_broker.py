@@ -158,6 +158,39 @@ def test_a_late_settle_keeps_at_most_lapsed_bytes_of_lapsed_tasks(
     assert broker._lapsed_bytes <= 10_000 and len(broker._lapsed) <= 10
 
 
+def test_a_body_that_is_not_bytes_is_kept_as_bytes_that_say_what_it_was() -> None:
+    """A manager peer's request may carry any plain value: kept as it came, an int of
+    5,000 digits or a list nested 2,000 deep failed every repr of it (a worker's slot in
+    a reconnect loop, a master's traceback), a bytearray or a list nested 900 deep every
+    fetch (it could not be sent back), a list a hosting Executor's withdraw (diff13b)."""
+    deep: list[object] = []
+    for _ in range(2000):
+        deep = [deep]
+    values: list[object] = [10**5000, deep, bytearray(b"ba"), [b"x"], {1, 2}, "text"]
+    broker = QueueBroker()
+    broker.open("r")
+    broker.put("q", values)  # type: ignore[arg-type]
+    assert broker.withdraw("q", [b"not there"]) == [False]
+    got = [body for _, body, _ in broker.fetch("q", "c", 10, 0.1, 5.0)]
+    assert all(type(body) is bytes and body.startswith(b"(not bytes: a ") for body in got)
+    assert [body.split(b":")[0] for body in got] == [
+        b"(not bytes",
+        b"(not bytes",
+        b"(not bytes",
+        b"(not bytes",
+        b"(not bytes",
+        b"(not bytes",
+    ]
+    assert b"an int that cannot be shown" not in got[0] and b"int" in got[0]
+    ((token, _, _),) = [(1, None, None)]
+    broker.put("q", [b"task"])
+    ((token, _, _),) = broker.fetch("q", "c", 1, 0.1, 5.0)
+    broker.settle("q", "c", [(token, "r", deep, None, 0.0, [b"dead"])])  # type: ignore[list-item]
+    (result,) = broker.get("r", 10, 0)
+    assert type(result) is bytes and result.startswith(b"(not bytes: a list")
+    assert all(type(letter) is bytes for letter in broker.peek("q.dead", 10))
+
+
 def test_delayed_retry_becomes_ready_after_its_delay() -> None:
     clock = Clock()
     broker = QueueBroker(clock)

@@ -68,7 +68,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from distq import descriptors
 from distq.config import MASTER_TTL_MIN_SECONDS, MESSAGE_BATCH, Settings, host_port
-from distq.envelope import DeadLetter
+from distq.envelope import DeadLetter, quoted
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport.base import (
     Consumer,
@@ -119,6 +119,20 @@ class _Lease:
     deadline: float
     queue: str = ""  # the queue this consumer last fetched from
     held: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+
+
+def _as_body(value: object) -> bytes:
+    """``value`` as the master keeps a body: itself if bytes, else bytes that say what it
+    was. A manager peer's request may carry any plain value the unpickler builds; kept
+    as it came, it failed whatever touched it later: a big int's or a deep list's repr
+    (a worker's slot in a reconnect loop, a master's traceback), pickling it back to a
+    worker (a bytearray, a list nested 900 deep: every fetch failed), hashing it (a list
+    in the queue broke a hosting Executor's withdraw). A worker dead-letters such a body,
+    a master drops it, both saying what it was."""
+    if type(value) is bytes:
+        return value
+    what = f"(not bytes: a {type(value).__name__}: {quoted(value)})"
+    return what.encode("utf-8", "backslashreplace")
 
 
 def _reply_to(body: object) -> str | None:
@@ -216,6 +230,8 @@ class QueueBroker:
 
     # -- producer side -------------------------------------------------------
     def put(self, queue: str, bodies: Sequence[bytes]) -> None:
+        if not set(map(type, bodies)) <= {bytes}:  # in C: one look at a batch's types
+            bodies = [_as_body(body) for body in bodies]
         with self._lock:
             self._push(queue, bodies)
 
@@ -278,7 +294,7 @@ class QueueBroker:
             if not dead or dead[0][0] != letter:
                 return False
             dead.popleft()
-            self._push(queue, [body])
+            self._push(queue, [_as_body(body)])
             return True
 
     # -- consumer side -------------------------------------------------------
@@ -319,6 +335,12 @@ class QueueBroker:
         with self._lock:
             owner = self._leases.get(consumer)
             for token, reply_to, result, retry, delay, dead in items:
+                if type(result) is not bytes and result is not None:
+                    result = _as_body(result)
+                if retry is not None:
+                    retry = _as_body(retry)
+                if dead is not None:
+                    dead = _as_body(dead)
                 held = owner is not None and owner.held.pop(token, None) is not None
                 if not held and (retry is not None or dead is not None):
                     continue
