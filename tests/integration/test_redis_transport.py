@@ -1277,12 +1277,12 @@ def test_settle_then_fetch_acks_by_body_when_the_in_flight_list_changed(
     done = [Settlement(d, reply_to=producer.reply_to, result=b"r-" + d.body) for d in held]
     nxt = consumer.settle_then_fetch(done, 3)
     # the settle by count found the list changed: the claim ran, then the acks by body.
-    # task-0, taken back by the sweep, is claimed again; its ack by body (after that
-    # claim) takes that new lease, in the step that stores its result: nothing is lost,
-    # the worker just runs it once more (a duplicate result, which the master drops)
+    # task-0, taken back by the sweep, is claimed again: that new delivery is the copy,
+    # its lease stays (the worker runs it once more: a duplicate result, which the master
+    # drops); the late one's result is stored, its ack takes nothing
     assert sorted(d.body for d in nxt) == [b"task-0", b"task-2", b"task-3"]
     assert producer.results(5, timeout=1) == [b"r-task-0", b"r-task-1"]
-    assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"task-2", b"task-3"]
+    assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"task-0", b"task-2", b"task-3"]
     consumer.settle([Settlement(d) for d in nxt])
     assert raw.llen(consumer.inflight_key) == 0 and t.stats().ready == 0
 
