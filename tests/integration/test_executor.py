@@ -691,6 +691,7 @@ LEAVES_WITH_ITS_BROKER_STOPPED = """
         lambda f: print("callback:", type(f.exception()).__name__, flush=True)
     )
     time.sleep(0.5)
+    print("server pid", server.pid, flush=True)
     server.pause()  # SIGSTOP: the executor's thread waits in a read
     print("exiting", flush=True)
 """
@@ -701,6 +702,9 @@ def test_an_executor_left_open_fails_its_futures_at_exit_even_with_its_broker_hu
     Redis, then left: the future never failed and its done-callback never ran (exec12)."""
     out, took = run_program(LEAVES_WITH_ITS_BROKER_STOPPED, manager_env(), timeout=60)
     lines = out.splitlines()
+    (pid,) = [int(line.split()[-1]) for line in lines if line.startswith("server pid ")]
+    with contextlib.suppress(ProcessLookupError):  # stopped, it never took its SIGTERM
+        os.kill(pid, signal.SIGKILL)  # (the one its parent's death sent): it was left behind
     assert "callback: BrokenExecutor" in lines, out
     assert "unanswered futures failed without it" in out, out
     assert took < 30, out
