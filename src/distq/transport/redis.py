@@ -1278,22 +1278,19 @@ class RedisConsumer(Consumer):
         list holds the new delivery, which is the copy and decides: of these only a
         result is published, and nothing is acked (the ack took the new lease, and the
         gate let a late dead letter through: a task that succeeded failed for good)."""
-        if reclaimed:
+        acked = tags
+        if reclaimed:  # of these, a result only (ungated: it has no retry), and no ack
             pairs = list(zip(settlements, tags, strict=True))
-            late = [(s, tag) for s, tag in pairs if tag in reclaimed]
-            results = [s for s, _ in late if s.retry is None and s.dead_letter is None]
-            keys, publish = self._publish(results)
-            if publish:
-                self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish])
-            self._forget([tag for _, tag in late])  # the old entries: the new ones stay
-            settlements = [s for s, tag in pairs if tag not in reclaimed]
-            tags = [tag for _, tag in pairs if tag not in reclaimed]
-            if not tags:
-                return
+            settlements = [
+                s
+                for s, tag in pairs
+                if tag not in reclaimed or (s.retry is None and s.dead_letter is None)
+            ]
+            acked = [tag for tag in tags if tag not in reclaimed]
         keys, publish = self._publish(settlements, gated=True)
-        acks: list[Arg] = ["a", 0, len(tags), *tags]
+        acks: list[Arg] = ["a", 0, len(acked), *acked]
         self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
-        self._forget(tags)
+        self._forget(tags)  # the oldest entry of each: a reclaimed body's new one stays
 
     def _publish(
         self, settlements: Sequence[Settlement], gated: bool = False
