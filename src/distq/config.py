@@ -80,7 +80,8 @@ class Setting(Generic[_T]):
     def read(self, text: str) -> _T:
         """``parse`` the stripped ``text``; signing keys unstripped: a value of blanks
         only is someone's missing key (refused), stripped it read as "signing off"."""
-        return self.parse(text if self.parse is signing.parse_keys else text.strip())
+        unstripped = self.parse in (signing.parse_keys, signing.parse_key)
+        return self.parse(text if unstripped else text.strip())
 
 
 def setting(
@@ -506,8 +507,8 @@ class Settings:
         "DISTQ_SIGNING_KEY",
         "--signing-key",
         (),
-        signing.parse_keys,
-        "one key, instead of DISTQ_SIGNING_KEYS",
+        signing.parse_key,
+        "one key (16+ characters; a comma is part of it), instead of DISTQ_SIGNING_KEYS",
         shown_default="(off)",
         secret=True,
     )

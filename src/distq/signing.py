@@ -46,12 +46,7 @@ def parse_keys(text: str) -> tuple[bytes, ...]:
     keys = [key.strip() for key in re.split(r"[,\n]", text)]
     keys = [key for key in keys if key]
     if not keys and text:
-        raise ValueError(
-            "holds no key, only commas, line breaks or whitespace, so nothing would be "
-            f"signed; set it to keys of at least {MIN_KEY_LENGTH} random characters, e.g. "
-            "$(python3 -c 'import secrets; print(secrets.token_hex(32))'), or unset it "
-            "to turn signing off"
-        )
+        raise ValueError(_no_key("commas, line breaks or whitespace"))
     for number, key in enumerate(keys, 1):
         if len(key) < MIN_KEY_LENGTH:
             raise ValueError(
@@ -60,6 +55,30 @@ def parse_keys(text: str) -> tuple[bytes, ...]:
                 "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
             )
     return tuple(key.encode(errors="surrogateescape") for key in keys)  # as os.environb
+
+
+def parse_key(text: str) -> tuple[bytes, ...]:
+    """One key (``DISTQ_SIGNING_KEY``): all of ``text`` but the whitespace around it, a
+    comma or a line break inside included; empty is no key (signing off), whitespace
+    only a ``ValueError``, as :func:`parse_keys` says them."""
+    key = text.strip()
+    if not key and text:
+        raise ValueError(_no_key("whitespace"))
+    if key and len(key) < MIN_KEY_LENGTH:
+        raise ValueError(
+            f"has a key {len(key)} characters long; use at least {MIN_KEY_LENGTH} random "
+            "characters, e.g. $(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+        )
+    return (key.encode(errors="surrogateescape"),) if key else ()
+
+
+def _no_key(only: str) -> str:
+    return (
+        f"holds no key, only {only}, so nothing would be signed; set it to keys of at "
+        f"least {MIN_KEY_LENGTH} random characters, e.g. "
+        "$(python3 -c 'import secrets; print(secrets.token_hex(32))'), or unset it "
+        "to turn signing off"
+    )
 
 
 def key_id(key: bytes) -> str:

@@ -191,12 +191,26 @@ def test_signing_key_settings() -> None:
     assert "key 2 of 2 8 characters long" in short and "tooshort" not in short
 
 
+def test_the_one_key_setting_takes_its_value_whole() -> None:
+    """Was: split at commas as the list is, so a key with a comma in it became two keys,
+    the first piece signing (or "key 1 of 2 is 3 characters long")."""
+    comma = f"{SIGNING},{SIGNING}x"
+    assert load({**KEY, "DISTQ_SIGNING_KEY": f" {comma}\n"}).signing_keys == (comma.encode(),)
+    assert load({**KEY, "DISTQ_SIGNING_KEY": "k3y,with-a-comma-and-long"}).signing_keys == (
+        b"k3y,with-a-comma-and-long",
+    )
+    short = error({**KEY, "DISTQ_SIGNING_KEY": "short,key"})
+    assert "DISTQ_SIGNING_KEY has a key 9 characters long" in short and "short,key" not in short
+    assert error({**KEY, "DISTQ_SIGNING_KEY": ","}).startswith(
+        "DISTQ_SIGNING_KEY has a key 1 characters long"
+    )
+
+
 @pytest.mark.parametrize(
     "env",
     [
         {"DISTQ_SIGNING_KEYS": ","},
         {"DISTQ_SIGNING_KEYS": " , \n"},
-        {"DISTQ_SIGNING_KEY": ","},
         {"DISTQ_SIGNING_KEYS": ",,"},
         {"DISTQ_SIGNING_KEYS": "   "},  # stripped, these read as unset: signing off
         {"DISTQ_SIGNING_KEYS": "\n"},
