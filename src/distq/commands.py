@@ -147,10 +147,11 @@ def _client(settings: Settings) -> Iterator[Transport]:
 
 # -- submit ---------------------------------------------------------------------------
 def parse_argument(text: str) -> Any:
-    """A command-line argument as a JSON value, or else as the string it is."""
+    """A command-line argument as a JSON value, or else as the string it is (``NaN``
+    and ``Infinity`` too, which Python's json reads and JSON has not)."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return json.loads(text, parse_constant=_not_json)
+    except (json.JSONDecodeError, _NotJson):
         return text
     except RecursionError:  # nested past Python's own limit: far past the wire's
         raise ConfigError(f"ARG {quoted_ends(text)} is nested too deep; {_NESTING}") from None
@@ -159,6 +160,14 @@ def parse_argument(text: str) -> Any:
             f"ARG {quoted_ends(text)}: {exc}; to send it as a string, write it as a JSON "
             "string, in double quotes"
         ) from None
+
+
+class _NotJson(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity``: read by Python's json, not JSON."""
+
+
+def _not_json(constant: str) -> Any:
+    raise _NotJson(f"{constant} is not JSON")
 
 
 _NESTING = f"a task's arguments may nest {MAX_DEPTH} levels at most"
@@ -296,7 +305,7 @@ def _kwargs(text: str | None) -> dict[str, Any]:
     if text is None:
         return {}
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except ValueError as exc:
         raise ConfigError(
             f"--kwargs {quoted_ends(text)} is not JSON ({exc}); use e.g. '{{\"size\": 64}}'"

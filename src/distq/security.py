@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from distq.config import Settings
+from distq.config import Settings, host_port
 from distq.signing import key_id
 
 Notice = tuple[Literal["info", "warning"], str]
@@ -30,8 +30,8 @@ def notices(settings: Settings, role: Literal["master", "worker"]) -> list[Notic
         out.append(
             (
                 "warning",
-                f"listening on {host}:{port}, beyond this machine, and {plain}; keep that "
-                "network private, or use redis or rabbitmq over TLS",
+                f"listening on {host_port(host, port)}, beyond this machine, and {plain}; "
+                "keep that network private, or use redis or rabbitmq over TLS",
             )
         )
     else:

@@ -267,7 +267,7 @@ def test_version_and_help() -> None:
     [
         (["submit", "jobs:add", "1", "--kwargs", "{oops"], "--kwargs '{oops' is not JSON"),
         (["submit", "jobs:add", "--kwargs", "[1]"], "is not a JSON object"),
-        (["submit", "jobs:add", "NaN"], "jobs:add: argument 1 is nan"),
+        (["submit", "jobs:add", "--kwargs", '{"a": NaN}'], "is not JSON (NaN is not JSON)"),
         (["submit", "jobs:add", "1", "--timeout", "5"], "without --wait, submit returns"),
         (["worker", "--tasks", "no_such_module_xyz"], "--tasks 'no_such_module_xyz': cannot"),
         (["worker", "--tasks", "seam"], "has no function marked @distq.task"),

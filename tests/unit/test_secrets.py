@@ -499,6 +499,8 @@ def test_the_manager_transport_says_it_is_not_encrypted() -> None:
     [(level, line)] = notices(everywhere, "master")
     assert level == "warning" and "0.0.0.0:9000" in line and "not encrypted" in line
     assert notices(everywhere, "worker")[0][0] == "info"
+    v6 = load({**KEY, "DISTQ_MANAGER_ADDRESS": "[::]:9000"})  # was "listening on :::9000"
+    assert "listening on [::]:9000, beyond" in notices(v6, "master")[0][1]
     signed = load({**KEY, "DISTQ_SIGNING_KEYS": f"{SIGNING}1,{SIGNING}2"})
     line = notices(signed, "worker")[0][1]
     assert re.search(r"signed with key id [0-9a-f]{8}; 2 keys accepted", line)

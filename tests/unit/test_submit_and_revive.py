@@ -50,6 +50,11 @@ KEY = b"0123456789abcdef-key"
         ("hello", "hello"),
         ("photo.jpg", "photo.jpg"),
         ("", ""),
+        # Python's json reads these, JSON has not: strings, as the help says (they were
+        # read as floats, then refused as values JSON cannot carry)
+        ("NaN", "NaN"),
+        ("-Infinity", "-Infinity"),
+        ("[1, NaN]", "[1, NaN]"),
     ],
 )
 def test_arguments_are_json_values_or_else_strings(text: str, value: object) -> None:
