@@ -793,6 +793,31 @@ def test_a_lease_record_renewed_late_still_holds_its_task(
         raw.queue_delete(records)
 
 
+def test_a_task_held_by_its_lease_record_goes_back_at_close(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A worker's cold stop closes its consumers to hand back what they hold: a task run
+    past a lease (its delivery acked, a lease record holding it) came back only when the
+    record expired, two leases later (9 s at the default lease; restart14)."""
+    t = open_transport(lease=3.0)
+    t.producer(f"{queue}.reply").submit([b"long"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+    records = record_queue(queue, consumer.consumer_id)
+    try:
+        until = time.monotonic() + 3.5
+        while time.monotonic() < until:  # held past its lease: the record holds it now
+            consumer.heartbeat()
+            time.sleep(0.5)
+        assert _ready(raw, records) == 1 and _ready(raw, queue) == 0
+        consumer.close()
+        assert _ready(raw, records) == 0
+        back = fetch_n(t.consumer("survivor"), 1, within=1.5)  # within half a lease
+        assert [d.body for d in back] == [delivery.body]
+    finally:
+        raw.queue_delete(records)
+
+
 @pytest.mark.parametrize("lease_ms", [300, 60_000, 80_000, 3_600_000])
 def test_a_record_queue_outlives_its_records_whatever_the_lease(lease_ms: int) -> None:
     """Records live two leases; their queue expired a lease and 60 s after its last use:

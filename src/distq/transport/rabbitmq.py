@@ -1526,17 +1526,21 @@ class RabbitMQConsumer(Consumer):
         self._retry_declared[ms] = now
 
     def close(self) -> None:
-        """Close the connection; RabbitMQ requeues every delivery still held, and lease
-        records expire into the queue within a lease.
+        """Close the connection; RabbitMQ requeues every delivery still held.
 
         First, while the connection lives, the tasks held in messages partly settled go
         back as new messages and those messages are acked, so that the tasks settled in
-        them do not run again.
+        them do not run again; so do the tasks held by lease records (run past a lease),
+        which otherwise came back only as their records expired, two leases later (a
+        worker's cold stop said it handed them back). A connection already lost leaves
+        the records to expire into the queue.
         """
         self._transport.forget(self)
-        if self._held.partly_settled() and self._link.is_open:
+        records = list(self._records.bodies) if self._records is not None else []
+        if (self._held.partly_settled() or records) and self._link.is_open:
+            tags = self._held.tags() if self._held.partly_settled() else []
             with contextlib.suppress(*_PikaError, TransportError):
-                self._give_back(self._held.tags())
+                self._give_back(sorted({*tags, *records}))
         self._link.close()
         self._held.clear()  # the broker requeued them when the connection closed
         self._current.clear()
