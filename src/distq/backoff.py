@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from distq.errors import AuthenticationFailed
+
 #: First cap, and the largest: 0.1 s, 0.2 s, 0.4 s ... 5 s.
 BASE_SECONDS = 0.1
 CAP_SECONDS = 5.0
@@ -53,6 +55,7 @@ class Outage:
         self._clock = clock
         self._lock = threading.Lock()
         self._since: float | None = None
+        self._refusal = ""  # the refusal last said in this outage
 
     @property
     def ongoing(self) -> bool:
@@ -62,12 +65,26 @@ class Outage:
         with self._lock:
             if self._since is not None:
                 return False
-            self._since = self._clock()
+            self._since, self._refusal = self._clock(), ""
             return True
+
+    def refused(self, exc: Exception) -> str | None:
+        """The line to print when ``exc``, met while reconnecting, is the broker refusing
+        the credentials, for the first thread to see that refusal in this outage (None
+        otherwise): a broker that came back with another password, key or certificate is
+        said once, not retried in silence. Thread-safe."""
+        if not isinstance(exc, AuthenticationFailed):
+            return None
+        reason = str(exc).rstrip(".")
+        with self._lock:
+            if self._since is None or reason == self._refusal:
+                return None
+            self._refusal = reason
+        return f"{reason}; still reconnecting, with these credentials"
 
     def back(self) -> float | None:
         with self._lock:
             if self._since is None:
                 return None
-            lasted, self._since = self._clock() - self._since, None
+            lasted, self._since, self._refusal = self._clock() - self._since, None, ""
             return lasted

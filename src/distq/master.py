@@ -380,6 +380,7 @@ class _Run(Generic[E]):
             return False  # no reconnecting on the way out
         if self.outage.lost():  # one line an outage, however many calls fail in it
             self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
+            self.outage.refused(exc)  # said already, if it is one
         backoff = Backoff()
         while True:
             delay = backoff.next()
@@ -392,7 +393,9 @@ class _Run(Generic[E]):
                 return False
             try:
                 self._reconcile()
-            except TransportError:
+            except TransportError as again:
+                if (line := self.outage.refused(again)) is not None:
+                    self.console.error(line)
                 continue
             self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
             return True  # back once the job's next calls go through too (_back)

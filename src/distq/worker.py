@@ -588,6 +588,9 @@ class Worker:
         per outage whatever the number of slots and attempts (see :meth:`_back`)."""
         if self.outage.lost():
             self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
+            self.outage.refused(exc)  # said already, if it is one
+        elif (line := self.outage.refused(exc)) is not None:
+            self.console.error(line)
 
     def _back(self) -> None:
         """A call went through: the outage is over, and the first slot to see it says so.

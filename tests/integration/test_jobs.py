@@ -337,6 +337,35 @@ def test_wrong_credentials_exit_3_with_a_clear_line(target: Target, spawn: Spawn
         assert "refused" in out
 
 
+def test_a_broker_back_with_another_password_is_said_not_retried_in_silence(
+    target: Target, spawn: Spawn, tmp_path: Path
+) -> None:
+    """A rotated password: the broker came back refusing the processes' credentials, and
+    master and worker retried for ever with only "Connection closed by server" said (the
+    reason on /readyz alone; restart14). Each says the refusal once, and keeps trying:
+    back with the old password, the job ends."""
+    if target.name != "redis":
+        pytest.skip("the reconnect loops are the processes', not the transport's")
+    with LocalRedis(tmp_path / "redis").start() as server:
+        env = target.process_env(DISTQ_REDIS_URL=server.url, DISTQ_QUEUE="rotated")
+        master = spawn("master", "--tasks", "40", "--task-delay", "0.1", "--timeout", "90", env=env)
+        worker = spawn("worker", "--worker-id", "w", env=env)
+        master.wait_for(r"Get result", timeout=30)
+        client = server.client()
+        client.config_set("requirepass", "a-new-password")
+        client.client_kill_filter(_type="normal", skipme=True)  # as a restart drops them
+        refused = r"refused the credentials .*; still reconnecting, with these credentials"
+        worker.wait_for(refused, timeout=30)
+        master.wait_for(refused, timeout=30)
+        time.sleep(2)  # said once an outage, however many attempts
+        for proc in (master, worker):
+            assert len(re.findall(refused, proc.output())) == 1, proc.output()
+        client.execute_command("AUTH", "a-new-password")
+        client.config_set("requirepass", "")
+        assert master.wait(90) == 0, master.output()
+    assert "all 40 results in and correct" in master.output(), master.output()
+
+
 def test_rate_mode_runs_until_stopped(spawn: Spawn, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     args = ("--rate", "40", "--status-every", "0.5", "--report", str(report), "-q")

@@ -12,7 +12,7 @@ import pytest
 from distq.backoff import Backoff, Outage
 from distq.console import Console
 from distq.envelope import Task
-from distq.errors import TransportError
+from distq.errors import AuthenticationFailed, TransportError
 from distq.ledger import Ledger
 from distq.master import JobReport, JobSpec, Master
 from distq.squares import Squares
@@ -40,6 +40,23 @@ def test_an_outage_is_reported_once_lost_and_once_back_whatever_the_threads() ->
     now[0] = 12.5
     assert outage.back() == 2.5
     assert outage.back() is None and not outage.ongoing
+
+
+def test_a_refusal_of_the_credentials_is_said_once_an_outage() -> None:
+    outage = Outage()
+    refused = AuthenticationFailed("Redis at h:1 refused the credentials; check the password.")
+    assert outage.refused(refused) is None  # no outage: the caller's own error says it
+    assert outage.lost()
+    assert outage.refused(TransportError("Connection refused")) is None  # no refusal
+    line = outage.refused(refused)
+    assert line == (
+        "Redis at h:1 refused the credentials; check the password; still reconnecting, "
+        "with these credentials"
+    )
+    assert outage.refused(refused) is None  # said: not again in this outage
+    assert outage.refused(AuthenticationFailed("another reason")) is not None
+    outage.back()
+    assert outage.lost() and outage.refused(refused) is not None  # a new outage
 
 
 def waiting_all(_: str) -> bool:
