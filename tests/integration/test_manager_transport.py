@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import gc
 import io
 import logging
@@ -34,7 +35,7 @@ from distq import commands
 from distq.config import CONNECT_TIMEOUT, Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
-from distq.errors import ConnectionFailed, TransportError
+from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport import Settlement, Transport, manager, open_transport
 from launch import free_port
 from procs import Distq
@@ -563,6 +564,75 @@ def test_the_master_drops_a_connection_that_never_authenticates() -> None:
             time.sleep(0.1)
         assert after <= before + 2, (before, after)
         assert _connects_within(settings, 10)
+    finally:
+        master.stop(grace=0)
+
+
+def test_silent_peers_that_reconnect_do_not_keep_workers_out() -> None:
+    """A peer without the key held every one of the 64 places for a handshake with 200
+    silent connections, opening each again as the master cut it after 5 s: workers
+    waited in the listen backlog past their own 5 s, and none got in (sec14). A new
+    connection now cuts the oldest handshake of the host with the most, so a worker (here
+    from the same host, the harder case) gets in while the flood goes on; the master
+    says so, once."""
+    settings = _settings("flooded")
+    master = Distq(["master", "--tasks", "1", "--timeout", "60"], _env(settings))
+    stop = threading.Event()
+    opened = [0]
+
+    def flood() -> None:  # bounded: 3,000 connections, and until stopped
+        peers = _silent_peers(settings.manager_address, 200)
+        opened[0] += len(peers)
+        while not stop.wait(0.05) and opened[0] < 3000:
+            for i, peer in enumerate(peers):
+                peer.setblocking(False)
+                try:
+                    if peer.recv(4096) != b"":
+                        continue  # the challenge: stay silent
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    pass
+                peer.close()  # cut by the master: open another
+                with contextlib.suppress(OSError):
+                    peers[i] = socket.create_connection(settings.manager_address, timeout=2)
+                    opened[0] += 1
+        for peer in peers:
+            peer.close()
+
+    try:
+        master.wait_for(r"^master .* transport")
+        flooder = threading.Thread(target=flood)
+        flooder.start()
+        try:
+            time.sleep(3)  # every place taken
+            assert opened[0] >= 64
+            assert _connects_within(settings, 10)
+        finally:
+            stop.set()
+            flooder.join(30)
+        master.wait_for("connections were authenticating at once; cut the oldest of 127.0.0.1")
+        said = master.output()
+        assert said.count("were authenticating at once") == 1, said  # once a minute
+    finally:
+        master.stop(grace=0)
+
+
+def test_the_master_says_a_peer_failed_the_handshake_once_a_minute() -> None:
+    """A worker with another DISTQ_AUTHKEY (a master restarted with a new key, a guess
+    at a short one) was dropped without a word on the master's side (restart14, sec14)."""
+    settings = _settings("wrongkey")
+    master = Distq(["master", "--tasks", "1", "--timeout", "60"], _env(settings))
+    try:
+        master.wait_for(r"^master .* transport")
+        wrong = dataclasses.replace(settings, authkey=b"not-the-masters-key")
+        for _ in range(3):
+            with pytest.raises(AuthenticationFailed):
+                open_transport(wrong, "worker")
+        line = r"a connection from 127\.0\.0\.1:\d+ failed the authentication handshake: its "
+        master.wait_for(line + "DISTQ_AUTHKEY is not this master's")
+        said = master.output()
+        assert said.count("failed the authentication handshake") == 1, said
     finally:
         master.stop(grace=0)
 

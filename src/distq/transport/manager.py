@@ -101,7 +101,10 @@ _CONNECT_TIMEOUT = 5.0
 #: sent its first request this long after it was accepted (a worker does so at once; a
 #: port scanner, a load balancer's probe or a vanished host never does).
 _HANDSHAKE_TIMEOUT = 5.0
-#: Most connections the master authenticates at once; more wait in the listen backlog.
+#: Most connections the master authenticates at once. One more cuts the oldest handshake
+#: of the host that has the most under way: a peer without the key that holds silent
+#: connections (each cut after 5 s, then opened again) took every place before, and the
+#: workers waited in the listen backlog past their own 5 s (sec14).
 _HANDSHAKES_AT_ONCE = 64
 #: On a served connection, a reply the master cannot send for this long (a peer that
 #: stopped reading) ends the connection. Reads have no timeout: a worker or an executor
@@ -612,18 +615,34 @@ class _Deadlines:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._due: dict[Connection, float] = {}
+        self._due: dict[Connection, tuple[float, str]] = {}  # its deadline, its peer's host
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._cut_late, name="distq-handshakes", daemon=True)
         self._thread.start()
 
-    def add(self, conn: Connection, seconds: float) -> None:
+    def add(self, conn: Connection, seconds: float, host: str = "") -> None:
         with self._lock:
-            self._due[conn] = time.monotonic() + seconds
+            self._due[conn] = (time.monotonic() + seconds, host)
 
     def done(self, conn: Connection) -> None:
         with self._lock:
             self._due.pop(conn, None)
+
+    def make_room(self, most: int) -> str | None:
+        """With ``most`` handshakes under way, cut the oldest of the host that has the
+        most of them and return that host; None when there is room. A real peer answers
+        in milliseconds, so the host holding places is the one that stays silent."""
+        with self._lock:
+            if len(self._due) < most:
+                return None
+            counts = Counter(host for _, host in self._due.values())
+            crowded = max(counts, key=counts.__getitem__)
+            oldest = min(
+                (conn for conn, (_, host) in self._due.items() if host == crowded),
+                key=lambda conn: self._due[conn][0],
+            )
+            self._cut(oldest)
+            return crowded
 
     def stop(self) -> None:
         self._stop.set()
@@ -632,13 +651,14 @@ class _Deadlines:
         while not self._stop.wait(0.5):
             now = time.monotonic()
             with self._lock:
-                for conn in [c for c, due in self._due.items() if due <= now]:
-                    del self._due[conn]
-                    with (
-                        contextlib.suppress(OSError),
-                        socket.socket(fileno=os.dup(conn.fileno())) as sock,
-                    ):
-                        sock.shutdown(socket.SHUT_RDWR)  # its thread's read ends at once
+                for conn in [c for c, (due, _) in self._due.items() if due <= now]:
+                    self._cut(conn)
+
+    def _cut(self, conn: Connection) -> None:
+        """Shut ``conn`` down (its thread's read ends at once); under the lock."""
+        del self._due[conn]
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 # -- what a manager connection unpickles ---------------------------------------------
@@ -697,9 +717,9 @@ class _ServedConnection(Connection):
     A refused one ends the connection as the peer's close would (``EOFError``: what ends
     ``multiprocessing``'s ``serve_client``), with ``refused`` saying why."""
 
-    def __init__(self, handle: int, peer: str) -> None:
+    def __init__(self, handle: int, peer: str, host: str = "") -> None:
         super().__init__(handle)
-        self.peer = peer
+        self.peer, self.host = peer, host  # host:port, and the host alone
         self.refused: str | None = None
 
     def recv(self) -> Any:
@@ -742,7 +762,7 @@ class _Listener(connection.Listener):
             raise OSError("listener is closed")
         sock, address = listener._socket.accept()
         sock.setblocking(True)
-        return _ServedConnection(sock.detach(), host_port(*address[:2]))
+        return _ServedConnection(sock.detach(), host_port(*address[:2]), address[0])
 
 
 def _client(address: Any, authkey: bytes | None = None) -> Connection:
@@ -947,14 +967,10 @@ class ManagerTransport(Transport):
         of its own. Nothing that goes wrong with one connection ends this thread."""
         server = self._server
         assert server is not None
-        handshakes = threading.BoundedSemaphore(_HANDSHAKES_AT_ONCE)
         while self._broker is not None:
-            if not handshakes.acquire(timeout=1.0):
-                continue  # as many handshakes under way as allowed: the next waits its turn
             try:
                 conn = server.listener.accept()
             except OSError as exc:
-                handshakes.release()
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self._log_accept_problem(
                         "fds",
@@ -965,17 +981,25 @@ class ManagerTransport(Transport):
                     time.sleep(0.1)  # not a busy loop: accept() fails at once until one closes
                 continue  # a closed listener (close()), or a connection reset before accept
             except Exception:  # whatever it is, the master keeps accepting
-                handshakes.release()
                 time.sleep(0.1)
                 continue
+            crowded = self._deadlines.make_room(_HANDSHAKES_AT_ONCE)
+            if crowded is not None:
+                self._log_accept_problem(
+                    "crowded",
+                    f"{_HANDSHAKES_AT_ONCE} connections were authenticating at once; cut the "
+                    f"oldest of {crowded}'s, which had the most (a peer that connects and "
+                    "stays silent: a port scanner, or someone without DISTQ_AUTHKEY)",
+                )
             try:
                 _accepted(conn)
                 self._served.add(conn)
+                self._deadlines.add(conn, _HANDSHAKE_TIMEOUT, conn.host)  # the whole handshake
                 threading.Thread(
-                    target=self._serve, args=(conn, handshakes), name="distq-serve", daemon=True
+                    target=self._serve, args=(conn,), name="distq-serve", daemon=True
                 ).start()
             except Exception as exc:  # RuntimeError: can't start new thread
-                handshakes.release()
+                self._deadlines.done(conn)
                 self._served.discard(conn)
                 conn.close()
                 self._log_accept_problem(
@@ -993,11 +1017,11 @@ class ManagerTransport(Transport):
             self._logged[kind] = now
             log.error("master at %s: %s", self.address, message)
 
-    def _serve(self, conn: _ServedConnection, handshakes: threading.BoundedSemaphore) -> None:
+    def _serve(self, conn: _ServedConnection) -> None:
         """Serve ``conn`` (:meth:`_serve_requests`); a connection dropped for a message
         the master does not unpickle is logged, once, with the peer's address."""
         try:
-            self._serve_requests(conn, handshakes)
+            self._serve_requests(conn)
         finally:
             self._served.discard(conn)
             if conn.refused is not None:
@@ -1009,15 +1033,12 @@ class ManagerTransport(Transport):
                     conn.refused,
                 )
 
-    def _serve_requests(
-        self, conn: _ServedConnection, handshakes: threading.BoundedSemaphore
-    ) -> None:
+    def _serve_requests(self, conn: _ServedConnection) -> None:
         """``multiprocessing``'s ``Server.handle_request``, with the handshake and first
         request bounded by ``_HANDSHAKE_TIMEOUT``, and nothing sent to a peer that failed
         it: a silent or half-open peer costs the master a thread and a file descriptor for
         that long, not for good."""
         server = self._server
-        self._deadlines.add(conn, _HANDSHAKE_TIMEOUT)  # the whole handshake, however sent
         try:
             try:
                 connection.deliver_challenge(conn, server.authkey)
@@ -1025,11 +1046,16 @@ class ManagerTransport(Transport):
                 _, name, args, kwds = conn.recv()
             finally:
                 self._deadlines.done(conn)
-                handshakes.release()
             if name not in _FIRST_REQUESTS:  # not shutdown: any key holder could stop us
                 raise ValueError(f"{name!r} unrecognized")
-        except Exception:  # no key, a wrong one, a silent peer, a port scan: dropped
+        except Exception as exc:  # no key, a wrong one, a silent peer, a port scan: dropped
             conn.close()
+            if isinstance(exc, connection.AuthenticationError):
+                self._log_accept_problem(
+                    "key",
+                    f"a connection from {conn.peer} failed the authentication handshake: "
+                    "its DISTQ_AUTHKEY is not this master's (logged once a minute)",
+                )
             return
         _serving(conn)
         try:
