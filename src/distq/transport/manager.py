@@ -1050,7 +1050,7 @@ class ManagerTransport(Transport):
                 raise ValueError(f"{name!r} unrecognized")
         except Exception as exc:  # no key, a wrong one, a silent peer, a port scan: dropped
             conn.close()
-            if isinstance(exc, connection.AuthenticationError):
+            if isinstance(exc, AuthenticationError):
                 self._log_accept_problem(
                     "key",
                     f"a connection from {conn.peer} failed the authentication handshake: "
