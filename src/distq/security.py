@@ -6,14 +6,15 @@ import ipaddress
 from typing import Literal
 
 from distq.config import Settings, host_port
-from distq.signing import key_id
+from distq.signing import MIN_KEY_LENGTH, key_id
 
 Notice = tuple[Literal["info", "warning"], str]
 
 
 def notices(settings: Settings, role: Literal["master", "worker"]) -> list[Notice]:
-    """Lines to print at start: the signing key in use, and what the manager transport
-    does not protect (it is not encrypted)."""
+    """Lines to print at start: the signing key in use, what the manager transport does
+    not protect (it is not encrypted), and a manager master's authkey too short to stand
+    guessing (any bytes work, as the stdlib's, but signing keys need 16)."""
     out: list[Notice] = []
     keys = settings.signing_keys
     if keys:
@@ -36,6 +37,17 @@ def notices(settings: Settings, role: Literal["master", "worker"]) -> list[Notic
         )
     else:
         out.append(("info", plain))
+    key = settings.authkey or b""
+    if role == "master" and len(key) < MIN_KEY_LENGTH:
+        out.append(
+            (
+                "warning",
+                f"DISTQ_AUTHKEY is {len(key)} bytes long: a peer that reaches the port can "
+                f"guess a short key, hundreds of tries a second; use at least {MIN_KEY_LENGTH} "
+                "random characters, e.g. $(python3 -c 'import secrets; "
+                "print(secrets.token_hex(16))')",
+            )
+        )
     return out
 
 

@@ -499,6 +499,10 @@ def test_the_manager_transport_says_it_is_not_encrypted() -> None:
     [(level, line)] = notices(everywhere, "master")
     assert level == "warning" and "0.0.0.0:9000" in line and "not encrypted" in line
     assert notices(everywhere, "worker")[0][0] == "info"
+    short = load({"DISTQ_AUTHKEY": "q7"})  # guessed in 0.9 s, nothing said (sec14)
+    assert [level for level, _ in notices(short, "master")] == ["info", "warning"]
+    assert notices(short, "master")[1][1].startswith("DISTQ_AUTHKEY is 2 bytes long: a peer")
+    assert len(notices(short, "worker")) == 1  # the master's to say
     v6 = load({**KEY, "DISTQ_MANAGER_ADDRESS": "[::]:9000"})  # was "listening on :::9000"
     assert "listening on [::]:9000, beyond" in notices(v6, "master")[0][1]
     signed = load({**KEY, "DISTQ_SIGNING_KEYS": f"{SIGNING}1,{SIGNING}2"})
