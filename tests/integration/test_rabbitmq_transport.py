@@ -563,6 +563,51 @@ def test_a_master_counts_the_tasks_the_broker_holds_not_its_messages(
     producer.close()
 
 
+def test_a_results_pack_read_in_part_comes_again_whole_after_a_reconnect(
+    open_transport: OpenTransport,
+) -> None:
+    """A worker's results for one master travel as one pack message, which a caller may
+    read in part (``max_count`` 1 here; the master reads 1000 of a pack of up to
+    DISTQ_PREFETCH). Acked once any of it was read (mutant Q09 of mut14b), the rest,
+    buffered only, was lost with the connection: the master waited until --timeout."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"t1", b"t2", b"t3"])
+    consumer = t.consumer("c1")
+    got = fetch_n(consumer, 3)
+    consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r-" + d.body) for d in got])
+    first = producer.results(1, 5.0) + producer.results(1, 5.0)
+    assert first == [b"r-t1", b"r-t2"]
+    producer._link.close()  # the connection drops (a broker restart, the network)
+    producer.reconcile()  # reconnects, as the master does
+    again: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while b"r-t3" not in again and time.monotonic() < deadline:
+        again += producer.results(10, 0.2)
+    assert again == [b"r-t1", b"r-t2", b"r-t3"]  # the pack again (the master drops dups)
+    consumer.close()
+    producer.close()
+
+
+def test_a_reply_queue_gone_on_reconnecting_means_the_broker_holds_no_task(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A node replaced by an empty one (or a master away longer than its reply queue
+    lives) holds none of the tasks: reconcile() must say 0, so that the master submits
+    them all again. Counting them as still held (mutant Q08 of mut14b; only a slow fault
+    test restarting the broker empty caught it) lost them: "tasks lost: 100"."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"t1", b"t2", b"t3"])
+    producer.flush()
+    assert producer.reconcile() == 3
+    raw.queue_delete(producer.reply_to)  # as an empty node has neither queue
+    raw.queue_delete(queue)
+    producer._link.close()  # and the connection to the old node is gone
+    assert producer.reconcile() == 0
+    producer.close()
+
+
 def _one_task_of_a_pack(
     t: RabbitMQTransport,
 ) -> tuple[RabbitMQProducer, RabbitMQConsumer, Delivery]:

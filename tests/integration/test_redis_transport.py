@@ -907,23 +907,27 @@ def test_wrong_password_is_refused_without_echoing_it(
         open_transport(url=f"redis://127.0.0.1:{urlsplit(redis_broker.url).port}/0")
 
 
+@pytest.mark.parametrize("queued", [1, 8])
 def test_a_late_result_drops_the_copy_its_lapsed_lease_sent_back(
-    open_transport: OpenTransport, raw: redis.Redis[bytes]
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queued: int
 ) -> None:
     """A task holding the GIL past its lease ran again on another slot, whose lease then
     lapsed in turn (3 runs): a late result left the copy queued. The copy still queued
-    goes; one leased again runs (a duplicate result the master drops)."""
+    goes; one leased again runs (a duplicate result the master drops). Every copy of a
+    stalled batch goes: a look at the tail only (mutant R06 of mut14b, ``COPY_LOOK`` 1)
+    dropped few, and the batch's other tasks ran again (8 copies: the settle visits them
+    in a Lua table's order, which for 4 happened to find each at the tail in turn)."""
     t = open_transport(lease=0.5)
     producer = t.producer(t.reply_queue("j"))
-    producer.submit([b"queued", b"leased"])
+    producer.submit(_bodies(queued + 1))
     stalled = t.consumer("stalled")
-    first = stalled.fetch(2, timeout=1)
+    first = stalled.fetch(queued + 1, timeout=1)
     time.sleep(0.6)
     other = t.consumer("other")
     (copy,) = other.fetch(1, timeout=0)  # the claim sweeps: one copy leased again
-    assert copy.redelivered and raw.llen(t.ready_key) == 1
+    assert copy.redelivered and raw.llen(t.ready_key) == queued
     stalled.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in first])
-    assert results_n(producer, 2) == [b"r", b"r"]
+    assert results_n(producer, queued + 1) == [b"r"] * (queued + 1)
     assert raw.llen(t.ready_key) == 0  # the copy still queued is gone
     assert raw.llen(other.inflight_key) == 1  # the one leased again runs
     other.settle([Settlement(copy, reply_to=producer.reply_to, result=b"dup")])

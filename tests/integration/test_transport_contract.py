@@ -227,16 +227,40 @@ def test_a_waiting_producer_wakes_when_a_result_arrives(target: Target) -> None:
         assert woke - settled[0] < WOKE_WITHIN
 
 
-def test_release_hands_back_to_the_front(hosted: Transport, remote: Transport) -> None:
+@pytest.mark.parametrize("held", [1, 3])
+def test_release_hands_back_to_the_front(hosted: Transport, remote: Transport, held: int) -> None:
+    """Also one task of several held: Redis hands back a few of many by another path (one
+    LREM each), which lost the redelivered flag unseen (mutant R10 of mut14b)."""
     producer = hosted.producer(hosted.reply_queue("release"))
-    producer.submit([b"first", b"second"])
+    bodies = [b"first", b"second", b"third"]
+    producer.submit(bodies)
     consumer = remote.consumer("c1")
-    (first,) = fetch_n(consumer, 1)
-    assert first.body == b"first"
-    consumer.release([first])
-    again = fetch_n(consumer, 2)
-    assert [d.body for d in again] == [b"first", b"second"]
-    assert again[0].redelivered and not again[1].redelivered
+    taken = fetch_n(consumer, held)
+    assert [d.body for d in taken] == bodies[:held]
+    consumer.release(taken[:1])
+    again = fetch_n(consumer, 4 - held)  # the one handed back, then those never taken
+    assert [d.body for d in again] == [b"first", *bodies[held:]]
+    assert again[0].redelivered and not any(d.redelivered for d in again[1:])
+
+
+def test_a_waiting_consumer_gets_a_task_handed_back_flagged_redelivered(target: Target) -> None:
+    """A slot waiting for a task (Redis: blocked in BLMOVE) got one another slot handed
+    back unflagged (mutant R15 of mut14b): distq_worker_redeliveries_total undercounted.
+    The hand back is a close: a release may go back to the releasing slot (RabbitMQ)."""
+    fresh = target.fresh(lease_seconds=LONG_LEASE)
+    with both_sides(fresh) as (master, worker), worker_side(fresh) as other:
+        master.producer(master.reply_queue("handed-back")).submit([b"x"])
+        holder = worker.consumer("holder")
+        assert [d.body for d in fetch_n(holder, 1)] == [b"x"]
+        waiting = other.consumer("waits")
+        waiting.fetch(1, 0.05)  # set up the subscription where the transport has one
+        timer = threading.Timer(0.5, holder.close)  # while it waits
+        timer.start()
+        try:
+            got = waiting.fetch(1, 3 * LONG_LEASE)
+        finally:
+            timer.join()
+        assert [(d.body, d.redelivered) for d in got] == [(b"x", True)]
 
 
 def test_close_hands_back_what_the_consumer_held(target: Target, hosted: Transport) -> None:
@@ -266,6 +290,27 @@ def test_expired_lease_goes_back_to_the_queue(
         assert sorted(d.body for d in again) == [b"1", b"2", b"3"]
         assert all(d.redelivered for d in again)
         assert time.monotonic() - started < 10  # a few lease periods, not minutes
+
+
+def test_a_slot_restarted_under_the_same_id_does_not_renew_the_dead_ones_lease(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """A worker SIGKILLed while holding tasks, restarted with the same --worker-id (a
+    container: same host name, pid 1): on manager its heartbeats renewed the dead one's
+    lease (mutant M11 of mut14b), and those tasks never came back while it lived."""
+    producer = hosted.producer(hosted.reply_queue("restarted"))
+    producer.submit([b"1", b"2"])
+    killed = remote.consumer("host-1")
+    assert len(fetch_n(killed, 2)) == 2  # then it is never called again
+    with worker_side(target) as restarted_side:
+        restarted = restarted_side.consumer("host-1")
+        back: list[Delivery] = []
+        deadline = time.monotonic() + 10  # ten leases
+        while len(back) < 2 and time.monotonic() < deadline:
+            back += restarted.fetch(2 - len(back), 0.2)
+            restarted.heartbeat()
+        assert sorted(d.body for d in back) == [b"1", b"2"]
+        assert all(d.redelivered for d in back)
 
 
 @pytest.mark.parametrize("late", ["retry", "dead letter"])
@@ -485,6 +530,13 @@ def test_stats_count_ready_tasks(hosted: Transport, remote: Transport) -> None:
     other = remote.consumer("c2")
     other.fetch(1, 0.1)
     assert hosted.stats().consumers == 2
+    # both abandoned (SIGKILLed slots): once their leases lapse (1 s) neither is counted,
+    # though no claim swept them meanwhile (Redis counted them, mutant R19 of mut14b;
+    # RabbitMQ drops them when their connections miss two heartbeats)
+    deadline = time.monotonic() + 10
+    while hosted.stats().consumers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert hosted.stats().consumers == 0
 
 
 def test_wrong_credentials_are_refused(target: Target, hosted: Transport) -> None:

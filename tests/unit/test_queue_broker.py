@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import socket
+import threading
+import time
 
 import pytest
 
@@ -128,6 +130,38 @@ def test_a_late_result_is_published_and_the_requeued_copy_dropped(taken: bool) -
     for token_of_other, _, _ in other:  # and its late settle publishes only its result
         broker.settle("q", "other", [(token_of_other, "r", b"again", b"retry", 0.0, None)])
     assert broker.stats("q") == (0, 0, 0, 0)
+
+
+def test_a_fetch_that_waited_past_its_lease_holds_what_it_then_takes() -> None:
+    """An idle slot waits in fetch longer than its lease, and the reaper drops its lease
+    meanwhile. Were the task it then takes put in the dropped lease (mutant M16 of
+    mut14b: no renewal after the wait), it would be held by nobody: its retry, dead
+    letter or death not seen, the task lost (the master waits until --timeout)."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    got: list[tuple[int, bytes, bool]] = []
+    waiting = threading.Thread(target=lambda: got.extend(broker.fetch("q", "idle", 1, 10.0, 1.0)))
+    waiting.start()
+    deadline = time.monotonic() + 5
+    while broker.stats("q")[3] == 0 and time.monotonic() < deadline:  # it waits, lock free
+        time.sleep(0.01)
+    clock.now += 1.1  # its lease lapses while it waits
+    broker.reap()
+    broker.put("q", [b"a"])
+    waiting.join(5)
+    ((token, body, _),) = got
+    assert body == b"a" and broker.stats("q") == (0, 1, 0, 1)  # held: leased anew
+    broker.settle("q", "idle", [(token, None, None, b"a-attempt-2", 0.0, None)])
+    assert broker.peek("q", 10) == [b"a-attempt-2"]  # the retry is queued
+
+
+def test_stats_count_only_the_consumers_of_that_queue() -> None:
+    """Slots of workers on another queue of the same master counted as attached to this
+    one (mutant M15 of mut14b): a job with no result said slots were attached."""
+    broker = QueueBroker()
+    broker.fetch("other", "w", 1, 0, 5.0)
+    assert broker.stats("q") == (0, 0, 0, 0)
+    assert broker.stats("other")[3] == 1
 
 
 def test_reading_a_queue_keeps_nothing_for_its_name() -> None:
