@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
 import pytest
 
 import distq.dispatcher as dispatching
+from distq.chunks import CHUNK_TASK
 from distq.codec import Codec
-from distq.config import RECONCILE_SECONDS
+from distq.config import RECONCILE_SECONDS, Settings
 from distq.dispatcher import DEADLINES_KEPT, Dispatcher, Entry, Stop, Submit
 from distq.envelope import Task
-from distq.errors import BrokenExecutor, TaskTimeout, TransportError
+from distq.errors import BrokenExecutor, EnvelopeError, TaskTimeout, TransportError
+from distq.executor import Executor
 from distq.futures import Callbacks, DistqFuture
-from seam import ok_result
+from distq.transport import Settlement, open_transport
+from launch import free_port
+from seam import fetch_n, ok_result
 
 
 class BrokerGoneAtWithdraw:
@@ -375,3 +380,24 @@ def test_at_exit_a_thread_stuck_on_a_hung_broker_fails_its_futures_and_sends_no_
     dispatcher.join(10)
     assert not dispatcher.is_alive()
     assert producer.submitted == [[entry.body]], producer.submitted
+
+
+@pytest.mark.parametrize("value", [[4], [1, 4, 9], 5])
+def test_a_chunk_result_that_is_not_a_list_of_its_size_fails_the_map(value: Any) -> None:
+    """map(chunksize=2) took a chunk's result as it came: a worker of another version,
+    or a forged result with signing off, that answered a chunk of 2 with ``[4]`` made
+    map() yield a short list without an error (mutant X5 of mut14a)."""
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    with Executor(settings, task_timeout=20) as executor:
+        worker = open_transport(settings, "worker")
+        try:
+            results = executor.map("square", [1, 2], chunksize=2)
+            consumer = worker.consumer("wrong-worker")
+            [delivery] = fetch_n(consumer, 1)
+            chunk = Task.decode(delivery.body)
+            assert chunk.name == CHUNK_TASK
+            consumer.settle([Settlement(delivery, chunk.reply_to, ok_result(chunk, value))])
+            with pytest.raises(EnvelopeError, match=r"not a list of 2 results"):
+                list(results)
+        finally:
+            worker.close()

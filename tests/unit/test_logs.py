@@ -122,6 +122,24 @@ def test_text_console_masks_passwords() -> None:
     assert "s3cret" not in out.getvalue() and out.getvalue().count("distq:***@h") == 2
 
 
+def test_json_console_masks_passwords_in_info_error_and_rendered_lines() -> None:
+    """A task's error naming a broker URL, dead-lettered by a worker with
+    ``DISTQ_LOG_FORMAT=json``, printed its password in the clear if the JSON console's
+    error() did not mask it (mutant LG1 of mut14a: no test covered that path)."""
+    out, err = io.StringIO(), io.StringIO()
+    console = JsonConsole("worker", out=out, err=err, worker="w1")
+    console.info("Connect to redis at redis://app:Hunter2Secret@db:6379/0 .....")
+    console.error("last error: ValueError: could not open redis://app:Hunter2Secret@db:6379/0")
+    rendered = console.rendered("lost amqp://distq:Hunter2Secret@rabbit:5672/%2F")
+    [info] = [json.loads(line) for line in out.getvalue().splitlines()]
+    [error] = [json.loads(line) for line in err.getvalue().splitlines()]
+    assert "Hunter2Secret" not in out.getvalue() + err.getvalue() + rendered
+    assert info["message"] == "Connect to redis at redis://app:***@db:6379/0 ....."
+    assert error["level"] == "error"
+    assert error["message"] == "last error: ValueError: could not open redis://app:***@db:6379/0"
+    assert json.loads(rendered)["message"] == "lost amqp://distq:***@rabbit:5672/%2F"
+
+
 @pytest.mark.parametrize(
     ("variable", "url"),
     [
@@ -267,6 +285,25 @@ def test_a_masters_batch_of_results_and_duplicates_is_written_in_the_order_it_ca
     assert len({line["timestamp"] for line in lines}) == 1  # one stamp per batch
     master.collected(outstanding=0)  # nothing new: nothing written
     assert len(out.getvalue().splitlines()) == 3
+
+
+def test_a_failed_tasks_result_line_says_its_outcome_is_error() -> None:
+    """The master's JSON ``result received`` line of a task that failed for good said
+    ``"outcome":"ok"`` (mutant T5 of mut14a): a log pipeline counting failures by
+    outcome saw none, while the level said error."""
+    out = io.StringIO()
+    master = MasterTelemetry(log=JsonConsole("master", out=out))
+    task = Task(name="jobs:fail_with", args=["x"], reply_to="r")
+    master.submitted([task], outstanding=1)
+    failed = Result(
+        task.id, "error", "w1", 3, 0.0, 0.25, error_type="ValueError", error_message="x"
+    )
+    master.collected(outstanding=0, received=[(failed, 0.5)])
+    _, received = (json.loads(line) for line in out.getvalue().splitlines())
+    assert received["event"] == "result received" and received["task_id"] == task.id
+    assert (received["level"], received["outcome"]) == ("error", "error")
+    assert received["task"] == "jobs:fail_with"
+    assert (received["attempt"], received["worker"]) == (3, "w1")
 
 
 @pytest.mark.parametrize(

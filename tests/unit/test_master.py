@@ -188,6 +188,42 @@ def test_timeout_names_what_is_missing(transport: Transport) -> None:
     assert "no worker slot is attached" not in out  # one is: it kept them
 
 
+@pytest.mark.parametrize("hurried", [False, True])
+def test_a_stopped_job_waits_for_the_results_in_flight_unless_hurried(
+    transport: Transport, hurried: bool
+) -> None:
+    """Stopped (SIGTERM) while its tasks run, the master waits up to 5 s for their
+    results, as the README says, and exits 0 when all come in; a second signal (hurry)
+    waits for none. Without the drain (mutant M4 of mut14a) every task in flight was
+    "missing" at once and the master exited 1."""
+    stop, hurry = threading.Event(), threading.Event()
+    if hurried:
+        hurry.set()
+
+    def stopped_while_running(task: Task) -> list[bytes]:
+        stop.set()  # the signal comes while the worker runs the task
+        time.sleep(0.3)
+        return right(task)
+
+    out = io.StringIO()
+    done = threading.Event()
+    args = (transport, stopped_while_running, done)
+    worker = threading.Thread(target=serve, args=args, daemon=True)
+    worker.start()
+    try:
+        report = Master(transport, Console(out=out, err=out)).run(
+            JobSpec(tasks=4, timeout=20), Squares(seed=1), stop, hurry
+        )
+    finally:
+        done.set()
+        worker.join(5)
+    if hurried:
+        assert report.missing >= 3 and not report.succeeded, out.getvalue()
+    else:
+        assert report.succeeded and report.ok == 4, out.getvalue()
+        assert "all 4 results in and correct" in out.getvalue()
+
+
 def test_a_job_no_worker_ever_answered_says_whether_any_is_attached(
     transport: Transport,
 ) -> None:

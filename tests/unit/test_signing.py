@@ -8,6 +8,7 @@ import io
 import json
 import secrets
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -157,6 +158,33 @@ def test_an_oversized_message_is_refused_before_any_decoding() -> None:
     body = b"\xff" * 5000  # not JSON, not even UTF-8: refused for its size alone
     with pytest.raises(MessageTooLarge, match="5,000 bytes"):
         Codec(max_message_bytes=4096).open_task(body)
+
+
+def test_a_message_of_exactly_the_limit_opens_and_one_byte_more_is_refused() -> None:
+    """The limit is the most bytes a message may have: one over it was decoded, not
+    refused, had the check been off by one (mutant LI1 of mut14a), for tasks and results."""
+
+    def task_of(text: str) -> bytes:
+        return Codec().seal_task(task(text, 1, id="t1", created_at=1.5))
+
+    def result_of(text: str) -> bytes:
+        return Result("t1", "ok", "w", 1, 0.0, 0.0, value=text).encode()
+
+    def sized(make: Callable[[str], bytes], size: int) -> bytes:
+        message = make("x" * (size - len(make(""))))
+        assert len(message) == size
+        return message
+
+    codec = Codec(max_message_bytes=2000)
+    assert codec.open_task(sized(task_of, 2000)).id == "t1"
+    assert codec.open_result(sized(result_of, 2000)).task_id == "t1"
+    assert len(codec.open_results(sized(result_of, 2000))) == 1
+    over = "is 2,001 bytes, over the limit of 2,000"
+    with pytest.raises(MessageTooLarge, match=f"task {over}"):
+        codec.open_task(sized(task_of, 2001))
+    for read in (codec.open_result, codec.open_results):
+        with pytest.raises(MessageTooLarge, match=f"result {over}"):
+            read(sized(result_of, 2001))
 
 
 def deep(levels: int) -> Any:

@@ -694,3 +694,30 @@ def test_a_slot_that_cannot_start_again_after_a_time_limit_stops_the_worker_nami
     ), out.getvalue()
     assert "keeping a long batch" not in out.getvalue(), out.getvalue()
     producer.close()
+
+
+def test_worker_options_take_every_worker_setting_from_the_settings() -> None:
+    """``distq worker`` builds its options with ``from_settings``: a setting it dropped
+    was silently its default. ``DISTQ_PREFETCH=4`` gave 128 (mutant W7 of mut14a),
+    and the lease (heartbeat), queue, drain and time limits were as unchecked."""
+    settings = Settings.load(
+        {
+            "DISTQ_AUTHKEY": "secret",
+            "DISTQ_PREFETCH": "4",
+            "DISTQ_LEASE_SECONDS": "6",
+            "DISTQ_QUEUE": "images",
+            "DISTQ_DRAIN_SECONDS": "7.5",
+            "DISTQ_TASK_TIME_LIMIT": "30,square=2",
+        }
+    )
+    options = WorkerOptions.from_settings(
+        settings, concurrency=3, exit_when_idle=1.5, worker_id="w9"
+    )
+    assert (options.prefetch, options.heartbeat_interval) == (4, 2.0)
+    assert (options.queue, options.drain_seconds) == ("images", 7.5)
+    assert options.time_limits.describe() == "30,square=2"
+    assert (options.concurrency, options.exit_when_idle, options.worker_id) == (3, 1.5, "w9")
+    defaults = WorkerOptions()  # none of the values above is a default
+    assert defaults.prefetch != 4 and defaults.heartbeat_interval != 2.0
+    assert defaults.queue != "images" and defaults.drain_seconds != 7.5
+    assert not defaults.time_limits
