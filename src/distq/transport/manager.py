@@ -101,11 +101,15 @@ _CONNECT_TIMEOUT = 5.0
 #: sent its first request this long after it was accepted (a worker does so at once; a
 #: port scanner, a load balancer's probe or a vanished host never does).
 _HANDSHAKE_TIMEOUT = 5.0
-#: Most connections the master authenticates at once. One more cuts the oldest handshake
-#: of the host that has the most under way: a peer without the key that holds silent
-#: connections (each cut after 5 s, then opened again) took every place before, and the
-#: workers waited in the listen backlog past their own 5 s (sec14).
-_HANDSHAKES_AT_ONCE = 64
+#: Most connections the master authenticates at once; more wait in the listen backlog,
+#: unless a place is taken by a handshake unfinished after ``_SILENT_SECONDS``: then the
+#: oldest such of the host that has the most of them is cut. A peer without the key that
+#: holds silent connections (each cut after 5 s, then opened again) took every place and
+#: kept the workers in the backlog past their own 5 s (sec14); cutting any handshake, not
+#: only a silent one, cut a far worker's own slots (3 round trips each) in turn (diff14).
+_HANDSHAKES_AT_ONCE = 256
+#: A handshake unfinished this long is a silent peer's more likely than a worker's.
+_SILENT_SECONDS = 2.0
 #: On a served connection, a reply the master cannot send for this long (a peer that
 #: stopped reading) ends the connection. Reads have no timeout: a worker or an executor
 #: may sit idle between calls for any time; TCP keepalive finds a peer that vanished.
@@ -615,34 +619,42 @@ class _Deadlines:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._due: dict[Connection, tuple[float, str]] = {}  # its deadline, its peer's host
+        # each connection's deadline, its peer's host and when it was added
+        self._due: dict[Connection, tuple[float, str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._cut_late, name="distq-handshakes", daemon=True)
         self._thread.start()
 
     def add(self, conn: Connection, seconds: float, host: str = "") -> None:
+        now = time.monotonic()
         with self._lock:
-            self._due[conn] = (time.monotonic() + seconds, host)
+            self._due[conn] = (now + seconds, host, now)
 
     def done(self, conn: Connection) -> None:
         with self._lock:
             self._due.pop(conn, None)
 
-    def make_room(self, most: int) -> str | None:
-        """With ``most`` handshakes under way, cut the oldest of the host that has the
-        most of them and return that host; None when there is room. A real peer answers
-        in milliseconds, so the host holding places is the one that stays silent."""
+    def make_room(self, most: int, silent: float) -> tuple[bool, str | None]:
+        """Whether another handshake may start, fewer than ``most`` being under way, and
+        the host whose handshake was cut to make that room: of those unfinished for
+        ``silent`` seconds, the oldest of the host that has the most. Handshakes younger
+        than that are never cut (a far worker's take 3 round trips): with every place
+        theirs, there is no room, and the next connection waits in the backlog."""
         with self._lock:
             if len(self._due) < most:
-                return None
-            counts = Counter(host for _, host in self._due.values())
+                return True, None
+            since = time.monotonic() - silent
+            stalled = {conn: entry for conn, entry in self._due.items() if entry[2] <= since}
+            if not stalled:
+                return False, None
+            counts = Counter(host for _, host, _ in stalled.values())
             crowded = max(counts, key=counts.__getitem__)
             oldest = min(
-                (conn for conn, (_, host) in self._due.items() if host == crowded),
-                key=lambda conn: self._due[conn][0],
+                (conn for conn, (_, host, _) in stalled.items() if host == crowded),
+                key=lambda conn: stalled[conn][2],
             )
             self._cut(oldest)
-            return crowded
+            return True, crowded
 
     def stop(self) -> None:
         self._stop.set()
@@ -651,7 +663,7 @@ class _Deadlines:
         while not self._stop.wait(0.5):
             now = time.monotonic()
             with self._lock:
-                for conn in [c for c, (due, _) in self._due.items() if due <= now]:
+                for conn in [c for c, (due, _, _) in self._due.items() if due <= now]:
                     self._cut(conn)
 
     def _cut(self, conn: Connection) -> None:
@@ -968,6 +980,18 @@ class ManagerTransport(Transport):
         server = self._server
         assert server is not None
         while self._broker is not None:
+            room, crowded = self._deadlines.make_room(_HANDSHAKES_AT_ONCE, _SILENT_SECONDS)
+            if crowded is not None:
+                self._log_accept_problem(
+                    "crowded",
+                    f"{_HANDSHAKES_AT_ONCE} connections were authenticating at once; cut "
+                    f"the oldest of {crowded}'s unfinished after {_SILENT_SECONDS:g} s (a "
+                    "peer that connects and stays silent: a port scanner, or someone "
+                    "without DISTQ_AUTHKEY)",
+                )
+            if not room:  # every place taken by a handshake still young: the next waits
+                time.sleep(0.05)
+                continue
             try:
                 conn = server.listener.accept()
             except OSError as exc:
@@ -983,14 +1007,6 @@ class ManagerTransport(Transport):
             except Exception:  # whatever it is, the master keeps accepting
                 time.sleep(0.1)
                 continue
-            crowded = self._deadlines.make_room(_HANDSHAKES_AT_ONCE)
-            if crowded is not None:
-                self._log_accept_problem(
-                    "crowded",
-                    f"{_HANDSHAKES_AT_ONCE} connections were authenticating at once; cut the "
-                    f"oldest of {crowded}'s, which had the most (a peer that connects and "
-                    "stays silent: a port scanner, or someone without DISTQ_AUTHKEY)",
-                )
             try:
                 _accepted(conn)
                 self._served.add(conn)
