@@ -18,6 +18,7 @@ import base64
 import contextlib
 import functools
 import json
+import math
 import signal
 import textwrap
 import time
@@ -148,9 +149,10 @@ def _client(settings: Settings) -> Iterator[Transport]:
 # -- submit ---------------------------------------------------------------------------
 def parse_argument(text: str) -> Any:
     """A command-line argument as a JSON value, or else as the string it is (``NaN``
-    and ``Infinity`` too, which Python's json reads and JSON has not)."""
+    and ``Infinity`` too, which Python's json reads and JSON has not, and a number past
+    a float's range, ``1e999``, which JSON reads and no float holds)."""
     try:
-        return json.loads(text, parse_constant=_not_json)
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
     except (json.JSONDecodeError, _NotJson):
         return text
     except RecursionError:  # nested past Python's own limit: far past the wire's
@@ -168,6 +170,15 @@ class _NotJson(ValueError):
 
 def _not_json(constant: str) -> Any:
     raise _NotJson(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float, unless it is past a float's range (``1e999``), which
+    JSON reads and no float holds: not a value a task can take, so the text stays text."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson(f"{text} is past a float's range")
+    return value
 
 
 _NESTING = f"a task's arguments may nest {MAX_DEPTH} levels at most"
@@ -305,7 +316,7 @@ def _kwargs(text: str | None) -> dict[str, Any]:
     if text is None:
         return {}
     try:
-        value = json.loads(text, parse_constant=_not_json)
+        value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
     except ValueError as exc:
         raise ConfigError(
             f"--kwargs {quoted_ends(text)} is not JSON ({exc}); use e.g. '{{\"size\": 64}}'"

@@ -55,6 +55,7 @@ from distq.envelope import MAX_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, ConfigError, EnvelopeError, MessageTooLarge
 from distq.futures import Callbacks, DistqFuture
 from distq.jsonvalue import MAX_CHUNK_DEPTH, MAX_DEPTH, check_arguments
+from distq.security import notices
 from distq.tasks import bound, task_name
 from distq.transport import QueueStats, open_transport
 
@@ -104,6 +105,10 @@ class Executor(concurrent.futures.Executor):
         self.settings = load_settings(settings, overrides, os.environ)
         self.max_attempts, self.task_timeout = max_attempts, task_timeout
         self._transport = open_transport(self.settings, "master" if host else "worker")
+        if self._transport.queues_in_master:  # hosting them, as `distq master` does
+            for level, line in notices(self.settings, "master"):
+                if level == "warning":  # the info lines are a command's start, not a library's
+                    log.warning("%s", line)
         try:
             self.reply_to = self._transport.reply_queue(new_id())
             producer = self._transport.producer(self.reply_to)

@@ -818,3 +818,21 @@ def test_a_chunk_is_checked_for_what_a_chunk_can_carry_and_says_the_fix(
     ), caught.value
     assert str(caught.value).endswith("; nothing was sent"), caught.value
     assert ex.stats().ready == 0
+
+
+def test_an_executor_hosting_the_queues_warns_as_distq_master_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An executor that hosts the manager queues said nothing of a 2-byte authkey, nor of
+    listening beyond this machine, where `distq master` warns of both (diff14)."""
+    from launch import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    with (
+        caplog.at_level("WARNING", logger="distq"),
+        distq.Executor(transport="manager", authkey="ab", manager_address=address),
+    ):
+        pass
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(line.startswith("DISTQ_AUTHKEY is 2 bytes long") for line in said), said
+    assert not any("not encrypted" in line for line in said), said  # on loopback: info only
