@@ -812,6 +812,14 @@ def test_a_deleted_lease_record_queue_is_declared_again_and_still_brings_the_tas
         raw.queue_delete(records)
 
 
+def _heartbeats(consumer: Any, seconds: float, every: float) -> None:
+    """The worker's keeper: a heartbeat every ``every`` seconds for ``seconds``."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        consumer.heartbeat()
+        time.sleep(every)
+
+
 def test_a_lease_record_renewed_late_still_holds_its_task(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:
@@ -824,10 +832,7 @@ def test_a_lease_record_renewed_late_still_holds_its_task(
     fetch_n(consumer, 1)
     records = record_queue(queue, consumer.consumer_id)
     try:
-        until = time.monotonic() + 1.5
-        while time.monotonic() < until:  # held past its lease: the record holds it now
-            consumer.heartbeat()
-            time.sleep(0.3)
+        _heartbeats(consumer, 1.5, every=0.3)  # held past its lease: the record holds it now
         assert _ready(raw, records) == 1
         time.sleep(1.5)  # the next renewal comes 1.5 leases late
         assert _ready(raw, queue) == 0 and _ready(raw, records) == 1
@@ -850,10 +855,7 @@ def test_a_task_held_by_its_lease_record_goes_back_at_close(
     (delivery,) = fetch_n(consumer, 1)
     records = record_queue(queue, consumer.consumer_id)
     try:
-        until = time.monotonic() + 3.5
-        while time.monotonic() < until:  # held past its lease: the record holds it now
-            consumer.heartbeat()
-            time.sleep(0.5)
+        _heartbeats(consumer, 3.5, every=0.5)  # held past its lease: the record holds it now
         assert _ready(raw, records) == 1 and _ready(raw, queue) == 0
         consumer.close()
         assert _ready(raw, records) == 0
