@@ -105,7 +105,7 @@ class Executor(concurrent.futures.Executor):
         self.settings = load_settings(settings, overrides, os.environ)
         self.max_attempts, self.task_timeout = max_attempts, task_timeout
         self._transport = open_transport(self.settings, "master" if host else "worker")
-        if self._transport.queues_in_master:  # hosting them, as `distq master` does
+        if host and self._transport.queues_in_master:  # hosting them, as `distq master` does
             for level, line in notices(self.settings, "master"):
                 if level == "warning":  # the info lines are a command's start, not a library's
                     log.warning("%s", line)

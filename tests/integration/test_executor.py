@@ -827,12 +827,18 @@ def test_an_executor_hosting_the_queues_warns_as_distq_master_does(
     listening beyond this machine, where `distq master` warns of both (diff14)."""
     from launch import free_port
 
-    address = f"127.0.0.1:{free_port()}"
+    short: dict[str, Any] = {
+        "transport": "manager",
+        "authkey": "ab",
+        "manager_address": f"127.0.0.1:{free_port()}",
+    }
     with (
         caplog.at_level("WARNING", logger="distq"),
-        distq.Executor(transport="manager", authkey="ab", manager_address=address),
+        distq.Executor(**short),
+        distq.Executor(**short, host=False),  # a client of that master: not its to say
     ):
         pass
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any(line.startswith("DISTQ_AUTHKEY is 2 bytes long") for line in said), said
+    assert [line for line in said if line.startswith("DISTQ_AUTHKEY is 2 bytes long")], said
+    assert len([line for line in said if line.startswith("DISTQ_AUTHKEY")]) == 1, said
     assert not any("not encrypted" in line for line in said), said  # on loopback: info only
