@@ -61,11 +61,13 @@ class Outage:
     def ongoing(self) -> bool:
         return self._since is not None
 
-    def lost(self) -> bool:
+    def lost(self, exc: Exception | None = None) -> bool:
+        """True for the first thread to report the outage, ``exc`` its cause: it says it
+        (a refusal of the credentials among them, not said again by :meth:`refused`)."""
         with self._lock:
             if self._since is not None:
                 return False
-            self._since, self._refusal = self._clock(), ""
+            self._since, self._refusal = self._clock(), _refusal(exc)
             return True
 
     def refused(self, exc: Exception) -> str | None:
@@ -73,9 +75,9 @@ class Outage:
         the credentials, for the first thread to see that refusal in this outage (None
         otherwise): a broker that came back with another password, key or certificate is
         said once, not retried in silence. Thread-safe."""
-        if not isinstance(exc, AuthenticationFailed):
+        reason = _refusal(exc)
+        if not reason:
             return None
-        reason = str(exc).rstrip(".")
         with self._lock:
             if self._since is None or reason == self._refusal:
                 return None
@@ -88,3 +90,8 @@ class Outage:
                 return None
             lasted, self._since, self._refusal = self._clock() - self._since, None, ""
             return lasted
+
+
+def _refusal(exc: Exception | None) -> str:
+    """The reason in ``exc`` if it is the broker refusing the credentials, else ""."""
+    return str(exc).rstrip(".") if isinstance(exc, AuthenticationFailed) else ""

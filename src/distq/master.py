@@ -378,9 +378,8 @@ class _Run(Generic[E]):
         job ends first (stopped, or past its timeout)."""
         if self.stop.is_set():
             return False  # no reconnecting on the way out
-        if self.outage.lost():  # one line an outage, however many calls fail in it
+        if self.outage.lost(exc):  # one line an outage, however many calls fail in it
             self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
-            self.outage.refused(exc)  # said already, if it is one
         backoff = Backoff()
         while True:
             delay = backoff.next()

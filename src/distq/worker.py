@@ -586,9 +586,8 @@ class Worker:
     def _lost(self, exc: Exception) -> None:
         """A call failed on the broker: the first to see an outage says so, in one line
         per outage whatever the number of slots and attempts (see :meth:`_back`)."""
-        if self.outage.lost():
+        if self.outage.lost(exc):
             self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
-            self.outage.refused(exc)  # said already, if it is one
         elif (line := self.outage.refused(exc)) is not None:
             self.console.error(line)
 

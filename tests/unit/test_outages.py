@@ -57,6 +57,8 @@ def test_a_refusal_of_the_credentials_is_said_once_an_outage() -> None:
     assert outage.refused(AuthenticationFailed("another reason")) is not None
     outage.back()
     assert outage.lost() and outage.refused(refused) is not None  # a new outage
+    outage.back()
+    assert outage.lost(refused) and outage.refused(refused) is None  # its cause: said
 
 
 def waiting_all(_: str) -> bool:

@@ -1536,9 +1536,10 @@ class RabbitMQConsumer(Consumer):
         the records to expire into the queue.
         """
         self._transport.forget(self)
+        partly = self._held.partly_settled()
         records = list(self._records.bodies) if self._records is not None else []
-        if (self._held.partly_settled() or records) and self._link.is_open:
-            tags = self._held.tags() if self._held.partly_settled() else []
+        if (partly or records) and self._link.is_open:
+            tags = self._held.tags() if partly else []
             with contextlib.suppress(*_PikaError, TransportError):
                 self._give_back(sorted({*tags, *records}))
         self._link.close()
