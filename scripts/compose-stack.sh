@@ -194,7 +194,7 @@ down() {
         docker rm -f $left >/dev/null
         compose_all down --volumes --remove-orphans >/dev/null 2>&1
     fi
-    log "removed project $project: containers, networks and volumes (.env and images kept)"
+    log "removed project $project: containers, networks and volumes (.env, its secret files and the images kept)"
 }
 
 scale() {  # N

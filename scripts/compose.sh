@@ -10,6 +10,9 @@
 #   the variables the compose files read are taken out of the environment, so a
 #   DISTQ_TRANSPORT exported for other work cannot steer the stack. `make up NAME=value`
 #   is how a setting changes.
+# - The secrets of the env file reach the containers as files: each compose run writes
+#   them to DISTQ_SECRETS_DIR (the env file's name plus .secrets: .env.secrets/, its owner
+#   alone may enter it), which docker-compose.yml mounts as compose secrets.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,6 +20,10 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$REPO/scripts/lib.sh"
 ENV_FILE=${DISTQ_ENV_FILE:-$REPO/.env}
 ENV_EXAMPLE=$REPO/.env.example
+SECRETS_DIR=$ENV_FILE.secrets
+# The env file's secrets, each NAME:file (the compose secret of that name).
+SECRET_FILES="DISTQ_AUTHKEY:authkey DISTQ_SIGNING_KEYS:signing-keys REDIS_PASSWORD:redis-password
+    RABBITMQ_PASSWORD:rabbitmq-password GRAFANA_ADMIN_PASSWORD:grafana-admin-password"
 
 # Every variable docker-compose.yml and deploy/compose/*.yml read, and the ones that steer
 # compose itself. tests/e2e/test_files.py checks that the list is complete.
@@ -24,7 +31,8 @@ STACK_VARIABLES="COMPOSE_FILE COMPOSE_PROFILES COMPOSE_PROJECT_NAME DISTQ_TRANSP
     DISTQ_AUTHKEY DISTQ_SIGNING_KEYS REDIS_PASSWORD RABBITMQ_USER RABBITMQ_PASSWORD GRAFANA_ADMIN_PASSWORD
     GRAFANA MASTER_RATE MASTER_TASK_DELAY WORKERS WORKER_CONCURRENCY PROMETHEUS_PORT REDIS_PORT
     RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT GRAFANA_PORT PYTHON_IMAGE REDIS_IMAGE
-    RABBITMQ_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE DISTQ_IMAGE_TAG"
+    RABBITMQ_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE DISTQ_IMAGE_TAG DISTQ_SECRETS_DIR
+    DISTQ_SECRETS_FINGERPRINT"
 
 # Sets COMPOSE (an array): the compose command to run.
 find_compose() {
@@ -89,12 +97,38 @@ ensure_env_file() {
         env_set COMPOSE_PROJECT_NAME "${project:-distq}"
         log "wrote $ENV_FILE with random secrets (from .env.example)"
     fi
-    for name in DISTQ_AUTHKEY DISTQ_SIGNING_KEYS REDIS_PASSWORD RABBITMQ_PASSWORD \
-            GRAFANA_ADMIN_PASSWORD; do
+    local pair
+    for pair in $SECRET_FILES; do
+        name=${pair%%:*}
         case "$(env_get "$name")" in
             "" | change-me) env_set "$name" "$(secret)" ;;
         esac
     done
+}
+
+# Writes each secret of the env file to its file in SECRETS_DIR (a changed one replaced,
+# so a running container keeps the one it started with until compose recreates it) and
+# prints their fingerprint, the label that makes compose recreate a container whose
+# secrets changed. The files are readable by all (a container's user is not the host's)
+# in a directory only its owner may enter.
+secret_files() {
+    local pair name file value
+    (umask 077 && mkdir -p "$SECRETS_DIR")
+    chmod 700 "$SECRETS_DIR"
+    for pair in $SECRET_FILES; do
+        name=${pair%%:*}
+        file=$SECRETS_DIR/${pair#*:}
+        value=$(env_get "$name")
+        if [ ! -f "$file" ] || [ "$(cat "$file")" != "$value" ]; then
+            printf '%s' "$value" >"$file.new"
+            chmod 644 "$file.new"
+            mv "$file.new" "$file"
+        fi
+    done
+    for pair in $SECRET_FILES; do
+        cat "$SECRETS_DIR/${pair#*:}"
+        echo
+    done | sha256sum | cut -c 1-16
 }
 
 project_name() { env_get COMPOSE_PROJECT_NAME; }
@@ -115,20 +149,27 @@ compose_profiles() {  # TRANSPORT GRAFANA
     printf '%s' "$profiles"
 }
 
-# Runs compose with the env file's settings and nothing else from the environment.
+# Runs compose with the env file's settings (its secrets as files) and nothing else from
+# the environment.
 compose() {
-    local unset_args=() var
+    local unset_args=() var fingerprint
     for var in $STACK_VARIABLES; do unset_args+=(-u "$var"); done
-    (cd "$REPO" && env "${unset_args[@]}" "${COMPOSE[@]}" --env-file "$ENV_FILE" "$@")
+    fingerprint=$(secret_files)
+    (
+        cd "$REPO" && env "${unset_args[@]}" DISTQ_SECRETS_DIR="$SECRETS_DIR" \
+            DISTQ_SECRETS_FINGERPRINT="$fingerprint" "${COMPOSE[@]}" --env-file "$ENV_FILE" "$@"
+    )
 }
 
 # The same, with every transport's files and profiles: reaches all of the stack's services.
 compose_all() {
     (
         cd "$REPO"
-        local unset_args=() var
+        local unset_args=() var fingerprint
         for var in $STACK_VARIABLES; do unset_args+=(-u "$var"); done
-        env "${unset_args[@]}" \
+        fingerprint=$(secret_files)
+        env "${unset_args[@]}" DISTQ_SECRETS_DIR="$SECRETS_DIR" \
+            DISTQ_SECRETS_FINGERPRINT="$fingerprint" \
             COMPOSE_FILE="$(compose_files redis):deploy/compose/rabbitmq.yml" \
             COMPOSE_PROFILES="redis,rabbitmq,grafana" \
             "${COMPOSE[@]}" --env-file "$ENV_FILE" "$@"

@@ -4,17 +4,19 @@ The count is of messages, and a message carries 1 to 32 tasks (a master packs a 
 submit, see :mod:`distq.transport.rabbitmq_packs`); lease records hold one task each.
 
 ``DISTQ_RABBITMQ_MANAGEMENT_URL=http://USER:PASSWORD@HOST:15672`` (the management
-plugin's listener). Two GETs per sample, ``/api/queues/{vhost}/{queue}`` and one page
-of the queue's lease records (``<queue>.held.*``: tasks running past a lease are
-acknowledged on the task queue and held there, see :mod:`distq.transport.rabbitmq_holds`),
-each with a short timeout, no proxy, credentials in the Authorization header only: the
-password is never part of a URL that is printed. A redirect is not followed (the API
-never answers one, and the password would go wherever it points, in clear if to
-``http://``): it is an error naming its target. An ``https://`` URL is checked against
-``DISTQ_TLS_CA_FILE`` (or the system's CAs), with the client certificate of
-``DISTQ_TLS_CERT_FILE`` if there is one, as the broker is. The plugin refreshes its
-counts every 5 s by default (``collect_statistics_interval``), so they lag by up to that
-much.
+plugin's listener); one that names no user (``http://HOST:15672``) is asked as
+``DISTQ_AMQP_URL``'s user, with its password (``DISTQ_AMQP_PASSWORD`` and its file
+included), so that no URL need hold the password. Two GETs per sample,
+``/api/queues/{vhost}/{queue}`` and one page of the queue's lease records
+(``<queue>.held.*``: tasks running past a lease are acknowledged on the task queue and
+held there, see :mod:`distq.transport.rabbitmq_holds`), each with a short timeout, no
+proxy, credentials in the Authorization header only: the password is never part of a URL
+that is printed. A redirect is not followed (the API never answers one, and the password
+would go wherever it points, in clear if to ``http://``): it is an error naming its
+target. An ``https://`` URL is checked against ``DISTQ_TLS_CA_FILE`` (or the system's
+CAs), with the client certificate of ``DISTQ_TLS_CERT_FILE`` if there is one, as the
+broker is. The plugin refreshes its counts every 5 s by default
+(``collect_statistics_interval``), so they lag by up to that much.
 """
 
 from __future__ import annotations
@@ -105,7 +107,11 @@ class ManagementApi:
             f"&use_regex=true&name={records}&columns=name,messages"
         )
         self._where = f"RabbitMQ management API at {self.shown} (DISTQ_RABBITMQ_MANAGEMENT_URL)"
-        credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        user, password = parts.username, parts.password
+        if user is None:  # no user of its own: the AMQP URL's, which holds its password
+            broker = urlsplit(amqp_url)
+            user, password = broker.username, broker.password
+        credentials = f"{unquote(user or '')}:{unquote(password or '')}"
         self._headers = {
             "Accept": "application/json",
             "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode(),

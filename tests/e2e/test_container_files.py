@@ -132,15 +132,66 @@ def test_every_compose_variable_is_kept_out_of_the_callers_environment() -> None
 
 def test_secrets_never_reach_git_or_an_image() -> None:
     ignored = subprocess.run(
-        ["git", "check-ignore", ".env", "docker-compose.override.yml"],
+        ["git", "check-ignore", ".env", ".env.secrets/authkey", "docker-compose.override.yml"],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
-    assert ignored.stdout.split() == [".env", "docker-compose.override.yml"]
+    assert ignored.stdout.split() == [".env", ".env.secrets/authkey", "docker-compose.override.yml"]
     dockerignore = (REPO / ".dockerignore").read_text().splitlines()
     assert "*" in dockerignore  # everything stays out of the build context ...
     assert not [line for line in dockerignore if line.startswith("!.env")]  # ... .env too
+
+
+SECRET_VARIABLES = (
+    "DISTQ_AUTHKEY",
+    "DISTQ_SIGNING_KEYS",
+    "REDIS_PASSWORD",
+    "RABBITMQ_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)
+
+
+def test_compose_files_give_secrets_as_files_only() -> None:
+    """No secret of .env is put into a container's environment, command or URL (where
+    `docker inspect` shows it): each is a compose secret, a file that make writes."""
+    used = {name for path in COMPOSE_FILES for name, _ in _VARIABLE.findall(path.read_text())}
+    assert used & set(SECRET_VARIABLES) == set()
+    made = re.search(r'SECRET_FILES="([^"]*)"', (REPO / "scripts/compose.sh").read_text())
+    assert made is not None
+    files = dict(pair.split(":") for pair in made.group(1).split())
+    assert sorted(files) == sorted(SECRET_VARIABLES)
+    assert set(files.values()) == set(_compose()["secrets"])
+
+
+def test_secret_files_follow_the_env_file_and_their_fingerprint_changes_with_them(
+    tmp_path: Path,
+) -> None:
+    """make writes each secret of the env file to its file, and a changed secret changes
+    the fingerprint label, so `make up` recreates the containers that read it (as a
+    changed variable did when the secrets were in the environment)."""
+    env_file = tmp_path / "stack.env"
+    script = (
+        f". {REPO}/scripts/compose.sh; ensure_env_file 2>/dev/null; secret_files; "
+        "env_set REDIS_PASSWORD rotated-password-0123456789; secret_files; "
+        'stat -c %a "$SECRETS_DIR" "$SECRETS_DIR/redis-password"; '
+        'cat "$SECRETS_DIR/redis-password"'
+    )
+    done = subprocess.run(
+        ["bash", "-c", script],
+        env={"PATH": "/usr/bin:/bin", "DISTQ_ENV_FILE": str(env_file)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    before, after, folder_mode, file_mode, password = done.stdout.splitlines()
+    assert re.fullmatch("[0-9a-f]{16}", before) and re.fullmatch("[0-9a-f]{16}", after)
+    assert before != after
+    assert (folder_mode, file_mode) == ("700", "644")
+    assert password == "rotated-password-0123456789"
+    authkey = (tmp_path / "stack.env.secrets" / "authkey").read_text()
+    assert f"DISTQ_AUTHKEY={authkey}\n" in env_file.read_text() and len(authkey) == 32
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,11 @@
 """`make up` on every transport, used the way an operator would, against real containers.
 
-For each transport, in order: a batch job with every result correct; three workers that
-each process tasks (their own counters in Prometheus); every Prometheus target up; a
-queue-depth sample of each state; a worker SIGKILLed mid-job loses nothing; `docker
-stop` of a busy worker is a warm shutdown (exit 0 in seconds); a worker cut off its
-network past its lease has its tasks run elsewhere and rejoins; `make down` leaves
-nothing of the project behind.
+For each transport, in order: a batch job with every result correct; no secret in any
+container's `docker inspect`; three workers that each process tasks (their own counters
+in Prometheus); every Prometheus target up; a queue-depth sample of each state; a worker
+SIGKILLed mid-job loses nothing; `docker stop` of a busy worker is a warm shutdown (exit
+0 in seconds); a worker cut off its network past its lease has its tasks run elsewhere
+and rejoins; `make down` leaves nothing of the project behind.
 """
 
 from __future__ import annotations
@@ -31,6 +31,31 @@ def test_batch_job_returns_every_result_correct(stack: Stack) -> None:
 
     assert result.returncode == 0, result.stdout
     assert "all 200 results in and correct" in result.stdout
+
+
+def test_no_container_shows_a_secret_to_docker_inspect(stack: Stack) -> None:
+    """Secrets reach the containers as files: every secret make wrote to the env file is
+    in none of the stack's `docker inspect` (environment, command, healthcheck, labels).
+    The stack passed them in the environment, most inside URLs, and Redis's on its
+    command line."""
+    settings = dict(
+        line.split("=", 1) for line in stack.env_file.read_text().splitlines() if "=" in line
+    )
+    secrets = {
+        name: settings[name]
+        for name in ("DISTQ_AUTHKEY", "DISTQ_SIGNING_KEYS", "REDIS_PASSWORD", "RABBITMQ_PASSWORD")
+    }
+    assert all(len(value) >= 16 for value in secrets.values()), "make up wrote no secrets"
+    ids = [c.name for c in stack.containers()]
+    assert {c.service for c in stack.containers()} >= {"master", "worker", "prometheus"}
+    shown = subprocess.run(
+        ["docker", "inspect", *ids], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    assert [name for name, value in secrets.items() if value in shown] == []
+    # the files they came from: in a directory only its owner may enter
+    folder = stack.env_file.parent / (stack.env_file.name + ".secrets")
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert (folder / "authkey").read_text() == secrets["DISTQ_AUTHKEY"]
 
 
 def test_three_workers_each_process_tasks(stack: Stack) -> None:

@@ -95,12 +95,17 @@ def image_map(docker_engine: None, k8s_tree: Tree) -> dict[str, str]:
         if (ROOT / ".build" / "images.env").exists()
         else {}
     )
+    # as tests/brokers.py reads them: a variable of the environment wins over the file
+    standins.update({v: os.environ[v] for v in STANDIN_VARIABLES.values() if os.environ.get(v)})
     for broker, variable in STANDIN_VARIABLES.items():
         image = container_of(find(docs, "StatefulSet", broker))["image"]
         if have_image(image) or docker("pull", "-q", image, check=False, timeout=60):
             continue
         if variable not in standins:
-            pytest.fail(f"{image} cannot be had and no stand-in is built: run make test")
+            pytest.fail(
+                f"{image} cannot be had and no stand-in is built: run make test (or set "
+                f"{variable} to a local image)"
+            )
         mapping[image] = standins[variable]
     for rendered, local in mapping.items():
         print(f"running {local} in place of {rendered}")  # shown with a failure's output
@@ -260,6 +265,16 @@ def worker_ran_tasks(port: int) -> Callable[[], tuple[bool, str]]:
     return check
 
 
+def sampled(port: int, state: str) -> Callable[[], tuple[bool, str]]:
+    """Whether the metrics on ``port`` have a ``distq_queue_depth`` sample of ``state``."""
+    sample = re.compile(rf'^distq_queue_depth{{[^}}]*state="{state}"', re.M)
+
+    def check() -> tuple[bool, str]:
+        return bool(sample.search(http_get(port, "/metrics")[1])), "no sample"
+
+    return check
+
+
 @pytest.fixture
 def stack_for(
     k8s_tree: Tree, image_map: dict[str, str], tmp_path: Path
@@ -313,6 +328,10 @@ def test_rendered_containers_complete_a_job_and_answer_their_probes(
             ),
             120,
         )
+        # The queue as the broker sees it, every state: on RabbitMQ in_flight comes from
+        # the management API, which the overlay names without a password (it had none).
+        for state in ("ready", "in_flight", "dead"):
+            wait_for(f"the master's {state} sample", sampled(master_metrics, state), 30)
         for w in workers:
             wait_for(f"{w.name} ran tasks", worker_ran_tasks(host_port(w, "metrics")), 60)
         # `kubectl scale deployment worker --replicas=N+1`: one more pod from the same spec.

@@ -286,3 +286,28 @@ def test_an_https_api_is_checked_with_the_tls_files_of_the_settings(tmp_path: Pa
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_url_without_a_user_asks_with_the_amqp_urls_user_and_password(
+    stub: tuple[Stub, int], tmp_path: Path
+) -> None:
+    """The compose stack names no user in its management URL: the one RabbitMQ knows is
+    DISTQ_AMQP_URL's, its password from DISTQ_AMQP_PASSWORD_FILE, so no URL of any
+    container holds the password. A URL naming a user of its own keeps its credentials."""
+    state, port = stub
+    password = tmp_path / "amqp-password"
+    password.write_text("p@ss:word\n")
+    settings = Settings.load(
+        {
+            "DISTQ_TRANSPORT": "rabbitmq",
+            "DISTQ_AMQP_URL": "amqp://distq@127.0.0.1:5672/%2F",
+            "DISTQ_AMQP_PASSWORD_FILE": str(password),
+            "DISTQ_RABBITMQ_MANAGEMENT_URL": f"http://127.0.0.1:{port}",
+        }
+    )
+    api = ManagementApi.from_settings(settings)
+    assert api is not None
+    api.read()
+    assert state.seen[-2][1] == "Basic " + base64.b64encode(b"distq:p@ss:word").decode()
+    ManagementApi(f"http://monitor@127.0.0.1:{port}", "amqp://distq:pw@h/%2F", "jobs").read()
+    assert state.seen[-2][1] == "Basic " + base64.b64encode(b"monitor:").decode()
