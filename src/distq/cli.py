@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -32,9 +32,11 @@ from distq.config import (
     DEFAULTS,
     MAX_ATTEMPTS,
     MAX_CONCURRENCY,
+    PREFIX,
     SETTINGS,
     STATUS_EVERY,
     TASKS,
+    WORKERS_ONLY,
     Settings,
     misspelled,
 )
@@ -211,18 +213,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Settings only ``distq worker`` reads; a master takes their flags, as every command
-#: takes every setting's, and a user put the time limit beside --max-attempts.
-WORKERS_ONLY = {
-    "DISTQ_PREFETCH": "--prefetch",
-    "DISTQ_DRAIN_SECONDS": "--drain-seconds",
-    "DISTQ_TASK_TIME_LIMIT": "--task-time-limit",
-}
+def flag_variables(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``DISTQ_*`` variable named after a command's own flag, which
+    has no variable (``DISTQ_CONCURRENCY`` for ``--concurrency``): a compose file or a
+    ConfigMap that sets one ran with the flag's default, without a word."""
+    settings = {entry.variable for entry in SETTINGS}
+    commands: dict[str, list[str]] = {}  # variable -> the flag and the commands taking it
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command, sub in action.choices.items():
+                for option in (o for a in sub._actions for o in a.option_strings):
+                    if option.startswith("--") and option != "--help":
+                        variable = PREFIX + option[2:].upper().replace("-", "_")
+                        commands.setdefault(variable, [option]).append(f"distq {command}")
+    return [
+        f"{variable} is not a distq setting (ignored); {taken[0]} is a flag of "
+        f"{', '.join(taken[1:])}: give it on the command line"
+        for variable, taken in sorted(commands.items())
+        if variable in environ and variable not in settings
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     escaping(sys.stdout, sys.stderr)  # an ASCII locale: escaped, not a failure
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.role == "probe":  # no settings but this one: its errors as the others' lines
         wanted = os.environ.get("DISTQ_LOG_FORMAT", "").strip()
         return run_probe(args, os.environ, make_console(wanted, "probe", args.quiet))
@@ -237,10 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _leave_on_signal(console, "worker", 0)
     elif args.role == "master":  # a job not started is not done, but an endless --rate's
         _leave_on_signal(console, "master", 0 if args.rate and args.tasks is None else 1)
-    for warning in misspelled(os.environ):
+    flagged = flag_variables(parser, os.environ)
+    named = {warning.split()[0] for warning in flagged}
+    for warning in flagged + [w for w in misspelled(os.environ) if w.split()[0] not in named]:
         console.error(f"warning: {warning}")
     if args.role != "worker":
-        for variable, flag in WORKERS_ONLY.items():
+        for variable, flag in WORKERS_ONLY.items():  # a user put it beside --max-attempts
             if flags.get(variable) is not None:  # the flag, given here (a variable may be shared)
                 console.error(
                     f"warning: {flag} is a worker's setting: `distq {args.role}` does not "
@@ -290,6 +307,12 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
         status_every=args.status_every,
     )
     squares = Squares(task_delay=args.task_delay, seed=args.seed, max_attempts=args.max_attempts)
+    port = settings.manager_address[1]
+    if settings.transport == "manager" and settings.metrics_port == port:  # both its own
+        raise ConfigError(
+            f"DISTQ_METRICS_PORT and DISTQ_MANAGER_ADDRESS name the same port, {port}: a "
+            "manager master listens on both; give its metrics endpoint another port"
+        )
     fewer_collections()
     observe = MasterObservability(settings, console)
     try:

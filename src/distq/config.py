@@ -137,7 +137,48 @@ def _address(text: str) -> tuple[str, int]:
             f"is {text!r}; use host:port, e.g. 127.0.0.1:9000 "
             "(the master listens there, workers connect there)"
         )
+    if problem := host_problem(host):
+        raise ValueError(f"is {text!r}: {host!r} is {problem}")
     return host, int(port)
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is no name or address a connection can look up, or None.
+
+    Python turns a host name into its ASCII form before any lookup; a name it cannot
+    (an empty label, as in ``redis..local``, a label over 63 characters, bytes that are
+    not UTF-8) failed there with a traceback, at the first connect.
+    """
+    if _is_ip(host):
+        return None
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return (
+            "not a host name (an empty label between dots, a label over 63 characters, or "
+            "bytes that are not UTF-8); use a name such as host.example, or an address"
+        )
+    return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.partition("%")[0])  # fe80::1%eth0: a scoped address
+    except ValueError:
+        return False
+    return True
+
+
+def _utf8(text: str, hint: str = "give it in UTF-8") -> str:
+    """``text`` if it is UTF-8 text; a byte that is not becomes a lone surrogate in Python,
+    which no broker protocol can send (a traceback at the first connect)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"holds bytes that are not UTF-8 (at character {exc.start + 1}); {hint}"
+        ) from None
+    return text
 
 
 def host_port(host: str, port: int | None = None) -> str:
@@ -163,6 +204,7 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
     """A broker URL: one of ``schemes``, a host and a port (a number), except ``unix://``."""
 
     def parse(text: str) -> str:
+        _utf8(text, "give it in UTF-8, or percent-encode those bytes (%E9)")
         try:
             parts = urlsplit(text)
             port = parts.port  # raises ValueError on a port not a number, or above 65535
@@ -191,6 +233,10 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
             return text
         if not parts.hostname:
             raise ValueError(f"names no host; use e.g. {example}")
+        if problem := host_problem(parts.hostname):
+            raise ValueError(
+                f"({credentials.mask_url(text)}) has host {parts.hostname!r}: {problem}"
+            )
         if port is None:  # absent, or empty after the colon: never guess one
             raise ValueError(f"names no port after the host; use e.g. {example}")
         if not 0 < port < 65536:
@@ -216,7 +262,26 @@ def _options(url: str, query: str) -> None:
                 f"({credentials.mask_url(url)}) has ssl_cert_reqs={value!r}; use required, "
                 "optional or none, in lower case"
             )
-    if url.lower().startswith(("redis", "unix")) and "socket_timeout" in options:
+    redis = url.lower().startswith(("redis", "unix"))
+    for name in ("decode_responses", "encoding", "encoding_errors") if redis else ():
+        if name in options:  # every reply a str, or names encoded unlike other processes
+            raise ValueError(
+                f"({credentials.mask_url(url)}) sets {name}, which distq cannot work with "
+                "(it reads and writes bytes, alike in every process): remove it"
+            )
+    for value in options.get("protocol", []) if redis else []:
+        if value not in ("2", "3"):
+            raise ValueError(
+                f"({credentials.mask_url(url)}) has protocol={value!r}; use 2 or 3, or leave "
+                "the option out"
+            )
+    for value in options.get("client_name", []) if redis else []:
+        if any(c.isspace() or not c.isprintable() for c in value):  # Redis refuses them
+            raise ValueError(
+                f"({credentials.mask_url(url)}) has client_name={value!r}; use a name "
+                "without spaces or control characters, or leave the option out"
+            )
+    if redis and "socket_timeout" in options:
         raise ValueError(
             f"({credentials.mask_url(url)}) sets socket_timeout, which distq sets itself "
             "(a blocking read waits up to a third of DISTQ_LEASE_SECONDS, and a shorter "
@@ -292,6 +357,10 @@ def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> Callable[[str]
 
     def parse(text: str) -> _N:
         try:
+            # whole numbers in ASCII digits only, as `distq probe` reads the metrics port:
+            # int() also takes "+9_100" and other scripts' digits
+            if kind is int and not re.fullmatch(r"-?[0-9]+", text):
+                raise ValueError
             value = kind(text)
         except ValueError:
             raise ValueError(f"is {text!r}, not {word}") from None
@@ -324,6 +393,8 @@ def _optional(parse: Callable[[str], _T]) -> Callable[[str], _T | None]:
 def _host(text: str) -> str:
     if not text or any(c.isspace() or c in "/@" for c in text):
         raise ValueError(f"is {text!r}; use an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
+    if problem := host_problem(text.strip("[]")):
+        raise ValueError(f"is {text!r}, {problem}")
     return text.strip("[]")
 
 
@@ -332,6 +403,10 @@ LOG_FORMATS = ("text", "json")
 
 def _text(text: str) -> str | None:
     return text or None
+
+
+def _password(text: str) -> str | None:
+    return _utf8(text) or None
 
 
 def _file(secret: str) -> Any:
@@ -517,7 +592,7 @@ class Settings:
         "DISTQ_REDIS_PASSWORD",
         "--redis-password",
         None,
-        _text,
+        _password,
         "Redis password, put into DISTQ_REDIS_URL (which must then hold none)",
         shown_default="(none)",
         secret=True,
@@ -526,7 +601,7 @@ class Settings:
         "DISTQ_AMQP_PASSWORD",
         "--amqp-password",
         None,
-        _text,
+        _password,
         "RabbitMQ password for the user in DISTQ_AMQP_URL (which must then hold none)",
         shown_default="(none)",
         secret=True,
@@ -678,7 +753,7 @@ def secured(settings: Settings) -> Settings:
         )
     settings = replace(settings, **changes) if changes else settings
     url = settings.redis_url if settings.transport == "redis" else settings.amqp_url
-    tls.check(settings.transport, url, settings.tls_files)
+    tls.check(settings.transport, url, settings.tls_files, settings.rabbitmq_management_url)
     return settings
 
 
@@ -693,6 +768,15 @@ SETTINGS: tuple[Setting[Any], ...] = tuple(entry for _, entry in _entries())
 DEFAULTS = Settings()
 
 _MISSPELLING = 0.8  # difflib similarity above which an unknown name is taken as a typo
+
+
+#: Settings only ``distq worker`` reads, with their flags: a master, another command or
+#: an Executor takes them, as every setting, and says that it does not read them.
+WORKERS_ONLY = {
+    "DISTQ_PREFETCH": "--prefetch",
+    "DISTQ_DRAIN_SECONDS": "--drain-seconds",
+    "DISTQ_TASK_TIME_LIMIT": "--task-time-limit",
+}
 
 
 def misspelled(environ: Mapping[str, str]) -> list[str]:

@@ -49,7 +49,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from distq import credentials
 from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.codec import Codec
-from distq.config import Setting, Settings, misspelled, secured
+from distq.config import WORKERS_ONLY, Setting, Settings, host_port, misspelled, secured
 from distq.dispatcher import FORKED, Dispatcher, Entry, Stop, Submit, running
 from distq.envelope import MAX_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, ConfigError, EnvelopeError, MessageTooLarge
@@ -388,6 +388,14 @@ def load_settings(
                 f"Executor() got an unexpected keyword argument {name!r}; "
                 f"settings are: {', '.join(entries)}"
             )
+    for name in overrides:  # as a master given their flags says
+        if entries[name].variable in WORKERS_ONLY:
+            log.warning(
+                "Executor keyword %s is a worker's setting: an Executor does not read it; "
+                "give it to `distq worker` (%s)",
+                name,
+                WORKERS_ONLY[entries[name].variable],
+            )
     if settings is None:
         for warning in misspelled(environ):  # as the distq command warns
             log.warning("%s", warning)
@@ -477,7 +485,8 @@ def _as_text(name: str, variable: str, value: Any) -> str:
     if isinstance(value, bytes):  # an authkey of random bytes too, as os.environb holds it
         return value.decode(errors="surrogateescape")
     if name == "manager_address" and isinstance(value, (tuple, list)) and len(value) == 2:
-        return f"{value[0]}:{value[1]}"
+        # an IPv6 address in brackets, as the variable holds it
+        return host_port(str(value[0]).strip("[]"), value[1])
     if isinstance(value, (bool, int, float, os.PathLike)):
         return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
     raise ConfigError(

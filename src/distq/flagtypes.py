@@ -82,6 +82,10 @@ def host(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a host; use a name or an address, e.g. 127.0.0.1 or ::1"
         )
+    from distq.config import host_problem  # the settings' own check, read only here
+
+    if problem := host_problem(text.strip("[]")):
+        raise argparse.ArgumentTypeError(f"{text!r} is {problem}")
     return text
 
 

@@ -85,8 +85,9 @@ def _no_pass_phrase() -> str:
     raise _PassPhrase
 
 
-def check(transport: str, url: str, files: TlsFiles) -> None:
-    """Refuse TLS files that would not be used, or that cannot be used."""
+def check(transport: str, url: str, files: TlsFiles, management_url: str | None = None) -> None:
+    """Refuse TLS files that would not be used, or that cannot be used: on RabbitMQ an
+    ``https://`` ``management_url`` uses them too, over a plain ``amqp://`` broker."""
     if not files:
         return
     named = [
@@ -104,7 +105,8 @@ def check(transport: str, url: str, files: TlsFiles) -> None:
             "encrypted); use redis or rabbitmq over TLS, or unset it"
         )
     scheme = urlsplit(url).scheme
-    if scheme not in TLS_SCHEMES[transport]:
+    https_api = transport == "rabbitmq" and urlsplit(management_url or "").scheme == "https"
+    if scheme not in TLS_SCHEMES[transport] and not https_api:
         tls_scheme = TLS_SCHEMES[transport][0]
         raise ConfigError(
             f"{named[0]} is set, but {URL_VARIABLE[transport]} is {scheme}:// (plain TCP); "

@@ -262,6 +262,9 @@ class Worker:
         """Until every slot has ended; a warm stop when idle for ``exit_when_idle``, and a
         cold one when a warm stop outlasts ``drain_seconds``."""
         idle = self.options.exit_when_idle
+        # it beats liveness each round: at most a third of the stall limit apart, or a
+        # limit under 0.2 s made a healthy worker's /healthz flip between 200 and 503
+        beat = min(0.2, self.health.liveness.stall_seconds / 3)
         while True:
             threads = [slot.thread for slot in slots if slot.thread is not None]
             alive = any(_slot_alive(slot) for slot in slots)
@@ -269,7 +272,7 @@ class Worker:
             if not alive:
                 return
             for thread in threads:
-                thread.join(0.2 / len(threads))
+                thread.join(beat / len(threads))
                 self.health.beat("main")
             if (
                 idle is not None

@@ -252,6 +252,24 @@ def test_a_long_lease_does_not_make_an_idle_worker_look_stalled(
         stop(process)
 
 
+def test_a_short_stall_limit_does_not_make_an_idle_worker_flap(redis_server: LocalRedis) -> None:
+    """The main loop beat liveness every 0.2 s whatever the limit: with
+    DISTQ_STALL_SECONDS=0.12 (0.1 is allowed) an idle worker's /healthz answered 503 on
+    about every other request. Now it beats at least three times per limit; a few 503s
+    are left to a loaded machine's scheduling (a thread paused past 0.12 s)."""
+    port = free_port()
+    process = worker(environment("redis", redis_server.url, DISTQ_STALL_SECONDS="0.12"), port)
+    try:
+        wait_for([port], "/readyz", 200, timeout=60)
+        answers = []
+        for _ in range(40):  # two seconds of polling
+            answers.append(get(port, "/healthz")[0])
+            time.sleep(0.05)
+        assert answers.count(503) <= 4, answers
+    finally:
+        stop(process)
+
+
 def test_readiness_is_503_as_soon_as_a_worker_stops_even_while_its_task_runs(
     redis_server: LocalRedis,
 ) -> None:

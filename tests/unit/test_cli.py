@@ -151,6 +151,7 @@ def test_a_worker_id_no_broker_can_carry_exits_2(worker_id: str, expected: str) 
             {"DISTQ_METRICS_HOST": "bad host"},
             "DISTQ_METRICS_HOST 'bad host' is not a host",
         ),
+        (["--host", "a..b"], {}, "argument --host: 'a..b' is not a host name"),  # a traceback
     ],
 )
 def test_a_probe_of_a_bad_address_exits_2(
@@ -252,6 +253,36 @@ def test_a_workers_setting_given_to_a_master_or_a_command_is_said_to_do_nothing(
     assert "warning" not in quiet.stderr and "DISTQ_AUTHKEY is not set" in quiet.stderr
     worker = distq("worker", *flags)
     assert "warning" not in worker.stderr and "DISTQ_AUTHKEY is not set" in worker.stderr
+
+
+def test_a_variable_named_after_a_commands_flag_is_said_to_do_nothing() -> None:
+    """A flag of a command has no variable: DISTQ_CONCURRENCY=8 in a compose file ran one
+    slot, DISTQ_MAX_ATTEMPTS the default attempts, without a word."""
+    done = distq("worker", DISTQ_CONCURRENCY="8", DISTQ_MAX_ATTEMPTS="5")
+    assert done.returncode == 2  # the manager transport, without its DISTQ_AUTHKEY
+    assert done.stderr.splitlines()[:2] == [
+        "distq: warning: DISTQ_CONCURRENCY is not a distq setting (ignored); --concurrency "
+        "is a flag of distq worker: give it on the command line",
+        "distq: warning: DISTQ_MAX_ATTEMPTS is not a distq setting (ignored); --max-attempts "
+        "is a flag of distq master, distq submit: give it on the command line",
+    ]
+    assert "DISTQ_AUTHKEY is not set" in done.stderr
+
+
+def test_a_manager_masters_metrics_on_its_own_port_is_a_bad_setting() -> None:
+    """The metrics endpoint took the port first, and the master then said "Address
+    already in use; pick a free port or stop what uses it", exit 3: what used it was
+    itself."""
+    port = str(free_port())
+    done = distq(
+        "master", "--tasks", "1", "--manager-address", f"127.0.0.1:{port}",
+        "--metrics-port", port, "--metrics-host", "127.0.0.1", DISTQ_AUTHKEY="k" * 20,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"distq: DISTQ_METRICS_PORT and DISTQ_MANAGER_ADDRESS name the same port, {port}: a "
+        "manager master listens on both; give its metrics endpoint another port"
+    )
 
 
 def test_version_and_help() -> None:

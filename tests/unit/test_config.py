@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 
+from certs import CertificateAuthority
 from conftest import REPO
 from distq.config import DEFAULTS, SETTINGS, Settings, misspelled
 from distq.errors import ConfigError
@@ -368,3 +370,101 @@ def test_an_empty_variable_is_unset_or_refused_as_the_readme_says(name: str) -> 
         assert empty == _loaded(unset)
     else:
         assert isinstance(empty, str) and empty.startswith(name), empty
+
+
+RABBIT = {"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": "amqp://u:p@127.0.0.1:5672/%2F"}
+
+
+REDIS = {"DISTQ_TRANSPORT": "redis"}
+AMQP_USER = {"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": "amqp://distq@127.0.0.1:5672/%2F"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "env"),
+    [
+        ("DISTQ_REDIS_URL", "redis://redis..local:6379/0", REDIS),
+        ("DISTQ_AMQP_URL", "amqp://u:p@rabbit..local:5672/%2F", RABBIT),
+        ("DISTQ_MANAGER_ADDRESS", "master..local:9000", {}),
+        ("DISTQ_MANAGER_ADDRESS", f"{'m' * 64}.local:9000", {}),
+        ("DISTQ_METRICS_HOST", "a..b", {}),
+        ("DISTQ_RABBITMQ_MANAGEMENT_URL", "http://x..y:15672", RABBIT),
+    ],
+)
+def test_a_host_name_that_cannot_be_looked_up_is_a_bad_setting(
+    variable: str, value: str, env: dict[str, str]
+) -> None:
+    """Python turns a host into its ASCII form before the lookup: an empty label failed
+    there, with a traceback at the first connect (exit 1; from an Executor, a bare
+    UnicodeError)."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({**KEY, **env, variable: value})
+    message = str(caught.value)
+    assert message.startswith(variable + " ") and "not a host name" in message, message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "env"),
+    [
+        ("DISTQ_REDIS_URL", "redis://:s3cr\udce9t@127.0.0.1:6379/0", REDIS),
+        ("DISTQ_REDIS_PASSWORD", "s3cr\udce9t", REDIS),
+        ("DISTQ_AMQP_PASSWORD", "s3cr\udce9t", AMQP_USER),
+        ("DISTQ_RABBITMQ_MANAGEMENT_URL", "http://u:s3cr\udce9t@127.0.0.1:15672", RABBIT),
+    ],
+)
+def test_bytes_that_are_not_utf8_in_a_url_or_password_are_a_bad_setting(
+    variable: str, value: str, env: dict[str, str]
+) -> None:
+    """A Latin-1 byte from an env file is a lone surrogate in Python, which no broker
+    protocol can send: a traceback at the first connect. The message shows none of it."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({**KEY, **env, variable: value})
+    message = str(caught.value)
+    assert message.startswith(variable + " holds bytes that are not UTF-8"), message
+    assert "s3cr" not in message
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        ("decode_responses=true", "sets decode_responses, which distq cannot work with"),
+        ("encoding=utf-16", "sets encoding, which distq cannot work with"),
+        ("encoding_errors=ignore", "sets encoding_errors, which distq cannot work with"),
+        ("protocol=9", "has protocol='9'; use 2 or 3"),
+        ("client_name=a%20b", "has client_name='a b'; use a name without spaces"),
+    ],
+)
+def test_redis_url_options_distq_cannot_work_with_are_refused(query: str, why: str) -> None:
+    """With decode_responses every reply came back as text: a worker reconnected for good
+    and a master lost every result; protocol=9 and a client name with a space read as
+    the broker being unreachable (exit 3)."""
+    env = {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": f"redis://127.0.0.1:6379/0?{query}"}
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(env)
+    assert str(caught.value).startswith("DISTQ_REDIS_URL (") and why in str(caught.value)
+    fine = "redis://127.0.0.1:6379/0?protocol=3&client_name=jobs-1"
+    assert Settings.load({**env, "DISTQ_REDIS_URL": fine}).redis_url == fine
+
+
+@pytest.mark.parametrize("text", ["+28995", "9_100", "\u0669\u0661\u0660\u0660", "0x10"])
+def test_whole_numbers_are_ascii_digits_as_the_probe_reads_them(text: str) -> None:
+    """int() took "+28995" and "9_100": the worker served its endpoint there, and the
+    healthcheck's `distq probe`, which reads ASCII digits, refused the same variable."""
+    with pytest.raises(
+        ConfigError, match=re.escape(f"DISTQ_METRICS_PORT is {text!r}, not a whole number")
+    ):
+        Settings.load({**KEY, "DISTQ_METRICS_PORT": text})  # fmt: skip
+
+
+def test_tls_files_serve_an_https_management_api_over_a_plain_amqp_broker(
+    tmp_path: Path,
+) -> None:
+    """The CA file checks an https management API too (README): with AMQP in the clear
+    it was refused, and a private CA could not be given for the API."""
+    ca = CertificateAuthority(tmp_path)
+    env = {**RABBIT, "DISTQ_TLS_CA_FILE": str(ca.cert)}
+    with pytest.raises(ConfigError, match="DISTQ_AMQP_URL is amqp://"):
+        Settings.load(env)  # nothing would use it
+    with pytest.raises(ConfigError, match="DISTQ_AMQP_URL is amqp://"):
+        Settings.load({**env, "DISTQ_RABBITMQ_MANAGEMENT_URL": "http://h:15672"})
+    https = Settings.load({**env, "DISTQ_RABBITMQ_MANAGEMENT_URL": "https://h:15671"})
+    assert https.tls_files.ca_file == str(ca.cert)

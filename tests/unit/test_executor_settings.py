@@ -257,3 +257,31 @@ def test_a_hand_built_settings_object_with_an_unknown_transport_is_a_config_erro
     """A bare KeyError: 'redsi' before."""
     with pytest.raises(ConfigError, match="transport 'redsi' is not one of manager, redis"):
         open_transport(Settings(transport="redsi"), "worker")
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        (("::1", 9000), ("::1", 9000)),
+        (("[::1]", "9001"), ("::1", 9001)),
+        (["h", 9002], ("h", 9002)),
+    ],
+)
+def test_a_host_and_port_pair_is_taken_ipv6_too(address: Any, expected: tuple[str, int]) -> None:
+    """README: a ``(host, port)`` address is taken; ("::1", 9000) was written ::1:9000 and
+    refused ("write an IPv6 address in brackets")."""
+    got = load_settings(None, {"manager_address": address, "authkey": KEY}, {})
+    assert got.manager_address == expected
+
+
+def test_a_workers_setting_given_to_an_executor_is_said_to_do_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """task_time_limit=0.5 let a 2 s task run to its end without a word, where `distq
+    master --task-time-limit` says it does not read it."""
+    with caplog.at_level("WARNING", logger="distq"):
+        load_settings(None, {**{"transport": "redis"}, "task_time_limit": "0.5", "queue": "q"}, {})
+    assert [r.getMessage() for r in caplog.records] == [
+        "Executor keyword task_time_limit is a worker's setting: an Executor does not read "
+        "it; give it to `distq worker` (--task-time-limit)"
+    ]
