@@ -41,6 +41,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -78,6 +79,12 @@ TIME_LIMIT_TICK = 0.1
 CLOSE_SECONDS = 5.0
 #: Past the drain, how long slots that hold no task may take to end their fetch.
 IDLE_SLOTS_GRACE = 5.0
+#: The GIL's switch interval in a worker with several slots (Python's default: 5 ms).
+#: Slots running Python code hold the GIL by turns; the keeper, which renews their
+#: leases, waits for it at each step of a broker call, behind every one of them: with
+#: 64 such slots a round of renewals took seconds, past the 5 s lease (128 tasks ran
+#: 176 times). At 1 ms each wait is a fifth as long (each ran once).
+KEEPER_SWITCH = 0.001
 
 
 def default_worker_id() -> str:
@@ -193,6 +200,7 @@ class Worker:
         self._fatal: ConfigError | None = None  # a setting the broker refused: run() raises it
         self._slot_error: str | None = None  # why a slot's thread ended, until said
         self._slot_failed = False  # a slot's thread ended on an error: exit 1
+        self._said_late = False  # a renewal past the lease: said once
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> int:
@@ -204,6 +212,9 @@ class Worker:
         slots = [_Slot(i) for i in range(self.options.concurrency)]
         done = threading.Event()
         previous = self._install_signal_handlers()
+        switching = sys.getswitchinterval()
+        if self.options.concurrency > 1:  # slots running Python code: see KEEPER_SWITCH
+            sys.setswitchinterval(min(switching, KEEPER_SWITCH))
         try:
             self._start(slots, done)
             self._wait(slots)
@@ -211,6 +222,7 @@ class Worker:
             self._stop_cold(slots)
         finally:
             done.set()  # the keeper ends
+            sys.setswitchinterval(switching)
             self._restore_signal_handlers(previous)
         snap = self.health.snapshot()
         self.console.info(
@@ -384,6 +396,8 @@ class Worker:
         # before a lease's deadline still finds it (a tick of lease/12 came too late)
         while not done.wait(min(tick, OUTAGE_TICK) if self.outage.ongoing else tick):
             self.health.beat("leases")
+            due: list[_Slot] = []
+            soon = self._renew_after(slots, interval)
             for slot in slots:
                 batch = slot.batch
                 if batch is None:
@@ -392,35 +406,105 @@ class Worker:
                     running = batch.running
                     if running is not None and time.monotonic() - running.started > running.limit:
                         self._give_up(slot, batch, running)
-                    elif time.monotonic() - slot.renewed >= interval:
-                        self._renew(slot, batch)
+                    elif time.monotonic() - slot.renewed >= soon:
+                        if self.transport.renews_apart:  # all at once, below
+                            if self._hand_back(slot, batch):
+                                due.append(slot)
+                        else:
+                            self._renew(slot, batch)
                 except TransportError as exc:  # the broker away: one line per outage
-                    # an outage begins at a link's first failure, not at each: a slot in a
-                    # long task keeps its broken link (RabbitMQ) until the task ends, and
-                    # each failed renewal on it began a new outage once another slot's
-                    # call had ended the last (a pair of lines every 1.3 s)
-                    if slot.renew_failed_on is not slot.consumer:
-                        slot.renew_failed_on = slot.consumer
-                        self._lost(exc)
-                    # tried again at the next tick, not an interval later: that try fell
-                    # on the lease's deadline, and a broker back before it still lost the
-                    # lease (7 of 8 running tasks ran twice)
-                    slot.renewed = time.monotonic() - interval
+                    self._renew_failed([slot], exc, interval)
                 except Exception as exc:  # the slot meets the same error when it settles
                     self.console.error(f"keeping a long batch: {exc}")
                     slot.renewed = time.monotonic()  # one line per interval, not a flood
+            if due:
+                self._renew_all(due, interval)
+
+    def _renew_after(self, slots: list[_Slot], interval: float) -> float:
+        """How long a slot's lease goes unrenewed before the keeper renews it: an interval;
+        where leases are renewed all at once, half of one too once a slot is due, so that
+        slots started apart are renewed in one call, not one each."""
+        now = time.monotonic()
+        if self.transport.renews_apart and any(
+            slot.batch is not None and now - slot.renewed >= interval for slot in slots
+        ):
+            return interval / 2
+        return interval
+
+    def _renew_failed(self, slots: list[_Slot], exc: TransportError, interval: float) -> None:
+        # an outage begins at a link's first failure, not at each: a slot in a long task
+        # keeps its broken link (RabbitMQ) until the task ends, and each failed renewal on
+        # it began a new outage once another slot's call had ended the last (a pair of
+        # lines every 1.3 s)
+        for slot in slots:
+            if slot.renew_failed_on is not slot.consumer:
+                slot.renew_failed_on = slot.consumer
+                self._lost(exc)
+            # tried again at the next tick, not an interval later: that try fell on the
+            # lease's deadline, and a broker back before it still lost the lease (7 of 8
+            # running tasks ran twice)
+            slot.renewed = time.monotonic() - interval
+
+    def _hand_back(self, slot: _Slot, batch: Batch) -> bool:
+        """:meth:`_handed_back`, unless the slot is in a broker call (which renews the
+        lease too): whether its lease is to be renewed."""
+        if not slot.lock.acquire(blocking=False):
+            return False
+        try:
+            return self._handed_back(slot, batch)
+        finally:
+            slot.lock.release()
+
+    def _handed_back(self, slot: _Slot, batch: Batch) -> bool:
+        """A batch running longer than a heartbeat interval: hand back what it has not
+        started (the caller holds the slot's lock). False if the slot moved on."""
+        if slot.batch is not batch or slot.consumer is None:
+            return False
+        rest = batch.take_rest()
+        if rest:  # what a full queue refused comes back to the slot: not released
+            back = slot.consumer.release(rest)
+            self._count(slot, [], released=len(rest), kept=len(rest) - back)
+        return True
+
+    def _renew_all(self, slots: list[_Slot], interval: float) -> None:
+        """Renew the leases of ``slots`` in one round trip, over the keeper's own
+        connection: with many slots running Python code, the keeper waits for the GIL at
+        each round trip, and one per slot outlasted the lease."""
+        consumers = [slot.consumer for slot in slots if slot.consumer is not None]
+        sent = time.monotonic()  # the broker's deadline runs from about now: not later
+        late = max(sent - slot.renewed for slot in slots) - 3 * interval  # past the lease
+        if late > 0 and not self._said_late:
+            self._said_late = True
+            self.console.error(
+                f"warning: renewing the leases of running tasks came {late:.1f} s past "
+                "the lease (the keeper waited for the GIL behind the slots): those tasks "
+                "may run again elsewhere; with tasks that compute in Python, run fewer "
+                "slots (--concurrency) in more worker processes, or raise "
+                "DISTQ_LEASE_SECONDS (said once)"
+            )
+        try:
+            with self.health.liveness.waiting("leases"):  # a silent broker is no stall
+                self.transport.heartbeat(consumers)
+        except TransportError as exc:
+            self._renew_failed(slots, exc, interval)
+            return
+        except Exception as exc:
+            self.console.error(f"keeping a long batch: {exc}")
+            for slot in slots:
+                slot.renewed = time.monotonic()  # one line per interval, not a flood
+            return
+        for slot in slots:
+            slot.renewed = sent
+            slot.renew_failed_on = None
+        self._back()  # an outage only the keeper saw ends here
 
     def _renew(self, slot: _Slot, batch: Batch) -> None:
-        """A batch running longer than a heartbeat interval: hand back what it has not
-        started, and renew the lease of the rest."""
+        """Hand back what the batch has not started and renew the lease of the rest, on
+        the slot's own connection, in the slot's lock."""
         if not slot.lock.acquire(blocking=False):
             return  # the slot is in a broker call, which renews the lease too
         try:
-            if slot.batch is batch and slot.consumer is not None:
-                rest = batch.take_rest()
-                if rest:  # what a full queue refused comes back to the slot: not released
-                    back = slot.consumer.release(rest)
-                    self._count(slot, [], released=len(rest), kept=len(rest) - back)
+            if self._handed_back(slot, batch) and slot.consumer is not None:
                 with self.health.liveness.waiting("leases"):  # a silent broker is no stall
                     slot.consumer.heartbeat()
                 slot.renewed = time.monotonic()

@@ -358,6 +358,33 @@ def test_heartbeat_keeps_the_lease(target: Target, hosted: Transport, remote: Tr
         assert other.fetch(1, 1.5) == []  # settled: it never comes back
 
 
+def test_one_heartbeat_keeps_the_leases_of_several_consumers(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """A worker's keeper renews every busy slot's lease at once (``Transport.heartbeat``):
+    one round trip on Redis and manager, where renewing slot after slot outlasted the
+    lease when many slots ran Python code (tasks ran 2 to 7 times). There a consumer
+    closed meanwhile is not brought back: it would count as a slot for a lease more."""
+    producer = hosted.producer(hosted.reply_queue("heartbeats"))
+    producer.submit([b"a", b"b"])
+    holders = [remote.consumer(f"holder{i}") for i in range(2)]
+    deliveries = [fetch_n(holder, 1)[0] for holder in holders]
+    with worker_side(target) as other_side:
+        other = other_side.consumer("other")
+        until = time.monotonic() + 3.0  # three lease periods, renewed about every 0.2 s
+        while time.monotonic() < until:
+            remote.heartbeat(holders)
+            assert other.fetch(1, 0.2) == []
+        for holder, delivery in zip(holders, deliveries, strict=True):
+            holder.settle([Settlement(delivery, reply_to=producer.reply_to, result=delivery.body)])
+        assert sorted(results_n(producer, 2)) == [b"a", b"b"]
+        other.close()
+    if remote.renews_apart:
+        holders[0].close()
+        remote.heartbeat(holders)
+        assert hosted.stats().consumers == 1, "a closed consumer came back"
+
+
 def test_retry_waits_its_delay(hosted: Transport, remote: Transport) -> None:
     producer = hosted.producer(hosted.reply_queue("retry"))
     producer.submit([b"try-1"])

@@ -262,6 +262,22 @@ class Transport(abc.ABC):
     #: Whether a master process holds the queues (manager): a worker that loses it has
     #: most likely seen its job end, where a broker of its own is only away a while.
     queues_in_master = False
+    #: Whether :meth:`heartbeat` renews leases over a connection of its own, so that the
+    #: keeper need not wait for the consumers' threads (Redis, manager); otherwise it
+    #: uses each consumer's connection, which the caller must hold (RabbitMQ).
+    renews_apart = False
+
+    def heartbeat(self, consumers: Sequence[Consumer]) -> None:
+        """Renew the leases of ``consumers`` (made by this transport), from one thread.
+
+        This default is one round trip per consumer. Redis and manager renew them all in
+        one: a worker's keeper thread waits for the GIL at every round trip, and with many
+        slots running Python code each wait took long enough that renewing the slots one
+        by one outlasted the lease (tasks ran 2 to 7 times). There a consumer closed, or
+        one whose lease lapsed and was swept, is not brought back.
+        """
+        for consumer in consumers:
+            consumer.heartbeat()
 
     @abc.abstractmethod
     def describe(self) -> str:

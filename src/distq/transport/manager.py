@@ -328,6 +328,16 @@ class QueueBroker:
         with self._lock:
             self._renew(consumer, lease)
 
+    def heartbeats(self, consumers: Sequence[str], lease: float) -> None:
+        """Renew the leases of a worker's slots at once (its keeper's one round trip); a
+        consumer gone meanwhile (disconnected, or reaped past its deadline) stays gone."""
+        deadline = self._clock() + lease
+        with self._lock:
+            for consumer in consumers:
+                owner = self._leases.get(consumer)
+                if owner is not None:
+                    owner.deadline = deadline
+
     def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None:
         """Publish results, retries and dead letters, and drop the settled leases.
 
@@ -527,6 +537,7 @@ class _Broker(Protocol):
         self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
     ) -> list[Wire] | None: ...
     def heartbeat(self, consumer: str, lease: float) -> None: ...
+    def heartbeats(self, consumers: Sequence[str], lease: float) -> None: ...
     def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None: ...
     def settle_fetch(
         self,
@@ -552,6 +563,7 @@ _EXPOSED = (
     "requeue_dead",
     "fetch",
     "heartbeat",
+    "heartbeats",
     "settle",
     "settle_fetch",
     "release",
@@ -886,6 +898,9 @@ class _BrokerProxy(BaseProxy):
     def heartbeat(self, consumer: str, lease: float) -> None:
         self._call("heartbeat", consumer, lease)
 
+    def heartbeats(self, consumers: Sequence[str], lease: float) -> None:
+        self._call("heartbeats", consumers, lease)
+
     def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None:
         self._call("settle", queue, consumer, items)
 
@@ -1156,6 +1171,13 @@ class ManagerTransport(Transport):
         return ManagerConsumer(
             self._endpoint(), self._queue, consumer_id, self._settings.lease_seconds, self.address
         )
+
+    renews_apart = True  # a proxy's connection is per thread: the keeper's is its own
+
+    def heartbeat(self, consumers: Sequence[Consumer]) -> None:
+        mine = [c for c in consumers if isinstance(c, ManagerConsumer)]
+        if mine:
+            mine[0].heartbeats([c.consumer_id for c in mine])
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         bodies = _call(self.address, self._endpoint().peek, f"{self._queue}.dead", limit)
@@ -1431,8 +1453,16 @@ class ManagerConsumer(Consumer):
         )
         return _deliveries(wire)
 
+    @property
+    def consumer_id(self) -> str:
+        return self._id
+
     def heartbeat(self) -> None:
         _call(self._address, self._broker.heartbeat, self._id, self._lease)
+
+    def heartbeats(self, consumer_ids: Sequence[str]) -> None:
+        """Renew the leases of these consumers, this one's among them, in one call."""
+        _call(self._address, self._broker.heartbeats, list(consumer_ids), self._lease)
 
     def gone(self, reply_to: Collection[str]) -> set[str]:
         if not reply_to:

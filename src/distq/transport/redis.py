@@ -365,6 +365,16 @@ _SWEEP = """
 sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now_ms())
 """
 
+# ARGV[1] = lease ms, ARGV[2] = in-flight prefix, ARGV[3..] = consumer ids: the lease of
+# each renewed, as a claim of nothing renews one, in one round trip for a worker's slots
+# (its keeper's). XX: a consumer closed, or swept after its lease lapsed, stays gone (a
+# claim of its own brings it back, as before), so a slot's count never outlives it.
+_LEASES = """
+local now = now_ms()
+for i = 3, #ARGV do redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
+sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], now)
+"""
+
 # KEYS = ready, redelivered; ARGV = bodies. One 1/0 per body: removed from ready or not.
 # A few bodies: one LREM each; many: one pass that rebuilds the list, in order.
 _WITHDRAW = """
@@ -586,6 +596,7 @@ class RedisTransport(Transport):
             )
         kwargs = self.client.connection_pool.connection_kwargs
         self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
+        self._keeper: _Wire | None = None  # a worker's keeper renews its leases on it
         self.tls = urlsplit(url).scheme == "rediss"
         self._connect()
         with self.errors(), contextlib.closing(self.wire()) as wire:
@@ -599,6 +610,7 @@ class RedisTransport(Transport):
         self.release_script = _Script(head + _PRELUDE + _RELEASE)
         self.close_script = _Script(head + _PRELUDE + _CLOSE)
         self.sweep_script = _Script(head + _PRELUDE + _SWEEP)
+        self.leases_script = _Script(head + _PRELUDE + _LEASES)
         self.stats_script = _Script(head + _PRELUDE + _STATS)
         self.gone_script = _Script(head + _PRELUDE + _GONE)
         self.renew_script = _Script(head + _PRELUDE + _RENEW)
@@ -853,6 +865,19 @@ class RedisTransport(Transport):
     def consumer(self, consumer_id: str) -> RedisConsumer:
         return RedisConsumer(self, consumer_id)
 
+    renews_apart = True
+
+    def heartbeat(self, consumers: Sequence[Consumer]) -> None:
+        ids = [c.consumer_id for c in consumers if isinstance(c, RedisConsumer)]
+        if not ids:
+            return
+        if self._keeper is None:  # the keeper's own connection: no slot waits for it
+            self._keeper = self.wire()
+        with self.errors():
+            self.leases_script(
+                self._keeper, self.keys(), [self.lease_ms, self.inflight_prefix, *ids]
+            )
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         if limit <= 0:
             return []  # LRANGE 0 -1 would be all of them
@@ -896,6 +921,8 @@ class RedisTransport(Transport):
         self.sweep_script(client, self.keys(), ["", 0, self.inflight_prefix])
 
     def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.close()
         self.client.close()
 
 
