@@ -60,11 +60,32 @@ def say(line: str) -> None:
 
     A reader that left (``| head -1``, ``| grep -q``) is no failure of the command: the
     rest goes to /dev/null and its exit code still says how it went (a task ``submit``
-    queued is queued; a traceback and exit 1 made a script submit it again)."""
+    queued is queued; a traceback and exit 1 made a script submit it again).
+    A stdout that cannot be written (a full disk, an I/O error) is said once on stderr,
+    where the rest of the output then goes: a task ``submit`` queued, or the count of the
+    letters ``requeue-dead`` moved, ended in a traceback and exit 1 though done."""
+    stream = _OUTPUT[0] if _OUTPUT else sys.stdout
     try:
-        print(line, flush=True)
+        print(line, file=stream, flush=True)
     except BrokenPipeError:
         to_devnull(sys.stdout)
+    except OSError as exc:
+        if _OUTPUT:
+            return  # stderr fails too: nowhere left to say anything
+        _OUTPUT.append(sys.stderr)
+        to_devnull(sys.stdout)
+        with contextlib.suppress(OSError):
+            print(
+                f"distq: stdout cannot be written ({exc.strerror or exc}); the output goes "
+                "to stderr",
+                file=sys.stderr,
+                flush=True,
+            )
+            print(line, file=sys.stderr, flush=True)
+
+
+#: Where :func:`say` writes once stdout failed: stderr.
+_OUTPUT: list[TextIO] = []
 
 
 def escaping(*streams: TextIO | None) -> None:

@@ -335,6 +335,44 @@ def probe(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_a_stdout_that_cannot_be_written_is_said_and_the_output_goes_to_stderr(
+    served: tuple[Endpoint, ProcessHealth],
+) -> None:
+    """A full disk under a command's stdout ended it in a traceback and exit 1, after it
+    had acted (`submit` queued its task, `requeue-dead` moved the letters): a script that
+    saw exit 1 submitted again. Its output goes to stderr instead; the exit is the
+    command's own (here the probe's: 0, the process is healthy)."""
+    endpoint, health = served
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(0.05):
+            health.beat("main")
+
+    beating = threading.Thread(target=beat)
+    beating.start()  # the process stays healthy: a stall limit of 0.3 s
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    with open("/dev/full", "w") as full, contextlib.ExitStack() as stack:
+        stack.callback(beating.join)
+        stack.callback(stop.set)
+        done = subprocess.run(
+            [sys.executable, "-m", "distq", "probe", "healthz", "--port", str(endpoint.port)],
+            env={**clean, "PYTHONPATH": str(REPO / "src")},
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    said = done.stderr.splitlines()
+    assert (
+        said[0]
+        == "distq: stdout cannot be written (No space left on device); the output goes to stderr"
+    )
+    assert json.loads(said[1])["status"] == "ok" and "Traceback" not in done.stderr
+
+
 def test_distq_probe_exits_0_on_200_and_1_otherwise(
     served: tuple[Endpoint, ProcessHealth],
 ) -> None:
