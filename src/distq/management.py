@@ -5,8 +5,9 @@ submit, see :mod:`distq.transport.rabbitmq_packs`); lease records hold one task 
 
 ``DISTQ_RABBITMQ_MANAGEMENT_URL=http://USER:PASSWORD@HOST:15672`` (the management
 plugin's listener); one that names no user (``http://HOST:15672``) is asked as
-``DISTQ_AMQP_URL``'s user, with its password (``DISTQ_AMQP_PASSWORD`` and its file
-included), so that no URL need hold the password. Two GETs per sample,
+``DISTQ_AMQP_URL``'s user (guest if it names none, as pika logs in), with its password
+(``DISTQ_AMQP_PASSWORD`` and its file included), and one naming that user without a
+password with that password, so that no URL need hold it. Two GETs per sample,
 ``/api/queues/{vhost}/{queue}`` and one page of the queue's lease records
 (``<queue>.held.*``: tasks running past a lease are acknowledged on the task queue and
 held there, see :mod:`distq.transport.rabbitmq_holds`), each with a short timeout, no
@@ -107,11 +108,13 @@ class ManagementApi:
             f"&use_regex=true&name={records}&columns=name,messages"
         )
         self._where = f"RabbitMQ management API at {self.shown} (DISTQ_RABBITMQ_MANAGEMENT_URL)"
-        user, password = parts.username, parts.password
-        if user is None:  # no user of its own: the AMQP URL's, which holds its password
-            broker = urlsplit(amqp_url)
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        # no user of its own: the AMQP connection's, as pika logs in (guest without one);
+        # that user without a password: its password, from the AMQP URL
+        broker = pika.URLParameters(amqp_url).credentials
+        if parts.username is None or (parts.password is None and user == broker.username):
             user, password = broker.username, broker.password
-        credentials = f"{unquote(user or '')}:{unquote(password or '')}"
+        credentials = f"{user}:{password}"
         self._headers = {
             "Accept": "application/json",
             "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode(),

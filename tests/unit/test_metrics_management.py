@@ -311,3 +311,9 @@ def test_a_url_without_a_user_asks_with_the_amqp_urls_user_and_password(
     assert state.seen[-2][1] == "Basic " + base64.b64encode(b"distq:p@ss:word").decode()
     ManagementApi(f"http://monitor@127.0.0.1:{port}", "amqp://distq:pw@h/%2F", "jobs").read()
     assert state.seen[-2][1] == "Basic " + base64.b64encode(b"monitor:").decode()
+    # the AMQP user named without a password: its password; no user anywhere: guest, as
+    # pika logs in (it sent empty credentials, refused while AMQP worked)
+    ManagementApi(f"http://distq@127.0.0.1:{port}", "amqp://distq:p%40w@h/%2F", "jobs").read()
+    assert state.seen[-2][1] == "Basic " + base64.b64encode(b"distq:p@w").decode()
+    ManagementApi(f"http://127.0.0.1:{port}", "amqp://h/%2F", "jobs").read()
+    assert state.seen[-2][1] == "Basic " + base64.b64encode(b"guest:guest").decode()
