@@ -152,6 +152,7 @@ up() {
     PYTHON_IMAGE=$(env_get PYTHON_IMAGE) DISTQ_IMAGE_TAG=$tag scripts/compose-images.sh build
     env_set DISTQ_IMAGE_TAG "$tag"
 
+    write_secret_files || die "could not write the secret files in $SECRETS_DIR (above)"
     log "starting the stack: transport $transport, project $(project_name)"
     # The last `make scale` holds: an `up` without --scale would go back to one worker.
     if ! compose up -d --remove-orphans --scale "worker=$(env_get WORKERS)"; then

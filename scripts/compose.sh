@@ -10,9 +10,9 @@
 #   the variables the compose files read are taken out of the environment, so a
 #   DISTQ_TRANSPORT exported for other work cannot steer the stack. `make up NAME=value`
 #   is how a setting changes.
-# - The secrets of the env file reach the containers as files: each compose run writes
-#   them to DISTQ_SECRETS_DIR (the env file's name plus .secrets: .env.secrets/, its owner
-#   alone may enter it), which docker-compose.yml mounts as compose secrets.
+# - The secrets of the env file reach the containers as files: `make up` writes them to
+#   DISTQ_SECRETS_DIR (the env file's name plus .secrets: .env.secrets/, its owner alone
+#   may enter it), which docker-compose.yml mounts as compose secrets.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,7 +32,7 @@ STACK_VARIABLES="COMPOSE_FILE COMPOSE_PROFILES COMPOSE_PROJECT_NAME DISTQ_TRANSP
     GRAFANA MASTER_RATE MASTER_TASK_DELAY WORKERS WORKER_CONCURRENCY PROMETHEUS_PORT REDIS_PORT
     RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT GRAFANA_PORT PYTHON_IMAGE REDIS_IMAGE
     RABBITMQ_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE DISTQ_IMAGE_TAG DISTQ_SECRETS_DIR
-    DISTQ_SECRETS_FINGERPRINT"
+    DISTQ_SECRETS_DISTQ DISTQ_SECRETS_REDIS DISTQ_SECRETS_RABBITMQ DISTQ_SECRETS_GRAFANA"
 
 # Sets COMPOSE (an array): the compose command to run.
 find_compose() {
@@ -106,29 +106,73 @@ ensure_env_file() {
     done
 }
 
-# Writes each secret of the env file to its file in SECRETS_DIR (a changed one replaced,
-# so a running container keeps the one it started with until compose recreates it) and
-# prints their fingerprint, the label that makes compose recreate a container whose
-# secrets changed. The files are readable by all (a container's user is not the host's)
-# in a directory only its owner may enter.
-secret_files() {
-    local pair name file value
-    (umask 077 && mkdir -p "$SECRETS_DIR")
-    chmod 700 "$SECRETS_DIR"
+# A value of the env file as compose's own reader takes it (python-dotenv): the quotes
+# around it removed, or, unquoted, a trailing " #comment" and the blanks around it. The
+# secrets once went through compose so: a quoted password meant the same then.
+env_value() {  # NAME
+    local value
+    value=$(env_get "$1")
+    case "$value" in
+        \"*\") value=${value#\"} && value=${value%\"} ;;
+        \'*\') value=${value#\'} && value=${value%\'} ;;
+        *)
+            value=${value%% #*}
+            value=${value#"${value%%[![:space:]]*}"}
+            value=${value%"${value##*[![:space:]]}"}
+            ;;
+    esac
+    printf '%s' "$value"
+}
+
+# Writes each secret of the env file to its file in SECRETS_DIR, before `make up` starts
+# the stack: only then, for a container that restarts reads its file again (a file
+# written by `make ps` gave a restarted Redis another password than its workers'). The
+# files are readable by all (a container's user is not the host's) in a directory only
+# its owner may enter; a failure stops `make up`.
+write_secret_files() {
+    local pair file value
+    (umask 077 && mkdir -p "$SECRETS_DIR") || return 1
+    chmod 700 "$SECRETS_DIR" || return 1
+    if [ ! -s "$SECRETS_DIR/.salt" ]; then  # the fingerprints' own secret, see secret_env
+        secret >"$SECRETS_DIR/.salt" || return 1
+    fi
     for pair in $SECRET_FILES; do
-        name=${pair%%:*}
         file=$SECRETS_DIR/${pair#*:}
-        value=$(env_get "$name")
+        value=$(env_value "${pair%%:*}")
         if [ ! -f "$file" ] || [ "$(cat "$file")" != "$value" ]; then
-            printf '%s' "$value" >"$file.new"
-            chmod 644 "$file.new"
-            mv "$file.new" "$file"
+            { printf '%s' "$value" >"$file.new" && chmod 644 "$file.new" && mv "$file.new" "$file"; } \
+                || return 1
         fi
     done
-    for pair in $SECRET_FILES; do
-        cat "$SECRETS_DIR/${pair#*:}"
+}
+
+# A fingerprint of secret files (SECRETS_DIR/NAME ...), salted, so that a password of
+# few characters cannot be guessed from it: it is a container label, which `docker
+# inspect` shows.
+fingerprint() {
+    local name
+    for name in .salt "$@"; do
+        cat "$SECRETS_DIR/$name" 2>/dev/null || true
         echo
-    done | sha256sum | cut -c 1-16
+    done | if command -v sha256sum >/dev/null 2>&1; then sha256sum; else shasum -a 256; fi \
+        | cut -c 1-16
+}
+
+# NAME=value lines of what compose reads the secrets with: where the files are, and per
+# service the fingerprint of the files it mounts, its label: a changed secret recreates
+# the containers that read it, and only those.
+secret_env() {
+    local distq="authkey signing-keys"
+    case "$(env_get DISTQ_TRANSPORT)" in
+        redis) distq="$distq redis-password" ;;
+        rabbitmq) distq="$distq rabbitmq-password" ;;
+    esac
+    # shellcheck disable=SC2086
+    printf '%s\n' "DISTQ_SECRETS_DIR=$SECRETS_DIR" \
+        "DISTQ_SECRETS_DISTQ=$(fingerprint $distq)" \
+        "DISTQ_SECRETS_REDIS=$(fingerprint redis-password)" \
+        "DISTQ_SECRETS_RABBITMQ=$(fingerprint rabbitmq-password)" \
+        "DISTQ_SECRETS_GRAFANA=$(fingerprint grafana-admin-password)"
 }
 
 project_name() { env_get COMPOSE_PROJECT_NAME; }
@@ -149,27 +193,23 @@ compose_profiles() {  # TRANSPORT GRAFANA
     printf '%s' "$profiles"
 }
 
-# Runs compose with the env file's settings (its secrets as files) and nothing else from
-# the environment.
+# Runs compose with the env file's settings (its secrets as the files `make up` wrote)
+# and nothing else from the environment.
 compose() {
-    local unset_args=() var fingerprint
-    for var in $STACK_VARIABLES; do unset_args+=(-u "$var"); done
-    fingerprint=$(secret_files)
-    (
-        cd "$REPO" && env "${unset_args[@]}" DISTQ_SECRETS_DIR="$SECRETS_DIR" \
-            DISTQ_SECRETS_FINGERPRINT="$fingerprint" "${COMPOSE[@]}" --env-file "$ENV_FILE" "$@"
-    )
+    local args=() var line
+    for var in $STACK_VARIABLES; do args+=(-u "$var"); done
+    while IFS= read -r line; do args+=("$line"); done < <(secret_env)
+    (cd "$REPO" && env "${args[@]}" "${COMPOSE[@]}" --env-file "$ENV_FILE" "$@")
 }
 
 # The same, with every transport's files and profiles: reaches all of the stack's services.
 compose_all() {
     (
         cd "$REPO"
-        local unset_args=() var fingerprint
-        for var in $STACK_VARIABLES; do unset_args+=(-u "$var"); done
-        fingerprint=$(secret_files)
-        env "${unset_args[@]}" DISTQ_SECRETS_DIR="$SECRETS_DIR" \
-            DISTQ_SECRETS_FINGERPRINT="$fingerprint" \
+        local args=() var line
+        for var in $STACK_VARIABLES; do args+=(-u "$var"); done
+        while IFS= read -r line; do args+=("$line"); done < <(secret_env)
+        env "${args[@]}" \
             COMPOSE_FILE="$(compose_files redis):deploy/compose/rabbitmq.yml" \
             COMPOSE_PROFILES="redis,rabbitmq,grafana" \
             "${COMPOSE[@]}" --env-file "$ENV_FILE" "$@"

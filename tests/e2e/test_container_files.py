@@ -164,34 +164,88 @@ def test_compose_files_give_secrets_as_files_only() -> None:
     assert set(files.values()) == set(_compose()["secrets"])
 
 
-def test_secret_files_follow_the_env_file_and_their_fingerprint_changes_with_them(
-    tmp_path: Path,
-) -> None:
-    """make writes each secret of the env file to its file, and a changed secret changes
-    the fingerprint label, so `make up` recreates the containers that read it (as a
-    changed variable did when the secrets were in the environment)."""
-    env_file = tmp_path / "stack.env"
-    script = (
-        f". {REPO}/scripts/compose.sh; ensure_env_file 2>/dev/null; secret_files; "
-        "env_set REDIS_PASSWORD rotated-password-0123456789; secret_files; "
-        'stat -c %a "$SECRETS_DIR" "$SECRETS_DIR/redis-password"; '
-        'cat "$SECRETS_DIR/redis-password"'
-    )
+def _stack_shell(env_file: Path, script: str) -> list[str]:
+    """``script`` run in bash with scripts/compose.sh sourced, on ``env_file``: its lines."""
     done = subprocess.run(
-        ["bash", "-c", script],
+        ["bash", "-c", f". {REPO}/scripts/compose.sh; ensure_env_file 2>/dev/null; {script}"],
         env={"PATH": "/usr/bin:/bin", "DISTQ_ENV_FILE": str(env_file)},
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    before, after, folder_mode, file_mode, password = done.stdout.splitlines()
-    assert re.fullmatch("[0-9a-f]{16}", before) and re.fullmatch("[0-9a-f]{16}", after)
-    assert before != after
-    assert (folder_mode, file_mode) == ("700", "644")
-    assert password == "rotated-password-0123456789"
+    return done.stdout.splitlines()
+
+
+def test_secret_files_follow_the_env_file_and_only_their_services_fingerprints_change(
+    tmp_path: Path,
+) -> None:
+    """`make up` writes each secret of the env file to its file; a changed secret changes
+    the fingerprint label of the services that mount it, and only theirs, so `make up`
+    recreates those (a Grafana password recreated Redis and every worker)."""
+    env_file = tmp_path / "stack.env"
+    lines = _stack_shell(
+        env_file,
+        "env_set DISTQ_TRANSPORT redis; write_secret_files; secret_env; "
+        "env_set REDIS_PASSWORD rotated-password-0123456789; write_secret_files; secret_env; "
+        'stat -c %a "$SECRETS_DIR" "$SECRETS_DIR/redis-password"; '
+        'cat "$SECRETS_DIR/redis-password"; echo',
+    )
+    before, after = (
+        dict(x.split("=", 1) for x in lines[:5]),
+        dict(x.split("=", 1) for x in lines[5:10]),
+    )
+    assert before["DISTQ_SECRETS_DIR"] == f"{env_file}.secrets"
+    changed = sorted(name for name in before if before[name] != after[name])
+    assert changed == ["DISTQ_SECRETS_DISTQ", "DISTQ_SECRETS_REDIS"]  # not RabbitMQ's, Grafana's
+    assert all(re.fullmatch("[0-9a-f]{16}", after[name]) for name in changed)
+    assert lines[10:] == ["700", "644", "rotated-password-0123456789"]
     authkey = (tmp_path / "stack.env.secrets" / "authkey").read_text()
     assert f"DISTQ_AUTHKEY={authkey}\n" in env_file.read_text() and len(authkey) == 32
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ('"quoted pw#1"', "quoted pw#1"),
+        ("'single'", "single"),
+        ("plain-pw # a comment", "plain-pw"),
+        ("  spaced  ", "spaced"),
+        ("pw#not-a-comment", "pw#not-a-comment"),
+    ],
+)
+def test_a_secret_means_what_compose_read_in_it(tmp_path: Path, written: str, meant: str) -> None:
+    """The secrets went through compose's env-file reader (python-dotenv) before they
+    were files: a quoted RabbitMQ password became its quotes too, and the user RabbitMQ
+    kept in its volume refused the upgraded stack."""
+    env_file = tmp_path / "stack.env"
+    env_file.write_text(f"RABBITMQ_PASSWORD={written}\n")
+    assert _stack_shell(env_file, 'write_secret_files; cat "$SECRETS_DIR/rabbitmq-password"') == [
+        meant
+    ]
+
+
+def test_only_make_up_writes_the_secret_files(tmp_path: Path) -> None:
+    """Every compose command wrote them: a container that restarted later (its bind
+    mount read again) got a secret its peers did not have, and `make ps` on a read-only
+    directory printed a page of errors."""
+    env_file = tmp_path / "stack.env"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "fake-compose"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    _stack_shell(env_file, "true")  # the env file, with its random secrets
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts/compose.sh"), "ps"],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "DISTQ_ENV_FILE": str(env_file),
+             "DISTQ_COMPOSE": str(fake)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "stack.env.secrets").exists()
 
 
 @pytest.mark.parametrize(
