@@ -425,6 +425,16 @@ def test_exit_when_idle_does_not_count_a_broker_outage_as_nothing_to_do(
     producer.close()
 
 
+def _naps(transport: Transport, count: int, seconds: float) -> tuple[Producer, Registry]:
+    """``count`` tasks that sleep ``seconds`` queued, and a registry that runs them."""
+    producer = transport.producer("w.results.job")
+    registry = Registry()
+    registry.register("nap", lambda seconds: time.sleep(seconds))
+    naps = [Task(name="nap", args=[seconds], reply_to="w.results.job") for _ in range(count)]
+    producer.submit([t.encode() for t in naps])
+    return producer, registry
+
+
 def test_a_lease_renewal_the_broker_refused_is_tried_again_soon_and_said_once(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -445,11 +455,7 @@ def test_a_lease_renewal_the_broker_refused_is_tried_again_soon_and_said_once(
         heartbeat(self, consumers)
 
     monkeypatch.setattr(kind, "heartbeat", away_a_while)
-    producer = transport.producer("w.results.job")
-    registry = Registry()
-    registry.register("nap", lambda seconds: time.sleep(seconds))
-    naps = [Task(name="nap", args=[3.5], reply_to="w.results.job") for _ in range(2)]
-    producer.submit([t.encode() for t in naps])
+    producer, registry = _naps(transport, 2, 3.5)
     out = io.StringIO()
     options = WorkerOptions(concurrency=2, worker_id="w", heartbeat_interval=1.0)
     worker = Worker(transport, registry, options, Console(out=out, err=out))
@@ -477,11 +483,7 @@ def test_the_keeper_renews_every_busy_slots_lease_in_one_call(
         heartbeat(self, consumers)
 
     monkeypatch.setattr(kind, "heartbeat", counted)
-    producer = transport.producer("w.results.job")
-    registry = Registry()
-    registry.register("nap", lambda seconds: time.sleep(seconds))
-    naps = [Task(name="nap", args=[1.5], reply_to="w.results.job") for _ in range(4)]
-    producer.submit([t.encode() for t in naps])
+    producer, registry = _naps(transport, 4, 1.5)
     out = io.StringIO()
     options = WorkerOptions(concurrency=4, worker_id="w", heartbeat_interval=0.3, prefetch=1)
     run_for(Worker(transport, registry, options, Console(out=out, err=out)), 2.5)
@@ -507,10 +509,7 @@ def test_a_renewal_that_came_past_the_lease_is_said_once(
         heartbeat(self, consumers)
 
     monkeypatch.setattr(kind, "heartbeat", slow_first)
-    producer = transport.producer("w.results.job")
-    registry = Registry()
-    registry.register("nap", lambda seconds: time.sleep(seconds))
-    producer.submit([Task(name="nap", args=[3.0], reply_to="w.results.job").encode()])
+    producer, registry = _naps(transport, 1, 3.0)
     out = io.StringIO()
     options = WorkerOptions(concurrency=2, worker_id="w", heartbeat_interval=0.3)
     run_for(Worker(transport, registry, options, Console(out=out, err=out)), 3.5)
