@@ -134,7 +134,7 @@ write_secret_files() {
     (umask 077 && mkdir -p "$SECRETS_DIR") || return 1
     chmod 700 "$SECRETS_DIR" || return 1
     if [ ! -s "$SECRETS_DIR/.salt" ]; then  # the fingerprints' own secret, see secret_env
-        secret >"$SECRETS_DIR/.salt" || return 1
+        (umask 077 && secret >"$SECRETS_DIR/.salt") || return 1
     fi
     for pair in $SECRET_FILES; do
         file=$SECRETS_DIR/${pair#*:}
