@@ -82,8 +82,8 @@ IDLE_SLOTS_GRACE = 5.0
 #: The GIL's switch interval in a worker with several slots (Python's default: 5 ms).
 #: Slots running Python code hold the GIL by turns; the keeper, which renews their
 #: leases, waits for it at each step of a broker call, behind every one of them: with
-#: 64 such slots a round of renewals took seconds, past the 5 s lease (128 tasks ran
-#: 176 times). At 1 ms each wait is a fifth as long (each ran once).
+#: 64 such slots even one renewal for all took seconds, past the 5 s lease (128 tasks
+#: ran 176 times). At 1 ms each wait is a fifth as long (each ran once).
 KEEPER_SWITCH = 0.001
 
 
