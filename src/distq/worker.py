@@ -477,7 +477,8 @@ class Worker:
             self._said_late = True
             self.console.error(
                 f"warning: renewing the leases of running tasks came {late:.1f} s past "
-                "the lease (the keeper waited for the GIL behind the slots): those tasks "
+                "the lease (this process was held up: stopped, paused, starved of CPU, or "
+                "its keeper waiting for the GIL behind slots that compute): those tasks "
                 "may run again elsewhere; with tasks that compute in Python, run fewer "
                 "slots (--concurrency) in more worker processes, or raise "
                 "DISTQ_LEASE_SECONDS (said once)"

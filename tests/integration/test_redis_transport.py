@@ -136,6 +136,25 @@ def test_ready_list_is_named_after_the_queue_and_fifo(
     assert raw.hget(f"{reply}:state", "submitted") == b"5"
 
 
+def test_a_settle_after_a_long_task_goes_out_on_a_live_connection(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """The keeper renews leases on a connection of its own, so a slot's lies idle while
+    its tasks run. One that died meanwhile (Redis restarted, its idle `timeout`, a proxy's)
+    failed the settle that carried the results: they were lost and the tasks ran again
+    (with `timeout 5` and 8 s tasks, for good)."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("idle"))
+    producer.submit([b"long"])
+    consumer = t.consumer("c1")
+    (delivery,) = consumer.fetch(1, timeout=1)
+    mine = consumer._w.execute_command("CLIENT", "ID")
+    assert raw.client_kill_filter(_id=mine) == 1  # the server drops the idle connection
+    time.sleep(1.2)  # the task runs
+    consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"done")])
+    assert producer.results(1, 5) == [b"done"]
+
+
 def test_submit_large_batch_in_chunks(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:

@@ -958,6 +958,7 @@ class ManagerTransport(Transport):
         self._queue = settings.queue
         self._server: Any = None  # multiprocessing's Server: untyped internals
         self._broker: QueueBroker | None = None
+        self._keeper: _Broker | None = None  # a worker's keeper renews its leases on it
         self._manager: _ClientManager | None = None
         host, port = settings.manager_address
         self.address = host_port(host, port)
@@ -1175,9 +1176,21 @@ class ManagerTransport(Transport):
     renews_apart = True  # a proxy's connection is per thread: the keeper's is its own
 
     def heartbeat(self, consumers: Sequence[Consumer]) -> None:
-        mine = [c for c in consumers if isinstance(c, ManagerConsumer)]
-        if mine:
-            mine[0].heartbeats([c.consumer_id for c in mine])
+        """Through a proxy of the keeper's own, made again after a failure: through a
+        slot's, a slot still in a task of a master that restarted failed every renewal,
+        the other slots' too (their tasks ran twice). An id the master does not know (a
+        slot of the master before) is passed over."""
+        ids = [c.consumer_id for c in consumers if isinstance(c, ManagerConsumer)]
+        if not ids:
+            return
+        if self._keeper is None:
+            self._keeper = self._endpoint()
+        try:
+            _call(self.address, self._keeper.heartbeats, ids, self._settings.lease_seconds)
+        except BaseException:
+            keeper, self._keeper = self._keeper, None
+            _close_proxy(keeper)
+            raise
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         bodies = _call(self.address, self._endpoint().peek, f"{self._queue}.dead", limit)
@@ -1218,7 +1231,7 @@ class ManagerTransport(Transport):
         return QueueStats(ready=ready, in_flight=in_flight, dead=dead, consumers=consumers)
 
     def close(self) -> None:
-        self._inspector = None  # a worker's: its connection goes with it
+        self._inspector = self._keeper = None  # a worker's: their connections go with it
         broker, self._broker = self._broker, None
         if broker is not None:
             for queue, count in broker.dead_counts().items():
@@ -1459,10 +1472,6 @@ class ManagerConsumer(Consumer):
 
     def heartbeat(self) -> None:
         _call(self._address, self._broker.heartbeat, self._id, self._lease)
-
-    def heartbeats(self, consumer_ids: Sequence[str]) -> None:
-        """Renew the leases of these consumers, this one's among them, in one call."""
-        _call(self._address, self._broker.heartbeats, list(consumer_ids), self._lease)
 
     def gone(self, reply_to: Collection[str]) -> set[str]:
         if not reply_to:

@@ -126,6 +126,9 @@ log = logging.getLogger(__name__)
 
 #: Longest single blocking call; long waits loop so leases and sweeps keep running.
 MAX_BLOCK_SECONDS = 5.0
+#: A consumer's connection idle this long is checked (a PING) before a settle: a slot's
+#: lies idle while its tasks run (see :meth:`_Wire.check`).
+IDLE_CHECK_SECONDS = 1.0
 #: After Redis refused a call for its ``maxmemory``, waits poll this long (no BLMOVE).
 FULL_SECONDS = 2.0
 #: How often a wait polls meanwhile.
@@ -1197,6 +1200,7 @@ class RedisConsumer(Consumer):
         self._found_nothing = False  # it may publish retries: the next fetch claims first
         if not settlements:
             return
+        self._w.check(IDLE_CHECK_SECONDS)
         tags = tags_of((s.delivery for s in settlements), bytes, "redis")
         keys, publish = self._publish(settlements)
         held, count = self._held, len(tags)
@@ -1225,6 +1229,7 @@ class RedisConsumer(Consumer):
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
+        self._w.check(IDLE_CHECK_SECONDS)
         tags = tags_of((s.delivery for s in settlements), bytes, "redis")
         held, count = self._held, len(tags)
         if tags != held[:count]:  # not the oldest, in order: acks by body, then a fetch
@@ -1450,6 +1455,7 @@ class _Wire:
         self._pool: Any = pool  # the stubs still want get_connection's old arguments
         self._conn: Any = None
         self._links = 0  # connections taken from the pool so far
+        self._used = time.monotonic()  # the last call's end
 
     @property
     def link(self) -> int | None:
@@ -1470,6 +1476,19 @@ class _Wire:
         except BaseException:
             self._drop()
             raise
+        finally:
+            self._used = time.monotonic()
+
+    def check(self, idle: float) -> None:
+        """After ``idle`` s without a call, a PING: a connection that died meanwhile (Redis
+        restarted, its idle ``timeout``, a proxy's) is dropped, so that the next call,
+        which carries results, goes out on a new one. A worker's keeper renews the leases
+        on a connection of its own, so a slot's lies idle while its tasks run; its settle,
+        sent on a dead one, failed, and its results were lost (the tasks ran again)."""
+        if self._conn is None or time.monotonic() - self._used < idle:
+            return
+        with contextlib.suppress(RedisError, OSError):  # dropped: the next call connects
+            self.execute_command("PING")
 
     def pipeline(
         self, commands: Sequence[Sequence[Arg]], replies: list[Any] | None = None
@@ -1491,6 +1510,8 @@ class _Wire:
         except BaseException:
             self._drop()
             raise
+        finally:
+            self._used = time.monotonic()
 
     def _connection(self) -> Any:
         if self._conn is None:
