@@ -218,14 +218,14 @@ def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None
             again.close()
 
 
-def test_one_renewal_for_all_slots_passes_over_a_slot_of_the_master_before() -> None:
-    """The keeper renews every slot at once; it sent the call through the first slot's
-    proxy: one still in a task of the master before a restart made every renewal fail,
-    and the other slots' tasks ran twice. An id the new master does not know is passed
-    over, and the keeper's own proxy is made again after its failure."""
-    settings = replace(_settings("batched"), lease_seconds=1.0)
-    env = _env(settings)
-    keeper = concurrent.futures.ThreadPoolExecutor(1)  # one thread, as a worker's keeper
+@contextlib.contextmanager
+def _killed_with_a_task(
+    settings: Settings, env: dict[str, str]
+) -> Iterator[tuple[Any, Any, concurrent.futures.ThreadPoolExecutor]]:
+    """A worker-side transport, a consumer of it holding a task of a master process, and
+    a keeper thread (one, as a worker's) that renewed that lease once; then the master
+    SIGKILLed. Yields (transport, consumer, keeper)."""
+    keeper = concurrent.futures.ThreadPoolExecutor(1)
     try:
         with (
             _master_process(env) as first,
@@ -233,24 +233,34 @@ def test_one_renewal_for_all_slots_passes_over_a_slot_of_the_master_before() -> 
         ):
             old = remote.consumer("c0")
             assert len(fetch_n(old, 1)) == 1
-            keeper.submit(remote.heartbeat, [old]).result(10)
+            keeper.submit(old.heartbeat).result(10)
             first.signal(signal.SIGKILL)
             first.wait(10)
-            with _master_process(env):
-                with contextlib.suppress(TransportError):  # this thread's connection, stale
-                    remote.consumer("c-probe").fetch(1, 0)
-                new = remote.consumer("c1")
-                (held,) = fetch_n(new, 1)
-                other = remote.consumer("c2")
-                for _ in range(8):  # two seconds, two leases: renewed every 0.25 s
-                    with contextlib.suppress(TransportError):  # the keeper's stale proxy, once
-                        keeper.submit(remote.heartbeat, [old, new]).result(10)
-                    assert other.fetch(1, 0.25) == [], "the renewed task went to another slot"
-                new.release([held])
-                for consumer in (new, other):
-                    consumer.close()
+            yield remote, old, keeper
     finally:
         keeper.shutdown()
+
+
+def test_one_renewal_for_all_slots_passes_over_a_slot_of_the_master_before() -> None:
+    """The keeper renews every slot at once; it sent the call through the first slot's
+    proxy: one still in a task of the master before a restart made every renewal fail,
+    and the other slots' tasks ran twice. An id the new master does not know is passed
+    over, and the keeper's own proxy is made again after its failure."""
+    settings = replace(_settings("batched"), lease_seconds=1.0)
+    env = _env(settings)
+    with _killed_with_a_task(settings, env) as (remote, old, keeper), _master_process(env):
+        with contextlib.suppress(TransportError):  # this thread's connection, stale
+            remote.consumer("c-probe").fetch(1, 0)
+        new = remote.consumer("c1")
+        (held,) = fetch_n(new, 1)
+        other = remote.consumer("c2")
+        for _ in range(8):  # two seconds, two leases: renewed every 0.25 s
+            with contextlib.suppress(TransportError):  # the keeper's stale proxy, once
+                keeper.submit(remote.heartbeat, [old, new]).result(10)
+            assert other.fetch(1, 0.25) == [], "the renewed task went to another slot"
+        new.release([held])
+        for consumer in (new, other):
+            consumer.close()
 
 
 def test_a_workers_keeper_thread_renews_leases_again_after_its_master_restarted() -> None:
@@ -260,32 +270,20 @@ def test_a_workers_keeper_thread_renews_leases_again_after_its_master_restarted(
     again and again; and a call for a consumer of the old master printed its traceback."""
     settings = _settings("kept")
     env = _env(settings)
-    keeper = concurrent.futures.ThreadPoolExecutor(1)  # one thread, as a worker's keeper
-    try:
-        with (
-            _master_process(env) as first,
-            contextlib.closing(open_transport(settings, "worker")) as remote,
-        ):
-            old = remote.consumer("c1")
-            assert len(fetch_n(old, 1)) == 1
+    with _killed_with_a_task(settings, env) as (remote, old, keeper):
+        with pytest.raises(TransportError):
             keeper.submit(old.heartbeat).result(10)
-            first.signal(signal.SIGKILL)
-            first.wait(10)
-            with pytest.raises(TransportError):
+        with _master_process(env):
+            with pytest.raises(TransportError) as unknown:
                 keeper.submit(old.heartbeat).result(10)
-            with _master_process(env):
-                with pytest.raises(TransportError) as unknown:
-                    keeper.submit(old.heartbeat).result(10)
-                assert "no longer knows this consumer: it restarted since" in str(unknown.value)
-                assert "Traceback" not in str(unknown.value)
-                with contextlib.suppress(TransportError):
-                    old.close()  # the slot's close after its error
-                new = remote.consumer("c1")
-                assert len(fetch_n(new, 1)) == 1
-                keeper.submit(new.heartbeat).result(10)  # before: BrokenPipeError, for good
-                new.close()
-    finally:
-        keeper.shutdown()
+            assert "no longer knows this consumer: it restarted since" in str(unknown.value)
+            assert "Traceback" not in str(unknown.value)
+            with contextlib.suppress(TransportError):
+                old.close()  # the slot's close after its error
+            new = remote.consumer("c1")
+            assert len(fetch_n(new, 1)) == 1
+            keeper.submit(new.heartbeat).result(10)  # before: BrokenPipeError, for good
+            new.close()
 
 
 def test_requeue_dead_with_a_limit_past_the_letters_moves_each_once(
