@@ -194,26 +194,23 @@ compose_profiles() {  # TRANSPORT GRAFANA
 }
 
 # Runs compose with the env file's settings (its secrets as the files `make up` wrote)
-# and nothing else from the environment.
-compose() {
+# and nothing else from the environment; NAME=value arguments before `--` win over the
+# env file's.
+compose_with() {
     local args=() var line
     for var in $STACK_VARIABLES; do args+=(-u "$var"); done
     while IFS= read -r line; do args+=("$line"); done < <(secret_env)
+    while [ "$1" != -- ]; do args+=("$1") && shift; done
+    shift
     (cd "$REPO" && env "${args[@]}" "${COMPOSE[@]}" --env-file "$ENV_FILE" "$@")
 }
 
+compose() { compose_with -- "$@"; }
+
 # The same, with every transport's files and profiles: reaches all of the stack's services.
 compose_all() {
-    (
-        cd "$REPO"
-        local args=() var line
-        for var in $STACK_VARIABLES; do args+=(-u "$var"); done
-        while IFS= read -r line; do args+=("$line"); done < <(secret_env)
-        env "${args[@]}" \
-            COMPOSE_FILE="$(compose_files redis):deploy/compose/rabbitmq.yml" \
-            COMPOSE_PROFILES="redis,rabbitmq,grafana" \
-            "${COMPOSE[@]}" --env-file "$ENV_FILE" "$@"
-    )
+    compose_with COMPOSE_FILE="$(compose_files redis):deploy/compose/rabbitmq.yml" \
+        COMPOSE_PROFILES="redis,rabbitmq,grafana" -- "$@"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

@@ -44,7 +44,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -402,7 +402,7 @@ class Worker:
                 batch = slot.batch
                 if batch is None:
                     continue
-                try:
+                with self._keeping([slot], interval):
                     running = batch.running
                     if running is not None and time.monotonic() - running.started > running.limit:
                         self._give_up(slot, batch, running)
@@ -412,13 +412,28 @@ class Worker:
                                 due.append(slot)
                         else:
                             self._renew(slot, batch)
-                except TransportError as exc:  # the broker away: one line per outage
-                    self._renew_failed([slot], exc, interval)
-                except Exception as exc:  # the slot meets the same error when it settles
-                    self.console.error(f"keeping a long batch: {exc}")
-                    slot.renewed = time.monotonic()  # one line per interval, not a flood
             if due:
                 self._renew_all(due, interval)
+
+    @contextlib.contextmanager
+    def _keeping(self, slots: list[_Slot], interval: float) -> Iterator[None]:
+        """The keeper's work on ``slots``, its failures said: a broker away, one line per
+        outage; anything else (the slot meets it again when it settles), once an interval."""
+        try:
+            yield
+        except TransportError as exc:
+            self._renew_failed(slots, exc, interval)
+        except Exception as exc:
+            self.console.error(f"keeping a long batch: {exc}")
+            for slot in slots:
+                slot.renewed = time.monotonic()  # one line per interval, not a flood
+
+    def _renewed(self, slots: list[_Slot], at: float) -> None:
+        """The leases of ``slots`` renewed at ``at``: an outage only the keeper saw ends."""
+        for slot in slots:
+            slot.renewed = at
+            slot.renew_failed_on = None
+        self._back()
 
     def _renew_after(self, slots: list[_Slot], interval: float) -> float:
         """How long a slot's lease goes unrenewed before the keeper renews it: an interval;
@@ -483,21 +498,10 @@ class Worker:
                 "slots (--concurrency) in more worker processes, or raise "
                 "DISTQ_LEASE_SECONDS (said once)"
             )
-        try:
+        with self._keeping(slots, interval):
             with self.health.liveness.waiting("leases"):  # a silent broker is no stall
                 self.transport.heartbeat(consumers)
-        except TransportError as exc:
-            self._renew_failed(slots, exc, interval)
-            return
-        except Exception as exc:
-            self.console.error(f"keeping a long batch: {exc}")
-            for slot in slots:
-                slot.renewed = time.monotonic()  # one line per interval, not a flood
-            return
-        for slot in slots:
-            slot.renewed = sent
-            slot.renew_failed_on = None
-        self._back()  # an outage only the keeper saw ends here
+            self._renewed(slots, sent)
 
     def _renew(self, slot: _Slot, batch: Batch) -> None:
         """Hand back what the batch has not started and renew the lease of the rest, on
@@ -508,9 +512,7 @@ class Worker:
             if self._handed_back(slot, batch) and slot.consumer is not None:
                 with self.health.liveness.waiting("leases"):  # a silent broker is no stall
                     slot.consumer.heartbeat()
-                slot.renewed = time.monotonic()
-                slot.renew_failed_on = None
-                self._back()  # an outage only the keeper saw ends here
+                self._renewed([slot], time.monotonic())
         finally:
             slot.lock.release()
 
