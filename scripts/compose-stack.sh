@@ -26,6 +26,22 @@ die() { log "$*"; exit 1; }
 version() { sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml; }
 
 # Containers of the project (one-off `run` containers too when ALL=1), as IDs.
+# A changed distq secret (the signing keys, the authkey, the broker's password)
+# recreates the master and the workers, the master first (the workers depend on it):
+# workers still holding the old signing keys would refuse its tasks (dead letters, and
+# results its job waits for in vain). So the running workers stop first, warm.
+stop_workers_holding_old_secrets() {
+    local running now
+    running=$(containers | xargs -r docker inspect --format \
+        '{{ index .Config.Labels "com.docker.compose.service" }} {{ .State.Running }} {{ index .Config.Labels "io.distq.secrets" }}' \
+        | awk '$1 == "worker" && $2 == "true" { print $3 }' | sort -u)
+    now=$(secret_env | sed -n 's/^DISTQ_SECRETS_DISTQ=//p')
+    if [ -n "$running" ] && [ "$running" != "$now" ]; then
+        log "distq's secrets changed: stopping the workers first, so that none holding the old ones meets the new master's tasks"
+        compose stop worker
+    fi
+}
+
 containers() {
     local filter=(--filter "label=com.docker.compose.project=$(project_name)")
     if [ "${1:-}" != all ]; then filter+=(--filter "label=com.docker.compose.oneoff=False"); fi
@@ -153,6 +169,7 @@ up() {
     env_set DISTQ_IMAGE_TAG "$tag"
 
     write_secret_files || die "could not write the secret files in $SECRETS_DIR (above)"
+    stop_workers_holding_old_secrets
     log "starting the stack: transport $transport, project $(project_name)"
     # The last `make scale` holds: an `up` without --scale would go back to one worker.
     if ! compose up -d --remove-orphans --scale "worker=$(env_get WORKERS)"; then

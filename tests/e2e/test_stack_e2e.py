@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import subprocess
 import time
 
 import pytest
 
+from conftest import REPO
+from distq.signing import key_id
 from e2e.e2e_stack import Stack, names, wait_for
 
 # The first test of each transport also waits for `make up`, which on a fresh machine
@@ -179,6 +183,36 @@ def test_a_worker_cut_off_its_network_has_its_tasks_run_elsewhere_and_rejoins(
 
 def docker(*args: str) -> None:
     subprocess.run(["docker", *args], check=True, capture_output=True, timeout=60)
+
+
+def test_a_signing_key_changed_through_make_up_has_no_task_refused_for_it(
+    stack: Stack,
+) -> None:
+    """A new key in the env file and `make up`: the master is recreated before the
+    workers (they depend on it), and workers still holding the old key refused its
+    first tasks ("signed with another key"), which its job then waited for in vain
+    (new16). The workers stop first now: no letter names the new key."""
+    text = stack.env_file.read_text()
+    key = secrets.token_hex(16)
+    changed = re.sub(r"(?m)^DISTQ_SIGNING_KEYS=.*$", f"DISTQ_SIGNING_KEYS={key}", text)
+    assert changed != text
+    stack.env_file.write_text(changed)
+    result = stack.make("up", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+    time.sleep(10)  # the new master's tasks, 10 a second, meet the workers
+    letters = subprocess.run(
+        ["scripts/compose.sh", "exec", "-T", "master", "distq", "dead-letters", "--limit", "5000"],
+        cwd=REPO,
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert letters.returncode == 0, letters.stdout + letters.stderr
+    assert f"key id {key_id(key.encode())!r}" not in letters.stdout, letters.stdout[-3000:]
+    assert "stopping the workers first" in result.stdout, result.stdout[-3000:]
+    job = stack.make("job", "TASKS=50", timeout=240)
+    assert job.returncode == 0, job.stdout[-3000:]
 
 
 def test_make_down_leaves_nothing_behind(stack: Stack) -> None:
