@@ -254,6 +254,23 @@ class Codec:
             return None
         return Task(head.name, [], head.reply_to, {}, head.id, head.attempt, head.max_attempts)
 
+    def unverified_task_head(self, message: bytes) -> Task | None:
+        """The head of a task message whose signature this worker refused (unsigned where
+        it requires one, signed with a key it lacks, or signed wrongly), read without
+        trusting it: only to answer whoever waits for it with an unsigned refusal, which
+        no process holding keys accepts (see :meth:`distq.ending.Endings.malformed`).
+        None when no head of this version reads, or the message is over the limit."""
+        if len(message) > self.max_message_bytes:
+            return None
+        envelope = message[HEADER_BYTES:] if message.startswith(MAGIC) else message
+        try:
+            head = _task_head(envelope)
+        except (EnvelopeError, msgspec.DecodeError, RecursionError):
+            return None
+        if head.v != VERSION or not fits_reply_to(head.reply_to):
+            return None
+        return Task(head.name, [], head.reply_to, {}, head.id, head.attempt, head.max_attempts)
+
     def _open(self, message: bytes, kind: str, most: int | None = None) -> bytes:
         most = self.max_message_bytes if most is None else most
         if len(message) > most:

@@ -34,7 +34,14 @@ from distq.codec import Codec
 from distq.collector import Collector
 from distq.config import MESSAGE_BATCH, RECONCILE_SECONDS
 from distq.envelope import Result, Task
-from distq.errors import BrokenExecutor, EnvelopeError, RemoteError, TaskTimeout, TransportError
+from distq.errors import (
+    BrokenExecutor,
+    DistqError,
+    EnvelopeError,
+    RemoteError,
+    TaskTimeout,
+    TransportError,
+)
 from distq.futures import Callbacks, DistqFuture
 from distq.ledger import Ledger, submit_again
 from distq.transport import Producer, Transport
@@ -129,6 +136,7 @@ class Dispatcher(threading.Thread):
         self._said_lost = False
         self._stopping = False
         self._poll = POLL_SECONDS[0]
+        self._lapsed = False  # the broker lost tasks: workers may have dead-lettered some
 
     # -- any thread ------------------------------------------------------------
     def put(self, command: Command) -> bool:
@@ -188,6 +196,7 @@ class Dispatcher(threading.Thread):
             # each step whatever the one before did: no future may hang, nothing stay open
             steps: list[tuple[Callable[[], None], str]] = [
                 (lambda: self._fail_all(self.broken or "the executor has stopped"), "fail"),
+                (self._forget_orphans if self._lapsed else lambda: None, "tidy the letters of"),
                 (self.producer.close, "close the producer of"),
                 (self.transport.close, "close the connection of"),
             ]
@@ -241,7 +250,8 @@ class Dispatcher(threading.Thread):
         self._answered = time.monotonic()  # a submit refused after it is no outage
         if self._given_up:  # back from a hung broker after the exit failed the futures
             return
-        if held < self.ledger.total:  # the results there first: each answers its task
+        lost = held < self.ledger.total
+        if lost:  # the results there first: each answers its task
             self.collector.read_waiting(self.producer)
         waiting = self.collector.waiting_ids().__contains__
         again = self.ledger.reconcile(held, waiting, self.collector.outstanding)
@@ -254,6 +264,30 @@ class Dispatcher(threading.Thread):
                     len(again),
                 )
             submit_again(self.producer.submit, again)
+        if lost:
+            self._forget_orphans()
+
+    def _forget_orphans(self) -> None:
+        """Remove the dead letters workers made of the executor's tasks while it seemed
+        gone (:meth:`~distq.transport.base.Transport.forget_orphans`): they were sent
+        again. Done again when it closes, for one dead-lettered after this look."""
+        self._lapsed = True
+        try:
+            forgotten = self.transport.forget_orphans(self.producer.reply_to)
+        except DistqError as exc:
+            log.warning(
+                "could not remove the dead letters workers made of the executor's tasks "
+                "while it seemed gone: %s; `distq dead-letters` lists them",
+                exc,
+            )
+            return
+        if forgotten:
+            log.warning(
+                "removed %d dead letter(s) that workers made of the executor's tasks, unrun, "
+                "while it seemed gone (stopped or cut off past its time to live): those "
+                "tasks were sent again",
+                forgotten,
+            )
 
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (at once, then with backoff) and submit again what the broker lost,
@@ -402,8 +436,13 @@ class Dispatcher(threading.Thread):
             elif (entry := self.collector.entry(task_id)) is not None:
                 sent.append(entry)
         self._prune_deadlines()
+        never_sent = (
+            "it was never sent: the broker is unreachable (the executor is reconnecting)"
+            if self._recovering
+            else "it was never sent: the executor was still sending earlier tasks"
+        )
         for entry in unsent:
-            _time_out(entry, "it was never sent: the executor was still sending earlier tasks")
+            _time_out(entry, never_sent)
         if not sent:
             return
         # withdrawn first: if the broker fails meanwhile, they are still waited for, and

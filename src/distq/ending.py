@@ -16,7 +16,9 @@ only decides.
   ``failed`` at once, dead-lettered (:meth:`Endings.unhandled`), never handed back to
   fail again;
 - the body is not a task envelope, or is refused (unsigned, signed wrongly, over the
-  size limit): ``malformed``, a dead letter only (no one to answer), never run;
+  size limit): ``malformed``, a dead letter, never run; a task over the limit, of
+  another envelope version, or refused for its signature (then in an unsigned result,
+  see :meth:`Endings.malformed`) is answered with the reason where its head reads;
 - its master is gone (stopped, or died and its reply queue lapsed): ``orphaned``, a dead
   letter only, the task not run (nobody would read its result);
 - it ran past its time limit (:class:`~distq.errors.TimeLimitExceeded`): like any
@@ -53,7 +55,7 @@ from distq.errors import (
 )
 from distq.jsonvalue import problem
 from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES
-from distq.transport.base import Delivery, Settlement
+from distq.transport.base import Delivery, Settlement, orphaned_reason
 
 Outcome = Literal["ok", "failed", "retried", "malformed", "orphaned"]
 
@@ -162,6 +164,10 @@ def _unrun(value: Any, task: Task) -> TypeError | None:
         "awaiting it; register a plain function that runs it, e.g. "
         "def fetch_now(url): return asyncio.run(fetch(url))"
     )
+
+
+class Unsealed(bytes):
+    """A result envelope :meth:`Endings.settlements` sends as it is, never signed."""
 
 
 def _settlement(s: Settlement, reply_to: str | None, result: bytes | None) -> Settlement:
@@ -316,10 +322,7 @@ class Endings:
 
     def orphaned(self, delivery: Delivery, task: Task) -> Ending:
         """The task's master is gone: dead-lettered unrun, no result (nobody waits)."""
-        reason = (
-            f"its master is gone (no live master holds reply queue {task.reply_to!r}: "
-            "it stopped, or died and the queue lapsed); not run"
-        )
+        reason = orphaned_reason(task.reply_to)
         settlement = Settlement(delivery, dead_letter=self._dead(delivery.body, reason))
         note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {shown(reason)}"
         # started_at: when it was dead-lettered, so its line's queue_wait is how long it
@@ -328,8 +331,11 @@ class Endings:
 
     def malformed(self, delivery: Delivery, error: EnvelopeError) -> Ending:
         """The body is not a task, or is refused (unsigned, forged, too large): never run,
-        dead-lettered with the reason, nobody to answer. An oversized body's dead letter
-        keeps its first ``OVERSIZED_KEPT_BYTES``."""
+        dead-lettered with the reason. Whoever waits for it gets the reason as its result
+        where its head reads: a verified error result for a task too large or of another
+        envelope version, an unsigned one for a task refused for its signature
+        (:meth:`_refusal`). An oversized body's dead letter keeps its first
+        ``OVERSIZED_KEPT_BYTES``."""
         body = wire_bytes(delivery.body)  # a manager peer's str, None...: kept as its repr
         if isinstance(error, MessageTooLarge | SignatureError):
             reason = f"refused: {error}"
@@ -338,6 +344,8 @@ class Endings:
         waits = None
         if isinstance(error, VersionMismatch):
             waits = self._answer(body, f"{reason}; not run", "VersionMismatch", any_version=True)
+        elif isinstance(error, SignatureError):
+            waits = self._refusal(body, reason)
         elif len(body) > self.codec.max_message_bytes:
             why = (
                 f"{reason}; not run: give the workers at least the DISTQ_MAX_MESSAGE_BYTES "
@@ -375,6 +383,32 @@ class Endings:
             return None
         return task, result
 
+    def _refusal(self, body: bytes, reason: str) -> tuple[Task, bytes] | None:
+        """The task in ``body``, refused for its signature, and its error result: unsigned
+        and left unsealed (:class:`Unsealed`), since the task that names its master could
+        not be trusted. A submitter without keys (the keys set on one side only) gets it
+        at once, where it waited in vain; one with keys refuses it as unsigned and says
+        so, as it refuses any unsigned result: no forged task makes a worker sign an
+        answer."""
+        task = self.codec.unverified_task_head(body)
+        if task is None or task.reply_to == NO_REPLY:
+            return None
+        why = (
+            f"{reason}; not run: give the workers and the process that submits tasks the "
+            "same DISTQ_SIGNING_KEYS"
+        )
+        result = Result(
+            task_id=task.id,
+            worker=self.worker_id,
+            attempt=task.attempt,
+            started_at=time.time(),
+            duration=0.0,
+            status="error",
+            error_type="SignatureError",
+            error_message=why,
+        )
+        return task, Unsealed(result.encode())
+
     def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
         result = Result(
             task_id=task.id,
@@ -397,7 +431,9 @@ class Endings:
         settlements = [ending.settlement for ending in endings]
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(settlements):
-            if s.result is not None and s.reply_to is not None:
+            if isinstance(s.result, Unsealed):  # sent as it is, a plain bytes object
+                settlements[i] = _settlement(s, s.reply_to, bytes(s.result))
+            elif s.result is not None and s.reply_to is not None:
                 group = groups.get(s.reply_to)
                 if group is None:
                     groups[s.reply_to] = [i]

@@ -244,6 +244,7 @@ class _Run(Generic[E]):
         self.said_lost = False  # "the broker holds ... again": said once an outage
         self.paced_from = self.began  # --rate's clock: moved on past an outage (_loop)
         self.refused: ConfigError | None = None  # a setting the broker refused mid-job
+        self.lapsed = False  # the broker lost tasks: workers may have dead-lettered some
 
     def run(self) -> JobReport:
         spec = self.spec
@@ -265,6 +266,8 @@ class _Run(Generic[E]):
                 self._drain()
         except ConfigError as exc:  # the broker refused a setting mid-job: a report all the same
             self._refused(exc)
+        if self.lapsed:
+            self._forget_orphans()
         return self._finish(time.perf_counter() - start)
 
     def _refused(self, exc: ConfigError) -> None:
@@ -372,6 +375,29 @@ class _Run(Generic[E]):
                     f"the {len(again)} tasks among the others that wait for a result again"
                 )
             submit_again(self.producer.submit, again)
+        if held < total:
+            self._forget_orphans()
+
+    def _forget_orphans(self) -> None:
+        """Remove the dead letters workers made of this job's tasks while it seemed gone
+        (:meth:`~distq.transport.base.Transport.forget_orphans`): it submitted them
+        again. Once more as the job ends (:meth:`run`), for a worker that dead-lettered
+        one after this look; a failure is said and the job goes on."""
+        self.lapsed = True
+        try:
+            forgotten = self.master.transport.forget_orphans(self.master.reply_to)
+        except DistqError as exc:
+            self.console.error(
+                f"could not remove the dead letters workers made of this job's tasks while "
+                f"it seemed gone: {exc}; `distq dead-letters` lists them"
+            )
+            return
+        if forgotten:
+            self.console.error(
+                f"removed {forgotten} dead letter(s) that workers made of this job's tasks, "
+                "unrun, while it seemed gone (stopped or cut off past its time to live): "
+                "those tasks were submitted again"
+            )
 
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (backoff with jitter) and submit what the broker lost; False when the

@@ -9,6 +9,7 @@ missing.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import time
@@ -98,6 +99,12 @@ def test_a_master_that_lost_its_reply_queue_submits_its_tasks_again(
     figures = s.finish([master])
     assert_clean(figures, s)
     assert "submitting" in master.proc.output(), master.proc.output()
+    # the copies workers dead-lettered meanwhile ("its master is gone") were removed: the
+    # master submitted those tasks again, and requeue-dead would run them twice
+    with contextlib.closing(open_transport(target.settings, "master")) as transport:
+        orphans = [x for x in transport.dead_letters(1000) if "master is gone" in x.reason]
+    assert orphans == [], master.proc.output()
+    assert re.search(r"removed \d+ dead letter", master.proc.output()), master.proc.output()
 
 
 def _forget_master(target: Target) -> None:

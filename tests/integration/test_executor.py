@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 import redis
 
@@ -380,6 +381,42 @@ def test_leaving_map_early_cancels_the_rest(
         assert runs == 21, worker.output()  # RabbitMQ: every one runs
 
 
+def test_an_executor_back_from_a_lapse_sends_its_tasks_again_and_removes_their_orphans(
+    target: Target, executor: Open, workers: Workers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its registration gone for a while (as during a pause past its time to live),
+    workers dead-letter its queued tasks unrun; once back it sends them again and removes
+    those letters, which ``requeue-dead`` would otherwise run a second time."""
+    if target.name == "manager":
+        pytest.skip("an executor hosting the queues never lapses; see the manager tests")
+    ex = executor()
+    workers()
+    attached(ex)
+    futures = [ex.submit(jobs.sleep_then, 0.05, i) for i in range(120)]
+    assert futures[0].result(timeout=30) == 0
+    # gone for 4 s, longer than a worker remembers a live master (2 s): the executor's
+    # reconciles register it again, each deletion takes it away again
+    deadline = time.monotonic() + 4.0
+    if target.name == "redis":
+        with redis.Redis.from_url(target.settings.redis_url) as client:
+            while time.monotonic() < deadline:
+                client.zrem(f"distq:{target.settings.queue}:masters", ex.reply_to)
+                time.sleep(0.1)
+    else:
+        connection = pika.BlockingConnection(pika.URLParameters(target.settings.amqp_url))
+        with contextlib.closing(connection):
+            channel = connection.channel()
+            while time.monotonic() < deadline:
+                channel.queue_delete(ex.reply_to)
+                time.sleep(0.1)
+    assert [f.result(timeout=60) for f in futures] == list(range(120))
+    ex.shutdown()  # a letter made after its last reconcile is removed as it closes
+    with contextlib.closing(distq.transport.open_transport(target.settings, "master")) as seen:
+        orphans = [x for x in seen.dead_letters(1000) if "master is gone" in x.reason]
+    assert orphans == []
+    assert "removed" in caplog.text  # there were some, and they went
+
+
 def test_a_lost_broker_fails_the_futures_instead_of_hanging(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -480,6 +517,31 @@ def test_with_signing_keys_tasks_and_results_are_signed_both_ways(
         ex.submit(jobs.fail_with, "signed too").result(60)
     assert caught.value.remote_traceback is not None
     assert "signed with key id" in worker.output()
+
+
+def test_keys_on_the_workers_only_fail_the_future_at_once_with_the_reason(
+    target: Target, executor: Open, workers: Workers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keys set on one side only: the worker refuses the task for its signature and
+    answers unsigned. An executor without keys fails the future with the reason at once
+    (it waited for ever, exec16); one with keys the workers lack drops the unsigned
+    answer, saying so, and its future waits (no unsigned result is taken as a worker's)."""
+    key = "exec16-signing-key-0123456789abcdef"
+    workers(DISTQ_SIGNING_KEYS=key)
+    unsigned = executor()
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match=r"unsigned task.*same DISTQ_SIGNING_KEYS"):
+        unsigned.submit(jobs.add, 1, 2).result(60)
+    assert time.monotonic() - started < 30
+    # on manager the first one hosts the queues: the second connects to it
+    host = {"host": False} if target.name == "manager" else {}
+    other = executor(signing_keys=(b"exec16-another-key-0123456789abcdef",), **host)
+    future = other.submit(jobs.add, 1, 2)
+    deadline = time.monotonic() + 30
+    while "dropped a result: unsigned result" not in caplog.text:
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.1)
+    assert not future.done()
 
 
 def manager_env(**extra: str) -> dict[str, str]:

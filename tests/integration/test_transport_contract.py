@@ -24,6 +24,7 @@ from distq.ending import retry_delay
 from distq.envelope import DeadLetter, new_id
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport import Delivery, Settlement, Transport, open_transport
+from distq.transport.base import orphaned_reason
 from launch import free_port
 from seam import fetch_n, results_n
 
@@ -600,6 +601,42 @@ def dead_lettered(hosted: Transport, remote: Transport, bodies: list[bytes]) -> 
     deadline = time.monotonic() + 5
     while hosted.stats().dead < len(bodies) and time.monotonic() < deadline:
         time.sleep(0.05)
+    consumer.close()
+    producer.close()
+
+
+def test_forget_orphans_removes_only_that_masters_orphans_and_keeps_the_order(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """A master back from a lapse removes the letters workers made of its tasks while it
+    seemed gone (it submitted those tasks again): not another master's, not a letter of
+    its own task dead-lettered for another reason, not another queue's."""
+    queue = target.settings.queue
+    mine, theirs = hosted.reply_queue(new_id()), hosted.reply_queue(new_id())
+    letters = [
+        (b"a", orphaned_reason(mine), queue),
+        (b"b", orphaned_reason(theirs), queue),
+        (b"c " + mine.encode(), f"failed for good (a task of {mine})", queue),
+        (b"d", orphaned_reason(mine), "another-queue"),
+        (b"e", orphaned_reason(mine), queue),
+        (b"\xff f", "why", queue),
+    ]
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    producer.submit([body for body, _, _ in letters])
+    consumer = remote.consumer("dies")
+    for delivery, (body, reason, of) in zip(fetch_n(consumer, len(letters)), letters, strict=True):
+        assert delivery.body == body
+        letter = DeadLetter(body=body, reason=reason, queue=of, worker="w")
+        consumer.settle([Settlement(delivery, dead_letter=letter.encode())])
+    deadline = time.monotonic() + 5
+    while hosted.stats().dead < len(letters) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hosted.forget_orphans(mine) == 2
+    kept = [b"b", b"c " + mine.encode(), b"d", b"\xff f"]
+    assert [letter.body for letter in hosted.dead_letters()] == kept
+    assert remote.forget_orphans(mine) == 0  # none left; a worker's side may ask too
+    assert hosted.forget_orphans(theirs) == 1
+    assert hosted.stats().dead == 3
     consumer.close()
     producer.close()
 

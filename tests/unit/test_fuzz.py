@@ -25,6 +25,7 @@ from distq.ending import Endings
 from distq.envelope import DeadLetter, Result, Task
 from distq.errors import EnvelopeError
 from distq.runner import TaskRunner
+from distq.signing import MAGIC
 from distq.tasks import Registry
 from distq.transport import Delivery
 
@@ -133,9 +134,18 @@ def settle_checked(name: str, body: bytes) -> None:
     assert outcome in ("ok", "failed", "retried", "malformed")
     ends = [settlement.result, settlement.retry, settlement.dead_letter]
     assert any(end is not None for end in ends), (body, outcome)
+    refusal = (  # a task refused for its signature is answered unsigned, by any worker
+        settlement.result is not None
+        and codec.signer is not None
+        and not settlement.result.startswith(MAGIC)
+    )
     if settlement.result is not None:
         assert settlement.reply_to
-        codec.open_result(settlement.result)
+        if refusal:
+            answer = Codec(max_message_bytes=4096).open_result(settlement.result)
+            assert answer.error_type == "SignatureError", answer
+        else:
+            codec.open_result(settlement.result)
     if settlement.retry is not None:
         task = codec.open_task(body)
         assert codec.open_task(settlement.retry).attempt == task.attempt + 1
@@ -144,8 +154,8 @@ def settle_checked(name: str, body: bytes) -> None:
         assert letter.reason and body.startswith(letter.body)
     if outcome == "malformed":
         assert settlement.dead_letter is not None
-        if settlement.result is not None:  # answered: a task of another version, or too large
-            head = codec.task_head(body, any_version=True)
+        if settlement.result is not None:  # answered: another version, too large, refused
+            head = codec.task_head(body, any_version=True) or codec.unverified_task_head(body)
             assert head is not None and head.reply_to == settlement.reply_to
 
 

@@ -328,9 +328,52 @@ def test_a_task_not_signed_right_is_never_run_and_is_dead_lettered(body: Any, re
     message = body()
     settlement, outcome = w.process(Delivery(message, 1))
     assert outcome == "malformed" and not ran
-    assert reason in dead_reason(settlement)
+    assert reason in dead_reason_of(settlement)
+    assert settlement.retry is None
     assert DeadLetter.decode(settlement.dead_letter or b"").body == message
     assert reason in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("keys", "body", "reason"),
+    [
+        ([NEW], lambda t: t.encode(), "refused: unsigned task"),
+        ([NEW], lambda t: Codec([OTHER]).seal_task(t), "signed with another key"),
+        ([], lambda t: Codec([NEW]).seal_task(t), "this process has no signing key"),
+        ([NEW], lambda t: Codec([NEW]).seal_task(t).replace(b"[7]", b"[8]"), "bad signature"),
+    ],
+)
+def test_a_task_refused_for_its_signature_is_answered_unsigned(
+    keys: list[bytes], body: Any, reason: str
+) -> None:
+    """Keys on one side only left an executor's future pending for ever, the task
+    dead-lettered unanswered (exec16). The answer is never signed: a submitter without
+    keys takes it, one with keys refuses it as any unsigned result (no forged task makes
+    a worker sign an answer)."""
+    w, _ = worker(Codec(keys))
+    sent = task(7)
+    settlement, outcome = w.process(Delivery(body(sent), 1))
+    assert outcome == "malformed" and settlement.reply_to == "replies"
+    assert type(settlement.result) is bytes  # plain bytes on the wire, not the marker
+    assert not settlement.result.startswith(MAGIC)
+    answer = Codec().open_result(settlement.result)
+    assert (answer.status, answer.error_type) == ("error", "SignatureError")
+    message = answer.error_message or ""
+    assert reason in message and "same DISTQ_SIGNING_KEYS" in message
+    assert answer.task_id == sent.id
+    with pytest.raises(SignatureError, match="unsigned result"):
+        Codec([NEW]).open_result(settlement.result)
+
+
+def test_a_refusal_is_not_packed_with_the_batchs_signed_results() -> None:
+    w, _ = worker(Codec([NEW]))
+    ok = Delivery(Codec([NEW]).seal_task(task(3, name="echo")), 1)
+    refused = Delivery(task(4).encode(), 2)
+    endings = [w.runner(ok), w.runner(refused)]
+    sent = w.runner.endings.settlements(endings)
+    assert [s.reply_to for s in sent] == ["replies", "replies"]
+    assert Codec([NEW]).open_result(sent[0].result or b"").value == 3
+    assert Codec().open_result(sent[1].result or b"").error_type == "SignatureError"
 
 
 def test_an_task_head_is_dead_lettered_with_its_head_kept() -> None:

@@ -115,6 +115,27 @@ def original_body(letter: DeadLetter) -> bytes:
     return letter.body
 
 
+def orphaned_reason(reply_to: str) -> str:
+    """The reason a worker gives a task it dead-lettered unrun because no live master
+    holds its reply queue ``reply_to``: also how :meth:`Transport.forget_orphans` finds
+    the letters of a master that came back."""
+    return (
+        f"its master is gone (no live master holds reply queue {reply_to!r}: "
+        "it stopped, or died and the queue lapsed); not run"
+    )
+
+
+def is_orphan_of(letter: DeadLetter, reply_to: str, queue: str) -> bool:
+    """Whether ``letter`` is a task of ``queue`` dead-lettered unrun because the master
+    holding ``reply_to`` seemed gone (:func:`orphaned_reason`)."""
+    return letter.queue == queue and letter.reason == orphaned_reason(reply_to)
+
+
+#: The most dead letters :meth:`Transport.forget_orphans` looks through: a master's
+#: orphans are the letters its lapse made, recent ones.
+ORPHANS_LOOKED_AT = 100_000
+
+
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     """Counts an operator cares about: waiting, leased, dead-lettered, and who takes them.
@@ -325,6 +346,19 @@ class Transport(abc.ABC):
         whose task was enqueued is put back twice (at-least-once, like every delivery).
         Two callers at once never move the same letter twice.
         """
+
+    def forget_orphans(self, reply_to: str) -> int:
+        """Remove the dead letters of the tasks workers dead-lettered unrun, "its master
+        is gone", while the master holding ``reply_to`` was away past its time to live (a
+        paused master, a long partition): it is back, and has submitted again every task
+        it still waits for (:meth:`Producer.reconcile` said 0 held), so those letters
+        are copies nobody needs, which ``requeue-dead`` would run a second time.
+
+        Looks through at most :data:`ORPHANS_LOOKED_AT` letters (Redis: the newest;
+        RabbitMQ: the oldest, the only ones a reader can take; manager: all, in the
+        master's memory); returns how many it removed. Every transport removes them;
+        this default (none) is for a transport whose masters never lapse."""
+        return 0
 
     def dead_there(self, limit: int | None) -> int:
         """``limit`` (None: no limit), at most the dead letters there now: what a

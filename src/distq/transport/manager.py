@@ -79,6 +79,7 @@ from distq.transport.base import (
     Role,
     Settlement,
     Transport,
+    is_orphan_of,
     original_body,
     tags_of,
 )
@@ -303,6 +304,30 @@ class QueueBroker:
             dead.popleft()
             self._push(queue, [_as_body(body)])
             return True
+
+    def forget_orphans(self, queue: str, reply_to: str) -> int:
+        """Remove the dead letters of ``queue`` that workers made of ``reply_to``'s tasks
+        while its master seemed gone (:func:`~distq.transport.base.is_orphan_of`); how
+        many. Every letter is looked at: they are in this process's memory."""
+        needle = reply_to.encode()
+        with self._lock:
+            dead = self._queues.get(f"{queue}.dead")
+            if not dead:
+                return 0
+            kept = [
+                item
+                for item in dead
+                if not (
+                    isinstance(item[0], bytes)
+                    and needle in item[0]
+                    and is_orphan_of(DeadLetter.read(item[0], queue), reply_to, queue)
+                )
+            ]
+            removed = len(dead) - len(kept)
+            if removed:
+                dead.clear()
+                dead.extend(kept)
+            return removed
 
     # -- consumer side -------------------------------------------------------
     def fetch(
@@ -533,6 +558,7 @@ class _Broker(Protocol):
     def gone(self, reply_to: Sequence[str]) -> list[str]: ...
     def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]: ...
     def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool: ...
+    def forget_orphans(self, queue: str, reply_to: str) -> int: ...
     def fetch(
         self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
     ) -> list[Wire] | None: ...
@@ -561,6 +587,7 @@ _EXPOSED = (
     "gone",
     "withdraw",
     "requeue_dead",
+    "forget_orphans",
     "fetch",
     "heartbeat",
     "heartbeats",
@@ -889,6 +916,9 @@ class _BrokerProxy(BaseProxy):
     def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool:
         return bool(self._call("requeue_dead", queue, letter, body))
 
+    def forget_orphans(self, queue: str, reply_to: str) -> int:
+        return int(self._call("forget_orphans", queue, reply_to))
+
     def fetch(
         self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
     ) -> list[Wire] | None:
@@ -1209,6 +1239,9 @@ class ManagerTransport(Transport):
                     break  # another caller took it: read the dead letters again
                 moved += 1
         return moved
+
+    def forget_orphans(self, reply_to: str) -> int:
+        return int(_call(self.address, self._endpoint().forget_orphans, self._queue, reply_to))
 
     def stats(self) -> QueueStats:
         """The counts, from the master. In a worker one proxy serves every call (a worker's

@@ -146,6 +146,7 @@ from distq.errors import (
 )
 from distq.limits import MAX_PREFETCH
 from distq.transport.base import (
+    ORPHANS_LOOKED_AT,
     Consumer,
     Delivery,
     Producer,
@@ -154,6 +155,7 @@ from distq.transport.base import (
     Role,
     Settlement,
     Transport,
+    is_orphan_of,
     original_body,
     tags_of,
 )
@@ -951,6 +953,42 @@ class RabbitMQTransport(Transport):
             finally:
                 if got and channel.is_open:
                     channel.basic_nack(got[-1][0].delivery_tag, multiple=True, requeue=True)
+
+    def forget_orphans(self, reply_to: str) -> int:
+        """As the only reader of the dead letters (:func:`_reading`): ``basic_get`` the
+        messages there when it starts, oldest first (at most :data:`ORPHANS_LOOKED_AT`),
+        ack each orphan of ``reply_to`` (a letter a worker published, a message of its
+        own), and put every other message back with one nack, which requeues each at
+        its original position. A failure (or the connection lost) puts back what was
+        not acked: nothing but orphans is ever removed."""
+        needle = reply_to.encode()
+
+        def forget(channel: Any) -> int:
+            with _reading(channel.connection, self.dead_queue):
+                (before,) = _declared(channel.connection, self.dead_queue)
+                if before is None:  # not declared yet: no letters
+                    return 0
+                removed, kept = 0, None
+                try:
+                    for _ in range(min(before.message_count, ORPHANS_LOOKED_AT)):
+                        method, props, body = channel.basic_get(self.dead_queue, auto_ack=False)
+                        if method is None:
+                            break
+                        if needle in body and props.type != TASKS_TYPE:
+                            letters = self._decode_dead(props, body)
+                            if len(letters) == 1 and is_orphan_of(letters[0], reply_to, self.queue):
+                                channel.basic_ack(method.delivery_tag)
+                                removed += 1
+                                continue
+                        kept = method.delivery_tag
+                finally:
+                    if kept is not None and channel.is_open:
+                        channel.basic_nack(kept, multiple=True, requeue=True)
+                        _requeued(channel, self.dead_queue, before.message_count - removed)
+                return removed
+
+        removed: int = self._with_admin("removing a master's orphaned dead letters", forget)
+        return removed
 
     def _letters(self, got: list[tuple[Any, Any, bytes]]) -> list[DeadLetter]:
         """The letters in messages ``basic_get`` took from the dead-letter queue, in order."""

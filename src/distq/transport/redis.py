@@ -110,6 +110,7 @@ from distq.errors import (
     TransportError,
 )
 from distq.transport.base import (
+    ORPHANS_LOOKED_AT,
     Consumer,
     Delivery,
     Producer,
@@ -118,6 +119,7 @@ from distq.transport.base import (
     Role,
     Settlement,
     Transport,
+    is_orphan_of,
     original_body,
     tags_of,
 )
@@ -907,6 +909,33 @@ class RedisTransport(Transport):
                 )
             moved += count  # fewer than asked: another caller took some; read again
         return moved
+
+    def forget_orphans(self, reply_to: str) -> int:
+        """Reads the dead letters a chunk at a time from the newest (negative indices: a
+        letter pushed meanwhile shifts a chunk by one, a letter seen twice counts once);
+        decodes those that name ``reply_to`` and LREMs the orphans by their exact bytes,
+        so a letter another caller moved meanwhile is simply not found."""
+        queue, needle = self.settings.queue, reply_to.encode()
+        orphans: set[bytes] = set()
+        with self.errors():
+            for end in range(-1, -ORPHANS_LOOKED_AT - 1, -MESSAGE_BATCH):
+                letters: list[bytes] = self.client.lrange(
+                    self.dead_key, end - MESSAGE_BATCH + 1, end
+                )
+                orphans.update(
+                    raw
+                    for raw in letters
+                    if needle in raw and is_orphan_of(DeadLetter.read(raw, queue), reply_to, queue)
+                )
+                if len(letters) < MESSAGE_BATCH:
+                    break
+            removed, found = 0, list(orphans)
+            for start in range(0, len(found), MESSAGE_BATCH):
+                pipe = self.client.pipeline(transaction=False)
+                for raw in found[start : start + MESSAGE_BATCH]:
+                    pipe.lrem(self.dead_key, 1, raw)
+                removed += sum(int(n) for n in pipe.execute())
+        return removed
 
     def stats(self) -> QueueStats:
         """``ready`` counts ``<queue>`` plus delayed retries; ``in_flight`` every lease;
