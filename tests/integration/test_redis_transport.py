@@ -439,6 +439,30 @@ def test_a_key_of_the_queue_made_another_type_since_start_is_named(
     raw.delete("r")
 
 
+def test_requeue_dead_onto_a_ready_key_made_another_type_loses_no_letter(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """The script popped a letter before the push that failed (WRONGTYPE), and a
+    script's error undoes nothing: one letter was neither queued nor dead (cli16)."""
+    t = open_transport()
+    letters = [
+        DeadLetter(body=f"task-{i}".encode(), reason="why", queue=queue, worker="w").encode()
+        for i in range(3)
+    ]
+    raw.rpush(f"distq:{queue}:dead", *letters)
+
+    def made_another_type_meanwhile(letter: DeadLetter) -> bytes:
+        raw.set(queue, "not a list")  # after the count, before the moves
+        return letter.body
+
+    with pytest.raises(ConfigError, match=f"Redis key '{queue}'"):
+        t.requeue_dead(None, made_another_type_meanwhile)
+    assert raw.lrange(f"distq:{queue}:dead", 0, -1) == letters
+    raw.delete(queue)
+    assert t.requeue_dead(None) == 3
+    assert raw.lrange(queue, 0, -1) == [b"task-2", b"task-1", b"task-0"]
+
+
 @pytest.mark.parametrize(
     ("suffix", "make", "found", "want"),
     [
