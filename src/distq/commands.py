@@ -399,7 +399,16 @@ def _dead_letters(
         say_array(_letter_json(letter, codec) for letter in letters)
         return 0
     total = transport.stats().dead
-    say(f"{len(letters)} of {total} dead letters, oldest first")
+    if (
+        len(letters) > total
+    ):  # RabbitMQ counts messages; a pack it dead-lettered is a letter per task
+        say(
+            f"{len(letters)} dead letters in the oldest of the {total} messages of the "
+            "dead-letter queue (a pack of tasks RabbitMQ dead-lettered whole is a letter per "
+            "task), oldest first"
+        )
+    else:
+        say(f"{len(letters)} of {total} dead letters, oldest first")
     for letter in letters:
         when = _when(letter.at)
         if letter.unreadable:  # no time: the raw entry is all there is
@@ -434,9 +443,9 @@ def _when(at: float) -> str:
 
 def _letter_json(letter: DeadLetter, codec: Codec) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "at": letter.at,
+        "at": None if letter.unreadable else letter.at,  # an unreadable one has no time
         "queue": letter.queue,
-        "worker": letter.worker,
+        "worker": None if letter.unreadable else letter.worker,
         "reason": letter.reason,
     }
     try:
@@ -503,7 +512,17 @@ def reviver(
                 told(why if why is not None else str(exc))
             return letter.body
         again = msgspec.structs.replace(task, attempt=1, reply_to=NO_REPLY, created_at=time.time())
-        return codec.seal_task(again)
+        try:
+            return codec.seal_task(again)
+        except MessageTooLarge:  # it grew past the limit as it started over (cli16)
+            if unopened is not None:
+                unopened(
+                    f"task {shown(task.name)} [{shown(task.id)}] is over the limit of "
+                    f"{codec.max_message_bytes:,} bytes once started over (a new creation "
+                    "time, attempt 1); it goes back as it was: raise DISTQ_MAX_MESSAGE_BYTES "
+                    "for this command and the workers"
+                )
+            return letter.body
 
     return revive
 

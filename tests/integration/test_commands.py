@@ -177,6 +177,9 @@ def test_an_unreadable_dead_letter_is_listed_and_requeued_as_its_bytes(
         (raw.decode(), "unreadable dead letter"),
         ("garbage", "why"),
     ]
+    # no time and no worker, as the text says: not 1970-01-01 and "" (cli16)
+    assert (listed[0]["at"], listed[0]["worker"]) == (None, None)
+    assert listed[1]["worker"] == "w" and listed[1]["at"] > 0
 
     requeued = distq(target, "requeue-dead")
     assert requeued.returncode == 1 and "Traceback" not in requeued.stderr, requeued.stderr

@@ -17,6 +17,7 @@ import pytest
 from distq import dispatcher
 from distq.codec import Codec
 from distq.commands import (
+    _dead_letters,
     _describe_body,
     _kwargs,
     _requeue_dead,
@@ -31,7 +32,7 @@ from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import ConfigError, SignatureError
 from distq.jsonvalue import check_arguments
-from distq.transport import open_transport
+from distq.transport import QueueStats, open_transport
 from launch import free_port
 
 KEY = b"0123456789abcdef-key"
@@ -101,6 +102,22 @@ def test_a_malformed_letter_goes_back_as_it_was_and_is_told() -> None:
     assert len(told) == 1 and told[0].startswith("task is not valid JSON: not UTF-8"), told
 
 
+def test_a_task_that_grows_past_the_limit_as_it_starts_over_goes_back_as_it_was() -> None:
+    """A new ``created_at`` (and attempt, reply_to) can make a task that fitted a few bytes
+    longer than the limit: its MessageTooLarge stopped the whole requeue-dead at that
+    letter, run after run, nothing behind it moved (cli16). Told, and back as it was."""
+    codec = Codec(max_message_bytes=1024)
+    task = Task(name="square", args=["y"], reply_to="r", created_at=5.0)
+    pad = 1024 - len(task.encode())
+    task = Task(name="square", args=["y" * (1 + pad)], reply_to="r", id=task.id, created_at=5.0)
+    assert len(task.encode()) == 1024  # fits now; longer once started over
+    letter = DeadLetter(body=task.encode(), reason="x", queue="q", worker="w")
+    told: list[str] = []
+    assert reviver(codec, unopened=told.append)(letter) == letter.body
+    assert len(told) == 1 and "over the limit of 1,024 bytes once started over" in told[0]
+    assert "raise DISTQ_MAX_MESSAGE_BYTES for this command and the workers" in told[0]
+
+
 def test_a_signed_task_is_opened_and_signed_anew() -> None:
     codec = Codec([KEY])
     task = Task(name="jobs:add", args=[1, 2], reply_to="r", attempt=3)
@@ -165,6 +182,37 @@ def test_a_dead_letters_time_is_utc_and_says_so_whatever_the_shells_zone(
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+class PacksDeadLettered:
+    """A RabbitMQ whose dead-letter queue holds 2 messages: a letter, and a pack of 4
+    tasks the broker dead-lettered whole (a letter per task)."""
+
+    name, most_peeked = "rabbitmq", 1000
+
+    def dead_letters(self, limit: int) -> list[DeadLetter]:
+        letters = [DeadLetter(b"t%d" % i, "why", "q", "w", at=1.0) for i in range(5)]
+        return letters[:limit]
+
+    def stats(self) -> QueueStats:
+        return QueueStats(ready=0, in_flight=0, dead=2, consumers=0)
+
+
+@pytest.mark.parametrize(
+    ("limit", "header"),
+    [
+        (20, "5 dead letters in the oldest of the 2 messages of the dead-letter queue"),
+        (1, "1 of 2 dead letters, oldest first"),
+    ],
+)
+def test_the_dead_letters_header_never_says_more_of_fewer(
+    limit: int, header: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RabbitMQ counts messages, the listing letters: "43 of 11 dead letters" (cli16)."""
+    args = argparse.Namespace(limit=limit, json=False)
+    console = Console(out=io.StringIO(), err=io.StringIO())
+    assert _dead_letters(args, PacksDeadLettered(), Settings(), console) == 0  # type: ignore[arg-type]
+    assert capsys.readouterr().out.splitlines()[0].startswith(header)
 
 
 @pytest.mark.parametrize(

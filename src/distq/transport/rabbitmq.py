@@ -959,7 +959,8 @@ class RabbitMQTransport(Transport):
         messages there when it starts, oldest first (at most :data:`ORPHANS_LOOKED_AT`),
         ack each orphan of ``reply_to`` (a letter a worker published, a message of its
         own), and put every other message back with one nack, which requeues each at
-        its original position. A failure (or the connection lost) puts back what was
+        its original position (on a quorum queue at the end, as after a peek). A
+        failure (or the connection lost) puts back what was
         not acked: nothing but orphans is ever removed."""
         needle = reply_to.encode()
 
