@@ -431,6 +431,31 @@ def test_requeue_dead_of_all_there_now_counts_a_pack_as_the_message_it_is(
     producer.close()
 
 
+def test_requeue_dead_refused_in_part_keeps_only_the_letters_whose_tasks_were_refused(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A task queue that takes 3 more (a length limit, overflow reject-publish): the
+    whole batch was nacked back though 3 tasks were enqueued, nothing said of them, and
+    the next run enqueued those 3 twice (cli16)."""
+    t = open_transport()
+    t.producer(t.reply_queue("p")).close()  # declares both queues
+    raw.queue_delete(queue)
+    limited = {"x-max-length": 3, "x-overflow": "reject-publish"}
+    raw.queue_declare(queue, durable=True, arguments=limited)
+    for i in range(5):
+        raw.basic_publish("", f"{queue}.dead", DeadLetter(b"t%d" % i, "why", queue, "w").encode())
+    deadline = time.monotonic() + 5
+    while _ready(raw, f"{queue}.dead") < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(TransportError, match="3 dead letters were requeued before that"):
+        t.requeue_dead(None)
+    assert _ready(raw, queue) == 3
+    deadline = time.monotonic() + 5
+    while _ready(raw, f"{queue}.dead") != 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [letter.body for letter in t.dead_letters()] == [b"t3", b"t4"]
+
+
 def test_requeue_dead_with_a_limit_stops_at_the_pack_that_reaches_it(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

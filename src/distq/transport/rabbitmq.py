@@ -943,9 +943,17 @@ class RabbitMQTransport(Transport):
                         self.declare(channel, dead_queue=False)
                     target_ready = True
                 letters = self._letters(got)
+                first = link.sequence
                 for letter in letters:
                     link.publish(self.queue, revive(letter), mandatory=True)
-                link.confirm()
+                try:
+                    link.confirm()
+                except TransportError as exc:  # refused some (a length limit): keep the rest
+                    got = got[self._ack_confirmed(channel, got, link.confirmed - first, moved) :]
+                    raise TransportError(
+                        f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued "
+                        "before that, the rest stay dead letters"
+                    ) from exc
                 channel.basic_ack(got[-1][0].delivery_tag, multiple=True)
                 moved[0] += len(letters)
                 there -= len(got)
@@ -953,6 +961,24 @@ class RabbitMQTransport(Transport):
             finally:
                 if got and channel.is_open:
                     channel.basic_nack(got[-1][0].delivery_tag, multiple=True, requeue=True)
+
+    def _ack_confirmed(
+        self, channel: Any, got: list[tuple[Any, Any, bytes]], confirmed: int, moved: list[int]
+    ) -> int:
+        """Ack the first messages of ``got`` whose every task is among the first
+        ``confirmed`` publishes of their batch (the broker holds those): when it refused
+        the rest, their letters stay, and a later run does not enqueue those tasks twice
+        (cli16). How many messages; their letters are counted in ``moved``."""
+        count = letters = 0
+        for _, props, body in got:
+            size = len(self._decode_dead(props, body))
+            if letters + size > confirmed:
+                break
+            letters, count = letters + size, count + 1
+        if count:
+            channel.basic_ack(got[count - 1][0].delivery_tag, multiple=True)
+            moved[0] += letters
+        return count
 
     def forget_orphans(self, reply_to: str) -> int:
         """As the only reader of the dead letters (:func:`_reading`): ``basic_get`` the
