@@ -19,6 +19,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import heapq
+import itertools
 import logging
 import os
 import queue
@@ -137,6 +138,7 @@ class Dispatcher(threading.Thread):
         self._stopping = False
         self._poll = POLL_SECONDS[0]
         self._lapsed = False  # the broker lost tasks: workers may have dead-lettered some
+        self._overdue = Overdue(self._lock, self._not_sent)
 
     # -- any thread ------------------------------------------------------------
     def put(self, command: Command) -> bool:
@@ -148,6 +150,9 @@ class Dispatcher(threading.Thread):
                 self.finishing = True
             elif isinstance(command, Submit):
                 self._not_sent.update(entry.task.id for entry in command.entries)
+                for entry in command.entries:
+                    if entry.deadline is not None:
+                        self._overdue.watch(entry)
             self._commands.put(command)
             return True
 
@@ -193,6 +198,7 @@ class Dispatcher(threading.Thread):
         finally:
             with self._lock:
                 self._ended = True
+                self._overdue.end()
             # each step whatever the one before did: no future may hang, nothing stay open
             steps: list[tuple[Callable[[], None], str]] = [
                 (lambda: self._fail_all(self.broken or "the executor has stopped"), "fail"),
@@ -581,13 +587,93 @@ def _cancelled(future: DistqFuture[Any]) -> bool:
 
 
 def _time_out(entry: Entry, why: str) -> None:
+    """Fail ``entry``'s future with :class:`TaskTimeout` saying ``why``; one already
+    resolved (by :class:`Overdue`, a cancel) stays as it is."""
+    if entry.future.done():
+        return
     waited = time.monotonic() - entry.future.submitted
-    entry.future.set_exception(
-        TaskTimeout(
-            f"task {entry.future.task_name} [{entry.task.id}] had no result after "
-            f"{waited:.1f} s (task_timeout): {why}"
+    with contextlib.suppress(concurrent.futures.InvalidStateError):  # resolved meanwhile
+        entry.future.set_exception(
+            TaskTimeout(
+                f"task {entry.future.task_name} [{entry.task.id}] had no result after "
+                f"{waited:.1f} s (task_timeout): {why}"
+            )
         )
-    )
+
+
+#: How long after its deadline :class:`Overdue` fails a future the executor's thread has
+#: not failed: that thread is then stuck in a broker call.
+OVERDUE_GRACE = 0.5
+
+
+class Overdue:
+    """Fails the futures past their ``task_timeout`` that the executor's thread did not
+    fail :data:`OVERDUE_GRACE` s after it, from a thread of its own (started with the
+    first deadline): the executor's thread is stuck in a call to a broker that does not
+    answer (stopped, a lost network), which blocks up to a socket timeout per call, and
+    several in a row while it reconnects; a 4 s ``task_timeout`` fired after 13 s (exec16).
+
+    A task not sent yet is taken back first, under the executor's lock, as a cancel()
+    takes it (so the thread never sends it); one sent is failed as not withdrawn, and the
+    thread withdraws it once it can. Deadlines of answered tasks are dropped as the heap
+    grows (at most twice those still pending, and :data:`DEADLINES_KEPT`).
+    """
+
+    def __init__(self, lock: threading.Lock, not_sent: set[str]) -> None:
+        self._changed = threading.Condition(lock)
+        self._not_sent = not_sent
+        self._heap: list[tuple[float, int, Entry]] = []
+        self._count = itertools.count()
+        self._kept = DEADLINES_KEPT
+        self._thread: threading.Thread | None = None
+        self._ended = False
+
+    def watch(self, entry: Entry) -> None:
+        """Watch ``entry`` (which has a deadline); the caller holds the executor's lock."""
+        assert entry.deadline is not None
+        heapq.heappush(self._heap, (entry.deadline + OVERDUE_GRACE, next(self._count), entry))
+        if len(self._heap) > 2 * self._kept:
+            self._heap = [item for item in self._heap if not item[2].future.done()]
+            heapq.heapify(self._heap)
+            self._kept = max(DEADLINES_KEPT, len(self._heap))
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="distq-executor-deadlines", daemon=True
+            )
+            self._thread.start()
+        elif self._heap[0][2] is entry:  # sooner than the one it waits for
+            self._changed.notify()
+
+    def end(self) -> None:
+        """Stop watching (the executor's thread has ended); the caller holds the lock."""
+        self._ended = True
+        self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            overdue: list[tuple[Entry, bool]] = []
+            with self._changed:
+                while True:
+                    if self._ended:
+                        return
+                    now = time.monotonic()
+                    while self._heap and self._heap[0][0] <= now:
+                        _, _, entry = heapq.heappop(self._heap)
+                        if not entry.future.done():
+                            unsent = entry.task.id in self._not_sent
+                            self._not_sent.discard(entry.task.id)
+                            overdue.append((entry, unsent))
+                    if overdue:
+                        break
+                    self._changed.wait(self._heap[0][0] - now if self._heap else None)
+            for entry, unsent in overdue:  # outside the lock: callbacks run here
+                _time_out(
+                    entry,
+                    "it was never sent: the broker does not answer"
+                    if unsent
+                    else "the broker does not answer, so it was not withdrawn: it may still "
+                    "run; its result will be ignored",
+                )
 
 
 #: Executors' threads still running. At interpreter exit, one told to finish (shutdown

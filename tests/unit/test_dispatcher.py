@@ -392,6 +392,44 @@ def test_at_exit_a_thread_stuck_on_a_hung_broker_fails_its_futures_and_sends_no_
     assert producer.submitted == [[entry.body]], producer.submitted
 
 
+def test_task_timeout_fails_at_its_deadline_while_the_thread_waits_on_a_hung_broker() -> None:
+    """A broker that does not answer (stopped) held the thread in a call for a socket
+    timeout, several in a row while it reconnected: a 4 s task_timeout fired after 13 s
+    (exec16). Failed from the side within OVERDUE_GRACE now: a task sent, as not
+    withdrawn; one not sent yet, taken back so that the thread never sends it."""
+    callbacks = Callbacks()
+    producer = Hangs()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+
+    def entry(deadline: float) -> Entry:
+        task = Task(name="square", args=[3], reply_to="r")
+        future = DistqFuture[Any](dispatcher.cancel, task.id, "square", callbacks)
+        return Entry(task, task.encode(), future, deadline)
+
+    dispatcher.start()
+    try:
+        started = time.monotonic()
+        sent = entry(started + 0.3)
+        assert dispatcher.put(Submit([sent]))
+        time.sleep(0.1)  # sent; the thread waits in a read that does not return
+        unsent = entry(started + 0.6)
+        assert dispatcher.put(Submit([unsent]))
+        error = sent.future.exception(timeout=5)
+        assert isinstance(
+            error, TaskTimeout
+        ) and "the broker does not answer, so it was not" in str(error), error
+        assert time.monotonic() - started < 0.3 + dispatching.OVERDUE_GRACE + 0.5
+        error = unsent.future.exception(timeout=5)
+        assert isinstance(error, TaskTimeout), error
+        assert "never sent: the broker does not answer" in str(error), error
+        assert time.monotonic() - started < 0.6 + dispatching.OVERDUE_GRACE + 0.5
+    finally:
+        producer.release.set()  # the broker answers again (a read that fails, then none)
+        assert dispatcher.put(Stop(False, abandon="closed"))
+        dispatcher.join(10)
+    assert producer.submitted == [[sent.body]], producer.submitted  # never the other
+
+
 @pytest.mark.parametrize("value", [[4], [1, 4, 9], 5])
 def test_a_chunk_result_that_is_not_a_list_of_its_size_fails_the_map(value: Any) -> None:
     """map(chunksize=2) took a chunk's result as it came: a worker of another version,
