@@ -124,16 +124,13 @@ def _tally_columns(known: frozenset[str], columns: Columns) -> Tally:
     name, outcomes, tasks, starts, durations = columns
     label = name if name in known else UNREGISTERED
     waits = list(map(sub, starts, map(_created_at, tasks)))
-    if "orphaned" in outcomes:  # never started: no queue wait to count
-        waits = [
-            wait for wait, outcome in zip(waits, outcomes, strict=True) if outcome != "orphaned"
-        ]
-    if waits and (min(waits) < 0 or max(waits) > LONGEST_WAIT):  # clocks not ours
-        waits = [wait if 0 < wait <= LONGEST_WAIT else 0.0 for wait in waits]
     if min(durations) > 0:  # all ran; 0: the function never ran (unknown name, bad arguments)
         ran = list(durations)
-    else:
+    else:  # a task that never started (those, or orphaned) has no queue wait either
         ran = [seconds for seconds in durations if seconds > 0]
+        waits = [wait for wait, seconds in zip(waits, durations, strict=True) if seconds > 0]
+    if waits and (min(waits) < 0 or max(waits) > LONGEST_WAIT):  # clocks not ours
+        waits = [wait if 0 < wait <= LONGEST_WAIT else 0.0 for wait in waits]
     outcome = outcomes[0]
     counts: dict[tuple[str, str], int]
     if outcomes.count(outcome) == len(outcomes):  # one outcome (all ok): no Counter
@@ -154,10 +151,11 @@ def _tally_each(known: frozenset[str], endings: Sequence[Ending]) -> Tally:
             label = UNKNOWN
         else:
             label = label_of(task, known)
-            if ending.outcome != "orphaned":  # never started: no queue wait to count
+            # 0: the function never ran (orphaned, unknown name, bad arguments): no run
+            # time, and no queue wait, which ends when a run starts (obs16)
+            if ending.duration > 0:
                 wait = ending.started_at - task.created_at
                 waits.append(wait if 0 < wait <= LONGEST_WAIT else 0.0)  # clocks not ours
-            if ending.duration > 0:  # 0: the function never ran (unknown name, bad arguments)
                 runs.setdefault(label, []).append(ending.duration)
         key = (label, ending.outcome)
         counts[key] = counts.get(key, 0) + 1
