@@ -133,6 +133,10 @@ up() {
         0 | 1) ;;
         *) log "GRAFANA=$grafana: use 1 (with Grafana) or 0"; exit 2 ;;
     esac
+    local name meant
+    while read -r name meant; do
+        log "warning: $name is not a setting of the stack (ignored); did you mean $meant?"
+    done < <(misspelled_settings)
     if [ -n "${WORKERS:-}" ] && ! [[ "$WORKERS" =~ ^[0-9]+$ ]]; then
         log "WORKERS=$WORKERS: say how many workers, e.g. WORKERS=3"
         exit 2

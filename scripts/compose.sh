@@ -34,6 +34,37 @@ STACK_VARIABLES="COMPOSE_FILE COMPOSE_PROFILES COMPOSE_PROJECT_NAME DISTQ_TRANSP
     RABBITMQ_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE DISTQ_IMAGE_TAG DISTQ_SECRETS_DIR
     DISTQ_SECRETS_DISTQ DISTQ_SECRETS_REDIS DISTQ_SECRETS_RABBITMQ DISTQ_SECRETS_GRAFANA"
 
+# NAME KNOWN lines: each variable of the environment that is not a stack variable but
+# is one edit from one (a letter left out, added, changed, or two swapped), as distq
+# warns of its own (`make up DISTQ_TRANSPRT=rabbitmq` brought the stack up on redis).
+misspelled_settings() {
+    compgen -e | awk -v known="$STACK_VARIABLES" '
+        function distance(a, b,    i, j, la, lb, d, cost, best) {
+            la = length(a); lb = length(b)
+            for (i = 0; i <= la; i++) d[i, 0] = i
+            for (j = 0; j <= lb; j++) d[0, j] = j
+            for (i = 1; i <= la; i++)
+                for (j = 1; j <= lb; j++) {
+                    cost = substr(a, i, 1) != substr(b, j, 1)
+                    best = d[i - 1, j] + 1
+                    if (d[i, j - 1] + 1 < best) best = d[i, j - 1] + 1
+                    if (d[i - 1, j - 1] + cost < best) best = d[i - 1, j - 1] + cost
+                    if (i > 1 && j > 1 && substr(a, i, 1) == substr(b, j - 1, 1) \
+                        && substr(a, i - 1, 1) == substr(b, j, 1) && d[i - 2, j - 2] + 1 < best)
+                        best = d[i - 2, j - 2] + 1
+                    d[i, j] = best
+                }
+            return d[la, lb]
+        }
+        BEGIN { count = split(known, names, /[ \t\n]+/); for (i = 1; i <= count; i++) is[names[i]] = 1 }
+        !($0 in is) {
+            for (i = 1; i <= count; i++) {
+                if (names[i] == "" || (length($0) - length(names[i])) ^ 2 > 1) continue
+                if (distance($0, names[i]) <= 1) { print $0, names[i]; next }
+            }
+        }'
+}
+
 # Sets COMPOSE (an array): the compose command to run.
 find_compose() {
     if [ -n "${DISTQ_COMPOSE:-}" ]; then

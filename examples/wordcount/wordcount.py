@@ -81,7 +81,12 @@ def main() -> int:
     work = [piece for text in texts for piece in pieces(text, args.piece_bytes)]
     started = time.perf_counter()
     total: Counter[str] = Counter()
-    with distq.Executor(task_timeout=args.timeout) as executor:
+    try:
+        executor = distq.Executor(task_timeout=args.timeout)
+    except distq.DistqError as exc:  # a setting or the broker: one line, as distq says it
+        print(f"wordcount: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, distq.errors.ConfigError) else 3
+    with executor:
         print(f"wordcount: {len(texts)} files, {len(work)} tasks, {executor.describe()}")
         for counts in executor.map(count_words, work, timeout=args.timeout):
             total.update(counts)

@@ -204,6 +204,35 @@ def test_secret_files_follow_the_env_file_and_only_their_services_fingerprints_c
     assert f"DISTQ_AUTHKEY={authkey}\n" in env_file.read_text() and len(authkey) == 32
 
 
+def test_a_misspelled_stack_setting_is_named_with_the_one_it_resembles(tmp_path: Path) -> None:
+    """`make up DISTQ_TRANSPRT=rabbitmq` brought the stack up on redis, unsaid, where
+    distq warns of its own misspelled settings (new16)."""
+    done = subprocess.run(
+        ["bash", "-c", f". {REPO}/scripts/compose.sh; misspelled_settings"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DISTQ_ENV_FILE": str(tmp_path / "stack.env"),
+            "DISTQ_TRANSPRT": "rabbitmq",
+            "WORKER_CONCURENCY": "4",
+            "MASTRE_RATE": "5",  # two letters swapped
+            "WORKERS": "2",  # a setting: not named
+            "REDIS_HOST": "x",  # too far from any
+            "MAKELEVEL": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == [
+        "DISTQ_TRANSPRT DISTQ_TRANSPORT",
+        "MASTRE_RATE MASTER_RATE",
+        "WORKER_CONCURENCY WORKER_CONCURRENCY",
+    ]
+    script = (REPO / "scripts/compose-stack.sh").read_text()
+    assert "is not a setting of the stack (ignored); did you mean $meant?" in script
+
+
 @pytest.mark.parametrize(
     ("written", "meant"),
     [

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import subprocess
 import time
 
@@ -213,6 +214,32 @@ def test_a_signing_key_changed_through_make_up_has_no_task_refused_for_it(
     assert "stopping the workers first" in result.stdout, result.stdout[-3000:]
     job = stack.make("job", "TASKS=50", timeout=240)
     assert job.returncode == 0, job.stdout[-3000:]
+
+
+def test_the_readmes_commands_into_the_stack_answer(stack: Stack) -> None:
+    """`scripts/compose.sh exec` as the README shows it: its Redis example answered
+    "NOAUTH Authentication required." (exit 0) on the stack's Redis, which has a
+    password (new16)."""
+    commands = [["exec", "-T", "master", "distq", "status"]]
+    if stack.transport == "redis":
+        readme = (REPO / "README.md").read_text()
+        line = next(x for x in readme.splitlines() if "REDISCLI_AUTH" in x and "LLEN" in x)
+        commands.append(shlex.split(line)[1:])  # after scripts/compose.sh
+    for args in commands:
+        done = subprocess.run(
+            ["scripts/compose.sh", *args],
+            cwd=REPO,
+            env=stack.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "NOAUTH" not in done.stdout + done.stderr, done.stdout + done.stderr
+        if args[2] == "redis":
+            assert done.stdout.strip().isdigit(), done.stdout
+        else:
+            assert "ready" in done.stdout, done.stdout
 
 
 def test_make_down_leaves_nothing_behind(stack: Stack) -> None:

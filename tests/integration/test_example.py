@@ -73,3 +73,31 @@ def test_word_counts_equal_a_single_process_count(target: Target, tmp_path: Path
         expected.update(re.findall(r"[^\W\d_]+", path.read_text(encoding="utf-8").casefold()))
     assert json.loads(output.read_text(encoding="utf-8")) == dict(expected)
     assert expected["strasse"] > 0 and expected["слово"] > 0 and "line" in expected  # ß: ss
+
+
+@pytest.mark.parametrize(
+    ("env", "code", "line"),
+    [
+        ({"DISTQ_TRANSPORT": "kafka"}, 2, "wordcount: DISTQ_TRANSPORT is 'kafka'"),
+        (
+            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": "redis://127.0.0.1:1/0"},
+            3,
+            "wordcount: cannot reach Redis at 127.0.0.1:1",
+        ),
+    ],
+)
+def test_a_wrong_setting_or_no_broker_is_one_line_not_a_traceback(
+    env: dict[str, str], code: int, line: str, tmp_path: Path
+) -> None:
+    """The example printed a 15-line traceback where distq says one line (new16)."""
+    corpus(tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE / "wordcount.py"), str(tmp_path)],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{EXAMPLE}:{REPO / 'src'}", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == code, done.stdout + done.stderr
+    assert done.stderr.startswith(line) and "Traceback" not in done.stderr, done.stderr
