@@ -201,6 +201,7 @@ class Worker:
         self._slot_error: str | None = None  # why a slot's thread ended, until said
         self._slot_failed = False  # a slot's thread ended on an error: exit 1
         self._said_late = False  # a renewal past the lease: said once
+        self._renewal_took = 0.0  # how long the last batched renewal waited for its answer
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> int:
@@ -490,17 +491,29 @@ class Worker:
         late = max(sent - slot.renewed for slot in slots) - 3 * interval  # past the lease
         if late > 0 and not self._said_late:
             self._said_late = True
+            took = self._renewal_took
+            # most of it in the renewal before: a broker that did not answer (a paused
+            # manager master blocks the call), or the GIL inside it; else this process
+            why = (
+                f"the renewal before it took {took:.1f} s to return (a broker that did not "
+                "answer: stopped, paused, cut off; or the keeper waiting for the GIL behind "
+                "slots that compute)"
+                if took >= late / 2
+                else "this process was held up: stopped, paused, starved of CPU, or its "
+                "keeper waiting for the GIL behind slots that compute"
+            )
             self.console.error(
                 f"warning: renewing the leases of running tasks came {late:.1f} s past "
-                "the lease (this process was held up: stopped, paused, starved of CPU, or "
-                "its keeper waiting for the GIL behind slots that compute): those tasks "
-                "may run again elsewhere; with tasks that compute in Python, run fewer "
-                "slots (--concurrency) in more worker processes, or raise "
-                "DISTQ_LEASE_SECONDS (said once)"
+                f"the lease ({why}): those tasks may run again elsewhere; with tasks that "
+                "compute in Python, run fewer slots (--concurrency) in more worker "
+                "processes, or raise DISTQ_LEASE_SECONDS (said once)"
             )
         with self._keeping(slots, interval):
-            with self.health.liveness.waiting("leases"):  # a silent broker is no stall
-                self.transport.heartbeat(consumers)
+            try:
+                with self.health.liveness.waiting("leases"):  # a silent broker is no stall
+                    self.transport.heartbeat(consumers)
+            finally:
+                self._renewal_took = time.monotonic() - sent
             self._renewed(slots, sent)
 
     def _renew(self, slot: _Slot, batch: Batch) -> None:
