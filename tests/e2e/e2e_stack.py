@@ -111,6 +111,17 @@ class Stack:
             stdin=subprocess.DEVNULL,
         )
 
+    def compose(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``scripts/compose.sh ARGS`` on this stack, as the README shows it; output captured."""
+        return subprocess.run(
+            ["scripts/compose.sh", *args],
+            cwd=REPO,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
     def start_job(self, tasks: int, task_delay: float, timeout: float) -> Job:
         """``make job`` in the background."""
         return Job(

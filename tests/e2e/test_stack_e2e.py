@@ -201,14 +201,7 @@ def test_a_signing_key_changed_through_make_up_has_no_task_refused_for_it(
     result = stack.make("up", timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
     time.sleep(10)  # the new master's tasks, 10 a second, meet the workers
-    letters = subprocess.run(
-        ["scripts/compose.sh", "exec", "-T", "master", "distq", "dead-letters", "--limit", "5000"],
-        cwd=REPO,
-        env=stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    letters = stack.compose("exec", "-T", "master", "distq", "dead-letters", "--limit", "5000")
     assert letters.returncode == 0, letters.stdout + letters.stderr
     assert f"key id {key_id(key.encode())!r}" not in letters.stdout, letters.stdout[-3000:]
     assert "stopping the workers first" in result.stdout, result.stdout[-3000:]
@@ -226,14 +219,7 @@ def test_the_readmes_commands_into_the_stack_answer(stack: Stack) -> None:
         line = next(x for x in readme.splitlines() if "REDISCLI_AUTH" in x and "LLEN" in x)
         commands.append(shlex.split(line)[1:])  # after scripts/compose.sh
     for args in commands:
-        done = subprocess.run(
-            ["scripts/compose.sh", *args],
-            cwd=REPO,
-            env=stack.env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = stack.compose(*args)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "NOAUTH" not in done.stdout + done.stderr, done.stdout + done.stderr
         if args[2] == "redis":
