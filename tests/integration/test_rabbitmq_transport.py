@@ -456,6 +456,20 @@ def test_requeue_dead_refused_in_part_keeps_only_the_letters_whose_tasks_were_re
     assert [letter.body for letter in t.dead_letters()] == [b"t3", b"t4"]
 
 
+def test_forget_orphans_waits_briefly_for_another_reader_of_the_dead_letters(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A master's loop removes its orphans: an operator's peek that holds the dead
+    letters must not hold up its job for READER_WAIT (30 s), only a moment."""
+    t = open_transport()
+    t.producer(t.reply_queue("p")).close()  # declares both queues
+    raw.queue_declare(f"{queue}.dead:reader", exclusive=True, auto_delete=True)  # a peek
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="has been reading the dead letters"):
+        t.forget_orphans(t.reply_queue("gone"))
+    assert time.monotonic() - started < rabbitmq.ORPHANS_READER_WAIT + 3
+
+
 def test_requeue_dead_with_a_limit_stops_at_the_pack_that_reaches_it(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -613,10 +613,12 @@ def _requeued(channel: Any, queue: str, ready: int) -> None:
 #: How long ``dead-letters`` and ``requeue-dead`` wait for another one reading the
 #: dead letters of the same queue (:func:`_reading`).
 READER_WAIT = 30.0
+#: The same wait for :meth:`RabbitMQTransport.forget_orphans`, which a master's loop runs.
+ORPHANS_READER_WAIT = 2.0
 
 
 @contextlib.contextmanager
-def _reading(connection: Any, dead_queue: str) -> Iterator[None]:
+def _reading(connection: Any, dead_queue: str, wait: float = READER_WAIT) -> Iterator[None]:
     """Be the only reader of ``dead_queue`` while the block runs: the exclusive queue
     ``<dead_queue>:reader`` is this connection's meanwhile (and goes with it if the
     process dies; the colon keeps it apart from every task queue's name and the names
@@ -624,11 +626,11 @@ def _reading(connection: Any, dead_queue: str) -> Iterator[None]:
     reader: a ``requeue-dead`` run meanwhile moved only the letters it could see and
     said it moved them all, and two peeks each showed a part, neither the oldest.
 
-    Waits up to :data:`READER_WAIT` s for another reader, then raises
+    Waits up to ``wait`` s (:data:`READER_WAIT`) for another reader, then raises
     :class:`TransportError` saying so. A user not allowed to declare that queue (a
     configure permission for distq's own queues only) reads as before, without it.
     """
-    lock, deadline = f"{dead_queue}:reader", time.monotonic() + READER_WAIT
+    lock, deadline = f"{dead_queue}:reader", time.monotonic() + wait
     locked = True
     while True:
         channel = connection.channel()
@@ -644,7 +646,7 @@ def _reading(connection: Any, dead_queue: str) -> Iterator[None]:
         if time.monotonic() >= deadline:
             raise TransportError(
                 f"another distq dead-letters or requeue-dead has been reading the dead "
-                f"letters of {dead_queue!r} for {READER_WAIT:.0f} s (it holds {lock!r}); "
+                f"letters of {dead_queue!r} for {wait:.0f} s (it holds {lock!r}); "
                 "run this again once it is done"
             )
         time.sleep(0.1)
@@ -991,7 +993,9 @@ class RabbitMQTransport(Transport):
         needle = reply_to.encode()
 
         def forget(channel: Any) -> int:
-            with _reading(channel.connection, self.dead_queue):
+            # a master waits for no operator's long peek: it says so, and looks again
+            # as its job ends
+            with _reading(channel.connection, self.dead_queue, ORPHANS_READER_WAIT):
                 (before,) = _declared(channel.connection, self.dead_queue)
                 if before is None:  # not declared yet: no letters
                     return 0
