@@ -43,7 +43,7 @@ from distq.errors import (
     TransportError,
 )
 from distq.tasks import Registry
-from distq.transport.base import Settlement
+from distq.transport.base import Settlement, orphaned_reason
 from distq.transport.redis import REPLY_GRACE_MS, RedisConsumer, RedisProducer, RedisTransport
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
@@ -437,6 +437,26 @@ def test_a_key_of_the_queue_made_another_type_since_start_is_named(
     with pytest.raises(TransportError, match=r"WRONGTYPE .* look for it with redis-cli --scan"):
         producer.results(1, 0)
     raw.delete("r")
+
+
+def test_forget_orphans_looks_through_every_chunk_of_the_dead_letters(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """Chunks of a thousand from the newest, matched in Redis: orphans in the oldest
+    chunk, the newest, and on a chunk's edge go; the others stay, in order."""
+    t = open_transport()
+    mine = t.reply_queue("mine")
+    orphans = {0, 1, 1499, 1500, 2499}
+
+    def letter(i: int) -> bytes:
+        reason = orphaned_reason(mine) if i in orphans else f"failed for good ({mine})"
+        return DeadLetter(f"task-{i}".encode(), reason, queue, "w").encode()
+
+    letters = [letter(i) for i in range(2500)]
+    raw.rpush(f"distq:{queue}:dead", *letters)
+    assert t.forget_orphans(mine) == len(orphans)
+    kept = [x for i, x in enumerate(letters) if i not in orphans]
+    assert raw.lrange(f"distq:{queue}:dead", 0, -1) == kept
 
 
 def test_requeue_dead_onto_a_ready_key_made_another_type_loses_no_letter(

@@ -416,6 +416,17 @@ end
 return out
 """
 
+# KEYS = dead; ARGV = start, stop (LRANGE's indices), needle. How many letters of that
+# range it read, and those that hold ``needle``: only they cross the network.
+_HOLDING = """
+local letters = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
+local found = {}
+for i = 1, #letters do
+  if string.find(letters[i], ARGV[3], 1, true) then found[#found + 1] = letters[i] end
+end
+return {#letters, found}
+"""
+
 # KEYS = dead, ready; ARGV = pairs (dead letter, task body), oldest letter first. Moves
 # each letter whose turn it is (still the oldest) to ``ready`` as its body; stops at the
 # first one someone else took. Returns how many moved. The task is pushed before its
@@ -625,6 +636,7 @@ class RedisTransport(Transport):
         self.close_master_script = _Script(head + _CLOSE_MASTER)
         self.withdraw_script = _Script(head + _PRELUDE + _WITHDRAW)
         self.requeue_dead_script = _Script(head + _REQUEUE_DEAD)
+        self.holding_script = _Script(head + _HOLDING)
         with self.errors():
             self.load_scripts(self.client)
 
@@ -913,23 +925,24 @@ class RedisTransport(Transport):
         return moved
 
     def forget_orphans(self, reply_to: str) -> int:
-        """Reads the dead letters a chunk at a time from the newest (negative indices: a
-        letter pushed meanwhile shifts a chunk by one, a letter seen twice counts once);
-        decodes those that name ``reply_to`` and LREMs the orphans by their exact bytes,
-        so a letter another caller moved meanwhile is simply not found."""
-        queue, needle = self.settings.queue, reply_to.encode()
+        """Looks through the dead letters a chunk at a time from the newest (negative
+        indices: a letter pushed meanwhile shifts a chunk by one, a letter seen twice
+        counts once), in Redis: only the letters that name ``reply_to`` come back. Those
+        are decoded, and the orphans LREMed by their exact bytes, so a letter another
+        caller moved meanwhile is simply not found."""
+        queue = self.settings.queue
         orphans: set[bytes] = set()
         with self.errors():
             for end in range(-1, -ORPHANS_LOOKED_AT - 1, -MESSAGE_BATCH):
-                letters: list[bytes] = self.client.lrange(
-                    self.dead_key, end - MESSAGE_BATCH + 1, end
+                read, holding = self.holding_script(
+                    self.client, [self.dead_key], [end - MESSAGE_BATCH + 1, end, reply_to]
                 )
                 orphans.update(
                     raw
-                    for raw in letters
-                    if needle in raw and is_orphan_of(DeadLetter.read(raw, queue), reply_to, queue)
+                    for raw in holding
+                    if is_orphan_of(DeadLetter.read(raw, queue), reply_to, queue)
                 )
-                if len(letters) < MESSAGE_BATCH:
+                if int(read) < MESSAGE_BATCH:
                     break
             removed, found = 0, list(orphans)
             for start in range(0, len(found), MESSAGE_BATCH):
