@@ -200,13 +200,11 @@ def test_a_signing_key_changed_through_make_up_has_no_task_refused_for_it(
     stack.env_file.write_text(changed)
     result = stack.make("up", timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
-    time.sleep(10)  # the new master's tasks, 10 a second, meet the workers
+    time.sleep(6)  # the new master's tasks, 10 a second, meet the workers
     letters = stack.compose("exec", "-T", "master", "distq", "dead-letters", "--limit", "5000")
     assert letters.returncode == 0, letters.stdout + letters.stderr
     assert f"key id {key_id(key.encode())!r}" not in letters.stdout, letters.stdout[-3000:]
     assert "stopping the workers first" in result.stdout, result.stdout[-3000:]
-    job = stack.make("job", "TASKS=50", timeout=240)
-    assert job.returncode == 0, job.stdout[-3000:]
 
 
 def test_the_readmes_commands_into_the_stack_answer(stack: Stack) -> None:
