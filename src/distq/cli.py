@@ -347,6 +347,8 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
             console.error(f"--report {args.report}: could not write the job report: {exc}")
             written = False
     console.info("master exit")
+    if isinstance(master.refused, TransportError):  # its certificate: as at start
+        return EXIT_UNREACHABLE
     if master.refused is not None:
         return EXIT_CONFIG  # said, with the job's report: a setting the broker refused
     # an endless --rate stopped is its end, before its workers came as after (as while

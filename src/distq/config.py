@@ -262,6 +262,14 @@ def _options(url: str, query: str) -> None:
                 f"({credentials.mask_url(url)}) has ssl_cert_reqs={value!r}; use required, "
                 "optional or none, in lower case"
             )
+    # redis-py reads 0, no, f, n... as false too: a check turned off by a spelling the
+    # README does not name (sec16); one spelling each way
+    for value in options.get("ssl_check_hostname", []) if url.lower().startswith("rediss") else []:
+        if value not in ("true", "false"):
+            raise ValueError(
+                f"({credentials.mask_url(url)}) has ssl_check_hostname={value!r}; use true or "
+                "false, in lower case"
+            )
     redis = url.lower().startswith(("redis", "unix"))
     for name in ("decode_responses", "encoding", "encoding_errors") if redis else ():
         if name in options:  # every reply a str, or names encoded unlike other processes

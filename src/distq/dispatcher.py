@@ -37,6 +37,7 @@ from distq.config import MESSAGE_BATCH, RECONCILE_SECONDS
 from distq.envelope import Result, Task
 from distq.errors import (
     BrokenExecutor,
+    CertificateRejected,
     DistqError,
     EnvelopeError,
     RemoteError,
@@ -318,6 +319,8 @@ class Dispatcher(threading.Thread):
         while True:
             try:
                 self._reconcile()
+            except CertificateRejected:  # no retry mends it: as at start
+                raise
             except TransportError as again:
                 away = time.monotonic() - max(started, self._answered)
                 if away >= OUTAGE_SECONDS:

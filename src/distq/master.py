@@ -41,7 +41,7 @@ from distq.config import (
 )
 from distq.console import Console
 from distq.envelope import Result, Task, new_id, shown
-from distq.errors import ConfigError, DistqError, TransportError
+from distq.errors import CertificateRejected, ConfigError, DistqError, TransportError
 from distq.health import ProcessHealth
 from distq.ledger import Ledger, submit_again
 from distq.telemetry import MasterTelemetry
@@ -184,8 +184,9 @@ class Master:
         self.health = health or ProcessHealth("master")
         self.job_id = new_id()
         self.reply_to = transport.reply_queue(self.job_id)
-        #: the setting the broker refused mid-job, which ended it (the CLI exits 2)
-        self.refused: ConfigError | None = None
+        #: the setting the broker refused mid-job, which ended it (the CLI exits 2), or
+        #: its certificate, refused as the master connected again (3, as at start)
+        self.refused: ConfigError | CertificateRejected | None = None
 
     def run(
         self,
@@ -243,7 +244,8 @@ class _Run(Generic[E]):
         self.outage = Outage(time.perf_counter)
         self.said_lost = False  # "the broker holds ... again": said once an outage
         self.paced_from = self.began  # --rate's clock: moved on past an outage (_loop)
-        self.refused: ConfigError | None = None  # a setting the broker refused mid-job
+        # a setting the broker refused mid-job, or its certificate as it connected again
+        self.refused: ConfigError | CertificateRejected | None = None
         self.lapsed = False  # the broker lost tasks: workers may have dead-lettered some
 
     def run(self) -> JobReport:
@@ -270,7 +272,7 @@ class _Run(Generic[E]):
             self._forget_orphans()
         return self._finish(time.perf_counter() - start)
 
-    def _refused(self, exc: ConfigError) -> None:
+    def _refused(self, exc: ConfigError | CertificateRejected) -> None:
         """Say why the job stops here (an ACL taken away, the queue's key made another
         type); its report is written as at any other ending, and the master exits 2."""
         self.refused = exc  # said with the job's other problems, by _finish
@@ -404,6 +406,9 @@ class _Run(Generic[E]):
         job ends first (stopped, or past its timeout)."""
         if self.stop.is_set():
             return False  # no reconnecting on the way out
+        if isinstance(exc, CertificateRejected):  # no retry mends it: as at start
+            self._refused(exc)
+            return False
         if self.outage.lost(exc):  # one line an outage, however many calls fail in it
             self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
         backoff = Backoff()
@@ -418,6 +423,9 @@ class _Run(Generic[E]):
                 return False
             try:
                 self._reconcile()
+            except CertificateRejected as refused:
+                self._refused(refused)
+                return False
             except TransportError as again:
                 if (line := self.outage.refused(again)) is not None:
                     self.console.error(line)

@@ -57,6 +57,7 @@ from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console, announce
 from distq.ending import Ending, Endings, describe
 from distq.errors import (
+    CertificateRejected,
     ConfigError,
     SettledThenFailed,
     SettledThenRefused,
@@ -197,7 +198,8 @@ class Worker:
         self._abort = threading.Event()  # cold: hand back everything now
         self._drain_until: float | None = None
         self._signals = 0
-        self._fatal: ConfigError | None = None  # a setting the broker refused: run() raises it
+        # a setting the broker refused, or its certificate refused: run() raises it
+        self._fatal: ConfigError | CertificateRejected | None = None
         self._slot_error: str | None = None  # why a slot's thread ended, until said
         self._slot_failed = False  # a slot's thread ended on an error: exit 1
         self._said_late = False  # a renewal past the lease: said once
@@ -317,10 +319,11 @@ class Worker:
             self.console.error(f"{error}; the worker stops (exit 1)")
             self._stop_warm()
 
-    def _refused(self, exc: ConfigError) -> None:
+    def _refused(self, exc: ConfigError | CertificateRejected) -> None:
         """The broker refused a setting mid-run (a key of another type, an ACL without
-        distq's keys): no reconnect mends that, so stop warm and exit 2 with its message,
-        instead of a loop of "reconnecting" / "reconnected"."""
+        distq's keys), or TLS refused its certificate as the worker connected again: no
+        reconnect mends that, so stop warm and exit 2 (3 for the certificate, as at
+        start) with its message, instead of a loop of "reconnecting" / "reconnected"."""
         if self._fatal is None:
             self._fatal = exc
         self._stop_warm()
@@ -627,7 +630,7 @@ class Worker:
                 claimed = []  # held by the consumer closed below: they go back with it
                 if slot.generation != generation:
                     return
-                if isinstance(exc, ConfigError):
+                if isinstance(exc, ConfigError | CertificateRejected):
                     self._refused(exc)
                 else:
                     self._lost(exc)
@@ -675,7 +678,7 @@ class Worker:
             consumer = self.transport.consumer(consumer_id)
         except Exception as exc:  # TransportError; anything else must not end the slot either
             self.health.connected(False, consumer_id, str(exc))
-            if isinstance(exc, ConfigError):
+            if isinstance(exc, ConfigError | CertificateRejected):
                 self._refused(exc)
                 return None
             self._lost(exc)

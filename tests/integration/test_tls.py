@@ -9,6 +9,7 @@ plain TCP to a TLS port each stop ``distq`` with exit code 3 and one line, no tr
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import shutil
 import socket
@@ -262,6 +263,51 @@ def test_a_worker_gives_up_at_once_on_a_refused_certificate(
         worker.stop()
 
 
+def test_a_certificate_refused_mid_run_stops_worker_and_master_with_exit_3(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """Redis restarted with a certificate for another host name: worker and master went
+    on reconnecting, saying "Connection closed by server; reconnecting" (the master until
+    its timeout, exit 1), where a refused certificate at start is one line and exit 3
+    (sec16). Now the same mid-run, the master with its report."""
+    port = free_port()
+    env = process_env(
+        {
+            "DISTQ_TRANSPORT": "redis",
+            "DISTQ_REDIS_URL": f"rediss://127.0.0.1:{port}/0",
+            "DISTQ_TLS_CA_FILE": str(pki.ca.cert),
+            "DISTQ_QUEUE": f"tls{secrets.token_hex(4)}",
+        }
+    )
+    report = tmp_path / "report.json"
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    with redis_with(pki.server, pki.ca.cert, tmp_path / "good", port):
+        master = Distq(["master", "--tasks", "5", "--task-delay", "30", "--timeout", "120",
+                        "--report", str(report)], env)  # fmt: skip
+        worker = Distq(["worker", "--concurrency", "2"], env)
+        try:
+            deadline = time.monotonic() + 30
+            while "Get task" not in worker.output():
+                assert time.monotonic() < deadline, master.output() + worker.output()
+                time.sleep(0.1)
+        except BaseException:
+            master.stop()
+            worker.stop()
+            raise
+    try:
+        with redis_with(pki.elsewhere, pki.ca.cert, tmp_path / "bad", port):
+            assert worker.wait(60) == EXIT_UNREACHABLE, worker.output()
+            assert master.wait(60) == EXIT_UNREACHABLE, master.output()
+        outputs = worker.output(), master.output()
+    finally:
+        master.stop()
+        worker.stop()
+    for out in outputs:
+        assert "certificate was refused" in out and "Traceback" not in out, out
+    assert "certificate was refused" in " ".join(json.loads(report.read_text())["problems"])
+
+
 def test_a_ca_file_in_the_redis_url_and_distq_tls_ca_file_is_refused(
     redis_tls: TlsBroker, pki: Pki, tmp_path: Path
 ) -> None:
@@ -304,9 +350,9 @@ def test_a_password_holding_ssl_options_leaves_the_tls_files_in_use(
 
 
 @contextlib.contextmanager
-def redis_with(cert: Pair, ca: Path, workdir: Path) -> Iterator[int]:
+def redis_with(cert: Pair, ca: Path, workdir: Path, port: int | None = None) -> Iterator[int]:
     """redis-server presenting ``cert`` (launch's start() would refuse an expired one)."""
-    port = free_port()
+    port = port or free_port()
     exe = shutil.which("redis-server") or "redis-server"
     argv = [exe, "--bind", "127.0.0.1", "--port", "0", "--tls-port", str(port), "--save", ""]
     argv += ["--tls-cert-file", str(cert.cert), "--tls-key-file", str(cert.key)]

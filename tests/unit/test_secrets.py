@@ -434,6 +434,15 @@ def test_an_ssl_cert_reqs_redis_py_does_not_take_is_refused_at_once(value: str) 
     assert f"has ssl_cert_reqs={value!r}; use required, optional or none" in message, message
 
 
+@pytest.mark.parametrize("value", ["0", "no", "f", "N", "False", "1", "yes"])
+def test_an_ssl_check_hostname_other_than_true_or_false_is_refused(value: str) -> None:
+    """redis-py reads 0, no, f, N, False as false: the host-name check went off by a
+    spelling the README does not name (sec16)."""
+    url = f"rediss://127.0.0.1:6380/0?ssl_check_hostname={quote(value)}"
+    message = error({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
+    assert f"has ssl_check_hostname={value!r}; use true or false, in lower case" in message
+
+
 def test_redis_options_check_host_names() -> None:
     files = tls.TlsFiles("ca.pem")
     assert tls.redis_options("redis://h/0", files) == {}

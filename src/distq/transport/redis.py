@@ -844,6 +844,13 @@ class RedisTransport(Transport):
             self.refused_for_memory(exc)
             raise TransportError(f"Redis at {self.address}: {exc}") from None
         except RedisError as exc:
+            # a certificate refused as a connection is made again (a broker restarted
+            # with another one, a man in the middle): no retry mends it, as at start
+            problem = tls.failure(exc) if self.tls else None
+            if problem is not None and problem.refused:
+                raise CertificateRejected(
+                    problem.line(f"Redis at {self.address} (DISTQ_REDIS_URL)")
+                ) from None
             raise TransportError(f"Redis at {self.address}: {exc}") from None
 
     def describe(self) -> str:
