@@ -71,7 +71,7 @@ from distq.signals import stop_signals
 from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry
 from distq.timelimits import TimeLimits
-from distq.transport.base import Consumer, Delivery, Transport
+from distq.transport.base import Consumer, Delivery, Settlement, Transport
 
 #: How often the keeper checks running tasks against their time limits.
 TIME_LIMIT_TICK = 0.1
@@ -555,9 +555,14 @@ class Worker:
                 chunks.give_up(slot.thread)  # a chunk there starts no more of its calls
                 self.left_behind.append(slot.thread)
             self.left_behind = [thread for thread in self.left_behind if thread.is_alive()]
+            goes_on = (  # stopping, the new thread ends at once (life16)
+                "the worker is stopping"
+                if self._stopping.is_set()
+                else f"slot {slot.index} goes on in a new thread"
+            )
             ending = ending._replace(  # the settle prints it
-                note=f"{ending.note}; slot {slot.index} goes on in a new thread, leaving the "
-                f"old one in the task ({len(self.left_behind)} left behind, still running)"
+                note=f"{ending.note}; {goes_on}, leaving the old thread in the task "
+                f"({len(self.left_behind)} left behind, still running)"
             )
             try:  # if this fails, the tasks go back when the lease runs out
                 self._settle(slot, [*batch.endings, ending], batch.take_rest())
@@ -757,12 +762,40 @@ class Worker:
                 # start at the latest; the settle itself (a broker that blocks it) is not
                 since = max(began, self.health.now() - wait)
             else:
-                slot.consumer.settle(settlements)
+                self._settle_all(slot.consumer, settlements)
         self._count(slot, endings, 0, sent, since=since)
         if unstarted:
             back = slot.consumer.release(unstarted)
             self._count(slot, [], released=len(unstarted), at=sent, kept=len(unstarted) - back)
         return claimed
+
+    def _settle_all(self, consumer: Consumer, settlements: list[Settlement]) -> None:
+        """``consumer.settle(settlements)``; while stopping warm, one that failed for the
+        broker being away is made again (with backoff) until the drain runs out, where the
+        consumer can settle on a connection made afresh (:attr:`Consumer.resettles`): the
+        tasks ran, and a worker that dropped their results at once, its drain barely
+        begun, had them run again elsewhere (life16)."""
+        backoff = Backoff()
+        while True:
+            try:
+                consumer.settle(settlements)
+            except TransportError as exc:
+                delay = backoff.next()
+                if (
+                    not self._stopping.is_set()
+                    or not consumer.resettles
+                    or isinstance(exc, CertificateRejected)
+                    or self._drain_until is None
+                    or time.monotonic() + delay >= self._drain_until
+                ):
+                    raise
+                self._lost(exc)
+                if self._abort.wait(delay):  # stopped cold meanwhile: the tasks go back
+                    raise
+                continue
+            if self.outage.ongoing:
+                self._back()
+            return
 
     def _count(
         self,

@@ -89,7 +89,31 @@ def test_a_task_past_its_time_limit_fails_that_attempt_and_the_slot_goes_on(
     assert time.monotonic() - started < 3.0 + 2.0  # the slot did not wait for the sleeps
     text = out.getvalue()
     assert "attempt 1/2 failed (TimeLimitExceeded: ran past its time limit of 0.5 s)" in text
-    assert re.search(r"slot 0 goes on in a new thread, leaving the old one in the task", text)
+    assert re.search(r"slot 0 goes on in a new thread, leaving the old thread in the task", text)
+    producer.close()
+
+
+def test_a_task_past_its_time_limit_as_the_worker_stops_is_not_said_to_go_on(
+    transport: Transport,
+) -> None:
+    """Stopping, the slot's new thread ends at once: "slot 0 goes on in a new thread"
+    was untrue (life16)."""
+    producer = transport.producer(REPLY)
+    registry = Registry()
+    registry.register("nap", _nap, time_limit=0.5)
+    producer.submit([Task(name="nap", args=[3.0], reply_to=REPLY, max_attempts=2).encode()])
+    out = io.StringIO()
+    worker = _worker(transport, registry, out)
+    timer = threading.Timer(0.2, worker._stop_warm)  # SIGTERM as the task runs
+    timer.start()
+    try:
+        assert worker.run() == 0
+    finally:
+        timer.cancel()
+    text = out.getvalue()
+    assert "ran past its time limit of 0.5 s" in text, text
+    assert "the worker is stopping, leaving the old thread in the task" in text, text
+    assert "goes on in a new thread" not in text, text
     producer.close()
 
 

@@ -29,7 +29,7 @@ from distq.timelimits import TimeLimits
 from distq.transport import Producer, Transport, open_transport
 from distq.worker import Worker, WorkerOptions
 from launch import free_port
-from seam import results_of
+from seam import results_n, results_of
 
 
 @pytest.fixture
@@ -433,6 +433,36 @@ def _naps(transport: Transport, count: int, seconds: float) -> tuple[Producer, R
     naps = [Task(name="nap", args=[seconds], reply_to="w.results.job") for _ in range(count)]
     producer.submit([t.encode() for t in naps])
     return producer, registry
+
+
+def test_a_stopping_worker_settles_again_while_its_drain_lasts(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while the broker was away a moment: the tasks ran to their end, their
+    settle failed, and the worker dropped their results and exited at once, its drain
+    barely begun; they ran again elsewhere (life16). It settles again now, until the
+    drain runs out, and the results reach the master."""
+    kind = type(transport.consumer("probe"))
+    assert kind.resettles
+    settle = kind.settle
+    failures: list[float] = []
+
+    def away_a_moment(self: Any, settlements: Any) -> None:
+        if len(failures) < 3:
+            failures.append(time.monotonic())
+            raise TransportError("the broker went away a moment")
+        settle(self, settlements)
+
+    monkeypatch.setattr(kind, "settle", away_a_moment)
+    producer, registry = _naps(transport, 2, 0.5)
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=2, worker_id="w", drain_seconds=20.0)
+    run_for(Worker(transport, registry, options, Console(out=out, err=out)), 0.2)
+    said = out.getvalue()
+    assert len(failures) == 3, said
+    assert "2 ok" in said and "went away a moment; reconnecting" in said, said
+    assert len(results_n(producer, 2)) == 2
+    producer.close()
 
 
 def test_a_lease_renewal_the_broker_refused_is_tried_again_soon_and_said_once(

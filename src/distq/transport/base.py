@@ -231,6 +231,12 @@ class Producer(abc.ABC):
 class Consumer(abc.ABC):
     """A worker's end: leases task deliveries and settles them."""
 
+    #: Whether a settle that failed (the broker away a moment) may be made again by this
+    #: consumer once the broker is back, on a connection made afresh, and reach it: its
+    #: deliveries are the broker's records, not its connection's (Redis, manager). On
+    #: RabbitMQ they die with the connection: False.
+    resettles: bool = False
+
     @abc.abstractmethod
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         """Lease up to ``max_count`` deliveries; blocks up to ``timeout`` s for the first.

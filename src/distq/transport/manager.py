@@ -1479,6 +1479,8 @@ class ManagerProducer(Producer):
 
 
 class ManagerConsumer(Consumer):
+    resettles = True  # the master's leases outlive a connection
+
     def __init__(
         self, broker: _Broker, queue: str, consumer_id: str, lease: float, address: str
     ) -> None:

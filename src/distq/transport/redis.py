@@ -1175,6 +1175,8 @@ class RedisConsumer(Consumer):
     bodies back (see ``_SETTLE``).
     """
 
+    resettles = True  # in-flight lists outlive a connection
+
     def __init__(self, transport: RedisTransport, consumer_id: str) -> None:
         # a suffix per connection: an earlier connection's leases are never renewed by this one
         self.consumer_id = f"{consumer_id}.{secrets.token_hex(3)}"
