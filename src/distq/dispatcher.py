@@ -257,8 +257,7 @@ class Dispatcher(threading.Thread):
         self._answered = time.monotonic()  # a submit refused after it is no outage
         if self._given_up:  # back from a hung broker after the exit failed the futures
             return
-        lost = held < self.ledger.total
-        if lost:  # the results there first: each answers its task
+        if held < self.ledger.total:  # the results there first: each answers its task
             self.collector.read_waiting(self.producer)
         waiting = self.collector.waiting_ids().__contains__
         again = self.ledger.reconcile(held, waiting, self.collector.outstanding)
@@ -271,7 +270,7 @@ class Dispatcher(threading.Thread):
                     len(again),
                 )
             submit_again(self.producer.submit, again)
-        if lost:
+        if self.producer.lapsed:
             self._forget_orphans()
 
     def _forget_orphans(self) -> None:

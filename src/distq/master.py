@@ -377,7 +377,7 @@ class _Run(Generic[E]):
                     f"the {len(again)} tasks among the others that wait for a result again"
                 )
             submit_again(self.producer.submit, again)
-        if held < total:
+        if self.producer.lapsed:
             self._forget_orphans()
 
     def _forget_orphans(self) -> None:

@@ -459,6 +459,26 @@ def test_forget_orphans_looks_through_every_chunk_of_the_dead_letters(
     assert raw.lrange(f"distq:{queue}:dead", 0, -1) == kept
 
 
+def test_forget_orphans_of_a_large_lapse_removes_them_all_from_the_tail(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """70,000 orphans took 102 s, an LREM from the head each (quadratic), and the
+    master's registration lapsed again meanwhile (diff16). From the tail, newest first,
+    they go within the look's few seconds."""
+    t = open_transport()
+    mine = t.reply_queue("mine")
+    older = [DeadLetter(b"old-%d" % i, "why", queue, "w").encode() for i in range(5000)]
+    reason = orphaned_reason(mine)
+    orphans = [DeadLetter(b"t-%d" % i, reason, queue, "w").encode() for i in range(30000)]
+    dead = f"distq:{queue}:dead"
+    for start in range(0, len(older), 1000):
+        raw.rpush(dead, *older[start : start + 1000])
+    for start in range(0, len(orphans), 1000):
+        raw.rpush(dead, *orphans[start : start + 1000])
+    assert t.forget_orphans(mine) == 30000
+    assert raw.llen(dead) == 5000 and raw.lindex(dead, -1) == older[-1]
+
+
 def test_requeue_dead_onto_a_ready_key_made_another_type_loses_no_letter(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:

@@ -25,6 +25,8 @@ from seam import fetch_n, ok_result
 class BrokerGoneAtWithdraw:
     """A producer whose broker answers nothing, then fails when a task is taken back."""
 
+    lapsed = False  # what its reconcile found: no lapse
+
     def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
         return []
 
@@ -161,6 +163,8 @@ class DroppedWhileIdle:
     idle timeout, missed RabbitMQ heartbeats, a restart): its next call fails once;
     reconnected, the broker holds none of what was sent (``reconcile`` says 0)."""
 
+    lapsed = False  # what its reconcile found: no lapse
+
     reply_to = "r"
 
     def __init__(self) -> None:
@@ -236,6 +240,8 @@ def test_an_idle_executor_asks_the_broker_every_reconcile_period() -> None:
 class BrokerAway:
     """A producer whose broker never answers again."""
 
+    lapsed = False  # what its reconcile found: no lapse
+
     def __init__(self) -> None:
         self.calls = 0
 
@@ -306,6 +312,8 @@ def test_a_flood_of_submits_does_not_hold_up_the_first_sends() -> None:
 
 class Hangs:
     """A producer whose broker never answers a results read until ``release`` is set."""
+
+    lapsed = False  # what its reconcile found: no lapse
 
     def __init__(self) -> None:
         import threading

@@ -139,6 +139,7 @@ class Stub(Transport):
 
     def __init__(self, producer: Flaky) -> None:
         self._producer = producer
+        self.forgot = []
 
     def describe(self) -> str:
         return "stub"
@@ -161,14 +162,25 @@ class Stub(Transport):
     def requeue_dead(self, limit: int | None, revive: object = None) -> int:
         return 0
 
+    def forget_orphans(self, reply_to: str) -> int:
+        self.forgot.append(reply_to)
+        return 0
+
+    forgot: list[str]
+
     def close(self) -> None:
         pass
 
 
-def _run(producer: Flaky, stop: threading.Event | None = None) -> tuple[str, JobReport]:
+def _run(
+    producer: Flaky, stop: threading.Event | None = None, forgot: list[str] | None = None
+) -> tuple[str, JobReport]:
     out = io.StringIO()
-    master = Master(Stub(producer), Console(out=out, err=out))
+    transport = Stub(producer)
+    master = Master(transport, Console(out=out, err=out))
     report = master.run(JobSpec(tasks=30, timeout=30), Squares(seed=3), stop)
+    if forgot is not None:
+        forgot += transport.forgot
     return out.getvalue(), report
 
 
@@ -206,7 +218,8 @@ class Lapsed(Flaky):
 
     def reconcile(self) -> int:
         held = super().reconcile()
-        if self.calls >= 3 and not self.reconciled_after:
+        self.lapsed = self.calls >= 3 and not self.reconciled_after
+        if self.lapsed:
             self.reconciled_after, self.submitted = True, 0
             return 0
         return held
@@ -222,6 +235,18 @@ def test_results_waiting_in_the_reply_queue_are_read_before_anything_goes_again(
     # only the batch whose submit failed went again: no task ran twice
     assert report.succeeded and report.ok == 30 and report.duplicates == 0, out
     assert "submitting the 15 tasks among the others" in out and producer.submitted == 15
+
+
+def test_a_master_looks_for_its_orphans_after_a_lapse_only() -> None:
+    """It read the whole dead-letter queue (on RabbitMQ, 100,000 letters held a minute)
+    at every reconcile that found tasks missing, a broker's refusals too (diff16): once
+    after the lapse now, and once more as the job ends."""
+    forgot: list[str] = []
+    _run(Lapsed("r", outage=2, loses=False), forgot=forgot)
+    assert len(forgot) == 2 and forgot[0].startswith("r."), forgot
+    forgot.clear()
+    out, report = _run(Refusing(refusals=6, loses=True), forgot=forgot)
+    assert report.succeeded and "the broker holds 0 of the" in out and forgot == [], out
 
 
 class Refusing(Flaky):

@@ -134,6 +134,9 @@ def is_orphan_of(letter: DeadLetter, reply_to: str, queue: str) -> bool:
 #: The most dead letters :meth:`Transport.forget_orphans` looks through: a master's
 #: orphans are the letters its lapse made, recent ones.
 ORPHANS_LOOKED_AT = 100_000
+#: The longest a look for orphans goes on: the master's loop waits for it (well inside
+#: the shortest time to live of a master's registration, 10 s).
+ORPHANS_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,12 @@ class Producer(abc.ABC):
     """A master's end: submits tasks and receives the results sent to ``reply_to``."""
 
     reply_to: str
+    #: Whether the last :meth:`reconcile` found the reply queue had lapsed (the master
+    #: away past its time to live: a pause, a partition) and made it again: workers may
+    #: have dead-lettered its tasks meanwhile, "its master is gone"
+    #: (:meth:`Transport.forget_orphans`). Not for tasks lost otherwise (a broker
+    #: restarted, a publish refused).
+    lapsed: bool = False
 
     @abc.abstractmethod
     def submit(self, bodies: Sequence[bytes]) -> None:
@@ -360,8 +369,9 @@ class Transport(abc.ABC):
         it still waits for (:meth:`Producer.reconcile` said 0 held), so those letters
         are copies nobody needs, which ``requeue-dead`` would run a second time.
 
-        Looks through at most :data:`ORPHANS_LOOKED_AT` letters (Redis: the newest;
-        RabbitMQ: the oldest, the only ones a reader can take; manager: all, in the
+        Looks through at most :data:`ORPHANS_LOOKED_AT` letters within
+        :data:`ORPHANS_SECONDS` on Redis (the newest), the oldest 1,000 on RabbitMQ (the
+        only ones a reader can take, as many as a peek holds), all on manager (in the
         master's memory); returns how many it removed. Every transport removes them;
         this default (none) is for a transport whose masters never lapse."""
         return 0

@@ -1455,6 +1455,7 @@ class ManagerProducer(Producer):
             _close_proxy(self._broker)
             self._broker = self._reconnect()  # raises while the master is away
             self._renew()
+        self.lapsed = self._lapsed
         if self._lapsed:
             self._submitted, self._lapsed = 0, False
         return self._submitted

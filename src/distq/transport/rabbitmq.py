@@ -146,7 +146,6 @@ from distq.errors import (
 )
 from distq.limits import MAX_PREFETCH
 from distq.transport.base import (
-    ORPHANS_LOOKED_AT,
     Consumer,
     Delivery,
     Producer,
@@ -984,7 +983,8 @@ class RabbitMQTransport(Transport):
 
     def forget_orphans(self, reply_to: str) -> int:
         """As the only reader of the dead letters (:func:`_reading`): ``basic_get`` the
-        messages there when it starts, oldest first (at most :data:`ORPHANS_LOOKED_AT`),
+        messages there when it starts, oldest first (at most :attr:`most_peeked`, as a
+        peek: RabbitMQ puts tens of thousands back only over minutes),
         ack each orphan of ``reply_to`` (a letter a worker published, a message of its
         own), and put every other message back with one nack, which requeues each at
         its original position (on a quorum queue at the end, as after a peek). A
@@ -1001,7 +1001,7 @@ class RabbitMQTransport(Transport):
                     return 0
                 removed, kept = 0, None
                 try:
-                    for _ in range(min(before.message_count, ORPHANS_LOOKED_AT)):
+                    for _ in range(min(before.message_count, self.most_peeked)):
                         method, props, body = channel.basic_get(self.dead_queue, auto_ack=False)
                         if method is None:
                             break
@@ -1181,6 +1181,7 @@ class RabbitMQProducer(Producer):
                         f"{self._link.unconfirmed} message(s) awaited the broker's confirm"
                     )
                 if not self._link.failed:
+                    self.lapsed = False
                     return self._held + self._confirmed_tasks()
         # a lost link, or one whose publish the broker refused or returned (its queue
         # deleted, a length limit): the broker keeps the prefix it confirmed before that;
@@ -1189,6 +1190,7 @@ class RabbitMQProducer(Producer):
         self._link.close()
         self._link, existed = self._connect()
         self._held = held if existed else 0
+        self.lapsed = not existed  # or a node new or reset: then no letter names it
         return self._held
 
     def _confirmed_tasks(self) -> int:

@@ -111,6 +111,7 @@ from distq.errors import (
 )
 from distq.transport.base import (
     ORPHANS_LOOKED_AT,
+    ORPHANS_SECONDS,
     Consumer,
     Delivery,
     Producer,
@@ -935,27 +936,29 @@ class RedisTransport(Transport):
         """Looks through the dead letters a chunk at a time from the newest (negative
         indices: a letter pushed meanwhile shifts a chunk by one, a letter seen twice
         counts once), in Redis: only the letters that name ``reply_to`` come back. Those
-        are decoded, and the orphans LREMed by their exact bytes, so a letter another
-        caller moved meanwhile is simply not found."""
-        queue = self.settings.queue
-        orphans: set[bytes] = set()
+        are decoded, and the orphans LREMed by their exact bytes from the tail, newest
+        first, where they are (a letter another caller moved meanwhile is simply not
+        found). Within :data:`ORPHANS_SECONDS`: the master's loop waits for it, and a
+        job's next look (as it ends) takes up what is left."""
+        queue, budget = self.settings.queue, time.monotonic() + ORPHANS_SECONDS
+        orphans: dict[bytes, None] = {}  # newest first, each once
         with self.errors():
             for end in range(-1, -ORPHANS_LOOKED_AT - 1, -MESSAGE_BATCH):
                 read, holding = self.holding_script(
                     self.client, [self.dead_key], [end - MESSAGE_BATCH + 1, end, reply_to]
                 )
-                orphans.update(
-                    raw
-                    for raw in holding
-                    if is_orphan_of(DeadLetter.read(raw, queue), reply_to, queue)
-                )
-                if int(read) < MESSAGE_BATCH:
+                for raw in reversed(holding):
+                    if is_orphan_of(DeadLetter.read(raw, queue), reply_to, queue):
+                        orphans[raw] = None
+                if int(read) < MESSAGE_BATCH or time.monotonic() >= budget:
                     break
             removed, found = 0, list(orphans)
             for start in range(0, len(found), MESSAGE_BATCH):
+                if time.monotonic() >= budget:
+                    break
                 pipe = self.client.pipeline(transaction=False)
                 for raw in found[start : start + MESSAGE_BATCH]:
-                    pipe.lrem(self.dead_key, 1, raw)
+                    pipe.lrem(self.dead_key, -1, raw)  # from the tail, newest first
                 removed += sum(int(n) for n in pipe.execute())
         return removed
 
@@ -1075,6 +1078,9 @@ class RedisProducer(Producer):
                     self._refused_said = True
                     log.warning("%s; waiting for the %d tasks leased to workers", wrong, leased)
         held = self._register()
+        # the registration gone (the renew script counts none held then), found by this
+        # renewal or by a call's own since the last reconcile
+        self.lapsed = self._lapsed or (held == 0 < self._count)
         if self._lapsed:
             with self._t.errors():
                 self._w.pipeline([("HSET", self._keys[3], "submitted", 0)])
