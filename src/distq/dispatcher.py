@@ -25,6 +25,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -589,15 +590,20 @@ def _cancelled(future: DistqFuture[Any]) -> bool:
 
 
 def _time_out(entry: Entry, why: str) -> None:
-    """Fail ``entry``'s future with :class:`TaskTimeout` saying ``why``; one already
-    resolved (by :class:`Overdue`, a cancel) stays as it is."""
-    if entry.future.done():
+    """Fail ``entry``'s future with :class:`TaskTimeout` saying ``why``."""
+    _time_out_future(entry.future, why)
+
+
+def _time_out_future(future: DistqFuture[Any], why: str) -> None:
+    """Fail ``future`` with :class:`TaskTimeout` saying ``why``; one already resolved (by
+    :class:`Overdue`, a cancel) stays as it is."""
+    if future.done():
         return
-    waited = time.monotonic() - entry.future.submitted
+    waited = time.monotonic() - future.submitted
     with contextlib.suppress(concurrent.futures.InvalidStateError):  # resolved meanwhile
-        entry.future.set_exception(
+        future.set_exception(
             TaskTimeout(
-                f"task {entry.future.task_name} [{entry.task.id}] had no result after "
+                f"task {future.task_name} [{future.task_id}] had no result after "
                 f"{waited:.1f} s (task_timeout): {why}"
             )
         )
@@ -617,14 +623,16 @@ class Overdue:
 
     A task not sent yet is taken back first, under the executor's lock, as a cancel()
     takes it (so the thread never sends it); one sent is failed as not withdrawn, and the
-    thread withdraws it once it can. Deadlines of answered tasks are dropped as the heap
-    grows (at most twice those still pending, and :data:`DEADLINES_KEPT`).
+    thread withdraws it once it can. It holds each future by a weak reference (an
+    answered one the caller dropped, with its result, is not kept until its deadline:
+    1.5 GB of 1 MB results, diff16), and drops the deadlines of answered tasks as the
+    heap grows (at most twice those still pending, and :data:`DEADLINES_KEPT`).
     """
 
     def __init__(self, lock: threading.Lock, not_sent: set[str]) -> None:
         self._changed = threading.Condition(lock)
         self._not_sent = not_sent
-        self._heap: list[tuple[float, int, Entry]] = []
+        self._heap: list[tuple[float, int, weakref.ref[DistqFuture[Any]]]] = []
         self._count = itertools.count()
         self._kept = DEADLINES_KEPT
         self._thread: threading.Thread | None = None
@@ -633,9 +641,10 @@ class Overdue:
     def watch(self, entry: Entry) -> None:
         """Watch ``entry`` (which has a deadline); the caller holds the executor's lock."""
         assert entry.deadline is not None
-        heapq.heappush(self._heap, (entry.deadline + OVERDUE_GRACE, next(self._count), entry))
+        item = (entry.deadline + OVERDUE_GRACE, next(self._count), weakref.ref(entry.future))
+        heapq.heappush(self._heap, item)
         if len(self._heap) > 2 * self._kept:
-            self._heap = [item for item in self._heap if not item[2].future.done()]
+            self._heap = [item for item in self._heap if _pending(item[2])]
             heapq.heapify(self._heap)
             self._kept = max(DEADLINES_KEPT, len(self._heap))
         if self._thread is None:
@@ -643,7 +652,7 @@ class Overdue:
                 target=self._run, name="distq-executor-deadlines", daemon=True
             )
             self._thread.start()
-        elif self._heap[0][2] is entry:  # sooner than the one it waits for
+        elif self._heap[0][2] is item[2]:  # sooner than the one it waits for
             self._changed.notify()
 
     def end(self) -> None:
@@ -653,29 +662,39 @@ class Overdue:
 
     def _run(self) -> None:
         while True:
-            overdue: list[tuple[Entry, bool]] = []
+            overdue: list[tuple[DistqFuture[Any], bool]] = []
             with self._changed:
                 while True:
                     if self._ended:
                         return
                     now = time.monotonic()
                     while self._heap and self._heap[0][0] <= now:
-                        _, _, entry = heapq.heappop(self._heap)
-                        if not entry.future.done():
-                            unsent = entry.task.id in self._not_sent
-                            self._not_sent.discard(entry.task.id)
-                            overdue.append((entry, unsent))
+                        future = heapq.heappop(self._heap)[2]()
+                        if future is not None and not future.done():
+                            unsent = future.task_id in self._not_sent
+                            self._not_sent.discard(future.task_id)
+                            overdue.append((future, unsent))
                     if overdue:
                         break
                     self._changed.wait(self._heap[0][0] - now if self._heap else None)
-            for entry, unsent in overdue:  # outside the lock: callbacks run here
-                _time_out(
-                    entry,
-                    "it was never sent: the broker does not answer"
+            # outside the lock: callbacks run here. Why the executor's thread did not fail
+            # them itself is not known here: a long backlog to send, or a broker that does
+            # not answer (diff16: "does not answer" of a healthy one)
+            for future, unsent in overdue:
+                _time_out_future(
+                    future,
+                    "it was never sent: the executor was still sending earlier tasks, or "
+                    "waiting on a broker that does not answer"
                     if unsent
-                    else "the broker does not answer, so it was not withdrawn: it may still "
-                    "run; its result will be ignored",
+                    else "the executor could not withdraw it in time (a broker that does not "
+                    "answer, or a backlog): it may still run; its result will be ignored",
                 )
+
+
+def _pending(future: weakref.ref[DistqFuture[Any]]) -> bool:
+    """Whether the future behind ``future`` is still there and unresolved."""
+    alive = future()
+    return alive is not None and not alive.done()
 
 
 #: Executors' threads still running. At interpreter exit, one told to finish (shutdown
