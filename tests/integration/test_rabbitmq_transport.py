@@ -33,7 +33,7 @@ from distq.config import Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.transport import rabbitmq
-from distq.transport.base import Delivery, Settlement
+from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
 from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
 from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, TASKS_TYPE, task_bodies, unpack
@@ -454,6 +454,25 @@ def test_requeue_dead_refused_in_part_keeps_only_the_letters_whose_tasks_were_re
     while _ready(raw, f"{queue}.dead") != 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert [letter.body for letter in t.dead_letters()] == [b"t3", b"t4"]
+
+
+def test_forget_orphans_leaves_a_quorum_dead_letter_queue_alone(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """Each letter a look takes and puts back counts as a delivery on a quorum queue: a
+    delivery limit dropped letters that were not orphans after three looks (diff16)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    t.producer(t.reply_queue("p")).close()  # declares both queues
+    mine = t.reply_queue("mine")
+    raw.basic_publish(
+        "", f"{queue}.dead", DeadLetter(b"x", orphaned_reason(mine), queue, "w").encode()
+    )
+    raw.basic_publish("", f"{queue}.dead", DeadLetter(b"y", "why", queue, "w").encode())
+    deadline = time.monotonic() + 10
+    while _ready(raw, f"{queue}.dead") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert t.forget_orphans(mine) == 0
+    assert _ready(raw, f"{queue}.dead") == 2  # none taken, none counted as delivered
 
 
 def test_forget_orphans_waits_briefly_for_another_reader_of_the_dead_letters(

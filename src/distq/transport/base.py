@@ -371,7 +371,8 @@ class Transport(abc.ABC):
 
         Looks through at most :data:`ORPHANS_LOOKED_AT` letters within
         :data:`ORPHANS_SECONDS` on Redis (the newest), the oldest 1,000 on RabbitMQ (the
-        only ones a reader can take, as many as a peek holds), all on manager (in the
+        only ones a reader can take, as many as a peek holds; none on quorum queues,
+        where each look counts as a delivery of every letter), all on manager (in the
         master's memory); returns how many it removed. Every transport removes them;
         this default (none) is for a transport whose masters never lapse."""
         return 0

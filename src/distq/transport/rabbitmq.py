@@ -989,7 +989,13 @@ class RabbitMQTransport(Transport):
         own), and put every other message back with one nack, which requeues each at
         its original position (on a quorum queue at the end, as after a peek). A
         failure (or the connection lost) puts back what was
-        not acked: nothing but orphans is ever removed."""
+        not acked: nothing but orphans is ever removed.
+
+        Not on quorum queues (``DISTQ_RABBITMQ_QUEUE_TYPE=quorum``): each letter taken
+        and put back counts as a delivery there, and a delivery limit (RabbitMQ 4's
+        default is 20) then drops letters that are not orphans (diff16)."""
+        if self.quorum:
+            return 0
         needle = reply_to.encode()
 
         def forget(channel: Any) -> int:
