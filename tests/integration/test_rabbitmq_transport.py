@@ -456,6 +456,51 @@ def test_requeue_dead_refused_in_part_keeps_only_the_letters_whose_tasks_were_re
     assert [letter.body for letter in t.dead_letters()] == [b"t3", b"t4"]
 
 
+def test_requeue_dead_refused_within_a_pack_sends_no_task_of_it_twice(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A pack the broker dead-lettered whole, split by a refusal: it went back whole,
+    and the next run enqueued its enqueued tasks again; the count said was short
+    (diff16). Its tasks not enqueued go back as a pack of their own."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(64))
+    producer.flush()
+    packs = []
+    for _ in range(2):
+        method, props, body = raw.basic_get(queue)
+        raw.basic_reject(method.delivery_tag, requeue=False)  # dead-lettered whole
+        packs.append(task_bodies(props.type, body))
+    assert min(len(p) for p in packs) > 3
+    deadline = time.monotonic() + 5
+    while _ready(raw, f"{queue}.dead") < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    raw.queue_delete(queue)  # the rest of the job with it; a task queue taking 3 + len(first)
+    room = len(packs[0]) + 3
+    raw.queue_declare(
+        queue, durable=True, arguments={"x-max-length": room, "x-overflow": "reject-publish"}
+    )
+    with pytest.raises(TransportError, match=f"{room} dead letters were requeued before that"):
+        t.requeue_dead(None)
+    got: list[bytes] = []
+
+    def drain() -> None:
+        while (message := raw.basic_get(queue, auto_ack=True))[0] is not None:
+            got.extend(task_bodies(message[1].type, message[2]))
+
+    drain()
+    assert len(got) == room
+    raw.queue_delete(queue)
+    raw.queue_declare(queue, durable=True)
+    deadline = time.monotonic() + 5
+    while _ready(raw, f"{queue}.dead") < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert t.requeue_dead(None) == len(packs[1]) - 3
+    drain()
+    assert sorted(got) == sorted(packs[0] + packs[1])  # each once, none twice
+    producer.close()
+
+
 def test_forget_orphans_leaves_a_quorum_dead_letter_queue_alone(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

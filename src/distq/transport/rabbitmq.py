@@ -950,7 +950,7 @@ class RabbitMQTransport(Transport):
                 try:
                     link.confirm()
                 except TransportError as exc:  # refused some (a length limit): keep the rest
-                    got = got[self._ack_confirmed(channel, got, link.confirmed - first, moved) :]
+                    got = got[self._ack_confirmed(link, got, link.confirmed - first, moved) :]
                     raise TransportError(
                         f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued "
                         "before that, the rest stay dead letters"
@@ -964,20 +964,30 @@ class RabbitMQTransport(Transport):
                     channel.basic_nack(got[-1][0].delivery_tag, multiple=True, requeue=True)
 
     def _ack_confirmed(
-        self, channel: Any, got: list[tuple[Any, Any, bytes]], confirmed: int, moved: list[int]
+        self, link: _Link, got: list[tuple[Any, Any, bytes]], confirmed: int, moved: list[int]
     ) -> int:
         """Ack the first messages of ``got`` whose every task is among the first
         ``confirmed`` publishes of their batch (the broker holds those): when it refused
         the rest, their letters stay, and a later run does not enqueue those tasks twice
-        (cli16). How many messages; their letters are counted in ``moved``."""
+        (cli16). A pack the broker dead-lettered whole that the refusal split goes back
+        as a pack of its tasks not enqueued (confirmed first), and is acked: it went back
+        whole, and its enqueued tasks were enqueued again (diff16). How many messages;
+        their letters are counted in ``moved``."""
         count = letters = 0
         for _, props, body in got:
             size = len(self._decode_dead(props, body))
             if letters + size > confirmed:
                 break
             letters, count = letters + size, count + 1
+        if count < len(got) and letters < confirmed:
+            _, props, body = got[count]
+            tasks, done = task_bodies(props.type, body), confirmed - letters
+            if props.type == TASKS_TYPE and 0 < done < len(tasks):
+                link.publish(self.dead_queue, pack(tasks[done:]), mandatory=True, properties=props)
+                link.confirm()
+                letters, count = letters + done, count + 1
         if count:
-            channel.basic_ack(got[count - 1][0].delivery_tag, multiple=True)
+            link.channel.basic_ack(got[count - 1][0].delivery_tag, multiple=True)
             moved[0] += letters
         return count
 
