@@ -775,11 +775,12 @@ class Worker:
         consumer can settle on a connection made afresh (:attr:`Consumer.resettles`): the
         tasks ran, and a worker that dropped their results at once, its drain barely
         begun, had them run again elsewhere (life16)."""
-        backoff = Backoff()
+        backoff: Backoff | None = None  # made on a failure only: a settle a batch
         while True:
             try:
                 consumer.settle(settlements)
             except TransportError as exc:
+                backoff = backoff or Backoff()
                 delay = backoff.next()
                 if (
                     not self._stopping.is_set()
