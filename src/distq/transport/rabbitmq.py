@@ -617,7 +617,7 @@ ORPHANS_READER_WAIT = 2.0
 
 
 @contextlib.contextmanager
-def _reading(connection: Any, dead_queue: str, wait: float = READER_WAIT) -> Iterator[None]:
+def _reading(connection: Any, dead_queue: str, wait: float | None = None) -> Iterator[None]:
     """Be the only reader of ``dead_queue`` while the block runs: the exclusive queue
     ``<dead_queue>:reader`` is this connection's meanwhile (and goes with it if the
     process dies; the colon keeps it apart from every task queue's name and the names
@@ -625,10 +625,11 @@ def _reading(connection: Any, dead_queue: str, wait: float = READER_WAIT) -> Ite
     reader: a ``requeue-dead`` run meanwhile moved only the letters it could see and
     said it moved them all, and two peeks each showed a part, neither the oldest.
 
-    Waits up to ``wait`` s (:data:`READER_WAIT`) for another reader, then raises
+    Waits up to ``wait`` s (None: :data:`READER_WAIT`) for another reader, then raises
     :class:`TransportError` saying so. A user not allowed to declare that queue (a
     configure permission for distq's own queues only) reads as before, without it.
     """
+    wait = READER_WAIT if wait is None else wait
     lock, deadline = f"{dead_queue}:reader", time.monotonic() + wait
     locked = True
     while True:
