@@ -456,13 +456,11 @@ def test_requeue_dead_refused_in_part_keeps_only_the_letters_whose_tasks_were_re
     assert [letter.body for letter in t.dead_letters()] == [b"t3", b"t4"]
 
 
-def test_requeue_dead_refused_within_a_pack_sends_no_task_of_it_twice(
-    open_transport: OpenTransport, raw: Any, queue: str
-) -> None:
-    """A pack the broker dead-lettered whole, split by a refusal: it went back whole,
-    and the next run enqueued its enqueued tasks again; the count said was short
-    (diff16). Its tasks not enqueued go back as a pack of their own."""
-    t = open_transport()
+def _two_packs_dead_lettered(
+    t: RabbitMQTransport, raw: Any, queue: str
+) -> tuple[Any, list[list[bytes]]]:
+    """A job of 64 tasks in packs, whose first two packs the broker dead-lettered whole:
+    its producer, and the tasks of each of those packs."""
     producer = t.producer(t.reply_queue("p"))
     producer.submit(_bodies(64))
     producer.flush()
@@ -471,6 +469,17 @@ def test_requeue_dead_refused_within_a_pack_sends_no_task_of_it_twice(
         method, props, body = raw.basic_get(queue)
         raw.basic_reject(method.delivery_tag, requeue=False)  # dead-lettered whole
         packs.append(task_bodies(props.type, body))
+    return producer, packs
+
+
+def test_requeue_dead_refused_within_a_pack_sends_no_task_of_it_twice(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A pack the broker dead-lettered whole, split by a refusal: it went back whole,
+    and the next run enqueued its enqueued tasks again; the count said was short
+    (diff16). Its tasks not enqueued go back as a pack of their own."""
+    t = open_transport()
+    producer, packs = _two_packs_dead_lettered(t, raw, queue)
     assert min(len(p) for p in packs) > 3
     deadline = time.monotonic() + 5
     while _ready(raw, f"{queue}.dead") < 2 and time.monotonic() < deadline:
@@ -540,14 +549,8 @@ def test_requeue_dead_with_a_limit_stops_at_the_pack_that_reaches_it(
     """``--limit`` counted messages, not letters: `--limit 40` moved 10 packs of 30,
     300 letters, where the README says at most 31 more than N (diff16)."""
     t = open_transport()
-    producer = t.producer(t.reply_queue("p"))
-    producer.submit(_bodies(64))
-    producer.flush()
-    packs = []
-    for _ in range(2):
-        method, props, body = raw.basic_get(queue)
-        raw.basic_reject(method.delivery_tag, requeue=False)  # dead-lettered whole
-        packs.append(len(task_bodies(props.type, body)))
+    producer, bodies = _two_packs_dead_lettered(t, raw, queue)
+    packs = [len(pack) for pack in bodies]
     assert min(packs) > 2
     deadline = time.monotonic() + 5
     while _ready(raw, f"{queue}.dead") < 2 and time.monotonic() < deadline:
