@@ -479,6 +479,27 @@ def test_forget_orphans_of_a_large_lapse_removes_them_all_from_the_tail(
     assert raw.llen(dead) == 5000 and raw.lindex(dead, -1) == older[-1]
 
 
+def test_forget_orphans_among_another_masters_removes_them_all_in_order(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """Two masters lapsed together: their orphans alternate. One LREM each from the tail
+    went past every newer letter of the other (quadratic): 50,000 among 100,000 took
+    more than two looks' budgets (diff16b). A chunk's orphans go in one step now."""
+    t = open_transport()
+    mine, theirs = t.reply_queue("mine"), t.reply_queue("theirs")
+
+    def letter(i: int) -> bytes:
+        whose = mine if i % 2 else theirs
+        return DeadLetter(b"t-%d" % i, orphaned_reason(whose), queue, "w").encode()
+
+    letters = [letter(i) for i in range(60000)]
+    dead = f"distq:{queue}:dead"
+    for start in range(0, len(letters), 1000):
+        raw.rpush(dead, *letters[start : start + 1000])
+    assert t.forget_orphans(mine) == 30000
+    assert raw.lrange(dead, 0, -1) == letters[::2]
+
+
 def test_forget_orphans_reads_large_letters_a_few_at_a_time(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:

@@ -420,6 +420,28 @@ end
 return out
 """
 
+# KEYS = dead; ARGV = a mark, then pairs (place counted from the tail, letter). Each
+# letter still at its place, or up to 8 places further (letters pushed since), is
+# replaced by the mark, then every mark is removed in one LREM from the tail; in one
+# script, so no reader ever sees a mark. A letter moved meanwhile is left. How many.
+_UNLINK = """
+local marked = 0
+for i = 2, #ARGV, 2 do
+  local at = tonumber(ARGV[i])
+  for shift = 0, 8 do
+    local found = redis.call('LINDEX', KEYS[1], at - shift)
+    if found == ARGV[i + 1] then
+      redis.call('LSET', KEYS[1], at - shift, ARGV[1])
+      marked = marked + 1
+      break
+    end
+    if not found then break end
+  end
+end
+if marked > 0 then redis.call('LREM', KEYS[1], -marked, ARGV[1]) end
+return marked
+"""
+
 # KEYS = dead, ready; ARGV = pairs (dead letter, task body), oldest letter first. Moves
 # each letter whose turn it is (still the oldest) to ``ready`` as its body; stops at the
 # first one someone else took. Returns how many moved. The task is pushed before its
@@ -629,6 +651,7 @@ class RedisTransport(Transport):
         self.close_master_script = _Script(head + _CLOSE_MASTER)
         self.withdraw_script = _Script(head + _PRELUDE + _WITHDRAW)
         self.requeue_dead_script = _Script(head + _REQUEUE_DEAD)
+        self.unlink_script = _Script(head + _UNLINK)
         with self.errors():
             self.load_scripts(self.client)
 
@@ -924,37 +947,36 @@ class RedisTransport(Transport):
         return moved
 
     def forget_orphans(self, reply_to: str) -> int:
-        """Reads the dead letters from the newest, a chunk at a time (negative indices: a
-        letter pushed meanwhile shifts a chunk by one, a letter seen twice counts once),
-        each chunk about :data:`ORPHANS_CHUNK_BYTES` long: a thousand letters of 900 KB
-        held Redis 12 s in one call (diff16b). Those that name ``reply_to`` are decoded,
-        and the orphans LREMed by their exact bytes from the tail, newest first, where
-        they are (a letter another caller moved meanwhile is simply not found). Within
-        :data:`ORPHANS_SECONDS`: the master's loop waits for it, and a job's next look
-        (as it ends) takes up what is left."""
+        """Reads the dead letters from the newest, a chunk at a time, each chunk about
+        :data:`ORPHANS_CHUNK_BYTES` long (a thousand letters of 900 KB held Redis 12 s in
+        one call: diff16b). Those that name ``reply_to`` are decoded, and the chunk's
+        orphans removed in one step (:data:`_UNLINK`), by their places: one LREM each from
+        the tail went past every newer letter, quadratic with other masters' letters in
+        between (diff16b). Within :data:`ORPHANS_SECONDS`: the master's loop waits for
+        it, and a job's next look (as it ends) takes up what is left."""
         queue, needle = self.settings.queue, reply_to.encode()
-        looked, end, chunk = 0, -1, 100
-        budget = time.monotonic() + ORPHANS_SECONDS  # half of it to read, the rest to remove
-        orphans: dict[bytes, None] = {}  # newest first, each once
+        budget, looked, removed, end, chunk = time.monotonic() + ORPHANS_SECONDS, 0, 0, -1, 100
+        mark = b"\0distq unlink " + secrets.token_hex(8).encode()  # never a letter's bytes
         with self.errors():
-            while looked < ORPHANS_LOOKED_AT and time.monotonic() < budget - ORPHANS_SECONDS / 2:
+            while looked < ORPHANS_LOOKED_AT and time.monotonic() < budget:
                 letters: list[bytes] = self.client.lrange(self.dead_key, end - chunk + 1, end)
-                for raw in reversed(letters):
+                first = end - len(letters) + 1  # letters[0]'s place, counted from the tail
+                places: list[Arg] = [mark]
+                for at, raw in enumerate(letters, first):
                     if needle in raw and is_orphan_of(DeadLetter.read(raw, queue), reply_to, queue):
-                        orphans[raw] = None
+                        places += [at, raw]
+                unlinked = (
+                    int(self.unlink_script(self.client, [self.dead_key], places))
+                    if len(places) > 1
+                    else 0
+                )
+                removed += unlinked
                 if len(letters) < chunk:
                     break
-                looked, end = looked + len(letters), end - len(letters)
+                # the letters before the chunk came closer to the tail by those unlinked
+                looked, end = looked + len(letters), end - len(letters) + unlinked
                 size = max(1, sum(map(len, letters)))  # the next chunk: about the bytes
                 chunk = max(1, min(MESSAGE_BATCH, 2 * chunk, chunk * ORPHANS_CHUNK_BYTES // size))
-            removed, found = 0, list(orphans)
-            for start in range(0, len(found), MESSAGE_BATCH):
-                if time.monotonic() >= budget:
-                    break
-                pipe = self.client.pipeline(transaction=False)
-                for raw in found[start : start + MESSAGE_BATCH]:
-                    pipe.lrem(self.dead_key, -1, raw)  # from the tail, newest first
-                removed += sum(int(n) for n in pipe.execute())
         return removed
 
     def stats(self) -> QueueStats:
