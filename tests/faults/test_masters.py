@@ -23,7 +23,7 @@ from distq.envelope import Task
 from distq.transport import open_transport
 from distq.transport.rabbitmq_packs import task_bodies
 from faults.conftest import MakeScenario
-from faults.harness import FULL, Master, assert_clean
+from faults.harness import FULL, Master, Scenario, assert_clean
 from procs import Distq
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -90,10 +90,9 @@ def test_a_master_that_lost_its_reply_queue_submits_its_tasks_again(
     outstanding."""
     if target.name == "manager":
         pytest.skip("a manager master hosts its queues: nothing deletes them under it")
-    s = scenario(target, "reply queue lost", "the master's reply queue deleted mid-job")
-    master = s.master("--tasks", "100", "--task-delay", "0.05", "--timeout", "120")
-    s.worker()
-    wait_results(master, 10)
+    s, master = _a_job_under_way(
+        target, scenario, "reply queue lost", "the master's reply queue deleted mid-job"
+    )
     with s.fault():
         _forget_master(target)
     figures = s.finish([master])
@@ -111,10 +110,9 @@ def test_a_master_back_from_a_lapse_removes_the_letters_workers_made_meanwhile(
     ends are dead-lettered after it, as a gone master's: those stay."""
     if target.name == "manager":
         pytest.skip("a manager master hosts its queues: its own registration never lapses")
-    s = scenario(target, "lapse orphans", "the master's registration gone for 4 s mid-job")
-    master = s.master("--tasks", "100", "--task-delay", "0.05", "--timeout", "120")
-    s.worker()
-    wait_results(master, 10)
+    s, master = _a_job_under_way(
+        target, scenario, "lapse orphans", "the master's registration gone for 4 s mid-job"
+    )
     reply_to = _reply_queue_of_a_queued_task(target)
     with s.fault():
         deadline = time.monotonic() + 4.0
@@ -133,6 +131,17 @@ def test_a_master_back_from_a_lapse_removes_the_letters_workers_made_meanwhile(
     kept = [x for x in letters if "master is gone" in x.reason and x.at < ended - 1.5]
     assert kept == [], output
     assert re.search(r"removed \d+ dead letter\(s\) that workers made of this job", output), output
+
+
+def _a_job_under_way(
+    target: Target, scenario: MakeScenario, name: str, what: str
+) -> tuple[Scenario, Master]:
+    """Scenario ``name``: a master of 100 tasks of 0.05 s and a worker, 10 results in."""
+    s = scenario(target, name, what)
+    master = s.master("--tasks", "100", "--task-delay", "0.05", "--timeout", "120")
+    s.worker()
+    wait_results(master, 10)
+    return s, master
 
 
 def _reply_queue_of_a_queued_task(target: Target) -> str:

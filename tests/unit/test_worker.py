@@ -435,6 +435,18 @@ def _naps(transport: Transport, count: int, seconds: float) -> tuple[Producer, R
     return producer, registry
 
 
+def _two_slots_napping(
+    transport: Transport, count: int, seconds: float, stop_after: float, **options: Any
+) -> tuple[Producer, str]:
+    """A worker of two slots run on ``count`` naps of ``seconds`` until a warm stop
+    ``stop_after`` s in: the producer, and what the worker said."""
+    producer, registry = _naps(transport, count, seconds)
+    out = io.StringIO()
+    settings = WorkerOptions(concurrency=2, worker_id="w", **options)
+    run_for(Worker(transport, registry, settings, Console(out=out, err=out)), stop_after)
+    return producer, out.getvalue()
+
+
 def test_a_stopping_worker_settles_again_while_its_drain_lasts(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -454,11 +466,7 @@ def test_a_stopping_worker_settles_again_while_its_drain_lasts(
         settle(self, settlements)
 
     monkeypatch.setattr(kind, "settle", away_a_moment)
-    producer, registry = _naps(transport, 2, 0.5)
-    out = io.StringIO()
-    options = WorkerOptions(concurrency=2, worker_id="w", drain_seconds=20.0)
-    run_for(Worker(transport, registry, options, Console(out=out, err=out)), 0.2)
-    said = out.getvalue()
+    producer, said = _two_slots_napping(transport, 2, 0.5, 0.2, drain_seconds=20.0)
     assert len(failures) == 3, said
     assert "2 ok" in said and "went away a moment; reconnecting" in said, said
     assert len(results_n(producer, 2)) == 2
@@ -539,11 +547,7 @@ def test_a_renewal_that_came_past_the_lease_is_said_once(
         heartbeat(self, consumers)
 
     monkeypatch.setattr(kind, "heartbeat", slow_first)
-    producer, registry = _naps(transport, 1, 3.0)
-    out = io.StringIO()
-    options = WorkerOptions(concurrency=2, worker_id="w", heartbeat_interval=0.3)
-    run_for(Worker(transport, registry, options, Console(out=out, err=out)), 3.5)
-    said = out.getvalue()
+    producer, said = _two_slots_napping(transport, 1, 3.0, 3.5, heartbeat_interval=0.3)
     assert said.count("warning: renewing the leases of running tasks came ") == 1, said
     assert "run fewer slots (--concurrency)" in said and len(calls) >= 3, said
     # the time went in the renewal before, not in this process: said so, not only "this
