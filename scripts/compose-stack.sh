@@ -25,7 +25,6 @@ die() { log "$*"; exit 1; }
 
 version() { sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml; }
 
-# Containers of the project (one-off `run` containers too when ALL=1), as IDs.
 # A changed distq secret (the signing keys, the authkey, the broker's password)
 # recreates the master and the workers, the master first (the workers depend on it):
 # workers still holding the old signing keys would refuse its tasks (dead letters, and
@@ -42,6 +41,7 @@ stop_workers_holding_old_secrets() {
     fi
 }
 
+# Containers of the project (one-off `run` containers too when ALL=1), as IDs.
 containers() {
     local filter=(--filter "label=com.docker.compose.project=$(project_name)")
     if [ "${1:-}" != all ]; then filter+=(--filter "label=com.docker.compose.oneoff=False"); fi
