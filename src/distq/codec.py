@@ -247,12 +247,9 @@ class Codec:
         worker can answer whoever waits for it; None when the message says no task that way."""
         try:
             envelope = self._open(message, "task", most=len(message))
-            head = _task_head(envelope)
-        except (EnvelopeError, msgspec.DecodeError, RecursionError):
+        except EnvelopeError:
             return None
-        if (head.v != VERSION and not any_version) or not fits_reply_to(head.reply_to):
-            return None
-        return Task(head.name, [], head.reply_to, {}, head.id, head.attempt, head.max_attempts)
+        return _head_task(envelope, any_version)
 
     def unverified_task_head(self, message: bytes) -> Task | None:
         """The head of a task message whose signature this worker refused (unsigned where
@@ -262,14 +259,7 @@ class Codec:
         None when no head of this version reads, or the message is over the limit."""
         if len(message) > self.max_message_bytes:
             return None
-        envelope = message[HEADER_BYTES:] if message.startswith(MAGIC) else message
-        try:
-            head = _task_head(envelope)
-        except (EnvelopeError, msgspec.DecodeError, RecursionError):
-            return None
-        if head.v != VERSION or not fits_reply_to(head.reply_to):
-            return None
-        return Task(head.name, [], head.reply_to, {}, head.id, head.attempt, head.max_attempts)
+        return _head_task(message[HEADER_BYTES:] if message.startswith(MAGIC) else message)
 
     def _open(self, message: bytes, kind: str, most: int | None = None) -> bytes:
         most = self.max_message_bytes if most is None else most
@@ -280,6 +270,19 @@ class Codec:
         if not message.startswith(MAGIC):
             return message  # the common case, without a call
         return unsigned(message, kind)  # refuses a signed message, saying why
+
+
+def _head_task(envelope: bytes, any_version: bool = False) -> Task | None:
+    """The task whose head ``envelope`` holds, without its arguments; None when no head
+    reads, it is of another version (unless ``any_version``), or its reply queue does
+    not fit (:meth:`Codec.task_head`, :meth:`Codec.unverified_task_head`)."""
+    try:
+        head = _task_head(envelope)
+    except (EnvelopeError, msgspec.DecodeError, RecursionError):
+        return None
+    if (head.v != VERSION and not any_version) or not fits_reply_to(head.reply_to):
+        return None
+    return Task(head.name, [], head.reply_to, {}, head.id, head.attempt, head.max_attempts)
 
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw]).decode

@@ -397,17 +397,18 @@ class Endings:
             f"{reason}; not run: give the workers and the process that submits tasks the "
             "same DISTQ_SIGNING_KEYS"
         )
-        result = Result(
-            task_id=task.id,
-            worker=self.worker_id,
-            attempt=task.attempt,
-            started_at=time.time(),
-            duration=0.0,
-            status="error",
-            error_type="SignatureError",
-            error_message=why,
-        )
-        return task, Unsealed(result.encode())
+        try:  # the envelope, unsigned: sealing signs, and this one stays Unsealed
+            result = self._result(
+                task,
+                time.time(),
+                0.0,
+                status="error",
+                error_type="SignatureError",
+                error_message=why,
+            )
+        except EnvelopeError:  # a worker limit below the result's size: the letter says it
+            return None
+        return task, Unsealed(result)
 
     def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
         result = Result(
