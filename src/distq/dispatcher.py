@@ -39,14 +39,13 @@ from distq.envelope import Result, Task
 from distq.errors import (
     BrokenExecutor,
     CertificateRejected,
-    DistqError,
     EnvelopeError,
     RemoteError,
     TaskTimeout,
     TransportError,
 )
 from distq.futures import Callbacks, DistqFuture
-from distq.ledger import Ledger, submit_again
+from distq.ledger import Ledger, forget_orphans, submit_again
 from distq.transport import Producer, Transport
 
 log = logging.getLogger("distq.executor")
@@ -139,7 +138,7 @@ class Dispatcher(threading.Thread):
         self._said_lost = False
         self._stopping = False
         self._poll = POLL_SECONDS[0]
-        self._lapsed = False  # the broker lost tasks: workers may have dead-lettered some
+        self._lapsed = False  # its reply queue lapsed: look for orphans again as it closes
         self._overdue = Overdue(self._lock, self._not_sent)
 
     # -- any thread ------------------------------------------------------------
@@ -279,22 +278,9 @@ class Dispatcher(threading.Thread):
         gone (:meth:`~distq.transport.base.Transport.forget_orphans`): they were sent
         again. Done again when it closes, for one dead-lettered after this look."""
         self._lapsed = True
-        try:
-            forgotten = self.transport.forget_orphans(self.producer.reply_to)
-        except DistqError as exc:
-            log.warning(
-                "could not remove the dead letters workers made of the executor's tasks "
-                "while it seemed gone: %s; `distq dead-letters` lists them",
-                exc,
-            )
-            return
-        if forgotten:
-            log.warning(
-                "removed %d dead letter(s) that workers made of the executor's tasks, unrun, "
-                "while it seemed gone (stopped or cut off past its time to live): those "
-                "tasks were sent again",
-                forgotten,
-            )
+        line = forget_orphans(self.transport, self.producer.reply_to, "the executor's")
+        if line is not None:
+            log.warning("%s", line)
 
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (at once, then with backoff) and submit again what the broker lost,

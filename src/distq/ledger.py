@@ -21,8 +21,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from distq.config import MESSAGE_BATCH
+from distq.errors import DistqError
+
+if TYPE_CHECKING:
+    from distq.transport.base import Transport
 
 #: (task id, encoded task) as submitted.
 Entry = tuple[str, bytes]
@@ -89,3 +94,24 @@ def submit_again(submit: Callable[[list[bytes]], None], entries: list[Entry]) ->
     """``entries`` (from :meth:`Ledger.reconcile`) through ``submit``, a batch at a time."""
     for start in range(0, len(entries), MESSAGE_BATCH):
         submit([body for _, body in entries[start : start + MESSAGE_BATCH]])
+
+
+def forget_orphans(transport: Transport, reply_to: str, whose: str) -> str | None:
+    """Remove the dead letters workers made of ``whose`` tasks (those of the master or
+    executor holding ``reply_to``) while it seemed gone, once it has submitted them again
+    (:meth:`~distq.transport.base.Transport.forget_orphans`). The line it says: how many
+    went, or why none could (the job goes on); None when there were none."""
+    try:
+        forgotten = transport.forget_orphans(reply_to)
+    except DistqError as exc:
+        return (
+            f"could not remove the dead letters workers made of {whose} tasks while it "
+            f"seemed gone: {exc}; `distq dead-letters` lists them"
+        )
+    if not forgotten:
+        return None
+    return (
+        f"removed {forgotten} dead letter(s) that workers made of {whose} tasks, unrun, "
+        "while it seemed gone (stopped or cut off past its time to live): those tasks "
+        "were submitted again"
+    )

@@ -43,7 +43,7 @@ from distq.console import Console
 from distq.envelope import Result, Task, new_id, shown
 from distq.errors import CertificateRejected, ConfigError, DistqError, TransportError
 from distq.health import ProcessHealth
-from distq.ledger import Ledger, submit_again
+from distq.ledger import Ledger, forget_orphans, submit_again
 from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, Transport
 
@@ -246,7 +246,7 @@ class _Run(Generic[E]):
         self.paced_from = self.began  # --rate's clock: moved on past an outage (_loop)
         # a setting the broker refused mid-job, or its certificate as it connected again
         self.refused: ConfigError | CertificateRejected | None = None
-        self.lapsed = False  # the broker lost tasks: workers may have dead-lettered some
+        self.lapsed = False  # its reply queue lapsed: look for orphans again at the end
 
     def run(self) -> JobReport:
         spec = self.spec
@@ -386,20 +386,9 @@ class _Run(Generic[E]):
         again. Once more as the job ends (:meth:`run`), for a worker that dead-lettered
         one after this look; a failure is said and the job goes on."""
         self.lapsed = True
-        try:
-            forgotten = self.master.transport.forget_orphans(self.master.reply_to)
-        except DistqError as exc:
-            self.console.error(
-                f"could not remove the dead letters workers made of this job's tasks while "
-                f"it seemed gone: {exc}; `distq dead-letters` lists them"
-            )
-            return
-        if forgotten:
-            self.console.error(
-                f"removed {forgotten} dead letter(s) that workers made of this job's tasks, "
-                "unrun, while it seemed gone (stopped or cut off past its time to live): "
-                "those tasks were submitted again"
-            )
+        line = forget_orphans(self.master.transport, self.master.reply_to, "this job's")
+        if line is not None:
+            self.console.error(line)
 
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (backoff with jitter) and submit what the broker lost; False when the

@@ -366,7 +366,7 @@ class Transport(abc.ABC):
         """Remove the dead letters of the tasks workers dead-lettered unrun, "its master
         is gone", while the master holding ``reply_to`` was away past its time to live (a
         paused master, a long partition): it is back, and has submitted again every task
-        it still waits for (:meth:`Producer.reconcile` said 0 held), so those letters
+        it still waits for (its reconcile found :attr:`Producer.lapsed`), so those letters
         are copies nobody needs, which ``requeue-dead`` would run a second time.
 
         Looks through at most :data:`ORPHANS_LOOKED_AT` letters within
