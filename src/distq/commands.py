@@ -399,9 +399,8 @@ def _dead_letters(
         say_array(_letter_json(letter, codec) for letter in letters)
         return 0
     total = transport.stats().dead
-    if (
-        len(letters) > total
-    ):  # RabbitMQ counts messages; a pack it dead-lettered is a letter per task
+    # RabbitMQ counts messages, and a pack it dead-lettered whole is a letter per task
+    if len(letters) > total:
         say(
             f"{len(letters)} dead letters in the oldest of the {total} messages of the "
             "dead-letter queue (a pack of tasks RabbitMQ dead-lettered whole is a letter per "
