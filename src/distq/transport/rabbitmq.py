@@ -995,12 +995,11 @@ class RabbitMQTransport(Transport):
     def forget_orphans(self, reply_to: str) -> int:
         """As the only reader of the dead letters (:func:`_reading`): ``basic_get`` the
         messages there when it starts, oldest first (at most :attr:`most_peeked`, as a
-        peek: RabbitMQ puts tens of thousands back only over minutes),
-        ack each orphan of ``reply_to`` (a letter a worker published, a message of its
-        own), and put every other message back with one nack, which requeues each at
-        its original position (on a quorum queue at the end, as after a peek). A
-        failure (or the connection lost) puts back what was
-        not acked: nothing but orphans is ever removed.
+        peek: RabbitMQ puts tens of thousands back only over minutes), ack each orphan of
+        ``reply_to`` (a letter a worker published, a message of its own), and put every
+        other message back with one nack, which requeues each at its original position.
+        A failure (or the connection lost) puts back what was not acked: nothing but
+        orphans is ever removed.
 
         Not on quorum queues (``DISTQ_RABBITMQ_QUEUE_TYPE=quorum``): each letter taken
         and put back counts as a delivery there, and a delivery limit (RabbitMQ 4's
