@@ -185,14 +185,22 @@ def test_redis_broker_starts_on_loopback_and_stops_by_pid() -> None:
 
 
 STUB_TRIAL = """\
-import json, os, sys
+import json, os, sys, time
 argv = sys.argv
 if os.path.exists(os.environ["STUB_FAIL"]):
     sys.exit("simulated crash: trial died before writing its result")
 kill = os.environ.get("STUB_KILL_BROKER")
 if kill and not os.path.exists(kill):  # the broker dies in this trial, which fails
     open(kill, "w").close()
-    os.kill(int(argv[argv.index("--broker-pid") + 1]), 9)
+    pid = int(argv[argv.index("--broker-pid") + 1])
+    os.kill(pid, 9)
+    for _ in range(500):  # dead by the trial's end, as a broker killed mid-trial is (a zombie
+        try:  # until run.py reaps it): else run.py's next check met it dying, "does not answer"
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX":
+                break
+        except OSError:
+            break
+        time.sleep(0.01)
     result = {"status": "failed", "error": "latency: ConnectionError: reset by peer"}
     open(argv[argv.index("--out") + 1], "w").write(json.dumps(result))
     sys.exit(0)
