@@ -24,6 +24,9 @@ SECRETS: tuple[str, ...] = (
     "DISTQ_REDIS_PASSWORD",
     "DISTQ_AMQP_PASSWORD",
 )
+#: The secrets that are keys, used as bytes: a file of random bytes holds one as the
+#: variable would (``os.environb``); a password goes into a URL, so it must be UTF-8.
+KEYS: tuple[str, ...] = ("DISTQ_AUTHKEY", "DISTQ_SIGNING_KEY", "DISTQ_SIGNING_KEYS")
 FILE_SUFFIX = "_FILE"
 MASK = "***"
 #: A query parameter whose value is a secret: redis-py takes the password from
@@ -81,7 +84,8 @@ def read_secret(path: str, var: str) -> str:
     """The content of the file at ``path`` with its trailing newline (``\\n`` or
     ``\\r\\n``) stripped and nothing else: a space or tab around a password is part of
     it. Never empty or only whitespace (a :class:`ConfigError` naming ``var`` and
-    ``path``, not the content)."""
+    ``path``, not the content). A key's file (:data:`KEYS`) may hold any bytes, kept as
+    the variable keeps them; a password's must be UTF-8."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -89,10 +93,16 @@ def read_secret(path: str, var: str) -> str:
             f"{var} names {path!r}, which cannot be read ({exc.strerror or exc}); "
             f"mount the secret there or unset {var}"
         ) from None
-    try:
-        text = data.decode()
-    except UnicodeDecodeError:
-        raise ConfigError(f"{var} names {path!r}, which is not UTF-8 text") from None
+    if var.removesuffix(FILE_SUFFIX) in KEYS:  # its bytes, as the variable's are kept
+        text = data.decode(errors="surrogateescape")
+    else:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{var} names {path!r}, which is not UTF-8 text; write the password "
+                "in UTF-8 (and set it so on the broker)"
+            ) from None
     text = text.rstrip("\r\n")
     if not text.strip():
         what = "empty" if not text else "empty but for whitespace"

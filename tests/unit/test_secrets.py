@@ -124,18 +124,43 @@ def test_a_file_variable_is_stripped_and_a_blank_one_is_unset(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    ("content", "problem"), [(None, "cannot be read"), ("\n", "empty"), (b"\xff\xfe", "UTF-8")]
+    ("var", "content", "problem"),
+    [
+        ("DISTQ_AUTHKEY", None, "cannot be read"),
+        ("DISTQ_AUTHKEY", "\n", "empty"),
+        ("DISTQ_REDIS_PASSWORD", b"\xff\xfe", "not UTF-8 text; write the password in UTF-8"),
+    ],
 )
 def test_a_bad_secret_file_names_the_variable_and_path(
-    tmp_path: Path, content: str | bytes | None, problem: str
+    tmp_path: Path, var: str, content: str | bytes | None, problem: str
 ) -> None:
     path = tmp_path / "s"
     if isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content)
-    message = error({"DISTQ_AUTHKEY_FILE": str(path)})
-    assert message.startswith("DISTQ_AUTHKEY_FILE") and str(path) in message and problem in message
+    message = error({"DISTQ_TRANSPORT": "redis", f"{var}_FILE": str(path)})
+    assert message.startswith(f"{var}_FILE") and str(path) in message and problem in message
+
+
+def test_a_key_file_of_random_bytes_holds_the_key_the_variable_would(tmp_path: Path) -> None:
+    """`head -c 32 /dev/urandom > key`: its bytes are the key, as in the variable (whose
+    bytes os.environ keeps with surrogateescape); they were refused as not UTF-8."""
+    raw = b"\xe9\x00\xff" + bytes(range(0x80, 0x9D)) + b"\xc3"
+    (tmp_path / "a").write_bytes(raw)
+    (tmp_path / "k").write_bytes(raw + b"\n" + b"\xfe" * 20)
+    (tmp_path / "one").write_bytes(raw + b",\xfe")
+    settings = load(
+        {
+            "DISTQ_AUTHKEY_FILE": str(tmp_path / "a"),
+            "DISTQ_SIGNING_KEYS_FILE": str(tmp_path / "k"),
+        }
+    )
+    assert settings.authkey == raw
+    assert settings.signing_keys == (raw, b"\xfe" * 20)
+    from_env = load({**KEY, "DISTQ_SIGNING_KEY": (raw + b",\xfe").decode(errors="surrogateescape")})
+    from_file = load({**KEY, "DISTQ_SIGNING_KEY_FILE": str(tmp_path / "one")})
+    assert from_file.signing_keys == from_env.signing_keys == (raw + b",\xfe",)
 
 
 def test_a_password_file_goes_into_the_url(tmp_path: Path) -> None:
