@@ -662,7 +662,12 @@ class Overdue:
                             overdue.append((future, unsent))
                     if overdue:
                         break
-                    self._changed.wait(self._heap[0][0] - now if self._heap else None)
+                    # at most TIMEOUT_MAX: a deadline days away (task_timeout=1e10)
+                    # overflowed the wait, and the thread died (input17)
+                    wait = (
+                        min(self._heap[0][0] - now, threading.TIMEOUT_MAX) if self._heap else None
+                    )
+                    self._changed.wait(wait)
             # outside the lock: callbacks run here. Why the executor's thread did not fail
             # them itself is not known here: a long backlog to send, or a broker that does
             # not answer (diff16: "does not answer" of a healthy one)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -102,6 +103,8 @@ class Executor(concurrent.futures.Executor):
             or not task_timeout > 0
         ):
             raise ValueError(f"task_timeout is {task_timeout!r}; use seconds > 0, or None")
+        if task_timeout == math.inf:  # no time limit, as None says
+            task_timeout = None
         self.settings = load_settings(settings, overrides, os.environ)
         self.max_attempts, self.task_timeout = max_attempts, task_timeout
         self._transport = open_transport(self.settings, "master" if host else "worker")

@@ -478,3 +478,33 @@ def test_a_chunk_result_that_is_not_a_list_of_its_size_fails_the_map(value: Any)
                 list(results)
         finally:
             worker.close()
+
+
+def test_a_deadline_days_away_does_not_end_the_deadline_thread() -> None:
+    """A deadline past threading.TIMEOUT_MAX (task_timeout=1e10) overflowed the thread's
+    wait: it died with a traceback, and no later deadline was kept (input17)."""
+    import threading
+
+    lock = threading.Lock()
+    overdue = dispatching.Overdue(lock, set())
+    far = Task(name="square", args=[3], reply_to="r")
+    far_future = DistqFuture[Any](lambda futures: [False], far.id, "square", Callbacks())
+    with lock:
+        overdue.watch(Entry(far, far.encode(), far_future, time.monotonic() + 1e10))
+    time.sleep(0.2)  # the thread waits on the far deadline
+    near = Task(name="square", args=[4], reply_to="r")
+    near_future = DistqFuture[Any](lambda futures: [False], near.id, "square", Callbacks())
+    with lock:
+        overdue.watch(Entry(near, near.encode(), near_future, time.monotonic() + 0.1))
+    try:
+        assert isinstance(near_future.exception(timeout=5), TaskTimeout)
+        assert not far_future.done()
+    finally:
+        with lock:
+            overdue.end()
+
+
+def test_an_infinite_task_timeout_is_none() -> None:
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    with Executor(settings, task_timeout=float("inf")) as executor:
+        assert executor.task_timeout is None
