@@ -29,7 +29,7 @@ class Progress:
     def __init__(self, total: int, stream: TextIO) -> None:
         self.total, self._stream = total, stream
         self._start = self._drawn = time.monotonic()
-        self.done = 0
+        self.done = self._width = 0
 
     def advance(self, count: int) -> None:
         self.done += count
@@ -42,11 +42,21 @@ class Progress:
         width = 30
         filled = width * self.done // max(self.total, 1)
         rate = self.done / max(now - self._start, 1e-9)
-        self._stream.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+        text = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
             f"{100 * self.done / max(self.total, 1):5.1f}% {rate:,.0f} tasks/s"
         )
+        self._width = len(text)
+        self._stream.write(f"\r{text}")
         self._stream.flush()
+
+    def clear(self) -> None:
+        """Blank the bar's line, the cursor at its start: a line printed now takes it."""
+        self._stream.write(f"\r{' ' * self._width}\r")
+        self._stream.flush()
+
+    def redraw(self) -> None:
+        self._draw(time.monotonic())
 
     def close(self) -> None:
         self._draw(time.monotonic())
@@ -156,18 +166,46 @@ class Console:
         if text:
             self.write(self.out, text + "\n")
 
-    def info(self, line: str) -> None:
-        """A line that always prints: start, summary, exit."""
+    def end_progress(self) -> None:
+        """Close the bar, if any (the job is over): its last state stays on its line."""
         if self.bar is not None:
             bar, self.bar = self.bar, None
             try:
                 bar.close()
             except (OSError, ValueError):
                 self._lost(self.err)
+
+    def info(self, line: str) -> None:
+        """A line that always prints: start, summary, exit. One during a job (a status
+        line, "reconnected ...") goes above the bar, which goes on below it: it ended
+        the bar, and each task after it printed its own lines (master17)."""
+        if self.bar is not None and self.bar.done < self.bar.total:
+            self._above_bar(self.out, line + "\n")
+            return
+        self.end_progress()
         self.write(self.out, line + "\n")
 
     def error(self, line: str) -> None:
+        if self.bar is not None:  # not written onto the end of the bar's line
+            self._above_bar(self.err, f"distq: {line}\n")
+            return
         self.write(self.err, f"distq: {line}\n")
+
+    def _above_bar(self, stream: TextIO, text: str) -> None:
+        assert self.bar is not None
+        bar = self.bar
+        try:
+            bar.clear()
+        except (OSError, ValueError):
+            self.bar = None  # stderr is gone, and the bar with it
+            self._lost(self.err)
+        self.write(stream, text)
+        if self.bar is not None:
+            try:
+                bar.redraw()
+            except (OSError, ValueError):
+                self.bar = None
+                self._lost(self.err)
 
     def rendered(self, line: str) -> str:
         """``line`` as :meth:`info` writes it, for a write that cannot go through the

@@ -569,6 +569,7 @@ class _Run(Generic[E]):
             )
 
     def _finish(self, elapsed: float) -> JobReport:
+        self.console.end_progress()  # the bar's last state stays, above the summary
         r, collector = self.report, self.collector
         waiting = collector.waiting()
         r.elapsed_seconds = elapsed

@@ -33,6 +33,29 @@ def test_progress_bar_replaces_lines_on_a_terminal() -> None:
     assert "100.0%" in err.getvalue()
 
 
+def test_a_line_during_the_job_goes_above_the_bar_which_goes_on() -> None:
+    """A status line (--status-every) or "reconnected ..." mid-job closed the bar for
+    good: every task after it printed its own put/Get lines (master17)."""
+    out, err = io.StringIO(), Terminal()
+    console = Console(out=out, err=err)
+    console.start_progress(PROGRESS_THRESHOLD)
+    console.lines(["line"] * 10)
+    console.info("submitted 10, results 10")
+    console.error("reconnected")
+    assert console.bar is not None
+    console.lines(["line"] * (PROGRESS_THRESHOLD - 10))
+    assert out.getvalue() == "submitted 10, results 10\n"
+    console.end_progress()
+    console.info("all in")
+    assert out.getvalue() == "submitted 10, results 10\nall in\n"
+    screen = err.getvalue()
+    # each line printed on a blanked bar line, the bar drawn again below it
+    assert "\r\rdistq:reconnected\n\r[###" in screen.replace(" ", "")
+    last = screen.rsplit("\r", 1)[-1]  # the bar as it was left, on a line of its own
+    assert last.startswith(f"[{'#' * 30}] {PROGRESS_THRESHOLD}/{PROGRESS_THRESHOLD}")
+    assert last.endswith("\n") and screen.count("\n") == 2
+
+
 def test_short_jobs_print_lines_on_a_terminal_and_quiet_prints_summaries_only() -> None:
     out, err = io.StringIO(), Terminal()
     console = Console(out=out, err=err)
