@@ -238,7 +238,9 @@ class _Run(Generic[E]):
         self.cpu_start = time.process_time()
         self.report = JobReport(transport=master.transport.name, tasks=0)
         self.deadline: float | None = None
-        self.began = time.perf_counter()  # --timeout counts from here, the wait for workers too
+        self.began = (
+            time.perf_counter()
+        )  # --timeout counts from here, connected; workers awaited too
         self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
         # one outage: from the first call that failed to the first that went through
         self.outage = Outage(time.perf_counter)
@@ -611,7 +613,7 @@ class _Run(Generic[E]):
             waited = ""
             if reason == "timed out" and self.spec.wait_workers:  # its clock started later
                 waited = (
-                    f"; --timeout counts from the master's start, and "
+                    f"; --timeout counts from the master's connection, and "
                     f"{time.perf_counter() - self.began - elapsed:.1f} s of it went to "
                     "waiting for workers"
                 )

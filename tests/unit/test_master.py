@@ -252,7 +252,7 @@ def test_a_timeout_says_it_counted_the_wait_for_workers(transport: Transport) ->
     assert report.missing == 2 and report.started
     assert re.search(
         r"job timed out after [\d.]+ s: 0 of 2 results in, .* 2 missing; "
-        r"--timeout counts from the master's start, and [\d.]+ s of it went "
+        r"--timeout counts from the master's connection, and [\d.]+ s of it went "
         r"to waiting for workers",
         out,
     ), out
