@@ -508,3 +508,75 @@ def test_an_infinite_task_timeout_is_none() -> None:
     settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
     with Executor(settings, task_timeout=float("inf")) as executor:
         assert executor.task_timeout is None
+
+
+def _watched(deadline: float) -> Entry:
+    task = Task(name="square", args=[3], reply_to="r")
+    future = DistqFuture[Any](lambda futures: [False], task.id, "square", Callbacks())
+    return Entry(task, task.encode(), future, deadline)
+
+
+def test_a_sooner_deadline_watched_later_still_fires_on_time() -> None:
+    """The thread waits for the first deadline (600 s away); one watched after it, 0.2 s
+    away, fails about 0.7 s later, not in 600 s (mut17: killed only under load before)."""
+    import threading
+
+    lock = threading.Lock()
+    overdue = dispatching.Overdue(lock, set())
+    late, soon = _watched(time.monotonic() + 600), _watched(time.monotonic() + 0.2)
+    with lock:
+        overdue.watch(late)
+    time.sleep(0.2)  # the thread is in its wait for the 600 s deadline
+    with lock:
+        overdue.watch(soon)
+    try:
+        assert isinstance(soon.future.exception(timeout=5), TaskTimeout)
+        assert not late.future.done()
+    finally:
+        with lock:
+            overdue.end()
+
+
+def test_a_task_timed_out_before_it_was_sent_is_taken_back() -> None:
+    """A future failed as "never sent" leaves the not-sent set under the lock, so the
+    executor's thread does not send it after all (mut17)."""
+    import threading
+
+    lock = threading.Lock()
+    not_sent: set[str] = set()
+    overdue = dispatching.Overdue(lock, not_sent)
+    entry = _watched(time.monotonic() + 0.05)
+    with lock:
+        not_sent.add(entry.task.id)
+        overdue.watch(entry)
+    try:
+        error = entry.future.exception(timeout=5)
+        assert isinstance(error, TaskTimeout) and "never sent" in str(error)
+        with lock:
+            assert entry.task.id not in not_sent
+    finally:
+        with lock:
+            overdue.end()
+
+
+def test_deadlines_of_pending_tasks_survive_the_heap_being_pruned() -> None:
+    """Past 2 * DEADLINES_KEPT deadlines the heap drops those of answered tasks; a
+    pending task's stays and fires (mut17: dropping it too passed every test)."""
+    import threading
+
+    lock = threading.Lock()
+    overdue = dispatching.Overdue(lock, set())
+    pending = _watched(time.monotonic() + 0.3)
+    answered = [_watched(time.monotonic() + 600) for _ in range(2 * DEADLINES_KEPT + 1)]
+    with lock:
+        overdue.watch(pending)
+    for entry in answered:
+        entry.future.set_result(1)
+    with lock:
+        for entry in answered:
+            overdue.watch(entry)
+    try:
+        assert isinstance(pending.future.exception(timeout=5), TaskTimeout)
+    finally:
+        with lock:
+            overdue.end()

@@ -22,7 +22,7 @@ from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
 from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES, check_nesting
 from distq.master import JobSpec, Master
 from distq.runner import TaskRunner
-from distq.signing import MAGIC, Signer, key_id
+from distq.signing import MAGIC, MIN_KEY_LENGTH, Signer, key_id, parse_key, parse_keys
 from distq.squares import Squares
 from distq.tasks import Registry
 from distq.transport import Delivery, Settlement, open_transport
@@ -476,3 +476,40 @@ def test_keys_of_any_length_sign_as_the_standard_library_does(length: int) -> No
     envelope = task(7).encode()
     header, _, _ = Signer([key]).sign(envelope).partition(b"\n")
     assert header.endswith(b" " + hmac.new(key, envelope, hashlib.sha256).hexdigest().encode())
+
+
+def test_a_key_of_exactly_the_minimum_length_is_accepted() -> None:
+    """The README's "at least 16 characters": 16 is enough (mut17: untested boundary)."""
+    key = "k" * MIN_KEY_LENGTH
+    assert parse_keys(key) == parse_key(key) == (key.encode(),)
+    with pytest.raises(ValueError, match="15 characters long"):
+        parse_keys(key[1:])
+
+
+@pytest.mark.parametrize("reply_to", ["", "q" * 300])
+def test_a_refused_task_whose_reply_queue_does_not_fit_is_answered_nowhere(reply_to: str) -> None:
+    """A task refused unread (too large for this worker, another version, a signature it
+    refuses) is answered at its head's reply queue only if a broker takes that name
+    (1 to 255 bytes), not at "" or a 300-byte name read from an unverified message (mut17)."""
+    body = Task(name="square", args=[3], reply_to="r").encode()
+    body = body.replace(b'"reply_to":"r"', b'"reply_to":"%s"' % reply_to.encode())
+    assert b'"reply_to":"%s"' % reply_to.encode() in body
+    small = Codec(max_message_bytes=1024)
+    big = body.replace(b'"args":[3]', b'"args":["%s"]' % (b"x" * 2000))
+    assert small.task_head(big) is None
+    assert small.unverified_task_head(body) is None
+    assert small.task_head(body.replace(b'{"v":1', b'{"v":2'), any_version=True) is None
+    fits = Task(name="square", args=[3], reply_to="r").encode()
+    assert small.unverified_task_head(fits) is not None  # the same, with a name that fits
+
+
+def test_a_message_of_exactly_the_limit_passes_and_one_byte_more_does_not() -> None:
+    """DISTQ_MAX_MESSAGE_BYTES: a message *over* it is refused (mut17: the boundary was
+    untested on sealing and on opening)."""
+    task = Task(name="square", args=[3], reply_to="r")
+    size = len(Codec().seal_task(task))
+    assert Codec(max_message_bytes=size).open_task(Codec(max_message_bytes=size).seal_task(task))
+    with pytest.raises(MessageTooLarge):
+        Codec(max_message_bytes=size - 1).seal_task(task)
+    with pytest.raises(EnvelopeError):
+        Codec(max_message_bytes=size - 1).open_task(Codec().seal_task(task))
