@@ -56,6 +56,7 @@ from distq.errors import (
 from distq.jsonvalue import problem
 from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES
 from distq.transport.base import Delivery, Settlement, orphaned_reason
+from distq.transport.rabbitmq_packs import pack_problem
 
 Outcome = Literal["ok", "failed", "retried", "malformed", "orphaned"]
 
@@ -340,7 +341,7 @@ class Endings:
         if isinstance(error, MessageTooLarge | SignatureError):
             reason = f"refused: {error}"
         else:
-            reason = f"malformed message: {error}"
+            reason = f"malformed message: {pack_problem(body) or error}"
         waits = None
         if isinstance(error, VersionMismatch):
             waits = self._answer(body, f"{reason}; not run", "VersionMismatch", any_version=True)

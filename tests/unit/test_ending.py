@@ -20,6 +20,7 @@ from distq.ending import (
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError, MessageTooLarge, VersionMismatch
 from distq.transport import Delivery, Settlement
+from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, pack
 
 ENDINGS = Endings("w1", "q")
 
@@ -214,15 +215,35 @@ def test_a_task_distq_could_not_handle_is_dead_lettered_with_an_error_result() -
 
 
 def test_a_malformed_message_is_dead_lettered_byte_for_byte_without_a_result() -> None:
-    d = Delivery(body=b"\x00garbage", tag=1)
+    d = Delivery(body=b"\xffgarbage", tag=1)
     ending = ENDINGS.malformed(d, EnvelopeError("task is not valid JSON"))
     s = ending.settlement
     assert (ending.outcome, ending.task, s.result, s.reply_to) == ("malformed", None, None, None)
     assert s.dead_letter is not None
     letter = DeadLetter.decode(s.dead_letter)
-    assert letter.body == b"\x00garbage"
+    assert letter.body == b"\xffgarbage"
     assert letter.reason == "malformed message: task is not valid JSON"
     assert ending.note == "dead-lettered a malformed message: task is not valid JSON"
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (pack([b"{}"] * (TASKS_PER_MESSAGE + 1)), "a pack of 33 tasks (distq.tasks), over the 32"),
+        (pack([b"{}"]) + b"\x00\x00\x10\x00abc", "a pack of tasks (distq.tasks) cut short"),
+        (pack([b"{}", b""]), "a pack of tasks (distq.tasks) holding an empty one"),
+        (pack([b"{}", b"{}"]), "a pack of 2 task(s) sent without the message type distq.tasks"),
+    ],
+)
+def test_a_pack_no_worker_takes_is_dead_lettered_saying_why(body: bytes, said: str) -> None:
+    """RabbitMQ's worker takes a pack no master writes whole, as one malformed message:
+    its reason said "not UTF-8 ... byte 0x94 in position 3", the length's low byte (input17)."""
+    with pytest.raises(EnvelopeError) as caught:
+        ENDINGS.codec.open_task(body)
+    ending = ENDINGS.malformed(Delivery(body, 1), caught.value)
+    assert ending.settlement.dead_letter is not None
+    reason = DeadLetter.decode(ending.settlement.dead_letter).reason
+    assert reason.startswith(f"malformed message: {said}"), reason
 
 
 def test_a_chunks_result_too_large_says_a_smaller_chunksize_sends_fewer_values() -> None:

@@ -85,6 +85,30 @@ def packed(data: bytes, most: int) -> list[bytes] | None:
     return bodies if 0 < len(bodies) <= most and b"" not in bodies else None
 
 
+def pack_problem(data: bytes) -> str | None:
+    """Why ``data``, a message some worker found no task in, is no pack a distq master
+    writes, when it starts as one does (a 4-byte length, so a NUL byte: no JSON text
+    does); None when it does not. What a worker's dead letter says instead of "not
+    UTF-8 at position 3", the low byte of the length (input17)."""
+    if not data.startswith(b"\x00"):
+        return None
+    try:
+        bodies = unpack(data)
+    except ValueError:
+        return "a pack of tasks (distq.tasks) cut short: its lengths run past its end"
+    if b"" in bodies:
+        return "a pack of tasks (distq.tasks) holding an empty one"
+    if len(bodies) > TASKS_PER_MESSAGE:
+        return (
+            f"a pack of {len(bodies)} tasks (distq.tasks), over the {TASKS_PER_MESSAGE} "
+            "a worker takes from one message: pack at most that many, or send one per message"
+        )
+    return (
+        f"a pack of {len(bodies)} task(s) sent without the message type distq.tasks "
+        "that says it is one"
+    )
+
+
 def task_bodies(message_type: str | None, body: bytes) -> list[bytes]:
     """The tasks one message of the task queue carries: a pack's bodies, else the body.
 
