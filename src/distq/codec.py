@@ -22,8 +22,14 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from distq.envelope import SHALLOW_NESTING, VERSION, Result, Task, fits_reply_to
-from distq.errors import EnvelopeError, MessageTooLarge, NestedTooDeep
+from distq.envelope import SHALLOW_NESTING, VERSION, Result, Task, fits_reply_to, shown
+from distq.errors import (
+    EnvelopeError,
+    MessageTooLarge,
+    NestedTooDeep,
+    SignatureError,
+    UnverifiedRefusal,
+)
 from distq.limits import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_NESTING,
@@ -270,6 +276,28 @@ class Codec:
         if not message.startswith(MAGIC):
             return message  # the common case, without a call
         return unsigned(message, kind)  # refuses a signed message, saying why
+
+    def refusal_said(self, message: bytes, error: SignatureError) -> SignatureError:
+        """``error`` (``message`` refused as unsigned), or, when ``message`` is a worker's
+        unsigned refusal of a task (a single result of type ``SignatureError``: keys on
+        one side only, or other keys), an :class:`UnverifiedRefusal` naming the task and
+        quoting the answer, shown as unverified: the line said only "unsigned result",
+        and a submitter waited for its task until its timeout, told it was queued
+        (input17)."""
+        if message.startswith(MAGIC) or len(message) > self.max_message_bytes:
+            return error
+        try:
+            result = Result.decode(message)
+        except (EnvelopeError, msgspec.DecodeError, RecursionError):
+            return error
+        if result.status != "error" or result.error_type != "SignatureError":
+            return error
+        said = shown(result.error_message or "")[:400]
+        return UnverifiedRefusal(
+            f"{error}: an unsigned answer for task {shown(result.task_id)[:64]}, which "
+            f"says (unverified) that worker {shown(result.worker)[:64]} refused it: {said}",
+            result.task_id,
+        )
 
 
 def _head_task(envelope: bytes, any_version: bool = False) -> Task | None:

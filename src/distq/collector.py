@@ -17,7 +17,13 @@ from typing import Generic, TypeVar
 from distq.codec import Codec
 from distq.config import MESSAGE_BATCH
 from distq.envelope import Result, not_bytes
-from distq.errors import EnvelopeError, MessageTooLarge, NestedTooDeep, VersionMismatch
+from distq.errors import (
+    EnvelopeError,
+    MessageTooLarge,
+    NestedTooDeep,
+    SignatureError,
+    VersionMismatch,
+)
 from distq.telemetry import MasterTelemetry, Received
 from distq.transport.base import Producer
 
@@ -242,6 +248,9 @@ def _results(
             if not stand_ins:
                 refuse(exc, 1)
             yield from stand_ins
+            continue
+        except SignatureError as exc:  # a worker's refusal of a task says which
+            refuse(codec.refusal_said(body, exc), 1)
             continue
         except EnvelopeError as exc:
             refuse(exc, 1)

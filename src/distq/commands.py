@@ -276,7 +276,13 @@ def _submit_and_wait(
     except TimeoutError as exc:
         # exit now, the task left queued as --timeout says (not withdrawn)
         stop = functools.partial(executor.close, cancel_futures=False)
-        console.error(f"{exc}. It stays queued; {_NOBODY_WAITING}")
+        if future is not None and future.refused is not None:  # not queued: refused
+            console.error(
+                f"{exc}. A refused task is dead-lettered (`distq dead-letters`); once the "
+                "keys match, `distq requeue-dead` runs it"
+            )
+        else:
+            console.error(f"{exc}. It stays queued; {_NOBODY_WAITING}")
         return EXIT_FAILED
     except BrokenExecutor as exc:  # the broker stayed away, or refused a setting mid-wait
         # the executor has logged why ("the executor stopped: ..."): not said twice

@@ -43,6 +43,7 @@ from distq.errors import (
     RemoteError,
     TaskTimeout,
     TransportError,
+    UnverifiedRefusal,
 )
 from distq.futures import Callbacks, DistqFuture
 from distq.ledger import Ledger, forget_orphans, submit_again
@@ -507,9 +508,12 @@ class Dispatcher(threading.Thread):
                 )
             )
 
-    @staticmethod
-    def _on_malformed(error: EnvelopeError) -> None:
+    def _on_malformed(self, error: EnvelopeError) -> None:
         log.warning("dropped a result: %s", error)
+        if isinstance(error, UnverifiedRefusal):  # its wait, if it ends, says so
+            entry = self.collector.entry(error.task_id)
+            if entry is not None:
+                entry.future.refused = str(error)
 
     def _fail_all(self, reason: str) -> None:
         """Fail every unanswered future, and answer every command left (the thread ends)."""

@@ -56,6 +56,16 @@ class SignatureError(EnvelopeError):
     """A message is unsigned, signed with an unknown key, or its signature does not match."""
 
 
+class UnverifiedRefusal(SignatureError):
+    """An unsigned result a process with keys drops, which says a worker refused its task
+    for its signature (:meth:`distq.ending.Endings.malformed`): unverified, so its task
+    still waits, but the line names the task and what the answer says."""
+
+    def __init__(self, message: str, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
 class KeyMissing(SignatureError):
     """A message is signed with a key this process does not have (or it has none): not
     a forgery, a setting to fix."""

@@ -77,6 +77,9 @@ class DistqFuture(concurrent.futures.Future[_T]):
     with a message naming the task. Done-callbacks run on ``callbacks``' thread.
     """
 
+    #: what an unsigned answer for it said, dropped (:class:`~distq.errors.UnverifiedRefusal`)
+    refused: str | None = None
+
     def __init__(
         self, cancel: Cancel, task_id: str, name: str, callbacks: Callbacks | None = None
     ) -> None:
@@ -154,6 +157,14 @@ class DistqFuture(concurrent.futures.Future[_T]):
     def waiting(self, timeout: float | None) -> str:
         """Why a wait of ``timeout`` s for this future ended without its result."""
         age = time.monotonic() - self.submitted
+        if self.refused is not None:
+            return (
+                f"no result for task {self.task_name} [{self.task_id}] after waiting "
+                f"{timeout or 0:.1f} s ({age:.1f} s since it was submitted): it came back "
+                "unsigned, refused by a worker for its signature, as that answer says "
+                "(dropped: a result must be signed with this process's keys); give the "
+                "workers and this process the same DISTQ_SIGNING_KEYS"
+            )
         return (
             f"no result for task {self.task_name} [{self.task_id}] after waiting "
             f"{timeout or 0:.1f} s ({age:.1f} s since it was submitted): it is queued, running "

@@ -335,6 +335,29 @@ def test_submit_wait_prints_the_result_or_the_remote_error(
     assert "no result for task jobs:sleep_then" in late.stderr and "Traceback" not in late.stderr
 
 
+def test_submit_wait_refused_by_workers_with_other_keys_says_so(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """Other keys than the workers': the worker refuses the task and answers unsigned, which
+    the submitter drops. Its wait said "dropped a result: unsigned result", then, at its
+    timeout, that the task "stays queued", asking whether a worker has it registered:
+    the task was dead-lettered at once (input17)."""
+    key = "input17-workers-key-0123456789abcdef"
+    worker = Distq(["worker", "--tasks", "jobs"], target.process_env(DISTQ_SIGNING_KEYS=key))
+    workers.append(worker)
+    other = "input17-another-key-0123456789abcdef"
+    late = distq(
+        target, "submit", "jobs:add", "1", "2", "--wait", "--timeout", "8", DISTQ_SIGNING_KEYS=other
+    )
+    assert late.returncode == 1, late.stderr
+    task_id = late.stdout.strip()
+    assert f"unsigned answer for task {task_id}, which says (unverified)" in late.stderr
+    assert "came back unsigned, refused by a worker for its signature" in late.stderr
+    assert "A refused task is dead-lettered" in late.stderr and "stays queued" not in late.stderr
+    (letter,) = json.loads(distq(target, "dead-letters", "--json", DISTQ_SIGNING_KEYS=key).stdout)
+    assert task_id in letter["body"] and "signed with another key" in letter["reason"]
+
+
 def test_submit_wait_past_its_timeout_leaves_the_task_queued(
     target: Target, hosted: Transport, workers: list[Distq]
 ) -> None:

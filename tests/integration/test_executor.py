@@ -538,10 +538,15 @@ def test_keys_on_the_workers_only_fail_the_future_at_once_with_the_reason(
     other = executor(signing_keys=(b"exec16-another-key-0123456789abcdef",), **host)
     future = other.submit(jobs.add, 1, 2)
     deadline = time.monotonic() + 30
-    while "dropped a result: unsigned result" not in caplog.text:
+    # the line names the task, and its wait's end says it came back refused (input17)
+    said = "dropped a result: unsigned result: this process requires signatures"
+    while f"unsigned answer for task {future.task_id}, which says (unverified)" not in caplog.text:
         assert time.monotonic() < deadline, caplog.text
         time.sleep(0.1)
+    assert said in caplog.text and "signed with another key" in caplog.text
     assert not future.done()
+    with pytest.raises(TimeoutError, match="came back unsigned, refused by a worker"):
+        future.result(0.1)
 
 
 def manager_env(**extra: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from distq.config import Settings
 from distq.console import Console
 from distq.ending import Ending, Endings
 from distq.envelope import SHALLOW_NESTING, DeadLetter, Result, Task
-from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
+from distq.errors import EnvelopeError, MessageTooLarge, SignatureError, UnverifiedRefusal
 from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES, check_nesting
 from distq.master import JobSpec, Master
 from distq.runner import TaskRunner
@@ -361,8 +361,16 @@ def test_a_task_refused_for_its_signature_is_answered_unsigned(
     message = answer.error_message or ""
     assert reason in message and "same DISTQ_SIGNING_KEYS" in message
     assert answer.task_id == sent.id
-    with pytest.raises(SignatureError, match="unsigned result"):
+    with pytest.raises(SignatureError, match="unsigned result") as caught:
         Codec([NEW]).open_result(settlement.result)
+    # said with its task and what it says, as unverified (input17: "unsigned result" only)
+    said = Codec([NEW]).refusal_said(settlement.result, caught.value)
+    assert isinstance(said, UnverifiedRefusal) and said.task_id == sent.id
+    assert str(said).startswith("unsigned result")
+    assert f"answer for task {sent.id}, which says (unverified)" in str(said)
+    assert reason in str(said)
+    forged = Codec().encode_result(Result(sent.id, "error", "w", 1, 0.0, 0.0, error_type="X"))
+    assert Codec([NEW]).refusal_said(forged, caught.value) is caught.value  # no refusal
 
 
 def test_a_refusal_is_not_packed_with_the_batchs_signed_results() -> None:
