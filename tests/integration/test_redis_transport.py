@@ -44,7 +44,13 @@ from distq.errors import (
 )
 from distq.tasks import Registry
 from distq.transport.base import Settlement, orphaned_reason
-from distq.transport.redis import REPLY_GRACE_MS, RedisConsumer, RedisProducer, RedisTransport
+from distq.transport.redis import (
+    CLAIM_BYTES,
+    REPLY_GRACE_MS,
+    RedisConsumer,
+    RedisProducer,
+    RedisTransport,
+)
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
 from procs import Distq
@@ -162,6 +168,34 @@ def test_submit_large_batch_in_chunks(
     t.producer("r").submit(_bodies(2500))
     assert raw.llen(queue) == 2500
     assert [d.body for d in t.consumer("c").fetch(2500, timeout=1)] == _bodies(2500)
+
+
+def test_a_claim_of_large_tasks_takes_about_claim_bytes_of_them(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """A prefetch of 128 tasks of 1 MB was 128 MB in Redis's Lua and again in its reply,
+    past its maxmemory: the shipped Redis was OOM-killed (k8s17). A claim takes about
+    CLAIM_BYTES of them (one at least, however large); small ones all at once; in order,
+    none lost or twice."""
+    t = open_transport()
+    size = CLAIM_BYTES // 3 + 1  # three of them are one byte over
+    large = [bytes([65 + i]) * size for i in range(10)]
+    t.producer("r").submit(large + [b"small"] * 3)
+    consumer = t.consumer("c")
+    got = [d.body for d in consumer.fetch(128, timeout=1)]
+    assert got == large[:3]
+    assert raw.llen(f"distq:{queue}:inflight:{consumer.consumer_id}") == 3
+    while len(got) < 13:
+        batch = [d.body for d in consumer.fetch(128, timeout=1)]
+        assert 0 < sum(map(len, batch)) <= CLAIM_BYTES + size, [len(b) for b in batch]
+        got += batch
+    assert got == large + [b"small"] * 3 and raw.llen(queue) == 0
+    huge = b"h" * (CLAIM_BYTES + 1)
+    t.producer("r").submit([huge, huge])
+    assert [d.body for d in consumer.fetch(128, timeout=1)] == [huge]  # one, however large
+    assert [d.body for d in consumer.fetch(128, timeout=1)] == [huge]
+    t.producer("r").submit(_bodies(300))
+    assert [d.body for d in consumer.fetch(300, timeout=1)] == _bodies(300)  # small: at once
 
 
 def test_concurrent_batch_claims_never_share_a_task(open_transport: OpenTransport) -> None:

@@ -143,6 +143,11 @@ ORPHANS_CHUNK_BYTES = 4 << 20
 
 #: How far from the claim end a late settle looks for the copy its lapsed lease sent back.
 COPY_LOOK = 1000
+#: About how many bytes of tasks one claim takes (one task at least, however large): a
+#: prefetch of 128 tasks of 1 MB was 128 MB held by Redis's Lua and again in its reply to
+#: each worker, past any ``maxmemory`` (checked only before a command), and the shipped
+#: Redis (512 MiB) was OOM-killed by a job of 200 such tasks (k8s17).
+CLAIM_BYTES = 4 << 20
 
 Arg = bytes | str | int | float
 
@@ -158,6 +163,7 @@ class _Commands(Protocol):
 _PRELUDE = f"""
 local REPLY_GRACE_MS = {REPLY_GRACE_MS}
 local COPY_LOOK = {COPY_LOOK}
+local CLAIM_BYTES = {CLAIM_BYTES}
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -202,12 +208,19 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now)
 local want = tonumber(ARGV[4])
 local out = {-1, 0, {}}
-local got = 0
-while got < want do
-  local bodies = redis.call('RPOP', KEYS[1], math.min(want - got, 1000))
-  if not bodies then break end
+local got, bytes = 0, 0
+while got < want and bytes < CLAIM_BYTES do
+  -- as many as fit CLAIM_BYTES if all were the size of the next one (tasks of a job are
+  -- alike): large tasks are claimed a few at a time, small ones all at once
+  local next = redis.call('LINDEX', KEYS[1], -1)
+  if not next then break end
+  local fit = math.floor((CLAIM_BYTES - bytes) / math.max(#next, 1))
+  local bodies = redis.call('RPOP', KEYS[1], math.max(1, math.min(want - got, 1000, fit)))
   push('LPUSH', KEYS[5], bodies)
-  for _, body in ipairs(bodies) do out[#out + 1] = body end
+  for _, body in ipairs(bodies) do
+    out[#out + 1] = body
+    bytes = bytes + #body
+  end
   got = got + #bodies
 end
 if got < want or want == 0 then
