@@ -209,6 +209,9 @@ def test_brokers_are_statefulsets_with_storage_probes_and_a_service(
     (container,) = pod["containers"]
     assert broker["spec"]["volumeClaimTemplates"]
     assert {"readinessProbe", "livenessProbe"} <= set(container)
+    # the kernel accepts a frozen process's connections: a tcpSocket liveness never fails
+    assert "tcpSocket" not in container["livenessProbe"], container["livenessProbe"]
+    assert container["livenessProbe"].get("timeoutSeconds", 1) >= 3
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     service = find(docs, "Service", broker["spec"]["serviceName"])
