@@ -98,3 +98,9 @@ def say(text: str) -> str:
 def not_a_task(value: object) -> object:
     """A module-level function without @distq.task: --tasks jobs does not register it."""
     return value
+
+
+@distq.task
+def repeat(text: str, times: int) -> str:
+    """A result far larger than its task."""
+    return text * times

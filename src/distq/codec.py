@@ -67,9 +67,25 @@ class Codec:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.signer = Signer(signing_keys) if signing_keys else None
+        #: the most a dead letter may be, once the broker refused a message (hold_to)
+        self.letter_limit: int | None = None
+        self._limit(max_message_bytes)
+
+    def hold_to(self, limit: int) -> None:
+        """Keep what this process sends within ``limit`` bytes from now on: the broker
+        refused a message over it (RabbitMQ's ``max_message_size``, below what distq
+        allows). A result over it fails its task for good, as one over
+        DISTQ_MAX_MESSAGE_BYTES does, and a dead letter keeps the start of its body
+        (:class:`~distq.ending.Endings`): they were refused again at each run of the
+        task, which ran without end (input17)."""
+        self.letter_limit = limit if self.letter_limit is None else min(self.letter_limit, limit)
+        if limit < self.max_message_bytes:
+            self._limit(limit)
+
+    def _limit(self, max_message_bytes: int) -> None:
         self.max_message_bytes = max_message_bytes
         # the longest envelope that is still within the limit once signed
-        header = HEADER_BYTES if signing_keys else 0
+        header = HEADER_BYTES if self.signer is not None else 0
         self._max_envelope = max_message_bytes - header
         # a pack of results stays within the default limit, the one a submitter most
         # likely reads with; a result too large for that travels alone (see

@@ -463,6 +463,16 @@ class Endings:
             return task
 
     def _dead(self, body: bytes, reason: str) -> bytes:
-        return DeadLetter(
-            body=body, reason=reason, queue=self.queue, worker=self.worker_id
-        ).encode()
+        letter = DeadLetter(body=body, reason=reason, queue=self.queue, worker=self.worker_id)
+        encoded = letter.encode()
+        limit = self.codec.letter_limit  # the broker's, once it refused a message over it
+        if limit is not None and len(encoded) > limit:
+            # within it whatever JSON makes of them: base64 (4/3), escapes (up to 6x)
+            kept = body[: min(OVERSIZED_KEPT_BYTES, limit // 4)]
+            reason = reason[: limit // 8] + (
+                f"; the dead letter keeps the first {len(kept):,} bytes of the task (the "
+                f"broker takes no message over {limit:,})"
+            )
+            letter = DeadLetter(body=kept, reason=reason, queue=self.queue, worker=self.worker_id)
+            encoded = letter.encode()
+        return encoded

@@ -21,6 +21,15 @@ class TransportError(DistqError):
     """The broker (or the manager-hosting master) failed or went away mid-operation."""
 
 
+class MessageRefused(TransportError):
+    """The broker refused a message for its size (RabbitMQ's ``max_message_size``, below
+    ``DISTQ_MAX_MESSAGE_BYTES``) and closed the channel: ``limit`` is the most it takes."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class SettledThenFailed(TransportError):
     """A settle went through and the fetch after it, in the same call, failed (the
     connection is gone): the batch is settled; only the next one was not leased."""

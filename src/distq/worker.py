@@ -59,6 +59,7 @@ from distq.ending import Ending, Endings, describe
 from distq.errors import (
     CertificateRejected,
     ConfigError,
+    MessageRefused,
     SettledThenFailed,
     SettledThenRefused,
     Shutdown,
@@ -327,6 +328,21 @@ class Worker:
         if self._fatal is None:
             self._fatal = exc
         self._stop_warm()
+
+    def _hold_to(self, limit: int) -> None:
+        """The broker refused a message of this worker's over ``limit`` bytes (its own
+        ``max_message_size``): the tasks go back with the connection, and when they run
+        again their results and dead letters are held to it (:meth:`Codec.hold_to`), so
+        a task whose result is too large fails for good, saying why, instead of running
+        again without end (input17). Said once per limit."""
+        codec = self.runner.codec
+        if codec.letter_limit is None or limit < codec.letter_limit:
+            self.console.error(
+                f"the broker takes no message over {limit:,} bytes (its max_message_size): "
+                "this worker holds its results and dead letters to that from now on; set "
+                f"DISTQ_MAX_MESSAGE_BYTES to at most {limit:,} on every process"
+            )
+        codec.hold_to(limit)
 
     def _stop_warm(self) -> None:
         if not self._stopping.is_set():
@@ -751,18 +767,23 @@ class Worker:
         since: float | None = None  # when the slot went idle: now, unless it waited since
         if endings:
             settlements = self.runner.endings.settlements(endings)
-            if fetch > 0 and not unstarted and not self._stopping.is_set():
-                began = self.health.now()
-                try:
-                    claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
-                except (SettledThenFailed, SettledThenRefused):
-                    self._count(slot, endings, 0, sent)  # settled, not handed back
-                    raise
-                # up to ``wait`` of the call was a wait for tasks (Redis): idle since its
-                # start at the latest; the settle itself (a broker that blocks it) is not
-                since = max(began, self.health.now() - wait)
-            else:
-                self._settle_all(slot.consumer, settlements)
+            try:
+                if fetch > 0 and not unstarted and not self._stopping.is_set():
+                    began = self.health.now()
+                    try:
+                        claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
+                    except (SettledThenFailed, SettledThenRefused):
+                        self._count(slot, endings, 0, sent)  # settled, not handed back
+                        raise
+                    # up to ``wait`` of the call was a wait for tasks (Redis): idle since
+                    # its start at the latest; the settle itself (a broker that blocks it)
+                    # is not
+                    since = max(began, self.health.now() - wait)
+                else:
+                    self._settle_all(slot.consumer, settlements)
+            except MessageRefused as exc:
+                self._hold_to(exc.limit)
+                raise
         self._count(slot, endings, 0, sent, since=since)
         if unstarted:
             back = slot.consumer.release(unstarted)

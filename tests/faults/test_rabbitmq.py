@@ -10,7 +10,10 @@ times that long must still run once each: their leases move into lease records
 from __future__ import annotations
 
 import io
+import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +28,8 @@ from conftest import Target
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
+from distq.errors import RemoteError
+from distq.executor import Executor
 from distq.master import JobReport, JobSpec, Master, Workload
 from distq.transport import open_transport, rabbitmq
 from faults.conftest import MakeScenario, target_on
@@ -86,6 +91,48 @@ def test_tasks_longer_than_the_consumer_timeout_run_once(
     assert figures.duplicates_ignored == 0, s.outputs()  # no task ran twice
     for worker in workers:
         assert "timed out" not in worker.output() and "reconnecting" not in worker.output()
+
+
+def test_a_message_over_the_brokers_max_message_size_fails_its_task_once(
+    strict_rabbitmq: LocalRabbitMQ,
+) -> None:
+    """RabbitMQ refuses a message over its max_message_size (406, closing the channel)
+    although DISTQ_MAX_MESSAGE_BYTES allows it: the task went back with the channel and
+    ran again, without end (20 runs in 45 s); a failed task's dead letter, larger than
+    the task, the same (input17). Now the worker learns the limit: the task runs once
+    more and fails for good, saying why, and a dead letter keeps the start of the task."""
+    limit = 65536
+    target = target_on("rabbitmq", strict_rabbitmq.url)
+    strict_rabbitmq.ctl("eval", f"application:set_env(rabbit, max_message_size, {limit}).")
+    worker = Distq(["worker", "--tasks", "jobs"], target.process_env())
+    try:
+        with Executor(target.settings, task_timeout=90, max_attempts=1) as executor:
+            big = executor.submit("jobs:repeat", "x", 100_000)
+            with pytest.raises(RemoteError, match=r"over the limit of 65,536"):
+                big.result(90)
+            failed = executor.submit("jobs:fail_with", "y" * 63_000)  # its letter is larger
+            with pytest.raises(RemoteError, match="ValueError"):
+                failed.result(90)
+            assert executor.submit("jobs:add", 1, 2).result(30) == 3
+        dead = subprocess.run(
+            [sys.executable, "-m", "distq", "dead-letters", "--json"],
+            env=target.process_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        reasons = [letter["reason"] for letter in json.loads(dead.stdout)]
+        assert len(reasons) == 2, reasons  # each task failed for good once
+        assert any("ran, but its value cannot be sent back" in r for r in reasons), reasons
+        assert any("the dead letter keeps the first" in r for r in reasons), reasons
+        output = worker.output()  # before stop(), which removes it
+    finally:
+        worker.stop(grace=3.0)
+        strict_rabbitmq.ctl("eval", "application:set_env(rabbit, max_message_size, 134217728).")
+    assert output.count("the broker takes no message over 65,536 bytes") == 1, output[-3000:]
+    assert output.count("Get task jobs:repeat") <= 2, output[-3000:]
+    assert output.count("Get task jobs:fail_with") <= 2, output[-3000:]
 
 
 def test_a_memory_alarm_is_said_when_it_blocks_publishing_and_when_it_clears(

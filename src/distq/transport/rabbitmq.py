@@ -142,6 +142,7 @@ from distq.errors import (
     ConfigError,
     ConnectionFailed,
     EnvelopeError,
+    MessageRefused,
     TransportError,
 )
 from distq.limits import MAX_PREFETCH
@@ -386,16 +387,32 @@ class _Broker:
             ) from None
 
     @contextlib.contextmanager
-    def translated(self, what: str) -> Iterator[None]:
+    def translated(
+        self, what: str, refused_over: Callable[[int], None] | None = None
+    ) -> Iterator[None]:
         """Turn a pika or socket error raised inside into a :class:`TransportError`; a
         permission the user lacks (ACCESS_REFUSED) into a :class:`ConfigError`, which no
-        reconnect mends (a master or worker stops, exit 2, instead of retrying, silent)."""
+        reconnect mends (a master or worker stops, exit 2, instead of retrying, silent);
+        a message refused for its size into a :class:`MessageRefused`, after telling
+        ``refused_over`` the broker's limit."""
         try:
             yield
         except _PikaError as exc:
             if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 403:
                 # ACCESS_REFUSED: its text names what was refused, ``what`` may not
                 raise ConfigError(self.refused(exc.reply_text)) from None
+            if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 406:
+                sizes = _TOO_LARGE.search(str(exc.reply_text))
+                if sizes is not None:  # PRECONDITION_FAILED - message size N is larger ...
+                    if refused_over is not None:
+                        refused_over(int(sizes[2]))
+                    raise MessageRefused(
+                        f"RabbitMQ at {self.address}: {what} failed: it refused a message "
+                        f"of {int(sizes[1]):,} bytes, over its max_message_size of "
+                        f"{int(sizes[2]):,}; set DISTQ_MAX_MESSAGE_BYTES to at most that "
+                        "on every process (or raise the broker's max_message_size)",
+                        int(sizes[2]),
+                    ) from None
             raise TransportError(
                 f"RabbitMQ at {self.address}: {what} failed: {_describe(exc)}"
             ) from None
@@ -421,6 +438,10 @@ class _Broker:
             f"({self.queue!r} and those named {self.queue + '.*'!r}) and write on the "
             f"exchange amq.default: {grant}"
         )
+
+
+#: RabbitMQ's refusal of a message over its ``max_message_size`` (406, closing the channel).
+_TOO_LARGE = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
 
 
 def _describe(exc: BaseException) -> str:
@@ -732,12 +753,20 @@ class RabbitMQTransport(Transport):
         self.quorum = settings.rabbitmq_queue_type == "quorum"
         self.lease_ms = max(1, round(settings.lease_seconds * 1000))
         self.pack_bytes = pack_bytes(settings.max_message_bytes)  # a pack's byte budget
+        #: the broker's max_message_size, once it refused a message over it (MessageRefused)
+        self.broker_limit: int | None = None
         self._broker = _Broker.from_url(settings.amqp_url, settings.tls_files, settings.queue)
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
         self._admin: _Link | None = None
         with self._lock:
             self._admin_link()
+
+    def refused_over(self, limit: int) -> None:
+        """The broker refused a message over ``limit`` bytes: packs keep within it now (a
+        worker's results packed to DISTQ_MAX_MESSAGE_BYTES were refused again each time)."""
+        self.broker_limit = limit
+        self.pack_bytes = min(self.pack_bytes, limit)
 
     def typed(self, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
         """``arguments`` of a task, retry, dead-letter or record queue, with its type."""
@@ -1245,7 +1274,7 @@ class RabbitMQProducer(Producer):
         the broker refuses or cannot route raises :class:`TransportError` from this or
         a later call; a lost connection does too, so no task vanishes unnoticed.
         """
-        with self._broker.translated("submitting tasks"):
+        with self._broker.translated("submitting tasks", self._transport.refused_over):
             queue, link = self._transport.queue, self._link
             link.check_open()
             for chunk in chunks(bodies, self._transport.pack_bytes):
@@ -1472,7 +1501,7 @@ class RabbitMQConsumer(Consumer):
                 raise ValueError(f"settlement of delivery {s.delivery.tag} has no reply_to")
         link, queue = self._link, self._transport.queue
         prefix = self._transport.reply_prefix
-        with self._broker.translated("settling tasks"):
+        with self._broker.translated("settling tasks", self._transport.refused_over):
             for s in settlements:
                 if s.retry is not None and s.retry_delay > 0:
                     self._declare_retry_queue(_delay_ms(s.retry_delay))
