@@ -40,6 +40,8 @@ from distq.errors import (
     BrokenExecutor,
     CertificateRejected,
     EnvelopeError,
+    MessageRefused,
+    MessageTooLarge,
     RemoteError,
     TaskTimeout,
     TransportError,
@@ -113,6 +115,7 @@ class Dispatcher(threading.Thread):
     ) -> None:
         super().__init__(name="distq-executor", daemon=True)
         self.transport, self.producer, self.callbacks = transport, producer, callbacks
+        self.codec = codec
         self.collector: Collector[Entry] = Collector(
             self._on_result, self._on_malformed, codec=codec
         )
@@ -225,6 +228,8 @@ class Dispatcher(threading.Thread):
                 if not self._turn(idle):
                     return  # abandoned
             except TransportError as exc:
+                if isinstance(exc, MessageRefused):
+                    self._refused_over(exc.limit)
                 if not self._recover(exc):  # raises when the broker stays away
                     return  # abandoned meanwhile (close())
 
@@ -249,6 +254,24 @@ class Dispatcher(threading.Thread):
             self._reconcile()
         self._expire()
         return True
+
+    def _refused_over(self, limit: int) -> None:
+        """The broker refused a message over ``limit`` bytes (its max_message_size, below
+        DISTQ_MAX_MESSAGE_BYTES): a task over it can never be sent, so its future fails
+        saying so; it was sent again without end, 7 times a second, the 406 never said
+        (input17). The others go again, in packs within the limit; a task over it fails
+        at submit() from now on (:meth:`Codec.hold_to`)."""
+        self.codec.hold_to(limit)
+        for task_id, entry in self.collector.waiting():
+            if len(entry.body) > limit:
+                self.collector.discard(task_id)
+                error = MessageTooLarge(
+                    f"task {entry.task.name} [{task_id}] is {len(entry.body):,} bytes, over "
+                    f"the {limit:,} the broker takes in a message (its max_message_size): it "
+                    f"cannot be sent; set DISTQ_MAX_MESSAGE_BYTES to at most {limit:,}"
+                )
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    entry.future.set_exception(error)
 
     def _reconcile(self) -> None:
         """Ask the broker what it holds (renewing the reply queue, reconnecting if need

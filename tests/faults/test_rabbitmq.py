@@ -28,7 +28,7 @@ from conftest import Target
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
-from distq.errors import RemoteError
+from distq.errors import MessageTooLarge, RemoteError
 from distq.executor import Executor
 from distq.master import JobReport, JobSpec, Master, Workload
 from distq.transport import open_transport, rabbitmq
@@ -114,6 +114,14 @@ def test_a_message_over_the_brokers_max_message_size_fails_its_task_once(
             with pytest.raises(RemoteError, match="ValueError"):
                 failed.result(90)
             assert executor.submit("jobs:add", 1, 2).result(30) == 3
+            # a task over the broker's limit: its future fails, the task is not sent again
+            # and again (it was, 7 times a second, until its task_timeout)
+            large = executor.submit("jobs:echo", "z" * 100_000)
+            with pytest.raises(MessageTooLarge, match=r"over the 65,536 the broker takes"):
+                large.result(30)
+            with pytest.raises(MessageTooLarge):  # known now: refused at once
+                executor.submit("jobs:echo", "z" * 100_000)
+            assert executor.submit("jobs:add", 2, 3).result(30) == 5
         dead = subprocess.run(
             [sys.executable, "-m", "distq", "dead-letters", "--json"],
             env=target.process_env(),

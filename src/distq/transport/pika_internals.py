@@ -25,6 +25,9 @@ internal                                                 used to
                                                          as they come, also inside a
                                                          blocking call (the public
                                                          callbacks wait for it to return)
+``BlockingChannel._closing_reason``                      say why the broker closed the
+                                                         channel (read with a default:
+                                                         without it, a plainer message)
 =======================================================  ==================================
 
 :func:`check_classes` runs when this module is imported, and :class:`FastChannel`
@@ -43,6 +46,7 @@ from typing import Any
 
 import pika
 import pika.channel
+import pika.exceptions
 from pika.adapters import blocking_connection
 from pika.adapters.utils import io_services_utils
 
@@ -102,6 +106,14 @@ def check_classes() -> None:
         "BaseConnection._adapter_remove_timeout", base._adapter_remove_timeout, ("timeout_id",)
     )
     _parameters("BaseConnection._terminate_stream", base._terminate_stream, ("error",))
+
+
+def closed_by_broker(channel: object) -> BaseException | None:
+    """Why the broker closed ``channel`` (a ``BlockingChannel``), if it did: its
+    ``ChannelClosedByBroker`` (a 406 naming a message over its max_message_size), which
+    pika raises only from the channel's next own call."""
+    reason = getattr(channel, "_closing_reason", None)
+    return reason if isinstance(reason, pika.exceptions.ChannelClosedByBroker) else None
 
 
 def check_channel(channel: object) -> Any:

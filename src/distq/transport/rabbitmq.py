@@ -159,7 +159,12 @@ from distq.transport.base import (
     original_body,
     tags_of,
 )
-from distq.transport.pika_internals import FastChannel, close_within, on_blocked
+from distq.transport.pika_internals import (
+    FastChannel,
+    close_within,
+    closed_by_broker,
+    on_blocked,
+)
 from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
 from distq.transport.rabbitmq_packs import (
     TASKS_PER_MESSAGE,
@@ -300,6 +305,8 @@ class _Broker:
     vhost: str
     tls_files: tls.TlsFiles = field(default_factory=tls.TlsFiles)
     queue: str = "distq"  # DISTQ_QUEUE: what a refused permission's hint names
+    #: the max_message_size it refused a message over, each time (see translated)
+    refused_over: list[int] = field(default_factory=list, compare=False)
 
     @classmethod
     def from_url(
@@ -387,14 +394,12 @@ class _Broker:
             ) from None
 
     @contextlib.contextmanager
-    def translated(
-        self, what: str, refused_over: Callable[[int], None] | None = None
-    ) -> Iterator[None]:
+    def translated(self, what: str) -> Iterator[None]:
         """Turn a pika or socket error raised inside into a :class:`TransportError`; a
         permission the user lacks (ACCESS_REFUSED) into a :class:`ConfigError`, which no
         reconnect mends (a master or worker stops, exit 2, instead of retrying, silent);
-        a message refused for its size into a :class:`MessageRefused`, after telling
-        ``refused_over`` the broker's limit."""
+        a message refused for its size into a :class:`MessageRefused`, the broker's limit
+        noted in :attr:`refused_over`."""
         try:
             yield
         except _PikaError as exc:
@@ -404,8 +409,7 @@ class _Broker:
             if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 406:
                 sizes = _TOO_LARGE.search(str(exc.reply_text))
                 if sizes is not None:  # PRECONDITION_FAILED - message size N is larger ...
-                    if refused_over is not None:
-                        refused_over(int(sizes[2]))
+                    self.refused_over.append(int(sizes[2]))
                     raise MessageRefused(
                         f"RabbitMQ at {self.address}: {what} failed: it refused a message "
                         f"of {int(sizes[1]):,} bytes, over its max_message_size of "
@@ -488,6 +492,9 @@ class _Link:
         """Raise a pika error if the connection or channel closed (pika's calls on a
         closed connection raise an unrelated ValueError instead)."""
         if not self.is_open:
+            reason = closed_by_broker(self.channel)
+            if reason is not None:  # its words: a message over its max_message_size...
+                raise reason
             raise pika.exceptions.ConnectionWrongStateError("the connection was closed")
 
     def _on_confirm(self, frame: Any) -> None:
@@ -752,9 +759,7 @@ class RabbitMQTransport(Transport):
         self.reply_prefix = f"{settings.queue}.results."
         self.quorum = settings.rabbitmq_queue_type == "quorum"
         self.lease_ms = max(1, round(settings.lease_seconds * 1000))
-        self.pack_bytes = pack_bytes(settings.max_message_bytes)  # a pack's byte budget
-        #: the broker's max_message_size, once it refused a message over it (MessageRefused)
-        self.broker_limit: int | None = None
+        self._pack_bytes = pack_bytes(settings.max_message_bytes)
         self._broker = _Broker.from_url(settings.amqp_url, settings.tls_files, settings.queue)
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
@@ -762,11 +767,12 @@ class RabbitMQTransport(Transport):
         with self._lock:
             self._admin_link()
 
-    def refused_over(self, limit: int) -> None:
-        """The broker refused a message over ``limit`` bytes: packs keep within it now (a
-        worker's results packed to DISTQ_MAX_MESSAGE_BYTES were refused again each time)."""
-        self.broker_limit = limit
-        self.pack_bytes = min(self.pack_bytes, limit)
+    @property
+    def pack_bytes(self) -> int:
+        """A pack's byte budget: within the broker's max_message_size too, once it refused
+        a message over it (packs made to DISTQ_MAX_MESSAGE_BYTES were refused each time)."""
+        refused = self._broker.refused_over
+        return min(self._pack_bytes, *refused) if refused else self._pack_bytes
 
     def typed(self, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
         """``arguments`` of a task, retry, dead-letter or record queue, with its type."""
@@ -1274,7 +1280,7 @@ class RabbitMQProducer(Producer):
         the broker refuses or cannot route raises :class:`TransportError` from this or
         a later call; a lost connection does too, so no task vanishes unnoticed.
         """
-        with self._broker.translated("submitting tasks", self._transport.refused_over):
+        with self._broker.translated("submitting tasks"):
             queue, link = self._transport.queue, self._link
             link.check_open()
             for chunk in chunks(bodies, self._transport.pack_bytes):
@@ -1501,7 +1507,7 @@ class RabbitMQConsumer(Consumer):
                 raise ValueError(f"settlement of delivery {s.delivery.tag} has no reply_to")
         link, queue = self._link, self._transport.queue
         prefix = self._transport.reply_prefix
-        with self._broker.translated("settling tasks", self._transport.refused_over):
+        with self._broker.translated("settling tasks"):
             for s in settlements:
                 if s.retry is not None and s.retry_delay > 0:
                     self._declare_retry_queue(_delay_ms(s.retry_delay))
