@@ -1116,6 +1116,28 @@ def test_a_late_dead_letter_is_not_published_when_the_claim_took_the_copy_back(
     assert results_n(producer, 1) == [b"ok"] and raw.llen(stalled.inflight_key) == 0
 
 
+def test_a_late_result_is_not_run_again_when_the_claim_took_the_copy_back(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """The same with a result: the claim riding with the settle took the lapsed copy
+    back, and the worker ran it again; a task holding the GIL past its lease lapsed at
+    each run, so one worker ran it 48 times and never the tasks behind it (lease17). The
+    task is done: its new delivery is acked and not handed out; the next task is."""
+    t = open_transport(lease=0.5)
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit([b"task", b"next"])
+    stalled = t.consumer("stalled")
+    (delivery,) = stalled.fetch(1, timeout=1)
+    time.sleep(0.6)
+    t.sweep(t.client)  # as another slot's claim does: the lapsed lease goes back
+    assert raw.lrange(t.ready_key, 0, -1) == [b"next", b"task"]  # the copy: claimed first
+    done = Settlement(delivery, reply_to=producer.reply_to, result=b"ok")
+    assert [d.body for d in stalled.settle_then_fetch([done], 2)] == [b"next"]
+    assert raw.lrange(stalled.inflight_key, 0, -1) == [b"next"]
+    assert results_n(producer, 1) == [b"ok"] and raw.llen(t.ready_key) == 0
+    assert stalled.fetch(1, timeout=0) == []  # nothing left: "next" is leased already
+
+
 def test_a_claim_reclaims_an_expired_lease_however_long_the_backlog(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:
@@ -1438,12 +1460,11 @@ def test_settle_then_fetch_acks_by_body_when_the_in_flight_list_changed(
     done = [Settlement(d, reply_to=producer.reply_to, result=b"r-" + d.body) for d in held]
     nxt = consumer.settle_then_fetch(done, 3)
     # the settle by count found the list changed: the claim ran, then the acks by body.
-    # task-0, taken back by the sweep, is claimed again: that new delivery is the copy,
-    # its lease stays (the worker runs it once more: a duplicate result, which the master
-    # drops); the late one's result is stored, its ack takes nothing
-    assert sorted(d.body for d in nxt) == [b"task-0", b"task-2", b"task-3"]
+    # task-0, taken back by the sweep, is claimed again: its task is done (its result is
+    # stored), so that new delivery is acked and not handed out (it ran again: lease17)
+    assert sorted(d.body for d in nxt) == [b"task-2", b"task-3"]
     assert producer.results(5, timeout=1) == [b"r-task-0", b"r-task-1"]
-    assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"task-0", b"task-2", b"task-3"]
+    assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"task-2", b"task-3"]
     consumer.settle([Settlement(d) for d in nxt])
     assert raw.llen(consumer.inflight_key) == 0 and t.stats().ready == 0
 

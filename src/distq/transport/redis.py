@@ -1311,10 +1311,12 @@ class RedisConsumer(Consumer):
         trip of its own; not after a batch with retries (the next one may be due first).
 
         If the in-flight list is not what the consumer holds (a sweep took it back), the
-        settle by count does nothing and the acks by body follow the claim: a body the
-        claim took again may then lose that new lease to its own ack, in the step that
-        stores its earlier delivery's result. The task is done and its result stored;
-        the worker runs the new delivery once more at most (a duplicate result)."""
+        settle by count does nothing and the acks by body follow the claim, which may
+        have taken a lapsed body back (the copy its sweep queued, at the claim end). A
+        body whose task is done (a result, no retry nor dead letter) is then acked in
+        its new delivery too and not handed out: the worker ran it again, and a task
+        that held the GIL past its lease at each run ran without end (48 times, the
+        tasks behind it never, lease17). One that failed runs again (the copy decides)."""
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
@@ -1358,7 +1360,9 @@ class RedisConsumer(Consumer):
             out = self._claimed(reply, max_count, first)
             held += [d.body for d in out]
             if settled != 1:  # the in-flight list was not what it holds: ack by body
-                self._settle_by_body(settlements, tags, {d.body for d in out})
+                done = self._settle_by_body(settlements, tags, {d.body for d in out})
+                if done:  # done: not run again (see the docstring)
+                    out = [d for d in out if d.body not in done]
             self._found_nothing = settled == 1 and not out
         return out
 
@@ -1391,27 +1395,37 @@ class RedisConsumer(Consumer):
         settlements: Sequence[Settlement],
         tags: list[bytes],
         reclaimed: Collection[bytes] = (),
-    ) -> None:
+    ) -> set[bytes]:
         """Publish, then ack these deliveries by body (wherever they are in the in-flight
         list), and forget them; a retry or dead letter only if its delivery is still
         held (see ``_SETTLE``). ``reclaimed``: bodies the claim in the same round trip
         took again, after their lease had lapsed (``settle_then_fetch``): the in-flight
-        list holds the new delivery, which is the copy and decides: of these only a
-        result is published, and nothing is acked (the ack took the new lease, and the
-        gate let a late dead letter through: a task that succeeded failed for good)."""
-        acked = tags
-        if reclaimed:  # of these, a result only (ungated: it has no retry), and no ack
+        list holds the new delivery, the copy. Of a task that failed only a result is
+        published, and nothing is acked: the copy decides (the gate let a late dead letter
+        through: a task that succeeded failed for good). A task done (a result or none,
+        no retry nor dead letter) is acked in that new delivery, which is forgotten too:
+        those bodies are returned, for the caller to drop from what it hands out."""
+        acked, done = tags, set[bytes]()
+        if reclaimed:
             pairs = list(zip(settlements, tags, strict=True))
+            done = {
+                tag
+                for s, tag in pairs
+                if tag in reclaimed and s.retry is None and s.dead_letter is None
+            }
             settlements = [
                 s
                 for s, tag in pairs
                 if tag not in reclaimed or (s.retry is None and s.dead_letter is None)
             ]
-            acked = [tag for tag in tags if tag not in reclaimed]
+            acked = [tag for tag in tags if tag not in reclaimed or tag in done]
         keys, publish = self._publish(settlements, gated=True)
         acks: list[Arg] = ["a", 0, len(acked), *acked]
         self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
         self._forget(tags)  # the oldest entry of each: a reclaimed body's new one stays
+        if done:
+            self._forget(list(done))  # and the new one of a done task, acked
+        return done
 
     def _publish(
         self, settlements: Sequence[Settlement], gated: bool = False
