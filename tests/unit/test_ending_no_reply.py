@@ -1,0 +1,42 @@
+"""A task sent with reply_to NO_REPLY gets no result, on the paths where the worker could
+not handle it or refused it for its signature too (mut17b)."""
+
+from __future__ import annotations
+
+import pytest
+
+from distq.codec import Codec
+from distq.ending import Endings
+from distq.envelope import NO_REPLY, Task
+from distq.errors import SignatureError
+from distq.transport import Delivery
+
+KEY = b"k" * 32
+
+
+def test_a_task_nobody_waits_for_that_the_worker_could_not_handle_gets_no_result() -> None:
+    """Dead-lettered with the reason, and no WorkerError result published to a reply
+    queue nobody reads (mut17b)."""
+    t = Task(name="square", args=[3], reply_to=NO_REPLY)
+    ending = Endings("w1", "q").unhandled(Delivery(t.encode(), 1), t, RuntimeError("bug"))
+    s = ending.settlement
+    assert ending.outcome == "failed" and s.dead_letter is not None
+    assert (s.result, s.reply_to) == (None, None)
+
+
+def test_a_task_nobody_waits_for_refused_for_its_signature_gets_no_result() -> None:
+    """An unsigned task nobody waits for is dead-lettered unanswered; the same task with
+    a master is answered, so the check is not vacuous (mut17b)."""
+    codec = Codec([KEY])
+    body = Task(name="square", args=[3], reply_to=NO_REPLY).encode()  # unsigned
+    with pytest.raises(SignatureError) as caught:
+        codec.open_task(body)
+    ending = Endings("w1", "q", codec).malformed(Delivery(body, 1), caught.value)
+    s = ending.settlement
+    assert ending.outcome == "malformed" and s.dead_letter is not None
+    assert (s.result, s.reply_to) == (None, None)
+    answered = Task(name="square", args=[3], reply_to="replies").encode()
+    with pytest.raises(SignatureError) as caught:
+        codec.open_task(answered)
+    refusal = Endings("w1", "q", codec).malformed(Delivery(answered, 1), caught.value)
+    assert refusal.settlement.reply_to == "replies" and refusal.settlement.result is not None

@@ -1,0 +1,107 @@
+"""Tasks a worker hands back unrun, on the real manager transport hosted in this process:
+a slot that handed a slow batch back leases no more in its settle, and deliveries the
+queue refused to take back are no hand-back (mut17b)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import distq.worker as worker_module
+from distq.batch import run_batch
+from distq.config import Settings
+from distq.console import Console
+from distq.envelope import Task
+from distq.tasks import Registry
+from distq.transport import Delivery, Transport, open_transport
+from distq.worker import Worker, WorkerOptions, _Slot
+from launch import free_port
+
+
+@pytest.fixture
+def transport() -> Iterator[Transport]:
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    hosted = open_transport(settings, "master")
+    yield hosted
+    hosted.close()
+
+
+def test_a_batch_that_handed_tasks_back_leases_no_more_in_its_settle(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker._settle leases more "nor after a batch that handed tasks back (they were
+    too slow for one batch: idle workers may take them)": a slot that gave up on a slow
+    batch claimed the next one before even handing the rest back (mut17b)."""
+    kind = type(transport.consumer("probe"))
+    events: list[tuple[str, int]] = []
+    settle_then_fetch, release, settle = kind.settle_then_fetch, kind.release, kind.settle
+
+    def spy_settle(self: Any, settlements: Any) -> None:
+        events.append(("settle", len(settlements)))
+        settle(self, settlements)
+
+    def spy_settle_then_fetch(
+        self: Any, settlements: Any, max_count: int, timeout: float = 0.0
+    ) -> Any:
+        events.append(("settle_then_fetch", max_count))
+        return settle_then_fetch(self, settlements, max_count, timeout)
+
+    def spy_release(self: Any, deliveries: Any) -> int:
+        events.append(("release", len(deliveries)))
+        return release(self, deliveries)
+
+    monkeypatch.setattr(kind, "settle_then_fetch", spy_settle_then_fetch)
+    monkeypatch.setattr(kind, "release", spy_release)
+    monkeypatch.setattr(kind, "settle", spy_settle)
+    # a batch is handed back after 0.05 s (not HAND_BACK_AFTER_SECONDS): tasks of 0.1 s
+    monkeypatch.setattr(worker_module, "run_batch", functools.partial(run_batch, budget=0.05))
+    producer = transport.producer("w.results.job")
+    registry = Registry()
+    registry.register("nap", lambda seconds: time.sleep(seconds))
+    naps = [0.0] + [0.1] * 8  # the instant first one grows the next fetch to the prefetch
+    producer.submit([Task(name="nap", args=[s], reply_to="w.results.job").encode() for s in naps])
+    out = io.StringIO()
+    options = WorkerOptions(
+        concurrency=1, prefetch=8, worker_id="w", exit_when_idle=0.5, heartbeat_interval=0.3
+    )
+    assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+    assert any(event == "release" for event, _ in events), events  # tasks were handed back
+    fetched_then_released = [
+        i
+        for i in range(1, len(events))
+        if events[i][0] == "release" and events[i - 1][0] == "settle_then_fetch"
+    ]
+    assert fetched_then_released == [], events
+    assert "9 ok" in out.getvalue(), out.getvalue()
+    producer.close()
+
+
+def test_deliveries_the_queue_refused_to_take_back_are_not_counted_released(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consumer.release returns how many went back; the rest (a queue at its length
+    limit refused them) the consumer keeps, and its next fetch takes them again. They
+    are not counted released ("handed back unrun"), and leave the hand once: taken out
+    twice, the hand went negative and --exit-when-idle never fired (mut17b)."""
+    worker = Worker(transport, Registry(), WorkerOptions(worker_id="w"), Console())
+    released: list[int] = []
+    monkeypatch.setattr(
+        worker.telemetry, "settled", lambda endings, count=0, at=None: released.append(count)
+    )
+    consumer = transport.consumer("probe")
+    monkeypatch.setattr(consumer, "release", lambda deliveries: 1)  # one of them went back
+    slot = _Slot(0)
+    slot.consumer = consumer
+    worker.health.took(3)
+    slot.in_hand = 3
+    unstarted = [Delivery(body=b"t%d" % n, tag=n) for n in range(3)]
+    assert worker._settle(slot, [], unstarted) == []
+    assert [n for n in released if n] == [1]
+    assert (slot.in_hand, worker.health.in_hand) == (0, 0)
+    consumer.close()

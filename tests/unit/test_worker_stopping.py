@@ -1,0 +1,161 @@
+"""A worker's warm and cold stop, on the real manager transport hosted in this process:
+the drain's settle made again (only where the consumer can, and saying the broker is
+back), a rejected certificate met by it, and the hand-back of running tasks when the
+drain runs out (mut17b)."""
+
+from __future__ import annotations
+
+import io
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from distq.config import Settings
+from distq.console import Console
+from distq.envelope import Task
+from distq.errors import CertificateRejected, TransportError
+from distq.tasks import Registry
+from distq.transport import Producer, Transport, open_transport
+from distq.worker import Worker, WorkerOptions
+from launch import free_port
+
+
+@pytest.fixture
+def transport() -> Iterator[Transport]:
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    hosted = open_transport(settings, "master")
+    yield hosted
+    hosted.close()
+
+
+def _napping(
+    transport: Transport, count: int, seconds: float, **options: Any
+) -> tuple[Producer, Worker, io.StringIO]:
+    """``count`` tasks that sleep ``seconds`` queued, and a worker "w" made to run them
+    (``options`` its WorkerOptions) saying its lines to the returned buffer."""
+    producer = transport.producer("w.results.job")
+    registry = Registry()
+    registry.register("nap", lambda seconds: time.sleep(seconds))
+    naps = [Task(name="nap", args=[seconds], reply_to="w.results.job") for _ in range(count)]
+    producer.submit([t.encode() for t in naps])
+    out = io.StringIO()
+    worker = Worker(
+        transport, registry, WorkerOptions(worker_id="w", **options), Console(out=out, err=out)
+    )
+    return producer, worker, out
+
+
+def _run_stopped_warm(worker: Worker, after: float) -> int:
+    """``worker.run()``, with a warm stop ``after`` s in: its exit code."""
+    timer = threading.Timer(after, worker._stop_warm)
+    timer.start()
+    try:
+        return worker.run()
+    finally:
+        timer.cancel()
+
+
+def test_a_stopping_worker_does_not_settle_again_where_the_consumer_cannot(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer whose deliveries die with its connection (``resettles`` False, as
+    RabbitMQ's) is not asked to settle the same batch again through the drain: the
+    broker has put those tasks back already, and their results and retries would be
+    published twice (mut17b)."""
+    kind = type(transport.consumer("probe"))
+    monkeypatch.setattr(kind, "resettles", False)
+    settle = kind.settle
+    calls: list[tuple[Any, Any]] = []
+
+    def away_a_moment(self: Any, settlements: Any) -> None:
+        calls.append((self, settlements))
+        if len(calls) <= 3:
+            raise TransportError("the broker went away a moment")
+        settle(self, settlements)
+
+    monkeypatch.setattr(kind, "settle", away_a_moment)
+    producer, worker, out = _napping(transport, 2, 0.5, concurrency=2, drain_seconds=20.0)
+    _run_stopped_warm(worker, 0.2)
+    repeated = [
+        i
+        for i, (consumer, settlements) in enumerate(calls)
+        if any(c is consumer and s is settlements for c, s in calls[:i])
+    ]
+    assert calls and repeated == [], out.getvalue()
+    producer.close()
+
+
+def test_a_settle_made_again_that_goes_through_says_the_broker_is_back(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain's settle made again reached the broker: the outage it said
+    ("reconnecting") is over and said to be, once, as any call that goes through says
+    it; the worker exited saying only "reconnecting" (mut17b)."""
+    kind = type(transport.consumer("probe"))
+    assert kind.resettles
+    settle = kind.settle
+    failures: list[float] = []
+
+    def away_a_moment(self: Any, settlements: Any) -> None:
+        if len(failures) < 3:
+            failures.append(time.monotonic())
+            raise TransportError("the broker went away a moment")
+        settle(self, settlements)
+
+    monkeypatch.setattr(kind, "settle", away_a_moment)
+    producer, worker, out = _napping(transport, 2, 0.5, concurrency=2, drain_seconds=20.0)
+    assert _run_stopped_warm(worker, 0.2) == 0
+    said = out.getvalue()
+    assert len(failures) == 3 and "2 ok" in said, said
+    assert said.count("; reconnecting") == 1, said
+    assert said.count("reconnected to manager transport") == 1, said
+    assert not worker.outage.ongoing
+    producer.close()
+
+
+def test_a_rejected_certificate_met_by_a_stopping_settle_is_not_retried(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No reconnect mends a certificate TLS refused: the stopping worker does not settle
+    again through its drain (and exit 0 if a later settle got through) but stops, run()
+    raising the rejection (the CLI's exit 3) as anywhere else (mut17b)."""
+    kind = type(transport.consumer("probe"))
+    assert kind.resettles
+    settle = kind.settle
+    calls: list[Any] = []
+
+    def rejected(self: Any, settlements: Any) -> None:
+        calls.append(settlements)
+        if len(calls) <= 3:
+            raise CertificateRejected("TLS refused the client certificate")
+        settle(self, settlements)
+
+    monkeypatch.setattr(kind, "settle", rejected)
+    producer, worker, out = _napping(transport, 1, 0.5, concurrency=1, drain_seconds=20.0)
+    with pytest.raises(CertificateRejected):
+        _run_stopped_warm(worker, 0.2)
+    assert len(calls) == 1, out.getvalue()
+    producer.close()
+
+
+def test_a_task_still_running_when_the_drain_runs_out_is_back_in_the_queue_at_once(
+    transport: Transport,
+) -> None:
+    """README: the worker finishes its running tasks for at most DISTQ_DRAIN_SECONDS,
+    "then hands them back and exits": the consumer under the running task is closed, so
+    the task is ready again at once (not leased until its lease lapses), and the stop
+    does not wait for the task's thread (mut17b)."""
+    producer, worker, out = _napping(transport, 1, 5.0, concurrency=1, drain_seconds=0.3)
+    started = time.monotonic()
+    assert _run_stopped_warm(worker, 0.3) == 0
+    took = time.monotonic() - started  # the task naps 5 s: the stop waits for no task
+    said = out.getvalue()
+    assert "handing them back" in said, said
+    stats = transport.stats()
+    assert (stats.ready, stats.in_flight) == (1, 0), (stats, said)
+    assert took < 3.0, (took, said)
+    producer.close()
