@@ -77,6 +77,7 @@ class Batch:
         self.deliveries = deliveries
         self.waiting: deque[Delivery] = deque(deliveries)  # not started; popped by one side
         self.endings: list[Ending] = []
+        self.endings_taken = 0  # settled early by the keeper (take_endings)
         self.started = time.monotonic()
         self.masters, self.limits = masters, limits or None
         self.gone: set[str] = set()
@@ -105,6 +106,15 @@ class Batch:
             if limit is not None:
                 self.running = Running(task, time.monotonic(), limit, self.claim)
         return True
+
+    def take_endings(self) -> list[Ending]:
+        """Take the endings made so far, for the keeper to settle now (the slot's thread
+        may add one meanwhile: it stays, for the slot to settle)."""
+        count = len(self.endings)
+        taken = self.endings[:count]
+        del self.endings[:count]
+        self.endings_taken += count
+        return taken
 
     def take_rest(self) -> list[Delivery]:
         """Take every delivery not started yet, in order (either thread)."""

@@ -491,14 +491,20 @@ class Worker:
             slot.lock.release()
 
     def _handed_back(self, slot: _Slot, batch: Batch) -> bool:
-        """A batch running longer than a heartbeat interval: hand back what it has not
-        started (the caller holds the slot's lock). False if the slot moved on."""
+        """A batch running longer than a heartbeat interval: settle the tasks it ran
+        already and hand back what it has not started (the caller holds the slot's
+        lock). False if the slot moved on. The results of the fast tasks before a long
+        one waited for it to end (8 s behind an 8 s task), and a worker killed meanwhile
+        had them run again (lease17)."""
         if slot.batch is not batch or slot.consumer is None:
             return False
         rest = batch.take_rest()
         if rest:  # what a full queue refused comes back to the slot: not released
             back = slot.consumer.release(rest)
             self._count(slot, [], released=len(rest), kept=len(rest) - back)
+        done = batch.take_endings()
+        if done:
+            self._settle(slot, done, [])
         return True
 
     def _renew_all(self, slots: list[_Slot], interval: float) -> None:
@@ -638,7 +644,7 @@ class Worker:
                 self._run(slot, batch)
                 if slot.generation != generation:
                     return  # the keeper settled this batch: a task ran out of time
-                sizer.ran(len(batch.endings), time.perf_counter() - started)
+                sizer.ran(len(batch.endings) + batch.endings_taken, time.perf_counter() - started)
                 with slot.lock:
                     slot.batch = None
                     if slot.handed_back or slot.consumer is None:

@@ -105,3 +105,50 @@ def test_deliveries_the_queue_refused_to_take_back_are_not_counted_released(
     assert [n for n in released if n] == [1]
     assert (slot.in_hand, worker.health.in_hand) == (0, 0)
     consumer.close()
+
+
+def test_the_tasks_a_batch_ran_before_a_long_one_are_settled_while_it_runs(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fast tasks run before a long one in the same batch: their results waited for it
+    to end (8 s behind an 8 s task, on every transport), and a worker killed meanwhile
+    had them run again (lease17). The keeper settles them with its hand-back, a heartbeat
+    interval into the batch."""
+    kind = type(transport.consumer("probe"))
+    settled: list[tuple[float, int]] = []
+    settle = kind.settle
+
+    def spy_settle(self: Any, settlements: Any) -> None:
+        settled.append((time.monotonic(), len(settlements)))
+        settle(self, settlements)
+
+    settle_then_fetch = kind.settle_then_fetch
+
+    def spy_settle_then_fetch(
+        self: Any, settlements: Any, max_count: int, timeout: float = 0.0
+    ) -> Any:
+        settled.append((time.monotonic(), len(settlements)))
+        return settle_then_fetch(self, settlements, max_count, timeout)
+
+    monkeypatch.setattr(kind, "settle", spy_settle)
+    monkeypatch.setattr(kind, "settle_then_fetch", spy_settle_then_fetch)
+    ended: list[float] = []
+    registry = Registry()
+    registry.register("nap", lambda seconds: time.sleep(seconds))
+    registry.register("long", lambda seconds: (time.sleep(seconds), ended.append(time.monotonic())))
+    producer = transport.producer("w.results.job")
+    tasks = [Task(name="nap", args=[0.0], reply_to="w.results.job")]  # grows the next fetch
+    tasks += [Task(name="nap", args=[0.0], reply_to="w.results.job") for _ in range(5)]
+    tasks.append(Task(name="long", args=[2.0], reply_to="w.results.job"))
+    producer.submit([task.encode() for task in tasks])
+    out = io.StringIO()
+    options = WorkerOptions(
+        concurrency=1, prefetch=8, worker_id="w", exit_when_idle=0.5, heartbeat_interval=0.3
+    )
+    assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+    assert "7 ok" in out.getvalue(), out.getvalue()
+    (long_ended,) = ended
+    early = [count for at, count in settled if at < long_ended - 1.0]
+    assert sum(early) >= 5, (settled, long_ended)  # the fast ones, while it ran
+    assert sum(count for _, count in settled) == 7, settled  # each task settled once
+    producer.close()
