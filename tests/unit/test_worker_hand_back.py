@@ -135,7 +135,12 @@ def test_the_tasks_a_batch_ran_before_a_long_one_are_settled_while_it_runs(
     ended: list[float] = []
     registry = Registry()
     registry.register("nap", lambda seconds: time.sleep(seconds))
-    registry.register("long", lambda seconds: (time.sleep(seconds), ended.append(time.monotonic())))
+
+    def long(seconds: float) -> None:
+        time.sleep(seconds)
+        ended.append(time.monotonic())
+
+    registry.register("long", long)
     producer = transport.producer("w.results.job")
     tasks = [Task(name="nap", args=[0.0], reply_to="w.results.job")]  # grows the next fetch
     tasks += [Task(name="nap", args=[0.0], reply_to="w.results.job") for _ in range(5)]
