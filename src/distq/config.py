@@ -249,6 +249,8 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
 #: Options of a broker URL that are seconds: each must be a number above 0 (NaN made a
 #: connect wait for good, -1 a traceback at the first connect).
 _SECONDS_OPTIONS = ("socket_timeout", "socket_connect_timeout", "stack_timeout")
+#: The longest of them: a socket's timeout of 1e10 s overflowed at the first connect.
+_MOST_SECONDS = 1_000_000
 
 
 def _options(url: str, query: str) -> None:
@@ -301,10 +303,10 @@ def _options(url: str, query: str) -> None:
                 seconds = float(value)
             except ValueError:
                 seconds = math.nan
-            if not (math.isfinite(seconds) and seconds > 0):
+            if not (math.isfinite(seconds) and 0 < seconds <= _MOST_SECONDS):
                 raise ValueError(
                     f"({credentials.mask_url(url)}) has {name}={value!r}; use a number of "
-                    "seconds above 0, or leave the option out"
+                    f"seconds above 0 and at most {_MOST_SECONDS:,}, or leave the option out"
                 )
 
 

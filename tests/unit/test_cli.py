@@ -592,6 +592,26 @@ def test_an_unknown_redis_url_option_exits_2_naming_it(query: str, option: str) 
 
 
 @pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("retry=3", "has option 'retry', which a URL cannot give (distq sets it itself"),
+        ("socket_type=x", "has option 'socket_type', which a URL cannot give (it is not text"),
+        ("credential_provider=x", "has option 'credential_provider', which a URL cannot"),
+        ("socket_keepalive_options=x", "has option 'socket_keepalive_options', which"),
+        ("socket_connect_timeout=1e10", "use a number of seconds above 0 and at most 1,000,000"),
+    ],
+)
+def test_a_redis_url_option_no_url_can_give_exits_2_naming_it(query: str, said: str) -> None:
+    """redis-py takes these options, but not as text: it passed the URL's text on, and
+    every command (master, worker, status, the Executor) failed with a traceback, exit 1;
+    a timeout of 1e10 s overflowed the socket's (input17)."""
+    url = f"redis://127.0.0.1:{free_port()}/0?{query}"
+    done = distq("status", DISTQ_TRANSPORT="redis", DISTQ_REDIS_URL=url)
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize(
     ("args", "expected"),
     [
         (["--tasks", ""], "distq: --tasks '': '' is not a module's full name"),

@@ -589,6 +589,41 @@ def _unknown_option(url: str, client: redis.Redis[bytes]) -> str | None:
     return next((name for name in given if name not in known), None)
 
 
+#: Options of redis-py's connections that are text, which a URL can give as they are;
+#: with those redis-py parses (``URL_QUERY_ARGUMENT_PARSERS``), all a URL can give.
+_TEXT_OPTIONS = frozenset(
+    {
+        "username",
+        "password",
+        "client_name",
+        "lib_name",
+        "lib_version",
+        "protocol",
+        "encoding",
+        "encoding_errors",
+        "decode_responses",
+        "ssl_keyfile",
+        "ssl_certfile",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_data",
+        "ssl_ca_path",
+        "ssl_password",
+        "ssl_ciphers",
+    }
+)
+
+
+def _not_in_a_url(url: str) -> str | None:
+    """The first query option of ``url`` that redis-py takes but not from a URL: an
+    object or a number it does not parse (``retry``, ``socket_type``,
+    ``credential_provider``, ...), which it passes on as text, and every command failed
+    with a traceback, exit 1 (input17)."""
+    allowed = _TEXT_OPTIONS.union(redis.connection.URL_QUERY_ARGUMENT_PARSERS)
+    given = parse_qs(urlsplit(url).query)
+    return next((name for name in given if name not in allowed), None)
+
+
 def _lower_scheme(url: str) -> str:
     """``url`` with its scheme in lower case: a URL's scheme is case-insensitive (the
     settings take ``REDISS://``), redis-py's ``from_url`` takes lower case only."""
@@ -639,6 +674,14 @@ class RedisTransport(Transport):
                 f"DISTQ_REDIS_URL ({mask_url(settings.redis_url)}) has unknown option "
                 f"{unknown!r}; redis-py's connections take no option by that name: remove it or "
                 f"correct its spelling{tls_hint}"
+            )
+        unparsed = _not_in_a_url(url)
+        if unparsed is not None:
+            why = "distq sets it itself" if unparsed == "retry" else "it is not text"
+            raise ConfigError(
+                f"DISTQ_REDIS_URL ({mask_url(settings.redis_url)}) has option {unparsed!r}, "
+                f"which a URL cannot give ({why}; redis-py would pass the text on, and "
+                "every command fail): remove it"
             )
         kwargs = self.client.connection_pool.connection_kwargs
         self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
