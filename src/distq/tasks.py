@@ -87,6 +87,23 @@ def task(function: _F) -> _F:
     return function
 
 
+def _signature(function: TaskFunction) -> inspect.Signature | None:
+    """The signature a call of ``function`` must fit: its own, not that of a function it
+    wraps (a ``functools.wraps`` decorator may inject, add or take arguments: a task
+    wrapped to be handed a database was refused every call that worked in Python, and a
+    call that did not ran, input17); the wrapped one's where it has none Python can read
+    (``functools.cache``'s wrapper); None when neither has (some C functions): called
+    unchecked, and arguments that do not fit fail in the call."""
+    try:
+        return inspect.signature(function, follow_wrapped=False)
+    except (ValueError, TypeError):
+        pass
+    try:
+        return inspect.signature(function)
+    except (ValueError, TypeError):
+        return None
+
+
 def not_plain(function: Callable[..., Any]) -> str | None:
     """Why ``function`` cannot be a task, or None: a worker calls a task and sends back
     what the call returns, and calling an ``async def`` or a generator function runs
@@ -257,10 +274,7 @@ class Registry:
         why = not_plain(function)
         if why is not None:
             raise TypeError(f"task {name} {why}")
-        try:
-            signature: inspect.Signature | None = inspect.signature(function)
-        except (ValueError, TypeError):  # some C functions have none Python can read
-            signature = None  # called unchecked: arguments that do not fit fail in it
+        signature = _signature(function)
         positional = None if signature is None else _positional_range(signature)
         self._tasks[name] = (function, signature, positional)
         if show is not None:

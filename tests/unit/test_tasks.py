@@ -302,6 +302,43 @@ def test_tasks_registers_a_marked_cached_function_as_the_executor_names_it(
         registry.resolve(f"{name}:fib", [1, 2], {})
 
 
+def test_a_wrapper_that_changes_the_arguments_is_checked_as_it_is_called() -> None:
+    """A ``functools.wraps`` decorator that injects an argument or takes a keyword of its
+    own: the check followed ``__wrapped__`` to the inner function, so every call that
+    worked in Python failed for good ("cannot run"), and one that did not ran (input17)."""
+    database = {"k": "value-of-k"}
+
+    def with_db(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def wrapper(key: str) -> Any:
+            return function(database, key)
+
+        return wrapper
+
+    def with_retries(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def wrapper(*args: Any, retries: int = 1) -> Any:
+            return {"value": function(*args), "retries": retries}
+
+        return wrapper
+
+    @with_db
+    def lookup(db: dict[str, str], key: str) -> str | None:
+        return db.get(key)
+
+    @with_retries
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    registry = Registry()
+    registry.register("lookup", lookup)
+    registry.register("add", add)
+    assert registry.resolve("lookup", ["k"], {})("k") == "value-of-k"
+    with pytest.raises(TypeError):  # as the call itself would
+        registry.resolve("lookup", [database, "k"], {})
+    assert registry.resolve("add", [1, 2], {"retries": 5})(1, 2, retries=5)["retries"] == 5
+
+
 def test_task_refuses_a_class() -> None:
     class Point:
         pass
