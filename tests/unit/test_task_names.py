@@ -70,6 +70,7 @@ def test_tasks_module_registers_every_marked_function_and_nothing_else() -> None
         "jobs:chatter",
         "jobs:fail_with",
         "jobs:leave_thread",
+        "jobs:repeat",
         "jobs:say",
         "jobs:sleep_then",
     ]
