@@ -189,6 +189,21 @@ _NOBODY_WAITING = (
 )
 
 
+def _shown_failure(exc: RemoteError) -> str:
+    """``exc`` as one error line and its remote traceback, their text from the wire made
+    safe for a terminal (:func:`~distq.envelope.shown`): a task's exception message
+    cleared the operator's screen and forged lines (input17); the traceback keeps its
+    own line breaks, each line escaped."""
+    line = (
+        f"task {shown(exc.task_name)} [{shown(exc.task_id)}] failed on worker "
+        f"{shown(exc.worker)}: {shown(exc.reason)}"
+    )
+    if exc.remote_traceback:
+        lines = exc.remote_traceback.rstrip("\n").split("\n")
+        line += "\n\nRemote traceback:\n" + "\n".join(shown(part) for part in lines)
+    return line
+
+
 def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     if not args.task_name.strip():  # queued, it could only be dead-lettered
         raise ConfigError(
@@ -270,8 +285,8 @@ def _submit_and_wait(
         future = executor.submit(args.task_name, *values, **kwargs)
         say(future.task_id)
         value = future.result(args.timeout)
-    except RemoteError as exc:
-        console.error(str(exc))
+    except RemoteError as exc:  # its text from the wire, escaped as the master's lines are
+        console.error(_shown_failure(exc))
         return EXIT_FAILED
     except TimeoutError as exc:
         # exit now, the task left queued as --timeout says (not withdrawn)
@@ -423,12 +438,25 @@ def _dead_letters(
     return 0
 
 
+def _strict_json(item: Any) -> str:
+    """``item`` as JSON (indented), without the bare ``NaN`` or ``Infinity`` that Python
+    writes and JSON has not (strict parsers refused the whole listing, input17): a dead
+    letter whose task carried them is listed without its decoded ``task``, which its
+    ``body`` holds as text."""
+    try:
+        return json.dumps(item, indent=2, allow_nan=False)
+    except ValueError:
+        if not (isinstance(item, dict) and "task" in item):
+            raise
+        return json.dumps({k: v for k, v in item.items() if k != "task"}, indent=2)
+
+
 def say_array(items: Iterable[Any]) -> None:
     """``json.dumps(list(items), indent=2)``, said an item at a time: the whole text of
     100,000 dead letters took 570 MB at once, each letter's about 4 KB by itself."""
     previous: str | None = None
     for item in items:
-        text = textwrap.indent(json.dumps(item, indent=2), "  ")
+        text = textwrap.indent(_strict_json(item), "  ")
         say("[" if previous is None else previous + ",")
         previous = text
     if previous is None:

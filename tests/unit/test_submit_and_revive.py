@@ -4,8 +4,10 @@ revived tasks, the JSON list, the end of a wait."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import math
 import re
 import secrets
 import threading
@@ -21,6 +23,7 @@ from distq.commands import (
     _describe_body,
     _kwargs,
     _requeue_dead,
+    _shown_failure,
     _submit_and_wait,
     _when,
     parse_argument,
@@ -30,7 +33,7 @@ from distq.commands import (
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
-from distq.errors import ConfigError, SignatureError
+from distq.errors import ConfigError, RemoteError, SignatureError
 from distq.jsonvalue import check_arguments
 from distq.transport import QueueStats, open_transport
 from launch import free_port
@@ -295,3 +298,37 @@ def test_a_task_of_another_envelope_version_goes_back_as_one_a_setting_keeps_fro
     assert reviver(Codec(), unopened.append, malformed.append)(letter) == body
     assert malformed == [] and len(unopened) == 1
     assert unopened[0].startswith("task has envelope version 2, and this distq reads version 1")
+
+
+def test_a_failure_from_the_wire_is_printed_with_its_control_characters_escaped() -> None:
+    """submit --wait printed a task's exception message raw: an escape cleared the
+    operator's screen, a line break forged a line (the master escaped it; input17)."""
+    error = RemoteError(
+        "esc",
+        "t1",
+        "w\x1b[31m",
+        "ValueError",
+        "failed 1 of 1 attempts; last error: ValueError: \x1b[2Jred\nFAKE LINE\r",
+        'Traceback (most recent call last):\n  File "t.py", line 1\nValueError: \x1b[2J\n',
+    )
+    text = _shown_failure(error)
+    assert "\x1b" not in text and "\r" not in text
+    lines = text.split("\n")
+    assert lines[0].endswith("ValueError: \\x1b[2Jred\\nFAKE LINE\\r")
+    assert lines[0].startswith("task esc [t1] failed on worker w\\x1b[31m: failed 1 of 1")
+    assert lines[2:] == [
+        "Remote traceback:",
+        "Traceback (most recent call last):",
+        '  File "t.py", line 1',
+        "ValueError: \\x1b[2J",
+    ]
+
+
+def test_a_letter_whose_task_carried_nan_is_listed_as_json_without_it() -> None:
+    """dead-letters --json wrote a bare NaN, which is not JSON (input17)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        say_array([{"reason": "r", "body": '{"args":[NaN]}', "task": {"args": [math.nan]}}])
+    assert json.loads(out.getvalue(), parse_constant=lambda c: pytest.fail(c)) == [
+        {"reason": "r", "body": '{"args":[NaN]}'}
+    ]
