@@ -241,6 +241,13 @@ def _url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
             raise ValueError(f"names no port after the host; use e.g. {example}")
         if not 0 < port < 65536:
             raise ValueError(f"has port {port}; use 1 to 65535, e.g. {example}")
+        if parts.scheme.startswith("amqp") and "/" in parts.path[1:].rstrip("/"):
+            # pika takes the first segment as the vhost, without a word (input17)
+            raise ValueError(
+                f"({credentials.mask_url(text)}) has path {parts.path!r}: a vhost is one "
+                "segment; percent-encode a '/' in its name (/a%2Fb for vhost 'a/b'; /%2F "
+                "for '/')"
+            )
         return text
 
     return parse

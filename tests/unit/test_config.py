@@ -468,3 +468,18 @@ def test_tls_files_serve_an_https_management_api_over_a_plain_amqp_broker(
         Settings.load({**env, "DISTQ_RABBITMQ_MANAGEMENT_URL": "http://h:15672"})
     https = Settings.load({**env, "DISTQ_RABBITMQ_MANAGEMENT_URL": "https://h:15671"})
     assert https.tls_files.ca_file == str(ca.cert)
+
+
+@pytest.mark.parametrize(
+    ("path", "refused"),
+    [("/a/b", True), ("/a%2Fb", False), ("/%2F", False), ("/a/", False), ("", False)],
+)
+def test_an_amqp_url_whose_path_is_more_than_one_vhost_is_refused(path: str, refused: bool) -> None:
+    """pika takes the first segment as the vhost: /a/b connected to vhost 'a' without a
+    word, or said vhost 'a' was refused, a name the user never wrote (input17)."""
+    env = {"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": f"amqp://u:p@h:5672{path}"}
+    if not refused:
+        assert Settings.load(env).amqp_url.endswith(f"5672{path}")
+        return
+    with pytest.raises(ConfigError, match=r"has path '/a/b': a vhost is one segment; percent"):
+        Settings.load(env)
