@@ -56,6 +56,19 @@ def positive(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{value} is not a number of seconds above 0")
+    return value
+
+
+def characters(text: str, size: int) -> int:
+    """How many characters of ``text`` make about ``size`` bytes of UTF-8: 3-byte
+    characters cut by characters made pieces three times --piece-bytes."""
+    return max(1, size * len(text) // max(1, len(text.encode("utf-8", "replace"))))
+
+
 def read(folder: Path, pattern: str) -> list[str]:
     files = sorted(path for path in folder.glob(pattern) if path.is_file())
     if not files:
@@ -72,13 +85,13 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=10, help="most frequent words to print")
     parser.add_argument("--check", action="store_true", help="compare with a local count")
     parser.add_argument("--output", type=Path, help="write every count as JSON here")
-    parser.add_argument("--timeout", type=float, default=300, help="give up after S seconds")
+    parser.add_argument("--timeout", type=seconds, default=300, help="give up after S seconds")
     args = parser.parse_args()
     if isinstance(sys.stdout, io.TextIOWrapper):  # words an ASCII locale lacks: escaped
         sys.stdout.reconfigure(errors="backslashreplace")
 
     texts = read(args.folder, args.glob)
-    work = [piece for text in texts for piece in pieces(text, args.piece_bytes)]
+    work = [piece for text in texts for piece in pieces(text, characters(text, args.piece_bytes))]
     started = time.perf_counter()
     total: Counter[str] = Counter()
     try:
@@ -88,8 +101,12 @@ def main() -> int:
         return 2 if isinstance(exc, distq.errors.ConfigError) else 3
     with executor:
         print(f"wordcount: {len(texts)} files, {len(work)} tasks, {executor.describe()}")
-        for counts in executor.map(count_words, work, timeout=args.timeout):
-            total.update(counts)
+        try:
+            for counts in executor.map(count_words, work, timeout=args.timeout):
+                total.update(counts)
+        except (distq.DistqError, TimeoutError) as exc:  # a piece too large, a failed task
+            print(f"wordcount: {exc}", file=sys.stderr)
+            return 1
     elapsed = time.perf_counter() - started
     print(f"{sum(total.values()):,} words, {len(total):,} different, in {elapsed:.2f} s")
     for word, count in total.most_common(args.top):

@@ -12,7 +12,7 @@ import pytest
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "wordcount"
 sys.path.insert(0, str(EXAMPLE))
 
-from wordcount import pieces  # noqa: E402
+from wordcount import characters, pieces  # noqa: E402
 from wordcount_tasks import words  # noqa: E402
 
 ONE_LONG_LINE = " ".join(["alpha", "beta", "délta", "x" * 10] * 100_000)  # 2.2 MB, no newline
@@ -55,3 +55,27 @@ def test_the_example_runs_under_python_oo() -> None:
         check=False,
     )
     assert done.returncode == 0 and "--piece-bytes" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("text", ["汉字测试文本" * 10 + "\n", LINES])
+def test_pieces_of_piece_bytes_are_about_that_many_bytes_not_characters(text: str) -> None:
+    """--piece-bytes 500000 of text in 3-byte characters made tasks of 1.49 MB, over the
+    1 MiB limit: a MessageTooLarge traceback (input17)."""
+    cjk = (text * (720_000 // len(text) + 1))[:720_000]
+    size = 500_000
+    cut = list(pieces(cjk, characters(cjk, size)))
+    assert "".join(cut) == cjk
+    assert max(len(piece.encode()) for piece in cut) <= 2 * size + 4
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5", "nan"])
+def test_a_timeout_that_is_not_seconds_above_0_is_a_usage_error(timeout: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE / "wordcount.py"), str(EXAMPLE), "--timeout", timeout],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "is not a number of seconds above 0" in done.stderr
+    assert "Traceback" not in done.stderr
