@@ -245,6 +245,7 @@ class _Run(Generic[E]):
         # one outage: from the first call that failed to the first that went through
         self.outage = Outage(time.perf_counter)
         self.said_lost = False  # "the broker holds ... again": said once an outage
+        self.lost_before = False  # the ledger counts from the last loss on (faults17)
         self.paced_from = self.began  # --rate's clock: moved on past an outage (_loop)
         # a setting the broker refused mid-job, or its certificate as it connected again
         self.refused: ConfigError | CertificateRejected | None = None
@@ -374,10 +375,13 @@ class _Run(Generic[E]):
         if again:
             if not self.said_lost:  # a broker refusing writes: once, not every attempt
                 self.said_lost = self.outage.ongoing
+                since = "it last lost tasks" if self.lost_before else "the job began"
                 self.console.error(
-                    f"the broker holds {held} of the {total} tasks sent so far; submitting "
-                    f"the {len(again)} tasks among the others that wait for a result again"
+                    f"the broker holds {held} of the {total} tasks sent since {since}; "
+                    f"submitting the {len(again)} tasks among the others that wait for a "
+                    "result again"
                 )
+            self.lost_before = True
             submit_again(self.producer.submit, again)
         if self.producer.lapsed:
             self._forget_orphans()

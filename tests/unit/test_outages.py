@@ -191,7 +191,7 @@ def test_the_master_reconnects_and_resubmits_what_the_broker_lost() -> None:
     assert out.count("connection lost; reconnecting") == 1  # one line for the outage
     assert "still down" not in out  # not one line per attempt
     assert out.count("reconnected to the broker after") == 1
-    assert "the broker holds 0 of the 30 tasks sent so far" in out
+    assert "the broker holds 0 of the 30 tasks sent since the job began" in out
     assert "submitting the 25 tasks among the others that wait for a result again" in out
 
 
