@@ -691,7 +691,7 @@ class Settings:
 
         An error in a flag's value names it as ``VARIABLE --flag``, or as
         ``flag_names[VARIABLE]`` when the caller's flags are not the command's."""
-        environ, flags, files = credentials.read_secret_files(environ, flags or {})
+        environ, flags, files = credentials.read_secret_files(environ, flags or {}, flag_names)
         values: dict[str, Any] = {}
         named = flag_names or {}
         for name, entry in _entries(cls):

@@ -43,7 +43,9 @@ _SSL_OPTIONS = re.compile(r"([?&;]ssl_options=)(?!\*\*\*(?:[)&#\s'\"]|$))[^&#]*"
 
 
 def read_secret_files(
-    environ: Mapping[str, str], flags: Mapping[str, str | None]
+    environ: Mapping[str, str],
+    flags: Mapping[str, str | None],
+    flag_names: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, str], dict[str, str | None], dict[str, str]]:
     """``environ`` and ``flags`` with every ``X_FILE`` replaced by ``X`` (its content),
     and the path of each file read, by ``X``.
@@ -51,7 +53,14 @@ def read_secret_files(
     A flag for ``X`` or ``X_FILE`` wins over both in the environment; ``X`` and
     ``X_FILE`` given in one place is a :class:`ConfigError`. Values are stripped of
     surrounding whitespace, as every setting's (a path too); empty ones count as unset.
+    An error names a flag as ``flag_names`` does (an Executor's keyword), else as
+    ``VARIABLE --flag``.
     """
+    names = flag_names or {}
+
+    def shown(variable: str) -> str:
+        return names.get(variable, f"{variable} {_flag(variable)}")
+
     env = dict(environ)
     given = {k: v for k, v in flags.items() if v is not None}
     paths: dict[str, str] = {}
@@ -65,14 +74,25 @@ def read_secret_files(
         if not path:
             continue
         if _set(source, var):
-            where = "flags" if source is given else "variables"
-            raise ConfigError(
-                f"{file_var} and {var} are both set (as {where}); give the secret one way "
-                "only (the file, for a mounted secret)"
+            both = (
+                f"{shown(file_var)} and {shown(var)} are both given"
+                if source is given
+                else f"{file_var} and {var} are both set"
             )
-        source[var] = read_secret(path, file_var)
+            raise ConfigError(
+                f"{both}; give the secret one way only (the file, for a mounted secret)"
+            )
+        if source is given:  # named as given: "unset DISTQ_AUTHKEY_FILE" undid nothing
+            source[var] = read_secret(path, file_var, shown(file_var), "leave it out")
+        else:
+            source[var] = read_secret(path, file_var)
         paths[var] = path
     return env, {**dict(flags), **given, **{v + FILE_SUFFIX: None for v in SECRETS}}, paths
+
+
+def _flag(var: str) -> str:
+    """The command-line flag of setting ``var`` (``--authkey-file``)."""
+    return "--" + var.removeprefix("DISTQ_").lower().replace("_", "-")
 
 
 def _set(values: Mapping[str, str], name: str) -> bool:
@@ -80,18 +100,20 @@ def _set(values: Mapping[str, str], name: str) -> bool:
     return bool((values.get(name) or "").strip())
 
 
-def read_secret(path: str, var: str) -> str:
+def read_secret(path: str, var: str, named: str | None = None, undo: str | None = None) -> str:
     """The content of the file at ``path`` with its trailing newline (``\\n`` or
     ``\\r\\n``) stripped and nothing else: a space or tab around a password is part of
-    it. Never empty or only whitespace (a :class:`ConfigError` naming ``var`` and
-    ``path``, not the content). A key's file (:data:`KEYS`) may hold any bytes, kept as
-    the variable keeps them; a password's must be UTF-8."""
+    it. Never empty or only whitespace (a :class:`ConfigError` naming ``path`` and
+    ``var``, or as ``named`` with what would ``undo`` it, not the content). A key's file
+    (:data:`KEYS`) may hold any bytes, kept as the variable keeps them; a password's
+    must be UTF-8."""
+    named, undo = named or var, undo or f"unset {var}"
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(
-            f"{var} names {path!r}, which cannot be read ({exc.strerror or exc}); "
-            f"mount the secret there or unset {var}"
+            f"{named} names {path!r}, which cannot be read ({exc.strerror or exc}); "
+            f"mount the secret there or {undo}"
         ) from None
     if var.removesuffix(FILE_SUFFIX) in KEYS:  # its bytes, as the variable's are kept
         text = data.decode(errors="surrogateescape")
@@ -100,15 +122,14 @@ def read_secret(path: str, var: str) -> str:
             text = data.decode()
         except UnicodeDecodeError:
             raise ConfigError(
-                f"{var} names {path!r}, which is not UTF-8 text; write the password "
+                f"{named} names {path!r}, which is not UTF-8 text; write the password "
                 "in UTF-8 (and set it so on the broker)"
             ) from None
     text = text.rstrip("\r\n")
     if not text.strip():
         what = "empty" if not text else "empty but for whitespace"
         raise ConfigError(
-            f"{var} names {path!r}, which is {what}; write the secret into that file, "
-            f"or unset {var}"
+            f"{named} names {path!r}, which is {what}; write the secret into that file, or {undo}"
         )
     return text
 

@@ -441,7 +441,8 @@ def load_settings(
                     f"{name} and {secret} are both given; give the secret one way only "
                     "(the file, for a mounted secret)"
                 )
-            text = credentials.read_secret(str(value), entry.variable)
+            label = f"Executor keyword {name} ({entry.variable})"
+            text = credentials.read_secret(str(value), entry.variable, label, "leave it out")
             values[secret] = _parsed(f"{name}={value!r}", entries[secret], text, secret_file=True)
             values[name] = None
         elif isinstance(value, str):

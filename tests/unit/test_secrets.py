@@ -101,7 +101,23 @@ def test_setting_a_secret_and_its_file_is_an_error(tmp_path: Path) -> None:
     message = error({"DISTQ_AUTHKEY": "y", "DISTQ_AUTHKEY_FILE": path})
     assert "DISTQ_AUTHKEY_FILE and DISTQ_AUTHKEY are both set" in message
     message = error(KEY, {"DISTQ_AUTHKEY": "y", "DISTQ_AUTHKEY_FILE": path})
-    assert "both set" in message
+    assert "DISTQ_AUTHKEY_FILE --authkey-file and DISTQ_AUTHKEY --authkey are both given" in (
+        message
+    )
+
+
+def test_a_bad_secret_file_given_as_a_flag_or_keyword_is_named_so(tmp_path: Path) -> None:
+    """The flag or the Executor keyword was said to be the variable, with the advice to
+    unset a variable that was not set (input17)."""
+    missing = str(tmp_path / "missing")
+    message = error({}, {"DISTQ_AUTHKEY_FILE": missing})
+    assert message.startswith(f"DISTQ_AUTHKEY_FILE --authkey-file names {missing!r}")
+    assert message.endswith("mount the secret there or leave it out")
+    keyword = {"DISTQ_AUTHKEY_FILE": "Executor keyword authkey_file (DISTQ_AUTHKEY_FILE)"}
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({}, {"DISTQ_AUTHKEY_FILE": missing}, keyword)
+    assert str(caught.value).startswith("Executor keyword authkey_file (DISTQ_AUTHKEY_FILE)")
+    assert error({"DISTQ_AUTHKEY_FILE": missing}).endswith("or unset DISTQ_AUTHKEY_FILE")
 
 
 def test_a_flag_wins_over_the_environment_for_either_spelling(tmp_path: Path) -> None:
