@@ -399,6 +399,26 @@ def test_unusable_ssl_options_are_a_config_error_without_the_key_password(option
     assert "KeyPassS3cr3t" not in str(caught.value) and "S3cr3tPw" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ("client_properties=[1]", "an option cannot be used (TypeError: client_properties"),
+        ("tcp_options=[1]", "an option cannot be used (TypeError: tcp_options"),
+        ("tcp_options={'TCP_KEEPIDLE':'x'}", "each value must be a whole number"),
+    ],
+)
+def test_an_amqp_option_other_than_ssl_options_that_cannot_be_used_is_named(
+    option: str, said: str
+) -> None:
+    """Such an option was said to be the ssl_options, with their fix; a tcp_options value
+    of text was a traceback at the first connect (input17)."""
+    name, _, value = option.partition("=")
+    url = f"amqp://u:p@127.0.0.1:5672/%2F?{name}={quote(value, safe='')}"
+    with pytest.raises(ConfigError, match=re.escape(said)) as caught:
+        _Broker.from_url(url)
+    assert "ssl_options" not in str(caught.value)
+
+
 # --- TLS settings ------------------------------------------------------------------
 
 

@@ -322,12 +322,23 @@ class _Broker:
             # pika reads ?ssl_options= with ast.literal_eval and builds its SSL context at
             # once; a SyntaxError's text would quote the value, and a key's password in it
             why = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+            if "ssl_options" not in parse_qs(urlsplit(url).query):  # another option's
+                raise ConfigError(
+                    f"DISTQ_AMQP_URL ({mask_url(url)}): an option cannot be used "
+                    f"({type(exc).__name__}: {why}); correct it or remove it"
+                ) from None
             raise ConfigError(
                 f"DISTQ_AMQP_URL ({mask_url(url)}): its ssl_options cannot be used "
                 f"({type(exc).__name__}: {why}); give a Python dict of pika's SSL options "
                 "(ca_certs, certfile, keyfile, password), or leave them out and set "
                 "DISTQ_TLS_CA_FILE, DISTQ_TLS_CERT_FILE and DISTQ_TLS_KEY_FILE"
             ) from None
+        odd = {k: v for k, v in (params.tcp_options or {}).items() if type(v) is not int}
+        if odd:  # a socket option of text failed at the first connect, with a traceback
+            raise ConfigError(
+                f"DISTQ_AMQP_URL ({mask_url(url)}) has tcp_options {odd!r}: each value must "
+                "be a whole number, e.g. tcp_options={'TCP_KEEPIDLE': 60}"
+            )
         user = unquote(urlsplit(url).username or params.credentials.username)
         return cls(
             url,
