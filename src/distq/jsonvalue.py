@@ -61,8 +61,16 @@ def _unsendable(item: str | int) -> str | None:
         try:
             item.encode()
         except UnicodeEncodeError as exc:
+            lone = item[exc.start]
+            # what Python makes of a byte that is not UTF-8 in argv or a file it decoded
+            # with surrogateescape: said as that byte (input17)
+            byte = (
+                f" (the byte 0x{ord(lone) - 0xDC00:02X}, not UTF-8: give it in UTF-8)"
+                if "\udc80" <= lone <= "\udcff"
+                else ""
+            )
             return (
-                f"holds the unpaired surrogate {item[exc.start]!r} at index {exc.start}, "
+                f"holds the unpaired surrogate {lone!r} at index {exc.start}{byte}, "
                 "which UTF-8, and so the wire, cannot carry"
             )
         return None
