@@ -71,7 +71,7 @@ def test_check_arguments_names_the_task_and_the_argument() -> None:
     [
         (["\ud800"], {}, r"argument 1 holds the unpaired surrogate '\\ud800' at index 0"),
         ([["ok", "é\udc80"]], {}, r"argument 1\[1\] holds the unpaired surrogate '\\udc80' at"),
-        (["caf\udce9"], {}, r"at index 3 \(the byte 0xE9, not UTF-8: give it in UTF-8\)"),
+        (["caf\udce9"], {}, r"argument 1 holds .* at index 3 \(the byte 0xE9, not UTF-8: give it"),
         ([{"\udc00": 1}], {}, r"argument 1 has a key that holds the unpaired surrogate"),
         ([], {"\udc00": 1}, r"the keyword '\\udc00' holds the unpaired surrogate"),
         ([1, 10**5000], {}, r"argument 2 is an integer of more than 4,300 digits"),
