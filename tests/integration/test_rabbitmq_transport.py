@@ -456,6 +456,46 @@ def test_requeue_dead_refused_in_part_keeps_only_the_letters_whose_tasks_were_re
     assert [letter.body for letter in t.dead_letters()] == [b"t3", b"t4"]
 
 
+def test_dead_letters_a_full_dead_letter_queue_refuses_send_their_tasks_to_the_back(
+    open_transport: OpenTransport, raw: Any, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead-letter queue at a length limit with overflow reject-publish: its refusal
+    failed the whole settle, the batch went back with the connection, and the same bad
+    message came first again: the worker reconnected once a second and no task behind
+    it ran (input17). Now the batch is settled; the refused ones go to the end of the
+    task queue, said once, and the task queue moves on."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"bad-1", b"bad-2", b"bad-3", b"good"])
+    producer.flush()
+    consumer = t.consumer("c")  # declares both queues; the dead one is replaced below
+    raw.queue_delete(f"{queue}.dead")
+    full = {"x-max-length": 1, "x-overflow": "reject-publish"}
+    raw.queue_declare(f"{queue}.dead", durable=True, arguments=full)
+    bad = fetch_n(consumer, 3)
+    assert [d.body for d in bad] == [b"bad-1", b"bad-2", b"bad-3"]
+    letters = [
+        Settlement(d, dead_letter=DeadLetter(d.body, "malformed", queue, "w").encode()) for d in bad
+    ]
+    consumer.settle(letters)  # it raised, and the same three came first again
+    (good,) = fetch_n(consumer, 1)
+    assert good.body == b"good"
+    consumer.settle([Settlement(good)])
+    again = fetch_n(consumer, 2)
+    assert [d.body for d in again] == [b"bad-2", b"bad-3"]  # at the end, in order
+    said = [r.getMessage() for r in caplog.records if "refused 2 dead letter" in r.getMessage()]
+    assert len(said) == 1 and f"{queue}.dead" in said[0], said
+    deadline = time.monotonic() + 5
+    while _ready(raw, f"{queue}.dead") != 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _ready(raw, f"{queue}.dead") == 1
+    consumer.settle(
+        [Settlement(d, dead_letter=DeadLetter(d.body, "x", queue, "w").encode()) for d in again]
+    )
+    assert len([r for r in caplog.records if "dead letter(s)" in r.getMessage()]) == 1  # once
+    producer.close()
+
+
 def _two_packs_dead_lettered(
     t: RabbitMQTransport, raw: Any, queue: str
 ) -> tuple[Any, list[list[bytes]]]:

@@ -1371,6 +1371,7 @@ class RabbitMQConsumer(Consumer):
         self._per_message = TASKS_PER_MESSAGE
         self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
         self._split_after = 0.0  # no splitting a pack before (see fetch)
+        self._said_letters_refused = False
         heartbeat = max(1, round(transport.settings.lease_seconds))
         self._link = _Link(broker, heartbeat, f"distq worker {self.consumer_id}")
         try:
@@ -1523,6 +1524,7 @@ class RabbitMQConsumer(Consumer):
                 if s.retry is not None and s.retry_delay > 0:
                     self._declare_retry_queue(_delay_ms(s.retry_delay))
             replies: dict[str, list[bytes]] = {}
+            letters: dict[int, Settlement] = {}  # dead letters by publish sequence
             for s in settlements:
                 if s.result is not None and s.reply_to and s.reply_to.startswith(prefix):
                     replies.setdefault(s.reply_to, []).append(s.result)
@@ -1533,6 +1535,7 @@ class RabbitMQConsumer(Consumer):
                     link.publish(target, s.retry, mandatory=True)
                 if s.dead_letter is not None:
                     link.publish(self._transport.dead_queue, s.dead_letter, mandatory=True)
+                    letters[link.sequence] = s
             # one message per master, however many results, within a pack's byte budget:
             # a fraction of the broker's work per task. Not mandatory: a reply queue
             # deleted by its master means nobody waits, and the broker drops it (never
@@ -1545,11 +1548,36 @@ class RabbitMQConsumer(Consumer):
                     else:
                         body = pack(part)
                         link.publish(reply_to, body, mandatory=False, properties=_PACKED)
+            if letters:
+                self._letters_refused([letters[n] for n in sorted(link.refused(letters))])
             link.confirm()
             done = self._held.settle(tags)
             if done:
                 self._finish(done, link.channel.basic_ack)
             self._drop_records(tags)
+
+    def _letters_refused(self, settlements: list[Settlement]) -> None:
+        """The dead-letter queue refused these dead letters (full: a length limit with
+        overflow reject-publish): their tasks go to the end of the task queue instead,
+        to be dead-lettered once it has room, and the batch is settled. The refusal
+        failed the whole batch, which went back with the connection, and the same
+        message came first again: every worker on the queue reconnected once a second,
+        no task behind it ran (input17). Said once per consumer."""
+        if not settlements:
+            return
+        if not self._said_letters_refused:
+            self._said_letters_refused = True
+            log.warning(
+                "RabbitMQ at %s: the queue %r refused %d dead letter(s) (full? a length "
+                "limit with overflow reject-publish: see `rabbitmqctl list_policies`); their "
+                "messages go back to the end of %r until it takes them",
+                self._broker.address,
+                self._transport.dead_queue,
+                len(settlements),
+                self._transport.queue,
+            )
+        for s in settlements:
+            self._link.publish(self._transport.queue, s.delivery.body, mandatory=True)
 
     def release(self, deliveries: Sequence[Delivery]) -> int:
         if not deliveries:
