@@ -196,6 +196,17 @@ def test_a_claim_of_large_tasks_takes_about_claim_bytes_of_them(
     assert [d.body for d in consumer.fetch(128, timeout=1)] == [huge]
     t.producer("r").submit(_bodies(300))
     assert [d.body for d in consumer.fetch(300, timeout=1)] == _bodies(300)  # small: at once
+    # sizes that differ: sized by the next task (small), the claim took 128 tasks of 64 MB
+    # in all (diff17); those past CLAIM_BYTES go back, in order
+    mixed = [b"s%d" % i if i % 2 == 0 else bytes([65 + i % 26]) * size for i in range(40)]
+    t.producer("r").submit(mixed)
+    got = []
+    while len(got) < len(mixed):
+        batch = [d.body for d in consumer.fetch(128, timeout=1)]
+        assert 0 < sum(map(len, batch)) <= CLAIM_BYTES + size, [len(b) for b in batch]
+        got += batch
+    assert got == mixed and raw.llen(queue) == 0
+    assert raw.llen(f"distq:{queue}:inflight:{consumer.consumer_id}") == 13 + 2 + 300 + 40
 
 
 def test_concurrent_batch_claims_never_share_a_task(open_transport: OpenTransport) -> None:

@@ -211,17 +211,29 @@ local out = {-1, 0, {}}
 local got, bytes = 0, 0
 while got < want and bytes < CLAIM_BYTES do
   -- as many as fit CLAIM_BYTES if all were the size of the next one (tasks of a job are
-  -- alike): large tasks are claimed a few at a time, small ones all at once
+  -- alike): large tasks are claimed a few at a time, small ones all at once; those past
+  -- CLAIM_BYTES (sizes that differ) go back to the claim end, in their order
   local next = redis.call('LINDEX', KEYS[1], -1)
   if not next then break end
   local fit = math.floor((CLAIM_BYTES - bytes) / math.max(#next, 1))
   local bodies = redis.call('RPOP', KEYS[1], math.max(1, math.min(want - got, 1000, fit)))
-  push('LPUSH', KEYS[5], bodies)
-  for _, body in ipairs(bodies) do
+  local kept = #bodies
+  for i, body in ipairs(bodies) do
+    if bytes >= CLAIM_BYTES then
+      kept = i - 1
+      break
+    end
     out[#out + 1] = body
     bytes = bytes + #body
   end
-  got = got + #bodies
+  if kept < #bodies then
+    local back = {}
+    for i = #bodies, kept + 1, -1 do back[#back + 1] = bodies[i] end
+    push('RPUSH', KEYS[1], back)
+    for i = #bodies, kept + 1, -1 do bodies[i] = nil end
+  end
+  push('LPUSH', KEYS[5], bodies)
+  got = got + kept
 end
 if got < want or want == 0 then
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
