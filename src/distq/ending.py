@@ -466,13 +466,14 @@ class Endings:
         letter = DeadLetter(body=body, reason=reason, queue=self.queue, worker=self.worker_id)
         encoded = letter.encode()
         limit = self.codec.letter_limit  # the broker's, once it refused a message over it
-        if limit is not None and len(encoded) > limit:
-            # within it whatever JSON makes of them: base64 (4/3), escapes (up to 6x)
-            kept = body[: min(OVERSIZED_KEPT_BYTES, limit // 4)]
-            reason = reason[: limit // 8] + (
+        room = min(len(body), OVERSIZED_KEPT_BYTES, limit // 4) if limit is not None else 0
+        while limit is not None and len(encoded) > limit and room > 0:
+            # halved until it fits: JSON writes a control byte in 6 (diff17)
+            kept, room = body[:room], room // 2
+            said = reason[: max(200, room)] + (
                 f"; the dead letter keeps the first {len(kept):,} bytes of the task (the "
                 f"broker takes no message over {limit:,})"
             )
-            letter = DeadLetter(body=kept, reason=reason, queue=self.queue, worker=self.worker_id)
+            letter = DeadLetter(body=kept, reason=said, queue=self.queue, worker=self.worker_id)
             encoded = letter.encode()
         return encoded

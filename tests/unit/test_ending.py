@@ -465,3 +465,20 @@ def test_a_long_traceback_keeps_its_last_line() -> None:
         text = traceback_text(error)
     assert "characters cut)\n" in text
     assert text.rstrip().endswith("ValueError: the-last-line")
+
+
+@pytest.mark.parametrize("byte", [b"\x01", "é".encode()])
+def test_a_dead_letter_is_held_to_the_limit_the_broker_refused_over(byte: bytes) -> None:
+    """Once the broker refused a message over its max_message_size, a dead letter keeps
+    the start of its task, within that limit: cut to a quarter of it, a body of control
+    bytes (6 each in JSON) was still over, refused at each delivery (diff17)."""
+    codec = Codec()
+    codec.hold_to(65536)
+    endings = Endings("w1", "q", codec)
+    body = byte * 60_000
+    ending = endings.malformed(Delivery(body, 1), EnvelopeError("task is not valid JSON"))
+    letter = ending.settlement.dead_letter
+    assert letter is not None and len(letter) <= 65536
+    kept = DeadLetter.decode(letter)
+    assert body.startswith(kept.body) and len(kept.body) > 1000
+    assert "the dead letter keeps the first" in kept.reason
