@@ -20,7 +20,7 @@ from distq.ending import (
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError, MessageTooLarge, VersionMismatch
 from distq.transport import Delivery, Settlement
-from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, pack
+from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, pack, pack_problem
 
 ENDINGS = Endings("w1", "q")
 
@@ -244,6 +244,13 @@ def test_a_pack_no_worker_takes_is_dead_lettered_saying_why(body: bytes, said: s
     assert ending.settlement.dead_letter is not None
     reason = DeadLetter.decode(ending.settlement.dead_letter).reason
     assert reason.startswith(f"malformed message: {said}"), reason
+
+
+def test_json_that_starts_with_a_nul_byte_is_not_said_to_be_a_pack() -> None:
+    """UTF-16 or UTF-32 JSON starts with a NUL byte too: said to be a pack cut short, it
+    lost the reason that names those encodings (diff17)."""
+    for encoding in ("utf-16-be", "utf-32-be"):
+        assert pack_problem('{"v":1}'.encode(encoding)) is None
 
 
 def test_a_chunks_result_too_large_says_a_smaller_chunksize_sends_fewer_values() -> None:

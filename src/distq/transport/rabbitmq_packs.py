@@ -90,8 +90,8 @@ def pack_problem(data: bytes) -> str | None:
     writes, when it starts as one does (a 4-byte length, so a NUL byte: no JSON text
     does); None when it does not. What a worker's dead letter says instead of "not
     UTF-8 at position 3", the low byte of the length (input17)."""
-    if not data.startswith(b"\x00"):
-        return None
+    if not data.startswith(b"\x00") or 4 + int.from_bytes(data[:4], "big") > len(data):
+        return None  # not even its first task: UTF-16 or UTF-32 JSON, say (diff17)
     try:
         bodies = unpack(data)
     except ValueError:
