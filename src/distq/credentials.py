@@ -24,9 +24,10 @@ SECRETS: tuple[str, ...] = (
     "DISTQ_REDIS_PASSWORD",
     "DISTQ_AMQP_PASSWORD",
 )
-#: The secrets that are keys, used as bytes: a file of random bytes holds one as the
-#: variable would (``os.environb``); a password goes into a URL, so it must be UTF-8.
-KEYS: tuple[str, ...] = ("DISTQ_AUTHKEY", "DISTQ_SIGNING_KEY", "DISTQ_SIGNING_KEYS")
+#: The secrets that are one key, used as bytes: a file of random bytes holds one as the
+#: variable would (``os.environb``). A password goes into a URL, and a list of keys is
+#: split at commas and line ends (a random byte may be one): those must be UTF-8 text.
+KEYS: tuple[str, ...] = ("DISTQ_AUTHKEY", "DISTQ_SIGNING_KEY")
 FILE_SUFFIX = "_FILE"
 MASK = "***"
 #: A query parameter whose value is a secret: redis-py takes the password from
@@ -121,10 +122,14 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
         try:
             text = data.decode()
         except UnicodeDecodeError:
-            raise ConfigError(
-                f"{named} names {path!r}, which is not UTF-8 text; write the password "
-                "in UTF-8 (and set it so on the broker)"
-            ) from None
+            fix = (
+                "a list of keys is text, one per line: write them in hex, e.g. "
+                "$(python3 -c 'import secrets; print(secrets.token_hex(32))'), or give one "
+                "key of any bytes as DISTQ_SIGNING_KEY_FILE"
+                if var.startswith("DISTQ_SIGNING_KEYS")
+                else "write the password in UTF-8 (and set it so on the broker)"
+            )
+            raise ConfigError(f"{named} names {path!r}, which is not UTF-8 text; {fix}") from None
     text = text.rstrip("\r\n")
     if not text.strip():
         what = "empty" if not text else "empty but for whitespace"

@@ -161,22 +161,20 @@ def test_a_bad_secret_file_names_the_variable_and_path(
 
 def test_a_key_file_of_random_bytes_holds_the_key_the_variable_would(tmp_path: Path) -> None:
     """`head -c 32 /dev/urandom > key`: its bytes are the key, as in the variable (whose
-    bytes os.environ keeps with surrogateescape); they were refused as not UTF-8."""
+    bytes os.environ keeps with surrogateescape); they were refused as not UTF-8. A list
+    of keys is split at commas and line ends, which random bytes hold (a fifth of 32-byte
+    keys, diff17): its file must be text, and says how to write one."""
     raw = b"\xe9\x00\xff" + bytes(range(0x80, 0x9D)) + b"\xc3"
     (tmp_path / "a").write_bytes(raw)
-    (tmp_path / "k").write_bytes(raw + b"\n" + b"\xfe" * 20)
     (tmp_path / "one").write_bytes(raw + b",\xfe")
-    settings = load(
-        {
-            "DISTQ_AUTHKEY_FILE": str(tmp_path / "a"),
-            "DISTQ_SIGNING_KEYS_FILE": str(tmp_path / "k"),
-        }
-    )
+    settings = load({"DISTQ_AUTHKEY_FILE": str(tmp_path / "a")})
     assert settings.authkey == raw
-    assert settings.signing_keys == (raw, b"\xfe" * 20)
     from_env = load({**KEY, "DISTQ_SIGNING_KEY": (raw + b",\xfe").decode(errors="surrogateescape")})
     from_file = load({**KEY, "DISTQ_SIGNING_KEY_FILE": str(tmp_path / "one")})
     assert from_file.signing_keys == from_env.signing_keys == (raw + b",\xfe",)
+    message = error({**KEY, "DISTQ_SIGNING_KEYS_FILE": str(tmp_path / "one")})
+    assert "which is not UTF-8 text; a list of keys is text, one per line" in message
+    assert "DISTQ_SIGNING_KEY_FILE" in message
 
 
 def test_a_password_file_goes_into_the_url(tmp_path: Path) -> None:
