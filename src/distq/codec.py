@@ -95,6 +95,12 @@ class Codec:
         # result in it is then held to that limit (see Collector)
         self._results_allowance = max(max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES)
 
+    @property
+    def _broker_held(self) -> bool:
+        """Whether the limit is the broker's, below DISTQ_MAX_MESSAGE_BYTES (hold_to): a
+        message over it names that, not the setting, which raising would not help."""
+        return self.letter_limit is not None and self.letter_limit <= self.max_message_bytes
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Codec:
         # signing_key too: settings built by hand, not secured (config.secured moves it)
@@ -115,8 +121,8 @@ class Codec:
             advice = (
                 "flatten its arguments"
                 if isinstance(exc, NestedTooDeep)
-                else "pass large data by reference (a path, a URL, a key) or raise "
-                "DISTQ_MAX_MESSAGE_BYTES"
+                else "pass large data by reference (a path, a URL, a key)"
+                + ("" if self._broker_held else " or raise DISTQ_MAX_MESSAGE_BYTES")
             )
             raise type(exc)(
                 f"task {task.name} [{task.id}] cannot be submitted: {exc}; {advice}"
@@ -170,9 +176,12 @@ class Codec:
         """``envelope``, known to nest within the limit, signed and checked for size."""
         message = envelope if self.signer is None else self.signer.sign(envelope)
         if len(message) > self.max_message_bytes:
+            which = (
+                "the broker's max_message_size" if self._broker_held else "DISTQ_MAX_MESSAGE_BYTES"
+            )
             raise MessageTooLarge(
                 f"{kind} would be {len(message):,} bytes, over the limit of "
-                f"{self.max_message_bytes:,} (DISTQ_MAX_MESSAGE_BYTES)"
+                f"{self.max_message_bytes:,} ({which})"
             )
         return message
 

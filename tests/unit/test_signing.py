@@ -521,3 +521,17 @@ def test_a_message_of_exactly_the_limit_passes_and_one_byte_more_does_not() -> N
         Codec(max_message_bytes=size - 1).seal_task(task)
     with pytest.raises(EnvelopeError):
         Codec(max_message_bytes=size - 1).open_task(Codec().seal_task(task))
+
+
+def test_over_a_limit_the_broker_set_names_the_broker_not_the_setting() -> None:
+    """Once held to the broker's max_message_size, a message over it said to raise
+    DISTQ_MAX_MESSAGE_BYTES, which cannot help (diff17)."""
+    codec = Codec()
+    codec.hold_to(1000)
+    with pytest.raises(MessageTooLarge) as caught:
+        codec.seal_task(task("x" * 2000))
+    said = str(caught.value)
+    assert "over the limit of 1,000 (the broker's max_message_size)" in said
+    assert "DISTQ_MAX_MESSAGE_BYTES" not in said
+    with pytest.raises(MessageTooLarge, match=r"\(DISTQ_MAX_MESSAGE_BYTES\)"):
+        Codec(max_message_bytes=1000).seal_task(task("x" * 2000))
