@@ -37,6 +37,7 @@ from distq.errors import (
     ConfigError,
     EnvelopeError,
     KeyMissing,
+    MessageRefused,
     MessageTooLarge,
     RemoteError,
     SignatureError,
@@ -120,6 +121,9 @@ def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
             if args.role == "dead-letters":
                 return _dead_letters(args, transport, settings, console)
             return _requeue_dead(args, transport, settings, console)
+    except MessageRefused as exc:  # a message over the broker's limit: input, as one over
+        console.error(str(exc))  # DISTQ_MAX_MESSAGE_BYTES is (exit 3 says unreachable)
+        return EXIT_CONFIG
     except TransportError as exc:
         console.error(str(exc))
         return EXIT_UNREACHABLE

@@ -130,6 +130,17 @@ def test_a_message_over_the_brokers_max_message_size_fails_its_task_once(
             timeout=60,
             check=True,
         )
+        refused = subprocess.run(
+            [sys.executable, "-m", "distq", "submit", "jobs:add", "z" * 100_000, "1"],
+            env=target.process_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )  # an input the broker refuses: exit 2, as one over DISTQ_MAX_MESSAGE_BYTES (diff17)
+        assert refused.returncode == 2 and "max_message_size of 65,536" in refused.stderr, (
+            refused.stderr
+        )
         reasons = [letter["reason"] for letter in json.loads(dead.stdout)]
         assert len(reasons) == 2, reasons  # each task failed for good once
         assert any("ran, but its value cannot be sent back" in r for r in reasons), reasons
