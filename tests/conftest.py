@@ -83,6 +83,15 @@ def target(request: pytest.FixtureRequest) -> Target:
 
 
 @pytest.fixture
+def transport() -> Iterator[Transport]:
+    """A manager transport hosted in this process, on a free port: no broker to start."""
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    hosted = open_transport(settings, "master")
+    yield hosted
+    hosted.close()
+
+
+@pytest.fixture
 def hosted(target: Target) -> Iterator[Transport]:
     """The master's side of ``target``: for manager this process hosts the queues."""
     transport = open_transport(target.settings, "master")

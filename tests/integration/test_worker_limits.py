@@ -8,38 +8,26 @@ from __future__ import annotations
 
 import io
 import re
-import secrets
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from conftest import Target
-from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Task, new_id
 from distq.tasks import Registry
 from distq.timelimits import TimeLimits
-from distq.transport import Producer, Transport, open_transport
+from distq.transport import Producer, Transport
 from distq.worker import Worker, WorkerOptions
-from launch import free_port
 from procs import Distq
 from seam import results_of
 
 pytestmark = pytest.mark.integration
 
 REPLY = "limits.results.job"
-
-
-@pytest.fixture
-def transport() -> Iterator[Transport]:
-    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
-    hosted = open_transport(settings, "master")
-    yield hosted
-    hosted.close()
 
 
 def _worker(transport: Transport, registry: Registry, out: io.StringIO, **options: Any) -> Worker:

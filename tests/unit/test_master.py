@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import io
 import re
-import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import pytest
 
 from distq import master as master_module
 from distq.backoff import Backoff
-from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Result, Task
 from distq.errors import TransportError
@@ -30,19 +28,10 @@ from distq.master import (
     percentile,
 )
 from distq.squares import Squares
-from distq.transport import Settlement, Transport, open_transport
+from distq.transport import Settlement, Transport
 from distq.transport.base import Producer
 from distq.transport.manager import ManagerProducer
-from launch import free_port
 from seam import ok_result
-
-
-@pytest.fixture
-def transport() -> Iterator[Transport]:
-    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
-    hosted = open_transport(settings, "master")
-    yield hosted
-    hosted.close()
 
 
 def serve(

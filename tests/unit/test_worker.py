@@ -6,11 +6,9 @@ import io
 import json
 import os
 import re
-import secrets
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -26,18 +24,9 @@ from distq.logs import JsonConsole
 from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry
 from distq.timelimits import TimeLimits
-from distq.transport import Producer, Transport, open_transport
+from distq.transport import Producer, Transport
 from distq.worker import Worker, WorkerOptions
-from launch import free_port
 from seam import results_n, results_of
-
-
-@pytest.fixture
-def transport() -> Iterator[Transport]:
-    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
-    hosted = open_transport(settings, "master")
-    yield hosted
-    hosted.close()
 
 
 def run_for(worker: Worker, seconds: float) -> None:

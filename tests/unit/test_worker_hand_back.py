@@ -6,30 +6,18 @@ from __future__ import annotations
 
 import functools
 import io
-import secrets
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import distq.worker as worker_module
 from distq.batch import run_batch
-from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Task
 from distq.tasks import Registry
-from distq.transport import Delivery, Transport, open_transport
+from distq.transport import Delivery, Transport
 from distq.worker import Worker, WorkerOptions, _Slot
-from launch import free_port
-
-
-@pytest.fixture
-def transport() -> Iterator[Transport]:
-    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
-    hosted = open_transport(settings, "master")
-    yield hosted
-    hosted.close()
 
 
 def test_a_batch_that_handed_tasks_back_leases_no_more_in_its_settle(

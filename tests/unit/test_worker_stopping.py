@@ -6,30 +6,18 @@ drain runs out (mut17b)."""
 from __future__ import annotations
 
 import io
-import secrets
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Task
 from distq.errors import CertificateRejected, TransportError
 from distq.tasks import Registry
-from distq.transport import Producer, Transport, open_transport
+from distq.transport import Producer, Transport
 from distq.worker import Worker, WorkerOptions
-from launch import free_port
-
-
-@pytest.fixture
-def transport() -> Iterator[Transport]:
-    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
-    hosted = open_transport(settings, "master")
-    yield hosted
-    hosted.close()
 
 
 def _napping(
