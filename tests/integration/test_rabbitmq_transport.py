@@ -456,14 +456,20 @@ def test_requeue_dead_refused_in_part_keeps_only_the_letters_whose_tasks_were_re
     assert [letter.body for letter in t.dead_letters()] == [b"t3", b"t4"]
 
 
-def test_dead_letters_a_full_dead_letter_queue_refuses_send_their_tasks_to_the_back(
-    open_transport: OpenTransport, raw: Any, queue: str, caplog: pytest.LogCaptureFixture
+def test_dead_letters_a_full_dead_letter_queue_refuses_send_their_tasks_back_later(
+    open_transport: OpenTransport,
+    raw: Any,
+    queue: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A dead-letter queue at a length limit with overflow reject-publish: its refusal
     failed the whole settle, the batch went back with the connection, and the same bad
     message came first again: the worker reconnected once a second and no task behind
-    it ran (input17). Now the batch is settled; the refused ones go to the end of the
-    task queue, said once, and the task queue moves on."""
+    it ran (input17). Sent back to the queue at once, a task that failed for good ran 900
+    times in seconds (diff17b). Now the batch is settled, said once, and the refused
+    ones come back after LETTER_REFUSED_DELAY, in order."""
+    monkeypatch.setattr(rabbitmq, "LETTER_REFUSED_DELAY", 4.0)
     t = open_transport()
     producer = t.producer(t.reply_queue("p"))
     producer.submit([b"bad-1", b"bad-2", b"bad-3", b"good"])
@@ -478,11 +484,12 @@ def test_dead_letters_a_full_dead_letter_queue_refuses_send_their_tasks_to_the_b
         Settlement(d, dead_letter=DeadLetter(d.body, "malformed", queue, "w").encode()) for d in bad
     ]
     consumer.settle(letters)  # it raised, and the same three came first again
+    assert _ready(raw, f"{queue}.retry.4000") == 2  # waiting there, not in the queue
     (good,) = fetch_n(consumer, 1)
     assert good.body == b"good"
     consumer.settle([Settlement(good)])
     again = fetch_n(consumer, 2)
-    assert [d.body for d in again] == [b"bad-2", b"bad-3"]  # at the end, in order
+    assert [d.body for d in again] == [b"bad-2", b"bad-3"]  # later, in order
     said = [r.getMessage() for r in caplog.records if "refused 2 dead letter" in r.getMessage()]
     assert len(said) == 1 and f"{queue}.dead" in said[0], said
     deadline = time.monotonic() + 5
