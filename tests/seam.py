@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from distq.codec import Codec
-from distq.envelope import Result, Task
-from distq.transport import Consumer, Delivery, Producer
+from distq.envelope import DeadLetter, Result, Task, new_id
+from distq.transport import Consumer, Delivery, Producer, Settlement, Transport
 
 
 def ok_result(task: Task, value: object) -> bytes:
@@ -51,3 +51,22 @@ def results_of(
         for body in producer.results(count - len(got), 0.2):
             got += map(Result.decode, codec.open_results(body))
     return got
+
+
+def dead_letter(
+    hosted: Transport, remote: Transport, letters: list[tuple[bytes, str, str]]
+) -> None:
+    """Each ``(body, reason, queue)`` submitted, then dead-lettered by a worker's consumer
+    with that reason and queue, in this order; waits until the broker counts them."""
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    producer.submit([body for body, _, _ in letters])
+    consumer = remote.consumer("dies")
+    for delivery, (body, reason, of) in zip(fetch_n(consumer, len(letters)), letters, strict=True):
+        assert delivery.body == body
+        letter = DeadLetter(body=body, reason=reason, queue=of, worker="w")
+        consumer.settle([Settlement(delivery, dead_letter=letter.encode())])
+    deadline = time.monotonic() + 5
+    while hosted.stats().dead < len(letters) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    consumer.close()
+    producer.close()

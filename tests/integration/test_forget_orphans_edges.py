@@ -4,35 +4,15 @@ submitted again: `requeue-dead` would run it a second time."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from conftest import Target
-from distq.envelope import DeadLetter, new_id
-from distq.transport import Settlement, Transport
+from distq.envelope import new_id
+from distq.transport import Transport
 from distq.transport.base import orphaned_reason
-from seam import fetch_n
+from seam import dead_letter
 
 pytestmark = pytest.mark.integration
-
-
-def _dead_lettered(
-    hosted: Transport, remote: Transport, letters: list[tuple[bytes, str, str]]
-) -> None:
-    """Each ``(body, reason, queue)`` dead-lettered by a worker, in this order."""
-    producer = hosted.producer(hosted.reply_queue(new_id()))
-    producer.submit([body for body, _, _ in letters])
-    consumer = remote.consumer("dies")
-    for delivery, (body, reason, of) in zip(fetch_n(consumer, len(letters)), letters, strict=True):
-        assert delivery.body == body
-        letter = DeadLetter(body=body, reason=reason, queue=of, worker="w")
-        consumer.settle([Settlement(delivery, dead_letter=letter.encode())])
-    deadline = time.monotonic() + 5
-    while hosted.stats().dead < len(letters) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    consumer.close()
-    producer.close()
 
 
 def test_forget_orphans_removes_a_lone_orphan(
@@ -41,7 +21,7 @@ def test_forget_orphans_removes_a_lone_orphan(
     """One orphan and nothing else in the dead letters: a master back from one short
     lapse, a single task dead-lettered meanwhile (mut17b)."""
     mine = hosted.reply_queue(new_id())
-    _dead_lettered(hosted, remote, [(b"a", orphaned_reason(mine), target.settings.queue)])
+    dead_letter(hosted, remote, [(b"a", orphaned_reason(mine), target.settings.queue)])
     assert hosted.forget_orphans(mine) == 1
     assert hosted.dead_letters() == []
 
@@ -54,6 +34,6 @@ def test_forget_orphans_removes_the_newest_letter_too(
     queue = target.settings.queue
     mine, theirs = hosted.reply_queue(new_id()), hosted.reply_queue(new_id())
     letters = [(b"b", orphaned_reason(theirs), queue), (b"a", orphaned_reason(mine), queue)]
-    _dead_lettered(hosted, remote, letters)
+    dead_letter(hosted, remote, letters)
     assert hosted.forget_orphans(mine) == 1
     assert [letter.body for letter in hosted.dead_letters()] == [b"b"]

@@ -26,7 +26,7 @@ from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport import Delivery, Settlement, Transport, open_transport
 from distq.transport.base import orphaned_reason
 from launch import free_port
-from seam import fetch_n, results_n
+from seam import dead_letter, fetch_n, results_n
 
 pytestmark = pytest.mark.integration
 
@@ -592,17 +592,7 @@ def test_unreachable_broker_is_a_clear_and_quick_error(target: Target) -> None:
 
 def dead_lettered(hosted: Transport, remote: Transport, bodies: list[bytes]) -> None:
     """Put ``bodies`` through a consumer into the dead letters, in this order."""
-    producer = hosted.producer(hosted.reply_queue(new_id()))
-    producer.submit(bodies)
-    consumer = remote.consumer("dies")
-    for i, delivery in enumerate(fetch_n(consumer, len(bodies))):
-        letter = DeadLetter(body=delivery.body, reason=f"why-{i}", queue="q", worker="w")
-        consumer.settle([Settlement(delivery, dead_letter=letter.encode())])
-    deadline = time.monotonic() + 5
-    while hosted.stats().dead < len(bodies) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    consumer.close()
-    producer.close()
+    dead_letter(hosted, remote, [(body, f"why-{i}", "q") for i, body in enumerate(bodies)])
 
 
 def test_forget_orphans_removes_only_that_masters_orphans_and_keeps_the_order(
@@ -621,24 +611,13 @@ def test_forget_orphans_removes_only_that_masters_orphans_and_keeps_the_order(
         (b"e", orphaned_reason(mine), queue),
         (b"\xff f", "why", queue),
     ]
-    producer = hosted.producer(hosted.reply_queue(new_id()))
-    producer.submit([body for body, _, _ in letters])
-    consumer = remote.consumer("dies")
-    for delivery, (body, reason, of) in zip(fetch_n(consumer, len(letters)), letters, strict=True):
-        assert delivery.body == body
-        letter = DeadLetter(body=body, reason=reason, queue=of, worker="w")
-        consumer.settle([Settlement(delivery, dead_letter=letter.encode())])
-    deadline = time.monotonic() + 5
-    while hosted.stats().dead < len(letters) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    dead_letter(hosted, remote, letters)
     assert hosted.forget_orphans(mine) == 2
     kept = [b"b", b"c " + mine.encode(), b"d", b"\xff f"]
     assert [letter.body for letter in hosted.dead_letters()] == kept
     assert remote.forget_orphans(mine) == 0  # none left; a worker's side may ask too
     assert hosted.forget_orphans(theirs) == 1
     assert hosted.stats().dead == 3
-    consumer.close()
-    producer.close()
 
 
 def test_requeue_dead_puts_the_oldest_letters_back_as_revived(

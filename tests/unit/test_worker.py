@@ -442,7 +442,8 @@ def test_a_stopping_worker_settles_again_while_its_drain_lasts(
     """SIGTERM while the broker was away a moment: the tasks ran to their end, their
     settle failed, and the worker dropped their results and exited at once, its drain
     barely begun; they ran again elsewhere (life16). It settles again now, until the
-    drain runs out, and the results reach the master."""
+    drain runs out, and the results reach the master; the settle that goes through says
+    the broker is back, once, as any call that goes through does (mut17b)."""
     kind = type(transport.consumer("probe"))
     assert kind.resettles
     settle = kind.settle
@@ -458,6 +459,8 @@ def test_a_stopping_worker_settles_again_while_its_drain_lasts(
     producer, said = _two_slots_napping(transport, 2, 0.5, 0.2, drain_seconds=20.0)
     assert len(failures) == 3, said
     assert "2 ok" in said and "went away a moment; reconnecting" in said, said
+    assert said.count("; reconnecting") == 1, said
+    assert said.count("reconnected to manager transport") == 1, said
     assert len(results_n(producer, 2)) == 2
     producer.close()
 

@@ -77,34 +77,6 @@ def test_a_stopping_worker_does_not_settle_again_where_the_consumer_cannot(
     producer.close()
 
 
-def test_a_settle_made_again_that_goes_through_says_the_broker_is_back(
-    transport: Transport, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The drain's settle made again reached the broker: the outage it said
-    ("reconnecting") is over and said to be, once, as any call that goes through says
-    it; the worker exited saying only "reconnecting" (mut17b)."""
-    kind = type(transport.consumer("probe"))
-    assert kind.resettles
-    settle = kind.settle
-    failures: list[float] = []
-
-    def away_a_moment(self: Any, settlements: Any) -> None:
-        if len(failures) < 3:
-            failures.append(time.monotonic())
-            raise TransportError("the broker went away a moment")
-        settle(self, settlements)
-
-    monkeypatch.setattr(kind, "settle", away_a_moment)
-    producer, worker, out = _napping(transport, 2, 0.5, concurrency=2, drain_seconds=20.0)
-    assert _run_stopped_warm(worker, 0.2) == 0
-    said = out.getvalue()
-    assert len(failures) == 3 and "2 ok" in said, said
-    assert said.count("; reconnecting") == 1, said
-    assert said.count("reconnected to manager transport") == 1, said
-    assert not worker.outage.ongoing
-    producer.close()
-
-
 def test_a_rejected_certificate_met_by_a_stopping_settle_is_not_retried(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
