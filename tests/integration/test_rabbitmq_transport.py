@@ -36,7 +36,13 @@ from distq.transport import rabbitmq
 from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
 from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
-from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, TASKS_TYPE, task_bodies, unpack
+from distq.transport.rabbitmq_packs import (
+    TASKS_PER_MESSAGE,
+    TASKS_TYPE,
+    pack,
+    task_bodies,
+    unpack,
+)
 from faults.proxy import Partition
 from procs import Distq
 from seam import fetch_n
@@ -961,6 +967,32 @@ def test_a_deleted_lease_record_queue_is_declared_again_and_still_brings_the_tas
         sock.shutdown(socket.SHUT_RDWR)  # the worker dies: nothing renews the record
         back = fetch_n(t.consumer("survivor"), 1, within=10)  # expired into the queue
         assert [d.body for d in back] == [delivery.body]
+    finally:
+        raw.queue_delete(records)
+
+
+def test_a_pack_partly_settled_has_its_open_tasks_recorded_at_the_keepers_heartbeat(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """The worker's keeper settles a long batch's finished tasks and then heartbeats: a
+    pack of 32 is one message, acked only when all its tasks are settled, so a worker
+    killed in its long task had the finished ones run again with it (31 of 300 twice,
+    diff17b). The heartbeat now moves a partly settled pack's open tasks into lease
+    records and acks it: only those come back."""
+    t = open_transport(lease=1.0)
+    bodies = [b"task-%d" % i for i in range(8)]
+    raw.basic_publish("", queue, pack(bodies), pika.BasicProperties(type=TASKS_TYPE))
+    consumer = t.consumer("c")
+    held = fetch_n(consumer, 8)
+    records = record_queue(queue, consumer.consumer_id)
+    try:
+        consumer.settle([Settlement(d) for d in held[:5]])  # finished before the long one
+        consumer.heartbeat()  # well within the lease
+        assert _ready(raw, records) == 3 and _ready(raw, queue) == 0
+        sock = consumer._link.connection._impl._transport._sock
+        sock.shutdown(socket.SHUT_RDWR)  # the worker dies: only the records bring tasks back
+        back = fetch_n(t.consumer("survivor"), 8, within=6)
+        assert sorted(d.body for d in back) == bodies[5:]
     finally:
         raw.queue_delete(records)
 
