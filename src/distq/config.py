@@ -691,6 +691,7 @@ class Settings:
 
         An error in a flag's value names it as ``VARIABLE --flag``, or as
         ``flag_names[VARIABLE]`` when the caller's flags are not the command's."""
+        environ = _one_spelling_of_the_keys(environ, flags or {})
         environ, flags, files = credentials.read_secret_files(environ, flags or {}, flag_names)
         values: dict[str, Any] = {}
         named = flag_names or {}
@@ -719,6 +720,21 @@ class Settings:
                 "DISTQ_AUTHKEY=\"$(python3 -c 'import secrets; print(secrets.token_hex(16))')\""
             )
         return settings
+
+
+def _one_spelling_of_the_keys(
+    environ: Mapping[str, str], flags: Mapping[str, str | None]
+) -> Mapping[str, str]:
+    """``environ`` without the other spelling of the signing keys when a flag gives one:
+    the flag wins, as every flag does; ``--signing-key`` with ``DISTQ_SIGNING_KEYS`` in
+    the environment (the compose stack's, the manifests') was refused as both set."""
+    given = {name for name, value in flags.items() if value is not None and value.strip()}
+    spellings = ("DISTQ_SIGNING_KEY", "DISTQ_SIGNING_KEYS")
+    for one, other in (spellings, spellings[::-1]):
+        if given & {one, one + credentials.FILE_SUFFIX}:
+            gone = {other, other + credentials.FILE_SUFFIX}
+            environ = {name: value for name, value in environ.items() if name not in gone}
+    return environ
 
 
 def secured(settings: Settings) -> Settings:

@@ -613,3 +613,25 @@ def test_tls_failures_are_classified() -> None:
     found = tls.failure(wrong)
     assert found is not None and "does not speak TLS" in found.what
     assert tls.failure(ConnectionRefusedError(111, "Connection refused")) is None
+
+
+def test_a_signing_key_flag_wins_over_the_other_spelling_in_the_environment(
+    tmp_path: Path,
+) -> None:
+    """The compose stack and the manifests set DISTQ_SIGNING_KEYS: an operator's
+    --signing-key was refused as "both set", though a flag wins over the environment
+    (input17). Both spellings as flags are still refused."""
+    env = {**KEY, "DISTQ_SIGNING_KEYS": f"{SIGNING}-env"}
+    assert load(env, {"DISTQ_SIGNING_KEY": f"{SIGNING}-flag"}).signing_keys == (
+        f"{SIGNING}-flag".encode(),
+    )
+    keys = secret_file(tmp_path, f"{SIGNING}-file\n", "k")
+    env = {**KEY, "DISTQ_SIGNING_KEY_FILE": keys}
+    assert load(env, {"DISTQ_SIGNING_KEYS": f"{SIGNING}-flag"}).signing_keys == (
+        f"{SIGNING}-flag".encode(),
+    )
+    both: dict[str, str | None] = {
+        "DISTQ_SIGNING_KEY": f"{SIGNING}-a",
+        "DISTQ_SIGNING_KEYS": f"{SIGNING}-b",
+    }
+    assert "are both set" in error(KEY, both)
