@@ -691,16 +691,20 @@ class Settings:
 
         An error in a flag's value names it as ``VARIABLE --flag``, or as
         ``flag_names[VARIABLE]`` when the caller's flags are not the command's."""
-        environ = _one_spelling_of_the_keys(environ, flags or {})
-        environ, flags, files = credentials.read_secret_files(environ, flags or {}, flag_names)
-        values: dict[str, Any] = {}
         named = flag_names or {}
+        labels = {  # how a flag is named in an error
+            entry.variable: named.get(entry.variable, f"{entry.variable} {entry.flag}")
+            for _, entry in _entries(cls)
+        }
+        environ = _one_spelling_of_the_keys(environ, flags or {})
+        environ, flags, files = credentials.read_secret_files(environ, flags or {}, labels)
+        values: dict[str, Any] = {}
         for name, entry in _entries(cls):
             text, label = environ.get(entry.variable), entry.variable
             flag = (flags or {}).get(entry.variable)
             if flag is not None:
                 text = flag
-                label = named.get(entry.variable, f"{entry.variable} {entry.flag}")
+                label = labels[entry.variable]
             if text is None:
                 values[name] = entry.default
                 continue

@@ -54,14 +54,10 @@ def read_secret_files(
     A flag for ``X`` or ``X_FILE`` wins over both in the environment; ``X`` and
     ``X_FILE`` given in one place is a :class:`ConfigError`. Values are stripped of
     surrounding whitespace, as every setting's (a path too); empty ones count as unset.
-    An error names a flag as ``flag_names`` does (an Executor's keyword), else as
-    ``VARIABLE --flag``.
+    An error names a flag as ``flag_names`` does (``VARIABLE --flag``, an Executor's
+    keyword), else by its variable.
     """
     names = flag_names or {}
-
-    def shown(variable: str) -> str:
-        return names.get(variable, f"{variable} {_flag(variable)}")
-
     env = dict(environ)
     given = {k: v for k, v in flags.items() if v is not None}
     paths: dict[str, str] = {}
@@ -76,24 +72,18 @@ def read_secret_files(
             continue
         if _set(source, var):
             both = (
-                f"{shown(file_var)} and {shown(var)} are both given"
+                f"{names.get(file_var, file_var)} and {names.get(var, var)} are both given"
                 if source is given
                 else f"{file_var} and {var} are both set"
             )
             raise ConfigError(
                 f"{both}; give the secret one way only (the file, for a mounted secret)"
             )
-        if source is given:  # named as given: "unset DISTQ_AUTHKEY_FILE" undid nothing
-            source[var] = read_secret(path, file_var, shown(file_var), "leave it out")
-        else:
-            source[var] = read_secret(path, file_var)
+        # a flag named as given: "unset DISTQ_AUTHKEY_FILE" undid nothing
+        named, undo = (names.get(file_var), "leave it out") if source is given else (None, None)
+        source[var] = read_secret(path, file_var, named, undo)
         paths[var] = path
     return env, {**dict(flags), **given, **{v + FILE_SUFFIX: None for v in SECRETS}}, paths
-
-
-def _flag(var: str) -> str:
-    """The command-line flag of setting ``var`` (``--authkey-file``)."""
-    return "--" + var.removeprefix("DISTQ_").lower().replace("_", "-")
 
 
 def _set(values: Mapping[str, str], name: str) -> bool:

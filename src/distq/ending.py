@@ -466,8 +466,10 @@ class Endings:
         letter = DeadLetter(body=body, reason=reason, queue=self.queue, worker=self.worker_id)
         encoded = letter.encode()
         limit = self.codec.letter_limit  # the broker's, once it refused a message over it
-        room = min(len(body), OVERSIZED_KEPT_BYTES, limit // 4) if limit is not None else 0
-        while limit is not None and len(encoded) > limit and room > 0:
+        if limit is None:
+            return encoded
+        room = min(len(body), OVERSIZED_KEPT_BYTES, limit // 4)
+        while len(encoded) > limit and room > 0:
             # halved until it fits: JSON writes a control byte in 6 (diff17)
             kept, room = body[:room], room // 2
             said = reason[: max(200, room)] + (

@@ -157,17 +157,15 @@ class DistqFuture(concurrent.futures.Future[_T]):
     def waiting(self, timeout: float | None) -> str:
         """Why a wait of ``timeout`` s for this future ended without its result."""
         age = time.monotonic() - self.submitted
-        if self.refused is not None:
-            return (
-                f"no result for task {self.task_name} [{self.task_id}] after waiting "
-                f"{timeout or 0:.1f} s ({age:.1f} s since it was submitted): it came back "
-                "unsigned, refused by a worker for its signature, as that answer says "
-                "(dropped: a result must be signed with this process's keys); give the "
-                "workers and this process the same DISTQ_SIGNING_KEYS"
-            )
+        why = (
+            "it is queued, running or retrying; is a worker running with it registered? "
+            "(`distq status` shows ready tasks and attached workers)"
+            if self.refused is None
+            else "it came back unsigned, refused by a worker for its signature, as that "
+            "answer says (dropped: a result must be signed with this process's keys); give "
+            "the workers and this process the same DISTQ_SIGNING_KEYS"
+        )
         return (
             f"no result for task {self.task_name} [{self.task_id}] after waiting "
-            f"{timeout or 0:.1f} s ({age:.1f} s since it was submitted): it is queued, running "
-            "or retrying; is a worker running with it registered? (`distq status` shows "
-            "ready tasks and attached workers)"
+            f"{timeout or 0:.1f} s ({age:.1f} s since it was submitted): {why}"
         )

@@ -238,9 +238,8 @@ class _Run(Generic[E]):
         self.cpu_start = time.process_time()
         self.report = JobReport(transport=master.transport.name, tasks=0)
         self.deadline: float | None = None
-        self.began = (
-            time.perf_counter()
-        )  # --timeout counts from here, connected; workers awaited too
+        # --timeout counts from here: connected, the wait for workers included
+        self.began = time.perf_counter()
         self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
         # one outage: from the first call that failed to the first that went through
         self.outage = Outage(time.perf_counter)

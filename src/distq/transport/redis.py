@@ -228,9 +228,11 @@ while got < want and bytes < CLAIM_BYTES do
   end
   if kept < #bodies then
     local back = {}
-    for i = #bodies, kept + 1, -1 do back[#back + 1] = bodies[i] end
+    for i = #bodies, kept + 1, -1 do
+      back[#back + 1] = bodies[i]
+      bodies[i] = nil
+    end
     push('RPUSH', KEYS[1], back)
-    for i = #bodies, kept + 1, -1 do bodies[i] = nil end
   end
   push('LPUSH', KEYS[5], bodies)
   got = got + kept
@@ -592,15 +594,6 @@ def _keywords(*classes: type) -> set[str]:
     return names - {"self", "connection_class"}
 
 
-def _unknown_option(url: str, client: redis.Redis[bytes]) -> str | None:
-    """The first query option of ``url`` that neither redis-py's pool nor its connection
-    class takes: redis-py passes it on, and the first command fails with a ``TypeError``."""
-    pool = client.connection_pool
-    known = _keywords(type(pool), pool.connection_class)
-    given = parse_qs(urlsplit(url).query)  # as redis-py reads them: blank values dropped
-    return next((name for name in given if name not in known), None)
-
-
 #: Options of redis-py's connections that are text, which a URL can give as they are;
 #: with those redis-py parses (``URL_QUERY_ARGUMENT_PARSERS``), all a URL can give.
 _TEXT_OPTIONS = frozenset(
@@ -626,14 +619,29 @@ _TEXT_OPTIONS = frozenset(
 )
 
 
-def _not_in_a_url(url: str) -> str | None:
-    """The first query option of ``url`` that redis-py takes but not from a URL: an
-    object or a number it does not parse (``retry``, ``socket_type``,
-    ``credential_provider``, ...), which it passes on as text, and every command failed
-    with a traceback, exit 1 (input17)."""
+def _option_problem(url: str, client: redis.Redis[bytes]) -> str | None:
+    """What is wrong with the first query option of ``url`` redis-py cannot use, or None:
+    one neither its pool nor its connection class takes, or one it takes but not from a
+    URL (an object or a number it does not parse: ``retry``, ``socket_type``,
+    ``credential_provider``...). redis-py passes either on, as text, and every command
+    failed with a traceback, exit 1 (input17)."""
+    pool = client.connection_pool
+    known = _keywords(type(pool), pool.connection_class)
     allowed = _TEXT_OPTIONS.union(redis.connection.URL_QUERY_ARGUMENT_PARSERS)
-    given = parse_qs(urlsplit(url).query)
-    return next((name for name in given if name not in allowed), None)
+    for name in parse_qs(urlsplit(url).query):  # as redis-py reads them: blanks dropped
+        if name not in known:
+            tls_hint = " (for TLS use rediss://)" if name.lower().startswith("ssl") else ""
+            return (
+                f"has unknown option {name!r}; redis-py's connections take no option by "
+                f"that name: remove it or correct its spelling{tls_hint}"
+            )
+        if name not in allowed:
+            why = "distq sets it itself" if name == "retry" else "it is not text"
+            return (
+                f"has option {name!r}, which a URL cannot give ({why}; redis-py would pass "
+                "the text on, and every command fail): remove it"
+            )
+    return None
 
 
 def _lower_scheme(url: str) -> str:
@@ -679,22 +687,9 @@ class RedisTransport(Transport):
             )
         except ValueError as exc:
             raise ConfigError(f"DISTQ_REDIS_URL is not a valid Redis URL ({exc})") from None
-        unknown = _unknown_option(url, self.client)
-        if unknown is not None:
-            tls_hint = " (for TLS use rediss://)" if unknown.lower().startswith("ssl") else ""
-            raise ConfigError(
-                f"DISTQ_REDIS_URL ({mask_url(settings.redis_url)}) has unknown option "
-                f"{unknown!r}; redis-py's connections take no option by that name: remove it or "
-                f"correct its spelling{tls_hint}"
-            )
-        unparsed = _not_in_a_url(url)
-        if unparsed is not None:
-            why = "distq sets it itself" if unparsed == "retry" else "it is not text"
-            raise ConfigError(
-                f"DISTQ_REDIS_URL ({mask_url(settings.redis_url)}) has option {unparsed!r}, "
-                f"which a URL cannot give ({why}; redis-py would pass the text on, and "
-                "every command fail): remove it"
-            )
+        problem = _option_problem(url, self.client)
+        if problem is not None:
+            raise ConfigError(f"DISTQ_REDIS_URL ({mask_url(settings.redis_url)}) {problem}")
         kwargs = self.client.connection_pool.connection_kwargs
         self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
         self._keeper: _Wire | None = None  # a worker's keeper renews its leases on it
@@ -1468,12 +1463,8 @@ class RedisConsumer(Consumer):
                 for s, tag in pairs
                 if tag in reclaimed and s.retry is None and s.dead_letter is None
             }
-            settlements = [
-                s
-                for s, tag in pairs
-                if tag not in reclaimed or (s.retry is None and s.dead_letter is None)
-            ]
-            acked = [tag for tag in tags if tag not in reclaimed or tag in done]
+            kept = [(s, tag) for s, tag in pairs if tag not in reclaimed or tag in done]
+            settlements, acked = [s for s, _ in kept], [tag for _, tag in kept]
         keys, publish = self._publish(settlements, gated=True)
         acks: list[Arg] = ["a", 0, len(acked), *acked]
         self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
