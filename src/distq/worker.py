@@ -468,9 +468,9 @@ class Worker:
 
     def _renew_failed(self, slots: list[_Slot], exc: TransportError, interval: float) -> None:
         # an outage begins at a link's first failure, not at each: a slot in a long task
-        # keeps its broken link (RabbitMQ) until the task ends, and each failed renewal on
-        # it began a new outage once another slot's call had ended the last (a pair of
-        # lines every 1.3 s)
+        # keeps its consumer until the task ends (on RabbitMQ it connects again at a
+        # renewal once the broker answers), and each failed renewal on it began a new
+        # outage once another slot's call had ended the last (a pair of lines every 1.3 s)
         for slot in slots:
             if slot.renew_failed_on is not slot.consumer:
                 slot.renew_failed_on = slot.consumer

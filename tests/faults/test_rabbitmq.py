@@ -422,3 +422,40 @@ def _port(target: Target) -> int:
 def _via(target: Target, port: int) -> str:
     parts = urlsplit(target.env["DISTQ_AMQP_URL"])
     return urlunsplit(parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}"))
+
+
+def test_long_tasks_in_lease_records_outlive_a_broker_restart(
+    private_rabbitmq: LocalRabbitMQ,
+) -> None:
+    """Tasks running past their lease are held by lease records, which a worker renews
+    on its slot's link. With the broker SIGKILLed and restarted (5 to 8 s here, within
+    the records' two leases of life), the slots kept their broken links until their
+    tasks ended: nobody renewed the records, they expired into the task queue, every
+    task ran again in full, and the first runs' results were dropped (faults17: 4 tasks
+    of 30 s, 8 runs, 62 s). Now the keeper connects again at its next renewal once the
+    broker answers: each task runs once, and its result arrives."""
+    delay = 40.0  # ends well after the broker is back: one that ends while it is away
+    # cannot settle, and runs again (on every transport)
+    env = target_on("rabbitmq", private_rabbitmq.url).process_env(DISTQ_LEASE_SECONDS="8")
+    master = Distq(["master", "--tasks", "4", "--task-delay", str(delay), "--timeout", "150"], env)
+    worker = Distq(["worker", "--concurrency", "4"], env)
+    try:
+        deadline = time.monotonic() + 30
+        while worker.output().count("Get task") < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert worker.output().count("Get task") == 4, worker.output()
+        # a lease and more: the keeper records a task at its first heartbeat a lease
+        # after it first saw it (a heartbeat interval in), so each is in a record by now,
+        # which lives 16 s from its last renewal: a restart of up to 10 s or so is within
+        time.sleep(14.0)
+        private_rabbitmq.kill()
+        private_rabbitmq.restart()
+        assert master.wait(timeout=120) == 0, master.output()
+        took = float(master.wait_for(r"all 4 results in and correct in ([0-9.]+) s").group(1))
+        output = worker.output()
+    finally:
+        worker.stop(grace=3.0)
+        master.stop(grace=3.0)
+    assert "reconnected to rabbitmq" in output, output
+    assert output.count("Get task") == 4, output  # 8: each ran again in full
+    assert took < 2 * delay, master.output()

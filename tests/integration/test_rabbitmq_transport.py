@@ -912,27 +912,70 @@ def test_a_killed_worker_hands_its_deliveries_back_at_once(
             proc.wait(timeout=10)
 
 
-def test_a_lost_connection_is_named_by_every_later_heartbeat_and_fetch(
-    open_transport: OpenTransport, queue: str
+def test_a_heartbeat_after_a_lost_connection_connects_again_and_the_lost_tasks_results_go(
+    open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:
-    """Once pika's connection is closed, its calls raise a bare ``ValueError("Timeout
-    closed before call")``: each heartbeat after the first (which sees the loss) and
-    each fetch must say instead that the connection to RabbitMQ is gone."""
+    """A slot's link lost mid-batch (a broker restart, a network cut; here its socket
+    shut): the first heartbeat says so, the next connects again. Before, the slot kept
+    the broken link until its batch ended, and its long tasks' lease records expired
+    unrenewed: each ran again in full (faults17). The tasks the old link held went back
+    to the queue with it: their results still go to the master (late, as on Redis), a
+    retry does not (the copy's own run decides), and nothing is acked for them (a tag
+    of the old channel would close the new one); the copy of a task done is acked when
+    it comes back, not run again."""
     t = open_transport(lease=30.0)
-    t.producer(f"{queue}.reply").submit([b"long"])
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"t1", b"t2", b"t3"])
     consumer = t.consumer("c")
-    (delivery,) = fetch_n(consumer, 1)
-    sock = consumer._link.connection._impl._transport._sock
-    sock.shutdown(socket.SHUT_RDWR)  # as the broker closing it: pika reads EOF
-    for _ in range(3):
-        with pytest.raises(TransportError, match=r"RabbitMQ at .*: heartbeat failed"):
-            consumer.heartbeat()
-    with pytest.raises(TransportError, match="the connection was closed"):
+    held = fetch_n(consumer, 3)
+    old = consumer._link
+    old.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)  # pika reads EOF
+    with pytest.raises(TransportError, match=r"RabbitMQ at .*: heartbeat failed"):
         consumer.heartbeat()
-    with pytest.raises(TransportError, match=r"RabbitMQ at .*: fetching tasks failed"):
-        consumer.fetch(1, 0.1)
-    with pytest.raises(TransportError, match="releasing tasks failed"):
-        consumer.release([delivery])
+    consumer.heartbeat()  # raised "the connection was closed" before, at every call
+    assert consumer._link is not old and consumer._link.is_open
+    reply = producer.reply_to
+    consumer.settle(
+        [
+            Settlement(held[0], reply_to=reply, result=b"r-t1"),
+            Settlement(held[1], retry=b"t2-retried"),
+        ]
+    )
+    consumer.release([held[2]])
+    assert producer.results(10, 5.0) == [b"r-t1"]
+    # on the new link, the tasks the old one held, no retry; t1's copy is acked unrun:
+    # its result went (each long task ran twice, the job took twice as long)
+    again = fetch_n(consumer, 2)
+    assert sorted(d.body for d in again) == [b"t2", b"t3"]
+    assert all(d.redelivered for d in again)
+    assert consumer.fetch(1, 0.5) == []
+    assert {d.tag for d in again}.isdisjoint({d.tag for d in held})
+    with pytest.raises(ValueError, match="not held"):
+        consumer.settle([Settlement(held[0])])  # settled already: not twice
+    consumer.settle([Settlement(d) for d in again])
+    consumer.close()
+    assert _ready(raw, queue) == 0
+    producer.close()
+
+
+def test_a_channel_the_broker_closed_is_named_not_opened_again(
+    open_transport: OpenTransport,
+) -> None:
+    """A channel the broker closed with a reason (here a delivery acked twice) stays
+    closed: the heartbeat raises the broker's own words, and the consumer is closed
+    and opened again by the worker, as before; only a lost connection reconnects."""
+    t = open_transport(lease=30.0)
+    t.producer(t.reply_queue("p")).submit([b"t1"])
+    consumer = t.consumer("c")
+    fetch_n(consumer, 1)
+    old = consumer._link
+    old.channel.basic_ack(999)  # an unknown delivery tag: PRECONDITION_FAILED
+    with pytest.raises(TransportError, match=r"(?i)unknown delivery tag"):
+        for _ in range(20):
+            consumer.heartbeat()
+            time.sleep(0.05)
+    assert consumer._link is old
+    consumer.close()
 
 
 @pytest.mark.parametrize("worker", ["c", "w" * 300], ids=["short-id", "300-character-id"])

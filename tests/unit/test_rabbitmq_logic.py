@@ -10,7 +10,7 @@ import pytest
 from distq.config import Settings
 from distq.errors import ConfigError
 from distq.transport import rabbitmq
-from distq.transport.rabbitmq import PrefetchWindow, RabbitMQTransport, _Broker
+from distq.transport.rabbitmq import DoneCopies, PrefetchWindow, RabbitMQTransport, _Broker
 from distq.transport.rabbitmq_packs import pack, unpack
 
 
@@ -126,3 +126,16 @@ def test_the_reader_queue_is_named_as_no_task_queue_can_be(queue: str) -> None:
         pass
     with pytest.raises(ConfigError, match=r"DISTQ_QUEUE is .*; use 1-100 letters"):
         Settings.load({"DISTQ_QUEUE": lock[0]})
+
+
+def test_done_copies_are_taken_once_each_and_only_the_newest_are_kept() -> None:
+    """The bodies of tasks done on a lost link: a copy met is acked unrun once (a second
+    copy runs: it was submitted again); copies another worker took are never met, so
+    only the newest ``keep`` are remembered."""
+    copies = DoneCopies(keep=2)
+    assert not copies
+    copies.add([b"a", b"b"])
+    assert copies.take(b"a") and not copies.take(b"a")
+    copies.add([b"c", b"d"])  # b is the oldest: forgotten
+    assert not copies.take(b"b") and copies.take(b"c") and copies.take(b"d")
+    assert not copies

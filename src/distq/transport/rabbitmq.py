@@ -124,6 +124,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import msgspec
 import pika
 import pika.exceptions
 from pika.adapters.utils.connection_workflow import (
@@ -197,6 +198,13 @@ _SHRINK_AFTER = 4  # fetches in a row wanting a quarter of the window before it 
 # aborts the socket: the process is ending, and leases bring back what it held
 _CLOSE_SECONDS = 3.0
 _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
+# a worker connecting again from the keeper (see RabbitMQConsumer._linked) waits this
+# long at most for a broker that takes TCP connections but does not answer (frozen):
+# the keeper serves every slot, and it tries again at its next tick
+_RELINK_TIMEOUT = 3.0
+_RELINK_PAUSE = 1.0  # between a consumer's tries
+# bodies of tasks done on a lost link a worker remembers, to ack their copies unrun
+_DONE_LOST_KEPT = 10_000
 # after the broker refused a pack's split, the slot runs the rest of it for this long
 # before it tries to split again: a full queue has work enough for idle workers
 _SPLIT_PAUSE_S = 10.0
@@ -354,10 +362,13 @@ class _Broker:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def connect(self, heartbeat: int, name: str) -> Any:
-        """A new ``BlockingConnection``; pika's errors become distq's, without the password."""
+    def connect(self, heartbeat: int, name: str, timeout: float | None = None) -> Any:
+        """A new ``BlockingConnection``; pika's errors become distq's, without the password.
+        ``timeout`` bounds the TCP connect and the AMQP handshake (pika's own: 10 and 15 s)."""
         params = pika.URLParameters(self.url)
         params.heartbeat = heartbeat
+        if timeout is not None:
+            params.socket_timeout = params.stack_timeout = timeout
         params.blocked_connection_timeout = _BLOCKED_TIMEOUT
         params.client_properties = {"connection_name": name}
         # the URL's own ssl_options: a query option, not text anywhere (a password may hold it)
@@ -476,7 +487,9 @@ def _describe(exc: BaseException) -> str:
 class _Link:
     """One connection and one channel with batched publisher confirms, for one thread."""
 
-    def __init__(self, broker: _Broker, heartbeat: int, name: str) -> None:
+    def __init__(
+        self, broker: _Broker, heartbeat: int, name: str, timeout: float | None = None
+    ) -> None:
         self.broker = broker
         self._sequence = 0
         self._unconfirmed: set[int] = set()
@@ -484,7 +497,7 @@ class _Link:
         self._returned: list[str] = []
         # the first publish the broker may have refused or returned: None while none was
         self._failed_at: int | None = None
-        self.connection = broker.connect(heartbeat, name)
+        self.connection = broker.connect(heartbeat, name, timeout)
         try:
             with broker.translated("opening a channel"):
                 self.channel = self.connection.channel()
@@ -780,6 +793,9 @@ class RabbitMQTransport(Transport):
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
         self._admin: _Link | None = None
+        # tasks done on a lost link by any of this process's consumers (see
+        # RabbitMQConsumer._results_only_if_lost): whichever slot gets a copy acks it
+        self.done_copies = DoneCopies(_DONE_LOST_KEPT)
         with self._lock:
             self._admin_link()
 
@@ -1377,15 +1393,68 @@ class RabbitMQConsumer(Consumer):
         self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
         self._split_after = 0.0  # no splitting a pack before (see fetch)
         self._said_letters_refused = False
-        heartbeat = max(1, round(transport.settings.lease_seconds))
-        self._link = _Link(broker, heartbeat, f"distq worker {self.consumer_id}")
+        # tasks handed out from messages of a link since lost: the broker took them back
+        # (see _linked); their results still go to their masters, nothing is acked
+        self._lost: set[int] = set()
+        self._relink_after = 0.0  # no new link tried before (see _linked)
+        self._link = self._open_link()
+
+    def _open_link(self, timeout: float | None = None) -> _Link:
+        """A connection and channel for this consumer, the queues declared on it."""
+        heartbeat = max(1, round(self._transport.settings.lease_seconds))
+        link = _Link(self._broker, heartbeat, f"distq worker {self.consumer_id}", timeout)
         try:
-            with broker.translated("declaring the queues"):
-                transport.declare(self._link.channel)  # a reconnect heals a deleted queue
-                self._link.channel.add_on_cancel_callback(self._on_cancelled)
+            with self._broker.translated("declaring the queues"):
+                self._transport.declare(link.channel)  # a reconnect heals a deleted queue
+                link.channel.add_on_cancel_callback(self._on_cancelled)
         except BaseException:
-            self._link.close()
+            link.close()
             raise
+        return link
+
+    def _linked(self, keeper: bool = False) -> None:
+        """Connect again if the link was lost (a broker restart, a network cut) while a
+        slot runs a batch: the keeper calls this at each heartbeat until the broker
+        answers (``keeper``: once a second at most, each try within
+        :data:`_RELINK_TIMEOUT`, as it serves every slot), and the slot's settle and
+        release do too (at once, within pika's own timeouts: a settle that failed handed
+        the batch back, its records left to expire, its results dropped).
+
+        The lease records then live on (renewed on the new link, within their two leases
+        of life), and so do the results of the tasks in them. Before, a slot in a long
+        task kept its broken link until the task ended: nobody renewed the records, they
+        expired into the task queue, every long task in progress ran again in full, and
+        the first runs' results were dropped (faults17: 4 tasks of 30 s, a 5 s broker
+        restart, 8 runs, 62 s). The messages the old link held unacknowledged went back
+        to the queue with it: their tasks are *lost* here, their results still sent
+        (late, as on Redis; the master keeps one), their retries and dead letters not
+        (the copy's own run decides), and nothing acked for them.
+
+        A channel the broker closed for a reason of its own (a message over its
+        ``max_message_size``) is not reopened: :meth:`_Link.check_open` raises it.
+        """
+        if self._link.is_open or closed_by_broker(self._link.channel) is not None:
+            return
+        if keeper and time.monotonic() < self._relink_after:  # it ticks 10 times a second
+            self._link.check_open()  # raises: the connection was closed
+        try:
+            link = self._open_link(_RELINK_TIMEOUT if keeper else None)
+        except BaseException:
+            self._relink_after = time.monotonic() + _RELINK_PAUSE
+            raise
+        self._link.close()
+        self._link = link
+        buffered = {delivery.tag for delivery in self._buffer}
+        self._lost.update(tag for tag in self._held.tags() if tag not in buffered)
+        self._held.clear()
+        self._buffer.clear()
+        self._current.clear()
+        self._seen.clear()
+        self._tag = None
+        self._window = PrefetchWindow(self._transport.settings.prefetch)  # no basic_qos yet
+        self._retry_declared.clear()  # a broker restarted empty has none
+        if self._records is not None:
+            self._records.bind(*self._record_io(link), unsure=True)
 
     @property
     def held(self) -> int:
@@ -1412,6 +1481,8 @@ class RabbitMQConsumer(Consumer):
             if len(self._buffer) < want:
                 self._size_window(want)
             got = _receive_until(self._link.connection, self._buffer, want, timeout)
+            if self._transport.done_copies and got:
+                got = self._drop_done(got)
             if self._buffer and want < self._per_message and time.monotonic() >= self._split_after:
                 # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
                 # the pack goes back one task per message, for idle workers to take. What
@@ -1423,6 +1494,20 @@ class RabbitMQConsumer(Consumer):
                     self._buffer.extend(kept)
                     self._split_after = time.monotonic() + _SPLIT_PAUSE_S
             return got
+
+    def _drop_done(self, got: list[Delivery]) -> list[Delivery]:
+        """``got`` but the redelivered copies of tasks done on a lost link (see
+        :meth:`_results_only_if_lost`), which are acked instead: their results went."""
+        copies = self._transport.done_copies
+        done = [d for d in got if d.redelivered and copies.take(d.body)]
+        if not done:
+            return got
+        tags = self._tags_of(done)
+        acks = self._held.settle(tags)
+        if acks:
+            self._finish(acks, self._link.channel.basic_ack)
+        dropped = set(tags)
+        return [d for d in got if d.tag not in dropped]
 
     def _size_window(self, want: int) -> None:
         """Consume with a ``basic_qos`` prefetch close to what the caller takes.
@@ -1458,6 +1543,7 @@ class RabbitMQConsumer(Consumer):
         (:mod:`distq.transport.rabbitmq_holds`), renewing the records there are.
         """
         with self._broker.translated("heartbeat"):
+            self._linked(keeper=True)
             # on a connection gone already, pika raises a bare ValueError ("Timeout closed
             # before call"): say the connection was closed instead
             self._link.check_open()
@@ -1494,15 +1580,23 @@ class RabbitMQConsumer(Consumer):
 
     def _lease_records(self) -> LeaseRecords:
         if self._records is None:
-            link = self._link
             self._records = LeaseRecords(
-                link.channel,
-                lambda key, body, props: link.publish(key, body, mandatory=True, properties=props),
-                link.confirm,
+                *self._record_io(self._link),
                 record_queue(self._transport.queue, self.consumer_id),
                 self._transport.record_queue_arguments(),
             )
         return self._records
+
+    @staticmethod
+    def _record_io(
+        link: _Link,
+    ) -> tuple[Any, Callable[[str, bytes, Any], None], Callable[[], None]]:
+        """What :class:`LeaseRecords` works through: ``link``'s channel, publish, confirm."""
+
+        def publish(key: str, body: bytes, properties: Any) -> None:
+            link.publish(key, body, mandatory=True, properties=properties)
+
+        return link.channel, publish, link.confirm
 
     def gone(self, reply_to: Collection[str]) -> set[str]:
         """Reply queues not named like one, or that RabbitMQ does not have.
@@ -1529,9 +1623,11 @@ class RabbitMQConsumer(Consumer):
         for s in settlements:
             if s.result is not None and not s.reply_to:
                 raise ValueError(f"settlement of delivery {s.delivery.tag} has no reply_to")
-        link, queue = self._link, self._transport.queue
         prefix = self._transport.reply_prefix
         with self._broker.translated("settling tasks"):
+            self._linked()  # a link lost under a long batch: connect again first
+            link, queue = self._link, self._transport.queue
+            settlements = self._results_only_if_lost(settlements, tags)
             for s in settlements:
                 if s.retry is not None and s.retry_delay > 0:
                     self._declare_retry_queue(_delay_ms(s.retry_delay))
@@ -1567,6 +1663,31 @@ class RabbitMQConsumer(Consumer):
             if done:
                 self._finish(done, link.channel.basic_ack)
             self._drop_records(tags)
+            self._lost.difference_update(tags)
+
+    def _results_only_if_lost(
+        self, settlements: Sequence[Settlement], tags: list[int]
+    ) -> Sequence[Settlement]:
+        """``settlements``, those of tasks whose link was lost (see :meth:`_linked`) with
+        their results only: their messages went back to the queue with that link, and a
+        retry or dead letter would run or bury a task that is there again. A task done
+        (a result, no retry nor dead letter) is remembered, so that its copy, when this
+        consumer gets it, is acked and not run again (:meth:`_drop_done`): each long
+        task ran twice, the job took twice as long. A failed one's copy runs (it decides)."""
+        lost = self._lost.intersection(tags)
+        if not lost:
+            return settlements
+        self._transport.done_copies.add(
+            s.delivery.body
+            for s in settlements
+            if s.delivery.tag in lost and s.retry is None and s.dead_letter is None
+        )
+        return [
+            msgspec.structs.replace(s, retry=None, dead_letter=None)
+            if s.delivery.tag in lost
+            else s
+            for s in settlements
+        ]
 
     def _letters_refused(self, settlements: list[Settlement]) -> None:
         """The dead-letter queue refused these dead letters (full: a length limit with
@@ -1602,6 +1723,7 @@ class RabbitMQConsumer(Consumer):
             return 0
         tags = self._tags_of(deliveries)
         with self._broker.translated("releasing tasks"):
+            self._linked()
             # what a full queue refused stays held: this consumer hands it out again
             kept = self._give_back(tags)
             self._buffer.extendleft(reversed(kept))
@@ -1644,6 +1766,7 @@ class RabbitMQConsumer(Consumer):
             self._finish(plan.nack, link.channel.basic_nack)
         dropped = {delivery.tag for delivery in kept}
         self._drop_records([tag for tag in tags if tag not in dropped])
+        self._lost.difference_update(tags)  # back in the queue with their lost link
         return kept
 
     def _tags_of(self, deliveries: Iterable[Delivery]) -> list[int]:
@@ -1652,7 +1775,7 @@ class RabbitMQConsumer(Consumer):
         tags = set(tags_of(deliveries, int, "rabbitmq"))
         records = self._records if self._records is not None else ()
         for tag in tags:
-            if tag not in self._held and tag not in records:
+            if tag not in self._held and tag not in records and tag not in self._lost:
                 raise ValueError(
                     f"delivery {tag!r} is not held by consumer {self.consumer_id!r} "
                     "(settled or released already?)"
@@ -1726,7 +1849,33 @@ class RabbitMQConsumer(Consumer):
         self._current.clear()
         self._buffer.clear()
         self._seen.clear()
+        self._lost.clear()
         self._records = None
+
+
+class DoneCopies:
+    """Bodies of tasks done on a lost link, whose copies the broker requeued: a slot that
+    gets one acks it unrun. The newest ``keep`` at most (copies another worker took are
+    never met); shared by a process's consumers, thread-safe."""
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._bodies: dict[bytes, None] = {}
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._bodies)  # a read without the lock: take() decides
+
+    def add(self, bodies: Iterable[bytes]) -> None:
+        with self._lock:
+            self._bodies.update(dict.fromkeys(bodies))
+            while len(self._bodies) > self._keep:
+                del self._bodies[next(iter(self._bodies))]
+
+    def take(self, body: bytes) -> bool:
+        """Whether ``body`` is one of them; it is forgotten (one copy each)."""
+        with self._lock:
+            return self._bodies.pop(body, False) is None
 
 
 class PrefetchWindow:

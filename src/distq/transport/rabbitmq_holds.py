@@ -28,6 +28,7 @@ its records have expired.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -73,12 +74,26 @@ class LeaseRecords:
         name: str,
         arguments: dict[str, Any],
     ) -> None:
-        self._channel, self._publish, self._confirm = channel, publish, confirm
+        self._unsure = False  # whether older records may be more than counted: take out all
+        self.bind(channel, publish, confirm)
         self.name = name
         self._arguments = arguments
         self._generation = 0
         self._in_queue = 0  # records of the current generation published to the queue
         self.bodies: dict[int, bytes] = {}  # delivery tag -> body of each task held here
+
+    def bind(
+        self,
+        channel: Any,
+        publish: Callable[[str, bytes, Any], None],
+        confirm: Callable[[], None],
+        unsure: bool = False,
+    ) -> None:
+        """Work through this link from now on (the consumer's new one, after it lost
+        the last). ``unsure``: a renewal may have failed on the old one half done, so
+        the next takes out every record of an older generation, however many."""
+        self._channel, self._publish, self._confirm = channel, publish, confirm
+        self._unsure = self._unsure or unsure
 
     @staticmethod
     def queue_arguments(lease_ms: int, task_queue: str) -> dict[str, Any]:
@@ -119,7 +134,7 @@ class LeaseRecords:
         record left to expire, its delivery acked long ago).
         """
         old = self._in_queue
-        if not self.bodies and not old:
+        if not self.bodies and not old and not self._unsure:
             return
         self._channel.queue_declare(self.name, durable=True, arguments=self._arguments)
         self._generation += 1
@@ -131,15 +146,17 @@ class LeaseRecords:
             self._publish(self.name, body, properties)
         self._confirm()
         self._in_queue = len(self.bodies)
-        self._take_out(old)  # unused from now on, the queue expires
+        self._take_out(None if self._unsure else old)  # unused from now on, the queue expires
+        self._unsure = False
 
-    def _take_out(self, count: int) -> None:
-        """Ack up to ``count`` records of older generations from the head of the queue.
+    def _take_out(self, count: int | None) -> None:
+        """Ack up to ``count`` records of older generations from the head of the queue
+        (every one, if None).
 
         Fewer are there when some expired (this consumer was too late to renew them:
         their tasks went back to the task queue); a current one met first goes back.
         """
-        for _ in range(count):
+        for _ in range(count) if count is not None else itertools.count():
             method, properties, _body = self._channel.basic_get(self.name, auto_ack=False)
             if method is None:
                 return
