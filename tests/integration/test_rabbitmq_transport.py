@@ -11,6 +11,7 @@ afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -956,6 +957,68 @@ def test_a_heartbeat_after_a_lost_connection_connects_again_and_the_lost_tasks_r
     consumer.close()
     assert _ready(raw, queue) == 0
     producer.close()
+
+
+def test_the_keeper_connects_again_within_a_bound_and_once_a_second(
+    open_transport: OpenTransport, amqp_url: str, queue: str
+) -> None:
+    """The keeper (a thread other than the slot's) serves every slot: its tries to
+    connect a slot again must not hold it up for pika's 15 s each against a broker that
+    takes connections and never answers (frozen, cut off), nor be made ten times a
+    second, whether it renews (heartbeat) or settles a long batch's finished tasks (the
+    hand-back). Once the broker answers, it connects."""
+    address = urlsplit(amqp_url)
+    with Partition(address.port or 5672) as partition:
+        url = amqp_url.replace(
+            address.netloc, f"{address.netloc.rpartition(':')[0]}:{partition.port}"
+        )
+        t = open_transport(url=url, lease=30.0)
+        producer = t.producer(t.reply_queue("p"))
+        producer.submit([b"t1"])
+        consumer = t.consumer("c")
+        (delivery,) = fetch_n(consumer, 1)
+        done = Settlement(delivery, reply_to=producer.reply_to, result=b"r")
+        partition.cut()
+        consumer._link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+        took: list[float] = []
+
+        def keeper() -> None:  # ticks ten times a second for 4 s, as the worker's does:
+            until = time.monotonic() + 4.0  # a hand-back's settle, then a heartbeat
+            while time.monotonic() < until:
+                started = time.monotonic()
+                with contextlib.suppress(TransportError):
+                    consumer.settle([done])
+                with contextlib.suppress(TransportError):
+                    consumer.heartbeat()
+                took.append(time.monotonic() - started)
+                time.sleep(0.1)
+
+        assert _from_another_thread(keeper) is None
+        assert max(took) < rabbitmq._RELINK_TIMEOUT + 1.5, took
+        assert sum(1 for t_ in took if t_ > 1.0) <= 2, took  # a try a second at most
+        partition.heal()
+        deadline = time.monotonic() + 10
+        while (error := _from_another_thread(consumer.heartbeat)) is not None:
+            assert time.monotonic() < deadline, error
+            time.sleep(0.5)
+        assert consumer._link.is_open
+        consumer.close()
+
+
+def _from_another_thread(call: Callable[[], object]) -> BaseException | None:
+    """Call ``call`` in a thread of its own (as the worker's keeper does); what it raised."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    return errors[0] if errors else None
 
 
 def test_a_channel_the_broker_closed_is_named_not_opened_again(

@@ -1397,6 +1397,7 @@ class RabbitMQConsumer(Consumer):
         # (see _linked); their results still go to their masters, nothing is acked
         self._lost: set[int] = set()
         self._relink_after = 0.0  # no new link tried before (see _linked)
+        self._opener = threading.get_ident()  # the slot's thread; the keeper's is another
         self._link = self._open_link()
 
     def _open_link(self, timeout: float | None = None) -> _Link:
@@ -1412,13 +1413,14 @@ class RabbitMQConsumer(Consumer):
             raise
         return link
 
-    def _linked(self, keeper: bool = False) -> None:
+    def _linked(self) -> None:
         """Connect again if the link was lost (a broker restart, a network cut) while a
-        slot runs a batch: the keeper calls this at each heartbeat until the broker
-        answers (``keeper``: once a second at most, each try within
-        :data:`_RELINK_TIMEOUT`, as it serves every slot), and the slot's settle and
-        release do too (at once, within pika's own timeouts: a settle that failed handed
-        the batch back, its records left to expire, its results dropped).
+        slot runs a batch: the keeper calls this at each heartbeat (and hand-back) until
+        the broker answers, once a second at most, each try within
+        :data:`_RELINK_TIMEOUT` (it serves every slot: a frozen broker must not hold it
+        up for pika's 15 s a try); the slot's own settle and release (from the thread
+        that opened this consumer) try at once, within pika's timeouts (a settle that
+        failed handed the batch back, its records left to expire, its results dropped).
 
         The lease records then live on (renewed on the new link, within their two leases
         of life), and so do the results of the tasks in them. Before, a slot in a long
@@ -1435,6 +1437,7 @@ class RabbitMQConsumer(Consumer):
         """
         if self._link.is_open or closed_by_broker(self._link.channel) is not None:
             return
+        keeper = threading.get_ident() != self._opener
         if keeper and time.monotonic() < self._relink_after:  # it ticks 10 times a second
             self._link.check_open()  # raises: the connection was closed
         try:
@@ -1543,7 +1546,7 @@ class RabbitMQConsumer(Consumer):
         (:mod:`distq.transport.rabbitmq_holds`), renewing the records there are.
         """
         with self._broker.translated("heartbeat"):
-            self._linked(keeper=True)
+            self._linked()
             # on a connection gone already, pika raises a bare ValueError ("Timeout closed
             # before call"): say the connection was closed instead
             self._link.check_open()
