@@ -1614,6 +1614,7 @@ class RabbitMQConsumer(Consumer):
         asked = set(reply_to) - out
         if asked:
             with self._broker.translated("checking reply queues"):
+                self._linked()  # asked between a batch's tasks: its link may be a new one
                 for name in asked:
                     self._link.publish(name, b"", mandatory=True, properties=_PROBE)
                 out |= self._link.unroutable() & asked
