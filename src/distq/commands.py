@@ -19,6 +19,7 @@ import contextlib
 import functools
 import json
 import math
+import re
 import signal
 import textwrap
 import time
@@ -54,6 +55,7 @@ COMMANDS = ("submit", "status", "dead-letters", "requeue-dead")
 EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
 SHOWN_CHARS = 200  # of a dead letter's arguments, in text output
 MAX_LIMIT = 2**31 - 1  # --limit: what every broker's range commands take
+_JSON_NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
@@ -69,6 +71,10 @@ def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
         "task_name", metavar="TASK", help="a registered task, e.g. mypkg.jobs:resize"
     )
     submit.add_argument("args", metavar="ARGS", nargs="*", help="positional arguments")
+    # argparse takes "-1e3" (a JSON number) for an unknown option: its own test of what
+    # looks like a negative number has no exponent (readme18). submit has no option that
+    # looks like one, so every JSON number is an argument
+    submit._negative_number_matcher = _JSON_NEGATIVE
     submit.add_argument(
         "--kwargs", metavar="JSON", help="keyword arguments as a JSON object, e.g. '{\"size\": 64}'"
     )

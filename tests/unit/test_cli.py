@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import re
 import signal
@@ -824,3 +826,24 @@ def test_a_worker_says_its_time_limits_and_each_name_it_does_not_run() -> None:
     out, err = io.StringIO(), io.StringIO()
     cli._say_time_limits(Console(out=out, err=err), TimeLimits.parse("off"), Registry())
     assert out.getvalue() == err.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("word", "value"),
+    [("-1e3", -1000.0), ("-2.5E-1", -0.25), ("-7", -7), ("-0", 0)],
+)
+def test_submit_takes_every_negative_json_number_as_an_argument(word: str, value: float) -> None:
+    """argparse took "-1e3" for an unknown option ("unrecognized arguments"), though
+    `submit` reads each ARG as JSON and "1e3" was taken (readme18)."""
+    from distq.cli import _parser
+
+    parsed = _parser().parse_args(["submit", "jobs:add", word, "1"])
+    assert parsed.args == [word, "1"]
+    assert json.loads(word) == value
+
+
+def test_submit_still_refuses_an_unknown_option() -> None:
+    from distq.cli import _parser
+
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+        _parser().parse_args(["submit", "jobs:add", "-x"])
