@@ -198,11 +198,8 @@ _SHRINK_AFTER = 4  # fetches in a row wanting a quarter of the window before it 
 # aborts the socket: the process is ending, and leases bring back what it held
 _CLOSE_SECONDS = 3.0
 _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
-# a worker connecting again from the keeper (see RabbitMQConsumer._linked) waits this
-# long at most for a broker that takes TCP connections but does not answer (frozen):
-# the keeper serves every slot, and it tries again at its next tick
-_RELINK_TIMEOUT = 3.0
-_RELINK_PAUSE = 1.0  # between a consumer's tries
+# between a worker's tries to connect a slot again (see RabbitMQConsumer._linked)
+_RELINK_PAUSE = 1.0
 # bodies of tasks done on a lost link a worker remembers, to ack their copies unrun
 _DONE_LOST_KEPT = 10_000
 # after the broker refused a pack's split, the slot runs the rest of it for this long
@@ -362,13 +359,10 @@ class _Broker:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def connect(self, heartbeat: int, name: str, timeout: float | None = None) -> Any:
-        """A new ``BlockingConnection``; pika's errors become distq's, without the password.
-        ``timeout`` bounds the TCP connect and the AMQP handshake (pika's own: 10 and 15 s)."""
+    def connect(self, heartbeat: int, name: str) -> Any:
+        """A new ``BlockingConnection``; pika's errors become distq's, without the password."""
         params = pika.URLParameters(self.url)
         params.heartbeat = heartbeat
-        if timeout is not None:
-            params.socket_timeout = params.stack_timeout = timeout
         params.blocked_connection_timeout = _BLOCKED_TIMEOUT
         params.client_properties = {"connection_name": name}
         # the URL's own ssl_options: a query option, not text anywhere (a password may hold it)
@@ -487,9 +481,7 @@ def _describe(exc: BaseException) -> str:
 class _Link:
     """One connection and one channel with batched publisher confirms, for one thread."""
 
-    def __init__(
-        self, broker: _Broker, heartbeat: int, name: str, timeout: float | None = None
-    ) -> None:
+    def __init__(self, broker: _Broker, heartbeat: int, name: str) -> None:
         self.broker = broker
         self._sequence = 0
         self._unconfirmed: set[int] = set()
@@ -497,7 +489,7 @@ class _Link:
         self._returned: list[str] = []
         # the first publish the broker may have refused or returned: None while none was
         self._failed_at: int | None = None
-        self.connection = broker.connect(heartbeat, name, timeout)
+        self.connection = broker.connect(heartbeat, name)
         try:
             with broker.translated("opening a channel"):
                 self.channel = self.connection.channel()
@@ -1398,12 +1390,15 @@ class RabbitMQConsumer(Consumer):
         self._lost: set[int] = set()
         self._relink_after = 0.0  # no new link tried before (see _linked)
         self._opener = threading.get_ident()  # the slot's thread; the keeper's is another
+        self._connecting: threading.Thread | None = None  # a try to connect afresh
+        self._made: _Link | BaseException | None = None  # what it made
+        self._closing = False
         self._link = self._open_link()
 
-    def _open_link(self, timeout: float | None = None) -> _Link:
+    def _open_link(self) -> _Link:
         """A connection and channel for this consumer, the queues declared on it."""
         heartbeat = max(1, round(self._transport.settings.lease_seconds))
-        link = _Link(self._broker, heartbeat, f"distq worker {self.consumer_id}", timeout)
+        link = _Link(self._broker, heartbeat, f"distq worker {self.consumer_id}")
         try:
             with self._broker.translated("declaring the queues"):
                 self._transport.declare(link.channel)  # a reconnect heals a deleted queue
@@ -1416,11 +1411,14 @@ class RabbitMQConsumer(Consumer):
     def _linked(self) -> None:
         """Connect again if the link was lost (a broker restart, a network cut) while a
         slot runs a batch: the keeper calls this at each heartbeat (and hand-back) until
-        the broker answers, once a second at most, each try within
-        :data:`_RELINK_TIMEOUT` (it serves every slot: a frozen broker must not hold it
-        up for pika's 15 s a try); the slot's own settle and release (from the thread
-        that opened this consumer) try at once, within pika's timeouts (a settle that
-        failed handed the batch back, its records left to expire, its results dropped).
+        the broker answers, and the slot's own settle, release and reply-queue check do.
+
+        The connection is made in a thread of its own (:meth:`_new_link`): the keeper
+        never waits for it (it serves every slot and enforces their time limits: a
+        frozen broker, which takes TCP connections and never answers, held it 3 s a
+        slot, rmq18), and uses it once made; the slot's own calls (from the thread that
+        opened this consumer) wait for it (a settle that failed handed the batch back,
+        its records left to expire, its results dropped).
 
         The lease records then live on (renewed on the new link, within their two leases
         of life), and so do the results of the tasks in them. Before, a slot in a long
@@ -1437,14 +1435,10 @@ class RabbitMQConsumer(Consumer):
         """
         if self._link.is_open or closed_by_broker(self._link.channel) is not None:
             return
-        keeper = threading.get_ident() != self._opener
-        if keeper and time.monotonic() < self._relink_after:  # it ticks 10 times a second
+        link = self._new_link(wait=threading.get_ident() == self._opener)
+        if link is None:  # the keeper's: a try under way, or a pause after a failed one
             self._link.check_open()  # raises: the connection was closed
-        try:
-            link = self._open_link(_RELINK_TIMEOUT if keeper else None)
-        except BaseException:
-            self._relink_after = time.monotonic() + _RELINK_PAUSE
-            raise
+            return
         self._link.close()
         self._link = link
         buffered = {delivery.tag for delivery in self._buffer}
@@ -1458,6 +1452,36 @@ class RabbitMQConsumer(Consumer):
         self._retry_declared.clear()  # a broker restarted empty has none
         if self._records is not None:
             self._records.bind(*self._record_io(link), unsure=True)
+
+    def _new_link(self, wait: bool) -> _Link | None:
+        """A link connected afresh by a try in a thread of its own, one try at a time;
+        its error raised here. Without ``wait`` (the keeper), None while the try is under
+        way, and for :data:`_RELINK_PAUSE` after one failed."""
+        if self._connecting is None:
+            if not wait and time.monotonic() < self._relink_after:
+                return None
+            self._connecting = threading.Thread(
+                target=self._connect_afresh, name="distq-reconnect", daemon=True
+            )
+            self._connecting.start()
+        if wait:
+            self._connecting.join()
+        elif self._connecting.is_alive():
+            return None
+        self._connecting, (made, self._made) = None, (self._made, None)
+        if isinstance(made, BaseException):
+            self._relink_after = time.monotonic() + _RELINK_PAUSE
+            raise made
+        return made
+
+    def _connect_afresh(self) -> None:
+        """:meth:`_new_link`'s thread: the new link, or why there is none, in ``_made``."""
+        try:
+            self._made = self._open_link()
+        except BaseException as exc:  # raised in the thread that takes it
+            self._made = exc
+        if self._closing and isinstance(self._made, _Link):
+            self._made.close()  # closed meanwhile: nobody takes it
 
     @property
     def held(self) -> int:
@@ -1841,6 +1865,7 @@ class RabbitMQConsumer(Consumer):
         worker's cold stop said it handed them back). A connection already lost leaves
         the records to expire into the queue.
         """
+        self._closing = True  # a link a reconnect makes from now on is closed by it
         self._transport.forget(self)
         partly = self._held.partly_settled()
         records = list(self._records.bodies) if self._records is not None else []
@@ -1849,6 +1874,8 @@ class RabbitMQConsumer(Consumer):
             with contextlib.suppress(*_PikaError, TransportError):
                 self._give_back(sorted({*tags, *records}))
         self._link.close()
+        if isinstance(made := self._made, _Link):  # made by a reconnect, not taken
+            made.close()
         self._held.clear()  # the broker requeued them when the connection closed
         self._current.clear()
         self._buffer.clear()
