@@ -132,6 +132,8 @@ class Dispatcher(threading.Thread):
         self._given_up = False
         self.finishing = False  # told to stop once every future is answered (shutdown)
         self._unsent: dict[str, Entry] = {}  # submitted to us, not yet to the broker
+        # every future submitted and still referenced: what a child made by fork() fails
+        self.futures: weakref.WeakSet[DistqFuture[Any]] = weakref.WeakSet()
         self._unsent_order: deque[Entry] = deque()  # the same, oldest first (and cancelled)
         self._deadlines: list[tuple[float, str]] = []
         self.ledger = Ledger()  # what was sent, for the tasks a broker loses
@@ -155,6 +157,7 @@ class Dispatcher(threading.Thread):
                 self.finishing = True
             elif isinstance(command, Submit):
                 self._not_sent.update(entry.task.id for entry in command.entries)
+                self.futures.update(entry.future for entry in command.entries)
                 for entry in command.entries:
                     if entry.deadline is not None:
                         self._overdue.watch(entry)
@@ -217,6 +220,9 @@ class Dispatcher(threading.Thread):
                 except Exception as exc:  # closing must not hide why the loop ended
                     log.warning("could not %s the executor: %s", what, exc)
             self.callbacks.close()  # after the last future was resolved
+            with _ENDED_LOCK:  # the exit waits for their callbacks too (see _stop_at_exit)
+                ended_callbacks.difference_update([c for c in ended_callbacks if not c.busy()])
+                ended_callbacks.add(self.callbacks)
             running.discard(self)
 
     def _loop(self) -> None:
@@ -720,6 +726,12 @@ def _pending(future: weakref.ref[DistqFuture[Any]]) -> bool:
 #: other (open, or collected without shutdown) handles the commands it has (a shutdown's
 #: cancel_futures, say), then stops without waiting for results.
 running: set[Dispatcher] = set()
+#: The done-callbacks of executors whose thread has ended (collected without shutdown,
+#: or broken by a lost broker): the exit waits for them as for those of open ones. They
+#: were cut off: their thread is a daemon, and the exit waited only for executors still
+#: running (exec18).
+ended_callbacks: set[Callbacks] = set()
+_ENDED_LOCK = threading.Lock()
 
 #: Why an executor refuses work in a child made by fork(): its thread is the parent's.
 FORKED = (
@@ -737,8 +749,13 @@ def _after_fork_in_child() -> None:
         dispatcher._lock = threading.Lock()  # another thread may have held it at the fork
         dispatcher._ended, dispatcher.broken = True, FORKED
         # a cancel's waiter is a parent's thread: nothing here may wake it
-        for entry in dispatcher._unanswered(answer_cancels=False):
-            entry.future.fail_inherited(BrokenExecutor(FORKED))
+        # every future not answered: those in the executor's structures, and those a
+        # parent thread had in hand between them at the fork (a batch being sent, a
+        # result being resolved: 308 stayed pending for good, exec18)
+        futures = {id(e.future): e.future for e in dispatcher._unanswered(answer_cancels=False)}
+        futures.update((id(f), f) for f in list(dispatcher.futures))
+        for future in futures.values():
+            future.fail_inherited(BrokenExecutor(FORKED))
         try:
             dispatcher.transport.close_inherited()
         except Exception as exc:
@@ -776,3 +793,7 @@ def _stop_at_exit() -> None:
                 )
     for dispatcher in stopping:
         dispatcher.callbacks.join(timeout=max(0.0, deadline + 5 - time.monotonic()))
+    with _ENDED_LOCK:
+        ended = list(ended_callbacks)
+    for callbacks in ended:
+        callbacks.join(timeout=max(0.0, deadline + 5 - time.monotonic()))

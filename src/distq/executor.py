@@ -257,6 +257,8 @@ class Executor(concurrent.futures.Executor):
         (set ``task_timeout`` to bound that), their done-callbacks have run and the
         connection is closed. Without ``wait``, the interpreter waits for them at exit.
         """
+        if self._dispatcher.forked():
+            return  # the parent's: nothing to stop here (see close)
         with self._lock:
             first, self._shutdown = not self._shutdown, True
         if first or cancel_futures:
@@ -274,6 +276,11 @@ class Executor(concurrent.futures.Executor):
         nobody waiting, a worker that reaches one dead-letters it unrun ("its master is
         gone"), as it does any task whose master went away.
         """
+        if self._dispatcher.forked():
+            # the parent's: its futures failed at the fork. Not its lock: a thread of the
+            # parent that held it at the fork never releases it here (1 child in 30 hung
+            # in shutdown(), or at the end of a ``with`` block, exec18)
+            return
         with self._lock:
             self._shutdown = True
         self._dispatcher.put(Stop(cancel_futures, abandon="the executor was closed"))

@@ -54,6 +54,11 @@ class Callbacks:
             if self._thread is not None:
                 self._queue.put(None)
 
+    def busy(self) -> bool:
+        """Whether its thread still runs (callbacks to run, or :meth:`close` not called)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def join(self, timeout: float | None = None) -> None:
         """Wait for the callbacks handed over so far (from another thread than theirs)."""
         thread = self._thread
@@ -113,11 +118,14 @@ class DistqFuture(concurrent.futures.Future[_T]):
 
     def fail_inherited(self, error: BaseException) -> None:
         """In a child made by fork(): fail this future of the parent's executor, if it is
-        pending and no thread of the parent held its lock at the fork (it would never be
-        released). Its waiters and done-callbacks are the parent's: none is run here."""
+        pending. Its waiters and done-callbacks are the parent's: none is run here. A
+        lock a thread of the parent held at the fork would never be released: the future
+        gets a new one (the child has no other thread). It was skipped, and every
+        ``done()`` or ``result()`` on it in the child blocked for ever (exec18)."""
         condition = self._condition
         if not condition.acquire(blocking=False):
-            return
+            condition = self._condition = threading.Condition()
+            condition.acquire()
         try:
             if not self.done():
                 self._waiters.clear()

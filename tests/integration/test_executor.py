@@ -909,3 +909,94 @@ def test_an_executor_hosting_the_queues_warns_as_distq_master_does(
     assert [line for line in said if line.startswith("DISTQ_AUTHKEY is 2 bytes long")], said
     assert len([line for line in said if line.startswith("DISTQ_AUTHKEY")]) == 1, said
     assert not any("not encrypted" in line for line in said), said  # on loopback: info only
+
+
+FORK_UNDER_HELD_LOCKS = """
+    import os, signal, sys, threading
+    import distq
+    from distq.futures import DistqFuture
+    ex = distq.Executor()  # no worker: its futures stay pending
+    held = ex.submit("jobs:add", 1, 2)
+    in_transit = DistqFuture(ex._dispatcher.cancel, "0" * 32, "jobs:add")
+    ex._dispatcher.futures.add(in_transit)  # in no structure: as one a thread has in hand
+    hold, forever = threading.Event(), threading.Event()
+
+    def holder():  # a thread of the parent inside submit() and a future's lock at the fork
+        with ex._lock, held._condition:
+            hold.set()
+            forever.wait()
+
+    threading.Thread(target=holder, daemon=True).start()
+    hold.wait()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(5)  # a hang ends the child: the parent sees the signal
+        print("held:", type(held.exception(1)).__name__, flush=True)
+        print("in transit:", type(in_transit.exception(1)).__name__, flush=True)
+        ex.shutdown()
+        with ex:
+            pass
+        ex.close()
+        print("child shut down", flush=True)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    print("child status", status, flush=True)
+    forever.set()
+    ex.close(cancel_futures=False)
+"""
+
+
+def test_a_forked_child_fails_every_inherited_future_and_shuts_down_whatever_was_held() -> None:
+    """fork() while a parent thread held the executor's lock (inside submit) and a
+    future's lock, and while a future was in no structure of the executor's (a batch
+    being sent, a result being resolved): the child hung in shutdown() (1 child in 30),
+    in done() on the future whose lock was held, and 308 futures stayed pending for good
+    (exec18). Every inherited future fails with BrokenExecutor now, at once, and
+    shutdown(), close() and the end of a ``with`` block return."""
+    out, _ = run_program(FORK_UNDER_HELD_LOCKS, manager_env())
+    lines = out.splitlines()
+    assert "held: BrokenExecutor" in lines, out
+    assert "in transit: BrokenExecutor" in lines, out
+    assert "child shut down" in lines and "child status 0" in lines, out
+
+
+COLLECTED_CALLBACK = """
+    import subprocess, sys, time
+    import distq
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "distq", "worker", "--tasks", "jobs", "--connect-timeout", "20"]
+    )
+
+    def submit():
+        ex = distq.Executor()  # collected without shutdown(): its futures still resolve
+        future = ex.submit("jobs:add", 1, 2)
+
+        def callback(f):
+            time.sleep(1.5)  # still running at the exit
+            print("callback ran:", f.result(), flush=True)
+
+        future.add_done_callback(callback)
+        return future
+
+    try:
+        print("result:", submit().result(60), flush=True)
+    finally:
+        worker.terminate()
+        worker.wait(20)
+    from distq import dispatcher  # the collected executor's thread ends meanwhile
+    for _ in range(100):
+        if not dispatcher.running:
+            break
+        time.sleep(0.1)
+    print("executor threads running at the exit:", len(dispatcher.running), flush=True)
+    print("main ends", flush=True)
+"""
+
+
+def test_the_exit_waits_for_the_callbacks_of_an_executor_collected_without_shutdown() -> None:
+    """A collected executor resolves the futures it has; its thread then ends, and the
+    exit waited only for the callbacks of executors still running: a callback of a
+    future that had resolved was cut off (2 runs in 3, exec18)."""
+    out, _ = run_program(COLLECTED_CALLBACK, manager_env())
+    assert "executor threads running at the exit: 0" in out.splitlines(), out
+    assert "callback ran: 3" in out.splitlines(), out
