@@ -962,6 +962,91 @@ def test_a_heartbeat_after_a_lost_connection_connects_again_and_the_lost_tasks_r
     producer.close()
 
 
+def test_a_settle_on_a_link_lost_unnoticed_is_made_again_on_a_new_one(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A link lost after the keeper's last heartbeat: pika has not read the socket since,
+    so the link looks open, the slot's settle failed on it, and its results were
+    dropped with the batch (a task in a lease record ran again in full, diff18). The
+    settle is made once more on a new link: the result goes."""
+    t = open_transport(lease=30.0)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"t1"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+    old = consumer._link
+    old.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+    assert old.is_open  # as pika sees it
+    consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r-t1")])
+    assert consumer._link is not old
+    assert producer.results(10, 5.0) == [b"r-t1"]
+    assert consumer.fetch(1, 1.0) == []  # its copy, back with the lost link: acked unrun
+    assert _ready(raw, queue) == 0
+    consumer.close()
+    producer.close()
+
+
+def test_a_lost_tasks_copy_runs_when_its_result_did_not_go(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task done on a lost link was taken for done before its result was confirmed:
+    that settle failing (a result over the broker's max_message_size), its copy was
+    acked unrun, and nothing ever answered the task (diff18). Remembered only once the
+    broker confirmed its result: the copy runs."""
+    t = open_transport(lease=30.0)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"t1"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+    consumer._link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+    with pytest.raises(TransportError):
+        consumer.heartbeat()
+    consumer.heartbeat()  # a new link: t1 is lost with the old one
+    refused = pika.exceptions.ChannelClosedByBroker(406, "PRECONDITION_FAILED - too large")
+    monkeypatch.setattr(consumer._link, "confirm", lambda keep=0: (_ for _ in ()).throw(refused))
+    with pytest.raises(TransportError):
+        consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r-t1")])
+    monkeypatch.undo()
+    consumer.close()
+    again = fetch_n(t.consumer("c2"), 1)  # the copy: handed out, to run
+    assert [d.body for d in again] == [b"t1"]
+    producer.close()
+
+
+def test_a_record_that_expired_while_the_link_was_lost_is_not_renewed(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A link lost for longer than a lease record lives (two leases): the record expired
+    into the task queue meanwhile, a copy of the task there. Renewed on the new link
+    all the same, it brought the task back a second time once the worker died (3 runs
+    each, rmq18). Now the task counts as lost with its link: no record, its result
+    still sent, and its copy acked unrun when this worker gets it."""
+    t = open_transport(lease=1.0)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"long"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+    records = record_queue(queue, consumer.consumer_id)
+    try:
+        _heartbeats(consumer, 1.5, every=0.3)  # held past its lease: the record holds it
+        assert _ready(raw, records) == 1 and _ready(raw, queue) == 0
+        consumer._link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+        with pytest.raises(TransportError):
+            consumer.heartbeat()
+        time.sleep(2.5)  # the record expires into the task queue
+        assert _ready(raw, queue) == 1
+        consumer.heartbeat()  # connects again; the record is not made again
+        assert _ready(raw, records) == 0 and _ready(raw, queue) == 1
+        consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r")])
+        assert producer.results(10, 5.0) == [b"r"]
+        assert consumer.fetch(1, 1.0) == []  # the copy: acked, not run again
+        assert _ready(raw, queue) == 0 and _ready(raw, records) == 0
+    finally:
+        consumer.close()
+        raw.queue_delete(records)
+        producer.close()
+
+
 def test_the_keeper_never_waits_for_a_reconnect_and_takes_it_once_made(
     open_transport: OpenTransport, amqp_url: str, queue: str
 ) -> None:

@@ -786,7 +786,7 @@ class RabbitMQTransport(Transport):
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
         self._admin: _Link | None = None
         # tasks done on a lost link by any of this process's consumers (see
-        # RabbitMQConsumer._results_only_if_lost): whichever slot gets a copy acks it
+        # _results_only): whichever slot gets a copy acks it
         self.done_copies = DoneCopies(_DONE_LOST_KEPT)
         with self._lock:
             self._admin_link()
@@ -1523,10 +1523,11 @@ class RabbitMQConsumer(Consumer):
             return got
 
     def _drop_done(self, got: list[Delivery]) -> list[Delivery]:
-        """``got`` but the redelivered copies of tasks done on a lost link (see
-        :meth:`_results_only_if_lost`), which are acked instead: their results went."""
+        """``got`` but the copies of tasks done on a lost link (see :func:`_results_only`),
+        which are acked instead: their results went."""
         copies = self._transport.done_copies
-        done = [d for d in got if d.redelivered and copies.take(d.body)]
+        # redelivered, or not (a lease record expired into the queue is a new message)
+        done = [d for d in got if copies.take(d.body)]
         if not done:
             return got
         tags = self._tags_of(done)
@@ -1611,6 +1612,7 @@ class RabbitMQConsumer(Consumer):
                 *self._record_io(self._link),
                 record_queue(self._transport.queue, self.consumer_id),
                 self._transport.record_queue_arguments(),
+                self._lost.update,  # found gone back after a lost link: lost, as unacked ones
             )
         return self._records
 
@@ -1651,71 +1653,65 @@ class RabbitMQConsumer(Consumer):
         for s in settlements:
             if s.result is not None and not s.reply_to:
                 raise ValueError(f"settlement of delivery {s.delivery.tag} has no reply_to")
-        prefix = self._transport.reply_prefix
         with self._broker.translated("settling tasks"):
             self._linked()  # a link lost under a long batch: connect again first
-            link, queue = self._link, self._transport.queue
-            settlements = self._results_only_if_lost(settlements, tags)
-            for s in settlements:
-                if s.retry is not None and s.retry_delay > 0:
-                    self._declare_retry_queue(_delay_ms(s.retry_delay))
-            replies: dict[str, list[bytes]] = {}
-            letters: dict[int, Settlement] = {}  # dead letters by publish sequence
-            for s in settlements:
-                if s.result is not None and s.reply_to and s.reply_to.startswith(prefix):
-                    replies.setdefault(s.reply_to, []).append(s.result)
-                if s.retry is not None:
-                    target = queue
-                    if s.retry_delay > 0:
-                        target = f"{queue}.retry.{_delay_ms(s.retry_delay)}"
-                    link.publish(target, s.retry, mandatory=True)
-                if s.dead_letter is not None:
-                    link.publish(self._transport.dead_queue, s.dead_letter, mandatory=True)
-                    letters[link.sequence] = s
-            # one message per master, however many results, within a pack's byte budget:
-            # a fraction of the broker's work per task. Not mandatory: a reply queue
-            # deleted by its master means nobody waits, and the broker drops it (never
-            # creating the queue).
-            budget = self._transport.pack_bytes
-            for reply_to, results in replies.items():
-                for part in fill(results, len(results), budget):
-                    if len(part) == 1:
-                        link.publish(reply_to, part[0], mandatory=False)
-                    else:
-                        body = pack(part)
-                        link.publish(reply_to, body, mandatory=False, properties=_PACKED)
-            if letters:
-                self._letters_refused([letters[n] for n in sorted(link.refused(letters))])
-            link.confirm()
-            done = self._held.settle(tags)
-            if done:
-                self._finish(done, link.channel.basic_ack)
-            self._drop_records(tags)
-            self._lost.difference_update(tags)
+            try:
+                self._settle(settlements, tags)
+            except _PikaError:
+                # a link lost since the last call that read it: pika had not seen it go
+                # (the keeper reads it at each heartbeat; the slot's settle came first),
+                # the settle failed, and its results were dropped with the batch (diff18).
+                # Once more on a new link; what the first try published may come twice
+                if self._link.is_open or closed_by_broker(self._link.channel) is not None:
+                    raise
+                self._linked()
+                self._settle(settlements, tags)
 
-    def _results_only_if_lost(
-        self, settlements: Sequence[Settlement], tags: list[int]
-    ) -> Sequence[Settlement]:
-        """``settlements``, those of tasks whose link was lost (see :meth:`_linked`) with
-        their results only: their messages went back to the queue with that link, and a
-        retry or dead letter would run or bury a task that is there again. A task done
-        (a result, no retry nor dead letter) is remembered, so that its copy, when this
-        consumer gets it, is acked and not run again (:meth:`_drop_done`): each long
-        task ran twice, the job took twice as long. A failed one's copy runs (it decides)."""
-        lost = self._lost.intersection(tags)
-        if not lost:
-            return settlements
-        self._transport.done_copies.add(
-            s.delivery.body
-            for s in settlements
-            if s.delivery.tag in lost and s.retry is None and s.dead_letter is None
-        )
-        return [
-            msgspec.structs.replace(s, retry=None, dead_letter=None)
-            if s.delivery.tag in lost
-            else s
-            for s in settlements
-        ]
+    def _settle(self, settlements: Sequence[Settlement], tags: list[int]) -> None:
+        """:meth:`settle` on the current link: publish, confirm, then ack."""
+        link, queue = self._link, self._transport.queue
+        prefix = self._transport.reply_prefix
+        lost, done = self._lost.intersection(tags), list[bytes]()
+        if lost:  # their messages went back with a lost link: see _results_only
+            settlements, done = _results_only(settlements, lost)
+        for s in settlements:
+            if s.retry is not None and s.retry_delay > 0:
+                self._declare_retry_queue(_delay_ms(s.retry_delay))
+        replies: dict[str, list[bytes]] = {}
+        letters: dict[int, Settlement] = {}  # dead letters by publish sequence
+        for s in settlements:
+            if s.result is not None and s.reply_to and s.reply_to.startswith(prefix):
+                replies.setdefault(s.reply_to, []).append(s.result)
+            if s.retry is not None:
+                target = queue
+                if s.retry_delay > 0:
+                    target = f"{queue}.retry.{_delay_ms(s.retry_delay)}"
+                link.publish(target, s.retry, mandatory=True)
+            if s.dead_letter is not None:
+                link.publish(self._transport.dead_queue, s.dead_letter, mandatory=True)
+                letters[link.sequence] = s
+        # one message per master, however many results, within a pack's byte budget:
+        # a fraction of the broker's work per task. Not mandatory: a reply queue
+        # deleted by its master means nobody waits, and the broker drops it (never
+        # creating the queue).
+        budget = self._transport.pack_bytes
+        for reply_to, results in replies.items():
+            for part in fill(results, len(results), budget):
+                if len(part) == 1:
+                    link.publish(reply_to, part[0], mandatory=False)
+                else:
+                    body = pack(part)
+                    link.publish(reply_to, body, mandatory=False, properties=_PACKED)
+        if letters:
+            self._letters_refused([letters[n] for n in sorted(link.refused(letters))])
+        link.confirm()
+        if done:  # their results are the broker's now: a copy need not run
+            self._transport.done_copies.add(done)
+        acks = self._held.settle(tags)
+        if acks:
+            self._finish(acks, link.channel.basic_ack)
+        self._drop_records(tags)
+        self._lost.difference_update(tags)
 
     def _letters_refused(self, settlements: list[Settlement]) -> None:
         """The dead-letter queue refused these dead letters (full: a length limit with
@@ -1882,6 +1878,30 @@ class RabbitMQConsumer(Consumer):
         self._seen.clear()
         self._lost.clear()
         self._records = None
+
+
+def _results_only(
+    settlements: Sequence[Settlement], lost: set[int]
+) -> tuple[list[Settlement], list[bytes]]:
+    """``settlements``, those of ``lost`` tasks (whose link was lost: see
+    :meth:`RabbitMQConsumer._linked`) with nothing to publish but the result of one done
+    (a result, no retry nor dead letter), and the bodies of those done. Their messages
+    went back to the queue with that link: a retry or a dead letter (and its error
+    result) would run again, or fail, a task that is there again; the copy decides, as
+    for a late settle on Redis and manager. The copy of a task done, when a slot of this
+    worker gets it, is acked and not run again (:class:`DoneCopies`, once the results
+    are confirmed: acked before, a copy whose original's result never went was lost,
+    diff18); each long task ran twice, the job took twice as long."""
+    done: list[bytes] = []
+    kept: list[Settlement] = []
+    for s in settlements:
+        if s.delivery.tag in lost:
+            if s.retry is None and s.dead_letter is None:
+                done.append(s.delivery.body)
+            else:
+                s = msgspec.structs.replace(s, result=None, retry=None, dead_letter=None)
+        kept.append(s)
+    return kept, done
 
 
 class DoneCopies:

@@ -73,8 +73,10 @@ class LeaseRecords:
         confirm: Callable[[], None],
         name: str,
         arguments: dict[str, Any],
+        on_gone: Callable[[list[int]], None] = lambda tags: None,
     ) -> None:
         self._unsure = False  # whether older records may be more than counted: take out all
+        self._on_gone = on_gone
         self.bind(channel, publish, confirm)
         self.name = name
         self._arguments = arguments
@@ -91,7 +93,12 @@ class LeaseRecords:
     ) -> None:
         """Work through this link from now on (the consumer's new one, after it lost
         the last). ``unsure``: a renewal may have failed on the old one half done, so
-        the next takes out every record of an older generation, however many."""
+        the next takes out every record of an older generation, however many, and a task
+        none of whose records it finds is no longer held here: its record expired into
+        the task queue meanwhile (an outage longer than a record's life), or it never had
+        one (its delivery, not acked, went back with the old link). Its copy is in the
+        task queue: ``on_gone`` is told its tag, and its record is not kept (renewed, it
+        brought the task back a second time once the worker died, rmq18)."""
         self._channel, self._publish, self._confirm = channel, publish, confirm
         self._unsure = self._unsure or unsure
 
@@ -146,22 +153,34 @@ class LeaseRecords:
             self._publish(self.name, body, properties)
         self._confirm()
         self._in_queue = len(self.bodies)
-        self._take_out(None if self._unsure else old)  # unused from now on, the queue expires
+        if not self._unsure:
+            self._take_out(old)  # unused from now on, the queue expires
+            return
         self._unsure = False
+        found = self._take_out(None)
+        gone = [tag for tag, body in self.bodies.items() if body not in found]
+        if gone:
+            for tag in gone:
+                del self.bodies[tag]
+            self.renew()  # a generation without them: theirs is taken out
+            self._on_gone(gone)
 
-    def _take_out(self, count: int | None) -> None:
+    def _take_out(self, count: int | None) -> set[bytes]:
         """Ack up to ``count`` records of older generations from the head of the queue
-        (every one, if None).
+        (every one, if None); the bodies taken out.
 
         Fewer are there when some expired (this consumer was too late to renew them:
         their tasks went back to the task queue); a current one met first goes back.
         """
+        found: set[bytes] = set()
         for _ in range(count) if count is not None else itertools.count():
-            method, properties, _body = self._channel.basic_get(self.name, auto_ack=False)
+            method, properties, body = self._channel.basic_get(self.name, auto_ack=False)
             if method is None:
-                return
+                break
             headers = properties.headers or {}
             if headers.get(_GENERATION) == self._generation:
                 self._channel.basic_nack(method.delivery_tag, requeue=True)
-                return
+                break
             self._channel.basic_ack(method.delivery_tag)
+            found.add(body)
+        return found
