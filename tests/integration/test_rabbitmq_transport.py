@@ -986,6 +986,33 @@ def test_a_settle_on_a_link_lost_unnoticed_is_made_again_on_a_new_one(
     producer.close()
 
 
+def test_a_settle_whose_acks_did_not_go_leaves_no_copy_to_run(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link lost after the broker confirmed a settle's results but before its acks
+    went: the broker puts the task back, though its result is out; the copy ran again.
+    It is acked unrun now, by any slot of the worker; the settle is not made again."""
+    t = open_transport(lease=30.0)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"t1"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+
+    def lost_before_the_acks(*args: object, **kwargs: object) -> None:
+        consumer._link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+        raise pika.exceptions.StreamLostError("the link went before the acks")
+
+    monkeypatch.setattr(consumer, "_finish", lost_before_the_acks)
+    with pytest.raises(TransportError, match="before the acks"):
+        consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r-t1")])
+    monkeypatch.undo()
+    assert producer.results(10, 5.0) == [b"r-t1"]
+    consumer.close()
+    assert t.consumer("c2").fetch(1, 2.0) == []  # the copy: acked, not run
+    assert _ready(raw, queue) == 0
+    producer.close()
+
+
 def test_a_lost_tasks_copy_runs_when_its_result_did_not_go(
     open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

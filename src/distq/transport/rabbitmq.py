@@ -1386,13 +1386,14 @@ class RabbitMQConsumer(Consumer):
         self._split_after = 0.0  # no splitting a pack before (see fetch)
         self._said_letters_refused = False
         # tasks handed out from messages of a link since lost: the broker took them back
-        # (see _linked); their results still go to their masters, nothing is acked
+        # (see _linked); the results of those done still go, nothing is acked
         self._lost: set[int] = set()
         self._relink_after = 0.0  # no new link tried before (see _linked)
         self._opener = threading.get_ident()  # the slot's thread; the keeper's is another
         self._connecting: threading.Thread | None = None  # a try to connect afresh
         self._made: _Link | BaseException | None = None  # what it made
         self._closing = False
+        self._confirmed = False  # whether the last settle's publishes were confirmed
         self._link = self._open_link()
 
     def _open_link(self) -> _Link:
@@ -1426,9 +1427,10 @@ class RabbitMQConsumer(Consumer):
         expired into the task queue, every long task in progress ran again in full, and
         the first runs' results were dropped (faults17: 4 tasks of 30 s, a 5 s broker
         restart, 8 runs, 62 s). The messages the old link held unacknowledged went back
-        to the queue with it: their tasks are *lost* here, their results still sent
-        (late, as on Redis; the master keeps one), their retries and dead letters not
-        (the copy's own run decides), and nothing acked for them.
+        to the queue with it: their tasks are *lost* here, and nothing is acked for them;
+        the result of one done is still sent (late, as on Redis; the master keeps one),
+        nothing of one that failed (the copy's own run decides: see
+        :func:`_results_only`).
 
         A channel the broker closed for a reason of its own (a message over its
         ``max_message_size``) is not reopened: :meth:`_Link.check_open` raises it.
@@ -1661,14 +1663,21 @@ class RabbitMQConsumer(Consumer):
                 # a link lost since the last call that read it: pika had not seen it go
                 # (the keeper reads it at each heartbeat; the slot's settle came first),
                 # the settle failed, and its results were dropped with the batch (diff18).
-                # Once more on a new link; what the first try published may come twice
-                if self._link.is_open or closed_by_broker(self._link.channel) is not None:
+                # Once more on a new link, unless the broker had confirmed what it
+                # published (only the acks failed: see _settle); what the first try
+                # published may come twice
+                if (
+                    self._confirmed
+                    or self._link.is_open
+                    or closed_by_broker(self._link.channel) is not None
+                ):
                     raise
                 self._linked()
                 self._settle(settlements, tags)
 
     def _settle(self, settlements: Sequence[Settlement], tags: list[int]) -> None:
         """:meth:`settle` on the current link: publish, confirm, then ack."""
+        self._confirmed = False
         link, queue = self._link, self._transport.queue
         prefix = self._transport.reply_prefix
         lost, done = self._lost.intersection(tags), list[bytes]()
@@ -1705,13 +1714,24 @@ class RabbitMQConsumer(Consumer):
         if letters:
             self._letters_refused([letters[n] for n in sorted(link.refused(letters))])
         link.confirm()
+        self._confirmed = True
         if done:  # their results are the broker's now: a copy need not run
             self._transport.done_copies.add(done)
-        acks = self._held.settle(tags)
-        if acks:
-            self._finish(acks, link.channel.basic_ack)
-        self._drop_records(tags)
-        self._lost.difference_update(tags)
+        try:
+            acks = self._held.settle(tags)
+            if acks:
+                self._finish(acks, link.channel.basic_ack)
+            self._drop_records(tags)
+        except _PikaError:
+            # the link died before the acks (or the records' drop) went: the broker puts
+            # these tasks back, though what they ended with is the broker's: their copies
+            # need not run either (a lost one that failed published nothing: its runs)
+            self._transport.done_copies.add(
+                s.delivery.body for s in settlements if s.delivery.tag not in lost
+            )
+            raise
+        finally:
+            self._lost.difference_update(tags)
 
     def _letters_refused(self, settlements: list[Settlement]) -> None:
         """The dead-letter queue refused these dead letters (full: a length limit with
