@@ -1040,6 +1040,40 @@ def test_a_lost_tasks_copy_runs_when_its_result_did_not_go(
     producer.close()
 
 
+def test_after_a_reconnect_only_a_task_whose_record_went_is_given_up(raw: Any, queue: str) -> None:
+    """The first renewal after a reconnect finds which records went (expired into the
+    task queue): those tasks are given up (``on_gone``). A task recorded after the
+    reconnect has no record before it, and must keep its new one: taken for gone, it
+    was acked with no record and counted lost, and a failure of it published nothing."""
+    channel = raw.connection.channel()
+    channel.confirm_delivery()  # each publish confirmed: the counts below are the broker's
+
+    def publish(key: str, body: bytes, properties: Any) -> None:
+        channel.basic_publish("", key, body, properties)
+
+    name, gone = f"{queue}.held.t", list[int]()
+    records = LeaseRecords(
+        channel,
+        publish,
+        lambda: None,
+        name,
+        LeaseRecords.queue_arguments(60_000, queue),
+        gone.extend,
+    )
+    try:
+        records.hold({1: b"a"})
+        records.bind(channel, publish, lambda: None, unsure=True)  # a new link
+        records.hold({2: b"b"})  # recorded after the reconnect
+        assert gone == [] and sorted(records.bodies) == [1, 2] and _ready(raw, name) == 2
+        raw.queue_purge(name)  # as records that expired meanwhile
+        records.bind(channel, publish, lambda: None, unsure=True)
+        records.renew()
+        assert sorted(gone) == [1, 2] and records.bodies == {} and _ready(raw, name) == 0
+    finally:
+        raw.queue_delete(name)
+        channel.close()
+
+
 def test_a_record_that_expired_while_the_link_was_lost_is_not_renewed(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

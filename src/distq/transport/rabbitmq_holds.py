@@ -76,6 +76,7 @@ class LeaseRecords:
         on_gone: Callable[[list[int]], None] = lambda tags: None,
     ) -> None:
         self._unsure = False  # whether older records may be more than counted: take out all
+        self._unsure_of: set[int] = set()  # the tasks held when it became unsure
         self._on_gone = on_gone
         self.bind(channel, publish, confirm)
         self.name = name
@@ -100,7 +101,9 @@ class LeaseRecords:
         task queue: ``on_gone`` is told its tag, and its record is not kept (renewed, it
         brought the task back a second time once the worker died, rmq18)."""
         self._channel, self._publish, self._confirm = channel, publish, confirm
-        self._unsure = self._unsure or unsure
+        if unsure:  # those held since: new, with no record before (see renew)
+            self._unsure_of |= set(self.bodies)
+            self._unsure = True
 
     @staticmethod
     def queue_arguments(lease_ms: int, task_queue: str) -> dict[str, Any]:
@@ -156,9 +159,9 @@ class LeaseRecords:
         if not self._unsure:
             self._take_out(old)  # unused from now on, the queue expires
             return
-        self._unsure = False
+        self._unsure, unsure_of, self._unsure_of = False, self._unsure_of, set()
         found = self._take_out(None)
-        gone = [tag for tag, body in self.bodies.items() if body not in found]
+        gone = [t for t, body in self.bodies.items() if t in unsure_of and body not in found]
         if gone:
             for tag in gone:
                 del self.bodies[tag]
