@@ -745,6 +745,9 @@ def _after_fork_in_child() -> None:
     commands (``submit`` raises :class:`BrokenExecutor`), the futures inherited fail
     (without their done-callbacks: they are the parent's), and a listening socket
     inherited is closed. Nothing is sent: the connections are the parent's."""
+    global _ENDED_LOCK
+    _ENDED_LOCK = threading.Lock()  # a parent thread may have held it at the fork
+    ended_callbacks.clear()  # the parent's
     for dispatcher in list(running):
         dispatcher._lock = threading.Lock()  # another thread may have held it at the fork
         dispatcher._ended, dispatcher.broken = True, FORKED

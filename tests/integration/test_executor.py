@@ -1000,3 +1000,34 @@ def test_the_exit_waits_for_the_callbacks_of_an_executor_collected_without_shutd
     out, _ = run_program(COLLECTED_CALLBACK, manager_env())
     assert "executor threads running at the exit: 0" in out.splitlines(), out
     assert "callback ran: 3" in out.splitlines(), out
+
+
+FORK_UNDER_THE_ENDED_LOCK = """
+    import os, signal, sys, threading
+    import distq
+    from distq import dispatcher
+    hold, forever = threading.Event(), threading.Event()
+
+    def ending():  # an executor's thread ending at the fork: it holds the lock a moment
+        with dispatcher._ENDED_LOCK:
+            hold.set()
+            forever.wait()
+
+    threading.Thread(target=ending, daemon=True).start()
+    hold.wait()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(5)  # a hang ends the child: the parent sees the signal
+        sys.exit(0)  # the exit hooks run: they wait for ended executors' callbacks
+    _, status = os.waitpid(pid, 0)
+    print("child status", status, flush=True)
+    forever.set()
+"""
+
+
+def test_a_forked_child_exits_whatever_an_ending_executor_held_at_the_fork() -> None:
+    """The lock over ended executors' callbacks, held by a parent thread at the fork (an
+    executor's thread ending then), was never released in the child: its exit hung
+    (diff18b). The child has a lock of its own."""
+    out, _ = run_program(FORK_UNDER_THE_ENDED_LOCK, manager_env())
+    assert "child status 0" in out.splitlines(), out

@@ -200,6 +200,7 @@ _CLOSE_SECONDS = 3.0
 _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
 # between a worker's tries to connect a slot again (see RabbitMQConsumer._linked)
 _RELINK_PAUSE = 1.0
+_KEEPER_WAIT = 0.5  # the keeper's wait for a try it starts (a local broker takes ~20 ms)
 # bodies of tasks done on a lost link a worker remembers, to ack their copies unrun
 _DONE_LOST_KEPT = 10_000
 # after the broker refused a pack's split, the slot runs the rest of it for this long
@@ -1389,7 +1390,7 @@ class RabbitMQConsumer(Consumer):
         # (see _linked); the results of those done still go, nothing is acked
         self._lost: set[int] = set()
         self._relink_after = 0.0  # no new link tried before (see _linked)
-        self._opener = threading.get_ident()  # the slot's thread; the keeper's is another
+        self._opener = threading.get_ident()  # the slot's thread (see fetch); not the keeper's
         self._connecting: threading.Thread | None = None  # a try to connect afresh
         self._made: _Link | BaseException | None = None  # what it made
         self._closing = False
@@ -1457,8 +1458,15 @@ class RabbitMQConsumer(Consumer):
 
     def _new_link(self, wait: bool) -> _Link | None:
         """A link connected afresh by a try in a thread of its own, one try at a time;
-        its error raised here. Without ``wait`` (the keeper), None while the try is under
-        way, and for :data:`_RELINK_PAUSE` after one failed."""
+        its error raised here. With ``wait`` (the slot), a try made now, waited for (a
+        try that failed before the broker came back is not its answer: diff18b); without
+        (the keeper), a try made at most :data:`_RELINK_PAUSE` after one failed, waited
+        for up to :data:`_KEEPER_WAIT` when it starts (a broker that answers is back
+        within it: the keeper's settle of a timed-out attempt failed, and the task ran
+        again, diff18b), and None while it is under way."""
+        connecting = self._connecting
+        if wait and connecting is not None and not connecting.is_alive() and self._failed_try:
+            self._connecting = self._made = None  # stale: try again, now
         if self._connecting is None:
             if not wait and time.monotonic() < self._relink_after:
                 return None
@@ -1466,15 +1474,20 @@ class RabbitMQConsumer(Consumer):
                 target=self._connect_afresh, name="distq-reconnect", daemon=True
             )
             self._connecting.start()
-        if wait:
+            self._connecting.join(None if wait else _KEEPER_WAIT)
+        elif wait:
             self._connecting.join()
-        elif self._connecting.is_alive():
+        if self._connecting.is_alive():
             return None
         self._connecting, (made, self._made) = None, (self._made, None)
         if isinstance(made, BaseException):
             self._relink_after = time.monotonic() + _RELINK_PAUSE
             raise made
         return made
+
+    @property
+    def _failed_try(self) -> bool:
+        return isinstance(self._made, BaseException)
 
     def _connect_afresh(self) -> None:
         """:meth:`_new_link`'s thread: the new link, or why there is none, in ``_made``."""
@@ -1504,6 +1517,9 @@ class RabbitMQConsumer(Consumer):
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         """Tasks pushed by the broker, at most ``min(max_count, prefetch)`` at a time."""
+        # the slot's thread: only it fetches. A slot goes on in a new thread after a time
+        # limit, and that one's settle was taken for the keeper's (see _linked, diff18b)
+        self._opener = threading.get_ident()
         want = max(1, min(max_count, self._transport.settings.prefetch))
         with self._broker.translated("fetching tasks"):
             self._link.check_open()  # not pika's bare ValueError on a closed connection
