@@ -914,6 +914,7 @@ def test_an_executor_hosting_the_queues_warns_as_distq_master_does(
 FORK_UNDER_HELD_LOCKS = """
     import os, signal, sys, threading
     import distq
+    from distq import dispatcher
     from distq.futures import DistqFuture
     ex = distq.Executor()  # no worker: its futures stay pending
     held = ex.submit("jobs:add", 1, 2)
@@ -921,8 +922,8 @@ FORK_UNDER_HELD_LOCKS = """
     ex._dispatcher.futures.add(in_transit)  # in no structure: as one a thread has in hand
     hold, forever = threading.Event(), threading.Event()
 
-    def holder():  # a thread of the parent inside submit() and a future's lock at the fork
-        with ex._lock, held._condition:
+    def holder():  # a parent thread inside submit(), a future's lock, an executor ending
+        with ex._lock, held._condition, dispatcher._ENDED_LOCK:
             hold.set()
             forever.wait()
 
@@ -938,7 +939,7 @@ FORK_UNDER_HELD_LOCKS = """
             pass
         ex.close()
         print("child shut down", flush=True)
-        os._exit(0)
+        sys.exit(0)  # the exit hooks run: they wait for ended executors' callbacks
     _, status = os.waitpid(pid, 0)
     print("child status", status, flush=True)
     forever.set()
@@ -952,7 +953,8 @@ def test_a_forked_child_fails_every_inherited_future_and_shuts_down_whatever_was
     being sent, a result being resolved): the child hung in shutdown() (1 child in 30),
     in done() on the future whose lock was held, and 308 futures stayed pending for good
     (exec18). Every inherited future fails with BrokenExecutor now, at once, and
-    shutdown(), close() and the end of a ``with`` block return."""
+    shutdown(), close() and the end of a ``with`` block return; so does the child's exit
+    with the lock over ended executors' callbacks held at the fork (it hung, diff18b)."""
     out, _ = run_program(FORK_UNDER_HELD_LOCKS, manager_env())
     lines = out.splitlines()
     assert "held: BrokenExecutor" in lines, out
@@ -1000,34 +1002,3 @@ def test_the_exit_waits_for_the_callbacks_of_an_executor_collected_without_shutd
     out, _ = run_program(COLLECTED_CALLBACK, manager_env())
     assert "executor threads running at the exit: 0" in out.splitlines(), out
     assert "callback ran: 3" in out.splitlines(), out
-
-
-FORK_UNDER_THE_ENDED_LOCK = """
-    import os, signal, sys, threading
-    import distq
-    from distq import dispatcher
-    hold, forever = threading.Event(), threading.Event()
-
-    def ending():  # an executor's thread ending at the fork: it holds the lock a moment
-        with dispatcher._ENDED_LOCK:
-            hold.set()
-            forever.wait()
-
-    threading.Thread(target=ending, daemon=True).start()
-    hold.wait()
-    pid = os.fork()
-    if pid == 0:
-        signal.alarm(5)  # a hang ends the child: the parent sees the signal
-        sys.exit(0)  # the exit hooks run: they wait for ended executors' callbacks
-    _, status = os.waitpid(pid, 0)
-    print("child status", status, flush=True)
-    forever.set()
-"""
-
-
-def test_a_forked_child_exits_whatever_an_ending_executor_held_at_the_fork() -> None:
-    """The lock over ended executors' callbacks, held by a parent thread at the fork (an
-    executor's thread ending then), was never released in the child: its exit hung
-    (diff18b). The child has a lock of its own."""
-    out, _ = run_program(FORK_UNDER_THE_ENDED_LOCK, manager_env())
-    assert "child status 0" in out.splitlines(), out

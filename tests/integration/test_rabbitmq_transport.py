@@ -970,12 +970,8 @@ def test_a_settle_on_a_link_lost_unnoticed_is_made_again_on_a_new_one(
     dropped with the batch (a task in a lease record ran again in full, diff18). The
     settle is made once more on a new link: the result goes."""
     t = open_transport(lease=30.0)
-    producer = t.producer(t.reply_queue("p"))
-    producer.submit([b"t1"])
-    consumer = t.consumer("c")
-    (delivery,) = fetch_n(consumer, 1)
+    producer, consumer, delivery = _one_task_on_a_lost_link(t)
     old = consumer._link
-    old.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
     assert old.is_open  # as pika sees it
     consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r-t1")])
     assert consumer._link is not old
@@ -1060,12 +1056,7 @@ def test_a_slots_settle_does_not_take_a_stale_failed_try_for_its_answer(
     """The keeper's reconnect try failed while the broker was away; the broker back,
     the slot's settle re-raised that old failure instead of trying again, and its
     results were dropped (diff18b)."""
-    t = open_transport(lease=30.0)
-    producer = t.producer(t.reply_queue("p"))
-    producer.submit([b"t1"])
-    consumer = t.consumer("c")
-    (delivery,) = fetch_n(consumer, 1)
-    consumer._link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+    producer, consumer, delivery = _one_task_on_a_lost_link(open_transport(lease=30.0))
     with pytest.raises(TransportError):
         consumer.heartbeat()  # the keeper sees the loss
     stale = threading.Thread(target=lambda: None)
@@ -1087,11 +1078,7 @@ def test_a_lost_tasks_copy_runs_when_its_result_did_not_go(
     acked unrun, and nothing ever answered the task (diff18). Remembered only once the
     broker confirmed its result: the copy runs."""
     t = open_transport(lease=30.0)
-    producer = t.producer(t.reply_queue("p"))
-    producer.submit([b"t1"])
-    consumer = t.consumer("c")
-    (delivery,) = fetch_n(consumer, 1)
-    consumer._link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+    producer, consumer, delivery = _one_task_on_a_lost_link(t)
     with pytest.raises(TransportError):
         consumer.heartbeat()
     consumer.heartbeat()  # a new link: t1 is lost with the old one
@@ -1223,6 +1210,19 @@ def test_the_keeper_never_waits_for_a_reconnect_and_takes_it_once_made(
             time.sleep(0.5)
         assert consumer._link.is_open
         consumer.close()
+
+
+def _one_task_on_a_lost_link(
+    t: RabbitMQTransport,
+) -> tuple[RabbitMQProducer, RabbitMQConsumer, Delivery]:
+    """A master's producer, a consumer holding its one task, and that consumer's link
+    lost (its socket shut: pika sees it at its next read)."""
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"t1"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+    consumer._link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+    return producer, consumer, delivery
 
 
 def _from_another_thread(call: Callable[[], object]) -> BaseException | None:
