@@ -1161,6 +1161,37 @@ def test_a_record_that_expired_while_the_link_was_lost_is_not_renewed(
         producer.close()
 
 
+def test_a_settle_before_the_first_renewal_after_a_reconnect_checks_the_records(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """The slot's settle on the new link came before the keeper's first renewal: a
+    failed task whose record had expired into the task queue published its retry while
+    the record's copy ran too, and it failed for good twice (rmq18b). The settle finds
+    the record gone first: the task is lost with its link, its copy decides."""
+    t = open_transport(lease=1.0)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"long"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+    records = record_queue(queue, consumer.consumer_id)
+    try:
+        _heartbeats(consumer, 1.5, every=0.3)  # held past its lease: the record holds it
+        consumer._link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+        with pytest.raises(TransportError):
+            consumer.heartbeat()
+        time.sleep(2.5)  # the record expires into the task queue
+        consumer.settle([Settlement(delivery, retry=b"long-attempt-2")])  # before a renewal
+        got = [
+            body for _, _, body in iter(lambda: raw.basic_get(queue, auto_ack=True), (None,) * 3)
+        ]
+        assert got == [b"long"], got  # the copy, and no retry beside it
+        assert _ready(raw, records) == 0
+    finally:
+        consumer.close()
+        raw.queue_delete(records)
+        producer.close()
+
+
 def test_the_keeper_never_waits_for_a_reconnect_and_takes_it_once_made(
     open_transport: OpenTransport, amqp_url: str, queue: str
 ) -> None:

@@ -1694,6 +1694,7 @@ class RabbitMQConsumer(Consumer):
     def _settle(self, settlements: Sequence[Settlement], tags: list[int]) -> None:
         """:meth:`settle` on the current link: publish, confirm, then ack."""
         self._confirmed = False
+        self._check_records()
         link, queue = self._link, self._transport.queue
         prefix = self._transport.reply_prefix
         lost, done = self._lost.intersection(tags), list[bytes]()
@@ -1800,6 +1801,7 @@ class RabbitMQConsumer(Consumer):
         requeued the whole message although some of its tasks were in the queue again,
         and the same refusal met it next time.
         """
+        self._check_records()
         link, queue = self._link, self._transport.queue
         records = self._records.bodies if self._records is not None else {}
         plan = self._held.release(tags, whole)
@@ -1841,6 +1843,15 @@ class RabbitMQConsumer(Consumer):
                     "(settled or released already?)"
                 )
         return sorted(tags)
+
+    def _check_records(self) -> None:
+        """After a reconnect, find which lease records went before anything is published
+        for their tasks: a task whose record expired into the task queue is lost (its copy
+        decides). A settle on the new link came before the keeper's first renewal at
+        times, published a failed task's retry while its record's copy ran too, and the
+        task failed for good twice (rmq18b)."""
+        if self._records is not None and self._records.unsure:
+            self._records.renew()
 
     def _drop_records(self, tags: list[int]) -> None:
         """Drop the lease records of these tasks (their outcome is published already)."""

@@ -105,6 +105,11 @@ class LeaseRecords:
             self._unsure_of |= set(self.bodies)
             self._unsure = True
 
+    @property
+    def unsure(self) -> bool:
+        """Whether the next renewal checks which records went (see :meth:`bind`)."""
+        return self._unsure
+
     @staticmethod
     def queue_arguments(lease_ms: int, task_queue: str) -> dict[str, Any]:
         """Arguments of a record queue: records expire after :data:`RECORD_LEASES` leases
