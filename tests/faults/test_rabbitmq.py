@@ -459,3 +459,30 @@ def test_long_tasks_in_lease_records_outlive_a_broker_restart(
     assert "reconnected to rabbitmq" in output, output
     assert output.count("Get task") == 4, output  # 8: each ran again in full
     assert took < 2 * delay, master.output()
+
+
+def test_a_stopping_worker_settles_once_the_broker_is_back_within_its_drain(
+    private_rabbitmq: LocalRabbitMQ,
+) -> None:
+    """SIGTERM while RabbitMQ was away, the task ending before it came back: the warm
+    stop's drain did not wait for the broker (RabbitMQ's consumer could not settle on a
+    new connection), the worker exited with "0 ok" and the result was dropped (rmq18b).
+    It settles once the broker is back, within the drain, on a new link."""
+    target = target_on("rabbitmq", private_rabbitmq.url)
+    worker = Distq(["worker", "--tasks", "jobs", "--concurrency", "1"], target.process_env())
+    try:
+        worker.wait_for(r"^Connect to rabbitmq")
+        with Executor(target.settings, task_timeout=60) as executor:
+            future = executor.submit("jobs:sleep_then", 6.0, "done")
+            worker.wait_for(r"^Get task jobs:sleep_then")
+            private_rabbitmq.ctl("stop_app")
+            worker.signal(signal.SIGTERM)  # a warm stop: the task runs to its end
+            time.sleep(5.0)  # the task ends meanwhile, its settle fails
+            private_rabbitmq.ctl("start_app")
+            assert future.result(60) == "done"
+        assert worker.wait(60) == 0
+        output = worker.output()
+    finally:
+        worker.stop(grace=3.0)
+    assert "worker exit. 1 ok" in output, output
+    assert output.count("Get task jobs:sleep_then") == 1, output

@@ -242,8 +242,9 @@ class Consumer(abc.ABC):
 
     #: Whether a settle that failed (the broker away a moment) may be made again by this
     #: consumer once the broker is back, on a connection made afresh, and reach it: its
-    #: deliveries are the broker's records, not its connection's (Redis, manager). On
-    #: RabbitMQ they die with the connection: False.
+    #: deliveries are the broker's records, not its connection's (Redis, manager), or
+    #: its results go all the same and its long tasks' lease records live on (RabbitMQ,
+    #: whose deliveries die with the connection: their copies decide).
     resettles: bool = False
 
     @abc.abstractmethod
