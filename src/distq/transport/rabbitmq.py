@@ -789,8 +789,19 @@ class RabbitMQTransport(Transport):
         # tasks done on a lost link by any of this process's consumers (see
         # _results_only): whichever slot gets a copy acks it
         self.done_copies = DoneCopies(_DONE_LOST_KEPT)
+        self._keeper_waited_out = -_RELINK_PAUSE  # when a keeper's wait last ran out
         with self._lock:
             self._admin_link()
+
+    def keeper_wait(self, connecting: threading.Thread) -> None:
+        """The keeper's wait for a reconnect try it started (:data:`_KEEPER_WAIT`): none
+        while one ran out within :data:`_RELINK_PAUSE` (a broker that does not answer:
+        one slot after another, 16 slots held the keeper 8 s)."""
+        if time.monotonic() - self._keeper_waited_out < _RELINK_PAUSE:
+            return
+        connecting.join(_KEEPER_WAIT)
+        if connecting.is_alive():
+            self._keeper_waited_out = time.monotonic()
 
     @property
     def pack_bytes(self) -> int:
@@ -1479,7 +1490,10 @@ class RabbitMQConsumer(Consumer):
                 target=self._connect_afresh, name="distq-reconnect", daemon=True
             )
             self._connecting.start()
-            self._connecting.join(None if wait else _KEEPER_WAIT)
+            if wait:
+                self._connecting.join()
+            else:  # once per pause for all of a worker's slots, not 0.5 s each (diff18c)
+                self._transport.keeper_wait(self._connecting)
         elif wait:
             self._connecting.join()
         if self._connecting.is_alive():
@@ -1626,8 +1640,8 @@ class RabbitMQConsumer(Consumer):
             # confirmed: the acks below lose nothing
             self._lease_records().hold(self._held.take(due))
             self._finish(due, self._link.channel.basic_ack)
-        elif self._records:
-            self._records.renew()
+        elif self._records is not None and (self._records or self._records.unsure):
+            self._records.renew()  # unsure: after a reconnect, the old ones out too
 
     def _lease_records(self) -> LeaseRecords:
         if self._records is None:
@@ -1746,12 +1760,17 @@ class RabbitMQConsumer(Consumer):
             self._drop_records(tags)
         except _PikaError:
             # the link died before the acks (or the records' drop) went: the broker puts
-            # these tasks back, though what they ended with is the broker's: their copies
-            # need not run either (a lost one that failed published nothing: its runs)
+            # these tasks back, though what they ended with is the broker's, so the settle
+            # is done: their copies need not run (a lost one that failed published
+            # nothing: its runs), and their records are not kept (renewed on the next
+            # link, they brought a task back beside its retry, diff18c). Raised, the
+            # drain's settle made again met tasks no longer held, and the worker said
+            # "0 ok" of a task whose result was delivered (diff18c)
             self._transport.done_copies.add(
                 s.delivery.body for s in settlements if s.delivery.tag not in lost
             )
-            raise
+            if self._records is not None:
+                self._records.forget(tags)
         finally:
             self._lost.difference_update(tags)
 

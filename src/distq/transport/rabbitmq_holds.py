@@ -101,7 +101,7 @@ class LeaseRecords:
         task queue: ``on_gone`` is told its tag, and its record is not kept (renewed, it
         brought the task back a second time once the worker died, rmq18)."""
         self._channel, self._publish, self._confirm = channel, publish, confirm
-        if unsure:  # those held since: new, with no record before (see renew)
+        if unsure:  # the tasks held now: one recorded later has no older record (renew)
             self._unsure_of |= set(self.bodies)
             self._unsure = True
 
@@ -132,6 +132,12 @@ class LeaseRecords:
         """Give these deliveries (tag -> body) records; the caller acks them afterwards."""
         self.bodies.update(taken)
         self.renew()
+
+    def forget(self, tags: Iterable[int]) -> None:
+        """Stop holding these tasks, their records left as they are (the link is gone):
+        the next renewal, on a new link, publishes a generation without them."""
+        for tag in tags:
+            self.bodies.pop(tag, None)
 
     def drop(self, tags: Iterable[int]) -> None:
         """Remove these tasks' records (their outcome is published already)."""
