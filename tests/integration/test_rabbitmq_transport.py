@@ -1163,16 +1163,11 @@ def test_a_record_that_expired_while_the_link_was_lost_is_not_renewed(
     all the same, it brought the task back a second time once the worker died (3 runs
     each, rmq18). Now the task counts as lost with its link: no record, its result
     still sent, and its copy acked unrun when this worker gets it."""
-    t = open_transport(lease=1.0)
-    producer = t.producer(t.reply_queue("p"))
-    producer.submit([b"long"])
-    consumer = t.consumer("c")
-    (delivery,) = fetch_n(consumer, 1)
-    records = record_queue(queue, consumer.consumer_id)
+    producer, consumer, delivery, records = _a_recorded_task_on_a_lost_link(
+        open_transport(lease=1.0), queue
+    )
     try:
-        _heartbeats(consumer, 1.5, every=0.3)  # held past its lease: the record holds it
         assert _ready(raw, records) == 1 and _ready(raw, queue) == 0
-        consumer._link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
         with pytest.raises(TransportError):
             consumer.heartbeat()
         time.sleep(2.5)  # the record expires into the task queue
@@ -1196,15 +1191,10 @@ def test_a_settle_before_the_first_renewal_after_a_reconnect_checks_the_records(
     failed task whose record had expired into the task queue published its retry while
     the record's copy ran too, and it failed for good twice (rmq18b). The settle finds
     the record gone first: the task is lost with its link, its copy decides."""
-    t = open_transport(lease=1.0)
-    producer = t.producer(t.reply_queue("p"))
-    producer.submit([b"long"])
-    consumer = t.consumer("c")
-    (delivery,) = fetch_n(consumer, 1)
-    records = record_queue(queue, consumer.consumer_id)
+    producer, consumer, delivery, records = _a_recorded_task_on_a_lost_link(
+        open_transport(lease=1.0), queue
+    )
     try:
-        _heartbeats(consumer, 1.5, every=0.3)  # held past its lease: the record holds it
-        consumer._link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
         with pytest.raises(TransportError):
             consumer.heartbeat()
         time.sleep(2.5)  # the record expires into the task queue
@@ -1305,6 +1295,20 @@ def test_the_keeper_waits_once_for_all_slots_of_a_broker_that_does_not_answer(
         assert _from_another_thread(keeper) is None
         assert max(passes) < 1.2, passes  # 6 slots x 0.5 s = 3 s a pass before
         partition.heal()
+
+
+def _a_recorded_task_on_a_lost_link(
+    t: RabbitMQTransport, queue: str
+) -> tuple[RabbitMQProducer, RabbitMQConsumer, Delivery, str]:
+    """A producer, a consumer holding its one task past its lease (in a lease record),
+    that consumer's link lost (its socket shut), and the record queue's name."""
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"long"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+    _heartbeats(consumer, 1.5, every=0.3)  # held past its lease: the record holds it
+    consumer._link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+    return producer, consumer, delivery, record_queue(queue, consumer.consumer_id)
 
 
 def _one_task_on_a_lost_link(
