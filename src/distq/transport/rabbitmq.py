@@ -1410,7 +1410,6 @@ class RabbitMQConsumer(Consumer):
         self._connecting: threading.Thread | None = None  # a try to connect afresh
         self._made: _Link | BaseException | None = None  # what it made
         self._closing = False
-        self._confirmed = False  # whether the last settle's publishes were confirmed
         self._link = self._open_link()
 
     def _open_link(self) -> _Link:
@@ -1432,11 +1431,11 @@ class RabbitMQConsumer(Consumer):
         the broker answers, and the slot's own settle, release and reply-queue check do.
 
         The connection is made in a thread of its own (:meth:`_new_link`): the keeper
-        never waits for it (it serves every slot and enforces their time limits: a
-        frozen broker, which takes TCP connections and never answers, held it 3 s a
-        slot, rmq18), and uses it once made; the slot's own calls (from the thread that
-        opened this consumer) wait for it (a settle that failed handed the batch back,
-        its records left to expire, its results dropped).
+        waits for it 0.5 s at most, once a pause for all slots, and uses it once made (it
+        serves every slot and enforces their time limits: a frozen broker, which takes
+        TCP connections and never answers, held it 3 s a slot, rmq18); the slot's own
+        calls (from the thread that fetches) wait for it (a settle that failed handed
+        the batch back, its records left to expire, its results dropped).
 
         The lease records then live on (renewed on the new link, within their two leases
         of life), and so do the results of the tasks in them. Before, a slot in a long
@@ -1481,21 +1480,26 @@ class RabbitMQConsumer(Consumer):
         within it: the keeper's settle of a timed-out attempt failed, and the task ran
         again, diff18b), and None while it is under way."""
         connecting = self._connecting
-        if wait and connecting is not None and not connecting.is_alive() and self._failed_try:
+        if (
+            wait
+            and connecting is not None
+            and not connecting.is_alive()
+            and isinstance(self._made, BaseException)
+        ):
             self._connecting = self._made = None  # stale: try again, now
-        if self._connecting is None:
+        started = self._connecting is None
+        if started:
             if not wait and time.monotonic() < self._relink_after:
                 return None
             self._connecting = threading.Thread(
                 target=self._connect_afresh, name="distq-reconnect", daemon=True
             )
             self._connecting.start()
-            if wait:
-                self._connecting.join()
-            else:  # once per pause for all of a worker's slots, not 0.5 s each (diff18c)
-                self._transport.keeper_wait(self._connecting)
-        elif wait:
+        assert self._connecting is not None
+        if wait:
             self._connecting.join()
+        elif started:  # once per pause for all of a worker's slots, not 0.5 s each (diff18c)
+            self._transport.keeper_wait(self._connecting)
         if self._connecting.is_alive():
             return None
         self._connecting, (made, self._made) = None, (self._made, None)
@@ -1503,10 +1507,6 @@ class RabbitMQConsumer(Consumer):
             self._relink_after = time.monotonic() + _RELINK_PAUSE
             raise made
         return made
-
-    @property
-    def _failed_try(self) -> bool:
-        return isinstance(self._made, BaseException)
 
     def _connect_afresh(self) -> None:
         """:meth:`_new_link`'s thread: the new link, or why there is none, in ``_made``."""
@@ -1698,21 +1698,15 @@ class RabbitMQConsumer(Consumer):
                 # a link lost since the last call that read it: pika had not seen it go
                 # (the keeper reads it at each heartbeat; the slot's settle came first),
                 # the settle failed, and its results were dropped with the batch (diff18).
-                # Once more on a new link, unless the broker had confirmed what it
-                # published (only the acks failed: see _settle); what the first try
-                # published may come twice
-                if (
-                    self._confirmed
-                    or self._link.is_open
-                    or closed_by_broker(self._link.channel) is not None
-                ):
+                # Once more on a new link (a failure after the confirm ends _settle
+                # there, not here); what the first try published may come twice
+                if self._link.is_open or closed_by_broker(self._link.channel) is not None:
                     raise
                 self._linked()
                 self._settle(settlements, tags)
 
     def _settle(self, settlements: Sequence[Settlement], tags: list[int]) -> None:
         """:meth:`settle` on the current link: publish, confirm, then ack."""
-        self._confirmed = False
         self._check_records()
         link, queue = self._link, self._transport.queue
         prefix = self._transport.reply_prefix
@@ -1750,7 +1744,6 @@ class RabbitMQConsumer(Consumer):
         if letters:
             self._letters_refused([letters[n] for n in sorted(link.refused(letters))])
         link.confirm()
-        self._confirmed = True
         if done:  # their results are the broker's now: a copy need not run
             self._transport.done_copies.add(done)
         try:
