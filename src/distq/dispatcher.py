@@ -548,7 +548,7 @@ class Dispatcher(threading.Thread):
         """Fail every unanswered future, and answer every command left (the thread ends)."""
         with self._lock:  # a cancel() from now on waits for no one: this thread has ended
             self._not_sent.clear()
-        entries = self._unanswered(answer_cancels=True)
+        entries = self._unanswered()
         self._unsent.clear()
         self._unsent_order.clear()
         self.collector.forget()
@@ -575,17 +575,16 @@ class Dispatcher(threading.Thread):
             self._ended, self._given_up = True, True
             self._not_sent.clear()  # nothing more is sent
         try:
-            entries = self._unanswered(answer_cancels=True)
+            entries = self._unanswered()
         except RuntimeError:  # changed while read: the thread is not stuck after all
             entries = []
         failed = self._fail(entries, reason)
         self.callbacks.close()  # they run, then its thread ends: the exit need not wait
         return failed
 
-    def _unanswered(self, answer_cancels: bool) -> list[Entry]:
+    def _unanswered(self) -> list[Entry]:
         """The entries not answered yet, those of the Submits still queued too; the queue
-        is emptied, its cancels answered (with what they can be: done or not) where
-        ``answer_cancels``."""
+        is emptied, its cancels answered (with what they can be: done or not)."""
         entries = list(self._unsent.values()) + [e for _, e in self.collector.waiting()]
         while True:
             try:
@@ -594,7 +593,7 @@ class Dispatcher(threading.Thread):
                 return entries
             if isinstance(command, Submit):
                 entries += command.entries
-            elif answer_cancels and isinstance(command, CancelCommand):
+            elif isinstance(command, CancelCommand):
                 command.answers = [f.cancelled() for f in command.futures]
                 command.done.set()
 
@@ -751,13 +750,11 @@ def _after_fork_in_child() -> None:
     for dispatcher in list(running):
         dispatcher._lock = threading.Lock()  # another thread may have held it at the fork
         dispatcher._ended, dispatcher.broken = True, FORKED
-        # a cancel's waiter is a parent's thread: nothing here may wake it
-        # every future not answered: those in the executor's structures, and those a
-        # parent thread had in hand between them at the fork (a batch being sent, a
-        # result being resolved: 308 stayed pending for good, exec18)
-        futures = {id(e.future): e.future for e in dispatcher._unanswered(answer_cancels=False)}
-        futures.update((id(f), f) for f in list(dispatcher.futures))
-        for future in futures.values():
+        # every future submitted (fail_inherited skips those answered), those a parent
+        # thread had in hand between the executor's structures at the fork too (a batch
+        # being sent, a result being resolved: 308 stayed pending for good, exec18). A
+        # cancel's waiter is a parent's thread: nothing here may wake it
+        for future in list(dispatcher.futures):
             future.fail_inherited(BrokenExecutor(FORKED))
         try:
             dispatcher.transport.close_inherited()
