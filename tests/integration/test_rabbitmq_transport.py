@@ -1086,13 +1086,50 @@ def test_a_slots_settle_does_not_take_a_stale_failed_try_for_its_answer(
     producer, consumer, delivery = _one_task_on_a_lost_link(open_transport(lease=30.0))
     with pytest.raises(TransportError):
         consumer.heartbeat()  # the keeper sees the loss
-    stale = threading.Thread(target=lambda: None)
-    stale.start()
-    stale.join()
-    consumer._connecting = stale  # as a try the keeper made while the broker was away
-    consumer._made = ConnectionFailed("cannot reach RabbitMQ (while it was away)")
+
+    def away() -> rabbitmq._Link:
+        raise ConnectionFailed("cannot reach RabbitMQ (while it was away)")
+
+    consumer._try = rabbitmq._Try(away)  # as a try the keeper made while the broker was away
+    consumer._try.thread.join()
     consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r1")])
     assert producer.results(10, 5.0) == [b"r1"]
+    consumer.close()
+    producer.close()
+
+
+def test_a_slots_settle_does_not_wait_out_a_try_still_under_way(
+    open_transport: OpenTransport,
+) -> None:
+    """A try the keeper started while the broker did not answer (frozen, cut off) was
+    still under way when the broker was back: the slot's settle waited for it, up to
+    pika's 15 s, and took its failure for its own (the results dropped, diff18c). The
+    slot waits a second at most, then makes a try of its own; the old try's link, if it
+    makes one, is closed, not leaked."""
+    producer, consumer, delivery = _one_task_on_a_lost_link(open_transport(lease=30.0))
+    with pytest.raises(TransportError):
+        consumer.heartbeat()  # the keeper sees the loss
+    release = threading.Event()
+    late: list[rabbitmq._Link] = []
+
+    def hung() -> rabbitmq._Link:  # answers only when released, then with a real link
+        release.wait(20)
+        late.append(consumer._open_link())
+        return late[0]
+
+    consumer._try = rabbitmq._Try(hung)
+    stale = consumer._try
+    started = time.monotonic()
+    try:
+        consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r1")])
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert producer.results(10, 5.0) == [b"r1"]
+    assert took < rabbitmq._TRY_TRUSTED + 3.0, took  # the 20 s of the try under way before
+    stale.thread.join(10)
+    assert late and not late[0].is_open  # made for nobody: closed
+    assert consumer._link is not late[0]
     consumer.close()
     producer.close()
 
@@ -1118,6 +1155,41 @@ def test_a_lost_tasks_copy_runs_when_its_result_did_not_go(
     again = fetch_n(t.consumer("c2"), 1)  # the copy: handed out, to run
     assert [d.body for d in again] == [b"t1"]
     producer.close()
+
+
+@pytest.mark.parametrize("outcome", ["done", "failed"])
+def test_a_copy_of_a_task_still_running_in_the_worker_waits_for_its_original(
+    open_transport: OpenTransport, raw: Any, queue: str, outcome: str
+) -> None:
+    """A task whose message went back with a lost link still runs in its slot; another
+    slot of the same worker got its copy and ran it too, in full (a 3 s broker stop cost
+    a second run of a 20 s task, rmq18b). The copy goes back through a retry queue for a
+    lease instead: the original done, it is acked unrun when it comes back; failed (its
+    retry not published, the copy decides), it runs."""
+    t = open_transport(lease=1.0)  # a copy comes back after 1 s
+    producer, consumer, delivery = _one_task_on_a_lost_link(t)
+    with pytest.raises(TransportError):
+        consumer.heartbeat()
+    consumer.heartbeat()  # a new link: t1 is lost with the old one, its copy queued
+    other = t.consumer("c2")  # another slot of the same worker
+    try:
+        assert other.fetch(1, 1.0) == []  # the copy: deferred, not handed out
+        assert _ready(raw, f"{queue}.retry.1000") + _ready(raw, queue) == 1
+        if outcome == "done":
+            consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r1")])
+            assert producer.results(10, 5.0) == [b"r1"]
+            assert other.fetch(1, 3.0) == []  # back after a lease: acked unrun
+        else:
+            consumer.settle([Settlement(delivery, retry=b"t1-retried")])
+            again = fetch_n(other, 1)  # back after a lease: it runs
+            assert [d.body for d in again] == [b"t1"]
+            other.settle([Settlement(again[0])])
+        assert _ready(raw, queue) == 0 and _ready(raw, f"{queue}.retry.1000") == 0
+        assert not t.running_lost
+    finally:
+        other.close()
+        consumer.close()
+        producer.close()
 
 
 def test_after_a_reconnect_only_a_task_whose_record_went_is_given_up(raw: Any, queue: str) -> None:

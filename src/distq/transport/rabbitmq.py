@@ -117,7 +117,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -201,6 +201,10 @@ _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/dis
 # between a worker's tries to connect a slot again (see RabbitMQConsumer._linked)
 _RELINK_PAUSE = 1.0
 _KEEPER_WAIT = 0.5  # the keeper's wait for a try it starts (a local broker takes ~20 ms)
+# a slot waits this long at most for a try it did not start, then makes its own beside
+# it: a try the keeper started while the broker did not answer waited out pika's 15 s
+# after it was back, failed, and the slot's settle with it (diff18c)
+_TRY_TRUSTED = 1.0
 # bodies of tasks done on a lost link a worker remembers, to ack their copies unrun
 _DONE_LOST_KEPT = 10_000
 # after the broker refused a pack's split, the slot runs the rest of it for this long
@@ -764,6 +768,43 @@ def _receive_until(connection: Any, buffer: deque[Any], wanted: int, timeout: fl
     return [buffer.popleft() for _ in range(min(wanted, len(buffer)))]
 
 
+class _Try:
+    """One try to connect a consumer afresh, in a thread of its own (pika's connect waits
+    up to 15 s for a broker that takes the connection and never answers). What it makes
+    is in :attr:`made` once the thread ends; a try dropped closes the link it makes."""
+
+    def __init__(self, open_link: Callable[[], _Link]) -> None:
+        self.started = time.monotonic()
+        self.made: _Link | BaseException | None = None
+        self._dropped = False
+        self._lock = threading.Lock()  # between the try's thread and drop()
+        self.thread = threading.Thread(
+            target=self._run, args=(open_link,), name="distq-reconnect", daemon=True
+        )
+        self.thread.start()
+
+    @property
+    def age(self) -> float:
+        return time.monotonic() - self.started
+
+    def _run(self, open_link: Callable[[], _Link]) -> None:
+        try:
+            made: _Link | BaseException = open_link()
+        except BaseException as exc:  # raised in the thread that takes it
+            made = exc
+        with self._lock:
+            self.made, dropped = made, self._dropped
+        if dropped and isinstance(made, _Link):
+            made.close()  # nobody takes it
+
+    def drop(self) -> None:
+        """Nobody takes what this try makes: its link, made or to come, is closed."""
+        with self._lock:
+            self._dropped, made = True, self.made
+        if isinstance(made, _Link):
+            made.close()
+
+
 class RabbitMQTransport(Transport):
     """Producers and consumers on one RabbitMQ task queue; see the module docstring."""
 
@@ -789,6 +830,8 @@ class RabbitMQTransport(Transport):
         # tasks done on a lost link by any of this process's consumers (see
         # _results_only): whichever slot gets a copy acks it
         self.done_copies = DoneCopies(_DONE_LOST_KEPT)
+        # tasks that still run here on a lost link: a slot that gets a copy defers it
+        self.running_lost = RunningLost()
         self._keeper_waited_out = -_RELINK_PAUSE  # when a keeper's wait last ran out
         with self._lock:
             self._admin_link()
@@ -1402,14 +1445,13 @@ class RabbitMQConsumer(Consumer):
         self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
         self._split_after = 0.0  # no splitting a pack before (see fetch)
         self._said_letters_refused = False
-        # tasks handed out from messages of a link since lost: the broker took them back
-        # (see _linked); the results of those done still go, nothing is acked
-        self._lost: set[int] = set()
+        # tasks handed out from messages of a link since lost (tag -> body): the broker
+        # took them back (see _linked); the results of those done still go, nothing is
+        # acked
+        self._lost: dict[int, bytes] = {}
         self._relink_after = 0.0  # no new link tried before (see _linked)
         self._opener = threading.get_ident()  # the slot's thread (see fetch); not the keeper's
-        self._connecting: threading.Thread | None = None  # a try to connect afresh
-        self._made: _Link | BaseException | None = None  # what it made
-        self._closing = False
+        self._try: _Try | None = None  # a try to connect afresh, under way or not taken yet
         self._link = self._open_link()
 
     def _open_link(self) -> _Link:
@@ -1446,7 +1488,8 @@ class RabbitMQConsumer(Consumer):
         to the queue with it: their tasks are *lost* here, and nothing is acked for them;
         the result of one done is still sent (late, as on Redis; the master keeps one),
         nothing of one that failed (the copy's own run decides: see
-        :func:`_results_only`).
+        :func:`_results_only`). Until then a copy another slot of this worker gets waits
+        (:meth:`_defer_running`).
 
         A channel the broker closed for a reason of its own (a message over its
         ``max_message_size``) is not reopened: :meth:`_Link.check_open` raises it.
@@ -1460,7 +1503,7 @@ class RabbitMQConsumer(Consumer):
         self._link.close()
         self._link = link
         buffered = {delivery.tag for delivery in self._buffer}
-        self._lost.update(tag for tag in self._held.tags() if tag not in buffered)
+        self._mark_lost({t: b for t, b in self._held.bodies().items() if t not in buffered})
         self._held.clear()
         self._buffer.clear()
         self._current.clear()
@@ -1472,50 +1515,40 @@ class RabbitMQConsumer(Consumer):
             self._records.bind(*self._record_io(link), unsure=True)
 
     def _new_link(self, wait: bool) -> _Link | None:
-        """A link connected afresh by a try in a thread of its own, one try at a time;
-        its error raised here. With ``wait`` (the slot), a try made now, waited for (a
-        try that failed before the broker came back is not its answer: diff18b); without
-        (the keeper), a try made at most :data:`_RELINK_PAUSE` after one failed, waited
-        for up to :data:`_KEEPER_WAIT` when it starts (a broker that answers is back
-        within it: the keeper's settle of a timed-out attempt failed, and the task ran
-        again, diff18b), and None while it is under way."""
-        connecting = self._connecting
-        if (
-            wait
-            and connecting is not None
-            and not connecting.is_alive()
-            and isinstance(self._made, BaseException)
-        ):
-            self._connecting = self._made = None  # stale: try again, now
-        started = self._connecting is None
+        """A link connected afresh by a try in a thread of its own (:class:`_Try`), one
+        try at a time; its error raised here. With ``wait`` (the slot), a try made now,
+        waited for: one under way is waited for until it is :data:`_TRY_TRUSTED` old,
+        then left to end unused, and one that failed is not taken for an answer (it
+        failed while the broker was away: diff18b, diff18c). Without (the keeper), a try
+        made at most :data:`_RELINK_PAUSE` after one failed, waited for up to
+        :data:`_KEEPER_WAIT` when it starts (a broker that answers is back within it: the
+        keeper's settle of a timed-out attempt failed, and the task ran again, diff18b),
+        and None while it is under way."""
+        tried = self._try
+        if wait and tried is not None:
+            tried.thread.join(max(0.0, _TRY_TRUSTED - tried.age))
+            if tried.thread.is_alive() or isinstance(tried.made, BaseException):
+                tried.drop()  # stale: try again, now
+                self._try = None
+        started = self._try is None
         if started:
             if not wait and time.monotonic() < self._relink_after:
                 return None
-            self._connecting = threading.Thread(
-                target=self._connect_afresh, name="distq-reconnect", daemon=True
-            )
-            self._connecting.start()
-        assert self._connecting is not None
+            self._try = _Try(self._open_link)
+        trying = self._try
+        assert trying is not None
         if wait:
-            self._connecting.join()
+            trying.thread.join()
         elif started:  # once per pause for all of a worker's slots, not 0.5 s each (diff18c)
-            self._transport.keeper_wait(self._connecting)
-        if self._connecting.is_alive():
+            self._transport.keeper_wait(trying.thread)
+        if trying.thread.is_alive():
             return None
-        self._connecting, (made, self._made) = None, (self._made, None)
+        self._try, made = None, trying.made
         if isinstance(made, BaseException):
             self._relink_after = time.monotonic() + _RELINK_PAUSE
             raise made
+        assert made is not None
         return made
-
-    def _connect_afresh(self) -> None:
-        """:meth:`_new_link`'s thread: the new link, or why there is none, in ``_made``."""
-        try:
-            self._made = self._open_link()
-        except BaseException as exc:  # raised in the thread that takes it
-            self._made = exc
-        if self._closing and isinstance(self._made, _Link):
-            self._made.close()  # closed meanwhile: nobody takes it
 
     @property
     def held(self) -> int:
@@ -1547,6 +1580,8 @@ class RabbitMQConsumer(Consumer):
             got = _receive_until(self._link.connection, self._buffer, want, timeout)
             if self._transport.done_copies and got:
                 got = self._drop_done(got)
+            if self._transport.running_lost and got:
+                got = self._defer_running(got)
             if self._buffer and want < self._per_message and time.monotonic() >= self._split_after:
                 # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
                 # the pack goes back one task per message, for idle workers to take. What
@@ -1573,6 +1608,46 @@ class RabbitMQConsumer(Consumer):
             self._finish(acks, self._link.channel.basic_ack)
         dropped = set(tags)
         return [d for d in got if d.tag not in dropped]
+
+    def _defer_running(self, got: list[Delivery]) -> list[Delivery]:
+        """``got`` but the copies of tasks that still run in this worker on a lost link
+        (another slot's, see :meth:`_linked`), which go back to the task queue after
+        :meth:`_defer_seconds` through a retry queue, published before they are acked.
+        Run at once, such a copy ran in full beside its original (a 3 s broker stop cost
+        a second run of a 20 s task, rmq18b); back later, it is acked unrun once the
+        original's result went (:meth:`_drop_done`), and runs if the original failed."""
+        running = self._transport.running_lost
+        copies = [d for d in got if d.body in running]
+        if not copies:
+            return got
+        ms = _delay_ms(self._defer_seconds)
+        self._declare_retry_queue(ms)
+        target = f"{self._transport.queue}.retry.{ms}"
+        for delivery in copies:
+            self._link.publish(target, delivery.body, mandatory=True)
+        self._link.confirm()
+        acks = self._held.settle(self._tags_of(copies))
+        if acks:
+            self._finish(acks, self._link.channel.basic_ack)
+        deferred = {d.tag for d in copies}
+        return [d for d in got if d.tag not in deferred]
+
+    @property
+    def _defer_seconds(self) -> float:
+        """How long a copy of a task still running here waits before it comes back: a
+        lease, and a second at least."""
+        return max(1.0, self._transport.settings.lease_seconds)
+
+    def _mark_lost(self, lost: dict[int, bytes]) -> None:
+        """These tasks (tag -> body) are lost with their link: see :meth:`_linked`."""
+        self._lost.update(lost)
+        self._transport.running_lost.add(lost.values())
+
+    def _unmark_lost(self, tags: Iterable[int]) -> None:
+        """These tasks no longer run here (settled, handed back, or the consumer closed)."""
+        bodies = [body for tag in tags if (body := self._lost.pop(tag, None)) is not None]
+        if bodies:
+            self._transport.running_lost.discard(bodies)
 
     def _size_window(self, want: int) -> None:
         """Consume with a ``basic_qos`` prefetch close to what the caller takes.
@@ -1649,7 +1724,7 @@ class RabbitMQConsumer(Consumer):
                 *self._record_io(self._link),
                 record_queue(self._transport.queue, self.consumer_id),
                 self._transport.record_queue_arguments(),
-                self._lost.update,  # found gone back after a lost link: lost, as unacked ones
+                self._mark_lost,  # found gone back after a lost link: lost, as unacked ones
             )
         return self._records
 
@@ -1710,7 +1785,7 @@ class RabbitMQConsumer(Consumer):
         self._check_records()
         link, queue = self._link, self._transport.queue
         prefix = self._transport.reply_prefix
-        lost, done = self._lost.intersection(tags), list[bytes]()
+        lost, done = self._lost.keys() & tags, list[bytes]()
         if lost:  # their messages went back with a lost link: see _results_only
             settlements, done = _results_only(settlements, lost)
         for s in settlements:
@@ -1765,7 +1840,7 @@ class RabbitMQConsumer(Consumer):
             if self._records is not None:
                 self._records.forget(tags)
         finally:
-            self._lost.difference_update(tags)
+            self._unmark_lost(tags)
 
     def _letters_refused(self, settlements: list[Settlement]) -> None:
         """The dead-letter queue refused these dead letters (full: a length limit with
@@ -1845,7 +1920,7 @@ class RabbitMQConsumer(Consumer):
             self._finish(plan.nack, link.channel.basic_nack)
         dropped = {delivery.tag for delivery in kept}
         self._drop_records([tag for tag in tags if tag not in dropped])
-        self._lost.difference_update(tags)  # back in the queue with their lost link
+        self._unmark_lost(tags)  # back in the queue with their lost link
         return kept
 
     def _tags_of(self, deliveries: Iterable[Delivery]) -> list[int]:
@@ -1925,7 +2000,8 @@ class RabbitMQConsumer(Consumer):
         worker's cold stop said it handed them back). A connection already lost leaves
         the records to expire into the queue.
         """
-        self._closing = True  # a link a reconnect makes from now on is closed by it
+        if self._try is not None:  # a link a reconnect makes from now on is closed by it
+            self._try.drop()
         self._transport.forget(self)
         partly = self._held.partly_settled()
         records = list(self._records.bodies) if self._records is not None else []
@@ -1934,13 +2010,11 @@ class RabbitMQConsumer(Consumer):
             with contextlib.suppress(*_PikaError, TransportError):
                 self._give_back(sorted({*tags, *records}))
         self._link.close()
-        if isinstance(made := self._made, _Link):  # made by a reconnect, not taken
-            made.close()
         self._held.clear()  # the broker requeued them when the connection closed
         self._current.clear()
         self._buffer.clear()
         self._seen.clear()
-        self._lost.clear()
+        self._unmark_lost(list(self._lost))
         self._records = None
 
 
@@ -1991,6 +2065,37 @@ class DoneCopies:
         """Whether ``body`` is one of them; it is forgotten (one copy each)."""
         with self._lock:
             return self._bodies.pop(body, False) is None
+
+
+class RunningLost:
+    """Bodies of tasks that still run in this process on a lost link (their messages went
+    back to the queue with it): a slot that gets a copy of one defers it
+    (:meth:`RabbitMQConsumer._defer_running`). Shared by a process's consumers, a count
+    per body (two slots may hold the same task), thread-safe."""
+
+    def __init__(self) -> None:
+        self._bodies: Counter[bytes] = Counter()
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._bodies)  # a read without the lock: a copy met just now runs
+
+    def __contains__(self, body: object) -> bool:
+        with self._lock:
+            return body in self._bodies
+
+    def add(self, bodies: Iterable[bytes]) -> None:
+        with self._lock:
+            self._bodies.update(bodies)
+
+    def discard(self, bodies: Iterable[bytes]) -> None:
+        with self._lock:
+            for body in bodies:
+                left = self._bodies[body] - 1
+                if left > 0:
+                    self._bodies[body] = left
+                else:
+                    self._bodies.pop(body, None)
 
 
 class PrefetchWindow:

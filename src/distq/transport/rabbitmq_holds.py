@@ -73,7 +73,7 @@ class LeaseRecords:
         confirm: Callable[[], None],
         name: str,
         arguments: dict[str, Any],
-        on_gone: Callable[[list[int]], None] = lambda tags: None,
+        on_gone: Callable[[dict[int, bytes]], None] = lambda gone: None,
     ) -> None:
         self._unsure = False  # whether older records may be more than counted: take out all
         self._unsure_of: set[int] = set()  # the tasks held when it became unsure
@@ -98,7 +98,7 @@ class LeaseRecords:
         none of whose records it finds is no longer held here: its record expired into
         the task queue meanwhile (an outage longer than a record's life), or it never had
         one (its delivery, not acked, went back with the old link). Its copy is in the
-        task queue: ``on_gone`` is told its tag, and its record is not kept (renewed, it
+        task queue: ``on_gone`` is told its tag and body, and its record is not kept (renewed, it
         brought the task back a second time once the worker died, rmq18)."""
         self._channel, self._publish, self._confirm = channel, publish, confirm
         if unsure:  # the tasks held now: one recorded later has no older record (renew)
@@ -172,7 +172,7 @@ class LeaseRecords:
             return
         self._unsure, unsure_of, self._unsure_of = False, self._unsure_of, set()
         found = self._take_out(None)
-        gone = [t for t, body in self.bodies.items() if t in unsure_of and body not in found]
+        gone = {t: b for t, b in self.bodies.items() if t in unsure_of and b not in found}
         if gone:
             for tag in gone:
                 del self.bodies[tag]

@@ -296,6 +296,10 @@ class HeldMessages:
         """Every task held, oldest first."""
         return sorted(self._tasks)
 
+    def bodies(self) -> dict[int, bytes]:
+        """Every task held: tag -> body."""
+        return {tag: delivery.body for tag, (_, delivery) in self._tasks.items()}
+
     def partly_settled(self) -> bool:
         """Whether some message held has tasks settled (or published again) and others
         not: closing must give those back one by one, not let the broker requeue it."""
