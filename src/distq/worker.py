@@ -56,6 +56,7 @@ from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console, announce
 from distq.ending import Ending, Endings, describe
+from distq.envelope import shown
 from distq.errors import (
     CertificateRejected,
     ConfigError,
@@ -305,10 +306,7 @@ class Worker:
                     continue  # no task in hand: the slots end with their fetch
                 if any(thread.is_alive() for thread in threads):
                     if busy:
-                        self.console.info(
-                            f"tasks still run after {self.options.drain_seconds:g} s "
-                            "(DISTQ_DRAIN_SECONDS): handing them back"
-                        )
+                        self.console.info(_drain_ran_out(slots, self.options.drain_seconds))
                     self._stop_cold(slots)
                 return
 
@@ -588,6 +586,22 @@ class Worker:
             )
             try:  # if this fails, the tasks go back when the lease runs out
                 self._settle(slot, [*batch.endings, ending], batch.take_rest())
+            except Exception as exc:
+                # its note went with the settle: no line said it (rmq18b). The consumer
+                # goes, as after a slot's own failed settle: kept, it held the task and
+                # the keeper renewed its lease for good, the task never ran again
+                task = running.task
+                self.console.error(
+                    f"task {shown(task.name)} {shown(task.id)} attempt {task.attempt}/"
+                    f"{task.max_attempts} ran past its time limit of {running.limit:g} s; "
+                    f"{goes_on}; that attempt was not settled ({describe(exc)}): the task "
+                    "runs again"
+                )
+                self._close(slot.consumer)
+                slot.consumer = None
+                self._count(slot, [], released=slot.in_hand)  # back with the lease
+                self.health.connected(False, f"{self.id}-{slot.index}", str(exc))
+                raise
             finally:
                 try:
                     self._start_slot(slot)
@@ -850,6 +864,26 @@ class Worker:
             retry_in = max(e.settlement.retry_delay for e in endings if e.outcome == "retried")
         self.health.finished(released=released, retry_in=retry_in, kept=kept, since=since, **counts)
         self.telemetry.settled(endings, released, at)
+
+
+def _drain_ran_out(slots: Sequence[_Slot], drain_seconds: float) -> str:
+    """What a warm stop that ran out finds in hand: tasks that still run, and slots whose
+    tasks have ended but that wait on a broker call (a frozen or cut-off broker holds
+    the keeper's renewal on their link, or their settle); it said "tasks still run" of
+    those too (rmq18b)."""
+    batches = [slot.batch for slot in slots if slot.batch is not None]
+    running = sum(1 for batch in batches if batch.claim)
+    waiting = len(batches) - running
+    parts = [f"{running} task(s) still run"] if running else []
+    if waiting:
+        parts.append(
+            f"{waiting} slot(s) whose tasks have ended still wait on the broker (it does "
+            "not answer; their tasks run again once their leases lapse)"
+        )
+    return (
+        f"after {drain_seconds:g} s (DISTQ_DRAIN_SECONDS), {' and '.join(parts)}: "
+        "handing back what is in hand"
+    )
 
 
 def _threads_it_starts_are_not_daemons() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from distq.backoff import Backoff
+from distq.batch import Batch
 from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.config import Settings
 from distq.console import Console
@@ -25,7 +26,8 @@ from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry
 from distq.timelimits import TimeLimits
 from distq.transport import Producer, Transport
-from distq.worker import Worker, WorkerOptions
+from distq.transport.base import Delivery
+from distq.worker import Worker, WorkerOptions, _drain_ran_out, _Slot
 from seam import results_n, results_of
 
 
@@ -707,7 +709,25 @@ def test_an_idle_worker_past_a_short_drain_says_no_task_still_runs(transport: Tr
     worker = Worker(transport, Registry(), options, Console(out=out, err=out))
     assert worker.run() == 0
     assert "task_queue is empty" in out.getvalue()
-    assert "tasks still run" not in out.getvalue(), out.getvalue()
+    assert "still run" not in out.getvalue(), out.getvalue()
+    assert "DISTQ_DRAIN_SECONDS" not in out.getvalue(), out.getvalue()
+
+
+def test_a_drain_that_runs_out_tells_tasks_running_from_slots_held_by_the_broker() -> None:
+    """A warm stop against a frozen broker said "tasks still run" of slots whose tasks
+    had ended, held in a broker call (rmq18b): each is said as what it is."""
+    running, ended, idle = _Slot(0), _Slot(1), _Slot(2)
+    for slot in (running, ended):
+        slot.batch = Batch([Delivery(b"t", 1)])
+    assert running.batch is not None
+    running.batch.claim = [Delivery(b"t", 1)]  # as run_batch holds the task it runs
+    said = _drain_ran_out([running, ended, idle], 20)
+    assert said.startswith("after 20 s (DISTQ_DRAIN_SECONDS), 1 task(s) still run and 1 slot(s)")
+    assert "whose tasks have ended still wait on the broker" in said
+    assert _drain_ran_out([running], 5) == (
+        "after 5 s (DISTQ_DRAIN_SECONDS), 1 task(s) still run: handing back what is in hand"
+    )
+    assert "task(s) still run" not in _drain_ran_out([ended], 5)
 
 
 class _SlowClose:
@@ -800,6 +820,51 @@ def test_a_slot_that_cannot_start_again_after_a_time_limit_stops_the_worker_nami
         "process is at a limit on threads or memory"
     ), out.getvalue()
     assert "keeping a long batch" not in out.getvalue(), out.getvalue()
+    producer.close()
+
+
+def test_a_time_limit_whose_settle_fails_says_the_attempt_failed(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A time limit that fired while the broker was away: its settle failed, and no line
+    said the attempt had run out of time (only "reconnecting", rmq18b). It says so, and
+    that the attempt was not settled; and the task runs again (the slot kept its
+    consumer, which held the task, its lease renewed for good: it never ran again)."""
+    producer = transport.producer("replies")
+    late = Task(name="sleepy", args=[1.5], reply_to="replies", id="t-late", max_attempts=2)
+    producer.submit([late.encode()])
+    registry = Registry()
+    registry.register("sleepy", time.sleep)
+    kind = type(transport.consumer("probe"))
+    settle, failed = kind.settle, list[int]()
+
+    def away_once(self: Any, settlements: Any) -> None:
+        if not failed:
+            failed.append(len(settlements))
+            raise TransportError("the broker went away a moment")
+        settle(self, settlements)
+
+    monkeypatch.setattr(kind, "settle", away_once)
+    out = io.StringIO()
+    options = WorkerOptions(
+        worker_id="w",
+        exit_when_idle=2.5,
+        prefetch=1,
+        heartbeat_interval=0.2,
+        time_limits=TimeLimits.parse("sleepy=0.5"),
+    )
+    assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+    said = out.getvalue()
+    assert failed == [1], said
+    assert (
+        "task sleepy t-late attempt 1/2 ran past its time limit of 0.5 s; slot 0 goes "
+        "on in a new thread; that attempt was not settled (TransportError: the broker went "
+        "away a moment): the task runs again"
+    ) in said, said
+    assert said.count("Get task sleepy[1.5]") == 3, said  # its attempts 1 (twice) and 2
+    assert "0 ok, 1 failed for good, 1 retried" in said, said
+    (result,) = results_of(producer, 1, within=5)
+    assert (result.status, result.attempt, result.error_type) == ("error", 2, "TimeLimitExceeded")
     producer.close()
 
 
