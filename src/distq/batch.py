@@ -126,6 +126,13 @@ class Batch:
                 rest.reverse()
                 return rest
 
+    def put_back(self, rest: Sequence[Delivery] = (), endings: Sequence[Ending] = ()) -> None:
+        """Undo :meth:`take_rest` and :meth:`take_endings` (the keeper could not hand them
+        back or settle them): the slot runs those deliveries and settles those endings."""
+        self.waiting.extendleft(reversed(rest))
+        self.endings[:0] = endings
+        self.endings_taken -= len(endings)
+
 
 Run = Callable[[Delivery, Batch], Ending | None]
 #: The ending of a task that returned ``took`` seconds after it started, past its limit.

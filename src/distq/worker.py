@@ -498,11 +498,19 @@ class Worker:
             return False
         rest = batch.take_rest()
         if rest:  # what a full queue refused comes back to the slot: not released
-            back = slot.consumer.release(rest)
+            try:
+                back = slot.consumer.release(rest)
+            except BaseException:
+                batch.put_back(rest=rest)  # failed, they stayed held by the consumer,
+                raise  # renewed by this keeper for good: never run (nor settled)
             self._count(slot, [], released=len(rest), kept=len(rest) - back)
         done = batch.take_endings()
         if done:
-            self._settle(slot, done, [])
+            try:
+                self._settle(slot, done, [])
+            except BaseException:
+                batch.put_back(endings=done)  # the slot settles them with the rest
+                raise
         return True
 
     def _renew_all(self, slots: list[_Slot], interval: float) -> None:

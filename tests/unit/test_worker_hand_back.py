@@ -15,9 +15,11 @@ import distq.worker as worker_module
 from distq.batch import run_batch
 from distq.console import Console
 from distq.envelope import Task
+from distq.errors import TransportError
 from distq.tasks import Registry
 from distq.transport import Delivery, Transport
 from distq.worker import Worker, WorkerOptions, _Slot
+from seam import results_of
 
 
 def test_a_batch_that_handed_tasks_back_leases_no_more_in_its_settle(
@@ -144,4 +146,42 @@ def test_the_tasks_a_batch_ran_before_a_long_one_are_settled_while_it_runs(
     early = [count for at, count in settled if at < long_ended - 1.0]
     assert sum(early) >= 5, (settled, long_ended)  # the fast ones, while it ran
     assert sum(count for _, count in settled) == 7, settled  # each task settled once
+    producer.close()
+
+
+@pytest.mark.parametrize("failing", ["settle", "release"])
+def test_a_hand_back_that_fails_leaves_its_tasks_to_the_slot(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The keeper's hand-back takes the tasks a long batch ran (to settle them) and those
+    it has not started (to hand them back) out of the batch. When that call failed (the
+    broker away a moment), they stayed held by the slot's consumer, their leases renewed
+    by the keeper for good: never settled nor run, their results never sent while the
+    worker lived. They go back to the batch now: the slot settles or runs them."""
+    kind = type(transport.consumer("probe"))
+    original, failed = getattr(kind, failing), list[int]()
+
+    def away_once(self: Any, items: Any) -> Any:
+        if not failed:
+            failed.append(len(items))
+            raise TransportError("the broker went away a moment")
+        return original(self, items)
+
+    monkeypatch.setattr(kind, failing, away_once)
+    if failing == "release":  # the batch hands back what it has not started after 0.05 s
+        monkeypatch.setattr(worker_module, "run_batch", functools.partial(run_batch, budget=0.05))
+    registry = Registry()
+    registry.register("nap", lambda seconds: time.sleep(seconds))
+    producer = transport.producer("w.results.job")
+    naps = [0.0] + [0.0] * 3 + [1.5] + [0.0] * 3  # the first grows the next fetch
+    producer.submit([Task(name="nap", args=[s], reply_to="w.results.job").encode() for s in naps])
+    out = io.StringIO()
+    options = WorkerOptions(
+        concurrency=1, prefetch=8, worker_id="w", exit_when_idle=1.0, heartbeat_interval=0.3
+    )
+    assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+    assert failed, out.getvalue()
+    results = results_of(producer, 8, within=5)
+    assert len({r.task_id for r in results}) == 8, out.getvalue()
+    assert "8 ok" in out.getvalue(), out.getvalue()
     producer.close()
