@@ -1192,6 +1192,63 @@ def test_a_copy_of_a_task_still_running_in_the_worker_waits_for_its_original(
         producer.close()
 
 
+def test_a_copy_fetched_before_its_originals_slot_connected_again_waits_too(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """The original's slot has seen its link lost but not connected again (the keeper's
+    next try comes later): an idle slot that got the redelivered copy then ran it beside
+    the original, after every partition and most long broker freezes (rmq19). A
+    redelivered task another slot of the worker has handed out is a copy too: it waits,
+    and is acked unrun once the original's result went."""
+    t = open_transport(lease=1.0)
+    producer, consumer, delivery = _one_task_on_a_lost_link(t)
+    with pytest.raises(TransportError):
+        consumer.heartbeat()  # the keeper sees the loss; no new link yet
+    assert not t.running_lost
+    other = t.consumer("c2")
+    try:
+        assert other.fetch(1, 1.0) == []  # the copy: deferred, not handed out
+        consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r1")])
+        assert producer.results(10, 5.0) == [b"r1"]
+        assert other.fetch(1, 3.0) == []  # back after a lease: acked unrun
+        assert _ready(raw, queue) == 0 and _ready(raw, f"{queue}.retry.1000") == 0
+    finally:
+        other.close()
+        consumer.close()
+        producer.close()
+
+
+def test_a_release_that_failed_half_way_leaves_its_tasks_to_settle(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release (the keeper's hand-back) took the tasks out of the consumer's hands,
+    then its link died before the broker took them back: the worker puts them back in
+    the batch to run, and their settle raised "not held", which tore the consumer down
+    (held19). They count as lost with the link now: the result goes."""
+    t = open_transport(lease=30.0)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"t1"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+    link = consumer._link
+
+    def dies(*_args: Any, **_kwargs: Any) -> None:
+        link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+        raise pika.exceptions.StreamLostError("the link died")
+
+    monkeypatch.setattr(link.channel, "basic_nack", dies)
+    with pytest.raises(TransportError):
+        consumer.release([delivery])
+    monkeypatch.undo()
+    try:
+        consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r1")])
+        assert producer.results(10, 5.0) == [b"r1"]
+        assert not t.running_lost
+    finally:
+        consumer.close()
+        producer.close()
+
+
 def test_after_a_reconnect_only_a_task_whose_record_went_is_given_up(raw: Any, queue: str) -> None:
     """The first renewal after a reconnect finds which records went (expired into the
     task queue): those tasks are given up (``on_gone``). A task recorded after the

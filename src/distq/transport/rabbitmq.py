@@ -958,6 +958,14 @@ class RabbitMQTransport(Transport):
         self._children.append(consumer)
         return consumer
 
+    def handed_out_elsewhere(self, body: bytes, asker: RabbitMQConsumer) -> bool:
+        """Whether a consumer of this process other than ``asker`` has ``body`` handed
+        out to its slot (see :meth:`RabbitMQConsumer._defer_running`)."""
+        return any(
+            child is not asker and isinstance(child, RabbitMQConsumer) and child.hands_out(body)
+            for child in list(self._children)
+        )
+
     def forget(self, child: RabbitMQProducer | RabbitMQConsumer) -> None:
         with contextlib.suppress(ValueError):
             self._children.remove(child)
@@ -1452,6 +1460,7 @@ class RabbitMQConsumer(Consumer):
         self._relink_after = 0.0  # no new link tried before (see _linked)
         self._opener = threading.get_ident()  # the slot's thread (see fetch); not the keeper's
         self._try: _Try | None = None  # a try to connect afresh, under way or not taken yet
+        self._again: set[object] = set()  # redelivered tasks not handed out yet
         self._link = self._open_link()
 
     def _open_link(self) -> _Link:
@@ -1506,6 +1515,7 @@ class RabbitMQConsumer(Consumer):
         self._mark_lost({t: b for t, b in self._held.bodies().items() if t not in buffered})
         self._held.clear()
         self._buffer.clear()
+        self._again.clear()
         self._current.clear()
         self._seen.clear()
         self._tag = None
@@ -1562,7 +1572,11 @@ class RabbitMQConsumer(Consumer):
         # a master's packs are up to its own budget: not this worker's, which may be less
         bodies = task_bodies(props.type, body)
         tag = method.delivery_tag
-        self._buffer += self._held.receive(tag, bodies, bool(method.redelivered))
+        redelivered = bool(method.redelivered)
+        delivered = self._held.receive(tag, bodies, redelivered)
+        self._buffer += delivered
+        if redelivered:  # maybe a copy of a task a sibling still runs (see _defer_running)
+            self._again.update(d.tag for d in delivered)
         self._per_message = len(bodies)
         if method.consumer_tag == self._tag:
             self._current.add(tag)
@@ -1580,7 +1594,7 @@ class RabbitMQConsumer(Consumer):
             got = _receive_until(self._link.connection, self._buffer, want, timeout)
             if self._transport.done_copies and got:
                 got = self._drop_done(got)
-            if self._transport.running_lost and got:
+            if got and (self._transport.running_lost or self._again):
                 got = self._defer_running(got)
             if self._buffer and want < self._per_message and time.monotonic() >= self._split_after:
                 # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
@@ -1615,9 +1629,20 @@ class RabbitMQConsumer(Consumer):
         :meth:`_defer_seconds` through a retry queue, published before they are acked.
         Run at once, such a copy ran in full beside its original (a 3 s broker stop cost
         a second run of a 20 s task, rmq18b); back later, it is acked unrun once the
-        original's result went (:meth:`_drop_done`), and runs if the original failed."""
-        running = self._transport.running_lost
-        copies = [d for d in got if d.body in running]
+        original's result went (:meth:`_drop_done`), and runs if the original failed.
+
+        A redelivered task is such a copy also when another slot of this worker has it
+        handed out still: its link is lost, though that slot has not connected again yet
+        (an idle slot got the copy first after a partition or a frozen broker, every
+        time, rmq19)."""
+        running, again = self._transport.running_lost, self._again
+        copies = [
+            d
+            for d in got
+            if d.body in running
+            or (d.tag in again and self._transport.handed_out_elsewhere(d.body, self))
+        ]
+        again.difference_update(d.tag for d in got)
         if not copies:
             return got
         ms = _delay_ms(self._defer_seconds)
@@ -1638,10 +1663,22 @@ class RabbitMQConsumer(Consumer):
         lease, and a second at least."""
         return max(1.0, self._transport.settings.lease_seconds)
 
+    def hands_out(self, body: bytes) -> bool:
+        """Whether this consumer has ``body`` handed out to its slot (held, not buffered).
+        Asked from another slot's thread: read from snapshots, and True when none could
+        be taken (a copy deferred for nothing only waits a lease)."""
+        try:
+            held = [delivery.body for delivery in self._held.snapshot()]
+            buffered = {delivery.body for delivery in list(self._buffer)}
+        except RuntimeError:  # changed under the read
+            return True
+        return body in held and body not in buffered
+
     def _mark_lost(self, lost: dict[int, bytes]) -> None:
         """These tasks (tag -> body) are lost with their link: see :meth:`_linked`."""
-        self._lost.update(lost)
-        self._transport.running_lost.add(lost.values())
+        new = {tag: body for tag, body in lost.items() if tag not in self._lost}
+        self._lost.update(new)
+        self._transport.running_lost.add(new.values())
 
     def _unmark_lost(self, tags: Iterable[int]) -> None:
         """These tasks no longer run here (settled, handed back, or the consumer closed)."""
@@ -1877,10 +1914,30 @@ class RabbitMQConsumer(Consumer):
         tags = self._tags_of(deliveries)
         with self._broker.translated("releasing tasks"):
             self._linked()
-            # what a full queue refused stays held: this consumer hands it out again
-            kept = self._give_back(tags)
+            try:  # what a full queue refused stays held: this consumer hands it out again
+                kept = self._give_back(tags)
+            except BaseException:
+                self._lost_half_way(deliveries)
+                raise
             self._buffer.extendleft(reversed(kept))
         return len(tags) - len(kept)
+
+    def _lost_half_way(self, deliveries: Sequence[Delivery]) -> None:
+        """A release failed half way (the link died, or the broker returned a publish):
+        those of ``deliveries`` already out of :attr:`_held` are back in the queue or not
+        for sure. Lost, as if their link went (see :meth:`_linked`): the worker puts them
+        back in the batch, where their settle raised "not held" and tore a live consumer
+        down (held19)."""
+        records = self._records if self._records is not None else ()
+        self._mark_lost(
+            {
+                d.tag: d.body
+                for d in deliveries
+                if isinstance(d.tag, int)  # tags_of checked that much already
+                and d.tag not in self._held
+                and d.tag not in records
+            }
+        )
 
     def _give_back(self, tags: list[int], whole: bool = True) -> list[Delivery]:
         """Put these tasks back in the queue: a message none of whose tasks was settled
@@ -2013,6 +2070,7 @@ class RabbitMQConsumer(Consumer):
         self._held.clear()  # the broker requeued them when the connection closed
         self._current.clear()
         self._buffer.clear()
+        self._again.clear()
         self._seen.clear()
         self._unmark_lost(list(self._lost))
         self._records = None
