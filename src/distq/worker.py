@@ -705,7 +705,14 @@ class Worker:
             with slot.lock:
                 if slot.consumer is None or slot.handed_back:
                     return
-                gone = slot.consumer.gone([name])
+                try:
+                    gone = slot.consumer.gone([name])
+                except TransportError as exc:
+                    # the batch stops here: the slot settles what ran and hands back the
+                    # rest. Raised, it dropped the tasks that had run, which ran again
+                    # (held19); a broker still away fails that settle as before
+                    self._lost(exc)
+                    return
             self.masters.learn([name], gone)
             batch.gone |= gone
 

@@ -185,3 +185,43 @@ def test_a_hand_back_that_fails_leaves_its_tasks_to_the_slot(
     assert len({r.task_id for r in results}) == 8, out.getvalue()
     assert "8 ok" in out.getvalue(), out.getvalue()
     producer.close()
+
+
+def test_a_failed_check_of_a_master_between_tasks_keeps_the_tasks_that_ran(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch meets a task of a master the worker does not know alive yet and asks the
+    broker (``consumer.gone``), which fails once: the slot dropped the batch, and the
+    tasks that had run ran again (held19). The batch stops there instead: the slot
+    settles what ran and hands back the rest."""
+    kind = type(transport.consumer("probe"))
+    gone, failed = kind.gone, list[int]()
+
+    def away_once(self: Any, reply_to: Any) -> Any:
+        if not failed and any(name.endswith(".B") for name in reply_to):
+            failed.append(1)
+            raise TransportError("the broker went away a moment")
+        return gone(self, reply_to)
+
+    monkeypatch.setattr(kind, "gone", away_once)
+    runs: dict[str, int] = {}
+
+    def nap(name: str) -> None:
+        runs[name] = runs.get(name, 0) + 1
+
+    registry = Registry()
+    registry.register("nap", nap)
+    a, b = transport.producer("w.results.A"), transport.producer("w.results.B")
+    a.submit([Task(name="nap", args=[f"a{i}"], reply_to="w.results.A").encode() for i in range(5)])
+    b.submit([Task(name="nap", args=[f"b{i}"], reply_to="w.results.B").encode() for i in range(3)])
+    out = io.StringIO()
+    options = WorkerOptions(
+        concurrency=1, prefetch=8, worker_id="w", exit_when_idle=1.0, heartbeat_interval=0.3
+    )
+    assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+    assert failed, out.getvalue()
+    assert len({r.task_id for r in results_of(a, 5, within=5)}) == 5
+    assert len({r.task_id for r in results_of(b, 3, within=5)}) == 3
+    assert runs == {name: 1 for name in runs} and len(runs) == 8, (runs, out.getvalue())
+    a.close()
+    b.close()
