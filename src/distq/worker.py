@@ -895,10 +895,8 @@ def _drain_ran_out(slots: Sequence[_Slot], drain_seconds: float) -> str:
             f"{waiting} slot(s) whose tasks have ended still wait on the broker (it does "
             "not answer; their tasks run again once their leases lapse)"
         )
-    return (
-        f"after {drain_seconds:g} s (DISTQ_DRAIN_SECONDS), {' and '.join(parts)}: "
-        "handing back what is in hand"
-    )
+    said = f", {' and '.join(parts)}" if parts else ""  # the batches may end meanwhile
+    return f"after {drain_seconds:g} s (DISTQ_DRAIN_SECONDS){said}: handing back what is in hand"
 
 
 def _threads_it_starts_are_not_daemons() -> None:

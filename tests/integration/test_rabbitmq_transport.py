@@ -1218,6 +1218,39 @@ def test_a_copy_fetched_before_its_originals_slot_connected_again_waits_too(
         producer.close()
 
 
+def test_a_copy_from_a_record_that_expired_waits_for_its_original_and_is_not_run(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A task held past its lease is in a lease record; renewed too late (a keeper held
+    up), the record expired into the task queue while the task still ran, and another
+    slot of the worker ran the copy (diff19). It waits now, as often as it comes back
+    while the original runs, and once the original's result went it is acked unrun."""
+    t = open_transport(lease=1.0)  # a record lives 2 s
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"long"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+    _heartbeats(consumer, 1.5, every=0.3)  # held past its lease: the record holds it
+    assert consumer._records is not None and delivery.tag in consumer._records
+    other = t.consumer("c2")
+    try:
+        deadline = time.monotonic() + 10  # the record expires into the queue: deferred
+        while not t.deferred:
+            assert other.fetch(1, 0.5) == []
+            assert time.monotonic() < deadline
+        until = time.monotonic() + 2.5  # back from its retry queue twice: deferred again
+        while time.monotonic() < until:
+            assert other.fetch(1, 0.5) == []
+        consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r1")])
+        assert producer.results(10, 5.0) == [b"r1"]
+        assert other.fetch(1, 3.0) == []  # back after a lease: acked unrun
+        assert _ready(raw, queue) == 0 and _ready(raw, f"{queue}.retry.1000") == 0
+    finally:
+        other.close()
+        consumer.close()
+        producer.close()
+
+
 def test_a_release_that_failed_half_way_leaves_its_tasks_to_settle(
     open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1519,7 +1552,9 @@ def test_a_deleted_lease_record_queue_is_declared_again_and_still_brings_the_tas
         assert _ready(raw, records) == 1
         sock = consumer._link.connection._impl._transport._sock
         sock.shutdown(socket.SHUT_RDWR)  # the worker dies: nothing renews the record
-        back = fetch_n(t.consumer("survivor"), 1, within=10)  # expired into the queue
+        # another worker's: the dead one's consumer is no sibling of it (see _defer_running)
+        survivor = open_transport(lease=t.settings.lease_seconds).consumer("survivor")
+        back = fetch_n(survivor, 1, within=10)  # expired into the queue
         assert [d.body for d in back] == [delivery.body]
     finally:
         raw.queue_delete(records)
@@ -1545,7 +1580,9 @@ def test_a_pack_partly_settled_has_its_open_tasks_recorded_at_the_keepers_heartb
         assert _ready(raw, records) == 3 and _ready(raw, queue) == 0
         sock = consumer._link.connection._impl._transport._sock
         sock.shutdown(socket.SHUT_RDWR)  # the worker dies: only the records bring tasks back
-        back = fetch_n(t.consumer("survivor"), 8, within=6)
+        # another worker's: the dead one's consumer is no sibling of it (see _defer_running)
+        survivor = open_transport(lease=1.0).consumer("survivor")
+        back = fetch_n(survivor, 8, within=6)
         assert sorted(d.body for d in back) == bodies[5:]
     finally:
         raw.queue_delete(records)

@@ -832,6 +832,8 @@ class RabbitMQTransport(Transport):
         self.done_copies = DoneCopies(_DONE_LOST_KEPT)
         # tasks that still run here on a lost link: a slot that gets a copy defers it
         self.running_lost = RunningLost()
+        # copies deferred while their originals ran: acked unrun once those are done
+        self.deferred = DoneCopies(_DONE_LOST_KEPT)
         self._keeper_waited_out = -_RELINK_PAUSE  # when a keeper's wait last ran out
         with self._lock:
             self._admin_link()
@@ -958,13 +960,18 @@ class RabbitMQTransport(Transport):
         self._children.append(consumer)
         return consumer
 
-    def handed_out_elsewhere(self, body: bytes, asker: RabbitMQConsumer) -> bool:
-        """Whether a consumer of this process other than ``asker`` has ``body`` handed
-        out to its slot (see :meth:`RabbitMQConsumer._defer_running`)."""
-        return any(
-            child is not asker and isinstance(child, RabbitMQConsumer) and child.hands_out(body)
-            for child in list(self._children)
-        )
+    def handed_out_elsewhere(self, asker: RabbitMQConsumer) -> set[bytes]:
+        """The bodies the consumers of this process other than ``asker`` have handed out
+        to their slots or recorded (see :meth:`RabbitMQConsumer._defer_running`), read
+        once per fetch: once per task, 16 slots cost 155 µs a task (diff19)."""
+        out: set[bytes] = set()
+        for child in list(self._children):
+            if child is not asker and isinstance(child, RabbitMQConsumer):
+                bodies = child.handed_out()
+                if bodies is None:  # changed under the read: read again
+                    bodies = child.handed_out() or set()
+                out |= bodies
+        return out
 
     def forget(self, child: RabbitMQProducer | RabbitMQConsumer) -> None:
         with contextlib.suppress(ValueError):
@@ -1575,8 +1582,8 @@ class RabbitMQConsumer(Consumer):
         redelivered = bool(method.redelivered)
         delivered = self._held.receive(tag, bodies, redelivered)
         self._buffer += delivered
-        if redelivered:  # maybe a copy of a task a sibling still runs (see _defer_running)
-            self._again.update(d.tag for d in delivered)
+        if redelivered or (props.headers and _from_a_record(props.headers)):
+            self._again.update(d.tag for d in delivered)  # maybe a copy: see _defer_running
         self._per_message = len(bodies)
         if method.consumer_tag == self._tag:
             self._current.add(tag)
@@ -1594,7 +1601,7 @@ class RabbitMQConsumer(Consumer):
             got = _receive_until(self._link.connection, self._buffer, want, timeout)
             if self._transport.done_copies and got:
                 got = self._drop_done(got)
-            if got and (self._transport.running_lost or self._again):
+            if got and (self._transport.running_lost or self._again or self._transport.deferred):
                 got = self._defer_running(got)
             if self._buffer and want < self._per_message and time.monotonic() >= self._split_after:
                 # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
@@ -1631,18 +1638,26 @@ class RabbitMQConsumer(Consumer):
         a second run of a 20 s task, rmq18b); back later, it is acked unrun once the
         original's result went (:meth:`_drop_done`), and runs if the original failed.
 
-        A redelivered task is such a copy also when another slot of this worker has it
-        handed out still: its link is lost, though that slot has not connected again yet
-        (an idle slot got the copy first after a partition or a frozen broker, every
-        time, rmq19)."""
-        running, again = self._transport.running_lost, self._again
-        copies = [
-            d
-            for d in got
-            if d.body in running
-            or (d.tag in again and self._transport.handed_out_elsewhere(d.body, self))
-        ]
-        again.difference_update(d.tag for d in got)
+        A redelivered task, or one from an expired lease record, is such a copy also when
+        another slot of this worker has it handed out or recorded still: its link is
+        lost, though that slot has not connected again yet (an idle slot got the copy
+        first after a partition or a frozen broker, every time, rmq19), or the slot
+        renewed its record too late. The copy waits; once the original's result went it
+        is acked unrun (``transport.deferred``), and runs if the original failed."""
+        running, again, deferred = (
+            self._transport.running_lost,
+            self._again,
+            self._transport.deferred,
+        )
+        # a deferred copy back from its retry queue is neither redelivered nor a record's
+        suspects = [d for d in got if d.tag in again or d.body in deferred]
+        elsewhere = self._transport.handed_out_elsewhere(self) if suspects else set()
+        copies = [d for d in got if d.body in running or d.body in elsewhere]
+        for delivery in suspects:
+            if delivery.body not in elsewhere:  # runs now: not a copy to wait any more
+                deferred.discard(delivery.body)
+        # no stale tags (a copy acked unrun, a pack split): each left one more fetch here
+        self._again = {tag for tag in again if tag in self._held} - {d.tag for d in got}
         if not copies:
             return got
         ms = _delay_ms(self._defer_seconds)
@@ -1651,11 +1666,12 @@ class RabbitMQConsumer(Consumer):
         for delivery in copies:
             self._link.publish(target, delivery.body, mandatory=True)
         self._link.confirm()
+        deferred.add(d.body for d in copies)
         acks = self._held.settle(self._tags_of(copies))
         if acks:
             self._finish(acks, self._link.channel.basic_ack)
-        deferred = {d.tag for d in copies}
-        return [d for d in got if d.tag not in deferred]
+        waiting = {d.tag for d in copies}
+        return [d for d in got if d.tag not in waiting]
 
     @property
     def _defer_seconds(self) -> float:
@@ -1663,16 +1679,19 @@ class RabbitMQConsumer(Consumer):
         lease, and a second at least."""
         return max(1.0, self._transport.settings.lease_seconds)
 
-    def hands_out(self, body: bytes) -> bool:
-        """Whether this consumer has ``body`` handed out to its slot (held, not buffered).
-        Asked from another slot's thread: read from snapshots, and True when none could
-        be taken (a copy deferred for nothing only waits a lease)."""
+    def handed_out(self) -> set[bytes] | None:
+        """The bodies this consumer has handed out to its slot (held and not buffered, or
+        recorded); None when they could not be read. Asked from another slot's thread:
+        read from snapshots."""
         try:
-            held = [delivery.body for delivery in self._held.snapshot()]
-            buffered = {delivery.body for delivery in list(self._buffer)}
+            held = {delivery.body for delivery in self._held.snapshot()}
+            held.difference_update([delivery.body for delivery in list(self._buffer)])
+            records = self._records
+            if records is not None:
+                held.update(list(records.bodies.values()))
         except RuntimeError:  # changed under the read
-            return True
-        return body in held and body not in buffered
+            return None
+        return held
 
     def _mark_lost(self, lost: dict[int, bytes]) -> None:
         """These tasks (tag -> body) are lost with their link: see :meth:`_linked`."""
@@ -1856,6 +1875,16 @@ class RabbitMQConsumer(Consumer):
         if letters:
             self._letters_refused([letters[n] for n in sorted(link.refused(letters))])
         link.confirm()
+        deferred = self._transport.deferred
+        if deferred:  # done, a copy of theirs waiting (see _defer_running): none runs
+            done += [  # not a lost one: one that failed has no retry here, its copy decides
+                s.delivery.body
+                for s in settlements
+                if s.delivery.tag not in lost
+                and s.retry is None
+                and s.dead_letter is None
+                and deferred.take(s.delivery.body)
+            ]
         if done:  # their results are the broker's now: a copy need not run
             self._transport.done_copies.add(done)
         try:
@@ -2076,6 +2105,15 @@ class RabbitMQConsumer(Consumer):
         self._records = None
 
 
+def _from_a_record(headers: dict[str, Any]) -> bool:
+    """Whether a message's headers say it expired from a lease record queue into the
+    task queue (RabbitMQ's ``x-death``): a copy of a task some worker held past a lease."""
+    deaths = headers.get("x-death")
+    return isinstance(deaths, list) and any(
+        isinstance(death, dict) and ".held." in str(death.get("queue", "")) for death in deaths
+    )
+
+
 def _results_only(
     settlements: Sequence[Settlement], lost: set[int]
 ) -> tuple[list[Settlement], list[bytes]]:
@@ -2123,6 +2161,14 @@ class DoneCopies:
         """Whether ``body`` is one of them; it is forgotten (one copy each)."""
         with self._lock:
             return self._bodies.pop(body, False) is None
+
+    def __contains__(self, body: object) -> bool:
+        with self._lock:
+            return body in self._bodies
+
+    def discard(self, body: bytes) -> None:
+        with self._lock:
+            self._bodies.pop(body, None)
 
 
 class RunningLost:
