@@ -1206,16 +1206,11 @@ def test_a_copy_fetched_before_its_originals_slot_connected_again_waits_too(
         consumer.heartbeat()  # the keeper sees the loss; no new link yet
     assert not t.running_lost
     other = t.consumer("c2")
-    try:
+    with _closed_after(other, consumer, producer):
         assert other.fetch(1, 1.0) == []  # the copy: deferred, not handed out
-        consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r1")])
-        assert producer.results(10, 5.0) == [b"r1"]
-        assert other.fetch(1, 3.0) == []  # back after a lease: acked unrun
-        assert _ready(raw, queue) == 0 and _ready(raw, f"{queue}.retry.1000") == 0
-    finally:
-        other.close()
-        consumer.close()
-        producer.close()
+        _the_original_ends_and_its_copy_is_acked_unrun(
+            raw, queue, producer, consumer, other, delivery
+        )
 
 
 def test_a_copy_from_a_record_that_expired_waits_for_its_original_and_is_not_run(
@@ -1233,7 +1228,7 @@ def test_a_copy_from_a_record_that_expired_waits_for_its_original_and_is_not_run
     _heartbeats(consumer, 1.5, every=0.3)  # held past its lease: the record holds it
     assert consumer._records is not None and delivery.tag in consumer._records
     other = t.consumer("c2")
-    try:
+    with _closed_after(other, consumer, producer):
         deadline = time.monotonic() + 10  # the record expires into the queue: deferred
         while not t.deferred:
             assert other.fetch(1, 0.5) == []
@@ -1241,14 +1236,35 @@ def test_a_copy_from_a_record_that_expired_waits_for_its_original_and_is_not_run
         until = time.monotonic() + 2.5  # back from its retry queue twice: deferred again
         while time.monotonic() < until:
             assert other.fetch(1, 0.5) == []
-        consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r1")])
-        assert producer.results(10, 5.0) == [b"r1"]
-        assert other.fetch(1, 3.0) == []  # back after a lease: acked unrun
-        assert _ready(raw, queue) == 0 and _ready(raw, f"{queue}.retry.1000") == 0
+        _the_original_ends_and_its_copy_is_acked_unrun(
+            raw, queue, producer, consumer, other, delivery
+        )
+
+
+@contextlib.contextmanager
+def _closed_after(*children: RabbitMQProducer | RabbitMQConsumer) -> Iterator[None]:
+    """Close ``children`` when the block ends, however it ends."""
+    try:
+        yield
     finally:
-        other.close()
-        consumer.close()
-        producer.close()
+        for child in children:
+            child.close()
+
+
+def _the_original_ends_and_its_copy_is_acked_unrun(
+    raw: Any,
+    queue: str,
+    producer: RabbitMQProducer,
+    consumer: RabbitMQConsumer,
+    other: RabbitMQConsumer,
+    original: Delivery,
+) -> None:
+    """``consumer``'s ``original`` ends with its result; its copy, waiting in the retry
+    queue of a 1 s lease, comes back to ``other`` and is acked unrun: no queue holds it."""
+    consumer.settle([Settlement(original, reply_to=producer.reply_to, result=b"r1")])
+    assert producer.results(10, 5.0) == [b"r1"]
+    assert other.fetch(1, 3.0) == []  # back after a lease: acked unrun
+    assert _ready(raw, queue) == 0 and _ready(raw, f"{queue}.retry.1000") == 0
 
 
 def test_a_release_that_failed_half_way_leaves_its_tasks_to_settle(
