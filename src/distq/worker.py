@@ -605,10 +605,7 @@ class Worker:
                     f"{goes_on}; that attempt was not settled ({describe(exc)}): the task "
                     "runs again"
                 )
-                self._close(slot.consumer)
-                slot.consumer = None
-                self._count(slot, [], released=slot.in_hand)  # back with the lease
-                self.health.connected(False, f"{self.id}-{slot.index}", str(exc))
+                self._drop_consumer(slot, str(exc))
                 raise
             finally:
                 try:
@@ -685,15 +682,20 @@ class Worker:
                     self._lost(exc)
                 with slot.lock:
                     slot.batch = None
-                    self._close(slot.consumer)
-                    slot.consumer = None
-                    self._count(slot, [], released=slot.in_hand)  # back with the lease
-                self.health.connected(False, f"{self.id}-{slot.index}", str(exc))
+                    self._drop_consumer(slot, str(exc))
                 now = time.monotonic()
                 if now - slot.failed_at > FAILURES_FORGOTTEN_S:  # not a repeat: afresh
                     slot.failing.reset()
                 slot.failed_at = now
                 self._stopping.wait(slot.failing.next())
+
+    def _drop_consumer(self, slot: _Slot, why: str) -> None:
+        """A call on the slot's consumer failed: it is closed, what it held goes back with
+        its lease, and the slot connects again (the caller holds the slot's lock)."""
+        self._close(slot.consumer)
+        slot.consumer = None
+        self._count(slot, [], released=slot.in_hand)  # back with the lease
+        self.health.connected(False, f"{self.id}-{slot.index}", why)
 
     def _run(self, slot: _Slot, batch: Batch) -> None:
         """Run the batch, asking the broker about any master not known alive on the way."""
