@@ -1621,9 +1621,12 @@ class RabbitMQConsumer(Consumer):
         copies = self._transport.done_copies
         # redelivered, or not (a lease record expired into the queue is a new message)
         done = [d for d in got if copies.take(d.body)]
-        if not done:
-            return got
-        tags = self._tags_of(done)
+        return self._acked_out(got, done) if done else got
+
+    def _acked_out(self, got: list[Delivery], taken: list[Delivery]) -> list[Delivery]:
+        """``got`` but ``taken``, settled here (their messages acked once all their tasks
+        are): a copy acked unrun, or one published to wait (:meth:`_defer_running`)."""
+        tags = self._tags_of(taken)
         acks = self._held.settle(tags)
         if acks:
             self._finish(acks, self._link.channel.basic_ack)
@@ -1667,11 +1670,7 @@ class RabbitMQConsumer(Consumer):
             self._link.publish(target, delivery.body, mandatory=True)
         self._link.confirm()
         deferred.add(d.body for d in copies)
-        acks = self._held.settle(self._tags_of(copies))
-        if acks:
-            self._finish(acks, self._link.channel.basic_ack)
-        waiting = {d.tag for d in copies}
-        return [d for d in got if d.tag not in waiting]
+        return self._acked_out(got, copies)
 
     @property
     def _defer_seconds(self) -> float:
@@ -1684,7 +1683,7 @@ class RabbitMQConsumer(Consumer):
         recorded); None when they could not be read. Asked from another slot's thread:
         read from snapshots."""
         try:
-            held = {delivery.body for delivery in self._held.snapshot()}
+            held = set(self._held.bodies().values())
             held.difference_update([delivery.body for delivery in list(self._buffer)])
             records = self._records
             if records is not None:

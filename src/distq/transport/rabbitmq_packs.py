@@ -296,13 +296,10 @@ class HeldMessages:
         """Every task held, oldest first."""
         return sorted(self._tasks)
 
-    def snapshot(self) -> list[Delivery]:
-        """Every task held, as a list taken at once (another thread may read it)."""
-        return [delivery for _, delivery in list(self._tasks.values())]
-
     def bodies(self) -> dict[int, bytes]:
-        """Every task held: tag -> body."""
-        return {tag: delivery.body for tag, (_, delivery) in self._tasks.items()}
+        """Every task held: tag -> body, read from a list taken at once (another thread
+        may read it)."""
+        return {tag: delivery.body for tag, (_, delivery) in list(self._tasks.items())}
 
     def partly_settled(self) -> bool:
         """Whether some message held has tasks settled (or published again) and others
