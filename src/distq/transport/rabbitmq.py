@@ -650,15 +650,21 @@ LETTER_REFUSED_DELAY = 30.0
 REQUEUED_WITHIN = 10.0
 
 
-def _requeued(channel: Any, queue: str, ready: int) -> None:
-    """Wait until ``queue`` holds ``ready`` messages again (or :data:`REQUEUED_WITHIN` s):
-    a nack's requeue is done by the queue after the nack's channel has moved on, a
-    thousand letters over a few tenths of a second, so a ``requeue-dead`` or ``status``
-    run right after the peek found letters missing."""
+def _put_back(channel: Any, queue: str, last: int, held: int) -> None:
+    """Nack every message this channel holds up to delivery tag ``last`` (``held`` of
+    them) back into ``queue``, each at its original position, and wait until the queue
+    holds them again (or :data:`REQUEUED_WITHIN` s): a nack's requeue is done by the
+    queue after the nack's channel has moved on, a thousand letters over a few tenths of
+    a second, so a ``requeue-dead`` or ``status`` run right after the peek found letters
+    missing. It waits for what is ready before the nack plus those ``held``: a count read
+    as the peek began is short by every letter that came in meanwhile (a peek of 1,005
+    letters, some still arriving as it began, returned with 886 back)."""
+    rest = channel.queue_declare(queue, passive=True).method.message_count
+    channel.basic_nack(last, multiple=True, requeue=True)
     deadline = time.monotonic() + REQUEUED_WITHIN
     while True:
         back = channel.queue_declare(queue, passive=True).method.message_count
-        if back >= ready or time.monotonic() >= deadline:
+        if back >= rest + held or time.monotonic() >= deadline:
             return
         time.sleep(0.02)
 
@@ -993,8 +999,7 @@ class RabbitMQTransport(Transport):
 
         def held(channel: Any) -> list[DeadLetter]:
             got: list[tuple[Any, Any, bytes]] = []
-            (before,) = _declared(channel.connection, self.dead_queue)
-            if before is None:  # not declared yet
+            if _declared(channel.connection, self.dead_queue) == [None]:  # not declared yet
                 return []
             try:
                 while len(got) < limit:
@@ -1004,8 +1009,7 @@ class RabbitMQTransport(Transport):
                     got.append((method, props, body))
             finally:
                 if got and channel.is_open:
-                    channel.basic_nack(got[-1][0].delivery_tag, multiple=True, requeue=True)
-                    _requeued(channel, self.dead_queue, before.message_count)
+                    _put_back(channel, self.dead_queue, got[-1][0].delivery_tag, len(got))
             return self._letters(got)[:limit]
 
         if limit <= 0:
@@ -1144,7 +1148,7 @@ class RabbitMQTransport(Transport):
                 (before,) = _declared(channel.connection, self.dead_queue)
                 if before is None:  # not declared yet: no letters
                     return 0
-                removed, kept = 0, None
+                removed, kept, held = 0, None, 0
                 try:
                     for _ in range(min(before.message_count, self.most_peeked)):
                         method, props, body = channel.basic_get(self.dead_queue, auto_ack=False)
@@ -1156,11 +1160,10 @@ class RabbitMQTransport(Transport):
                                 channel.basic_ack(method.delivery_tag)
                                 removed += 1
                                 continue
-                        kept = method.delivery_tag
+                        kept, held = method.delivery_tag, held + 1
                 finally:
                     if kept is not None and channel.is_open:
-                        channel.basic_nack(kept, multiple=True, requeue=True)
-                        _requeued(channel, self.dead_queue, before.message_count - removed)
+                        _put_back(channel, self.dead_queue, kept, held)
                 return removed
 
         removed: int = self._with_admin("removing a master's orphaned dead letters", forget)
