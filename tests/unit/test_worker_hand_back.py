@@ -57,8 +57,11 @@ def test_a_batch_that_handed_tasks_back_leases_no_more_in_its_settle(
     naps = [0.0] + [0.1] * 8  # the instant first one grows the next fetch to the prefetch
     producer.submit([Task(name="nap", args=[s], reply_to="w.results.job").encode() for s in naps])
     out = io.StringIO()
+    # the keeper hands back a batch running past a heartbeat interval, right after the
+    # settle that fetched it: with 0.3 s, a 0.1 s nap starved under load looked like the
+    # slot's own hand-back (CI; naps of 0.35 s always did)
     options = WorkerOptions(
-        concurrency=1, prefetch=8, worker_id="w", exit_when_idle=0.5, heartbeat_interval=0.3
+        concurrency=1, prefetch=8, worker_id="w", exit_when_idle=0.5, heartbeat_interval=2.0
     )
     assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
     assert any(event == "release" for event, _ in events), events  # tasks were handed back
