@@ -109,6 +109,17 @@ def _bodies(n: int, prefix: str = "task") -> list[bytes]:
     return [f"{prefix}-{i}".encode() for i in range(n)]
 
 
+def _outlive_lease(raw: redis.Redis[bytes], t: RedisTransport, seconds: float = 0.6) -> None:
+    """Wait past a lease while the rest of a live system calls Redis: each of its sweeps
+    sets the clock they read. A Redis nobody called for half a lease is taken for a
+    frozen one, and the leases that ran out meanwhile get their time back."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        secs, micros = raw.time()
+        raw.set(t.clock_key, secs * 1000 + micros // 1000)
+        time.sleep(0.05)
+
+
 def test_ready_list_is_named_after_the_queue_and_fifo(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:
@@ -136,6 +147,7 @@ def test_ready_list_is_named_after_the_queue_and_fifo(
         f"distq:{queue}:inflight:{consumer.consumer_id}",
         f"distq:{queue}:consumers",
         f"distq:{queue}:masters",
+        f"distq:{queue}:clock",
         f"{reply}:state",
     }
     assert {k.decode() for k in raw.scan_iter(match=f"*{queue}*")} == documented
@@ -426,7 +438,7 @@ def test_settle_by_count_checks_the_in_flight_list_is_what_it_holds(
     producer.submit(_bodies(2))
     slow = t.consumer("slow")
     late = slow.fetch(2, timeout=1)
-    time.sleep(0.6)
+    _outlive_lease(raw, t)
     other = t.consumer("other")
     other.heartbeat()  # sweeps slow's expired lease: both tasks go back
     assert sorted(d.body for d in other.fetch(2, timeout=0)) == sorted(d.body for d in late)
@@ -446,7 +458,7 @@ def test_heartbeat_sweeps_even_when_the_queue_is_busy(
     producer.submit(_bodies(2, "old"))
     held = t.consumer("dead").fetch(2, timeout=1)
     producer.submit(_bodies(50))
-    time.sleep(0.6)
+    _outlive_lease(raw, t)
     busy = t.consumer("busy")
     busy.heartbeat()
     assert raw.llen(queue) == 52
@@ -1090,7 +1102,7 @@ def test_a_late_result_drops_the_copy_its_lapsed_lease_sent_back(
     producer.submit(_bodies(queued + 1))
     stalled = t.consumer("stalled")
     first = stalled.fetch(queued + 1, timeout=1)
-    time.sleep(0.6)
+    _outlive_lease(raw, t)
     other = t.consumer("other")
     (copy,) = other.fetch(1, timeout=0)  # the claim sweeps: one copy leased again
     assert copy.redelivered and raw.llen(t.ready_key) == queued
@@ -1114,7 +1126,7 @@ def test_a_late_dead_letter_is_not_published_when_the_claim_took_the_copy_back(
     producer.submit([b"task"])
     stalled = t.consumer("stalled")
     (delivery,) = stalled.fetch(1, timeout=1)
-    time.sleep(0.6)
+    _outlive_lease(raw, t)
     t.sweep(t.client)  # as another slot's claim does: the lapsed lease goes back
     assert raw.llen(t.ready_key) == 1
     late = Settlement(delivery, reply_to=producer.reply_to, result=b"failed", dead_letter=b"x")
@@ -1139,7 +1151,7 @@ def test_a_late_result_is_not_run_again_when_the_claim_took_the_copy_back(
     producer.submit([b"task", b"next"])
     stalled = t.consumer("stalled")
     (delivery,) = stalled.fetch(1, timeout=1)
-    time.sleep(0.6)
+    _outlive_lease(raw, t)
     t.sweep(t.client)  # as another slot's claim does: the lapsed lease goes back
     assert raw.lrange(t.ready_key, 0, -1) == [b"next", b"task"]  # the copy: claimed first
     done = Settlement(delivery, reply_to=producer.reply_to, result=b"ok")
@@ -1159,12 +1171,43 @@ def test_a_claim_reclaims_an_expired_lease_however_long_the_backlog(
     dead = t.consumer("dead")
     held = dead.fetch(2, timeout=1)
     producer.submit(_bodies(500))
-    time.sleep(0.6)
+    _outlive_lease(raw, t)
     busy = t.consumer("busy")
     got = busy.fetch(2, timeout=0)  # the claim sweeps first: the expired ones run next
     assert raw.llen(dead.inflight_key) == 0
     assert [d.body for d in got] == [d.body for d in held] and all(d.redelivered for d in got)
     assert [d.body for d in busy.fetch(1, timeout=0)] == [b"task-0"]
+
+
+def test_a_lease_that_ran_out_while_redis_was_frozen_gets_the_time_it_had_left_once(
+    tmp_path: Path,
+) -> None:
+    """Redis stopped past a lease (SIGSTOP): the first claim after it swept the lease of a
+    task still running, and another slot of the worker ran a copy beside it (held19). A
+    lease that ran out while Redis stood still now gets the time it had left back, once:
+    a worker that died meanwhile has its tasks run again after a second freeze."""
+    with LocalRedis(tmp_path).start() as server:
+        settings = Settings(
+            transport="redis", redis_url=server.url, queue="frozen", lease_seconds=1.0
+        )
+        t = RedisTransport(settings, "worker")
+        try:
+            t.producer(t.reply_queue("j")).submit(_bodies(2))
+            dead, live, idle = t.consumer("w-0"), t.consumer("w-1"), t.consumer("w-2")
+            (held,) = dead.fetch(1, timeout=1)
+            assert len(live.fetch(1, timeout=1)) == 1
+            assert idle.fetch(1, timeout=0) == []
+            for freeze in (1, 2):
+                server.pause()
+                time.sleep(1.5)
+                server.resume()
+                got = idle.fetch(2, timeout=0)
+                if freeze == 1:
+                    assert got == []  # both ran out frozen: both get their time back
+                    live.heartbeat()  # its worker lives: the next freeze is its own
+            assert [(d.body, d.redelivered) for d in got] == [(held.body, True)]
+        finally:
+            t.close()
 
 
 def test_leases_restored_from_a_snapshot_come_back_within_two_leases(tmp_path: Path) -> None:

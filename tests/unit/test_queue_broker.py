@@ -75,6 +75,29 @@ def test_heartbeat_extends_the_lease() -> None:
     assert broker.stats("q") == (1, 0, 0, 0)
 
 
+def test_a_lease_that_ran_out_while_the_master_stood_still_gets_its_time_back_once() -> None:
+    """A master stopped past a lease (SIGSTOP, a paused VM): its first reap swept the lease
+    of a task still running, and another slot of the worker ran a copy beside it
+    (held19). A lease that ran out while the master stood still gets the time it had
+    left back, once: a worker that died meanwhile has its tasks run after a second stop."""
+    clock = Clock()
+    broker = QueueBroker(clock, stood_still=2.5)
+    broker.put("q", [b"dead", b"live"])
+    broker.fetch("q", "dead", 1, 0.1, 5.0)
+    broker.fetch("q", "live", 1, 0.1, 5.0)
+    clock.now += 1
+    broker.reap()  # the last reap before the stop: 4 s left of each lease
+    clock.now += 4.5  # both ran out while nothing ran
+    broker.reap()
+    assert broker.stats("q") == (0, 2, 0, 2)  # both given 4 s back: none put back
+    broker.heartbeat("live", 5.0)  # its worker lives
+    clock.now += 6  # stopped again, both run out again
+    broker.reap()
+    got = broker.fetch("q", "idle", 10, 0.1, 5.0)
+    assert [(body, again) for _, body, again in got] == [(b"dead", True)]
+    assert broker.stats("q") == (0, 2, 0, 2)  # live's renewal made it whole: given back again
+
+
 def test_settling_after_the_lease_expired_still_delivers_the_result() -> None:
     broker = QueueBroker()
     broker.open("r")

@@ -126,6 +126,7 @@ _LOG_EVERY = 60.0
 class _Lease:
     deadline: float
     queue: str = ""  # the queue this consumer last fetched from
+    given_back: bool = False  # ran out while the master stood still: time given back once
     held: dict[int, tuple[str, bytes]] = field(default_factory=dict)
 
 
@@ -172,14 +173,20 @@ class QueueBroker:
     ``clock`` (monotonic seconds) times leases, retry delays and reply queues; tests pass
     their own and call :meth:`reap` instead of starting the reaper thread. A reply queue
     not renewed (:meth:`open`) for ``reply_ttl`` seconds is gone, with the results it
-    held (``None``: never).
+    held (``None``: never). Reaps more than ``stood_still`` seconds apart mean the
+    process stood still (see :meth:`_resume`).
     """
 
     def __init__(
-        self, clock: Callable[[], float] = time.monotonic, reply_ttl: float | None = None
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        reply_ttl: float | None = None,
+        stood_still: float = math.inf,
     ) -> None:
         self._clock = clock
         self._reply_ttl = reply_ttl
+        self._stood_still = stood_still
+        self._reaped: float | None = None  # when the last reap ran
         self._lock = threading.Lock()
         self._queues: dict[str, deque[tuple[bytes, bool]]] = {}
         self._ready: dict[str, threading.Condition] = {}
@@ -361,7 +368,7 @@ class QueueBroker:
             for consumer in consumers:
                 owner = self._leases.get(consumer)
                 if owner is not None:
-                    owner.deadline = deadline
+                    owner.deadline, owner.given_back = deadline, False
 
     def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None:
         """Publish results, retries and dead letters, and drop the settled leases.
@@ -482,7 +489,7 @@ class QueueBroker:
         owner = self._leases.get(consumer)
         if owner is None:
             owner = self._leases[consumer] = _Lease(deadline=0.0)
-        owner.deadline = self._clock() + lease
+        owner.deadline, owner.given_back = self._clock() + lease, False
         return owner
 
     def _requeue(self, owner: _Lease, tokens: Sequence[int]) -> None:
@@ -498,6 +505,7 @@ class QueueBroker:
         reply queues (and the results they hold) that were not renewed in time."""
         now = self._clock()
         with self._lock:
+            self._resume(now)
             if self._reply_ttl is not None:
                 lapsed = now - self._reply_ttl
                 for name in [q for q, renewed in self._replies.items() if renewed < lapsed]:
@@ -522,6 +530,21 @@ class QueueBroker:
             while self._delayed and self._delayed[0][0] <= now:
                 _, _, queue, body = heapq.heappop(self._delayed)
                 self._push(queue, [body])
+
+    def _resume(self, now: float) -> None:
+        """Reaps over ``stood_still`` s apart: this process was stopped (SIGSTOP, a paused
+        VM) and no worker could renew a lease meanwhile, while the clock ran on. A lease
+        that ran out in that gap gets the time it had left back, once (until its own
+        renewal): reaped at once, a slot of a worker got a copy of a task still running
+        in another, and ran it too (held19); once only, a dead worker's tasks wait one
+        lease more at most, however often a starved reaper stretches the gap."""
+        last, self._reaped = self._reaped, now
+        if last is None or now - last <= self._stood_still:
+            return
+        for lease in self._leases.values():
+            if last < lease.deadline <= now and not lease.given_back:
+                lease.deadline += now - last
+                lease.given_back = True
 
     def _reap_loop(self, interval: float) -> None:
         while not self._stop.wait(self.next_reap(interval)):
@@ -1000,7 +1023,11 @@ class ManagerTransport(Transport):
         self._inspector: _Broker | None = None  # a worker's proxy for stats(), kept
         self._inspector_lock = threading.Lock()
         if role == "master":
-            broker = QueueBroker(reply_ttl=settings.master_ttl)
+            reap_every = min(0.25, settings.lease_seconds / 4)
+            broker = QueueBroker(
+                reply_ttl=settings.master_ttl,
+                stood_still=max(settings.lease_seconds / 2, 4 * reap_every),
+            )
             manager = _serving_manager(broker, settings)
             try:
                 self._server = manager.get_server()
@@ -1008,7 +1035,7 @@ class ManagerTransport(Transport):
                 raise ConnectionFailed(
                     f"cannot listen on {self.address} (DISTQ_MANAGER_ADDRESS): {_listen_error(exc)}"
                 ) from None
-            broker.start_reaper(min(0.25, settings.lease_seconds / 4))
+            broker.start_reaper(reap_every)
             self._server.stop_event = threading.Event()  # serve_client() polls it
             self._broker = broker
             self._deadlines = _Deadlines()

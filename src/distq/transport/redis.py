@@ -20,6 +20,7 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 | ``distq:<q>:masters``               | zset | a master: register, renew, close | settle      |
 | ``distq:<q>:results:<job>``         | list | settle LPUSH, if its master lives | take (3)   |
 | ``distq:<q>:results:<job>:state``   | hash | submit, take (counts)            | renew, take |
+| ``distq:<q>:clock``                 | str  | sweep (the time it ran)          | sweep       |
 
 (1) ``withdraw`` LREMs tasks not claimed yet and ``requeue_dead`` LPUSHes revived tasks.
 (2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
@@ -42,7 +43,9 @@ freely. A claim moves tasks into the in-flight list and pushes the deadline in o
 script; ``heartbeat`` pushes it again. Every claim and heartbeat also sweeps (the
 producers do too while they wait): the in-flight list of every consumer past its
 deadline, and every due retry, go back into ``<q>``, so an expired lease is reclaimed
-within about a lease however long the backlog is. No separate daemon.
+within about a lease however long the backlog is. No separate daemon. A sweep over half a
+lease after the last one (Redis was stopped, or cut off from everyone) first gives each
+lease that ran out meanwhile the time it had left, once (see ``resume`` in the scripts).
 
 Masters: a master's producer registers its result list (``<job>`` is the job id, one
 per master run) in ``masters`` and renews it every few seconds (:meth:`RedisProducer.reconcile`);
@@ -138,6 +141,9 @@ FULL_SECONDS = 2.0
 FULL_POLL_SECONDS = 0.05
 #: A master's result list outlives its master's deadline by this much (ms).
 REPLY_GRACE_MS = 60_000
+#: How long the time of the last sweep is kept (ms): after a longer silence, every lease
+#: that ran out in it is swept as ever.
+CLOCK_KEPT_MS = 3_600_000
 #: About how many bytes of dead letters one call of a look for orphans reads.
 ORPHANS_CHUNK_BYTES = 4 << 20
 
@@ -159,9 +165,10 @@ class _Commands(Protocol):
 
 
 # Every consumer script gets KEYS = ready, consumers, delayed, redelivered, inflight, dead,
-# masters and ARGV = consumer id, lease ms, in-flight key prefix, then its own arguments.
+# masters, clock and ARGV = consumer id, lease ms, in-flight key prefix, then its own arguments.
 _PRELUDE = f"""
 local REPLY_GRACE_MS = {REPLY_GRACE_MS}
+local CLOCK_KEPT_MS = {CLOCK_KEPT_MS}
 local COPY_LOOK = {COPY_LOOK}
 local CLAIM_BYTES = {CLAIM_BYTES}
 local function now_ms()
@@ -183,8 +190,30 @@ local function requeue_all(src, ready, again)
     push('SADD', again, held)
   end
 end
+-- Over half a lease since the last sweep (``clock``): Redis was stopped (SIGSTOP, a VM
+-- paused) or nobody reached it, and leases ran out meanwhile, though a live consumer
+-- calls every third of a lease at least (a renewal, a BLMOVE slice). A lease that ran
+-- out in that gap gets the time it had left back, once: its deadline then ends in .5 ms,
+-- until its own renewal makes it whole. Swept at once, a frozen Redis had another slot
+-- run a copy of a task still running (held19); once only, a dead worker's tasks wait one
+-- lease more at most, however often a slow host stretches the gap.
+local function resume(consumers, clock, lease, now)
+  local last = tonumber(redis.call('GET', clock) or '')
+  redis.call('SET', clock, now, 'PX', CLOCK_KEPT_MS)
+  if last == nil or now - last <= lease / 2 then
+    return
+  end
+  local lapsed = redis.call('ZRANGEBYSCORE', consumers, '(' .. last, now, 'WITHSCORES')
+  for i = 1, #lapsed, 2 do
+    local deadline = tonumber(lapsed[i + 1])
+    if deadline % 1 == 0 then
+      redis.call('ZADD', consumers, now + deadline - last + 0.5, lapsed[i])
+    end
+  end
+end
 -- two range reads when nothing is due: cheap enough for every claim
-local function sweep(ready, consumers, delayed, again, prefix, now)
+local function sweep(ready, consumers, delayed, again, prefix, now, clock, lease)
+  resume(consumers, clock, tonumber(lease), now)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', now, 'LIMIT', 0, 100)) do
     requeue_all(prefix .. id, ready, again)
     redis.call('ZREM', consumers, id)
@@ -205,7 +234,7 @@ end
 _CLAIM = """
 local now = now_ms()
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now)
+sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now, KEYS[8], ARGV[2])
 local want = tonumber(ARGV[4])
 local out = {-1, 0, {}}
 local got, bytes = 0, 0
@@ -398,7 +427,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 """
 
 _SWEEP = """
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now_ms())
+sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now_ms(), KEYS[8], ARGV[2])
 """
 
 # ARGV[1] = lease ms, ARGV[2] = in-flight prefix, ARGV[3..] = consumer ids: the lease of
@@ -408,7 +437,7 @@ sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now_ms())
 _LEASES = """
 local now = now_ms()
 for i = 3, #ARGV do redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], now)
+sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], now, KEYS[8], ARGV[1])
 """
 
 # KEYS = ready, redelivered; ARGV = bodies. One 1/0 per body: removed from ready or not.
@@ -665,6 +694,7 @@ class RedisTransport(Transport):
         self.redelivered_key = f"distq:{queue}:redelivered"
         self.dead_key = f"distq:{queue}:dead"
         self.masters_key = f"distq:{queue}:masters"
+        self.clock_key = f"distq:{queue}:clock"
         self.inflight_prefix = f"distq:{queue}:inflight:"
         self.lease_ms = max(1, int(settings.lease_seconds * 1000))
         self.master_ttl_ms = int(settings.master_ttl * 1000)
@@ -822,6 +852,7 @@ class RedisTransport(Transport):
             (self.redelivered_key, "set", "redelivered tasks"),
             (self.dead_key, "list", "dead letters"),
             (self.masters_key, "zset", "live masters"),
+            (self.clock_key, "string", "the last sweep's time"),
         ]
 
     def _wrong_type_behind(self, exc: ResponseError) -> DistqError:
@@ -957,6 +988,7 @@ class RedisTransport(Transport):
             inflight or self.inflight_prefix,
             self.dead_key,
             self.masters_key,
+            self.clock_key,
         ]
 
     def wire(self) -> _Wire:
@@ -1055,7 +1087,7 @@ class RedisTransport(Transport):
 
     def sweep(self, client: _Commands) -> None:
         """Requeue expired leases and due retries (consumers also do it on every claim)."""
-        self.sweep_script(client, self.keys(), ["", 0, self.inflight_prefix])
+        self.sweep_script(client, self.keys(), ["", self.lease_ms, self.inflight_prefix])
 
     def close(self) -> None:
         if self._keeper is not None:
