@@ -487,6 +487,7 @@ def test_requeue_dead_moves_a_quorum_deployments_letters_from_any_caller(
         worker.close()
         with pika.BlockingConnection(pika.URLParameters(url)) as connection:
             channel = connection.channel()
+            channel.confirm_delivery()  # in the queue before `status` counts them
             for n in (1, 2):
                 task = Task(name="jobs:add", args=[n, n], reply_to="gone")
                 letter = DeadLetter(body=task.encode(), reason="bad", queue=task_queue, worker="w")

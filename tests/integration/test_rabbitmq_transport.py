@@ -950,13 +950,14 @@ def test_a_killed_worker_hands_its_deliveries_back_at_once(
         peek = t.consumer("peek")
         assert peek.fetch(3, 0.5) == []  # leased to the child
         peek.close()  # else, still consuming, it would get them back first
+        survivor = t.consumer("survivor")  # its connect is not the broker's requeue
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         started = time.monotonic()
-        back = fetch_n(t.consumer("survivor"), 3, within=10)
+        back = fetch_n(survivor, 3, within=10)
         assert sorted(d.body for d in back) == _bodies(3)
         assert all(d.redelivered for d in back)
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 3  # the TCP close, not the 30 s lease
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -1465,9 +1466,10 @@ def test_the_keeper_never_waits_for_a_reconnect_and_takes_it_once_made(
                 time.sleep(0.1)
 
         assert _from_another_thread(keeper) is None
-        # at most the wait for a try it starts, once: the try outlives the 6 s (pika 15 s)
-        assert max(took) < rabbitmq._KEEPER_WAIT + 0.4, took
-        assert sum(1 for tick in took if tick > 0.3) <= 1, took
+        # at most the wait for a try it starts, once: the try outlives the 6 s (pika 15 s).
+        # A loaded host slows a tick or two besides; a wait per tick made every one slow
+        assert max(took) < rabbitmq._KEEPER_WAIT + 2.0, took
+        assert sum(1 for tick in took if tick > 0.3) <= 3, took
         assert max(tries) == 1, tries  # one try under way, throughout
         partition.heal()
         deadline = time.monotonic() + 10
@@ -1510,7 +1512,7 @@ def test_the_keeper_waits_once_for_all_slots_of_a_broker_that_does_not_answer(
                 time.sleep(0.1)
 
         assert _from_another_thread(keeper) is None
-        assert max(passes) < 1.2, passes  # 6 slots x 0.5 s = 3 s a pass before
+        assert max(passes) < 2.0, passes  # 6 slots x 0.5 s = 3 s a pass before
         partition.heal()
 
 

@@ -88,16 +88,30 @@ def test_a_task_past_its_time_limit_as_the_worker_stops_is_not_said_to_go_on(
     was untrue (life16)."""
     producer = transport.producer(REPLY)
     registry = Registry()
-    registry.register("nap", _nap, time_limit=0.5)
+    began = threading.Event()
+
+    def nap(seconds: float) -> float:
+        began.set()
+        return _nap(seconds)
+
+    registry.register("nap", nap, time_limit=0.5)
     producer.submit([Task(name="nap", args=[3.0], reply_to=REPLY, max_attempts=2).encode()])
     out = io.StringIO()
     worker = _worker(transport, registry, out)
-    timer = threading.Timer(0.2, worker._stop_warm)  # SIGTERM as the task runs
-    timer.start()
+
+    # SIGTERM as the task runs (a timer of 0.2 s from the start came before any task ran
+    # when the worker took longer to start, on a loaded host)
+    def stop_as_it_runs() -> None:
+        if began.wait(10):
+            worker._stop_warm()
+
+    stopper = threading.Thread(target=stop_as_it_runs)
+    stopper.start()
     try:
         assert worker.run() == 0
     finally:
-        timer.cancel()
+        began.set()
+        stopper.join(10)
     text = out.getvalue()
     assert "ran past its time limit of 0.5 s" in text, text
     assert "the worker is stopping, leaving the old thread in the task" in text, text

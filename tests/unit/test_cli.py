@@ -421,7 +421,12 @@ def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], cod
             DISTQ_TRANSPORT="redis",
             DISTQ_REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
         )
-        output = sigterm_after(proc, 1.5, within=2)  # waiting for the broker's answer
+        # once it connected, waiting for the broker's answer (1.5 s after its start was
+        # about twice its import on a loaded host)
+        silent.settimeout(30)
+        connection, _ = silent.accept()
+        with connection:
+            output = sigterm_after(proc, 0.2, within=2)
     assert proc.returncode == code, output
     assert "SIGTERM while connecting: master exit" in output
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -74,7 +75,8 @@ def test_a_task_timing_out_as_the_broker_fails_is_failed_not_left_pending(
     error = future.exception(timeout=10)
     assert isinstance(error, TaskTimeout), error
     assert "the broker is unreachable, so it was not withdrawn" in str(error)
-    assert time.monotonic() - started < 0.9  # at its deadline, not at the outage's end
+    # at its deadline; the outage's end fails it with BrokenExecutor (the type says which)
+    assert time.monotonic() - started < 5
     dispatcher.join(10)
     assert "went away; still unreachable after 1 s" in str(dispatcher.broken)
     assert not dispatcher.is_alive() and not dispatcher.put(Stop(False))
@@ -102,7 +104,7 @@ def test_cancel_and_task_timeout_work_while_an_outage_is_waited_out(
     dispatcher.start()
     sent = entry(None)
     assert dispatcher.put(Submit([sent]))  # its send fails: the outage starts
-    time.sleep(0.3)
+    _until(lambda: producer.calls >= 2)  # the send and the reconcile failed: offline
     late, waiting = entry(time.monotonic() + 0.3), entry(None)
     assert dispatcher.put(Submit([late, waiting]))  # not sent during the outage
     started = time.monotonic()
@@ -236,6 +238,15 @@ def test_an_idle_executor_asks_the_broker_every_reconcile_period() -> None:
     assert producer.reconciles >= 2
     assert dispatcher.put(Stop(False))
     dispatcher.join(10)
+
+
+def _until(done: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait until the dispatcher's thread got there: a sleep in its place was too short
+    for a loaded host, and two submits went as one."""
+    deadline = time.monotonic() + within
+    while not done():
+        assert time.monotonic() < deadline, "the dispatcher's thread never got there"
+        time.sleep(0.01)
 
 
 class BrokerAway:
@@ -420,8 +431,9 @@ def test_task_timeout_fails_at_its_deadline_while_the_thread_waits_on_a_hung_bro
         started = time.monotonic()
         sent = entry(started + 0.3)
         assert dispatcher.put(Submit([sent]))
-        time.sleep(0.1)  # sent; the thread waits in a read that does not return
-        unsent = entry(started + 0.6)
+        _until(lambda: bool(producer.submitted))  # the thread waits in a read that hangs
+        second = time.monotonic()
+        unsent = entry(second + 0.3)
         assert dispatcher.put(Submit([unsent]))
         error = sent.future.exception(timeout=5)
         assert isinstance(error, TaskTimeout), error
@@ -430,7 +442,7 @@ def test_task_timeout_fails_at_its_deadline_while_the_thread_waits_on_a_hung_bro
         error = unsent.future.exception(timeout=5)
         assert isinstance(error, TaskTimeout), error
         assert "never sent: the executor was still sending earlier tasks, or" in str(error)
-        assert time.monotonic() - started < 0.6 + dispatching.OVERDUE_GRACE + 0.5
+        assert time.monotonic() - second < 0.3 + dispatching.OVERDUE_GRACE + 0.5
     finally:
         producer.release.set()  # the broker answers again (a read that fails, then none)
         assert dispatcher.put(Stop(False, abandon="closed"))

@@ -19,6 +19,7 @@ from distq.health import ProcessHealth
 from distq.ledger import Entry, Ledger
 from distq.master import (
     IN_FLIGHT,
+    STOOD_STILL_SECONDS,
     JobReport,
     JobSpec,
     Master,
@@ -397,7 +398,8 @@ def test_a_rate_job_resumes_its_pace_after_an_outage_without_a_burst(
     sizes: list[tuple[float, int]] = []
     original = ManagerProducer.submit
     down_until = time.monotonic() + 0.5
-    monkeypatch.setattr("distq.master.Backoff", lambda: Backoff(1.2, 1.2))
+    # an outage of 3 s: a burst past what a late turn may send (_MOST_AT_ONCE)
+    monkeypatch.setattr("distq.master.Backoff", lambda: Backoff(3, 3))
 
     def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
         if time.monotonic() < down_until:
@@ -407,12 +409,12 @@ def test_a_rate_job_resumes_its_pace_after_an_outage_without_a_burst(
 
     monkeypatch.setattr(ManagerProducer, "submit", failing)
     stop = threading.Event()
-    timer = threading.Timer(2.5, stop.set)
+    timer = threading.Timer(4.5, stop.set)
     timer.start()
     out, _ = run(transport, JobSpec(tasks=None, rate=10, status_every=10), right, stop=stop)
     timer.join()
     assert "the broker is away; reconnecting" in out, out
-    assert sizes and max(size for _, size in sizes) <= 2, sizes  # before: 12 at once
+    assert sizes and max(size for _, size in sizes) <= _MOST_AT_ONCE, sizes  # before: 27
 
 
 def test_a_rate_job_that_stood_still_resumes_its_pace_without_a_burst(
@@ -426,7 +428,12 @@ def test_a_rate_job_that_stood_still_resumes_its_pace_without_a_burst(
             time.sleep(1.5)  # as the process's stop would: a turn of the loop 1.5 s late
 
     sizes = rate_batches(transport, monkeypatch, rate=10, seconds=3.0, before=stands_still_once)
-    assert len(sizes) > 3 and max(sizes) <= 2, sizes  # before: 15 at once
+    assert len(sizes) > 3 and max(sizes) <= _MOST_AT_ONCE, sizes  # before: 15 at once
+
+
+#: At --rate 10, what a turn of the loop late by less than ``STOOD_STILL_SECONDS`` sends
+#: at once, paid back: a turn 0.3 s late (a loaded host) sent 3, past the 2 asserted.
+_MOST_AT_ONCE = int(STOOD_STILL_SECONDS * 10) + 1
 
 
 def test_a_square_of_another_type_is_a_wrong_result(transport: Transport) -> None:

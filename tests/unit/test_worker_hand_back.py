@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import distq.worker as worker_module
-from distq.batch import run_batch
+from distq.batch import BatchSizer, run_batch
 from distq.console import Console
 from distq.envelope import Task
 from distq.errors import TransportError
@@ -20,6 +20,13 @@ from distq.tasks import Registry
 from distq.transport import Delivery, Transport
 from distq.worker import Worker, WorkerOptions, _Slot
 from seam import results_of
+
+
+def _fetch_the_prefetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first task, a slot fetches its whole prefetch: sized to 5 ms of work, a
+    first task starved for 6 ms under load kept every fetch at one task, and nothing was
+    ever handed back (CI)."""
+    monkeypatch.setattr(worker_module, "BatchSizer", functools.partial(BatchSizer, target=60.0))
 
 
 def test_a_batch_that_handed_tasks_back_leases_no_more_in_its_settle(
@@ -51,6 +58,7 @@ def test_a_batch_that_handed_tasks_back_leases_no_more_in_its_settle(
     monkeypatch.setattr(kind, "settle", spy_settle)
     # a batch is handed back after 0.05 s (not HAND_BACK_AFTER_SECONDS): tasks of 0.1 s
     monkeypatch.setattr(worker_module, "run_batch", functools.partial(run_batch, budget=0.05))
+    _fetch_the_prefetch(monkeypatch)
     producer = transport.producer("w.results.job")
     registry = Registry()
     registry.register("nap", lambda seconds: time.sleep(seconds))
@@ -173,6 +181,7 @@ def test_a_hand_back_that_fails_leaves_its_tasks_to_the_slot(
     monkeypatch.setattr(kind, failing, away_once)
     if failing == "release":  # the batch hands back what it has not started after 0.05 s
         monkeypatch.setattr(worker_module, "run_batch", functools.partial(run_batch, budget=0.05))
+    _fetch_the_prefetch(monkeypatch)
     registry = Registry()
     registry.register("nap", lambda seconds: time.sleep(seconds))
     producer = transport.producer("w.results.job")
