@@ -132,27 +132,10 @@ def test_done_copies_are_taken_once_each_and_only_the_newest_are_kept() -> None:
     """The bodies of tasks done on a lost link: a copy met is acked unrun once (a second
     copy runs: it was submitted again); copies another worker took are never met, so
     only the newest ``keep`` are remembered."""
-    copies = DoneCopies(keep=2, forget_after=60)
+    copies = DoneCopies(keep=2)
     assert not copies
     copies.add([b"a", b"b"])
     assert copies.take(b"a") and not copies.take(b"a")
     copies.add([b"c", b"d"])  # b is the oldest: forgotten
     assert not copies.take(b"b") and copies.take(b"c") and copies.take(b"d")
     assert not copies
-
-
-def test_done_copies_are_forgotten_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A copy another worker took is never met here: remembered for good, it had every
-    fetch and settle of the process look its tasks up from then on."""
-    now = [100.0]
-    monkeypatch.setattr(rabbitmq, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    copies = DoneCopies(keep=10, forget_after=20)
-    copies.add([b"a"])
-    now[0] += 10
-    copies.add([b"b", b"a"])  # a again: remembered afresh
-    now[0] += 15  # past a's first 20 s
-    assert copies and b"a" in copies and b"b" in copies
-    now[0] += 5
-    assert not copies and not copies.take(b"a")
-    copies.add([b"c"])
-    assert copies.take(b"c")

@@ -110,7 +110,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
 import secrets
 import shlex
@@ -208,9 +207,6 @@ _KEEPER_WAIT = 0.5  # the keeper's wait for a try it starts (a local broker take
 _TRY_TRUSTED = 1.0
 # bodies of tasks done on a lost link a worker remembers, to ack their copies unrun
 _DONE_LOST_KEPT = 10_000
-# ... and for how long: a copy another worker took is never met here, and while one is
-# remembered each fetch and settle of the process looks its tasks up (a lock each)
-_DONE_LOST_FORGOTTEN_S = 600.0
 # after the broker refused a pack's split, the slot runs the rest of it for this long
 # before it tries to split again: a full queue has work enough for idle workers
 _SPLIT_PAUSE_S = 10.0
@@ -839,11 +835,11 @@ class RabbitMQTransport(Transport):
         self._admin: _Link | None = None
         # tasks done on a lost link by any of this process's consumers (see
         # _results_only): whichever slot gets a copy acks it
-        self.done_copies = DoneCopies(_DONE_LOST_KEPT, _DONE_LOST_FORGOTTEN_S)
+        self.done_copies = DoneCopies(_DONE_LOST_KEPT)
         # tasks that still run here on a lost link: a slot that gets a copy defers it
         self.running_lost = RunningLost()
         # copies deferred while their originals ran: acked unrun once those are done
-        self.deferred = DoneCopies(_DONE_LOST_KEPT, _DONE_LOST_FORGOTTEN_S)
+        self.deferred = DoneCopies(_DONE_LOST_KEPT)
         self._keeper_waited_out = -_RELINK_PAUSE  # when a keeper's wait last ran out
         with self._lock:
             self._admin_link()
@@ -2146,51 +2142,27 @@ def _results_only(
 
 class DoneCopies:
     """Bodies of tasks done on a lost link, whose copies the broker requeued: a slot that
-    gets one acks it unrun. The newest ``keep`` at most, each for ``forget_after``
-    seconds (copies another worker took are never met: kept, they had every fetch and
-    settle of the process look its tasks up for good); shared by a process's consumers,
-    thread-safe. A copy met after that runs, its result one more for the master to drop.
-    """
+    gets one acks it unrun. The newest ``keep`` at most (copies another worker took are
+    never met); shared by a process's consumers, thread-safe."""
 
-    def __init__(self, keep: int, forget_after: float) -> None:
+    def __init__(self, keep: int) -> None:
         self._keep = keep
-        self._forget_after = forget_after
-        self._bodies: dict[bytes, float] = {}  # when each is forgotten, oldest first
+        self._bodies: dict[bytes, None] = {}
         self._lock = threading.Lock()
-        self._next = math.inf  # when the oldest is forgotten
 
     def __bool__(self) -> bool:
-        # a read without the lock: take() decides
-        if self._bodies and time.monotonic() >= self._next:
-            self._forget()
-        return bool(self._bodies)
-
-    def _forget(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            bodies = self._bodies
-            while bodies:
-                body, until = next(iter(bodies.items()))
-                if until > now:
-                    self._next = until
-                    return
-                del bodies[body]
-            self._next = math.inf
+        return bool(self._bodies)  # a read without the lock: take() decides
 
     def add(self, bodies: Iterable[bytes]) -> None:
-        until = time.monotonic() + self._forget_after
         with self._lock:
-            for body in bodies:
-                self._bodies.pop(body, None)  # to the end: the newest
-                self._bodies[body] = until
+            self._bodies.update(dict.fromkeys(bodies))
             while len(self._bodies) > self._keep:
                 del self._bodies[next(iter(self._bodies))]
-            self._next = min(self._next, next(iter(self._bodies.values()), math.inf))
 
     def take(self, body: bytes) -> bool:
         """Whether ``body`` is one of them; it is forgotten (one copy each)."""
         with self._lock:
-            return self._bodies.pop(body, None) is not None
+            return self._bodies.pop(body, False) is None
 
     def __contains__(self, body: object) -> bool:
         with self._lock:
