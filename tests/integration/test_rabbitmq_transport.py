@@ -679,6 +679,30 @@ def test_a_reader_of_the_dead_letters_returns_with_every_letter_back_though_more
     assert _ready(raw, dead) == t.most_peeked + 500  # every one back when it returns
 
 
+def test_a_peek_whose_letters_expired_while_it_held_them_returns_without_them(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Letters the queue drops as they come back (their TTL ran out while a peek held
+    them, or a length limit): the peek waited for them its whole 10 s, and so did a
+    master's loop sweeping its orphans (dead20)."""
+    t = open_transport()
+    t.dead_letters()  # declares the queues
+    for i in range(5):
+        expiring = pika.BasicProperties(expiration="300")
+        raw.basic_publish("", f"{queue}.dead", f"letter-{i}".encode(), expiring)
+    put_back = rabbitmq._put_back
+
+    def held_past_their_ttl(*args: Any) -> None:
+        time.sleep(0.6)
+        put_back(*args)
+
+    monkeypatch.setattr(rabbitmq, "_put_back", held_past_their_ttl)
+    started = time.monotonic()
+    assert len(t.dead_letters()) == 5
+    assert time.monotonic() - started < 5  # 10.6 s before
+    assert _ready(raw, f"{queue}.dead") == 0
+
+
 def _holding(raw: Any, dead: str, count: int) -> tuple[Any, Any]:
     """What a peek in progress does: be the dead letters' reader, hold ``count`` letters."""
     reading = rabbitmq._reading(raw.connection, dead)

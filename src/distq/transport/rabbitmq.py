@@ -646,8 +646,10 @@ class _Link:
 LETTER_REFUSED_DELAY = 30.0
 
 
-#: How long a peek waits for RabbitMQ to put back the letters it held.
+#: How long a peek waits for RabbitMQ to put back the letters it held ...
 REQUEUED_WITHIN = 10.0
+#: ... and for one more of them after the last that came back.
+REQUEUE_STALLED = 1.0
 
 
 def _put_back(channel: Any, queue: str, last: int, held: int) -> None:
@@ -662,9 +664,17 @@ def _put_back(channel: Any, queue: str, last: int, held: int) -> None:
     rest = channel.queue_declare(queue, passive=True).method.message_count
     channel.basic_nack(last, multiple=True, requeue=True)
     deadline = time.monotonic() + REQUEUED_WITHIN
+    most, since = -1, time.monotonic()
     while True:
         back = channel.queue_declare(queue, passive=True).method.message_count
-        if back >= rest + held or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if back >= rest + held or now >= deadline:
+            return
+        if back > most:
+            most, since = back, now
+        elif now - since >= REQUEUE_STALLED:
+            # no more come back: the queue dropped some (its length limit, their TTL),
+            # and the wait ran out its 10 s in a master's loop (dead20)
             return
         time.sleep(0.02)
 
