@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -116,7 +117,7 @@ def _outlive_lease(raw: redis.Redis[bytes], t: RedisTransport, seconds: float = 
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         secs, micros = raw.time()
-        raw.set(t.clock_key, secs * 1000 + micros // 1000)
+        raw.hset(t.clock_key, "at", secs * 1000 + micros // 1000)
         time.sleep(0.05)
 
 
@@ -1179,21 +1180,24 @@ def test_a_claim_reclaims_an_expired_lease_however_long_the_backlog(
     assert [d.body for d in busy.fetch(1, timeout=0)] == [b"task-0"]
 
 
+@pytest.mark.parametrize("idle_lease", [1.0, 10.0])
 def test_a_lease_that_ran_out_while_redis_was_frozen_gets_the_time_it_had_left_once(
-    tmp_path: Path,
+    tmp_path: Path, idle_lease: float
 ) -> None:
     """Redis stopped past a lease (SIGSTOP): the first claim after it swept the lease of a
     task still running, and another slot of the worker ran a copy beside it (held19). A
     lease that ran out while Redis stood still now gets the time it had left back, once:
-    a worker that died meanwhile has its tasks run again after a second freeze."""
+    a worker that died meanwhile has its tasks run again after a second freeze. Also when
+    the first claim after it is another worker's, with a longer lease (stood20)."""
     with LocalRedis(tmp_path).start() as server:
         settings = Settings(
             transport="redis", redis_url=server.url, queue="frozen", lease_seconds=1.0
         )
         t = RedisTransport(settings, "worker")
+        other = RedisTransport(replace(settings, lease_seconds=idle_lease), "worker")
         try:
             t.producer(t.reply_queue("j")).submit(_bodies(2))
-            dead, live, idle = t.consumer("w-0"), t.consumer("w-1"), t.consumer("w-2")
+            dead, live, idle = t.consumer("w-0"), t.consumer("w-1"), other.consumer("v-0")
             (held,) = dead.fetch(1, timeout=1)
             assert len(live.fetch(1, timeout=1)) == 1
             assert idle.fetch(1, timeout=0) == []
@@ -1207,6 +1211,7 @@ def test_a_lease_that_ran_out_while_redis_was_frozen_gets_the_time_it_had_left_o
                     live.heartbeat()  # its worker lives: the next freeze is its own
             assert [(d.body, d.redelivered) for d in got] == [(held.body, True)]
         finally:
+            other.close()
             t.close()
 
 

@@ -98,6 +98,25 @@ def test_a_lease_that_ran_out_while_the_master_stood_still_gets_its_time_back_on
     assert broker.stats("q") == (0, 2, 0, 2)  # live's renewal made it whole: given back again
 
 
+def test_a_stop_counts_against_half_of_each_lease_of_its_own() -> None:
+    """Whether a gap between reaps was a stop is judged by each lease's length: by the
+    master's, a worker's 1 s lease ran out unseen in a stop of 0.9 s (stood20). A live
+    worker renews every third of its lease: a gap under half of it did not keep one from
+    renewing, so a lease that ran out in it is a dead worker's."""
+    clock = Clock()
+    broker = QueueBroker(clock, stood_still=0.5)
+    broker.put("q", [b"long", b"short"])
+    broker.fetch("q", "long", 1, 0.1, 2.0)  # 2 s: renewed every 0.67 s while it lives
+    clock.now += 1.2
+    broker.fetch("q", "short", 1, 0.1, 0.8)  # both run out 0.8 s on
+    clock.now += 0.1
+    broker.reap()
+    clock.now += 0.8  # a gap of 0.8 s: half of the short lease, not of the long one
+    broker.reap()
+    got = broker.fetch("q", "idle", 10, 0.1, 5.0)
+    assert [(body, again) for _, body, again in got] == [(b"long", True)]
+
+
 def test_settling_after_the_lease_expired_still_delivers_the_result() -> None:
     broker = QueueBroker()
     broker.open("r")

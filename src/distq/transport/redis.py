@@ -20,7 +20,7 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 | ``distq:<q>:masters``               | zset | a master: register, renew, close | settle      |
 | ``distq:<q>:results:<job>``         | list | settle LPUSH, if its master lives | take (3)   |
 | ``distq:<q>:results:<job>:state``   | hash | submit, take (counts)            | renew, take |
-| ``distq:<q>:clock``                 | str  | sweep (the time it ran)          | sweep       |
+| ``distq:<q>:clock``                 | hash | sweep (its time, shortest lease) | sweep       |
 
 (1) ``withdraw`` LREMs tasks not claimed yet and ``requeue_dead`` LPUSHes revived tasks.
 (2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
@@ -144,6 +144,10 @@ REPLY_GRACE_MS = 60_000
 #: How long the time of the last sweep is kept (ms): after a longer silence, every lease
 #: that ran out in it is swept as ever.
 CLOCK_KEPT_MS = 3_600_000
+#: How far apart sweeps write their time at most (ms): each reads it.
+CLOCK_STEP_MS = 100
+#: How long the shortest lease a sweep's caller had counts (ms), once none has it.
+SHORTEST_KEPT_MS = 60_000
 #: About how many bytes of dead letters one call of a look for orphans reads.
 ORPHANS_CHUNK_BYTES = 4 << 20
 
@@ -169,6 +173,8 @@ class _Commands(Protocol):
 _PRELUDE = f"""
 local REPLY_GRACE_MS = {REPLY_GRACE_MS}
 local CLOCK_KEPT_MS = {CLOCK_KEPT_MS}
+local CLOCK_STEP_MS = {CLOCK_STEP_MS}
+local SHORTEST_KEPT_MS = {SHORTEST_KEPT_MS}
 local COPY_LOOK = {COPY_LOOK}
 local CLAIM_BYTES = {CLAIM_BYTES}
 local function now_ms()
@@ -196,18 +202,32 @@ end
 -- out in that gap gets the time it had left back, once: its deadline then ends in .5 ms,
 -- until its own renewal makes it whole. Swept at once, a frozen Redis had another slot
 -- run a copy of a task still running (held19); once only, a dead worker's tasks wait one
--- lease more at most, however often a slow host stretches the gap.
+-- lease more at most, however often a slow host stretches the gap. The half is of the
+-- shortest lease a caller had in the last minute (``lease``, since ``lease_at``): by the
+-- caller's own, a sweep with a long lease swept a short one at once (stood20). The clock
+-- is written a tenth of a second apart at most, and not at all where Redis refuses it
+-- (full, on Redis 6).
 local function resume(consumers, clock, lease, now)
-  local last = tonumber(redis.call('GET', clock) or '')
-  redis.call('SET', clock, now, 'PX', CLOCK_KEPT_MS)
-  if last == nil or now - last <= lease / 2 then
+  local got = redis.call('HMGET', clock, 'at', 'lease', 'lease_at')
+  local at, shortest, since = tonumber(got[1] or ''), tonumber(got[2] or ''), tonumber(got[3] or '')
+  local write = at == nil or now - at >= CLOCK_STEP_MS
+  if shortest == nil or since == nil or lease < shortest or now - since > SHORTEST_KEPT_MS then
+    shortest, since, write = lease, now, true
+  elseif lease == shortest and write then
+    since = now
+  end
+  if write then
+    redis.pcall('HSET', clock, 'at', now, 'lease', shortest, 'lease_at', since)
+    redis.pcall('PEXPIRE', clock, CLOCK_KEPT_MS)
+  end
+  if at == nil or now - at <= shortest / 2 then
     return
   end
-  local lapsed = redis.call('ZRANGEBYSCORE', consumers, '(' .. last, now, 'WITHSCORES')
+  local lapsed = redis.call('ZRANGEBYSCORE', consumers, '(' .. at, now, 'WITHSCORES')
   for i = 1, #lapsed, 2 do
     local deadline = tonumber(lapsed[i + 1])
     if deadline % 1 == 0 then
-      redis.call('ZADD', consumers, now + deadline - last + 0.5, lapsed[i])
+      redis.call('ZADD', consumers, now + deadline - at + 0.5, lapsed[i])
     end
   end
 end
@@ -852,7 +872,7 @@ class RedisTransport(Transport):
             (self.redelivered_key, "set", "redelivered tasks"),
             (self.dead_key, "list", "dead letters"),
             (self.masters_key, "zset", "live masters"),
-            (self.clock_key, "string", "the last sweep's time"),
+            (self.clock_key, "hash", "the last sweep's time"),
         ]
 
     def _wrong_type_behind(self, exc: ResponseError) -> DistqError:
