@@ -43,9 +43,10 @@ freely. A claim moves tasks into the in-flight list and pushes the deadline in o
 script; ``heartbeat`` pushes it again. Every claim and heartbeat also sweeps (the
 producers do too while they wait): the in-flight list of every consumer past its
 deadline, and every due retry, go back into ``<q>``, so an expired lease is reclaimed
-within about a lease however long the backlog is. No separate daemon. A sweep over half a
-lease after the last one (Redis was stopped, or cut off from everyone) first gives each
-lease that ran out meanwhile the time it had left, once (see ``resume`` in the scripts).
+within about a lease however long the backlog is. No separate daemon. A sweep over half
+the shortest lease in use after the last one (Redis was stopped, or cut off from
+everyone) first gives each lease that ran out meanwhile the time it had left, once (see
+``resume`` in the scripts).
 
 Masters: a master's producer registers its result list (``<job>`` is the job id, one
 per master run) in ``masters`` and renews it every few seconds (:meth:`RedisProducer.reconcile`);
