@@ -1215,6 +1215,32 @@ def test_a_lease_that_ran_out_while_redis_was_frozen_gets_the_time_it_had_left_o
             t.close()
 
 
+@pytest.mark.parametrize("silence", [62.0, -30.0])
+def test_the_shortest_lease_outlives_a_long_freeze_and_a_clock_ahead_is_set_right(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str, silence: float
+) -> None:
+    """A freeze past a minute forgot the shortest lease in use, so a first sweep with a
+    long lease swept a 1 s lease that ran out in it; a clock ahead of Redis's time (a
+    snapshot from another host) hid every freeze until Redis's time caught up
+    (stood20b). Both told through the clock as a freeze or a snapshot leaves it."""
+    short, long_ = open_transport(lease=1.0), open_transport(lease=130.0)
+    short.producer(short.reply_queue("j")).submit(_bodies(1))
+    dead = short.consumer("w-0")
+    assert len(dead.fetch(1, timeout=1)) == 1
+    secs, micros = raw.time()
+    now = secs * 1000 + micros // 1000
+    if silence > 0:  # Redis stood still 62 s, the 1 s lease ran out 0.5 s into it
+        at = now - int(silence * 1000)
+        raw.hset(short.clock_key, mapping={"at": at, "lease": 1000, "lease_at": at - 1000})
+        raw.zadd(f"distq:{queue}:consumers", {dead.consumer_id: at + 500})
+        assert long_.consumer("v-0").fetch(1, timeout=0) == []  # given back, not swept
+    else:
+        raw.hset(short.clock_key, "at", now - int(silence * 1000))
+        long_.consumer("v-0").fetch(1, timeout=0)
+        assert abs(int(raw.hget(short.clock_key, "at") or 0) - now) < 5_000  # set right
+    assert raw.llen(dead.inflight_key) == 1
+
+
 def test_leases_restored_from_a_snapshot_come_back_within_two_leases(tmp_path: Path) -> None:
     """A restart from a dump restores in-flight lists under the old consumer names; a worker
     that reconnects has a new name, so nobody renews those leases: they run again."""

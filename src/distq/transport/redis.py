@@ -145,7 +145,8 @@ REPLY_GRACE_MS = 60_000
 #: How long the time of the last sweep is kept (ms): after a longer silence, every lease
 #: that ran out in it is swept as ever.
 CLOCK_KEPT_MS = 3_600_000
-#: How far apart sweeps write their time at most (ms): each reads it.
+#: How far apart sweeps write their time at most (ms; an eighth of a shorter lease):
+#: each reads it.
 CLOCK_STEP_MS = 100
 #: How long the shortest lease a sweep's caller had counts (ms), once none has it.
 SHORTEST_KEPT_MS = 60_000
@@ -206,16 +207,21 @@ end
 -- lease more at most, however often a slow host stretches the gap. The half is of the
 -- shortest lease a caller had in the last minute (``lease``, since ``lease_at``): by the
 -- caller's own, a sweep with a long lease swept a short one at once (stood20). The clock
--- is written a tenth of a second apart at most, and not at all where Redis refuses it
--- (full, on Redis 6).
+-- is written a tenth of a second (or an eighth of that lease) apart at most, and not at
+-- all where Redis refuses it (full, on Redis 6).
 local function resume(consumers, clock, lease, now)
   local got = redis.call('HMGET', clock, 'at', 'lease', 'lease_at')
   local at, shortest, since = tonumber(got[1] or ''), tonumber(got[2] or ''), tonumber(got[3] or '')
-  local write = at == nil or now - at >= CLOCK_STEP_MS
-  if shortest == nil or since == nil or lease < shortest or now - since > SHORTEST_KEPT_MS then
+  local write = at == nil or now < at  -- ahead of Redis's time (another host's snapshot)
+  -- forgotten after a minute of calls without that lease, not of time: a freeze keeps it
+  local called = at or now
+  if shortest == nil or since == nil or lease < shortest or called - since > SHORTEST_KEPT_MS then
     shortest, since, write = lease, now, true
-  elseif lease == shortest and write then
-    since = now
+  elseif at ~= nil and now - at >= math.min(CLOCK_STEP_MS, shortest / 8) then
+    write = true
+    if lease == shortest then
+      since = now
+    end
   end
   if write then
     redis.pcall('HSET', clock, 'at', now, 'lease', shortest, 'lease_at', since)
