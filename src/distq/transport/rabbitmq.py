@@ -2170,13 +2170,16 @@ class DoneCopies:
                 del self._bodies[next(iter(self._bodies))]
 
     def take(self, body: bytes) -> bool:
-        """Whether ``body`` is one of them; it is forgotten (one copy each)."""
+        """Whether ``body`` is one of them; it is forgotten (one copy each). Most are not:
+        they are looked up without the lock (a dict's lookup is atomic), which once any
+        link was lost every fetch and settle of the process took per task for good."""
+        if body not in self._bodies:
+            return False
         with self._lock:
             return self._bodies.pop(body, False) is None
 
     def __contains__(self, body: object) -> bool:
-        with self._lock:
-            return body in self._bodies
+        return body in self._bodies  # a dict's lookup is atomic: no lock to read
 
     def discard(self, body: bytes) -> None:
         with self._lock:
