@@ -800,6 +800,7 @@ class Worker:
         slow for one batch: idle workers may take them)."""
         assert slot.consumer is not None
         claimed: list[Delivery] = []
+        late = 0  # endings the settle found late: they count as handed back
         sent = time.time()  # the lines' time: settle_then_fetch may wait for tasks after
         since: float | None = None  # when the slot went idle: now, unless it waited since
         if endings:
@@ -810,7 +811,8 @@ class Worker:
                     try:
                         claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
                     except (SettledThenFailed, SettledThenRefused):
-                        self._count(slot, endings, 0, sent)  # settled, not handed back
+                        endings, late = self._not_late(slot.consumer, endings)
+                        self._count(slot, endings, late, sent)  # settled, not handed back
                         raise
                     # up to ``wait`` of the call was a wait for tasks (Redis): idle since
                     # its start at the latest; the settle itself (a broker that blocks it)
@@ -821,11 +823,29 @@ class Worker:
             except MessageRefused as exc:
                 self._hold_to(exc.limit)
                 raise
-        self._count(slot, endings, 0, sent, since=since)
+            endings, late = self._not_late(slot.consumer, endings)
+        self._count(slot, endings, late, sent, since=since)
         if unstarted:
             back = slot.consumer.release(unstarted)
             self._count(slot, [], released=len(unstarted), at=sent, kept=len(unstarted) - back)
         return claimed
+
+    def _not_late(self, consumer: Consumer, endings: list[Ending]) -> tuple[list[Ending], int]:
+        """``endings`` but those the settle found late (:attr:`Consumer.late`), and how
+        many those were. Their retries and dead letters were not published: their tasks
+        went back to the queue when their leases lapsed, and their copies decide. Each
+        such line says so, and counts as handed back, not as retried or dead-lettered
+        (it said "retrying" of a retry never sent, faults17, rmq19)."""
+        late = consumer.late
+        if not late:
+            return endings, 0
+        kept: list[Ending] = []
+        for ending in endings:
+            if ending.settlement.delivery.tag in late:
+                self.console.error(_not_sent(ending))
+            else:
+                kept.append(ending)
+        return kept, len(endings) - len(kept)
 
     def _settle_all(self, consumer: Consumer, settlements: list[Settlement]) -> None:
         """``consumer.settle(settlements)``; while stopping warm, one that failed for the
@@ -881,6 +901,17 @@ class Worker:
             retry_in = max(e.settlement.retry_delay for e in endings if e.outcome == "retried")
         self.health.finished(released=released, retry_in=retry_in, kept=kept, since=since, **counts)
         self.telemetry.settled(endings, released, at)
+
+
+def _not_sent(ending: Ending) -> str:
+    """The line of an ending whose retry or dead letter was not published (see
+    :meth:`Worker._not_late`): its own line, and why that did not happen."""
+    what = "retry" if ending.settlement.retry is not None else "dead letter"
+    return (
+        f"{ending.note or 'a task ended'}; not so: its {what} was not sent, its lease had "
+        "lapsed first (this worker stood still past it, or lost its link to the broker): "
+        "the task is back in the queue, and its copy runs instead"
+    )
 
 
 def _drain_ran_out(slots: Sequence[_Slot], drain_seconds: float) -> str:

@@ -1020,6 +1020,7 @@ def test_a_heartbeat_after_a_lost_connection_connects_again_and_the_lost_tasks_r
             Settlement(held[1], retry=b"t2-retried"),
         ]
     )
+    assert consumer.late == {held[1].tag}  # its retry was not sent: the worker says so
     consumer.release([held[2]])
     assert producer.results(10, 5.0) == [b"r-t1"]
     # on the new link, the tasks the old one held, no retry; t1's copy is acked unrun:

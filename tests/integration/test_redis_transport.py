@@ -1132,11 +1132,13 @@ def test_a_late_dead_letter_is_not_published_when_the_claim_took_the_copy_back(
     assert raw.llen(t.ready_key) == 1
     late = Settlement(delivery, reply_to=producer.reply_to, result=b"failed", dead_letter=b"x")
     (again,) = stalled.settle_then_fetch([late], 1)
+    assert stalled.late == {b"task"}  # its dead letter was not sent: the worker says so
     assert again.body == b"task" and again.redelivered
     assert raw.lrange(stalled.inflight_key, 0, -1) == [b"task"]  # leased: the copy runs
     stalled.heartbeat()
     assert raw.llen(t.dead_key) == 0 and results_n(producer, 1, within=0.2) == []
     stalled.settle([Settlement(again, reply_to=producer.reply_to, result=b"ok")])
+    assert not stalled.late
     assert results_n(producer, 1) == [b"ok"] and raw.llen(stalled.inflight_key) == 0
 
 

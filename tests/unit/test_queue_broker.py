@@ -147,8 +147,11 @@ def test_a_late_retry_or_dead_letter_is_not_published_the_copy_decides(taken: bo
     token = lapsed(clock, broker)
     if taken:
         broker.fetch("q", "other", 1, 0.1, 5.0)
-    broker.settle("q", "stalled", [(token, None, None, b"a-attempt-2", 0.0, None)])
-    broker.settle("q", "stalled", [(token, "r", b"failed", None, 0.0, b"dead")])
+    # each says which were late (the worker's line says its retry was not sent)
+    assert broker.settle("q", "stalled", [(token, None, None, b"a-attempt-2", 0.0, None)]) == [
+        token
+    ]
+    assert broker.settle("q", "stalled", [(token, "r", b"failed", None, 0.0, b"dead")]) == [token]
     assert broker.get("r", 10, 0) == []
     assert broker.stats("q") == ((0, 1, 0, 1) if taken else (1, 0, 0, 0))  # the copy only
 

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import secrets
 import signal
 import threading
 import time
@@ -25,9 +26,10 @@ from distq.logs import JsonConsole
 from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry
 from distq.timelimits import TimeLimits
-from distq.transport import Producer, Transport
+from distq.transport import Producer, Transport, open_transport
 from distq.transport.base import Delivery
 from distq.worker import Worker, WorkerOptions, _drain_ran_out, _Slot
+from launch import free_port
 from seam import results_n, results_of
 
 
@@ -288,6 +290,50 @@ def test_a_failure_is_said_once_it_is_settled_not_when_the_settle_then_fails(
     assert lines.count(f"task boom {twice.id} dead-lettered: ") == 1, lines
     assert len(transport.dead_letters()) == 2
     producer.close()
+
+
+def test_a_retry_the_master_refused_as_late_is_said_so_not_counted_as_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task that failed after its lease lapsed (the worker's renewals did not come): the
+    master refuses its retry (the copy requeued at the lapse decides), and the worker
+    said "retrying" all the same and counted it retried (faults17, diff18, rmq19). It
+    says the retry was not sent now, and the copy runs as the same attempt."""
+    settings = Settings(
+        authkey=secrets.token_bytes(8),
+        manager_address=("127.0.0.1", free_port()),
+        lease_seconds=1.0,
+    )
+    transport = open_transport(settings, "master")
+    monkeypatch.setattr(type(transport), "heartbeat", lambda self, consumers: None)
+    runs: list[float] = []
+
+    def fails_after_its_lease_once() -> int:
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            time.sleep(2.5)  # its lease (1 s) lapses: the master requeues the task
+            raise ValueError("too late to be retried")
+        return 42
+
+    registry = Registry()
+    registry.register("late", fails_after_its_lease_once)
+    producer = transport.producer("replies")
+    task = Task(name="late", args=[], reply_to="replies", max_attempts=3)
+    try:
+        producer.submit([task.encode()])
+        out = io.StringIO()
+        options = WorkerOptions(concurrency=1, exit_when_idle=1.0, worker_id="w")
+        assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+        (result,) = results_of(producer, 1, within=5)
+        said = out.getvalue()
+        assert (result.value, result.attempt, len(runs)) == (42, 1, 2), said
+        assert f"task late {task.id} attempt 1/3 failed (ValueError: too late" in said, said
+        assert "; not so: its retry was not sent, its lease had lapsed first" in said, said
+        assert re.search(r"^worker exit\. 1 ok, 0 failed for good, 0 retried, ", said, re.M), said
+        assert transport.dead_letters() == [] and transport.stats().ready == 0
+    finally:
+        producer.close()
+        transport.close()
 
 
 class Poison(Exception):

@@ -247,6 +247,13 @@ class Consumer(abc.ABC):
     #: whose deliveries die with the connection: their copies decide).
     resettles: bool = False
 
+    #: The tags of the last settle's deliveries found late: their lease had lapsed (the
+    #: worker stood still past it) or their link was lost, so their tasks went back to
+    #: the queue, and their retries and dead letters (with a dead letter's error result)
+    #: were not published: the copies decide. Set by each :meth:`settle` and
+    #: :meth:`settle_then_fetch`; a transport that never finds one late leaves it empty.
+    late: Collection[object] = frozenset()
+
     @abc.abstractmethod
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         """Lease up to ``max_count`` deliveries; blocks up to ``timeout`` s for the first.
@@ -265,7 +272,8 @@ class Consumer(abc.ABC):
 
     @abc.abstractmethod
     def settle(self, settlements: Sequence[Settlement]) -> None:
-        """Publish results, retries and dead letters, then acknowledge the deliveries."""
+        """Publish results, retries and dead letters, then acknowledge the deliveries
+        (see :attr:`late` for those whose lease lapsed first)."""
 
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0

@@ -15,7 +15,9 @@ worker's tasks run again within about one lease period) and moves due retries in
 consumer connection gets a name of its own (the worker's slot name plus a random
 suffix), so a reconnecting worker never renews a lease its earlier connection held.
 A worker settles a batch and claims its next one in a single call (``settle_fetch``):
-each call is a round trip that costs CPU on both sides, the master's included.
+each call is a round trip that costs CPU on both sides, the master's included. A batch
+with retries or dead letters takes two (``settle``, then ``fetch``): ``settle`` says
+which were late (their leases had lapsed), the worker's line for each says so.
 
 Reply queues exist while their producer does. The hosting process's own (the master's,
 a hosting executor's) never lapse (``hold``). A remote producer's (``distq submit
@@ -69,7 +71,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 from distq import descriptors
 from distq.config import MASTER_TTL_MIN_SECONDS, MESSAGE_BATCH, Settings, host_port
 from distq.envelope import DeadLetter, quoted
-from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
+from distq.errors import AuthenticationFailed, ConnectionFailed, SettledThenFailed, TransportError
 from distq.transport.base import (
     Consumer,
     Delivery,
@@ -371,8 +373,9 @@ class QueueBroker:
                 if owner is not None:
                     owner.deadline, owner.length, owner.given_back = deadline, lease, False
 
-    def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None:
-        """Publish results, retries and dead letters, and drop the settled leases.
+    def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> list[int]:
+        """Publish results, retries and dead letters, and drop the settled leases; the
+        tokens of those found late (below), whose retries and dead letters were not.
 
         A delivery whose lease lapsed meanwhile (its worker stalled: stopped, paused, a
         task holding the GIL) went back to the queue: its retry or dead letter (and that
@@ -381,7 +384,7 @@ class QueueBroker:
         the task is done: its copy is dropped if it still waits near the front, where the
         lapse put it, and not put back again when a lease of it lapses in turn (a task
         holding the GIL past its lease ran again and again, each run's lease lapsing)."""
-        now = self._clock()
+        now, late = self._clock(), list[int]()
         with self._lock:
             owner = self._leases.get(consumer)
             for token, reply_to, result, retry, delay, dead in items:
@@ -393,6 +396,7 @@ class QueueBroker:
                     dead = _as_body(dead)
                 held = owner is not None and owner.held.pop(token, None) is not None
                 if not held and (retry is not None or dead is not None):
+                    late.append(token)
                     continue
                 if reply_to is not None and result is not None and reply_to in self._replies:
                     self._push(reply_to, [result])
@@ -405,6 +409,7 @@ class QueueBroker:
                         self._push(queue, [retry])
                 if dead is not None:
                     self._push(f"{queue}.dead", [dead])
+        return late
 
     def _done_elsewhere(self, token: int, now: float) -> None:
         """The task of ``token``, whose lease lapsed, is done (its late result is out):
@@ -594,7 +599,7 @@ class _Broker(Protocol):
     ) -> list[Wire] | None: ...
     def heartbeat(self, consumer: str, lease: float) -> None: ...
     def heartbeats(self, consumers: Sequence[str], lease: float) -> None: ...
-    def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None: ...
+    def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> list[int]: ...
     def settle_fetch(
         self,
         queue: str,
@@ -961,8 +966,8 @@ class _BrokerProxy(BaseProxy):
     def heartbeats(self, consumers: Sequence[str], lease: float) -> None:
         self._call("heartbeats", consumers, lease)
 
-    def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> None:
-        self._call("settle", queue, consumer, items)
+    def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> list[int]:
+        return cast("list[int]", self._call("settle", queue, consumer, items))
 
     def settle_fetch(
         self,
@@ -1548,15 +1553,27 @@ class ManagerConsumer(Consumer):
         return set(_call_list(self._address, self._broker.gone, list(reply_to)))
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
-        _call(self._address, self._broker.settle, self._queue, self._id, _wire(settlements))
+        self.late = frozenset()
+        late = _call(self._address, self._broker.settle, self._queue, self._id, _wire(settlements))
+        if late:  # None: a master that is stopping ended the connection (see _call_list)
+            self.late = frozenset(late)
 
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
     ) -> list[Delivery]:
-        """Settled and the next batch claimed (without waiting) in one call to the master."""
+        """Settled and the next batch claimed (without waiting) in one call to the master;
+        in two calls after a batch with retries or dead letters, where the settle may
+        find some :attr:`late` (a rare case: tasks that failed)."""
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
+        if _may_be_late(settlements):
+            self.settle(settlements)
+            try:
+                return self.fetch(max_count, 0.0)
+            except TransportError as exc:  # the batch is settled all the same
+                raise SettledThenFailed(str(exc)) from None
+        self.late = frozenset()
         wire: list[Wire] = _call_list(
             self._address,
             self._broker.settle_fetch,
@@ -1582,6 +1599,12 @@ class ManagerConsumer(Consumer):
 
 def _deliveries(wire: Sequence[Wire]) -> list[Delivery]:
     return [Delivery(body=body, tag=token, redelivered=again) for token, body, again in wire]
+
+
+def _may_be_late(settlements: Sequence[Settlement]) -> bool:
+    """Whether any of ``settlements`` publishes a retry or a dead letter, which a master
+    refuses from a lease that lapsed."""
+    return any(s.retry is not None or s.dead_letter is not None for s in settlements)
 
 
 def _wire(settlements: Sequence[Settlement]) -> list[WireSettlement]:

@@ -1827,6 +1827,7 @@ class RabbitMQConsumer(Consumer):
         return out
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
+        self.late = frozenset()
         if not settlements:
             return
         tags = self._tags_of(s.delivery for s in settlements)
@@ -1854,8 +1855,9 @@ class RabbitMQConsumer(Consumer):
         link, queue = self._link, self._transport.queue
         prefix = self._transport.reply_prefix
         lost, done = self._lost.keys() & tags, list[bytes]()
+        self.late = frozenset()
         if lost:  # their messages went back with a lost link: see _results_only
-            settlements, done = _results_only(settlements, lost)
+            settlements, done, self.late = _results_only(settlements, lost)
         for s in settlements:
             if s.retry is not None and s.retry_delay > 0:
                 self._declare_retry_queue(_delay_ms(s.retry_delay))
@@ -2128,10 +2130,11 @@ def _from_a_record(headers: dict[str, Any]) -> bool:
 
 def _results_only(
     settlements: Sequence[Settlement], lost: set[int]
-) -> tuple[list[Settlement], list[bytes]]:
+) -> tuple[list[Settlement], list[bytes], frozenset[int]]:
     """``settlements``, those of ``lost`` tasks (whose link was lost: see
     :meth:`RabbitMQConsumer._linked`) with nothing to publish but the result of one done
-    (a result, no retry nor dead letter), and the bodies of those done. Their messages
+    (a result, no retry nor dead letter); the bodies of those done; the tags of those
+    not done (:attr:`~distq.transport.base.Consumer.late`). Their messages
     went back to the queue with that link: a retry or a dead letter (and its error
     result) would run again, or fail, a task that is there again; the copy decides, as
     for a late settle on Redis and manager. The copy of a task done, when a slot of this
@@ -2140,14 +2143,16 @@ def _results_only(
     diff18); each long task ran twice, the job took twice as long."""
     done: list[bytes] = []
     kept: list[Settlement] = []
+    late: set[int] = set()
     for s in settlements:
         if s.delivery.tag in lost:
             if s.retry is None and s.dead_letter is None:
                 done.append(s.delivery.body)
             else:
+                late.add(s.delivery.tag)
                 s = msgspec.structs.replace(s, result=None, retry=None, dead_letter=None)
         kept.append(s)
-    return kept, done
+    return kept, done, frozenset(late)
 
 
 class DoneCopies:

@@ -326,13 +326,14 @@ return out
 # list expires a grace period after that master's deadline.
 # Acking by count needs the in-flight list to be exactly what the consumer holds, oldest
 # at the tail: if its length says otherwise (a sweep took it), nothing is done and 0 is
-# returned, and the consumer acks by body instead. Acking most of the in-flight list by
-# body rebuilds it (3 calls) instead of one LREM per task.
+# returned, and the consumer acks by body instead; by count it returns 1. Acking by body
+# returns the deliveries a 'g' found not held (the consumer's ``late``). Acking most of
+# the in-flight list by body rebuilds it (3 calls) instead of one LREM per task.
 _SETTLE = """
 local expect, count = tonumber(ARGV[4]), tonumber(ARGV[5])
 if expect >= 0 and redis.call('LLEN', KEYS[5]) ~= expect then return 0 end
 local now = now_ms()
-local live, acks, skip, late = {}, {}, 0, {}
+local live, acks, skip, late, unsent = {}, {}, 0, {}, {}
 local i = 6
 while i <= #ARGV do
   local op, arg, first, last = ARGV[i], tonumber(ARGV[i + 1]), i + 3, i + 2 + tonumber(ARGV[i + 2])
@@ -341,6 +342,7 @@ while i <= #ARGV do
   elseif op == 'g' then
     if not redis.call('LPOS', KEYS[5], ARGV[first]) then
       skip, late[ARGV[first]] = arg, true
+      unsent[#unsent + 1] = ARGV[first]
     end
   elseif op == 'r' then
     if live[arg] == nil then
@@ -407,7 +409,7 @@ else
     if left > 0 then done(body) end
   end
 end
-return 1
+return unsent
 """
 
 # ARGV[4..] = bodies to hand back, each moved only if the in-flight list holds it. A few:
@@ -1396,6 +1398,7 @@ class RedisConsumer(Consumer):
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
         self._found_nothing = False  # it may publish retries: the next fetch claims first
+        self.late = frozenset()
         if not settlements:
             return
         self._w.check(IDLE_CHECK_SECONDS)
@@ -1429,6 +1432,7 @@ class RedisConsumer(Consumer):
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
+        self.late = frozenset()
         self._w.check(IDLE_CHECK_SECONDS)
         tags = tags_of((s.delivery for s in settlements), bytes, "redis")
         held, count = self._held, len(tags)
@@ -1513,8 +1517,9 @@ class RedisConsumer(Consumer):
         published, and nothing is acked: the copy decides (the gate let a late dead letter
         through: a task that succeeded failed for good). A task done (a result or none,
         no retry nor dead letter) is acked in that new delivery, which is forgotten too:
-        those bodies are returned, for the caller to drop from what it hands out."""
-        acked, done = tags, set[bytes]()
+        those bodies are returned, for the caller to drop from what it hands out. Those
+        whose retry or dead letter was not published are :attr:`late`."""
+        acked, done, dropped = tags, set[bytes](), list[bytes]()
         if reclaimed:
             pairs = list(zip(settlements, tags, strict=True))
             done = {
@@ -1523,10 +1528,12 @@ class RedisConsumer(Consumer):
                 if tag in reclaimed and s.retry is None and s.dead_letter is None
             }
             kept = [(s, tag) for s, tag in pairs if tag not in reclaimed or tag in done]
+            dropped = [tag for _, tag in pairs if tag in reclaimed and tag not in done]
             settlements, acked = [s for s, _ in kept], [tag for _, tag in kept]
         keys, publish = self._publish(settlements, gated=True)
         acks: list[Arg] = ["a", 0, len(acked), *acked]
-        self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
+        unsent = self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
+        self.late = frozenset([*dropped, *unsent])
         self._forget(tags)  # the oldest entry of each: a reclaimed body's new one stays
         if done:
             self._forget(list(done))  # and the new one of a done task, acked
