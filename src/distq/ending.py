@@ -429,13 +429,20 @@ class Endings:
         (:meth:`Codec.seal_results`: one per batch, signed once), each carried by the
         settlement of one of them, the earliest: the transports publish a batch's
         results before they ack any of its deliveries, so no result is acked unsent.
+        The error result of a task that failed for good goes alone, on its own
+        settlement: a transport drops it with its dead letter when the task's lease
+        lapsed first (the copy decides), and the batch's other results rode on it and
+        were lost, their tasks counted done and their copies dropped (late21).
         """
         settlements = [ending.settlement for ending in endings]
-        groups: dict[str, list[int]] = {}
+        groups: dict[str | int, list[int]] = {}  # a master's, or one dead letter's
         for i, s in enumerate(settlements):
             if isinstance(s.result, Unsealed):  # sent as it is, a plain bytes object
                 settlements[i] = _settlement(s, s.reply_to, bytes(s.result))
             elif s.result is not None and s.reply_to is not None:
+                if s.dead_letter is not None:
+                    groups[i] = [i]
+                    continue
                 group = groups.get(s.reply_to)
                 if group is None:
                     groups[s.reply_to] = [i]

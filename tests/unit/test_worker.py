@@ -336,6 +336,53 @@ def test_a_retry_the_master_refused_as_late_is_said_so_not_counted_as_retried(
         transport.close()
 
 
+def test_ok_results_settled_late_beside_a_dead_letter_reach_the_master(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch [fails for good, ok, ok] settled after its lease lapsed (the worker stood
+    still: no renewal, no hand-back): the ok results rode on the failed task's message,
+    which the master drops with a late dead letter (its copy decides), and were lost,
+    their tasks counted done and their copies dropped (late21)."""
+    settings = Settings(
+        authkey=secrets.token_bytes(8),
+        manager_address=("127.0.0.1", free_port()),
+        lease_seconds=1.0,
+        prefetch=10,
+    )
+    transport = open_transport(settings, "master")
+    monkeypatch.setattr(type(transport), "heartbeat", lambda self, consumers: None)
+    monkeypatch.setattr(Worker, "_hand_back", lambda self, slot, batch: False)
+    runs: dict[int, int] = {}
+
+    def ok(n: int) -> int:
+        runs[n] = runs.get(n, 0) + 1
+        if n == 3 and runs[n] == 1:
+            time.sleep(2.5)  # the batch's lease (1 s) lapses here
+        return n
+
+    registry = Registry()
+    registry.register("ok", ok)
+    registry.register("boom", boom)
+    producer = transport.producer("replies")
+    failing = Task(name="boom", args=[1], reply_to="replies", max_attempts=1)
+    tasks = [Task(name="ok", args=[1], reply_to="replies")]  # sizes the next batch up
+    tasks += [failing, *(Task(name="ok", args=[n], reply_to="replies") for n in (2, 3))]
+    try:
+        producer.submit([t.encode() for t in tasks])
+        out = io.StringIO()
+        options = WorkerOptions(concurrency=1, prefetch=10, exit_when_idle=1.5, worker_id="w")
+        assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+        said = out.getvalue()
+        got = {r.task_id: r for r in results_of(producer, 4, within=5)}
+        assert sorted(r.value for r in got.values() if r.status == "ok") == [1, 2, 3], said
+        assert got[failing.id].status == "error", said
+        assert "; not so: its dead letter was not sent" in said, said
+        assert len(transport.dead_letters()) == 1 and transport.stats().ready == 0
+    finally:
+        producer.close()
+        transport.close()
+
+
 class Poison(Exception):
     def __str__(self) -> str:
         raise SystemExit(3)
