@@ -44,7 +44,7 @@ from distq.errors import (
     TransportError,
 )
 from distq.tasks import Registry
-from distq.transport.base import Settlement, orphaned_reason
+from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.redis import (
     CLAIM_BYTES,
     REPLY_GRACE_MS,
@@ -1744,6 +1744,28 @@ def test_a_connection_lost_while_a_settle_waits_still_counts_the_settle(
     with pytest.raises(TransportError) as failed:
         consumer.settle_then_fetch([lost], 5, timeout=5)  # sent on a dead connection
     assert not isinstance(failed.value, SettledThenFailed)
+
+
+def test_a_settle_by_body_then_a_failed_fetch_says_the_batch_was_settled(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch not the oldest held is settled by body, then fetched after: a fetch that
+    failed there raised a plain TransportError, and the worker counted the settled batch
+    handed back (late21 F4)."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    consumer = t.consumer("c")
+    producer.submit([b"first", b"second"])
+    first, second = consumer.fetch(2, timeout=1)
+
+    def away(max_count: int, timeout: float) -> list[Delivery]:
+        raise TransportError("Redis at 127.0.0.1: Connection reset by peer")
+
+    monkeypatch.setattr(consumer, "fetch", away)
+    settled = Settlement(second, reply_to=producer.reply_to, result=b"r2")
+    with pytest.raises(SettledThenFailed, match="Connection reset"):
+        consumer.settle_then_fetch([settled], 5)
+    assert producer.results(5, timeout=1) == [b"r2"] and consumer._held == [first.body]
 
 
 def test_a_settle_that_went_through_before_its_claim_was_refused_says_so(

@@ -1438,7 +1438,12 @@ class RedisConsumer(Consumer):
         held, count = self._held, len(tags)
         if tags != held[:count]:  # not the oldest, in order: acks by body, then a fetch
             self.settle(settlements)
-            return self.fetch(max_count, 0)
+            try:  # what fails now leaves the batch settled all the same
+                return self.fetch(max_count, 0)
+            except ConfigError as exc:
+                raise SettledThenRefused(str(exc)) from None
+            except TransportError as exc:
+                raise SettledThenFailed(str(exc)) from None
         keys, publish = self._publish(settlements)
         settle = self._t.settle_script.command(keys, [*self._args, len(held), count, *publish])
         block = self._block_for(timeout, settlements)
