@@ -153,6 +153,49 @@ def test_settle_then_fetch_is_one_call_to_the_master() -> None:
         producer.close()
 
 
+@pytest.mark.parametrize("older", [False, True])
+def test_a_batch_with_a_retry_is_one_call_that_says_which_were_late(
+    monkeypatch: pytest.MonkeyPatch, older: bool
+) -> None:
+    """A batch with a retry or dead letter asks which were late (their retries not
+    published); it took a settle and a fetch, two calls, each time (late21 F2). A master
+    from before that call (``older``) is asked in two calls, once it refused the one."""
+    if older:
+        exposed = tuple(name for name in manager._EXPOSED if name != "settle_fetch_late")
+        monkeypatch.setattr(manager, "_EXPOSED", exposed)
+    with _master_and_worker(replace(_settings("late"), lease_seconds=1.0)) as (hosted, remote):
+        producer = hosted.producer("late.results")
+        producer.submit([b"a", b"b", b"c"])
+        stalled = remote.consumer("stalled")
+        (late,) = fetch_n(stalled, 1)
+        consumer = remote.consumer("c1")
+        (other,) = fetch_n(consumer, 1)
+        consumer.settle_then_fetch([Settlement(other, retry=b"b-again")], 1)  # in time
+        assert not consumer.late
+        consumer.close()
+        calls: list[str] = []
+        proxy = stalled._broker  # type: ignore[attr-defined]
+        call = proxy._callmethod
+
+        def counted(name: str, args: tuple[Any, ...] = ()) -> Any:
+            calls.append(name)
+            return call(name, args)
+
+        proxy._callmethod = counted
+        time.sleep(1.6)  # its lease (1 s) lapses: the master's reaper puts it back
+        copies = stalled.settle_then_fetch([Settlement(late, retry=b"a-again")], 5)
+        assert stalled.late == {late.tag}
+        expected = ["settle_fetch_late", "settle", "fetch"] if older else ["settle_fetch_late"]
+        assert calls == expected and sorted(d.body for d in copies) == [b"a", b"b-again", b"c"]
+        del calls[:]
+        settled = [Settlement(d, reply_to=producer.reply_to, result=b"r") for d in copies[1:]]
+        stalled.settle_then_fetch([Settlement(copies[0], retry=b"x"), *settled], 5)  # in time
+        assert calls == (["settle", "fetch"] if older else ["settle_fetch_late"])
+        assert not stalled.late
+        stalled.close()
+        producer.close()
+
+
 def test_a_master_stopping_under_a_waiting_fetch_reads_as_closed() -> None:
     settings = _settings("stopping")
     hosted = open_transport(settings, "master")

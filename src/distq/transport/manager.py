@@ -16,8 +16,9 @@ consumer connection gets a name of its own (the worker's slot name plus a random
 suffix), so a reconnecting worker never renews a lease its earlier connection held.
 A worker settles a batch and claims its next one in a single call (``settle_fetch``):
 each call is a round trip that costs CPU on both sides, the master's included. A batch
-with retries or dead letters takes two (``settle``, then ``fetch``): ``settle`` says
-which were late (their leases had lapsed), the worker's line for each says so.
+with retries or dead letters asks which were late (their leases had lapsed: see
+``settle``), ``settle_fetch_late``; against a master from before that call, in two
+calls (``settle``, then ``fetch``).
 
 Reply queues exist while their producer does. The hosting process's own (the master's,
 a hosting executor's) never lapse (``hold``). A remote producer's (``distq submit
@@ -443,6 +444,19 @@ class QueueBroker:
         self.settle(queue, consumer, items)
         return self.fetch(queue, consumer, max_count, 0.0, lease)
 
+    def settle_fetch_late(
+        self,
+        queue: str,
+        consumer: str,
+        items: Sequence[WireSettlement],
+        max_count: int,
+        lease: float,
+    ) -> tuple[list[int], list[Wire]]:
+        """:meth:`settle_fetch`, with the tokens :meth:`settle` found late: a batch with
+        retries or dead letters, whose worker says which were not published."""
+        late = self.settle(queue, consumer, items)
+        return late, self.fetch(queue, consumer, max_count, 0.0, lease)
+
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
         with self._lock:
             owner = self._leases.get(consumer)
@@ -608,6 +622,14 @@ class _Broker(Protocol):
         max_count: int,
         lease: float,
     ) -> list[Wire] | None: ...
+    def settle_fetch_late(
+        self,
+        queue: str,
+        consumer: str,
+        items: Sequence[WireSettlement],
+        max_count: int,
+        lease: float,
+    ) -> tuple[list[int], list[Wire]] | None: ...
     def release(self, consumer: str, tokens: Sequence[int]) -> None: ...
     def disconnect(self, consumer: str) -> None: ...
     def peek(self, queue: str, limit: int) -> list[bytes]: ...
@@ -628,6 +650,7 @@ _EXPOSED = (
     "heartbeats",
     "settle",
     "settle_fetch",
+    "settle_fetch_late",
     "release",
     "disconnect",
     "peek",
@@ -979,6 +1002,17 @@ class _BrokerProxy(BaseProxy):
     ) -> list[Wire] | None:
         reply = self._call("settle_fetch", queue, consumer, items, max_count, lease)
         return cast("list[Wire] | None", reply)
+
+    def settle_fetch_late(
+        self,
+        queue: str,
+        consumer: str,
+        items: Sequence[WireSettlement],
+        max_count: int,
+        lease: float,
+    ) -> tuple[list[int], list[Wire]] | None:
+        reply = self._call("settle_fetch_late", queue, consumer, items, max_count, lease)
+        return cast("tuple[list[int], list[Wire]] | None", reply)
 
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
         self._call("release", consumer, tokens)
@@ -1527,6 +1561,7 @@ class ManagerConsumer(Consumer):
         self._id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._broker, self._queue = broker, queue
         self._lease, self._address = lease, address
+        self._older_master = False  # it has no settle_fetch_late: settle, then fetch
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         wire: list[Wire] = _call_list(
@@ -1561,18 +1596,15 @@ class ManagerConsumer(Consumer):
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
     ) -> list[Delivery]:
-        """Settled and the next batch claimed (without waiting) in one call to the master;
-        in two calls after a batch with retries or dead letters, where the settle may
-        find some :attr:`late` (a rare case: tasks that failed)."""
+        """Settled and the next batch claimed (without waiting) in one call to the master.
+        A batch with retries or dead letters, where the settle may find some
+        :attr:`late`, asks which (``settle_fetch_late``); a master of a distq before
+        that call, in two calls (settle, then fetch)."""
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
         if _may_be_late(settlements):
-            self.settle(settlements)
-            try:
-                return self.fetch(max_count, 0.0)
-            except TransportError as exc:  # the batch is settled all the same
-                raise SettledThenFailed(str(exc)) from None
+            return self._settle_then_fetch_late(settlements, max_count)
         self.late = frozenset()
         wire: list[Wire] = _call_list(
             self._address,
@@ -1584,6 +1616,39 @@ class ManagerConsumer(Consumer):
             self._lease,
         )
         return _deliveries(wire)
+
+    def _settle_then_fetch_late(
+        self, settlements: Sequence[Settlement], max_count: int
+    ) -> list[Delivery]:
+        """:meth:`settle_then_fetch` of a batch with retries or dead letters: its
+        :attr:`late` said too, in one call (two to a master without that call)."""
+        self.late = frozenset()
+        if not self._older_master:
+            try:
+                reply = _call(
+                    self._address,
+                    self._broker.settle_fetch_late,
+                    self._queue,
+                    self._id,
+                    _wire(settlements),
+                    max_count,
+                    self._lease,
+                )
+            except TransportError as exc:
+                if _OLDER_MASTER not in str(exc):  # refused unread: nothing was settled
+                    raise
+                self._older_master = True
+            else:
+                if reply is None:  # see _call_list
+                    raise _closed(self._address)
+                late, wire = reply
+                self.late = frozenset(late)
+                return _deliveries(wire)
+        self.settle(settlements)
+        try:
+            return self.fetch(max_count, 0.0)
+        except TransportError as exc:  # the batch is settled all the same
+            raise SettledThenFailed(str(exc)) from None
 
     def release(self, deliveries: Sequence[Delivery]) -> int:
         tokens = tags_of(deliveries, int, "manager")
@@ -1599,6 +1664,9 @@ class ManagerConsumer(Consumer):
 
 def _deliveries(wire: Sequence[Wire]) -> list[Delivery]:
     return [Delivery(body=body, tag=token, redelivered=again) for token, body, again in wire]
+
+
+_OLDER_MASTER = "'settle_fetch_late' of"  # in the refusal of a method not exposed
 
 
 def _may_be_late(settlements: Sequence[Settlement]) -> bool:
