@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import sys
@@ -905,13 +906,22 @@ class Worker:
 
 def _not_sent(ending: Ending) -> str:
     """The line of an ending whose retry or dead letter was not published (see
-    :meth:`Worker._not_late`): its own line, and why that did not happen."""
-    what = "retry" if ending.settlement.retry is not None else "dead letter"
+    :meth:`Worker._not_late`): its own line without "retrying in ..." or
+    "dead-lettered", and why that did not happen (a grep for those words found it)."""
+    note = ending.note or "a task ended"
+    if ending.settlement.retry is not None:
+        note, what = _RETRYING.sub("", note, count=1), "not retried: its retry"
+    else:
+        note, what = _DEAD_LETTERED.sub("", note, count=1), "not dead-lettered: its dead letter"
     return (
-        f"{ending.note or 'a task ended'}; not so: its {what} was not sent, its lease had "
-        "lapsed first (this worker stood still past it, or lost its link to the broker): "
-        "the task is back in the queue, and its copy runs instead"
+        f"{note}; {what} was not sent, its lease had lapsed first (this worker stood still "
+        "past it, or lost its link to the broker): the task is back in the queue, and its "
+        "copy runs instead"
     )
+
+
+_RETRYING = re.compile(r"; retrying in [^;]* s")  # Endings.failed's words
+_DEAD_LETTERED = re.compile(r"^dead-lettered | dead-lettered(?=: )")
 
 
 def _drain_ran_out(slots: Sequence[_Slot], drain_seconds: float) -> str:
