@@ -129,21 +129,27 @@ def test_a_master_that_ends_holding_dead_letters_or_tasks_says_they_end_with_it(
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
+def _calls_of(consumer: Any) -> list[str]:
+    """The names of the calls ``consumer`` makes to its master from now on."""
+    calls: list[str] = []
+    proxy = consumer._broker
+    call = proxy._callmethod
+
+    def counted(name: str, args: tuple[Any, ...] = ()) -> Any:
+        calls.append(name)
+        return call(name, args)
+
+    proxy._callmethod = counted
+    return calls
+
+
 def test_settle_then_fetch_is_one_call_to_the_master() -> None:
     with _master_and_worker("settlefetch") as (hosted, remote):
         producer = hosted.producer("settlefetch.results")
         producer.submit([b"a", b"b", b"c", b"d"])
         consumer = remote.consumer("c1")
         first = fetch_n(consumer, 2)
-        calls: list[str] = []
-        proxy = consumer._broker  # type: ignore[attr-defined]
-        call = proxy._callmethod
-
-        def counted(name: str, args: tuple[Any, ...] = ()) -> Any:
-            calls.append(name)
-            return call(name, args)
-
-        proxy._callmethod = counted
+        calls = _calls_of(consumer)
         done = [Settlement(d, reply_to=producer.reply_to, result=b"r" + d.body) for d in first]
         nxt = consumer.settle_then_fetch(done, 5)
         assert calls == ["settle_fetch"]
@@ -173,15 +179,7 @@ def test_a_batch_with_a_retry_is_one_call_that_says_which_were_late(
         consumer.settle_then_fetch([Settlement(other, retry=b"b-again")], 1)  # in time
         assert not consumer.late
         consumer.close()
-        calls: list[str] = []
-        proxy = stalled._broker  # type: ignore[attr-defined]
-        call = proxy._callmethod
-
-        def counted(name: str, args: tuple[Any, ...] = ()) -> Any:
-            calls.append(name)
-            return call(name, args)
-
-        proxy._callmethod = counted
+        calls = _calls_of(stalled)
         time.sleep(1.6)  # its lease (1 s) lapses: the master's reaper puts it back
         copies = stalled.settle_then_fetch([Settlement(late, retry=b"a-again")], 5)
         assert stalled.late == {late.tag}
