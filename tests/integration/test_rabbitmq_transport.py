@@ -491,7 +491,9 @@ def test_dead_letters_a_full_dead_letter_queue_refuses_send_their_tasks_back_lat
     message came first again: the worker reconnected once a second and no task behind
     it ran (input17). Sent back to the queue at once, a task that failed for good ran 900
     times in seconds (diff17b). Now the batch is settled, said once, and the refused
-    ones come back after LETTER_REFUSED_DELAY, in order."""
+    ones come back after LETTER_REFUSED_DELAY, in order. The error result of a refused
+    one is not sent (it was: the master took the task as failed, then dropped its later
+    result as a duplicate, late21b O2); the landed one's is."""
     monkeypatch.setattr(rabbitmq, "LETTER_REFUSED_DELAY", 4.0)
     t = open_transport()
     producer = t.producer(t.reply_queue("p"))
@@ -504,9 +506,16 @@ def test_dead_letters_a_full_dead_letter_queue_refuses_send_their_tasks_back_lat
     bad = fetch_n(consumer, 3)
     assert [d.body for d in bad] == [b"bad-1", b"bad-2", b"bad-3"]
     letters = [
-        Settlement(d, dead_letter=DeadLetter(d.body, "malformed", queue, "w").encode()) for d in bad
+        Settlement(
+            d,
+            reply_to=producer.reply_to,
+            result=b"error of " + d.body,
+            dead_letter=DeadLetter(d.body, "failed", queue, "w").encode(),
+        )
+        for d in bad
     ]
     consumer.settle(letters)  # it raised, and the same three came first again
+    assert results_n(producer, 3, within=1.0) == [b"error of bad-1"]
     assert _ready(raw, f"{queue}.retry.4000") == 2  # waiting there, not in the queue
     (good,) = fetch_n(consumer, 1)
     assert good.body == b"good"

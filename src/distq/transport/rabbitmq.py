@@ -1864,8 +1864,6 @@ class RabbitMQConsumer(Consumer):
         replies: dict[str, list[bytes]] = {}
         letters: dict[int, Settlement] = {}  # dead letters by publish sequence
         for s in settlements:
-            if s.result is not None and s.reply_to and s.reply_to.startswith(prefix):
-                replies.setdefault(s.reply_to, []).append(s.result)
             if s.retry is not None:
                 target = queue
                 if s.retry_delay > 0:
@@ -1874,6 +1872,20 @@ class RabbitMQConsumer(Consumer):
             if s.dead_letter is not None:
                 link.publish(self._transport.dead_queue, s.dead_letter, mandatory=True)
                 letters[link.sequence] = s
+            elif s.result is not None and s.reply_to and s.reply_to.startswith(prefix):
+                replies.setdefault(s.reply_to, []).append(s.result)
+        if letters:
+            # a dead letter's error result goes only once the letter is the broker's: one
+            # the dead-letter queue refused sends its task back to run again, and its
+            # error result, sent beside it, reached the master first, which then dropped
+            # the task's later ok result as a duplicate (late21b O2)
+            refused = link.refused(letters)
+            self._letters_refused([letters[n] for n in sorted(refused)])
+            for n, s in letters.items():
+                if n in refused or s.result is None or not s.reply_to:
+                    continue
+                if s.reply_to.startswith(prefix):
+                    replies.setdefault(s.reply_to, []).append(s.result)
         # one message per master, however many results, within a pack's byte budget:
         # a fraction of the broker's work per task. Not mandatory: a reply queue
         # deleted by its master means nobody waits, and the broker drops it (never
@@ -1886,8 +1898,6 @@ class RabbitMQConsumer(Consumer):
                 else:
                     body = pack(part)
                     link.publish(reply_to, body, mandatory=False, properties=_PACKED)
-        if letters:
-            self._letters_refused([letters[n] for n in sorted(link.refused(letters))])
         link.confirm()
         deferred = self._transport.deferred
         if deferred:  # done, a copy of theirs waiting (see _defer_running): none runs
