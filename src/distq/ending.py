@@ -58,7 +58,9 @@ from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES
 from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.rabbitmq_packs import pack_problem
 
-Outcome = Literal["ok", "failed", "retried", "malformed", "orphaned"]
+#: ``released``: a task that ended after its lease lapsed, whose retry or dead letter the
+#: settle did not send (:attr:`distq.transport.base.Consumer.late`): back in the queue.
+Outcome = Literal["ok", "failed", "retried", "malformed", "orphaned", "released"]
 
 #: Longest traceback text an error result carries; longer ones keep their end.
 MAX_TRACEBACK_CHARS = 8000

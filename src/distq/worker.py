@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, get_args
 
 from distq import chunks
 from distq.backoff import Backoff, Outage
@@ -56,7 +56,7 @@ from distq.batch import Batch, BatchSizer, Running, run_batch
 from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console, announce
-from distq.ending import Ending, Endings, describe
+from distq.ending import Ending, Endings, Outcome, describe
 from distq.envelope import shown
 from distq.errors import (
     CertificateRejected,
@@ -801,7 +801,6 @@ class Worker:
         slow for one batch: idle workers may take them)."""
         assert slot.consumer is not None
         claimed: list[Delivery] = []
-        late = 0  # endings the settle found late: they count as handed back
         sent = time.time()  # the lines' time: settle_then_fetch may wait for tasks after
         since: float | None = None  # when the slot went idle: now, unless it waited since
         if endings:
@@ -812,8 +811,8 @@ class Worker:
                     try:
                         claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
                     except (SettledThenFailed, SettledThenRefused):
-                        endings, late = self._not_late(slot.consumer, endings)
-                        self._count(slot, endings, late, sent)  # settled, not handed back
+                        endings = self._not_late(slot.consumer, endings)
+                        self._count(slot, endings, 0, sent)  # settled, not handed back
                         raise
                     # up to ``wait`` of the call was a wait for tasks (Redis): idle since
                     # its start at the latest; the settle itself (a broker that blocks it)
@@ -824,29 +823,31 @@ class Worker:
             except MessageRefused as exc:
                 self._hold_to(exc.limit)
                 raise
-            endings, late = self._not_late(slot.consumer, endings)
-        self._count(slot, endings, late, sent, since=since)
+            endings = self._not_late(slot.consumer, endings)
+        self._count(slot, endings, 0, sent, since=since)
         if unstarted:
             back = slot.consumer.release(unstarted)
             self._count(slot, [], released=len(unstarted), at=sent, kept=len(unstarted) - back)
         return claimed
 
-    def _not_late(self, consumer: Consumer, endings: list[Ending]) -> tuple[list[Ending], int]:
-        """``endings`` but those the settle found late (:attr:`Consumer.late`), and how
-        many those were. Their retries and dead letters were not published: their tasks
+    @staticmethod
+    def _not_late(consumer: Consumer, endings: list[Ending]) -> list[Ending]:
+        """``endings``, those the settle found late (:attr:`Consumer.late`) made
+        ``released``. Their retries and dead letters were not published: their tasks
         went back to the queue when their leases lapsed, and their copies decide. Each
         such line says so, and counts as handed back, not as retried or dead-lettered
-        (it said "retrying" of a retry never sent, faults17, rmq19)."""
+        (it said "retrying" of a retry never sent, faults17, rmq19); in the metrics and
+        the JSON lines under its task's name, its run time recorded (it counted under
+        ``task="unknown"``, with no ``task settled`` line, late21 F3)."""
         late = consumer.late
         if not late:
-            return endings, 0
-        kept: list[Ending] = []
-        for ending in endings:
-            if ending.settlement.delivery.tag in late:
-                self.console.error(_not_sent(ending))
-            else:
-                kept.append(ending)
-        return kept, len(endings) - len(kept)
+            return endings
+        return [
+            ending._replace(outcome="released", note=_not_sent(ending))
+            if ending.settlement.delivery.tag in late
+            else ending
+            for ending in endings
+        ]
 
     def _settle_all(self, consumer: Consumer, settlements: list[Settlement]) -> None:
         """``consumer.settle(settlements)``; while stopping warm, one that failed for the
@@ -892,7 +893,7 @@ class Worker:
         ending's note is printed here, once it is true ("dead-lettered", "retrying")."""
         slot.in_hand -= len(endings) + released
         released -= kept
-        counts: dict[str, int] = {"ok": 0, "failed": 0, "retried": 0, "malformed": 0, "orphaned": 0}
+        counts: dict[str, int] = dict.fromkeys(_OUTCOMES, 0)
         for ending in endings:
             counts[ending.outcome] += 1
             if ending.note is not None:
@@ -900,8 +901,11 @@ class Worker:
         retry_in = 0.0  # a retry due later keeps --exit-when-idle waiting for it
         if counts["retried"]:
             retry_in = max(e.settlement.retry_delay for e in endings if e.outcome == "retried")
-        self.health.finished(released=released, retry_in=retry_in, kept=kept, since=since, **counts)
-        self.telemetry.settled(endings, released, at)
+        late = counts.pop("released")  # ran, then found late (see _not_late): handed back
+        self.health.finished(
+            released=released + late, retry_in=retry_in, kept=kept, since=since, **counts
+        )
+        self.telemetry.settled(endings, released, at)  # the late ones among ``endings``
 
 
 def _not_sent(ending: Ending) -> str:
@@ -919,6 +923,8 @@ def _not_sent(ending: Ending) -> str:
         "copy runs instead"
     )
 
+
+_OUTCOMES: tuple[str, ...] = get_args(Outcome)
 
 _RETRYING = re.compile(r"; retrying in [^;]* s")  # Endings.failed's words
 _DEAD_LETTERED = re.compile(r"^dead-lettered | dead-lettered(?=: )")

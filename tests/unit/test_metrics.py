@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 import re
 import shutil
@@ -23,6 +24,7 @@ from distq.ending import Ending, Endings, Outcome
 from distq.envelope import DeadLetter, Result, Status, Task
 from distq.errors import TransportError
 from distq.health import Readiness
+from distq.logs import JsonConsole
 from distq.metrics import BUCKETS, UNKNOWN, HistogramTable, MasterMetrics, WorkerMetrics
 from distq.sampler import StatsSampler
 from distq.tasks import Registry
@@ -233,6 +235,53 @@ def test_the_worker_counts_a_batch_once_it_is_settled(fail: bool) -> None:
     assert (
         value(registry, "distq_worker_task_duration_seconds_count", task="(unregistered)") is None
     )
+
+
+class SettlesLate(Settles):
+    """A consumer whose settle finds its first delivery late: its lease had lapsed, so
+    its retry or dead letter was not published (:attr:`Consumer.late`)."""
+
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        self.late = frozenset({settlements[0].delivery.tag})
+
+
+def test_a_task_found_late_counts_as_released_under_its_name_with_its_run_time() -> None:
+    """A task that failed after its lease lapsed, its retry not sent: it counted as
+    released under task="unknown", with no run time and no `task settled` line
+    (late21 F3); now under its own name, with both."""
+    metrics = WorkerMetrics("redis", "q", ["square"])
+    out = io.StringIO()
+    log = JsonConsole("worker", out=out, err=out, worker="w1")
+    registry = Registry()
+
+    def square(x: int) -> int:
+        time.sleep(0.01)
+        raise ValueError(f"no square of {x} today")
+
+    registry.register("square", square)
+    worker = Worker(
+        None,  # type: ignore[arg-type]  # the runner and _settle do not touch the transport
+        registry,
+        WorkerOptions(worker_id="w1"),
+        log,
+        telemetry=WorkerTelemetry(metrics, log=log),
+    )
+    deliveries = [Delivery(task().encode(), tag) for tag in (7, 8)]
+    worker.health.took(2)
+    endings = [worker.runner(d) for d in deliveries]
+    assert [e.outcome for e in endings] == ["retried", "retried"]
+    worker._settle(slot(SettlesLate(fail=False)), endings, [])
+    got = metrics.registry
+    assert value(got, "distq_worker_tasks_total", task="square", outcome="released") == 1
+    assert value(got, "distq_worker_tasks_total", task="square", outcome="retried") == 1
+    assert not value(got, "distq_worker_tasks_total", task=UNKNOWN, outcome="released")
+    assert value(got, "distq_worker_task_duration_seconds_count", task="square") == 2
+    assert worker.health.tasks_retried == 1 and worker.health.in_hand == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    settled = [(s["outcome"], s["task"]) for s in lines if s.get("event") == "task settled"]
+    assert sorted(settled) == [("released", "square"), ("retried", "square")], lines
+    said = [s["message"] for s in lines if "not retried" in s.get("message", "")]
+    assert len(said) == 1 and "retrying" not in said[0], lines
 
 
 class Refuses(Settles):
