@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, get_args
 
+import msgspec
+
 from distq import chunks
 from distq.backoff import Backoff, Outage
 from distq.batch import Batch, BatchSizer, Running, run_batch
@@ -838,16 +840,26 @@ class Worker:
         such line says so, and counts as handed back, not as retried or dead-lettered
         (it said "retrying" of a retry never sent, faults17, rmq19); in the metrics and
         the JSON lines under its task's name, its run time recorded (it counted under
-        ``task="unknown"``, with no ``task settled`` line, late21 F3)."""
-        late = consumer.late
-        if not late:
+        ``task="unknown"``, with no ``task settled`` line, late21 F3). Those whose dead
+        letter the broker refused (:attr:`Consumer.bounced`) run again after a delay:
+        said so, and counted as retried, not as failed for good and dead-lettered."""
+        late, bounced = consumer.late, consumer.bounced
+        if not late and not bounced:
             return endings
-        return [
-            ending._replace(outcome="released", note=_not_sent(ending))
-            if ending.settlement.delivery.tag in late
-            else ending
-            for ending in endings
-        ]
+        out: list[Ending] = []
+        for ending in endings:
+            tag = ending.settlement.delivery.tag
+            if tag in late:
+                ending = ending._replace(outcome="released", note=_not_sent(ending, _LAPSED))
+            elif tag in bounced:  # a retry in all but name: due after the delay
+                delay = bounced[tag]
+                why = _BOUNCED.format(delay)
+                settlement = msgspec.structs.replace(ending.settlement, retry_delay=delay)
+                ending = ending._replace(
+                    settlement=settlement, outcome="retried", note=_not_sent(ending, why)
+                )
+            out.append(ending)
+        return out
 
     def _settle_all(self, consumer: Consumer, settlements: list[Settlement]) -> None:
         """``consumer.settle(settlements)``; while stopping warm, one that failed for the
@@ -908,20 +920,28 @@ class Worker:
         self.telemetry.settled(endings, released, at)  # the late ones among ``endings``
 
 
-def _not_sent(ending: Ending) -> str:
+def _not_sent(ending: Ending, why: str) -> str:
     """The line of an ending whose retry or dead letter was not published (see
     :meth:`Worker._not_late`): its own line without "retrying in ..." or
-    "dead-lettered", and why that did not happen (a grep for those words found it)."""
+    "dead-lettered", and ``why`` that did not happen (a grep for those words found it)."""
     note = ending.note or "a task ended"
     if ending.settlement.retry is not None:
         note, what = _RETRYING.sub("", note, count=1), "not retried: its retry"
     else:
         note, what = _DEAD_LETTERED.sub("", note, count=1), "not dead-lettered: its dead letter"
-    return (
-        f"{note}; {what} was not sent, its lease had lapsed first (this worker stood still "
-        "past it, or lost its link to the broker): the task is back in the queue, and its "
-        "copy runs instead"
-    )
+    return f"{note}; {what} {why}"
+
+
+#: Why a late ending's retry or dead letter was not sent.
+_LAPSED = (
+    "was not sent, its lease had lapsed first (this worker stood still past it, or lost "
+    "its link to the broker): the task is back in the queue, and its copy runs instead"
+)
+#: Why a bounced one's dead letter was not kept; its delay in seconds fills it in.
+_BOUNCED = (
+    "was refused by the dead-letter queue (full: a length limit with overflow "
+    "reject-publish), and no error result sent: the task runs again in {:g} s"
+)
 
 
 _OUTCOMES: tuple[str, ...] = get_args(Outcome)

@@ -516,10 +516,13 @@ def test_dead_letters_a_full_dead_letter_queue_refuses_send_their_tasks_back_lat
     ]
     consumer.settle(letters)  # it raised, and the same three came first again
     assert results_n(producer, 3, within=1.0) == [b"error of bad-1"]
+    assert consumer.bounced == {bad[1].tag: 4.0, bad[2].tag: 4.0}  # the worker says so
+    assert not consumer.late
     assert _ready(raw, f"{queue}.retry.4000") == 2  # waiting there, not in the queue
     (good,) = fetch_n(consumer, 1)
     assert good.body == b"good"
     consumer.settle([Settlement(good)])
+    assert not consumer.bounced
     again = fetch_n(consumer, 2)
     assert [d.body for d in again] == [b"bad-2", b"bad-3"]  # later, in order
     said = [r.getMessage() for r in caplog.records if "refused 2 dead letter" in r.getMessage()]

@@ -284,6 +284,53 @@ def test_a_task_found_late_counts_as_released_under_its_name_with_its_run_time()
     assert len(said) == 1 and "retrying" not in said[0], lines
 
 
+class Bounces(Settles):
+    """A consumer whose settle finds its first delivery's dead letter refused (RabbitMQ:
+    a full dead-letter queue): its task runs again in 30 s (:attr:`Consumer.bounced`)."""
+
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        self.bounced = {settlements[0].delivery.tag: 30.0}
+
+
+def test_a_task_whose_dead_letter_was_refused_counts_as_retried_and_says_so() -> None:
+    """It was said "dead-lettered" and counted failed for good, each time it ran again
+    every 30 s (the worker did not know the letter was refused)."""
+    metrics = WorkerMetrics("redis", "q", ["square"])  # the labels value() reads
+    out = io.StringIO()
+    console = Console(out=out, err=out)
+    registry = Registry()
+
+    def square(x: int) -> int:
+        raise ValueError(f"no square of {x} today")
+
+    registry.register("square", square)
+    worker = Worker(
+        None,  # type: ignore[arg-type]  # the runner and _settle do not touch the transport
+        registry,
+        WorkerOptions(worker_id="w1"),
+        console,
+        telemetry=WorkerTelemetry(metrics),
+    )
+    failing, other = (Task(name="square", args=[n], reply_to="r", max_attempts=1) for n in (3, 4))
+    deliveries = [Delivery(failing.encode(), 7), Delivery(other.encode(), 8)]
+    worker.health.took(2)
+    endings = [worker.runner(d) for d in deliveries]
+    assert [e.outcome for e in endings] == ["failed", "failed"]
+    worker._settle(slot(Bounces(fail=False)), endings, [])
+    got = metrics.registry
+    assert value(got, "distq_worker_tasks_total", task="square", outcome="retried") == 1
+    assert value(got, "distq_worker_tasks_total", task="square", outcome="failed") == 1
+    health = worker.health
+    assert (health.tasks_retried, health.tasks_failed, health.dead_lettered) == (1, 1, 1)
+    assert 29 < health._retry_due - health.now() <= 30  # --exit-when-idle waits for it
+    said = out.getvalue()
+    assert said.count(" dead-lettered: failed") == 1, said
+    assert f"task square {other.id} dead-lettered: failed 1 of 1 attempts" in said, said
+    assert f"task square {failing.id}: failed 1 of 1 attempts; last error: " in said, said
+    assert "today; not dead-lettered: its dead letter was refused by the dead-letter" in said
+    assert "no error result sent: the task runs again in 30 s" in said, said
+
+
 class Refuses(Settles):
     """RabbitMQ at a length limit: the broker refuses the hand-back, the consumer keeps
     the deliveries (its next fetch hands them out again) and says none went back."""

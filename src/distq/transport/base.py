@@ -46,8 +46,9 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal, TypeVar
 
 import msgspec
@@ -253,6 +254,13 @@ class Consumer(abc.ABC):
     #: were not published: the copies decide. Set by each :meth:`settle` and
     #: :meth:`settle_then_fetch`; a transport that never finds one late leaves it empty.
     late: Collection[object] = frozenset()
+
+    #: The tags of the last settle's dead letters the broker refused (RabbitMQ: a full
+    #: dead-letter queue, a length limit with overflow ``reject-publish``), each with the
+    #: seconds after which its task runs again: it was sent back to the queue through a
+    #: delay, with no error result. Set by each :meth:`settle` and
+    #: :meth:`settle_then_fetch` of a transport that can refuse one; empty elsewhere.
+    bounced: Mapping[object, float] = MappingProxyType({})
 
     @abc.abstractmethod
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:

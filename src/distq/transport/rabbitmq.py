@@ -1827,7 +1827,7 @@ class RabbitMQConsumer(Consumer):
         return out
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
-        self.late = frozenset()
+        self.late, self.bounced = frozenset(), {}
         if not settlements:
             return
         tags = self._tags_of(s.delivery for s in settlements)
@@ -1855,7 +1855,7 @@ class RabbitMQConsumer(Consumer):
         link, queue = self._link, self._transport.queue
         prefix = self._transport.reply_prefix
         lost, done = self._lost.keys() & tags, list[bytes]()
-        self.late = frozenset()
+        self.late, self.bounced = frozenset(), {}
         if lost:  # their messages went back with a lost link: see _results_only
             settlements, done, self.late = _results_only(settlements, lost)
         for s in settlements:
@@ -1936,13 +1936,14 @@ class RabbitMQConsumer(Consumer):
         """The dead-letter queue refused these dead letters (full: a length limit with
         overflow reject-publish): their tasks go back to the task queue after
         :data:`LETTER_REFUSED_DELAY` s (through a retry queue), to be dead-lettered once it
-        has room, and the batch is settled. The refusal failed the whole batch, which
-        went back with the connection, and the same message came first again: every
-        worker on the queue reconnected once a second, no task behind it ran (input17);
-        sent back at once, a task that failed for good ran 900 times in seconds
-        (diff17b). Said once per consumer."""
+        has room, and the batch is settled (:attr:`bounced` names them). The refusal
+        failed the whole batch, which went back with the connection, and the same
+        message came first again: every worker on the queue reconnected once a second,
+        no task behind it ran (input17); sent back at once, a task that failed for good
+        ran 900 times in seconds (diff17b). Said once per consumer."""
         if not settlements:
             return
+        self.bounced = dict.fromkeys((s.delivery.tag for s in settlements), LETTER_REFUSED_DELAY)
         if not self._said_letters_refused:
             self._said_letters_refused = True
             log.warning(
