@@ -223,7 +223,7 @@ class WorkerMetrics:
         self.known = frozenset(task_names)
         with self.lock:  # the series that can happen exist from the start, at 0
             for name in self.known:
-                for outcome in ("ok", "failed", "retried", "orphaned"):
+                for outcome in ("ok", "failed", "retried", "orphaned", "released"):
                     self.tasks.add((*base, name, outcome), 0)
                 self.task_seconds.series((*base, name))
             self.tasks.add((*base, UNREGISTERED, "failed"), 0)

@@ -538,6 +538,31 @@ def test_dead_letters_a_full_dead_letter_queue_refuses_send_their_tasks_back_lat
     producer.close()
 
 
+def test_a_dead_letter_with_no_dead_letter_queue_sends_no_error_result(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """The dead-letter queue deleted under a worker: its letter came back unroutable and
+    the settle raised, naming the queue, but the error result had gone to the master,
+    which took the task as failed for good though no letter was stored (out22 F3)."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"bad", b"good"])
+    producer.flush()
+    consumer = t.consumer("c")
+    bad, good = fetch_n(consumer, 2)
+    raw.queue_delete(f"{queue}.dead")
+    letter = DeadLetter(bad.body, "failed", queue, "w").encode()
+    with pytest.raises(TransportError, match=rf"no queue '{queue}\.dead'"):
+        consumer.settle(
+            [
+                Settlement(good, reply_to=producer.reply_to, result=b"ok of good"),
+                Settlement(bad, reply_to=producer.reply_to, result=b"error", dead_letter=letter),
+            ]
+        )
+    assert results_n(producer, 2, within=1.0) == [b"ok of good"]
+    producer.close()
+
+
 def _two_packs_dead_lettered(
     t: RabbitMQTransport, raw: Any, queue: str
 ) -> tuple[Any, list[list[bytes]]]:

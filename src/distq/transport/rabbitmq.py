@@ -591,6 +591,11 @@ class _Link:
         self._refused -= out
         return out
 
+    def returned_to(self, routing_key: str) -> bool:
+        """Whether a mandatory publish to ``routing_key`` came back unroutable (no such
+        queue) since the last check; the broker returns one before it confirms it."""
+        return routing_key in self._returned
+
     def unroutable(self) -> set[str]:
         """Wait for every confirm; the routing keys the broker had no queue for (mandatory
         publishes it returned) since the last check. Raises if it refused any."""
@@ -1881,6 +1886,8 @@ class RabbitMQConsumer(Consumer):
             # the task's later ok result as a duplicate (late21b O2)
             refused = link.refused(letters)
             self._letters_refused([letters[n] for n in sorted(refused)])
+            if link.returned_to(self._transport.dead_queue):  # no such queue: none stored,
+                letters = {}  # and the confirm below raises, naming it
             for n, s in letters.items():
                 if n in refused or s.result is None or not s.reply_to:
                     continue
