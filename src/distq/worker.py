@@ -841,8 +841,9 @@ class Worker:
         (it said "retrying" of a retry never sent, faults17, rmq19); in the metrics and
         the JSON lines under its task's name, its run time recorded (it counted under
         ``task="unknown"``, with no ``task settled`` line, late21 F3). Those whose dead
-        letter the broker refused (:attr:`Consumer.bounced`) run again after a delay:
-        said so, and counted as retried, not as failed for good and dead-lettered."""
+        letter the broker refused (:attr:`Consumer.bounced`) come back after a delay:
+        said so; a task that failed for good counts as retried (it runs again), a
+        malformed message or an orphan as released (back unrun), not as dead-lettered."""
         late, bounced = consumer.late, consumer.bounced
         if not late and not bounced:
             return endings
@@ -851,13 +852,16 @@ class Worker:
             tag = ending.settlement.delivery.tag
             if tag in late:
                 ending = ending._replace(outcome="released", note=_not_sent(ending, _LAPSED))
-            elif tag in bounced:  # a retry in all but name: due after the delay
+            elif tag in bounced and ending.outcome == "failed":  # a retry but in name
                 delay = bounced[tag]
                 why = _BOUNCED.format(delay)
                 settlement = msgspec.structs.replace(ending.settlement, retry_delay=delay)
                 ending = ending._replace(
                     settlement=settlement, outcome="retried", note=_not_sent(ending, why)
                 )
+            elif tag in bounced:  # malformed, orphaned: back unrun, to be dead-lettered again
+                why = _BOUNCED_BACK.format(bounced[tag])
+                ending = ending._replace(outcome="released", note=_not_sent(ending, why))
             out.append(ending)
         return out
 
@@ -941,6 +945,11 @@ _LAPSED = (
 _BOUNCED = (
     "was refused by the dead-letter queue (full: a length limit with overflow "
     "reject-publish), and no error result sent: the task runs again in {:g} s"
+)
+#: The same of a malformed message or an orphan: neither runs, each comes back.
+_BOUNCED_BACK = (
+    "was refused by the dead-letter queue (full: a length limit with overflow "
+    "reject-publish): the message is back in the queue in {:g} s, unrun"
 )
 
 

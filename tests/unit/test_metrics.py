@@ -288,16 +288,18 @@ def test_a_task_found_late_counts_as_released_under_its_name_with_its_run_time()
 
 
 class Bounces(Settles):
-    """A consumer whose settle finds its first delivery's dead letter refused (RabbitMQ:
-    a full dead-letter queue): its task runs again in 30 s (:attr:`Consumer.bounced`)."""
+    """A consumer whose settle finds the dead letters of deliveries 7 and 9 refused
+    (RabbitMQ: a full dead-letter queue): back in 30 s (:attr:`Consumer.bounced`)."""
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
-        self.bounced = {settlements[0].delivery.tag: 30.0}
+        tags = {s.delivery.tag for s in settlements}
+        self.bounced = {tag: 30.0 for tag in (7, 9) if tag in tags}
 
 
 def test_a_task_whose_dead_letter_was_refused_counts_as_retried_and_says_so() -> None:
     """It was said "dead-lettered" and counted failed for good, each time it ran again
-    every 30 s (the worker did not know the letter was refused)."""
+    every 30 s (the worker did not know the letter was refused). A malformed message so
+    refused is back unrun, to be dead-lettered again: released, not retried (out22b N1)."""
     metrics = WorkerMetrics("redis", "q", ["square"])  # the labels value() reads
     out = io.StringIO()
     console = Console(out=out, err=out)
@@ -316,15 +318,19 @@ def test_a_task_whose_dead_letter_was_refused_counts_as_retried_and_says_so() ->
     )
     failing, other = (Task(name="square", args=[n], reply_to="r", max_attempts=1) for n in (3, 4))
     deliveries = [Delivery(failing.encode(), 7), Delivery(other.encode(), 8)]
-    worker.health.took(2)
+    deliveries.append(Delivery(b"{not json", 9))
+    worker.health.took(3)
     endings = [worker.runner(d) for d in deliveries]
-    assert [e.outcome for e in endings] == ["failed", "failed"]
+    assert [e.outcome for e in endings] == ["failed", "failed", "malformed"]
     worker._settle(slot(Bounces(fail=False)), endings, [])
     got = metrics.registry
     assert value(got, "distq_worker_tasks_total", task="square", outcome="retried") == 1
     assert value(got, "distq_worker_tasks_total", task="square", outcome="failed") == 1
+    assert value(got, "distq_worker_tasks_total", task=UNKNOWN, outcome="released") == 1
+    assert value(got, "distq_worker_tasks_total", task=UNKNOWN, outcome="malformed") == 0
     health = worker.health
     assert (health.tasks_retried, health.tasks_failed, health.dead_lettered) == (1, 1, 1)
+    assert health.in_hand == 0
     assert 29 < health._retry_due - health.now() <= 30  # --exit-when-idle waits for it
     said = out.getvalue()
     assert said.count(" dead-lettered: failed") == 1, said
@@ -332,6 +338,8 @@ def test_a_task_whose_dead_letter_was_refused_counts_as_retried_and_says_so() ->
     assert f"task square {failing.id}: failed 1 of 1 attempts; last error: " in said, said
     assert "today; not dead-lettered: its dead letter was refused by the dead-letter" in said
     assert "no error result sent: the task runs again in 30 s" in said, said
+    assert said.count("runs again") == 1, said  # not the malformed message
+    assert "the message is back in the queue in 30 s, unrun" in said, said
 
 
 class Refuses(Settles):
