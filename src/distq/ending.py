@@ -58,8 +58,10 @@ from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES
 from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.rabbitmq_packs import pack_problem
 
-#: ``released``: a task that ended after its lease lapsed, whose retry or dead letter the
-#: settle did not send (:attr:`distq.transport.base.Consumer.late`): back in the queue.
+#: ``released``: back in the queue, unsettled by this worker: a task that ended after its
+#: lease lapsed, whose retry or dead letter the settle did not send
+#: (:attr:`distq.transport.base.Consumer.late`), or a malformed message or an orphan whose
+#: dead letter the broker refused (:attr:`distq.transport.base.Consumer.bounced`).
 Outcome = Literal["ok", "failed", "retried", "malformed", "orphaned", "released"]
 
 #: Longest traceback text an error result carries; longer ones keep their end.

@@ -917,11 +917,11 @@ class Worker:
         retry_in = 0.0  # a retry due later keeps --exit-when-idle waiting for it
         if counts["retried"]:
             retry_in = max(e.settlement.retry_delay for e in endings if e.outcome == "retried")
-        late = counts.pop("released")  # ran, then found late (see _not_late): handed back
+        late = counts.pop("released")  # settled, and back in the queue (see _not_late)
         self.health.finished(
             released=released + late, retry_in=retry_in, kept=kept, since=since, **counts
         )
-        self.telemetry.settled(endings, released, at)  # the late ones among ``endings``
+        self.telemetry.settled(endings, released, at)  # those back among ``endings``
 
 
 def _not_sent(ending: Ending, why: str) -> str:

@@ -257,8 +257,8 @@ class Consumer(abc.ABC):
 
     #: The tags of the last settle's dead letters the broker refused (RabbitMQ: a full
     #: dead-letter queue, a length limit with overflow ``reject-publish``), each with the
-    #: seconds after which its task runs again: it was sent back to the queue through a
-    #: delay, with no error result. Set by each :meth:`settle` and
+    #: seconds after which its message is back in the queue (through a delay), to run
+    #: again or be dead-lettered again; no error result went. Set by each :meth:`settle` and
     #: :meth:`settle_then_fetch` of a transport that can refuse one; empty elsewhere.
     bounced: Mapping[object, float] = MappingProxyType({})
 
