@@ -248,33 +248,39 @@ class SettlesLate(Settles):
         self.late = frozenset({settlements[0].delivery.tag})
 
 
+def failing_worker(console: Console, log: JsonConsole | None = None) -> Worker:
+    """A worker whose task ``square`` always raises, counting into fresh metrics (its
+    ``telemetry.metrics``; ``value()`` reads their labels) and ``log``'s JSON lines."""
+    registry = Registry()
+
+    def square(x: int) -> int:
+        time.sleep(0.01)  # a run time to record
+        raise ValueError(f"no square of {x} today")
+
+    registry.register("square", square)
+    return Worker(
+        None,  # type: ignore[arg-type]  # the runner and _settle do not touch the transport
+        registry,
+        WorkerOptions(worker_id="w1"),
+        console,
+        telemetry=WorkerTelemetry(WorkerMetrics("redis", "q", ["square"]), log=log),
+    )
+
+
 def test_a_task_found_late_counts_as_released_under_its_name_with_its_run_time() -> None:
     """A task that failed after its lease lapsed, its retry not sent: it counted as
     released under task="unknown", with no run time and no `task settled` line
     (late21 F3); now under its own name, with both."""
-    metrics = WorkerMetrics("redis", "q", ["square"])
     out = io.StringIO()
     log = JsonConsole("worker", out=out, err=out, worker="w1")
-    registry = Registry()
-
-    def square(x: int) -> int:
-        time.sleep(0.01)
-        raise ValueError(f"no square of {x} today")
-
-    registry.register("square", square)
-    worker = Worker(
-        None,  # type: ignore[arg-type]  # the runner and _settle do not touch the transport
-        registry,
-        WorkerOptions(worker_id="w1"),
-        log,
-        telemetry=WorkerTelemetry(metrics, log=log),
-    )
+    worker = failing_worker(log, log)
     deliveries = [Delivery(task().encode(), tag) for tag in (7, 8)]
     worker.health.took(2)
     endings = [worker.runner(d) for d in deliveries]
     assert [e.outcome for e in endings] == ["retried", "retried"]
     worker._settle(slot(SettlesLate(fail=False)), endings, [])
-    got = metrics.registry
+    assert worker.telemetry.metrics is not None
+    got = worker.telemetry.metrics.registry
     assert value(got, "distq_worker_tasks_total", task="square", outcome="released") == 1
     assert value(got, "distq_worker_tasks_total", task="square", outcome="retried") == 1
     assert not value(got, "distq_worker_tasks_total", task=UNKNOWN, outcome="released")
@@ -300,22 +306,8 @@ def test_a_task_whose_dead_letter_was_refused_counts_as_retried_and_says_so() ->
     """It was said "dead-lettered" and counted failed for good, each time it ran again
     every 30 s (the worker did not know the letter was refused). A malformed message so
     refused is back unrun, to be dead-lettered again: released, not retried (out22b N1)."""
-    metrics = WorkerMetrics("redis", "q", ["square"])  # the labels value() reads
     out = io.StringIO()
-    console = Console(out=out, err=out)
-    registry = Registry()
-
-    def square(x: int) -> int:
-        raise ValueError(f"no square of {x} today")
-
-    registry.register("square", square)
-    worker = Worker(
-        None,  # type: ignore[arg-type]  # the runner and _settle do not touch the transport
-        registry,
-        WorkerOptions(worker_id="w1"),
-        console,
-        telemetry=WorkerTelemetry(metrics),
-    )
+    worker = failing_worker(Console(out=out, err=out))
     failing, other = (Task(name="square", args=[n], reply_to="r", max_attempts=1) for n in (3, 4))
     deliveries = [Delivery(failing.encode(), 7), Delivery(other.encode(), 8)]
     deliveries.append(Delivery(b"{not json", 9))
@@ -323,7 +315,8 @@ def test_a_task_whose_dead_letter_was_refused_counts_as_retried_and_says_so() ->
     endings = [worker.runner(d) for d in deliveries]
     assert [e.outcome for e in endings] == ["failed", "failed", "malformed"]
     worker._settle(slot(Bounces(fail=False)), endings, [])
-    got = metrics.registry
+    assert worker.telemetry.metrics is not None
+    got = worker.telemetry.metrics.registry
     assert value(got, "distq_worker_tasks_total", task="square", outcome="retried") == 1
     assert value(got, "distq_worker_tasks_total", task="square", outcome="failed") == 1
     assert value(got, "distq_worker_tasks_total", task=UNKNOWN, outcome="released") == 1
