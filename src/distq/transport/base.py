@@ -45,8 +45,9 @@ it only reads; one not there yet holds nothing.
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, TypeVar
@@ -54,6 +55,7 @@ from typing import Literal, TypeVar
 import msgspec
 
 from distq.envelope import DeadLetter
+from distq.errors import ConfigError, SettledThenFailed, SettledThenRefused, TransportError
 
 Role = Literal["master", "worker", "client"]
 
@@ -114,6 +116,20 @@ Revive = Callable[[DeadLetter], bytes]
 def original_body(letter: DeadLetter) -> bytes:
     """The message exactly as it was dead-lettered."""
     return letter.body
+
+
+@contextlib.contextmanager
+def settled_already() -> Iterator[None]:
+    """A block run after a settle that went through: what it raises becomes
+    :class:`~distq.errors.SettledThenRefused` (a setting refused) or
+    :class:`~distq.errors.SettledThenFailed`, so that the worker counts the batch settled
+    (its results are out), not handed back (see :meth:`Consumer.settle_then_fetch`)."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise SettledThenRefused(str(exc)) from None
+    except TransportError as exc:
+        raise SettledThenFailed(str(exc)) from None
 
 
 def orphaned_reason(reply_to: str) -> str:

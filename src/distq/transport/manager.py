@@ -72,7 +72,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 from distq import descriptors
 from distq.config import MASTER_TTL_MIN_SECONDS, MESSAGE_BATCH, Settings, host_port
 from distq.envelope import DeadLetter, quoted
-from distq.errors import AuthenticationFailed, ConnectionFailed, SettledThenFailed, TransportError
+from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
 from distq.transport.base import (
     Consumer,
     Delivery,
@@ -84,6 +84,7 @@ from distq.transport.base import (
     Transport,
     is_orphan_of,
     original_body,
+    settled_already,
     tags_of,
 )
 
@@ -1645,10 +1646,8 @@ class ManagerConsumer(Consumer):
                 self.late = frozenset(late)
                 return _deliveries(wire)
         self.settle(settlements)
-        try:
+        with settled_already():
             return self.fetch(max_count, 0.0)
-        except TransportError as exc:  # the batch is settled all the same
-            raise SettledThenFailed(str(exc)) from None
 
     def release(self, deliveries: Sequence[Delivery]) -> int:
         tokens = tags_of(deliveries, int, "manager")

@@ -110,7 +110,6 @@ from distq.errors import (
     ConnectionFailed,
     DistqError,
     SettledThenFailed,
-    SettledThenRefused,
     TransportError,
 )
 from distq.transport.base import (
@@ -126,6 +125,7 @@ from distq.transport.base import (
     Transport,
     is_orphan_of,
     original_body,
+    settled_already,
     tags_of,
 )
 
@@ -1438,12 +1438,8 @@ class RedisConsumer(Consumer):
         held, count = self._held, len(tags)
         if tags != held[:count]:  # not the oldest, in order: acks by body, then a fetch
             self.settle(settlements)
-            try:  # what fails now leaves the batch settled all the same
+            with settled_already():
                 return self.fetch(max_count, 0)
-            except ConfigError as exc:
-                raise SettledThenRefused(str(exc)) from None
-            except TransportError as exc:
-                raise SettledThenFailed(str(exc)) from None
         keys, publish = self._publish(settlements)
         settle = self._t.settle_script.command(keys, [*self._args, len(held), count, *publish])
         block = self._block_for(timeout, settlements)
@@ -1778,13 +1774,8 @@ def _settled_then_raise_first(transport: RedisTransport, replies: list[Any]) -> 
     """Raise the first error among the replies after a settle that went through, as
     :class:`SettledThenRefused` or :class:`SettledThenFailed`: the caller counts the
     batch settled (it was: its results are out), not handed back."""
-    try:
-        with transport.errors():
-            _raise_first(replies)
-    except ConfigError as exc:
-        raise SettledThenRefused(str(exc)) from None
-    except TransportError as exc:
-        raise SettledThenFailed(str(exc)) from None
+    with settled_already(), transport.errors():
+        _raise_first(replies)
 
 
 def _raise_first(replies: Any) -> None:
