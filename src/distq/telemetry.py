@@ -235,7 +235,8 @@ class WorkerTelemetry:
         lines: list[Line] = []
         for ending in endings:
             task, outcome = ending.task, ending.outcome
-            level = "info" if outcome in ("ok", "retried") else "error"
+            # released: back in the queue to run again, as a retry (out22)
+            level = "info" if outcome in ("ok", "retried", "released") else "error"
             if task is None:
                 line: Line = UndecodedSettled(
                     at, level, role, worker, "task settled", outcome, UNKNOWN

@@ -231,7 +231,7 @@ def test_events_of_a_batch_are_one_object_per_line_in_order_whatever_they_hold()
     worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))
     names = ["square", 'odd\n{"level":"x"}\n{', "plain", "naïve"]
     tasks = [Task(name=name, args=[n], reply_to="r") for n, name in enumerate(names)]
-    outcomes: list[Outcome] = ["ok", "failed", "ok", "retried"]
+    outcomes: list[Outcome] = ["ok", "failed", "released", "retried"]
     endings = [
         Ending(Settlement(Delivery(b"", n)), outcome, task, task.created_at, 0.0000015)
         for n, (task, outcome) in enumerate(zip(tasks, outcomes, strict=True))
