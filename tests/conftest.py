@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,15 @@ from distq.transport import Transport, open_transport
 from launch import free_port
 
 pytest_plugins = ["brokers"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGINT back to Python's default in each test process when it came in ignored, as
+    a shell's background job (`make test &` in a script) gets it: every process a test
+    starts inherited the ignore, and the tests of what Ctrl-C does failed (5 of them)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 REPO = Path(__file__).resolve().parent.parent
 TRANSPORTS = ("manager", "redis", "rabbitmq")
