@@ -113,11 +113,16 @@ def _bodies(n: int, prefix: str = "task") -> list[bytes]:
 def _outlive_lease(raw: redis.Redis[bytes], t: RedisTransport, seconds: float = 0.6) -> None:
     """Wait past a lease while the rest of a live system calls Redis: each of its sweeps
     sets the clock they read. A Redis nobody called for half a lease is taken for a
-    frozen one, and the leases that ran out meanwhile get their time back."""
+    frozen one, and the leases that ran out meanwhile get their time back. It returns
+    right after a write, and the consumer that sweeps next is made (connected) before
+    it: a loaded machine that took over half a lease between them failed the test
+    (``make test`` in 4 processes)."""
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    while True:
         secs, micros = raw.time()
         raw.hset(t.clock_key, "at", secs * 1000 + micros // 1000)
+        if time.monotonic() >= end:
+            return
         time.sleep(0.05)
 
 
@@ -439,8 +444,8 @@ def test_settle_by_count_checks_the_in_flight_list_is_what_it_holds(
     producer.submit(_bodies(2))
     slow = t.consumer("slow")
     late = slow.fetch(2, timeout=1)
-    _outlive_lease(raw, t)
     other = t.consumer("other")
+    _outlive_lease(raw, t)
     other.heartbeat()  # sweeps slow's expired lease: both tasks go back
     assert sorted(d.body for d in other.fetch(2, timeout=0)) == sorted(d.body for d in late)
     producer.submit([b"next"])
@@ -459,8 +464,8 @@ def test_heartbeat_sweeps_even_when_the_queue_is_busy(
     producer.submit(_bodies(2, "old"))
     held = t.consumer("dead").fetch(2, timeout=1)
     producer.submit(_bodies(50))
-    _outlive_lease(raw, t)
     busy = t.consumer("busy")
+    _outlive_lease(raw, t)
     busy.heartbeat()
     assert raw.llen(queue) == 52
     got = busy.fetch(2, timeout=0)  # the expired ones run next
@@ -1105,8 +1110,8 @@ def test_a_late_result_drops_the_copy_its_lapsed_lease_sent_back(
     producer.submit(_bodies(queued + 1))
     stalled = t.consumer("stalled")
     first = stalled.fetch(queued + 1, timeout=1)
-    _outlive_lease(raw, t)
     other = t.consumer("other")
+    _outlive_lease(raw, t)
     (copy,) = other.fetch(1, timeout=0)  # the claim sweeps: one copy leased again
     assert copy.redelivered and raw.llen(t.ready_key) == queued
     stalled.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in first])
@@ -1176,8 +1181,8 @@ def test_a_claim_reclaims_an_expired_lease_however_long_the_backlog(
     dead = t.consumer("dead")
     held = dead.fetch(2, timeout=1)
     producer.submit(_bodies(500))
-    _outlive_lease(raw, t)
     busy = t.consumer("busy")
+    _outlive_lease(raw, t)
     got = busy.fetch(2, timeout=0)  # the claim sweeps first: the expired ones run next
     assert raw.llen(dead.inflight_key) == 0
     assert [d.body for d in got] == [d.body for d in held] and all(d.redelivered for d in got)
