@@ -85,6 +85,10 @@ TIME_LIMIT_TICK = 0.1
 CLOSE_SECONDS = 5.0
 #: Past the drain, how long slots that hold no task may take to end their fetch.
 IDLE_SLOTS_GRACE = 5.0
+#: A fetch this long past its own wait has a broker that does not answer (frozen, paused,
+#: cut off, before the call times out): no idle time for --exit-when-idle while it lasts,
+#: and the idle time counts afresh once the broker answers (docs23 M1).
+FETCH_OVERDUE_S = 1.0
 #: The GIL's switch interval in a worker with several slots (Python's default: 5 ms).
 #: Slots running Python code hold the GIL by turns; the keeper, which renews their
 #: leases, waits for it at each step of a broker call, behind every one of them: with
@@ -137,6 +141,20 @@ OUTAGE_TICK = 0.1
 FAILURES_FORGOTTEN_S = 60.0
 
 
+def _poll(options: WorkerOptions) -> float:
+    """How long a slot's fetch waits for tasks."""
+    return min(options.heartbeat_interval, 1.0)
+
+
+def _fetch_overdue(slots: list[_Slot], overdue: float) -> bool:
+    """Whether a slot's fetch has run ``overdue`` s: its broker does not answer."""
+    now = time.monotonic()
+    return any(
+        started is not None and now - started > overdue
+        for started in (slot.fetching for slot in slots)
+    )
+
+
 def _slot_alive(slot: _Slot) -> bool:
     """Whether ``slot`` still works: its thread runs, or a task that ran out of time is
     having it replaced (the old thread may end during the settle before the new one
@@ -175,6 +193,7 @@ class _Slot:
         self.failing = Backoff(base=0.5)
         self.failed_at = -FAILURES_FORGOTTEN_S  # monotonic time of the last failed batch
         self.in_hand = 0  # deliveries fetched and not yet settled or handed back
+        self.fetching: float | None = None  # monotonic start of the fetch under way
 
 
 class Worker:
@@ -282,6 +301,7 @@ class Worker:
         """Until every slot has ended; a warm stop when idle for ``exit_when_idle``, and a
         cold one when a warm stop outlasts ``drain_seconds``."""
         idle = self.options.exit_when_idle
+        overdue = _poll(self.options) + FETCH_OVERDUE_S
         # it beats liveness each round: at most a third of the stall limit apart, or a
         # limit under 0.2 s made a healthy worker's /healthz flip between 200 and 503
         beat = min(0.2, self.health.liveness.stall_seconds / 3)
@@ -300,6 +320,7 @@ class Worker:
                 # a broker away is no empty queue; a manager master gone is a job ended
                 and not (self.outage.ongoing and not self.transport.queues_in_master)
                 and self.health.idle_for() >= idle
+                and not _fetch_overdue(slots, overdue)
             ):
                 self.console.info("task_queue is empty")
                 self._stop_warm()
@@ -639,7 +660,7 @@ class Worker:
 
     def _work_on(self, slot: _Slot, generation: int) -> None:
         sizer = BatchSizer(self.options.prefetch)
-        poll = min(self.options.heartbeat_interval, 1.0)
+        poll = _poll(self.options)
         claimed: list[Delivery] = []  # the next batch, leased by the last settle
         while not self._stopping.is_set() and slot.generation == generation:
             if slot.consumer is None:
@@ -652,8 +673,7 @@ class Worker:
                     deliveries, claimed = claimed, []
                 else:
                     with slot.lock:
-                        deliveries = slot.consumer.fetch(sizer.size, poll)
-                        slot.renewed = time.monotonic()
+                        deliveries = self._fetch(slot, slot.consumer, sizer.size, poll)
                     if self.outage.ongoing:
                         self._back()
                 if not deliveries:
@@ -691,6 +711,19 @@ class Worker:
                     slot.failing.reset()
                 slot.failed_at = now
                 self._stopping.wait(slot.failing.next())
+
+    def _fetch(self, slot: _Slot, consumer: Consumer, size: int, poll: float) -> list[Delivery]:
+        """``consumer.fetch``, timed: one that answered :data:`FETCH_OVERDUE_S` past its
+        wait had a broker away meanwhile, so the idle time counts from its answer."""
+        slot.fetching = started = time.monotonic()
+        try:
+            deliveries = consumer.fetch(size, poll)
+        finally:
+            slot.fetching = None
+        slot.renewed = now = time.monotonic()
+        if now - started > poll + FETCH_OVERDUE_S:
+            self.health.took(0)  # the broker answers again: idle from now, as on a reconnect
+        return deliveries
 
     def _drop_consumer(self, slot: _Slot, why: str) -> None:
         """A call on the slot's consumer failed: it is closed, what it held goes back with

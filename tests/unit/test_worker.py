@@ -515,6 +515,42 @@ def test_exit_when_idle_does_not_count_a_broker_outage_as_nothing_to_do(
     producer.close()
 
 
+def test_exit_when_idle_does_not_count_a_broker_that_hangs_as_nothing_to_do(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that hangs (frozen, paused: no error until a call times out, 5 s on
+    Redis) counted as idle time: the worker said "task_queue is empty" during the hang
+    and exited as the broker came back, leaving what was queued meanwhile (docs23 M1).
+    A fetch overdue by FETCH_OVERDUE_S is no idleness; the S seconds count from its
+    answer."""
+    kind = type(transport.consumer("probe"))
+    fetch = kind.fetch
+    hang = threading.Event()
+    away_until = time.monotonic() + 3.0
+
+    def hangs_once(self: Any, max_count: int, timeout: float) -> Any:
+        if not hang.is_set():
+            hang.set()
+            time.sleep(away_until - time.monotonic())  # the broker answers after 3 s
+            return []
+        return fetch(self, max_count, timeout)
+
+    monkeypatch.setattr(kind, "fetch", hangs_once)
+    producer = transport.producer("w.results.job")
+    tasks = [Task(name="square", args=[n], reply_to="w.results.job") for n in range(3)]
+    threading.Timer(2.5, producer.submit, [[t.encode() for t in tasks]]).start()
+    out = io.StringIO()
+    options = WorkerOptions(
+        concurrency=1, exit_when_idle=1.5, worker_id="w", heartbeat_interval=0.1
+    )
+    worker = Worker(transport, Registry(), options, Console(out=out, err=out))
+    assert worker.run() == 0
+    said = out.getvalue()
+    assert sorted(r.value for r in results_of(producer, 3, within=5)) == [0, 1, 4], said
+    assert time.monotonic() >= away_until + 1.5, said  # S counted from the answer
+    producer.close()
+
+
 def _naps(transport: Transport, count: int, seconds: float) -> tuple[Producer, Registry]:
     """``count`` tasks that sleep ``seconds`` queued, and a registry that runs them."""
     producer = transport.producer("w.results.job")
