@@ -466,6 +466,17 @@ def test_a_broker_that_connects_but_refuses_the_work_is_one_outage_said_once(
     assert lines.count("; reconnecting") == 1 and lines.count("reconnected to ") == 1, lines
 
 
+def _run_till_idle(transport: Transport, idle: float) -> str:
+    """A one-slot worker run until idle for ``idle`` s (exit 0); what it printed."""
+    out = io.StringIO()
+    options = WorkerOptions(
+        concurrency=1, exit_when_idle=idle, worker_id="w", heartbeat_interval=0.1
+    )
+    worker = Worker(transport, Registry(), options, Console(out=out, err=out))
+    assert worker.run() == 0
+    return out.getvalue()
+
+
 @pytest.mark.parametrize("in_master", [False, True], ids=["own-broker", "queues-in-master"])
 def test_exit_when_idle_does_not_count_a_broker_outage_as_nothing_to_do(
     transport: Transport, monkeypatch: pytest.MonkeyPatch, in_master: bool
@@ -498,13 +509,7 @@ def test_exit_when_idle_does_not_count_a_broker_outage_as_nothing_to_do(
     producer = transport.producer("w.results.job")
     tasks = [Task(name="square", args=[n], reply_to="w.results.job") for n in range(3)]
     producer.submit([t.encode() for t in tasks])
-    out = io.StringIO()
-    options = WorkerOptions(
-        concurrency=1, exit_when_idle=0.5, worker_id="w", heartbeat_interval=0.1
-    )
-    worker = Worker(transport, Registry(), options, Console(out=out, err=out))
-    assert worker.run() == 0
-    said = out.getvalue()
+    said = _run_till_idle(transport, 0.5)
     if in_master:  # gone for S seconds: the job is over, as before
         assert time.monotonic() < away_until and "task_queue is empty" in said, said
         producer.close()
@@ -539,13 +544,7 @@ def test_exit_when_idle_does_not_count_a_broker_that_hangs_as_nothing_to_do(
     producer = transport.producer("w.results.job")
     tasks = [Task(name="square", args=[n], reply_to="w.results.job") for n in range(3)]
     threading.Timer(2.5, producer.submit, [[t.encode() for t in tasks]]).start()
-    out = io.StringIO()
-    options = WorkerOptions(
-        concurrency=1, exit_when_idle=1.5, worker_id="w", heartbeat_interval=0.1
-    )
-    worker = Worker(transport, Registry(), options, Console(out=out, err=out))
-    assert worker.run() == 0
-    said = out.getvalue()
+    said = _run_till_idle(transport, 1.5)
     assert sorted(r.value for r in results_of(producer, 3, within=5)) == [0, 1, 4], said
     assert time.monotonic() >= away_until + 1.5, said  # S counted from the answer
     producer.close()
