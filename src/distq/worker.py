@@ -714,10 +714,14 @@ class Worker:
 
     def _fetch(self, slot: _Slot, consumer: Consumer, size: int, poll: float) -> list[Delivery]:
         """``consumer.fetch``, timed: one that answered :data:`FETCH_OVERDUE_S` past its
-        wait had a broker away meanwhile, so the idle time counts from its answer."""
+        wait had a broker away meanwhile, so the idle time counts from its answer. With
+        ``--exit-when-idle`` an empty one asks the broker for an answer too (RabbitMQ's
+        wait for deliveries asks it nothing: a paused broker was idle time)."""
         slot.fetching = started = time.monotonic()
         try:
             deliveries = consumer.fetch(size, poll)
+            if not deliveries and self.options.exit_when_idle is not None:
+                consumer.answers()
         finally:
             slot.fetching = None
         slot.renewed = now = time.monotonic()

@@ -17,6 +17,7 @@ import pytest
 from faults.conftest import MakeScenario, target_on
 from faults.harness import FULL, Scenario, assert_clean
 from launch import LocalRabbitMQ, LocalRedis
+from procs import Distq
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -191,3 +192,41 @@ def test_a_worker_says_reconnected_only_once_the_broker_answers(
     private_redis.restart()
     worker.wait_for(r"^reconnected to redis at ", timeout=15)
     assert worker.output().count("; reconnecting") == 1  # one line for the whole outage
+
+
+IDLE_SECONDS, PAUSE_SECONDS = 4.0, 6.0  # a pause that outlasts a worker's --exit-when-idle
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+def test_a_paused_broker_is_no_idle_time_for_exit_when_idle(
+    kind: str, request: pytest.FixtureRequest, scenario: MakeScenario
+) -> None:
+    """A worker with --exit-when-idle took a paused broker for an empty queue: it said
+    "task_queue is empty" during the pause and exited as the broker came back, leaving
+    the job submitted then unrun (docs23 M1; on RabbitMQ, whose wait for deliveries asks
+    the broker nothing, until the heartbeats time out). Its idle time counts from the
+    broker's answer: the job a master submits as the broker comes back runs."""
+    broker: LocalRedis | LocalRabbitMQ = request.getfixturevalue(f"private_{kind}")
+    s = scenario(
+        target_on(kind, broker.url),
+        "broker paused, the worker idle",
+        f"SIGSTOP for {PAUSE_SECONDS:g} s, a worker with --exit-when-idle {IDLE_SECONDS:g}",
+    )
+    worker = s.worker("--exit-when-idle", f"{IDLE_SECONDS:g}")
+    worker.wait_for(r"^Connect to ")
+    time.sleep(0.5)  # its slots connected: idle from here on
+    broker.pause()
+    try:
+        time.sleep(PAUSE_SECONDS - 2.5)
+        # it connects as the broker comes back (pika waits 15 s, redis-py 5 s for an answer)
+        master = Distq(["master", "--tasks", "20", "--timeout", "30"], s.env())
+        time.sleep(2.5)
+    finally:
+        broker.resume()
+    try:
+        assert master.wait(60) == 0, f"{master.output()}\n{s.outputs()}"
+        assert "all 20 results in and correct" in master.output(), master.output()
+        assert worker.wait(30) == 0, s.outputs()
+        assert worker.output().count("task_queue is empty") == 1, s.outputs()
+    finally:
+        master.stop()

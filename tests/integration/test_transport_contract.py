@@ -180,6 +180,30 @@ def test_waits_block_and_return_empty(hosted: Transport, remote: Transport) -> N
     assert time.monotonic() - started < 5
 
 
+def test_asking_the_broker_for_an_answer_leaves_the_deliveries_as_they_were(
+    hosted: Transport, remote: Transport
+) -> None:
+    """``answers`` (a worker with --exit-when-idle, after each empty fetch) is a round
+    trip and nothing more: what the consumer holds and what comes next are unchanged.
+    On RabbitMQ it is a ``basic_qos`` with a consumer running, and deliveries in flight."""
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    bodies = [f"task-{i}".encode() for i in range(20)]
+    consumer = remote.consumer("c1")
+    assert consumer.fetch(5, 0.1) == []
+    consumer.answers()  # idle: nothing held
+    producer.submit(bodies)
+    first = fetch_n(consumer, 5)
+    consumer.answers()  # five held, the rest on its way
+    rest = fetch_n(consumer, 15)
+    assert sorted(d.body for d in first + rest) == sorted(bodies)
+    consumer.answers()
+    assert consumer.fetch(5, 0.2) == []
+    consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in first + rest])
+    assert len(results_n(producer, 20)) == 20
+    consumer.close()
+    producer.close()
+
+
 # A lease of 10 s for the wake-up tests: Redis re-blocks every lease/3 s (3.3 s here),
 # so a transport that polled instead of waking would answer well after WOKE_WITHIN.
 LONG_LEASE = 10.0

@@ -520,34 +520,52 @@ def test_exit_when_idle_does_not_count_a_broker_outage_as_nothing_to_do(
     producer.close()
 
 
+@pytest.mark.parametrize("hangs", ["fetch", "answers"])
 def test_exit_when_idle_does_not_count_a_broker_that_hangs_as_nothing_to_do(
-    transport: Transport, monkeypatch: pytest.MonkeyPatch
+    transport: Transport, monkeypatch: pytest.MonkeyPatch, hangs: str
 ) -> None:
     """A broker that hangs (frozen, paused: no error until a call times out, 5 s on
     Redis) counted as idle time: the worker said "task_queue is empty" during the hang
     and exited as the broker came back, leaving what was queued meanwhile (docs23 M1).
     A fetch overdue by FETCH_OVERDUE_S is no idleness; the S seconds count from its
-    answer."""
+    answer. Where the fetch only waits for what the broker pushes (RabbitMQ), an empty
+    one asks the broker for an answer, and it is that call which hangs."""
     kind = type(transport.consumer("probe"))
-    fetch = kind.fetch
+    call = getattr(kind, hangs)
     hang = threading.Event()
     away_until = time.monotonic() + 3.0
 
-    def hangs_once(self: Any, max_count: int, timeout: float) -> Any:
+    def hangs_once(self: Any, *args: Any) -> Any:
         if not hang.is_set():
             hang.set()
             time.sleep(away_until - time.monotonic())  # the broker answers after 3 s
-            return []
-        return fetch(self, max_count, timeout)
+            return [] if hangs == "fetch" else None
+        return call(self, *args)
 
-    monkeypatch.setattr(kind, "fetch", hangs_once)
+    monkeypatch.setattr(kind, hangs, hangs_once)
     producer = transport.producer("w.results.job")
     tasks = [Task(name="square", args=[n], reply_to="w.results.job") for n in range(3)]
     threading.Timer(2.5, producer.submit, [[t.encode() for t in tasks]]).start()
     said = _run_till_idle(transport, 1.5)
+    assert hang.is_set(), said
     assert sorted(r.value for r in results_of(producer, 3, within=5)) == [0, 1, 4], said
     assert time.monotonic() >= away_until + 1.5, said  # S counted from the answer
     producer.close()
+
+
+def test_a_worker_without_exit_when_idle_asks_the_broker_nothing_more(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round trip of an empty fetch is for --exit-when-idle's verdict alone: an
+    idle worker without it (every slot of every worker, once per fetch) sends none."""
+    kind = type(transport.consumer("probe"))
+    asked = threading.Event()
+    monkeypatch.setattr(kind, "answers", lambda self: asked.set())
+    options = WorkerOptions(concurrency=2, worker_id="w", heartbeat_interval=0.1)
+    run_for(Worker(transport, Registry(), options, Console(out=io.StringIO())), 1.0)
+    assert not asked.is_set()
+    _run_till_idle(transport, 0.5)
+    assert asked.is_set()  # the same worker with it asks
 
 
 def _naps(transport: Transport, count: int, seconds: float) -> tuple[Producer, Registry]:

@@ -285,6 +285,13 @@ class Consumer(abc.ABC):
         Returns an empty list on timeout so the caller regains control regularly.
         """
 
+    def answers(self) -> None:  # noqa: B027 - a no-op where fetch asks the broker
+        """One round trip to the broker, for a caller that must tell an empty queue from
+        a broker that does not answer (``--exit-when-idle``): it returns once the broker
+        answered, and raises as :meth:`fetch` would when it cannot. Nothing by default:
+        a fetch that asks the broker for tasks (Redis, manager) had an answer when it
+        came back empty."""
+
     @abc.abstractmethod
     def heartbeat(self) -> None:
         """Renew the lease on every delivery this consumer holds."""

@@ -1633,6 +1633,17 @@ class RabbitMQConsumer(Consumer):
                     self._split_after = time.monotonic() + _SPLIT_PAUSE_S
             return got
 
+    def answers(self) -> None:
+        """A ``basic_qos`` round trip: :meth:`fetch` only waits for what the broker
+        pushes, and a paused broker pushes nothing, as an idle queue does, until the
+        heartbeats time out (pika checks them every lease plus 5 s: 10 to 20 s of a
+        pause with the default lease, docs23 M1). The qos changes nothing: the consumer
+        running keeps the prefetch it started with, and the next ``basic_consume`` comes
+        after a ``basic_qos`` of its own (:meth:`_size_window`)."""
+        with self._broker.translated("asking the broker for an answer"):
+            self._link.check_open()
+            self._link.channel.basic_qos(prefetch_count=max(1, self._window.size))
+
     def _drop_done(self, got: list[Delivery]) -> list[Delivery]:
         """``got`` but the copies of tasks done on a lost link (see :func:`_results_only`),
         which are acked instead: their results went."""
