@@ -163,13 +163,16 @@ def test_broker_url_options_that_cannot_work_are_refused(variable: str, url: str
 
 
 def test_the_readme_settings_table_lists_every_setting_with_its_flag_and_default() -> None:
-    readme = (REPO / "README.md").read_text()
+    """Every setting, once, with its flag and default, in the order of ``--help``."""
+    readme = (REPO / "README.md").read_text().splitlines()
     for entry in SETTINGS:
         prefix = f"| `{entry.variable}` | `{entry.flag}` | "
-        rows = [line for line in readme.splitlines() if line.startswith(prefix)]
+        rows = [line for line in readme if line.startswith(prefix)]
         assert len(rows) == 1, f"README.md: no settings row for {entry.variable}"
         default = rows[0].removeprefix(prefix).split(" | ")[0].strip("`")
         assert default == entry.shown_default, entry.variable
+    listed = [line.split("`")[1] for line in readme if line.startswith("| `DISTQ_")]
+    assert listed == [entry.variable for entry in SETTINGS]
 
 
 @pytest.mark.parametrize(
