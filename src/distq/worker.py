@@ -147,11 +147,13 @@ def _poll(options: WorkerOptions) -> float:
 
 
 def _fetch_overdue(slots: list[_Slot], overdue: float) -> bool:
-    """Whether a slot's fetch has run ``overdue`` s: its broker does not answer."""
+    """Whether a slot's fetch has run ``overdue`` s, or a question it asked the broker
+    has gone unanswered as long: its broker does not answer."""
     now = time.monotonic()
     return any(
         started is not None and now - started > overdue
-        for started in (slot.fetching for slot in slots)
+        for slot in slots
+        for started in (slot.fetching, slot.unanswered)
     )
 
 
@@ -194,6 +196,8 @@ class _Slot:
         self.failed_at = -FAILURES_FORGOTTEN_S  # monotonic time of the last failed batch
         self.in_hand = 0  # deliveries fetched and not yet settled or handed back
         self.fetching: float | None = None  # monotonic start of the fetch under way
+        # since when a question to the broker went unanswered (Consumer.answers), or None
+        self.unanswered: float | None = None
 
 
 class Worker:
@@ -716,16 +720,20 @@ class Worker:
         """``consumer.fetch``, timed: one that answered :data:`FETCH_OVERDUE_S` past its
         wait had a broker away meanwhile, so the idle time counts from its answer. With
         ``--exit-when-idle`` an empty one asks the broker for an answer too (RabbitMQ's
-        wait for deliveries asks it nothing: a paused broker was idle time)."""
+        wait for deliveries asks it nothing: a paused broker was idle time), which may
+        come in a later fetch: the same goes for it."""
         slot.fetching = started = time.monotonic()
+        asked: float | None = None
         try:
             deliveries = consumer.fetch(size, poll)
             if not deliveries and self.options.exit_when_idle is not None:
-                consumer.answers()
+                asked = consumer.answers(FETCH_OVERDUE_S / 2)
         finally:
             slot.fetching = None
         slot.renewed = now = time.monotonic()
-        if now - started > poll + FETCH_OVERDUE_S:
+        overdue = poll + FETCH_OVERDUE_S
+        was, slot.unanswered = slot.unanswered, asked
+        if now - started > overdue or (was is not None and asked is None and now - was > overdue):
             self.health.took(0)  # the broker answers again: idle from now, as on a reconnect
         return deliveries
 
@@ -734,6 +742,7 @@ class Worker:
         its lease, and the slot connects again (the caller holds the slot's lock)."""
         self._close(slot.consumer)
         slot.consumer = None
+        slot.unanswered = None  # a question of that link's: the reconnect answers for it
         self._count(slot, [], released=slot.in_hand)  # back with the lease
         self.health.connected(False, f"{self.id}-{slot.index}", why)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import time
 from collections.abc import Callable
 
@@ -230,3 +231,36 @@ def test_a_paused_broker_is_no_idle_time_for_exit_when_idle(
         assert worker.output().count("task_queue is empty") == 1, s.outputs()
     finally:
         master.stop()
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["warm", "cold"])
+def test_a_worker_with_exit_when_idle_stops_on_a_paused_rabbitmq(
+    private_rabbitmq: LocalRabbitMQ, scenario: MakeScenario, signals: int
+) -> None:
+    """An idle worker asks the broker for an answer after each empty fetch: on a paused
+    RabbitMQ that question waited in pika's blocking call until the heartbeats timed
+    out, so Ctrl-C took 16.5 s to end 8 idle slots instead of 3.5 s, and Ctrl-C twice
+    closed the connections under the call: a traceback, exit 1 (idle24). The question
+    waits half a second at most now; its answer may come with a later fetch."""
+    s = scenario(
+        target_on("rabbitmq", private_rabbitmq.url),
+        "broker paused, Ctrl-C",
+        f"SIGSTOP, then SIGINT x{signals} to an idle worker with --exit-when-idle",
+    )
+    # the default lease: heartbeats checked every 10 s (not the 6 s of the 1 s lease here)
+    env = s.env(DISTQ_LEASE_SECONDS="5")
+    worker = s.worker("--exit-when-idle", "60", "--concurrency", "8", env=env)
+    worker.wait_for(r"^Connect to ")
+    time.sleep(1.0)  # its slots connected and asking
+    private_rabbitmq.pause()
+    try:
+        time.sleep(2.0)  # each slot's question unanswered
+        for _ in range(signals):
+            worker.signal(signal.SIGINT)
+            time.sleep(0.5)
+        # closing each connection waits 3 s for a broker that does not answer
+        worker.wait_for(r"^worker exit\. ", timeout=9.0)
+    finally:
+        private_rabbitmq.resume()
+    assert worker.wait(30) == 0, worker.output()
+    assert "Traceback" not in worker.output(), worker.output()

@@ -184,19 +184,22 @@ def test_asking_the_broker_for_an_answer_leaves_the_deliveries_as_they_were(
     hosted: Transport, remote: Transport
 ) -> None:
     """``answers`` (a worker with --exit-when-idle, after each empty fetch) is a round
-    trip and nothing more: what the consumer holds and what comes next are unchanged.
-    On RabbitMQ it is a ``basic_qos`` with a consumer running, and deliveries in flight."""
+    trip and nothing more: the broker answers at once, and what the consumer holds and
+    what comes next are unchanged. On RabbitMQ it is a ``basic_qos`` with a consumer
+    running, and deliveries in flight."""
     producer = hosted.producer(hosted.reply_queue(new_id()))
     bodies = [f"task-{i}".encode() for i in range(20)]
     consumer = remote.consumer("c1")
     assert consumer.fetch(5, 0.1) == []
-    consumer.answers()  # idle: nothing held
+    assert consumer.answers(5.0) is None  # idle: nothing held
     producer.submit(bodies)
     first = fetch_n(consumer, 5)
-    consumer.answers()  # five held, the rest on its way
+    assert consumer.answers(5.0) is None  # five held, the rest on its way
     rest = fetch_n(consumer, 15)
     assert sorted(d.body for d in first + rest) == sorted(bodies)
-    consumer.answers()
+    started = time.monotonic()
+    assert consumer.answers(5.0) is None
+    assert time.monotonic() - started < 1.0  # the answer ends the wait
     assert consumer.fetch(5, 0.2) == []
     consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in first + rest])
     assert len(results_n(producer, 20)) == 20

@@ -285,12 +285,15 @@ class Consumer(abc.ABC):
         Returns an empty list on timeout so the caller regains control regularly.
         """
 
-    def answers(self) -> None:  # noqa: B027 - a no-op where fetch asks the broker
-        """One round trip to the broker, for a caller that must tell an empty queue from
-        a broker that does not answer (``--exit-when-idle``): it returns once the broker
-        answered, and raises as :meth:`fetch` would when it cannot. Nothing by default:
-        a fetch that asks the broker for tasks (Redis, manager) had an answer when it
-        came back empty."""
+    def answers(self, timeout: float) -> float | None:
+        """Ask the broker for an answer, for a caller that must tell an empty queue from a
+        broker that does not answer (``--exit-when-idle``); wait up to ``timeout`` s for
+        it. None once the broker answered; else since when (``time.monotonic()``) the
+        question has gone unanswered: a later call asks nothing new, it waits for that
+        answer. Raises as :meth:`fetch` would when it cannot ask. None by default: a
+        fetch that asks the broker for tasks (Redis, manager) had an answer when it came
+        back empty."""
+        return None
 
     @abc.abstractmethod
     def heartbeat(self) -> None:

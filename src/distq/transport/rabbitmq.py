@@ -162,6 +162,7 @@ from distq.transport.base import (
 )
 from distq.transport.pika_internals import (
     FastChannel,
+    check_channel,
     close_within,
     closed_by_broker,
     on_blocked,
@@ -483,6 +484,10 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _nothing() -> None:
+    """A callback that only ends a wait for the connection's events."""
+
+
 class _Link:
     """One connection and one channel with batched publisher confirms, for one thread."""
 
@@ -494,6 +499,7 @@ class _Link:
         self._returned: list[str] = []
         # the first publish the broker may have refused or returned: None while none was
         self._failed_at: int | None = None
+        self.asked: float | None = None  # when a question to the broker went unanswered
         self.connection = broker.connect(heartbeat, name)
         try:
             with broker.translated("opening a channel"):
@@ -508,6 +514,13 @@ class _Link:
     @property
     def is_open(self) -> bool:
         return bool(self.connection.is_open and self.channel.is_open)
+
+    def answered(self, _frame: object) -> None:
+        """The broker answered the question asked at :attr:`asked` (see
+        :meth:`RabbitMQConsumer.answers`); the wait for events ends at once (a ready
+        event does that; this callback of the channel underneath does not)."""
+        self.asked = None
+        self.connection.call_later(0, _nothing)
 
     def check_open(self) -> None:
         """Raise a pika error if the connection or channel closed (pika's calls on a
@@ -1633,16 +1646,28 @@ class RabbitMQConsumer(Consumer):
                     self._split_after = time.monotonic() + _SPLIT_PAUSE_S
             return got
 
-    def answers(self) -> None:
+    def answers(self, timeout: float) -> float | None:
         """A ``basic_qos`` round trip: :meth:`fetch` only waits for what the broker
         pushes, and a paused broker pushes nothing, as an idle queue does, until the
         heartbeats time out (pika checks them every lease plus 5 s: 10 to 20 s of a
-        pause with the default lease, docs23 M1). The qos changes nothing: the consumer
-        running keeps the prefetch it started with, and the next ``basic_consume`` comes
-        after a ``basic_qos`` of its own (:meth:`_size_window`)."""
+        pause with the default lease, docs23 M1). Sent without waiting on pika's
+        blocking call, which a paused broker held for as long, and a stop with it (and
+        the connection closed under that call by the stopping worker raised in pika,
+        idle24): its answer is taken by this call or, later, by any that processes the
+        connection's events. The qos changes nothing: the consumer running keeps the
+        prefetch it started with, and the next ``basic_consume`` comes after a
+        ``basic_qos`` of its own (:meth:`_size_window`)."""
+        link = self._link
         with self._broker.translated("asking the broker for an answer"):
-            self._link.check_open()
-            self._link.channel.basic_qos(prefetch_count=max(1, self._window.size))
+            link.check_open()
+            if link.asked is None:
+                link.asked = time.monotonic()
+                window = max(1, self._window.size)
+                check_channel(link.channel).basic_qos(prefetch_count=window, callback=link.answered)
+            deadline = time.monotonic() + timeout
+            while link.asked is not None and (left := deadline - time.monotonic()) > 0:
+                link.connection.process_data_events(time_limit=left)
+        return link.asked
 
     def _drop_done(self, got: list[Delivery]) -> list[Delivery]:
         """``got`` but the copies of tasks done on a lost link (see :func:`_results_only`),
