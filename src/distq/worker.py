@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import socket
 import sys
@@ -973,13 +972,23 @@ class Worker:
 def _not_sent(ending: Ending, why: str) -> str:
     """The line of an ending whose retry or dead letter was not published (see
     :meth:`Worker._not_late`): its own line without "retrying in ..." or
-    "dead-lettered", and ``why`` that did not happen (a grep for those words found it)."""
+    "dead-lettered", and ``why`` that did not happen (a grep for those words found it).
+    The words taken out are distq's own, found by their place: a task's own error may
+    say the same, earlier in the line (a first match took those out instead: the line
+    said both "retrying in 0.5 s" and "not retried", code24 U5)."""
     note = ending.note or "a task ended"
-    if ending.settlement.retry is not None:
-        note, what = _RETRYING.sub("", note, count=1), "not retried: its retry"
-    else:
-        note, what = _DEAD_LETTERED.sub("", note, count=1), "not dead-lettered: its dead letter"
-    return f"{note}; {what} {why}"
+    settlement, task = ending.settlement, ending.task
+    if settlement.retry is not None:
+        # Endings.failed's last words, before anything added since (a time limit's)
+        head, said, tail = note.rpartition(f"; retrying in {settlement.retry_delay:g} s")
+        return f"{head + tail if said else note}; not retried: its retry {why}"
+    if note.startswith("dead-lettered "):  # a malformed message's
+        note = note.removeprefix("dead-lettered ")
+    elif task is not None:
+        named = f"task {shown(task.name)} {shown(task.id)}"
+        if note.startswith(f"{named} dead-lettered: "):
+            note = named + note.removeprefix(f"{named} dead-lettered")
+    return f"{note}; not dead-lettered: its dead letter {why}"
 
 
 #: Why a late ending's retry or dead letter was not sent.
@@ -1000,9 +1009,6 @@ _BOUNCED_BACK = (
 
 
 _OUTCOMES: tuple[str, ...] = get_args(Outcome)
-
-_RETRYING = re.compile(r"; retrying in [^;]* s")  # Endings.failed's words
-_DEAD_LETTERED = re.compile(r"^dead-lettered | dead-lettered(?=: )")
 
 
 def _drain_ran_out(slots: Sequence[_Slot], drain_seconds: float) -> str:

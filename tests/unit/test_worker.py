@@ -20,6 +20,7 @@ from distq.batch import Batch
 from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.config import Settings
 from distq.console import Console
+from distq.ending import Endings
 from distq.envelope import Task
 from distq.errors import ConfigError, SettledThenFailed, SettledThenRefused, TransportError
 from distq.logs import JsonConsole
@@ -28,7 +29,7 @@ from distq.telemetry import WorkerTelemetry
 from distq.timelimits import TimeLimits
 from distq.transport import Producer, Transport, open_transport
 from distq.transport.base import Delivery
-from distq.worker import Worker, WorkerOptions, _drain_ran_out, _Slot
+from distq.worker import _LAPSED, Worker, WorkerOptions, _drain_ran_out, _not_sent, _Slot
 from launch import free_port
 from seam import results_n, results_of
 
@@ -337,6 +338,27 @@ def test_a_retry_the_master_refused_as_late_is_said_so_not_counted_as_retried(
     finally:
         producer.close()
         transport.close()
+
+
+def test_a_line_not_sent_keeps_the_words_of_the_tasks_own_error() -> None:
+    """A late ending's line loses distq's "retrying in ..." or "dead-lettered", found by
+    their place: the first match took them out of the task's own error instead, and the
+    line said both "retrying in 0.5 s" and "not retried" (code24 U5)."""
+    endings = Endings("w1", "q")
+    task = Task(name="up", args=[], reply_to="r", max_attempts=3)
+    error = ValueError("upstream busy; retrying in 5 s, dead-lettered: never")
+    retried = endings.failed(Delivery(task.encode(), 1), task, error, 0.0, 0.1, retryable=True)
+    assert retried.note is not None and retried.note.endswith("; retrying in 0.5 s")
+    assert _not_sent(retried, _LAPSED) == (
+        f"task up {task.id} attempt 1/3 failed (ValueError: upstream busy; retrying in 5 s, "
+        f"dead-lettered: never); not retried: its retry {_LAPSED}"
+    )
+    last = Task(name="up", args=[], reply_to="r", attempt=3, max_attempts=3, id=task.id)
+    failed = endings.failed(Delivery(last.encode(), 2), last, error, 0.0, 0.1, retryable=True)
+    assert _not_sent(failed, _LAPSED) == (
+        f"task up {task.id}: failed 3 of 3 attempts; last error: ValueError: upstream busy; "
+        f"retrying in 5 s, dead-lettered: never; not dead-lettered: its dead letter {_LAPSED}"
+    )
 
 
 def test_ok_results_settled_late_beside_a_dead_letter_reach_the_master(
