@@ -74,7 +74,6 @@ class Batch:
         masters: MasterWatch | None = None,
         limits: TimeLimits | None = None,
     ) -> None:
-        self.deliveries = deliveries
         self.waiting: deque[Delivery] = deque(deliveries)  # not started; popped by one side
         self.endings: list[Ending] = []
         self.endings_taken = 0  # settled early by the keeper (take_endings)

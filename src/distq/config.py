@@ -65,8 +65,8 @@ class Setting(Generic[_T]):
     ``ValueError`` whose message says what is wrong and what to use, phrased to follow
     the variable's name ("is 'x'; use ..."). Values of variables and flags are stripped
     of surrounding whitespace first; a secret read from its ``_FILE`` is not (only its
-    trailing newline goes, see :func:`distq.credentials.read_secret`). ``repr`` never
-    shows a secret.
+    trailing newline goes, see :func:`distq.credentials.read_secret`; a signing key's
+    blanks go when the key is parsed). ``repr`` never shows a secret.
     """
 
     variable: str
@@ -434,7 +434,8 @@ def _file(secret: str) -> Any:
         f"--{secret.removeprefix(PREFIX).lower().replace('_', '-')}-file",
         None,
         _text,
-        f"file holding {secret} (a mounted secret), trailing newline stripped",
+        f"file holding {secret} (a mounted secret), its trailing newline stripped"
+        + (" and the blanks around each key" if "SIGNING" in secret else ""),
         shown_default="(none)",
     )
 
@@ -718,12 +719,16 @@ class Settings:
                 raise ConfigError(f"{label} {exc}") from None
         settings = secured(cls(**values))
         if settings.transport == "manager" and not settings.authkey:
-            raise ConfigError(
-                "DISTQ_AUTHKEY is not set; the manager transport needs a shared secret: set "
-                "the same random value for master and workers, e.g. "
-                "DISTQ_AUTHKEY=\"$(python3 -c 'import secrets; print(secrets.token_hex(16))')\""
-            )
+            raise ConfigError(AUTHKEY_MISSING)
         return settings
+
+
+#: Why the manager transport refuses settings without an authkey, and what to do.
+AUTHKEY_MISSING = (
+    "DISTQ_AUTHKEY is not set; the manager transport needs a shared secret: set the same "
+    "random value for master and workers, e.g. "
+    "DISTQ_AUTHKEY=\"$(python3 -c 'import secrets; print(secrets.token_hex(16))')\""
+)
 
 
 def _one_spelling_of_the_keys(
@@ -819,9 +824,10 @@ WORKERS_ONLY = {
 def misspelled(environ: Mapping[str, str]) -> list[str]:
     """A warning for each ``DISTQ_*`` variable that looks like a misspelled setting.
 
-    Such a variable would be ignored without a word: ``DISTQ_TRANSPRT`` is read as
-    meaning ``DISTQ_TRANSPORT``. Names far from every setting, and the test harness's
-    ``DISTQ_TEST_*``, are other tools' and pass silently.
+    Such a variable would be ignored without a word: ``DISTQ_TRANSPRT`` is named as a
+    likely misspelling of ``DISTQ_TRANSPORT`` (its value is not used). Names far from
+    every setting, and the test harness's ``DISTQ_TEST_*``, are other tools' and pass
+    silently.
     """
     known = [entry.variable for entry in SETTINGS]
     warnings = []

@@ -1,7 +1,8 @@
 """Secrets: read from files (what Docker and Kubernetes secrets mount), never printed.
 
 Every secret setting ``X`` may instead be given as ``X_FILE``, the path of a file whose
-content (trailing newline stripped, nothing else) is the secret. Setting both in one
+content is the secret: a password's or an authkey's with only its trailing newline
+stripped, a signing key's with the blanks around each key dropped too. Setting both in one
 place (both as variables, or both as flags) is a configuration error; a flag still wins
 over the environment. A broker password given this way is put into the broker URL, so the URL
 itself need not hold it. :func:`mask_url` is how a URL is shown anywhere.

@@ -137,7 +137,8 @@ class Executor(concurrent.futures.Executor):
     def stats(self) -> QueueStats:
         """The task queue's counts: ready, in flight, dead, attached worker slots."""
         if not self._dispatcher.is_alive():
-            raise RuntimeError("the executor has stopped; its connection is closed")
+            why = self._dispatcher.broken or "the executor has stopped"
+            raise RuntimeError(f"{why}; its connection is closed: make a new Executor")
         return self._transport.stats()
 
     @overload
@@ -205,7 +206,7 @@ class Executor(concurrent.futures.Executor):
         Leaving the iterator early cancels the tasks not answered yet.
         """
         if chunksize < 1:
-            raise ValueError("chunksize must be >= 1")
+            raise ValueError(f"chunksize must be >= 1, not {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
         fn, before, keywords = bound(fn)
         name = task_name(fn)

@@ -53,7 +53,6 @@ BUCKETS = (
 BASE = ("transport", "queue")
 UNREGISTERED = "(unregistered)"  # a task name this worker does not know
 UNKNOWN = "(unknown)"  # the message was not decoded, so it has no name
-QUEUE_STATES = ("ready", "in_flight", "dead")
 Labels = tuple[str, ...]
 
 
@@ -231,12 +230,6 @@ class WorkerMetrics:
             self.tasks.add((*base, UNKNOWN, "released"), 0)
             self.queue_wait.series(base)
             self.redeliveries.add(base, 0)
-
-    def label(self, name: str | None) -> str:
-        """The ``task`` label for a task called ``name`` (None: not decoded)."""
-        if name is None:
-            return UNKNOWN
-        return name if name in self.known else UNREGISTERED
 
 
 class MasterMetrics:

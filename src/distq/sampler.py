@@ -20,7 +20,8 @@ from distq.transport.base import QueueStats, Transport
 
 
 class StatsSampler:
-    """Calls ``transport.stats()`` now and then every ``interval`` seconds, on a daemon thread."""
+    """Samples the broker every ``interval`` seconds, on a daemon thread: ``stats()`` in
+    a master, ``ping()`` in a worker (see :meth:`sample`)."""
 
     def __init__(
         self,

@@ -108,7 +108,7 @@ def test_map_with_chunks_runs_every_call_once_in_order(executor: Open, workers: 
     results = ex.map(jobs.fail_with, ["a", "b"], chunksize=2)  # max_attempts 3: retried
     with pytest.raises(RemoteError, match=r"jobs:fail_with \(chunk of 2\) \[.*ValueError: a"):
         next(results)
-    with pytest.raises(ValueError, match="chunksize must be >= 1"):
+    with pytest.raises(ValueError, match="chunksize must be >= 1, not 0"):
         ex.map(jobs.add, [1], [2], chunksize=0)
 
 
@@ -438,6 +438,11 @@ def test_a_lost_broker_fails_the_futures_instead_of_hanging(
         with pytest.raises(BrokenExecutor):
             ex.submit(jobs.add, 1, 2)
         ex.shutdown()
+        with pytest.raises(  # why it stopped, and what to do
+            RuntimeError,
+            match=r"^the executor stopped: Redis at .*; its connection is closed: make a new",
+        ):
+            ex.stats()
     finally:
         server.stop()
 

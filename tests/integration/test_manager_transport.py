@@ -35,7 +35,7 @@ from distq import commands
 from distq.config import CONNECT_TIMEOUT, Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
-from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
+from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.transport import Settlement, Transport, manager, open_transport
 from launch import free_port
 from procs import Distq
@@ -1205,3 +1205,14 @@ def test_the_manager_protocol_unpickles_plain_data_and_builtin_exceptions_only()
     for unpickler, data, named in refused:
         with pytest.raises(pickle.UnpicklingError, match=f"{named} is not among"):
             unpickler(io.BytesIO(pickle.dumps(data))).load()
+
+
+@pytest.mark.parametrize("authkey", [None, b""])
+def test_settings_without_an_authkey_are_a_configuration_error(authkey: bytes | None) -> None:
+    """A program's own Settings without an authkey (Settings.load refuses them first):
+    a ConnectionFailed, as if the master could not be reached (exit 3), and an empty
+    key passed; a ConfigError now (exit 2), saying what to set."""
+    settings = Settings(authkey=authkey, manager_address=("127.0.0.1", free_port()))
+    for role in ("master", "worker"):
+        with pytest.raises(ConfigError, match=r"^DISTQ_AUTHKEY is not set; .* set the same"):
+            open_transport(settings, role)

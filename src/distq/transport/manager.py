@@ -70,9 +70,15 @@ from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from distq import descriptors
-from distq.config import MASTER_TTL_MIN_SECONDS, MESSAGE_BATCH, Settings, host_port
+from distq.config import (
+    AUTHKEY_MISSING,
+    MASTER_TTL_MIN_SECONDS,
+    MESSAGE_BATCH,
+    Settings,
+    host_port,
+)
 from distq.envelope import DeadLetter, quoted
-from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
+from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.transport.base import (
     Consumer,
     Delivery,
@@ -1052,8 +1058,8 @@ class ManagerTransport(Transport):
     queues_in_master = True
 
     def __init__(self, settings: Settings, role: Role) -> None:
-        if settings.authkey is None:  # Settings.load refuses this; here for direct callers
-            raise ConnectionFailed("DISTQ_AUTHKEY is not set; the manager transport needs it")
+        if not settings.authkey:  # Settings.load refuses this; here for direct callers
+            raise ConfigError(AUTHKEY_MISSING)  # a setting to fix: exit 2, not 3
         self._settings = settings
         self._queue = settings.queue
         self._server: Any = None  # multiprocessing's Server: untyped internals

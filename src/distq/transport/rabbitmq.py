@@ -29,9 +29,10 @@ queue                   arguments                                      holds
                         ``x-dead-letter-exchange: ""``,                their delay; then
                         ``x-dead-letter-routing-key: Q``,              back to Q
                         ``x-expires: <ms> + 1 h``
-``Q.held.<consumer>``   ``x-message-ttl: <lease ms>``, dead-letters    long tasks' lease
-                        to ``Q``, ``x-expires: <lease ms> + 1 min``    records (below)
-                        (always classic)
+``Q.held.<consumer>``   ``x-message-ttl: <2 leases, ms>``,             long tasks' lease
+                        dead-letters to ``Q``,                         records (below)
+                        ``x-expires: <2 leases, ms> + 1 min``
+                        (always classic; 2 is ``RECORD_LEASES``)
 ``Q.results.<job>``     ``x-expires: <master ttl ms>`` (always         one master's results
                         classic)
 ``Q.dead:reader``       exclusive (its connection's: gone with it)     none: held while a

@@ -21,8 +21,8 @@ that long. Once it has held one for a lease (``after``), it writes the task into
   body back to the task queue) first, then drops its record the same way.
 
 The record queue is a classic queue (see ``RabbitMQTransport.record_queue_arguments``)
-and expires a minute after its last use, so a dead worker leaves nothing behind once
-its records have expired.
+and expires two leases and a minute after its last use (``RECORD_LEASES``), so a dead
+worker leaves nothing behind once its records have expired.
 """
 
 from __future__ import annotations
