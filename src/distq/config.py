@@ -408,7 +408,7 @@ def _optional(parse: Callable[[str], _T]) -> Callable[[str], _T | None]:
 
 
 def _host(text: str) -> str:
-    if not text or any(c.isspace() or c in "/@" for c in text):
+    if not text or any(c.isspace() or not c.isprintable() or c in "/@" for c in text):
         raise ValueError(f"is {text!r}; use an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
     if problem := host_problem(text.strip("[]")):
         raise ValueError(f"is {text!r}, {problem}")

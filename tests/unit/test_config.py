@@ -382,6 +382,15 @@ REDIS = {"DISTQ_TRANSPORT": "redis"}
 AMQP_USER = {"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": "amqp://distq@127.0.0.1:5672/%2F"}
 
 
+@pytest.mark.parametrize("value", ["a\x01b", "host\x7f"])
+def test_a_metrics_host_with_a_control_character_is_refused_as_its_flag_refuses_it(
+    value: str,
+) -> None:
+    """The variable took what --metrics-host refused (code24 U3)."""
+    with pytest.raises(ConfigError, match=r"^DISTQ_METRICS_HOST is "):
+        Settings.load({**KEY, "DISTQ_METRICS_HOST": value})
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "env"),
     [
