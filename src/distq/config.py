@@ -7,8 +7,9 @@ the misspelling check all read the entries.
 
 Every problem is reported as one :class:`~distq.errors.ConfigError` line that names
 the variable, what is wrong and what to set instead; the CLI turns it into exit code 2.
-This module also holds the defaults of the master's and worker's own flags, so that
-each default lives in one place.
+This module also holds most defaults of the master's and worker's own flags (not yet
+the master's ``--connect-timeout`` and ``--task-delay``, nor ``distq probe``'s
+``--timeout``, which are set at their flags).
 """
 
 from __future__ import annotations

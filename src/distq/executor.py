@@ -411,10 +411,10 @@ def load_settings(
         for warning in misspelled(environ):  # as the distq command warns
             log.warning("%s", warning)
         # keys not given as a string go in as given, checked as over a Settings object
-        # (a tuple of bytes): a key's bytes may hold a comma, which would split it as text,
-        # and a list's text would be its repr, a wrong key signing every task
-        # and so does an authkey of bytes (its text would lose whitespace at either end);
-        # its text is there too, for the checks and the environment it meets
+        # (a tuple of bytes): a key's bytes may hold a comma, which would split it as
+        # text, and a list's text would be its repr, a wrong key signing every task. An
+        # authkey of bytes goes in as given too (its text would lose whitespace at either
+        # end); its text is there as well, for the checks and the environment it meets
         given = {
             n: v
             for n, v in overrides.items()
