@@ -43,6 +43,8 @@ from distq.tls import TlsFiles, failure
 
 TIMEOUT_SECONDS = 2.0
 RECORD_QUEUES = 500  # lease-record queues counted (one per worker connection holding one)
+#: The next step a message about an answer that is not the management API's gives.
+_IS_IT_THE_API = "; is that the management API's address, and does the API run?"
 
 
 def _count(value: object) -> int:
@@ -153,7 +155,9 @@ class ManagementApi:
                 consumers=_count(data.get("consumers", 0)),
             )
         except (AttributeError, TypeError, ValueError, OverflowError):  # 1e400: OverflowError
-            raise ManagementError(f"{self._where} answered an unexpected document") from None
+            raise ManagementError(
+                f"{self._where} answered an unexpected document{_IS_IT_THE_API}"
+            ) from None
         page = self._get(self.records_url)
         prefix = f"{self.queue}.held."  # the API's name filter ignores case: JOBS.held.* too
         try:
@@ -163,7 +167,9 @@ class ManagementApi:
                 if str(item.get("name", "")).startswith(prefix)
             )
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
-            raise ManagementError(f"{self._where} answered an unexpected page of queues") from None
+            raise ManagementError(
+                f"{self._where} answered an unexpected page of queues{_IS_IT_THE_API}"
+            ) from None
         return dataclasses.replace(queue, held=held)
 
     def _get(self, url: str) -> Any:
@@ -220,7 +226,7 @@ class ManagementApi:
                 raise ManagementError(
                     f"{where} has no queue {self.queue!r} in vhost {self.vhost!r} (HTTP 404)"
                 ) from None
-            raise ManagementError(f"{where} answered HTTP {exc.code}") from None
+            raise ManagementError(f"{where} answered HTTP {exc.code}{_IS_IT_THE_API}") from None
         except http.client.HTTPException as exc:  # BadStatusLine, IncompleteRead, ...
             raise ManagementError(
                 f"{where} answered a broken HTTP response ({type(exc).__name__}); is "

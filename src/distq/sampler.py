@@ -54,7 +54,10 @@ class StatsSampler:
                 self.sample()
             except Exception as exc:  # one bad sample must not end the sampling for good
                 if self.console is not None:
-                    self.console.error(f"sampling the broker failed: {type(exc).__name__}: {exc}")
+                    self.console.error(
+                        f"sampling the broker failed: {type(exc).__name__}: {exc} (a bug in "
+                        "distq: please report this line; sampling goes on)"
+                    )
             if self._stop.wait(self.interval):
                 return
 

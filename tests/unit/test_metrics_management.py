@@ -85,8 +85,12 @@ def test_reads_the_queue_of_the_amqp_urls_vhost_with_basic_auth(stub: tuple[Stub
     [
         (401, {}, "refused the user (HTTP 401); check the user and password"),
         (404, {}, "has no queue 'jobs' in vhost '/'"),
-        (500, {}, "answered HTTP 500"),
-        (200, ["not", "a", "queue"], "answered an unexpected document"),
+        (500, {}, "answered HTTP 500; is that the management API's address, and does the API run?"),
+        (
+            200,
+            ["not", "a", "queue"],
+            "answered an unexpected document; is that the management API's address",
+        ),
         (200, {"messages_ready": 1e400}, "answered an unexpected document"),  # OverflowError
         (200, {"consumers": -5}, "answered an unexpected document"),
     ],

@@ -798,7 +798,10 @@ class RedisTransport(Transport):
                     f"{db}, which Redis at {self.address} does not have ({exc}); use one "
                     "from 0 to its `databases` setting minus 1 (0 to 15 by default)"
                 ) from None
-            raise ConnectionFailed(f"Redis at {self.address} failed at start: {exc}") from None
+            raise ConnectionFailed(
+                f"Redis at {self.address} failed at start: {exc}; is DISTQ_REDIS_URL a Redis "
+                "server that takes writes (not loading its data, not a read-only replica)?"
+            ) from None
         except RedisError as exc:
             raise self._unreachable(exc) from None
         info: Mapping[str, Any] = {}
