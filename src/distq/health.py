@@ -210,14 +210,12 @@ class ProcessHealth:
 
 @dataclass
 class HealthSnapshot:
-    connected: bool
-    started_at: float
-    last_activity_age: float
+    """A worker's counts at one moment, read together (its exit line says them)."""
+
     tasks_ok: int
     tasks_failed: int
     tasks_retried: int
     dead_lettered: int
-    in_hand: int
 
 
 class WorkerHealth(ProcessHealth):
@@ -234,7 +232,6 @@ class WorkerHealth(ProcessHealth):
         self._now = clock
         self.slots = slots
         self._lock = threading.Lock()
-        self.started_at = time.time()
         self._last_activity = self._now()
         self._retry_due = 0.0  # when the last retry this worker published is due (monotonic)
         self._up: set[str] = set()
@@ -317,12 +314,8 @@ class WorkerHealth(ProcessHealth):
     def snapshot(self) -> HealthSnapshot:
         with self._lock:
             return HealthSnapshot(
-                connected=bool(self._up),
-                started_at=self.started_at,
-                last_activity_age=self._now() - self._last_activity,
                 tasks_ok=self.tasks_ok,
                 tasks_failed=self.tasks_failed,
                 tasks_retried=self.tasks_retried,
                 dead_lettered=self.dead_lettered,
-                in_hand=self.in_hand,
             )
