@@ -145,14 +145,15 @@ def _poll(options: WorkerOptions) -> float:
     return min(options.heartbeat_interval, 1.0)
 
 
-def _fetch_overdue(slots: list[_Slot], overdue: float) -> bool:
-    """Whether a slot's fetch has run ``overdue`` s, or a question it asked the broker
-    has gone unanswered as long: its broker does not answer."""
+def _fetch_overdue(slots: list[_Slot], poll: float) -> bool:
+    """Whether a slot's fetch has run :data:`FETCH_OVERDUE_S` past its wait of ``poll``
+    s, or a question it asked the broker (which waits for nothing but the answer) has
+    gone unanswered that long: its broker does not answer."""
     now = time.monotonic()
     return any(
-        started is not None and now - started > overdue
+        (slot.fetching is not None and now - slot.fetching > poll + FETCH_OVERDUE_S)
+        or (slot.unanswered is not None and now - slot.unanswered > FETCH_OVERDUE_S)
         for slot in slots
-        for started in (slot.fetching, slot.unanswered)
     )
 
 
@@ -304,7 +305,7 @@ class Worker:
         """Until every slot has ended; a warm stop when idle for ``exit_when_idle``, and a
         cold one when a warm stop outlasts ``drain_seconds``."""
         idle = self.options.exit_when_idle
-        overdue = _poll(self.options) + FETCH_OVERDUE_S
+        poll = _poll(self.options)
         # it beats liveness each round: at most a third of the stall limit apart, or a
         # limit under 0.2 s made a healthy worker's /healthz flip between 200 and 503
         beat = min(0.2, self.health.liveness.stall_seconds / 3)
@@ -323,7 +324,7 @@ class Worker:
                 # a broker away is no empty queue; a manager master gone is a job ended
                 and not (self.outage.ongoing and not self.transport.queues_in_master)
                 and self.health.idle_for() >= idle
-                and not _fetch_overdue(slots, overdue)
+                and not _fetch_overdue(slots, poll)
             ):
                 self.console.info("task_queue is empty")
                 self._stop_warm()
@@ -730,9 +731,9 @@ class Worker:
         finally:
             slot.fetching = None
         slot.renewed = now = time.monotonic()
-        overdue = poll + FETCH_OVERDUE_S
         was, slot.unanswered = slot.unanswered, asked
-        if now - started > overdue or (was is not None and asked is None and now - was > overdue):
+        late = now - started > poll + FETCH_OVERDUE_S  # the fetch's answer
+        if late or (was is not None and asked is None and now - was > FETCH_OVERDUE_S):
             self.health.took(0)  # the broker answers again: idle from now, as on a reconnect
         return deliveries
 

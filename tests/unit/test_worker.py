@@ -587,6 +587,36 @@ def test_exit_when_idle_does_not_count_a_broker_that_hangs_as_nothing_to_do(
     producer.close()
 
 
+def test_an_unanswered_question_holds_the_idle_verdict_a_second_after_it_was_asked(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A question waits for nothing but its answer: a second without one is a broker
+    that does not answer. Held to a fetch's measure instead (its wait of up to 1 s plus
+    a second), a question asked as the broker paused counted as idle for 2 s, and the
+    worker said "task_queue is empty" 2.0 s into a pause, with S 3 s run out 1.8 s in
+    (idle24b)."""
+    kind = type(transport.consumer("probe"))
+    asked: list[float] = []
+    answers_at = time.monotonic() + 3.5
+
+    def unanswered(self: Any, timeout: float) -> float | None:
+        asked.append(time.monotonic())
+        return None if time.monotonic() >= answers_at else asked[0]
+
+    monkeypatch.setattr(kind, "answers", unanswered)
+    producer = transport.producer("w.results.job")
+    tasks = [Task(name="square", args=[n], reply_to="w.results.job") for n in range(3)]
+    threading.Timer(3.0, producer.submit, [[t.encode() for t in tasks]]).start()
+    out = io.StringIO()
+    # fetches of 1 s: the first question about 1 s in, S run out 2.5 s in
+    options = WorkerOptions(
+        concurrency=1, exit_when_idle=2.5, worker_id="w", heartbeat_interval=3.0
+    )
+    assert Worker(transport, Registry(), options, Console(out=out, err=out)).run() == 0
+    assert sorted(r.value for r in results_of(producer, 3, within=5)) == [0, 1, 4], out.getvalue()
+    producer.close()
+
+
 def test_a_worker_without_exit_when_idle_asks_the_broker_nothing_more(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
