@@ -408,8 +408,14 @@ def _optional(parse: Callable[[str], _T]) -> Callable[[str], _T | None]:
     return lambda text: parse(text) if text else None
 
 
+def unusable_as_a_host(text: str) -> bool:
+    """Whether ``text`` is empty or holds what no host has: a blank, a control
+    character, '/' or '@' (a setting's and a flag's check alike)."""
+    return not text or any(c.isspace() or not c.isprintable() or c in "/@" for c in text)
+
+
 def _host(text: str) -> str:
-    if not text or any(c.isspace() or not c.isprintable() or c in "/@" for c in text):
+    if unusable_as_a_host(text):
         raise ValueError(f"is {text!r}; use an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
     if problem := host_problem(text.strip("[]")):
         raise ValueError(f"is {text!r}, {problem}")

@@ -78,11 +78,12 @@ def port(text: str) -> int:
 
 def host(text: str) -> str:
     """A host name or address to connect to: no spaces, control characters, '/' or '@'."""
-    if not text or any(c.isspace() or not c.isprintable() or c in "/@" for c in text):
+    from distq.config import host_problem, unusable_as_a_host  # the settings' own checks
+
+    if unusable_as_a_host(text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a host; use a name or an address, e.g. 127.0.0.1 or ::1"
         )
-    from distq.config import host_problem  # the settings' own check, read only here
 
     if problem := host_problem(text.strip("[]")):
         raise argparse.ArgumentTypeError(f"{text!r} is {problem}")
