@@ -1721,15 +1721,17 @@ def test_a_lease_record_renewed_late_still_holds_its_task(
     """One keeper renews every slot's records in turn: with 16 slots of CPU-bound Python
     a renewal came later than a lease, the record (whose life was one lease) expired
     into the task queue, and the task ran twice. A record lives two leases now."""
-    t = open_transport(lease=1.0)
+    # a 2 s lease: the record's second lease leaves the late renewal 1 s to land (0.5 s
+    # with a 1 s lease, which a CI run of 4 test processes once outlasted)
+    t = open_transport(lease=2.0)
     t.producer(f"{queue}.reply").submit([b"long"])
     consumer = t.consumer("c")
     fetch_n(consumer, 1)
     records = record_queue(queue, consumer.consumer_id)
     try:
-        _heartbeats(consumer, 1.5, every=0.3)  # held past its lease: the record holds it now
+        _heartbeats(consumer, 3.0, every=0.6)  # held past its lease: the record holds it now
         assert _ready(raw, records) == 1
-        time.sleep(1.5)  # the next renewal comes 1.5 leases late
+        time.sleep(3.0)  # the next renewal comes 1.5 leases late
         assert _ready(raw, queue) == 0 and _ready(raw, records) == 1
         consumer.heartbeat()
         assert _ready(raw, records) == 1 and _ready(raw, queue) == 0
