@@ -37,7 +37,6 @@ executor's listening socket is closed in the child (:mod:`distq.dispatcher`).
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import logging
 import math
 import os
@@ -47,13 +46,13 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
-from distq import credentials
 from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.codec import Codec
-from distq.config import WORKERS_ONLY, Setting, Settings, host_port, misspelled, secured
+from distq.config import Settings
 from distq.dispatcher import FORKED, Dispatcher, Entry, Stop, Submit, running
 from distq.envelope import MAX_ATTEMPTS, Task, new_id
-from distq.errors import BrokenExecutor, ConfigError, EnvelopeError, MessageTooLarge
+from distq.errors import BrokenExecutor, EnvelopeError, MessageTooLarge
+from distq.executor_settings import load_settings
 from distq.futures import Callbacks, DistqFuture
 from distq.jsonvalue import MAX_CHUNK_DEPTH, MAX_DEPTH, check_arguments
 from distq.security import notices
@@ -377,131 +376,3 @@ class Executor(concurrent.futures.Executor):
         finally:
             if futures:
                 self._dispatcher.cancel(futures)
-
-
-def load_settings(
-    settings: Settings | None, overrides: Mapping[str, Any], environ: Mapping[str, str]
-) -> Settings:
-    """``settings`` (or those of ``environ``) with ``overrides`` by field name applied.
-
-    A string override is parsed like its environment variable; other values are taken
-    as they are. A ``*_file`` override of a secret (``signing_keys_file=``) reads the
-    secret from that file. Overrides of a ``Settings`` object, and the object itself, are
-    then checked and put in place as :meth:`Settings.load` does (:func:`~distq.config.
-    secured`): ``signing_key`` signs, passwords go into the URLs, TLS files are checked.
-    Raises ``TypeError`` for a name that is not a setting and
-    :class:`~distq.errors.ConfigError` for a bad value (never showing a secret's value).
-    """
-    entries = {f.name: f.metadata["setting"] for f in dataclasses.fields(Settings)}
-    for name in overrides:
-        if name not in entries:
-            raise TypeError(
-                f"Executor() got an unexpected keyword argument {name!r}; "
-                f"settings are: {', '.join(entries)}"
-            )
-    for name in overrides:  # as a master given their flags says
-        if entries[name].variable in WORKERS_ONLY:
-            log.warning(
-                "Executor keyword %s is a worker's setting: an Executor does not read it; "
-                "give it to `distq worker` (%s)",
-                name,
-                WORKERS_ONLY[entries[name].variable],
-            )
-    if settings is None:
-        for warning in misspelled(environ):  # as the distq command warns
-            log.warning("%s", warning)
-        # keys not given as a string go in as given, checked as over a Settings object
-        # (a tuple of bytes): a key's bytes may hold a comma, which would split it as
-        # text, and a list's text would be its repr, a wrong key signing every task. An
-        # authkey of bytes goes in as given too (its text would lose whitespace at either
-        # end); its text is there as well, for the checks and the environment it meets
-        given = {
-            n: v
-            for n, v in overrides.items()
-            if (n in _KEYS and not isinstance(v, str | None))
-            or (n == "authkey" and isinstance(v, bytes) and v.strip())
-        }
-        if all(overrides.get(n) for n in _KEYS):  # one of them in each way slipped through
-            raise ConfigError(
-                "Executor keywords signing_key and signing_keys are both given; give "
-                "signing_keys (a list whose first key signs) or signing_key (one key), not both"
-            )
-        texts = {
-            entries[n].variable: _as_text(n, entries[n].variable, v)
-            for n, v in overrides.items()
-            if n not in given or n == "authkey"
-        }
-        # a bad value is named by the keyword the caller gave, not by the command's flag
-        named = {
-            entries[n].variable: f"Executor keyword {n} ({entries[n].variable})" for n in overrides
-        }
-        loaded = Settings.load(environ, texts, named)
-        return load_settings(loaded, given, environ) if given else loaded
-    files = {var + credentials.FILE_SUFFIX: var for var in credentials.SECRETS}
-    names = {entry.variable: name for name, entry in entries.items()}
-    values: dict[str, Any] = {}
-    for name, value in overrides.items():
-        entry = entries[name]
-        if entry.variable in files and value:  # the secret it holds, as Settings.load reads it
-            secret = names[files[entry.variable]]
-            if overrides.get(secret):
-                raise ConfigError(
-                    f"{name} and {secret} are both given; give the secret one way only "
-                    "(the file, for a mounted secret)"
-                )
-            label = f"Executor keyword {name} ({entry.variable})"
-            text = credentials.read_secret(str(value), entry.variable, label, "leave it out")
-            values[secret] = _parsed(f"{name}={value!r}", entries[secret], text, secret_file=True)
-            values[name] = None
-        elif isinstance(value, str):
-            shown = name if entry.secret else f"{name}={value!r}"  # a secret never shown
-            values[name] = _parsed(shown, entry, value)
-        else:
-            values[name] = value
-    # a new password replaces the one the settings' password setting put into their URL
-    for url, password in (("redis_url", "redis_password"), ("amqp_url", "amqp_password")):
-        if password in values and url not in values and getattr(settings, password):
-            values[url] = credentials.drop_password(getattr(settings, url))
-    # one spelling of the signing keys replaces the other the settings had
-    if values.get("signing_key") and "signing_keys" not in overrides:
-        values["signing_keys"] = ()
-    if values.get("signing_keys") and "signing_key" not in overrides:
-        values["signing_key"] = ()
-    merged = secured(dataclasses.replace(settings, **values))
-    if merged.transport == "manager" and not merged.authkey:
-        raise ConfigError(
-            "the manager transport needs a shared secret: set authkey (DISTQ_AUTHKEY)"
-        )
-    return merged
-
-
-def _parsed(shown: str, entry: Setting[Any], text: str, *, secret_file: bool = False) -> Any:
-    """``text`` read as ``entry``'s variable (:meth:`Setting.read`; a ``secret_file``'s
-    content as it is); a bad one is a :class:`ConfigError` that starts with ``shown``
-    (the override, without the value of a secret)."""
-    try:
-        return entry.parse(text) if secret_file else entry.read(text)
-    except ValueError as exc:
-        raise ConfigError(f"{shown}: {entry.variable} {exc}") from None
-
-
-_KEYS = ("signing_keys", "signing_key")
-
-
-def _as_text(name: str, variable: str, value: Any) -> str:
-    """An override as the text of its environment variable (``variable``)."""
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, bytes):  # an authkey of random bytes too, as os.environb holds it
-        return value.decode(errors="surrogateescape")
-    if name == "manager_address" and isinstance(value, (tuple, list)) and len(value) == 2:
-        # an IPv6 address in brackets, as the variable holds it
-        return host_port(str(value[0]).strip("[]"), value[1])
-    if isinstance(value, (bool, int, float, os.PathLike)):
-        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-    raise ConfigError(
-        f"Executor keyword {name} ({variable}) is a {type(value).__name__}; give it as a "
-        f"string, as {variable} takes"
-    )
