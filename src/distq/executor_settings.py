@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from distq import credentials
-from distq.config import WORKERS_ONLY, Setting, Settings, host_port, misspelled, secured
+from distq.addresses import host_port
+from distq.config import WORKERS_ONLY, Setting, Settings, misspelled, secured
 from distq.errors import ConfigError
 
 log = logging.getLogger("distq.executor")

@@ -13,6 +13,8 @@ import argparse
 import unicodedata
 from collections.abc import Callable
 
+from distq.addresses import host_problem, unusable_as_a_host
+
 #: Longest time a flag may give, in seconds (about 31 years): below every platform's
 #: limit for ``time.sleep``, a socket timeout and a lock's wait.
 MAX_SECONDS = 1_000_000_000.0
@@ -78,9 +80,7 @@ def port(text: str) -> int:
 
 def host(text: str) -> str:
     """A host name or address to connect to: no spaces, control characters, '/' or '@'."""
-    from distq.config import host_problem, unusable_as_a_host  # the settings' own checks
-
-    if unusable_as_a_host(text):
+    if unusable_as_a_host(text):  # the settings' own checks
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a host; use a name or an address, e.g. 127.0.0.1 or ::1"
         )

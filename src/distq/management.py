@@ -36,7 +36,8 @@ from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 import pika
 
-from distq.config import Settings, host_port
+from distq.addresses import host_port
+from distq.config import Settings
 from distq.credentials import mask_url
 from distq.errors import DistqError
 from distq.tls import TlsFiles, failure

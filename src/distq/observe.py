@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from distq.config import Settings, host_port
+from distq.addresses import host_port
+from distq.config import Settings
 from distq.console import Console
 from distq.health import ProcessHealth, WorkerHealth
 from distq.http import Endpoint

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from distq.config import Settings, host_port
+from distq.addresses import host_port
+from distq.config import Settings
 from distq.signing import MIN_KEY_LENGTH, key_id
 
 Notice = tuple[Literal["info", "warning"], str]

@@ -70,12 +70,12 @@ from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from distq import descriptors
+from distq.addresses import host_port
 from distq.config import (
     AUTHKEY_MISSING,
     MASTER_TTL_MIN_SECONDS,
     MESSAGE_BATCH,
     Settings,
-    host_port,
 )
 from distq.envelope import DeadLetter, quoted
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError

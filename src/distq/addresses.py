@@ -1,0 +1,264 @@
+"""Where a process connects or listens: broker URLs, ``host:port`` addresses and hosts.
+
+Each parser takes a setting's or a flag's text and returns it checked, or raises
+``ValueError`` with what is wrong and what to write instead (:class:`~distq.config.
+Setting` names the variable in front of it). Everything a connection would fail on
+later, often with a traceback at the first connect, is refused here: bytes that are not
+UTF-8, a host no lookup can take, a missing or out-of-range port, URL options distq
+cannot work with. A password in a URL is never shown (:func:`~distq.credentials.
+mask_url`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
+
+from distq import credentials
+
+
+def address(text: str) -> tuple[str, int]:
+    """``host:port`` (an IPv6 address in brackets) as the host and the port."""
+    host, sep, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if "://" in text:
+        raise ValueError(f"is {text!r}; use host:port without a scheme, e.g. 127.0.0.1:9000")
+    bare_ipv6 = _is_ipv6(text)
+    if bare_ipv6 or (":" in host and not bracketed):  # ::1 read as host ':', port 1
+        example = f"[{text}]:PORT" if bare_ipv6 else "[ADDRESS]:PORT"
+        raise ValueError(
+            f"is {text!r}, not host:port; write an IPv6 address in brackets, then its port: "
+            f"{example}, e.g. [::1]:9000"
+        )
+    if not sep or not host or "[" in host or "]" in host:
+        port = ""  # refused below
+    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"is {text!r}; use host:port, e.g. 127.0.0.1:9000 "
+            "(the master listens there, workers connect there)"
+        )
+    if problem := host_problem(host):
+        raise ValueError(f"is {text!r}: {host!r} is {problem}")
+    return host, int(port)
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is no name or address a connection can look up, or None.
+
+    Python turns a host name into its ASCII form before any lookup; a name it cannot
+    (an empty label, as in ``redis..local``, a label over 63 characters, bytes that are
+    not UTF-8) failed there with a traceback, at the first connect.
+    """
+    if _is_ip(host):
+        return None
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return (
+            "not a host name (an empty label between dots, a label over 63 characters, or "
+            "bytes that are not UTF-8); use a name such as host.example, or an address"
+        )
+    return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.partition("%")[0])  # fe80::1%eth0: a scoped address
+    except ValueError:
+        return False
+    return True
+
+
+def utf8(text: str, hint: str = "give it in UTF-8") -> str:
+    """``text`` if it is UTF-8 text; a byte that is not becomes a lone surrogate in Python,
+    which no broker protocol can send (a traceback at the first connect)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"holds bytes that are not UTF-8 (at character {exc.start + 1}); {hint}"
+        ) from None
+    return text
+
+
+def host_port(host: str, port: int | None = None) -> str:
+    """``host`` and ``port`` as an address or a URL's netloc has them: an IPv6 address in
+    brackets (``[::1]:9000``), the port left out when None."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
+def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
+    """A broker URL: one of ``schemes``, a host and a port (a number), except ``unix://``."""
+
+    def parse(text: str) -> str:
+        utf8(text, "give it in UTF-8, or percent-encode those bytes (%E9)")
+        try:
+            parts = urlsplit(text)
+            port = parts.port  # raises ValueError on a port not a number, or above 65535
+        except ValueError:  # its message may quote part of the password: not shown
+            digits = _port_text(text)
+            if digits.isdigit():
+                raise ValueError(
+                    f"({credentials.mask_url(text)}) has port {int(digits)}; use 1 to 65535, "
+                    f"e.g. {example}"
+                ) from None
+            raise ValueError(
+                f"({credentials.mask_url(text)}) is not a valid URL: its port is not a "
+                "number; percent-encode '/', '@' and ':' in a password (%2F, %40, %3A)"
+            ) from None
+        if parts.scheme not in schemes:
+            raise ValueError(
+                f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}"
+            )
+        _options(text, parts.query)
+        if parts.scheme == "unix":
+            if parts.hostname or parts.path in ("", "/"):  # unix://tmp/r.sock: /r.sock
+                raise ValueError(
+                    f"({credentials.mask_url(text)}) names no socket path after three "
+                    "slashes; use e.g. unix:///run/redis/redis.sock"
+                )
+            return text
+        if not parts.hostname:
+            raise ValueError(f"names no host; use e.g. {example}")
+        if problem := host_problem(parts.hostname):
+            raise ValueError(
+                f"({credentials.mask_url(text)}) has host {parts.hostname!r}: {problem}"
+            )
+        if port is None:  # absent, or empty after the colon: never guess one
+            raise ValueError(f"names no port after the host; use e.g. {example}")
+        if not 0 < port < 65536:
+            raise ValueError(f"has port {port}; use 1 to 65535, e.g. {example}")
+        if parts.scheme.startswith("amqp") and "/" in parts.path[1:].rstrip("/"):
+            # pika takes the first segment as the vhost, without a word (input17)
+            raise ValueError(
+                f"({credentials.mask_url(text)}) has path {parts.path!r}: a vhost is one "
+                "segment; percent-encode a '/' in its name (/a%2Fb for vhost 'a/b'; /%2F "
+                "for '/')"
+            )
+        return text
+
+    return parse
+
+
+#: Options of a broker URL that are seconds: each must be a number above 0 (NaN made a
+#: connect wait for good, -1 a traceback at the first connect).
+_SECONDS_OPTIONS = ("socket_timeout", "socket_connect_timeout", "stack_timeout")
+#: The longest of them: a socket's timeout of 1e10 s overflowed at the first connect.
+_MOST_SECONDS = 1_000_000
+
+
+def _options(url: str, query: str) -> None:
+    """Refuse a URL's timeout options that are not seconds above 0, Redis's
+    ``socket_timeout``, which distq sets itself (the URL's would win), and an
+    ``ssl_cert_reqs`` redis-py does not take (it failed at each connect, an outage)."""
+    options = parse_qs(query)
+    for value in options.get("ssl_cert_reqs", []) if url.lower().startswith("rediss") else []:
+        if value not in ("none", "optional", "required"):
+            raise ValueError(
+                f"({credentials.mask_url(url)}) has ssl_cert_reqs={value!r}; use required, "
+                "optional or none, in lower case"
+            )
+    # redis-py reads 0, no, f, n... as false too: a check turned off by a spelling the
+    # README does not name (sec16); one spelling each way
+    for value in options.get("ssl_check_hostname", []) if url.lower().startswith("rediss") else []:
+        if value not in ("true", "false"):
+            raise ValueError(
+                f"({credentials.mask_url(url)}) has ssl_check_hostname={value!r}; use true or "
+                "false, in lower case"
+            )
+    redis = url.lower().startswith(("redis", "unix"))
+    for name in ("decode_responses", "encoding", "encoding_errors") if redis else ():
+        if name in options:  # every reply a str, or names encoded unlike other processes
+            raise ValueError(
+                f"({credentials.mask_url(url)}) sets {name}, which distq cannot work with "
+                "(it reads and writes bytes, alike in every process): remove it"
+            )
+    for value in options.get("protocol", []) if redis else []:
+        if value not in ("2", "3"):
+            raise ValueError(
+                f"({credentials.mask_url(url)}) has protocol={value!r}; use 2 or 3, or leave "
+                "the option out"
+            )
+    for value in options.get("client_name", []) if redis else []:
+        if any(c.isspace() or not c.isprintable() for c in value):  # Redis refuses them
+            raise ValueError(
+                f"({credentials.mask_url(url)}) has client_name={value!r}; use a name "
+                "without spaces or control characters, or leave the option out"
+            )
+    if redis and "socket_timeout" in options:
+        raise ValueError(
+            f"({credentials.mask_url(url)}) sets socket_timeout, which distq sets itself "
+            "(a blocking read waits up to a third of DISTQ_LEASE_SECONDS, and a shorter "
+            "timeout reads as an outage): remove it"
+        )
+    for name in _SECONDS_OPTIONS:
+        for value in options.get(name, []):
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = math.nan
+            if not (math.isfinite(seconds) and 0 < seconds <= _MOST_SECONDS):
+                raise ValueError(
+                    f"({credentials.mask_url(url)}) has {name}={value!r}; use a number of "
+                    f"seconds above 0 and at most {_MOST_SECONDS:,}, or leave the option out"
+                )
+
+
+_DATABASE_PATH = re.compile(r"(/[0-9]*)?/?")
+
+
+def redis_url(example: str) -> Callable[[str], str]:
+    """A Redis URL whose path, if any, is a database number: redis-py reads any other
+    path as database 0 without a word (``redis://h:6379/abc``)."""
+    parse_url = url(("redis", "rediss", "unix"), example)
+
+    def parse(text: str) -> str:
+        checked = parse_url(text)
+        parts = urlsplit(checked)
+        if parts.scheme != "unix" and not _DATABASE_PATH.fullmatch(parts.path):
+            raise ValueError(
+                f"({credentials.mask_url(checked)}) has path {parts.path!r}, not a database "
+                f"number; end it with the database, e.g. {example} (or no path: database 0)"
+            )
+        return checked
+
+    return parse
+
+
+def _port_text(url: str) -> str:
+    """What stands after the host's ``:`` in ``url``; ``""`` if nothing does, or if an
+    ``@`` after the host part says that part is a password's (``redis://:12/3@h``)."""
+    netloc = url.partition("://")[2]
+    for stop in "/?#":
+        netloc = netloc.partition(stop)[0]
+    if netloc.count("@") != url.count("@"):
+        return ""
+    host, colon, port = netloc.rpartition("@")[2].rpartition(":")
+    return port if colon and (host.endswith("]") or not host.startswith("[")) else ""
+
+
+def unusable_as_a_host(text: str) -> bool:
+    """Whether ``text`` is empty or holds what no host has: a blank, a control
+    character, '/' or '@' (a setting's and a flag's check alike)."""
+    return not text or any(c.isspace() or not c.isprintable() or c in "/@" for c in text)
+
+
+def listen_host(text: str) -> str:
+    """A host to listen on: a name or an address (brackets around IPv6 taken off)."""
+    if unusable_as_a_host(text):
+        raise ValueError(f"is {text!r}; use an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
+    if problem := host_problem(text.strip("[]")):
+        raise ValueError(f"is {text!r}, {problem}")
+    return text.strip("[]")
