@@ -14,15 +14,15 @@ import time
 import pytest
 
 from distq.errors import ConnectionFailed
-from distq.transport import manager as manager_module
+from distq.transport import manager_broker
 from distq.transport.manager import (
     _EXPOSED,
     ManagerProducer,
     ManagerTransport,
-    QueueBroker,
     _BrokerProxy,
     _listen_error,
 )
+from distq.transport.manager_broker import QueueBroker
 
 
 class Clock:
@@ -228,7 +228,7 @@ def test_a_late_settle_keeps_at_most_lapsed_bytes_of_lapsed_tasks(
     """The deliveries of lapsed leases were kept for a late settle by count only: 40
     killed workers holding 128 tasks of 256 KiB kept 1.3 GB in the master, their copies
     long done."""
-    monkeypatch.setattr(manager_module, "LAPSED_BYTES", 10_000)
+    monkeypatch.setattr(manager_broker, "LAPSED_BYTES", 10_000)
     clock = Clock()
     broker = QueueBroker(clock)
     for n in range(50):

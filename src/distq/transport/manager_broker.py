@@ -1,0 +1,500 @@
+"""The queues a master hosts for the manager transport: :class:`QueueBroker`, in memory.
+
+Pure data structures under one lock, without any I/O: the manager transport
+(:mod:`distq.transport.manager`) serves a ``QueueBroker`` to workers over
+``multiprocessing.managers``, and a master or a hosting executor calls it directly.
+Leases are per consumer (one deadline for every delivery it holds, pushed back by
+``fetch`` and ``heartbeat``); a reaper puts a lapsed lease's deliveries back at the
+front of their queue and moves due retries in; a reply queue not renewed for its time
+to live goes, with its results. Bodies are bytes the broker never decodes: it reads a
+task's ``reply_to`` by its place in the envelope (:func:`_reply_to`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from distq.envelope import DeadLetter, quoted
+from distq.transport.base import is_orphan_of
+
+# (token, body, redelivered) as handed to a consumer
+Wire = tuple[int, bytes, bool]
+# (token, reply_to, result, retry, retry_delay, dead_letter): a Settlement on the wire
+WireSettlement = tuple[int, str | None, bytes | None, bytes | None, float, bytes | None]
+
+
+@dataclass
+class _Lease:
+    deadline: float
+    queue: str = ""  # the queue this consumer last fetched from
+    length: float = 0.0  # the lease its consumer asked for last
+    given_back: bool = False  # ran out while the master stood still: time given back once
+    held: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+
+
+def _as_body(value: object) -> bytes:
+    """``value`` as the master keeps a body: itself if bytes, else bytes that say what it
+    was. A manager peer's request may carry any plain value the unpickler builds; kept
+    as it came, it failed whatever touched it later: a big int's or a deep list's repr
+    (a worker's slot in a reconnect loop, a master's traceback), pickling it back to a
+    worker (a bytearray, a list nested 900 deep: every fetch failed), hashing it (a list
+    in the queue broke a hosting Executor's withdraw). A worker dead-letters such a body,
+    a master drops it, both saying what it was."""
+    if type(value) is bytes:
+        return value
+    what = f"(not bytes: a {type(value).__name__}: {quoted(value)})"
+    return what.encode("utf-8", "backslashreplace")
+
+
+def _reply_to(body: object) -> str | None:
+    """The reply queue a task body names, read without decoding it: the envelope's
+    ``reply_to`` is its last string field, so its last match (an argument may hold one)."""
+    if not isinstance(body, bytes):
+        return None
+    at = body.rfind(b'"reply_to":"')
+    if at < 0:
+        return None
+    start = at + len(b'"reply_to":"')
+    end = body.find(b'"', start)
+    return body[start:end].decode(errors="replace") if end > 0 else None
+
+
+#: How many deliveries of lapsed leases a master remembers, for their late settles, and
+#: at most how many bytes of them (a count alone let 1 MiB tasks keep 10 GiB alive).
+LAPSED_KEPT = 10_000
+LAPSED_BYTES = 64 << 20
+#: How long a task a late settle found done is not put back when a lease of it lapses.
+DONE_SECONDS = 600.0
+#: How far from the front a late settle looks for the copy its lapsed lease sent back.
+COPY_LOOK = 1000
+
+
+class QueueBroker:
+    """In-memory queues with per-consumer leases; thread-safe; lives in the master.
+
+    ``clock`` (monotonic seconds) times leases, retry delays and reply queues; tests pass
+    their own and call :meth:`reap` instead of starting the reaper thread. A reply queue
+    not renewed (:meth:`open`) for ``reply_ttl`` seconds is gone, with the results it
+    held (``None``: never). Reaps more than ``stood_still`` seconds (and half a lease)
+    apart mean the process stood still (see :meth:`_resume`).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        reply_ttl: float | None = None,
+        stood_still: float = math.inf,
+    ) -> None:
+        self._clock = clock
+        self._reply_ttl = reply_ttl
+        self._stood_still = stood_still
+        self._reaped: float | None = None  # when the last reap ran
+        self._lock = threading.Lock()
+        self._queues: dict[str, deque[tuple[bytes, bool]]] = {}
+        self._ready: dict[str, threading.Condition] = {}
+        self._leases: dict[str, _Lease] = {}
+        self._delayed: list[tuple[float, int, str, bytes]] = []
+        self._own: set[str] = set()  # the reply queues the hosting process ever held
+        self._replies: dict[str, float] = {}  # reply queues whose producer lives: renewed at
+        self._tokens = itertools.count(1)
+        # the deliveries of leases that lapsed, by token: the latest, within LAPSED_KEPT
+        # and LAPSED_BYTES; and the bodies of tasks done meanwhile, until when to remember
+        self._lapsed: dict[int, tuple[str, bytes]] = {}
+        self._lapsed_bytes = 0
+        self._done: dict[bytes, float] = {}
+        self._done_bytes = 0
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    def start_reaper(self, interval: float) -> None:
+        """Expire leases and release due retries every ``interval`` seconds."""
+        self._reaper = threading.Thread(
+            target=self._reap_loop, args=(interval,), name="distq-reaper", daemon=True
+        )
+        self._reaper.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def dead_counts(self) -> dict[str, int]:
+        """The dead letters held, by queue: they end with this process."""
+        with self._lock:
+            return {
+                name.removesuffix(".dead"): len(items)
+                for name, items in self._queues.items()
+                if name.endswith(".dead") and items
+            }
+
+    def task_counts(self) -> dict[str, int]:
+        """Other clients' tasks held, by task queue: ready, waiting out a retry's delay,
+        or leased. They end with this process: ``distq submit``'s, another executor's
+        (this process's own master or executor knows of its own)."""
+        with self._lock:
+            bodies = [
+                (name, body)
+                for name, items in self._queues.items()
+                if not name.endswith(".dead") and ".results." not in name
+                for body, _ in items
+            ]
+            bodies += [(queue, body) for _, _, queue, body in self._delayed]
+            bodies += [item for lease in self._leases.values() for item in lease.held.values()]
+            own = set(self._own)
+        counts: dict[str, int] = {}
+        for queue, body in bodies:
+            if _reply_to(body) not in own:
+                counts[queue] = counts.get(queue, 0) + 1
+        return counts
+
+    # -- producer side -------------------------------------------------------
+    def put(self, queue: str, bodies: Sequence[bytes]) -> None:
+        if not set(map(type, bodies)) <= {bytes}:  # in C: one look at a batch's types
+            bodies = [_as_body(body) for body in bodies]
+        with self._lock:
+            self._push(queue, bodies)
+
+    def get(self, queue: str, max_count: int, timeout: float) -> list[bytes]:
+        """Remove and return up to ``max_count`` bodies, waiting up to ``timeout`` s."""
+        with self._lock:
+            items = self._queue(queue)
+            if not items:
+                self._ready[queue].wait_for(lambda: bool(items), timeout)
+            return [items.popleft()[0] for _ in range(min(max_count, len(items)))]
+
+    def open(self, reply_to: str) -> bool:
+        """Open or renew a producer's reply queue: results addressed to it are kept for
+        ``reply_ttl`` seconds from now. Whether it was open already (False: new, or it
+        had lapsed, its results dropped and its queued tasks left to be dead-lettered)."""
+        with self._lock:
+            live = reply_to in self._replies
+            if self._replies.get(reply_to) != math.inf:  # one hold() made stays so
+                self._replies[reply_to] = self._clock()
+            self._queue(reply_to)
+            return live
+
+    def hold(self, reply_to: str) -> None:
+        """Open a reply queue that never lapses: the hosting process's own producer's,
+        which lives exactly as long as these queues do (not exposed to remote callers)."""
+        with self._lock:
+            self._replies[reply_to] = math.inf
+            self._queue(reply_to)
+            self._own.add(reply_to)
+
+    def delete(self, queue: str) -> None:
+        with self._lock:
+            self._drop(queue)
+
+    def gone(self, reply_to: Sequence[str]) -> list[str]:
+        """Those of ``reply_to`` that no producer holds."""
+        with self._lock:
+            return [name for name in reply_to if name not in self._replies]
+
+    def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
+        """Remove these bodies from the ready queue, one each; True for each one removed."""
+        with self._lock:
+            items = self._queues.get(queue)  # not made: a read of any name keeps nothing
+            if not items:
+                return [False] * len(bodies)
+            wanted = Counter(bodies)
+            kept = [item for item in items if not _take(wanted, item[0])]
+            removed = Counter(bodies)
+            removed.subtract(wanted)  # what was found, per body
+            if len(kept) < len(items):
+                items.clear()  # the same deque: waiting fetches hold it
+                items.extend(kept)
+            return [_take(removed, body) for body in bodies]
+
+    def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool:
+        """If ``letter`` is the oldest dead letter of ``queue``, replace it by the task
+        ``body`` at the end of ``queue``; False when someone else took it first."""
+        with self._lock:
+            dead = self._queues.get(f"{queue}.dead")
+            if not dead or dead[0][0] != letter:
+                return False
+            dead.popleft()
+            self._push(queue, [_as_body(body)])
+            return True
+
+    def forget_orphans(self, queue: str, reply_to: str) -> int:
+        """Remove the dead letters of ``queue`` that workers made of ``reply_to``'s tasks
+        while its master seemed gone (:func:`~distq.transport.base.is_orphan_of`); how
+        many. Every letter is looked at: they are in this process's memory."""
+        needle = reply_to.encode()
+        with self._lock:
+            dead = self._queues.get(f"{queue}.dead")
+            if not dead:
+                return 0
+            kept = [
+                item
+                for item in dead
+                if not (
+                    isinstance(item[0], bytes)
+                    and needle in item[0]
+                    and is_orphan_of(DeadLetter.read(item[0], queue), reply_to, queue)
+                )
+            ]
+            removed = len(dead) - len(kept)
+            if removed:
+                dead.clear()
+                dead.extend(kept)
+            return removed
+
+    # -- consumer side -------------------------------------------------------
+    def fetch(
+        self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
+    ) -> list[Wire]:
+        with self._lock:
+            owner = self._renew(consumer, lease)
+            owner.queue = queue
+            items = self._queue(queue)
+            if not items:
+                self._ready[queue].wait_for(lambda: bool(items), timeout)
+                owner = self._renew(consumer, lease)  # the reaper may have dropped us meanwhile
+                owner.queue = queue
+            out: list[Wire] = []
+            for _ in range(min(max_count, len(items))):
+                body, redelivered = items.popleft()
+                token = next(self._tokens)
+                owner.held[token] = (queue, body)
+                out.append((token, body, redelivered))
+            return out
+
+    def heartbeat(self, consumer: str, lease: float) -> None:
+        with self._lock:
+            self._renew(consumer, lease)
+
+    def heartbeats(self, consumers: Sequence[str], lease: float) -> None:
+        """Renew the leases of a worker's slots at once (its keeper's one round trip); a
+        consumer gone meanwhile (disconnected, or reaped past its deadline) stays gone."""
+        deadline = self._clock() + lease
+        with self._lock:
+            for consumer in consumers:
+                owner = self._leases.get(consumer)
+                if owner is not None:
+                    owner.deadline, owner.length, owner.given_back = deadline, lease, False
+
+    def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> list[int]:
+        """Publish results, retries and dead letters, and drop the settled leases; the
+        tokens of those found late (below), whose retries and dead letters were not.
+
+        A delivery whose lease lapsed meanwhile (its worker stalled: stopped, paused, a
+        task holding the GIL) went back to the queue: its retry or dead letter (and that
+        one's error result) is not published, the copy decides (it would have started the
+        task again after its result, or failed a task that succeeded); its result is, and
+        the task is done: its copy is dropped if it still waits near the front, where the
+        lapse put it, and not put back again when a lease of it lapses in turn (a task
+        holding the GIL past its lease ran again and again, each run's lease lapsing)."""
+        now, late = self._clock(), list[int]()
+        with self._lock:
+            owner = self._leases.get(consumer)
+            for token, reply_to, result, retry, delay, dead in items:
+                if type(result) is not bytes and result is not None:
+                    result = _as_body(result)
+                if retry is not None:
+                    retry = _as_body(retry)
+                if dead is not None:
+                    dead = _as_body(dead)
+                held = owner is not None and owner.held.pop(token, None) is not None
+                if not held and (retry is not None or dead is not None):
+                    late.append(token)
+                    continue
+                if reply_to is not None and result is not None and reply_to in self._replies:
+                    self._push(reply_to, [result])
+                if not held:
+                    self._done_elsewhere(token, now)
+                if retry is not None:
+                    if delay > 0:
+                        heapq.heappush(self._delayed, (now + delay, token, queue, retry))
+                    else:
+                        self._push(queue, [retry])
+                if dead is not None:
+                    self._push(f"{queue}.dead", [dead])
+        return late
+
+    def _done_elsewhere(self, token: int, now: float) -> None:
+        """The task of ``token``, whose lease lapsed, is done (its late result is out):
+        drop its copy if still queued near the front (a bounded look: a scan of a long
+        queue held the lock for seconds), and remember it for :data:`DONE_SECONDS`, so
+        that a copy leased again is not put back when that lease lapses. Lock held."""
+        lapsed = self._lapsed.pop(token, None)
+        if lapsed is None:
+            return
+        queue, body = lapsed
+        self._lapsed_bytes -= len(body)
+        if self._done.pop(body, None) is None:
+            self._done_bytes += len(body)
+        self._done[body] = now + DONE_SECONDS  # at the end: expiries stay in order
+        items = self._queues.get(queue, deque())
+        for at, (queued, _) in enumerate(itertools.islice(items, COPY_LOOK)):
+            if queued == body:
+                del items[at]
+                return
+
+    def settle_fetch(
+        self,
+        queue: str,
+        consumer: str,
+        items: Sequence[WireSettlement],
+        max_count: int,
+        lease: float,
+    ) -> list[Wire]:
+        """:meth:`settle`, then :meth:`fetch` up to ``max_count`` without waiting: a
+        worker's batch settled and its next one claimed in one call."""
+        self.settle(queue, consumer, items)
+        return self.fetch(queue, consumer, max_count, 0.0, lease)
+
+    def settle_fetch_late(
+        self,
+        queue: str,
+        consumer: str,
+        items: Sequence[WireSettlement],
+        max_count: int,
+        lease: float,
+    ) -> tuple[list[int], list[Wire]]:
+        """:meth:`settle_fetch`, with the tokens :meth:`settle` found late: a batch with
+        retries or dead letters, whose worker says which were not published."""
+        late = self.settle(queue, consumer, items)
+        return late, self.fetch(queue, consumer, max_count, 0.0, lease)
+
+    def release(self, consumer: str, tokens: Sequence[int]) -> None:
+        with self._lock:
+            owner = self._leases.get(consumer)
+            if owner is not None:
+                self._requeue(owner, tokens)
+
+    def disconnect(self, consumer: str) -> None:
+        """The consumer is leaving: everything it holds goes back to the front."""
+        with self._lock:
+            owner = self._leases.pop(consumer, None)
+            if owner is not None:
+                self._requeue(owner, list(owner.held))
+
+    # -- inspection ----------------------------------------------------------
+    def peek(self, queue: str, limit: int) -> list[bytes]:
+        with self._lock:
+            items = self._queues.get(queue, ())  # a read of any name keeps nothing
+            return [body for body, _ in itertools.islice(items, limit)]
+
+    def stats(self, queue: str) -> tuple[int, int, int, int]:
+        with self._lock:
+            # not made: `distq status --queue <any name>` kept a queue for each (4 KB)
+            ready = len(self._queues.get(queue, ())) + sum(
+                1 for d in self._delayed if d[2] == queue
+            )
+            in_flight = sum(
+                1 for lease in self._leases.values() for q, _ in lease.held.values() if q == queue
+            )
+            consumers = sum(1 for lease in self._leases.values() if lease.queue == queue)
+            return ready, in_flight, len(self._queues.get(f"{queue}.dead", ())), consumers
+
+    # -- internals (lock held) ------------------------------------------------
+    def _queue(self, name: str) -> deque[tuple[bytes, bool]]:
+        items = self._queues.get(name)
+        if items is None:
+            items = self._queues[name] = deque()
+            self._ready[name] = threading.Condition(self._lock)
+        return items
+
+    def _push(self, queue: str, bodies: Sequence[bytes]) -> None:
+        self._queue(queue).extend((body, False) for body in bodies)
+        self._ready[queue].notify(len(bodies))
+
+    def _drop(self, queue: str) -> None:
+        self._replies.pop(queue, None)
+        self._queues.pop(queue, None)
+        self._ready.pop(queue, None)
+
+    def _renew(self, consumer: str, lease: float) -> _Lease:
+        owner = self._leases.get(consumer)
+        if owner is None:
+            owner = self._leases[consumer] = _Lease(deadline=0.0)
+        owner.deadline, owner.length, owner.given_back = self._clock() + lease, lease, False
+        return owner
+
+    def _requeue(self, owner: _Lease, tokens: Sequence[int]) -> None:
+        for token in reversed(tokens):
+            entry = owner.held.pop(token, None)
+            if entry is not None:
+                queue, body = entry
+                self._queue(queue).appendleft((body, True))
+                self._ready[queue].notify()
+
+    def reap(self) -> None:
+        """Requeue what consumers past their deadline hold; move due retries in; drop the
+        reply queues (and the results they hold) that were not renewed in time."""
+        now = self._clock()
+        with self._lock:
+            self._resume(now)
+            if self._reply_ttl is not None:
+                lapsed = now - self._reply_ttl
+                for name in [q for q, renewed in self._replies.items() if renewed < lapsed]:
+                    self._drop(name)
+            while self._done and (
+                next(iter(self._done.values())) < now or self._done_bytes > LAPSED_BYTES
+            ):  # oldest first: one window for all
+                self._done_bytes -= len(next(iter(self._done)))
+                del self._done[next(iter(self._done))]
+            for name in [c for c, lease in self._leases.items() if lease.deadline < now]:
+                owner = self._leases.pop(name)
+                for token, (queue, body) in list(owner.held.items()):
+                    if body in self._done:  # its task is done: not put back again
+                        del owner.held[token]
+                        continue
+                    self._lapsed[token] = (queue, body)  # for a late settle of it (settle)
+                    self._lapsed_bytes += len(body)
+                while len(self._lapsed) > LAPSED_KEPT or self._lapsed_bytes > LAPSED_BYTES:
+                    _, oldest = self._lapsed.pop(next(iter(self._lapsed)))
+                    self._lapsed_bytes -= len(oldest)
+                self._requeue(owner, sorted(owner.held))
+            while self._delayed and self._delayed[0][0] <= now:
+                _, _, queue, body = heapq.heappop(self._delayed)
+                self._push(queue, [body])
+
+    def _resume(self, now: float) -> None:
+        """Reaps over ``stood_still`` s and half a lease apart: this process was stopped
+        (SIGSTOP, a paused VM) and no worker could renew that lease meanwhile, while the
+        clock ran on. A lease that ran out in that gap gets the time it had left back,
+        once (until its own renewal): reaped at once, a slot of a worker got a copy of a
+        task still running in another, and ran it too (held19); once only, a dead
+        worker's tasks wait one lease more at most, however often a starved reaper
+        stretches the gap. Half of each lease's own length: by the master's, a 1 s lease
+        ran out unseen in a stop of 0.9 s (stood20)."""
+        last, self._reaped = self._reaped, now
+        if last is None or now - last <= self._stood_still:
+            return
+        for lease in self._leases.values():
+            if (
+                last < lease.deadline <= now
+                and not lease.given_back
+                and now - last > lease.length / 2
+            ):
+                lease.deadline += now - last
+                lease.given_back = True
+
+    def _reap_loop(self, interval: float) -> None:
+        while not self._stop.wait(self.next_reap(interval)):
+            self.reap()
+
+    def next_reap(self, interval: float) -> float:
+        """Seconds until the next reap: ``interval``, or less when a retry falls due
+        sooner (a retry waited up to a whole interval more than its delay: 0.63 s for
+        0.5). One added meanwhile is due at least 0.5 s on, after the next reap."""
+        with self._lock:
+            due = self._delayed[0][0] if self._delayed else None
+        if due is None:
+            return interval
+        return min(interval, max(0.0, due - self._clock()))
+
+
+def _take(counts: Counter[bytes], body: bytes) -> bool:
+    """Count one ``body`` off ``counts``; whether there was one to count."""
+    if counts[body] > 0:
+        counts[body] -= 1
+        return True
+    return False
