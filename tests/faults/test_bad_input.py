@@ -24,7 +24,7 @@ from conftest import Target
 from distq.envelope import Task
 from distq.errors import EnvelopeError
 from distq.transport import Transport, open_transport
-from distq.transport.manager import _ClientManager
+from distq.transport.manager_wire import ClientManager
 from faults.conftest import MakeScenario
 from faults.harness import FULL, Scenario, assert_clean
 
@@ -58,7 +58,7 @@ def pusher(target: Target) -> Iterator[Push]:
         yield publish
         connection.close()
     else:
-        manager = _ClientManager(
+        manager = ClientManager(
             address=target.settings.manager_address, authkey=target.settings.authkey
         )
         manager.connect()
@@ -194,7 +194,7 @@ def _peek(target: Target, queue: str, transport: Transport) -> bytes | None:
             body: bytes | None = client.lindex(queue, -1)
             return body
     if target.name == "manager":
-        manager = _ClientManager(
+        manager = ClientManager(
             address=target.settings.manager_address, authkey=target.settings.authkey
         )
         manager.connect()

@@ -36,7 +36,7 @@ from distq.config import CONNECT_TIMEOUT, Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
-from distq.transport import Settlement, Transport, manager, open_transport
+from distq.transport import Settlement, Transport, manager_wire, open_transport
 from launch import free_port
 from procs import Distq
 from seam import fetch_n, results_n
@@ -167,8 +167,8 @@ def test_a_batch_with_a_retry_is_one_call_that_says_which_were_late(
     published); it took a settle and a fetch, two calls, each time (late21 F2). A master
     from before that call (``older``) is asked in two calls, once it refused the one."""
     if older:
-        exposed = tuple(name for name in manager._EXPOSED if name != "settle_fetch_late")
-        monkeypatch.setattr(manager, "_EXPOSED", exposed)
+        exposed = tuple(name for name in manager_wire.EXPOSED if name != "settle_fetch_late")
+        monkeypatch.setattr(manager_wire, "EXPOSED", exposed)
     with _master_and_worker(replace(_settings("late"), lease_seconds=1.0)) as (hosted, remote):
         producer = hosted.producer("late.results")
         producer.submit([b"a", b"b", b"c"])
@@ -436,7 +436,7 @@ def _every_thread_stopped(pid: int) -> bool:
 
 #: Each command's arguments, and how long it may take to give up (generous: CI is loaded).
 #: The commands have the default connect timeout; a worker its --connect-timeout, and an
-#: attempt in progress when that runs out ends after manager._CONNECT_TIMEOUT.
+#: attempt in progress when that runs out ends after manager_wire.CONNECT_TIMEOUT.
 _WORKER_PATIENCE = 2.0
 _GIVING_UP: dict[str, tuple[list[str], float]] = {
     "status": (["status"], 4 * CONNECT_TIMEOUT),
@@ -445,7 +445,7 @@ _GIVING_UP: dict[str, tuple[list[str], float]] = {
     "requeue-dead": (["requeue-dead"], 4 * CONNECT_TIMEOUT),
     "worker": (
         ["worker", "--connect-timeout", f"{_WORKER_PATIENCE:g}"],
-        4 * max(_WORKER_PATIENCE, manager._CONNECT_TIMEOUT),
+        4 * max(_WORKER_PATIENCE, manager_wire.CONNECT_TIMEOUT),
     ),
 }
 
@@ -506,7 +506,7 @@ def test_a_connected_worker_detects_a_stopped_master_then_reconnects(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # every call is bounded: a frozen master is an error a slot recovers from, not a hang
-    monkeypatch.setattr(manager, "_REPLY_TIMEOUT", 2.0)  # 30 s in production
+    monkeypatch.setattr(manager_wire, "REPLY_TIMEOUT", 2.0)  # 30 s in production
     settings = _settings("frozenmidjob")
     master = Distq(["master", "--tasks", "3", "--timeout", "120"], _env(settings))
     try:
@@ -522,7 +522,7 @@ def test_a_connected_worker_detects_a_stopped_master_then_reconnects(
                 consumer.close()  # what a slot does after an error; its connection is gone
                 with pytest.raises(ConnectionFailed, match="no answer to the authentication"):
                     remote.consumer("c1")  # the slot's reconnect, while the master is stopped
-                assert time.monotonic() - started < 4 * (2.0 + 2 * manager._CONNECT_TIMEOUT)
+                assert time.monotonic() - started < 4 * (2.0 + 2 * manager_wire.CONNECT_TIMEOUT)
             again = remote.consumer("c1")  # resumed: the next reconnect works
             assert len(fetch_n(again, 1)) == 1
             again.close()
@@ -697,7 +697,7 @@ def test_only_handshakes_unfinished_for_a_while_are_cut_to_make_room() -> None:
     under way than there were places, all from its host: cutting the oldest of the host
     with the most cut its own slots, one per connection, and a 256-slot worker at 200 ms
     never attached (diff14). Young handshakes are never cut: the next connection waits."""
-    deadlines = manager._Deadlines()
+    deadlines = manager_wire.Deadlines()
     pairs = [socket.socketpair() for _ in range(4)]
     conns = [Connection(os.dup(ours.fileno())) for ours, _ in pairs]
     try:
@@ -996,7 +996,7 @@ def _authenticated(settings: Settings) -> Connection:
     assert settings.authkey is not None
     sock = socket.create_connection(settings.manager_address, timeout=5)
     sock.setblocking(True)
-    conn = manager._bounded(Connection(sock.detach()), 10)  # a read or write: 10 s at most
+    conn = manager_wire.bounded(Connection(sock.detach()), 10)  # a read or write: 10 s at most
     connection.answer_challenge(conn, settings.authkey)
     connection.deliver_challenge(conn, settings.authkey)
     return conn
@@ -1140,7 +1140,7 @@ def _fake_master(settings: Settings, evil_on: str, marker: Path) -> Iterator[Non
                 if method == evil_on:
                     reply = _MakesDir(marker)
                 elif method == "create":
-                    reply = ("1", manager._EXPOSED)
+                    reply = ("1", manager_wire.EXPOSED)
                 elif method == "fetch":
                     reply = []
                 conn.send(("#RETURN", reply))
@@ -1190,17 +1190,21 @@ def test_the_manager_protocol_unpickles_plain_data_and_builtin_exceptions_only()
     request: tuple[Any, ...] = ("7f01", "settle_fetch", ("q", "w1.ab12", settle, 128, 30.0), {})
     other: Any = [None, True, -(2**70), 1.5e300, "\u00e9", {"a": {1, 2}}, frozenset({b""})]
     for plain in (request, other, ("#RETURN", [(3, b"body", False)]), ("#TRACEBACK", "...")):
-        for reader in (manager._RequestUnpickler, manager._ReplyUnpickler):
+        for reader in (manager_wire.RequestUnpickler, manager_wire.ReplyUnpickler):
             assert reader(io.BytesIO(pickle.dumps(plain))).load() == plain
     reply = ("#ERROR", TypeError("fetch() takes 6 positional arguments but 7 were given"))
-    kind, error = manager._ReplyUnpickler(io.BytesIO(pickle.dumps(reply))).load()
+    kind, error = manager_wire.ReplyUnpickler(io.BytesIO(pickle.dumps(reply))).load()
     assert kind == "#ERROR" and isinstance(error, TypeError), error
     refused: list[tuple[type[pickle.Unpickler], object, str]] = [
-        (manager._RequestUnpickler, KeyError("a master is never sent an exception"), "KeyError"),
-        (manager._RequestUnpickler, range(3), "builtins.range"),
-        (manager._ReplyUnpickler, SystemExit(0), "builtins.SystemExit"),  # would end a worker
-        (manager._ReplyUnpickler, managers.Token("distq_broker", None, "1"), "managers.Token"),
-        (manager._ReplyUnpickler, ("#RETURN", eval), "builtins.eval"),
+        (
+            manager_wire.RequestUnpickler,
+            KeyError("a master is never sent an exception"),
+            "KeyError",
+        ),
+        (manager_wire.RequestUnpickler, range(3), "builtins.range"),
+        (manager_wire.ReplyUnpickler, SystemExit(0), "builtins.SystemExit"),  # would end a worker
+        (manager_wire.ReplyUnpickler, managers.Token("distq_broker", None, "1"), "managers.Token"),
+        (manager_wire.ReplyUnpickler, ("#RETURN", eval), "builtins.eval"),
     ]
     for unpickler, data, named in refused:
         with pytest.raises(pickle.UnpicklingError, match=f"{named} is not among"):

@@ -15,14 +15,9 @@ import pytest
 
 from distq.errors import ConnectionFailed
 from distq.transport import manager_broker
-from distq.transport.manager import (
-    _EXPOSED,
-    ManagerProducer,
-    ManagerTransport,
-    _BrokerProxy,
-    _listen_error,
-)
+from distq.transport.manager import ManagerProducer, ManagerTransport, _listen_error
 from distq.transport.manager_broker import QueueBroker
+from distq.transport.manager_wire import EXPOSED, BrokerProxy
 
 
 class Clock:
@@ -323,12 +318,12 @@ def test_release_and_disconnect_hand_back_to_the_front() -> None:
 
 
 def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signature() -> None:
-    for name in _EXPOSED:
+    for name in EXPOSED:
         served = inspect.signature(getattr(QueueBroker, name))
-        proxied = inspect.signature(getattr(_BrokerProxy, name))
+        proxied = inspect.signature(getattr(BrokerProxy, name))
         assert list(proxied.parameters) == list(served.parameters), name
     public = {n for n, v in vars(QueueBroker).items() if callable(v) and not n.startswith("_")}
-    assert public - set(_EXPOSED) == {
+    assert public - set(EXPOSED) == {
         "start_reaper",
         "stop",
         "reap",

@@ -3,11 +3,12 @@
 The master runs a :class:`~distq.transport.manager_broker.QueueBroker` in-process and
 serves it on ``DISTQ_MANAGER_ADDRESS``; workers connect with the shared
 ``DISTQ_AUTHKEY`` (HMAC challenge before any message is unpickled, so only key holders
-can talk to it).
-Only plain data (``bytes``, ``str``, numbers, in tuples and lists) crosses the wire: the
-envelopes stay JSON. Both ends unpickle with :class:`_Unpickler`, which builds nothing
-else (built-in exceptions aside, in replies), so a key holder cannot run code in the
-master, nor a fake master in the workers.
+can talk to it). Only plain data (``bytes``, ``str``, numbers, in tuples and lists)
+crosses the wire: the envelopes stay JSON. Both ends unpickle with
+:class:`~distq.transport.manager_wire.Unpickler`, which builds nothing else (built-in
+exceptions aside, in replies), so a key holder cannot run code in the master, nor a fake
+master in the workers. The wire itself (connections, timeouts, the worker's proxy) is
+:mod:`distq.transport.manager_wire`'s.
 
 Leases are per consumer: every delivery a consumer holds shares one deadline, pushed
 back by ``fetch`` and ``heartbeat``. A reaper thread in the master puts the deliveries
@@ -33,8 +34,8 @@ master listens next on the address.
 
 The master serves each connection in a thread of its own (``multiprocessing``'s
 server), and bounds what a peer without the key can hold: the handshake and first call
-within ``_HANDSHAKE_TIMEOUT``, at most ``_HANDSHAKES_AT_ONCE`` of them at a time, TCP
-keepalive on the rest. It listens on IPv4 or IPv6, as the host of the address says.
+within ``manager_wire.HANDSHAKE_TIMEOUT``, at most ``_HANDSHAKES_AT_ONCE`` of them at a
+time, TCP keepalive on the rest. It listens on IPv4 or IPv6, as the host of the address says.
 
 | queue name          | holds                                       |
 |---------------------|---------------------------------------------|
@@ -45,26 +46,19 @@ keepalive on the rest. It listens on IPv4 or IPv6, as the host of the address sa
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import errno
-import io
 import logging
-import os
 import pickle
 import secrets
 import socket
-import struct
 import threading
 import time
 import traceback
-import types
-from collections import Counter
 from collections.abc import Callable, Collection, Sequence
-from multiprocessing import AuthenticationError, connection, managers, util
-from multiprocessing.connection import Connection
-from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
-from typing import Any, ClassVar, Protocol, TypeVar, cast
+from multiprocessing import AuthenticationError, connection
+from multiprocessing.managers import BaseProxy, RemoteError
+from typing import Any, TypeVar
 
 from distq import descriptors
 from distq.addresses import host_port
@@ -76,6 +70,7 @@ from distq.config import (
 )
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
+from distq.transport import manager_wire as wire
 from distq.transport.base import (
     Consumer,
     Delivery,
@@ -95,15 +90,6 @@ _T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
-#: A worker's read or write on a manager connection fails after this long (see _bounded).
-_REPLY_TIMEOUT = 30.0
-#: A worker's connecting to the master fails after this long: the TCP connect, then the
-#: HMAC handshake (a master answers it at once; a frozen one or another service never does).
-_CONNECT_TIMEOUT = 5.0
-#: The master drops a connection whose peer has not completed the HMAC handshake and
-#: sent its first request this long after it was accepted (a worker does so at once; a
-#: port scanner, a load balancer's probe or a vanished host never does).
-_HANDSHAKE_TIMEOUT = 5.0
 #: Most connections the master authenticates at once; more wait in the listen backlog,
 #: unless a place is taken by a handshake unfinished after ``_SILENT_SECONDS``: then the
 #: oldest such of the host that has the most of them is cut. A peer without the key that
@@ -113,464 +99,8 @@ _HANDSHAKE_TIMEOUT = 5.0
 _HANDSHAKES_AT_ONCE = 256
 #: A handshake unfinished this long is a silent peer's more likely than a worker's.
 _SILENT_SECONDS = 2.0
-#: On a served connection, a reply the master cannot send for this long (a peer that
-#: stopped reading) ends the connection. Reads have no timeout: a worker or an executor
-#: may sit idle between calls for any time; TCP keepalive finds a peer that vanished.
-_SERVING_SEND_TIMEOUT = 2 * _REPLY_TIMEOUT
-#: TCP keepalive on served connections: probes after 60 s idle, every 15 s, 4 unanswered
-#: ones drop the connection (a worker host gone without a FIN: about 2 minutes).
-_KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
 #: Seconds between two log lines about the same accept problem.
 _LOG_EVERY = 60.0
-
-
-class _Broker(Protocol):
-    """What producers and consumers call: the :class:`QueueBroker` itself in the master,
-    a :class:`_BrokerProxy` of it in a worker. ``None`` from ``get`` or ``fetch`` is a
-    stopping master's stray reply (see :func:`_call_list`)."""
-
-    def put(self, queue: str, bodies: Sequence[bytes]) -> None: ...
-    def open(self, reply_to: str) -> bool: ...
-    def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None: ...
-    def delete(self, queue: str) -> None: ...
-    def gone(self, reply_to: Sequence[str]) -> list[str]: ...
-    def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]: ...
-    def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool: ...
-    def forget_orphans(self, queue: str, reply_to: str) -> int: ...
-    def fetch(
-        self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
-    ) -> list[Wire] | None: ...
-    def heartbeat(self, consumer: str, lease: float) -> None: ...
-    def heartbeats(self, consumers: Sequence[str], lease: float) -> None: ...
-    def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> list[int]: ...
-    def settle_fetch(
-        self,
-        queue: str,
-        consumer: str,
-        items: Sequence[WireSettlement],
-        max_count: int,
-        lease: float,
-    ) -> list[Wire] | None: ...
-    def settle_fetch_late(
-        self,
-        queue: str,
-        consumer: str,
-        items: Sequence[WireSettlement],
-        max_count: int,
-        lease: float,
-    ) -> tuple[list[int], list[Wire]] | None: ...
-    def release(self, consumer: str, tokens: Sequence[int]) -> None: ...
-    def disconnect(self, consumer: str) -> None: ...
-    def peek(self, queue: str, limit: int) -> list[bytes]: ...
-    def stats(self, queue: str) -> tuple[int, int, int, int]: ...
-
-
-_EXPOSED = (
-    "put",
-    "open",
-    "get",
-    "delete",
-    "gone",
-    "withdraw",
-    "requeue_dead",
-    "forget_orphans",
-    "fetch",
-    "heartbeat",
-    "heartbeats",
-    "settle",
-    "settle_fetch",
-    "settle_fetch_late",
-    "release",
-    "disconnect",
-    "peek",
-    "stats",
-)
-
-
-def _no_delay(conn: Connection) -> Connection:
-    """Turn off Nagle's algorithm on a manager connection.
-
-    ``multiprocessing.connection`` writes a message over 16 KiB as two ``send()`` calls
-    (length, then payload); with Nagle on, the second waits for the peer's delayed ACK,
-    40 ms on Linux. A batch of 128 tasks crosses that size.
-    """
-    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return conn
-
-
-def _timeouts(conn: Connection, read: float, write: float) -> Connection:
-    """Make a blocking read on ``conn`` fail after ``read`` seconds and a write after
-    ``write`` (``SO_RCVTIMEO``, ``SO_SNDTIMEO``; 0: never)."""
-    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        for option, seconds in ((socket.SO_RCVTIMEO, read), (socket.SO_SNDTIMEO, write)):
-            timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
-            sock.setsockopt(socket.SOL_SOCKET, option, timeval)
-    return conn
-
-
-def _bounded(conn: Connection, seconds: float) -> Connection:
-    """Make a blocking read or write on ``conn`` fail after ``seconds``: a master that
-    accepted the connection and never answers (hung, or cut off after the handshake
-    began) is an error the worker recovers from, not a thread blocked for good. Every
-    call a worker makes is answered in about a second."""
-    return _timeouts(conn, seconds, seconds)
-
-
-def _accepted(conn: Connection) -> None:
-    """A connection the master just accepted: no-delay, TCP keepalive, and reads and
-    writes that fail after ``_HANDSHAKE_TIMEOUT`` until :func:`_serving` lifts them."""
-    _no_delay(conn)
-    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            for name, value in _KEEPALIVE:
-                if hasattr(socket, name):  # Linux; others keep their system defaults
-                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-    _timeouts(conn, _HANDSHAKE_TIMEOUT, _HANDSHAKE_TIMEOUT)
-
-
-def _serving(conn: Connection) -> None:
-    """An authenticated connection: reads wait for as long as the peer is idle (its next
-    call may come at any time), a reply the peer does not take ends it."""
-    _timeouts(conn, 0, _SERVING_SEND_TIMEOUT)
-
-
-class _Deadlines:
-    """Connections that must finish their handshake by a deadline: one thread shuts down
-    (never closes) those past it, so a peer that trickles a byte every few seconds, which
-    a per-read timeout never stops, is cut too. A connection leaves (:meth:`done`) before
-    it is closed, so a descriptor number reused by a later connection is never cut."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # each connection's deadline, its peer's host and when it was added
-        self._due: dict[Connection, tuple[float, str, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._cut_late, name="distq-handshakes", daemon=True)
-        self._thread.start()
-
-    def add(self, conn: Connection, seconds: float, host: str = "") -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._due[conn] = (now + seconds, host, now)
-
-    def done(self, conn: Connection) -> None:
-        with self._lock:
-            self._due.pop(conn, None)
-
-    def make_room(self, most: int, silent: float) -> tuple[bool, str | None]:
-        """Whether another handshake may start, fewer than ``most`` being under way, and
-        the host whose handshake was cut to make that room: of those unfinished for
-        ``silent`` seconds, the oldest of the host that has the most. Handshakes younger
-        than that are never cut (a far worker's take 3 round trips): with every place
-        theirs, there is no room, and the next connection waits in the backlog."""
-        with self._lock:
-            if len(self._due) < most:
-                return True, None
-            since = time.monotonic() - silent
-            stalled = {conn: entry for conn, entry in self._due.items() if entry[2] <= since}
-            if not stalled:
-                return False, None
-            counts = Counter(host for _, host, _ in stalled.values())
-            crowded = max(counts, key=counts.__getitem__)
-            oldest = min(
-                (conn for conn, (_, host, _) in stalled.items() if host == crowded),
-                key=lambda conn: stalled[conn][2],
-            )
-            self._cut(oldest)
-            return True, crowded
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _cut_late(self) -> None:
-        while not self._stop.wait(0.5):
-            now = time.monotonic()
-            with self._lock:
-                for conn in [c for c, (due, _, _) in self._due.items() if due <= now]:
-                    self._cut(conn)
-
-    def _cut(self, conn: Connection) -> None:
-        """Shut ``conn`` down (its thread's read ends at once); under the lock."""
-        del self._due[conn]
-        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-# -- what a manager connection unpickles ---------------------------------------------
-# multiprocessing's connections unpickle whatever the peer sends, and a pickle can call
-# any importable function (os.system, ...): every DISTQ_AUTHKEY holder could run code in
-# the master, and a fake master in the workers. Both ends unpickle with _Unpickler
-# instead, which builds plain data (None, bool, int, float, str, bytes, tuple, list,
-# dict, set: no global is named for any of them) and only the globals listed here.
-
-#: What a master unpickles from a peer besides plain data: nothing. A request is
-#: ``(object id, method name, args, kwargs)`` of plain data (see :class:`_Broker`), the
-#: first one on a connection too (``accept_connection``, ``create``, ``incref``, ...).
-_REQUEST_GLOBALS: frozenset[tuple[str, str]] = frozenset()
-#: What a worker (any process that connects to a master) unpickles from it besides plain
-#: data: the built-in exception classes (``Exception``'s subclasses in ``builtins``), for
-#: ``("#ERROR", exc)``, a broker method that raised (a ``TypeError`` on arguments an
-#: older master does not take, say). Replies are otherwise plain data (see :class:`_Broker`).
-_REPLY_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    ("builtins", name)
-    for name, value in vars(builtins).items()
-    if isinstance(value, type) and issubclass(value, Exception)
-)
-
-
-#: What a connection's first request may ask of the master: the stdlib server's public
-#: methods but ``shutdown`` (any key holder could stop the master serving everyone; it
-#: stops when its job does) and ``debug_info`` (a listing of what it holds).
-_FIRST_REQUESTS = frozenset(managers.Server.public) - {"shutdown", "debug_info"}
-
-
-class _Refused(pickle.UnpicklingError):
-    """A message that names a global its receiver does not unpickle: not loaded."""
-
-
-class _Unpickler(pickle.Unpickler):
-    """``pickle``'s C unpickler, which looks up no global outside ``allowed``."""
-
-    allowed: ClassVar[frozenset[tuple[str, str]]] = frozenset()
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.allowed:
-            return super().find_class(module, name)
-        raise _Refused(f"{module}.{name} is not among what the manager protocol unpickles")
-
-
-class _RequestUnpickler(_Unpickler):
-    allowed = _REQUEST_GLOBALS
-
-
-class _ReplyUnpickler(_Unpickler):
-    allowed = _REPLY_GLOBALS
-
-
-class _ServedConnection(Connection):
-    """The master's end of a connection: requests unpickled by :class:`_RequestUnpickler`.
-    A refused one ends the connection as the peer's close would (``EOFError``: what ends
-    ``multiprocessing``'s ``serve_client``), with ``refused`` saying why."""
-
-    def __init__(self, handle: int, peer: str, host: str = "") -> None:
-        super().__init__(handle)
-        self.peer, self.host = peer, host  # host:port, and the host alone
-        self.refused: str | None = None
-
-    def recv(self) -> Any:
-        data = self.recv_bytes()  # its EOFError or OSError: the peer closed, or the network
-        try:
-            return _RequestUnpickler(io.BytesIO(data)).load()
-        except _Refused as exc:
-            self.refused = str(exc)
-        except Exception as exc:  # not a pickle at all: dropped silently before
-            self.refused = f"not a pickle: {type(exc).__name__}"
-        raise EOFError(self.refused)
-
-
-class _ClientConnection(Connection):
-    """A worker's end of a connection: replies unpickled by :class:`_ReplyUnpickler`; a
-    refused one raises :class:`_Refused` (a ``TransportError`` in :func:`_call`)."""
-
-    def recv(self) -> Any:
-        return _ReplyUnpickler(io.BytesIO(self.recv_bytes())).load()
-
-
-class _Listener(connection.Listener):
-    """``multiprocessing.connection.Listener`` on a TCP address, IPv6 too: the stdlib's
-    picks ``AF_INET`` for every ``(host, port)``, so an IPv6 host could never listen.
-    Its connections are :class:`_ServedConnection` objects."""
-
-    def __init__(self, address: tuple[str, int], family: str | None = None, backlog: int = 1):
-        family = "AF_INET6" if ":" in address[0] else "AF_INET"
-        # the stdlib server asks for 16: 40 worker slots connecting at once (a master's
-        # restart) overflowed it, and some failed their handshake 5 s later
-        backlog = max(backlog, socket.SOMAXCONN)
-        self._listener = connection.SocketListener(address, family, backlog)  # type: ignore[attr-defined]
-        self._authkey = None  # the server authenticates each connection in its own thread
-
-    def accept(self) -> _ServedConnection:
-        """``SocketListener.accept()``, making a :class:`_ServedConnection` that knows
-        its peer's address."""
-        listener = self._listener
-        if listener is None:  # close() was called
-            raise OSError("listener is closed")
-        sock, address = listener._socket.accept()
-        sock.setblocking(True)
-        return _ServedConnection(sock.detach(), host_port(*address[:2]), address[0])
-
-
-def _client(address: Any, authkey: bytes | None = None) -> Connection:
-    """``multiprocessing.connection.Client``, on a no-delay socket whose reads time out:
-    the connect and the handshake after ``_CONNECT_TIMEOUT``, each later read or write
-    after ``_REPLY_TIMEOUT``. Raises ``TimeoutError`` naming the step that got no answer."""
-    if authkey is not None and not isinstance(authkey, bytes):
-        raise TypeError("authkey should be a byte string")
-    try:
-        sock = socket.create_connection(address, timeout=_CONNECT_TIMEOUT)
-    except TimeoutError:
-        raise _no_answer("the TCP connect") from None
-    sock.setblocking(True)  # the timeouts below are the socket's own: Connection reads the fd
-    conn = _bounded(_no_delay(_ClientConnection(sock.detach())), _CONNECT_TIMEOUT)
-    try:
-        if authkey is not None:
-            connection.answer_challenge(conn, authkey)
-            connection.deliver_challenge(conn, authkey)
-    except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO/SO_SNDTIMEO ran out: EAGAIN
-        conn.close()
-        raise _no_answer("the authentication handshake (it accepted the connection)") from None
-    except BaseException:
-        conn.close()
-        raise
-    return _bounded(conn, _REPLY_TIMEOUT)
-
-
-def _no_answer(step: str) -> TimeoutError:
-    return TimeoutError(errno.ETIMEDOUT, f"no answer to {step} within {_CONNECT_TIMEOUT:g} s")
-
-
-#: The serializer name under which ``multiprocessing.managers`` finds :func:`_client`.
-#: ``BaseManager.connect()``, a proxy's first ``incref`` (made in ``BaseProxy.__init__``)
-#: and its ``decref`` finalizer open their connections with ``listener_client[serializer]``,
-#: not with an instance's ``_Client``: under the stdlib's ``"pickle"`` entry each of them
-#: waits forever on a master that accepts and never answers. Same wire format as "pickle".
-_SERIALIZER = "distq"
-getattr(managers, "listener_client")[_SERIALIZER] = (_Listener, _client)  # noqa: B009
-
-
-#: What a proxy's finalizer takes for its thread's connections: none to close.
-_NO_CONNECTION = types.SimpleNamespace()
-
-
-class _BrokerProxy(BaseProxy):
-    """A worker's proxy of the master's :class:`QueueBroker`, on no-delay connections.
-
-    Each method sends its call to the master and returns the reply (see :class:`_Broker`).
-    """
-
-    _exposed_ = _EXPOSED
-
-    def _incref(self) -> None:
-        """The stdlib's, with a finalizer that only tells the master the proxy is gone.
-
-        The stdlib's finalizer also closes the connection of whatever thread the garbage
-        collector runs it in, once no proxy id of the address is left in the process's
-        set; every proxy of a master has the same id (one object), so an old proxy
-        collected in a live executor's or slot's thread closed that thread's connection,
-        mid-send at times (``'NoneType' object cannot be interpreted as an integer``: the
-        executor broke). A connection is closed by the one who made it
-        (:func:`_close_proxy`), or with its thread."""
-        base: Any = BaseProxy  # typeshed declares none of its private parts
-        me: Any = self
-        base._incref(me)
-        close = getattr(me, "_close", None)
-        if close is None:  # owned by the manager: no finalizer
-            return
-        close.cancel()
-        state = me._manager and me._manager._state
-        me._close = util.Finalize(
-            me,
-            base._decref,
-            args=(me._token, me._authkey, state, _NO_CONNECTION, set(), me._Client),
-            exitpriority=10,
-        )
-
-    def _call(self, method: str, *args: Any) -> Any:
-        call: Callable[..., Any] = self._callmethod  # typeshed types its reply as None
-        return call(method, args)
-
-    def put(self, queue: str, bodies: Sequence[bytes]) -> None:
-        self._call("put", queue, bodies)
-
-    def open(self, reply_to: str) -> bool:
-        return self._call("open", reply_to) is not False  # None: an older master's "yes"
-
-    def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None:
-        return cast("list[bytes] | None", self._call("get", queue, max_count, timeout))
-
-    def delete(self, queue: str) -> None:
-        self._call("delete", queue)
-
-    def gone(self, reply_to: Sequence[str]) -> list[str]:
-        return cast("list[str]", self._call("gone", reply_to))
-
-    def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
-        return cast("list[bool]", self._call("withdraw", queue, bodies))
-
-    def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool:
-        return bool(self._call("requeue_dead", queue, letter, body))
-
-    def forget_orphans(self, queue: str, reply_to: str) -> int:
-        return int(self._call("forget_orphans", queue, reply_to))
-
-    def fetch(
-        self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
-    ) -> list[Wire] | None:
-        reply = self._call("fetch", queue, consumer, max_count, timeout, lease)
-        return cast("list[Wire] | None", reply)
-
-    def heartbeat(self, consumer: str, lease: float) -> None:
-        self._call("heartbeat", consumer, lease)
-
-    def heartbeats(self, consumers: Sequence[str], lease: float) -> None:
-        self._call("heartbeats", consumers, lease)
-
-    def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> list[int]:
-        return cast("list[int]", self._call("settle", queue, consumer, items))
-
-    def settle_fetch(
-        self,
-        queue: str,
-        consumer: str,
-        items: Sequence[WireSettlement],
-        max_count: int,
-        lease: float,
-    ) -> list[Wire] | None:
-        reply = self._call("settle_fetch", queue, consumer, items, max_count, lease)
-        return cast("list[Wire] | None", reply)
-
-    def settle_fetch_late(
-        self,
-        queue: str,
-        consumer: str,
-        items: Sequence[WireSettlement],
-        max_count: int,
-        lease: float,
-    ) -> tuple[list[int], list[Wire]] | None:
-        reply = self._call("settle_fetch_late", queue, consumer, items, max_count, lease)
-        return cast("tuple[list[int], list[Wire]] | None", reply)
-
-    def release(self, consumer: str, tokens: Sequence[int]) -> None:
-        self._call("release", consumer, tokens)
-
-    def disconnect(self, consumer: str) -> None:
-        self._call("disconnect", consumer)
-
-    def peek(self, queue: str, limit: int) -> list[bytes]:
-        return cast("list[bytes]", self._call("peek", queue, limit))
-
-    def stats(self, queue: str) -> tuple[int, int, int, int]:
-        return cast("tuple[int, int, int, int]", self._call("stats", queue))
-
-
-class _ClientManager(BaseManager):
-    """A worker's connection to the master's :class:`QueueBroker`: made with
-    ``serializer=_SERIALIZER``, so every connection it and its proxies open is :func:`_client`'s."""
-
-    distq_broker: Callable[[], _BrokerProxy]  # made by register() below
-
-
-_ClientManager.register("distq_broker", proxytype=_BrokerProxy)
-
-
-def _serving_manager(broker: QueueBroker, settings: Settings) -> BaseManager:
-    """A manager class of its own per master, so two masters in one process don't clash."""
-    cls: type[BaseManager] = type("_ServerManager", (BaseManager,), {})
-    cls.register("distq_broker", callable=lambda: broker, exposed=_EXPOSED)
-    return cls(address=settings.manager_address, authkey=settings.authkey, serializer=_SERIALIZER)
 
 
 class ManagerTransport(Transport):
@@ -586,23 +116,23 @@ class ManagerTransport(Transport):
         self._queue = settings.queue
         self._server: Any = None  # multiprocessing's Server: untyped internals
         self._broker: QueueBroker | None = None
-        self._keeper: _Broker | None = None  # a worker's keeper renews its leases on it
-        self._manager: _ClientManager | None = None
+        self._keeper: wire.Broker | None = None  # a worker's keeper renews its leases on it
+        self._manager: wire.ClientManager | None = None
         host, port = settings.manager_address
         self.address = host_port(host, port)
         self._role = role
         self._acceptor: threading.Thread | None = None
         self._logged: dict[str, float] = {}  # accept problem -> when last logged
         # the connections being served: a child made by fork() closes its copies
-        self._served: set[_ServedConnection] = set()
-        self._inspector: _Broker | None = None  # a worker's proxy for stats(), kept
+        self._served: set[wire.ServedConnection] = set()
+        self._inspector: wire.Broker | None = None  # a worker's proxy for stats(), kept
         self._inspector_lock = threading.Lock()
         if role == "master":
             reap_every = min(0.25, settings.lease_seconds / 4)
             # a reaper a little late is not a process that stood still; two turns' time
             # hid a 0.4 s stop from a worker's 0.3 s lease (stood20b)
             broker = QueueBroker(reply_ttl=settings.master_ttl, stood_still=1.5 * reap_every)
-            manager = _serving_manager(broker, settings)
+            manager = wire.serving_manager(broker, settings)
             try:
                 self._server = manager.get_server()
             except OSError as exc:
@@ -612,12 +142,14 @@ class ManagerTransport(Transport):
             broker.start_reaper(reap_every)
             self._server.stop_event = threading.Event()  # serve_client() polls it
             self._broker = broker
-            self._deadlines = _Deadlines()
+            self._deadlines = wire.Deadlines()
             self._acceptor = threading.Thread(target=self._accept, name="distq-accept", daemon=True)
             self._acceptor.start()
         else:
-            self._manager = _ClientManager(
-                address=settings.manager_address, authkey=settings.authkey, serializer=_SERIALIZER
+            self._manager = wire.ClientManager(
+                address=settings.manager_address,
+                authkey=settings.authkey,
+                serializer=wire.SERIALIZER,
             )
             self._connect(self._manager.connect)
 
@@ -655,9 +187,9 @@ class ManagerTransport(Transport):
                 time.sleep(0.1)
                 continue
             try:
-                _accepted(conn)
+                wire.accepted(conn)
                 self._served.add(conn)
-                self._deadlines.add(conn, _HANDSHAKE_TIMEOUT, conn.host)  # the whole handshake
+                self._deadlines.add(conn, wire.HANDSHAKE_TIMEOUT, conn.host)  # the whole handshake
                 threading.Thread(
                     target=self._serve, args=(conn,), name="distq-serve", daemon=True
                 ).start()
@@ -680,7 +212,7 @@ class ManagerTransport(Transport):
             self._logged[kind] = now
             log.error("master at %s: %s", self.address, message)
 
-    def _serve(self, conn: _ServedConnection) -> None:
+    def _serve(self, conn: wire.ServedConnection) -> None:
         """Serve ``conn`` (:meth:`_serve_requests`); a connection dropped for a message
         the master does not unpickle is logged, once, with the peer's address."""
         try:
@@ -696,9 +228,9 @@ class ManagerTransport(Transport):
                     conn.refused,
                 )
 
-    def _serve_requests(self, conn: _ServedConnection) -> None:
+    def _serve_requests(self, conn: wire.ServedConnection) -> None:
         """``multiprocessing``'s ``Server.handle_request``, with the handshake and first
-        request bounded by ``_HANDSHAKE_TIMEOUT``, and nothing sent to a peer that failed
+        request bounded by ``wire.HANDSHAKE_TIMEOUT``, and nothing sent to a peer that failed
         it: a silent or half-open peer costs the master a thread and a file descriptor for
         that long, not for good."""
         server = self._server
@@ -709,7 +241,7 @@ class ManagerTransport(Transport):
                 _, name, args, kwds = conn.recv()
             finally:
                 self._deadlines.done(conn)
-            if name not in _FIRST_REQUESTS:  # not shutdown: any key holder could stop us
+            if name not in wire.FIRST_REQUESTS:  # not shutdown: any key holder could stop us
                 raise ValueError(f"{name!r} unrecognized")
         except Exception as exc:  # no key, a wrong one, a silent peer, a port scan: dropped
             conn.close()
@@ -720,7 +252,7 @@ class ManagerTransport(Transport):
                     "its DISTQ_AUTHKEY is not this master's (logged once a minute)",
                 )
             return
-        _serving(conn)
+        wire.serving(conn)
         try:
             msg: tuple[str, Any] = ("#RETURN", getattr(server, name)(conn, *args, **kwds))
         except SystemExit:  # serve_client()'s end on EOF: the peer closed
@@ -780,7 +312,7 @@ class ManagerTransport(Transport):
     def reply_queue(self, job_id: str) -> str:
         return f"{self._queue}.results.{job_id}"
 
-    def _endpoint(self) -> _Broker:
+    def _endpoint(self) -> wire.Broker:
         """The broker: the object itself in the master, a fresh proxy in a worker."""
         if self._broker is not None:
             return self._broker
@@ -956,14 +488,14 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
     except (EOFError, ConnectionResetError):
         _close_proxy(proxy)
         raise _closed(address) from None
-    except BlockingIOError:  # _bounded's SO_RCVTIMEO or SO_SNDTIMEO ran out (EAGAIN)
+    except BlockingIOError:  # wire.bounded's SO_RCVTIMEO or SO_SNDTIMEO ran out (EAGAIN)
         # its reply may still come, and would answer this thread's next call: start afresh
         _close_proxy(proxy)
         raise TransportError(
-            f"the master at {address} did not answer within {_REPLY_TIMEOUT:g} s "
+            f"the master at {address} did not answer within {wire.REPLY_TIMEOUT:g} s "
             "(stopped, or overloaded?)"
         ) from None
-    except TimeoutError as exc:  # _client's, connecting afresh for this call
+    except TimeoutError as exc:  # wire.client's, connecting afresh for this call
         raise TransportError(
             f"the master at {address} gave {exc.strerror} (stopped, or overloaded?)"
         ) from None
@@ -977,7 +509,7 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
                 "since, and the leases of this consumer's tasks went with it"
             ) from None
         raise TransportError(f"the master at {address} failed a request: {exc}") from None
-    except pickle.UnpicklingError as exc:  # _Refused: a reply naming a global; or garbage
+    except pickle.UnpicklingError as exc:  # wire.Refused: a reply naming a global; or garbage
         _close_proxy(proxy)  # not a master to keep talking to
         raise TransportError(
             f"refused a reply of the master at {address} and dropped the connection: {exc}"
@@ -1020,12 +552,12 @@ class ManagerProducer(Producer):
 
     def __init__(
         self,
-        broker: _Broker,
+        broker: wire.Broker,
         queue: str,
         reply_to: str,
         address: str,
         renew_every: float,
-        reconnect: Callable[[], _Broker] | None = None,
+        reconnect: Callable[[], wire.Broker] | None = None,
     ) -> None:
         self._broker, self._queue, self.reply_to, self._address = broker, queue, reply_to, address
         self._reconnect = reconnect
@@ -1084,7 +616,7 @@ class ManagerConsumer(Consumer):
     resettles = True  # the master's leases outlive a connection
 
     def __init__(
-        self, broker: _Broker, queue: str, consumer_id: str, lease: float, address: str
+        self, broker: wire.Broker, queue: str, consumer_id: str, lease: float, address: str
     ) -> None:
         # a suffix per connection: an earlier connection's leases are never renewed by this one
         self._id = f"{consumer_id}.{secrets.token_hex(3)}"
