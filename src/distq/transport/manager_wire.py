@@ -12,7 +12,9 @@ It relies on parts of ``multiprocessing`` that are not documented API: the
 ``managers.listener_client`` table (a serializer of distq's own is entered in it at
 import), ``managers.Server.public``, ``connection.SocketListener`` and a listener's
 ``_socket``, ``connection.answer_challenge`` and ``deliver_challenge``, and
-``BaseProxy``'s ``_incref``/``_decref``.
+``BaseProxy``'s ``_incref``/``_decref``. :func:`check_multiprocessing` checks them when
+this module is imported (a listener's ``_socket`` as it is made): a Python release that
+changed one fails with a :class:`~distq.errors.ConfigError` naming it, never quietly.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import inspect
 import io
 import os
 import pickle
+import platform
 import socket
 import struct
 import threading
@@ -37,7 +41,58 @@ from typing import Any, ClassVar, Protocol, cast
 
 from distq.addresses import host_port
 from distq.config import Settings
+from distq.errors import ConfigError
 from distq.transport.manager_broker import QueueBroker, Wire, WireSettlement
+
+
+def changed(internal: str, found: object, expected: str) -> ConfigError:
+    """The error for a part of ``multiprocessing`` that is not what this module expects."""
+    version = platform.python_version()
+    return ConfigError(
+        f"Python {version} changed multiprocessing's {internal} (found {found}, expected "
+        f"{expected}), which distq's manager transport relies on (see "
+        "distq.transport.manager_wire); run distq on the Python its CI runs (3.11), or use "
+        "DISTQ_TRANSPORT=redis or rabbitmq"
+    )
+
+
+def _parameters(internal: str, function: object, names: tuple[str, ...]) -> None:
+    if not callable(function):
+        raise changed(internal, type(function).__name__, "a function")
+    have = tuple(inspect.signature(function).parameters)[: len(names)]
+    if have != names:
+        raise changed(internal, f"parameters {have}", f"parameters {names}")
+
+
+def check_multiprocessing() -> None:
+    """Check the undocumented parts of ``multiprocessing`` this module relies on (see the
+    module's docstring), before any is used: a Python release that moved one fails with a
+    :class:`~distq.errors.ConfigError` naming it, at import, never halfway through a job."""
+    table = getattr(managers, "listener_client", None)
+    if not isinstance(table, dict) or "pickle" not in table:
+        raise changed("managers.listener_client", type(table).__name__, "a dict with 'pickle'")
+    public = getattr(managers.Server, "public", None)
+    if not isinstance(public, list | tuple) or "accept_connection" not in public:
+        raise changed("managers.Server.public", public, "a list with 'accept_connection'")
+    listener = getattr(connection, "SocketListener", None)
+    if not isinstance(listener, type):
+        raise changed("connection.SocketListener", type(listener).__name__, "a class")
+    _parameters("connection.SocketListener", listener, ("address", "family", "backlog"))
+    for name in ("answer_challenge", "deliver_challenge"):
+        _parameters(
+            f"connection.{name}", getattr(connection, name, None), ("connection", "authkey")
+        )
+    for name in ("_incref", "_callmethod"):
+        _parameters(f"BaseProxy.{name}", getattr(BaseProxy, name, None), ("self",))
+    _parameters(
+        "BaseProxy._decref",
+        getattr(BaseProxy, "_decref", None),
+        ("token", "authkey", "state", "tls", "idset", "_Client"),
+    )
+
+
+check_multiprocessing()
+
 
 #: A worker's read or write on a manager connection fails after this long (see bounded).
 REPLY_TIMEOUT = 30.0
@@ -324,6 +379,10 @@ class Listener(connection.Listener):
         # restart) overflowed it, and some failed their handshake 5 s later
         backlog = max(backlog, socket.SOMAXCONN)
         self._listener = connection.SocketListener(address, family, backlog)  # type: ignore[attr-defined]
+        found = getattr(self._listener, "_socket", None)
+        if not isinstance(found, socket.socket):  # what accept() takes connections from
+            self._listener.close()
+            raise changed("SocketListener._socket", type(found).__name__, "a socket.socket")
         self._authkey = None  # the server authenticates each connection in its own thread
 
     def accept(self) -> ServedConnection:

@@ -1,0 +1,70 @@
+"""The parts of ``multiprocessing`` the manager transport relies on, checked without a master.
+
+A Python release that moves one fails at import of distq.transport.manager_wire,
+naming it: see its docstring and :func:`check_multiprocessing`.
+"""
+
+from __future__ import annotations
+
+from multiprocessing import connection, managers
+
+import pytest
+
+from distq.errors import ConfigError
+from distq.transport import manager_wire
+
+
+def test_this_python_has_every_part_the_manager_transport_uses() -> None:
+    manager_wire.check_multiprocessing()
+    assert getattr(managers, "listener_client")[manager_wire.SERIALIZER][1] is manager_wire.client  # noqa: B009
+
+
+def _renamed_parameters(conn: object, key: object) -> None:
+    """A challenge function whose parameters a release renamed."""
+
+
+def _one_parameter_fewer(token: object, authkey: object, state: object, tls: object) -> None:
+    """``BaseProxy._decref`` without the parameters distq passes last."""
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "value", "named"),
+    [
+        (managers, "listener_client", None, "managers.listener_client"),
+        (managers, "listener_client", {"xmlrpclib": ()}, "managers.listener_client"),
+        (managers.Server, "public", ["shutdown"], "managers.Server.public"),
+        (connection, "SocketListener", None, "connection.SocketListener"),
+        (connection, "answer_challenge", _renamed_parameters, "connection.answer_challenge"),
+        (connection, "deliver_challenge", None, "connection.deliver_challenge"),
+        (managers.BaseProxy, "_incref", None, "BaseProxy._incref"),
+        (managers.BaseProxy, "_callmethod", 3, "BaseProxy._callmethod"),
+        (managers.BaseProxy, "_decref", staticmethod(_one_parameter_fewer), "BaseProxy._decref"),
+    ],
+)
+def test_a_part_that_changed_is_named_with_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, value: object, named: str
+) -> None:
+    monkeypatch.setattr(owner, name, value, raising=False)
+    with pytest.raises(ConfigError) as caught:
+        manager_wire.check_multiprocessing()
+    message = str(caught.value)
+    assert f"changed multiprocessing's {named} " in message
+    assert "DISTQ_TRANSPORT=redis or rabbitmq" in message
+
+
+def test_a_listener_without_its_socket_is_refused_and_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed: list[bool] = []
+
+    class Moved:
+        def __init__(self, address: object, family: object, backlog: int = 1) -> None:
+            self.handle = object()  # no _socket: a release that renamed it
+
+        def close(self) -> None:
+            closed.append(True)
+
+    monkeypatch.setattr(connection, "SocketListener", Moved)
+    with pytest.raises(ConfigError, match=r"SocketListener\._socket \(found NoneType"):
+        manager_wire.Listener(("127.0.0.1", 0))
+    assert closed == [True]
