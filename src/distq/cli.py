@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -49,13 +49,14 @@ from distq.errors import (
     SignalExit,
     TransportError,
 )
-from distq.logs import WholeLines, make_console
+from distq.logs import make_console
 from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
 from distq.probe import add_probe_parser, run_probe
 from distq.security import notices
 from distq.signals import stop_signals
 from distq.squares import Squares
+from distq.taskoutput import whole_lines
 from distq.tasks import Registry
 from distq.timelimits import TimeLimits
 from distq.transport import Transport, open_transport
@@ -278,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.run(args, settings, console)
         if args.role == "master":
             return _master(args, settings, console)
-        with _whole_lines():
+        with whole_lines():
             code = _worker(args, settings, registry, console)
     except ConfigError as exc:  # from a setting, or one only the transport can judge
         console.error(str(exc))
@@ -478,25 +479,6 @@ def _say_time_limits(console: Console, limits: TimeLimits, registry: Registry) -
                 f"warning: DISTQ_TASK_TIME_LIMIT names {shown(name)!r}, which this worker "
                 f"does not run (it runs {', '.join(shown(n) for n in runs)})"
             )
-
-
-@contextlib.contextmanager
-def _whole_lines() -> Iterator[None]:
-    """A task's ``print()`` reaches stdout and stderr a whole line at a time, not split by
-    another slot's line, and without raising once their reader has gone
-    (:class:`~distq.logs.WholeLines`)."""
-    streams = sys.stdout, sys.stderr
-    # None: the process started with that descriptor closed; print() skips it then
-    out, err = (None if stream is None else WholeLines(stream) for stream in streams)
-    sys.stdout, sys.stderr = out or streams[0], err or streams[1]
-    try:
-        yield
-    finally:
-        for stream in (out, err):
-            with contextlib.suppress(Exception):  # a reader gone: nothing more to say
-                if stream is not None:
-                    stream.flush_all()
-        sys.stdout, sys.stderr = streams
 
 
 def _bound_exit(code: int, console: Console, patience: float) -> None:

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from distq.console import Console, to_devnull
+from distq.console import Console
 from distq.credentials import MASK, mask_query
 
 #: JSON of a log object; what JSON cannot carry is written as its str(), as json's default=str
@@ -155,86 +155,6 @@ class JsonConsole(Console):
             self.write(stream, lines.decode())
         else:  # as json writes it: \u escapes, which any stream can carry
             self.write(stream, "".join(_escaped(r) + "\n" for r in records))
-
-
-class WholeLines:
-    """``sys.stdout`` or ``sys.stderr`` for a worker's tasks: each thread's text reaches
-    the stream a whole line at a time, and a stream that cannot be written any more
-    takes it without raising.
-
-    ``print()`` writes its text and its line end in two calls, and a JSON line another
-    slot wrote between them was glued to the text (one in five, with four slots that
-    printed). Text without a line end waits for one, or for a ``flush()`` (then it is
-    written as it is: a progress display still glues the next line to it, as the README
-    says), for more text past ``MOST_HELD`` characters, for its thread's end (written at
-    the next write of any thread) or for :meth:`flush_all` at the worker's exit. A stream
-    whose reader has gone (``distq worker | head -1``, a log shipper that died) raised
-    ``BrokenPipeError`` in each task that printed, which failed it for good: now it
-    points at /dev/null, as distq's own lines do (:func:`distq.console.to_devnull`).
-    """
-
-    MOST_HELD = 65536
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        # text without its line end yet, by thread: each thread sets only its own entry,
-        # so no lock (one let a finalizer that printed, run by a collection inside it,
-        # wait for good on the lock its own thread held: every slot hung)
-        self._held: dict[threading.Thread, str] = {}
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):  # as a text stream says it
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        me = threading.current_thread()
-        end = text.rfind("\n") + 1
-        held = self._held.pop(me, "")
-        if end == 0 and len(held) < self.MOST_HELD:
-            self._held[me] = held + text  # a long line's print() stays one piece
-            return len(text)
-        if end == 0:  # past the bound: what was held goes, this waits for its end
-            out = held
-            self._held[me] = text
-        else:
-            out = held + text[:end]
-            if end < len(text):
-                self._held[me] = text[end:]
-        self._write(out + self._ended())
-        return len(text)
-
-    def _ended(self) -> str:
-        """The text threads that have ended left without a line end."""
-        if not self._held:
-            return ""
-        gone = [t for t in list(self._held) if not t.is_alive()]
-        return "".join([self._held.pop(t, "") for t in gone])
-
-    def writelines(self, lines: Iterable[str]) -> None:
-        for line in lines:
-            self.write(line)
-
-    def flush(self) -> None:
-        held = self._held.pop(threading.current_thread(), "") + self._ended()
-        self._write(held, flush=True)
-
-    def flush_all(self) -> None:
-        """Every thread's text, at the worker's exit: a slot's last text without a line
-        end was lost with it."""
-        held = "".join([self._held.pop(t, "") for t in list(self._held)])
-        self._write(held, flush=True)
-
-    def _write(self, text: str, flush: bool = False) -> None:
-        try:
-            if text:
-                self.stream.write(text)
-            if flush:
-                self.stream.flush()
-        except BlockingIOError:  # a non-blocking stream, full for now: the task's to say
-            raise
-        except OSError:  # a closed pipe, a full disk: the task's output goes nowhere
-            to_devnull(self.stream)
-
-    def __getattr__(self, name: str) -> Any:  # encoding, fileno(), isatty(), buffer, ...
-        return getattr(self.stream, name)
 
 
 class JsonFormatter(logging.Formatter):

@@ -9,9 +9,7 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +23,6 @@ from distq.logs import (
     JsonFormatter,
     MaskingFormatter,
     TextConsole,
-    WholeLines,
     mask_secrets,
 )
 from distq.telemetry import MasterTelemetry, WorkerTelemetry, micros
@@ -317,125 +314,3 @@ def test_times_in_events_are_to_the_microsecond(seconds: float, shown: float) ->
 def test_times_no_clock_would_give_are_written_as_they_are() -> None:
     assert math.isnan(micros(math.nan)) and micros(-0.0000021) == -0.000002
     assert micros(math.inf) == math.inf and micros(3e9 + 0.25) == 3e9 + 0.25
-
-
-class _Writes(io.StringIO):
-    """A stream that keeps each write call's text."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.calls.append(text)
-        return super().write(text)
-
-
-def test_whole_lines_reach_the_stream_a_line_at_a_time_from_every_thread() -> None:
-    """print() writes its text and its line end in two calls: another slot's line between
-    them glued to the text (tasks10); past 64 KiB a print() was split all the same, and
-    a thread's text without a line end was lost with its thread (diff13)."""
-    stream = _Writes()
-    lines = WholeLines(stream)
-
-    def chatter(n: int) -> None:
-        for i in range(200):
-            print(f"thread {n} line {i}", file=lines)
-
-    threads = [threading.Thread(target=chatter, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert all(call.endswith("\n") for call in stream.calls)
-    assert len(stream.getvalue().splitlines()) == 800
-
-    long = "x" * 70_000
-    print(long, file=lines)  # one write of text and line end
-    assert stream.calls[-1] == long + "\n"
-
-    left = threading.Thread(target=lambda: lines.write("no line end"))
-    left.start()
-    left.join()
-    lines.write("after\n")  # a write of any thread takes what an ended thread left
-    assert stream.calls[-1] in ("after\nno line end", "no line endafter\n")
-
-    lines.write("held at exit")
-    lines.flush_all()
-    assert stream.getvalue().endswith("held at exit")
-    with pytest.raises(TypeError, match=r"^write\(\) argument must be str, not bytes$"):
-        lines.write(b"x")  # type: ignore[arg-type]
-
-
-GC_PRINTS = """
-import gc, sys, threading
-sys.path[:0] = [SRC]
-from distq.logs import WholeLines
-
-class PrintsWhenCollected:
-    def __init__(self, stream):
-        self.stream, self.me = stream, self  # a cycle: only a collection frees it
-
-    def __del__(self):
-        print("collected", file=self.stream)
-
-lines = WholeLines(open("/dev/null", "w"))
-gc.set_threshold(50)
-
-def work(k):
-    for i in range(20000):
-        PrintsWhenCollected(lines)
-        lines.write(f"line {k} {i}")
-        lines.write("\\n")
-
-threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-print("finished")
-"""
-
-
-def test_whole_lines_survive_a_finalizer_that_prints_during_a_write(tmp_path: Path) -> None:
-    """A collection inside write()'s lock ran a finalizer that printed, which waited for
-    good on the lock its own thread held: every slot of the worker hung (diff14)."""
-    script = tmp_path / "gc_prints.py"
-    script.write_text(GC_PRINTS.replace("[SRC]", repr([str(REPO / "src")])))
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=25, check=False
-    )
-    assert done.stdout == "finished\n", done.stderr
-
-
-class _FullForNow(io.StringIO):
-    """A non-blocking stream that is full once: EAGAIN, then takes text again."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.full = True
-
-    def write(self, text: str) -> int:
-        if self.full:
-            self.full = False
-            raise BlockingIOError(11, "Resource temporarily unavailable")
-        return super().write(text)
-
-
-def test_a_stream_full_for_now_is_not_taken_for_one_whose_reader_has_gone(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """EAGAIN on a non-blocking stream pointed it at /dev/null for good, as a closed pipe
-    is (diff14): a task's print() now says so to the task, the console skips one line."""
-    pointed: list[object] = []
-    monkeypatch.setattr("distq.logs.to_devnull", pointed.append)
-    monkeypatch.setattr("distq.console.to_devnull", pointed.append)
-    lines = WholeLines(_FullForNow())
-    with pytest.raises(BlockingIOError):
-        lines.write("one\n")
-    lines.write("two\n")
-    stream = _FullForNow()
-    console = TextConsole(out=stream, err=stream)
-    console.info("first")  # EAGAIN: this line only
-    console.info("second")
-    assert pointed == [] and stream.getvalue() == "second\n"
