@@ -11,14 +11,16 @@ from typing import Any
 import pytest
 
 import distq.dispatcher as dispatching
+from distq import overdue as overdue_module
 from distq.chunks import CHUNK_TASK
 from distq.codec import Codec
 from distq.config import RECONCILE_SECONDS, Settings
-from distq.dispatcher import DEADLINES_KEPT, Dispatcher, Entry, Stop, Submit
+from distq.dispatcher import Dispatcher, Entry, Stop, Submit
 from distq.envelope import Task
 from distq.errors import BrokenExecutor, EnvelopeError, TaskTimeout, TransportError
 from distq.executor import Executor
 from distq.futures import Callbacks, DistqFuture
+from distq.overdue import DEADLINES_KEPT
 from distq.transport import Settlement, open_transport
 from launch import free_port
 from seam import fetch_n, ok_result
@@ -447,11 +449,11 @@ def test_task_timeout_fails_at_its_deadline_while_the_thread_waits_on_a_hung_bro
         error = sent.future.exception(timeout=5)
         assert isinstance(error, TaskTimeout), error
         assert "could not withdraw it in time (a broker that does not answer" in str(error)
-        assert time.monotonic() - started < 0.3 + dispatching.OVERDUE_GRACE + 0.5
+        assert time.monotonic() - started < 0.3 + overdue_module.OVERDUE_GRACE + 0.5
         error = unsent.future.exception(timeout=5)
         assert isinstance(error, TaskTimeout), error
         assert "never sent: the executor was still sending earlier tasks, or" in str(error)
-        assert time.monotonic() - second < 0.3 + dispatching.OVERDUE_GRACE + 0.5
+        assert time.monotonic() - second < 0.3 + overdue_module.OVERDUE_GRACE + 0.5
     finally:
         producer.release.set()  # the broker answers again (a read that fails, then none)
         assert dispatcher.put(Stop(False, abandon="closed"))
@@ -466,7 +468,7 @@ def test_the_deadline_thread_keeps_no_answered_future_the_caller_dropped() -> No
     import threading
 
     lock = threading.Lock()  # the executor's: watch and end are called holding it
-    overdue = dispatching.Overdue(lock, set())
+    overdue = overdue_module.Overdue(lock, set())
     task = Task(name="square", args=[3], reply_to="r")
     future = DistqFuture[Any](lambda futures: [False], task.id, "square", Callbacks())
     seen = weakref.ref(future)
@@ -507,7 +509,7 @@ def test_a_deadline_days_away_does_not_end_the_deadline_thread() -> None:
     import threading
 
     lock = threading.Lock()
-    overdue = dispatching.Overdue(lock, set())
+    overdue = overdue_module.Overdue(lock, set())
     far = Task(name="square", args=[3], reply_to="r")
     far_future = DistqFuture[Any](lambda futures: [False], far.id, "square", Callbacks())
     with lock:
@@ -543,7 +545,7 @@ def test_a_sooner_deadline_watched_later_still_fires_on_time() -> None:
     import threading
 
     lock = threading.Lock()
-    overdue = dispatching.Overdue(lock, set())
+    overdue = overdue_module.Overdue(lock, set())
     late, soon = _watched(time.monotonic() + 600), _watched(time.monotonic() + 0.2)
     with lock:
         overdue.watch(late)
@@ -565,7 +567,7 @@ def test_a_task_timed_out_before_it_was_sent_is_taken_back() -> None:
 
     lock = threading.Lock()
     not_sent: set[str] = set()
-    overdue = dispatching.Overdue(lock, not_sent)
+    overdue = overdue_module.Overdue(lock, not_sent)
     entry = _watched(time.monotonic() + 0.05)
     with lock:
         not_sent.add(entry.task.id)
@@ -586,7 +588,7 @@ def test_deadlines_of_pending_tasks_survive_the_heap_being_pruned() -> None:
     import threading
 
     lock = threading.Lock()
-    overdue = dispatching.Overdue(lock, set())
+    overdue = overdue_module.Overdue(lock, set())
     pending = _watched(time.monotonic() + 0.3)
     answered = [_watched(time.monotonic() + 600) for _ in range(2 * DEADLINES_KEPT + 1)]
     with lock:
