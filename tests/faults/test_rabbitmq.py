@@ -31,7 +31,7 @@ from distq.envelope import Result, Task
 from distq.errors import MessageTooLarge, RemoteError
 from distq.executor import Executor
 from distq.master import JobReport, JobSpec, Master, Workload
-from distq.transport import open_transport, rabbitmq
+from distq.transport import open_transport, rabbitmq, rabbitmq_link
 from faults.conftest import MakeScenario, target_on
 from faults.harness import FULL, assert_clean
 from faults.proxy import Partition
@@ -205,7 +205,7 @@ def test_an_alarm_longer_than_the_blocked_timeout_is_said_to_clear(
     closes the blocked connection, the master reconnects and is blocked again. Before,
     the closed connection stayed among the blocked ones (a pika connection sits in
     reference cycles, and lives on), so the clearing was never said, nor the give-up."""
-    monkeypatch.setattr(rabbitmq, "_BLOCKED_TIMEOUT", 2.0)
+    monkeypatch.setattr(rabbitmq_link, "_BLOCKED_TIMEOUT", 2.0)
     settings = Settings(transport="rabbitmq", amqp_url=strict_rabbitmq.url, queue="alarmed2")
     transport = open_transport(settings, "master")
     producer = transport.producer(transport.reply_queue("alarm2"))
@@ -228,7 +228,7 @@ def test_an_alarm_longer_than_the_blocked_timeout_is_said_to_clear(
             until(lambda: any("blocks" in m for m in said()), lambda: producer.submit([b"x"]), 30)
             producer.reconcile()  # waits for the confirms: pika gives up after 2 s; reconnects
             assert not old.connection.is_open and producer._link is not old
-            blocked = rabbitmq._ALARM._blocked
+            blocked = rabbitmq_link._ALARM._blocked
             until(  # the new connection publishes, and is blocked too
                 lambda: producer._link.connection._impl in blocked,
                 lambda: producer.submit([b"y"]),

@@ -33,7 +33,7 @@ from brokers import Broker
 from distq.config import Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
-from distq.transport import rabbitmq
+from distq.transport import rabbitmq, rabbitmq_dead, rabbitmq_link
 from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
 from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
@@ -447,7 +447,7 @@ def test_requeue_dead_of_all_there_now_counts_a_pack_as_the_message_it_is(
     deadline = time.monotonic() + 5
     while _ready(raw, f"{queue}.dead") < 4 and time.monotonic() < deadline:
         time.sleep(0.02)
-    monkeypatch.setattr(rabbitmq, "MESSAGE_BATCH", 2)  # the pack and a letter first
+    monkeypatch.setattr(rabbitmq_dead, "MESSAGE_BATCH", 2)  # the pack and a letter first
     packed = len(task_bodies(props.type, body))
     assert packed > 1 and t.requeue_dead(None) == packed + 3
     assert _ready(raw, f"{queue}.dead") == 0
@@ -647,7 +647,7 @@ def test_forget_orphans_waits_briefly_for_another_reader_of_the_dead_letters(
     started = time.monotonic()
     with pytest.raises(TransportError, match="has been reading the dead letters"):
         t.forget_orphans(t.reply_queue("gone"))
-    assert time.monotonic() - started < rabbitmq.ORPHANS_READER_WAIT + 3
+    assert time.monotonic() - started < rabbitmq_dead.ORPHANS_READER_WAIT + 3
 
 
 def test_requeue_dead_with_a_limit_stops_at_the_pack_that_reaches_it(
@@ -699,16 +699,16 @@ def test_a_reader_of_the_dead_letters_returns_with_every_letter_back_though_more
     dead = f"{queue}.dead"
     for i in range(t.most_peeked):
         raw.basic_publish("", dead, f"letter-{i}".encode())
-    declared = rabbitmq._declared
+    declared = rabbitmq_link.declared
 
     def more_come_in(connection: Any, *queues: str) -> list[Any]:
         found = declared(connection, *queues)
-        monkeypatch.setattr(rabbitmq, "_declared", declared)  # once, as the reader begins
+        monkeypatch.setattr(rabbitmq_dead, "declared", declared)  # once, as the reader begins
         for i in range(500):
             raw.basic_publish("", dead, f"late-{i}".encode())
         return found
 
-    monkeypatch.setattr(rabbitmq, "_declared", more_come_in)
+    monkeypatch.setattr(rabbitmq_dead, "declared", more_come_in)
     if reader == "peek":
         assert len(t.dead_letters(limit=100_000)) == t.most_peeked
     else:
@@ -727,13 +727,13 @@ def test_a_peek_whose_letters_expired_while_it_held_them_returns_without_them(
     for i in range(5):
         expiring = pika.BasicProperties(expiration="300")
         raw.basic_publish("", f"{queue}.dead", f"letter-{i}".encode(), expiring)
-    put_back = rabbitmq._put_back
+    put_back = rabbitmq_dead._put_back
 
     def held_past_their_ttl(*args: Any) -> None:
         time.sleep(0.6)
         put_back(*args)
 
-    monkeypatch.setattr(rabbitmq, "_put_back", held_past_their_ttl)
+    monkeypatch.setattr(rabbitmq_dead, "_put_back", held_past_their_ttl)
     started = time.monotonic()
     assert len(t.dead_letters()) == 5
     assert time.monotonic() - started < 5  # 10.6 s before
@@ -742,7 +742,7 @@ def test_a_peek_whose_letters_expired_while_it_held_them_returns_without_them(
 
 def _holding(raw: Any, dead: str, count: int) -> tuple[Any, Any]:
     """What a peek in progress does: be the dead letters' reader, hold ``count`` letters."""
-    reading = rabbitmq._reading(raw.connection, dead)
+    reading = rabbitmq_dead._reading(raw.connection, dead)
     reading.__enter__()
     held = [raw.basic_get(dead, auto_ack=False) for _ in range(count)]
     return reading, held[-1][0].delivery_tag
@@ -782,7 +782,7 @@ def test_a_reader_of_the_dead_letters_waits_while_another_one_holds_them(
 def test_a_reader_of_the_dead_letters_gives_up_on_another_one_after_a_while(
     open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rabbitmq, "READER_WAIT", 0.3)
+    monkeypatch.setattr(rabbitmq_dead, "READER_WAIT", 0.3)
     t = open_transport()
     t.dead_letters()  # declares the queues
     raw.basic_publish("", f"{queue}.dead", b"letter")
@@ -1189,10 +1189,10 @@ def test_a_slots_settle_does_not_take_a_stale_failed_try_for_its_answer(
     with pytest.raises(TransportError):
         consumer.heartbeat()  # the keeper sees the loss
 
-    def away() -> rabbitmq._Link:
+    def away() -> rabbitmq_link.Link:
         raise ConnectionFailed("cannot reach RabbitMQ (while it was away)")
 
-    consumer._try = rabbitmq._Try(away)  # as a try the keeper made while the broker was away
+    consumer._try = rabbitmq_link.Try(away)  # as a try the keeper made while the broker was away
     consumer._try.thread.join()
     consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r1")])
     assert producer.results(10, 5.0) == [b"r1"]
@@ -1212,14 +1212,14 @@ def test_a_slots_settle_does_not_wait_out_a_try_still_under_way(
     with pytest.raises(TransportError):
         consumer.heartbeat()  # the keeper sees the loss
     release = threading.Event()
-    late: list[rabbitmq._Link] = []
+    late: list[rabbitmq_link.Link] = []
 
-    def hung() -> rabbitmq._Link:  # answers only when released, then with a real link
+    def hung() -> rabbitmq_link.Link:  # answers only when released, then with a real link
         release.wait(20)
         late.append(consumer._open_link())
         return late[0]
 
-    consumer._try = rabbitmq._Try(hung)
+    consumer._try = rabbitmq_link.Try(hung)
     stale = consumer._try
     started = time.monotonic()
     try:

@@ -9,8 +9,10 @@ import pytest
 
 from distq.config import Settings
 from distq.errors import ConfigError
-from distq.transport import rabbitmq
-from distq.transport.rabbitmq import DoneCopies, PrefetchWindow, RabbitMQTransport, _Broker
+from distq.transport import rabbitmq_dead
+from distq.transport.rabbitmq import PrefetchWindow, RabbitMQTransport
+from distq.transport.rabbitmq_copies import BodySet
+from distq.transport.rabbitmq_link import Broker
 from distq.transport.rabbitmq_packs import pack, unpack
 
 
@@ -70,7 +72,7 @@ def test_a_consumer_that_cannot_supply_the_batch_restarts_at_its_size() -> None:
 def test_start_lines_name_a_vhost_other_than_the_default(path: str, where: str) -> None:
     """Master and workers on different vhosts waited in silence, and their start lines
     read alike (drift10)."""
-    broker = _Broker.from_url(f"amqp://u:p@127.0.0.1:5672{path}")
+    broker = Broker.from_url(f"amqp://u:p@127.0.0.1:5672{path}")
     for role, shown in (
         ("master", f"rabbitmq transport at {where}"),
         ("worker", f"rabbitmq at {where}"),
@@ -101,12 +103,12 @@ def test_a_user_who_may_not_declare_the_reader_queue_reads_the_dead_letters_with
     distq's own queues got ACCESS_REFUSED, exit 3, where it read and requeued before
     (diff15a). It reads as before, unguarded; other refusals are raised."""
     connection = _Refusing(403)
-    with rabbitmq._reading(connection, "q.dead"):
+    with rabbitmq_dead._reading(connection, "q.dead"):
         ran = True
     assert ran and connection.deleted == []
     with (
         pytest.raises(pika.exceptions.ChannelClosedByBroker),
-        rabbitmq._reading(_Refusing(406), "q.dead"),
+        rabbitmq_dead._reading(_Refusing(406), "q.dead"),
     ):
         pass
 
@@ -122,7 +124,7 @@ def test_the_reader_queue_is_named_as_no_task_queue_can_be(queue: str) -> None:
         def queue_declare(self, queue: str, **_: object) -> None:
             lock.append(queue)
 
-    with rabbitmq._reading(Recording(0), f"{queue}.dead"):
+    with rabbitmq_dead._reading(Recording(0), f"{queue}.dead"):
         pass
     with pytest.raises(ConfigError, match=r"DISTQ_QUEUE is .*; use 1-100 letters"):
         Settings.load({"DISTQ_QUEUE": lock[0]})
@@ -132,7 +134,7 @@ def test_done_copies_are_taken_once_each_and_only_the_newest_are_kept() -> None:
     """The bodies of tasks done on a lost link: a copy met is acked unrun once (a second
     copy runs: it was submitted again); copies another worker took are never met, so
     only the newest ``keep`` are remembered."""
-    copies = DoneCopies(keep=2)
+    copies = BodySet(keep=2)
     assert not copies
     copies.add([b"a", b"b"])
     assert copies.take(b"a") and not copies.take(b"a")

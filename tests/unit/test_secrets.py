@@ -22,7 +22,7 @@ from distq.credentials import SECRETS, mask_url
 from distq.errors import ConfigError
 from distq.logs import mask_secrets
 from distq.security import notices
-from distq.transport.rabbitmq import _Broker
+from distq.transport.rabbitmq_link import Broker
 
 KEY = {"DISTQ_AUTHKEY": "secret-authkey-value"}
 SIGNING = "k" * 16 + "-signing"
@@ -393,7 +393,7 @@ def test_unusable_ssl_options_are_a_config_error_without_the_key_password(option
     traceback and exit 1."""
     url = f"amqps://u:S3cr3tPw@127.0.0.1:5671/%2F?ssl_options={quote(options, safe='')}"
     with pytest.raises(ConfigError, match="its ssl_options cannot be used") as caught:
-        _Broker.from_url(url)
+        Broker.from_url(url)
     assert "KeyPassS3cr3t" not in str(caught.value) and "S3cr3tPw" not in str(caught.value)
 
 
@@ -413,7 +413,7 @@ def test_an_amqp_option_other_than_ssl_options_that_cannot_be_used_is_named(
     name, _, value = option.partition("=")
     url = f"amqp://u:p@127.0.0.1:5672/%2F?{name}={quote(value, safe='')}"
     with pytest.raises(ConfigError, match=re.escape(said)) as caught:
-        _Broker.from_url(url)
+        Broker.from_url(url)
     assert "ssl_options" not in str(caught.value)
 
 

@@ -61,6 +61,10 @@ had pushed go back) and moves any delivery held for a lease into a lease record
 enough for the broker's ``consumer_timeout`` to close the channel under a long task.
 The consumer's ``basic_qos`` prefetch follows the batch asked for, up to
 ``DISTQ_PREFETCH`` (:class:`PrefetchWindow`), so the backlog stays visible as ``ready``.
+A worker whose connection is lost while its slots run connects again meanwhile
+(:meth:`RabbitMQConsumer._linked`); the broker requeued what the old one held, and a
+copy of a task still running here, or done on the lost link, that one of its slots gets
+waits or is acked unrun (:mod:`distq.transport.rabbitmq_copies`).
 
 Publisher confirms, batched: a worker publishes a whole batch's results, retries and
 dead letters, waits once for all their confirms, and only then acks the deliveries. A
@@ -70,8 +74,8 @@ cumulatively. After a lost connection, or a task the broker refused (a length li
 or returned (its queue deleted), :meth:`RabbitMQProducer.reconcile` reconnects (which
 declares the task queue again) and counts as held the tasks confirmed before the first
 one lost (none when the reply queue is gone: a new or reset node): the master submits
-the rest again. pika's
-``BlockingChannel`` would wait per message: this goes through
+the rest again. pika's ``BlockingChannel`` would wait per message: a link (the
+connection layer, :mod:`distq.transport.rabbitmq_link`) goes through
 :mod:`distq.transport.pika_internals`. Tasks, retries and dead letters are published
 ``mandatory``; results are not (a missing reply queue means nobody waits).
 
@@ -96,8 +100,9 @@ unacknowledged counts (the management plugin does), so ``in_flight`` counts only
 deliveries held by this transport's own consumers. ``dead_letters()`` peeks with
 ``basic_get`` and requeues with one ``basic_nack``, which keeps the order.
 ``requeue_dead()`` takes letters with ``basic_get``, publishes their tasks, waits for
-the confirms and only then acks the letters. A producer cannot ``withdraw`` a task:
-AMQP has no way to take one message back out of a queue.
+the confirms and only then acks the letters (:mod:`distq.transport.rabbitmq_dead`). A
+producer cannot ``withdraw`` a task: AMQP has no way to take one message back out of a
+queue.
 
 Threading: pika is not thread-safe. Every producer and consumer owns its connection and
 channel and is used by one thread; code that must reach a connection from another
@@ -111,42 +116,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import secrets
 import shlex
-import ssl
 import threading
 import time
-import weakref
-from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Sequence
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
-import msgspec
 import pika
 import pika.exceptions
-from pika.adapters.utils.connection_workflow import (
-    AMQPConnectorException,
-    AMQPConnectorStackTimeout,
-)
 
-from distq import descriptors, tls
 from distq.config import MESSAGE_BATCH, Settings
-from distq.credentials import mask_url
 from distq.ending import retry_delay
 from distq.envelope import DeadLetter
-from distq.errors import (
-    AuthenticationFailed,
-    CertificateRejected,
-    ConfigError,
-    ConnectionFailed,
-    EnvelopeError,
-    MessageRefused,
-    TransportError,
-)
+from distq.errors import ConfigError, TransportError
 from distq.limits import MAX_PREFETCH
 from distq.transport.base import (
     Consumer,
@@ -157,18 +142,23 @@ from distq.transport.base import (
     Role,
     Settlement,
     Transport,
-    is_orphan_of,
     original_body,
     tags_of,
 )
-from distq.transport.pika_internals import (
-    FastChannel,
-    check_channel,
-    close_within,
-    closed_by_broker,
-    on_blocked,
-)
+from distq.transport.pika_internals import check_channel, closed_by_broker
+from distq.transport.rabbitmq_copies import BodySet, RunningLost, results_only
+from distq.transport.rabbitmq_dead import peek, remove_orphans, requeue
 from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
+from distq.transport.rabbitmq_link import (
+    CLOSE_SECONDS,
+    REFUSALS,
+    Broker,
+    Link,
+    PikaError,
+    Try,
+    declared,
+    exists,
+)
 from distq.transport.rabbitmq_packs import (
     TASKS_PER_MESSAGE,
     TASKS_TYPE,
@@ -181,7 +171,6 @@ from distq.transport.rabbitmq_packs import (
     task_bodies,
 )
 
-_PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value)
 _RESULTS_TYPE = "distq.results"  # one message carrying several results (rabbitmq_packs.pack)
 _PACKED = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value, type=_RESULTS_TYPE)
 _PACKED_TASKS = pika.BasicProperties(
@@ -196,10 +185,6 @@ _CONFIRM_WINDOW = 2000  # unconfirmed task publishes a master may have: bounds i
 _RETRY_REDECLARE_S = 60.0  # re-declaring renews x-expires; well inside its hour
 _PRODUCER_HEARTBEAT = 15  # a master's connection holds no leases; a frozen broker shows in 30 s
 _SHRINK_AFTER = 4  # fetches in a row wanting a quarter of the window before it shrinks
-# a close (or a stopping master's last call) waits this long for a hung broker, then
-# aborts the socket: the process is ending, and leases bring back what it held
-_CLOSE_SECONDS = 3.0
-_BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
 # between a worker's tries to connect a slot again (see RabbitMQConsumer._linked)
 _RELINK_PAUSE = 1.0
 _KEEPER_WAIT = 0.5  # the keeper's wait for a try it starts (a local broker takes ~20 ms)
@@ -212,571 +197,12 @@ _DONE_LOST_KEPT = 10_000
 # after the broker refused a pack's split, the slot runs the rest of it for this long
 # before it tries to split again: a full queue has work enough for idle workers
 _SPLIT_PAUSE_S = 10.0
-# what a nack most likely means: RabbitMQ gives no reason
-_REFUSED_WHY = (
-    "a length limit with overflow reject-publish on the queue? see `rabbitmqctl list_policies`"
-)
-
-log = logging.getLogger(__name__)
-
-
-class _Alarm:
-    """RabbitMQ blocking this process's connections (a memory or disk alarm: publishes
-    wait): said once when it blocks the first, once when it lets the last go, and when
-    pika gives up on one blocked for :data:`_BLOCKED_TIMEOUT` (the caller reconnects,
-    and a new connection blocked is said again). Before, nothing was said: a master sat
-    silent for the 60 s a blocked call waits."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # open connections the broker blocks; a closed one is taken out (:meth:`closed`):
-        # pika's connections sit in reference cycles, and one closed while blocked stayed
-        # here after an alarm longer than the timeout, so its end was never said
-        self._blocked: weakref.WeakSet[object] = weakref.WeakSet()
-
-    def blocked(self, where: str, connection: object, reason: str) -> None:
-        with self._lock:
-            first = not self._blocked
-            self._blocked.add(connection)
-        if first:
-            log.warning(
-                "%s blocks publishing: %s (a memory or disk alarm on the broker); waiting "
-                "for it to clear (a call blocked for %g s gives up and reconnects)",
-                where,
-                reason,
-                _BLOCKED_TIMEOUT,
-            )
-
-    def unblocked(self, connection: object) -> None:
-        with self._lock:
-            held = connection in self._blocked
-            self._blocked.discard(connection)
-            last = held and not self._blocked
-        if last:
-            log.warning("RabbitMQ takes publishing again: its alarm cleared")
-
-    def closed(self, where: str, connection: object, reason: BaseException) -> None:
-        with self._lock:
-            held = connection in self._blocked
-            self._blocked.discard(connection)
-        if held and isinstance(reason, pika.exceptions.ConnectionBlockedTimeout):
-            log.warning(
-                "%s: gave up on a connection blocked for %g s (the alarm may still be on); "
-                "reconnecting",
-                where,
-                _BLOCKED_TIMEOUT,
-            )
-
-
-_ALARM = _Alarm()
-
-
-class _Refusals:
-    """The broker refusing tasks a worker hands back to a queue (its nack says no
-    reason): said once per queue and process, naming the likely cause. Before, a refused
-    split failed the consumer, the pack came again, and its split was refused again:
-    no task ever ran, and the queue filled with copies."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._said: set[str] = set()
-
-    def refused(self, where: str, queue: str, count: int) -> None:
-        with self._lock:
-            first = queue not in self._said
-            self._said.add(queue)
-        (log.warning if first else log.debug)(
-            "%s refused %d task(s) handed back to queue %r (%s); this worker keeps them "
-            "and runs them itself",
-            where,
-            count,
-            queue,
-            _REFUSED_WHY,
-        )
-
-
-_REFUSALS = _Refusals()
-
-
-# AMQPConnectorException: pika's connection workflow, e.g. a port that accepts TCP and
-# never answers the AMQP handshake (AMQPConnectorStackTimeout); it derives from neither
-_PikaError = (pika.exceptions.AMQPError, AMQPConnectorException, OSError)
-
-# pika logs every failed connection attempt at ERROR; ours reach the user as ConnectionFailed
-logging.getLogger("pika").setLevel(logging.CRITICAL)
-
-
-@dataclass(frozen=True)
-class _Broker:
-    """Where and as whom to connect; knows how to name the broker in messages."""
-
-    url: str = field(repr=False)  # it holds the password
-    host: str
-    port: int
-    user: str
-    vhost: str
-    tls_files: tls.TlsFiles = field(default_factory=tls.TlsFiles)
-    queue: str = "distq"  # DISTQ_QUEUE: what a refused permission's hint names
-    #: the max_message_size it refused a message over, each time (see translated)
-    refused_over: list[int] = field(default_factory=list, compare=False)
-
-    @classmethod
-    def from_url(
-        cls, url: str, tls_files: tls.TlsFiles | None = None, queue: str = "distq"
-    ) -> _Broker:
-        try:
-            params = pika.URLParameters(url)
-        except ValueError as exc:
-            raise ConfigError(
-                f"DISTQ_AMQP_URL ({mask_url(url)}) is not a valid AMQP URL ({exc})"
-            ) from None
-        except Exception as exc:  # SyntaxError, TypeError, AttributeError, ssl.SSLError...
-            # pika reads ?ssl_options= with ast.literal_eval and builds its SSL context at
-            # once; a SyntaxError's text would quote the value, and a key's password in it
-            why = exc.msg if isinstance(exc, SyntaxError) else str(exc)
-            if "ssl_options" not in parse_qs(urlsplit(url).query):  # another option's
-                raise ConfigError(
-                    f"DISTQ_AMQP_URL ({mask_url(url)}): an option cannot be used "
-                    f"({type(exc).__name__}: {why}); correct it or remove it"
-                ) from None
-            raise ConfigError(
-                f"DISTQ_AMQP_URL ({mask_url(url)}): its ssl_options cannot be used "
-                f"({type(exc).__name__}: {why}); give a Python dict of pika's SSL options "
-                "(ca_certs, certfile, keyfile, password), or leave them out and set "
-                "DISTQ_TLS_CA_FILE, DISTQ_TLS_CERT_FILE and DISTQ_TLS_KEY_FILE"
-            ) from None
-        odd = {k: v for k, v in (params.tcp_options or {}).items() if type(v) is not int}
-        if odd:  # a socket option of text failed at the first connect, with a traceback
-            raise ConfigError(
-                f"DISTQ_AMQP_URL ({mask_url(url)}) has tcp_options {odd!r}: each value must "
-                "be a whole number, e.g. tcp_options={'TCP_KEEPIDLE': 60}"
-            )
-        user = unquote(urlsplit(url).username or params.credentials.username)
-        return cls(
-            url,
-            params.host,
-            params.port,
-            user,
-            params.virtual_host,
-            tls_files or tls.TlsFiles(),
-            queue,
-        )
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def connect(self, heartbeat: int, name: str) -> Any:
-        """A new ``BlockingConnection``; pika's errors become distq's, without the password."""
-        params = pika.URLParameters(self.url)
-        params.heartbeat = heartbeat
-        params.blocked_connection_timeout = _BLOCKED_TIMEOUT
-        params.client_properties = {"connection_name": name}
-        # the URL's own ssl_options: a query option, not text anywhere (a password may hold it)
-        own_options = "ssl_options" in parse_qs(urlsplit(self.url).query)
-        if params.ssl_options is not None and not own_options:
-            # pika's own amqps context checks host names without telling OpenSSL the host
-            context = self.tls_files.context()
-            params.ssl_options = pika.SSLOptions(context, server_hostname=self.host)
-        where = f"RabbitMQ at {self.address}"
-        try:
-            connection = pika.BlockingConnection(params)
-            on_blocked(
-                connection,
-                partial(_ALARM.blocked, where),
-                _ALARM.unblocked,
-                partial(_ALARM.closed, where),
-            )
-            return connection
-        except pika.exceptions.ProbableAuthenticationError:
-            raise AuthenticationFailed(
-                f"{where} refused user {self.user!r} (DISTQ_AMQP_URL, DISTQ_AMQP_PASSWORD[_FILE]); "
-                "check the user and password"
-            ) from None
-        except pika.exceptions.ProbableAccessDeniedError:
-            raise AuthenticationFailed(
-                f"{where} refused user {self.user!r} access to vhost {self.vhost!r} "
-                "(DISTQ_AMQP_URL); check that the vhost exists and that the user has "
-                "permissions on it"
-            ) from None
-        except (ssl.SSLError, *_PikaError) as exc:
-            problem = tls.failure(exc)
-            if problem is not None:
-                error = CertificateRejected if problem.refused else ConnectionFailed
-                raise error(problem.line(f"{where} (DISTQ_AMQP_URL)")) from None
-            why, hint = _describe(exc), "is it running?"
-            if isinstance(exc, AMQPConnectorStackTimeout):
-                why = f"no AMQP handshake within {params.stack_timeout:g} s"
-                hint = "is that port RabbitMQ's (not Redis's, not a proxy with no broker)?"
-            elif descriptors.out_of_descriptors(why):
-                hint = descriptors.HINT
-            elif params.ssl_options is None and "refused" not in why:
-                hint = "is it running? If that port expects TLS, use amqps://"
-            raise ConnectionFailed(
-                f"cannot reach {where} (DISTQ_AMQP_URL): {why}; {hint}"
-            ) from None
-
-    @contextlib.contextmanager
-    def translated(self, what: str) -> Iterator[None]:
-        """Turn a pika or socket error raised inside into a :class:`TransportError`; a
-        permission the user lacks (ACCESS_REFUSED) into a :class:`ConfigError`, which no
-        reconnect mends (a master or worker stops, exit 2, instead of retrying, silent);
-        a message refused for its size into a :class:`MessageRefused`, the broker's limit
-        noted in :attr:`refused_over`."""
-        try:
-            yield
-        except _PikaError as exc:
-            if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 403:
-                # ACCESS_REFUSED: its text names what was refused, ``what`` may not
-                raise ConfigError(self.refused(exc.reply_text)) from None
-            if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 406:
-                sizes = _TOO_LARGE.search(str(exc.reply_text))
-                if sizes is not None:  # PRECONDITION_FAILED - message size N is larger ...
-                    self.refused_over.append(int(sizes[2]))
-                    raise MessageRefused(
-                        f"RabbitMQ at {self.address}: {what} failed: it refused a message "
-                        f"of {int(sizes[1]):,} bytes, over its max_message_size of "
-                        f"{int(sizes[2]):,}; set DISTQ_MAX_MESSAGE_BYTES to at most that "
-                        "on every process (or raise the broker's max_message_size)",
-                        int(sizes[2]),
-                    ) from None
-            raise TransportError(
-                f"RabbitMQ at {self.address}: {what} failed: {_describe(exc)}"
-            ) from None
-
-    def refused(self, why: str) -> str:
-        """What to say when RabbitMQ refuses this user access (``why``: its reply)."""
-        mine = f"^{re.escape(self.queue)}(\\..*)?$"
-        grant = shlex.join(
-            [
-                "rabbitmqctl",
-                "set_permissions",
-                "-p",
-                self.vhost,
-                self.user,
-                mine,
-                f"^({re.escape(self.queue)}(\\..*)?|amq\\.default)$",
-                mine,
-            ]
-        )
-        return (
-            f"RabbitMQ at {self.address} refused user {self.user!r} ({why}); distq "
-            f"needs the configure, write and read permissions on its queues "
-            f"({self.queue!r} and those named {self.queue + '.*'!r}) and write on the "
-            f"exchange amq.default: {grant}"
-        )
-
-
-#: RabbitMQ's refusal of a message over its ``max_message_size`` (406, closing the channel).
-_TOO_LARGE = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
-
-
-def _describe(exc: BaseException) -> str:
-    """The innermost useful message of a pika exception (pika nests them in args)."""
-    while True:
-        inner = getattr(exc, "exception", None)  # pika's connector errors wrap it here
-        if not isinstance(inner, BaseException) and exc.args:
-            inner = exc.args[0]
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def _nothing() -> None:
-    """A callback that only ends a wait for the connection's events."""
-
-
-class _Link:
-    """One connection and one channel with batched publisher confirms, for one thread."""
-
-    def __init__(self, broker: _Broker, heartbeat: int, name: str) -> None:
-        self.broker = broker
-        self._sequence = 0
-        self._unconfirmed: set[int] = set()
-        self._refused: set[int] = set()  # publishes nacked, not raised nor taken yet
-        self._returned: list[str] = []
-        # the first publish the broker may have refused or returned: None while none was
-        self._failed_at: int | None = None
-        self.asked: float | None = None  # when a question to the broker went unanswered
-        self.connection = broker.connect(heartbeat, name)
-        try:
-            with broker.translated("opening a channel"):
-                self.channel = self.connection.channel()
-                # BlockingChannel.confirm_delivery makes every publish wait; see module doc.
-                self.fast = FastChannel(self.connection, self.channel)
-                self.fast.enable_confirms(self._on_confirm, self._on_return)
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def is_open(self) -> bool:
-        return bool(self.connection.is_open and self.channel.is_open)
-
-    def answered(self, _frame: object) -> None:
-        """The broker answered the question asked at :attr:`asked` (see
-        :meth:`RabbitMQConsumer.answers`); the wait for events ends at once (a ready
-        event does that; this callback of the channel underneath does not)."""
-        self.asked = None
-        self.connection.call_later(0, _nothing)
-
-    def check_open(self) -> None:
-        """Raise a pika error if the connection or channel closed (pika's calls on a
-        closed connection raise an unrelated ValueError instead)."""
-        if not self.is_open:
-            reason = closed_by_broker(self.channel)
-            if reason is not None:  # its words: a message over its max_message_size...
-                raise reason
-            raise pika.exceptions.ConnectionWrongStateError("the connection was closed")
-
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        if method.multiple:
-            done = {seq for seq in self._unconfirmed if seq <= method.delivery_tag}
-        else:
-            done = {method.delivery_tag}
-        if isinstance(method, pika.spec.Basic.Nack):
-            refused = done & self._unconfirmed
-            if refused:
-                self._refused |= refused
-                self._failed(min(refused))
-        self._unconfirmed -= done
-
-    def _on_return(self, _channel: Any, method: Any, _props: Any, _body: bytes) -> None:
-        self._returned.append(method.routing_key)
-        # a return names no publish: RabbitMQ sends it just before that publish's ack, so
-        # the publish is still unconfirmed, at or after the oldest one not confirmed yet
-        self._failed(min(self._unconfirmed) if self._unconfirmed else self._sequence)
-
-    def _failed(self, sequence: int) -> None:
-        if self._failed_at is None or sequence < self._failed_at:
-            self._failed_at = sequence
-
-    @property
-    def failed(self) -> bool:
-        """Whether the broker refused or returned a publish on this link: from there on,
-        it vouches for none (see :attr:`confirmed`)."""
-        return self._failed_at is not None
-
-    def publish(
-        self, routing_key: str, body: bytes, *, mandatory: bool, properties: Any = _PERSISTENT
-    ) -> None:
-        """Publish persistently via the default exchange; confirmed by :meth:`confirm`."""
-        self._sequence += 1
-        self._unconfirmed.add(self._sequence)
-        self.fast.publish(routing_key, body, properties, mandatory)
-
-    @property
-    def unconfirmed(self) -> int:
-        return len(self._unconfirmed)
-
-    @property
-    def sequence(self) -> int:
-        """How many messages were published on this link: the last one's number."""
-        return self._sequence
-
-    @property
-    def confirmed(self) -> int:
-        """How many publishes on this link, counted from the first, the broker confirmed
-        and holds: the prefix before the first one unconfirmed, refused or returned."""
-        confirmed = min(self._unconfirmed) - 1 if self._unconfirmed else self._sequence
-        if self._failed_at is not None:
-            confirmed = min(confirmed, self._failed_at - 1)
-        return confirmed
-
-    def send(self) -> None:
-        """Write everything published so far to the socket; do not wait for confirms."""
-        self.fast.send()
-
-    def confirm(self, keep: int = 0) -> None:
-        """Block until at most ``keep`` publishes await their confirm, then :meth:`check`."""
-        self._wait_for_confirms(keep)
-        self.check()
-
-    def refused(self, sequences: Collection[int]) -> set[int]:
-        """Wait for every confirm; which of these publishes (their :attr:`sequence`
-        numbers) the broker refused. The caller deals with those: :meth:`check` no
-        longer raises for them."""
-        self._wait_for_confirms(0)
-        out = self._refused & set(sequences)
-        self._refused -= out
-        return out
-
-    def returned_to(self, routing_key: str) -> bool:
-        """Whether a mandatory publish to ``routing_key`` came back unroutable (no such
-        queue) since the last check; the broker returns one before it confirms it."""
-        return routing_key in self._returned
-
-    def unroutable(self) -> set[str]:
-        """Wait for every confirm; the routing keys the broker had no queue for (mandatory
-        publishes it returned) since the last check. Raises if it refused any."""
-        self._wait_for_confirms(0)
-        returned, self._returned = set(self._returned), []
-        self.check()
-        return returned
-
-    def wait_for_confirms(self, stop: threading.Event | None = None) -> bool:
-        """Block until every publish is confirmed (or refused), raising nothing for a
-        refused or returned one: :attr:`failed` and :attr:`confirmed` say. False if
-        ``stop`` was set first (noticed within 5 s: pika's I/O loop wakes that often)."""
-        if stop is None:
-            self._wait_for_confirms(0)
-            return True
-        if self._unconfirmed:
-            self.fast.wait(lambda: not self._unconfirmed or stop.is_set())
-        if self._unconfirmed and stop.is_set():
-            return False
-        self._wait_for_confirms(0)
-        return True
-
-    def _wait_for_confirms(self, keep: int) -> None:
-        if len(self._unconfirmed) > keep:
-            self.fast.wait(lambda: len(self._unconfirmed) <= keep)
-        if len(self._unconfirmed) > keep:
-            raise pika.exceptions.ChannelWrongStateError("channel closed before confirming")
-
-    def check(self) -> None:
-        """Raise for any publish the broker refused or could not route since the last check."""
-        refused, returned = self._refused, self._returned
-        self._refused, self._returned = set(), []
-        if refused:
-            raise TransportError(
-                f"RabbitMQ at {self.broker.address} refused {len(refused)} message(s) "
-                f"({_REFUSED_WHY})"
-            )
-        if returned:
-            raise TransportError(
-                f"RabbitMQ at {self.broker.address} has no queue {sorted(set(returned))[0]!r} "
-                "to route to; was it deleted?"
-            )
-
-    def close(self) -> None:
-        """Close the connection; within :data:`_CLOSE_SECONDS` whatever the broker does."""
-        with contextlib.suppress(*_PikaError):
-            if self.connection.is_open:
-                close_within(self.connection, _CLOSE_SECONDS)
-
 
 #: How long a task whose dead letter the dead-letter queue refused (full) waits to run
 #: again (:meth:`RabbitMQConsumer._letters_refused`).
 LETTER_REFUSED_DELAY = 30.0
 
-
-#: How long a peek waits for RabbitMQ to put back the letters it held ...
-REQUEUED_WITHIN = 10.0
-#: ... and for one more of them after the last that came back.
-REQUEUE_STALLED = 1.0
-
-
-def _put_back(channel: Any, queue: str, last: int, held: int) -> None:
-    """Nack every message this channel holds up to delivery tag ``last`` (``held`` of
-    them) back into ``queue``, each at its original position, and wait until the queue
-    holds them again (or :data:`REQUEUED_WITHIN` s): a nack's requeue is done by the
-    queue after the nack's channel has moved on, a thousand letters over a few tenths of
-    a second, so a ``requeue-dead`` or ``status`` run right after the peek found letters
-    missing. It waits for what is ready before the nack plus those ``held``: a count read
-    as the peek began is short by every letter that came in meanwhile (a peek of 1,005
-    letters, some still arriving as it began, returned with 886 back)."""
-    rest = channel.queue_declare(queue, passive=True).method.message_count
-    channel.basic_nack(last, multiple=True, requeue=True)
-    deadline = time.monotonic() + REQUEUED_WITHIN
-    most, since = -1, time.monotonic()
-    while True:
-        back = channel.queue_declare(queue, passive=True).method.message_count
-        now = time.monotonic()
-        if back >= rest + held or now >= deadline:
-            return
-        if back > most:
-            most, since = back, now
-        elif now - since >= REQUEUE_STALLED:
-            # no more come back: the queue dropped some (its length limit, their TTL),
-            # and the wait ran out its 10 s in a master's loop (dead20)
-            return
-        time.sleep(0.02)
-
-
-#: How long ``dead-letters`` and ``requeue-dead`` wait for another one reading the
-#: dead letters of the same queue (:func:`_reading`).
-READER_WAIT = 30.0
-#: The same wait for :meth:`RabbitMQTransport.forget_orphans`, which a master's loop runs.
-ORPHANS_READER_WAIT = 2.0
-
-
-@contextlib.contextmanager
-def _reading(connection: Any, dead_queue: str, wait: float | None = None) -> Iterator[None]:
-    """Be the only reader of ``dead_queue`` while the block runs: the exclusive queue
-    ``<dead_queue>:reader`` is this connection's meanwhile (and goes with it if the
-    process dies; the colon keeps it apart from every task queue's name and the names
-    derived from one). A peek holds the letters it reads unacked, unseen by any other
-    reader: a ``requeue-dead`` run meanwhile moved only the letters it could see and
-    said it moved them all, and two peeks each showed a part, neither the oldest.
-
-    Waits up to ``wait`` s (None: :data:`READER_WAIT`) for another reader, then raises
-    :class:`TransportError` saying so. A user not allowed to declare that queue (a
-    configure permission for distq's own queues only) reads as before, without it.
-    """
-    wait = READER_WAIT if wait is None else wait
-    lock, deadline = f"{dead_queue}:reader", time.monotonic() + wait
-    locked = True
-    while True:
-        channel = connection.channel()
-        try:
-            channel.queue_declare(lock, exclusive=True, auto_delete=True)
-            break
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 403:  # ACCESS_REFUSED: this user may not; unguarded
-                locked = False
-                break
-            if exc.reply_code != 405:  # RESOURCE_LOCKED: another connection's
-                raise
-        if time.monotonic() >= deadline:
-            raise TransportError(
-                f"another distq dead-letters or requeue-dead has been reading the dead "
-                f"letters of {dead_queue!r} for {wait:.0f} s (it holds {lock!r}); "
-                "run this again once it is done"
-            )
-        time.sleep(0.1)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(*_PikaError):
-            if locked and channel.is_open:
-                channel.queue_delete(lock)
-                channel.close()
-
-
-def _exists(connection: Any, queue: str) -> bool:
-    """Whether ``queue`` exists."""
-    return _declared(connection, queue)[0] is not None
-
-
-def _declared(connection: Any, *queues: str) -> list[Any | None]:
-    """Each queue's counts (a passive declare's ``Queue.DeclareOk``), None for one that
-    does not exist (a client declared none; a retry queue expired).
-
-    Asked on channels of their own: a queue that does not exist closes the channel that
-    asked, with a 404. A passive declare counts as using a queue, so one that exists
-    stays while its counts are read.
-    """
-    found: list[Any | None] = []
-    channel = connection.channel()
-    try:
-        for queue in queues:
-            try:
-                found.append(channel.queue_declare(queue, passive=True).method)
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code != 404:
-                    raise
-                found.append(None)
-                channel = connection.channel()
-    finally:
-        with contextlib.suppress(*_PikaError):
-            if channel.is_open:
-                channel.close()
-    return found
+log = logging.getLogger(__name__)
 
 
 def _retry_queues(queue: str) -> list[str]:
@@ -803,43 +229,6 @@ def _receive_until(connection: Any, buffer: deque[Any], wanted: int, timeout: fl
     return [buffer.popleft() for _ in range(min(wanted, len(buffer)))]
 
 
-class _Try:
-    """One try to connect a consumer afresh, in a thread of its own (pika's connect waits
-    up to 15 s for a broker that takes the connection and never answers). What it makes
-    is in :attr:`made` once the thread ends; a try dropped closes the link it makes."""
-
-    def __init__(self, open_link: Callable[[], _Link]) -> None:
-        self.started = time.monotonic()
-        self.made: _Link | BaseException | None = None
-        self._dropped = False
-        self._lock = threading.Lock()  # between the try's thread and drop()
-        self.thread = threading.Thread(
-            target=self._run, args=(open_link,), name="distq-reconnect", daemon=True
-        )
-        self.thread.start()
-
-    @property
-    def age(self) -> float:
-        return time.monotonic() - self.started
-
-    def _run(self, open_link: Callable[[], _Link]) -> None:
-        try:
-            made: _Link | BaseException = open_link()
-        except BaseException as exc:  # raised in the thread that takes it
-            made = exc
-        with self._lock:
-            self.made, dropped = made, self._dropped
-        if dropped and isinstance(made, _Link):
-            made.close()  # nobody takes it
-
-    def drop(self) -> None:
-        """Nobody takes what this try makes: its link, made or to come, is closed."""
-        with self._lock:
-            self._dropped, made = True, self.made
-        if isinstance(made, _Link):
-            made.close()
-
-
 class RabbitMQTransport(Transport):
     """Producers and consumers on one RabbitMQ task queue; see the module docstring."""
 
@@ -858,17 +247,17 @@ class RabbitMQTransport(Transport):
         self.quorum = settings.rabbitmq_queue_type == "quorum"
         self.lease_ms = max(1, round(settings.lease_seconds * 1000))
         self._pack_bytes = pack_bytes(settings.max_message_bytes)
-        self._broker = _Broker.from_url(settings.amqp_url, settings.tls_files, settings.queue)
+        self._broker = Broker.from_url(settings.amqp_url, settings.tls_files, settings.queue)
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
-        self._admin: _Link | None = None
+        self._admin: Link | None = None
         # tasks done on a lost link by any of this process's consumers (see
-        # _results_only): whichever slot gets a copy acks it
-        self.done_copies = DoneCopies(_DONE_LOST_KEPT)
+        # results_only): whichever slot gets a copy acks it
+        self.done_copies = BodySet(_DONE_LOST_KEPT)
         # tasks that still run here on a lost link: a slot that gets a copy defers it
         self.running_lost = RunningLost()
         # copies deferred while their originals ran: acked unrun once those are done
-        self.deferred = DoneCopies(_DONE_LOST_KEPT)
+        self.deferred = BodySet(_DONE_LOST_KEPT)
         self._keeper_waited_out = -_RELINK_PAUSE  # when a keeper's wait last ran out
         with self._lock:
             self._admin_link()
@@ -946,14 +335,14 @@ class RabbitMQTransport(Transport):
                 "expire an hour after their last retry) or choose another DISTQ_QUEUE"
             ) from None
 
-    def _admin_link(self, fresh: bool = False) -> _Link:
+    def _admin_link(self, fresh: bool = False) -> Link:
         """The transport's own connection (heartbeats off: it idles between calls)."""
         if self._admin is not None and not fresh and self._admin.is_open:
             return self._admin
         if self._admin is not None:
             self._admin.close()
             self._admin = None
-        link = _Link(self._broker, 0, f"distq {self.role} admin")
+        link = Link(self._broker, 0, f"distq {self.role} admin")
         try:
             with self._broker.translated("declaring the queues"):
                 if self.role != "client":  # a client only reads them: see ``stats``
@@ -969,7 +358,7 @@ class RabbitMQTransport(Transport):
         with self._lock:
             try:
                 return call(self._admin_link().channel)
-            except _PikaError:
+            except PikaError:
                 pass
             with self._broker.translated(what):
                 return call(self._admin_link(fresh=True).channel)
@@ -1021,37 +410,18 @@ class RabbitMQTransport(Transport):
         see them. A pack of tasks the broker dead-lettered whole is a letter per task.
         """
         limit = min(limit, self.most_peeked)
-
-        def peek(channel: Any) -> list[DeadLetter]:
-            with _reading(channel.connection, self.dead_queue):
-                return held(channel)
-
-        def held(channel: Any) -> list[DeadLetter]:
-            got: list[tuple[Any, Any, bytes]] = []
-            if _declared(channel.connection, self.dead_queue) == [None]:  # not declared yet
-                return []
-            try:
-                while len(got) < limit:
-                    method, props, body = channel.basic_get(self.dead_queue, auto_ack=False)
-                    if method is None:
-                        break
-                    got.append((method, props, body))
-            finally:
-                if got and channel.is_open:
-                    _put_back(channel, self.dead_queue, got[-1][0].delivery_tag, len(got))
-            return self._letters(got)[:limit]
-
         if limit <= 0:
             return []
-        result: list[DeadLetter] = self._with_admin("reading dead letters", peek)
+        read = partial(peek, queue=self.queue, dead_queue=self.dead_queue, limit=limit)
+        result: list[DeadLetter] = self._with_admin("reading dead letters", read)
         return result
 
     def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
         """Take letters (``basic_get``), publish their tasks, confirm, then ack the letters.
 
-        As the only reader of the dead letters (:func:`_reading`): a peek's letters,
-        held unacked while it reads, are back, and counted in "all there now" (``limit``
-        None), which it counts once it reads alone.
+        As the only reader of the dead letters (:mod:`distq.transport.rabbitmq_dead`): a
+        peek's letters, held unacked while it reads, are back, and counted in "all there
+        now" (``limit`` None), which it counts once it reads alone.
 
         A failure before the ack hands the letters back (nack, or the broker requeues
         them when the connection dies): one whose task was published already is put back
@@ -1059,177 +429,46 @@ class RabbitMQTransport(Transport):
         broker dead-lettered whole goes back as a message per task, each counted.
         """
         moved = [0]
+        move = partial(
+            requeue,
+            queue=self.queue,
+            dead_queue=self.dead_queue,
+            limit=limit,
+            revive=revive,
+            moved=moved,
+            declare_queue=partial(self.declare, dead_queue=False),
+        )
         with self._lock:
             try:
-                self._requeue_dead(self._admin_link(), limit, revive, moved)
-            except _PikaError:
+                move(self._admin_link())
+            except PikaError:
                 with self._broker.translated("requeueing dead letters"):
-                    self._requeue_dead(self._admin_link(fresh=True), limit, revive, moved)
+                    move(self._admin_link(fresh=True))
         return moved[0]
 
-    def _requeue_dead(
-        self, link: _Link, limit: int | None, revive: Revive, moved: list[int]
-    ) -> None:
-        with _reading(link.connection, self.dead_queue):
-            (dead,) = _declared(link.connection, self.dead_queue)
-            if dead is None:  # not declared yet: nothing to move
-                return
-            # at most the messages there now (a pack is a message of several letters)
-            self._move_dead(link, limit, dead.message_count, revive, moved)
-
-    def _move_dead(
-        self, link: _Link, limit: int | None, there: int, revive: Revive, moved: list[int]
-    ) -> None:
-        channel = link.channel
-        target_ready = False
-        while (limit is None or moved[0] < limit) and there > 0:
-            got: list[tuple[Any, Any, bytes]] = []
-            # letters, not messages, against the limit: a pack the broker dead-lettered
-            # whole holds up to 32 (--limit 40 moved 10 packs of 30, 300 letters)
-            letters_left = limit - moved[0] if limit is not None else None
-            try:
-                while len(got) < min(MESSAGE_BATCH, there) and (
-                    letters_left is None or letters_left > 0
-                ):
-                    method, props, body = channel.basic_get(self.dead_queue, auto_ack=False)
-                    if method is None:
-                        break
-                    got.append((method, props, body))
-                    if letters_left is not None:
-                        letters_left -= len(task_bodies(props.type, body))
-                if not got:
-                    return
-                if not target_ready:
-                    # where they go, as it is: declaring it with the caller's
-                    # DISTQ_RABBITMQ_QUEUE_TYPE would be refused by queues of the other
-                    # type (PRECONDITION_FAILED); only a task queue not there is declared
-                    if not _exists(link.connection, self.queue):
-                        self.declare(channel, dead_queue=False)
-                    target_ready = True
-                letters = self._letters(got)
-                first = link.sequence
-                for letter in letters:
-                    link.publish(self.queue, revive(letter), mandatory=True)
-                try:
-                    link.confirm()
-                except TransportError as exc:  # refused some (a length limit): keep the rest
-                    got = got[self._ack_confirmed(link, got, link.confirmed - first, moved) :]
-                    raise TransportError(
-                        f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued "
-                        "before that, the rest stay dead letters"
-                    ) from exc
-                channel.basic_ack(got[-1][0].delivery_tag, multiple=True)
-                moved[0] += len(letters)
-                there -= len(got)
-                got = []
-            finally:
-                if got and channel.is_open:
-                    channel.basic_nack(got[-1][0].delivery_tag, multiple=True, requeue=True)
-
-    def _ack_confirmed(
-        self, link: _Link, got: list[tuple[Any, Any, bytes]], confirmed: int, moved: list[int]
-    ) -> int:
-        """Ack the first messages of ``got`` whose every task is among the first
-        ``confirmed`` publishes of their batch (the broker holds those): when it refused
-        the rest, their letters stay, and a later run does not enqueue those tasks twice
-        (cli16). A pack the broker dead-lettered whole that the refusal split goes back
-        as a pack of its tasks not enqueued (confirmed first), and is acked: it went back
-        whole, and its enqueued tasks were enqueued again (diff16). How many messages;
-        their letters are counted in ``moved``."""
-        count = letters = 0
-        for _, props, body in got:
-            size = len(self._decode_dead(props, body))
-            if letters + size > confirmed:
-                break
-            letters, count = letters + size, count + 1
-        if count < len(got) and letters < confirmed:
-            _, props, body = got[count]
-            tasks, done = task_bodies(props.type, body), confirmed - letters
-            if props.type == TASKS_TYPE and 0 < done < len(tasks):
-                link.publish(self.dead_queue, pack(tasks[done:]), mandatory=True, properties=props)
-                link.confirm()
-                letters, count = letters + done, count + 1
-        if count:
-            link.channel.basic_ack(got[count - 1][0].delivery_tag, multiple=True)
-            moved[0] += letters
-        return count
-
     def forget_orphans(self, reply_to: str) -> int:
-        """As the only reader of the dead letters (:func:`_reading`): ``basic_get`` the
-        messages there when it starts, oldest first (at most :attr:`most_peeked`, as a
-        peek: RabbitMQ puts tens of thousands back only over minutes), ack each orphan of
-        ``reply_to`` (a letter a worker published, a message of its own), and put every
-        other message back with one nack, which requeues each at its original position.
-        A failure (or the connection lost) puts back what was not acked: nothing but
-        orphans is ever removed.
+        """As the only reader of the dead letters (:mod:`distq.transport.rabbitmq_dead`):
+        ``basic_get`` the messages there when it starts, oldest first (at most
+        :attr:`most_peeked`, as a peek: RabbitMQ puts tens of thousands back only over
+        minutes), ack each orphan of ``reply_to`` (a letter a worker published, a message
+        of its own), and put every other message back with one nack, which requeues each
+        at its original position. A failure (or the connection lost) puts back what was
+        not acked: nothing but orphans is ever removed.
 
         Not on quorum queues (``DISTQ_RABBITMQ_QUEUE_TYPE=quorum``): each letter taken
         and put back counts as a delivery there, and a delivery limit (RabbitMQ 4's
         default is 20) then drops letters that are not orphans (diff16)."""
         if self.quorum:
             return 0
-        needle = reply_to.encode()
-
-        def forget(channel: Any) -> int:
-            # a master waits for no operator's long peek: it says so, and looks again
-            # as its job ends
-            with _reading(channel.connection, self.dead_queue, ORPHANS_READER_WAIT):
-                (before,) = _declared(channel.connection, self.dead_queue)
-                if before is None:  # not declared yet: no letters
-                    return 0
-                removed, kept, held = 0, None, 0
-                try:
-                    for _ in range(min(before.message_count, self.most_peeked)):
-                        method, props, body = channel.basic_get(self.dead_queue, auto_ack=False)
-                        if method is None:
-                            break
-                        if needle in body and props.type != TASKS_TYPE:
-                            letters = self._decode_dead(props, body)
-                            if len(letters) == 1 and is_orphan_of(letters[0], reply_to, self.queue):
-                                channel.basic_ack(method.delivery_tag)
-                                removed += 1
-                                continue
-                        kept, held = method.delivery_tag, held + 1
-                finally:
-                    if kept is not None and channel.is_open:
-                        _put_back(channel, self.dead_queue, kept, held)
-                return removed
-
+        forget = partial(
+            remove_orphans,
+            queue=self.queue,
+            dead_queue=self.dead_queue,
+            reply_to=reply_to,
+            most=self.most_peeked,
+        )
         removed: int = self._with_admin("removing a master's orphaned dead letters", forget)
         return removed
-
-    def _letters(self, got: list[tuple[Any, Any, bytes]]) -> list[DeadLetter]:
-        """The letters in messages ``basic_get`` took from the dead-letter queue, in order."""
-        return [letter for _, props, body in got for letter in self._decode_dead(props, body)]
-
-    def _decode_dead(self, props: Any, body: bytes) -> list[DeadLetter]:
-        """The letters one message of the dead-letter queue holds: one of ours, or what the
-        broker dead-lettered from the task queue (a rejection by another client, a
-        policy's TTL or length limit), a pack of tasks as a letter per task. A message
-        that is neither (no ``x-death`` header: published there by hand or another tool)
-        is an unreadable letter (:meth:`DeadLetter.read`), not one the broker made; so is
-        one whose ``x-death`` is not the broker's list of tables (a publisher can set it)."""
-        headers = props.headers if isinstance(props.headers, dict) else {}
-        deaths = headers.get("x-death")
-        if not (isinstance(deaths, list) and deaths and isinstance(deaths[0], dict)):
-            deaths = None
-        if props.type != TASKS_TYPE:
-            if not deaths:
-                return [DeadLetter.read(body, self.queue)]
-            with contextlib.suppress(EnvelopeError):
-                return [DeadLetter.decode(body)]
-        death = (deaths or [{}])[0]
-        reason, queue = death.get("reason", "dead-lettered"), death.get("queue", self.queue)
-        return [
-            DeadLetter(
-                body=task,
-                reason=f"dead-lettered by RabbitMQ ({_text(reason)})",
-                queue=_text(queue),
-                worker="",
-                at=_timestamp(death.get("time")),
-            )
-            for task in task_bodies(props.type, body)
-        ]
 
     def ping(self) -> None:
         """One passive declare of the task queue: not :meth:`stats`'s retry queues."""
@@ -1253,7 +492,7 @@ class RabbitMQTransport(Transport):
 
         def counts(channel: Any) -> tuple[int, int, int]:
             queues = (self.queue, self.dead_queue, *_retry_queues(self.queue))
-            tasks, dead, *retries = _declared(channel.connection, *queues)
+            tasks, dead, *retries = declared(channel.connection, *queues)
             ready = sum(int(q.message_count) for q in (tasks, *retries) if q is not None)
             consumers = int(tasks.consumer_count) if tasks is not None else 0
             return ready, int(dead.message_count) if dead is not None else 0, consumers
@@ -1273,7 +512,7 @@ class RabbitMQTransport(Transport):
             child.close()
         # a sampler thread may be stuck in an admin call to a hung broker (no heartbeats
         # there), holding the lock: then the admin link is left to the ending process
-        if not self._lock.acquire(timeout=_CLOSE_SECONDS):
+        if not self._lock.acquire(timeout=CLOSE_SECONDS):
             return
         try:
             if self._admin is not None:
@@ -1283,21 +522,10 @@ class RabbitMQTransport(Transport):
             self._lock.release()
 
 
-def _text(value: object) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _timestamp(value: object) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
-    stamp = getattr(value, "timestamp", None)  # pika decodes AMQP timestamps to datetime
-    return float(stamp()) if callable(stamp) else time.time()
-
-
 class RabbitMQProducer(Producer):
     """A master's link: publishes tasks, consumes its durable, self-expiring reply queue."""
 
-    def __init__(self, transport: RabbitMQTransport, broker: _Broker, reply_to: str) -> None:
+    def __init__(self, transport: RabbitMQTransport, broker: Broker, reply_to: str) -> None:
         self.reply_to = reply_to
         self._transport = transport
         self._broker = broker
@@ -1311,12 +539,12 @@ class RabbitMQProducer(Producer):
         self._stop: threading.Event | None = None  # see stop_waiting_on
         self._link = self._connect()[0]
 
-    def _connect(self) -> tuple[_Link, bool]:
+    def _connect(self) -> tuple[Link, bool]:
         """A new link consuming the reply queue, and whether that queue was there already."""
-        link = _Link(self._broker, _PRODUCER_HEARTBEAT, f"distq master {self.reply_to}")
+        link = Link(self._broker, _PRODUCER_HEARTBEAT, f"distq master {self.reply_to}")
         try:
             with self._broker.translated(f"declaring reply queue {self.reply_to!r}"):
-                existed = _exists(link.connection, self.reply_to)
+                existed = exists(link.connection, self.reply_to)
                 channel = link.channel
                 self._transport.declare(channel)
                 ttl = round(self._transport.settings.master_ttl * 1000)
@@ -1349,7 +577,7 @@ class RabbitMQProducer(Producer):
                 # a publish not confirmed yet is not lost: counting it so would submit
                 # its task again (a duplicate run); wait for every confirm first
                 confirmed = self._link.wait_for_confirms(self._stop)
-            except _PikaError:
+            except PikaError:
                 pass  # the link went meanwhile: reconnect below
             else:
                 if not confirmed:  # stopping, the broker silent: no reconnecting now
@@ -1381,7 +609,7 @@ class RabbitMQProducer(Producer):
         try:
             self._link.check_open()
             self._link.connection.process_data_events(time_limit=0)
-        except _PikaError:
+        except PikaError:
             return False
         return self._link.is_open and not self._cancelled
 
@@ -1458,8 +686,8 @@ class RabbitMQProducer(Producer):
         """Delete the reply queue (best effort: x-expires is the fallback) and disconnect."""
         self._transport.forget(self)
         if self._link.is_open:
-            with contextlib.suppress(*_PikaError):
-                self._link.fast.queue_delete(self.reply_to, _CLOSE_SECONDS)
+            with contextlib.suppress(*PikaError):
+                self._link.fast.queue_delete(self.reply_to, CLOSE_SECONDS)
         self._link.close()
 
     def stop_waiting_on(self, stop: threading.Event) -> None:
@@ -1475,7 +703,7 @@ class RabbitMQConsumer(Consumer):
     #: (it exited with "0 ok", its tasks' results dropped, rmq18b)
     resettles = True
 
-    def __init__(self, transport: RabbitMQTransport, broker: _Broker, consumer_id: str) -> None:
+    def __init__(self, transport: RabbitMQTransport, broker: Broker, consumer_id: str) -> None:
         # a suffix per connection: its lease-record queue is its own (see rabbitmq_holds)
         self.consumer_id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._transport = transport
@@ -1498,14 +726,14 @@ class RabbitMQConsumer(Consumer):
         self._lost: dict[int, bytes] = {}
         self._relink_after = 0.0  # no new link tried before (see _linked)
         self._opener = threading.get_ident()  # the slot's thread (see fetch); not the keeper's
-        self._try: _Try | None = None  # a try to connect afresh, under way or not taken yet
+        self._try: Try | None = None  # a try to connect afresh, under way or not taken yet
         self._again: set[object] = set()  # redelivered tasks not handed out yet
         self._link = self._open_link()
 
-    def _open_link(self) -> _Link:
+    def _open_link(self) -> Link:
         """A connection and channel for this consumer, the queues declared on it."""
         heartbeat = max(1, round(self._transport.settings.lease_seconds))
-        link = _Link(self._broker, heartbeat, f"distq worker {self.consumer_id}")
+        link = Link(self._broker, heartbeat, f"distq worker {self.consumer_id}")
         try:
             with self._broker.translated("declaring the queues"):
                 self._transport.declare(link.channel)  # a reconnect heals a deleted queue
@@ -1536,11 +764,12 @@ class RabbitMQConsumer(Consumer):
         to the queue with it: their tasks are *lost* here, and nothing is acked for them;
         the result of one done is still sent (late, as on Redis; the master keeps one),
         nothing of one that failed (the copy's own run decides: see
-        :func:`_results_only`). Until then a copy another slot of this worker gets waits
-        (:meth:`_defer_running`).
+        :func:`~distq.transport.rabbitmq_copies.results_only`). Until then a copy another
+        slot of this worker gets waits (:meth:`_defer_running`).
 
         A channel the broker closed for a reason of its own (a message over its
-        ``max_message_size``) is not reopened: :meth:`_Link.check_open` raises it.
+        ``max_message_size``) is not reopened:
+        :meth:`~distq.transport.rabbitmq_link.Link.check_open` raises it.
         """
         if self._link.is_open or closed_by_broker(self._link.channel) is not None:
             return
@@ -1563,16 +792,16 @@ class RabbitMQConsumer(Consumer):
         if self._records is not None:
             self._records.bind(*self._record_io(link), unsure=True)
 
-    def _new_link(self, wait: bool) -> _Link | None:
-        """A link connected afresh by a try in a thread of its own (:class:`_Try`), one
-        try at a time; its error raised here. With ``wait`` (the slot), a try made now,
-        waited for: one under way is waited for until it is :data:`_TRY_TRUSTED` old,
-        then left to end unused, and one that failed is not taken for an answer (it
-        failed while the broker was away: diff18b, diff18c). Without (the keeper), a try
-        made at most :data:`_RELINK_PAUSE` after one failed, waited for up to
-        :data:`_KEEPER_WAIT` when it starts (a broker that answers is back within it: the
-        keeper's settle of a timed-out attempt failed, and the task ran again, diff18b),
-        and None while it is under way."""
+    def _new_link(self, wait: bool) -> Link | None:
+        """A link connected afresh by a try in a thread of its own
+        (:class:`~distq.transport.rabbitmq_link.Try`), one try at a time; its error raised
+        here. With ``wait`` (the slot), a try made now, waited for: one under way is waited
+        for until it is :data:`_TRY_TRUSTED` old, then left to end unused, and one that
+        failed is not taken for an answer (it failed while the broker was away: diff18b,
+        diff18c). Without (the keeper), a try made at most :data:`_RELINK_PAUSE` after one
+        failed, waited for up to :data:`_KEEPER_WAIT` when it starts (a broker that answers
+        is back within it: the keeper's settle of a timed-out attempt failed, and the task
+        ran again, diff18b), and None while it is under way."""
         tried = self._try
         if wait and tried is not None:
             tried.thread.join(max(0.0, _TRY_TRUSTED - tried.age))
@@ -1583,7 +812,7 @@ class RabbitMQConsumer(Consumer):
         if started:
             if not wait and time.monotonic() < self._relink_after:
                 return None
-            self._try = _Try(self._open_link)
+            self._try = Try(self._open_link)
         trying = self._try
         assert trying is not None
         if wait:
@@ -1671,8 +900,9 @@ class RabbitMQConsumer(Consumer):
         return link.asked
 
     def _drop_done(self, got: list[Delivery]) -> list[Delivery]:
-        """``got`` but the copies of tasks done on a lost link (see :func:`_results_only`),
-        which are acked instead: their results went."""
+        """``got`` but the copies of tasks done on a lost link (see
+        :func:`~distq.transport.rabbitmq_copies.results_only`), which are acked instead:
+        their results went."""
         copies = self._transport.done_copies
         # redelivered, or not (a lease record expired into the queue is a new message)
         done = [d for d in got if copies.take(d.body)]
@@ -1840,7 +1070,7 @@ class RabbitMQConsumer(Consumer):
 
     @staticmethod
     def _record_io(
-        link: _Link,
+        link: Link,
     ) -> tuple[Any, Callable[[str, bytes, Any], None], Callable[[], None]]:
         """What :class:`LeaseRecords` works through: ``link``'s channel, publish, confirm."""
 
@@ -1880,7 +1110,7 @@ class RabbitMQConsumer(Consumer):
             self._linked()  # a link lost under a long batch: connect again first
             try:
                 self._settle(settlements, tags)
-            except _PikaError:
+            except PikaError:
                 # a link lost since the last call that read it: pika had not seen it go
                 # (the keeper reads it at each heartbeat; the slot's settle came first),
                 # the settle failed, and its results were dropped with the batch (diff18).
@@ -1898,8 +1128,8 @@ class RabbitMQConsumer(Consumer):
         prefix = self._transport.reply_prefix
         lost, done = self._lost.keys() & tags, list[bytes]()
         self.late, self.bounced = frozenset(), {}
-        if lost:  # their messages went back with a lost link: see _results_only
-            settlements, done, self.late = _results_only(settlements, lost)
+        if lost:  # their messages went back with a lost link: see results_only
+            settlements, done, self.late = results_only(settlements, lost)
         for s in settlements:
             if s.retry is not None and s.retry_delay > 0:
                 self._declare_retry_queue(_delay_ms(s.retry_delay))
@@ -1960,7 +1190,7 @@ class RabbitMQConsumer(Consumer):
             if acks:
                 self._finish(acks, link.channel.basic_ack)
             self._drop_records(tags)
-        except _PikaError:
+        except PikaError:
             # the link died before the acks (or the records' drop) went: the broker puts
             # these tasks back, though what they ended with is the broker's, so the settle
             # is done: their copies need not run (a lost one that failed published
@@ -2065,7 +1295,7 @@ class RabbitMQConsumer(Consumer):
             refused = sorted(link.refused(sent))
             link.check()  # returned (the queue deleted), or an older publish refused
             if refused:
-                _REFUSALS.refused(f"RabbitMQ at {self._broker.address}", queue, len(refused))
+                REFUSALS.refused(f"RabbitMQ at {self._broker.address}", queue, len(refused))
                 ours = {sent[number].tag for number in refused}
                 kept = self._held.keep(plan, ours)
                 kept += [sent[number] for number in refused if sent[number].tag in records]
@@ -2141,7 +1371,7 @@ class RabbitMQConsumer(Consumer):
             # the hour it lives): its delay and its target are the same, so it is used
             # as it is
         else:
-            with contextlib.suppress(*_PikaError):
+            with contextlib.suppress(*PikaError):
                 channel.close()
         self._retry_declared[ms] = now
 
@@ -2162,7 +1392,7 @@ class RabbitMQConsumer(Consumer):
         records = list(self._records.bodies) if self._records is not None else []
         if (partly or records) and self._link.is_open:
             tags = self._held.tags() if partly else []
-            with contextlib.suppress(*_PikaError, TransportError):
+            with contextlib.suppress(*PikaError, TransportError):
                 self._give_back(sorted({*tags, *records}))
         self._link.close()
         self._held.clear()  # the broker requeued them when the connection closed
@@ -2181,100 +1411,6 @@ def _from_a_record(headers: dict[str, Any]) -> bool:
     return isinstance(deaths, list) and any(
         isinstance(death, dict) and ".held." in str(death.get("queue", "")) for death in deaths
     )
-
-
-def _results_only(
-    settlements: Sequence[Settlement], lost: set[int]
-) -> tuple[list[Settlement], list[bytes], frozenset[int]]:
-    """``settlements``, those of ``lost`` tasks (whose link was lost: see
-    :meth:`RabbitMQConsumer._linked`) with nothing to publish but the result of one done
-    (a result, no retry nor dead letter); the bodies of those done; the tags of those
-    not done (:attr:`~distq.transport.base.Consumer.late`). Their messages
-    went back to the queue with that link: a retry or a dead letter (and its error
-    result) would run again, or fail, a task that is there again; the copy decides, as
-    for a late settle on Redis and manager. The copy of a task done, when a slot of this
-    worker gets it, is acked and not run again (:class:`DoneCopies`, once the results
-    are confirmed: acked before, a copy whose original's result never went was lost,
-    diff18); each long task ran twice, the job took twice as long."""
-    done: list[bytes] = []
-    kept: list[Settlement] = []
-    late: set[int] = set()
-    for s in settlements:
-        if s.delivery.tag in lost:
-            if s.retry is None and s.dead_letter is None:
-                done.append(s.delivery.body)
-            else:
-                late.add(s.delivery.tag)
-                s = msgspec.structs.replace(s, result=None, retry=None, dead_letter=None)
-        kept.append(s)
-    return kept, done, frozenset(late)
-
-
-class DoneCopies:
-    """Bodies of tasks done on a lost link, whose copies the broker requeued: a slot that
-    gets one acks it unrun. The newest ``keep`` at most (copies another worker took are
-    never met); shared by a process's consumers, thread-safe."""
-
-    def __init__(self, keep: int) -> None:
-        self._keep = keep
-        self._bodies: dict[bytes, None] = {}
-        self._lock = threading.Lock()
-
-    def __bool__(self) -> bool:
-        return bool(self._bodies)  # a read without the lock: take() decides
-
-    def add(self, bodies: Iterable[bytes]) -> None:
-        with self._lock:
-            self._bodies.update(dict.fromkeys(bodies))
-            while len(self._bodies) > self._keep:
-                del self._bodies[next(iter(self._bodies))]
-
-    def take(self, body: bytes) -> bool:
-        """Whether ``body`` is one of them; it is forgotten (one copy each). Most are not:
-        they are looked up without the lock (a dict's lookup is atomic), which once any
-        link was lost every fetch and settle of the process took per task for good."""
-        if body not in self._bodies:
-            return False
-        with self._lock:
-            return self._bodies.pop(body, False) is None
-
-    def __contains__(self, body: object) -> bool:
-        return body in self._bodies  # a dict's lookup is atomic: no lock to read
-
-    def discard(self, body: bytes) -> None:
-        with self._lock:
-            self._bodies.pop(body, None)
-
-
-class RunningLost:
-    """Bodies of tasks that still run in this process on a lost link (their messages went
-    back to the queue with it): a slot that gets a copy of one defers it
-    (:meth:`RabbitMQConsumer._defer_running`). Shared by a process's consumers, a count
-    per body (two slots may hold the same task), thread-safe."""
-
-    def __init__(self) -> None:
-        self._bodies: Counter[bytes] = Counter()
-        self._lock = threading.Lock()
-
-    def __bool__(self) -> bool:
-        return bool(self._bodies)  # a read without the lock: a copy met just now runs
-
-    def __contains__(self, body: object) -> bool:
-        with self._lock:
-            return body in self._bodies
-
-    def add(self, bodies: Iterable[bytes]) -> None:
-        with self._lock:
-            self._bodies.update(bodies)
-
-    def discard(self, bodies: Iterable[bytes]) -> None:
-        with self._lock:
-            for body in bodies:
-                left = self._bodies[body] - 1
-                if left > 0:
-                    self._bodies[body] = left
-                else:
-                    self._bodies.pop(body, None)
 
 
 class PrefetchWindow:
