@@ -7,10 +7,11 @@ gets N times the limit of the function it calls. A program that registers its ow
 also give one when it registers it (:meth:`distq.tasks.Registry.register`): the
 setting's ``NAME=SECONDS`` wins over that, and that over the setting's default.
 
-The worker enforces a limit (:mod:`distq.worker`): a task past it fails that attempt
-with :class:`~distq.errors.TimeLimitExceeded`, which is retried like any error, and its
-slot goes on. Python cannot stop a thread, so the function itself is not interrupted:
-the slot leaves its thread behind and takes a new one; see the worker's docstring.
+The worker's keeper enforces a limit (:mod:`distq.keeper`): a task past it fails that
+attempt with :class:`~distq.errors.TimeLimitExceeded`, which is retried like any error,
+and its slot goes on. Python cannot stop a thread, so the function itself is not
+interrupted: the slot leaves its thread behind and takes a new one; see the worker's
+docstring.
 """
 
 from __future__ import annotations

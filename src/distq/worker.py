@@ -8,6 +8,7 @@ run it on the slot's thread (:func:`~distq.batch.run_batch`, each task by the
 :class:`~distq.runner.TaskRunner`, once its master is known alive:
 :class:`~distq.masters.MasterWatch`), settle it in one call and hand back what did not
 run. Short tasks never leave their thread, which keeps round trips short. The keeper
+(:class:`~distq.keeper.Keeper`, whose docstring has the rules the slots and it keep)
 looks after batches that run long: it renews their lease every heartbeat interval,
 hands back the tasks they have not started (for idle workers), and enforces time
 limits. Whatever is still in hand goes back to the queue on the way out.
@@ -44,14 +45,13 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, get_args
 
 import msgspec
 
-from distq import chunks
 from distq.backoff import Backoff, Outage
 from distq.batch import Batch, BatchSizer, Running, run_batch
 from distq.codec import Codec
@@ -69,16 +69,16 @@ from distq.errors import (
     TransportError,
 )
 from distq.health import WorkerHealth
+from distq.keeper import Keeper
 from distq.masters import MasterWatch
 from distq.runner import TaskRunner
 from distq.signals import stop_signals
+from distq.slots import FAILURES_FORGOTTEN_S, Slot
 from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry
 from distq.timelimits import TimeLimits
 from distq.transport.base import Consumer, Delivery, Settlement, Transport
 
-#: How often the keeper checks running tasks against their time limits.
-TIME_LIMIT_TICK = 0.1
 #: A cold stop's bound on closing the slots' connections, all at once (a hung broker
 #: held each close for seconds, one after the other: past Kubernetes' grace period).
 CLOSE_SECONDS = 5.0
@@ -133,19 +133,12 @@ class WorkerOptions:
         )
 
 
-#: The keeper's tick while the broker is away: how soon a lease is renewed once it is back.
-OUTAGE_TICK = 0.1
-
-#: A failed batch this long after the last one starts the slot's backoff afresh.
-FAILURES_FORGOTTEN_S = 60.0
-
-
 def _poll(options: WorkerOptions) -> float:
     """How long a slot's fetch waits for tasks."""
     return min(options.heartbeat_interval, 1.0)
 
 
-def _fetch_overdue(slots: list[_Slot], poll: float) -> bool:
+def _fetch_overdue(slots: list[Slot], poll: float) -> bool:
     """Whether a slot's fetch has run :data:`FETCH_OVERDUE_S` past its wait of ``poll``
     s, or a question it asked the broker (which waits for nothing but the answer) has
     gone unanswered that long: its broker does not answer."""
@@ -155,49 +148,6 @@ def _fetch_overdue(slots: list[_Slot], poll: float) -> bool:
         or (slot.unanswered is not None and now - slot.unanswered > FETCH_OVERDUE_S)
         for slot in slots
     )
-
-
-def _slot_alive(slot: _Slot) -> bool:
-    """Whether ``slot`` still works: its thread runs, or a task that ran out of time is
-    having it replaced (the old thread may end during the settle before the new one
-    starts: the worker exited 0 then, its queue still full). The thread is read first:
-    one that ended for that reason did so after ``replacing`` was set, and a new one is
-    in ``slot.thread`` before it is cleared."""
-    thread = slot.thread
-    if thread is not None and thread.is_alive():
-        return True
-    return slot.replacing or slot.thread is not thread
-
-
-class _Slot:
-    """One consumer, the batch it runs, and the lock that serialises its calls.
-
-    Tasks run on the slot's own thread, outside the lock; meanwhile the keeper may take
-    the lock to renew the lease (pika is not thread-safe, so no two threads ever call
-    one consumer at once). ``generation`` counts the slot's threads: a thread whose
-    generation is past was left behind in a task that ran out of time.
-    """
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.consumer: Consumer | None = None
-        self.lock = threading.Lock()
-        self.batch: Batch | None = None  # running (outside the lock)
-        self.renewed = 0.0  # monotonic time of the last call that renewed the lease
-        self.handed_back = False  # a cold stop closed the consumer under the running batch
-        self.thread: threading.Thread | None = None
-        self.replacing = False  # its thread was left behind; the new one is not started yet
-        self.renew_failed_on: Consumer | None = None  # the link the keeper last failed on
-        self.generation = 0
-        self.backoff = Backoff()
-        # between a failed batch and the next: a failure that repeats (a settle the broker
-        # always refuses) must not rerun the batch as fast as the broker answers
-        self.failing = Backoff(base=0.5)
-        self.failed_at = -FAILURES_FORGOTTEN_S  # monotonic time of the last failed batch
-        self.in_hand = 0  # deliveries fetched and not yet settled or handed back
-        self.fetching: float | None = None  # monotonic start of the fetch under way
-        # since when a question to the broker went unanswered (Consumer.answers), or None
-        self.unanswered: float | None = None
 
 
 class Worker:
@@ -221,7 +171,6 @@ class Worker:
         self.limits = options.time_limits.with_registered(registry.time_limits())
         self.masters = MasterWatch()
         self.outage = Outage()
-        self.left_behind: list[threading.Thread] = []  # threads still in timed-out tasks
         self._stopping = threading.Event()  # warm: finish what runs, take nothing new
         self._abort = threading.Event()  # cold: hand back everything now
         self._drain_until: float | None = None
@@ -230,8 +179,23 @@ class Worker:
         self._fatal: ConfigError | CertificateRejected | None = None
         self._slot_error: str | None = None  # why a slot's thread ended, until said
         self._slot_failed = False  # a slot's thread ended on an error: exit 1
-        self._said_late = False  # a renewal past the lease: said once
-        self._renewal_took = 0.0  # how long the last batched renewal waited for its answer
+        self.keeper = Keeper(
+            transport,
+            self.health,
+            self.outage,
+            console,
+            interval=options.heartbeat_interval,
+            limits=self.limits,
+            stopping=self._stopping,
+            settle=self._settle,
+            count=self._count,
+            drop_consumer=self._drop_consumer,
+            timed_out=self.runner.endings.timed_out,
+            start_slot=self._start_slot,
+            cannot_start=self._cannot_start,
+            lost=self._lost,
+            back=self._back,
+        )
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> int:
@@ -240,7 +204,7 @@ class Worker:
         started = time.monotonic()
         # --exit-when-idle counts from here: not the wait for the broker before the start
         self.health.took(0)
-        slots = [_Slot(i) for i in range(self.options.concurrency)]
+        slots = [Slot(i) for i in range(self.options.concurrency)]
         done = threading.Event()
         previous = self._install_signal_handlers()
         switching = sys.getswitchinterval()
@@ -265,11 +229,11 @@ class Worker:
             raise self._fatal
         return 1 if self._slot_failed else 0
 
-    def _start(self, slots: list[_Slot], done: threading.Event) -> None:
+    def _start(self, slots: list[Slot], done: threading.Event) -> None:
         """The keeper's thread and a thread per slot; a thread that cannot start (a limit
         on threads or memory) stops the worker warm, exit 2 naming it, not a traceback."""
         keeper = threading.Thread(
-            target=self._keep, args=(slots, done), name="distq-keeper", daemon=True
+            target=self.keeper.keep, args=(slots, done), name="distq-keeper", daemon=True
         )
         which = "its keeper"
         try:
@@ -290,7 +254,7 @@ class Worker:
             )
         )
 
-    def _start_slot(self, slot: _Slot) -> None:
+    def _start_slot(self, slot: Slot) -> None:
         thread = threading.Thread(
             target=self._work,
             args=(slot, slot.generation),
@@ -301,7 +265,7 @@ class Worker:
         slot.thread = thread  # started: the main loop joins it ("cannot join ... before
         # it is started" ended the worker when it met a replacement thread just made)
 
-    def _wait(self, slots: list[_Slot]) -> None:
+    def _wait(self, slots: list[Slot]) -> None:
         """Until every slot has ended; a warm stop when idle for ``exit_when_idle``, and a
         cold one when a warm stop outlasts ``drain_seconds``."""
         idle = self.options.exit_when_idle
@@ -311,7 +275,7 @@ class Worker:
         beat = min(0.2, self.health.liveness.stall_seconds / 3)
         while True:
             threads = [slot.thread for slot in slots if slot.thread is not None]
-            alive = any(_slot_alive(slot) for slot in slots)
+            alive = any(slot.alive() for slot in slots)
             self._slot_stopped()  # after that check: a slot says why before its thread ends
             if not alive:
                 return
@@ -378,7 +342,7 @@ class Worker:
             # "503 while stopping"): before, /readyz said so only once a slot had ended
             self.health.readiness.stopping()
 
-    def _stop_cold(self, slots: list[_Slot]) -> None:
+    def _stop_cold(self, slots: list[Slot]) -> None:
         """Close the consumer under every running batch; its tasks go back."""
         self._abort.set()
         self._stopping.set()
@@ -430,221 +394,8 @@ class Worker:
             announce(self.console, f"{name} again: handing back every task in hand and exiting")
             raise Shutdown
 
-    # -- the keeper: long batches' leases, their unstarted tasks, time limits ---------
-    def _keep(self, slots: list[_Slot], done: threading.Event) -> None:
-        interval = self.options.heartbeat_interval
-        # it beats liveness each tick: at most a third of the stall limit apart, or a long
-        # lease (lease/12 between ticks) made /healthz say "stalled" while all was well
-        tick = min(interval / 4, self.health.liveness.stall_seconds / 3)
-        if self.limits:
-            tick = min(tick, TIME_LIMIT_TICK)
-        # a broker away: leases are tried again every OUTAGE_TICK, so that one back just
-        # before a lease's deadline still finds it (a tick of lease/12 came too late)
-        while not done.wait(min(tick, OUTAGE_TICK) if self.outage.ongoing else tick):
-            self.health.beat("leases")
-            due: list[_Slot] = []
-            soon = self._renew_after(slots, interval)
-            for slot in slots:
-                batch = slot.batch
-                if batch is None:
-                    continue
-                with self._keeping([slot], interval):
-                    running = batch.running
-                    if running is not None and time.monotonic() - running.started > running.limit:
-                        self._give_up(slot, batch, running)
-                    elif time.monotonic() - slot.renewed >= soon:
-                        if self.transport.renews_apart:  # all at once, below
-                            if self._hand_back(slot, batch):
-                                due.append(slot)
-                        else:
-                            self._renew(slot, batch)
-            if due:
-                self._renew_all(due, interval)
-
-    @contextlib.contextmanager
-    def _keeping(self, slots: list[_Slot], interval: float) -> Iterator[None]:
-        """The keeper's work on ``slots``, its failures said: a broker away, one line per
-        outage; anything else (the slot meets it again when it settles), once an interval."""
-        try:
-            yield
-        except TransportError as exc:
-            self._renew_failed(slots, exc, interval)
-        except Exception as exc:
-            self.console.error(f"keeping a long batch: {exc}")
-            for slot in slots:
-                slot.renewed = time.monotonic()  # one line per interval, not a flood
-
-    def _renewed(self, slots: list[_Slot], at: float) -> None:
-        """The leases of ``slots`` renewed at ``at``: an outage only the keeper saw ends."""
-        for slot in slots:
-            slot.renewed = at
-            slot.renew_failed_on = None
-        self._back()
-
-    def _renew_after(self, slots: list[_Slot], interval: float) -> float:
-        """How long a slot's lease goes unrenewed before the keeper renews it: an interval;
-        where leases are renewed all at once, half of one too once a slot is due, so that
-        slots started apart are renewed in one call, not one each."""
-        now = time.monotonic()
-        if self.transport.renews_apart and any(
-            slot.batch is not None and now - slot.renewed >= interval for slot in slots
-        ):
-            return interval / 2
-        return interval
-
-    def _renew_failed(self, slots: list[_Slot], exc: TransportError, interval: float) -> None:
-        # an outage begins at a link's first failure, not at each: a slot in a long task
-        # keeps its consumer until the task ends (on RabbitMQ it connects again at a
-        # renewal once the broker answers), and each failed renewal on it began a new
-        # outage once another slot's call had ended the last (a pair of lines every 1.3 s)
-        for slot in slots:
-            if slot.renew_failed_on is not slot.consumer:
-                slot.renew_failed_on = slot.consumer
-                self._lost(exc)
-            # tried again at the next tick, not an interval later: that try fell on the
-            # lease's deadline, and a broker back before it still lost the lease (7 of 8
-            # running tasks ran twice)
-            slot.renewed = time.monotonic() - interval
-
-    def _hand_back(self, slot: _Slot, batch: Batch) -> bool:
-        """:meth:`_handed_back`, unless the slot is in a broker call (which renews the
-        lease too): whether its lease is to be renewed."""
-        if not slot.lock.acquire(blocking=False):
-            return False
-        try:
-            return self._handed_back(slot, batch)
-        finally:
-            slot.lock.release()
-
-    def _handed_back(self, slot: _Slot, batch: Batch) -> bool:
-        """A batch running longer than a heartbeat interval: settle the tasks it ran
-        already and hand back what it has not started (the caller holds the slot's
-        lock). False if the slot moved on. The results of the fast tasks before a long
-        one waited for it to end (8 s behind an 8 s task), and a worker killed meanwhile
-        had them run again (lease17)."""
-        if slot.batch is not batch or slot.consumer is None:
-            return False
-        rest = batch.take_rest()
-        if rest:  # what a full queue refused comes back to the slot: not released
-            try:
-                back = slot.consumer.release(rest)
-            except BaseException:
-                batch.put_back(rest=rest)  # failed, they stayed held by the consumer,
-                raise  # renewed by this keeper for good: never run (nor settled)
-            self._count(slot, [], released=len(rest), kept=len(rest) - back)
-        done = batch.take_endings()
-        if done:
-            try:
-                self._settle(slot, done, [])
-            except BaseException:
-                batch.put_back(endings=done)  # the slot settles them with the rest
-                raise
-        return True
-
-    def _renew_all(self, slots: list[_Slot], interval: float) -> None:
-        """Renew the leases of ``slots`` in one round trip, over the keeper's own
-        connection: with many slots running Python code, the keeper waits for the GIL at
-        each round trip, and one per slot outlasted the lease."""
-        consumers = [slot.consumer for slot in slots if slot.consumer is not None]
-        sent = time.monotonic()  # the broker's deadline runs from about now: not later
-        late = max(sent - slot.renewed for slot in slots) - 3 * interval  # past the lease
-        if late > 0 and not self._said_late:
-            self._said_late = True
-            took = self._renewal_took
-            # most of it in the renewal before: a broker that did not answer (a paused
-            # manager master blocks the call), or the GIL inside it; else this process
-            why = (
-                f"the renewal before it took {took:.1f} s to return (a broker that did not "
-                "answer: stopped, paused, cut off; or the keeper waiting for the GIL behind "
-                "slots that compute)"
-                if took >= late / 2
-                else "this process was held up: stopped, paused, starved of CPU, or its "
-                "keeper waiting for the GIL behind slots that compute"
-            )
-            self.console.error(
-                f"warning: renewing the leases of running tasks came {late:.1f} s past "
-                f"the lease ({why}): those tasks may run again elsewhere; with tasks that "
-                "compute in Python, run fewer slots (--concurrency) in more worker "
-                "processes, or raise DISTQ_LEASE_SECONDS (said once)"
-            )
-        with self._keeping(slots, interval):
-            try:
-                with self.health.liveness.waiting("leases"):  # a silent broker is no stall
-                    self.transport.heartbeat(consumers)
-            finally:
-                self._renewal_took = time.monotonic() - sent
-            self._renewed(slots, sent)
-
-    def _renew(self, slot: _Slot, batch: Batch) -> None:
-        """Hand back what the batch has not started and renew the lease of the rest, on
-        the slot's own connection, in the slot's lock."""
-        if not slot.lock.acquire(blocking=False):
-            return  # the slot is in a broker call, which renews the lease too
-        try:
-            if self._handed_back(slot, batch) and slot.consumer is not None:
-                with self.health.liveness.waiting("leases"):  # a silent broker is no stall
-                    slot.consumer.heartbeat()
-                self._renewed([slot], time.monotonic())
-        finally:
-            slot.lock.release()
-
-    def _give_up(self, slot: _Slot, batch: Batch, running: Running) -> None:
-        """A task ran past its time limit: settle that attempt as failed, hand back the
-        batch's tasks not started, and go on in a new thread."""
-        with slot.lock:
-            if slot.batch is not batch or slot.consumer is None:
-                return
-            delivery = running.take()
-            if delivery is None:
-                return  # it has just ended
-            # at once, and in this order: once the generation moves on, the old thread
-            # may end (its function returns), and _wait must see a slot still alive
-            slot.replacing = True
-            slot.generation += 1
-            batch.abandoned = True
-            ran = time.monotonic() - running.started
-            ending = self.runner.endings.timed_out(
-                delivery, running.task, running.limit, time.time() - ran, ran
-            )
-            slot.batch = None
-            if slot.thread is not None:
-                chunks.give_up(slot.thread)  # a chunk there starts no more of its calls
-                self.left_behind.append(slot.thread)
-            self.left_behind = [thread for thread in self.left_behind if thread.is_alive()]
-            goes_on = (  # stopping, the new thread ends at once (life16)
-                "the worker is stopping"
-                if self._stopping.is_set()
-                else f"slot {slot.index} goes on in a new thread"
-            )
-            ending = ending._replace(  # the settle prints it
-                note=f"{ending.note}; {goes_on}, leaving the old thread in the task "
-                f"({len(self.left_behind)} left behind, still running)"
-            )
-            try:  # if this fails, the tasks go back when the lease runs out
-                self._settle(slot, [*batch.endings, ending], batch.take_rest())
-            except Exception as exc:
-                # its note went with the settle: no line said it (rmq18b). The consumer
-                # goes, as after a slot's own failed settle: kept, it held the task and
-                # the keeper renewed its lease for good, the task never ran again
-                task = running.task
-                self.console.error(
-                    f"task {shown(task.name)} {shown(task.id)} attempt {task.attempt}/"
-                    f"{task.max_attempts} ran past its time limit of {running.limit:g} s; "
-                    f"{goes_on}; that attempt was not settled ({describe(exc)}): the task "
-                    "runs again"
-                )
-                self._drop_consumer(slot, str(exc))
-                raise
-            finally:
-                try:
-                    self._start_slot(slot)
-                except RuntimeError as exc:  # the tasks left behind hold the threads
-                    self._cannot_start(f"slot {slot.index} again after its time limit", exc)
-                finally:  # a thread that cannot start must not keep the worker alive
-                    slot.replacing = False
-
     # -- one slot: a consumer, and its tasks run on the slot's thread -------------
-    def _work(self, slot: _Slot, generation: int) -> None:
+    def _work(self, slot: Slot, generation: int) -> None:
         """A slot's loop: connect, fetch a batch, run it, settle it; reconnect on errors.
 
         Returns at once when it finds itself left behind (``generation`` is past).
@@ -662,7 +413,7 @@ class Worker:
                     slot.consumer = None
                 self.health.connected(False, f"{self.id}-{slot.index}", "worker stopping")
 
-    def _work_on(self, slot: _Slot, generation: int) -> None:
+    def _work_on(self, slot: Slot, generation: int) -> None:
         sizer = BatchSizer(self.options.prefetch)
         poll = _poll(self.options)
         claimed: list[Delivery] = []  # the next batch, leased by the last settle
@@ -716,7 +467,7 @@ class Worker:
                 slot.failed_at = now
                 self._stopping.wait(slot.failing.next())
 
-    def _fetch(self, slot: _Slot, consumer: Consumer, size: int, poll: float) -> list[Delivery]:
+    def _fetch(self, slot: Slot, consumer: Consumer, size: int, poll: float) -> list[Delivery]:
         """``consumer.fetch``, timed: one that answered :data:`FETCH_OVERDUE_S` past its
         wait had a broker away meanwhile, so the idle time counts from its answer. With
         ``--exit-when-idle`` an empty one asks the broker for an answer too (RabbitMQ's
@@ -737,7 +488,7 @@ class Worker:
             self.health.took(0)  # the broker answers again: idle from now, as on a reconnect
         return deliveries
 
-    def _drop_consumer(self, slot: _Slot, why: str) -> None:
+    def _drop_consumer(self, slot: Slot, why: str) -> None:
         """A call on the slot's consumer failed: it is closed, what it held goes back with
         its lease, and the slot connects again (the caller holds the slot's lock)."""
         self._close(slot.consumer)
@@ -746,7 +497,7 @@ class Worker:
         self._count(slot, [], released=slot.in_hand)  # back with the lease
         self.health.connected(False, f"{self.id}-{slot.index}", why)
 
-    def _run(self, slot: _Slot, batch: Batch) -> None:
+    def _run(self, slot: Slot, batch: Batch) -> None:
         """Run the batch, asking the broker about any master not known alive on the way."""
         while True:
             run_batch(batch, self.runner.gated, self._stopping, self._abort, late=self._late)
@@ -778,7 +529,7 @@ class Worker:
             note=f"{ending.note}; it returned after {took:.2f} s, its value dropped"
         )
 
-    def _connect(self, slot: _Slot) -> Consumer | None:
+    def _connect(self, slot: Slot) -> Consumer | None:
         """A new consumer for the slot; None (after a backoff wait) while the broker is away."""
         consumer_id = f"{self.id}-{slot.index}"
         try:
@@ -834,7 +585,7 @@ class Worker:
 
     def _settle(
         self,
-        slot: _Slot,
+        slot: Slot,
         endings: list[Ending],
         unstarted: Sequence[Delivery],
         fetch: int = 0,
@@ -942,7 +693,7 @@ class Worker:
 
     def _count(
         self,
-        slot: _Slot,
+        slot: Slot,
         endings: list[Ending],
         released: int,
         at: float | None = None,
@@ -1012,7 +763,7 @@ _BOUNCED_BACK = (
 _OUTCOMES: tuple[str, ...] = get_args(Outcome)
 
 
-def _drain_ran_out(slots: Sequence[_Slot], drain_seconds: float) -> str:
+def _drain_ran_out(slots: Sequence[Slot], drain_seconds: float) -> str:
     """What a warm stop that ran out finds in hand: tasks that still run, and slots whose
     tasks have ended but that wait on a broker call (a frozen or cut-off broker holds
     the keeper's renewal on their link, or their settle); it said "tasks still run" of

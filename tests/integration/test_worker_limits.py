@@ -18,6 +18,7 @@ import pytest
 from conftest import Target
 from distq.console import Console
 from distq.envelope import Task, new_id
+from distq.keeper import Keeper
 from distq.tasks import Registry
 from distq.timelimits import TimeLimits
 from distq.transport import Producer, Transport
@@ -130,7 +131,7 @@ def test_a_worker_goes_on_when_the_old_thread_ends_before_its_slot_has_a_new_one
 
     def late_settle(self: Worker, slot: Any, *args: Any) -> Any:
         if threading.current_thread().name == "distq-keeper":
-            old = self.left_behind[-1]
+            old = self.keeper.left_behind[-1]
             old.join(5)  # the function returned: the left-behind thread is gone
             time.sleep(0.5)  # more than the worker's checks apart
         return settle(self, slot, *args)
@@ -157,7 +158,7 @@ def test_a_task_that_returns_past_its_limit_before_the_keeper_acts_fails_that_at
 ) -> None:
     """The keeper held up (a function that holds the GIL past its limit, a starved
     process): the task returns past its limit, and the slot fails that attempt itself."""
-    monkeypatch.setattr(Worker, "_give_up", lambda *args: None)  # the keeper never acts
+    monkeypatch.setattr(Keeper, "_give_up", lambda *args: None)  # the keeper never acts
     producer, registry = _a_nap_past_its_limit(transport)
     out = io.StringIO()
     assert _worker(transport, registry, out, exit_when_idle=0.5).run() == 0

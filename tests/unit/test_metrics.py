@@ -27,6 +27,7 @@ from distq.health import Readiness
 from distq.logs import JsonConsole
 from distq.metrics import BUCKETS, UNKNOWN, HistogramTable, MasterMetrics, WorkerMetrics
 from distq.sampler import StatsSampler
+from distq.slots import Slot
 from distq.tasks import Registry
 from distq.telemetry import MasterTelemetry, WorkerTelemetry
 from distq.transport import (
@@ -39,7 +40,7 @@ from distq.transport import (
     Transport,
     original_body,
 )
-from distq.worker import Worker, WorkerOptions, _Slot
+from distq.worker import Worker, WorkerOptions
 
 BASE = {"transport": "redis", "queue": "q"}
 
@@ -200,9 +201,9 @@ class Settles(Consumer):
         pass
 
 
-def slot(consumer: Consumer) -> _Slot:
+def slot(consumer: Consumer) -> Slot:
     """A worker slot holding ``consumer``, with the four deliveries of the test in hand."""
-    held = _Slot(0)
+    held = Slot(0)
     held.consumer, held.in_hand = consumer, 4
     return held
 

@@ -23,15 +23,28 @@ from distq.console import Console
 from distq.ending import Endings
 from distq.envelope import Task
 from distq.errors import ConfigError, SettledThenFailed, SettledThenRefused, TransportError
+from distq.keeper import Keeper
 from distq.logs import JsonConsole
+from distq.slots import Slot
 from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry
 from distq.timelimits import TimeLimits
 from distq.transport import Producer, Transport, open_transport
 from distq.transport.base import Delivery
-from distq.worker import _LAPSED, Worker, WorkerOptions, _drain_ran_out, _not_sent, _Slot
+from distq.worker import _LAPSED, Worker, WorkerOptions, _drain_ran_out, _not_sent
 from launch import free_port
 from seam import results_n, results_of
+
+
+def _quick_backoffs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every backoff 0.05 s: the slots' (reconnects, failed batches) and a warm stop's
+    settle's."""
+
+    def quick(base: float = 0.1, cap: float = 0.1) -> Backoff:
+        return Backoff(0.05, 0.05)
+
+    monkeypatch.setattr("distq.slots.Backoff", quick)
+    monkeypatch.setattr("distq.worker.Backoff", quick)
 
 
 def run_for(worker: Worker, seconds: float) -> None:
@@ -280,7 +293,7 @@ def test_a_failure_is_said_once_it_is_settled_not_when_the_settle_then_fails(
         return original(self, settlements, max_count, timeout)
 
     monkeypatch.setattr(kind, "settle_then_fetch", refuse_twice)
-    monkeypatch.setattr("distq.worker.Backoff", lambda base=0.1, cap=0.1: Backoff(0.05, 0.05))
+    _quick_backoffs(monkeypatch)
     out = io.StringIO()
     options = WorkerOptions(concurrency=1, exit_when_idle=1.0, worker_id="w", prefetch=1)
     assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
@@ -376,7 +389,7 @@ def test_ok_results_settled_late_beside_a_dead_letter_reach_the_master(
     )
     transport = open_transport(settings, "master")
     monkeypatch.setattr(type(transport), "heartbeat", lambda self, consumers: None)
-    monkeypatch.setattr(Worker, "_hand_back", lambda self, slot, batch: False)
+    monkeypatch.setattr(Keeper, "_hand_back", lambda self, slot, batch: False)
     runs: dict[int, int] = {}
 
     def ok(n: int) -> int:
@@ -478,7 +491,7 @@ def test_a_broker_that_connects_but_refuses_the_work_is_one_outage_said_once(
         return fetch(self, max_count, timeout)
 
     monkeypatch.setattr(kind, "fetch", refusing)
-    monkeypatch.setattr("distq.worker.Backoff", lambda base=0.1, cap=0.1: Backoff(0.05, 0.05))
+    _quick_backoffs(monkeypatch)
     out = io.StringIO()
     options = WorkerOptions(concurrency=2, worker_id="w", heartbeat_interval=0.3)
     worker = Worker(transport, Registry(), options, Console(out=out, err=out))
@@ -527,7 +540,7 @@ def test_exit_when_idle_does_not_count_a_broker_outage_as_nothing_to_do(
     monkeypatch.setattr(kind, "fetch", away)
     monkeypatch.setattr(transport, "consumer", unreachable)
     monkeypatch.setattr(transport, "queues_in_master", in_master)
-    monkeypatch.setattr("distq.worker.Backoff", lambda base=0.1, cap=0.1: Backoff(0.05, 0.05))
+    _quick_backoffs(monkeypatch)
     producer = transport.producer("w.results.job")
     tasks = [Task(name="square", args=[n], reply_to="w.results.job") for n in range(3)]
     producer.submit([t.encode() for t in tasks])
@@ -932,7 +945,7 @@ def test_an_idle_worker_past_a_short_drain_says_no_task_still_runs(transport: Tr
 def test_a_drain_that_runs_out_tells_tasks_running_from_slots_held_by_the_broker() -> None:
     """A warm stop against a frozen broker said "tasks still run" of slots whose tasks
     had ended, held in a broker call (rmq18b): each is said as what it is."""
-    running, ended, idle = _Slot(0), _Slot(1), _Slot(2)
+    running, ended, idle = Slot(0), Slot(1), Slot(2)
     for slot in (running, ended):
         slot.batch = Batch([Delivery(b"t", 1)])
     assert running.batch is not None

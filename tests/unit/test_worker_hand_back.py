@@ -16,9 +16,10 @@ from distq.batch import BatchSizer, run_batch
 from distq.console import Console
 from distq.envelope import Task
 from distq.errors import TransportError
+from distq.slots import Slot
 from distq.tasks import Registry
 from distq.transport import Delivery, Transport
-from distq.worker import Worker, WorkerOptions, _Slot
+from distq.worker import Worker, WorkerOptions
 from seam import results_of
 
 
@@ -97,7 +98,7 @@ def test_deliveries_the_queue_refused_to_take_back_are_not_counted_released(
     )
     consumer = transport.consumer("probe")
     monkeypatch.setattr(consumer, "release", lambda deliveries: 1)  # one of them went back
-    slot = _Slot(0)
+    slot = Slot(0)
     slot.consumer = consumer
     worker.health.took(3)
     slot.in_hand = 3
