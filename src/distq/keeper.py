@@ -153,10 +153,9 @@ class Keeper:
 
     def keep(self, slots: list[Slot], done: threading.Event) -> None:
         """The keeper's thread: look after ``slots`` each tick until ``done`` is set."""
-        interval = self.interval
         # it beats liveness each tick: at most a third of the stall limit apart, or a long
         # lease (lease/12 between ticks) made /healthz say "stalled" while all was well
-        tick = min(interval / 4, self.health.liveness.stall_seconds / 3)
+        tick = min(self.interval / 4, self.health.liveness.stall_seconds / 3)
         if self.limits:
             tick = min(tick, TIME_LIMIT_TICK)
         # a broker away: leases are tried again every OUTAGE_TICK, so that one back just
@@ -164,12 +163,12 @@ class Keeper:
         while not done.wait(min(tick, OUTAGE_TICK) if self.outage.ongoing else tick):
             self.health.beat("leases")
             due: list[Slot] = []
-            soon = self._renew_after(slots, interval)
+            soon = self._renew_after(slots)
             for slot in slots:
                 batch = slot.batch
                 if batch is None:
                     continue
-                with self._keeping([slot], interval):
+                with self._keeping([slot]):
                     running = batch.running
                     if running is not None and time.monotonic() - running.started > running.limit:
                         self._give_up(slot, batch, running)
@@ -180,16 +179,16 @@ class Keeper:
                         else:
                             self._renew(slot, batch)
             if due:
-                self._renew_all(due, interval)
+                self._renew_all(due)
 
     @contextlib.contextmanager
-    def _keeping(self, slots: list[Slot], interval: float) -> Iterator[None]:
+    def _keeping(self, slots: list[Slot]) -> Iterator[None]:
         """The keeper's work on ``slots``, its failures said: a broker away, one line per
         outage; anything else (the slot meets it again when it settles), once an interval."""
         try:
             yield
         except TransportError as exc:
-            self._renew_failed(slots, exc, interval)
+            self._renew_failed(slots, exc)
         except Exception as exc:
             self.console.error(f"keeping a long batch: {exc}")
             for slot in slots:
@@ -202,18 +201,18 @@ class Keeper:
             slot.renew_failed_on = None
         self._back()
 
-    def _renew_after(self, slots: list[Slot], interval: float) -> float:
+    def _renew_after(self, slots: list[Slot]) -> float:
         """How long a slot's lease goes unrenewed before the keeper renews it: an interval;
         where leases are renewed all at once, half of one too once a slot is due, so that
         slots started apart are renewed in one call, not one each."""
         now = time.monotonic()
         if self.transport.renews_apart and any(
-            slot.batch is not None and now - slot.renewed >= interval for slot in slots
+            slot.batch is not None and now - slot.renewed >= self.interval for slot in slots
         ):
-            return interval / 2
-        return interval
+            return self.interval / 2
+        return self.interval
 
-    def _renew_failed(self, slots: list[Slot], exc: TransportError, interval: float) -> None:
+    def _renew_failed(self, slots: list[Slot], exc: TransportError) -> None:
         # an outage begins at a link's first failure, not at each: a slot in a long task
         # keeps its consumer until the task ends (on RabbitMQ it connects again at a
         # renewal once the broker answers), and each failed renewal on it began a new
@@ -225,7 +224,7 @@ class Keeper:
             # tried again at the next tick, not an interval later: that try fell on the
             # lease's deadline, and a broker back before it still lost the lease (7 of 8
             # running tasks ran twice)
-            slot.renewed = time.monotonic() - interval
+            slot.renewed = time.monotonic() - self.interval
 
     def _hand_back(self, slot: Slot, batch: Batch) -> bool:
         """:meth:`_handed_back`, unless the slot is in a broker call (which renews the
@@ -262,13 +261,13 @@ class Keeper:
                 raise
         return True
 
-    def _renew_all(self, slots: list[Slot], interval: float) -> None:
+    def _renew_all(self, slots: list[Slot]) -> None:
         """Renew the leases of ``slots`` in one round trip, over the keeper's own
         connection: with many slots running Python code, the keeper waits for the GIL at
         each round trip, and one per slot outlasted the lease."""
         consumers = [slot.consumer for slot in slots if slot.consumer is not None]
         sent = time.monotonic()  # the broker's deadline runs from about now: not later
-        late = max(sent - slot.renewed for slot in slots) - 3 * interval  # past the lease
+        late = max(sent - slot.renewed for slot in slots) - 3 * self.interval  # past the lease
         if late > 0 and not self._said_late:
             self._said_late = True
             took = self._renewal_took
@@ -288,7 +287,7 @@ class Keeper:
                 "compute in Python, run fewer slots (--concurrency) in more worker "
                 "processes, or raise DISTQ_LEASE_SECONDS (said once)"
             )
-        with self._keeping(slots, interval):
+        with self._keeping(slots):
             try:
                 with self.health.liveness.waiting("leases"):  # a silent broker is no stall
                     self.transport.heartbeat(consumers)
