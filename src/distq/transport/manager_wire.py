@@ -22,7 +22,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
-import inspect
 import io
 import os
 import pickle
@@ -43,6 +42,7 @@ from distq.addresses import host_port
 from distq.config import Settings
 from distq.errors import ConfigError
 from distq.transport.manager_broker import QueueBroker, Wire, WireSettlement
+from distq.transport.signatures import parameters_differ
 
 
 def changed(internal: str, found: object, expected: str) -> ConfigError:
@@ -57,11 +57,8 @@ def changed(internal: str, found: object, expected: str) -> ConfigError:
 
 
 def _parameters(internal: str, function: object, names: tuple[str, ...]) -> None:
-    if not callable(function):
-        raise changed(internal, type(function).__name__, "a function")
-    have = tuple(inspect.signature(function).parameters)[: len(names)]
-    if have != names:
-        raise changed(internal, f"parameters {have}", f"parameters {names}")
+    if problem := parameters_differ(function, names, skip=0, kind="a function"):
+        raise changed(internal, *problem)
 
 
 def check_multiprocessing() -> None:

@@ -38,7 +38,6 @@ them fails with a :class:`~distq.errors.ConfigError` naming it, never quietly.
 
 from __future__ import annotations
 
-import inspect
 import types
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +50,7 @@ from pika.adapters import blocking_connection
 from pika.adapters.utils import io_services_utils
 
 from distq.errors import ConfigError
+from distq.transport.signatures import parameters_differ
 
 
 def changed(internal: str, found: object, expected: str) -> ConfigError:
@@ -73,11 +73,8 @@ def _require(obj: object, owner: str, attribute: str, kind: type | tuple[type, .
 
 
 def _parameters(method: str, function: object, names: tuple[str, ...]) -> None:
-    if not callable(function):
-        raise changed(method, type(function).__name__, "a method")
-    have = tuple(inspect.signature(function).parameters)[1 : 1 + len(names)]  # after self
-    if have != names:
-        raise changed(method, f"parameters {have}", f"parameters {names}")
+    if problem := parameters_differ(function, names, skip=1, kind="a method"):  # after self
+        raise changed(method, *problem)
 
 
 def check_classes() -> None:
