@@ -15,12 +15,10 @@ thread reads the results it has and sends again as room comes back, as a master 
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import contextlib
 import heapq
 import logging
-import os
 import queue
 import threading
 import time
@@ -30,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from distq import executor_threads
 from distq.backoff import Backoff
 from distq.codec import Codec
 from distq.collector import Collector
@@ -63,6 +62,12 @@ COMMANDS_PER_TURN = 1000
 #: How long the executor waits out a broker it cannot reach (reconnecting with backoff)
 #: before it fails every unanswered future with BrokenExecutor.
 OUTAGE_SECONDS = 30.0
+
+#: Why an executor refuses work in a child made by fork(): its thread is the parent's.
+FORKED = (
+    "the executor belongs to the parent process (it was created before fork()); "
+    "create a new distq.Executor in the child process"
+)
 
 
 @dataclass(slots=True)
@@ -164,6 +169,29 @@ class Dispatcher(threading.Thread):
         """True in a child made by fork() after this executor was created."""
         return self.broken == FORKED
 
+    def fork_in_child(self) -> None:
+        """In a child made by fork(), where this thread does not exist: refuse commands
+        (``submit`` raises :class:`BrokenExecutor`), fail the futures inherited (without
+        their done-callbacks: they are the parent's) and close a listening socket
+        inherited. Nothing is sent: the connections are the parent's."""
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._ended, self.broken = True, FORKED
+        # every future submitted (fail_inherited skips those answered), those a parent
+        # thread had in hand between the executor's structures at the fork too (a batch
+        # being sent, a result being resolved: 308 stayed pending for good, exec18). A
+        # cancel's waiter is a parent's thread: nothing here may wake it
+        for future in list(self.futures):
+            future.fail_inherited(BrokenExecutor(FORKED))
+        try:
+            self.transport.close_inherited()
+        except Exception as exc:
+            log.warning("could not close the executor's listener after fork(): %s", exc)
+
+    def stop_at_exit(self, why: str) -> bool:
+        """Stop without waiting for results, the futures failed saying ``why``; False
+        when the thread has ended."""
+        return self.put(Stop(cancel_futures=False, abandon=why))
+
     def cancel(self, futures: list[DistqFuture[Any]]) -> list[bool]:
         """Cancel ``futures`` where possible; one answer each. A task not sent yet is
         taken back here, at once; one sent is withdrawn by the thread (a broker call)."""
@@ -216,10 +244,7 @@ class Dispatcher(threading.Thread):
                 except Exception as exc:  # closing must not hide why the loop ended
                     log.warning("could not %s the executor: %s", what, exc)
             self.callbacks.close()  # after the last future was resolved
-            with _ENDED_LOCK:  # the exit waits for their callbacks too (see _stop_at_exit)
-                ended_callbacks.difference_update([c for c in ended_callbacks if not c.busy()])
-                ended_callbacks.add(self.callbacks)
-            running.discard(self)
+            executor_threads.ended(self)
 
     def _loop(self) -> None:
         while not self._given_up:
@@ -606,82 +631,3 @@ def _cancelled(future: DistqFuture[Any]) -> bool:
 def _time_out(entry: Entry, why: str) -> None:
     """Fail ``entry``'s future with :class:`TaskTimeout` saying ``why``."""
     time_out(entry.future, why)
-
-
-#: Executors' threads still running. At interpreter exit, one told to finish (shutdown
-#: with wait=False) is waited for, as concurrent.futures waits for pending futures; any
-#: other (open, or collected without shutdown) handles the commands it has (a shutdown's
-#: cancel_futures, say), then stops without waiting for results.
-running: set[Dispatcher] = set()
-#: The done-callbacks of executors whose thread has ended (collected without shutdown,
-#: or broken by a lost broker): the exit waits for them as for those of open ones. They
-#: were cut off: their thread is a daemon, and the exit waited only for executors still
-#: running (exec18).
-ended_callbacks: set[Callbacks] = set()
-_ENDED_LOCK = threading.Lock()
-
-#: Why an executor refuses work in a child made by fork(): its thread is the parent's.
-FORKED = (
-    "the executor belongs to the parent process (it was created before fork()); "
-    "create a new distq.Executor in the child process"
-)
-
-
-def _after_fork_in_child() -> None:
-    """In a child made by fork(), where no executor thread exists: each executor refuses
-    commands (``submit`` raises :class:`BrokenExecutor`), the futures inherited fail
-    (without their done-callbacks: they are the parent's), and a listening socket
-    inherited is closed. Nothing is sent: the connections are the parent's."""
-    global _ENDED_LOCK
-    _ENDED_LOCK = threading.Lock()  # a parent thread may have held it at the fork
-    ended_callbacks.clear()  # the parent's
-    for dispatcher in list(running):
-        dispatcher._lock = threading.Lock()  # another thread may have held it at the fork
-        dispatcher._ended, dispatcher.broken = True, FORKED
-        # every future submitted (fail_inherited skips those answered), those a parent
-        # thread had in hand between the executor's structures at the fork too (a batch
-        # being sent, a result being resolved: 308 stayed pending for good, exec18). A
-        # cancel's waiter is a parent's thread: nothing here may wake it
-        for future in list(dispatcher.futures):
-            future.fail_inherited(BrokenExecutor(FORKED))
-        try:
-            dispatcher.transport.close_inherited()
-        except Exception as exc:
-            log.warning("could not close the executor's listener after fork(): %s", exc)
-    running.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-_AT_EXIT = "the interpreter is exiting with the executor still open"
-
-
-@atexit.register
-def _stop_at_exit() -> None:
-    stopping: list[Dispatcher] = []
-    for dispatcher in list(running):
-        if dispatcher.finishing:
-            dispatcher.join()
-            dispatcher.callbacks.join()
-            continue
-        if dispatcher.put(Stop(cancel_futures=False, abandon=_AT_EXIT)):
-            stopping.append(dispatcher)
-    deadline = time.monotonic() + 5  # for all of them at once, not 5 s each
-    for dispatcher in stopping:
-        dispatcher.join(timeout=max(0.0, deadline - time.monotonic()))
-    for dispatcher in stopping:
-        if dispatcher.is_alive():  # still in a broker call: a broker that hangs
-            failed = dispatcher.fail_stuck(f"{_AT_EXIT}, its broker not answering")
-            if failed:
-                log.warning(
-                    "the executor's thread was still waiting for the broker at exit: "
-                    "%d unanswered futures failed without it",
-                    failed,
-                )
-    for dispatcher in stopping:
-        dispatcher.callbacks.join(timeout=max(0.0, deadline + 5 - time.monotonic()))
-    with _ENDED_LOCK:
-        ended = list(ended_callbacks)
-    for callbacks in ended:
-        callbacks.join(timeout=max(0.0, deadline + 5 - time.monotonic()))

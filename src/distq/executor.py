@@ -46,10 +46,11 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
+from distq import executor_threads
 from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.codec import Codec
 from distq.config import Settings
-from distq.dispatcher import FORKED, Dispatcher, Entry, Stop, Submit, running
+from distq.dispatcher import FORKED, Dispatcher, Entry, Stop, Submit
 from distq.envelope import MAX_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, EnvelopeError, MessageTooLarge
 from distq.executor_settings import load_settings
@@ -122,7 +123,7 @@ class Executor(concurrent.futures.Executor):
         self._dispatcher = Dispatcher(self._transport, producer, self._codec, self._callbacks)
         self._lock = threading.Lock()
         self._shutdown = False
-        running.add(self._dispatcher)
+        executor_threads.started(self._dispatcher)
         self._dispatcher.start()
         # forgotten without shutdown(): stop once the futures are answered; at interpreter
         # exit it is still "open" (its futures fail), not waited for without end

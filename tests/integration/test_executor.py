@@ -919,7 +919,7 @@ def test_an_executor_hosting_the_queues_warns_as_distq_master_does(
 FORK_UNDER_HELD_LOCKS = """
     import os, signal, sys, threading
     import distq
-    from distq import dispatcher
+    from distq import executor_threads
     from distq.futures import DistqFuture
     ex = distq.Executor()  # no worker: its futures stay pending
     held = ex.submit("jobs:add", 1, 2)
@@ -928,7 +928,7 @@ FORK_UNDER_HELD_LOCKS = """
     hold, forever = threading.Event(), threading.Event()
 
     def holder():  # a parent thread inside submit(), a future's lock, an executor ending
-        with ex._lock, held._condition, dispatcher._ENDED_LOCK:
+        with ex._lock, held._condition, executor_threads.ENDED_LOCK:
             hold.set()
             forever.wait()
 
@@ -990,12 +990,12 @@ COLLECTED_CALLBACK = """
     finally:
         worker.terminate()
         worker.wait(20)
-    from distq import dispatcher  # the collected executor's thread ends meanwhile
+    from distq import executor_threads  # the collected executor's thread ends meanwhile
     for _ in range(100):
-        if not dispatcher.running:
+        if not executor_threads.running:
             break
         time.sleep(0.1)
-    print("executor threads running at the exit:", len(dispatcher.running), flush=True)
+    print("executor threads running at the exit:", len(executor_threads.running), flush=True)
     print("main ends", flush=True)
 """
 

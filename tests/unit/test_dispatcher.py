@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import distq.dispatcher as dispatching
+from distq import executor_threads
 from distq import overdue as overdue_module
 from distq.chunks import CHUNK_TASK
 from distq.codec import Codec
@@ -406,7 +407,7 @@ def test_at_exit_a_thread_stuck_on_a_hung_broker_fails_its_futures_and_sends_no_
     callbacks = Callbacks()
     producer = Hangs()
     dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
-    monkeypatch.setattr(dispatching, "running", {dispatcher})
+    monkeypatch.setattr(executor_threads, "running", {dispatcher})
     entry = _entry(dispatcher, callbacks)
     seen: list[BaseException | None] = []
     entry.future.add_done_callback(lambda f: seen.append(f.exception()))
@@ -414,7 +415,7 @@ def test_at_exit_a_thread_stuck_on_a_hung_broker_fails_its_futures_and_sends_no_
     assert dispatcher.put(Submit([entry]))
     time.sleep(0.3)  # sent; the thread waits in a read that does not return
     started = time.monotonic()
-    dispatching._stop_at_exit()
+    executor_threads._stop_at_exit()
     assert time.monotonic() - started < 7  # 5 s for the thread, not 5 more for callbacks
     assert len(seen) == 1 and isinstance(seen[0], BrokenExecutor), seen
     producer.release.set()  # the broker answers again: the thread must not send again

@@ -1,0 +1,98 @@
+"""Every executor's thread in this process, and what fork() and the interpreter's exit do
+with them.
+
+:mod:`distq.dispatcher` is one executor's thread; this module is the process-wide part:
+which of those threads still run, the done-callbacks of those that ended, and the two
+hooks the process runs once for all of them. In a child made by fork() no executor thread
+exists, so each inherited executor refuses work and its futures fail
+(:meth:`Dispatcher.fork_in_child <distq.dispatcher.Dispatcher.fork_in_child>`). At the
+interpreter's exit an executor told to finish is waited for, as ``concurrent.futures``
+waits for pending futures; any other is stopped without waiting for results.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distq.dispatcher import Dispatcher
+    from distq.futures import Callbacks
+
+log = logging.getLogger("distq.executor")
+
+#: Executors' threads still running. At interpreter exit, one told to finish (shutdown
+#: with wait=False) is waited for, as concurrent.futures waits for pending futures; any
+#: other (open, or collected without shutdown) handles the commands it has (a shutdown's
+#: cancel_futures, say), then stops without waiting for results.
+running: set[Dispatcher] = set()
+#: The done-callbacks of executors whose thread has ended (collected without shutdown,
+#: or broken by a lost broker): the exit waits for them as for those of open ones. They
+#: were cut off: their thread is a daemon, and the exit waited only for executors still
+#: running (exec18).
+ended_callbacks: set[Callbacks] = set()
+ENDED_LOCK = threading.Lock()
+
+#: Why an executor still open at the interpreter's exit stops.
+AT_EXIT = "the interpreter is exiting with the executor still open"
+
+
+def started(dispatcher: Dispatcher) -> None:
+    """``dispatcher``'s thread is starting: the exit hook stops or waits for it."""
+    running.add(dispatcher)
+
+
+def ended(dispatcher: Dispatcher) -> None:
+    """``dispatcher``'s thread has ended: the exit waits for its done-callbacks still."""
+    with ENDED_LOCK:  # the exit waits for their callbacks too (see _stop_at_exit)
+        ended_callbacks.difference_update([c for c in ended_callbacks if not c.busy()])
+        ended_callbacks.add(dispatcher.callbacks)
+    running.discard(dispatcher)
+
+
+def _after_fork_in_child() -> None:
+    """In a child made by fork(), where no executor thread exists: each executor refuses
+    work and its inherited futures fail (:meth:`Dispatcher.fork_in_child`)."""
+    global ENDED_LOCK
+    ENDED_LOCK = threading.Lock()  # a parent thread may have held it at the fork
+    ended_callbacks.clear()  # the parent's
+    for dispatcher in list(running):
+        dispatcher.fork_in_child()
+    running.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    stopping: list[Dispatcher] = []
+    for dispatcher in list(running):
+        if dispatcher.finishing:
+            dispatcher.join()
+            dispatcher.callbacks.join()
+            continue
+        if dispatcher.stop_at_exit(AT_EXIT):
+            stopping.append(dispatcher)
+    deadline = time.monotonic() + 5  # for all of them at once, not 5 s each
+    for dispatcher in stopping:
+        dispatcher.join(timeout=max(0.0, deadline - time.monotonic()))
+    for dispatcher in stopping:
+        if dispatcher.is_alive():  # still in a broker call: a broker that hangs
+            failed = dispatcher.fail_stuck(f"{AT_EXIT}, its broker not answering")
+            if failed:
+                log.warning(
+                    "the executor's thread was still waiting for the broker at exit: "
+                    "%d unanswered futures failed without it",
+                    failed,
+                )
+    for dispatcher in stopping:
+        dispatcher.callbacks.join(timeout=max(0.0, deadline + 5 - time.monotonic()))
+    with ENDED_LOCK:
+        ended = list(ended_callbacks)
+    for callbacks in ended:
+        callbacks.join(timeout=max(0.0, deadline + 5 - time.monotonic()))
