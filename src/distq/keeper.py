@@ -189,8 +189,11 @@ class Keeper:
             yield
         except TransportError as exc:
             self._renew_failed(slots, exc)
-        except Exception as exc:
-            self.console.error(f"keeping a long batch: {exc}")
+        except Exception as exc:  # not the broker's: distq's own
+            self.console.error(
+                f"keeping a long batch failed: {type(exc).__name__}: {exc} (a bug in distq: "
+                "please report this line; the keeper tries again in an interval)"
+            )
             for slot in slots:
                 slot.renewed = time.monotonic()  # one line per interval, not a flood
 

@@ -1052,6 +1052,43 @@ def test_a_slot_that_cannot_start_again_after_a_time_limit_stops_the_worker_nami
     producer.close()
 
 
+def test_a_keeper_failure_of_its_own_is_said_as_a_bug_and_tried_again(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure in the keeper that is not the broker's (a bug) is said once an interval
+    with what to do, and the keeper goes on: the long batch's task still ends ok. The
+    line said only "keeping a long batch: boom", no kind, nothing to do (code24 E4)."""
+    producer = transport.producer("replies")
+    producer.submit([Task(name="sleepy", args=[1.2], reply_to="replies").encode()])
+    registry = Registry()
+    registry.register("sleepy", time.sleep)
+    original, calls = Keeper._hand_back, list[int]()
+
+    def hand_back(self: Keeper, slot: Slot, batch: Batch) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("boom")
+        return original(self, slot, batch)
+
+    monkeypatch.setattr(Keeper, "_hand_back", hand_back)
+    out = io.StringIO()
+    options = WorkerOptions(worker_id="w", prefetch=1, heartbeat_interval=0.2, exit_when_idle=1.5)
+    worker = Worker(transport, registry, options, Console(quiet=True, out=out, err=out))
+    worker.run()
+    said = out.getvalue()
+    assert (
+        said.count(
+            "keeping a long batch failed: ValueError: boom (a bug in distq: please report this "
+            "line; the keeper tries again in an interval)"
+        )
+        == 1
+    ), said
+    assert len(calls) > 1, said  # tried again
+    (result,) = results_of(producer, 1, within=5)
+    assert (result.status, result.attempt) == ("ok", 1), result
+    producer.close()
+
+
 def test_a_time_limit_whose_settle_fails_says_the_attempt_failed(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
