@@ -1,4 +1,4 @@
-"""The run-length arguments of the Redis settle script (``_SETTLE``'s ARGV[6..])."""
+"""The run-length arguments of the Redis settle script (``settle.lua``'s ARGV[6..])."""
 
 from __future__ import annotations
 
