@@ -74,13 +74,13 @@ again (the master keeps the first), but none pushed since is dropped unread.
 Not supported: Redis Cluster (scripts build in-flight key names at run time).
 
 The Lua scripts are files of ``redis_lua/``, one per script, each saying what it takes and
-returns (:mod:`distq.transport.redis_scripts` reads them).
+returns (:mod:`distq.transport.redis_scripts` reads them); the connections they run on
+are :mod:`distq.transport.redis_wire`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import logging
 import secrets
@@ -88,7 +88,7 @@ import shlex
 import time
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
@@ -132,13 +132,14 @@ from distq.transport.base import (
     tags_of,
 )
 from distq.transport.redis_scripts import ALLOW_OOM, COUNT_SUBMITTED, REPLY_GRACE_MS, source
+from distq.transport.redis_wire import Arg, Commands, Runs, Script, Wire, raise_first
 
 log = logging.getLogger(__name__)
 
 #: Longest single blocking call; long waits loop so leases and sweeps keep running.
 MAX_BLOCK_SECONDS = 5.0
 #: A consumer's connection idle this long is checked (a PING) before a settle: a slot's
-#: lies idle while its tasks run (see :meth:`_Wire.check`).
+#: lies idle while its tasks run (see :meth:`distq.transport.redis_wire.Wire.check`).
 IDLE_CHECK_SECONDS = 1.0
 #: After Redis refused a call for its ``maxmemory``, waits poll this long (no BLMOVE).
 FULL_SECONDS = 2.0
@@ -146,15 +147,6 @@ FULL_SECONDS = 2.0
 FULL_POLL_SECONDS = 0.05
 #: About how many bytes of dead letters one call of a look for orphans reads.
 ORPHANS_CHUNK_BYTES = 4 << 20
-
-
-Arg = bytes | str | int | float
-
-
-class _Commands(Protocol):
-    """What scripts need of a client or a pipeline (the stubs leave pipelines untyped)."""
-
-    def execute_command(self, *args: Arg, **options: Any) -> Any: ...
 
 
 def _is_unix(url: str) -> bool:
@@ -275,7 +267,7 @@ class RedisTransport(Transport):
             raise ConfigError(f"DISTQ_REDIS_URL ({mask_url(settings.redis_url)}) {problem}")
         kwargs = self.client.connection_pool.connection_kwargs
         self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
-        self._keeper: _Wire | None = None  # a worker's keeper renews its leases on it
+        self._keeper: Wire | None = None  # a worker's keeper renews its leases on it
         self.tls = urlsplit(url).scheme == "rediss"
         self._connect()
         with self.errors(), contextlib.closing(self.wire()) as wire:
@@ -284,24 +276,24 @@ class RedisTransport(Transport):
         # scripts drain the queue and free memory. Unflagged, the claim's ZADD was refused,
         # nothing drained, and master and workers waited for good. Submits stay refused.
         oom = self._takes_flags()
-        self.claim_script = _Script(source("claim", oom))
-        self.settle_script = _Script(source("settle", oom))
-        self.release_script = _Script(source("release", oom))
-        self.close_script = _Script(source("close", oom))
-        self.sweep_script = _Script(source("sweep", oom))
-        self.leases_script = _Script(source("leases", oom))
-        self.stats_script = _Script(source("stats", oom))
-        self.gone_script = _Script(source("gone", oom))
-        self.renew_script = _Script(source("renew", oom))
-        self.ack_script = _Script(source("ack", oom))
-        self.close_master_script = _Script(source("close_master", oom))
-        self.withdraw_script = _Script(source("withdraw", oom))
-        self.requeue_dead_script = _Script(source("requeue_dead", oom))
-        self.unlink_script = _Script(source("unlink", oom))
+        self.claim_script = Script(source("claim", oom))
+        self.settle_script = Script(source("settle", oom))
+        self.release_script = Script(source("release", oom))
+        self.close_script = Script(source("close", oom))
+        self.sweep_script = Script(source("sweep", oom))
+        self.leases_script = Script(source("leases", oom))
+        self.stats_script = Script(source("stats", oom))
+        self.gone_script = Script(source("gone", oom))
+        self.renew_script = Script(source("renew", oom))
+        self.ack_script = Script(source("ack", oom))
+        self.close_master_script = Script(source("close_master", oom))
+        self.withdraw_script = Script(source("withdraw", oom))
+        self.requeue_dead_script = Script(source("requeue_dead", oom))
+        self.unlink_script = Script(source("unlink", oom))
         with self.errors():
             self.load_scripts(self.client)
 
-    def load_scripts(self, client: _Commands) -> None:
+    def load_scripts(self, client: Commands) -> None:
         """Load the scripts pipelines run: a pipelined EVALSHA cannot load one on the fly."""
         for script in (self.claim_script, self.settle_script, self.ack_script):
             client.execute_command("SCRIPT LOAD", script.source)
@@ -371,7 +363,7 @@ class RedisTransport(Transport):
             return True
         return False
 
-    def check_types(self, wire: _Wire) -> None:
+    def check_types(self, wire: Wire) -> None:
         """Raise :class:`ConfigError` naming the first of the queue's keys (see the key
         table) that exists as another type than distq's: the ready list is named after
         the queue itself, so another application's key (or a ``SET`` by mistake) may have
@@ -389,7 +381,7 @@ class RedisTransport(Transport):
             if kind not in ("none", want):
                 raise self._wrong_type(key, kind, want, what)
 
-    def leased(self, wire: _Wire) -> int:
+    def leased(self, wire: Wire) -> int:
         """Tasks of the queue leased to workers now (each worker's in-flight list): two
         round trips, without the ready list, which may be of another type."""
         (consumers,) = wire.pipeline([("ZRANGE", self.consumers_key, 0, -1)])
@@ -547,9 +539,9 @@ class RedisTransport(Transport):
             self.clock_key,
         ]
 
-    def wire(self) -> _Wire:
+    def wire(self) -> Wire:
         """A connection of the shared pool, for one producer or consumer."""
-        return _Wire(self.client.connection_pool)
+        return Wire(self.client.connection_pool)
 
     def producer(self, reply_to: str) -> RedisProducer:
         return RedisProducer(self, reply_to)
@@ -641,7 +633,7 @@ class RedisTransport(Transport):
             ready=int(ready), in_flight=int(in_flight), dead=int(dead), consumers=int(consumers)
         )
 
-    def sweep(self, client: _Commands) -> None:
+    def sweep(self, client: Commands) -> None:
         """Requeue expired leases and due retries (consumers also do it on every claim)."""
         self.sweep_script(client, self.keys(), ["", self.lease_ms, self.inflight_prefix])
 
@@ -826,7 +818,7 @@ class RedisProducer(Producer):
         if isinstance(taken, NoScriptError):  # Redis lost its scripts: the LRANGE ran first
             taken = self._t.ack_script.evaluate(self._w, commands[0])
             bodies = self._w.execute_command(*commands[-1])
-        _raise_first([reply for reply in replies if not isinstance(reply, NoScriptError)])
+        raise_first([reply for reply in replies if not isinstance(reply, NoScriptError)])
         got: list[bytes] = bodies
         self._received = int(taken) + len(got)
         self._counted_on = self._w.link
@@ -903,7 +895,7 @@ class RedisConsumer(Consumer):
             first = None
         if isinstance(reply, NoScriptError):  # Redis lost its scripts; EVAL caches it again
             reply = claim.evaluate(self._w, command)
-        _raise_first([first, reply])
+        raise_first([first, reply])
         return self._claimed(reply, max_count, first)
 
     def _blmove(self, block: float) -> tuple[Arg, ...]:
@@ -992,12 +984,12 @@ class RedisConsumer(Consumer):
                 settled = self._t.settle_script.evaluate(self._w, settle)
             if isinstance(reply, NoScriptError):
                 reply = self._t.claim_script.evaluate(self._w, claim)
-            _raise_first([settled])
+            raise_first([settled])
             if settled == 1:
                 del held[:count]
                 if isinstance(first, Exception) or isinstance(reply, Exception):
                     _settled_then_raise_first(self._t, [first, reply])  # not on the way
-            _raise_first([first, reply])
+            raise_first([first, reply])
             out = self._claimed(reply, max_count, first)
             held += [d.body for d in out]
             if settled != 1:  # the in-flight list was not what it holds: ack by body
@@ -1077,7 +1069,7 @@ class RedisConsumer(Consumer):
         dead letter, and its result, after a ``('g', runs, 1, body)`` of its delivery."""
         keys = list(self._keys)
         index: dict[str, int] = {}  # reply_to -> its position in KEYS (1-based, for Lua)
-        runs = _Runs()
+        runs = Runs()
         for s in settlements:
             if gated and (s.retry is not None or s.dead_letter is not None):
                 ops = (s.result is not None and s.reply_to is not None) + (s.retry is not None)
@@ -1127,174 +1119,11 @@ class RedisConsumer(Consumer):
         self._w.close()
 
 
-class _Runs:
-    """Arguments as runs: ``(op, arg, n, item 1, ..., item n)`` for each stretch of items
-    added with the same ``op`` and ``arg``, in the order added (see ``redis_lua/settle.lua``)."""
-
-    __slots__ = ("_arg", "_args", "_at", "_op")
-
-    def __init__(self) -> None:
-        self._args: list[Arg] = []
-        self._op, self._arg = "", 0
-        self._at = -1  # where the count of the run being added to goes
-
-    def add(self, op: str, arg: int, item: bytes) -> None:
-        args = self._args
-        if op != self._op or arg != self._arg or self._at < 0:
-            self._close()
-            self._op, self._arg, self._at = op, arg, len(args) + 2
-            args += (op, arg, 0)
-        args.append(item)
-
-    def _close(self) -> None:
-        if self._at >= 0:
-            self._args[self._at] = len(self._args) - self._at - 1
-
-    def args(self) -> list[Arg]:
-        self._close()
-        return self._args
-
-
-class _Script:
-    """A Lua script run by EVALSHA, falling back to EVAL when the server lost it.
-
-    Ours rather than redis-py's ``Script``, which adds a SCRIPT EXISTS round trip to
-    every pipeline that runs one; in a pipeline (:meth:`_Wire.pipeline`), the caller
-    sends :meth:`command` and runs :meth:`evaluate` if the server had lost the script.
-    """
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    def __call__(self, client: _Commands, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        try:
-            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:  # Redis restarted or SCRIPT FLUSH; EVAL caches it again
-            return client.execute_command("EVAL", self.source, len(keys), *keys, *args)
-
-    def command(self, keys: Sequence[str], args: Sequence[Arg]) -> tuple[Arg, ...]:
-        """The EVALSHA command, for a pipeline."""
-        return ("EVALSHA", self.sha, len(keys), *keys, *args)
-
-    def evaluate(self, client: _Commands, command: Sequence[Arg]) -> Any:
-        """EVAL with the arguments of an EVALSHA :meth:`command` that met NOSCRIPT (it
-        caches the script again)."""
-        return client.execute_command("EVAL", self.source, *command[2:])
-
-
-class _Wire:
-    """One connection of the pool, held by one producer or consumer until it closes.
-
-    Commands are sent and read on it directly: redis-py's client layer costs about 97 µs
-    of CPU per call (a connection out of the pool and back, observability hooks, checks),
-    which a consumer pays twice per batch. A producer's or a consumer's calls are made
-    by one thread at a time, so one connection serves them all. A failed call drops the
-    connection (it may hold half a reply); the next call opens a new one. As with the
-    client (``Retry(NoBackoff(), 0)``), nothing is sent again on its own.
-    """
-
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self._pool: Any = pool  # the stubs still want get_connection's old arguments
-        self._conn: Any = None
-        self._links = 0  # connections taken from the pool so far
-        self._used = time.monotonic()  # the last call's end
-
-    @property
-    def link(self) -> int | None:
-        """Which connection the wire holds (None: none; the next call takes one): a number
-        that changes with each. While it stays the same, every call went to one Redis that
-        never restarted: a restart ends the connection, which fails the next call on it
-        (redis-py would connect it again on its own: see :meth:`_reconnected`)."""
-        return self._links if self._conn is not None else None
-
-    def execute_command(self, *args: Arg, **options: Any) -> Any:
-        """One command; its reply as redis-py parses it, an error reply raised."""
-        conn = self._connection()
-        try:
-            conn.send_command(*args)
-            return conn.read_response()
-        except ResponseError:
-            raise  # a whole reply was read: the connection is fine
-        except BaseException:
-            self._drop()
-            raise
-        finally:
-            self._used = time.monotonic()
-
-    def check(self, idle: float) -> None:
-        """After ``idle`` s without a call, a PING: a connection that died meanwhile (Redis
-        restarted, its idle ``timeout``, a proxy's) is dropped, so that the next call,
-        which carries results, goes out on a new one. A worker's keeper renews the leases
-        on a connection of its own, so a slot's lies idle while its tasks run; its settle,
-        sent on a dead one, failed, and its results were lost (the tasks ran again)."""
-        if self._conn is None or time.monotonic() - self._used < idle:
-            return
-        with contextlib.suppress(RedisError, OSError):  # dropped: the next call connects
-            self.execute_command("PING")
-
-    def pipeline(
-        self, commands: Sequence[Sequence[Arg]], replies: list[Any] | None = None
-    ) -> list[Any]:
-        """Send ``commands`` at once; their replies in order, an error reply as its
-        exception (not raised: see :func:`_raise_first`). Each reply is added to
-        ``replies`` as it is read, so a caller whose call fails has those read before."""
-        conn = self._connection()
-        try:
-            conn.send_packed_command(conn.pack_commands(commands))
-            if replies is None:
-                replies = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            self._drop()
-            raise
-        finally:
-            self._used = time.monotonic()
-
-    def _connection(self) -> Any:
-        if self._conn is None:
-            conn = self._pool.get_connection()
-            try:
-                conn.connect()  # connected before the callback: only a reconnect calls it
-            except BaseException:
-                self._pool.release(conn)
-                raise
-            conn.register_connect_callback(self._reconnected)
-            self._conn = conn
-            self._links += 1
-        return self._conn
-
-    def _reconnected(self, _conn: Any) -> None:
-        """redis-py connects the connection held again (the pool disconnected it under us):
-        fail the call instead, as if the connection had dropped. A call may count on
-        the Redis of the calls before it (a producer's take acks by its count, which
-        means something only to that Redis), and the next call takes a new ``link``."""
-        raise redis.ConnectionError("the connection was closed; the next call opens a new one")
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.deregister_connect_callback(self._reconnected)
-            conn.disconnect()
-            self._pool.release(conn)
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.deregister_connect_callback(self._reconnected)
-            self._pool.release(conn)
-
-
 def _submitted(replies: list[Any]) -> None:
     """Raise the first error among a submit's replies (MULTI ... EXEC), its transaction's
     own included (a command that failed inside it)."""
-    _raise_first(replies)
-    _raise_first(replies[-1])
+    raise_first(replies)
+    raise_first(replies[-1])
 
 
 def _settled_then_raise_first(transport: RedisTransport, replies: list[Any]) -> None:
@@ -1302,16 +1131,7 @@ def _settled_then_raise_first(transport: RedisTransport, replies: list[Any]) -> 
     :class:`SettledThenRefused` or :class:`SettledThenFailed`: the caller counts the
     batch settled (it was: its results are out), not handed back."""
     with settled_already(), transport.errors():
-        _raise_first(replies)
-
-
-def _raise_first(replies: Any) -> None:
-    """Raise the first error among pipeline (or transaction) replies."""
-    if isinstance(replies, Exception):
-        raise replies
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
+        raise_first(replies)
 
 
 def _deliveries(reply: list[Any]) -> list[Delivery]:

@@ -48,7 +48,7 @@ CONSTANTS: dict[str, int] = {
 #: ``noeviction``); Redis 6.2 knows no such line (its Lua reads it as an error).
 ALLOW_OOM = "#!lua flags=allow-oom\n"
 
-#: The scripts run by EVALSHA (``_Script`` in :mod:`distq.transport.redis`), by file name
+#: The scripts run by EVALSHA (:class:`distq.transport.redis_wire.Script`), by file name
 #: without ``.lua``, and whether each starts with the prelude.
 SCRIPTS: dict[str, bool] = {
     "claim": True,
