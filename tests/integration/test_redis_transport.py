@@ -45,13 +45,8 @@ from distq.errors import (
 )
 from distq.tasks import Registry
 from distq.transport.base import Delivery, Settlement, orphaned_reason
-from distq.transport.redis import (
-    CLAIM_BYTES,
-    REPLY_GRACE_MS,
-    RedisConsumer,
-    RedisProducer,
-    RedisTransport,
-)
+from distq.transport.redis import RedisConsumer, RedisProducer, RedisTransport
+from distq.transport.redis_scripts import CLAIM_BYTES, REPLY_GRACE_MS
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
 from procs import Distq

@@ -1,4 +1,4 @@
-"""The run-length arguments of the Redis settle script (``_SETTLE``'s ARGV[6..])."""
+"""The run-length arguments of the Redis settle script (``settle.lua``'s ARGV[6..])."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import pytest
 import redis
 
 from distq.transport.base import Delivery, Settlement
-from distq.transport.redis import RedisConsumer, RedisTransport, _Runs
+from distq.transport.redis import RedisConsumer, RedisTransport
+from distq.transport.redis_wire import Runs
 
 
 def _runs(items: list[tuple[str, int, bytes]]) -> list[object]:
-    runs = _Runs()
+    runs = Runs()
     for op, arg, item in items:
         runs.add(op, arg, item)
     return list(runs.args())
@@ -60,7 +61,7 @@ def _publish(settlements: list[Settlement]) -> tuple[list[str], list[object]]:
 
 def _general(settlements: list[Settlement]) -> list[object]:
     """What the general loop makes: one run per stretch of equal (op, arg)."""
-    runs, index = _Runs(), dict[str, int]()
+    runs, index = Runs(), dict[str, int]()
     for s in settlements:
         if s.result is not None and s.reply_to is not None:
             runs.add("r", index.setdefault(s.reply_to, 8 + len(index)), s.result)

@@ -46,7 +46,7 @@ deadline, and every due retry, go back into ``<q>``, so an expired lease is recl
 within about a lease however long the backlog is. No separate daemon. A sweep over half
 the shortest lease in use after the last one (Redis was stopped, or cut off from
 everyone) first gives each lease that ran out meanwhile the time it had left, once (see
-``resume`` in the scripts).
+``resume`` in ``redis_lua/prelude.lua``).
 
 Masters: a master's producer registers its result list (``<job>`` is the job id, one
 per master run) in ``masters`` and renews it every few seconds (:meth:`RedisProducer.reconcile`);
@@ -72,12 +72,15 @@ nothing and reads on from the server's ``taken``, so results received before may
 again (the master keeps the first), but none pushed since is dropped unread.
 
 Not supported: Redis Cluster (scripts build in-flight key names at run time).
+
+The Lua scripts are files of ``redis_lua/``, one per script, each saying what it takes and
+returns (:mod:`distq.transport.redis_scripts` reads them); the connections they run on
+are :mod:`distq.transport.redis_wire`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import logging
 import secrets
@@ -85,7 +88,7 @@ import shlex
 import time
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
@@ -128,509 +131,22 @@ from distq.transport.base import (
     settled_already,
     tags_of,
 )
+from distq.transport.redis_scripts import ALLOW_OOM, COUNT_SUBMITTED, REPLY_GRACE_MS, source
+from distq.transport.redis_wire import Arg, Commands, Runs, Script, Wire, raise_first
 
 log = logging.getLogger(__name__)
 
 #: Longest single blocking call; long waits loop so leases and sweeps keep running.
 MAX_BLOCK_SECONDS = 5.0
 #: A consumer's connection idle this long is checked (a PING) before a settle: a slot's
-#: lies idle while its tasks run (see :meth:`_Wire.check`).
+#: lies idle while its tasks run (see :meth:`distq.transport.redis_wire.Wire.check`).
 IDLE_CHECK_SECONDS = 1.0
 #: After Redis refused a call for its ``maxmemory``, waits poll this long (no BLMOVE).
 FULL_SECONDS = 2.0
 #: How often a wait polls meanwhile.
 FULL_POLL_SECONDS = 0.05
-#: A master's result list outlives its master's deadline by this much (ms).
-REPLY_GRACE_MS = 60_000
-#: How long the time of the last sweep is kept (ms): after a longer silence, every lease
-#: that ran out in it is swept as ever.
-CLOCK_KEPT_MS = 3_600_000
-#: How far apart sweeps write their time at most (ms; an eighth of a shorter lease):
-#: each reads it.
-CLOCK_STEP_MS = 100
-#: How long the shortest lease a sweep's caller had counts (ms), once none has it.
-SHORTEST_KEPT_MS = 60_000
 #: About how many bytes of dead letters one call of a look for orphans reads.
 ORPHANS_CHUNK_BYTES = 4 << 20
-
-#: How far from the claim end a late settle looks for the copy its lapsed lease sent back.
-COPY_LOOK = 1000
-#: About how many bytes of tasks one claim takes (one task at least, however large): a
-#: prefetch of 128 tasks of 1 MB was 128 MB held by Redis's Lua and again in its reply to
-#: each worker, past any ``maxmemory`` (checked only before a command), and the shipped
-#: Redis (512 MiB) was OOM-killed by a job of 200 such tasks (k8s17).
-CLAIM_BYTES = 4 << 20
-
-Arg = bytes | str | int | float
-
-
-class _Commands(Protocol):
-    """What scripts need of a client or a pipeline (the stubs leave pipelines untyped)."""
-
-    def execute_command(self, *args: Arg, **options: Any) -> Any: ...
-
-
-# Every consumer script gets KEYS = ready, consumers, delayed, redelivered, inflight, dead,
-# masters, clock and ARGV = consumer id, lease ms, in-flight key prefix, then its own arguments.
-_PRELUDE = f"""
-local REPLY_GRACE_MS = {REPLY_GRACE_MS}
-local CLOCK_KEPT_MS = {CLOCK_KEPT_MS}
-local CLOCK_STEP_MS = {CLOCK_STEP_MS}
-local SHORTEST_KEPT_MS = {SHORTEST_KEPT_MS}
-local COPY_LOOK = {COPY_LOOK}
-local CLAIM_BYTES = {CLAIM_BYTES}
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
--- one variadic call per 1000 items: Lua's unpack() has a stack limit
-local function push(cmd, key, items)
-  for i = 1, #items, 1000 do
-    redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
-  end
-end
--- LRANGE lists the newest claim first, so the oldest claim ends at the tail: runs next
-local function requeue_all(src, ready, again)
-  local held = redis.call('LRANGE', src, 0, -1)
-  if #held > 0 then
-    redis.call('DEL', src)
-    push('RPUSH', ready, held)
-    push('SADD', again, held)
-  end
-end
--- Over half a lease since the last sweep (``clock``): Redis was stopped (SIGSTOP, a VM
--- paused) or nobody reached it, and leases ran out meanwhile, though a live consumer
--- calls every third of a lease at least (a renewal, a BLMOVE slice). A lease that ran
--- out in that gap gets the time it had left back, once: its deadline then ends in .5 ms,
--- until its own renewal makes it whole. Swept at once, a frozen Redis had another slot
--- run a copy of a task still running (held19); once only, a dead worker's tasks wait one
--- lease more at most, however often a slow host stretches the gap. The half is of the
--- shortest lease a caller had in the last minute (``lease``, since ``lease_at``): by the
--- caller's own, a sweep with a long lease swept a short one at once (stood20). The clock
--- is written a tenth of a second (or an eighth of that lease) apart at most, and not at
--- all where Redis refuses it (full, on Redis 6).
-local function resume(consumers, clock, lease, now)
-  local got = redis.call('HMGET', clock, 'at', 'lease', 'lease_at')
-  local at, shortest, since = tonumber(got[1] or ''), tonumber(got[2] or ''), tonumber(got[3] or '')
-  local write = at == nil or now < at  -- ahead of Redis's time (another host's snapshot)
-  -- forgotten after a minute of calls without that lease, not of time: a freeze keeps it
-  local called = at or now
-  if shortest == nil or since == nil or lease < shortest or called - since > SHORTEST_KEPT_MS then
-    shortest, since, write = lease, now, true
-  elseif at ~= nil and now - at >= math.min(CLOCK_STEP_MS, shortest / 8) then
-    write = true
-    if lease == shortest then
-      since = now
-    end
-  end
-  if write then
-    redis.pcall('HSET', clock, 'at', now, 'lease', shortest, 'lease_at', since)
-    redis.pcall('PEXPIRE', clock, CLOCK_KEPT_MS)
-  end
-  if at == nil or now - at <= shortest / 2 then
-    return
-  end
-  local lapsed = redis.call('ZRANGEBYSCORE', consumers, '(' .. at, now, 'WITHSCORES')
-  for i = 1, #lapsed, 2 do
-    local deadline = tonumber(lapsed[i + 1])
-    if deadline % 1 == 0 then
-      redis.call('ZADD', consumers, now + deadline - at + 0.5, lapsed[i])
-    end
-  end
-end
--- two range reads when nothing is due: cheap enough for every claim
-local function sweep(ready, consumers, delayed, again, prefix, now, clock, lease)
-  resume(consumers, clock, tonumber(lease), now)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', now, 'LIMIT', 0, 100)) do
-    requeue_all(prefix .. id, ready, again)
-    redis.call('ZREM', consumers, id)
-  end
-  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
-  if #due > 0 then
-    redis.call('LPUSH', ready, unpack(due))
-    redis.call('ZREM', delayed, unpack(due))
-  end
-end
-"""
-
-# ARGV[4] = how many to claim, ARGV[5] = '1' after a BLMOVE (flag the in-flight head).
-# Returns {ms until the next delayed retry is due or -1, head flag, {i, ...}, body, ...}:
-# the third item lists the positions (1-based) of the bodies that are redeliveries, so
-# that the reply carries one item per task (and the redelivered set is only read when
-# it has members).
-_CLAIM = """
-local now = now_ms()
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now, KEYS[8], ARGV[2])
-local want = tonumber(ARGV[4])
-local out = {-1, 0, {}}
-local got, bytes = 0, 0
-while got < want and bytes < CLAIM_BYTES do
-  -- as many as fit CLAIM_BYTES if all were the size of the next one (tasks of a job are
-  -- alike): large tasks are claimed a few at a time, small ones all at once; those past
-  -- CLAIM_BYTES (sizes that differ) go back to the claim end, in their order
-  local next = redis.call('LINDEX', KEYS[1], -1)
-  if not next then break end
-  local fit = math.floor((CLAIM_BYTES - bytes) / math.max(#next, 1))
-  local bodies = redis.call('RPOP', KEYS[1], math.max(1, math.min(want - got, 1000, fit)))
-  local kept = #bodies
-  for i, body in ipairs(bodies) do
-    if bytes >= CLAIM_BYTES then
-      kept = i - 1
-      break
-    end
-    out[#out + 1] = body
-    bytes = bytes + #body
-  end
-  if kept < #bodies then
-    local back = {}
-    for i = #bodies, kept + 1, -1 do
-      back[#back + 1] = bodies[i]
-      bodies[i] = nil
-    end
-    push('RPUSH', KEYS[1], back)
-  end
-  push('LPUSH', KEYS[5], bodies)
-  got = got + kept
-end
-if got < want or want == 0 then
-  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  if first[2] then out[1] = math.max(0, tonumber(first[2]) - now) end
-end
-if redis.call('SCARD', KEYS[4]) > 0 then
-  if ARGV[5] == '1' then
-    local head = redis.call('LINDEX', KEYS[5], got)
-    if head then out[2] = redis.call('SREM', KEYS[4], head) end
-  end
-  local again = out[3]
-  for i = 1, got do
-    if redis.call('SREM', KEYS[4], out[i + 3]) == 1 then again[#again + 1] = i end
-  end
-end
-return out
-"""
-
-# ARGV[4] = how many deliveries the consumer holds, ARGV[5] = how many of the oldest it
-# acks (the common case: a batch settled in order); or ARGV[4] = -1: acks by body, below.
-# ARGV[6..]: runs (op, arg, n, body 1, ..., body n), n bodies with the same op and arg:
-# 'r' results for KEYS[arg], 't' retries after arg ms, 'd' dead letters, 'a' acks (arg 0),
-# and, acking by body, 'g' (arg k, one delivery): the k runs after it are published only
-# if the in-flight list still holds that delivery. A delivery whose lease lapsed went
-# back to the queue (its worker stalled: stopped, paused, a task holding the GIL): its
-# retry or dead letter would start the task again after its result, or fail a task that
-# succeeded; the copy decides. Its result goes, and the copy is dropped if it still waits
-# near the claim end of the ready list, where the lapse put it (a bounded look: a copy
-# claimed again runs again; a scan of a long list blocked Redis for seconds).
-# Everything is published before any ack: a failure repeats.
-# A result goes only to a list whose master is registered and live (KEYS[7]), and the
-# list expires a grace period after that master's deadline.
-# Acking by count needs the in-flight list to be exactly what the consumer holds, oldest
-# at the tail: if its length says otherwise (a sweep took it), nothing is done and 0 is
-# returned, and the consumer acks by body instead; by count it returns 1. Acking by body
-# returns the deliveries a 'g' found not held (the consumer's ``late``). Acking most of
-# the in-flight list by body rebuilds it (3 calls) instead of one LREM per task.
-_SETTLE = """
-local expect, count = tonumber(ARGV[4]), tonumber(ARGV[5])
-if expect >= 0 and redis.call('LLEN', KEYS[5]) ~= expect then return 0 end
-local now = now_ms()
-local live, acks, skip, late, unsent = {}, {}, 0, {}, {}
-local i = 6
-while i <= #ARGV do
-  local op, arg, first, last = ARGV[i], tonumber(ARGV[i + 1]), i + 3, i + 2 + tonumber(ARGV[i + 2])
-  if skip > 0 then
-    skip = skip - 1
-  elseif op == 'g' then
-    if not redis.call('LPOS', KEYS[5], ARGV[first]) then
-      skip, late[ARGV[first]] = arg, true
-      unsent[#unsent + 1] = ARGV[first]
-    end
-  elseif op == 'r' then
-    if live[arg] == nil then
-      local deadline = tonumber(redis.call('ZSCORE', KEYS[7], KEYS[arg]))
-      live[arg] = deadline ~= nil and deadline >= now and deadline
-    end
-    if live[arg] then
-      for j = first, last, 1000 do
-        redis.call('LPUSH', KEYS[arg], unpack(ARGV, j, math.min(j + 999, last)))
-      end
-    end
-  elseif op == 't' then
-    for j = first, last do
-      if arg > 0 then
-        redis.call('ZADD', KEYS[3], now + arg, ARGV[j])
-      else
-        redis.call('LPUSH', KEYS[1], ARGV[j])
-      end
-    end
-  elseif op == 'd' then
-    for j = first, last do redis.call('RPUSH', KEYS[6], ARGV[j]) end
-  else
-    for j = first, last do acks[#acks + 1] = ARGV[j] end
-  end
-  i = last + 1
-end
-for k, deadline in pairs(live) do
-  if deadline then redis.call('PEXPIREAT', KEYS[k], deadline + REPLY_GRACE_MS) end
-end
-if expect >= 0 then
-  if count >= expect then
-    redis.call('DEL', KEYS[5])
-  else
-    redis.call('LTRIM', KEYS[5], 0, -count - 1)
-  end
-  return 1
-end
--- a body acked and not held (its lease lapsed), and not late with a retry or dead
--- letter: its task is done, the copy that went back is dropped if it still waits there
-local function done(body)
-  if late[body] then return end
-  late[body] = true
-  if redis.call('LPOS', KEYS[1], body, 'RANK', -1, 'MAXLEN', COPY_LOOK) then
-    redis.call('LREM', KEYS[1], -1, body)
-    redis.call('SREM', KEYS[4], body)
-  end
-end
-local held = redis.call('LLEN', KEYS[5])
-if #acks * 2 < held then
-  for _, body in ipairs(acks) do
-    if redis.call('LREM', KEYS[5], -1, body) == 0 then done(body) end
-  end
-else
-  local drop, keep = {}, {}
-  for _, body in ipairs(acks) do drop[body] = (drop[body] or 0) + 1 end
-  for _, body in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
-    if (drop[body] or 0) > 0 then drop[body] = drop[body] - 1 else keep[#keep + 1] = body end
-  end
-  if held > 0 then
-    redis.call('DEL', KEYS[5])
-    push('RPUSH', KEYS[5], keep)
-  end
-  for body, left in pairs(drop) do
-    if left > 0 then done(body) end
-  end
-end
-return unsent
-"""
-
-# ARGV[4..] = bodies to hand back, each moved only if the in-flight list holds it. A few:
-# one LREM each; most of the list (a keeper's hand-back of a large prefetch): one pass
-# that rebuilds it, as _SETTLE does, instead of an LREM per body that scans the list.
-_RELEASE = """
-local held = redis.call('LLEN', KEYS[5])
-if (#ARGV - 3) * 2 < held then
-  for i = 4, #ARGV do
-    if redis.call('LREM', KEYS[5], -1, ARGV[i]) > 0 then
-      redis.call('RPUSH', KEYS[1], ARGV[i])
-      redis.call('SADD', KEYS[4], ARGV[i])
-    end
-  end
-  return
-end
-local want, found, keep, back = {}, {}, {}, {}
-for i = 4, #ARGV do want[ARGV[i]] = (want[ARGV[i]] or 0) + 1 end
-for _, body in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
-  if (want[body] or 0) > 0 then
-    want[body] = want[body] - 1
-    found[body] = (found[body] or 0) + 1
-  else
-    keep[#keep + 1] = body
-  end
-end
-for i = 4, #ARGV do
-  if (found[ARGV[i]] or 0) > 0 then
-    found[ARGV[i]] = found[ARGV[i]] - 1
-    back[#back + 1] = ARGV[i]
-  end
-end
-if #back > 0 then
-  redis.call('DEL', KEYS[5])
-  push('RPUSH', KEYS[5], keep)
-  push('RPUSH', KEYS[1], back)
-  push('SADD', KEYS[4], back)
-end
-"""
-
-_CLOSE = """
-requeue_all(KEYS[5], KEYS[1], KEYS[4])
-redis.call('ZREM', KEYS[2], ARGV[1])
-"""
-
-_SWEEP = """
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now_ms(), KEYS[8], ARGV[2])
-"""
-
-# ARGV[1] = lease ms, ARGV[2] = in-flight prefix, ARGV[3..] = consumer ids: the lease of
-# each renewed, as a claim of nothing renews one, in one round trip for a worker's slots
-# (its keeper's). XX: a consumer closed, or swept after its lease lapsed, stays gone (a
-# claim of its own brings it back, as before), so a slot's count never outlives it.
-_LEASES = """
-local now = now_ms()
-for i = 3, #ARGV do redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], now, KEYS[8], ARGV[1])
-"""
-
-# KEYS = ready, redelivered; ARGV = bodies. One 1/0 per body: removed from ready or not.
-# A few bodies: one LREM each; many: one pass that rebuilds the list, in order.
-_WITHDRAW = """
-local out = {}
-if #ARGV <= 8 then
-  for i = 1, #ARGV do
-    out[i] = redis.call('LREM', KEYS[1], 1, ARGV[i])
-    if out[i] > 0 then redis.call('SREM', KEYS[2], ARGV[i]) end
-  end
-  return out
-end
-local wanted, found, keep = {}, {}, {}
-for i = 1, #ARGV do wanted[ARGV[i]] = (wanted[ARGV[i]] or 0) + 1 end
-for _, body in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if (wanted[body] or 0) > 0 then
-    wanted[body] = wanted[body] - 1
-    found[body] = (found[body] or 0) + 1
-  else
-    keep[#keep + 1] = body
-  end
-end
-if next(found) then
-  redis.call('DEL', KEYS[1])
-  push('RPUSH', KEYS[1], keep)
-  local gone = {}
-  for body, _ in pairs(found) do gone[#gone + 1] = body end
-  push('SREM', KEYS[2], gone)
-end
-for i = 1, #ARGV do
-  local n = found[ARGV[i]] or 0
-  out[i] = n > 0 and 1 or 0
-  if n > 0 then found[ARGV[i]] = n - 1 end
-end
-return out
-"""
-
-# KEYS = dead; ARGV = a mark, then pairs (place counted from the tail, letter). Each
-# letter still at its place, or up to 8 places further (letters pushed since), is
-# replaced by the mark, then every mark is removed in one LREM from the tail; in one
-# script, so no reader ever sees a mark. A letter moved meanwhile is left. How many.
-_UNLINK = """
-local marked = 0
-for i = 2, #ARGV, 2 do
-  local at = tonumber(ARGV[i])
-  for shift = 0, 8 do
-    local found = redis.call('LINDEX', KEYS[1], at - shift)
-    if found == ARGV[i + 1] then
-      redis.call('LSET', KEYS[1], at - shift, ARGV[1])
-      marked = marked + 1
-      break
-    end
-    if not found then break end
-  end
-end
-if marked > 0 then redis.call('LREM', KEYS[1], -marked, ARGV[1]) end
-return marked
-"""
-
-# KEYS = dead, ready; ARGV = pairs (dead letter, task body), oldest letter first. Moves
-# each letter whose turn it is (still the oldest) to ``ready`` as its body; stops at the
-# first one someone else took. Returns how many moved. The task is pushed before its
-# letter is popped: a push that fails (``ready`` made another type meanwhile) stops the
-# script with the letter still there (a script's error undoes none of its writes).
-_REQUEUE_DEAD = """
-local moved = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[i] then break end
-  redis.call('LPUSH', KEYS[2], ARGV[i + 1])
-  redis.call('LPOP', KEYS[1])
-  moved = moved + 1
-end
-return moved
-"""
-
-_STATS = """
-local inflight = 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  inflight = inflight + redis.call('LLEN', ARGV[3] .. id)
-end
-return {redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3]), inflight,
-        redis.call('LLEN', KEYS[6]), redis.call('ZCOUNT', KEYS[2], '(' .. now_ms(), '+inf')}
-"""
-
-
-# ARGV[4..] = result list names; returns 1 for each whose master is not registered and live.
-_GONE = """
-local now, out = now_ms(), {}
-for i = 4, #ARGV do
-  local deadline = tonumber(redis.call('ZSCORE', KEYS[7], ARGV[i]))
-  out[#out + 1] = (deadline and deadline >= now) and 0 or 1
-end
-return out
-"""
-
-# The master's scripts. KEYS = ready, masters, results, state; ARGV[1] = the result
-# list's name (KEYS[3]), ARGV[2] = the master's time to live, ms.
-
-# Submit's count, in the transaction after its LPUSHes (KEYS = ready, state; ARGV = how
-# many bodies, state's time to live): only if those succeeded (a queue key of another
-# type fails them, and a transaction goes on past a failed command). Sent by EVAL: it is
-# small, and cannot meet NOSCRIPT inside the transaction.
-_COUNT_SUBMITTED = """
-if redis.call('TYPE', KEYS[1]).ok ~= 'list' then return 0 end
-redis.call('HINCRBY', KEYS[2], 'submitted', ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
-"""
-
-# Register or renew the master; returns how many of its submitted bodies Redis holds:
-# 0 when it was not registered and live (never before, restarted empty, restored past
-# its deadline, or away too long: workers may have dead-lettered its tasks meanwhile).
-_RENEW = """
-local now, ttl = now_ms(), tonumber(ARGV[2])
-local deadline = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-local held = 0
-if deadline and deadline >= now then
-  held = tonumber(redis.call('HGET', KEYS[4], 'submitted') or '0')
-else
-  redis.call('HSET', KEYS[4], 'submitted', 0)
-  redis.call('HDEL', KEYS[4], 'taken')  -- its results list may have lapsed: see _ACK
-end
-for i = 3, 4 do redis.call('PEXPIRE', KEYS[i], ttl + REPLY_GRACE_MS) end
-return held
-"""
-
-# ARGV[3] = results received so far: acknowledges them. The results list holds the
-# newest first, so the received ones are at its tail: drops those not dropped yet
-# (``taken`` in state counts the dropped) and returns how many are dropped in all. The
-# caller then reads the tail (LRANGE, outside Lua), which holds the results after those:
-# a reply lost on the way is read again by the next take, which acknowledges by the same
-# count. Without ``taken`` (the first take, or the state or the list lapsed or was
-# restored without it) the caller's count is adopted and nothing dropped: a result may
-# then come twice (the master keeps the first), but none is dropped unread. ARGV[3] = -1
-# (a take on a new connection: Redis may have restarted from an older snapshot since the
-# count was made, and the list's tail then holds results pushed since, never read) drops
-# nothing either, and returns the server's count for the caller to read on from.
-_ACK = """
-local taken = tonumber(redis.call('HGET', KEYS[4], 'taken') or '-1')
-local received = tonumber(ARGV[3])
-if taken < 0 then
-  received = math.max(received, 0)
-  redis.call('HSET', KEYS[4], 'taken', received)
-  taken = received
-elseif received > taken then
-  redis.call('LTRIM', KEYS[3], 0, taken - received - 1)
-  redis.call('HSET', KEYS[4], 'taken', received)
-  taken = received
-end
-return taken
-"""
-
-_CLOSE_MASTER = """
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3], KEYS[4])
-"""
-
-
-#: The first line of a script Redis 7 may run when it is full (``maxmemory`` reached,
-#: ``noeviction``); Redis 6.2 knows no such line (its Lua reads it as an error).
-_ALLOW_OOM = "#!lua flags=allow-oom\n"
 
 
 def _is_unix(url: str) -> bool:
@@ -751,7 +267,7 @@ class RedisTransport(Transport):
             raise ConfigError(f"DISTQ_REDIS_URL ({mask_url(settings.redis_url)}) {problem}")
         kwargs = self.client.connection_pool.connection_kwargs
         self.address = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
-        self._keeper: _Wire | None = None  # a worker's keeper renews its leases on it
+        self._keeper: Wire | None = None  # a worker's keeper renews its leases on it
         self.tls = urlsplit(url).scheme == "rediss"
         self._connect()
         with self.errors(), contextlib.closing(self.wire()) as wire:
@@ -759,25 +275,25 @@ class RedisTransport(Transport):
         # Redis 7 runs a script flagged allow-oom when full (maxmemory, noeviction): the
         # scripts drain the queue and free memory. Unflagged, the claim's ZADD was refused,
         # nothing drained, and master and workers waited for good. Submits stay refused.
-        head = _ALLOW_OOM if self._takes_flags() else ""
-        self.claim_script = _Script(head + _PRELUDE + _CLAIM)
-        self.settle_script = _Script(head + _PRELUDE + _SETTLE)
-        self.release_script = _Script(head + _PRELUDE + _RELEASE)
-        self.close_script = _Script(head + _PRELUDE + _CLOSE)
-        self.sweep_script = _Script(head + _PRELUDE + _SWEEP)
-        self.leases_script = _Script(head + _PRELUDE + _LEASES)
-        self.stats_script = _Script(head + _PRELUDE + _STATS)
-        self.gone_script = _Script(head + _PRELUDE + _GONE)
-        self.renew_script = _Script(head + _PRELUDE + _RENEW)
-        self.ack_script = _Script(head + _ACK)
-        self.close_master_script = _Script(head + _CLOSE_MASTER)
-        self.withdraw_script = _Script(head + _PRELUDE + _WITHDRAW)
-        self.requeue_dead_script = _Script(head + _REQUEUE_DEAD)
-        self.unlink_script = _Script(head + _UNLINK)
+        oom = self._takes_flags()
+        self.claim_script = Script(source("claim", oom))
+        self.settle_script = Script(source("settle", oom))
+        self.release_script = Script(source("release", oom))
+        self.close_script = Script(source("close", oom))
+        self.sweep_script = Script(source("sweep", oom))
+        self.leases_script = Script(source("leases", oom))
+        self.stats_script = Script(source("stats", oom))
+        self.gone_script = Script(source("gone", oom))
+        self.renew_script = Script(source("renew", oom))
+        self.ack_script = Script(source("ack", oom))
+        self.close_master_script = Script(source("close_master", oom))
+        self.withdraw_script = Script(source("withdraw", oom))
+        self.requeue_dead_script = Script(source("requeue_dead", oom))
+        self.unlink_script = Script(source("unlink", oom))
         with self.errors():
             self.load_scripts(self.client)
 
-    def load_scripts(self, client: _Commands) -> None:
+    def load_scripts(self, client: Commands) -> None:
         """Load the scripts pipelines run: a pipelined EVALSHA cannot load one on the fly."""
         for script in (self.claim_script, self.settle_script, self.ack_script):
             client.execute_command("SCRIPT LOAD", script.source)
@@ -829,7 +345,7 @@ class RedisTransport(Transport):
         """Whether this Redis runs a script flagged allow-oom (Redis 7: its version may
         be hidden, INFO being @dangerous; 6.2's Lua reads the flags line as an error)."""
         try:
-            self.client.execute_command("EVAL", _ALLOW_OOM + "return 1", 0)
+            self.client.execute_command("EVAL", ALLOW_OOM + "return 1", 0)
         except RedisError:
             return False
         return True
@@ -847,7 +363,7 @@ class RedisTransport(Transport):
             return True
         return False
 
-    def check_types(self, wire: _Wire) -> None:
+    def check_types(self, wire: Wire) -> None:
         """Raise :class:`ConfigError` naming the first of the queue's keys (see the key
         table) that exists as another type than distq's: the ready list is named after
         the queue itself, so another application's key (or a ``SET`` by mistake) may have
@@ -865,7 +381,7 @@ class RedisTransport(Transport):
             if kind not in ("none", want):
                 raise self._wrong_type(key, kind, want, what)
 
-    def leased(self, wire: _Wire) -> int:
+    def leased(self, wire: Wire) -> int:
         """Tasks of the queue leased to workers now (each worker's in-flight list): two
         round trips, without the ready list, which may be of another type."""
         (consumers,) = wire.pipeline([("ZRANGE", self.consumers_key, 0, -1)])
@@ -1006,7 +522,7 @@ class RedisTransport(Transport):
         return f"distq:{self.settings.queue}:results:{job_id}"
 
     def keys(self, inflight: str = "") -> list[str]:
-        """KEYS as every consumer script expects them (see the comment above ``_PRELUDE``).
+        """KEYS as every consumer script expects them (see ``redis_lua/prelude.lua``).
 
         Without a consumer's ``inflight`` key (``stats``, ``sweep``), the in-flight prefix
         stands in, a key those scripts never touch: an empty name would fall outside the
@@ -1023,9 +539,9 @@ class RedisTransport(Transport):
             self.clock_key,
         ]
 
-    def wire(self) -> _Wire:
+    def wire(self) -> Wire:
         """A connection of the shared pool, for one producer or consumer."""
-        return _Wire(self.client.connection_pool)
+        return Wire(self.client.connection_pool)
 
     def producer(self, reply_to: str) -> RedisProducer:
         return RedisProducer(self, reply_to)
@@ -1077,7 +593,7 @@ class RedisTransport(Transport):
         """Reads the dead letters from the newest, a chunk at a time, each chunk about
         :data:`ORPHANS_CHUNK_BYTES` long (a thousand letters of 900 KB held Redis 12 s in
         one call: diff16b). Those that name ``reply_to`` are decoded, and the chunk's
-        orphans removed in one step (:data:`_UNLINK`), by their places: one LREM each from
+        orphans removed in one step (``redis_lua/unlink.lua``), by their places: one LREM each from
         the tail went past every newer letter, quadratic with other masters' letters in
         between (diff16b). Within :data:`ORPHANS_SECONDS`: the master's loop waits for
         it, and a job's next look (as it ends) takes up what is left."""
@@ -1117,7 +633,7 @@ class RedisTransport(Transport):
             ready=int(ready), in_flight=int(in_flight), dead=int(dead), consumers=int(consumers)
         )
 
-    def sweep(self, client: _Commands) -> None:
+    def sweep(self, client: Commands) -> None:
         """Requeue expired leases and due retries (consumers also do it on every claim)."""
         self.sweep_script(client, self.keys(), ["", self.lease_ms, self.inflight_prefix])
 
@@ -1155,7 +671,7 @@ class RedisProducer(Producer):
         """LPUSH the bodies and count them in ``state`` in one step: a transaction
         (MULTI/EXEC) rather than one script, so no body is copied into Lua and back.
         A transaction does not stop at a failed command: the count (a small script,
-        ``_COUNT_SUBMITTED``) is made only if the queue is a list, that is, only if the
+        ``count_submitted.lua``) is made only if the queue is a list, that is, only if the
         LPUSHes before it succeeded."""
         if not bodies:
             return
@@ -1188,7 +704,7 @@ class RedisProducer(Producer):
         for start in range(0, len(bodies), MESSAGE_BATCH):
             commands.append(("LPUSH", ready, *bodies[start : start + MESSAGE_BATCH]))
         ttl = self._t.master_ttl_ms + REPLY_GRACE_MS
-        commands.append(("EVAL", _COUNT_SUBMITTED, 2, ready, state, len(bodies), ttl))
+        commands.append(("EVAL", COUNT_SUBMITTED, 2, ready, state, len(bodies), ttl))
         commands.append(("EXEC",))
         return commands
 
@@ -1302,7 +818,7 @@ class RedisProducer(Producer):
         if isinstance(taken, NoScriptError):  # Redis lost its scripts: the LRANGE ran first
             taken = self._t.ack_script.evaluate(self._w, commands[0])
             bodies = self._w.execute_command(*commands[-1])
-        _raise_first([reply for reply in replies if not isinstance(reply, NoScriptError)])
+        raise_first([reply for reply in replies if not isinstance(reply, NoScriptError)])
         got: list[bytes] = bodies
         self._received = int(taken) + len(got)
         self._counted_on = self._w.link
@@ -1322,7 +838,7 @@ class RedisConsumer(Consumer):
 
     It keeps the bodies it holds in the order it got them, which is the in-flight list's
     from its tail: a batch settled in order is acked by count, without sending its
-    bodies back (see ``_SETTLE``).
+    bodies back (see ``redis_lua/settle.lua``).
     """
 
     resettles = True  # in-flight lists outlive a connection
@@ -1379,7 +895,7 @@ class RedisConsumer(Consumer):
             first = None
         if isinstance(reply, NoScriptError):  # Redis lost its scripts; EVAL caches it again
             reply = claim.evaluate(self._w, command)
-        _raise_first([first, reply])
+        raise_first([first, reply])
         return self._claimed(reply, max_count, first)
 
     def _blmove(self, block: float) -> tuple[Arg, ...]:
@@ -1468,12 +984,12 @@ class RedisConsumer(Consumer):
                 settled = self._t.settle_script.evaluate(self._w, settle)
             if isinstance(reply, NoScriptError):
                 reply = self._t.claim_script.evaluate(self._w, claim)
-            _raise_first([settled])
+            raise_first([settled])
             if settled == 1:
                 del held[:count]
                 if isinstance(first, Exception) or isinstance(reply, Exception):
                     _settled_then_raise_first(self._t, [first, reply])  # not on the way
-            _raise_first([first, reply])
+            raise_first([first, reply])
             out = self._claimed(reply, max_count, first)
             held += [d.body for d in out]
             if settled != 1:  # the in-flight list was not what it holds: ack by body
@@ -1499,7 +1015,7 @@ class RedisConsumer(Consumer):
     def _claimed(self, reply: Any, asked: int, first: bytes | None = None) -> list[Delivery]:
         """The deliveries of a claim of ``asked`` tasks, after ``first`` (what a BLMOVE
         before the script moved) if any; notes whether it emptied the ready list and, if
-        so, when the next delayed retry is due (the script says only then: see _CLAIM)."""
+        so, when the next delayed retry is due (the script says only then: see claim.lua)."""
         out = _deliveries(reply)
         if first is not None:
             out.insert(0, Delivery(body=first, tag=first, redelivered=reply[1] == 1))
@@ -1515,7 +1031,7 @@ class RedisConsumer(Consumer):
     ) -> set[bytes]:
         """Publish, then ack these deliveries by body (wherever they are in the in-flight
         list), and forget them; a retry or dead letter only if its delivery is still
-        held (see ``_SETTLE``). ``reclaimed``: bodies the claim in the same round trip
+        held (see ``settle.lua``). ``reclaimed``: bodies the claim in the same round trip
         took again, after their lease had lapsed (``settle_then_fetch``): the in-flight
         list holds the new delivery, the copy. Of a task that failed only a result is
         published, and nothing is acked: the copy decides (the gate let a late dead letter
@@ -1546,14 +1062,14 @@ class RedisConsumer(Consumer):
     def _publish(
         self, settlements: Sequence[Settlement], gated: bool = False
     ) -> tuple[list[str], list[Arg]]:
-        """The settle script's KEYS and its publishing runs (see ``_SETTLE``): results
+        """The settle script's KEYS and its publishing runs (see ``settle.lua``): results
         for one master in a row are one run, ``('r', key, n, result 1, ..., result n)``
         (a worker's batch has one message of results per master: see
         :meth:`distq.ending.Endings.settlements`). ``gated`` (acks by body): a retry or
         dead letter, and its result, after a ``('g', runs, 1, body)`` of its delivery."""
         keys = list(self._keys)
         index: dict[str, int] = {}  # reply_to -> its position in KEYS (1-based, for Lua)
-        runs = _Runs()
+        runs = Runs()
         for s in settlements:
             if gated and (s.retry is not None or s.dead_letter is not None):
                 ops = (s.result is not None and s.reply_to is not None) + (s.retry is not None)
@@ -1603,174 +1119,11 @@ class RedisConsumer(Consumer):
         self._w.close()
 
 
-class _Runs:
-    """Arguments as runs: ``(op, arg, n, item 1, ..., item n)`` for each stretch of items
-    added with the same ``op`` and ``arg``, in the order added (see ``_SETTLE``)."""
-
-    __slots__ = ("_arg", "_args", "_at", "_op")
-
-    def __init__(self) -> None:
-        self._args: list[Arg] = []
-        self._op, self._arg = "", 0
-        self._at = -1  # where the count of the run being added to goes
-
-    def add(self, op: str, arg: int, item: bytes) -> None:
-        args = self._args
-        if op != self._op or arg != self._arg or self._at < 0:
-            self._close()
-            self._op, self._arg, self._at = op, arg, len(args) + 2
-            args += (op, arg, 0)
-        args.append(item)
-
-    def _close(self) -> None:
-        if self._at >= 0:
-            self._args[self._at] = len(self._args) - self._at - 1
-
-    def args(self) -> list[Arg]:
-        self._close()
-        return self._args
-
-
-class _Script:
-    """A Lua script run by EVALSHA, falling back to EVAL when the server lost it.
-
-    Ours rather than redis-py's ``Script``, which adds a SCRIPT EXISTS round trip to
-    every pipeline that runs one; in a pipeline (:meth:`_Wire.pipeline`), the caller
-    sends :meth:`command` and runs :meth:`evaluate` if the server had lost the script.
-    """
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    def __call__(self, client: _Commands, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        try:
-            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:  # Redis restarted or SCRIPT FLUSH; EVAL caches it again
-            return client.execute_command("EVAL", self.source, len(keys), *keys, *args)
-
-    def command(self, keys: Sequence[str], args: Sequence[Arg]) -> tuple[Arg, ...]:
-        """The EVALSHA command, for a pipeline."""
-        return ("EVALSHA", self.sha, len(keys), *keys, *args)
-
-    def evaluate(self, client: _Commands, command: Sequence[Arg]) -> Any:
-        """EVAL with the arguments of an EVALSHA :meth:`command` that met NOSCRIPT (it
-        caches the script again)."""
-        return client.execute_command("EVAL", self.source, *command[2:])
-
-
-class _Wire:
-    """One connection of the pool, held by one producer or consumer until it closes.
-
-    Commands are sent and read on it directly: redis-py's client layer costs about 97 µs
-    of CPU per call (a connection out of the pool and back, observability hooks, checks),
-    which a consumer pays twice per batch. A producer's or a consumer's calls are made
-    by one thread at a time, so one connection serves them all. A failed call drops the
-    connection (it may hold half a reply); the next call opens a new one. As with the
-    client (``Retry(NoBackoff(), 0)``), nothing is sent again on its own.
-    """
-
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self._pool: Any = pool  # the stubs still want get_connection's old arguments
-        self._conn: Any = None
-        self._links = 0  # connections taken from the pool so far
-        self._used = time.monotonic()  # the last call's end
-
-    @property
-    def link(self) -> int | None:
-        """Which connection the wire holds (None: none; the next call takes one): a number
-        that changes with each. While it stays the same, every call went to one Redis that
-        never restarted: a restart ends the connection, which fails the next call on it
-        (redis-py would connect it again on its own: see :meth:`_reconnected`)."""
-        return self._links if self._conn is not None else None
-
-    def execute_command(self, *args: Arg, **options: Any) -> Any:
-        """One command; its reply as redis-py parses it, an error reply raised."""
-        conn = self._connection()
-        try:
-            conn.send_command(*args)
-            return conn.read_response()
-        except ResponseError:
-            raise  # a whole reply was read: the connection is fine
-        except BaseException:
-            self._drop()
-            raise
-        finally:
-            self._used = time.monotonic()
-
-    def check(self, idle: float) -> None:
-        """After ``idle`` s without a call, a PING: a connection that died meanwhile (Redis
-        restarted, its idle ``timeout``, a proxy's) is dropped, so that the next call,
-        which carries results, goes out on a new one. A worker's keeper renews the leases
-        on a connection of its own, so a slot's lies idle while its tasks run; its settle,
-        sent on a dead one, failed, and its results were lost (the tasks ran again)."""
-        if self._conn is None or time.monotonic() - self._used < idle:
-            return
-        with contextlib.suppress(RedisError, OSError):  # dropped: the next call connects
-            self.execute_command("PING")
-
-    def pipeline(
-        self, commands: Sequence[Sequence[Arg]], replies: list[Any] | None = None
-    ) -> list[Any]:
-        """Send ``commands`` at once; their replies in order, an error reply as its
-        exception (not raised: see :func:`_raise_first`). Each reply is added to
-        ``replies`` as it is read, so a caller whose call fails has those read before."""
-        conn = self._connection()
-        try:
-            conn.send_packed_command(conn.pack_commands(commands))
-            if replies is None:
-                replies = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            self._drop()
-            raise
-        finally:
-            self._used = time.monotonic()
-
-    def _connection(self) -> Any:
-        if self._conn is None:
-            conn = self._pool.get_connection()
-            try:
-                conn.connect()  # connected before the callback: only a reconnect calls it
-            except BaseException:
-                self._pool.release(conn)
-                raise
-            conn.register_connect_callback(self._reconnected)
-            self._conn = conn
-            self._links += 1
-        return self._conn
-
-    def _reconnected(self, _conn: Any) -> None:
-        """redis-py connects the connection held again (the pool disconnected it under us):
-        fail the call instead, as if the connection had dropped. A call may count on
-        the Redis of the calls before it (a producer's take acks by its count, which
-        means something only to that Redis), and the next call takes a new ``link``."""
-        raise redis.ConnectionError("the connection was closed; the next call opens a new one")
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.deregister_connect_callback(self._reconnected)
-            conn.disconnect()
-            self._pool.release(conn)
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.deregister_connect_callback(self._reconnected)
-            self._pool.release(conn)
-
-
 def _submitted(replies: list[Any]) -> None:
     """Raise the first error among a submit's replies (MULTI ... EXEC), its transaction's
     own included (a command that failed inside it)."""
-    _raise_first(replies)
-    _raise_first(replies[-1])
+    raise_first(replies)
+    raise_first(replies[-1])
 
 
 def _settled_then_raise_first(transport: RedisTransport, replies: list[Any]) -> None:
@@ -1778,20 +1131,11 @@ def _settled_then_raise_first(transport: RedisTransport, replies: list[Any]) -> 
     :class:`SettledThenRefused` or :class:`SettledThenFailed`: the caller counts the
     batch settled (it was: its results are out), not handed back."""
     with settled_already(), transport.errors():
-        _raise_first(replies)
-
-
-def _raise_first(replies: Any) -> None:
-    """Raise the first error among pipeline (or transaction) replies."""
-    if isinstance(replies, Exception):
-        raise replies
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
+        raise_first(replies)
 
 
 def _deliveries(reply: list[Any]) -> list[Delivery]:
-    """The deliveries in a claim script's reply (see ``_CLAIM``); tag = body."""
+    """The deliveries in a claim script's reply (see ``claim.lua``); tag = body."""
     bodies = reply[3:]
     out = [Delivery(body, body) for body in bodies]
     for i in reply[2]:  # the positions (1-based) of the redeliveries, usually none

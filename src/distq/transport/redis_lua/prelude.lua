@@ -1,0 +1,84 @@
+-- The prelude: the constants and functions the scripts share, put before each script
+-- that uses them by distq.transport.redis_scripts, which fills each name in braces below
+-- with the Python constant of that name.
+-- Every consumer script gets KEYS = ready, consumers, delayed, redelivered, inflight, dead,
+-- masters, clock and ARGV = consumer id, lease ms, in-flight key prefix, then its own arguments.
+
+local REPLY_GRACE_MS = {REPLY_GRACE_MS}
+local CLOCK_KEPT_MS = {CLOCK_KEPT_MS}
+local CLOCK_STEP_MS = {CLOCK_STEP_MS}
+local SHORTEST_KEPT_MS = {SHORTEST_KEPT_MS}
+local COPY_LOOK = {COPY_LOOK}
+local CLAIM_BYTES = {CLAIM_BYTES}
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- one variadic call per 1000 items: Lua's unpack() has a stack limit
+local function push(cmd, key, items)
+  for i = 1, #items, 1000 do
+    redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+-- LRANGE lists the newest claim first, so the oldest claim ends at the tail: runs next
+local function requeue_all(src, ready, again)
+  local held = redis.call('LRANGE', src, 0, -1)
+  if #held > 0 then
+    redis.call('DEL', src)
+    push('RPUSH', ready, held)
+    push('SADD', again, held)
+  end
+end
+-- Over half a lease since the last sweep (``clock``): Redis was stopped (SIGSTOP, a VM
+-- paused) or nobody reached it, and leases ran out meanwhile, though a live consumer
+-- calls every third of a lease at least (a renewal, a BLMOVE slice). A lease that ran
+-- out in that gap gets the time it had left back, once: its deadline then ends in .5 ms,
+-- until its own renewal makes it whole. Swept at once, a frozen Redis had another slot
+-- run a copy of a task still running (held19); once only, a dead worker's tasks wait one
+-- lease more at most, however often a slow host stretches the gap. The half is of the
+-- shortest lease a caller had in the last minute (``lease``, since ``lease_at``): by the
+-- caller's own, a sweep with a long lease swept a short one at once (stood20). The clock
+-- is written a tenth of a second (or an eighth of that lease) apart at most, and not at
+-- all where Redis refuses it (full, on Redis 6).
+local function resume(consumers, clock, lease, now)
+  local got = redis.call('HMGET', clock, 'at', 'lease', 'lease_at')
+  local at, shortest, since = tonumber(got[1] or ''), tonumber(got[2] or ''), tonumber(got[3] or '')
+  local write = at == nil or now < at  -- ahead of Redis's time (another host's snapshot)
+  -- forgotten after a minute of calls without that lease, not of time: a freeze keeps it
+  local called = at or now
+  if shortest == nil or since == nil or lease < shortest or called - since > SHORTEST_KEPT_MS then
+    shortest, since, write = lease, now, true
+  elseif at ~= nil and now - at >= math.min(CLOCK_STEP_MS, shortest / 8) then
+    write = true
+    if lease == shortest then
+      since = now
+    end
+  end
+  if write then
+    redis.pcall('HSET', clock, 'at', now, 'lease', shortest, 'lease_at', since)
+    redis.pcall('PEXPIRE', clock, CLOCK_KEPT_MS)
+  end
+  if at == nil or now - at <= shortest / 2 then
+    return
+  end
+  local lapsed = redis.call('ZRANGEBYSCORE', consumers, '(' .. at, now, 'WITHSCORES')
+  for i = 1, #lapsed, 2 do
+    local deadline = tonumber(lapsed[i + 1])
+    if deadline % 1 == 0 then
+      redis.call('ZADD', consumers, now + deadline - at + 0.5, lapsed[i])
+    end
+  end
+end
+-- two range reads when nothing is due: cheap enough for every claim
+local function sweep(ready, consumers, delayed, again, prefix, now, clock, lease)
+  resume(consumers, clock, tonumber(lease), now)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', now, 'LIMIT', 0, 100)) do
+    requeue_all(prefix .. id, ready, again)
+    redis.call('ZREM', consumers, id)
+  end
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+  if #due > 0 then
+    redis.call('LPUSH', ready, unpack(due))
+    redis.call('ZREM', delayed, unpack(due))
+  end
+end

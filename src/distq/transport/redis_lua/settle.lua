@@ -1,0 +1,101 @@
+-- A consumer script: KEYS and ARGV[1..3] as prelude.lua says.
+-- ARGV[4] = how many deliveries the consumer holds, ARGV[5] = how many of the oldest it
+-- acks (the common case: a batch settled in order); or ARGV[4] = -1: acks by body, below.
+-- ARGV[6..]: runs (op, arg, n, body 1, ..., body n), n bodies with the same op and arg:
+-- 'r' results for KEYS[arg], 't' retries after arg ms, 'd' dead letters, 'a' acks (arg 0),
+-- and, acking by body, 'g' (arg k, one delivery): the k runs after it are published only
+-- if the in-flight list still holds that delivery. A delivery whose lease lapsed went
+-- back to the queue (its worker stalled: stopped, paused, a task holding the GIL): its
+-- retry or dead letter would start the task again after its result, or fail a task that
+-- succeeded; the copy decides. Its result goes, and the copy is dropped if it still waits
+-- near the claim end of the ready list, where the lapse put it (a bounded look: a copy
+-- claimed again runs again; a scan of a long list blocked Redis for seconds).
+-- Everything is published before any ack: a failure repeats.
+-- A result goes only to a list whose master is registered and live (KEYS[7]), and the
+-- list expires a grace period after that master's deadline.
+-- Acking by count needs the in-flight list to be exactly what the consumer holds, oldest
+-- at the tail: if its length says otherwise (a sweep took it), nothing is done and 0 is
+-- returned, and the consumer acks by body instead; by count it returns 1. Acking by body
+-- returns the deliveries a 'g' found not held (the consumer's ``late``). Acking most of
+-- the in-flight list by body rebuilds it (3 calls) instead of one LREM per task.
+
+local expect, count = tonumber(ARGV[4]), tonumber(ARGV[5])
+if expect >= 0 and redis.call('LLEN', KEYS[5]) ~= expect then return 0 end
+local now = now_ms()
+local live, acks, skip, late, unsent = {}, {}, 0, {}, {}
+local i = 6
+while i <= #ARGV do
+  local op, arg, first, last = ARGV[i], tonumber(ARGV[i + 1]), i + 3, i + 2 + tonumber(ARGV[i + 2])
+  if skip > 0 then
+    skip = skip - 1
+  elseif op == 'g' then
+    if not redis.call('LPOS', KEYS[5], ARGV[first]) then
+      skip, late[ARGV[first]] = arg, true
+      unsent[#unsent + 1] = ARGV[first]
+    end
+  elseif op == 'r' then
+    if live[arg] == nil then
+      local deadline = tonumber(redis.call('ZSCORE', KEYS[7], KEYS[arg]))
+      live[arg] = deadline ~= nil and deadline >= now and deadline
+    end
+    if live[arg] then
+      for j = first, last, 1000 do
+        redis.call('LPUSH', KEYS[arg], unpack(ARGV, j, math.min(j + 999, last)))
+      end
+    end
+  elseif op == 't' then
+    for j = first, last do
+      if arg > 0 then
+        redis.call('ZADD', KEYS[3], now + arg, ARGV[j])
+      else
+        redis.call('LPUSH', KEYS[1], ARGV[j])
+      end
+    end
+  elseif op == 'd' then
+    for j = first, last do redis.call('RPUSH', KEYS[6], ARGV[j]) end
+  else
+    for j = first, last do acks[#acks + 1] = ARGV[j] end
+  end
+  i = last + 1
+end
+for k, deadline in pairs(live) do
+  if deadline then redis.call('PEXPIREAT', KEYS[k], deadline + REPLY_GRACE_MS) end
+end
+if expect >= 0 then
+  if count >= expect then
+    redis.call('DEL', KEYS[5])
+  else
+    redis.call('LTRIM', KEYS[5], 0, -count - 1)
+  end
+  return 1
+end
+-- a body acked and not held (its lease lapsed), and not late with a retry or dead
+-- letter: its task is done, the copy that went back is dropped if it still waits there
+local function done(body)
+  if late[body] then return end
+  late[body] = true
+  if redis.call('LPOS', KEYS[1], body, 'RANK', -1, 'MAXLEN', COPY_LOOK) then
+    redis.call('LREM', KEYS[1], -1, body)
+    redis.call('SREM', KEYS[4], body)
+  end
+end
+local held = redis.call('LLEN', KEYS[5])
+if #acks * 2 < held then
+  for _, body in ipairs(acks) do
+    if redis.call('LREM', KEYS[5], -1, body) == 0 then done(body) end
+  end
+else
+  local drop, keep = {}, {}
+  for _, body in ipairs(acks) do drop[body] = (drop[body] or 0) + 1 end
+  for _, body in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
+    if (drop[body] or 0) > 0 then drop[body] = drop[body] - 1 else keep[#keep + 1] = body end
+  end
+  if held > 0 then
+    redis.call('DEL', KEYS[5])
+    push('RPUSH', KEYS[5], keep)
+  end
+  for body, left in pairs(drop) do
+    if left > 0 then done(body) end
+  end
+end
+return unsent

@@ -1,0 +1,73 @@
+"""The Redis transport's Lua scripts as package data (``distq/transport/redis_lua/``): every
+script the transport runs has its file, and the constants the prelude names are filled in."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+
+from distq.transport import redis_scripts
+from distq.transport.redis_scripts import ALLOW_OOM, CONSTANTS, COUNT_SUBMITTED, SCRIPTS, source
+
+#: Every constant the scripts take from Python: a placeholder left or a name missing fails.
+NAMES = (
+    "REPLY_GRACE_MS",
+    "CLOCK_KEPT_MS",
+    "CLOCK_STEP_MS",
+    "SHORTEST_KEPT_MS",
+    "COPY_LOOK",
+    "CLAIM_BYTES",
+)
+
+
+def _sources() -> dict[str, str]:
+    out = {"count_submitted": COUNT_SUBMITTED}
+    for name in SCRIPTS:
+        out[name] = source(name, allow_oom=False)
+        out[f"{name} (allow-oom)"] = source(name, allow_oom=True)
+    return out
+
+
+def test_the_package_holds_a_file_for_each_script_and_no_other() -> None:
+    folder = resources.files("distq.transport").joinpath("redis_lua")
+    files = {entry.name for entry in folder.iterdir() if entry.name.endswith(".lua")}
+    assert files == {f"{name}.lua" for name in (*SCRIPTS, "prelude", "count_submitted")}
+
+
+def test_the_transport_runs_every_script() -> None:
+    assert set(SCRIPTS) == {
+        *("claim", "settle", "release", "close", "sweep", "leases", "stats", "gone"),
+        *("renew", "withdraw", "ack", "close_master", "requeue_dead", "unlink"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_sources()))
+def test_no_placeholder_is_left_in_a_source(name: str) -> None:
+    text = _sources()[name]
+    assert text.strip(), name
+    for constant in NAMES:
+        assert "{" + constant + "}" not in text, (name, constant)
+
+
+def test_the_constants_are_the_python_ones() -> None:
+    assert {name: getattr(redis_scripts, name) for name in NAMES} == CONSTANTS
+
+
+@pytest.mark.parametrize("name", [name for name, prelude in SCRIPTS.items() if prelude])
+def test_a_script_with_the_prelude_has_each_constant_with_its_value(name: str) -> None:
+    text = source(name, allow_oom=False)
+    for constant in NAMES:
+        assert f"\nlocal {constant} = {CONSTANTS[constant]}\n" in text, (name, constant)
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_the_flags_line_comes_first_and_the_file_comment_is_not_sent(name: str) -> None:
+    flagged, plain = source(name, allow_oom=True), source(name, allow_oom=False)
+    assert flagged == ALLOW_OOM + plain
+    assert not plain.startswith(ALLOW_OOM)
+    folder = resources.files("distq.transport").joinpath("redis_lua")
+    for file in (f"{name}.lua", "prelude.lua"):
+        comment = folder.joinpath(file).read_text("utf-8").splitlines()[0]
+        assert comment.startswith("--"), file
+        assert comment not in plain, f"the comment atop {file} went into the script"
