@@ -7,7 +7,8 @@ publishes (a :class:`~distq.transport.base.Settlement`) and how it counts (an
 only decides.
 
 - the function returned a JSON value: ``ok``, an ok result;
-- it raised and attempts are left: ``retried``, the next attempt after :func:`retry_delay`;
+- it raised and attempts are left: ``retried``, the next attempt after
+  :func:`~distq.retries.retry_delay`;
 - it raised on its last attempt: ``failed``, an error result and a dead letter;
 - it cannot run (unknown name, arguments that do not fit), or it ran and returned a
   value it cannot send back (not a JSON value, too large): ``failed`` at once, as no
@@ -53,10 +54,11 @@ from distq.errors import (
     TimeLimitExceeded,
     VersionMismatch,
 )
+from distq.framing import pack_problem
 from distq.jsonvalue import problem
 from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES
+from distq.retries import retry_delay
 from distq.transport.base import Delivery, Settlement, orphaned_reason
-from distq.transport.rabbitmq_packs import pack_problem
 
 #: ``released``: back in the queue, unsettled by this worker: a task that ended after its
 #: lease lapsed, whose retry or dead letter the settle did not send
@@ -108,11 +110,6 @@ def printable(text: str) -> str:
 
 #: Types of values that are JSON as they are: a result of one of them needs no check.
 _PLAIN = frozenset({int, str, bool, type(None)})
-
-
-def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff before attempt ``attempt + 1``: 0.5 s, 1 s, 2 s, ... capped."""
-    return float(min(cap, base * 2 ** min(attempt - 1, 64)))  # the wire may say 10**30
 
 
 class Ending(NamedTuple):

@@ -14,13 +14,13 @@ from distq.ending import (
     Ending,
     Endings,
     describe,
-    retry_delay,
     traceback_text,
 )
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError, MessageTooLarge, VersionMismatch
+from distq.framing import TASKS_PER_MESSAGE, pack, pack_problem
+from distq.retries import retry_delay
 from distq.transport import Delivery, Settlement
-from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, pack, pack_problem
 
 ENDINGS = Endings("w1", "q")
 

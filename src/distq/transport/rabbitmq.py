@@ -129,10 +129,11 @@ import pika
 import pika.exceptions
 
 from distq.config import MESSAGE_BATCH, Settings
-from distq.ending import retry_delay
 from distq.envelope import DeadLetter
 from distq.errors import ConfigError, TransportError
+from distq.framing import TASKS_PER_MESSAGE, pack
 from distq.limits import MAX_PREFETCH
+from distq.retries import retry_delay
 from distq.transport.base import (
     Consumer,
     Delivery,
@@ -160,18 +161,16 @@ from distq.transport.rabbitmq_link import (
     exists,
 )
 from distq.transport.rabbitmq_packs import (
-    TASKS_PER_MESSAGE,
     TASKS_TYPE,
     HeldMessages,
     chunks,
     fill,
-    pack,
     pack_bytes,
     packed,
     task_bodies,
 )
 
-_RESULTS_TYPE = "distq.results"  # one message carrying several results (rabbitmq_packs.pack)
+_RESULTS_TYPE = "distq.results"  # one message carrying several results (framing.pack)
 _PACKED = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value, type=_RESULTS_TYPE)
 _PACKED_TASKS = pika.BasicProperties(
     delivery_mode=pika.DeliveryMode.Persistent.value, type=TASKS_TYPE
@@ -1451,6 +1450,6 @@ def _delay_ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-#: The delays of distq's retries (:func:`distq.ending.retry_delay`, 0.5 s to 30 s), in
+#: The delays of distq's retries (:func:`distq.retries.retry_delay`, 0.5 s to 30 s), in
 #: ms: the names of the retry queues a worker declares, which ``stats`` counts as ready.
 RETRY_DELAYS_MS = tuple(sorted({_delay_ms(retry_delay(attempt)) for attempt in range(1, 64)}))
