@@ -49,6 +49,8 @@ from distq.transport.base import Delivery
 
 #: The ``type`` property of a message packing several tasks.
 TASKS_TYPE = "distq.tasks"
+#: ... and of one a worker packs several results into, for one master.
+RESULTS_TYPE = "distq.results"
 #: A master splits a submit into at least this many messages (fewer tasks: one each).
 MESSAGES_PER_SUBMIT = 8
 #: No pack is larger than this: RabbitMQ 4.x's default ``max_message_size``.
