@@ -7,7 +7,8 @@ publishes (a :class:`~distq.transport.base.Settlement`) and how it counts (an
 only decides.
 
 - the function returned a JSON value: ``ok``, an ok result;
-- it raised and attempts are left: ``retried``, the next attempt after :func:`retry_delay`;
+- it raised and attempts are left: ``retried``, the next attempt after
+  :func:`~distq.retries.retry_delay`;
 - it raised on its last attempt: ``failed``, an error result and a dead letter;
 - it cannot run (unknown name, arguments that do not fit), or it ran and returned a
   value it cannot send back (not a JSON value, too large): ``failed`` at once, as no
@@ -38,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import traceback
 import types
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
@@ -53,10 +53,12 @@ from distq.errors import (
     TimeLimitExceeded,
     VersionMismatch,
 )
+from distq.errortext import describe, traceback_text
+from distq.framing import pack_problem
 from distq.jsonvalue import problem
 from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES
+from distq.retries import retry_delay
 from distq.transport.base import Delivery, Settlement, orphaned_reason
-from distq.transport.rabbitmq_packs import pack_problem
 
 #: ``released``: back in the queue, unsettled by this worker: a task that ended after its
 #: lease lapsed, whose retry or dead letter the settle did not send
@@ -64,55 +66,8 @@ from distq.transport.rabbitmq_packs import pack_problem
 #: dead letter the broker refused (:attr:`distq.transport.base.Consumer.bounced`).
 Outcome = Literal["ok", "failed", "retried", "malformed", "orphaned", "released"]
 
-#: Longest traceback text an error result carries; longer ones keep their end.
-MAX_TRACEBACK_CHARS = 8000
-#: Longest exception message a reason (log line, dead letter, error result) carries;
-#: longer ones keep their start. A 5 MB message made a dead letter over the broker's
-#: max_message_size, refused, and the task ran again for good.
-MAX_MESSAGE_CHARS = 4000
-
-
-def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> str:
-    """``error``'s traceback as Python prints it; over ``limit`` characters, its first
-    and last halves: the frames where it began, and the innermost with the message (the
-    end alone was only the message, when that was long)."""
-    text = printable("".join(traceback.format_exception(error)))
-    if len(text) > limit:
-        half = limit // 2
-        text = f"{text[:half]}\n... ({len(text) - 2 * half:,} characters cut)\n{text[-half:]}"
-    return text
-
-
-def describe(error: BaseException) -> str:
-    """``Type: message`` of ``error``, whatever its ``__str__`` does (raises, returns text
-    that is not UTF-8), as text any log or envelope can carry."""
-    text = message(error)
-    if len(text) > MAX_MESSAGE_CHARS:
-        text = f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS:,} characters cut)"
-    return printable(f"{type(error).__name__}: {text}" if text else type(error).__name__)
-
-
-def message(error: BaseException) -> str:
-    """``str(error)``, or a placeholder when its ``__str__`` raises (even ``SystemExit``)
-    or the int it holds is too long to print."""
-    try:
-        return str(error)
-    except BaseException:
-        return "<exception str() failed>"
-
-
-def printable(text: str) -> str:
-    """``text`` with anything UTF-8 cannot carry (unpaired surrogates) escaped."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 #: Types of values that are JSON as they are: a result of one of them needs no check.
 _PLAIN = frozenset({int, str, bool, type(None)})
-
-
-def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff before attempt ``attempt + 1``: 0.5 s, 1 s, 2 s, ... capped."""
-    return float(min(cap, base * 2 ** min(attempt - 1, 64)))  # the wire may say 10**30
 
 
 class Ending(NamedTuple):

@@ -20,9 +20,10 @@ from distq import chunks
 from distq.backoff import Outage
 from distq.batch import Batch, Running
 from distq.console import Console
-from distq.ending import Ending, describe
+from distq.ending import Ending
 from distq.envelope import Task, shown
 from distq.errors import TransportError
+from distq.errortext import describe
 from distq.health import WorkerHealth
 from distq.slots import Slot
 from distq.timelimits import TimeLimits

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 
 from distq import squares
 from distq.chunks import CHUNK_TASK, chunk_function, show_chunk
-from distq.ending import describe, message
 from distq.envelope import Task, shown
 from distq.errors import ConfigError, SignalExit, UnknownTask
+from distq.errortext import describe, message
 
 TaskFunction = Callable[..., Any]
 #: How a worker's ``Get task ... from task_queue.`` line names a task.

@@ -57,7 +57,7 @@ from distq.batch import Batch, BatchSizer, Running, run_batch
 from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console, announce
-from distq.ending import Ending, Endings, Outcome, describe
+from distq.ending import Ending, Endings, Outcome
 from distq.envelope import shown
 from distq.errors import (
     CertificateRejected,
@@ -68,6 +68,7 @@ from distq.errors import (
     Shutdown,
     TransportError,
 )
+from distq.errortext import describe
 from distq.health import WorkerHealth
 from distq.keeper import Keeper
 from distq.masters import MasterWatch

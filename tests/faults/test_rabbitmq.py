@@ -342,7 +342,7 @@ def _declare_then_age(settings: Settings) -> None:
     transport = open_transport(settings, "worker")
     try:
         consumer = transport.consumer("declare")
-        consumer._declare_retry_queue(500)  # type: ignore[attr-defined]
+        consumer._retries.declare(consumer._link, 500)  # type: ignore[attr-defined]
         consumer.close()
     finally:
         transport.close()

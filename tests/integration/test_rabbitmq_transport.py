@@ -33,17 +33,12 @@ from brokers import Broker
 from distq.config import Settings
 from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
+from distq.framing import TASKS_PER_MESSAGE, pack, unpack
 from distq.transport import rabbitmq, rabbitmq_dead, rabbitmq_link
 from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
 from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
-from distq.transport.rabbitmq_packs import (
-    TASKS_PER_MESSAGE,
-    TASKS_TYPE,
-    pack,
-    task_bodies,
-    unpack,
-)
+from distq.transport.rabbitmq_packs import TASKS_TYPE, task_bodies
 from faults.proxy import Partition
 from procs import Distq
 from seam import fetch_n, results_n

@@ -20,9 +20,9 @@ import redis
 
 from conftest import Target
 from distq.config import Settings
-from distq.ending import retry_delay
 from distq.envelope import DeadLetter, new_id
 from distq.errors import AuthenticationFailed, ConnectionFailed, TransportError
+from distq.retries import retry_delay
 from distq.transport import Delivery, Settlement, Transport, open_transport
 from distq.transport.base import orphaned_reason
 from launch import free_port

@@ -8,19 +8,13 @@ import pytest
 
 from distq.chunks import CHUNK_TASK
 from distq.codec import Codec
-from distq.ending import (
-    MAX_MESSAGE_CHARS,
-    MAX_TRACEBACK_CHARS,
-    Ending,
-    Endings,
-    describe,
-    retry_delay,
-    traceback_text,
-)
+from distq.ending import Ending, Endings
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError, MessageTooLarge, VersionMismatch
+from distq.errortext import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS, describe, traceback_text
+from distq.framing import TASKS_PER_MESSAGE, pack, pack_problem
+from distq.retries import retry_delay
 from distq.transport import Delivery, Settlement
-from distq.transport.rabbitmq_packs import TASKS_PER_MESSAGE, pack, pack_problem
 
 ENDINGS = Endings("w1", "q")
 

@@ -9,11 +9,11 @@ import pytest
 
 from distq.config import Settings
 from distq.errors import ConfigError
+from distq.framing import pack, unpack
 from distq.transport import rabbitmq_dead
 from distq.transport.rabbitmq import PrefetchWindow, RabbitMQTransport
 from distq.transport.rabbitmq_copies import BodySet
 from distq.transport.rabbitmq_link import Broker
-from distq.transport.rabbitmq_packs import pack, unpack
 
 
 def test_packed_results_come_back_byte_for_byte() -> None:

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from distq.framing import TASKS_PER_MESSAGE, pack, unpack
 from distq.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
 from distq.transport.base import Delivery
 from distq.transport.rabbitmq_packs import (
     MAX_PACK_BYTES,
     MESSAGES_PER_SUBMIT,
-    TASKS_PER_MESSAGE,
     TASKS_TYPE,
     HeldMessages,
     chunks,
     fill,
-    pack,
     pack_bytes,
     task_bodies,
-    unpack,
 )
 
 BUDGET = pack_bytes(DEFAULT_MAX_MESSAGE_BYTES)

@@ -39,16 +39,16 @@ queue                   arguments                                      holds
                                                                        command reads Q.dead
 ======================  =============================================  =====================
 
-One queue per retry delay, because RabbitMQ expires messages only at the head of a
-queue: a 0.5 s retry never waits behind a 60 s one. Retry queues go away an hour after
-their last use (``stats``, which counts their messages as ready, is a use). A master's
-reply queue (named by :meth:`RabbitMQTransport.reply_queue`) is durable so results
-outlive a broker restart; ``Producer.close`` deletes it, and ``x-expires`` removes it
-``Settings.master_ttl`` after its master's consumer went away (the master died, or lost
-the broker for that long). Workers treat a task whose reply queue is missing, or not
-named like one, as its master's that is gone (:meth:`RabbitMQConsumer.gone`), and
-publish results only to names like one: a publish to a missing queue is dropped by the
-broker and never creates it.
+One queue per retry delay (:mod:`distq.transport.rabbitmq_retries`), because RabbitMQ
+expires messages only at the head of a queue: a 0.5 s retry never waits behind a 60 s
+one. Retry queues go away an hour after their last use (``stats``, which counts their
+messages as ready, is a use). A master's reply queue (named by
+:meth:`RabbitMQTransport.reply_queue`) is durable so results outlive a broker restart;
+``Producer.close`` deletes it, and ``x-expires`` removes it ``Settings.master_ttl``
+after its master's consumer went away (the master died, or lost the broker for that
+long). Workers treat a task whose reply queue is missing, or not named like one, as its
+master's that is gone (:meth:`RabbitMQConsumer.gone`), and publish results only to names
+like one: a publish to a missing queue is dropped by the broker and never creates it.
 
 Leases: a delivery stays unacknowledged on its consumer's channel until settled or
 released. A consumer's connection heartbeat is ``max(1, round(lease_seconds))`` s, so
@@ -67,15 +67,16 @@ copy of a task still running here, or done on the lost link, that one of its slo
 waits or is acked unrun (:mod:`distq.transport.rabbitmq_copies`).
 
 Publisher confirms, batched: a worker publishes a whole batch's results, retries and
-dead letters, waits once for all their confirms, and only then acks the deliveries. A
-master waits only when more than ``_CONFIRM_WINDOW`` tasks are unconfirmed; a refused
-or unroutable task raises from its next call. It acks its results one call later,
-cumulatively. After a lost connection, or a task the broker refused (a length limit)
-or returned (its queue deleted), :meth:`RabbitMQProducer.reconcile` reconnects (which
-declares the task queue again) and counts as held the tasks confirmed before the first
-one lost (none when the reply queue is gone: a new or reset node): the master submits
-the rest again. pika's ``BlockingChannel`` would wait per message: a link (the
-connection layer, :mod:`distq.transport.rabbitmq_link`) goes through
+dead letters (:mod:`distq.transport.rabbitmq_settle`), waits once for all their
+confirms, and only then acks the deliveries. A master waits only when more than
+``_CONFIRM_WINDOW`` tasks are unconfirmed; a refused or unroutable task raises from its
+next call. It acks its results one call later, cumulatively. After a lost connection, or
+a task the broker refused (a length limit) or returned (its queue deleted),
+:meth:`RabbitMQProducer.reconcile` reconnects (which declares the task queue again) and
+counts as held the tasks confirmed before the first one lost (none when the reply queue
+is gone: a new or reset node): the master submits the rest again. pika's
+``BlockingChannel`` would wait per message: a link (the connection layer,
+:mod:`distq.transport.rabbitmq_link`) goes through
 :mod:`distq.transport.pika_internals`. Tasks, retries and dead letters are published
 ``mandatory``; results are not (a missing reply queue means nobody waits).
 
@@ -129,9 +130,9 @@ import pika
 import pika.exceptions
 
 from distq.config import MESSAGE_BATCH, Settings
-from distq.ending import retry_delay
 from distq.envelope import DeadLetter
 from distq.errors import ConfigError, TransportError
+from distq.framing import TASKS_PER_MESSAGE, pack
 from distq.limits import MAX_PREFETCH
 from distq.transport.base import (
     Consumer,
@@ -146,9 +147,16 @@ from distq.transport.base import (
     tags_of,
 )
 from distq.transport.pika_internals import check_channel, closed_by_broker
-from distq.transport.rabbitmq_copies import BodySet, RunningLost, results_only
+from distq.transport.rabbitmq_copies import (
+    BodySet,
+    LostTasks,
+    RunningLost,
+    deferred_done,
+    results_only,
+    running_copies,
+)
 from distq.transport.rabbitmq_dead import peek, remove_orphans, requeue
-from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
+from distq.transport.rabbitmq_holds import LeaseRecords, from_a_record, record_queue
 from distq.transport.rabbitmq_link import (
     CLOSE_SECONDS,
     REFUSALS,
@@ -160,29 +168,25 @@ from distq.transport.rabbitmq_link import (
     exists,
 )
 from distq.transport.rabbitmq_packs import (
-    TASKS_PER_MESSAGE,
+    RESULTS_TYPE,
     TASKS_TYPE,
     HeldMessages,
     chunks,
-    fill,
-    pack,
     pack_bytes,
     packed,
     task_bodies,
 )
+from distq.transport.rabbitmq_retries import RetryQueues, queue_arguments, retry_queues
+from distq.transport.rabbitmq_settle import Outbox
 
-_RESULTS_TYPE = "distq.results"  # one message carrying several results (rabbitmq_packs.pack)
-_PACKED = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value, type=_RESULTS_TYPE)
 _PACKED_TASKS = pika.BasicProperties(
     delivery_mode=pika.DeliveryMode.Persistent.value, type=TASKS_TYPE
 )
 _PROBE_TYPE = "distq.probe"  # a worker asking whether a reply queue exists; see gone()
 # transient, and dropped at once unless a consumer takes it (expiration 0): it never piles up
 _PROBE = pika.BasicProperties(type=_PROBE_TYPE, expiration="0")
-_HOUR_MS = 3_600_000
 _REPLY_PREFETCH = MESSAGE_BATCH  # what a master takes per call; it dedupes, so keep it full
 _CONFIRM_WINDOW = 2000  # unconfirmed task publishes a master may have: bounds its buffer
-_RETRY_REDECLARE_S = 60.0  # re-declaring renews x-expires; well inside its hour
 _PRODUCER_HEARTBEAT = 15  # a master's connection holds no leases; a frozen broker shows in 30 s
 _SHRINK_AFTER = 4  # fetches in a row wanting a quarter of the window before it shrinks
 # between a worker's tries to connect a slot again (see RabbitMQConsumer._linked)
@@ -203,11 +207,6 @@ _SPLIT_PAUSE_S = 10.0
 LETTER_REFUSED_DELAY = 30.0
 
 log = logging.getLogger(__name__)
-
-
-def _retry_queues(queue: str) -> list[str]:
-    """``queue``'s retry queues (``Q.retry.<ms>``) of the backoff schedule."""
-    return [f"{queue}.retry.{ms}" for ms in RETRY_DELAYS_MS]
 
 
 def _receive_until(connection: Any, buffer: deque[Any], wanted: int, timeout: float) -> list[Any]:
@@ -299,11 +298,7 @@ class RabbitMQTransport(Transport):
         return self.dead_lettering(self.dead_queue)
 
     def retry_queue_arguments(self, ms: int) -> dict[str, Any]:
-        return {
-            **self.dead_lettering(self.queue),
-            "x-message-ttl": ms,
-            "x-expires": ms + _HOUR_MS,
-        }
+        return queue_arguments(self.dead_lettering(self.queue), ms)
 
     def record_queue_arguments(self) -> dict[str, Any]:
         """Always classic: a consumer's record queue is new with each connection, and on
@@ -481,17 +476,17 @@ class RabbitMQTransport(Transport):
         """``ready`` and ``dead`` from passive declares; ``in_flight`` is partial.
 
         ``ready`` counts the task queue and the retry queues of distq's backoff schedule
-        (:data:`RETRY_DELAYS_MS`): retries waiting out their delay, as on the other
-        transports. AMQP does not report unacknowledged counts (only the management
-        plugin does), so ``in_flight`` counts the deliveries held by this process's
-        consumers. A queue that does not exist holds nothing: a client (``distq status``)
-        declares none, as one it declared would have the caller's
-        ``DISTQ_RABBITMQ_QUEUE_TYPE``: workers of the other type would then fail to
-        declare it (``PRECONDITION_FAILED``) until it was deleted by hand.
+        (:data:`~distq.transport.rabbitmq_retries.RETRY_DELAYS_MS`): retries waiting out
+        their delay, as on the other transports. AMQP does not report unacknowledged
+        counts (only the management plugin does), so ``in_flight`` counts the deliveries
+        held by this process's consumers. A queue that does not exist holds nothing: a
+        client (``distq status``) declares none, as one it declared would have the
+        caller's ``DISTQ_RABBITMQ_QUEUE_TYPE``: workers of the other type would then fail
+        to declare it (``PRECONDITION_FAILED``) until it was deleted by hand.
         """
 
         def counts(channel: Any) -> tuple[int, int, int]:
-            queues = (self.queue, self.dead_queue, *_retry_queues(self.queue))
+            queues = (self.queue, self.dead_queue, *retry_queues(self.queue))
             tasks, dead, *retries = declared(channel.connection, *queues)
             ready = sum(int(q.message_count) for q in (tasks, *retries) if q is not None)
             consumers = int(tasks.consumer_count) if tasks is not None else 0
@@ -619,7 +614,7 @@ class RabbitMQProducer(Producer):
             if not self._results and tag > self._acked:
                 self._ack_tag = self._acked = tag  # acked with the next call, with the rest
             return
-        if props.type == _RESULTS_TYPE:  # at most a worker's batch: else handed up whole
+        if props.type == RESULTS_TYPE:  # at most a worker's batch: else handed up whole
             results = packed(body, MAX_PREFETCH)
             if results is not None:
                 self._results.extend((tag, result) for result in results)
@@ -710,7 +705,7 @@ class RabbitMQConsumer(Consumer):
         self._broker = broker
         self._buffer: deque[Delivery] = deque()  # tasks received, not handed out yet
         self._held = HeldMessages()  # delivered by the broker, not yet acked or nacked
-        self._retry_declared: dict[int, float] = {}
+        self._retries = RetryQueues(transport.queue, transport.retry_queue_arguments)
         self._tag: str | None = None  # the current basic_consume
         self._window = PrefetchWindow(transport.settings.prefetch)  # the consumer's prefetch
         self._current: set[int] = set()  # held messages that count against that window
@@ -720,10 +715,7 @@ class RabbitMQConsumer(Consumer):
         self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
         self._split_after = 0.0  # no splitting a pack before (see fetch)
         self._said_letters_refused = False
-        # tasks handed out from messages of a link since lost (tag -> body): the broker
-        # took them back (see _linked); the results of those done still go, nothing is
-        # acked
-        self._lost: dict[int, bytes] = {}
+        self._lost = LostTasks(transport.running_lost)  # tasks of a lost link (_linked)
         self._relink_after = 0.0  # no new link tried before (see _linked)
         self._opener = threading.get_ident()  # the slot's thread (see fetch); not the keeper's
         self._try: Try | None = None  # a try to connect afresh, under way or not taken yet
@@ -780,7 +772,7 @@ class RabbitMQConsumer(Consumer):
         self._link.close()
         self._link = link
         buffered = {delivery.tag for delivery in self._buffer}
-        self._mark_lost({t: b for t, b in self._held.bodies().items() if t not in buffered})
+        self._lost.mark({t: b for t, b in self._held.bodies().items() if t not in buffered})
         self._held.clear()
         self._buffer.clear()
         self._again.clear()
@@ -788,7 +780,7 @@ class RabbitMQConsumer(Consumer):
         self._seen.clear()
         self._tag = None
         self._window = PrefetchWindow(self._transport.settings.prefetch)  # no basic_qos yet
-        self._retry_declared.clear()  # a broker restarted empty has none
+        self._retries.forget()  # a broker restarted empty has none
         if self._records is not None:
             self._records.bind(*self._record_io(link), unsure=True)
 
@@ -843,7 +835,7 @@ class RabbitMQConsumer(Consumer):
         redelivered = bool(method.redelivered)
         delivered = self._held.receive(tag, bodies, redelivered)
         self._buffer += delivered
-        if redelivered or (props.headers and _from_a_record(props.headers)):
+        if redelivered or (props.headers and from_a_record(props.headers)):
             self._again.update(d.tag for d in delivered)  # maybe a copy: see _defer_running
         self._per_message = len(bodies)
         if method.consumer_tag == self._tag:
@@ -920,41 +912,21 @@ class RabbitMQConsumer(Consumer):
 
     def _defer_running(self, got: list[Delivery]) -> list[Delivery]:
         """``got`` but the copies of tasks that still run in this worker on a lost link
-        (another slot's, see :meth:`_linked`), which go back to the task queue after
-        :meth:`_defer_seconds` through a retry queue, published before they are acked.
-        Run at once, such a copy ran in full beside its original (a 3 s broker stop cost
-        a second run of a 20 s task, rmq18b); back later, it is acked unrun once the
-        original's result went (:meth:`_drop_done`), and runs if the original failed.
-
-        A redelivered task, or one from an expired lease record, is such a copy also when
-        another slot of this worker has it handed out or recorded still: its link is
-        lost, though that slot has not connected again yet (an idle slot got the copy
-        first after a partition or a frozen broker, every time, rmq19), or the slot
-        renewed its record too late. The copy waits; once the original's result went it
-        is acked unrun (``transport.deferred``), and runs if the original failed."""
-        running, again, deferred = (
-            self._transport.running_lost,
-            self._again,
-            self._transport.deferred,
-        )
-        # a deferred copy back from its retry queue is neither redelivered nor a record's
-        suspects = [d for d in got if d.tag in again or d.body in deferred]
-        elsewhere = self._transport.handed_out_elsewhere(self) if suspects else set()
-        copies = [d for d in got if d.body in running or d.body in elsewhere]
-        for delivery in suspects:
-            if delivery.body not in elsewhere:  # runs now: not a copy to wait any more
-                deferred.discard(delivery.body)
+        (:func:`~distq.transport.rabbitmq_copies.running_copies`), which go back to the
+        task queue after :meth:`_defer_seconds` through a retry queue, published before
+        they are acked. Back later, such a copy is acked unrun once its original's result
+        went (:meth:`_drop_done`: the original's settle found it in ``transport.deferred``),
+        and runs if the original failed."""
+        transport, again = self._transport, self._again
+        elsewhere = partial(transport.handed_out_elsewhere, self)
+        copies = running_copies(got, again, transport.running_lost, transport.deferred, elsewhere)
         # no stale tags (a copy acked unrun, a pack split): each left one more fetch here
         self._again = {tag for tag in again if tag in self._held} - {d.tag for d in got}
         if not copies:
             return got
-        ms = _delay_ms(self._defer_seconds)
-        self._declare_retry_queue(ms)
-        target = f"{self._transport.queue}.retry.{ms}"
-        for delivery in copies:
-            self._link.publish(target, delivery.body, mandatory=True)
+        self._retries.publish(self._link, self._defer_seconds, (d.body for d in copies))
         self._link.confirm()
-        deferred.add(d.body for d in copies)
+        transport.deferred.add(d.body for d in copies)
         return self._acked_out(got, copies)
 
     @property
@@ -976,18 +948,6 @@ class RabbitMQConsumer(Consumer):
         except RuntimeError:  # changed under the read
             return None
         return held
-
-    def _mark_lost(self, lost: dict[int, bytes]) -> None:
-        """These tasks (tag -> body) are lost with their link: see :meth:`_linked`."""
-        new = {tag: body for tag, body in lost.items() if tag not in self._lost}
-        self._lost.update(new)
-        self._transport.running_lost.add(new.values())
-
-    def _unmark_lost(self, tags: Iterable[int]) -> None:
-        """These tasks no longer run here (settled, handed back, or the consumer closed)."""
-        bodies = [body for tag in tags if (body := self._lost.pop(tag, None)) is not None]
-        if bodies:
-            self._transport.running_lost.discard(bodies)
 
     def _size_window(self, want: int) -> None:
         """Consume with a ``basic_qos`` prefetch close to what the caller takes.
@@ -1064,7 +1024,7 @@ class RabbitMQConsumer(Consumer):
                 *self._record_io(self._link),
                 record_queue(self._transport.queue, self.consumer_id),
                 self._transport.record_queue_arguments(),
-                self._mark_lost,  # found gone back after a lost link: lost, as unacked ones
+                self._lost.mark,  # found gone back after a lost link: lost, as unacked ones
             )
         return self._records
 
@@ -1124,71 +1084,32 @@ class RabbitMQConsumer(Consumer):
     def _settle(self, settlements: Sequence[Settlement], tags: list[int]) -> None:
         """:meth:`settle` on the current link: publish, confirm, then ack."""
         self._check_records()
-        link, queue = self._link, self._transport.queue
-        prefix = self._transport.reply_prefix
-        lost, done = self._lost.keys() & tags, list[bytes]()
+        transport, link = self._transport, self._link
+        lost, done = self._lost.among(tags), list[bytes]()
         self.late, self.bounced = frozenset(), {}
         if lost:  # their messages went back with a lost link: see results_only
             settlements, done, self.late = results_only(settlements, lost)
-        for s in settlements:
-            if s.retry is not None and s.retry_delay > 0:
-                self._declare_retry_queue(_delay_ms(s.retry_delay))
-        replies: dict[str, list[bytes]] = {}
-        letters: dict[int, Settlement] = {}  # dead letters by publish sequence
-        for s in settlements:
-            if s.retry is not None:
-                target = queue
-                if s.retry_delay > 0:
-                    target = f"{queue}.retry.{_delay_ms(s.retry_delay)}"
-                link.publish(target, s.retry, mandatory=True)
-            if s.dead_letter is not None:
-                link.publish(self._transport.dead_queue, s.dead_letter, mandatory=True)
-                letters[link.sequence] = s
-            elif s.result is not None and s.reply_to and s.reply_to.startswith(prefix):
-                replies.setdefault(s.reply_to, []).append(s.result)
-        if letters:
-            # a dead letter's error result goes only once the letter is the broker's: one
-            # the dead-letter queue refused sends its task back to run again, and its
-            # error result, sent beside it, reached the master first, which then dropped
-            # the task's later ok result as a duplicate (late21b O2)
-            refused = link.refused(letters)
-            self._letters_refused([letters[n] for n in sorted(refused)])
-            if link.returned_to(self._transport.dead_queue):  # no such queue: none stored,
-                letters = {}  # and the confirm below raises, naming it
-            for n, s in letters.items():
-                if n in refused or s.result is None or not s.reply_to:
-                    continue
-                if s.reply_to.startswith(prefix):
-                    replies.setdefault(s.reply_to, []).append(s.result)
-        # one message per master, however many results, within a pack's byte budget:
-        # a fraction of the broker's work per task. Not mandatory: a reply queue
-        # deleted by its master means nobody waits, and the broker drops it (never
-        # creating the queue).
-        budget = self._transport.pack_bytes
-        for reply_to, results in replies.items():
-            for part in fill(results, len(results), budget):
-                if len(part) == 1:
-                    link.publish(reply_to, part[0], mandatory=False)
-                else:
-                    body = pack(part)
-                    link.publish(reply_to, body, mandatory=False, properties=_PACKED)
+        outbox = Outbox(link, self._retries, transport.dead_queue, transport.reply_prefix)
+        outbox.publish(settlements)  # retries and dead letters
+        outbox.confirm_letters(self._letters_refused)
+        outbox.publish_results(transport.pack_bytes)
         link.confirm()
-        deferred = self._transport.deferred
+        deferred = transport.deferred
         if deferred:  # done, a copy of theirs waiting (see _defer_running): none runs
-            done += [  # not a lost one: one that failed has no retry here, its copy decides
-                s.delivery.body
-                for s in settlements
-                if s.delivery.tag not in lost
-                and s.retry is None
-                and s.dead_letter is None
-                and deferred.take(s.delivery.body)
-            ]
+            done += deferred_done(settlements, lost, deferred)
         if done:  # their results are the broker's now: a copy need not run
-            self._transport.done_copies.add(done)
+            transport.done_copies.add(done)
+        self._ack_settled(settlements, tags, lost)
+
+    def _ack_settled(
+        self, settlements: Sequence[Settlement], tags: list[int], lost: set[int]
+    ) -> None:
+        """Ack the messages the settle of ``tags`` completes, and drop those tasks' lease
+        records: what they ended with (``settlements``, confirmed) is the broker's."""
         try:
             acks = self._held.settle(tags)
             if acks:
-                self._finish(acks, link.channel.basic_ack)
+                self._finish(acks, self._link.channel.basic_ack)
             self._drop_records(tags)
         except PikaError:
             # the link died before the acks (or the records' drop) went: the broker puts
@@ -1204,7 +1125,7 @@ class RabbitMQConsumer(Consumer):
             if self._records is not None:
                 self._records.forget(tags)
         finally:
-            self._unmark_lost(tags)
+            self._lost.unmark(tags)
 
     def _letters_refused(self, settlements: list[Settlement]) -> None:
         """The dead-letter queue refused these dead letters (full: a length limit with
@@ -1230,11 +1151,8 @@ class RabbitMQConsumer(Consumer):
                 self._transport.queue,
                 LETTER_REFUSED_DELAY,
             )
-        ms = _delay_ms(LETTER_REFUSED_DELAY)
-        self._declare_retry_queue(ms)
-        for s in settlements:
-            target = f"{self._transport.queue}.retry.{ms}"
-            self._link.publish(target, s.delivery.body, mandatory=True)
+        bodies = (s.delivery.body for s in settlements)
+        self._retries.publish(self._link, LETTER_REFUSED_DELAY, bodies)
 
     def release(self, deliveries: Sequence[Delivery]) -> int:
         if not deliveries:
@@ -1257,7 +1175,7 @@ class RabbitMQConsumer(Consumer):
         back in the batch, where their settle raised "not held" and tore a live consumer
         down (held19)."""
         records = self._records if self._records is not None else ()
-        self._mark_lost(
+        self._lost.mark(
             {
                 d.tag: d.body
                 for d in deliveries
@@ -1305,7 +1223,7 @@ class RabbitMQConsumer(Consumer):
             self._finish(plan.nack, link.channel.basic_nack)
         dropped = {delivery.tag for delivery in kept}
         self._drop_records([tag for tag in tags if tag not in dropped])
-        self._unmark_lost(tags)  # back in the queue with their lost link
+        self._lost.unmark(tags)  # back in the queue with their lost link
         return kept
 
     def _tags_of(self, deliveries: Iterable[Delivery]) -> list[int]:
@@ -1351,30 +1269,6 @@ class RabbitMQConsumer(Consumer):
             for tag in tags:
                 method(tag)
 
-    def _declare_retry_queue(self, ms: int) -> None:
-        now, last = time.monotonic(), self._retry_declared.get(ms)
-        if last is not None and now - last < _RETRY_REDECLARE_S:
-            return
-        # on a channel of its own: a 406 closes the channel it came on, and on the
-        # link's channel that would hand the whole batch back to run again, forever
-        channel = self._link.connection.channel()
-        try:
-            channel.queue_declare(
-                f"{self._transport.queue}.retry.{ms}",
-                durable=True,
-                arguments=self._transport.retry_queue_arguments(ms),
-            )
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code != 406:
-                raise
-            # declared with other arguments (another DISTQ_RABBITMQ_QUEUE_TYPE, within
-            # the hour it lives): its delay and its target are the same, so it is used
-            # as it is
-        else:
-            with contextlib.suppress(*PikaError):
-                channel.close()
-        self._retry_declared[ms] = now
-
     def close(self) -> None:
         """Close the connection; RabbitMQ requeues every delivery still held.
 
@@ -1400,17 +1294,8 @@ class RabbitMQConsumer(Consumer):
         self._buffer.clear()
         self._again.clear()
         self._seen.clear()
-        self._unmark_lost(list(self._lost))
+        self._lost.clear()
         self._records = None
-
-
-def _from_a_record(headers: dict[str, Any]) -> bool:
-    """Whether a message's headers say it expired from a lease record queue into the
-    task queue (RabbitMQ's ``x-death``): a copy of a task some worker held past a lease."""
-    deaths = headers.get("x-death")
-    return isinstance(deaths, list) and any(
-        isinstance(death, dict) and ".held." in str(death.get("queue", "")) for death in deaths
-    )
 
 
 class PrefetchWindow:
@@ -1445,12 +1330,3 @@ class PrefetchWindow:
             size = min(self.prefetch, max(want, 2 * self.size))
         self.size, self._small = size, 0
         return size
-
-
-def _delay_ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
-
-
-#: The delays of distq's retries (:func:`distq.ending.retry_delay`, 0.5 s to 30 s), in
-#: ms: the names of the retry queues a worker declares, which ``stats`` counts as ready.
-RETRY_DELAYS_MS = tuple(sorted({_delay_ms(retry_delay(attempt)) for attempt in range(1, 64)}))

@@ -13,17 +13,21 @@ slots gets runs only when it must:
 * :class:`BodySet`: the tasks done on a lost link, whose copies are acked unrun, and the
   copies that waited while their originals ran, acked unrun once those are done (and
   run if they failed).
+
+And what one consumer keeps: its tasks lost with a link (:class:`LostTasks`). Which
+tasks a fetch got are copies that wait (:func:`running_copies`), and which copies a
+settle lets go unrun (:func:`deferred_done`), are decided here.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import msgspec
 
-from distq.transport.base import Settlement
+from distq.transport.base import Delivery, Settlement
 
 
 def results_only(
@@ -121,3 +125,86 @@ class RunningLost:
                     self._bodies[body] = left
                 else:
                     self._bodies.pop(body, None)
+
+
+class LostTasks:
+    """The tasks one consumer handed out from messages of a link since lost (tag -> body):
+    the broker took them back (see
+    :meth:`~distq.transport.rabbitmq.RabbitMQConsumer._linked`); the results of those
+    done still go (:func:`results_only`), nothing is acked. Their bodies are in the
+    process's ``running`` (:class:`RunningLost`) while they are here. One thread at a
+    time, like the consumer."""
+
+    def __init__(self, running: RunningLost) -> None:
+        self._running = running
+        self._tasks: dict[int, bytes] = {}
+
+    def __contains__(self, tag: object) -> bool:
+        return tag in self._tasks
+
+    def among(self, tags: Iterable[int]) -> set[int]:
+        """Those of ``tags`` that are lost."""
+        return self._tasks.keys() & tags
+
+    def mark(self, lost: dict[int, bytes]) -> None:
+        """These tasks (tag -> body) are lost with their link."""
+        new = {tag: body for tag, body in lost.items() if tag not in self._tasks}
+        self._tasks.update(new)
+        self._running.add(new.values())
+
+    def unmark(self, tags: Iterable[int]) -> None:
+        """These tasks no longer run here (settled, handed back, or the consumer closed)."""
+        bodies = [body for tag in tags if (body := self._tasks.pop(tag, None)) is not None]
+        if bodies:
+            self._running.discard(bodies)
+
+    def clear(self) -> None:
+        """None runs here any more: the consumer closed."""
+        self.unmark(list(self._tasks))
+
+
+def running_copies(
+    got: Sequence[Delivery],
+    again: Collection[object],
+    running: RunningLost,
+    deferred: BodySet,
+    elsewhere: Callable[[], set[bytes]],
+) -> list[Delivery]:
+    """Those of ``got`` that are copies of tasks still running in this worker on a lost
+    link (in ``running``: another slot's, see
+    :meth:`~distq.transport.rabbitmq.RabbitMQConsumer._linked`), to wait before they run.
+    Run at once, such a copy ran in full beside its original (a 3 s broker stop cost a
+    second run of a 20 s task, rmq18b).
+
+    A redelivered task, or one from an expired lease record (their tags in ``again``),
+    or a deferred copy back from its retry queue (its body in ``deferred``), is such a
+    copy also when another slot of this worker has it handed out or recorded still
+    (``elsewhere()``, the bodies the process's other consumers hold: read only when one
+    of ``got`` is suspect): its link is lost, though that slot has not connected again
+    yet (an idle slot got the copy first after a partition or a frozen broker, every
+    time, rmq19), or the slot renewed its record too late. A suspect that is no such
+    copy runs now: it leaves ``deferred``."""
+    # a deferred copy back from its retry queue is neither redelivered nor a record's
+    suspects = [d for d in got if d.tag in again or d.body in deferred]
+    held = elsewhere() if suspects else set()
+    copies = [d for d in got if d.body in running or d.body in held]
+    for delivery in suspects:
+        if delivery.body not in held:  # runs now: not a copy to wait any more
+            deferred.discard(delivery.body)
+    return copies
+
+
+def deferred_done(
+    settlements: Sequence[Settlement], lost: Collection[int], deferred: BodySet
+) -> list[bytes]:
+    """The bodies of the tasks of ``settlements`` done (neither retried nor
+    dead-lettered) whose copies wait deferred, taken from ``deferred``: none of those
+    copies runs. Not a ``lost`` one: one that failed has no retry here, its copy decides."""
+    return [
+        s.delivery.body
+        for s in settlements
+        if s.delivery.tag not in lost
+        and s.retry is None
+        and s.dead_letter is None
+        and deferred.take(s.delivery.body)
+    ]

@@ -28,9 +28,10 @@ import pika.exceptions
 from distq.config import MESSAGE_BATCH
 from distq.envelope import DeadLetter
 from distq.errors import EnvelopeError, TransportError
+from distq.framing import pack
 from distq.transport.base import Revive, is_orphan_of
 from distq.transport.rabbitmq_link import Link, PikaError, declared, exists
-from distq.transport.rabbitmq_packs import TASKS_TYPE, pack, task_bodies
+from distq.transport.rabbitmq_packs import TASKS_TYPE, task_bodies
 
 #: How long a peek waits for RabbitMQ to put back the letters it held ...
 REQUEUED_WITHIN = 10.0

@@ -58,6 +58,15 @@ def record_queue(queue: str, consumer_id: str) -> str:
     return head + digest
 
 
+def from_a_record(headers: dict[str, Any]) -> bool:
+    """Whether a message's headers say it expired from a lease record queue into the
+    task queue (RabbitMQ's ``x-death``): a copy of a task some worker held past a lease."""
+    deaths = headers.get("x-death")
+    return isinstance(deaths, list) and any(
+        isinstance(death, dict) and ".held." in str(death.get("queue", "")) for death in deaths
+    )
+
+
 class LeaseRecords:
     """One consumer's lease records: task bodies by delivery tag, kept in its own queue.
 

@@ -2,9 +2,10 @@
 
 RabbitMQ's own work per message (store, deliver, confirm, ack) dwarfs the work per
 byte, so a master packs the tasks of a large submit into messages of up to
-:data:`TASKS_PER_MESSAGE` (``type: distq.tasks``, each body after its 4-byte big-endian
-length: :func:`pack`), while keeping at least :data:`MESSAGES_PER_SUBMIT` messages per
-submit, so that a small job still spreads over the workers. A single task is a plain
+:data:`~distq.framing.TASKS_PER_MESSAGE` (``type: distq.tasks``, each body after its
+4-byte big-endian length: :func:`~distq.framing.pack`), while keeping at least
+:data:`MESSAGES_PER_SUBMIT` messages per submit, so that a small job still spreads over
+the workers. A single task is a plain
 message, as before packing existed.
 
 Packs have a byte budget as well (:func:`pack_bytes`): a pack, its length prefixes
@@ -43,35 +44,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from distq.framing import LENGTH_BYTES, TASKS_PER_MESSAGE, unpack
 from distq.transport.base import Delivery
 
 #: The ``type`` property of a message packing several tasks.
 TASKS_TYPE = "distq.tasks"
-#: A master packs at most this many tasks into one message.
-TASKS_PER_MESSAGE = 32
-#: ... and splits a submit into at least this many messages (fewer tasks: one each).
+#: ... and of one a worker packs several results into, for one master.
+RESULTS_TYPE = "distq.results"
+#: A master splits a submit into at least this many messages (fewer tasks: one each).
 MESSAGES_PER_SUBMIT = 8
 #: No pack is larger than this: RabbitMQ 4.x's default ``max_message_size``.
 MAX_PACK_BYTES = 16 << 20
-#: What :func:`pack` adds per body: its length.
-LENGTH_BYTES = 4
-
-
-def pack(bodies: Sequence[bytes]) -> bytes:
-    """Several bodies as one message body: each one after its 4-byte length."""
-    return b"".join(len(body).to_bytes(4, "big") + body for body in bodies)
-
-
-def unpack(data: bytes) -> list[bytes]:
-    """The bodies :func:`pack` packed; ``ValueError`` if ``data`` is not such."""
-    bodies, at, end = [], 0, len(data)
-    while at < end:
-        size = int.from_bytes(data[at : at + 4], "big")
-        if at + 4 + size > end:
-            raise ValueError("truncated pack")
-        bodies.append(data[at + 4 : at + 4 + size])
-        at += 4 + size
-    return bodies
 
 
 def packed(data: bytes, most: int) -> list[bytes] | None:
@@ -85,37 +68,13 @@ def packed(data: bytes, most: int) -> list[bytes] | None:
     return bodies if 0 < len(bodies) <= most and b"" not in bodies else None
 
 
-def pack_problem(data: bytes) -> str | None:
-    """Why ``data``, a message some worker found no task in, is no pack a distq master
-    writes, when it starts as one does (a 4-byte length, so a NUL byte: no JSON text
-    does); None when it does not. What a worker's dead letter says instead of "not
-    UTF-8 at position 3", the low byte of the length (input17)."""
-    if not data.startswith(b"\x00") or 4 + int.from_bytes(data[:4], "big") > len(data):
-        return None  # not even its first task: UTF-16 or UTF-32 JSON, say (diff17)
-    try:
-        bodies = unpack(data)
-    except ValueError:
-        return "a pack of tasks (distq.tasks) cut short: its lengths run past its end"
-    if b"" in bodies:
-        return "a pack of tasks (distq.tasks) holding an empty one"
-    if len(bodies) > TASKS_PER_MESSAGE:
-        return (
-            f"a pack of {len(bodies)} tasks (distq.tasks), over the {TASKS_PER_MESSAGE} "
-            "a worker takes from one message: pack at most that many, or send one per message"
-        )
-    return (
-        f"a pack of {len(bodies)} task(s) sent without the message type distq.tasks "
-        "that says it is one"
-    )
-
-
 def task_bodies(message_type: str | None, body: bytes) -> list[bytes]:
     """The tasks one message of the task queue carries: a pack's bodies, else the body.
 
     A pack no master writes is one body, whole, which the worker finds malformed and
     dead-letters once: one that does not unpack, is empty, holds an empty body or more
-    than :data:`TASKS_PER_MESSAGE`. Without these limits a queue writer turned one
-    64 KiB message into 16,384 dead letters and as many log lines. Its size is no
+    than :data:`~distq.framing.TASKS_PER_MESSAGE`. Without these limits a queue writer
+    turned one 64 KiB message into 16,384 dead letters and as many log lines. Its size is no
     reason: each task is judged by the worker's own limit, and masters older than the
     :data:`MAX_PACK_BYTES` budget wrote packs up to 32 times a task's limit (taken whole
     as one task over the limit, all 32 tasks were dead-lettered cut to 64 KiB, lost).
@@ -143,8 +102,8 @@ def chunks(bodies: Sequence[bytes], max_bytes: int) -> list[Sequence[bytes]]:
 
 def fill(bodies: Sequence[bytes], per_message: int, max_bytes: int) -> list[Sequence[bytes]]:
     """``bodies`` in order, split into messages of at most ``per_message`` bodies whose
-    :func:`pack` is at most ``max_bytes`` long; a body that fits beside no other is a
-    message of its own, whatever its size."""
+    :func:`~distq.framing.pack` is at most ``max_bytes`` long; a body that fits beside
+    no other is a message of its own, whatever its size."""
     if not bodies:
         return []
     per_message = max(1, per_message)

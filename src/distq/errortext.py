@@ -1,0 +1,53 @@
+"""Exceptions as text: what a log line, a dead letter or an error result says of one.
+
+Any exception, whatever its ``__str__`` does (raises, returns text that is not UTF-8,
+or megabytes of it): :func:`describe` is ``Type: message``, cut to
+:data:`MAX_MESSAGE_CHARS`; :func:`traceback_text` is its traceback, cut in the middle
+to :data:`MAX_TRACEBACK_CHARS`. The worker's endings (:mod:`distq.ending`), its lines
+and the task registry's errors say exceptions so.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+#: Longest traceback text an error result carries; longer ones keep their end.
+MAX_TRACEBACK_CHARS = 8000
+#: Longest exception message a reason (log line, dead letter, error result) carries;
+#: longer ones keep their start. A 5 MB message made a dead letter over the broker's
+#: max_message_size, refused, and the task ran again for good.
+MAX_MESSAGE_CHARS = 4000
+
+
+def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> str:
+    """``error``'s traceback as Python prints it; over ``limit`` characters, its first
+    and last halves: the frames where it began, and the innermost with the message (the
+    end alone was only the message, when that was long)."""
+    text = printable("".join(traceback.format_exception(error)))
+    if len(text) > limit:
+        half = limit // 2
+        text = f"{text[:half]}\n... ({len(text) - 2 * half:,} characters cut)\n{text[-half:]}"
+    return text
+
+
+def describe(error: BaseException) -> str:
+    """``Type: message`` of ``error``, whatever its ``__str__`` does (raises, returns text
+    that is not UTF-8), as text any log or envelope can carry."""
+    text = message(error)
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS:,} characters cut)"
+    return printable(f"{type(error).__name__}: {text}" if text else type(error).__name__)
+
+
+def message(error: BaseException) -> str:
+    """``str(error)``, or a placeholder when its ``__str__`` raises (even ``SystemExit``)
+    or the int it holds is too long to print."""
+    try:
+        return str(error)
+    except BaseException:
+        return "<exception str() failed>"
+
+
+def printable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot carry (unpaired surrogates) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -1,0 +1,59 @@
+"""Several bodies in one message, each after its 4-byte big-endian length (:func:`pack`).
+
+RabbitMQ's transport sends tasks and results so, several to a message: a master packs
+at most :data:`TASKS_PER_MESSAGE` tasks into one, and a worker takes no more from one
+(:mod:`distq.transport.rabbitmq_packs`). A worker that finds no task in a message,
+whichever transport brought it, says why when the message starts as a pack does
+(:func:`pack_problem`, in its dead letter: :mod:`distq.ending`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+#: A master packs at most this many tasks into one message; a worker takes no
+#: more from one.
+TASKS_PER_MESSAGE = 32
+#: What :func:`pack` adds per body: its length.
+LENGTH_BYTES = 4
+
+
+def pack(bodies: Sequence[bytes]) -> bytes:
+    """Several bodies as one message body: each one after its 4-byte length."""
+    return b"".join(len(body).to_bytes(4, "big") + body for body in bodies)
+
+
+def unpack(data: bytes) -> list[bytes]:
+    """The bodies :func:`pack` packed; ``ValueError`` if ``data`` is not such."""
+    bodies, at, end = [], 0, len(data)
+    while at < end:
+        size = int.from_bytes(data[at : at + 4], "big")
+        if at + 4 + size > end:
+            raise ValueError("truncated pack")
+        bodies.append(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    return bodies
+
+
+def pack_problem(data: bytes) -> str | None:
+    """Why ``data``, a message some worker found no task in, is no pack a distq master
+    writes, when it starts as one does (a 4-byte length, so a NUL byte: no JSON text
+    does); None when it does not. What a worker's dead letter says instead of "not
+    UTF-8 at position 3", the low byte of the length (input17)."""
+    if not data.startswith(b"\x00") or 4 + int.from_bytes(data[:4], "big") > len(data):
+        return None  # not even its first task: UTF-16 or UTF-32 JSON, say (diff17)
+    try:
+        bodies = unpack(data)
+    except ValueError:
+        return "a pack of tasks (distq.tasks) cut short: its lengths run past its end"
+    if b"" in bodies:
+        return "a pack of tasks (distq.tasks) holding an empty one"
+    if len(bodies) > TASKS_PER_MESSAGE:
+        return (
+            f"a pack of {len(bodies)} tasks (distq.tasks), over the {TASKS_PER_MESSAGE} "
+            "a worker takes from one message: pack at most that many, or send one per message"
+        )
+    return (
+        f"a pack of {len(bodies)} task(s) sent without the message type distq.tasks "
+        "that says it is one"
+    )
