@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import traceback
 
-#: Longest traceback text an error result carries; longer ones keep their end.
+#: Longest traceback text an error result carries; longer ones keep their start and end.
 MAX_TRACEBACK_CHARS = 8000
 #: Longest exception message a reason (log line, dead letter, error result) carries;
 #: longer ones keep their start. A 5 MB message made a dead letter over the broker's
