@@ -1099,17 +1099,18 @@ class RabbitMQConsumer(Consumer):
             done += deferred_done(settlements, lost, deferred)
         if done:  # their results are the broker's now: a copy need not run
             transport.done_copies.add(done)
-        self._ack_settled(settlements, tags, lost)
+        self._ack_settled(link, settlements, tags, lost)
 
     def _ack_settled(
-        self, settlements: Sequence[Settlement], tags: list[int], lost: set[int]
+        self, link: Link, settlements: Sequence[Settlement], tags: list[int], lost: set[int]
     ) -> None:
-        """Ack the messages the settle of ``tags`` completes, and drop those tasks' lease
-        records: what they ended with (``settlements``, confirmed) is the broker's."""
+        """Ack on ``link``, the settle's, the messages the settle of ``tags`` completes, and
+        drop those tasks' lease records: what they ended with (``settlements``, confirmed)
+        is the broker's."""
         try:
             acks = self._held.settle(tags)
             if acks:
-                self._finish(acks, self._link.channel.basic_ack)
+                self._finish(acks, link.channel.basic_ack)
             self._drop_records(tags)
         except PikaError:
             # the link died before the acks (or the records' drop) went: the broker puts
