@@ -105,20 +105,27 @@ def _bodies(n: int, prefix: str = "task") -> list[bytes]:
     return [f"{prefix}-{i}".encode() for i in range(n)]
 
 
+# ahead of Redis's time by more than any stall of this process before the next sweep
+CLOCK_AHEAD_MS = 30_000
+
+
 def _outlive_lease(raw: redis.Redis[bytes], t: RedisTransport, seconds: float = 0.6) -> None:
     """Wait past a lease while the rest of a live system calls Redis: each of its sweeps
     sets the clock they read. A Redis nobody called for half a lease is taken for a
-    frozen one, and the leases that ran out meanwhile get their time back. It returns
-    right after a write, and the consumer that sweeps next is made (connected) before
-    it: a loaded machine that took over half a lease between them failed the test
-    (``make test`` in 4 processes)."""
+    frozen one, and the leases that ran out meanwhile get their time back. So the last
+    write sets the clock ahead of Redis's time (as a snapshot from another host would):
+    the next sweep writes its own time over it and resumes nothing, however long this
+    process stalls before it. The last write with Redis's time instead failed the tests
+    when this process stalled over half a lease right after it, while the lease ran out:
+    the sweep gave that lease its time back (CI at ``d6bf98e``, ``make test`` in 4
+    processes; a 0.35 s sleep there fails all seven)."""
     end = time.monotonic() + seconds
-    while True:
+    while time.monotonic() < end:
         secs, micros = raw.time()
         raw.hset(t.clock_key, "at", secs * 1000 + micros // 1000)
-        if time.monotonic() >= end:
-            return
         time.sleep(0.05)
+    secs, micros = raw.time()
+    raw.hset(t.clock_key, "at", secs * 1000 + micros // 1000 + CLOCK_AHEAD_MS)
 
 
 def test_ready_list_is_named_after_the_queue_and_fifo(
