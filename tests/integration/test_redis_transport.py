@@ -376,14 +376,18 @@ def test_a_waiting_consumer_wakes_when_a_delayed_retry_is_due(
     t.producer("r").submit([b"t"])
     consumer = t.consumer("c")
     (delivery,) = consumer.fetch(1, timeout=1)
-    consumer.settle([Settlement(delivery, retry=b"t-2", retry_delay=0.4)])
+    # timed from before the settle that sets the due time, and due in 1 s: due in 0.4 s
+    # and timed from after the settle, a stall of this process of 0.3 s between them
+    # made the wait measured 0.2 s, and one of 0.45 s made the retry due before the
+    # looks below
     start = time.monotonic()
+    consumer.settle([Settlement(delivery, retry=b"t-2", retry_delay=1.0)])
     assert consumer.fetch(1, timeout=0) == []
     assert raw.zcard(f"distq:{queue}:delayed") == 1 and t.stats().ready == 1
     got = consumer.fetch(1, timeout=10)
     waited = time.monotonic() - start
     assert [d.body for d in got] == [b"t-2"]
-    assert 0.3 < waited < 2.5  # woke at the due time (0.4 s), not at the next 3.3 s slice
+    assert 0.9 < waited < 2.5  # woke at the due time (1 s), not at the next 3.3 s slice
 
 
 def test_lost_script_cache_is_reloaded(
