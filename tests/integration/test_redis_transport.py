@@ -845,7 +845,9 @@ def test_a_command_renamed_away_is_a_config_error_not_an_outage(
         transport = RedisTransport(settings, "worker")
         try:
             with pytest.raises(ConfigError, match="does not know a command distq uses"):
-                transport.consumer("w").fetch(1, 0.3)  # an empty queue: it waits, by BLMOVE
+                # an empty queue: it waits, by BLMOVE. Up to 5 s: with 0.3 s, a claim
+                # slower than that (a starved Redis) left no time to wait, nothing raised
+                transport.consumer("w").fetch(1, 5.0)
         finally:
             transport.close()
 
