@@ -1734,6 +1734,18 @@ def test_a_settle_after_the_queue_ran_dry_waits_for_the_next_task_in_its_round_t
     assert t.stats().in_flight == 0
 
 
+def _kill_once_blocked(raw: redis.Redis[bytes], client_id: int) -> None:
+    """Close the server side of connection ``client_id`` once it waits in a blocking
+    command (``b`` in its CLIENT LIST flags). A kill 0.3 s after the call began came
+    before its settle was sent when this process stalled meanwhile: the settle went out
+    on a dead connection, a plain TransportError."""
+    deadline = time.monotonic() + 10
+    while not any(int(c["id"]) == client_id and "b" in c["flags"] for c in raw.client_list()):
+        assert time.monotonic() < deadline, "the connection never waited"
+        time.sleep(0.01)
+    raw.client_kill_filter(_id=client_id)
+
+
 def test_a_connection_lost_while_a_settle_waits_still_counts_the_settle(
     open_transport: OpenTransport, raw: redis.Redis[bytes]
 ) -> None:
@@ -1747,7 +1759,7 @@ def test_a_connection_lost_while_a_settle_waits_still_counts_the_settle(
     (delivery,) = consumer.fetch(5, timeout=1)  # 1 of 5: the next settle waits
     client_id = consumer._w.execute_command("CLIENT", "ID")
     settled = Settlement(delivery, reply_to=producer.reply_to, result=b"r")
-    kill = _later(0.3, raw.client_kill_filter, client_id)
+    kill = _later(0.0, _kill_once_blocked, raw, client_id)
     with kill, pytest.raises(SettledThenFailed, match="Redis at"):
         consumer.settle_then_fetch([settled], 5, timeout=5)
     assert producer.results(5, timeout=1) == [b"r"]
