@@ -1848,9 +1848,11 @@ def test_a_settle_waits_no_longer_than_until_the_next_retry_is_due(
     other, consumer = t.consumer("other"), t.consumer("c")
     producer.submit([b"flaky"])
     (flaky,) = other.fetch(1, timeout=1)
-    other.settle([Settlement(flaky, retry=b"flaky-2", retry_delay=1.0)])
+    # due in 1.5 s: with 1 s, this process stalling a second before the claim below
+    # found it due, and claimed it with the task
+    other.settle([Settlement(flaky, retry=b"flaky-2", retry_delay=1.5)])
     producer.submit([b"task"])
-    (task,) = consumer.fetch(5, timeout=1)  # its claim saw the retry due in about 1 s
+    (task,) = consumer.fetch(5, timeout=1)  # its claim saw the retry due in about 1.5 s
     started = time.monotonic()
     done = Settlement(task, reply_to=producer.reply_to, result=b"r")
     got = consumer.settle_then_fetch([done], 5, timeout=10)
