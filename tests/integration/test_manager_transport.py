@@ -180,7 +180,14 @@ def test_a_batch_with_a_retry_is_one_call_that_says_which_were_late(
         assert not consumer.late
         consumer.close()
         calls = _calls_of(stalled)
-        time.sleep(1.6)  # its lease (1 s) lapses: the master's reaper puts it back
+        # its lease (1 s) lapses: the master's reaper puts it back beside "c" and "b-again".
+        # Waited for, not slept past (1.6 s): this process (the master) stopped over half
+        # a lease around the deadline stood still, and the lease gets its time back
+        # (once), so after 1.6 s it had not lapsed yet (stopped 0.8 s from 0.85 s on)
+        deadline = time.monotonic() + 10
+        while hosted.stats().ready < 3:
+            assert time.monotonic() < deadline, "the lease never lapsed"
+            time.sleep(0.05)
         copies = stalled.settle_then_fetch([Settlement(late, retry=b"a-again")], 5)
         assert stalled.late == {late.tag}
         expected = ["settle_fetch_late", "settle", "fetch"] if older else ["settle_fetch_late"]
