@@ -1652,17 +1652,12 @@ def test_a_deleted_lease_record_queue_is_declared_again_and_still_brings_the_tas
     (delivery,) = fetch_n(consumer, 1)
     records = record_queue(queue, consumer.consumer_id)
 
-    def beat(seconds: float) -> None:  # the worker's keeper, three times a lease
-        until = time.monotonic() + seconds
-        while time.monotonic() < until:
-            consumer.heartbeat()
-            time.sleep(0.3)
-
     try:
-        beat(1.5)  # held past its lease: the record holds it now
+        # the worker's keeper, three times a lease
+        _heartbeats(consumer, 1.5, every=0.3)  # held past its lease: the record holds it now
         assert _ready(raw, records) == 1
         raw.queue_delete(records)
-        beat(1.0)  # raised "has no queue ... to route to" before
+        _heartbeats(consumer, 1.0, every=0.3)  # raised "has no queue ... to route to" before
         assert _ready(raw, records) == 1
         sock = consumer._link.connection._impl._transport._sock
         sock.shutdown(socket.SHUT_RDWR)  # the worker dies: nothing renews the record
@@ -1702,12 +1697,32 @@ def test_a_pack_partly_settled_has_its_open_tasks_recorded_at_the_keepers_heartb
         raw.queue_delete(records)
 
 
-def _heartbeats(consumer: Any, seconds: float, every: float) -> None:
-    """The worker's keeper: a heartbeat every ``every`` seconds for ``seconds``."""
+def _heartbeats(consumer: Any, seconds: float, every: float) -> float:
+    """The worker's keeper: a heartbeat every ``every`` seconds for ``seconds``, and one
+    of them a lease or more after the first, which starts the lease of a delivery no
+    heartbeat saw yet (so a delivery held is in a lease record after it); when the last
+    heartbeat ended (``time.monotonic()``).
+
+    A stall of this process in the last sleeps ran past ``seconds`` with no heartbeat a
+    lease after the first, and no record held the task: then one more comes after."""
+    lease = consumer._transport.settings.lease_seconds
     until = time.monotonic() + seconds
+    first: float | None = None
+    late = False
     while time.monotonic() < until:
+        began = time.monotonic()
         consumer.heartbeat()
+        last = time.monotonic()
+        if first is None:
+            first = last
+        late = late or began >= first + lease
         time.sleep(every)
+    assert first is not None, "no heartbeat"
+    if not late:
+        time.sleep(max(0.0, first + lease - time.monotonic()))
+        consumer.heartbeat()
+        last = time.monotonic()
+    return last
 
 
 def test_a_lease_record_renewed_late_still_holds_its_task(
