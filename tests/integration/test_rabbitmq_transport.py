@@ -1739,9 +1739,14 @@ def test_a_lease_record_renewed_late_still_holds_its_task(
     fetch_n(consumer, 1)
     records = record_queue(queue, consumer.consumer_id)
     try:
-        _heartbeats(consumer, 3.0, every=0.6)  # held past its lease: the record holds it now
+        # held past its lease: the record holds it now, written or renewed by the last
+        # heartbeat
+        renewed = _heartbeats(consumer, 3.0, every=0.6)
         assert _ready(raw, records) == 1
-        time.sleep(3.0)  # the next renewal comes 1.5 leases late
+        # the next renewal comes 1.5 leases after that one, however long this process
+        # stalled since; a sleep of 3 s after the loop made it 1.8 leases at least, and
+        # a stall of 0.4 s more let the record expire
+        time.sleep(max(0.0, renewed + 3.0 - time.monotonic()))
         assert _ready(raw, queue) == 0 and _ready(raw, records) == 1
         consumer.heartbeat()
         assert _ready(raw, records) == 1 and _ready(raw, queue) == 0
