@@ -1445,8 +1445,9 @@ def test_a_record_that_expired_while_the_link_was_lost_is_not_renewed(
         assert _ready(raw, records) == 1 and _ready(raw, queue) == 0
         with pytest.raises(TransportError):
             consumer.heartbeat()
-        time.sleep(2.5)  # the record expires into the task queue
-        assert _ready(raw, queue) == 1
+        # the record expires into the task queue: waited for, where a sleep of 2.5 s
+        # failed when the broker expired it 0.8 s late
+        assert _ready_within(raw, queue, 1, 10)
         consumer.heartbeat()  # connects again; the record is not made again
         assert _ready(raw, records) == 0 and _ready(raw, queue) == 1
         consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r")])
@@ -1472,7 +1473,9 @@ def test_a_settle_before_the_first_renewal_after_a_reconnect_checks_the_records(
     try:
         with pytest.raises(TransportError):
             consumer.heartbeat()
-        time.sleep(2.5)  # the record expires into the task queue
+        # the record expires into the task queue: waited for, where a sleep of 2.5 s
+        # failed when the broker expired it 0.8 s late
+        assert _ready_within(raw, queue, 1, 10)
         consumer.settle([Settlement(delivery, retry=b"long-attempt-2")])  # before a renewal
         got = [
             body for _, _, body in iter(lambda: raw.basic_get(queue, auto_ack=True), (None,) * 3)
