@@ -180,7 +180,14 @@ def test_a_batch_with_a_retry_is_one_call_that_says_which_were_late(
         assert not consumer.late
         consumer.close()
         calls = _calls_of(stalled)
-        time.sleep(1.6)  # its lease (1 s) lapses: the master's reaper puts it back
+        # its lease (1 s) lapses: the master's reaper puts it back beside "c" and "b-again".
+        # Waited for, not slept past (1.6 s): this process (the master) stopped over half
+        # a lease around the deadline stood still, and the lease gets its time back
+        # (once), so after 1.6 s it had not lapsed yet (stopped 0.8 s from 0.85 s on)
+        deadline = time.monotonic() + 10
+        while hosted.stats().ready < 3:
+            assert time.monotonic() < deadline, "the lease never lapsed"
+            time.sleep(0.05)
         copies = stalled.settle_then_fetch([Settlement(late, retry=b"a-again")], 5)
         assert stalled.late == {late.tag}
         expected = ["settle_fetch_late", "settle", "fetch"] if older else ["settle_fetch_late"]
@@ -287,7 +294,9 @@ def test_one_renewal_for_all_slots_passes_over_a_slot_of_the_master_before() -> 
     proxy: one still in a task of the master before a restart made every renewal fail,
     and the other slots' tasks ran twice. An id the new master does not know is passed
     over, and the keeper's own proxy is made again after its failure."""
-    settings = replace(_settings("batched"), lease_seconds=1.0)
+    # a 2 s lease: renewed every 0.25 s, it outlives a stall of this process of 1.75 s
+    # (the master, a process of its own, runs on); a 1 s lease lapsed in one of 0.75 s
+    settings = replace(_settings("batched"), lease_seconds=2.0)
     env = _env(settings)
     with _killed_with_a_task(settings, env) as (remote, old, keeper), _master_process(env):
         with contextlib.suppress(TransportError):  # this thread's connection, stale
@@ -295,7 +304,7 @@ def test_one_renewal_for_all_slots_passes_over_a_slot_of_the_master_before() -> 
         new = remote.consumer("c1")
         (held,) = fetch_n(new, 1)
         other = remote.consumer("c2")
-        for _ in range(8):  # two seconds, two leases: renewed every 0.25 s
+        for _ in range(12):  # three seconds, a lease and a half: renewed every 0.25 s
             with contextlib.suppress(TransportError):  # the keeper's stale proxy, once
                 keeper.submit(remote.heartbeat, [old, new]).result(10)
             assert other.fetch(1, 0.25) == [], "the renewed task went to another slot"

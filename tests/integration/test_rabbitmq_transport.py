@@ -1445,8 +1445,9 @@ def test_a_record_that_expired_while_the_link_was_lost_is_not_renewed(
         assert _ready(raw, records) == 1 and _ready(raw, queue) == 0
         with pytest.raises(TransportError):
             consumer.heartbeat()
-        time.sleep(2.5)  # the record expires into the task queue
-        assert _ready(raw, queue) == 1
+        # the record expires into the task queue: waited for, where a sleep of 2.5 s
+        # failed when the broker expired it 0.8 s late
+        assert _ready_within(raw, queue, 1, 10)
         consumer.heartbeat()  # connects again; the record is not made again
         assert _ready(raw, records) == 0 and _ready(raw, queue) == 1
         consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r")])
@@ -1472,7 +1473,9 @@ def test_a_settle_before_the_first_renewal_after_a_reconnect_checks_the_records(
     try:
         with pytest.raises(TransportError):
             consumer.heartbeat()
-        time.sleep(2.5)  # the record expires into the task queue
+        # the record expires into the task queue: waited for, where a sleep of 2.5 s
+        # failed when the broker expired it 0.8 s late
+        assert _ready_within(raw, queue, 1, 10)
         consumer.settle([Settlement(delivery, retry=b"long-attempt-2")])  # before a renewal
         got = [
             body for _, _, body in iter(lambda: raw.basic_get(queue, auto_ack=True), (None,) * 3)
@@ -1628,8 +1631,11 @@ def test_a_channel_the_broker_closed_is_named_not_opened_again(
     fetch_n(consumer, 1)
     old = consumer._link
     old.channel.basic_ack(999)  # an unknown delivery tag: PRECONDITION_FAILED
+    # until the broker's close comes in: 20 heartbeats 0.05 s apart gave a broker that
+    # stalled a second no time to send it, and nothing raised
+    deadline = time.monotonic() + 10
     with pytest.raises(TransportError, match=r"(?i)unknown delivery tag"):
-        for _ in range(20):
+        while time.monotonic() < deadline:
             consumer.heartbeat()
             time.sleep(0.05)
     assert consumer._link is old
@@ -1652,17 +1658,12 @@ def test_a_deleted_lease_record_queue_is_declared_again_and_still_brings_the_tas
     (delivery,) = fetch_n(consumer, 1)
     records = record_queue(queue, consumer.consumer_id)
 
-    def beat(seconds: float) -> None:  # the worker's keeper, three times a lease
-        until = time.monotonic() + seconds
-        while time.monotonic() < until:
-            consumer.heartbeat()
-            time.sleep(0.3)
-
     try:
-        beat(1.5)  # held past its lease: the record holds it now
+        # the worker's keeper, three times a lease
+        _heartbeats(consumer, 1.5, every=0.3)  # held past its lease: the record holds it now
         assert _ready(raw, records) == 1
         raw.queue_delete(records)
-        beat(1.0)  # raised "has no queue ... to route to" before
+        _heartbeats(consumer, 1.0, every=0.3)  # raised "has no queue ... to route to" before
         assert _ready(raw, records) == 1
         sock = consumer._link.connection._impl._transport._sock
         sock.shutdown(socket.SHUT_RDWR)  # the worker dies: nothing renews the record
@@ -1702,12 +1703,32 @@ def test_a_pack_partly_settled_has_its_open_tasks_recorded_at_the_keepers_heartb
         raw.queue_delete(records)
 
 
-def _heartbeats(consumer: Any, seconds: float, every: float) -> None:
-    """The worker's keeper: a heartbeat every ``every`` seconds for ``seconds``."""
+def _heartbeats(consumer: Any, seconds: float, every: float) -> float:
+    """The worker's keeper: a heartbeat every ``every`` seconds for ``seconds``, and one
+    of them a lease or more after the first, which starts the lease of a delivery no
+    heartbeat saw yet (so a delivery held is in a lease record after it); when the last
+    heartbeat ended (``time.monotonic()``).
+
+    A stall of this process in the last sleeps ran past ``seconds`` with no heartbeat a
+    lease after the first, and no record held the task: then one more comes after."""
+    lease = consumer._transport.settings.lease_seconds
     until = time.monotonic() + seconds
+    first: float | None = None
+    late = False
     while time.monotonic() < until:
+        began = time.monotonic()
         consumer.heartbeat()
+        last = time.monotonic()
+        if first is None:
+            first = last
+        late = late or began >= first + lease
         time.sleep(every)
+    assert first is not None, "no heartbeat"
+    if not late:
+        time.sleep(max(0.0, first + lease - time.monotonic()))
+        consumer.heartbeat()
+        last = time.monotonic()
+    return last
 
 
 def test_a_lease_record_renewed_late_still_holds_its_task(
@@ -1724,9 +1745,14 @@ def test_a_lease_record_renewed_late_still_holds_its_task(
     fetch_n(consumer, 1)
     records = record_queue(queue, consumer.consumer_id)
     try:
-        _heartbeats(consumer, 3.0, every=0.6)  # held past its lease: the record holds it now
+        # held past its lease: the record holds it now, written or renewed by the last
+        # heartbeat
+        renewed = _heartbeats(consumer, 3.0, every=0.6)
         assert _ready(raw, records) == 1
-        time.sleep(3.0)  # the next renewal comes 1.5 leases late
+        # the next renewal comes 1.5 leases after that one, however long this process
+        # stalled since; a sleep of 3 s after the loop made it 1.8 leases at least, and
+        # a stall of 0.4 s more let the record expire
+        time.sleep(max(0.0, renewed + 3.0 - time.monotonic()))
         assert _ready(raw, queue) == 0 and _ready(raw, records) == 1
         consumer.heartbeat()
         assert _ready(raw, records) == 1 and _ready(raw, queue) == 0

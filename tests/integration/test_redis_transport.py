@@ -376,14 +376,18 @@ def test_a_waiting_consumer_wakes_when_a_delayed_retry_is_due(
     t.producer("r").submit([b"t"])
     consumer = t.consumer("c")
     (delivery,) = consumer.fetch(1, timeout=1)
-    consumer.settle([Settlement(delivery, retry=b"t-2", retry_delay=0.4)])
+    # timed from before the settle that sets the due time, and due in 1 s: due in 0.4 s
+    # and timed from after the settle, a stall of this process of 0.3 s between them
+    # made the wait measured 0.2 s, and one of 0.45 s made the retry due before the
+    # looks below
     start = time.monotonic()
+    consumer.settle([Settlement(delivery, retry=b"t-2", retry_delay=1.0)])
     assert consumer.fetch(1, timeout=0) == []
     assert raw.zcard(f"distq:{queue}:delayed") == 1 and t.stats().ready == 1
     got = consumer.fetch(1, timeout=10)
     waited = time.monotonic() - start
     assert [d.body for d in got] == [b"t-2"]
-    assert 0.3 < waited < 2.5  # woke at the due time (0.4 s), not at the next 3.3 s slice
+    assert 0.9 < waited < 2.5  # woke at the due time (1 s), not at the next 3.3 s slice
 
 
 def test_lost_script_cache_is_reloaded(
@@ -841,7 +845,9 @@ def test_a_command_renamed_away_is_a_config_error_not_an_outage(
         transport = RedisTransport(settings, "worker")
         try:
             with pytest.raises(ConfigError, match="does not know a command distq uses"):
-                transport.consumer("w").fetch(1, 0.3)  # an empty queue: it waits, by BLMOVE
+                # an empty queue: it waits, by BLMOVE. Up to 5 s: with 0.3 s, a claim
+                # slower than that (a starved Redis) left no time to wait, nothing raised
+                transport.consumer("w").fetch(1, 5.0)
         finally:
             transport.close()
 
@@ -1728,6 +1734,18 @@ def test_a_settle_after_the_queue_ran_dry_waits_for_the_next_task_in_its_round_t
     assert t.stats().in_flight == 0
 
 
+def _kill_once_blocked(raw: redis.Redis[bytes], client_id: int) -> None:
+    """Close the server side of connection ``client_id`` once it waits in a blocking
+    command (``b`` in its CLIENT LIST flags). A kill 0.3 s after the call began came
+    before its settle was sent when this process stalled meanwhile: the settle went out
+    on a dead connection, a plain TransportError."""
+    deadline = time.monotonic() + 10
+    while not any(int(c["id"]) == client_id and "b" in c["flags"] for c in raw.client_list()):
+        assert time.monotonic() < deadline, "the connection never waited"
+        time.sleep(0.01)
+    raw.client_kill_filter(_id=client_id)
+
+
 def test_a_connection_lost_while_a_settle_waits_still_counts_the_settle(
     open_transport: OpenTransport, raw: redis.Redis[bytes]
 ) -> None:
@@ -1741,7 +1759,7 @@ def test_a_connection_lost_while_a_settle_waits_still_counts_the_settle(
     (delivery,) = consumer.fetch(5, timeout=1)  # 1 of 5: the next settle waits
     client_id = consumer._w.execute_command("CLIENT", "ID")
     settled = Settlement(delivery, reply_to=producer.reply_to, result=b"r")
-    kill = _later(0.3, raw.client_kill_filter, client_id)
+    kill = _later(0.0, _kill_once_blocked, raw, client_id)
     with kill, pytest.raises(SettledThenFailed, match="Redis at"):
         consumer.settle_then_fetch([settled], 5, timeout=5)
     assert producer.results(5, timeout=1) == [b"r"]
@@ -1830,9 +1848,11 @@ def test_a_settle_waits_no_longer_than_until_the_next_retry_is_due(
     other, consumer = t.consumer("other"), t.consumer("c")
     producer.submit([b"flaky"])
     (flaky,) = other.fetch(1, timeout=1)
-    other.settle([Settlement(flaky, retry=b"flaky-2", retry_delay=1.0)])
+    # due in 1.5 s: with 1 s, this process stalling a second before the claim below
+    # found it due, and claimed it with the task
+    other.settle([Settlement(flaky, retry=b"flaky-2", retry_delay=1.5)])
     producer.submit([b"task"])
-    (task,) = consumer.fetch(5, timeout=1)  # its claim saw the retry due in about 1 s
+    (task,) = consumer.fetch(5, timeout=1)  # its claim saw the retry due in about 1.5 s
     started = time.monotonic()
     done = Settlement(task, reply_to=producer.reply_to, result=b"r")
     got = consumer.settle_then_fetch([done], 5, timeout=10)
