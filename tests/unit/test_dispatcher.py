@@ -120,7 +120,7 @@ def test_cancel_and_task_timeout_work_while_an_outage_is_waited_out(
     started = time.monotonic()
     assert dispatcher.cancel([waiting.future]) == [True]  # never sent: cancelled at once
     assert dispatcher.cancel([sent.future]) == [False]  # sent, the broker away: no withdraw
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # not the outage's 5 s (a stall may add some)
     error = late.future.exception(timeout=2)
     assert isinstance(error, TaskTimeout)
     # the reason is the outage, not a backlog of earlier tasks (there was none; exec16)
