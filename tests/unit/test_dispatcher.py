@@ -457,11 +457,12 @@ def test_task_timeout_fails_at_its_deadline_while_the_thread_waits_on_a_hung_bro
         error = sent.future.exception(timeout=5)
         assert isinstance(error, TaskTimeout), error
         assert "could not withdraw it in time (a broker that does not answer" in str(error)
-        assert time.monotonic() - started < 0.3 + overdue_module.OVERDUE_GRACE + 0.5
+        # within the grace, not after the hang (a stall of this process may add a second)
+        assert time.monotonic() - started < 0.3 + overdue_module.OVERDUE_GRACE + 1.5
         error = unsent.future.exception(timeout=5)
         assert isinstance(error, TaskTimeout), error
         assert "never sent: the executor was still sending earlier tasks, or" in str(error)
-        assert time.monotonic() - second < 0.3 + overdue_module.OVERDUE_GRACE + 0.5
+        assert time.monotonic() - second < 0.3 + overdue_module.OVERDUE_GRACE + 1.5
     finally:
         producer.release.set()  # the broker answers again (a read that fails, then none)
         assert dispatcher.put(Stop(False, abandon="closed"))
