@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import functools
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -432,9 +433,12 @@ def test_a_lost_broker_fails_the_futures_instead_of_hanging(
         time.sleep(0.3)
         server.kill()
         with pytest.raises(
-            BrokenExecutor, match=r"the executor stopped: Redis at .*; still unreachable after 2 s"
-        ):
+            BrokenExecutor, match=r"the executor stopped: Redis at .*; still unreachable after"
+        ) as caught:
             future.result(30)
+        # 2 s or more: its last attempt falls due at 2 s, and this process may stall in it
+        away = re.search(r"still unreachable after (\d+) s", str(caught.value))
+        assert away is not None and int(away.group(1)) >= 2, caught.value
         with pytest.raises(BrokenExecutor):
             ex.submit(jobs.add, 1, 2)
         ex.shutdown()
