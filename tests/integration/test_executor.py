@@ -681,7 +681,9 @@ def test_an_executor_used_in_a_forked_child_refuses_work_and_frees_the_hosts_por
     ), out
     assert "child map: BrokenExecutor" in lines, out
     assert "child inherited future: BrokenExecutor" in lines, out
-    assert "child took 0.0 s" in lines, out
+    # at once, not after the map's or the future's 3 s (a stall of the child may add some)
+    took = next(float(line.split()[2]) for line in lines if line.startswith("child took "))
+    assert took < 1.5, out
     assert "parent reopens the address: ok" in lines, out
     assert "parent future: BrokenExecutor" in lines, out
     assert "child exit status 0" in lines, out
