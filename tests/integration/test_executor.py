@@ -744,7 +744,9 @@ def test_cancel_takes_back_a_task_not_sent_at_once_while_the_broker_hangs(
             late = ex.submit("jobs:add", 3, 4)
             started = time.monotonic()
             assert late.cancel() is True
-            assert time.monotonic() - started < 1.0  # before: about 12 s
+            # before: about 12 s (a wait for the thread, whose read times out after 4 s or
+            # more); a stall of this process here may add a second or two
+            assert time.monotonic() - started < 3.0
             assert late.cancelled() and not waiting.done()
             server.resume()
             deadline = time.monotonic() + 30
