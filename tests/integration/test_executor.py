@@ -131,11 +131,12 @@ def test_a_partial_sends_its_function_with_its_arguments_first(
 
 def test_a_chunk_runs_under_its_functions_time_limit(executor: Open, workers: Workers) -> None:
     ex = executor(max_attempts=1)
-    workers(DISTQ_TASK_TIME_LIMIT="jobs:sleep_then=0.5")  # a chunk of 2: 1 s
+    # a chunk of 2: 2 s (with 0.5 s, 1 s: a worker held up 0.8 s failed the first chunk)
+    workers(DISTQ_TASK_TIME_LIMIT="jobs:sleep_then=1")
     assert list(ex.map(jobs.sleep_then, [0.1, 0.1], ["a", "b"], chunksize=2)) == ["a", "b"]
     started = time.monotonic()
     results = ex.map(jobs.sleep_then, [3, 3], ["a", "b"], chunksize=2)
-    with pytest.raises(RemoteError, match="TimeLimitExceeded: ran past its time limit of 1 s"):
+    with pytest.raises(RemoteError, match="TimeLimitExceeded: ran past its time limit of 2 s"):
         next(results)  # before: no limit at all, both ran, after 6 s
     assert time.monotonic() - started < 5
 
