@@ -93,14 +93,16 @@ def test_a_task_longer_than_its_lease_runs_once(
     target: Target, spawn: Spawn, tmp_path: Path
 ) -> None:
     """Tasks run on the slot's thread; the lease keeper renews the lease meanwhile."""
-    env = target.process_env(DISTQ_LEASE_SECONDS="1")
+    # renewed every 0.67 s: a worker held up for over 0.67 s (a loaded machine) let a 1 s
+    # lease lapse, and the idle worker ran its task a second time
+    env = target.process_env(DISTQ_LEASE_SECONDS="2")
     report = tmp_path / "report.json"
     master = spawn(
         "master",
         "--tasks",
         "2",
         "--task-delay",
-        "3",
+        "4",
         "--timeout",
         "60",
         "--report",
@@ -118,7 +120,7 @@ def test_a_task_longer_than_its_lease_runs_once(
     for worker in workers:
         assert worker.wait(30) == 0, worker.output()
     runs = [re.findall(r"Get task (\d+) from", w.output()) for w in workers]
-    # three leases long each, yet no lease lapsed: no task was handed to a second worker
+    # two leases long each, yet no lease lapsed: no task was handed to a second worker
     assert sum(len(r) for r in runs) == 2, runs
 
 
