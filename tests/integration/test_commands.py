@@ -598,9 +598,19 @@ import time
 import distq
 
 OUT = __file__ + ".out"
-# at import; ends within the exit's wait of 2 s (DISTQ_DRAIN_SECONDS) if the worker exits
-# within 1.9 s of it: its 0.5 s of idleness, however slowly a busy machine starts it
-threading.Thread(target=time.sleep, args=(1.9,), daemon=False).start()
+
+
+def _past_main(seconds):
+    # alive until the main thread has ended (the exit has begun), then `seconds` more: a
+    # sleep of 1.9 s from the import was over before the exit when the worker was held
+    # up for a second after it (a loaded machine), and the exit waited for nothing
+    while threading.main_thread().is_alive():
+        time.sleep(0.05)
+    time.sleep(seconds)
+
+
+# at import; ends within the exit's wait of 2 s (DISTQ_DRAIN_SECONDS): 0.5 s into the exit
+threading.Thread(target=_past_main, args=(0.5,), daemon=False).start()
 
 
 @distq.task
@@ -635,7 +645,7 @@ def test_a_worker_stopped_while_connecting_waits_for_a_modules_thread_as_bounded
 ) -> None:
     """A SIGTERM while connecting skipped the bounded wait: a thread the task module
     started at its import held the worker past DISTQ_DRAIN_SECONDS (diff14)."""
-    (tmp_path / "slowexit.py").write_text(SLOW_EXIT.replace("args=(1.9,)", "args=(60.0,)"))
+    (tmp_path / "slowexit.py").write_text(SLOW_EXIT.replace("args=(0.5,)", "args=(60.0,)"))
     with socket.create_server(("127.0.0.1", 0)) as silent:  # takes connections, says nothing
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
         env.update(

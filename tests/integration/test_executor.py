@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import functools
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -130,11 +131,12 @@ def test_a_partial_sends_its_function_with_its_arguments_first(
 
 def test_a_chunk_runs_under_its_functions_time_limit(executor: Open, workers: Workers) -> None:
     ex = executor(max_attempts=1)
-    workers(DISTQ_TASK_TIME_LIMIT="jobs:sleep_then=0.5")  # a chunk of 2: 1 s
+    # a chunk of 2: 2 s (with 0.5 s, 1 s: a worker held up 0.8 s failed the first chunk)
+    workers(DISTQ_TASK_TIME_LIMIT="jobs:sleep_then=1")
     assert list(ex.map(jobs.sleep_then, [0.1, 0.1], ["a", "b"], chunksize=2)) == ["a", "b"]
     started = time.monotonic()
     results = ex.map(jobs.sleep_then, [3, 3], ["a", "b"], chunksize=2)
-    with pytest.raises(RemoteError, match="TimeLimitExceeded: ran past its time limit of 1 s"):
+    with pytest.raises(RemoteError, match="TimeLimitExceeded: ran past its time limit of 2 s"):
         next(results)  # before: no limit at all, both ran, after 6 s
     assert time.monotonic() - started < 5
 
@@ -432,9 +434,12 @@ def test_a_lost_broker_fails_the_futures_instead_of_hanging(
         time.sleep(0.3)
         server.kill()
         with pytest.raises(
-            BrokenExecutor, match=r"the executor stopped: Redis at .*; still unreachable after 2 s"
-        ):
+            BrokenExecutor, match=r"the executor stopped: Redis at .*; still unreachable after"
+        ) as caught:
             future.result(30)
+        # 2 s or more: its last attempt falls due at 2 s, and this process may stall in it
+        away = re.search(r"still unreachable after (\d+) s", str(caught.value))
+        assert away is not None and int(away.group(1)) >= 2, caught.value
         with pytest.raises(BrokenExecutor):
             ex.submit(jobs.add, 1, 2)
         ex.shutdown()
@@ -677,7 +682,9 @@ def test_an_executor_used_in_a_forked_child_refuses_work_and_frees_the_hosts_por
     ), out
     assert "child map: BrokenExecutor" in lines, out
     assert "child inherited future: BrokenExecutor" in lines, out
-    assert "child took 0.0 s" in lines, out
+    # at once, not after the map's or the future's 3 s (a stall of the child may add some)
+    took = next(float(line.split()[2]) for line in lines if line.startswith("child took "))
+    assert took < 1.5, out
     assert "parent reopens the address: ok" in lines, out
     assert "parent future: BrokenExecutor" in lines, out
     assert "child exit status 0" in lines, out
@@ -738,7 +745,9 @@ def test_cancel_takes_back_a_task_not_sent_at_once_while_the_broker_hangs(
             late = ex.submit("jobs:add", 3, 4)
             started = time.monotonic()
             assert late.cancel() is True
-            assert time.monotonic() - started < 1.0  # before: about 12 s
+            # before: about 12 s (a wait for the thread, whose read times out after 4 s or
+            # more); a stall of this process here may add a second or two
+            assert time.monotonic() - started < 3.0
             assert late.cancelled() and not waiting.done()
             server.resume()
             deadline = time.monotonic() + 30

@@ -91,7 +91,7 @@ def test_a_slow_callback_holds_up_no_resolving_thread() -> None:
     future.add_done_callback(lambda _f: release.wait(5))
     started = time.monotonic()
     future.set_result(1)  # returns while the callback still waits
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # not its 5 s (a stall may add a second or two)
     release.set()
     callbacks.close()
     callbacks.join(5)

@@ -251,7 +251,9 @@ def test_a_timeout_says_it_counted_the_wait_for_workers(transport: Transport) ->
 def test_a_master_waiting_for_workers_is_live(transport: Transport) -> None:
     """Its wait never beat the job loop: with DISTQ_STALL_SECONDS under the 2 s between
     reconciles, /healthz went 503 "stalled" for a master that was only waiting."""
-    health = ProcessHealth("master", stall_seconds=0.3)
+    # 1.5 s: still under those 2 s; with 0.3 s, a stall of this process over 0.3 s (its
+    # wait beats every 0.05 s) was a stall, and the watcher said so
+    health = ProcessHealth("master", stall_seconds=1.5)
     master = Master(transport, Console(out=io.StringIO()), health=health)
     verdicts: list[bool] = []
     done = threading.Event()

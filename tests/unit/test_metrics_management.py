@@ -140,7 +140,8 @@ def test_an_api_that_trickles_its_answer_is_given_up_on_within_the_timeout() -> 
         started = time.monotonic()
         with pytest.raises(ManagementError, match="did not answer within 1 s"):
             api.read()
-        assert time.monotonic() - started < 2
+        # within its 1 s, not the answer's 10 s (a stall of this process may add some)
+        assert time.monotonic() - started < 4
         with pytest.raises(ManagementError, match="has not finished answering a request"):
             api.read()  # the late one still runs: no second thread behind it
     finally:
