@@ -19,7 +19,13 @@ from distq.codec import Codec
 from distq.config import RECONCILE_SECONDS, Settings
 from distq.dispatcher import Dispatcher, Entry, Stop, Submit
 from distq.envelope import Task
-from distq.errors import BrokenExecutor, EnvelopeError, TaskTimeout, TransportError
+from distq.errors import (
+    BrokenExecutor,
+    ConfigError,
+    EnvelopeError,
+    TaskTimeout,
+    TransportError,
+)
 from distq.executor import Executor
 from distq.futures import Callbacks, DistqFuture
 from distq.overdue import DEADLINES_KEPT
@@ -612,3 +618,53 @@ def test_deadlines_of_pending_tasks_survive_the_heap_being_pruned() -> None:
     finally:
         with lock:
             overdue.end()
+
+
+class RefusedWithResultsWaiting:
+    """A producer whose broker holds the results of what was sent, unread, when a
+    reconcile finds a setting refused (on Redis, the queue's key made another type once
+    no task is leased: the last results come with the last lease's end)."""
+
+    lapsed = False  # what its reconcile found: no lapse
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.refused = False
+
+    def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
+        self.sent.extend(bodies)
+        return []
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        if not self.refused:  # none read before the refusal: all wait in the queue
+            time.sleep(min(timeout, 0.05))
+            return []
+        answered, self.sent = self.sent, []
+        return [ok_result(Task.decode(body), Task.decode(body).args[0]) for body in answered]
+
+    def reconcile(self) -> int:
+        if not self.sent:
+            return 0
+        self.refused = True
+        raise ConfigError("the queue's key holds a string")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_setting_refused_still_answers_the_futures_whose_results_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The refusal stopped the thread at once: futures whose results were in the reply
+    queue failed with the rest (as a master stopped with 1 of 2 results in)."""
+    monkeypatch.setattr(dispatching, "RECONCILE_SECONDS", 0.05)
+    callbacks = Callbacks()
+    producer = RefusedWithResultsWaiting()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher.start()
+    task = Task(name="ident", args=[7], reply_to="r")
+    future = DistqFuture[Any](dispatcher.cancel, task.id, "ident", callbacks)
+    assert dispatcher.put(Submit([Entry(task, task.encode(), future, deadline=None)]))
+    assert future.result(timeout=10) == 7
+    dispatcher.join(10)
+    assert isinstance(dispatcher.broken_by, ConfigError)

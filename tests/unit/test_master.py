@@ -14,7 +14,7 @@ from distq import master as master_module
 from distq.backoff import Backoff
 from distq.console import Console
 from distq.envelope import Result, Task
-from distq.errors import TransportError
+from distq.errors import ConfigError, TransportError
 from distq.health import ProcessHealth
 from distq.ledger import Entry, Ledger
 from distq.master import (
@@ -31,7 +31,7 @@ from distq.master import (
 from distq.squares import Squares
 from distq.transport import Settlement, Transport
 from distq.transport.base import Producer
-from distq.transport.manager import ManagerProducer
+from distq.transport.manager import ManagerConsumer, ManagerProducer
 from seam import ok_result
 
 
@@ -459,3 +459,40 @@ def test_the_summary_says_a_slow_jobs_rate_not_0_tasks_per_second(
     per_second: float, said: str
 ) -> None:
     assert master_module._rate(per_second) == said  # before: "0 tasks/s" below 0.5
+
+
+def test_a_setting_refused_mid_job_still_collects_the_results_waiting(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal found by a reconcile (on Redis, a queue key made another type, once no
+    task is leased) stopped the master at once: the results already in its reply queue
+    were counted missing (1 of 2 in, the other's result sent as its lease ended)."""
+    settled = 0
+    refused = threading.Event()
+    settle, results = ManagerConsumer.settle, ManagerProducer.results
+    reconciled = ManagerProducer.reconcile
+
+    def counted(self: ManagerConsumer, settlements: Sequence[Settlement]) -> None:
+        nonlocal settled
+        settle(self, settlements)
+        settled += len(settlements)
+
+    def held_back(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
+        if not refused.is_set():  # read none before the refusal: all wait in the queue
+            time.sleep(min(timeout, 0.05))
+            return []
+        return results(self, max_count, timeout)
+
+    def reconcile(self: ManagerProducer) -> int:
+        if settled < 4:
+            return reconciled(self)
+        refused.set()
+        raise ConfigError("the queue's key holds a string")
+
+    monkeypatch.setattr(ManagerConsumer, "settle", counted)
+    monkeypatch.setattr(ManagerProducer, "results", held_back)
+    monkeypatch.setattr(ManagerProducer, "reconcile", reconcile)
+    monkeypatch.setattr(master_module, "RECONCILE_SECONDS", 0.05)
+    out, report = run(transport, JobSpec(tasks=4, timeout=30), right)
+    assert report.ok == 4 and report.missing == 0, out
+    assert "stopped: the queue's key holds a string" in out, out
