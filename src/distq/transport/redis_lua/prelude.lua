@@ -20,6 +20,23 @@ local function push(cmd, key, items)
     redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
   end
 end
+-- A list read once against bodies[first..] (a body given twice is taken twice): how many
+-- of each body it holds, up to those given; the list's other items, in order; and how
+-- many of each body it did not hold. One pass, for a caller that rebuilds the list from
+-- the rest, instead of an LREM per body that scans it.
+local function sift(key, bodies, first)
+  local want, found, keep = {}, {}, {}
+  for i = first, #bodies do want[bodies[i]] = (want[bodies[i]] or 0) + 1 end
+  for _, body in ipairs(redis.call('LRANGE', key, 0, -1)) do
+    if (want[body] or 0) > 0 then
+      want[body] = want[body] - 1
+      found[body] = (found[body] or 0) + 1
+    else
+      keep[#keep + 1] = body
+    end
+  end
+  return found, keep, want
+end
 -- LRANGE lists the newest claim first, so the oldest claim ends at the tail: runs next
 local function requeue_all(src, ready, again)
   local held = redis.call('LRANGE', src, 0, -1)

@@ -1,7 +1,7 @@
 -- A consumer script: KEYS and ARGV[1..3] as prelude.lua says.
 -- ARGV[4..] = bodies to hand back, each moved only if the in-flight list holds it. A few:
 -- one LREM each; most of the list (a keeper's hand-back of a large prefetch): one pass
--- that rebuilds it, as settle.lua does, instead of an LREM per body that scans the list.
+-- that rebuilds it (prelude.lua's sift, as settle.lua and withdraw.lua use it).
 
 local held = redis.call('LLEN', KEYS[5])
 if (#ARGV - 3) * 2 < held then
@@ -13,16 +13,8 @@ if (#ARGV - 3) * 2 < held then
   end
   return
 end
-local want, found, keep, back = {}, {}, {}, {}
-for i = 4, #ARGV do want[ARGV[i]] = (want[ARGV[i]] or 0) + 1 end
-for _, body in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
-  if (want[body] or 0) > 0 then
-    want[body] = want[body] - 1
-    found[body] = (found[body] or 0) + 1
-  else
-    keep[#keep + 1] = body
-  end
-end
+local found, keep = sift(KEYS[5], ARGV, 4)
+local back = {}
 for i = 4, #ARGV do
   if (found[ARGV[i]] or 0) > 0 then
     found[ARGV[i]] = found[ARGV[i]] - 1

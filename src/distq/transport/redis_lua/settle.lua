@@ -85,16 +85,12 @@ if #acks * 2 < held then
     if redis.call('LREM', KEYS[5], -1, body) == 0 then done(body) end
   end
 else
-  local drop, keep = {}, {}
-  for _, body in ipairs(acks) do drop[body] = (drop[body] or 0) + 1 end
-  for _, body in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
-    if (drop[body] or 0) > 0 then drop[body] = drop[body] - 1 else keep[#keep + 1] = body end
-  end
+  local _, keep, missed = sift(KEYS[5], acks, 1)
   if held > 0 then
     redis.call('DEL', KEYS[5])
     push('RPUSH', KEYS[5], keep)
   end
-  for body, left in pairs(drop) do
+  for body, left in pairs(missed) do
     if left > 0 then done(body) end
   end
 end

@@ -9,16 +9,7 @@ if #ARGV <= 8 then
   end
   return out
 end
-local wanted, found, keep = {}, {}, {}
-for i = 1, #ARGV do wanted[ARGV[i]] = (wanted[ARGV[i]] or 0) + 1 end
-for _, body in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if (wanted[body] or 0) > 0 then
-    wanted[body] = wanted[body] - 1
-    found[body] = (found[body] or 0) + 1
-  else
-    keep[#keep + 1] = body
-  end
-end
+local found, keep = sift(KEYS[1], ARGV, 1)
 if next(found) then
   redis.call('DEL', KEYS[1])
   push('RPUSH', KEYS[1], keep)
