@@ -289,7 +289,7 @@ def _reply_to(obj: dict[str, Any], kind: str) -> str:
     return value
 
 
-class Task(msgspec.Struct, frozen=True):
+class Task(msgspec.Struct, frozen=True, gc=False):
     """One unit of work: call the registered function ``name`` with ``args``/``kwargs``.
 
     ``reply_to`` names the result queue of the master that submitted it (or is

@@ -309,6 +309,7 @@ class Executor(concurrent.futures.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
         now = time.monotonic()
         deadline = None if self.task_timeout is None else now + self.task_timeout
+        cancel = self._dispatcher.cancel  # one bound method for all, not one per future
         entries = []
         for number, (name, args, kwargs, shown) in enumerate(calls, 1):
             task = Task(
@@ -328,7 +329,7 @@ class Executor(concurrent.futures.Executor):
                     f"map() of {shown}: call {number} cannot be submitted: {why}; nothing was sent"
                 ) from None
             future: DistqFuture[Any]
-            future = DistqFuture(self._dispatcher.cancel, task.id, shown, self._callbacks)
+            future = DistqFuture(cancel, task.id, shown, self._callbacks)
             entries.append(Entry(task, sealed, future, deadline))
         # checked again and handed on under the lock: a shutdown() either comes first
         # (RuntimeError) or after, and then its Stop is queued behind these tasks

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import threading
 import time
 from typing import Any
 
 import pytest
 
+from distq import futures as futures_module
 from distq.futures import Callbacks, DistqFuture
 
 
@@ -123,3 +126,86 @@ def test_fail_inherited_fails_a_pending_future_without_its_parents_callbacks() -
     done.set_result(3)
     done.fail_inherited(RuntimeError("forked"))
     assert done.result() == 3  # the fork itself is tested with an executor
+
+
+def test_a_future_has_every_attribute_of_the_standard_librarys_but_its_condition() -> None:
+    """DistqFuture sets Future.__init__'s attributes itself, to leave out the Condition
+    (made on first use): one added in a later Python would be missing, and Future's
+    methods would fail on it."""
+    standard = set(vars(concurrent.futures.Future()))
+    ours = set(vars(DistqFuture[Any](_never, "t1", "square")))
+    assert standard - ours == {"_condition"}
+
+
+def test_a_waiting_future_holds_no_condition_until_one_is_asked_for() -> None:
+    waiting = DistqFuture[Any](_never, "t1", "square")
+    assert not waiting.done()
+    assert waiting._made is None  # done() read its state without making one
+    condition = waiting._condition
+    assert isinstance(condition, threading.Condition) and waiting._condition is condition
+    waiting.set_result(4)
+    assert waiting.result() == 4 and waiting._condition is condition
+
+
+def test_threads_that_first_ask_for_a_futures_condition_at_once_get_the_same_one() -> None:
+    def ask(future: DistqFuture[Any], barrier: threading.Barrier, got: list[Any]) -> None:
+        barrier.wait()
+        got.append(future._condition)
+
+    for _ in range(50):
+        future = DistqFuture[Any](_never, "t1", "square")
+        barrier, got = threading.Barrier(4), list[Any]()
+        threads = [threading.Thread(target=ask, args=(future, barrier, got)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len({id(condition) for condition in got}) == 1
+
+
+def test_wait_and_as_completed_see_futures_resolved_from_another_thread() -> None:
+    futures = [DistqFuture[Any](_never, f"t{n}", "square") for n in range(20)]
+
+    def resolve() -> None:
+        for n, future in enumerate(futures):
+            time.sleep(0.001)
+            future.set_result(n * n)
+
+    threading.Thread(target=resolve).start()
+    done, not_done = concurrent.futures.wait(futures, timeout=30)
+    assert len(done) == 20 and not not_done
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures)) == sorted(
+        n * n for n in range(20)
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+def test_a_child_made_by_fork_while_a_condition_was_being_made_can_make_its_own() -> None:
+    """A thread of the parent held the lock that makes Conditions at the fork: the
+    child's first future must not wait for it for ever."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with futures_module._MAKING:
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    entered.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: a future's Condition, within a second, or exit 1
+            made = threading.Event()
+
+            def make() -> None:
+                assert DistqFuture[Any](_never, "c", "square")._condition is not None
+                made.set()
+
+            threading.Thread(target=make, daemon=True).start()
+            os._exit(0 if made.wait(5) else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        holder.join()
+    assert os.waitstatus_to_exitcode(status) == 0
