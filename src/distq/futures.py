@@ -135,6 +135,31 @@ class DistqFuture(concurrent.futures.Future[_T]):
     def _condition(self, condition: threading.Condition) -> None:
         self._made = condition
 
+    def set_result(self, result: _T) -> None:
+        if not self._resolved_alone(result, None):
+            super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if not self._resolved_alone(None, exception):
+            super().set_exception(exception)
+
+    def _resolved_alone(self, result: _T | None, exception: BaseException | None) -> bool:
+        """Resolve the future without a Condition if none was made yet: then no thread
+        waits on it, and no waiter nor done-callback was added (each takes it first).
+        False: one was made, and ``Future`` resolves the future its own way."""
+        if self._made is not None:
+            return False
+        with _MAKING:  # nobody makes one meanwhile
+            if self._made is not None:
+                return False
+            if self._state in _DONE:  # as Future says it, but for its repr, which locks
+                raise concurrent.futures.InvalidStateError(
+                    f"{self._state}: task {self.task_name} [{self.task_id}]"
+                )
+            self._result, self._exception = result, exception
+            self._state = FINISHED
+        return True
+
     def done(self) -> bool:
         """Whether the future is resolved or cancelled: its state read as it is, without
         making its Condition (the executor's thread asks each future before resolving it)."""
@@ -193,6 +218,8 @@ class DistqFuture(concurrent.futures.Future[_T]):
         return self._cancel([self])[0]
 
     def result(self, timeout: float | None = None) -> _T:
+        if self._state == FINISHED and self._exception is None:  # no lock to take
+            return self._result  # type: ignore[return-value]
         try:
             return super().result(timeout)
         except TimeoutError:

@@ -209,3 +209,57 @@ def test_a_child_made_by_fork_while_a_condition_was_being_made_can_make_its_own(
         release.set()
         holder.join()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_future_answered_before_anyone_waits_makes_no_condition() -> None:
+    answered = DistqFuture[Any](_never, "t1", "square")
+    answered.set_result(4)
+    assert answered.done() and answered.result() == 4 and answered._made is None
+    failed = DistqFuture[Any](_never, "t2", "square")
+    failed.set_exception(ValueError("no"))
+    assert failed._made is None and isinstance(failed.exception(), ValueError)
+    with pytest.raises(ValueError, match="no"):
+        failed.result()
+
+
+def test_a_future_answered_twice_says_so_with_or_without_a_condition() -> None:
+    for asked in (False, True):
+        future = DistqFuture[Any](_never, "t1", "square")
+        if asked:
+            assert future._condition is not None
+        future.set_result(4)
+        with pytest.raises(concurrent.futures.InvalidStateError, match="FINISHED"):
+            future.set_result(5)
+        with pytest.raises(concurrent.futures.InvalidStateError, match="FINISHED"):
+            future.set_exception(ValueError())
+        assert future.result() == 4
+
+
+def test_a_future_answered_while_another_thread_starts_to_wait_wakes_it() -> None:
+    """The answer and a first wait race for who makes the Condition: whichever wins,
+    the waiter gets the value (no TimeoutError, no wait for ever)."""
+    for _ in range(20):
+        futures = [DistqFuture[Any](_never, f"t{n}", "square") for n in range(500)]
+        got: list[Any] = []
+
+        def wait_each(futures: list[DistqFuture[Any]] = futures, got: list[Any] = got) -> None:
+            got.extend(future.result(10) for future in futures)
+
+        waiter = threading.Thread(target=wait_each)
+        waiter.start()
+        for n, future in enumerate(futures):
+            future.set_result(n)
+        waiter.join(30)
+        assert got == list(range(500))
+
+
+def test_a_callback_added_before_the_answer_runs_once_it_comes() -> None:
+    ran: list[int] = []
+    future = DistqFuture[Any](_never, "t1", "square")
+    future.add_done_callback(lambda f: ran.append(f.result()))
+    future.set_result(9)
+    assert ran == [9]
+    later = DistqFuture[Any](_never, "t2", "square")
+    later.set_result(16)
+    later.add_done_callback(lambda f: ran.append(f.result()))  # runs at once
+    assert ran == [9, 16]
