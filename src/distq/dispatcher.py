@@ -422,7 +422,14 @@ class Dispatcher(threading.Thread):
             else:
                 self._stopping = True
                 if command.cancel_futures:
-                    self._cancel(CancelCommand(self._every_future()))
+                    try:
+                        self._cancel(CancelCommand(self._every_future()))
+                    except TransportError:
+                        if command.abandon is None:
+                            raise
+                        # close(): it stops now all the same, failing what was not taken
+                        # back (the failure ended the Stop here, and the thread reconnected
+                        # and waited for every result, as after shutdown())
                 if command.abandon is not None:
                     self.broken = command.abandon
                     return None

@@ -668,3 +668,58 @@ def test_a_setting_refused_still_answers_the_futures_whose_results_wait(
     assert future.result(timeout=10) == 7
     dispatcher.join(10)
     assert isinstance(dispatcher.broken_by, ConfigError)
+
+
+class FailsOnceAtWithdraw:
+    """A producer whose broker holds what it was sent and answers nothing; the first
+    withdraw fails (the connection dropped just then), and it answers again after."""
+
+    lapsed = False  # what its reconcile found: no lapse
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.failed = False
+
+    def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
+        self.sent.extend(bodies)
+        return []
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        time.sleep(timeout)
+        return []
+
+    def withdraw(self, bodies: Any) -> list[bool]:
+        if not self.failed:
+            self.failed = True
+            raise TransportError("Redis at 127.0.0.1:1: Connection closed by server.")
+        return [False for _ in bodies]
+
+    def reconcile(self) -> int:
+        return len(self.sent)  # it holds them all: nothing to send again
+
+    def close(self) -> None:
+        pass
+
+
+def test_close_stops_at_once_when_the_broker_fails_as_it_takes_the_tasks_back() -> None:
+    """close() cancels what it can, then stops. A withdraw that failed ended the Stop's
+    handling before its abandon: the thread reconnected and went on waiting for every
+    result as shutdown() does, and close() returned only once they came (never, with no
+    worker); with a broker gone for good, only after the 30 s outage."""
+    callbacks = Callbacks()
+    producer = FailsOnceAtWithdraw()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    entry = _entry(dispatcher, callbacks)
+    dispatcher.start()
+    try:
+        assert dispatcher.put(Submit([entry]))
+        _until(lambda: bool(producer.sent))  # sent: close() has to withdraw it
+        assert dispatcher.put(Stop(True, abandon="the executor was closed"))  # close()
+        dispatcher.join(10)
+        assert not dispatcher.is_alive(), "close() still waiting for the results"
+        error = entry.future.exception(0)
+        assert isinstance(error, BrokenExecutor), error
+        assert "the executor was closed" in str(error)
+    finally:
+        dispatcher.put(Stop(False, abandon="the test is over"))
+        dispatcher.join(10)
