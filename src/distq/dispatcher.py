@@ -348,10 +348,11 @@ class Dispatcher(threading.Thread):
 
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (at once, then with backoff) and submit again what the broker lost,
-        as a master does; True once back, False when close() came meanwhile. Raises once
-        the broker has been away ``OUTAGE_SECONDS``: counted from the failure or from the
-        broker's last answer (one that answers but refuses the tasks, a Redis at its
-        ``maxmemory``, is waited for: the results it has are read meanwhile).
+        as a master does; True once back, False when close() came meanwhile (or a shutdown
+        with nothing left to wait for). Raises once the broker has been away
+        ``OUTAGE_SECONDS``: counted from the failure or from the broker's last answer
+        (one that answers but refuses the tasks, a Redis at its ``maxmemory``, is waited
+        for: the results it has are read meanwhile).
 
         Between attempts it handles commands and deadlines without the broker: new tasks
         wait to be sent, a cancel takes back only what was not sent, and a task past its
@@ -388,10 +389,14 @@ class Dispatcher(threading.Thread):
 
     def _offline_until(self, until: float) -> bool:
         """Handle commands and deadlines until ``until`` without the broker; False when
-        told to stop at once."""
+        told to stop at once, or to stop once answered with nothing left unanswered."""
         self._offline = True
         try:
             while (left := until - time.monotonic()) > 0:
+                if self._stopping and not self._unsent and not self.collector.outstanding:
+                    # shut down with every future answered: no broker is needed to end.
+                    # It waited the outage out all the same (30 s), and logged it
+                    return False
                 if self._deadlines:
                     left = min(left, max(0.01, self._deadlines[0][0] - time.monotonic()))
                 if self._take(left) is None:

@@ -723,3 +723,28 @@ def test_close_stops_at_once_when_the_broker_fails_as_it_takes_the_tasks_back() 
     finally:
         dispatcher.put(Stop(False, abandon="the test is over"))
         dispatcher.join(10)
+
+
+def test_a_shutdown_with_nothing_to_wait_for_does_not_wait_out_an_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every result in, the broker gone (an idle reconcile found it): shutdown() has no
+    future to wait for. It waited out the whole outage all the same (30 s), then logged
+    that the executor stopped, the broker still unreachable."""
+    monkeypatch.setattr(dispatching, "RECONCILE_SECONDS", 0.05)  # idle, it finds it soon
+    monkeypatch.setattr(dispatching, "OUTAGE_SECONDS", 20.0)
+    callbacks = Callbacks()
+    producer = BrokerAway()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher.start()
+    try:
+        _until(lambda: producer.calls >= 2)  # the reconcile failed, and its retry: offline
+        started = time.monotonic()
+        assert dispatcher.put(Stop(False))  # shutdown(), nothing unanswered
+        dispatcher.join(5)
+        assert not dispatcher.is_alive(), "shutdown() waiting out the outage"
+        assert time.monotonic() - started < 5
+        assert dispatcher.broken is None, dispatcher.broken
+    finally:
+        dispatcher.put(Stop(False, abandon="the test is over"))
+        dispatcher.join(10)
