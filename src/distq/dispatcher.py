@@ -213,6 +213,14 @@ class Dispatcher(threading.Thread):
             answers.update(zip(map(id, rest), command.answers, strict=True))
         return [answers[id(f)] for f in futures]
 
+    def cancel_soon(self, futures: list[DistqFuture[Any]]) -> None:
+        """Cancel ``futures`` where possible, without waiting for the answers and without
+        the lock: safe in a finalizer, which the garbage collector runs in whatever thread
+        allocates, one inside the lock too (a map() iterator collected in put() waited
+        there for the lock its own thread held, and the executor hung for good). Once the
+        thread has ended, nothing is left to cancel."""
+        self._commands.put(CancelCommand(futures))  # a SimpleQueue's put is reentrant
+
     def _sending(self, entry: Entry) -> bool:
         """Whether ``entry``, not sent yet, is still to be sent (not cancelled, not
         timed out): it leaves :attr:`_not_sent`, so a cancel() no longer takes it."""

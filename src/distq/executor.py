@@ -375,5 +375,5 @@ class Executor(concurrent.futures.Executor):
                     )
                 yield from value
         finally:
-            if futures:
-                self._dispatcher.cancel(futures)
+            if futures:  # maybe in a finalizer, in a thread holding the executor's lock
+                self._dispatcher.cancel_soon(futures)

@@ -748,3 +748,40 @@ def test_a_shutdown_with_nothing_to_wait_for_does_not_wait_out_an_outage(
     finally:
         dispatcher.put(Stop(False, abandon="the test is over"))
         dispatcher.join(10)
+
+
+def test_a_map_iterator_collected_in_a_thread_holding_the_lock_does_not_hang_the_executor() -> None:
+    """The garbage collector runs finalizers in whatever thread allocates, inside the
+    executor's lock too (a submit() in put()). A map() iterator left in a reference
+    cycle and collected there cancelled its calls under that same lock: that thread
+    waited for itself for good, and the executor's thread and every submit() with it (a
+    loop of submits beside a loop dropping such iterators hung within seconds)."""
+    import threading
+
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    executor = Executor(settings)
+    worker = open_transport(settings, "worker")
+    lock = executor._dispatcher._lock
+    try:
+        results = executor.map("square", [1, 2, 3])
+        consumer = worker.consumer("w")
+        [first] = fetch_n(consumer, 1)
+        task = Task.decode(first.body)
+        consumer.settle([Settlement(first, task.reply_to, ok_result(task, task.args[0] ** 2))])
+        assert next(results) == 1  # suspended, two calls unanswered
+
+        def collected_here() -> None:
+            nonlocal results
+            with lock:  # as put() holds it when an allocation there runs the collector
+                del results  # its last reference: the iterator is finalized here
+
+        helper = threading.Thread(target=collected_here, daemon=True)
+        helper.start()
+        helper.join(10)
+        if helper.is_alive():
+            lock.release()  # lets it go (and the executor's thread), to close the executor
+            pytest.fail("the iterator's cancel waited for the lock its own thread held")
+        _until(lambda: executor.stats().ready == 0)  # its two calls left are taken back
+    finally:
+        executor.close()
+        worker.close()
