@@ -221,6 +221,12 @@ class Dispatcher(threading.Thread):
         thread has ended, nothing is left to cancel."""
         self._commands.put(CancelCommand(futures))  # a SimpleQueue's put is reentrant
 
+    def stop_soon(self) -> None:
+        """Stop once every future is answered, as :meth:`put` of a ``Stop`` from a
+        collected executor does, without the lock: its finalizer runs in whatever thread
+        the garbage collector does, one inside the lock too (see :meth:`cancel_soon`)."""
+        self._commands.put(Stop(False, wait_at_exit=False))
+
     def _sending(self, entry: Entry) -> bool:
         """Whether ``entry``, not sent yet, is still to be sent (not cancelled, not
         timed out): it leaves :attr:`_not_sent`, so a cancel() no longer takes it."""

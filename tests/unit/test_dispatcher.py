@@ -785,3 +785,34 @@ def test_a_map_iterator_collected_in_a_thread_holding_the_lock_does_not_hang_the
     finally:
         executor.close()
         worker.close()
+
+
+def test_an_executor_collected_in_a_thread_holding_its_lock_does_not_hang() -> None:
+    """An executor dropped without shutdown() stops once its futures are answered: a
+    finalizer, which the garbage collector runs in whatever thread allocates, one inside
+    the executor thread's lock too (a future.cancel() of it, its deadline watchdog). It
+    took that lock to hand the thread its stop: that thread waited for itself for good,
+    and the executor's thread and its futures with it."""
+    import gc
+    import threading
+
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    executor: Executor | None = Executor(settings)
+    assert executor is not None
+    dispatcher = executor._dispatcher
+    lock = dispatcher._lock
+
+    def collected_here() -> None:
+        nonlocal executor
+        with lock:  # as cancel() holds it when an allocation there runs the collector
+            executor = None  # its last reference: the executor is finalized here
+            gc.collect()
+
+    helper = threading.Thread(target=collected_here, daemon=True)
+    helper.start()
+    helper.join(10)
+    if helper.is_alive():
+        lock.release()  # lets it go, so that the executor's thread can stop
+        pytest.fail("the executor's finalizer waited for the lock its own thread held")
+    dispatcher.join(10)
+    assert not dispatcher.is_alive()  # stopped: nothing to answer
