@@ -213,6 +213,20 @@ class Dispatcher(threading.Thread):
             answers.update(zip(map(id, rest), command.answers, strict=True))
         return [answers[id(f)] for f in futures]
 
+    def cancel_soon(self, futures: list[DistqFuture[Any]]) -> None:
+        """Cancel ``futures`` where possible, without waiting for the answers and without
+        the lock: safe in a finalizer, which the garbage collector runs in whatever thread
+        allocates, one inside the lock too (a map() iterator collected in put() waited
+        there for the lock its own thread held, and the executor hung for good). Once the
+        thread has ended, nothing is left to cancel."""
+        self._commands.put(CancelCommand(futures))  # a SimpleQueue's put is reentrant
+
+    def stop_soon(self) -> None:
+        """Stop once every future is answered, as :meth:`put` of a ``Stop`` from a
+        collected executor does, without the lock: its finalizer runs in whatever thread
+        the garbage collector does, one inside the lock too (see :meth:`cancel_soon`)."""
+        self._commands.put(Stop(False, wait_at_exit=False))
+
     def _sending(self, entry: Entry) -> bool:
         """Whether ``entry``, not sent yet, is still to be sent (not cancelled, not
         timed out): it leaves :attr:`_not_sent`, so a cancel() no longer takes it."""
@@ -348,10 +362,11 @@ class Dispatcher(threading.Thread):
 
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (at once, then with backoff) and submit again what the broker lost,
-        as a master does; True once back, False when close() came meanwhile. Raises once
-        the broker has been away ``OUTAGE_SECONDS``: counted from the failure or from the
-        broker's last answer (one that answers but refuses the tasks, a Redis at its
-        ``maxmemory``, is waited for: the results it has are read meanwhile).
+        as a master does; True once back, False when close() came meanwhile (or a shutdown
+        with nothing left to wait for). Raises once the broker has been away
+        ``OUTAGE_SECONDS``: counted from the failure or from the broker's last answer
+        (one that answers but refuses the tasks, a Redis at its ``maxmemory``, is waited
+        for: the results it has are read meanwhile).
 
         Between attempts it handles commands and deadlines without the broker: new tasks
         wait to be sent, a cancel takes back only what was not sent, and a task past its
@@ -388,10 +403,14 @@ class Dispatcher(threading.Thread):
 
     def _offline_until(self, until: float) -> bool:
         """Handle commands and deadlines until ``until`` without the broker; False when
-        told to stop at once."""
+        told to stop at once, or to stop once answered with nothing left unanswered."""
         self._offline = True
         try:
             while (left := until - time.monotonic()) > 0:
+                if self._stopping and not self._unsent and not self.collector.outstanding:
+                    # shut down with every future answered: no broker is needed to end.
+                    # It waited the outage out all the same (30 s), and logged it
+                    return False
                 if self._deadlines:
                     left = min(left, max(0.01, self._deadlines[0][0] - time.monotonic()))
                 if self._take(left) is None:
@@ -422,7 +441,14 @@ class Dispatcher(threading.Thread):
             else:
                 self._stopping = True
                 if command.cancel_futures:
-                    self._cancel(CancelCommand(self._every_future()))
+                    try:
+                        self._cancel(CancelCommand(self._every_future()))
+                    except TransportError:
+                        if command.abandon is None:
+                            raise
+                        # close(): it stops now all the same, failing what was not taken
+                        # back (the failure ended the Stop here, and the thread reconnected
+                        # and waited for every result, as after shutdown())
                 if command.abandon is not None:
                     self.broken = command.abandon
                     return None

@@ -127,7 +127,8 @@ class Executor(concurrent.futures.Executor):
         self._dispatcher.start()
         # forgotten without shutdown(): stop once the futures are answered; at interpreter
         # exit it is still "open" (its futures fail), not waited for without end
-        finalizer = weakref.finalize(self, self._dispatcher.put, Stop(False, wait_at_exit=False))
+        # (without the dispatcher's lock: the collector may run it in a thread holding it)
+        finalizer = weakref.finalize(self, self._dispatcher.stop_soon)
         finalizer.atexit = False
 
     def describe(self) -> str:
@@ -376,5 +377,5 @@ class Executor(concurrent.futures.Executor):
                     )
                 yield from value
         finally:
-            if futures:
-                self._dispatcher.cancel(futures)
+            if futures:  # maybe in a finalizer, in a thread holding the executor's lock
+                self._dispatcher.cancel_soon(futures)

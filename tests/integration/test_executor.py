@@ -452,6 +452,28 @@ def test_a_lost_broker_fails_the_futures_instead_of_hanging(
         server.stop()
 
 
+def test_a_shutdown_with_nothing_unanswered_does_not_wait_for_a_lost_broker(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every future answered (none here), the broker gone: shutdown() has nothing to
+    wait for. It waited out the whole outage (30 s), then logged "the executor stopped:
+    ... still unreachable after 30 s"."""
+    server = LocalRedis(tmp_path).start()
+    try:
+        ex = distq.Executor(transport="redis", redis_url=server.url, queue="gone")
+        server.kill()
+        deadline = time.monotonic() + 20
+        while "reconnecting" not in caplog.text:  # an idle reconcile found it gone
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+        started = time.monotonic()
+        ex.shutdown()
+        assert time.monotonic() - started < 5  # a stall of this process may add some
+        assert "the executor stopped" not in caplog.text, caplog.text
+    finally:
+        server.stop()
+
+
 def test_an_idle_executor_whose_connection_was_dropped_reconnects(tmp_path: Any) -> None:
     """A broker that closes an idle client's connection (Redis's ``timeout``, a proxy's
     idle limit, missed RabbitMQ heartbeats, a restart) costs the executor a reconnect,

@@ -668,3 +668,151 @@ def test_a_setting_refused_still_answers_the_futures_whose_results_wait(
     assert future.result(timeout=10) == 7
     dispatcher.join(10)
     assert isinstance(dispatcher.broken_by, ConfigError)
+
+
+class FailsOnceAtWithdraw:
+    """A producer whose broker holds what it was sent and answers nothing; the first
+    withdraw fails (the connection dropped just then), and it answers again after."""
+
+    lapsed = False  # what its reconcile found: no lapse
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.failed = False
+
+    def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
+        self.sent.extend(bodies)
+        return []
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        time.sleep(timeout)
+        return []
+
+    def withdraw(self, bodies: Any) -> list[bool]:
+        if not self.failed:
+            self.failed = True
+            raise TransportError("Redis at 127.0.0.1:1: Connection closed by server.")
+        return [False for _ in bodies]
+
+    def reconcile(self) -> int:
+        return len(self.sent)  # it holds them all: nothing to send again
+
+    def close(self) -> None:
+        pass
+
+
+def test_close_stops_at_once_when_the_broker_fails_as_it_takes_the_tasks_back() -> None:
+    """close() cancels what it can, then stops. A withdraw that failed ended the Stop's
+    handling before its abandon: the thread reconnected and went on waiting for every
+    result as shutdown() does, and close() returned only once they came (never, with no
+    worker); with a broker gone for good, only after the 30 s outage."""
+    callbacks = Callbacks()
+    producer = FailsOnceAtWithdraw()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    entry = _entry(dispatcher, callbacks)
+    dispatcher.start()
+    try:
+        assert dispatcher.put(Submit([entry]))
+        _until(lambda: bool(producer.sent))  # sent: close() has to withdraw it
+        assert dispatcher.put(Stop(True, abandon="the executor was closed"))  # close()
+        dispatcher.join(10)
+        assert not dispatcher.is_alive(), "close() still waiting for the results"
+        error = entry.future.exception(0)
+        assert isinstance(error, BrokenExecutor), error
+        assert "the executor was closed" in str(error)
+    finally:
+        dispatcher.put(Stop(False, abandon="the test is over"))
+        dispatcher.join(10)
+
+
+def test_a_shutdown_with_nothing_to_wait_for_does_not_wait_out_an_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every result in, the broker gone (an idle reconcile found it): shutdown() has no
+    future to wait for. It waited out the whole outage all the same (30 s), then logged
+    that the executor stopped, the broker still unreachable."""
+    monkeypatch.setattr(dispatching, "RECONCILE_SECONDS", 0.05)  # idle, it finds it soon
+    monkeypatch.setattr(dispatching, "OUTAGE_SECONDS", 20.0)
+    callbacks = Callbacks()
+    producer = BrokerAway()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher.start()
+    try:
+        _until(lambda: producer.calls >= 2)  # the reconcile failed, and its retry: offline
+        started = time.monotonic()
+        assert dispatcher.put(Stop(False))  # shutdown(), nothing unanswered
+        dispatcher.join(5)
+        assert not dispatcher.is_alive(), "shutdown() waiting out the outage"
+        assert time.monotonic() - started < 5
+        assert dispatcher.broken is None, dispatcher.broken
+    finally:
+        dispatcher.put(Stop(False, abandon="the test is over"))
+        dispatcher.join(10)
+
+
+def test_a_map_iterator_collected_in_a_thread_holding_the_lock_does_not_hang_the_executor() -> None:
+    """The garbage collector runs finalizers in whatever thread allocates, inside the
+    executor's lock too (a submit() in put()). A map() iterator left in a reference
+    cycle and collected there cancelled its calls under that same lock: that thread
+    waited for itself for good, and the executor's thread and every submit() with it (a
+    loop of submits beside a loop dropping such iterators hung within seconds)."""
+    import threading
+
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    executor = Executor(settings)
+    worker = open_transport(settings, "worker")
+    lock = executor._dispatcher._lock
+    try:
+        results = executor.map("square", [1, 2, 3])
+        consumer = worker.consumer("w")
+        [first] = fetch_n(consumer, 1)
+        task = Task.decode(first.body)
+        consumer.settle([Settlement(first, task.reply_to, ok_result(task, task.args[0] ** 2))])
+        assert next(results) == 1  # suspended, two calls unanswered
+
+        def collected_here() -> None:
+            nonlocal results
+            with lock:  # as put() holds it when an allocation there runs the collector
+                del results  # its last reference: the iterator is finalized here
+
+        helper = threading.Thread(target=collected_here, daemon=True)
+        helper.start()
+        helper.join(10)
+        if helper.is_alive():
+            lock.release()  # lets it go (and the executor's thread), to close the executor
+            pytest.fail("the iterator's cancel waited for the lock its own thread held")
+        _until(lambda: executor.stats().ready == 0)  # its two calls left are taken back
+    finally:
+        executor.close()
+        worker.close()
+
+
+def test_an_executor_collected_in_a_thread_holding_its_lock_does_not_hang() -> None:
+    """An executor dropped without shutdown() stops once its futures are answered: a
+    finalizer, which the garbage collector runs in whatever thread allocates, one inside
+    the executor thread's lock too (a future.cancel() of it, its deadline watchdog). It
+    took that lock to hand the thread its stop: that thread waited for itself for good,
+    and the executor's thread and its futures with it."""
+    import gc
+    import threading
+
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    executor: Executor | None = Executor(settings)
+    assert executor is not None
+    dispatcher = executor._dispatcher
+    lock = dispatcher._lock
+
+    def collected_here() -> None:
+        nonlocal executor
+        with lock:  # as cancel() holds it when an allocation there runs the collector
+            executor = None  # its last reference: the executor is finalized here
+            gc.collect()
+
+    helper = threading.Thread(target=collected_here, daemon=True)
+    helper.start()
+    helper.join(10)
+    if helper.is_alive():
+        lock.release()  # lets it go, so that the executor's thread can stop
+        pytest.fail("the executor's finalizer waited for the lock its own thread held")
+    dispatcher.join(10)
+    assert not dispatcher.is_alive()  # stopped: nothing to answer
