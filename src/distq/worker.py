@@ -300,7 +300,12 @@ class Worker:
                 if any(thread.is_alive() for thread in threads):
                     if busy:
                         self.console.info(_drain_ran_out(slots, self.options.drain_seconds))
-                    self._stop_cold(slots)
+                        self._stop_cold(slots)
+                    else:  # slots still in a call, past their grace, with nothing in hand:
+                        # nothing to hand back nor wait for (2 s for their locks and 5 s for
+                        # their threads took a worker idle on a frozen manager master, its
+                        # fetches held for REPLY_TIMEOUT, past its grace period)
+                        self._abort.set()
                 return
 
     def _slot_stopped(self) -> None:

@@ -541,6 +541,73 @@ def test_a_connected_worker_detects_a_stopped_master_then_reconnects(
         master.stop(grace=0)
 
 
+@pytest.mark.timeout(180)
+def test_a_worker_stopped_while_its_master_is_frozen_exits_within_its_drain() -> None:
+    # the README: the grace period, the drain plus 10 s, covers a stop while the broker
+    # hangs too. Each of the worker's proxies (one a slot, the keeper's) told the master it
+    # was gone as the process exited, a connection each, one after the other: 5 s each
+    # against a frozen master, so 4 slots took the drain plus 30 s (SIGKILLed at 45 s)
+    settings = _settings("frozenstop")
+    drain = 2.0
+    env = dict(_env(settings), DISTQ_DRAIN_SECONDS=f"{drain:g}")
+    master = Distq(["master", "--tasks", "8", "--task-delay", "120", "--timeout", "170"], env)
+    worker: Distq | None = None
+    try:
+        master.wait_for(r"^master .* transport")
+        worker = Distq(["worker", "--concurrency", "4", "--connect-timeout", "30"], env)
+        deadline = time.monotonic() + 60
+        while worker.output().count("Get task") < 4:  # every slot in a task
+            assert time.monotonic() < deadline and worker.proc.poll() is None, worker.output()
+            time.sleep(0.05)
+        with _stopped(master):
+            worker.signal(signal.SIGTERM)
+            started = time.monotonic()
+            code = worker.wait(120)
+            took = time.monotonic() - started
+        assert code == 0, worker.output()
+        assert took < drain + 10, f"{took:.1f} s:\n{worker.output()}"
+    finally:
+        if worker is not None:
+            worker.stop(grace=0)
+        master.stop(grace=0)
+
+
+@pytest.mark.timeout(180)
+def test_an_idle_worker_stopped_while_its_master_is_frozen_exits_within_its_drain() -> None:
+    # idle slots wait on the frozen master for a reply to their fetch (30 s, REPLY_TIMEOUT):
+    # past the drain and the 5 s given to idle slots, the worker still waited 2 s for their
+    # locks and 5 s for their threads, with nothing in hand: the drain plus 12.6 s (drain
+    # 20 s: SIGKILLed by compose's 30 s grace)
+    settings = _settings("frozenidle")
+    drain = 2.0
+    env = dict(_env(settings), DISTQ_DRAIN_SECONDS=f"{drain:g}")
+    master = Distq(["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], env)
+    worker: Distq | None = None
+    try:
+        master.wait_for(r"^master .* transport")
+        worker = Distq(["worker", "--concurrency", "2", "--connect-timeout", "30"], env)
+        worker.wait_for(r"^Connect to master")
+        remote = open_transport(settings, "worker")
+        try:  # both slots attached, each in a fetch
+            deadline = time.monotonic() + 30
+            while remote.stats().consumers < 2:
+                assert time.monotonic() < deadline, worker.output()
+                time.sleep(0.05)
+        finally:
+            remote.close()
+        with _stopped(master):
+            worker.signal(signal.SIGTERM)
+            started = time.monotonic()
+            code = worker.wait(120)
+            took = time.monotonic() - started
+        assert code == 0, worker.output()
+        assert took < drain + 10, f"{took:.1f} s:\n{worker.output()}"
+    finally:
+        if worker is not None:
+            worker.stop(grace=0)
+        master.stop(grace=0)
+
+
 # -- a master under limits: silent peers, no threads, no file descriptors ----------------
 #: A master in a process of its own (argv: port, key, limit, amount) whose thread or file
 #: descriptor budget runs out after ``amount`` MiB of address space or open files.

@@ -39,6 +39,7 @@ def _one_parameter_fewer(token: object, authkey: object, state: object, tls: obj
         (managers.BaseProxy, "_incref", None, "BaseProxy._incref"),
         (managers.BaseProxy, "_callmethod", 3, "BaseProxy._callmethod"),
         (managers.BaseProxy, "_decref", staticmethod(_one_parameter_fewer), "BaseProxy._decref"),
+        (managers, "State", None, "managers.State"),
     ],
 )
 def test_a_part_that_changed_is_named_with_what_to_do(

@@ -12,9 +12,10 @@ It relies on parts of ``multiprocessing`` that are not documented API: the
 ``managers.listener_client`` table (a serializer of distq's own is entered in it at
 import), ``managers.Server.public``, ``connection.SocketListener`` and a listener's
 ``_socket``, ``connection.answer_challenge`` and ``deliver_challenge``, and
-``BaseProxy``'s ``_incref``/``_decref``. :func:`check_multiprocessing` checks them when
-this module is imported (a listener's ``_socket`` as it is made): a Python release that
-changed one fails with a :class:`~distq.errors.ConfigError` naming it, never quietly.
+``BaseProxy``'s ``_incref``/``_decref`` (and the ``managers.State`` the latter reads).
+:func:`check_multiprocessing` checks them when this module is imported (a listener's
+``_socket`` as it is made): a Python release that changed one fails with a
+:class:`~distq.errors.ConfigError` naming it, never quietly.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def check_multiprocessing() -> None:
         )
     for name in ("_incref", "_callmethod"):
         _parameters(f"BaseProxy.{name}", getattr(BaseProxy, name, None), ("self",))
+    state = getattr(managers, "State", None)
+    if not all(hasattr(state, name) for name in ("INITIAL", "STARTED", "SHUTDOWN")):
+        raise changed("managers.State", state, "a class with STARTED and SHUTDOWN")
     _parameters(
         "BaseProxy._decref",
         getattr(BaseProxy, "_decref", None),
@@ -433,6 +437,8 @@ getattr(managers, "listener_client")[SERIALIZER] = (Listener, client)  # noqa: B
 
 #: What a proxy's finalizer takes for its thread's connections: none to close.
 _NO_CONNECTION = types.SimpleNamespace()
+#: What a proxy's finalizer takes for its manager's state (typeshed has no ``State``).
+_STATE: Any = managers.State  # type: ignore[attr-defined]
 
 
 class BrokerProxy(BaseProxy):
@@ -452,7 +458,8 @@ class BrokerProxy(BaseProxy):
         collected in a live executor's or slot's thread closed that thread's connection,
         mid-send at times (``'NoneType' object cannot be interpreted as an integer``: the
         executor broke). A connection is closed by the one who made it
-        (:func:`_close_proxy`), or with its thread."""
+        (:func:`_close_proxy`), or with its thread. Once its transport is closed
+        (:meth:`ClientManager.hush`) it tells the master nothing."""
         base: Any = BaseProxy  # typeshed declares none of its private parts
         me: Any = self
         base._incref(me)
@@ -460,7 +467,10 @@ class BrokerProxy(BaseProxy):
         if close is None:  # owned by the manager: no finalizer
             return
         close.cancel()
-        state = me._manager and me._manager._state
+        manager = me._manager
+        state = (
+            manager.telling if isinstance(manager, ClientManager) else manager and manager._state
+        )
         me._close = util.Finalize(
             me,
             base._decref,
@@ -551,6 +561,22 @@ class ClientManager(BaseManager):
     ``serializer=SERIALIZER``, so every connection it and its proxies open is :func:`client`'s."""
 
     distq_broker: Callable[[], BrokerProxy]  # made by register() below
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: What its proxies' finalizers read (``BaseProxy._decref``'s ``state``): while
+        #: STARTED, each proxy collected tells the master it is gone, a connection of its
+        #: own; SHUTDOWN (:meth:`hush`) tells nothing.
+        self.telling = _STATE()
+        self.telling.value = _STATE.STARTED
+
+    def hush(self) -> None:
+        """From now on no proxy tells the master it is gone: the transport is closed, and
+        its proxies are collected as the process exits, each connection to a master that
+        does not answer (frozen, cut off) waiting out ``CONNECT_TIMEOUT``, one after the
+        other: a worker stopped while its master was frozen took its drain plus 5 s a
+        slot to exit, past its grace period."""
+        self.telling.value = _STATE.SHUTDOWN
 
 
 ClientManager.register("distq_broker", proxytype=BrokerProxy)
