@@ -68,6 +68,11 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 
+#: How long close() waits for the executor's thread to take back what it can and close
+#: the connection before it fails the unanswered futures itself (a broker that hangs).
+CLOSE_WAIT_SECONDS = 2.0
+
+
 class Executor(concurrent.futures.Executor):
     """Runs registered tasks on distq workers, over the transport the settings name.
 
@@ -276,7 +281,10 @@ class Executor(concurrent.futures.Executor):
         its own); :meth:`shutdown` waits for them. ``cancel_futures=False`` leaves the
         tasks sent on the queue (``distq submit --wait`` past its ``--timeout``); with
         nobody waiting, a worker that reaches one dead-letters it unrun ("its master is
-        gone"), as it does any task whose master went away.
+        gone"), as it does any task whose master went away. With a broker that does not
+        answer (stopped, cut off), it returns after :data:`CLOSE_WAIT_SECONDS`, every
+        unanswered future failed; the executor's thread closes the connection once its
+        call times out.
         """
         if self._dispatcher.forked():
             # the parent's: its futures failed at the fork. Not its lock: a thread of the
@@ -286,7 +294,14 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             self._shutdown = True
         self._dispatcher.put(Stop(cancel_futures, abandon="the executor was closed"))
-        self._join()
+        if threading.current_thread() is not self._dispatcher:
+            self._dispatcher.join(CLOSE_WAIT_SECONDS)
+            if self._dispatcher.is_alive():  # in a call to a broker that does not answer
+                # fail the unanswered futures from here, as at exit: the thread's call,
+                # its reconnect and its last calls each waited out a timeout (a stopped
+                # Redis: 20 s for close(), documented to stop at once); it ends when back
+                self._dispatcher.fail_stuck("the executor was closed, its broker not answering")
+        self._callbacks.join()
 
     def _join(self) -> None:
         """Wait for the executor's thread to end, then for the callbacks it handed on

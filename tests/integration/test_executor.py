@@ -29,6 +29,7 @@ import redis
 
 import distq
 import distq.dispatcher as dispatching
+import distq.executor as executing
 import jobs
 from conftest import REPO, Target
 from distq.config import Settings
@@ -780,6 +781,31 @@ def test_cancel_takes_back_a_task_not_sent_at_once_while_the_broker_hangs(
             assert ex.stats().ready == 1
         finally:
             ex.close()
+
+
+def test_close_returns_soon_and_fails_the_futures_while_the_broker_hangs(
+    tmp_path: Path,
+) -> None:
+    """close() is for a program that must not wait: with the executor's thread in a read
+    of a stopped Redis it returned after about 20 s (the read's timeout, a reconnect, a
+    withdraw and a delete of its result list, each waited out), 7 s with nothing
+    pending; it returns after CLOSE_WAIT_SECONDS now, each future failed."""
+    with LocalRedis(tmp_path).start() as server:
+        ex = distq.Executor(transport="redis", redis_url=server.url, queue="hung")
+        futures = [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
+        time.sleep(0.5)
+        server.pause()
+        try:
+            time.sleep(1.0)  # the thread is in a read now
+            started = time.monotonic()
+            ex.close()
+            took = time.monotonic() - started
+            assert took < executing.CLOSE_WAIT_SECONDS + 3, took  # a stall may add some
+            for future in futures:
+                assert isinstance(future.exception(0), BrokenExecutor), future
+                assert "closed" in str(future.exception(0))
+        finally:
+            server.resume()
 
 
 LEAVES_WITH_ITS_BROKER_STOPPED = """
