@@ -150,7 +150,10 @@ class JsonConsole(Console):
         self.write(self.out, text.decode())
 
     def _write(self, stream: TextIO, records: list[dict[str, Any]]) -> None:
-        lines = b"".join([_encode(r) + b"\n" for r in records])
+        try:
+            lines = b"".join([_encode(r) + b"\n" for r in records])
+        except UnicodeEncodeError:  # a lone surrogate (a non-UTF-8 byte in a name): json's
+            lines = b"\x80"  # escape below, as the text console's backslashreplace writes it
         if lines.isascii():
             self.write(stream, lines.decode())
         else:  # as json writes it: \u escapes, which any stream can carry

@@ -464,7 +464,8 @@ class _Run(Generic[E]):
             self.health.beat("job")  # waiting for workers is not being wedged
             try:
                 self._reconcile_when_due(time.perf_counter())
-                seen = self.master.transport.stats().consumers
+                with self.health.liveness.waiting("job"):  # a silent broker is no stall
+                    seen = self.master.transport.stats().consumers
             except TransportError as exc:
                 if not self._recover(exc):
                     break

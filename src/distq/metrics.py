@@ -15,6 +15,7 @@ worker. Gauges are prometheus-client's.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -311,6 +312,7 @@ class MasterMetrics:
         self.queue_depth.labels(*base, "dead").set(stats.dead)
         if stats.in_flight_known:
             self.queue_depth.labels(*base, "in_flight").set(stats.in_flight)
-        else:
-            self.queue_depth.remove(*base, "in_flight")
+        else:  # none yet: prometheus-client before 0.22 raises KeyError for it
+            with contextlib.suppress(KeyError):
+                self.queue_depth.remove(*base, "in_flight")
         self.workers.labels(*base).set(stats.consumers)

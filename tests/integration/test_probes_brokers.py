@@ -286,3 +286,32 @@ def test_readiness_is_503_as_soon_as_a_worker_stops_even_while_its_task_runs(
         assert process.proc.poll() is None  # still running its task
     finally:
         stop(process)
+
+
+def test_a_master_waiting_for_workers_is_not_stalled_by_a_paused_broker(
+    redis_server: LocalRedis,
+) -> None:
+    """``--wait-workers`` asks the broker how many slots are attached outside the time
+    liveness lets a loop wait on the broker: a paused broker held that call (up to the
+    socket timeout on Redis; on RabbitMQ's admin link, with no heartbeats, for as long
+    as the pause) and /healthz said "stalled" (job) after DISTQ_STALL_SECONDS, so a
+    liveness probe restarted a master for the broker's outage."""
+    port = free_port()
+    env = environment("redis", redis_server.url, DISTQ_STALL_SECONDS="2")
+    master_env = dict(env, DISTQ_METRICS_PORT=str(port), DISTQ_LEASE_SECONDS="30")
+    process = Distq(["master", "--tasks", "1", "--wait-workers", "1", "--quiet"], master_env)
+    try:
+        wait_for([port], "/readyz", 200, timeout=60)
+        redis_server.pause()
+        try:
+            answers = []
+            deadline = time.monotonic() + 6  # three stall limits, inside the 10 s timeout
+            while time.monotonic() < deadline:
+                answers.append(get(port, "/healthz"))
+                time.sleep(0.2)
+        finally:
+            redis_server.resume()
+        stalled = [body for status, body in answers if status != 200]
+        assert not stalled, stalled[0]
+    finally:
+        stop(process)

@@ -223,6 +223,20 @@ def test_every_json_line_is_compact_non_ascii_and_library_records_too() -> None:
         assert line.isascii() and line == json.dumps(json.loads(line), separators=(",", ":"))
 
 
+def test_a_line_with_a_non_utf8_byte_is_written_escaped_not_raised() -> None:
+    """A non-UTF-8 byte in a name the process says (an environment variable's, in the
+    "not a distq setting" warning) is a lone surrogate in Python: msgspec refused to
+    encode it and the JSON console raised UnicodeEncodeError, a master exiting 1 with
+    a traceback where the text console printed the warning."""
+    out, err = io.StringIO(), io.StringIO()
+    console = JsonConsole("master", out=out, err=err)
+    console.error("warning: DISTQ_QUEU\udcff is not a distq setting (ignored)")
+    console.info("name \udcff")
+    for line in [*err.getvalue().splitlines(), *out.getvalue().splitlines()]:
+        assert line.isascii() and line == json.dumps(json.loads(line), separators=(",", ":"))
+    assert json.loads(err.getvalue())["message"].startswith("warning: DISTQ_QUEU\udcff ")
+
+
 def test_events_of_a_batch_are_one_object_per_line_in_order_whatever_they_hold() -> None:
     out = io.StringIO()
     worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))

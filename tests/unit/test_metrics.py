@@ -546,6 +546,20 @@ def test_a_masters_batch_counts_as_its_results_one_by_one(kinds: list[str]) -> N
     assert value(registry, "distq_master_tasks_outstanding") == 5
 
 
+def test_a_first_sample_without_in_flight_still_shows_the_queue() -> None:
+    """RabbitMQ over AMQP (no management API) has no in_flight from its first sample on:
+    removing the series that was never set raised KeyError in prometheus-client before
+    0.22 (pyproject allows 0.20), so each sample failed before ``distq_workers`` was set
+    and the master printed "sampling the broker failed ... a bug in distq" every time."""
+    metrics = MasterMetrics("rabbitmq", "q")
+    labels: dict[str, Any] = {"transport": "rabbitmq", "queue": "q"}
+    metrics.sampled(QueueStats(ready=4, in_flight=0, dead=1, consumers=3, in_flight_known=False))
+    get = metrics.registry.get_sample_value
+    assert get("distq_queue_depth", {**labels, "state": "ready"}) == 4
+    assert get("distq_queue_depth", {**labels, "state": "in_flight"}) is None
+    assert get("distq_workers", labels) == 3
+
+
 def test_queue_samples_replace_and_vanish_rather_than_go_stale() -> None:
     metrics = MasterMetrics("rabbitmq", "q")
     labels: dict[str, Any] = {"transport": "rabbitmq", "queue": "q"}
