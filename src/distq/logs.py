@@ -151,10 +151,10 @@ class JsonConsole(Console):
 
     def _write(self, stream: TextIO, records: list[dict[str, Any]]) -> None:
         try:
-            lines = b"".join([_encode(r) + b"\n" for r in records])
-        except UnicodeEncodeError:  # a lone surrogate (a non-UTF-8 byte in a name): json's
-            lines = b"\x80"  # escape below, as the text console's backslashreplace writes it
-        if lines.isascii():
+            lines: bytes | None = b"".join([_encode(r) + b"\n" for r in records])
+        except UnicodeEncodeError:  # a lone surrogate (a non-UTF-8 byte in a name)
+            lines = None  # json escapes it, as the text console's backslashreplace does
+        if lines is not None and lines.isascii():
             self.write(stream, lines.decode())
         else:  # as json writes it: \u escapes, which any stream can carry
             self.write(stream, "".join(_escaped(r) + "\n" for r in records))
