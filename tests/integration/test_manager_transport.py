@@ -541,6 +541,18 @@ def test_a_connected_worker_detects_a_stopped_master_then_reconnects(
         master.stop(grace=0)
 
 
+def _stops_within_its_grace(worker: Distq, master: Distq, drain: float) -> None:
+    """SIGTERM ``worker`` while ``master`` is frozen: it exits 0 within the README's grace
+    period, the drain plus 10 s."""
+    with _stopped(master):
+        worker.signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = worker.wait(120)
+        took = time.monotonic() - started
+    assert code == 0, worker.output()
+    assert took < drain + 10, f"{took:.1f} s:\n{worker.output()}"
+
+
 @pytest.mark.timeout(180)
 def test_a_worker_stopped_while_its_master_is_frozen_exits_within_its_drain() -> None:
     # the README: the grace period, the drain plus 10 s, covers a stop while the broker
@@ -559,13 +571,7 @@ def test_a_worker_stopped_while_its_master_is_frozen_exits_within_its_drain() ->
         while worker.output().count("Get task") < 4:  # every slot in a task
             assert time.monotonic() < deadline and worker.proc.poll() is None, worker.output()
             time.sleep(0.05)
-        with _stopped(master):
-            worker.signal(signal.SIGTERM)
-            started = time.monotonic()
-            code = worker.wait(120)
-            took = time.monotonic() - started
-        assert code == 0, worker.output()
-        assert took < drain + 10, f"{took:.1f} s:\n{worker.output()}"
+        _stops_within_its_grace(worker, master, drain)
     finally:
         if worker is not None:
             worker.stop(grace=0)
@@ -595,13 +601,7 @@ def test_an_idle_worker_stopped_while_its_master_is_frozen_exits_within_its_drai
                 time.sleep(0.05)
         finally:
             remote.close()
-        with _stopped(master):
-            worker.signal(signal.SIGTERM)
-            started = time.monotonic()
-            code = worker.wait(120)
-            took = time.monotonic() - started
-        assert code == 0, worker.output()
-        assert took < drain + 10, f"{took:.1f} s:\n{worker.output()}"
+        _stops_within_its_grace(worker, master, drain)
     finally:
         if worker is not None:
             worker.stop(grace=0)
