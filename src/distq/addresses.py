@@ -109,6 +109,12 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
             port = parts.port  # raises ValueError on a port not a number, or above 65535
         except ValueError:  # its message may quote part of the password: not shown
             digits = _port_text(text)
+            if digits.isdigit() and 0 < int(digits) < 65536:  # fe80::1:6379, h:1:2
+                raise ValueError(
+                    f"({credentials.mask_url(text)}) is not a valid URL: its host and port "
+                    "hold more than one ':'; write an IPv6 host in brackets, then its port, "
+                    "e.g. [::1]:PORT"
+                ) from None
             if digits.isdigit():
                 raise ValueError(
                     f"({credentials.mask_url(text)}) has port {int(digits)}; use 1 to 65535, "

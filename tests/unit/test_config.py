@@ -495,3 +495,24 @@ def test_an_amqp_url_whose_path_is_more_than_one_vhost_is_refused(path: str, ref
         return
     with pytest.raises(ConfigError, match=r"has path '/a/b': a vhost is one segment; percent"):
         Settings.load(env)
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DISTQ_REDIS_URL", "redis://fe80::1:6379/0"),
+        ("DISTQ_REDIS_URL", "redis://h:1:2/0"),
+        ("DISTQ_AMQP_URL", "amqp://u:p@::1:5672/%2F"),
+    ],
+)
+def test_a_url_with_an_unbracketed_ipv6_host_is_not_told_its_good_port_is_bad(
+    variable: str, url: str
+) -> None:
+    """A host:port part with more ':' than one named its (valid) last digits as the bad
+    port: "has port 6379; use 1 to 65535"."""
+    transport = "redis" if variable == "DISTQ_REDIS_URL" else "rabbitmq"
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": transport, variable: url})
+    message = str(caught.value)
+    assert "use 1 to 65535" not in message, message
+    assert message.startswith(variable) and "brackets" in message and "[::1]" in message
