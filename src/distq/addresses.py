@@ -223,6 +223,9 @@ def _options(url: str, query: str) -> None:
 
 
 _DATABASE_PATH = re.compile(r"(/[0-9]*)?/?")
+#: Highest database number Redis's SELECT reads (a C int); past it the server answers
+#: "value is out of range", which read as a broker failing at start (exit 3).
+_MOST_DATABASE = 2**31 - 1
 
 
 def redis_url(example: str) -> Callable[[str], str]:
@@ -238,6 +241,15 @@ def redis_url(example: str) -> Callable[[str], str]:
                 f"({credentials.mask_url(checked)}) has path {parts.path!r}, not a database "
                 f"number; end it with the database, e.g. {example} (or no path: database 0)"
             )
+        path = parts.path.strip("/") if parts.scheme != "unix" else ""
+        for number in [path, *parse_qs(parts.query).get("db", [])]:
+            digits = number.lstrip("0") if number.isascii() and number.isdigit() else ""
+            if len(digits) > 10 or (digits and int(digits) > _MOST_DATABASE):
+                raise ValueError(
+                    f"({credentials.mask_url(checked)}) names a database past any Redis "
+                    f"server's (above {_MOST_DATABASE}); use one from 0 to its `databases` "
+                    "setting minus 1 (0 to 15 by default)"
+                )
         return checked
 
     return parse

@@ -516,3 +516,24 @@ def test_a_url_with_an_unbracketed_ipv6_host_is_not_told_its_good_port_is_bad(
     message = str(caught.value)
     assert "use 1 to 65535" not in message, message
     assert message.startswith(variable) and "brackets" in message and "[::1]" in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/2147483648",
+        "redis://127.0.0.1:6379/99999999999999999999",
+        "redis://127.0.0.1:6379/0?db=2147483648",
+        "unix:///run/redis.sock?db=2147483648",
+        "redis://127.0.0.1:6379/" + "9" * 5000,  # redis-py read it as database 0, unsaid
+    ],
+)
+def test_a_redis_database_past_what_select_takes_is_a_bad_setting(url: str) -> None:
+    """Redis's SELECT reads a C int: past it the server said "value is out of range" at
+    the first connect, which read as a broker failing (exit 3), not a bad value (exit 2)."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
+    message = str(caught.value)
+    assert message.startswith("DISTQ_REDIS_URL (") and "past any Redis server's" in message
+    ok = "redis://127.0.0.1:6379/2147483647"  # the server says whether it has that one
+    assert Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": ok}).redis_url == ok
