@@ -109,6 +109,12 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
             port = parts.port  # raises ValueError on a port not a number, or above 65535
         except ValueError:  # its message may quote part of the password: not shown
             digits = _port_text(text)
+            if digits.isdigit() and 0 < int(digits) < 65536:  # fe80::1:6379, h:1:2
+                raise ValueError(
+                    f"({credentials.mask_url(text)}) is not a valid URL: its host and port "
+                    "hold more than one ':'; write an IPv6 host in brackets, then its port, "
+                    "e.g. [::1]:PORT"
+                ) from None
             if digits.isdigit():
                 raise ValueError(
                     f"({credentials.mask_url(text)}) has port {int(digits)}; use 1 to 65535, "
@@ -217,6 +223,9 @@ def _options(url: str, query: str) -> None:
 
 
 _DATABASE_PATH = re.compile(r"(/[0-9]*)?/?")
+#: Highest database number Redis's SELECT reads (a C int); past it the server answers
+#: "value is out of range", which read as a broker failing at start (exit 3).
+_MOST_DATABASE = 2**31 - 1
 
 
 def redis_url(example: str) -> Callable[[str], str]:
@@ -232,6 +241,15 @@ def redis_url(example: str) -> Callable[[str], str]:
                 f"({credentials.mask_url(checked)}) has path {parts.path!r}, not a database "
                 f"number; end it with the database, e.g. {example} (or no path: database 0)"
             )
+        path = parts.path.strip("/") if parts.scheme != "unix" else ""
+        for number in [path, *parse_qs(parts.query).get("db", [])]:
+            digits = number.lstrip("0") if number.isascii() and number.isdigit() else ""
+            if len(digits) > 10 or (digits and int(digits) > _MOST_DATABASE):
+                raise ValueError(
+                    f"({credentials.mask_url(checked)}) names a database past any Redis "
+                    f"server's (above {_MOST_DATABASE}); use one from 0 to its `databases` "
+                    "setting minus 1 (0 to 15 by default)"
+                )
         return checked
 
     return parse

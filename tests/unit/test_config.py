@@ -495,3 +495,45 @@ def test_an_amqp_url_whose_path_is_more_than_one_vhost_is_refused(path: str, ref
         return
     with pytest.raises(ConfigError, match=r"has path '/a/b': a vhost is one segment; percent"):
         Settings.load(env)
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DISTQ_REDIS_URL", "redis://fe80::1:6379/0"),
+        ("DISTQ_REDIS_URL", "redis://h:1:2/0"),
+        ("DISTQ_AMQP_URL", "amqp://u:p@::1:5672/%2F"),
+    ],
+)
+def test_a_url_with_an_unbracketed_ipv6_host_is_not_told_its_good_port_is_bad(
+    variable: str, url: str
+) -> None:
+    """A host:port part with more ':' than one named its (valid) last digits as the bad
+    port: "has port 6379; use 1 to 65535"."""
+    transport = "redis" if variable == "DISTQ_REDIS_URL" else "rabbitmq"
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": transport, variable: url})
+    message = str(caught.value)
+    assert "use 1 to 65535" not in message, message
+    assert message.startswith(variable) and "brackets" in message and "[::1]" in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/2147483648",
+        "redis://127.0.0.1:6379/99999999999999999999",
+        "redis://127.0.0.1:6379/0?db=2147483648",
+        "unix:///run/redis.sock?db=2147483648",
+        "redis://127.0.0.1:6379/" + "9" * 5000,  # redis-py read it as database 0, unsaid
+    ],
+)
+def test_a_redis_database_past_what_select_takes_is_a_bad_setting(url: str) -> None:
+    """Redis's SELECT reads a C int: past it the server said "value is out of range" at
+    the first connect, which read as a broker failing (exit 3), not a bad value (exit 2)."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
+    message = str(caught.value)
+    assert message.startswith("DISTQ_REDIS_URL (") and "past any Redis server's" in message
+    ok = "redis://127.0.0.1:6379/2147483647"  # the server says whether it has that one
+    assert Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": ok}).redis_url == ok
