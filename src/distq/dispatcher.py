@@ -38,7 +38,6 @@ from distq.errors import (
     BrokenExecutor,
     CertificateRejected,
     ConfigError,
-    DistqError,
     EnvelopeError,
     MessageRefused,
     MessageTooLarge,
@@ -242,7 +241,7 @@ class Dispatcher(threading.Thread):
             self._loop()
         except BaseException as exc:  # a lost broker, or a bug: no future may hang
             if isinstance(exc, ConfigError):  # a setting refused (a key of another type):
-                self._collect_waiting()  # the results already in answer their futures
+                self.collector.read_left(self.producer)  # the results in answer their futures
             self.broken, self.broken_by = f"the executor stopped: {exc}", exc
             log.error("%s", self.broken)
         finally:
@@ -317,15 +316,6 @@ class Dispatcher(threading.Thread):
                 )
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
                     entry.future.set_exception(error)
-
-    def _collect_waiting(self) -> None:
-        """The results in the reply queue when a refused setting stops the thread: read,
-        not failed with the rest. A queue key of another type on Redis stops it once no
-        task is leased, and the last results came with the last lease's end (as the
-        master's, :meth:`distq.master._Run._collect_waiting`)."""
-        if self.collector.outstanding:
-            with contextlib.suppress(DistqError):  # the refusal may be of this read too
-                self.collector.read_waiting(self.producer)
 
     def _reconcile(self) -> None:
         """Ask the broker what it holds (renewing the reply queue, reconnecting if need

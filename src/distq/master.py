@@ -20,7 +20,6 @@ drain, status lines and the report are the same for every workload, here.
 from __future__ import annotations
 
 import abc
-import contextlib
 import json
 import math
 import re
@@ -270,23 +269,13 @@ class _Run(Generic[E]):
             if self.stop.is_set() and self.collector.outstanding:
                 self._drain()
         except ConfigError as exc:  # the broker refused a setting mid-job: a report all the same
-            self._collect_waiting()
+            if self.collector.outstanding:  # the results in, before it stops
+                self.collector.read_left(self.producer)
+                self._print_results()
             self._refused(exc)
         if self.lapsed:
             self._forget_orphans()
         return self._finish(time.perf_counter() - start)
-
-    def _collect_waiting(self) -> None:
-        """Before a refused setting stops the job: collect the results already in the reply
-        queue, which were counted missing. A queue key of another type on Redis stops it
-        once the workers' last lease ends, and the last results come with that end: the
-        master stopped at the reconcile that found no lease, the last result unread
-        (1 of 2 results in, the master stopped for 0.8 s by a stall injector)."""
-        if not self.collector.outstanding:
-            return
-        with contextlib.suppress(DistqError):  # the refusal may be of this read too
-            self.collector.read_waiting(self.producer)
-        self._print_results()
 
     def _refused(self, exc: ConfigError | CertificateRejected) -> None:
         """Say why the job stops here (an ACL taken away, the queue's key made another
