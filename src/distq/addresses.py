@@ -160,7 +160,15 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
 
 #: Options of a broker URL that are seconds: each must be a number above 0 (NaN made a
 #: connect wait for good, -1 a traceback at the first connect).
-_SECONDS_OPTIONS = ("socket_timeout", "socket_connect_timeout", "stack_timeout")
+_SECONDS_OPTIONS = (
+    "socket_timeout",
+    "socket_connect_timeout",
+    "stack_timeout",
+    "blocked_connection_timeout",
+)
+#: An AMQP URL's pause between connection attempts: 0 or more seconds (pika waited for
+#: good on NaN or inf, and raised a traceback on -5, at the first failed attempt).
+_PAUSE_OPTIONS = ("retry_delay",)
 #: The longest of them: a socket's timeout of 1e10 s overflowed at the first connect.
 _MOST_SECONDS = 1_000_000
 
@@ -209,16 +217,19 @@ def _options(url: str, query: str) -> None:
             "(a blocking read waits up to a third of DISTQ_LEASE_SECONDS, and a shorter "
             "timeout reads as an outage): remove it"
         )
-    for name in _SECONDS_OPTIONS:
+    for name in _SECONDS_OPTIONS + _PAUSE_OPTIONS:
         for value in options.get(name, []):
             try:
                 seconds = float(value)
             except ValueError:
                 seconds = math.nan
-            if not (math.isfinite(seconds) and 0 < seconds <= _MOST_SECONDS):
+            pause = name in _PAUSE_OPTIONS  # 0: the next attempt at once
+            above = seconds >= 0 if pause else seconds > 0
+            if not (math.isfinite(seconds) and above and seconds <= _MOST_SECONDS):
+                span = "from 0 to" if pause else "above 0 and at most"
                 raise ValueError(
                     f"({credentials.mask_url(url)}) has {name}={value!r}; use a number of "
-                    f"seconds above 0 and at most {_MOST_SECONDS:,}, or leave the option out"
+                    f"seconds {span} {_MOST_SECONDS:,}, or leave the option out"
                 )
 
 

@@ -854,3 +854,14 @@ def test_submit_still_refuses_an_unknown_option() -> None:
 
     with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
         _parser().parse_args(["submit", "jobs:add", "-x"])
+
+
+def test_a_negative_amqp_retry_delay_exits_2_with_one_line() -> None:
+    """pika raised its ValueError ("call_later: delay must be non-negative") out of the
+    first failed connection attempt: a traceback, exit 1."""
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F?connection_attempts=2&retry_delay=-5"
+    done = distq("status", DISTQ_TRANSPORT="rabbitmq", DISTQ_AMQP_URL=url)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("distq: DISTQ_AMQP_URL (amqp://guest:***@127.0.0.1:")
+    assert "has retry_delay='-5'; use a number of seconds from 0" in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr

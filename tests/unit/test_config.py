@@ -537,3 +537,31 @@ def test_a_redis_database_past_what_select_takes_is_a_bad_setting(url: str) -> N
     assert message.startswith("DISTQ_REDIS_URL (") and "past any Redis server's" in message
     ok = "redis://127.0.0.1:6379/2147483647"  # the server says whether it has that one
     assert Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": ok}).redis_url == ok
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "connection_attempts=2&retry_delay=nan",
+        "connection_attempts=2&retry_delay=inf",
+        "connection_attempts=2&retry_delay=-5",
+        "retry_delay=2e6",
+        "blocked_connection_timeout=nan",
+        "blocked_connection_timeout=inf",
+    ],
+)
+def test_amqp_url_delays_that_cannot_work_are_refused(query: str) -> None:
+    """pika takes any float for retry_delay: NaN or inf waited for good between two
+    connection attempts (a worker that never started, nor said why), -5 raised a
+    traceback at the first connect; blocked_connection_timeout=nan passed the README's
+    "timeout options in seconds above 0" unrefused."""
+    url = f"amqp://u:p@h:5672/%2F?{query}"
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": url})
+    name, _, value = query.rpartition("&")[2].partition("=")
+    assert str(caught.value).startswith("DISTQ_AMQP_URL ("), caught.value
+    assert f"has {name}={value!r}; use a number of seconds" in str(caught.value), caught.value
+    for ok in ("retry_delay=0", "connection_attempts=3&retry_delay=2.5"):
+        fine = f"amqp://u:p@h:5672/%2F?{ok}"
+        loaded = Settings.load({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": fine})
+        assert loaded.amqp_url == fine
