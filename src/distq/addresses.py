@@ -15,7 +15,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from distq import credentials
 
@@ -122,8 +122,14 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
                 ) from None
             raise ValueError(
                 f"({credentials.mask_url(text)}) is not a valid URL: its port is not a "
-                "number; percent-encode '/', '@' and ':' in a password (%2F, %40, %3A)"
+                f"number; {_PERCENT_ENCODE}"
             ) from None
+        if "@" not in parts.netloc and "@" in _after_the_host_part(parts):
+            # a password of digits before its '#' or '?': "user:12" read as host:port
+            raise ValueError(
+                f"({credentials.mask_url(text)}) is not a valid URL: an '@' stands after "
+                f"its host part; {_PERCENT_ENCODE}"
+            )
         if parts.scheme not in schemes:
             raise ValueError(
                 f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}"
@@ -156,6 +162,19 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+#: What ends a URL's host part early when a password holds it: a '#' or a '?' as a '/'.
+_PERCENT_ENCODE = (
+    "percent-encode '/', '@', ':', '#' and '?' in a password (%2F, %40, %3A, %23, %3F)"
+)
+
+
+def _after_the_host_part(parts: SplitResult) -> str:
+    """The part of a URL where an '@' means that its password held a '#' or a '?': the
+    fragment, which no broker reads, and a first query field with no '=' (ignored)."""
+    first = parts.query.partition("&")[0]
+    return parts.fragment + ("" if "=" in first else first)
 
 
 #: Options of a broker URL that are seconds: each must be a number above 0 (NaN made a

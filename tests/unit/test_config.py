@@ -565,3 +565,34 @@ def test_amqp_url_delays_that_cannot_work_are_refused(query: str) -> None:
         fine = f"amqp://u:p@h:5672/%2F?{ok}"
         loaded = Settings.load({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": fine})
         assert loaded.amqp_url == fine
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DISTQ_AMQP_URL", "amqp://guest:pa#ss@127.0.0.1:5672/%2F"),
+        ("DISTQ_AMQP_URL", "amqp://guest:pa?ss@127.0.0.1:5672/%2F"),
+        ("DISTQ_REDIS_URL", "redis://:pa#ss@127.0.0.1:6379/0"),
+        ("DISTQ_REDIS_URL", "redis://:pa?ss@127.0.0.1:6379/0"),
+        ("DISTQ_AMQP_URL", "amqp://guest:12#ss@127.0.0.1:5672/%2F"),
+        ("DISTQ_AMQP_URL", "amqp://guest:12?ss@127.0.0.1:5672/%2F"),
+        ("DISTQ_REDIS_URL", "redis://u:12#ss@127.0.0.1:6379/0"),
+        ("DISTQ_REDIS_URL", "redis://:12?ss@127.0.0.1:6379/0"),
+    ],
+)
+def test_a_password_holding_a_hash_or_a_question_mark_is_named_as_the_cause(
+    variable: str, url: str
+) -> None:
+    """The hint named '/', '@' and ':' only: a password holding '#' or '?' (which end a
+    URL's host part as '/' does) read as a port that is not a number, and the user
+    looked for characters the password does not hold. One of digits before them read
+    as a port: ``amqp://guest:12#ss@...`` was taken as host 'guest', port 12 (an
+    unreachable broker, exit 3), ``redis://:12?ss@...`` as naming no host."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": "redis", variable: url})
+    message = str(caught.value)
+    assert message.startswith(f"{variable} ("), message
+    assert "is not a valid URL" in message, message
+    char = "#" if "#" in url else "?"
+    assert f"{char!r}" in message and ("%23" if char == "#" else "%3F") in message, message
+    assert "ss@" not in message  # the password stays masked
