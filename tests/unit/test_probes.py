@@ -645,3 +645,17 @@ def test_a_probe_whose_reader_leaves_early_exits_with_the_answer_not_a_traceback
         listener.close()
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("how", ["--host", "DISTQ_METRICS_HOST"])
+def test_distq_probe_names_an_ipv6_host_in_brackets_when_it_gets_no_answer(how: str) -> None:
+    """``no answer from http://::1:9100/healthz``: not a URL one can paste, nor read (is
+    the port 9100 or 1?); the metrics line names the same endpoint ``http://[::1]:9100``."""
+    port = str(free_port())
+    args = ["--host", "::1"] if how == "--host" else []
+    env = {"DISTQ_METRICS_HOST": "::1"} if how != "--host" else {}
+    done = probe("healthz", "--port", port, "--timeout", "2", *args, **env)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"distq: no answer from http://[::1]:{port}/healthz: "), (
+        done.stderr
+    )
