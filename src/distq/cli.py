@@ -536,7 +536,7 @@ def _connect(
     the wait has lasted :data:`WAIT_SAID_AFTER` (it waited up to 120 s, the Kubernetes
     value, without a line; at the first refusal, a normal start-up race, the line was
     noise). A manager master listens rather than connects: a port it cannot have fails
-    at once."""
+    at once, as a setting to change (:class:`ConfigError`)."""
     started = time.monotonic()
     deadline = started + patience
     said = False
@@ -546,8 +546,11 @@ def _connect(
         except AuthenticationFailed:
             raise
         except ConnectionFailed as exc:
-            listens = role == "master" and settings.transport == "manager"
-            if listens or time.monotonic() >= deadline:
+            if role == "master" and settings.transport == "manager":
+                # the port in use, an address not this machine's: a setting to change
+                # (exit 2, as a metrics port's), not a broker out of reach (exit 3)
+                raise ConfigError(str(exc)) from None
+            if time.monotonic() >= deadline:
                 raise
             if not said and time.monotonic() - started >= WAIT_SAID_AFTER:
                 said = True

@@ -219,15 +219,28 @@ def test_a_report_that_fails_to_be_written_at_the_end_is_one_line(tmp_path: Path
 
 
 def test_master_cannot_listen_on_a_busy_port() -> None:
-    import socket
-
+    """A port in use is a setting to change, exit 2 as the README's codes say, for the
+    manager address as for the metrics port (the manager address's exited 3, "the broker
+    cannot be reached", though the master is the broker and nothing was unreachable)."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         done = distq("master", DISTQ_AUTHKEY="k", DISTQ_MANAGER_ADDRESS=f"127.0.0.1:{port}")
-    assert done.returncode == 3
-    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+        metrics = distq(
+            "master",
+            DISTQ_AUTHKEY="k",
+            DISTQ_MANAGER_ADDRESS=f"127.0.0.1:{free_port()}",
+            DISTQ_METRICS_PORT=str(port),
+            DISTQ_METRICS_HOST="127.0.0.1",
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"distq: cannot listen on 127.0.0.1:{port} (DISTQ_MANAGER_ADDRESS): Address already "
+        "in use; pick a free port or stop what uses it"
+    ]
+    assert metrics.returncode == 2, metrics.stderr
+    assert f"DISTQ_METRICS_PORT {port}: cannot listen on 127.0.0.1:{port}" in metrics.stderr
 
 
 def test_a_misspelled_variable_warns_and_changes_nothing_else() -> None:
