@@ -41,6 +41,11 @@ def address(text: str) -> tuple[str, int]:
             f"is {text!r}; use host:port, e.g. 127.0.0.1:9000 "
             "(the master listens there, workers connect there)"
         )
+    if unusable_as_a_host(host):  # user@h, "a b": no lookup takes it (a worker waited)
+        raise ValueError(
+            f"is {text!r}: {host!r} is not a host (it holds a blank, a control character, "
+            "'/' or '@'); use host:port, e.g. 127.0.0.1:9000"
+        )
     if problem := host_problem(host):
         raise ValueError(f"is {text!r}: {host!r} is {problem}")
     return host, int(port)

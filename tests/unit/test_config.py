@@ -596,3 +596,18 @@ def test_a_password_holding_a_hash_or_a_question_mark_is_named_as_the_cause(
     char = "#" if "#" in url else "?"
     assert f"{char!r}" in message and ("%23" if char == "#" else "%3F") in message, message
     assert "ss@" not in message  # the password stays masked
+
+
+@pytest.mark.parametrize(
+    "value", ["user@127.0.0.1:9000", "a b:9000", "master/x:9000", "[a b]:9000", "h\t:9000"]
+)
+def test_a_manager_address_whose_host_no_lookup_can_take_is_refused(value: str) -> None:
+    """DISTQ_MANAGER_ADDRESS=user@127.0.0.1:9000 (or a host with a blank or a '/') was
+    taken: a worker tried "user@127.0.0.1" for its whole --connect-timeout, then exited 3
+    asking whether the master runs there, where DISTQ_METRICS_HOST and `probe --host`
+    refuse such a host at once."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({**KEY, "DISTQ_MANAGER_ADDRESS": value})
+    message = str(caught.value)
+    assert message.startswith(f"DISTQ_MANAGER_ADDRESS is {value.strip()!r}"), message
+    assert "e.g. 127.0.0.1:9000" in message, message
