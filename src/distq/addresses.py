@@ -149,6 +149,11 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
             return text
         if not parts.hostname:
             raise ValueError(f"names no host; use e.g. {example}")
+        if unusable_as_a_host(parts.hostname):  # "redis host": no lookup takes it
+            raise ValueError(
+                f"({credentials.mask_url(text)}) has host {parts.hostname!r}: not a host (it "
+                f"holds a blank or a control character); use e.g. {example}"
+            )
         if problem := host_problem(parts.hostname):
             raise ValueError(
                 f"({credentials.mask_url(text)}) has host {parts.hostname!r}: {problem}"

@@ -611,3 +611,21 @@ def test_a_manager_address_whose_host_no_lookup_can_take_is_refused(value: str) 
     message = str(caught.value)
     assert message.startswith(f"DISTQ_MANAGER_ADDRESS is {value.strip()!r}"), message
     assert "e.g. 127.0.0.1:9000" in message, message
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DISTQ_REDIS_URL", "redis://redis host:6379/0"),
+        ("DISTQ_AMQP_URL", "amqp://u:p@rabbit host:5672/%2F"),
+        ("DISTQ_RABBITMQ_MANAGEMENT_URL", "http://rabbit host:15672"),
+    ],
+)
+def test_a_broker_url_whose_host_holds_a_blank_is_refused(variable: str, url: str) -> None:
+    """``redis://redis host:6379/0`` was taken: a worker tried host 'redis host' for its
+    whole --connect-timeout, then exited 3 as if the broker were down."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": "redis", variable: url})
+    message = str(caught.value)
+    assert message.startswith(f"{variable} ("), message
+    assert "host" in message and "not a host" in message, message
