@@ -113,6 +113,18 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
             parts = urlsplit(text)
             port = parts.port  # raises ValueError on a port not a number, or above 65535
         except ValueError:  # its message may quote part of the password: not shown
+            userinfo, _, host = _netloc(text).rpartition("@")
+            if "[" in userinfo or "]" in userinfo:  # read as an IPv6 host's brackets
+                raise ValueError(
+                    f"({credentials.mask_url(text)}) is not a valid URL: its user or "
+                    "password holds '[' or ']'; percent-encode them (%5B, %5D)"
+                ) from None
+            if host.count("[") != host.count("]"):
+                raise ValueError(
+                    f"({credentials.mask_url(text)}) is not a valid URL: its host has a '[' "
+                    "without a ']' (or a ']' without a '['); write an IPv6 host in "
+                    "brackets, then its port, e.g. [::1]:PORT"
+                ) from None
             digits = _port_text(text)
             if digits.isdigit() and 0 < int(digits) < 65536:  # fe80::1:6379, h:1:2
                 raise ValueError(
@@ -295,13 +307,20 @@ def redis_url(example: str) -> Callable[[str], str]:
     return parse
 
 
-def _port_text(url: str) -> str:
-    """What stands after the host's ``:`` in ``url``; ``""`` if nothing does, or if an
-    ``@`` after the host part says that part is a password's (``redis://:12/3@h``)."""
+def _netloc(url: str) -> str:
+    """The user, password, host and port of ``url`` as written; ``""`` if an ``@`` after
+    them says a password's '/', '?' or '#' cut them short (``redis://:12/3@h``)."""
     netloc = url.partition("://")[2]
     for stop in "/?#":
         netloc = netloc.partition(stop)[0]
-    if netloc.count("@") != url.count("@"):
+    return netloc if netloc.count("@") == url.count("@") else ""
+
+
+def _port_text(url: str) -> str:
+    """What stands after the host's ``:`` in ``url``; ``""`` if nothing does, or if an
+    ``@`` after the host part says that part is a password's (``redis://:12/3@h``)."""
+    netloc = _netloc(url)
+    if not netloc:
         return ""
     host, colon, port = netloc.rpartition("@")[2].rpartition(":")
     return port if colon and (host.endswith("]") or not host.startswith("[")) else ""

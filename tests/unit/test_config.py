@@ -629,3 +629,26 @@ def test_a_broker_url_whose_host_holds_a_blank_is_refused(variable: str, url: st
     message = str(caught.value)
     assert message.startswith(f"{variable} ("), message
     assert "host" in message and "not a host" in message, message
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis://:p[w@127.0.0.1:6379/0", "its user or password holds '[' or ']'"),
+        ("redis://:p]w@127.0.0.1:6379/0", "its user or password holds '[' or ']'"),
+        ("redis://:p[w]@127.0.0.1:6379/0", "its user or password holds '[' or ']'"),
+        ("amqp://u:p[w@127.0.0.1:5672/%2F", "its user or password holds '[' or ']'"),
+        ("redis://[::1:6379/0", "its host has a '[' without a ']'"),
+    ],
+)
+def test_a_bracket_out_of_place_in_a_broker_url_is_named(url: str, said: str) -> None:
+    """A password holding '[' or ']' was said to be a host and port with more than one
+    ':' (the host was 127.0.0.1:6379), and an IPv6 host missing its ']' a port that is
+    not a number, with a hint about a password the URL does not have."""
+    variable = "DISTQ_AMQP_URL" if url.startswith("amqp") else "DISTQ_REDIS_URL"
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": "redis", variable: url})
+    message = str(caught.value)
+    assert message.startswith(f"{variable} ("), message
+    assert said in message and "more than one ':'" not in message, message
+    assert "p[w" not in message and "p]w" not in message, message
