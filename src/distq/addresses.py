@@ -210,6 +210,9 @@ _SECONDS_OPTIONS = (
 #: An AMQP URL's pause between connection attempts: 0 or more seconds (pika waited for
 #: good on NaN or inf, and raised a traceback on -5, at the first failed attempt).
 _PAUSE_OPTIONS = ("retry_delay",)
+#: Fewest channels an AMQP connection must allow: with 2, ``dead-letters`` and
+#: ``requeue-dead`` failed (NoFreeChannels, exit 3); with 1, ``status`` and a master.
+_FEWEST_CHANNELS = 3
 #: The longest of them: a socket's timeout of 1e10 s overflowed at the first connect.
 _MOST_SECONDS = 1_000_000
 
@@ -258,6 +261,14 @@ def _options(url: str, query: str) -> None:
             "(a blocking read waits up to a third of DISTQ_LEASE_SECONDS, and a shorter "
             "timeout reads as an outage): remove it"
         )
+    amqp = url.lower().startswith("amqp")
+    for value in options.get("channel_max", []) if amqp else []:
+        if value.isascii() and value.isdigit() and int(value) < _FEWEST_CHANNELS:
+            raise ValueError(  # NoFreeChannels at the first command that needs one more
+                f"({credentials.mask_url(url)}) has channel_max={value!r}; use "
+                f"{_FEWEST_CHANNELS} or more (distq opens up to {_FEWEST_CHANNELS} channels "
+                "on a connection), or leave the option out"
+            )
     for name in _SECONDS_OPTIONS + _PAUSE_OPTIONS:
         for value in options.get(name, []):
             try:

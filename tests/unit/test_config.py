@@ -652,3 +652,16 @@ def test_a_bracket_out_of_place_in_a_broker_url_is_named(url: str, said: str) ->
     assert message.startswith(f"{variable} ("), message
     assert said in message and "more than one ':'" not in message, message
     assert "p[w" not in message and "p]w" not in message, message
+
+
+def test_an_amqp_channel_max_below_what_distq_opens_is_refused() -> None:
+    """channel_max=1 or 2 failed commands with NoFreeChannels, exit 3 (see
+    tests/integration/test_cli_settings.py); 0 and past 65535 pika refuses itself."""
+    for value in ("1", "2", "02"):
+        url = f"amqp://u:p@h:5672/%2F?channel_max={value}"
+        with pytest.raises(ConfigError) as caught:
+            Settings.load({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": url})
+        assert f"has channel_max={value!r}; use 3 or more" in str(caught.value)
+    for value in ("3", "2047"):
+        url = f"amqp://u:p@h:5672/%2F?channel_max={value}"
+        assert Settings.load({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": url}).amqp_url == url

@@ -1,0 +1,43 @@
+"""Broker URL options the settings must refuse, shown against a real broker: what each
+did to a command before it was refused (exit 2 with one line, before anything connects)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from brokers import Broker
+from conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    return subprocess.run(
+        [sys.executable, "-m", "distq", *args],
+        env={**clean, "PYTHONPATH": str(REPO / "src"), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("channel_max", ["1", "2"])
+def test_an_amqp_channel_max_too_low_for_distq_exits_2_naming_it(
+    rabbitmq_broker: Broker, channel_max: str
+) -> None:
+    """channel_max=1 failed `status` and a master's reply queue, 2 `dead-letters` and
+    `requeue-dead`, each with "failed: NoFreeChannels" and exit 3, as if the broker
+    were out of reach: the setting was to change."""
+    url = f"{rabbitmq_broker.url}?channel_max={channel_max}"
+    done = distq("dead-letters", DISTQ_TRANSPORT="rabbitmq", DISTQ_AMQP_URL=url)
+    assert done.returncode == 2, done.stderr
+    assert f"has channel_max='{channel_max}'; use 3 or more" in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    fine = distq("dead-letters", DISTQ_TRANSPORT="rabbitmq", DISTQ_AMQP_URL=url[:-1] + "3")
+    assert fine.returncode == 0, fine.stderr
