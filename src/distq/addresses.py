@@ -266,8 +266,8 @@ def _options(url: str, query: str) -> None:
         if value.isascii() and value.isdigit() and int(value) < _FEWEST_CHANNELS:
             raise ValueError(  # NoFreeChannels at the first command that needs one more
                 f"({credentials.mask_url(url)}) has channel_max={value!r}; use "
-                f"{_FEWEST_CHANNELS} or more (distq opens up to {_FEWEST_CHANNELS} channels "
-                "on a connection), or leave the option out"
+                f"{_FEWEST_CHANNELS} or more (distq opens several channels on a "
+                "connection), or leave the option out"
             )
     for name in _SECONDS_OPTIONS + _PAUSE_OPTIONS:
         for value in options.get(name, []):
