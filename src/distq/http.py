@@ -38,6 +38,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from distq.addresses import host_port
 from distq.errors import ConfigError
 from distq.health import ProcessHealth, Verdict
 
@@ -110,7 +111,7 @@ class Endpoint:
                 else "check DISTQ_METRICS_HOST: an address of this machine, 0.0.0.0 or ::"
             )
             raise ConfigError(
-                f"DISTQ_METRICS_PORT {port}: cannot listen on {host}:{port} "
+                f"DISTQ_METRICS_PORT {port}: cannot listen on {host_port(host.strip('[]'), port)} "
                 f"(DISTQ_METRICS_HOST): {exc.strerror or exc}; {fix}"
             ) from None
         self._server.daemon_threads = True

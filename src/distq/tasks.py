@@ -25,6 +25,7 @@ from distq.chunks import CHUNK_TASK, chunk_function, show_chunk
 from distq.envelope import Task, shown
 from distq.errors import ConfigError, SignalExit, UnknownTask
 from distq.errortext import describe, message
+from distq.timelimits import MAX_SECONDS, MIN_SECONDS
 
 TaskFunction = Callable[..., Any]
 #: How a worker's ``Get task ... from task_queue.`` line names a task.
@@ -270,10 +271,13 @@ class Registry:
         """Run ``function`` for tasks named ``name``; ``show`` names one in the worker's
         lines (by default ``name[args]``); ``time_limit`` (seconds) fails a run that takes
         longer (``DISTQ_TASK_TIME_LIMIT`` may override it: :mod:`distq.timelimits`).
-        ``TypeError`` for an ``async def`` or a generator function (:func:`not_plain`)."""
+        ``TypeError`` for an ``async def`` or a generator function (:func:`not_plain`);
+        ``ValueError`` for a ``time_limit`` that is not seconds in the setting's range."""
         why = not_plain(function)
         if why is not None:
             raise TypeError(f"task {name} {why}")
+        if time_limit is not None:
+            _check_limit(name, time_limit)
         signature = _signature(function)
         positional = None if signature is None else _positional_range(signature)
         self._tasks[name] = (function, signature, positional)
@@ -357,3 +361,19 @@ class Registry:
         ):
             signature.bind(*args, **kwargs)  # raises TypeError naming what does not fit
         return function
+
+
+def _check_limit(name: str, time_limit: object) -> None:
+    """Refuse a registered limit the keeper cannot enforce as given: NaN was no limit at
+    all (no run is past it), 0 or less failed every run at once, a str broke the
+    keeper's comparison; the range is ``DISTQ_TASK_TIME_LIMIT``'s."""
+    if (
+        isinstance(time_limit, int | float)
+        and not isinstance(time_limit, bool)
+        and MIN_SECONDS <= time_limit <= MAX_SECONDS  # NaN is in no range
+    ):
+        return
+    raise ValueError(
+        f"task {name}: time_limit={time_limit!r} cannot be enforced; give seconds from "
+        f"{MIN_SECONDS:g} to {MAX_SECONDS:g}, or None for no limit"
+    )

@@ -329,6 +329,19 @@ def test_a_busy_port_is_a_configuration_error_naming_it() -> None:
     assert f"DISTQ_METRICS_PORT {endpoint.port}: cannot listen on 127.0.0.1" in str(caught.value)
 
 
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_a_busy_port_on_an_ipv6_host_names_it_in_brackets(host: str) -> None:
+    """The line said "cannot listen on ::1:PORT", a host and port no reader can split."""
+    registry = CollectorRegistry()
+    endpoint = Endpoint(host, 0, registry, ProcessHealth("master")).start()
+    try:
+        with pytest.raises(ConfigError) as caught:
+            Endpoint(host, endpoint.port, registry, ProcessHealth("master"))
+    finally:
+        endpoint.close()
+    assert f"cannot listen on [::1]:{endpoint.port} (DISTQ_METRICS_HOST)" in str(caught.value)
+
+
 # -- distq probe ------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,7 @@ def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stem: str, source: 
 
 WRAPPED = """
 import functools
+import math
 import importlib
 import distq
 
@@ -255,6 +257,7 @@ def test_tasks_refuses_a_name_marked_on_several_functions_none_of_them_its_own(
 
 CACHED = """
 import functools
+import math
 import importlib
 import distq
 
@@ -458,3 +461,21 @@ def test_bound_unwraps_every_partial_and_refuses_one_with_a_call_of_its_own() ->
 
     with pytest.raises(TypeError, match=r"Times10 is a functools\.partial with a __call__"):
         bound(Times10(jobs.add, 1))
+
+
+@pytest.mark.parametrize("limit", [math.nan, math.inf, 0, -1, 0.05, 1e9, "2", True])
+def test_a_time_limit_that_cannot_work_is_refused_where_it_is_registered(limit: Any) -> None:
+    """A registered limit went to the keeper unchecked: NaN made no limit at all (no run
+    is ever past it), 0 or -1 failed every run at once, a str broke the keeper's
+    comparison. Refused as DISTQ_TASK_TIME_LIMIT refuses them, naming the task."""
+    registry = Registry()
+    with pytest.raises(ValueError, match=r"^task nap: time_limit="):
+        registry.register("nap", square, time_limit=limit)
+    assert registry.time_limits() == {}
+
+
+def test_a_time_limit_in_range_is_kept() -> None:
+    registry = Registry()
+    registry.register("nap", square, time_limit=0.1)
+    registry.register("long", square, time_limit=604800)
+    assert registry.time_limits() == {"nap": 0.1, "long": 604800.0}
