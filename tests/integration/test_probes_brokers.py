@@ -315,3 +315,66 @@ def test_a_master_waiting_for_workers_is_not_stalled_by_a_paused_broker(
         assert not stalled, stalled[0]
     finally:
         stop(process)
+
+
+def _healthz_while(server: LocalRedis | LocalRabbitMQ, port: int, seconds: float) -> list[str]:
+    """Pause ``server`` for ``seconds``, asking ``port``'s /healthz meanwhile; the bodies
+    of the answers that were not 200."""
+    server.pause()
+    try:
+        answers = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            answers.append(get(port, "/healthz"))
+            time.sleep(0.2)
+    finally:
+        server.resume()
+    return [body for status, body in answers if status != 200]
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+def test_a_keeper_handing_back_tasks_is_not_stalled_by_a_paused_broker(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The keeper hands back a long batch's tasks not started an interval after the fetch
+    (a broker call, in the slot's lock): a paused broker held it, outside the time
+    liveness lets the "leases" loop wait on the broker, and /healthz said "stalled"
+    (leases) after DISTQ_STALL_SECONDS: a liveness probe restarted the worker for the
+    broker's outage, against the README."""
+    server: LocalRedis | LocalRabbitMQ = request.getfixturevalue(f"{kind}_server")
+    env = environment(kind, server.url, DISTQ_STALL_SECONDS="2", DISTQ_PREFETCH="4")
+    # queued first: a slot's first batch is one task; fast, it makes the next one of 4
+    for number, delay in ((1, 0), (2, 0), (3, 8), (4, 0), (5, 0)):
+        submit = Distq(["submit", "square", str(number), "--kwargs", f'{{"delay": {delay}}}'], env)
+        assert submit.proc.wait(30) == 0, submit.output()
+    port = free_port()
+    # a 6 s lease: the hand-back comes 2 s after the fetch, with the broker paused by then
+    process = worker(env, port, "--concurrency", "1", lease="6")
+    try:
+        process.wait_for(r"Get task 3 ", timeout=60)
+        stalled = _healthz_while(server, port, 6)
+        assert not stalled, stalled[0]
+    finally:
+        stop(process)
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+def test_a_keeper_giving_up_on_a_task_is_not_stalled_by_a_paused_broker(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """A task past its time limit: the keeper settles that attempt (a broker call, in the
+    slot's lock), which a paused broker held, outside the time liveness lets the "leases"
+    loop wait on the broker: /healthz said "stalled" (leases) for the broker's outage."""
+    server: LocalRedis | LocalRabbitMQ = request.getfixturevalue(f"{kind}_server")
+    env = environment(kind, server.url, DISTQ_STALL_SECONDS="2", DISTQ_TASK_TIME_LIMIT="2")
+    submit = Distq(["submit", "square", "1", "--kwargs", '{"delay": 30}'], env)
+    assert submit.proc.wait(30) == 0, submit.output()
+    port = free_port()
+    # a 30 s lease: no renewal before the give-up, 2 s into the task, with the broker paused
+    process = worker(env, port, "--concurrency", "1", lease="30")
+    try:
+        process.wait_for(r"Get task 1 ", timeout=60)
+        stalled = _healthz_while(server, port, 6)
+        assert not stalled, stalled[0]
+    finally:
+        stop(process)
