@@ -394,7 +394,8 @@ class _Run(Generic[E]):
         again. Once more as the job ends (:meth:`run`), for a worker that dead-lettered
         one after this look; a failure is said and the job goes on."""
         self.lapsed = True
-        line = forget_orphans(self.master.transport, self.master.reply_to, "this job's")
+        with self.health.liveness.waiting("job"):  # a silent broker is no stall
+            line = forget_orphans(self.master.transport, self.master.reply_to, "this job's")
         if line is not None:
             self.console.error(line)
 
@@ -566,7 +567,8 @@ class _Run(Generic[E]):
         as the master does, and the lines of both sides read alike."""
         transport = self.master.transport
         try:
-            attached = transport.stats().consumers
+            with self.health.liveness.waiting("job"):  # a silent broker is no stall
+                attached = transport.stats().consumers
         except (DistqError, OSError):
             return  # the broker is away, or refuses: the job's own lines said so
         if attached == 0:

@@ -378,3 +378,28 @@ def test_a_keeper_giving_up_on_a_task_is_not_stalled_by_a_paused_broker(
         assert not stalled, stalled[0]
     finally:
         stop(process)
+
+
+def test_a_master_asking_for_workers_at_its_end_is_not_stalled_by_a_paused_broker(
+    rabbitmq_server: LocalRabbitMQ,
+) -> None:
+    """A job that timed out with no result asks the broker whether any worker slot is
+    attached (``_nobody_attached``), after its loop's last beat and outside the time
+    liveness lets it wait on the broker: on RabbitMQ's admin link (no heartbeats) a paused
+    broker held that call for the whole pause, and /healthz said "stalled" (job) after
+    DISTQ_STALL_SECONDS, for the broker's outage."""
+    port = free_port()
+    env = environment("rabbitmq", rabbitmq_server.url, DISTQ_STALL_SECONDS="2")
+    process = Distq(
+        ["master", "--tasks", "1", "--timeout", "4", "--quiet"],
+        dict(env, DISTQ_METRICS_PORT=str(port)),
+    )
+    try:
+        wait_for([port], "/readyz", 200, timeout=60)  # the job's clock starts about now
+        time.sleep(2.6)  # past its reconcile at 2 s; its timeout comes within the pause
+        stalled = _healthz_while(rabbitmq_server, port, 6)
+        assert not stalled, stalled[0]
+        assert process.wait(30) == 1, process.output()
+        assert "no worker slot is attached" in process.output()
+    finally:
+        stop(process)
