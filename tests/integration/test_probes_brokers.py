@@ -6,10 +6,14 @@ and restart it, which the shared brokers must never see.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import re
 import secrets
 import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -403,3 +407,86 @@ def test_a_master_asking_for_workers_at_its_end_is_not_stalled_by_a_paused_broke
         assert "no worker slot is attached" in process.output()
     finally:
         stop(process)
+
+
+class _Latency:
+    """A TCP proxy on 127.0.0.1 that delivers each chunk ``delay`` s after it came, both
+    ways (a broker a WAN round trip away: each call answers, each a little late)."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.target, self.delay = port, delay
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client = self._listener.accept()[0]
+                server = socket.create_connection(("127.0.0.1", self.target))
+                self._sockets += [client, server]
+                for source, sink in ((client, server), (server, client)):
+                    chunks: queue.Queue[tuple[float, bytes]] = queue.Queue()
+                    threading.Thread(target=self._read, args=(source, chunks), daemon=True).start()
+                    threading.Thread(target=self._write, args=(sink, chunks), daemon=True).start()
+
+    def _read(self, source: socket.socket, chunks: queue.Queue[tuple[float, bytes]]) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                chunks.put((time.monotonic() + self.delay, data))
+        chunks.put((0.0, b""))
+
+    @staticmethod
+    def _write(sink: socket.socket, chunks: queue.Queue[tuple[float, bytes]]) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                due, data = chunks.get()
+                if not data:
+                    break
+                time.sleep(max(0.0, due - time.monotonic()))
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def test_a_master_submitting_lost_tasks_again_is_ready_while_each_call_answers(
+    redis_server: LocalRedis,
+) -> None:
+    """A reconcile that finds tasks lost submits them again, a batch per call: a large
+    lost batch is many calls. They counted as one call expected to answer at once, and
+    a broker 0.1 s a round trip away (each call answered) made /readyz say "no answer
+    from the broker" for seconds while the master resubmitted 30,000 tasks."""
+    proxy = _Latency(redis_server.port, 0.05)
+    url = redis_server.url.replace(f":{redis_server.port}/", f":{proxy.port}/")
+    env = environment("redis", url)
+    port = free_port()
+    tasks = 30_000
+    process = Distq(
+        ["master", "--tasks", str(tasks), "--quiet", "--timeout", "120"],
+        dict(env, DISTQ_METRICS_PORT=str(port)),
+    )
+    client = redis_server.client()
+    try:
+        deadline = time.monotonic() + 60
+        while client.llen(env["DISTQ_QUEUE"]) < tasks:  # all submitted
+            assert time.monotonic() < deadline, process.output()
+            time.sleep(0.1)
+        client.flushall()  # the broker lost them (restarted empty)
+        answers = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and client.llen(env["DISTQ_QUEUE"]) < tasks:
+            answers.append(get(port, "/readyz"))
+            time.sleep(0.05)
+        assert client.llen(env["DISTQ_QUEUE"]) == tasks, process.output()  # all again
+        hung = [body for status, body in answers if "no answer from the broker" in body]
+        assert not hung, hung[0]
+    finally:
+        stop(process)
+        client.close()
+        proxy.close()
