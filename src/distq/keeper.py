@@ -251,7 +251,8 @@ class Keeper:
         rest = batch.take_rest()
         if rest:  # what a full queue refused comes back to the slot: not released
             try:
-                back = slot.consumer.release(rest)
+                with self.health.liveness.waiting("leases"):  # a silent broker is no stall
+                    back = slot.consumer.release(rest)
             except BaseException:
                 batch.put_back(rest=rest)  # failed, they stayed held by the consumer,
                 raise  # renewed by this keeper for good: never run (nor settled)
@@ -259,7 +260,8 @@ class Keeper:
         done = batch.take_endings()
         if done:
             try:
-                self._settle(slot, done, [])
+                with self.health.liveness.waiting("leases"):
+                    self._settle(slot, done, [])
             except BaseException:
                 batch.put_back(endings=done)  # the slot settles them with the rest
                 raise
@@ -343,7 +345,8 @@ class Keeper:
                 f"({len(self.left_behind)} left behind, still running)"
             )
             try:  # if this fails, the tasks go back when the lease runs out
-                self._settle(slot, [*batch.endings, ending], batch.take_rest())
+                with self.health.liveness.waiting("leases"):  # a silent broker is no stall
+                    self._settle(slot, [*batch.endings, ending], batch.take_rest())
             except Exception as exc:
                 # its note went with the settle: no line said it (rmq18b). The consumer
                 # goes, as after a slot's own failed settle: kept, it held the task and

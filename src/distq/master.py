@@ -358,9 +358,18 @@ class _Run(Generic[E]):
             self._reconcile()
 
     def _reconcile(self) -> None:
-        """Ask the broker what it holds (reconnecting if need be); submit what it lost."""
-        with self.link.call(), self.health.liveness.waiting("job"):
-            self._submit_lost(self.producer.reconcile())
+        """Ask the broker what it holds (reconnecting if need be); submit what it lost.
+        Readiness counts each of its calls on its own: a large lost batch goes again in
+        many, each answered (as one, a far broker was "no answer" for seconds)."""
+        with self.health.liveness.waiting("job"):
+            with self.link.call():
+                held = self.producer.reconcile()
+            self._submit_lost(held)
+
+    def _submit_again(self, bodies: list[bytes]) -> None:
+        """One batch of tasks the broker lost, submitted again."""
+        with self.link.call():
+            self.producer.submit(bodies)
 
     def _submit_lost(self, held: int) -> None:
         """Submit again the tasks after the first ``held`` that still wait for a result.
@@ -370,7 +379,8 @@ class _Run(Generic[E]):
         may wait there, and without that read every task not yet read would run again."""
         total = self.ledger.total
         if held < total:
-            self.collector.read_waiting(self.producer)
+            with self.link.call():
+                self.collector.read_waiting(self.producer)
             self._print_results()
         waiting = self.collector.waiting_ids().__contains__
         again = self.ledger.reconcile(held, waiting, self.collector.outstanding)
@@ -384,7 +394,7 @@ class _Run(Generic[E]):
                     "result again"
                 )
             self.lost_before = True
-            submit_again(self.producer.submit, again)
+            submit_again(self._submit_again, again)
         if self.producer.lapsed:
             self._forget_orphans()
 
@@ -394,7 +404,8 @@ class _Run(Generic[E]):
         again. Once more as the job ends (:meth:`run`), for a worker that dead-lettered
         one after this look; a failure is said and the job goes on."""
         self.lapsed = True
-        line = forget_orphans(self.master.transport, self.master.reply_to, "this job's")
+        with self.health.liveness.waiting("job"):  # a silent broker is no stall
+            line = forget_orphans(self.master.transport, self.master.reply_to, "this job's")
         if line is not None:
             self.console.error(line)
 
@@ -566,7 +577,8 @@ class _Run(Generic[E]):
         as the master does, and the lines of both sides read alike."""
         transport = self.master.transport
         try:
-            attached = transport.stats().consumers
+            with self.health.liveness.waiting("job"):  # a silent broker is no stall
+                attached = transport.stats().consumers
         except (DistqError, OSError):
             return  # the broker is away, or refuses: the job's own lines said so
         if attached == 0:

@@ -6,10 +6,14 @@ and restart it, which the shared brokers must never see.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import re
 import secrets
 import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -315,3 +319,173 @@ def test_a_master_waiting_for_workers_is_not_stalled_by_a_paused_broker(
         assert not stalled, stalled[0]
     finally:
         stop(process)
+
+
+def _healthz_while(server: LocalRedis | LocalRabbitMQ, port: int, seconds: float) -> list[str]:
+    """Pause ``server`` for ``seconds``, asking ``port``'s /healthz meanwhile; the bodies
+    of the answers that were not 200."""
+    server.pause()
+    try:
+        answers = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            answers.append(get(port, "/healthz"))
+            time.sleep(0.2)
+    finally:
+        server.resume()
+    return [body for status, body in answers if status != 200]
+
+
+def test_a_keeper_handing_back_tasks_is_not_stalled_by_a_paused_broker(
+    redis_server: LocalRedis,
+) -> None:
+    """The keeper hands back a long batch's tasks not started an interval after the fetch
+    (a broker call, in the slot's lock): a paused broker held it, outside the time
+    liveness lets the "leases" loop wait on the broker, and /healthz said "stalled"
+    (leases) after DISTQ_STALL_SECONDS: a liveness probe restarted the worker for the
+    broker's outage, against the README. (On RabbitMQ neither call waits for an answer.)"""
+    server = redis_server
+    env = environment("redis", server.url, DISTQ_STALL_SECONDS="2", DISTQ_PREFETCH="4")
+    # queued first: a slot's first batch is one task; fast, it makes the next one of 4
+    for number, delay in ((1, 0), (2, 0), (3, 8), (4, 0), (5, 0)):
+        submit = Distq(["submit", "square", str(number), "--kwargs", f'{{"delay": {delay}}}'], env)
+        assert submit.proc.wait(30) == 0, submit.output()
+    port = free_port()
+    # a 6 s lease: the hand-back comes 2 s after the fetch, with the broker paused by then
+    process = worker(env, port, "--concurrency", "1", lease="6")
+    try:
+        process.wait_for(r"Get task 3 ", timeout=60)
+        stalled = _healthz_while(server, port, 6)
+        assert not stalled, stalled[0]
+    finally:
+        stop(process)
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+def test_a_keeper_giving_up_on_a_task_is_not_stalled_by_a_paused_broker(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """A task past its time limit: the keeper settles that attempt (a broker call, in the
+    slot's lock), which a paused broker held, outside the time liveness lets the "leases"
+    loop wait on the broker: /healthz said "stalled" (leases) for the broker's outage."""
+    server: LocalRedis | LocalRabbitMQ = request.getfixturevalue(f"{kind}_server")
+    env = environment(kind, server.url, DISTQ_STALL_SECONDS="2", DISTQ_TASK_TIME_LIMIT="2")
+    submit = Distq(["submit", "square", "1", "--kwargs", '{"delay": 30}'], env)
+    assert submit.proc.wait(30) == 0, submit.output()
+    port = free_port()
+    # a 30 s lease: no renewal before the give-up, 2 s into the task, with the broker paused
+    process = worker(env, port, "--concurrency", "1", lease="30")
+    try:
+        process.wait_for(r"Get task 1 ", timeout=60)
+        stalled = _healthz_while(server, port, 6)
+        assert not stalled, stalled[0]
+    finally:
+        stop(process)
+
+
+def test_a_master_asking_for_workers_at_its_end_is_not_stalled_by_a_paused_broker(
+    rabbitmq_server: LocalRabbitMQ,
+) -> None:
+    """A job that timed out with no result asks the broker whether any worker slot is
+    attached (``_nobody_attached``), after its loop's last beat and outside the time
+    liveness lets it wait on the broker: on RabbitMQ's admin link (no heartbeats) a paused
+    broker held that call for the whole pause, and /healthz said "stalled" (job) after
+    DISTQ_STALL_SECONDS, for the broker's outage."""
+    port = free_port()
+    env = environment("rabbitmq", rabbitmq_server.url, DISTQ_STALL_SECONDS="2")
+    process = Distq(
+        ["master", "--tasks", "1", "--timeout", "4", "--quiet"],
+        dict(env, DISTQ_METRICS_PORT=str(port)),
+    )
+    try:
+        wait_for([port], "/readyz", 200, timeout=60)  # the job's clock starts about now
+        time.sleep(2.6)  # past its reconcile at 2 s; its timeout comes within the pause
+        stalled = _healthz_while(rabbitmq_server, port, 6)
+        assert not stalled, stalled[0]
+        assert process.wait(30) == 1, process.output()
+        assert "no worker slot is attached" in process.output()
+    finally:
+        stop(process)
+
+
+class _Latency:
+    """A TCP proxy on 127.0.0.1 that delivers each chunk ``delay`` s after it came, both
+    ways (a broker a WAN round trip away: each call answers, each a little late)."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.target, self.delay = port, delay
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client = self._listener.accept()[0]
+                server = socket.create_connection(("127.0.0.1", self.target))
+                self._sockets += [client, server]
+                for source, sink in ((client, server), (server, client)):
+                    chunks: queue.Queue[tuple[float, bytes]] = queue.Queue()
+                    threading.Thread(target=self._read, args=(source, chunks), daemon=True).start()
+                    threading.Thread(target=self._write, args=(sink, chunks), daemon=True).start()
+
+    def _read(self, source: socket.socket, chunks: queue.Queue[tuple[float, bytes]]) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                chunks.put((time.monotonic() + self.delay, data))
+        chunks.put((0.0, b""))
+
+    @staticmethod
+    def _write(sink: socket.socket, chunks: queue.Queue[tuple[float, bytes]]) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                due, data = chunks.get()
+                if not data:
+                    break
+                time.sleep(max(0.0, due - time.monotonic()))
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def test_a_master_submitting_lost_tasks_again_is_ready_while_each_call_answers(
+    redis_server: LocalRedis,
+) -> None:
+    """A reconcile that finds tasks lost submits them again, a batch per call: a large
+    lost batch is many calls. They counted as one call expected to answer at once, and
+    a broker 0.1 s a round trip away (each call answered) made /readyz say "no answer
+    from the broker" for seconds while the master resubmitted 30,000 tasks."""
+    proxy = _Latency(redis_server.port, 0.05)
+    url = redis_server.url.replace(f":{redis_server.port}/", f":{proxy.port}/")
+    env = environment("redis", url)
+    port = free_port()
+    tasks = 30_000
+    process = Distq(
+        ["master", "--tasks", str(tasks), "--quiet", "--timeout", "120"],
+        dict(env, DISTQ_METRICS_PORT=str(port)),
+    )
+    client = redis_server.client()
+    try:
+        deadline = time.monotonic() + 60
+        while client.llen(env["DISTQ_QUEUE"]) < tasks:  # all submitted
+            assert time.monotonic() < deadline, process.output()
+            time.sleep(0.1)
+        client.flushall()  # the broker lost them (restarted empty)
+        answers = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and client.llen(env["DISTQ_QUEUE"]) < tasks:
+            answers.append(get(port, "/readyz"))
+            time.sleep(0.05)
+        assert client.llen(env["DISTQ_QUEUE"]) == tasks, process.output()  # all again
+        hung = [body for status, body in answers if "no answer from the broker" in body]
+        assert not hung, hung[0]
+    finally:
+        stop(process)
+        client.close()
+        proxy.close()
