@@ -293,14 +293,15 @@ class Executor(concurrent.futures.Executor):
             return
         with self._lock:
             self._shutdown = True
-        self._dispatcher.put(Stop(cancel_futures, abandon="the executor was closed"))
+        why = "the executor was closed"
+        self._dispatcher.put(Stop(cancel_futures, abandon=why))
         if threading.current_thread() is not self._dispatcher:
-            self._dispatcher.join(CLOSE_WAIT_SECONDS)
-            if self._dispatcher.is_alive():  # in a call to a broker that does not answer
-                # fail the unanswered futures from here, as at exit: the thread's call,
-                # its reconnect and its last calls each waited out a timeout (a stopped
-                # Redis: 20 s for close(), documented to stop at once); it ends when back
-                self._dispatcher.fail_stuck("the executor was closed, its broker not answering")
+            # in a call to a broker that does not answer, its thread's unanswered futures
+            # fail from here, as at exit: the thread's call, its reconnect and its last
+            # calls each waited out a timeout (a stopped Redis: 20 s for close(),
+            # documented to stop at once); it ends when back
+            deadline = time.monotonic() + CLOSE_WAIT_SECONDS
+            executor_threads.join_or_fail([self._dispatcher], deadline, why)
         self._callbacks.join()
 
     def _join(self) -> None:
