@@ -1064,3 +1064,79 @@ def test_the_exit_waits_for_the_callbacks_of_an_executor_collected_without_shutd
     out, _ = run_program(COLLECTED_CALLBACK, manager_env())
     assert "executor threads running at the exit: 0" in out.splitlines(), out
     assert "callback ran: 3" in out.splitlines(), out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="exec29: needs dispatcher.py to do shutdown's cancel_futures again once the "
+    "broker answers (a flag kept until a withdraw went through); see the exec29 report",
+)
+def test_shutdown_cancel_futures_met_by_a_broker_failure_still_cancels_once_back(
+    target: Target, executor: Open
+) -> None:
+    """shutdown(cancel_futures=True) whose withdraw fails (the broker gone for a moment):
+    the thread reconnects, and the cancel is to be done then. It was dropped: the thread
+    waited for every result, and shutdown(wait=True) with no worker running for ever."""
+    if not WITHDRAWS[target.name]:
+        pytest.skip("RabbitMQ cannot take a task back: nothing to cancel once sent")
+    ex = executor()
+    queued = [ex.submit(jobs.add, i, i) for i in range(3)]
+    deadline = time.monotonic() + 10
+    while ex.stats().ready < 3:  # on the broker, none taken: no worker runs
+        assert time.monotonic() < deadline, ex.stats()
+        time.sleep(0.05)
+    producer = ex._dispatcher.producer
+    withdraw = producer.withdraw
+    failed: list[int] = []
+
+    def fails_once(bodies: Any) -> list[bool]:
+        if not failed:
+            failed.append(len(bodies))
+            raise distq.errors.TransportError("the broker went away (injected)")
+        return withdraw(bodies)
+
+    producer.withdraw = fails_once  # type: ignore[method-assign]
+    ex.shutdown(wait=False, cancel_futures=True)
+    pending = concurrent.futures.wait(queued, timeout=5).not_done
+    assert failed == [3], failed  # the withdraw met the failure
+    assert not pending, f"{len(pending)} futures still wait for their results"
+    assert all(f.cancelled() for f in queued)
+    ex.shutdown(wait=True)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="exec29: needs Dispatcher.cancel(futures, wait=False) for a cancel() in an "
+    "event loop's thread (withdrawn without waiting); see the exec29 report",
+)
+def test_cancelling_a_wrapped_future_does_not_hold_up_the_event_loop_while_the_broker_hangs(
+    tmp_path: Path,
+) -> None:
+    """asyncio.wrap_future's future, cancelled, cancels the DistqFuture in the event loop's
+    thread: that cancel() of a task sent waited for the executor's thread, stuck in a read
+    of a stopped Redis, and every coroutine of the program with it."""
+    import asyncio
+
+    with LocalRedis(tmp_path).start() as server:
+        ex = distq.Executor(transport="redis", redis_url=server.url, queue="hung")
+        try:
+            future = ex.submit("jobs:add", 1, 2)  # no worker: it waits on the broker
+            deadline = time.monotonic() + 10
+            while ex.stats().ready < 1:
+                assert time.monotonic() < deadline, ex.stats()
+                time.sleep(0.05)
+            server.pause()
+            time.sleep(1.0)  # the thread is in a read now
+
+            async def cancel_then_tick() -> float:
+                wrapped = asyncio.wrap_future(future)
+                started = time.monotonic()
+                wrapped.cancel()
+                await asyncio.sleep(0.05)  # the loop runs the cancel's callback first
+                return time.monotonic() - started
+
+            held = asyncio.run(cancel_then_tick())
+            assert held < 1.5, f"the event loop was held up {held:.1f} s"
+        finally:
+            server.resume()
+            ex.close()
