@@ -128,6 +128,9 @@ class Executor(concurrent.futures.Executor):
         self._dispatcher = Dispatcher(self._transport, producer, self._codec, self._callbacks)
         self._lock = threading.Lock()
         self._shutdown = False
+        # close() gave up on its thread, stuck in a call to a broker that does not answer
+        # (its futures failed): no shutdown() waits for it, it ends when back
+        self._left = False
         executor_threads.started(self._dispatcher)
         self._dispatcher.start()
         # forgotten without shutdown(): stop once the futures are answered; at interpreter
@@ -284,7 +287,8 @@ class Executor(concurrent.futures.Executor):
         gone"), as it does any task whose master went away. With a broker that does not
         answer (stopped, cut off), it returns after :data:`CLOSE_WAIT_SECONDS`, every
         unanswered future failed; the executor's thread closes the connection once its
-        call times out.
+        call times out (a :meth:`shutdown` after it, the end of a ``with`` block, does
+        not wait for that).
         """
         if self._dispatcher.forked():
             # the parent's: its futures failed at the fork. Not its lock: a thread of the
@@ -302,12 +306,15 @@ class Executor(concurrent.futures.Executor):
             # documented to stop at once); it ends when back
             deadline = time.monotonic() + CLOSE_WAIT_SECONDS
             executor_threads.join_or_fail([self._dispatcher], deadline, why)
+            self._left = self._dispatcher.is_alive()
         self._callbacks.join()
 
     def _join(self) -> None:
         """Wait for the executor's thread to end, then for the callbacks it handed on
-        (not from one of those threads: a callback may shut its executor down)."""
-        if threading.current_thread() is not self._dispatcher:
+        (not from one of those threads: a callback may shut its executor down). Not for
+        a thread close() gave up on: the end of a ``with`` block after close() waited
+        for it, retrying a hung broker, about 45 s."""
+        if threading.current_thread() is not self._dispatcher and not self._left:
             self._dispatcher.join()
         self._callbacks.join()
 

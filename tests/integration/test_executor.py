@@ -808,6 +808,32 @@ def test_close_returns_soon_and_fails_the_futures_while_the_broker_hangs(
             server.resume()
 
 
+def test_the_end_of_a_with_block_after_close_does_not_wait_for_a_hung_broker(
+    tmp_path: Path,
+) -> None:
+    """close() in a ``with`` block (a signal, a deadline) with the broker hung: close()
+    returned after CLOSE_WAIT_SECONDS, every future failed, and then the block's end,
+    shutdown(wait=True), waited for the executor's thread, still retrying the broker:
+    about 45 s. Nothing is left to wait for: the futures are answered."""
+    with LocalRedis(tmp_path).start() as server:
+        try:
+            with distq.Executor(transport="redis", redis_url=server.url, queue="hung") as ex:
+                futures = [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
+                time.sleep(0.5)
+                server.pause()
+                time.sleep(1.0)  # the thread is in a read now
+                started = time.monotonic()
+                ex.close()
+            took = time.monotonic() - started
+            assert took < executing.CLOSE_WAIT_SECONDS + 3, took  # a stall may add some
+            for future in futures:
+                assert isinstance(future.exception(0), BrokenExecutor), future
+            ex.shutdown()  # again: as soon
+            assert time.monotonic() - started < executing.CLOSE_WAIT_SECONDS + 3
+        finally:
+            server.resume()
+
+
 LEAVES_WITH_ITS_BROKER_STOPPED = """
     import tempfile, time
     from pathlib import Path
