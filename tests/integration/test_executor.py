@@ -865,6 +865,37 @@ def test_an_executor_left_open_fails_its_futures_at_exit_even_with_its_broker_hu
     assert took < 30, out
 
 
+CLOSES_AFTER_SHUTDOWN_WITHOUT_WAIT = """
+    import tempfile, time
+    from pathlib import Path
+    import distq
+    from launch import LocalRedis
+    server = LocalRedis(Path(tempfile.mkdtemp()), die_with_parent=True).start()
+    ex = distq.Executor(transport="redis", redis_url=server.url, queue="stopped")
+    future = ex.submit("jobs:add", 1, 2)  # no worker
+    time.sleep(0.5)
+    print("server pid", server.pid, flush=True)
+    ex.shutdown(wait=False)  # the exit is to wait for its futures...
+    server.pause()  # SIGSTOP: the executor's thread waits in a read
+    time.sleep(1.0)
+    ex.close()  # ...until close() says not to wait any longer
+    print("closed:", type(future.exception(0)).__name__, flush=True)
+"""
+
+
+def test_the_exit_does_not_wait_for_an_executor_closed_after_shutdown_without_wait() -> None:
+    """shutdown(wait=False), then close() with the broker hung: close() failed the
+    futures after 2 s, and then the exit waited for the executor's thread (told to
+    finish by the shutdown), still retrying the broker: about 45 s."""
+    out, took = run_program(CLOSES_AFTER_SHUTDOWN_WITHOUT_WAIT, manager_env(), timeout=90)
+    lines = out.splitlines()
+    (pid,) = [int(line.split()[-1]) for line in lines if line.startswith("server pid ")]
+    with contextlib.suppress(ProcessLookupError):  # stopped, it never took its SIGTERM
+        os.kill(pid, signal.SIGKILL)
+    assert "closed: BrokenExecutor" in lines, out
+    assert took < 15, out  # before: about 48 s
+
+
 FORGETS_AN_EXECUTOR = """
     import atexit
     seen = []
