@@ -307,9 +307,9 @@ class Executor(concurrent.futures.Executor):
             deadline = time.monotonic() + CLOSE_WAIT_SECONDS
             executor_threads.join_or_fail([self._dispatcher], deadline, why)
             self._left = self._dispatcher.is_alive()
-            if self._left:  # nor the exit, told by a shutdown(wait=False) to finish: it
-                # waited for it too (about 45 s); only for the callbacks, as for one ended
-                executor_threads.ended(self._dispatcher)
+            if self._left:  # nor the exit: after a shutdown(wait=False) it waited for the
+                # thread to finish (about 45 s), as for one with futures to answer
+                self._dispatcher.finishing = False
         self._callbacks.join()
 
     def _join(self) -> None:

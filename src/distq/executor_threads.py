@@ -48,9 +48,7 @@ def started(dispatcher: Dispatcher) -> None:
 
 
 def ended(dispatcher: Dispatcher) -> None:
-    """``dispatcher``'s thread has ended, or close() gave it up in a call to a broker that
-    does not answer (its futures failed): the exit waits for its done-callbacks still,
-    not for it."""
+    """``dispatcher``'s thread has ended: the exit waits for its done-callbacks still."""
     with ENDED_LOCK:  # the exit waits for their callbacks too (see _stop_at_exit)
         ended_callbacks.difference_update([c for c in ended_callbacks if not c.busy()])
         ended_callbacks.add(dispatcher.callbacks)
