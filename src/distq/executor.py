@@ -71,6 +71,9 @@ log = logging.getLogger(__name__)
 #: How long close() waits for the executor's thread to take back what it can and close
 #: the connection before it fails the unanswered futures itself (a broker that hangs).
 CLOSE_WAIT_SECONDS = 2.0
+#: How often a shutdown(wait=True) waiting for the executor's thread looks whether a
+#: close() meanwhile gave that thread up.
+JOIN_SLICE_SECONDS = 0.1
 
 
 class Executor(concurrent.futures.Executor):
@@ -287,8 +290,8 @@ class Executor(concurrent.futures.Executor):
         gone"), as it does any task whose master went away. With a broker that does not
         answer (stopped, cut off), it returns after :data:`CLOSE_WAIT_SECONDS`, every
         unanswered future failed; the executor's thread closes the connection once its
-        call times out (a :meth:`shutdown` after it, the end of a ``with`` block, does
-        not wait for that).
+        call times out (a :meth:`shutdown` after it or waiting meanwhile, the end of a
+        ``with`` block, does not wait for that).
         """
         if self._dispatcher.forked():
             # the parent's: its futures failed at the fork. Not its lock: a thread of the
@@ -315,10 +318,11 @@ class Executor(concurrent.futures.Executor):
     def _join(self) -> None:
         """Wait for the executor's thread to end, then for the callbacks it handed on
         (not from one of those threads: a callback may shut its executor down). Not for
-        a thread close() gave up on: the end of a ``with`` block after close() waited
-        for it, retrying a hung broker, about 45 s."""
-        if threading.current_thread() is not self._dispatcher and not self._left:
-            self._dispatcher.join()
+        a thread close() gave up on, before this wait or during it (a close() on another
+        thread, bounding it): each waited for it, retrying a hung broker, about 45 s."""
+        if threading.current_thread() is not self._dispatcher:
+            while not self._left and self._dispatcher.is_alive():
+                self._dispatcher.join(JOIN_SLICE_SECONDS)
         self._callbacks.join()
 
     def _submit(

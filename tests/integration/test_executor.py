@@ -834,6 +834,32 @@ def test_the_end_of_a_with_block_after_close_does_not_wait_for_a_hung_broker(
             server.resume()
 
 
+def test_a_shutdown_waiting_on_a_hung_broker_returns_once_close_gives_up(
+    tmp_path: Path,
+) -> None:
+    """shutdown(wait=True) bounded by a close() of the program's own (a timer, a
+    watchdog thread), the broker hung: close() failed the futures after
+    CLOSE_WAIT_SECONDS, but the shutdown went on waiting for the executor's thread,
+    still retrying the broker: about 47 s."""
+    with LocalRedis(tmp_path).start() as server:
+        try:
+            ex = distq.Executor(transport="redis", redis_url=server.url, queue="hung")
+            futures = [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
+            time.sleep(0.5)
+            server.pause()
+            timer = threading.Timer(1.0, ex.close)
+            timer.start()
+            started = time.monotonic()
+            ex.shutdown(wait=True)
+            took = time.monotonic() - started
+            timer.join()
+            assert took < 1.0 + executing.CLOSE_WAIT_SECONDS + 3, took  # a stall may add some
+            for future in futures:
+                assert isinstance(future.exception(0), BrokenExecutor), future
+        finally:
+            server.resume()
+
+
 LEAVES_WITH_ITS_BROKER_STOPPED = """
     import tempfile, time
     from pathlib import Path
