@@ -71,6 +71,9 @@ log = logging.getLogger(__name__)
 #: How long close() waits for the executor's thread to take back what it can and close
 #: the connection before it fails the unanswered futures itself (a broker that hangs).
 CLOSE_WAIT_SECONDS = 2.0
+#: How often a shutdown(wait=True) waiting for the executor's thread looks whether a
+#: close() meanwhile gave that thread up.
+JOIN_SLICE_SECONDS = 0.1
 
 
 class Executor(concurrent.futures.Executor):
@@ -128,6 +131,9 @@ class Executor(concurrent.futures.Executor):
         self._dispatcher = Dispatcher(self._transport, producer, self._codec, self._callbacks)
         self._lock = threading.Lock()
         self._shutdown = False
+        # close() gave up on its thread, stuck in a call to a broker that does not answer
+        # (its futures failed): no shutdown() waits for it, it ends when back
+        self._left = False
         executor_threads.started(self._dispatcher)
         self._dispatcher.start()
         # forgotten without shutdown(): stop once the futures are answered; at interpreter
@@ -284,7 +290,8 @@ class Executor(concurrent.futures.Executor):
         gone"), as it does any task whose master went away. With a broker that does not
         answer (stopped, cut off), it returns after :data:`CLOSE_WAIT_SECONDS`, every
         unanswered future failed; the executor's thread closes the connection once its
-        call times out.
+        call times out (a :meth:`shutdown` after it or waiting meanwhile, the end of a
+        ``with`` block, does not wait for that).
         """
         if self._dispatcher.forked():
             # the parent's: its futures failed at the fork. Not its lock: a thread of the
@@ -293,21 +300,29 @@ class Executor(concurrent.futures.Executor):
             return
         with self._lock:
             self._shutdown = True
-        self._dispatcher.put(Stop(cancel_futures, abandon="the executor was closed"))
+        why = "the executor was closed"
+        self._dispatcher.put(Stop(cancel_futures, abandon=why))
         if threading.current_thread() is not self._dispatcher:
-            self._dispatcher.join(CLOSE_WAIT_SECONDS)
-            if self._dispatcher.is_alive():  # in a call to a broker that does not answer
-                # fail the unanswered futures from here, as at exit: the thread's call,
-                # its reconnect and its last calls each waited out a timeout (a stopped
-                # Redis: 20 s for close(), documented to stop at once); it ends when back
-                self._dispatcher.fail_stuck("the executor was closed, its broker not answering")
+            # in a call to a broker that does not answer, its thread's unanswered futures
+            # fail from here, as at exit: the thread's call, its reconnect and its last
+            # calls each waited out a timeout (a stopped Redis: 20 s for close(),
+            # documented to stop at once); it ends when back
+            deadline = time.monotonic() + CLOSE_WAIT_SECONDS
+            executor_threads.join_or_fail([self._dispatcher], deadline, why)
+            self._left = self._dispatcher.is_alive()
+            if self._left:  # nor the exit: after a shutdown(wait=False) it waited for the
+                # thread to finish (about 45 s), as for one with futures to answer
+                self._dispatcher.finishing = False
         self._callbacks.join()
 
     def _join(self) -> None:
         """Wait for the executor's thread to end, then for the callbacks it handed on
-        (not from one of those threads: a callback may shut its executor down)."""
+        (not from one of those threads: a callback may shut its executor down). Not for
+        a thread close() gave up on, before this wait or during it (a close() on another
+        thread, bounding it): each waited for it, retrying a hung broker, about 45 s."""
         if threading.current_thread() is not self._dispatcher:
-            self._dispatcher.join()
+            while not self._left and self._dispatcher.is_alive():
+                self._dispatcher.join(JOIN_SLICE_SECONDS)
         self._callbacks.join()
 
     def _submit(

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,6 +55,20 @@ def ended(dispatcher: Dispatcher) -> None:
     running.discard(dispatcher)
 
 
+def join_or_fail(stopping: Sequence[Dispatcher], deadline: float, why: str) -> list[int]:
+    """Wait until ``deadline`` (``time.monotonic()``, for all of them at once) for the
+    threads of ``stopping``, each told to stop; then fail the unanswered futures of each
+    still in a broker call (a broker that hangs), saying ``why``, its broker not
+    answering. How many futures each failed (0: its thread ended). For
+    :meth:`Executor.close <distq.executor.Executor.close>` and the exit."""
+    for dispatcher in stopping:
+        dispatcher.join(timeout=max(0.0, deadline - time.monotonic()))
+    return [
+        dispatcher.fail_stuck(f"{why}, its broker not answering") if dispatcher.is_alive() else 0
+        for dispatcher in stopping
+    ]
+
+
 def _after_fork_in_child() -> None:
     """In a child made by fork(), where no executor thread exists: each executor refuses
     work and its inherited futures fail (:meth:`Dispatcher.fork_in_child`)."""
@@ -79,17 +94,13 @@ def _stop_at_exit() -> None:
         if dispatcher.stop_at_exit(AT_EXIT):
             stopping.append(dispatcher)
     deadline = time.monotonic() + 5  # for all of them at once, not 5 s each
-    for dispatcher in stopping:
-        dispatcher.join(timeout=max(0.0, deadline - time.monotonic()))
-    for dispatcher in stopping:
-        if dispatcher.is_alive():  # still in a broker call: a broker that hangs
-            failed = dispatcher.fail_stuck(f"{AT_EXIT}, its broker not answering")
-            if failed:
-                log.warning(
-                    "the executor's thread was still waiting for the broker at exit: "
-                    "%d unanswered futures failed without it",
-                    failed,
-                )
+    for failed in join_or_fail(stopping, deadline, AT_EXIT):
+        if failed:
+            log.warning(
+                "the executor's thread was still waiting for the broker at exit: "
+                "%d unanswered futures failed without it",
+                failed,
+            )
     for dispatcher in stopping:
         dispatcher.callbacks.join(timeout=max(0.0, deadline + 5 - time.monotonic()))
     with ENDED_LOCK:

@@ -808,6 +808,58 @@ def test_close_returns_soon_and_fails_the_futures_while_the_broker_hangs(
             server.resume()
 
 
+def test_the_end_of_a_with_block_after_close_does_not_wait_for_a_hung_broker(
+    tmp_path: Path,
+) -> None:
+    """close() in a ``with`` block (a signal, a deadline) with the broker hung: close()
+    returned after CLOSE_WAIT_SECONDS, every future failed, and then the block's end,
+    shutdown(wait=True), waited for the executor's thread, still retrying the broker:
+    about 45 s. Nothing is left to wait for: the futures are answered."""
+    with LocalRedis(tmp_path).start() as server:
+        try:
+            with distq.Executor(transport="redis", redis_url=server.url, queue="hung") as ex:
+                futures = [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
+                time.sleep(0.5)
+                server.pause()
+                time.sleep(1.0)  # the thread is in a read now
+                started = time.monotonic()
+                ex.close()
+            took = time.monotonic() - started
+            assert took < executing.CLOSE_WAIT_SECONDS + 3, took  # a stall may add some
+            for future in futures:
+                assert isinstance(future.exception(0), BrokenExecutor), future
+            ex.shutdown()  # again: as soon
+            assert time.monotonic() - started < executing.CLOSE_WAIT_SECONDS + 3
+        finally:
+            server.resume()
+
+
+def test_a_shutdown_waiting_on_a_hung_broker_returns_once_close_gives_up(
+    tmp_path: Path,
+) -> None:
+    """shutdown(wait=True) bounded by a close() of the program's own (a timer, a
+    watchdog thread), the broker hung: close() failed the futures after
+    CLOSE_WAIT_SECONDS, but the shutdown went on waiting for the executor's thread,
+    still retrying the broker: about 47 s."""
+    with LocalRedis(tmp_path).start() as server:
+        try:
+            ex = distq.Executor(transport="redis", redis_url=server.url, queue="hung")
+            futures = [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
+            time.sleep(0.5)
+            server.pause()
+            timer = threading.Timer(1.0, ex.close)
+            timer.start()
+            started = time.monotonic()
+            ex.shutdown(wait=True)
+            took = time.monotonic() - started
+            timer.join()
+            assert took < 1.0 + executing.CLOSE_WAIT_SECONDS + 3, took  # a stall may add some
+            for future in futures:
+                assert isinstance(future.exception(0), BrokenExecutor), future
+        finally:
+            server.resume()
+
+
 LEAVES_WITH_ITS_BROKER_STOPPED = """
     import tempfile, time
     from pathlib import Path
@@ -837,6 +889,37 @@ def test_an_executor_left_open_fails_its_futures_at_exit_even_with_its_broker_hu
     assert "callback: BrokenExecutor" in lines, out
     assert "unanswered futures failed without it" in out, out
     assert took < 30, out
+
+
+CLOSES_AFTER_SHUTDOWN_WITHOUT_WAIT = """
+    import tempfile, time
+    from pathlib import Path
+    import distq
+    from launch import LocalRedis
+    server = LocalRedis(Path(tempfile.mkdtemp()), die_with_parent=True).start()
+    ex = distq.Executor(transport="redis", redis_url=server.url, queue="stopped")
+    future = ex.submit("jobs:add", 1, 2)  # no worker
+    time.sleep(0.5)
+    print("server pid", server.pid, flush=True)
+    ex.shutdown(wait=False)  # the exit is to wait for its futures...
+    server.pause()  # SIGSTOP: the executor's thread waits in a read
+    time.sleep(1.0)
+    ex.close()  # ...until close() says not to wait any longer
+    print("closed:", type(future.exception(0)).__name__, flush=True)
+"""
+
+
+def test_the_exit_does_not_wait_for_an_executor_closed_after_shutdown_without_wait() -> None:
+    """shutdown(wait=False), then close() with the broker hung: close() failed the
+    futures after 2 s, and then the exit waited for the executor's thread (told to
+    finish by the shutdown), still retrying the broker: about 45 s."""
+    out, took = run_program(CLOSES_AFTER_SHUTDOWN_WITHOUT_WAIT, manager_env(), timeout=90)
+    lines = out.splitlines()
+    (pid,) = [int(line.split()[-1]) for line in lines if line.startswith("server pid ")]
+    with contextlib.suppress(ProcessLookupError):  # stopped, it never took its SIGTERM
+        os.kill(pid, signal.SIGKILL)
+    assert "closed: BrokenExecutor" in lines, out
+    assert took < 15, out  # before: about 48 s
 
 
 FORGETS_AN_EXECUTOR = """
@@ -1064,3 +1147,79 @@ def test_the_exit_waits_for_the_callbacks_of_an_executor_collected_without_shutd
     out, _ = run_program(COLLECTED_CALLBACK, manager_env())
     assert "executor threads running at the exit: 0" in out.splitlines(), out
     assert "callback ran: 3" in out.splitlines(), out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="exec29: needs dispatcher.py to do shutdown's cancel_futures again once the "
+    "broker answers (a flag kept until a withdraw went through); see the exec29 report",
+)
+def test_shutdown_cancel_futures_met_by_a_broker_failure_still_cancels_once_back(
+    target: Target, executor: Open
+) -> None:
+    """shutdown(cancel_futures=True) whose withdraw fails (the broker gone for a moment):
+    the thread reconnects, and the cancel is to be done then. It was dropped: the thread
+    waited for every result, and shutdown(wait=True) with no worker running for ever."""
+    if not WITHDRAWS[target.name]:
+        pytest.skip("RabbitMQ cannot take a task back: nothing to cancel once sent")
+    ex = executor()
+    queued = [ex.submit(jobs.add, i, i) for i in range(3)]
+    deadline = time.monotonic() + 10
+    while ex.stats().ready < 3:  # on the broker, none taken: no worker runs
+        assert time.monotonic() < deadline, ex.stats()
+        time.sleep(0.05)
+    producer = ex._dispatcher.producer
+    withdraw = producer.withdraw
+    failed: list[int] = []
+
+    def fails_once(bodies: Any) -> list[bool]:
+        if not failed:
+            failed.append(len(bodies))
+            raise distq.errors.TransportError("the broker went away (injected)")
+        return withdraw(bodies)
+
+    producer.withdraw = fails_once  # type: ignore[method-assign]
+    ex.shutdown(wait=False, cancel_futures=True)
+    pending = concurrent.futures.wait(queued, timeout=5).not_done
+    assert failed == [3], failed  # the withdraw met the failure
+    assert not pending, f"{len(pending)} futures still wait for their results"
+    assert all(f.cancelled() for f in queued)
+    ex.shutdown(wait=True)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="exec29: needs Dispatcher.cancel(futures, wait=False) for a cancel() in an "
+    "event loop's thread (withdrawn without waiting); see the exec29 report",
+)
+def test_cancelling_a_wrapped_future_does_not_hold_up_the_event_loop_while_the_broker_hangs(
+    tmp_path: Path,
+) -> None:
+    """asyncio.wrap_future's future, cancelled, cancels the DistqFuture in the event loop's
+    thread: that cancel() of a task sent waited for the executor's thread, stuck in a read
+    of a stopped Redis, and every coroutine of the program with it."""
+    import asyncio
+
+    with LocalRedis(tmp_path).start() as server:
+        ex = distq.Executor(transport="redis", redis_url=server.url, queue="hung")
+        try:
+            future = ex.submit("jobs:add", 1, 2)  # no worker: it waits on the broker
+            deadline = time.monotonic() + 10
+            while ex.stats().ready < 1:
+                assert time.monotonic() < deadline, ex.stats()
+                time.sleep(0.05)
+            server.pause()
+            time.sleep(1.0)  # the thread is in a read now
+
+            async def cancel_then_tick() -> float:
+                wrapped = asyncio.wrap_future(future)
+                started = time.monotonic()
+                wrapped.cancel()
+                await asyncio.sleep(0.05)  # the loop runs the cancel's callback first
+                return time.monotonic() - started
+
+            held = asyncio.run(cancel_then_tick())
+            assert held < 1.5, f"the event loop was held up {held:.1f} s"
+        finally:
+            server.resume()
+            ex.close()
