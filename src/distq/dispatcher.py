@@ -145,6 +145,9 @@ class Dispatcher(threading.Thread):
         self._recovering = False  # in _recover: the lost tasks are said once, not each try
         self._said_lost = False
         self._stopping = False
+        # shutdown(cancel_futures=True) not yet done with a broker (its withdraw failed,
+        # or came during an outage): done again once the broker answers
+        self._cancel_all = False
         self._poll = POLL_SECONDS[0]
         self._lapsed = False  # its reply queue lapsed: look for orphans again as it closes
         self._overdue = Overdue(self._lock, self._not_sent)
@@ -193,9 +196,11 @@ class Dispatcher(threading.Thread):
         when the thread has ended."""
         return self.put(Stop(cancel_futures=False, abandon=why))
 
-    def cancel(self, futures: list[DistqFuture[Any]]) -> list[bool]:
+    def cancel(self, futures: list[DistqFuture[Any]], wait: bool = True) -> list[bool]:
         """Cancel ``futures`` where possible; one answer each. A task not sent yet is
-        taken back here, at once; one sent is withdrawn by the thread (a broker call)."""
+        taken back here, at once; one sent is withdrawn by the thread (a broker call),
+        waited for unless ``wait`` is False (an event loop's thread): then its answer is
+        False, and its future is cancelled once the thread has withdrawn its task."""
         with self._lock:
             taken = [f for f in futures if f.task_id in self._not_sent]
             self._not_sent.difference_update(f.task_id for f in taken)
@@ -205,6 +210,9 @@ class Dispatcher(threading.Thread):
             command = CancelCommand(rest)
             if threading.current_thread() is self:
                 self._cancel(command)
+            elif not wait:
+                self.put(command)
+                command = CancelCommand(rest, [f.cancelled() for f in rest])
             elif self.put(command):
                 command.done.wait()
             else:
@@ -283,6 +291,8 @@ class Dispatcher(threading.Thread):
         commands = self._take(IDLE_SECONDS if idle else None)
         if commands is None:
             return False
+        if self._cancel_all:  # back from an outage that met shutdown's cancel_futures
+            self._cancel_every_future()
         sent = self._send() if self._unsent else None
         if self.collector.outstanding or sent:
             if sent is not None:  # read with the send, without a wait: back to commands
@@ -431,8 +441,9 @@ class Dispatcher(threading.Thread):
             else:
                 self._stopping = True
                 if command.cancel_futures:
+                    self._cancel_all = True
                     try:
-                        self._cancel(CancelCommand(self._every_future()))
+                        self._cancel_every_future()
                     except TransportError:
                         if command.abandon is None:
                             raise
@@ -466,6 +477,13 @@ class Dispatcher(threading.Thread):
         self.ledger.compact(self.collector.waiting_ids().__contains__, self.collector.outstanding)
         self.ledger.record((entry.task.id, entry.body) for entry in batch)
         return self.producer.submit_then_results(bodies, MESSAGE_BATCH, 0.0)
+
+    def _cancel_every_future(self) -> None:
+        """shutdown(cancel_futures=True)'s cancel; to be done again, once the broker
+        answers, when it could not withdraw (offline, or the broker failed meanwhile)."""
+        offline = self._offline
+        self._cancel(CancelCommand(self._every_future()))
+        self._cancel_all = offline
 
     def _every_future(self) -> list[DistqFuture[Any]]:
         sent = [entry.future for _, entry in self.collector.waiting()]

@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,11 +21,18 @@ from typing import Any, TypeVar
 
 log = logging.getLogger("distq.executor")
 
-#: Cancels futures where possible; one answer each (the executor's thread decides).
-Cancel = Callable[[list["DistqFuture[Any]"]], list[bool]]
+#: Cancels futures where possible, one answer each (the executor's thread decides);
+#: False: without waiting for the broker, answered False where it would be asked.
+Cancel = Callable[[list["DistqFuture[Any]"], bool], list[bool]]
 _T = TypeVar("_T")
 #: The states in which ``done()`` is true.
 _DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread runs an asyncio event loop (not imported: none)."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and asyncio._get_running_loop() is not None
 
 
 def _making_lock() -> None:
@@ -213,10 +221,15 @@ class DistqFuture(concurrent.futures.Future[_T]):
         never run; False means a worker has it already (or it waits out a retry delay).
         RabbitMQ cannot take a message back out of a queue, so there cancel() returns
         False unless the task was not sent yet. A task not yet sent is never sent.
+
+        In the thread of a running asyncio event loop (``asyncio.wrap_future``'s future
+        cancelled) it does not wait for the broker: a task sent is withdrawn meanwhile,
+        False now, and the future cancelled once it is withdrawn. It waited there for the
+        executor's thread, and every coroutine with it (12 s against a stopped Redis).
         """
         if self.done():
             return self.cancelled()
-        return self._cancel([self])[0]
+        return self._cancel([self], not _in_event_loop())[0]
 
     def result(self, timeout: float | None = None) -> _T:
         if self._state == FINISHED and self._exception is None:  # no lock to take

@@ -1149,11 +1149,6 @@ def test_the_exit_waits_for_the_callbacks_of_an_executor_collected_without_shutd
     assert "callback ran: 3" in out.splitlines(), out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exec29: needs dispatcher.py to do shutdown's cancel_futures again once the "
-    "broker answers (a flag kept until a withdraw went through); see the exec29 report",
-)
 def test_shutdown_cancel_futures_met_by_a_broker_failure_still_cancels_once_back(
     target: Target, executor: Open
 ) -> None:
@@ -1187,11 +1182,6 @@ def test_shutdown_cancel_futures_met_by_a_broker_failure_still_cancels_once_back
     ex.shutdown(wait=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exec29: needs Dispatcher.cancel(futures, wait=False) for a cancel() in an "
-    "event loop's thread (withdrawn without waiting); see the exec29 report",
-)
 def test_cancelling_a_wrapped_future_does_not_hold_up_the_event_loop_while_the_broker_hangs(
     tmp_path: Path,
 ) -> None:

@@ -476,6 +476,11 @@ def test_task_timeout_fails_at_its_deadline_while_the_thread_waits_on_a_hung_bro
     assert producer.submitted == [[sent.body]], producer.submitted  # never the other
 
 
+def _not_cancelled(futures: list[DistqFuture[Any]], wait: bool = True) -> list[bool]:
+    """An executor's cancel that cancels nothing."""
+    return [False for _ in futures]
+
+
 def test_the_deadline_thread_keeps_no_answered_future_the_caller_dropped() -> None:
     """It held each entry, its future's result with it, until the deadline: 1.5 GB for
     3,000 results of 1 MB under a task_timeout of 600 s (diff16)."""
@@ -485,7 +490,7 @@ def test_the_deadline_thread_keeps_no_answered_future_the_caller_dropped() -> No
     lock = threading.Lock()  # the executor's: watch and end are called holding it
     overdue = overdue_module.Overdue(lock, set())
     task = Task(name="square", args=[3], reply_to="r")
-    future = DistqFuture[Any](lambda futures: [False], task.id, "square", Callbacks())
+    future = DistqFuture[Any](_not_cancelled, task.id, "square", Callbacks())
     seen = weakref.ref(future)
     with lock:
         overdue.watch(Entry(task, task.encode(), future, time.monotonic() + 600))
@@ -526,12 +531,12 @@ def test_a_deadline_days_away_does_not_end_the_deadline_thread() -> None:
     lock = threading.Lock()
     overdue = overdue_module.Overdue(lock, set())
     far = Task(name="square", args=[3], reply_to="r")
-    far_future = DistqFuture[Any](lambda futures: [False], far.id, "square", Callbacks())
+    far_future = DistqFuture[Any](_not_cancelled, far.id, "square", Callbacks())
     with lock:
         overdue.watch(Entry(far, far.encode(), far_future, time.monotonic() + 1e10))
     time.sleep(0.2)  # the thread waits on the far deadline
     near = Task(name="square", args=[4], reply_to="r")
-    near_future = DistqFuture[Any](lambda futures: [False], near.id, "square", Callbacks())
+    near_future = DistqFuture[Any](_not_cancelled, near.id, "square", Callbacks())
     with lock:
         overdue.watch(Entry(near, near.encode(), near_future, time.monotonic() + 0.1))
     try:
@@ -550,7 +555,7 @@ def test_an_infinite_task_timeout_is_none() -> None:
 
 def _watched(deadline: float) -> Entry:
     task = Task(name="square", args=[3], reply_to="r")
-    future = DistqFuture[Any](lambda futures: [False], task.id, "square", Callbacks())
+    future = DistqFuture[Any](_not_cancelled, task.id, "square", Callbacks())
     return Entry(task, task.encode(), future, deadline)
 
 

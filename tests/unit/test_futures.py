@@ -14,7 +14,7 @@ from distq import futures as futures_module
 from distq.futures import Callbacks, DistqFuture
 
 
-def _never(futures: list[DistqFuture[Any]]) -> list[bool]:
+def _never(futures: list[DistqFuture[Any]], wait: bool = True) -> list[bool]:
     raise AssertionError("a done future must not ask the executor to cancel it")
 
 
@@ -30,7 +30,7 @@ def test_cancel_of_a_done_future_says_whether_it_was_cancelled_and_asks_nobody()
 def test_cancel_of_a_pending_future_is_the_executors_answer() -> None:
     asked: list[list[str]] = []
 
-    def cancel(futures: list[DistqFuture[Any]]) -> list[bool]:
+    def cancel(futures: list[DistqFuture[Any]], wait: bool = True) -> list[bool]:
         asked.append([f.task_id for f in futures])
         return [False]
 
