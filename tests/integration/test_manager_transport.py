@@ -608,6 +608,32 @@ def test_an_idle_worker_stopped_while_its_master_is_frozen_exits_within_its_drai
         master.stop(grace=0)
 
 
+def test_a_proxy_dropped_while_its_master_is_frozen_holds_no_thread() -> None:
+    # a proxy's finalizer told the master it was gone on a connection of its own, in the
+    # thread that dropped it: a worker's slot reconnecting (its consumer's proxy dropped),
+    # its keeper or readiness (their proxy dropped after a failure) waited out
+    # CONNECT_TIMEOUT (5 s) there against a master that does not answer
+    settings = _settings("frozendrop")
+    master = Distq(
+        ["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], _env(settings)
+    )
+    try:
+        master.wait_for(r"^master .* transport")
+        remote = open_transport(settings, "worker")
+        try:
+            consumer = remote.consumer("c1")
+            with _stopped(master):
+                started = time.monotonic()
+                del consumer  # what a slot's reconnect does with the consumer it closed
+                gc.collect()
+                took = time.monotonic() - started
+            assert took < 1.0, f"{took:.1f} s"
+        finally:
+            remote.close()
+    finally:
+        master.stop(grace=0)
+
+
 # -- a master under limits: silent peers, no threads, no file descriptors ----------------
 #: A master in a process of its own (argv: port, key, limit, amount) whose thread or file
 #: descriptor budget runs out after ``amount`` MiB of address space or open files.
@@ -1296,3 +1322,31 @@ def test_settings_without_an_authkey_are_a_configuration_error(authkey: bytes | 
     for role in ("master", "worker"):
         with pytest.raises(ConfigError, match=r"^DISTQ_AUTHKEY is not set; .* set the same"):
             open_transport(settings, role)
+
+
+@pytest.mark.timeout(180)
+def test_submit_wait_stopped_while_its_master_is_frozen_exits_within_seconds() -> None:
+    # Ctrl-C, a container stop: a `distq submit --wait` whose master is frozen closes its
+    # executor within CLOSE_WAIT_SECONDS (2 s), then exits; its proxy, still open, told the
+    # master it was gone as the process exited, waiting out CONNECT_TIMEOUT: 7 s in all
+    settings = _settings("frozensubmit")
+    env = _env(settings)
+    master = Distq(["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], env)
+    submit: Distq | None = None
+    try:
+        master.wait_for(r"^master .* transport")
+        submit = Distq(["submit", "--wait", "square", "3"], env)
+        submit.wait_for(r"^[0-9a-f]{32}$")
+        time.sleep(0.5)  # in its wait for the result
+        with _stopped(master):
+            submit.signal(signal.SIGTERM)
+            started = time.monotonic()
+            code = submit.wait(120)
+            took = time.monotonic() - started
+        assert code == 1, submit.output()
+        assert "interrupted" in submit.output() and "Traceback" not in submit.output()
+        assert took < 5, f"{took:.1f} s:\n{submit.output()}"
+    finally:
+        if submit is not None:
+            submit.stop(grace=0)
+        master.stop(grace=0)

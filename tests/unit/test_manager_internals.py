@@ -6,7 +6,7 @@ naming it: see its docstring and :func:`check_multiprocessing`.
 
 from __future__ import annotations
 
-from multiprocessing import connection, managers
+from multiprocessing import connection, managers, util
 
 import pytest
 
@@ -40,6 +40,7 @@ def _one_parameter_fewer(token: object, authkey: object, state: object, tls: obj
         (managers.BaseProxy, "_callmethod", 3, "BaseProxy._callmethod"),
         (managers.BaseProxy, "_decref", staticmethod(_one_parameter_fewer), "BaseProxy._decref"),
         (managers, "State", None, "managers.State"),
+        (util, "is_exiting", None, "util.is_exiting"),
     ],
 )
 def test_a_part_that_changed_is_named_with_what_to_do(

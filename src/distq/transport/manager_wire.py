@@ -12,7 +12,8 @@ It relies on parts of ``multiprocessing`` that are not documented API: the
 ``managers.listener_client`` table (a serializer of distq's own is entered in it at
 import), ``managers.Server.public``, ``connection.SocketListener`` and a listener's
 ``_socket``, ``connection.answer_challenge`` and ``deliver_challenge``, and
-``BaseProxy``'s ``_incref``/``_decref`` (and the ``managers.State`` the latter reads).
+``BaseProxy``'s ``_incref``/``_decref`` (and the ``managers.State`` the latter reads), and
+``util.is_exiting``.
 :func:`check_multiprocessing` checks them when this module is imported (a listener's
 ``_socket`` as it is made): a Python release that changed one fails with a
 :class:`~distq.errors.ConfigError` naming it, never quietly.
@@ -82,6 +83,8 @@ def check_multiprocessing() -> None:
         )
     for name in ("_incref", "_callmethod"):
         _parameters(f"BaseProxy.{name}", getattr(BaseProxy, name, None), ("self",))
+    if not callable(getattr(util, "is_exiting", None)):
+        raise changed("util.is_exiting", getattr(util, "is_exiting", None), "a function")
     state = getattr(managers, "State", None)
     if not all(hasattr(state, name) for name in ("INITIAL", "STARTED", "SHUTDOWN")):
         raise changed("managers.State", state, "a class with STARTED and SHUTDOWN")
@@ -441,6 +444,28 @@ _NO_CONNECTION = types.SimpleNamespace()
 _STATE: Any = managers.State  # type: ignore[attr-defined]
 
 
+def _tell_gone(token: Any, authkey: bytes | None, state: Any, client: Any) -> None:
+    """A proxy's finalizer: ``BaseProxy._decref``, which tells the master the proxy is
+    gone on a connection of its own, in a thread of its own, and not at all once the
+    process exits or ``state`` is no longer STARTED (:meth:`ClientManager.hush`).
+
+    In the thread that dropped the proxy, that connection waited out ``CONNECT_TIMEOUT``
+    against a master that does not answer (frozen, cut off): a worker's slot that
+    reconnected, or its keeper, held 5 s; and at the exit of a process whose transport
+    was never closed (``distq submit --wait`` stopped while its executor's thread waits
+    on a frozen master), 5 s a proxy before it could exit."""
+    if util.is_exiting() or (state is not None and state.value != _STATE.STARTED):
+        return
+    base: Any = BaseProxy
+    with contextlib.suppress(RuntimeError):  # no thread to spare: nothing told, as at exit
+        threading.Thread(
+            target=base._decref,
+            args=(token, authkey, state, _NO_CONNECTION, set(), client),
+            name="distq-decref",
+            daemon=True,
+        ).start()
+
+
 class BrokerProxy(BaseProxy):
     """A worker's proxy of the master's :class:`QueueBroker`, on no-delay connections.
 
@@ -450,7 +475,8 @@ class BrokerProxy(BaseProxy):
     _exposed_ = EXPOSED
 
     def _incref(self) -> None:
-        """The stdlib's, with a finalizer that only tells the master the proxy is gone.
+        """The stdlib's, with a finalizer that only tells the master the proxy is gone
+        (:func:`_tell_gone`).
 
         The stdlib's finalizer also closes the connection of whatever thread the garbage
         collector runs it in, once no proxy id of the address is left in the process's
@@ -473,8 +499,8 @@ class BrokerProxy(BaseProxy):
         )
         me._close = util.Finalize(
             me,
-            base._decref,
-            args=(me._token, me._authkey, state, _NO_CONNECTION, set(), me._Client),
+            _tell_gone,
+            args=(me._token, me._authkey, state, me._Client),
             exitpriority=10,
         )
 
