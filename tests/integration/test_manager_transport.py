@@ -634,6 +634,43 @@ def test_a_proxy_dropped_while_its_master_is_frozen_holds_no_thread() -> None:
         master.stop(grace=0)
 
 
+@pytest.mark.timeout(120)
+def test_a_remote_producers_reply_queue_outlives_its_master_being_frozen() -> None:
+    # a master stopped (SIGSTOP, a paused VM or container) past master_ttl dropped every
+    # remote producer's reply queue as it resumed, though none could renew it meanwhile: a
+    # result settled then was dropped, and `distq submit --wait` or Executor(host=False)
+    # found its queue lapsed and submitted its tasks again (each ran twice; those still
+    # queued were dead-lettered unrun, "its master is gone")
+    settings = replace(_settings("frozenreply"), lease_seconds=1.0)
+    ttl = settings.master_ttl  # 10 s, the shortest there is
+    env = dict(_env(settings), DISTQ_LEASE_SECONDS="1")
+    master = Distq(["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], env)
+    try:
+        master.wait_for(r"^master .* transport")
+        client = open_transport(settings, "client")
+        remote = open_transport(settings, "worker")
+        try:
+            reply_to = client.reply_queue("frozen")
+            producer = client.producer(reply_to)
+            producer.submit([b"task"])
+            consumer = remote.consumer("c1")
+            (delivery,) = fetch_n(consumer, 1)
+            time.sleep(0.5)  # its reaper at work, as in any job (a first reap starts its clock)
+            with _stopped(master):
+                time.sleep(ttl + 1)
+            time.sleep(1.0)  # the master's reaper runs first, as it would in a job
+            consumer.settle([Settlement(delivery, reply_to=reply_to, result=b"done")])
+            assert results_n(producer, 1, within=5) == [b"done"]
+            assert producer.reconcile() == 1 and not producer.lapsed
+            consumer.close()
+            producer.close()
+        finally:
+            remote.close()
+            client.close()
+    finally:
+        master.stop(grace=0)
+
+
 # -- a master under limits: silent peers, no threads, no file descriptors ----------------
 #: A master in a process of its own (argv: port, key, limit, amount) whose thread or file
 #: descriptor budget runs out after ``amount`` MiB of address space or open files.
