@@ -266,6 +266,29 @@ def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None
             again.close()
 
 
+def test_a_producer_and_a_consumer_close_quietly_once_their_master_restarted() -> None:
+    # closed after a call failed as their master went, with another master up by then
+    # (an executor closed, `distq submit --wait` interrupted, in its reconnect's backoff):
+    # the close's call reached the new master, which knows no object of theirs, and its
+    # RemoteError, a multi-line remote traceback, went on to the caller ("could not close
+    # the producer of the executor: ... Traceback ..."), where a master gone was quiet
+    settings = _settings("closedlate")
+    env = _env(settings)
+    with (
+        _master_process(env) as first,
+        contextlib.closing(open_transport(settings, "client")) as remote,
+    ):
+        producer = remote.producer(remote.reply_queue("late"))
+        consumer = remote.consumer("c1")
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+        with pytest.raises(TransportError):
+            producer.results(1, 0.1)
+        with _master_process(env):  # the master, started again
+            producer.close()
+            consumer.close()
+
+
 @contextlib.contextmanager
 def _killed_with_a_task(
     settings: Settings, env: dict[str, str]
