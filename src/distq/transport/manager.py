@@ -397,8 +397,6 @@ class ManagerTransport(Transport):
         return QueueStats(ready=ready, in_flight=in_flight, dead=dead, consumers=consumers)
 
     def close(self) -> None:
-        if self._manager is not None:  # a worker's proxies, collected from here on
-            self._manager.hush()
         self._inspector = self._keeper = None  # a worker's: their connections go with it
         broker, self._broker = self._broker, None
         if broker is not None:
