@@ -36,7 +36,7 @@ from distq.config import CONNECT_TIMEOUT, Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
-from distq.transport import Settlement, Transport, manager_wire, open_transport
+from distq.transport import Settlement, Transport, manager, manager_wire, open_transport
 from launch import free_port
 from procs import Distq
 from seam import fetch_n, results_n
@@ -691,6 +691,54 @@ def test_a_remote_producers_reply_queue_outlives_its_master_being_frozen() -> No
             remote.close()
             client.close()
     finally:
+        master.stop(grace=0)
+
+
+@pytest.mark.timeout(120)
+def test_submit_whose_master_stops_answering_as_it_queues_names_the_task(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `distq submit` (no --wait) whose master stopped answering once the task was sent
+    # said only that the master did not answer, exit 3, as if nothing were queued: the
+    # master, resumed, ran the task, which the user had no id of (and submitted again)
+    monkeypatch.setattr(manager_wire, "REPLY_TIMEOUT", 2.0)  # 30 s in production
+    settings = _settings("frozenput")
+    master = Distq(
+        ["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], _env(settings)
+    )
+    frozen = contextlib.ExitStack()
+    try:
+        master.wait_for(r"^master .* transport")
+        submit = manager.ManagerProducer.submit
+
+        def stopped_as_it_queues(self: manager.ManagerProducer, bodies: list[bytes]) -> None:
+            frozen.enter_context(_stopped(master))
+            submit(self, bodies)
+
+        monkeypatch.setattr(manager.ManagerProducer, "submit", stopped_as_it_queues)
+        args = argparse.Namespace(
+            role="submit",
+            task_name="square",
+            args=["3"],
+            kwargs=None,
+            wait=False,
+            timeout=None,
+            max_attempts=3,
+        )
+        err = io.StringIO()
+        code = commands.run(args, settings, Console(out=io.StringIO(), err=err))
+        frozen.close()  # resumed: the task it was sent is queued
+        assert code == 3, err.getvalue()
+        client = open_transport(settings, "client")
+        try:
+            assert client.stats().ready == 1
+            (letter,) = [Task.decode(body) for body in client._endpoint().peek("frozenput", 1)]  # type: ignore[attr-defined]
+        finally:
+            client.close()
+        assert capsys.readouterr().out == ""
+        assert f"task {letter.id} may be queued or not" in err.getvalue(), err.getvalue()
+    finally:
+        frozen.close()
         master.stop(grace=0)
 
 
