@@ -264,6 +264,14 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
                     "(`distq status` counts the ready tasks)"
                 )
             return EXIT_FAILED
+        except TransportError as exc:  # sent, unanswered: it read as nothing queued
+            if not sent or isinstance(exc, MessageRefused):  # refused: not queued
+                raise
+            console.error(
+                f"{exc}; task {task.id} may be queued or not (`distq status` counts the "
+                "ready tasks)"
+            )
+            return EXIT_UNREACHABLE
         say(task.id)
         return 0
     # SIGTERM (timeout(1), kill, a CI cancel, a container stop) as Ctrl-C: it ended the

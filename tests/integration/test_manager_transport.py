@@ -36,7 +36,7 @@ from distq.config import CONNECT_TIMEOUT, Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
-from distq.transport import Settlement, Transport, manager_wire, open_transport
+from distq.transport import Settlement, Transport, manager, manager_wire, open_transport
 from launch import free_port
 from procs import Distq
 from seam import fetch_n, results_n
@@ -264,6 +264,29 @@ def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None
             (task,) = fetch_n(again, 1)
             assert Task.decode(task.body).reply_to.startswith(f"{settings.queue}.results.")
             again.close()
+
+
+def test_a_producer_and_a_consumer_close_quietly_once_their_master_restarted() -> None:
+    # closed after a call failed as their master went, with another master up by then
+    # (an executor closed, `distq submit --wait` interrupted, in its reconnect's backoff):
+    # the close's call reached the new master, which knows no object of theirs, and its
+    # RemoteError, a multi-line remote traceback, went on to the caller ("could not close
+    # the producer of the executor: ... Traceback ..."), where a master gone was quiet
+    settings = _settings("closedlate")
+    env = _env(settings)
+    with (
+        _master_process(env) as first,
+        contextlib.closing(open_transport(settings, "client")) as remote,
+    ):
+        producer = remote.producer(remote.reply_queue("late"))
+        consumer = remote.consumer("c1")
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+        with pytest.raises(TransportError):
+            producer.results(1, 0.1)
+        with _master_process(env):  # the master, started again
+            producer.close()
+            consumer.close()
 
 
 @contextlib.contextmanager
@@ -605,6 +628,117 @@ def test_an_idle_worker_stopped_while_its_master_is_frozen_exits_within_its_drai
     finally:
         if worker is not None:
             worker.stop(grace=0)
+        master.stop(grace=0)
+
+
+def test_a_proxy_dropped_while_its_master_is_frozen_holds_no_thread() -> None:
+    # a proxy's finalizer told the master it was gone on a connection of its own, in the
+    # thread that dropped it: a worker's slot reconnecting (its consumer's proxy dropped),
+    # its keeper or readiness (their proxy dropped after a failure) waited out
+    # CONNECT_TIMEOUT (5 s) there against a master that does not answer
+    settings = _settings("frozendrop")
+    master = Distq(
+        ["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], _env(settings)
+    )
+    try:
+        master.wait_for(r"^master .* transport")
+        remote = open_transport(settings, "worker")
+        try:
+            consumer = remote.consumer("c1")
+            with _stopped(master):
+                started = time.monotonic()
+                del consumer  # what a slot's reconnect does with the consumer it closed
+                gc.collect()
+                took = time.monotonic() - started
+            assert took < 1.0, f"{took:.1f} s"
+        finally:
+            remote.close()
+    finally:
+        master.stop(grace=0)
+
+
+@pytest.mark.timeout(120)
+def test_a_remote_producers_reply_queue_outlives_its_master_being_frozen() -> None:
+    # a master stopped (SIGSTOP, a paused VM or container) past master_ttl dropped every
+    # remote producer's reply queue as it resumed, though none could renew it meanwhile: a
+    # result settled then was dropped, and `distq submit --wait` or Executor(host=False)
+    # found its queue lapsed and submitted its tasks again (each ran twice; those still
+    # queued were dead-lettered unrun, "its master is gone")
+    settings = replace(_settings("frozenreply"), lease_seconds=1.0)
+    ttl = settings.master_ttl  # 10 s, the shortest there is
+    env = dict(_env(settings), DISTQ_LEASE_SECONDS="1")
+    master = Distq(["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], env)
+    try:
+        master.wait_for(r"^master .* transport")
+        client = open_transport(settings, "client")
+        remote = open_transport(settings, "worker")
+        try:
+            reply_to = client.reply_queue("frozen")
+            producer = client.producer(reply_to)
+            producer.submit([b"task"])
+            consumer = remote.consumer("c1")
+            (delivery,) = fetch_n(consumer, 1)
+            time.sleep(0.5)  # its reaper at work, as in any job (a first reap starts its clock)
+            with _stopped(master):
+                time.sleep(ttl + 1)
+            time.sleep(1.0)  # the master's reaper runs first, as it would in a job
+            consumer.settle([Settlement(delivery, reply_to=reply_to, result=b"done")])
+            assert results_n(producer, 1, within=5) == [b"done"]
+            assert producer.reconcile() == 1 and not producer.lapsed
+            consumer.close()
+            producer.close()
+        finally:
+            remote.close()
+            client.close()
+    finally:
+        master.stop(grace=0)
+
+
+@pytest.mark.timeout(120)
+def test_submit_whose_master_stops_answering_as_it_queues_names_the_task(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `distq submit` (no --wait) whose master stopped answering once the task was sent
+    # said only that the master did not answer, exit 3, as if nothing were queued: the
+    # master, resumed, ran the task, which the user had no id of (and submitted again)
+    monkeypatch.setattr(manager_wire, "REPLY_TIMEOUT", 2.0)  # 30 s in production
+    settings = _settings("frozenput")
+    master = Distq(
+        ["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], _env(settings)
+    )
+    frozen = contextlib.ExitStack()
+    try:
+        master.wait_for(r"^master .* transport")
+        submit = manager.ManagerProducer.submit
+
+        def stopped_as_it_queues(self: manager.ManagerProducer, bodies: list[bytes]) -> None:
+            frozen.enter_context(_stopped(master))
+            submit(self, bodies)
+
+        monkeypatch.setattr(manager.ManagerProducer, "submit", stopped_as_it_queues)
+        args = argparse.Namespace(
+            role="submit",
+            task_name="square",
+            args=["3"],
+            kwargs=None,
+            wait=False,
+            timeout=None,
+            max_attempts=3,
+        )
+        err = io.StringIO()
+        code = commands.run(args, settings, Console(out=io.StringIO(), err=err))
+        frozen.close()  # resumed: the task it was sent is queued
+        assert code == 3, err.getvalue()
+        client = open_transport(settings, "client")
+        try:
+            assert client.stats().ready == 1
+            (letter,) = [Task.decode(body) for body in client._endpoint().peek("frozenput", 1)]  # type: ignore[attr-defined]
+        finally:
+            client.close()
+        assert capsys.readouterr().out == ""
+        assert f"task {letter.id} may be queued or not" in err.getvalue(), err.getvalue()
+    finally:
+        frozen.close()
         master.stop(grace=0)
 
 
@@ -1296,3 +1430,31 @@ def test_settings_without_an_authkey_are_a_configuration_error(authkey: bytes | 
     for role in ("master", "worker"):
         with pytest.raises(ConfigError, match=r"^DISTQ_AUTHKEY is not set; .* set the same"):
             open_transport(settings, role)
+
+
+@pytest.mark.timeout(180)
+def test_submit_wait_stopped_while_its_master_is_frozen_exits_within_seconds() -> None:
+    # Ctrl-C, a container stop: a `distq submit --wait` whose master is frozen closes its
+    # executor within CLOSE_WAIT_SECONDS (2 s), then exits; its proxy, still open, told the
+    # master it was gone as the process exited, waiting out CONNECT_TIMEOUT: 7 s in all
+    settings = _settings("frozensubmit")
+    env = _env(settings)
+    master = Distq(["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], env)
+    submit: Distq | None = None
+    try:
+        master.wait_for(r"^master .* transport")
+        submit = Distq(["submit", "--wait", "square", "3"], env)
+        submit.wait_for(r"^[0-9a-f]{32}$")
+        time.sleep(0.5)  # in its wait for the result
+        with _stopped(master):
+            submit.signal(signal.SIGTERM)
+            started = time.monotonic()
+            code = submit.wait(120)
+            took = time.monotonic() - started
+        assert code == 1, submit.output()
+        assert "interrupted" in submit.output() and "Traceback" not in submit.output()
+        assert took < 5, f"{took:.1f} s:\n{submit.output()}"
+    finally:
+        if submit is not None:
+            submit.stop(grace=0)
+        master.stop(grace=0)

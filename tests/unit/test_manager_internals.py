@@ -23,10 +23,6 @@ def _renamed_parameters(conn: object, key: object) -> None:
     """A challenge function whose parameters a release renamed."""
 
 
-def _one_parameter_fewer(token: object, authkey: object, state: object, tls: object) -> None:
-    """``BaseProxy._decref`` without the parameters distq passes last."""
-
-
 @pytest.mark.parametrize(
     ("owner", "name", "value", "named"),
     [
@@ -38,8 +34,6 @@ def _one_parameter_fewer(token: object, authkey: object, state: object, tls: obj
         (connection, "deliver_challenge", None, "connection.deliver_challenge"),
         (managers.BaseProxy, "_incref", None, "BaseProxy._incref"),
         (managers.BaseProxy, "_callmethod", 3, "BaseProxy._callmethod"),
-        (managers.BaseProxy, "_decref", staticmethod(_one_parameter_fewer), "BaseProxy._decref"),
-        (managers, "State", None, "managers.State"),
     ],
 )
 def test_a_part_that_changed_is_named_with_what_to_do(

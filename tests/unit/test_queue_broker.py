@@ -369,6 +369,34 @@ def test_a_reply_queue_not_renewed_for_its_ttl_lapses_with_the_results_it_holds(
     assert broker.get("mine", 10, 0) == []
 
 
+def test_a_reply_queue_that_lapsed_while_the_master_stood_still_gets_its_time_back() -> None:
+    """A master stopped past a remote producer's reply queue's ttl dropped it as it
+    resumed, with the results it held: its producer found it lapsed and submitted its
+    tasks again. A gap over half the ttl gives it back the time it had left; a gap under
+    that did not keep a producer from renewing, so a queue that lapsed in it is a dead
+    producer's."""
+    clock = Clock()
+    broker = QueueBroker(clock, reply_ttl=10.0, stood_still=0.5)
+    broker.open("live")
+    broker.open("dead")
+    broker.put("live", [b"held"])
+    clock.now += 2.0
+    broker.reap()  # the last reap before the stop: 8 s left of each
+    clock.now += 12.0  # both lapsed while nothing ran
+    broker.reap()
+    assert broker.gone(["live", "dead"]) == []
+    assert broker.open("live") is True and broker.get("live", 10, 0) == [b"held"]
+    for _ in range(17):  # reaped as it runs: the dead one's 8 s are up
+        clock.now += 0.5
+        broker.reap()
+    assert broker.gone(["live", "dead"]) == ["dead"]  # the live one renewed
+    clock.now += 4.9  # a gap under half the ttl: a producer could renew in it
+    broker.reap()
+    clock.now += 4.9
+    broker.reap()
+    assert broker.gone(["live"]) == ["live"]
+
+
 def test_a_producer_renews_its_reply_queue_and_says_when_it_had_lapsed() -> None:
     clock = Clock()
     broker = QueueBroker(clock, reply_ttl=10.0)

@@ -397,8 +397,6 @@ class ManagerTransport(Transport):
         return QueueStats(ready=ready, in_flight=in_flight, dead=dead, consumers=consumers)
 
     def close(self) -> None:
-        if self._manager is not None:  # a worker's proxies, collected from here on
-            self._manager.hush()
         self._inspector = self._keeper = None  # a worker's: their connections go with it
         broker, self._broker = self._broker, None
         if broker is not None:
@@ -609,7 +607,9 @@ class ManagerProducer(Producer):
         return _call(self._address, self._broker.withdraw, self._queue, list(bodies))
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
+        # RemoteError: a master started since knows no object of this proxy's (its queue
+        # went with the master before): the refusal is no news, and a remote traceback
+        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, RemoteError):
             self._broker.delete(self.reply_to)
         _close_proxy(self._broker)
 
@@ -717,8 +717,9 @@ class ManagerConsumer(Consumer):
         return len(tokens)
 
     def close(self) -> None:
-        # the master gone means leases gone
-        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
+        # the master gone means leases gone (RemoteError: a master started since, see
+        # ManagerProducer.close)
+        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, RemoteError):
             self._broker.disconnect(self._id)
         _close_proxy(self._broker)
 

@@ -464,10 +464,20 @@ class QueueBroker:
         task still running in another, and ran it too (held19); once only, a dead
         worker's tasks wait one lease more at most, however often a starved reaper
         stretches the gap. Half of each lease's own length: by the master's, a 1 s lease
-        ran out unseen in a stop of 0.9 s (stood20)."""
+        ran out unseen in a stop of 0.9 s (stood20).
+
+        A remote producer's reply queue that lapsed in that gap gets it back too, when the
+        gap is over half of ``reply_ttl``: no producer could renew it either, and dropped
+        as the master resumed, with the results it held and those settled next, its
+        producer found it lapsed and submitted its tasks again (each ran twice)."""
         last, self._reaped = self._reaped, now
         if last is None or now - last <= self._stood_still:
             return
+        ttl = self._reply_ttl
+        if ttl is not None and now - last > ttl / 2:
+            for name, renewed in self._replies.items():
+                if last < renewed + ttl <= now:
+                    self._replies[name] = renewed + (now - last)
         for lease in self._leases.values():
             if (
                 last < lease.deadline <= now

@@ -12,7 +12,7 @@ It relies on parts of ``multiprocessing`` that are not documented API: the
 ``managers.listener_client`` table (a serializer of distq's own is entered in it at
 import), ``managers.Server.public``, ``connection.SocketListener`` and a listener's
 ``_socket``, ``connection.answer_challenge`` and ``deliver_challenge``, and
-``BaseProxy``'s ``_incref``/``_decref`` (and the ``managers.State`` the latter reads).
+``BaseProxy``'s ``_incref``.
 :func:`check_multiprocessing` checks them when this module is imported (a listener's
 ``_socket`` as it is made): a Python release that changed one fails with a
 :class:`~distq.errors.ConfigError` naming it, never quietly.
@@ -31,10 +31,9 @@ import socket
 import struct
 import threading
 import time
-import types
 from collections import Counter
 from collections.abc import Callable, Sequence
-from multiprocessing import connection, managers, util
+from multiprocessing import connection, managers
 from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy
 from typing import Any, ClassVar, Protocol, cast
@@ -82,14 +81,6 @@ def check_multiprocessing() -> None:
         )
     for name in ("_incref", "_callmethod"):
         _parameters(f"BaseProxy.{name}", getattr(BaseProxy, name, None), ("self",))
-    state = getattr(managers, "State", None)
-    if not all(hasattr(state, name) for name in ("INITIAL", "STARTED", "SHUTDOWN")):
-        raise changed("managers.State", state, "a class with STARTED and SHUTDOWN")
-    _parameters(
-        "BaseProxy._decref",
-        getattr(BaseProxy, "_decref", None),
-        ("token", "authkey", "state", "tls", "idset", "_Client"),
-    )
 
 
 check_multiprocessing()
@@ -428,17 +419,11 @@ def _no_answer(step: str) -> TimeoutError:
 
 #: The serializer name under which ``multiprocessing.managers`` finds :func:`client`.
 #: ``BaseManager.connect()``, a proxy's first ``incref`` (made in ``BaseProxy.__init__``)
-#: and its ``decref`` finalizer open their connections with ``listener_client[serializer]``,
+#: and the ``decref`` that follows it open their connections with ``listener_client[serializer]``,
 #: not with an instance's ``_Client``: under the stdlib's ``"pickle"`` entry each of them
 #: waits forever on a master that accepts and never answers. Same wire format as "pickle".
 SERIALIZER = "distq"
 getattr(managers, "listener_client")[SERIALIZER] = (Listener, client)  # noqa: B009
-
-
-#: What a proxy's finalizer takes for its thread's connections: none to close.
-_NO_CONNECTION = types.SimpleNamespace()
-#: What a proxy's finalizer takes for its manager's state (typeshed has no ``State``).
-_STATE: Any = managers.State  # type: ignore[attr-defined]
 
 
 class BrokerProxy(BaseProxy):
@@ -450,33 +435,27 @@ class BrokerProxy(BaseProxy):
     _exposed_ = EXPOSED
 
     def _incref(self) -> None:
-        """The stdlib's, with a finalizer that only tells the master the proxy is gone.
+        """The stdlib's, without its finalizer: a proxy dropped tells the master nothing.
 
-        The stdlib's finalizer also closes the connection of whatever thread the garbage
-        collector runs it in, once no proxy id of the address is left in the process's
-        set; every proxy of a master has the same id (one object), so an old proxy
-        collected in a live executor's or slot's thread closed that thread's connection,
-        mid-send at times (``'NoneType' object cannot be interpreted as an integer``: the
-        executor broke). A connection is closed by the one who made it
-        (:func:`_close_proxy`), or with its thread. Once its transport is closed
-        (:meth:`ClientManager.hush`) it tells the master nothing."""
+        That finalizer told the master on a connection of its own, in whatever thread
+        dropped the proxy, or at the process's exit: against a master that does not answer
+        (frozen, cut off) each waited out ``CONNECT_TIMEOUT``, holding a worker's slot that
+        reconnected, or its keeper, 5 s, and a process's exit 5 s a proxy (``distq submit
+        --wait`` stopped while its executor's thread waited on a frozen master: 7 s where
+        2 s do). It also closed that thread's connection, once no proxy id of the address
+        was left in the process's set; every proxy of a master has the same id (one
+        object), so an old proxy collected in a live executor's or slot's thread closed
+        that thread's connection, mid-send at times (``'NoneType' object cannot be
+        interpreted as an integer``: the executor broke). A connection is closed by the
+        one who made it (:func:`_close_proxy`), or with its thread. What the master was
+        told, a count of the proxies of its broker, it keeps for nothing: the broker lives
+        as long as the master does."""
         base: Any = BaseProxy  # typeshed declares none of its private parts
         me: Any = self
         base._incref(me)
         close = getattr(me, "_close", None)
-        if close is None:  # owned by the manager: no finalizer
-            return
-        close.cancel()
-        manager = me._manager
-        state = (
-            manager.telling if isinstance(manager, ClientManager) else manager and manager._state
-        )
-        me._close = util.Finalize(
-            me,
-            base._decref,
-            args=(me._token, me._authkey, state, _NO_CONNECTION, set(), me._Client),
-            exitpriority=10,
-        )
+        if close is not None:  # None: owned by the manager, no finalizer
+            close.cancel()
 
     def _call(self, method: str, *args: Any) -> Any:
         call: Callable[..., Any] = self._callmethod  # typeshed types its reply as None
@@ -561,22 +540,6 @@ class ClientManager(BaseManager):
     ``serializer=SERIALIZER``, so every connection it and its proxies open is :func:`client`'s."""
 
     distq_broker: Callable[[], BrokerProxy]  # made by register() below
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        #: What its proxies' finalizers read (``BaseProxy._decref``'s ``state``): while
-        #: STARTED, each proxy collected tells the master it is gone, a connection of its
-        #: own; SHUTDOWN (:meth:`hush`) tells nothing.
-        self.telling = _STATE()
-        self.telling.value = _STATE.STARTED
-
-    def hush(self) -> None:
-        """From now on no proxy tells the master it is gone: the transport is closed, and
-        its proxies are collected as the process exits, each connection to a master that
-        does not answer (frozen, cut off) waiting out ``CONNECT_TIMEOUT``, one after the
-        other: a worker stopped while its master was frozen took its drain plus 5 s a
-        slot to exit, past its grace period."""
-        self.telling.value = _STATE.SHUTDOWN
 
 
 ClientManager.register("distq_broker", proxytype=BrokerProxy)
