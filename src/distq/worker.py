@@ -787,6 +787,22 @@ def _drain_ran_out(slots: Sequence[Slot], drain_seconds: float) -> str:
     return f"after {drain_seconds:g} s (DISTQ_DRAIN_SECONDS){said}: handing back what is in hand"
 
 
+def _stop_signals_default_in_a_forked_child() -> None:
+    """A process a task forks (``multiprocessing`` on Linux) inherits the worker's signal
+    handlers: it took ``Process.terminate()`` (SIGTERM) for a warm stop of a worker it is
+    not, said "finishing the tasks that run", and ran on, orphaned once the task
+    returned. There each stop signal the worker handles gets Python's default back."""
+    for sig in stop_signals():
+        handler = signal.getsignal(sig)
+        if getattr(handler, "__func__", None) is Worker._on_signal:
+            default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            with contextlib.suppress(ValueError):  # not its main thread: Python refuses
+                signal.signal(sig, default)
+
+
+os.register_at_fork(after_in_child=_stop_signals_default_in_a_forked_child)
+
+
 def _threads_it_starts_are_not_daemons() -> None:
     """A slot's thread is a daemon (a hung task must not hold up the worker's exit), and
     a thread made without saying is a daemon if the thread that makes it is: so every

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import re
 import secrets
@@ -1159,3 +1160,44 @@ def test_worker_options_take_every_worker_setting_from_the_settings() -> None:
     assert defaults.prefetch != 4 and defaults.heartbeat_interval != 2.0
     assert defaults.queue != "images" and defaults.drain_seconds != 7.5
     assert not defaults.time_limits
+
+
+def _run_forever() -> None:
+    while True:
+        time.sleep(0.05)
+
+
+def _a_helper_process_terminated() -> list[Any]:
+    """A task that forks a helper process (multiprocessing's default on Linux), then
+    stops it with ``terminate()`` (SIGTERM), as ``with multiprocessing.Pool()`` does:
+    the helper's exit code, and its pid for the test to clean up after."""
+    helper = multiprocessing.get_context("fork").Process(target=_run_forever, daemon=True)
+    helper.start()
+    time.sleep(0.2)
+    helper.terminate()
+    helper.join(3)
+    return [helper.exitcode, helper.pid]
+
+
+def test_a_process_a_task_forks_dies_of_sigterm_not_of_the_workers_handler(
+    transport: Transport,
+) -> None:
+    """A process a task forks must not inherit the worker's SIGTERM handler: the child
+    took a ``terminate()`` for a warm stop of a worker it is not (a "finishing the tasks
+    that run" line, and no exit), so ``Process.terminate()`` and ``Pool.terminate()`` left
+    it running, orphaned once the task returned."""
+    producer = transport.producer("replies")
+    producer.submit([Task(name="helper", args=[], reply_to="replies", max_attempts=1).encode()])
+    registry = Registry()
+    registry.register("helper", _a_helper_process_terminated)
+    out = io.StringIO()
+    options = WorkerOptions(exit_when_idle=0.5, worker_id="w", heartbeat_interval=0.3)
+    worker = Worker(transport, registry, options, Console(out=out, err=out))
+    assert threading.current_thread() is threading.main_thread()  # it installs its handlers
+    assert worker.run() == 0
+    (result,) = results_of(producer, 1, within=5)
+    assert result.status == "ok", result
+    exitcode, pid = result.value
+    if exitcode is None:  # still running: not left behind by the test
+        os.kill(pid, signal.SIGKILL)
+    assert exitcode == -signal.SIGTERM, out.getvalue()
