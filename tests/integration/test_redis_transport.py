@@ -1911,3 +1911,32 @@ def test_a_redis_url_at_an_amqp_port_says_so_not_tls() -> None:
         "is that port Redis's? It answers as an AMQP broker (RabbitMQ) does: check "
         "DISTQ_TRANSPORT and DISTQ_REDIS_URL"
     ), said
+
+
+def test_a_lapsed_lease_swept_onto_a_ready_key_made_another_type_loses_no_task(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """The sweep deleted the in-flight list of a lease that ran out (a worker killed),
+    then its push onto the ready key failed (WRONGTYPE), and a script's error undoes
+    nothing: the tasks were neither leased nor ready, lost once the key was set right.
+    A release and a close met the same: the bodies left the in-flight list first."""
+    t = open_transport(lease=0.5)
+    t.producer("r").submit(_bodies(4))
+    killed = t.consumer("killed")
+    assert len(killed.fetch(2, timeout=1)) == 2
+    held = t.consumer("held")
+    kept = held.fetch(2, timeout=1)
+    raw.set(queue, "not a list")
+    _outlive_lease(raw, t)
+    with pytest.raises(ConfigError, match=f"Redis key '{queue}'"), t.errors():
+        t.sweep(t.client)  # as a master's idle wait, or any claim
+    assert sorted(raw.lrange(killed.inflight_key, 0, -1)) == _bodies(2)
+    with pytest.raises(ConfigError, match=f"Redis key '{queue}'"):
+        held.release(kept[:1])
+    with contextlib.suppress(ConfigError):
+        held.close()
+    assert sorted(raw.lrange(held.inflight_key, 0, -1)) == _bodies(4)[2:]
+    raw.delete(queue)
+    _outlive_lease(raw, t)
+    t.sweep(t.client)
+    assert sorted(raw.lrange(queue, 0, -1)) == _bodies(4)
