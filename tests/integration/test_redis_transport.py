@@ -32,6 +32,7 @@ import redis
 
 from brokers import Broker
 from conftest import Target
+from distq.codec import Codec
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
@@ -1940,3 +1941,39 @@ def test_a_lapsed_lease_swept_onto_a_ready_key_made_another_type_loses_no_task(
     _outlive_lease(raw, t)
     t.sweep(t.client)
     assert sorted(raw.lrange(queue, 0, -1)) == _bodies(4)
+
+
+def test_a_worker_keeps_long_tasks_leased_without_an_outage_under_an_idle_timeout(
+    tmp_path: Path,
+) -> None:
+    """The keeper renews long tasks' leases on a connection of its own, which lies idle
+    between long tasks: a Redis with ``timeout`` (idle clients closed, as managed Redis
+    and proxies do) closed it, the next renewal failed on it, and the worker said it lost
+    the broker and reconnected, twice a long task, though Redis never went away."""
+    with LocalRedis(tmp_path, extra_args=["--timeout", "1"]).start() as server:
+        target = _redis_target(server.url).fresh(lease_seconds=1.5)
+        settings = target.settings
+        t = RedisTransport(settings, "master")
+        producer = t.producer(t.reply_queue("idle"))
+        codec = Codec.from_settings(settings)
+        worker = Distq(["worker", "--tasks", "jobs"], target.process_env())
+        try:
+            for n in range(2):
+                task = Task(name="jobs:sleep_then", args=[1.2, n], reply_to=producer.reply_to)
+                producer.submit([codec.seal_task(task)])
+                got: list[bytes] = []
+                deadline = time.monotonic() + 15
+                while not got and time.monotonic() < deadline:
+                    got = producer.results(1, 1)
+                assert got, worker.output()
+                # the worker idle: Redis closes the keeper's connection (not this one's,
+                # blocked in its wait, nor the slot's)
+                assert producer.results(1, 2.5) == []
+            worker.signal(signal.SIGTERM)
+            assert worker.wait(20) == 0
+            out = worker.output()
+        finally:
+            worker.stop()
+            producer.close()
+            t.close()
+    assert "reconnect" not in out and "lost" not in out, out
