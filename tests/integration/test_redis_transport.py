@@ -1977,3 +1977,26 @@ def test_a_worker_keeps_long_tasks_leased_without_an_outage_under_an_idle_timeou
             producer.close()
             t.close()
     assert "reconnect" not in out and "lost" not in out, out
+
+
+def test_a_claim_or_withdraw_meeting_a_redelivered_set_made_another_type_moves_no_task(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """The claim moved tasks into the in-flight list before its SCARD of the redelivered
+    set failed (WRONGTYPE): the consumer never learnt it held them. A withdraw took a
+    body out of the ready list before its SREM failed: the caller was told it failed,
+    and its task was gone all the same (a script's error undoes none of its writes)."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("job"))
+    consumer = t.consumer("c")
+    producer.submit(_bodies(12))
+    raw.set(f"distq:{queue}:redelivered", "not a set")
+    with pytest.raises(ConfigError, match=f"Redis key 'distq:{queue}:redelivered'"):
+        consumer.fetch(2, timeout=0)
+    assert raw.llen(consumer.inflight_key) == 0
+    for bodies in (_bodies(1), _bodies(10)):  # one LREM each; a pass that rebuilds the list
+        with pytest.raises(ConfigError, match=f"Redis key 'distq:{queue}:redelivered'"):
+            producer.withdraw(bodies)
+    assert sorted(raw.lrange(queue, 0, -1)) == sorted(_bodies(12))
+    raw.delete(f"distq:{queue}:redelivered")
+    assert [d.body for d in consumer.fetch(12, timeout=1)] == _bodies(12)
