@@ -32,6 +32,7 @@ import redis
 
 from brokers import Broker
 from conftest import Target
+from distq.codec import Codec
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
@@ -1911,3 +1912,91 @@ def test_a_redis_url_at_an_amqp_port_says_so_not_tls() -> None:
         "is that port Redis's? It answers as an AMQP broker (RabbitMQ) does: check "
         "DISTQ_TRANSPORT and DISTQ_REDIS_URL"
     ), said
+
+
+def test_a_lapsed_lease_swept_onto_a_ready_key_made_another_type_loses_no_task(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """The sweep deleted the in-flight list of a lease that ran out (a worker killed),
+    then its push onto the ready key failed (WRONGTYPE), and a script's error undoes
+    nothing: the tasks were neither leased nor ready, lost once the key was set right.
+    A release and a close met the same: the bodies left the in-flight list first."""
+    t = open_transport(lease=0.5)
+    t.producer("r").submit(_bodies(4))
+    killed = t.consumer("killed")
+    assert len(killed.fetch(2, timeout=1)) == 2
+    held = t.consumer("held")
+    kept = held.fetch(2, timeout=1)
+    raw.set(queue, "not a list")
+    _outlive_lease(raw, t)
+    with pytest.raises(ConfigError, match=f"Redis key '{queue}'"), t.errors():
+        t.sweep(t.client)  # as a master's idle wait, or any claim
+    assert sorted(raw.lrange(killed.inflight_key, 0, -1)) == _bodies(2)
+    with pytest.raises(ConfigError, match=f"Redis key '{queue}'"):
+        held.release(kept[:1])
+    with contextlib.suppress(ConfigError):
+        held.close()
+    assert sorted(raw.lrange(held.inflight_key, 0, -1)) == _bodies(4)[2:]
+    raw.delete(queue)
+    _outlive_lease(raw, t)
+    t.sweep(t.client)
+    assert sorted(raw.lrange(queue, 0, -1)) == _bodies(4)
+
+
+def test_a_worker_keeps_long_tasks_leased_without_an_outage_under_an_idle_timeout(
+    tmp_path: Path,
+) -> None:
+    """The keeper renews long tasks' leases on a connection of its own, which lies idle
+    between long tasks: a Redis with ``timeout`` (idle clients closed, as managed Redis
+    and proxies do) closed it, the next renewal failed on it, and the worker said it lost
+    the broker and reconnected, twice a long task, though Redis never went away."""
+    with LocalRedis(tmp_path, extra_args=["--timeout", "1"]).start() as server:
+        target = _redis_target(server.url).fresh(lease_seconds=1.5)
+        settings = target.settings
+        t = RedisTransport(settings, "master")
+        producer = t.producer(t.reply_queue("idle"))
+        codec = Codec.from_settings(settings)
+        worker = Distq(["worker", "--tasks", "jobs"], target.process_env())
+        try:
+            for n in range(2):
+                task = Task(name="jobs:sleep_then", args=[1.2, n], reply_to=producer.reply_to)
+                producer.submit([codec.seal_task(task)])
+                got: list[bytes] = []
+                deadline = time.monotonic() + 15
+                while not got and time.monotonic() < deadline:
+                    got = producer.results(1, 1)
+                assert got, worker.output()
+                # the worker idle: Redis closes the keeper's connection (not this one's,
+                # blocked in its wait, nor the slot's)
+                assert producer.results(1, 2.5) == []
+            worker.signal(signal.SIGTERM)
+            assert worker.wait(20) == 0
+            out = worker.output()
+        finally:
+            worker.stop()
+            producer.close()
+            t.close()
+    assert "reconnect" not in out and "lost" not in out, out
+
+
+def test_a_claim_or_withdraw_meeting_a_redelivered_set_made_another_type_moves_no_task(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """The claim moved tasks into the in-flight list before its SCARD of the redelivered
+    set failed (WRONGTYPE): the consumer never learnt it held them. A withdraw took a
+    body out of the ready list before its SREM failed: the caller was told it failed,
+    and its task was gone all the same (a script's error undoes none of its writes)."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("job"))
+    consumer = t.consumer("c")
+    producer.submit(_bodies(12))
+    raw.set(f"distq:{queue}:redelivered", "not a set")
+    with pytest.raises(ConfigError, match=f"Redis key 'distq:{queue}:redelivered'"):
+        consumer.fetch(2, timeout=0)
+    assert raw.llen(consumer.inflight_key) == 0
+    for bodies in (_bodies(1), _bodies(10)):  # one LREM each; a pass that rebuilds the list
+        with pytest.raises(ConfigError, match=f"Redis key 'distq:{queue}:redelivered'"):
+            producer.withdraw(bodies)
+    assert sorted(raw.lrange(queue, 0, -1)) == sorted(_bodies(12))
+    raw.delete(f"distq:{queue}:redelivered")
+    assert [d.body for d in consumer.fetch(12, timeout=1)] == _bodies(12)

@@ -557,6 +557,10 @@ class RedisTransport(Transport):
             return
         if self._keeper is None:  # the keeper's own connection: no slot waits for it
             self._keeper = self.wire()
+        # it lies idle between long batches: one closed meanwhile (Redis's ``timeout``, a
+        # proxy's) failed the renewal, a lost broker and a reconnect said for nothing. Not
+        # between renewals of a batch (each would wait on a frozen Redis twice as long)
+        self._keeper.check(max(IDLE_CHECK_SECONDS, 1.5 * self.settings.heartbeat_interval))
         with self.errors():
             self.leases_script(
                 self._keeper, self.keys(), [self.lease_ms, self.inflight_prefix, *ids]

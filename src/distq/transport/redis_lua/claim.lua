@@ -9,6 +9,9 @@
 local now = now_ms()
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now, KEYS[8], ARGV[2])
+-- read before any task moves: a redelivered set of another type fails the claim here,
+-- not after it moved them into the in-flight list (an error undoes no write)
+local again = redis.call('SCARD', KEYS[4])
 local want = tonumber(ARGV[4])
 local out = {-1, 0, {}}
 local got, bytes = 0, 0
@@ -44,14 +47,14 @@ if got < want or want == 0 then
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   if first[2] then out[1] = math.max(0, tonumber(first[2]) - now) end
 end
-if redis.call('SCARD', KEYS[4]) > 0 then
+if again > 0 then
   if ARGV[5] == '1' then
     local head = redis.call('LINDEX', KEYS[5], got)
     if head then out[2] = redis.call('SREM', KEYS[4], head) end
   end
-  local again = out[3]
+  local positions = out[3]
   for i = 1, got do
-    if redis.call('SREM', KEYS[4], out[i + 3]) == 1 then again[#again + 1] = i end
+    if redis.call('SREM', KEYS[4], out[i + 3]) == 1 then positions[#positions + 1] = i end
   end
 end
 return out

@@ -37,10 +37,18 @@ local function sift(key, bodies, first)
   end
   return found, keep, want
 end
+-- A WRONGTYPE error now, before a script takes bodies out of a list, if ``ready`` or
+-- ``again`` (the redelivered set) holds another type: a script's error undoes none of its
+-- writes, and bodies taken out before a push that failed were lost.
+local function writable(ready, again)
+  redis.call('LLEN', ready)
+  redis.call('SCARD', again)
+end
 -- LRANGE lists the newest claim first, so the oldest claim ends at the tail: runs next
 local function requeue_all(src, ready, again)
   local held = redis.call('LRANGE', src, 0, -1)
   if #held > 0 then
+    writable(ready, again)
     redis.call('DEL', src)
     push('RPUSH', ready, held)
     push('SADD', again, held)

@@ -4,6 +4,7 @@
 -- that rebuilds it (prelude.lua's sift, as settle.lua and withdraw.lua use it).
 
 local held = redis.call('LLEN', KEYS[5])
+writable(KEYS[1], KEYS[4])
 if (#ARGV - 3) * 2 < held then
   for i = 4, #ARGV do
     if redis.call('LREM', KEYS[5], -1, ARGV[i]) > 0 then

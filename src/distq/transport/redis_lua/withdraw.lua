@@ -2,6 +2,7 @@
 -- A few bodies: one LREM each; many: one pass that rebuilds the list, in order.
 
 local out = {}
+redis.call('SCARD', KEYS[2])  -- another type fails here, before a body is taken out
 if #ARGV <= 8 then
   for i = 1, #ARGV do
     out[i] = redis.call('LREM', KEYS[1], 1, ARGV[i])
