@@ -2117,3 +2117,41 @@ def test_a_master_waiting_for_workers_ends_at_its_timeout_while_the_broker_hangs
         finally:
             partition.heal()
             master.stop()
+
+
+@pytest.mark.timeout(90)
+def test_requeue_dead_gives_up_on_a_broker_that_hangs(
+    open_transport: OpenTransport, amqp_url: str, raw: Any, queue: str
+) -> None:
+    """``requeue_dead`` (``distq requeue-dead``) runs on the transport's own connection,
+    which has no heartbeats: against a broker that hung (cut off, no reset) it waited
+    for ever. It gives up as the other calls on that connection do, and its letters
+    stay dead letters (a failure before the ack hands them back)."""
+    address = urlsplit(amqp_url)
+    with Partition(address.port or 5672) as partition:
+        url = amqp_url.replace(
+            address.netloc, f"{address.netloc.rpartition(':')[0]}:{partition.port}"
+        )
+        t = open_transport(url=url)
+        raw.basic_publish("", f"{queue}.dead", b"not a letter")
+        assert t.requeue_dead(0) == 0  # connected
+        partition.cut()
+        outcome: list[object] = []
+
+        def call() -> None:
+            try:
+                outcome.append(t.requeue_dead(None))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=call, daemon=True)
+        started = time.monotonic()
+        thread.start()
+        thread.join(rabbitmq.ADMIN_ANSWER_SECONDS + 10)
+        took = time.monotonic() - started
+        partition.heal()
+        thread.join(30)
+        assert took < rabbitmq.ADMIN_ANSWER_SECONDS + 10, f"requeue_dead waited {took:.1f} s"
+        assert isinstance(outcome[0], TransportError), outcome
+        assert "requeueing dead letters" in str(outcome[0]), outcome
+        assert _ready_within(raw, f"{queue}.dead", 1) or _ready(raw, queue) == 1

@@ -190,12 +190,17 @@ class AnswerWithin:
 
     Looked at every quarter of ``seconds`` from pika's own I/O loop, which runs only
     while a call waits for the broker: a look that comes late (the caller was busy
-    between calls) starts the count afresh.
+    between calls) starts the count afresh, and so does one while ``excused(impl)``
+    holds (the broker blocks the connection for an alarm: pika's own timeout for that
+    applies).
     """
 
-    def __init__(self, connection: Any, seconds: float) -> None:
+    def __init__(
+        self, connection: Any, seconds: float, excused: Callable[[object], bool] | None = None
+    ) -> None:
         self.seconds = seconds
         self.fired = False
+        self._excused = excused
         self._impl = _require(connection, "BlockingConnection", "_impl", pika.BaseConnection)
         _require(self._impl, "Connection", "bytes_received", int)
         _require(self._impl, "Connection", "bytes_sent", int)
@@ -223,7 +228,8 @@ class AnswerWithin:
         if impl.is_closed:
             return
         seen = (impl.bytes_received, impl.bytes_sent)
-        if seen != self._seen or now - self._due > self.seconds / 4:
+        excused = self._excused is not None and self._excused(impl)
+        if seen != self._seen or now - self._due > self.seconds / 4 or excused:
             self._seen, self._quiet_since = seen, now  # heard, asked anew, or not waiting
         elif now - self._quiet_since >= self.seconds:
             self.fired = True

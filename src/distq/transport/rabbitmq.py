@@ -165,6 +165,7 @@ from distq.transport.rabbitmq_link import (
     Link,
     PikaError,
     Try,
+    blocked,
     declared,
     exists,
 )
@@ -360,20 +361,24 @@ class RabbitMQTransport(Transport):
         A broker that does not answer for :data:`ADMIN_ANSWER_SECONDS` fails the call
         (the link has no heartbeats: pika waited for ever on a paused broker), without
         a reconnect: a broker that hangs would hold that one for its 15 s handshake."""
+        return self._on_admin(what, lambda link: call(link.channel))
+
+    def _on_admin(self, what: str, call: Callable[[Link], Any]) -> Any:
+        """:meth:`_with_admin`, with ``call`` given the admin link itself."""
         with self._lock:
             link = self._admin_link()
-            watch = AnswerWithin(link.connection, ADMIN_ANSWER_SECONDS)
+            watch = AnswerWithin(link.connection, ADMIN_ANSWER_SECONDS, blocked)
             try:
                 with watch:
-                    return call(link.channel)
+                    return call(link)
             except PikaError:
                 if watch.fired:
                     with self._broker.translated(what):
                         raise
             with self._broker.translated(what):
                 link = self._admin_link(fresh=True)
-                with AnswerWithin(link.connection, ADMIN_ANSWER_SECONDS):
-                    return call(link.channel)
+                with AnswerWithin(link.connection, ADMIN_ANSWER_SECONDS, blocked):
+                    return call(link)
 
     def describe(self) -> str:
         tls = " over TLS" if self._broker.url.startswith("amqps:") else ""
@@ -437,7 +442,8 @@ class RabbitMQTransport(Transport):
 
         A failure before the ack hands the letters back (nack, or the broker requeues
         them when the connection dies): one whose task was published already is put back
-        twice, never lost. A stale admin connection is replaced once. A pack of tasks the
+        twice, never lost. A stale admin connection is replaced once; a broker silent for
+        :data:`ADMIN_ANSWER_SECONDS` fails the call (:meth:`_with_admin`). A pack of tasks the
         broker dead-lettered whole goes back as a message per task, each counted.
         """
         moved = [0]
@@ -450,12 +456,7 @@ class RabbitMQTransport(Transport):
             moved=moved,
             declare_queue=partial(self.declare, dead_queue=False),
         )
-        with self._lock:
-            try:
-                move(self._admin_link())
-            except PikaError:
-                with self._broker.translated("requeueing dead letters"):
-                    move(self._admin_link(fresh=True))
+        self._on_admin("requeueing dead letters", move)
         return moved[0]
 
     def forget_orphans(self, reply_to: str) -> int:
