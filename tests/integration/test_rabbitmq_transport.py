@@ -2031,3 +2031,127 @@ def test_a_retry_queue_declared_otherwise_is_used_as_it_is(
     assert again.body == b"task-2"
     consumer.settle([Settlement(again)])
     consumer.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_call_on_the_transports_own_connection_gives_up_on_a_broker_that_hangs(
+    open_transport: OpenTransport, amqp_url: str
+) -> None:
+    """The transport's own connection (``stats``, ``ping``, ``dead_letters``,
+    ``forget_orphans``) has no heartbeats: it idles between calls. A call on it to a
+    broker that hangs (paused, cut off without a reset) waited for ever: a master's
+    ``--wait-workers`` wait, or its last look at a job with no result, held it past its
+    ``--timeout`` for as long as the broker hung (a master with ``--timeout 5`` still ran
+    20 s into a SIGSTOP of RabbitMQ). Such a call now gives up once the broker has not
+    answered for :data:`~distq.transport.rabbitmq.ADMIN_ANSWER_SECONDS`, a
+    TransportError, as a Redis read does after its timeout; and the next call, once the
+    broker answers, works."""
+    address = urlsplit(amqp_url)
+    with Partition(address.port or 5672) as partition:
+        url = amqp_url.replace(
+            address.netloc, f"{address.netloc.rpartition(':')[0]}:{partition.port}"
+        )
+        t = open_transport(url=url)
+        assert t.stats().ready == 0  # connected
+        partition.cut()
+        outcome: list[object] = []
+
+        def call() -> None:
+            try:
+                outcome.append(t.stats())
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=call, daemon=True)
+        started = time.monotonic()
+        thread.start()
+        thread.join(rabbitmq.ADMIN_ANSWER_SECONDS + 10)
+        took = time.monotonic() - started
+        partition.heal()  # a call still waiting gets its answer, and its thread ends
+        thread.join(30)
+        assert took < rabbitmq.ADMIN_ANSWER_SECONDS + 10, f"stats() waited {took:.1f} s: {outcome}"
+        assert isinstance(outcome[0], TransportError), outcome
+        assert "reading queue counts" in str(outcome[0]), outcome
+        assert "no answer from the broker within" in str(outcome[0]), outcome
+        deadline = time.monotonic() + 20
+        while True:  # the broker answers again: so does the transport
+            try:
+                assert t.stats().ready == 0
+                break
+            except TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+
+
+@pytest.mark.timeout(120)
+def test_a_master_waiting_for_workers_ends_at_its_timeout_while_the_broker_hangs(
+    amqp_url: str, queue: str, raw: Any
+) -> None:
+    """``--timeout`` counts the ``--wait-workers`` wait in; on RabbitMQ that wait asks
+    the broker on the transport's own connection, which has no heartbeats, and a broker
+    that hung (here: cut off, no reset) held the master there until it answered again
+    (before: still running 40 s into the cut, with ``--timeout 3``). It now gives up
+    on the broker's answer after ADMIN_ANSWER_SECONDS and ends at its timeout."""
+    address = urlsplit(amqp_url)
+    with Partition(address.port or 5672) as partition:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(SRC),
+            "DISTQ_TRANSPORT": "rabbitmq",
+            "DISTQ_AMQP_URL": amqp_url.replace(
+                address.netloc, f"{address.netloc.rpartition(':')[0]}:{partition.port}"
+            ),
+            "DISTQ_QUEUE": queue,
+        }
+        master = Distq(["master", "--tasks", "3", "--wait-workers", "1", "--timeout", "3"], env)
+        try:
+            master.wait_for("waiting for 1 worker slots to attach")
+            time.sleep(0.5)
+            partition.cut()
+            cut = time.monotonic()
+            code = master.wait(40)
+            took = time.monotonic() - cut
+            assert code == 1, master.output()
+            assert took < rabbitmq.ADMIN_ANSWER_SECONDS + 20, (took, master.output())
+            assert "only 0 of 1 worker slots attached in time" in master.output()
+        finally:
+            partition.heal()
+            master.stop()
+
+
+@pytest.mark.timeout(90)
+def test_requeue_dead_gives_up_on_a_broker_that_hangs(
+    open_transport: OpenTransport, amqp_url: str, raw: Any, queue: str
+) -> None:
+    """``requeue_dead`` (``distq requeue-dead``) runs on the transport's own connection,
+    which has no heartbeats: against a broker that hung (cut off, no reset) it waited
+    for ever. It gives up as the other calls on that connection do, and its letters
+    stay dead letters (a failure before the ack hands them back)."""
+    address = urlsplit(amqp_url)
+    with Partition(address.port or 5672) as partition:
+        url = amqp_url.replace(
+            address.netloc, f"{address.netloc.rpartition(':')[0]}:{partition.port}"
+        )
+        t = open_transport(url=url)
+        raw.basic_publish("", f"{queue}.dead", b"not a letter")
+        assert t.requeue_dead(0) == 0  # connected
+        partition.cut()
+        outcome: list[object] = []
+
+        def call() -> None:
+            try:
+                outcome.append(t.requeue_dead(None))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=call, daemon=True)
+        started = time.monotonic()
+        thread.start()
+        thread.join(rabbitmq.ADMIN_ANSWER_SECONDS + 10)
+        took = time.monotonic() - started
+        partition.heal()
+        thread.join(30)
+        assert took < rabbitmq.ADMIN_ANSWER_SECONDS + 10, f"requeue_dead waited {took:.1f} s"
+        assert isinstance(outcome[0], TransportError), outcome
+        assert "requeueing dead letters" in str(outcome[0]), outcome
+        assert _ready_within(raw, f"{queue}.dead", 1) or _ready(raw, queue) == 1

@@ -28,6 +28,9 @@ internal                                                 used to
 ``BlockingChannel._closing_reason``                      say why the broker closed the
                                                          channel (read with a default:
                                                          without it, a plainer message)
+``Connection.bytes_received`` / ``bytes_sent``           see whether a connection without
+                                                         heartbeats still hears its broker
+                                                         (:class:`AnswerWithin`)
 =======================================================  ==================================
 
 :func:`check_classes` runs when this module is imported, and :class:`FastChannel`
@@ -38,6 +41,7 @@ them fails with a :class:`~distq.errors.ConfigError` naming it, never quietly.
 
 from __future__ import annotations
 
+import time
 import types
 from collections import deque
 from collections.abc import Callable
@@ -174,6 +178,68 @@ def close_within(connection: Any, seconds: float) -> None:
         connection.close()
     finally:
         impl._adapter_remove_timeout(timer)
+
+
+class AnswerWithin:
+    """While its block runs, abort ``connection``'s socket once the broker has sent
+    nothing for ``seconds`` since this process last sent it something (or since the
+    block began): the blocking call under way then raises a pika error, and
+    :attr:`fired` says why. For a connection without heartbeats, which pika never
+    finds gone while a broker that hangs (paused, cut off without a reset) keeps the
+    TCP connection open: a call on it waited for ever.
+
+    Looked at every quarter of ``seconds`` from pika's own I/O loop, which runs only
+    while a call waits for the broker: a look that comes late (the caller was busy
+    between calls) starts the count afresh, and so does one while ``excused(impl)``
+    holds (the broker blocks the connection for an alarm: pika's own timeout for that
+    applies).
+    """
+
+    def __init__(
+        self, connection: Any, seconds: float, excused: Callable[[object], bool] | None = None
+    ) -> None:
+        self.seconds = seconds
+        self.fired = False
+        self._excused = excused
+        self._impl = _require(connection, "BlockingConnection", "_impl", pika.BaseConnection)
+        _require(self._impl, "Connection", "bytes_received", int)
+        _require(self._impl, "Connection", "bytes_sent", int)
+        self._timer: object | None = None
+
+    def __enter__(self) -> AnswerWithin:
+        impl = self._impl
+        self._seen = (impl.bytes_received, impl.bytes_sent)
+        self._quiet_since = time.monotonic()
+        self._schedule()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._timer is not None:
+            self._impl._adapter_remove_timeout(self._timer)
+            self._timer = None
+
+    def _schedule(self) -> None:
+        self._due = time.monotonic() + self.seconds / 4
+        self._timer = self._impl._adapter_call_later(self.seconds / 4, self._look)
+
+    def _look(self) -> None:
+        self._timer = None
+        impl, now = self._impl, time.monotonic()
+        if impl.is_closed:
+            return
+        seen = (impl.bytes_received, impl.bytes_sent)
+        excused = self._excused is not None and self._excused(impl)
+        if seen != self._seen or now - self._due > self.seconds / 4 or excused:
+            self._seen, self._quiet_since = seen, now  # heard, asked anew, or not waiting
+        elif now - self._quiet_since >= self.seconds:
+            self.fired = True
+            impl._terminate_stream(
+                pika.exceptions.StreamLostError(
+                    f"no answer from the broker within {self.seconds:g} s; aborted"
+                )
+            )
+            return
+        self._schedule()
 
 
 class FastChannel:

@@ -108,7 +108,8 @@ queue.
 Threading: pika is not thread-safe. Every producer and consumer owns its connection and
 channel and is used by one thread; code that must reach a connection from another
 thread has to use ``connection.add_callback_threadsafe``. The transport's own
-connection (``stats``, ``dead_letters``) is guarded by a lock.
+connection (``stats``, ``dead_letters``) is guarded by a lock; it has no heartbeats, so a
+call on it gives up on a broker silent for :data:`ADMIN_ANSWER_SECONDS` (paused, cut off).
 
 The measurements behind these choices: ``bench/results/rabbitmq-design.md``.
 """
@@ -146,7 +147,7 @@ from distq.transport.base import (
     original_body,
     tags_of,
 )
-from distq.transport.pika_internals import check_channel, closed_by_broker
+from distq.transport.pika_internals import AnswerWithin, check_channel, closed_by_broker
 from distq.transport.rabbitmq_copies import (
     BodySet,
     LostTasks,
@@ -164,6 +165,7 @@ from distq.transport.rabbitmq_link import (
     Link,
     PikaError,
     Try,
+    blocked,
     declared,
     exists,
 )
@@ -205,6 +207,11 @@ _SPLIT_PAUSE_S = 10.0
 #: How long a task whose dead letter the dead-letter queue refused (full) waits to run
 #: again (:meth:`RabbitMQConsumer._letters_refused`).
 LETTER_REFUSED_DELAY = 30.0
+
+#: How long a call on the transport's own connection (no heartbeats: it idles between
+#: calls) waits for a broker that does not answer, then fails
+#: (:meth:`RabbitMQTransport._with_admin`).
+ADMIN_ANSWER_SECONDS = 15.0
 
 log = logging.getLogger(__name__)
 
@@ -349,14 +356,29 @@ class RabbitMQTransport(Transport):
         return link
 
     def _with_admin(self, what: str, call: Callable[[Any], Any]) -> Any:
-        """Run ``call(channel)`` on the admin link, reconnecting once if it went stale."""
+        """Run ``call(channel)`` on the admin link, reconnecting once if it went stale.
+
+        A broker that does not answer for :data:`ADMIN_ANSWER_SECONDS` fails the call
+        (the link has no heartbeats: pika waited for ever on a paused broker), without
+        a reconnect: a broker that hangs would hold that one for its 15 s handshake."""
+        return self._on_admin(what, lambda link: call(link.channel))
+
+    def _on_admin(self, what: str, call: Callable[[Link], Any]) -> Any:
+        """:meth:`_with_admin`, with ``call`` given the admin link itself."""
         with self._lock:
+            link = self._admin_link()
+            watch = AnswerWithin(link.connection, ADMIN_ANSWER_SECONDS, blocked)
             try:
-                return call(self._admin_link().channel)
+                with watch:
+                    return call(link)
             except PikaError:
-                pass
+                if watch.fired:
+                    with self._broker.translated(what):
+                        raise
             with self._broker.translated(what):
-                return call(self._admin_link(fresh=True).channel)
+                link = self._admin_link(fresh=True)
+                with AnswerWithin(link.connection, ADMIN_ANSWER_SECONDS, blocked):
+                    return call(link)
 
     def describe(self) -> str:
         tls = " over TLS" if self._broker.url.startswith("amqps:") else ""
@@ -420,7 +442,8 @@ class RabbitMQTransport(Transport):
 
         A failure before the ack hands the letters back (nack, or the broker requeues
         them when the connection dies): one whose task was published already is put back
-        twice, never lost. A stale admin connection is replaced once. A pack of tasks the
+        twice, never lost. A stale admin connection is replaced once; a broker silent for
+        :data:`ADMIN_ANSWER_SECONDS` fails the call (:meth:`_with_admin`). A pack of tasks the
         broker dead-lettered whole goes back as a message per task, each counted.
         """
         moved = [0]
@@ -433,12 +456,7 @@ class RabbitMQTransport(Transport):
             moved=moved,
             declare_queue=partial(self.declare, dead_queue=False),
         )
-        with self._lock:
-            try:
-                move(self._admin_link())
-            except PikaError:
-                with self._broker.translated("requeueing dead letters"):
-                    move(self._admin_link(fresh=True))
+        self._on_admin("requeueing dead letters", move)
         return moved[0]
 
     def forget_orphans(self, reply_to: str) -> int:

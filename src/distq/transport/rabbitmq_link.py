@@ -91,6 +91,11 @@ class _Alarm:
                 _BLOCKED_TIMEOUT,
             )
 
+    def holds(self, connection: object) -> bool:
+        """Whether the broker blocks ``connection`` now."""
+        with self._lock:
+            return connection in self._blocked
+
     def unblocked(self, connection: object) -> None:
         with self._lock:
             held = connection in self._blocked
@@ -113,6 +118,13 @@ class _Alarm:
 
 
 _ALARM = _Alarm()
+
+
+def blocked(connection: object) -> bool:
+    """Whether RabbitMQ blocks ``connection`` (pika's connection underneath a
+    ``BlockingConnection``, as its callbacks name it) for a memory or disk alarm: its
+    publishes wait, and the broker reads nothing more from it meanwhile."""
+    return _ALARM.holds(connection)
 
 
 class _Refusals:
