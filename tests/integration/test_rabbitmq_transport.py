@@ -80,6 +80,13 @@ def raw(amqp_url: str, queue: str) -> Iterator[Any]:
 _RETRY_DELAYS_MS = (1, 300, 3000)  # every delay the tests use, for clean-up
 
 
+def _through(amqp_url: str, partition: Partition) -> str:
+    """``amqp_url`` with the port of ``partition``'s proxy in front of the broker."""
+    address = urlsplit(amqp_url)
+    host = address.netloc.rpartition(":")[0]
+    return amqp_url.replace(address.netloc, f"{host}:{partition.port}")
+
+
 def _retry_queues(queue: str) -> list[str]:
     return [f"{queue}.retry.{ms}" for ms in _RETRY_DELAYS_MS]
 
@@ -198,9 +205,7 @@ def test_a_worker_stops_exit_2_when_its_queue_is_declared_otherwise_mid_run(
             **os.environ,
             "PYTHONPATH": str(SRC),
             "DISTQ_TRANSPORT": "rabbitmq",
-            "DISTQ_AMQP_URL": amqp_url.replace(
-                address.netloc, f"{address.netloc.rpartition(':')[0]}:{partition.port}"
-            ),
+            "DISTQ_AMQP_URL": _through(amqp_url, partition),
             "DISTQ_QUEUE": queue,
             "DISTQ_LEASE_SECONDS": "1",  # heartbeats every second: a cut is seen soon
         }
@@ -1510,9 +1515,7 @@ def test_the_keeper_never_waits_for_a_reconnect_and_takes_it_once_made(
     in a thread of its own; once the broker answers, the keeper takes its link."""
     address = urlsplit(amqp_url)
     with Partition(address.port or 5672) as partition:
-        url = amqp_url.replace(
-            address.netloc, f"{address.netloc.rpartition(':')[0]}:{partition.port}"
-        )
+        url = _through(amqp_url, partition)
         t = open_transport(url=url, lease=30.0)
         producer = t.producer(t.reply_queue("p"))
         producer.submit([b"t1"])
@@ -1559,9 +1562,7 @@ def test_the_keeper_waits_once_for_all_slots_of_a_broker_that_does_not_answer(
     pass, and time limits fired late (diff18c). One wait a pause, for all the slots."""
     address = urlsplit(amqp_url)
     with Partition(address.port or 5672) as partition:
-        url = amqp_url.replace(
-            address.netloc, f"{address.netloc.rpartition(':')[0]}:{partition.port}"
-        )
+        url = _through(amqp_url, partition)
         t = open_transport(url=url, lease=30.0)
         t.producer(t.reply_queue("p")).submit([b"t1", b"t2", b"t3", b"t4", b"t5", b"t6"])
         consumers = [t.consumer(f"c{i}") for i in range(6)]
@@ -2048,9 +2049,7 @@ def test_a_call_on_the_transports_own_connection_gives_up_on_a_broker_that_hangs
     broker answers, works."""
     address = urlsplit(amqp_url)
     with Partition(address.port or 5672) as partition:
-        url = amqp_url.replace(
-            address.netloc, f"{address.netloc.rpartition(':')[0]}:{partition.port}"
-        )
+        url = _through(amqp_url, partition)
         t = open_transport(url=url)
         assert t.stats().ready == 0  # connected
         partition.cut()
@@ -2098,9 +2097,7 @@ def test_a_master_waiting_for_workers_ends_at_its_timeout_while_the_broker_hangs
             **os.environ,
             "PYTHONPATH": str(SRC),
             "DISTQ_TRANSPORT": "rabbitmq",
-            "DISTQ_AMQP_URL": amqp_url.replace(
-                address.netloc, f"{address.netloc.rpartition(':')[0]}:{partition.port}"
-            ),
+            "DISTQ_AMQP_URL": _through(amqp_url, partition),
             "DISTQ_QUEUE": queue,
         }
         master = Distq(["master", "--tasks", "3", "--wait-workers", "1", "--timeout", "3"], env)
@@ -2129,9 +2126,7 @@ def test_requeue_dead_gives_up_on_a_broker_that_hangs(
     stay dead letters (a failure before the ack hands them back)."""
     address = urlsplit(amqp_url)
     with Partition(address.port or 5672) as partition:
-        url = amqp_url.replace(
-            address.netloc, f"{address.netloc.rpartition(':')[0]}:{partition.port}"
-        )
+        url = _through(amqp_url, partition)
         t = open_transport(url=url)
         raw.basic_publish("", f"{queue}.dead", b"not a letter")
         assert t.requeue_dead(0) == 0  # connected
