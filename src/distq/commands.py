@@ -300,7 +300,10 @@ def _submit_and_wait(
     stop: Callable[[], None] = executor.shutdown
     future: DistqFuture[Any] | None = None
     try:
-        future = executor.submit(args.task_name, *values, **kwargs)
+        try:
+            future = executor.submit(args.task_name, *values, **kwargs)
+        except EnvelopeError as exc:  # too large once it names the executor's reply
+            raise ConfigError(str(exc)) from None  # queue: input, as checked before (exit 2)
         say(future.task_id)
         value = future.result(args.timeout)
     except RemoteError as exc:  # its text from the wire, escaped as the master's lines are

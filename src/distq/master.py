@@ -243,6 +243,9 @@ class _Run(Generic[E]):
         self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
         # one outage: from the first call that failed to the first that went through
         self.outage = Outage(time.perf_counter)
+        # its delays grow over the whole outage, not afresh at each reconcile that went
+        # through while the job's calls still fail (a broker refusing the tasks): _back
+        self.backoff = Backoff()
         self.said_lost = False  # "the broker holds ... again": said once an outage
         self.lost_before = False  # the ledger counts from the last loss on (faults17)
         self.paced_from = self.began  # --rate's clock: moved on past an outage (_loop)
@@ -419,9 +422,8 @@ class _Run(Generic[E]):
             return False
         if self.outage.lost(exc):  # one line an outage, however many calls fail in it
             self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
-        backoff = Backoff()
         while True:
-            delay = backoff.next()
+            delay = self.backoff.next()
             if self.deadline is not None:
                 delay = min(delay, max(0.0, self.deadline - time.perf_counter()))
             with self.health.liveness.waiting("job"):  # waiting out the broker: not wedged
@@ -447,6 +449,7 @@ class _Run(Generic[E]):
         out of memory, a RabbitMQ alarm) would be "reconnected" every few seconds."""
         lasted = self.outage.back()
         self.said_lost = False
+        self.backoff.reset()
         if lasted is not None:
             self.console.info(
                 f"reconnected to the broker after {lasted:.1f} s; "

@@ -496,3 +496,36 @@ def test_a_setting_refused_mid_job_still_collects_the_results_waiting(
     out, report = run(transport, JobSpec(tasks=4, timeout=30), right)
     assert report.ok == 4 and report.missing == 0, out
     assert "stopped: the queue's key holds a string" in out, out
+
+
+def test_a_broker_that_keeps_refusing_the_job_is_retried_with_growing_backoff(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that answers the reconcile but refuses the tasks it is sent (RabbitMQ: a
+    length limit with overflow reject-publish, which nacks them after the publish) is one
+    outage, retried with a delay that grows to its cap: each reconcile that went through
+    started a new backoff at 0.1 s, and the master sent its lost tasks again about 20
+    times a second for as long as the broker refused them (323 publishes in 12 s of 40
+    tasks against a full RabbitMQ queue)."""
+    refused = threading.Event()
+    sent: list[float] = []
+    original = ManagerProducer.results
+    monkeypatch.setattr("distq.master.Backoff", lambda: Backoff(rng=lambda: 1.0))
+
+    def dropped(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        sent.append(time.monotonic())
+        refused.set()  # not kept; the refusal comes with the next call, as a nack does
+
+    def results(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
+        if refused.is_set():
+            refused.clear()
+            raise TransportError("the broker refused 1 message(s)")
+        return original(self, max_count, timeout)
+
+    monkeypatch.setattr(ManagerProducer, "submit", dropped)
+    monkeypatch.setattr(ManagerProducer, "results", results)
+    out, report = run(transport, JobSpec(tasks=5, timeout=3.0), right)
+    assert report.missing == 5, out
+    assert out.count("reconnecting") == 1, out
+    # delays of 0.1, 0.2, 0.4, 0.8, 1.6 s within the 3 s: the first send and 5 again
+    assert len(sent) <= 8, len(sent)

@@ -28,12 +28,13 @@ from distq.commands import (
     _when,
     parse_argument,
     reviver,
+    run,
     say_array,
 )
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
-from distq.errors import ConfigError, RemoteError, SignatureError
+from distq.errors import ConfigError, MessageTooLarge, RemoteError, SignatureError
 from distq.jsonvalue import check_arguments
 from distq.transport import QueueStats, open_transport
 from launch import free_port
@@ -332,3 +333,36 @@ def test_a_letter_whose_task_carried_nan_is_listed_as_json_without_it() -> None:
     assert json.loads(out.getvalue(), parse_constant=lambda c: pytest.fail(c)) == [
         {"reason": "r", "body": '{"args":[NaN]}'}
     ]
+
+
+def test_submit_wait_of_a_task_over_the_size_limit_is_refused_as_without_wait() -> None:
+    """A task over DISTQ_MAX_MESSAGE_BYTES is input to change (exit 2, as `submit`
+    without --wait refuses it); with --wait one that fit only without a reply queue
+    (up to some 40 bytes under the limit) passed the check made before connecting and
+    failed in the executor's submit: exit 1, "the task failed", for the same line."""
+    settings = Settings(
+        authkey=secrets.token_bytes(8),
+        manager_address=("127.0.0.1", free_port()),
+        max_message_bytes=2048,
+    )
+    codec = Codec.from_settings(settings)
+    text = "x" * 1500
+    with contextlib.suppress(MessageTooLarge):
+        while codec.seal_task(Task("square", [text + "x"], NO_REPLY)):
+            text += "x"  # the longest argument that fits with nobody to reply to
+    hosted = open_transport(settings, "master")
+    out = io.StringIO()
+    args = argparse.Namespace(
+        role="submit",
+        task_name="square",
+        args=[text],
+        kwargs=None,
+        max_attempts=3,
+        wait=True,
+        timeout=5.0,
+    )
+    try:
+        with pytest.raises(ConfigError, match="over the limit of 2,048"):
+            run(args, settings, Console(out=out, err=out))
+    finally:
+        hosted.close()
