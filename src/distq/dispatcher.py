@@ -210,9 +210,9 @@ class Dispatcher(threading.Thread):
             command = CancelCommand(rest)
             if threading.current_thread() is self:
                 self._cancel(command)
-            elif not wait:
-                self.put(command)
-                command = CancelCommand(rest, [f.cancelled() for f in rest])
+            elif not wait:  # withdrawn by the thread meanwhile: not cancelled yet
+                self.cancel_soon(rest)
+                command.answers = [f.cancelled() for f in rest]
             elif self.put(command):
                 command.done.wait()
             else:
