@@ -87,6 +87,29 @@ def _through(amqp_url: str, partition: Partition) -> str:
     return amqp_url.replace(address.netloc, f"{host}:{partition.port}")
 
 
+def _while_cut(partition: Partition, call: Callable[[], object]) -> tuple[object, float]:
+    """Cut ``partition``, run ``call`` in a thread for up to ADMIN_ANSWER_SECONDS + 10 s,
+    then heal it (a call still waiting gets its answer, and its thread ends): what the
+    call returned or raised (None: nothing yet), and how long it was waited for."""
+    partition.cut()
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(rabbitmq.ADMIN_ANSWER_SECONDS + 10)
+    took = time.monotonic() - started
+    partition.heal()
+    thread.join(30)
+    return (outcome[0] if outcome else None), took
+
+
 def _retry_queues(queue: str) -> list[str]:
     return [f"{queue}.retry.{ms}" for ms in _RETRY_DELAYS_MS]
 
@@ -2052,26 +2075,11 @@ def test_a_call_on_the_transports_own_connection_gives_up_on_a_broker_that_hangs
         url = _through(amqp_url, partition)
         t = open_transport(url=url)
         assert t.stats().ready == 0  # connected
-        partition.cut()
-        outcome: list[object] = []
-
-        def call() -> None:
-            try:
-                outcome.append(t.stats())
-            except BaseException as exc:
-                outcome.append(exc)
-
-        thread = threading.Thread(target=call, daemon=True)
-        started = time.monotonic()
-        thread.start()
-        thread.join(rabbitmq.ADMIN_ANSWER_SECONDS + 10)
-        took = time.monotonic() - started
-        partition.heal()  # a call still waiting gets its answer, and its thread ends
-        thread.join(30)
+        outcome, took = _while_cut(partition, t.stats)
         assert took < rabbitmq.ADMIN_ANSWER_SECONDS + 10, f"stats() waited {took:.1f} s: {outcome}"
-        assert isinstance(outcome[0], TransportError), outcome
-        assert "reading queue counts" in str(outcome[0]), outcome
-        assert "no answer from the broker within" in str(outcome[0]), outcome
+        assert isinstance(outcome, TransportError), outcome
+        assert "reading queue counts" in str(outcome), outcome
+        assert "no answer from the broker within" in str(outcome), outcome
         deadline = time.monotonic() + 20
         while True:  # the broker answers again: so does the transport
             try:
@@ -2130,23 +2138,8 @@ def test_requeue_dead_gives_up_on_a_broker_that_hangs(
         t = open_transport(url=url)
         raw.basic_publish("", f"{queue}.dead", b"not a letter")
         assert t.requeue_dead(0) == 0  # connected
-        partition.cut()
-        outcome: list[object] = []
-
-        def call() -> None:
-            try:
-                outcome.append(t.requeue_dead(None))
-            except BaseException as exc:
-                outcome.append(exc)
-
-        thread = threading.Thread(target=call, daemon=True)
-        started = time.monotonic()
-        thread.start()
-        thread.join(rabbitmq.ADMIN_ANSWER_SECONDS + 10)
-        took = time.monotonic() - started
-        partition.heal()
-        thread.join(30)
+        outcome, took = _while_cut(partition, lambda: t.requeue_dead(None))
         assert took < rabbitmq.ADMIN_ANSWER_SECONDS + 10, f"requeue_dead waited {took:.1f} s"
-        assert isinstance(outcome[0], TransportError), outcome
-        assert "requeueing dead letters" in str(outcome[0]), outcome
+        assert isinstance(outcome, TransportError), outcome
+        assert "requeueing dead letters" in str(outcome), outcome
         assert _ready_within(raw, f"{queue}.dead", 1) or _ready(raw, queue) == 1
