@@ -143,6 +143,10 @@ class Dispatcher(threading.Thread):
         self._offline = False  # waiting out an outage: nothing is asked of the broker
         self._answered = 0.0  # when the broker last answered a reconcile (monotonic)
         self._recovering = False  # in _recover: the lost tasks are said once, not each try
+        # one outage's delays: they grow over recoveries whose calls fail again before a
+        # turn goes through (a broker refusing the tasks), reset once one does
+        self._backoff = Backoff()
+        self._unconfirmed = False  # reconnected, and no turn has gone through since
         self._said_lost = False
         self._stopping = False
         # shutdown(cancel_futures=True) not yet done with a broker (its withdraw failed,
@@ -279,6 +283,9 @@ class Dispatcher(threading.Thread):
             try:
                 if not self._turn(idle):
                     return  # abandoned
+                if self._unconfirmed:  # the broker takes the calls again: the outage is over
+                    self._unconfirmed = False
+                    self._backoff.reset()
             except TransportError as exc:
                 if isinstance(exc, MessageRefused):
                     self._refused_over(exc.limit)
@@ -372,10 +379,16 @@ class Dispatcher(threading.Thread):
         wait to be sent, a cancel takes back only what was not sent, and a task past its
         ``task_timeout`` fails without being withdrawn."""
         log.warning("%s; reconnecting", str(exc).rstrip("."))
-        started, backoff = time.monotonic(), Backoff()
+        started, backoff = time.monotonic(), self._backoff
         self._recovering = True
         try:
-            return self._reconnect(started, backoff)
+            # failed again since the last reconnect, with no turn through: the broker
+            # answers its reconcile but refuses the calls after it; the first attempt waits
+            # too (it was made at once, each time, as fast as the calls failed)
+            if self._unconfirmed and not self._offline_until(time.monotonic() + backoff.next()):
+                return False
+            self._unconfirmed = self._reconnect(started, backoff)
+            return self._unconfirmed
         finally:
             self._recovering = self._said_lost = False
 
