@@ -400,6 +400,8 @@ class Dispatcher(threading.Thread):
             except CertificateRejected:  # no retry mends it: as at start
                 raise
             except TransportError as again:
+                if self._given_up:  # close() or the exit failed the futures meanwhile
+                    return False
                 away = time.monotonic() - max(started, self._answered)
                 if away >= OUTAGE_SECONDS:
                     raise TransportError(

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 import distq.dispatcher as dispatching
+from distq import executor_threads
 from distq.backoff import Backoff
 from distq.codec import Codec
 from distq.dispatcher import Dispatcher, Entry, Stop, Submit
 from distq.envelope import Task
-from distq.errors import TransportError
+from distq.errors import BrokenExecutor, TransportError
 from distq.futures import Callbacks, DistqFuture
 
 
@@ -95,3 +96,61 @@ def test_a_broker_that_keeps_refusing_the_tasks_is_retried_with_growing_backoff(
         dispatcher.put(Stop(False, abandon="the executor was closed"))
         dispatcher.join(10)
     assert not dispatcher.is_alive()
+
+
+class HangsThenFails:
+    """A broker that does not answer: each call waits ``hang`` s, then fails."""
+
+    lapsed = False
+    reply_to = "r"
+
+    def __init__(self, hang: float) -> None:
+        self.hang = hang
+        self.calls = 0
+
+    def _hang(self) -> Any:
+        self.calls += 1
+        time.sleep(self.hang)
+        raise TransportError("Redis at 127.0.0.1:1: Timeout reading from socket")
+
+    def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
+        return []
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        return self._hang()  # type: ignore[no-any-return]
+
+    def reconcile(self) -> int:
+        return self._hang()  # type: ignore[no-any-return]
+
+    def withdraw(self, bodies: Any) -> list[bool]:
+        return self._hang()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_thread_ends_once_its_call_fails_after_close_gave_up_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """close() with the thread in a call to a hung broker fails the futures after
+    CLOSE_WAIT_SECONDS and takes the thread's Stop with them (fail_stuck): the thread, its
+    call failed, went on reconnecting until OUTAGE_SECONDS (30 s), its connection open.
+    It ends once its call returns now."""
+    monkeypatch.setattr(dispatching, "OUTAGE_SECONDS", 8.0)
+    monkeypatch.setattr(dispatching, "Backoff", lambda: Backoff(rng=lambda: 0.0))
+    callbacks = Callbacks()
+    producer = HangsThenFails(hang=0.5)
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    entry = _entry(dispatcher, callbacks)
+    dispatcher.start()
+    assert dispatcher.put(Submit([entry]))
+    time.sleep(0.7)  # in its read, or reconnecting: always in a call
+    why = "the executor was closed"
+    dispatcher.put(Stop(False, abandon=why))
+    # as close() does, with a shorter wait: the thread is in a 0.5 s call
+    [failed] = executor_threads.join_or_fail([dispatcher], time.monotonic() + 0.05, why)
+    assert failed == 1
+    assert isinstance(entry.future.exception(0), BrokenExecutor)
+    dispatcher.join(3.0)  # its call returns within 0.5 s
+    alive = dispatcher.is_alive()
+    assert not alive, f"still reconnecting after close() gave up: {producer.calls} calls"
