@@ -302,7 +302,9 @@ class Executor(concurrent.futures.Executor):
             self._shutdown = True
         why = "the executor was closed"
         self._dispatcher.put(Stop(cancel_futures, abandon=why))
-        if threading.current_thread() is not self._dispatcher:
+        # not again for a thread a close() gave up on: its futures are failed (a second
+        # close() waited CLOSE_WAIT_SECONDS more for the same hung call)
+        if threading.current_thread() is not self._dispatcher and not self._left:
             # in a call to a broker that does not answer, its thread's unanswered futures
             # fail from here, as at exit: the thread's call, its reconnect and its last
             # calls each waited out a timeout (a stopped Redis: 20 s for close(),

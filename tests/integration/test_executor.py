@@ -1213,3 +1213,24 @@ def test_cancelling_a_wrapped_future_does_not_hold_up_the_event_loop_while_the_b
         finally:
             server.resume()
             ex.close()
+
+
+def test_a_second_close_with_the_broker_hung_returns_at_once(tmp_path: Path) -> None:
+    """close() gave up on the executor's thread, in a read of a stopped Redis, after
+    CLOSE_WAIT_SECONDS; a second close() (a signal handler and a finally: both close)
+    waited those seconds again for the same thread, nothing left to fail."""
+    with LocalRedis(tmp_path).start() as server:
+        ex = distq.Executor(transport="redis", redis_url=server.url, queue="hung")
+        future = ex.submit("jobs:add", 1, 2)  # no worker
+        time.sleep(0.5)
+        server.pause()
+        try:
+            time.sleep(1.0)  # the thread is in a read now
+            ex.close()
+            assert isinstance(future.exception(0), BrokenExecutor)
+            started = time.monotonic()
+            ex.close()
+            took = time.monotonic() - started
+            assert took < 0.5, took  # before: CLOSE_WAIT_SECONDS
+        finally:
+            server.resume()
