@@ -71,9 +71,6 @@ log = logging.getLogger(__name__)
 #: How long close() waits for the executor's thread to take back what it can and close
 #: the connection before it fails the unanswered futures itself (a broker that hangs).
 CLOSE_WAIT_SECONDS = 2.0
-#: How often a shutdown(wait=True) waiting for the executor's thread looks whether a
-#: close() meanwhile gave that thread up.
-JOIN_SLICE_SECONDS = 0.1
 
 
 class Executor(concurrent.futures.Executor):
@@ -268,7 +265,9 @@ class Executor(concurrent.futures.Executor):
         ``cancel_futures`` cancels every future whose task can still be cancelled (see
         :meth:`DistqFuture.cancel`); ``wait`` returns only when the rest are resolved
         (set ``task_timeout`` to bound that), their done-callbacks have run and the
-        connection is closed. Without ``wait``, the interpreter waits for them at exit.
+        connection is closed (with a broker that does not answer, every future resolved,
+        after 2 s more: the executor's thread closes it once its call times out). Without
+        ``wait``, the interpreter waits for them at exit.
         """
         if self._dispatcher.forked():
             return  # the parent's: nothing to stop here (see close)
@@ -322,9 +321,12 @@ class Executor(concurrent.futures.Executor):
         (not from one of those threads: a callback may shut its executor down). Not for
         a thread close() gave up on, before this wait or during it (a close() on another
         thread, bounding it): each waited for it, retrying a hung broker, about 45 s."""
-        if threading.current_thread() is not self._dispatcher:
-            while not self._left and self._dispatcher.is_alive():
-                self._dispatcher.join(JOIN_SLICE_SECONDS)
+        # every future resolved, the thread in a call to a broker that does not answer:
+        # left as close() leaves it (20 s with a hung Redis, task_timeout=1)
+        if threading.current_thread() is not self._dispatcher and (
+            executor_threads.join_finishing(self._dispatcher, lambda: self._left)
+        ):
+            self._left = True
         self._callbacks.join()
 
     def _submit(

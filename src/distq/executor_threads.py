@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -55,6 +55,42 @@ def ended(dispatcher: Dispatcher) -> None:
     running.discard(dispatcher)
 
 
+#: How often a wait for an executor's thread told to finish looks whether every future is
+#: resolved; then it waits for the thread (closing its connection) :data:`FINISH_GRACE`
+#: seconds more, as close() does.
+ANSWERED_LOOK_SECONDS = 1.0
+FINISH_GRACE = 2.0
+#: How often that wait (a shutdown(wait=True)) looks whether a close() meanwhile gave
+#: the thread up.
+JOIN_SLICE_SECONDS = 0.1
+
+
+def join_finishing(dispatcher: Dispatcher, gone: Callable[[], bool] = lambda: False) -> bool:
+    """Wait for ``dispatcher``'s thread, told to finish, to end (until ``gone()``: a
+    close() gave it up meanwhile). Once every future is resolved (a task_timeout answers
+    them while the thread waits on a broker that does not answer), at most
+    :data:`FINISH_GRACE` s more; then leave it, as close() does: it takes no more
+    commands and closes its connection once its call returns. True when left so. It
+    waited for the thread's read, reconnect and last calls, each timing out: 20 s with
+    a stopped Redis and task_timeout=1, in shutdown() and at the exit after
+    shutdown(wait=False). Not from the thread itself."""
+    answered_at: float | None = None  # when every future was found resolved
+    looked = time.monotonic()
+    while not gone() and dispatcher.is_alive():
+        dispatcher.join(JOIN_SLICE_SECONDS)
+        now = time.monotonic()
+        if answered_at is None:
+            if now - looked >= ANSWERED_LOOK_SECONDS:
+                looked = now
+                if not any(not future.done() for future in dispatcher.futures):
+                    answered_at = now
+        elif now - answered_at >= FINISH_GRACE and dispatcher.is_alive():
+            dispatcher.fail_stuck("the executor was shut down, its broker not answering")
+            dispatcher.finishing = False  # nor the exit: it is left
+            return True
+    return False
+
+
 def join_or_fail(stopping: Sequence[Dispatcher], deadline: float, why: str) -> list[int]:
     """Wait until ``deadline`` (``time.monotonic()``, for all of them at once) for the
     threads of ``stopping``, each told to stop; then fail the unanswered futures of each
@@ -88,7 +124,7 @@ def _stop_at_exit() -> None:
     stopping: list[Dispatcher] = []
     for dispatcher in list(running):
         if dispatcher.finishing:
-            dispatcher.join()
+            join_finishing(dispatcher)
             dispatcher.callbacks.join()
             continue
         if dispatcher.stop_at_exit(AT_EXIT):

@@ -1234,3 +1234,66 @@ def test_a_second_close_with_the_broker_hung_returns_at_once(tmp_path: Path) -> 
             assert took < 0.5, took  # before: CLOSE_WAIT_SECONDS
         finally:
             server.resume()
+
+
+def test_a_shutdown_with_task_timeout_is_bounded_by_it_while_the_broker_hangs(
+    tmp_path: Path,
+) -> None:
+    """task_timeout bounds shutdown(wait=True) (its docstring): with a stopped Redis the
+    future failed at its deadline, but the shutdown waited for the executor's thread, a
+    read, a reconnect and the delete of its result list each waited out: 20 s for a
+    task_timeout of 1 s. Every future answered, it waits CLOSE_WAIT_SECONDS more for the
+    connection, as close() does; the thread closes it once back."""
+    with LocalRedis(tmp_path).start() as server:
+        ex = distq.Executor(transport="redis", redis_url=server.url, queue="hung", task_timeout=1.0)
+        future = ex.submit("jobs:add", 1, 2)  # no worker
+        time.sleep(0.3)
+        server.pause()
+        try:
+            started = time.monotonic()
+            ex.shutdown(wait=True)
+            took = time.monotonic() - started
+            assert isinstance(future.exception(0), TaskTimeout), future
+            # its deadline, the look each second, CLOSE_WAIT_SECONDS; a stall may add some
+            assert took < 1.0 + 1.0 + executing.CLOSE_WAIT_SECONDS + 2.5, took
+        finally:
+            server.resume()
+
+
+EXITS_AFTER_SHUTDOWN_WITHOUT_WAIT_WITH_TASK_TIMEOUT = """
+    import tempfile, time
+    from pathlib import Path
+    import distq
+    from launch import LocalRedis
+    server = LocalRedis(Path(tempfile.mkdtemp()), die_with_parent=True).start()
+    ex = distq.Executor(
+        transport="redis", redis_url=server.url, queue="stopped", task_timeout=1.0
+    )
+    future = ex.submit("jobs:add", 1, 2)  # no worker
+    future.add_done_callback(
+        lambda f: print("callback:", type(f.exception()).__name__, flush=True)
+    )
+    time.sleep(0.3)
+    print("server pid", server.pid, flush=True)
+    server.pause()  # SIGSTOP: the executor's thread waits in a read
+    ex.shutdown(wait=False)  # the exit waits for its futures: task_timeout bounds that
+    print("exiting", flush=True)
+"""
+
+
+def test_the_exit_after_shutdown_without_wait_is_bounded_by_task_timeout_with_the_broker_hung() -> (
+    None
+):
+    """The exit waits for the futures of an executor shut down without wait, as
+    concurrent.futures does; task_timeout answered them after 1 s, but the exit waited
+    for the executor's thread, in a read, a reconnect and the delete of its result list
+    of a stopped Redis, each waited out: about 20 s."""
+    out, took = run_program(
+        EXITS_AFTER_SHUTDOWN_WITHOUT_WAIT_WITH_TASK_TIMEOUT, manager_env(), timeout=60
+    )
+    lines = out.splitlines()
+    (pid,) = [int(line.split()[-1]) for line in lines if line.startswith("server pid ")]
+    with contextlib.suppress(ProcessLookupError):  # stopped, it never took its SIGTERM
+        os.kill(pid, signal.SIGKILL)
+    assert "callback: TaskTimeout" in lines, out
+    assert took < 10, out  # before: about 20 s
