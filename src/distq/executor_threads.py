@@ -82,7 +82,11 @@ def join_finishing(dispatcher: Dispatcher, gone: Callable[[], bool] = lambda: Fa
         if answered_at is None:
             if now - looked >= ANSWERED_LOOK_SECONDS:
                 looked = now
-                if not any(not future.done() for future in dispatcher.futures):
+                try:
+                    answered = all(future.done() for future in dispatcher.futures)
+                except RuntimeError:  # a Submit queued before the shutdown added one
+                    answered = False
+                if answered:
                     answered_at = now
         elif now - answered_at >= FINISH_GRACE and dispatcher.is_alive():
             dispatcher.fail_stuck("the executor was shut down, its broker not answering")
