@@ -42,6 +42,8 @@ def pack_problem(data: bytes) -> str | None:
     UTF-8 at position 3", the low byte of the length (input17)."""
     if not data.startswith(b"\x00") or 4 + int.from_bytes(data[:4], "big") > len(data):
         return None  # not even its first task: UTF-16 or UTF-32 JSON, say (diff17)
+    if _utf32_text(data):  # "{" is 00 00 00 7b: a first task of 123 bytes, as long as any
+        return None
     try:
         bodies = unpack(data)
     except ValueError:
@@ -57,3 +59,15 @@ def pack_problem(data: bytes) -> str | None:
         f"a pack of {len(bodies)} task(s) sent without the message type distq.tasks "
         "that says it is one"
     )
+
+
+def _utf32_text(data: bytes) -> bool:
+    """Whether ``data`` is UTF-32-BE text, which no pack is: its second 4 bytes, a task's
+    first (``{"v"``, or a signature's ``DQSI``), are no code point."""
+    if len(data) % 4:
+        return False
+    try:
+        data.decode("utf-32-be")
+    except UnicodeDecodeError:
+        return False
+    return True
