@@ -196,7 +196,7 @@ def _load(data: bytes | str, kind: str) -> dict[str, Any]:
             "which is not a character: a sender must escape a character outside the BMP as a pair"
         ) from None
     version = obj.get("v")
-    if version != VERSION:
+    if version != VERSION or type(version) is not int:  # not true, nor 1.0
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise EnvelopeError(
                 f'{kind} has no envelope version (a whole number in "v"; it has '
