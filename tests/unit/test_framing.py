@@ -3,13 +3,18 @@ that starts with a NUL byte."""
 
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Callable
+
 import pytest
 
 from distq.ending import Endings
 from distq.envelope import DeadLetter, Task
 from distq.errors import EnvelopeError
 from distq.framing import pack, pack_problem, unpack
+from distq.limits import MAX_PREFETCH
 from distq.transport import Delivery
+from distq.transport.rabbitmq_packs import TASKS_TYPE, packed, task_bodies
 
 
 @pytest.mark.parametrize("encoding", ["utf-32-be", "utf-16-be"])
@@ -39,3 +44,35 @@ def test_packs_of_tasks_are_still_said_to_be_packs() -> None:
     assert pack_problem(cut) == (
         "a pack of tasks (distq.tasks) cut short: its lengths run past its end"
     )
+
+
+def _peak_while(call: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_pack_of_millions_of_tiny_bodies_is_refused_without_reading_them_all() -> None:
+    """A queue writer's message of type distq.tasks (or distq.results) holding 4 MiB of
+    2-byte bodies: unpack read all 700,000 of them, some 37 MB (9 times the message;
+    RabbitMQ 3 takes 128 MiB ones: over a GB, a worker limited to 256 MiB killed, and
+    the next one that took the message too), before the consumer refused it for
+    holding over 32 (a result pack: over a batch)."""
+    body = ((2).to_bytes(4, "big") + b"ab") * ((4 << 20) // 6)
+    assert _peak_while(lambda: task_bodies(TASKS_TYPE, body)) < 2 << 20
+    assert task_bodies(TASKS_TYPE, body) == [body]  # refused whole, as before
+    assert packed(body, MAX_PREFETCH) is None  # a master's read of a results pack
+    assert _peak_while(lambda: pack_problem(body)) < 2 << 20
+    assert pack_problem(body) == (
+        "a pack of over 10,000 tasks (distq.tasks), over the 32 a worker takes from one "
+        "message: pack at most that many, or send one per message"
+    )
+
+
+def test_a_pack_of_as_many_bodies_as_a_batch_still_unpacks() -> None:
+    bodies = [b"{}"] * MAX_PREFETCH
+    assert unpack(pack(bodies)) == bodies
+    assert packed(pack(bodies), MAX_PREFETCH) == bodies
