@@ -39,3 +39,20 @@ def test_version_1_still_reads() -> None:
     assert Codec().open_task(json.dumps(TASK).encode()).id == "t1"
     assert Result.decode(json.dumps(RESULT).encode()).value == 9
     assert DeadLetter.decode(json.dumps(LETTER).encode()).body == b"x"
+
+
+def test_a_dead_letter_moved_into_the_task_queue_by_hand_is_said_to_be_one() -> None:
+    """``redis-cli RPOPLPUSH distq:distq:dead distq`` (or a shovel of distq.dead into
+    distq) puts dead letters where tasks go: each was dead-lettered again as "task lacks
+    the field 'id'", wrapped in a new letter, its task never run, with nothing to say
+    that it was a letter nor how letters go back (and requeue-dead of the new letter
+    moves the old letter back, to be refused again)."""
+    task = Task("square", [3], "replies", id="t1", created_at=1.0)
+    for body in (task.encode(), b"\xff not UTF-8"):
+        letter = DeadLetter(body, "failed 3 of 3 attempts", "distq", "w1", 1.0).encode()
+        with pytest.raises(EnvelopeError) as caught:
+            Codec().open_task(letter)
+        assert str(caught.value) == (
+            "task is a dead letter (of queue distq), not a task: `distq requeue-dead` "
+            "moves dead letters back to their queue as tasks"
+        ), caught.value
