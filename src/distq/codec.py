@@ -210,6 +210,8 @@ class Codec:
             raise MessageTooLarge(
                 f"result pack nests JSON deeper than {MAX_NESTING} levels"
             ) from None
+        if not raws:  # no worker's: it packs one result or more (said, as other garbage)
+            raise EnvelopeError("result pack holds no result: no distq worker sends one")
         if len(raws) > MAX_PREFETCH:  # one line, not one per item (500,000 from 1 MB)
             raise MessageTooLarge(
                 f"result pack holds {len(raws):,} results; a worker packs at most "

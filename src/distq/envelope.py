@@ -196,7 +196,7 @@ def _load(data: bytes | str, kind: str) -> dict[str, Any]:
             "which is not a character: a sender must escape a character outside the BMP as a pair"
         ) from None
     version = obj.get("v")
-    if version != VERSION:
+    if version != VERSION or type(version) is not int:  # not true, nor 1.0
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise EnvelopeError(
                 f'{kind} has no envelope version (a whole number in "v"; it has '
@@ -362,6 +362,13 @@ class Task(msgspec.Struct, frozen=True, gc=False):
     def _decode_json(cls, data: bytes | str) -> Task:
         kind = "task"
         obj = _load(data, kind)
+        if "id" not in obj and _is_dead_letter(obj):
+            queue = obj.get("queue")
+            of = f" (of queue {shown(queue)[:200]})" if isinstance(queue, str) else ""
+            raise EnvelopeError(
+                f"task is a dead letter{of}, not a task: `distq requeue-dead` moves dead "
+                "letters back to their queue as tasks"
+            )
         try:
             return cls(
                 id=_field(obj, "id", kind, str),
@@ -511,6 +518,12 @@ class Result(msgspec.Struct, frozen=True):
             )
         except OverflowError:
             raise EnvelopeError(f"{kind} has a number too large for a float") from None
+
+
+def _is_dead_letter(obj: dict[str, Any]) -> bool:
+    """Whether ``obj`` reads as a :class:`DeadLetter`'s envelope: what a dead-letter queue
+    moved by hand into a task queue holds."""
+    return "reason" in obj and "worker" in obj and ("body" in obj or "body_b64" in obj)
 
 
 #: The fields of a result's ``error`` object, each text or absent (null).

@@ -11,11 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from distq.limits import MAX_PREFETCH
+
 #: A master packs at most this many tasks into one message; a worker takes no
 #: more from one.
 TASKS_PER_MESSAGE = 32
 #: What :func:`pack` adds per body: its length.
 LENGTH_BYTES = 4
+#: Most bodies a pack distq writes holds (a worker's batch of results; tasks: 32), and
+#: so most :func:`unpack` reads: a queue writer's 16 MiB of 2-byte bodies made 2.8
+#: million of them, 150 MB (128 MiB, RabbitMQ 3's limit: over a GB), before it was
+#: refused for holding over 32, and a worker limited to 256 MiB was killed.
+MAX_BODIES = MAX_PREFETCH
+
+
+class TooManyBodies(ValueError):
+    """A pack of more than :data:`MAX_BODIES` bodies: no pack distq writes."""
 
 
 def pack(bodies: Sequence[bytes]) -> bytes:
@@ -24,9 +35,13 @@ def pack(bodies: Sequence[bytes]) -> bytes:
 
 
 def unpack(data: bytes) -> list[bytes]:
-    """The bodies :func:`pack` packed; ``ValueError`` if ``data`` is not such."""
-    bodies, at, end = [], 0, len(data)
+    """The bodies :func:`pack` packed; ``ValueError`` if ``data`` is not such
+    (:class:`TooManyBodies` past :data:`MAX_BODIES`, read no further)."""
+    bodies: list[bytes] = []
+    at, end = 0, len(data)
     while at < end:
+        if len(bodies) == MAX_BODIES:
+            raise TooManyBodies(f"a pack of over {MAX_BODIES:,} bodies")
         size = int.from_bytes(data[at : at + 4], "big")
         if at + 4 + size > end:
             raise ValueError("truncated pack")
@@ -42,8 +57,15 @@ def pack_problem(data: bytes) -> str | None:
     UTF-8 at position 3", the low byte of the length (input17)."""
     if not data.startswith(b"\x00") or 4 + int.from_bytes(data[:4], "big") > len(data):
         return None  # not even its first task: UTF-16 or UTF-32 JSON, say (diff17)
+    if _utf32_text(data):  # "{" is 00 00 00 7b: a first task of 123 bytes, as long as any
+        return None
     try:
         bodies = unpack(data)
+    except TooManyBodies:
+        return (
+            f"a pack of over {MAX_BODIES:,} tasks (distq.tasks), over the {TASKS_PER_MESSAGE} "
+            "a worker takes from one message: pack at most that many, or send one per message"
+        )
     except ValueError:
         return "a pack of tasks (distq.tasks) cut short: its lengths run past its end"
     if b"" in bodies:
@@ -57,3 +79,15 @@ def pack_problem(data: bytes) -> str | None:
         f"a pack of {len(bodies)} task(s) sent without the message type distq.tasks "
         "that says it is one"
     )
+
+
+def _utf32_text(data: bytes) -> bool:
+    """Whether ``data`` is UTF-32-BE text, which no pack is: its second 4 bytes, a task's
+    first (``{"v"``, or a signature's ``DQSI``), are no code point. Its start tells."""
+    if len(data) % 4:
+        return False
+    try:
+        data[:4096].decode("utf-32-be")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -42,12 +42,13 @@ def _where(name: str, link: _Link) -> str:
 
 def _key(key: Any) -> str:
     """A dict key or list index as an error line shows it: short, whatever it is (a
-    100 KB key made a 100 KB line; an int past the digit limit has no repr)."""
+    100 KB key made a 100 KB line; an int past the digit limit, or an object whose repr
+    raises, has no repr)."""
     if isinstance(key, str):
         return quoted_ends(key)
     try:
         text = repr(key)
-    except ValueError:
+    except Exception:  # an int past the digit limit; an object whose repr raises
         return f"<{type(key).__name__}>"
     return text if len(text) <= 40 else f"{text[:30]}... ({len(text):,} characters)"
 

@@ -1,0 +1,78 @@
+"""Packs of task bodies (distq.framing): what a worker's dead letter says of a message
+that starts with a NUL byte."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Callable
+
+import pytest
+
+from distq.ending import Endings
+from distq.envelope import DeadLetter, Task
+from distq.errors import EnvelopeError
+from distq.framing import pack, pack_problem, unpack
+from distq.limits import MAX_PREFETCH
+from distq.transport import Delivery
+from distq.transport.rabbitmq_packs import TASKS_TYPE, packed, task_bodies
+
+
+@pytest.mark.parametrize("encoding", ["utf-32-be", "utf-16-be"])
+def test_a_whole_task_in_utf32_or_utf16_is_not_said_to_be_a_pack(encoding: str) -> None:
+    """A task as any submitter writes it (some 200 bytes, 800 in UTF-32), not only a
+    7-character one: UTF-32-BE JSON starts ``00 00 00 7b``, read as a first body of 123
+    bytes, which a real task is longer than; its dead letter said "a pack of tasks
+    (distq.tasks) cut short", losing the reason that names the encodings."""
+    body = Task("square", [3], "replies").encode().decode().encode(encoding)
+    assert pack_problem(body) is None
+    endings = Endings("w1", "q")
+    with pytest.raises(EnvelopeError) as caught:
+        endings.codec.open_task(body)
+    letter = endings.malformed(Delivery(body, 1), caught.value).settlement.dead_letter
+    assert letter is not None
+    reason = DeadLetter.decode(letter).reason
+    assert "UTF-16 or UTF-32? distq reads UTF-8" in reason, reason
+
+
+def test_packs_of_tasks_are_still_said_to_be_packs() -> None:
+    tasks = [Task("square", [n], "replies").encode() for n in range(3)]
+    assert unpack(pack(tasks)) == tasks
+    assert pack_problem(pack(tasks)) == (
+        "a pack of 3 task(s) sent without the message type distq.tasks that says it is one"
+    )
+    cut = pack(tasks)[:-5]
+    assert pack_problem(cut) == (
+        "a pack of tasks (distq.tasks) cut short: its lengths run past its end"
+    )
+
+
+def _peak_while(call: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_pack_of_millions_of_tiny_bodies_is_refused_without_reading_them_all() -> None:
+    """A queue writer's message of type distq.tasks (or distq.results) holding 4 MiB of
+    2-byte bodies: unpack read all 700,000 of them, some 37 MB (9 times the message;
+    RabbitMQ 3 takes 128 MiB ones: over a GB, a worker limited to 256 MiB killed, and
+    the next one that took the message too), before the consumer refused it for
+    holding over 32 (a result pack: over a batch)."""
+    body = ((2).to_bytes(4, "big") + b"ab") * ((4 << 20) // 6)
+    assert _peak_while(lambda: task_bodies(TASKS_TYPE, body)) < 2 << 20
+    assert task_bodies(TASKS_TYPE, body) == [body]  # refused whole, as before
+    assert packed(body, MAX_PREFETCH) is None  # a master's read of a results pack
+    assert _peak_while(lambda: pack_problem(body)) < 2 << 20
+    assert pack_problem(body) == (
+        "a pack of over 10,000 tasks (distq.tasks), over the 32 a worker takes from one "
+        "message: pack at most that many, or send one per message"
+    )
+
+
+def test_a_pack_of_as_many_bodies_as_a_batch_still_unpacks() -> None:
+    bodies = [b"{}"] * MAX_PREFETCH
+    assert unpack(pack(bodies)) == bodies
+    assert packed(pack(bodies), MAX_PREFETCH) == bodies
