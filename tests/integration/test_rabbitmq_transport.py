@@ -2143,3 +2143,26 @@ def test_requeue_dead_gives_up_on_a_broker_that_hangs(
         assert isinstance(outcome, TransportError), outcome
         assert "requeueing dead letters" in str(outcome), outcome
         assert _ready_within(raw, f"{queue}.dead", 1) or _ready(raw, queue) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_producer_closes_within_the_close_bound_while_the_broker_hangs(
+    open_transport: OpenTransport, amqp_url: str
+) -> None:
+    """Closing a connection waits at most CLOSE_SECONDS for a broker that hangs (README,
+    Kubernetes: "closing a connection waits at most 3 s for the broker"). A master's
+    ``Producer.close`` waited that long for the delete of its reply queue, then as long
+    again for the connection's Close-Ok: 6 s on a broker cut off, a stopping master's
+    exit held twice the bound. A delete the broker did not answer ends the close at once."""
+    address = urlsplit(amqp_url)
+    with Partition(address.port or 5672) as partition:
+        t = open_transport(url=_through(amqp_url, partition))
+        producer = t.producer(t.reply_queue("p"))
+        producer.submit([b"t1"])
+        producer.flush()
+        partition.cut()
+        started = time.monotonic()
+        producer.close()
+        took = time.monotonic() - started
+        partition.heal()
+        assert took < rabbitmq_link.CLOSE_SECONDS + 1.0, took

@@ -696,12 +696,15 @@ class RabbitMQProducer(Producer):
         self._ack_tag = None
 
     def close(self) -> None:
-        """Delete the reply queue (best effort: x-expires is the fallback) and disconnect."""
+        """Delete the reply queue (best effort: x-expires is the fallback) and disconnect,
+        within :data:`CLOSE_SECONDS` in all: a broker that did not answer the delete
+        (paused, cut off) is not waited for again to close (6 s, twice the bound)."""
         self._transport.forget(self)
+        by = time.monotonic() + CLOSE_SECONDS
         if self._link.is_open:
             with contextlib.suppress(*PikaError):
                 self._link.fast.queue_delete(self.reply_to, CLOSE_SECONDS)
-        self._link.close()
+        self._link.close(max(0.01, by - time.monotonic()))
 
     def stop_waiting_on(self, stop: threading.Event) -> None:
         """:meth:`reconcile`'s wait for confirms ends (TransportError) once ``stop`` is set."""

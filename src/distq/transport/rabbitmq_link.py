@@ -510,11 +510,12 @@ class Link:
                 "to route to; was it deleted?"
             )
 
-    def close(self) -> None:
-        """Close the connection; within :data:`CLOSE_SECONDS` whatever the broker does."""
+    def close(self, seconds: float = CLOSE_SECONDS) -> None:
+        """Close the connection; within ``seconds`` (:data:`CLOSE_SECONDS`) whatever the
+        broker does."""
         with contextlib.suppress(*PikaError):
             if self.connection.is_open:
-                close_within(self.connection, CLOSE_SECONDS)
+                close_within(self.connection, seconds)
 
 
 def exists(connection: Any, queue: str) -> bool:
