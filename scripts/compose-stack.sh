@@ -235,7 +235,9 @@ job() {  # N
     [[ "$tasks" =~ ^[1-9][0-9]*$ ]] || { log "say how many tasks: make job TASKS=100"; exit 2; }
     [ -n "$(containers)" ] || die "the stack is not running: make up first"
     transport=$(env_get DISTQ_TRANSPORT)
-    local run=(run --rm --no-deps)
+    # --use-aliases: the job's master has the service's name on the network, so
+    # Prometheus (dns_sd_configs `master`) scrapes it beside the stack's master.
+    local run=(run --rm --no-deps --use-aliases)
     [ -t 0 ] && [ -t 1 ] || run+=(-T)  # no terminal (CI, tests): no TTY
     local args=(master --tasks "$tasks" --task-delay "$delay" --timeout "$timeout")
     if [ "$transport" = manager ]; then
@@ -247,7 +249,7 @@ job() {  # N
             die "could not stop the stack's master for the job (above); see make ps"
         fi
         trap 'compose start master >/dev/null 2>&1 || true' EXIT
-        compose "${run[@]}" --use-aliases "${args[@]}" || status=$?
+        compose "${run[@]}" "${args[@]}" || status=$?
         # A master that does not come back is reported; the exit status stays the job's.
         if ! out=$(compose start master 2>&1); then
             printf '%s\n' "$out" | tail -n 5 | sed 's/^/  /' >&2

@@ -2,10 +2,10 @@
 
 For each transport, in order: a batch job with every result correct; no secret in any
 container's `docker inspect`; three workers that each process tasks (their own counters
-in Prometheus); every Prometheus target up; a queue-depth sample of each state; a worker
-SIGKILLed mid-job loses nothing; `docker stop` of a busy worker is a warm shutdown (exit
-0 in seconds); a worker cut off its network past its lease has its tasks run elsewhere
-and rejoins; `make down` leaves nothing of the project behind.
+in Prometheus); every Prometheus target up; a queue-depth sample of each state; the
+master of `make job` scraped; a worker SIGKILLed mid-job loses nothing; `docker stop` of
+a busy worker is a warm shutdown (exit 0 in seconds); a worker cut off its network past
+its lease has its tasks run elsewhere and rejoins; `make down` leaves nothing of the project behind.
 """
 
 from __future__ import annotations
@@ -103,6 +103,67 @@ def test_the_queue_depth_has_every_state_on_every_transport(stack: Stack) -> Non
             return stack.query(expr) or None
 
         wait_for(f"Prometheus: a {state} sample", sampled, 60)
+
+
+def test_prometheus_scrapes_the_master_of_a_make_job(stack: Stack) -> None:
+    """Prometheus finds masters by the service's name (dns_sd_configs `master`). The
+    one-off container of `make job` had that name only on the manager transport (where
+    it stands in for the stack's master): on Redis and RabbitMQ the job's master was never
+    scraped, so its submissions, results and round trips were in no panel."""
+    job = stack.start_job(tasks=200, task_delay=0.5, timeout=150)
+    try:
+        job.wait_lines(r"^Get result", count=5, timeout=120)
+
+        def job_master_ip() -> str | None:
+            ids = subprocess.run(
+                [
+                    "docker",
+                    "ps",
+                    "-q",
+                    "--filter",
+                    f"label=com.docker.compose.project={stack.project}",
+                    "--filter",
+                    "label=com.docker.compose.oneoff=True",
+                    "--filter",
+                    "label=com.docker.compose.service=master",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            ).stdout.split()
+            if len(ids) != 1:
+                return None
+            out = subprocess.run(
+                [
+                    "docker",
+                    "inspect",
+                    "--format",
+                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                    ids[0],
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            ).stdout.strip()
+            return out or None
+
+        ip = wait_for("the job's master container", job_master_ip, 30)
+
+        def scraped() -> list[dict[str, object]] | None:
+            found = [
+                t
+                for t in stack.targets()
+                if t["labels"]["instance"] == f"{ip}:9100" and t["health"] == "up"
+            ]
+            return found or None
+
+        targets = wait_for(f"Prometheus: the job's master {ip}:9100 up", scraped, 60)
+        assert {t["labels"]["job"] for t in targets} == {"distq-master"}  # type: ignore[index]
+    finally:
+        code, output = job.finish(timeout=200)
+    assert code == 0, output[-3000:]
 
 
 def test_sigkill_of_a_worker_mid_job_loses_nothing(stack: Stack) -> None:
