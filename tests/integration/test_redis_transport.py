@@ -2035,3 +2035,46 @@ def test_a_withdraw_of_many_bodies_takes_them_out_without_rebuilding_the_ready_l
     producer.submit(twice)
     assert producer.withdraw([b"dup", *_bodies(40, "x"), b"dup", b"dup"]) == [True] * 42 + [False]
     assert raw.llen(queue) == len(left)
+
+
+def _idle_dropped(raw: redis.Redis[bytes], consumer: RedisConsumer) -> None:
+    """The server drops the consumer's connection (Redis's idle ``timeout``, a restart, a
+    proxy), then the consumer's tasks run a while: nothing is sent on it meanwhile."""
+    mine = consumer._w.execute_command("CLIENT", "ID")
+    assert raw.client_kill_filter(_id=mine) == 1
+    time.sleep(1.2)
+
+
+def test_a_hand_back_after_a_long_task_goes_out_on_a_live_connection(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """The keeper hands back a long batch's tasks not started on the slot's connection,
+    idle while the task ran (the keeper renews leases on its own). The release went out
+    on the dead connection without the settle's idle check: it failed, the worker said
+    the broker was lost ("reconnecting"), then reconnected, and the tasks waited for
+    the keeper's next tick."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("idle"))
+    producer.submit([b"long", b"next", b"other"])
+    consumer = t.consumer("c1")
+    _, *rest = consumer.fetch(3, timeout=1)
+    _idle_dropped(raw, consumer)
+    assert consumer.release(rest) == 2
+    other = t.consumer("c2")
+    assert sorted(d.body for d in other.fetch(5, timeout=1)) == [b"next", b"other"]
+
+
+def test_a_look_at_a_master_after_a_long_task_goes_out_on_a_live_connection(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """A slot asks whether a master is gone before it runs the first task of that
+    master's in a batch, on its connection, idle while the tasks before it ran: sent on
+    a dead one, the look failed, and the batch stopped (its rest handed back, a lost
+    broker said) though Redis was there all along."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("idle"))
+    producer.submit([b"long", b"next"])
+    consumer = t.consumer("c1")
+    consumer.fetch(2, timeout=1)
+    _idle_dropped(raw, consumer)
+    assert consumer.gone([producer.reply_to, t.reply_queue("never")]) == {t.reply_queue("never")}
