@@ -48,6 +48,7 @@ from distq.tasks import Registry
 from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.redis import RedisConsumer, RedisProducer, RedisTransport
 from distq.transport.redis_scripts import CLAIM_BYTES, REPLY_GRACE_MS
+from distq.transport.redis_wire import Script
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
 from procs import Distq
@@ -2078,3 +2079,29 @@ def test_a_look_at_a_master_after_a_long_task_goes_out_on_a_live_connection(
     consumer.fetch(2, timeout=1)
     _idle_dropped(raw, consumer)
     assert consumer.gone([producer.reply_to, t.reply_queue("never")]) == {t.reply_queue("never")}
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["closed", "killed"])
+def test_a_task_a_blmove_took_before_its_claim_failed_runs_again(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], closed: bool
+) -> None:
+    """The wait's BLMOVE moves a task into the in-flight list, and the claim script after
+    it leases it: if that script fails, the consumer never learns it holds the task. The
+    worker drops a consumer whose call failed, and its close puts the task back; a worker
+    killed there leaves it to its lease, which the sweep takes back."""
+    t = open_transport(lease=1.0)
+    producer = t.producer(t.reply_queue("job"))
+    consumer = t.consumer("c1")
+    assert consumer.fetch(1, timeout=0) == []  # leased, found nothing: the next one waits
+    t.claim_script = Script("return redis.error_reply('the claim failed')")
+    with (
+        _later(0.1, producer.submit, [b"moved"]),
+        pytest.raises(TransportError, match="the claim failed"),
+    ):
+        consumer.fetch(1, timeout=0.3)
+    assert raw.lrange(consumer.inflight_key, 0, -1) == [b"moved"]
+    if closed:
+        consumer.close()
+    other = open_transport(lease=1.0).consumer("c2")
+    got = other.fetch(1, timeout=0.5 if closed else 3)
+    assert [(d.body, d.redelivered) for d in got] == [(b"moved", True)]
