@@ -2196,3 +2196,21 @@ def test_a_hand_back_on_a_connection_gone_silent_goes_out_on_a_new_one_within_th
         assert sorted(d.body for d in other.fetch(5, timeout=1)) == [b"next", b"other"]
     finally:
         relay.close()
+
+
+def test_a_close_after_a_long_task_hands_back_on_a_live_connection(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """A cold stop closes the consumer under a running batch, whose connection lay idle
+    while the task ran. On one Redis dropped meanwhile (its idle `timeout`, a restart, a
+    proxy's) the close failed (said at debug level only): the tasks it was to hand back
+    at once waited for their lease to lapse instead."""
+    t = open_transport(lease=30.0)
+    producer = t.producer(t.reply_queue("idle"))
+    producer.submit([b"long", b"next"])
+    consumer = t.consumer("c1")
+    consumer.fetch(2, timeout=1)
+    _idle_dropped(raw, consumer)
+    consumer.close()
+    other = t.consumer("c2")
+    assert sorted(d.body for d in other.fetch(5, timeout=0.5)) == [b"long", b"next"]

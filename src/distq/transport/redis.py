@@ -1117,6 +1117,7 @@ class RedisConsumer(Consumer):
         return len(tags)
 
     def close(self) -> None:
+        self._w.check(IDLE_CHECK_SECONDS)  # a cold stop's, under a batch: idle while it ran
         try:
             self._t.close_script(self._w, self._keys, self._args)
         except RedisError as exc:  # the lease expires instead, so nothing is lost
