@@ -48,6 +48,7 @@ from distq.tasks import Registry
 from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.redis import RedisConsumer, RedisProducer, RedisTransport
 from distq.transport.redis_scripts import CLAIM_BYTES, REPLY_GRACE_MS
+from distq.transport.redis_wire import Script
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
 from procs import Distq
@@ -1994,9 +1995,222 @@ def test_a_claim_or_withdraw_meeting_a_redelivered_set_made_another_type_moves_n
     with pytest.raises(ConfigError, match=f"Redis key 'distq:{queue}:redelivered'"):
         consumer.fetch(2, timeout=0)
     assert raw.llen(consumer.inflight_key) == 0
-    for bodies in (_bodies(1), _bodies(10)):  # one LREM each; a pass that rebuilds the list
+    for bodies in (_bodies(1), _bodies(40)):  # one LREM each; a pass that marks them
         with pytest.raises(ConfigError, match=f"Redis key 'distq:{queue}:redelivered'"):
             producer.withdraw(bodies)
     assert sorted(raw.lrange(queue, 0, -1)) == sorted(_bodies(12))
     raw.delete(f"distq:{queue}:redelivered")
     assert [d.body for d in consumer.fetch(12, timeout=1)] == _bodies(12)
+
+
+def _calls(raw: redis.Redis[bytes], *commands: str) -> int:
+    """How many times Redis ran ``commands`` so far, from Lua scripts too (commandstats)."""
+    stats = raw.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in commands)
+
+
+def test_a_withdraw_of_many_bodies_takes_them_out_without_rebuilding_the_ready_list(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """Over 8 bodies, withdraw.lua read the whole ready list into Lua, deleted it and
+    pushed every other task back: 9 tasks withdrawn of a million queued held Redis (every
+    worker and master) about 2 s. Now a few bodies are one LREM each, and many are marked
+    in place as a read from the head finds them (it stops once all are found), then
+    removed in one LREM: the other tasks are never pushed again, and keep their order."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("job"))
+    queued = _bodies(5000)
+    for start in range(0, len(queued), 1000):
+        producer.submit(queued[start : start + 1000])
+    raw.sadd(t.redelivered_key, queued[10], queued[4990])
+    for take in (queued[-9:], [queued[10], queued[4990], *queued[-60:-20]]):
+        before = _calls(raw, "rpush", "del")
+        asked = [*take, take[0], b"never-sent"]  # a body twice: taken once, it is queued once
+        assert producer.withdraw(asked) == [True] * len(take) + [False, False]
+        assert _calls(raw, "rpush", "del") == before  # the others were not pushed again
+    gone = {queued[10], queued[4990], *queued[-60:-20], *queued[-9:]}
+    left = [body for body in queued if body not in gone]
+    assert raw.lrange(queue, 0, -1) == left[::-1]  # the newest first, in order
+    assert raw.smembers(t.redelivered_key) == set()
+    twice = [b"dup", b"dup", *_bodies(40, "x")]
+    producer.submit(twice)
+    assert producer.withdraw([b"dup", *_bodies(40, "x"), b"dup", b"dup"]) == [True] * 42 + [False]
+    assert raw.llen(queue) == len(left)
+
+
+def _idle_dropped(raw: redis.Redis[bytes], consumer: RedisConsumer) -> None:
+    """The server drops the consumer's connection (Redis's idle ``timeout``, a restart, a
+    proxy), then the consumer's tasks run a while: nothing is sent on it meanwhile."""
+    mine = consumer._w.execute_command("CLIENT", "ID")
+    assert raw.client_kill_filter(_id=mine) == 1
+    time.sleep(1.2)
+
+
+def test_a_hand_back_after_a_long_task_goes_out_on_a_live_connection(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """The keeper hands back a long batch's tasks not started on the slot's connection,
+    idle while the task ran (the keeper renews leases on its own). The release went out
+    on the dead connection without the settle's idle check: it failed, the worker said
+    the broker was lost ("reconnecting"), then reconnected, and the tasks waited for
+    the keeper's next tick."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("idle"))
+    producer.submit([b"long", b"next", b"other"])
+    consumer = t.consumer("c1")
+    _, *rest = consumer.fetch(3, timeout=1)
+    _idle_dropped(raw, consumer)
+    assert consumer.release(rest) == 2
+    other = t.consumer("c2")
+    assert sorted(d.body for d in other.fetch(5, timeout=1)) == [b"next", b"other"]
+
+
+def test_a_look_at_a_master_after_a_long_task_goes_out_on_a_live_connection(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """A slot asks whether a master is gone before it runs the first task of that
+    master's in a batch, on its connection, idle while the tasks before it ran: sent on
+    a dead one, the look failed, and the batch stopped (its rest handed back, a lost
+    broker said) though Redis was there all along."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("idle"))
+    producer.submit([b"long", b"next"])
+    consumer = t.consumer("c1")
+    consumer.fetch(2, timeout=1)
+    _idle_dropped(raw, consumer)
+    assert consumer.gone([producer.reply_to, t.reply_queue("never")]) == {t.reply_queue("never")}
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["closed", "killed"])
+def test_a_task_a_blmove_took_before_its_claim_failed_runs_again(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], closed: bool
+) -> None:
+    """The wait's BLMOVE moves a task into the in-flight list, and the claim script after
+    it leases it: if that script fails, the consumer never learns it holds the task. The
+    worker drops a consumer whose call failed, and its close puts the task back; a worker
+    killed there leaves it to its lease, which the sweep takes back."""
+    t = open_transport(lease=1.0)
+    producer = t.producer(t.reply_queue("job"))
+    consumer = t.consumer("c1")
+    assert consumer.fetch(1, timeout=0) == []  # leased, found nothing: the next one waits
+    t.claim_script = Script("return redis.error_reply('the claim failed')")
+    with (
+        _later(0.1, producer.submit, [b"moved"]),
+        pytest.raises(TransportError, match="the claim failed"),
+    ):
+        consumer.fetch(1, timeout=0.3)
+    assert raw.lrange(consumer.inflight_key, 0, -1) == [b"moved"]
+    if closed:
+        consumer.close()
+    other = open_transport(lease=1.0).consumer("c2")
+    got = other.fetch(1, timeout=0.5 if closed else 3)
+    assert [(d.body, d.redelivered) for d in got] == [(b"moved", True)]
+
+
+class _Relay:
+    """A TCP relay to Redis on 127.0.0.1 whose connections open now can be made silent
+    (:meth:`silence`): nothing passes either way, and nothing closes, as with a peer
+    that vanished (a NAT's or a proxy's state lost, a host gone) with no RST. Connections
+    made after pass."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._to = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        port = self._listener.getsockname()[1]
+        self.url = parts._replace(
+            netloc=parts.netloc.replace(f":{self._to[1]}", f":{port}")
+        ).geturl()
+        self._silent: set[socket.socket] = set()
+        self._open: list[socket.socket] = []
+        self._done = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._done.is_set():
+            try:
+                near, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            far = socket.create_connection(self._to)
+            self._open += [near, far]
+            for a, b in ((near, far), (far, near)):
+                thread = threading.Thread(target=self._pump, args=(a, b, near), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, near: socket.socket) -> None:
+        src.settimeout(0.1)
+        while not self._done.is_set():
+            if near in self._silent:
+                time.sleep(0.05)
+                continue
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data or near in self._silent:
+                return  # data read from a silent link is dropped, as on the way
+            with contextlib.suppress(OSError):
+                dst.sendall(data)
+
+    def silence(self) -> None:
+        """Nothing passes on the connections open now, from now on."""
+        self._silent.update(s for s in self._open[::2])
+
+    def close(self) -> None:
+        self._done.set()
+        for thread in self._threads:
+            thread.join(5)
+        for sock in [self._listener, *self._open]:
+            sock.close()
+
+
+def test_a_hand_back_on_a_connection_gone_silent_goes_out_on_a_new_one_within_the_lease(
+    open_transport: OpenTransport, redis_url: str
+) -> None:
+    """A slot's connection, idle while its task ran, that went silent meanwhile (no RST:
+    a NAT's state lost, a vanished host) held the idle check's PING before the keeper's
+    hand-back for the connection's whole socket timeout (a block slice + 5 s: 6.7 s,
+    longer than the 5 s lease; before the check, the hand-back itself, which then
+    failed): the keeper, one thread for all the slots, renewed no lease meanwhile, and
+    every running task's lease lapsed. The PING now waits a second at most for its
+    answer, then the call goes out on a new connection. A settle likewise."""
+    relay = _Relay(redis_url)
+    try:
+        t = open_transport(lease=5.0, url=relay.url)
+        producer = t.producer(t.reply_queue("silent"))
+        producer.submit([b"long", b"next", b"other"])
+        consumer = t.consumer("c1")
+        _, *rest = consumer.fetch(3, timeout=1)
+        relay.silence()
+        time.sleep(1.2)  # the task runs
+        started = time.monotonic()
+        assert consumer.release(rest) == 2
+        assert time.monotonic() - started < 2.5
+        other = open_transport(lease=5.0).consumer("c2")
+        assert sorted(d.body for d in other.fetch(5, timeout=1)) == [b"next", b"other"]
+    finally:
+        relay.close()
+
+
+def test_a_close_after_a_long_task_hands_back_on_a_live_connection(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """A cold stop closes the consumer under a running batch, whose connection lay idle
+    while the task ran. On one Redis dropped meanwhile (its idle `timeout`, a restart, a
+    proxy's) the close failed (said at debug level only): the tasks it was to hand back
+    at once waited for their lease to lapse instead."""
+    t = open_transport(lease=30.0)
+    producer = t.producer(t.reply_queue("idle"))
+    producer.submit([b"long", b"next"])
+    consumer = t.consumer("c1")
+    consumer.fetch(2, timeout=1)
+    _idle_dropped(raw, consumer)
+    consumer.close()
+    other = t.consumer("c2")
+    assert sorted(d.body for d in other.fetch(5, timeout=0.5)) == [b"long", b"next"]

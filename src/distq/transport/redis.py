@@ -915,6 +915,7 @@ class RedisConsumer(Consumer):
         names = list(reply_to)
         if not names:
             return set()
+        self._w.check(IDLE_CHECK_SECONDS)  # asked mid-batch, the link idle while tasks ran
         with self._t.errors():
             flags = self._t.gone_script(self._w, self._keys, [*self._args, *names])
         return {name for name, flag in zip(names, flags, strict=True) if flag == 1}
@@ -1109,12 +1110,14 @@ class RedisConsumer(Consumer):
             return 0
         # RPUSH in reverse so the first delivery ends up at the tail: it runs next
         tags = tags_of(reversed(deliveries), bytes, "redis")
+        self._w.check(IDLE_CHECK_SECONDS)  # the keeper's hand-back: idle while tasks ran
         with self._t.errors():
             self._t.release_script(self._w, self._keys, [*self._args, *tags])
         self._forget(tags)
         return len(tags)
 
     def close(self) -> None:
+        self._w.check(IDLE_CHECK_SECONDS)  # a cold stop's, under a batch: idle while it ran
         try:
             self._t.close_script(self._w, self._keys, self._args)
         except RedisError as exc:  # the lease expires instead, so nothing is lost

@@ -12,7 +12,6 @@ What is sent, and why: :mod:`distq.transport.redis`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from collections.abc import Sequence
@@ -22,6 +21,10 @@ import redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 Arg = bytes | str | int | float
+
+#: How long :meth:`Wire.check`'s PING waits for its answer before it takes the connection
+#: for dead: well within a lease, so a silent one (no RST) holds no call for long.
+CHECK_ANSWER_SECONDS = 1.0
 
 
 class Commands(Protocol):
@@ -130,11 +133,28 @@ class Wire:
         restarted, its idle ``timeout``, a proxy's) is dropped, so that the next call,
         which carries results, goes out on a new one. A worker's keeper renews the leases
         on a connection of its own, so a slot's lies idle while its tasks run; its settle,
-        sent on a dead one, failed, and its results were lost (the tasks ran again)."""
+        sent on a dead one, failed, and its results were lost (the tasks ran again).
+        The answer is waited for :data:`CHECK_ANSWER_SECONDS` at most: a connection gone
+        silent (a NAT's state lost, a vanished host: no RST) held the PING for the whole
+        socket timeout (a block slice + 5 s, longer than the default lease)."""
         if self._conn is None or time.monotonic() - self._used < idle:
             return
-        with contextlib.suppress(RedisError, OSError):  # dropped: the next call connects
-            self.execute_command("PING")
+        conn = self._conn
+        try:
+            conn.send_command("PING")
+            if conn.can_read(timeout=CHECK_ANSWER_SECONDS):
+                conn.read_response()
+            else:
+                self._drop()  # silent: the next call connects
+        except ResponseError:
+            pass  # a whole reply was read: the connection is fine
+        except (RedisError, OSError):
+            self._drop()  # dropped: the next call connects
+        except BaseException:
+            self._drop()
+            raise
+        finally:
+            self._used = time.monotonic()
 
     def pipeline(
         self, commands: Sequence[Sequence[Arg]], replies: list[Any] | None = None

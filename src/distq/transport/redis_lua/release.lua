@@ -1,7 +1,7 @@
 -- A consumer script: KEYS and ARGV[1..3] as prelude.lua says.
 -- ARGV[4..] = bodies to hand back, each moved only if the in-flight list holds it. A few:
 -- one LREM each; most of the list (a keeper's hand-back of a large prefetch): one pass
--- that rebuilds it (prelude.lua's sift, as settle.lua and withdraw.lua use it).
+-- that rebuilds it (prelude.lua's sift, as settle.lua uses it).
 
 local held = redis.call('LLEN', KEYS[5])
 writable(KEYS[1], KEYS[4])

@@ -1,19 +1,43 @@
--- KEYS = ready, redelivered; ARGV = bodies. One 1/0 per body: removed from ready or not.
--- A few bodies: one LREM each; many: one pass that rebuilds the list, in order.
+-- KEYS = ready, redelivered; ARGV = bodies. One 1/0 per body: removed from ready or not
+-- (a body given twice is removed twice if queued twice), the newest (the head) first.
+-- A few bodies: one LREM each, a scan Redis runs itself (about 15 ms for a million tasks
+-- without the body). More: one read of the list from the head, a chunk at a time, that
+-- stops once every body is found; each is marked in place as it is found (LSET), then
+-- the marks go in one LREM, in this script, so no reader ever sees one. The other tasks
+-- stay as they were: the list was rebuilt instead (read whole into Lua, deleted, pushed
+-- again), and 9 bodies withdrawn of a million queued held Redis about 2 s.
 
+local FEW, CHUNK = 16, 1000
 local out = {}
 redis.call('SCARD', KEYS[2])  -- another type fails here, before a body is taken out
-if #ARGV <= 8 then
+if #ARGV <= FEW then
   for i = 1, #ARGV do
     out[i] = redis.call('LREM', KEYS[1], 1, ARGV[i])
     if out[i] > 0 then redis.call('SREM', KEYS[2], ARGV[i]) end
   end
   return out
 end
-local found, keep = sift(KEYS[1], ARGV, 1)
-if next(found) then
-  redis.call('DEL', KEYS[1])
-  push('RPUSH', KEYS[1], keep)
+local want, left, found, marked = {}, #ARGV, {}, 0
+for i = 1, #ARGV do want[ARGV[i]] = (want[ARGV[i]] or 0) + 1 end
+local t = redis.call('TIME')
+local mark = '\0distq withdrawn ' .. t[1] .. '.' .. t[2]  -- never a sealed task's bytes
+local at = 0
+while left > 0 do
+  local chunk = redis.call('LRANGE', KEYS[1], at, at + CHUNK - 1)
+  for j, body in ipairs(chunk) do
+    if (want[body] or 0) > 0 then
+      want[body], left = want[body] - 1, left - 1
+      found[body] = (found[body] or 0) + 1
+      redis.call('LSET', KEYS[1], at + j - 1, mark)
+      marked = marked + 1
+      if left == 0 then break end
+    end
+  end
+  if #chunk < CHUNK then break end
+  at = at + CHUNK
+end
+if marked > 0 then
+  redis.call('LREM', KEYS[1], marked, mark)
   local gone = {}
   for body, _ in pairs(found) do gone[#gone + 1] = body end
   push('SREM', KEYS[2], gone)
