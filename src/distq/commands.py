@@ -616,7 +616,17 @@ def _requeue_dead(
         unreadable += letter.unreadable
         return revive(letter)
 
-    moved = transport.requeue_dead(limit, counted) if limit is None or limit > 0 else 0
+    try:
+        moved = transport.requeue_dead(limit, counted) if limit is None or limit > 0 else 0
+    except TransportError as exc:  # cut off part-way: the error alone read as none moved
+        console.error(str(exc))
+        if "the rest stay dead letters" not in str(exc):  # else said, with a count (RabbitMQ)
+            console.error(
+                "any letters moved before that are on the task queue, the rest stay dead "
+                "letters (a letter leaves only once its task is enqueued): run "
+                "`distq requeue-dead` again to move them"
+            )
+        return EXIT_CONFIG if isinstance(exc, MessageRefused) else EXIT_UNREACHABLE
     say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
     # revived more than once only when another requeue-dead took a letter first: at most
     # as many as moved (none moved: another took them all, nothing to say)

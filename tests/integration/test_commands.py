@@ -7,6 +7,8 @@ as a running master would, and every command connects to it as a worker does.
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import re
@@ -26,9 +28,10 @@ import pytest
 
 import jobs
 from conftest import REPO, Target
-from distq import Executor, RemoteError
+from distq import Executor, RemoteError, commands
 from distq.codec import Codec
-from distq.config import Settings
+from distq.config import MESSAGE_BATCH, Settings
+from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task, new_id
 from distq.framing import pack
 from distq.transport import Settlement, Transport, open_transport
@@ -860,3 +863,37 @@ def test_dead_letters_on_rabbitmq_never_counts_messages_as_letters(
     assert "of the 2 messages of the dead-letter queue" in header, header
     requeued = distq(target, "requeue-dead")
     assert requeued.stdout.startswith("requeued 5 dead letters"), requeued.stdout
+
+
+def test_requeue_dead_cut_off_half_way_says_what_became_of_the_letters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Redis stopped after the first batch of letters moved: the command said only the
+    transport's error, nothing of the letters moved already nor of the rest."""
+    with LocalRedis(tmp_path) as server:
+        server.start()
+        settings = Settings(transport="redis", redis_url=server.url)
+        server.client().rpush(
+            f"distq:{settings.queue}:dead", *[b"raw %d" % n for n in range(MESSAGE_BATCH * 3 // 2)]
+        )
+        made = commands.reviver
+
+        def stopping(*args: Any, **kwargs: Any) -> Any:
+            revive, calls = made(*args, **kwargs), [0]
+
+            def revive_then_stop(letter: DeadLetter) -> bytes:
+                calls[0] += 1
+                if calls[0] == MESSAGE_BATCH + 100:  # in the second batch
+                    server.stop()
+                return revive(letter)
+
+            return revive_then_stop
+
+        monkeypatch.setattr(commands, "reviver", stopping)
+        err = io.StringIO()
+        args = argparse.Namespace(role="requeue-dead", limit=None)
+        assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+    said = err.getvalue()
+    assert "cannot reach Redis" in said or "Connection refused" in said, said
+    assert "any letters moved before that are on the task queue" in said, said
+    assert "the rest stay dead letters" in said, said
