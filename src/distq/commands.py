@@ -441,8 +441,10 @@ def _dead_letters(
         say_array(_letter_json(letter, codec) for letter in letters)
         return 0
     total = transport.stats().dead
-    # RabbitMQ counts messages, and a pack it dead-lettered whole is a letter per task
-    if len(letters) > total:
+    # RabbitMQ counts messages, and a pack it dead-lettered whole is a letter per task:
+    # where it dead-letters (no worker's letter), "1 of 2" could be 1 of 5 letters
+    by_broker = any(not letter.worker and not letter.unreadable for letter in letters)
+    if len(letters) > total or (by_broker and transport.name == "rabbitmq"):
         say(
             f"{len(letters)} dead letters in the oldest of the {total} messages of the "
             "dead-letter queue (a pack of tasks RabbitMQ dead-lettered whole is a letter per "
@@ -614,7 +616,17 @@ def _requeue_dead(
         unreadable += letter.unreadable
         return revive(letter)
 
-    moved = transport.requeue_dead(limit, counted) if limit is None or limit > 0 else 0
+    try:
+        moved = transport.requeue_dead(limit, counted) if limit is None or limit > 0 else 0
+    except TransportError as exc:  # cut off part-way: the error alone read as none moved
+        console.error(str(exc))
+        if "the rest stay dead letters" not in str(exc):  # else said, with a count (RabbitMQ)
+            console.error(
+                "any letters moved before that are on the task queue, the rest stay dead "
+                "letters (a letter leaves only once its task is enqueued): run "
+                "`distq requeue-dead` again to move them"
+            )
+        return EXIT_CONFIG if isinstance(exc, MessageRefused) else EXIT_UNREACHABLE
     say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
     # revived more than once only when another requeue-dead took a letter first: at most
     # as many as moved (none moved: another took them all, nothing to say)

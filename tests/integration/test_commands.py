@@ -7,6 +7,8 @@ as a running master would, and every command connects to it as a worker does.
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import re
@@ -26,11 +28,14 @@ import pytest
 
 import jobs
 from conftest import REPO, Target
-from distq import Executor, RemoteError
+from distq import Executor, RemoteError, commands
 from distq.codec import Codec
-from distq.config import Settings
-from distq.envelope import DeadLetter, Task, new_id
+from distq.config import MESSAGE_BATCH, Settings
+from distq.console import Console
+from distq.envelope import NO_REPLY, DeadLetter, Task, new_id
+from distq.framing import pack
 from distq.transport import Settlement, Transport, open_transport
+from distq.transport.rabbitmq_packs import TASKS_TYPE
 from launch import LocalRedis
 from procs import Distq
 from seam import fetch_n
@@ -822,3 +827,73 @@ def test_a_redis_database_the_server_does_not_have_exits_2(tmp_path: Path) -> No
 def distq_executor(target: Target) -> Executor:
     """An executor of the target's queue; on manager, a client of the hosted queues."""
     return Executor(target.settings, host=False)
+
+
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+def test_dead_letters_on_rabbitmq_never_counts_messages_as_letters(
+    target: Target, hosted: Transport
+) -> None:
+    """A pack of tasks RabbitMQ dead-lettered whole (a client's reject, a policy's TTL)
+    is one message and a letter per task: `dead-letters --limit 1` said "1 of 2 dead
+    letters" of the 5 that `requeue-dead` then moved."""
+    hosted.dead_letters()  # declares the queues
+    codec, queue = Codec(), target.settings.queue
+    bodies = [
+        codec.seal_task(Task(name="jobs:add", args=[n, n], kwargs={}, reply_to=NO_REPLY))
+        for n in range(5)
+    ]
+    with pika.BlockingConnection(pika.URLParameters(target.settings.amqp_url)) as connection:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish("", queue, bodies[0])
+        packed = pika.BasicProperties(type=TASKS_TYPE)  # as a master packs many tasks
+        channel.basic_publish("", queue, pack(bodies[1:]), properties=packed)
+        for _ in range(2):  # rejected by a client: the broker dead-letters each whole
+            method, _, _ = channel.basic_get(queue, auto_ack=False)
+            assert method is not None
+            channel.basic_reject(method.delivery_tag, requeue=False)
+    deadline = time.monotonic() + 10
+    while status(target)["dead"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status(target)["dead"] == 2  # messages: RabbitMQ counts no more
+    shown = distq(target, "dead-letters", "--limit", "1")
+    assert shown.returncode == 0, shown.stderr
+    header = shown.stdout.splitlines()[0]
+    assert "1 of 2 dead letters" not in header, header
+    assert "of the 2 messages of the dead-letter queue" in header, header
+    requeued = distq(target, "requeue-dead")
+    assert requeued.stdout.startswith("requeued 5 dead letters"), requeued.stdout
+
+
+def test_requeue_dead_cut_off_half_way_says_what_became_of_the_letters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Redis stopped after the first batch of letters moved: the command said only the
+    transport's error, nothing of the letters moved already nor of the rest."""
+    with LocalRedis(tmp_path) as server:
+        server.start()
+        settings = Settings(transport="redis", redis_url=server.url)
+        server.client().rpush(
+            f"distq:{settings.queue}:dead", *[b"raw %d" % n for n in range(MESSAGE_BATCH * 3 // 2)]
+        )
+        made = commands.reviver
+
+        def stopping(*args: Any, **kwargs: Any) -> Any:
+            revive, calls = made(*args, **kwargs), [0]
+
+            def revive_then_stop(letter: DeadLetter) -> bytes:
+                calls[0] += 1
+                if calls[0] == MESSAGE_BATCH + 100:  # in the second batch
+                    server.stop()
+                return revive(letter)
+
+            return revive_then_stop
+
+        monkeypatch.setattr(commands, "reviver", stopping)
+        err = io.StringIO()
+        args = argparse.Namespace(role="requeue-dead", limit=None)
+        assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+    said = err.getvalue()
+    assert "cannot reach Redis" in said or "Connection refused" in said, said
+    assert "any letters moved before that are on the task queue" in said, said
+    assert "the rest stay dead letters" in said, said

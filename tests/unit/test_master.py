@@ -529,3 +529,17 @@ def test_a_broker_that_keeps_refusing_the_job_is_retried_with_growing_backoff(
     assert out.count("reconnecting") == 1, out
     # delays of 0.1, 0.2, 0.4, 0.8, 1.6 s within the 3 s: the first send and 5 again
     assert len(sent) <= 8, len(sent)
+
+
+def test_a_huge_wrong_value_is_cut_in_the_problems_as_an_error_is(transport: Transport) -> None:
+    """A worker whose ``square`` returned 900 KB (under the 1 MiB message limit) made a
+    900 KB problem line, printed and kept: 2,000 of them held by a --rate master were
+    1.8 GB. An error's message is cut to 4,000 characters by its worker; a wrong value
+    now is too, by the master."""
+    out, report = run(transport, JobSpec(tasks=2, timeout=20), lambda t: [result(t, "x" * 900_000)])
+    assert report.incorrect == 2 and len(report.problems) == 2
+    for problem in report.problems:
+        assert len(problem) < 4_200, len(problem)
+        assert problem.startswith("wrong result for square(") and "'xxxx" in problem
+        assert problem.endswith("... (896,002 characters cut)"), problem[-60:]
+    assert len(out) < 50_000
