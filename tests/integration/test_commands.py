@@ -895,5 +895,5 @@ def test_requeue_dead_cut_off_half_way_says_what_became_of_the_letters(
         assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
     said = err.getvalue()
     assert "cannot reach Redis" in said or "Connection refused" in said, said
-    assert "any letters moved before that are on the task queue" in said, said
+    assert f"; {MESSAGE_BATCH} dead letters were requeued before that" in said, said
     assert "the rest stay dead letters" in said, said

@@ -574,8 +574,21 @@ class RedisTransport(Transport):
         return [DeadLetter.read(body, self.settings.queue) for body in bodies]
 
     def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
+        moved = [0]
+        try:
+            self._requeue_dead(self.dead_there(limit), revive, moved)
+        except TransportError as exc:  # cut off part-way: say how many moved, as RabbitMQ
+            if type(exc) not in (TransportError, ConnectionFailed):
+                raise  # a refusal (credentials, a certificate): its own type and exit code
+            raise type(exc)(
+                f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued before "
+                "that, the rest stay dead letters"
+            ) from exc
+        return moved[0]
+
+    def _requeue_dead(self, limit: int, revive: Revive, done: list[int]) -> None:
+        """Move up to ``limit`` letters, a batch at a time; ``done[0]``: how many moved."""
         moved = 0
-        limit = self.dead_there(limit)
         while moved < limit:
             with self.errors():
                 letters: list[bytes] = self.client.lrange(
@@ -591,7 +604,7 @@ class RedisTransport(Transport):
                     self.requeue_dead_script(self.client, [self.dead_key, self.ready_key], pairs)
                 )
             moved += count  # fewer than asked: another caller took some; read again
-        return moved
+            done[0] = moved
 
     def forget_orphans(self, reply_to: str) -> int:
         """Reads the dead letters from the newest, a chunk at a time, each chunk about
