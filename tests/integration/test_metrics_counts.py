@@ -118,24 +118,32 @@ def test_worker_counters_count_what_the_job_did(target: Target, tmp_path: Path) 
             worker.stop()
 
 
-def test_a_task_redelivered_after_a_sigkilled_worker_is_counted_once(target: Target) -> None:
+@pytest.mark.parametrize("held", [1, 3])
+def test_tasks_redelivered_after_a_sigkilled_worker_are_counted_once(
+    target: Target, held: int
+) -> None:
     port = free_port()
     env = target.process_env(DISTQ_METRICS_HOST="127.0.0.1", DISTQ_METRICS_PORT=str(port))
     argv = ["worker", "--tasks", "jobs", "--prefetch", "1", "--connect-timeout", "30"]
     with distq.Executor(target.settings) as ex:
-        doomed = Distq(argv, target.process_env())
+        doomed = Distq([*argv, "--concurrency", str(held)], target.process_env())
         survivor: Distq | None = None
         try:
-            future = ex.submit(jobs.sleep_then, 3.0, "done")
-            doomed.wait_for(r"sleep_then", timeout=30)
+            futures = [ex.submit(jobs.sleep_then, 3.0, n) for n in range(held)]
+            deadline = time.monotonic() + 30
+            while doomed.output().count("sleep_then[") < held and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert doomed.output().count("sleep_then[") == held, doomed.output()
             time.sleep(0.5)
             doomed.signal(signal.SIGKILL)
             doomed.wait(10)
-            survivor = Distq(argv, env)
-            assert future.result(60) == "done"
-            eventually_equal("ok", lambda: value(port, "distq_worker_tasks_total", outcome="ok"), 1)
-            assert value(port, "distq_worker_redeliveries_total") == 1
-            assert value(port, "distq_worker_tasks_total") == 1
+            survivor = Distq([*argv, "--concurrency", str(held)], env)
+            assert [f.result(60) for f in futures] == list(range(held))
+            eventually_equal(
+                "ok", lambda: value(port, "distq_worker_tasks_total", outcome="ok"), held
+            )
+            assert value(port, "distq_worker_redeliveries_total") == held
+            assert value(port, "distq_worker_tasks_total") == held
         finally:
             doomed.stop()
             if survivor is not None:
