@@ -51,6 +51,10 @@ BUCKETS = (
     1800.0,
     3600.0,
 )
+#: A task's run time: :data:`BUCKETS` from 10 µs. A fast task runs in tens of µs (the
+#: README's square in 13): all in the 0.5 ms bucket, its p50 read 0.25 ms and its p99
+#: 0.495 ms on the dashboard, 20 to 40 times the run, however long it took.
+RUN_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, *BUCKETS)
 BASE = ("transport", "queue")
 UNREGISTERED = "(unregistered)"  # a task name this worker does not know
 UNKNOWN = "(unknown)"  # the message was not decoded, so it has no name
@@ -192,7 +196,7 @@ class WorkerMetrics:
             "distq_worker_task_duration_seconds",
             "Time spent running one task's function, by task name.",
             [*BASE, "task"],
-            BUCKETS,
+            RUN_BUCKETS,
             self.lock,
             self.registry,
         )

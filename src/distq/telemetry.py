@@ -95,16 +95,23 @@ def _one_name(endings: Sequence[Ending]) -> Columns | None:
     return names.pop(), outcomes, tasks, starts, durations
 
 
-def label_of(task: Task, known: frozenset[str]) -> str:
-    """The ``task`` label of ``task``'s metrics: its name if this worker registered it,
-    else ``(unregistered)``; a chunk (``Executor.map(chunksize=N)``) counts under the
-    function it calls, once per chunk (as ``distq:chunk``, no alert or panel could say
-    which function failed or slowed)."""
+def called(task: Task) -> str:
+    """``task``'s name, or for a chunk (``Executor.map(chunksize=N)``) the function it
+    calls: as ``distq:chunk``, no alert, panel or log line could say which function failed
+    or slowed."""
     name = task.name
     if name == CHUNK_TASK:
         args = task.args
         if len(args) == 2 and isinstance(args[0], str) and args[0] != CHUNK_TASK:
             name = args[0]
+    return name
+
+
+def label_of(task: Task, known: frozenset[str]) -> str:
+    """The ``task`` label of ``task``'s metrics: its name (:func:`called`: a chunk counts
+    under the function it calls, once per chunk) if this worker registered it, else
+    ``(unregistered)``."""
+    name = called(task)
     return name if name in known else UNREGISTERED
 
 
@@ -244,6 +251,9 @@ class WorkerTelemetry:
                 lines.append(line)
                 continue
             wait = ending.started_at - task.created_at
+            name = task.name
+            if name == CHUNK_TASK:  # its function's, as its metrics and alerts name it
+                name = called(task)
             line = TaskSettled(
                 at,
                 level,
@@ -252,7 +262,7 @@ class WorkerTelemetry:
                 "task settled",
                 outcome,
                 task.id,
-                task.name,
+                name,
                 task.attempt,
                 micros(wait) if 0 < wait <= LONGEST_WAIT else 0.0,  # as the metric counts it
                 micros(ending.duration),

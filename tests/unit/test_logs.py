@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import REPO
+from distq.chunks import CHUNK_TASK
 from distq.console import Console
 from distq.credentials import mask_url
 from distq.ending import Ending, Outcome
@@ -254,6 +255,25 @@ def test_events_of_a_batch_are_one_object_per_line_in_order_whatever_they_hold()
     assert all(line["role"] == "worker" and line["worker"] == "w1" for line in lines)
     assert [line["event"] for line in lines] == ["task settled"] * 4 + ["tasks released"]
     assert lines[0]["duration"] == 0.000002  # to the microsecond, half up
+
+
+def test_a_chunks_settled_line_names_the_function_it_calls_as_its_metrics_do() -> None:
+    """DistqTaskErrorRatioHigh names the task a chunk calls (its metrics count it under
+    that function), and its runbook sends the operator to the JSON lines for that task's
+    errors: they said "task": "distq:chunk", for every function mapped in chunks, so
+    none of them named the task the alert did."""
+    out = io.StringIO()
+    worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))
+    chunk = Task(name=CHUNK_TASK, args=["mod:resize", [[1], [2]]], reply_to="r")
+    odd = Task(name=CHUNK_TASK, args=[7], reply_to="r")  # arguments naming no function
+    endings = [
+        Ending(Settlement(Delivery(b"", n)), "retried", task, task.created_at, 0.001)
+        for n, task in enumerate([chunk, odd])
+    ]
+    worker.settled(endings)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["task"] for line in lines] == ["mod:resize", CHUNK_TASK]
+    assert [line["task_id"] for line in lines] == [chunk.id, odd.id]
 
 
 def test_a_settled_lines_queue_wait_is_the_one_the_metric_counts() -> None:
