@@ -48,7 +48,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, get_args
+from typing import Any, NoReturn, get_args
 
 import msgspec
 
@@ -208,6 +208,7 @@ class Worker:
         slots = [Slot(i) for i in range(self.options.concurrency)]
         done = threading.Event()
         previous = self._install_signal_handlers()
+        _exits_fail_while_running(True)
         switching = sys.getswitchinterval()
         if self.options.concurrency > 1:  # slots running Python code: see KEEPER_SWITCH
             sys.setswitchinterval(min(switching, KEEPER_SWITCH))
@@ -218,6 +219,7 @@ class Worker:
             self._stop_cold(slots)
         finally:
             done.set()  # the keeper ends
+            _exits_fail_while_running(False)
             sys.setswitchinterval(switching)
             self._restore_signal_handlers(previous)
         snap = self.health.snapshot()
@@ -812,3 +814,33 @@ def _threads_it_starts_are_not_daemons() -> None:
     exit, which took its daemon flag when it started, still does not wait for it."""
     thread: Any = threading.current_thread()
     thread._daemonic = False
+
+
+#: ``os._exit`` as Python has it, which :func:`_exit_in_a_running_worker` calls.
+_os_exit = os._exit
+#: Workers running in this process, and its pid then (a forked child's is another).
+_running: list[int] = []
+_running_lock = threading.Lock()
+
+
+def _exit_in_a_running_worker(status: int) -> NoReturn:
+    """``os._exit`` while a worker runs in this process: only a task calls it then (distq
+    never does), and ends the process with its tasks in hand. ``os._exit(0)`` exited 0,
+    which a supervisor (a Kubernetes Job, ``restart: on-failure``) took for a clean stop:
+    in the worker's own process it exits 1 instead (a forked child's exit is its own)."""
+    if status == 0 and os.getpid() in _running:
+        status = 1
+    _os_exit(status)
+
+
+def _exits_fail_while_running(running: bool) -> None:
+    """Put :func:`_exit_in_a_running_worker` in ``os._exit``'s place while a worker runs
+    (``running``), and Python's back once none does (unless someone replaced it since)."""
+    with _running_lock:
+        if running:
+            _running.append(os.getpid())
+            os._exit = _exit_in_a_running_worker
+        else:
+            _running.remove(os.getpid())
+            if not _running and os._exit is _exit_in_a_running_worker:
+                os._exit = _os_exit

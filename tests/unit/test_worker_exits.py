@@ -1,0 +1,24 @@
+"""``os._exit`` while a worker runs (:func:`distq.worker._exits_fail_while_running`)."""
+
+from __future__ import annotations
+
+import os
+
+from distq import worker
+
+
+def test_a_forked_childs_exit_is_its_own_while_a_worker_runs() -> None:
+    """Only the worker's own process exits 1 for ``os._exit(0)``: a child a task forks
+    (``multiprocessing`` ends each with ``os._exit``) still exits 0."""
+    real = os._exit
+    worker._exits_fail_while_running(True)
+    try:
+        assert os._exit is not real
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        worker._exits_fail_while_running(False)
+    assert os._exit is real
