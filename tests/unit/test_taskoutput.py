@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -135,3 +136,39 @@ def test_a_stream_full_for_now_is_not_taken_for_one_whose_reader_has_gone(
     console.info("first")  # EAGAIN: this line only
     console.info("second")
     assert pointed == [] and stream.getvalue() == "second\n"
+
+
+def test_a_forked_child_prints_only_its_own_text(tmp_path: Path) -> None:
+    """A process a task forks inherits the worker's streams and the text they held
+    without a line end: another slot's, and its own task's. The child's first line
+    wrote them too (another slot's from a thread that is no more in the child), and the
+    worker wrote them again: each such text twice, glued to the child's line."""
+    path = tmp_path / "out.txt"
+    with path.open("w", buffering=1) as stream:
+        lines = WholeLines(stream)
+        held, forked = threading.Event(), threading.Event()
+
+        def other_slot() -> None:
+            lines.write("other slot's ")
+            held.set()
+            forked.wait(10)
+            lines.write("line\n")
+
+        other = threading.Thread(target=other_slot)
+        other.start()
+        held.wait(10)
+        lines.write("task's ")
+        pid = os.fork()
+        if pid == 0:  # the child: print a line and end
+            try:
+                print("child's line", file=lines)
+                lines.flush()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        forked.set()
+        other.join(10)
+        lines.write("line\n")
+        lines.flush_all()
+    text = path.read_text()
+    assert sorted(text.splitlines()) == ["child's line", "other slot's line", "task's line"], text
