@@ -52,7 +52,8 @@ class WholeLines:
     the next write of any thread) or for :meth:`flush_all` at the worker's exit. A stream
     whose reader has gone (``distq worker | head -1``, a log shipper that died) raised
     ``BrokenPipeError`` in each task that printed, which failed it for good: now it
-    points at /dev/null, as distq's own lines do (:func:`distq.console.to_devnull`).
+    points at /dev/null, as distq's own lines do (:func:`distq.console.to_devnull`). A
+    stream a task closed takes text without raising too.
     """
 
     MOST_HELD = 65536
@@ -115,6 +116,9 @@ class WholeLines:
             raise
         except OSError:  # a closed pipe, a full disk: the task's output goes nowhere
             to_devnull(self.stream)
+        except ValueError:  # closed (a task's own TextIOWrapper of its buffer, collected)
+            if not getattr(self.stream, "closed", False):
+                raise
 
     def __getattr__(self, name: str) -> Any:  # encoding, fileno(), isatty(), buffer, ...
         return getattr(self.stream, name)

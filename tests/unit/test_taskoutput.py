@@ -172,3 +172,23 @@ def test_a_forked_child_prints_only_its_own_text(tmp_path: Path) -> None:
         lines.flush_all()
     text = path.read_text()
     assert sorted(text.splitlines()) == ["child's line", "other slot's line", "task's line"], text
+
+
+def test_a_stream_a_task_closed_fails_no_other_task(tmp_path: Path) -> None:
+    """A task that wraps stdout's buffer for text of its own
+    (``io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8")``) closes that buffer when
+    its wrapper is collected: each later ``print()`` of every task raised ``ValueError:
+    I/O operation on closed file``, which failed it for good (distq's own lines go on
+    without that stream, and a task's print() to a stream whose reader has gone goes
+    nowhere)."""
+    with (tmp_path / "out.txt").open("wb") as raw:
+        stream = io.TextIOWrapper(raw, encoding="utf-8", line_buffering=True)
+        lines = WholeLines(stream)
+        own = io.TextIOWrapper(lines.buffer, encoding="utf-8")
+        own.write("the task's own text\n")
+        del own  # collected: it closes the buffer it wrapped
+        assert stream.closed
+        print("another task's line", file=lines)
+        lines.write("held")
+        lines.flush()
+        lines.flush_all()
