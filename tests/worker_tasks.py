@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import time
 from pathlib import Path
 
 
@@ -14,3 +17,25 @@ def exit_once(code: int, marker: str) -> str:
     except FileExistsError:
         return "ran"
     os._exit(code)
+
+
+def fork_and_end(how: str) -> object:
+    """Forks a child that ends by ``how`` (``exit``: ``sys.exit(3)``, ``raise``: an
+    exception, ``return``: it returns) and returns the child's exit code, or says that
+    the child ran on past that (it is killed then)."""
+    pid = os.fork()
+    if pid == 0:
+        if how == "exit":
+            sys.exit(3)
+        if how == "raise":
+            raise RuntimeError("the child fails")
+        return "the child's value"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "the child ran on"
