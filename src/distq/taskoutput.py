@@ -10,8 +10,10 @@ whose reader has gone fails no task.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
@@ -50,7 +52,8 @@ class WholeLines:
     the next write of any thread) or for :meth:`flush_all` at the worker's exit. A stream
     whose reader has gone (``distq worker | head -1``, a log shipper that died) raised
     ``BrokenPipeError`` in each task that printed, which failed it for good: now it
-    points at /dev/null, as distq's own lines do (:func:`distq.console.to_devnull`).
+    points at /dev/null, as distq's own lines do (:func:`distq.console.to_devnull`). A
+    stream a task closed takes text without raising too.
     """
 
     MOST_HELD = 65536
@@ -61,6 +64,7 @@ class WholeLines:
         # so no lock (one let a finalizer that printed, run by a collection inside it,
         # wait for good on the lock its own thread held: every slot hung)
         self._held: dict[threading.Thread, str] = {}
+        _streams.add(self)
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # as a text stream says it
@@ -112,6 +116,25 @@ class WholeLines:
             raise
         except OSError:  # a closed pipe, a full disk: the task's output goes nowhere
             to_devnull(self.stream)
+        except ValueError:  # closed (a task's own TextIOWrapper of its buffer, collected)
+            if not getattr(self.stream, "closed", False):
+                raise
 
     def __getattr__(self, name: str) -> Any:  # encoding, fileno(), isatty(), buffer, ...
         return getattr(self.stream, name)
+
+
+#: Every :class:`WholeLines`, for :func:`_held_text_stays_with_the_parent`.
+_streams: weakref.WeakSet[WholeLines] = weakref.WeakSet()
+
+
+def _held_text_stays_with_the_parent() -> None:
+    """A process a task forks inherits the text the streams held without a line end, the
+    worker's to write: the child's first line wrote it too (another slot's, and the
+    forking task's), so each such text reached the stream twice. The child starts with
+    none."""
+    for stream in list(_streams):
+        stream._held.clear()
+
+
+os.register_at_fork(after_in_child=_held_text_stays_with_the_parent)

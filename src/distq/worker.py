@@ -45,10 +45,11 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, get_args
+from typing import Any, NoReturn, get_args
 
 import msgspec
 
@@ -208,6 +209,7 @@ class Worker:
         slots = [Slot(i) for i in range(self.options.concurrency)]
         done = threading.Event()
         previous = self._install_signal_handlers()
+        _exits_fail_while_running(self, True)
         switching = sys.getswitchinterval()
         if self.options.concurrency > 1:  # slots running Python code: see KEEPER_SWITCH
             sys.setswitchinterval(min(switching, KEEPER_SWITCH))
@@ -218,6 +220,7 @@ class Worker:
             self._stop_cold(slots)
         finally:
             done.set()  # the keeper ends
+            _exits_fail_while_running(self, False)
             sys.setswitchinterval(switching)
             self._restore_signal_handlers(previous)
         snap = self.health.snapshot()
@@ -812,3 +815,80 @@ def _threads_it_starts_are_not_daemons() -> None:
     exit, which took its daemon flag when it started, still does not wait for it."""
     thread: Any = threading.current_thread()
     thread._daemonic = False
+
+
+#: ``os._exit`` as Python has it, which :func:`_exit_in_a_running_worker` calls.
+_os_exit = os._exit
+#: Workers running in this process, each with its pid then (a forked child's is another).
+_running: list[tuple[int, Worker]] = []
+_running_lock = threading.Lock()
+
+
+def _exit_in_a_running_worker(status: int) -> NoReturn:
+    """``os._exit`` while a worker runs in this process: only a task calls it then (distq
+    never does), and ends the process with its tasks in hand. ``os._exit(0)`` exited 0,
+    which a supervisor (a Kubernetes Job, ``restart: on-failure``) took for a clean stop:
+    in the worker's own process it exits 1 instead (a forked child's exit is its own)."""
+    if status == 0 and any(pid == os.getpid() for pid, _ in _running):
+        status = 1
+    _os_exit(status)
+
+
+def _exits_fail_while_running(worker: Worker, running: bool) -> None:
+    """Put :func:`_exit_in_a_running_worker` in ``os._exit``'s place while ``worker`` runs
+    (``running``), and Python's back once none does (unless someone replaced it since)."""
+    with _running_lock:
+        if running:
+            _running.append((os.getpid(), worker))
+            os._exit = _exit_in_a_running_worker
+        else:
+            _running.remove((os.getpid(), worker))
+            if not _running and os._exit is _exit_in_a_running_worker:
+                os._exit = _os_exit
+
+
+class _ForkedChildEndings(Endings):
+    """The endings of a process a task forked, which came back out of the task: a
+    ``sys.exit()`` there (or a return, an exception) was the task's ending, and the child
+    went on as a worker slot of its own: it settled, fetched and ran tasks on connections
+    it shares with the worker. It ends there instead, as a child that raised the same out
+    of its script would (its stdout and stderr flushed, ``atexit`` not run, as
+    ``multiprocessing`` ends a child)."""
+
+    def ok(self, *args: Any, **kwargs: Any) -> Ending:
+        _end_forked_child(0)
+
+    def failed(
+        self, delivery: Delivery, task: Any, error: BaseException, *args: Any, **kwargs: Any
+    ) -> Ending:
+        if isinstance(error, SystemExit):
+            code = error.code
+            if code is None or isinstance(code, int):
+                _end_forked_child(code or 0)
+            with contextlib.suppress(Exception):
+                print(code, file=sys.stderr)
+        else:
+            with contextlib.suppress(Exception):
+                traceback.print_exception(error)
+        _end_forked_child(1)
+
+    def unhandled(self, *args: Any, **kwargs: Any) -> Ending:
+        _end_forked_child(1)
+
+
+def _end_forked_child(status: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    _os_exit(status)
+
+
+def _forked_children_leave_the_tasks_they_come_back_from() -> None:
+    """In a process a task forks, the worker's endings end it instead
+    (:class:`_ForkedChildEndings`)."""
+    for _, worker in _running:
+        endings = worker.runner.endings
+        worker.runner.endings = _ForkedChildEndings(endings.worker_id, endings.queue, endings.codec)
+
+
+os.register_at_fork(after_in_child=_forked_children_leave_the_tasks_they_come_back_from)

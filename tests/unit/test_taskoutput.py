@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -135,3 +136,59 @@ def test_a_stream_full_for_now_is_not_taken_for_one_whose_reader_has_gone(
     console.info("first")  # EAGAIN: this line only
     console.info("second")
     assert pointed == [] and stream.getvalue() == "second\n"
+
+
+def test_a_forked_child_prints_only_its_own_text(tmp_path: Path) -> None:
+    """A process a task forks inherits the worker's streams and the text they held
+    without a line end: another slot's, and its own task's. The child's first line
+    wrote them too (another slot's from a thread that is no more in the child), and the
+    worker wrote them again: each such text twice, glued to the child's line."""
+    path = tmp_path / "out.txt"
+    with path.open("w", buffering=1) as stream:
+        lines = WholeLines(stream)
+        held, forked = threading.Event(), threading.Event()
+
+        def other_slot() -> None:
+            lines.write("other slot's ")
+            held.set()
+            forked.wait(10)
+            lines.write("line\n")
+
+        other = threading.Thread(target=other_slot)
+        other.start()
+        held.wait(10)
+        lines.write("task's ")
+        pid = os.fork()
+        if pid == 0:  # the child: print a line and end
+            try:
+                print("child's line", file=lines)
+                lines.flush()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        forked.set()
+        other.join(10)
+        lines.write("line\n")
+        lines.flush_all()
+    text = path.read_text()
+    assert sorted(text.splitlines()) == ["child's line", "other slot's line", "task's line"], text
+
+
+def test_a_stream_a_task_closed_fails_no_other_task(tmp_path: Path) -> None:
+    """A task that wraps stdout's buffer for text of its own
+    (``io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8")``) closes that buffer when
+    its wrapper is collected: each later ``print()`` of every task raised ``ValueError:
+    I/O operation on closed file``, which failed it for good (distq's own lines go on
+    without that stream, and a task's print() to a stream whose reader has gone goes
+    nowhere)."""
+    with (tmp_path / "out.txt").open("wb") as raw:
+        stream = io.TextIOWrapper(raw, encoding="utf-8", line_buffering=True)
+        lines = WholeLines(stream)
+        own = io.TextIOWrapper(lines.buffer, encoding="utf-8")
+        own.write("the task's own text\n")
+        del own  # collected: it closes the buffer it wrapped
+        assert stream.closed
+        print("another task's line", file=lines)
+        lines.write("held")
+        lines.flush()
+        lines.flush_all()

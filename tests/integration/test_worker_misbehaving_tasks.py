@@ -1,0 +1,76 @@
+"""Tasks that misbehave in ways the README names: the worker's exit code and output say
+so, and no task is lost."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from conftest import Target
+from distq.console import Console
+from distq.envelope import Task
+from distq.tasks import Registry
+from distq.transport import Transport
+from distq.worker import Worker, WorkerOptions
+from procs import Distq
+from seam import results_of
+from worker_tasks import fork_and_end
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_task_that_calls_os_exit_0_ends_its_worker_with_a_failing_exit_code(
+    target: Target, hosted: Transport, tmp_path: Path
+) -> None:
+    """``os._exit(0)`` in a task ended the worker's process with exit code 0, which a
+    supervisor (a Kubernetes Job, ``restart: on-failure``, systemd's ``on-failure``)
+    takes for a clean stop: no restart, the job counted done. Its tasks go back with
+    their leases, and the next worker runs them."""
+    producer = hosted.producer(hosted.reply_queue("exits"))
+    marker = str(tmp_path / "exited")
+    tasks = [
+        Task(name="worker_tasks:exit_once", args=[0, marker], reply_to=producer.reply_to),
+        Task(name="square", args=[3], reply_to=producer.reply_to),
+    ]
+    producer.submit([t.encode() for t in tasks])
+    env = target.process_env()
+    args = ["worker", "--task", "worker_tasks:exit_once", "--exit-when-idle", "2"]
+    first = Distq(args, env)
+    try:
+        code = first.wait(30)
+        assert Path(marker).exists(), first.output()
+        assert code != 0, first.output()
+    finally:
+        first.stop(grace=0)
+    second = Distq(args, env)
+    try:
+        results = {r.task_id: r for r in results_of(producer, 2, within=30)}
+        assert second.wait(30) == 0, second.output()
+    finally:
+        second.stop(grace=0)
+    assert [results[t.id].value for t in tasks if t.id in results] == ["ran", 9]
+    producer.close()
+
+
+@pytest.mark.parametrize(("how", "code"), [("exit", 3), ("raise", 1), ("return", 0)])
+def test_a_child_a_task_forks_ends_where_it_comes_back_out_of_the_task(
+    transport: Transport, how: str, code: int
+) -> None:
+    """A forked child that calls ``sys.exit()`` (or raises, or returns) comes back out of
+    the task into the worker's slot: it took that for the task's ending and went on as
+    a worker of its own, on the worker's connections (the child ran on until killed).
+    It ends there, with the exit code Python gives a script that ends so."""
+    producer = transport.producer("fork.results")
+    registry = Registry()
+    registry.register("fork_and_end", fork_and_end)
+    task = Task(name="fork_and_end", args=[how], reply_to=producer.reply_to, max_attempts=1)
+    producer.submit([task.encode()])
+    out = io.StringIO()
+    options = WorkerOptions(worker_id="w", heartbeat_interval=0.3, exit_when_idle=1.0)
+    assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+    results = results_of(producer, 2, within=2)
+    said = out.getvalue()
+    assert [(r.status, r.value) for r in results] == [("ok", code)], said
+    producer.close()
