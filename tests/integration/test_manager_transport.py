@@ -216,6 +216,26 @@ def test_a_master_stopping_under_a_waiting_fetch_reads_as_closed() -> None:
         remote.close()
 
 
+def test_a_closed_master_serves_no_request_of_a_connected_worker() -> None:
+    # a connection being served when the master closed took one more request: a worker's
+    # next fetch leased it a task of the master that had left, and ran it for nobody
+    settings = _settings("closing")
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    consumer = remote.consumer("c1")
+    try:
+        assert consumer.fetch(5, 0.1) == []  # connected, and idle
+        hosted.producer(hosted.reply_queue("gone")).submit([b"t1", b"t2"])
+        hosted.close()
+        got: list[Any] = []
+        with pytest.raises(TransportError, match="closed the connection"):
+            for _ in range(3):
+                got += consumer.fetch(5, 0.1)
+        assert got == []
+    finally:
+        remote.close()
+
+
 def _env(settings: Settings) -> dict[str, str]:
     """The environment of a distq subprocess on ``settings``' master."""
     assert settings.authkey is not None

@@ -253,9 +253,10 @@ class ManagerTransport(Transport):
                 )
             return
         wire.serving(conn)
+        conn.recv = _served_until(server.stop_event, conn.recv)  # type: ignore[method-assign]
         try:
             msg: tuple[str, Any] = ("#RETURN", getattr(server, name)(conn, *args, **kwds))
-        except SystemExit:  # serve_client()'s end on EOF: the peer closed
+        except SystemExit:  # serve_client()'s end on EOF: the peer closed, or we stopped
             conn.close()
             return
         except Exception:
@@ -450,6 +451,21 @@ class ManagerTransport(Transport):
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             pass  # the handshake fails, and the thread sees it is to stop
         self._acceptor.join(timeout=1)
+
+
+def _served_until(stopped: threading.Event, recv: Callable[[], Any]) -> Callable[[], Any]:
+    """``recv``, ending the connection (``EOFError``, as a peer's close would) with a
+    request that comes once ``stopped`` is set: ``serve_client`` looks at it only before
+    it waits for the next request, so a connection idle when the master closed served
+    one more (a worker's fetch leased it a task of the master that had left)."""
+
+    def served() -> Any:
+        request = recv()
+        if stopped.is_set():
+            raise EOFError("the master stopped")
+        return request
+
+    return served
 
 
 def _listen_error(exc: OSError) -> str:
