@@ -236,6 +236,42 @@ def test_a_closed_master_serves_no_request_of_a_connected_worker() -> None:
         remote.close()
 
 
+def test_a_settle_after_its_master_stopped_reads_as_closed_not_as_done() -> None:
+    # the stopping master ended a connection with one stray reply (None), which the next
+    # call read as its own: a settle took it for done, its results never published
+    settings = _settings("settling")
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    consumer = remote.consumer("c1")
+    try:
+        producer = hosted.producer(hosted.reply_queue("job"))
+        producer.submit([b"t1"])
+        (delivery,) = consumer.fetch(1, 1.0)
+        threading.Timer(0.2, hosted.close).start()
+        assert consumer.fetch(5, 0.6) == []  # waiting when the master stopped: answered
+        with pytest.raises(TransportError, match="closed the connection"):
+            consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r")])
+    finally:
+        remote.close()
+
+
+def test_a_submit_after_its_master_stopped_reads_as_closed_not_as_queued() -> None:
+    # the stray reply answered a remote producer's next put: `distq submit` printed the
+    # id of a task never queued
+    settings = _settings("submitting")
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    producer = remote.producer(remote.reply_queue("job"))
+    try:
+        threading.Timer(0.2, hosted.close).start()
+        assert producer.results(5, 0.6) == []  # waiting when the master stopped: answered
+        with pytest.raises(TransportError, match="closed the connection"):
+            producer.submit([b"t1"])
+    finally:
+        producer.close()
+        remote.close()
+
+
 def _env(settings: Settings) -> dict[str, str]:
     """The environment of a distq subprocess on ``settings``' master."""
     assert settings.authkey is not None

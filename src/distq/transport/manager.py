@@ -261,8 +261,13 @@ class ManagerTransport(Transport):
             return
         except Exception:
             msg = ("#TRACEBACK", traceback.format_exc())
+        if name == "accept_connection":  # serve_client() returned: the master stopped
+            # no reply: the peer's next call would take this stray one for its own (a
+            # settle read it as done); the close tells it the master stopped
+            conn.close()
+            return
         try:
-            conn.send(msg)  # serve_client() returns when the master stops: its last reply
+            conn.send(msg)
         except Exception:  # the peer is gone: nothing to tell it
             pass
         finally:
@@ -669,8 +674,9 @@ class ManagerConsumer(Consumer):
     def settle(self, settlements: Sequence[Settlement]) -> None:
         self.late = frozenset()
         late = _call(self._address, self._broker.settle, self._queue, self._id, _wire(settlements))
-        if late:  # None: a master that is stopping ended the connection (see _call_list)
-            self.late = frozenset(late)
+        if late is None:  # a master that is stopping ended the connection (see _call_list)
+            raise _closed(self._address)
+        self.late = frozenset(late)
 
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
