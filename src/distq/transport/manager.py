@@ -99,6 +99,9 @@ log = logging.getLogger(__name__)
 _HANDSHAKES_AT_ONCE = 256
 #: A handshake unfinished this long is a silent peer's more likely than a worker's.
 _SILENT_SECONDS = 2.0
+#: The shortest a worker's keeper waits for the master to answer its renewal, however
+#: short the lease (a third of it): a master busy a moment is not a connection gone.
+_KEEPER_WAIT_MIN = 1.0
 #: Seconds between two log lines about the same accept problem.
 _LOG_EVERY = 60.0
 
@@ -354,12 +357,29 @@ class ManagerTransport(Transport):
             return
         if self._keeper is None:
             self._keeper = self._endpoint()
+        # a reply within a third of the lease, else the renewal goes out again on a new
+        # connection: one gone silent (no RST: a NAT's state lost) held it REPLY_TIMEOUT,
+        # and every running task's lease lapsed meanwhile (each ran again elsewhere). The
+        # keeper thread's hand-backs share its connection: their bound is left as it was
+        within = min(wire.REPLY_TIMEOUT, max(_KEEPER_WAIT_MIN, self._settings.lease_seconds / 3))
+        conn = getattr(getattr(self._keeper, "_tls", None), "connection", None)
+        if conn is not None:  # none yet: made by this call, within CONNECT_TIMEOUT
+            wire.bounded(conn, within)
         try:
-            _call(self.address, self._keeper.heartbeats, ids, self._settings.lease_seconds)
+            _call(
+                self.address,
+                self._keeper.heartbeats,
+                ids,
+                self._settings.lease_seconds,
+                within=within,
+            )
         except BaseException:
             keeper, self._keeper = self._keeper, None
             _close_proxy(keeper)
             raise
+        finally:
+            if conn is not None:
+                wire.bounded(conn, wire.REPLY_TIMEOUT)  # closed (failed): nothing done
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         bodies = _call(self.address, self._endpoint().peek, f"{self._queue}.dead", limit)
@@ -495,7 +515,7 @@ def _listen_error(exc: OSError) -> str:
     return what
 
 
-def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
+def _call(address: str, method: Callable[..., _T], *args: Any, within: float | None = None) -> _T:
     """Call the broker, turning a lost connection into :class:`TransportError`.
 
     A connection that failed is forgotten (:func:`_close_proxy`): it is the calling
@@ -513,8 +533,8 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
         # its reply may still come, and would answer this thread's next call: start afresh
         _close_proxy(proxy)
         raise TransportError(
-            f"the master at {address} did not answer within {wire.REPLY_TIMEOUT:g} s "
-            "(stopped, or overloaded?)"
+            f"the master at {address} did not answer within "
+            f"{wire.REPLY_TIMEOUT if within is None else within:g} s (stopped, or overloaded?)"
         ) from None
     except TimeoutError as exc:  # wire.client's, connecting afresh for this call
         raise TransportError(
