@@ -216,6 +216,156 @@ def test_a_master_stopping_under_a_waiting_fetch_reads_as_closed() -> None:
         remote.close()
 
 
+def test_a_closed_master_serves_no_request_of_a_connected_worker() -> None:
+    # a connection being served when the master closed took one more request: a worker's
+    # next fetch leased it a task of the master that had left, and ran it for nobody
+    settings = _settings("closing")
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    consumer = remote.consumer("c1")
+    try:
+        assert consumer.fetch(5, 0.1) == []  # connected, and idle
+        hosted.producer(hosted.reply_queue("gone")).submit([b"t1", b"t2"])
+        hosted.close()
+        got: list[Any] = []
+        with pytest.raises(TransportError, match="closed the connection"):
+            for _ in range(3):
+                got += consumer.fetch(5, 0.1)
+        assert got == []
+    finally:
+        remote.close()
+
+
+def test_a_settle_after_its_master_stopped_reads_as_closed_not_as_done() -> None:
+    # the stopping master ended a connection with one stray reply (None), which the next
+    # call read as its own: a settle took it for done, its results never published
+    settings = _settings("settling")
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    consumer = remote.consumer("c1")
+    try:
+        producer = hosted.producer(hosted.reply_queue("job"))
+        producer.submit([b"t1"])
+        (delivery,) = consumer.fetch(1, 1.0)
+        threading.Timer(0.2, hosted.close).start()
+        assert consumer.fetch(5, 0.6) == []  # waiting when the master stopped: answered
+        with pytest.raises(TransportError, match="closed the connection"):
+            consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r")])
+    finally:
+        remote.close()
+
+
+def test_a_submit_after_its_master_stopped_reads_as_closed_not_as_queued() -> None:
+    # the stray reply answered a remote producer's next put: `distq submit` printed the
+    # id of a task never queued
+    settings = _settings("submitting")
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    producer = remote.producer(remote.reply_queue("job"))
+    try:
+        threading.Timer(0.2, hosted.close).start()
+        assert producer.results(5, 0.6) == []  # waiting when the master stopped: answered
+        with pytest.raises(TransportError, match="closed the connection"):
+            producer.submit([b"t1"])
+    finally:
+        producer.close()
+        remote.close()
+
+
+class _Relay:
+    """A TCP relay to a master on 127.0.0.1 whose connections open now can be made
+    silent (:meth:`silence`): nothing passes either way, and nothing closes, as with a
+    peer that vanished (a NAT's or a proxy's state lost) with no RST. Connections made
+    after pass."""
+
+    def __init__(self, to: tuple[str, int]) -> None:
+        self._to = to
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.address = ("127.0.0.1", self._listener.getsockname()[1])
+        self._silent: set[socket.socket] = set()
+        self._open: list[socket.socket] = []
+        self._done = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._done.is_set():
+            try:
+                near, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            far = socket.create_connection(self._to)
+            self._open += [near, far]
+            for a, b in ((near, far), (far, near)):
+                thread = threading.Thread(target=self._pump, args=(a, b, near), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, near: socket.socket) -> None:
+        src.settimeout(0.1)
+        while not self._done.is_set():
+            if near in self._silent:
+                time.sleep(0.05)
+                continue
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data or near in self._silent:
+                return  # data read from a silent link is dropped, as on the way
+            with contextlib.suppress(OSError):
+                dst.sendall(data)
+
+    def silence(self) -> None:
+        """Nothing passes on the connections open now, from now on."""
+        self._silent.update(s for s in self._open[::2])
+
+    def close(self) -> None:
+        self._done.set()
+        for thread in self._threads:
+            thread.join(5)
+        for sock in [self._listener, *self._open]:
+            sock.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_keepers_renewal_on_a_connection_gone_silent_goes_out_again_within_the_lease() -> None:
+    # the keeper renews every running slot's lease on one connection of its own; gone
+    # silent (no RST: a NAT's state lost, a vanished host), its renewal waited for the
+    # whole REPLY_TIMEOUT (30 s), and every running task's lease lapsed meanwhile: a
+    # copy of each went to other workers, which ran it too
+    settings = replace(_settings("silentkeeper"), lease_seconds=3.0)
+    hosted = open_transport(settings, "master")
+    relay = _Relay(settings.manager_address)
+    remote = open_transport(replace(settings, manager_address=relay.address), "worker")
+    try:
+        hosted.producer(hosted.reply_queue("job")).submit([b"long"])
+        consumer = remote.consumer("c1")
+        assert len(consumer.fetch(1, 1.0)) == 1
+        remote.heartbeat([consumer])  # the keeper's connection
+        relay.silence()
+        started = time.monotonic()
+        renewed = None
+        while renewed is None and time.monotonic() - started < 40:
+            try:
+                remote.heartbeat([consumer])  # as the keeper does, each tick until it goes out
+            except TransportError:
+                time.sleep(0.1)
+            else:
+                renewed = time.monotonic() - started
+        assert renewed is not None and renewed < settings.lease_seconds - 1
+        other = hosted.consumer("c2")
+        time.sleep(settings.lease_seconds - renewed)  # past the lease it had before
+        assert other.fetch(1, 0.5) == []  # not lapsed: the task runs once
+    finally:
+        remote.close()
+        relay.close()
+        hosted.close()
+
+
 def _env(settings: Settings) -> dict[str, str]:
     """The environment of a distq subprocess on ``settings``' master."""
     assert settings.authkey is not None

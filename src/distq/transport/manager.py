@@ -99,6 +99,9 @@ log = logging.getLogger(__name__)
 _HANDSHAKES_AT_ONCE = 256
 #: A handshake unfinished this long is a silent peer's more likely than a worker's.
 _SILENT_SECONDS = 2.0
+#: The shortest a worker's keeper waits for the master to answer its renewal, however
+#: short the lease (a third of it): a master busy a moment is not a connection gone.
+_KEEPER_WAIT_MIN = 1.0
 #: Seconds between two log lines about the same accept problem.
 _LOG_EVERY = 60.0
 
@@ -253,15 +256,21 @@ class ManagerTransport(Transport):
                 )
             return
         wire.serving(conn)
+        conn.recv = _served_until(server.stop_event, conn.recv)  # type: ignore[method-assign]
         try:
             msg: tuple[str, Any] = ("#RETURN", getattr(server, name)(conn, *args, **kwds))
-        except SystemExit:  # serve_client()'s end on EOF: the peer closed
+        except SystemExit:  # serve_client()'s end on EOF: the peer closed, or we stopped
             conn.close()
             return
         except Exception:
             msg = ("#TRACEBACK", traceback.format_exc())
+        if name == "accept_connection":  # serve_client() returned: the master stopped
+            # no reply: the peer's next call would take this stray one for its own (a
+            # settle read it as done); the close tells it the master stopped
+            conn.close()
+            return
         try:
-            conn.send(msg)  # serve_client() returns when the master stops: its last reply
+            conn.send(msg)
         except Exception:  # the peer is gone: nothing to tell it
             pass
         finally:
@@ -348,12 +357,29 @@ class ManagerTransport(Transport):
             return
         if self._keeper is None:
             self._keeper = self._endpoint()
+        # a reply within a third of the lease, else the renewal goes out again on a new
+        # connection: one gone silent (no RST: a NAT's state lost) held it REPLY_TIMEOUT,
+        # and every running task's lease lapsed meanwhile (each ran again elsewhere). The
+        # keeper thread's hand-backs share its connection: their bound is left as it was
+        within = min(wire.REPLY_TIMEOUT, max(_KEEPER_WAIT_MIN, self._settings.lease_seconds / 3))
+        conn = getattr(getattr(self._keeper, "_tls", None), "connection", None)
+        if conn is not None:  # none yet: made by this call, within CONNECT_TIMEOUT
+            wire.bounded(conn, within)
         try:
-            _call(self.address, self._keeper.heartbeats, ids, self._settings.lease_seconds)
+            _call(
+                self.address,
+                self._keeper.heartbeats,
+                ids,
+                self._settings.lease_seconds,
+                within=within,
+            )
         except BaseException:
             keeper, self._keeper = self._keeper, None
             _close_proxy(keeper)
             raise
+        finally:
+            if conn is not None:
+                wire.bounded(conn, wire.REPLY_TIMEOUT)  # closed (failed): nothing done
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         bodies = _call(self.address, self._endpoint().peek, f"{self._queue}.dead", limit)
@@ -452,6 +478,21 @@ class ManagerTransport(Transport):
         self._acceptor.join(timeout=1)
 
 
+def _served_until(stopped: threading.Event, recv: Callable[[], Any]) -> Callable[[], Any]:
+    """``recv``, ending the connection (``EOFError``, as a peer's close would) with a
+    request that comes once ``stopped`` is set: ``serve_client`` looks at it only before
+    it waits for the next request, so a connection idle when the master closed served
+    one more (a worker's fetch leased it a task of the master that had left)."""
+
+    def served() -> Any:
+        request = recv()
+        if stopped.is_set():
+            raise EOFError("the master stopped")
+        return request
+
+    return served
+
+
 def _listen_error(exc: OSError) -> str:
     """Why the master cannot listen, and what to do about it."""
     what = exc.strerror or str(exc)
@@ -474,7 +515,7 @@ def _listen_error(exc: OSError) -> str:
     return what
 
 
-def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
+def _call(address: str, method: Callable[..., _T], *args: Any, within: float | None = None) -> _T:
     """Call the broker, turning a lost connection into :class:`TransportError`.
 
     A connection that failed is forgotten (:func:`_close_proxy`): it is the calling
@@ -492,8 +533,8 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
         # its reply may still come, and would answer this thread's next call: start afresh
         _close_proxy(proxy)
         raise TransportError(
-            f"the master at {address} did not answer within {wire.REPLY_TIMEOUT:g} s "
-            "(stopped, or overloaded?)"
+            f"the master at {address} did not answer within "
+            f"{wire.REPLY_TIMEOUT if within is None else within:g} s (stopped, or overloaded?)"
         ) from None
     except TimeoutError as exc:  # wire.client's, connecting afresh for this call
         raise TransportError(
@@ -653,8 +694,9 @@ class ManagerConsumer(Consumer):
     def settle(self, settlements: Sequence[Settlement]) -> None:
         self.late = frozenset()
         late = _call(self._address, self._broker.settle, self._queue, self._id, _wire(settlements))
-        if late:  # None: a master that is stopping ended the connection (see _call_list)
-            self.late = frozenset(late)
+        if late is None:  # a master that is stopping ended the connection (see _call_list)
+            raise _closed(self._address)
+        self.late = frozenset(late)
 
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
