@@ -694,9 +694,8 @@ class ManagerConsumer(Consumer):
     def settle(self, settlements: Sequence[Settlement]) -> None:
         self.late = frozenset()
         late = _call(self._address, self._broker.settle, self._queue, self._id, _wire(settlements))
-        if late is None:  # a master that is stopping ended the connection (see _call_list)
-            raise _closed(self._address)
-        self.late = frozenset(late)
+        if late:  # None: a master from before settle told which were late (01e67ef); one
+            self.late = frozenset(late)  # of this version that stops closes the connection
 
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
