@@ -2,8 +2,8 @@
 -- (a body given twice is removed twice if queued twice), the newest (the head) first.
 -- A few bodies: one LREM each, a scan Redis runs itself (about 15 ms for a million tasks
 -- without the body). More: one read of the list from the head, a chunk at a time, that
--- stops once every body is found; each is marked in place as it is found (LSET), then
--- the marks go in one LREM, in this script, so no reader ever sees one. The other tasks
+-- stops once every body is found; each found is then marked in place (LSET), and the
+-- marks go in one LREM, in this script, so no reader ever sees one. The other tasks
 -- stay as they were: the list was rebuilt instead (read whole into Lua, deleted, pushed
 -- again), and 9 bodies withdrawn of a million queued held Redis about 2 s.
 
@@ -17,10 +17,8 @@ if #ARGV <= FEW then
   end
   return out
 end
-local want, left, found, marked = {}, #ARGV, {}, 0
+local want, left, found, where = {}, #ARGV, {}, {}
 for i = 1, #ARGV do want[ARGV[i]] = (want[ARGV[i]] or 0) + 1 end
-local t = redis.call('TIME')
-local mark = '\0distq withdrawn ' .. t[1] .. '.' .. t[2]  -- never a sealed task's bytes
 local at = 0
 while left > 0 do
   local chunk = redis.call('LRANGE', KEYS[1], at, at + CHUNK - 1)
@@ -28,19 +26,23 @@ while left > 0 do
     if (want[body] or 0) > 0 then
       want[body], left = want[body] - 1, left - 1
       found[body] = (found[body] or 0) + 1
-      redis.call('LSET', KEYS[1], at + j - 1, mark)
-      marked = marked + 1
+      where[#where + 1] = at + j - 1
       if left == 0 then break end
     end
   end
   if #chunk < CHUNK then break end
   at = at + CHUNK
 end
-if marked > 0 then
-  redis.call('LREM', KEYS[1], marked, mark)
+if #where > 0 then
+  -- SREM first: a script's first write may not be one Redis refuses when full (LSET),
+  -- where the script is not flagged allow-oom (Redis 6.2); the writes after it may
   local gone = {}
   for body, _ in pairs(found) do gone[#gone + 1] = body end
   push('SREM', KEYS[2], gone)
+  local t = redis.call('TIME')
+  local mark = '\0distq withdrawn ' .. t[1] .. '.' .. t[2]  -- never a sealed task's bytes
+  for _, i in ipairs(where) do redis.call('LSET', KEYS[1], i, mark) end
+  redis.call('LREM', KEYS[1], #where, mark)
 end
 for i = 1, #ARGV do
   local n = found[ARGV[i]] or 0
