@@ -10,6 +10,7 @@ is retried as one task. Only registered names run inside a chunk, as outside.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -49,10 +50,13 @@ def chunk_function(resolve: Resolve, args: list[Any], kwargs: dict[str, Any]) ->
 
     def run_chunk(*_chunk_arguments: Any) -> list[Any]:
         values = []
+        pid = os.getpid()
         for function, call in runs:
             if threading.current_thread() in _given_up:
                 raise TimeLimitExceeded(f"{CHUNK_TASK} of {name}: its slot gave up on it")
             values.append(function(*call))
+            if os.getpid() != pid:  # a process a call forked returned out of it: it ran
+                return values  # the chunk's other calls again (the worker ends it there)
         return values
 
     return run_chunk
