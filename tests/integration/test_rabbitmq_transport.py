@@ -2153,7 +2153,10 @@ def test_a_producer_closes_within_the_close_bound_while_the_broker_hangs(
     Kubernetes: "closing a connection waits at most 3 s for the broker"). A master's
     ``Producer.close`` waited that long for the delete of its reply queue, then as long
     again for the connection's Close-Ok: 6 s on a broker cut off, a stopping master's
-    exit held twice the bound. A delete the broker did not answer ends the close at once."""
+    exit held twice the bound. A delete the broker did not answer ends the close at once.
+    The close takes the bound (the delete is waited for); the check leaves a second
+    between it and twice the bound for a stall of this process (one of 1 s after the
+    close failed a margin of 1 s)."""
     address = urlsplit(amqp_url)
     with Partition(address.port or 5672) as partition:
         t = open_transport(url=_through(amqp_url, partition))
@@ -2165,4 +2168,4 @@ def test_a_producer_closes_within_the_close_bound_while_the_broker_hangs(
         producer.close()
         took = time.monotonic() - started
         partition.heal()
-        assert took < rabbitmq_link.CLOSE_SECONDS + 1.0, took
+        assert took < 2 * rabbitmq_link.CLOSE_SECONDS - 1.0, took  # before: two waits

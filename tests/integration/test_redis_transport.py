@@ -2088,22 +2088,25 @@ def test_a_task_a_blmove_took_before_its_claim_failed_runs_again(
     """The wait's BLMOVE moves a task into the in-flight list, and the claim script after
     it leases it: if that script fails, the consumer never learns it holds the task. The
     worker drops a consumer whose call failed, and its close puts the task back; a worker
-    killed there leaves it to its lease, which the sweep takes back."""
+    killed there leaves it to its lease, which the sweep takes back. The task is queued
+    before that fetch, whose BLMOVE takes it at once: one sent 0.1 s into the wait came
+    after the BLMOVE's block slice (a third of the lease) when this process stalled
+    0.4 s, and the test found the task still queued."""
     t = open_transport(lease=1.0)
     producer = t.producer(t.reply_queue("job"))
     consumer = t.consumer("c1")
-    assert consumer.fetch(1, timeout=0) == []  # leased, found nothing: the next one waits
+    assert consumer.fetch(1, timeout=0) == []  # leased, found nothing: the next one BLMOVEs
     t.claim_script = Script("return redis.error_reply('the claim failed')")
-    with (
-        _later(0.1, producer.submit, [b"moved"]),
-        pytest.raises(TransportError, match="the claim failed"),
-    ):
+    producer.submit([b"moved"])
+    with pytest.raises(TransportError, match="the claim failed"):
         consumer.fetch(1, timeout=0.3)
     assert raw.lrange(consumer.inflight_key, 0, -1) == [b"moved"]
     if closed:
         consumer.close()
     other = open_transport(lease=1.0).consumer("c2")
-    got = other.fetch(1, timeout=0.5 if closed else 3)
+    # killed: the lease lapses in a second; a stall that the sweep takes for a frozen
+    # Redis gives it its time again (a 1.7 s one ran a 3 s wait out)
+    got = other.fetch(1, timeout=0.5 if closed else 10)
     assert [(d.body, d.redelivered) for d in got] == [(b"moved", True)]
 
 
