@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -69,6 +70,19 @@ def characters(text: str, size: int) -> int:
     return max(1, size * len(text) // max(1, len(text.encode("utf-8", "replace"))))
 
 
+def unwritable(path: Path) -> str | None:
+    """Why ``--output`` ``path`` cannot be written, checked before the job (as ``distq
+    master --report`` is): found at the end, it cost the whole job's counts."""
+    if path.is_dir():
+        return "is a directory"
+    where = path.parent
+    if not where.is_dir():
+        return f"its directory {str(where)!r} does not exist"
+    if not os.access(where if not path.exists() else path, os.W_OK):
+        return "cannot be written by this user"
+    return None
+
+
 def read(folder: Path, pattern: str) -> list[str]:
     files = sorted(path for path in folder.glob(pattern) if path.is_file())
     if not files:
@@ -89,6 +103,10 @@ def main() -> int:
     args = parser.parse_args()
     if isinstance(sys.stdout, io.TextIOWrapper):  # words an ASCII locale lacks: escaped
         sys.stdout.reconfigure(errors="backslashreplace")
+    why = None if args.output is None else unwritable(args.output)
+    if why is not None:
+        print(f"wordcount: --output {str(args.output)!r}: {why}", file=sys.stderr)
+        return 2
 
     texts = read(args.folder, args.glob)
     work = [piece for text in texts for piece in pieces(text, characters(text, args.piece_bytes))]

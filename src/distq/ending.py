@@ -126,6 +126,14 @@ def _unrun(value: Any, task: Task) -> TypeError | None:
     )
 
 
+def _called(task: Task) -> str:
+    """How a line names ``task``: its name, or for a chunk the function it calls, as its
+    metrics and its ``task settled`` line do (:func:`distq.telemetry.called`)."""
+    from distq.telemetry import called  # telemetry imports this module
+
+    return called(task)
+
+
 class Unsealed(bytes):
     """A result envelope :meth:`Endings.settlements` sends as it is, never signed."""
 
@@ -208,7 +216,7 @@ class Endings:
         if retry is not None:
             delay = retry_delay(task.attempt)
             note = (
-                f"task {shown(task.name)} {shown(task.id)} attempt {task.attempt}/"
+                f"task {shown(_called(task))} {shown(task.id)} attempt {task.attempt}/"
                 f"{task.max_attempts} failed ({shown(message)}); retrying in {delay:g} s"
             )
             settlement = Settlement(delivery, retry=retry, retry_delay=delay)
@@ -249,7 +257,7 @@ class Endings:
             result=None if nobody else result,
             dead_letter=self._dead(delivery.body, reason),
         )
-        note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {shown(reason)}"
+        note = f"task {shown(_called(task))} {shown(task.id)} dead-lettered: {shown(reason)}"
         return Ending(settlement, "failed", task, started_at, duration, note)
 
     def unhandled(self, delivery: Delivery, task: Task, error: BaseException) -> Ending:
@@ -270,7 +278,7 @@ class Endings:
             result=result,
             dead_letter=self._dead(delivery.body, reason),
         )
-        note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {shown(reason)}"
+        note = f"task {shown(_called(task))} {shown(task.id)} dead-lettered: {shown(reason)}"
         return Ending(settlement, "failed", task, 0.0, 0.0, note)
 
     def timed_out(
@@ -284,7 +292,7 @@ class Endings:
         """The task's master is gone: dead-lettered unrun, no result (nobody waits)."""
         reason = orphaned_reason(task.reply_to)
         settlement = Settlement(delivery, dead_letter=self._dead(delivery.body, reason))
-        note = f"task {shown(task.name)} {shown(task.id)} dead-lettered: {shown(reason)}"
+        note = f"task {shown(_called(task))} {shown(task.id)} dead-lettered: {shown(reason)}"
         # started_at: when it was dead-lettered, so its line's queue_wait is how long it
         # waited (the metrics count no queue wait for it: it never started)
         return Ending(settlement, "orphaned", task, time.time(), note=note)
@@ -321,7 +329,7 @@ class Endings:
             return Ending(settlement, "malformed", note=f"dead-lettered a {kind}{shown(reason)}")
         task, result = waits
         settlement = Settlement(delivery, task.reply_to, result, dead_letter=dead)
-        note = f"dead-lettered task {shown(task.name)} {shown(task.id)}, {shown(reason)}"
+        note = f"dead-lettered task {shown(_called(task))} {shown(task.id)}, {shown(reason)}"
         return Ending(settlement, "malformed", note=note)
 
     def _answer(

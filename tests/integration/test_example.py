@@ -101,3 +101,37 @@ def test_a_wrong_setting_or_no_broker_is_one_line_not_a_traceback(
     )
     assert done.returncode == code, done.stdout + done.stderr
     assert done.stderr.startswith(line) and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_an_output_file_it_cannot_write_is_refused_before_the_job(
+    target: Target, tmp_path: Path
+) -> None:
+    """``--output`` in a folder that does not exist ran the whole job, then ended in a
+    FileNotFoundError traceback, the counts lost; ``distq master --report`` refuses such
+    a file before it connects (exit 2), and so does the example now."""
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    corpus(folder)
+    env = target.process_env()
+    env["PYTHONPATH"] = f"{EXAMPLE}:{env['PYTHONPATH']}"
+    worker = Distq(["worker", "--tasks", "wordcount_tasks", "-q", "--connect-timeout", "30"], env)
+    missing = tmp_path / "no-such-folder" / "counts.json"
+    try:
+        done = subprocess.run(
+            [
+                *(sys.executable, str(EXAMPLE / "wordcount.py"), str(folder)),
+                *("--output", str(missing), "--timeout", "60"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        worker.stop(grace=3.0)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith(f"wordcount: --output '{missing}'"), done.stderr
+    assert "tasks" not in done.stdout  # refused before the job started

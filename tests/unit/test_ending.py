@@ -483,3 +483,22 @@ def test_a_dead_letter_is_held_to_the_limit_the_broker_refused_over(byte: bytes)
     kept = DeadLetter.decode(letter)
     assert body.startswith(kept.body) and len(kept.body) > 1000
     assert "the dead letter keeps the first" in kept.reason
+
+
+def test_a_chunks_lines_name_the_function_it_calls_as_its_metrics_do() -> None:
+    """A chunk's text and JSON ``message`` lines said ``task distq:chunk <id> ...`` for
+    every function mapped in chunks, where its metrics and its ``task settled`` line name
+    the function it calls (telemetry.called): an operator sent by an alert on that
+    function to its error lines found none naming it."""
+    chunk = Task(name=CHUNK_TASK, args=["mod:resize", [[1], [2]]], reply_to="r", max_attempts=2)
+    error = ValueError("bad")
+    retried = ENDINGS.failed(delivery(chunk), chunk, error, 0.0, 0.0, retryable=True)
+    last = chunk.next_attempt()
+    failed = ENDINGS.failed(delivery(last), last, error, 0.0, 0.0, retryable=True)
+    unhandled = ENDINGS.unhandled(delivery(chunk), chunk, error)
+    orphaned = ENDINGS.orphaned(delivery(chunk), chunk)
+    for ending in (retried, failed, unhandled, orphaned):
+        assert (ending.note or "").startswith(f"task mod:resize {chunk.id} ")
+    odd = Task(name=CHUNK_TASK, args=["x"], reply_to="r")  # its arguments name no function
+    note = ENDINGS.orphaned(delivery(odd), odd).note or ""
+    assert note.startswith(f"task {CHUNK_TASK} {odd.id} ")

@@ -168,3 +168,18 @@ def test_a_worker_whose_stdout_went_away_still_runs_its_tasks() -> None:
         assert ending.outcome == "ok" and ending.settlement.result is not None
         assert Result.decode(ending.settlement.result).value == n * n
     assert err.getvalue() == "distq: stdout cannot be written any more; going on without it\n"
+
+
+def test_a_get_task_line_of_large_arguments_is_cut_as_error_lines_are(
+    runner: TaskRunner, out: io.StringIO
+) -> None:
+    """100 KB of arguments made a 100,065-character ``Get task`` line at each delivery,
+    where an error line is cut to 4,000 characters of its message (errortext)."""
+    from distq.errortext import MAX_MESSAGE_CHARS
+
+    assert run(runner, "echo", "x" * 100_000)[0] == "ok"
+    line = out.getvalue().splitlines()[0]
+    assert line.startswith("Get task echo['xxx") and line.endswith(" from task_queue.")
+    assert len(line) < MAX_MESSAGE_CHARS + 100
+    shown = len("echo['']") + 100_000
+    assert f"... ({shown - MAX_MESSAGE_CHARS:,} characters cut) from task_queue." in line
