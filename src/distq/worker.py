@@ -77,7 +77,7 @@ from distq.runner import TaskRunner
 from distq.signals import stop_signals
 from distq.slots import FAILURES_FORGOTTEN_S, Slot
 from distq.tasks import Registry
-from distq.telemetry import WorkerTelemetry
+from distq.telemetry import WorkerTelemetry, called
 from distq.timelimits import TimeLimits
 from distq.transport.base import Consumer, Delivery, Settlement, Transport
 
@@ -746,7 +746,7 @@ def _not_sent(ending: Ending, why: str) -> str:
     if note.startswith("dead-lettered "):  # a malformed message's
         note = note.removeprefix("dead-lettered ")
     elif task is not None:
-        named = f"task {shown(task.name)} {shown(task.id)}"
+        named = f"task {shown(called(task))} {shown(task.id)}"  # a chunk: its function
         if note.startswith(f"{named} dead-lettered: "):
             note = named + note.removeprefix(f"{named} dead-lettered")
     return f"{note}; not dead-lettered: its dead letter {why}"

@@ -1201,3 +1201,16 @@ def test_a_process_a_task_forks_dies_of_sigterm_not_of_the_workers_handler(
     if exitcode is None:  # still running: not left behind by the test
         os.kill(pid, signal.SIGKILL)
     assert exitcode == -signal.SIGTERM, out.getvalue()
+
+
+def test_a_chunks_line_not_sent_says_not_dead_lettered_only() -> None:
+    """A chunk's (Executor.map(chunksize=N)) line names the function it calls; the late
+    line looked for ``task distq:chunk <id> dead-lettered`` to take the word out, found
+    none, and said both "dead-lettered" and "not dead-lettered"."""
+    endings = Endings("w1", "q")
+    chunk = Task(name="distq:chunk", args=["mod:f", [[1], [2]]], reply_to="r")
+    orphan = endings.orphaned(Delivery(chunk.encode(), 1), chunk)
+    assert _not_sent(orphan, _LAPSED).startswith(f"task mod:f {chunk.id}: its master is gone"), (
+        _not_sent(orphan, _LAPSED)
+    )
+    assert f"{chunk.id} dead-lettered" not in _not_sent(orphan, _LAPSED)
