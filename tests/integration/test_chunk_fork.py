@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -15,26 +14,16 @@ from distq.tasks import Registry
 from distq.transport import Transport
 from distq.worker import Worker, WorkerOptions
 from seam import results_of
+from worker_tasks import fork_and_end
 
 pytestmark = pytest.mark.integration
 
 
 def fork_on_first(x: int, marks: str) -> object:
+    """Marks its call; the first call forks a child that returns out of it
+    (:func:`worker_tasks.fork_and_end`)."""
     Path(marks, f"{x}-{os.getpid()}").touch()
-    if x != 1:
-        return x
-    pid = os.fork()
-    if pid == 0:
-        return "the child's value"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    return "the child ran on"
+    return fork_and_end("return") if x == 1 else x
 
 
 def test_a_child_forked_in_a_chunk_runs_none_of_the_chunks_other_calls(

@@ -39,6 +39,7 @@ from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, Tr
 from distq.transport import Settlement, Transport, manager, manager_wire, open_transport
 from launch import free_port
 from procs import Distq
+from relay import SilentRelay
 from seam import fetch_n, results_n
 
 pytestmark = pytest.mark.integration
@@ -272,65 +273,6 @@ def test_a_submit_after_its_master_stopped_reads_as_closed_not_as_queued() -> No
         remote.close()
 
 
-class _Relay:
-    """A TCP relay to a master on 127.0.0.1 whose connections open now can be made
-    silent (:meth:`silence`): nothing passes either way, and nothing closes, as with a
-    peer that vanished (a NAT's or a proxy's state lost) with no RST. Connections made
-    after pass."""
-
-    def __init__(self, to: tuple[str, int]) -> None:
-        self._to = to
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.address = ("127.0.0.1", self._listener.getsockname()[1])
-        self._silent: set[socket.socket] = set()
-        self._open: list[socket.socket] = []
-        self._done = threading.Event()
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while not self._done.is_set():
-            try:
-                near, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            far = socket.create_connection(self._to)
-            self._open += [near, far]
-            for a, b in ((near, far), (far, near)):
-                thread = threading.Thread(target=self._pump, args=(a, b, near), daemon=True)
-                thread.start()
-                self._threads.append(thread)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, near: socket.socket) -> None:
-        src.settimeout(0.1)
-        while not self._done.is_set():
-            if near in self._silent:
-                time.sleep(0.05)
-                continue
-            try:
-                data = src.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not data or near in self._silent:
-                return  # data read from a silent link is dropped, as on the way
-            with contextlib.suppress(OSError):
-                dst.sendall(data)
-
-    def silence(self) -> None:
-        """Nothing passes on the connections open now, from now on."""
-        self._silent.update(s for s in self._open[::2])
-
-    def close(self) -> None:
-        self._done.set()
-        for thread in self._threads:
-            thread.join(5)
-        for sock in [self._listener, *self._open]:
-            sock.close()
-
-
 @pytest.mark.timeout(90)
 def test_a_keepers_renewal_on_a_connection_gone_silent_goes_out_again_within_the_lease() -> None:
     # the keeper renews every running slot's lease on one connection of its own; gone
@@ -339,7 +281,7 @@ def test_a_keepers_renewal_on_a_connection_gone_silent_goes_out_again_within_the
     # copy of each went to other workers, which ran it too
     settings = replace(_settings("silentkeeper"), lease_seconds=3.0)
     hosted = open_transport(settings, "master")
-    relay = _Relay(settings.manager_address)
+    relay = SilentRelay(settings.manager_address)
     remote = open_transport(replace(settings, manager_address=relay.address), "worker")
     try:
         hosted.producer(hosted.reply_queue("job")).submit([b"long"])

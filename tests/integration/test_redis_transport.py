@@ -52,6 +52,7 @@ from distq.transport.redis_wire import Script
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
 from procs import Distq
+from relay import SilentRelay
 from seam import results_n, results_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -2110,69 +2111,6 @@ def test_a_task_a_blmove_took_before_its_claim_failed_runs_again(
     assert [(d.body, d.redelivered) for d in got] == [(b"moved", True)]
 
 
-class _Relay:
-    """A TCP relay to Redis on 127.0.0.1 whose connections open now can be made silent
-    (:meth:`silence`): nothing passes either way, and nothing closes, as with a peer
-    that vanished (a NAT's or a proxy's state lost, a host gone) with no RST. Connections
-    made after pass."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self._to = (parts.hostname or "127.0.0.1", parts.port or 6379)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        port = self._listener.getsockname()[1]
-        self.url = parts._replace(
-            netloc=parts.netloc.replace(f":{self._to[1]}", f":{port}")
-        ).geturl()
-        self._silent: set[socket.socket] = set()
-        self._open: list[socket.socket] = []
-        self._done = threading.Event()
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while not self._done.is_set():
-            try:
-                near, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            far = socket.create_connection(self._to)
-            self._open += [near, far]
-            for a, b in ((near, far), (far, near)):
-                thread = threading.Thread(target=self._pump, args=(a, b, near), daemon=True)
-                thread.start()
-                self._threads.append(thread)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, near: socket.socket) -> None:
-        src.settimeout(0.1)
-        while not self._done.is_set():
-            if near in self._silent:
-                time.sleep(0.05)
-                continue
-            try:
-                data = src.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not data or near in self._silent:
-                return  # data read from a silent link is dropped, as on the way
-            with contextlib.suppress(OSError):
-                dst.sendall(data)
-
-    def silence(self) -> None:
-        """Nothing passes on the connections open now, from now on."""
-        self._silent.update(s for s in self._open[::2])
-
-    def close(self) -> None:
-        self._done.set()
-        for thread in self._threads:
-            thread.join(5)
-        for sock in [self._listener, *self._open]:
-            sock.close()
-
-
 def test_a_hand_back_on_a_connection_gone_silent_goes_out_on_a_new_one_within_the_lease(
     open_transport: OpenTransport, redis_url: str
 ) -> None:
@@ -2183,7 +2121,7 @@ def test_a_hand_back_on_a_connection_gone_silent_goes_out_on_a_new_one_within_th
     failed): the keeper, one thread for all the slots, renewed no lease meanwhile, and
     every running task's lease lapsed. The PING now waits a second at most for its
     answer, then the call goes out on a new connection. A settle likewise."""
-    relay = _Relay(redis_url)
+    relay = SilentRelay.to_url(redis_url)
     try:
         t = open_transport(lease=5.0, url=relay.url)
         producer = t.producer(t.reply_queue("silent"))
