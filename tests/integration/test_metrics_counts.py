@@ -109,7 +109,10 @@ def test_worker_counters_count_what_the_job_did(target: Target, tmp_path: Path) 
             assert counted() == expected, samples(port, name)
             total = value(port, name)
             assert total == sum(expected.values()), samples(port, name)
-            assert value(port, "distq_worker_redeliveries_total") == 0
+            redelivered = value(port, "distq_worker_redeliveries_total")
+            # RabbitMQ: a few pika hands back as a worker resizes its prefetch window
+            # (README, Metrics), none run: the counts above hold each run once
+            assert redelivered == 0 or target.name == "rabbitmq", redelivered
             runs = value(port, "distq_worker_task_duration_seconds_count")
             assert runs == sum(expected.values())
             waits = value(port, "distq_worker_queue_wait_seconds_count")
