@@ -30,12 +30,18 @@ def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> st
     return text
 
 
+def cut(text: str) -> str:
+    """``text`` cut to :data:`MAX_MESSAGE_CHARS`, saying how much was cut: how an error's
+    message, a wrong value and a ``Get task`` line are kept short."""
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS:,} characters cut)"
+
+
 def describe(error: BaseException) -> str:
     """``Type: message`` of ``error``, whatever its ``__str__`` does (raises, returns text
     that is not UTF-8), as text any log or envelope can carry."""
-    text = message(error)
-    if len(text) > MAX_MESSAGE_CHARS:
-        text = f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS:,} characters cut)"
+    text = cut(message(error))
     return printable(f"{type(error).__name__}: {text}" if text else type(error).__name__)
 
 

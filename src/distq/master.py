@@ -42,7 +42,7 @@ from distq.config import (
 from distq.console import Console
 from distq.envelope import Result, Task, new_id, shown
 from distq.errors import CertificateRejected, ConfigError, DistqError, TransportError
-from distq.errortext import MAX_MESSAGE_CHARS
+from distq.errortext import cut
 from distq.health import ProcessHealth
 from distq.ledger import Ledger, forget_orphans, submit_again
 from distq.telemetry import MasterTelemetry
@@ -541,7 +541,7 @@ class _Run(Generic[E]):
         elif not self.workload.check(result, entry):
             r.incorrect += 1
             problem = f"wrong result for {self.workload.name(entry)} [{result.task_id}]: "
-            problem += _cut(repr(result.value))
+            problem += cut(repr(result.value))
         else:
             r.ok += 1
             if self.console.task_lines:  # skips formatting the line, on the hot path
@@ -649,14 +649,6 @@ class _Run(Generic[E]):
             for problem in r.problems[-10:]:
                 self.console.error(problem)
         return r
-
-
-def _cut(text: str) -> str:
-    """``text`` cut to :data:`~distq.errortext.MAX_MESSAGE_CHARS`, as a worker cuts an
-    error's message: a wrong value of 900 KB was a 900 KB problem, printed and kept."""
-    if len(text) <= MAX_MESSAGE_CHARS:
-        return text
-    return f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS:,} characters cut)"
 
 
 def _rate(per_second: float) -> str:

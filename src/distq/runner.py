@@ -19,18 +19,9 @@ from distq.console import Console
 from distq.ending import Ending, Endings
 from distq.envelope import Task, not_bytes
 from distq.errors import EnvelopeError, Shutdown, UnknownTask
-from distq.errortext import MAX_MESSAGE_CHARS
+from distq.errortext import cut
 from distq.tasks import Registry
 from distq.transport.base import Delivery
-
-
-def _cut(shown: str) -> str:
-    """A task as its ``Get task`` line shows it, cut as an error line's message is
-    (:func:`distq.errortext.describe`): 100 KB of arguments made a 100 KB line at each
-    delivery."""
-    if len(shown) <= MAX_MESSAGE_CHARS:
-        return shown
-    return f"{shown[:MAX_MESSAGE_CHARS]}... ({len(shown) - MAX_MESSAGE_CHARS:,} characters cut)"
 
 
 class Gate(Protocol):
@@ -74,7 +65,7 @@ class TaskRunner:
                 return self.endings.orphaned(delivery, task)
         try:
             if self.console.task_lines:  # skips formatting the line, on the hot path
-                self.console.lines([f"Get task {_cut(self.registry.show(task))} from task_queue."])
+                self.console.lines([f"Get task {cut(self.registry.show(task))} from task_queue."])
             started_at, started = time.time(), time.perf_counter()
             try:
                 function = self.registry.resolve(task.name, task.args, task.kwargs)
