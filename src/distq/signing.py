@@ -34,6 +34,8 @@ HEADER_BYTES = _HEADER_LENGTH
 _ID_AT, _ID_END = len(MAGIC), len(MAGIC) + _ID_LENGTH
 _SIG_AT = _ID_END + 1
 MIN_KEY_LENGTH = 16
+#: A UTF-8 byte order mark as text: some editors write one at the start of a file.
+_BOM = "\ufeff"
 
 
 def parse_keys(text: str) -> tuple[bytes, ...]:
@@ -42,8 +44,9 @@ def parse_keys(text: str) -> tuple[bytes, ...]:
     Each key must be at least ``MIN_KEY_LENGTH`` characters; the ``ValueError`` for one
     that is not never shows it. An empty ``text`` is no keys (signing off); a ``text``
     of only separators and whitespace is a ``ValueError``: someone meant to set a key.
+    A UTF-8 byte order mark in front (an editor's) is not part of the first key.
     """
-    keys = [key.strip() for key in re.split(r"[,\n]", text)]
+    keys = [key.strip() for key in re.split(r"[,\n]", text.removeprefix(_BOM))]
     keys = [key for key in keys if key]
     if not keys and text:
         raise ValueError(_no_key("commas, line breaks or whitespace"))
@@ -60,8 +63,9 @@ def parse_keys(text: str) -> tuple[bytes, ...]:
 def parse_key(text: str) -> tuple[bytes, ...]:
     """One key (``DISTQ_SIGNING_KEY``): all of ``text`` but the whitespace around it, a
     comma or a line break inside included; empty is no key (signing off), whitespace
-    only a ``ValueError``, as :func:`parse_keys` says them."""
-    key = text.strip()
+    only a ``ValueError``, as :func:`parse_keys` says them; a byte order mark in front
+    is not part of it, as there."""
+    key = text.removeprefix(_BOM).strip()
     if not key and text:
         raise ValueError(_no_key("whitespace"))
     if key and len(key) < MIN_KEY_LENGTH:

@@ -9,6 +9,7 @@ import json
 import secrets
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -535,3 +536,23 @@ def test_over_a_limit_the_broker_set_names_the_broker_not_the_setting() -> None:
     assert "DISTQ_MAX_MESSAGE_BYTES" not in said
     with pytest.raises(MessageTooLarge, match=r"\(DISTQ_MAX_MESSAGE_BYTES\)"):
         Codec(max_message_bytes=1000).seal_task(task("x" * 2000))
+
+
+def test_a_byte_order_mark_in_front_of_the_keys_is_not_part_of_the_first_key(
+    tmp_path: Path,
+) -> None:
+    """A keys file saved by an editor that writes a UTF-8 BOM (Notepad) kept U+FEFF in
+    the first key: a master whose file had it and workers whose file did not signed with
+    different keys and refused each other's messages (rev31 item 1)."""
+    key = "k" * MIN_KEY_LENGTH + "-first"
+    assert parse_keys("\ufeff" + key + "\nsecond-key-0123456789") == (
+        key.encode(),
+        b"second-key-0123456789",
+    )
+    assert parse_key("\ufeff" + key) == (key.encode(),)
+    for name, variable in (("keys", "DISTQ_SIGNING_KEYS"), ("key", "DISTQ_SIGNING_KEY")):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + key.encode() + b"\r\n")
+        redis = {"DISTQ_TRANSPORT": "redis"}
+        loaded = Settings.load({**redis, f"{variable}_FILE": str(path)})
+        assert loaded.signing_keys == Settings.load({**redis, variable: key}).signing_keys
