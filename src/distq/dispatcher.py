@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distq import executor_threads
-from distq.backoff import Backoff
+from distq.backoff import CAP_SECONDS, Backoff
 from distq.codec import Codec
 from distq.collector import Collector
 from distq.config import MESSAGE_BATCH, RECONCILE_SECONDS
@@ -143,10 +143,12 @@ class Dispatcher(threading.Thread):
         self._offline = False  # waiting out an outage: nothing is asked of the broker
         self._answered = 0.0  # when the broker last answered a reconcile (monotonic)
         self._recovering = False  # in _recover: the lost tasks are said once, not each try
-        # one outage's delays: they grow over recoveries whose calls fail again before a
-        # turn goes through (a broker refusing the tasks), reset once one does
+        # one outage's delays: they grow over recoveries whose calls fail again soon after
+        # (a broker refusing the tasks, its nack read a call or a few later), reset once
+        # the calls have gone through for CAP_SECONDS since the reconnect
         self._backoff = Backoff()
-        self._unconfirmed = False  # reconnected, and no turn has gone through since
+        self._unconfirmed = False  # reconnected, and not CAP_SECONDS of calls through since
+        self._reconnected = 0.0  # when (monotonic)
         self._said_lost = False
         self._stopping = False
         # shutdown(cancel_futures=True) not yet done with a broker (its withdraw failed,
@@ -283,7 +285,9 @@ class Dispatcher(threading.Thread):
             try:
                 if not self._turn(idle):
                     return  # abandoned
-                if self._unconfirmed:  # the broker takes the calls again: the outage is over
+                # the broker has taken the calls again for a while: the outage is over (not
+                # at the first turn through: a refusal may be read a turn or a few later)
+                if self._unconfirmed and time.monotonic() - self._reconnected >= CAP_SECONDS:
                     self._unconfirmed = False
                     self._backoff.reset()
             except TransportError as exc:
@@ -382,12 +386,13 @@ class Dispatcher(threading.Thread):
         started, backoff = time.monotonic(), self._backoff
         self._recovering = True
         try:
-            # failed again since the last reconnect, with no turn through: the broker
-            # answers its reconcile but refuses the calls after it; the first attempt waits
-            # too (it was made at once, each time, as fast as the calls failed)
+            # failed again soon after the last reconnect: the broker answers its reconcile
+            # but refuses the calls after it; the first attempt waits too (it was made at
+            # once, each time, as fast as the calls failed)
             if self._unconfirmed and not self._offline_until(time.monotonic() + backoff.next()):
                 return False
             self._unconfirmed = self._reconnect(started, backoff)
+            self._reconnected = time.monotonic()
             return self._unconfirmed
         finally:
             self._recovering = self._said_lost = False

@@ -98,6 +98,51 @@ def test_a_broker_that_keeps_refusing_the_tasks_is_retried_with_growing_backoff(
     assert not dispatcher.is_alive()
 
 
+class RefusesEachSendLater(RefusesEachSend):
+    """The same broker, its refusal coming a result read later: pika reads the nack of a
+    publish with a later call, not always the first one after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def _sent(self) -> list[bytes]:
+        self.reads = 0
+        return super()._sent()
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        self.reads += 1
+        if self.refused and self.reads < 2:
+            time.sleep(min(timeout, 0.01))
+            return []  # a turn goes through before the nack is read
+        return super().results(max_count, timeout)
+
+
+def test_a_refusal_read_a_turn_later_still_grows_the_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The backoff was reset by any turn that went through after a reconnect: with the
+    nack read one result read later, each recovery began again at no delay, and the
+    executor sent its task again about 100 times a second (290 in 3 s) for as long as the broker
+    refused it (rev31 item 2). It is reset once the calls have gone through for
+    longer than the longest delay."""
+    monkeypatch.setattr(dispatching, "Backoff", lambda: Backoff(rng=lambda: 1.0))
+    callbacks = Callbacks()
+    producer = RefusesEachSendLater()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    entry = _entry(dispatcher, callbacks)
+    dispatcher.start()
+    try:
+        assert dispatcher.put(Submit([entry]))
+        time.sleep(3.0)
+        # delays of 0.1, 0.2, 0.4, 0.8, 1.6 s within the 3 s: the first send and 6 again
+        assert len(producer.sent) <= 8, len(producer.sent)
+    finally:
+        dispatcher.put(Stop(False, abandon="the executor was closed"))
+        dispatcher.join(10)
+    assert not dispatcher.is_alive()
+
+
 class HangsThenFails:
     """A broker that does not answer: each call waits ``hang`` s, then fails."""
 
