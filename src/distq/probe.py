@@ -21,6 +21,7 @@ from distq.http import probe
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
 _WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+_WILDCARDS_V6 = ("::", "[::]")
 
 
 def add_probe_parser(roles: Any) -> None:
@@ -64,6 +65,9 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str], console: Con
             return EXIT_CONFIG
         port = int(raw)
     host = args.host or environ.get("DISTQ_METRICS_HOST", "").strip()
+    # an endpoint on :: takes IPv4 too, unless the machine's bindv6only is 1: then only
+    # ::1 reaches it (127.0.0.1 was refused: "no answer" from a healthy process)
+    also = "::1" if host in _WILDCARDS_V6 else None
     if host in _WILDCARDS:
         host = "127.0.0.1"
     try:
@@ -73,7 +77,15 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str], console: Con
         return EXIT_CONFIG
     try:
         with _within(args.timeout):
-            status, body = probe(f"/{args.check}", host.strip("[]"), port, args.timeout)
+            try:
+                status, body = probe(f"/{args.check}", host.strip("[]"), port, args.timeout)
+            except ConnectionRefusedError as refused:
+                if also is None:
+                    raise
+                try:
+                    status, body = probe(f"/{args.check}", also, port, args.timeout)
+                except OSError:  # no IPv6 loopback either: the first refusal says it
+                    raise refused from None
     except (OSError, http.client.HTTPException) as exc:  # no answer, or not HTTP's
         said = str(exc)  # a peer that is not HTTP: its first line, raw (escapes, a CR)
         console.error(

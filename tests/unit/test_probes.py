@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -409,6 +410,37 @@ def test_distq_probe_exits_0_on_200_and_1_otherwise(
     assert done.returncode == 0 and json.loads(done.stdout)["status"] == "ready"
     done = probe("healthz", DISTQ_METRICS_PORT=port, DISTQ_METRICS_HOST="0.0.0.0")
     assert done.returncode == 0 and json.loads(done.stdout)["status"] == "ok"
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+@pytest.mark.parametrize("v6only", [1, 0])
+def test_distq_probe_reaches_an_endpoint_on_every_ipv6_interface(
+    monkeypatch: pytest.MonkeyPatch, v6only: int
+) -> None:
+    """DISTQ_METRICS_HOST=:: listens on IPv6 only where the machine's bindv6only is 1 (as
+    if every socket had IPV6_V6ONLY), and distq probe asked 127.0.0.1 for any wildcard:
+    "no answer", exit 1, from a healthy process (rev31 item 3). Where :: takes IPv4 too
+    (bindv6only 0, or a container without an IPv6 loopback) 127.0.0.1 still answers."""
+    bind = distq_http._Server6.server_bind
+
+    def server_bind(server: Any) -> None:
+        server.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+        bind(server)
+
+    monkeypatch.setattr(distq_http._Server6, "server_bind", server_bind)
+    try:
+        endpoint = Endpoint("::", 0, CollectorRegistry(), ProcessHealth("worker")).start()
+    except ConfigError as exc:  # pragma: no cover - a machine without an IPv6 stack
+        pytest.skip(f"cannot listen on ::: {exc}")
+    try:
+        for host in ("::", "[::]"):
+            done = probe("healthz", "--port", str(endpoint.port), "--host", host)
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["status"] == "ok"
+        done = probe("healthz", DISTQ_METRICS_PORT=str(endpoint.port), DISTQ_METRICS_HOST="::")
+        assert done.returncode == 0, done.stderr
+    finally:
+        endpoint.close()
 
 
 def test_distq_probe_without_an_endpoint() -> None:
