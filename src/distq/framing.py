@@ -59,6 +59,8 @@ def pack_problem(data: bytes) -> str | None:
         return None  # not even its first task: UTF-16 or UTF-32 JSON, say (diff17)
     if _utf32_text(data):  # "{" is 00 00 00 7b: a first task of 123 bytes, as long as any
         return None
+    if _utf16_text(data):  # '{"' is 00 7b 00 22: a first task of 8,060,962 bytes
+        return None
     try:
         bodies = unpack(data)
     except TooManyBodies:
@@ -88,6 +90,20 @@ def _utf32_text(data: bytes) -> bool:
         return False
     try:
         data[:4096].decode("utf-32-be")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _utf16_text(data: bytes) -> bool:
+    """Whether ``data`` is UTF-16-BE text, which no pack is: its first two characters
+    read as a first task's length of 589,824 bytes or more (a line break and ``{``:
+    655,483), and that task starts with a NUL byte, the third character's high byte, as
+    no task (``{"v"``) nor signature (``DQSI``) does. Its start tells."""
+    if len(data) % 2 or data[1] == 0 or data[4] != 0:
+        return False
+    try:
+        data[:4096].decode("utf-16-be")
     except UnicodeDecodeError:
         return False
     return True

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from distq.codec import Codec
 from distq.ending import Endings
 from distq.envelope import DeadLetter, Task
 from distq.errors import EnvelopeError
@@ -32,6 +33,30 @@ def test_a_whole_task_in_utf32_or_utf16_is_not_said_to_be_a_pack(encoding: str) 
     assert letter is not None
     reason = DeadLetter.decode(letter).reason
     assert "UTF-16 or UTF-32? distq reads UTF-8" in reason, reason
+
+
+@pytest.mark.parametrize(
+    ("before", "size", "limit"),
+    [("", 8_100_000, 16 << 20), ("\n", 700_000, 1 << 20), (" ", 2_200_000, 4 << 20)],
+)
+def test_a_large_task_in_utf16_is_not_said_to_be_a_pack(before: str, size: int, limit: int) -> None:
+    """UTF-16-BE JSON's first two characters read as a first task's length: ``{"`` as
+    8,060,962 bytes, a line break and ``{`` as 655,483 (within the default 1 MiB limit),
+    a space and ``{`` as 2,097,275. A task that long, or longer, was said to be "a pack of
+    tasks (distq.tasks) cut short", losing the reason that names the encodings."""
+    text = before + Task("square", ["x" * (size // 2)], "replies").encode().decode()
+    body = text.encode("utf-16-be")
+    assert len(body) <= limit
+    endings = Endings("w1", "q", Codec(max_message_bytes=limit))
+    with pytest.raises(EnvelopeError) as caught:
+        endings.codec.open_task(body)
+    letter = endings.malformed(Delivery(body, 1), caught.value).settlement.dead_letter
+    assert letter is not None
+    reason = DeadLetter.decode(letter).reason
+    assert "UTF-16 or UTF-32? distq reads UTF-8" in reason, reason[:200]
+    assert pack_problem(body) is None
+    big = Task("square", ["x" * size], "replies").encode()  # a first task as long, in a pack
+    assert (pack_problem(pack([big, big])) or "").startswith("a pack of 2 task(s)")
 
 
 def test_packs_of_tasks_are_still_said_to_be_packs() -> None:
