@@ -68,8 +68,12 @@ class Codec:
         self,
         signing_keys: Sequence[bytes] = (),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        transport: str | None = None,
     ) -> None:
         self.signer = Signer(signing_keys) if signing_keys else None
+        #: the transport the messages travel on, when known (DISTQ_TRANSPORT): how a
+        #: worker's dead letter says a pack of tasks (:func:`distq.framing.pack_problem`)
+        self.transport = transport
         #: the most a dead letter may be, once the broker refused a message (hold_to)
         self.letter_limit: int | None = None
         self._limit(max_message_bytes)
@@ -107,7 +111,11 @@ class Codec:
     @classmethod
     def from_settings(cls, settings: Settings) -> Codec:
         # signing_key too: settings built by hand, not secured (config.secured moves it)
-        return cls(settings.signing_keys or settings.signing_key, settings.max_message_bytes)
+        return cls(
+            settings.signing_keys or settings.signing_key,
+            settings.max_message_bytes,
+            settings.transport,
+        )
 
     @property
     def signing(self) -> bool:

@@ -308,7 +308,7 @@ class Endings:
         if isinstance(error, MessageTooLarge | SignatureError):
             reason = f"refused: {error}"
         else:
-            reason = f"malformed message: {pack_problem(body) or error}"
+            reason = f"malformed message: {pack_problem(body, self.codec.transport) or error}"
         waits = None
         if isinstance(error, VersionMismatch):
             waits = self._answer(body, f"{reason}; not run", "VersionMismatch", any_version=True)

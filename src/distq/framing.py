@@ -50,17 +50,29 @@ def unpack(data: bytes) -> list[bytes]:
     return bodies
 
 
-def pack_problem(data: bytes) -> str | None:
+#: How a dead letter names a transport whose worker takes one task per message.
+_ONE_PER_MESSAGE = {"redis": "Redis", "manager": "the manager"}
+
+
+def pack_problem(data: bytes, transport: str | None = None) -> str | None:
     """Why ``data``, a message some worker found no task in, is no pack a distq master
     writes, when it starts as one does (a 4-byte length, so a NUL byte: no JSON text
     does); None when it does not. What a worker's dead letter says instead of "not
-    UTF-8 at position 3", the low byte of the length (input17)."""
+    UTF-8 at position 3", the low byte of the length (input17). On Redis and the
+    manager (``transport``), which have no message types and take no packs, it says
+    so: not a missing type (RabbitMQ's, as when the transport is not known)."""
     if not data.startswith(b"\x00") or 4 + int.from_bytes(data[:4], "big") > len(data):
         return None  # not even its first task: UTF-16 or UTF-32 JSON, say (diff17)
     if _utf32_text(data):  # "{" is 00 00 00 7b: a first task of 123 bytes, as long as any
         return None
     if _utf16_text(data):  # '{"' is 00 7b 00 22: a first task of 8,060,962 bytes
         return None
+    where = _ONE_PER_MESSAGE.get(transport or "")
+    if where is not None:
+        return (
+            f"{_held(data)}, framed as RabbitMQ's transport frames them (each after its "
+            f"4-byte length): a worker on {where} takes one task per message"
+        )
     try:
         bodies = unpack(data)
     except TooManyBodies:
@@ -81,6 +93,17 @@ def pack_problem(data: bytes) -> str | None:
         f"a pack of {len(bodies)} task(s) sent without the message type distq.tasks "
         "that says it is one"
     )
+
+
+def _held(data: bytes) -> str:
+    """What the pack ``data`` holds, said where no worker takes a pack at all."""
+    try:
+        bodies = unpack(data)
+    except TooManyBodies:
+        return f"a pack of over {MAX_BODIES:,} tasks"
+    except ValueError:
+        return "a pack of tasks cut short"
+    return f"a pack of {len(bodies)} task(s)" + (", one of them empty" if b"" in bodies else "")
 
 
 def _utf32_text(data: bytes) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from distq.codec import Codec
+from distq.config import Settings
 from distq.ending import Endings
 from distq.envelope import DeadLetter, Task
 from distq.errors import EnvelopeError
@@ -101,3 +102,54 @@ def test_a_pack_of_as_many_bodies_as_a_batch_still_unpacks() -> None:
     bodies = [b"{}"] * MAX_PREFETCH
     assert unpack(pack(bodies)) == bodies
     assert packed(pack(bodies), MAX_PREFETCH) == bodies
+
+
+def _reason(endings: Endings, body: bytes) -> str:
+    with pytest.raises(EnvelopeError) as caught:
+        endings.codec.open_task(body)
+    letter = endings.malformed(Delivery(body, 1), caught.value).settlement.dead_letter
+    assert letter is not None
+    return DeadLetter.decode(letter).reason
+
+
+def _packs() -> list[bytes]:
+    tasks = [Task("square", [n], "replies").encode() for n in range(40)]
+    return [
+        pack(tasks[:2]),
+        pack(tasks[:33]),
+        pack(tasks[:2])[:-5],
+        pack([tasks[0], b""]),
+        ((2).to_bytes(4, "big") + b"ab") * (MAX_PREFETCH + 1),
+    ]
+
+
+@pytest.mark.parametrize(("transport", "where"), [("redis", "Redis"), ("manager", "the manager")])
+def test_a_pack_on_redis_or_the_manager_is_not_said_to_lack_a_message_type(
+    transport: str, where: str
+) -> None:
+    """Only RabbitMQ's messages have a type: a framed pack on Redis or the manager (a
+    queue writer's, or a RabbitMQ message moved there) was dead-lettered as "sent
+    without the message type distq.tasks that says it is one", or told to "pack at most"
+    32, where a worker takes one task per message whatever it is sent with. A worker
+    the CLI starts has its codec from its settings (Codec.from_settings)."""
+    endings = Endings("w1", "q", Codec.from_settings(Settings(transport=transport)))
+    for body in _packs():
+        reason = _reason(endings, body)
+        assert "message type" not in reason and "pack at most" not in reason, reason
+        assert reason.startswith("malformed message: a pack of "), reason
+        assert reason.endswith(f": a worker on {where} takes one task per message"), reason
+
+
+def test_a_pack_on_rabbitmq_is_said_as_before() -> None:
+    endings = Endings("w1", "q", Codec.from_settings(Settings(transport="rabbitmq")))
+    said = [_reason(endings, body) for body in _packs()]
+    assert said == [
+        "malformed message: a pack of 2 task(s) sent without the message type distq.tasks "
+        "that says it is one",
+        "malformed message: a pack of 33 tasks (distq.tasks), over the 32 a worker takes "
+        "from one message: pack at most that many, or send one per message",
+        "malformed message: a pack of tasks (distq.tasks) cut short: its lengths run past its end",
+        "malformed message: a pack of tasks (distq.tasks) holding an empty one",
+        "malformed message: a pack of over 10,000 tasks (distq.tasks), over the 32 a worker "
+        "takes from one message: pack at most that many, or send one per message",
+    ]
