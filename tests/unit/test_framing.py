@@ -153,3 +153,35 @@ def test_a_pack_on_rabbitmq_is_said_as_before() -> None:
         "malformed message: a pack of over 10,000 tasks (distq.tasks), over the 32 a worker "
         "takes from one message: pack at most that many, or send one per message",
     ]
+
+
+KEY = b"0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_a_pack_reaching_a_worker_with_keys_is_said_to_be_a_pack_not_unsigned(
+    signed: bool,
+) -> None:
+    """A signing master's pack of signed tasks, sent without its type (or on Redis), to
+    a worker with the same keys: the message starts with a length, not a signature, so
+    its dead letter said "refused: unsigned task: this process requires signatures",
+    and the operator looked for a key that was there all along."""
+    codec = Codec([KEY])
+    sender = codec if signed else Codec()
+    body = pack([sender.seal_task(Task("square", [n], "replies")) for n in range(2)])
+    endings = Endings("w1", "q", codec)
+    with pytest.raises(EnvelopeError) as caught:
+        codec.open_task(body)
+    ending = endings.malformed(Delivery(body, 1), caught.value)
+    assert ending.settlement.dead_letter is not None and ending.settlement.result is None
+    reason = DeadLetter.decode(ending.settlement.dead_letter).reason
+    assert reason == (
+        "malformed message: a pack of 2 task(s) sent without the message type distq.tasks "
+        "that says it is one"
+    ), reason
+    assert ending.note == f"dead-lettered a {reason}"
+    single = Codec().seal_task(Task("square", [1], "replies"))
+    with pytest.raises(EnvelopeError) as caught:  # an unsigned task alone: refused as before
+        codec.open_task(single)
+    letter = endings.malformed(Delivery(single, 1), caught.value).settlement.dead_letter
+    assert DeadLetter.decode(letter or b"").reason.startswith("refused: unsigned task")
