@@ -9,6 +9,7 @@ whichever transport brought it, says why when the message starts as a pack does
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 
 from distq.limits import MAX_PREFETCH
@@ -125,8 +126,8 @@ def _utf16_text(data: bytes) -> bool:
     no task (``{"v"``) nor signature (``DQSI``) does. Its start tells."""
     if len(data) % 2 or data[1] == 0 or data[4] != 0:
         return False
-    try:
-        data[:4096].decode("utf-16-be")
+    try:  # not final: a character of two 16-bit units may straddle the 4096th byte
+        codecs.utf_16_be_decode(data[:4096], "strict", False)
     except UnicodeDecodeError:
         return False
     return True
