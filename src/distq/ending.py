@@ -305,14 +305,20 @@ class Endings:
         (:meth:`_refusal`). An oversized body's dead letter keeps its first
         ``OVERSIZED_KEPT_BYTES``."""
         body = wire_bytes(delivery.body)  # a manager peer's str, None...: kept as its repr
-        if isinstance(error, MessageTooLarge | SignatureError):
+        # a pack of signed tasks starts with a length, not a signature: not "unsigned"
+        framed = (
+            None if isinstance(error, MessageTooLarge) else pack_problem(body, self.codec.transport)
+        )
+        if framed is not None:
+            reason = f"malformed message: {framed}"
+        elif isinstance(error, MessageTooLarge | SignatureError):
             reason = f"refused: {error}"
         else:
-            reason = f"malformed message: {pack_problem(body) or error}"
+            reason = f"malformed message: {error}"
         waits = None
         if isinstance(error, VersionMismatch):
             waits = self._answer(body, f"{reason}; not run", "VersionMismatch", any_version=True)
-        elif isinstance(error, SignatureError):
+        elif isinstance(error, SignatureError) and framed is None:
             waits = self._refusal(body, reason)
         elif len(body) > self.codec.max_message_bytes:
             why = (

@@ -9,6 +9,7 @@ whichever transport brought it, says why when the message starts as a pack does
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 
 from distq.limits import MAX_PREFETCH
@@ -50,15 +51,29 @@ def unpack(data: bytes) -> list[bytes]:
     return bodies
 
 
-def pack_problem(data: bytes) -> str | None:
+#: How a dead letter names a transport whose worker takes one task per message.
+_ONE_PER_MESSAGE = {"redis": "Redis", "manager": "the manager"}
+
+
+def pack_problem(data: bytes, transport: str | None = None) -> str | None:
     """Why ``data``, a message some worker found no task in, is no pack a distq master
     writes, when it starts as one does (a 4-byte length, so a NUL byte: no JSON text
     does); None when it does not. What a worker's dead letter says instead of "not
-    UTF-8 at position 3", the low byte of the length (input17)."""
+    UTF-8 at position 3", the low byte of the length (input17). On Redis and the
+    manager (``transport``), which have no message types and take no packs, it says
+    so: not a missing type (RabbitMQ's, as when the transport is not known)."""
     if not data.startswith(b"\x00") or 4 + int.from_bytes(data[:4], "big") > len(data):
         return None  # not even its first task: UTF-16 or UTF-32 JSON, say (diff17)
     if _utf32_text(data):  # "{" is 00 00 00 7b: a first task of 123 bytes, as long as any
         return None
+    if _utf16_text(data):  # '{"' is 00 7b 00 22: a first task of 8,060,962 bytes
+        return None
+    where = _ONE_PER_MESSAGE.get(transport or "")
+    if where is not None:
+        return (
+            f"{_held(data)}, framed as RabbitMQ's transport frames them (each after its "
+            f"4-byte length): a worker on {where} takes one task per message"
+        )
     try:
         bodies = unpack(data)
     except TooManyBodies:
@@ -81,6 +96,17 @@ def pack_problem(data: bytes) -> str | None:
     )
 
 
+def _held(data: bytes) -> str:
+    """What the pack ``data`` holds, said where no worker takes a pack at all."""
+    try:
+        bodies = unpack(data)
+    except TooManyBodies:
+        return f"a pack of over {MAX_BODIES:,} tasks"
+    except ValueError:
+        return "a pack of tasks cut short"
+    return f"a pack of {len(bodies)} task(s)" + (", one of them empty" if b"" in bodies else "")
+
+
 def _utf32_text(data: bytes) -> bool:
     """Whether ``data`` is UTF-32-BE text, which no pack is: its second 4 bytes, a task's
     first (``{"v"``, or a signature's ``DQSI``), are no code point. Its start tells."""
@@ -88,6 +114,20 @@ def _utf32_text(data: bytes) -> bool:
         return False
     try:
         data[:4096].decode("utf-32-be")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _utf16_text(data: bytes) -> bool:
+    """Whether ``data`` is UTF-16-BE text, which no pack is: its first two characters
+    read as a first task's length of 589,824 bytes or more (a line break and ``{``:
+    655,483), and that task starts with a NUL byte, the third character's high byte, as
+    no task (``{"v"``) nor signature (``DQSI``) does. Its start tells."""
+    if len(data) % 2 or data[1] == 0 or data[4] != 0:
+        return False
+    try:  # not final: a character of two 16-bit units may straddle the 4096th byte
+        codecs.utf_16_be_decode(data[:4096], "strict", False)
     except UnicodeDecodeError:
         return False
     return True

@@ -93,7 +93,7 @@ def test_refused_packs_say_why() -> None:
         plain.open_results(b'[{"v":1}')
     with pytest.raises(MessageTooLarge, match="deeper than"):
         plain.open_results(b"[" * 5000 + b"]" * 5000)
-    with pytest.raises(MessageTooLarge, match="holds 10,001 results; a worker packs at most"):
+    with pytest.raises(MessageTooLarge, match="holds over 10,000 results; a worker packs at most"):
         plain.open_results(b"[" + b",".join([b"1"] * 10_001) + b"]")
 
 

@@ -1,0 +1,74 @@
+"""A framed pack of tasks reaching a worker the CLI started: its dead letter names what
+the transport it came on does with packs (only RabbitMQ's messages have a type)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import Target
+from distq.envelope import NO_REPLY, Task, new_id
+from distq.framing import pack
+from distq.transport import Transport
+from procs import Distq
+
+pytestmark = pytest.mark.integration
+
+SAID = {
+    "rabbitmq": "sent without the message type distq.tasks that says it is one",
+    "redis": "a worker on Redis takes one task per message",
+    "manager": "a worker on the manager takes one task per message",
+}
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Distq]]:
+    started: list[Distq] = []
+    yield started
+    for proc in started:
+        proc.stop(grace=3.0)
+
+
+def _letters(target: Target) -> list[dict[str, object]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "distq", "dead-letters", "--json"],
+        env=target.process_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    found: list[dict[str, object]] = json.loads(done.stdout)
+    return found
+
+
+def test_a_pack_of_tasks_is_dead_lettered_saying_what_its_transport_does_with_one(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """On Redis and the manager the letter said "sent without the message type
+    distq.tasks", which only RabbitMQ's messages have."""
+    body = pack([Task("jobs.square", [n], NO_REPLY).encode() for n in range(2)])
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    producer.submit([body])  # one body, as a message of its own: no type on RabbitMQ
+    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], target.process_env())
+    workers.append(proc)
+    assert proc.wait(90) == 0, proc.output()
+    producer.close()
+    letters: list[dict[str, object]] = []
+    deadline = time.monotonic() + 30
+    while not letters and time.monotonic() < deadline:
+        letters = _letters(target)
+        if not letters:
+            time.sleep(0.2)
+    assert len(letters) == 1, letters
+    reason = str(letters[0]["reason"])
+    assert reason.startswith("malformed message: a pack of 2 task(s)"), reason
+    assert SAID[target.name] in reason, reason
+    others = [said for name, said in SAID.items() if name != target.name]
+    assert not any(said in reason for said in others), reason
