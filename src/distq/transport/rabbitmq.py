@@ -178,7 +178,12 @@ from distq.transport.rabbitmq_packs import (
     packed,
     task_bodies,
 )
-from distq.transport.rabbitmq_retries import RetryQueues, queue_arguments, retry_queues
+from distq.transport.rabbitmq_retries import (
+    RetryQueues,
+    delay_ms,
+    queue_arguments,
+    retry_queues,
+)
 from distq.transport.rabbitmq_settle import Outbox
 
 _PACKED_TASKS = pika.BasicProperties(
@@ -312,6 +317,12 @@ class RabbitMQTransport(Transport):
         RabbitMQ 3.10 a quorum queue younger than about 3 minutes does not come back
         from a node crash (its Ra name registry is saved every 3 minutes)."""
         return LeaseRecords.queue_arguments(self.lease_ms, self.queue)
+
+    @property
+    def defer_seconds(self) -> float:
+        """How long a copy of a task still running in this worker waits before it comes
+        back (:meth:`RabbitMQConsumer._defer_running`): a lease, and a second at least."""
+        return max(1.0, self.settings.lease_seconds)
 
     def declare(self, channel: Any, dead_queue: bool = True) -> None:
         """Declare the task queue and (``dead_queue``) the dead-letter queue (idempotent)."""
@@ -495,7 +506,9 @@ class RabbitMQTransport(Transport):
 
         ``ready`` counts the task queue and the retry queues of distq's backoff schedule
         (:data:`~distq.transport.rabbitmq_retries.RETRY_DELAYS_MS`): retries waiting out
-        their delay, as on the other transports. AMQP does not report unacknowledged
+        their delay, as on the other transports; and that of :attr:`defer_seconds`, where
+        copies wait out a lease (``Q.retry.5000`` with the default lease was counted
+        nowhere). AMQP does not report unacknowledged
         counts (only the management plugin does), so ``in_flight`` counts the deliveries
         held by this process's consumers. A queue that does not exist holds nothing: a
         client (``distq status``) declares none, as one it declared would have the
@@ -504,7 +517,8 @@ class RabbitMQTransport(Transport):
         """
 
         def counts(channel: Any) -> tuple[int, int, int]:
-            queues = (self.queue, self.dead_queue, *retry_queues(self.queue))
+            waits = retry_queues(self.queue, delay_ms(self.defer_seconds))
+            queues = (self.queue, self.dead_queue, *waits)
             tasks, dead, *retries = declared(channel.connection, *queues)
             ready = sum(int(q.message_count) for q in (tasks, *retries) if q is not None)
             consumers = int(tasks.consumer_count) if tasks is not None else 0
@@ -934,7 +948,7 @@ class RabbitMQConsumer(Consumer):
     def _defer_running(self, got: list[Delivery]) -> list[Delivery]:
         """``got`` but the copies of tasks that still run in this worker on a lost link
         (:func:`~distq.transport.rabbitmq_copies.running_copies`), which go back to the
-        task queue after :meth:`_defer_seconds` through a retry queue, published before
+        task queue after ``transport.defer_seconds`` through a retry queue, published before
         they are acked. Back later, such a copy is acked unrun once its original's result
         went (:meth:`_drop_done`: the original's settle found it in ``transport.deferred``),
         and runs if the original failed."""
@@ -945,16 +959,10 @@ class RabbitMQConsumer(Consumer):
         self._again = {tag for tag in again if tag in self._held} - {d.tag for d in got}
         if not copies:
             return got
-        self._retries.publish(self._link, self._defer_seconds, (d.body for d in copies))
+        self._retries.publish(self._link, transport.defer_seconds, (d.body for d in copies))
         self._link.confirm()
         transport.deferred.add(d.body for d in copies)
         return self._acked_out(got, copies)
-
-    @property
-    def _defer_seconds(self) -> float:
-        """How long a copy of a task still running here waits before it comes back: a
-        lease, and a second at least."""
-        return max(1.0, self._transport.settings.lease_seconds)
 
     def handed_out(self) -> set[bytes] | None:
         """The bodies this consumer has handed out to its slot (held and not buffered, or
