@@ -31,10 +31,12 @@ queue                   arguments                                      holds
                         ``x-expires: <ms> + 1 h``
 ``Q.held.<consumer>``   ``x-message-ttl: <2 leases, ms>``,             long tasks' lease
                         dead-letters to ``Q``,                         records (below)
-                        ``x-expires: <2 leases, ms> + 1 min``
-                        (always classic; 2 is ``RECORD_LEASES``)
-``Q.results.<job>``     ``x-expires: <master ttl ms>`` (always         one master's results
-                        classic)
+                        ``x-expires: <2 leases, ms> + 1 min``,
+                        ``x-queue-type: classic`` (always, even
+                        where a vhost's default type is quorum;
+                        2 is ``RECORD_LEASES``)
+``Q.results.<job>``     ``x-expires: <master ttl ms>``,                one master's results
+                        ``x-queue-type: classic`` (always)
 ``Q.dead:reader``       exclusive (its connection's: gone with it)     none: held while a
                                                                        command reads Q.dead
 ======================  =============================================  =====================
@@ -575,7 +577,10 @@ class RabbitMQProducer(Producer):
                 channel = link.channel
                 self._transport.declare(channel)
                 ttl = round(self._transport.settings.master_ttl * 1000)
-                channel.queue_declare(self.reply_to, durable=True, arguments={"x-expires": ttl})
+                # classic by name: a vhost whose default queue type is quorum made it a
+                # quorum queue (the README says always classic)
+                arguments = {"x-expires": ttl, "x-queue-type": "classic"}
+                channel.queue_declare(self.reply_to, durable=True, arguments=arguments)
                 channel.basic_qos(prefetch_count=_REPLY_PREFETCH)
                 channel.add_on_cancel_callback(self._on_cancelled)
                 channel.basic_consume(self.reply_to, self._on_result, auto_ack=False)

@@ -1,0 +1,109 @@
+"""RabbitMQ behaviour that needs a node of this module's own, set up with ``rabbitmqctl``:
+delivery limits (a policy's ``delivery-limit``, RabbitMQ 4's default of 20 on every
+quorum queue) and a vhost whose default queue type is quorum.
+
+The node is a plain ``rabbitmq-server`` process (``tests/launch``) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from distq.config import Settings
+from distq.transport.rabbitmq import RabbitMQTransport
+from distq.transport.rabbitmq_holds import record_queue
+from launch import LocalRabbitMQ
+from seam import fetch_n
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+Open = Callable[..., RabbitMQTransport]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRabbitMQ]:
+    with LocalRabbitMQ(tmp_path_factory.mktemp("rabbitmq")) as server:
+        yield server.start(120)
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"q-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def raw(node: LocalRabbitMQ) -> Iterator[Any]:
+    connection = node.connect()
+    channel = connection.channel()
+    channel.confirm_delivery()
+    yield channel
+    if connection.is_open:
+        connection.close()
+
+
+@pytest.fixture
+def open_transport(node: LocalRabbitMQ, queue: str) -> Iterator[Open]:
+    opened: list[RabbitMQTransport] = []
+
+    def _open(url: str = node.url, **more: Any) -> RabbitMQTransport:
+        settings = Settings(
+            transport="rabbitmq", amqp_url=url, queue=queue, lease_seconds=1.0, **more
+        )
+        transport = RabbitMQTransport(settings, "worker")
+        opened.append(transport)
+        return transport
+
+    yield _open
+    for transport in opened:
+        transport.close()
+    with node.connect() as connection:
+        channel = connection.channel()
+        for name in (queue, f"{queue}.dead"):
+            channel.queue_delete(name)
+
+
+def _delivery_limit(node: LocalRabbitMQ, pattern: str, limit: int) -> None:
+    """A policy giving the queues named by ``pattern`` a delivery limit of ``limit``."""
+    definition = json.dumps({"delivery-limit": limit})
+    name = f"limit-{uuid.uuid4().hex[:6]}"
+    node.ctl("set_policy", name, pattern, definition, "--apply-to", "queues")
+
+
+def _ready(raw: Any, name: str) -> int:
+    return int(raw.queue_declare(name, passive=True).method.message_count)
+
+
+def test_reply_and_record_queues_are_classic_where_the_vhost_defaults_to_quorum(
+    node: LocalRabbitMQ, open_transport: Open, queue: str
+) -> None:
+    """The README's topology: a master's reply queue and a worker's lease-record queue
+    are always classic (a quorum queue younger than about 3 minutes does not come back
+    from a crash on 3.10). Declared with no type, a vhost whose default queue type is
+    quorum made them quorum queues (rmq31)."""
+    vhost = f"v-{uuid.uuid4().hex[:6]}"
+    node.ctl("add_vhost", vhost, "--default-queue-type", "quorum")
+    try:
+        node.ctl("set_permissions", "-p", vhost, node.user, ".*", ".*", ".*")
+        t = open_transport(node.url.replace("/%2F", f"/{vhost}"))
+        producer = t.producer(t.reply_queue("p"))
+        consumer = t.consumer("c")
+        producer.submit([b"t1"])
+        producer.flush()
+        assert len(fetch_n(consumer, 1)) == 1
+        consumer.heartbeat()  # sees it held
+        time.sleep(1.3)  # held for a lease: the next heartbeat records it
+        consumer.heartbeat()
+        listed = node.ctl("list_queues", "-p", vhost, "name", "type", "--no-table-headers", "-q")
+        types = dict(line.split("\t")[:2] for line in listed.splitlines() if "\t" in line)
+        assert types[t.reply_queue("p")] == "classic"
+        assert types[record_queue(queue, consumer.consumer_id)] == "classic"
+        consumer.close()
+        producer.close()
+    finally:
+        node.ctl("delete_vhost", vhost)
