@@ -107,3 +107,31 @@ def test_reply_and_record_queues_are_classic_where_the_vhost_defaults_to_quorum(
         producer.close()
     finally:
         node.ctl("delete_vhost", vhost)
+
+
+def test_a_task_handed_back_past_a_delivery_limit_is_not_dropped_unanswered(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """A task a quorum queue dead-letters at its delivery limit (a policy's; RabbitMQ
+    4's default is 20) gets no error result: its master waits until its --timeout.
+    Hand-backs count as deliveries there: three stopping workers, each handing the task
+    back unrun, and a limit of 2 dropped it (rmq31)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    _delivery_limit(node, f"^{queue}$", 2)
+    producer.submit([b"t1"])
+    producer.flush()
+    for hand_back in range(1, 5):
+        consumer = t.consumer("c")
+        got = fetch_n(consumer, 1, within=5.0)
+        assert [d.body for d in got] == [b"t1"], f"hand-back {hand_back}"
+        assert consumer.release(got) == 1
+        consumer.close()
+    consumer = t.consumer("c")
+    again = fetch_n(consumer, 1, within=5.0)
+    results = producer.results(1, 0.5)
+    assert [d.body for d in again] == [b"t1"] or results, (
+        f"dropped unanswered: {_ready(raw, f'{queue}.dead')} dead letter(s)"
+    )
+    consumer.close()
+    producer.close()

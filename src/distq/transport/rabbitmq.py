@@ -760,6 +760,9 @@ class RabbitMQConsumer(Consumer):
         self._opener = threading.get_ident()  # the slot's thread (see fetch); not the keeper's
         self._try: Try | None = None  # a try to connect afresh, under way or not taken yet
         self._again: set[object] = set()  # redelivered tasks not handed out yet
+        # whether the queue counts deliveries (a quorum queue's x-delivery-count): see
+        # _give_back
+        self._counting = transport.quorum
         self._link = self._open_link()
 
     def _open_link(self) -> Link:
@@ -873,6 +876,8 @@ class RabbitMQConsumer(Consumer):
         bodies = task_bodies(props.type, body)
         tag = method.delivery_tag
         redelivered = bool(method.redelivered)
+        if props.headers and "x-delivery-count" in props.headers:
+            self._counting = True  # a quorum queue (the vhost's default type, say)
         delivered = self._held.receive(tag, bodies, redelivered)
         self._buffer += delivered
         if redelivered or (props.headers and from_a_record(props.headers)):
@@ -1230,11 +1235,17 @@ class RabbitMQConsumer(Consumer):
         hand out and run itself. Failing instead dropped the consumer, the broker
         requeued the whole message although some of its tasks were in the queue again,
         and the same refusal met it next time.
+
+        On a queue that counts deliveries (a quorum queue) no message is nacked: each
+        requeue counts as one, and at a delivery limit (a policy's; RabbitMQ 4's default
+        is 20) the broker dead-letters the message, its master never answered. A few
+        hand-backs of a task by stopping or busy workers dropped it so, unrun (rmq31).
+        Published again, a task starts its count afresh.
         """
         self._check_records()
         link, queue = self._link, self._transport.queue
         records = self._records.bodies if self._records is not None else {}
-        plan = self._held.release(tags, whole)
+        plan = self._held.release(tags, whole and not self._counting)
         sent: dict[int, Delivery] = {}  # publish number -> its task
         for tag in tags:
             if tag in records:  # acked long ago
