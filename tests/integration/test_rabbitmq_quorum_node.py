@@ -13,9 +13,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pika
 import pytest
 
 from distq.config import Settings
+from distq.envelope import DeadLetter
 from distq.transport.rabbitmq import RabbitMQTransport
 from distq.transport.rabbitmq_holds import record_queue
 from launch import LocalRabbitMQ
@@ -135,3 +137,32 @@ def test_a_task_handed_back_past_a_delivery_limit_is_not_dropped_unanswered(
     )
     consumer.close()
     producer.close()
+
+
+def test_forget_orphans_leaves_alone_a_dead_letter_queue_the_vhost_made_quorum(
+    node: LocalRabbitMQ, open_transport: Open, queue: str
+) -> None:
+    """A master removes its orphans from the dead letters with a look that takes each
+    and puts the others back: each look counts as a delivery on a quorum queue, so it
+    makes no look there (diff16). It went by DISTQ_RABBITMQ_QUEUE_TYPE only: where the
+    vhost's default queue type is quorum the dead-letter queue is quorum all the same,
+    and a delivery limit dropped a letter that was no orphan after a few looks (rmq31)."""
+    vhost = f"v-{uuid.uuid4().hex[:6]}"
+    node.ctl("add_vhost", vhost, "--default-queue-type", "quorum")
+    try:
+        node.ctl("set_permissions", "-p", vhost, node.user, ".*", ".*", ".*")
+        definition = json.dumps({"delivery-limit": 2})
+        node.ctl("set_policy", "-p", vhost, "limit", ".*", definition, "--apply-to", "queues")
+        url = node.url.replace("/%2F", f"/{vhost}")
+        t = open_transport(url)  # classic, as the settings say: declares the queues
+        dead = f"{queue}.dead"
+        with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            channel.basic_publish("", dead, DeadLetter(b"x", "why", queue, "w").encode())
+            for _ in range(4):
+                assert t.forget_orphans(t.reply_queue("gone")) == 0
+            time.sleep(0.5)
+            assert _ready(channel, dead) == 1
+    finally:
+        node.ctl("delete_vhost", vhost)

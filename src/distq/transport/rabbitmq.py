@@ -481,9 +481,10 @@ class RabbitMQTransport(Transport):
         at its original position. A failure (or the connection lost) puts back what was
         not acked: nothing but orphans is ever removed.
 
-        Not on quorum queues (``DISTQ_RABBITMQ_QUEUE_TYPE=quorum``): each letter taken
-        and put back counts as a delivery there, and a delivery limit (RabbitMQ 4's
-        default is 20) then drops letters that are not orphans (diff16)."""
+        Not on quorum queues (``DISTQ_RABBITMQ_QUEUE_TYPE=quorum``, or a dead-letter
+        queue of a vhost whose default type is quorum): each letter taken and put back
+        counts as a delivery there, and a delivery limit (RabbitMQ 4's default is 20)
+        then drops letters that are not orphans (diff16)."""
         if self.quorum:
             return 0
         forget = partial(
