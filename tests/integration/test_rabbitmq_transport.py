@@ -2169,3 +2169,27 @@ def test_a_producer_closes_within_the_close_bound_while_the_broker_hangs(
         took = time.monotonic() - started
         partition.heal()
         assert took < 2 * rabbitmq_link.CLOSE_SECONDS - 1.0, took  # before: two waits
+
+
+def test_stats_counts_a_copy_waiting_out_a_lease_as_ready(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A copy of a task still running here waits a lease in ``Q.retry.<lease ms>``
+    (5000 with the default lease), which is not among the backoff schedule's delays:
+    ``stats`` (``distq status``, KEDA) counted it nowhere for those seconds (rmq31)."""
+    t = open_transport(lease=5.0)
+    producer = t.producer(t.reply_queue("p"))
+    consumer = t.consumer("c1")
+    waiting = f"{queue}.retry.5000"
+    try:
+        producer.submit([b"t1"])
+        producer.flush()
+        t.running_lost.add([b"t1"])  # its original still runs here on a lost link
+        assert consumer.fetch(1, 2.0) == []  # the copy: deferred, not handed out
+        assert _ready(raw, waiting) == 1
+        assert t.stats().ready == 1
+    finally:
+        t.running_lost.discard([b"t1"])
+        consumer.close()
+        producer.close()
+        raw.queue_delete(waiting)

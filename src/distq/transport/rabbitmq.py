@@ -31,10 +31,12 @@ queue                   arguments                                      holds
                         ``x-expires: <ms> + 1 h``
 ``Q.held.<consumer>``   ``x-message-ttl: <2 leases, ms>``,             long tasks' lease
                         dead-letters to ``Q``,                         records (below)
-                        ``x-expires: <2 leases, ms> + 1 min``
-                        (always classic; 2 is ``RECORD_LEASES``)
-``Q.results.<job>``     ``x-expires: <master ttl ms>`` (always         one master's results
-                        classic)
+                        ``x-expires: <2 leases, ms> + 1 min``,
+                        ``x-queue-type: classic`` (always, even
+                        where a vhost's default type is quorum;
+                        2 is ``RECORD_LEASES``)
+``Q.results.<job>``     ``x-expires: <master ttl ms>``,                one master's results
+                        ``x-queue-type: classic`` (always)
 ``Q.dead:reader``       exclusive (its connection's: gone with it)     none: held while a
                                                                        command reads Q.dead
 ======================  =============================================  =====================
@@ -178,7 +180,12 @@ from distq.transport.rabbitmq_packs import (
     packed,
     task_bodies,
 )
-from distq.transport.rabbitmq_retries import RetryQueues, queue_arguments, retry_queues
+from distq.transport.rabbitmq_retries import (
+    RetryQueues,
+    delay_ms,
+    queue_arguments,
+    retry_queues,
+)
 from distq.transport.rabbitmq_settle import Outbox
 
 _PACKED_TASKS = pika.BasicProperties(
@@ -312,6 +319,12 @@ class RabbitMQTransport(Transport):
         RabbitMQ 3.10 a quorum queue younger than about 3 minutes does not come back
         from a node crash (its Ra name registry is saved every 3 minutes)."""
         return LeaseRecords.queue_arguments(self.lease_ms, self.queue)
+
+    @property
+    def defer_seconds(self) -> float:
+        """How long a copy of a task still running in this worker waits before it comes
+        back (:meth:`RabbitMQConsumer._defer_running`): a lease, and a second at least."""
+        return max(1.0, self.settings.lease_seconds)
 
     def declare(self, channel: Any, dead_queue: bool = True) -> None:
         """Declare the task queue and (``dead_queue``) the dead-letter queue (idempotent)."""
@@ -468,9 +481,10 @@ class RabbitMQTransport(Transport):
         at its original position. A failure (or the connection lost) puts back what was
         not acked: nothing but orphans is ever removed.
 
-        Not on quorum queues (``DISTQ_RABBITMQ_QUEUE_TYPE=quorum``): each letter taken
-        and put back counts as a delivery there, and a delivery limit (RabbitMQ 4's
-        default is 20) then drops letters that are not orphans (diff16)."""
+        Not on quorum queues (``DISTQ_RABBITMQ_QUEUE_TYPE=quorum``, or a dead-letter
+        queue of a vhost whose default type is quorum): each letter taken and put back
+        counts as a delivery there, and a delivery limit (RabbitMQ 4's default is 20)
+        then drops letters that are not orphans (diff16)."""
         if self.quorum:
             return 0
         forget = partial(
@@ -495,7 +509,9 @@ class RabbitMQTransport(Transport):
 
         ``ready`` counts the task queue and the retry queues of distq's backoff schedule
         (:data:`~distq.transport.rabbitmq_retries.RETRY_DELAYS_MS`): retries waiting out
-        their delay, as on the other transports. AMQP does not report unacknowledged
+        their delay, as on the other transports; and that of :attr:`defer_seconds`, where
+        copies wait out a lease (``Q.retry.5000`` with the default lease was counted
+        nowhere). AMQP does not report unacknowledged
         counts (only the management plugin does), so ``in_flight`` counts the deliveries
         held by this process's consumers. A queue that does not exist holds nothing: a
         client (``distq status``) declares none, as one it declared would have the
@@ -504,7 +520,8 @@ class RabbitMQTransport(Transport):
         """
 
         def counts(channel: Any) -> tuple[int, int, int]:
-            queues = (self.queue, self.dead_queue, *retry_queues(self.queue))
+            waits = retry_queues(self.queue, delay_ms(self.defer_seconds))
+            queues = (self.queue, self.dead_queue, *waits)
             tasks, dead, *retries = declared(channel.connection, *queues)
             ready = sum(int(q.message_count) for q in (tasks, *retries) if q is not None)
             consumers = int(tasks.consumer_count) if tasks is not None else 0
@@ -561,7 +578,10 @@ class RabbitMQProducer(Producer):
                 channel = link.channel
                 self._transport.declare(channel)
                 ttl = round(self._transport.settings.master_ttl * 1000)
-                channel.queue_declare(self.reply_to, durable=True, arguments={"x-expires": ttl})
+                # classic by name: a vhost whose default queue type is quorum made it a
+                # quorum queue (the README says always classic)
+                arguments = {"x-expires": ttl, "x-queue-type": "classic"}
+                channel.queue_declare(self.reply_to, durable=True, arguments=arguments)
                 channel.basic_qos(prefetch_count=_REPLY_PREFETCH)
                 channel.add_on_cancel_callback(self._on_cancelled)
                 channel.basic_consume(self.reply_to, self._on_result, auto_ack=False)
@@ -741,6 +761,9 @@ class RabbitMQConsumer(Consumer):
         self._opener = threading.get_ident()  # the slot's thread (see fetch); not the keeper's
         self._try: Try | None = None  # a try to connect afresh, under way or not taken yet
         self._again: set[object] = set()  # redelivered tasks not handed out yet
+        # whether the queue counts deliveries (a quorum queue's x-delivery-count): see
+        # _give_back
+        self._counting = transport.quorum
         self._link = self._open_link()
 
     def _open_link(self) -> Link:
@@ -854,6 +877,8 @@ class RabbitMQConsumer(Consumer):
         bodies = task_bodies(props.type, body)
         tag = method.delivery_tag
         redelivered = bool(method.redelivered)
+        if props.headers and "x-delivery-count" in props.headers:
+            self._counting = True  # a quorum queue (the vhost's default type, say)
         delivered = self._held.receive(tag, bodies, redelivered)
         self._buffer += delivered
         if redelivered or (props.headers and from_a_record(props.headers)):
@@ -934,7 +959,7 @@ class RabbitMQConsumer(Consumer):
     def _defer_running(self, got: list[Delivery]) -> list[Delivery]:
         """``got`` but the copies of tasks that still run in this worker on a lost link
         (:func:`~distq.transport.rabbitmq_copies.running_copies`), which go back to the
-        task queue after :meth:`_defer_seconds` through a retry queue, published before
+        task queue after ``transport.defer_seconds`` through a retry queue, published before
         they are acked. Back later, such a copy is acked unrun once its original's result
         went (:meth:`_drop_done`: the original's settle found it in ``transport.deferred``),
         and runs if the original failed."""
@@ -945,16 +970,10 @@ class RabbitMQConsumer(Consumer):
         self._again = {tag for tag in again if tag in self._held} - {d.tag for d in got}
         if not copies:
             return got
-        self._retries.publish(self._link, self._defer_seconds, (d.body for d in copies))
+        self._retries.publish(self._link, transport.defer_seconds, (d.body for d in copies))
         self._link.confirm()
         transport.deferred.add(d.body for d in copies)
         return self._acked_out(got, copies)
-
-    @property
-    def _defer_seconds(self) -> float:
-        """How long a copy of a task still running here waits before it comes back: a
-        lease, and a second at least."""
-        return max(1.0, self._transport.settings.lease_seconds)
 
     def handed_out(self) -> set[bytes] | None:
         """The bodies this consumer has handed out to its slot (held and not buffered, or
@@ -1217,11 +1236,17 @@ class RabbitMQConsumer(Consumer):
         hand out and run itself. Failing instead dropped the consumer, the broker
         requeued the whole message although some of its tasks were in the queue again,
         and the same refusal met it next time.
+
+        On a queue that counts deliveries (a quorum queue) no message is nacked: each
+        requeue counts as one, and at a delivery limit (a policy's; RabbitMQ 4's default
+        is 20) the broker dead-letters the message, its master never answered. A few
+        hand-backs of a task by stopping or busy workers dropped it so, unrun (rmq31).
+        Published again, a task starts its count afresh.
         """
         self._check_records()
         link, queue = self._link, self._transport.queue
         records = self._records.bodies if self._records is not None else {}
-        plan = self._held.release(tags, whole)
+        plan = self._held.release(tags, whole and not self._counting)
         sent: dict[int, Delivery] = {}  # publish number -> its task
         for tag in tags:
             if tag in records:  # acked long ago

@@ -259,6 +259,8 @@ def remove_orphans(channel: Any, queue: str, dead_queue: str, reply_to: str, mos
         (before,) = declared(channel.connection, dead_queue)
         if before is None:  # not declared yet: no letters
             return 0
+        if _counts_deliveries(channel.connection, dead_queue):
+            return 0
         removed, kept, held = 0, None, 0
         try:
             for _ in range(min(before.message_count, most)):
@@ -276,6 +278,29 @@ def remove_orphans(channel: Any, queue: str, dead_queue: str, reply_to: str, mos
             if kept is not None and channel.is_open:
                 _put_back(channel, dead_queue, kept, held)
         return removed
+
+
+def _counts_deliveries(connection: Any, queue: str) -> bool:
+    """Whether ``queue`` may count deliveries: a quorum queue, where each letter a look
+    takes and puts back counts as one, and a delivery limit (a policy's, RabbitMQ 4's
+    default of 20) drops letters after a few looks. A queue of the vhost's default type
+    is one where that type is quorum, whatever ``DISTQ_RABBITMQ_QUEUE_TYPE`` says
+    (rmq31). Asked by declaring it classic, on a channel of its own: RabbitMQ refuses
+    that (PRECONDITION_FAILED) for any queue but a classic one declared as distq
+    declares it, and takes it for that one. A user not allowed to declare it (a 403)
+    looks as before."""
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "classic"})
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 406:
+            return True
+        if exc.reply_code != 403:
+            raise
+        return False
+    with contextlib.suppress(*PikaError):
+        channel.close()
+    return False
 
 
 def _letters(got: list[tuple[Any, Any, bytes]], queue: str) -> list[DeadLetter]:

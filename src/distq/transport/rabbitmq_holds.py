@@ -129,6 +129,8 @@ class LeaseRecords:
             "x-dead-letter-routing-key": task_queue,
             # after its records: an expired queue drops its messages, dead-lettering none
             "x-expires": RECORD_LEASES * lease_ms + _EXPIRES_AFTER_MS,
+            # by name: a vhost whose default queue type is quorum made it a quorum queue
+            "x-queue-type": "classic",
         }
 
     def __contains__(self, tag: object) -> bool:

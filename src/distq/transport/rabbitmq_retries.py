@@ -6,7 +6,8 @@ and it dead-letters what expires back into the task queue ``Q``. A retry queue g
 away an hour after its last use (``x-expires``). A worker's consumer declares one before
 it publishes into it, and again at most once a minute, which renews that hour
 (:class:`RetryQueues`). ``stats`` counts the messages in the retry queues of distq's own
-backoff schedule (:data:`RETRY_DELAYS_MS`) as ready.
+backoff schedule (:data:`RETRY_DELAYS_MS`), and of a copy's wait for its original (a
+lease, a second at least), as ready.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def retry_queue(queue: str, ms: int) -> str:
 RETRY_DELAYS_MS = tuple(sorted({delay_ms(retry_delay(attempt)) for attempt in range(1, 64)}))
 
 
-def retry_queues(queue: str) -> list[str]:
-    """``queue``'s retry queues (``Q.retry.<ms>``) of the backoff schedule."""
-    return [retry_queue(queue, ms) for ms in RETRY_DELAYS_MS]
+def retry_queues(queue: str, *more_ms: int) -> list[str]:
+    """``queue``'s retry queues (``Q.retry.<ms>``) of the backoff schedule, and those of
+    ``more_ms`` not in it."""
+    extra = sorted(set(more_ms) - set(RETRY_DELAYS_MS))
+    return [retry_queue(queue, ms) for ms in (*RETRY_DELAYS_MS, *extra)]
 
 
 def queue_arguments(dead_lettering: dict[str, Any], ms: int) -> dict[str, Any]:

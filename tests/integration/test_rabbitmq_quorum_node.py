@@ -1,0 +1,168 @@
+"""RabbitMQ behaviour that needs a node of this module's own, set up with ``rabbitmqctl``:
+delivery limits (a policy's ``delivery-limit``, RabbitMQ 4's default of 20 on every
+quorum queue) and a vhost whose default queue type is quorum.
+
+The node is a plain ``rabbitmq-server`` process (``tests/launch``) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pika
+import pytest
+
+from distq.config import Settings
+from distq.envelope import DeadLetter
+from distq.transport.rabbitmq import RabbitMQTransport
+from distq.transport.rabbitmq_holds import record_queue
+from launch import LocalRabbitMQ
+from seam import fetch_n
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+Open = Callable[..., RabbitMQTransport]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRabbitMQ]:
+    with LocalRabbitMQ(tmp_path_factory.mktemp("rabbitmq")) as server:
+        yield server.start(120)
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"q-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def raw(node: LocalRabbitMQ) -> Iterator[Any]:
+    connection = node.connect()
+    channel = connection.channel()
+    channel.confirm_delivery()
+    yield channel
+    if connection.is_open:
+        connection.close()
+
+
+@pytest.fixture
+def open_transport(node: LocalRabbitMQ, queue: str) -> Iterator[Open]:
+    opened: list[RabbitMQTransport] = []
+
+    def _open(url: str = node.url, **more: Any) -> RabbitMQTransport:
+        settings = Settings(
+            transport="rabbitmq", amqp_url=url, queue=queue, lease_seconds=1.0, **more
+        )
+        transport = RabbitMQTransport(settings, "worker")
+        opened.append(transport)
+        return transport
+
+    yield _open
+    for transport in opened:
+        transport.close()
+    with node.connect() as connection:
+        channel = connection.channel()
+        for name in (queue, f"{queue}.dead"):
+            channel.queue_delete(name)
+
+
+def _delivery_limit(node: LocalRabbitMQ, pattern: str, limit: int) -> None:
+    """A policy giving the queues named by ``pattern`` a delivery limit of ``limit``."""
+    definition = json.dumps({"delivery-limit": limit})
+    name = f"limit-{uuid.uuid4().hex[:6]}"
+    node.ctl("set_policy", name, pattern, definition, "--apply-to", "queues")
+
+
+def _ready(raw: Any, name: str) -> int:
+    return int(raw.queue_declare(name, passive=True).method.message_count)
+
+
+def test_reply_and_record_queues_are_classic_where_the_vhost_defaults_to_quorum(
+    node: LocalRabbitMQ, open_transport: Open, queue: str
+) -> None:
+    """The README's topology: a master's reply queue and a worker's lease-record queue
+    are always classic (a quorum queue younger than about 3 minutes does not come back
+    from a crash on 3.10). Declared with no type, a vhost whose default queue type is
+    quorum made them quorum queues (rmq31)."""
+    vhost = f"v-{uuid.uuid4().hex[:6]}"
+    node.ctl("add_vhost", vhost, "--default-queue-type", "quorum")
+    try:
+        node.ctl("set_permissions", "-p", vhost, node.user, ".*", ".*", ".*")
+        t = open_transport(node.url.replace("/%2F", f"/{vhost}"))
+        producer = t.producer(t.reply_queue("p"))
+        consumer = t.consumer("c")
+        producer.submit([b"t1"])
+        producer.flush()
+        assert len(fetch_n(consumer, 1)) == 1
+        consumer.heartbeat()  # sees it held
+        time.sleep(1.3)  # held for a lease: the next heartbeat records it
+        consumer.heartbeat()
+        listed = node.ctl("list_queues", "-p", vhost, "name", "type", "--no-table-headers", "-q")
+        types = dict(line.split("\t")[:2] for line in listed.splitlines() if "\t" in line)
+        assert types[t.reply_queue("p")] == "classic"
+        assert types[record_queue(queue, consumer.consumer_id)] == "classic"
+        consumer.close()
+        producer.close()
+    finally:
+        node.ctl("delete_vhost", vhost)
+
+
+def test_a_task_handed_back_past_a_delivery_limit_is_not_dropped_unanswered(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """A task a quorum queue dead-letters at its delivery limit (a policy's; RabbitMQ
+    4's default is 20) gets no error result: its master waits until its --timeout.
+    Hand-backs count as deliveries there: three stopping workers, each handing the task
+    back unrun, and a limit of 2 dropped it (rmq31)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    _delivery_limit(node, f"^{queue}$", 2)
+    producer.submit([b"t1"])
+    producer.flush()
+    for hand_back in range(1, 5):
+        consumer = t.consumer("c")
+        got = fetch_n(consumer, 1, within=5.0)
+        assert [d.body for d in got] == [b"t1"], f"hand-back {hand_back}"
+        assert consumer.release(got) == 1
+        consumer.close()
+    consumer = t.consumer("c")
+    again = fetch_n(consumer, 1, within=5.0)
+    results = producer.results(1, 0.5)
+    assert [d.body for d in again] == [b"t1"] or results, (
+        f"dropped unanswered: {_ready(raw, f'{queue}.dead')} dead letter(s)"
+    )
+    consumer.close()
+    producer.close()
+
+
+def test_forget_orphans_leaves_alone_a_dead_letter_queue_the_vhost_made_quorum(
+    node: LocalRabbitMQ, open_transport: Open, queue: str
+) -> None:
+    """A master removes its orphans from the dead letters with a look that takes each
+    and puts the others back: each look counts as a delivery on a quorum queue, so it
+    makes no look there (diff16). It went by DISTQ_RABBITMQ_QUEUE_TYPE only: where the
+    vhost's default queue type is quorum the dead-letter queue is quorum all the same,
+    and a delivery limit dropped a letter that was no orphan after a few looks (rmq31)."""
+    vhost = f"v-{uuid.uuid4().hex[:6]}"
+    node.ctl("add_vhost", vhost, "--default-queue-type", "quorum")
+    try:
+        node.ctl("set_permissions", "-p", vhost, node.user, ".*", ".*", ".*")
+        definition = json.dumps({"delivery-limit": 2})
+        node.ctl("set_policy", "-p", vhost, "limit", ".*", definition, "--apply-to", "queues")
+        url = node.url.replace("/%2F", f"/{vhost}")
+        t = open_transport(url)  # classic, as the settings say: declares the queues
+        dead = f"{queue}.dead"
+        with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            channel.basic_publish("", dead, DeadLetter(b"x", "why", queue, "w").encode())
+            for _ in range(4):
+                assert t.forget_orphans(t.reply_queue("gone")) == 0
+            time.sleep(0.5)
+            assert _ready(channel, dead) == 1
+    finally:
+        node.ctl("delete_vhost", vhost)
