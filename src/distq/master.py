@@ -552,12 +552,43 @@ class _Run(Generic[E]):
             del r.problems[:-KEEP_PROBLEMS]
         self.lines.append(problem)
 
+    def _withdraw(self, deadline: float) -> set[str]:
+        """Stopping: take the tasks no worker has taken yet back off the queue, where the
+        transport can (not RabbitMQ): a worker took them during the drain and ran them,
+        and their results came after the master had gone (with manager it serves its
+        queue until it exits). The ids taken back: they are missing, not waited for; in an
+        endless ``--rate`` job, where a stop is its end, they count as never submitted
+        (none is returned). Newest first (on Redis they are nearest the list's head), until
+        ``deadline``; a broker that fails or refuses ends it: the rest stay queued."""
+        entries = self.ledger.waiting(self.collector.waiting_ids().__contains__)
+        entries.reverse()
+        taken: set[str] = set()
+        for start in range(0, len(entries), MESSAGE_BATCH):
+            if self.hurry.is_set() or time.perf_counter() >= deadline:
+                break
+            batch = entries[start : start + MESSAGE_BATCH]
+            try:
+                with self.link.call(), self.health.liveness.waiting("job"):
+                    gone = self.producer.withdraw([body for _, body in batch])
+            except DistqError:
+                break  # no reconnecting on the way out
+            taken.update(task_id for (task_id, _), out in zip(batch, gone, strict=True) if out)
+        if self.spec.tasks is not None or not taken:
+            return taken
+        for task_id in taken:
+            self.collector.discard(task_id)
+        self.submitted -= len(taken)
+        self.report.tasks = self.submitted
+        return set()
+
     def _drain(self) -> None:
-        """Stopping: give tasks in flight ``drain_seconds`` to come back (they count as
-        missing after that: a job stopped before its end failed)."""
+        """Stopping: take back the tasks still queued (:meth:`_withdraw`), and give those
+        in flight ``drain_seconds`` (the two together) to come back (they count as missing
+        after that: a job stopped before its end failed)."""
         deadline = time.perf_counter() + self.spec.drain_seconds
+        withdrawn = self._withdraw(deadline)
         while (
-            self.collector.outstanding
+            any(task_id not in withdrawn for task_id in self.collector.waiting_ids())
             and time.perf_counter() < deadline
             and not self.hurry.is_set()
         ):
