@@ -42,7 +42,7 @@ from distq.config import (
 from distq.console import Console
 from distq.envelope import Result, Task, new_id, shown
 from distq.errors import CertificateRejected, ConfigError, DistqError, TransportError
-from distq.errortext import cut
+from distq.errortext import MAX_MESSAGE_CHARS, cut
 from distq.health import ProcessHealth
 from distq.ledger import Ledger, forget_orphans, submit_again
 from distq.telemetry import MasterTelemetry
@@ -533,7 +533,7 @@ class _Run(Generic[E]):
         r = self.report
         if result.status == "error":
             r.failed += 1
-            kind, why = str(result.error_type), str(result.error_message)
+            kind, why = _bounded(str(result.error_type)), _bounded(str(result.error_message))
             if not re.search(rf"(?<![\w.]){re.escape(kind)}(?::|$)", why):  # a worker's
                 why = f"{kind}: {why}"  # reason names it ("last error: ValueError: ...")
             problem = f"task {self.workload.name(entry)} [{result.task_id}] failed for good: "
@@ -680,6 +680,14 @@ class _Run(Generic[E]):
             for problem in r.problems[-10:]:
                 self.console.error(problem)
         return r
+
+
+def _bounded(text: str) -> str:
+    """An error result's type or message as a problem keeps it: cut (:func:`cut`) when
+    over twice :data:`MAX_MESSAGE_CHARS`. A distq worker's reason stays under that (its
+    error's message cut to it, with a few words around it); another sender's (a worker of
+    another version, a manager peer) was kept whole, megabytes in each of 2,000 problems."""
+    return cut(text) if len(text) > 2 * MAX_MESSAGE_CHARS else text
 
 
 def _rate(per_second: float) -> str:
