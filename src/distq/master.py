@@ -559,7 +559,10 @@ class _Run(Generic[E]):
         queue until it exits). The ids taken back: they are missing, not waited for; in an
         endless ``--rate`` job, where a stop is its end, they count as never submitted
         (none is returned). Newest first (on Redis they are nearest the list's head), until
-        ``deadline``; a broker that fails or refuses ends it: the rest stay queued."""
+        ``deadline``; a broker that fails or refuses ends it: the rest stay queued, as
+        they do when it was stopped in an outage (no call that would wait on it)."""
+        if self.outage.ongoing:
+            return set()
         entries = self.ledger.waiting(self.collector.waiting_ids().__contains__)
         entries.reverse()
         taken: set[str] = set()
