@@ -70,6 +70,10 @@ class Ledger:
         if len(entries) > max(COMPACT_FROM, 2 * open_tasks):
             self._entries = deque(entry for entry in entries if waiting(entry[1]))
 
+    def waiting(self, waiting: Callable[[str], bool]) -> list[Entry]:
+        """The entries still ``waiting`` for a result, oldest first."""
+        return [(tid, body) for _, tid, body in self._entries if waiting(tid)]
+
     def reconcile(self, held: int, waiting: Callable[[str], bool], open_tasks: int) -> list[Entry]:
         """What a producer's reconcile found (the broker holds the first ``held`` bodies)
         made into the tasks to submit again: :meth:`compact`, then :meth:`lost`."""

@@ -42,7 +42,7 @@ from distq.config import (
 from distq.console import Console
 from distq.envelope import Result, Task, new_id, shown
 from distq.errors import CertificateRejected, ConfigError, DistqError, TransportError
-from distq.errortext import cut
+from distq.errortext import MAX_MESSAGE_CHARS, cut
 from distq.health import ProcessHealth
 from distq.ledger import Ledger, forget_orphans, submit_again
 from distq.telemetry import MasterTelemetry
@@ -533,7 +533,7 @@ class _Run(Generic[E]):
         r = self.report
         if result.status == "error":
             r.failed += 1
-            kind, why = str(result.error_type), str(result.error_message)
+            kind, why = _bounded(str(result.error_type)), _bounded(str(result.error_message))
             if not re.search(rf"(?<![\w.]){re.escape(kind)}(?::|$)", why):  # a worker's
                 why = f"{kind}: {why}"  # reason names it ("last error: ValueError: ...")
             problem = f"task {self.workload.name(entry)} [{result.task_id}] failed for good: "
@@ -552,12 +552,46 @@ class _Run(Generic[E]):
             del r.problems[:-KEEP_PROBLEMS]
         self.lines.append(problem)
 
+    def _withdraw(self, deadline: float) -> set[str]:
+        """Stopping: take the tasks no worker has taken yet back off the queue, where the
+        transport can (not RabbitMQ): a worker took them during the drain and ran them,
+        and their results came after the master had gone (with manager it serves its
+        queue until it exits). The ids taken back: they are missing, not waited for; in an
+        endless ``--rate`` job, where a stop is its end, they count as never submitted
+        (none is returned). Newest first (on Redis they are nearest the list's head), until
+        ``deadline``; a broker that fails or refuses ends it: the rest stay queued, as
+        they do when it was stopped in an outage (no call that would wait on it)."""
+        if self.outage.ongoing:
+            return set()
+        entries = self.ledger.waiting(self.collector.waiting_ids().__contains__)
+        entries.reverse()
+        taken: set[str] = set()
+        for start in range(0, len(entries), MESSAGE_BATCH):
+            if self.hurry.is_set() or time.perf_counter() >= deadline:
+                break
+            batch = entries[start : start + MESSAGE_BATCH]
+            try:
+                with self.link.call(), self.health.liveness.waiting("job"):
+                    gone = self.producer.withdraw([body for _, body in batch])
+            except DistqError:
+                break  # no reconnecting on the way out
+            taken.update(task_id for (task_id, _), out in zip(batch, gone, strict=True) if out)
+        if self.spec.tasks is not None or not taken:
+            return taken
+        for task_id in taken:
+            self.collector.discard(task_id)
+        self.submitted -= len(taken)
+        self.report.tasks = self.submitted
+        return set()
+
     def _drain(self) -> None:
-        """Stopping: give tasks in flight ``drain_seconds`` to come back (they count as
-        missing after that: a job stopped before its end failed)."""
+        """Stopping: take back the tasks still queued (:meth:`_withdraw`), and give those
+        in flight ``drain_seconds`` (the two together) to come back (they count as missing
+        after that: a job stopped before its end failed)."""
         deadline = time.perf_counter() + self.spec.drain_seconds
+        withdrawn = self._withdraw(deadline)
         while (
-            self.collector.outstanding
+            any(task_id not in withdrawn for task_id in self.collector.waiting_ids())
             and time.perf_counter() < deadline
             and not self.hurry.is_set()
         ):
@@ -649,6 +683,14 @@ class _Run(Generic[E]):
             for problem in r.problems[-10:]:
                 self.console.error(problem)
         return r
+
+
+def _bounded(text: str) -> str:
+    """An error result's type or message as a problem keeps it: cut (:func:`cut`) when
+    over twice :data:`MAX_MESSAGE_CHARS`. A distq worker's reason stays under that (its
+    error's message cut to it, with a few words around it); another sender's (a worker of
+    another version, a manager peer) was kept whole, megabytes in each of 2,000 problems."""
+    return cut(text) if len(text) > 2 * MAX_MESSAGE_CHARS else text
 
 
 def _rate(per_second: float) -> str:

@@ -974,21 +974,30 @@ def test_a_master_the_broker_refuses_while_it_drains_writes_its_report_too(
     redis_url: str, raw: redis.Redis[bytes], tmp_path: Path
 ) -> None:
     """Stopped, the master waits up to 5 s for results in flight: a refusal then still
-    ended it with exit 2 and no summary, no report, no "master exit"."""
+    ended it with exit 2 and no summary, no report, no "master exit". A worker runs a
+    long task meanwhile: the tasks still queued are taken back at the stop, and with
+    none in flight the master does not wait."""
     port = urlsplit(redis_url).port
     with _acl_user(raw, "~*", "+@all") as user:
         target = _redis_target(f"redis://{user}:pw@127.0.0.1:{port}/0")
         report = tmp_path / "report.json"
         argv = ["master", "--rate", "20", "--tasks", "200", "--report", str(report)]
-        master = Distq(argv, target.process_env())
+        master = Distq([*argv, "--task-delay", "30"], target.process_env())
+        worker = Distq(["worker"], target.process_env())
 
         def stop_then_refuse() -> None:
+            worker.wait_for(r"Get task \d+ from task_queue")
             master.signal(signal.SIGTERM)
             master.wait_for(r"^SIGTERM: stopping the job")
             time.sleep(1.0)  # the job's loop has ended: the master drains (up to 5 s)
             raw.execute_command("ACL", "SETUSER", user, "resetkeys", "~nothing")
 
-        out = _exits_2_after(master, r"^put task ", stop_then_refuse, raw, target.settings.queue)
+        try:
+            out = _exits_2_after(
+                master, r"^put task ", stop_then_refuse, raw, target.settings.queue
+            )
+        finally:
+            worker.stop(grace=0)
     assert re.search(r"^job stopped after .* missing$", out, re.M), out
     assert out.rstrip().endswith("master exit") and "Traceback" not in out, out
     assert json.loads(report.read_text())["problems"][0].startswith("stopped: Redis at ")

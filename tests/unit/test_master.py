@@ -543,3 +543,55 @@ def test_a_huge_wrong_value_is_cut_in_the_problems_as_an_error_is(transport: Tra
         assert problem.startswith("wrong result for square(") and "'xxxx" in problem
         assert problem.endswith("... (896,002 characters cut)"), problem[-60:]
     assert len(out) < 50_000
+
+
+def test_a_huge_error_message_is_cut_in_the_problems(transport: Transport) -> None:
+    """A distq worker cuts an error's message to 4,000 characters, but an error result
+    from any other sender (a worker of another version, a manager peer) was kept whole
+    in the master's problem, its type too: 2,000 of 1 MB on a --rate master were 2 GB,
+    where the README says each problem is cut to about 4,000 characters."""
+
+    def huge(task: Task) -> list[bytes]:
+        failed = Result(
+            task_id=task.id,
+            status="error",
+            worker="other",
+            attempt=1,
+            started_at=0.0,
+            duration=0.0,
+            error_type="E" * 20_000,
+            error_message="m" * 1_000_000,
+        )
+        return [failed.encode()]
+
+    out, report = run(transport, JobSpec(tasks=2, timeout=20), huge)
+    assert report.failed == 2 and len(report.problems) == 2, out[-2000:]
+    for problem in report.problems:
+        assert len(problem) < 10_000, len(problem)
+        assert "... (996,000 characters cut)" in problem, problem[-60:]
+    assert len(out) < 50_000
+
+
+@pytest.mark.parametrize("tasks", [None, 30])
+def test_a_stopped_job_takes_back_the_tasks_no_worker_took(
+    transport: Transport, tasks: int | None
+) -> None:
+    """Stopped with tasks still queued (no worker here), the master takes them back off
+    the queue: a worker took them during its wait for results in flight and ran them,
+    their results dropped. With --tasks they count as missing (not waited for); an
+    endless --rate job's stop is its end, and those never ran: not submitted, so it
+    succeeds when every task a worker took came back (here none)."""
+    stop = threading.Event()
+    timer = threading.Timer(1.0, stop.set)
+    timer.start()
+    out = io.StringIO()
+    spec = JobSpec(tasks=tasks, rate=20, status_every=10)
+    try:
+        report = Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    finally:
+        timer.join()
+    assert transport.stats().ready == 0, out.getvalue()
+    if tasks is None:
+        assert report.succeeded and report.tasks == 0, out.getvalue()
+    else:
+        assert report.tasks == 30 and report.missing == 30 and not report.succeeded

@@ -211,6 +211,38 @@ def test_a_master_stopped_during_an_outage_ends_naming_what_is_missing() -> None
     assert "job stopped after" in out and "25 missing" in out
 
 
+class Withdraws(Flaky):
+    """A Flaky broker that takes back whatever it is asked to, counting the calls."""
+
+    withdrawals = 0
+
+    def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
+        self.withdrawals += 1
+        self._maybe_fail()
+        return [True] * len(bodies)
+
+
+def test_a_master_stopped_during_an_outage_does_not_wait_on_the_broker_to_withdraw() -> None:
+    """Stopped mid-outage, the master takes nothing back: a call to a broker that does
+    not answer waits out its socket's timeout, before the drain's own call does."""
+    producer = Withdraws("r", outage=10**6, loses=True)
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    out, report = _run(producer, stop)
+    assert producer.withdrawals == 0 and report.missing == 25, out
+
+
+def test_a_master_stopped_takes_back_what_the_broker_still_holds() -> None:
+    producer = Withdraws("r", outage=0, loses=False)
+    producer.calls = 3  # past the outage: the broker answers, and holds the 30 tasks
+    producer.results = lambda max_count, timeout: []  # type: ignore[method-assign]
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    out, report = _run(producer, stop)
+    assert producer.withdrawals == 1 and report.missing == 30, out
+    assert "job stopped after" in out and "30 missing" in out
+
+
 class Lapsed(Flaky):
     """A broker that kept everything, tasks and results, but whose count of this master's
     submissions restarted (Redis, after a partition longer than the master's time to
