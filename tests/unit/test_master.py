@@ -531,6 +531,44 @@ def test_a_broker_that_keeps_refusing_the_job_is_retried_with_growing_backoff(
     assert len(sent) <= 8, len(sent)
 
 
+def test_a_refusal_read_a_call_later_still_grows_the_backoff(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same broker, its refusal read one call after the send instead of with the next
+    (a RabbitMQ nack that comes after one result read): that call went through, so the
+    master ended the outage and started its backoff again at 0.1 s each time (delays
+    0.1, 0.1, 0.1, ... between sends). The backoff now resets only once the calls have
+    gone through for its longest delay since the reconnect."""
+    pending: list[int] = []
+    delays: list[float] = []
+
+    class Recorded(Backoff):
+        def next(self) -> float:
+            delays.append(super().next())
+            return delays[-1]
+
+    original = ManagerProducer.results
+    monkeypatch.setattr("distq.master.Backoff", lambda: Recorded(rng=lambda: 1.0))
+
+    def dropped(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        pending.append(2)  # refused, said at the second call after this one
+
+    def results(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
+        if pending:
+            pending[0] -= 1
+            if pending[0] == 0:
+                pending.clear()
+                raise TransportError("the broker refused 1 message(s)")
+        return original(self, max_count, timeout)
+
+    monkeypatch.setattr(ManagerProducer, "submit", dropped)
+    monkeypatch.setattr(ManagerProducer, "results", results)
+    out, report = run(transport, JobSpec(tasks=5, timeout=3.0), right)
+    assert report.missing == 5, out
+    assert len(delays) >= 3, out
+    assert delays[:3] == [0.1, 0.2, 0.4], (delays, out)
+
+
 def test_a_huge_wrong_value_is_cut_in_the_problems_as_an_error_is(transport: Transport) -> None:
     """A worker whose ``square`` returned 900 KB (under the 1 MiB message limit) made a
     900 KB problem line, printed and kept: 2,000 of them held by a --rate master were
