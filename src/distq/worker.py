@@ -393,7 +393,9 @@ class Worker:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
         name = signal.Signals(signum).name
-        if self._signals > 2:  # the cold stop is under way: raising again would break it
+        # the cold stop is under way (this second signal's, or the drain's that ran out):
+        # raising into it broke it (a slot's lock it had just taken was held for good)
+        if self._signals > 2 or (self._signals == 2 and self._abort.is_set()):
             announce(self.console, f"{name} again: already handing back every task and exiting")
             return
         if self._signals == 1:

@@ -6,12 +6,16 @@ from __future__ import annotations
 import io
 import os
 import signal
+import threading
+import time
 from typing import Any
 
 import pytest
 
 from distq import worker as worker_module
 from distq.console import Console
+from distq.envelope import Task
+from distq.slots import Slot
 from distq.tasks import Registry
 from distq.transport import Transport
 from distq.worker import Worker, WorkerOptions
@@ -52,3 +56,66 @@ def test_a_second_signal_outside_the_wait_does_not_escape_run(
     assert "SIGTERM again: handing back every task in hand and exiting" in out.getvalue()
     assert os._exit is real_exit
     assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_a_second_signal_during_the_cold_stop_the_drain_began_does_not_restart_it(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain ran out and its cold stop is under way (up to 2 s for the slots' locks,
+    5 s for their consumers' close, 5 s for their threads): a second SIGTERM then, the
+    user's "stop now", raised ``Shutdown`` into it wherever it was, and the cold stop
+    began again. Landing as it had taken a slot's lock (injected there), it left that
+    lock held for good: the second pass waited 2 s for it and skipped the slot, whose
+    consumer nobody closed (its running task stayed leased, not back in the queue at
+    once) and whose thread then hung on the lock. The cold stop under way is what the
+    signal asks for: it is said, and the stop goes on."""
+    registry = Registry()
+    registry.register("nap", lambda seconds: time.sleep(seconds))
+    producer = transport.producer("w.results.job")
+    producer.submit([Task(name="nap", args=[5.0], reply_to="w.results.job").encode()])
+    out = io.StringIO()
+    options = WorkerOptions(worker_id="w", concurrency=1, drain_seconds=0.3)
+    worker = Worker(transport, registry, options, Console(out=out, err=out))
+
+    class SignalledLock:
+        """A slot's lock; the second signal lands as the cold stop has taken it."""
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+        def acquire(self, *args: Any, **kwargs: Any) -> bool:
+            took = self.lock.acquire(*args, **kwargs)
+            if took and worker._abort.is_set() and worker._signals == 1:
+                worker._on_signal(signal.SIGTERM, None)
+            return took
+
+        def release(self) -> None:
+            self.lock.release()
+
+        def __enter__(self) -> bool:
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc: Any) -> None:
+            self.lock.__exit__(*exc)
+
+    class SignalledSlot(Slot):
+        def __init__(self, index: int) -> None:
+            super().__init__(index)
+            self.lock: Any = SignalledLock()
+
+    monkeypatch.setattr(worker_module, "Slot", SignalledSlot)
+    timer = threading.Timer(0.3, worker._on_signal, (signal.SIGTERM, None))  # the first
+    timer.start()
+    started = time.monotonic()
+    try:
+        assert worker.run() == 0
+    finally:
+        timer.cancel()
+    took = time.monotonic() - started
+    said = out.getvalue()
+    assert "1 task(s) still run: handing back what is in hand" in said, said
+    stats = transport.stats()
+    assert (stats.ready, stats.in_flight) == (1, 0), (stats, said)
+    assert took < 3.0, (took, said)
+    assert "SIGTERM again: already handing back every task and exiting" in said, said
+    producer.close()
