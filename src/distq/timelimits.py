@@ -2,7 +2,9 @@
 
 ``DISTQ_TASK_TIME_LIMIT`` is off by default. It takes seconds for every task (``30``),
 seconds per task name (``square=2,mypkg.jobs:resize=600``), or both (``30,square=2``:
-square gets 2 s, every other task 30 s); a chunk of N calls (``Executor.map(chunksize=N)``)
+square gets 2 s, every other task 30 s); an item with two ``=`` is refused (a name
+with ``=`` in it, which only :meth:`~distq.tasks.Registry.register` can give, takes its
+limit there); a chunk of N calls (``Executor.map(chunksize=N)``)
 gets N times the limit of the function it calls. A program that registers its own functions can
 also give one when it registers it (:meth:`distq.tasks.Registry.register`): the
 setting's ``NAME=SECONDS`` wins over that, and that over the setting's default.
@@ -80,6 +82,11 @@ class TimeLimits:
             if not item or (sep and not name):
                 raise ValueError(
                     f"is {text!r}; use SECONDS or NAME=SECONDS items, e.g. 30,square=2"
+                )
+            if "=" in name:  # "square=1=2" named a task "square=1": no name has "="
+                raise ValueError(
+                    f"is {text!r}: {item!r} has more than one '='; use one '=' per item "
+                    "(NAME=SECONDS), e.g. 30,square=2"
                 )
             seconds = _seconds(value.strip(), text)
             if not sep:

@@ -177,6 +177,9 @@ class Worker:
         self._abort = threading.Event()  # cold: hand back everything now
         self._drain_until: float | None = None
         self._signals = 0
+        # run()'s try, where a second signal's Shutdown is caught: raised before it or in
+        # its finally, it escaped run() (no "worker exit" line, no exit code)
+        self._catches_shutdown = False
         # a setting the broker refused, or its certificate refused: run() raises it
         self._fatal: ConfigError | CertificateRejected | None = None
         self._slot_error: str | None = None  # why a slot's thread ended, until said
@@ -214,11 +217,13 @@ class Worker:
         if self.options.concurrency > 1:  # slots running Python code: see KEEPER_SWITCH
             sys.setswitchinterval(min(switching, KEEPER_SWITCH))
         try:
+            self._catches_shutdown = True
             self._start(slots, done)
             self._wait(slots)
         except Shutdown:
             self._stop_cold(slots)
         finally:
+            self._catches_shutdown = False  # first: no call before it, where a signal lands
             done.set()  # the keeper ends
             _exits_fail_while_running(self, False)
             sys.setswitchinterval(switching)
@@ -388,7 +393,9 @@ class Worker:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
         name = signal.Signals(signum).name
-        if self._signals > 2:  # the cold stop is under way: raising again would break it
+        # the cold stop is under way (this second signal's, or the drain's that ran out):
+        # raising into it broke it (a slot's lock it had just taken was held for good)
+        if self._signals > 2 or (self._signals == 2 and self._abort.is_set()):
             announce(self.console, f"{name} again: already handing back every task and exiting")
             return
         if self._signals == 1:
@@ -401,7 +408,12 @@ class Worker:
             self._stop_warm()
         else:
             announce(self.console, f"{name} again: handing back every task in hand and exiting")
-            raise Shutdown
+            if self._catches_shutdown:
+                raise Shutdown
+            # before the slots start (they end at once), or once they have ended: nothing
+            # is in hand for a cold stop to hand back
+            self._abort.set()
+            self._stopping.set()
 
     # -- one slot: a consumer, and its tasks run on the slot's thread -------------
     def _work(self, slot: Slot, generation: int) -> None:
