@@ -23,7 +23,11 @@ def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> st
     """``error``'s traceback as Python prints it; over ``limit`` characters, its first
     and last halves: the frames where it began, and the innermost with the message (the
     end alone was only the message, when that was long)."""
-    text = printable("".join(traceback.format_exception(error)))
+    try:
+        text = printable("".join(traceback.format_exception(error)))
+    except Exception:  # a __notes__ (of it or one it chains) that raises when read
+        frames = "".join(traceback.format_tb(error.__traceback__))
+        text = printable(f"Traceback (most recent call last):\n{frames}{describe(error)}\n")
     if len(text) > limit:
         half = limit // 2
         text = f"{text[:half]}\n... ({len(text) - 2 * half:,} characters cut)\n{text[-half:]}"
