@@ -2157,3 +2157,93 @@ def test_a_close_after_a_long_task_hands_back_on_a_live_connection(
     consumer.close()
     other = t.consumer("c2")
     assert sorted(d.body for d in other.fetch(5, timeout=0.5)) == [b"long", b"next"]
+
+
+@contextlib.contextmanager
+def _calling(call: Callable[[], object], every: float = 0.2) -> Iterator[None]:
+    """Make ``call`` every ``every`` s in a thread while the block runs: the rest of a
+    live system calling Redis (a Redis nobody calls for half a lease is taken for a
+    frozen one: the leases that ran out meanwhile get their time back)."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(every):
+            call()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(10)
+
+
+def test_a_renewal_on_a_connection_gone_silent_in_use_is_made_again_within_the_lease(
+    open_transport: OpenTransport, redis_url: str
+) -> None:
+    """The keeper renews every slot's lease on a connection of its own, used each
+    interval, so never idle long enough for the PING check. One that went silent while in
+    use (no RST: a NAT's state lost, a partition) held the renewal for the connection's
+    whole socket timeout (a block slice + 5 s: 6.7 s, past the 5 s lease): the leases of
+    tasks still running lapsed, and another worker's claim took them (they ran twice).
+    A renewal now waits a third of the lease for its answer (1 s at least), then fails,
+    and the keeper's next try, a tick later, goes out on a new connection."""
+    relay = SilentRelay.to_url(redis_url)
+    try:
+        t = open_transport(lease=5.0, url=relay.url)
+        t.producer(t.reply_queue("silent")).submit([b"long"])
+        consumer = t.consumer("c1")
+        assert [d.body for d in consumer.fetch(1, timeout=1)] == [b"long"]
+        t.heartbeat([consumer])  # the keeper's connection, in use
+        renewed = time.monotonic()
+        relay.silence()
+        time.sleep(1.0)  # the next renewal, an interval later: too soon for a check
+        live = open_transport(lease=5.0)  # the rest of the system calls on meanwhile
+        with _calling(lambda: live.sweep(live.client)):
+            started = time.monotonic()
+            with pytest.raises(TransportError):
+                t.heartbeat([consumer])
+            took = time.monotonic() - started
+        other = live.consumer("c2")  # a worker claiming meanwhile
+        assert other.fetch(1, timeout=0) == [], f"the renewal failed after {took:.1f} s"
+        t.heartbeat([consumer])  # the keeper's next tick, on a new connection
+        # within the lease with a second to spare (a stall of this process adds to it)
+        assert time.monotonic() - renewed < 4.0
+        assert other.fetch(1, timeout=0) == []
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize("call", ["settle", "release"])
+def test_a_consumer_call_on_a_connection_gone_silent_in_use_fails_within_the_lease(
+    open_transport: OpenTransport, redis_url: str, call: str
+) -> None:
+    """A settle or a hand-back on a slot's connection that went silent while in use (a
+    call less than a second before: no PING check) waited the whole socket timeout (6.7
+    s with the 5 s lease). The keeper makes both for a long batch (its hand-back), in
+    its one thread: meanwhile it renewed no slot's lease, and every running task's lapsed.
+    Each call now waits a third of the lease for its answer (1 s at least); the next one
+    goes out on a new connection."""
+    relay = SilentRelay.to_url(redis_url)
+    try:
+        t = open_transport(lease=5.0, url=relay.url)
+        producer = t.producer(t.reply_queue("silent"))
+        producer.submit([b"ran", b"next"])
+        consumer = t.consumer("c1")
+        ran, rest = consumer.fetch(2, timeout=1)
+        relay.silence()
+        started = time.monotonic()
+        with pytest.raises(TransportError):
+            if call == "settle":
+                consumer.settle([Settlement(ran, reply_to=producer.reply_to, result=b"r")])
+            else:
+                consumer.release([rest])
+        took = time.monotonic() - started
+        assert took < 3.0  # 5/3 s, and a stall of this process
+        if call == "settle":
+            consumer.settle([Settlement(ran, reply_to=producer.reply_to, result=b"r")])
+        else:
+            assert consumer.release([rest]) == 1
+    finally:
+        relay.close()

@@ -132,7 +132,15 @@ from distq.transport.base import (
     tags_of,
 )
 from distq.transport.redis_scripts import ALLOW_OOM, COUNT_SUBMITTED, REPLY_GRACE_MS, source
-from distq.transport.redis_wire import Arg, Commands, Runs, Script, Wire, raise_first
+from distq.transport.redis_wire import (
+    CHECK_ANSWER_SECONDS,
+    Arg,
+    Commands,
+    Runs,
+    Script,
+    Wire,
+    raise_first,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +253,12 @@ class RedisTransport(Transport):
         self.master_ttl_ms = int(settings.master_ttl * 1000)
         # below the lease, so a consumer blocked in BLMOVE still holds a fresh lease
         self.block_slice = min(MAX_BLOCK_SECONDS, settings.lease_seconds / 3)
+        # how long a consumer's or the keeper's call waits for an answer (a BLMOVE: the
+        # socket timeout): a third of the lease, so a renewal that meets a connection
+        # gone silent while in use is made again, on a new one, within the lease
+        self.answer_within = min(
+            self.block_slice + 5.0, max(CHECK_ANSWER_SECONDS, settings.lease_seconds / 3)
+        )
         self._full_until = 0.0  # see full()
         # TCP keepalive is a TCP option: redis-py's unix socket connection refuses it
         tcp: dict[str, Any] = {} if _is_unix(settings.redis_url) else {"socket_keepalive": True}
@@ -539,9 +553,10 @@ class RedisTransport(Transport):
             self.clock_key,
         ]
 
-    def wire(self) -> Wire:
-        """A connection of the shared pool, for one producer or consumer."""
-        return Wire(self.client.connection_pool)
+    def wire(self, answer_within: float | None = None) -> Wire:
+        """A connection of the shared pool, for one producer or consumer; its calls wait
+        ``answer_within`` s for an answer (see :class:`Wire`), the socket timeout if None."""
+        return Wire(self.client.connection_pool, answer_within)
 
     def producer(self, reply_to: str) -> RedisProducer:
         return RedisProducer(self, reply_to)
@@ -556,7 +571,7 @@ class RedisTransport(Transport):
         if not ids:
             return
         if self._keeper is None:  # the keeper's own connection: no slot waits for it
-            self._keeper = self.wire()
+            self._keeper = self.wire(self.answer_within)
         # it lies idle between long batches: one closed meanwhile (Redis's ``timeout``, a
         # proxy's) failed the renewal, a lost broker and a reconnect said for nothing. Not
         # between renewals of a batch (each would wait on a frozen Redis twice as long)
@@ -864,7 +879,7 @@ class RedisConsumer(Consumer):
         # a suffix per connection: an earlier connection's leases are never renewed by this one
         self.consumer_id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._t = transport
-        self._w = transport.wire()
+        self._w = transport.wire(transport.answer_within)  # a BLMOVE waits its slice
         self.inflight_key = transport.inflight_prefix + self.consumer_id
         self._keys = transport.keys(self.inflight_key)
         self._args: list[Arg] = [self.consumer_id, transport.lease_ms, transport.inflight_prefix]
