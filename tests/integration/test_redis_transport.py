@@ -2247,3 +2247,35 @@ def test_a_consumer_call_on_a_connection_gone_silent_in_use_fails_within_the_lea
             assert consumer.release([rest]) == 1
     finally:
         relay.close()
+
+
+@pytest.mark.parametrize("command", ["status", "dead-letters", "requeue-dead"])
+def test_a_command_against_a_redis_that_does_not_answer_exits_3_within_a_bound(
+    tmp_path: Path, command: str
+) -> None:
+    """A paused Redis (connections taken, nothing answered): each call waits its socket
+    timeout (a third of the lease + 5 s) for an answer, twice at most as the transport
+    starts (INFO's silence is forgiven: an ACL may forbid it), then one line, exit 3, as
+    the README says."""
+    with LocalRedis(tmp_path).start() as server:
+        target = _redis_target(server.url)
+        server.client().rpush(f"distq:{target.settings.queue}:dead", b"raw")
+        server.pause()
+        try:
+            started = time.monotonic()
+            done = subprocess.run(
+                [sys.executable, "-m", "distq", command],
+                env=target.process_env(),
+                capture_output=True,
+                text=True,
+                timeout=90,
+                check=False,
+            )
+            took = time.monotonic() - started
+        finally:
+            server.resume()
+        assert done.returncode == 3, done.stderr
+        assert "cannot reach Redis at 127.0.0.1:" in done.stderr, done.stderr
+        assert "Timeout reading" in done.stderr and "Traceback" not in done.stderr
+        assert took < 2 * (target.settings.lease_seconds / 3 + 5) + 10  # a process's start
+        assert server.client().llen(f"distq:{target.settings.queue}:dead") == 1
