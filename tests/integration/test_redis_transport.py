@@ -10,6 +10,7 @@ queue of its own, and every transport it opens is closed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -32,8 +33,9 @@ import redis
 
 from brokers import Broker
 from conftest import Target
+from distq import commands
 from distq.codec import Codec
-from distq.config import Settings
+from distq.config import MESSAGE_BATCH, Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import (
@@ -2249,6 +2251,7 @@ def test_a_consumer_call_on_a_connection_gone_silent_in_use_fails_within_the_lea
         relay.close()
 
 
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize("command", ["status", "dead-letters", "requeue-dead"])
 def test_a_command_against_a_redis_that_does_not_answer_exits_3_within_a_bound(
     tmp_path: Path, command: str
@@ -2279,3 +2282,50 @@ def test_a_command_against_a_redis_that_does_not_answer_exits_3_within_a_bound(
         assert "Timeout reading" in done.stderr and "Traceback" not in done.stderr
         assert took < 2 * (target.settings.lease_seconds / 3 + 5) + 10  # a process's start
         assert server.client().llen(f"distq:{target.settings.queue}:dead") == 1
+
+
+@pytest.mark.timeout(60)
+def test_requeue_dead_on_a_redis_that_stops_answering_half_way_says_so_within_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis paused after the first batch of letters moved: the next call waits its socket
+    timeout, then the command says how many moved. It said the rest stayed dead letters,
+    but Redis ran the call it had read once it answered again: the letters of that call
+    moved too (none lost, none twice), and `dead-letters` showed fewer than it said."""
+    with LocalRedis(tmp_path).start() as server:
+        settings = Settings(transport="redis", redis_url=server.url, queue="hung")
+        server.client().rpush(
+            "distq:hung:dead", *[b"raw %d" % n for n in range(MESSAGE_BATCH * 3 // 2)]
+        )
+        made, paused = commands.reviver, [0.0]
+
+        def pausing(*args: Any, **kwargs: Any) -> Any:
+            revive, calls = made(*args, **kwargs), [0]
+
+            def revive_then_pause(letter: DeadLetter) -> bytes:
+                calls[0] += 1
+                if calls[0] == MESSAGE_BATCH + 1:  # the second batch
+                    server.pause()
+                    paused[0] = time.monotonic()
+                return revive(letter)
+
+            return revive_then_pause
+
+        monkeypatch.setattr(commands, "reviver", pausing)
+        err = io.StringIO()
+        args = argparse.Namespace(role="requeue-dead", limit=None)
+        try:
+            assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+            took = time.monotonic() - paused[0]
+        finally:
+            server.resume()
+        said = err.getvalue()
+        assert "Timeout reading" in said, said
+        assert f"; {MESSAGE_BATCH} dead letters were requeued before that" in said, said
+        # Redis ran the call it had read once it answered again: those moved too
+        cut = f"(the {MESSAGE_BATCH // 2} of the call it cut off may have been too)"
+        assert cut in said, said
+        assert took < settings.lease_seconds / 3 + 5 + 3
+        client = server.client()
+        assert client.llen("distq:hung:dead") in (0, MESSAGE_BATCH // 2)  # one or the other
+        assert client.llen("distq:hung:dead") + client.llen("hung") == MESSAGE_BATCH * 3 // 2

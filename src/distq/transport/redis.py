@@ -589,20 +589,24 @@ class RedisTransport(Transport):
         return [DeadLetter.read(body, self.settings.queue) for body in bodies]
 
     def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
-        moved = [0]
+        moved = [0, 0]
         try:
             self._requeue_dead(self.dead_there(limit), revive, moved)
         except TransportError as exc:  # cut off part-way: say how many moved, as RabbitMQ
             if type(exc) not in (TransportError, ConnectionFailed):
                 raise  # a refusal (credentials, a certificate): its own type and exit code
+            # a call without its answer (a timeout) may have run: Redis ran the script
+            # it had read once it answered again, and those letters were gone too
+            cut = f" (the {moved[1]} of the call it cut off may have been too)" if moved[1] else ""
             raise type(exc)(
                 f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued before "
-                "that, the rest stay dead letters"
+                f"that{cut}, the rest stay dead letters"
             ) from exc
         return moved[0]
 
     def _requeue_dead(self, limit: int, revive: Revive, done: list[int]) -> None:
-        """Move up to ``limit`` letters, a batch at a time; ``done[0]``: how many moved."""
+        """Move up to ``limit`` letters, a batch at a time; ``done[0]``: how many moved,
+        ``done[1]``: how many the call under way moves (0: none is)."""
         moved = 0
         while moved < limit:
             with self.errors():
@@ -614,12 +618,13 @@ class RedisTransport(Transport):
             pairs: list[Arg] = []
             for letter in letters:
                 pairs += [letter, revive(DeadLetter.read(letter, self.settings.queue))]
+            done[1] = len(letters)
             with self.errors():
                 count = int(
                     self.requeue_dead_script(self.client, [self.dead_key, self.ready_key], pairs)
                 )
             moved += count  # fewer than asked: another caller took some; read again
-            done[0] = moved
+            done[:] = [moved, 0]
 
     def forget_orphans(self, reply_to: str) -> int:
         """Reads the dead letters from the newest, a chunk at a time, each chunk about
