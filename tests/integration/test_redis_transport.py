@@ -49,7 +49,7 @@ from distq.errors import (
 from distq.tasks import Registry
 from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.redis import RedisConsumer, RedisProducer, RedisTransport
-from distq.transport.redis_scripts import CLAIM_BYTES, REPLY_GRACE_MS
+from distq.transport.redis_scripts import ALLOW_OOM, CLAIM_BYTES, REPLY_GRACE_MS
 from distq.transport.redis_wire import Script
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
@@ -2329,3 +2329,38 @@ def test_requeue_dead_on_a_redis_that_stops_answering_half_way_says_so_within_a_
         client = server.client()
         assert client.llen("distq:hung:dead") in (0, MESSAGE_BATCH // 2)  # one or the other
         assert client.llen("distq:hung:dead") + client.llen("hung") == MESSAGE_BATCH * 3 // 2
+
+
+def test_a_redis_that_does_not_answer_the_flags_check_is_not_taken_for_redis_6(
+    open_transport: OpenTransport,
+    redis_url: str,
+    raw: redis.Redis[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the transport starts it asks Redis whether it runs a script flagged allow-oom
+    (Redis 7; 6.2 refuses the flags line). Any failure was taken for "no": a Redis that
+    did not answer that one call (stalled, a link gone silent) had every script of that
+    process sent without the flag, the wedge when full (master and workers waiting for
+    good), with nothing said. The transport now fails to start as for any broker that
+    does not answer (ConnectionFailed: --connect-timeout tries again)."""
+    if int(str(raw.info("server")["redis_version"]).split(".")[0]) < 7:
+        pytest.skip("allow-oom scripts need Redis 7")
+    relay = SilentRelay.to_url(redis_url)
+    checked = RedisTransport.check_types
+
+    def then_silent(self: RedisTransport, wire: Any) -> None:
+        checked(self, wire)
+        relay.silence()  # the connection the flags check goes out on
+
+    monkeypatch.setattr(RedisTransport, "check_types", then_silent)
+    try:
+        try:
+            flagged: bool | None = open_transport(url=relay.url).claim_script.source.startswith(
+                ALLOW_OOM
+            )
+        except ConnectionFailed as exc:
+            flagged, said = None, str(exc)
+        assert flagged is None, f"it opened, its scripts flagged allow-oom: {flagged}"
+        assert said.startswith("cannot reach Redis at 127.0.0.1:") and "Timeout" in said, said
+    finally:
+        relay.close()

@@ -357,11 +357,17 @@ class RedisTransport(Transport):
 
     def _takes_flags(self) -> bool:
         """Whether this Redis runs a script flagged allow-oom (Redis 7: its version may
-        be hidden, INFO being @dangerous; 6.2's Lua reads the flags line as an error)."""
+        be hidden, INFO being @dangerous; 6.2's Lua reads the flags line as an error).
+        Only an error reply says no: a Redis that did not answer (a timeout, a dropped
+        connection) is unreachable, as at the ping, not a Redis 6.2."""
         try:
             self.client.execute_command("EVAL", ALLOW_OOM + "return 1", 0)
-        except RedisError:
+        except ResponseError:
             return False
+        except AuthenticationError as exc:
+            raise self._refused(exc) from None
+        except RedisError as exc:
+            raise self._unreachable(exc) from None
         return True
 
     def full(self) -> bool:
