@@ -10,6 +10,7 @@ queue of its own, and every transport it opens is closed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -32,8 +33,9 @@ import redis
 
 from brokers import Broker
 from conftest import Target
+from distq import commands
 from distq.codec import Codec
-from distq.config import Settings
+from distq.config import MESSAGE_BATCH, Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import (
@@ -47,7 +49,7 @@ from distq.errors import (
 from distq.tasks import Registry
 from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.redis import RedisConsumer, RedisProducer, RedisTransport
-from distq.transport.redis_scripts import CLAIM_BYTES, REPLY_GRACE_MS
+from distq.transport.redis_scripts import ALLOW_OOM, CLAIM_BYTES, REPLY_GRACE_MS
 from distq.transport.redis_wire import Script
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
@@ -2166,3 +2168,208 @@ def test_a_close_after_a_long_task_hands_back_on_a_live_connection(
     consumer.close()
     other = t.consumer("c2")
     assert sorted(d.body for d in other.fetch(5, timeout=0.5)) == [b"long", b"next"]
+
+
+@contextlib.contextmanager
+def _calling(call: Callable[[], object], every: float = 0.2) -> Iterator[None]:
+    """Make ``call`` every ``every`` s in a thread while the block runs: the rest of a
+    live system calling Redis (a Redis nobody calls for half a lease is taken for a
+    frozen one: the leases that ran out meanwhile get their time back)."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(every):
+            call()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(10)
+
+
+def test_a_renewal_on_a_connection_gone_silent_in_use_is_made_again_within_the_lease(
+    open_transport: OpenTransport, redis_url: str
+) -> None:
+    """The keeper renews every slot's lease on a connection of its own, used each
+    interval, so never idle long enough for the PING check. One that went silent while in
+    use (no RST: a NAT's state lost, a partition) held the renewal for the connection's
+    whole socket timeout (a block slice + 5 s: 6.7 s, past the 5 s lease): the leases of
+    tasks still running lapsed, and another worker's claim took them (they ran twice).
+    A renewal now waits a third of the lease for its answer (1 s at least), then fails,
+    and the keeper's next try, a tick later, goes out on a new connection."""
+    relay = SilentRelay.to_url(redis_url)
+    try:
+        t = open_transport(lease=5.0, url=relay.url)
+        t.producer(t.reply_queue("silent")).submit([b"long"])
+        consumer = t.consumer("c1")
+        assert [d.body for d in consumer.fetch(1, timeout=1)] == [b"long"]
+        t.heartbeat([consumer])  # the keeper's connection, in use
+        renewed = time.monotonic()
+        relay.silence()
+        time.sleep(1.0)  # the next renewal, an interval later: too soon for a check
+        live = open_transport(lease=5.0)  # the rest of the system calls on meanwhile
+        with _calling(lambda: live.sweep(live.client)):
+            started = time.monotonic()
+            with pytest.raises(TransportError):
+                t.heartbeat([consumer])
+            took = time.monotonic() - started
+        other = live.consumer("c2")  # a worker claiming meanwhile
+        assert other.fetch(1, timeout=0) == [], f"the renewal failed after {took:.1f} s"
+        t.heartbeat([consumer])  # the keeper's next tick, on a new connection
+        # within the lease with a second to spare (a stall of this process adds to it)
+        assert time.monotonic() - renewed < 4.0
+        assert other.fetch(1, timeout=0) == []
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize("call", ["settle", "release"])
+def test_a_consumer_call_on_a_connection_gone_silent_in_use_fails_within_the_lease(
+    open_transport: OpenTransport, redis_url: str, call: str
+) -> None:
+    """A settle or a hand-back on a slot's connection that went silent while in use (a
+    call less than a second before: no PING check) waited the whole socket timeout (6.7
+    s with the 5 s lease). The keeper makes both for a long batch (its hand-back), in
+    its one thread: meanwhile it renewed no slot's lease, and every running task's lapsed.
+    Each call now waits a third of the lease for its answer (1 s at least); the next one
+    goes out on a new connection."""
+    relay = SilentRelay.to_url(redis_url)
+    try:
+        t = open_transport(lease=5.0, url=relay.url)
+        producer = t.producer(t.reply_queue("silent"))
+        producer.submit([b"ran", b"next"])
+        consumer = t.consumer("c1")
+        ran, rest = consumer.fetch(2, timeout=1)
+        relay.silence()
+        started = time.monotonic()
+        with pytest.raises(TransportError):
+            if call == "settle":
+                consumer.settle([Settlement(ran, reply_to=producer.reply_to, result=b"r")])
+            else:
+                consumer.release([rest])
+        took = time.monotonic() - started
+        assert took < 3.0  # 5/3 s, and a stall of this process
+        if call == "settle":
+            consumer.settle([Settlement(ran, reply_to=producer.reply_to, result=b"r")])
+        else:
+            assert consumer.release([rest]) == 1
+    finally:
+        relay.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("command", ["status", "dead-letters", "requeue-dead"])
+def test_a_command_against_a_redis_that_does_not_answer_exits_3_within_a_bound(
+    tmp_path: Path, command: str
+) -> None:
+    """A paused Redis (connections taken, nothing answered): each call waits its socket
+    timeout (a third of the lease + 5 s) for an answer, twice at most as the transport
+    starts (INFO's silence is forgiven: an ACL may forbid it), then one line, exit 3, as
+    the README says."""
+    with LocalRedis(tmp_path).start() as server:
+        target = _redis_target(server.url)
+        server.client().rpush(f"distq:{target.settings.queue}:dead", b"raw")
+        server.pause()
+        try:
+            started = time.monotonic()
+            done = subprocess.run(
+                [sys.executable, "-m", "distq", command],
+                env=target.process_env(),
+                capture_output=True,
+                text=True,
+                timeout=90,
+                check=False,
+            )
+            took = time.monotonic() - started
+        finally:
+            server.resume()
+        assert done.returncode == 3, done.stderr
+        assert "cannot reach Redis at 127.0.0.1:" in done.stderr, done.stderr
+        assert "Timeout reading" in done.stderr and "Traceback" not in done.stderr
+        assert took < 2 * (target.settings.lease_seconds / 3 + 5) + 10  # a process's start
+        assert server.client().llen(f"distq:{target.settings.queue}:dead") == 1
+
+
+@pytest.mark.timeout(60)
+def test_requeue_dead_on_a_redis_that_stops_answering_half_way_says_so_within_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis paused after the first batch of letters moved: the next call waits its socket
+    timeout, then the command says how many moved. It said the rest stayed dead letters,
+    but Redis ran the call it had read once it answered again: the letters of that call
+    moved too (none lost, none twice), and `dead-letters` showed fewer than it said."""
+    with LocalRedis(tmp_path).start() as server:
+        settings = Settings(transport="redis", redis_url=server.url, queue="hung")
+        server.client().rpush(
+            "distq:hung:dead", *[b"raw %d" % n for n in range(MESSAGE_BATCH * 3 // 2)]
+        )
+        made, paused = commands.reviver, [0.0]
+
+        def pausing(*args: Any, **kwargs: Any) -> Any:
+            revive, calls = made(*args, **kwargs), [0]
+
+            def revive_then_pause(letter: DeadLetter) -> bytes:
+                calls[0] += 1
+                if calls[0] == MESSAGE_BATCH + 1:  # the second batch
+                    server.pause()
+                    paused[0] = time.monotonic()
+                return revive(letter)
+
+            return revive_then_pause
+
+        monkeypatch.setattr(commands, "reviver", pausing)
+        err = io.StringIO()
+        args = argparse.Namespace(role="requeue-dead", limit=None)
+        try:
+            assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+            took = time.monotonic() - paused[0]
+        finally:
+            server.resume()
+        said = err.getvalue()
+        assert "Timeout reading" in said, said
+        assert f"; {MESSAGE_BATCH} dead letters were requeued before that" in said, said
+        # Redis ran the call it had read once it answered again: those moved too
+        cut = f"(the {MESSAGE_BATCH // 2} of the call it cut off may have been too)"
+        assert cut in said, said
+        assert took < settings.lease_seconds / 3 + 5 + 3
+        client = server.client()
+        assert client.llen("distq:hung:dead") in (0, MESSAGE_BATCH // 2)  # one or the other
+        assert client.llen("distq:hung:dead") + client.llen("hung") == MESSAGE_BATCH * 3 // 2
+
+
+def test_a_redis_that_does_not_answer_the_flags_check_is_not_taken_for_redis_6(
+    open_transport: OpenTransport,
+    redis_url: str,
+    raw: redis.Redis[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the transport starts it asks Redis whether it runs a script flagged allow-oom
+    (Redis 7; 6.2 refuses the flags line). Any failure was taken for "no": a Redis that
+    did not answer that one call (stalled, a link gone silent) had every script of that
+    process sent without the flag, the wedge when full (master and workers waiting for
+    good), with nothing said. The transport now fails to start as for any broker that
+    does not answer (ConnectionFailed: --connect-timeout tries again)."""
+    if int(str(raw.info("server")["redis_version"]).split(".")[0]) < 7:
+        pytest.skip("allow-oom scripts need Redis 7")
+    relay = SilentRelay.to_url(redis_url)
+    checked = RedisTransport.check_types
+
+    def then_silent(self: RedisTransport, wire: Any) -> None:
+        checked(self, wire)
+        relay.silence()  # the connection the flags check goes out on
+
+    monkeypatch.setattr(RedisTransport, "check_types", then_silent)
+    try:
+        try:
+            flagged: bool | None = open_transport(url=relay.url).claim_script.source.startswith(
+                ALLOW_OOM
+            )
+        except ConnectionFailed as exc:
+            flagged, said = None, str(exc)
+        assert flagged is None, f"it opened, its scripts flagged allow-oom: {flagged}"
+        assert said.startswith("cannot reach Redis at 127.0.0.1:") and "Timeout" in said, said
+    finally:
+        relay.close()

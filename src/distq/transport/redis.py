@@ -132,7 +132,15 @@ from distq.transport.base import (
     tags_of,
 )
 from distq.transport.redis_scripts import ALLOW_OOM, COUNT_SUBMITTED, REPLY_GRACE_MS, source
-from distq.transport.redis_wire import Arg, Commands, Runs, Script, Wire, raise_first
+from distq.transport.redis_wire import (
+    CHECK_ANSWER_SECONDS,
+    Arg,
+    Commands,
+    Runs,
+    Script,
+    Wire,
+    raise_first,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +253,12 @@ class RedisTransport(Transport):
         self.master_ttl_ms = int(settings.master_ttl * 1000)
         # below the lease, so a consumer blocked in BLMOVE still holds a fresh lease
         self.block_slice = min(MAX_BLOCK_SECONDS, settings.lease_seconds / 3)
+        # how long a consumer's or the keeper's call waits for an answer (a BLMOVE: the
+        # socket timeout): a third of the lease, so a renewal that meets a connection
+        # gone silent while in use is made again, on a new one, within the lease
+        self.answer_within = min(
+            self.block_slice + 5.0, max(CHECK_ANSWER_SECONDS, settings.lease_seconds / 3)
+        )
         self._full_until = 0.0  # see full()
         # TCP keepalive is a TCP option: redis-py's unix socket connection refuses it
         tcp: dict[str, Any] = {} if _is_unix(settings.redis_url) else {"socket_keepalive": True}
@@ -343,11 +357,17 @@ class RedisTransport(Transport):
 
     def _takes_flags(self) -> bool:
         """Whether this Redis runs a script flagged allow-oom (Redis 7: its version may
-        be hidden, INFO being @dangerous; 6.2's Lua reads the flags line as an error)."""
+        be hidden, INFO being @dangerous; 6.2's Lua reads the flags line as an error).
+        Only an error reply says no: a Redis that did not answer (a timeout, a dropped
+        connection) is unreachable, as at the ping, not a Redis 6.2."""
         try:
             self.client.execute_command("EVAL", ALLOW_OOM + "return 1", 0)
-        except RedisError:
+        except ResponseError:
             return False
+        except AuthenticationError as exc:
+            raise self._refused(exc) from None
+        except RedisError as exc:
+            raise self._unreachable(exc) from None
         return True
 
     def full(self) -> bool:
@@ -539,9 +559,10 @@ class RedisTransport(Transport):
             self.clock_key,
         ]
 
-    def wire(self) -> Wire:
-        """A connection of the shared pool, for one producer or consumer."""
-        return Wire(self.client.connection_pool)
+    def wire(self, answer_within: float | None = None) -> Wire:
+        """A connection of the shared pool, for one producer or consumer; its calls wait
+        ``answer_within`` s for an answer (see :class:`Wire`), the socket timeout if None."""
+        return Wire(self.client.connection_pool, answer_within)
 
     def producer(self, reply_to: str) -> RedisProducer:
         return RedisProducer(self, reply_to)
@@ -556,7 +577,7 @@ class RedisTransport(Transport):
         if not ids:
             return
         if self._keeper is None:  # the keeper's own connection: no slot waits for it
-            self._keeper = self.wire()
+            self._keeper = self.wire(self.answer_within)
         # it lies idle between long batches: one closed meanwhile (Redis's ``timeout``, a
         # proxy's) failed the renewal, a lost broker and a reconnect said for nothing. Not
         # between renewals of a batch (each would wait on a frozen Redis twice as long)
@@ -574,20 +595,24 @@ class RedisTransport(Transport):
         return [DeadLetter.read(body, self.settings.queue) for body in bodies]
 
     def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
-        moved = [0]
+        moved = [0, 0]
         try:
             self._requeue_dead(self.dead_there(limit), revive, moved)
         except TransportError as exc:  # cut off part-way: say how many moved, as RabbitMQ
             if type(exc) not in (TransportError, ConnectionFailed):
                 raise  # a refusal (credentials, a certificate): its own type and exit code
+            # a call without its answer (a timeout) may have run: Redis ran the script
+            # it had read once it answered again, and those letters were gone too
+            cut = f" (the {moved[1]} of the call it cut off may have been too)" if moved[1] else ""
             raise type(exc)(
                 f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued before "
-                "that, the rest stay dead letters"
+                f"that{cut}, the rest stay dead letters"
             ) from exc
         return moved[0]
 
     def _requeue_dead(self, limit: int, revive: Revive, done: list[int]) -> None:
-        """Move up to ``limit`` letters, a batch at a time; ``done[0]``: how many moved."""
+        """Move up to ``limit`` letters, a batch at a time; ``done[0]``: how many moved,
+        ``done[1]``: how many the call under way moves (0: none is)."""
         moved = 0
         while moved < limit:
             with self.errors():
@@ -599,12 +624,13 @@ class RedisTransport(Transport):
             pairs: list[Arg] = []
             for letter in letters:
                 pairs += [letter, revive(DeadLetter.read(letter, self.settings.queue))]
+            done[1] = len(letters)
             with self.errors():
                 count = int(
                     self.requeue_dead_script(self.client, [self.dead_key, self.ready_key], pairs)
                 )
             moved += count  # fewer than asked: another caller took some; read again
-            done[0] = moved
+            done[:] = [moved, 0]
 
     def forget_orphans(self, reply_to: str) -> int:
         """Reads the dead letters from the newest, a chunk at a time, each chunk about
@@ -864,7 +890,7 @@ class RedisConsumer(Consumer):
         # a suffix per connection: an earlier connection's leases are never renewed by this one
         self.consumer_id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._t = transport
-        self._w = transport.wire()
+        self._w = transport.wire(transport.answer_within)  # a BLMOVE waits its slice
         self.inflight_key = transport.inflight_prefix + self.consumer_id
         self._keys = transport.keys(self.inflight_key)
         self._args: list[Arg] = [self.consumer_id, transport.lease_ms, transport.inflight_prefix]

@@ -25,6 +25,9 @@ Arg = bytes | str | int | float
 #: How long :meth:`Wire.check`'s PING waits for its answer before it takes the connection
 #: for dead: well within a lease, so a silent one (no RST) holds no call for long.
 CHECK_ANSWER_SECONDS = 1.0
+#: The commands that wait on the server (for ``block``), whose answer a wire's
+#: ``answer_within`` does not bound: the connection's socket timeout does.
+BLOCKING = frozenset({"BLMOVE"})
 
 
 class Commands(Protocol):
@@ -98,10 +101,17 @@ class Wire:
     by one thread at a time, so one connection serves them all. A failed call drops the
     connection (it may hold half a reply); the next call opens a new one. As with the
     client (``Retry(NoBackoff(), 0)``), nothing is sent again on its own.
+
+    ``answer_within``: how long a call waits for the start of each answer but a
+    :data:`BLOCKING` command's, then fails (a :class:`redis.TimeoutError`) and drops the
+    connection; None: the socket timeout (a block slice + 5 s). A consumer's and the
+    keeper's are shorter than the lease: a connection gone silent while in use (no RST:
+    a NAT's state lost, a partition) held a lease renewal past the lease.
     """
 
-    def __init__(self, pool: redis.ConnectionPool) -> None:
+    def __init__(self, pool: redis.ConnectionPool, answer_within: float | None = None) -> None:
         self._pool: Any = pool  # the stubs still want get_connection's old arguments
+        self.answer_within = answer_within
         self._conn: Any = None
         self._links = 0  # connections taken from the pool so far
         self._used = time.monotonic()  # the last call's end
@@ -119,7 +129,7 @@ class Wire:
         conn = self._connection()
         try:
             conn.send_command(*args)
-            return conn.read_response()
+            return self._answer(conn, self.answer_within)
         except ResponseError:
             raise  # a whole reply was read: the connection is fine
         except BaseException:
@@ -167,9 +177,10 @@ class Wire:
             conn.send_packed_command(conn.pack_commands(commands))
             if replies is None:
                 replies = []
-            for _ in commands:
+            for command in commands:
+                within = None if command[0] in BLOCKING else self.answer_within
                 try:
-                    replies.append(conn.read_response())
+                    replies.append(self._answer(conn, within))
                 except ResponseError as exc:
                     replies.append(exc)
             return replies
@@ -178,6 +189,14 @@ class Wire:
             raise
         finally:
             self._used = time.monotonic()
+
+    @staticmethod
+    def _answer(conn: Any, within: float | None) -> Any:
+        """The next reply on ``conn``, its start waited for ``within`` s at most (None: the
+        socket timeout); once it starts, the rest within the socket timeout."""
+        if within is not None and not conn.can_read(timeout=within):
+            raise redis.TimeoutError(f"Timeout reading from socket (no answer in {within:.1f} s)")
+        return conn.read_response()
 
     def _connection(self) -> Any:
         if self._conn is None:
