@@ -257,6 +257,7 @@ class ManagerTransport(Transport):
             return
         wire.serving(conn)
         conn.recv = _served_until(server.stop_event, conn.recv)  # type: ignore[method-assign]
+        conn.send = _sent_until(server.stop_event, conn.send)  # type: ignore[method-assign,assignment]
         try:
             msg: tuple[str, Any] = ("#RETURN", getattr(server, name)(conn, *args, **kwds))
         except SystemExit:  # serve_client()'s end on EOF: the peer closed, or we stopped
@@ -491,6 +492,21 @@ def _served_until(stopped: threading.Event, recv: Callable[[], Any]) -> Callable
         return request
 
     return served
+
+
+def _sent_until(stopped: threading.Event, send: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``send``, ending the connection (``EOFError``) instead of a reply once ``stopped``
+    is set: a call that came before the master closed, a fetch waiting for tasks, was
+    answered after it (an empty batch), and a worker took the master for back: it said
+    "reconnected to master ... after 0.0 s" after the master's "master exit". Its
+    queues end with it: what a call did there is gone with them."""
+
+    def sent(obj: Any) -> None:
+        if stopped.is_set():
+            raise EOFError("the master stopped")
+        send(obj)
+
+    return sent
 
 
 def _listen_error(exc: OSError) -> str:
