@@ -530,6 +530,41 @@ def test_requeue_dead_with_a_limit_past_the_letters_moves_each_once(
         producer.close()
 
 
+def test_requeue_dead_cut_off_part_way_counts_the_letters_moved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The master stopped after 3 of 7 letters moved: the command said "any letters moved
+    before that", not how many (the transport's count was lost with the error; Redis's
+    and RabbitMQ's errors carry it)."""
+    settings = _settings("cutoff")
+    hosted = open_transport(settings, "master")
+    try:
+        broker = hosted._broker  # type: ignore[attr-defined]
+        broker.put(f"{settings.queue}.dead", [b"raw %d" % n for n in range(7)])
+        made = commands.reviver
+
+        def stopping(*args: Any, **kwargs: Any) -> Any:
+            revive, calls = made(*args, **kwargs), [0]
+
+            def revive_then_stop(letter: DeadLetter) -> bytes:
+                calls[0] += 1
+                if calls[0] == 4:  # 3 moved: the master closes as the 4th goes
+                    hosted.close()
+                return revive(letter)
+
+            return revive_then_stop
+
+        monkeypatch.setattr(commands, "reviver", stopping)
+        err = io.StringIO()
+        args = argparse.Namespace(role="requeue-dead", limit=None)
+        assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+    finally:
+        hosted.close()
+    said = err.getvalue()
+    assert "closed the connection" in said, said
+    assert "; 3 dead letters were requeued before that, the rest stay dead letters" in said, said
+
+
 @contextlib.contextmanager
 def _accepting(
     address: tuple[str, int], handle: Callable[[socket.socket], object]

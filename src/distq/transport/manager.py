@@ -387,18 +387,31 @@ class ManagerTransport(Transport):
         return [DeadLetter.read(body, self._queue) for body in bodies]
 
     def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
-        broker, dead, moved = self._endpoint(), f"{self._queue}.dead", 0
+        moved = [0]
+        try:
+            self._requeue_dead(limit, revive, moved)
+        except TransportError as exc:  # cut off part-way: say how many moved, as Redis
+            if type(exc) not in (TransportError, ConnectionFailed):
+                raise  # a refusal (the key): its own type and exit code
+            raise type(exc)(
+                f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued before "
+                "that, the rest stay dead letters"
+            ) from exc
+        return moved[0]
+
+    def _requeue_dead(self, limit: int | None, revive: Revive, done: list[int]) -> None:
+        """Move up to ``limit`` letters, one at a time; ``done[0]``: how many moved."""
+        broker, dead = self._endpoint(), f"{self._queue}.dead"
         limit = self.dead_there(limit)
-        while moved < limit:
-            letters = _call(self.address, broker.peek, dead, min(MESSAGE_BATCH, limit - moved))
+        while done[0] < limit:
+            letters = _call(self.address, broker.peek, dead, min(MESSAGE_BATCH, limit - done[0]))
             if not letters:
                 break
             for letter in letters:  # oldest first; one at a time, each compared and moved
                 body = revive(DeadLetter.read(letter, self._queue))
                 if not _call(self.address, broker.requeue_dead, self._queue, letter, body):
                     break  # another caller took it: read the dead letters again
-                moved += 1
-        return moved
+                done[0] += 1
 
     def forget_orphans(self, reply_to: str) -> int:
         return int(_call(self.address, self._endpoint().forget_orphans, self._queue, reply_to))
