@@ -343,6 +343,45 @@ def test_a_keepers_renewal_on_a_connection_gone_silent_goes_out_again_within_the
         hosted.close()
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("call", ["release", "settle"])
+def test_a_keepers_hand_back_on_a_connection_gone_silent_gives_up_within_the_lease(
+    call: str,
+) -> None:
+    # the keeper hands back a long batch's tasks not started (release) and settles those
+    # it ran (settle) on its thread's connection, which its renewals use too; gone silent,
+    # a renewal gave up within a third of the lease, but a hand-back waited the whole
+    # REPLY_TIMEOUT (30 s): the worker's other leases lapsed meanwhile (their tasks ran
+    # again elsewhere), and a SIGTERM waited for it
+    settings = replace(_settings("silenthandback"), lease_seconds=3.0)
+    hosted = open_transport(settings, "master")
+    relay = SilentRelay(settings.manager_address)
+    remote = open_transport(replace(settings, manager_address=relay.address), "worker")
+    keeper = concurrent.futures.ThreadPoolExecutor(1)  # one thread, as a worker's keeper
+    try:
+        producer = hosted.producer(hosted.reply_queue("job"))
+        producer.submit([b"ran", b"not started"])
+        consumer = remote.consumer("c1")
+        ran, rest = fetch_n(consumer, 2)
+        keeper.submit(remote.heartbeat, [consumer]).result(10)  # each tick, as the keeper
+        relay.silence()
+        settled = [Settlement(ran, reply_to=producer.reply_to, result=b"r")]
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="did not answer within"):
+            if call == "release":
+                keeper.submit(consumer.release, [rest]).result(60)
+            else:
+                keeper.submit(consumer.settle, settled).result(60)
+        took = time.monotonic() - started
+        assert took < settings.lease_seconds - 1, f"{took:.1f} s"
+        keeper.submit(remote.heartbeat, [consumer]).result(10)  # on a new connection
+    finally:
+        keeper.shutdown()
+        remote.close()
+        relay.close()
+        hosted.close()
+
+
 def _env(settings: Settings) -> dict[str, str]:
     """The environment of a distq subprocess on ``settings``' master."""
     assert settings.authkey is not None

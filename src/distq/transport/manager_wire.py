@@ -32,7 +32,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing import connection, managers
 from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy
@@ -188,6 +188,33 @@ def _timeouts(conn: Connection, read: float, write: float) -> Connection:
             timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
             sock.setsockopt(socket.SOL_SOCKET, option, timeval)
     return conn
+
+
+_thread_bound = threading.local()  # what thread_bound set, per thread
+
+
+@contextlib.contextmanager
+def thread_bound(seconds: float) -> Iterator[None]:
+    """Within it, a connection the calling thread makes (:func:`client`) is bounded to
+    ``seconds``, not ``REPLY_TIMEOUT``: a worker's keeper's, which must hear back within
+    its lease (:meth:`distq.transport.manager.ManagerTransport.heartbeat`)."""
+    was = getattr(_thread_bound, "seconds", None)
+    _thread_bound.seconds = seconds
+    try:
+        yield
+    finally:
+        _thread_bound.seconds = was
+
+
+def reply_timeout() -> float:
+    """How long a read or write on a connection the calling thread makes may wait."""
+    seconds: float | None = getattr(_thread_bound, "seconds", None)
+    return REPLY_TIMEOUT if seconds is None else seconds
+
+
+def thread_bounded() -> bool:
+    """Whether the calling thread is within :func:`thread_bound`."""
+    return getattr(_thread_bound, "seconds", None) is not None
 
 
 def bounded(conn: Connection, seconds: float) -> Connection:
@@ -391,7 +418,8 @@ class Listener(connection.Listener):
 def client(address: Any, authkey: bytes | None = None) -> Connection:
     """``multiprocessing.connection.Client``, on a no-delay socket whose reads time out:
     the connect and the handshake after ``CONNECT_TIMEOUT``, each later read or write
-    after ``REPLY_TIMEOUT``. Raises ``TimeoutError`` naming the step that got no answer."""
+    after ``REPLY_TIMEOUT`` (or the thread's own: :func:`thread_bound`). Raises
+    ``TimeoutError`` naming the step that got no answer."""
     if authkey is not None and not isinstance(authkey, bytes):
         raise TypeError("authkey should be a byte string")
     try:
@@ -410,7 +438,7 @@ def client(address: Any, authkey: bytes | None = None) -> Connection:
     except BaseException:
         conn.close()
         raise
-    return bounded(conn, REPLY_TIMEOUT)
+    return bounded(conn, reply_timeout())
 
 
 def _no_answer(step: str) -> TimeoutError:
