@@ -858,6 +858,32 @@ def test_a_proxy_dropped_while_its_master_is_frozen_holds_no_thread() -> None:
         master.stop(grace=0)
 
 
+def test_a_new_proxy_waits_for_no_decref_of_its_master(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a worker's proxy of the broker (a slot that reconnects, its keeper, its readiness)
+    # was made with three connections to the master, each with its handshake: create,
+    # then the proxy's incref, then a decref; a master that froze after the first held
+    # the slot's thread at each: 5 s, or 30 s once it had answered the handshake
+    settings = _settings("decref")
+    with _master_and_worker(settings) as (hosted, remote):
+        server = hosted._server  # type: ignore[attr-defined]
+        thawed = threading.Event()
+
+        def frozen(*args: object) -> None:  # the master stops as it reads the decref
+            thawed.wait(20)
+
+        monkeypatch.setattr(server, "decref", frozen)
+        started = time.monotonic()
+        try:
+            consumer = remote.consumer("c1")
+        finally:
+            took = time.monotonic() - started
+            thawed.set()
+        assert took < 3.0, f"{took:.1f} s"
+        hosted.producer(hosted.reply_queue("job")).submit([b"t1"])
+        assert len(fetch_n(consumer, 1)) == 1  # the proxy works
+        consumer.close()
+
+
 @pytest.mark.timeout(120)
 def test_a_remote_producers_reply_queue_outlives_its_master_being_frozen() -> None:
     # a master stopped (SIGSTOP, a paused VM or container) past master_ttl dropped every

@@ -11,8 +11,9 @@ socket; and the handshake deadlines a master holds peers to (:class:`Deadlines`)
 It relies on parts of ``multiprocessing`` that are not documented API: the
 ``managers.listener_client`` table (a serializer of distq's own is entered in it at
 import), ``managers.Server.public``, ``connection.SocketListener`` and a listener's
-``_socket``, ``connection.answer_challenge`` and ``deliver_challenge``, and
-``BaseProxy``'s ``_incref``.
+``_socket``, ``connection.answer_challenge`` and ``deliver_challenge``, ``BaseProxy``'s
+``_incref`` and its ``incref`` parameter, and ``BaseManager``'s ``_create`` and
+``_serializer``.
 :func:`check_multiprocessing` checks them when this module is imported (a listener's
 ``_socket`` as it is made): a Python release that changed one fails with a
 :class:`~distq.errors.ConfigError` naming it, never quietly.
@@ -81,6 +82,12 @@ def check_multiprocessing() -> None:
         )
     for name in ("_incref", "_callmethod"):
         _parameters(f"BaseProxy.{name}", getattr(BaseProxy, name, None), ("self",))
+    _parameters("BaseManager._create", getattr(BaseManager, "_create", None), ("self", "typeid"))
+    _parameters(
+        "BaseProxy.__init__",
+        BaseProxy.__init__,
+        ("self", "token", "serializer", "manager", "authkey", "exposed", "incref"),
+    )
 
 
 check_multiprocessing()
@@ -567,10 +574,20 @@ class ClientManager(BaseManager):
     """A worker's connection to the master's :class:`QueueBroker`: made with
     ``serializer=SERIALIZER``, so every connection it and its proxies open is :func:`client`'s."""
 
-    distq_broker: Callable[[], BrokerProxy]  # made by register() below
+    def distq_broker(self) -> BrokerProxy:
+        """A proxy of the master's broker, made in one call to it (``create``). The
+        stdlib's method (``register()``'s) made two more, each on a connection of its own
+        with its handshake: the proxy's incref, then a decref of the creation's count: a
+        count the master keeps for nothing (see :meth:`BrokerProxy._incref`). A master
+        frozen after the first (a slot reconnecting as the master stopped, or cut off)
+        held the slot's thread at each, 5 s (``CONNECT_TIMEOUT``), or 30 s once it had
+        answered the handshake (``REPLY_TIMEOUT``)."""
+        manager: Any = self  # typeshed declares none of its private parts
+        token, exposed = manager._create("distq_broker")
+        return BrokerProxy(token, manager._serializer, manager=self, exposed=exposed, incref=False)
 
 
-ClientManager.register("distq_broker", proxytype=BrokerProxy)
+ClientManager.register("distq_broker", proxytype=BrokerProxy, create_method=False)
 
 
 def serving_manager(broker: QueueBroker, settings: Settings) -> BaseManager:
