@@ -217,6 +217,39 @@ def test_a_master_stopping_under_a_waiting_fetch_reads_as_closed() -> None:
         remote.close()
 
 
+def test_a_fetch_waiting_as_its_master_closes_reads_as_closed_not_as_answered() -> None:
+    # a fetch waiting for tasks as its master closed was answered after (an empty batch):
+    # a worker whose other slot had lost that master took it for back, and said
+    # "reconnected to master ... after 0.0 s" after the master's "master exit"
+    settings = _settings("closingwait")
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    consumer = remote.consumer("c1")
+    try:
+        assert consumer.fetch(5, 0.1) == []  # connected
+        threading.Timer(0.3, hosted.close).start()
+        with pytest.raises(TransportError, match="closed the connection"):
+            consumer.fetch(5, 3.0)  # waiting as the master closes
+    finally:
+        remote.close()
+
+
+def test_a_closing_master_answers_no_first_request() -> None:
+    # a connection authenticated before the master closed had its first request (a
+    # worker's connect, its proxy's creation) answered after it: a reconnect that went
+    # through to a master that had left
+    settings = _settings("closingfirst")
+    hosted = open_transport(settings, "master")
+    with _authenticated(settings) as late:
+        hosted.close()
+        late.send((None, "dummy", (), {}))
+        try:
+            answer: object = late.recv()
+        except (EOFError, ConnectionResetError) as exc:
+            answer = exc
+    assert isinstance(answer, EOFError | ConnectionResetError), answer
+
+
 def test_a_closed_master_serves_no_request_of_a_connected_worker() -> None:
     # a connection being served when the master closed took one more request: a worker's
     # next fetch leased it a task of the master that had left, and ran it for nobody
@@ -249,8 +282,9 @@ def test_a_settle_after_its_master_stopped_reads_as_closed_not_as_done() -> None
         producer.submit([b"t1"])
         (delivery,) = consumer.fetch(1, 1.0)
         threading.Timer(0.2, hosted.close).start()
-        assert consumer.fetch(5, 0.6) == []  # waiting when the master stopped: answered
         with pytest.raises(TransportError, match="closed the connection"):
+            consumer.fetch(5, 0.6)  # waiting when the master stopped: no answer
+        with pytest.raises(TransportError):  # closed, or refused: the master is gone
             consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r")])
     finally:
         remote.close()
@@ -265,8 +299,9 @@ def test_a_submit_after_its_master_stopped_reads_as_closed_not_as_queued() -> No
     producer = remote.producer(remote.reply_queue("job"))
     try:
         threading.Timer(0.2, hosted.close).start()
-        assert producer.results(5, 0.6) == []  # waiting when the master stopped: answered
         with pytest.raises(TransportError, match="closed the connection"):
+            producer.results(5, 0.6)  # waiting when the master stopped: no answer
+        with pytest.raises(TransportError):  # closed, or refused: the master is gone
             producer.submit([b"t1"])
     finally:
         producer.close()
@@ -303,6 +338,45 @@ def test_a_keepers_renewal_on_a_connection_gone_silent_goes_out_again_within_the
         time.sleep(settings.lease_seconds - renewed)  # past the lease it had before
         assert other.fetch(1, 0.5) == []  # not lapsed: the task runs once
     finally:
+        remote.close()
+        relay.close()
+        hosted.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("call", ["release", "settle"])
+def test_a_keepers_hand_back_on_a_connection_gone_silent_gives_up_within_the_lease(
+    call: str,
+) -> None:
+    # the keeper hands back a long batch's tasks not started (release) and settles those
+    # it ran (settle) on its thread's connection, which its renewals use too; gone silent,
+    # a renewal gave up within a third of the lease, but a hand-back waited the whole
+    # REPLY_TIMEOUT (30 s): the worker's other leases lapsed meanwhile (their tasks ran
+    # again elsewhere), and a SIGTERM waited for it
+    settings = replace(_settings("silenthandback"), lease_seconds=3.0)
+    hosted = open_transport(settings, "master")
+    relay = SilentRelay(settings.manager_address)
+    remote = open_transport(replace(settings, manager_address=relay.address), "worker")
+    keeper = concurrent.futures.ThreadPoolExecutor(1)  # one thread, as a worker's keeper
+    try:
+        producer = hosted.producer(hosted.reply_queue("job"))
+        producer.submit([b"ran", b"not started"])
+        consumer = remote.consumer("c1")
+        ran, rest = fetch_n(consumer, 2)
+        keeper.submit(remote.heartbeat, [consumer]).result(10)  # each tick, as the keeper
+        relay.silence()
+        settled = [Settlement(ran, reply_to=producer.reply_to, result=b"r")]
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="did not answer within"):
+            if call == "release":
+                keeper.submit(consumer.release, [rest]).result(60)
+            else:
+                keeper.submit(consumer.settle, settled).result(60)
+        took = time.monotonic() - started
+        assert took < settings.lease_seconds - 1, f"{took:.1f} s"
+        keeper.submit(remote.heartbeat, [consumer]).result(10)  # on a new connection
+    finally:
+        keeper.shutdown()
         remote.close()
         relay.close()
         hosted.close()
@@ -493,6 +567,41 @@ def test_requeue_dead_with_a_limit_past_the_letters_moves_each_once(
         assert "requeued 2 dead letters onto queue 'again'" in capsys.readouterr().out
         consumer.close()
         producer.close()
+
+
+def test_requeue_dead_cut_off_part_way_counts_the_letters_moved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The master stopped after 3 of 7 letters moved: the command said "any letters moved
+    before that", not how many (the transport's count was lost with the error; Redis's
+    and RabbitMQ's errors carry it)."""
+    settings = _settings("cutoff")
+    hosted = open_transport(settings, "master")
+    try:
+        broker = hosted._broker  # type: ignore[attr-defined]
+        broker.put(f"{settings.queue}.dead", [b"raw %d" % n for n in range(7)])
+        made = commands.reviver
+
+        def stopping(*args: Any, **kwargs: Any) -> Any:
+            revive, calls = made(*args, **kwargs), [0]
+
+            def revive_then_stop(letter: DeadLetter) -> bytes:
+                calls[0] += 1
+                if calls[0] == 4:  # 3 moved: the master closes as the 4th goes
+                    hosted.close()
+                return revive(letter)
+
+            return revive_then_stop
+
+        monkeypatch.setattr(commands, "reviver", stopping)
+        err = io.StringIO()
+        args = argparse.Namespace(role="requeue-dead", limit=None)
+        assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+    finally:
+        hosted.close()
+    said = err.getvalue()
+    assert "closed the connection" in said, said
+    assert "; 3 dead letters were requeued before that, the rest stay dead letters" in said, said
 
 
 @contextlib.contextmanager
@@ -747,6 +856,32 @@ def test_a_proxy_dropped_while_its_master_is_frozen_holds_no_thread() -> None:
             remote.close()
     finally:
         master.stop(grace=0)
+
+
+def test_a_new_proxy_waits_for_no_decref_of_its_master(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a worker's proxy of the broker (a slot that reconnects, its keeper, its readiness)
+    # was made with three connections to the master, each with its handshake: create,
+    # then the proxy's incref, then a decref; a master that froze after the first held
+    # the slot's thread at each: 5 s, or 30 s once it had answered the handshake
+    settings = _settings("decref")
+    with _master_and_worker(settings) as (hosted, remote):
+        server = hosted._server  # type: ignore[attr-defined]
+        thawed = threading.Event()
+
+        def frozen(*args: object) -> None:  # the master stops as it reads the decref
+            thawed.wait(20)
+
+        monkeypatch.setattr(server, "decref", frozen)
+        started = time.monotonic()
+        try:
+            consumer = remote.consumer("c1")
+        finally:
+            took = time.monotonic() - started
+            thawed.set()
+        assert took < 3.0, f"{took:.1f} s"
+        hosted.producer(hosted.reply_queue("job")).submit([b"t1"])
+        assert len(fetch_n(consumer, 1)) == 1  # the proxy works
+        consumer.close()
 
 
 @pytest.mark.timeout(120)

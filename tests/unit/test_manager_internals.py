@@ -34,6 +34,8 @@ def _renamed_parameters(conn: object, key: object) -> None:
         (connection, "deliver_challenge", None, "connection.deliver_challenge"),
         (managers.BaseProxy, "_incref", None, "BaseProxy._incref"),
         (managers.BaseProxy, "_callmethod", 3, "BaseProxy._callmethod"),
+        (managers.BaseManager, "_create", None, "BaseManager._create"),
+        (managers.BaseProxy, "__init__", _renamed_parameters, "BaseProxy.__init__"),
     ],
 )
 def test_a_part_that_changed_is_named_with_what_to_do(

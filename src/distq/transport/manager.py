@@ -55,7 +55,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from multiprocessing import AuthenticationError, connection
 from multiprocessing.managers import BaseProxy, RemoteError
 from typing import Any, TypeVar
@@ -129,6 +129,7 @@ class ManagerTransport(Transport):
         # the connections being served: a child made by fork() closes its copies
         self._served: set[wire.ServedConnection] = set()
         self._inspector: wire.Broker | None = None  # a worker's proxy for stats(), kept
+        self._keeper_thread: int | None = None  # the thread that calls heartbeat()
         self._inspector_lock = threading.Lock()
         if role == "master":
             reap_every = min(0.25, settings.lease_seconds / 4)
@@ -257,6 +258,7 @@ class ManagerTransport(Transport):
             return
         wire.serving(conn)
         conn.recv = _served_until(server.stop_event, conn.recv)  # type: ignore[method-assign]
+        conn.send = _sent_until(server.stop_event, conn.send)  # type: ignore[method-assign,assignment]
         try:
             msg: tuple[str, Any] = ("#RETURN", getattr(server, name)(conn, *args, **kwds))
         except SystemExit:  # serve_client()'s end on EOF: the peer closed, or we stopped
@@ -342,7 +344,12 @@ class ManagerTransport(Transport):
 
     def consumer(self, consumer_id: str) -> Consumer:
         return ManagerConsumer(
-            self._endpoint(), self._queue, consumer_id, self._settings.lease_seconds, self.address
+            self._endpoint(),
+            self._queue,
+            consumer_id,
+            self._settings.lease_seconds,
+            self.address,
+            keepers=self._keepers_bound,
         )
 
     renews_apart = True  # a proxy's connection is per thread: the keeper's is its own
@@ -359,45 +366,60 @@ class ManagerTransport(Transport):
             self._keeper = self._endpoint()
         # a reply within a third of the lease, else the renewal goes out again on a new
         # connection: one gone silent (no RST: a NAT's state lost) held it REPLY_TIMEOUT,
-        # and every running task's lease lapsed meanwhile (each ran again elsewhere). The
-        # keeper thread's hand-backs share its connection: their bound is left as it was
-        within = min(wire.REPLY_TIMEOUT, max(_KEEPER_WAIT_MIN, self._settings.lease_seconds / 3))
-        conn = getattr(getattr(self._keeper, "_tls", None), "connection", None)
-        if conn is not None:  # none yet: made by this call, within CONNECT_TIMEOUT
-            wire.bounded(conn, within)
+        # and every running task's lease lapsed meanwhile (each ran again elsewhere). So
+        # for every call of the keeper's thread, on its connection and those it makes: its
+        # hand-backs (release, settle) on a silent one held it 30 s too, the worker's
+        # other leases lapsing meanwhile, and a SIGTERM waiting
+        self._keeper_thread = threading.get_ident()
         try:
-            _call(
-                self.address,
-                self._keeper.heartbeats,
-                ids,
-                self._settings.lease_seconds,
-                within=within,
-            )
+            with _within(self._keeper, self._keeper_within()):
+                _call(self.address, self._keeper.heartbeats, ids, self._settings.lease_seconds)
         except BaseException:
             keeper, self._keeper = self._keeper, None
             _close_proxy(keeper)
             raise
-        finally:
-            if conn is not None:
-                wire.bounded(conn, wire.REPLY_TIMEOUT)  # closed (failed): nothing done
+
+    def _keeper_within(self) -> float:
+        """How long the keeper's calls wait for the master (see :meth:`heartbeat`)."""
+        return min(wire.REPLY_TIMEOUT, max(_KEEPER_WAIT_MIN, self._settings.lease_seconds / 3))
+
+    def _keepers_bound(self) -> float | None:
+        """:meth:`_keeper_within` in the thread that renews the leases (the keeper's, which
+        calls :meth:`heartbeat`); None in any other."""
+        if threading.get_ident() != self._keeper_thread:
+            return None
+        return self._keeper_within()
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         bodies = _call(self.address, self._endpoint().peek, f"{self._queue}.dead", limit)
         return [DeadLetter.read(body, self._queue) for body in bodies]
 
     def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
-        broker, dead, moved = self._endpoint(), f"{self._queue}.dead", 0
+        moved = [0]
+        try:
+            self._requeue_dead(limit, revive, moved)
+        except TransportError as exc:  # cut off part-way: say how many moved, as Redis
+            if type(exc) not in (TransportError, ConnectionFailed):
+                raise  # a refusal (the key): its own type and exit code
+            raise type(exc)(
+                f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued before "
+                "that, the rest stay dead letters"
+            ) from exc
+        return moved[0]
+
+    def _requeue_dead(self, limit: int | None, revive: Revive, done: list[int]) -> None:
+        """Move up to ``limit`` letters, one at a time; ``done[0]``: how many moved."""
+        broker, dead = self._endpoint(), f"{self._queue}.dead"
         limit = self.dead_there(limit)
-        while moved < limit:
-            letters = _call(self.address, broker.peek, dead, min(MESSAGE_BATCH, limit - moved))
+        while done[0] < limit:
+            letters = _call(self.address, broker.peek, dead, min(MESSAGE_BATCH, limit - done[0]))
             if not letters:
                 break
             for letter in letters:  # oldest first; one at a time, each compared and moved
                 body = revive(DeadLetter.read(letter, self._queue))
                 if not _call(self.address, broker.requeue_dead, self._queue, letter, body):
                     break  # another caller took it: read the dead letters again
-                moved += 1
-        return moved
+                done[0] += 1
 
     def forget_orphans(self, reply_to: str) -> int:
         return int(_call(self.address, self._endpoint().forget_orphans, self._queue, reply_to))
@@ -493,6 +515,21 @@ def _served_until(stopped: threading.Event, recv: Callable[[], Any]) -> Callable
     return served
 
 
+def _sent_until(stopped: threading.Event, send: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``send``, ending the connection (``EOFError``) instead of a reply once ``stopped``
+    is set: a call that came before the master closed, a fetch waiting for tasks, was
+    answered after it (an empty batch), and a worker took the master for back: it said
+    "reconnected to master ... after 0.0 s" after the master's "master exit". Its
+    queues end with it: what a call did there is gone with them."""
+
+    def sent(obj: Any) -> None:
+        if stopped.is_set():
+            raise EOFError("the master stopped")
+        send(obj)
+
+    return sent
+
+
 def _listen_error(exc: OSError) -> str:
     """Why the master cannot listen, and what to do about it."""
     what = exc.strerror or str(exc)
@@ -515,7 +552,7 @@ def _listen_error(exc: OSError) -> str:
     return what
 
 
-def _call(address: str, method: Callable[..., _T], *args: Any, within: float | None = None) -> _T:
+def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
     """Call the broker, turning a lost connection into :class:`TransportError`.
 
     A connection that failed is forgotten (:func:`_close_proxy`): it is the calling
@@ -534,7 +571,7 @@ def _call(address: str, method: Callable[..., _T], *args: Any, within: float | N
         _close_proxy(proxy)
         raise TransportError(
             f"the master at {address} did not answer within "
-            f"{wire.REPLY_TIMEOUT if within is None else within:g} s (stopped, or overloaded?)"
+            f"{wire.reply_timeout():g} s (stopped, or overloaded?)"
         ) from None
     except TimeoutError as exc:  # wire.client's, connecting afresh for this call
         raise TransportError(
@@ -659,13 +696,31 @@ class ManagerConsumer(Consumer):
     resettles = True  # the master's leases outlive a connection
 
     def __init__(
-        self, broker: wire.Broker, queue: str, consumer_id: str, lease: float, address: str
+        self,
+        broker: wire.Broker,
+        queue: str,
+        consumer_id: str,
+        lease: float,
+        address: str,
+        *,
+        keepers: Callable[[], float | None] = lambda: None,
     ) -> None:
+        """``keepers``: how long a call may wait in the calling thread if that is the
+        worker's keeper (None in any other: ``wire.REPLY_TIMEOUT``)."""
         # a suffix per connection: an earlier connection's leases are never renewed by this one
         self._id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._broker, self._queue = broker, queue
         self._lease, self._address = lease, address
         self._older_master = False  # it has no settle_fetch_late: settle, then fetch
+        self._keepers = keepers
+
+    def _bounded(self) -> contextlib.AbstractContextManager[None]:
+        """The calls of the worker's keeper (its hand-backs: a release, a settle; a close
+        after one failed) bounded as its renewals (``ManagerTransport.heartbeat``): on a
+        connection gone silent they waited 30 s, the worker's other leases lapsing
+        meanwhile, and a SIGTERM waiting for them."""
+        within = self._keepers()
+        return contextlib.nullcontext() if within is None else _within(self._broker, within)
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         wire: list[Wire] = _call_list(
@@ -693,7 +748,10 @@ class ManagerConsumer(Consumer):
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
         self.late = frozenset()
-        late = _call(self._address, self._broker.settle, self._queue, self._id, _wire(settlements))
+        with self._bounded():
+            late = _call(
+                self._address, self._broker.settle, self._queue, self._id, _wire(settlements)
+            )
         if late:  # None: a master from before settle told which were late (01e67ef); one
             self.late = frozenset(late)  # of this version that stops closes the connection
 
@@ -708,17 +766,19 @@ class ManagerConsumer(Consumer):
             self.settle(settlements)
             return []
         if _may_be_late(settlements):
-            return self._settle_then_fetch_late(settlements, max_count)
+            with self._bounded():
+                return self._settle_then_fetch_late(settlements, max_count)
         self.late = frozenset()
-        wire: list[Wire] = _call_list(
-            self._address,
-            self._broker.settle_fetch,
-            self._queue,
-            self._id,
-            _wire(settlements),
-            max_count,
-            self._lease,
-        )
+        with self._bounded():
+            wire: list[Wire] = _call_list(
+                self._address,
+                self._broker.settle_fetch,
+                self._queue,
+                self._id,
+                _wire(settlements),
+                max_count,
+                self._lease,
+            )
         return _deliveries(wire)
 
     def _settle_then_fetch_late(
@@ -754,15 +814,44 @@ class ManagerConsumer(Consumer):
 
     def release(self, deliveries: Sequence[Delivery]) -> int:
         tokens = tags_of(deliveries, int, "manager")
-        _call(self._address, self._broker.release, self._id, tokens)
+        with self._bounded():
+            _call(self._address, self._broker.release, self._id, tokens)
         return len(tokens)
 
     def close(self) -> None:
         # the master gone means leases gone (RemoteError: a master started since, see
         # ManagerProducer.close)
-        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, RemoteError):
+        with (
+            self._bounded(),
+            contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, RemoteError),
+        ):
             self._broker.disconnect(self._id)
         _close_proxy(self._broker)
+
+
+@contextlib.contextmanager
+def _within(proxy: object, seconds: float) -> Iterator[None]:
+    """The calling thread's calls bounded to ``seconds`` within: on its connection (one a
+    thread, which every proxy of an address shares: ``proxy``'s), and on one a call makes
+    afresh; ``REPLY_TIMEOUT`` again after. Within another, as that one says."""
+    if wire.thread_bounded():
+        yield
+        return
+    conn = _connection_of(proxy)
+    if conn is not None:  # none yet: made by the call, within CONNECT_TIMEOUT, then seconds
+        wire.bounded(conn, seconds)
+    try:
+        with wire.thread_bound(seconds):
+            yield
+    finally:
+        conn = _connection_of(proxy)
+        if conn is not None:  # none: closed by a failure, nothing to undo
+            wire.bounded(conn, wire.REPLY_TIMEOUT)
+
+
+def _connection_of(proxy: object) -> Any:
+    """The calling thread's connection of ``proxy``'s address, if it has one."""
+    return getattr(getattr(proxy, "_tls", None), "connection", None)
 
 
 def _deliveries(wire: Sequence[Wire]) -> list[Delivery]:

@@ -11,8 +11,9 @@ socket; and the handshake deadlines a master holds peers to (:class:`Deadlines`)
 It relies on parts of ``multiprocessing`` that are not documented API: the
 ``managers.listener_client`` table (a serializer of distq's own is entered in it at
 import), ``managers.Server.public``, ``connection.SocketListener`` and a listener's
-``_socket``, ``connection.answer_challenge`` and ``deliver_challenge``, and
-``BaseProxy``'s ``_incref``.
+``_socket``, ``connection.answer_challenge`` and ``deliver_challenge``, ``BaseProxy``'s
+``_incref`` and its ``incref`` parameter, and ``BaseManager``'s ``_create`` and
+``_serializer``.
 :func:`check_multiprocessing` checks them when this module is imported (a listener's
 ``_socket`` as it is made): a Python release that changed one fails with a
 :class:`~distq.errors.ConfigError` naming it, never quietly.
@@ -32,7 +33,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing import connection, managers
 from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy
@@ -81,6 +82,12 @@ def check_multiprocessing() -> None:
         )
     for name in ("_incref", "_callmethod"):
         _parameters(f"BaseProxy.{name}", getattr(BaseProxy, name, None), ("self",))
+    _parameters("BaseManager._create", getattr(BaseManager, "_create", None), ("self", "typeid"))
+    _parameters(
+        "BaseProxy.__init__",
+        BaseProxy.__init__,
+        ("self", "token", "serializer", "manager", "authkey", "exposed", "incref"),
+    )
 
 
 check_multiprocessing()
@@ -188,6 +195,33 @@ def _timeouts(conn: Connection, read: float, write: float) -> Connection:
             timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
             sock.setsockopt(socket.SOL_SOCKET, option, timeval)
     return conn
+
+
+_thread_bound = threading.local()  # what thread_bound set, per thread
+
+
+@contextlib.contextmanager
+def thread_bound(seconds: float) -> Iterator[None]:
+    """Within it, a connection the calling thread makes (:func:`client`) is bounded to
+    ``seconds``, not ``REPLY_TIMEOUT``: a worker's keeper's, which must hear back within
+    its lease (:meth:`distq.transport.manager.ManagerTransport.heartbeat`)."""
+    was = getattr(_thread_bound, "seconds", None)
+    _thread_bound.seconds = seconds
+    try:
+        yield
+    finally:
+        _thread_bound.seconds = was
+
+
+def reply_timeout() -> float:
+    """How long a read or write on a connection the calling thread makes may wait."""
+    seconds: float | None = getattr(_thread_bound, "seconds", None)
+    return REPLY_TIMEOUT if seconds is None else seconds
+
+
+def thread_bounded() -> bool:
+    """Whether the calling thread is within :func:`thread_bound`."""
+    return getattr(_thread_bound, "seconds", None) is not None
 
 
 def bounded(conn: Connection, seconds: float) -> Connection:
@@ -391,7 +425,8 @@ class Listener(connection.Listener):
 def client(address: Any, authkey: bytes | None = None) -> Connection:
     """``multiprocessing.connection.Client``, on a no-delay socket whose reads time out:
     the connect and the handshake after ``CONNECT_TIMEOUT``, each later read or write
-    after ``REPLY_TIMEOUT``. Raises ``TimeoutError`` naming the step that got no answer."""
+    after ``REPLY_TIMEOUT`` (or the thread's own: :func:`thread_bound`). Raises
+    ``TimeoutError`` naming the step that got no answer."""
     if authkey is not None and not isinstance(authkey, bytes):
         raise TypeError("authkey should be a byte string")
     try:
@@ -410,7 +445,7 @@ def client(address: Any, authkey: bytes | None = None) -> Connection:
     except BaseException:
         conn.close()
         raise
-    return bounded(conn, REPLY_TIMEOUT)
+    return bounded(conn, reply_timeout())
 
 
 def _no_answer(step: str) -> TimeoutError:
@@ -539,10 +574,20 @@ class ClientManager(BaseManager):
     """A worker's connection to the master's :class:`QueueBroker`: made with
     ``serializer=SERIALIZER``, so every connection it and its proxies open is :func:`client`'s."""
 
-    distq_broker: Callable[[], BrokerProxy]  # made by register() below
+    def distq_broker(self) -> BrokerProxy:
+        """A proxy of the master's broker, made in one call to it (``create``). The
+        stdlib's method (``register()``'s) made two more, each on a connection of its own
+        with its handshake: the proxy's incref, then a decref of the creation's count: a
+        count the master keeps for nothing (see :meth:`BrokerProxy._incref`). A master
+        frozen after the first (a slot reconnecting as the master stopped, or cut off)
+        held the slot's thread at each, 5 s (``CONNECT_TIMEOUT``), or 30 s once it had
+        answered the handshake (``REPLY_TIMEOUT``)."""
+        manager: Any = self  # typeshed declares none of its private parts
+        token, exposed = manager._create("distq_broker")
+        return BrokerProxy(token, manager._serializer, manager=self, exposed=exposed, incref=False)
 
 
-ClientManager.register("distq_broker", proxytype=BrokerProxy)
+ClientManager.register("distq_broker", proxytype=BrokerProxy, create_method=False)
 
 
 def serving_manager(broker: QueueBroker, settings: Settings) -> BaseManager:
