@@ -144,6 +144,9 @@ class Console:
         self.err = err or sys.stderr
         self.bar: Progress | None = None
         self._gone: set[int] = set()  # id() of streams that failed: written no more
+        # id() of a non-blocking stream that took the start of a line and not its end ->
+        # that end, the first bytes it must take next (:meth:`_blocked`)
+        self._owed: dict[int, bytes] = {}
 
     @property
     def task_lines(self) -> bool:
@@ -217,9 +220,14 @@ class Console:
         if id(stream) in self._gone:
             return
         try:
+            if self._owed and not self._pay(stream):
+                return  # still full: this text only, the line it owes goes first
+            with contextlib.suppress(BlockingIOError):  # what others left unflushed
+                stream.flush()  # (a task's print()): the stream then holds only ``text``
             stream.write(text)
             stream.flush()
-        except BlockingIOError:  # a non-blocking stream, full for now: this text only
+        except BlockingIOError as exc:  # a non-blocking stream, full for now: this text only
+            self._blocked(stream, text, exc.characters_written)
             return
         except UnicodeEncodeError:  # not a stream gone: a character it cannot take
             encoding = getattr(stream, "encoding", None) or "ascii"
@@ -230,6 +238,33 @@ class Console:
             self._lost(stream)
         except (OSError, ValueError, AttributeError):  # a closed pipe or file, a full disk;
             self._lost(stream)  # None: the process started with that descriptor closed
+
+    def _blocked(self, stream: TextIO, text: str, taken: int) -> None:
+        """A non-blocking ``stream`` took only ``taken`` bytes of ``text`` (its buffer
+        keeps them, to go out in order): the rest of a line it took the start of is owed,
+        to go before anything else, lest a reader see half a line run into the next one.
+        The lines after it are dropped. (``taken`` is 0 when the text went whole into the
+        stream's buffer, or none of it did: no line was cut.)"""
+        if taken <= 0 or not hasattr(stream, "buffer"):  # none cut, or no way to finish it
+            return
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        data = text.encode(encoding, getattr(stream, "errors", None) or "strict")
+        if taken >= len(data) or data[taken - 1 : taken] == b"\n":
+            return
+        end = data.find(b"\n", taken)
+        self._owed[id(stream)] = data[taken:] if end < 0 else data[taken : end + 1]
+
+    def _pay(self, stream: TextIO) -> bool:
+        """Hand ``stream`` the end of the line it owes (:meth:`_blocked`), if any, ahead
+        of anything else: whether it took it all, else it owes what is left of it."""
+        owed = self._owed.pop(id(stream), None)
+        if owed is not None:
+            try:
+                stream.buffer.write(owed)  # into its buffer, after the line's start
+            except BlockingIOError as exc:
+                self._owed[id(stream)] = owed[max(exc.characters_written, 0) :]
+                return False
+        return True
 
     def _lost(self, stream: TextIO) -> None:
         """``stream`` failed: drop it, and say so once on the other one (in this

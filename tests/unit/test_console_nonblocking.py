@@ -1,0 +1,82 @@
+"""A console on a non-blocking stdout that fills up: whole lines or none, never half."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from distq.logs import JsonConsole
+
+
+@pytest.fixture
+def full_pipe() -> Iterator[tuple[io.TextIOWrapper, int]]:
+    """A text stream on a pipe whose writing end is O_NONBLOCK (as a parent may leave a
+    shared stdout), and the pipe's reading end."""
+    read, write = os.pipe()
+    flags = fcntl.fcntl(write, fcntl.F_GETFL)
+    fcntl.fcntl(write, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    os.set_blocking(read, False)
+    stream = open(write, "w", encoding="utf-8")  # noqa: SIM115  # as sys.stdout on a pipe
+    try:
+        yield stream, read
+    finally:
+        # what is left in its buffer cannot go: the fd closes all the same
+        with contextlib.suppress(BlockingIOError):
+            stream.close()
+        os.close(read)
+
+
+def drain(read: int) -> bytes:
+    chunks = []
+    for _ in range(10_000):  # bounded: a pipe holds at most a few MB
+        try:
+            chunk = os.read(read, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("batch", [1, 150])  # a line at a time; a worker's batch of lines
+def test_a_full_non_blocking_stdout_never_gets_half_a_json_line(
+    full_pipe: tuple[io.TextIOWrapper, int], batch: int
+) -> None:
+    """``Console.write`` dropped the text on BlockingIOError, but the pipe had taken its
+    start: a JSON log reader saw half a line run into the next line's start."""
+    stream, read = full_pipe
+    console = JsonConsole("worker", out=stream, err=io.StringIO(), worker="w1")
+    got = b""
+    started = time.monotonic()
+    for round_ in range(5):
+        for n in range(0, 3000, batch):  # some 300 kB: far more than a pipe holds
+            lines = [
+                json.dumps({"round": round_, "line": m, "pad": "x" * (50 + m % 97)})
+                for m in range(n, n + batch)
+            ]
+            if batch == 1:
+                console.info(lines[0])
+            else:
+                console.write(stream, "\n".join(lines) + "\n")
+        got += drain(read)
+    console.info("the last line")  # the pipe is empty now: it goes whole
+    got += drain(read)
+    assert time.monotonic() - started < 120  # never blocked
+    lines = got.decode().split("\n")
+    assert lines[-1] == ""  # ends at a line's end
+    broken = []
+    for line in lines[:-1]:
+        try:
+            json.loads(line)
+        except ValueError:
+            broken.append(line)
+    assert not broken, f"{len(broken)} broken lines, e.g. {broken[0][:80]!r}...{broken[0][-80:]!r}"
+    assert json.loads(lines[-2])["message"] == "the last line"
