@@ -16,6 +16,7 @@ import contextlib
 import io
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import TextIO
@@ -147,6 +148,7 @@ class Console:
         # id() of a non-blocking stream that took the start of a line and not its end ->
         # that end, the first bytes it must take next (:meth:`_blocked`)
         self._owed: dict[int, bytes] = {}
+        self._writing = threading.RLock()
 
     @property
     def task_lines(self) -> bool:
@@ -216,9 +218,17 @@ class Console:
         return f"{line}\n"
 
     def write(self, stream: TextIO, text: str) -> None:
-        """Write ``text`` to ``stream`` and flush; a stream that fails is dropped."""
+        """Write ``text`` to ``stream`` and flush; a stream that fails is dropped.
+
+        One thread at a time (a worker's slots write their lines from their own): what
+        a full non-blocking stream took of the text is then this text's (:meth:`_blocked`).
+        Reentrant, for a signal handler's line (:func:`announce`) and :meth:`_lost`'s."""
         if id(stream) in self._gone:
             return
+        with self._writing:
+            self._put(stream, text)
+
+    def _put(self, stream: TextIO, text: str) -> None:
         try:
             if self._owed and not self._pay(stream):
                 return  # still full: this text only, the line it owes goes first
@@ -227,7 +237,7 @@ class Console:
             stream.write(text)
             stream.flush()
         except BlockingIOError as exc:  # a non-blocking stream, full for now: this text only
-            self._blocked(stream, text, exc.characters_written)
+            self._blocked(stream, text, getattr(exc, "characters_written", 0))
             return
         except UnicodeEncodeError:  # not a stream gone: a character it cannot take
             encoding = getattr(stream, "encoding", None) or "ascii"
@@ -262,7 +272,7 @@ class Console:
             try:
                 stream.buffer.write(owed)  # into its buffer, after the line's start
             except BlockingIOError as exc:
-                self._owed[id(stream)] = owed[max(exc.characters_written, 0) :]
+                self._owed[id(stream)] = owed[max(getattr(exc, "characters_written", 0), 0) :]
                 return False
         return True
 

@@ -7,6 +7,8 @@ import fcntl
 import io
 import json
 import os
+import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -80,3 +82,53 @@ def test_a_full_non_blocking_stdout_never_gets_half_a_json_line(
             broken.append(line)
     assert not broken, f"{len(broken)} broken lines, e.g. {broken[0][:80]!r}...{broken[0][-80:]!r}"
     assert json.loads(lines[-2])["message"] == "the last line"
+
+
+def test_slots_writing_at_once_to_a_full_non_blocking_stdout_never_cut_a_line(
+    full_pipe: tuple[io.TextIOWrapper, int],
+) -> None:
+    """A worker's slots write their lines from their own threads: what one thread's
+    write finds the stream took may be another's text, unless the writes take turns."""
+    stream, read = full_pipe
+    console = JsonConsole("worker", out=stream, err=io.StringIO(), worker="w1")
+    got: list[bytes] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+
+    done = threading.Event()
+
+    def slot(index: int) -> None:
+        for n in range(0, 3000, 20):
+            lines = [
+                json.dumps({"slot": index, "line": m, "pad": "x" * (40 + m % 61)})
+                for m in range(n, n + 20)
+            ]
+            console.write(stream, "\n".join(lines) + "\n")
+
+    def reader() -> None:  # a slow reader: the pipe fills, then takes some, again
+        while not done.wait(0.005):
+            got.append(drain(read))
+
+    threads = [threading.Thread(target=slot, args=(i,)) for i in range(4)]
+    draining = threading.Thread(target=reader)
+    draining.start()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        done.set()
+        draining.join(10)
+        sys.setswitchinterval(interval)
+    console.info("the last line")
+    got.append(drain(read))
+    lines = b"".join(got).decode().split("\n")
+    assert lines[-1] == ""
+    broken = []
+    for line in lines[:-1]:
+        try:
+            json.loads(line)
+        except ValueError:
+            broken.append(line)
+    assert not broken, f"{len(broken)} broken lines, e.g. {broken[0][:160]!r}"
