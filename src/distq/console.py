@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import select
 import sys
 import threading
 import time
@@ -74,10 +75,15 @@ def say(line: str) -> None:
     queued is queued; a traceback and exit 1 made a script submit it again).
     A stdout that cannot be written (a full disk, an I/O error) is said once on stderr,
     where the rest of the output then goes: a task ``submit`` queued, or the count of the
-    letters ``requeue-dead`` moved, ended in a traceback and exit 1 though done."""
+    letters ``requeue-dead`` moved, ended in a traceback and exit 1 though done.
+    A non-blocking stdout that is full is waited for, as a blocking one is: its reader
+    has yet to read, it has not gone."""
     stream = _OUTPUT[0] if _OUTPUT else sys.stdout
     try:
-        print(line, file=stream, flush=True)
+        if _non_blocking(stream):  # full for now is not gone: its reader has yet to read
+            _waiting_write(stream, f"{line}\n")
+        else:
+            print(line, file=stream, flush=True)
     except BrokenPipeError:
         to_devnull(sys.stdout)
     except OSError as exc:
@@ -97,6 +103,35 @@ def say(line: str) -> None:
 
 #: Where :func:`say` writes once stdout failed: stderr.
 _OUTPUT: list[TextIO] = []
+
+
+def _non_blocking(stream: TextIO) -> bool:
+    """Whether ``stream``'s descriptor is O_NONBLOCK (a parent may leave a shared stdout
+    so): a write may then take part of the text, or none, and raise BlockingIOError."""
+    try:
+        return hasattr(stream, "buffer") and not os.get_blocking(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # no descriptor (a StringIO), closed
+        return False
+
+
+def _waiting_write(stream: TextIO, text: str) -> None:
+    """``text`` to a non-blocking ``stream``, whole, waiting while it is full, as a write
+    to a blocking one does: what its buffer took of each try is counted, and the rest
+    written when the descriptor takes more."""
+    with contextlib.suppress(BlockingIOError):  # what was written before goes first:
+        stream.flush()  # into the buffer, if the descriptor is full (flushed below)
+    data = text.encode(stream.encoding, stream.errors or "strict")
+    buffer, fd = stream.buffer, stream.fileno()
+    while True:
+        try:
+            if data:
+                data = data[buffer.write(data) :]
+            buffer.flush()
+            return
+        except BlockingIOError as exc:
+            if data:  # the buffer took part: the rest is to come
+                data = data[max(getattr(exc, "characters_written", 0), 0) :]
+            select.select([], [fd], [], 1.0)
 
 
 def escaping(*streams: TextIO | None) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from distq import console as console_module
 from distq.logs import JsonConsole
 
 
@@ -132,3 +133,38 @@ def test_slots_writing_at_once_to_a_full_non_blocking_stdout_never_cut_a_line(
         except ValueError:
             broken.append(line)
     assert not broken, f"{len(broken)} broken lines, e.g. {broken[0][:160]!r}"
+
+
+def test_a_commands_output_waits_for_a_full_non_blocking_stdout(
+    full_pipe: tuple[io.TextIOWrapper, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``say`` took EAGAIN for a stdout that cannot be written: every later line of the
+    command (``dead-letters``' listing) went to stderr, stdout to /dev/null. A full
+    pipe is one its reader has not read yet: the command waits for it, as on a blocking
+    stdout, and every line arrives once, in order."""
+    stream, read = full_pipe
+    pointed: list[object] = []
+    err = io.StringIO()
+    monkeypatch.setattr(console_module, "to_devnull", pointed.append)
+    monkeypatch.setattr(console_module, "_OUTPUT", [])
+    monkeypatch.setattr(sys, "stdout", stream)
+    monkeypatch.setattr(sys, "stderr", err)
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def reader() -> None:  # a slow reader: the pipe fills, then takes some, again
+        while not done.wait(0.01):
+            got.append(drain(read))
+
+    draining = threading.Thread(target=reader)
+    draining.start()
+    try:
+        for n in range(3000):  # some 300 kB: far more than a pipe holds
+            console_module.say(f"letter {n} " + "x" * 100)
+    finally:
+        done.set()
+        draining.join(10)
+    got.append(drain(read))
+    assert pointed == [] and err.getvalue() == ""
+    lines = b"".join(got).decode().split("\n")
+    assert lines == [f"letter {n} " + "x" * 100 for n in range(3000)] + [""]
