@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import select
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import TextIO
@@ -73,10 +75,15 @@ def say(line: str) -> None:
     queued is queued; a traceback and exit 1 made a script submit it again).
     A stdout that cannot be written (a full disk, an I/O error) is said once on stderr,
     where the rest of the output then goes: a task ``submit`` queued, or the count of the
-    letters ``requeue-dead`` moved, ended in a traceback and exit 1 though done."""
+    letters ``requeue-dead`` moved, ended in a traceback and exit 1 though done.
+    A non-blocking stdout that is full is waited for, as a blocking one is: its reader
+    has yet to read, it has not gone."""
     stream = _OUTPUT[0] if _OUTPUT else sys.stdout
     try:
-        print(line, file=stream, flush=True)
+        if _non_blocking(stream):  # full for now is not gone: its reader has yet to read
+            _waiting_write(stream, f"{line}\n")
+        else:
+            print(line, file=stream, flush=True)
     except BrokenPipeError:
         to_devnull(sys.stdout)
     except OSError as exc:
@@ -96,6 +103,35 @@ def say(line: str) -> None:
 
 #: Where :func:`say` writes once stdout failed: stderr.
 _OUTPUT: list[TextIO] = []
+
+
+def _non_blocking(stream: TextIO) -> bool:
+    """Whether ``stream``'s descriptor is O_NONBLOCK (a parent may leave a shared stdout
+    so): a write may then take part of the text, or none, and raise BlockingIOError."""
+    try:
+        return hasattr(stream, "buffer") and not os.get_blocking(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # no descriptor (a StringIO), closed
+        return False
+
+
+def _waiting_write(stream: TextIO, text: str) -> None:
+    """``text`` to a non-blocking ``stream``, whole, waiting while it is full, as a write
+    to a blocking one does: what its buffer took of each try is counted, and the rest
+    written when the descriptor takes more."""
+    with contextlib.suppress(BlockingIOError):  # what was written before goes first:
+        stream.flush()  # into the buffer, if the descriptor is full (flushed below)
+    data = text.encode(stream.encoding, stream.errors or "strict")
+    buffer, fd = stream.buffer, stream.fileno()
+    while True:
+        try:
+            if data:
+                data = data[buffer.write(data) :]
+            buffer.flush()
+            return
+        except BlockingIOError as exc:
+            if data:  # the buffer took part: the rest is to come
+                data = data[max(getattr(exc, "characters_written", 0), 0) :]
+            select.select([], [fd], [], 1.0)
 
 
 def escaping(*streams: TextIO | None) -> None:
@@ -144,6 +180,10 @@ class Console:
         self.err = err or sys.stderr
         self.bar: Progress | None = None
         self._gone: set[int] = set()  # id() of streams that failed: written no more
+        # id() of a non-blocking stream that took the start of a line and not its end ->
+        # that end, the first bytes it must take next (:meth:`_blocked`)
+        self._owed: dict[int, bytes] = {}
+        self._writing = threading.RLock()
 
     @property
     def task_lines(self) -> bool:
@@ -213,13 +253,26 @@ class Console:
         return f"{line}\n"
 
     def write(self, stream: TextIO, text: str) -> None:
-        """Write ``text`` to ``stream`` and flush; a stream that fails is dropped."""
+        """Write ``text`` to ``stream`` and flush; a stream that fails is dropped.
+
+        One thread at a time (a worker's slots write their lines from their own): what
+        a full non-blocking stream took of the text is then this text's (:meth:`_blocked`).
+        Reentrant, for a signal handler's line (:func:`announce`) and :meth:`_lost`'s."""
         if id(stream) in self._gone:
             return
+        with self._writing:
+            self._put(stream, text)
+
+    def _put(self, stream: TextIO, text: str) -> None:
         try:
+            if self._owed and not self._pay(stream):
+                return  # still full: this text only, the line it owes goes first
+            with contextlib.suppress(BlockingIOError):  # what others left unflushed
+                stream.flush()  # (a task's print()): the stream then holds only ``text``
             stream.write(text)
             stream.flush()
-        except BlockingIOError:  # a non-blocking stream, full for now: this text only
+        except BlockingIOError as exc:  # a non-blocking stream, full for now: this text only
+            self._blocked(stream, text, getattr(exc, "characters_written", 0))
             return
         except UnicodeEncodeError:  # not a stream gone: a character it cannot take
             encoding = getattr(stream, "encoding", None) or "ascii"
@@ -230,6 +283,33 @@ class Console:
             self._lost(stream)
         except (OSError, ValueError, AttributeError):  # a closed pipe or file, a full disk;
             self._lost(stream)  # None: the process started with that descriptor closed
+
+    def _blocked(self, stream: TextIO, text: str, taken: int) -> None:
+        """A non-blocking ``stream`` took only ``taken`` bytes of ``text`` (its buffer
+        keeps them, to go out in order): the rest of a line it took the start of is owed,
+        to go before anything else, lest a reader see half a line run into the next one.
+        The lines after it are dropped. (``taken`` is 0 when the text went whole into the
+        stream's buffer, or none of it did: no line was cut.)"""
+        if taken <= 0 or not hasattr(stream, "buffer"):  # none cut, or no way to finish it
+            return
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        data = text.encode(encoding, getattr(stream, "errors", None) or "strict")
+        if taken >= len(data) or data[taken - 1 : taken] == b"\n":
+            return
+        end = data.find(b"\n", taken)
+        self._owed[id(stream)] = data[taken:] if end < 0 else data[taken : end + 1]
+
+    def _pay(self, stream: TextIO) -> bool:
+        """Hand ``stream`` the end of the line it owes (:meth:`_blocked`), if any, ahead
+        of anything else: whether it took it all, else it owes what is left of it."""
+        owed = self._owed.pop(id(stream), None)
+        if owed is not None:
+            try:
+                stream.buffer.write(owed)  # into its buffer, after the line's start
+            except BlockingIOError as exc:
+                self._owed[id(stream)] = owed[max(getattr(exc, "characters_written", 0), 0) :]
+                return False
+        return True
 
     def _lost(self, stream: TextIO) -> None:
         """``stream`` failed: drop it, and say so once on the other one (in this

@@ -9,7 +9,10 @@ Counters and histograms (:class:`CounterTable`, :class:`HistogramTable`) are upd
 batch at a time under one lock and read by prometheus-client at scrape time, through
 its collector interface: its own ``Counter``/``Histogram`` take a lock per update,
 which measured 1.5-2 µs per observation, several percent of what a fast task costs a
-worker. Gauges are prometheus-client's.
+worker. A process's tables (and the master's outstanding gauge, a :class:`GaugeTable`)
+are read together, in one hold of that lock (:class:`Together`): a scrape shows them as
+of one moment, not family after family while a batch is counted. The other gauges are
+prometheus-client's.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -62,7 +70,10 @@ Labels = tuple[str, ...]
 
 
 class CounterTable(Collector):
-    """A counter family updated in batches: ``add`` under ``lock``, read at scrape time."""
+    """A counter family updated in batches: ``add`` under ``lock``, read at scrape time.
+
+    Without a ``registry`` it is read by a :class:`Together` with the other tables of
+    its lock."""
 
     def __init__(
         self,
@@ -70,26 +81,50 @@ class CounterTable(Collector):
         documentation: str,
         labelnames: Sequence[str],
         lock: threading.Lock,
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
         self.lock = lock
         self.values: dict[Labels, float] = {}
-        registry.register(self)
+        if registry is not None:
+            registry.register(self)
 
     def add(self, labels: Labels, amount: float) -> None:
         """Count ``amount`` more for ``labels`` (caller holds ``lock``)."""
         self.values[labels] = self.values.get(labels, 0.0) + amount
 
-    def collect(self) -> Iterator[Metric]:
+    def snapshot(self) -> list[tuple[Labels, float]]:
+        """The values as they are (caller holds ``lock``)."""
+        return list(self.values.items())
+
+    def family(self, values: list[tuple[Labels, float]]) -> Metric:
+        """The family of a :meth:`snapshot`."""
         family = CounterMetricFamily(
             self.name.removesuffix("_total"), self.documentation, labels=self.labelnames
         )
-        with self.lock:
-            values = list(self.values.items())
         for labels, value in values:
             family.add_metric(labels, value)
-        yield family
+        return family
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            values = self.snapshot()
+        yield self.family(values)
+
+
+class GaugeTable(CounterTable):
+    """A gauge family ``set`` under ``lock`` with the counters it goes with, read at
+    scrape time (by a :class:`Together`, in the same hold of the lock as they are)."""
+
+    def set(self, labels: Labels, value: float) -> None:
+        """``labels`` is ``value`` now (caller holds ``lock``)."""
+        self.values[labels] = value
+
+    def family(self, values: list[tuple[Labels, float]]) -> Metric:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in values:
+            family.add_metric(labels, value)
+        return family
 
 
 class HistogramTable(Collector):
@@ -102,13 +137,14 @@ class HistogramTable(Collector):
         labelnames: Sequence[str],
         buckets: Sequence[float],
         lock: threading.Lock,
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
         self.bounds = list(buckets)
         self.lock = lock
         self.counts: dict[Labels, list[float]] = {}  # per bucket, then +Inf, then the sum
-        registry.register(self)
+        if registry is not None:  # else read by a Together, as CounterTable
+            registry.register(self)
 
     def series(self, labels: Labels) -> list[float]:
         """The running counts of ``labels`` (created at zero); caller holds ``lock``."""
@@ -139,10 +175,18 @@ class HistogramTable(Collector):
         counts[len(self.bounds)] += len(ordered) - counted  # +Inf
         counts[-1] += sum(ordered)
 
+    def snapshot(self) -> list[tuple[Labels, list[float]]]:
+        """The counts as they are (caller holds ``lock``)."""
+        return [(labels, list(counts)) for labels, counts in self.counts.items()]
+
     def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         with self.lock:
-            snapshot = [(labels, list(counts)) for labels, counts in self.counts.items()]
+            snapshot = self.snapshot()
+        yield self.family(snapshot)
+
+    def family(self, snapshot: list[tuple[Labels, list[float]]]) -> Metric:
+        """The family of a :meth:`snapshot`."""
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         edges = [*(floatToGoString(b) for b in self.bounds), "+Inf"]  # type: ignore[no-untyped-call]
         for labels, counts in snapshot:
             cumulative, total = [], 0.0
@@ -150,7 +194,27 @@ class HistogramTable(Collector):
                 total += count
                 cumulative.append((edge, total))
             family.add_metric(labels, cumulative, counts[-1])
-        yield family
+        return family
+
+
+Table = CounterTable | HistogramTable
+
+
+class Together(Collector):
+    """``tables`` read in one hold of their ``lock``: a scrape sees them as of one
+    moment, never a batch counted in one family and not yet in the next."""
+
+    def __init__(
+        self, lock: threading.Lock, tables: Sequence[Table], registry: CollectorRegistry
+    ) -> None:
+        self.lock, self.tables = lock, list(tables)
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            snapshots = [table.snapshot() for table in self.tables]
+        for table, snapshot in zip(self.tables, snapshots, strict=True):
+            yield table.family(snapshot)  # type: ignore[arg-type]
 
 
 def ready_gauge(base: Labels, registry: CollectorRegistry) -> Gauge:
@@ -190,7 +254,6 @@ class WorkerMetrics:
             "orphaned, malformed, released).",
             [*BASE, "task", "outcome"],
             self.lock,
-            self.registry,
         )
         self.task_seconds = HistogramTable(
             "distq_worker_task_duration_seconds",
@@ -198,7 +261,6 @@ class WorkerMetrics:
             [*BASE, "task"],
             RUN_BUCKETS,
             self.lock,
-            self.registry,
         )
         self.queue_wait = HistogramTable(
             "distq_worker_queue_wait_seconds",
@@ -207,7 +269,6 @@ class WorkerMetrics:
             BASE,
             BUCKETS,
             self.lock,
-            self.registry,
         )
         self.redeliveries = CounterTable(
             "distq_worker_redeliveries_total",
@@ -215,8 +276,9 @@ class WorkerMetrics:
             "them back.",
             BASE,
             self.lock,
-            self.registry,
         )
+        tables: list[Table] = [self.tasks, self.task_seconds, self.queue_wait, self.redeliveries]
+        Together(self.lock, tables, self.registry)
         self.in_hand = Gauge(
             "distq_worker_tasks_in_hand",
             "Tasks leased to this worker and not yet settled.",
@@ -249,21 +311,19 @@ class MasterMetrics:
         base = self.base = (transport, queue)
         self.lock = threading.Lock()
         self.submitted = CounterTable(
-            "distq_master_tasks_submitted_total", "Tasks submitted.", BASE, self.lock, self.registry
+            "distq_master_tasks_submitted_total", "Tasks submitted.", BASE, self.lock
         )
         self.results = CounterTable(
             "distq_master_results_total",
             "First results received per task, by status (ok, error).",
             [*BASE, "status"],
             self.lock,
-            self.registry,
         )
         self.duplicates = CounterTable(
             "distq_master_duplicate_results_total",
             "Redelivered results dropped because the task already had one.",
             BASE,
             self.lock,
-            self.registry,
         )
         self.round_trip = HistogramTable(
             "distq_master_task_round_trip_seconds",
@@ -271,7 +331,13 @@ class MasterMetrics:
             BASE,
             BUCKETS,
             self.lock,
-            self.registry,
+        )
+        # set with the counters, under their lock: a scrape reads them all at once
+        self.outstanding = GaugeTable(
+            "distq_master_tasks_outstanding",
+            "Tasks this master submitted that have no result yet.",
+            BASE,
+            self.lock,
         )
         with self.lock:
             for status in ("ok", "error"):
@@ -279,12 +345,9 @@ class MasterMetrics:
             self.submitted.add(base, 0)
             self.duplicates.add(base, 0)
             self.round_trip.series(base)
-        self.outstanding = Gauge(
-            "distq_master_tasks_outstanding",
-            "Tasks this master submitted that have no result yet.",
-            BASE,
-            registry=self.registry,
-        ).labels(*base)
+            self.outstanding.set(base, 0)
+        tables: list[Table] = [self.submitted, self.results, self.duplicates, self.round_trip]
+        Together(self.lock, [*tables, self.outstanding], self.registry)
         self.ready = ready_gauge(base, self.registry)
         self.queue_depth = Gauge(
             "distq_queue_depth",

@@ -284,10 +284,11 @@ class MasterTelemetry:
         self._names: dict[str, str] = {}
 
     def submitted(self, tasks: Sequence[Task], outstanding: int) -> None:
-        if self.metrics is not None:
-            with self.metrics.lock:
-                self.metrics.submitted.add(self.metrics.base, len(tasks))
-            self.metrics.outstanding.set(outstanding)
+        metrics = self.metrics
+        if metrics is not None:
+            with metrics.lock:  # with the count, as one scrape reads them (obs31)
+                metrics.submitted.add(metrics.base, len(tasks))
+                metrics.outstanding.set(metrics.base, outstanding)
         log = self.log
         if log is not None:
             self._names.update([(t.id, t.name) for t in tasks])
@@ -307,8 +308,10 @@ class MasterTelemetry:
         metrics = self.metrics
         if metrics is not None:
             if received:
-                self._count(metrics, received)
-            metrics.outstanding.set(outstanding)
+                self._count(metrics, received, outstanding)
+            else:
+                with metrics.lock:
+                    metrics.outstanding.set(metrics.base, outstanding)
         log = self.log
         if log is not None and received:
             at, role, name = log.stamp(), log.role, self._names.pop
@@ -334,9 +337,10 @@ class MasterTelemetry:
             )
 
     @staticmethod
-    def _count(metrics: MasterMetrics, received: Sequence[Received]) -> None:
+    def _count(metrics: MasterMetrics, received: Sequence[Received], outstanding: int) -> None:
         """A batch's results by status, their round trips and its duplicates, in C when
-        it has no duplicate and one status (the common batch)."""
+        it has no duplicate and one status (the common batch); ``outstanding`` under the
+        same lock, so that a scrape sees it with them."""
         results, trips = zip(*received, strict=True)
         duplicates = trips.count(None)
         round_trips: Sequence[float]
@@ -358,3 +362,4 @@ class MasterTelemetry:
                 histogram.observe(histogram.series(base), round_trips)
             if duplicates:
                 metrics.duplicates.add(base, duplicates)
+            metrics.outstanding.set(base, outstanding)
