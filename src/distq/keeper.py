@@ -181,6 +181,8 @@ class Keeper:
                             self._renew(slot, batch)
             if due:
                 self._renew_all(due)
+        # done: its last beat, growing old while the process stops, read as "stalled"
+        self.health.liveness.end("leases")
 
     @contextlib.contextmanager
     def _keeping(self, slots: list[Slot]) -> Iterator[None]:

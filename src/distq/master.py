@@ -258,6 +258,14 @@ class _Run(Generic[E]):
         self.lapsed = False  # its reply queue lapsed: look for orphans again at the end
 
     def run(self) -> JobReport:
+        try:
+            return self._run()
+        finally:
+            # the job's loop is over: its last beat, growing old while the process stops
+            # (the summary, the report, the close), read as "stalled" on /healthz
+            self.health.liveness.end("job")
+
+    def _run(self) -> JobReport:
         spec = self.spec
         if spec.timeout is not None:
             self.deadline = self.began + spec.timeout

@@ -228,6 +228,9 @@ class Worker:
             _exits_fail_while_running(self, False)
             sys.setswitchinterval(switching)
             self._restore_signal_handlers(previous)
+        # the slots have ended: the last beat, growing old while the process stops
+        # (waiting for threads its tasks left), read as "stalled" on /healthz
+        self.health.liveness.end("main")
         snap = self.health.snapshot()
         self.console.info(
             f"worker exit. {snap.tasks_ok} ok, {snap.tasks_failed} failed for good, "

@@ -633,3 +633,26 @@ def test_a_stopped_job_takes_back_the_tasks_no_worker_took(
         assert report.succeeded and report.tasks == 0, out.getvalue()
     else:
         assert report.tasks == 30 and report.missing == 30 and not report.succeeded
+
+
+def test_a_finished_job_leaves_no_stale_beat_for_the_liveness_check(transport: Transport) -> None:
+    """The job's loop beat "job" until it ended and never said it ended: while the master
+    then drained, forgot orphans, wrote its summary and closed, /healthz read the last
+    beat growing old and said "stalled" (503) once DISTQ_STALL_SECONDS passed."""
+    health = ProcessHealth("master", stall_seconds=0.5)
+    done = threading.Event()
+    thread = threading.Thread(target=serve, args=(transport, right, done), daemon=True)
+    thread.start()
+    out = io.StringIO()
+    try:
+        report = Master(transport, Console(out=out, err=out), health=health).run(
+            JobSpec(tasks=3, timeout=20), Squares(seed=1)
+        )
+    finally:
+        done.set()
+        thread.join(5)
+    assert report.succeeded, out.getvalue()
+    time.sleep(0.6)
+    verdict = health.live()
+    assert "job" not in verdict.body.get("loops", {}), verdict
+    assert verdict.ok, verdict

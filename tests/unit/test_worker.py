@@ -24,6 +24,7 @@ from distq.console import Console
 from distq.ending import Endings
 from distq.envelope import Task
 from distq.errors import ConfigError, SettledThenFailed, SettledThenRefused, TransportError
+from distq.health import WorkerHealth
 from distq.keeper import Keeper
 from distq.logs import JsonConsole
 from distq.slots import Slot
@@ -1214,3 +1215,20 @@ def test_a_chunks_line_not_sent_says_not_dead_lettered_only() -> None:
         _not_sent(orphan, _LAPSED)
     )
     assert f"{chunk.id} dead-lettered" not in _not_sent(orphan, _LAPSED)
+
+
+def test_a_worker_that_ended_leaves_no_stale_beat_for_the_liveness_check(
+    transport: Transport,
+) -> None:
+    """The worker's main loop and its keeper beat until they ended and never said they
+    ended: while the process then stopped (waiting for threads its tasks left, up to
+    DISTQ_DRAIN_SECONDS), /healthz read their last beats growing old and said "stalled"."""
+    health = WorkerHealth(stall_seconds=0.5, slots=1)
+    out = io.StringIO()
+    options = WorkerOptions(exit_when_idle=0.3, worker_id="w", heartbeat_interval=0.3)
+    worker = Worker(transport, Registry(), options, Console(out=out, err=out), health=health)
+    assert worker.run() == 0, out.getvalue()
+    time.sleep(0.6)
+    verdict = health.live()
+    assert not verdict.body.get("loops"), verdict
+    assert verdict.ok, verdict
