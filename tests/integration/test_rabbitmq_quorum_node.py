@@ -166,3 +166,24 @@ def test_forget_orphans_leaves_alone_a_dead_letter_queue_the_vhost_made_quorum(
             assert _ready(channel, dead) == 1
     finally:
         node.ctl("delete_vhost", vhost)
+
+
+def test_peeking_at_quorum_dead_letters_past_a_delivery_limit_loses_none(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """``distq dead-letters`` takes the letters it shows and puts them back: each put-back
+    counted as a delivery on a quorum dead-letter queue, and at a delivery limit (a
+    policy's; RabbitMQ 4's default of 20 on every quorum queue) the broker dropped the
+    letters (the dead-letter queue dead-letters nowhere): a few peeks, and every dead
+    letter was gone (rmq31)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    _delivery_limit(node, rf"^{queue}\.dead$", 2)
+    dead = f"{queue}.dead"
+    for i in range(3):
+        raw.basic_publish("", dead, DeadLetter(f"t{i}".encode(), "why", queue, "w").encode())
+    for look in range(1, 6):
+        letters = t.dead_letters(10)
+        assert sorted(letter.body for letter in letters) == [b"t0", b"t1", b"t2"], f"look {look}"
+    time.sleep(0.5)
+    assert _ready(raw, dead) == 3
+    assert t.requeue_dead(None) == 3  # and they are still letters requeue-dead reads

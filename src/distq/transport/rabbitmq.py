@@ -443,7 +443,7 @@ class RabbitMQTransport(Transport):
         if limit <= 0:
             return []
         read = partial(peek, queue=self.queue, dead_queue=self.dead_queue, limit=limit)
-        result: list[DeadLetter] = self._with_admin("reading dead letters", read)
+        result: list[DeadLetter] = self._on_admin("reading dead letters", read)
         return result
 
     def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
