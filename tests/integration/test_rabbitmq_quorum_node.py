@@ -187,3 +187,35 @@ def test_peeking_at_quorum_dead_letters_past_a_delivery_limit_loses_none(
     time.sleep(0.5)
     assert _ready(raw, dead) == 3
     assert t.requeue_dead(None) == 3  # and they are still letters requeue-dead reads
+
+
+def test_a_task_pushed_to_closing_consumers_past_a_delivery_limit_is_not_dropped(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """A consumer closing with deliveries the broker pushed and its slot had not taken
+    (a prefetch window wider than the slot's batch, the worker stopping) left them to
+    the connection's close: a requeue, a delivery counted on a quorum queue each time,
+    and at a delivery limit the task was dead-lettered unrun, its master never answered
+    (rmq31): a hand-back publishes them again, as a release does."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    _delivery_limit(node, f"^{queue}$", 2)
+    producer.submit([b"t1"])
+    producer.flush()
+    for _ in range(4):
+        consumer = t.consumer("c")
+        consumer._size_window(1)  # consuming, as a fetch starts to
+        deadline = time.monotonic() + 5
+        while consumer.held < 1 and time.monotonic() < deadline:
+            consumer.answers(0.2)  # the push arrives meanwhile, and is buffered
+        held = consumer.held
+        consumer.close()
+        if not held:  # dropped: said below
+            break
+    consumer = t.consumer("c")
+    again = fetch_n(consumer, 1, within=5.0)
+    assert [d.body for d in again] == [b"t1"], (
+        f"dropped unanswered: {_ready(raw, f'{queue}.dead')} dead letter(s)"
+    )
+    consumer.close()
+    producer.close()

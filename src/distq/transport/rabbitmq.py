@@ -1324,12 +1324,15 @@ class RabbitMQConsumer(Consumer):
         them do not run again; so do the tasks held by lease records (run past a lease),
         which otherwise came back only as their records expired, two leases later (a
         worker's cold stop said it handed them back). A connection already lost leaves
-        the records to expire into the queue.
+        the records to expire into the queue. On a queue that counts deliveries every
+        task held goes back so (see :meth:`_give_back`): a requeue by the close counted
+        as one, and a task pushed to a few stopping workers was dead-lettered unrun at a
+        delivery limit (rmq31).
         """
         if self._try is not None:  # a link a reconnect makes from now on is closed by it
             self._try.drop()
         self._transport.forget(self)
-        partly = self._held.partly_settled()
+        partly = self._held.partly_settled() or (self._counting and len(self._held) > 0)
         records = list(self._records.bodies) if self._records is not None else []
         if (partly or records) and self._link.is_open:
             tags = self._held.tags() if partly else []
