@@ -18,6 +18,7 @@ import pytest
 
 from distq.config import Settings
 from distq.envelope import DeadLetter
+from distq.transport.base import Settlement
 from distq.transport.rabbitmq import RabbitMQTransport
 from distq.transport.rabbitmq_holds import record_queue
 from launch import LocalRabbitMQ
@@ -217,5 +218,28 @@ def test_a_task_pushed_to_closing_consumers_past_a_delivery_limit_is_not_dropped
     assert [d.body for d in again] == [b"t1"], (
         f"dropped unanswered: {_ready(raw, f'{queue}.dead')} dead letter(s)"
     )
+    consumer.close()
+    producer.close()
+
+
+def test_a_task_handed_back_to_a_quorum_queue_comes_back_flagged_redelivered(
+    open_transport: Open,
+) -> None:
+    """The contract: a task handed back comes back flagged redelivered (README:
+    distq_worker_redeliveries_total counts those a worker handed back; a redelivered
+    task is one a worker checks against its slots' tasks after a lost link). On a quorum
+    queue a hand-back publishes the task again, and it came back as new (rmq31)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"t1", b"t2"])
+    producer.flush()
+    consumer = t.consumer("c")
+    got = fetch_n(consumer, 2)
+    assert [(d.body, d.redelivered) for d in got] == [(b"t1", False), (b"t2", False)]
+    assert consumer.release(got[:1]) == 1
+    again = fetch_n(consumer, 1, within=5.0)
+    assert [(d.body, d.redelivered) for d in again] == [(b"t1", True)]
+    consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in again])
+    assert consumer.fetch(1, 0.3) == []  # t2 was not handed back: held still
     consumer.close()
     producer.close()

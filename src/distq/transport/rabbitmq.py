@@ -191,6 +191,12 @@ from distq.transport.rabbitmq_settle import Outbox
 _PACKED_TASKS = pika.BasicProperties(
     delivery_mode=pika.DeliveryMode.Persistent.value, type=TASKS_TYPE
 )
+#: A task published again in place of a requeue (see RabbitMQConsumer._give_back): read
+#: as redelivered
+_HANDED_BACK = "distq-handed-back"
+_AGAIN = pika.BasicProperties(
+    delivery_mode=pika.DeliveryMode.Persistent.value, headers={_HANDED_BACK: 1}
+)
 _PROBE_TYPE = "distq.probe"  # a worker asking whether a reply queue exists; see gone()
 # transient, and dropped at once unless a consumer takes it (expiration 0): it never piles up
 _PROBE = pika.BasicProperties(type=_PROBE_TYPE, expiration="0")
@@ -876,7 +882,9 @@ class RabbitMQConsumer(Consumer):
         # a master's packs are up to its own budget: not this worker's, which may be less
         bodies = task_bodies(props.type, body)
         tag = method.delivery_tag
-        redelivered = bool(method.redelivered)
+        redelivered = bool(method.redelivered) or bool(
+            props.headers and props.headers.get(_HANDED_BACK)
+        )
         if props.headers and "x-delivery-count" in props.headers:
             self._counting = True  # a quorum queue (the vhost's default type, say)
         delivered = self._held.receive(tag, bodies, redelivered)
@@ -1241,19 +1249,23 @@ class RabbitMQConsumer(Consumer):
         requeue counts as one, and at a delivery limit (a policy's; RabbitMQ 4's default
         is 20) the broker dead-letters the message, its master never answered. A few
         hand-backs of a task by stopping or busy workers dropped it so, unrun (rmq31).
-        Published again, a task starts its count afresh.
+        Published again, a task starts its count afresh; one that a requeue would have
+        brought back carries the header ``distq-handed-back``, read as redelivered.
         """
         self._check_records()
         link, queue = self._link, self._transport.queue
         records = self._records.bodies if self._records is not None else {}
-        plan = self._held.release(tags, whole and not self._counting)
+        plan = self._held.release(tags, whole, requeue=not self._counting)
         sent: dict[int, Delivery] = {}  # publish number -> its task
         for tag in tags:
             if tag in records:  # acked long ago
                 link.publish(queue, records[tag], mandatory=True)
                 sent[link.sequence] = Delivery(records[tag], tag, True)
         for task, body in zip(plan.tasks, plan.republish, strict=True):
-            link.publish(queue, body, mandatory=True)
+            if task.tag in plan.again:  # as a requeue would: back flagged redelivered
+                link.publish(queue, body, mandatory=True, properties=_AGAIN)
+            else:
+                link.publish(queue, body, mandatory=True)
             sent[link.sequence] = task
         kept: list[Delivery] = []
         if sent:  # confirmed before any ack
