@@ -243,3 +243,26 @@ def test_a_task_handed_back_to_a_quorum_queue_comes_back_flagged_redelivered(
     assert consumer.fetch(1, 0.3) == []  # t2 was not handed back: held still
     consumer.close()
     producer.close()
+
+
+def test_a_consumer_closing_on_a_quorum_queue_is_pushed_nothing_more(
+    open_transport: Open, raw: Any, queue: str
+) -> None:
+    """A consumer closing on a quorum queue publishes what it holds again and acks it:
+    still consuming, its window freed, the broker pushed it a task it never had, which
+    the close requeued, a delivery counted for a task no worker took (rmq31)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"1", b"2", b"3"])
+    producer.flush()
+    leaving = t.consumer("leaves")
+    assert len(fetch_n(leaving, 2)) == 2
+    leaving.close()
+    time.sleep(0.3)
+    counts = {}
+    for _ in range(3):
+        method, props, body = raw.basic_get(queue, auto_ack=True)
+        assert method is not None
+        counts[body] = (props.headers or {}).get("x-delivery-count", 0)
+    assert counts[b"3"] == 0, counts
+    producer.close()

@@ -1339,11 +1339,17 @@ class RabbitMQConsumer(Consumer):
         the records to expire into the queue. On a queue that counts deliveries every
         task held goes back so (see :meth:`_give_back`): a requeue by the close counted
         as one, and a task pushed to a few stopping workers was dead-lettered unrun at a
-        delivery limit (rmq31).
+        delivery limit (rmq31). The consumer stops first there: the acks freed its
+        window, and the broker pushed it more tasks, for the close to requeue (counted).
         """
         if self._try is not None:  # a link a reconnect makes from now on is closed by it
             self._try.drop()
         self._transport.forget(self)
+        if self._counting and self._tag is not None and self._link.is_open:
+            with contextlib.suppress(*PikaError):
+                self._link.connection.process_data_events(time_limit=0)  # held: given back
+                self._link.channel.basic_cancel(self._tag)
+                self._tag = None
         partly = self._held.partly_settled() or (self._counting and len(self._held) > 0)
         records = list(self._records.bodies) if self._records is not None else []
         if (partly or records) and self._link.is_open:
