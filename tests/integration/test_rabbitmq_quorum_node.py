@@ -266,3 +266,21 @@ def test_a_consumer_closing_on_a_quorum_queue_is_pushed_nothing_more(
         counts[body] = (props.headers or {}).get("x-delivery-count", 0)
     assert counts[b"3"] == 0, counts
     producer.close()
+
+
+def test_a_peek_at_quorum_dead_letters_leaves_their_ttl_as_it_was(
+    open_transport: Open, raw: Any, queue: str
+) -> None:
+    """Letters with a per-message TTL (put there by another tool): a peek at a quorum
+    dead-letter queue that put them back as copies started each one's TTL afresh, and
+    letters due to expire stayed (rmq31)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    dead = f"{queue}.dead"
+    expiring = pika.BasicProperties(expiration="2000")
+    for i in range(3):
+        raw.basic_publish("", dead, f"letter-{i}".encode(), expiring)
+    time.sleep(1.2)
+    assert len(t.dead_letters(10)) == 3
+    time.sleep(1.3)  # 2.5 s after they came: expired
+    assert t.dead_letters(10) == []
+    assert _ready(raw, dead) == 0

@@ -126,7 +126,9 @@ def peek(link: Link, queue: str, dead_queue: str, limit: int) -> list[DeadLetter
     are put back as copies, published (confirmed) before the letters are acked: each
     nack counted as a delivery there, and at a delivery limit (a policy's; RabbitMQ 4's
     default is 20) the broker dropped the letters, a few peeks and all were gone
-    (rmq31). There a nack puts them back at the end of the queue all the same."""
+    (rmq31). There a nack puts them back at the end of the queue all the same. Letters
+    with a per-message TTL (``expiration``: none of distq's, nor one RabbitMQ
+    dead-lettered) are put back as before: a copy's TTL would start afresh."""
     channel = link.channel
     with _reading(channel.connection, dead_queue):
         got: list[tuple[Any, Any, bytes]] = []
@@ -140,7 +142,9 @@ def peek(link: Link, queue: str, dead_queue: str, limit: int) -> list[DeadLetter
                     break
                 got.append((method, props, body))
                 held = True
-            if got and _counts_deliveries(channel.connection, dead_queue):
+            # a copy's per-message TTL would start afresh: letters with one are put back
+            expiring = any(props.expiration for _, props, _ in got)
+            if got and not expiring and _counts_deliveries(channel.connection, dead_queue):
                 for _, props, body in got:  # a copy published already: there twice
                     link.publish(dead_queue, body, mandatory=True, properties=props)
                 link.confirm()
