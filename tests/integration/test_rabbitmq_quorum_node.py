@@ -18,6 +18,7 @@ import pytest
 
 from distq.config import Settings
 from distq.envelope import DeadLetter
+from distq.transport.base import Settlement
 from distq.transport.rabbitmq import RabbitMQTransport
 from distq.transport.rabbitmq_holds import record_queue
 from launch import LocalRabbitMQ
@@ -166,3 +167,120 @@ def test_forget_orphans_leaves_alone_a_dead_letter_queue_the_vhost_made_quorum(
             assert _ready(channel, dead) == 1
     finally:
         node.ctl("delete_vhost", vhost)
+
+
+def test_peeking_at_quorum_dead_letters_past_a_delivery_limit_loses_none(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """``distq dead-letters`` takes the letters it shows and puts them back: each put-back
+    counted as a delivery on a quorum dead-letter queue, and at a delivery limit (a
+    policy's; RabbitMQ 4's default of 20 on every quorum queue) the broker dropped the
+    letters (the dead-letter queue dead-letters nowhere): a few peeks, and every dead
+    letter was gone (rmq31)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    _delivery_limit(node, rf"^{queue}\.dead$", 2)
+    dead = f"{queue}.dead"
+    for i in range(3):
+        raw.basic_publish("", dead, DeadLetter(f"t{i}".encode(), "why", queue, "w").encode())
+    for look in range(1, 6):
+        letters = t.dead_letters(10)
+        assert sorted(letter.body for letter in letters) == [b"t0", b"t1", b"t2"], f"look {look}"
+    time.sleep(0.5)
+    assert _ready(raw, dead) == 3
+    assert t.requeue_dead(None) == 3  # and they are still letters requeue-dead reads
+
+
+def test_a_task_pushed_to_closing_consumers_past_a_delivery_limit_is_not_dropped(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """A consumer closing with deliveries the broker pushed and its slot had not taken
+    (a prefetch window wider than the slot's batch, the worker stopping) left them to
+    the connection's close: a requeue, a delivery counted on a quorum queue each time,
+    and at a delivery limit the task was dead-lettered unrun, its master never answered
+    (rmq31): a hand-back publishes them again, as a release does."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    _delivery_limit(node, f"^{queue}$", 2)
+    producer.submit([b"t1"])
+    producer.flush()
+    for _ in range(4):
+        consumer = t.consumer("c")
+        consumer._size_window(1)  # consuming, as a fetch starts to
+        deadline = time.monotonic() + 5
+        while consumer.held < 1 and time.monotonic() < deadline:
+            consumer.answers(0.2)  # the push arrives meanwhile, and is buffered
+        held = consumer.held
+        consumer.close()
+        if not held:  # dropped: said below
+            break
+    consumer = t.consumer("c")
+    again = fetch_n(consumer, 1, within=5.0)
+    assert [d.body for d in again] == [b"t1"], (
+        f"dropped unanswered: {_ready(raw, f'{queue}.dead')} dead letter(s)"
+    )
+    consumer.close()
+    producer.close()
+
+
+def test_a_task_handed_back_to_a_quorum_queue_comes_back_flagged_redelivered(
+    open_transport: Open,
+) -> None:
+    """The contract: a task handed back comes back flagged redelivered (README:
+    distq_worker_redeliveries_total counts those a worker handed back; a redelivered
+    task is one a worker checks against its slots' tasks after a lost link). On a quorum
+    queue a hand-back publishes the task again, and it came back as new (rmq31)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"t1", b"t2"])
+    producer.flush()
+    consumer = t.consumer("c")
+    got = fetch_n(consumer, 2)
+    assert [(d.body, d.redelivered) for d in got] == [(b"t1", False), (b"t2", False)]
+    assert consumer.release(got[:1]) == 1
+    again = fetch_n(consumer, 1, within=5.0)
+    assert [(d.body, d.redelivered) for d in again] == [(b"t1", True)]
+    consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in again])
+    assert consumer.fetch(1, 0.3) == []  # t2 was not handed back: held still
+    consumer.close()
+    producer.close()
+
+
+def test_a_consumer_closing_on_a_quorum_queue_is_pushed_nothing_more(
+    open_transport: Open, raw: Any, queue: str
+) -> None:
+    """A consumer closing on a quorum queue publishes what it holds again and acks it:
+    still consuming, its window freed, the broker pushed it a task it never had, which
+    the close requeued, a delivery counted for a task no worker took (rmq31)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"1", b"2", b"3"])
+    producer.flush()
+    leaving = t.consumer("leaves")
+    assert len(fetch_n(leaving, 2)) == 2
+    leaving.close()
+    time.sleep(0.3)
+    counts = {}
+    for _ in range(3):
+        method, props, body = raw.basic_get(queue, auto_ack=True)
+        assert method is not None
+        counts[body] = (props.headers or {}).get("x-delivery-count", 0)
+    assert counts[b"3"] == 0, counts
+    producer.close()
+
+
+def test_a_peek_at_quorum_dead_letters_leaves_their_ttl_as_it_was(
+    open_transport: Open, raw: Any, queue: str
+) -> None:
+    """Letters with a per-message TTL (put there by another tool): a peek at a quorum
+    dead-letter queue that put them back as copies started each one's TTL afresh, and
+    letters due to expire stayed (rmq31)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    dead = f"{queue}.dead"
+    expiring = pika.BasicProperties(expiration="2000")
+    for i in range(3):
+        raw.basic_publish("", dead, f"letter-{i}".encode(), expiring)
+    time.sleep(1.2)
+    assert len(t.dead_letters(10)) == 3
+    time.sleep(1.3)  # 2.5 s after they came: expired
+    assert t.dead_letters(10) == []
+    assert _ready(raw, dead) == 0

@@ -191,6 +191,12 @@ from distq.transport.rabbitmq_settle import Outbox
 _PACKED_TASKS = pika.BasicProperties(
     delivery_mode=pika.DeliveryMode.Persistent.value, type=TASKS_TYPE
 )
+#: A task published again in place of a requeue (see RabbitMQConsumer._give_back): read
+#: as redelivered
+_HANDED_BACK = "distq-handed-back"
+_AGAIN = pika.BasicProperties(
+    delivery_mode=pika.DeliveryMode.Persistent.value, headers={_HANDED_BACK: 1}
+)
 _PROBE_TYPE = "distq.probe"  # a worker asking whether a reply queue exists; see gone()
 # transient, and dropped at once unless a consumer takes it (expiration 0): it never piles up
 _PROBE = pika.BasicProperties(type=_PROBE_TYPE, expiration="0")
@@ -443,7 +449,7 @@ class RabbitMQTransport(Transport):
         if limit <= 0:
             return []
         read = partial(peek, queue=self.queue, dead_queue=self.dead_queue, limit=limit)
-        result: list[DeadLetter] = self._with_admin("reading dead letters", read)
+        result: list[DeadLetter] = self._on_admin("reading dead letters", read)
         return result
 
     def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
@@ -876,7 +882,9 @@ class RabbitMQConsumer(Consumer):
         # a master's packs are up to its own budget: not this worker's, which may be less
         bodies = task_bodies(props.type, body)
         tag = method.delivery_tag
-        redelivered = bool(method.redelivered)
+        redelivered = bool(method.redelivered) or bool(
+            props.headers and props.headers.get(_HANDED_BACK)
+        )
         if props.headers and "x-delivery-count" in props.headers:
             self._counting = True  # a quorum queue (the vhost's default type, say)
         delivered = self._held.receive(tag, bodies, redelivered)
@@ -1241,19 +1249,23 @@ class RabbitMQConsumer(Consumer):
         requeue counts as one, and at a delivery limit (a policy's; RabbitMQ 4's default
         is 20) the broker dead-letters the message, its master never answered. A few
         hand-backs of a task by stopping or busy workers dropped it so, unrun (rmq31).
-        Published again, a task starts its count afresh.
+        Published again, a task starts its count afresh; one that a requeue would have
+        brought back carries the header ``distq-handed-back``, read as redelivered.
         """
         self._check_records()
         link, queue = self._link, self._transport.queue
         records = self._records.bodies if self._records is not None else {}
-        plan = self._held.release(tags, whole and not self._counting)
+        plan = self._held.release(tags, whole, requeue=not self._counting)
         sent: dict[int, Delivery] = {}  # publish number -> its task
         for tag in tags:
             if tag in records:  # acked long ago
                 link.publish(queue, records[tag], mandatory=True)
                 sent[link.sequence] = Delivery(records[tag], tag, True)
         for task, body in zip(plan.tasks, plan.republish, strict=True):
-            link.publish(queue, body, mandatory=True)
+            if task.tag in plan.again:  # as a requeue would: back flagged redelivered
+                link.publish(queue, body, mandatory=True, properties=_AGAIN)
+            else:
+                link.publish(queue, body, mandatory=True)
             sent[link.sequence] = task
         kept: list[Delivery] = []
         if sent:  # confirmed before any ack
@@ -1324,12 +1336,21 @@ class RabbitMQConsumer(Consumer):
         them do not run again; so do the tasks held by lease records (run past a lease),
         which otherwise came back only as their records expired, two leases later (a
         worker's cold stop said it handed them back). A connection already lost leaves
-        the records to expire into the queue.
+        the records to expire into the queue. On a queue that counts deliveries every
+        task held goes back so (see :meth:`_give_back`): a requeue by the close counted
+        as one, and a task pushed to a few stopping workers was dead-lettered unrun at a
+        delivery limit (rmq31). The consumer stops first there: the acks freed its
+        window, and the broker pushed it more tasks, for the close to requeue (counted).
         """
         if self._try is not None:  # a link a reconnect makes from now on is closed by it
             self._try.drop()
         self._transport.forget(self)
-        partly = self._held.partly_settled()
+        if self._counting and self._tag is not None and self._link.is_open:
+            with contextlib.suppress(*PikaError):
+                self._link.connection.process_data_events(time_limit=0)  # held: given back
+                self._link.channel.basic_cancel(self._tag)
+                self._tag = None
+        partly = self._held.partly_settled() or (self._counting and len(self._held) > 0)
         records = list(self._records.bodies) if self._records is not None else []
         if (partly or records) and self._link.is_open:
             tags = self._held.tags() if partly else []

@@ -4,7 +4,8 @@ master's orphans among them removed.
 Each reader of ``Q.dead`` is its only reader while it reads (:func:`_reading`: the
 exclusive queue ``Q.dead:reader``). :func:`peek` takes up to a batch of letters with
 ``basic_get``, unacked, and puts them all back with one ``basic_nack``, which keeps
-their order, then waits until the queue holds them again (:func:`_put_back`).
+their order, then waits until the queue holds them again (:func:`_put_back`); on a
+quorum queue, as copies published before the letters are acked.
 :func:`requeue` takes letters, publishes their tasks to the task queue, waits for the
 confirms and only then acks the letters. :func:`remove_orphans` acks only the orphans
 of one master and puts every other message back. A message there is a letter of ours,
@@ -117,21 +118,40 @@ def _reading(connection: Any, dead_queue: str, wait: float | None = None) -> Ite
                 channel.close()
 
 
-def peek(channel: Any, queue: str, dead_queue: str, limit: int) -> list[DeadLetter]:
+def peek(link: Link, queue: str, dead_queue: str, limit: int) -> list[DeadLetter]:
     """The first ``limit`` letters of ``dead_queue`` (the dead letters of ``queue``),
-    read as its only reader: ``basic_get`` without acking, then all put back."""
+    read as its only reader: ``basic_get`` without acking, then all put back.
+
+    On a queue that counts deliveries (a quorum queue: :func:`_counts_deliveries`) they
+    are put back as copies, published (confirmed) before the letters are acked: each
+    nack counted as a delivery there, and at a delivery limit (a policy's; RabbitMQ 4's
+    default is 20) the broker dropped the letters, a few peeks and all were gone
+    (rmq31). There a nack puts them back at the end of the queue all the same. Letters
+    with a per-message TTL (``expiration``: none of distq's, nor one RabbitMQ
+    dead-lettered) are put back as before: a copy's TTL would start afresh."""
+    channel = link.channel
     with _reading(channel.connection, dead_queue):
         got: list[tuple[Any, Any, bytes]] = []
         if declared(channel.connection, dead_queue) == [None]:  # not declared yet
             return []
+        held = False  # the letters ``got`` are still this channel's to put back
         try:
             while len(got) < limit:
                 method, props, body = channel.basic_get(dead_queue, auto_ack=False)
                 if method is None:
                     break
                 got.append((method, props, body))
+                held = True
+            # a copy's per-message TTL would start afresh: letters with one are put back
+            expiring = any(props.expiration for _, props, _ in got)
+            if got and not expiring and _counts_deliveries(channel.connection, dead_queue):
+                for _, props, body in got:  # a copy published already: there twice
+                    link.publish(dead_queue, body, mandatory=True, properties=props)
+                link.confirm()
+                channel.basic_ack(got[-1][0].delivery_tag, multiple=True)
+                held = False
         finally:
-            if got and channel.is_open:
+            if held and channel.is_open:
                 _put_back(channel, dead_queue, got[-1][0].delivery_tag, len(got))
         return _letters(got, queue)[:limit]
 

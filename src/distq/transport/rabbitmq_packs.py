@@ -143,6 +143,9 @@ class Release:
     ack: list[int] = field(default_factory=list)
     nack: list[int] = field(default_factory=list)
     tasks: list[Delivery] = field(default_factory=list)
+    #: tags of ``tasks`` published again in place of their message's requeue (a queue
+    #: that counts deliveries): they come back as redelivered, as a requeued one does
+    again: set[object] = field(default_factory=set)
     _of: dict[object, _Message] = field(default_factory=dict, repr=False)  # task tag -> message
 
 
@@ -197,10 +200,12 @@ class HeldMessages:
             del self.messages[tag]
         return sorted(done)
 
-    def release(self, tags: Iterable[int], whole: bool = True) -> Release:
+    def release(self, tags: Iterable[int], whole: bool = True, requeue: bool = True) -> Release:
         """Hand these tasks back: see :class:`Release` for what that takes. With
         ``whole=False`` no message is requeued whole: its tasks are published again,
-        one by one (splitting a pack for workers that take few tasks at a time)."""
+        one by one (splitting a pack for workers that take few tasks at a time). With
+        ``requeue=False`` neither, but the tasks of a message that would have been are
+        in ``again``."""
         touched: dict[int, list[Delivery]] = {}
         for tag in tags:
             entry = self._tasks.pop(tag, None)
@@ -212,9 +217,11 @@ class HeldMessages:
         out = Release()
         for tag in sorted(touched):
             message = self.messages[tag]
-            if whole and not message.open and not message.partial:
+            if whole and not message.open and not message.partial and requeue:
                 out.nack.append(tag)  # whole: the broker requeues it as it came
             else:
+                if whole and not message.open and not message.partial:
+                    out.again.update(delivery.tag for delivery in touched[tag])
                 out.republish += [delivery.body for delivery in touched[tag]]
                 out.tasks += touched[tag]
                 out._of.update((delivery.tag, message) for delivery in touched[tag])
