@@ -19,6 +19,7 @@ import pytest
 from distq.config import Settings
 from distq.transport import Transport, open_transport
 from launch import free_port
+from procs import Distq, Spawn
 
 pytest_plugins = ["brokers"]
 
@@ -115,3 +116,18 @@ def remote(target: Target, hosted: Transport) -> Iterator[Transport]:
     transport = open_transport(target.settings, "worker")
     yield transport
     transport.close()
+
+
+@pytest.fixture
+def spawn(target: Target) -> Iterator[Spawn]:
+    """Start distq subprocesses on ``target``; every one is stopped at teardown."""
+    started: list[Distq] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Distq:
+        proc = Distq(list(args), env if env is not None else target.process_env())
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop(grace=3.0)  # a master still waiting for tasks would drain for 5 s

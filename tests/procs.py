@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -72,3 +73,7 @@ class Distq:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.unlink(missing_ok=True)
+
+
+#: The ``spawn`` fixture (conftest.py): starts a distq subprocess, stopped at teardown.
+Spawn = Callable[..., Distq]

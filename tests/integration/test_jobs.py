@@ -8,7 +8,6 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,29 +16,12 @@ from conftest import Target
 from distq.envelope import Result, Task
 from distq.transport import Transport
 from launch import LocalRedis, free_port
-from procs import Distq
+from procs import Distq, Spawn
 from seam import results_of
 
 pytestmark = pytest.mark.integration
 
 RESULT_LINE = re.compile(r"^Get result (\d+) \* (\d+) = (\d+) from result_queue\.$", re.M)
-
-Spawn = Callable[..., Distq]
-
-
-@pytest.fixture
-def spawn(target: Target) -> Iterator[Spawn]:
-    """Start distq subprocesses on ``target``; every one is stopped at teardown."""
-    started: list[Distq] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Distq:
-        proc = Distq(list(args), env if env is not None else target.process_env())
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop(grace=3.0)  # a master still waiting for tasks would drain for 5 s
 
 
 def start_master(spawn: Spawn, *args: str) -> Distq:

@@ -5,32 +5,15 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 
 from conftest import Target
-from procs import Distq
+from procs import Spawn
 
 pytestmark = pytest.mark.integration
 
 TAKEN = re.compile(r"Get task (\d+) from task_queue")
-
-Spawn = Callable[..., Distq]
-
-
-@pytest.fixture
-def spawn(target: Target) -> Iterator[Spawn]:
-    started: list[Distq] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Distq:
-        proc = Distq(list(args), env if env is not None else target.process_env())
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop(grace=3.0)
 
 
 # RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
