@@ -69,11 +69,9 @@ UNKNOWN = "(unknown)"  # the message was not decoded, so it has no name
 Labels = tuple[str, ...]
 
 
-class CounterTable(Collector):
-    """A counter family updated in batches: ``add`` under ``lock``, read at scrape time.
-
-    Without a ``registry`` it is read by a :class:`Together` with the other tables of
-    its lock."""
+class CounterTable:
+    """A counter family updated in batches: ``add`` under ``lock``, read at scrape time
+    by a :class:`Together` with the other tables of its lock."""
 
     def __init__(
         self,
@@ -81,13 +79,10 @@ class CounterTable(Collector):
         documentation: str,
         labelnames: Sequence[str],
         lock: threading.Lock,
-        registry: CollectorRegistry | None = None,
     ) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
         self.lock = lock
         self.values: dict[Labels, float] = {}
-        if registry is not None:
-            registry.register(self)
 
     def add(self, labels: Labels, amount: float) -> None:
         """Count ``amount`` more for ``labels`` (caller holds ``lock``)."""
@@ -106,11 +101,6 @@ class CounterTable(Collector):
             family.add_metric(labels, value)
         return family
 
-    def collect(self) -> Iterator[Metric]:
-        with self.lock:
-            values = self.snapshot()
-        yield self.family(values)
-
 
 class GaugeTable(CounterTable):
     """A gauge family ``set`` under ``lock`` with the counters it goes with, read at
@@ -127,8 +117,9 @@ class GaugeTable(CounterTable):
         return family
 
 
-class HistogramTable(Collector):
-    """A histogram family updated in batches: ``observe`` under ``lock``, read at scrape time."""
+class HistogramTable:
+    """A histogram family updated in batches: ``observe`` under ``lock``, read at scrape
+    time by a :class:`Together`, as a :class:`CounterTable` is."""
 
     def __init__(
         self,
@@ -137,14 +128,11 @@ class HistogramTable(Collector):
         labelnames: Sequence[str],
         buckets: Sequence[float],
         lock: threading.Lock,
-        registry: CollectorRegistry | None = None,
     ) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
         self.bounds = list(buckets)
         self.lock = lock
         self.counts: dict[Labels, list[float]] = {}  # per bucket, then +Inf, then the sum
-        if registry is not None:  # else read by a Together, as CounterTable
-            registry.register(self)
 
     def series(self, labels: Labels) -> list[float]:
         """The running counts of ``labels`` (created at zero); caller holds ``lock``."""
@@ -178,11 +166,6 @@ class HistogramTable(Collector):
     def snapshot(self) -> list[tuple[Labels, list[float]]]:
         """The counts as they are (caller holds ``lock``)."""
         return [(labels, list(counts)) for labels, counts in self.counts.items()]
-
-    def collect(self) -> Iterator[Metric]:
-        with self.lock:
-            snapshot = self.snapshot()
-        yield self.family(snapshot)
 
     def family(self, snapshot: list[tuple[Labels, list[float]]]) -> Metric:
         """The family of a :meth:`snapshot`."""

@@ -31,6 +31,7 @@ from distq.metrics import (
     UNKNOWN,
     HistogramTable,
     MasterMetrics,
+    Together,
     WorkerMetrics,
 )
 from distq.sampler import StatsSampler
@@ -457,9 +458,10 @@ def test_a_histogram_takes_a_batch_of_any_size_as_prometheus_client_would(size: 
     values = [
         rng.choice([*BUCKETS, rng.uniform(0, 400), rng.uniform(0, 0.01)]) for _ in range(size)
     ]
-    ours = HistogramTable("h", "h", [], BUCKETS, threading.Lock(), CollectorRegistry())
+    ours = HistogramTable("h", "h", [], BUCKETS, threading.Lock())
     with ours.lock:
         ours.observe(ours.series(()), values)
+    together = Together(ours.lock, [ours], CollectorRegistry())
     reference = Histogram("h", "h", buckets=BUCKETS, registry=CollectorRegistry())
     for seconds in values:
         reference.observe(seconds)
@@ -472,7 +474,7 @@ def test_a_histogram_takes_a_batch_of_any_size_as_prometheus_client_would(size: 
             if s.name != "h_created"
         }
 
-    assert samples(ours) == pytest.approx(samples(reference))
+    assert samples(together) == pytest.approx(samples(reference))
 
 
 def test_buckets_reach_an_hour_so_a_long_wait_is_not_read_as_five_minutes() -> None:
