@@ -8,6 +8,7 @@ of several threads into two lines: one when the broker is lost, one when it is b
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -31,6 +32,7 @@ class Backoff:
     ) -> None:
         self.base, self.cap, self._rng = base, cap, rng
         self.attempts = 0
+        self._reconnected = -math.inf  # when the last reconnect went through (a clock's)
 
     def next(self) -> float:
         """The delay before the next attempt (seconds); each call doubles the ceiling."""
@@ -41,6 +43,22 @@ class Backoff:
     def reset(self) -> None:
         """An attempt succeeded: start again from ``base``."""
         self.attempts = 0
+
+    def reconnected(self, now: float) -> None:
+        """A reconnect went through at ``now``: the delays go on growing until
+        :meth:`through` says the calls after it went through for a while."""
+        self._reconnected = now
+
+    def through(self, now: float) -> bool:
+        """The calls went through at ``now`` (on :meth:`reconnected`'s clock): whether they
+        have for ``cap`` seconds since the reconnect, which ends the outage and starts the
+        delays again from ``base``. Not at the first call through: a broker that takes the
+        reconnect but refuses the calls may say so a call or a few later (a RabbitMQ nack
+        read after one result), and each cycle started again from 0.1 s."""
+        if now - self._reconnected < self.cap:
+            return False
+        self.attempts = 0
+        return True
 
 
 class Outage:

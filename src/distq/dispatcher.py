@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distq import executor_threads
-from distq.backoff import CAP_SECONDS, Backoff
+from distq.backoff import Backoff
 from distq.codec import Codec
 from distq.collector import Collector
 from distq.config import MESSAGE_BATCH, RECONCILE_SECONDS
@@ -145,10 +145,9 @@ class Dispatcher(threading.Thread):
         self._recovering = False  # in _recover: the lost tasks are said once, not each try
         # one outage's delays: they grow over recoveries whose calls fail again soon after
         # (a broker refusing the tasks, its nack read a call or a few later), reset once
-        # the calls have gone through for CAP_SECONDS since the reconnect
+        # the calls have gone through for a while (Backoff.through)
         self._backoff = Backoff()
-        self._unconfirmed = False  # reconnected, and not CAP_SECONDS of calls through since
-        self._reconnected = 0.0  # when (monotonic)
+        self._unconfirmed = False  # reconnected, and the calls not through a while since
         self._said_lost = False
         self._stopping = False
         # shutdown(cancel_futures=True) not yet done with a broker (its withdraw failed,
@@ -285,11 +284,9 @@ class Dispatcher(threading.Thread):
             try:
                 if not self._turn(idle):
                     return  # abandoned
-                # the broker has taken the calls again for a while: the outage is over (not
-                # at the first turn through: a refusal may be read a turn or a few later)
-                if self._unconfirmed and time.monotonic() - self._reconnected >= CAP_SECONDS:
+                # the broker has taken the calls again for a while: the outage is over
+                if self._unconfirmed and self._backoff.through(time.monotonic()):
                     self._unconfirmed = False
-                    self._backoff.reset()
             except TransportError as exc:
                 if isinstance(exc, MessageRefused):
                     self._refused_over(exc.limit)
@@ -392,7 +389,7 @@ class Dispatcher(threading.Thread):
             if self._unconfirmed and not self._offline_until(time.monotonic() + backoff.next()):
                 return False
             self._unconfirmed = self._reconnect(started, backoff)
-            self._reconnected = time.monotonic()
+            backoff.reconnected(time.monotonic())
             return self._unconfirmed
         finally:
             self._recovering = self._said_lost = False

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
-from distq.backoff import CAP_SECONDS, Backoff, Outage
+from distq.backoff import Backoff, Outage
 from distq.codec import Codec
 from distq.collector import Collector
 from distq.config import (
@@ -246,10 +246,8 @@ class _Run(Generic[E]):
         self.outage = Outage(time.perf_counter)
         # its delays grow over the whole outage, not afresh at each reconcile that went
         # through while the job's calls still fail (a broker refusing the tasks), nor at a
-        # call that went through before the refusal was read (a nack read a call later):
-        # reset once the calls have gone through for CAP_SECONDS since the reconnect
+        # call that went through before the refusal was read (Backoff.through)
         self.backoff = Backoff()
-        self.reconnected = 0.0  # when the last reconnect went through (perf_counter)
         self.said_lost = False  # "the broker holds ... again": said once an outage
         self.lost_before = False  # the ledger counts from the last loss on (faults17)
         self.paced_from = self.began  # --rate's clock: moved on past an outage (_loop)
@@ -337,8 +335,8 @@ class _Run(Generic[E]):
                     self._collect(self._wait(now, paced, more))
                 if self.outage.ongoing:
                     self._back()
-                if self.backoff.attempts and now - self.reconnected >= CAP_SECONDS:
-                    self.backoff.reset()  # the calls went through for a while: it is over
+                if self.backoff.attempts:
+                    self.backoff.through(now)
             except TransportError as exc:
                 if not self._recover(exc):
                     break
@@ -454,8 +452,8 @@ class _Run(Generic[E]):
                 if (line := self.outage.refused(again)) is not None:
                     self.console.error(line)
                 continue
-            self.reconnected = time.perf_counter()
-            self.next_reconcile = self.reconnected + RECONCILE_SECONDS
+            self.backoff.reconnected(time.perf_counter())
+            self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
             return True  # back once the job's next calls go through too (_back)
 
     def _back(self) -> None:
