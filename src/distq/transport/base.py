@@ -55,7 +55,13 @@ from typing import Literal, TypeVar
 import msgspec
 
 from distq.envelope import DeadLetter
-from distq.errors import ConfigError, SettledThenFailed, SettledThenRefused, TransportError
+from distq.errors import (
+    ConfigError,
+    ConnectionFailed,
+    SettledThenFailed,
+    SettledThenRefused,
+    TransportError,
+)
 
 Role = Literal["master", "worker", "client"]
 
@@ -443,3 +449,24 @@ class Transport(abc.ABC):
     def close_inherited(self) -> None:  # noqa: B027 - nothing to do for a client's
         """In a child made by fork(): close what must not stay open there (a listening
         socket) without sending anything: the connections are the parent's."""
+
+
+@contextlib.contextmanager
+def counting_moves(moved: list[int]) -> Iterator[None]:
+    """Around a transport's ``requeue_dead``, which counts in ``moved[0]`` the letters it
+    has moved and in ``moved[1]`` (where it keeps one) those of the call under way: cut
+    off part-way (an outage's :class:`TransportError`), it says how many moved, which
+    the error alone read as none; a refusal (credentials, a certificate) keeps its own
+    type and exit code, as it is. A call under way when it was cut off may have moved
+    its letters too (Redis runs a script it has read once it answers again)."""
+    try:
+        yield
+    except TransportError as exc:
+        if type(exc) not in (TransportError, ConnectionFailed):
+            raise
+        unsure = moved[1] if len(moved) > 1 else 0
+        cut = f" (the {unsure} of the call it cut off may have been too)" if unsure else ""
+        raise type(exc)(
+            f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued before "
+            f"that{cut}, the rest stay dead letters"
+        ) from exc

@@ -80,6 +80,7 @@ from distq.transport.base import (
     Role,
     Settlement,
     Transport,
+    counting_moves,
     original_body,
     settled_already,
     tags_of,
@@ -396,15 +397,8 @@ class ManagerTransport(Transport):
 
     def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
         moved = [0]
-        try:
+        with counting_moves(moved):  # cut off part-way: say how many moved, as Redis
             self._requeue_dead(limit, revive, moved)
-        except TransportError as exc:  # cut off part-way: say how many moved, as Redis
-            if type(exc) not in (TransportError, ConnectionFailed):
-                raise  # a refusal (the key): its own type and exit code
-            raise type(exc)(
-                f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued before "
-                "that, the rest stay dead letters"
-            ) from exc
         return moved[0]
 
     def _requeue_dead(self, limit: int | None, revive: Revive, done: list[int]) -> None:

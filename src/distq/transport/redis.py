@@ -126,6 +126,7 @@ from distq.transport.base import (
     Role,
     Settlement,
     Transport,
+    counting_moves,
     is_orphan_of,
     original_body,
     settled_already,
@@ -596,18 +597,8 @@ class RedisTransport(Transport):
 
     def requeue_dead(self, limit: int | None, revive: Revive = original_body) -> int:
         moved = [0, 0]
-        try:
+        with counting_moves(moved):  # cut off part-way: say how many moved, as RabbitMQ
             self._requeue_dead(self.dead_there(limit), revive, moved)
-        except TransportError as exc:  # cut off part-way: say how many moved, as RabbitMQ
-            if type(exc) not in (TransportError, ConnectionFailed):
-                raise  # a refusal (credentials, a certificate): its own type and exit code
-            # a call without its answer (a timeout) may have run: Redis ran the script
-            # it had read once it answered again, and those letters were gone too
-            cut = f" (the {moved[1]} of the call it cut off may have been too)" if moved[1] else ""
-            raise type(exc)(
-                f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued before "
-                f"that{cut}, the rest stay dead letters"
-            ) from exc
         return moved[0]
 
     def _requeue_dead(self, limit: int, revive: Revive, done: list[int]) -> None:
