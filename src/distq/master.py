@@ -593,6 +593,7 @@ class _Run(Generic[E]):
             self.collector.discard(task_id)
         self.submitted -= len(taken)
         self.report.tasks = self.submitted
+        self.telemetry.collected(self.collector.outstanding)  # not outstanding any more
         return set()
 
     def _drain(self) -> None:

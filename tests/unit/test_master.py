@@ -28,7 +28,9 @@ from distq.master import (
     allowance,
     percentile,
 )
+from distq.metrics import MasterMetrics
 from distq.squares import Squares
+from distq.telemetry import MasterTelemetry
 from distq.transport import Settlement, Transport
 from distq.transport.base import Producer
 from distq.transport.manager import ManagerConsumer, ManagerProducer
@@ -656,3 +658,28 @@ def test_a_finished_job_leaves_no_stale_beat_for_the_liveness_check(transport: T
     verdict = health.live()
     assert "job" not in verdict.body.get("loops", {}), verdict
     assert verdict.ok, verdict
+
+
+def test_an_endless_jobs_stop_leaves_no_task_outstanding_on_its_metrics(
+    transport: Transport,
+) -> None:
+    """An endless --rate job stopped with its tasks still queued takes them back, and
+    they count as never submitted: none is outstanding any more. Its
+    distq_master_tasks_outstanding still said all of them (20 at 20/s for 1 s), to
+    the last scrape before the master exited: nothing set it after they went."""
+    metrics = MasterMetrics("manager", "q")
+    stop = threading.Event()
+    timer = threading.Timer(1.0, stop.set)
+    timer.start()
+    out = io.StringIO()
+    spec = JobSpec(tasks=None, rate=20, status_every=10)
+    try:
+        master = Master(transport, Console(out=out, err=out), MasterTelemetry(metrics))
+        report = master.run(spec, Squares(seed=1), stop)
+    finally:
+        timer.join()
+    assert report.succeeded and report.tasks == 0, out.getvalue()
+    outstanding = metrics.registry.get_sample_value(
+        "distq_master_tasks_outstanding", {"transport": "manager", "queue": "q"}
+    )
+    assert outstanding == 0, out.getvalue()
