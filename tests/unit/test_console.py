@@ -170,3 +170,49 @@ def test_escaping_leaves_a_stream_that_already_passes_bytes_through() -> None:
     escaping(stream)
     print("caf\udce9.txt", file=stream, flush=True)
     assert raw.getvalue() == b"caf\xe9.txt\n"
+
+
+class FullOnce(Terminal):
+    """A terminal on a non-blocking stderr that is full once (EAGAIN), then takes text
+    again, as a slow terminal does."""
+
+    full = False
+
+    def write(self, text: str) -> int:
+        if self.full:
+            self.full = False
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return super().write(text)
+
+
+def test_a_bar_on_a_stderr_full_once_goes_on_and_so_does_stderr() -> None:
+    """One EAGAIN while the bar was drawn dropped stderr for good, as a closed one: its
+    later lines (errors too) never showed, and stdout said it "cannot be written"."""
+    out, err = io.StringIO(), FullOnce()
+    console = Console(out=out, err=err)
+    console.start_progress(PROGRESS_THRESHOLD)
+    console.lines(["line"] * 10)
+    err.full = True
+    console.error("reconnected")  # the bar's clearing meets the full stderr
+    assert console.bar is not None
+    err.full = True
+    console.lines(["line"] * (PROGRESS_THRESHOLD - 10))  # its last drawing does
+    err.full = True
+    console.end_progress()  # and so does its close
+    console.error("a later error")
+    assert out.getvalue() == ""
+    assert err.getvalue().endswith("distq: a later error\n")
+
+
+def test_a_bar_on_a_stderr_that_went_away_is_no_reason_to_stop() -> None:
+    """A task's lines counted on the bar raised the closed stderr's BrokenPipeError into
+    the master's loop."""
+    out, err = io.StringIO(), Gone()
+    err.isatty = lambda: True  # type: ignore[method-assign]
+    console = Console(out=out, err=err)
+    console.start_progress(PROGRESS_THRESHOLD)
+    console.lines(["line"] * PROGRESS_THRESHOLD)  # its last drawing fails
+    console.info("all in")
+    assert out.getvalue() == (
+        "distq: stderr cannot be written any more; going on without it\nall in\n"
+    )
