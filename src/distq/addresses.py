@@ -97,6 +97,13 @@ def host_port(host: str, port: int | None = None) -> str:
     return shown if port is None else f"{shown}:{port}"
 
 
+def url_host_port(host: str, port: int) -> str:
+    """``host`` and ``port`` as a URL's netloc: :func:`host_port`, with a scoped IPv6
+    address's zone written as RFC 6874 does (``[fe80::1%25eth0]:9000``): a bare '%'
+    starts a percent-escape in a URL."""
+    return host_port(host.replace("%", "%25") if ":" in host else host, port)
+
+
 def _is_ipv6(text: str) -> bool:
     try:
         return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
