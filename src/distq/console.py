@@ -192,8 +192,18 @@ class Console:
 
     def start_progress(self, total: int) -> None:
         """Show a bar instead of per-task lines when stderr is a terminal and the job is long."""
-        if not self.quiet and total >= PROGRESS_THRESHOLD and self.err.isatty():
+        if not self.quiet and total >= PROGRESS_THRESHOLD and self._terminal(self.err):
             self.bar = Progress(total, self.err)
+
+    def _terminal(self, stream: TextIO | None) -> bool:
+        """Whether ``stream`` is a terminal this console still writes: not one that
+        failed, is closed, or is None (the process started with it closed: ``2>&-``)."""
+        if stream is None or id(stream) in self._gone:
+            return False
+        try:
+            return stream.isatty()
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def lines(self, lines: Iterable[str], count: int | None = None) -> None:
         """Per-task lines: printed as one write, or counted on the progress bar."""

@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
+from conftest import REPO
 from distq.console import PROGRESS_THRESHOLD, Console, announce, escaping
+from launch import free_port
 
 
 class Terminal(io.StringIO):
@@ -216,3 +221,38 @@ def test_a_bar_on_a_stderr_that_went_away_is_no_reason_to_stop() -> None:
     assert out.getvalue() == (
         "distq: stderr cannot be written any more; going on without it\nall in\n"
     )
+
+
+@pytest.mark.parametrize("err", [None, "closed"])
+def test_a_long_job_with_stderr_closed_asks_no_terminal_of_it(
+    monkeypatch: pytest.MonkeyPatch, err: str | None
+) -> None:
+    """``2>&-`` (cron, a daemon): sys.stderr is None, and start_progress asked it
+    isatty(): AttributeError (a closed stream: ValueError) at a job's submit."""
+    stream = io.StringIO()
+    if err == "closed":
+        stream.close()
+    monkeypatch.setattr(sys, "stderr", None if err is None else stream)
+    out = io.StringIO()
+    console = Console(out=out)
+    console.start_progress(PROGRESS_THRESHOLD)
+    console.lines(["put task square(3) into task_queue."])
+    assert console.bar is None and out.getvalue().endswith("put task square(3) into task_queue.\n")
+
+
+def test_a_master_started_with_stderr_closed_runs_a_long_job() -> None:
+    """`distq master --tasks 100 2>&-` ended at its submit, exit 1, with no line: the
+    traceback went to the closed stderr."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    done = subprocess.run(
+        f"{sys.executable} -m distq master --tasks {PROGRESS_THRESHOLD} --timeout 2 "
+        f"--manager-address 127.0.0.1:{free_port()} 2>&-",
+        shell=True,
+        executable="/bin/bash",
+        env={**clean, "PYTHONPATH": str(REPO / "src"), "DISTQ_AUTHKEY": "secret"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert f"0 of {PROGRESS_THRESHOLD} results in" in done.stdout, done.stdout
