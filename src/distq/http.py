@@ -38,7 +38,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from distq.addresses import host_port
+from distq.addresses import host_port, ipv6_listen_address
 from distq.errors import ConfigError
 from distq.health import ProcessHealth, Verdict
 
@@ -91,16 +91,6 @@ def _ipv6(host: str) -> bool:
         return False  # a name, or IPv4: as before
 
 
-def _ipv6_address(host: str, port: int) -> tuple[Any, ...]:
-    """Where an IPv6 endpoint listens: a scoped address (``fe80::1%eth0``) with its
-    interface's index, which bind() takes only in the address's fourth item (a host
-    with its '%' was refused: "Invalid argument")."""
-    if "%" not in host:
-        return host, port
-    found = socket.getaddrinfo(host, port, socket.AF_INET6, 0, 0, socket.AI_NUMERICHOST)
-    return found[0][4]
-
-
 class Endpoint:
     """Serves ``/metrics``, ``/healthz`` and ``/readyz`` from a daemon thread."""
 
@@ -111,7 +101,9 @@ class Endpoint:
         handler = type("_Handler", (_Handler,), {"endpoint": self})
         try:
             if _ipv6(host):
-                self._server: _Server = _Server6(_ipv6_address(host.strip("[]"), port), handler)
+                self._server: _Server = _Server6(
+                    ipv6_listen_address(host.strip("[]"), port), handler
+                )
             else:
                 self._server = _Server((host, port), handler)
         except OSError as exc:
