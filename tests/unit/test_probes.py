@@ -715,6 +715,8 @@ def link_local_or_skip() -> tuple[str, str]:
             rows = [row.split() for row in table]
     except OSError as exc:
         pytest.skip(f"no IPv6 address table here: {exc}")
+    # a container's own interfaces last: they come and go with the containers
+    rows.sort(key=lambda row: row[-1].startswith(("veth", "br-", "docker")))
     for row in rows:
         if len(row) == 6 and row[3] == "20":  # scope: link
             address = str(ipaddress.IPv6Address(int(row[0], 16)))
