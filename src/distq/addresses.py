@@ -14,7 +14,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import socket
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from distq import credentials
@@ -95,6 +97,24 @@ def host_port(host: str, port: int | None = None) -> str:
     brackets (``[::1]:9000``), the port left out when None."""
     shown = f"[{host}]" if ":" in host else host
     return shown if port is None else f"{shown}:{port}"
+
+
+def url_host_port(host: str, port: int) -> str:
+    """``host`` and ``port`` as a URL's netloc: :func:`host_port`, with a scoped IPv6
+    address's zone written as RFC 6874 does (``[fe80::1%25eth0]:9000``): a bare '%'
+    starts a percent-escape in a URL."""
+    return host_port(host.replace("%", "%25") if ":" in host else host, port)
+
+
+def ipv6_listen_address(host: str, port: int) -> tuple[Any, ...]:
+    """The address an IPv6 socket binds to listen on ``host``: a scoped address
+    (``fe80::1%eth0``) with its interface's index, which bind() takes only as the
+    address's fourth item (a host with its '%' was refused: "Invalid argument").
+    Raises OSError (``socket.gaierror``) for an interface this machine does not have."""
+    if "%" not in host:
+        return host, port
+    found = socket.getaddrinfo(host, port, socket.AF_INET6, 0, 0, socket.AI_NUMERICHOST)
+    return tuple(found[0][4])
 
 
 def _is_ipv6(text: str) -> bool:

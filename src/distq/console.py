@@ -19,7 +19,7 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TextIO
 
 PROGRESS_THRESHOLD = 100  # tasks; shorter jobs print every line even on a terminal
@@ -192,15 +192,26 @@ class Console:
 
     def start_progress(self, total: int) -> None:
         """Show a bar instead of per-task lines when stderr is a terminal and the job is long."""
-        if not self.quiet and total >= PROGRESS_THRESHOLD and self.err.isatty():
+        if not self.quiet and total >= PROGRESS_THRESHOLD and self._terminal(self.err):
             self.bar = Progress(total, self.err)
+
+    def _terminal(self, stream: TextIO | None) -> bool:
+        """Whether ``stream`` is a terminal this console still writes: not one that
+        failed, is closed, or is None (the process started with it closed: ``2>&-``)."""
+        if stream is None or id(stream) in self._gone:
+            return False
+        try:
+            return stream.isatty()
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def lines(self, lines: Iterable[str], count: int | None = None) -> None:
         """Per-task lines: printed as one write, or counted on the progress bar."""
         if self.quiet:
             return
         if self.bar is not None:
-            self.bar.advance(count if count is not None else sum(1 for _ in lines))
+            counted = count if count is not None else sum(1 for _ in lines)
+            self._drawing(self.bar.advance, counted)
             return
         text = "\n".join(lines)
         if text:
@@ -209,11 +220,9 @@ class Console:
     def end_progress(self) -> None:
         """Close the bar, if any (the job is over): its last state stays on its line."""
         if self.bar is not None:
-            bar, self.bar = self.bar, None
-            try:
-                bar.close()
-            except (OSError, ValueError):
-                self._lost(self.err)
+            bar = self.bar
+            self._drawing(bar.close)
+            self.bar = None
 
     def info(self, line: str) -> None:
         """A line that always prints: start, summary, exit. One during a job (a status
@@ -233,19 +242,22 @@ class Console:
 
     def _above_bar(self, stream: TextIO, text: str) -> None:
         assert self.bar is not None
-        bar = self.bar
+        self._drawing(self.bar.clear)
+        self.write(stream, text)
+        if self.bar is not None:
+            self._drawing(self.bar.redraw)
+
+    def _drawing(self, draw: Callable[..., None], *args: int) -> None:
+        """Draw the bar on stderr. A non-blocking stderr full for now (EAGAIN) skips this
+        drawing only: the next one draws the whole bar again. One that cannot be written
+        any more (closed, an I/O error) is dropped, and the bar with it."""
         try:
-            bar.clear()
+            draw(*args)
+        except BlockingIOError:
+            pass
         except (OSError, ValueError):
             self.bar = None  # stderr is gone, and the bar with it
             self._lost(self.err)
-        self.write(stream, text)
-        if self.bar is not None:
-            try:
-                bar.redraw()
-            except (OSError, ValueError):
-                self.bar = None
-                self._lost(self.err)
 
     def rendered(self, line: str) -> str:
         """``line`` as :meth:`info` writes it, for a write that cannot go through the

@@ -38,7 +38,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from distq.addresses import host_port
+from distq.addresses import host_port, ipv6_listen_address
 from distq.errors import ConfigError
 from distq.health import ProcessHealth, Verdict
 
@@ -101,7 +101,9 @@ class Endpoint:
         handler = type("_Handler", (_Handler,), {"endpoint": self})
         try:
             if _ipv6(host):
-                self._server: _Server = _Server6((host.strip("[]"), port), handler)
+                self._server: _Server = _Server6(
+                    ipv6_listen_address(host.strip("[]"), port), handler
+                )
             else:
                 self._server = _Server((host, port), handler)
         except OSError as exc:

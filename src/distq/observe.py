@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from distq.addresses import host_port
+from distq.addresses import url_host_port
 from distq.config import Settings
 from distq.console import Console
 from distq.health import ProcessHealth, WorkerHealth
@@ -44,7 +44,7 @@ class _Process:
         health = self.health
         ready.set_function(lambda: 1.0 if health.ready().ok else 0.0)
         self.endpoint = Endpoint(self.settings.metrics_host, port, registry, self.health).start()
-        where = host_port(self.settings.metrics_host, self.endpoint.port)
+        where = url_host_port(self.settings.metrics_host, self.endpoint.port)
         self.console.info(f"metrics, /healthz and /readyz on http://{where}")
 
     def close(self) -> None:

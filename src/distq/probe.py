@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from distq import flagtypes
-from distq.addresses import host_port
+from distq.addresses import url_host_port
 from distq.console import Console, say
 from distq.http import probe
 
@@ -89,7 +89,7 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str], console: Con
     except (OSError, http.client.HTTPException) as exc:  # no answer, or not HTTP's
         said = str(exc)  # a peer that is not HTTP: its first line, raw (escapes, a CR)
         console.error(
-            f"no answer from http://{host_port(host.strip('[]'), port)}/{args.check}: "
+            f"no answer from http://{url_host_port(host.strip('[]'), port)}/{args.check}: "
             f"{said if said.isprintable() else repr(said)}; "
             "is a distq process with DISTQ_METRICS_PORT running here?"
         )

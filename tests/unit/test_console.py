@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
+from conftest import REPO
 from distq.console import PROGRESS_THRESHOLD, Console, announce, escaping
+from launch import free_port
 
 
 class Terminal(io.StringIO):
@@ -170,3 +175,84 @@ def test_escaping_leaves_a_stream_that_already_passes_bytes_through() -> None:
     escaping(stream)
     print("caf\udce9.txt", file=stream, flush=True)
     assert raw.getvalue() == b"caf\xe9.txt\n"
+
+
+class FullOnce(Terminal):
+    """A terminal on a non-blocking stderr that is full once (EAGAIN), then takes text
+    again, as a slow terminal does."""
+
+    full = False
+
+    def write(self, text: str) -> int:
+        if self.full:
+            self.full = False
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return super().write(text)
+
+
+def test_a_bar_on_a_stderr_full_once_goes_on_and_so_does_stderr() -> None:
+    """One EAGAIN while the bar was drawn dropped stderr for good, as a closed one: its
+    later lines (errors too) never showed, and stdout said it "cannot be written"."""
+    out, err = io.StringIO(), FullOnce()
+    console = Console(out=out, err=err)
+    console.start_progress(PROGRESS_THRESHOLD)
+    console.lines(["line"] * 10)
+    err.full = True
+    console.error("reconnected")  # the bar's clearing meets the full stderr
+    assert console.bar is not None
+    err.full = True
+    console.lines(["line"] * (PROGRESS_THRESHOLD - 10))  # its last drawing does
+    err.full = True
+    console.end_progress()  # and so does its close
+    console.error("a later error")
+    assert out.getvalue() == ""
+    assert err.getvalue().endswith("distq: a later error\n")
+
+
+def test_a_bar_on_a_stderr_that_went_away_is_no_reason_to_stop() -> None:
+    """A task's lines counted on the bar raised the closed stderr's BrokenPipeError into
+    the master's loop."""
+    out, err = io.StringIO(), Gone()
+    err.isatty = lambda: True  # type: ignore[method-assign]
+    console = Console(out=out, err=err)
+    console.start_progress(PROGRESS_THRESHOLD)
+    console.lines(["line"] * PROGRESS_THRESHOLD)  # its last drawing fails
+    console.info("all in")
+    assert out.getvalue() == (
+        "distq: stderr cannot be written any more; going on without it\nall in\n"
+    )
+
+
+@pytest.mark.parametrize("err", [None, "closed"])
+def test_a_long_job_with_stderr_closed_asks_no_terminal_of_it(
+    monkeypatch: pytest.MonkeyPatch, err: str | None
+) -> None:
+    """``2>&-`` (cron, a daemon): sys.stderr is None, and start_progress asked it
+    isatty(): AttributeError (a closed stream: ValueError) at a job's submit."""
+    stream = io.StringIO()
+    if err == "closed":
+        stream.close()
+    monkeypatch.setattr(sys, "stderr", None if err is None else stream)
+    out = io.StringIO()
+    console = Console(out=out)
+    console.start_progress(PROGRESS_THRESHOLD)
+    console.lines(["put task square(3) into task_queue."])
+    assert console.bar is None and out.getvalue().endswith("put task square(3) into task_queue.\n")
+
+
+def test_a_master_started_with_stderr_closed_runs_a_long_job() -> None:
+    """`distq master --tasks 100 2>&-` ended at its submit, exit 1, with no line: the
+    traceback went to the closed stderr."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    done = subprocess.run(
+        f"{sys.executable} -m distq master --tasks {PROGRESS_THRESHOLD} --timeout 2 "
+        f"--manager-address 127.0.0.1:{free_port()} 2>&-",
+        shell=True,
+        executable="/bin/bash",
+        env={**clean, "PYTHONPATH": str(REPO / "src"), "DISTQ_AUTHKEY": "secret"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert f"0 of {PROGRESS_THRESHOLD} results in" in done.stdout, done.stdout

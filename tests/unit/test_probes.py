@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import json
 import os
 import socket
@@ -702,5 +703,69 @@ def test_distq_probe_names_an_ipv6_host_in_brackets_when_it_gets_no_answer(how: 
     done = probe("healthz", "--port", port, "--timeout", "2", *args, **env)
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith(f"distq: no answer from http://[::1]:{port}/healthz: "), (
+        done.stderr
+    )
+
+
+def link_local_or_skip() -> tuple[str, str]:
+    """A link-local IPv6 address of this machine and its interface (``fe80::1``,
+    ``eth0``), one a socket can listen on; else the test is skipped."""
+    try:
+        with open("/proc/net/if_inet6") as table:
+            rows = [row.split() for row in table]
+    except OSError as exc:
+        pytest.skip(f"no IPv6 address table here: {exc}")
+    # a container's own interfaces last: they come and go with the containers
+    rows.sort(key=lambda row: row[-1].startswith(("veth", "br-", "docker")))
+    for row in rows:
+        if len(row) == 6 and row[3] == "20":  # scope: link
+            address = str(ipaddress.IPv6Address(int(row[0], 16)))
+            try:
+                found = socket.getaddrinfo(
+                    f"{address}%{row[5]}", 0, socket.AF_INET6, 0, 0, socket.AI_NUMERICHOST
+                )
+                with socket.socket(socket.AF_INET6) as plain:
+                    plain.bind(found[0][4])
+            except OSError:
+                continue
+            return address, row[5]
+    pytest.skip("no link-local IPv6 address to listen on here")
+
+
+def test_a_scoped_ipv6_host_listens_and_its_metrics_line_is_a_url_that_works() -> None:
+    """DISTQ_METRICS_HOST=fe80::1%eth0 (the setting takes a scoped address) failed at
+    start: "cannot listen on [fe80::1%eth0]:PORT ... Invalid argument", the scope not
+    given to bind(). The metrics line writes the scope as RFC 6874 does: %25."""
+    address, interface = link_local_or_skip()
+    port = free_port()
+    settings = Settings.load(
+        {
+            "DISTQ_AUTHKEY": "secret",
+            "DISTQ_METRICS_PORT": str(port),
+            "DISTQ_METRICS_HOST": f"{address}%{interface}",
+        }
+    )
+    out = io.StringIO()
+    observe = WorkerObservability(settings, Console(out=out), slots=1, task_names=["square"])
+    try:
+        url = f"http://[{address}%25{interface}]:{port}"
+        assert f"metrics, /healthz and /readyz on {url}\n" in out.getvalue()
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{url}/healthz", timeout=5) as response:
+            assert json.loads(response.read())["status"] == "ok"
+        for host in (f"{address}%{interface}", f"[{address}%{interface}]"):
+            done = probe("healthz", "--port", str(port), "--host", host)
+            assert done.returncode == 0, done.stderr
+    finally:
+        observe.close()
+
+
+def test_distq_probe_names_a_scoped_host_as_a_url_does_when_it_gets_no_answer() -> None:
+    """``http://[fe80::1%lo]:PORT``: RFC 6874 writes a URL's zone as ``%25lo``, as the
+    metrics line does."""
+    port = str(free_port())
+    done = probe("healthz", "--port", port, "--timeout", "2", "--host", "fe80::1%lo")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"distq: no answer from http://[fe80::1%25lo]:{port}/healthz"), (
         done.stderr
     )
