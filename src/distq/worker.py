@@ -375,11 +375,15 @@ class Worker:
                     slot.consumer = None
             finally:
                 slot.lock.release()
-        self._close_all(closing)
-        joined_by = time.monotonic() + 5.0  # for all the slots, not for each
-        for slot in slots:
-            if slot.thread is not None and not slot.handed_back:  # else it is inside its task
-                slot.thread.join(max(0.0, joined_by - time.monotonic()))
+        # the slots in a broker call end it (and close their consumer) meanwhile, within
+        # the same bound: one after the other, 5 s of closes then 5 s of joins, the stop
+        # took the drain plus 12 s on a hung broker, past the README's 10 s
+        ending = [
+            slot.thread
+            for slot in slots
+            if slot.thread is not None and not slot.handed_back  # else it is inside its task
+        ]
+        self._close_all(closing, ending)
 
     def _install_signal_handlers(self) -> dict[int, object]:
         if threading.current_thread() is not threading.main_thread():
@@ -588,9 +592,12 @@ class Worker:
             self.health.took(0)  # --exit-when-idle counts afresh: the outage was no idleness
             self.console.info(f"reconnected to {self.transport.describe()} after {lasted:.1f} s")
 
-    def _close_all(self, consumers: list[Consumer]) -> None:
-        """Close ``consumers`` side by side, within :data:`CLOSE_SECONDS` in all; one
-        still closing then is left to the ending process (its tasks go back with it)."""
+    def _close_all(
+        self, consumers: list[Consumer], ending: Sequence[threading.Thread] = ()
+    ) -> None:
+        """Close ``consumers`` side by side, and wait for the threads ``ending``, within
+        :data:`CLOSE_SECONDS` in all; one still at it then is left to the ending process
+        (its tasks go back with it)."""
         threads = [
             threading.Thread(target=self._close, args=(c,), name="distq-close", daemon=True)
             for c in consumers
@@ -598,7 +605,7 @@ class Worker:
         for thread in threads:
             thread.start()
         by = time.monotonic() + CLOSE_SECONDS
-        for thread in threads:
+        for thread in [*threads, *ending]:
             thread.join(max(0.0, by - time.monotonic()))
 
     @staticmethod

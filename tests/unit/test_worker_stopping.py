@@ -12,11 +12,15 @@ from typing import Any
 
 import pytest
 
+from distq import worker as worker_module
+from distq.batch import Batch
 from distq.console import Console
 from distq.envelope import Task
 from distq.errors import CertificateRejected, TransportError
+from distq.slots import Slot
 from distq.tasks import Registry
 from distq.transport import Producer, Transport
+from distq.transport.base import Delivery
 from distq.worker import Worker, WorkerOptions
 
 
@@ -119,3 +123,43 @@ def test_a_task_still_running_when_the_drain_runs_out_is_back_in_the_queue_at_on
     assert (stats.ready, stats.in_flight) == (1, 0), (stats, said)
     assert took < 3.0, (took, said)
     producer.close()
+
+
+class _HungClose:
+    """A consumer whose close waits on a broker that hangs (``seconds``)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def close(self) -> None:
+        time.sleep(self.seconds)
+
+
+def test_a_cold_stop_waits_for_its_closes_and_its_slots_within_one_bound(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold stop on a hung broker: one slot's batch handed back (its close hangs), one
+    slot in a broker call (its lock held, its thread still in the call). The stop waited
+    for the closes (CLOSE_SECONDS), then for the slots' threads 5 s more: the drain plus
+    2 + 5 + 5 s, past the README's "at least 10 s under the grace period". Both waits
+    now share the one bound."""
+    monkeypatch.setattr(worker_module, "CLOSE_SECONDS", 1.0)
+    worker = Worker(transport, Registry(), WorkerOptions(worker_id="w"), Console())
+    busy, calling = Slot(0), Slot(1)
+    busy.batch = Batch([Delivery(b"t", 1)])
+    busy.consumer = _HungClose(30.0)  # type: ignore[assignment]
+    released = threading.Event()
+    for slot in (busy, calling):
+        slot.thread = threading.Thread(target=released.wait, args=(30.0,), daemon=True)
+        slot.thread.start()
+    calling.lock.acquire()  # in its fetch on the hung broker
+    try:
+        started = time.monotonic()
+        worker._stop_cold([busy, calling])
+        took = time.monotonic() - started
+    finally:
+        released.set()
+        calling.lock.release()
+    assert busy.handed_back and busy.consumer is None
+    # 2 s for the locks, then 1 s for the close and the threads together (before: 8 s)
+    assert took < 5.0, took
