@@ -360,18 +360,19 @@ class ManagerTransport(Transport):
         slot's, a slot still in a task of a master that restarted failed every renewal,
         the other slots' too (their tasks ran twice). An id the master does not know (a
         slot of the master before) is passed over."""
-        ids = [c.consumer_id for c in consumers if isinstance(c, ManagerConsumer)]
-        if not ids:
-            return
-        if self._keeper is None:
-            self._keeper = self._endpoint()
         # a reply within a third of the lease, else the renewal goes out again on a new
         # connection: one gone silent (no RST: a NAT's state lost) held it REPLY_TIMEOUT,
         # and every running task's lease lapsed meanwhile (each ran again elsewhere). So
         # for every call of the keeper's thread, on its connection and those it makes: its
         # hand-backs (release, settle) on a silent one held it 30 s too, the worker's
-        # other leases lapsing meanwhile, and a SIGTERM waiting
+        # other leases lapsing meanwhile, and a SIGTERM waiting. Named by a renewal of
+        # none too (the keeper's first, before its first tick's hand-backs)
         self._keeper_thread = threading.get_ident()
+        ids = [c.consumer_id for c in consumers if isinstance(c, ManagerConsumer)]
+        if not ids:
+            return
+        if self._keeper is None:
+            self._keeper = self._endpoint()
         try:
             with _within(self._keeper, self._keeper_within()):
                 _call(self.address, self._keeper.heartbeats, ids, self._settings.lease_seconds)
