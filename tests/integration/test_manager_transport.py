@@ -765,6 +765,29 @@ def test_a_connected_worker_detects_a_stopped_master_then_reconnects(
         master.stop(grace=0)
 
 
+@pytest.mark.timeout(120)
+def test_a_consumer_closes_within_a_third_of_its_lease_on_a_frozen_master() -> None:
+    # a slot closes its consumer as its worker stops (and after a failed call): the close
+    # tells the master to take back what it holds, which the lease does anyway. Against a
+    # master frozen after the slot's last call, it waited the whole REPLY_TIMEOUT (30 s)
+    # for the answer, the slot's thread and the worker's stop with it
+    settings = replace(_settings("frozenclose"), lease_seconds=3.0)
+    with (
+        _master_process(_env(settings)) as master,
+        contextlib.closing(open_transport(settings, "worker")) as remote,
+    ):
+        consumer = remote.consumer("c1")
+        assert len(fetch_n(consumer, 1)) == 1  # its connection, open and answered
+        with _stopped(master):
+            started = time.monotonic()
+            consumer.close()
+            took = time.monotonic() - started
+        assert took < settings.lease_seconds - 1, f"{took:.1f} s"
+        again = remote.consumer("c1")  # the master resumed: the thread connects afresh
+        again.fetch(1, 0.1)  # answered
+        again.close()
+
+
 def _stops_within_its_grace(worker: Distq, master: Distq, drain: float) -> None:
     """SIGTERM ``worker`` while ``master`` is frozen: it exits 0 within the README's grace
     period, the drain plus 10 s."""

@@ -383,7 +383,7 @@ class ManagerTransport(Transport):
 
     def _keeper_within(self) -> float:
         """How long the keeper's calls wait for the master (see :meth:`heartbeat`)."""
-        return min(wire.REPLY_TIMEOUT, max(_KEEPER_WAIT_MIN, self._settings.lease_seconds / 3))
+        return _reply_within(self._settings.lease_seconds)
 
     def _keepers_bound(self) -> float | None:
         """:meth:`_keeper_within` in the thread that renews the leases (the keeper's, which
@@ -815,9 +815,12 @@ class ManagerConsumer(Consumer):
 
     def close(self) -> None:
         # the master gone means leases gone (RemoteError: a master started since, see
-        # ManagerProducer.close)
+        # ManagerProducer.close). Its answer waited for within a third of the lease, as
+        # the keeper's calls: a slot's close on a master frozen after its last call
+        # waited REPLY_TIMEOUT (30 s), the slot's thread and the worker's stop with it;
+        # what the consumer held goes back as its lease runs out anyway
         with (
-            self._bounded(),
+            _within(self._broker, _reply_within(self._lease)),
             contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, RemoteError),
         ):
             self._broker.disconnect(self._id)
@@ -842,6 +845,12 @@ def _within(proxy: object, seconds: float) -> Iterator[None]:
         conn = _connection_of(proxy)
         if conn is not None:  # none: closed by a failure, nothing to undo
             wire.bounded(conn, wire.REPLY_TIMEOUT)
+
+
+def _reply_within(lease: float) -> float:
+    """How long a call that must not outlast a lease waits for the master's answer: a
+    third of the lease, :data:`_KEEPER_WAIT_MIN` at least, ``REPLY_TIMEOUT`` at most."""
+    return min(wire.REPLY_TIMEOUT, max(_KEEPER_WAIT_MIN, lease / 3))
 
 
 def _connection_of(proxy: object) -> Any:
