@@ -604,6 +604,44 @@ def test_requeue_dead_cut_off_part_way_counts_the_letters_moved(
     assert "; 3 dead letters were requeued before that, the rest stay dead letters" in said, said
 
 
+def test_requeue_dead_cut_off_part_way_says_what_the_letters_moved_were(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cut off after 3 of 7 letters moved, of which 2 malformed and 1 unreadable: the
+    command said how many moved, not that those went back as they were (a run to its end
+    says so, and exits 1 for the malformed)."""
+    settings = _settings("cutoffsaid")
+    hosted = open_transport(settings, "master")
+    try:
+        broker = hosted._broker  # type: ignore[attr-defined]
+        malformed = DeadLetter(body=b"garbage", reason="why", queue="q", worker="w").encode()
+        letters = [malformed, b"raw", malformed, *[malformed] * 4]
+        broker.put(f"{settings.queue}.dead", letters)
+        made = commands.reviver
+
+        def stopping(*args: Any, **kwargs: Any) -> Any:
+            revive, calls = made(*args, **kwargs), [0]
+
+            def revive_then_stop(letter: DeadLetter) -> bytes:
+                calls[0] += 1
+                if calls[0] == 4:  # 3 moved: the master closes as the 4th goes
+                    hosted.close()
+                return revive(letter)
+
+            return revive_then_stop
+
+        monkeypatch.setattr(commands, "reviver", stopping)
+        err = io.StringIO()
+        args = argparse.Namespace(role="requeue-dead", limit=None)
+        assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+    finally:
+        hosted.close()
+    assert "; 3 dead letters were requeued before that" in err.getvalue(), err.getvalue()
+    said = capsys.readouterr().out
+    assert "2 of them are not tasks any worker can run: they went back as they" in said, said
+    assert "1 of them unreadable (not a distq dead letter)" in said, said
+
+
 @contextlib.contextmanager
 def _accepting(
     address: tuple[str, int], handle: Callable[[socket.socket], object]
