@@ -809,7 +809,7 @@ def test_a_consumer_closes_within_a_third_of_its_lease_on_a_frozen_master() -> N
     # tells the master to take back what it holds, which the lease does anyway. Against a
     # master frozen after the slot's last call, it waited the whole REPLY_TIMEOUT (30 s)
     # for the answer, the slot's thread and the worker's stop with it
-    settings = replace(_settings("frozenclose"), lease_seconds=3.0)
+    settings = replace(_settings("frozenclose"), lease_seconds=6.0)  # a bound of 2 s
     with (
         _master_process(_env(settings)) as master,
         contextlib.closing(open_transport(settings, "worker")) as remote,
