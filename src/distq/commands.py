@@ -610,11 +610,14 @@ def _requeue_dead(
     malformed: list[str] = []
     revive = reviver(Codec.from_settings(settings), unopened.append, malformed.append)
     unreadable = 0
+    read: list[tuple[int, int, int]] = []  # after each letter read, in order: the counts
 
     def counted(letter: DeadLetter) -> bytes:
         nonlocal unreadable
         unreadable += letter.unreadable
-        return revive(letter)
+        body = revive(letter)
+        read.append((len(unopened), len(malformed), unreadable))
+        return body
 
     try:
         moved = transport.requeue_dead(limit, counted) if limit is None or limit > 0 else 0
@@ -626,8 +629,20 @@ def _requeue_dead(
                 "letters (a letter leaves only once its task is enqueued): run "
                 "`distq requeue-dead` again to move them"
             )
+        # what the letters moved before it were (the first read), as a run to its end
+        # says: a setting this command lacks was said only once every letter had moved
+        before: int | None = getattr(exc, "moved", None)  # counting_moves's count
+        if before and read:
+            opened, bad, raw = read[min(before, len(read)) - 1]
+            _say_unmoved(before, unopened[:opened], malformed[:bad], raw)
         return EXIT_CONFIG if isinstance(exc, MessageRefused) else EXIT_UNREACHABLE
     say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
+    return 1 if _say_unmoved(moved, unopened, malformed, unreadable) else 0
+
+
+def _say_unmoved(moved: int, unopened: list[str], malformed: list[str], unreadable: int) -> bool:
+    """Say which of the ``moved`` letters went back as they were; whether any could not be
+    started over or is malformed (exit 1)."""
     # revived more than once only when another requeue-dead took a letter first: at most
     # as many as moved (none moved: another took them all, nothing to say)
     unreadable = min(unreadable, moved)
@@ -650,4 +665,4 @@ def _requeue_dead(
             "back as tasks, which a worker dead-letters again as malformed, with the reason "
             "and the bytes kept (see `distq dead-letters`)"
         )
-    return 1 if unopened or malformed else 0
+    return bool(unopened or malformed)

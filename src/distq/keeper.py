@@ -159,6 +159,13 @@ class Keeper:
         tick = min(self.interval / 4, self.health.liveness.stall_seconds / 3)
         if self.limits:
             tick = min(tick, TIME_LIMIT_TICK)
+        if self.transport.renews_apart:
+            # a renewal of none names this thread to the transport, which bounds the
+            # keeper's calls as its renewals (manager): known only from its first renewal,
+            # which comes after a tick's hand-backs, the first hand-back on a master that
+            # did not answer waited 30 s (REPLY_TIMEOUT), every running lease lapsing
+            with self._keeping([]):
+                self.transport.heartbeat([])
         # a broker away: leases are tried again every OUTAGE_TICK, so that one back just
         # before a lease's deadline still finds it (a tick of lease/12 came too late)
         while not done.wait(min(tick, OUTAGE_TICK) if self.outage.ongoing else tick):

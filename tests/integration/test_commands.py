@@ -897,3 +897,6 @@ def test_requeue_dead_cut_off_half_way_says_what_became_of_the_letters(
     assert "cannot reach Redis" in said or "Connection refused" in said, said
     assert f"; {MESSAGE_BATCH} dead letters were requeued before that" in said, said
     assert "the rest stay dead letters" in said, said
+    # what those moved were, as a run to its end says: raw bytes, not distq's letters
+    out = capsys.readouterr().out
+    assert f"{MESSAGE_BATCH} of them unreadable (not a distq dead letter)" in out, out

@@ -604,6 +604,44 @@ def test_requeue_dead_cut_off_part_way_counts_the_letters_moved(
     assert "; 3 dead letters were requeued before that, the rest stay dead letters" in said, said
 
 
+def test_requeue_dead_cut_off_part_way_says_what_the_letters_moved_were(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cut off after 3 of 7 letters moved, of which 2 malformed and 1 unreadable: the
+    command said how many moved, not that those went back as they were (a run to its end
+    says so, and exits 1 for the malformed)."""
+    settings = _settings("cutoffsaid")
+    hosted = open_transport(settings, "master")
+    try:
+        broker = hosted._broker  # type: ignore[attr-defined]
+        malformed = DeadLetter(body=b"garbage", reason="why", queue="q", worker="w").encode()
+        letters = [malformed, b"raw", malformed, *[malformed] * 4]
+        broker.put(f"{settings.queue}.dead", letters)
+        made = commands.reviver
+
+        def stopping(*args: Any, **kwargs: Any) -> Any:
+            revive, calls = made(*args, **kwargs), [0]
+
+            def revive_then_stop(letter: DeadLetter) -> bytes:
+                calls[0] += 1
+                if calls[0] == 4:  # 3 moved: the master closes as the 4th goes
+                    hosted.close()
+                return revive(letter)
+
+            return revive_then_stop
+
+        monkeypatch.setattr(commands, "reviver", stopping)
+        err = io.StringIO()
+        args = argparse.Namespace(role="requeue-dead", limit=None)
+        assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+    finally:
+        hosted.close()
+    assert "; 3 dead letters were requeued before that" in err.getvalue(), err.getvalue()
+    said = capsys.readouterr().out
+    assert "2 of them are not tasks any worker can run: they went back as they" in said, said
+    assert "1 of them unreadable (not a distq dead letter)" in said, said
+
+
 @contextlib.contextmanager
 def _accepting(
     address: tuple[str, int], handle: Callable[[socket.socket], object]
@@ -763,6 +801,29 @@ def test_a_connected_worker_detects_a_stopped_master_then_reconnects(
             remote.close()
     finally:
         master.stop(grace=0)
+
+
+@pytest.mark.timeout(120)
+def test_a_consumer_closes_within_a_third_of_its_lease_on_a_frozen_master() -> None:
+    # a slot closes its consumer as its worker stops (and after a failed call): the close
+    # tells the master to take back what it holds, which the lease does anyway. Against a
+    # master frozen after the slot's last call, it waited the whole REPLY_TIMEOUT (30 s)
+    # for the answer, the slot's thread and the worker's stop with it
+    settings = replace(_settings("frozenclose"), lease_seconds=6.0)  # a bound of 2 s
+    with (
+        _master_process(_env(settings)) as master,
+        contextlib.closing(open_transport(settings, "worker")) as remote,
+    ):
+        consumer = remote.consumer("c1")
+        assert len(fetch_n(consumer, 1)) == 1  # its connection, open and answered
+        with _stopped(master):
+            started = time.monotonic()
+            consumer.close()
+            took = time.monotonic() - started
+        assert took < settings.lease_seconds - 1, f"{took:.1f} s"
+        again = remote.consumer("c1")  # the master resumed: the thread connects afresh
+        again.fetch(1, 0.1)  # answered
+        again.close()
 
 
 def _stops_within_its_grace(worker: Distq, master: Distq, drain: float) -> None:

@@ -710,6 +710,8 @@ def test_a_lease_renewal_the_broker_refused_is_tried_again_soon_and_said_once(
     seen: dict[str, float] = {}
 
     def away_a_while(self: Any, consumers: Any) -> None:
+        if not consumers:  # the keeper naming its thread (test_keeper_manager): no renewal
+            return heartbeat(self, consumers)
         now = time.monotonic()
         first = seen.setdefault("first", now)
         if now < first + 1.2:
@@ -766,6 +768,8 @@ def test_a_renewal_that_came_past_the_lease_is_said_once(
     calls: list[float] = []
 
     def slow_first(self: Any, consumers: Any) -> None:
+        if not consumers:  # the keeper naming its thread (test_keeper_manager): no renewal
+            return heartbeat(self, consumers)
         calls.append(time.monotonic())
         if len(calls) == 1:
             time.sleep(1.2)  # past a lease of three 0.3 s intervals, counted from before

@@ -466,7 +466,9 @@ def counting_moves(moved: list[int]) -> Iterator[None]:
             raise
         unsure = moved[1] if len(moved) > 1 else 0
         cut = f" (the {unsure} of the call it cut off may have been too)" if unsure else ""
-        raise type(exc)(
+        raised = type(exc)(
             f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued before "
             f"that{cut}, the rest stay dead letters"
-        ) from exc
+        )
+        raised.moved = moved[0]  # type: ignore[attr-defined]  # the command says what they were
+        raise raised from exc

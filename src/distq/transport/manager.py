@@ -360,18 +360,19 @@ class ManagerTransport(Transport):
         slot's, a slot still in a task of a master that restarted failed every renewal,
         the other slots' too (their tasks ran twice). An id the master does not know (a
         slot of the master before) is passed over."""
-        ids = [c.consumer_id for c in consumers if isinstance(c, ManagerConsumer)]
-        if not ids:
-            return
-        if self._keeper is None:
-            self._keeper = self._endpoint()
         # a reply within a third of the lease, else the renewal goes out again on a new
         # connection: one gone silent (no RST: a NAT's state lost) held it REPLY_TIMEOUT,
         # and every running task's lease lapsed meanwhile (each ran again elsewhere). So
         # for every call of the keeper's thread, on its connection and those it makes: its
         # hand-backs (release, settle) on a silent one held it 30 s too, the worker's
-        # other leases lapsing meanwhile, and a SIGTERM waiting
+        # other leases lapsing meanwhile, and a SIGTERM waiting. Named by a renewal of
+        # none too (the keeper's first, before its first tick's hand-backs)
         self._keeper_thread = threading.get_ident()
+        ids = [c.consumer_id for c in consumers if isinstance(c, ManagerConsumer)]
+        if not ids:
+            return
+        if self._keeper is None:
+            self._keeper = self._endpoint()
         try:
             with _within(self._keeper, self._keeper_within()):
                 _call(self.address, self._keeper.heartbeats, ids, self._settings.lease_seconds)
@@ -382,7 +383,7 @@ class ManagerTransport(Transport):
 
     def _keeper_within(self) -> float:
         """How long the keeper's calls wait for the master (see :meth:`heartbeat`)."""
-        return min(wire.REPLY_TIMEOUT, max(_KEEPER_WAIT_MIN, self._settings.lease_seconds / 3))
+        return _reply_within(self._settings.lease_seconds)
 
     def _keepers_bound(self) -> float | None:
         """:meth:`_keeper_within` in the thread that renews the leases (the keeper's, which
@@ -814,9 +815,12 @@ class ManagerConsumer(Consumer):
 
     def close(self) -> None:
         # the master gone means leases gone (RemoteError: a master started since, see
-        # ManagerProducer.close)
+        # ManagerProducer.close). Its answer waited for within a third of the lease, as
+        # the keeper's calls: a slot's close on a master frozen after its last call
+        # waited REPLY_TIMEOUT (30 s), the slot's thread and the worker's stop with it;
+        # what the consumer held goes back as its lease runs out anyway
         with (
-            self._bounded(),
+            _within(self._broker, _reply_within(self._lease)),
             contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, RemoteError),
         ):
             self._broker.disconnect(self._id)
@@ -841,6 +845,12 @@ def _within(proxy: object, seconds: float) -> Iterator[None]:
         conn = _connection_of(proxy)
         if conn is not None:  # none: closed by a failure, nothing to undo
             wire.bounded(conn, wire.REPLY_TIMEOUT)
+
+
+def _reply_within(lease: float) -> float:
+    """How long a call that must not outlast a lease waits for the master's answer: a
+    third of the lease, :data:`_KEEPER_WAIT_MIN` at least, ``REPLY_TIMEOUT`` at most."""
+    return min(wire.REPLY_TIMEOUT, max(_KEEPER_WAIT_MIN, lease / 3))
 
 
 def _connection_of(proxy: object) -> Any:
