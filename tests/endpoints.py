@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -66,3 +68,28 @@ def promtool_check(exposition: str) -> None:
         check=False,
     )
     assert done.returncode == 0, f"promtool check metrics: {done.stdout}{done.stderr}"
+
+
+def link_local_or_skip() -> tuple[str, str]:
+    """A link-local IPv6 address of this machine and its interface (``fe80::1``,
+    ``eth0``), one a socket can listen on; else the test is skipped."""
+    try:
+        with open("/proc/net/if_inet6") as table:
+            rows = [row.split() for row in table]
+    except OSError as exc:
+        pytest.skip(f"no IPv6 address table here: {exc}")
+    # a container's own interfaces last: they come and go with the containers
+    rows.sort(key=lambda row: row[-1].startswith(("veth", "br-", "docker")))
+    for row in rows:
+        if len(row) == 6 and row[3] == "20":  # scope: link
+            address = str(ipaddress.IPv6Address(int(row[0], 16)))
+            try:
+                found = socket.getaddrinfo(
+                    f"{address}%{row[5]}", 0, socket.AF_INET6, 0, 0, socket.AI_NUMERICHOST
+                )
+                with socket.socket(socket.AF_INET6) as plain:
+                    plain.bind(found[0][4])
+            except OSError:
+                continue
+            return address, row[5]
+    pytest.skip("no link-local IPv6 address to listen on here")

@@ -37,6 +37,7 @@ from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.transport import Settlement, Transport, manager, manager_wire, open_transport
+from endpoints import link_local_or_skip
 from launch import free_port
 from procs import Distq
 from relay import SilentRelay
@@ -1397,6 +1398,26 @@ def test_a_master_on_ipv6_serves_workers_over_ipv6() -> None:
     master = Distq(["master", "--tasks", "2", "--timeout", "60"], env)
     try:
         master.wait_for(rf"^master .* transport on \[::1\]:{port}")
+        worker = Distq(["worker", "--exit-when-idle", "1"], env)
+        try:
+            assert worker.wait(60) == 0, worker.output()
+        finally:
+            worker.stop()
+        assert master.wait(60) == 0, master.output()
+    finally:
+        master.stop(grace=0)
+
+
+def test_a_master_on_a_scoped_ipv6_address_serves_workers_there() -> None:
+    # DISTQ_MANAGER_ADDRESS=[fe80::1%eth0]:P (the setting takes a scoped address; workers
+    # reached it) failed at start: "cannot listen on ...: Invalid argument", the zone not
+    # given to bind()
+    address, interface = link_local_or_skip()
+    settings = replace(_settings("zone"), manager_address=(f"{address}%{interface}", free_port()))
+    env = _env(settings)
+    master = Distq(["master", "--tasks", "2", "--timeout", "60"], env)
+    try:
+        master.wait_for(r"^master .* transport on \[fe80:")
         worker = Distq(["worker", "--exit-when-idle", "1"], env)
         try:
             assert worker.wait(60) == 0, worker.output()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import ipaddress
 import json
 import os
 import socket
@@ -29,6 +28,7 @@ from distq.errors import ConfigError, TransportError
 from distq.health import HANG_SECONDS, Liveness, ProcessHealth, Readiness, WorkerHealth
 from distq.http import Endpoint
 from distq.observe import BROKER_LINK, MasterObservability, WorkerObservability
+from endpoints import link_local_or_skip
 from launch import free_port
 
 
@@ -705,31 +705,6 @@ def test_distq_probe_names_an_ipv6_host_in_brackets_when_it_gets_no_answer(how: 
     assert done.stderr.startswith(f"distq: no answer from http://[::1]:{port}/healthz: "), (
         done.stderr
     )
-
-
-def link_local_or_skip() -> tuple[str, str]:
-    """A link-local IPv6 address of this machine and its interface (``fe80::1``,
-    ``eth0``), one a socket can listen on; else the test is skipped."""
-    try:
-        with open("/proc/net/if_inet6") as table:
-            rows = [row.split() for row in table]
-    except OSError as exc:
-        pytest.skip(f"no IPv6 address table here: {exc}")
-    # a container's own interfaces last: they come and go with the containers
-    rows.sort(key=lambda row: row[-1].startswith(("veth", "br-", "docker")))
-    for row in rows:
-        if len(row) == 6 and row[3] == "20":  # scope: link
-            address = str(ipaddress.IPv6Address(int(row[0], 16)))
-            try:
-                found = socket.getaddrinfo(
-                    f"{address}%{row[5]}", 0, socket.AF_INET6, 0, 0, socket.AI_NUMERICHOST
-                )
-                with socket.socket(socket.AF_INET6) as plain:
-                    plain.bind(found[0][4])
-            except OSError:
-                continue
-            return address, row[5]
-    pytest.skip("no link-local IPv6 address to listen on here")
 
 
 def test_a_scoped_ipv6_host_listens_and_its_metrics_line_is_a_url_that_works() -> None:

@@ -39,7 +39,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy
 from typing import Any, ClassVar, Protocol, cast
 
-from distq.addresses import host_port
+from distq.addresses import host_port, ipv6_listen_address
 from distq.config import Settings
 from distq.errors import ConfigError
 from distq.transport.manager_broker import QueueBroker, Wire, WireSettlement
@@ -401,6 +401,8 @@ class Listener(connection.Listener):
 
     def __init__(self, address: tuple[str, int], family: str | None = None, backlog: int = 1):
         family = "AF_INET6" if ":" in address[0] else "AF_INET"
+        if family == "AF_INET6":  # a scoped host (fe80::1%eth0): bind() takes its index
+            address = ipv6_listen_address(*address)
         # the stdlib server asks for 16: 40 worker slots connecting at once (a master's
         # restart) overflowed it, and some failed their handshake 5 s later
         backlog = max(backlog, socket.SOMAXCONN)
