@@ -305,11 +305,20 @@ class Endings:
         (:meth:`_refusal`). An oversized body's dead letter keeps its first
         ``OVERSIZED_KEPT_BYTES``."""
         body = wire_bytes(delivery.body)  # a manager peer's str, None...: kept as its repr
+        limit = self.codec.max_message_bytes
         # a pack of signed tasks starts with a length, not a signature: not "unsigned"
         framed = (
-            None if isinstance(error, MessageTooLarge) else pack_problem(body, self.codec.transport)
+            None
+            if isinstance(error, MessageTooLarge) and len(body) <= limit
+            else pack_problem(body, self.codec.transport)
         )
-        if framed is not None:
+        if framed is not None and isinstance(error, MessageTooLarge):
+            # refused for its size, as a whole: said as one task too large, it was several
+            reason = (
+                f"malformed message: {framed}; refused whole: it is {len(body):,} bytes, "
+                f"over the limit of {limit:,} (DISTQ_MAX_MESSAGE_BYTES)"
+            )
+        elif framed is not None:
             reason = f"malformed message: {framed}"
         elif isinstance(error, MessageTooLarge | SignatureError):
             reason = f"refused: {error}"
@@ -320,7 +329,7 @@ class Endings:
             waits = self._answer(body, f"{reason}; not run", "VersionMismatch", any_version=True)
         elif isinstance(error, SignatureError) and framed is None:
             waits = self._refusal(body, reason)
-        elif len(body) > self.codec.max_message_bytes:
+        elif len(body) > limit:
             why = (
                 f"{reason}; not run: give the workers at least the DISTQ_MAX_MESSAGE_BYTES "
                 "of the process that submits tasks"

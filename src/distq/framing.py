@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Sequence
+from typing import TypeVar
 
 from distq.limits import MAX_PREFETCH
 
@@ -26,6 +27,10 @@ LENGTH_BYTES = 4
 MAX_BODIES = MAX_PREFETCH
 
 
+#: What :func:`unpack` reads: bytes, or a view of them (bodies read without a copy).
+_Data = TypeVar("_Data", bytes, memoryview)
+
+
 class TooManyBodies(ValueError):
     """A pack of more than :data:`MAX_BODIES` bodies: no pack distq writes."""
 
@@ -35,10 +40,10 @@ def pack(bodies: Sequence[bytes]) -> bytes:
     return b"".join(len(body).to_bytes(4, "big") + body for body in bodies)
 
 
-def unpack(data: bytes) -> list[bytes]:
+def unpack(data: _Data) -> list[_Data]:
     """The bodies :func:`pack` packed; ``ValueError`` if ``data`` is not such
     (:class:`TooManyBodies` past :data:`MAX_BODIES`, read no further)."""
-    bodies: list[bytes] = []
+    bodies: list[_Data] = []
     at, end = 0, len(data)
     while at < end:
         if len(bodies) == MAX_BODIES:
@@ -74,8 +79,8 @@ def pack_problem(data: bytes, transport: str | None = None) -> str | None:
             f"{_held(data)}, framed as RabbitMQ's transport frames them (each after its "
             f"4-byte length): a worker on {where} takes one task per message"
         )
-    try:
-        bodies = unpack(data)
+    try:  # views: a copy of each body doubled what a pack over the size limit holds
+        bodies = unpack(memoryview(data))
     except TooManyBodies:
         return (
             f"a pack of over {MAX_BODIES:,} tasks (distq.tasks), over the {TASKS_PER_MESSAGE} "
@@ -99,7 +104,7 @@ def pack_problem(data: bytes, transport: str | None = None) -> str | None:
 def _held(data: bytes) -> str:
     """What the pack ``data`` holds, said where no worker takes a pack at all."""
     try:
-        bodies = unpack(data)
+        bodies = unpack(memoryview(data))
     except TooManyBodies:
         return f"a pack of over {MAX_BODIES:,} tasks"
     except ValueError:
