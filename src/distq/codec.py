@@ -303,10 +303,12 @@ class Codec:
         it requires one, signed with a key it lacks, or signed wrongly), read without
         trusting it: only to answer whoever waits for it with an unsigned refusal, which
         no process holding keys accepts (see :meth:`distq.ending.Endings.malformed`).
-        None when no head of this version reads, or the message is over the limit."""
+        None when no head reads (of any version: refused before its version was read),
+        or the message is over the limit."""
         if len(message) > self.max_message_bytes:
             return None
-        return _head_task(message[HEADER_BYTES:] if message.startswith(MAGIC) else message)
+        envelope = message[HEADER_BYTES:] if message.startswith(MAGIC) else message
+        return _head_task(envelope, any_version=True)
 
     def _open(self, message: bytes, kind: str, most: int | None = None) -> bytes:
         most = self.max_message_bytes if most is None else most

@@ -334,7 +334,8 @@ class Endings:
                 f"{reason}; not run: give the workers at least the DISTQ_MAX_MESSAGE_BYTES "
                 "of the process that submits tasks"
             )
-            waits = self._answer(body, why, "MessageTooLarge")
+            # of any version: refused for its size before its version was read
+            waits = self._answer(body, why, "MessageTooLarge", any_version=True)
             body = body[:OVERSIZED_KEPT_BYTES]
             reason += f"; the dead letter keeps its first {len(body):,} bytes"
         dead = self._dead(body, reason)

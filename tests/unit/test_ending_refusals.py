@@ -1,17 +1,20 @@
-"""Refused tasks and what their dead letters and answers say (codec32)."""
+"""Refused tasks and what their dead letters and answers say (codec32): a framed pack
+over the size limit, a task of another envelope version over the limit or refused for
+its signature."""
 
 from __future__ import annotations
 
 import pytest
 
 from distq.codec import Codec
-from distq.ending import Endings
-from distq.envelope import DeadLetter, Task
-from distq.errors import EnvelopeError, MessageTooLarge
+from distq.ending import Endings, Unsealed
+from distq.envelope import DeadLetter, Result, Task
+from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
 from distq.framing import pack
 from distq.transport import Delivery
 
 LIMIT = 2000
+KEY = b"0123456789abcdef-key"
 
 
 def _refused(endings: Endings, body: bytes) -> tuple[EnvelopeError, DeadLetter]:
@@ -35,3 +38,47 @@ def test_a_pack_over_the_limit_is_dead_lettered_saying_it_is_a_pack(transport: s
     assert f"{len(body):,} bytes, over the limit of {LIMIT:,}" in letter.reason, letter.reason
     assert "task is" not in letter.reason, letter.reason
     assert letter.body == body[:LIMIT] or letter.body == body  # its start, as any oversized
+
+
+def _v2(task: Task) -> bytes:
+    return task.encode().replace(b'{"v":1,', b'{"v":2,', 1)
+
+
+@pytest.mark.parametrize("keys", [(), (KEY,)])
+def test_a_task_of_another_version_over_the_limit_answers_its_submitter(
+    keys: tuple[bytes, ...],
+) -> None:
+    """Refused for its size before its version was read, it got no answer where a v1
+    task over the limit, or a v2 task within it, does: its master waited until its
+    timeout (codec31)."""
+    sent = Task(name="jobs:thumb", args=["x" * 5000], reply_to="replies")
+    envelope = _v2(sent)
+    body = envelope if not keys else Codec(keys).signer.sign(envelope)  # type: ignore[union-attr]
+    endings = Endings("w1", "q", Codec(keys, max_message_bytes=LIMIT))
+    with pytest.raises(MessageTooLarge) as caught:
+        endings.codec.open_task(body)
+    ending = endings.malformed(Delivery(body, 1), caught.value)
+    s = ending.settlement
+    assert s.reply_to == "replies" and s.result is not None, ending
+    result = Result.decode(s.result)
+    assert (result.task_id, result.status, result.error_type) == (
+        sent.id,
+        "error",
+        "MessageTooLarge",
+    )
+    assert (result.error_message or "").startswith(f"refused: task is {len(body):,} bytes")
+
+
+def test_a_task_of_another_version_refused_for_its_signature_answers_unsigned() -> None:
+    """An unsigned v2 task at a worker with keys: a v1 one is answered with an unsigned
+    refusal, a v2 one was not, and its submitter without keys waited until its timeout."""
+    sent = Task(name="jobs:add", args=[1, 2], reply_to="replies")
+    endings = Endings("w1", "q", Codec((KEY,)))
+    error, letter = _refused(endings, _v2(sent))
+    assert isinstance(error, SignatureError)
+    ending = endings.malformed(Delivery(_v2(sent), 1), error)
+    s = ending.settlement
+    assert s.reply_to == "replies" and isinstance(s.result, Unsealed), ending
+    result = Result.decode(bytes(s.result))
+    assert (result.task_id, result.error_type) == (sent.id, "SignatureError")
+    assert letter.reason.startswith("refused: unsigned task")
