@@ -66,7 +66,8 @@ def pack_problem(data: bytes, transport: str | None = None) -> str | None:
     does); None when it does not. What a worker's dead letter says instead of "not
     UTF-8 at position 3", the low byte of the length (input17). On Redis and the
     manager (``transport``), which have no message types and take no packs, it says
-    so: not a missing type (RabbitMQ's, as when the transport is not known)."""
+    so: not a missing type (RabbitMQ's). When the transport is not known (a codec made
+    without settings, as a ``Worker`` made in Python has), it says both."""
     if not data.startswith(b"\x00") or 4 + int.from_bytes(data[:4], "big") > len(data):
         return None  # not even its first task: UTF-16 or UTF-32 JSON, say (diff17)
     if _utf32_text(data):  # "{" is 00 00 00 7b: a first task of 123 bytes, as long as any
@@ -79,6 +80,14 @@ def pack_problem(data: bytes, transport: str | None = None) -> str | None:
             f"{_held(data)}, framed as RabbitMQ's transport frames them (each after its "
             f"4-byte length): a worker on {where} takes one task per message"
         )
+    said = _on_rabbitmq(data)
+    if transport is None:  # said as RabbitMQ's alone, it misled a worker on Redis
+        return f"{said} (on RabbitMQ; a worker on Redis or the manager takes one task per message)"
+    return said
+
+
+def _on_rabbitmq(data: bytes) -> str:
+    """Why the pack ``data`` is none a master on RabbitMQ writes (:func:`pack_problem`)."""
     try:  # views: a copy of each body doubled what a pack over the size limit holds
         bodies = unpack(memoryview(data))
     except TooManyBodies:

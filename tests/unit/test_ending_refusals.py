@@ -82,3 +82,21 @@ def test_a_task_of_another_version_refused_for_its_signature_answers_unsigned() 
     result = Result.decode(bytes(s.result))
     assert (result.task_id, result.error_type) == (sent.id, "SignatureError")
     assert letter.reason.startswith("refused: unsigned task")
+
+
+@pytest.mark.parametrize(
+    "tasks",
+    [2, 33],  # one a RabbitMQ worker takes with its type, one too many for any
+)
+def test_a_pack_at_a_worker_of_no_known_transport_is_not_said_as_rabbitmqs_alone(
+    tasks: int,
+) -> None:
+    """A Worker made in Python gets a Codec without settings, so its transport is not
+    known: its letter for a pack on Redis or the manager said "sent without the message
+    type distq.tasks", which only RabbitMQ's messages have (codec31)."""
+    body = pack([Task("jobs.square", [n], "replies").encode() for n in range(tasks)])
+    _, letter = _refused(Endings("w1", "q"), body)
+    assert letter.reason.startswith(f"malformed message: a pack of {tasks} task"), letter.reason
+    assert "a worker on Redis or the manager takes one task per message" in letter.reason, (
+        letter.reason
+    )
