@@ -49,9 +49,11 @@ assert SHALLOW_NESTING <= MAX_NESTING  # what the fast path writes needs no coun
 
 #: The head of a result envelope as distq writes it: its task id, worker and attempt.
 #: Matched only where an envelope starts (a message's, or a pack item's), never inside
-#: one: a value may hold anything, that text too.
+#: one: a value may hold anything, that text too. Of any envelope version, as
+#: :meth:`Codec.versioned_stand_in` reads one: a newer worker's result over the limit
+#: was refused unsaid, its task waiting until its timeout.
 _RESULT_HEAD = re.compile(
-    rb'\{"v":1,"task_id":"([0-9A-Za-z_.:-]{1,128})","status":"(?:ok|error)",'
+    rb'\{"v":[1-9][0-9]{0,8},"task_id":"([0-9A-Za-z_.:-]{1,128})","status":"(?:ok|error)",'
     rb'"worker":"((?:[^"\\]|\\.){0,1024})","attempt":([0-9]{1,9}),'
 )
 _HEAD_BYTES = 1400  # the longest head that pattern matches, and some
