@@ -353,7 +353,9 @@ def _head_task(envelope: bytes, any_version: bool = False) -> Task | None:
         head = _task_head(envelope)
     except (EnvelopeError, msgspec.DecodeError, RecursionError):
         return None
-    if (head.v != VERSION and not any_version) or not fits_reply_to(head.reply_to):
+    if head.v != VERSION and (not any_version or head.v < 1):  # below 1: no distq message
+        return None
+    if not fits_reply_to(head.reply_to):
         return None
     return Task(head.name, [], head.reply_to, {}, head.id, head.attempt, head.max_attempts)
 

@@ -100,3 +100,19 @@ def test_a_pack_at_a_worker_of_no_known_transport_is_not_said_as_rabbitmqs_alone
     assert "a worker on Redis or the manager takes one task per message" in letter.reason, (
         letter.reason
     )
+
+
+@pytest.mark.parametrize("version", [0, -1])
+def test_a_message_of_no_envelope_version_refused_unread_is_answered_by_nobody(
+    version: int,
+) -> None:
+    """A head of any version is read to answer a task refused before its version was
+    (b63a722), but a "v" below 1 says no distq message: none is answered, as before."""
+    sent = Task(name="jobs:thumb", args=["x" * 5000], reply_to="replies")
+    body = sent.encode().replace(b'{"v":1,', b'{"v":%d,' % version, 1)
+    for endings in (Endings("w1", "q", Codec((KEY,))), Endings("w1", "q", Codec((), LIMIT))):
+        _, letter = _refused(endings, body)
+        with pytest.raises(EnvelopeError) as caught:
+            endings.codec.open_task(body)
+        s = endings.malformed(Delivery(body, 1), caught.value).settlement
+        assert (s.reply_to, s.result) == (None, None), letter.reason
