@@ -300,14 +300,24 @@ class Codec:
             return None
         return _head_task(envelope, any_version)
 
-    def unverified_task_head(self, message: bytes) -> Task | None:
+    def signature_refused(self, message: bytes) -> SignatureError | None:
+        """Why the signature of the task ``message`` is refused, whatever its size (one
+        over the limit is refused for that first); None when it checks out."""
+        try:
+            self._open(message, "task", most=len(message))
+        except SignatureError as exc:
+            return exc
+        return None
+
+    def unverified_task_head(self, message: bytes, most: int | None = None) -> Task | None:
         """The head of a task message whose signature this worker refused (unsigned where
         it requires one, signed with a key it lacks, or signed wrongly), read without
         trusting it: only to answer whoever waits for it with an unsigned refusal, which
         no process holding keys accepts (see :meth:`distq.ending.Endings.malformed`).
         None when no head reads (of any version: refused before its version was read),
-        or the message is over the limit."""
-        if len(message) > self.max_message_bytes:
+        or the message is over the limit (or ``most`` bytes: a task over the limit whose
+        signature is refused too)."""
+        if len(message) > (self.max_message_bytes if most is None else most):
             return None
         envelope = message[HEADER_BYTES:] if message.startswith(MAGIC) else message
         return _head_task(envelope, any_version=True)

@@ -301,8 +301,8 @@ class Endings:
         """The body is not a task, or is refused (unsigned, forged, too large): never run,
         dead-lettered with the reason. Whoever waits for it gets the reason as its result
         where its head reads: a verified error result for a task too large or of another
-        envelope version, an unsigned one for a task refused for its signature
-        (:meth:`_refusal`). An oversized body's dead letter keeps its first
+        envelope version, an unsigned one for a task refused for its signature (too large
+        as well, or not: :meth:`_refusal`). An oversized body's dead letter keeps its first
         ``OVERSIZED_KEPT_BYTES``."""
         body = wire_bytes(delivery.body)  # a manager peer's str, None...: kept as its repr
         limit = self.codec.max_message_bytes
@@ -336,6 +336,14 @@ class Endings:
             )
             # of any version: refused for its size before its version was read
             waits = self._answer(body, why, "MessageTooLarge", any_version=True)
+            refused = None if waits is not None else self.codec.signature_refused(body)
+            if refused is not None:  # refused for its signature too: answered as such
+                waits = self._refusal(
+                    body,
+                    f"{reason}; its signature was refused too ({refused})",
+                    "give the workers at least the DISTQ_MAX_MESSAGE_BYTES of the process "
+                    "that submits tasks, and ",
+                )
             body = body[:OVERSIZED_KEPT_BYTES]
             reason += f"; the dead letter keeps its first {len(body):,} bytes"
         dead = self._dead(body, reason)
@@ -367,19 +375,19 @@ class Endings:
             return None
         return task, result
 
-    def _refusal(self, body: bytes, reason: str) -> tuple[Task, bytes] | None:
+    def _refusal(self, body: bytes, reason: str, advice: str = "") -> tuple[Task, bytes] | None:
         """The task in ``body``, refused for its signature, and its error result: unsigned
         and left unsealed (:class:`Unsealed`), since the task that names its master could
         not be trusted. A submitter without keys (the keys set on one side only) gets it
         at once, where it waited in vain; one with keys refuses it as unsigned and says
         so, as it refuses any unsigned result: no forged task makes a worker sign an
         answer."""
-        task = self.codec.unverified_task_head(body)
+        task = self.codec.unverified_task_head(body, most=len(body))
         if task is None or task.reply_to == NO_REPLY:
             return None
         why = (
-            f"{reason}; not run: give the workers and the process that submits tasks the "
-            "same DISTQ_SIGNING_KEYS"
+            f"{reason}; not run: {advice}give the workers and the process that submits "
+            "tasks the same DISTQ_SIGNING_KEYS"
         )
         try:  # the envelope, unsigned: sealing signs, and this one stays Unsealed
             result = self._result(

@@ -116,3 +116,43 @@ def test_a_message_of_no_envelope_version_refused_unread_is_answered_by_nobody(
             endings.codec.open_task(body)
         s = endings.malformed(Delivery(body, 1), caught.value).settlement
         assert (s.reply_to, s.result) == (None, None), letter.reason
+
+
+OTHER_KEY = b"another-key-0123456"
+
+
+@pytest.mark.parametrize(
+    ("sender_keys", "worker_keys", "said"),
+    [
+        ((), (KEY,), "unsigned task: this process requires signatures"),
+        ((OTHER_KEY,), (KEY,), "task signed with another key"),
+        ((KEY,), (), "signed task, but this process has no signing key"),
+    ],
+)
+def test_a_task_over_the_limit_whose_signature_is_refused_too_is_answered_unsigned(
+    sender_keys: tuple[bytes, ...], worker_keys: tuple[bytes, ...], said: str
+) -> None:
+    """Either refusal alone is answered (over the limit: a verified result; its
+    signature: an unsigned one), both together were not: with the keys set on one side
+    only and the submitter's limit larger, its master waited until its timeout."""
+    sent = Task(name="jobs:thumb", args=["x" * 5000], reply_to="replies")
+    body = Codec(sender_keys).seal_task(sent)
+    endings = Endings("w1", "q", Codec(worker_keys, max_message_bytes=LIMIT))
+    error, letter = _refused(endings, body)
+    assert isinstance(error, MessageTooLarge)
+    ending = endings.malformed(Delivery(body, 1), error)
+    s = ending.settlement
+    assert s.reply_to == "replies" and s.result is not None, letter.reason
+    assert isinstance(s.result, Unsealed) or not worker_keys  # never signed by this worker
+    answer = Codec(max_message_bytes=LIMIT).open_result(
+        endings.settlements([ending])[0].result or b""
+    )
+    assert (answer.task_id, answer.status, answer.error_type) == (
+        sent.id,
+        "error",
+        "SignatureError",
+    )
+    message = answer.error_message or ""
+    assert message.startswith(f"refused: task is {len(body):,} bytes, over the limit"), message
+    assert said in message and "DISTQ_SIGNING_KEYS" in message, message
+    assert letter.reason.startswith(f"refused: task is {len(body):,} bytes"), letter.reason
