@@ -306,13 +306,10 @@ class Endings:
         ``OVERSIZED_KEPT_BYTES``."""
         body = wire_bytes(delivery.body)  # a manager peer's str, None...: kept as its repr
         limit = self.codec.max_message_bytes
-        # a pack of signed tasks starts with a length, not a signature: not "unsigned"
-        framed = (
-            None
-            if isinstance(error, MessageTooLarge) and len(body) <= limit
-            else pack_problem(body, self.codec.transport)
-        )
-        if framed is not None and isinstance(error, MessageTooLarge):
+        # a pack of signed tasks starts with a length, not a signature: not "unsigned";
+        # a pack holding a task nested too deeply is a pack all the same
+        framed = pack_problem(body, self.codec.transport)
+        if framed is not None and len(body) > limit:
             # refused for its size, as a whole: said as one task too large, it was several
             reason = (
                 f"malformed message: {framed}; refused whole: it is {len(body):,} bytes, "

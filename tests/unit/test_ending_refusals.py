@@ -156,3 +156,19 @@ def test_a_task_over_the_limit_whose_signature_is_refused_too_is_answered_unsign
     assert message.startswith(f"refused: task is {len(body):,} bytes, over the limit"), message
     assert said in message and "DISTQ_SIGNING_KEYS" in message, message
     assert letter.reason.startswith(f"refused: task is {len(body):,} bytes"), letter.reason
+
+
+def test_a_pack_holding_a_task_nested_too_deeply_is_said_to_be_a_pack() -> None:
+    """Read whole, a pack with one task nested past 64 levels was refused for that alone
+    ("task nests JSON deeper than 64 levels"), unsaid that it is a pack no worker takes:
+    sent as its transport sends packs, the worker would have run the other task."""
+    deep: list[object] = [1]
+    for _ in range(70):
+        deep = [deep]
+    tasks = [Task("jobs.square", [2], "replies").encode(), Task("jobs.square", [1], "r").encode()]
+    tasks[1] = tasks[1].replace(b'"args":[1]', b'"args":' + repr(deep).replace(" ", "").encode())
+    body = pack(tasks)
+    error, letter = _refused(Endings("w1", "q", Codec(transport="redis")), body)
+    assert isinstance(error, MessageTooLarge)  # NestedTooDeep
+    assert letter.reason.startswith("malformed message: a pack of 2 task(s)"), letter.reason
+    assert "over the limit" not in letter.reason, letter.reason
