@@ -17,9 +17,10 @@ only decides.
   ``failed`` at once, dead-lettered (:meth:`Endings.unhandled`), never handed back to
   fail again;
 - the body is not a task envelope, or is refused (unsigned, signed wrongly, over the
-  size limit): ``malformed``, a dead letter, never run; a task over the limit, of
-  another envelope version, or refused for its signature (then in an unsigned result,
-  see :meth:`Endings.malformed`) is answered with the reason where its head reads;
+  size limit): ``malformed``, a dead letter, never run; a task over the limit, nested
+  too deeply, of another envelope version, or refused for its signature (then in an
+  unsigned result, see :meth:`Endings.malformed`) is answered with the reason where its
+  head reads;
 - its master is gone (stopped, or died and its reply queue lapsed): ``orphaned``, a dead
   letter only, the task not run (nobody would read its result);
 - it ran past its time limit (:class:`~distq.errors.TimeLimitExceeded`): like any
@@ -49,6 +50,7 @@ from distq.envelope import NO_REPLY, DeadLetter, Result, Task, shown, wire_bytes
 from distq.errors import (
     EnvelopeError,
     MessageTooLarge,
+    NestedTooDeep,
     SignatureError,
     TimeLimitExceeded,
     VersionMismatch,
@@ -300,10 +302,10 @@ class Endings:
     def malformed(self, delivery: Delivery, error: EnvelopeError) -> Ending:
         """The body is not a task, or is refused (unsigned, forged, too large): never run,
         dead-lettered with the reason. Whoever waits for it gets the reason as its result
-        where its head reads: a verified error result for a task too large or of another
-        envelope version, an unsigned one for a task refused for its signature (too large
-        as well, or not: :meth:`_refusal`). An oversized body's dead letter keeps its first
-        ``OVERSIZED_KEPT_BYTES``."""
+        where its head reads: a verified error result for a task too large, nested too
+        deeply or of another envelope version, an unsigned one for a task refused for its
+        signature (too large as well, or not: :meth:`_refusal`). An oversized body's dead
+        letter keeps its first ``OVERSIZED_KEPT_BYTES``."""
         body = wire_bytes(delivery.body)  # a manager peer's str, None...: kept as its repr
         limit = self.codec.max_message_bytes
         # a pack of signed tasks starts with a length, not a signature: not "unsigned";
@@ -326,6 +328,9 @@ class Endings:
             waits = self._answer(body, f"{reason}; not run", "VersionMismatch", any_version=True)
         elif isinstance(error, SignatureError) and framed is None:
             waits = self._refusal(body, reason)
+        elif isinstance(error, NestedTooDeep) and framed is None:  # refused unread, as
+            why = f"{reason}; not run: flatten its arguments"  # one too large is
+            waits = self._answer(body, why, "NestedTooDeep", any_version=True)
         elif len(body) > limit:
             why = (
                 f"{reason}; not run: give the workers at least the DISTQ_MAX_MESSAGE_BYTES "

@@ -172,3 +172,26 @@ def test_a_pack_holding_a_task_nested_too_deeply_is_said_to_be_a_pack() -> None:
     assert isinstance(error, MessageTooLarge)  # NestedTooDeep
     assert letter.reason.startswith("malformed message: a pack of 2 task(s)"), letter.reason
     assert "over the limit" not in letter.reason, letter.reason
+
+
+@pytest.mark.parametrize("keys", [(), (KEY,)])
+def test_a_task_nested_too_deeply_answers_its_submitter(keys: tuple[bytes, ...]) -> None:
+    """Refused before it was read, as one over the limit is, it was dead-lettered
+    unanswered where that one is answered: its master waited until its timeout."""
+    deep: list[object] = [1]
+    for _ in range(70):
+        deep = [deep]
+    sent = Task("jobs.square", [1], "replies")
+    envelope = sent.encode().replace(
+        b'"args":[1]', b'"args":' + repr(deep).replace(" ", "").encode()
+    )
+    body = envelope if not keys else Codec(keys).signer.sign(envelope)  # type: ignore[union-attr]
+    endings = Endings("w1", "q", Codec(keys))
+    error, letter = _refused(endings, body)
+    assert type(error).__name__ == "NestedTooDeep"
+    [s] = endings.settlements([endings.malformed(Delivery(body, 1), error)])
+    assert s.reply_to == "replies" and s.result is not None, letter.reason
+    answer = Codec(keys).open_result(s.result)  # verified: its signature checked out
+    assert (answer.task_id, answer.error_type) == (sent.id, "NestedTooDeep")
+    assert answer.error_message == f"{letter.reason}; not run: flatten its arguments"
+    assert letter.reason == "refused: task nests JSON deeper than 64 levels"
