@@ -49,9 +49,11 @@ assert SHALLOW_NESTING <= MAX_NESTING  # what the fast path writes needs no coun
 
 #: The head of a result envelope as distq writes it: its task id, worker and attempt.
 #: Matched only where an envelope starts (a message's, or a pack item's), never inside
-#: one: a value may hold anything, that text too.
+#: one: a value may hold anything, that text too. Of any envelope version, as
+#: :meth:`Codec.versioned_stand_in` reads one: a newer worker's result over the limit
+#: was refused unsaid, its task waiting until its timeout.
 _RESULT_HEAD = re.compile(
-    rb'\{"v":1,"task_id":"([0-9A-Za-z_.:-]{1,128})","status":"(?:ok|error)",'
+    rb'\{"v":[1-9][0-9]{0,8},"task_id":"([0-9A-Za-z_.:-]{1,128})","status":"(?:ok|error)",'
     rb'"worker":"((?:[^"\\]|\\.){0,1024})","attempt":([0-9]{1,9}),'
 )
 _HEAD_BYTES = 1400  # the longest head that pattern matches, and some
@@ -298,15 +300,27 @@ class Codec:
             return None
         return _head_task(envelope, any_version)
 
-    def unverified_task_head(self, message: bytes) -> Task | None:
+    def signature_refused(self, message: bytes) -> SignatureError | None:
+        """Why the signature of the task ``message`` is refused, whatever its size (one
+        over the limit is refused for that first); None when it checks out."""
+        try:
+            self._open(message, "task", most=len(message))
+        except SignatureError as exc:
+            return exc
+        return None
+
+    def unverified_task_head(self, message: bytes, most: int | None = None) -> Task | None:
         """The head of a task message whose signature this worker refused (unsigned where
         it requires one, signed with a key it lacks, or signed wrongly), read without
         trusting it: only to answer whoever waits for it with an unsigned refusal, which
         no process holding keys accepts (see :meth:`distq.ending.Endings.malformed`).
-        None when no head of this version reads, or the message is over the limit."""
-        if len(message) > self.max_message_bytes:
+        None when no head reads (of any version: refused before its version was read),
+        or the message is over the limit (or ``most`` bytes: a task over the limit whose
+        signature is refused too)."""
+        if len(message) > (self.max_message_bytes if most is None else most):
             return None
-        return _head_task(message[HEADER_BYTES:] if message.startswith(MAGIC) else message)
+        envelope = message[HEADER_BYTES:] if message.startswith(MAGIC) else message
+        return _head_task(envelope, any_version=True)
 
     def _open(self, message: bytes, kind: str, most: int | None = None) -> bytes:
         most = self.max_message_bytes if most is None else most
@@ -349,7 +363,9 @@ def _head_task(envelope: bytes, any_version: bool = False) -> Task | None:
         head = _task_head(envelope)
     except (EnvelopeError, msgspec.DecodeError, RecursionError):
         return None
-    if (head.v != VERSION and not any_version) or not fits_reply_to(head.reply_to):
+    if head.v != VERSION and (not any_version or head.v < 1):  # below 1: no distq message
+        return None
+    if not fits_reply_to(head.reply_to):
         return None
     return Task(head.name, [], head.reply_to, {}, head.id, head.attempt, head.max_attempts)
 

@@ -17,9 +17,10 @@ only decides.
   ``failed`` at once, dead-lettered (:meth:`Endings.unhandled`), never handed back to
   fail again;
 - the body is not a task envelope, or is refused (unsigned, signed wrongly, over the
-  size limit): ``malformed``, a dead letter, never run; a task over the limit, of
-  another envelope version, or refused for its signature (then in an unsigned result,
-  see :meth:`Endings.malformed`) is answered with the reason where its head reads;
+  size limit): ``malformed``, a dead letter, never run; a task over the limit, nested
+  too deeply, of another envelope version, or refused for its signature (then in an
+  unsigned result, see :meth:`Endings.malformed`) is answered with the reason where its
+  head reads;
 - its master is gone (stopped, or died and its reply queue lapsed): ``orphaned``, a dead
   letter only, the task not run (nobody would read its result);
 - it ran past its time limit (:class:`~distq.errors.TimeLimitExceeded`): like any
@@ -49,6 +50,7 @@ from distq.envelope import NO_REPLY, DeadLetter, Result, Task, shown, wire_bytes
 from distq.errors import (
     EnvelopeError,
     MessageTooLarge,
+    NestedTooDeep,
     SignatureError,
     TimeLimitExceeded,
     VersionMismatch,
@@ -300,16 +302,22 @@ class Endings:
     def malformed(self, delivery: Delivery, error: EnvelopeError) -> Ending:
         """The body is not a task, or is refused (unsigned, forged, too large): never run,
         dead-lettered with the reason. Whoever waits for it gets the reason as its result
-        where its head reads: a verified error result for a task too large or of another
-        envelope version, an unsigned one for a task refused for its signature
-        (:meth:`_refusal`). An oversized body's dead letter keeps its first
-        ``OVERSIZED_KEPT_BYTES``."""
+        where its head reads: a verified error result for a task too large, nested too
+        deeply or of another envelope version, an unsigned one for a task refused for its
+        signature (too large as well, or not: :meth:`_refusal`). An oversized body's dead
+        letter keeps its first ``OVERSIZED_KEPT_BYTES``."""
         body = wire_bytes(delivery.body)  # a manager peer's str, None...: kept as its repr
-        # a pack of signed tasks starts with a length, not a signature: not "unsigned"
-        framed = (
-            None if isinstance(error, MessageTooLarge) else pack_problem(body, self.codec.transport)
-        )
-        if framed is not None:
+        limit = self.codec.max_message_bytes
+        # a pack of signed tasks starts with a length, not a signature: not "unsigned";
+        # a pack holding a task nested too deeply is a pack all the same
+        framed = pack_problem(body, self.codec.transport)
+        if framed is not None and len(body) > limit:
+            # refused for its size, as a whole: said as one task too large, it was several
+            reason = (
+                f"malformed message: {framed}; refused whole: it is {len(body):,} bytes, "
+                f"over the limit of {limit:,} (DISTQ_MAX_MESSAGE_BYTES)"
+            )
+        elif framed is not None:
             reason = f"malformed message: {framed}"
         elif isinstance(error, MessageTooLarge | SignatureError):
             reason = f"refused: {error}"
@@ -320,12 +328,24 @@ class Endings:
             waits = self._answer(body, f"{reason}; not run", "VersionMismatch", any_version=True)
         elif isinstance(error, SignatureError) and framed is None:
             waits = self._refusal(body, reason)
-        elif len(body) > self.codec.max_message_bytes:
+        elif isinstance(error, NestedTooDeep) and framed is None:  # refused unread, as
+            why = f"{reason}; not run: flatten its arguments"  # one too large is
+            waits = self._answer(body, why, "NestedTooDeep", any_version=True)
+        elif len(body) > limit:
             why = (
                 f"{reason}; not run: give the workers at least the DISTQ_MAX_MESSAGE_BYTES "
                 "of the process that submits tasks"
             )
-            waits = self._answer(body, why, "MessageTooLarge")
+            # of any version: refused for its size before its version was read
+            waits = self._answer(body, why, "MessageTooLarge", any_version=True)
+            refused = None if waits is not None else self.codec.signature_refused(body)
+            if refused is not None:  # refused for its signature too: answered as such
+                waits = self._refusal(
+                    body,
+                    f"{reason}; its signature was refused too ({refused})",
+                    "give the workers at least the DISTQ_MAX_MESSAGE_BYTES of the process "
+                    "that submits tasks, and ",
+                )
             body = body[:OVERSIZED_KEPT_BYTES]
             reason += f"; the dead letter keeps its first {len(body):,} bytes"
         dead = self._dead(body, reason)
@@ -357,19 +377,19 @@ class Endings:
             return None
         return task, result
 
-    def _refusal(self, body: bytes, reason: str) -> tuple[Task, bytes] | None:
+    def _refusal(self, body: bytes, reason: str, advice: str = "") -> tuple[Task, bytes] | None:
         """The task in ``body``, refused for its signature, and its error result: unsigned
         and left unsealed (:class:`Unsealed`), since the task that names its master could
         not be trusted. A submitter without keys (the keys set on one side only) gets it
         at once, where it waited in vain; one with keys refuses it as unsigned and says
         so, as it refuses any unsigned result: no forged task makes a worker sign an
         answer."""
-        task = self.codec.unverified_task_head(body)
+        task = self.codec.unverified_task_head(body, most=len(body))
         if task is None or task.reply_to == NO_REPLY:
             return None
         why = (
-            f"{reason}; not run: give the workers and the process that submits tasks the "
-            "same DISTQ_SIGNING_KEYS"
+            f"{reason}; not run: {advice}give the workers and the process that submits "
+            "tasks the same DISTQ_SIGNING_KEYS"
         )
         try:  # the envelope, unsigned: sealing signs, and this one stays Unsealed
             result = self._result(

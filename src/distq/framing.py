@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Sequence
+from typing import TypeVar
 
 from distq.limits import MAX_PREFETCH
 
@@ -26,6 +27,10 @@ LENGTH_BYTES = 4
 MAX_BODIES = MAX_PREFETCH
 
 
+#: What :func:`unpack` reads: bytes, or a view of them (bodies read without a copy).
+_Data = TypeVar("_Data", bytes, memoryview)
+
+
 class TooManyBodies(ValueError):
     """A pack of more than :data:`MAX_BODIES` bodies: no pack distq writes."""
 
@@ -35,10 +40,10 @@ def pack(bodies: Sequence[bytes]) -> bytes:
     return b"".join(len(body).to_bytes(4, "big") + body for body in bodies)
 
 
-def unpack(data: bytes) -> list[bytes]:
+def unpack(data: _Data) -> list[_Data]:
     """The bodies :func:`pack` packed; ``ValueError`` if ``data`` is not such
     (:class:`TooManyBodies` past :data:`MAX_BODIES`, read no further)."""
-    bodies: list[bytes] = []
+    bodies: list[_Data] = []
     at, end = 0, len(data)
     while at < end:
         if len(bodies) == MAX_BODIES:
@@ -61,7 +66,8 @@ def pack_problem(data: bytes, transport: str | None = None) -> str | None:
     does); None when it does not. What a worker's dead letter says instead of "not
     UTF-8 at position 3", the low byte of the length (input17). On Redis and the
     manager (``transport``), which have no message types and take no packs, it says
-    so: not a missing type (RabbitMQ's, as when the transport is not known)."""
+    so: not a missing type (RabbitMQ's). When the transport is not known (a codec made
+    without settings, as a ``Worker`` made in Python has), it says both."""
     if not data.startswith(b"\x00") or 4 + int.from_bytes(data[:4], "big") > len(data):
         return None  # not even its first task: UTF-16 or UTF-32 JSON, say (diff17)
     if _utf32_text(data):  # "{" is 00 00 00 7b: a first task of 123 bytes, as long as any
@@ -74,8 +80,16 @@ def pack_problem(data: bytes, transport: str | None = None) -> str | None:
             f"{_held(data)}, framed as RabbitMQ's transport frames them (each after its "
             f"4-byte length): a worker on {where} takes one task per message"
         )
-    try:
-        bodies = unpack(data)
+    said = _on_rabbitmq(data)
+    if transport is None:  # said as RabbitMQ's alone, it misled a worker on Redis
+        return f"{said} (on RabbitMQ; a worker on Redis or the manager takes one task per message)"
+    return said
+
+
+def _on_rabbitmq(data: bytes) -> str:
+    """Why the pack ``data`` is none a master on RabbitMQ writes (:func:`pack_problem`)."""
+    try:  # views: a copy of each body doubled what a pack over the size limit holds
+        bodies = unpack(memoryview(data))
     except TooManyBodies:
         return (
             f"a pack of over {MAX_BODIES:,} tasks (distq.tasks), over the {TASKS_PER_MESSAGE} "
@@ -99,7 +113,7 @@ def pack_problem(data: bytes, transport: str | None = None) -> str | None:
 def _held(data: bytes) -> str:
     """What the pack ``data`` holds, said where no worker takes a pack at all."""
     try:
-        bodies = unpack(data)
+        bodies = unpack(memoryview(data))
     except TooManyBodies:
         return f"a pack of over {MAX_BODIES:,} tasks"
     except ValueError:

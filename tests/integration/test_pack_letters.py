@@ -1,5 +1,7 @@
 """A framed pack of tasks reaching a worker the CLI started: its dead letter names what
-the transport it came on does with packs (only RabbitMQ's messages have a type)."""
+the transport it came on does with packs (only RabbitMQ's messages have a type), and
+says it is a pack when it is over the size limit; a task of another envelope version
+over the limit is answered, as a version-1 one is."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from distq.envelope import NO_REPLY, Task, new_id
 from distq.framing import pack
 from distq.transport import Transport
 from procs import Distq
+from seam import results_of
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +75,35 @@ def test_a_pack_of_tasks_is_dead_lettered_saying_what_its_transport_does_with_on
     assert SAID[target.name] in reason, reason
     others = [said for name, said in SAID.items() if name != target.name]
     assert not any(said in reason for said in others), reason
+
+
+def test_a_pack_or_a_newer_task_over_the_limit_is_said_so_and_answered(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """At a worker of DISTQ_MAX_MESSAGE_BYTES=2048: a pack of 3 small tasks was
+    dead-lettered as "task is 2,6xx bytes, over the limit", one task too large; a task
+    of envelope version 2 and 5 KB was dead-lettered unanswered, its master waiting
+    until its timeout (codec31)."""
+    reply = hosted.reply_queue(new_id())
+    producer = hosted.producer(reply)
+    body = pack([Task("jobs.square", ["x" * 700], NO_REPLY).encode() for _ in range(3)])
+    newer = Task("jobs.square", ["x" * 5000], reply)
+    producer.submit([body, newer.encode().replace(b'{"v":1,', b'{"v":2,', 1)])
+    env = target.process_env(DISTQ_MAX_MESSAGE_BYTES="2048")
+    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], env)
+    workers.append(proc)
+    assert proc.wait(90) == 0, proc.output()
+    answers = results_of(producer, 1, within=30)
+    producer.close()
+    assert [(r.task_id, r.error_type) for r in answers] == [(newer.id, "MessageTooLarge")]
+    letters: list[dict[str, object]] = []
+    deadline = time.monotonic() + 30
+    while len(letters) < 2 and time.monotonic() < deadline:
+        letters = _letters(target)
+        if len(letters) < 2:
+            time.sleep(0.2)
+    reasons = sorted(str(letter["reason"]) for letter in letters)
+    assert len(reasons) == 2, reasons
+    assert reasons[0].startswith("malformed message: a pack of 3 task(s)"), reasons[0]
+    assert f"refused whole: it is {len(body):,} bytes, over the limit of 2,048" in reasons[0]
+    assert reasons[1].startswith("refused: task is "), reasons[1]

@@ -331,17 +331,21 @@ def test_a_task_of_another_envelope_version_answers_its_submitter_saying_what_to
     assert ending.note == f"dead-lettered task jobs:add {sent.id}, {reason}"
 
 
-def test_an_task_head_nobody_waits_for_or_forged_is_answered_by_nobody() -> None:
+def test_an_task_head_nobody_waits_for_or_forged_is_answered_by_nobody_or_unsigned() -> None:
+    """A forged task over the limit is answered only unsigned, as one within it is: no
+    forged task makes a worker sign an answer."""
     endings = Endings("w1", "q", Codec((KEY,), max_message_bytes=2000))
     nobody = Task(name="t", args=["x" * 5000], reply_to=NO_REPLY)
     forged = Task(name="t", args=["x" * 5000], reply_to="replies")
-    for body in (
-        Codec((KEY,)).seal_task(nobody),
-        Codec((b"another-key-0123456",)).seal_task(forged),
-    ):
-        ending = endings.malformed(Delivery(body, 1), MessageTooLarge("task is too large"))
-        s = ending.settlement
-        assert (s.result, s.reply_to) == (None, None) and s.dead_letter is not None
+    body = Codec((KEY,)).seal_task(nobody)
+    ending = endings.malformed(Delivery(body, 1), MessageTooLarge("task is too large"))
+    s = ending.settlement
+    assert (s.result, s.reply_to) == (None, None) and s.dead_letter is not None
+    body = Codec((b"another-key-0123456",)).seal_task(forged)
+    ending = endings.malformed(Delivery(body, 1), MessageTooLarge("task is too large"))
+    [s] = endings.settlements([ending])
+    assert s.result is not None and not s.result.startswith(b"DQSIG1 ")  # unsigned
+    assert Result.decode(s.result).error_type == "SignatureError"
 
 
 @pytest.mark.parametrize(

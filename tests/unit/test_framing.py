@@ -73,11 +73,11 @@ def test_a_large_task_in_utf16_is_not_said_to_be_a_pack(before: str, size: int, 
 def test_packs_of_tasks_are_still_said_to_be_packs() -> None:
     tasks = [Task("square", [n], "replies").encode() for n in range(3)]
     assert unpack(pack(tasks)) == tasks
-    assert pack_problem(pack(tasks)) == (
+    assert pack_problem(pack(tasks), "rabbitmq") == (
         "a pack of 3 task(s) sent without the message type distq.tasks that says it is one"
     )
     cut = pack(tasks)[:-5]
-    assert pack_problem(cut) == (
+    assert pack_problem(cut, "rabbitmq") == (
         "a pack of tasks (distq.tasks) cut short: its lengths run past its end"
     )
 
@@ -102,7 +102,7 @@ def test_a_pack_of_millions_of_tiny_bodies_is_refused_without_reading_them_all()
     assert task_bodies(TASKS_TYPE, body) == [body]  # refused whole, as before
     assert packed(body, MAX_PREFETCH) is None  # a master's read of a results pack
     assert _peak_while(lambda: pack_problem(body)) < 2 << 20
-    assert pack_problem(body) == (
+    assert pack_problem(body, "rabbitmq") == (
         "a pack of over 10,000 tasks (distq.tasks), over the 32 a worker takes from one "
         "message: pack at most that many, or send one per message"
     )
@@ -176,7 +176,7 @@ def test_a_pack_reaching_a_worker_with_keys_is_said_to_be_a_pack_not_unsigned(
     a worker with the same keys: the message starts with a length, not a signature, so
     its dead letter said "refused: unsigned task: this process requires signatures",
     and the operator looked for a key that was there all along."""
-    codec = Codec([KEY])
+    codec = Codec([KEY], transport="rabbitmq")
     sender = codec if signed else Codec()
     body = pack([sender.seal_task(Task("square", [n], "replies")) for n in range(2)])
     endings = Endings("w1", "q", codec)

@@ -166,7 +166,9 @@ def settle_checked(name: str, body: bytes) -> None:
     if outcome == "malformed":
         assert settlement.dead_letter is not None
         if settlement.result is not None:  # answered: another version, too large, refused
-            head = codec.task_head(body, any_version=True) or codec.unverified_task_head(body)
+            head = codec.task_head(body, any_version=True) or codec.unverified_task_head(
+                body, most=len(body)
+            )
             assert head is not None and head.reply_to == settlement.reply_to
 
 

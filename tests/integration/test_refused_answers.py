@@ -1,0 +1,47 @@
+"""A task a worker the CLI started refuses unread is answered on every transport
+(codec32): one over its DISTQ_MAX_MESSAGE_BYTES whose signature it refuses too."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import Target
+from distq.envelope import Task, new_id
+from distq.transport import Transport
+from procs import Distq
+from seam import results_of
+
+pytestmark = pytest.mark.integration
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Distq]]:
+    started: list[Distq] = []
+    yield started
+    for proc in started:
+        proc.stop(grace=3.0)
+
+
+def test_an_unsigned_task_over_a_signing_workers_limit_is_answered(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """The keys set on the workers only, the submitter's limit larger: refused for its
+    size and then for its signature, the task was dead-lettered unanswered, and its
+    master waited until its timeout."""
+    reply = hosted.reply_queue(new_id())
+    producer = hosted.producer(reply)
+    sent = Task("jobs.square", ["x" * 5000], reply)
+    producer.submit([sent.encode()])  # unsigned, as a submitter without keys sends it
+    env = target.process_env(DISTQ_MAX_MESSAGE_BYTES="2048", DISTQ_SIGNING_KEYS=KEY)
+    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], env)
+    workers.append(proc)
+    assert proc.wait(90) == 0, proc.output()
+    answers = results_of(producer, 1, within=30)
+    producer.close()
+    assert [(r.task_id, r.error_type) for r in answers] == [(sent.id, "SignatureError")]
+    message = answers[0].error_message or ""
+    assert "over the limit of 2,048" in message and "DISTQ_SIGNING_KEYS" in message, message

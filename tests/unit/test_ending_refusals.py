@@ -1,0 +1,197 @@
+"""Refused tasks and what their dead letters and answers say (codec32): a framed pack
+over the size limit, a task of another envelope version over the limit or refused for
+its signature."""
+
+from __future__ import annotations
+
+import pytest
+
+from distq.codec import Codec
+from distq.ending import Endings, Unsealed
+from distq.envelope import DeadLetter, Result, Task
+from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
+from distq.framing import pack
+from distq.transport import Delivery
+
+LIMIT = 2000
+KEY = b"0123456789abcdef-key"
+
+
+def _refused(endings: Endings, body: bytes) -> tuple[EnvelopeError, DeadLetter]:
+    with pytest.raises(EnvelopeError) as caught:
+        endings.codec.open_task(body)
+    ending = endings.malformed(Delivery(body, 1), caught.value)
+    assert ending.outcome == "malformed" and ending.settlement.dead_letter is not None
+    return caught.value, DeadLetter.decode(ending.settlement.dead_letter)
+
+
+@pytest.mark.parametrize("transport", [None, "rabbitmq", "redis", "manager"])
+def test_a_pack_over_the_limit_is_dead_lettered_saying_it_is_a_pack(transport: str | None) -> None:
+    """Refused for its size first, its letter said "task is 2,4xx bytes, over the limit":
+    one task too large, where 3 small ones came packed in one message (codec31)."""
+    body = pack([Task("jobs.square", ["x" * 700], "replies").encode() for _ in range(3)])
+    assert len(body) > LIMIT
+    endings = Endings("w1", "q", Codec(max_message_bytes=LIMIT, transport=transport))
+    error, letter = _refused(endings, body)
+    assert isinstance(error, MessageTooLarge)
+    assert "a pack of 3 task(s)" in letter.reason, letter.reason
+    assert f"{len(body):,} bytes, over the limit of {LIMIT:,}" in letter.reason, letter.reason
+    assert "task is" not in letter.reason, letter.reason
+    assert letter.body == body[:LIMIT] or letter.body == body  # its start, as any oversized
+
+
+def _v2(task: Task) -> bytes:
+    return task.encode().replace(b'{"v":1,', b'{"v":2,', 1)
+
+
+@pytest.mark.parametrize("keys", [(), (KEY,)])
+def test_a_task_of_another_version_over_the_limit_answers_its_submitter(
+    keys: tuple[bytes, ...],
+) -> None:
+    """Refused for its size before its version was read, it got no answer where a v1
+    task over the limit, or a v2 task within it, does: its master waited until its
+    timeout (codec31)."""
+    sent = Task(name="jobs:thumb", args=["x" * 5000], reply_to="replies")
+    envelope = _v2(sent)
+    body = envelope if not keys else Codec(keys).signer.sign(envelope)  # type: ignore[union-attr]
+    endings = Endings("w1", "q", Codec(keys, max_message_bytes=LIMIT))
+    with pytest.raises(MessageTooLarge) as caught:
+        endings.codec.open_task(body)
+    ending = endings.malformed(Delivery(body, 1), caught.value)
+    s = ending.settlement
+    assert s.reply_to == "replies" and s.result is not None, ending
+    result = Result.decode(s.result)
+    assert (result.task_id, result.status, result.error_type) == (
+        sent.id,
+        "error",
+        "MessageTooLarge",
+    )
+    assert (result.error_message or "").startswith(f"refused: task is {len(body):,} bytes")
+
+
+def test_a_task_of_another_version_refused_for_its_signature_answers_unsigned() -> None:
+    """An unsigned v2 task at a worker with keys: a v1 one is answered with an unsigned
+    refusal, a v2 one was not, and its submitter without keys waited until its timeout."""
+    sent = Task(name="jobs:add", args=[1, 2], reply_to="replies")
+    endings = Endings("w1", "q", Codec((KEY,)))
+    error, letter = _refused(endings, _v2(sent))
+    assert isinstance(error, SignatureError)
+    ending = endings.malformed(Delivery(_v2(sent), 1), error)
+    s = ending.settlement
+    assert s.reply_to == "replies" and isinstance(s.result, Unsealed), ending
+    result = Result.decode(bytes(s.result))
+    assert (result.task_id, result.error_type) == (sent.id, "SignatureError")
+    assert letter.reason.startswith("refused: unsigned task")
+
+
+@pytest.mark.parametrize(
+    "tasks",
+    [2, 33],  # one a RabbitMQ worker takes with its type, one too many for any
+)
+def test_a_pack_at_a_worker_of_no_known_transport_is_not_said_as_rabbitmqs_alone(
+    tasks: int,
+) -> None:
+    """A Worker made in Python gets a Codec without settings, so its transport is not
+    known: its letter for a pack on Redis or the manager said "sent without the message
+    type distq.tasks", which only RabbitMQ's messages have (codec31)."""
+    body = pack([Task("jobs.square", [n], "replies").encode() for n in range(tasks)])
+    _, letter = _refused(Endings("w1", "q"), body)
+    assert letter.reason.startswith(f"malformed message: a pack of {tasks} task"), letter.reason
+    assert "a worker on Redis or the manager takes one task per message" in letter.reason, (
+        letter.reason
+    )
+
+
+@pytest.mark.parametrize("version", [0, -1])
+def test_a_message_of_no_envelope_version_refused_unread_is_answered_by_nobody(
+    version: int,
+) -> None:
+    """A head of any version is read to answer a task refused before its version was
+    (b63a722), but a "v" below 1 says no distq message: none is answered, as before."""
+    sent = Task(name="jobs:thumb", args=["x" * 5000], reply_to="replies")
+    body = sent.encode().replace(b'{"v":1,', b'{"v":%d,' % version, 1)
+    for endings in (Endings("w1", "q", Codec((KEY,))), Endings("w1", "q", Codec((), LIMIT))):
+        _, letter = _refused(endings, body)
+        with pytest.raises(EnvelopeError) as caught:
+            endings.codec.open_task(body)
+        s = endings.malformed(Delivery(body, 1), caught.value).settlement
+        assert (s.reply_to, s.result) == (None, None), letter.reason
+
+
+OTHER_KEY = b"another-key-0123456"
+
+
+@pytest.mark.parametrize(
+    ("sender_keys", "worker_keys", "said"),
+    [
+        ((), (KEY,), "unsigned task: this process requires signatures"),
+        ((OTHER_KEY,), (KEY,), "task signed with another key"),
+        ((KEY,), (), "signed task, but this process has no signing key"),
+    ],
+)
+def test_a_task_over_the_limit_whose_signature_is_refused_too_is_answered_unsigned(
+    sender_keys: tuple[bytes, ...], worker_keys: tuple[bytes, ...], said: str
+) -> None:
+    """Either refusal alone is answered (over the limit: a verified result; its
+    signature: an unsigned one), both together were not: with the keys set on one side
+    only and the submitter's limit larger, its master waited until its timeout."""
+    sent = Task(name="jobs:thumb", args=["x" * 5000], reply_to="replies")
+    body = Codec(sender_keys).seal_task(sent)
+    endings = Endings("w1", "q", Codec(worker_keys, max_message_bytes=LIMIT))
+    error, letter = _refused(endings, body)
+    assert isinstance(error, MessageTooLarge)
+    ending = endings.malformed(Delivery(body, 1), error)
+    s = ending.settlement
+    assert s.reply_to == "replies" and s.result is not None, letter.reason
+    assert isinstance(s.result, Unsealed) or not worker_keys  # never signed by this worker
+    answer = Codec(max_message_bytes=LIMIT).open_result(
+        endings.settlements([ending])[0].result or b""
+    )
+    assert (answer.task_id, answer.status, answer.error_type) == (
+        sent.id,
+        "error",
+        "SignatureError",
+    )
+    message = answer.error_message or ""
+    assert message.startswith(f"refused: task is {len(body):,} bytes, over the limit"), message
+    assert said in message and "DISTQ_SIGNING_KEYS" in message, message
+    assert letter.reason.startswith(f"refused: task is {len(body):,} bytes"), letter.reason
+
+
+def test_a_pack_holding_a_task_nested_too_deeply_is_said_to_be_a_pack() -> None:
+    """Read whole, a pack with one task nested past 64 levels was refused for that alone
+    ("task nests JSON deeper than 64 levels"), unsaid that it is a pack no worker takes:
+    sent as its transport sends packs, the worker would have run the other task."""
+    deep: list[object] = [1]
+    for _ in range(70):
+        deep = [deep]
+    tasks = [Task("jobs.square", [2], "replies").encode(), Task("jobs.square", [1], "r").encode()]
+    tasks[1] = tasks[1].replace(b'"args":[1]', b'"args":' + repr(deep).replace(" ", "").encode())
+    body = pack(tasks)
+    error, letter = _refused(Endings("w1", "q", Codec(transport="redis")), body)
+    assert isinstance(error, MessageTooLarge)  # NestedTooDeep
+    assert letter.reason.startswith("malformed message: a pack of 2 task(s)"), letter.reason
+    assert "over the limit" not in letter.reason, letter.reason
+
+
+@pytest.mark.parametrize("keys", [(), (KEY,)])
+def test_a_task_nested_too_deeply_answers_its_submitter(keys: tuple[bytes, ...]) -> None:
+    """Refused before it was read, as one over the limit is, it was dead-lettered
+    unanswered where that one is answered: its master waited until its timeout."""
+    deep: list[object] = [1]
+    for _ in range(70):
+        deep = [deep]
+    sent = Task("jobs.square", [1], "replies")
+    envelope = sent.encode().replace(
+        b'"args":[1]', b'"args":' + repr(deep).replace(" ", "").encode()
+    )
+    body = envelope if not keys else Codec(keys).signer.sign(envelope)  # type: ignore[union-attr]
+    endings = Endings("w1", "q", Codec(keys))
+    error, letter = _refused(endings, body)
+    assert type(error).__name__ == "NestedTooDeep"
+    [s] = endings.settlements([endings.malformed(Delivery(body, 1), error)])
+    assert s.reply_to == "replies" and s.result is not None, letter.reason
+    answer = Codec(keys).open_result(s.result)  # verified: its signature checked out
+    assert (answer.task_id, answer.error_type) == (sent.id, "NestedTooDeep")
+    assert answer.error_message == f"{letter.reason}; not run: flatten its arguments"
+    assert letter.reason == "refused: task nests JSON deeper than 64 levels"
