@@ -169,6 +169,8 @@ class Worker:
         self.health = health or WorkerHealth()
         self.telemetry = telemetry or WorkerTelemetry()
         self.id = options.worker_id or default_worker_id()
+        # made in Python, without a codec: its letters still say its own transport's words
+        codec = codec or Codec(transport=getattr(transport, "name", None))
         self.runner = TaskRunner(registry, Endings(self.id, options.queue, codec), console)
         self.limits = options.time_limits.with_registered(registry.time_limits())
         self.masters = MasterWatch()

@@ -24,6 +24,7 @@ from distq.console import Console
 from distq.ending import Endings
 from distq.envelope import Task
 from distq.errors import ConfigError, SettledThenFailed, SettledThenRefused, TransportError
+from distq.framing import pack
 from distq.health import WorkerHealth
 from distq.keeper import Keeper
 from distq.logs import JsonConsole
@@ -1236,3 +1237,21 @@ def test_a_worker_that_ended_leaves_no_stale_beat_for_the_liveness_check(
     verdict = health.live()
     assert not verdict.body.get("loops"), verdict
     assert verdict.ok, verdict
+
+
+def test_a_worker_made_in_python_says_a_pack_as_its_own_transport_does(
+    transport: Transport,
+) -> None:
+    """A Worker made without a codec (in Python, not by the CLI) knew no transport: its
+    letter for a pack said RabbitMQ's and Redis's wording both, on the manager."""
+    producer = transport.producer("replies")
+    producer.submit(
+        [pack([Task(name="square", args=[n], reply_to="replies").encode() for n in (1, 2)])]
+    )
+    out = io.StringIO()
+    options = WorkerOptions(exit_when_idle=0.5, worker_id="w", heartbeat_interval=0.3)
+    assert Worker(transport, Registry(), options, Console(out=out, err=out)).run() == 0
+    (letter,) = transport.dead_letters()
+    assert "a worker on the manager takes one task per message" in letter.reason, letter.reason
+    assert "RabbitMQ;" not in letter.reason, letter.reason
+    producer.close()
