@@ -388,10 +388,17 @@ class ServedConnection(Connection):
 class ClientConnection(Connection):
     """A worker's end of a connection: replies unpickled by :class:`ReplyUnpickler`; a
     refused one raises :class:`Refused` (a ``TransportError``
-    in :func:`distq.transport.manager._call`)."""
+    in :func:`distq.transport.manager._call`), and so does one that is not a pickle of
+    plain data (a dict keyed by a list: its ``TypeError`` escaped as a traceback)."""
 
     def recv(self) -> Any:
-        return ReplyUnpickler(io.BytesIO(self.recv_bytes())).load()
+        data = self.recv_bytes()  # its EOFError or OSError: the peer closed, or the network
+        try:
+            return ReplyUnpickler(io.BytesIO(data)).load()
+        except pickle.UnpicklingError:
+            raise
+        except Exception as exc:
+            raise Refused(f"not a pickle: {type(exc).__name__}") from None
 
 
 class Listener(connection.Listener):
