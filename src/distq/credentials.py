@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 from distq.errors import ConfigError
 
@@ -132,13 +132,15 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
 
 def add_password(url: str, password: str, var: str) -> str:
     """``url`` with ``password`` (percent-encoded) in it; the URL must hold no other
-    password (one that holds this very password is returned as it is)."""
+    password (one that holds this very password is returned as it is): in its user
+    part, or as redis-py's ``?password=``. A TLS option that masking hides (pika's
+    ``ssl_options``, redis-py's ``ssl_password``: a key's pass phrase) is none."""
     parts = urlsplit(url)
     userinfo, at, hostport = parts.netloc.rpartition("@")
     user, colon, held = userinfo.partition(":")
     if at and colon and unquote(held) == password:
         return url
-    if (at and colon) or mask_query(f"?{parts.query}") != f"?{parts.query}":
+    if (at and colon) or "password" in parse_qs(parts.query):
         password_var = var.replace("_URL", "_PASSWORD")
         raise ConfigError(
             f"{password_var} is set and {var} ({mask_url(url)}) holds a password too; "
