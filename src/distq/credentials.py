@@ -39,6 +39,9 @@ _SECRET_PARAM = re.compile(
     r"([?&;][^=&#\s]*(?:pass|secret|token)[^=&#\s]*=)(?!\*\*\*(?:[)&#\s'\"]|$))[^&#\s'\"]*",
     re.I,
 )
+#: The same in a URL alone (:func:`mask_url`): its value runs to the next parameter or
+#: the fragment, a quote or a space in it included, as redis-py reads it.
+_SECRET_PARAM_IN_URL = re.compile(r"([?&;][^=&#\s]*(?:pass|secret|token)[^=&#\s]*=)[^&#]*", re.I)
 #: pika's ``ssl_options``: a Python dict literal that may hold a key's ``password``,
 #: quotes and spaces included, so all of it is masked, to the next parameter or the end.
 _SSL_OPTIONS = re.compile(r"([?&;]ssl_options=)(?!\*\*\*(?:[)&#\s'\"]|$))[^&#]*", re.I)
@@ -178,9 +181,10 @@ def mask_url(url: str) -> str:
 
     Works on malformed URLs too: whatever stands between the first ``:`` of the user
     part and the last ``@`` before the path is masked, and so is a password given as a
-    query parameter (``?password=``).
+    query parameter (``?password=``), to the next ``&`` or ``#``.
     """
-    return mask_query(_mask_userinfo(url))
+    text = _SECRET_PARAM_IN_URL.sub(lambda m: m.group(1) + MASK, _mask_userinfo(url))
+    return _SSL_OPTIONS.sub(lambda m: m.group(1) + MASK, text)
 
 
 def _mask_userinfo(url: str) -> str:

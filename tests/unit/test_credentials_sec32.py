@@ -9,7 +9,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from distq.config import Settings
+from distq.credentials import mask_url
 from distq.errors import ConfigError
+from distq.logs import mask_secrets
 
 SSL_OPTIONS = "ssl_options={'ca_certs': '/etc/distq/ca.pem'}"
 
@@ -50,3 +52,17 @@ def test_a_redis_url_holding_the_password_still_conflicts_with_the_setting(url: 
     with pytest.raises(ConfigError, match="holds a password too") as caught:
         Settings.load(env)
     assert "S3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "password", ["S3cret'Pw0rd", 'S3cret"Pw0rd', "S3cret Pw0rd", "S3cret)Pw0rd"]
+)
+def test_a_url_shown_masks_all_of_its_query_password(password: str) -> None:
+    """redis-py reads ``?password=`` to the next ``&``: a quote or a space in it is the
+    password's, and the part after it was shown (``?password=***'Pw0rd``)."""
+    url = f"redis://127.0.0.1:70000/0?password={password}&db=0"
+    assert mask_url(url) == "redis://127.0.0.1:70000/0?password=***&db=0"
+    env = {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url}
+    with pytest.raises(ConfigError, match="has port 70000") as caught:
+        Settings.load(env)
+    assert "Pw0rd" not in str(caught.value) and "Pw0rd" not in mask_secrets(str(caught.value))
