@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 from distq.errors import ConfigError
 
@@ -39,6 +39,9 @@ _SECRET_PARAM = re.compile(
     r"([?&;][^=&#\s]*(?:pass|secret|token)[^=&#\s]*=)(?!\*\*\*(?:[)&#\s'\"]|$))[^&#\s'\"]*",
     re.I,
 )
+#: The same in a URL alone (:func:`mask_url`): its value runs to the next parameter or
+#: the fragment, a quote or a space in it included, as redis-py reads it.
+_SECRET_PARAM_IN_URL = re.compile(r"([?&;][^=&#\s]*(?:pass|secret|token)[^=&#\s]*=)[^&#]*", re.I)
 #: pika's ``ssl_options``: a Python dict literal that may hold a key's ``password``,
 #: quotes and spaces included, so all of it is masked, to the next parameter or the end.
 _SSL_OPTIONS = re.compile(r"([?&;]ssl_options=)(?!\*\*\*(?:[)&#\s'\"]|$))[^&#]*", re.I)
@@ -132,13 +135,15 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
 
 def add_password(url: str, password: str, var: str) -> str:
     """``url`` with ``password`` (percent-encoded) in it; the URL must hold no other
-    password (one that holds this very password is returned as it is)."""
+    password (one that holds this very password is returned as it is): in its user
+    part, or as redis-py's ``?password=``. A TLS option that masking hides (pika's
+    ``ssl_options``, redis-py's ``ssl_password``: a key's pass phrase) is none."""
     parts = urlsplit(url)
     userinfo, at, hostport = parts.netloc.rpartition("@")
     user, colon, held = userinfo.partition(":")
     if at and colon and unquote(held) == password:
         return url
-    if (at and colon) or mask_query(f"?{parts.query}") != f"?{parts.query}":
+    if (at and colon) or "password" in parse_qs(parts.query):
         password_var = var.replace("_URL", "_PASSWORD")
         raise ConfigError(
             f"{password_var} is set and {var} ({mask_url(url)}) holds a password too; "
@@ -176,9 +181,10 @@ def mask_url(url: str) -> str:
 
     Works on malformed URLs too: whatever stands between the first ``:`` of the user
     part and the last ``@`` before the path is masked, and so is a password given as a
-    query parameter (``?password=``).
+    query parameter (``?password=``), to the next ``&`` or ``#``.
     """
-    return mask_query(_mask_userinfo(url))
+    text = _SECRET_PARAM_IN_URL.sub(lambda m: m.group(1) + MASK, _mask_userinfo(url))
+    return _SSL_OPTIONS.sub(lambda m: m.group(1) + MASK, text)
 
 
 def _mask_userinfo(url: str) -> str:

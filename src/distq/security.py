@@ -19,7 +19,8 @@ def notices(settings: Settings, role: Literal["master", "worker"]) -> list[Notic
     out: list[Notice] = []
     keys = settings.signing_keys
     if keys:
-        accepted = f"; {len(keys)} keys accepted" if len(keys) > 1 else ""
+        count = len(set(keys))  # a key given twice is one key accepted
+        accepted = f"; {count} keys accepted" if count > 1 else ""
         out.append(("info", f"tasks and results signed with key id {key_id(keys[0])}{accepted}"))
     if settings.transport != "manager":
         return out

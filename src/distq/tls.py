@@ -31,8 +31,9 @@ URL_FILE_OPTIONS = {
     "redis": ("ssl_ca_certs", "ssl_ca_path", "ssl_ca_data", "ssl_certfile", "ssl_keyfile"),
     "rabbitmq": ("ssl_options",),
 }
-#: ``ssl_cert_reqs`` values with which redis-py does not require a verified certificate.
-_UNVERIFIED = ("none", "optional")
+#: ``ssl_cert_reqs`` values with which redis-py does not verify the certificate (a
+#: client's ``optional`` verifies it as ``required`` does: Python's ``CERT_OPTIONAL``).
+_UNVERIFIED = ("none",)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def check(transport: str, url: str, files: TlsFiles, management_url: str | None 
 def redis_options(url: str, files: TlsFiles) -> dict[str, Any]:
     """Keyword arguments for ``redis.Redis.from_url``: host names checked unless the URL
     says otherwise (``?ssl_check_hostname=...``) or turns certificate checks off
-    (``?ssl_cert_reqs=none`` or ``optional``)."""
+    (``?ssl_cert_reqs=none``)."""
     if urlsplit(url).scheme != "rediss":
         return {}
     query = parse_qs(urlsplit(url).query)  # as redis-py reads it: the first value counts

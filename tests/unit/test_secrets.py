@@ -516,7 +516,7 @@ def test_redis_options_check_host_names() -> None:
         ("?ssl_cert_reqs=required", True),  # was: not checked with redis-py 5
         ("?db=0&ssl_cert_reqs=required", True),
         ("?ssl_cert_reqs=none", False),  # no certificate check at all: nor a host name one
-        ("?ssl_cert_reqs=optional", False),
+        ("?ssl_cert_reqs=optional", True),  # verified as required is, on a client
         ("?ssl_cert_reqs=required&ssl_check_hostname=false", False),  # the URL says so
     ],
 )

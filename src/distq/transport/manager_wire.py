@@ -341,6 +341,10 @@ _REPLY_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 FIRST_REQUESTS = frozenset(managers.Server.public) - {"shutdown", "debug_info"}
 
 
+#: The most of a refused global's name that is shown (a peer may send any text as one).
+_SHOWN_NAME = 200
+
+
 class Refused(pickle.UnpicklingError):
     """A message that names a global its receiver does not unpickle: not loaded."""
 
@@ -353,7 +357,10 @@ class Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.allowed:
             return super().find_class(module, name)
-        raise Refused(f"{module}.{name} is not among what the manager protocol unpickles")
+        shown = f"{module}.{name}"  # the peer's text: one short line in the log, not several
+        if not shown.isprintable() or len(shown) > _SHOWN_NAME:
+            shown = repr(shown[:_SHOWN_NAME]) + ("..." if len(shown) > _SHOWN_NAME else "")
+        raise Refused(f"{shown} is not among what the manager protocol unpickles")
 
 
 class RequestUnpickler(Unpickler):
@@ -388,10 +395,17 @@ class ServedConnection(Connection):
 class ClientConnection(Connection):
     """A worker's end of a connection: replies unpickled by :class:`ReplyUnpickler`; a
     refused one raises :class:`Refused` (a ``TransportError``
-    in :func:`distq.transport.manager._call`)."""
+    in :func:`distq.transport.manager._call`), and so does one that is not a pickle of
+    plain data (a dict keyed by a list: its ``TypeError`` escaped as a traceback)."""
 
     def recv(self) -> Any:
-        return ReplyUnpickler(io.BytesIO(self.recv_bytes())).load()
+        data = self.recv_bytes()  # its EOFError or OSError: the peer closed, or the network
+        try:
+            return ReplyUnpickler(io.BytesIO(data)).load()
+        except pickle.UnpicklingError:
+            raise
+        except Exception as exc:
+            raise Refused(f"not a pickle: {type(exc).__name__}") from None
 
 
 class Listener(connection.Listener):
