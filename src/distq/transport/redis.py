@@ -562,8 +562,19 @@ class RedisTransport(Transport):
 
     def wire(self, answer_within: float | None = None) -> Wire:
         """A connection of the shared pool, for one producer or consumer; its calls wait
-        ``answer_within`` s for an answer (see :class:`Wire`), the socket timeout if None."""
-        return Wire(self.client.connection_pool, answer_within)
+        ``answer_within`` s for an answer (see :class:`Wire`), the socket timeout if None.
+        A call that waited so long says the lease sets that wait: a Redis that is up but
+        slow (a long command, a slow disk under ``appendfsync always``) fails the calls of
+        a short lease, and the worker said only "no answer in 1.0 s; reconnecting"."""
+        if answer_within is None:
+            return Wire(self.client.connection_pool)
+        lease = f"{self.settings.lease_seconds:g}"
+        why = (
+            f"the wait DISTQ_LEASE_SECONDS={lease} allows: Redis stalled (a long command, a "
+            "slow disk under appendfsync always) or the connection went silent; if Redis is "
+            "often this slow, raise DISTQ_LEASE_SECONDS"
+        )
+        return Wire(self.client.connection_pool, answer_within, why)
 
     def producer(self, reply_to: str) -> RedisProducer:
         return RedisProducer(self, reply_to)
