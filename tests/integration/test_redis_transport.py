@@ -2373,3 +2373,49 @@ def test_a_redis_that_does_not_answer_the_flags_check_is_not_taken_for_redis_6(
         assert said.startswith("cannot reach Redis at 127.0.0.1:") and "Timeout" in said, said
     finally:
         relay.close()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_tasks_a_snapshot_restores_under_a_live_consumer_it_no_longer_holds_come_back(
+    tmp_path: Path, batch: int
+) -> None:
+    """Redis restarts from a snapshot taken while a slot held tasks it settled since (their
+    results, pushed after it, lost with the restart). The slot, in a long task, keeps its
+    consumer: its idle link is made again by the check, not failed, so its name stays, and
+    the restored in-flight list under it held those tasks. A batch of another length: they
+    stayed there, leased by each claim of the slot, for as long as it lived (never run
+    again: its master waited until --timeout); of the same length: acked by count in place
+    of the batch it held, which ran again. A call on a new connection now first puts back
+    what the consumer does not hold."""
+    with LocalRedis(tmp_path) as server:
+        server.start()
+        settings = Settings(transport="redis", redis_url=server.url, queue="q", lease_seconds=1.0)
+        master = RedisTransport(settings, "master")
+        worker = RedisTransport(settings, "worker")
+        try:
+            producer = master.producer(master.reply_queue("j"))
+            producer.submit([b"a1", b"a2", b"b1", b"b2"])
+            consumer = worker.consumer("w-0")
+            first = consumer.fetch(2, timeout=1)
+            assert [d.body for d in first] == [b"a1", b"a2"]
+            with server.client() as client:
+                client.save()  # the snapshot: a1, a2 in the consumer's in-flight list
+            consumer.settle(
+                [Settlement(d, reply_to=producer.reply_to, result=d.body + b"!") for d in first]
+            )
+            then = consumer.fetch(batch, timeout=1)  # a long task: the slot's link idles
+            server.kill()
+            server.restart()  # from the snapshot: the results of a1, a2 never read
+            time.sleep(1.1)  # idle past the check: the settle goes out on a new connection
+            consumer.settle(
+                [Settlement(d, reply_to=producer.reply_to, result=d.body + b"!") for d in then]
+            )
+            got: list[bytes] = []
+            deadline = time.monotonic() + 4 * settings.lease_seconds
+            while time.monotonic() < deadline and not {b"a1", b"a2"} <= set(got):
+                got += [d.body for d in consumer.fetch(4, timeout=0.2)]
+            got += [d.body for d in consumer.fetch(4, timeout=0.2)]
+            assert sorted(got) == [b"a1", b"a2", *([b"b2"] if batch == 1 else [])]
+        finally:
+            worker.close()
+            master.close()

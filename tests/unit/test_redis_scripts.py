@@ -38,7 +38,7 @@ def test_the_package_holds_a_file_for_each_script_and_no_other() -> None:
 def test_the_transport_runs_every_script() -> None:
     assert set(SCRIPTS) == {
         *("claim", "settle", "release", "close", "sweep", "leases", "stats", "gone"),
-        *("renew", "withdraw", "ack", "close_master", "requeue_dead", "unlink"),
+        *("renew", "withdraw", "ack", "close_master", "requeue_dead", "unlink", "tidy"),
     }
 
 

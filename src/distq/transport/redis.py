@@ -35,18 +35,20 @@ not a WRONGTYPE reply that workers and masters would retry as an outage.
 ``<id>`` is a consumer id: the worker's slot name plus a random suffix per connection,
 so a worker that reconnects (or restarts under the same name) never renews the lease
 of tasks an earlier connection held: those go back to ``<q>`` when that lease runs
-out. ``redelivered`` holds bodies put back after a lease expired or a release, so their
-next delivery says so. ``consumers`` maps consumer id -> lease deadline, ``delayed``
-maps retry body -> due time and ``masters`` maps result list -> its master's deadline,
-all in ms of the *Redis server's* clock (``TIME`` inside Lua), so clocks may drift
-freely. A claim moves tasks into the in-flight list and pushes the deadline in one
-script; ``heartbeat`` pushes it again. Every claim and heartbeat also sweeps (the
-producers do too while they wait): the in-flight list of every consumer past its
-deadline, and every due retry, go back into ``<q>``, so an expired lease is reclaimed
-within about a lease however long the backlog is. No separate daemon. A sweep over half
-the shortest lease in use after the last one (Redis was stopped, or cut off from
-everyone) first gives each lease that ran out meanwhile the time it had left, once (see
-``resume`` in ``redis_lua/prelude.lua``).
+out. One whose idle connection died (found by a PING, not by a failed call) keeps its
+id: its first call on the new connection puts back what its in-flight list holds and
+it does not (``tidy.lua``: Redis may have restored an older snapshot). ``redelivered``
+holds bodies put back after a lease expired or a release, so their next delivery says
+so. ``consumers`` maps consumer id -> lease deadline, ``delayed`` maps retry body -> due
+time and ``masters`` maps result list -> its master's deadline, all in ms of the *Redis
+server's* clock (``TIME`` inside Lua), so clocks may drift freely. A claim moves tasks
+into the in-flight list and pushes the deadline in one script; ``heartbeat`` pushes it
+again. Every claim and heartbeat also sweeps (the producers do too while they wait): the
+in-flight list of every consumer past its deadline, and every due retry, go back into
+``<q>``, so an expired lease is reclaimed within about a lease however long the backlog
+is. No separate daemon. A sweep over half the shortest lease in use after the last one
+(Redis was stopped, or cut off from everyone) first gives each lease that ran out
+meanwhile the time it had left, once (see ``resume`` in ``redis_lua/prelude.lua``).
 
 Masters: a master's producer registers its result list (``<job>`` is the job id, one
 per master run) in ``masters`` and renews it every few seconds (:meth:`RedisProducer.reconcile`);
@@ -305,6 +307,7 @@ class RedisTransport(Transport):
         self.withdraw_script = Script(source("withdraw", oom))
         self.requeue_dead_script = Script(source("requeue_dead", oom))
         self.unlink_script = Script(source("unlink", oom))
+        self.tidy_script = Script(source("tidy", oom))
         with self.errors():
             self.load_scripts(self.client)
 
@@ -562,8 +565,19 @@ class RedisTransport(Transport):
 
     def wire(self, answer_within: float | None = None) -> Wire:
         """A connection of the shared pool, for one producer or consumer; its calls wait
-        ``answer_within`` s for an answer (see :class:`Wire`), the socket timeout if None."""
-        return Wire(self.client.connection_pool, answer_within)
+        ``answer_within`` s for an answer (see :class:`Wire`), the socket timeout if None.
+        A call that waited so long says the lease sets that wait: a Redis that is up but
+        slow (a long command, a slow disk under ``appendfsync always``) fails the calls of
+        a short lease, and the worker said only "no answer in 1.0 s; reconnecting"."""
+        if answer_within is None:
+            return Wire(self.client.connection_pool)
+        lease = f"{self.settings.lease_seconds:g}"
+        why = (
+            f"the wait DISTQ_LEASE_SECONDS={lease} allows: Redis stalled (a long command, a "
+            "slow disk under appendfsync always) or the connection went silent; if Redis is "
+            "often this slow, raise DISTQ_LEASE_SECONDS"
+        )
+        return Wire(self.client.connection_pool, answer_within, why)
 
     def producer(self, reply_to: str) -> RedisProducer:
         return RedisProducer(self, reply_to)
@@ -894,11 +908,26 @@ class RedisConsumer(Consumer):
         self._found_nothing = False
         with transport.errors():  # reachable now, so "reconnected" means it
             transport.check_types(self._w)  # and its keys are distq's: one round trip
+        self._link = self._w.link  # the connection its in-flight list is known on
+
+    def _relink(self) -> None:
+        """Before a call that goes out on a new connection (the one before failed, or
+        :meth:`Wire.check` found it dead), the in-flight list is made what the consumer
+        holds (``redis_lua/tidy.lua``): Redis may have restarted from a snapshot meanwhile,
+        which restores the list as it was, with tasks settled since. The consumer keeps
+        its name (a worker drops a consumer whose call failed, not one whose idle link
+        died): those were acked by count in place of the batch it held, or kept leased
+        while it lived, and their results, pushed after the snapshot, were lost with it."""
+        if self._w.link is not None and self._w.link == self._link:
+            return
+        self._t.tidy_script(self._w, self._keys, [*self._args, *self._held])
+        self._link = self._w.link
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
         found_nothing, self._found_nothing = self._found_nothing, False
         with self._t.errors():
+            self._relink()
             out: list[Delivery] = []
             if not found_nothing or timeout <= 0:
                 reply = self._t.claim_script(self._w, self._keys, [*self._args, max_count, 0])
@@ -939,6 +968,7 @@ class RedisConsumer(Consumer):
 
     def heartbeat(self) -> None:
         with self._t.errors():
+            self._relink()
             self._t.claim_script(self._w, self._keys, [*self._args, 0, 0])
 
     def gone(self, reply_to: Collection[str]) -> set[str]:
@@ -947,6 +977,7 @@ class RedisConsumer(Consumer):
             return set()
         self._w.check(IDLE_CHECK_SECONDS)  # asked mid-batch, the link idle while tasks ran
         with self._t.errors():
+            self._relink()
             flags = self._t.gone_script(self._w, self._keys, [*self._args, *names])
         return {name for name, flag in zip(names, flags, strict=True) if flag == 1}
 
@@ -960,6 +991,7 @@ class RedisConsumer(Consumer):
         keys, publish = self._publish(settlements)
         held, count = self._held, len(tags)
         with self._t.errors():
+            self._relink()
             if tags == held[:count]:  # the oldest, in order: ack by count
                 args = [*self._args, len(held), count, *publish]
                 if self._t.settle_script(self._w, keys, args) == 1:
@@ -1004,6 +1036,7 @@ class RedisConsumer(Consumer):
             claim = self._t.claim_script.command(self._keys, [*self._args, max_count, 0])
             commands = [settle, claim]
         with self._t.errors():
+            self._relink()
             replies: list[Any] = []
             try:
                 self._w.pipeline(commands, replies)
@@ -1142,6 +1175,7 @@ class RedisConsumer(Consumer):
         tags = tags_of(reversed(deliveries), bytes, "redis")
         self._w.check(IDLE_CHECK_SECONDS)  # the keeper's hand-back: idle while tasks ran
         with self._t.errors():
+            self._relink()
             self._t.release_script(self._w, self._keys, [*self._args, *tags])
         self._forget(tags)
         return len(tags)

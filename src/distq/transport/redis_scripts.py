@@ -61,6 +61,7 @@ SCRIPTS: dict[str, bool] = {
     "gone": True,
     "renew": True,
     "withdraw": True,
+    "tidy": True,
     "ack": False,
     "close_master": False,
     "requeue_dead": False,

@@ -106,12 +106,16 @@ class Wire:
     :data:`BLOCKING` command's, then fails (a :class:`redis.TimeoutError`) and drops the
     connection; None: the socket timeout (a block slice + 5 s). A consumer's and the
     keeper's are shorter than the lease: a connection gone silent while in use (no RST:
-    a NAT's state lost, a partition) held a lease renewal past the lease.
+    a NAT's state lost, a partition) held a lease renewal past the lease. ``why``: what
+    the timeout's message adds after the wait, where it comes from (the setting).
     """
 
-    def __init__(self, pool: redis.ConnectionPool, answer_within: float | None = None) -> None:
+    def __init__(
+        self, pool: redis.ConnectionPool, answer_within: float | None = None, why: str = ""
+    ) -> None:
         self._pool: Any = pool  # the stubs still want get_connection's old arguments
         self.answer_within = answer_within
+        self._why = f", {why}" if why else ""
         self._conn: Any = None
         self._links = 0  # connections taken from the pool so far
         self._used = time.monotonic()  # the last call's end
@@ -129,7 +133,7 @@ class Wire:
         conn = self._connection()
         try:
             conn.send_command(*args)
-            return self._answer(conn, self.answer_within)
+            return self._answer(conn, self.answer_within, self._why)
         except ResponseError:
             raise  # a whole reply was read: the connection is fine
         except BaseException:
@@ -180,7 +184,7 @@ class Wire:
             for command in commands:
                 within = None if command[0] in BLOCKING else self.answer_within
                 try:
-                    replies.append(self._answer(conn, within))
+                    replies.append(self._answer(conn, within, self._why))
                 except ResponseError as exc:
                     replies.append(exc)
             return replies
@@ -191,11 +195,13 @@ class Wire:
             self._used = time.monotonic()
 
     @staticmethod
-    def _answer(conn: Any, within: float | None) -> Any:
+    def _answer(conn: Any, within: float | None, why: str = "") -> Any:
         """The next reply on ``conn``, its start waited for ``within`` s at most (None: the
         socket timeout); once it starts, the rest within the socket timeout."""
         if within is not None and not conn.can_read(timeout=within):
-            raise redis.TimeoutError(f"Timeout reading from socket (no answer in {within:.1f} s)")
+            raise redis.TimeoutError(
+                f"Timeout reading from socket (no answer in {within:.1f} s{why})"
+            )
         return conn.read_response()
 
     def _connection(self) -> Any:

@@ -1,0 +1,136 @@
+"""A Redis that stalls past the wait a consumer's or the keeper's call allows (a third of
+the lease, 1 s at least: :attr:`RedisTransport.answer_within`), while it stays up: a long
+command, a slow disk under ``appendfsync always``. Here ``DEBUG SLEEP`` on a private
+server stalls it. The call fails and the worker reconnects; the call itself still runs
+once Redis goes on, after the consumer closed or before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from distq.config import Settings
+from distq.errors import TransportError
+from distq.transport.base import Settlement
+from distq.transport.redis import RedisTransport
+from launch import LocalRedis
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+LEASE = 3.0  # a consumer's call waits 1 s for its answer
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LocalRedis]:
+    with LocalRedis(tmp_path, extra_args=["--enable-debug-command", "yes"]).start() as started:
+        yield started
+
+
+@pytest.fixture
+def raw(server: LocalRedis) -> Iterator[redis.Redis[bytes]]:
+    client = server.client(socket_timeout=30)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def transport(server: LocalRedis) -> Iterator[RedisTransport]:
+    queue = f"t-{uuid.uuid4().hex[:10]}"
+    settings = Settings(transport="redis", redis_url=server.url, queue=queue, lease_seconds=LEASE)
+    t = RedisTransport(settings, "worker")
+    yield t
+    t.close()
+
+
+@contextlib.contextmanager
+def _stalled(server: LocalRedis, seconds: float) -> Iterator[None]:
+    """Redis stalls ``seconds`` (``DEBUG SLEEP`` on a connection of its own) from now."""
+    client = server.client(socket_timeout=seconds + 30)
+    thread = threading.Thread(target=client.execute_command, args=("DEBUG", "SLEEP", seconds))
+    thread.start()
+    time.sleep(0.2)  # the sleep has begun
+    try:
+        yield
+    finally:
+        thread.join()
+        client.close()
+
+
+def test_a_settle_that_timed_out_runs_once_redis_goes_on_and_the_close_leaves_no_lease(
+    server: LocalRedis, raw: redis.Redis[bytes], transport: RedisTransport
+) -> None:
+    """The settle fails after a second; the worker closes the consumer (on a new
+    connection, which waits for Redis). The settle, received before, runs first: its
+    result goes once, the task it acked stays acked, the task the pipelined claim took
+    goes back with the close, and no lease of the consumer's is left."""
+    t = transport
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit([b"a", b"b"])
+    consumer = t.consumer("c")
+    (first,) = consumer.fetch(1, timeout=1)
+    with _stalled(server, 2.0):
+        started = time.monotonic()
+        with pytest.raises(TransportError):
+            consumer.settle_then_fetch(
+                [Settlement(first, reply_to=producer.reply_to, result=b"r")], 1
+            )
+        assert time.monotonic() - started < 1.9  # failed before Redis went on
+        consumer.close()
+    assert producer.results(5, timeout=1) == [b"r"]
+    assert raw.lrange(t.ready_key, 0, -1) == [b"b"]
+    assert raw.zrange(t.consumers_key, 0, -1) == []
+    assert raw.keys(t.inflight_prefix + "*") == []
+    producer.close()
+
+
+def test_a_settle_that_comes_after_the_close_publishes_nothing_and_loses_no_task(
+    raw: redis.Redis[bytes], transport: RedisTransport
+) -> None:
+    """The order a partition may give: the close, on a new connection, before the settle
+    and the claim sent on the old one. The settle by count finds the in-flight list gone
+    and does nothing (the task runs again: at least once); the claim leases the old
+    consumer again, and the lease goes with a sweep once it ran out, its task back."""
+    t = transport
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit([b"a", b"b"])
+    consumer = t.consumer("c")
+    (first,) = consumer.fetch(1, timeout=1)
+    keys, publish = consumer._publish([Settlement(first, reply_to=producer.reply_to, result=b"r")])
+    settle = t.settle_script.command(keys, [*consumer._args, 1, 1, *publish])
+    claim = t.claim_script.command(consumer._keys, [*consumer._args, 1, 0])
+    consumer.close()
+    assert raw.execute_command(*settle) == 0  # the late settle: nothing done
+    raw.execute_command(*claim)  # the late claim: a lease of the closed consumer's
+    assert producer.results(5, timeout=0) == []
+    assert raw.zrange(t.consumers_key, 0, -1) == [consumer.consumer_id.encode()]
+    deadline = time.monotonic() + 3 * LEASE
+    while raw.zcard(t.consumers_key) and time.monotonic() < deadline:
+        t.sweep(t.client)
+        time.sleep(0.1)
+    assert raw.zrange(t.consumers_key, 0, -1) == []
+    assert sorted(raw.lrange(t.ready_key, 0, -1)) == [b"a", b"b"]
+    assert raw.keys(t.inflight_prefix + "*") == []
+    producer.close()
+
+
+def test_a_call_redis_answers_too_late_says_which_setting_bounds_the_wait(
+    server: LocalRedis, transport: RedisTransport
+) -> None:
+    """A healthy Redis that is slow (a slow disk under ``appendfsync always``) fails a
+    slot's call after a third of the lease, and the worker says "...; reconnecting". The
+    line said "Timeout reading from socket (no answer in 1.0 s)": nothing of where the
+    second comes from, nor what to raise if Redis is often that slow."""
+    consumer = transport.consumer("c")
+    with _stalled(server, 1.5), pytest.raises(TransportError) as caught:
+        consumer.fetch(1, timeout=0)
+    said = str(caught.value)
+    assert "no answer in 1.0 s" in said, said
+    assert "DISTQ_LEASE_SECONDS" in said, said
