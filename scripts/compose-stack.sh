@@ -230,14 +230,26 @@ scale() {  # N
     container_states | awk '$1 ~ /worker/ { print "  " $1 " " $3 }' >&2
 }
 
+# Stops and removes the job's container if it is still there: an interrupted (Ctrl-C,
+# SIGTERM) `compose run -T` of Compose v2 returns and leaves it running, the job going
+# on unseen (on the manager transport beside the restarted master, under its name).
+end_job() {  # CONTAINER
+    if docker inspect "$1" >/dev/null 2>&1; then
+        docker stop "$1" >/dev/null 2>&1 || true
+        docker rm -f "$1" >/dev/null 2>&1 || true
+    fi
+}
+
 job() {  # N
     local tasks=${1:-} delay=${TASK_DELAY:-0} timeout=${JOB_TIMEOUT:-300} transport status=0 out
     [[ "$tasks" =~ ^[1-9][0-9]*$ ]] || { log "say how many tasks: make job TASKS=100"; exit 2; }
     [ -n "$(containers)" ] || die "the stack is not running: make up first"
     transport=$(env_get DISTQ_TRANSPORT)
+    local name
+    name="$(project_name)-job-$$"
     # --use-aliases: the job's master has the service's name on the network, so
     # Prometheus (dns_sd_configs `master`) scrapes it beside the stack's master.
-    local run=(run --rm --no-deps --use-aliases)
+    local run=(run --rm --no-deps --use-aliases --name "$name")
     [ -t 0 ] && [ -t 1 ] || run+=(-T)  # no terminal (CI, tests): no TTY
     local args=(master --tasks "$tasks" --task-delay "$delay" --timeout "$timeout")
     if [ "$transport" = manager ]; then
@@ -248,8 +260,9 @@ job() {  # N
             printf '%s\n' "$out" | tail -n 5 | sed 's/^/  /' >&2
             die "could not stop the stack's master for the job (above); see make ps"
         fi
-        trap 'compose start master >/dev/null 2>&1 || true' EXIT
+        trap "end_job $name; compose start master >/dev/null 2>&1 || true" EXIT
         compose "${run[@]}" "${args[@]}" || status=$?
+        end_job "$name"
         # A master that does not come back is reported; the exit status stays the job's.
         if ! out=$(compose start master 2>&1); then
             printf '%s\n' "$out" | tail -n 5 | sed 's/^/  /' >&2
@@ -258,7 +271,10 @@ job() {  # N
         fi
         trap - EXIT
     else
+        trap "end_job $name" EXIT
         compose "${run[@]}" "${args[@]}" || status=$?
+        end_job "$name"
+        trap - EXIT
     fi
     return "$status"
 }

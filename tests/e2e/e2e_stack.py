@@ -122,15 +122,22 @@ class Stack:
             timeout=timeout,
         )
 
-    def start_job(self, tasks: int, task_delay: float, timeout: float) -> Job:
-        """``make job`` in the background."""
+    def start_job(
+        self, tasks: int, task_delay: float, timeout: float, new_session: bool = False
+    ) -> Job:
+        """``make job`` in the background (``new_session``: in a process group of its own,
+        which a test may interrupt as Ctrl-C does)."""
         return Job(
             self._popen(
-                "job", f"TASKS={tasks}", f"TASK_DELAY={task_delay}", f"JOB_TIMEOUT={timeout:g}"
+                "job",
+                f"TASKS={tasks}",
+                f"TASK_DELAY={task_delay}",
+                f"JOB_TIMEOUT={timeout:g}",
+                new_session=new_session,
             )
         )
 
-    def _popen(self, *args: str) -> subprocess.Popen[str]:
+    def _popen(self, *args: str, new_session: bool = False) -> subprocess.Popen[str]:
         return subprocess.Popen(
             ["make", "--no-print-directory", *args],
             cwd=REPO,
@@ -139,6 +146,7 @@ class Stack:
             stderr=subprocess.STDOUT,
             text=True,
             stdin=subprocess.DEVNULL,
+            start_new_session=new_session,
         )
 
     # -- what docker says about the project ------------------------------------
@@ -189,6 +197,10 @@ class Stack:
                 )
             )
         return sorted(found, key=lambda c: c.name)
+
+    def running_oneoffs(self) -> list[str]:
+        """IDs of the running one-off containers (`compose run`, as `make job` starts)."""
+        return self._ids("container", "label=com.docker.compose.oneoff=True", "status=running")
 
     def running(self, service: str) -> list[Container]:
         return [c for c in self.containers(service) if c.status == "running"]

@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shlex
+import signal
 import subprocess
 import time
 
@@ -285,6 +286,21 @@ def test_the_readmes_commands_into_the_stack_answer(stack: Stack) -> None:
             assert done.stdout.strip().isdigit(), done.stdout
         else:
             assert "ready" in done.stdout, done.stdout
+
+
+def test_an_interrupted_make_job_leaves_no_job_running(stack: Stack) -> None:
+    # Ctrl-C (SIGINT to make's process group) of a job run without a terminal (-T):
+    # Compose v2's `run` returned and left the job's container running: the job went on
+    # unseen, and on the manager transport beside the master make restarted, under its
+    # name on the network (the workers stayed with the job's; the stack's got no result).
+    job = stack.start_job(tasks=2000, task_delay=0.5, timeout=300, new_session=True)
+    job.wait_lines(r"^Get result", 3, timeout=180)
+
+    os.killpg(job.process.pid, signal.SIGINT)
+    job.finish(timeout=120)
+
+    wait_for("no one-off container left running", lambda: not stack.running_oneoffs(), 30)
+    assert names(stack.running("master")), stack.logs()
 
 
 def test_make_down_leaves_nothing_behind(stack: Stack) -> None:

@@ -98,24 +98,37 @@ class Tree:
     def path(self, rel: str) -> Path:
         return self.dir / "k8s" / rel
 
-    def render(self, overlay: str, component: str | None = None) -> str:
-        """kubectl kustomize of the overlay, with the component added as a user would."""
+    def render(
+        self, overlay: str, component: str | None = None, settings: dict[str, str] | None = None
+    ) -> str:
+        """kubectl kustomize of the overlay, with the component added as a user would.
+
+        ``settings`` are merged into ``distq-config`` by that kustomization of the user's
+        own, as a user changes one (``DISTQ_QUEUE=jobs``).
+        """
         target = self.path(f"overlays/{overlay}")
-        if component is not None:
+        if component is not None or settings:
             # A kustomization of the user's own: namespace, our overlay, our component.
-            target = self.dir / f"with-{overlay}-{component}"
-            target.mkdir(exist_ok=True)
-            (target / "kustomization.yaml").write_text(
-                yaml.safe_dump(
+            kustomization: dict[str, Any] = {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": NAMESPACE,
+                "resources": [f"../k8s/overlays/{overlay}"],
+            }
+            if component is not None:
+                kustomization["components"] = [f"../k8s/components/{component}"]
+            if settings:
+                kustomization["configMapGenerator"] = [
                     {
-                        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                        "kind": "Kustomization",
-                        "namespace": NAMESPACE,
-                        "resources": [f"../k8s/overlays/{overlay}"],
-                        "components": [f"../k8s/components/{component}"],
+                        "name": "distq-config",
+                        "behavior": "merge",
+                        "literals": [f"{k}={v}" for k, v in settings.items()],
                     }
-                )
-            )
+                ]
+            name = f"with-{overlay}-{component}" + ("-settings" if settings else "")
+            target = self.dir / name
+            target.mkdir(exist_ok=True)
+            (target / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
         done = run([str(TOOLS / "kubectl"), "kustomize", str(target)])
         if done.returncode != 0:
             raise CheckFailed(f"kubectl kustomize {target} failed:\n{done.stderr}")

@@ -373,6 +373,18 @@ def test_keda_scales_workers_on_the_ready_tasks_of_the_queue(k8s_tree: Tree, bro
     assert rule["ports"] == [{"port": BROKER_PORTS[broker], "protocol": "TCP"}]
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_keda_follows_a_queue_named_other_than_distq(k8s_tree: Tree, broker: str) -> None:
+    # A user who names the queue (DISTQ_QUEUE in distq-config, merged in a kustomization
+    # of their own) has master and workers use that list / queue: KEDA must read it too,
+    # or it scales on an empty "distq" and never adds a worker.
+    docs = load(k8s_tree.render(broker, f"keda-{broker}", {"DISTQ_QUEUE": "jobs"}))
+    assert config(docs)["DISTQ_QUEUE"] == "jobs"
+    (trigger,) = find(docs, "ScaledObject", "worker")["spec"]["triggers"]
+    name = {"redis": "listName", "rabbitmq": "queueName"}[broker]
+    assert trigger["metadata"][name] == "jobs"
+
+
 def test_hpa_scales_workers_on_cpu_they_request(k8s_tree: Tree) -> None:
     docs = load(k8s_tree.render("redis", "hpa"))
     hpa = find(docs, "HorizontalPodAutoscaler", "worker")
