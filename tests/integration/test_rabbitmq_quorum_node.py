@@ -284,3 +284,30 @@ def test_a_peek_at_quorum_dead_letters_leaves_their_ttl_as_it_was(
     time.sleep(1.3)  # 2.5 s after they came: expired
     assert t.dead_letters(10) == []
     assert _ready(raw, dead) == 0
+
+
+def test_prefetch_resizes_on_a_quorum_queue_drop_no_task_at_a_delivery_limit(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """A consumer widened its prefetch window (cancel, ``basic_qos``, consume) when the
+    batch asked for grew, as a worker's does from 1 to DISTQ_PREFETCH. What the broker
+    had sent on its way when the cancel came went back to the queue (RabbitMQ returned
+    it, or pika rejected it): a delivery counted on a quorum queue for a task no slot
+    took, and at a delivery limit the task was dead-lettered unrun (rmq32)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    _delivery_limit(node, f"^{queue}$", 0)  # dead-lettered at its first requeue
+    done: list[bytes] = []
+    for batch in range(5):
+        consumer = t.consumer("c")
+        producer.submit([f"{batch}-{i}".encode() for i in range(3)])
+        producer.flush()
+        first = fetch_n(consumer, 1)  # a window of 1
+        assert consumer.release(first) == 1  # acked: the broker sends the next one
+        got = fetch_n(consumer, 3, within=3.0)  # a window of 3
+        consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in got])
+        done += [d.body for d in got]
+        consumer.close()
+    time.sleep(0.5)
+    assert (len(done), _ready(raw, f"{queue}.dead")) == (15, 0)
+    producer.close()
