@@ -311,3 +311,33 @@ def test_prefetch_resizes_on_a_quorum_queue_drop_no_task_at_a_delivery_limit(
     time.sleep(0.5)
     assert (len(done), _ready(raw, f"{queue}.dead")) == (15, 0)
     producer.close()
+
+
+def test_a_task_handed_back_where_the_vhost_defaults_to_quorum_is_not_dropped(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """Where the vhost's default queue type is quorum, the task queue is a quorum queue
+    whatever DISTQ_RABBITMQ_QUEUE_TYPE says. A consumer took it for one only once a
+    delivery carried ``x-delivery-count`` (RabbitMQ 3.10: from a message's first
+    redelivery): until then its hand-backs requeued (nack), each counted as a delivery,
+    and at a delivery limit the task was dead-lettered unrun (rmq32)."""
+    vhost = f"v-{uuid.uuid4().hex[:6]}"
+    node.ctl("add_vhost", vhost, "--default-queue-type", "quorum")
+    try:
+        node.ctl("set_permissions", "-p", vhost, node.user, ".*", ".*", ".*")
+        definition = json.dumps({"delivery-limit": 0})  # dead-lettered at its first requeue
+        node.ctl("set_policy", "-p", vhost, "limit", f"^{queue}$", definition)
+        t = open_transport(node.url.replace("/%2F", f"/{vhost}"))  # classic, it says
+        producer = t.producer(t.reply_queue("p"))
+        producer.submit([b"t1"])
+        producer.flush()
+        consumer = t.consumer("c")
+        got = fetch_n(consumer, 1)
+        assert consumer.release(got) == 1
+        again = fetch_n(consumer, 1, within=3.0)
+        assert [(d.body, d.redelivered) for d in again] == [(b"t1", True)]
+        consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in again])
+        consumer.close()
+        producer.close()
+    finally:
+        node.ctl("delete_vhost", vhost)

@@ -163,7 +163,7 @@ from distq.transport.rabbitmq_copies import (
     results_only,
     running_copies,
 )
-from distq.transport.rabbitmq_dead import peek, remove_orphans, requeue
+from distq.transport.rabbitmq_dead import counts_deliveries, peek, remove_orphans, requeue
 from distq.transport.rabbitmq_holds import LeaseRecords, from_a_record, record_queue
 from distq.transport.rabbitmq_link import (
     CLOSE_SECONDS,
@@ -286,6 +286,7 @@ class RabbitMQTransport(Transport):
         # copies deferred while their originals ran: acked unrun once those are done
         self.deferred = BodySet(_DONE_LOST_KEPT)
         self._keeper_waited_out = -_RELINK_PAUSE  # when a keeper's wait last ran out
+        self._counts: bool | None = None  # see counting(); None: not asked yet
         with self._lock:
             self._admin_link()
 
@@ -440,6 +441,21 @@ class RabbitMQTransport(Transport):
                     bodies = child.handed_out() or set()
                 out |= bodies
         return out
+
+    def counting(self, connection: Any) -> bool:
+        """Whether the task queue counts deliveries: a quorum queue, by
+        ``DISTQ_RABBITMQ_QUEUE_TYPE`` or by the vhost's default queue type. Asked of the
+        broker once, on ``connection`` (:func:`~distq.transport.rabbitmq_dead.counts_deliveries`):
+        a consumer took a vhost's quorum queue for one only once a delivery carried
+        ``x-delivery-count`` (RabbitMQ 3.10: from a message's first redelivery), and its
+        hand-backs until then requeued, each counted, a task dead-lettered unrun at a
+        delivery limit (rmq32)."""
+        if self.quorum:
+            return True
+        if self._counts is None:
+            arguments = self.task_queue_arguments()
+            self._counts = counts_deliveries(connection, self.queue, arguments)
+        return self._counts
 
     def forget(self, child: RabbitMQProducer | RabbitMQConsumer) -> None:
         with contextlib.suppress(ValueError):
@@ -787,6 +803,8 @@ class RabbitMQConsumer(Consumer):
         try:
             with self._broker.translated("declaring the queues"):
                 self._transport.declare(link.channel)  # a reconnect heals a deleted queue
+                if self._transport.counting(link.connection):
+                    self._counting = True
                 link.channel.add_on_cancel_callback(self._on_cancelled)
         except BaseException:
             link.close()
