@@ -341,3 +341,33 @@ def test_a_task_handed_back_where_the_vhost_defaults_to_quorum_is_not_dropped(
         producer.close()
     finally:
         node.ctl("delete_vhost", vhost)
+
+
+def test_heartbeats_on_a_quorum_queue_drop_no_task_at_a_delivery_limit(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """A slot's heartbeat stops its consumer (the broker pushes nothing more to a busy
+    slot) with ``basic_cancel``, and pika rejected (requeued) each delivery that arrived
+    until the broker's Cancel-ok: a delivery counted on a quorum queue for a task no slot
+    took, and at a delivery limit the task was dead-lettered unrun (3 to 8 of 80 here, rmq32).
+    Such deliveries are taken in now, and handed back as the buffered ones are."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    _delivery_limit(node, f"^{queue}$", 0)  # dead-lettered at its first requeue
+    consumer = t.consumer("c")
+    producer.submit([b"long"])
+    producer.flush()
+    assert len(fetch_n(consumer, 1)) == 1  # the slot's long task, held throughout
+    done = 0
+    for i in range(80):
+        consumer.fetch(4, 0.0)  # consuming, a window of 4
+        producer.submit([f"t{i}".encode()])
+        producer.flush()
+        consumer.heartbeat()  # the slot is busy: the consumer stops
+        got = fetch_n(consumer, 1, within=1.0)
+        consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in got])
+        done += len(got)
+    time.sleep(0.5)
+    assert (done, _ready(raw, f"{queue}.dead")) == (80, 0)
+    consumer.close()
+    producer.close()
