@@ -71,7 +71,11 @@ class Target:
 @pytest.fixture(params=TRANSPORTS)
 def target(request: pytest.FixtureRequest) -> Target:
     """A fresh queue on a real broker, once per transport."""
-    name: str = request.param
+    return target_named(request, request.param)
+
+
+def target_named(request: pytest.FixtureRequest, name: str) -> Target:
+    """A fresh queue on the real broker of transport ``name`` (the ``target`` fixture's)."""
     if name == "manager":
         key = secrets.token_hex(16)
         settings = Settings(transport="manager", authkey=key.encode(), lease_seconds=1.0)

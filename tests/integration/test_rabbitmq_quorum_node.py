@@ -284,3 +284,90 @@ def test_a_peek_at_quorum_dead_letters_leaves_their_ttl_as_it_was(
     time.sleep(1.3)  # 2.5 s after they came: expired
     assert t.dead_letters(10) == []
     assert _ready(raw, dead) == 0
+
+
+def test_prefetch_resizes_on_a_quorum_queue_drop_no_task_at_a_delivery_limit(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """A consumer widened its prefetch window (cancel, ``basic_qos``, consume) when the
+    batch asked for grew, as a worker's does from 1 to DISTQ_PREFETCH. What the broker
+    had sent on its way when the cancel came went back to the queue (RabbitMQ returned
+    it, or pika rejected it): a delivery counted on a quorum queue for a task no slot
+    took, and at a delivery limit the task was dead-lettered unrun (rmq32)."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    _delivery_limit(node, f"^{queue}$", 0)  # dead-lettered at its first requeue
+    done: list[bytes] = []
+    for batch in range(5):
+        consumer = t.consumer("c")
+        producer.submit([f"{batch}-{i}".encode() for i in range(3)])
+        producer.flush()
+        first = fetch_n(consumer, 1)  # a window of 1
+        assert consumer.release(first) == 1  # acked: the broker sends the next one
+        got = fetch_n(consumer, 3, within=3.0)  # a window of 3
+        consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in got])
+        done += [d.body for d in got]
+        consumer.close()
+    time.sleep(0.5)
+    assert (len(done), _ready(raw, f"{queue}.dead")) == (15, 0)
+    producer.close()
+
+
+def test_a_task_handed_back_where_the_vhost_defaults_to_quorum_is_not_dropped(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """Where the vhost's default queue type is quorum, the task queue is a quorum queue
+    whatever DISTQ_RABBITMQ_QUEUE_TYPE says. A consumer took it for one only once a
+    delivery carried ``x-delivery-count`` (RabbitMQ 3.10: from a message's first
+    redelivery): until then its hand-backs requeued (nack), each counted as a delivery,
+    and at a delivery limit the task was dead-lettered unrun (rmq32)."""
+    vhost = f"v-{uuid.uuid4().hex[:6]}"
+    node.ctl("add_vhost", vhost, "--default-queue-type", "quorum")
+    try:
+        node.ctl("set_permissions", "-p", vhost, node.user, ".*", ".*", ".*")
+        definition = json.dumps({"delivery-limit": 0})  # dead-lettered at its first requeue
+        node.ctl("set_policy", "-p", vhost, "limit", f"^{queue}$", definition)
+        t = open_transport(node.url.replace("/%2F", f"/{vhost}"))  # classic, it says
+        producer = t.producer(t.reply_queue("p"))
+        producer.submit([b"t1"])
+        producer.flush()
+        consumer = t.consumer("c")
+        got = fetch_n(consumer, 1)
+        assert consumer.release(got) == 1
+        again = fetch_n(consumer, 1, within=3.0)
+        assert [(d.body, d.redelivered) for d in again] == [(b"t1", True)]
+        consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in again])
+        consumer.close()
+        producer.close()
+    finally:
+        node.ctl("delete_vhost", vhost)
+
+
+def test_heartbeats_on_a_quorum_queue_drop_no_task_at_a_delivery_limit(
+    node: LocalRabbitMQ, open_transport: Open, raw: Any, queue: str
+) -> None:
+    """A slot's heartbeat stops its consumer (the broker pushes nothing more to a busy
+    slot) with ``basic_cancel``, and pika rejected (requeued) each delivery that arrived
+    until the broker's Cancel-ok: a delivery counted on a quorum queue for a task no slot
+    took, and at a delivery limit the task was dead-lettered unrun (3 to 8 of 80 here, rmq32).
+    Such deliveries are taken in now, and handed back as the buffered ones are."""
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    _delivery_limit(node, f"^{queue}$", 0)  # dead-lettered at its first requeue
+    consumer = t.consumer("c")
+    producer.submit([b"long"])
+    producer.flush()
+    assert len(fetch_n(consumer, 1)) == 1  # the slot's long task, held throughout
+    done = 0
+    for i in range(80):
+        consumer.fetch(4, 0.0)  # consuming, a window of 4
+        producer.submit([f"t{i}".encode()])
+        producer.flush()
+        consumer.heartbeat()  # the slot is busy: the consumer stops
+        got = fetch_n(consumer, 1, within=1.0)
+        consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in got])
+        done += len(got)
+    time.sleep(0.5)
+    assert (done, _ready(raw, f"{queue}.dead")) == (80, 0)
+    consumer.close()
+    producer.close()

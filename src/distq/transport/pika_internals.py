@@ -31,6 +31,9 @@ internal                                                 used to
 ``Connection.bytes_received`` / ``bytes_sent``           see whether a connection without
                                                          heartbeats still hears its broker
                                                          (:class:`AnswerWithin`)
+``Channel._on_deliver(method_frame, header_frame,        cancel a consumer keeping what it
+body)`` (looked up on the instance for each delivery),   was pushed (:func:`cancel_keeping`)
+``BlockingChannel._remove_pending_deliveries``
 =======================================================  ==================================
 
 :func:`check_classes` runs when this module is imported, and :class:`FastChannel`
@@ -98,6 +101,14 @@ def check_classes() -> None:
         "Channel.queue_delete", channel.queue_delete, ("queue", "if_unused", "if_empty", "callback")
     )
     _parameters("Channel.add_on_return_callback", channel.add_on_return_callback, ("callback",))
+    _parameters(
+        "Channel._on_deliver", channel._on_deliver, ("method_frame", "header_frame", "body")
+    )
+    _parameters(
+        "BlockingChannel._remove_pending_deliveries",
+        blocking_connection.BlockingChannel._remove_pending_deliveries,
+        ("consumer_tag",),
+    )
     _require(io_services_utils, "io_services_utils", "_AsyncTransportBase", type)
     base = pika.BaseConnection
     _parameters(
@@ -140,6 +151,33 @@ def on_blocked(
     )
     impl.add_on_connection_unblocked_callback(lambda conn, _frame: unblocked(conn))
     impl.add_on_close_callback(closed)
+
+
+def cancel_keeping(
+    channel: Any, consumer_tag: str, deliver: Callable[[Any, Any, Any, bytes], None]
+) -> None:
+    """``channel.basic_cancel(consumer_tag)`` (a ``BlockingChannel``'s consumer, manual
+    acks), handing each delivery pushed to that consumer and not yet dispatched (waiting
+    in the channel, or arriving until the broker's Cancel-ok) to ``deliver(channel,
+    method, properties, body)``, the consumer's callback, instead of pika's reject with
+    requeue: a quorum queue counts such a requeue as a delivery (a delivery limit then
+    dead-letters the task unrun), and flags the message redelivered."""
+    impl = check_channel(channel)
+    for event in channel._remove_pending_deliveries(consumer_tag):
+        deliver(channel, event.method, event.properties, event.body)
+    pikas = impl._on_deliver
+
+    def on_deliver(method_frame: Any, header_frame: Any, body: bytes) -> None:
+        if method_frame.method.consumer_tag == consumer_tag:
+            deliver(channel, method_frame.method, header_frame.properties, body)
+        else:
+            pikas(method_frame, header_frame, body)
+
+    impl._on_deliver = on_deliver
+    try:
+        channel.basic_cancel(consumer_tag)
+    finally:
+        del impl._on_deliver  # pika's own again
 
 
 def check_transport(transport: object) -> deque[bytes]:

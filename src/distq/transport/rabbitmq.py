@@ -149,7 +149,12 @@ from distq.transport.base import (
     original_body,
     tags_of,
 )
-from distq.transport.pika_internals import AnswerWithin, check_channel, closed_by_broker
+from distq.transport.pika_internals import (
+    AnswerWithin,
+    cancel_keeping,
+    check_channel,
+    closed_by_broker,
+)
 from distq.transport.rabbitmq_copies import (
     BodySet,
     LostTasks,
@@ -158,7 +163,7 @@ from distq.transport.rabbitmq_copies import (
     results_only,
     running_copies,
 )
-from distq.transport.rabbitmq_dead import peek, remove_orphans, requeue
+from distq.transport.rabbitmq_dead import counts_deliveries, peek, remove_orphans, requeue
 from distq.transport.rabbitmq_holds import LeaseRecords, from_a_record, record_queue
 from distq.transport.rabbitmq_link import (
     CLOSE_SECONDS,
@@ -204,6 +209,9 @@ _REPLY_PREFETCH = MESSAGE_BATCH  # what a master takes per call; it dedupes, so 
 _CONFIRM_WINDOW = 2000  # unconfirmed task publishes a master may have: bounds its buffer
 _PRODUCER_HEARTBEAT = 15  # a master's connection holds no leases; a frozen broker shows in 30 s
 _SHRINK_AFTER = 4  # fetches in a row wanting a quarter of the window before it shrinks
+# at most this long a consumer on a quorum queue waits for its window to fill before a
+# resize cancels it (see RabbitMQConsumer._size_window)
+_FILL_SECONDS = 0.1
 # between a worker's tries to connect a slot again (see RabbitMQConsumer._linked)
 _RELINK_PAUSE = 1.0
 _KEEPER_WAIT = 0.5  # the keeper's wait for a try it starts (a local broker takes ~20 ms)
@@ -278,6 +286,7 @@ class RabbitMQTransport(Transport):
         # copies deferred while their originals ran: acked unrun once those are done
         self.deferred = BodySet(_DONE_LOST_KEPT)
         self._keeper_waited_out = -_RELINK_PAUSE  # when a keeper's wait last ran out
+        self._counts: bool | None = None  # see counting(); None: not asked yet
         with self._lock:
             self._admin_link()
 
@@ -432,6 +441,21 @@ class RabbitMQTransport(Transport):
                     bodies = child.handed_out() or set()
                 out |= bodies
         return out
+
+    def counting(self, connection: Any) -> bool:
+        """Whether the task queue counts deliveries: a quorum queue, by
+        ``DISTQ_RABBITMQ_QUEUE_TYPE`` or by the vhost's default queue type. Asked of the
+        broker once, on ``connection`` (:func:`~distq.transport.rabbitmq_dead.counts_deliveries`):
+        a consumer took a vhost's quorum queue for one only once a delivery carried
+        ``x-delivery-count`` (RabbitMQ 3.10: from a message's first redelivery), and its
+        hand-backs until then requeued, each counted, a task dead-lettered unrun at a
+        delivery limit (rmq32)."""
+        if self.quorum:
+            return True
+        if self._counts is None:
+            arguments = self.task_queue_arguments()
+            self._counts = counts_deliveries(connection, self.queue, arguments)
+        return self._counts
 
     def forget(self, child: RabbitMQProducer | RabbitMQConsumer) -> None:
         with contextlib.suppress(ValueError):
@@ -779,6 +803,8 @@ class RabbitMQConsumer(Consumer):
         try:
             with self._broker.translated("declaring the queues"):
                 self._transport.declare(link.channel)  # a reconnect heals a deleted queue
+                if self._transport.counting(link.connection):
+                    self._counting = True
                 link.channel.add_on_cancel_callback(self._on_cancelled)
         except BaseException:
             link.close()
@@ -1005,21 +1031,51 @@ class RabbitMQConsumer(Consumer):
         three round trips. :class:`PrefetchWindow` decides when that is worth it. The
         window counts messages: ``want`` tasks are as many messages as the last one's
         size says.
+
+        On a queue that counts deliveries (a quorum queue) the cancel waits up to
+        :data:`_FILL_SECONDS` for the window to fill: what the broker had sent on its way
+        when a cancel came went back to the queue (RabbitMQ returned it, or pika rejected
+        it), a delivery counted for a task no slot took, and a few resizes of a worker's
+        growing batch dead-lettered tasks unrun at a delivery limit (rmq32). A full
+        window has nothing on its way.
         """
         per = self._per_message
         free = self._window.size - len(self._current)  # the broker may still push this many
         consuming = self._tag is not None
         supply = -(-len(self._buffer) // per) + free if consuming else 0
+        window = self._window.size
         size = self._window.resize(-(-want // per), supply)
         if size is None:
             return
         channel = self._link.channel
         if consuming:
             self._link.connection.process_data_events(time_limit=0)  # buffer what arrived
-            channel.basic_cancel(self._tag)  # pika requeues deliveries still in flight
+            if self._counting:
+                self._filled(window, time.monotonic() + _FILL_SECONDS)
+            self._cancel()
         channel.basic_qos(prefetch_count=size)
         self._tag = channel.basic_consume(self._transport.queue, self._on_task)
         self._current = set()
+
+    def _filled(self, window: int, deadline: float) -> None:
+        """Take in deliveries until the consumer's ``window`` is full, or ``deadline``."""
+        connection = self._link.connection
+        while len(self._current) < window:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            connection.process_data_events(time_limit=left)
+
+    def _cancel(self) -> None:
+        """Cancel the consumer :attr:`_tag`. pika rejects (requeues) the deliveries the
+        broker pushed before the cancel took effect; on a queue that counts deliveries
+        they are taken in instead (buffered, held), for the caller to hand out or give
+        back: each reject counted as a delivery there, for a task no slot took (rmq32)."""
+        assert self._tag is not None
+        if self._counting:
+            cancel_keeping(self._link.channel, self._tag, self._on_task)
+        else:
+            self._link.channel.basic_cancel(self._tag)  # pika requeues those in flight
 
     def heartbeat(self) -> None:
         """Service AMQP heartbeats while the slot is busy; keep no delivery for too long.
@@ -1040,7 +1096,7 @@ class RabbitMQConsumer(Consumer):
             # more pushed: it stays (the broker still counts the slot as attached)
             full = self._window.size - len(self._current) <= 0
             if self._tag is not None and (self._buffer or not full):
-                self._link.channel.basic_cancel(self._tag)
+                self._cancel()
                 self._tag, self._current = None, set()
             if self._buffer:
                 rest = sorted(tags_of(self._buffer, int, "rabbitmq"))
@@ -1348,7 +1404,7 @@ class RabbitMQConsumer(Consumer):
         if self._counting and self._tag is not None and self._link.is_open:
             with contextlib.suppress(*PikaError):
                 self._link.connection.process_data_events(time_limit=0)  # held: given back
-                self._link.channel.basic_cancel(self._tag)
+                self._cancel()
                 self._tag = None
         partly = self._held.partly_settled() or (self._counting and len(self._held) > 0)
         records = list(self._records.bodies) if self._records is not None else []

@@ -122,7 +122,7 @@ def peek(link: Link, queue: str, dead_queue: str, limit: int) -> list[DeadLetter
     """The first ``limit`` letters of ``dead_queue`` (the dead letters of ``queue``),
     read as its only reader: ``basic_get`` without acking, then all put back.
 
-    On a queue that counts deliveries (a quorum queue: :func:`_counts_deliveries`) they
+    On a queue that counts deliveries (a quorum queue: :func:`counts_deliveries`) they
     are put back as copies, published (confirmed) before the letters are acked: each
     nack counted as a delivery there, and at a delivery limit (a policy's; RabbitMQ 4's
     default is 20) the broker dropped the letters, a few peeks and all were gone
@@ -144,7 +144,7 @@ def peek(link: Link, queue: str, dead_queue: str, limit: int) -> list[DeadLetter
                 held = True
             # a copy's per-message TTL would start afresh: letters with one are put back
             expiring = any(props.expiration for _, props, _ in got)
-            if got and not expiring and _counts_deliveries(channel.connection, dead_queue):
+            if got and not expiring and counts_deliveries(channel.connection, dead_queue):
                 for _, props, body in got:  # a copy published already: there twice
                     link.publish(dead_queue, body, mandatory=True, properties=props)
                 link.confirm()
@@ -279,7 +279,7 @@ def remove_orphans(channel: Any, queue: str, dead_queue: str, reply_to: str, mos
         (before,) = declared(channel.connection, dead_queue)
         if before is None:  # not declared yet: no letters
             return 0
-        if _counts_deliveries(channel.connection, dead_queue):
+        if counts_deliveries(channel.connection, dead_queue):
             return 0
         removed, kept, held = 0, None, 0
         try:
@@ -300,18 +300,19 @@ def remove_orphans(channel: Any, queue: str, dead_queue: str, reply_to: str, mos
         return removed
 
 
-def _counts_deliveries(connection: Any, queue: str) -> bool:
+def counts_deliveries(connection: Any, queue: str, arguments: dict[str, Any] | None = None) -> bool:
     """Whether ``queue`` may count deliveries: a quorum queue, where each letter a look
     takes and puts back counts as one, and a delivery limit (a policy's, RabbitMQ 4's
     default of 20) drops letters after a few looks. A queue of the vhost's default type
     is one where that type is quorum, whatever ``DISTQ_RABBITMQ_QUEUE_TYPE`` says
-    (rmq31). Asked by declaring it classic, on a channel of its own: RabbitMQ refuses
-    that (PRECONDITION_FAILED) for any queue but a classic one declared as distq
-    declares it, and takes it for that one. A user not allowed to declare it (a 403)
-    looks as before."""
+    (rmq31). Asked by declaring it classic (with the ``arguments`` distq declares it
+    with), on a channel of its own: RabbitMQ refuses that (PRECONDITION_FAILED) for any
+    queue but a classic one declared as distq declares it, and takes it for that one. A
+    user not allowed to declare it (a 403) looks as before."""
     channel = connection.channel()
+    arguments = {**(arguments or {}), "x-queue-type": "classic"}
     try:
-        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "classic"})
+        channel.queue_declare(queue, durable=True, arguments=arguments)
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code == 406:
             return True
