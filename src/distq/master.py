@@ -254,6 +254,8 @@ class _Run(Generic[E]):
         # a setting the broker refused mid-job, or its certificate as it connected again
         self.refused: ConfigError | CertificateRejected | None = None
         self.lapsed = False  # its reply queue lapsed: look for orphans again at the end
+        # the broker answered a reconnect in the outage: a stop may take its tasks back
+        self.reached = False
 
     def run(self) -> JobReport:
         try:
@@ -434,6 +436,7 @@ class _Run(Generic[E]):
             return False
         if self.outage.lost(exc):  # one line an outage, however many calls fail in it
             self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
+        self.reached = False
         while True:
             delay = self.backoff.next()
             if self.deadline is not None:
@@ -453,6 +456,7 @@ class _Run(Generic[E]):
                     self.console.error(line)
                 continue
             self.backoff.reconnected(time.perf_counter())
+            self.reached = True
             self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
             return True  # back once the job's next calls go through too (_back)
 
@@ -571,8 +575,9 @@ class _Run(Generic[E]):
         endless ``--rate`` job, where a stop is its end, they count as never submitted
         (none is returned). Newest first (on Redis they are nearest the list's head), until
         ``deadline``; a broker that fails or refuses ends it: the rest stay queued, as
-        they do when it was stopped in an outage (no call that would wait on it)."""
-        if self.outage.ongoing:
+        they do when it was stopped in an outage (no call that would wait on it), unless
+        its reconnect went through: stopped before the job's next call did."""
+        if self.outage.ongoing and not self.reached:
             return set()
         entries = self.ledger.waiting(self.collector.waiting_ids().__contains__)
         entries.reverse()
