@@ -10,11 +10,13 @@ import pytest
 
 from distq.backoff import Backoff
 from distq.console import Console
+from distq.envelope import Task
 from distq.errors import TransportError
 from distq.master import JobSpec, Master
 from distq.squares import Squares
-from distq.transport import Transport
+from distq.transport import Delivery, Settlement, Transport
 from distq.transport.manager import ManagerProducer
+from seam import ok_result
 
 
 @pytest.mark.parametrize("tasks", [None, 10])
@@ -53,3 +55,66 @@ def test_a_job_stopped_right_after_it_reconnected_takes_back_its_queued_tasks(
         assert report.succeeded and report.tasks == 0, out.getvalue()
     else:
         assert report.missing == tasks and not report.succeeded, out.getvalue()
+
+
+@pytest.mark.parametrize("held", [1, 4])
+def test_an_endless_jobs_stop_with_tasks_queued_twice_takes_every_copy_and_counts_what_ran(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch, held: int
+) -> None:
+    """An unconfirmed publish that did arrive, submitted again after the reconcile (the
+    broker could not vouch for it): each of those tasks queued twice. The stop's
+    withdraw took one copy of each and counted the task as never submitted: the other
+    copy stayed queued to run after the stop (2 left ready), or, with a worker, ran and
+    its result, come back during the drain, was dropped unsaid (1 of 3 results counted
+    where all 3 ran)."""
+    monkeypatch.setattr("distq.master.Backoff", lambda: Backoff(0.05, 0.05))
+    stop = threading.Event()
+    original_submit, original_reconcile = ManagerProducer.submit, ManagerProducer.reconcile
+    calls = {"submit": 0, "reconcile": 0}
+    consumer = transport.consumer("test-worker")
+    taken: list[Delivery] = []
+
+    def unconfirmed(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        calls["submit"] += 1
+        original_submit(self, bodies)
+        if calls["submit"] == 3:  # it arrived, unconfirmed
+            raise TransportError("the broker is away")
+        if calls["submit"] == 4:  # the three submitted again: a worker takes `held`
+            for _ in range(50):
+                taken.extend(consumer.fetch(held - len(taken), 0.1))
+                if len(taken) >= held:
+                    break
+            stop.set()
+
+    def unvouched(self: ManagerProducer) -> int:
+        calls["reconcile"] += 1
+        held = original_reconcile(self)
+        return 0 if calls["submit"] == 3 else held
+
+    def answer_later() -> None:
+        consumer.settle(
+            [
+                Settlement(d, reply_to=t.reply_to, result=ok_result(t, t.args[0] ** 2))
+                for d in taken
+                for t in [Task.decode(d.body)]
+            ]
+        )
+
+    monkeypatch.setattr(ManagerProducer, "submit", unconfirmed)
+    monkeypatch.setattr(ManagerProducer, "reconcile", unvouched)
+    out = io.StringIO()
+    spec = JobSpec(tasks=None, rate=20, status_every=10, drain_seconds=3)
+    timer = threading.Timer(1.0, answer_later)
+    timer.start()
+    try:
+        report = Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    finally:
+        timer.join()
+    said = out.getvalue()
+    assert "submitting the 3 tasks among the others" in said, said
+    assert transport.stats().ready == 0, said
+    if held == 4:  # every task ran (the first twice): every result counts
+        ran = {Task.decode(d.body).id for d in taken}
+        assert len(ran) == 3
+        assert (report.tasks, report.ok, report.missing) == (3, 3, 0), said
+        assert report.succeeded, said
