@@ -434,6 +434,7 @@ class _Run(Generic[E]):
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (backoff with jitter) and submit what the broker lost; False when the
         job ends first (stopped, or past its timeout)."""
+        self.reached = False  # a call failed since the broker last answered a reconnect
         if self.stop.is_set():
             return False  # no reconnecting on the way out
         if isinstance(exc, CertificateRejected):  # no retry mends it: as at start
@@ -441,7 +442,6 @@ class _Run(Generic[E]):
             return False
         if self.outage.lost(exc):  # one line an outage, however many calls fail in it
             self.console.error(f"{str(exc).rstrip('.')}; reconnecting")
-        self.reached = False
         while True:
             delay = self.backoff.next()
             if self.deadline is not None:

@@ -118,3 +118,52 @@ def test_an_endless_jobs_stop_with_tasks_queued_twice_takes_every_copy_and_count
         assert len(ran) == 3
         assert (report.tasks, report.ok, report.missing) == (3, 3, 0), said
         assert report.succeeded, said
+
+
+def test_a_job_stopped_as_a_call_fails_after_a_reconnect_makes_no_call_to_take_back(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reconnected, then the job's next call failed as the stop came: the broker is away
+    again, and the stop makes no call that would wait on it (as a stop in any outage)."""
+    monkeypatch.setattr("distq.master.Backoff", lambda: Backoff(0.05, 0.05))
+    stop = threading.Event()
+    original_submit, original_results = ManagerProducer.submit, ManagerProducer.results
+    original_reconcile = ManagerProducer.reconcile
+    calls = {"submit": 0, "withdraw": 0, "after": 0}
+
+    def away_again() -> None:
+        if calls["after"]:
+            calls["after"] += 1
+            stop.set()  # SIGTERM as the broker goes away again
+            raise TransportError("the broker is away")
+
+    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        away_again()
+        calls["submit"] += 1
+        original_submit(self, bodies)
+        if calls["submit"] == 3:
+            raise TransportError("the broker is away")
+
+    def results(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
+        away_again()
+        return original_results(self, max_count, timeout)
+
+    def reconcile(self: ManagerProducer) -> int:
+        held = original_reconcile(self)
+        if calls["submit"] == 3:
+            calls["after"] = 1
+        return held
+
+    def counted(self: ManagerProducer, bodies: Sequence[bytes]) -> list[bool]:
+        calls["withdraw"] += 1
+        return [False] * len(bodies)
+
+    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    monkeypatch.setattr(ManagerProducer, "results", results)
+    monkeypatch.setattr(ManagerProducer, "reconcile", reconcile)
+    monkeypatch.setattr(ManagerProducer, "withdraw", counted)
+    out = io.StringIO()
+    spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=0.5)
+    Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    assert calls["after"] >= 2, out.getvalue()
+    assert calls["withdraw"] == 0, out.getvalue()
