@@ -18,9 +18,9 @@ only decides.
   fail again;
 - the body is not a task envelope, or is refused (unsigned, signed wrongly, over the
   size limit): ``malformed``, a dead letter, never run; a task over the limit, nested
-  too deeply, of another envelope version, or refused for its signature (then in an
-  unsigned result, see :meth:`Endings.malformed`) is answered with the reason where its
-  head reads;
+  too deeply, of another envelope version, with a field it cannot run with, or refused
+  for its signature (then in an unsigned result, see :meth:`Endings.malformed`) is
+  answered with the reason where its head reads;
 - its master is gone (stopped, or died and its reply queue lapsed): ``orphaned``, a dead
   letter only, the task not run (nobody would read its result);
 - it ran past its time limit (:class:`~distq.errors.TimeLimitExceeded`): like any
@@ -303,7 +303,8 @@ class Endings:
         """The body is not a task, or is refused (unsigned, forged, too large): never run,
         dead-lettered with the reason. Whoever waits for it gets the reason as its result
         where its head reads: a verified error result for a task too large, nested too
-        deeply or of another envelope version, an unsigned one for a task refused for its
+        deeply, of another envelope version or with a field of the wrong type (attempt
+        0 among them), an unsigned one for a task refused for its
         signature (too large as well, or not: :meth:`_refusal`). An oversized body's dead
         letter keeps its first ``OVERSIZED_KEPT_BYTES``."""
         body = wire_bytes(delivery.body)  # a manager peer's str, None...: kept as its repr
@@ -331,6 +332,10 @@ class Endings:
         elif isinstance(error, NestedTooDeep) and framed is None:  # refused unread, as
             why = f"{reason}; not run: flatten its arguments"  # one too large is
             waits = self._answer(body, why, "NestedTooDeep", any_version=True)
+        elif type(error) is EnvelopeError and framed is None:  # its signature checked out
+            # a field of the wrong type, attempt 0: answered where its head reads, as a
+            # task refused for its size is, not left for its master to wait in vain
+            waits = self._answer(body, f"{reason}; not run", "EnvelopeError")
         elif len(body) > limit:
             why = (
                 f"{reason}; not run: give the workers at least the DISTQ_MAX_MESSAGE_BYTES "

@@ -254,6 +254,11 @@ class _Run(Generic[E]):
         # a setting the broker refused mid-job, or its certificate as it connected again
         self.refused: ConfigError | CertificateRejected | None = None
         self.lapsed = False  # its reply queue lapsed: look for orphans again at the end
+        # ids submitted again after a reconcile: the broker may hold two copies of each
+        # (an unconfirmed publish that did arrive); a stop takes back every copy queued
+        self.resubmitted: set[str] = set()
+        # the broker answered a reconnect in the outage: a stop may take its tasks back
+        self.reached = False
 
     def run(self) -> JobReport:
         try:
@@ -409,6 +414,8 @@ class _Run(Generic[E]):
                     "result again"
                 )
             self.lost_before = True
+            self.resubmitted = {tid for tid in self.resubmitted if waiting(tid)}
+            self.resubmitted.update(task_id for task_id, _ in again)
             submit_again(self._submit_again, again)
         if self.producer.lapsed:
             self._forget_orphans()
@@ -427,6 +434,7 @@ class _Run(Generic[E]):
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (backoff with jitter) and submit what the broker lost; False when the
         job ends first (stopped, or past its timeout)."""
+        self.reached = False  # a call failed since the broker last answered a reconnect
         if self.stop.is_set():
             return False  # no reconnecting on the way out
         if isinstance(exc, CertificateRejected):  # no retry mends it: as at start
@@ -453,6 +461,7 @@ class _Run(Generic[E]):
                     self.console.error(line)
                 continue
             self.backoff.reconnected(time.perf_counter())
+            self.reached = True
             self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
             return True  # back once the job's next calls go through too (_back)
 
@@ -569,10 +578,13 @@ class _Run(Generic[E]):
         and their results came after the master had gone (with manager it serves its
         queue until it exits). The ids taken back: they are missing, not waited for; in an
         endless ``--rate`` job, where a stop is its end, they count as never submitted
-        (none is returned). Newest first (on Redis they are nearest the list's head), until
-        ``deadline``; a broker that fails or refuses ends it: the rest stay queued, as
-        they do when it was stopped in an outage (no call that would wait on it)."""
-        if self.outage.ongoing:
+        unless a result for one comes during the drain (:meth:`_drain`): a copy of a task
+        submitted again ran. Every copy of one submitted again is taken. Newest first (on
+        Redis they are nearest the list's head), until ``deadline``; a broker that fails
+        or refuses ends it: the rest stay queued, as they do when it was stopped in an
+        outage (no call that would wait on it), unless its reconnect went through:
+        stopped before the job's next call did."""
+        if self.outage.ongoing and not self.reached:
             return set()
         entries = self.ledger.waiting(self.collector.waiting_ids().__contains__)
         entries.reverse()
@@ -582,19 +594,29 @@ class _Run(Generic[E]):
                 break
             batch = entries[start : start + MESSAGE_BATCH]
             try:
-                with self.link.call(), self.health.liveness.waiting("job"):
-                    gone = self.producer.withdraw([body for _, body in batch])
+                while batch:  # again for the copies of a task submitted again
+                    with self.link.call(), self.health.liveness.waiting("job"):
+                        gone = self.producer.withdraw([body for _, body in batch])
+                    found = [entry for entry, out in zip(batch, gone, strict=True) if out]
+                    taken.update(task_id for task_id, _ in found)
+                    batch = [entry for entry in found if entry[0] in self.resubmitted]
+                    if self.hurry.is_set() or time.perf_counter() >= deadline:
+                        break
             except DistqError:
                 break  # no reconnecting on the way out
-            taken.update(task_id for (task_id, _), out in zip(batch, gone, strict=True) if out)
-        if self.spec.tasks is not None or not taken:
-            return taken
-        for task_id in taken:
+        return taken
+
+    def _never_submitted(self, withdrawn: set[str]) -> None:
+        """An endless ``--rate`` job's stop is its end: the tasks taken back and not
+        answered during the drain never ran, and count as never submitted."""
+        gone = [task_id for task_id in withdrawn if self.collector.is_waiting(task_id)]
+        if not gone:
+            return
+        for task_id in gone:
             self.collector.discard(task_id)
-        self.submitted -= len(taken)
+        self.submitted -= len(gone)
         self.report.tasks = self.submitted
         self.telemetry.collected(self.collector.outstanding)  # not outstanding any more
-        return set()
 
     def _drain(self) -> None:
         """Stopping: take back the tasks still queued (:meth:`_withdraw`), and give those
@@ -602,15 +624,19 @@ class _Run(Generic[E]):
         after that: a job stopped before its end failed)."""
         deadline = time.perf_counter() + self.spec.drain_seconds
         withdrawn = self._withdraw(deadline)
-        while (
-            any(task_id not in withdrawn for task_id in self.collector.waiting_ids())
-            and time.perf_counter() < deadline
-            and not self.hurry.is_set()
-        ):
-            try:
-                self._collect(min(0.5, deadline - time.perf_counter()))
-            except TransportError:
-                break  # no reconnecting on the way out
+        try:
+            while (
+                any(task_id not in withdrawn for task_id in self.collector.waiting_ids())
+                and time.perf_counter() < deadline
+                and not self.hurry.is_set()
+            ):
+                try:
+                    self._collect(min(0.5, deadline - time.perf_counter()))
+                except TransportError:
+                    break  # no reconnecting on the way out
+        finally:  # a setting refused mid-drain too
+            if self.spec.tasks is None:
+                self._never_submitted(withdrawn)
 
     def _status(self, elapsed: float) -> None:
         r = self.report

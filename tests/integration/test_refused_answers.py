@@ -45,3 +45,28 @@ def test_an_unsigned_task_over_a_signing_workers_limit_is_answered(
     assert [(r.task_id, r.error_type) for r in answers] == [(sent.id, "SignatureError")]
     message = answers[0].error_message or ""
     assert "over the limit of 2,048" in message and "DISTQ_SIGNING_KEYS" in message, message
+
+
+def test_a_task_with_a_field_it_cannot_run_with_is_answered(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """A version-1 task whose head reads (attempt 0, args not a list): dead-lettered,
+    and answered on every transport with why (stop32), where its master waited until
+    its timeout."""
+    reply = hosted.reply_queue(new_id())
+    producer = hosted.producer(reply)
+    zero, text = Task("jobs.square", [3], reply), Task("jobs.square", [4], reply)
+    producer.submit(
+        [
+            zero.encode().replace(b'"attempt":1', b'"attempt":0'),
+            text.encode().replace(b'"args":[4]', b'"args":"4"'),
+        ]
+    )
+    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], target.process_env())
+    workers.append(proc)
+    assert proc.wait(90) == 0, proc.output()
+    answers = results_of(producer, 2, within=30)
+    producer.close()
+    got = sorted((r.task_id, r.status, r.error_type) for r in answers)
+    assert got == sorted((t.id, "error", "EnvelopeError") for t in (zero, text)), got
+    assert len(hosted.dead_letters()) == 2

@@ -8,7 +8,7 @@ import pytest
 
 from distq.codec import Codec
 from distq.ending import Endings, Unsealed
-from distq.envelope import DeadLetter, Result, Task
+from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
 from distq.framing import pack
 from distq.transport import Delivery
@@ -195,3 +195,49 @@ def test_a_task_nested_too_deeply_answers_its_submitter(keys: tuple[bytes, ...])
     assert (answer.task_id, answer.error_type) == (sent.id, "NestedTooDeep")
     assert answer.error_message == f"{letter.reason}; not run: flatten its arguments"
     assert letter.reason == "refused: task nests JSON deeper than 64 levels"
+
+
+@pytest.mark.parametrize("keys", [(), (KEY,)])
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [(b'"attempt":1', b'"attempt":0'), (b'"args":[1]', b'"args":"1"'), (b'"kwargs":{}', b"[]")],
+)
+def test_a_malformed_task_whose_head_reads_answers_its_submitter(
+    keys: tuple[bytes, ...], field: bytes, bad: bytes
+) -> None:
+    """A version-1 task with a field of the wrong type, or attempt 0, was dead-lettered
+    unanswered though its head (id, reply queue) reads, its signature checked out: its
+    master waited until its timeout, where one too large or nested too deeply is
+    answered. Answered now with a verified error result saying why."""
+    sent = Task("jobs.square", [1], "replies")
+    envelope = sent.encode()
+    assert field in envelope
+    envelope = envelope.replace(field, bad if bad.startswith(b'"') else b'"kwargs":' + bad)
+    body = envelope if not keys else Codec(keys).signer.sign(envelope)  # type: ignore[union-attr]
+    endings = Endings("w1", "q", Codec(keys))
+    error, letter = _refused(endings, body)
+    assert type(error) is EnvelopeError
+    assert letter.reason.startswith("malformed message: task field"), letter.reason
+    [s] = endings.settlements([endings.malformed(Delivery(body, 1), error)])
+    assert s.reply_to == "replies" and s.result is not None, letter.reason
+    answer = Codec(keys).open_result(s.result)  # verified: its signature checked out
+    assert (answer.task_id, answer.status, answer.error_type) == (sent.id, "error", "EnvelopeError")
+    assert answer.error_message == f"{letter.reason}; not run"
+
+
+def test_a_malformed_task_without_a_reply_or_forged_is_not_answered() -> None:
+    """No answer for a task that asks for none, nor, signed with another key, a signed one."""
+    quiet = Task("jobs.square", [1], NO_REPLY).encode().replace(b'"attempt":1', b'"attempt":0')
+    endings = Endings("w1", "q", Codec())
+    error, _ = _refused(endings, quiet)
+    [s] = endings.settlements([endings.malformed(Delivery(quiet, 1), error)])
+    assert s.result is None and s.reply_to is None
+    forged_envelope = Task("jobs.square", [1], "replies").encode()
+    forged = Codec((b"another-key-0123456789",)).signer.sign(  # type: ignore[union-attr]
+        forged_envelope.replace(b'"attempt":1', b'"attempt":0')
+    )
+    endings = Endings("w1", "q", Codec((KEY,)))
+    error, _ = _refused(endings, forged)
+    assert isinstance(error, SignatureError)
+    result = endings.malformed(Delivery(forged, 1), error).settlement.result
+    assert result is None or isinstance(result, Unsealed)  # never signed
