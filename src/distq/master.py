@@ -25,6 +25,7 @@ import math
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
@@ -255,8 +256,11 @@ class _Run(Generic[E]):
         self.refused: ConfigError | CertificateRejected | None = None
         self.lapsed = False  # its reply queue lapsed: look for orphans again at the end
         # ids submitted again after a reconcile: the broker may hold two copies of each
-        # (an unconfirmed publish that did arrive); a stop takes back every copy queued
-        self.resubmitted: set[str] = set()
+        # (an unconfirmed publish that did arrive); a stop takes back every copy queued.
+        # Each id: how many times it was submitted again
+        self.resubmitted: Counter[str] = Counter()
+        # taken back fewer times than submitted: a copy may be with a worker (_drain)
+        self.unsure: set[str] = set()
         # the broker answered a reconnect in the outage: a stop may take its tasks back
         self.reached = False
 
@@ -414,7 +418,9 @@ class _Run(Generic[E]):
                     "result again"
                 )
             self.lost_before = True
-            self.resubmitted = {tid for tid in self.resubmitted if waiting(tid)}
+            self.resubmitted = Counter(
+                {tid: n for tid, n in self.resubmitted.items() if waiting(tid)}
+            )
             self.resubmitted.update(task_id for task_id, _ in again)
             submit_again(self._submit_again, again)
         if self.producer.lapsed:
@@ -589,6 +595,7 @@ class _Run(Generic[E]):
         entries = self.ledger.waiting(self.collector.waiting_ids().__contains__)
         entries.reverse()
         taken: set[str] = set()
+        copies: Counter[str] = Counter()  # of each id taken back
         for start in range(0, len(entries), MESSAGE_BATCH):
             if self.hurry.is_set() or time.perf_counter() >= deadline:
                 break
@@ -599,11 +606,13 @@ class _Run(Generic[E]):
                         gone = self.producer.withdraw([body for _, body in batch])
                     found = [entry for entry, out in zip(batch, gone, strict=True) if out]
                     taken.update(task_id for task_id, _ in found)
+                    copies.update(task_id for task_id, _ in found)
                     batch = [entry for entry in found if entry[0] in self.resubmitted]
                     if self.hurry.is_set() or time.perf_counter() >= deadline:
                         break
             except DistqError:
                 break  # no reconnecting on the way out
+        self.unsure = {tid for tid in taken if copies[tid] <= self.resubmitted[tid]}
         return taken
 
     def _never_submitted(self, withdrawn: set[str]) -> None:
@@ -621,12 +630,16 @@ class _Run(Generic[E]):
     def _drain(self) -> None:
         """Stopping: take back the tasks still queued (:meth:`_withdraw`), and give those
         in flight ``drain_seconds`` (the two together) to come back (they count as missing
-        after that: a job stopped before its end failed)."""
+        after that: a job stopped before its end failed); one submitted again and taken
+        back fewer times than it was submitted too: a worker may hold a copy."""
         deadline = time.perf_counter() + self.spec.drain_seconds
         withdrawn = self._withdraw(deadline)
         try:
             while (
-                any(task_id not in withdrawn for task_id in self.collector.waiting_ids())
+                any(
+                    task_id not in withdrawn or task_id in self.unsure
+                    for task_id in self.collector.waiting_ids()
+                )
                 and time.perf_counter() < deadline
                 and not self.hurry.is_set()
             ):
