@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 from distq import __version__, commands, descriptors, flagtypes
 from distq.codec import Codec
@@ -495,6 +495,8 @@ def _bound_exit(code: int, console: Console, patience: float) -> None:
     ]
     if not left:
         return
+    if code != 0:  # the process ends from here on: a left thread's os._exit(0) says no less
+        _exit_keeps(code)
     names = ", ".join(sorted(shown(t.name) for t in left)[:5]) + (", ..." if len(left) > 5 else "")
     console.info(
         f"{len(left)} thread(s) that tasks started are alive ({names}): the worker waits at "
@@ -518,6 +520,19 @@ def _bound_exit(code: int, console: Console, patience: float) -> None:
     timer = threading.Timer(patience, expire)
     timer.daemon = True  # it must not be one of the threads the exit waits for
     timer.start()
+
+
+def _exit_keeps(code: int) -> None:
+    """Put in ``os._exit``'s place one that turns status 0 into ``code`` in this process:
+    a thread a task left that called ``os._exit(0)`` while the worker meant to exit 1, 2
+    or 3 ended it with 0, which a supervisor takes for a clean stop (a process it forks
+    has its own exit)."""
+    real, pid = os._exit, os.getpid()
+
+    def keeping(status: int) -> NoReturn:
+        real(code if status == 0 and os.getpid() == pid else status)
+
+    os._exit = keeping
 
 
 def _notify(console: Console, settings: Settings, role: Literal["master", "worker"]) -> None:
