@@ -241,6 +241,13 @@ class Worker:
             raise self._fatal
         return 1 if self._slot_failed else 0
 
+    @property
+    def signal_deadline(self) -> float | None:
+        """When the drain of a stop by signal runs out (``time.monotonic()``), or None if
+        no signal stopped this worker: its process's exit waits no longer than that for
+        threads its tasks left (``distq worker``)."""
+        return self._drain_until if self._signals else None
+
     def _start(self, slots: list[Slot], done: threading.Event) -> None:
         """The keeper's thread and a thread per slot; a thread that cannot start (a limit
         on threads or memory) stops the worker warm, exit 2 naming it, not a traceback."""

@@ -4,6 +4,7 @@ it waits after a SIGTERM, and the exit code it ends with."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -54,6 +55,37 @@ def _env(target: Target, tmp_path: Path, **extra: str) -> dict[str, str]:
     env = target.process_env(**extra)
     env["PYTHONPATH"] += os.pathsep + str(tmp_path)
     return env
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_sigterm_whose_drain_is_spent_waits_no_more_for_a_tasks_threads(
+    target: Target, hosted: Transport, tmp_path: Path
+) -> None:
+    """After a SIGTERM the drain ran out on a task that left a thread; the exit then
+    waited DISTQ_DRAIN_SECONDS more for that thread (40 s from the SIGTERM with the
+    default 20 s drain: past compose's 30 s grace, past the README's "drain plus 10 s"),
+    the handed-back task still running on its slot's thread meanwhile. The wait is
+    what is left of the drain."""
+    drain = 8.0
+    producer = hosted.producer(hosted.reply_queue("outlast"))
+    producer.submit([Task(name="leavers:outlast", args=[600], reply_to=NO_REPLY).encode()])
+    env = _env(target, tmp_path, DISTQ_DRAIN_SECONDS=f"{drain:g}")
+    worker = Distq(["worker", "--tasks", "leavers"], env)
+    try:
+        worker.wait_for(r"Get task leavers:outlast")
+        time.sleep(0.5)
+        started = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        code = worker.wait(60)
+        took = time.monotonic() - started
+        out = worker.output()
+    finally:
+        worker.stop(grace=0)
+        producer.close()
+    assert code == 0, out
+    assert "the worker exits 0 now, without waiting any longer" in out, out
+    assert took < 2 * drain - 1, f"{took:.1f} s from the SIGTERM to the exit:\n{out}"
+    assert "s (what is left of DISTQ_DRAIN_SECONDS) for them to end" in out, out
 
 
 @pytest.mark.parametrize("target", ["redis"], indirect=True)
