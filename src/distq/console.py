@@ -181,6 +181,18 @@ def shared(stream: object) -> _Shared:
     return found
 
 
+def _fresh_locks_in_a_forked_child() -> None:
+    """A process a task forks inherits the streams' locks, held by threads it does not
+    have (another slot's task waiting in its print() on a full non-blocking stdout): its
+    own print() waited for them for good. It starts with free ones, and owes no line end
+    (the worker's to write)."""
+    for state in [*_SHARED.values(), *_SHARED_BY_ID.values()]:
+        state.lock, state.owed = threading.RLock(), b""
+
+
+os.register_at_fork(after_in_child=_fresh_locks_in_a_forked_child)
+
+
 def escaping(*streams: TextIO | None) -> None:
     """Write the characters a stream's encoding lacks as backslash escapes (``caf\\xe9``),
     as Python's own stderr does, instead of raising: under an ASCII or Latin-1 locale one

@@ -8,8 +8,11 @@ import fcntl
 import io
 import json
 import os
+import select
+import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -170,3 +173,47 @@ def test_a_tasks_print_after_a_worker_line_the_full_stream_cut_keeps_both_whole(
     assert not broken, f"{len(broken)} broken lines, e.g. {broken[0][:80]!r}...{broken[0][-80:]!r}"
     assert tasks == 50
     assert json.loads(lines[-2])["message"] == "the last line"
+
+
+def test_a_child_forked_while_another_thread_prints_prints_on_a_non_blocking_stdout(
+    full_pipe: tuple[io.TextIOWrapper, int],
+) -> None:
+    """A process a task forks while another slot's task waits in its print() on a full
+    non-blocking stdout inherits the stream's lock held by a thread it does not have:
+    its own print() must not wait for it for good."""
+    stream, read = full_pipe
+    task_out = WholeLines(stream)
+    waiting = threading.Event()
+
+    def other_slot() -> None:
+        waiting.set()
+        for n in range(200):  # fills the pipe: it waits, holding the stream's lock
+            print(f"other line {n} {PAD}", file=task_out)
+
+    other = threading.Thread(target=other_slot)
+    other.start()
+    waiting.wait(10)
+    for _ in range(200):  # until it waits on the full pipe
+        if select.select([], [stream.fileno()], [], 0)[1] == []:
+            break
+        time.sleep(0.01)
+    time.sleep(0.1)
+    pid = os.fork()
+    if pid == 0:  # the child: its own line goes to the pipe, then it ends
+        try:
+            signal.alarm(20)  # a child that waits for good ends (SIGALRM) instead
+            print("child's line", file=task_out)
+            task_out.flush()
+        finally:
+            os._exit(0)
+    got = []
+    for _ in range(3000):  # the reader reads until the child has ended
+        got.append(_drain(read))
+        ended, status = os.waitpid(pid, os.WNOHANG)
+        if ended:
+            break
+        time.sleep(0.01)
+    other.join(30)
+    got.append(_drain(read))
+    assert ended and os.WIFEXITED(status), f"the child: status {status}"
+    assert b"child's line\n" in b"".join(got)
