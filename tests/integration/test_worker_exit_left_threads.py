@@ -113,3 +113,32 @@ def test_a_tasks_thread_that_calls_os_exit_0_keeps_a_refused_workers_exit_2(
         producer.close()
     assert "thread(s) that tasks started are alive (exits-0)" in out, out
     assert code == 2, out
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_second_sigterm_waits_no_more_for_a_tasks_threads(
+    target: Target, hosted: Transport, tmp_path: Path
+) -> None:
+    """A second signal hands back everything at once (README), the running task too,
+    which runs again elsewhere: the exit then waited what was left of the drain (20 s)
+    for a thread the task left, the handed-back task running on meanwhile."""
+    producer = hosted.producer(hosted.reply_queue("outlast2"))
+    producer.submit([Task(name="leavers:outlast", args=[600], reply_to=NO_REPLY).encode()])
+    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path))
+    try:
+        worker.wait_for(r"Get task leavers:outlast")
+        time.sleep(0.5)
+        worker.signal(signal.SIGTERM)
+        worker.wait_for(r"SIGTERM: finishing the tasks that run")
+        time.sleep(1.0)
+        started = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        code = worker.wait(60)
+        took = time.monotonic() - started
+        out = worker.output()
+    finally:
+        worker.stop(grace=0)
+        producer.close()
+    assert "SIGTERM again: handing back every task in hand and exiting" in out, out
+    assert code == 0, out
+    assert took < 10, f"{took:.1f} s from the second SIGTERM to the exit:\n{out}"
