@@ -207,13 +207,15 @@ def test_a_child_forked_while_another_thread_prints_prints_on_a_non_blocking_std
         finally:
             os._exit(0)
     got = []
-    for _ in range(3000):  # the reader reads until the child has ended
+    ended, status = 0, 0
+    for _ in range(3000):  # the reader reads until the child and the other slot end
         got.append(_drain(read))
-        ended, status = os.waitpid(pid, os.WNOHANG)
-        if ended:
+        if not ended:
+            ended, status = os.waitpid(pid, os.WNOHANG)
+        if ended and not other.is_alive():
             break
         time.sleep(0.01)
-    other.join(30)
+    other.join(5)
     got.append(_drain(read))
     assert ended and os.WIFEXITED(status), f"the child: status {status}"
     assert b"child's line\n" in b"".join(got)
