@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -22,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 from distq import __version__, commands, descriptors, flagtypes
 from distq.codec import Codec
@@ -265,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "read it; give it to `distq worker`"
                 )
     patience = DEFAULTS.drain_seconds  # how long a worker's exit waits for task threads
+    deadline: list[float] = []  # a signal's drain's end: the exit waits no longer
     try:
         settings = Settings.load(os.environ, flags)
         patience = settings.drain_seconds
@@ -280,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.role == "master":
             return _master(args, settings, console)
         with whole_lines():
-            code = _worker(args, settings, registry, console)
+            code = _worker(args, settings, registry, console, deadline)
     except ConfigError as exc:  # from a setting, or one only the transport can judge
         console.error(str(exc))
         code = EXIT_CONFIG
@@ -292,7 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         code = exc.code if isinstance(exc.code, int) else 1
     if args.role == "worker":  # every way out of a worker that ran tasks (exit 2 too)
-        _bound_exit(code, console, patience)
+        said = "DISTQ_DRAIN_SECONDS"
+        if deadline:  # stopped by a signal: what is left of its drain, not a new one
+            left = math.ceil(max(0.0, deadline[0] - time.monotonic()) * 10) / 10
+            if left < patience:
+                patience, said = left, "what is left of DISTQ_DRAIN_SECONDS"
+        _bound_exit(code, console, patience, said)
     return code
 
 
@@ -425,8 +432,13 @@ def _note_signals(console: Console, role: str) -> None:
 
 
 def _worker(
-    args: argparse.Namespace, settings: Settings, registry: Registry, console: Console
+    args: argparse.Namespace,
+    settings: Settings,
+    registry: Registry,
+    console: Console,
+    deadline: list[float] | None = None,
 ) -> int:
+    """Run the worker; ``deadline`` gets the end of the drain of a stop by signal."""
     fewer_collections()
     short = descriptors.room_for(args.concurrency, settings.transport)
     if short is not None:  # its slots past the limit would retry for ever, its probes starve
@@ -447,8 +459,9 @@ def _worker(
         worker_id=args.worker_id or "",
     )
     _say_time_limits(console, options.time_limits, registry)
+    worker: Worker | None = None
     try:
-        return Worker(
+        worker = Worker(
             transport,
             registry,
             options,
@@ -456,8 +469,11 @@ def _worker(
             health=observe.health,
             telemetry=observe.telemetry,
             codec=Codec.from_settings(settings),
-        ).run()
+        )
+        return worker.run()
     finally:
+        if deadline is not None and worker is not None and worker.signal_deadline is not None:
+            deadline.append(worker.signal_deadline)
         # the Worker put back the handler it found (leave(): "while connecting"): a
         # signal now would say so, exit 0 and skip the closes, losing an exit code of 2
         _note_signals(console, "worker")
@@ -481,12 +497,16 @@ def _say_time_limits(console: Console, limits: TimeLimits, registry: Registry) -
             )
 
 
-def _bound_exit(code: int, console: Console, patience: float) -> None:
+def _bound_exit(
+    code: int, console: Console, patience: float, said: str = "DISTQ_DRAIN_SECONDS"
+) -> None:
     """Let the worker's exit wait at most ``patience`` seconds for threads its tasks
     left (Python joins every non-daemon thread at exit, then runs ``atexit``): one that
     never ended kept it up after its "worker exit" line, a SIGTERM only saying it was
     stopping already. An idle pool's thread, or one finishing a short job, still ends
-    as it would, and ``atexit`` runs; past the wait, or on a signal, it exits ``code``."""
+    as it would, and ``atexit`` runs; past the wait, or on a signal, it exits ``code``.
+    After a stop by signal ``patience`` is what is left of its drain (``said`` names it):
+    a drain spent on a task past it was waited for again, 40 s from a SIGTERM."""
     main = threading.main_thread()
     left = [
         t
@@ -495,10 +515,12 @@ def _bound_exit(code: int, console: Console, patience: float) -> None:
     ]
     if not left:
         return
+    if code != 0:  # the process ends from here on: a left thread's os._exit(0) says no less
+        _exit_keeps(code)
     names = ", ".join(sorted(shown(t.name) for t in left)[:5]) + (", ..." if len(left) > 5 else "")
     console.info(
         f"{len(left)} thread(s) that tasks started are alive ({names}): the worker waits at "
-        f"most {patience:g} s (DISTQ_DRAIN_SECONDS) for them to end, or a signal"
+        f"most {patience:g} s ({said}) for them to end, or a signal"
     )
 
     def leave(*_: object) -> None:
@@ -518,6 +540,19 @@ def _bound_exit(code: int, console: Console, patience: float) -> None:
     timer = threading.Timer(patience, expire)
     timer.daemon = True  # it must not be one of the threads the exit waits for
     timer.start()
+
+
+def _exit_keeps(code: int) -> None:
+    """Put in ``os._exit``'s place one that turns status 0 into ``code`` in this process:
+    a thread a task left that called ``os._exit(0)`` while the worker meant to exit 1, 2
+    or 3 ended it with 0, which a supervisor takes for a clean stop (a process it forks
+    has its own exit)."""
+    real, pid = os._exit, os.getpid()
+
+    def keeping(status: int) -> NoReturn:
+        real(code if status == 0 and os.getpid() == pid else status)
+
+    os._exit = keeping
 
 
 def _notify(console: Console, settings: Settings, role: Literal["master", "worker"]) -> None:

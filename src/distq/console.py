@@ -19,8 +19,9 @@ import select
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
-from typing import TextIO
+from typing import Any, TextIO
 
 PROGRESS_THRESHOLD = 100  # tasks; shorter jobs print every line even on a terminal
 
@@ -114,14 +115,21 @@ def _non_blocking(stream: TextIO) -> bool:
         return False
 
 
-def _waiting_write(stream: TextIO, text: str) -> None:
+def _waiting_write(stream: TextIO, text: str, owed: bytes = b"") -> None:
     """``text`` to a non-blocking ``stream``, whole, waiting while it is full, as a write
     to a blocking one does: what its buffer took of each try is counted, and the rest
-    written when the descriptor takes more."""
+    written when the descriptor takes more. ``owed``, the end of a line whose start its
+    buffer holds (:meth:`Console._blocked`), goes first."""
+    buffer, fd = stream.buffer, stream.fileno()
+    if owed:
+        _waiting_put(buffer, fd, owed)
     with contextlib.suppress(BlockingIOError):  # what was written before goes first:
         stream.flush()  # into the buffer, if the descriptor is full (flushed below)
-    data = text.encode(stream.encoding, stream.errors or "strict")
-    buffer, fd = stream.buffer, stream.fileno()
+    _waiting_put(buffer, fd, text.encode(stream.encoding, stream.errors or "strict"))
+
+
+def _waiting_put(buffer: Any, fd: int, data: bytes) -> None:
+    """``data`` into ``buffer`` and out to its descriptor ``fd``, waiting while it is full."""
     while True:
         try:
             if data:
@@ -132,6 +140,57 @@ def _waiting_write(stream: TextIO, text: str) -> None:
             if data:  # the buffer took part: the rest is to come
                 data = data[max(getattr(exc, "characters_written", 0), 0) :]
             select.select([], [fd], [], 1.0)
+
+
+def waiting_write(stream: TextIO, text: str) -> None:
+    """``text`` to a non-blocking ``stream``, whole, after the end of a line a
+    :class:`Console` owes it, waiting while it is full (as on a blocking stream), under
+    the stream's lock: a task's ``print()`` (:class:`distq.taskoutput.WholeLines`). It
+    raised BlockingIOError to the task once the stream had taken part of its line: the
+    line was cut there, and the worker's next line glued to it."""
+    state = shared(stream)
+    with state.lock:
+        owed, state.owed = state.owed, b""
+        _waiting_write(stream, text, owed)
+
+
+class _Shared:
+    """What the writers of one stream share: a lock (reentrant: a signal handler's line,
+    a finalizer's ``print()``, while its thread holds it), and the end of a line the
+    stream took the start of and not the end (:meth:`Console._blocked`)."""
+
+    __slots__ = ("lock", "owed")
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.owed = b""
+
+
+_SHARED: weakref.WeakKeyDictionary[object, _Shared] = weakref.WeakKeyDictionary()
+_SHARED_BY_ID: dict[int, _Shared] = {}  # streams that take no weak reference
+
+
+def shared(stream: object) -> _Shared:
+    """``stream``'s :class:`_Shared`, made at its first use."""
+    try:
+        found = _SHARED.get(stream)
+        if found is None:  # one dict operation: two threads get the same one
+            found = _SHARED.setdefault(stream, _Shared())
+    except TypeError:  # unhashable, or no weak reference
+        found = _SHARED_BY_ID.setdefault(id(stream), _Shared())
+    return found
+
+
+def _fresh_locks_in_a_forked_child() -> None:
+    """A process a task forks inherits the streams' locks, held by threads it does not
+    have (another slot's task waiting in its print() on a full non-blocking stdout): its
+    own print() waited for them for good. It starts with free ones, and owes no line end
+    (the worker's to write)."""
+    for state in [*_SHARED.values(), *_SHARED_BY_ID.values()]:
+        state.lock, state.owed = threading.RLock(), b""
+
+
+os.register_at_fork(after_in_child=_fresh_locks_in_a_forked_child)
 
 
 def escaping(*streams: TextIO | None) -> None:
@@ -180,9 +239,6 @@ class Console:
         self.err = err or sys.stderr
         self.bar: Progress | None = None
         self._gone: set[int] = set()  # id() of streams that failed: written no more
-        # id() of a non-blocking stream that took the start of a line and not its end ->
-        # that end, the first bytes it must take next (:meth:`_blocked`)
-        self._owed: dict[int, bytes] = {}
         self._writing = threading.RLock()
 
     @property
@@ -267,17 +323,18 @@ class Console:
     def write(self, stream: TextIO, text: str) -> None:
         """Write ``text`` to ``stream`` and flush; a stream that fails is dropped.
 
-        One thread at a time (a worker's slots write their lines from their own): what
-        a full non-blocking stream took of the text is then this text's (:meth:`_blocked`).
+        One thread at a time (a worker's slots write their lines from their own, its
+        tasks' print() too: :func:`waiting_write`), under the stream's lock: what a full
+        non-blocking stream took of the text is then this text's (:meth:`_blocked`).
         Reentrant, for a signal handler's line (:func:`announce`) and :meth:`_lost`'s."""
         if id(stream) in self._gone:
             return
-        with self._writing:
-            self._put(stream, text)
+        with self._writing, shared(stream).lock:  # this console's first: its two streams
+            self._put(stream, text)  # may fail at once in two threads, each saying so
 
     def _put(self, stream: TextIO, text: str) -> None:
         try:
-            if self._owed and not self._pay(stream):
+            if not self._pay(stream):
                 return  # still full: this text only, the line it owes goes first
             with contextlib.suppress(BlockingIOError):  # what others left unflushed
                 stream.flush()  # (a task's print()): the stream then holds only ``text``
@@ -309,17 +366,18 @@ class Console:
         if taken >= len(data) or data[taken - 1 : taken] == b"\n":
             return
         end = data.find(b"\n", taken)
-        self._owed[id(stream)] = data[taken:] if end < 0 else data[taken : end + 1]
+        shared(stream).owed = data[taken:] if end < 0 else data[taken : end + 1]
 
     def _pay(self, stream: TextIO) -> bool:
         """Hand ``stream`` the end of the line it owes (:meth:`_blocked`), if any, ahead
         of anything else: whether it took it all, else it owes what is left of it."""
-        owed = self._owed.pop(id(stream), None)
-        if owed is not None:
+        state = shared(stream)
+        owed, state.owed = state.owed, b""
+        if owed:
             try:
                 stream.buffer.write(owed)  # into its buffer, after the line's start
             except BlockingIOError as exc:
-                self._owed[id(stream)] = owed[max(getattr(exc, "characters_written", 0), 0) :]
+                state.owed = owed[max(getattr(exc, "characters_written", 0), 0) :]
                 return False
         return True
 

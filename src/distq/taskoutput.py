@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-from distq.console import to_devnull
+from distq.console import _non_blocking, to_devnull, waiting_write
 
 
 @contextlib.contextmanager
@@ -53,7 +53,10 @@ class WholeLines:
     whose reader has gone (``distq worker | head -1``, a log shipper that died) raised
     ``BrokenPipeError`` in each task that printed, which failed it for good: now it
     points at /dev/null, as distq's own lines do (:func:`distq.console.to_devnull`). A
-    stream a task closed takes text without raising too.
+    stream a task closed takes text without raising too. A non-blocking stream that is
+    full for now makes the task wait, as a blocking one would
+    (:func:`distq.console.waiting_write`): it raised BlockingIOError to the task once the
+    stream had taken part of its line, cut there, the worker's next line glued to it.
     """
 
     MOST_HELD = 65536
@@ -108,11 +111,14 @@ class WholeLines:
 
     def _write(self, text: str, flush: bool = False) -> None:
         try:
+            if _non_blocking(self.stream):  # full for now is not gone: the task waits, as
+                waiting_write(self.stream, text)  # on a blocking one (and flushes)
+                return
             if text:
                 self.stream.write(text)
             if flush:
                 self.stream.flush()
-        except BlockingIOError:  # a non-blocking stream, full for now: the task's to say
+        except BlockingIOError:  # full for now, and no descriptor to wait for: the task's
             raise
         except OSError:  # a closed pipe, a full disk: the task's output goes nowhere
             to_devnull(self.stream)

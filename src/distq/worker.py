@@ -179,6 +179,7 @@ class Worker:
         self._abort = threading.Event()  # cold: hand back everything now
         self._drain_until: float | None = None
         self._signals = 0
+        self._hurried_at: float | None = None  # a second signal's time: "stop at once"
         # run()'s try, where a second signal's Shutdown is caught: raised before it or in
         # its finally, it escaped run() (no "worker exit" line, no exit code)
         self._catches_shutdown = False
@@ -242,6 +243,16 @@ class Worker:
         if self._fatal is not None:
             raise self._fatal
         return 1 if self._slot_failed else 0
+
+    @property
+    def signal_deadline(self) -> float | None:
+        """When the drain of a stop by signal runs out (``time.monotonic()``; a second
+        signal's time, which ends it at once), or None if no signal stopped this worker:
+        its process's exit waits no longer than that for threads its tasks left
+        (``distq worker``)."""
+        if self._hurried_at is not None:
+            return self._hurried_at
+        return self._drain_until if self._signals else None
 
     def _start(self, slots: list[Slot], done: threading.Event) -> None:
         """The keeper's thread and a thread per slot; a thread that cannot start (a limit
@@ -416,6 +427,7 @@ class Worker:
             )
             self._stop_warm()
         else:
+            self._hurried_at = time.monotonic()
             announce(self.console, f"{name} again: handing back every task in hand and exiting")
             if self._catches_shutdown:
                 raise Shutdown

@@ -1,0 +1,144 @@
+"""A worker's exit past the threads its tasks left running (``cli._bound_exit``): how long
+it waits after a SIGTERM, and the exit code it ends with."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from conftest import Target
+from distq.envelope import NO_REPLY, Task
+from distq.transport import Transport
+from procs import Distq
+
+pytestmark = pytest.mark.integration
+
+LEAVERS = """
+import os
+import threading
+import time
+
+import distq
+
+
+@distq.task
+def outlast(seconds):
+    # a thread left running for good, and the task itself runs past the drain
+    threading.Thread(target=time.sleep, args=(600,), name="left-behind", daemon=False).start()
+    time.sleep(seconds)
+    return "done"
+
+
+def _exit_0_in_the_exit():
+    for _ in range(2400):  # until the main thread has ended: the process's exit is on
+        if not threading.main_thread().is_alive():
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os._exit(0)
+
+
+@distq.task
+def exit_0_later():
+    threading.Thread(target=_exit_0_in_the_exit, name="exits-0", daemon=False).start()
+    return "started"
+"""
+
+
+def _env(target: Target, tmp_path: Path, **extra: str) -> dict[str, str]:
+    (tmp_path / "leavers.py").write_text(LEAVERS)
+    env = target.process_env(**extra)
+    env["PYTHONPATH"] += os.pathsep + str(tmp_path)
+    return env
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_sigterm_whose_drain_is_spent_waits_no_more_for_a_tasks_threads(
+    target: Target, hosted: Transport, tmp_path: Path
+) -> None:
+    """After a SIGTERM the drain ran out on a task that left a thread; the exit then
+    waited DISTQ_DRAIN_SECONDS more for that thread (40 s from the SIGTERM with the
+    default 20 s drain: past compose's 30 s grace, past the README's "drain plus 10 s"),
+    the handed-back task still running on its slot's thread meanwhile. The wait is
+    what is left of the drain."""
+    drain = 8.0
+    producer = hosted.producer(hosted.reply_queue("outlast"))
+    producer.submit([Task(name="leavers:outlast", args=[600], reply_to=NO_REPLY).encode()])
+    env = _env(target, tmp_path, DISTQ_DRAIN_SECONDS=f"{drain:g}")
+    worker = Distq(["worker", "--tasks", "leavers"], env)
+    try:
+        worker.wait_for(r"Get task leavers:outlast")
+        time.sleep(0.5)
+        started = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        code = worker.wait(60)
+        took = time.monotonic() - started
+        out = worker.output()
+    finally:
+        worker.stop(grace=0)
+        producer.close()
+    assert code == 0, out
+    assert "the worker exits 0 now, without waiting any longer" in out, out
+    assert took < 2 * drain - 1, f"{took:.1f} s from the SIGTERM to the exit:\n{out}"
+    assert "s (what is left of DISTQ_DRAIN_SECONDS) for them to end" in out, out
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_tasks_thread_that_calls_os_exit_0_keeps_a_refused_workers_exit_2(
+    target: Target, hosted: Transport, tmp_path: Path
+) -> None:
+    """A thread a task left called ``os._exit(0)`` during the exit's wait, while the
+    worker meant to exit 2 (the broker refused a setting mid-run): the process exited
+    0, which a supervisor takes for a clean stop."""
+    producer = hosted.producer(hosted.reply_queue("exit0"))
+    producer.submit([Task(name="leavers:exit_0_later", args=[], reply_to=NO_REPLY).encode()])
+    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path))
+    raw = redis.Redis.from_url(target.settings.redis_url)
+    try:
+        worker.wait_for(r"Get task leavers:exit_0_later")
+        time.sleep(0.5)
+        raw.delete(target.settings.queue)
+        raw.set(target.settings.queue, "hello")  # refused from the next fetch: exit 2
+        code = worker.wait(60)
+        out = worker.output()
+    finally:
+        worker.stop(grace=0)
+        raw.delete(target.settings.queue)
+        raw.close()
+        producer.close()
+    assert "thread(s) that tasks started are alive (exits-0)" in out, out
+    assert code == 2, out
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_second_sigterm_waits_no_more_for_a_tasks_threads(
+    target: Target, hosted: Transport, tmp_path: Path
+) -> None:
+    """A second signal hands back everything at once (README), the running task too,
+    which runs again elsewhere: the exit then waited what was left of the drain (20 s)
+    for a thread the task left, the handed-back task running on meanwhile."""
+    producer = hosted.producer(hosted.reply_queue("outlast2"))
+    producer.submit([Task(name="leavers:outlast", args=[600], reply_to=NO_REPLY).encode()])
+    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path))
+    try:
+        worker.wait_for(r"Get task leavers:outlast")
+        time.sleep(0.5)
+        worker.signal(signal.SIGTERM)
+        worker.wait_for(r"SIGTERM: finishing the tasks that run")
+        time.sleep(1.0)
+        started = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        code = worker.wait(60)
+        took = time.monotonic() - started
+        out = worker.output()
+    finally:
+        worker.stop(grace=0)
+        producer.close()
+    assert "SIGTERM again: handing back every task in hand and exiting" in out, out
+    assert code == 0, out
+    assert took < 10, f"{took:.1f} s from the second SIGTERM to the exit:\n{out}"
