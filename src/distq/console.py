@@ -19,7 +19,6 @@ import select
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
@@ -145,52 +144,36 @@ def _waiting_put(buffer: Any, fd: int, data: bytes) -> None:
 def waiting_write(stream: TextIO, text: str) -> None:
     """``text`` to a non-blocking ``stream``, whole, after the end of a line a
     :class:`Console` owes it, waiting while it is full (as on a blocking stream), under
-    the stream's lock: a task's ``print()`` (:class:`distq.taskoutput.WholeLines`). It
+    the output lock: a task's ``print()`` (:class:`distq.taskoutput.WholeLines`). It
     raised BlockingIOError to the task once the stream had taken part of its line: the
     line was cut there, and the worker's next line glued to it."""
-    state = shared(stream)
-    with state.lock:
-        owed, state.owed = state.owed, b""
-        _waiting_write(stream, text, owed)
+    with _OUTPUT_LOCK[0]:
+        _waiting_write(stream, text, _OWED.pop(id(stream), b""))
 
 
-class _Shared:
-    """What the writers of one stream share: a lock (reentrant: a signal handler's line,
-    a finalizer's ``print()``, while its thread holds it), and the end of a line the
-    stream took the start of and not the end (:meth:`Console._blocked`)."""
-
-    __slots__ = ("lock", "owed")
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.owed = b""
-
-
-_SHARED: weakref.WeakKeyDictionary[object, _Shared] = weakref.WeakKeyDictionary()
-_SHARED_BY_ID: dict[int, _Shared] = {}  # streams that take no weak reference
+#: The lock of every write of a line to stdout or stderr in this process: the consoles'
+#: and the tasks' own on a non-blocking stream (:func:`waiting_write`). Reentrant: a
+#: signal handler's line, a finalizer's ``print()``, while its thread holds it. One lock,
+#: not one per stream: a console whose two streams fail at once in two threads says so
+#: on the other (:meth:`Console._lost`), and two stream locks taken in turn would
+#: deadlock; and a second lock per line cost about 170 ns, 3 lines a task in JSON logs.
+#: In a list, so that a forked child gets a free one (:func:`_fresh_lock_in_a_forked_child`).
+_OUTPUT_LOCK = [threading.RLock()]
+#: id() of a non-blocking stream that took the start of a line and not its end -> that
+#: end, the first bytes it must take next (:meth:`Console._blocked`), whoever writes next.
+_OWED: dict[int, bytes] = {}
 
 
-def shared(stream: object) -> _Shared:
-    """``stream``'s :class:`_Shared`, made at its first use."""
-    try:
-        found = _SHARED.get(stream)
-        if found is None:  # one dict operation: two threads get the same one
-            found = _SHARED.setdefault(stream, _Shared())
-    except TypeError:  # unhashable, or no weak reference
-        found = _SHARED_BY_ID.setdefault(id(stream), _Shared())
-    return found
+def _fresh_lock_in_a_forked_child() -> None:
+    """A process a task forks inherits the output lock, held by a thread it does not have
+    (another slot's task waiting in its print() on a full non-blocking stdout): its own
+    print() waited for it for good. It starts with a free one, and owes no line end (the
+    worker's to write)."""
+    _OUTPUT_LOCK[0] = threading.RLock()
+    _OWED.clear()
 
 
-def _fresh_locks_in_a_forked_child() -> None:
-    """A process a task forks inherits the streams' locks, held by threads it does not
-    have (another slot's task waiting in its print() on a full non-blocking stdout): its
-    own print() waited for them for good. It starts with free ones, and owes no line end
-    (the worker's to write)."""
-    for state in [*_SHARED.values(), *_SHARED_BY_ID.values()]:
-        state.lock, state.owed = threading.RLock(), b""
-
-
-os.register_at_fork(after_in_child=_fresh_locks_in_a_forked_child)
+os.register_at_fork(after_in_child=_fresh_lock_in_a_forked_child)
 
 
 def escaping(*streams: TextIO | None) -> None:
@@ -239,7 +222,6 @@ class Console:
         self.err = err or sys.stderr
         self.bar: Progress | None = None
         self._gone: set[int] = set()  # id() of streams that failed: written no more
-        self._writing = threading.RLock()
 
     @property
     def task_lines(self) -> bool:
@@ -324,17 +306,17 @@ class Console:
         """Write ``text`` to ``stream`` and flush; a stream that fails is dropped.
 
         One thread at a time (a worker's slots write their lines from their own, its
-        tasks' print() too: :func:`waiting_write`), under the stream's lock: what a full
+        tasks' print() too: :func:`waiting_write`), under the output lock: what a full
         non-blocking stream took of the text is then this text's (:meth:`_blocked`).
         Reentrant, for a signal handler's line (:func:`announce`) and :meth:`_lost`'s."""
         if id(stream) in self._gone:
             return
-        with self._writing, shared(stream).lock:  # this console's first: its two streams
-            self._put(stream, text)  # may fail at once in two threads, each saying so
+        with _OUTPUT_LOCK[0]:
+            self._put(stream, text)
 
     def _put(self, stream: TextIO, text: str) -> None:
         try:
-            if not self._pay(stream):
+            if _OWED and not self._pay(stream):
                 return  # still full: this text only, the line it owes goes first
             with contextlib.suppress(BlockingIOError):  # what others left unflushed
                 stream.flush()  # (a task's print()): the stream then holds only ``text``
@@ -366,18 +348,17 @@ class Console:
         if taken >= len(data) or data[taken - 1 : taken] == b"\n":
             return
         end = data.find(b"\n", taken)
-        shared(stream).owed = data[taken:] if end < 0 else data[taken : end + 1]
+        _OWED[id(stream)] = data[taken:] if end < 0 else data[taken : end + 1]
 
     def _pay(self, stream: TextIO) -> bool:
         """Hand ``stream`` the end of the line it owes (:meth:`_blocked`), if any, ahead
         of anything else: whether it took it all, else it owes what is left of it."""
-        state = shared(stream)
-        owed, state.owed = state.owed, b""
+        owed = _OWED.pop(id(stream), None)
         if owed:
             try:
                 stream.buffer.write(owed)  # into its buffer, after the line's start
             except BlockingIOError as exc:
-                state.owed = owed[max(getattr(exc, "characters_written", 0), 0) :]
+                _OWED[id(stream)] = owed[max(getattr(exc, "characters_written", 0), 0) :]
                 return False
         return True
 
