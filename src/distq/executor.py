@@ -112,6 +112,9 @@ class Executor(concurrent.futures.Executor):
             task_timeout = None
         self.settings = load_settings(settings, overrides, os.environ)
         self.max_attempts, self.task_timeout = max_attempts, task_timeout
+        # before the transport opens: a setting it refuses (a Settings field of another
+        # type) left the transport open, a manager's address bound for good
+        self._codec = Codec.from_settings(self.settings)  # signs tasks, checks results
         self._transport = open_transport(self.settings, "master" if host else "worker")
         if host and self._transport.queues_in_master:  # hosting them, as `distq master` does
             for level, line in notices(self.settings, "master"):
@@ -123,7 +126,6 @@ class Executor(concurrent.futures.Executor):
         except BaseException:
             self._transport.close()
             raise
-        self._codec = Codec.from_settings(self.settings)  # signs tasks, checks results
         self._callbacks = Callbacks()
         self._dispatcher = Dispatcher(self._transport, producer, self._codec, self._callbacks)
         self._lock = threading.Lock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from distq.errors import ConfigError
 from distq.executor import Executor, load_settings
 from distq.signing import MAGIC
 from distq.transport import open_transport
+from launch import free_port
 
 KEY = "k" * 32
 REDIS = {"DISTQ_TRANSPORT": "redis"}
@@ -285,3 +287,21 @@ def test_a_workers_setting_given_to_an_executor_is_said_to_do_nothing(
         "Executor keyword task_time_limit is a worker's setting: an Executor does not read "
         "it; give it to `distq worker` (--task-time-limit)"
     ]
+
+
+def test_a_setting_the_codec_refuses_leaves_no_listener_behind() -> None:
+    """A Settings object built by hand (taken as given) with a max_message_bytes that is
+    no number failed Executor() with a TypeError once its transport was open, and left it
+    open: with manager, its address stayed bound and its threads ran, so the corrected
+    Executor in the same process could not listen ('Address already in use')."""
+    address = ("127.0.0.1", free_port())
+    bad = Settings(
+        transport="manager",
+        authkey=KEY.encode(),
+        manager_address=address,
+        max_message_bytes="2000000",  # type: ignore[arg-type]
+    )
+    with pytest.raises(TypeError):
+        Executor(bad)
+    with Executor(dataclasses.replace(bad, max_message_bytes=2_000_000)) as executor:
+        assert executor.stats().ready == 0
