@@ -37,6 +37,7 @@ executor's listening socket is closed in the child (:mod:`distq.dispatcher`).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import math
 import os
@@ -134,7 +135,14 @@ class Executor(concurrent.futures.Executor):
         # (its futures failed): no shutdown() waits for it, it ends when back
         self._left = False
         executor_threads.started(self._dispatcher)
-        self._dispatcher.start()
+        try:
+            self._dispatcher.start()
+        except BaseException:  # "can't start new thread": nothing runs to close them
+            executor_threads.running.discard(self._dispatcher)
+            with contextlib.suppress(Exception):
+                producer.close()
+            self._transport.close()
+            raise
         # forgotten without shutdown(): stop once the futures are answered; at interpreter
         # exit it is still "open" (its futures fail), not waited for without end
         # (without the dispatcher's lock: the collector may run it in a thread holding it)

@@ -305,3 +305,28 @@ def test_a_setting_the_codec_refuses_leaves_no_listener_behind() -> None:
         Executor(bad)
     with Executor(dataclasses.replace(bad, max_message_bytes=2_000_000)) as executor:
         assert executor.stats().ready == 0
+
+
+def test_an_executor_whose_thread_cannot_start_closes_what_it_opened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process at its thread limit (a container's pids limit): Executor() raised
+    "can't start new thread" with its transport left open (a manager's address bound:
+    the next Executor there failed 'Address already in use') and its thread counted as
+    running, so the interpreter's exit raised 'cannot join thread before it is started'."""
+    from distq import executor_threads
+    from distq.dispatcher import Dispatcher
+
+    address = ("127.0.0.1", free_port())
+    settings = Settings(transport="manager", authkey=KEY.encode(), manager_address=address)
+
+    def refused(self: Dispatcher) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Dispatcher, "start", refused)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            Executor(settings)
+    assert all(dispatcher.ident is not None for dispatcher in executor_threads.running)
+    with Executor(settings) as executor:
+        assert executor.stats().ready == 0
