@@ -37,6 +37,7 @@ executor's listening socket is closed in the child (:mod:`distq.dispatcher`).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import math
 import os
@@ -112,6 +113,9 @@ class Executor(concurrent.futures.Executor):
             task_timeout = None
         self.settings = load_settings(settings, overrides, os.environ)
         self.max_attempts, self.task_timeout = max_attempts, task_timeout
+        # before the transport opens: a setting it refuses (a Settings field of another
+        # type) left the transport open, a manager's address bound for good
+        self._codec = Codec.from_settings(self.settings)  # signs tasks, checks results
         self._transport = open_transport(self.settings, "master" if host else "worker")
         if host and self._transport.queues_in_master:  # hosting them, as `distq master` does
             for level, line in notices(self.settings, "master"):
@@ -123,7 +127,6 @@ class Executor(concurrent.futures.Executor):
         except BaseException:
             self._transport.close()
             raise
-        self._codec = Codec.from_settings(self.settings)  # signs tasks, checks results
         self._callbacks = Callbacks()
         self._dispatcher = Dispatcher(self._transport, producer, self._codec, self._callbacks)
         self._lock = threading.Lock()
@@ -132,7 +135,14 @@ class Executor(concurrent.futures.Executor):
         # (its futures failed): no shutdown() waits for it, it ends when back
         self._left = False
         executor_threads.started(self._dispatcher)
-        self._dispatcher.start()
+        try:
+            self._dispatcher.start()
+        except BaseException:  # "can't start new thread": nothing runs to close them
+            executor_threads.running.discard(self._dispatcher)
+            with contextlib.suppress(Exception):
+                producer.close()
+            self._transport.close()
+            raise
         # forgotten without shutdown(): stop once the futures are answered; at interpreter
         # exit it is still "open" (its futures fail), not waited for without end
         # (without the dispatcher's lock: the collector may run it in a thread holding it)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from distq.errors import ConfigError
 from distq.executor import Executor, load_settings
 from distq.signing import MAGIC
 from distq.transport import open_transport
+from launch import free_port
 
 KEY = "k" * 32
 REDIS = {"DISTQ_TRANSPORT": "redis"}
@@ -285,3 +287,46 @@ def test_a_workers_setting_given_to_an_executor_is_said_to_do_nothing(
         "Executor keyword task_time_limit is a worker's setting: an Executor does not read "
         "it; give it to `distq worker` (--task-time-limit)"
     ]
+
+
+def test_a_setting_the_codec_refuses_leaves_no_listener_behind() -> None:
+    """A Settings object built by hand (taken as given) with a max_message_bytes that is
+    no number failed Executor() with a TypeError once its transport was open, and left it
+    open: with manager, its address stayed bound and its threads ran, so the corrected
+    Executor in the same process could not listen ('Address already in use')."""
+    address = ("127.0.0.1", free_port())
+    bad = Settings(
+        transport="manager",
+        authkey=KEY.encode(),
+        manager_address=address,
+        max_message_bytes="2000000",  # type: ignore[arg-type]
+    )
+    with pytest.raises(TypeError):
+        Executor(bad)
+    with Executor(dataclasses.replace(bad, max_message_bytes=2_000_000)) as executor:
+        assert executor.stats().ready == 0
+
+
+def test_an_executor_whose_thread_cannot_start_closes_what_it_opened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process at its thread limit (a container's pids limit): Executor() raised
+    "can't start new thread" with its transport left open (a manager's address bound:
+    the next Executor there failed 'Address already in use') and its thread counted as
+    running, so the interpreter's exit raised 'cannot join thread before it is started'."""
+    from distq import executor_threads
+    from distq.dispatcher import Dispatcher
+
+    address = ("127.0.0.1", free_port())
+    settings = Settings(transport="manager", authkey=KEY.encode(), manager_address=address)
+
+    def refused(self: Dispatcher) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Dispatcher, "start", refused)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            Executor(settings)
+    assert all(dispatcher.ident is not None for dispatcher in executor_threads.running)
+    with Executor(settings) as executor:
+        assert executor.stats().ready == 0
