@@ -401,11 +401,48 @@ class ClientConnection(Connection):
     def recv(self) -> Any:
         data = self.recv_bytes()  # its EOFError or OSError: the peer closed, or the network
         try:
-            return ReplyUnpickler(io.BytesIO(data)).load()
+            reply = ReplyUnpickler(io.BytesIO(data)).load()
         except pickle.UnpicklingError:
             raise
         except Exception as exc:
             raise Refused(f"not a pickle: {type(exc).__name__}") from None
+        if problem := _misshapen(reply):
+            raise Refused(problem)
+        return reply
+
+
+#: What ``multiprocessing``'s proxy makes of each kind of reply but ``#RETURN``: the
+#: text of a ``RemoteError`` (the master's server failed a request: an object it does
+#: not know, a method not exposed).
+_TEXT_REPLIES = ("#TRACEBACK", "#UNSERIALIZABLE")
+
+
+def _misshapen(reply: object) -> str | None:
+    """Why ``reply`` (plain data that loaded) is not one a distq master sends, or None.
+    ``multiprocessing``'s proxy raised whatever such a reply made it raise (the
+    exception it named, a ``TypeError`` for an error that is none, a ``ValueError`` for
+    a kind it does not know): a fake master's traceback out of the worker."""
+    if not isinstance(reply, tuple | list) or len(reply) != 2:
+        return f"a reply of {type(reply).__name__}, not a (kind, result) pair"
+    kind, result = reply
+    if kind == "#RETURN":
+        return None
+    if kind in _TEXT_REPLIES:
+        return None if isinstance(result, str) else f"{kind} of {type(result).__name__}, not text"
+    if kind == "#ERROR":  # a broker method raised: none does; or a peer chose what we raise
+        if isinstance(result, BaseException):
+            return f"an error raised in the master: {_shown(repr(result))}"
+        return f"an error of {type(result).__name__}, not an exception"
+    if kind == "#PROXY":
+        return "a proxy, which no call of distq's asks for"
+    return f"a reply of an unknown kind: {_shown(repr(kind))}"
+
+
+def _shown(text: str) -> str:
+    """The peer's ``text`` as one short line."""
+    if len(text) > _SHOWN_NAME:
+        text = text[:_SHOWN_NAME] + "..."
+    return text if text.isprintable() else repr(text)
 
 
 class Listener(connection.Listener):

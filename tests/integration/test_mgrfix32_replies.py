@@ -1,0 +1,137 @@
+"""A fake master holding DISTQ_AUTHKEY that answers with well-formed plain data of the
+wrong shape (an exception of its choosing, an error that is not one, a kind of reply
+the protocol has not, something that is not a ``(kind, result)`` pair) is refused as a
+reply that does not load: one clear :class:`TransportError` line, never the builtin
+exception a worker died of with a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from multiprocessing import connection
+from multiprocessing.connection import Connection
+from typing import Any
+
+import pytest
+
+from distq.config import Settings
+from distq.errors import ConnectionFailed, TransportError
+from distq.transport import manager_wire, open_transport
+from launch import free_port
+
+pytestmark = pytest.mark.integration
+
+#: replies a key holder may send that load, and that no distq master sends
+WRONG_SHAPES: dict[str, Any] = {
+    "an error it chose": ("#ERROR", KeyError()),
+    "an error of text": ("#ERROR", "text"),
+    "an unknown kind": ("#WHAT", None),
+    "a traceback not text": ("#TRACEBACK", 5),
+    "a proxy": ("#PROXY", ("x", "y")),
+    "not a pair": "text",
+    "nothing": None,
+}
+
+
+def _settings() -> Settings:
+    return Settings(
+        transport="manager",
+        authkey=secrets.token_hex(16).encode(),
+        manager_address=("127.0.0.1", free_port()),
+        queue="mgrfix32",
+        lease_seconds=3.0,
+    )
+
+
+@contextlib.contextmanager
+def _fake_master(
+    settings: Settings, odd_on: str, reply: Any, stall_on: str | None = None
+) -> Iterator[None]:
+    """A master holding DISTQ_AUTHKEY that answers ``odd_on`` (a method) with ``reply``,
+    never answers ``stall_on``, and answers the rest like a real one."""
+    assert settings.authkey is not None
+    authkey = settings.authkey
+    server = socket.create_server(settings.manager_address)
+    stop = threading.Event()
+
+    def serve(conn: Connection) -> None:
+        with conn, contextlib.suppress(EOFError, OSError):
+            connection.deliver_challenge(conn, authkey)
+            connection.answer_challenge(conn, authkey)
+            while not stop.is_set():
+                _, method, _, _ = conn.recv()
+                if method == stall_on:
+                    stop.wait(60)
+                    return
+                if method == odd_on:
+                    conn.send_bytes(pickle.dumps(reply, protocol=4))
+                    continue
+                answer = {"create": ("1", manager_wire.EXPOSED), "fetch": []}.get(method)
+                conn.send(("#RETURN", answer))
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                sock = server.accept()[0]
+                sock.setblocking(True)
+                conn = Connection(sock.detach())
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("what", WRONG_SHAPES)
+def test_a_wrong_shaped_reply_as_a_worker_connects_is_a_refused_connection(what: str) -> None:
+    settings = _settings()
+    refused = pytest.raises(ConnectionFailed, match=r"refused the reply of the master")
+    with _fake_master(settings, "dummy", WRONG_SHAPES[what]), refused:
+        open_transport(settings, "worker").close()
+
+
+@pytest.mark.parametrize("what", WRONG_SHAPES)
+def test_a_wrong_shaped_reply_to_create_is_a_refused_connection(what: str) -> None:
+    settings = _settings()
+    with _fake_master(settings, "create", WRONG_SHAPES[what]):
+        remote = open_transport(settings, "worker")
+        try:
+            with pytest.raises(ConnectionFailed, match=r"refused the reply of the master"):
+                remote.consumer("c1")
+        finally:
+            remote.close()
+
+
+@pytest.mark.parametrize("what", WRONG_SHAPES)
+def test_a_wrong_shaped_reply_to_a_call_is_a_refused_reply(what: str) -> None:
+    settings = _settings()
+    with _fake_master(settings, "fetch", WRONG_SHAPES[what]):
+        remote = open_transport(settings, "worker")
+        try:
+            consumer = remote.consumer("c1")
+            with pytest.raises(TransportError, match=r"refused a reply of the master"):
+                consumer.fetch(5, 0.1)
+            consumer.close()
+        finally:
+            remote.close()
+
+
+@pytest.mark.parametrize("what", WRONG_SHAPES)
+def test_a_wrong_shaped_reply_as_a_consumer_closes_is_no_error(what: str) -> None:
+    settings = _settings()
+    with _fake_master(settings, "disconnect", WRONG_SHAPES[what]):
+        remote = open_transport(settings, "worker")
+        try:
+            remote.consumer("c1").close()  # what it held goes back as its lease runs out
+        finally:
+            remote.close()
