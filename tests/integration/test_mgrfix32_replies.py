@@ -11,6 +11,7 @@ import pickle
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from multiprocessing import connection
 from multiprocessing.connection import Connection
@@ -21,6 +22,7 @@ import pytest
 from distq.config import Settings
 from distq.errors import ConnectionFailed, TransportError
 from distq.transport import manager_wire, open_transport
+from distq.transport.manager import ManagerConsumer
 from launch import free_port
 
 pytestmark = pytest.mark.integration
@@ -133,5 +135,25 @@ def test_a_wrong_shaped_reply_as_a_consumer_closes_is_no_error(what: str) -> Non
         remote = open_transport(settings, "worker")
         try:
             remote.consumer("c1").close()  # what it held goes back as its lease runs out
+        finally:
+            remote.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_keepers_new_proxy_waits_for_the_master_within_its_bound() -> None:
+    # the keeper's renewals wait a third of the lease (1 s here) for the master; the
+    # proxy it makes first (after a failure, or its first) was made outside that
+    # bound: a master that answered the handshake, then not `create`, held it 30 s
+    settings = _settings()
+    with _fake_master(settings, "", None, stall_on="create"):
+        remote = open_transport(settings, "worker")
+        try:
+            consumer: Any = ManagerConsumer.__new__(ManagerConsumer)  # one the keeper renews
+            consumer._id = "c1.abc"
+            started = time.monotonic()
+            with pytest.raises(TransportError, match=r"did not answer within 1 s"):
+                remote.heartbeat([consumer])
+            took = time.monotonic() - started
+            assert took < 15, f"the keeper waited {took:.1f} s for a proxy"
         finally:
             remote.close()

@@ -292,6 +292,11 @@ class ManagerTransport(Transport):
                 f"the master at {self.address} (DISTQ_MANAGER_ADDRESS) gave {exc.strerror}; "
                 "is a running `distq master` (not another service, not a stopped process) there?"
             ) from None
+        except BlockingIOError:  # wire.bounded's SO_RCVTIMEO or SO_SNDTIMEO, past the handshake
+            raise ConnectionFailed(
+                f"the master at {self.address} did not answer within "
+                f"{wire.reply_timeout():g} s (stopped, or overloaded?)"
+            ) from None
         except (EOFError, ConnectionResetError):  # a master closing as we connect
             raise ConnectionFailed(
                 f"the master at {self.address} closed the connection as we connected "
@@ -371,8 +376,10 @@ class ManagerTransport(Transport):
         ids = [c.consumer_id for c in consumers if isinstance(c, ManagerConsumer)]
         if not ids:
             return
-        if self._keeper is None:
-            self._keeper = self._endpoint()
+        if self._keeper is None:  # made within the bound too: a master that answered the
+            # handshake, then not the proxy's `create`, held the keeper REPLY_TIMEOUT
+            with wire.thread_bound(self._keeper_within()):
+                self._keeper = self._endpoint()
         try:
             with _within(self._keeper, self._keeper_within()):
                 _call(self.address, self._keeper.heartbeats, ids, self._settings.lease_seconds)
