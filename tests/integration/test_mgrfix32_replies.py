@@ -12,7 +12,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing import connection
 from multiprocessing.connection import Connection
 from typing import Any
@@ -22,6 +22,7 @@ import pytest
 from distq.config import Settings
 from distq.errors import ConnectionFailed, TransportError
 from distq.transport import manager_wire, open_transport
+from distq.transport.base import Delivery, Settlement
 from distq.transport.manager import ManagerConsumer
 from launch import free_port
 
@@ -155,5 +156,49 @@ def test_the_keepers_new_proxy_waits_for_the_master_within_its_bound() -> None:
                 remote.heartbeat([consumer])
             took = time.monotonic() - started
             assert took < 15, f"the keeper waited {took:.1f} s for a proxy"
+        finally:
+            remote.close()
+
+
+def _settled(consumer: Any) -> None:
+    consumer.settle([Settlement(Delivery(body=b"b", tag=1), reply_to="r", result=b"x")])
+
+
+def _settled_late(consumer: Any) -> None:
+    retry = Settlement(Delivery(body=b"b", tag=1), retry=b"again")
+    consumer.settle_then_fetch([retry], 5)
+
+
+#: (the method answered, its answer, what calls it): a result of the wrong shape (a body
+#: of any kind is the caller's to read: it reads one that is not bytes as malformed)
+MISSHAPEN_RESULTS: dict[str, tuple[str, Any, Callable[[Any, Any, Any], object]]] = {
+    "fetch: a tag not a token": ("fetch", [("x", b"b", False)], lambda t, c, p: c.fetch(5, 0)),
+    "fetch: no list": ("fetch", 5, lambda t, c, p: c.fetch(5, 0)),
+    "fetch: no triple": ("fetch", [(1, b"b")], lambda t, c, p: c.fetch(5, 0)),
+    "gone: no list": ("gone", 5, lambda t, c, p: c.gone(["r"])),
+    "gone: a list in it": ("gone", [["r"]], lambda t, c, p: c.gone(["r"])),
+    "settle: no list": ("settle", 5, lambda t, c, p: _settled(c)),
+    "settle_fetch_late: no pair": ("settle_fetch_late", 5, lambda t, c, p: _settled_late(c)),
+    "stats: no four counts": ("stats", "abc", lambda t, c, p: t.stats()),
+    "forget_orphans: no count": ("forget_orphans", "x", lambda t, c, p: t.forget_orphans("r")),
+    "peek: no list": ("peek", 5, lambda t, c, p: t.dead_letters()),
+    "get: no list": ("get", 5, lambda t, c, p: p.results(5, 0)),
+    "withdraw: no list": ("withdraw", 5, lambda t, c, p: p.withdraw([b"x"])),
+}
+
+
+@pytest.mark.parametrize("what", MISSHAPEN_RESULTS)
+def test_a_result_of_the_wrong_shape_is_a_refused_reply(what: str) -> None:
+    # a transport's caller catches TransportError (distq.errors: driver exceptions are
+    # translated at the transport boundary); a worker's `gone` escaped, its slot stopped
+    method, result, call = MISSHAPEN_RESULTS[what]
+    settings = _settings()
+    with _fake_master(settings, method, ("#RETURN", result)):
+        remote = open_transport(settings, "worker")
+        try:
+            consumer = remote.consumer("c1")
+            producer = remote.producer("r")
+            with pytest.raises(TransportError, match=r"refused a reply of the master"):
+                call(remote, consumer, producer)
         finally:
             remote.close()
