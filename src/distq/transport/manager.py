@@ -575,6 +575,17 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
             f"the master at {address} did not answer within "
             f"{wire.reply_timeout():g} s (stopped, or overloaded?)"
         ) from None
+    except AuthenticationError:  # connecting afresh for this call: a master of another key
+        raise AuthenticationFailed(
+            f"authentication failed: the master at {address} rejected DISTQ_AUTHKEY; "
+            "use the same key as the master"
+        ) from None
+    except AssertionError:  # the same: the stdlib handshake asserts on a greeting not its own
+        raise TransportError(
+            f"the service at {address} (DISTQ_MANAGER_ADDRESS) answered with something "
+            "other than a distq master's handshake; is a running `distq master` (not another "
+            "service) there?"
+        ) from None
     except TimeoutError as exc:  # wire.client's, connecting afresh for this call
         raise TransportError(
             f"the master at {address} gave {exc.strerror} (stopped, or overloaded?)"
