@@ -258,3 +258,15 @@ def test_a_call_that_connects_afresh_to_another_service_is_refused_in_one_line()
     finally:
         remote.close()
         first.close()
+
+
+@pytest.mark.parametrize("result", [5, None, ("1",), "ab"], ids=["a number", "none", "one", "text"])
+def test_a_create_result_of_the_wrong_shape_is_a_refused_connection(result: Any) -> None:
+    settings = _settings()
+    with _fake_master(settings, "create", ("#RETURN", result)):
+        remote = open_transport(settings, "worker")
+        try:
+            with pytest.raises(ConnectionFailed, match=r"refused the reply of the master"):
+                remote.consumer("c1")
+        finally:
+            remote.close()

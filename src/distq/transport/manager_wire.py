@@ -694,7 +694,12 @@ class ClientManager(BaseManager):
         held the slot's thread at each, 5 s (``CONNECT_TIMEOUT``), or 30 s once it had
         answered the handshake (``REPLY_TIMEOUT``)."""
         manager: Any = self  # typeshed declares none of its private parts
-        token, exposed = manager._create("distq_broker")
+        try:
+            token, exposed = manager._create("distq_broker")
+        except (TypeError, ValueError):  # its unpacking of a reply not (id, exposed)
+            raise Refused("create's result is not an (id, exposed methods) pair") from None
+        if not isinstance(token.id, str) or not isinstance(exposed, tuple | list):
+            raise Refused("create's result is not an (id, exposed methods) pair")
         return BrokerProxy(token, manager._serializer, manager=self, exposed=exposed, incref=False)
 
 
