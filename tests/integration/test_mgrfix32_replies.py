@@ -270,3 +270,38 @@ def test_a_create_result_of_the_wrong_shape_is_a_refused_connection(result: Any)
                 remote.consumer("c1")
         finally:
             remote.close()
+
+
+@pytest.mark.timeout(60)
+def test_closing_in_another_thread_against_a_master_of_another_key_raises_nothing() -> None:
+    # a close made in a thread of its own (a worker's distq-close threads, an
+    # executor's shutdown) connects afresh: a master started since with another key
+    # failed that handshake, and its AuthenticationError escaped close()
+    settings = _settings()
+    first = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    second: Any = None
+    try:
+        producer, consumer = remote.producer("r"), remote.consumer("c1")
+        first.close()
+        second = open_transport(
+            dataclasses.replace(settings, authkey=secrets.token_hex(16).encode()), "master"
+        )
+        failed: list[BaseException] = []
+
+        def close(what: Any) -> None:
+            try:
+                what.close()
+            except BaseException as exc:  # what the test looks for
+                failed.append(exc)
+
+        for what in (producer, consumer):
+            thread = threading.Thread(target=close, args=(what,))
+            thread.start()
+            thread.join(30)
+        assert not failed
+    finally:
+        remote.close()
+        first.close()
+        if second is not None:
+            second.close()

@@ -699,8 +699,12 @@ class ManagerProducer(Producer):
 
     def close(self) -> None:
         # RemoteError: a master started since knows no object of this proxy's (its queue
-        # went with the master before): the refusal is no news, and a remote traceback
-        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, RemoteError):
+        # went with the master before): the refusal is no news, and a remote traceback.
+        # AuthenticationError, AssertionError: a close in a thread of its own connects
+        # afresh, to a master of another key, or another service
+        with contextlib.suppress(
+            OSError, EOFError, pickle.UnpicklingError, RemoteError, *_HANDSHAKE_FAILURES
+        ):
             self._broker.delete(self.reply_to)
         _close_proxy(self._broker)
 
@@ -839,7 +843,9 @@ class ManagerConsumer(Consumer):
         # what the consumer held goes back as its lease runs out anyway
         with (
             _within(self._broker, _reply_within(self._lease)),
-            contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, RemoteError),
+            contextlib.suppress(
+                OSError, EOFError, pickle.UnpicklingError, RemoteError, *_HANDSHAKE_FAILURES
+            ),
         ):
             self._broker.disconnect(self._id)
         _close_proxy(self._broker)
@@ -879,6 +885,10 @@ def _connection_of(proxy: object) -> Any:
 def _deliveries(wire: Sequence[Wire]) -> list[Delivery]:
     return [Delivery(body=body, tag=token, redelivered=again) for token, body, again in wire]
 
+
+#: What the stdlib handshake of a connection made afresh by a call raises: the master's
+#: key is another (a master started since), the service is not a master (AssertionError)
+_HANDSHAKE_FAILURES = (AuthenticationError, AssertionError)
 
 _OLDER_MASTER = "'settle_fetch_late' of"  # in the refusal of a method not exposed
 
