@@ -305,3 +305,23 @@ def test_closing_in_another_thread_against_a_master_of_another_key_raises_nothin
         first.close()
         if second is not None:
             second.close()
+
+
+@pytest.mark.parametrize("kind", ["#TRACEBACK", "#UNSERIALIZABLE"])
+def test_a_masters_traceback_is_said_in_one_short_line(kind: str) -> None:
+    # the worker says a failed call in one line ("...; reconnecting"): the master's
+    # traceback text, which a key holder chooses, made it several (a forged line among
+    # them) or a megabyte
+    forged = "Traceback (most recent call last):\n  x\nValueError: boom\nreconnected to master"
+    for text in (forged, "y" * 1_000_000):
+        settings = _settings()
+        with _fake_master(settings, "fetch", (kind, text)):
+            remote = open_transport(settings, "worker")
+            try:
+                consumer = remote.consumer("c1")
+                with pytest.raises(TransportError, match=r"failed a request") as caught:
+                    consumer.fetch(5, 0.1)
+                message = str(caught.value)
+                assert "\n" not in message and len(message) < 400, message[:400]
+            finally:
+                remote.close()

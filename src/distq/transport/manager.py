@@ -599,12 +599,26 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
                 f"the master at {address} no longer knows this consumer: it restarted "
                 "since, and the leases of this consumer's tasks went with it"
             ) from None
-        raise TransportError(f"the master at {address} failed a request: {exc}") from None
+        text = str(exc.args[0]) if exc.args else ""
+        # its last line: the traceback's text, which a key holder chooses, made the
+        # worker's one line several (a forged one among them), or a megabyte
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        shown = wire.shown(lines[-1] if lines else "no reason given")
+        raise FailedRequest(f"the master at {address} failed a request: {shown}", text) from None
     except pickle.UnpicklingError as exc:  # wire.Refused: a reply naming a global; or garbage
         _close_proxy(proxy)  # not a master to keep talking to
         raise TransportError(
             f"refused a reply of the master at {address} and dropped the connection: {exc}"
         ) from None
+
+
+class FailedRequest(TransportError):
+    """The master's server failed a request (``multiprocessing``'s ``RemoteError``):
+    ``traceback`` is all of its text, the message its last line."""
+
+    def __init__(self, message: str, traceback: str) -> None:
+        super().__init__(message)
+        self.traceback = traceback
 
 
 def _unknown_to(proxy: object, exc: RemoteError) -> bool:
@@ -816,7 +830,8 @@ class ManagerConsumer(Consumer):
                     self._lease,
                 )
             except TransportError as exc:
-                if _OLDER_MASTER not in str(exc):  # refused unread: nothing was settled
+                older = isinstance(exc, FailedRequest) and _OLDER_MASTER in exc.traceback
+                if not older:  # refused unread: nothing was settled
                     raise
                 self._older_master = True
             else:

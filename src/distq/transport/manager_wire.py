@@ -433,14 +433,14 @@ def _misshapen(reply: object) -> str | None:
         return None if isinstance(result, str) else f"{kind} of {type(result).__name__}, not text"
     if kind == "#ERROR":  # a broker method raised: none does; or a peer chose what we raise
         if isinstance(result, BaseException):
-            return f"an error raised in the master: {_shown(repr(result))}"
+            return f"an error raised in the master: {shown(repr(result))}"
         return f"an error of {type(result).__name__}, not an exception"
     if kind == "#PROXY":
         return "a proxy, which no call of distq's asks for"
-    return f"a reply of an unknown kind: {_shown(repr(kind))}"
+    return f"a reply of an unknown kind: {shown(repr(kind))}"
 
 
-def _shown(text: str) -> str:
+def shown(text: str) -> str:
     """The peer's ``text`` as one short line."""
     if len(text) > _SHOWN_NAME:
         text = text[:_SHOWN_NAME] + "..."
