@@ -98,10 +98,11 @@ def _set(values: Mapping[str, str], name: str) -> bool:
 def read_secret(path: str, var: str, named: str | None = None, undo: str | None = None) -> str:
     """The content of the file at ``path`` with its trailing newline (``\\n`` or
     ``\\r\\n``) stripped and nothing else: a space or tab around a password is part of
-    it. Never empty or only whitespace (a :class:`ConfigError` naming ``path`` and
-    ``var``, or as ``named`` with what would ``undo`` it, not the content). A key's file
-    (:data:`KEYS`) may hold any bytes, kept as the variable keeps them; a password's
-    must be UTF-8."""
+    it, and so is a line end a key's bytes end with. Never empty or only whitespace (a
+    :class:`ConfigError` naming ``path`` and ``var``, or as ``named`` with what would
+    ``undo`` it, not the content). A key's file (:data:`KEYS`) may hold any bytes, kept
+    as the variable keeps them; a password's must be UTF-8. A keys file's lines may end
+    in a bare ``\\r`` (old Mac) too."""
     named, undo = named or var, undo or f"unset {var}"
     try:
         data = Path(path).read_bytes()
@@ -124,7 +125,11 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
                 else "write the password in UTF-8 (and set it so on the broker)"
             )
             raise ConfigError(f"{named} names {path!r}, which is not UTF-8 text; {fix}") from None
-    text = text.rstrip("\r\n")
+    if var.removesuffix(FILE_SUFFIX) == "DISTQ_SIGNING_KEYS":  # one key per line, whatever
+        # the editor ends lines with: old Mac's bare CR read as one key, the CRs inside it
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # one newline: a key's own last bytes may be line ends (rstrip took them too)
+    text = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
     if not text.strip():
         what = "empty" if not text else "empty but for whitespace"
         raise ConfigError(

@@ -292,6 +292,11 @@ class ManagerTransport(Transport):
                 f"the master at {self.address} (DISTQ_MANAGER_ADDRESS) gave {exc.strerror}; "
                 "is a running `distq master` (not another service, not a stopped process) there?"
             ) from None
+        except BlockingIOError:  # wire.bounded's SO_RCVTIMEO or SO_SNDTIMEO, past the handshake
+            raise ConnectionFailed(
+                f"the master at {self.address} did not answer within "
+                f"{wire.reply_timeout():g} s (stopped, or overloaded?)"
+            ) from None
         except (EOFError, ConnectionResetError):  # a master closing as we connect
             raise ConnectionFailed(
                 f"the master at {self.address} closed the connection as we connected "
@@ -371,8 +376,10 @@ class ManagerTransport(Transport):
         ids = [c.consumer_id for c in consumers if isinstance(c, ManagerConsumer)]
         if not ids:
             return
-        if self._keeper is None:
-            self._keeper = self._endpoint()
+        if self._keeper is None:  # made within the bound too: a master that answered the
+            # handshake, then not the proxy's `create`, held the keeper REPLY_TIMEOUT
+            with wire.thread_bound(self._keeper_within()):
+                self._keeper = self._endpoint()
         try:
             with _within(self._keeper, self._keeper_within()):
                 _call(self.address, self._keeper.heartbeats, ids, self._settings.lease_seconds)
@@ -568,6 +575,17 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
             f"the master at {address} did not answer within "
             f"{wire.reply_timeout():g} s (stopped, or overloaded?)"
         ) from None
+    except AuthenticationError:  # connecting afresh for this call: a master of another key
+        raise AuthenticationFailed(
+            f"authentication failed: the master at {address} rejected DISTQ_AUTHKEY; "
+            "use the same key as the master"
+        ) from None
+    except AssertionError:  # the same: the stdlib handshake asserts on a greeting not its own
+        raise TransportError(
+            f"the service at {address} (DISTQ_MANAGER_ADDRESS) answered with something "
+            "other than a distq master's handshake; is a running `distq master` (not another "
+            "service) there?"
+        ) from None
     except TimeoutError as exc:  # wire.client's, connecting afresh for this call
         raise TransportError(
             f"the master at {address} gave {exc.strerror} (stopped, or overloaded?)"
@@ -581,12 +599,26 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
                 f"the master at {address} no longer knows this consumer: it restarted "
                 "since, and the leases of this consumer's tasks went with it"
             ) from None
-        raise TransportError(f"the master at {address} failed a request: {exc}") from None
+        text = str(exc.args[0]) if exc.args else ""
+        # its last line: the traceback's text, which a key holder chooses, made the
+        # worker's one line several (a forged one among them), or a megabyte
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        shown = wire.shown(lines[-1] if lines else "no reason given")
+        raise FailedRequest(f"the master at {address} failed a request: {shown}", text) from None
     except pickle.UnpicklingError as exc:  # wire.Refused: a reply naming a global; or garbage
         _close_proxy(proxy)  # not a master to keep talking to
         raise TransportError(
             f"refused a reply of the master at {address} and dropped the connection: {exc}"
         ) from None
+
+
+class FailedRequest(TransportError):
+    """The master's server failed a request (``multiprocessing``'s ``RemoteError``):
+    ``traceback`` is all of its text, the message its last line."""
+
+    def __init__(self, message: str, traceback: str) -> None:
+        super().__init__(message)
+        self.traceback = traceback
 
 
 def _unknown_to(proxy: object, exc: RemoteError) -> bool:
@@ -681,8 +713,12 @@ class ManagerProducer(Producer):
 
     def close(self) -> None:
         # RemoteError: a master started since knows no object of this proxy's (its queue
-        # went with the master before): the refusal is no news, and a remote traceback
-        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, RemoteError):
+        # went with the master before): the refusal is no news, and a remote traceback.
+        # AuthenticationError, AssertionError: a close in a thread of its own connects
+        # afresh, to a master of another key, or another service
+        with contextlib.suppress(
+            OSError, EOFError, pickle.UnpicklingError, RemoteError, *_HANDSHAKE_FAILURES
+        ):
             self._broker.delete(self.reply_to)
         _close_proxy(self._broker)
 
@@ -794,7 +830,8 @@ class ManagerConsumer(Consumer):
                     self._lease,
                 )
             except TransportError as exc:
-                if _OLDER_MASTER not in str(exc):  # refused unread: nothing was settled
+                older = isinstance(exc, FailedRequest) and _OLDER_MASTER in exc.traceback
+                if not older:  # refused unread: nothing was settled
                     raise
                 self._older_master = True
             else:
@@ -821,7 +858,9 @@ class ManagerConsumer(Consumer):
         # what the consumer held goes back as its lease runs out anyway
         with (
             _within(self._broker, _reply_within(self._lease)),
-            contextlib.suppress(OSError, EOFError, pickle.UnpicklingError, RemoteError),
+            contextlib.suppress(
+                OSError, EOFError, pickle.UnpicklingError, RemoteError, *_HANDSHAKE_FAILURES
+            ),
         ):
             self._broker.disconnect(self._id)
         _close_proxy(self._broker)
@@ -861,6 +900,10 @@ def _connection_of(proxy: object) -> Any:
 def _deliveries(wire: Sequence[Wire]) -> list[Delivery]:
     return [Delivery(body=body, tag=token, redelivered=again) for token, body, again in wire]
 
+
+#: What the stdlib handshake of a connection made afresh by a call raises: the master's
+#: key is another (a master started since), the service is not a master (AssertionError)
+_HANDSHAKE_FAILURES = (AuthenticationError, AssertionError)
 
 _OLDER_MASTER = "'settle_fetch_late' of"  # in the refusal of a method not exposed
 

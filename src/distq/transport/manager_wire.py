@@ -37,13 +37,15 @@ from collections.abc import Callable, Iterator, Sequence
 from multiprocessing import connection, managers
 from multiprocessing.connection import Connection
 from multiprocessing.managers import BaseManager, BaseProxy
-from typing import Any, ClassVar, Protocol, cast
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from distq.addresses import host_port, ipv6_listen_address
 from distq.config import Settings
 from distq.errors import ConfigError
 from distq.transport.manager_broker import QueueBroker, Wire, WireSettlement
 from distq.transport.signatures import parameters_differ
+
+_Item = TypeVar("_Item")
 
 
 def changed(internal: str, found: object, expected: str) -> ConfigError:
@@ -401,11 +403,48 @@ class ClientConnection(Connection):
     def recv(self) -> Any:
         data = self.recv_bytes()  # its EOFError or OSError: the peer closed, or the network
         try:
-            return ReplyUnpickler(io.BytesIO(data)).load()
+            reply = ReplyUnpickler(io.BytesIO(data)).load()
         except pickle.UnpicklingError:
             raise
         except Exception as exc:
             raise Refused(f"not a pickle: {type(exc).__name__}") from None
+        if problem := _misshapen(reply):
+            raise Refused(problem)
+        return reply
+
+
+#: What ``multiprocessing``'s proxy makes of each kind of reply but ``#RETURN``: the
+#: text of a ``RemoteError`` (the master's server failed a request: an object it does
+#: not know, a method not exposed).
+_TEXT_REPLIES = ("#TRACEBACK", "#UNSERIALIZABLE")
+
+
+def _misshapen(reply: object) -> str | None:
+    """Why ``reply`` (plain data that loaded) is not one a distq master sends, or None.
+    ``multiprocessing``'s proxy raised whatever such a reply made it raise (the
+    exception it named, a ``TypeError`` for an error that is none, a ``ValueError`` for
+    a kind it does not know): a fake master's traceback out of the worker."""
+    if not isinstance(reply, tuple | list) or len(reply) != 2:
+        return f"a reply of {type(reply).__name__}, not a (kind, result) pair"
+    kind, result = reply
+    if kind == "#RETURN":
+        return None
+    if kind in _TEXT_REPLIES:
+        return None if isinstance(result, str) else f"{kind} of {type(result).__name__}, not text"
+    if kind == "#ERROR":  # a broker method raised: none does; or a peer chose what we raise
+        if isinstance(result, BaseException):
+            return f"an error raised in the master: {shown(repr(result))}"
+        return f"an error of {type(result).__name__}, not an exception"
+    if kind == "#PROXY":
+        return "a proxy, which no call of distq's asks for"
+    return f"a reply of an unknown kind: {shown(repr(kind))}"
+
+
+def shown(text: str) -> str:
+    """The peer's ``text`` as one short line."""
+    if len(text) > _SHOWN_NAME:
+        text = text[:_SHOWN_NAME] + "..."
+    return text if text.isprintable() else repr(text)
 
 
 class Listener(connection.Listener):
@@ -519,28 +558,34 @@ class BrokerProxy(BaseProxy):
         return self._call("open", reply_to) is not False  # None: an older master's "yes"
 
     def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None:
-        return cast("list[bytes] | None", self._call("get", queue, max_count, timeout))
+        reply = self._call("get", queue, max_count, timeout)
+        return (
+            None if reply is None else cast("list[bytes]", _list_of(reply, object, "get", "bodies"))
+        )
 
     def delete(self, queue: str) -> None:
         self._call("delete", queue)
 
     def gone(self, reply_to: Sequence[str]) -> list[str]:
-        return cast("list[str]", self._call("gone", reply_to))
+        return _list_of(self._call("gone", reply_to), str, "gone", "queue names")
 
     def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
-        return cast("list[bool]", self._call("withdraw", queue, bodies))
+        found = _list_of(self._call("withdraw", queue, bodies), bool, "withdraw", "yes or no")
+        if len(found) != len(bodies):
+            raise Refused(f"withdraw's result: {len(found)} answers for {len(bodies)} bodies")
+        return found
 
     def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool:
         return bool(self._call("requeue_dead", queue, letter, body))
 
     def forget_orphans(self, queue: str, reply_to: str) -> int:
-        return int(self._call("forget_orphans", queue, reply_to))
+        return _count(self._call("forget_orphans", queue, reply_to), "forget_orphans")
 
     def fetch(
         self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
     ) -> list[Wire] | None:
         reply = self._call("fetch", queue, consumer, max_count, timeout, lease)
-        return cast("list[Wire] | None", reply)
+        return None if reply is None else _deliveries(reply, "fetch")
 
     def heartbeat(self, consumer: str, lease: float) -> None:
         self._call("heartbeat", consumer, lease)
@@ -549,7 +594,11 @@ class BrokerProxy(BaseProxy):
         self._call("heartbeats", consumers, lease)
 
     def settle(self, queue: str, consumer: str, items: Sequence[WireSettlement]) -> list[int]:
-        return cast("list[int]", self._call("settle", queue, consumer, items))
+        reply = self._call("settle", queue, consumer, items)
+        # None: a master from before settle told which were late (Broker says list[int])
+        return (
+            cast("list[int]", None) if reply is None else _list_of(reply, int, "settle", "tokens")
+        )
 
     def settle_fetch(
         self,
@@ -560,7 +609,7 @@ class BrokerProxy(BaseProxy):
         lease: float,
     ) -> list[Wire] | None:
         reply = self._call("settle_fetch", queue, consumer, items, max_count, lease)
-        return cast("list[Wire] | None", reply)
+        return None if reply is None else _deliveries(reply, "settle_fetch")
 
     def settle_fetch_late(
         self,
@@ -571,7 +620,14 @@ class BrokerProxy(BaseProxy):
         lease: float,
     ) -> tuple[list[int], list[Wire]] | None:
         reply = self._call("settle_fetch_late", queue, consumer, items, max_count, lease)
-        return cast("tuple[list[int], list[Wire]] | None", reply)
+        if reply is None:
+            return None
+        if not isinstance(reply, tuple | list) or len(reply) != 2:
+            raise Refused(f"settle_fetch_late's result of {type(reply).__name__}, not a pair")
+        late, wire = reply
+        return _list_of(late, int, "settle_fetch_late", "tokens"), _deliveries(
+            wire, "settle_fetch_late"
+        )
 
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
         self._call("release", consumer, tokens)
@@ -580,10 +636,49 @@ class BrokerProxy(BaseProxy):
         self._call("disconnect", consumer)
 
     def peek(self, queue: str, limit: int) -> list[bytes]:
-        return cast("list[bytes]", self._call("peek", queue, limit))
+        return cast(
+            "list[bytes]", _list_of(self._call("peek", queue, limit), object, "peek", "bodies")
+        )
 
     def stats(self, queue: str) -> tuple[int, int, int, int]:
-        return cast("tuple[int, int, int, int]", self._call("stats", queue))
+        counts = _list_of(self._call("stats", queue), int, "stats", "counts")
+        if len(counts) != 4:
+            raise Refused(f"stats's result: {len(counts)} counts, not 4")
+        ready, in_flight, dead, consumers = counts
+        return ready, in_flight, dead, consumers
+
+
+# -- what a worker takes from a result: its shape checked, a fake master's wrong one a
+# refused reply (its TypeError or ValueError escaped the transport: a slot's `gone`)
+
+
+def _list_of(reply: object, kind: type[_Item], method: str, what: str) -> list[_Item]:
+    """``reply`` as a list of ``kind``; :class:`Refused` if it is none. Bodies are of
+    any kind (``object``): a worker, a master and the dead-letter listing each read a
+    body that is not bytes as malformed, where a refused reply would refuse it forever."""
+    if not isinstance(reply, list | tuple):
+        raise Refused(f"{method}'s result of {type(reply).__name__}, not a list of {what}")
+    if kind is not object:
+        for item in reply:
+            if not isinstance(item, kind):
+                raise Refused(f"{method}'s result holds {type(item).__name__}, not only {what}")
+    return reply if isinstance(reply, list) else list(reply)
+
+
+def _count(reply: object, method: str) -> int:
+    if not isinstance(reply, int):
+        raise Refused(f"{method}'s result of {type(reply).__name__}, not a count")
+    return reply
+
+
+def _deliveries(reply: object, method: str) -> list[Wire]:
+    """``reply`` as deliveries: (token, body, redelivered) each."""
+    what = "(token, body, redelivered) triples"
+    items = _list_of(reply, tuple, method, what)
+    for item in items:
+        if len(item) != 3 or not isinstance(item[0], int):  # a body: the worker's to read
+            raise Refused(f"{method}'s result holds a delivery not of (token, body, redelivered)")
+    return cast("list[Wire]", items)
 
 
 class ClientManager(BaseManager):
@@ -599,7 +694,12 @@ class ClientManager(BaseManager):
         held the slot's thread at each, 5 s (``CONNECT_TIMEOUT``), or 30 s once it had
         answered the handshake (``REPLY_TIMEOUT``)."""
         manager: Any = self  # typeshed declares none of its private parts
-        token, exposed = manager._create("distq_broker")
+        try:
+            token, exposed = manager._create("distq_broker")
+        except (TypeError, ValueError):  # its unpacking of a reply not (id, exposed)
+            raise Refused("create's result is not an (id, exposed methods) pair") from None
+        if not isinstance(token.id, str) or not isinstance(exposed, tuple | list):
+            raise Refused("create's result is not an (id, exposed methods) pair")
         return BrokerProxy(token, manager._serializer, manager=self, exposed=exposed, incref=False)
 
 
