@@ -6,6 +6,7 @@ fixtures (tests/brokers.py) are requested only by the transports that need them.
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import nonblocking
 from distq.config import Settings
 from distq.transport import Transport, open_transport
 from launch import free_port
@@ -135,3 +137,11 @@ def spawn(target: Target) -> Iterator[Spawn]:
     yield start
     for proc in started:
         proc.stop(grace=3.0)  # a master still waiting for tasks would drain for 5 s
+
+
+@pytest.fixture
+def full_pipe() -> Iterator[tuple[io.TextIOWrapper, int]]:
+    """A text stream on a pipe whose writing end is O_NONBLOCK and fills up, and the
+    pipe's reading end (:func:`nonblocking.full_pipe`)."""
+    with nonblocking.full_pipe() as pipe:
+        yield pipe

@@ -13,8 +13,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from multiprocessing import connection
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,10 +21,10 @@ import pytest
 
 from distq.config import Settings
 from distq.errors import ConnectionFailed, TransportError
-from distq.transport import manager_wire, open_transport
+from distq.transport import open_transport
 from distq.transport.base import Delivery, Settlement
 from distq.transport.manager import ManagerConsumer
-from launch import free_port
+from fake_master import fake_master, fake_settings
 
 pytestmark = pytest.mark.integration
 
@@ -42,58 +41,14 @@ WRONG_SHAPES: dict[str, Any] = {
 
 
 def _settings() -> Settings:
-    return Settings(
-        transport="manager",
-        authkey=secrets.token_hex(16).encode(),
-        manager_address=("127.0.0.1", free_port()),
-        queue="mgrfix32",
-        lease_seconds=3.0,
-    )
+    return fake_settings("mgrfix32", lease_seconds=3.0)
 
 
-@contextlib.contextmanager
 def _fake_master(
     settings: Settings, odd_on: str, reply: Any, stall_on: str | None = None
-) -> Iterator[None]:
-    """A master holding DISTQ_AUTHKEY that answers ``odd_on`` (a method) with ``reply``,
-    never answers ``stall_on``, and answers the rest like a real one."""
-    assert settings.authkey is not None
-    authkey = settings.authkey
-    server = socket.create_server(settings.manager_address)
-    stop = threading.Event()
-
-    def serve(conn: Connection) -> None:
-        with conn, contextlib.suppress(EOFError, OSError):
-            connection.deliver_challenge(conn, authkey)
-            connection.answer_challenge(conn, authkey)
-            while not stop.is_set():
-                _, method, _, _ = conn.recv()
-                if method == stall_on:
-                    stop.wait(60)
-                    return
-                if method == odd_on:
-                    conn.send_bytes(pickle.dumps(reply, protocol=4))
-                    continue
-                answer = {"create": ("1", manager_wire.EXPOSED), "fetch": []}.get(method)
-                conn.send(("#RETURN", answer))
-
-    def accept() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                sock = server.accept()[0]
-                sock.setblocking(True)
-                conn = Connection(sock.detach())
-                threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        server.shutdown(socket.SHUT_RDWR)
-        server.close()
-        thread.join(5)
+) -> contextlib.AbstractContextManager[None]:
+    """:func:`fake_master` answering ``odd_on`` with a pickle of ``reply``."""
+    return fake_master(settings, odd_on, pickle.dumps(reply, protocol=4), stall_on)
 
 
 @pytest.mark.parametrize("what", WRONG_SHAPES)

@@ -2,51 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import json
-import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from distq import console as console_module
 from distq.logs import JsonConsole
-
-
-@pytest.fixture
-def full_pipe() -> Iterator[tuple[io.TextIOWrapper, int]]:
-    """A text stream on a pipe whose writing end is O_NONBLOCK (as a parent may leave a
-    shared stdout), and the pipe's reading end."""
-    read, write = os.pipe()
-    flags = fcntl.fcntl(write, fcntl.F_GETFL)
-    fcntl.fcntl(write, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    os.set_blocking(read, False)
-    stream = open(write, "w", encoding="utf-8")  # noqa: SIM115  # as sys.stdout on a pipe
-    try:
-        yield stream, read
-    finally:
-        # what is left in its buffer cannot go: the fd closes all the same
-        with contextlib.suppress(BlockingIOError):
-            stream.close()
-        os.close(read)
-
-
-def drain(read: int) -> bytes:
-    chunks = []
-    for _ in range(10_000):  # bounded: a pipe holds at most a few MB
-        try:
-            chunk = os.read(read, 1 << 16)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
+from nonblocking import drain
 
 
 @pytest.mark.parametrize("batch", [1, 150])  # a line at a time; a worker's batch of lines

@@ -3,8 +3,6 @@ worker's own lines (``Console``) on the same stream."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import json
 import os
@@ -13,45 +11,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from distq.logs import JsonConsole
 from distq.taskoutput import WholeLines
+from nonblocking import drain
 
 TASK_LINES = 400
 PAD = "y" * 1000
-
-
-@pytest.fixture
-def full_pipe() -> Iterator[tuple[io.TextIOWrapper, int]]:
-    """A text stream on a pipe whose writing end is O_NONBLOCK (as a parent may leave a
-    shared stdout), and the pipe's reading end."""
-    read, write = os.pipe()
-    flags = fcntl.fcntl(write, fcntl.F_GETFL)
-    fcntl.fcntl(write, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    os.set_blocking(read, False)
-    stream = open(write, "w", encoding="utf-8")  # noqa: SIM115  # as sys.stdout on a pipe
-    try:
-        yield stream, read
-    finally:
-        with contextlib.suppress(BlockingIOError):
-            stream.close()
-        os.close(read)
-
-
-def _drain(read: int) -> bytes:
-    chunks = []
-    for _ in range(10_000):  # bounded: a pipe holds at most a few MB
-        try:
-            chunk = os.read(read, 1 << 16)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def test_a_tasks_print_on_a_full_non_blocking_stdout_waits_and_is_never_cut(
@@ -83,7 +49,7 @@ def test_a_tasks_print_on_a_full_non_blocking_stdout_waits_and_is_never_cut(
 
     def reader() -> None:  # a slow reader: the pipe fills, then takes some, again
         while not done.wait(0.01):
-            got.append(_drain(read))
+            got.append(drain(read))
 
     threads = [threading.Thread(target=f) for f in (task, slot)]
     draining = threading.Thread(target=reader)
@@ -102,7 +68,7 @@ def test_a_tasks_print_on_a_full_non_blocking_stdout_waits_and_is_never_cut(
         sys.setswitchinterval(interval)
     assert not raised, repr(raised[0])
     console.info("the last line")
-    got.append(_drain(read))
+    got.append(drain(read))
     lines = b"".join(got).decode().split("\n")
     assert lines[-1] == ""  # ends at a line's end
     tasks, broken = 0, []
@@ -143,7 +109,7 @@ def test_a_tasks_print_after_a_worker_line_the_full_stream_cut_keeps_both_whole(
 
     def reader() -> None:
         while not done.wait(0.01):
-            got.append(_drain(read))
+            got.append(drain(read))
 
     printing = threading.Thread(target=task)
     draining = threading.Thread(target=reader)
@@ -158,7 +124,7 @@ def test_a_tasks_print_after_a_worker_line_the_full_stream_cut_keeps_both_whole(
         draining.join(10)
     assert not raised, repr(raised[0])
     console.info("the last line")
-    got.append(_drain(read))
+    got.append(drain(read))
     lines = b"".join(got).decode().split("\n")
     assert lines[-1] == ""
     tasks, broken = 0, []
@@ -209,13 +175,13 @@ def test_a_child_forked_while_another_thread_prints_prints_on_a_non_blocking_std
     got = []
     ended, status = 0, 0
     for _ in range(3000):  # the reader reads until the child and the other slot end
-        got.append(_drain(read))
+        got.append(drain(read))
         if not ended:
             ended, status = os.waitpid(pid, os.WNOHANG)
         if ended and not other.is_alive():
             break
         time.sleep(0.01)
     other.join(5)
-    got.append(_drain(read))
+    got.append(drain(read))
     assert ended and os.WIFEXITED(status), f"the child: status {status}"
     assert b"child's line\n" in b"".join(got)

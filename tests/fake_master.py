@@ -1,0 +1,73 @@
+"""A fake manager master for tests of what a worker does with a peer's odd replies: it
+holds DISTQ_AUTHKEY and answers one method as the test says, the rest like a real one."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from multiprocessing import connection
+from multiprocessing.connection import Connection
+
+from distq.config import Settings
+from distq.transport import manager_wire
+from launch import free_port
+
+
+def fake_settings(queue: str, **more: object) -> Settings:
+    """Settings of a manager worker for a :func:`fake_master` on a free local port."""
+    return Settings(
+        transport="manager",
+        authkey=secrets.token_hex(16).encode(),
+        manager_address=("127.0.0.1", free_port()),
+        queue=queue,
+        **more,  # type: ignore[arg-type]
+    )
+
+
+@contextlib.contextmanager
+def fake_master(
+    settings: Settings, odd_on: str, reply: bytes, stall_on: str | None = None
+) -> Iterator[None]:
+    """A master holding DISTQ_AUTHKEY that answers ``odd_on`` (a method) with the bytes
+    ``reply`` (a pickle, or not), never answers ``stall_on``, and answers the rest like
+    a real one."""
+    assert settings.authkey is not None
+    authkey = settings.authkey
+    server = socket.create_server(settings.manager_address)
+    stop = threading.Event()
+
+    def serve(conn: Connection) -> None:
+        with conn, contextlib.suppress(EOFError, OSError):
+            connection.deliver_challenge(conn, authkey)
+            connection.answer_challenge(conn, authkey)
+            while not stop.is_set():
+                _, method, _, _ = conn.recv()
+                if method == stall_on:
+                    stop.wait(60)
+                    return
+                if method == odd_on:
+                    conn.send_bytes(reply)
+                    continue
+                answer = {"create": ("1", manager_wire.EXPOSED), "fetch": []}.get(method)
+                conn.send(("#RETURN", answer))
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                sock = server.accept()[0]
+                sock.setblocking(True)
+                conn = Connection(sock.detach())
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(5)
