@@ -12,7 +12,7 @@ from distq.backoff import Backoff
 from distq.console import Console
 from distq.envelope import Task
 from distq.errors import TransportError
-from distq.master import JobSpec, Master
+from distq.master import JobReport, JobSpec, Master
 from distq.squares import Squares
 from distq.transport import Delivery, Settlement, Transport
 from distq.transport.manager import ManagerProducer
@@ -57,20 +57,17 @@ def test_a_job_stopped_right_after_it_reconnected_takes_back_its_queued_tasks(
         assert report.missing == tasks and not report.succeeded, out.getvalue()
 
 
-@pytest.mark.parametrize("held", [1, 4])
-def test_an_endless_jobs_stop_with_tasks_queued_twice_takes_every_copy_and_counts_what_ran(
-    transport: Transport, monkeypatch: pytest.MonkeyPatch, held: int
-) -> None:
-    """An unconfirmed publish that did arrive, submitted again after the reconcile (the
-    broker could not vouch for it): each of those tasks queued twice. The stop's
-    withdraw took one copy of each and counted the task as never submitted: the other
-    copy stayed queued to run after the stop (2 left ready), or, with a worker, ran and
-    its result, come back during the drain, was dropped unsaid (1 of 3 results counted
-    where all 3 ran)."""
+def _stop_with_tasks_queued_twice(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch, held: int, drain: float
+) -> tuple[JobReport, list[Delivery], str]:
+    """An endless job whose publish of three tasks arrived unconfirmed, then was submitted
+    again after the reconcile (the broker could not vouch for it): each of those tasks
+    queued twice. A worker takes ``held`` copies, the master is stopped, and the worker
+    answers a second later. The master's report, the copies taken, what it said."""
     monkeypatch.setattr("distq.master.Backoff", lambda: Backoff(0.05, 0.05))
     stop = threading.Event()
     original_submit, original_reconcile = ManagerProducer.submit, ManagerProducer.reconcile
-    calls = {"submit": 0, "reconcile": 0}
+    calls = {"submit": 0}
     consumer = transport.consumer("test-worker")
     taken: list[Delivery] = []
 
@@ -87,9 +84,8 @@ def test_an_endless_jobs_stop_with_tasks_queued_twice_takes_every_copy_and_count
             stop.set()
 
     def unvouched(self: ManagerProducer) -> int:
-        calls["reconcile"] += 1
-        held = original_reconcile(self)
-        return 0 if calls["submit"] == 3 else held
+        vouched = original_reconcile(self)
+        return 0 if calls["submit"] == 3 else vouched
 
     def answer_later() -> None:
         consumer.settle(
@@ -103,7 +99,7 @@ def test_an_endless_jobs_stop_with_tasks_queued_twice_takes_every_copy_and_count
     monkeypatch.setattr(ManagerProducer, "submit", unconfirmed)
     monkeypatch.setattr(ManagerProducer, "reconcile", unvouched)
     out = io.StringIO()
-    spec = JobSpec(tasks=None, rate=20, status_every=10, drain_seconds=3)
+    spec = JobSpec(tasks=None, rate=20, status_every=10, drain_seconds=drain)
     timer = threading.Timer(1.0, answer_later)
     timer.start()
     try:
@@ -113,6 +109,18 @@ def test_an_endless_jobs_stop_with_tasks_queued_twice_takes_every_copy_and_count
     said = out.getvalue()
     assert "submitting the 3 tasks among the others" in said, said
     assert transport.stats().ready == 0, said
+    return report, taken, said
+
+
+@pytest.mark.parametrize("held", [1, 4])
+def test_an_endless_jobs_stop_with_tasks_queued_twice_takes_every_copy_and_counts_what_ran(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch, held: int
+) -> None:
+    """The stop's withdraw took one copy of each task queued twice and counted the task
+    as never submitted: the other copy stayed queued to run after the stop (2 left
+    ready), or, with a worker, ran and its result, come back during the drain, was
+    dropped unsaid (1 of 3 results counted where all 3 ran)."""
+    report, taken, said = _stop_with_tasks_queued_twice(transport, monkeypatch, held, 3)
     if held == 4:  # every task ran (the first twice): every result counts
         ran = {Task.decode(d.body).id for d in taken}
         assert len(ran) == 3
@@ -167,3 +175,17 @@ def test_a_job_stopped_as_a_call_fails_after_a_reconnect_makes_no_call_to_take_b
     Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
     assert calls["after"] >= 2, out.getvalue()
     assert calls["withdraw"] == 0, out.getvalue()
+
+
+def test_a_copy_with_a_worker_of_a_task_whose_other_copy_was_taken_back_is_waited_for(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker holds one copy of one of the three tasks queued twice: the stop takes back
+    the other five copies; that task may still run (a copy of it was found fewer times
+    than it was submitted), so the drain waits for it (check32). It ended at once, every
+    waiting task taken back: the task ran, and its result, back a second later, was
+    dropped, the task counted as never submitted (report.tasks 0)."""
+    report, taken, said = _stop_with_tasks_queued_twice(transport, monkeypatch, 1, 10)
+    assert len(taken) == 1, said
+    assert (report.tasks, report.ok, report.missing) == (1, 1, 0), said
+    assert report.succeeded, said
