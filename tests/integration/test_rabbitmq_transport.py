@@ -11,7 +11,9 @@ afterwards.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -500,6 +502,54 @@ def test_requeue_dead_refused_in_part_keeps_only_the_letters_whose_tasks_were_re
     while _ready(raw, f"{queue}.dead") != 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert [letter.body for letter in t.dead_letters()] == [b"t3", b"t4"]
+
+
+def test_requeue_dead_cut_off_part_way_says_what_became_of_the_letters(
+    amqp_url: str,
+    raw: Any,
+    queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The connection to RabbitMQ cut (and the broker unreachable) after the first batch
+    of letters moved: the command said the transport's error alone, nothing of the
+    letters moved already nor of the rest, as it says on Redis and the manager
+    (counting_moves's ``moved`` on the error: rabbitmq_dead's carried none)."""
+    from distq import commands
+    from distq.console import Console
+
+    monkeypatch.setattr(rabbitmq_dead, "MESSAGE_BATCH", 10)
+    raw.queue_declare(f"{queue}.dead", durable=True)
+    for n in range(15):
+        raw.basic_publish("", f"{queue}.dead", b"raw %d" % n)
+    address = urlsplit(amqp_url)
+    with Partition(address.port or 5672) as partition:
+        settings = Settings(
+            transport="rabbitmq", amqp_url=_through(amqp_url, partition), queue=queue
+        )
+        made = commands.reviver
+
+        def stopping(*args: Any, **kwargs: Any) -> Any:
+            revive, calls = made(*args, **kwargs), [0]
+
+            def revive_then_cut(letter: DeadLetter) -> bytes:
+                calls[0] += 1
+                if calls[0] == 13:  # in the second batch: the broker gone
+                    partition.close()
+                return revive(letter)
+
+            return revive_then_cut
+
+        monkeypatch.setattr(commands, "reviver", stopping)
+        err = io.StringIO()
+        args = argparse.Namespace(role="requeue-dead", limit=None)
+        assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+    said = err.getvalue()
+    assert "; 10 dead letters were requeued before that" in said, said
+    assert "the rest stay dead letters" in said, said
+    out = capsys.readouterr().out
+    assert "10 of them unreadable (not a distq dead letter)" in out, out
+    assert _ready_within(raw, queue, 10) and _ready_within(raw, f"{queue}.dead", 5)
 
 
 def test_dead_letters_a_full_dead_letter_queue_refuses_send_their_tasks_back_later(

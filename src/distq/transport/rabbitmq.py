@@ -146,6 +146,7 @@ from distq.transport.base import (
     Role,
     Settlement,
     Transport,
+    counting_moves,
     original_body,
     tags_of,
 )
@@ -499,7 +500,13 @@ class RabbitMQTransport(Transport):
             moved=moved,
             declare_queue=partial(self.declare, dead_queue=False),
         )
-        self._on_admin("requeueing dead letters", move)
+        try:
+            self._on_admin("requeueing dead letters", move)
+        except TransportError as exc:
+            if hasattr(exc, "moved"):  # a refusal part-way: said so already, with the count
+                raise
+            with counting_moves(moved):  # cut off part-way: say how many moved, as Redis
+                raise
         return moved[0]
 
     def forget_orphans(self, reply_to: str) -> int:

@@ -221,10 +221,12 @@ def _move(
             except TransportError as exc:  # refused some (a length limit): keep the rest
                 confirmed = link.confirmed - first  # of this batch
                 got = got[_ack_confirmed(link, queue, dead_queue, got, confirmed, moved) :]
-                raise TransportError(
+                refused = TransportError(
                     f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued "
                     "before that, the rest stay dead letters"
-                ) from exc
+                )
+                refused.moved = moved[0]  # type: ignore[attr-defined]  # as counting_moves's
+                raise refused from exc
             channel.basic_ack(got[-1][0].delivery_tag, multiple=True)
             moved[0] += len(letters)
             there -= len(got)
