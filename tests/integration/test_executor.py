@@ -1337,6 +1337,22 @@ CLOSES_FROM_A_SIGNAL = """
                 signalled()
             return put(command)
         dispatcher.put = putting
+    elif LOCK == "callbacks":  # inside the callbacks' lock: a cancel() on this thread
+        import queue, threading
+        class Queue(queue.SimpleQueue):
+            def put(self, item, block=True, timeout=None):
+                if threading.current_thread() is threading.main_thread():
+                    signalled()
+                super().put(item, block, timeout)
+        ex._callbacks._queue = Queue()
+        armed[0] = True
+        for _ in range(200):  # until one is cancelled here, before the thread sent it
+            future = ex.submit("jobs:add", 3, 4)
+            future.add_done_callback(lambda f: None)
+            future.cancel()
+            if not armed[0]:
+                break
+        print("signalled:", not armed[0], flush=True)
     else:  # inside the dispatcher's lock, in put()
         class Signalling(type(dispatcher.futures)):
             def update(self, items):
@@ -1355,18 +1371,24 @@ CLOSES_FROM_A_SIGNAL = """
 """
 
 
-@pytest.mark.parametrize("lock", ["executor", "dispatcher"])
+@pytest.mark.parametrize("lock", ["executor", "dispatcher", "callbacks"])
 @pytest.mark.parametrize("exits", [True, False])
 def test_close_from_a_signal_handler_interrupting_a_submit_does_not_hang(
     lock: str, exits: bool
 ) -> None:
     """close() is for "a program that must not wait (a signal, ...)": a SIGTERM handler
-    calling close() while its main thread was in submit(), holding the executor's lock or
-    the dispatcher's (put() loops over a whole map() under it), blocked for good on that
-    lock. It returns now (after CLOSE_WAIT_SECONDS at most), and a submit it interrupted
-    leaves no future pending."""
+    calling close() while its main thread was in submit(), holding the executor's lock,
+    the dispatcher's (put() loops over a whole map() under it) or the callbacks' (a
+    cancel() handing on a future's done-callbacks), blocked for good on that lock. It
+    returns now (after CLOSE_WAIT_SECONDS at most), and a submit it interrupted leaves no
+    future pending."""
     source = CLOSES_FROM_A_SIGNAL.format(lock=lock, exits=exits)
     out, _ = run_program(source, manager_env(), timeout=40)
     assert "early done: True" in out, out
+    if lock == "callbacks" and not exits:
+        assert "signalled: True" in out, out
     if not exits:
-        assert "late submit: BrokenExecutor" in out or "late future: BrokenExecutor" in out, out
+        refused = (
+            "late submit: RuntimeError" if lock == "callbacks" else "late submit: BrokenExecutor"
+        )
+        assert refused in out or "late future: BrokenExecutor" in out, out
