@@ -124,7 +124,10 @@ class Dispatcher(threading.Thread):
         self.broken: str | None = None  # why the thread stopped early, if it did
         self.broken_by: BaseException | None = None  # the error that stopped it, if any
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # guards _ended and _not_sent against put() and cancel()
+        # guards _ended and _not_sent against put() and cancel(); reentrant: a signal
+        # handler's close() runs on the thread it interrupted, maybe in put() (a whole
+        # map() under it), and its fail_stuck() takes it there (it hung for good)
+        self._lock = threading.RLock()
         self._ended = False
         # the tasks of Submits put and not yet sent: a cancel() takes one back at once,
         # on its caller's thread, however long this thread waits for the broker
@@ -183,7 +186,7 @@ class Dispatcher(threading.Thread):
         (``submit`` raises :class:`BrokenExecutor`), fail the futures inherited (without
         their done-callbacks: they are the parent's) and close a listening socket
         inherited. Nothing is sent: the connections are the parent's."""
-        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._lock = threading.RLock()  # another thread may have held it at the fork
         self._ended, self.broken = True, FORKED
         # every future submitted (fail_inherited skips those answered), those a parent
         # thread had in hand between the executor's structures at the fork too (a batch
@@ -637,18 +640,18 @@ class Dispatcher(threading.Thread):
         self._unsent.clear()
         self._unsent_order.clear()
         self.collector.forget()
-        self._fail(entries, reason)
+        self._fail([entry.future for entry in entries], reason)
 
-    def _fail(self, entries: list[Entry], reason: str) -> int:
-        """Fail the futures of ``entries`` still pending with :class:`BrokenExecutor`; how
+    def _fail(self, futures: list[DistqFuture[Any]], reason: str) -> int:
+        """Fail ``futures`` still pending with :class:`BrokenExecutor`; how
         many. One resolved meanwhile (a cancel() on its caller's thread, between any look
         and the set) stays as it is."""
         failed = 0
-        for entry in entries:
+        for future in futures:
             error = BrokenExecutor(reason)
             error.__cause__ = self.broken_by  # ConfigError or TransportError: exit 2 or 3
             with contextlib.suppress(concurrent.futures.InvalidStateError):
-                entry.future.set_exception(error)
+                future.set_exception(error)
                 failed += 1
         return failed
 
@@ -663,7 +666,15 @@ class Dispatcher(threading.Thread):
             entries = self._unanswered()
         except RuntimeError:  # changed while read: the thread is not stuck after all
             entries = []
-        failed = self._fail(entries, reason)
+        failed = self._fail([entry.future for entry in entries], reason)
+        # and those the thread holds between its structures: a batch it took to send
+        # when it stopped on the lock a thread a signal interrupted holds (a signal
+        # handler's close(), the main thread in put()): they stayed pending for good
+        try:
+            held = [future for future in self.futures if not future.done()]
+        except RuntimeError:  # changed while read: the thread is not stuck after all
+            held = []
+        failed += self._fail(held, reason)
         self.callbacks.close()  # they run, then its thread ends: the exit need not wait
         return failed
 

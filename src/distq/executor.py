@@ -129,7 +129,9 @@ class Executor(concurrent.futures.Executor):
             raise
         self._callbacks = Callbacks()
         self._dispatcher = Dispatcher(self._transport, producer, self._codec, self._callbacks)
-        self._lock = threading.Lock()
+        # reentrant: a signal handler's close() runs on the thread it interrupted, maybe
+        # in _submit's locked blocks (a plain lock blocked it there for good)
+        self._lock = threading.RLock()
         self._shutdown = False
         # close() gave up on its thread, stuck in a call to a broker that does not answer
         # (its futures failed): no shutdown() waits for it, it ends when back

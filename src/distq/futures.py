@@ -39,10 +39,10 @@ def _making_lock() -> None:
     """A new lock that makes futures' Conditions: at import, and in a child made by
     fork() (a thread of the parent may have held the parent's at the fork)."""
     global _MAKING
-    _MAKING = threading.Lock()
+    _MAKING = threading.RLock()  # reentrant: see Callbacks._lock
 
 
-_MAKING: threading.Lock
+_MAKING: threading.RLock
 _making_lock()
 os.register_at_fork(after_in_child=_making_lock)
 
@@ -53,7 +53,9 @@ class Callbacks:
     :meth:`close` once every callback handed to it has run."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # reentrant: a signal handler's Executor.close() fails futures on the thread it
+        # interrupted, maybe here (a cancel() resolving one)
+        self._lock = threading.RLock()
         self._queue: queue.SimpleQueue[DistqFuture[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False

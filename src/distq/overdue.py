@@ -64,7 +64,7 @@ class Overdue:
     heap grows (at most twice those still pending, and :data:`DEADLINES_KEPT`).
     """
 
-    def __init__(self, lock: threading.Lock, not_sent: set[str]) -> None:
+    def __init__(self, lock: threading.Lock | threading.RLock, not_sent: set[str]) -> None:
         self._changed = threading.Condition(lock)
         self._not_sent = not_sent
         self._heap: list[tuple[float, int, weakref.ref[DistqFuture[Any]]]] = []

@@ -1303,3 +1303,92 @@ def test_the_exit_after_shutdown_without_wait_is_bounded_by_task_timeout_with_th
         os.kill(pid, signal.SIGKILL)
     assert "callback: TaskTimeout" in lines, out
     assert took < 10, out  # before: about 20 s
+
+
+CLOSES_FROM_A_SIGNAL = """
+    import os, signal, sys, time
+    import distq
+    from distq.dispatcher import Submit
+    LOCK, EXITS = {lock!r}, {exits!r}
+    ex = distq.Executor()
+    early = ex.submit("jobs:add", 1, 2)  # no worker: pending
+    dispatcher = ex._dispatcher
+    armed = [LOCK == "executor"]
+
+    def signalled() -> None:
+        if armed[0]:
+            armed[0] = False
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler runs here, inside the lock
+
+    def handler(signum, frame):
+        started = time.monotonic()
+        ex.close()
+        print(f"closed in {{time.monotonic() - started:.1f}} s, early done: {{early.done()}}",
+              flush=True)
+        if EXITS:
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, handler)
+    if LOCK == "executor":  # put() is called under the executor's lock
+        put = dispatcher.put
+        def putting(command):
+            if isinstance(command, Submit):
+                signalled()
+            return put(command)
+        dispatcher.put = putting
+    elif LOCK == "callbacks":  # inside the callbacks' lock: a cancel() on this thread
+        import queue, threading
+        class Queue(queue.SimpleQueue):
+            def put(self, item, block=True, timeout=None):
+                if threading.current_thread() is threading.main_thread():
+                    signalled()
+                super().put(item, block, timeout)
+        ex._callbacks._queue = Queue()
+        armed[0] = True
+        for _ in range(200):  # until one is cancelled here, before the thread sent it
+            future = ex.submit("jobs:add", 3, 4)
+            future.add_done_callback(lambda f: None)
+            future.cancel()
+            if not armed[0]:
+                break
+        print("signalled:", not armed[0], flush=True)
+    else:  # inside the dispatcher's lock, in put()
+        class Signalling(type(dispatcher.futures)):
+            def update(self, items):
+                signalled()
+                super().update(items)
+        futures = Signalling()
+        futures.update(dispatcher.futures)
+        dispatcher.futures = futures
+        armed[0] = True
+    try:
+        late = ex.submit("jobs:add", 2, 3)
+    except Exception as exc:
+        print("late submit:", type(exc).__name__, flush=True)
+    else:
+        print("late future:", type(late.exception(20)).__name__, flush=True)
+"""
+
+
+@pytest.mark.parametrize("lock", ["executor", "dispatcher", "callbacks"])
+@pytest.mark.parametrize("exits", [True, False])
+def test_close_from_a_signal_handler_interrupting_a_submit_does_not_hang(
+    lock: str, exits: bool
+) -> None:
+    """close() is for "a program that must not wait (a signal, ...)": a SIGTERM handler
+    calling close() while its main thread was in submit(), holding the executor's lock,
+    the dispatcher's (put() loops over a whole map() under it) or the callbacks' (a
+    cancel() handing on a future's done-callbacks), blocked for good on that lock. It
+    returns now (after CLOSE_WAIT_SECONDS at most), and a submit it interrupted leaves no
+    future pending."""
+    source = CLOSES_FROM_A_SIGNAL.format(lock=lock, exits=exits)
+    out, _ = run_program(source, manager_env(), timeout=40)
+    assert "early done: True" in out, out
+    if lock == "callbacks" and not exits:
+        assert "signalled: True" in out, out
+    if not exits:
+        refused = (
+            "late submit: RuntimeError" if lock == "callbacks" else "late submit: BrokenExecutor"
+        )
+        assert refused in out or "late future: BrokenExecutor" in out, out
