@@ -311,15 +311,21 @@ class Console:
         Reentrant, for a signal handler's line (:func:`announce`) and :meth:`_lost`'s."""
         if id(stream) in self._gone:
             return
-        with _OUTPUT_LOCK[0]:
+        lock = _OUTPUT_LOCK[0]
+        lock.acquire()  # not ``with``: 80 ns more a line
+        try:
             self._put(stream, text)
+        finally:
+            lock.release()
 
     def _put(self, stream: TextIO, text: str) -> None:
         try:
             if _OWED and not self._pay(stream):
                 return  # still full: this text only, the line it owes goes first
-            with contextlib.suppress(BlockingIOError):  # what others left unflushed
-                stream.flush()  # (a task's print()): the stream then holds only ``text``
+            try:  # noqa: SIM105  # (suppress() costs 0.3 µs a line) what others left
+                stream.flush()  # unflushed (a task's print()): the stream then holds only ``text``
+            except BlockingIOError:
+                pass
             stream.write(text)
             stream.flush()
         except BlockingIOError as exc:  # a non-blocking stream, full for now: this text only
