@@ -343,7 +343,7 @@ _REPLY_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 FIRST_REQUESTS = frozenset(managers.Server.public) - {"shutdown", "debug_info"}
 
 
-#: The most of a refused global's name that is shown (a peer may send any text as one).
+#: The most of a peer's text that is shown (a refused global's name, a reply: any text).
 _SHOWN_NAME = 200
 
 
@@ -359,10 +359,10 @@ class Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.allowed:
             return super().find_class(module, name)
-        shown = f"{module}.{name}"  # the peer's text: one short line in the log, not several
-        if not shown.isprintable() or len(shown) > _SHOWN_NAME:
-            shown = repr(shown[:_SHOWN_NAME]) + ("..." if len(shown) > _SHOWN_NAME else "")
-        raise Refused(f"{shown} is not among what the manager protocol unpickles")
+        # the peer's text: one short line in the log, not several
+        raise Refused(
+            f"{shown(f'{module}.{name}')} is not among what the manager protocol unpickles"
+        )
 
 
 class RequestUnpickler(Unpickler):
