@@ -40,7 +40,7 @@ from distq.limits import (
     check_nesting,
     check_size,
 )
-from distq.signing import HEADER_BYTES, MAGIC, Signer, unsigned
+from distq.signing import HEADER_BYTES, SIGNED, Signer, unsigned
 
 if TYPE_CHECKING:
     from distq.config import Settings
@@ -71,8 +71,10 @@ class Codec:
         signing_keys: Sequence[bytes] = (),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         transport: str | None = None,
+        queue: str = "distq",  # Settings' default
     ) -> None:
-        self.signer = Signer(signing_keys) if signing_keys else None
+        #: signs and checks the tasks of task queue ``queue`` and their results
+        self.signer = Signer(signing_keys, queue) if signing_keys else None
         #: the transport the messages travel on, when known (DISTQ_TRANSPORT): how a
         #: worker's dead letter says a pack of tasks (:func:`distq.framing.pack_problem`)
         self.transport = transport
@@ -117,6 +119,7 @@ class Codec:
             settings.signing_keys or settings.signing_key,
             settings.max_message_bytes,
             settings.transport,
+            settings.queue,
         )
 
     @property
@@ -178,7 +181,7 @@ class Codec:
         if len(envelopes) == 1:
             return self._sign(envelopes[0], "result")
         envelope = b"".join((b"[", b",".join(envelopes), b"]"))
-        return envelope if self.signer is None else self.signer.sign(envelope)
+        return envelope if self.signer is None else self.signer.sign(envelope, "result")
 
     def seal(self, envelope: bytes, kind: str) -> bytes:
         """``envelope`` signed (when keys are set) and checked against the limits."""
@@ -187,7 +190,7 @@ class Codec:
 
     def _sign(self, envelope: bytes, kind: str) -> bytes:
         """``envelope``, known to nest within the limit, signed and checked for size."""
-        message = envelope if self.signer is None else self.signer.sign(envelope)
+        message = envelope if self.signer is None else self.signer.sign(envelope, kind)
         if len(message) > self.max_message_bytes:
             which = (
                 "the broker's max_message_size" if self._broker_held else "DISTQ_MAX_MESSAGE_BYTES"
@@ -319,7 +322,7 @@ class Codec:
         signature is refused too)."""
         if len(message) > (self.max_message_bytes if most is None else most):
             return None
-        envelope = message[HEADER_BYTES:] if message.startswith(MAGIC) else message
+        envelope = message[HEADER_BYTES:] if message.startswith(SIGNED) else message
         return _head_task(envelope, any_version=True)
 
     def _open(self, message: bytes, kind: str, most: int | None = None) -> bytes:
@@ -328,7 +331,7 @@ class Codec:
             check_size(message, most, kind)  # raises, saying by how much
         if self.signer is not None:
             return self.signer.verify(message, kind)
-        if not message.startswith(MAGIC):
+        if not message.startswith(SIGNED):
             return message  # the common case, without a call
         return unsigned(message, kind)  # refuses a signed message, saying why
 
@@ -339,7 +342,7 @@ class Codec:
         quoting the answer, shown as unverified: the line said only "unsigned result",
         and a submitter waited for its task until its timeout, told it was queued
         (input17)."""
-        if message.startswith(MAGIC) or len(message) > self.max_message_bytes:
+        if message.startswith(SIGNED) or len(message) > self.max_message_bytes:
             return error
         try:
             result = Result.decode(message)

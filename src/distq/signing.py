@@ -2,15 +2,18 @@
 
 With ``DISTQ_SIGNING_KEYS`` set, every message a master or worker sends is::
 
-    DQSIG1 <key id> <signature>\\n<envelope>
+    DQSIG2 <key id> <signature>\\n<envelope>
 
 ``<envelope>`` is the JSON envelope, byte for byte as without signing; ``<signature>``
-is HMAC-SHA256(key, envelope) in 64 lowercase hex digits; ``<key id>`` is the first 8
-hex digits of HMAC-SHA256(key, b"distq key id"), which names the key without revealing
-it (it lets a reader say "signed with a key I do not have" instead of "altered").
-The signature sits outside the signed bytes, so a reader verifies exactly the bytes it
-received and decodes only bytes that verified. Without keys, messages are the bare JSON
-envelope, as before signing existed.
+is HMAC-SHA256(key, context + envelope) in 64 lowercase hex digits, where the context
+(:func:`context`) names the kind of message (task or result) and the task queue, so a
+task copied onto another queue, or a task read as a result, does not verify; ``<key
+id>`` is the first 8 hex digits of HMAC-SHA256(key, b"distq key id"), which names the
+key without revealing it (it lets a reader say "signed with a key I do not have"
+instead of "altered"). The signature sits outside the signed bytes, so a reader
+verifies exactly the bytes it received and decodes only bytes that verified. Without
+keys, messages are the bare JSON envelope, as before signing existed. ``DQSIG1`` (distq
+before the queue was bound: the HMAC of the envelope alone) is refused, saying so.
 
 Rotation: the first key signs, every key verifies. Add the new key at the end
 everywhere, then move it first everywhere, then drop the old one.
@@ -25,7 +28,13 @@ from collections.abc import Sequence
 
 from distq.errors import KeyMissing, SignatureError
 
-MAGIC = b"DQSIG1 "
+MAGIC = b"DQSIG2 "
+#: The header of the format before the context was signed (a replay across queues ran).
+OLD_MAGIC = b"DQSIG1 "
+#: What every signed message starts with, of either format: no JSON envelope does.
+SIGNED = b"DQSIG"
+#: The kinds of message a signature tells apart.
+KINDS = ("task", "result")
 _ID_LENGTH = 8
 _SIG_LENGTH = 64
 _HEADER_LENGTH = len(MAGIC) + _ID_LENGTH + 1 + _SIG_LENGTH + 1
@@ -90,32 +99,50 @@ def key_id(key: bytes) -> str:
     return hmac.new(key, b"distq key id", hashlib.sha256).hexdigest()[:_ID_LENGTH]
 
 
-class Signer:
-    """Signs with the first of ``keys`` and accepts a signature by any of them."""
+def context(kind: str, queue: str) -> bytes:
+    """What a signature covers in front of the envelope: the kind of message and the task
+    queue, length-prefixed (so no two pairs run into each other) and zero-padded to whole
+    SHA-256 blocks, which :class:`_Keyed` hashes once per process, not per message."""
+    text = f"distq {kind} {len(queue)}:{queue}".encode(errors="surrogateescape")
+    return text.ljust(-(-len(text) // _BLOCK) * _BLOCK, b"\0")
 
-    def __init__(self, keys: Sequence[bytes]) -> None:
+
+class Signer:
+    """Signs with the first of ``keys`` and accepts a signature by any of them, for the
+    messages of task queue ``queue`` (the tasks, and the results of its tasks)."""
+
+    def __init__(self, keys: Sequence[bytes], queue: str = "distq") -> None:
         if not keys:
             raise ValueError("a Signer needs at least one key")
-        # an HMAC keyed once per key and copied per message: the key's inner and outer
-        # blocks are hashed once, not per message
-        self._signing = _Keyed(keys[0])
+        self.queue = queue
+        # an HMAC keyed once per key and kind and copied per message: the key's inner
+        # block and the context are hashed once, not per message
+        self._signing = {kind: _Keyed(keys[0], context(kind, queue)) for kind in KINDS}
         self._prefix = MAGIC + key_id(keys[0]).encode() + b" "
-        self._keys = {key_id(key).encode(): _Keyed(key) for key in keys}
-        self._headers = {MAGIC + kid + b" ": keyed for kid, keyed in self._keys.items()}
+        self._keys = {
+            kind: {key_id(key).encode(): _Keyed(key, context(kind, queue)) for key in keys}
+            for kind in KINDS
+        }
+        self._headers = {
+            kind: {MAGIC + kid + b" ": keyed for kid, keyed in by_id.items()}
+            for kind, by_id in self._keys.items()
+        }
 
-    def sign(self, envelope: bytes) -> bytes:
-        """``envelope`` with its signature header in front."""
-        return b"".join((self._prefix, self._signing.hexdigest(envelope), b"\n", envelope))
+    def sign(self, envelope: bytes, kind: str) -> bytes:
+        """``envelope``, a ``kind`` (task or result), with its signature header in front."""
+        mac = self._signing[kind].hexdigest(envelope)
+        return b"".join((self._prefix, mac, b"\n", envelope))
 
     def verify(self, message: bytes, kind: str) -> bytes:
-        """The envelope inside ``message`` once its signature checks out.
+        """The envelope inside ``message`` once its signature checks out as a ``kind``.
 
         Raises :class:`SignatureError` saying whether ``message`` is unsigned, signed
-        with a key this process does not hold, or signed wrongly (altered, or forged).
+        with a key this process does not hold, or signed wrongly (for another queue,
+        altered, or forged).
         """
         # the common case, in few steps: the header up to the signature names a key of
         # ours (magic, key id and space in one lookup); slices, so a short message fails
-        key = self._headers.get(message[:_SIG_AT])
+        key = self._headers[kind].get(message[:_SIG_AT])
         envelope = message[_HEADER_LENGTH:]
         if (
             key is not None
@@ -123,6 +150,8 @@ class Signer:
             and hmac.compare_digest(key.hexdigest(envelope), message[_SIG_AT : _HEADER_LENGTH - 1])
         ):
             return envelope
+        if message.startswith(OLD_MAGIC):
+            raise SignatureError(_old_format(kind))
         if not message.startswith(MAGIC):
             raise SignatureError(
                 f"unsigned {kind}: this process requires signatures (DISTQ_SIGNING_KEYS is set)"
@@ -135,7 +164,7 @@ class Signer:
             or header[-1] != 0x0A
         ):
             raise SignatureError(f"{kind} has a malformed signature header")
-        key = self._keys.get(kid)
+        key = self._keys[kind].get(kid)
         if key is None:
             shown = kid.decode(errors="replace")
             raise KeyMissing(
@@ -145,8 +174,9 @@ class Signer:
         envelope = message[_HEADER_LENGTH:]
         if not hmac.compare_digest(key.hexdigest(envelope), mac):
             raise SignatureError(
-                f"{kind} has a bad signature for key id {kid.decode()!r}: "
-                "altered after signing, or forged"
+                f"{kind} has a bad signature for key id {kid.decode()!r}: signed for "
+                f"another queue than {self.queue!r} (or not as a {kind}), altered after "
+                "signing, or forged"
             )
         return envelope
 
@@ -159,11 +189,12 @@ class _Keyed:
     checked against :func:`hmac.new` by the tests.
     """
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, context: bytes = b"") -> None:
         if len(key) > _BLOCK:
             key = hashlib.sha256(key).digest()
         key = key.ljust(_BLOCK, b"\0")
         self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._inner.update(context)  # whole blocks: nothing left buffered to copy
         self._outer = hashlib.sha256(key.translate(_OPAD))
 
     def hexdigest(self, data: bytes) -> bytes:
@@ -180,9 +211,17 @@ _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
+def _old_format(kind: str) -> str:
+    return (
+        f"{kind} signed by an older distq (format DQSIG1, whose signature does not bind "
+        "its queue), which this one refuses: upgrade every master and worker that "
+        "signs (the README's upgrade notes)"
+    )
+
+
 def unsigned(message: bytes, kind: str) -> bytes:
     """What a process without keys reads: bare envelopes; a signed one is refused."""
-    if message.startswith(MAGIC):
+    if message.startswith(SIGNED):
         raise KeyMissing(
             f"signed {kind}, but this process has no signing key: set DISTQ_SIGNING_KEYS "
             "to the keys of the process that sent it"

@@ -255,7 +255,7 @@ def test_requeue_dead_without_the_signing_key_says_so_and_exits_1(
     back unchanged (its old master, its old attempt) and is dead-lettered again at once,
     while the command said "requeued 1" and exited 0."""
     key = "requeue-key-0123456789abcdef"
-    signed = Codec([key.encode()])
+    signed = Codec([key.encode()], queue=target.settings.queue)
     letters = [
         DeadLetter(
             body=signed.seal_task(Task(name="jobs:add", args=[n, 2], reply_to="gone", attempt=3)),

@@ -39,7 +39,10 @@ def test_requeue_dead_during_rotation_signs_anew_with_the_first_key(
 ) -> None:
     task = Task(name="jobs:add", args=[1, 2], reply_to="gone", attempt=3)
     letter = DeadLetter(
-        body=Codec([OLD.encode()]).seal_task(task), reason="failed", queue="q", worker="w"
+        body=Codec([OLD.encode()], queue=target.settings.queue).seal_task(task),
+        reason="failed",
+        queue="q",
+        worker="w",
     )
     producer = hosted.producer(hosted.reply_queue(new_id()))
     producer.submit([b"task"])
@@ -63,5 +66,7 @@ def test_requeue_dead_during_rotation_signs_anew_with_the_first_key(
     producer.close()
     body = bytes(requeued.body)
     assert body.startswith(MAGIC + key_id(NEW.encode()).encode()), body[:40]
-    opened = Codec([NEW.encode()]).open_task(body)  # a worker with the new key only
+    opened = Codec([NEW.encode()], queue=target.settings.queue).open_task(
+        body
+    )  # a worker with the new key only
     assert (opened.name, opened.args, opened.attempt) == ("jobs:add", [1, 2], 1)

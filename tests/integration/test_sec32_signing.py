@@ -26,7 +26,7 @@ def test_refused_tasks_are_dead_lettered_with_their_reason_and_answered(
     target: Target, hosted: Transport
 ) -> None:
     producer = hosted.producer(hosted.reply_queue("sec32"))
-    signed = Codec([KEY])
+    signed = Codec([KEY], queue=target.settings.queue)
 
     def task(n: int) -> Task:
         return Task(name="square", args=[n], reply_to=producer.reply_to)
@@ -36,7 +36,7 @@ def test_refused_tasks_are_dead_lettered_with_their_reason_and_answered(
     bodies = [
         signed.seal_task(good),
         unsigned.encode(),
-        Signer([OTHER]).sign(other.encode()),
+        Signer([OTHER]).sign(other.encode(), "task"),
         forged,
     ]
     producer.submit(bodies)

@@ -32,7 +32,10 @@ def _peak(call: Callable[[], object]) -> int:
 def _warm(codec: Codec) -> None:
     """Read one pack of many commas first: what its reading makes once per process."""
     pack = b"[" + b",".join([b"0"] * (MAX_PREFETCH + 1)) + b"]"
-    assert codec.oversized_results(pack if codec.signer is None else codec.signer.sign(pack)) == []
+    assert (
+        codec.oversized_results(pack if codec.signer is None else codec.signer.sign(pack, "result"))
+        == []
+    )
 
 
 def _zeros(size: int) -> bytes:
@@ -69,7 +72,7 @@ def test_an_oversized_pack_of_millions_of_tiny_items_makes_no_object_for_each() 
     """A pack over this process's limit (a worker's is larger) is read for the heads of
     its results: the same 16 MiB of ``[0,0,...]`` made 448 MB there too."""
     codec = Codec([KEY])
-    message = codec.signer.sign(_zeros(16 << 20))  # type: ignore[union-attr]
+    message = codec.signer.sign(_zeros(16 << 20), "result")  # type: ignore[union-attr]
     _warm(codec)
     # its body once more: the signature checked, the body is a copy
     assert _peak(lambda: codec.oversized_results(message)) < len(message) + (2 << 20)
@@ -85,13 +88,13 @@ def test_a_pack_of_as_many_results_as_a_batch_still_opens(keys: tuple[bytes, ...
     results = [Result(f"t{n}", "ok", "w", 1, 1.0, 0.5, [n, n, [n]]) for n in range(MAX_PREFETCH)]
     envelopes = [codec.encode_result(r) for r in results]
     pack = b"[" + b",".join(envelopes) + b"]"
-    message = pack if codec.signer is None else codec.signer.sign(pack)
+    message = pack if codec.signer is None else codec.signer.sign(pack, "result")
     assert codec.open_results(message) == envelopes
     assert [Result.decode(e) for e in codec.open_results(message)] == results
     small = Codec(list(keys))  # its limit below the pack: the heads of all 10,000 read
     assert [r.task_id for r in small.oversized_results(message)] == [r.task_id for r in results]
     more = b"[" + b",".join([*envelopes, envelopes[0]]) + b"]"
-    message = more if codec.signer is None else codec.signer.sign(more)
+    message = more if codec.signer is None else codec.signer.sign(more, "result")
     with pytest.raises(MessageTooLarge, match="holds over 10,000 results; a worker packs at most"):
         codec.open_results(message)
     assert small.oversized_results(message) == []

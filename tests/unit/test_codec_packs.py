@@ -19,7 +19,7 @@ def test_an_empty_result_pack_is_refused_saying_so(keys: tuple[bytes, ...]) -> N
     without a word and counted nothing, where any other garbage result is said
     ("dropped a result: ...") and counted as malformed."""
     codec = Codec(keys)
-    message = b"[]" if not keys else codec.signer.sign(b"[]")  # type: ignore[union-attr]
+    message = b"[]" if not keys else codec.signer.sign(b"[]", "result")  # type: ignore[union-attr]
     with pytest.raises(EnvelopeError, match=r"^result pack holds no result"):
         codec.open_results(message)
     errors: list[EnvelopeError] = []

@@ -53,7 +53,7 @@ def test_a_task_of_another_version_over_the_limit_answers_its_submitter(
     timeout (codec31)."""
     sent = Task(name="jobs:thumb", args=["x" * 5000], reply_to="replies")
     envelope = _v2(sent)
-    body = envelope if not keys else Codec(keys).signer.sign(envelope)  # type: ignore[union-attr]
+    body = envelope if not keys else Codec(keys).signer.sign(envelope, "task")  # type: ignore[union-attr]
     endings = Endings("w1", "q", Codec(keys, max_message_bytes=LIMIT))
     with pytest.raises(MessageTooLarge) as caught:
         endings.codec.open_task(body)
@@ -185,7 +185,7 @@ def test_a_task_nested_too_deeply_answers_its_submitter(keys: tuple[bytes, ...])
     envelope = sent.encode().replace(
         b'"args":[1]', b'"args":' + repr(deep).replace(" ", "").encode()
     )
-    body = envelope if not keys else Codec(keys).signer.sign(envelope)  # type: ignore[union-attr]
+    body = envelope if not keys else Codec(keys).signer.sign(envelope, "task")  # type: ignore[union-attr]
     endings = Endings("w1", "q", Codec(keys))
     error, letter = _refused(endings, body)
     assert type(error).__name__ == "NestedTooDeep"
@@ -213,7 +213,7 @@ def test_a_malformed_task_whose_head_reads_answers_its_submitter(
     envelope = sent.encode()
     assert field in envelope
     envelope = envelope.replace(field, bad if bad.startswith(b'"') else b'"kwargs":' + bad)
-    body = envelope if not keys else Codec(keys).signer.sign(envelope)  # type: ignore[union-attr]
+    body = envelope if not keys else Codec(keys).signer.sign(envelope, "task")  # type: ignore[union-attr]
     endings = Endings("w1", "q", Codec(keys))
     error, letter = _refused(endings, body)
     assert type(error) is EnvelopeError
@@ -234,7 +234,7 @@ def test_a_malformed_task_without_a_reply_or_forged_is_not_answered() -> None:
     assert s.result is None and s.reply_to is None
     forged_envelope = Task("jobs.square", [1], "replies").encode()
     forged = Codec((b"another-key-0123456789",)).signer.sign(  # type: ignore[union-attr]
-        forged_envelope.replace(b'"attempt":1', b'"attempt":0')
+        forged_envelope.replace(b'"attempt":1', b'"attempt":0'), "task"
     )
     endings = Endings("w1", "q", Codec((KEY,)))
     error, _ = _refused(endings, forged)

@@ -82,7 +82,8 @@ def test_a_misspelled_variable_is_logged_as_the_command_warns(
 
 
 def _signs_as_a_worker_with_the_key_expects(settings: Settings) -> None:
-    worker = Codec.from_settings(Settings.load({**REDIS, "DISTQ_SIGNING_KEY": KEY}))
+    worker_settings = {**REDIS, "DISTQ_SIGNING_KEY": KEY, "DISTQ_QUEUE": settings.queue}
+    worker = Codec.from_settings(Settings.load(worker_settings))
     message = Codec.from_settings(settings).seal_task(Task("f", [1], "q"))
     assert message.startswith(MAGIC), message[:40]
     assert worker.open_task(message).args == [1]

@@ -208,7 +208,7 @@ def test_the_worker_settles_any_envelope(obj: dict[str, Any]) -> None:
     assert signer is not None
     for name in CODECS:
         settle_checked(name, body)
-        settle_checked(name, signer.sign(body))  # signed even when too deep to send
+        settle_checked(name, signer.sign(body, "task"))  # signed even when too deep to send
 
 
 def _bases() -> list[tuple[str, bytes]]:

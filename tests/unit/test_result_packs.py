@@ -13,7 +13,7 @@ from distq.collector import Collector
 from distq.ending import Endings
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
-from distq.signing import HEADER_BYTES, MAGIC
+from distq.signing import HEADER_BYTES, MAGIC, context
 from distq.telemetry import MasterTelemetry
 from distq.transport import Delivery
 
@@ -39,7 +39,8 @@ def test_a_batch_of_results_is_one_message_and_reads_back_in_order(name: str) ->
     envelope = messages[0][HEADER_BYTES:] if codec.signing else messages[0]
     assert envelope.startswith(b"[{") and envelope.endswith(b"}]")  # a JSON array of envelopes
     if codec.signing:  # one HMAC-SHA256 over the whole array
-        mac = hmac.new(KEY, envelope, hashlib.sha256).hexdigest().encode()
+        signed = context("result", "distq") + envelope
+        mac = hmac.new(KEY, signed, hashlib.sha256).hexdigest().encode()
         assert messages[0].startswith(MAGIC) and mac in messages[0][:HEADER_BYTES]
 
 

@@ -23,7 +23,15 @@ from distq.errors import EnvelopeError, MessageTooLarge, SignatureError, Unverif
 from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES, check_nesting
 from distq.master import JobSpec, Master
 from distq.runner import TaskRunner
-from distq.signing import MAGIC, MIN_KEY_LENGTH, Signer, key_id, parse_key, parse_keys
+from distq.signing import (
+    MAGIC,
+    MIN_KEY_LENGTH,
+    Signer,
+    context,
+    key_id,
+    parse_key,
+    parse_keys,
+)
 from distq.squares import Squares
 from distq.tasks import Registry
 from distq.transport import Delivery, Settlement, open_transport
@@ -227,7 +235,7 @@ def test_a_task_not_in_utf_8_is_refused_however_deep(depth: int, encoding: str) 
     """Was: json.loads guessed UTF-16, whose ``0x22`` bytes inside other characters hid
     every bracket from the nesting count: a task 980 levels deep reached its function."""
     body = _task_text(depth).encode(encoding)
-    signed = Signer([NEW]).sign(body)  # a signature proves the sender, not the encoding
+    signed = Signer([NEW]).sign(body, "task")  # a signature proves the sender, not the encoding
     for decode, message in (
         (Task.decode, body),
         (Codec().open_task, body),
@@ -453,7 +461,7 @@ def test_the_master_drops_results_that_are_not_signed_right() -> None:
     assert text.count("dropped a result: unsigned result") == 2
 
 
-def test_the_signature_is_hmac_sha256_of_the_exact_envelope_bytes() -> None:
+def test_the_signature_is_hmac_sha256_of_the_context_and_the_exact_envelope_bytes() -> None:
     """The wire format, checked against the standard library's one-shot HMAC, from several
     threads at once (the signer reuses one keyed state per key)."""
     signer = Signer([NEW, OLD])
@@ -461,7 +469,7 @@ def test_the_signature_is_hmac_sha256_of_the_exact_envelope_bytes() -> None:
     seen: list[bytes] = []
 
     def sign_all() -> None:
-        seen.extend(signer.sign(envelope) for envelope in envelopes)
+        seen.extend(signer.sign(envelope, "task") for envelope in envelopes)
 
     threads = [threading.Thread(target=sign_all) for _ in range(4)]
     for thread in threads:
@@ -471,11 +479,11 @@ def test_the_signature_is_hmac_sha256_of_the_exact_envelope_bytes() -> None:
     assert len(seen) == 4 * len(envelopes)
     for message in seen:
         header, _, envelope = message.partition(b"\n")
-        mac = hmac.new(NEW, envelope, hashlib.sha256).hexdigest()
+        mac = hmac.new(NEW, context("task", "distq") + envelope, hashlib.sha256).hexdigest()
         assert header == MAGIC + key_id(NEW).encode() + b" " + mac.encode()
         assert signer.verify(message, "task") == envelope
     assert key_id(NEW) == hmac.new(NEW, b"distq key id", hashlib.sha256).hexdigest()[:8]
-    old = Signer([OLD]).sign(envelopes[0])
+    old = Signer([OLD]).sign(envelopes[0], "task")
     assert signer.verify(old, "task") == envelopes[0]  # the second key verifies too
 
 
@@ -483,8 +491,9 @@ def test_the_signature_is_hmac_sha256_of_the_exact_envelope_bytes() -> None:
 def test_keys_of_any_length_sign_as_the_standard_library_does(length: int) -> None:
     key = bytes(range(256))[:length] if length <= 256 else b"k" * length
     envelope = task(7).encode()
-    header, _, _ = Signer([key]).sign(envelope).partition(b"\n")
-    assert header.endswith(b" " + hmac.new(key, envelope, hashlib.sha256).hexdigest().encode())
+    header, _, _ = Signer([key], "q").sign(envelope, "task").partition(b"\n")
+    mac = hmac.new(key, context("task", "q") + envelope, hashlib.sha256).hexdigest()
+    assert header.endswith(b" " + mac.encode())
 
 
 def test_a_key_of_exactly_the_minimum_length_is_accepted() -> None:
@@ -556,3 +565,40 @@ def test_a_byte_order_mark_in_front_of_the_keys_is_not_part_of_the_first_key(
         redis = {"DISTQ_TRANSPORT": "redis"}
         loaded = Settings.load({**redis, f"{variable}_FILE": str(path)})
         assert loaded.signing_keys == Settings.load({**redis, variable: key}).signing_keys
+
+
+# --- what a signature binds (sec33) ---------------------------------------------------
+
+
+def test_a_task_signed_for_one_queue_is_refused_on_another_with_the_same_keys() -> None:
+    sealed = Codec([NEW], queue="a").seal_task(task(3))
+    assert Codec([NEW], queue="a").open_task(sealed).args == [3]
+    with pytest.raises(SignatureError, match=r"bad signature .* another queue than 'b'"):
+        Codec([NEW], queue="b").open_task(sealed)
+
+
+def test_a_signed_task_does_not_open_as_a_result_nor_a_result_as_a_task() -> None:
+    codec = Codec([NEW])
+    as_task = codec.seal_task(task(3))
+    as_result = codec.seal_result(Result("t1", "ok", "w", 1, 1.0, 0.5, value=1))
+    with pytest.raises(SignatureError, match="bad signature"):
+        codec.open_results(as_task)
+    with pytest.raises(SignatureError, match="bad signature"):
+        codec.open_task(as_result)
+
+
+def test_a_signature_of_the_format_before_queues_were_bound_is_refused_saying_so() -> None:
+    envelope = task(3).encode()
+    mac = hmac.new(NEW, envelope, hashlib.sha256).hexdigest().encode()
+    old = b"DQSIG1 " + key_id(NEW).encode() + b" " + mac + b"\n" + envelope
+    with pytest.raises(SignatureError, match=r"DQSIG1.*upgrade"):
+        Codec([NEW]).open_task(old)
+    with pytest.raises(SignatureError, match="no signing key"):
+        Codec().open_task(old)  # not read as a bare envelope
+
+
+def test_the_context_fills_whole_blocks_and_tells_every_pair_apart() -> None:
+    pairs = [(kind, queue) for kind in ("task", "result") for queue in ("a", "ab", "a" * 60, "b")]
+    contexts = {context(kind, queue) for kind, queue in pairs}
+    assert len(contexts) == len(pairs)
+    assert all(len(c) % hashlib.sha256().block_size == 0 for c in contexts)
