@@ -15,6 +15,7 @@ which certificate was refused and why.
 
 from __future__ import annotations
 
+import ast
 import re
 import ssl
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ def check(transport: str, url: str, files: TlsFiles, management_url: str | None 
     """Refuse TLS files that would not be used, or that cannot be used: on RabbitMQ an
     ``https://`` ``management_url`` uses them too, over a plain ``amqp://`` broker."""
     if not files:
+        _check_url_key(transport, url)  # with files set, a URL naming a key is refused
         return
     named = [
         var
@@ -129,6 +131,48 @@ def check(transport: str, url: str, files: TlsFiles, management_url: str | None 
                 f"URL, or unset {named[0]}"
             )
     files.context()  # every file readable and PEM, the key matching the certificate
+
+
+def _check_url_key(transport: str, url: str) -> None:
+    """Refuse a client key the URL names (redis-py's ``ssl_keyfile``, pika's
+    ``ssl_options`` ``keyfile``; or in the certificate file) encrypted with a pass phrase
+    the URL does not give: OpenSSL asked for it on the controlling terminal and waited
+    there for good. Other faults of those files are left to the client library's words."""
+    query = parse_qs(urlsplit(url).query)
+    if transport == "redis" and urlsplit(url).scheme == "rediss":
+        cert, key, phrase = (query.get(o, [None])[0] for o in _REDIS_KEY_OPTIONS)
+        named = f"ssl_keyfile {key!r}" if key else f"ssl_certfile {cert!r}"
+        give = "add ssl_password=<the pass phrase> to the URL (shown masked)"
+    elif transport == "rabbitmq" and "ssl_options" in query:
+        try:  # as pika reads it; one it cannot read is said by Broker.from_url
+            options = ast.literal_eval(query["ssl_options"][0])
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return
+        if not isinstance(options, dict):
+            return
+        cert, key, phrase = (options.get(o) for o in ("certfile", "keyfile", "password"))
+        named = f"keyfile {key!r}" if key else f"certfile {cert!r}"
+        named = f"ssl_options {named}"
+        give = "add 'password': '<the pass phrase>' to ssl_options (shown masked)"
+    else:
+        return
+    if not isinstance(cert, str) or not cert or phrase is not None:
+        return
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_cert_chain(cert, key if isinstance(key, str) else None, _no_pass_phrase)
+    except _PassPhrase:
+        raise ConfigError(
+            f"{URL_VARIABLE[transport]} names the client key {named}, which is encrypted "
+            f"with a pass phrase, and gives none (a prompt would wait on the terminal): "
+            f"{give}, or decrypt it (openssl pkey -in key.pem -out plain-key.pem) into a "
+            "file only distq's user may read"
+        ) from None
+    except (OSError, ssl.SSLError, TypeError, ValueError):
+        return
+
+
+_REDIS_KEY_OPTIONS = ("ssl_certfile", "ssl_keyfile", "ssl_password")
 
 
 def redis_options(url: str, files: TlsFiles) -> dict[str, Any]:

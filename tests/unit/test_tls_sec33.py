@@ -1,0 +1,132 @@
+"""A client key named in the broker URL that is encrypted, with no pass phrase given:
+OpenSSL's own callback asked "Enter PEM pass phrase:" on the controlling terminal and
+waited there for good (a worker in a container with a TTY hung, one without read its
+stdin). It is refused at once with a line saying what to do instead."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import socket
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from certs import CertificateAuthority
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path_factory.mktemp("ca"))
+
+
+def _encrypted_client(ca: CertificateAuthority, directory: Path) -> tuple[Path, Path]:
+    client = ca.issue("client", client=True)
+    key = serialization.load_pem_private_key(client.key.read_bytes(), password=None)
+    encrypted = directory / "encrypted-key.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"a pass phrase"),
+        )
+    )
+    return client.cert, encrypted
+
+
+def _on_a_terminal(env: dict[str, str], seconds: float = 20.0) -> tuple[int | None, str]:
+    """``distq status`` run with a pseudo-terminal as its controlling terminal, as in a
+    container run with ``-t``: its exit code (None: still running after ``seconds``,
+    then killed) and all it wrote there."""
+    leader, follower = os.openpty()
+
+    def take_terminal() -> None:  # the new session's controlling terminal: /dev/tty
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "distq", "status"],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), **env},
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        start_new_session=True,
+        preexec_fn=take_terminal,
+    )
+    os.close(follower)
+    written = b""
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            ready, _, _ = select.select([leader], [], [], 0.2)
+            if ready:
+                try:
+                    written += os.read(leader, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+        code = child.wait(5) if child.poll() is None and time.monotonic() < deadline else None
+        if code is None:
+            code = child.poll()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        os.close(leader)
+    return code, written.decode(errors="replace")
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A TCP port that accepts (into its backlog): redis-py loads the key once connected."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield server
+    server.close()
+
+
+def test_an_encrypted_client_key_in_a_redis_url_is_refused_without_prompting(
+    ca: CertificateAuthority, tmp_path: Path, listener: socket.socket
+) -> None:
+    cert, key = _encrypted_client(ca, tmp_path)
+    port = listener.getsockname()[1]
+    query = f"ssl_ca_certs={quote(str(ca.cert))}&ssl_certfile={quote(str(cert))}"
+    url = f"rediss://127.0.0.1:{port}/0?{query}&ssl_keyfile={quote(str(key))}"
+    code, written = _on_a_terminal({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
+    assert "pass phrase:" not in written, written
+    assert code == 2, written
+    assert f"ssl_keyfile {str(key)!r}" in written and "encrypted with a pass phrase" in written
+    assert "ssl_password=" in written, written
+
+
+def test_an_encrypted_client_key_in_an_amqp_url_is_refused_without_prompting(
+    ca: CertificateAuthority, tmp_path: Path, listener: socket.socket
+) -> None:
+    cert, key = _encrypted_client(ca, tmp_path)
+    port = listener.getsockname()[1]
+    options = {"ca_certs": str(ca.cert), "certfile": str(cert), "keyfile": str(key)}
+    url = f"amqps://u:p@127.0.0.1:{port}/%2F?ssl_options={quote(repr(options))}"
+    code, written = _on_a_terminal({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": url})
+    assert "pass phrase:" not in written, written
+    assert code == 2, written
+    assert f"keyfile {str(key)!r}" in written and "encrypted with a pass phrase" in written
+    assert "'password'" in written, written
+
+
+def test_a_url_that_gives_the_pass_phrase_is_not_refused(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    from distq.config import Settings
+
+    cert, key = _encrypted_client(ca, tmp_path)
+    query = f"ssl_certfile={quote(str(cert))}&ssl_keyfile={quote(str(key))}"
+    url = f"rediss://127.0.0.1:6380/0?{query}&ssl_password={quote('a pass phrase')}"
+    Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
