@@ -297,20 +297,21 @@ class Codec:
         another envelope version whose head reads alike. The task without its arguments,
         read past them without keeping them (the signature checked first), so that the
         worker can answer whoever waits for it; None when the message says no task that way."""
+        return self.checked_task_head(message, any_version)[0]
+
+    def checked_task_head(
+        self, message: bytes, any_version: bool = False
+    ) -> tuple[Task | None, SignatureError | None]:
+        """:meth:`task_head`, and why the signature of ``message`` is refused (None when
+        it checks out), whatever its size: from one HMAC over it, where a task nobody
+        waits for (up to the limit of its submitter) was hashed twice."""
         try:
             envelope = self._open(message, "task", most=len(message))
-        except EnvelopeError:
-            return None
-        return _head_task(envelope, any_version)
-
-    def signature_refused(self, message: bytes) -> SignatureError | None:
-        """Why the signature of the task ``message`` is refused, whatever its size (one
-        over the limit is refused for that first); None when it checks out."""
-        try:
-            self._open(message, "task", most=len(message))
         except SignatureError as exc:
-            return exc
-        return None
+            return None, exc
+        except EnvelopeError:
+            return None, None
+        return _head_task(envelope, any_version), None
 
     def unverified_task_head(self, message: bytes, most: int | None = None) -> Task | None:
         """The head of a task message whose signature this worker refused (unsigned where

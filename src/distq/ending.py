@@ -341,9 +341,10 @@ class Endings:
                 f"{reason}; not run: give the workers at least the DISTQ_MAX_MESSAGE_BYTES "
                 "of the process that submits tasks"
             )
-            # of any version: refused for its size before its version was read
-            waits = self._answer(body, why, "MessageTooLarge", any_version=True)
-            refused = None if waits is not None else self.codec.signature_refused(body)
+            # of any version: refused for its size before its version was read; its
+            # signature checked once, an HMAC over all of it, for the head and for this
+            task, refused = self.codec.checked_task_head(body, any_version=True)
+            waits = self._answered(task, why, "MessageTooLarge")
             if refused is not None:  # refused for its signature too: answered as such
                 waits = self._refusal(
                     body,
@@ -370,7 +371,10 @@ class Endings:
         envelope version), and the error result ``why`` for whoever waits for it: it was
         refused unsaid, and its master waited until its timeout, or for good. None:
         nobody waits, or its head does not read."""
-        task = self.codec.task_head(body, any_version)
+        return self._answered(self.codec.task_head(body, any_version), why, error_type)
+
+    def _answered(self, task: Task | None, why: str, error_type: str) -> tuple[Task, bytes] | None:
+        """:meth:`_answer` for the head ``task`` read already."""
         if task is None or task.reply_to == NO_REPLY:
             return None
         try:

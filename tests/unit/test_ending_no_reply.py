@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from distq import signing
 from distq.codec import Codec
 from distq.ending import Endings
 from distq.envelope import NO_REPLY, Task
-from distq.errors import SignatureError
+from distq.errors import MessageTooLarge, SignatureError
 from distq.transport import Delivery
 
 KEY = b"k" * 32
@@ -40,3 +41,29 @@ def test_a_task_nobody_waits_for_refused_for_its_signature_gets_no_result() -> N
         codec.open_task(answered)
     refusal = Endings("w1", "q", codec).malformed(Delivery(answered, 1), caught.value)
     assert refusal.settlement.reply_to == "replies" and refusal.settlement.result is not None
+
+
+@pytest.mark.parametrize("reply_to", [NO_REPLY, "replies"])
+def test_an_oversized_signed_task_costs_one_hmac_over_it(
+    reply_to: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused for its size, a signed task nobody waits for had its signature checked
+    twice, each an HMAC over all of it (up to 128 MiB): once to read its head, once more
+    to say whether its signature was refused too (sec33)."""
+    sender, worker = Codec([KEY], max_message_bytes=1 << 20), Codec([KEY], max_message_bytes=4096)
+    body = sender.seal_task(Task(name="square", args=["x" * 10_000], reply_to=reply_to))
+    with pytest.raises(MessageTooLarge) as caught:
+        worker.open_task(body)
+    hashed: list[int] = []
+    keyed = signing._Keyed.hexdigest
+
+    def counted(self: signing._Keyed, data: bytes) -> bytes:
+        hashed.append(len(data))
+        return keyed(self, data)
+
+    monkeypatch.setattr(signing._Keyed, "hexdigest", counted)
+    ending = Endings("w1", "q", worker).malformed(Delivery(body, 1), caught.value)
+    assert ending.settlement.dead_letter is not None
+    assert (ending.settlement.reply_to is None) == (reply_to == NO_REPLY)
+    over_it = [size for size in hashed if size > 4096]
+    assert len(over_it) == 1, hashed
