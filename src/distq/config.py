@@ -84,9 +84,17 @@ class Setting(Generic[_T]):
 
     def read(self, text: str) -> _T:
         """``parse`` the stripped ``text``; signing keys unstripped: a value of blanks
-        only is someone's missing key (refused), stripped it read as "signing off"."""
-        unstripped = self.parse in (signing.parse_keys, signing.parse_key)
-        return self.parse(text if unstripped else text.strip())
+        only is someone's missing key (refused), stripped it read as "signing off". So
+        is an authkey of blanks: not "not set", and no key of any bytes."""
+        if self.parse in (signing.parse_keys, signing.parse_key):
+            return self.parse(text)
+        if self.parse is _authkey and text and not text.strip():
+            raise ValueError(
+                "holds only whitespace, most likely by mistake (a line end alone); set the "
+                "same random value for master and workers, e.g. "
+                "$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+            )
+        return self.parse(text.strip())
 
 
 def setting(
@@ -125,6 +133,12 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
 def _secret(text: str) -> bytes | None:
     # surrogateescape: the bytes as the environment holds them (os.environb), UTF-8 or not
     return text.encode(errors="surrogateescape") if text else None
+
+
+def _authkey(text: str) -> bytes | None:
+    """DISTQ_AUTHKEY's bytes; whitespace alone is refused by :meth:`Setting.read` (a
+    file's content by :func:`distq.credentials.read_secret`)."""
+    return _secret(text)
 
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -243,7 +257,7 @@ class Settings:
         "DISTQ_AUTHKEY",
         "--authkey",
         None,
-        _secret,
+        _authkey,
         "shared secret of master and workers; prefer the variable (flags show in `ps`)",
         shown_default="(none: required for `manager`)",
         secret=True,

@@ -131,7 +131,7 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
     # one newline: a key's own last bytes may be line ends (rstrip took them too)
     text = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
     if not text.strip():
-        what = "empty" if not text else "empty but for whitespace"
+        what = "empty" if not data else "empty but for whitespace"
         raise ConfigError(
             f"{named} names {path!r}, which is {what}; write the secret into that file, or {undo}"
         )
