@@ -30,6 +30,8 @@ SECRETS: tuple[str, ...] = (
 #: split at commas and line ends (a random byte may be one): those must be UTF-8 text.
 KEYS: tuple[str, ...] = ("DISTQ_AUTHKEY", "DISTQ_SIGNING_KEY")
 FILE_SUFFIX = "_FILE"
+#: A UTF-8 byte order mark as text: dropped from the front of a secret file.
+_BOM = "\ufeff"
 MASK = "***"
 #: A query parameter whose value is a secret: redis-py takes the password from
 #: ``?password=`` as well as from the user part, and TLS options may carry one
@@ -102,7 +104,9 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
     :class:`ConfigError` naming ``path`` and ``var``, or as ``named`` with what would
     ``undo`` it, not the content). A key's file (:data:`KEYS`) may hold any bytes, kept
     as the variable keeps them; a password's must be UTF-8. A keys file's lines may end
-    in a bare ``\\r`` (old Mac) too."""
+    in a bare ``\\r`` (old Mac) too. A UTF-8 byte order mark in front (what editors on
+    Windows write) is not part of the secret: dropped, as the signing keys' parsers drop
+    it from a variable."""
     named, undo = named or var, undo or f"unset {var}"
     try:
         data = Path(path).read_bytes()
@@ -125,6 +129,8 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
                 else "write the password in UTF-8 (and set it so on the broker)"
             )
             raise ConfigError(f"{named} names {path!r}, which is not UTF-8 text; {fix}") from None
+    text = text.removeprefix(_BOM)  # an editor's, not the secret's: master and workers
+    # given the same key as a variable and as a file then disagreed, as with a wrong key
     if var.removesuffix(FILE_SUFFIX) == "DISTQ_SIGNING_KEYS":  # one key per line, whatever
         # the editor ends lines with: old Mac's bare CR read as one key, the CRs inside it
         text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -132,6 +138,7 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
     text = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
     if not text.strip():
         what = "empty" if not data else "empty but for whitespace"
+        what += " and a byte order mark" if data.startswith(_BOM.encode()) else ""
         raise ConfigError(
             f"{named} names {path!r}, which is {what}; write the secret into that file, or {undo}"
         )

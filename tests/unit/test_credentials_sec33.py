@@ -1,4 +1,5 @@
-"""Secrets of whitespace alone, as the README's Settings section says them (sec33)."""
+"""Secrets of whitespace alone, and a UTF-8 byte order mark in front of a secret file
+(what editors on Windows write), as the README's Settings section says them (sec33)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from distq.errors import ConfigError
 from distq.executor_settings import load_settings
 
 MANAGER = {"DISTQ_TRANSPORT": "manager"}
+BOM = b"\xef\xbb\xbf"
 
 
 @pytest.mark.parametrize("value", ["   ", "\t", " \n "])
@@ -41,4 +43,48 @@ def test_an_authkey_file_holding_only_a_line_break_says_so(tmp_path: Path) -> No
     path = tmp_path / "authkey"
     path.write_bytes(b"\n")
     with pytest.raises(ConfigError, match="empty but for whitespace"):
+        Settings.load({**MANAGER, "DISTQ_AUTHKEY_FILE": str(path)})
+
+
+@pytest.mark.parametrize(
+    ("variable", "field", "value"),
+    [
+        ("DISTQ_AUTHKEY", "authkey", b"authkey-0123456789abcdef"),
+        ("DISTQ_SIGNING_KEY", "signing_keys", (b"signing-key-0123456789abcdef",)),
+        ("DISTQ_SIGNING_KEYS", "signing_keys", (b"signing-key-0123456789abcdef",)),
+    ],
+)
+def test_a_byte_order_mark_in_front_of_a_key_file_is_not_part_of_the_key(
+    tmp_path: Path, variable: str, field: str, value: Any
+) -> None:
+    """The authkey kept it: a master reading a file an editor wrote refused every worker
+    given the same key by its variable, as a wrong key."""
+    key = value if isinstance(value, bytes) else value[0]
+    path = tmp_path / "secret"
+    path.write_bytes(BOM + key + b"\r\n")
+    environ = {**MANAGER, "DISTQ_AUTHKEY": "authkey-0123456789abcdef"}
+    environ.pop(variable, None)  # given as the file instead
+    settings = Settings.load({**environ, f"{variable}_FILE": str(path)})
+    assert getattr(settings, field) == value
+
+
+def test_a_byte_order_mark_in_front_of_a_password_file_is_not_part_of_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "password"
+    path.write_bytes(BOM + b"pass word\n")
+    settings = Settings.load(
+        {
+            "DISTQ_TRANSPORT": "redis",
+            "DISTQ_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "DISTQ_REDIS_PASSWORD_FILE": str(path),
+        }
+    )
+    assert settings.redis_url == "redis://:pass%20word@127.0.0.1:6379/0"
+
+
+def test_a_file_holding_only_a_byte_order_mark_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "authkey"
+    path.write_bytes(BOM + b"\n")
+    with pytest.raises(ConfigError, match="empty but for whitespace and a byte order mark"):
         Settings.load({**MANAGER, "DISTQ_AUTHKEY_FILE": str(path)})
