@@ -105,6 +105,11 @@ def say(line: str) -> None:
 _OUTPUT: list[TextIO] = []
 
 
+def _buffer(stream: TextIO) -> object:
+    """``stream``'s binary layer, if any (not a StringIO's)."""
+    return getattr(stream, "buffer", None)
+
+
 def _non_blocking(stream: TextIO) -> bool:
     """Whether ``stream``'s descriptor is O_NONBLOCK (a parent may leave a shared stdout
     so): a write may then take part of the text, or none, and raise BlockingIOError."""
@@ -131,8 +136,11 @@ def _waiting_put(buffer: Any, fd: int, data: bytes) -> None:
     """``data`` into ``buffer`` and out to its descriptor ``fd``, waiting while it is full."""
     while True:
         try:
+            if data:  # what it took: all, in a buffer; part or None, unbuffered and full
+                data = data[buffer.write(data) or 0 :]
             if data:
-                data = data[buffer.write(data) :]
+                select.select([], [fd], [], 1.0)
+                continue
             buffer.flush()
             return
         except BlockingIOError as exc:
@@ -222,6 +230,8 @@ class Console:
         self.err = err or sys.stderr
         self.bar: Progress | None = None
         self._gone: set[int] = set()  # id() of streams that failed: written no more
+        # id() of a stream -> whether its text goes as bytes (:meth:`_put`)
+        self._precise: dict[int, bool] = {}
 
     @property
     def task_lines(self) -> bool:
@@ -302,69 +312,97 @@ class Console:
         stream (:func:`announce`)."""
         return f"{line}\n"
 
-    def write(self, stream: TextIO, text: str) -> None:
+    def write(self, stream: TextIO, text: str) -> bool:
         """Write ``text`` to ``stream`` and flush; a stream that fails is dropped.
+        False when a non-blocking ``stream`` was full (EAGAIN): ``text`` may be dropped,
+        whole lines of it (:meth:`_blocked`).
 
         One thread at a time (a worker's slots write their lines from their own, its
         tasks' print() too: :func:`waiting_write`), under the output lock: what a full
         non-blocking stream took of the text is then this text's (:meth:`_blocked`).
         Reentrant, for a signal handler's line (:func:`announce`) and :meth:`_lost`'s."""
         if id(stream) in self._gone:
-            return
+            return True
         lock = _OUTPUT_LOCK[0]
         lock.acquire()  # not ``with``: 80 ns more a line
         try:
-            self._put(stream, text)
+            return self._put(stream, text)
         finally:
             lock.release()
 
-    def _put(self, stream: TextIO, text: str) -> None:
+    def _put(self, stream: TextIO, text: str) -> bool:
         try:
             if _OWED and not self._pay(stream):
-                return  # still full: this text only, the line it owes goes first
+                return False  # still full: this text only, the line it owes goes first
             try:  # noqa: SIM105  # (suppress() costs 0.3 µs a line) what others left
                 stream.flush()  # unflushed (a task's print()): the stream then holds only ``text``
             except BlockingIOError:
                 pass
-            stream.write(text)
-            stream.flush()
-        except BlockingIOError as exc:  # a non-blocking stream, full for now: this text only
-            self._blocked(stream, text, getattr(exc, "characters_written", 0))
-            return
+            precise = self._precise.get(id(stream))
+            if precise is None:  # unbuffered (PYTHONUNBUFFERED=1): see below
+                precise = self._precise[id(stream)] = type(_buffer(stream)) is io.FileIO
+            if not precise:  # the fast way (a line a task, 330 ns less), till it is full
+                try:
+                    stream.write(text)
+                    stream.flush()
+                    return True
+                except BlockingIOError as exc:  # its bytes from now on (below)
+                    if _buffer(stream) is None:
+                        return False
+                    self._precise[id(stream)] = True
+                    taken = getattr(exc, "characters_written", 0)  # 0: whole in its buffer,
+                    if taken <= 0:  # or none of it: said as may be dropped
+                        return False
+                    data = text.encode(stream.encoding, stream.errors or "strict")
+                    return self._blocked(stream, data, taken)
+            # its bytes, to know what a full non-blocking descriptor took: a text stream's
+            # write says nothing of it (unbuffered, it drops the rest without a word)
+            buffer = stream.buffer
+            data = text.encode(stream.encoding, stream.errors or "strict")
+            try:  # all of it, into a buffer; unbuffered, what the descriptor took (None: none)
+                taken = buffer.write(data)
+            except BlockingIOError as exc:  # a full buffer took part of it, or none
+                taken = max(getattr(exc, "characters_written", 0), 0)
+            if taken is None or taken < len(data):
+                return self._blocked(stream, data, taken or 0)
+            try:  # noqa: SIM105
+                buffer.flush()
+            except BlockingIOError:
+                pass  # whole in its buffer: it goes out in order, ahead of the next write
+        except BlockingIOError:  # a non-blocking stream, full for now: this text only
+            return False
         except UnicodeEncodeError:  # not a stream gone: a character it cannot take
             encoding = getattr(stream, "encoding", None) or "ascii"
             escaped = text.encode(encoding, "backslashreplace").decode(encoding)
             if escaped != text:  # else it was no character of the text's: gone after all
-                self.write(stream, escaped)
-                return
+                return self.write(stream, escaped)
             self._lost(stream)
         except (OSError, ValueError, AttributeError):  # a closed pipe or file, a full disk;
             self._lost(stream)  # None: the process started with that descriptor closed
+        return True
 
-    def _blocked(self, stream: TextIO, text: str, taken: int) -> None:
-        """A non-blocking ``stream`` took only ``taken`` bytes of ``text`` (its buffer
-        keeps them, to go out in order): the rest of a line it took the start of is owed,
-        to go before anything else, lest a reader see half a line run into the next one.
-        The lines after it are dropped. (``taken`` is 0 when the text went whole into the
-        stream's buffer, or none of it did: no line was cut.)"""
-        if taken <= 0 or not hasattr(stream, "buffer"):  # none cut, or no way to finish it
-            return
-        encoding = getattr(stream, "encoding", None) or "utf-8"
-        data = text.encode(encoding, getattr(stream, "errors", None) or "strict")
-        if taken >= len(data) or data[taken - 1 : taken] == b"\n":
-            return
+    def _blocked(self, stream: TextIO, data: bytes, taken: int) -> bool:
+        """A non-blocking ``stream`` took only ``taken`` bytes of a text, ``data`` (its
+        buffer keeps them, to go out in order): the rest of a line it took the start of is
+        owed, to go before anything else, lest a reader see half a line run into the next
+        one. The lines after it are dropped. Whether all of the text is to go out."""
+        if taken <= 0 or data[taken - 1 : taken] == b"\n":  # no line cut: the rest dropped
+            return False
         end = data.find(b"\n", taken)
         _OWED[id(stream)] = data[taken:] if end < 0 else data[taken : end + 1]
+        return end < 0 or end + 1 == len(data)
 
     def _pay(self, stream: TextIO) -> bool:
         """Hand ``stream`` the end of the line it owes (:meth:`_blocked`), if any, ahead
         of anything else: whether it took it all, else it owes what is left of it."""
         owed = _OWED.pop(id(stream), None)
         if owed:
-            try:
-                stream.buffer.write(owed)  # into its buffer, after the line's start
+            try:  # into its buffer, after the line's start (unbuffered: what it took)
+                taken = stream.buffer.write(owed)
             except BlockingIOError as exc:
-                _OWED[id(stream)] = owed[max(getattr(exc, "characters_written", 0), 0) :]
+                taken = max(getattr(exc, "characters_written", 0), 0)
+            if taken is None or taken < len(owed):
+                _OWED[id(stream)] = owed[taken or 0 :]
                 return False
         return True
 
