@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 PROGRESS_THRESHOLD = 100  # tasks; shorter jobs print every line even on a terminal
+#: Longest wait, in seconds, for a full non-blocking stderr to take the bar's last line.
+BAR_CLOSE_WAIT = 2.0
 
 
 class Progress:
@@ -32,6 +34,7 @@ class Progress:
         self.total, self._stream = total, stream
         self._start = self._drawn = time.monotonic()
         self.done = self._width = 0
+        self._text = ""
 
     def advance(self, count: int) -> None:
         self.done += count
@@ -41,16 +44,19 @@ class Progress:
             self._draw(now)
 
     def _draw(self, now: float) -> None:
+        self._draw_text(now)
+        self._stream.write(f"\r{self._text}")
+        self._stream.flush()
+
+    def _draw_text(self, now: float) -> None:
         width = 30
         filled = width * self.done // max(self.total, 1)
         rate = self.done / max(now - self._start, 1e-9)
-        text = (
+        self._text = (
             f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
             f"{100 * self.done / max(self.total, 1):5.1f}% {rate:,.0f} tasks/s"
         )
-        self._width = len(text)
-        self._stream.write(f"\r{text}")
-        self._stream.flush()
+        self._width = len(self._text)
 
     def clear(self) -> None:
         """Blank the bar's line, the cursor at its start: a line printed now takes it."""
@@ -64,6 +70,11 @@ class Progress:
         self._draw(time.monotonic())
         self._stream.write("\n")
         self._stream.flush()
+
+    def closing(self) -> str:
+        """What :meth:`close` writes: the last drawing and the line's end."""
+        self._draw_text(time.monotonic())
+        return f"\r{self._text}\n"
 
 
 def say(line: str) -> None:
@@ -132,21 +143,23 @@ def _waiting_write(stream: TextIO, text: str, owed: bytes = b"") -> None:
     _waiting_put(buffer, fd, text.encode(stream.encoding, stream.errors or "strict"))
 
 
-def _waiting_put(buffer: Any, fd: int, data: bytes) -> None:
-    """``data`` into ``buffer`` and out to its descriptor ``fd``, waiting while it is full."""
+def _waiting_put(buffer: Any, fd: int, data: bytes, until: float | None = None) -> bytes:
+    """``data`` into ``buffer`` and out to its descriptor ``fd``, waiting while it is full
+    (until ``until``, a ``time.monotonic()``, if given): what it did not take then."""
     while True:
         try:
             if data:  # what it took: all, in a buffer; part or None, unbuffered and full
                 data = data[buffer.write(data) or 0 :]
-            if data:
-                select.select([], [fd], [], 1.0)
-                continue
-            buffer.flush()
-            return
+            if not data:
+                buffer.flush()
+                return b""
         except BlockingIOError as exc:
             if data:  # the buffer took part: the rest is to come
                 data = data[max(getattr(exc, "characters_written", 0), 0) :]
-            select.select([], [fd], [], 1.0)
+        wait = 1.0 if until is None else min(1.0, until - time.monotonic())
+        if wait <= 0:
+            return data
+        select.select([], [fd], [], wait)
 
 
 def waiting_write(stream: TextIO, text: str) -> None:
@@ -269,8 +282,29 @@ class Console:
         """Close the bar, if any (the job is over): its last state stays on its line."""
         if self.bar is not None:
             bar = self.bar
-            self._drawing(bar.close)
+            if _non_blocking(self.err):
+                self._close_waiting(bar)
+            else:
+                self._drawing(bar.close)
             self.bar = None
+
+    def _close_waiting(self, bar: Progress) -> None:
+        """Close ``bar`` on a non-blocking stderr, waiting at most :data:`BAR_CLOSE_WAIT`
+        while it is full: a close skipped left the line open, and the summary printed
+        next on stdout, the same terminal, went on it (or was dropped, stdout full too)."""
+        lock = _OUTPUT_LOCK[0]
+        with lock:
+            try:
+                owed = _OWED.pop(id(self.err), b"")
+                with contextlib.suppress(BlockingIOError):  # what it holds goes first
+                    self.err.flush()
+                data = owed + bar.closing().encode(self.err.encoding, self.err.errors or "strict")
+                until = time.monotonic() + BAR_CLOSE_WAIT
+                rest = _waiting_put(self.err.buffer, self.err.fileno(), data, until)
+                if rest:  # still full: the line's end goes first, whoever writes next
+                    _OWED[id(self.err)] = rest
+            except (OSError, ValueError, AttributeError):
+                self._lost(self.err)
 
     def info(self, line: str) -> None:
         """A line that always prints: start, summary, exit. One during a job (a status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -206,3 +207,44 @@ def test_log_records_a_full_non_blocking_stderr_cannot_take_leave_no_logging_err
     said = [m for m in messages if "may be dropped" in m or "could not be formatted" in m]
     assert len(said) == 2, said  # each reason once: the full stream, the bad record
     assert any("'a record %d that cannot be formatted'" in m for m in said), said
+
+
+def test_the_summary_after_a_bar_whose_close_met_a_full_stderr_starts_its_own_line(
+    full_pipe: tuple[io.TextIOWrapper, int],
+) -> None:
+    """The bar's last drawing and its line end met a full non-blocking stderr (EAGAIN)
+    and were skipped: the summary that followed on stdout, the same terminal, went on
+    the line of the bar's earlier drawing (``[####] 99/100 ... tasks/sdone: ...``), or
+    was dropped. Now the close waits a moment for the terminal to take it."""
+    err, read = full_pipe
+    out = open(os.dup(err.fileno()), "w", encoding="utf-8")  # noqa: SIM115  # one terminal
+    console = console_module.Console(out=out, err=err)
+    console.bar = console_module.Progress(100, err)
+    console.bar.done = 99
+    for _ in range(10_000):  # the bar's earlier drawings fill the terminal
+        try:
+            os.write(err.fileno(), b"\r[" + b"#" * 29 + b".] 99/100  99.0% 1,000 tasks/s")
+        except BlockingIOError:
+            break
+    got: list[bytes] = []
+    stop = threading.Event()
+
+    def terminal() -> None:  # catches up a moment later
+        time.sleep(0.3)
+        while not stop.wait(0.01):
+            got.append(drain(read))
+
+    reading = threading.Thread(target=terminal)
+    reading.start()
+    try:
+        console.lines(["the 100th task"], count=1)  # its drawing: EAGAIN
+        console.info("done: 100 tasks")  # the bar's close, then the summary
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        reading.join(10)
+        with contextlib.suppress(BlockingIOError):  # what it still holds cannot go
+            out.close()
+    lines = (b"".join(got) + drain(read)).split(b"\n")
+    assert lines[-1] == b"" and lines[-2] == b"done: 100 tasks", lines[-3:]
+    assert lines[-3].endswith(b"100/100 100.0%") or b"] 100/100 " in lines[-3], lines[-3][-80:]
