@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 from distq import credentials, signing, tls
 from distq.addresses import (
     address,
+    host_port,
     listen_host,
     redis_url,
     url,
@@ -97,6 +98,19 @@ class Setting(Generic[_T]):
         number = self.parse.parse if isinstance(self.parse, _Optional) else self.parse
         if isinstance(number, _Number) and not (optional and value is None):
             number.check(value)
+        elif self.parse is address:  # a port past 65535 failed in bind(): OverflowError
+            if not (
+                isinstance(value, tuple | list)
+                and len(value) == 2
+                and isinstance(value[0], str)
+                and type(value[1]) is int
+                and 0 < value[1] < 65536
+            ):
+                raise ValueError(
+                    f"is {value!r:.60}; use (host, port) with a port from 1 to 65535, e.g. "
+                    "('127.0.0.1', 9000)"
+                )
+            address(host_port(value[0].strip("[]"), value[1]))  # the host, as its text's
 
 
 def setting(

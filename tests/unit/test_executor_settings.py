@@ -375,6 +375,10 @@ def test_an_executor_argument_out_of_range_is_refused_at_construction(
         ("stall_seconds", float("-inf"), r"is -inf; use a number from 0.1 to 86400 seconds"),
         ("stats_seconds", 0, r"is 0; use a number from 0.1 to 3600 seconds"),
         ("max_message_bytes", 10**400, r"is about 10\*\*400; use a whole number from 1024 "),
+        ("manager_address", ("127.0.0.1", 10**400), r"is \('127.0.0.1', 1000.*; use \(host, "),
+        ("manager_address", ("::1", 70000), r"is \('::1', 70000\); use \(host, port\) with a "),
+        ("manager_address", ("h", True), r"is \('h', True\); use \(host, port\) with a port "),
+        ("manager_address", ("a b", 9000), r"is 'a b:9000': 'a b' is not a host"),
     ],
     ids=_short,
 )
