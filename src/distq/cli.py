@@ -507,6 +507,10 @@ def _bound_exit(
     as it would, and ``atexit`` runs; past the wait, or on a signal, it exits ``code``.
     After a stop by signal ``patience`` is what is left of its drain (``said`` names it):
     a drain spent on a task past it was waited for again, 40 s from a SIGTERM."""
+    # the process ends from here on: an os._exit(0) says no less, from any thread a task
+    # left (a daemon one, or one named distq-*, in a slow atexit too: not only one waited for)
+    if code != 0:
+        _exit_keeps(code)
     main = threading.main_thread()
     left = [
         t
@@ -515,8 +519,6 @@ def _bound_exit(
     ]
     if not left:
         return
-    if code != 0:  # the process ends from here on: a left thread's os._exit(0) says no less
-        _exit_keeps(code)
     names = ", ".join(sorted(shown(t.name) for t in left)[:5]) + (", ..." if len(left) > 5 else "")
     console.info(
         f"{len(left)} thread(s) that tasks started are alive ({names}): the worker waits at "

@@ -15,6 +15,7 @@ the master's ``--connect-timeout`` and ``--task-delay``, nor ``distq probe``'s
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -23,6 +24,7 @@ from typing import Any, Generic, TypeVar
 from distq import credentials, signing, tls
 from distq.addresses import (
     address,
+    host_port,
     listen_host,
     redis_url,
     url,
@@ -96,6 +98,28 @@ class Setting(Generic[_T]):
             )
         return self.parse(text.strip())
 
+    def check(self, value: object) -> None:
+        """Raise ``ValueError`` ("is ...; use ...") unless ``value``, given as it is rather
+        than as text, is what ``parse`` could give: for a number, one of its kind in its
+        range (None too, where empty means off). Other settings are checked elsewhere."""
+        optional = isinstance(self.parse, _Optional)
+        number = self.parse.parse if isinstance(self.parse, _Optional) else self.parse
+        if isinstance(number, _Number) and not (optional and value is None):
+            number.check(value)
+        elif self.parse is address:  # a port past 65535 failed in bind(): OverflowError
+            if not (
+                isinstance(value, tuple | list)
+                and len(value) == 2
+                and isinstance(value[0], str)
+                and type(value[1]) is int
+                and 0 < value[1] < 65536
+            ):
+                raise ValueError(
+                    f"is {value!r:.60}; use (host, port) with a port from 1 to 65535, e.g. "
+                    "('127.0.0.1', 9000)"
+                )
+            address(host_port(value[0].strip("[]"), value[1]))  # the host, as its text's
+
 
 def setting(
     variable: str,
@@ -165,42 +189,81 @@ def _queue(text: str) -> str:
     return text
 
 
-def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> Callable[[str], _N]:
-    word = "a whole number" if kind is int else "a number"
+@dataclass(frozen=True)
+class _Number(Generic[_N]):
+    """A number setting's parser (text -> value) and its range, which :meth:`check` also
+    applies to a value given as a number (a program's ``Settings``, an Executor keyword)."""
 
-    def parse(text: str) -> _N:
+    kind: type[_N]
+    low: _N
+    high: _N
+    unit: str = ""
+
+    @property
+    def word(self) -> str:
+        return "a whole number" if self.kind is int else "a number"
+
+    def __call__(self, text: str) -> _N:
         try:
             # whole numbers in ASCII digits only, as `distq probe` reads the metrics port:
             # int() also takes "+9_100" and other scripts' digits
-            if kind is int and not re.fullmatch(r"-?[0-9]+", text):
+            if self.kind is int and not re.fullmatch(r"-?[0-9]+", text):
                 raise ValueError
-            value = kind(text)
+            value = self.kind(text)
         except ValueError:
-            raise ValueError(f"is {text!r}, not {word}") from None
-        if not low <= value <= high:
-            shown, span = _shown(value), f"{_shown(low)} to {_shown(high)}{unit}"
-            if unit == " bytes" and high % _MIB == 0:
-                span += f" ({high // _MIB} MiB)"
-            raise ValueError(f"is {shown}; use {word} from {span}")
-        return value
+            raise ValueError(f"is {text!r}, not {self.word}") from None
+        return self._in_range(value)
 
-    return parse
+    def check(self, value: object) -> None:
+        """Raise ``ValueError`` ("is ...; use ...") unless ``value`` is a number of this
+        kind in range: bool, nan, inf and an int past what a float holds are not."""
+        kinds = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"is {value!r:.40}, not {self.word}; use {self._span()}")
+        self._in_range(value)
+
+    def _in_range(self, value: Any) -> _N:
+        if not self.low <= value <= self.high:  # NaN is in no range
+            raise ValueError(f"is {shown_number(value)}; use {self._span()}")
+        return value  # type: ignore[no-any-return]
+
+    def _span(self) -> str:
+        span = f"{self.word} from {shown_number(self.low)} to {shown_number(self.high)}{self.unit}"
+        if self.unit == " bytes" and self.high % _MIB == 0:
+            span += f" ({int(self.high) // _MIB} MiB)"
+        return span
+
+
+def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> _Number[_N]:
+    return _Number(kind, low, high, unit)
 
 
 _MIB = 1 << 20
 
 
-def _shown(value: float) -> str:
+def shown_number(value: float) -> str:
     """A number as a user would write it, every digit kept: ``134217729``, ``0.3``,
-    ``3600`` (``:g`` rounds to 6 digits, ``134217729`` to ``1.34218e+08``)."""
+    ``3600`` (``:g`` rounds to 6 digits, ``134217729`` to ``1.34218e+08``); an int too
+    long to read (``10**400``) by its order of magnitude."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"about 10**{math.floor(math.log10(abs(value)))}"  # str() stops at 4300 digits
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         return str(int(value))
     return str(value)
 
 
+@dataclass(frozen=True)
+class _Optional(Generic[_T]):
+    """``parse``, where an empty value means off (None)."""
+
+    parse: Callable[[str], _T]
+
+    def __call__(self, text: str) -> _T | None:
+        return self.parse(text) if text else None
+
+
 def _optional(parse: Callable[[str], _T]) -> Callable[[str], _T | None]:
-    """An empty value means off."""
-    return lambda text: parse(text) if text else None
+    return _Optional(parse)
 
 
 LOG_FORMATS = ("text", "json")
@@ -562,6 +625,11 @@ def secured(settings: Settings) -> Settings:
                     f"least {signing.MIN_KEY_LENGTH} random characters, e.g. "
                     "secrets.token_hex(32).encode()"
                 )
+    for name, entry in _entries(type(settings)):  # a program's numbers, as the text's
+        try:
+            entry.check(getattr(settings, name))
+        except ValueError as exc:
+            raise ConfigError(f"{name} ({entry.variable}) {exc}") from None
     changes: dict[str, Any] = {}
     if settings.signing_key:
         changes.update(signing_keys=settings.signing_key, signing_key=())

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 PROGRESS_THRESHOLD = 100  # tasks; shorter jobs print every line even on a terminal
+#: Longest wait, in seconds, for a full non-blocking stderr to take the bar's last line.
+BAR_CLOSE_WAIT = 2.0
 
 
 class Progress:
@@ -32,6 +34,7 @@ class Progress:
         self.total, self._stream = total, stream
         self._start = self._drawn = time.monotonic()
         self.done = self._width = 0
+        self._text = ""
 
     def advance(self, count: int) -> None:
         self.done += count
@@ -41,16 +44,19 @@ class Progress:
             self._draw(now)
 
     def _draw(self, now: float) -> None:
+        self._draw_text(now)
+        self._stream.write(f"\r{self._text}")
+        self._stream.flush()
+
+    def _draw_text(self, now: float) -> None:
         width = 30
         filled = width * self.done // max(self.total, 1)
         rate = self.done / max(now - self._start, 1e-9)
-        text = (
+        self._text = (
             f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
             f"{100 * self.done / max(self.total, 1):5.1f}% {rate:,.0f} tasks/s"
         )
-        self._width = len(text)
-        self._stream.write(f"\r{text}")
-        self._stream.flush()
+        self._width = len(self._text)
 
     def clear(self) -> None:
         """Blank the bar's line, the cursor at its start: a line printed now takes it."""
@@ -64,6 +70,11 @@ class Progress:
         self._draw(time.monotonic())
         self._stream.write("\n")
         self._stream.flush()
+
+    def closing(self) -> str:
+        """What :meth:`close` writes: the last drawing and the line's end."""
+        self._draw_text(time.monotonic())
+        return f"\r{self._text}\n"
 
 
 def say(line: str) -> None:
@@ -105,6 +116,11 @@ def say(line: str) -> None:
 _OUTPUT: list[TextIO] = []
 
 
+def _buffer(stream: TextIO) -> Any:
+    """``stream``'s binary layer, if any (not a StringIO's)."""
+    return getattr(stream, "buffer", None)
+
+
 def _non_blocking(stream: TextIO) -> bool:
     """Whether ``stream``'s descriptor is O_NONBLOCK (a parent may leave a shared stdout
     so): a write may then take part of the text, or none, and raise BlockingIOError."""
@@ -127,18 +143,23 @@ def _waiting_write(stream: TextIO, text: str, owed: bytes = b"") -> None:
     _waiting_put(buffer, fd, text.encode(stream.encoding, stream.errors or "strict"))
 
 
-def _waiting_put(buffer: Any, fd: int, data: bytes) -> None:
-    """``data`` into ``buffer`` and out to its descriptor ``fd``, waiting while it is full."""
+def _waiting_put(buffer: Any, fd: int, data: bytes, until: float | None = None) -> bytes:
+    """``data`` into ``buffer`` and out to its descriptor ``fd``, waiting while it is full
+    (until ``until``, a ``time.monotonic()``, if given): what it did not take then."""
     while True:
         try:
-            if data:
-                data = data[buffer.write(data) :]
-            buffer.flush()
-            return
+            if data:  # what it took: all, in a buffer; part or None, unbuffered and full
+                data = data[buffer.write(data) or 0 :]
+            if not data:
+                buffer.flush()
+                return b""
         except BlockingIOError as exc:
             if data:  # the buffer took part: the rest is to come
                 data = data[max(getattr(exc, "characters_written", 0), 0) :]
-            select.select([], [fd], [], 1.0)
+        wait = 1.0 if until is None else min(1.0, until - time.monotonic())
+        if wait <= 0:
+            return data
+        select.select([], [fd], [], wait)
 
 
 def waiting_write(stream: TextIO, text: str) -> None:
@@ -222,6 +243,8 @@ class Console:
         self.err = err or sys.stderr
         self.bar: Progress | None = None
         self._gone: set[int] = set()  # id() of streams that failed: written no more
+        # id() of a stream -> whether its text goes as bytes (:meth:`_put`)
+        self._precise: dict[int, bool] = {}
 
     @property
     def task_lines(self) -> bool:
@@ -259,8 +282,29 @@ class Console:
         """Close the bar, if any (the job is over): its last state stays on its line."""
         if self.bar is not None:
             bar = self.bar
-            self._drawing(bar.close)
+            if _non_blocking(self.err):
+                self._close_waiting(bar)
+            else:
+                self._drawing(bar.close)
             self.bar = None
+
+    def _close_waiting(self, bar: Progress) -> None:
+        """Close ``bar`` on a non-blocking stderr, waiting at most :data:`BAR_CLOSE_WAIT`
+        while it is full: a close skipped left the line open, and the summary printed
+        next on stdout, the same terminal, went on it (or was dropped, stdout full too)."""
+        lock = _OUTPUT_LOCK[0]
+        with lock:
+            try:
+                owed = _OWED.pop(id(self.err), b"")
+                with contextlib.suppress(BlockingIOError):  # what it holds goes first
+                    self.err.flush()
+                data = owed + bar.closing().encode(self.err.encoding, self.err.errors or "strict")
+                until = time.monotonic() + BAR_CLOSE_WAIT
+                rest = _waiting_put(self.err.buffer, self.err.fileno(), data, until)
+                if rest:  # still full: the line's end goes first, whoever writes next
+                    _OWED[id(self.err)] = rest
+            except (OSError, ValueError, AttributeError):
+                self._lost(self.err)
 
     def info(self, line: str) -> None:
         """A line that always prints: start, summary, exit. One during a job (a status
@@ -302,69 +346,101 @@ class Console:
         stream (:func:`announce`)."""
         return f"{line}\n"
 
-    def write(self, stream: TextIO, text: str) -> None:
+    def write(self, stream: TextIO, text: str) -> bool:
         """Write ``text`` to ``stream`` and flush; a stream that fails is dropped.
+        False when a non-blocking ``stream`` was full (EAGAIN): ``text`` may be dropped,
+        whole lines of it (:meth:`_blocked`).
 
         One thread at a time (a worker's slots write their lines from their own, its
         tasks' print() too: :func:`waiting_write`), under the output lock: what a full
         non-blocking stream took of the text is then this text's (:meth:`_blocked`).
         Reentrant, for a signal handler's line (:func:`announce`) and :meth:`_lost`'s."""
         if id(stream) in self._gone:
-            return
+            return True
         lock = _OUTPUT_LOCK[0]
         lock.acquire()  # not ``with``: 80 ns more a line
         try:
-            self._put(stream, text)
+            return self._put(stream, text)
         finally:
             lock.release()
 
-    def _put(self, stream: TextIO, text: str) -> None:
+    def _put(self, stream: TextIO, text: str) -> bool:
         try:
             if _OWED and not self._pay(stream):
-                return  # still full: this text only, the line it owes goes first
+                return False  # still full: this text only, the line it owes goes first
             try:  # noqa: SIM105  # (suppress() costs 0.3 µs a line) what others left
                 stream.flush()  # unflushed (a task's print()): the stream then holds only ``text``
             except BlockingIOError:
                 pass
-            stream.write(text)
-            stream.flush()
-        except BlockingIOError as exc:  # a non-blocking stream, full for now: this text only
-            self._blocked(stream, text, getattr(exc, "characters_written", 0))
-            return
+            precise = self._precise.get(id(stream))
+            if precise is None:  # unbuffered (PYTHONUNBUFFERED=1): see below
+                precise = self._precise[id(stream)] = type(_buffer(stream)) is io.FileIO
+            if not precise:  # the fast way (a worker writes a line a task), till it is full
+                try:
+                    stream.write(text)
+                    stream.flush()
+                    return True
+                except BlockingIOError as exc:  # its bytes from now on (below)
+                    if _buffer(stream) is None:
+                        return False
+                    self._precise[id(stream)] = True
+                    taken = getattr(exc, "characters_written", 0)  # 0: whole in its buffer,
+                    if taken <= 0:  # or none of it: said as may be dropped
+                        return False
+                    data = text.encode(stream.encoding, stream.errors or "strict")
+                    return self._blocked(stream, data, taken)
+            # its bytes, to know what a full non-blocking descriptor took: a text stream's
+            # write says nothing of it (unbuffered, it drops the rest without a word)
+            buffer = _buffer(stream)
+            if buffer is None:  # another stream now under the id() of one that had it
+                stream.write(text)
+                stream.flush()
+                return True
+            data = text.encode(stream.encoding, stream.errors or "strict")
+            try:  # all of it, into a buffer; unbuffered, what the descriptor took (None: none)
+                taken = buffer.write(data)
+            except BlockingIOError as exc:  # a full buffer took part of it, or none
+                taken = max(getattr(exc, "characters_written", 0), 0)
+            if taken is None or taken < len(data):
+                return self._blocked(stream, data, taken or 0)
+            try:  # noqa: SIM105
+                buffer.flush()
+            except BlockingIOError:
+                pass  # whole in its buffer: it goes out in order, ahead of the next write
+        except BlockingIOError:  # a non-blocking stream, full for now: this text only
+            return False
         except UnicodeEncodeError:  # not a stream gone: a character it cannot take
             encoding = getattr(stream, "encoding", None) or "ascii"
             escaped = text.encode(encoding, "backslashreplace").decode(encoding)
             if escaped != text:  # else it was no character of the text's: gone after all
-                self.write(stream, escaped)
-                return
+                return self.write(stream, escaped)
             self._lost(stream)
         except (OSError, ValueError, AttributeError):  # a closed pipe or file, a full disk;
             self._lost(stream)  # None: the process started with that descriptor closed
+        return True
 
-    def _blocked(self, stream: TextIO, text: str, taken: int) -> None:
-        """A non-blocking ``stream`` took only ``taken`` bytes of ``text`` (its buffer
-        keeps them, to go out in order): the rest of a line it took the start of is owed,
-        to go before anything else, lest a reader see half a line run into the next one.
-        The lines after it are dropped. (``taken`` is 0 when the text went whole into the
-        stream's buffer, or none of it did: no line was cut.)"""
-        if taken <= 0 or not hasattr(stream, "buffer"):  # none cut, or no way to finish it
-            return
-        encoding = getattr(stream, "encoding", None) or "utf-8"
-        data = text.encode(encoding, getattr(stream, "errors", None) or "strict")
-        if taken >= len(data) or data[taken - 1 : taken] == b"\n":
-            return
+    def _blocked(self, stream: TextIO, data: bytes, taken: int) -> bool:
+        """A non-blocking ``stream`` took only ``taken`` bytes of a text, ``data`` (its
+        buffer keeps them, to go out in order): the rest of a line it took the start of is
+        owed, to go before anything else, lest a reader see half a line run into the next
+        one. The lines after it are dropped. Whether all of the text is to go out."""
+        if taken <= 0 or data[taken - 1 : taken] == b"\n":  # no line cut: the rest dropped
+            return False
         end = data.find(b"\n", taken)
         _OWED[id(stream)] = data[taken:] if end < 0 else data[taken : end + 1]
+        return end < 0 or end + 1 == len(data)
 
     def _pay(self, stream: TextIO) -> bool:
         """Hand ``stream`` the end of the line it owes (:meth:`_blocked`), if any, ahead
         of anything else: whether it took it all, else it owes what is left of it."""
         owed = _OWED.pop(id(stream), None)
         if owed:
-            try:
-                stream.buffer.write(owed)  # into its buffer, after the line's start
+            try:  # into its buffer, after the line's start (unbuffered: what it took)
+                taken = stream.buffer.write(owed)
             except BlockingIOError as exc:
-                _OWED[id(stream)] = owed[max(getattr(exc, "characters_written", 0), 0) :]
+                taken = max(getattr(exc, "characters_written", 0), 0)
+            if taken is None or taken < len(owed):
+                _OWED[id(stream)] = owed[taken or 0 :]
                 return False
         return True
 

@@ -50,11 +50,12 @@ from typing import Any, ParamSpec, TypeVar, overload
 from distq import executor_threads
 from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.codec import Codec
-from distq.config import Settings
+from distq.config import Settings, shown_number
 from distq.dispatcher import FORKED, Dispatcher, Entry, Stop, Submit
 from distq.envelope import MAX_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, EnvelopeError, MessageTooLarge
 from distq.executor_settings import load_settings
+from distq.flagtypes import MAX_SECONDS
 from distq.futures import Callbacks, DistqFuture
 from distq.jsonvalue import MAX_CHUNK_DEPTH, MAX_DEPTH, check_arguments
 from distq.security import notices
@@ -72,6 +73,23 @@ log = logging.getLogger(__name__)
 #: How long close() waits for the executor's thread to take back what it can and close
 #: the connection before it fails the unanswered futures itself (a broker that hangs).
 CLOSE_WAIT_SECONDS = 2.0
+
+
+def _seconds(name: str, value: float | None, *, zero: bool = False) -> float | None:
+    """A wait in seconds an Executor argument ``name`` gives (0 too with ``zero``): None
+    (or inf) for no limit. Raises ``ValueError`` for one no deadline can hold (nan, a
+    negative, a bool, past :data:`~distq.flagtypes.MAX_SECONDS`): 10**400 was taken,
+    then each submit raised OverflowError (``map()``: its iterator)."""
+    if value is None or value == math.inf:  # no limit, as None says
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and (value >= 0 if zero else value > 0) and value <= MAX_SECONDS):
+        shown = shown_number(value) if number else f"{value!r:.40}"
+        raise ValueError(
+            f"{name} is {shown}; use seconds {'>=' if zero else '>'} 0 and at most "
+            f"{MAX_SECONDS:.0f} (about 31 years), or None for no limit"
+        )
+    return value
 
 
 class Executor(concurrent.futures.Executor):
@@ -103,14 +121,7 @@ class Executor(concurrent.futures.Executor):
     ) -> None:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts is {max_attempts!r}; use a whole number >= 1")
-        if task_timeout is not None and (
-            isinstance(task_timeout, bool)
-            or not isinstance(task_timeout, (int, float))
-            or not task_timeout > 0
-        ):
-            raise ValueError(f"task_timeout is {task_timeout!r}; use seconds > 0, or None")
-        if task_timeout == math.inf:  # no time limit, as None says
-            task_timeout = None
+        task_timeout = _seconds("task_timeout", task_timeout)
         self.settings = load_settings(settings, overrides, os.environ)
         self.max_attempts, self.task_timeout = max_attempts, task_timeout
         # before the transport opens: a setting it refuses (a Settings field of another
@@ -226,8 +237,9 @@ class Executor(concurrent.futures.Executor):
         take no keywords (``TypeError`` for a ``functools.partial`` that binds some).
         Leaving the iterator early cancels the tasks not answered yet.
         """
-        if chunksize < 1:
-            raise ValueError(f"chunksize must be >= 1, not {chunksize!r}")
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, not {chunksize!r:.40}; use a whole number")
+        timeout = _seconds("timeout", timeout, zero=True)
         end = None if timeout is None else time.monotonic() + timeout
         fn, before, keywords = bound(fn)
         name = task_name(fn)

@@ -129,6 +129,10 @@ def _over(
             shown = name if entry.secret else f"{name}={value!r}"  # a secret never shown
             values[name] = _parsed(shown, entry, value)
         else:
+            try:  # a number as its text would be: nan, inf, 10**400 or True are not
+                entry.check(value)
+            except ValueError as exc:
+                raise ConfigError(f"Executor keyword {name} ({entry.variable}) {exc}") from None
             values[name] = value
     # a new password replaces the one the settings' password setting put into their URL
     for url, password in (("redis_url", "redis_password"), ("amqp_url", "amqp_password")):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ import msgspec
 
 from distq.console import Console
 from distq.credentials import MASK, mask_query
+from distq.errortext import cut, describe
 
 #: JSON of a log object; what JSON cannot carry is written as its str(), as json's default=str
 _encoder = msgspec.json.Encoder(enc_hook=str)
@@ -189,6 +189,71 @@ class MaskingFormatter(logging.Formatter):
         return mask_secrets(super().format(record))
 
 
+class ConsoleHandler(logging.Handler):
+    """Python ``logging``'s records written as lines of ``console`` (on its stderr, under
+    its output lock: a full non-blocking stderr drops a line whole, never cuts it).
+
+    Never Python's own "--- Logging error ---" and traceback (``Handler.handleError``),
+    which is no JSON line: a record that cannot be formatted or written is dropped, and
+    each of those two reasons said once, as a record of this handler's own format."""
+
+    def __init__(self, console: Console, formatter: logging.Formatter) -> None:
+        super().__init__()
+        self.setFormatter(formatter)
+        self.console = console
+        self._unsaid: list[str] = []  # why records were dropped, to say when it can
+        self._said: set[str] = set()  # the reasons said (or to say): each once
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception as exc:  # a library's bad call (a %d given a str): its own record
+            try:
+                message = cut(repr(record.msg))
+            except Exception:  # an object whose repr() raises
+                message = f"a {type(record.msg).__name__}"
+            self._dropped(
+                "formatted",
+                f"a log record of {record.name!r} could not be formatted ({describe(exc)}; "
+                f"its message {message}); it was dropped, as any other that cannot be "
+                "(said once)",
+            )
+            return
+        if not self._write(line):
+            self._dropped(
+                "full",
+                "stderr was full (a non-blocking descriptor, as a parent process may leave "
+                "it): log records written meanwhile may be dropped, each whole (said once)",
+            )
+        elif self._unsaid:
+            self._say()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Not Python's traceback on stderr: said once, as the handler's own line."""
+        self._dropped("error", "a log record could not be written; it was dropped (said once)")
+
+    def _dropped(self, reason: str, line: str) -> None:
+        if reason not in self._said:
+            self._said.add(reason)
+            self._unsaid.append(line)
+            self._say()
+
+    def _say(self) -> None:
+        """The reasons not said yet, while stderr takes them; the rest at its next line."""
+        while self._unsaid:
+            note = logging.LogRecord("distq", logging.WARNING, __file__, 0, "%s", None, None)
+            note.args = (f"warning: {self._unsaid[0]}",)
+            if not self._write(self.format(note)):
+                return
+            self._unsaid.pop(0)
+
+    def _write(self, line: str) -> bool:
+        try:
+            return self.console.write(self.console.err, line + "\n")
+        except RuntimeError:  # "reentrant call": a signal handler's record amid a write
+            return False
+
+
 def _logged(args: threading.ExceptHookArgs) -> None:
     """An exception that ended a thread, logged (as a JSON line) rather than printed."""
     if args.exc_type is SystemExit:
@@ -202,15 +267,14 @@ def make_console(
     log_format: str, role: str, quiet: bool = False, **fields: Any
 ) -> Console | JsonConsole:
     """The console for ``DISTQ_LOG_FORMAT``, and Python logging routed the same way."""
-    handler = logging.StreamHandler(sys.stderr)
     console: Console | JsonConsole
     if log_format == "json":
         console = JsonConsole(role, quiet=quiet, **fields)
-        handler.setFormatter(JsonFormatter(console.fields))
+        handler = ConsoleHandler(console, JsonFormatter(console.fields))
         threading.excepthook = _logged  # a task's own thread's traceback: a JSON line too
     else:
         console = TextConsole(quiet=quiet)
-        handler.setFormatter(MaskingFormatter("distq: %(message)s"))
+        handler = ConsoleHandler(console, MaskingFormatter("distq: %(message)s"))
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_distq", False)]:
         root.removeHandler(old)

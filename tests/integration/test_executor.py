@@ -114,6 +114,24 @@ def test_map_with_chunks_runs_every_call_once_in_order(executor: Open, workers: 
         ex.map(jobs.add, [1], [2], chunksize=0)
 
 
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_map_timeout_or_chunksize_no_deadline_can_hold_is_refused_before_anything_is_sent(
+    executor: Open,
+) -> None:
+    """Was: map(timeout=10**400) raised OverflowError, timeout=1e300 raised it from the
+    iterator once a task was sent, nan timed out at once and chunksize=2.5 raised
+    TypeError from a slice."""
+    ex = executor()
+    for timeout in (10**400, 1e300, float("nan"), -1, True):
+        with pytest.raises(ValueError, match=r"^timeout is .*; use seconds >= 0 and at most 1"):
+            ex.map(jobs.add, [1], [2], timeout=timeout)
+    for chunksize in (2.5, True):
+        with pytest.raises(ValueError, match=r"^chunksize must be >= 1, not .*; use a whole"):
+            ex.map(jobs.add, [1], [2], chunksize=chunksize)  # type: ignore[arg-type]
+    assert ex.stats().ready == 0  # nothing was sent
+    assert list(ex.map(jobs.add, [], [], timeout=float("inf"))) == []  # inf: no limit
+
+
 def test_a_partial_sends_its_function_with_its_arguments_first(
     executor: Open, workers: Workers
 ) -> None:

@@ -19,6 +19,7 @@ from procs import Distq
 pytestmark = pytest.mark.integration
 
 LEAVERS = """
+import atexit
 import os
 import threading
 import time
@@ -46,6 +47,14 @@ def _exit_0_in_the_exit():
 @distq.task
 def exit_0_later():
     threading.Thread(target=_exit_0_in_the_exit, name="exits-0", daemon=False).start()
+    return "started"
+
+
+@distq.task
+def exit_0_in_a_slow_atexit(name, daemon):
+    # a thread the exit does not wait for: it calls os._exit(0) while atexit runs
+    atexit.register(time.sleep, 3)
+    threading.Thread(target=_exit_0_in_the_exit, name=name, daemon=daemon).start()
     return "started"
 """
 
@@ -112,6 +121,36 @@ def test_a_tasks_thread_that_calls_os_exit_0_keeps_a_refused_workers_exit_2(
         raw.close()
         producer.close()
     assert "thread(s) that tasks started are alive (exits-0)" in out, out
+    assert code == 2, out
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+@pytest.mark.parametrize(("name", "daemon"), [("a-daemon", True), ("distq-mine", False)])
+def test_a_thread_the_exit_does_not_wait_for_that_calls_os_exit_0_keeps_exit_2(
+    target: Target, hosted: Transport, tmp_path: Path, name: str, daemon: bool
+) -> None:
+    """A daemon thread, or one named ``distq-*``, that a task left called ``os._exit(0)``
+    during a slow ``atexit`` while the worker meant to exit 2: the exit kept 2 only when a
+    thread the exit waits for was left too, and here exited 0, a clean stop to a
+    supervisor."""
+    producer = hosted.producer(hosted.reply_queue("exit0atexit"))
+    task = Task(name="leavers:exit_0_in_a_slow_atexit", args=[name, daemon], reply_to=NO_REPLY)
+    producer.submit([task.encode()])
+    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path))
+    raw = redis.Redis.from_url(target.settings.redis_url)
+    try:
+        worker.wait_for(r"Get task leavers:exit_0_in_a_slow_atexit")
+        time.sleep(0.5)
+        raw.delete(target.settings.queue)
+        raw.set(target.settings.queue, "hello")  # refused from the next fetch: exit 2
+        code = worker.wait(60)
+        out = worker.output()
+    finally:
+        worker.stop(grace=0)
+        raw.delete(target.settings.queue)
+        raw.close()
+        producer.close()
+    assert "thread(s) that tasks started are alive" not in out, out
     assert code == 2, out
 
 

@@ -302,8 +302,8 @@ def test_a_setting_the_codec_refuses_leaves_no_listener_behind() -> None:
         manager_address=address,
         max_message_bytes="2000000",  # type: ignore[arg-type]
     )
-    with pytest.raises(TypeError):
-        Executor(bad)
+    with pytest.raises(ConfigError, match=r"^max_message_bytes .* is '2000000', not a whole"):
+        Executor(bad)  # now refused with the settings, before the transport opens
     with Executor(dataclasses.replace(bad, max_message_bytes=2_000_000)) as executor:
         assert executor.stats().ready == 0
 
@@ -331,3 +331,68 @@ def test_an_executor_whose_thread_cannot_start_closes_what_it_opened(
     assert all(dispatcher.ident is not None for dispatcher in executor_threads.running)
     with Executor(settings) as executor:
         assert executor.stats().ready == 0
+
+
+def _short(value: object) -> str | None:
+    """A test id: a number's repr, cut (10**400 has 401 digits)."""
+    return None if isinstance(value, str) else repr(value)[:12]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "said"),
+    [
+        ("task_timeout", 10**400, r"task_timeout is about 10\*\*400; use seconds > 0 and at most "),
+        ("task_timeout", 1e300, r"task_timeout is 1e\+300; use seconds > 0 and at most 1000000000"),
+        ("task_timeout", float("nan"), r"task_timeout is nan; use seconds > 0"),
+        ("task_timeout", -1, r"task_timeout is -1; use seconds > 0"),
+        ("task_timeout", True, r"task_timeout is True; use seconds > 0"),
+        ("max_attempts", True, r"max_attempts is True; use a whole number >= 1"),
+        ("max_attempts", 2.0, r"max_attempts is 2.0; use a whole number >= 1"),
+    ],
+    ids=_short,
+)
+def test_an_executor_argument_out_of_range_is_refused_at_construction(
+    keyword: str, value: Any, said: str
+) -> None:
+    """Was: task_timeout=10**400 (or 1e300) was taken, then each submit raised
+    OverflowError (a deadline past what a float or a lock's wait can hold)."""
+    with pytest.raises(ValueError, match=f"^{said}"):
+        Executor(Settings(transport="redis", redis_url="redis://127.0.0.1:1/0"), **{keyword: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("lease_seconds", float("nan"), r"is nan; use a number from 0.3 to 3600 seconds"),
+        ("lease_seconds", float("inf"), r"is inf; use a number from 0.3 to 3600 seconds"),
+        ("lease_seconds", 10**400, r"is about 10\*\*400; use a number from 0.3 to 3600 seconds"),
+        ("lease_seconds", -1, r"is -1; use a number from 0.3 to 3600 seconds"),
+        ("lease_seconds", True, r"is True, not a number; use a number from 0.3 to 3600"),
+        ("drain_seconds", 1e300, r"is 1e\+300; use a number from 0 to 3600 seconds"),
+        ("prefetch", 2**64, r"is 18446744073709551616; use a whole number from 1 to 10000"),
+        ("prefetch", 2.0, r"is 2.0, not a whole number; use a whole number from 1 to 10000"),
+        ("prefetch", False, r"is False, not a whole number"),
+        ("metrics_port", 70000, r"is 70000; use a whole number from 1 to 65535"),
+        ("stall_seconds", float("-inf"), r"is -inf; use a number from 0.1 to 86400 seconds"),
+        ("stats_seconds", 0, r"is 0; use a number from 0.1 to 3600 seconds"),
+        ("max_message_bytes", 10**400, r"is about 10\*\*400; use a whole number from 1024 "),
+        ("manager_address", ("127.0.0.1", 10**400), r"is \('127.0.0.1', 1000.*; use \(host, "),
+        ("manager_address", ("::1", 70000), r"is \('::1', 70000\); use \(host, port\) with a "),
+        ("manager_address", ("h", True), r"is \('h', True\); use \(host, port\) with a port "),
+        ("manager_address", ("a b", 9000), r"is 'a b:9000': 'a b' is not a host"),
+    ],
+    ids=_short,
+)
+def test_a_numeric_setting_out_of_range_is_refused_in_every_way_it_can_be_given(
+    name: str, value: Any, said: str
+) -> None:
+    """Was: a number given over a Settings object (or in one) was taken as it was, unlike
+    the same in the environment: nan, inf, 10**400 or True as lease_seconds reached the
+    transport, to fail there (OverflowError, a lease that never lapses)."""
+    variable = f"DISTQ_{name.upper()}"
+    base = Settings(transport="redis")
+    with pytest.raises(ConfigError, match=rf"^Executor keyword {name} \({variable}\) {said}"):
+        load_settings(base, {name: value}, {})
+    with pytest.raises(ConfigError, match=rf"^{name} \({variable}\) {said}"):
+        load_settings(dataclasses.replace(base, **{name: value}), {}, {})
+    assert getattr(load_settings(base, {}, {}), name) == getattr(base, name)  # in range: kept

@@ -12,6 +12,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from distq.logs import JsonConsole
 from distq.taskoutput import WholeLines
 from nonblocking import drain
@@ -20,14 +22,20 @@ TASK_LINES = 400
 PAD = "y" * 1000
 
 
+@pytest.mark.parametrize("unbuffered", [False, True])
 def test_a_tasks_print_on_a_full_non_blocking_stdout_waits_and_is_never_cut(
-    full_pipe: tuple[io.TextIOWrapper, int],
+    full_pipe: tuple[io.TextIOWrapper, int], unbuffered: bool
 ) -> None:
     """``WholeLines`` raised BlockingIOError to the task once the pipe had taken part of
     its line: the line was cut (and the task failed), and the next text, the worker's
     own JSON line, glued to its start. The task waits as it would on a blocking stdout;
-    every line reaches the reader whole."""
+    every line reaches the reader whole. Unbuffered (PYTHONUNBUFFERED=1, as the images
+    run), the text stream dropped what the full pipe did not take, without a word: lines
+    lost and cut, the task's and the worker's."""
     stream, read = full_pipe
+    if unbuffered:  # as Python makes sys.stdout then
+        raw = io.FileIO(stream.fileno(), "w", closefd=False)
+        stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
     console = JsonConsole("worker", out=stream, err=io.StringIO(), worker="w1")
     task_out = WholeLines(stream)
     raised: list[BaseException] = []
