@@ -85,7 +85,7 @@ from distq.transport.base import (
     settled_already,
     tags_of,
 )
-from distq.transport.manager_broker import QueueBroker, Wire, WireSettlement
+from distq.transport.manager_broker import BATCH_BYTES, QueueBroker, Wire, WireSettlement
 
 _T = TypeVar("_T")
 
@@ -132,6 +132,7 @@ class ManagerTransport(Transport):
         self._inspector: wire.Broker | None = None  # a worker's proxy for stats(), kept
         self._keeper_thread: int | None = None  # the thread that calls heartbeat()
         self._inspector_lock = threading.Lock()
+        self._frame_limit = wire.frame_limit(settings.max_message_bytes)
         if role == "master":
             reap_every = min(0.25, settings.lease_seconds / 4)
             # a reaper a little late is not a process that stood still; two turns' time
@@ -151,6 +152,7 @@ class ManagerTransport(Transport):
             self._acceptor = threading.Thread(target=self._accept, name="distq-accept", daemon=True)
             self._acceptor.start()
         else:
+            wire.limit_frames(settings.manager_address, settings.max_message_bytes)
             self._manager = wire.ClientManager(
                 address=settings.manager_address,
                 authkey=settings.authkey,
@@ -192,6 +194,7 @@ class ManagerTransport(Transport):
                 time.sleep(0.1)
                 continue
             try:
+                conn.frame_limit = self._frame_limit
                 wire.accepted(conn)
                 self._served.add(conn)
                 self._deadlines.add(conn, wire.HANDSHAKE_TIMEOUT, conn.host)  # the whole handshake
@@ -219,15 +222,15 @@ class ManagerTransport(Transport):
 
     def _serve(self, conn: wire.ServedConnection) -> None:
         """Serve ``conn`` (:meth:`_serve_requests`); a connection dropped for a message
-        the master does not unpickle is logged, once, with the peer's address."""
+        the master does not unpickle, or does not read for its size, is logged, once,
+        with the peer's address."""
         try:
             self._serve_requests(conn)
         finally:
             self._served.discard(conn)
             if conn.refused is not None:
                 log.error(
-                    "master at %s: dropped the connection from %s: it sent a message the "
-                    "master does not unpickle (%s)",
+                    "master at %s: dropped the connection from %s: it sent %s",
                     self.address,
                     conn.peer,
                     conn.refused,
@@ -674,8 +677,7 @@ class ManagerProducer(Producer):
     def submit(self, bodies: Sequence[bytes]) -> None:
         if time.monotonic() >= self._renew_at:
             self._renew()
-        for start in range(0, len(bodies), MESSAGE_BATCH):
-            chunk = list(bodies[start : start + MESSAGE_BATCH])
+        for chunk in _batches(bodies):
             _call(self._address, self._broker.put, self._queue, chunk)
             self._submitted += len(chunk)
 
@@ -709,7 +711,10 @@ class ManagerProducer(Producer):
         return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
 
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
-        return _call(self._address, self._broker.withdraw, self._queue, list(bodies))
+        found: list[bool] = []
+        for chunk in _batches(bodies):
+            found += _call(self._address, self._broker.withdraw, self._queue, chunk)
+        return found
 
     def close(self) -> None:
         # RemoteError: a master started since knows no object of this proxy's (its queue
@@ -920,6 +925,27 @@ def _wire(settlements: Sequence[Settlement]) -> list[WireSettlement]:
         (token, s.reply_to, s.result, s.retry, s.retry_delay, s.dead_letter)
         for token, s in zip(tokens, settlements, strict=True)
     ]
+
+
+def _batches(bodies: Sequence[bytes]) -> Iterator[list[bytes]]:
+    """``bodies`` in the calls they are sent in: ``MESSAGE_BATCH`` at most, and
+    ``BATCH_BYTES`` of them before the last (one message each, within its limit:
+    ``manager_wire.frame_limit``), as the master's replies are."""
+    for start in range(0, len(bodies), MESSAGE_BATCH):
+        chunk = list(bodies[start : start + MESSAGE_BATCH])
+        if sum(map(len, chunk)) <= BATCH_BYTES:  # the common case: one look, in C
+            yield chunk
+            continue
+        batch: list[bytes] = []
+        room = BATCH_BYTES
+        for body in chunk:
+            batch.append(body)
+            room -= len(body)
+            if room < 0:
+                yield batch
+                batch, room = [], BATCH_BYTES
+        if batch:
+            yield batch
 
 
 def _close_proxy(broker: object) -> None:
