@@ -560,7 +560,8 @@ def _listen_error(exc: OSError) -> str:
 def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
     """Call the broker, turning a lost connection into :class:`TransportError`.
 
-    A connection that failed is forgotten (:func:`_close_proxy`): it is the calling
+    A connection that failed is forgotten (:func:`_close_proxy`), and marked lost (a
+    close then does not connect afresh: :func:`_lost`): it is the calling
     thread's, shared by every proxy of the address, so kept it would fail each later
     call of that thread for good. A slot closes its consumer and so forgets it anyway;
     the worker's keeper thread, renewing long batches' leases, never did: after its
@@ -569,32 +570,35 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
     try:
         return method(*args)
     except (EOFError, ConnectionResetError):
-        _close_proxy(proxy)
+        _close_proxy(proxy, lost=True)
         raise _closed(address) from None
     except BlockingIOError:  # wire.bounded's SO_RCVTIMEO or SO_SNDTIMEO ran out (EAGAIN)
         # its reply may still come, and would answer this thread's next call: start afresh
-        _close_proxy(proxy)
+        _close_proxy(proxy, lost=True)
         raise TransportError(
             f"the master at {address} did not answer within "
             f"{wire.reply_timeout():g} s (stopped, or overloaded?)"
         ) from None
     except AuthenticationError:  # connecting afresh for this call: a master of another key
+        _close_proxy(proxy, lost=True)
         raise AuthenticationFailed(
             f"authentication failed: the master at {address} rejected DISTQ_AUTHKEY; "
             "use the same key as the master"
         ) from None
     except AssertionError:  # the same: the stdlib handshake asserts on a greeting not its own
+        _close_proxy(proxy, lost=True)
         raise TransportError(
             f"the service at {address} (DISTQ_MANAGER_ADDRESS) answered with something "
             "other than a distq master's handshake; is a running `distq master` (not another "
             "service) there?"
         ) from None
     except TimeoutError as exc:  # wire.client's, connecting afresh for this call
+        _close_proxy(proxy, lost=True)
         raise TransportError(
             f"the master at {address} gave {exc.strerror} (stopped, or overloaded?)"
         ) from None
     except OSError as exc:
-        _close_proxy(proxy)
+        _close_proxy(proxy, lost=True)
         raise TransportError(f"lost the connection to the master at {address}: {exc!r}") from None
     except RemoteError as exc:
         if _unknown_to(proxy, exc):  # made before the master restarted: its leases are gone
@@ -609,7 +613,7 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
         shown = wire.shown(lines[-1] if lines else "no reason given")
         raise FailedRequest(f"the master at {address} failed a request: {shown}", text) from None
     except pickle.UnpicklingError as exc:  # wire.Refused: a reply naming a global; or garbage
-        _close_proxy(proxy)  # not a master to keep talking to
+        _close_proxy(proxy, lost=True)  # not a master to keep talking to
         raise TransportError(
             f"refused a reply of the master at {address} and dropped the connection: {exc}"
         ) from None
@@ -724,7 +728,8 @@ class ManagerProducer(Producer):
         with contextlib.suppress(
             OSError, EOFError, pickle.UnpicklingError, RemoteError, *_HANDSHAKE_FAILURES
         ):
-            self._broker.delete(self.reply_to)
+            if not _lost(self._broker):  # the master's reply queue lapses without it
+                self._broker.delete(self.reply_to)
         _close_proxy(self._broker)
 
 
@@ -867,7 +872,8 @@ class ManagerConsumer(Consumer):
                 OSError, EOFError, pickle.UnpicklingError, RemoteError, *_HANDSHAKE_FAILURES
             ),
         ):
-            self._broker.disconnect(self._id)
+            if not _lost(self._broker):
+                self._broker.disconnect(self._id)
         _close_proxy(self._broker)
 
 
@@ -948,10 +954,11 @@ def _batches(bodies: Sequence[bytes]) -> Iterator[list[bytes]]:
             yield batch
 
 
-def _close_proxy(broker: object) -> None:
+def _close_proxy(broker: object, lost: bool = False) -> None:
     """Close a proxy's connection, and forget it: every proxy of one address shares its
     thread's connection, and a closed one left behind would fail the next proxy's calls
-    (a slot reconnecting after its master restarted)."""
+    (a slot reconnecting after its master restarted). ``lost``: a call failed on it (or
+    connecting it), see :func:`_lost`; a close of an open one clears that."""
     if isinstance(broker, BaseProxy):
         local: Any = getattr(broker, "_tls", None)
         conn = getattr(local, "connection", None)
@@ -959,3 +966,15 @@ def _close_proxy(broker: object) -> None:
             conn.close()
             with contextlib.suppress(AttributeError):
                 del local.connection
+        if local is not None and (lost or conn is not None):
+            local.lost = lost
+
+
+def _lost(broker: object) -> bool:
+    """Whether the calling thread's connection of ``broker``'s address was closed by a
+    failed call, and none made since: a close then tells the master nothing (what it held
+    goes as its lease or reply queue lapses). Its call connected afresh, and against a
+    master gone (another process on its port, a host that drops packets) or frozen it
+    waited out ``CONNECT_TIMEOUT``, a slot's or an executor's close with it."""
+    local = getattr(broker, "_tls", None)
+    return getattr(local, "connection", None) is None and getattr(local, "lost", False) is True
