@@ -32,10 +32,11 @@ HUGE = 1 << 40
 HUGE_FRAME = struct.pack("!i", -1) + struct.pack("!Q", HUGE)
 
 
-def test_a_reply_over_the_limit_is_refused_before_it_is_read() -> None:
+@pytest.mark.parametrize("most", [1 << 20, 128 << 20], ids=["1 MiB", "128 MiB"])
+def test_a_reply_over_the_limit_is_refused_before_it_is_read(most: int) -> None:
     # multiprocessing's Connection read the length and then asked for that much memory
     # (a MemoryError out of the worker's slot), or waited for a gigabyte to arrive
-    settings = fake_settings("mgrsize33")
+    settings = fake_settings("mgrsize33", max_message_bytes=most)
     with fake_master(settings, "fetch", HUGE_FRAME, framed=False):
         remote = open_transport(settings, "worker")
         try:
@@ -44,7 +45,8 @@ def test_a_reply_over_the_limit_is_refused_before_it_is_read() -> None:
                 consumer.fetch(5, 0.1)
             message = str(caught.value)
             assert f"{HUGE:,} bytes" in message, message
-            assert "DISTQ_MAX_MESSAGE_BYTES" in message, message
+            assert f"over the limit of {2 * most + (64 << 20):,}" in message, message
+            assert f"DISTQ_MAX_MESSAGE_BYTES, {most:,}" in message, message
             consumer.close()
         finally:
             remote.close()
@@ -76,15 +78,17 @@ def test_a_worker_that_refuses_a_reply_for_its_size_says_so_and_goes_on() -> Non
             worker.stop()
 
 
-def _settings() -> Settings:
-    return Settings(authkey=b"k" * 32, manager_address=("127.0.0.1", free_port()))
+def _settings(most: int = 1 << 20) -> Settings:
+    return Settings(
+        authkey=b"k" * 32, manager_address=("127.0.0.1", free_port()), max_message_bytes=most
+    )
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["first request", "a later one"])
 def test_a_request_over_the_limit_is_refused_logged_and_its_connection_closed(
     caplog: pytest.LogCaptureFixture, first: bool
 ) -> None:
-    settings = _settings()
+    settings = _settings(2 << 20)
     assert settings.authkey is not None
     hosted = open_transport(settings, "master")
     try:
@@ -102,7 +106,8 @@ def test_a_request_over_the_limit_is_refused_logged_and_its_connection_closed(
             assert time.monotonic() < deadline, caplog.text
             time.sleep(0.05)
         [line] = [r.getMessage() for r in caplog.records if f"{HUGE:,} bytes" in r.getMessage()]
-        assert "DISTQ_MAX_MESSAGE_BYTES" in line and "127.0.0.1:" in line, line
+        assert f"over the limit of {2 * (2 << 20) + (64 << 20):,}" in line, line
+        assert "DISTQ_MAX_MESSAGE_BYTES, 2,097,152" in line and "127.0.0.1:" in line, line
         worker = open_transport(replace(settings, queue=settings.queue), "worker")
         try:
             assert worker.stats().ready == 0  # the master serves the others still
