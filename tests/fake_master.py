@@ -4,6 +4,7 @@ holds DISTQ_AUTHKEY and answers one method as the test says, the rest like a rea
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import socket
 import threading
@@ -29,11 +30,16 @@ def fake_settings(queue: str, **more: object) -> Settings:
 
 @contextlib.contextmanager
 def fake_master(
-    settings: Settings, odd_on: str, reply: bytes, stall_on: str | None = None
+    settings: Settings,
+    odd_on: str,
+    reply: bytes,
+    stall_on: str | None = None,
+    *,
+    framed: bool = True,
 ) -> Iterator[None]:
     """A master holding DISTQ_AUTHKEY that answers ``odd_on`` (a method) with the bytes
-    ``reply`` (a pickle, or not), never answers ``stall_on``, and answers the rest like
-    a real one."""
+    ``reply`` (a pickle, or not; not ``framed``: written as they are, a length of its
+    choosing first), never answers ``stall_on``, and answers the rest like a real one."""
     assert settings.authkey is not None
     authkey = settings.authkey
     server = socket.create_server(settings.manager_address)
@@ -49,7 +55,10 @@ def fake_master(
                     stop.wait(60)
                     return
                 if method == odd_on:
-                    conn.send_bytes(reply)
+                    if framed:
+                        conn.send_bytes(reply)
+                    else:
+                        os.write(conn.fileno(), reply)
                     continue
                 answer = {"create": ("1", manager_wire.EXPOSED), "fetch": []}.get(method)
                 conn.send(("#RETURN", answer))

@@ -16,7 +16,7 @@ import pytest
 from distq.errors import ConnectionFailed
 from distq.transport import manager_broker
 from distq.transport.manager import ManagerProducer, ManagerTransport, _listen_error
-from distq.transport.manager_broker import QueueBroker
+from distq.transport.manager_broker import BATCH_BYTES, QueueBroker
 from distq.transport.manager_wire import EXPOSED, BrokerProxy
 
 
@@ -494,3 +494,17 @@ def test_the_hosting_processs_own_reply_queue_never_lapses() -> None:
     clock.now += 3600.0
     broker.reap()
     assert broker.get("own", 10, 0) == [b"kept"]
+
+
+def test_a_reply_holds_batch_bytes_of_bodies_before_its_last() -> None:
+    # over the manager wire a reply is one message, which each end bounds
+    # (manager_wire.frame_limit): 128 tasks of 1 MiB were one of 128 MiB
+    broker = QueueBroker()
+    body = b"x" * (BATCH_BYTES // 4)
+    broker.put("q", [body] * 10)
+    assert len(broker.peek("q", 10)) == 5
+    assert len(broker.fetch("q", "c", 10, 0.0, 60.0)) == 5
+    broker.open("r")
+    broker.put("r", [body] * 10)
+    assert len(broker.get("r", 10, 0.0)) == 5
+    assert len(broker.fetch("q", "c", 1, 0.0, 60.0)) == 1  # what is asked for, at most

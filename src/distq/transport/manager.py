@@ -85,7 +85,7 @@ from distq.transport.base import (
     settled_already,
     tags_of,
 )
-from distq.transport.manager_broker import QueueBroker, Wire, WireSettlement
+from distq.transport.manager_broker import BATCH_BYTES, QueueBroker, Wire, WireSettlement
 
 _T = TypeVar("_T")
 
@@ -132,6 +132,7 @@ class ManagerTransport(Transport):
         self._inspector: wire.Broker | None = None  # a worker's proxy for stats(), kept
         self._keeper_thread: int | None = None  # the thread that calls heartbeat()
         self._inspector_lock = threading.Lock()
+        self._frame_limit = wire.frame_limit(settings.max_message_bytes)
         if role == "master":
             reap_every = min(0.25, settings.lease_seconds / 4)
             # a reaper a little late is not a process that stood still; two turns' time
@@ -151,6 +152,7 @@ class ManagerTransport(Transport):
             self._acceptor = threading.Thread(target=self._accept, name="distq-accept", daemon=True)
             self._acceptor.start()
         else:
+            wire.limit_frames(settings.manager_address, settings.max_message_bytes)
             self._manager = wire.ClientManager(
                 address=settings.manager_address,
                 authkey=settings.authkey,
@@ -192,6 +194,7 @@ class ManagerTransport(Transport):
                 time.sleep(0.1)
                 continue
             try:
+                conn.frame_limit = self._frame_limit
                 wire.accepted(conn)
                 self._served.add(conn)
                 self._deadlines.add(conn, wire.HANDSHAKE_TIMEOUT, conn.host)  # the whole handshake
@@ -219,15 +222,15 @@ class ManagerTransport(Transport):
 
     def _serve(self, conn: wire.ServedConnection) -> None:
         """Serve ``conn`` (:meth:`_serve_requests`); a connection dropped for a message
-        the master does not unpickle is logged, once, with the peer's address."""
+        the master does not unpickle, or does not read for its size, is logged, once,
+        with the peer's address."""
         try:
             self._serve_requests(conn)
         finally:
             self._served.discard(conn)
             if conn.refused is not None:
                 log.error(
-                    "master at %s: dropped the connection from %s: it sent a message the "
-                    "master does not unpickle (%s)",
+                    "master at %s: dropped the connection from %s: it sent %s",
                     self.address,
                     conn.peer,
                     conn.refused,
@@ -557,7 +560,8 @@ def _listen_error(exc: OSError) -> str:
 def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
     """Call the broker, turning a lost connection into :class:`TransportError`.
 
-    A connection that failed is forgotten (:func:`_close_proxy`): it is the calling
+    A connection that failed is forgotten (:func:`_close_proxy`), and marked lost (a
+    close then does not connect afresh: :func:`_lost`): it is the calling
     thread's, shared by every proxy of the address, so kept it would fail each later
     call of that thread for good. A slot closes its consumer and so forgets it anyway;
     the worker's keeper thread, renewing long batches' leases, never did: after its
@@ -566,32 +570,35 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
     try:
         return method(*args)
     except (EOFError, ConnectionResetError):
-        _close_proxy(proxy)
+        _close_proxy(proxy, lost=True)
         raise _closed(address) from None
     except BlockingIOError:  # wire.bounded's SO_RCVTIMEO or SO_SNDTIMEO ran out (EAGAIN)
         # its reply may still come, and would answer this thread's next call: start afresh
-        _close_proxy(proxy)
+        _close_proxy(proxy, lost=True)
         raise TransportError(
             f"the master at {address} did not answer within "
             f"{wire.reply_timeout():g} s (stopped, or overloaded?)"
         ) from None
     except AuthenticationError:  # connecting afresh for this call: a master of another key
+        _close_proxy(proxy, lost=True)
         raise AuthenticationFailed(
             f"authentication failed: the master at {address} rejected DISTQ_AUTHKEY; "
             "use the same key as the master"
         ) from None
     except AssertionError:  # the same: the stdlib handshake asserts on a greeting not its own
+        _close_proxy(proxy, lost=True)
         raise TransportError(
             f"the service at {address} (DISTQ_MANAGER_ADDRESS) answered with something "
             "other than a distq master's handshake; is a running `distq master` (not another "
             "service) there?"
         ) from None
     except TimeoutError as exc:  # wire.client's, connecting afresh for this call
+        _close_proxy(proxy, lost=True)
         raise TransportError(
             f"the master at {address} gave {exc.strerror} (stopped, or overloaded?)"
         ) from None
     except OSError as exc:
-        _close_proxy(proxy)
+        _close_proxy(proxy, lost=True)
         raise TransportError(f"lost the connection to the master at {address}: {exc!r}") from None
     except RemoteError as exc:
         if _unknown_to(proxy, exc):  # made before the master restarted: its leases are gone
@@ -606,7 +613,7 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
         shown = wire.shown(lines[-1] if lines else "no reason given")
         raise FailedRequest(f"the master at {address} failed a request: {shown}", text) from None
     except pickle.UnpicklingError as exc:  # wire.Refused: a reply naming a global; or garbage
-        _close_proxy(proxy)  # not a master to keep talking to
+        _close_proxy(proxy, lost=True)  # not a master to keep talking to
         raise TransportError(
             f"refused a reply of the master at {address} and dropped the connection: {exc}"
         ) from None
@@ -674,8 +681,7 @@ class ManagerProducer(Producer):
     def submit(self, bodies: Sequence[bytes]) -> None:
         if time.monotonic() >= self._renew_at:
             self._renew()
-        for start in range(0, len(bodies), MESSAGE_BATCH):
-            chunk = list(bodies[start : start + MESSAGE_BATCH])
+        for chunk in _batches(bodies):
             _call(self._address, self._broker.put, self._queue, chunk)
             self._submitted += len(chunk)
 
@@ -709,7 +715,10 @@ class ManagerProducer(Producer):
         return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
 
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
-        return _call(self._address, self._broker.withdraw, self._queue, list(bodies))
+        found: list[bool] = []
+        for chunk in _batches(bodies):
+            found += _call(self._address, self._broker.withdraw, self._queue, chunk)
+        return found
 
     def close(self) -> None:
         # RemoteError: a master started since knows no object of this proxy's (its queue
@@ -719,7 +728,8 @@ class ManagerProducer(Producer):
         with contextlib.suppress(
             OSError, EOFError, pickle.UnpicklingError, RemoteError, *_HANDSHAKE_FAILURES
         ):
-            self._broker.delete(self.reply_to)
+            if not _lost(self._broker):  # the master's reply queue lapses without it
+                self._broker.delete(self.reply_to)
         _close_proxy(self._broker)
 
 
@@ -862,7 +872,8 @@ class ManagerConsumer(Consumer):
                 OSError, EOFError, pickle.UnpicklingError, RemoteError, *_HANDSHAKE_FAILURES
             ),
         ):
-            self._broker.disconnect(self._id)
+            if not _lost(self._broker):
+                self._broker.disconnect(self._id)
         _close_proxy(self._broker)
 
 
@@ -922,10 +933,32 @@ def _wire(settlements: Sequence[Settlement]) -> list[WireSettlement]:
     ]
 
 
-def _close_proxy(broker: object) -> None:
+def _batches(bodies: Sequence[bytes]) -> Iterator[list[bytes]]:
+    """``bodies`` in the calls they are sent in: ``MESSAGE_BATCH`` at most, and
+    ``BATCH_BYTES`` of them before the last (one message each, within its limit:
+    ``manager_wire.frame_limit``), as the master's replies are."""
+    for start in range(0, len(bodies), MESSAGE_BATCH):
+        chunk = list(bodies[start : start + MESSAGE_BATCH])
+        if sum(map(len, chunk)) <= BATCH_BYTES:  # the common case: one look, in C
+            yield chunk
+            continue
+        batch: list[bytes] = []
+        room = BATCH_BYTES
+        for body in chunk:
+            batch.append(body)
+            room -= len(body)
+            if room < 0:
+                yield batch
+                batch, room = [], BATCH_BYTES
+        if batch:
+            yield batch
+
+
+def _close_proxy(broker: object, lost: bool = False) -> None:
     """Close a proxy's connection, and forget it: every proxy of one address shares its
     thread's connection, and a closed one left behind would fail the next proxy's calls
-    (a slot reconnecting after its master restarted)."""
+    (a slot reconnecting after its master restarted). ``lost``: a call failed on it (or
+    connecting it), see :func:`_lost`; a close of an open one clears that."""
     if isinstance(broker, BaseProxy):
         local: Any = getattr(broker, "_tls", None)
         conn = getattr(local, "connection", None)
@@ -933,3 +966,15 @@ def _close_proxy(broker: object) -> None:
             conn.close()
             with contextlib.suppress(AttributeError):
                 del local.connection
+        if local is not None and (lost or conn is not None):
+            local.lost = lost
+
+
+def _lost(broker: object) -> bool:
+    """Whether the calling thread's connection of ``broker``'s address was closed by a
+    failed call, and none made since: a close then tells the master nothing (what it held
+    goes as its lease or reply queue lapses). Its call connected afresh, and against a
+    master gone (another process on its port, a host that drops packets) or frozen it
+    waited out ``CONNECT_TIMEOUT``, a slot's or an executor's close with it."""
+    local = getattr(broker, "_tls", None)
+    return getattr(local, "connection", None) is None and getattr(local, "lost", False) is True

@@ -66,6 +66,13 @@ def _reply_to(body: object) -> str | None:
     return body[start:end].decode(errors="replace") if end > 0 else None
 
 
+#: The bytes of bodies a reply of :meth:`QueueBroker.fetch`, ``get`` or ``peek`` holds
+#: besides its last, however many are asked for: over the manager wire a reply stays
+#: within a message's limit (``manager_wire.frame_limit``). About what a Redis worker
+#: claims at once.
+BATCH_BYTES = 4 << 20
+
+
 #: How many deliveries of lapsed leases a master remembers, for their late settles, and
 #: at most how many bytes of them (a count alone let 1 MiB tasks keep 10 GiB alive).
 LAPSED_KEPT = 10_000
@@ -160,12 +167,21 @@ class QueueBroker:
             self._push(queue, bodies)
 
     def get(self, queue: str, max_count: int, timeout: float) -> list[bytes]:
-        """Remove and return up to ``max_count`` bodies, waiting up to ``timeout`` s."""
+        """Remove and return up to ``max_count`` bodies (and :data:`BATCH_BYTES` of them
+        before the last), waiting up to ``timeout`` s."""
         with self._lock:
             items = self._queue(queue)
             if not items:
                 self._ready[queue].wait_for(lambda: bool(items), timeout)
-            return [items.popleft()[0] for _ in range(min(max_count, len(items)))]
+            out: list[bytes] = []
+            room = BATCH_BYTES
+            for _ in range(min(max_count, len(items))):
+                body = items.popleft()[0]
+                out.append(body)
+                room -= len(body)
+                if room < 0:
+                    break
+            return out
 
     def open(self, reply_to: str) -> bool:
         """Open or renew a producer's reply queue: results addressed to it are kept for
@@ -258,11 +274,15 @@ class QueueBroker:
                 owner = self._renew(consumer, lease)  # the reaper may have dropped us meanwhile
                 owner.queue = queue
             out: list[Wire] = []
+            room = BATCH_BYTES  # bodies before the last: a batch of large tasks is cut
             for _ in range(min(max_count, len(items))):
                 body, redelivered = items.popleft()
                 token = next(self._tokens)
                 owner.held[token] = (queue, body)
                 out.append((token, body, redelivered))
+                room -= len(body)
+                if room < 0:
+                    break
             return out
 
     def heartbeat(self, consumer: str, lease: float) -> None:
@@ -377,9 +397,18 @@ class QueueBroker:
 
     # -- inspection ----------------------------------------------------------
     def peek(self, queue: str, limit: int) -> list[bytes]:
+        """The first ``limit`` bodies of ``queue`` at most, :data:`BATCH_BYTES` of them
+        before the last."""
         with self._lock:
             items = self._queues.get(queue, ())  # a read of any name keeps nothing
-            return [body for body, _ in itertools.islice(items, limit)]
+            out: list[bytes] = []
+            room = BATCH_BYTES
+            for body, _ in itertools.islice(items, limit):
+                out.append(body)
+                room -= len(body)
+                if room < 0:
+                    break
+            return out
 
     def stats(self, queue: str) -> tuple[int, int, int, int]:
         with self._lock:

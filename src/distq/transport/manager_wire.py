@@ -12,8 +12,9 @@ It relies on parts of ``multiprocessing`` that are not documented API: the
 ``managers.listener_client`` table (a serializer of distq's own is entered in it at
 import), ``managers.Server.public``, ``connection.SocketListener`` and a listener's
 ``_socket``, ``connection.answer_challenge`` and ``deliver_challenge``, ``BaseProxy``'s
-``_incref`` and its ``incref`` parameter, and ``BaseManager``'s ``_create`` and
-``_serializer``.
+``_incref`` and its ``incref`` parameter, ``BaseManager``'s ``_create`` and
+``_serializer``, and ``Connection``'s ``_recv`` and ``_recv_bytes`` (a message's length
+read before the message: :class:`BoundedConnection`).
 :func:`check_multiprocessing` checks them when this module is imported (a listener's
 ``_socket`` as it is made): a Python release that changed one fails with a
 :class:`~distq.errors.ConfigError` naming it, never quietly.
@@ -42,6 +43,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 from distq.addresses import host_port, ipv6_listen_address
 from distq.config import Settings
 from distq.errors import ConfigError
+from distq.limits import DEFAULT_MAX_MESSAGE_BYTES
 from distq.transport.manager_broker import QueueBroker, Wire, WireSettlement
 from distq.transport.signatures import parameters_differ
 
@@ -85,6 +87,10 @@ def check_multiprocessing() -> None:
     for name in ("_incref", "_callmethod"):
         _parameters(f"BaseProxy.{name}", getattr(BaseProxy, name, None), ("self",))
     _parameters("BaseManager._create", getattr(BaseManager, "_create", None), ("self", "typeid"))
+    _parameters("Connection._recv", getattr(Connection, "_recv", None), ("self", "size"))
+    _parameters(
+        "Connection._recv_bytes", getattr(Connection, "_recv_bytes", None), ("self", "maxsize")
+    )
     _parameters(
         "BaseProxy.__init__",
         BaseProxy.__init__,
@@ -373,10 +379,66 @@ class ReplyUnpickler(Unpickler):
     allowed = _REPLY_GLOBALS
 
 
-class ServedConnection(Connection):
+#: What a manager message may hold beyond two messages of ``DISTQ_MAX_MESSAGE_BYTES``
+#: (a dead letter and its task's body: ``requeue_dead``): the rest of its batch (tasks,
+#: results, dead letters), which senders keep within ``manager_broker.BATCH_BYTES``, and
+#: the call around it.
+FRAME_ROOM = 64 << 20
+
+
+def frame_limit(max_message_bytes: int) -> int:
+    """The longest message a manager connection reads, for ``DISTQ_MAX_MESSAGE_BYTES``."""
+    return 2 * max_message_bytes + FRAME_ROOM
+
+
+class BoundedConnection(Connection):
+    """A connection that reads no message over ``frame_limit`` bytes: ``multiprocessing``
+    reads a message's length (4 bytes, or 8 after -1), then asks for that much memory at
+    once, any length a peer that knows DISTQ_AUTHKEY writes (a terabyte: a
+    ``MemoryError``; a gigabyte: waited for). :meth:`message` refuses it unread, and
+    the connection is closed by its caller."""
+
+    frame_limit = frame_limit(DEFAULT_MAX_MESSAGE_BYTES)
+    _declared = 0  # the length of the last message refused
+
+    def _recv_bytes(self, maxsize: int | None = None) -> io.BytesIO | None:
+        """The stdlib's, remembering the length of a message it refuses."""
+        recv: Callable[[int], io.BytesIO] = getattr(self, "_recv")  # noqa: B009
+        (size,) = struct.unpack("!i", recv(4).getvalue())
+        if size == -1:
+            (size,) = struct.unpack("!Q", recv(8).getvalue())
+        if maxsize is not None and size > maxsize:
+            self._declared = size
+            return None
+        return recv(size)
+
+    def message(self) -> bytes:
+        """The next message; :class:`FrameTooLarge` for one over ``frame_limit``, unread.
+        The peer's close, or the network's failure: its ``EOFError`` or ``OSError``."""
+        self._declared = 0
+        try:
+            return self.recv_bytes(self.frame_limit)
+        except OSError:
+            if not self._declared:
+                raise
+            setting = (self.frame_limit - FRAME_ROOM) // 2
+            raise FrameTooLarge(
+                f"a message of {self._declared:,} bytes, over the limit of "
+                f"{self.frame_limit:,} (twice DISTQ_MAX_MESSAGE_BYTES, {setting:,}, and "
+                f"{FRAME_ROOM >> 20} MiB for the batch around it); not read. Give the "
+                "master and every worker and producer the same DISTQ_MAX_MESSAGE_BYTES"
+            ) from None
+
+
+class FrameTooLarge(Refused):
+    """A message whose length is over its connection's ``frame_limit``: not read."""
+
+
+class ServedConnection(BoundedConnection):
     """The master's end of a connection: requests unpickled by :class:`RequestUnpickler`.
-    A refused one ends the connection as the peer's close would (``EOFError``: what ends
-    ``multiprocessing``'s ``serve_client``), with ``refused`` saying why."""
+    A refused one (over ``frame_limit`` too) ends the connection as the peer's close
+    would (``EOFError``: what ends ``multiprocessing``'s ``serve_client``), with
+    ``refused`` saying what the peer sent."""
 
     def __init__(self, handle: int, peer: str, host: str = "") -> None:
         super().__init__(handle)
@@ -384,24 +446,31 @@ class ServedConnection(Connection):
         self.refused: str | None = None
 
     def recv(self) -> Any:
-        data = self.recv_bytes()  # its EOFError or OSError: the peer closed, or the network
+        try:
+            data = self.message()  # its EOFError or OSError: the peer closed, or the network
+        except FrameTooLarge as exc:
+            self.refused = str(exc)
+            raise EOFError(self.refused) from None
         try:
             return RequestUnpickler(io.BytesIO(data)).load()
         except Refused as exc:
-            self.refused = str(exc)
+            self.refused = f"a message the master does not unpickle ({exc})"
         except Exception as exc:  # not a pickle at all: dropped silently before
-            self.refused = f"not a pickle: {type(exc).__name__}"
+            self.refused = (
+                f"a message the master does not unpickle (not a pickle: {type(exc).__name__})"
+            )
         raise EOFError(self.refused)
 
 
-class ClientConnection(Connection):
+class ClientConnection(BoundedConnection):
     """A worker's end of a connection: replies unpickled by :class:`ReplyUnpickler`; a
     refused one raises :class:`Refused` (a ``TransportError``
     in :func:`distq.transport.manager._call`), and so does one that is not a pickle of
-    plain data (a dict keyed by a list: its ``TypeError`` escaped as a traceback)."""
+    plain data (a dict keyed by a list: its ``TypeError`` escaped as a traceback), and
+    one over ``frame_limit`` (:func:`limit_frames`), unread."""
 
     def recv(self) -> Any:
-        data = self.recv_bytes()  # its EOFError or OSError: the peer closed, or the network
+        data = self.message()  # its EOFError or OSError: the peer closed, or the network
         try:
             reply = ReplyUnpickler(io.BytesIO(data)).load()
         except pickle.UnpicklingError:
@@ -477,6 +546,18 @@ class Listener(connection.Listener):
         return ServedConnection(sock.detach(), host_port(*address[:2]), address[0])
 
 
+#: The frame limit of the connections made to each master's address (:func:`limit_frames`).
+_frame_limits: dict[Any, int] = {}
+
+
+def limit_frames(address: Any, max_message_bytes: int) -> None:
+    """Connections made to ``address`` from now on read messages up to
+    :func:`frame_limit` of ``max_message_bytes``: the largest asked for it in this
+    process (two transports to one master share the connections of a thread)."""
+    limit = frame_limit(max_message_bytes)
+    _frame_limits[address] = max(limit, _frame_limits.get(address, limit))
+
+
 def client(address: Any, authkey: bytes | None = None) -> Connection:
     """``multiprocessing.connection.Client``, on a no-delay socket whose reads time out:
     the connect and the handshake after ``CONNECT_TIMEOUT``, each later read or write
@@ -489,7 +570,9 @@ def client(address: Any, authkey: bytes | None = None) -> Connection:
     except TimeoutError:
         raise _no_answer("the TCP connect") from None
     sock.setblocking(True)  # the timeouts below are the socket's own: Connection reads the fd
-    conn = bounded(no_delay(ClientConnection(sock.detach())), CONNECT_TIMEOUT)
+    made = ClientConnection(sock.detach())
+    made.frame_limit = _frame_limits.get(address, made.frame_limit)
+    conn = bounded(no_delay(made), CONNECT_TIMEOUT)
     try:
         if authkey is not None:
             connection.answer_challenge(conn, authkey)

@@ -1,0 +1,144 @@
+"""The manager transport's messages are bounded in size: a peer that knows DISTQ_AUTHKEY
+(or answers in the master's place) and sends a length of its choosing is refused before
+that much is allocated, in one line naming the size, the limit and the setting, and its
+connection closed; batches of legitimate large tasks still cross."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import time
+from dataclasses import replace
+from multiprocessing import connection
+from pathlib import Path
+
+import pytest
+
+import distq
+from distq.config import Settings
+from distq.errors import TransportError
+from distq.transport import Settlement, open_transport
+from fake_master import fake_master, fake_settings
+from launch import free_port
+from procs import Distq
+from seam import fetch_n, results_n
+
+pytestmark = pytest.mark.integration
+
+#: a length no process can hold: 1 TiB, in the 8-byte form the stdlib reads after -1
+HUGE = 1 << 40
+HUGE_FRAME = struct.pack("!i", -1) + struct.pack("!Q", HUGE)
+
+
+@pytest.mark.parametrize("most", [1 << 20, 128 << 20], ids=["1 MiB", "128 MiB"])
+def test_a_reply_over_the_limit_is_refused_before_it_is_read(most: int) -> None:
+    # multiprocessing's Connection read the length and then asked for that much memory
+    # (a MemoryError out of the worker's slot), or waited for a gigabyte to arrive
+    settings = fake_settings("mgrsize33", max_message_bytes=most)
+    with fake_master(settings, "fetch", HUGE_FRAME, framed=False):
+        remote = open_transport(settings, "worker")
+        try:
+            consumer = remote.consumer("c1")
+            with pytest.raises(TransportError) as caught:
+                consumer.fetch(5, 0.1)
+            message = str(caught.value)
+            assert f"{HUGE:,} bytes" in message, message
+            assert f"over the limit of {2 * most + (64 << 20):,}" in message, message
+            assert f"DISTQ_MAX_MESSAGE_BYTES, {most:,}" in message, message
+            consumer.close()
+        finally:
+            remote.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_refuses_a_reply_for_its_size_says_so_and_goes_on() -> None:
+    settings = fake_settings("mgrsize33")
+    assert settings.authkey is not None
+    host, port = settings.manager_address
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(
+        DISTQ_TRANSPORT="manager",
+        DISTQ_AUTHKEY=settings.authkey.decode(),
+        DISTQ_MANAGER_ADDRESS=f"{host}:{port}",
+        DISTQ_QUEUE=settings.queue,
+        PYTHONPATH=str(Path(distq.__file__).resolve().parents[1]),
+    )
+    with fake_master(settings, "fetch", HUGE_FRAME, framed=False):
+        worker = Distq(["worker", "--concurrency", "2"], env)
+        try:
+            worker.wait_for(rf"{HUGE:,} bytes, over the limit of .*; reconnecting$")
+            time.sleep(1)  # a few more refusals: reconnecting, not crashing
+            worker.signal(signal.SIGTERM)
+            assert worker.wait(60) == 0, worker.output()
+            out = worker.output()
+            assert "Traceback" not in out and "MemoryError" not in out, out
+        finally:
+            worker.stop()
+
+
+def _settings(most: int = 1 << 20) -> Settings:
+    return Settings(
+        authkey=b"k" * 32, manager_address=("127.0.0.1", free_port()), max_message_bytes=most
+    )
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first request", "a later one"])
+def test_a_request_over_the_limit_is_refused_logged_and_its_connection_closed(
+    caplog: pytest.LogCaptureFixture, first: bool
+) -> None:
+    settings = _settings(2 << 20)
+    assert settings.authkey is not None
+    hosted = open_transport(settings, "master")
+    try:
+        conn = connection.Client(settings.manager_address, authkey=settings.authkey)
+        with conn:
+            if not first:  # as a proxy's connection starts: then served call after call
+                conn.send((None, "accept_connection", ("distq-test",), {}))
+                assert conn.recv() == ("#RETURN", None)
+            with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                sock.sendall(HUGE_FRAME)
+                sock.settimeout(30)
+                assert sock.recv(1) == b"", "the master kept the connection open"
+        deadline = time.monotonic() + 30
+        while f"{HUGE:,} bytes" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+        [line] = [r.getMessage() for r in caplog.records if f"{HUGE:,} bytes" in r.getMessage()]
+        assert f"over the limit of {2 * (2 << 20) + (64 << 20):,}" in line, line
+        assert "DISTQ_MAX_MESSAGE_BYTES, 2,097,152" in line and "127.0.0.1:" in line, line
+        worker = open_transport(replace(settings, queue=settings.queue), "worker")
+        try:
+            assert worker.stats().ready == 0  # the master serves the others still
+        finally:
+            worker.close()
+    finally:
+        hosted.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_of_large_tasks_and_results_crosses_within_the_limit() -> None:
+    # 70 tasks of 1 MiB (DISTQ_MAX_MESSAGE_BYTES' default) are one put, one fetch and one
+    # read of results over a message's limit: each goes as several messages
+    settings = _settings()
+    bodies = [bytes([i]) * (1 << 20) for i in range(70)]
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "client")
+    try:
+        reply_to = remote.reply_queue("big")
+        producer = remote.producer(reply_to)
+        producer.submit(bodies)
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, len(bodies), within=60)
+        assert sorted(d.body for d in got) == bodies
+        for start in range(0, len(got), 10):  # a worker's settles: a batch's results each
+            consumer.settle(
+                [Settlement(d, reply_to=reply_to, result=d.body) for d in got[start : start + 10]]
+            )
+        assert sorted(results_n(producer, len(bodies), within=60)) == bodies
+        consumer.close()
+        producer.close()
+    finally:
+        remote.close()
+        hosted.close()
