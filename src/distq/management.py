@@ -297,8 +297,9 @@ def delivery_limit_warning(settings: Settings, concurrency: int) -> str | None:
     consumer connection that goes down holding a message, and passes a message one of
     them returned to another going down with it, before it has seen that one go. A worker
     has a connection per slot, so its crash (or a network cut) counts a task it ran up to
-    ``concurrency`` times: a limit of that or less dead-lettered such tasks, though each
-    ran once and its result came (rmqdead32). None when the limit is above, or unknown
+    ``concurrency`` times: a limit below that dead-lettered such tasks, though each ran
+    once and its result came (rmqdead32), and one of that does if a consumer's cancel
+    counted the task once before (see the README). None when the limit is above, or unknown
     (no ``DISTQ_RABBITMQ_MANAGEMENT_URL``, which AMQP cannot replace: it has no way to read
     a policy)."""
     api = ManagementApi.from_settings(settings) if settings.transport == "rabbitmq" else None
