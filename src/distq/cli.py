@@ -51,6 +51,7 @@ from distq.errors import (
     TransportError,
 )
 from distq.logs import make_console
+from distq.management import delivery_limit_warning
 from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
 from distq.probe import add_probe_parser, run_probe
@@ -450,6 +451,9 @@ def _worker(
         observe.close()
         raise
     observe.attach(transport)
+    limit_warning = delivery_limit_warning(settings, args.concurrency)
+    if limit_warning is not None:
+        console.error(limit_warning)
     console.info(f"Connect to {transport.describe()} ..... (queue {settings.queue!r})")
     _notify(console, settings, "worker")
     options = WorkerOptions.from_settings(

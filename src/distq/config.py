@@ -432,7 +432,8 @@ class Settings:
         "--rabbitmq-management-url",
         None,
         _optional(url(("http", "https"), "http://user:password@rabbit-host:15672")),
-        "RabbitMQ's management API, for the in-flight count AMQP cannot tell; with no user "
+        "RabbitMQ's management API, for the in-flight count and a quorum queue's delivery "
+        "limit, which AMQP cannot tell; with no user "
         "in it, asked as DISTQ_AMQP_URL's user with its password",
         shown_default="(none)",
         secret=True,  # it carries the password

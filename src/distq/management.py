@@ -23,6 +23,7 @@ broker is. The plugin refreshes its counts every 5 s by default
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -56,6 +57,23 @@ def _count(value: object) -> int:
     if count < 0:
         raise ValueError(f"negative count {count}")
     return count
+
+
+def _in_force(policies: list[dict[str, Any]], queue: str) -> dict[str, Any]:
+    """The definition of the policy of ``policies`` (the API's list) that applies to the
+    quorum queue ``queue``: of those for queues whose pattern matches its name, the one of
+    highest priority; {} when none does. A pattern Python cannot read is passed over."""
+    applies = []
+    for policy in policies:
+        if policy.get("apply-to", "all") not in ("all", "queues", "quorum_queues"):
+            continue
+        with contextlib.suppress(re.error):
+            if re.search(str(policy.get("pattern", "")), queue):
+                applies.append(policy)
+    if not applies:
+        return {}
+    definition: dict[str, Any] = max(applies, key=lambda p: int(p.get("priority", 0)))["definition"]
+    return definition
 
 
 class ManagementError(DistqError):
@@ -104,6 +122,11 @@ class ManagementApi:
         self.queue = queue
         self.vhost = vhost
         self.url = f"{base}/api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}"
+        # the vhost's policies and operator policies (see delivery_limit)
+        self.policies_urls = [
+            f"{base}/api/{kind}/{quote(vhost, safe='')}"
+            for kind in ("policies", "operator-policies")
+        ]
         # the lease records: one page of up to RECORD_QUEUES, their message counts only
         records = quote("^" + re.escape(f"{queue}.held."), safe="")
         self.records_url = (
@@ -145,6 +168,31 @@ class ManagementApi:
             settings.queue,
             tls_files=settings.tls_files,
         )
+
+    def delivery_limit(self) -> int | None:
+        """The queue's delivery limit if it is a quorum queue with one: the smallest of its
+        ``x-delivery-limit`` argument, its policy's and its operator policy's
+        ``delivery-limit`` (a negative one is none); None otherwise.
+        :class:`ManagementError` on any failure.
+
+        The policies are read as they are and matched here (the one of highest priority
+        whose pattern matches the queue's name, for queues): the queue's own document shows
+        the policy in force only after the API's next statistics round, up to 5 s after the
+        queue was declared, and a worker asks as it starts."""
+        data = self._get(self.url)
+        try:
+            if data.get("type") != "quorum":
+                return None
+            found = [(data.get("arguments") or {}).get("x-delivery-limit")]
+            for url in self.policies_urls:
+                found.append(_in_force(self._get(url), self.queue).get("delivery-limit"))
+            limits = [int(value) for value in found if value is not None]
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            raise ManagementError(
+                f"{self._where} answered an unexpected document{_IS_IT_THE_API}"
+            ) from None
+        limits = [limit for limit in limits if limit >= 0]
+        return min(limits) if limits else None
 
     def read(self) -> ManagedQueue:
         """The queue's counts; :class:`ManagementError` (naming the fix) on any failure."""
@@ -241,3 +289,34 @@ class ManagementApi:
         except ValueError as exc:
             raise ManagementError(f"{where} answered something that is not JSON: {exc}") from None
         return data
+
+
+def delivery_limit_warning(settings: Settings, concurrency: int) -> str | None:
+    """A worker's warning when its task queue is a RabbitMQ quorum queue whose delivery
+    limit the worker's own crash can reach: RabbitMQ before 4.3 counts a delivery for each
+    consumer connection that goes down holding a message, and passes a message one of
+    them returned to another going down with it, before it has seen that one go. A worker
+    has a connection per slot, so its crash (or a network cut) counts a task it ran up to
+    ``concurrency`` times: a limit below that dead-lettered such tasks, though each ran
+    once and its result came (rmqdead32), and one of that does if a consumer's cancel
+    counted the task once before (see the README). None when the limit is above, or unknown
+    (no ``DISTQ_RABBITMQ_MANAGEMENT_URL``, which AMQP cannot replace: it has no way to read
+    a policy)."""
+    api = ManagementApi.from_settings(settings) if settings.transport == "rabbitmq" else None
+    if api is None:
+        return None
+    try:
+        limit = api.delivery_limit()
+    except ManagementError as exc:
+        return f"warning: could not check the delivery-limit of queue {settings.queue!r}: {exc}"
+    if limit is None or limit > concurrency:
+        return None
+    return (
+        f"warning: RabbitMQ quorum queue {settings.queue!r} has a delivery-limit of {limit}, "
+        f"and this worker {concurrency} slots (--concurrency {concurrency}), each on a "
+        "connection of its own: RabbitMQ before 4.3 counts a delivery for each connection "
+        "lost holding a task, so a crash of this worker or a network cut can dead-letter "
+        f"tasks it ran. Set the queue's delivery-limit (a policy) to at least "
+        f"{concurrency + 1}, and above the slots of all workers that can lose their "
+        "connections at once (README: Long tasks on RabbitMQ)"
+    )

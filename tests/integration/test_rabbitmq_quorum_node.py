@@ -18,6 +18,7 @@ import pytest
 
 from distq.config import Settings
 from distq.envelope import DeadLetter
+from distq.transport import rabbitmq
 from distq.transport.base import Settlement
 from distq.transport.rabbitmq import RabbitMQTransport
 from distq.transport.rabbitmq_holds import record_queue
@@ -369,5 +370,30 @@ def test_heartbeats_on_a_quorum_queue_drop_no_task_at_a_delivery_limit(
         done += len(got)
     time.sleep(0.5)
     assert (done, _ready(raw, f"{queue}.dead")) == (80, 0)
+    consumer.close()
+    producer.close()
+
+
+def test_a_prefetch_resize_on_an_empty_quorum_queue_does_not_wait_for_a_full_window(
+    open_transport: Open, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the cancel of a resize a consumer on a quorum queue waits for its window
+    to fill (what the broker pushes as the cancel goes through, RabbitMQ returns, and
+    counts), up to ``_FILL_SECONDS``: on an empty queue, where nothing was on its way,
+    each resize added that whole wait, 0.1 s, to its fetch. The wait is set to 20 s
+    here: the fetch took 20 s."""
+    monkeypatch.setattr(rabbitmq, "_FILL_SECONDS", 20.0)
+    t = open_transport(rabbitmq_queue_type="quorum")
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"one"])  # a message of one task: the consumer sizes its window so
+    producer.flush()
+    consumer = t.consumer("c")
+    got = fetch_n(consumer, 1)
+    consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in got])
+    assert consumer.fetch(1, 0.0) == []  # consuming, a window of 1, the queue empty
+    started = time.monotonic()
+    assert consumer.fetch(8, 0.0) == []  # a window of 8: cancel, basic_qos, consume
+    assert time.monotonic() - started < 10.0
+    assert consumer._window.size >= 2  # it did resize
     consumer.close()
     producer.close()

@@ -1065,13 +1065,27 @@ class RabbitMQConsumer(Consumer):
         self._current = set()
 
     def _filled(self, window: int, deadline: float) -> None:
-        """Take in deliveries until the consumer's ``window`` is full, or ``deadline``."""
+        """Take in deliveries until the consumer's ``window`` is full, or ``deadline``; at
+        once when the queue has none ready. RabbitMQ's channel returns, counted, each
+        delivery it gets for a consumer it has cancelled already (RabbitMQ 3.10's
+        ``rabbit_fifo_client``, issue 3729); those the queue pushed before its answer to
+        the passive declare here reach the channel first and come before its Cancel-ok,
+        taken in by :func:`~distq.transport.pika_internals.cancel_keeping`: only a task
+        published meanwhile can still be on its way. An empty queue added the whole wait
+        to each resize's fetch."""
         connection = self._link.connection
+        if len(self._current) < window and not self._ready():
+            return
         while len(self._current) < window:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             connection.process_data_events(time_limit=left)
+
+    def _ready(self) -> int:
+        """The tasks' messages the task queue holds ready (a round trip)."""
+        declared = self._link.channel.queue_declare(self._transport.queue, passive=True)
+        return int(declared.method.message_count)
 
     def _cancel(self) -> None:
         """Cancel the consumer :attr:`_tag`. pika rejects (requeues) the deliveries the
