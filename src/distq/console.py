@@ -273,10 +273,16 @@ class Console:
         self.write(self.out, line + "\n")
 
     def error(self, line: str) -> None:
+        self.logged(f"distq: {line}")
+
+    def logged(self, text: str) -> None:
+        """``text``, a line already formatted (a Python logging record's), on stderr as
+        :meth:`error` writes one: under the output lock, after the end of a line a full
+        stderr cut, never onto the bar's line."""
         if self.bar is not None:  # not written onto the end of the bar's line
-            self._above_bar(self.err, f"distq: {line}\n")
+            self._above_bar(self.err, f"{text}\n")
             return
-        self.write(self.err, f"distq: {line}\n")
+        self.write(self.err, f"{text}\n")
 
     def _above_bar(self, stream: TextIO, text: str) -> None:
         assert self.bar is not None

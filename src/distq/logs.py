@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -198,19 +197,39 @@ def _logged(args: threading.ExceptHookArgs) -> None:
     logging.getLogger("distq").error("exception in thread %s", name, exc_info=exc)  # type: ignore[arg-type]
 
 
+class ConsoleHandler(logging.Handler):
+    """Python ``logging`` records written by ``console`` (:meth:`Console.logged`), never
+    beside it: a StreamHandler on sys.stderr wrote onto the start of a console line a full
+    non-blocking stderr had cut ("after 66.2 sdistq: Redis ..."), or onto the bar."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # as StreamHandler: a bad record is reported
+            self.handleError(record)
+            return
+        self.console.logged(text)  # a stream that fails is the console's to drop
+
+
 def make_console(
     log_format: str, role: str, quiet: bool = False, **fields: Any
 ) -> Console | JsonConsole:
-    """The console for ``DISTQ_LOG_FORMAT``, and Python logging routed the same way."""
-    handler = logging.StreamHandler(sys.stderr)
+    """The console for ``DISTQ_LOG_FORMAT``, and Python logging routed through it."""
     console: Console | JsonConsole
+    formatter: logging.Formatter
     if log_format == "json":
         console = JsonConsole(role, quiet=quiet, **fields)
-        handler.setFormatter(JsonFormatter(console.fields))
+        formatter = JsonFormatter(console.fields)
         threading.excepthook = _logged  # a task's own thread's traceback: a JSON line too
     else:
         console = TextConsole(quiet=quiet)
-        handler.setFormatter(MaskingFormatter("distq: %(message)s"))
+        formatter = MaskingFormatter("distq: %(message)s")
+    handler = ConsoleHandler(console)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_distq", False)]:
         root.removeHandler(old)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from distq import console as console_module
-from distq.logs import JsonConsole
+from distq.console import Console
+from distq.logs import JsonConsole, make_console
 from nonblocking import drain
 
 
@@ -134,3 +138,77 @@ def test_a_commands_output_waits_for_a_full_non_blocking_stdout(
     assert pointed == [] and err.getvalue() == ""
     lines = b"".join(got).decode().split("\n")
     assert lines == [f"letter {n} " + "x" * 100 for n in range(3000)] + [""]
+
+
+@pytest.fixture
+def text_logging_on(
+    full_pipe: tuple[io.TextIOWrapper, int], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Console]:
+    """A worker's text console and Python logging, as ``distq worker`` sets them up, on a
+    full non-blocking stderr; the root logger's handler is put back afterwards."""
+    stream, _ = full_pipe
+    monkeypatch.setattr(sys, "stderr", stream)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield make_console("text", "worker")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_a_logged_warning_never_runs_into_a_console_line_a_full_stderr_cut(
+    full_pipe: tuple[io.TextIOWrapper, int], text_logging_on: Console
+) -> None:
+    """A compose log read "after 66.2 sdistq: Redis ...": the console's line cut by a
+    full non-blocking stderr owes its end, which only the console's own writes paid;
+    Python logging (the Redis transport's warnings) wrote straight to sys.stderr, onto
+    the line's start."""
+    stream, read = full_pipe
+    console = text_logging_on
+    got = b""
+    for n in range(5000):  # bounded: a pipe holds some 64 kB, a line is ~60 bytes
+        console.error(f"Redis at redis:6379 answered again after {n}.2 s")
+        if id(stream) in console_module._OWED:
+            break
+    assert id(stream) in console_module._OWED, "no line was cut: the pipe never filled"
+    got += drain(read)  # the reader reads; the next write goes through
+    logging.getLogger("distq.transport.redis").warning("Redis at redis:6379 evicts keys")
+    got += drain(read)
+    console.error("the last line")
+    got += drain(read)
+    lines = got.decode().split("\n")
+    assert lines[-1] == ""
+    glued = [line for line in lines[:-1] if line.count("distq: ") != 1]
+    assert not glued, f"{len(glued)} lines run together, e.g. {glued[0][-120:]!r}"
+    assert lines[-3:] == ["distq: Redis at redis:6379 evicts keys", "distq: the last line", ""]
+
+
+def test_a_logged_warning_goes_above_the_progress_bar_not_onto_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A master on a terminal draws its bar on stderr without a newline; a warning of
+    Python logging (a transport's) was written after it, on the bar's line."""
+    import pty
+
+    parent, child = pty.openpty()
+    terminal = open(child, "w", encoding="utf-8")  # noqa: SIM115  # closed below
+    monkeypatch.setattr(sys, "stderr", terminal)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        console = make_console("text", "master")
+        console.start_progress(200)
+        time.sleep(0.15)  # the bar redraws at most ten times a second
+        console.lines(["put task 1"], count=1)  # the bar, drawn
+        assert "tasks/s" in os.read(parent, 1 << 16).decode()
+        logging.getLogger("distq.transport.redis").warning("Redis at redis:6379 evicts keys")
+        terminal.flush()
+        shown = os.read(parent, 1 << 16).decode()
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        terminal.close()
+        os.close(parent)
+    assert shown.startswith("\r"), f"the warning ran onto the bar's line: {shown!r}"
+    assert "\rdistq: Redis at redis:6379 evicts keys\r\n" in shown, shown  # then the bar
