@@ -176,6 +176,15 @@ def _fresh_lock_in_a_forked_child() -> None:
 os.register_at_fork(after_in_child=_fresh_lock_in_a_forked_child)
 
 
+def _same_file(one: TextIO | None, other: TextIO | None) -> bool:
+    """Whether two streams write to the same file, pipe or terminal (``2>&1``)."""
+    try:
+        a, b = os.fstat(one.fileno()), os.fstat(other.fileno())  # type: ignore[union-attr]
+    except (OSError, ValueError, AttributeError):  # no descriptor (a StringIO), closed, None
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def escaping(*streams: TextIO | None) -> None:
     """Write the characters a stream's encoding lacks as backslash escapes (``caf\\xe9``),
     as Python's own stderr does, instead of raising: under an ASCII or Latin-1 locale one
@@ -222,6 +231,8 @@ class Console:
         self.err = err or sys.stderr
         self.bar: Progress | None = None
         self._gone: set[int] = set()  # id() of streams that failed: written no more
+        # stdout and stderr onto one pipe or terminal (2>&1, a TTY): each waits for the other
+        self._one_file = _same_file(self.out, self.err)
 
     @property
     def task_lines(self) -> bool:
@@ -326,6 +337,8 @@ class Console:
 
     def _put(self, stream: TextIO, text: str) -> None:
         try:
+            if self._one_file and not self._other_out(stream):
+                return  # still full: this text only, the other stream's line goes first
             if _OWED and not self._pay(stream):
                 return  # still full: this text only, the line it owes goes first
             try:  # noqa: SIM105  # (suppress() costs 0.3 µs a line) what others left
@@ -361,6 +374,30 @@ class Console:
             return
         end = data.find(b"\n", taken)
         _OWED[id(stream)] = data[taken:] if end < 0 else data[taken : end + 1]
+
+    def _other_out(self, stream: TextIO) -> bool:
+        """Whether the other of stdout and stderr, onto the same file as ``stream``, has
+        put out all it holds (the end of a line it owes, its buffer), so that ``stream``'s
+        text goes after it, not into the middle of its line."""
+        if stream is self.out:
+            other = self.err
+        elif stream is self.err:
+            other = self.out
+        else:
+            return True
+        if other is stream or id(other) in self._gone:
+            return True
+        if _OWED and not self._pay(other):
+            return False
+        try:
+            other.flush()
+        except BlockingIOError:
+            return False  # its buffer still holds the rest of a line
+        except (OSError, ValueError):
+            pass  # gone: its own next write finds out and drops it
+        except RuntimeError:
+            pass  # a signal handler's line, this thread inside the other's write: no waiting
+        return True
 
     def _pay(self, stream: TextIO) -> bool:
         """Hand ``stream`` the end of the line it owes (:meth:`_blocked`), if any, ahead

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -15,7 +17,7 @@ import pytest
 
 from distq import console as console_module
 from distq.console import Console
-from distq.logs import JsonConsole, make_console
+from distq.logs import JsonConsole, TextConsole, make_console
 from nonblocking import drain
 
 
@@ -212,3 +214,49 @@ def test_a_logged_warning_goes_above_the_progress_bar_not_onto_it(
         os.close(parent)
     assert shown.startswith("\r"), f"the warning ran onto the bar's line: {shown!r}"
     assert "\rdistq: Redis at redis:6379 evicts keys\r\n" in shown, shown  # then the bar
+
+
+def test_stdout_and_stderr_on_one_full_pipe_never_run_two_lines_together(
+    full_pipe: tuple[io.TextIOWrapper, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker started with ``2>&1`` (a TTY, a parent's pipe): stdout and stderr are two
+    streams onto one pipe. The end of a stdout line the full pipe cut was owed to stdout
+    alone, and the next error line went out on stderr before it: the two ran together."""
+    monkeypatch.setattr(console_module, "_OWED", {})  # none left by the tests before
+    out, read = full_pipe
+    err = open(os.dup(out.fileno()), "w", encoding="utf-8")  # noqa: SIM115  # closed below
+    console = TextConsole(out=out, err=err)
+    got = b""
+    try:
+        for n in range(0, 5000, 150):  # a worker's batch of task lines, ~9 kB a write
+            console.lines(
+                f"Get result {m}: {m}*{m} = {m * m}, took 0.1 s" for m in range(n, n + 150)
+            )
+            if console_module._OWED:
+                break
+        assert console_module._OWED, "no line was cut: the pipe never filled"
+        got += os.read(read, 6000)  # the reader takes a page: stdout's buffer goes in part
+        console.info("the middle line")
+        got += drain(read)
+        console.error("Redis at redis:6379 does not answer; reconnecting")
+        got += drain(read)
+        console.info("the last line")
+        got += drain(read)
+    finally:
+        with contextlib.suppress(BlockingIOError):
+            err.close()
+    lines = got.decode().split("\n")
+    assert lines[-1] == ""
+    glued = [line for line in lines[:-1] if not re.fullmatch(LINE_ON_ONE_PIPE, line)]
+    assert not glued, f"{len(glued)} lines run together, e.g. {glued[0][-120:]!r}"
+    assert lines[-3:] == [
+        "distq: Redis at redis:6379 does not answer; reconnecting",
+        "the last line",
+        "",
+    ]
+
+
+LINE_ON_ONE_PIPE = (
+    r"Get result \d+: \d+\*\d+ = \d+, took 0.1 s"
+    r"|distq: Redis at redis:6379 does not answer; reconnecting|the (middle|last) line"
+)
