@@ -12,7 +12,8 @@
 # explicitly that cannot be had is an error, and so is Grafana without a registry.
 #
 # build: docker build of both images FROM the resolved PYTHON_IMAGE, tagged
-# DISTQ_IMAGE_TAG (default: the package version; also `latest` then). Legacy builder
+# DISTQ_IMAGE_TAG (default: the package version; also `latest` then; `make up` passes
+# the compose project's name, so checkouts keep their images apart). Legacy builder
 # (DOCKER_BUILDKIT=0): the docker client on PATH may have no buildx.
 set -euo pipefail
 cd "$(dirname "$0")/.."

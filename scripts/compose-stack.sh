@@ -23,8 +23,6 @@ IMAGES="PYTHON_IMAGE REDIS_IMAGE RABBITMQ_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE"
 
 die() { log "$*"; exit 1; }
 
-version() { sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml; }
-
 # A changed distq secret (the signing keys, the authkey, the broker's password)
 # recreates the master and the workers, the master first (the workers depend on it):
 # workers still holding the old signing keys would refuse its tasks (dead letters, and
@@ -168,7 +166,9 @@ up() {
     while IFS= read -r line; do
         env_set "${line%%=*}" "${line#*=}"
     done <<<"$resolved"
-    tag=${DISTQ_IMAGE_TAG:-$(version)}
+    # The project's own tag, not the version every checkout shares: a `make up` in
+    # another checkout retagged distq-*:0.1.0 and :latest under this stack.
+    tag=${DISTQ_IMAGE_TAG:-$(project_name)}
     PYTHON_IMAGE=$(env_get PYTHON_IMAGE) DISTQ_IMAGE_TAG=$tag scripts/compose-images.sh build
     env_set DISTQ_IMAGE_TAG "$tag"
 

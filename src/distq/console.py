@@ -197,6 +197,15 @@ def _fresh_lock_in_a_forked_child() -> None:
 os.register_at_fork(after_in_child=_fresh_lock_in_a_forked_child)
 
 
+def _same_file(one: TextIO | None, other: TextIO | None) -> bool:
+    """Whether two streams write to the same file, pipe or terminal (``2>&1``)."""
+    try:
+        a, b = os.fstat(one.fileno()), os.fstat(other.fileno())  # type: ignore[union-attr]
+    except (OSError, ValueError, AttributeError):  # no descriptor (a StringIO), closed, None
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def escaping(*streams: TextIO | None) -> None:
     """Write the characters a stream's encoding lacks as backslash escapes (``caf\\xe9``),
     as Python's own stderr does, instead of raising: under an ASCII or Latin-1 locale one
@@ -245,6 +254,8 @@ class Console:
         self._gone: set[int] = set()  # id() of streams that failed: written no more
         # id() of a stream -> whether its text goes as bytes (:meth:`_put`)
         self._precise: dict[int, bool] = {}
+        # stdout and stderr onto one pipe or terminal (2>&1, a TTY): each waits for the other
+        self._one_file = _same_file(self.out, self.err)
 
     @property
     def task_lines(self) -> bool:
@@ -317,17 +328,23 @@ class Console:
         self.write(self.out, line + "\n")
 
     def error(self, line: str) -> None:
-        if self.bar is not None:  # not written onto the end of the bar's line
-            self._above_bar(self.err, f"distq: {line}\n")
-            return
-        self.write(self.err, f"distq: {line}\n")
+        self.logged(f"distq: {line}")
 
-    def _above_bar(self, stream: TextIO, text: str) -> None:
+    def logged(self, text: str) -> bool:
+        """``text``, a line already formatted (a Python logging record's), on stderr as
+        :meth:`error` writes one: under the output lock, after the end of a line a full
+        stderr cut, never onto the bar's line. Whether it was all taken (:meth:`write`)."""
+        if self.bar is not None:  # not written onto the end of the bar's line
+            return self._above_bar(self.err, f"{text}\n")
+        return self.write(self.err, f"{text}\n")
+
+    def _above_bar(self, stream: TextIO, text: str) -> bool:
         assert self.bar is not None
         self._drawing(self.bar.clear)
-        self.write(stream, text)
+        taken = self.write(stream, text)
         if self.bar is not None:
             self._drawing(self.bar.redraw)
+        return taken
 
     def _drawing(self, draw: Callable[..., None], *args: int) -> None:
         """Draw the bar on stderr. A non-blocking stderr full for now (EAGAIN) skips this
@@ -366,6 +383,8 @@ class Console:
 
     def _put(self, stream: TextIO, text: str) -> bool:
         try:
+            if self._one_file and not self._other_out(stream):
+                return False  # still full: this text only, the other stream's line goes first
             if _OWED and not self._pay(stream):
                 return False  # still full: this text only, the line it owes goes first
             try:  # noqa: SIM105  # (suppress() costs 0.3 µs a line) what others left
@@ -429,6 +448,30 @@ class Console:
         end = data.find(b"\n", taken)
         _OWED[id(stream)] = data[taken:] if end < 0 else data[taken : end + 1]
         return end < 0 or end + 1 == len(data)
+
+    def _other_out(self, stream: TextIO) -> bool:
+        """Whether the other of stdout and stderr, onto the same file as ``stream``, has
+        put out all it holds (the end of a line it owes, its buffer), so that ``stream``'s
+        text goes after it, not into the middle of its line."""
+        if stream is self.out:
+            other = self.err
+        elif stream is self.err:
+            other = self.out
+        else:
+            return True
+        if other is stream or id(other) in self._gone:
+            return True
+        if _OWED and not self._pay(other):
+            return False
+        try:
+            other.flush()
+        except BlockingIOError:
+            return False  # its buffer still holds the rest of a line
+        except (OSError, ValueError):
+            pass  # gone: its own next write finds out and drops it
+        except RuntimeError:
+            pass  # a signal handler's line, this thread inside the other's write: no waiting
+        return True
 
     def _pay(self, stream: TextIO) -> bool:
         """Hand ``stream`` the end of the line it owes (:meth:`_blocked`), if any, ahead

@@ -249,7 +249,7 @@ class ConsoleHandler(logging.Handler):
 
     def _write(self, line: str) -> bool:
         try:
-            return self.console.write(self.console.err, line + "\n")
+            return self.console.logged(line)
         except RuntimeError:  # "reentrant call": a signal handler's record amid a write
             return False
 

@@ -24,6 +24,13 @@ from typing import Any, TypeVar
 from launch import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+#: Tags of the distq images that every checkout on the machine shares (`make images`).
+_VERSION = re.search(r'^version = "(.*)"$', (REPO / "pyproject.toml").read_text(), re.M)
+SHARED_IMAGES = [
+    f"distq-{role}:{tag}"
+    for role in ("master", "worker")
+    for tag in (_VERSION.group(1), "latest")  # type: ignore[union-attr]
+]
 _T = TypeVar("_T")
 
 # Variables that steer the stack (scripts/compose.sh STACK_VARIABLES): never inherited.
@@ -60,6 +67,7 @@ class Container:
     status: str
     exit_code: int
     ip: str
+    image: str
 
 
 @dataclass
@@ -72,7 +80,9 @@ class Stack:
     def __post_init__(self) -> None:
         self.project = f"distqe2e{self.token}{self.transport[:3]}"
         self.env_file = self.workdir / "stack.env"
-        self.image_tag = f"e2e-{self.token}"
+        # No DISTQ_IMAGE_TAG: `make up` tags the images by the project, as for a user.
+        self.image_tag = self.project
+        self.shared_before = self.shared_images()
         for var in (
             "PROMETHEUS_PORT",
             "REDIS_PORT",
@@ -89,7 +99,6 @@ class Stack:
         env.update(
             COMPOSE_PROJECT_NAME=self.project,
             DISTQ_ENV_FILE=str(self.env_file),
-            DISTQ_IMAGE_TAG=self.image_tag,
             DISTQ_TRANSPORT=self.transport,
             **{k: str(v) for k, v in self.ports.items()},
         )
@@ -194,6 +203,7 @@ class Stack:
                     status=info["State"]["Status"],
                     exit_code=info["State"]["ExitCode"],
                     ip=next((n["IPAddress"] for n in networks.values() if n["IPAddress"]), ""),
+                    image=info["Config"]["Image"],
                 )
             )
         return sorted(found, key=lambda c: c.name)
@@ -222,13 +232,32 @@ class Stack:
             )
         return "\n".join(parts) or "(no containers)"
 
+    def shared_images(self) -> dict[str, str]:
+        """The image ID of each tag every checkout shares (make images' own), if present."""
+        return {name: found for name in SHARED_IMAGES if (found := self._image_id(name))}
+
     def remove_images(self) -> None:
+        # A shared tag that moved while this stack ran (the defect its test catches) goes back.
+        for name, now in self.shared_images().items():
+            if now != self.shared_before.get(name):
+                before = self.shared_before.get(name)
+                restore = ["docker", "tag", before, name] if before else ["docker", "rmi", name]
+                subprocess.run(restore, capture_output=True, timeout=60)
         for role in ("master", "worker"):
             subprocess.run(
                 ["docker", "rmi", f"distq-{role}:{self.image_tag}"],
                 capture_output=True,
                 timeout=60,
             )
+
+    def _image_id(self, name: str) -> str:
+        out = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Id}}", name],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
 
     # -- Prometheus, on its published port -------------------------------------
     def _prometheus(self, path: str, **params: str) -> Any:

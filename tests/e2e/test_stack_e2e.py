@@ -303,6 +303,31 @@ def test_an_interrupted_make_job_leaves_no_job_running(stack: Stack) -> None:
     assert names(stack.running("master")), stack.logs()
 
 
+def test_prometheus_alerts_when_every_worker_has_exited(stack: Stack) -> None:
+    """Compose drops an exited container from its DNS: Prometheus loses the worker's
+    target instead of seeing it down, and DistqTargetDown (up == 0) never fired for it."""
+    workers = stack.containers("worker")
+    firing = 'ALERTS{alertname="DistqTargetDown", alertstate="firing", job="distq-worker"}'
+    try:
+        for worker in workers:
+            docker("stop", worker.name)
+        # for: 1m after the target is gone (DNS refreshed every 5 s, rules every 5 s)
+        wait_for(f"Prometheus: {firing}", lambda: stack.query(firing), 150, every=5)
+    finally:
+        for worker in workers:
+            docker("start", worker.name)
+    wait_for("the workers running again", lambda: len(stack.running("worker")) == len(workers), 60)
+
+
+def test_the_stack_runs_images_tagged_by_its_project_not_the_shared_ones(stack: Stack) -> None:
+    """`make up` without DISTQ_IMAGE_TAG tagged its images distq-*:0.1.0 and :latest,
+    which every checkout on the machine shares: two checkouts overwrote each other's."""
+    for role in ("master", "worker"):
+        running = {c.image for c in stack.containers(role)}
+        assert running == {f"distq-{role}:{stack.project}"}, running
+    assert stack.shared_images() == stack.shared_before, "make up retagged the shared images"
+
+
 def test_make_down_leaves_nothing_behind(stack: Stack) -> None:
     assert stack.leftovers()  # the stack is there to be removed
 

@@ -31,6 +31,15 @@ CHECKOV_CONFIG = K8S / "checkov.yaml"
 KUBERNETES_VERSIONS = ("1.30", "1.37")
 OVERLAYS = ("manager", "redis", "rabbitmq")
 COMPONENTS = ("hpa", "keda-redis", "keda-rabbitmq", "servicemonitor")
+
+
+def fits(overlay: str, component: str | None) -> bool:
+    """Whether ``component`` goes with ``overlay``: a keda-* component reads its broker's
+    address from that overlay's URL (DISTQ_REDIS_URL, DISTQ_AMQP_URL), which no other
+    overlay has, and refuses to render without it."""
+    return component is None or not component.startswith("keda-") or component == f"keda-{overlay}"
+
+
 NAMESPACE = "distq"
 
 #: Kinds that kubernetes-validate has no schema for; validate.mjs checks them instead.

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from k8s.pod_to_docker import DockerRun, docker_run
-from k8s.render import ROOT, Doc, Tree, find, load
+from k8s.render import NAMESPACE, ROOT, Doc, Tree, find, load
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
@@ -118,13 +118,15 @@ def container_of(workload: Doc) -> Doc:
 
 
 def service_names(docs: list[Doc], labels: dict[str, str]) -> list[str]:
-    """The Services whose selector picks pods with ``labels``: the names they answer to."""
+    """The Services whose selector picks pods with ``labels``: the names they answer to,
+    short and full (``redis.distq.svc``), as the cluster's DNS answers."""
     return [
-        d["metadata"]["name"]
+        name
         for d in docs
         if d["kind"] == "Service"
         and d["spec"].get("selector")
         and d["spec"]["selector"].items() <= labels.items()
+        for name in (d["metadata"]["name"], f"{d['metadata']['name']}.{NAMESPACE}.svc")
     ]
 
 

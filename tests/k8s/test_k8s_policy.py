@@ -25,10 +25,12 @@ from k8s.render import (
     ROOT,
     SECRET_FILES,
     TOOLS,
+    CheckFailed,
     Doc,
     Tree,
     find,
     find_prefixed,
+    fits,
     load,
 )
 
@@ -189,11 +191,11 @@ def test_every_setting_a_transport_needs_is_there(docs: list[Doc], overlay: str)
         assert port_number(container, port["targetPort"]) == 9000
         assert "authkey" in secret
     elif overlay == "redis":
-        assert urlsplit(settings["DISTQ_REDIS_URL"]).hostname == "redis"
+        assert urlsplit(settings["DISTQ_REDIS_URL"]).hostname == f"redis.{NAMESPACE}.svc"
         assert "redis-password" in secret
     else:
         url = urlsplit(settings["DISTQ_AMQP_URL"])
-        assert url.hostname == "rabbitmq"
+        assert url.hostname == f"rabbitmq.{NAMESPACE}.svc"
         assert url.username == secret["amqp-username"]
         assert "amqp-password" in secret
 
@@ -329,7 +331,7 @@ def test_network_policies_admit_only_who_must_get_in(docs: list[Doc], overlay: s
 
 def test_every_namespaced_object_lands_in_the_namespace(k8s_tree: Tree) -> None:
     for overlay in OVERLAYS:
-        for component in (None, *COMPONENTS):
+        for component in filter(lambda c: fits(overlay, c), (None, *COMPONENTS)):
             for d in load(k8s_tree.render(overlay, component)):
                 if d["kind"] != "Namespace":
                     assert d["metadata"].get("namespace") == NAMESPACE, (overlay, component, d)
@@ -383,6 +385,44 @@ def test_keda_follows_a_queue_named_other_than_distq(k8s_tree: Tree, broker: str
     (trigger,) = find(docs, "ScaledObject", "worker")["spec"]["triggers"]
     name = {"redis": "listName", "rabbitmq": "queueName"}[broker]
     assert trigger["metadata"][name] == "jobs"
+
+
+@pytest.mark.parametrize(
+    ("broker", "url"),
+    [
+        ("redis", "redis://redis.jobs.svc:6379/2"),
+        ("rabbitmq", "amqp://distq@rabbitmq.jobs.svc:5672/jobs"),
+    ],
+)
+def test_keda_reads_the_broker_the_workers_use(k8s_tree: Tree, broker: str, url: str) -> None:
+    # Another namespace, database or vhost is one edit of the workers' URL in distq-config:
+    # KEDA's address was its own copy (redis.distq.svc:6379, database 0, vhost /), which
+    # went on counting another broker's queue, or none, and never added a worker.
+    setting = {"redis": "DISTQ_REDIS_URL", "rabbitmq": "DISTQ_AMQP_URL"}[broker]
+    for settings in ({}, {setting: url}):
+        docs = load(k8s_tree.render(broker, f"keda-{broker}", settings))
+        workers = urlsplit(config(docs)[setting])
+        (trigger,) = find(docs, "ScaledObject", "worker")["spec"]["triggers"]
+        meta = trigger["metadata"]
+        if broker == "redis":
+            assert meta["address"] == workers.netloc, (meta, workers)
+            assert meta["databaseIndex"] == workers.path.strip("/"), (meta, workers)
+        else:
+            keda = urlsplit(meta["host"])
+            assert (keda.hostname, keda.port, keda.path) == (
+                workers.hostname,
+                workers.port,
+                workers.path,
+            ), (meta, workers)
+            assert keda.username is None  # the user and password: the TriggerAuthentication
+
+
+@pytest.mark.parametrize("overlay", ["manager", "rabbitmq"])
+def test_keda_redis_on_another_transport_refuses_to_render_naming_the_url(
+    k8s_tree: Tree, overlay: str
+) -> None:
+    with pytest.raises(CheckFailed, match="DISTQ_REDIS_URL"):
+        k8s_tree.render(overlay, "keda-redis")
 
 
 def test_hpa_scales_workers_on_cpu_they_request(k8s_tree: Tree) -> None:

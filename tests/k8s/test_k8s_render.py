@@ -23,6 +23,7 @@ from k8s.render import (
     checkov,
     custom_verdicts,
     find,
+    fits,
     is_custom,
     load,
     validate_core,
@@ -31,7 +32,7 @@ from k8s.render import (
 
 Combo = tuple[str, str | None]
 COMBINATIONS: list[Combo] = [(o, None) for o in OVERLAYS] + [
-    (o, c) for o in OVERLAYS for c in COMPONENTS
+    (o, c) for o in OVERLAYS for c in COMPONENTS if fits(o, c)
 ]
 
 #: The custom kinds each component brings.

@@ -5,17 +5,21 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from conftest import REPO
 from distq import console as console_module
-from distq.logs import JsonConsole
+from distq.console import Console
+from distq.logs import JsonConsole, TextConsole, make_console
 from nonblocking import drain
 
 
@@ -248,3 +252,123 @@ def test_the_summary_after_a_bar_whose_close_met_a_full_stderr_starts_its_own_li
     lines = (b"".join(got) + drain(read)).split(b"\n")
     assert lines[-1] == b"" and lines[-2] == b"done: 100 tasks", lines[-3:]
     assert lines[-3].endswith(b"100/100 100.0%") or b"] 100/100 " in lines[-3], lines[-3][-80:]
+
+
+@pytest.fixture
+def text_logging_on(
+    full_pipe: tuple[io.TextIOWrapper, int], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Console]:
+    """A worker's text console and Python logging, as ``distq worker`` sets them up, on a
+    full non-blocking stderr; the root logger's handler is put back afterwards."""
+    stream, _ = full_pipe
+    monkeypatch.setattr(sys, "stderr", stream)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield make_console("text", "worker")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_a_logged_warning_never_runs_into_a_console_line_a_full_stderr_cut(
+    full_pipe: tuple[io.TextIOWrapper, int], text_logging_on: Console
+) -> None:
+    """A compose log read "after 66.2 sdistq: Redis ...": the console's line cut by a
+    full non-blocking stderr owes its end, which only the console's own writes paid;
+    Python logging (the Redis transport's warnings) wrote straight to sys.stderr, onto
+    the line's start."""
+    stream, read = full_pipe
+    console = text_logging_on
+    got = b""
+    for n in range(5000):  # bounded: a pipe holds some 64 kB, a line is ~60 bytes
+        console.error(f"Redis at redis:6379 answered again after {n}.2 s")
+        if id(stream) in console_module._OWED:
+            break
+    assert id(stream) in console_module._OWED, "no line was cut: the pipe never filled"
+    got += drain(read)  # the reader reads; the next write goes through
+    logging.getLogger("distq.transport.redis").warning("Redis at redis:6379 evicts keys")
+    got += drain(read)
+    console.error("the last line")
+    got += drain(read)
+    lines = got.decode().split("\n")
+    assert lines[-1] == ""
+    glued = [line for line in lines[:-1] if line.count("distq: ") != 1]
+    assert not glued, f"{len(glued)} lines run together, e.g. {glued[0][-120:]!r}"
+    assert lines[-3:] == ["distq: Redis at redis:6379 evicts keys", "distq: the last line", ""]
+
+
+def test_a_logged_warning_goes_above_the_progress_bar_not_onto_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A master on a terminal draws its bar on stderr without a newline; a warning of
+    Python logging (a transport's) was written after it, on the bar's line."""
+    import pty
+
+    parent, child = pty.openpty()
+    terminal = open(child, "w", encoding="utf-8")  # noqa: SIM115  # closed below
+    monkeypatch.setattr(sys, "stderr", terminal)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        console = make_console("text", "master")
+        console.start_progress(200)
+        time.sleep(0.15)  # the bar redraws at most ten times a second
+        console.lines(["put task 1"], count=1)  # the bar, drawn
+        assert "tasks/s" in os.read(parent, 1 << 16).decode()
+        logging.getLogger("distq.transport.redis").warning("Redis at redis:6379 evicts keys")
+        terminal.flush()
+        shown = os.read(parent, 1 << 16).decode()
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        terminal.close()
+        os.close(parent)
+    assert shown.startswith("\r"), f"the warning ran onto the bar's line: {shown!r}"
+    assert "\rdistq: Redis at redis:6379 evicts keys\r\n" in shown, shown  # then the bar
+
+
+def test_stdout_and_stderr_on_one_full_pipe_never_run_two_lines_together(
+    full_pipe: tuple[io.TextIOWrapper, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker started with ``2>&1`` (a TTY, a parent's pipe): stdout and stderr are two
+    streams onto one pipe. The end of a stdout line the full pipe cut was owed to stdout
+    alone, and the next error line went out on stderr before it: the two ran together."""
+    monkeypatch.setattr(console_module, "_OWED", {})  # none left by the tests before
+    out, read = full_pipe
+    err = open(os.dup(out.fileno()), "w", encoding="utf-8")  # noqa: SIM115  # closed below
+    console = TextConsole(out=out, err=err)
+    got = b""
+    try:
+        for n in range(0, 5000, 150):  # a worker's batch of task lines, ~9 kB a write
+            console.lines(
+                f"Get result {m}: {m}*{m} = {m * m}, took 0.1 s" for m in range(n, n + 150)
+            )
+            if console_module._OWED:
+                break
+        assert console_module._OWED, "no line was cut: the pipe never filled"
+        got += os.read(read, 6000)  # the reader takes a page: stdout's buffer goes in part
+        console.info("the middle line")
+        got += drain(read)
+        console.error("Redis at redis:6379 does not answer; reconnecting")
+        got += drain(read)
+        console.info("the last line")
+        got += drain(read)
+    finally:
+        with contextlib.suppress(BlockingIOError):
+            err.close()
+    lines = got.decode().split("\n")
+    assert lines[-1] == ""
+    glued = [line for line in lines[:-1] if not re.fullmatch(LINE_ON_ONE_PIPE, line)]
+    assert not glued, f"{len(glued)} lines run together, e.g. {glued[0][-120:]!r}"
+    assert lines[-3:] == [
+        "distq: Redis at redis:6379 does not answer; reconnecting",
+        "the last line",
+        "",
+    ]
+
+
+LINE_ON_ONE_PIPE = (
+    r"Get result \d+: \d+\*\d+ = \d+, took 0.1 s"
+    r"|distq: Redis at redis:6379 does not answer; reconnecting|the (middle|last) line"
+)
