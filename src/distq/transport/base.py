@@ -189,6 +189,8 @@ class Producer(abc.ABC):
     #: (:meth:`Transport.forget_orphans`). Not for tasks lost otherwise (a broker
     #: restarted, a publish refused).
     lapsed: bool = False
+    #: Whether :meth:`withdraw` can take a task back (Redis, manager; not RabbitMQ)
+    takes_back: bool = False
 
     @abc.abstractmethod
     def submit(self, bodies: Sequence[bytes]) -> None:

@@ -694,6 +694,8 @@ class RedisTransport(Transport):
 class RedisProducer(Producer):
     """LPUSHes tasks onto ``<queue>``; takes results from ``reply_to`` (see the key table)."""
 
+    takes_back = True
+
     def __init__(self, transport: RedisTransport, reply_to: str) -> None:
         self.reply_to = reply_to
         self._t = transport
