@@ -47,6 +47,7 @@ from distq.errors import CertificateRejected, ConfigError, DistqError, Transport
 from distq.errortext import MAX_MESSAGE_CHARS, cut
 from distq.health import ProcessHealth
 from distq.ledger import Entry, Ledger, forget_orphans, submit_again
+from distq.retries import retry_bodies
 from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, Transport
 
@@ -588,11 +589,12 @@ class _Run(Generic[E]):
         queue until it exits). The ids taken back: they are missing, not waited for; in an
         endless ``--rate`` job, where a stop is its end, they count as never submitted
         unless a result for one comes during the drain (:meth:`_drain`): a copy of a task
-        submitted again ran. Every copy of one submitted again is taken. Newest first (on
-        Redis they are nearest the list's head), until ``deadline``; a second signal, or a
-        broker that fails or refuses, ends it, and so does one whose last call failed with
-        no reconnect since (no call that would wait on it): the rest stay queued, and one
-        line says so."""
+        submitted again ran. Every copy of one submitted again is taken; then the retries
+        of those not found, queued again or waiting out their delay (their bodies as a
+        worker seals them: :func:`retry_bodies`). Newest first (on Redis they are nearest
+        the list's head), until ``deadline``; a second signal, or a broker that fails or
+        refuses, ends it, and so does one whose last call failed with no reconnect since
+        (no call that would wait on it): the rest stay queued, and one line says so."""
         if not self.producer.takes_back:
             return set()
         entries = self.ledger.waiting(self.collector.waiting_ids().__contains__)
@@ -604,6 +606,15 @@ class _Run(Generic[E]):
             why = f"the broker failed its last call: {self.failed_with}"
         else:
             why = self._take_back(iter(entries), deadline, taken, copies)
+            if why is None:  # those found fewer times than submitted: their retries
+                seal = self.master.codec
+                retries = (
+                    (task_id, retry)
+                    for task_id, body in entries
+                    if copies[task_id] <= self.resubmitted[task_id]
+                    for retry in retry_bodies(seal, body)
+                )
+                why = self._take_back(retries, deadline, taken, copies)
         if why is not None:
             left = sum(1 for task_id in self.collector.waiting_ids() if task_id not in taken)
             if left:

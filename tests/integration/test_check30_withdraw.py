@@ -48,7 +48,7 @@ def _run(
     bodies: list[bytes],
 ) -> Outcome:
     key = f"c30-{uuid.uuid4().hex[:8]}"
-    keys = [f"{key}:ready", f"{key}:again"]
+    keys = [f"{key}:ready", f"{key}:again", f"{key}:delayed"]
     raw.delete(*keys)
     for start in range(0, len(ready), 1000):
         raw.rpush(keys[0], *ready[start : start + 1000])  # head first
@@ -120,7 +120,7 @@ def test_withdraw_of_many_on_a_full_redis_without_the_allow_oom_flag(tmp_path: P
             raw.config_set("maxmemory-policy", "noeviction")
             raw.config_set("maxmemory", raw.info("memory")["used_memory"] - 1000)
             bodies = [b"b%d" % i for i in range(17)]
-            assert script(raw, ["ready", "again"], bodies) == [1] * 17
+            assert script(raw, ["ready", "again", "delayed"], bodies) == [1] * 17
             raw.config_set("maxmemory", 0)
             assert raw.lrange("ready", 0, -1) == ready[17:]
             assert raw.smembers("again") == {b"b50"}

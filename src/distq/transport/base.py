@@ -249,11 +249,11 @@ class Producer(abc.ABC):
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
         """Take tasks submitted earlier back out of the ready queue, before any worker does.
 
-        One answer per body: True when it was still waiting and is gone now (it will never
-        run), False when a consumer has it (leased, running, settled), it waits out a
-        retry delay, or the transport cannot take a message back. Manager and Redis
-        withdraw; RabbitMQ cannot (AMQP has no way to remove one message from a queue),
-        so this default answers False for every body.
+        One answer per body: True when it was still waiting, queued or as a retry waiting
+        out its delay, and is gone now (it will never run), False when a consumer has it
+        (leased, running, settled) or the transport cannot take a message back
+        (:attr:`takes_back`). Manager and Redis withdraw; RabbitMQ cannot (AMQP has no way
+        to remove one message from a queue), so this default answers False for every body.
         """
         return [False] * len(bodies)
 
