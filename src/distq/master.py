@@ -294,6 +294,8 @@ class _Run(Generic[E]):
             self._loop(start)
             if self.stop.is_set() and self.collector.outstanding:
                 self._drain()
+            elif self.collector.outstanding and self.refused is None:  # past its --timeout
+                self._withdraw(time.perf_counter() + self.spec.drain_seconds)  # no wait
         except ConfigError as exc:  # the broker refused a setting mid-job: a report all the same
             if self.collector.outstanding:  # the results in, before it stops
                 self.collector.read_left(self.producer)
@@ -583,10 +585,11 @@ class _Run(Generic[E]):
         self.lines.append(problem)
 
     def _withdraw(self, deadline: float) -> set[str]:
-        """Stopping: take the tasks no worker has taken yet back off the queue, where the
-        transport can (not RabbitMQ): a worker took them during the drain and ran them,
-        and their results came after the master had gone (with manager it serves its
-        queue until it exits). The ids taken back: they are missing, not waited for; in an
+        """Stopping, or past its timeout: take the tasks no worker has taken yet back off
+        the queue, where the transport can (not RabbitMQ): a worker took them during the
+        drain and ran them, and their results came after the master had gone (with
+        manager it serves its queue until it exits); past its timeout, a worker that came
+        later dead-lettered them unrun, its master gone. The ids taken back: they are missing, not waited for; in an
         endless ``--rate`` job, where a stop is its end, they count as never submitted
         unless a result for one comes during the drain (:meth:`_drain`): a copy of a task
         submitted again ran. Every copy of one submitted again is taken; then the retries
@@ -640,7 +643,7 @@ class _Run(Generic[E]):
                     if self.hurry.is_set():
                         return "a second signal"
                     if time.perf_counter() >= deadline:
-                        return f"the stop's {self.spec.drain_seconds:g} s ran out"
+                        return f"its {self.spec.drain_seconds:g} s to do so ran out"
                     with self.link.call(), self.health.liveness.waiting("job"):
                         gone = self.producer.withdraw([body for _, body in batch])
                     found = [entry for entry, out in zip(batch, gone, strict=True) if out]

@@ -89,3 +89,19 @@ def test_a_stopped_master_takes_back_its_retries_queued_or_waiting_out_their_del
         consumer.close()
     assert reports and reports[0].missing == 4, out.getvalue()
     assert hosted.stats().ready == 0, out.getvalue()
+
+
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_master_past_its_timeout_takes_back_its_queued_tasks(
+    target: Target, hosted: Transport
+) -> None:
+    """``--timeout`` ended a job with no worker attached: its four tasks stayed queued, for
+    a worker that came later to dead-letter unrun (its master gone), where a stop took
+    them back."""
+    out = io.StringIO()
+    spec = JobSpec(tasks=4, timeout=1)
+    report = Master(hosted, Console(out=out, err=out)).run(spec, Squares())
+    assert report.missing == 4 and not report.succeeded, out.getvalue()
+    assert "job timed out" in out.getvalue(), out.getvalue()
+    assert hosted.stats().ready == 0, out.getvalue()
