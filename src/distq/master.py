@@ -586,10 +586,10 @@ class _Run(Generic[E]):
 
     def _withdraw(self, deadline: float) -> set[str]:
         """Stopping, or past its timeout: take the tasks no worker has taken yet back off
-        the queue, where the transport can (not RabbitMQ): a worker took them during the
-        drain and ran them, and their results came after the master had gone (with
-        manager it serves its queue until it exits); past its timeout, a worker that came
-        later dead-lettered them unrun, its master gone. The ids taken back: they are missing, not waited for; in an
+        the queue, where the transport can (not RabbitMQ). Left there, a worker took them
+        during the drain and ran them, their results coming after the master had gone
+        (with manager it serves its queue until it exits), or dead-lettered them unrun,
+        their master gone. The ids taken back: they are missing, not waited for; in an
         endless ``--rate`` job, where a stop is its end, they count as never submitted
         unless a result for one comes during the drain (:meth:`_drain`): a copy of a task
         submitted again ran. Every copy of one submitted again is taken; then the retries
