@@ -8,11 +8,15 @@ from collections.abc import Sequence
 
 import pytest
 
+from distq.codec import Codec
 from distq.console import Console
+from distq.ending import Endings
+from distq.envelope import Task
 from distq.errors import TransportError
 from distq.master import JobSpec, Master
+from distq.retries import retry_bodies
 from distq.squares import Squares
-from distq.transport import Transport
+from distq.transport import Delivery, Transport
 from distq.transport.manager import ManagerProducer
 
 
@@ -49,3 +53,32 @@ def test_a_stop_as_a_call_fails_makes_no_call_to_take_back_and_says_what_it_left
         "did not take back the 3 tasks not answered (the broker failed its last call: "
         "the broker is away): any of them still queued stays queued" in said
     ), said
+
+
+@pytest.mark.parametrize("keys", [(), (b"k" * 32,), (b"k" * 32, b"o" * 32)])
+def test_retry_bodies_are_the_bytes_a_worker_sends_as_the_retries(keys: tuple[bytes, ...]) -> None:
+    """A stop takes retries back by body: a worker's retry of each attempt, as
+    Endings.failed seals it, is the body retry_bodies made for that attempt, for awkward
+    arguments (a float, non-ASCII text, keys out of order, nesting) and with signing."""
+    task = Task(
+        name="jobs:f",
+        args=[0.1, 1e300, -0.0, "é\u2028\x00", {"b": [None, True], "a": 2**70}],
+        kwargs={"z": 1, "y": "x"},
+        reply_to="distq:q:results:j",
+        max_attempts=4,
+    )
+    master = Codec(list(keys))
+    body = master.seal_task(task)
+    made = list(retry_bodies(master, body))
+    assert len(made) == 3
+    endings = Endings("w", "q", Codec(list(keys)))
+    sent = body
+    for attempt, want in enumerate(made, start=2):
+        delivery = Delivery(body=sent, tag=attempt)
+        opened = endings.codec.open_task(sent)
+        ending = endings.failed(delivery, opened, ValueError("no"), 0.0, 0.0, retryable=True)
+        assert ending.settlement.retry == want, attempt
+        sent = want
+    assert list(retry_bodies(master, made[-1])) == []  # its last attempt: no retry
+    if keys:  # a body the master cannot open (signed with a key it lacks): none
+        assert list(retry_bodies(Codec([b"x" * 32]), body)) == []
