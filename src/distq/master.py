@@ -301,8 +301,14 @@ class _Run(Generic[E]):
                 self.collector.read_left(self.producer)
                 self._print_results()
             self._refused(exc)
-        if self.lapsed:
+        if self.lapsed and self.answering:
             self._forget_orphans()
+        elif self.lapsed:  # no call that would wait on a broker that just failed
+            self.console.error(
+                "did not look again for dead letters workers made of this job's tasks while "
+                f"it seemed gone (the broker failed its last call: {self.failed_with}); "
+                "`distq dead-letters` lists them"
+            )
         return self._finish(time.perf_counter() - start)
 
     def _refused(self, exc: ConfigError | CertificateRejected) -> None:
@@ -610,12 +616,12 @@ class _Run(Generic[E]):
         else:
             why = self._take_back(iter(entries), deadline, taken, copies)
             if why is None:  # those found fewer times than submitted: their retries
-                seal = self.master.codec
+                codec = self.master.codec
                 retries = (
                     (task_id, retry)
                     for task_id, body in entries
                     if copies[task_id] <= self.resubmitted[task_id]
-                    for retry in retry_bodies(seal, body)
+                    for retry in retry_bodies(codec, body)
                 )
                 why = self._take_back(retries, deadline, taken, copies)
         if why is not None:

@@ -17,7 +17,7 @@ from distq.master import JobSpec, Master
 from distq.retries import retry_bodies
 from distq.squares import Squares
 from distq.transport import Delivery, Transport
-from distq.transport.manager import ManagerProducer
+from distq.transport.manager import ManagerProducer, ManagerTransport
 
 
 def test_a_stop_as_a_call_fails_makes_no_call_to_take_back_and_says_what_it_left(
@@ -82,3 +82,42 @@ def test_retry_bodies_are_the_bytes_a_worker_sends_as_the_retries(keys: tuple[by
     assert list(retry_bodies(master, made[-1])) == []  # its last attempt: no retry
     if keys:  # a body the master cannot open (signed with a key it lacks): none
         assert list(retry_bodies(Codec([b"x" * 32]), body)) == []
+
+
+def test_a_stop_as_a_call_fails_after_a_lapse_makes_no_last_look_for_orphans(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose reply queue lapsed once looks for its orphans again as it ends: stopped
+    as a call to the broker failed, that last look called the broker that had just
+    failed (a paused one: a whole connect timeout's wait past the drain)."""
+    stop = threading.Event()
+    original_submit, original_reconcile = ManagerProducer.submit, ManagerProducer.reconcile
+    calls = {"submit": 0, "forget": 0, "forget stopped": 0}
+
+    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        calls["submit"] += 1
+        if calls["submit"] == 3:
+            stop.set()  # SIGTERM as the broker goes away
+            raise TransportError("the broker is away")
+        original_submit(self, bodies)
+
+    def lapsed(self: ManagerProducer) -> int:
+        held = original_reconcile(self)
+        self.lapsed = True  # found lapsed, and made again: workers may have orphaned some
+        return held
+
+    def counted(self: ManagerTransport, reply_to: str) -> int:
+        calls["forget stopped" if stop.is_set() else "forget"] += 1
+        return 0
+
+    monkeypatch.setattr("distq.master.RECONCILE_SECONDS", 0.01)
+    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    monkeypatch.setattr(ManagerProducer, "reconcile", lapsed)
+    monkeypatch.setattr(ManagerTransport, "forget_orphans", counted)
+    out = io.StringIO()
+    spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=0.5)
+    Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    assert calls["submit"] == 3, out.getvalue()
+    assert calls["forget"] >= 1, out.getvalue()  # at the lapse, in the job
+    assert calls["forget stopped"] == 0, out.getvalue()
+    assert "did not look again for dead letters workers made" in out.getvalue()
