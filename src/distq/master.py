@@ -676,12 +676,14 @@ class _Run(Generic[E]):
         """Stopping: take back the tasks still queued (:meth:`_withdraw`), and give those
         in flight ``drain_seconds`` (the two together) to come back (they count as missing
         after that: a job stopped before its end failed); one submitted again and taken
-        back fewer times than it was submitted too: a worker may hold a copy."""
+        back fewer times than it was submitted too: a worker may hold a copy. None when
+        the broker failed its last call: each call would wait on it again."""
         deadline = time.perf_counter() + self.spec.drain_seconds
         withdrawn = self._withdraw(deadline)
         try:
             while (
-                any(
+                self.answering  # no call that would wait on a broker that just failed
+                and any(
                     task_id not in withdrawn or task_id in self.unsure
                     for task_id in self.collector.waiting_ids()
                 )

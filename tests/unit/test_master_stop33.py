@@ -121,3 +121,34 @@ def test_a_stop_as_a_call_fails_after_a_lapse_makes_no_last_look_for_orphans(
     assert calls["forget"] >= 1, out.getvalue()  # at the lapse, in the job
     assert calls["forget stopped"] == 0, out.getvalue()
     assert "did not look again for dead letters workers made" in out.getvalue()
+
+
+def test_a_stop_as_a_call_fails_waits_for_no_result_on_the_broker_that_just_failed(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped as a call failed, the drain still asked that broker for results, call after
+    call: on a paused Redis each waited out the socket's timeout (a stop took 13.3 s, its
+    5 s drain and the close each a 6.4 s timeout), past the drain."""
+    stop = threading.Event()
+    original_submit, original_results = ManagerProducer.submit, ManagerProducer.results
+    calls = {"submit": 0, "results stopped": 0}
+
+    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        calls["submit"] += 1
+        if calls["submit"] == 3:
+            stop.set()  # SIGTERM as the broker goes away
+            raise TransportError("the broker is away")
+        original_submit(self, bodies)
+
+    def results(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
+        if stop.is_set():
+            calls["results stopped"] += 1
+        return original_results(self, max_count, timeout)
+
+    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    monkeypatch.setattr(ManagerProducer, "results", results)
+    out = io.StringIO()
+    spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=1)
+    report = Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    assert calls["submit"] == 3 and report.missing == 10, out.getvalue()
+    assert calls["results stopped"] == 0, out.getvalue()
