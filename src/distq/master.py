@@ -209,7 +209,10 @@ class Master:
             return run.run()
         finally:
             self.refused = run.refused
-            producer.close()
+            if run.answering:
+                producer.close()
+            else:  # no call that would wait on a broker that just failed
+                producer.abandon()
 
 
 class _Run(Generic[E]):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -152,3 +152,61 @@ def test_a_stop_as_a_call_fails_waits_for_no_result_on_the_broker_that_just_fail
     report = Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
     assert calls["submit"] == 3 and report.missing == 10, out.getvalue()
     assert calls["results stopped"] == 0, out.getvalue()
+
+
+def test_a_stop_as_a_call_fails_closes_its_producer_without_a_call_to_the_broker(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped as a call failed, the master closed its producer as at any end: on Redis
+    a script (its registration and result list deleted) on the broker that had just
+    failed, which on a paused one waited out the socket's timeout (6.4 s) after the job.
+    It abandons the producer now (Producer.abandon: no call; the registration lapses)."""
+    stop = threading.Event()
+    original_submit = ManagerProducer.submit
+    calls = {"submit": 0, "close": 0, "abandon": 0}
+
+    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        calls["submit"] += 1
+        if calls["submit"] == 3:
+            stop.set()  # SIGTERM as the broker goes away
+            raise TransportError("the broker is away")
+        original_submit(self, bodies)
+
+    def counted(name: str) -> Callable[[ManagerProducer], None]:
+        def call(self: ManagerProducer) -> None:
+            calls[name] += 1
+
+        return call
+
+    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    monkeypatch.setattr(ManagerProducer, "close", counted("close"))
+    monkeypatch.setattr(ManagerProducer, "abandon", counted("abandon"), raising=False)
+    out = io.StringIO()
+    spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=1)
+    Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    assert calls["submit"] == 3, out.getvalue()
+    assert (calls["close"], calls["abandon"]) == (0, 1), out.getvalue()
+
+
+def test_a_stop_with_the_broker_answering_closes_its_producer(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop with no call failed closes the producer as before (registration removed)."""
+    stop = threading.Event()
+    calls = {"close": 0, "abandon": 0}
+    original_close = ManagerProducer.close
+
+    def close(self: ManagerProducer) -> None:
+        calls["close"] += 1
+        original_close(self)
+
+    def abandon(self: ManagerProducer) -> None:
+        calls["abandon"] += 1
+
+    monkeypatch.setattr(ManagerProducer, "close", close)
+    monkeypatch.setattr(ManagerProducer, "abandon", abandon, raising=False)
+    threading.Timer(0.3, stop.set).start()
+    out = io.StringIO()
+    spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=0.5)
+    Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    assert (calls["close"], calls["abandon"]) == (1, 0), out.getvalue()

@@ -261,6 +261,12 @@ class Producer(abc.ABC):
     def close(self) -> None:
         """Release the connection and this producer's result queue."""
 
+    def abandon(self) -> None:
+        """Close after the broker failed a call: no call that would wait on it again
+        where closing makes one (Redis: its registration lapses instead); :meth:`close`
+        where it makes none that could wait."""
+        self.close()
+
 
 class Consumer(abc.ABC):
     """A worker's end: leases task deliveries and settles them."""

@@ -883,6 +883,11 @@ class RedisProducer(Producer):
             log.warning("could not delete result list %s: %s", self.reply_to, exc)
         self._w.close()
 
+    def abandon(self) -> None:
+        # no script: the registration lapses master_ttl after its last renewal, the
+        # result list a minute after that (see the key table)
+        self._w.close()
+
 
 class RedisConsumer(Consumer):
     """Leases tasks into ``distq:<queue>:inflight:<id>``, one deadline for all of them.
