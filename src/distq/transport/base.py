@@ -262,9 +262,10 @@ class Producer(abc.ABC):
         """Release the connection and this producer's result queue."""
 
     def abandon(self) -> None:
-        """Close after the broker failed a call: no call that would wait on it again
-        where closing makes one (Redis: its registration lapses instead); :meth:`close`
-        where it makes none that could wait."""
+        """Close after the broker failed a call, with no call that would wait on it
+        again: Redis makes none (its registration lapses instead); elsewhere
+        :meth:`close`, whose wait is bounded (RabbitMQ's by ``CLOSE_SECONDS``) or none
+        (manager's master holds its queues)."""
         self.close()
 
 
