@@ -20,13 +20,14 @@ drain, status lines and the report are the same for every workload, here.
 from __future__ import annotations
 
 import abc
+import itertools
 import json
 import math
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
@@ -45,7 +46,8 @@ from distq.envelope import Result, Task, new_id, shown
 from distq.errors import CertificateRejected, ConfigError, DistqError, TransportError
 from distq.errortext import MAX_MESSAGE_CHARS, cut
 from distq.health import ProcessHealth
-from distq.ledger import Ledger, forget_orphans, submit_again
+from distq.ledger import Entry, Ledger, forget_orphans, submit_again
+from distq.retries import retry_bodies
 from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, Transport
 
@@ -207,7 +209,10 @@ class Master:
             return run.run()
         finally:
             self.refused = run.refused
-            producer.close()
+            if run.answering:
+                producer.close()
+            else:  # no call that would wait on a broker that just failed
+                producer.abandon()
 
 
 class _Run(Generic[E]):
@@ -261,8 +266,10 @@ class _Run(Generic[E]):
         self.resubmitted: Counter[str] = Counter()
         # taken back fewer times than submitted: a copy may be with a worker (_drain)
         self.unsure: set[str] = set()
-        # the broker answered a reconnect in the outage: a stop may take its tasks back
-        self.reached = False
+        # no call failed since the broker last answered (at start, or a reconnect): a
+        # stop may take its tasks back; one that failed would wait on the broker again
+        self.answering = True
+        self.failed_with: TransportError | None = None  # the last call that failed
 
     def run(self) -> JobReport:
         try:
@@ -290,13 +297,21 @@ class _Run(Generic[E]):
             self._loop(start)
             if self.stop.is_set() and self.collector.outstanding:
                 self._drain()
+            elif self.collector.outstanding and self.refused is None:  # past its --timeout
+                self._withdraw(time.perf_counter() + self.spec.drain_seconds)  # no wait
         except ConfigError as exc:  # the broker refused a setting mid-job: a report all the same
             if self.collector.outstanding:  # the results in, before it stops
                 self.collector.read_left(self.producer)
                 self._print_results()
             self._refused(exc)
-        if self.lapsed:
+        if self.lapsed and self.answering:
             self._forget_orphans()
+        elif self.lapsed:  # no call that would wait on a broker that just failed
+            self.console.error(
+                "did not look again for dead letters workers made of this job's tasks while "
+                f"it seemed gone (the broker failed its last call: {self.failed_with}); "
+                "`distq dead-letters` lists them"
+            )
         return self._finish(time.perf_counter() - start)
 
     def _refused(self, exc: ConfigError | CertificateRejected) -> None:
@@ -440,7 +455,7 @@ class _Run(Generic[E]):
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (backoff with jitter) and submit what the broker lost; False when the
         job ends first (stopped, or past its timeout)."""
-        self.reached = False  # a call failed since the broker last answered a reconnect
+        self.answering, self.failed_with = False, exc
         if self.stop.is_set():
             return False  # no reconnecting on the way out
         if isinstance(exc, CertificateRejected):  # no retry mends it: as at start
@@ -467,7 +482,7 @@ class _Run(Generic[E]):
                     self.console.error(line)
                 continue
             self.backoff.reconnected(time.perf_counter())
-            self.reached = True
+            self.answering = True
             self.next_reconcile = time.perf_counter() + RECONCILE_SECONDS
             return True  # back once the job's next calls go through too (_back)
 
@@ -579,41 +594,74 @@ class _Run(Generic[E]):
         self.lines.append(problem)
 
     def _withdraw(self, deadline: float) -> set[str]:
-        """Stopping: take the tasks no worker has taken yet back off the queue, where the
-        transport can (not RabbitMQ): a worker took them during the drain and ran them,
-        and their results came after the master had gone (with manager it serves its
-        queue until it exits). The ids taken back: they are missing, not waited for; in an
+        """Stopping, or past its timeout: take the tasks no worker has taken yet back off
+        the queue, where the transport can (not RabbitMQ). Left there, a worker took them
+        during the drain and ran them, their results coming after the master had gone
+        (with manager it serves its queue until it exits), or dead-lettered them unrun,
+        their master gone. The ids taken back: they are missing, not waited for; in an
         endless ``--rate`` job, where a stop is its end, they count as never submitted
         unless a result for one comes during the drain (:meth:`_drain`): a copy of a task
-        submitted again ran. Every copy of one submitted again is taken. Newest first (on
-        Redis they are nearest the list's head), until ``deadline``; a broker that fails
-        or refuses ends it: the rest stay queued, as they do when it was stopped in an
-        outage (no call that would wait on it), unless its reconnect went through:
-        stopped before the job's next call did."""
-        if self.outage.ongoing and not self.reached:
+        submitted again ran. Every copy of one submitted again is taken; then the retries
+        of those not found, queued again or waiting out their delay (their bodies as a
+        worker seals them: :func:`retry_bodies`). Newest first (on Redis they are nearest
+        the list's head), until ``deadline``; a second signal, or a broker that fails or
+        refuses, ends it, and so does one whose last call failed with no reconnect since
+        (no call that would wait on it): the rest stay queued, and one line says so."""
+        if not self.producer.takes_back:
             return set()
         entries = self.ledger.waiting(self.collector.waiting_ids().__contains__)
         entries.reverse()
         taken: set[str] = set()
         copies: Counter[str] = Counter()  # of each id taken back
-        for start in range(0, len(entries), MESSAGE_BATCH):
-            if self.hurry.is_set() or time.perf_counter() >= deadline:
-                break
-            batch = entries[start : start + MESSAGE_BATCH]
+        why: str | None
+        if not self.answering:
+            why = f"the broker failed its last call: {self.failed_with}"
+        else:
+            why = self._take_back(iter(entries), deadline, taken, copies)
+            if why is None:  # those found fewer times than submitted: their retries
+                codec = self.master.codec
+                retries = (
+                    (task_id, retry)
+                    for task_id, body in entries
+                    if copies[task_id] <= self.resubmitted[task_id]
+                    for retry in retry_bodies(codec, body)
+                )
+                why = self._take_back(retries, deadline, taken, copies)
+        if why is not None:
+            left = sum(1 for task_id in self.collector.waiting_ids() if task_id not in taken)
+            if left:
+                self.console.error(
+                    f"did not take back the {left} tasks not answered ({why}): any of "
+                    "them still queued stays queued"
+                )
+        self.unsure = {tid for tid in taken if copies[tid] <= self.resubmitted[tid]}
+        return taken
+
+    def _take_back(
+        self,
+        entries: Iterator[Entry],
+        deadline: float,
+        taken: set[str],
+        copies: Counter[str],
+    ) -> str | None:
+        """Withdraw ``entries``' bodies a batch at a time, into ``taken`` and ``copies``;
+        why it stopped before their end, None when it got there."""
+        while batch := list(itertools.islice(entries, MESSAGE_BATCH)):
             try:
                 while batch:  # again for the copies of a task submitted again
+                    if self.hurry.is_set():
+                        return "a second signal"
+                    if time.perf_counter() >= deadline:
+                        return f"its {self.spec.drain_seconds:g} s to do so ran out"
                     with self.link.call(), self.health.liveness.waiting("job"):
                         gone = self.producer.withdraw([body for _, body in batch])
                     found = [entry for entry, out in zip(batch, gone, strict=True) if out]
                     taken.update(task_id for task_id, _ in found)
                     copies.update(task_id for task_id, _ in found)
                     batch = [entry for entry in found if entry[0] in self.resubmitted]
-                    if self.hurry.is_set() or time.perf_counter() >= deadline:
-                        break
-            except DistqError:
-                break  # no reconnecting on the way out
-        self.unsure = {tid for tid in taken if copies[tid] <= self.resubmitted[tid]}
-        return taken
+            except DistqError as exc:
+                return f"the broker failed: {exc}"  # no reconnecting on the way out
+        return None
 
     def _never_submitted(self, withdrawn: set[str]) -> None:
         """An endless ``--rate`` job's stop is its end: the tasks taken back and not
@@ -631,12 +679,14 @@ class _Run(Generic[E]):
         """Stopping: take back the tasks still queued (:meth:`_withdraw`), and give those
         in flight ``drain_seconds`` (the two together) to come back (they count as missing
         after that: a job stopped before its end failed); one submitted again and taken
-        back fewer times than it was submitted too: a worker may hold a copy."""
+        back fewer times than it was submitted too: a worker may hold a copy. None when
+        the broker failed its last call: each call would wait on it again."""
         deadline = time.perf_counter() + self.spec.drain_seconds
         withdrawn = self._withdraw(deadline)
         try:
             while (
-                any(
+                self.answering  # no call that would wait on a broker that just failed
+                and any(
                     task_id not in withdrawn or task_id in self.unsure
                     for task_id in self.collector.waiting_ids()
                 )

@@ -8,7 +8,29 @@ of this schedule, and counts the tasks in them as ready
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+from distq.codec import Codec
+from distq.errors import EnvelopeError
+
 
 def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     """Exponential backoff before attempt ``attempt + 1``: 0.5 s, 1 s, 2 s, ... capped."""
     return float(min(cap, base * 2 ** min(attempt - 1, 64)))  # the wire may say 10**30
+
+
+def retry_bodies(codec: Codec, body: bytes) -> Iterator[bytes]:
+    """The task ``body``'s retries, attempt by attempt to its last, as a worker sends them
+    (:meth:`distq.ending.Endings.failed`) when ``codec`` seals as the worker's does (the
+    same primary signing key): what a stopped master takes back by body. None for a body
+    that does not open, nor past a retry too large to send (the worker sends none)."""
+    try:
+        task = codec.open_task(body)
+    except EnvelopeError:
+        return
+    while task.attempt < task.max_attempts:
+        task = task.next_attempt()
+        try:
+            yield codec.seal(task.encode(), "task")
+        except EnvelopeError:
+            return

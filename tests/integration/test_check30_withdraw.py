@@ -48,7 +48,7 @@ def _run(
     bodies: list[bytes],
 ) -> Outcome:
     key = f"c30-{uuid.uuid4().hex[:8]}"
-    keys = [f"{key}:ready", f"{key}:again"]
+    keys = [f"{key}:ready", f"{key}:again", f"{key}:delayed"]
     raw.delete(*keys)
     for start in range(0, len(ready), 1000):
         raw.rpush(keys[0], *ready[start : start + 1000])  # head first
@@ -120,9 +120,31 @@ def test_withdraw_of_many_on_a_full_redis_without_the_allow_oom_flag(tmp_path: P
             raw.config_set("maxmemory-policy", "noeviction")
             raw.config_set("maxmemory", raw.info("memory")["used_memory"] - 1000)
             bodies = [b"b%d" % i for i in range(17)]
-            assert script(raw, ["ready", "again"], bodies) == [1] * 17
+            assert script(raw, ["ready", "again", "delayed"], bodies) == [1] * 17
             raw.config_set("maxmemory", 0)
             assert raw.lrange("ready", 0, -1) == ready[17:]
             assert raw.smembers("again") == {b"b50"}
         finally:
             raw.close()
+
+
+@pytest.mark.parametrize("n", [3, 30])
+def test_withdraw_takes_what_the_list_lacks_from_the_delayed_retries(
+    raw: redis.Redis[bytes], n: int
+) -> None:
+    """A body not in the ready list is taken from the retries waiting out their delay
+    (stop33), one each, in the few-bodies path (7) and the chunked one (21) alike."""
+    script = Script(source("withdraw", allow_oom=False))
+    key = f"c33-{uuid.uuid4().hex[:8]}"
+    keys = [f"{key}:ready", f"{key}:again", f"{key}:delayed"]
+    ready = [b"r%d" % i for i in range(n)]
+    raw.rpush(keys[0], *ready, b"both")
+    raw.zadd(keys[2], {b"d1": 1, b"d2": 2, b"both": 3, b"kept": 4})
+    bodies = [*ready[: n // 2], b"d1", b"both", b"both", b"both", b"absent", b"d2"]
+    try:
+        out = script(raw, keys, bodies)
+        assert list(out) == [1] * (n // 2) + [1, 1, 1, 0, 0, 1]
+        assert raw.lrange(keys[0], 0, -1) == ready[n // 2 :]
+        assert raw.zrange(keys[2], 0, -1) == [b"kept"]
+    finally:
+        raw.delete(*keys)

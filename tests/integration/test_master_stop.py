@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import re
 import signal
+import threading
 import time
 
 import pytest
 
 from conftest import Target
+from distq.console import Console
+from distq.ending import Endings
+from distq.envelope import Task
+from distq.master import JobReport, JobSpec, Master
+from distq.squares import Squares
+from distq.transport import Settlement, Transport
 from procs import Spawn
+from seam import fetch_n
 
 pytestmark = pytest.mark.integration
 
@@ -41,3 +50,58 @@ def test_a_stopped_master_takes_back_its_queued_tasks(target: Target, spawn: Spa
         r"job stopped after .*: [01] of 6 results in, .* ([56]) missing", master.output()
     )
     assert said is not None, master.output()
+
+
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_stopped_master_takes_back_its_retries_queued_or_waiting_out_their_delay(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """Two of four tasks failed on a worker, each retried as its worker sends a retry:
+    one queued again at once, one waiting out a 30 s delay. The stop took back the two
+    tasks still queued and left both retries, for a worker to run (or, its master
+    gone, dead-letter) after the stop: 2 ready where none should be."""
+    stop = threading.Event()
+    out = io.StringIO()
+    spec = JobSpec(tasks=4, drain_seconds=3)
+    master = Master(hosted, Console(out=out, err=out))
+    reports: list[JobReport] = []
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+    run.start()
+    consumer = remote.consumer("stop33-worker")
+    try:
+        taken = fetch_n(consumer, 2)
+        assert len(taken) == 2, out.getvalue()
+        endings = Endings("stop33-worker", target.settings.queue)
+        settlements = []
+        for delivery, delay in zip(taken, (0.0, 30.0), strict=True):
+            task = Task.decode(delivery.body)
+            failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
+            assert failed.outcome == "retried"
+            retry = failed.settlement.retry
+            settlements.append(Settlement(delivery, retry=retry, retry_delay=delay))
+        consumer.settle(settlements)
+        stop.set()
+        run.join(30)
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()
+    assert reports and reports[0].missing == 4, out.getvalue()
+    assert hosted.stats().ready == 0, out.getvalue()
+
+
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_master_past_its_timeout_takes_back_its_queued_tasks(
+    target: Target, hosted: Transport
+) -> None:
+    """``--timeout`` ended a job with no worker attached: its four tasks stayed queued, for
+    a worker that came later to dead-letter unrun (its master gone), where a stop took
+    them back."""
+    out = io.StringIO()
+    spec = JobSpec(tasks=4, timeout=1)
+    report = Master(hosted, Console(out=out, err=out)).run(spec, Squares())
+    assert report.missing == 4 and not report.succeeded, out.getvalue()
+    assert "job timed out" in out.getvalue(), out.getvalue()
+    assert hosted.stats().ready == 0, out.getvalue()

@@ -214,6 +214,7 @@ def test_a_master_stopped_during_an_outage_ends_naming_what_is_missing() -> None
 class Withdraws(Flaky):
     """A Flaky broker that takes back whatever it is asked to, counting the calls."""
 
+    takes_back = True
     withdrawals = 0
 
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:

@@ -189,6 +189,8 @@ class Producer(abc.ABC):
     #: (:meth:`Transport.forget_orphans`). Not for tasks lost otherwise (a broker
     #: restarted, a publish refused).
     lapsed: bool = False
+    #: Whether :meth:`withdraw` can take a task back (Redis, manager; not RabbitMQ)
+    takes_back: bool = False
 
     @abc.abstractmethod
     def submit(self, bodies: Sequence[bytes]) -> None:
@@ -247,17 +249,24 @@ class Producer(abc.ABC):
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
         """Take tasks submitted earlier back out of the ready queue, before any worker does.
 
-        One answer per body: True when it was still waiting and is gone now (it will never
-        run), False when a consumer has it (leased, running, settled), it waits out a
-        retry delay, or the transport cannot take a message back. Manager and Redis
-        withdraw; RabbitMQ cannot (AMQP has no way to remove one message from a queue),
-        so this default answers False for every body.
+        One answer per body: True when it was still waiting, queued or as a retry waiting
+        out its delay, and is gone now (it will never run), False when a consumer has it
+        (leased, running, settled) or the transport cannot take a message back
+        (:attr:`takes_back`). Manager and Redis withdraw; RabbitMQ cannot (AMQP has no way
+        to remove one message from a queue), so this default answers False for every body.
         """
         return [False] * len(bodies)
 
     @abc.abstractmethod
     def close(self) -> None:
         """Release the connection and this producer's result queue."""
+
+    def abandon(self) -> None:
+        """Close after the broker failed a call, with no call that would wait on it
+        again: Redis makes none (its registration lapses instead); elsewhere
+        :meth:`close`, whose wait is bounded (RabbitMQ's by ``CLOSE_SECONDS``) or none
+        (manager's master holds its queues)."""
+        self.close()
 
 
 class Consumer(abc.ABC):

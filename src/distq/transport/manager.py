@@ -662,6 +662,8 @@ class ManagerProducer(Producer):
     remote one whose connection is gone (the master restarted) connects afresh in
     :meth:`reconcile`, with ``reconnect``."""
 
+    takes_back = True
+
     def __init__(
         self,
         broker: wire.Broker,

@@ -212,18 +212,23 @@ class QueueBroker:
             return [name for name in reply_to if name not in self._replies]
 
     def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
-        """Remove these bodies from the ready queue, one each; True for each one removed."""
+        """Remove these bodies from the ready queue or, not found there, from the retries
+        waiting out their delay, one each; True for each one removed."""
         with self._lock:
-            items = self._queues.get(queue)  # not made: a read of any name keeps nothing
-            if not items:
-                return [False] * len(bodies)
             wanted = Counter(bodies)
-            kept = [item for item in items if not _take(wanted, item[0])]
+            items = self._queues.get(queue)  # not made: a read of any name keeps nothing
+            if items:
+                kept = [item for item in items if not _take(wanted, item[0])]
+                if len(kept) < len(items):
+                    items.clear()  # the same deque: waiting fetches hold it
+                    items.extend(kept)
+            if self._delayed and any(n > 0 for n in wanted.values()):
+                waits = [d for d in self._delayed if d[2] != queue or not _take(wanted, d[3])]
+                if len(waits) < len(self._delayed):
+                    heapq.heapify(waits)
+                    self._delayed[:] = waits
             removed = Counter(bodies)
             removed.subtract(wanted)  # what was found, per body
-            if len(kept) < len(items):
-                items.clear()  # the same deque: waiting fetches hold it
-                items.extend(kept)
             return [_take(removed, body) for body in bodies]
 
     def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool:

@@ -14,7 +14,7 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 | ``<q>``                             | list | submit LPUSH (4); requeue RPUSH (1) | claim, tail |
 | ``distq:<q>:inflight:<id>``         | list | claim (with the lease, atomic)   | settle      |
 | ``distq:<q>:consumers``             | zset | claim, heartbeat, close          | sweep       |
-| ``distq:<q>:delayed``               | zset | settle: retry with a delay       | sweep       |
+| ``distq:<q>:delayed``               | zset | settle: retry with a delay       | sweep (1)   |
 | ``distq:<q>:redelivered``           | set  | sweep, release, close            | claim       |
 | ``distq:<q>:dead``                  | list | settle RPUSH, so oldest first    | LRANGE (2)  |
 | ``distq:<q>:masters``               | zset | a master: register, renew, close | settle      |
@@ -22,7 +22,8 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 | ``distq:<q>:results:<job>:state``   | hash | submit, take (counts)            | renew, take |
 | ``distq:<q>:clock``                 | hash | sweep (its time, shortest lease) | sweep       |
 
-(1) ``withdraw`` LREMs tasks not claimed yet and ``requeue_dead`` LPUSHes revived tasks.
+(1) ``withdraw`` LREMs tasks not claimed yet (ZREMs retries waiting out their delay) and
+``requeue_dead`` LPUSHes revived tasks.
 (2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
 (3) LRANGE of its tail (the oldest results); the ack script LTRIMs those received.
 (4) in a MULTI/EXEC transaction with the count in ``state`` (counted only if pushed).
@@ -694,6 +695,8 @@ class RedisTransport(Transport):
 class RedisProducer(Producer):
     """LPUSHes tasks onto ``<queue>``; takes results from ``reply_to`` (see the key table)."""
 
+    takes_back = True
+
     def __init__(self, transport: RedisTransport, reply_to: str) -> None:
         self.reply_to = reply_to
         self._t = transport
@@ -759,7 +762,7 @@ class RedisProducer(Producer):
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
         if not bodies:
             return []
-        keys = [self._t.ready_key, self._t.redelivered_key]
+        keys = [self._t.ready_key, self._t.redelivered_key, self._t.delayed_key]
         with self._t.errors():
             found = self._t.withdraw_script(self._w, keys, list(bodies))
         return [bool(n) for n in found]
@@ -878,6 +881,11 @@ class RedisProducer(Producer):
             self._t.close_master_script(self._w, self._keys, self._args)
         except RedisError as exc:  # closing must not mask the caller's own error
             log.warning("could not delete result list %s: %s", self.reply_to, exc)
+        self._w.close()
+
+    def abandon(self) -> None:
+        # no script: the registration lapses master_ttl after its last renewal, the
+        # result list a minute after that (see the key table)
         self._w.close()
 
 

@@ -1,5 +1,6 @@
--- KEYS = ready, redelivered; ARGV = bodies. One 1/0 per body: removed from ready or not
--- (a body given twice is removed twice if queued twice), the newest (the head) first.
+-- KEYS = ready, redelivered, delayed; ARGV = bodies. One 1/0 per body: removed from
+-- ready or, not found there, from the retries waiting out their delay, or neither (a
+-- body given twice is removed twice if queued twice), the newest (the head) first.
 -- A few bodies: one LREM each, a scan Redis runs itself (about 15 ms for a million tasks
 -- without the body). More: one read of the list from the head, a chunk at a time, that
 -- stops once every body is found; each found is then marked in place (LSET), and the
@@ -9,13 +10,21 @@
 
 local FEW, CHUNK = 16, 1000
 local out = {}
+-- a retry waiting out its delay (ZREM: a removal, never refused by a full Redis)
+local function delayed(out)
+  for i = 1, #ARGV do
+    if out[i] == 0 then out[i] = redis.call('ZREM', KEYS[3], ARGV[i]) end
+  end
+  return out
+end
 redis.call('SCARD', KEYS[2])  -- another type fails here, before a body is taken out
+redis.call('ZCARD', KEYS[3])
 if #ARGV <= FEW then
   for i = 1, #ARGV do
     out[i] = redis.call('LREM', KEYS[1], 1, ARGV[i])
     if out[i] > 0 then redis.call('SREM', KEYS[2], ARGV[i]) end
   end
-  return out
+  return delayed(out)
 end
 local want, left, found, where = {}, #ARGV, {}, {}
 for i = 1, #ARGV do want[ARGV[i]] = (want[ARGV[i]] or 0) + 1 end
@@ -49,4 +58,4 @@ for i = 1, #ARGV do
   out[i] = n > 0 and 1 or 0
   if n > 0 then found[ARGV[i]] = n - 1 end
 end
-return out
+return delayed(out)

@@ -1,0 +1,212 @@
+"""The master's stop as a broker call fails, and what its stop says it left (stop33)."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from distq.codec import Codec
+from distq.console import Console
+from distq.ending import Endings
+from distq.envelope import Task
+from distq.errors import TransportError
+from distq.master import JobSpec, Master
+from distq.retries import retry_bodies
+from distq.squares import Squares
+from distq.transport import Delivery, Transport
+from distq.transport.manager import ManagerProducer, ManagerTransport
+
+
+def test_a_stop_as_a_call_fails_makes_no_call_to_take_back_and_says_what_it_left(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM as a call to the broker failed, with no outage before it: the stop's
+    withdraw called the broker that had just failed (a paused one: a whole connect
+    timeout's wait), and said nothing of the tasks it left queued."""
+    stop = threading.Event()
+    original_submit = ManagerProducer.submit
+    calls = {"submit": 0, "withdraw": 0}
+
+    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        calls["submit"] += 1
+        if calls["submit"] == 3:  # two went through and were queued (no worker here)
+            stop.set()  # SIGTERM as the broker goes away
+            raise TransportError("the broker is away")
+        original_submit(self, bodies)
+
+    def counted(self: ManagerProducer, bodies: Sequence[bytes]) -> list[bool]:
+        calls["withdraw"] += 1
+        return [False] * len(bodies)
+
+    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    monkeypatch.setattr(ManagerProducer, "withdraw", counted)
+    out = io.StringIO()
+    spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=0.5)
+    report = Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    said = out.getvalue()
+    assert calls["submit"] == 3 and calls["withdraw"] == 0, said
+    assert report.missing == 10, said
+    assert (
+        "did not take back the 3 tasks not answered (the broker failed its last call: "
+        "the broker is away): any of them still queued stays queued" in said
+    ), said
+
+
+@pytest.mark.parametrize("keys", [(), (b"k" * 32,), (b"k" * 32, b"o" * 32)])
+def test_retry_bodies_are_the_bytes_a_worker_sends_as_the_retries(keys: tuple[bytes, ...]) -> None:
+    """A stop takes retries back by body: a worker's retry of each attempt, as
+    Endings.failed seals it, is the body retry_bodies made for that attempt, for awkward
+    arguments (a float, non-ASCII text, keys out of order, nesting) and with signing."""
+    task = Task(
+        name="jobs:f",
+        args=[0.1, 1e300, -0.0, "é\u2028\x00", {"b": [None, True], "a": 2**70}],
+        kwargs={"z": 1, "y": "x"},
+        reply_to="distq:q:results:j",
+        max_attempts=4,
+    )
+    master = Codec(list(keys))
+    body = master.seal_task(task)
+    made = list(retry_bodies(master, body))
+    assert len(made) == 3
+    endings = Endings("w", "q", Codec(list(keys)))
+    sent = body
+    for attempt, want in enumerate(made, start=2):
+        delivery = Delivery(body=sent, tag=attempt)
+        opened = endings.codec.open_task(sent)
+        ending = endings.failed(delivery, opened, ValueError("no"), 0.0, 0.0, retryable=True)
+        assert ending.settlement.retry == want, attempt
+        sent = want
+    assert list(retry_bodies(master, made[-1])) == []  # its last attempt: no retry
+    if keys:  # a body the master cannot open (signed with a key it lacks): none
+        assert list(retry_bodies(Codec([b"x" * 32]), body)) == []
+
+
+def test_a_stop_as_a_call_fails_after_a_lapse_makes_no_last_look_for_orphans(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose reply queue lapsed once looks for its orphans again as it ends: stopped
+    as a call to the broker failed, that last look called the broker that had just
+    failed (a paused one: a whole connect timeout's wait past the drain)."""
+    stop = threading.Event()
+    original_submit, original_reconcile = ManagerProducer.submit, ManagerProducer.reconcile
+    calls = {"submit": 0, "forget": 0, "forget stopped": 0}
+
+    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        calls["submit"] += 1
+        if calls["submit"] == 3:
+            stop.set()  # SIGTERM as the broker goes away
+            raise TransportError("the broker is away")
+        original_submit(self, bodies)
+
+    def lapsed(self: ManagerProducer) -> int:
+        held = original_reconcile(self)
+        self.lapsed = True  # found lapsed, and made again: workers may have orphaned some
+        return held
+
+    def counted(self: ManagerTransport, reply_to: str) -> int:
+        calls["forget stopped" if stop.is_set() else "forget"] += 1
+        return 0
+
+    monkeypatch.setattr("distq.master.RECONCILE_SECONDS", 0.01)
+    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    monkeypatch.setattr(ManagerProducer, "reconcile", lapsed)
+    monkeypatch.setattr(ManagerTransport, "forget_orphans", counted)
+    out = io.StringIO()
+    spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=0.5)
+    Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    assert calls["submit"] == 3, out.getvalue()
+    assert calls["forget"] >= 1, out.getvalue()  # at the lapse, in the job
+    assert calls["forget stopped"] == 0, out.getvalue()
+    assert "did not look again for dead letters workers made" in out.getvalue()
+
+
+def test_a_stop_as_a_call_fails_waits_for_no_result_on_the_broker_that_just_failed(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped as a call failed, the drain still asked that broker for results, call after
+    call: on a paused Redis each waited out the socket's timeout (a stop took 13.3 s, its
+    5 s drain and the close each a 6.4 s timeout), past the drain."""
+    stop = threading.Event()
+    original_submit, original_results = ManagerProducer.submit, ManagerProducer.results
+    calls = {"submit": 0, "results stopped": 0}
+
+    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        calls["submit"] += 1
+        if calls["submit"] == 3:
+            stop.set()  # SIGTERM as the broker goes away
+            raise TransportError("the broker is away")
+        original_submit(self, bodies)
+
+    def results(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
+        if stop.is_set():
+            calls["results stopped"] += 1
+        return original_results(self, max_count, timeout)
+
+    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    monkeypatch.setattr(ManagerProducer, "results", results)
+    out = io.StringIO()
+    spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=1)
+    report = Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    assert calls["submit"] == 3 and report.missing == 10, out.getvalue()
+    assert calls["results stopped"] == 0, out.getvalue()
+
+
+def test_a_stop_as_a_call_fails_closes_its_producer_without_a_call_to_the_broker(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped as a call failed, the master closed its producer as at any end: on Redis
+    a script (its registration and result list deleted) on the broker that had just
+    failed, which on a paused one waited out the socket's timeout (6.4 s) after the job.
+    It abandons the producer now (Producer.abandon: no call; the registration lapses)."""
+    stop = threading.Event()
+    original_submit = ManagerProducer.submit
+    calls = {"submit": 0, "close": 0, "abandon": 0}
+
+    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        calls["submit"] += 1
+        if calls["submit"] == 3:
+            stop.set()  # SIGTERM as the broker goes away
+            raise TransportError("the broker is away")
+        original_submit(self, bodies)
+
+    def counted(name: str) -> Callable[[ManagerProducer], None]:
+        def call(self: ManagerProducer) -> None:
+            calls[name] += 1
+
+        return call
+
+    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    monkeypatch.setattr(ManagerProducer, "close", counted("close"))
+    monkeypatch.setattr(ManagerProducer, "abandon", counted("abandon"), raising=False)
+    out = io.StringIO()
+    spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=1)
+    Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    assert calls["submit"] == 3, out.getvalue()
+    assert (calls["close"], calls["abandon"]) == (0, 1), out.getvalue()
+
+
+def test_a_stop_with_the_broker_answering_closes_its_producer(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop with no call failed closes the producer as before (registration removed)."""
+    stop = threading.Event()
+    calls = {"close": 0, "abandon": 0}
+    original_close = ManagerProducer.close
+
+    def close(self: ManagerProducer) -> None:
+        calls["close"] += 1
+        original_close(self)
+
+    def abandon(self: ManagerProducer) -> None:
+        calls["abandon"] += 1
+
+    monkeypatch.setattr(ManagerProducer, "close", close)
+    monkeypatch.setattr(ManagerProducer, "abandon", abandon, raising=False)
+    threading.Timer(0.3, stop.set).start()
+    out = io.StringIO()
+    spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=0.5)
+    Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    assert (calls["close"], calls["abandon"]) == (1, 0), out.getvalue()
