@@ -101,9 +101,11 @@ def key_id(key: bytes) -> str:
 
 def context(kind: str, queue: str) -> bytes:
     """What a signature covers in front of the envelope: the kind of message and the task
-    queue, length-prefixed (so no two pairs run into each other) and zero-padded to whole
-    SHA-256 blocks, which :class:`_Keyed` hashes once per process, not per message."""
-    text = f"distq {kind} {len(queue)}:{queue}".encode(errors="surrogateescape")
+    queue, prefixed with its length in bytes (so no two pairs run into each other; in
+    characters, 'é' and a NUL read as the two bytes of 'é' escaped) and zero-padded to
+    whole SHA-256 blocks, which :class:`_Keyed` hashes once per process, not per message."""
+    name = queue.encode(errors="surrogateescape")  # as os.environ gives a name's bytes
+    text = b"distq %s %d:%s" % (kind.encode(), len(name), name)
     return text.ljust(-(-len(text) // _BLOCK) * _BLOCK, b"\0")
 
 

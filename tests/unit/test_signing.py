@@ -602,3 +602,18 @@ def test_the_context_fills_whole_blocks_and_tells_every_pair_apart() -> None:
     contexts = {context(kind, queue) for kind, queue in pairs}
     assert len(contexts) == len(pairs)
     assert all(len(c) % hashlib.sha256().block_size == 0 for c in contexts)
+
+
+def test_the_context_counts_a_queue_in_bytes_so_no_two_queues_share_one() -> None:
+    """Was: the length prefix counted characters, so 'é' and a NUL (2 characters, 3 bytes)
+    and the two bytes of 'é' given as escaped bytes (2 characters) made the same context
+    once zero-padded: a task signed for one queue verified on the other. Queue names
+    outside the settings' check reach it in a Settings built field by field."""
+    same_count = ("\u00e9\0", "\udcc3\udca9")  # 'é' + NUL; b"\xc3\xa9" as os.environ holds it
+    assert context("task", same_count[0]) != context("task", same_count[1])
+    sealed = Codec([NEW], queue=same_count[0]).seal_task(task(3))
+    with pytest.raises(SignatureError, match="another queue"):
+        Codec([NEW], queue=same_count[1]).open_task(sealed)
+    for queue in ("distq", "t-1.a_b", "q" * 100):  # an ASCII name: a byte per character
+        text = f"distq task {len(queue)}:{queue}".encode()
+        assert context("task", queue) == text.ljust(-(-len(text) // 64) * 64, b"\0")
