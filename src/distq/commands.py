@@ -40,6 +40,7 @@ from distq.errors import (
     KeyMissing,
     MessageRefused,
     MessageTooLarge,
+    OldSignature,
     RemoteError,
     SignatureError,
     TransportError,
@@ -591,6 +592,12 @@ def _unopened(exc: EnvelopeError, body: bytes, codec: Codec) -> str | None:
     forged, which workers that sign refuse again. None for a malformed task."""
     if isinstance(exc, KeyMissing):
         return f"{exc}; set the workers' DISTQ_SIGNING_KEYS for this command"
+    if isinstance(exc, OldSignature):  # this command is upgraded: no upgrade helps it
+        return (
+            "task signed by an older distq (format DQSIG1, whose signature does not bind "
+            "its queue), which is never started over: workers refuse it again, at once; "
+            "submit it anew (`distq dead-letters --json` shows its body)"
+        )
     if isinstance(exc, SignatureError):  # unsigned (from before signing), or forged
         return f"{exc}; workers with signing keys refuse it again, at once"
     if isinstance(exc, MessageTooLarge) and len(body) > codec.max_message_bytes:

@@ -48,9 +48,11 @@ from distq.chunks import CHUNK_TASK
 from distq.codec import Codec
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task, shown, wire_bytes
 from distq.errors import (
+    BadSignature,
     EnvelopeError,
     MessageTooLarge,
     NestedTooDeep,
+    OldSignature,
     SignatureError,
     TimeLimitExceeded,
     VersionMismatch,
@@ -328,7 +330,7 @@ class Endings:
         if isinstance(error, VersionMismatch):
             waits = self._answer(body, f"{reason}; not run", "VersionMismatch", any_version=True)
         elif isinstance(error, SignatureError) and framed is None:
-            waits = self._refusal(body, reason)
+            waits = self._refusal(body, reason, error)
         elif isinstance(error, NestedTooDeep) and framed is None:  # refused unread, as
             why = f"{reason}; not run: flatten its arguments"  # one too large is
             waits = self._answer(body, why, "NestedTooDeep", any_version=True)
@@ -349,8 +351,9 @@ class Endings:
                 waits = self._refusal(
                     body,
                     f"{reason}; its signature was refused too ({refused})",
+                    refused,
                     "give the workers at least the DISTQ_MAX_MESSAGE_BYTES of the process "
-                    "that submits tasks, and ",
+                    "that submits tasks",
                 )
             body = body[:OVERSIZED_KEPT_BYTES]
             reason += f"; the dead letter keeps its first {len(body):,} bytes"
@@ -386,20 +389,26 @@ class Endings:
             return None
         return task, result
 
-    def _refusal(self, body: bytes, reason: str, advice: str = "") -> tuple[Task, bytes] | None:
-        """The task in ``body``, refused for its signature, and its error result: unsigned
-        and left unsealed (:class:`Unsealed`), since the task that names its master could
-        not be trusted. A submitter without keys (the keys set on one side only) gets it
-        at once, where it waited in vain; one with keys refuses it as unsigned and says
-        so, as it refuses any unsigned result: no forged task makes a worker sign an
-        answer."""
+    def _refusal(
+        self, body: bytes, reason: str, error: SignatureError, advice: str = ""
+    ) -> tuple[Task, bytes] | None:
+        """The task in ``body``, refused for its signature (``error``), and its error
+        result, with ``advice`` and, unless the keys are alike (a bad signature by a key
+        the worker holds, an older distq's format), to give both sides the same keys:
+        unsigned and left unsealed (:class:`Unsealed`), since the task that names its
+        master could not be trusted. A submitter without keys (the keys set on one side
+        only) gets it at once, where it waited in vain; one with keys refuses it as
+        unsigned and says so, as it refuses any unsigned result: no forged task makes a
+        worker sign an answer."""
         task = self.codec.unverified_task_head(body, most=len(body))
         if task is None or task.reply_to == NO_REPLY:
             return None
-        why = (
-            f"{reason}; not run: {advice}give the workers and the process that submits "
-            "tasks the same DISTQ_SIGNING_KEYS"
-        )
+        fixes = [advice] if advice else []
+        if not isinstance(error, BadSignature | OldSignature):  # those say their own fix
+            fixes.append(
+                "give the workers and the process that submits tasks the same DISTQ_SIGNING_KEYS"
+            )
+        why = f"{reason}; not run" + (f": {', and '.join(fixes)}" if fixes else "")
         try:  # the envelope, unsigned: sealing signs, and this one stays Unsealed
             result = self._result(
                 task,

@@ -75,6 +75,15 @@ class UnverifiedRefusal(SignatureError):
         self.task_id = task_id
 
 
+class BadSignature(SignatureError):
+    """A message signed with a key this process holds does not verify: signed for another
+    queue (or as another kind), altered, or forged; the keys are not what differs."""
+
+
+class OldSignature(SignatureError):
+    """A message signed as distq before the queue was bound (``DQSIG1``): refused."""
+
+
 class KeyMissing(SignatureError):
     """A message is signed with a key this process does not have (or it has none): not
     a forgery, a setting to fix."""

@@ -26,7 +26,7 @@ import hmac
 import re
 from collections.abc import Sequence
 
-from distq.errors import KeyMissing, SignatureError
+from distq.errors import BadSignature, KeyMissing, OldSignature, SignatureError
 
 MAGIC = b"DQSIG2 "
 #: The header of the format before the context was signed (a replay across queues ran).
@@ -101,9 +101,11 @@ def key_id(key: bytes) -> str:
 
 def context(kind: str, queue: str) -> bytes:
     """What a signature covers in front of the envelope: the kind of message and the task
-    queue, length-prefixed (so no two pairs run into each other) and zero-padded to whole
-    SHA-256 blocks, which :class:`_Keyed` hashes once per process, not per message."""
-    text = f"distq {kind} {len(queue)}:{queue}".encode(errors="surrogateescape")
+    queue, prefixed with its length in bytes (so no two pairs run into each other; in
+    characters, 'é' and a NUL read as the two bytes of 'é' escaped) and zero-padded to
+    whole SHA-256 blocks, which :class:`_Keyed` hashes once per process, not per message."""
+    name = queue.encode(errors="surrogateescape")  # as os.environ gives a name's bytes
+    text = b"distq %s %d:%s" % (kind.encode(), len(name), name)
     return text.ljust(-(-len(text) // _BLOCK) * _BLOCK, b"\0")
 
 
@@ -151,7 +153,7 @@ class Signer:
         ):
             return envelope
         if message.startswith(OLD_MAGIC):
-            raise SignatureError(_old_format(kind))
+            raise OldSignature(_old_format(kind))
         if not message.startswith(MAGIC):
             raise SignatureError(
                 f"unsigned {kind}: this process requires signatures (DISTQ_SIGNING_KEYS is set)"
@@ -173,10 +175,12 @@ class Signer:
             )
         envelope = message[_HEADER_LENGTH:]
         if not hmac.compare_digest(key.hexdigest(envelope), mac):
-            raise SignatureError(
+            # what runs it: the keys are the same (a task moved between queues, most likely)
+            fix = f"; submit it to queue {self.queue!r} itself" if kind == "task" else ""
+            raise BadSignature(
                 f"{kind} has a bad signature for key id {kid.decode()!r}: signed for "
                 f"another queue than {self.queue!r} (or not as a {kind}), altered after "
-                "signing, or forged"
+                f"signing, or forged{fix}"
             )
         return envelope
 

@@ -4,6 +4,9 @@ its signature."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 
 from distq.codec import Codec
@@ -241,3 +244,32 @@ def test_a_malformed_task_without_a_reply_or_forged_is_not_answered() -> None:
     assert isinstance(error, SignatureError)
     result = endings.malformed(Delivery(forged, 1), error).settlement.result
     assert result is None or isinstance(result, Unsealed)  # never signed
+
+
+def _old_format(body: bytes) -> bytes:
+    """``body`` (DQSIG2) as distq before the queue was bound signed it, as DQSIG1."""
+    header, _, envelope = body.partition(b"\n")
+    mac = hmac.new(KEY, envelope, hashlib.sha256).hexdigest().encode()
+    return b"DQSIG1 " + header.split(b" ")[1] + b" " + mac + b"\n" + envelope
+
+
+@pytest.mark.parametrize("sent_as", ["another queue", "DQSIG1"])
+def test_a_task_refused_with_the_workers_own_key_is_not_answered_to_give_the_same_keys(
+    sent_as: str,
+) -> None:
+    """Signed with a key the worker holds, for queue 'a' and moved onto 'b' (or in the
+    format of an older distq), its answer ended "give the workers and the process that
+    submits tasks the same DISTQ_SIGNING_KEYS": the keys were the same already. It now
+    says what would run it: submitting it to 'b' itself (or upgrading)."""
+    sent = Task(name="jobs:add", args=[1, 2], reply_to="replies")
+    body = Codec((KEY,), queue="a").seal_task(sent)
+    body = body if sent_as == "another queue" else _old_format(body)
+    endings = Endings("w1", "b", Codec((KEY,), queue="b"))
+    error, letter = _refused(endings, body)
+    [s] = endings.settlements([endings.malformed(Delivery(body, 1), error)])
+    answer = Codec().open_result(s.result or b"")
+    message = answer.error_message or ""
+    assert "same DISTQ_SIGNING_KEYS" not in message, message
+    fix = "submit it to queue 'b' itself" if sent_as == "another queue" else "upgrade"
+    for said in (message, letter.reason):
+        assert fix in said, said

@@ -368,7 +368,13 @@ def test_a_task_refused_for_its_signature_is_answered_unsigned(
     answer = Codec().open_result(settlement.result)
     assert (answer.status, answer.error_type) == ("error", "SignatureError")
     message = answer.error_message or ""
-    assert reason in message and "same DISTQ_SIGNING_KEYS" in message
+    # a key it holds signed it (altered, or signed for another queue): the keys are alike
+    fix = (
+        "submit it to queue 'distq' itself"
+        if reason == "bad signature"
+        else "same DISTQ_SIGNING_KEYS"
+    )
+    assert reason in message and fix in message, message
     assert answer.task_id == sent.id
     with pytest.raises(SignatureError, match="unsigned result") as caught:
         Codec([NEW]).open_result(settlement.result)
@@ -602,3 +608,18 @@ def test_the_context_fills_whole_blocks_and_tells_every_pair_apart() -> None:
     contexts = {context(kind, queue) for kind, queue in pairs}
     assert len(contexts) == len(pairs)
     assert all(len(c) % hashlib.sha256().block_size == 0 for c in contexts)
+
+
+def test_the_context_counts_a_queue_in_bytes_so_no_two_queues_share_one() -> None:
+    """Was: the length prefix counted characters, so 'é' and a NUL (2 characters, 3 bytes)
+    and the two bytes of 'é' given as escaped bytes (2 characters) made the same context
+    once zero-padded: a task signed for one queue verified on the other. Queue names
+    outside the settings' check reach it in a Settings built field by field."""
+    same_count = ("\u00e9\0", "\udcc3\udca9")  # 'é' + NUL; b"\xc3\xa9" as os.environ holds it
+    assert context("task", same_count[0]) != context("task", same_count[1])
+    sealed = Codec([NEW], queue=same_count[0]).seal_task(task(3))
+    with pytest.raises(SignatureError, match="another queue"):
+        Codec([NEW], queue=same_count[1]).open_task(sealed)
+    for queue in ("distq", "t-1.a_b", "q" * 100):  # an ASCII name: a byte per character
+        text = f"distq task {len(queue)}:{queue}".encode()
+        assert context("task", queue) == text.ljust(-(-len(text) // 64) * 64, b"\0")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import hmac
 import io
 import json
 import math
@@ -366,3 +368,19 @@ def test_submit_wait_of_a_task_over_the_size_limit_is_refused_as_without_wait() 
             run(args, settings, Console(out=out, err=out))
     finally:
         hosted.close()
+
+
+def test_a_letter_signed_before_the_upgrade_is_not_said_to_need_one() -> None:
+    """A DQSIG1 letter (distq before the queue was bound) that requeue-dead cannot start
+    over was said as "upgrade every master and worker that signs", by the upgraded
+    command itself: no upgrade starts it over; its task must be submitted anew."""
+    task = Task(name="jobs:add", args=[1, 2], reply_to="r", attempt=3)
+    header, _, envelope = Codec([KEY]).seal_task(task).partition(b"\n")
+    mac = hmac.new(KEY, envelope, hashlib.sha256).hexdigest().encode()
+    old = b"DQSIG1 " + header.split(b" ")[1] + b" " + mac + b"\n" + envelope
+    letter = DeadLetter(body=old, reason="x", queue="q", worker="w")
+    told: list[str] = []
+    assert reviver(Codec([KEY]), unopened=told.append)(letter) == old
+    [said] = told
+    assert "DQSIG1" in said and "upgrade every" not in said, said
+    assert "submit it anew" in said and "distq dead-letters --json" in said, said
