@@ -618,7 +618,11 @@ class RabbitMQProducer(Producer):
                 # classic by name: a vhost whose default queue type is quorum made it a
                 # quorum queue (the README says always classic)
                 arguments = {"x-expires": ttl, "x-queue-type": "classic"}
-                channel.queue_declare(self.reply_to, durable=True, arguments=arguments)
+                if existed:  # taken as it is: made again meanwhile otherwise (an older
+                    # distq's quorum queue), ours was refused (406), reconnecting for ever
+                    channel.queue_declare(self.reply_to, passive=True)
+                else:
+                    channel.queue_declare(self.reply_to, durable=True, arguments=arguments)
                 channel.basic_qos(prefetch_count=_REPLY_PREFETCH)
                 channel.add_on_cancel_callback(self._on_cancelled)
                 channel.basic_consume(self.reply_to, self._on_result, auto_ack=False)
