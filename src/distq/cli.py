@@ -450,7 +450,7 @@ def _worker(
         observe.close()
         raise
     observe.attach(transport)
-    limit_warning = delivery_limit_warning(settings, args.concurrency)
+    limit_warning = delivery_limit_warning(settings, args.concurrency, transport.broker_version)
     if limit_warning is not None:
         console.error(limit_warning)
     console.info(f"Connect to {transport.describe()} ..... (queue {settings.queue!r})")

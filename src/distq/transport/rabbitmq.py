@@ -155,6 +155,7 @@ from distq.transport.pika_internals import (
     cancel_keeping,
     check_channel,
     closed_by_broker,
+    server_version,
 )
 from distq.transport.rabbitmq_copies import (
     BodySet,
@@ -290,6 +291,12 @@ class RabbitMQTransport(Transport):
         self._counts: bool | None = None  # see counting(); None: not asked yet
         with self._lock:
             self._admin_link()
+
+    @property
+    def broker_version(self) -> str | None:
+        """RabbitMQ's version, as it said on the transport's own connection."""
+        link = self._admin
+        return None if link is None else server_version(link.connection)
 
     def keeper_wait(self, connecting: threading.Thread) -> None:
         """The keeper's wait for a reconnect try it started (:data:`_KEEPER_WAIT`): none
