@@ -284,16 +284,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _master(args, settings, console)
         with whole_lines():
             code = _worker(args, settings, registry, console, deadline)
-    except ConfigError as exc:  # from a setting, or one only the transport can judge
+    # ConfigError: from a setting, or one only the transport can judge; TransportError:
+    # unreachable or refusing at start (mid-job: reconnects)
+    except (ConfigError, TransportError) as exc:
         console.error(str(exc))
-        code = EXIT_CONFIG
-    except TransportError as exc:  # unreachable or refusing at start (mid-job: reconnects)
-        console.error(str(exc))
-        code = EXIT_UNREACHABLE
+        code = _exit_code(exc)
     except SignalExit as exc:  # a signal while connecting: said; a task module's threads
         if args.role != "worker":  # may run already (started at its import)
             raise
-        code = exc.code if isinstance(exc.code, int) else 1
+        code = _exit_code(exc)
     if args.role == "worker":  # every way out of a worker that ran tasks (exit 2 too)
         said = "DISTQ_DRAIN_SECONDS"
         if deadline:  # stopped by a signal: what is left of its drain, not a new one
@@ -451,7 +450,7 @@ def _worker(
         observe.close()
         raise
     observe.attach(transport)
-    limit_warning = delivery_limit_warning(settings, args.concurrency)
+    limit_warning = delivery_limit_warning(settings, args.concurrency, transport.broker_version)
     if limit_warning is not None:
         console.error(limit_warning)
     console.info(f"Connect to {transport.describe()} ..... (queue {settings.queue!r})")
@@ -474,7 +473,13 @@ def _worker(
             telemetry=observe.telemetry,
             codec=Codec.from_settings(settings),
         )
-        return worker.run()
+        _exit_keeps(EXIT_FAILED)  # a task's os._exit(0) as the run ends: 1 until it is known
+        code = worker.run()
+        _exit_keeps(code)  # from here on, as the transport closes
+        return code
+    except BaseException as exc:
+        _exit_keeps(_exit_code(exc))
+        raise
     finally:
         if deadline is not None and worker is not None and worker.signal_deadline is not None:
             deadline.append(worker.signal_deadline)
@@ -513,8 +518,7 @@ def _bound_exit(
     a drain spent on a task past it was waited for again, 40 s from a SIGTERM."""
     # the process ends from here on: an os._exit(0) says no less, from any thread a task
     # left (a daemon one, or one named distq-*, in a slow atexit too: not only one waited for)
-    if code != 0:
-        _exit_keeps(code)
+    _exit_keeps(code)
     main = threading.main_thread()
     left = [
         t
@@ -548,17 +552,37 @@ def _bound_exit(
     timer.start()
 
 
+def _exit_code(exc: BaseException) -> int:
+    """The exit code of a ``distq worker`` that ``exc`` ended (:func:`main` says it)."""
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(exc, TransportError):
+        return EXIT_UNREACHABLE
+    if isinstance(exc, SignalExit) and isinstance(exc.code, int):
+        return exc.code
+    return EXIT_FAILED
+
+
+class _KeptExit:
+    """``os._exit`` in a worker's process, which turns status 0 into :attr:`code`, the
+    exit the worker means: a thread a task left that called ``os._exit(0)`` while it meant
+    to exit 1, 2 or 3 ended it with 0, which a supervisor takes for a clean stop (a process
+    it forks has its own exit). :class:`Worker` puts its own in place while it runs."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self._real, self._pid = os._exit, os.getpid()
+
+    def __call__(self, status: int) -> NoReturn:
+        self._real(self.code if status == 0 and os.getpid() == self._pid else status)
+
+
 def _exit_keeps(code: int) -> None:
-    """Put in ``os._exit``'s place one that turns status 0 into ``code`` in this process:
-    a thread a task left that called ``os._exit(0)`` while the worker meant to exit 1, 2
-    or 3 ended it with 0, which a supervisor takes for a clean stop (a process it forks
-    has its own exit)."""
-    real, pid = os._exit, os.getpid()
-
-    def keeping(status: int) -> NoReturn:
-        real(code if status == 0 and os.getpid() == pid else status)
-
-    os._exit = keeping
+    """From now on, a thread's ``os._exit(0)`` in this process exits ``code``."""
+    if isinstance(os._exit, _KeptExit):
+        os._exit.code = code
+    elif code != 0:
+        os._exit = _KeptExit(code)
 
 
 def _notify(console: Console, settings: Settings, role: Literal["master", "worker"]) -> None:

@@ -76,6 +76,26 @@ def _in_force(policies: list[dict[str, Any]], queue: str) -> dict[str, Any]:
     return definition
 
 
+def default_delivery_limit(version: str | None) -> int | None:
+    """The delivery limit RabbitMQ of ``version`` (as it says at connecting) applies to a
+    quorum queue that nothing sets one for: 20 from 4.0, none before (nor for a version
+    not said or not read)."""
+    major = re.match(r"(\d+)\.", version or "")
+    return 20 if major is not None and int(major[1]) >= 4 else None
+
+
+def limit_in_force(found: list[Any], version: str | None) -> int | None:
+    """A quorum queue's delivery limit from what its ``x-delivery-limit`` argument, its
+    policy and its operator policy set (None: not set): the smallest (a negative one is
+    none), or RabbitMQ ``version``'s default when none is set. ``ValueError`` or
+    ``TypeError`` for a value that is no number."""
+    limits = [int(value) for value in found if value is not None]
+    if not limits:
+        return default_delivery_limit(version)
+    limits = [limit for limit in limits if limit >= 0]
+    return min(limits) if limits else None
+
+
 class ManagementError(DistqError):
     """The management API did not answer, refused us, or answered something unexpected."""
 
@@ -169,10 +189,11 @@ class ManagementApi:
             tls_files=settings.tls_files,
         )
 
-    def delivery_limit(self) -> int | None:
+    def delivery_limit(self, version: str | None = None) -> int | None:
         """The queue's delivery limit if it is a quorum queue with one: the smallest of its
         ``x-delivery-limit`` argument, its policy's and its operator policy's
-        ``delivery-limit`` (a negative one is none); None otherwise.
+        ``delivery-limit`` (a negative one is none), or the default of RabbitMQ
+        ``version`` when none is set (:func:`limit_in_force`); None otherwise.
         :class:`ManagementError` on any failure.
 
         The policies are read as they are and matched here (the one of highest priority
@@ -186,13 +207,11 @@ class ManagementApi:
             found = [(data.get("arguments") or {}).get("x-delivery-limit")]
             for url in self.policies_urls:
                 found.append(_in_force(self._get(url), self.queue).get("delivery-limit"))
-            limits = [int(value) for value in found if value is not None]
+            return limit_in_force(found, version)
         except (AttributeError, TypeError, ValueError, OverflowError):
             raise ManagementError(
                 f"{self._where} answered an unexpected document{_IS_IT_THE_API}"
             ) from None
-        limits = [limit for limit in limits if limit >= 0]
-        return min(limits) if limits else None
 
     def read(self) -> ManagedQueue:
         """The queue's counts; :class:`ManagementError` (naming the fix) on any failure."""
@@ -291,7 +310,9 @@ class ManagementApi:
         return data
 
 
-def delivery_limit_warning(settings: Settings, concurrency: int) -> str | None:
+def delivery_limit_warning(
+    settings: Settings, concurrency: int, version: str | None = None
+) -> str | None:
     """A worker's warning when its task queue is a RabbitMQ quorum queue whose delivery
     limit the worker's own crash can reach: RabbitMQ before 4.3 counts a delivery for each
     consumer connection that goes down holding a message, and passes a message one of
@@ -301,18 +322,28 @@ def delivery_limit_warning(settings: Settings, concurrency: int) -> str | None:
     once and its result came (rmqdead32), and one of that does if a consumer's cancel
     counted the task once before (see the README). None when the limit is above, or unknown
     (no ``DISTQ_RABBITMQ_MANAGEMENT_URL``, which AMQP cannot replace: it has no way to read
-    a policy)."""
+    a policy). ``version``: RabbitMQ's, whose default applies where nothing sets a limit."""
     api = ManagementApi.from_settings(settings) if settings.transport == "rabbitmq" else None
     if api is None:
         return None
     try:
-        limit = api.delivery_limit()
+        limit = api.delivery_limit(version)
     except ManagementError as exc:
         return f"warning: could not check the delivery-limit of queue {settings.queue!r}: {exc}"
+    return limit_warning(settings.queue, limit, concurrency, version)
+
+
+def limit_warning(
+    queue: str, limit: int | None, concurrency: int, version: str | None
+) -> str | None:
+    """:func:`delivery_limit_warning`'s line for a quorum queue ``queue`` whose limit in
+    force is ``limit`` (None: none), on RabbitMQ ``version``."""
     if limit is None or limit > concurrency:
         return None
+    default = default_delivery_limit(version)
+    whose = f" (RabbitMQ {version}'s default where nothing sets one)" if limit == default else ""
     return (
-        f"warning: RabbitMQ quorum queue {settings.queue!r} has a delivery-limit of {limit}, "
+        f"warning: RabbitMQ quorum queue {queue!r} has a delivery-limit of {limit}{whose}, "
         f"and this worker {concurrency} slots (--concurrency {concurrency}), each on a "
         "connection of its own: RabbitMQ before 4.3 counts a delivery for each connection "
         "lost holding a task, so a crash of this worker or a network cut can dead-letter "

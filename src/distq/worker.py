@@ -857,6 +857,8 @@ def _threads_it_starts_are_not_daemons() -> None:
 _os_exit = os._exit
 #: Workers running in this process, each with its pid then (a forked child's is another).
 _running: list[tuple[int, Worker]] = []
+#: ``os._exit`` as it was when the first of them started, put back once none runs
+_before_running = [_os_exit]
 _running_lock = threading.Lock()
 
 
@@ -872,15 +874,18 @@ def _exit_in_a_running_worker(status: int) -> NoReturn:
 
 def _exits_fail_while_running(worker: Worker, running: bool) -> None:
     """Put :func:`_exit_in_a_running_worker` in ``os._exit``'s place while ``worker`` runs
-    (``running``), and Python's back once none does (unless someone replaced it since)."""
+    (``running``), and the one it found back once none does (unless someone replaced it
+    since): ``distq worker``'s, which keeps its exit code as the transport closes."""
     with _running_lock:
         if running:
+            if not _running and os._exit is not _exit_in_a_running_worker:
+                _before_running[0] = os._exit
             _running.append((os.getpid(), worker))
             os._exit = _exit_in_a_running_worker
         else:
             _running.remove((os.getpid(), worker))
             if not _running and os._exit is _exit_in_a_running_worker:
-                os._exit = _os_exit
+                os._exit = _before_running[0]
 
 
 class _ForkedChildEndings(Endings):

@@ -25,6 +25,8 @@ from typing import Any
 import pika
 import pytest
 
+from distq.config import Settings
+from distq.transport.rabbitmq import RabbitMQTransport
 from faults.proxy import Partition
 from launch import LocalRabbitMQ
 from procs import Distq
@@ -174,4 +176,21 @@ def test_a_worker_says_nothing_of_a_delivery_limit_above_its_slots(node: LocalRa
     queue = f"w-{uuid.uuid4().hex[:10]}"
     with _limited(node, queue, 4):
         said = _worker(node, queue, concurrency=3)
+    assert "delivery-limit" not in said, said
+
+
+def test_a_worker_of_more_slots_than_rabbitmq_4s_default_says_nothing_on_3_x(
+    node: LocalRabbitMQ,
+) -> None:
+    """No policy sets a limit: RabbitMQ 4.x would apply 20 (see the unit test of the
+    decision), 3.x applies none, and the worker reads the version the broker says."""
+    queue = f"w-{uuid.uuid4().hex[:10]}"
+    settings = Settings(transport="rabbitmq", amqp_url=node.url, queue=queue)
+    transport = RabbitMQTransport(settings, "client")
+    try:
+        version = transport.broker_version
+    finally:
+        transport.close()
+    assert version is not None and version.startswith("3."), version
+    said = _worker(node, queue, concurrency=25)
     assert "delivery-limit" not in said, said

@@ -952,6 +952,31 @@ def test_a_reply_queue_gone_on_reconnecting_means_the_broker_holds_no_task(
     producer.close()
 
 
+def test_a_reply_queue_declared_otherwise_meanwhile_is_taken_as_it_is_on_reconnecting(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """The master's reply queue made again while its link was down, as a quorum queue
+    (an older distq, in a vhost whose default queue type is quorum): its declare on
+    reconnecting was refused (406 PRECONDITION_FAILED, inequivalent arg 'x-queue-type'),
+    a TransportError the master took for an outage and reconnected for again and again.
+    A reply queue there is consumed as it is (a passive declare): the results come."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"t1"])
+    producer.flush()
+    assert producer.reconcile() == 1
+    raw.queue_delete(producer.reply_to)
+    raw.queue_declare(producer.reply_to, durable=True, arguments={"x-queue-type": "quorum"})
+    producer._link.close()
+    try:
+        assert producer.reconcile() == 1
+        raw.basic_publish("", producer.reply_to, b"r-t1")
+        assert results_n(producer, 1, 5.0) == [b"r-t1"]
+    finally:
+        producer.close()
+        raw.queue_delete(producer.reply_to)
+
+
 def _one_task_of_a_pack(
     t: RabbitMQTransport,
 ) -> tuple[RabbitMQProducer, RabbitMQConsumer, Delivery]:

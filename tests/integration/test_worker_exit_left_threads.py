@@ -56,6 +56,28 @@ def exit_0_in_a_slow_atexit(name, daemon):
     atexit.register(time.sleep, 3)
     threading.Thread(target=_exit_0_in_the_exit, name=name, daemon=daemon).start()
     return "started"
+
+
+@distq.task
+def exit_0_in_the_close():
+    # the worker's transport takes 2 s to close (a broker slow to answer): a thread this
+    # task left calls os._exit(0) then, after Worker.run() and before the exit's wait
+    from distq.transport.redis import RedisTransport
+
+    closing, close = threading.Event(), RedisTransport.close
+
+    def slowly(self):
+        closing.set()
+        time.sleep(2)
+        close(self)
+
+    def exit_0():
+        if closing.wait(120):
+            os._exit(0)
+
+    RedisTransport.close = slowly
+    threading.Thread(target=exit_0, name="exits-0-in-close", daemon=True).start()
+    return "started"
 """
 
 
@@ -151,6 +173,34 @@ def test_a_thread_the_exit_does_not_wait_for_that_calls_os_exit_0_keeps_exit_2(
         raw.close()
         producer.close()
     assert "thread(s) that tasks started are alive" not in out, out
+    assert code == 2, out
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_tasks_thread_that_calls_os_exit_0_while_the_transport_closes_keeps_exit_2(
+    target: Target, hosted: Transport, tmp_path: Path
+) -> None:
+    """A thread a task left called ``os._exit(0)`` after ``Worker.run()`` ended and before
+    the exit's wait took over (the transport closing, 2 s here), while the worker meant to
+    exit 2: ``os._exit`` was Python's own there, and the worker exited 0."""
+    producer = hosted.producer(hosted.reply_queue("exit0close"))
+    task = Task(name="leavers:exit_0_in_the_close", args=[], reply_to=NO_REPLY)
+    producer.submit([task.encode()])
+    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path))
+    raw = redis.Redis.from_url(target.settings.redis_url)
+    try:
+        worker.wait_for(r"Get task leavers:exit_0_in_the_close")
+        time.sleep(0.5)
+        raw.delete(target.settings.queue)
+        raw.set(target.settings.queue, "hello")  # refused from the next fetch: exit 2
+        code = worker.wait(60)
+        out = worker.output()
+    finally:
+        worker.stop(grace=0)
+        raw.delete(target.settings.queue)
+        raw.close()
+        producer.close()
+    assert "worker exit." in out, out
     assert code == 2, out
 
 

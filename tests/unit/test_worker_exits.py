@@ -26,3 +26,21 @@ def test_a_forked_childs_exit_is_its_own_while_a_worker_runs() -> None:
     finally:
         worker._exits_fail_while_running(running, False)
     assert os._exit is real
+
+
+def test_the_os_exit_found_when_a_worker_started_is_put_back_as_it_ends(
+    monkeypatch: Any,
+) -> None:
+    """``distq worker`` puts one of its own in ``os._exit``'s place before the run (a
+    thread's ``os._exit(0)`` exits the code the worker means): the run's end put Python's
+    own back, and a thread a task left calling ``os._exit(0)`` as the run ended exited 0."""
+
+    def kept(status: int) -> None:
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(os, "_exit", kept)
+    running: Any = SimpleNamespace(runner=SimpleNamespace(endings=Endings("w", "q")))
+    worker._exits_fail_while_running(running, True)
+    assert os._exit is worker._exit_in_a_running_worker
+    worker._exits_fail_while_running(running, False)
+    assert os._exit is kept

@@ -361,6 +361,11 @@ class Transport(abc.ABC):
     #: uses each consumer's connection, which the caller must hold (RabbitMQ).
     renews_apart = False
 
+    @property
+    def broker_version(self) -> str | None:
+        """The broker's version as it said at connecting (RabbitMQ); None if none did."""
+        return None
+
     def heartbeat(self, consumers: Sequence[Consumer]) -> None:
         """Renew the leases of ``consumers`` (made by this transport), from one thread.
 

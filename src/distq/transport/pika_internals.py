@@ -24,7 +24,9 @@ internal                                                 used to
 ``BlockingConnection._impl`` (a ``pika.BaseConnection``)  hear Connection.Blocked/Unblocked
                                                          as they come, also inside a
                                                          blocking call (the public
-                                                         callbacks wait for it to return)
+                                                         callbacks wait for it to return);
+                                                         read its ``server_properties``
+                                                         (the broker's version)
 ``BlockingChannel._closing_reason``                      say why the broker closed the
                                                          channel (read with a default:
                                                          without it, a plainer message)
@@ -151,6 +153,16 @@ def on_blocked(
     )
     impl.add_on_connection_unblocked_callback(lambda conn, _frame: unblocked(conn))
     impl.add_on_close_callback(closed)
+
+
+def server_version(connection: object) -> str | None:
+    """The version the broker of ``connection`` (a ``BlockingConnection``) said it runs
+    as it took it (AMQP ``Connection.Start``'s ``server_properties``), None if it said none."""
+    impl = _require(connection, "BlockingConnection", "_impl", pika.BaseConnection)
+    version = (getattr(impl, "server_properties", None) or {}).get("version")
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    return version if isinstance(version, str) else None
 
 
 def cancel_keeping(

@@ -155,6 +155,7 @@ from distq.transport.pika_internals import (
     cancel_keeping,
     check_channel,
     closed_by_broker,
+    server_version,
 )
 from distq.transport.rabbitmq_copies import (
     BodySet,
@@ -290,6 +291,12 @@ class RabbitMQTransport(Transport):
         self._counts: bool | None = None  # see counting(); None: not asked yet
         with self._lock:
             self._admin_link()
+
+    @property
+    def broker_version(self) -> str | None:
+        """RabbitMQ's version, as it said on the transport's own connection."""
+        link = self._admin
+        return None if link is None else server_version(link.connection)
 
     def keeper_wait(self, connecting: threading.Thread) -> None:
         """The keeper's wait for a reconnect try it started (:data:`_KEEPER_WAIT`): none
@@ -618,7 +625,11 @@ class RabbitMQProducer(Producer):
                 # classic by name: a vhost whose default queue type is quorum made it a
                 # quorum queue (the README says always classic)
                 arguments = {"x-expires": ttl, "x-queue-type": "classic"}
-                channel.queue_declare(self.reply_to, durable=True, arguments=arguments)
+                if existed:  # taken as it is: made again meanwhile otherwise (an older
+                    # distq's quorum queue), ours was refused (406), reconnecting for ever
+                    channel.queue_declare(self.reply_to, passive=True)
+                else:
+                    channel.queue_declare(self.reply_to, durable=True, arguments=arguments)
                 channel.basic_qos(prefetch_count=_REPLY_PREFETCH)
                 channel.add_on_cancel_callback(self._on_cancelled)
                 channel.basic_consume(self.reply_to, self._on_result, auto_ack=False)
