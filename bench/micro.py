@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import io
 import json
 import os
@@ -196,8 +197,14 @@ def measure(rounds: int = 5) -> dict[str, float]:
 
 
 def run(name: str, times: int) -> None:
-    """The step ``name`` called ``times`` times, untimed: what an instruction count runs."""
+    """The step ``name`` called ``times`` times, untimed: what an instruction count runs.
+
+    The objects of start-up and fixtures are frozen first, out of the garbage collector's
+    sight: a full collection over them, in one count's calls and not the other's, moved a
+    batch step's figure by 18 % (metrics: worker 3,433 at 200 calls, 2,913 at 600)."""
     step, _, _ = steps()[name]
+    gc.collect()
+    gc.freeze()
     for _ in range(times):
         step()
 
