@@ -26,7 +26,7 @@ from distq.logs import (
     TextConsole,
     mask_secrets,
 )
-from distq.telemetry import MasterTelemetry, WorkerTelemetry, micros
+from distq.telemetry import LONGEST_WAIT, MasterTelemetry, WorkerTelemetry, micros
 from distq.transport import Delivery, Settlement
 from launch import free_port
 
@@ -348,3 +348,48 @@ def test_times_in_events_are_to_the_microsecond(seconds: float, shown: float) ->
 def test_times_no_clock_would_give_are_written_as_they_are() -> None:
     assert math.isnan(micros(math.nan)) and micros(-0.0000021) == -0.000002
     assert micros(math.inf) == math.inf and micros(3e9 + 0.25) == 3e9 + 0.25
+
+
+ODD_TIMES = [0.0, 0.0000015, 0.0123456, -0.0000021, 999_999_999.9999996, 3e9 + 0.25, math.nan]
+
+
+def _as_written(seconds: float) -> float | None:
+    """``micros(seconds)`` as a JSON line holds it (NaN as null)."""
+    shown = micros(seconds)
+    return None if math.isnan(shown) else shown
+
+
+def test_every_time_in_a_line_is_micros_of_it_whatever_the_clock_said() -> None:
+    """The lines round their times inline (a call per time cost more than the rest of
+    the line): each must still be what :func:`micros` makes of it, a queue wait outside
+    (0, LONGEST_WAIT] 0 as the metric counts it."""
+    out = io.StringIO()
+    worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))
+    master = MasterTelemetry(log=JsonConsole("master", out=out))
+    task = Task(name="square", args=[1], reply_to="r", created_at=1000.0)
+    starts = [1000.0 + wait for wait in ODD_TIMES]
+    worker.settled(
+        [
+            Ending(Settlement(Delivery(b"", n)), "ok", task, start, run)
+            for n, (start, run) in enumerate(zip(starts, ODD_TIMES, strict=True))
+        ]
+    )
+    master.collected(
+        0,
+        [
+            (Result("t", "ok", "w1", 1, 0.0, run), trip)
+            for run, trip in zip(ODD_TIMES, ODD_TIMES[::-1], strict=True)
+        ],
+    )
+    settled, received = out.getvalue().splitlines()[:7], out.getvalue().splitlines()[7:]
+    settled_lines = [json.loads(line) for line in settled]
+    assert [line["duration"] for line in settled_lines] == [_as_written(t) for t in ODD_TIMES]
+    waits = [start - 1000.0 for start in starts]
+    assert [line["queue_wait"] for line in settled_lines] == [
+        micros(wait) if 0 < wait <= LONGEST_WAIT else 0.0 for wait in waits
+    ]
+    received_lines = [json.loads(line) for line in received]
+    assert [line["duration"] for line in received_lines] == [_as_written(t) for t in ODD_TIMES]
+    assert [line["round_trip"] for line in received_lines] == [
+        _as_written(t) for t in ODD_TIMES[::-1]
+    ]
