@@ -62,14 +62,23 @@ from typing import Any, TypeVar
 
 from distq import descriptors
 from distq.addresses import host_port
+from distq.codec import Codec
 from distq.config import (
     AUTHKEY_MISSING,
     MASTER_TTL_MIN_SECONDS,
     MESSAGE_BATCH,
     Settings,
 )
+from distq.ending import Endings
 from distq.envelope import DeadLetter
-from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
+from distq.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    ConnectionFailed,
+    MessageTooLarge,
+    TransportError,
+)
+from distq.limits import OVERSIZED_KEPT_BYTES
 from distq.transport import manager_wire as wire
 from distq.transport.base import (
     Consumer,
@@ -137,7 +146,11 @@ class ManagerTransport(Transport):
             reap_every = min(0.25, settings.lease_seconds / 4)
             # a reaper a little late is not a process that stood still; two turns' time
             # hid a 0.4 s stop from a worker's 0.3 s lease (stood20b)
-            broker = QueueBroker(reply_ttl=settings.master_ttl, stood_still=1.5 * reap_every)
+            broker = QueueBroker(
+                reply_ttl=settings.master_ttl,
+                stood_still=1.5 * reap_every,
+                oversized=_Oversized(settings, self.address),
+            )
             manager = wire.serving_manager(broker, settings)
             try:
                 self._server = manager.get_server()
@@ -359,6 +372,7 @@ class ManagerTransport(Transport):
             self._settings.lease_seconds,
             self.address,
             keepers=self._keepers_bound,
+            most=self._settings.max_message_bytes,
         )
 
     renews_apart = True  # a proxy's connection is per thread: the keeper's is its own
@@ -557,7 +571,7 @@ def _listen_error(exc: OSError) -> str:
     return what
 
 
-def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
+def _call(address: str, method: Callable[..., _T], *args: Any, **named: Any) -> _T:
     """Call the broker, turning a lost connection into :class:`TransportError`.
 
     A connection that failed is forgotten (:func:`_close_proxy`), and marked lost (a
@@ -568,7 +582,7 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
     master restarted, every renewal failed ("Broken pipe") for the worker's life."""
     proxy = getattr(method, "__self__", None)
     try:
-        return method(*args)
+        return method(*args, **named)
     except (EOFError, ConnectionResetError):
         _close_proxy(proxy, lost=True)
         raise _closed(address) from None
@@ -642,11 +656,13 @@ def _closed(address: str) -> TransportError:
     )
 
 
-def _call_list(address: str, method: Callable[..., list[_T] | None], *args: Any) -> list[_T]:
+def _call_list(
+    address: str, method: Callable[..., list[_T] | None], *args: Any, **named: Any
+) -> list[_T]:
     """:func:`_call` for a method that returns a list. A master that is stopping ends
     each connection with one stray ``None`` reply (``multiprocessing``'s server sends
     what ``serve_client`` returned): that reads as the master having closed it."""
-    got = _call(address, method, *args)
+    got = _call(address, method, *args, **named)
     if got is None:
         raise _closed(address)
     return got
@@ -745,15 +761,20 @@ class ManagerConsumer(Consumer):
         address: str,
         *,
         keepers: Callable[[], float | None] = lambda: None,
+        most: int | None = None,
     ) -> None:
         """``keepers``: how long a call may wait in the calling thread if that is the
-        worker's keeper (None in any other: ``wire.REPLY_TIMEOUT``)."""
+        worker's keeper (None in any other: ``wire.REPLY_TIMEOUT``). ``most``: this
+        worker's DISTQ_MAX_MESSAGE_BYTES, named in each fetch: the master dead-letters a
+        task over it (:meth:`QueueBroker.fetch`) rather than send it."""
         # a suffix per connection: an earlier connection's leases are never renewed by this one
         self._id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._broker, self._queue = broker, queue
         self._lease, self._address = lease, address
         self._older_master = False  # it has no settle_fetch_late: settle, then fetch
         self._keepers = keepers
+        #: None against a master of a distq before limits33, which refuses a limit named
+        self.most = most
 
     def _bounded(self) -> contextlib.AbstractContextManager[None]:
         """The calls of the worker's keeper (its hand-backs: a release, a settle; a close
@@ -764,16 +785,24 @@ class ManagerConsumer(Consumer):
         return contextlib.nullcontext() if within is None else _within(self._broker, within)
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
-        wire: list[Wire] = _call_list(
-            self._address,
-            self._broker.fetch,
-            self._queue,
-            self._id,
-            max_count,
-            timeout,
-            self._lease,
+        wire: list[Wire] = self._claim(
+            _call_list, self._broker.fetch, self._queue, self._id, max_count, timeout, self._lease
         )
         return _deliveries(wire)
+
+    def _claim(self, call: Callable[..., _T], method: Callable[..., Any], *args: Any) -> _T:
+        """``call(address, method, *args)``, naming :attr:`most`; without it from then on
+        against a master that refuses it (a distq before limits33: its method takes no
+        ``most``, and its TypeError closes the connection), which then sends a task over
+        it, as before."""
+        if self.most is not None:
+            try:
+                return call(self._address, method, *args, most=self.most)
+            except TransportError as exc:  # refused as "an error raised in the master"
+                if _OLDER_LIMITS not in str(exc):
+                    raise
+                self.most = None
+        return call(self._address, method, *args)
 
     @property
     def consumer_id(self) -> str:
@@ -811,8 +840,8 @@ class ManagerConsumer(Consumer):
                 return self._settle_then_fetch_late(settlements, max_count)
         self.late = frozenset()
         with self._bounded():
-            wire: list[Wire] = _call_list(
-                self._address,
+            wire: list[Wire] = self._claim(
+                _call_list,
                 self._broker.settle_fetch,
                 self._queue,
                 self._id,
@@ -830,8 +859,8 @@ class ManagerConsumer(Consumer):
         self.late = frozenset()
         if not self._older_master:
             try:
-                reply = _call(
-                    self._address,
+                reply = self._claim(
+                    _call,
                     self._broker.settle_fetch_late,
                     self._queue,
                     self._id,
@@ -917,6 +946,8 @@ def _deliveries(wire: Sequence[Wire]) -> list[Delivery]:
 _HANDSHAKE_FAILURES = (AuthenticationError, AssertionError)
 
 _OLDER_MASTER = "'settle_fetch_late' of"  # in the refusal of a method not exposed
+#: In the refusal of a fetch's limit by a master of a distq before limits33
+_OLDER_LIMITS = "unexpected keyword argument 'most'"
 
 
 def _may_be_late(settlements: Sequence[Settlement]) -> bool:
@@ -952,6 +983,41 @@ def _batches(bodies: Sequence[bytes]) -> Iterator[list[bytes]]:
                 batch, room = [], BATCH_BYTES
         if batch:
             yield batch
+
+
+class _Oversized:
+    """The master's dead letter and answer for a task over the DISTQ_MAX_MESSAGE_BYTES of
+    the worker that fetched it (:meth:`QueueBroker.fetch`), as that worker makes them of
+    one over its limit (:meth:`Endings.malformed`), the reason naming both limits; and
+    the line it logs. Checked with a codec at the worker's limit, the master's keys."""
+
+    def __init__(self, settings: Settings, address: str) -> None:
+        self._settings, self._address = settings, address
+
+    def __call__(
+        self, queue: str, body: bytes, most: int
+    ) -> tuple[str | None, bytes | None, bytes]:
+        settings = self._settings
+        keys = settings.signing_keys or settings.signing_key
+        codec = Codec(keys, most, settings.transport, queue)
+        endings = Endings(f"master {self._address}", queue, codec)
+        error = MessageTooLarge(
+            f"a task of {len(body):,} bytes, over the limit of {most:,} of the worker that "
+            f"fetched it (its DISTQ_MAX_MESSAGE_BYTES; the master's is "
+            f"{settings.max_message_bytes:,})"
+        )
+        try:
+            ending = endings.malformed(Delivery(body=body, tag=0), error)
+            [settlement] = endings.settlements([ending])
+        except Exception:  # a bug: the task is dead-lettered all the same, unanswered
+            log.exception("master at %s: cannot answer a task too large", self._address)
+            reason = f"refused: {error}; not answered: the master failed to (see its log)"
+            letter = DeadLetter(body[:OVERSIZED_KEPT_BYTES], reason, queue, endings.worker_id)
+            return None, None, letter.encode()
+        log.error("master at %s: %s", self._address, ending.note)
+        result, dead = settlement.result, settlement.dead_letter
+        assert dead is not None  # malformed: always dead-lettered
+        return settlement.reply_to, None if result is None else bytes(result), dead
 
 
 def _close_proxy(broker: object, lost: bool = False) -> None:

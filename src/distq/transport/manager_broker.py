@@ -28,6 +28,9 @@ from distq.transport.base import is_orphan_of
 Wire = tuple[int, bytes, bool]
 # (token, reply_to, result, retry, retry_delay, dead_letter): a Settlement on the wire
 WireSettlement = tuple[int, str | None, bytes | None, bytes | None, float, bytes | None]
+#: What the master makes of a task over the size limit of the worker that fetched it:
+#: ``(queue, body, limit)`` -> ``(reply_to, error result, dead letter)``
+Oversized = Callable[[str, bytes, int], tuple[str | None, bytes | None, bytes]]
 
 
 @dataclass
@@ -98,8 +101,10 @@ class QueueBroker:
         clock: Callable[[], float] = time.monotonic,
         reply_ttl: float | None = None,
         stood_still: float = math.inf,
+        oversized: Oversized | None = None,
     ) -> None:
         self._clock = clock
+        self._oversized = oversized
         self._reply_ttl = reply_ttl
         self._stood_still = stood_still
         self._reaped: float | None = None  # when the last reap ran
@@ -263,8 +268,25 @@ class QueueBroker:
 
     # -- consumer side -------------------------------------------------------
     def fetch(
-        self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
+        self,
+        queue: str,
+        consumer: str,
+        max_count: int,
+        timeout: float,
+        lease: float,
+        most: int | None = None,
     ) -> list[Wire]:
+        """Lease up to ``max_count`` bodies (and :data:`BATCH_BYTES` of them before the
+        last), waiting up to ``timeout`` s. ``most``: the DISTQ_MAX_MESSAGE_BYTES of the
+        worker that fetches (a distq before limits33 names none): a body over it is not
+        sent, but dead-lettered and answered (``oversized``). Sent, it was over that
+        worker's frame limit at times, and the worker refused every reply holding it, the
+        tasks behind it waiting for good."""
+        if most is not None and self._oversized is None:
+            most = None
+        if most is not None and type(most) is not int:  # before any body is taken
+            raise TypeError(f"fetch's limit is a {type(most).__name__}, not an int")
+        over: list[bytes] = []
         with self._lock:
             owner = self._renew(consumer, lease)
             owner.queue = queue
@@ -277,13 +299,30 @@ class QueueBroker:
             room = BATCH_BYTES  # bodies before the last: a batch of large tasks is cut
             for _ in range(min(max_count, len(items))):
                 body, redelivered = items.popleft()
+                if most is not None and len(body) > most:  # counted: fewer sent, no wait
+                    over.append(body)
+                    continue
                 token = next(self._tokens)
                 owner.held[token] = (queue, body)
                 out.append((token, body, redelivered))
                 room -= len(body)
                 if room < 0:
                     break
-            return out
+        if over:
+            assert most is not None
+            self._refuse(queue, over, most)
+        return out
+
+    def _refuse(self, queue: str, bodies: Sequence[bytes], most: int) -> None:
+        """Dead-letter ``bodies``, over ``most`` bytes, and answer whoever waits for them:
+        made outside the lock (a signature checked over a large body takes a while)."""
+        assert self._oversized is not None
+        made = [self._oversized(queue, body, most) for body in bodies]
+        with self._lock:
+            for reply_to, result, dead in made:
+                if reply_to is not None and result is not None and reply_to in self._replies:
+                    self._push(reply_to, [result])
+                self._push(f"{queue}.dead", [dead])
 
     def heartbeat(self, consumer: str, lease: float) -> None:
         with self._lock:
@@ -363,11 +402,12 @@ class QueueBroker:
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
+        most: int | None = None,
     ) -> list[Wire]:
         """:meth:`settle`, then :meth:`fetch` up to ``max_count`` without waiting: a
         worker's batch settled and its next one claimed in one call."""
         self.settle(queue, consumer, items)
-        return self.fetch(queue, consumer, max_count, 0.0, lease)
+        return self.fetch(queue, consumer, max_count, 0.0, lease, most)
 
     def settle_fetch_late(
         self,
@@ -376,11 +416,12 @@ class QueueBroker:
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
+        most: int | None = None,
     ) -> tuple[list[int], list[Wire]]:
         """:meth:`settle_fetch`, with the tokens :meth:`settle` found late: a batch with
         retries or dead letters, whose worker says which were not published."""
         late = self.settle(queue, consumer, items)
-        return late, self.fetch(queue, consumer, max_count, 0.0, lease)
+        return late, self.fetch(queue, consumer, max_count, 0.0, lease, most)
 
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
         with self._lock:

@@ -1,0 +1,104 @@
+"""Message-size limits that differ between the ends of a manager connection: a task the
+master took under its DISTQ_MAX_MESSAGE_BYTES and over a worker's is dead-lettered and
+answered, not refused with every fetch reply holding it (the tasks behind it waiting for
+good); and a worker's settle of large results goes in calls within the master's limit."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from distq.codec import Codec
+from distq.config import Settings
+from distq.ending import Endings
+from distq.envelope import Task
+from distq.transport import open_transport
+from launch import free_port
+from seam import fetch_n, results_n
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(most: int) -> Settings:
+    return Settings(
+        authkey=b"k" * 32, manager_address=("127.0.0.1", free_port()), max_message_bytes=most
+    )
+
+
+@pytest.mark.timeout(120)
+def test_a_task_over_a_workers_limit_is_dead_lettered_answered_and_the_rest_run() -> None:
+    # the master at 100 MiB, the worker at the default 1 MiB: its frames stop at 66 MiB,
+    # and a fetch reply holding a task of 70 MiB was refused at every redelivery
+    settings = _settings(100 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(replace(settings, max_message_bytes=1 << 20), "worker")
+    try:
+        reply_to = hosted.reply_queue("big")
+        producer = hosted.producer(reply_to)
+        codec = Codec(max_message_bytes=100 << 20)
+        big = Task(name="jobs:echo", args=["x" * (70 << 20)], reply_to=reply_to)
+        small = [
+            codec.seal_task(Task(name="jobs:add", args=[n, n], reply_to=reply_to)) for n in range(3)
+        ]
+        producer.submit([small[0], codec.seal_task(big), *small[1:]])
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 3, within=30)
+        assert sorted(d.body for d in got) == sorted(small)
+        [letter] = hosted.dead_letters()
+        assert "1,048,576" in letter.reason and "104,857,600" in letter.reason, letter.reason
+        assert len(letter.body) < 1 << 20  # its start only
+        [answer] = results_n(producer, 1, within=10)
+        assert big.id.encode() in answer and b"MessageTooLarge" in answer, answer[:500]
+        assert b"1,048,576" in answer, answer[:500]
+        assert hosted.stats().dead == 1 and consumer.fetch(5, 0.1) == []
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+def test_a_worker_fetches_from_a_master_that_takes_no_limit(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(1 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    try:
+        broker = hosted._broker  # type: ignore[attr-defined]
+        before = broker.fetch
+
+        def fetch(queue: str, consumer: str, count: int, timeout: float, lease: float) -> object:
+            return before(queue, consumer, count, timeout, lease)  # a distq before limits33
+
+        monkeypatch.setattr(broker, "fetch", fetch)
+        hosted.producer(hosted.reply_queue("old")).submit([b"a", b"b"])
+        consumer = remote.consumer("c1")
+        assert [d.body for d in fetch_n(consumer, 2)] == [b"a", b"b"]
+        assert consumer.most is None  # type: ignore[attr-defined]
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+def test_a_task_over_a_workers_limit_is_dead_lettered_even_if_its_answer_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def failing(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Endings, "malformed", failing)
+    settings = _settings(4 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(replace(settings, max_message_bytes=1 << 20), "worker")
+    try:
+        hosted.producer(hosted.reply_queue("j")).submit([b"x" * (2 << 20), b"small"])
+        consumer = remote.consumer("c1")
+        assert [d.body for d in fetch_n(consumer, 1)] == [b"small"]
+        [letter] = hosted.dead_letters()
+        assert "2,097,152 bytes" in letter.reason and "not answered" in letter.reason
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
