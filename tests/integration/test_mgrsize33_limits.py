@@ -13,7 +13,7 @@ from distq.codec import Codec
 from distq.config import Settings
 from distq.ending import Endings
 from distq.envelope import Task
-from distq.transport import open_transport
+from distq.transport import Settlement, open_transport
 from launch import free_port
 from seam import fetch_n, results_n
 
@@ -52,6 +52,30 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_answered_and_the_rest_run(
         assert big.id.encode() in answer and b"MessageTooLarge" in answer, answer[:500]
         assert b"1,048,576" in answer, answer[:500]
         assert hosted.stats().dead == 1 and consumer.fetch(5, 0.1) == []
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_settle_of_large_results_goes_in_calls_within_the_masters_limit() -> None:
+    # 80 results of 1 MiB are one settle of 80 MiB, over the master's 66 MiB: the master
+    # dropped the connection and the tasks ran again
+    settings = _settings(1 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "client")
+    try:
+        reply_to = remote.reply_queue("big")
+        producer = remote.producer(reply_to)
+        producer.submit([bytes([n]) for n in range(80)])
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 80, within=30)
+        results = [bytes([n]) * (1 << 20) for n in range(80)]
+        settled = [Settlement(d, reply_to=reply_to, result=d.body * (1 << 20)) for d in got]
+        assert consumer.settle_then_fetch(settled, 5) == []
+        assert sorted(results_n(producer, 80, within=60)) == results
+        assert hosted.stats().in_flight == 0
         consumer.close()
     finally:
         remote.close()

@@ -817,13 +817,23 @@ class ManagerConsumer(Consumer):
         return set(_call_list(self._address, self._broker.gone, list(reply_to)))
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
+        """In calls of :data:`BATCH_BYTES` of results, retries and dead letters (and the
+        last one's): one call of a batch's results of 1 MiB each was over the master's
+        frame limit, refused, and the tasks ran again."""
         self.late = frozenset()
+        for batch in _settle_batches(settlements):
+            self._settle(batch)
+
+    def _settle(self, settlements: Sequence[Settlement]) -> None:
+        """One call of :meth:`settle`'s, its late tokens added to :attr:`late`."""
         with self._bounded():
             late = _call(
                 self._address, self._broker.settle, self._queue, self._id, _wire(settlements)
             )
-        if late:  # None: a master from before settle told which were late (01e67ef); one
-            self.late = frozenset(late)  # of this version that stops closes the connection
+        # None: a master from before settle told which were late (01e67ef); one of this
+        # version that stops closes the connection
+        if late:
+            self.late = frozenset(self.late) | frozenset(late)
 
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
@@ -835,10 +845,13 @@ class ManagerConsumer(Consumer):
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
+        self.late = frozenset()
+        *before, settlements = _settle_batches(settlements)  # a batch's large results
+        for batch in before:
+            self._settle(batch)
         if _may_be_late(settlements):
             with self._bounded():
                 return self._settle_then_fetch_late(settlements, max_count)
-        self.late = frozenset()
         with self._bounded():
             wire: list[Wire] = self._claim(
                 _call_list,
@@ -856,7 +869,6 @@ class ManagerConsumer(Consumer):
     ) -> list[Delivery]:
         """:meth:`settle_then_fetch` of a batch with retries or dead letters: its
         :attr:`late` said too, in one call (two to a master without that call)."""
-        self.late = frozenset()
         if not self._older_master:
             try:
                 reply = self._claim(
@@ -877,9 +889,9 @@ class ManagerConsumer(Consumer):
                 if reply is None:  # see _call_list
                     raise _closed(self._address)
                 late, wire = reply
-                self.late = frozenset(late)
+                self.late = frozenset(self.late) | frozenset(late)
                 return _deliveries(wire)
-        self.settle(settlements)
+        self._settle(settlements)
         with settled_already():
             return self.fetch(max_count, 0.0)
 
@@ -983,6 +995,34 @@ def _batches(bodies: Sequence[bytes]) -> Iterator[list[bytes]]:
                 batch, room = [], BATCH_BYTES
         if batch:
             yield batch
+
+
+def _settle_size(settlement: Settlement) -> int:
+    """The bytes a settlement sends: its result, retry and dead letter."""
+    return (
+        len(settlement.result or b"")
+        + len(settlement.retry or b"")
+        + len(settlement.dead_letter or b"")
+    )
+
+
+def _settle_batches(settlements: Sequence[Settlement]) -> list[Sequence[Settlement]]:
+    """``settlements`` in the calls they are settled in: :data:`BATCH_BYTES` of them
+    before the last (one message each, within its limit: ``manager_wire.frame_limit``),
+    as a producer's put is (:func:`_batches`)."""
+    sizes = list(map(_settle_size, settlements))
+    if sum(sizes) <= BATCH_BYTES:  # the common case
+        return [settlements]
+    batches: list[Sequence[Settlement]] = []
+    start, room = 0, BATCH_BYTES
+    for at, size in enumerate(sizes):
+        room -= size
+        if room < 0:
+            batches.append(settlements[start : at + 1])
+            start, room = at + 1, BATCH_BYTES
+    if start < len(settlements):
+        batches.append(settlements[start:])
+    return batches
 
 
 class _Oversized:
