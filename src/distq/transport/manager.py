@@ -1041,10 +1041,10 @@ class _Oversized:
         keys = settings.signing_keys or settings.signing_key
         codec = Codec(keys, most, settings.transport, queue)
         endings = Endings(f"master {self._address}", queue, codec)
-        error = MessageTooLarge(
-            f"a task of {len(body):,} bytes, over the limit of {most:,} of the worker that "
-            f"fetched it (its DISTQ_MAX_MESSAGE_BYTES; the master's is "
-            f"{settings.max_message_bytes:,})"
+        error = MessageTooLarge(  # as a worker's own (limits.check_size), and both limits
+            f"task is {len(body):,} bytes, over the limit of {most:,} (DISTQ_MAX_MESSAGE_BYTES "
+            f"of the worker that fetched it; the master's is {settings.max_message_bytes:,}); "
+            "the master did not send it"
         )
         try:
             ending = endings.malformed(Delivery(body=body, tag=0), error)
