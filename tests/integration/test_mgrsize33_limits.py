@@ -27,6 +27,29 @@ def _settings(most: int) -> Settings:
 
 
 @pytest.mark.timeout(120)
+def test_a_task_within_a_workers_frames_goes_to_it_one_over_them_is_dead_lettered() -> None:
+    # at the worker's 1 MiB, what it reads past 4 MiB of others is 61 MiB: one of 61 MiB is
+    # its own to dead-letter (as on Redis and RabbitMQ: with its keys, its reason)
+    settings = _settings(100 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(replace(settings, max_message_bytes=1 << 20), "worker")
+    try:
+        most = 61 << 20  # 2 * 1 MiB + 64 MiB, less 4 MiB of others and 1 MiB to spare
+        bodies = [b"x" * (4 << 20), b"y" * most, b"z" * (most + 1)]
+        hosted.producer(hosted.reply_queue("edge")).submit(bodies)
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 2, within=30)
+        assert [len(d.body) for d in got] == [4 << 20, most]
+        assert consumer.fetch(5, 0.1) == []
+        [letter] = hosted.dead_letters()
+        assert f"task is {most + 1:,} bytes" in letter.reason, letter.reason
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+@pytest.mark.timeout(120)
 def test_a_task_over_a_workers_limit_is_dead_lettered_answered_and_the_rest_run() -> None:
     # the master at 100 MiB, the worker at the default 1 MiB: its frames stop at 66 MiB,
     # and a fetch reply holding a task of 70 MiB was refused at every redelivery
@@ -113,15 +136,15 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_even_if_its_answer_fails(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(Endings, "malformed", failing)
-    settings = _settings(4 << 20)
+    settings = _settings(100 << 20)
     hosted = open_transport(settings, "master")
     remote = open_transport(replace(settings, max_message_bytes=1 << 20), "worker")
     try:
-        hosted.producer(hosted.reply_queue("j")).submit([b"x" * (2 << 20), b"small"])
+        hosted.producer(hosted.reply_queue("j")).submit([b"x" * (62 << 20), b"small"])
         consumer = remote.consumer("c1")
         assert [d.body for d in fetch_n(consumer, 1)] == [b"small"]
         [letter] = hosted.dead_letters()
-        assert "2,097,152 bytes" in letter.reason and "not answered" in letter.reason
+        assert "65,011,712 bytes" in letter.reason and "not answered" in letter.reason
         consumer.close()
     finally:
         remote.close()

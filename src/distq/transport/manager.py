@@ -1026,13 +1026,20 @@ def _settle_batches(settlements: Sequence[Settlement]) -> list[Sequence[Settleme
 
 
 class _Oversized:
-    """The master's dead letter and answer for a task over the DISTQ_MAX_MESSAGE_BYTES of
-    the worker that fetched it (:meth:`QueueBroker.fetch`), as that worker makes them of
-    one over its limit (:meth:`Endings.malformed`), the reason naming both limits; and
-    the line it logs. Checked with a codec at the worker's limit, the master's keys."""
+    """The master's dead letter and answer for a task too large for the worker that
+    fetched it to read (:meth:`QueueBroker.fetch`), as that worker makes them of one over
+    its DISTQ_MAX_MESSAGE_BYTES (:meth:`Endings.malformed`), the reason naming both
+    limits; and the line it logs. Checked with a codec at the worker's limit, the
+    master's keys (the worker's, which a smaller task is checked with, it does not know)."""
 
     def __init__(self, settings: Settings, address: str) -> None:
         self._settings, self._address = settings, address
+
+    def sendable(self, most: int) -> int:
+        """What a worker of DISTQ_MAX_MESSAGE_BYTES ``most`` reads past the
+        :data:`BATCH_BYTES` of bodies before a reply's last, 1 MiB spared for the reply
+        around them (``wire.frame_limit``)."""
+        return wire.frame_limit(most) - BATCH_BYTES - (1 << 20)
 
     def __call__(
         self, queue: str, body: bytes, most: int
@@ -1044,7 +1051,7 @@ class _Oversized:
         error = MessageTooLarge(  # as a worker's own (limits.check_size), and both limits
             f"task is {len(body):,} bytes, over the limit of {most:,} (DISTQ_MAX_MESSAGE_BYTES "
             f"of the worker that fetched it; the master's is {settings.max_message_bytes:,}); "
-            "the master did not send it"
+            "too large for that worker to read, the master did not send it"
         )
         try:
             ending = endings.malformed(Delivery(body=body, tag=0), error)

@@ -20,6 +20,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from distq.envelope import DeadLetter, quoted
 from distq.transport.base import is_orphan_of
@@ -28,9 +29,21 @@ from distq.transport.base import is_orphan_of
 Wire = tuple[int, bytes, bool]
 # (token, reply_to, result, retry, retry_delay, dead_letter): a Settlement on the wire
 WireSettlement = tuple[int, str | None, bytes | None, bytes | None, float, bytes | None]
-#: What the master makes of a task over the size limit of the worker that fetched it:
-#: ``(queue, body, limit)`` -> ``(reply_to, error result, dead letter)``
-Oversized = Callable[[str, bytes, int], tuple[str | None, bytes | None, bytes]]
+
+
+class Oversized(Protocol):
+    """What the master makes of a task too large for the worker that fetches it."""
+
+    def sendable(self, most: int) -> int:
+        """The largest body a fetch reply carries to a worker of DISTQ_MAX_MESSAGE_BYTES
+        ``most``: what its frame limit reads besides the rest of the reply."""
+        ...
+
+    def __call__(
+        self, queue: str, body: bytes, most: int
+    ) -> tuple[str | None, bytes | None, bytes]:
+        """``(reply_to, error result, dead letter)`` for ``body``, not sent."""
+        ...
 
 
 @dataclass
@@ -278,14 +291,16 @@ class QueueBroker:
     ) -> list[Wire]:
         """Lease up to ``max_count`` bodies (and :data:`BATCH_BYTES` of them before the
         last), waiting up to ``timeout`` s. ``most``: the DISTQ_MAX_MESSAGE_BYTES of the
-        worker that fetches (a distq before limits33 names none): a body over it is not
-        sent, but dead-lettered and answered (``oversized``). Sent, it was over that
-        worker's frame limit at times, and the worker refused every reply holding it, the
-        tasks behind it waiting for good."""
-        if most is not None and self._oversized is None:
-            most = None
-        if most is not None and type(most) is not int:  # before any body is taken
-            raise TypeError(f"fetch's limit is a {type(most).__name__}, not an int")
+        worker that fetches (a distq before limits33 names none): a body too large for
+        that worker to read in a reply (``oversized.sendable``) is not sent, but
+        dead-lettered and answered (``oversized``). Sent, the worker refused every reply
+        holding it, the tasks behind it waiting for good. One within it and over ``most``
+        is sent, and the worker dead-letters and answers it, as on Redis and RabbitMQ."""
+        sendable: int | None = None
+        if most is not None and self._oversized is not None:
+            if type(most) is not int:  # before any body is taken
+                raise TypeError(f"fetch's limit is a {type(most).__name__}, not an int")
+            sendable = self._oversized.sendable(most)
         over: list[bytes] = []
         with self._lock:
             owner = self._renew(consumer, lease)
@@ -299,7 +314,7 @@ class QueueBroker:
             room = BATCH_BYTES  # bodies before the last: a batch of large tasks is cut
             for _ in range(min(max_count, len(items))):
                 body, redelivered = items.popleft()
-                if most is not None and len(body) > most:  # counted: fewer sent, no wait
+                if sendable is not None and len(body) > sendable:  # counted: fewer sent
                     over.append(body)
                     continue
                 token = next(self._tokens)
