@@ -5,17 +5,20 @@ good); and a worker's settle of large results goes in calls within the master's 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 
+from conftest import Target
 from distq.codec import Codec
 from distq.config import Settings
 from distq.ending import Endings
-from distq.envelope import Task
-from distq.transport import Settlement, open_transport
+from distq.envelope import Task, new_id
+from distq.transport import Settlement, Transport, open_transport
 from launch import free_port
-from seam import fetch_n, results_n
+from procs import Distq
+from seam import fetch_n, results_n, results_of
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +152,35 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_even_if_its_answer_fails(
     finally:
         remote.close()
         hosted.close()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Distq]]:
+    started: list[Distq] = []
+    yield started
+    for proc in started:
+        proc.stop(grace=3.0)
+
+
+@pytest.mark.timeout(180)
+def test_a_task_far_over_a_workers_limit_is_dead_lettered_answered_on_every_transport(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """70 MiB, for a worker the CLI started at the default 1 MiB: on Redis and RabbitMQ
+    it reads it and dead-letters it; on manager, too large for its frames, the master
+    does (it stalled the queue there); every other task runs, on each alike."""
+    reply = hosted.reply_queue(new_id())
+    producer = hosted.producer(reply)
+    big = Task("jobs:echo", ["x" * (70 << 20)], reply)
+    small = [Task("jobs:add", [n, n], reply) for n in range(3)]
+    producer.submit([small[0].encode(), big.encode(), *(t.encode() for t in small[1:])])
+    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], target.process_env())
+    workers.append(proc)
+    assert proc.wait(120) == 0, proc.output()
+    answers = results_of(producer, 4, within=30)
+    producer.close()
+    got = sorted((r.task_id, r.status, r.error_type or "") for r in answers)
+    expected = [(big.id, "error", "MessageTooLarge")] + [(t.id, "ok", "") for t in small]
+    assert got == sorted(expected), got
+    [letter] = hosted.dead_letters()
+    assert "over the limit of 1,048,576 (DISTQ_MAX_MESSAGE_BYTES" in letter.reason, letter.reason
