@@ -137,9 +137,9 @@ def _calls_of(consumer: Any) -> list[str]:
     proxy = consumer._broker
     call = proxy._callmethod
 
-    def counted(name: str, args: tuple[Any, ...] = ()) -> Any:
+    def counted(name: str, args: tuple[Any, ...] = (), kwds: dict[str, Any] | None = None) -> Any:
         calls.append(name)
-        return call(name, args)
+        return call(name, args, kwds or {})
 
     proxy._callmethod = counted
     return calls

@@ -62,14 +62,23 @@ from typing import Any, TypeVar
 
 from distq import descriptors
 from distq.addresses import host_port
+from distq.codec import Codec
 from distq.config import (
     AUTHKEY_MISSING,
     MASTER_TTL_MIN_SECONDS,
     MESSAGE_BATCH,
     Settings,
 )
+from distq.ending import Endings
 from distq.envelope import DeadLetter
-from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
+from distq.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    ConnectionFailed,
+    MessageTooLarge,
+    TransportError,
+)
+from distq.limits import OVERSIZED_KEPT_BYTES
 from distq.transport import manager_wire as wire
 from distq.transport.base import (
     Consumer,
@@ -137,7 +146,11 @@ class ManagerTransport(Transport):
             reap_every = min(0.25, settings.lease_seconds / 4)
             # a reaper a little late is not a process that stood still; two turns' time
             # hid a 0.4 s stop from a worker's 0.3 s lease (stood20b)
-            broker = QueueBroker(reply_ttl=settings.master_ttl, stood_still=1.5 * reap_every)
+            broker = QueueBroker(
+                reply_ttl=settings.master_ttl,
+                stood_still=1.5 * reap_every,
+                oversized=_Oversized(settings, self.address),
+            )
             manager = wire.serving_manager(broker, settings)
             try:
                 self._server = manager.get_server()
@@ -359,6 +372,7 @@ class ManagerTransport(Transport):
             self._settings.lease_seconds,
             self.address,
             keepers=self._keepers_bound,
+            most=self._settings.max_message_bytes,
         )
 
     renews_apart = True  # a proxy's connection is per thread: the keeper's is its own
@@ -557,7 +571,7 @@ def _listen_error(exc: OSError) -> str:
     return what
 
 
-def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
+def _call(address: str, method: Callable[..., _T], *args: Any, **named: Any) -> _T:
     """Call the broker, turning a lost connection into :class:`TransportError`.
 
     A connection that failed is forgotten (:func:`_close_proxy`), and marked lost (a
@@ -568,7 +582,7 @@ def _call(address: str, method: Callable[..., _T], *args: Any) -> _T:
     master restarted, every renewal failed ("Broken pipe") for the worker's life."""
     proxy = getattr(method, "__self__", None)
     try:
-        return method(*args)
+        return method(*args, **named)
     except (EOFError, ConnectionResetError):
         _close_proxy(proxy, lost=True)
         raise _closed(address) from None
@@ -642,11 +656,13 @@ def _closed(address: str) -> TransportError:
     )
 
 
-def _call_list(address: str, method: Callable[..., list[_T] | None], *args: Any) -> list[_T]:
+def _call_list(
+    address: str, method: Callable[..., list[_T] | None], *args: Any, **named: Any
+) -> list[_T]:
     """:func:`_call` for a method that returns a list. A master that is stopping ends
     each connection with one stray ``None`` reply (``multiprocessing``'s server sends
     what ``serve_client`` returned): that reads as the master having closed it."""
-    got = _call(address, method, *args)
+    got = _call(address, method, *args, **named)
     if got is None:
         raise _closed(address)
     return got
@@ -747,15 +763,20 @@ class ManagerConsumer(Consumer):
         address: str,
         *,
         keepers: Callable[[], float | None] = lambda: None,
+        most: int | None = None,
     ) -> None:
         """``keepers``: how long a call may wait in the calling thread if that is the
-        worker's keeper (None in any other: ``wire.REPLY_TIMEOUT``)."""
+        worker's keeper (None in any other: ``wire.REPLY_TIMEOUT``). ``most``: this
+        worker's DISTQ_MAX_MESSAGE_BYTES, named in each fetch: the master dead-letters a
+        task over it (:meth:`QueueBroker.fetch`) rather than send it."""
         # a suffix per connection: an earlier connection's leases are never renewed by this one
         self._id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._broker, self._queue = broker, queue
         self._lease, self._address = lease, address
         self._older_master = False  # it has no settle_fetch_late: settle, then fetch
         self._keepers = keepers
+        #: None against a master of a distq before limits33, which refuses a limit named
+        self.most = most
 
     def _bounded(self) -> contextlib.AbstractContextManager[None]:
         """The calls of the worker's keeper (its hand-backs: a release, a settle; a close
@@ -766,16 +787,24 @@ class ManagerConsumer(Consumer):
         return contextlib.nullcontext() if within is None else _within(self._broker, within)
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
-        wire: list[Wire] = _call_list(
-            self._address,
-            self._broker.fetch,
-            self._queue,
-            self._id,
-            max_count,
-            timeout,
-            self._lease,
+        wire: list[Wire] = self._claim(
+            _call_list, self._broker.fetch, self._queue, self._id, max_count, timeout, self._lease
         )
         return _deliveries(wire)
+
+    def _claim(self, call: Callable[..., _T], method: Callable[..., Any], *args: Any) -> _T:
+        """``call(address, method, *args)``, naming :attr:`most`; without it from then on
+        against a master that refuses it (a distq before limits33: its method takes no
+        ``most``, and its TypeError closes the connection), which then sends a task over
+        it, as before."""
+        if self.most is not None:
+            try:
+                return call(self._address, method, *args, most=self.most)
+            except TransportError as exc:  # refused as "an error raised in the master"
+                if _OLDER_LIMITS not in str(exc):
+                    raise
+                self.most = None
+        return call(self._address, method, *args)
 
     @property
     def consumer_id(self) -> str:
@@ -790,13 +819,23 @@ class ManagerConsumer(Consumer):
         return set(_call_list(self._address, self._broker.gone, list(reply_to)))
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
+        """In calls of :data:`BATCH_BYTES` of results, retries and dead letters (and the
+        last one's): one call of a batch's results of 1 MiB each was over the master's
+        frame limit, refused, and the tasks ran again."""
         self.late = frozenset()
+        for batch in _settle_batches(settlements):
+            self._settle(batch)
+
+    def _settle(self, settlements: Sequence[Settlement]) -> None:
+        """One call of :meth:`settle`'s, its late tokens added to :attr:`late`."""
         with self._bounded():
             late = _call(
                 self._address, self._broker.settle, self._queue, self._id, _wire(settlements)
             )
-        if late:  # None: a master from before settle told which were late (01e67ef); one
-            self.late = frozenset(late)  # of this version that stops closes the connection
+        # None: a master from before settle told which were late (01e67ef); one of this
+        # version that stops closes the connection
+        if late:
+            self.late = frozenset(self.late) | frozenset(late)
 
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
@@ -808,13 +847,16 @@ class ManagerConsumer(Consumer):
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
+        self.late = frozenset()
+        *before, settlements = _settle_batches(settlements)  # a batch's large results
+        for batch in before:
+            self._settle(batch)
         if _may_be_late(settlements):
             with self._bounded():
                 return self._settle_then_fetch_late(settlements, max_count)
-        self.late = frozenset()
         with self._bounded():
-            wire: list[Wire] = _call_list(
-                self._address,
+            wire: list[Wire] = self._claim(
+                _call_list,
                 self._broker.settle_fetch,
                 self._queue,
                 self._id,
@@ -829,11 +871,10 @@ class ManagerConsumer(Consumer):
     ) -> list[Delivery]:
         """:meth:`settle_then_fetch` of a batch with retries or dead letters: its
         :attr:`late` said too, in one call (two to a master without that call)."""
-        self.late = frozenset()
         if not self._older_master:
             try:
-                reply = _call(
-                    self._address,
+                reply = self._claim(
+                    _call,
                     self._broker.settle_fetch_late,
                     self._queue,
                     self._id,
@@ -850,9 +891,9 @@ class ManagerConsumer(Consumer):
                 if reply is None:  # see _call_list
                     raise _closed(self._address)
                 late, wire = reply
-                self.late = frozenset(late)
+                self.late = frozenset(self.late) | frozenset(late)
                 return _deliveries(wire)
-        self.settle(settlements)
+        self._settle(settlements)
         with settled_already():
             return self.fetch(max_count, 0.0)
 
@@ -919,6 +960,8 @@ def _deliveries(wire: Sequence[Wire]) -> list[Delivery]:
 _HANDSHAKE_FAILURES = (AuthenticationError, AssertionError)
 
 _OLDER_MASTER = "'settle_fetch_late' of"  # in the refusal of a method not exposed
+#: In the refusal of a fetch's limit by a master of a distq before limits33
+_OLDER_LIMITS = "unexpected keyword argument 'most'"
 
 
 def _may_be_late(settlements: Sequence[Settlement]) -> bool:
@@ -954,6 +997,76 @@ def _batches(bodies: Sequence[bytes]) -> Iterator[list[bytes]]:
                 batch, room = [], BATCH_BYTES
         if batch:
             yield batch
+
+
+def _settle_size(settlement: Settlement) -> int:
+    """The bytes a settlement sends: its result, retry and dead letter."""
+    return (
+        len(settlement.result or b"")
+        + len(settlement.retry or b"")
+        + len(settlement.dead_letter or b"")
+    )
+
+
+def _settle_batches(settlements: Sequence[Settlement]) -> list[Sequence[Settlement]]:
+    """``settlements`` in the calls they are settled in: :data:`BATCH_BYTES` of them
+    before the last (one message each, within its limit: ``manager_wire.frame_limit``),
+    as a producer's put is (:func:`_batches`)."""
+    sizes = list(map(_settle_size, settlements))
+    if sum(sizes) <= BATCH_BYTES:  # the common case
+        return [settlements]
+    batches: list[Sequence[Settlement]] = []
+    start, room = 0, BATCH_BYTES
+    for at, size in enumerate(sizes):
+        room -= size
+        if room < 0:
+            batches.append(settlements[start : at + 1])
+            start, room = at + 1, BATCH_BYTES
+    if start < len(settlements):
+        batches.append(settlements[start:])
+    return batches
+
+
+class _Oversized:
+    """The master's dead letter and answer for a task too large for the worker that
+    fetched it to read (:meth:`QueueBroker.fetch`), as that worker makes them of one over
+    its DISTQ_MAX_MESSAGE_BYTES (:meth:`Endings.malformed`), the reason naming both
+    limits; and the line it logs. Checked with a codec at the worker's limit, the
+    master's keys (the worker's, which a smaller task is checked with, it does not know)."""
+
+    def __init__(self, settings: Settings, address: str) -> None:
+        self._settings, self._address = settings, address
+
+    def sendable(self, most: int) -> int:
+        """What a worker of DISTQ_MAX_MESSAGE_BYTES ``most`` reads past the
+        :data:`BATCH_BYTES` of bodies before a reply's last, 1 MiB spared for the reply
+        around them (``wire.frame_limit``)."""
+        return wire.frame_limit(most) - BATCH_BYTES - (1 << 20)
+
+    def __call__(
+        self, queue: str, body: bytes, most: int
+    ) -> tuple[str | None, bytes | None, bytes]:
+        settings = self._settings
+        keys = settings.signing_keys or settings.signing_key
+        codec = Codec(keys, most, settings.transport, queue)
+        endings = Endings(f"master {self._address}", queue, codec)
+        error = MessageTooLarge(  # as a worker's own (limits.check_size), and both limits
+            f"task is {len(body):,} bytes, over the limit of {most:,} (DISTQ_MAX_MESSAGE_BYTES "
+            f"of the worker that fetched it; the master's is {settings.max_message_bytes:,}); "
+            "too large for that worker to read, the master did not send it"
+        )
+        try:
+            ending = endings.malformed(Delivery(body=body, tag=0), error)
+            [settlement] = endings.settlements([ending])
+        except Exception:  # a bug: the task is dead-lettered all the same, unanswered
+            log.exception("master at %s: cannot answer a task too large", self._address)
+            reason = f"refused: {error}; not answered: the master failed to (see its log)"
+            letter = DeadLetter(body[:OVERSIZED_KEPT_BYTES], reason, queue, endings.worker_id)
+            return None, None, letter.encode()
+        log.error("master at %s: %s", self._address, ending.note)
+        result, dead = settlement.result, settlement.dead_letter
+        assert dead is not None  # malformed: always dead-lettered
+        return settlement.reply_to, None if result is None else bytes(result), dead
 
 
 def _close_proxy(broker: object, lost: bool = False) -> None:

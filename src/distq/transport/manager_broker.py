@@ -20,6 +20,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from distq.envelope import DeadLetter, quoted
 from distq.transport.base import is_orphan_of
@@ -28,6 +29,21 @@ from distq.transport.base import is_orphan_of
 Wire = tuple[int, bytes, bool]
 # (token, reply_to, result, retry, retry_delay, dead_letter): a Settlement on the wire
 WireSettlement = tuple[int, str | None, bytes | None, bytes | None, float, bytes | None]
+
+
+class Oversized(Protocol):
+    """What the master makes of a task too large for the worker that fetches it."""
+
+    def sendable(self, most: int) -> int:
+        """The largest body a fetch reply carries to a worker of DISTQ_MAX_MESSAGE_BYTES
+        ``most``: what its frame limit reads besides the rest of the reply."""
+        ...
+
+    def __call__(
+        self, queue: str, body: bytes, most: int
+    ) -> tuple[str | None, bytes | None, bytes]:
+        """``(reply_to, error result, dead letter)`` for ``body``, not sent."""
+        ...
 
 
 @dataclass
@@ -98,8 +114,10 @@ class QueueBroker:
         clock: Callable[[], float] = time.monotonic,
         reply_ttl: float | None = None,
         stood_still: float = math.inf,
+        oversized: Oversized | None = None,
     ) -> None:
         self._clock = clock
+        self._oversized = oversized
         self._reply_ttl = reply_ttl
         self._stood_still = stood_still
         self._reaped: float | None = None  # when the last reap ran
@@ -268,8 +286,27 @@ class QueueBroker:
 
     # -- consumer side -------------------------------------------------------
     def fetch(
-        self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
+        self,
+        queue: str,
+        consumer: str,
+        max_count: int,
+        timeout: float,
+        lease: float,
+        most: int | None = None,
     ) -> list[Wire]:
+        """Lease up to ``max_count`` bodies (and :data:`BATCH_BYTES` of them before the
+        last), waiting up to ``timeout`` s. ``most``: the DISTQ_MAX_MESSAGE_BYTES of the
+        worker that fetches (a distq before limits33 names none): a body too large for
+        that worker to read in a reply (``oversized.sendable``) is not sent, but
+        dead-lettered and answered (``oversized``). Sent, the worker refused every reply
+        holding it, the tasks behind it waiting for good. One within it and over ``most``
+        is sent, and the worker dead-letters and answers it, as on Redis and RabbitMQ."""
+        sendable: int | None = None
+        if most is not None and self._oversized is not None:
+            if type(most) is not int:  # before any body is taken
+                raise TypeError(f"fetch's limit is a {type(most).__name__}, not an int")
+            sendable = self._oversized.sendable(most)
+        over: list[bytes] = []
         with self._lock:
             owner = self._renew(consumer, lease)
             owner.queue = queue
@@ -282,13 +319,30 @@ class QueueBroker:
             room = BATCH_BYTES  # bodies before the last: a batch of large tasks is cut
             for _ in range(min(max_count, len(items))):
                 body, redelivered = items.popleft()
+                if sendable is not None and len(body) > sendable:  # counted: fewer sent
+                    over.append(body)
+                    continue
                 token = next(self._tokens)
                 owner.held[token] = (queue, body)
                 out.append((token, body, redelivered))
                 room -= len(body)
                 if room < 0:
                     break
-            return out
+        if over:
+            assert most is not None
+            self._refuse(queue, over, most)
+        return out
+
+    def _refuse(self, queue: str, bodies: Sequence[bytes], most: int) -> None:
+        """Dead-letter ``bodies``, over ``most`` bytes, and answer whoever waits for them:
+        made outside the lock (a signature checked over a large body takes a while)."""
+        assert self._oversized is not None
+        made = [self._oversized(queue, body, most) for body in bodies]
+        with self._lock:
+            for reply_to, result, dead in made:
+                if reply_to is not None and result is not None and reply_to in self._replies:
+                    self._push(reply_to, [result])
+                self._push(f"{queue}.dead", [dead])
 
     def heartbeat(self, consumer: str, lease: float) -> None:
         with self._lock:
@@ -368,11 +422,12 @@ class QueueBroker:
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
+        most: int | None = None,
     ) -> list[Wire]:
         """:meth:`settle`, then :meth:`fetch` up to ``max_count`` without waiting: a
         worker's batch settled and its next one claimed in one call."""
         self.settle(queue, consumer, items)
-        return self.fetch(queue, consumer, max_count, 0.0, lease)
+        return self.fetch(queue, consumer, max_count, 0.0, lease, most)
 
     def settle_fetch_late(
         self,
@@ -381,11 +436,12 @@ class QueueBroker:
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
+        most: int | None = None,
     ) -> tuple[list[int], list[Wire]]:
         """:meth:`settle_fetch`, with the tokens :meth:`settle` found late: a batch with
         retries or dead letters, whose worker says which were not published."""
         late = self.settle(queue, consumer, items)
-        return late, self.fetch(queue, consumer, max_count, 0.0, lease)
+        return late, self.fetch(queue, consumer, max_count, 0.0, lease, most)
 
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
         with self._lock:

@@ -133,7 +133,13 @@ class Broker(Protocol):
     def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool: ...
     def forget_orphans(self, queue: str, reply_to: str) -> int: ...
     def fetch(
-        self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
+        self,
+        queue: str,
+        consumer: str,
+        max_count: int,
+        timeout: float,
+        lease: float,
+        most: int | None = None,
     ) -> list[Wire] | None: ...
     def heartbeat(self, consumer: str, lease: float) -> None: ...
     def heartbeats(self, consumers: Sequence[str], lease: float) -> None: ...
@@ -145,6 +151,7 @@ class Broker(Protocol):
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
+        most: int | None = None,
     ) -> list[Wire] | None: ...
     def settle_fetch_late(
         self,
@@ -153,6 +160,7 @@ class Broker(Protocol):
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
+        most: int | None = None,
     ) -> tuple[list[int], list[Wire]] | None: ...
     def release(self, consumer: str, tokens: Sequence[int]) -> None: ...
     def disconnect(self, consumer: str) -> None: ...
@@ -630,9 +638,11 @@ class BrokerProxy(BaseProxy):
         if close is not None:  # None: owned by the manager, no finalizer
             close.cancel()
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def _call(self, method: str, *args: Any, most: int | None = None) -> Any:
+        """``most``: a fetch's limit, named (a master before limits33 refuses it: see
+        :attr:`distq.transport.manager.ManagerConsumer.most`)."""
         call: Callable[..., Any] = self._callmethod  # typeshed types its reply as None
-        return call(method, args)
+        return call(method, args) if most is None else call(method, args, {"most": most})
 
     def put(self, queue: str, bodies: Sequence[bytes]) -> None:
         self._call("put", queue, bodies)
@@ -665,9 +675,15 @@ class BrokerProxy(BaseProxy):
         return _count(self._call("forget_orphans", queue, reply_to), "forget_orphans")
 
     def fetch(
-        self, queue: str, consumer: str, max_count: int, timeout: float, lease: float
+        self,
+        queue: str,
+        consumer: str,
+        max_count: int,
+        timeout: float,
+        lease: float,
+        most: int | None = None,
     ) -> list[Wire] | None:
-        reply = self._call("fetch", queue, consumer, max_count, timeout, lease)
+        reply = self._call("fetch", queue, consumer, max_count, timeout, lease, most=most)
         return None if reply is None else _deliveries(reply, "fetch")
 
     def heartbeat(self, consumer: str, lease: float) -> None:
@@ -690,8 +706,9 @@ class BrokerProxy(BaseProxy):
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
+        most: int | None = None,
     ) -> list[Wire] | None:
-        reply = self._call("settle_fetch", queue, consumer, items, max_count, lease)
+        reply = self._call("settle_fetch", queue, consumer, items, max_count, lease, most=most)
         return None if reply is None else _deliveries(reply, "settle_fetch")
 
     def settle_fetch_late(
@@ -701,8 +718,9 @@ class BrokerProxy(BaseProxy):
         items: Sequence[WireSettlement],
         max_count: int,
         lease: float,
+        most: int | None = None,
     ) -> tuple[list[int], list[Wire]] | None:
-        reply = self._call("settle_fetch_late", queue, consumer, items, max_count, lease)
+        reply = self._call("settle_fetch_late", queue, consumer, items, max_count, lease, most=most)
         if reply is None:
             return None
         if not isinstance(reply, tuple | list) or len(reply) != 2:

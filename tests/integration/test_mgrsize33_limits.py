@@ -1,0 +1,186 @@
+"""Message-size limits that differ between the ends of a manager connection: a task the
+master took under its DISTQ_MAX_MESSAGE_BYTES and over a worker's is dead-lettered and
+answered, not refused with every fetch reply holding it (the tasks behind it waiting for
+good); and a worker's settle of large results goes in calls within the master's limit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from conftest import Target
+from distq.codec import Codec
+from distq.config import Settings
+from distq.ending import Endings
+from distq.envelope import Task, new_id
+from distq.transport import Settlement, Transport, open_transport
+from launch import free_port
+from procs import Distq
+from seam import fetch_n, results_n, results_of
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(most: int) -> Settings:
+    return Settings(
+        authkey=b"k" * 32, manager_address=("127.0.0.1", free_port()), max_message_bytes=most
+    )
+
+
+@pytest.mark.timeout(120)
+def test_a_task_within_a_workers_frames_goes_to_it_one_over_them_is_dead_lettered() -> None:
+    # at the worker's 1 MiB, what it reads past 4 MiB of others is 61 MiB: one of 61 MiB is
+    # its own to dead-letter (as on Redis and RabbitMQ: with its keys, its reason)
+    settings = _settings(100 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(replace(settings, max_message_bytes=1 << 20), "worker")
+    try:
+        most = 61 << 20  # 2 * 1 MiB + 64 MiB, less 4 MiB of others and 1 MiB to spare
+        bodies = [b"x" * (4 << 20), b"y" * most, b"z" * (most + 1)]
+        hosted.producer(hosted.reply_queue("edge")).submit(bodies)
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 2, within=30)
+        assert [len(d.body) for d in got] == [4 << 20, most]
+        assert consumer.fetch(5, 0.1) == []
+        [letter] = hosted.dead_letters()
+        assert f"task is {most + 1:,} bytes" in letter.reason, letter.reason
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_task_over_a_workers_limit_is_dead_lettered_answered_and_the_rest_run() -> None:
+    # the master at 100 MiB, the worker at the default 1 MiB: its frames stop at 66 MiB,
+    # and a fetch reply holding a task of 70 MiB was refused at every redelivery
+    settings = _settings(100 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(replace(settings, max_message_bytes=1 << 20), "worker")
+    try:
+        reply_to = hosted.reply_queue("big")
+        producer = hosted.producer(reply_to)
+        codec = Codec(max_message_bytes=100 << 20)
+        big = Task(name="jobs:echo", args=["x" * (70 << 20)], reply_to=reply_to)
+        small = [
+            codec.seal_task(Task(name="jobs:add", args=[n, n], reply_to=reply_to)) for n in range(3)
+        ]
+        producer.submit([small[0], codec.seal_task(big), *small[1:]])
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 3, within=30)
+        assert sorted(d.body for d in got) == sorted(small)
+        [letter] = hosted.dead_letters()
+        assert "1,048,576" in letter.reason and "104,857,600" in letter.reason, letter.reason
+        assert len(letter.body) < 1 << 20  # its start only
+        [answer] = results_n(producer, 1, within=10)
+        assert big.id.encode() in answer and b"MessageTooLarge" in answer, answer[:500]
+        assert b"1,048,576" in answer, answer[:500]
+        assert hosted.stats().dead == 1 and consumer.fetch(5, 0.1) == []
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_settle_of_large_results_goes_in_calls_within_the_masters_limit() -> None:
+    # 80 results of 1 MiB are one settle of 80 MiB, over the master's 66 MiB: the master
+    # dropped the connection and the tasks ran again
+    settings = _settings(1 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "client")
+    try:
+        reply_to = remote.reply_queue("big")
+        producer = remote.producer(reply_to)
+        producer.submit([bytes([n]) for n in range(80)])
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 80, within=30)
+        results = [bytes([n]) * (1 << 20) for n in range(80)]
+        settled = [Settlement(d, reply_to=reply_to, result=d.body * (1 << 20)) for d in got]
+        assert consumer.settle_then_fetch(settled, 5) == []
+        assert sorted(results_n(producer, 80, within=60)) == results
+        assert hosted.stats().in_flight == 0
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+def test_a_worker_fetches_from_a_master_that_takes_no_limit(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(1 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    try:
+        broker = hosted._broker  # type: ignore[attr-defined]
+        before = broker.fetch
+
+        def fetch(queue: str, consumer: str, count: int, timeout: float, lease: float) -> object:
+            return before(queue, consumer, count, timeout, lease)  # a distq before limits33
+
+        monkeypatch.setattr(broker, "fetch", fetch)
+        hosted.producer(hosted.reply_queue("old")).submit([b"a", b"b"])
+        consumer = remote.consumer("c1")
+        assert [d.body for d in fetch_n(consumer, 2)] == [b"a", b"b"]
+        assert consumer.most is None  # type: ignore[attr-defined]
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+def test_a_task_over_a_workers_limit_is_dead_lettered_even_if_its_answer_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def failing(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Endings, "malformed", failing)
+    settings = _settings(100 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(replace(settings, max_message_bytes=1 << 20), "worker")
+    try:
+        hosted.producer(hosted.reply_queue("j")).submit([b"x" * (62 << 20), b"small"])
+        consumer = remote.consumer("c1")
+        assert [d.body for d in fetch_n(consumer, 1)] == [b"small"]
+        [letter] = hosted.dead_letters()
+        assert "65,011,712 bytes" in letter.reason and "not answered" in letter.reason
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Distq]]:
+    started: list[Distq] = []
+    yield started
+    for proc in started:
+        proc.stop(grace=3.0)
+
+
+@pytest.mark.timeout(180)
+def test_a_task_far_over_a_workers_limit_is_dead_lettered_answered_on_every_transport(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """70 MiB, for a worker the CLI started at the default 1 MiB: on Redis and RabbitMQ
+    it reads it and dead-letters it; on manager, too large for its frames, the master
+    does (it stalled the queue there); every other task runs, on each alike."""
+    reply = hosted.reply_queue(new_id())
+    producer = hosted.producer(reply)
+    big = Task("jobs:echo", ["x" * (70 << 20)], reply)
+    small = [Task("jobs:add", [n, n], reply) for n in range(3)]
+    producer.submit([small[0].encode(), big.encode(), *(t.encode() for t in small[1:])])
+    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], target.process_env())
+    workers.append(proc)
+    assert proc.wait(120) == 0, proc.output()
+    answers = results_of(producer, 4, within=30)
+    producer.close()
+    got = sorted((r.task_id, r.status, r.error_type or "") for r in answers)
+    expected = [(big.id, "error", "MessageTooLarge")] + [(t.id, "ok", "") for t in small]
+    assert got == sorted(expected), got
+    [letter] = hosted.dead_letters()
+    assert "over the limit of 1,048,576 (DISTQ_MAX_MESSAGE_BYTES" in letter.reason, letter.reason
