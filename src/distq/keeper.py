@@ -128,7 +128,7 @@ class Keeper:
         stopping: threading.Event,
         settle: Callable[[Slot, list[Ending], Sequence[Delivery]], list[Delivery]],
         count: Count,
-        drop_consumer: Callable[[Slot, str], None],
+        drop_consumer: Callable[[Slot, str], int],
         timed_out: Callable[[Delivery, Task, float, float, float], Ending],
         start_slot: Callable[[Slot], None],
         cannot_start: Callable[[str, RuntimeError], None],
@@ -273,6 +273,7 @@ class Keeper:
                     self._settle(slot, done, [])
             except BaseException:
                 batch.put_back(endings=done)  # the slot settles them with the rest
+                slot.unconfirmed = []  # and counts them then
                 raise
         return True
 
@@ -357,9 +358,11 @@ class Keeper:
                 with self.health.liveness.waiting("leases"):  # a silent broker is no stall
                     self._settle(slot, [*batch.endings, ending], batch.take_rest())
             except Exception as exc:
-                # its note went with the settle: no line said it (rmq18b). The consumer
-                # goes, as after a slot's own failed settle: kept, it held the task and
-                # the keeper renewed its lease for good, the task never ran again
+                # The consumer goes, as after a slot's own failed settle: kept, it held the
+                # task and the keeper renewed its lease for good, the task never ran again
+                if self._drop_consumer(slot, str(exc)):
+                    raise  # the settle ran late all the same: its note was said, counted
+                # its note went with the settle: no line said it (rmq18b)
                 task = running.task
                 self.console.error(
                     f"task {shown(task.name)} {shown(task.id)} attempt {task.attempt}/"
@@ -367,7 +370,6 @@ class Keeper:
                     f"{goes_on}; that attempt was not settled ({describe(exc)}): the task "
                     "runs again"
                 )
-                self._drop_consumer(slot, str(exc))
                 raise
             finally:
                 try:

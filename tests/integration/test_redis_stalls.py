@@ -8,6 +8,7 @@ once Redis goes on, after the consumer closed or before.
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import time
 import uuid
@@ -18,10 +19,15 @@ import pytest
 import redis
 
 from distq.config import Settings
+from distq.console import Console
+from distq.envelope import Task
 from distq.errors import TransportError
+from distq.tasks import Registry
 from distq.transport.base import Settlement
 from distq.transport.redis import RedisTransport
+from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
+from seam import results_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -134,3 +140,45 @@ def test_a_call_redis_answers_too_late_says_which_setting_bounds_the_wait(
     said = str(caught.value)
     assert "no answer in 1.0 s" in said, said
     assert "DISTQ_LEASE_SECONDS" in said, said
+
+
+def _stall_then_return(server: LocalRedis, seconds: float, started: list[threading.Thread]) -> str:
+    """A task that stalls Redis ``seconds`` (on a connection of its own) as it returns:
+    the settle of its result meets the stall."""
+    client = server.client(socket_timeout=seconds + 30)
+    thread = threading.Thread(target=client.execute_command, args=("DEBUG", "SLEEP", seconds))
+    thread.start()
+    started.append(thread)
+    time.sleep(0.2)  # the sleep has begun
+    return "done"
+
+
+def test_a_settle_that_timed_out_but_ran_late_counts_its_tasks_as_settled(
+    server: LocalRedis, raw: redis.Redis[bytes], transport: RedisTransport
+) -> None:
+    """A slot's settle fails after a second (Redis stalls 2 s) and the worker closes its
+    consumer; the settle, received before the close, runs first: the result reached the
+    master once. The worker counted the task handed back ("0 ok" in its exit line, its
+    health and metrics), though it was settled and never ran again. The close says which
+    of the tasks it held its settle had taken already: those count as what they were."""
+    t = transport
+    producer = t.producer(t.reply_queue("j"))
+    stalls: list[threading.Thread] = []
+    registry = Registry()
+    registry.register("stall", lambda seconds: _stall_then_return(server, seconds, stalls))
+    producer.submit([Task(name="stall", args=[2.0], reply_to=producer.reply_to).encode()])
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=1, worker_id="w", exit_when_idle=1.0, heartbeat_interval=1)
+    worker = Worker(t, registry, options, Console(out=out, err=out))
+    assert worker.run() == 0
+    for thread in stalls:
+        thread.join()
+    assert len(stalls) == 1, out.getvalue()  # ran once
+    results = results_of(producer, 2, within=1)
+    assert [r.value for r in results] == ["done"], out.getvalue()  # reached the master once
+    assert "reconnecting" in out.getvalue(), out.getvalue()  # the settle did fail
+    assert "worker exit. 1 ok" in out.getvalue(), out.getvalue()
+    assert worker.health.snapshot().tasks_ok == 1
+    assert worker.health.in_hand == 0
+    assert raw.keys(t.inflight_prefix + "*") == []
+    producer.close()

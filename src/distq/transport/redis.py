@@ -14,6 +14,7 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 | ``<q>``                             | list | submit LPUSH (4); requeue RPUSH (1) | claim, tail |
 | ``distq:<q>:inflight:<id>``         | list | claim (with the lease, atomic)   | settle      |
 | ``distq:<q>:consumers``             | zset | claim, heartbeat, close          | sweep       |
+| ``distq:<q>:consumers:<id>``        | str  | settle by count INCR (5)         | close       |
 | ``distq:<q>:delayed``               | zset | settle: retry with a delay       | sweep       |
 | ``distq:<q>:redelivered``           | set  | sweep, release, close            | claim       |
 | ``distq:<q>:dead``                  | list | settle RPUSH, so oldest first    | LRANGE (2)  |
@@ -26,6 +27,8 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 (2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
 (3) LRANGE of its tail (the oldest results); the ack script LTRIMs those received.
 (4) in a MULTI/EXEC transaction with the count in ``state`` (counted only if pushed).
+(5) deleted by the close and by a sweep of the consumer: a settle that had no answer
+(Redis stalled past the wait) ran late if its close finds it counted.
 
 The transport checks the type of every key above but the per-consumer and per-job ones
 when it starts and when a consumer connects (:meth:`RedisTransport.check_types`): a key of
@@ -906,6 +909,9 @@ class RedisConsumer(Consumer):
         # the last claim found nothing, and nothing was settled or released since: the next
         # fetch blocks at once instead of claiming again first (one round trip less a wait)
         self._found_nothing = False
+        # its settles by count Redis said it ran, and the tags of each it sent but had no
+        # answer to (a stall past the wait): the close finds whether those ran after all
+        self._ran, self._unanswered = 0, list[list[bytes]]()
         with transport.errors():  # reachable now, so "reconnected" means it
             transport.check_types(self._w)  # and its keys are distq's: one round trip
         self._link = self._w.link  # the connection its in-flight list is known on
@@ -994,7 +1000,14 @@ class RedisConsumer(Consumer):
             self._relink()
             if tags == held[:count]:  # the oldest, in order: ack by count
                 args = [*self._args, len(held), count, *publish]
-                if self._t.settle_script(self._w, keys, args) == 1:
+                try:
+                    settled = self._t.settle_script(self._w, keys, args)
+                except RedisError as exc:
+                    if not isinstance(exc, ResponseError):  # no answer: it may run late
+                        self._unanswered.append(tags)
+                    raise
+                if settled == 1:
+                    self._ran += 1
                     del held[:count]
                     return
             self._settle_by_body(settlements, tags)
@@ -1042,8 +1055,11 @@ class RedisConsumer(Consumer):
                 self._w.pipeline(commands, replies)
             except RedisError as exc:  # the connection is gone: did the settle go through?
                 if replies and replies[0] == 1:  # its reply came in before the wait failed
+                    self._ran += 1
                     del held[:count]
                     raise SettledThenFailed(f"Redis at {self._t.address}: {exc}") from None
+                if not replies:  # no answer: it may run late (see close)
+                    self._unanswered.append(tags)
                 raise
             settled, first, reply = replies[0], replies[1] if block > 0 else None, replies[-1]
             if self._t.refused_for_memory(first):  # full: the claim ran all the same
@@ -1054,6 +1070,7 @@ class RedisConsumer(Consumer):
                 reply = self._t.claim_script.evaluate(self._w, claim)
             raise_first([settled])
             if settled == 1:
+                self._ran += 1
                 del held[:count]
                 if isinstance(first, Exception) or isinstance(reply, Exception):
                     _settled_then_raise_first(self._t, [first, reply])  # not on the way
@@ -1181,11 +1198,20 @@ class RedisConsumer(Consumer):
         return len(tags)
 
     def close(self) -> None:
+        """Hand back what the in-flight list holds. Settles by count that had no answer
+        (:attr:`settled_late`) ran if Redis counted them all (``close.lua``): Redis runs a
+        command a stalled connection sent before this close's, on a connection made
+        afresh. Any other count (a settle of them ran, another not; a Redis restarted from
+        an older snapshot; a sweep forgot the count) says none: they go back uncounted."""
         self._w.check(IDLE_CHECK_SECONDS)  # a cold stop's, under a batch: idle while it ran
         try:
-            self._t.close_script(self._w, self._keys, self._args)
+            counted = self._t.close_script(self._w, self._keys, self._args)
         except RedisError as exc:  # the lease expires instead, so nothing is lost
             log.debug("consumer %s could not hand back its tasks: %s", self.consumer_id, exc)
+        else:
+            late = int(counted or 0) - self._ran
+            if self._unanswered and late == len(self._unanswered):
+                self.settled_late = frozenset(tag for tags in self._unanswered for tag in tags)
         self._held.clear()
         self._w.close()
 
