@@ -98,7 +98,9 @@ class Keeper:
     (those the broker refused to take back stay with the consumer, and are no
     hand-back), then the endings so far are settled. A call that fails puts what it took
     back in the batch, for the slot's own settle (else the consumer held them, and the
-    keeper renewed their leases for good). Then the lease of the rest is renewed: on the
+    keeper renewed their leases for good); the slot starts none of the tasks put back,
+    but hands them back (a release that failed with no answer may run late: another
+    worker ran them, and the slot too). Then the lease of the rest is renewed: on the
     slot's link in the same hold of its lock, or with the other due slots' once the
     tick's hand-backs are done.
 
@@ -263,8 +265,10 @@ class Keeper:
                 with self.health.liveness.waiting("leases"):  # a silent broker is no stall
                     back = slot.consumer.release(rest)
             except BaseException:
-                batch.put_back(rest=rest)  # failed, they stayed held by the consumer,
-                raise  # renewed by this keeper for good: never run (nor settled)
+                # failed: they may have stayed held by the consumer, renewed by this keeper
+                # for good, never run: the slot hands them back (not runs: see put_back)
+                batch.put_back(rest=rest)
+                raise
             self._count(slot, [], released=len(rest), kept=len(rest) - back)
         done = batch.take_endings()
         if done:

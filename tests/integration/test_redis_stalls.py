@@ -8,16 +8,20 @@ once Redis goes on, after the consumer closed or before.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
+import distq.worker as worker_module
+from distq.batch import Batch, BatchSizer, run_batch
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Task
@@ -182,3 +186,76 @@ def test_a_settle_that_timed_out_but_ran_late_counts_its_tasks_as_settled(
     assert worker.health.in_hand == 0
     assert raw.keys(t.inflight_prefix + "*") == []
     producer.close()
+
+
+def test_a_keeper_hand_back_that_ran_late_is_not_run_by_the_slot_too(
+    server: LocalRedis,
+    raw: redis.Redis[bytes],
+    transport: RedisTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The keeper hands back a batch's tasks not started while its slot stands still (a
+    process starved of CPU, or the GIL held by other slots) after it stopped the batch to
+    ask the broker about a master it does not know alive, its slot's lock wanted. Redis
+    stalls: the release fails after a second, and the tasks go back to the batch; then
+    Redis goes on and runs the release, and the tasks are back in the queue for any
+    worker. The slot asked about the master and ran them all the same: each ran twice
+    (here the second worker is this test's consumer, which claims them from the queue).
+    A batch whose hand-back failed starts none of them now: the slot hands them back."""
+    t = transport
+    first, other = t.producer(t.reply_queue("a")), t.producer(t.reply_queue("b"))
+    ran: list[str] = []
+    registry = Registry()
+
+    def note(name: str) -> None:
+        ran.append(name)
+        time.sleep(1.0)  # long enough for another worker to claim a copy meanwhile
+
+    registry.register("note", note)
+    # the first batch is one task (of master a); the next, leased by its settle, three
+    # tasks of master b, which the slot does not know alive yet: it asks before the first
+    first.submit([Task(name="note", args=["warm"], reply_to=first.reply_to).encode()])
+    other.submit(
+        [Task(name="note", args=[n], reply_to=other.reply_to).encode() for n in ("x", "y", "z")]
+    )
+    # as in a worker that handed tasks back before: else the late EVALSHA met NOSCRIPT
+    raw.execute_command("SCRIPT", "LOAD", t.release_script.source)
+    monkeypatch.setattr(worker_module, "BatchSizer", functools.partial(BatchSizer, target=60.0))
+    stalls: list[threading.Thread] = []
+
+    def run_batch_then_stand_still(batch: Batch, *args: Any, **kwargs: Any) -> list[Any]:
+        endings = run_batch(batch, *args, **kwargs)
+        if batch.unchecked == other.reply_to and not stalls:
+            # Redis stalls 1.6 s: the keeper's release (0.3 s in) fails at 1.3 s and runs
+            # at 1.6; the slot asks about master b once Redis answers
+            _stall_then_return(server, 1.6, stalls)
+            time.sleep(0.5)  # the slot stands still: the keeper hands back x, y, z
+        return endings
+
+    monkeypatch.setattr(worker_module, "run_batch", run_batch_then_stand_still)
+    out = io.StringIO()
+    options = WorkerOptions(
+        concurrency=1, prefetch=8, worker_id="w", exit_when_idle=1.0, heartbeat_interval=0.3
+    )
+    worker = Worker(t, registry, options, Console(out=out, err=out))
+    running = threading.Thread(target=worker.run)
+    running.start()
+    elsewhere = t.consumer("elsewhere")  # another worker's slot, once Redis stalls
+    deadline = time.monotonic() + 20
+    while running.is_alive() and time.monotonic() < deadline:
+        if not stalls:
+            time.sleep(0.02)
+            continue
+        try:
+            got = elsewhere.fetch(8, timeout=0.2)
+        except TransportError:  # Redis stalls: a worker tries again
+            continue
+        ran.extend(Task.decode(d.body).args[0] for d in got)  # it runs them too
+        elsewhere.settle([Settlement(d) for d in got])
+    running.join(10)
+    for thread in stalls:
+        thread.join()
+    elsewhere.close()
+    assert stalls, out.getvalue()
+    assert sorted(ran) == ["warm", "x", "y", "z"], (ran, out.getvalue())
+    assert t.stats().ready == 0 and t.stats().in_flight == 0
