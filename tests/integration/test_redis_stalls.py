@@ -259,3 +259,60 @@ def test_a_keeper_hand_back_that_ran_late_is_not_run_by_the_slot_too(
     assert stalls, out.getvalue()
     assert sorted(ran) == ["warm", "x", "y", "z"], (ran, out.getvalue())
     assert t.stats().ready == 0 and t.stats().in_flight == 0
+
+
+@pytest.mark.parametrize("early", ["echo", "fails"])
+def test_a_keeper_settle_that_ran_late_is_not_settled_again(
+    server: LocalRedis,
+    raw: redis.Redis[bytes],
+    transport: RedisTransport,
+    monkeypatch: pytest.MonkeyPatch,
+    early: str,
+) -> None:
+    """Three fast tasks, then one that stalls Redis 2 s, in one batch: the keeper settles
+    the three 0.3 s in, and its settle fails after a second; the slot settles them again
+    with the last. Redis had run the keeper's settle all the same: each result reached
+    the master twice, and a retry it published was found late by the second settle,
+    "not retried: ... its lease had lapsed first", counted handed back. The consumer
+    asks Redis first whether its settle ran (the count close.lua reads) and sends again
+    only what it did not settle."""
+    t = transport
+    producer = t.producer(t.reply_queue("j"))
+    monkeypatch.setattr(worker_module, "BatchSizer", functools.partial(BatchSizer, target=60.0))
+    stalls: list[threading.Thread] = []
+    registry = Registry()
+    registry.register("nap", lambda seconds: time.sleep(seconds))
+    registry.register("echo", lambda value: value)
+
+    def fails(value: str) -> None:
+        raise ValueError(value)
+
+    registry.register("fails", fails)
+
+    def stall(seconds: float) -> None:
+        _stall_then_return(server, seconds, stalls)
+        time.sleep(seconds)
+
+    registry.register("stall", stall)
+    tasks = [Task(name="nap", args=[0.0], reply_to=producer.reply_to)]  # grows the next fetch
+    tasks += [Task(name=early, args=[n], reply_to=producer.reply_to) for n in ("a", "b", "c")]
+    tasks.append(Task(name="stall", args=[2.0], reply_to=producer.reply_to))
+    producer.submit([task.encode() for task in tasks])
+    out = io.StringIO()
+    options = WorkerOptions(
+        concurrency=1, prefetch=8, worker_id="w", exit_when_idle=1.5, heartbeat_interval=0.3
+    )
+    worker = Worker(t, registry, options, Console(out=out, err=out))
+    assert worker.run() == 0
+    for thread in stalls:
+        thread.join()
+    assert "reconnecting" in out.getvalue(), out.getvalue()  # the keeper's settle failed
+    results = [r.task_id for r in results_of(producer, 30, within=1)]
+    assert len(results) == len(set(results)), out.getvalue()  # each once
+    assert "lease had lapsed" not in out.getvalue(), out.getvalue()
+    counts = worker.health.snapshot()
+    if early == "fails":
+        assert counts.tasks_retried == 6 and counts.dead_lettered == 3, out.getvalue()
+    else:
+        assert counts.tasks_ok == 5, out.getvalue()
+    producer.close()

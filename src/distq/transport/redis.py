@@ -912,6 +912,7 @@ class RedisConsumer(Consumer):
         # its settles by count Redis said it ran, and the tags of each it sent but had no
         # answer to (a stall past the wait): the close finds whether those ran after all
         self._ran, self._unanswered = 0, list[list[bytes]]()
+        self._settles_key = f"{transport.consumers_key}:{self.consumer_id}"  # settles_of
         with transport.errors():  # reachable now, so "reconnected" means it
             transport.check_types(self._w)  # and its keys are distq's: one round trip
         self._link = self._w.link  # the connection its in-flight list is known on
@@ -990,6 +991,7 @@ class RedisConsumer(Consumer):
     def settle(self, settlements: Sequence[Settlement]) -> None:
         self._found_nothing = False  # it may publish retries: the next fetch claims first
         self.late = frozenset()
+        settlements = self._unsettled(settlements)
         if not settlements:
             return
         self._w.check(IDLE_CHECK_SECONDS)
@@ -1028,6 +1030,7 @@ class RedisConsumer(Consumer):
         its new delivery too and not handed out: the worker ran it again, and a task
         that held the GIL past its lease at each run ran without end (48 times, the
         tasks behind it never, lease17). One that failed runs again (the copy decides)."""
+        settlements = self._unsettled(settlements)
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
@@ -1083,6 +1086,28 @@ class RedisConsumer(Consumer):
                     out = [d for d in out if d.body not in done]
             self._found_nothing = settled == 1 and not out
         return out
+
+    def _unsettled(self, settlements: Sequence[Settlement]) -> Sequence[Settlement]:
+        """``settlements`` but those a settle that had no answer settled all the same
+        (Redis stalled past the wait, then ran it: the keeper's, whose endings the slot
+        settles again). Sent again, their results reached the master twice, and a retry
+        or dead letter was found late ("not retried"), though it had gone. Asked of
+        Redis (the count ``close.lua`` reads) once after such a settle: if all of them
+        ran, they are forgotten; else all are sent again (one that runs later still
+        finds the in-flight list changed, and does nothing)."""
+        if not self._unanswered or not settlements:
+            return settlements
+        with self._t.errors():
+            self._relink()
+            counted = int(self._w.execute_command("GET", self._settles_key) or 0)
+        done = [tag for tags in self._unanswered for tag in tags]
+        ran_all = counted - self._ran == len(self._unanswered)
+        self._ran, self._unanswered = counted, []
+        if not ran_all:
+            return settlements
+        self._forget(done)
+        kept = set(done)
+        return [s for s in settlements if tags_of([s.delivery], bytes, "redis")[0] not in kept]
 
     def _block_for(self, timeout: float, settlements: Sequence[Settlement]) -> float:
         """How long a settle may wait for the next task: up to ``timeout``, a block slice
