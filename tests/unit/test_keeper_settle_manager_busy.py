@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
 import time
 from typing import Any, NamedTuple
 
 import pytest
 
 import distq.worker as worker_module
-from distq.batch import BatchSizer
+from distq.batch import BatchSizer, run_batch
 from distq.console import Console
 from distq.envelope import Task
 from distq.health import HealthSnapshot
@@ -35,36 +36,38 @@ class Ran(NamedTuple):
 
 
 def _run(transport: Transport, monkeypatch: pytest.MonkeyPatch, early: str) -> Ran:
-    """Three ``early`` tasks then one that keeps the master busy 2.5 s (its broker's lock
-    held) from 0.1 s in, in one batch: the keeper settles the three 0.3 s in, and its
-    settle waits for the master past its 1.7 s."""
+    """Three ``early`` tasks then one that waits 3 s, in one batch; the third keeps the
+    master busy (its broker's lock held) 2.5 s: the keeper settles them 0.3 s into the
+    batch, and its settle waits for the master past its 1.7 s."""
     monkeypatch.setattr(worker_module, "BatchSizer", functools.partial(BatchSizer, target=60.0))
+    monkeypatch.setattr(worker_module, "run_batch", functools.partial(run_batch, budget=60.0))
     broker: Any = transport._broker  # type: ignore[attr-defined]
     calls: list[int] = []
     registry = Registry()
-    registry.register("nap", lambda seconds: time.sleep(seconds))
+    busy_for: list[threading.Thread] = []
 
-    def large(n: int) -> str:
-        calls.append(n)
-        return "x" * n
-
-    def fails(n: int) -> None:
-        calls.append(n)
-        raise ValueError("it fails")
-
-    def busy_master(seconds: float) -> None:
-        time.sleep(0.1)
+    def busy(seconds: float) -> None:
         with broker._lock:  # the master busy: every call of a worker's waits
             time.sleep(seconds)
-        time.sleep(0.5)
+
+    def large(n: int, last: bool) -> str:
+        calls.append(n)
+        if last and not busy_for:  # once: not again at a retry
+            busy_for.append(threading.Thread(target=busy, args=[2.5]))
+            busy_for[-1].start()
+        return "x" * n
+
+    def fails(n: int, last: bool) -> None:
+        large(n, last)
+        raise ValueError("it fails")
 
     registry.register("large", large)
     registry.register("fails", fails)
-    registry.register("busy_master", busy_master)
+    registry.register("nap", lambda seconds: time.sleep(seconds))
     producer = transport.producer("w.results.job")
     tasks = [Task(name="nap", args=[0.0], reply_to="w.results.job")]  # grows the next fetch
-    tasks += [Task(name=early, args=[LARGE], reply_to="w.results.job") for _ in range(3)]
-    tasks.append(Task(name="busy_master", args=[2.5], reply_to="w.results.job"))
+    tasks += [Task(name=early, args=[LARGE, n == 2], reply_to="w.results.job") for n in range(3)]
+    tasks.append(Task(name="nap", args=[3.0], reply_to="w.results.job"))
     producer.submit([task.encode() for task in tasks])
     out = io.StringIO()
     options = WorkerOptions(
@@ -76,6 +79,8 @@ def _run(transport: Transport, monkeypatch: pytest.MonkeyPatch, early: str) -> R
         assert worker.run() == 0
     finally:
         remote.close()
+        for thread in busy_for:
+            thread.join()
     results = [r.task_id for r in results_of(producer, 20, within=2)]
     producer.close()
     assert "did not answer within 1.66667 s" in out.getvalue(), out.getvalue()  # it failed
