@@ -84,6 +84,9 @@ class Batch:
         self.claim: list[Delivery] = []  # the running task's delivery, until someone ends it
         self.running: Running | None = None  # a task with a time limit, while it runs
         self.abandoned = False  # the keeper gave up on the running task (time limit)
+        # the keeper's hand-back of the tasks not started failed: they may be back in the
+        # queue all the same (the call ran late), so the slot starts none, hands them back
+        self.rest_in_doubt = False
 
     def admit(self, task: Task) -> bool | None:
         """Whether ``task`` may run now: True; False if its master is gone; None when its
@@ -127,7 +130,12 @@ class Batch:
 
     def put_back(self, rest: Sequence[Delivery] = (), endings: Sequence[Ending] = ()) -> None:
         """Undo :meth:`take_rest` and :meth:`take_endings` (the keeper could not hand them
-        back or settle them): the slot runs those deliveries and settles those endings."""
+        back or settle them): the slot settles those endings, and hands those deliveries
+        back with them, unrun (:attr:`rest_in_doubt`): a hand-back that failed with no
+        answer may still have run (a broker that stalled past the wait), and another
+        worker run them; the slot ran them too (twice)."""
+        if rest:
+            self.rest_in_doubt = True
         self.waiting.extendleft(reversed(rest))
         self.endings[:0] = endings
         self.endings_taken -= len(endings)
@@ -169,14 +177,15 @@ def run_batch(
     even (a batch fetched as the stop came goes back whole), at once on ``abort``
     (a cold stop), before a task whose master is to be asked (``run`` returns None:
     the delivery goes back to the front of ``waiting``), and when the keeper gave up
-    on the task that ran (``batch.abandoned``: its ending is the keeper's). A task with
+    on the task that ran (``batch.abandoned``: its ending is the keeper's), and once the
+    keeper's hand-back of the tasks not started failed (``batch.rest_in_doubt``). A task with
     a time limit that returned past it, the keeper not having ended it, ends as ``late``
     says instead of as it returned.
     """
     endings = batch.endings
     started = time.perf_counter()
     while True:
-        if abort.is_set() or stopping.is_set():
+        if abort.is_set() or stopping.is_set() or batch.rest_in_doubt:
             break
         if endings and time.perf_counter() - started > budget:
             break

@@ -98,7 +98,9 @@ class Keeper:
     (those the broker refused to take back stay with the consumer, and are no
     hand-back), then the endings so far are settled. A call that fails puts what it took
     back in the batch, for the slot's own settle (else the consumer held them, and the
-    keeper renewed their leases for good). Then the lease of the rest is renewed: on the
+    keeper renewed their leases for good); the slot starts none of the tasks put back,
+    but hands them back (a release that failed with no answer may run late: another
+    worker ran them, and the slot too). Then the lease of the rest is renewed: on the
     slot's link in the same hold of its lock, or with the other due slots' once the
     tick's hand-backs are done.
 
@@ -128,7 +130,7 @@ class Keeper:
         stopping: threading.Event,
         settle: Callable[[Slot, list[Ending], Sequence[Delivery]], list[Delivery]],
         count: Count,
-        drop_consumer: Callable[[Slot, str], None],
+        drop_consumer: Callable[[Slot, str], int],
         timed_out: Callable[[Delivery, Task, float, float, float], Ending],
         start_slot: Callable[[Slot], None],
         cannot_start: Callable[[str, RuntimeError], None],
@@ -263,8 +265,10 @@ class Keeper:
                 with self.health.liveness.waiting("leases"):  # a silent broker is no stall
                     back = slot.consumer.release(rest)
             except BaseException:
-                batch.put_back(rest=rest)  # failed, they stayed held by the consumer,
-                raise  # renewed by this keeper for good: never run (nor settled)
+                # failed: they may have stayed held by the consumer, renewed by this keeper
+                # for good, never run: the slot hands them back (not runs: see put_back)
+                batch.put_back(rest=rest)
+                raise
             self._count(slot, [], released=len(rest), kept=len(rest) - back)
         done = batch.take_endings()
         if done:
@@ -273,6 +277,7 @@ class Keeper:
                     self._settle(slot, done, [])
             except BaseException:
                 batch.put_back(endings=done)  # the slot settles them with the rest
+                slot.unconfirmed = []  # and counts them then
                 raise
         return True
 
@@ -357,9 +362,11 @@ class Keeper:
                 with self.health.liveness.waiting("leases"):  # a silent broker is no stall
                     self._settle(slot, [*batch.endings, ending], batch.take_rest())
             except Exception as exc:
-                # its note went with the settle: no line said it (rmq18b). The consumer
-                # goes, as after a slot's own failed settle: kept, it held the task and
-                # the keeper renewed its lease for good, the task never ran again
+                # The consumer goes, as after a slot's own failed settle: kept, it held the
+                # task and the keeper renewed its lease for good, the task never ran again
+                if self._drop_consumer(slot, str(exc)):
+                    raise  # the settle ran late all the same: its note was said, counted
+                # its note went with the settle: no line said it (rmq18b)
                 task = running.task
                 self.console.error(
                     f"task {shown(task.name)} {shown(task.id)} attempt {task.attempt}/"
@@ -367,7 +374,6 @@ class Keeper:
                     f"{goes_on}; that attempt was not settled ({describe(exc)}): the task "
                     "runs again"
                 )
-                self._drop_consumer(slot, str(exc))
                 raise
             finally:
                 try:

@@ -11,6 +11,7 @@ import threading
 
 from distq.backoff import Backoff
 from distq.batch import Batch
+from distq.ending import Ending
 from distq.transport.base import Consumer
 
 #: A failed batch this long after the last one starts the slot's backoff afresh.
@@ -46,6 +47,10 @@ class Slot:
         self.fetching: float | None = None  # monotonic start of the fetch under way
         # since when a question to the broker went unanswered (Consumer.answers), or None
         self.unanswered: float | None = None
+        # the endings of the settle under way, or of the last that failed: if the consumer
+        # closed after it finds that it ran all the same (Consumer.settled_late), they
+        # count as settled, not handed back
+        self.unconfirmed: list[Ending] = []
 
     def alive(self) -> bool:
         """Whether the slot still works: its thread runs, or a task that ran out of time

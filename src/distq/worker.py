@@ -530,14 +530,25 @@ class Worker:
             self.health.took(0)  # the broker answers again: idle from now, as on a reconnect
         return deliveries
 
-    def _drop_consumer(self, slot: Slot, why: str) -> None:
+    def _drop_consumer(self, slot: Slot, why: str) -> int:
         """A call on the slot's consumer failed: it is closed, what it held goes back with
-        its lease, and the slot connects again (the caller holds the slot's lock)."""
-        self._close(slot.consumer)
-        slot.consumer = None
+        its lease, and the slot connects again (the caller holds the slot's lock). A
+        settle that failed with no answer but that the close found had run all the same
+        (:attr:`Consumer.settled_late`: Redis stalled past the wait, then ran it before
+        the close) counts as settled: its results went out once, and its tasks do not
+        come back. They counted as handed back, in the exit line, health and metrics.
+        Returns how many it counted so."""
+        consumer, slot.consumer = slot.consumer, None
+        self._close(consumer)
         slot.unanswered = None  # a question of that link's: the reconnect answers for it
+        unconfirmed, slot.unconfirmed = slot.unconfirmed, []
+        late = consumer.settled_late if consumer is not None else frozenset()
+        settled = [e for e in unconfirmed if e.settlement.delivery.tag in late]
+        if settled:
+            self._count(slot, settled, 0)
         self._count(slot, [], released=slot.in_hand)  # back with the lease
         self.health.connected(False, f"{self.id}-{slot.index}", why)
+        return len(settled)
 
     def _run(self, slot: Slot, batch: Batch) -> None:
         """Run the batch, asking the broker about any master not known alive on the way."""
@@ -649,12 +660,14 @@ class Worker:
         since: float | None = None  # when the slot went idle: now, unless it waited since
         if endings:
             settlements = self.runner.endings.settlements(endings)
+            slot.unconfirmed = endings  # until the settle answers (see _drop_consumer)
             try:
                 if fetch > 0 and not unstarted and not self._stopping.is_set():
                     began = self.health.now()
                     try:
                         claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
                     except (SettledThenFailed, SettledThenRefused):
+                        slot.unconfirmed = []
                         endings = self._not_late(slot.consumer, endings)
                         self._count(slot, endings, 0, sent)  # settled, not handed back
                         raise
@@ -667,6 +680,7 @@ class Worker:
             except MessageRefused as exc:
                 self._hold_to(exc.limit)
                 raise
+            slot.unconfirmed = []
             endings = self._not_late(slot.consumer, endings)
         self._count(slot, endings, 0, sent, since=since)
         if unstarted:

@@ -8,20 +8,30 @@ once Redis goes on, after the consumer closed or before.
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
+import distq.worker as worker_module
+from distq.batch import Batch, BatchSizer, run_batch
 from distq.config import Settings
+from distq.console import Console
+from distq.envelope import Task
 from distq.errors import TransportError
+from distq.tasks import Registry
 from distq.transport.base import Settlement
 from distq.transport.redis import RedisTransport
+from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
+from seam import results_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -134,3 +144,175 @@ def test_a_call_redis_answers_too_late_says_which_setting_bounds_the_wait(
     said = str(caught.value)
     assert "no answer in 1.0 s" in said, said
     assert "DISTQ_LEASE_SECONDS" in said, said
+
+
+def _stall_then_return(server: LocalRedis, seconds: float, started: list[threading.Thread]) -> str:
+    """A task that stalls Redis ``seconds`` (on a connection of its own) as it returns:
+    the settle of its result meets the stall."""
+    client = server.client(socket_timeout=seconds + 30)
+    thread = threading.Thread(target=client.execute_command, args=("DEBUG", "SLEEP", seconds))
+    thread.start()
+    started.append(thread)
+    time.sleep(0.2)  # the sleep has begun
+    return "done"
+
+
+def test_a_settle_that_timed_out_but_ran_late_counts_its_tasks_as_settled(
+    server: LocalRedis, raw: redis.Redis[bytes], transport: RedisTransport
+) -> None:
+    """A slot's settle fails after a second (Redis stalls 2 s) and the worker closes its
+    consumer; the settle, received before the close, runs first: the result reached the
+    master once. The worker counted the task handed back ("0 ok" in its exit line, its
+    health and metrics), though it was settled and never ran again. The close says which
+    of the tasks it held its settle had taken already: those count as what they were."""
+    t = transport
+    producer = t.producer(t.reply_queue("j"))
+    stalls: list[threading.Thread] = []
+    registry = Registry()
+    registry.register("stall", lambda seconds: _stall_then_return(server, seconds, stalls))
+    producer.submit([Task(name="stall", args=[2.0], reply_to=producer.reply_to).encode()])
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=1, worker_id="w", exit_when_idle=1.0, heartbeat_interval=1)
+    worker = Worker(t, registry, options, Console(out=out, err=out))
+    assert worker.run() == 0
+    for thread in stalls:
+        thread.join()
+    assert len(stalls) == 1, out.getvalue()  # ran once
+    results = results_of(producer, 2, within=1)
+    assert [r.value for r in results] == ["done"], out.getvalue()  # reached the master once
+    assert "reconnecting" in out.getvalue(), out.getvalue()  # the settle did fail
+    assert "worker exit. 1 ok" in out.getvalue(), out.getvalue()
+    assert worker.health.snapshot().tasks_ok == 1
+    assert worker.health.in_hand == 0
+    assert raw.keys(t.inflight_prefix + "*") == []
+    producer.close()
+
+
+def test_a_keeper_hand_back_that_ran_late_is_not_run_by_the_slot_too(
+    server: LocalRedis,
+    raw: redis.Redis[bytes],
+    transport: RedisTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The keeper hands back a batch's tasks not started while its slot stands still (a
+    process starved of CPU, or the GIL held by other slots) after it stopped the batch to
+    ask the broker about a master it does not know alive, its slot's lock wanted. Redis
+    stalls: the release fails after a second, and the tasks go back to the batch; then
+    Redis goes on and runs the release, and the tasks are back in the queue for any
+    worker. The slot asked about the master and ran them all the same: each ran twice
+    (here the second worker is this test's consumer, which claims them from the queue).
+    A batch whose hand-back failed starts none of them now: the slot hands them back."""
+    t = transport
+    first, other = t.producer(t.reply_queue("a")), t.producer(t.reply_queue("b"))
+    ran: list[str] = []
+    registry = Registry()
+
+    def note(name: str) -> None:
+        ran.append(name)
+        time.sleep(1.0)  # long enough for another worker to claim a copy meanwhile
+
+    registry.register("note", note)
+    # the first batch is one task (of master a); the next, leased by its settle, three
+    # tasks of master b, which the slot does not know alive yet: it asks before the first
+    first.submit([Task(name="note", args=["warm"], reply_to=first.reply_to).encode()])
+    other.submit(
+        [Task(name="note", args=[n], reply_to=other.reply_to).encode() for n in ("x", "y", "z")]
+    )
+    # as in a worker that handed tasks back before: else the late EVALSHA met NOSCRIPT
+    raw.execute_command("SCRIPT", "LOAD", t.release_script.source)
+    monkeypatch.setattr(worker_module, "BatchSizer", functools.partial(BatchSizer, target=60.0))
+    stalls: list[threading.Thread] = []
+
+    def run_batch_then_stand_still(batch: Batch, *args: Any, **kwargs: Any) -> list[Any]:
+        endings = run_batch(batch, *args, **kwargs)
+        if batch.unchecked == other.reply_to and not stalls:
+            # Redis stalls 1.6 s: the keeper's release (0.3 s in) fails at 1.3 s and runs
+            # at 1.6; the slot asks about master b once Redis answers
+            _stall_then_return(server, 1.6, stalls)
+            time.sleep(0.5)  # the slot stands still: the keeper hands back x, y, z
+        return endings
+
+    monkeypatch.setattr(worker_module, "run_batch", run_batch_then_stand_still)
+    out = io.StringIO()
+    options = WorkerOptions(
+        concurrency=1, prefetch=8, worker_id="w", exit_when_idle=1.0, heartbeat_interval=0.3
+    )
+    worker = Worker(t, registry, options, Console(out=out, err=out))
+    running = threading.Thread(target=worker.run)
+    running.start()
+    elsewhere = t.consumer("elsewhere")  # another worker's slot, once Redis stalls
+    deadline = time.monotonic() + 20
+    while running.is_alive() and time.monotonic() < deadline:
+        if not stalls:
+            time.sleep(0.02)
+            continue
+        try:
+            got = elsewhere.fetch(8, timeout=0.2)
+        except TransportError:  # Redis stalls: a worker tries again
+            continue
+        ran.extend(Task.decode(d.body).args[0] for d in got)  # it runs them too
+        elsewhere.settle([Settlement(d) for d in got])
+    running.join(10)
+    for thread in stalls:
+        thread.join()
+    elsewhere.close()
+    assert stalls, out.getvalue()
+    assert sorted(ran) == ["warm", "x", "y", "z"], (ran, out.getvalue())
+    assert t.stats().ready == 0 and t.stats().in_flight == 0
+
+
+@pytest.mark.parametrize("early", ["echo", "fails"])
+def test_a_keeper_settle_that_ran_late_is_not_settled_again(
+    server: LocalRedis,
+    raw: redis.Redis[bytes],
+    transport: RedisTransport,
+    monkeypatch: pytest.MonkeyPatch,
+    early: str,
+) -> None:
+    """Three fast tasks, then one that stalls Redis 2 s, in one batch: the keeper settles
+    the three 0.3 s in, and its settle fails after a second; the slot settles them again
+    with the last. Redis had run the keeper's settle all the same: each result reached
+    the master twice, and a retry it published was found late by the second settle,
+    "not retried: ... its lease had lapsed first", counted handed back. The consumer
+    asks Redis first whether its settle ran (the count close.lua reads) and sends again
+    only what it did not settle."""
+    t = transport
+    producer = t.producer(t.reply_queue("j"))
+    monkeypatch.setattr(worker_module, "BatchSizer", functools.partial(BatchSizer, target=60.0))
+    stalls: list[threading.Thread] = []
+    registry = Registry()
+    registry.register("nap", lambda seconds: time.sleep(seconds))
+    registry.register("echo", lambda value: value)
+
+    def fails(value: str) -> None:
+        raise ValueError(value)
+
+    registry.register("fails", fails)
+
+    def stall(seconds: float) -> None:
+        _stall_then_return(server, seconds, stalls)
+        time.sleep(seconds)
+
+    registry.register("stall", stall)
+    tasks = [Task(name="nap", args=[0.0], reply_to=producer.reply_to)]  # grows the next fetch
+    tasks += [Task(name=early, args=[n], reply_to=producer.reply_to) for n in ("a", "b", "c")]
+    tasks.append(Task(name="stall", args=[2.0], reply_to=producer.reply_to))
+    producer.submit([task.encode() for task in tasks])
+    out = io.StringIO()
+    options = WorkerOptions(
+        concurrency=1, prefetch=8, worker_id="w", exit_when_idle=1.5, heartbeat_interval=0.3
+    )
+    worker = Worker(t, registry, options, Console(out=out, err=out))
+    assert worker.run() == 0
+    for thread in stalls:
+        thread.join()
+    assert "reconnecting" in out.getvalue(), out.getvalue()  # the keeper's settle failed
+    results = [r.task_id for r in results_of(producer, 30, within=1)]
+    assert len(results) == len(set(results)), out.getvalue()  # each once
+    assert "lease had lapsed" not in out.getvalue(), out.getvalue()
+    counts = worker.health.snapshot()
+    if early == "fails":
+        assert counts.tasks_retried == 6 and counts.dead_lettered == 3, out.getvalue()
+    else:
+        assert counts.tasks_ok == 5, out.getvalue()
+    producer.close()

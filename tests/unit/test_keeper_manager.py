@@ -54,7 +54,7 @@ def _keeper(transport: Transport, interval: float, stopping: threading.Event) ->
         stopping=stopping,
         settle=lambda slot, endings, rest: [],
         count=lambda slot, endings, released, kept=0: None,
-        drop_consumer=lambda slot, why: None,
+        drop_consumer=lambda slot, why: 0,
         timed_out=lambda *args: pytest.fail("no time limit here"),
         start_slot=lambda slot: None,
         cannot_start=lambda which, exc: None,

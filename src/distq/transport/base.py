@@ -293,6 +293,12 @@ class Consumer(abc.ABC):
     #: :meth:`settle_then_fetch` of a transport that can refuse one; empty elsewhere.
     bounced: Mapping[object, float] = MappingProxyType({})
 
+    #: The tags of deliveries whose settle failed with no answer (a broker that stalled
+    #: past the wait) and which :meth:`close` found it had settled all the same: it ran
+    #: late, before the close. Their results went out once, and nothing of them goes back.
+    #: Set by :meth:`close` of a transport that can tell (Redis); empty elsewhere.
+    settled_late: Collection[object] = frozenset()
+
     @abc.abstractmethod
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         """Lease up to ``max_count`` deliveries; blocks up to ``timeout`` s for the first.

@@ -14,6 +14,7 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 | ``<q>``                             | list | submit LPUSH (4); requeue RPUSH (1) | claim, tail |
 | ``distq:<q>:inflight:<id>``         | list | claim (with the lease, atomic)   | settle      |
 | ``distq:<q>:consumers``             | zset | claim, heartbeat, close          | sweep       |
+| ``distq:<q>:consumers:<id>``        | str  | settle by count INCR (5)         | close       |
 | ``distq:<q>:delayed``               | zset | settle: retry with a delay       | sweep (1)   |
 | ``distq:<q>:redelivered``           | set  | sweep, release, close            | claim       |
 | ``distq:<q>:dead``                  | list | settle RPUSH, so oldest first    | LRANGE (2)  |
@@ -27,6 +28,8 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 (2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
 (3) LRANGE of its tail (the oldest results); the ack script LTRIMs those received.
 (4) in a MULTI/EXEC transaction with the count in ``state`` (counted only if pushed).
+(5) deleted by the close and by a sweep of the consumer: a settle that had no answer
+(Redis stalled past the wait) ran late if its close finds it counted.
 
 The transport checks the type of every key above but the per-consumer and per-job ones
 when it starts and when a consumer connects (:meth:`RedisTransport.check_types`): a key of
@@ -914,6 +917,10 @@ class RedisConsumer(Consumer):
         # the last claim found nothing, and nothing was settled or released since: the next
         # fetch blocks at once instead of claiming again first (one round trip less a wait)
         self._found_nothing = False
+        # its settles by count Redis said it ran, and the tags of each it sent but had no
+        # answer to (a stall past the wait): the close finds whether those ran after all
+        self._ran, self._unanswered = 0, list[list[bytes]]()
+        self._settles_key = f"{transport.consumers_key}:{self.consumer_id}"  # settles_of
         with transport.errors():  # reachable now, so "reconnected" means it
             transport.check_types(self._w)  # and its keys are distq's: one round trip
         self._link = self._w.link  # the connection its in-flight list is known on
@@ -992,6 +999,7 @@ class RedisConsumer(Consumer):
     def settle(self, settlements: Sequence[Settlement]) -> None:
         self._found_nothing = False  # it may publish retries: the next fetch claims first
         self.late = frozenset()
+        settlements = self._unsettled(settlements)
         if not settlements:
             return
         self._w.check(IDLE_CHECK_SECONDS)
@@ -1002,7 +1010,14 @@ class RedisConsumer(Consumer):
             self._relink()
             if tags == held[:count]:  # the oldest, in order: ack by count
                 args = [*self._args, len(held), count, *publish]
-                if self._t.settle_script(self._w, keys, args) == 1:
+                try:
+                    settled = self._t.settle_script(self._w, keys, args)
+                except RedisError as exc:
+                    if not isinstance(exc, ResponseError):  # no answer: it may run late
+                        self._unanswered.append(tags)
+                    raise
+                if settled == 1:
+                    self._ran += 1
                     del held[:count]
                     return
             self._settle_by_body(settlements, tags)
@@ -1023,6 +1038,7 @@ class RedisConsumer(Consumer):
         its new delivery too and not handed out: the worker ran it again, and a task
         that held the GIL past its lease at each run ran without end (48 times, the
         tasks behind it never, lease17). One that failed runs again (the copy decides)."""
+        settlements = self._unsettled(settlements)
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
@@ -1050,8 +1066,11 @@ class RedisConsumer(Consumer):
                 self._w.pipeline(commands, replies)
             except RedisError as exc:  # the connection is gone: did the settle go through?
                 if replies and replies[0] == 1:  # its reply came in before the wait failed
+                    self._ran += 1
                     del held[:count]
                     raise SettledThenFailed(f"Redis at {self._t.address}: {exc}") from None
+                if not replies:  # no answer: it may run late (see close)
+                    self._unanswered.append(tags)
                 raise
             settled, first, reply = replies[0], replies[1] if block > 0 else None, replies[-1]
             if self._t.refused_for_memory(first):  # full: the claim ran all the same
@@ -1062,6 +1081,7 @@ class RedisConsumer(Consumer):
                 reply = self._t.claim_script.evaluate(self._w, claim)
             raise_first([settled])
             if settled == 1:
+                self._ran += 1
                 del held[:count]
                 if isinstance(first, Exception) or isinstance(reply, Exception):
                     _settled_then_raise_first(self._t, [first, reply])  # not on the way
@@ -1074,6 +1094,28 @@ class RedisConsumer(Consumer):
                     out = [d for d in out if d.body not in done]
             self._found_nothing = settled == 1 and not out
         return out
+
+    def _unsettled(self, settlements: Sequence[Settlement]) -> Sequence[Settlement]:
+        """``settlements`` but those a settle that had no answer settled all the same
+        (Redis stalled past the wait, then ran it: the keeper's, whose endings the slot
+        settles again). Sent again, their results reached the master twice, and a retry
+        or dead letter was found late ("not retried"), though it had gone. Asked of
+        Redis (the count ``close.lua`` reads) once after such a settle: if all of them
+        ran, they are forgotten; else all are sent again (one that runs later still
+        finds the in-flight list changed, and does nothing)."""
+        if not self._unanswered or not settlements:
+            return settlements
+        with self._t.errors():
+            self._relink()
+            counted = int(self._w.execute_command("GET", self._settles_key) or 0)
+        done = [tag for tags in self._unanswered for tag in tags]
+        ran_all = counted - self._ran == len(self._unanswered)
+        self._ran, self._unanswered = counted, []
+        if not ran_all:
+            return settlements
+        self._forget(done)
+        kept = set(done)
+        return [s for s in settlements if tags_of([s.delivery], bytes, "redis")[0] not in kept]
 
     def _block_for(self, timeout: float, settlements: Sequence[Settlement]) -> float:
         """How long a settle may wait for the next task: up to ``timeout``, a block slice
@@ -1189,11 +1231,20 @@ class RedisConsumer(Consumer):
         return len(tags)
 
     def close(self) -> None:
+        """Hand back what the in-flight list holds. Settles by count that had no answer
+        (:attr:`settled_late`) ran if Redis counted them all (``close.lua``): Redis runs a
+        command a stalled connection sent before this close's, on a connection made
+        afresh. Any other count (a settle of them ran, another not; a Redis restarted from
+        an older snapshot; a sweep forgot the count) says none: they go back uncounted."""
         self._w.check(IDLE_CHECK_SECONDS)  # a cold stop's, under a batch: idle while it ran
         try:
-            self._t.close_script(self._w, self._keys, self._args)
+            counted = self._t.close_script(self._w, self._keys, self._args)
         except RedisError as exc:  # the lease expires instead, so nothing is lost
             log.debug("consumer %s could not hand back its tasks: %s", self.consumer_id, exc)
+        else:
+            late = int(counted or 0) - self._ran
+            if self._unanswered and late == len(self._unanswered):
+                self.settled_late = frozenset(tag for tags in self._unanswered for tag in tags)
         self._held.clear()
         self._w.close()
 

@@ -44,6 +44,10 @@ local function writable(ready, again)
   redis.call('LLEN', ready)
   redis.call('SCARD', again)
 end
+-- A consumer's count of its settles by count that ran (settle.lua), read by its close.
+local function settles_of(consumers, id)
+  return consumers .. ':' .. id
+end
 -- LRANGE lists the newest claim first, so the oldest claim ends at the tail: runs next
 local function requeue_all(src, ready, again)
   local held = redis.call('LRANGE', src, 0, -1)
@@ -99,6 +103,7 @@ local function sweep(ready, consumers, delayed, again, prefix, now, clock, lease
   resume(consumers, clock, tonumber(lease), now)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', now, 'LIMIT', 0, 100)) do
     requeue_all(prefix .. id, ready, again)
+    redis.call('DEL', settles_of(consumers, id))
     redis.call('ZREM', consumers, id)
   end
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)

@@ -15,7 +15,9 @@
 -- list expires a grace period after that master's deadline.
 -- Acking by count needs the in-flight list to be exactly what the consumer holds, oldest
 -- at the tail: if its length says otherwise (a sweep took it), nothing is done and 0 is
--- returned, and the consumer acks by body instead; by count it returns 1. Acking by body
+-- returned, and the consumer acks by body instead; by count it returns 1, and counts it
+-- (``settles_of``: its close returns the count, for a settle whose answer never came, a
+-- stall past the wait, may have run before the close). Acking by body
 -- returns the deliveries a 'g' found not held (the consumer's ``late``). Acking most of
 -- the in-flight list by body rebuilds it (3 calls) instead of one LREM per task.
 
@@ -67,6 +69,7 @@ if expect >= 0 then
   else
     redis.call('LTRIM', KEYS[5], 0, -count - 1)
   end
+  redis.pcall('INCR', settles_of(KEYS[2], ARGV[1]))  -- refused (full, Redis 6): as if not run
   return 1
 end
 -- a body acked and not held (its lease lapsed), and not late with a retry or dead
