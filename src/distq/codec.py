@@ -188,6 +188,15 @@ class Codec:
         check_nesting(envelope, kind)
         return self._sign(envelope, kind)
 
+    def seal_each(self, envelope: bytes, kind: str) -> list[bytes]:
+        """``envelope`` as :meth:`seal` makes it, and as it would with each other key it
+        accepts first (one, unsigned): the messages that hold it from any process of the
+        keys' rotation."""
+        first = self.seal(envelope, kind)
+        if self.signer is None:
+            return [first]
+        return [first, *(m for m in self.signer.signed_by_each(envelope, kind) if m != first)]
+
     def _sign(self, envelope: bytes, kind: str) -> bytes:
         """``envelope``, known to nest within the limit, signed and checked for size."""
         message = envelope if self.signer is None else self.signer.sign(envelope, kind)

@@ -135,6 +135,14 @@ class Signer:
         mac = self._signing[kind].hexdigest(envelope)
         return b"".join((self._prefix, mac, b"\n", envelope))
 
+    def signed_by_each(self, envelope: bytes, kind: str) -> list[bytes]:
+        """``envelope`` as :meth:`sign` makes it with each key accepted, the first key's
+        first: what a process signing with any of them sends (a key rotation's middle)."""
+        return [
+            b"".join((MAGIC, kid, b" ", keyed.hexdigest(envelope), b"\n", envelope))
+            for kid, keyed in self._keys[kind].items()
+        ]
+
     def verify(self, message: bytes, kind: str) -> bytes:
         """The envelope inside ``message`` once its signature checks out as a ``kind``.
 

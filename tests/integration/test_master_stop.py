@@ -11,9 +11,9 @@ import time
 import pytest
 
 from conftest import Target
+from distq.codec import Codec
 from distq.console import Console
 from distq.ending import Endings
-from distq.envelope import Task
 from distq.master import JobReport, JobSpec, Master
 from distq.squares import Squares
 from distq.transport import Settlement, Transport
@@ -53,18 +53,28 @@ def test_a_stopped_master_takes_back_its_queued_tasks(target: Target, spawn: Spa
 
 
 # RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("keys", ["unsigned", "rotated"])
 @pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
 def test_a_stopped_master_takes_back_its_retries_queued_or_waiting_out_their_delay(
-    target: Target, hosted: Transport, remote: Transport
+    target: Target, hosted: Transport, remote: Transport, keys: str
 ) -> None:
     """Two of four tasks failed on a worker, each retried as its worker sends a retry:
     one queued again at once, one waiting out a 30 s delay. The stop took back the two
     tasks still queued and left both retries, for a worker to run (or, its master
-    gone, dead-letter) after the stop: 2 ready where none should be."""
+    gone, dead-letter) after the stop: 2 ready where none should be. Mid-rotation too,
+    the worker signing with the key the master accepts second (transports sign nothing
+    themselves: the codecs do, as Codec.from_settings makes them)."""
     stop = threading.Event()
     out = io.StringIO()
     spec = JobSpec(tasks=4, drain_seconds=3)
-    master = Master(hosted, Console(out=out, err=out))
+    old, new = b"o" * 32, b"n" * 32
+    signing = keys == "rotated"
+    queue = target.settings.queue
+    master = Master(
+        hosted,
+        Console(out=out, err=out),
+        codec=Codec([old, new], queue=queue) if signing else None,
+    )
     reports: list[JobReport] = []
     run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
     run.start()
@@ -72,10 +82,11 @@ def test_a_stopped_master_takes_back_its_retries_queued_or_waiting_out_their_del
     try:
         taken = fetch_n(consumer, 2)
         assert len(taken) == 2, out.getvalue()
-        endings = Endings("stop33-worker", target.settings.queue)
+        codec = Codec([new, old], queue=queue) if signing else None
+        endings = Endings("stop33-worker", queue, codec)
         settlements = []
         for delivery, delay in zip(taken, (0.0, 30.0), strict=True):
-            task = Task.decode(delivery.body)
+            task = endings.codec.open_task(delivery.body)
             failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
             assert failed.outcome == "retried"
             retry = failed.settlement.retry
