@@ -618,15 +618,10 @@ class _Run(Generic[E]):
             why = f"the broker failed its last call: {self.failed_with}"
         else:
             why = self._take_back(iter(entries), deadline, taken, copies)
-            if why is None:  # those found fewer times than submitted: their retries
-                codec = self.master.codec
-                retries = (
-                    (task_id, retry)
-                    for task_id, body in entries
-                    if copies[task_id] <= self.resubmitted[task_id]
-                    for retry in retry_bodies(codec, body)
-                )
-                why = self._take_back(retries, deadline, taken, copies)
+            for retries in self._retries(entries, copies) if why is None else ():
+                why = self._take_back(iter(retries), deadline, taken, copies)
+                if why is not None:
+                    break
         if why is not None:
             left = sum(1 for task_id in self.collector.waiting_ids() if task_id not in taken)
             if left:
@@ -636,6 +631,26 @@ class _Run(Generic[E]):
                 )
         self.unsure = {tid for tid in taken if copies[tid] <= self.resubmitted[tid]}
         return taken
+
+    def _retries(self, entries: list[Entry], copies: Counter[str]) -> Iterator[list[Entry]]:
+        """The retries of ``entries`` found fewer times than submitted (``copies``, read
+        as each attempt's are taken), as a worker seals them (:func:`retry_bodies`):
+        every task's next attempt before any task's one after. Most retries waiting are
+        second attempts; with ``--max-attempts 100``, attempts 2 to 100 of one task before
+        the next one's ran a stop of 20,000 tasks out of its time."""
+        looking = [(task_id, retry_bodies(self.master.codec, body)) for task_id, body in entries]
+        while looking:
+            going, attempt = [], []
+            for task_id, attempts in looking:
+                if copies[task_id] > self.resubmitted[task_id]:
+                    continue  # every copy found
+                bodies = next(attempts, None)
+                if bodies is not None:
+                    going.append((task_id, attempts))
+                    attempt += [(task_id, retry) for retry in bodies]
+            if attempt:
+                yield attempt
+            looking = going
 
     def _take_back(
         self,

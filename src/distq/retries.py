@@ -19,12 +19,12 @@ def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     return float(min(cap, base * 2 ** min(attempt - 1, 64)))  # the wire may say 10**30
 
 
-def retry_bodies(codec: Codec, body: bytes) -> Iterator[bytes]:
+def retry_bodies(codec: Codec, body: bytes) -> Iterator[list[bytes]]:
     """The task ``body``'s retries, attempt by attempt to its last, as a worker sends them
-    (:meth:`distq.ending.Endings.failed`) signing with any key ``codec`` accepts (a
-    worker mid-rotation signs with another first key): what a stopped master takes back
-    by body. None for a body that does not open, nor past a retry too large to send (the
-    worker sends none)."""
+    (:meth:`distq.ending.Endings.failed`): each attempt's signed by every key ``codec``
+    accepts, its own first (a worker mid-rotation signs with another first key). What a
+    stopped master takes back by body. None for a body that does not open, nor past a
+    retry too large to send (the worker sends none)."""
     try:
         task = codec.open_task(body)
     except EnvelopeError:
@@ -32,6 +32,6 @@ def retry_bodies(codec: Codec, body: bytes) -> Iterator[bytes]:
     while task.attempt < task.max_attempts:
         task = task.next_attempt()
         try:
-            yield from codec.seal_each(task.encode(), "task")
+            yield codec.seal_each(task.encode(), "task")
         except EnvelopeError:
             return

@@ -13,11 +13,12 @@ from distq.console import Console
 from distq.ending import Endings
 from distq.envelope import Task
 from distq.errors import TransportError
-from distq.master import JobSpec, Master
+from distq.master import JobReport, JobSpec, Master
 from distq.retries import retry_bodies
 from distq.squares import Squares
-from distq.transport import Delivery, Transport
+from distq.transport import Delivery, Settlement, Transport
 from distq.transport.manager import ManagerProducer, ManagerTransport
+from seam import fetch_n
 
 
 def test_a_stop_as_a_call_fails_makes_no_call_to_take_back_and_says_what_it_left(
@@ -69,7 +70,7 @@ def test_retry_bodies_are_the_bytes_a_worker_sends_as_the_retries(keys: tuple[by
     )
     master = Codec(list(keys))
     body = master.seal_task(task)
-    made = list(retry_bodies(master, body))[:: max(1, len(keys))]  # each key's, first key's first
+    made = [bodies[0] for bodies in retry_bodies(master, body)]  # each by the first key
     assert len(made) == 3
     endings = Endings("w", "q", Codec(list(keys)))
     sent = body
@@ -228,6 +229,56 @@ def test_retry_bodies_hold_a_retry_signed_by_any_key_the_master_accepts() -> Non
     retry = failed.settlement.retry
     assert retry is not None and not retry.startswith(master.seal(b"", "task")[:12])
     made = list(retry_bodies(master, body))
-    assert retry in made, made
-    assert len(made) == 4  # attempts 2 and 3, each signed by either key
-    assert len(list(retry_bodies(Codec(queue="q"), task.encode()))) == 2  # unsigned: one each
+    assert [len(bodies) for bodies in made] == [2, 2]  # attempts 2 and 3, by either key
+    assert retry in made[0], made
+    assert list(retry_bodies(Codec(queue="q"), task.encode())) == [  # unsigned: one each
+        [task.next_attempt().encode()],
+        [task.next_attempt().next_attempt().encode()],
+    ]
+
+
+def test_a_stop_looks_for_every_tasks_next_attempt_before_any_later_one(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks of --max-attempts 100, each with its second attempt waiting out its delay:
+    the stop looked for attempts 2 to 100 of one task before the next task's, 99 bodies
+    each where one was there; 20,000 such tasks ran out of the stop's 5 s with 6,757
+    (Redis) and 11,070 (manager) of their retries left queued. Every task's second
+    attempt is now looked for before any third: one body a task here."""
+    tasks = 50
+    asked: list[int] = []
+    original = ManagerProducer.withdraw
+
+    def counted(self: ManagerProducer, bodies: Sequence[bytes]) -> list[bool]:
+        asked.append(len(bodies))
+        return original(self, bodies)
+
+    monkeypatch.setattr(ManagerProducer, "withdraw", counted)
+    stop = threading.Event()
+    out = io.StringIO()
+    master = Master(transport, Console(out=out, err=out))
+    reports: list[JobReport] = []
+    spec = JobSpec(tasks=tasks, drain_seconds=0.5)
+    work = Squares(max_attempts=100)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, work, stop)))
+    run.start()
+    consumer = transport.consumer("stop33-worker")
+    try:
+        taken = fetch_n(consumer, tasks)
+        assert len(taken) == tasks, out.getvalue()
+        endings = Endings("stop33-worker", "distq")  # the fixture's queue: the default
+        settlements = []
+        for delivery in taken:
+            task = endings.codec.open_task(delivery.body)
+            failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
+            settlements.append(Settlement(delivery, retry=failed.settlement.retry, retry_delay=30))
+        consumer.settle(settlements)
+        stop.set()
+        run.join(30)
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()
+    assert reports and reports[0].missing == tasks, out.getvalue()
+    assert transport.stats().ready == 0, out.getvalue()
+    assert sum(asked) == 2 * tasks, asked  # each task's body, then its second attempt's
