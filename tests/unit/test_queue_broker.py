@@ -195,6 +195,24 @@ def test_a_settle_sent_again_after_the_master_ran_it_is_settled_already(fetch: b
     assert broker.peek("q", 10).count(b"b-attempt-2") == 1
 
 
+def test_a_late_retry_sent_again_is_late_again_a_late_result_goes_once() -> None:
+    """A settle of a lapsed lease's tasks, by a consumer leasing anew, sent again: its
+    retry was not published, and is said late again (else the worker counted a retry
+    never sent); its result was, and is not sent twice."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.put("q", [b"a", b"b"])
+    (retried, _, _), (done, _, _) = broker.fetch("q", "stalled", 2, 0.1, 1.0)
+    clock.now += 1.1
+    broker.reap()
+    assert len(broker.fetch("q", "stalled", 10, 0.1, 5.0)) == 2  # leased anew: both copies
+    items = [(retried, None, None, b"a-2", 0.0, None), (done, "r", b"result", None, 0.0, None)]
+    assert broker.settle("q", "stalled", items) == [retried]
+    assert broker.settle("q", "stalled", items) == [retried]
+    assert broker.get("r", 10, 0) == [b"result"]
+
+
 def remembered(broker: QueueBroker, consumer: str) -> set[int]:
     """The tokens ``consumer`` settled that the master remembers."""
     lease = broker._leases[consumer]
