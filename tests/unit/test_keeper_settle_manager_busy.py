@@ -2,7 +2,8 @@
 (a master hosted in this process, a worker's transport connected to it), to a master too
 busy to answer within the keeper's wait (a third of the lease: 1.7 s with the default 5
 s lease): the settle fails, the slot settles those endings again with the rest of its
-batch, and the master, once free, has run both."""
+batch, and the master, once free, runs the first and takes the second as settled already
+(:meth:`~distq.transport.manager_broker.QueueBroker.settle`)."""
 
 from __future__ import annotations
 
@@ -103,12 +104,6 @@ def test_a_keeper_settle_a_busy_master_ran_late_publishes_each_retry_once(
     assert len(set(ran.results)) == 5, ran
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="settle33: the slot settles again what the master ran late, and the master "
-    "pushes those results again (the collector keeps the first): a master-side fix "
-    "(manager_broker.py: a token its holder settled already is answered so) is left",
-)
 def test_a_keeper_settle_a_busy_master_ran_late_sends_each_result_once(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,11 +111,6 @@ def test_a_keeper_settle_a_busy_master_ran_late_sends_each_result_once(
     assert len(ran.results) == len(set(ran.results)), ran  # 8 results of 5 tasks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="settle33: the slot's settle again finds the retries the master ran late "
-    "'late' and says 'not retried: its lease had lapsed first', counted handed back",
-)
 def test_a_keeper_settle_a_busy_master_ran_late_counts_its_retries(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:

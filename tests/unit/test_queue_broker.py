@@ -172,6 +172,75 @@ def test_a_late_result_is_published_and_the_requeued_copy_dropped(taken: bool) -
     assert broker.stats("q") == (0, 0, 0, 0)
 
 
+@pytest.mark.parametrize("fetch", [False, True])
+def test_a_settle_sent_again_after_the_master_ran_it_is_settled_already(fetch: bool) -> None:
+    """A keeper's settle the master ran after its worker stopped waiting for the answer,
+    which the slot sends again: its result went twice, and its retry was found late, the
+    worker saying "not retried" of a retry sent (settle33, test_keeper_settle_manager_busy)."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.put("q", [b"a", b"b", b"next"])
+    (a, _, _), (b, _, _) = broker.fetch("q", "c", 2, 0.1, 5.0)
+    items = [(a, "r", b"result", None, 0.0, None), (b, None, None, b"b-attempt-2", 0.0, None)]
+    assert broker.settle("q", "c", items) == []
+    clock.now += 4.0
+    broker.heartbeats(["c"], 5.0)
+    if fetch:  # the slot's settle, with its next fetch
+        late, got = broker.settle_fetch_late("q", "c", items, 1, 5.0)
+        assert late == [] and [body for _, body, _ in got] == [b"next"]
+    else:
+        assert broker.settle("q", "c", items) == []
+    assert broker.get("r", 10, 0) == [b"result"]
+    assert broker.peek("q", 10).count(b"b-attempt-2") == 1
+
+
+def test_a_late_retry_sent_again_is_late_again_a_late_result_goes_once() -> None:
+    """A settle of a lapsed lease's tasks, by a consumer leasing anew, sent again: its
+    retry was not published, and is said late again (else the worker counted a retry
+    never sent); its result was, and is not sent twice."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.put("q", [b"a", b"b"])
+    (retried, _, _), (done, _, _) = broker.fetch("q", "stalled", 2, 0.1, 1.0)
+    clock.now += 1.1
+    broker.reap()
+    assert len(broker.fetch("q", "stalled", 10, 0.1, 5.0)) == 2  # leased anew: both copies
+    items = [(retried, None, None, b"a-2", 0.0, None), (done, "r", b"result", None, 0.0, None)]
+    assert broker.settle("q", "stalled", items) == [retried]
+    assert broker.settle("q", "stalled", items) == [retried]
+    assert broker.get("r", 10, 0) == [b"result"]
+
+
+def remembered(broker: QueueBroker, consumer: str) -> set[int]:
+    """The tokens ``consumer`` settled that the master remembers."""
+    lease = broker._leases[consumer]
+    return lease.settled | lease.settled_before
+
+
+def test_a_consumers_settled_tokens_are_remembered_a_lease_or_a_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a settle sent again is checked against is bounded: a lease's tokens (10 s at
+    least) or the latest SETTLED_KEPT, a batch's at least; none once the consumer goes."""
+    monkeypatch.setattr(manager_broker, "SETTLED_KEPT", 50)
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.put("q", [b"t"] * 400)
+    windows: list[list[int]] = []
+    for lease in (10.0, 1e9):  # by time, then (a lease too long) by count
+        for _ in range(20):
+            tokens = [token for token, _, _ in broker.fetch("q", "c", 10, 0.1, lease)]
+            broker.settle("q", "c", [(t, None, None, None, 0.0, None) for t in tokens])
+            windows.append(tokens)
+            clock.now += 2.5
+        kept = remembered(broker, "c")
+        assert set(windows[-1]) <= kept and len(kept) <= (80 if lease == 10.0 else 120)
+    broker.disconnect("c")
+    assert "c" not in broker._leases
+
+
 def test_a_fetch_that_waited_past_its_lease_holds_what_it_then_takes() -> None:
     """An idle slot waits in fetch longer than its lease, and the reaper drops its lease
     meanwhile. Were the task it then takes put in the dropped lease (mutant M16 of

@@ -53,6 +53,17 @@ class _Lease:
     length: float = 0.0  # the lease its consumer asked for last
     given_back: bool = False  # ran out while the master stood still: time given back once
     held: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+    # the tokens it settled lately, for a settle of them sent again (QueueBroker.settle):
+    # this window's and the last one's; a window ends a lease on (SETTLED_SECONDS at
+    # least) or SETTLED_KEPT tokens on, at a settle
+    settled: set[int] = field(default_factory=set)
+    settled_before: set[int] = field(default_factory=set)
+    window_ends: float = -math.inf
+
+    def turn(self, now: float) -> None:
+        """Forget the tokens of the window before the last: this one is over."""
+        self.settled_before, self.settled = self.settled, set()
+        self.window_ends = now + max(self.length, SETTLED_SECONDS)
 
 
 def _as_body(value: object) -> bytes:
@@ -97,6 +108,10 @@ LAPSED_BYTES = 64 << 20
 DONE_SECONDS = 600.0
 #: How far from the front a late settle looks for the copy its lapsed lease sent back.
 COPY_LOOK = 1000
+#: A consumer's settled tokens are remembered a lease (this long at least: a keeper's
+#: wait is 1 s at least) and the latest this many at least (a whole batch's: MAX_PREFETCH).
+SETTLED_SECONDS = 10.0
+SETTLED_KEPT = 10_000
 
 
 class QueueBroker:
@@ -368,10 +383,20 @@ class QueueBroker:
         task again after its result, or failed a task that succeeded); its result is, and
         the task is done: its copy is dropped if it still waits near the front, where the
         lapse put it, and not put back again when a lease of it lapses in turn (a task
-        holding the GIL past its lease ran again and again, each run's lease lapsing)."""
+        holding the GIL past its lease ran again and again, each run's lease lapsing).
+
+        A token its consumer settled already (within a lease, :class:`_Lease`) is left
+        alone, not found late: a settle the master ran after its worker stopped waiting
+        for the answer (a keeper's, 1.7 s with the default lease), which the worker sends
+        again. Run again, its results reached the master twice, and its retries were
+        found late ("not retried"), though they had gone."""
         now, late = self._clock(), list[int]()
         with self._lock:
             owner = self._leases.get(consumer)
+            if owner is not None and (
+                now >= owner.window_ends or len(owner.settled) >= SETTLED_KEPT
+            ):
+                owner.turn(now)
             for token, reply_to, result, retry, delay, dead in items:
                 if type(result) is not bytes and result is not None:
                     result = _as_body(result)
@@ -380,9 +405,17 @@ class QueueBroker:
                 if dead is not None:
                     dead = _as_body(dead)
                 held = owner is not None and owner.held.pop(token, None) is not None
-                if not held and (retry is not None or dead is not None):
-                    late.append(token)
+                if (
+                    not held
+                    and owner is not None
+                    and (token in owner.settled or token in owner.settled_before)
+                ):
                     continue
+                if not held and (retry is not None or dead is not None):
+                    late.append(token)  # not remembered: late again if sent again
+                    continue
+                if owner is not None:
+                    owner.settled.add(token)
                 if reply_to is not None and result is not None and reply_to in self._replies:
                     self._push(reply_to, [result])
                 if not held:
