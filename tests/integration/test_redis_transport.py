@@ -1686,19 +1686,67 @@ def test_results_wait_from_the_first_read(
 
 
 def test_a_submit_and_the_wait_for_its_result_are_one_round_trip(
-    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+    open_transport: OpenTransport, raw: redis.Redis[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A lone task (``--max-in-flight 1``) is pushed, counted and the take acknowledged by
+    one script: 3 commands, where a transaction and the ack were 7 (issue 16); by EVAL on
+    a new connection (Redis may have restarted without its scripts), then EVALSHA. More
+    bodies still go in a transaction: no large batch is copied through Lua."""
     t = open_transport()
     producer = t.producer(t.reply_queue("j"))
+    state = f"{producer.reply_to}:state"
     sent = _pipelined(producer, monkeypatch)
     with _later(0.3, _answer, producer, 1):
         assert producer.submit_then_results([b"task"], 5, 2.0) == [b"r:task"]
-    assert sent == [["MULTI", "LPUSH", "EVAL", "EXEC", "EVALSHA", "BLMOVE", "LRANGE"]]
+    assert sent == [["EVAL", "BLMOVE", "LRANGE"]]
     assert t.stats().ready == 0 and t.stats().in_flight == 0
     sent.clear()
     assert producer.submit_then_results([b"later"], 5, 0.0) == []  # no wait: read what is there
-    assert sent == [["MULTI", "LPUSH", "EVAL", "EXEC", "EVALSHA", "LRANGE"]]
+    assert sent == [["EVALSHA", "LRANGE"]]
     assert t.stats().ready == 1
+    assert raw.hget(state, "submitted") == b"2" and producer.reconcile() == 2
+    assert raw.llen(producer.reply_to) == 0  # "r:task", received, was acknowledged
+    sent.clear()
+    assert producer.submit_then_results([b"x", b"y"], 5, 0.0) == []
+    assert sent == [["MULTI", "LPUSH", "EVAL", "EXEC", "EVALSHA", "LRANGE"]]
+    assert raw.hget(state, "submitted") == b"4" and t.stats().ready == 3
+
+
+def test_a_lone_submit_refused_or_without_its_script_pushes_and_counts_it_once(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str, tmp_path: Path
+) -> None:
+    """The lone task's script (``submit.lua``) pushes, counts and acknowledges all or
+    nothing: refused for a queue key of another type or a full Redis (as the transaction
+    was: a submit stays refused when full), the body is neither pushed nor counted;
+    Redis without the script (SCRIPT FLUSH) runs it once, by EVAL."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    state = f"{producer.reply_to}:state"
+    assert producer.submit_then_results([b"a"], 5, 0.0) == []  # its connection: EVALSHA next
+    raw.script_flush()
+    assert producer.submit_then_results([b"b"], 5, 0.0) == []
+    assert raw.lrange(queue, 0, -1) == [b"b", b"a"] and raw.hget(state, "submitted") == b"2"
+    raw.delete(queue)
+    raw.set(queue, "not a list")
+    with pytest.raises(ConfigError, match=f"Redis key '{queue}' .* holds a string"):
+        producer.submit_then_results([b"c"], 5, 0.0)
+    raw.delete(queue)
+    assert raw.hget(state, "submitted") == b"2" and producer.reconcile() == 2
+    args = ["--maxmemory", "100mb", "--maxmemory-policy", "noeviction"]
+    with LocalRedis(tmp_path, extra_args=args).start() as server:
+        full = open_transport(url=server.url)
+        producer = full.producer(full.reply_queue("j"))
+        client = server.client()
+        for n in range(20):
+            client.set(f"other{n}", b"z" * 50_000)
+        client.config_set("maxmemory", "500kb")  # full, whatever a call frees
+        try:
+            with pytest.raises(TransportError, match="maxmemory"):
+                producer.submit_then_results([b"d"], 5, 0.0)
+            assert client.llen(queue) == 0
+            assert client.hget(f"{producer.reply_to}:state", "submitted") == b"0"
+        finally:
+            client.close()
 
 
 def _answer(producer: RedisProducer, n: int) -> None:

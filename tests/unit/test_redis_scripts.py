@@ -8,7 +8,14 @@ from importlib import resources
 import pytest
 
 from distq.transport import redis_scripts
-from distq.transport.redis_scripts import ALLOW_OOM, CONSTANTS, COUNT_SUBMITTED, SCRIPTS, source
+from distq.transport.redis_scripts import (
+    ALLOW_OOM,
+    CONSTANTS,
+    COUNT_SUBMITTED,
+    SCRIPTS,
+    SUBMIT_AND_ACK,
+    source,
+)
 
 #: Every constant the scripts take from Python: a placeholder left or a name missing fails.
 NAMES = (
@@ -22,7 +29,7 @@ NAMES = (
 
 
 def _sources() -> dict[str, str]:
-    out = {"count_submitted": COUNT_SUBMITTED}
+    out = {"count_submitted": COUNT_SUBMITTED, "submit": SUBMIT_AND_ACK}
     for name in SCRIPTS:
         out[name] = source(name, allow_oom=False)
         out[f"{name} (allow-oom)"] = source(name, allow_oom=True)
@@ -32,7 +39,8 @@ def _sources() -> dict[str, str]:
 def test_the_package_holds_a_file_for_each_script_and_no_other() -> None:
     folder = resources.files("distq.transport").joinpath("redis_lua")
     files = {entry.name for entry in folder.iterdir() if entry.name.endswith(".lua")}
-    assert files == {f"{name}.lua" for name in (*SCRIPTS, "prelude", "count_submitted")}
+    others = ("prelude", "count_submitted", "submit")
+    assert files == {f"{name}.lua" for name in (*SCRIPTS, *others)}
 
 
 def test_the_transport_runs_every_script() -> None:
@@ -52,6 +60,13 @@ def test_no_placeholder_is_left_in_a_source(name: str) -> None:
 
 def test_the_constants_are_the_python_ones() -> None:
     assert {name: getattr(redis_scripts, name) for name in NAMES} == CONSTANTS
+
+
+def test_a_lone_submit_is_never_flagged_allow_oom_and_acknowledges_as_ack_lua() -> None:
+    """A full Redis must refuse a submit (Redis 7 lets a flagged script write when full)."""
+    assert "allow-oom" not in SUBMIT_AND_ACK
+    assert SUBMIT_AND_ACK.endswith(source("ack", allow_oom=False))
+    assert f"+ {CONSTANTS['REPLY_GRACE_MS']})" in SUBMIT_AND_ACK
 
 
 @pytest.mark.parametrize("name", [name for name, prelude in SCRIPTS.items() if prelude])

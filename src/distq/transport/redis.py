@@ -27,7 +27,9 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 ``requeue_dead`` LPUSHes revived tasks.
 (2) ``requeue_dead`` LPOPs the oldest letter, in the script that pushes its task.
 (3) LRANGE of its tail (the oldest results); the ack script LTRIMs those received.
-(4) in a MULTI/EXEC transaction with the count in ``state`` (counted only if pushed).
+(4) in a MULTI/EXEC transaction with the count in ``state`` (counted only if pushed); a
+lone task's submit that waits for results, in one script with the count and the take's
+ack (``submit.lua``).
 (5) deleted by the close and by a sweep of the consumer: a settle that had no answer
 (Redis stalled past the wait) ran late if its close finds it counted.
 
@@ -138,7 +140,13 @@ from distq.transport.base import (
     settled_already,
     tags_of,
 )
-from distq.transport.redis_scripts import ALLOW_OOM, COUNT_SUBMITTED, REPLY_GRACE_MS, source
+from distq.transport.redis_scripts import (
+    ALLOW_OOM,
+    COUNT_SUBMITTED,
+    REPLY_GRACE_MS,
+    SUBMIT_AND_ACK,
+    source,
+)
 from distq.transport.redis_wire import (
     CHECK_ANSWER_SECONDS,
     Arg,
@@ -307,6 +315,7 @@ class RedisTransport(Transport):
         self.gone_script = Script(source("gone", oom))
         self.renew_script = Script(source("renew", oom))
         self.ack_script = Script(source("ack", oom))
+        self.submit_script = Script(SUBMIT_AND_ACK)  # never allow-oom: a full Redis refuses
         self.close_master_script = Script(source("close_master", oom))
         self.withdraw_script = Script(source("withdraw", oom))
         self.requeue_dead_script = Script(source("requeue_dead", oom))
@@ -317,7 +326,7 @@ class RedisTransport(Transport):
 
     def load_scripts(self, client: Commands) -> None:
         """Load the scripts pipelines run: a pipelined EVALSHA cannot load one on the fly."""
-        for script in (self.claim_script, self.settle_script, self.ack_script):
+        for script in (self.claim_script, self.settle_script, self.ack_script, self.submit_script):
             client.execute_command("SCRIPT LOAD", script.source)
 
     def _connect(self) -> None:
@@ -739,12 +748,17 @@ class RedisProducer(Producer):
     ) -> list[bytes]:
         """The submit's transaction, then a take that waits up to ``timeout`` (a block
         slice at most) for the first result, or does not wait, pipelined: one round
-        trip."""
+        trip. A lone body (one task at a time) is pushed and counted by the take's own
+        script (``submit.lua``): 3 commands, where the transaction made it 7."""
         if not bodies:
             return self.results(max_count, timeout)
         self._renew_when_due()
-        submit = self._submit_commands(bodies)
         block = min(timeout, self._t.block_slice) if timeout > 0 else None
+        if len(bodies) == 1:
+            take = self._take_commands(block, max_count, bodies[0])
+            with self._t.errors():
+                return self._taken(take, self._w.pipeline(take), submitted=1)
+        submit = self._submit_commands(bodies)
         take = self._take_commands(block, max_count)
         with self._t.errors():
             replies = self._w.pipeline([*submit, *take])
@@ -846,32 +860,46 @@ class RedisProducer(Producer):
         commands = self._take_commands(block, max_count)
         return self._taken(commands, self._w.pipeline(commands))
 
-    def _take_commands(self, block: float | None, max_count: int) -> list[Sequence[Arg]]:
+    def _take_commands(
+        self, block: float | None, max_count: int, body: bytes | None = None
+    ) -> list[Sequence[Arg]]:
         # the ack first: a wait behind it finds only results not received yet (the ones
         # received stay in the list until this ack trims them). The count acks only on the
         # connection that counted it: one Redis, alive all along. A new connection may
         # reach a Redis restarted from an older snapshot, whose list holds results pushed
         # since at the tail: -1 drops nothing and reads on from the server's count.
+        # ``body``: a lone task, submitted by the same script (see submit_then_results).
         received = self._received
         if self._counted_on is None or self._w.link != self._counted_on:
             received = -1
-        commands: list[Sequence[Arg]] = [
-            self._t.ack_script.command(self._keys, [*self._args, received])
-        ]
+        args = [*self._args, received]
+        if body is None:
+            first = self._t.ack_script.command(self._keys, args)
+        else:
+            first = self._t.submit_script.command(self._keys, [*args, body])
+            if received == -1:  # by EVAL: a restarted Redis lost it, and the task would
+                first = ("EVAL", self._t.submit_script.source, *first[2:])  # wait out a BLMOVE
+        commands: list[Sequence[Arg]] = [first]
         if block is not None and not self._t.full():  # full, BLMOVE is refused: results() polls
             blmove = ("BLMOVE", self.reply_to, self.reply_to, "RIGHT", "RIGHT", _seconds(block))
             commands.append(blmove)
         commands.append(("LRANGE", self.reply_to, -max_count, -1))
         return commands
 
-    def _taken(self, commands: list[Sequence[Arg]], replies: list[Any]) -> list[bytes]:
-        """The results of a take (:meth:`_take_commands`) from its replies."""
+    def _taken(
+        self, commands: list[Sequence[Arg]], replies: list[Any], submitted: int = 0
+    ) -> list[bytes]:
+        """The results of a take (:meth:`_take_commands`) from its replies; ``submitted``:
+        the bodies its script pushes (and counts) first, if it succeeded."""
         if len(replies) == 3 and self._t.refused_for_memory(replies[1]):  # full: no wait
             replies = [replies[0], replies[2]]
         taken, bodies = replies[0], replies[-1]
         if isinstance(taken, NoScriptError):  # Redis lost its scripts: the LRANGE ran first
-            taken = self._t.ack_script.evaluate(self._w, commands[0])
+            script = self._t.submit_script if submitted else self._t.ack_script
+            taken = script.evaluate(self._w, commands[0])
             bodies = self._w.execute_command(*commands[-1])
+        if not isinstance(taken, Exception):
+            self._count += submitted
         raise_first([reply for reply in replies if not isinstance(reply, NoScriptError)])
         got: list[bytes] = bodies
         self._received = int(taken) + len(got)

@@ -91,6 +91,10 @@ _TEXTS = {name: _read(name) for name in SCRIPTS}
 #: Submit's count, sent by EVAL as it is, in the submit's transaction (``count_submitted.lua``).
 COUNT_SUBMITTED = _read("count_submitted")
 
+#: A lone task's submit and a take's acknowledgement in one script, run by EVALSHA
+#: (``submit.lua``, then ``ack.lua``): never flagged allow-oom, so a full Redis refuses it.
+SUBMIT_AND_ACK = _read("submit") + _TEXTS["ack"]
+
 
 def source(name: str, allow_oom: bool) -> str:
     """The source of script ``name`` (a key of :data:`SCRIPTS`) as Redis gets it: the
