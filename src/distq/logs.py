@@ -161,9 +161,7 @@ class JsonConsole(Console):
         if not lines or self.quiet:
             return
         text = _encode_lines(lines)
-        if not text.isascii():
-            text = _ascii(text)
-        self.write(self.out, text.decode())
+        self.write(self.out, text if text.isascii() else _ascii(text))
 
     def _write(self, stream: TextIO, records: list[dict[str, Any]]) -> None:
         try:
@@ -173,7 +171,7 @@ class JsonConsole(Console):
         if lines is None:  # as json writes it: \u escapes, which any stream can carry
             self.write(stream, "".join(_escaped(r) + "\n" for r in records))
         else:
-            self.write(stream, (lines if lines.isascii() else _ascii(lines)).decode())
+            self.write(stream, lines if lines.isascii() else _ascii(lines))
 
 
 class JsonFormatter(logging.Formatter):

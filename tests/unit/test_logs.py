@@ -400,7 +400,7 @@ def _written(stream: io.StringIO | io.TextIOWrapper) -> list[str]:
     """The lines on ``stream``, each timestamp replaced by T once checked."""
     if isinstance(stream, io.TextIOWrapper):
         stream.flush()
-        text = stream.buffer.getvalue().decode()  # type: ignore[attr-defined]
+        text = stream.buffer.getvalue().decode(stream.encoding)  # type: ignore[attr-defined]
     else:
         text = stream.getvalue()
     assert text.endswith("\n") and "\r" not in text
@@ -409,7 +409,14 @@ def _written(stream: io.StringIO | io.TextIOWrapper) -> list[str]:
     return re.sub(r'"timestamp":"[^"]*"', '"timestamp":"T"', text).splitlines()
 
 
-@pytest.mark.parametrize("stream", [io.StringIO, lambda: io.TextIOWrapper(io.BytesIO())])
+@pytest.mark.parametrize(
+    "stream",
+    [
+        io.StringIO,
+        lambda: io.TextIOWrapper(io.BytesIO()),  # the lines' bytes go into its buffer
+        lambda: io.TextIOWrapper(io.BytesIO(), encoding="utf-16"),  # not ASCII as it is
+    ],
+)
 def test_every_event_line_is_written_byte_for_byte_as_the_readme_shows_it(
     stream: type[io.StringIO],
 ) -> None:
@@ -419,6 +426,7 @@ def test_every_event_line_is_written_byte_for_byte_as_the_readme_shows_it(
     ASCII was written again by json.dumps, its every line's numbers in Python's form
     ("duration":2e-06) where msgspec wrote the same line in any other batch as 2e-6."""
     worker_out, master_out = stream(), stream()
+    worker_out.write("a task's print(), in the text stream\n")  # goes first, unflushed
     worker = WorkerTelemetry(log=JsonConsole("worker", out=worker_out, worker="w1"))
     master = MasterTelemetry(log=JsonConsole("master", out=master_out))
     tasks = [
@@ -458,7 +466,11 @@ def test_every_event_line_is_written_byte_for_byte_as_the_readme_shows_it(
         f'{error}"task settled","outcome":"malformed","task":"(unknown)"}}',
         f'{ok}"tasks released","count":2}}',
     ]
-    assert _written(worker_out) == [*settled_lines, *settled_lines[:2]]
+    assert _written(worker_out) == [
+        "a task's print(), in the text stream",
+        *settled_lines,
+        *settled_lines[:2],
+    ]
     head = '{"timestamp":"T","level":"%s","role":"master","event":'
     ok, error = head % "info", head % "error"
     assert _written(master_out) == [
