@@ -121,6 +121,26 @@ def _buffer(stream: TextIO) -> Any:
     return getattr(stream, "buffer", None)
 
 
+#: ASCII, each of its characters: what a stream's encoding must write as it is for bytes of
+#: ASCII text to go straight into its buffer (not so in UTF-16, nor UTF-8 with a BOM)
+_ASCII = bytes(range(128))
+#: an encoding's name -> whether it writes :data:`_ASCII` as it is
+_AS_IS: dict[str, bool] = {}
+
+
+def _ascii_as_is(stream: TextIO) -> bool:
+    """Whether ``stream``'s encoding writes ASCII text as its bytes, unchanged."""
+    encoding = getattr(stream, "encoding", None) or ""
+    known = _AS_IS.get(encoding)
+    if known is None:
+        try:
+            known = _ASCII.decode("ascii").encode(encoding) == _ASCII
+        except (LookupError, UnicodeError):  # no such encoding (a stand-in's "")
+            known = False
+        _AS_IS[encoding] = known
+    return known
+
+
 def _non_blocking(stream: TextIO) -> bool:
     """Whether ``stream``'s descriptor is O_NONBLOCK (a parent may leave a shared stdout
     so): a write may then take part of the text, or none, and raise BlockingIOError."""
@@ -363,10 +383,12 @@ class Console:
         stream (:func:`announce`)."""
         return f"{line}\n"
 
-    def write(self, stream: TextIO, text: str) -> bool:
+    def write(self, stream: TextIO, text: str | bytes) -> bool:
         """Write ``text`` to ``stream`` and flush; a stream that fails is dropped.
         False when a non-blocking ``stream`` was full (EAGAIN): ``text`` may be dropped,
-        whole lines of it (:meth:`_blocked`).
+        whole lines of it (:meth:`_blocked`). ``text`` as bytes is ASCII (JSON lines): it
+        goes straight into the stream's buffer where its encoding writes ASCII as it is,
+        with no decoding and encoding again (:func:`_ascii_as_is`).
 
         One thread at a time (a worker's slots write their lines from their own, its
         tasks' print() too: :func:`waiting_write`), under the output lock: what a full
@@ -381,7 +403,7 @@ class Console:
         finally:
             lock.release()
 
-    def _put(self, stream: TextIO, text: str) -> bool:
+    def _put(self, stream: TextIO, text: str | bytes) -> bool:
         try:
             if self._one_file and not self._other_out(stream):
                 return False  # still full: this text only, the other stream's line goes first
@@ -391,6 +413,11 @@ class Console:
                 stream.flush()  # unflushed (a task's print()): the stream then holds only ``text``
             except BlockingIOError:
                 pass
+            if isinstance(text, bytes):  # ASCII: as it is into the buffer, after the flush above
+                buffer = _buffer(stream)
+                if buffer is not None and _ascii_as_is(stream):
+                    return self._put_bytes(stream, buffer, text)
+                text = text.decode("ascii")
             precise = self._precise.get(id(stream))
             if precise is None:  # unbuffered (PYTHONUNBUFFERED=1): see below
                 precise = self._precise[id(stream)] = type(_buffer(stream)) is io.FileIO
@@ -415,27 +442,37 @@ class Console:
                 stream.write(text)
                 stream.flush()
                 return True
-            data = text.encode(stream.encoding, stream.errors or "strict")
-            try:  # all of it, into a buffer; unbuffered, what the descriptor took (None: none)
-                taken = buffer.write(data)
-            except BlockingIOError as exc:  # a full buffer took part of it, or none
-                taken = max(getattr(exc, "characters_written", 0), 0)
-            if taken is None or taken < len(data):
-                return self._blocked(stream, data, taken or 0)
-            try:  # noqa: SIM105
-                buffer.flush()
-            except BlockingIOError:
-                pass  # whole in its buffer: it goes out in order, ahead of the next write
+            return self._put_bytes(
+                stream, buffer, text.encode(stream.encoding, stream.errors or "strict")
+            )
         except BlockingIOError:  # a non-blocking stream, full for now: this text only
             return False
         except UnicodeEncodeError:  # not a stream gone: a character it cannot take
-            encoding = getattr(stream, "encoding", None) or "ascii"
-            escaped = text.encode(encoding, "backslashreplace").decode(encoding)
-            if escaped != text:  # else it was no character of the text's: gone after all
-                return self.write(stream, escaped)
+            if isinstance(text, str):  # (bytes are ASCII, which any encoding here takes)
+                encoding = getattr(stream, "encoding", None) or "ascii"
+                escaped = text.encode(encoding, "backslashreplace").decode(encoding)
+                if escaped != text:  # else it was no character of the text's: gone after all
+                    return self.write(stream, escaped)
             self._lost(stream)
         except (OSError, ValueError, AttributeError):  # a closed pipe or file, a full disk;
             self._lost(stream)  # None: the process started with that descriptor closed
+        return True
+
+    def _put_bytes(self, stream: TextIO, buffer: Any, data: bytes) -> bool:
+        """``data``, ``stream``'s text as bytes, into its binary layer ``buffer`` (:meth:`_put`
+        handles what it raises), so that what a full non-blocking descriptor took of it is
+        known: a text stream's write says nothing of it (unbuffered, it drops the rest
+        without a word)."""
+        try:  # all of it, into a buffer; unbuffered, what the descriptor took (None: none)
+            taken = buffer.write(data)
+        except BlockingIOError as exc:  # a full buffer took part of it, or none
+            taken = max(getattr(exc, "characters_written", 0), 0)
+        if taken is None or taken < len(data):
+            return self._blocked(stream, data, taken or 0)
+        try:  # noqa: SIM105
+            buffer.flush()
+        except BlockingIOError:
+            pass  # whole in its buffer: it goes out in order, ahead of the next write
         return True
 
     def _blocked(self, stream: TextIO, data: bytes, taken: int) -> bool:

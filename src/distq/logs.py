@@ -45,6 +45,24 @@ def timestamp(at: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _u_escape(found: re.Match[str]) -> str:
+    """A character outside ASCII as json writes it: ``\\u00e9``, a pair past U+FFFF."""
+    code = ord(found[0])
+    if code > 0xFFFF:
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def _ascii(lines: bytes) -> bytes:
+    """msgspec's JSON ``lines`` with each character outside ASCII ``\\u``-escaped, which
+    any stream carries; its numbers as msgspec wrote them (``2e-6``), as on every line."""
+    return _NON_ASCII.sub(_u_escape, lines.decode()).encode()
+
+
 def _escaped(value: Any) -> str:
     """``value`` as a JSON text of ASCII only (``\\u`` escapes, which any stream carries),
     as compact as msgspec writes the other lines: every line has one form."""
@@ -143,21 +161,17 @@ class JsonConsole(Console):
         if not lines or self.quiet:
             return
         text = _encode_lines(lines)
-        if not text.isascii():  # as json writes it: \u escapes, which any stream can carry
-            text = "".join(
-                _escaped(msgspec.json.decode(line)) + "\n" for line in text.splitlines()
-            ).encode()
-        self.write(self.out, text.decode())
+        self.write(self.out, text if text.isascii() else _ascii(text))
 
     def _write(self, stream: TextIO, records: list[dict[str, Any]]) -> None:
         try:
             lines: bytes | None = b"".join([_encode(r) + b"\n" for r in records])
         except UnicodeEncodeError:  # a lone surrogate (a non-UTF-8 byte in a name)
             lines = None  # json escapes it, as the text console's backslashreplace does
-        if lines is not None and lines.isascii():
-            self.write(stream, lines.decode())
-        else:  # as json writes it: \u escapes, which any stream can carry
+        if lines is None:  # as json writes it: \u escapes, which any stream can carry
             self.write(stream, "".join(_escaped(r) + "\n" for r in records))
+        else:
+            self.write(stream, lines if lines.isascii() else _ascii(lines))
 
 
 class JsonFormatter(logging.Formatter):

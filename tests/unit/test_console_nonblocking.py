@@ -23,9 +23,10 @@ from distq.logs import JsonConsole, TextConsole, make_console
 from nonblocking import drain
 
 
+@pytest.mark.parametrize("as_bytes", [False, True])  # as text; as JSON lines' bytes
 @pytest.mark.parametrize("batch", [1, 150])  # a line at a time; a worker's batch of lines
 def test_a_full_non_blocking_stdout_never_gets_half_a_json_line(
-    full_pipe: tuple[io.TextIOWrapper, int], batch: int
+    full_pipe: tuple[io.TextIOWrapper, int], batch: int, as_bytes: bool
 ) -> None:
     """``Console.write`` dropped the text on BlockingIOError, but the pipe had taken its
     start: a JSON log reader saw half a line run into the next line's start."""
@@ -42,7 +43,8 @@ def test_a_full_non_blocking_stdout_never_gets_half_a_json_line(
             if batch == 1:
                 console.info(lines[0])
             else:
-                console.write(stream, "\n".join(lines) + "\n")
+                text = "\n".join(lines) + "\n"
+                console.write(stream, text.encode() if as_bytes else text)
         got += drain(read)
     console.info("the last line")  # the pipe is empty now: it goes whole
     got += drain(read)
@@ -59,8 +61,9 @@ def test_a_full_non_blocking_stdout_never_gets_half_a_json_line(
     assert json.loads(lines[-2])["message"] == "the last line"
 
 
+@pytest.mark.parametrize("as_bytes", [False, True])  # as text; as JSON lines' bytes
 def test_slots_writing_at_once_to_a_full_non_blocking_stdout_never_cut_a_line(
-    full_pipe: tuple[io.TextIOWrapper, int],
+    full_pipe: tuple[io.TextIOWrapper, int], as_bytes: bool
 ) -> None:
     """A worker's slots write their lines from their own threads: what one thread's
     write finds the stream took may be another's text, unless the writes take turns."""
@@ -78,7 +81,8 @@ def test_slots_writing_at_once_to_a_full_non_blocking_stdout_never_cut_a_line(
                 json.dumps({"slot": index, "line": m, "pad": "x" * (40 + m % 61)})
                 for m in range(n, n + 20)
             ]
-            console.write(stream, "\n".join(lines) + "\n")
+            text = "\n".join(lines) + "\n"
+            console.write(stream, text.encode() if as_bytes else text)
 
     def reader() -> None:  # a slow reader: the pipe fills, then takes some, again
         while not done.wait(0.005):

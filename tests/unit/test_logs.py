@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -392,4 +393,93 @@ def test_every_time_in_a_line_is_micros_of_it_whatever_the_clock_said() -> None:
     assert [line["duration"] for line in received_lines] == [_as_written(t) for t in ODD_TIMES]
     assert [line["round_trip"] for line in received_lines] == [
         _as_written(t) for t in ODD_TIMES[::-1]
+    ]
+
+
+def _written(stream: io.StringIO | io.TextIOWrapper) -> list[str]:
+    """The lines on ``stream``, each timestamp replaced by T once checked."""
+    if isinstance(stream, io.TextIOWrapper):
+        stream.flush()
+        text = stream.buffer.getvalue().decode(stream.encoding)  # type: ignore[attr-defined]
+    else:
+        text = stream.getvalue()
+    assert text.endswith("\n") and "\r" not in text
+    stamps = re.findall(r'"timestamp":"([^"]*)"', text)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", s) for s in stamps)
+    return re.sub(r'"timestamp":"[^"]*"', '"timestamp":"T"', text).splitlines()
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        io.StringIO,
+        lambda: io.TextIOWrapper(io.BytesIO()),  # the lines' bytes go into its buffer
+        lambda: io.TextIOWrapper(io.BytesIO(), encoding="utf-16"),  # not ASCII as it is
+    ],
+)
+def test_every_event_line_is_written_byte_for_byte_as_the_readme_shows_it(
+    stream: type[io.StringIO],
+) -> None:
+    """The per-task lines, key order, separators, number forms and \\u escapes included,
+    whatever path writes them: a batch of one outcome, a mixed one, a line of a name
+    outside ASCII or with a line break, an undecoded task. A batch holding a name outside
+    ASCII was written again by json.dumps, its every line's numbers in Python's form
+    ("duration":2e-06) where msgspec wrote the same line in any other batch as 2e-6."""
+    worker_out, master_out = stream(), stream()
+    worker_out.write("a task's print(), in the text stream\n")  # goes first, unflushed
+    worker = WorkerTelemetry(log=JsonConsole("worker", out=worker_out, worker="w1"))
+    master = MasterTelemetry(log=JsonConsole("master", out=master_out))
+    tasks = [
+        Task(name=name, args=[1], reply_to="r", id=f"id{n}", attempt=n + 1, created_at=100.0)
+        for n, name in enumerate(["square", "square", "naïve😀", 'odd\n{"x"}', "square"])
+    ]
+    outcomes: list[Outcome] = ["ok", "ok", "failed", "retried", "ok"]
+    settled = [
+        Ending(Settlement(Delivery(b"", n)), outcome, task, 100.25, 0.0000015 * n)
+        for n, (task, outcome) in enumerate(zip(tasks, outcomes, strict=True))
+    ]
+    settled.append(Ending(Settlement(Delivery(b"", 9)), "malformed"))
+    worker.settled(settled, released=2)
+    worker.settled(settled[:2])
+    master.submitted(tasks[:3], outstanding=3)
+    master.collected(
+        0,
+        [
+            (Result("id0", "ok", "w1", 1, 0.0, 0.5), 1.25),
+            (Result("id0", "ok", "w2", 1, 0.0, 0.5), None),
+            (Result("id2", "error", "w✓", 3, 0.0, 3e9 + 0.25), 0.000001),
+        ],
+    )
+    head = '{"timestamp":"T","level":"%s","role":"worker","worker":"w1","event":'
+    ok, error = head % "info", head % "error"
+    settled_lines = [
+        f'{ok}"task settled","outcome":"ok","task_id":"id0","task":"square","attempt":1,'
+        '"queue_wait":0.25,"duration":0.0}',
+        f'{ok}"task settled","outcome":"ok","task_id":"id1","task":"square","attempt":2,'
+        '"queue_wait":0.25,"duration":2e-6}',
+        f'{error}"task settled","outcome":"failed","task_id":"id2",'
+        '"task":"na\\u00efve\\ud83d\\ude00","attempt":3,"queue_wait":0.25,"duration":3e-6}',
+        f'{ok}"task settled","outcome":"retried","task_id":"id3",'
+        '"task":"odd\\n{\\"x\\"}","attempt":4,"queue_wait":0.25,"duration":5e-6}',
+        f'{ok}"task settled","outcome":"ok","task_id":"id4","task":"square","attempt":5,'
+        '"queue_wait":0.25,"duration":6e-6}',
+        f'{error}"task settled","outcome":"malformed","task":"(unknown)"}}',
+        f'{ok}"tasks released","count":2}}',
+    ]
+    assert _written(worker_out) == [
+        "a task's print(), in the text stream",
+        *settled_lines,
+        *settled_lines[:2],
+    ]
+    head = '{"timestamp":"T","level":"%s","role":"master","event":'
+    ok, error = head % "info", head % "error"
+    assert _written(master_out) == [
+        f'{ok}"task submitted","task_id":"id0","task":"square","attempt":1}}',
+        f'{ok}"task submitted","task_id":"id1","task":"square","attempt":2}}',
+        f'{ok}"task submitted","task_id":"id2","task":"na\\u00efve\\ud83d\\ude00","attempt":3}}',
+        f'{ok}"result received","task_id":"id0","task":"square","attempt":1,'
+        '"duration":0.5,"outcome":"ok","round_trip":1.25,"worker":"w1"}',
+        f'{ok}"duplicate result","task_id":"id0","worker":"w2"}}',
+        f'{error}"result received","task_id":"id2","task":"na\\u00efve\\ud83d\\ude00","attempt":3,'
+        '"duration":3000000000.25,"outcome":"error","round_trip":1e-6,"worker":"w\\u2713"}',
     ]
