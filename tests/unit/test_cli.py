@@ -736,6 +736,7 @@ def test_a_signal_while_a_stopping_worker_closes_keeps_its_exit_code(
 
     class Transport:
         closed = False
+        broker_version = None  # as a transport that was told none (Transport's property)
 
         def describe(self) -> str:
             return "a stand-in"
