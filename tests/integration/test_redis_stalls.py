@@ -31,6 +31,7 @@ from distq.transport.base import Settlement
 from distq.transport.redis import RedisTransport
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
+from relay import SilentRelay
 from seam import results_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -114,7 +115,8 @@ def test_a_settle_that_comes_after_the_close_publishes_nothing_and_loses_no_task
     consumer = t.consumer("c")
     (first,) = consumer.fetch(1, timeout=1)
     keys, publish = consumer._publish([Settlement(first, reply_to=producer.reply_to, result=b"r")])
-    settle = t.settle_script.command(keys, [*consumer._args, 1, 1, *publish])
+    args = [*consumer._args, 1, 1, consumer._claims or "", *publish]
+    settle = t.settle_script.command(keys, args)
     claim = t.claim_script.command(consumer._keys, [*consumer._args, 1, 0])
     consumer.close()
     assert raw.execute_command(*settle) == 0  # the late settle: nothing done
@@ -316,3 +318,43 @@ def test_a_keeper_settle_that_ran_late_is_not_settled_again(
     else:
         assert counts.tasks_ok == 5, out.getvalue()
     producer.close()
+
+
+def test_a_settle_by_count_that_runs_late_acks_none_of_the_tasks_claimed_since(
+    server: LocalRedis, raw: redis.Redis[bytes]
+) -> None:
+    """A settle by count acks the oldest N of the in-flight list if it holds as many as
+    the consumer did. Its link went silent (a partition): the settle failed after a
+    second, and the consumer settled those tasks again and claimed two more, on a new
+    connection. Then the partition healed and Redis ran the first settle: the list held
+    two again, the two just claimed, and it acked them. Neither had run, and the close
+    handed back nothing: both were lost (their results came twice too). The settle by
+    count now acks only the list it was sent for: one claimed since, it does nothing."""
+    relay = SilentRelay.to_url(server.url)
+    try:
+        queue = f"t-{uuid.uuid4().hex[:10]}"
+        settings = Settings(
+            transport="redis", redis_url=relay.url, queue=queue, lease_seconds=LEASE
+        )
+        t = RedisTransport(settings, "worker")
+        reply_to = t.reply_queue("j")
+        raw.zadd(t.masters_key, {reply_to: int(time.time() * 1000) + 60_000})  # its master lives
+        raw.lpush(t.ready_key, b"a", b"b", b"c", b"d")  # a claimed first
+        consumer = t.consumer("c")
+        ran = consumer.fetch(2, timeout=1)
+        assert [d.body for d in ran] == [b"a", b"b"]
+        settled = [Settlement(d, reply_to=reply_to, result=b"r-" + d.body) for d in ran]
+        relay.silence()
+        time.sleep(0.3)  # the relay's links wait silent
+        with pytest.raises(TransportError):
+            consumer.settle(settled)
+        consumer.settle(settled)  # on a new connection
+        assert [d.body for d in consumer.fetch(2, timeout=1)] == [b"c", b"d"]
+        assert relay.deliver_held() == 1  # the first settle, late
+        assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"c", b"d"]
+        assert raw.lrange(reply_to, 0, -1) == [b"r-b", b"r-a"]  # once each
+        consumer.close()
+        assert sorted(raw.lrange(t.ready_key, 0, -1)) == [b"c", b"d"]  # handed back
+        t.close()
+    finally:
+        relay.close()

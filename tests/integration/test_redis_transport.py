@@ -159,6 +159,7 @@ def test_ready_list_is_named_after_the_queue_and_fifo(
         queue,
         f"distq:{queue}:inflight:{consumer.consumer_id}",
         f"distq:{queue}:consumers",
+        f"distq:{queue}:consumers:{consumer.consumer_id}:claims",
         f"distq:{queue}:masters",
         f"distq:{queue}:clock",
         f"{reply}:state",

@@ -15,6 +15,7 @@ queue depth (what KEDA's Redis scaler and ``redis-cli`` read). Every key:
 | ``distq:<q>:inflight:<id>``         | list | claim (with the lease, atomic)   | settle      |
 | ``distq:<q>:consumers``             | zset | claim, heartbeat, close          | sweep       |
 | ``distq:<q>:consumers:<id>``        | str  | settle by count INCR (5)         | close       |
+| ``distq:<q>:consumers:<id>:claims`` | str  | claim, tidy INCR (5)             | settle (6)  |
 | ``distq:<q>:delayed``               | zset | settle: retry with a delay       | sweep (1)   |
 | ``distq:<q>:redelivered``           | set  | sweep, release, close            | claim       |
 | ``distq:<q>:dead``                  | list | settle RPUSH, so oldest first    | LRANGE (2)  |
@@ -32,6 +33,9 @@ lone task's submit that waits for results, in one script with the count and the 
 ack (``submit.lua``).
 (5) deleted by the close and by a sweep of the consumer: a settle that had no answer
 (Redis stalled past the wait) ran late if its close finds it counted.
+(6) a settle by count acks the oldest tasks only if the count is the one the consumer's
+last claim returned: one sent before a claim and run after it (late, a partition) did
+nothing, not ack the tasks claimed since (``claimed`` in ``redis_lua/prelude.lua``).
 
 The transport checks the type of every key above but the per-consumer and per-job ones
 when it starts and when a consumer connects (:meth:`RedisTransport.check_types`): a key of
@@ -948,6 +952,9 @@ class RedisConsumer(Consumer):
         # its settles by count Redis said it ran, and the tags of each it sent but had no
         # answer to (a stall past the wait): the close finds whether those ran after all
         self._ran, self._unanswered = 0, list[list[bytes]]()
+        # the count of claims the last claim or tidy returned, which a settle by count sends
+        # for Redis to check (``claimed`` in redis_lua/prelude.lua); None: not known
+        self._claims: int | None = None
         self._settles_key = f"{transport.consumers_key}:{self.consumer_id}"  # settles_of
         with transport.errors():  # reachable now, so "reconnected" means it
             transport.check_types(self._w)  # and its keys are distq's: one round trip
@@ -963,7 +970,7 @@ class RedisConsumer(Consumer):
         while it lived, and their results, pushed after the snapshot, were lost with it."""
         if self._w.link is not None and self._w.link == self._link:
             return
-        self._t.tidy_script(self._w, self._keys, [*self._args, *self._held])
+        self._claims = self._t.tidy_script(self._w, self._keys, [*self._args, *self._held])
         self._link = self._w.link
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
@@ -1037,7 +1044,7 @@ class RedisConsumer(Consumer):
         with self._t.errors():
             self._relink()
             if tags == held[:count]:  # the oldest, in order: ack by count
-                args = [*self._args, len(held), count, *publish]
+                args = [*self._args, len(held), count, self._claims or "", *publish]
                 try:
                     settled = self._t.settle_script(self._w, keys, args)
                 except RedisError as exc:
@@ -1079,16 +1086,18 @@ class RedisConsumer(Consumer):
             with settled_already():
                 return self.fetch(max_count, 0)
         keys, publish = self._publish(settlements)
-        settle = self._t.settle_script.command(keys, [*self._args, len(held), count, *publish])
         block = self._block_for(timeout, settlements)
         if block > 0:  # wait for the first task, then claim the rest (as _block_then_claim)
             claim = self._t.claim_script.command(self._keys, [*self._args, max_count - 1, 1])
-            commands: list[Sequence[Arg]] = [settle, self._blmove(block), claim]
+            commands: list[Sequence[Arg]] = [self._blmove(block), claim]
         else:
             claim = self._t.claim_script.command(self._keys, [*self._args, max_count, 0])
-            commands = [settle, claim]
+            commands = [claim]
         with self._t.errors():
-            self._relink()
+            self._relink()  # first: a tidy counts a claim (the settle sends the count)
+            args = [*self._args, len(held), count, self._claims or "", *publish]
+            settle = self._t.settle_script.command(keys, args)
+            commands.insert(0, settle)
             replies: list[Any] = []
             try:
                 self._w.pipeline(commands, replies)
@@ -1163,6 +1172,7 @@ class RedisConsumer(Consumer):
         before the script moved) if any; notes whether it emptied the ready list and, if
         so, when the next delayed retry is due (the script says only then: see claim.lua)."""
         out = _deliveries(reply)
+        self._claims = reply[3]
         if first is not None:
             out.insert(0, Delivery(body=first, tag=first, redelivered=reply[1] == 1))
         self._drained = len(out) < asked
@@ -1198,7 +1208,8 @@ class RedisConsumer(Consumer):
             settlements, acked = [s for s, _ in kept], [tag for _, tag in kept]
         keys, publish = self._publish(settlements, gated=True)
         acks: list[Arg] = ["a", 0, len(acked), *acked]
-        unsent = self._t.settle_script(self._w, keys, [*self._args, -1, 0, *publish, *acks])
+        args = [*self._args, -1, 0, "", *publish, *acks]
+        unsent = self._t.settle_script(self._w, keys, args)
         self.late = frozenset([*dropped, *unsent])
         self._forget(tags)  # the oldest entry of each: a reclaimed body's new one stays
         if done:
@@ -1294,7 +1305,7 @@ def _settled_then_raise_first(transport: RedisTransport, replies: list[Any]) -> 
 
 def _deliveries(reply: list[Any]) -> list[Delivery]:
     """The deliveries in a claim script's reply (see ``claim.lua``); tag = body."""
-    bodies = reply[3:]
+    bodies = reply[4:]
     out = [Delivery(body, body) for body in bodies]
     for i in reply[2]:  # the positions (1-based) of the redeliveries, usually none
         out[i - 1] = Delivery(bodies[i - 1], bodies[i - 1], True)

@@ -1,10 +1,11 @@
 -- A consumer script: KEYS and ARGV[1..3] as prelude.lua says.
 -- It renews the consumer's lease and sweeps, then claims.
 -- ARGV[4] = how many to claim, ARGV[5] = '1' after a BLMOVE (flag the in-flight head).
--- Returns {ms until the next delayed retry is due or -1, head flag, {i, ...}, body, ...}:
--- the third item lists the positions (1-based) of the bodies that are redeliveries, so
--- that the reply carries one item per task (and the redelivered set is only read when
--- it has members).
+-- Returns {ms until the next delayed retry is due or -1, head flag, {i, ...}, claims,
+-- body, ...}: the third item lists the positions (1-based) of the bodies that are
+-- redeliveries, so that the reply carries one item per task (and the redelivered set is
+-- only read when it has members); claims: the count a settle by count checks (prelude.lua's
+-- ``claimed``), counted by a claim that may lease tasks (false for a renewal: ARGV[4] = 0).
 
 local now = now_ms()
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
@@ -13,7 +14,7 @@ sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now, KEYS[8], ARGV[2])
 -- not after it moved them into the in-flight list (an error undoes no write)
 local again = redis.call('SCARD', KEYS[4])
 local want = tonumber(ARGV[4])
-local out = {-1, 0, {}}
+local out = {-1, 0, {}, (want > 0 or ARGV[5] == '1') and claimed(KEYS[2], ARGV[1])}
 local got, bytes = 0, 0
 while got < want and bytes < CLAIM_BYTES do
   -- as many as fit CLAIM_BYTES if all were the size of the next one (tasks of a job are
@@ -54,7 +55,7 @@ if again > 0 then
   end
   local positions = out[3]
   for i = 1, got do
-    if redis.call('SREM', KEYS[4], out[i + 3]) == 1 then positions[#positions + 1] = i end
+    if redis.call('SREM', KEYS[4], out[i + 4]) == 1 then positions[#positions + 1] = i end
   end
 end
 return out

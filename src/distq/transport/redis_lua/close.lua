@@ -6,5 +6,5 @@
 requeue_all(KEYS[5], KEYS[1], KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 local settled = redis.call('GET', settles_of(KEYS[2], ARGV[1]))
-redis.call('DEL', settles_of(KEYS[2], ARGV[1]))
+redis.call('DEL', settles_of(KEYS[2], ARGV[1]), settles_of(KEYS[2], ARGV[1]) .. ':claims')
 return settled

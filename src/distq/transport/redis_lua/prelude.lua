@@ -48,6 +48,23 @@ end
 local function settles_of(consumers, id)
   return consumers .. ':' .. id
 end
+-- A consumer's count of the claims and tidies of its in-flight list (claim.lua, tidy.lua),
+-- which a settle by count checks: a settle sent before one of them and run after it, late
+-- (a partition), found the list as long as it expected with tasks claimed since in it,
+-- and acked those. It starts at Redis's time in ms times 1000 (a count that was deleted,
+-- by a close or a sweep, starts again past every value it had). Returns the new count,
+-- or false where Redis refuses it (full, Redis 6): the consumer then settles by body.
+local function claimed(consumers, id)
+  local key = settles_of(consumers, id) .. ':claims'
+  local count = redis.pcall('INCR', key)
+  if type(count) ~= 'number' then return false end
+  if count == 1 then
+    local now = now_ms()
+    count = now * 1000
+    redis.call('SET', key, now .. '000')
+  end
+  return count
+end
 -- LRANGE lists the newest claim first, so the oldest claim ends at the tail: runs next
 local function requeue_all(src, ready, again)
   local held = redis.call('LRANGE', src, 0, -1)
@@ -103,7 +120,7 @@ local function sweep(ready, consumers, delayed, again, prefix, now, clock, lease
   resume(consumers, clock, tonumber(lease), now)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', now, 'LIMIT', 0, 100)) do
     requeue_all(prefix .. id, ready, again)
-    redis.call('DEL', settles_of(consumers, id))
+    redis.call('DEL', settles_of(consumers, id), settles_of(consumers, id) .. ':claims')
     redis.call('ZREM', consumers, id)
   end
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)

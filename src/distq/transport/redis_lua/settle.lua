@@ -1,7 +1,8 @@
 -- A consumer script: KEYS and ARGV[1..3] as prelude.lua says.
 -- ARGV[4] = how many deliveries the consumer holds, ARGV[5] = how many of the oldest it
--- acks (the common case: a batch settled in order); or ARGV[4] = -1: acks by body, below.
--- ARGV[6..]: runs (op, arg, n, body 1, ..., body n), n bodies with the same op and arg:
+-- acks (the common case: a batch settled in order), ARGV[6] = the count of claims its last
+-- claim returned; or ARGV[4] = -1: acks by body, below (ARGV[5] and [6] unused).
+-- ARGV[7..]: runs (op, arg, n, body 1, ..., body n), n bodies with the same op and arg:
 -- 'r' results for KEYS[arg], 't' retries after arg ms, 'd' dead letters, 'a' acks (arg 0),
 -- and, acking by body, 'g' (arg k, one delivery): the k runs after it are published only
 -- if the in-flight list still holds that delivery. A delivery whose lease lapsed went
@@ -14,18 +15,23 @@
 -- A result goes only to a list whose master is registered and live (KEYS[7]), and the
 -- list expires a grace period after that master's deadline.
 -- Acking by count needs the in-flight list to be exactly what the consumer holds, oldest
--- at the tail: if its length says otherwise (a sweep took it), nothing is done and 0 is
--- returned, and the consumer acks by body instead; by count it returns 1, and counts it
+-- at the tail: if its length says otherwise (a sweep took it), or a claim or tidy ran
+-- since the consumer's last claim (prelude.lua's ``claimed``: a settle that ran late,
+-- after the consumer had settled again and claimed more, acked those), nothing is done
+-- and 0 is returned, and the consumer acks by body instead; by count it returns 1, and counts it
 -- (``settles_of``: its close returns the count, for a settle whose answer never came, a
 -- stall past the wait, may have run before the close). Acking by body
 -- returns the deliveries a 'g' found not held (the consumer's ``late``). Acking most of
 -- the in-flight list by body rebuilds it (3 calls) instead of one LREM per task.
 
 local expect, count = tonumber(ARGV[4]), tonumber(ARGV[5])
-if expect >= 0 and redis.call('LLEN', KEYS[5]) ~= expect then return 0 end
+if expect >= 0 then
+  if redis.call('LLEN', KEYS[5]) ~= expect then return 0 end
+  if redis.call('GET', settles_of(KEYS[2], ARGV[1]) .. ':claims') ~= ARGV[6] then return 0 end
+end
 local now = now_ms()
 local live, acks, skip, late, unsent = {}, {}, 0, {}, {}
-local i = 6
+local i = 7
 while i <= #ARGV do
   local op, arg, first, last = ARGV[i], tonumber(ARGV[i + 1]), i + 3, i + 2 + tonumber(ARGV[i + 2])
   if skip > 0 then

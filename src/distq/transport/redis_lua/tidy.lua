@@ -5,7 +5,10 @@
 -- lived (its idle link made again, its name kept) restores the list as it was then,
 -- with tasks it settled since: acked by count in place of those it holds (a list of the
 -- same length), or renewed with its lease for as long as it lived, their results (pushed
--- after the snapshot) lost, they never ran again. Returns how many went back.
+-- after the snapshot) lost, they never ran again. Returns the count of claims a settle by
+-- count checks (prelude.lua's ``claimed``), counted: a settle sent before, run after it,
+-- does nothing. False without a lease (swept): the count goes with the lease, and the
+-- consumer settles by body until its next claim.
 
 local mine, back, want = {}, {}, {}
 for i = 4, #ARGV do want[ARGV[i]] = (want[ARGV[i]] or 0) + 1 end
@@ -24,4 +27,5 @@ if #back > 0 then
   push('RPUSH', KEYS[1], back)
   push('SADD', KEYS[4], back)
 end
-return #back
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return false end
+return claimed(KEYS[2], ARGV[1])
