@@ -14,7 +14,7 @@ from conftest import Target
 from distq.codec import Codec
 from distq.config import Settings
 from distq.ending import Endings
-from distq.envelope import Task, new_id
+from distq.envelope import Result, Task, new_id
 from distq.transport import Settlement, Transport, open_transport
 from launch import free_port
 from procs import Distq
@@ -184,3 +184,67 @@ def test_a_task_far_over_a_workers_limit_is_dead_lettered_answered_on_every_tran
     assert got == sorted(expected), got
     [letter] = hosted.dead_letters()
     assert "over the limit of 1,048,576 (DISTQ_MAX_MESSAGE_BYTES" in letter.reason, letter.reason
+
+
+def _ok(task_id: str, value: object) -> Result:
+    return Result(task_id, "ok", "w1", 1, 0.0, 0.0, value=value)
+
+
+@pytest.mark.timeout(120)
+def test_a_result_over_a_producers_frames_is_an_error_result_and_the_rest_arrive() -> None:
+    # the master at 100 MiB, a remote producer at the default 1 MiB: its frames stop at
+    # 66 MiB, and a get reply holding a result of 70 MiB was refused at every call
+    settings = _settings(100 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(replace(settings, max_message_bytes=1 << 20), "client")
+    try:
+        reply_to = remote.reply_queue("big")
+        producer = remote.producer(reply_to)
+        producer.submit([b"a", b"b", b"c", b"d"])
+        consumer = hosted.consumer("c1")
+        got = fetch_n(consumer, 4, within=10)
+        ids = [new_id() for _ in got]
+        values: list[object] = [1, "x" * (70 << 20), 3, 4]
+        results = [_ok(i, v).encode() for i, v in zip(ids, values, strict=True)]
+        consumer.settle(
+            [Settlement(d, reply_to=reply_to, result=r) for d, r in zip(got, results, strict=True)]
+        )
+        answers = results_of(producer, 4, within=20, codec=Codec(max_message_bytes=1 << 20))
+        by_id = {r.task_id: r for r in answers}
+        assert sorted(by_id) == sorted(ids), [r.task_id for r in answers]
+        assert [by_id[i].value for i in ids[::2]] == [1, 3]
+        big = by_id[ids[1]]
+        assert big.status == "error" and big.error_type == "MessageTooLarge", big
+        said = big.error_message or ""
+        assert f"{len(results[1]):,} bytes" in said, said
+        assert "1,048,576" in said and "104,857,600" in said, said
+        assert "DISTQ_MAX_MESSAGE_BYTES" in said, said
+        consumer.close()
+        producer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+def test_a_producer_gets_from_a_master_that_takes_no_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(1 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "client")
+    try:
+        broker = hosted._broker  # type: ignore[attr-defined]
+        before = broker.get
+
+        def get(queue: str, max_count: int, timeout: float) -> object:
+            return before(queue, max_count, timeout)  # a distq before getlim33
+
+        monkeypatch.setattr(broker, "get", get)
+        reply_to = remote.reply_queue("old")
+        producer = remote.producer(reply_to)
+        hosted.producer(reply_to).submit([])  # nothing: the queue is the remote one's
+        broker.put(reply_to, [b"r1", b"r2"])
+        assert sorted(results_n(producer, 2)) == [b"r1", b"r2"]
+        assert producer.most is None  # type: ignore[attr-defined]
+        producer.close()
+    finally:
+        remote.close()
+        hosted.close()

@@ -361,8 +361,17 @@ class ManagerTransport(Transport):
         # The master lapses it by its own master_ttl, which may be shorter than this
         # process's: renewed within the shortest there is.
         renew_every = MASTER_TTL_MIN_SECONDS / 4
-        reconnect = self._endpoint if self._broker is None else None  # remote: a new proxy
-        return ManagerProducer(broker, self._queue, reply_to, self.address, renew_every, reconnect)
+        if self._broker is not None:  # in the master: no frames to fit
+            return ManagerProducer(broker, self._queue, reply_to, self.address, renew_every)
+        return ManagerProducer(
+            broker,
+            self._queue,
+            reply_to,
+            self.address,
+            renew_every,
+            self._endpoint,  # remote: a new proxy
+            most=self._settings.max_message_bytes,
+        )
 
     def consumer(self, consumer_id: str) -> Consumer:
         return ManagerConsumer(
@@ -688,8 +697,14 @@ class ManagerProducer(Producer):
         address: str,
         renew_every: float,
         reconnect: Callable[[], wire.Broker] | None = None,
+        *,
+        most: int | None = None,
     ) -> None:
+        """``most``: a remote one's DISTQ_MAX_MESSAGE_BYTES, named in each get: the master
+        sends an error result for a result over it (:meth:`QueueBroker.get`)."""
         self._broker, self._queue, self.reply_to, self._address = broker, queue, reply_to, address
+        #: None against a master of a distq before getlim33, which refuses a limit named
+        self.most = most
         self._reconnect = reconnect
         self._submitted = 0
         self._lapsed = False  # seen lapsed by a renewal since the last reconcile
@@ -730,6 +745,20 @@ class ManagerProducer(Producer):
     def results(self, max_count: int, timeout: float) -> list[bytes]:
         if time.monotonic() >= self._renew_at:
             self._renew()
+        if self.most is not None:
+            try:
+                return _call_list(
+                    self._address,
+                    self._broker.get,
+                    self.reply_to,
+                    max_count,
+                    timeout,
+                    most=self.most,
+                )
+            except TransportError as exc:  # refused as "an error raised in the master"
+                if _OLDER_LIMITS not in str(exc):
+                    raise
+                self.most = None
         return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
 
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
@@ -960,7 +989,7 @@ def _deliveries(wire: Sequence[Wire]) -> list[Delivery]:
 _HANDSHAKE_FAILURES = (AuthenticationError, AssertionError)
 
 _OLDER_MASTER = "'settle_fetch_late' of"  # in the refusal of a method not exposed
-#: In the refusal of a fetch's limit by a master of a distq before limits33
+#: In the refusal of a fetch's limit by a master of a distq before limits33 (a get's: getlim33)
 _OLDER_LIMITS = "unexpected keyword argument 'most'"
 
 
@@ -1067,6 +1096,30 @@ class _Oversized:
         result, dead = settlement.result, settlement.dead_letter
         assert dead is not None  # malformed: always dead-lettered
         return settlement.reply_to, None if result is None else bytes(result), dead
+
+    def results(self, body: bytes, most: int) -> list[bytes]:
+        settings = self._settings
+        keys = settings.signing_keys or settings.signing_key
+        codec = Codec(keys, most, settings.transport, settings.queue)
+        reader = (
+            "the DISTQ_MAX_MESSAGE_BYTES of the process that gets it (the master's is "
+            f"{settings.max_message_bytes:,}); too large for that process to read, the "
+            "master did not send it"
+        )
+        try:
+            made = [codec.seal_result(r) for r in codec.oversized_results(body, reader)]
+        except Exception:  # a bug: the result is dropped all the same, not sent
+            log.exception("master at %s: cannot answer a result too large", self._address)
+            return []
+        if not made:
+            log.error(
+                "master at %s: dropped a result message of %s bytes, too large for the "
+                "producer that got it (DISTQ_MAX_MESSAGE_BYTES %s), that names no task",
+                self._address,
+                f"{len(body):,}",
+                f"{most:,}",
+            )
+        return made
 
 
 def _close_proxy(broker: object, lost: bool = False) -> None:
