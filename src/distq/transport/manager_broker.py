@@ -121,9 +121,12 @@ class QueueBroker:
         reply_ttl: float | None = None,
         stood_still: float = math.inf,
         oversized: Oversized | None = None,
+        most: int | None = None,
     ) -> None:
+        """``most``: the master's DISTQ_MAX_MESSAGE_BYTES (:meth:`message_limit`)."""
         self._clock = clock
         self._oversized = oversized
+        self._most = most
         self._reply_ttl = reply_ttl
         self._stood_still = stood_still
         self._reaped: float | None = None  # when the last reap ran
@@ -497,6 +500,11 @@ class QueueBroker:
                 if room < 0:
                     break
             return out
+
+    def message_limit(self) -> int | None:
+        """The master's DISTQ_MAX_MESSAGE_BYTES: a worker sends no result too large for
+        its frames (twice that plus 64 MiB), but an error result in its place."""
+        return self._most
 
     def stats(self, queue: str) -> tuple[int, int, int, int]:
         with self._lock:

@@ -168,6 +168,7 @@ class Broker(Protocol):
     def disconnect(self, consumer: str) -> None: ...
     def peek(self, queue: str, limit: int) -> list[bytes]: ...
     def stats(self, queue: str) -> tuple[int, int, int, int]: ...
+    def message_limit(self) -> int | None: ...
 
 
 EXPOSED = (
@@ -189,6 +190,7 @@ EXPOSED = (
     "disconnect",
     "peek",
     "stats",
+    "message_limit",
 )
 
 
@@ -744,6 +746,10 @@ class BrokerProxy(BaseProxy):
         return cast(
             "list[bytes]", _list_of(self._call("peek", queue, limit), object, "peek", "bodies")
         )
+
+    def message_limit(self) -> int | None:
+        reply = self._call("message_limit")
+        return reply if type(reply) is int else None
 
     def stats(self, queue: str) -> tuple[int, int, int, int]:
         counts = _list_of(self._call("stats", queue), int, "stats", "counts")
