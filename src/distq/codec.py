@@ -57,6 +57,8 @@ _RESULT_HEAD = re.compile(
     rb'"worker":"((?:[^"\\]|\\.){0,1024})","attempt":([0-9]{1,9}),'
 )
 _HEAD_BYTES = 1400  # the longest head that pattern matches, and some
+#: Whose limit a result a process could not read is over, as its stand-in says.
+_READER = "this process's DISTQ_MAX_MESSAGE_BYTES and within its worker's"
 
 
 class Codec:
@@ -245,18 +247,18 @@ class Codec:
             )
         return [bytes(raw) for raw in raws]
 
-    def oversized_results(self, message: bytes) -> list[Result]:
+    def oversized_results(self, message: bytes, reader: str = _READER) -> list[Result]:
         """For a result message :meth:`open_results` refused as too large, which a worker
         whose ``DISTQ_MAX_MESSAGE_BYTES`` is larger sends: an error result for each task
         it carries, named by its envelope's head (the signature checked first), so those
         tasks fail for good with the reason instead of waiting unanswered. Empty when the
-        message says no task that way."""
+        message says no task that way. ``reader``: whose limit it is over, as said."""
         try:  # its signature, as any result's; its size is why it is here
             envelope = self._open(message, "result", most=len(message))
         except EnvelopeError:
             return []
         if envelope[:1] != b"[":
-            lone = self.stand_in(envelope, len(message))
+            lone = self.stand_in(envelope, len(message), reader)
             return [] if lone is None else [lone]
         try:
             raws = _pack_items(envelope)
@@ -264,12 +266,13 @@ class Codec:
             return []
         if raws is None:  # more than a worker packs: garbage, said as too large
             return []
-        found = (self.stand_in(memoryview(raw)[:_HEAD_BYTES], len(raw)) for raw in raws)
+        found = (self.stand_in(memoryview(raw)[:_HEAD_BYTES], len(raw), reader) for raw in raws)
         return [result for result in found if result is not None]
 
-    def stand_in(self, head: bytes | memoryview, size: int) -> Result | None:
+    def stand_in(self, head: bytes | memoryview, size: int, reader: str = _READER) -> Result | None:
         """The error result for a result envelope of ``size`` bytes, over this process's
-        limit, that starts with ``head``; None if ``head`` is not a result's."""
+        limit (``reader``'s, as said), that starts with ``head``; None if ``head`` is not
+        a result's."""
         found = _RESULT_HEAD.match(head, 0, _HEAD_BYTES)
         if found is None:
             return None
@@ -283,8 +286,7 @@ class Codec:
             int(found[3]),
             "MessageTooLarge",
             f"ran, but its result was {size:,} bytes, over the {self.max_message_bytes:,} "
-            "of this process's DISTQ_MAX_MESSAGE_BYTES and within its worker's: give the "
-            "process that submits tasks at least the workers' limit",
+            f"of {reader}: give the process that submits tasks at least the workers' limit",
         )
 
     def versioned_stand_in(self, envelope: bytes, error: EnvelopeError) -> Result | None:

@@ -720,6 +720,30 @@ def test_a_task_over_the_workers_size_limit_fails_for_its_submitter_at_once(
     assert status(target)["dead"] == 1
 
 
+@pytest.mark.timeout(180)
+def test_a_result_over_the_submitters_limit_fails_its_wait_at_once(
+    target: Target, workers: list[Distq]
+) -> None:
+    """A 70 MiB result, from a worker at 100 MiB, for `submit --wait` at the default
+    1 MiB: an error result saying both sizes. On manager, with its master at 100 MiB,
+    the result was too large for the submitter's frames: each read of results was
+    refused, and it waited its whole timeout."""
+    master = open_transport(replace(target.settings, max_message_bytes=100 << 20), "master")
+    try:
+        env = target.process_env(DISTQ_MAX_MESSAGE_BYTES=str(100 << 20))
+        workers.append(Distq(["worker", "--tasks", "jobs"], env))
+        started = time.monotonic()
+        done = distq(
+            target, "submit", "jobs:repeat", "x", str(70 << 20), "--wait", "--timeout", "90"
+        )
+        assert done.returncode == 1, done.stderr
+        assert time.monotonic() - started < 60, done.stderr
+        assert "MessageTooLarge" in done.stderr or "over the 1,048,576" in done.stderr, done.stderr
+        assert "1,048,576" in done.stderr and "DISTQ_MAX_MESSAGE_BYTES" in done.stderr, done.stderr
+    finally:
+        master.close()
+
+
 @pytest.mark.parametrize(
     ("log_format", "closed"), [("text", False), ("json", False), ("text", True)]
 )

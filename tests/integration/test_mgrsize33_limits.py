@@ -5,6 +5,7 @@ good); and a worker's settle of large results goes in calls within the master's 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -12,10 +13,12 @@ import pytest
 
 from conftest import Target
 from distq.codec import Codec
+from distq.collector import Collector
 from distq.config import Settings
 from distq.ending import Endings
-from distq.envelope import Task, new_id
+from distq.envelope import Result, Task, new_id
 from distq.transport import Settlement, Transport, open_transport
+from distq.transport import manager_wire as wire
 from launch import free_port
 from procs import Distq
 from seam import fetch_n, results_n, results_of
@@ -184,3 +187,159 @@ def test_a_task_far_over_a_workers_limit_is_dead_lettered_answered_on_every_tran
     assert got == sorted(expected), got
     [letter] = hosted.dead_letters()
     assert "over the limit of 1,048,576 (DISTQ_MAX_MESSAGE_BYTES" in letter.reason, letter.reason
+
+
+def _ok(task_id: str, value: object) -> Result:
+    return Result(task_id, "ok", "w1", 1, 0.0, 0.0, value=value)
+
+
+@pytest.mark.timeout(120)
+def test_a_result_over_a_producers_frames_is_an_error_result_and_the_rest_arrive() -> None:
+    # the master at 100 MiB, a remote producer at the default 1 MiB: its frames stop at
+    # 66 MiB, and a get reply holding a result of 70 MiB was refused at every call
+    settings = _settings(100 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(replace(settings, max_message_bytes=1 << 20), "client")
+    try:
+        reply_to = remote.reply_queue("big")
+        producer = remote.producer(reply_to)
+        producer.submit([b"a", b"b", b"c", b"d"])
+        consumer = hosted.consumer("c1")
+        got = fetch_n(consumer, 4, within=10)
+        ids = [new_id() for _ in got]
+        values: list[object] = [1, "x" * (70 << 20), 3, 4]
+        results = [_ok(i, v).encode() for i, v in zip(ids, values, strict=True)]
+        consumer.settle(
+            [Settlement(d, reply_to=reply_to, result=r) for d, r in zip(got, results, strict=True)]
+        )
+        answers = results_of(producer, 4, within=20, codec=Codec(max_message_bytes=1 << 20))
+        by_id = {r.task_id: r for r in answers}
+        assert sorted(by_id) == sorted(ids), [r.task_id for r in answers]
+        assert [by_id[i].value for i in ids[::2]] == [1, 3]
+        big = by_id[ids[1]]
+        assert big.status == "error" and big.error_type == "MessageTooLarge", big
+        said = big.error_message or ""
+        assert f"{len(results[1]):,} bytes" in said, said
+        assert "1,048,576" in said and "104,857,600" in said, said
+        assert "DISTQ_MAX_MESSAGE_BYTES" in said, said
+        consumer.close()
+        producer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+def test_a_producer_gets_from_a_master_that_takes_no_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(1 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "client")
+    try:
+        broker = hosted._broker  # type: ignore[attr-defined]
+        before = broker.get
+
+        def get(queue: str, max_count: int, timeout: float) -> object:
+            return before(queue, max_count, timeout)  # a distq before getlim33
+
+        monkeypatch.setattr(broker, "get", get)
+        reply_to = remote.reply_queue("old")
+        producer = remote.producer(reply_to)
+        hosted.producer(reply_to).submit([])  # nothing: the queue is the remote one's
+        broker.put(reply_to, [b"r1", b"r2"])
+        assert sorted(results_n(producer, 2)) == [b"r1", b"r2"]
+        assert producer.most is None  # type: ignore[attr-defined]
+        producer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_result_over_the_masters_frames_is_settled_as_an_error_result() -> None:
+    # the master at the default 1 MiB (frames to 66 MiB), a worker at 100 MiB: its settle
+    # of a 70 MiB result was refused whole, the connection dropped, the task ran again
+    settings = _settings(1 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(replace(settings, max_message_bytes=100 << 20), "worker")
+    try:
+        reply_to = hosted.reply_queue("big")
+        producer = hosted.producer(reply_to)
+        producer.submit([b"a", b"b", b"c"])
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 3, within=10)
+        ids = [new_id() for _ in got]
+        values: list[object] = [1, "x" * (70 << 20), 3]
+        results = [_ok(i, v).encode() for i, v in zip(ids, values, strict=True)]
+        settled = [
+            Settlement(d, reply_to=reply_to, result=r) for d, r in zip(got, results, strict=True)
+        ]
+        assert consumer.settle_then_fetch(settled, 5) == []
+        answers = results_of(producer, 3, within=20)
+        by_id = {r.task_id: r for r in answers}
+        assert sorted(by_id) == sorted(ids), [r.task_id for r in answers]
+        assert [by_id[ids[0]].value, by_id[ids[2]].value] == [1, 3]
+        big = by_id[ids[1]]
+        assert big.status == "error" and big.error_type == "MessageTooLarge", big
+        said = big.error_message or ""
+        assert f"{len(results[1]):,} bytes" in said, said
+        assert "1,048,576" in said and "104,857,600" in said, said
+        assert "DISTQ_MAX_MESSAGE_BYTES" in said, said
+        assert hosted.stats().in_flight == 0 and hosted.stats().ready == 0
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_result_over_the_masters_limit_is_an_error_result_on_every_transport(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """70 MiB of result, from a worker the CLI started at 100 MiB, read by a master at
+    the default 1 MiB: an error result for its task on Redis and RabbitMQ (the master
+    reads its head) and on manager (too large for the master's frames, the worker sends
+    it; its settle was refused and the task ran again, each time); the others arrive."""
+    reply = hosted.reply_queue(new_id())
+    producer = hosted.producer(reply)
+    big = Task("jobs:repeat", ["x", 70 << 20], reply)
+    small = [Task("jobs:add", [n, n], reply) for n in range(3)]
+    producer.submit([small[0].encode(), big.encode(), *(t.encode() for t in small[1:])])
+    env = target.process_env(DISTQ_MAX_MESSAGE_BYTES=str(100 << 20))
+    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], env)
+    workers.append(proc)
+    got: dict[str, Result] = {}
+    collector = Collector[None](lambda result, _, __: got.__setitem__(result.task_id, result))
+    collector.expect((t.id, None) for t in [big, *small])
+    deadline = time.monotonic() + 120
+    while collector.outstanding and time.monotonic() < deadline:
+        collector.collect(producer, 0.5)
+    assert proc.wait(60) == 0, proc.output()
+    producer.close()
+    assert sorted(got) == sorted(t.id for t in [big, *small]), proc.output()
+    assert [got[t.id].value for t in small] == [0, 2, 4]
+    said = got[big.id].error_message or ""
+    assert got[big.id].error_type == "MessageTooLarge", got[big.id]
+    assert "1,048,576" in said and "DISTQ_MAX_MESSAGE_BYTES" in said, said
+    assert "ran again" not in proc.output() and got[big.id].attempt == 1, proc.output()
+
+
+def test_a_worker_settles_to_a_master_that_tells_no_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a master before getlim33 exposes no message_limit: a large result is sent as before
+    older = tuple(name for name in wire.EXPOSED if name != "message_limit")
+    monkeypatch.setattr(wire, "EXPOSED", older)
+    settings = _settings(1 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(replace(settings, max_message_bytes=100 << 20), "worker")
+    try:
+        reply_to = hosted.reply_queue("old")
+        producer = hosted.producer(reply_to)
+        producer.submit([b"a", b"b"])
+        consumer = remote.consumer("c1")
+        first, second = fetch_n(consumer, 2)
+        large = Settlement(first, reply_to=reply_to, result=b"x" * (70 << 20))
+        assert consumer._fitted([large]) == [large]  # type: ignore[attr-defined]
+        consumer.settle([Settlement(second, reply_to=reply_to, result=b"r")])
+        assert results_n(producer, 1) == [b"r"]
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()

@@ -60,6 +60,8 @@ from multiprocessing import AuthenticationError, connection
 from multiprocessing.managers import BaseProxy, RemoteError
 from typing import Any, TypeVar
 
+import msgspec
+
 from distq import descriptors
 from distq.addresses import host_port
 from distq.codec import Codec
@@ -78,7 +80,7 @@ from distq.errors import (
     MessageTooLarge,
     TransportError,
 )
-from distq.limits import OVERSIZED_KEPT_BYTES
+from distq.limits import MIN_MESSAGE_BYTES, OVERSIZED_KEPT_BYTES
 from distq.transport import manager_wire as wire
 from distq.transport.base import (
     Consumer,
@@ -150,6 +152,7 @@ class ManagerTransport(Transport):
                 reply_ttl=settings.master_ttl,
                 stood_still=1.5 * reap_every,
                 oversized=_Oversized(settings, self.address),
+                most=settings.max_message_bytes,
             )
             manager = wire.serving_manager(broker, settings)
             try:
@@ -361,8 +364,17 @@ class ManagerTransport(Transport):
         # The master lapses it by its own master_ttl, which may be shorter than this
         # process's: renewed within the shortest there is.
         renew_every = MASTER_TTL_MIN_SECONDS / 4
-        reconnect = self._endpoint if self._broker is None else None  # remote: a new proxy
-        return ManagerProducer(broker, self._queue, reply_to, self.address, renew_every, reconnect)
+        if self._broker is not None:  # in the master: no frames to fit
+            return ManagerProducer(broker, self._queue, reply_to, self.address, renew_every)
+        return ManagerProducer(
+            broker,
+            self._queue,
+            reply_to,
+            self.address,
+            renew_every,
+            self._endpoint,  # remote: a new proxy
+            most=self._settings.max_message_bytes,
+        )
 
     def consumer(self, consumer_id: str) -> Consumer:
         return ManagerConsumer(
@@ -373,6 +385,8 @@ class ManagerTransport(Transport):
             self.address,
             keepers=self._keepers_bound,
             most=self._settings.max_message_bytes,
+            # in the master: no frames to fit
+            too_large=None if self._broker is not None else _TooLargeForMaster(self._settings),
         )
 
     renews_apart = True  # a proxy's connection is per thread: the keeper's is its own
@@ -688,8 +702,14 @@ class ManagerProducer(Producer):
         address: str,
         renew_every: float,
         reconnect: Callable[[], wire.Broker] | None = None,
+        *,
+        most: int | None = None,
     ) -> None:
+        """``most``: a remote one's DISTQ_MAX_MESSAGE_BYTES, named in each get: the master
+        sends an error result for a result over it (:meth:`QueueBroker.get`)."""
         self._broker, self._queue, self.reply_to, self._address = broker, queue, reply_to, address
+        #: None against a master of a distq before getlim33, which refuses a limit named
+        self.most = most
         self._reconnect = reconnect
         self._submitted = 0
         self._lapsed = False  # seen lapsed by a renewal since the last reconcile
@@ -730,6 +750,20 @@ class ManagerProducer(Producer):
     def results(self, max_count: int, timeout: float) -> list[bytes]:
         if time.monotonic() >= self._renew_at:
             self._renew()
+        if self.most is not None:
+            try:
+                return _call_list(
+                    self._address,
+                    self._broker.get,
+                    self.reply_to,
+                    max_count,
+                    timeout,
+                    most=self.most,
+                )
+            except TransportError as exc:  # refused as "an error raised in the master"
+                if _OLDER_LIMITS not in str(exc):
+                    raise
+                self.most = None
         return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
 
     def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
@@ -764,11 +798,13 @@ class ManagerConsumer(Consumer):
         *,
         keepers: Callable[[], float | None] = lambda: None,
         most: int | None = None,
+        too_large: _TooLargeForMaster | None = None,
     ) -> None:
         """``keepers``: how long a call may wait in the calling thread if that is the
         worker's keeper (None in any other: ``wire.REPLY_TIMEOUT``). ``most``: this
         worker's DISTQ_MAX_MESSAGE_BYTES, named in each fetch: the master dead-letters a
-        task over it (:meth:`QueueBroker.fetch`) rather than send it."""
+        task over it (:meth:`QueueBroker.fetch`) rather than send it. ``too_large``:
+        what a remote worker settles in place of a result too large for its master."""
         # a suffix per connection: an earlier connection's leases are never renewed by this one
         self._id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._broker, self._queue = broker, queue
@@ -777,6 +813,31 @@ class ManagerConsumer(Consumer):
         self._keepers = keepers
         #: None against a master of a distq before limits33, which refuses a limit named
         self.most = most
+        self._too_large = too_large
+        self._master_most: int | None = None  # asked once, when a result is large
+        self._asked = False
+
+    def _fitted(self, settlements: Sequence[Settlement]) -> Sequence[Settlement]:
+        """``settlements``, a result too large for the master to read (over its frames,
+        below its DISTQ_MAX_MESSAGE_BYTES) replaced by its task's error result: sent, the
+        master refused the whole settle and the task ran again, each time. Only a result
+        too large for some master's frames asks this one's limit (once)."""
+        least = _sendable(MIN_MESSAGE_BYTES)
+        if self._too_large is None or all(len(s.result or b"") <= least for s in settlements):
+            return settlements
+        if not self._asked:
+            try:
+                self._master_most = _call(self._address, self._broker.message_limit)
+            except FailedRequest as exc:  # a master before getlim33: sent as before
+                if _OLDER_MASTER_LIMIT not in exc.traceback:
+                    raise
+            self._asked = True
+        if self._master_most is None:
+            return settlements
+        room, most = _sendable(self._master_most), self._master_most
+        return [
+            s if len(s.result or b"") <= room else self._too_large(s, most) for s in settlements
+        ]
 
     def _bounded(self) -> contextlib.AbstractContextManager[None]:
         """The calls of the worker's keeper (its hand-backs: a release, a settle; a close
@@ -823,6 +884,7 @@ class ManagerConsumer(Consumer):
         last one's): one call of a batch's results of 1 MiB each was over the master's
         frame limit, refused, and the tasks ran again."""
         self.late = frozenset()
+        settlements = self._fitted(settlements)
         for batch in _settle_batches(settlements):
             self._settle(batch)
 
@@ -848,7 +910,7 @@ class ManagerConsumer(Consumer):
             self.settle(settlements)
             return []
         self.late = frozenset()
-        *before, settlements = _settle_batches(settlements)  # a batch's large results
+        *before, settlements = _settle_batches(self._fitted(settlements))  # large results
         for batch in before:
             self._settle(batch)
         if _may_be_late(settlements):
@@ -960,7 +1022,8 @@ def _deliveries(wire: Sequence[Wire]) -> list[Delivery]:
 _HANDSHAKE_FAILURES = (AuthenticationError, AssertionError)
 
 _OLDER_MASTER = "'settle_fetch_late' of"  # in the refusal of a method not exposed
-#: In the refusal of a fetch's limit by a master of a distq before limits33
+_OLDER_MASTER_LIMIT = "'message_limit' of"  # the same: a master before getlim33
+#: In the refusal of a fetch's limit by a master of a distq before limits33 (a get's: getlim33)
 _OLDER_LIMITS = "unexpected keyword argument 'most'"
 
 
@@ -1027,6 +1090,44 @@ def _settle_batches(settlements: Sequence[Settlement]) -> list[Sequence[Settleme
     return batches
 
 
+def _sendable(most: int) -> int:
+    """The largest body a peer of DISTQ_MAX_MESSAGE_BYTES ``most`` reads past the
+    :data:`BATCH_BYTES` of bodies before a call's or reply's last, 1 MiB spared for the
+    message around them (``wire.frame_limit``)."""
+    return wire.frame_limit(most) - BATCH_BYTES - (1 << 20)
+
+
+class _TooLargeForMaster:
+    """What a remote worker settles in place of a result too large for its master to read
+    (:meth:`ManagerConsumer._fitted`): the error result of its task, naming both limits,
+    signed with the worker's keys; no result, and a line logged, if it names no task."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def __call__(self, settlement: Settlement, most: int) -> Settlement:
+        settings, result = self._settings, settlement.result or b""
+        keys = settings.signing_keys or settings.signing_key
+        codec = Codec(keys, most, settings.transport, settings.queue)
+        reader = (
+            f"the master's DISTQ_MAX_MESSAGE_BYTES (this worker's is "
+            f"{settings.max_message_bytes:,}); too large for the master to read, the worker "
+            "did not send it"
+        )
+        stand_ins = codec.oversized_results(result, reader)
+        if len(stand_ins) != 1:  # a pack is never this large: garbage
+            log.error(
+                "dropped a result of %s bytes, too large for the master (DISTQ_MAX_MESSAGE_BYTES "
+                "%s) and naming no task",
+                f"{len(result):,}",
+                f"{most:,}",
+            )
+            return msgspec.structs.replace(settlement, result=None)
+        [stand_in] = stand_ins
+        log.error("task %s: %s", stand_in.task_id, stand_in.error_message)
+        return msgspec.structs.replace(settlement, result=codec.seal_result(stand_in))
+
+
 class _Oversized:
     """The master's dead letter and answer for a task too large for the worker that
     fetched it to read (:meth:`QueueBroker.fetch`), as that worker makes them of one over
@@ -1038,10 +1139,7 @@ class _Oversized:
         self._settings, self._address = settings, address
 
     def sendable(self, most: int) -> int:
-        """What a worker of DISTQ_MAX_MESSAGE_BYTES ``most`` reads past the
-        :data:`BATCH_BYTES` of bodies before a reply's last, 1 MiB spared for the reply
-        around them (``wire.frame_limit``)."""
-        return wire.frame_limit(most) - BATCH_BYTES - (1 << 20)
+        return _sendable(most)
 
     def __call__(
         self, queue: str, body: bytes, most: int
@@ -1067,6 +1165,30 @@ class _Oversized:
         result, dead = settlement.result, settlement.dead_letter
         assert dead is not None  # malformed: always dead-lettered
         return settlement.reply_to, None if result is None else bytes(result), dead
+
+    def results(self, body: bytes, most: int) -> list[bytes]:
+        settings = self._settings
+        keys = settings.signing_keys or settings.signing_key
+        codec = Codec(keys, most, settings.transport, settings.queue)
+        reader = (
+            "the DISTQ_MAX_MESSAGE_BYTES of the process that gets it (the master's is "
+            f"{settings.max_message_bytes:,}); too large for that process to read, the "
+            "master did not send it"
+        )
+        try:
+            made = [codec.seal_result(r) for r in codec.oversized_results(body, reader)]
+        except Exception:  # a bug: the result is dropped all the same, not sent
+            log.exception("master at %s: cannot answer a result too large", self._address)
+            return []
+        if not made:
+            log.error(
+                "master at %s: dropped a result message of %s bytes, too large for the "
+                "producer that got it (DISTQ_MAX_MESSAGE_BYTES %s), that names no task",
+                self._address,
+                f"{len(body):,}",
+                f"{most:,}",
+            )
+        return made
 
 
 def _close_proxy(broker: object, lost: bool = False) -> None:

@@ -45,6 +45,12 @@ class Oversized(Protocol):
         """``(reply_to, error result, dead letter)`` for ``body``, not sent."""
         ...
 
+    def results(self, body: bytes, most: int) -> list[bytes]:
+        """The error results that stand in for the result message ``body``, too large for
+        a producer of DISTQ_MAX_MESSAGE_BYTES ``most`` to read: one for each task it
+        carries (none if it names none)."""
+        ...
+
 
 @dataclass
 class _Lease:
@@ -130,9 +136,12 @@ class QueueBroker:
         reply_ttl: float | None = None,
         stood_still: float = math.inf,
         oversized: Oversized | None = None,
+        most: int | None = None,
     ) -> None:
+        """``most``: the master's DISTQ_MAX_MESSAGE_BYTES (:meth:`message_limit`)."""
         self._clock = clock
         self._oversized = oversized
+        self._most = most
         self._reply_ttl = reply_ttl
         self._stood_still = stood_still
         self._reaped: float | None = None  # when the last reap ran
@@ -199,9 +208,17 @@ class QueueBroker:
         with self._lock:
             self._push(queue, bodies)
 
-    def get(self, queue: str, max_count: int, timeout: float) -> list[bytes]:
+    def get(
+        self, queue: str, max_count: int, timeout: float, most: int | None = None
+    ) -> list[bytes]:
         """Remove and return up to ``max_count`` bodies (and :data:`BATCH_BYTES` of them
-        before the last), waiting up to ``timeout`` s."""
+        before the last), waiting up to ``timeout`` s. ``most``: the DISTQ_MAX_MESSAGE_BYTES
+        of the producer that gets them (a distq before getlim33 names none): a result too
+        large for it to read in a reply is not sent, but error results for its tasks are
+        (``oversized.results``). Sent, the producer refused every reply holding it, the
+        results behind it waiting for good."""
+        sendable = self._sendable(most)
+        over: dict[int, bytes] = {}  # by place in the reply
         with self._lock:
             items = self._queue(queue)
             if not items:
@@ -210,11 +227,28 @@ class QueueBroker:
             room = BATCH_BYTES
             for _ in range(min(max_count, len(items))):
                 body = items.popleft()[0]
+                if sendable is not None and len(body) > sendable:  # counted: fewer sent
+                    over[len(out)] = body
+                    out.append(b"")
+                    continue
                 out.append(body)
                 room -= len(body)
                 if room < 0:
                     break
+        if not over:
             return out
+        assert most is not None and self._oversized is not None
+        made = {at: self._oversized.results(body, most) for at, body in over.items()}
+        return [sent for at, body in enumerate(out) for sent in made.get(at, [body])]
+
+    def _sendable(self, most: int | None) -> int | None:
+        """The largest body a reply carries to a peer of DISTQ_MAX_MESSAGE_BYTES ``most``
+        (None: any, the peer named no limit)."""
+        if most is None or self._oversized is None:
+            return None
+        if type(most) is not int:  # before any body is taken
+            raise TypeError(f"a limit of {type(most).__name__}, not an int")
+        return self._oversized.sendable(most)
 
     def open(self, reply_to: str) -> bool:
         """Open or renew a producer's reply queue: results addressed to it are kept for
@@ -316,11 +350,7 @@ class QueueBroker:
         dead-lettered and answered (``oversized``). Sent, the worker refused every reply
         holding it, the tasks behind it waiting for good. One within it and over ``most``
         is sent, and the worker dead-letters and answers it, as on Redis and RabbitMQ."""
-        sendable: int | None = None
-        if most is not None and self._oversized is not None:
-            if type(most) is not int:  # before any body is taken
-                raise TypeError(f"fetch's limit is a {type(most).__name__}, not an int")
-            sendable = self._oversized.sendable(most)
+        sendable = self._sendable(most)
         over: list[bytes] = []
         with self._lock:
             owner = self._renew(consumer, lease)
@@ -503,6 +533,11 @@ class QueueBroker:
                 if room < 0:
                     break
             return out
+
+    def message_limit(self) -> int | None:
+        """The master's DISTQ_MAX_MESSAGE_BYTES: a worker sends no result too large for
+        its frames (twice that plus 64 MiB), but an error result in its place."""
+        return self._most
 
     def stats(self, queue: str) -> tuple[int, int, int, int]:
         with self._lock:

@@ -126,7 +126,9 @@ class Broker(Protocol):
 
     def put(self, queue: str, bodies: Sequence[bytes]) -> None: ...
     def open(self, reply_to: str) -> bool: ...
-    def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None: ...
+    def get(
+        self, queue: str, max_count: int, timeout: float, most: int | None = None
+    ) -> list[bytes] | None: ...
     def delete(self, queue: str) -> None: ...
     def gone(self, reply_to: Sequence[str]) -> list[str]: ...
     def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]: ...
@@ -166,6 +168,7 @@ class Broker(Protocol):
     def disconnect(self, consumer: str) -> None: ...
     def peek(self, queue: str, limit: int) -> list[bytes]: ...
     def stats(self, queue: str) -> tuple[int, int, int, int]: ...
+    def message_limit(self) -> int | None: ...
 
 
 EXPOSED = (
@@ -187,6 +190,7 @@ EXPOSED = (
     "disconnect",
     "peek",
     "stats",
+    "message_limit",
 )
 
 
@@ -639,8 +643,8 @@ class BrokerProxy(BaseProxy):
             close.cancel()
 
     def _call(self, method: str, *args: Any, most: int | None = None) -> Any:
-        """``most``: a fetch's limit, named (a master before limits33 refuses it: see
-        :attr:`distq.transport.manager.ManagerConsumer.most`)."""
+        """``most``: a fetch's or a get's limit, named (a master before limits33, or
+        getlim33 for a get, refuses it: see ``ManagerConsumer.most``, ``ManagerProducer.most``)."""
         call: Callable[..., Any] = self._callmethod  # typeshed types its reply as None
         return call(method, args) if most is None else call(method, args, {"most": most})
 
@@ -650,8 +654,10 @@ class BrokerProxy(BaseProxy):
     def open(self, reply_to: str) -> bool:
         return self._call("open", reply_to) is not False  # None: an older master's "yes"
 
-    def get(self, queue: str, max_count: int, timeout: float) -> list[bytes] | None:
-        reply = self._call("get", queue, max_count, timeout)
+    def get(
+        self, queue: str, max_count: int, timeout: float, most: int | None = None
+    ) -> list[bytes] | None:
+        reply = self._call("get", queue, max_count, timeout, most=most)
         return (
             None if reply is None else cast("list[bytes]", _list_of(reply, object, "get", "bodies"))
         )
@@ -740,6 +746,10 @@ class BrokerProxy(BaseProxy):
         return cast(
             "list[bytes]", _list_of(self._call("peek", queue, limit), object, "peek", "bodies")
         )
+
+    def message_limit(self) -> int | None:
+        reply = self._call("message_limit")
+        return reply if type(reply) is int else None
 
     def stats(self, queue: str) -> tuple[int, int, int, int]:
         counts = _list_of(self._call("stats", queue), int, "stats", "counts")
