@@ -305,3 +305,25 @@ def test_a_wait_for_a_task_refused_with_the_workers_own_key_does_not_advise_keys
     assert ("same DISTQ_SIGNING_KEYS" in waited) is not keys_alike, waited
     then = commands._refused_then(future)
     assert ("once the keys match" in then) is not keys_alike, then
+
+
+@pytest.mark.parametrize("sent_as", ["unsigned", "a malformed header"])
+def test_a_task_refused_unsigned_or_with_a_malformed_header_has_its_fix_in_its_letter(
+    sent_as: str,
+) -> None:
+    """Its answer said to give the workers and the submitter the same keys; its dead
+    letter, which `distq dead-letters` shows, and the worker's line named no fix: only
+    "unsigned task: this process requires signatures" or "malformed signature header"."""
+    sent = Task(name="jobs:add", args=[1, 2], reply_to="replies")
+    signed = Codec((KEY,)).seal_task(sent)
+    body = sent.encode() if sent_as == "unsigned" else signed[:9] + b"\n" + sent.encode()
+    endings = Endings("w1", "q", Codec((KEY,)))
+    error, letter = _refused(endings, body)
+    ending = endings.malformed(Delivery(body, 1), error)
+    fix = "the same DISTQ_SIGNING_KEYS"
+    for said in (letter.reason, ending.note or ""):
+        assert fix in said, said
+    [s] = endings.settlements([ending])
+    if sent_as == "unsigned":  # a malformed header names no task to answer
+        answer = Codec().open_result(s.result or b"").error_message or ""
+        assert answer.count(fix) == 1, answer
