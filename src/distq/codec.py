@@ -59,6 +59,8 @@ _RESULT_HEAD = re.compile(
 _HEAD_BYTES = 1400  # the longest head that pattern matches, and some
 #: Whose limit a result a process could not read is over, as its stand-in says.
 _READER = "this process's DISTQ_MAX_MESSAGE_BYTES and within its worker's"
+#: What to do about it, when the reader is the process that submitted the task.
+_FIX = "give the process that submits tasks at least the workers' limit"
 
 
 class Codec:
@@ -247,18 +249,21 @@ class Codec:
             )
         return [bytes(raw) for raw in raws]
 
-    def oversized_results(self, message: bytes, reader: str = _READER) -> list[Result]:
+    def oversized_results(
+        self, message: bytes, reader: str = _READER, fix: str = _FIX
+    ) -> list[Result]:
         """For a result message :meth:`open_results` refused as too large, which a worker
         whose ``DISTQ_MAX_MESSAGE_BYTES`` is larger sends: an error result for each task
         it carries, named by its envelope's head (the signature checked first), so those
         tasks fail for good with the reason instead of waiting unanswered. Empty when the
-        message says no task that way. ``reader``: whose limit it is over, as said."""
+        message says no task that way. ``reader``: whose limit it is over, and ``fix``:
+        what to do about it, as said."""
         try:  # its signature, as any result's; its size is why it is here
             envelope = self._open(message, "result", most=len(message))
         except EnvelopeError:
             return []
         if envelope[:1] != b"[":
-            lone = self.stand_in(envelope, len(message), reader)
+            lone = self.stand_in(envelope, len(message), reader, fix)
             return [] if lone is None else [lone]
         try:
             raws = _pack_items(envelope)
@@ -266,13 +271,16 @@ class Codec:
             return []
         if raws is None:  # more than a worker packs: garbage, said as too large
             return []
-        found = (self.stand_in(memoryview(raw)[:_HEAD_BYTES], len(raw), reader) for raw in raws)
+        head = _HEAD_BYTES
+        found = (self.stand_in(memoryview(raw)[:head], len(raw), reader, fix) for raw in raws)
         return [result for result in found if result is not None]
 
-    def stand_in(self, head: bytes | memoryview, size: int, reader: str = _READER) -> Result | None:
+    def stand_in(
+        self, head: bytes | memoryview, size: int, reader: str = _READER, fix: str = _FIX
+    ) -> Result | None:
         """The error result for a result envelope of ``size`` bytes, over this process's
-        limit (``reader``'s, as said), that starts with ``head``; None if ``head`` is not
-        a result's."""
+        limit (``reader``'s, as said, and ``fix`` to do), that starts with ``head``; None
+        if ``head`` is not a result's."""
         found = _RESULT_HEAD.match(head, 0, _HEAD_BYTES)
         if found is None:
             return None
@@ -286,7 +294,7 @@ class Codec:
             int(found[3]),
             "MessageTooLarge",
             f"ran, but its result was {size:,} bytes, over the {self.max_message_bytes:,} "
-            f"of {reader}: give the process that submits tasks at least the workers' limit",
+            f"of {reader}: {fix}",
         )
 
     def versioned_stand_in(self, envelope: bytes, error: EnvelopeError) -> Result | None:

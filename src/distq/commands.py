@@ -285,6 +285,21 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
         signal.signal(signal.SIGTERM, previous)
 
 
+def _refused_then(future: DistqFuture[Any]) -> str:
+    """What became of ``submit --wait``'s task, refused by a worker for its signature,
+    and what runs it."""
+    if future.refused_with_keys_alike:  # requeue-dead would put it back as it is
+        return (
+            "A refused task is dead-lettered (`distq dead-letters`); the keys match "
+            "already, so `distq requeue-dead` does not run it: submit it anew, to the "
+            "queue its workers read"
+        )
+    return (
+        "A refused task is dead-lettered (`distq dead-letters`); once the keys match, "
+        "`distq requeue-dead` runs it"
+    )
+
+
 def _submit_and_wait(
     args: argparse.Namespace,
     settings: Settings,
@@ -314,10 +329,7 @@ def _submit_and_wait(
         # exit now, the task left queued as --timeout says (not withdrawn)
         stop = functools.partial(executor.close, cancel_futures=False)
         if future is not None and future.refused is not None:  # not queued: refused
-            console.error(
-                f"{exc}. A refused task is dead-lettered (`distq dead-letters`); once the "
-                "keys match, `distq requeue-dead` runs it"
-            )
+            console.error(f"{exc}. {_refused_then(future)}")
         else:
             console.error(f"{exc}. It stays queued; {_NOBODY_WAITING}")
         return EXIT_FAILED

@@ -254,11 +254,32 @@ def announce(console: Console, line: str) -> None:
     thread is inside a write to the same stream (a write to a pipe interrupted by the
     signal): the buffered stream then raises ``RuntimeError: reentrant call``, which
     made a SIGTERM'd worker exit 1 with a traceback. Then the line goes straight to
-    stderr's file descriptor instead, in the console's own format (a JSON line too)."""
+    stderr's file descriptor instead, in the console's own format (a JSON line too),
+    after the end of a line a full stderr cut, which it ran into otherwise."""
     try:
         console.info(line)
     except RuntimeError:
-        os.write(2, console.rendered(line).encode(errors="backslashreplace"))
+        _straight_to_stderr(console, console.rendered(line).encode(errors="backslashreplace"))
+
+
+def _straight_to_stderr(console: Console, data: bytes) -> None:
+    """``data``, whole lines, on file descriptor 2, after the end of a line it owes
+    (:meth:`Console._blocked`): what a full non-blocking one did not take is owed or
+    dropped as a console's write does; a descriptor gone drops it."""
+    err = console.err
+    with _OUTPUT_LOCK[0]:
+        owed = _OWED.pop(id(err), b"")
+        data = owed + data
+        try:
+            taken = os.write(2, data)
+        except BlockingIOError:
+            taken = 0
+        except OSError:  # stderr gone: nothing to owe it
+            return
+        if taken < len(owed):  # the line's end still first, whoever writes next
+            _OWED[id(err)] = owed[taken:]
+        elif taken < len(data):
+            console._blocked(err, data, taken)
 
 
 class Console:

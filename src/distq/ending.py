@@ -72,6 +72,8 @@ Outcome = Literal["ok", "failed", "retried", "malformed", "orphaned", "released"
 
 #: Types of values that are JSON as they are: a result of one of them needs no check.
 _PLAIN = frozenset({int, str, bool, type(None)})
+#: The fix of a task refused unsigned or for another signing key: its letter and answer say it.
+_SAME_KEYS = "give the workers and the process that submits tasks the same DISTQ_SIGNING_KEYS"
 
 
 class Ending(NamedTuple):
@@ -324,6 +326,8 @@ class Endings:
             reason = f"malformed message: {framed}"
         elif isinstance(error, MessageTooLarge | SignatureError):
             reason = f"refused: {error}"
+            if type(error) is SignatureError:  # unsigned, a malformed header: its fix too
+                reason += f"; {_SAME_KEYS}"
         else:
             reason = f"malformed message: {error}"
         waits = None
@@ -404,10 +408,9 @@ class Endings:
         if task is None or task.reply_to == NO_REPLY:
             return None
         fixes = [advice] if advice else []
-        if not isinstance(error, BadSignature | OldSignature):  # those say their own fix
-            fixes.append(
-                "give the workers and the process that submits tasks the same DISTQ_SIGNING_KEYS"
-            )
+        # BadSignature, OldSignature say their own fix; the reason may have said this one
+        if not isinstance(error, BadSignature | OldSignature) and _SAME_KEYS not in reason:
+            fixes.append(_SAME_KEYS)
         why = f"{reason}; not run" + (f": {', and '.join(fixes)}" if fixes else "")
         try:  # the envelope, unsigned: sealing signs, and this one stays Unsealed
             result = self._result(

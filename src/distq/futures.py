@@ -25,6 +25,9 @@ log = logging.getLogger("distq.executor")
 #: False: without waiting for the broker, answered False where it would be asked.
 Cancel = Callable[[list["DistqFuture[Any]"], bool], list[bool]]
 _T = TypeVar("_T")
+#: What a worker's refusal of a task for its signature says when both sides' keys are
+#: alike (errors.BadSignature, errors.OldSignature): no keys to give, another fix.
+_KEYS_ALIKE = ("has a bad signature for key id", "signed by an older distq")
 #: The states in which ``done()`` is true.
 _DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
 
@@ -251,16 +254,28 @@ class DistqFuture(concurrent.futures.Future[_T]):
                 raise TimeoutError(self.waiting(timeout)) from None
             raise
 
+    @property
+    def refused_with_keys_alike(self) -> bool:
+        """The answer that refused it says the keys are not what differs: its signature
+        was bad for a key the worker holds (signed for another queue, altered, forged)
+        or of an older distq. False when no answer refused it."""
+        return self.refused is not None and any(said in self.refused for said in _KEYS_ALIKE)
+
     def waiting(self, timeout: float | None) -> str:
         """Why a wait of ``timeout`` s for this future ended without its result."""
         age = time.monotonic() - self.submitted
+        refused = (
+            "it came back unsigned, refused by a worker for its signature, as that answer "
+            "says (dropped: a result must be signed with this process's keys)"
+        )
         why = (
             "it is queued, running or retrying; is a worker running with it registered? "
             "(`distq status` shows ready tasks and attached workers)"
             if self.refused is None
-            else "it came back unsigned, refused by a worker for its signature, as that "
-            "answer says (dropped: a result must be signed with this process's keys); give "
-            "the workers and this process the same DISTQ_SIGNING_KEYS"
+            else f"{refused}; the keys are alike: it was signed for another queue, altered "
+            "or forged, or by an older distq, and that answer says what runs it"
+            if self.refused_with_keys_alike
+            else f"{refused}; give the workers and this process the same DISTQ_SIGNING_KEYS"
         )
         return (
             f"no result for task {self.task_name} [{self.task_id}] after waiting "

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import msgspec
 
@@ -233,7 +233,14 @@ class ConsoleHandler(logging.Handler):
                 "(said once)",
             )
             return
-        if not self._write(line):
+        unwritten = self._write(line)
+        if unwritten == "reentrant":
+            self._dropped(
+                "reentrant",
+                "a log record written from a signal handler while stderr was being written "
+                "to was dropped, as any other then would be (said once)",
+            )
+        elif unwritten == "full":
             self._dropped(
                 "full",
                 "stderr was full (a non-blocking descriptor, as a parent process may leave "
@@ -257,15 +264,16 @@ class ConsoleHandler(logging.Handler):
         while self._unsaid:
             note = logging.LogRecord("distq", logging.WARNING, __file__, 0, "%s", None, None)
             note.args = (f"warning: {self._unsaid[0]}",)
-            if not self._write(self.format(note)):
+            if self._write(self.format(note)) is not None:
                 return
             self._unsaid.pop(0)
 
-    def _write(self, line: str) -> bool:
+    def _write(self, line: str) -> Literal["full", "reentrant"] | None:
+        """Why ``line`` was not written; None once it is."""
         try:
-            return self.console.logged(line)
+            return None if self.console.logged(line) else "full"
         except RuntimeError:  # "reentrant call": a signal handler's record amid a write
-            return False
+            return "reentrant"
 
 
 def _logged(args: threading.ExceptHookArgs) -> None:

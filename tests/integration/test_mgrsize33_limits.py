@@ -283,6 +283,8 @@ def test_a_result_over_the_masters_frames_is_settled_as_an_error_result() -> Non
         assert f"{len(results[1]):,} bytes" in said, said
         assert "1,048,576" in said and "104,857,600" in said, said
         assert "DISTQ_MAX_MESSAGE_BYTES" in said, said
+        # the master's limit is the small one: the fix is the master's, not the submitter's
+        assert "give the master at least" in said and "submits" not in said, said
         assert hosted.stats().in_flight == 0 and hosted.stats().ready == 0
         consumer.close()
     finally:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from distq import console as console_module
 from distq.console import PROGRESS_THRESHOLD, Console, announce, escaping
 from launch import free_port
 
@@ -123,6 +124,22 @@ def test_a_signal_handlers_line_survives_a_stream_caught_mid_write(
     with a RuntimeError traceback (9 of 12 runs of a test without PYTHONUNBUFFERED)."""
     announce(Console(out=_MidWrite(), err=_MidWrite()), "SIGTERM while connecting: worker exit")
     assert capfd.readouterr().err == "SIGTERM while connecting: worker exit\n"
+
+
+def test_a_signal_handlers_line_goes_after_the_end_a_cut_line_owes(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A full non-blocking stderr took the start of a line and owes its end; a signal
+    handler's line, written straight to the descriptor, skipped it: it ran onto that
+    line's start ("...answered again afterSIGTERM ...") and the end followed it."""
+    err = _MidWrite()
+    console_module._OWED[id(err)] = b" 2.5 s\n"
+    try:
+        announce(Console(out=_MidWrite(), err=err), "SIGTERM while connecting: worker exit")
+    finally:
+        owed = console_module._OWED.pop(id(err), None)
+    assert capfd.readouterr().err == " 2.5 s\nSIGTERM while connecting: worker exit\n"
+    assert owed is None
 
 
 def test_a_json_console_caught_mid_write_still_writes_a_json_line(

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
 import pytest
 
+from distq import commands
 from distq.codec import Codec
 from distq.ending import Endings, Unsealed
 from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import EnvelopeError, MessageTooLarge, SignatureError
 from distq.framing import pack
+from distq.futures import DistqFuture
 from distq.transport import Delivery
 
 LIMIT = 2000
@@ -273,3 +276,54 @@ def test_a_task_refused_with_the_workers_own_key_is_not_answered_to_give_the_sam
     fix = "submit it to queue 'b' itself" if sent_as == "another queue" else "upgrade"
     for said in (message, letter.reason):
         assert fix in said, said
+
+
+def _kept(futures: list[DistqFuture[Any]], wait: bool = True) -> list[bool]:
+    return [False for _ in futures]
+
+
+@pytest.mark.parametrize("keys_alike", [True, False])
+def test_a_wait_for_a_task_refused_with_the_workers_own_key_does_not_advise_keys(
+    keys_alike: bool,
+) -> None:
+    """Signed with the worker's key for queue 'a', moved onto 'b' and refused there: the
+    Executor's (and `submit --wait`'s) wait ended "give the workers and this process the
+    same DISTQ_SIGNING_KEYS", and `submit --wait` "once the keys match, `distq
+    requeue-dead` runs it": the keys were the same. With other keys, both still say so."""
+    sent = Task(name="jobs:add", args=[1, 2], reply_to="replies")
+    submitter = Codec((KEY if keys_alike else b"another-key-0123456789",), queue="a")
+    endings = Endings("w1", "b", Codec((KEY,), queue="b"))
+    error, _ = _refused(endings, submitter.seal_task(sent))
+    [s] = endings.settlements([endings.malformed(Delivery(submitter.seal_task(sent), 1), error)])
+    answer = bytes(s.result or b"")
+    with pytest.raises(SignatureError) as caught:
+        submitter.open_results(answer)
+    future: DistqFuture[int] = DistqFuture(_kept, sent.id, sent.name)
+    future.refused = str(submitter.refusal_said(answer, caught.value))
+    waited = future.waiting(1.0)
+    assert "came back unsigned" in waited, waited
+    assert ("same DISTQ_SIGNING_KEYS" in waited) is not keys_alike, waited
+    then = commands._refused_then(future)
+    assert ("once the keys match" in then) is not keys_alike, then
+
+
+@pytest.mark.parametrize("sent_as", ["unsigned", "a malformed header"])
+def test_a_task_refused_unsigned_or_with_a_malformed_header_has_its_fix_in_its_letter(
+    sent_as: str,
+) -> None:
+    """Its answer said to give the workers and the submitter the same keys; its dead
+    letter, which `distq dead-letters` shows, and the worker's line named no fix: only
+    "unsigned task: this process requires signatures" or "malformed signature header"."""
+    sent = Task(name="jobs:add", args=[1, 2], reply_to="replies")
+    signed = Codec((KEY,)).seal_task(sent)
+    body = sent.encode() if sent_as == "unsigned" else signed[:9] + b"\n" + sent.encode()
+    endings = Endings("w1", "q", Codec((KEY,)))
+    error, letter = _refused(endings, body)
+    ending = endings.malformed(Delivery(body, 1), error)
+    fix = "the same DISTQ_SIGNING_KEYS"
+    for said in (letter.reason, ending.note or ""):
+        assert fix in said, said
+    [s] = endings.settlements([ending])
+    if sent_as == "unsigned":  # a malformed header names no task to answer
+        answer = Codec().open_result(s.result or b"").error_message or ""
+        assert answer.count(fix) == 1, answer

@@ -21,6 +21,7 @@ from distq.credentials import mask_url
 from distq.ending import Ending, Outcome
 from distq.envelope import Result, Task
 from distq.logs import (
+    ConsoleHandler,
     JsonConsole,
     JsonFormatter,
     MaskingFormatter,
@@ -483,3 +484,36 @@ def test_every_event_line_is_written_byte_for_byte_as_the_readme_shows_it(
         f'{error}"result received","task_id":"id2","task":"na\\u00efve\\ud83d\\ude00","attempt":3,'
         '"duration":3000000000.25,"outcome":"error","round_trip":1e-6,"worker":"w\\u2713"}',
     ]
+
+
+class _InterruptedOnce(io.StringIO):
+    """stderr caught mid-write by a signal once: the handler's record, written from the
+    signal handler, is refused as a BufferedWriter refuses a reentrant call."""
+
+    interrupted = False
+
+    def write(self, text: str) -> int:
+        if not self.interrupted:
+            self.interrupted = True
+            raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+        return super().write(text)
+
+
+def test_a_record_dropped_for_a_reentrant_write_is_said_so_not_as_a_full_stderr() -> None:
+    """A record a signal handler logged amid another write was dropped, and the note
+    said "stderr was full (a non-blocking descriptor ...)": it was not full."""
+    err = _InterruptedOnce()
+    handler = ConsoleHandler(Console(out=io.StringIO(), err=err), MaskingFormatter("%(message)s"))
+    logger = logging.getLogger("distq.test_reentrant")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("from the signal handler")
+        logger.warning("the next one")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    said = err.getvalue()
+    assert "from the signal handler" not in said and "the next one" in said, said
+    assert "stderr was full" not in said, said
+    assert "signal handler" in said and "said once" in said, said

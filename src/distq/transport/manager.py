@@ -1114,7 +1114,8 @@ class _TooLargeForMaster:
             f"{settings.max_message_bytes:,}); too large for the master to read, the worker "
             "did not send it"
         )
-        stand_ins = codec.oversized_results(result, reader)
+        fix = "give the master at least this worker's DISTQ_MAX_MESSAGE_BYTES"
+        stand_ins = codec.oversized_results(result, reader, fix)
         if len(stand_ins) != 1:  # a pack is never this large: garbage
             log.error(
                 "dropped a result of %s bytes, too large for the master (DISTQ_MAX_MESSAGE_BYTES "
