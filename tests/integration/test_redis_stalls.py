@@ -358,3 +358,48 @@ def test_a_settle_by_count_that_runs_late_acks_none_of_the_tasks_claimed_since(
         t.close()
     finally:
         relay.close()
+
+
+@pytest.mark.parametrize("block", [0.0, 0.5], ids=["claim", "blmove-then-claim"])
+def test_a_settle_then_fetch_that_runs_late_acks_none_and_its_claim_loses_none(
+    server: LocalRedis, raw: redis.Redis[bytes], block: float
+) -> None:
+    """The pipelined settle by count and next claim (``settle_then_fetch``, a slot's usual
+    round trip, with a BLMOVE between them or not) went silent (a partition): the
+    consumer settled the same tasks again and claimed two more on a new connection, then
+    the pipeline reached Redis. Its settle does nothing (the list held two again, the
+    two claimed since: before the count of claims it acked them, and a's and b's results
+    came twice); its claim leases two more the consumer never heard of, which its
+    settles then skip (by body) and its close hands back: each task's result once, or
+    the task back in the queue."""
+    relay = SilentRelay.to_url(server.url)
+    try:
+        queue = f"t-{uuid.uuid4().hex[:10]}"
+        settings = Settings(
+            transport="redis", redis_url=relay.url, queue=queue, lease_seconds=LEASE
+        )
+        t = RedisTransport(settings, "worker")
+        reply_to = t.reply_queue("j")
+        raw.zadd(t.masters_key, {reply_to: int(time.time() * 1000) + 60_000})  # its master lives
+        raw.lpush(t.ready_key, b"a", b"b", b"c", b"d", b"e", b"f")  # a claimed first
+        consumer = t.consumer("c")
+
+        ran = consumer.fetch(2, timeout=1)
+        assert [d.body for d in ran] == [b"a", b"b"]
+        first = [Settlement(d, reply_to=reply_to, result=b"r-" + d.body) for d in ran]
+        relay.silence()
+        time.sleep(0.3)  # the relay's links wait silent
+        with pytest.raises(TransportError):
+            consumer.settle_then_fetch(first, 2, block)
+        then = consumer.settle_then_fetch(first, 2, block)  # on a new connection
+        assert [d.body for d in then] == [b"c", b"d"]
+        assert relay.deliver_held() == 1  # the first pipeline, late
+        assert raw.lrange(reply_to, 0, -1) == [b"r-b", b"r-a"]  # once each
+        assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"c", b"d", b"e", b"f"]
+        consumer.settle([Settlement(d, reply_to=reply_to, result=b"r-" + d.body) for d in then])
+        assert raw.lrange(reply_to, 0, -1) == [b"r-d", b"r-c", b"r-b", b"r-a"]
+        consumer.close()
+        assert sorted(raw.lrange(t.ready_key, 0, -1)) == [b"e", b"f"]  # handed back
+        t.close()
+    finally:
+        relay.close()
