@@ -343,3 +343,45 @@ def test_a_worker_settles_to_a_master_that_tells_no_limit(monkeypatch: pytest.Mo
     finally:
         remote.close()
         hosted.close()
+
+
+def test_a_producer_names_its_limit_again_to_a_master_restarted_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # an older master refused the limit, and the producer dropped it; the master upgraded
+    # in place (a new one at the same address) is sent results over the producer's frames
+    # unless named it again, each reply holding one refused, as before getlim33
+    settings = _settings(1 << 20)
+    older = open_transport(settings, "master")
+    remote = open_transport(settings, "client")
+    try:
+        broker = older._broker  # type: ignore[attr-defined]
+        before = broker.get
+
+        def old_get(queue: str, max_count: int, timeout: float) -> object:
+            return before(queue, max_count, timeout)  # a distq before getlim33
+
+        monkeypatch.setattr(broker, "get", old_get)
+        producer = remote.producer(remote.reply_queue("upgraded"))
+        assert producer.results(1, 0.1) == []
+        assert producer.most is None  # type: ignore[attr-defined]
+        older.close()
+        newer = open_transport(settings, "master")
+        try:
+            named: list[int | None] = []
+            broker = newer._broker  # type: ignore[attr-defined]
+            current = broker.get
+
+            def get(queue: str, max_count: int, timeout: float, most: int | None = None) -> object:
+                named.append(most)
+                return current(queue, max_count, timeout, most=most)
+
+            monkeypatch.setattr(broker, "get", get)
+            producer.reconcile()  # the connection lost: connects afresh
+            assert producer.results(1, 0.1) == []
+            assert named == [1 << 20], named
+            producer.close()
+        finally:
+            newer.close()
+    finally:
+        remote.close()

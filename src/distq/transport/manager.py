@@ -709,7 +709,7 @@ class ManagerProducer(Producer):
         sends an error result for a result over it (:meth:`QueueBroker.get`)."""
         self._broker, self._queue, self.reply_to, self._address = broker, queue, reply_to, address
         #: None against a master of a distq before getlim33, which refuses a limit named
-        self.most = most
+        self.most = self._own_most = most
         self._reconnect = reconnect
         self._submitted = 0
         self._lapsed = False  # seen lapsed by a renewal since the last reconcile
@@ -736,6 +736,9 @@ class ManagerProducer(Producer):
                 raise
             _close_proxy(self._broker)
             self._broker = self._reconnect()  # raises while the master is away
+            # named again: a master restarted in place may be newer than the one that
+            # refused it (sent any result, and one over this producer's frames refused)
+            self.most = self._own_most
             self._renew()
         self.lapsed = self._lapsed
         if self._lapsed:
