@@ -17,6 +17,7 @@ from distq.collector import Collector
 from distq.config import Settings
 from distq.ending import Endings
 from distq.envelope import Result, Task, new_id
+from distq.errors import TransportError
 from distq.transport import Settlement, Transport, open_transport
 from distq.transport import manager_wire as wire
 from launch import free_port
@@ -341,6 +342,100 @@ def test_a_worker_settles_to_a_master_that_tells_no_limit(monkeypatch: pytest.Mo
         assert consumer._fitted([large]) == [large]  # type: ignore[attr-defined]
         consumer.settle([Settlement(second, reply_to=reply_to, result=b"r")])
         assert results_n(producer, 1) == [b"r"]
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+def test_a_producer_names_its_limit_again_to_a_master_restarted_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # an older master refused the limit, and the producer dropped it; the master upgraded
+    # in place (a new one at the same address) is sent results over the producer's frames
+    # unless named it again, each reply holding one refused, as before getlim33
+    settings = _settings(1 << 20)
+    older = open_transport(settings, "master")
+    remote = open_transport(settings, "client")
+    try:
+        broker = older._broker  # type: ignore[attr-defined]
+        before = broker.get
+
+        def old_get(queue: str, max_count: int, timeout: float) -> object:
+            return before(queue, max_count, timeout)  # a distq before getlim33
+
+        monkeypatch.setattr(broker, "get", old_get)
+        producer = remote.producer(remote.reply_queue("upgraded"))
+        assert producer.results(1, 0.1) == []
+        assert producer.most is None  # type: ignore[attr-defined]
+        older.close()
+        newer = open_transport(settings, "master")
+        try:
+            named: list[int | None] = []
+            broker = newer._broker  # type: ignore[attr-defined]
+            current = broker.get
+
+            def get(queue: str, max_count: int, timeout: float, most: int | None = None) -> object:
+                named.append(most)
+                return current(queue, max_count, timeout, most=most)
+
+            monkeypatch.setattr(broker, "get", get)
+            producer.reconcile()  # the connection lost: connects afresh
+            assert producer.results(1, 0.1) == []
+            assert named == [1 << 20], named
+            producer.close()
+        finally:
+            newer.close()
+    finally:
+        remote.close()
+
+
+@pytest.mark.parametrize("then_fetch", [False, True], ids=["settle", "settle_then_fetch"])
+def test_a_settle_in_calls_whose_last_fails_tells_which_were_settled(
+    monkeypatch: pytest.MonkeyPatch, then_fetch: bool
+) -> None:
+    # 10 results of 1 MiB go in two calls; the first answered, the second failed: the
+    # worker counted all 10 handed back, though 5 results had gone and their tasks were
+    # done (not back with the lease: no run of them again would count them)
+    settings = _settings(1 << 20)
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    try:
+        broker = hosted._broker  # type: ignore[attr-defined]
+        last = "settle_fetch" if then_fetch else "settle"
+        calls = {"settle": 0}
+        before = broker.settle
+
+        def settle(*args: object) -> object:
+            calls["settle"] += 1
+            if not then_fetch and calls["settle"] == 2:
+                raise RuntimeError("the second call failed")
+            return before(*args)
+
+        def failed(*args: object, **named: object) -> object:
+            raise RuntimeError("the last call failed")
+
+        monkeypatch.setattr(broker, "settle", settle)
+        if then_fetch:
+            monkeypatch.setattr(broker, last, failed)
+        reply_to = hosted.reply_queue("split")
+        producer = hosted.producer(reply_to)
+        producer.submit([bytes([n]) for n in range(10)])
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 10, within=10)
+        settled = [Settlement(d, reply_to=reply_to, result=d.body * (1 << 20)) for d in got]
+        with pytest.raises(TransportError):
+            if then_fetch:
+                consumer.settle_then_fetch(settled, 5)
+            else:
+                consumer.settle(settled)
+        assert calls["settle"] == (1 if then_fetch else 2)
+        first = {d.tag for d in got[:5]}
+        assert set(consumer.settled_late) == first, consumer.settled_late
+        assert sorted(results_n(producer, 5, within=10)) == [
+            bytes([n]) * (1 << 20) for n in range(5)
+        ]
+        assert hosted.stats().in_flight == 5
         consumer.close()
     finally:
         remote.close()

@@ -709,7 +709,7 @@ class ManagerProducer(Producer):
         sends an error result for a result over it (:meth:`QueueBroker.get`)."""
         self._broker, self._queue, self.reply_to, self._address = broker, queue, reply_to, address
         #: None against a master of a distq before getlim33, which refuses a limit named
-        self.most = most
+        self.most = self._own_most = most
         self._reconnect = reconnect
         self._submitted = 0
         self._lapsed = False  # seen lapsed by a renewal since the last reconcile
@@ -736,6 +736,9 @@ class ManagerProducer(Producer):
                 raise
             _close_proxy(self._broker)
             self._broker = self._reconnect()  # raises while the master is away
+            # named again: a master restarted in place may be newer than the one that
+            # refused it (sent any result, and one over this producer's frames refused)
+            self.most = self._own_most
             self._renew()
         self.lapsed = self._lapsed
         if self._lapsed:
@@ -814,6 +817,7 @@ class ManagerConsumer(Consumer):
         #: None against a master of a distq before limits33, which refuses a limit named
         self.most = most
         self._too_large = too_large
+        self._answered: list[object] = []  # the tags of a settle's calls answered so far
         self._master_most: int | None = None  # asked once, when a result is large
         self._asked = False
 
@@ -883,10 +887,24 @@ class ManagerConsumer(Consumer):
         """In calls of :data:`BATCH_BYTES` of results, retries and dead letters (and the
         last one's): one call of a batch's results of 1 MiB each was over the master's
         frame limit, refused, and the tasks ran again."""
-        self.late = frozenset()
-        settlements = self._fitted(settlements)
-        for batch in _settle_batches(settlements):
-            self._settle(batch)
+        self._begin()
+        with self._telling_settled():
+            for batch in _settle_batches(self._fitted(settlements)):
+                self._settle(batch)
+
+    def _begin(self) -> None:
+        self.late, self.settled_late, self._answered = frozenset(), frozenset(), []
+
+    @contextlib.contextmanager
+    def _telling_settled(self) -> Iterator[None]:
+        """A settle in calls whose later call failed: the earlier calls' tasks not late
+        are :attr:`settled_late` (their results went out, and they do not come back with
+        the lease); the worker counted them handed back."""
+        try:
+            yield
+        except TransportError:
+            self.settled_late = frozenset(self._answered) - frozenset(self.late)
+            raise
 
     def _settle(self, settlements: Sequence[Settlement]) -> None:
         """One call of :meth:`settle`'s, its late tokens added to :attr:`late`."""
@@ -898,6 +916,7 @@ class ManagerConsumer(Consumer):
         # version that stops closes the connection
         if late:
             self.late = frozenset(self.late) | frozenset(late)
+        self._answered += (s.delivery.tag for s in settlements)
 
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
@@ -909,10 +928,17 @@ class ManagerConsumer(Consumer):
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
-        self.late = frozenset()
-        *before, settlements = _settle_batches(self._fitted(settlements))  # large results
-        for batch in before:
-            self._settle(batch)
+        self._begin()
+        with self._telling_settled():
+            *before, settlements = _settle_batches(self._fitted(settlements))  # large results
+            for batch in before:
+                self._settle(batch)
+            return self._settle_last_then_fetch(settlements, max_count)
+
+    def _settle_last_then_fetch(
+        self, settlements: Sequence[Settlement], max_count: int
+    ) -> list[Delivery]:
+        """:meth:`settle_then_fetch`'s last call."""
         if _may_be_late(settlements):
             with self._bounded():
                 return self._settle_then_fetch_late(settlements, max_count)
