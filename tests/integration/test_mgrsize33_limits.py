@@ -5,9 +5,11 @@ good); and a worker's settle of large results goes in calls within the master's 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Literal
 
 import pytest
 
@@ -33,14 +35,33 @@ def _settings(most: int) -> Settings:
     )
 
 
+@contextlib.contextmanager
+def _pair(
+    settings: Settings, role: Literal["worker", "client"], most: int | None = None
+) -> Iterator[tuple[Transport, Transport]]:
+    """A master hosting the queues at ``settings``, and a ``role`` connected to it, at
+    ``most`` bytes of DISTQ_MAX_MESSAGE_BYTES if given (else the master's): both closed
+    after."""
+    hosted = open_transport(settings, "master")
+    try:
+        theirs = settings if most is None else replace(settings, max_message_bytes=most)
+        remote = open_transport(theirs, role)
+    except BaseException:
+        hosted.close()
+        raise
+    try:
+        yield hosted, remote
+    finally:
+        remote.close()
+        hosted.close()
+
+
 @pytest.mark.timeout(120)
 def test_a_task_within_a_workers_frames_goes_to_it_one_over_them_is_dead_lettered() -> None:
     # at the worker's 1 MiB, what it reads past 4 MiB of others is 61 MiB: one of 61 MiB is
     # its own to dead-letter (as on Redis and RabbitMQ: with its keys, its reason)
     settings = _settings(100 << 20)
-    hosted = open_transport(settings, "master")
-    remote = open_transport(replace(settings, max_message_bytes=1 << 20), "worker")
-    try:
+    with _pair(settings, "worker", 1 << 20) as (hosted, remote):
         most = 61 << 20  # 2 * 1 MiB + 64 MiB, less 4 MiB of others and 1 MiB to spare
         bodies = [b"x" * (4 << 20), b"y" * most, b"z" * (most + 1)]
         hosted.producer(hosted.reply_queue("edge")).submit(bodies)
@@ -51,9 +72,6 @@ def test_a_task_within_a_workers_frames_goes_to_it_one_over_them_is_dead_lettere
         [letter] = hosted.dead_letters()
         assert f"task is {most + 1:,} bytes" in letter.reason, letter.reason
         consumer.close()
-    finally:
-        remote.close()
-        hosted.close()
 
 
 @pytest.mark.timeout(120)
@@ -61,9 +79,7 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_answered_and_the_rest_run(
     # the master at 100 MiB, the worker at the default 1 MiB: its frames stop at 66 MiB,
     # and a fetch reply holding a task of 70 MiB was refused at every redelivery
     settings = _settings(100 << 20)
-    hosted = open_transport(settings, "master")
-    remote = open_transport(replace(settings, max_message_bytes=1 << 20), "worker")
-    try:
+    with _pair(settings, "worker", 1 << 20) as (hosted, remote):
         reply_to = hosted.reply_queue("big")
         producer = hosted.producer(reply_to)
         codec = Codec(max_message_bytes=100 << 20)
@@ -83,9 +99,6 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_answered_and_the_rest_run(
         assert b"1,048,576" in answer, answer[:500]
         assert hosted.stats().dead == 1 and consumer.fetch(5, 0.1) == []
         consumer.close()
-    finally:
-        remote.close()
-        hosted.close()
 
 
 @pytest.mark.timeout(120)
@@ -93,9 +106,7 @@ def test_a_settle_of_large_results_goes_in_calls_within_the_masters_limit() -> N
     # 80 results of 1 MiB are one settle of 80 MiB, over the master's 66 MiB: the master
     # dropped the connection and the tasks ran again
     settings = _settings(1 << 20)
-    hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "client")
-    try:
+    with _pair(settings, "client") as (hosted, remote):
         reply_to = remote.reply_queue("big")
         producer = remote.producer(reply_to)
         producer.submit([bytes([n]) for n in range(80)])
@@ -107,18 +118,13 @@ def test_a_settle_of_large_results_goes_in_calls_within_the_masters_limit() -> N
         assert sorted(results_n(producer, 80, within=60)) == results
         assert hosted.stats().in_flight == 0
         consumer.close()
-    finally:
-        remote.close()
-        hosted.close()
 
 
 def test_a_worker_fetches_from_a_master_that_takes_no_limit(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = _settings(1 << 20)
-    hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "worker")
-    try:
+    with _pair(settings, "worker") as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         before = broker.fetch
 
@@ -131,9 +137,6 @@ def test_a_worker_fetches_from_a_master_that_takes_no_limit(
         assert [d.body for d in fetch_n(consumer, 2)] == [b"a", b"b"]
         assert consumer.most is None  # type: ignore[attr-defined]
         consumer.close()
-    finally:
-        remote.close()
-        hosted.close()
 
 
 def test_a_task_over_a_workers_limit_is_dead_lettered_even_if_its_answer_fails(
@@ -144,18 +147,13 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_even_if_its_answer_fails(
 
     monkeypatch.setattr(Endings, "malformed", failing)
     settings = _settings(100 << 20)
-    hosted = open_transport(settings, "master")
-    remote = open_transport(replace(settings, max_message_bytes=1 << 20), "worker")
-    try:
+    with _pair(settings, "worker", 1 << 20) as (hosted, remote):
         hosted.producer(hosted.reply_queue("j")).submit([b"x" * (62 << 20), b"small"])
         consumer = remote.consumer("c1")
         assert [d.body for d in fetch_n(consumer, 1)] == [b"small"]
         [letter] = hosted.dead_letters()
         assert "65,011,712 bytes" in letter.reason and "not answered" in letter.reason
         consumer.close()
-    finally:
-        remote.close()
-        hosted.close()
 
 
 @pytest.fixture
@@ -199,9 +197,7 @@ def test_a_result_over_a_producers_frames_is_an_error_result_and_the_rest_arrive
     # the master at 100 MiB, a remote producer at the default 1 MiB: its frames stop at
     # 66 MiB, and a get reply holding a result of 70 MiB was refused at every call
     settings = _settings(100 << 20)
-    hosted = open_transport(settings, "master")
-    remote = open_transport(replace(settings, max_message_bytes=1 << 20), "client")
-    try:
+    with _pair(settings, "client", 1 << 20) as (hosted, remote):
         reply_to = remote.reply_queue("big")
         producer = remote.producer(reply_to)
         producer.submit([b"a", b"b", b"c", b"d"])
@@ -225,16 +221,11 @@ def test_a_result_over_a_producers_frames_is_an_error_result_and_the_rest_arrive
         assert "DISTQ_MAX_MESSAGE_BYTES" in said, said
         consumer.close()
         producer.close()
-    finally:
-        remote.close()
-        hosted.close()
 
 
 def test_a_producer_gets_from_a_master_that_takes_no_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = _settings(1 << 20)
-    hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "client")
-    try:
+    with _pair(settings, "client") as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         before = broker.get
 
@@ -249,9 +240,6 @@ def test_a_producer_gets_from_a_master_that_takes_no_limit(monkeypatch: pytest.M
         assert sorted(results_n(producer, 2)) == [b"r1", b"r2"]
         assert producer.most is None  # type: ignore[attr-defined]
         producer.close()
-    finally:
-        remote.close()
-        hosted.close()
 
 
 @pytest.mark.timeout(120)
@@ -259,9 +247,7 @@ def test_a_result_over_the_masters_frames_is_settled_as_an_error_result() -> Non
     # the master at the default 1 MiB (frames to 66 MiB), a worker at 100 MiB: its settle
     # of a 70 MiB result was refused whole, the connection dropped, the task ran again
     settings = _settings(1 << 20)
-    hosted = open_transport(settings, "master")
-    remote = open_transport(replace(settings, max_message_bytes=100 << 20), "worker")
-    try:
+    with _pair(settings, "worker", 100 << 20) as (hosted, remote):
         reply_to = hosted.reply_queue("big")
         producer = hosted.producer(reply_to)
         producer.submit([b"a", b"b", b"c"])
@@ -288,9 +274,6 @@ def test_a_result_over_the_masters_frames_is_settled_as_an_error_result() -> Non
         assert "give the master at least" in said and "submits" not in said, said
         assert hosted.stats().in_flight == 0 and hosted.stats().ready == 0
         consumer.close()
-    finally:
-        remote.close()
-        hosted.close()
 
 
 @pytest.mark.timeout(180)
@@ -330,9 +313,7 @@ def test_a_worker_settles_to_a_master_that_tells_no_limit(monkeypatch: pytest.Mo
     older = tuple(name for name in wire.EXPOSED if name != "message_limit")
     monkeypatch.setattr(wire, "EXPOSED", older)
     settings = _settings(1 << 20)
-    hosted = open_transport(settings, "master")
-    remote = open_transport(replace(settings, max_message_bytes=100 << 20), "worker")
-    try:
+    with _pair(settings, "worker", 100 << 20) as (hosted, remote):
         reply_to = hosted.reply_queue("old")
         producer = hosted.producer(reply_to)
         producer.submit([b"a", b"b"])
@@ -343,9 +324,6 @@ def test_a_worker_settles_to_a_master_that_tells_no_limit(monkeypatch: pytest.Mo
         consumer.settle([Settlement(second, reply_to=reply_to, result=b"r")])
         assert results_n(producer, 1) == [b"r"]
         consumer.close()
-    finally:
-        remote.close()
-        hosted.close()
 
 
 def test_a_producer_names_its_limit_again_to_a_master_restarted_in_place(
@@ -398,9 +376,7 @@ def test_a_settle_in_calls_whose_last_fails_tells_which_were_settled(
     # worker counted all 10 handed back, though 5 results had gone and their tasks were
     # done (not back with the lease: no run of them again would count them)
     settings = _settings(1 << 20)
-    hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "worker")
-    try:
+    with _pair(settings, "worker") as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         last = "settle_fetch" if then_fetch else "settle"
         calls = {"settle": 0}
@@ -437,6 +413,3 @@ def test_a_settle_in_calls_whose_last_fails_tells_which_were_settled(
         ]
         assert hosted.stats().in_flight == 5
         consumer.close()
-    finally:
-        remote.close()
-        hosted.close()
