@@ -29,6 +29,7 @@ def stack(
     stack = Stack(transport, tmp_path_factory.mktemp(f"stack-{transport}"), _TOKEN)
     try:
         result = stack.make("up", timeout=420)
+        stack.up_output = result.stdout
         if result.returncode != 0:
             pytest.fail(f"make up failed ({result.returncode}):\n{result.stdout}\n{stack.logs()}")
         yield stack

@@ -24,13 +24,6 @@ from typing import Any, TypeVar
 from launch import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-#: Tags of the distq images that every checkout on the machine shares (`make images`).
-_VERSION = re.search(r'^version = "(.*)"$', (REPO / "pyproject.toml").read_text(), re.M)
-SHARED_IMAGES = [
-    f"distq-{role}:{tag}"
-    for role in ("master", "worker")
-    for tag in (_VERSION.group(1), "latest")  # type: ignore[union-attr]
-]
 _T = TypeVar("_T")
 
 # Variables that steer the stack (scripts/compose.sh STACK_VARIABLES): never inherited.
@@ -82,7 +75,7 @@ class Stack:
         self.env_file = self.workdir / "stack.env"
         # No DISTQ_IMAGE_TAG: `make up` tags the images by the project, as for a user.
         self.image_tag = self.project
-        self.shared_before = self.shared_images()
+        self.up_output = ""  # what `make up` printed (the fixture sets it)
         for var in (
             "PROMETHEUS_PORT",
             "REDIS_PORT",
@@ -232,17 +225,9 @@ class Stack:
             )
         return "\n".join(parts) or "(no containers)"
 
-    def shared_images(self) -> dict[str, str]:
-        """The image ID of each tag every checkout shares (make images' own), if present."""
-        return {name: found for name in SHARED_IMAGES if (found := self._image_id(name))}
-
     def remove_images(self) -> None:
-        # A shared tag that moved while this stack ran (the defect its test catches) goes back.
-        for name, now in self.shared_images().items():
-            if now != self.shared_before.get(name):
-                before = self.shared_before.get(name)
-                restore = ["docker", "tag", before, name] if before else ["docker", "rmi", name]
-                subprocess.run(restore, capture_output=True, timeout=60)
+        # Only this stack's own tags: the shared ones (`make images`' version and latest)
+        # may be another test's or checkout's, made while this stack ran.
         for role in ("master", "worker"):
             subprocess.run(
                 ["docker", "rmi", f"distq-{role}:{self.image_tag}"],
