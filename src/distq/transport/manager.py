@@ -1067,25 +1067,32 @@ def _wire(settlements: Sequence[Settlement]) -> list[WireSettlement]:
     ]
 
 
+def _cuts(sizes: Sequence[int]) -> Iterator[slice]:
+    """Where items of ``sizes`` bytes are cut into the calls they are sent in:
+    :data:`BATCH_BYTES` of them before a call's last (one message each, within its
+    limit: ``manager_wire.frame_limit``), as the master's replies are."""
+    if sum(sizes) <= BATCH_BYTES:  # the common case: one call
+        yield slice(0, len(sizes))
+        return
+    start, room = 0, BATCH_BYTES
+    for at, size in enumerate(sizes):
+        room -= size
+        if room < 0:
+            yield slice(start, at + 1)
+            start, room = at + 1, BATCH_BYTES
+    if start < len(sizes):
+        yield slice(start, len(sizes))
+
+
 def _batches(bodies: Sequence[bytes]) -> Iterator[list[bytes]]:
-    """``bodies`` in the calls they are sent in: ``MESSAGE_BATCH`` at most, and
-    ``BATCH_BYTES`` of them before the last (one message each, within its limit:
-    ``manager_wire.frame_limit``), as the master's replies are."""
+    """``bodies`` in the calls they are sent in: ``MESSAGE_BATCH`` at most, cut by
+    :func:`_cuts`."""
     for start in range(0, len(bodies), MESSAGE_BATCH):
         chunk = list(bodies[start : start + MESSAGE_BATCH])
-        if sum(map(len, chunk)) <= BATCH_BYTES:  # the common case: one look, in C
+        if sum(map(len, chunk)) <= BATCH_BYTES:  # the common case: one look, in C, no list
             yield chunk
-            continue
-        batch: list[bytes] = []
-        room = BATCH_BYTES
-        for body in chunk:
-            batch.append(body)
-            room -= len(body)
-            if room < 0:
-                yield batch
-                batch, room = [], BATCH_BYTES
-        if batch:
-            yield batch
+        else:
+            yield from (chunk[cut] for cut in _cuts(list(map(len, chunk))))
 
 
 def _settle_size(settlement: Settlement) -> int:
@@ -1098,22 +1105,9 @@ def _settle_size(settlement: Settlement) -> int:
 
 
 def _settle_batches(settlements: Sequence[Settlement]) -> list[Sequence[Settlement]]:
-    """``settlements`` in the calls they are settled in: :data:`BATCH_BYTES` of them
-    before the last (one message each, within its limit: ``manager_wire.frame_limit``),
-    as a producer's put is (:func:`_batches`)."""
-    sizes = list(map(_settle_size, settlements))
-    if sum(sizes) <= BATCH_BYTES:  # the common case
-        return [settlements]
-    batches: list[Sequence[Settlement]] = []
-    start, room = 0, BATCH_BYTES
-    for at, size in enumerate(sizes):
-        room -= size
-        if room < 0:
-            batches.append(settlements[start : at + 1])
-            start, room = at + 1, BATCH_BYTES
-    if start < len(settlements):
-        batches.append(settlements[start:])
-    return batches
+    """``settlements`` in the calls they are settled in, cut by :func:`_cuts` as a
+    producer's put is (:func:`_batches`)."""
+    return [settlements[cut] for cut in _cuts(list(map(_settle_size, settlements)))]
 
 
 def _sendable(most: int) -> int:
