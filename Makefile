@@ -43,7 +43,7 @@ example: install
 TEST_WORKERS ?= 4
 test:
 	@scripts/ensure-test-env.sh
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope --durations=30 $(PYTEST_ARGS)
 
 # The long fault suite (make test runs it short), the fuzz tests with more examples,
 # then the figures: tests/faults/results.md and the table in README.md.
