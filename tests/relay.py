@@ -72,11 +72,13 @@ class SilentRelay:
         """Nothing passes on the connections open now, from now on."""
         self._silent.update(s for s in self._open[::2])
 
-    def deliver_held(self, within: float = 5.0) -> int:
+    def deliver_held(self, within: float = 5.0, first: bytes = b"") -> int:
         """What the clients of the silent connections sent meanwhile reaches the server
         now, as on a partition that heals late (a retransmission after others went by on
         new connections); returns once the server answered each (the answer is dropped),
-        or after ``within`` s. The connections stay silent. Returns how many delivered."""
+        or after ``within`` s. The connections stay silent. Returns how many delivered.
+        ``first``: bytes sent just before the held ones, in the same write (a command of
+        the test's, which the server then runs right before them)."""
         delivered = 0
         for near, far in zip(self._open[::2], self._open[1::2], strict=True):
             if near not in self._silent:
@@ -88,7 +90,7 @@ class SilentRelay:
                     held += chunk
             if held:
                 far.settimeout(within)
-                far.sendall(held)
+                far.sendall(first + held)
                 far.recv(65536)
                 delivered += 1
         return delivered

@@ -403,3 +403,61 @@ def test_a_settle_then_fetch_that_runs_late_acks_none_and_its_claim_loses_none(
         t.close()
     finally:
         relay.close()
+
+
+def _resp(*words: bytes) -> bytes:
+    """A command as Redis reads it off the wire (RESP)."""
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
+def test_a_settle_by_count_that_runs_late_between_a_blmove_and_its_claim_acks_nothing(
+    server: LocalRedis, raw: redis.Redis[bytes]
+) -> None:
+    """A slot's settle and next claim go as one pipeline: the settle by count, a BLMOVE
+    that waits for a task (the queue empty), then the claim script, which counts the
+    claim. Between the BLMOVE and that script Redis runs other connections' commands.
+    The consumer's settle of a went silent (a partition) and failed; it settled a again
+    on a new connection, in such a pipeline, whose BLMOVE waited. A task came (c), the
+    BLMOVE moved it into the in-flight list, and the first settle reached Redis before
+    the claim script ran: the list held one task again. Only the count the new
+    connection's tidy made (``tidy.lua``) stops it from acking c, which had not run (the
+    slot would run c unleased: a retry of it not sent, lost with a worker killed
+    meanwhile); without it, this test fails ('assert [] == [b'c']')."""
+    relay = SilentRelay.to_url(server.url)
+    try:
+        queue = f"t-{uuid.uuid4().hex[:10]}"
+        settings = Settings(
+            transport="redis", redis_url=relay.url, queue=queue, lease_seconds=LEASE
+        )
+        t = RedisTransport(settings, "worker")
+        reply_to = t.reply_queue("j")
+        raw.zadd(t.masters_key, {reply_to: int(time.time() * 1000) + 60_000})  # its master lives
+        raw.lpush(t.ready_key, b"a")
+        consumer = t.consumer("c")
+        ran = consumer.fetch(2, timeout=1)  # the queue emptied: the next settle may wait
+        assert [d.body for d in ran] == [b"a"]
+        settled = [Settlement(ran[0], reply_to=reply_to, result=b"r-a")]
+        relay.silence()
+        time.sleep(0.3)  # the relay's links wait silent
+        with pytest.raises(TransportError):
+            consumer.settle(settled)
+        got: list[Any] = []
+        waits = threading.Thread(
+            target=lambda: got.append(consumer.settle_then_fetch(settled, 2, 2.0))
+        )
+        waits.start()  # on a new connection: a settled again, then the BLMOVE waits
+        deadline = time.monotonic() + 5
+        while not any(c["cmd"] == "blmove" for c in raw.client_list()):
+            assert time.monotonic() < deadline, raw.client_list()
+            time.sleep(0.02)
+        # c comes, then the first settle at once: before the claim after the BLMOVE
+        assert relay.deliver_held(first=_resp(b"LPUSH", t.ready_key.encode(), b"c")) == 1
+        waits.join(5)
+        assert [d.body for d in got[0]] == [b"c"]
+        assert raw.lrange(consumer.inflight_key, 0, -1) == [b"c"]  # leased: it runs
+        assert raw.lrange(reply_to, 0, -1) == [b"r-a"]  # once
+        consumer.close()
+        assert raw.lrange(t.ready_key, 0, -1) == [b"c"]  # handed back
+        t.close()
+    finally:
+        relay.close()
