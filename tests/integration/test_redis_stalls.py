@@ -25,7 +25,7 @@ from distq.batch import Batch, BatchSizer, run_batch
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Task
-from distq.errors import TransportError
+from distq.errors import DistqError, TransportError
 from distq.tasks import Registry
 from distq.transport.base import Settlement
 from distq.transport.redis import RedisTransport
@@ -461,3 +461,36 @@ def test_a_settle_by_count_that_runs_late_between_a_blmove_and_its_claim_acks_no
         t.close()
     finally:
         relay.close()
+
+
+def test_a_settle_found_to_have_run_late_counts_as_settled_when_the_next_settle_fails(
+    server: LocalRedis, raw: redis.Redis[bytes], transport: RedisTransport
+) -> None:
+    """The keeper's settle of a failed after a second (Redis stalled 2 s) and ran late;
+    the slot's next settle, of a and b, asked Redis first, found it had run and sent b
+    alone. That settle failed too (a second stall; here b's result list made another
+    type, which fails it at once), and the worker closed the consumer and counted what
+    it held: the close names what its settles that had no answer settled, and named
+    nothing, so a counted as handed back ("0 ok"), though its settle had run and it
+    never ran again. It is named now, with those the close finds ran."""
+    t = transport
+    reply_to, other = t.reply_queue("j"), t.reply_queue("k")
+    live = int(time.time() * 1000) + 60_000
+    raw.zadd(t.masters_key, {reply_to: live, other: live})  # their masters live
+    raw.set(other, b"not a list")
+    raw.lpush(t.ready_key, b"a", b"b")
+    consumer = t.consumer("c")
+    a, b = consumer.fetch(2, timeout=1)
+    with _stalled(server, 2.0), pytest.raises(TransportError):
+        consumer.settle([Settlement(a, reply_to=reply_to, result=b"r-a")])
+    with pytest.raises(DistqError):
+        consumer.settle(
+            [
+                Settlement(a, reply_to=reply_to, result=b"r-a"),
+                Settlement(b, reply_to=other, result=b"r-b"),
+            ]
+        )
+    assert raw.lrange(reply_to, 0, -1) == [b"r-a"]  # a settled once, late
+    consumer.close()
+    assert set(consumer.settled_late) == {b"a"}
+    assert raw.lrange(t.ready_key, 0, -1) == [b"b"]  # b handed back

@@ -952,6 +952,8 @@ class RedisConsumer(Consumer):
         # its settles by count Redis said it ran, and the tags of each it sent but had no
         # answer to (a stall past the wait): the close finds whether those ran after all
         self._ran, self._unanswered = 0, list[list[bytes]]()
+        # the tags of those found to have run after all (``_unsettled``), for the close
+        self._ran_late = frozenset[bytes]()
         # the count of claims the last claim or tidy returned, which a settle by count sends
         # for Redis to check (``claimed`` in redis_lua/prelude.lua); None: not known
         self._claims: int | None = None
@@ -1138,8 +1140,10 @@ class RedisConsumer(Consumer):
         settles again). Sent again, their results reached the master twice, and a retry
         or dead letter was found late ("not retried"), though it had gone. Asked of
         Redis (the count ``close.lua`` reads) once after such a settle: if all of them
-        ran, they are forgotten; else all are sent again (one that runs later still
-        finds the in-flight list changed, and does nothing)."""
+        ran, they are forgotten, and the close names them (:attr:`settled_late`: the
+        worker counted them handed back when this settle failed too); else all are sent
+        again (one that runs later still finds the in-flight list changed, and does
+        nothing)."""
         if not self._unanswered or not settlements:
             return settlements
         with self._t.errors():
@@ -1148,6 +1152,7 @@ class RedisConsumer(Consumer):
         done = [tag for tags in self._unanswered for tag in tags]
         ran_all = counted - self._ran == len(self._unanswered)
         self._ran, self._unanswered = counted, []
+        self._ran_late = frozenset(done if ran_all else ())
         if not ran_all:
             return settlements
         self._forget(done)
@@ -1274,7 +1279,8 @@ class RedisConsumer(Consumer):
         (:attr:`settled_late`) ran if Redis counted them all (``close.lua``): Redis runs a
         command a stalled connection sent before this close's, on a connection made
         afresh. Any other count (a settle of them ran, another not; a Redis restarted from
-        an older snapshot; a sweep forgot the count) says none: they go back uncounted."""
+        an older snapshot; a sweep forgot the count) says none: they go back uncounted.
+        Those a settle before found had run (``_unsettled``) are named too."""
         self._w.check(IDLE_CHECK_SECONDS)  # a cold stop's, under a batch: idle while it ran
         try:
             counted = self._t.close_script(self._w, self._keys, self._args)
@@ -1283,7 +1289,8 @@ class RedisConsumer(Consumer):
         else:
             late = int(counted or 0) - self._ran
             if self._unanswered and late == len(self._unanswered):
-                self.settled_late = frozenset(tag for tags in self._unanswered for tag in tags)
+                self._ran_late |= {tag for tags in self._unanswered for tag in tags}
+        self.settled_late = self._ran_late
         self._held.clear()
         self._w.close()
 
