@@ -60,8 +60,12 @@ class Progress:
 
     def clear(self) -> None:
         """Blank the bar's line, the cursor at its start: a line printed now takes it."""
-        self._stream.write(f"\r{' ' * self._width}\r")
+        self._stream.write(self.clearing())
         self._stream.flush()
+
+    def clearing(self) -> str:
+        """What :meth:`clear` writes."""
+        return f"\r{' ' * self._width}\r"
 
     def redraw(self) -> None:
         self._draw(time.monotonic())
@@ -255,7 +259,8 @@ def announce(console: Console, line: str) -> None:
     signal): the buffered stream then raises ``RuntimeError: reentrant call``, which
     made a SIGTERM'd worker exit 1 with a traceback. Then the line goes straight to
     stderr's file descriptor instead, in the console's own format (a JSON line too),
-    after the end of a line a full stderr cut, which it ran into otherwise."""
+    after the end of a line a full stderr cut, which it ran into otherwise, and on the
+    bar's line blanked first (:func:`_straight_to_stderr`)."""
     try:
         console.info(line)
     except RuntimeError:
@@ -263,23 +268,60 @@ def announce(console: Console, line: str) -> None:
 
 
 def _straight_to_stderr(console: Console, data: bytes) -> None:
-    """``data``, whole lines, on file descriptor 2, after the end of a line it owes
-    (:meth:`Console._blocked`): what a full non-blocking one did not take is owed or
-    dropped as a console's write does; a descriptor gone drops it."""
-    err = console.err
+    """``data``, whole lines, on file descriptor 2 (:func:`_owed_first`), on the bar's
+    line blanked first if a bar is drawn (it went on at the bar's end); a descriptor
+    gone drops it."""
     with _OUTPUT_LOCK[0]:
-        owed = _OWED.pop(id(err), b"")
-        data = owed + data
-        try:
-            taken = os.write(2, data)
-        except BlockingIOError:
-            taken = 0
-        except OSError:  # stderr gone: nothing to owe it
-            return
-        if taken < len(owed):  # the line's end still first, whoever writes next
-            _OWED[id(err)] = owed[taken:]
-        elif taken < len(data):
-            console._blocked(err, data, taken)
+        if console.bar is not None:
+            data = console.bar.clearing().encode() + data
+        with contextlib.suppress(OSError):  # stderr gone: nothing to owe it
+            _owed_first(console.err, data, _fd_took)
+
+
+def _owed_first(stream: TextIO, data: bytes, put: Callable[[bytes], int]) -> bool:
+    """The one rule of every write that may follow a line a full non-blocking ``stream``
+    cut (:func:`_cut`): the end of that line goes first, then ``data``, handed to ``put``
+    as one (it says how many bytes it took). What it did not take of the line's end is
+    still owed, and ``data`` dropped; a line of ``data`` it cut owes its own end, and the
+    lines after it are dropped. Whether it took all. Under the output lock."""
+    owed = _OWED.pop(id(stream), b"")
+    whole = owed + data
+    taken = put(whole) if whole else 0
+    if taken >= len(whole):
+        return True
+    if taken < len(owed):  # the line's end still first, whoever writes next
+        _OWED[id(stream)] = owed[taken:]
+        return False
+    return _cut(id(stream), whole, taken)
+
+
+def _cut(key: int, data: bytes, taken: int) -> bool:
+    """A non-blocking stream (``id()`` ``key``) took only ``taken`` bytes of ``data`` (its
+    buffer keeps them, to go out in order): the rest of a line it took the start of is
+    owed, to go before anything else, lest a reader see half a line run into the next
+    one. The lines after it are dropped. Whether all of ``data`` is to go out."""
+    if taken <= 0 or data[taken - 1 : taken] == b"\n":  # no line cut: the rest dropped
+        return False
+    end = data.find(b"\n", taken)
+    _OWED[key] = data[taken:] if end < 0 else data[taken : end + 1]
+    return end < 0 or end + 1 == len(data)
+
+
+def _fd_took(data: bytes) -> int:
+    """What file descriptor 2 took of ``data`` (a full non-blocking one: none)."""
+    try:
+        return os.write(2, data)
+    except BlockingIOError:
+        return 0
+
+
+def _buffer_took(buffer: Any, data: bytes) -> int:
+    """What a stream's binary layer ``buffer`` took of ``data``: all, into its buffer;
+    part or none, full and non-blocking (unbuffered: what its descriptor took)."""
+    try:
+        return buffer.write(data) or 0
+    except BlockingIOError as exc:
+        return max(getattr(exc, "characters_written", 0), 0)
 
 
 class Console:
@@ -344,19 +386,23 @@ class Console:
         """Close ``bar`` on a non-blocking stderr, waiting at most :data:`BAR_CLOSE_WAIT`
         while it is full: a close skipped left the line open, and the summary printed
         next on stdout, the same terminal, went on it (or was dropped, stdout full too)."""
-        lock = _OUTPUT_LOCK[0]
-        with lock:
+        err = self.err
+        with _OUTPUT_LOCK[0]:
             try:
-                owed = _OWED.pop(id(self.err), b"")
                 with contextlib.suppress(BlockingIOError):  # what it holds goes first
-                    self.err.flush()
-                data = owed + bar.closing().encode(self.err.encoding, self.err.errors or "strict")
+                    err.flush()
                 until = time.monotonic() + BAR_CLOSE_WAIT
-                rest = _waiting_put(self.err.buffer, self.err.fileno(), data, until)
-                if rest:  # still full: the line's end goes first, whoever writes next
-                    _OWED[id(self.err)] = rest
+                buffer, fd = err.buffer, err.fileno()
+                closing = bar.closing().encode(err.encoding, err.errors or "strict")
+                took = _owed_first(
+                    err,
+                    closing,
+                    lambda data: len(data) - len(_waiting_put(buffer, fd, data, until)),
+                )
+                if not took and id(err) not in _OWED:  # none of it: the bar's line is
+                    _OWED[id(err)] = closing  # open, the close is its end, owed
             except (OSError, ValueError, AttributeError):
-                self._lost(self.err)
+                self._lost(err)
 
     def info(self, line: str) -> None:
         """A line that always prints: start, summary, exit. One during a job (a status
@@ -390,14 +436,19 @@ class Console:
     def _drawing(self, draw: Callable[..., None], *args: int) -> None:
         """Draw the bar on stderr. A non-blocking stderr full for now (EAGAIN) skips this
         drawing only: the next one draws the whole bar again. One that cannot be written
-        any more (closed, an I/O error) is dropped, and the bar with it."""
-        try:
-            draw(*args)
-        except BlockingIOError:
-            pass
-        except (OSError, ValueError):
-            self.bar = None  # stderr is gone, and the bar with it
-            self._lost(self.err)
+        any more (closed, an I/O error) is dropped, and the bar with it. A drawing goes
+        after the end of a line stderr owes (:func:`_owed_first`): it went into the
+        middle of that line; still owed, this drawing is skipped."""
+        with _OUTPUT_LOCK[0]:
+            try:
+                if _OWED and not self._pay(self.err):
+                    return
+                draw(*args)
+            except BlockingIOError:
+                pass
+            except (OSError, ValueError):
+                self.bar = None  # stderr is gone, and the bar with it
+                self._lost(self.err)
 
     def rendered(self, line: str) -> str:
         """``line`` as :meth:`info` writes it, for a write that cannot go through the
@@ -501,11 +552,7 @@ class Console:
         buffer keeps them, to go out in order): the rest of a line it took the start of is
         owed, to go before anything else, lest a reader see half a line run into the next
         one. The lines after it are dropped. Whether all of the text is to go out."""
-        if taken <= 0 or data[taken - 1 : taken] == b"\n":  # no line cut: the rest dropped
-            return False
-        end = data.find(b"\n", taken)
-        _OWED[id(stream)] = data[taken:] if end < 0 else data[taken : end + 1]
-        return end < 0 or end + 1 == len(data)
+        return _cut(id(stream), data, taken)
 
     def _other_out(self, stream: TextIO) -> bool:
         """Whether the other of stdout and stderr, onto the same file as ``stream``, has
@@ -533,17 +580,11 @@ class Console:
 
     def _pay(self, stream: TextIO) -> bool:
         """Hand ``stream`` the end of the line it owes (:meth:`_blocked`), if any, ahead
-        of anything else: whether it took it all, else it owes what is left of it."""
-        owed = _OWED.pop(id(stream), None)
-        if owed:
-            try:  # into its buffer, after the line's start (unbuffered: what it took)
-                taken = stream.buffer.write(owed)
-            except BlockingIOError as exc:
-                taken = max(getattr(exc, "characters_written", 0), 0)
-            if taken is None or taken < len(owed):
-                _OWED[id(stream)] = owed[taken or 0 :]
-                return False
-        return True
+        of anything else (:func:`_owed_first`), into its buffer, after the line's start:
+        whether it took it all, else it owes what is left of it."""
+        if id(stream) not in _OWED:
+            return True
+        return _owed_first(stream, b"", lambda data: _buffer_took(stream.buffer, data))
 
     def _lost(self, stream: TextIO) -> None:
         """``stream`` failed: drop it, and say so once on the other one (in this

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, TypeVar
 
+from distq.flagtypes import MAX_SECONDS
+
 log = logging.getLogger("distq.executor")
 
 #: Cancels futures where possible, one answer each (the executor's thread decides);
@@ -48,6 +50,21 @@ def _making_lock() -> None:
 _MAKING: threading.RLock
 _making_lock()
 os.register_at_fork(after_in_child=_making_lock)
+
+
+def _wait_limit(timeout: float | None) -> float | None:
+    """What a lock's wait takes for ``result(timeout)``'s: None (no limit) for a wait past
+    :data:`~distq.flagtypes.MAX_SECONDS` (inf, 1e300 raised OverflowError from the
+    lock, as the standard library's futures do). A negative is no wait, as there;
+    nan (no wait there) raises ``ValueError``."""
+    if timeout is None or timeout > MAX_SECONDS:
+        return None
+    if timeout != timeout:
+        raise ValueError(
+            "timeout is nan; use seconds (0 or less: no wait), or None to wait until the "
+            "task's result is in"
+        )
+    return timeout
 
 
 class Callbacks:
@@ -240,7 +257,7 @@ class DistqFuture(concurrent.futures.Future[_T]):
         if self._state == FINISHED and self._exception is None:  # no lock to take
             return self._result  # type: ignore[return-value]
         try:
-            return super().result(timeout)
+            return super().result(_wait_limit(timeout))
         except TimeoutError:
             if not self.done():
                 raise TimeoutError(self.waiting(timeout)) from None
@@ -248,7 +265,7 @@ class DistqFuture(concurrent.futures.Future[_T]):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         try:
-            return super().exception(timeout)
+            return super().exception(_wait_limit(timeout))
         except TimeoutError:
             if not self.done():
                 raise TimeoutError(self.waiting(timeout)) from None
@@ -279,5 +296,5 @@ class DistqFuture(concurrent.futures.Future[_T]):
         )
         return (
             f"no result for task {self.task_name} [{self.task_id}] after waiting "
-            f"{timeout or 0:.1f} s ({age:.1f} s since it was submitted): {why}"
+            f"{max(timeout or 0, 0):.1f} s ({age:.1f} s since it was submitted): {why}"
         )

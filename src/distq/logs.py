@@ -157,10 +157,15 @@ class JsonConsole(Console):
     def write_lines(self, lines: Sequence[Line]) -> None:
         """Per-task events, each a :class:`Line` with its head filled in from
         :meth:`stamp`, ``role`` and ``worker``: one JSON line each, all encoded
-        in one call and written in one; skipped when quiet."""
+        in one call and written in one; skipped when quiet. A lone surrogate in one (a
+        worker's name with a non-UTF-8 byte) is escaped as :meth:`_write` does."""
         if not lines or self.quiet:
             return
-        text = _encode_lines(lines)
+        try:
+            text = _encode_lines(lines)
+        except UnicodeEncodeError:  # msgspec refuses it: json escapes it
+            self.write(self.out, "".join(_escaped(msgspec.to_builtins(x)) + "\n" for x in lines))
+            return
         self.write(self.out, text if text.isascii() else _ascii(text))
 
     def _write(self, stream: TextIO, records: list[dict[str, Any]]) -> None:

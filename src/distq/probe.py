@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import http.client
 import signal
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,8 @@ from distq.http import probe
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
 _WILDCARDS = ("", "0.0.0.0", "::", "[::]")
 _WILDCARDS_V6 = ("::", "[::]")
+#: What a connect to ::1 raises on a machine without an IPv6 loopback.
+_UNREACHED = (errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EAFNOSUPPORT)
 
 
 def add_probe_parser(roles: Any) -> None:
@@ -75,21 +78,26 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str], console: Con
     except argparse.ArgumentTypeError as exc:  # only the variable's can be wrong here
         console.error(f"DISTQ_METRICS_HOST {exc}; pass --host")
         return EXIT_CONFIG
+    asked = host.strip("[]")  # the address the line names: the one that answered, if any
     try:
         with _within(args.timeout):
             try:
-                status, body = probe(f"/{args.check}", host.strip("[]"), port, args.timeout)
+                status, body = probe(f"/{args.check}", asked, port, args.timeout)
             except ConnectionRefusedError as refused:
                 if also is None:
                     raise
+                asked = also  # what fails from now on is its answer (not HTTP, too slow)
                 try:
                     status, body = probe(f"/{args.check}", also, port, args.timeout)
-                except OSError:  # no IPv6 loopback either: the first refusal says it
-                    raise refused from None
+                except OSError as exc:
+                    if isinstance(exc, ConnectionRefusedError) or exc.errno in _UNREACHED:
+                        asked = host.strip("[]")  # no one there either, or no IPv6
+                        raise refused from None  # loopback: the first refusal says it
+                    raise
     except (OSError, http.client.HTTPException) as exc:  # no answer, or not HTTP's
         said = str(exc)  # a peer that is not HTTP: its first line, raw (escapes, a CR)
         console.error(
-            f"no answer from http://{url_host_port(host.strip('[]'), port)}/{args.check}: "
+            f"no answer from http://{url_host_port(asked, port)}/{args.check}: "
             f"{said if said.isprintable() else repr(said)}; "
             "is a distq process with DISTQ_METRICS_PORT running here?"
         )

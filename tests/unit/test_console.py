@@ -142,6 +142,22 @@ def test_a_signal_handlers_line_goes_after_the_end_a_cut_line_owes(
     assert owed is None
 
 
+def test_a_signal_handlers_line_written_straight_to_stderr_clears_the_bar_first(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The fallback's line went onto the end of the bar's line, where the bar was
+    drawn without a line end ("[###...] 12/200 ... tasks/sSIGTERM: ..."): it blanks
+    the bar's line first, as a line above the bar does."""
+    err = _MidWrite()
+    console = Console(out=_MidWrite(), err=err)
+    console.bar = console_module.Progress(200, err)
+    console.bar.done = 12
+    width = len(console.bar.closing()) - 2  # the bar's text, as last drawn
+    announce(console, "SIGTERM: the master is stopping")
+    said = capfd.readouterr().err
+    assert said == f"\r{' ' * width}\rSIGTERM: the master is stopping\n", repr(said)
+
+
 def test_a_json_console_caught_mid_write_still_writes_a_json_line(
     capfd: pytest.CaptureFixture[str],
 ) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO
 from distq import console as console_module
-from distq.console import Console
+from distq.console import Console, announce
 from distq.logs import JsonConsole, TextConsole, make_console
 from nonblocking import drain
 
@@ -330,6 +330,49 @@ def test_a_logged_warning_goes_above_the_progress_bar_not_onto_it(
         os.close(parent)
     assert shown.startswith("\r"), f"the warning ran onto the bar's line: {shown!r}"
     assert "\rdistq: Redis at redis:6379 evicts keys\r\n" in shown, shown  # then the bar
+
+
+def test_the_bar_drawn_again_after_a_log_line_a_full_stderr_cut_goes_after_its_end(
+    full_pipe: tuple[io.TextIOWrapper, int],
+) -> None:
+    """A line above the bar that a full non-blocking stderr cut owes its end; the bar's
+    drawing after it went into the stream before that end, into the middle of the line
+    ("distq: Redis at re\\r[####...] 12/200 ...dis:6379 answered ...")."""
+    err, read = full_pipe
+    console = Console(out=io.StringIO(), err=err)
+    console.bar = console_module.Progress(200, err)
+    os.write(err.fileno(), b"distq: Redis at re")  # the start the full stderr took
+    console_module._OWED[id(err)] = b"dis:6379 answered again after 2.5 s\n"
+    console.bar.done = 12
+    console._drawing(console.bar.redraw)  # as lines() draws it, the reader caught up
+    console.error("the last line")
+    got = drain(read)
+    assert got.startswith(b"distq: Redis at redis:6379 answered again after 2.5 s\n"), got
+    assert re.findall(rb"distq: [^\r\n]*\n", got)[-1] == b"distq: the last line\n", got
+
+
+@pytest.mark.parametrize("after", ["the bar's close", "a signal's line"])
+def test_the_end_a_cut_line_owes_goes_before_the_bar_whatever_draws_it(
+    full_pipe: tuple[io.TextIOWrapper, int], after: str
+) -> None:
+    """Every writer pays a cut line's end by one rule (console._owed_first): the bar's
+    close (a bounded wait) and the blanking of its line for a signal handler's line
+    (a buffer write) as a log line's; the fallback's fd write: test_console.py."""
+    err, read = full_pipe
+    out = io.StringIO()
+    console = Console(out=out, err=err)
+    console.bar = console_module.Progress(200, err)
+    os.write(err.fileno(), b"distq: Redis at re")  # the start the full stderr took
+    console_module._OWED[id(err)] = b"dis:6379 answered again after 2.5 s\n"
+    console.bar.done = 12
+    if after == "the bar's close":
+        console.end_progress()
+    else:
+        announce(console, "SIGTERM: the master is stopping")
+        assert out.getvalue() == "SIGTERM: the master is stopping\n"
+    got = drain(read)
+    assert got.startswith(b"distq: Redis at redis:6379 answered again after 2.5 s\n\r"), got
+    assert id(err) not in console_module._OWED
 
 
 def test_stdout_and_stderr_on_one_full_pipe_never_run_two_lines_together(

@@ -45,6 +45,27 @@ def test_a_wait_that_ends_without_a_result_names_the_task() -> None:
             wait(0.01)
 
 
+@pytest.mark.parametrize("timeout", [1e300, float("inf"), 10**400])
+def test_a_wait_longer_than_a_lock_can_hold_waits_until_the_answer(timeout: float) -> None:
+    """Was: result(timeout=1e300) (or inf, 10**400) raised OverflowError from the
+    lock's wait, as the standard library's futures do: it now waits as None does."""
+    for wait in ("result", "exception"):
+        future = DistqFuture[Any](_never, "t1", "square")
+        threading.Timer(0.05, future.set_result, (9,)).start()
+        assert getattr(future, wait)(timeout) == (9 if wait == "result" else None)
+
+
+def test_a_negative_wait_waits_not_and_nan_is_refused_naming_the_range() -> None:
+    """A negative timeout is no wait, as the standard library's (a deadline already
+    past); nan was no wait either, said as 'after waiting nan s': now a ValueError."""
+    future = DistqFuture[Any](_never, "t1", "square")
+    for wait in (future.result, future.exception):
+        with pytest.raises(TimeoutError, match=r"\[t1\] after waiting 0.0 s "):
+            wait(-1)
+        with pytest.raises(ValueError, match=r"^timeout is nan; use seconds \(0 or less: no"):
+            wait(float("nan"))
+
+
 def test_callbacks_run_in_order_on_one_thread_that_ends_after_close() -> None:
     callbacks = Callbacks()
     ran: list[tuple[str, str]] = []

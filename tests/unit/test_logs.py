@@ -240,6 +240,24 @@ def test_a_line_with_a_non_utf8_byte_is_written_escaped_not_raised() -> None:
     assert json.loads(err.getvalue())["message"].startswith("warning: DISTQ_QUEU\udcff ")
 
 
+def test_a_worker_named_with_a_non_utf8_byte_writes_its_task_lines_escaped() -> None:
+    """Was: JsonConsole(worker="w\udcff") (a hostname or DISTQ_WORKER_ID with a bad
+    byte) raised UnicodeEncodeError from msgspec at its first per-task line; its
+    info() and error() lines were escaped already. Every line is written, escaped."""
+    out = io.StringIO()
+    worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w\udcff"))
+    tasks = [Task(name=name, args=[1], reply_to="r") for name in ("square", "t\udcfe")]
+    endings = [
+        Ending(Settlement(Delivery(b"", n)), "ok", task, task.created_at, 0.001)
+        for n, task in enumerate(tasks)
+    ]
+    worker.settled(endings, released=1)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and all(line.isascii() for line in lines)
+    assert [json.loads(line)["worker"] for line in lines] == ["w\udcff"] * 3
+    assert [json.loads(line).get("task") for line in lines] == ["square", "t\udcfe", None]
+
+
 def test_events_of_a_batch_are_one_object_per_line_in_order_whatever_they_hold() -> None:
     out = io.StringIO()
     worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))

@@ -502,6 +502,34 @@ def test_distq_probe_of_a_peer_that_is_no_distq_endpoint_says_no_answer_in_time(
     assert time.monotonic() - started < 10
 
 
+def test_distq_probe_names_the_ipv6_loopback_when_it_answered_with_no_http() -> None:
+    """Was: asked for ::, 127.0.0.1 refused and ::1 answered garbage; the line said
+    "no answer from http://127.0.0.1:PORT", an address that never answered."""
+    ipv6_loopback_or_skip()
+    listener = socket.socket(socket.AF_INET6)
+    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    listener.bind(("::1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HELLO THERE\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        done = probe("healthz", "--port", str(port), "--host", "::", "--timeout", "5")
+    finally:
+        listener.close()
+        thread.join(10)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"no answer from http://[::1]:{port}/healthz: " in done.stderr, done.stderr
+
+
 def test_a_scraper_hanging_up_mid_answer_prints_no_traceback(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certs import CertificateAuthority
 from conftest import REPO
+from launch import free_port
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,27 @@ def test_a_url_that_gives_the_pass_phrase_is_not_refused(
     query = f"ssl_certfile={quote(str(cert))}&ssl_keyfile={quote(str(key))}"
     url = f"rediss://127.0.0.1:6380/0?{query}&ssl_password={quote('a pass phrase')}"
     Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
+
+
+@pytest.mark.parametrize("given", ["files", "url"])
+def test_an_encrypted_client_key_in_a_hand_built_settings_is_refused_as_from_the_env(
+    ca: CertificateAuthority, tmp_path: Path, given: str
+) -> None:
+    """A Settings built field by field, not from DISTQ_* texts, has its client key
+    checked as the environment's is (sec33's note said it was not: checked, it is)."""
+    from distq import Executor
+    from distq.config import Settings
+    from distq.errors import ConfigError
+
+    cert, key = _encrypted_client(ca, tmp_path)
+    base = f"rediss://127.0.0.1:{free_port()}/0"
+    settings = (
+        Settings(transport="redis", redis_url=base, tls_cert_file=str(cert), tls_key_file=str(key))
+        if given == "files"
+        else Settings(
+            transport="redis",
+            redis_url=f"{base}?ssl_certfile={quote(str(cert))}&ssl_keyfile={quote(str(key))}",
+        )
+    )
+    with pytest.raises(ConfigError, match=r"is encrypted with a pass phrase"):
+        Executor(settings)
