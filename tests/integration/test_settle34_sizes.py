@@ -60,3 +60,39 @@ def test_a_result_over_the_masters_limit_is_an_error_result_whatever_its_names(
         result = got[task.id]
         assert (result.error_type, result.worker) == ("MessageTooLarge", worker_id), result
         assert "1,048,576" in (result.error_message or ""), result
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("target", ["manager"], indirect=True)
+def test_a_dead_letter_over_the_masters_frames_is_kept_cut_and_its_task_answered(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """A task of 40 MiB that fails for good, from a worker at 100 MiB to a master at the
+    default 1 MiB (frames to 66 MiB): its dead letter writes each of its 20 Mi quotes in
+    4 bytes (80 MiB), over the master's frames. The whole settle was refused, the
+    connection dropped, and the task ran again, each time, never answered."""
+    reply = hosted.reply_queue(new_id())
+    producer = hosted.producer(reply)
+    big = Task("jobs:fail_with", ['"' * (20 << 20)], reply, max_attempts=1)
+    small = Task("jobs:add", [1, 1], reply)
+    producer.submit([big.encode(), small.encode()])
+    # a lease long enough for 80 MiB of JSON written in one C call on a loaded machine
+    env = target.process_env(DISTQ_MAX_MESSAGE_BYTES=str(100 << 20), DISTQ_LEASE_SECONDS="10")
+    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "3"], env)
+    workers.append(proc)
+    got: dict[str, Result] = {}
+    collector = Collector[None](lambda result, _, __: got.__setitem__(result.task_id, result))
+    collector.expect((t.id, None) for t in [big, small])
+    deadline = time.monotonic() + 60
+    while collector.outstanding and time.monotonic() < deadline:
+        collector.collect(producer, 0.5)
+    assert proc.wait(60) == 0
+    producer.close()
+    output = "\n".join(line[:300] for line in proc.output().splitlines())  # not 20 Mi quotes
+    assert sorted(got) == sorted([big.id, small.id]), output
+    assert got[small.id].value == 2
+    assert (got[big.id].status, got[big.id].error_type) == ("error", "ValueError"), got[big.id]
+    [letter] = hosted.dead_letters()
+    assert len(letter.body) <= 64 << 10 and big.encode().startswith(letter.body), len(letter.body)
+    assert "1,048,576" in letter.reason and "DISTQ_MAX_MESSAGE_BYTES" in letter.reason, letter
+    assert "1 failed for good" in output, output
