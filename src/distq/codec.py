@@ -37,6 +37,7 @@ from distq.limits import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_NESTING,
     MAX_PREFETCH,
+    OVERSIZED_KEPT_BYTES,
     check_nesting,
     check_size,
 )
@@ -52,11 +53,13 @@ assert SHALLOW_NESTING <= MAX_NESTING  # what the fast path writes needs no coun
 #: one: a value may hold anything, that text too. Of any envelope version, as
 #: :meth:`Codec.versioned_stand_in` reads one: a newer worker's result over the limit
 #: was refused unsaid, its task waiting until its timeout.
-_RESULT_HEAD = re.compile(
-    rb'\{"v":[1-9][0-9]{0,8},"task_id":"([0-9A-Za-z_.:-]{1,128})","status":"(?:ok|error)",'
-    rb'"worker":"((?:[^"\\]|\\.){0,1024})","attempt":([0-9]{1,9}),'
+_RESULT_HEAD = re.compile(  # the task id and worker any JSON strings (--worker-id, a task's id)
+    rb'\{"v":[1-9][0-9]{0,8},"task_id":"((?:[^"\\]|\\.)+)","status":"(?:ok|error)",'
+    rb'"worker":"((?:[^"\\]|\\.)*)","attempt":([0-9]{1,9}),'
 )
-_HEAD_BYTES = 1400  # the longest head that pattern matches, and some
+#: How far a head is looked for: a task id or worker name longer than this (nothing
+#: distq makes) leaves the result unanswered, its master waiting to its --timeout.
+_HEAD_BYTES = OVERSIZED_KEPT_BYTES
 #: Whose limit a result a process could not read is over, as its stand-in says.
 _READER = "this process's DISTQ_MAX_MESSAGE_BYTES and within its worker's"
 #: What to do about it, when the reader is the process that submitted the task.
@@ -285,11 +288,11 @@ class Codec:
         if found is None:
             return None
         try:
-            worker = msgspec.json.decode(b'"' + found[2] + b'"', type=str)
+            task_id, worker = (_json_text(name) for name in found.group(1, 2))
         except msgspec.DecodeError:
             return None
         return _unread(
-            found[1].decode(),
+            task_id,
             worker,
             int(found[3]),
             "MessageTooLarge",
@@ -420,6 +423,11 @@ def _bounded_pack() -> Callable[[bytes], msgspec.Struct]:
     slots = [(f"item{n}", msgspec.Raw, _NO_ITEM) for n in range(MAX_PREFETCH + 1)]
     pack = msgspec.defstruct("_BoundedPack", slots, array_like=True, gc=False)
     return msgspec.json.Decoder(pack).decode
+
+
+def _json_text(string: bytes) -> str:
+    """The text of a JSON string's bytes between its quotes, escapes read."""
+    return msgspec.json.decode(b'"' + string + b'"', type=str)
 
 
 def _unread(task_id: str, worker: str, attempt: int, error_type: str, message: str) -> Result:

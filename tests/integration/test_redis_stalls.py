@@ -494,3 +494,55 @@ def test_a_settle_found_to_have_run_late_counts_as_settled_when_the_next_settle_
     consumer.close()
     assert set(consumer.settled_late) == {b"a"}
     assert raw.lrange(t.ready_key, 0, -1) == [b"b"]  # b handed back
+
+
+def test_a_settle_by_count_that_runs_late_acks_none_when_a_claim_could_not_count(
+    server: LocalRedis, raw: redis.Redis[bytes]
+) -> None:
+    """As the test above, but Redis refuses the count of claims from the first claim on
+    (a Redis 6 full to its maxmemory refuses the INCR; here an ACL without it): the
+    consumer settles by body from then on, as its claims return no count. The first
+    settle, sent while the count read 1 claim and run late after c and d were claimed
+    uncounted, found the list as long and the count unchanged: it acked c and d, which
+    never ran (lost, and a's and b's results came twice). A claim that cannot count now
+    clears the count, so that no settle by count sent before it runs after it."""
+    user = f"u{uuid.uuid4().hex[:8]}"
+    raw.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all")
+    relay = SilentRelay.to_url(server.url.replace("redis://", f"redis://{user}:pw@", 1))
+    try:
+        queue = f"t-{uuid.uuid4().hex[:10]}"
+        settings = Settings(
+            transport="redis", redis_url=relay.url, queue=queue, lease_seconds=LEASE
+        )
+        t = RedisTransport(settings, "worker")
+        reply_to = t.reply_queue("j")
+        raw.zadd(t.masters_key, {reply_to: int(time.time() * 1000) + 60_000})  # its master lives
+        raw.lpush(t.ready_key, b"a", b"b", b"c", b"d")  # a claimed first
+        consumer = t.consumer("c")
+        ran = consumer.fetch(2, timeout=1)
+        assert [d.body for d in ran] == [b"a", b"b"] and consumer._claims is not None
+        raw.execute_command("ACL", "SETUSER", user, "-incr")  # counts refused from now on
+        settled = [Settlement(d, reply_to=reply_to, result=b"r-" + d.body) for d in ran]
+        relay.silence()
+        time.sleep(0.3)  # the relay's links wait silent
+        with pytest.raises(TransportError):
+            consumer.settle(settled)
+        consumer.settle(settled)  # on a new connection: its tidy could not count, by body
+        claimed = consumer.fetch(2, timeout=1)
+        assert [d.body for d in claimed] == [b"c", b"d"]
+        assert consumer._claims is None  # not counted: it settles by body
+        assert relay.deliver_held() == 1  # the first settle, late
+        assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"c", b"d"]
+        assert raw.lrange(reply_to, 0, -1) == [b"r-b", b"r-a"]  # once each
+        raw.execute_command("ACL", "SETUSER", user, "+incr")  # room again: counted claims
+        assert consumer.fetch(2, timeout=0) == [] and consumer._claims is not None
+        by_count = consumer._ran
+        consumer.settle([Settlement(d, reply_to=reply_to, result=b"r-" + d.body) for d in claimed])
+        assert consumer._ran == by_count + 1  # by count again, from its next claim on
+        assert raw.lrange(reply_to, 0, -1) == [b"r-d", b"r-c", b"r-b", b"r-a"]
+        assert raw.llen(consumer.inflight_key) == 0 and raw.llen(t.ready_key) == 0
+        consumer.close()
+        t.close()
+    finally:
+        relay.close()
+        raw.execute_command("ACL", "DELUSER", user)

@@ -64,3 +64,16 @@ def test_a_message_too_large_to_open_whose_heads_answer_its_tasks_is_not_also_re
         "t0": "MessageTooLarge", "t1": "MessageTooLarge",
     }  # fmt: skip
     assert (collector.malformed, errors) == (0, [])
+
+
+def test_a_result_too_large_answers_its_task_whatever_its_id_and_worker() -> None:
+    """A head was read only for task ids of [0-9A-Za-z_.:-] to 128 characters and worker
+    names to 1,024 bytes: a result from a --worker-id of 1,100 characters, or of a task
+    whose id has a space, was dropped with a line, its master waiting to its timeout."""
+    worker, submitter = Codec((), 64 * 2**20), Codec(max_message_bytes=LIMIT)
+    names = [("t0", "w" * 1100), ('job 1/é "q"', "w"), ("t" * 200, 'é\\"\n')]
+    for task_id, name in names:
+        result = Result(task_id, "ok", name, 3, 0.0, 0.0, value="x" * (2 * LIMIT))
+        [stand_in] = submitter.oversized_results(worker.encode_result(result))
+        assert (stand_in.task_id, stand_in.worker, stand_in.attempt) == (task_id, name, 3)
+        assert stand_in.error_type == "MessageTooLarge"

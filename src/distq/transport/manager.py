@@ -823,11 +823,12 @@ class ManagerConsumer(Consumer):
 
     def _fitted(self, settlements: Sequence[Settlement]) -> Sequence[Settlement]:
         """``settlements``, a result too large for the master to read (over its frames,
-        below its DISTQ_MAX_MESSAGE_BYTES) replaced by its task's error result: sent, the
-        master refused the whole settle and the task ran again, each time. Only a result
-        too large for some master's frames asks this one's limit (once)."""
+        below its DISTQ_MAX_MESSAGE_BYTES) replaced by its task's error result, and a dead
+        letter so large by one that keeps the start of its task: sent, the master refused
+        the whole settle and the task ran again, each time. Only a result or letter too
+        large for some master's frames asks this one's limit (once)."""
         least = _sendable(MIN_MESSAGE_BYTES)
-        if self._too_large is None or all(len(s.result or b"") <= least for s in settlements):
+        if self._too_large is None or all(_largest(s) <= least for s in settlements):
             return settlements
         if not self._asked:
             try:
@@ -839,9 +840,7 @@ class ManagerConsumer(Consumer):
         if self._master_most is None:
             return settlements
         room, most = _sendable(self._master_most), self._master_most
-        return [
-            s if len(s.result or b"") <= room else self._too_large(s, most) for s in settlements
-        ]
+        return [s if _largest(s) <= room else self._too_large(s, most) for s in settlements]
 
     def _bounded(self) -> contextlib.AbstractContextManager[None]:
         """The calls of the worker's keeper (its hand-backs: a release, a settle; a close
@@ -1104,6 +1103,12 @@ def _settle_size(settlement: Settlement) -> int:
     )
 
 
+def _largest(settlement: Settlement) -> int:
+    """The bytes of a settlement's larger body the master reads: its result or its dead
+    letter (a retry is its task again, which the master took)."""
+    return max(len(settlement.result or b""), len(settlement.dead_letter or b""))
+
+
 def _settle_batches(settlements: Sequence[Settlement]) -> list[Sequence[Settlement]]:
     """``settlements`` in the calls they are settled in, cut by :func:`_cuts` as a
     producer's put is (:func:`_batches`)."""
@@ -1118,14 +1123,40 @@ def _sendable(most: int) -> int:
 
 
 class _TooLargeForMaster:
-    """What a remote worker settles in place of a result too large for its master to read
-    (:meth:`ManagerConsumer._fitted`): the error result of its task, naming both limits,
-    signed with the worker's keys; no result, and a line logged, if it names no task."""
+    """What a remote worker settles in place of a result or a dead letter too large for
+    its master to read (:meth:`ManagerConsumer._fitted`): the error result of its task,
+    naming both limits, signed with the worker's keys (no result, and a line logged, if
+    it names no task); a dead letter keeping the start of its task, saying why."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
     def __call__(self, settlement: Settlement, most: int) -> Settlement:
+        if len(settlement.result or b"") > _sendable(most):
+            settlement = self._result(settlement, most)
+        if len(settlement.dead_letter or b"") > _sendable(most):
+            settlement = self._letter(settlement, most)
+        return settlement
+
+    def _letter(self, settlement: Settlement, most: int) -> Settlement:
+        """The dead letter, its task's body cut to its first :data:`OVERSIZED_KEPT_BYTES`:
+        whole (JSON writes a quote of the task's in 4 bytes), the master refused the
+        settle, and the task ran again, each time, unanswered."""
+        encoded = settlement.dead_letter or b""
+        letter = DeadLetter.decode(encoded)
+        kept = letter.body[:OVERSIZED_KEPT_BYTES]
+        why = (
+            f"the dead letter keeps the first {len(kept):,} bytes of the task: whole, it was "
+            f"{len(encoded):,} bytes, too large for the master to read (its "
+            f"DISTQ_MAX_MESSAGE_BYTES is {most:,}, this worker's "
+            f"{self._settings.max_message_bytes:,}): give the master at least this worker's "
+            "DISTQ_MAX_MESSAGE_BYTES"
+        )
+        log.error("a dead letter too large for the master: %s", why)
+        cut = DeadLetter(kept, f"{letter.reason}; {why}", letter.queue, letter.worker, letter.at)
+        return msgspec.structs.replace(settlement, dead_letter=cut.encode())
+
+    def _result(self, settlement: Settlement, most: int) -> Settlement:
         settings, result = self._settings, settlement.result or b""
         keys = settings.signing_keys or settings.signing_key
         codec = Codec(keys, most, settings.transport, settings.queue)

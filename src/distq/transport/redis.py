@@ -35,7 +35,8 @@ ack (``submit.lua``).
 (Redis stalled past the wait) ran late if its close finds it counted.
 (6) a settle by count acks the oldest tasks only if the count is the one the consumer's
 last claim returned: one sent before a claim and run after it (late, a partition) did
-nothing, not ack the tasks claimed since (``claimed`` in ``redis_lua/prelude.lua``).
+nothing, not ack the tasks claimed since (``claimed`` in ``redis_lua/prelude.lua``; a claim
+Redis refuses the count, full on Redis 6, deletes it).
 
 The transport checks the type of every key above but the per-consumer and per-job ones
 when it starts and when a consumer connects (:meth:`RedisTransport.check_types`): a key of

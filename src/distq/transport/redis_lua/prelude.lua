@@ -53,11 +53,17 @@ end
 -- (a partition), found the list as long as it expected with tasks claimed since in it,
 -- and acked those. It starts at Redis's time in ms times 1000 (a count that was deleted,
 -- by a close or a sweep, starts again past every value it had). Returns the new count,
--- or false where Redis refuses it (full, Redis 6): the consumer then settles by body.
+-- or false where Redis refuses it (full, Redis 6): the consumer then settles by body, and
+-- the count is deleted (DEL frees memory: a full Redis takes it), as a settle by count
+-- sent before this claim and run after it found the count it carries and acked the
+-- tasks claimed here, unrun.
 local function claimed(consumers, id)
   local key = settles_of(consumers, id) .. ':claims'
   local count = redis.pcall('INCR', key)
-  if type(count) ~= 'number' then return false end
+  if type(count) ~= 'number' then
+    redis.call('DEL', key)
+    return false
+  end
   if count == 1 then
     local now = now_ms()
     count = now * 1000
