@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from distq.config import Settings
-from distq.errors import MessageTooLarge
+from distq.errors import MessageRefused, MessageTooLarge
 from distq.executor import Executor
 from distq.transport import open_transport
 from launch import free_port
@@ -52,3 +52,30 @@ def test_a_task_over_the_masters_frames_fails_its_future_and_the_rest_are_queued
         assert dropped == [], dropped[0].getMessage()
     finally:
         hosted.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_producer_asks_the_limit_again_of_a_master_restarted_in_place() -> None:
+    # refused by a master at 1 MiB, the task was refused again by the one restarted in its
+    # place at 100 MiB, to take it: the producer kept the first one's limit
+    settings = Settings(
+        authkey=b"k" * 32, manager_address=("127.0.0.1", free_port()), max_message_bytes=1 << 20
+    )
+    remote_settings = replace(settings, max_message_bytes=100 << 20)
+    older = open_transport(settings, "master")
+    try:
+        remote = open_transport(remote_settings, "client")
+        producer = remote.producer(remote.reply_queue("upgraded"))
+        with pytest.raises(MessageRefused):
+            producer.submit([b"x" * (70 << 20)])
+    finally:
+        older.close()
+    newer = open_transport(remote_settings, "master")
+    try:
+        producer.reconcile()  # the connection lost: connects afresh
+        producer.submit([b"x" * (70 << 20)])
+        assert newer.stats().ready == 1
+        producer.close()
+    finally:
+        remote.close()
+        newer.close()

@@ -768,7 +768,7 @@ class ManagerProducer(Producer):
             self._broker = self._reconnect()  # raises while the master is away
             # named again: a master restarted in place may be newer than the one that
             # refused it (sent any result, and one over this producer's frames refused)
-            self.most = self._own_most
+            self.most, self._master_most = self._own_most, None  # its limit: asked again
             self._renew()
         self.lapsed = self._lapsed
         if self._lapsed:
