@@ -292,7 +292,7 @@ class Dispatcher(threading.Thread):
                     self._unconfirmed = False
             except TransportError as exc:
                 if isinstance(exc, MessageRefused):
-                    self._refused_over(exc.limit)
+                    self._refused_over(exc.limit, exc.fix)
                 if not self._recover(exc):  # raises when the broker stays away
                     return  # abandoned meanwhile (close())
 
@@ -320,20 +320,24 @@ class Dispatcher(threading.Thread):
         self._expire()
         return True
 
-    def _refused_over(self, limit: int) -> None:
+    def _refused_over(self, limit: int, fix: str | None = None) -> None:
         """The broker refused a message over ``limit`` bytes (its max_message_size, below
         DISTQ_MAX_MESSAGE_BYTES): a task over it can never be sent, so its future fails
         saying so; it was sent again without end, 7 times a second, the 406 never said
         (input17). The others go again, in packs within the limit; a task over it fails
-        at submit() from now on (:meth:`Codec.hold_to`)."""
+        at submit() from now on (:meth:`Codec.hold_to`). ``fix``: what it says to do
+        (the manager's: the master's limit is the one to raise)."""
         self.codec.hold_to(limit)
+        fix = fix or (
+            f"the broker takes in a message (its max_message_size): it cannot be sent; set "
+            f"DISTQ_MAX_MESSAGE_BYTES to at most {limit:,}"
+        )
         for task_id, entry in self.collector.waiting():
             if len(entry.body) > limit:
                 self.collector.discard(task_id)
                 error = MessageTooLarge(
                     f"task {entry.task.name} [{task_id}] is {len(entry.body):,} bytes, over "
-                    f"the {limit:,} the broker takes in a message (its max_message_size): it "
-                    f"cannot be sent; set DISTQ_MAX_MESSAGE_BYTES to at most {limit:,}"
+                    f"the {limit:,} {fix}"
                 )
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
                     entry.future.set_exception(error)

@@ -23,11 +23,13 @@ class TransportError(DistqError):
 
 class MessageRefused(TransportError):
     """The broker refused a message for its size (RabbitMQ's ``max_message_size``, below
-    ``DISTQ_MAX_MESSAGE_BYTES``) and closed the channel: ``limit`` is the most it takes."""
+    ``DISTQ_MAX_MESSAGE_BYTES``) and closed the channel, or would (a manager master's
+    frames): ``limit`` is the most it takes; ``fix``, what a task over it says to do."""
 
-    def __init__(self, message: str, limit: int) -> None:
+    def __init__(self, message: str, limit: int, fix: str | None = None) -> None:
         super().__init__(message)
         self.limit = limit
+        self.fix = fix
 
 
 class SettledThenFailed(TransportError):

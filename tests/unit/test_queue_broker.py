@@ -223,7 +223,8 @@ def test_a_consumers_settled_tokens_are_remembered_a_lease_or_a_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What a settle sent again is checked against is bounded: a lease's tokens (10 s at
-    least) or the latest SETTLED_KEPT, a batch's at least; none once the consumer goes."""
+    least) or the latest SETTLED_KEPT, a batch's at least; a window more once the
+    consumer goes."""
     monkeypatch.setattr(manager_broker, "SETTLED_KEPT", 50)
     clock = Clock()
     broker = QueueBroker(clock)
@@ -239,6 +240,35 @@ def test_a_consumers_settled_tokens_are_remembered_a_lease_or_a_batch(
         assert set(windows[-1]) <= kept and len(kept) <= (80 if lease == 10.0 else 120)
     broker.disconnect("c")
     assert "c" not in broker._leases
+    clock.now += 1e9  # kept a window (its lease) once it ended (below), then forgotten
+    broker.reap()
+    assert broker._ended == {}
+
+
+@pytest.mark.parametrize("ended", ["lapsed", "disconnected"])
+def test_a_settle_sent_again_once_its_lease_ended_is_settled_already(ended: str) -> None:
+    """A settle answered, its consumer's lease ended since (lapsed while the master was
+    busy, or closed by a stopping worker), and the settle sent again (a stopping worker's
+    retry of a settle that failed part-way): its result went out twice. The ended lease's
+    tokens are kept a window (a lease, 10 s at least), then forgotten."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.put("q", [b"a", b"b"])
+    (a, _, _), (b, _, _) = broker.fetch("q", "c", 2, 0.1, 5.0)
+    items = [(a, "r", b"result", None, 0.0, None), (b, None, None, b"b-attempt-2", 0.0, None)]
+    assert broker.settle("q", "c", items) == []
+    if ended == "lapsed":
+        clock.now += 5.1
+        broker.reap()
+    else:
+        broker.disconnect("c")
+    assert broker.settle("q", "c", items) == []
+    assert broker.get("r", 10, 0) == [b"result"]
+    assert broker.peek("q", 10) == [b"b-attempt-2"]
+    clock.now += 10.0
+    broker.reap()
+    assert broker._ended == {}
 
 
 def test_a_fetch_that_waited_past_its_lease_holds_what_it_then_takes() -> None:

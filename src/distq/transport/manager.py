@@ -77,6 +77,7 @@ from distq.errors import (
     AuthenticationFailed,
     ConfigError,
     ConnectionFailed,
+    MessageRefused,
     MessageTooLarge,
     TransportError,
 )
@@ -715,13 +716,42 @@ class ManagerProducer(Producer):
         self._lapsed = False  # seen lapsed by a renewal since the last reconcile
         self._renew_every = renew_every
         self._renew_at = time.monotonic() + renew_every  # opened by ManagerTransport.producer
+        self._master_most: int | None = None  # asked once, when a task is large
 
     def submit(self, bodies: Sequence[bytes]) -> None:
         if time.monotonic() >= self._renew_at:
             self._renew()
+        if self._own_most is not None and max(map(len, bodies), default=0) > _LEAST_ROOM:
+            self._fits(bodies)
         for chunk in _batches(bodies):
             _call(self._address, self._broker.put, self._queue, chunk)
             self._submitted += len(chunk)
+
+    def _fits(self, bodies: Sequence[bytes]) -> None:
+        """:class:`MessageRefused`, before any is sent, if one of ``bodies`` is too large
+        for the master's frames (a remote producer's DISTQ_MAX_MESSAGE_BYTES above the
+        master's): sent, the master dropped the connection at each put, and the producer
+        reconnected and sent it again, without end. The master's limit is asked once (a
+        master before getlim33 tells none: sent as before)."""
+        if self._master_most is None:
+            try:
+                self._master_most = _call(self._address, self._broker.message_limit)
+            except FailedRequest as exc:
+                if _OLDER_MASTER_LIMIT not in exc.traceback:
+                    raise
+            if self._master_most is None:
+                return
+        room, most = _sendable(self._master_most), self._master_most
+        largest = max(map(len, bodies))
+        if largest <= room:
+            return
+        fix = (
+            f"the master at {self._address} reads in a message (twice its "
+            f"DISTQ_MAX_MESSAGE_BYTES of {most:,}, and 64 MiB, less 5 MiB for the batch "
+            "around it): it cannot be sent; give the master at least this process's "
+            f"DISTQ_MAX_MESSAGE_BYTES ({self._own_most:,})"
+        )
+        raise MessageRefused(f"a task of {largest:,} bytes is over the {room:,} {fix}", room, fix)
 
     def reconcile(self) -> int:
         """Renew the reply queue; every submitted body while it stayed open (the queues
@@ -738,7 +768,7 @@ class ManagerProducer(Producer):
             self._broker = self._reconnect()  # raises while the master is away
             # named again: a master restarted in place may be newer than the one that
             # refused it (sent any result, and one over this producer's frames refused)
-            self.most = self._own_most
+            self.most, self._master_most = self._own_most, None  # its limit: asked again
             self._renew()
         self.lapsed = self._lapsed
         if self._lapsed:
@@ -827,8 +857,7 @@ class ManagerConsumer(Consumer):
         letter so large by one that keeps the start of its task: sent, the master refused
         the whole settle and the task ran again, each time. Only a result or letter too
         large for some master's frames asks this one's limit (once)."""
-        least = _sendable(MIN_MESSAGE_BYTES)
-        if self._too_large is None or all(_largest(s) <= least for s in settlements):
+        if self._too_large is None or all(_largest(s) <= _LEAST_ROOM for s in settlements):
             return settlements
         if not self._asked:
             try:
@@ -1120,6 +1149,10 @@ def _sendable(most: int) -> int:
     :data:`BATCH_BYTES` of bodies before a call's or reply's last, 1 MiB spared for the
     message around them (``wire.frame_limit``)."""
     return wire.frame_limit(most) - BATCH_BYTES - (1 << 20)
+
+
+#: What every master reads past a batch: a body within it asks no master its limit.
+_LEAST_ROOM = _sendable(MIN_MESSAGE_BYTES)
 
 
 class _TooLargeForMaster:

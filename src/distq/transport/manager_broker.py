@@ -61,7 +61,8 @@ class _Lease:
     held: dict[int, tuple[str, bytes]] = field(default_factory=dict)
     # the tokens it settled lately, for a settle of them sent again (QueueBroker.settle):
     # this window's and the last one's; a window ends a lease on (SETTLED_SECONDS at
-    # least) or SETTLED_KEPT tokens on, at a settle
+    # least) or SETTLED_KEPT tokens on, at a settle. A lease that ended (lapsed, or its
+    # consumer left) keeps them until its window_ends (QueueBroker._end)
     settled: set[int] = field(default_factory=set)
     settled_before: set[int] = field(default_factory=set)
     window_ends: float = -math.inf
@@ -149,6 +150,8 @@ class QueueBroker:
         self._queues: dict[str, deque[tuple[bytes, bool]]] = {}
         self._ready: dict[str, threading.Condition] = {}
         self._leases: dict[str, _Lease] = {}
+        # leases that ended, for the settles their consumers' calls still make (_end)
+        self._ended: dict[str, _Lease] = {}
         self._delayed: list[tuple[float, int, str, bytes]] = []
         self._own: set[str] = set()  # the reply queues the hosting process ever held
         self._replies: dict[str, float] = {}  # reply queues whose producer lives: renewed at
@@ -419,13 +422,16 @@ class QueueBroker:
         alone, not found late: a settle the master ran after its worker stopped waiting
         for the answer (a keeper's, 1.7 s with the default lease), which the worker sends
         again. Run again, its results reached the master twice, and its retries were
-        found late ("not retried"), though they had gone."""
+        found late ("not retried"), though they had gone. So too for a while once its
+        lease ended (:meth:`_end`): a settle that ran after its consumer's close (a
+        keeper's, waiting on a busy master while the worker stopped), or sent again
+        after it, is taken as one past a lapse is."""
         now, late = self._clock(), list[int]()
         with self._lock:
             owner = self._leases.get(consumer)
-            if owner is not None and (
-                now >= owner.window_ends or len(owner.settled) >= SETTLED_KEPT
-            ):
+            if owner is None:
+                owner = self._ended.get(consumer)  # its window_ends: when it is forgotten
+            elif now >= owner.window_ends or len(owner.settled) >= SETTLED_KEPT:
                 owner.turn(now)
             for token, reply_to, result, retry, delay, dead in items:
                 if type(result) is not bytes and result is not None:
@@ -513,11 +519,11 @@ class QueueBroker:
                 self._requeue(owner, tokens)
 
     def disconnect(self, consumer: str) -> None:
-        """The consumer is leaving: everything it holds goes back to the front."""
+        """The consumer is leaving: everything it holds goes back to the front, as when
+        its lease lapses (:meth:`_end`)."""
         with self._lock:
-            owner = self._leases.pop(consumer, None)
-            if owner is not None:
-                self._requeue(owner, list(owner.held))
+            if consumer in self._leases:
+                self._end(consumer, self._clock())
 
     # -- inspection ----------------------------------------------------------
     def peek(self, queue: str, limit: int) -> list[bytes]:
@@ -570,10 +576,33 @@ class QueueBroker:
 
     def _renew(self, consumer: str, lease: float) -> _Lease:
         owner = self._leases.get(consumer)
-        if owner is None:
-            owner = self._leases[consumer] = _Lease(deadline=0.0)
+        if owner is None:  # an ended one leased anew keeps what it settled
+            owner = self._ended.pop(consumer, None) or _Lease(deadline=0.0)
+            self._leases[consumer] = owner
         owner.deadline, owner.length, owner.given_back = self._clock() + lease, lease, False
         return owner
+
+    def _end(self, consumer: str, now: float) -> None:
+        """The lease of ``consumer`` ended: it lapsed, or its consumer left. What it held
+        goes back to the front of its queue, each remembered for a late settle of it
+        (:meth:`settle`: its copy is dropped if still queued), but a task done meanwhile;
+        the lease, with the tokens it settled, is kept a window more (a lease, 10 s at
+        least) for its consumer's calls under way or sent again. A close that ran before
+        its keeper's settle (the master busy) put back what that settled, and the task ran
+        twice; sent again after it, a settle's results reached the master twice. Lock held."""
+        owner = self._leases.pop(consumer)
+        for token, (queue, body) in list(owner.held.items()):
+            if body in self._done:  # its task is done: not put back again
+                del owner.held[token]
+                continue
+            self._lapsed[token] = (queue, body)  # for a late settle of it (settle)
+            self._lapsed_bytes += len(body)
+        while len(self._lapsed) > LAPSED_KEPT or self._lapsed_bytes > LAPSED_BYTES:
+            _, oldest = self._lapsed.pop(next(iter(self._lapsed)))
+            self._lapsed_bytes -= len(oldest)
+        self._requeue(owner, sorted(owner.held))
+        owner.window_ends = now + max(owner.length, SETTLED_SECONDS)
+        self._ended[consumer] = owner
 
     def _requeue(self, owner: _Lease, tokens: Sequence[int]) -> None:
         for token in reversed(tokens):
@@ -598,18 +627,10 @@ class QueueBroker:
             ):  # oldest first: one window for all
                 self._done_bytes -= len(next(iter(self._done)))
                 del self._done[next(iter(self._done))]
+            for name in [c for c, lease in self._ended.items() if lease.window_ends <= now]:
+                del self._ended[name]
             for name in [c for c, lease in self._leases.items() if lease.deadline < now]:
-                owner = self._leases.pop(name)
-                for token, (queue, body) in list(owner.held.items()):
-                    if body in self._done:  # its task is done: not put back again
-                        del owner.held[token]
-                        continue
-                    self._lapsed[token] = (queue, body)  # for a late settle of it (settle)
-                    self._lapsed_bytes += len(body)
-                while len(self._lapsed) > LAPSED_KEPT or self._lapsed_bytes > LAPSED_BYTES:
-                    _, oldest = self._lapsed.pop(next(iter(self._lapsed)))
-                    self._lapsed_bytes -= len(oldest)
-                self._requeue(owner, sorted(owner.held))
+                self._end(name, now)
             while self._delayed and self._delayed[0][0] <= now:
                 _, _, queue, body = heapq.heappop(self._delayed)
                 self._push(queue, [body])

@@ -1,0 +1,82 @@
+"""A worker's settle the master runs after that worker's consumer ended (closed by
+another thread as the worker stopped, or its lease lapsed), over the real manager
+transport: a master hosted in this process, a worker's transport connected to it. The
+master takes it as it takes a settle sent again within the lease: what was settled
+already is left alone, and a task whose result arrives late runs no more."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from distq.config import Settings
+from distq.transport import Settlement, open_transport
+from launch import free_port
+from seam import fetch_n, results_n
+
+pytestmark = pytest.mark.integration
+
+
+def _settings() -> Settings:
+    return Settings(authkey=b"k" * 32, manager_address=("127.0.0.1", free_port()))
+
+
+def _closed_elsewhere(consumer: object) -> None:
+    """``consumer`` closed in a thread of its own, as a worker's stop closes its slots'
+    (``distq-close``): it tells the master, which puts back what the consumer held."""
+    close = threading.Thread(target=consumer.close)  # type: ignore[attr-defined]
+    close.start()
+    close.join(10)
+
+
+@pytest.mark.timeout(60)
+def test_a_settle_run_after_its_consumer_closed_sends_its_result_once() -> None:
+    # a keeper's settle waiting on a busy master while the worker stopped: the close ran
+    # first, put the task back, and the settle then published its result; the copy ran
+    # again and its result reached the master twice
+    settings = _settings()
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    try:
+        reply_to = hosted.reply_queue("late")
+        producer = hosted.producer(reply_to)
+        producer.submit([b"a", b"b"])
+        consumer = remote.consumer("c1")
+        first, _ = fetch_n(consumer, 2)
+        _closed_elsewhere(consumer)
+        consumer.settle([Settlement(first, reply_to=reply_to, result=b"ran a")])
+        other = remote.consumer("c2")
+        again = fetch_n(other, 2, within=1)
+        assert [d.body for d in again] == [b"b"], again  # "a" is done: its copy went
+        other.settle([Settlement(d, reply_to=reply_to, result=b"ran " + d.body) for d in again])
+        assert sorted(results_n(producer, 3, within=1)) == [b"ran a", b"ran b"]
+        other.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_settle_sent_again_after_its_consumer_closed_is_settled_already() -> None:
+    # the first settle answered (or a split settle's earlier calls), the consumer closed
+    # since, and the same settle sent again (a keeper's late, or a stopping worker's retry
+    # of a settle that failed part-way): its result went out a second time
+    settings = _settings()
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    try:
+        reply_to = hosted.reply_queue("again")
+        producer = hosted.producer(reply_to)
+        producer.submit([b"a"])
+        consumer = remote.consumer("c1")
+        [delivery] = fetch_n(consumer, 1)
+        settled = [Settlement(delivery, reply_to=reply_to, result=b"ran a")]
+        consumer.settle(settled)
+        _closed_elsewhere(consumer)
+        consumer.settle(settled)
+        assert consumer.late == frozenset()
+        assert results_n(producer, 2, within=1) == [b"ran a"]
+    finally:
+        remote.close()
+        hosted.close()
