@@ -1714,6 +1714,32 @@ def test_a_submit_and_the_wait_for_its_result_are_one_round_trip(
     assert raw.hget(state, "submitted") == b"4" and t.stats().ready == 3
 
 
+def test_a_wait_for_one_result_reads_it_in_the_wait_s_own_reply(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A take of one result that may wait (a lone task's: the master waits for one) reads
+    it in the BLMOVE's reply, the list's oldest: no LRANGE after it (issue 16). More
+    results there (a task's second copy) wait for the next takes, in order, none dropped
+    nor read twice; a take after Redis lost its scripts reads them the same way."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    sent = _pipelined(producer, monkeypatch)
+    with _later(0.3, _answer, producer, 1):
+        assert producer.submit_then_results([b"task"], 1, 2.0) == [b"r:task"]
+    assert sent == [["EVAL", "BLMOVE"]]
+    raw.lpush(producer.reply_to, b"first", b"second")  # as workers' settles push them
+    sent.clear()
+    assert producer.results(1, timeout=2) == [b"first"]
+    assert producer.submit_then_results([b"next"], 1, 2.0) == [b"second"]
+    assert sent == [["EVALSHA", "BLMOVE"], ["EVALSHA", "BLMOVE"]]
+    raw.script_flush()
+    raw.lpush(producer.reply_to, b"third")
+    assert producer.results(1, timeout=2) == [b"third"]
+    assert producer.results(1, timeout=0.2) == []
+    assert producer.results(5, timeout=0) == []
+    assert raw.llen(producer.reply_to) == 0  # each acknowledged once read
+
+
 def test_a_lone_submit_refused_or_without_its_script_pushes_and_counts_it_once(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str, tmp_path: Path
 ) -> None:
