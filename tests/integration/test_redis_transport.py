@@ -396,6 +396,35 @@ def test_a_waiting_consumer_wakes_when_a_delayed_retry_is_due(
     assert 0.9 < waited < 2.5  # woke at the due time (1 s), not at the next 3.3 s slice
 
 
+def test_a_claim_reads_the_delayed_retries_once_when_none_is_due(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """A claim's sweep reads the first delayed retry's deadline, which also tells the
+    claim when the next is due: one read of the delayed set where there were two (every
+    claim pays it, a lone task's after its BLMOVE too: issue 16). A retry due is still
+    moved and claimed, and the one due later still bounds the consumer's wait."""
+    t = open_transport()
+    consumer = t.consumer("c")
+    delayed = f"distq:{queue}:delayed"
+
+    def reads() -> int:
+        return _calls(raw, "zrange", "zrangebyscore")
+
+    before = reads()
+    assert consumer.fetch(5, timeout=0) == []
+    assert reads() - before == 2  # the leases' and the retries'
+    secs, micros = raw.time()
+    now_ms = secs * 1000 + micros // 1000
+    raw.zadd(delayed, {b"later": now_ms + 60_000, b"due": now_ms - 1})
+    assert [d.body for d in consumer.fetch(5, timeout=0)] == [b"due"]
+    assert consumer._retry_due is not None and 50 < consumer._retry_due - time.monotonic() < 61
+    before = reads()
+    assert consumer.fetch(5, timeout=0) == []
+    assert reads() - before == 2
+    assert consumer._retry_due is not None and 50 < consumer._retry_due - time.monotonic() < 61
+    assert raw.zrange(delayed, 0, -1) == [b"later"]
+
+
 def test_lost_script_cache_is_reloaded(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:
