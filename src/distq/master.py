@@ -554,9 +554,10 @@ class _Run(Generic[E]):
             if then_wait <= 0:
                 self.producer.submit(bodies)
                 return
-            self.collector.accept(
-                self.producer.submit_then_results(bodies, MESSAGE_BATCH, then_wait)
-            )
+            # at most the results it waits for: one for a lone task, which Redis then
+            # reads in the wait's own reply (issue 16); a later copy waits for the next
+            most = max(1, min(MESSAGE_BATCH, self.collector.outstanding))
+            self.collector.accept(self.producer.submit_then_results(bodies, most, then_wait))
         self._print_results()
 
     def _collect(self, wait: float) -> None:

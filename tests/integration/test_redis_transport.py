@@ -396,6 +396,35 @@ def test_a_waiting_consumer_wakes_when_a_delayed_retry_is_due(
     assert 0.9 < waited < 2.5  # woke at the due time (1 s), not at the next 3.3 s slice
 
 
+def test_a_claim_reads_the_delayed_retries_once_when_none_is_due(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """A claim's sweep reads the first delayed retry's deadline, which also tells the
+    claim when the next is due: one read of the delayed set where there were two (every
+    claim pays it, a lone task's after its BLMOVE too: issue 16). A retry due is still
+    moved and claimed, and the one due later still bounds the consumer's wait."""
+    t = open_transport()
+    consumer = t.consumer("c")
+    delayed = f"distq:{queue}:delayed"
+
+    def reads() -> int:
+        return _calls(raw, "zrange", "zrangebyscore")
+
+    before = reads()
+    assert consumer.fetch(5, timeout=0) == []
+    assert reads() - before == 2  # the leases' and the retries'
+    secs, micros = raw.time()
+    now_ms = secs * 1000 + micros // 1000
+    raw.zadd(delayed, {b"later": now_ms + 60_000, b"due": now_ms - 1})
+    assert [d.body for d in consumer.fetch(5, timeout=0)] == [b"due"]
+    assert consumer._retry_due is not None and 50 < consumer._retry_due - time.monotonic() < 61
+    before = reads()
+    assert consumer.fetch(5, timeout=0) == []
+    assert reads() - before == 2
+    assert consumer._retry_due is not None and 50 < consumer._retry_due - time.monotonic() < 61
+    assert raw.zrange(delayed, 0, -1) == [b"later"]
+
+
 def test_lost_script_cache_is_reloaded(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:
@@ -1712,6 +1741,32 @@ def test_a_submit_and_the_wait_for_its_result_are_one_round_trip(
     assert producer.submit_then_results([b"x", b"y"], 5, 0.0) == []
     assert sent == [["MULTI", "LPUSH", "EVAL", "EXEC", "EVALSHA", "LRANGE"]]
     assert raw.hget(state, "submitted") == b"4" and t.stats().ready == 3
+
+
+def test_a_wait_for_one_result_reads_it_in_the_wait_s_own_reply(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A take of one result that may wait (a lone task's: the master waits for one) reads
+    it in the BLMOVE's reply, the list's oldest: no LRANGE after it (issue 16). More
+    results there (a task's second copy) wait for the next takes, in order, none dropped
+    nor read twice; a take after Redis lost its scripts reads them the same way."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    sent = _pipelined(producer, monkeypatch)
+    with _later(0.3, _answer, producer, 1):
+        assert producer.submit_then_results([b"task"], 1, 2.0) == [b"r:task"]
+    assert sent == [["EVAL", "BLMOVE"]]
+    raw.lpush(producer.reply_to, b"first", b"second")  # as workers' settles push them
+    sent.clear()
+    assert producer.results(1, timeout=2) == [b"first"]
+    assert producer.submit_then_results([b"next"], 1, 2.0) == [b"second"]
+    assert sent == [["EVALSHA", "BLMOVE"], ["EVALSHA", "BLMOVE"]]
+    raw.script_flush()
+    raw.lpush(producer.reply_to, b"third")
+    assert producer.results(1, timeout=2) == [b"third"]
+    assert producer.results(1, timeout=0.2) == []
+    assert producer.results(5, timeout=0) == []
+    assert raw.llen(producer.reply_to) == 0  # each acknowledged once read
 
 
 def test_a_lone_submit_refused_or_without_its_script_pushes_and_counts_it_once(

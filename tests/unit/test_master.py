@@ -278,18 +278,20 @@ def test_max_in_flight_one_measures_round_trips(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One task at a time, each submit and the wait for its result are one call (one
-    round trip where the transport can), and every result is judged and shown."""
-    calls: list[int] = []
+    round trip where the transport can), and every result is judged and shown. Each asks
+    for the one result it waits for, not a batch (Redis then reads it in the wait's own
+    reply: issue 16)."""
+    calls: list[tuple[int, int]] = []
     original = Producer.submit_then_results
 
     def counted(self: Producer, bodies: Sequence[bytes], count: int, wait: float) -> list[bytes]:
-        calls.append(len(bodies))
+        calls.append((len(bodies), count))
         return original(self, bodies, count, wait)
 
     monkeypatch.setattr(Producer, "submit_then_results", counted)
     out, report = run(transport, JobSpec(tasks=20, max_in_flight=1, timeout=20), right)
     assert report.ok == 20 and report.latency_p50_seconds is not None
-    assert calls == [1] * 20 and out.count("Get result") == 20
+    assert calls == [(1, 1)] * 20 and out.count("Get result") == 20
 
 
 def test_max_in_flight_bounds_the_bodies_the_master_holds_not_only_its_results(

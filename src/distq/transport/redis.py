@@ -860,7 +860,9 @@ class RedisProducer(Producer):
 
         The wait is a BLMOVE of the list onto itself: it blocks until a result is there
         and moves nothing. The list's tail changes only here (workers push at its head),
-        so the LRANGE reads exactly the results after those the script counts.
+        so the LRANGE reads exactly the results after those the script counts. A take of
+        one result that waits sends no LRANGE: the BLMOVE's reply is that result (a lone
+        task's round trip, issue 16).
         """
         commands = self._take_commands(block, max_count)
         return self._taken(commands, self._w.pipeline(commands))
@@ -888,6 +890,8 @@ class RedisProducer(Producer):
         if block is not None and not self._t.full():  # full, BLMOVE is refused: results() polls
             blmove = ("BLMOVE", self.reply_to, self.reply_to, "RIGHT", "RIGHT", _seconds(block))
             commands.append(blmove)
+            if max_count == 1:  # its reply is the oldest result, as LRANGE -1 -1 would read
+                return commands
         commands.append(("LRANGE", self.reply_to, -max_count, -1))
         return commands
 
@@ -896,13 +900,20 @@ class RedisProducer(Producer):
     ) -> list[bytes]:
         """The results of a take (:meth:`_take_commands`) from its replies; ``submitted``:
         the bodies its script pushes (and counts) first, if it succeeded."""
+        read = commands[-1]
+        if read[0] == "BLMOVE":  # a take of one result: the wait's reply is the read
+            read = ("LRANGE", self.reply_to, -1, -1)
+            if self._t.refused_for_memory(replies[-1]):  # full: read at the next take
+                replies[-1] = []
+            elif not isinstance(replies[-1], Exception):
+                replies[-1] = [] if replies[-1] is None else [replies[-1]]
         if len(replies) == 3 and self._t.refused_for_memory(replies[1]):  # full: no wait
             replies = [replies[0], replies[2]]
         taken, bodies = replies[0], replies[-1]
-        if isinstance(taken, NoScriptError):  # Redis lost its scripts: the LRANGE ran first
+        if isinstance(taken, NoScriptError):  # Redis lost its scripts: the read ran first
             script = self._t.submit_script if submitted else self._t.ack_script
             taken = script.evaluate(self._w, commands[0])
-            bodies = self._w.execute_command(*commands[-1])
+            bodies = self._w.execute_command(*read)
         if not isinstance(taken, Exception):
             self._count += submitted
         raise_first([reply for reply in replies if not isinstance(reply, NoScriptError)])

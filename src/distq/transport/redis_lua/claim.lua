@@ -9,7 +9,7 @@
 
 local now = now_ms()
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now, KEYS[8], ARGV[2])
+local first = sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now, KEYS[8], ARGV[2])
 -- read before any task moves: a redelivered set of another type fails the claim here,
 -- not after it moved them into the in-flight list (an error undoes no write)
 local again = redis.call('SCARD', KEYS[4])
@@ -44,9 +44,8 @@ while got < want and bytes < CLAIM_BYTES do
   push('LPUSH', KEYS[5], bodies)
   got = got + kept
 end
-if got < want or want == 0 then
-  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  if first[2] then out[1] = math.max(0, tonumber(first[2]) - now) end
+if (got < want or want == 0) and first[2] then  -- the sweep's read: a claim adds none
+  out[1] = math.max(0, tonumber(first[2]) - now)
 end
 if again > 0 then
   if ARGV[5] == '1' then

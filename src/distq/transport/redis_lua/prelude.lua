@@ -121,7 +121,8 @@ local function resume(consumers, clock, lease, now)
     end
   end
 end
--- two range reads when nothing is due: cheap enough for every claim
+-- two range reads when nothing is due: cheap enough for every claim. Returns the first
+-- delayed retry left, {body, deadline} ({} if none), for a claim to say when it is due.
 local function sweep(ready, consumers, delayed, again, prefix, now, clock, lease)
   resume(consumers, clock, tonumber(lease), now)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', now, 'LIMIT', 0, 100)) do
@@ -129,9 +130,12 @@ local function sweep(ready, consumers, delayed, again, prefix, now, clock, lease
     redis.call('DEL', settles_of(consumers, id), settles_of(consumers, id) .. ':claims')
     redis.call('ZREM', consumers, id)
   end
-  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
-  if #due > 0 then
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  if first[2] and tonumber(first[2]) <= now then
+    local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
     redis.call('LPUSH', ready, unpack(due))
     redis.call('ZREM', delayed, unpack(due))
+    first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
   end
+  return first
 end
