@@ -190,6 +190,11 @@ class _DeadlineReader(socket.SocketIO):
 class _Handler(BaseHTTPRequestHandler):
     endpoint: Endpoint
     protocol_version = "HTTP/1.1"  # keep-alive for Prometheus's scrapes
+    # headers and body in one write (the stream is flushed after each request): written
+    # apart, a kept-alive client's body waited for its delayed ACK, up to 40 ms; and no
+    # Nagle wait for an answer larger than the buffer either
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
     #: seconds for a whole request, from accept (or from the last answer, kept alive)
     timeout = REQUEST_TIMEOUT
     deadline = 0.0

@@ -48,3 +48,31 @@ def test_an_idle_endpoint_sleeps_until_a_client_comes() -> None:
         endpoint.close()
     assert time.monotonic() - started < 5  # close() wakes it: no poll to wait out
     assert not serving.is_alive()
+
+
+def test_a_kept_alive_scrape_gets_its_answer_in_one_piece() -> None:
+    """The answer's headers and body went out in two writes: on a kept-alive connection
+    (Prometheus's) the body then waited for the client's delayed ACK (Nagle), up to
+    40 ms a request, and each answer took two sends. One write now carries both."""
+    endpoint = Endpoint("127.0.0.1", 0, CollectorRegistry(), ProcessHealth("worker")).start()
+    pieces: list[bytes] = []
+    try:
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=5) as client:
+            for _ in range(20):
+                client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                first = client.recv(65536)
+                pieces.append(first)
+                head, _, body = first.partition(b"\r\n\r\n")
+                length = int(
+                    next(
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                )
+                while len(body) < length:  # read the rest, so the next answer starts clean
+                    body += client.recv(65536)
+    finally:
+        endpoint.close()
+    whole = [p for p in pieces if p.endswith(b"}\n")]
+    assert len(whole) == len(pieces), [p[-40:] for p in pieces]
