@@ -27,6 +27,7 @@ import http.client
 import io
 import ipaddress
 import json
+import selectors
 import socket
 import sys
 import threading
@@ -52,6 +53,8 @@ MAX_CONNECTIONS = 32
 
 
 class _Server(ThreadingHTTPServer):
+    timeout = 0  # handle_request() after the serving loop saw a connection: take it, no wait
+
     def __init__(self, address: tuple[str, int], handler: Any) -> None:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, handler)
@@ -119,20 +122,35 @@ class Endpoint:
         self._server.daemon_threads = True
         self.host = host
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},  # how long close() waits for it to notice
-            name="distq-http",
-            daemon=True,
-        )
+        # close() wakes the serving thread through this pair: it never polls meanwhile
+        self._wake, self._waker = socket.socketpair()
+        self._thread = threading.Thread(target=self._serve, name="distq-http", daemon=True)
 
     def start(self) -> Endpoint:
         self._thread.start()
         return self
 
+    def _serve(self) -> None:
+        """Accept connections until :meth:`close`, asleep in between: socketserver's
+        ``serve_forever`` woke every poll interval (0.1 s) to look for a shutdown, ten
+        times a second in every process, each time taking the GIL from the task loop."""
+        server = self._server
+        with selectors.DefaultSelector() as selector:
+            selector.register(server, selectors.EVENT_READ)
+            selector.register(self._wake, selectors.EVENT_READ)
+            while True:
+                ready = [key.fileobj for key, _ in selector.select()]
+                if self._wake in ready:
+                    return
+                server.handle_request()  # the one waiting (timeout 0: it does not wait)
+
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._waker.send(b"x")
+            self._thread.join()
         self._server.server_close()
+        self._wake.close()
+        self._waker.close()
 
     def routes(self) -> dict[str, Callable[[str], tuple[int, str, bytes]]]:
         return {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}
@@ -172,6 +190,11 @@ class _DeadlineReader(socket.SocketIO):
 class _Handler(BaseHTTPRequestHandler):
     endpoint: Endpoint
     protocol_version = "HTTP/1.1"  # keep-alive for Prometheus's scrapes
+    # headers and body in one write (the stream is flushed after each request): written
+    # apart, a kept-alive client's body waited for its delayed ACK, up to 40 ms; and no
+    # Nagle wait for an answer larger than the buffer either
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
     #: seconds for a whole request, from accept (or from the last answer, kept alive)
     timeout = REQUEST_TIMEOUT
     deadline = 0.0

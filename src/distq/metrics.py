@@ -141,8 +141,9 @@ class HistogramTable:
             counts = self.counts[labels] = [0.0] * (len(self.bounds) + 2)
         return counts
 
-    def observe(self, counts: list[float], values: Sequence[float]) -> None:
+    def observe(self, counts: list[float], values: Sequence[float], ordered: bool = False) -> None:
         """``values`` into ``counts`` (from :meth:`series`); caller holds ``lock``.
+        ``ordered``: the caller has sorted ``values`` already (a worker's batch).
 
         A batch is sorted once, then bisected once per bucket bound up to its largest
         value: a few dozen nanoseconds per value, where a bisection per value in Python
@@ -153,15 +154,16 @@ class HistogramTable:
                 counts[bisect.bisect_left(self.bounds, value)] += 1  # "less or equal"
                 counts[-1] += value
             return
-        ordered, counted = sorted(values), 0
+        ordered_values = values if ordered else sorted(values)
+        counted = 0
         for bucket, bound in enumerate(self.bounds):
-            if counted == len(ordered):
+            if counted == len(ordered_values):
                 break
-            upto = bisect.bisect_right(ordered, bound)  # buckets are "less or equal"
+            upto = bisect.bisect_right(ordered_values, bound)  # buckets: "less or equal"
             counts[bucket] += upto - counted
             counted = upto
-        counts[len(self.bounds)] += len(ordered) - counted  # +Inf
-        counts[-1] += sum(ordered)
+        counts[len(self.bounds)] += len(ordered_values) - counted  # +Inf
+        counts[-1] += sum(ordered_values)
 
     def snapshot(self) -> list[tuple[Labels, list[float]]]:
         """The counts as they are (caller holds ``lock``)."""

@@ -133,8 +133,8 @@ def _tally_columns(known: frozenset[str], columns: Columns) -> Tally:
     label = name if name in known else UNREGISTERED
     waits = list(map(sub, starts, map(_created_at, tasks)))
     # both sorted here, where their least and greatest are then read without a pass of
-    # min() or max() each, so that the histograms' own sort (HistogramTable.observe)
-    # goes over them in one pass
+    # min() or max() each, and the histograms (HistogramTable.observe) take them as they
+    # are, without a sorted copy
     ran = sorted(durations)
     if ran[0] <= 0:  # 0: the function never ran (unknown name, bad arguments, orphaned)
         ran = ran[bisect_right(ran, 0.0) :]  # and such a task has no queue wait either
@@ -217,7 +217,8 @@ class WorkerTelemetry:
         if columns is None:
             WorkerTelemetry._count_each(metrics, endings, released)
             return
-        WorkerTelemetry._record(metrics, _tally_columns(metrics.known, columns), released)
+        tally = _tally_columns(metrics.known, columns)
+        WorkerTelemetry._record(metrics, tally, released, ordered=True)
 
     @staticmethod
     def _count_each(metrics: WorkerMetrics, endings: Sequence[Ending], released: int) -> None:
@@ -225,14 +226,15 @@ class WorkerTelemetry:
         WorkerTelemetry._record(metrics, _tally_each(metrics.known, endings), released)
 
     @staticmethod
-    def _record(metrics: WorkerMetrics, tally: Tally, released: int) -> None:
-        """A batch's tally into the metrics, under one lock."""
+    def _record(metrics: WorkerMetrics, tally: Tally, released: int, ordered: bool = False) -> None:
+        """A batch's tally into the metrics, under one lock; ``ordered``: its waits and
+        run times are sorted (:func:`_tally_columns`), not to be sorted again."""
         waits, runs, counts = tally
         base, queue_wait, task_seconds = metrics.base, metrics.queue_wait, metrics.task_seconds
         with metrics.lock:
-            queue_wait.observe(queue_wait.series(base), waits)
+            queue_wait.observe(queue_wait.series(base), waits, ordered)
             for label, seconds in runs.items():
-                task_seconds.observe(task_seconds.series((*base, label)), seconds)
+                task_seconds.observe(task_seconds.series((*base, label)), seconds, ordered)
             for key, count in counts.items():
                 metrics.tasks.add((*base, *key), count)
             if released:
