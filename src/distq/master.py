@@ -47,7 +47,7 @@ from distq.errors import CertificateRejected, ConfigError, DistqError, Transport
 from distq.errortext import MAX_MESSAGE_CHARS, cut
 from distq.health import ProcessHealth
 from distq.ledger import Entry, Ledger, forget_orphans, submit_again
-from distq.retries import retry_bodies
+from distq.retries import retries_by_attempt
 from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, Transport
 
@@ -603,7 +603,7 @@ class _Run(Generic[E]):
         unless a result for one comes during the drain (:meth:`_drain`): a copy of a task
         submitted again ran. Every copy of one submitted again is taken; then the retries
         of those not found, queued again or waiting out their delay (their bodies as a
-        worker seals them: :func:`retry_bodies`). Newest first (on Redis they are nearest
+        worker seals them: :func:`retries_by_attempt`). Newest first (on Redis they are nearest
         the list's head), until ``deadline``; a second signal, or a broker that fails or
         refuses, ends it, and so does one whose last call failed with no reconnect since
         (no call that would wait on it): the rest stay queued, and one line says so."""
@@ -618,8 +618,14 @@ class _Run(Generic[E]):
             why = f"the broker failed its last call: {self.failed_with}"
         else:
             why = self._take_back(iter(entries), deadline, taken, copies)
-            for retries in self._retries(entries, copies) if why is None else ():
-                why = self._take_back(iter(retries), deadline, taken, copies)
+
+            def every_copy_found(task_id: str) -> bool:
+                return copies[task_id] > self.resubmitted[task_id]
+
+            codec = self.master.codec
+            retries = retries_by_attempt(codec, entries, every_copy_found)
+            for attempt in retries if why is None else ():
+                why = self._take_back(iter(attempt), deadline, taken, copies)
                 if why is not None:
                     break
         if why is not None:
@@ -631,26 +637,6 @@ class _Run(Generic[E]):
                 )
         self.unsure = {tid for tid in taken if copies[tid] <= self.resubmitted[tid]}
         return taken
-
-    def _retries(self, entries: list[Entry], copies: Counter[str]) -> Iterator[list[Entry]]:
-        """The retries of ``entries`` found fewer times than submitted (``copies``, read
-        as each attempt's are taken), as a worker seals them (:func:`retry_bodies`):
-        every task's next attempt before any task's one after. Most retries waiting are
-        second attempts; with ``--max-attempts 100``, attempts 2 to 100 of one task before
-        the next one's ran a stop of 20,000 tasks out of its time."""
-        looking = [(task_id, retry_bodies(self.master.codec, body)) for task_id, body in entries]
-        while looking:
-            going, attempt = [], []
-            for task_id, attempts in looking:
-                if copies[task_id] > self.resubmitted[task_id]:
-                    continue  # every copy found
-                bodies = next(attempts, None)
-                if bodies is not None:
-                    going.append((task_id, attempts))
-                    attempt += [(task_id, retry) for retry in bodies]
-            if attempt:
-                yield attempt
-            looking = going
 
     def _take_back(
         self,
