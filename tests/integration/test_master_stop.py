@@ -7,16 +7,19 @@ import re
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import Target
 from distq.codec import Codec
+from distq.config import Settings
 from distq.console import Console
 from distq.ending import Endings
 from distq.master import JobReport, JobSpec, Master
 from distq.squares import Squares
-from distq.transport import Settlement, Transport
+from distq.transport import Settlement, Transport, open_transport
+from launch import LocalRedis
 from procs import Spawn
 from seam import fetch_n
 
@@ -116,3 +119,45 @@ def test_a_master_past_its_timeout_takes_back_its_queued_tasks(
     assert report.missing == 4 and not report.succeeded, out.getvalue()
     assert "job timed out" in out.getvalue(), out.getvalue()
     assert hosted.stats().ready == 0, out.getvalue()
+
+
+def test_a_stop_cuts_short_a_call_under_way_to_a_paused_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM as the master waits on a Redis that stopped answering (SIGSTOP), in a
+    reconcile or a wait for results: the call ran out its socket timeout (a block slice
+    + 5 s: 10 s with a 30 s lease) before the stop went on. It waits a second past the
+    stop at most now, and the stop says it took nothing back."""
+    monkeypatch.setattr("distq.master.RECONCILE_SECONDS", 0.2)
+    out = io.StringIO()
+    stop = threading.Event()
+    reports: list[JobReport] = []
+    with LocalRedis(tmp_path).start() as server:
+        settings = Settings(
+            transport="redis", redis_url=server.url, lease_seconds=30.0, queue="paused"
+        )
+        transport = open_transport(settings, "master")
+        master = Master(transport, Console(out=out, err=out))
+        spec = JobSpec(tasks=4, drain_seconds=3)
+        run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+        run.start()
+        try:
+            deadline = time.monotonic() + 10
+            while transport.stats().ready < 4:  # submitted, no worker: it waits for results
+                assert time.monotonic() < deadline, out.getvalue()
+                time.sleep(0.05)
+            server.pause()
+            time.sleep(1.0)  # in a call now: a reconcile, or a wait for results
+            stopped = time.monotonic()
+            stop.set()
+            run.join(30)
+            took = time.monotonic() - stopped
+        finally:
+            stop.set()
+            server.resume()
+            run.join(30)
+            transport.close()
+    said = out.getvalue()
+    assert reports and reports[0].missing == 4, said
+    assert took < 3.0, f"the stop waited {took:.1f} s on the paused Redis: {said}"
+    assert "did not take back the 4 tasks not answered (the broker failed its last call" in said
