@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import signal
@@ -19,8 +20,10 @@ from distq.ending import Endings
 from distq.master import JobReport, JobSpec, Master
 from distq.squares import Squares
 from distq.transport import Settlement, Transport, open_transport
+from distq.transport.rabbitmq_link import CLOSE_SECONDS
 from launch import LocalRedis
 from procs import Spawn
+from relay import SilentRelay
 from seam import fetch_n
 
 pytestmark = pytest.mark.integration
@@ -161,3 +164,41 @@ def test_a_stop_cuts_short_a_call_under_way_to_a_paused_redis(
     assert reports and reports[0].missing == 4, said
     assert took < 3.0, f"the stop waited {took:.1f} s on the paused Redis: {said}"
     assert "did not take back the 4 tasks not answered (the broker failed its last call" in said
+
+
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+def test_a_stop_on_a_rabbitmq_cut_off_waits_for_one_close_not_for_each(target: Target) -> None:
+    """A stop as RabbitMQ is cut off (nothing passes, no reset), before any call failed:
+    after the drain, the producer's close waited CLOSE_SECONDS for the delete of its
+    reply queue, then the transport's close as long again for its admin link (11.1 s
+    from the signal to the exit, with the 5 s drain). Once one close got no answer, the
+    next does not wait for the broker."""
+    relay = SilentRelay.to_url(target.settings.amqp_url)
+    settings = dataclasses.replace(target.settings, amqp_url=relay.url)
+    out = io.StringIO()
+    stop = threading.Event()
+    reports: list[JobReport] = []
+    transport = open_transport(settings, "master")
+    try:
+        master = Master(transport, Console(out=out, err=out))
+        spec = JobSpec(tasks=4, drain_seconds=1)
+        run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+        run.start()
+        deadline = time.monotonic() + 20
+        while transport.stats().ready < 4:  # published, no worker: it waits for results
+            assert time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.05)
+        relay.silence()
+        stopped = time.monotonic()
+        stop.set()
+        run.join(30)
+        transport.close()
+        took = time.monotonic() - stopped
+    finally:
+        stop.set()
+        transport.close()
+        relay.close()
+    said = out.getvalue()
+    assert reports and reports[0].missing == 4, said
+    # the drain, then one close's wait: not a second one
+    assert took < spec.drain_seconds + CLOSE_SECONDS + 1.5, f"the stop took {took:.1f} s: {said}"
