@@ -160,6 +160,8 @@ IN_FLIGHT = 100_000
 #: A turn of the job's loop this much later than the one before (it waits 0.5 s at
 #: most): the process stood still, and ``--rate`` resumes its pace without a burst.
 STOOD_STILL_SECONDS = 1.0
+#: How long a stop looks, after its drain, for the retries of its tasks in flight
+RETRY_LOOK_SECONDS = 1.0
 
 
 def allowance(spec: JobSpec, submitted: int, outstanding: int, elapsed: float) -> int:
@@ -697,10 +699,36 @@ class _Run(Generic[E]):
                 try:
                     self._collect(min(0.5, deadline - time.perf_counter()))
                 except TransportError:
-                    break  # no reconnecting on the way out
+                    break  # no reconnecting on the way out, nor the look after the drain
+            else:
+                withdrawn |= self._retried_in_drain(withdrawn)
         finally:  # a setting refused mid-drain too
             if self.spec.tasks is None:
                 self._never_submitted(withdrawn)
+
+    def _retried_in_drain(self, withdrawn: set[str]) -> set[str]:
+        """After the drain, the retries of the tasks still unanswered that its first look
+        did not take back (a worker held them), taken back: a worker that failed one
+        meanwhile sent its retry after that look, and it ran after the stop, or was
+        dead-lettered, its master gone. Within :data:`RETRY_LOOK_SECONDS`; none when the
+        broker failed its last call, or after a second signal."""
+        if not (self.producer.takes_back and self.answering) or self.hurry.is_set():
+            return set()
+        left = self.ledger.waiting(
+            lambda task_id: self.collector.is_waiting(task_id) and task_id not in withdrawn
+        )
+        taken: set[str] = set()
+        copies: Counter[str] = Counter()
+        deadline = time.perf_counter() + RETRY_LOOK_SECONDS
+        for attempt in retries_by_attempt(self.master.codec, left, taken.__contains__):
+            why = self._take_back(iter(attempt), deadline, taken, copies)
+            if why is not None:
+                self.console.error(
+                    f"did not look for all the retries of the {len(left)} tasks in flight "
+                    f"at the stop ({why}): one a worker sent stays queued"
+                )
+                break
+        return taken
 
     def _status(self, elapsed: float) -> None:
         r = self.report

@@ -110,6 +110,46 @@ def test_a_stopped_master_takes_back_its_retries_queued_or_waiting_out_their_del
 
 # RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
 @pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_stop_takes_back_the_retries_its_tasks_in_flight_made_during_the_drain(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """Two tasks in a worker's hands as the master stops; during the drain both fail,
+    one retried at once, one after a 30 s delay. The stop looked for retries once, at
+    its start: both were left for a worker to run (or, its master gone, dead-letter)
+    after the stop, 2 ready where none should be. It looks again after the drain."""
+    stop = threading.Event()
+    out = io.StringIO()
+    spec = JobSpec(tasks=2, drain_seconds=3)
+    master = Master(hosted, Console(out=out, err=out))
+    reports: list[JobReport] = []
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+    run.start()
+    consumer = remote.consumer("stop34-worker")
+    try:
+        taken = fetch_n(consumer, 2)
+        assert len(taken) == 2, out.getvalue()
+        stop.set()
+        time.sleep(1.0)  # the stop's first look is over: nothing queued, both in hand
+        endings = Endings("stop34-worker", target.settings.queue, None)
+        settlements = []
+        for delivery, delay in zip(taken, (0.0, 30.0), strict=True):
+            task = endings.codec.open_task(delivery.body)
+            failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
+            settlements.append(
+                Settlement(delivery, retry=failed.settlement.retry, retry_delay=delay)
+            )
+        consumer.settle(settlements)
+        run.join(30)
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()
+    assert reports and reports[0].missing == 2, out.getvalue()
+    assert hosted.stats().ready == 0, out.getvalue()
+
+
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
 def test_a_master_past_its_timeout_takes_back_its_queued_tasks(
     target: Target, hosted: Transport
 ) -> None:
