@@ -268,6 +268,8 @@ class _Run(Generic[E]):
         self.resubmitted: Counter[str] = Counter()
         # taken back fewer times than submitted: a copy may be with a worker (_drain)
         self.unsure: set[str] = set()
+        # taken back as a retry: it ran an attempt, so it was submitted (_never_submitted)
+        self.retried: set[str] = set()
         # no call failed since the broker last answered (at start, or a reconnect): a
         # stop may take its tasks back; one that failed would wait on the broker again
         self.answering = True
@@ -620,6 +622,7 @@ class _Run(Generic[E]):
             why = f"the broker failed its last call: {self.failed_with}"
         else:
             why = self._take_back(iter(entries), deadline, taken, copies)
+            queued = set(taken)
 
             def every_copy_found(task_id: str) -> bool:
                 return copies[task_id] > self.resubmitted[task_id]
@@ -630,6 +633,7 @@ class _Run(Generic[E]):
                 why = self._take_back(iter(attempt), deadline, taken, copies)
                 if why is not None:
                     break
+            self.retried |= taken - queued
         if why is not None:
             left = sum(1 for task_id in self.collector.waiting_ids() if task_id not in taken)
             if left:
@@ -668,8 +672,13 @@ class _Run(Generic[E]):
 
     def _never_submitted(self, withdrawn: set[str]) -> None:
         """An endless ``--rate`` job's stop is its end: the tasks taken back and not
-        answered during the drain never ran, and count as never submitted."""
-        gone = [task_id for task_id in withdrawn if self.collector.is_waiting(task_id)]
+        answered during the drain never ran, and count as never submitted. Not one whose
+        retry was taken back: it ran an attempt that failed, and counts as missing."""
+        gone = [
+            task_id
+            for task_id in withdrawn
+            if self.collector.is_waiting(task_id) and task_id not in self.retried
+        ]
         if not gone:
             return
         for task_id in gone:
@@ -728,6 +737,7 @@ class _Run(Generic[E]):
                     f"at the stop ({why}): one a worker sent stays queued"
                 )
                 break
+        self.retried |= taken
         return taken
 
     def _status(self, elapsed: float) -> None:

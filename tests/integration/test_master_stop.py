@@ -150,6 +150,41 @@ def test_a_stop_takes_back_the_retries_its_tasks_in_flight_made_during_the_drain
 
 # RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
 @pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_an_endless_jobs_task_whose_retry_was_taken_back_counts_as_missing(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """An endless ``--rate`` job stopped as one of its tasks, failed once on a worker,
+    waits out its retry delay: the stop took the retry back and counted the task as
+    never submitted, as if it had never run, and its failed attempt was nowhere in the
+    summary. It ran: it counts as submitted, and missing (no result came)."""
+    stop = threading.Event()
+    out = io.StringIO()
+    spec = JobSpec(tasks=None, rate=4, drain_seconds=1, status_every=60)
+    master = Master(hosted, Console(out=out, err=out))
+    reports: list[JobReport] = []
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+    run.start()
+    consumer = remote.consumer("stop34-worker")
+    try:
+        [delivery] = fetch_n(consumer, 1)
+        endings = Endings("stop34-worker", target.settings.queue, None)
+        task = endings.codec.open_task(delivery.body)
+        failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
+        consumer.settle([Settlement(delivery, retry=failed.settlement.retry, retry_delay=30.0)])
+        stop.set()
+        run.join(30)
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()
+    said = out.getvalue()
+    assert reports and reports[0].missing == 1, said
+    assert f"missing 1 results: square({task.args[0]}) [{task.id}]" in said, said
+    assert hosted.stats().ready == 0, said
+
+
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
 def test_a_master_past_its_timeout_takes_back_its_queued_tasks(
     target: Target, hosted: Transport
 ) -> None:
