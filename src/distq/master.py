@@ -650,16 +650,19 @@ class _Run(Generic[E]):
         deadline: float,
         taken: set[str],
         copies: Counter[str],
+        seconds: float | None = None,
     ) -> str | None:
         """Withdraw ``entries``' bodies a batch at a time, into ``taken`` and ``copies``;
-        why it stopped before their end, None when it got there."""
+        why it stopped before their end, None when it got there. ``seconds``: the time
+        it had, as said when ``deadline`` passes (the drain's by default)."""
         while batch := list(itertools.islice(entries, MESSAGE_BATCH)):
             try:
                 while batch:  # again for the copies of a task submitted again
                     if self.hurry.is_set():
                         return "a second signal"
                     if time.perf_counter() >= deadline:
-                        return f"its {self.spec.drain_seconds:g} s to do so ran out"
+                        had = self.spec.drain_seconds if seconds is None else seconds
+                        return f"its {had:g} s to do so ran out"
                     with self.link.call(), self.health.liveness.waiting("job"):
                         gone = self.producer.withdraw([body for _, body in batch])
                     found = [entry for entry, out in zip(batch, gone, strict=True) if out]
@@ -730,7 +733,7 @@ class _Run(Generic[E]):
         copies: Counter[str] = Counter()
         deadline = time.perf_counter() + RETRY_LOOK_SECONDS
         for attempt in retries_by_attempt(self.master.codec, left, taken.__contains__):
-            why = self._take_back(iter(attempt), deadline, taken, copies)
+            why = self._take_back(iter(attempt), deadline, taken, copies, RETRY_LOOK_SECONDS)
             if why is not None:
                 self.console.error(
                     f"did not look for all the retries of the {len(left)} tasks in flight "

@@ -148,6 +148,35 @@ def test_a_stop_takes_back_the_retries_its_tasks_in_flight_made_during_the_drain
     assert hosted.stats().ready == 0, out.getvalue()
 
 
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_look_for_retries_after_the_drain_that_runs_out_says_its_own_time(
+    target: Target, hosted: Transport, remote: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look after the drain has RETRY_LOOK_SECONDS, not the drain's time: run out, its
+    line named the drain's ("its 3 s to do so ran out")."""
+    monkeypatch.setattr("distq.master.RETRY_LOOK_SECONDS", 0.0)
+    stop = threading.Event()
+    out = io.StringIO()
+    master = Master(hosted, Console(out=out, err=out))
+    run = threading.Thread(
+        target=lambda: master.run(JobSpec(tasks=1, drain_seconds=3), Squares(), stop)
+    )
+    run.start()
+    consumer = remote.consumer("stop34-worker")
+    try:
+        assert len(fetch_n(consumer, 1)) == 1, out.getvalue()  # in hand: not taken back
+        stop.set()
+        run.join(30)
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()
+    assert (
+        "did not look for all the retries of the 1 tasks in flight at the stop (its 0 s to do "
+        "so ran out)" in out.getvalue()
+    ), out.getvalue()
+
+
 # RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
 @pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
 def test_an_endless_jobs_task_whose_retry_was_taken_back_counts_as_missing(
