@@ -48,6 +48,7 @@ from distq.errors import (
 from distq.futures import Callbacks, DistqFuture
 from distq.ledger import Ledger, forget_orphans, submit_again
 from distq.overdue import DEADLINES_KEPT, Overdue, time_out
+from distq.retries import retries_by_attempt
 from distq.transport import Producer, Transport
 
 log = logging.getLogger("distq.executor")
@@ -528,11 +529,15 @@ class Dispatcher(threading.Thread):
                     withdraw.append(entry)
                 else:
                     answers[id(future)] = False
-            taken = self._withdraw([entry.body for entry in withdraw])
-            for entry, gone in zip(withdraw, taken, strict=True):
-                if gone:
-                    self.collector.discard(entry.task.id)
-                answers[id(entry.future)] = gone and _cancelled(entry.future)
+            taken: set[str] = set()
+            try:
+                self._withdraw(withdraw, taken)
+            finally:  # those taken back before a call failed too: they never run
+                for entry in withdraw:
+                    gone = entry.task.id in taken
+                    if gone:
+                        self.collector.discard(entry.task.id)
+                    answers[id(entry.future)] = gone and _cancelled(entry.future)
             command.answers = [answers[id(future)] for future in command.futures]
         finally:
             if len(command.answers) != len(command.futures):  # the broker failed meanwhile
@@ -564,33 +569,44 @@ class Dispatcher(threading.Thread):
             return
         # withdrawn first: if the broker fails meanwhile, they are still waited for, and
         # time out again once it is back (or fail with BrokenExecutor if it stays away)
+        withdrawn = "no worker took it; it was withdrawn from the queue and will not run"
+        taken: set[str] = set()
         try:
-            taken = self._withdraw([e.body for e in sent])
+            self._withdraw(sent, taken)
         except TransportError:
             for entry in sent:
-                heapq.heappush(self._deadlines, (now, entry.task.id))
+                if entry.task.id in taken:  # before the call that failed
+                    self.collector.discard(entry.task.id)
+                    _time_out(entry, withdrawn)
+                else:
+                    heapq.heappush(self._deadlines, (now, entry.task.id))
             raise
         kept = (
             "the broker is unreachable, so it was not withdrawn: it may still run; its "
             "result will be ignored"
             if self._offline
-            else "a worker has it (running or retrying), or the transport cannot withdraw "
-            "it; its result will be ignored"
+            else "a worker has it, or the transport cannot withdraw it; its result will be ignored"
         )
-        for entry, gone in zip(sent, taken, strict=True):
+        for entry in sent:
             self.collector.discard(entry.task.id)
-            _time_out(
-                entry,
-                "no worker took it; it was withdrawn from the queue and will not run"
-                if gone
-                else kept,
-            )
+            _time_out(entry, withdrawn if entry.task.id in taken else kept)
 
-    def _withdraw(self, bodies: list[bytes]) -> list[bool]:
-        """The producer's withdraw, where there is anything to ask and a broker to ask."""
-        if not bodies or self._offline:
-            return [False] * len(bodies)
-        return self.producer.withdraw(bodies)
+    def _withdraw(self, entries: list[Entry], taken: set[str]) -> None:
+        """The producer's withdraw of ``entries``, where there is anything to ask and a
+        broker to ask; for those not queued, of their retry, queued again or waiting out
+        its delay (:func:`~distq.retries.retries_by_attempt`): a cancelled task that had
+        failed once ran again after it, its retry left. The ids taken back go into
+        ``taken`` call by call: those before a call that fails are gone all the same."""
+        if not entries or self._offline or not self.producer.takes_back:
+            return
+        gone = self.producer.withdraw([entry.body for entry in entries])
+        taken.update(entry.task.id for entry, out in zip(entries, gone, strict=True) if out)
+        rest = [(entry.task.id, entry.body) for entry in entries if entry.task.id not in taken]
+        for attempt in retries_by_attempt(self.codec, rest, taken.__contains__):
+            for start in range(0, len(attempt), MESSAGE_BATCH):
+                batch = attempt[start : start + MESSAGE_BATCH]
+                gone = self.producer.withdraw([body for _, body in batch])
+                taken.update(task_id for (task_id, _), out in zip(batch, gone, strict=True) if out)
 
     def _prune_deadlines(self) -> None:
         """Drop the deadlines of tasks answered, cancelled or withdrawn before them.

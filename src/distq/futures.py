@@ -239,8 +239,9 @@ class DistqFuture(concurrent.futures.Future[_T]):
     def cancel(self) -> bool:
         """Cancel the task if it has not started; True if the future is now cancelled.
 
-        Manager and Redis take the task back out of the ready queue: True means it will
-        never run; False means a worker has it already (or it waits out a retry delay).
+        Manager and Redis take the task back out of the ready queue, or its retry after a
+        failed attempt, queued again or waiting out its delay: True means it will never
+        run (again); False means a worker has it already.
         RabbitMQ cannot take a message back out of a queue, so there cancel() returns
         False unless the task was not sent yet. A task not yet sent is never sent.
 

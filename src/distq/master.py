@@ -47,7 +47,7 @@ from distq.errors import CertificateRejected, ConfigError, DistqError, Transport
 from distq.errortext import MAX_MESSAGE_CHARS, cut
 from distq.health import ProcessHealth
 from distq.ledger import Entry, Ledger, forget_orphans, submit_again
-from distq.retries import retry_bodies
+from distq.retries import retries_by_attempt
 from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, Transport
 
@@ -160,6 +160,8 @@ IN_FLIGHT = 100_000
 #: A turn of the job's loop this much later than the one before (it waits 0.5 s at
 #: most): the process stood still, and ``--rate`` resumes its pace without a burst.
 STOOD_STILL_SECONDS = 1.0
+#: How long a stop looks, after its drain, for the retries of its tasks in flight
+RETRY_LOOK_SECONDS = 1.0
 
 
 def allowance(spec: JobSpec, submitted: int, outstanding: int, elapsed: float) -> int:
@@ -266,6 +268,8 @@ class _Run(Generic[E]):
         self.resubmitted: Counter[str] = Counter()
         # taken back fewer times than submitted: a copy may be with a worker (_drain)
         self.unsure: set[str] = set()
+        # taken back as a retry: it ran an attempt, so it was submitted (_never_submitted)
+        self.retried: set[str] = set()
         # no call failed since the broker last answered (at start, or a reconnect): a
         # stop may take its tasks back; one that failed would wait on the broker again
         self.answering = True
@@ -604,7 +608,7 @@ class _Run(Generic[E]):
         unless a result for one comes during the drain (:meth:`_drain`): a copy of a task
         submitted again ran. Every copy of one submitted again is taken; then the retries
         of those not found, queued again or waiting out their delay (their bodies as a
-        worker seals them: :func:`retry_bodies`). Newest first (on Redis they are nearest
+        worker seals them: :func:`retries_by_attempt`). Newest first (on Redis they are nearest
         the list's head), until ``deadline``; a second signal, or a broker that fails or
         refuses, ends it, and so does one whose last call failed with no reconnect since
         (no call that would wait on it): the rest stay queued, and one line says so."""
@@ -619,10 +623,18 @@ class _Run(Generic[E]):
             why = f"the broker failed its last call: {self.failed_with}"
         else:
             why = self._take_back(iter(entries), deadline, taken, copies)
-            for retries in self._retries(entries, copies) if why is None else ():
-                why = self._take_back(iter(retries), deadline, taken, copies)
+            queued = set(taken)
+
+            def every_copy_found(task_id: str) -> bool:
+                return copies[task_id] > self.resubmitted[task_id]
+
+            codec = self.master.codec
+            retries = retries_by_attempt(codec, entries, every_copy_found)
+            for attempt in retries if why is None else ():
+                why = self._take_back(iter(attempt), deadline, taken, copies)
                 if why is not None:
                     break
+            self.retried |= taken - queued
         if why is not None:
             left = sum(1 for task_id in self.collector.waiting_ids() if task_id not in taken)
             if left:
@@ -633,42 +645,25 @@ class _Run(Generic[E]):
         self.unsure = {tid for tid in taken if copies[tid] <= self.resubmitted[tid]}
         return taken
 
-    def _retries(self, entries: list[Entry], copies: Counter[str]) -> Iterator[list[Entry]]:
-        """The retries of ``entries`` found fewer times than submitted (``copies``, read
-        as each attempt's are taken), as a worker seals them (:func:`retry_bodies`):
-        every task's next attempt before any task's one after. Most retries waiting are
-        second attempts; with ``--max-attempts 100``, attempts 2 to 100 of one task before
-        the next one's ran a stop of 20,000 tasks out of its time."""
-        looking = [(task_id, retry_bodies(self.master.codec, body)) for task_id, body in entries]
-        while looking:
-            going, attempt = [], []
-            for task_id, attempts in looking:
-                if copies[task_id] > self.resubmitted[task_id]:
-                    continue  # every copy found
-                bodies = next(attempts, None)
-                if bodies is not None:
-                    going.append((task_id, attempts))
-                    attempt += [(task_id, retry) for retry in bodies]
-            if attempt:
-                yield attempt
-            looking = going
-
     def _take_back(
         self,
         entries: Iterator[Entry],
         deadline: float,
         taken: set[str],
         copies: Counter[str],
+        seconds: float | None = None,
     ) -> str | None:
         """Withdraw ``entries``' bodies a batch at a time, into ``taken`` and ``copies``;
-        why it stopped before their end, None when it got there."""
+        why it stopped before their end, None when it got there. ``seconds``: the time
+        it had, as said when ``deadline`` passes (the drain's by default)."""
         while batch := list(itertools.islice(entries, MESSAGE_BATCH)):
             try:
                 while batch:  # again for the copies of a task submitted again
                     if self.hurry.is_set():
                         return "a second signal"
                     if time.perf_counter() >= deadline:
-                        return f"its {self.spec.drain_seconds:g} s to do so ran out"
+                        had = self.spec.drain_seconds if seconds is None else seconds
+                        return f"its {had:g} s to do so ran out"
                     with self.link.call(), self.health.liveness.waiting("job"):
                         gone = self.producer.withdraw([body for _, body in batch])
                     found = [entry for entry, out in zip(batch, gone, strict=True) if out]
@@ -681,8 +676,13 @@ class _Run(Generic[E]):
 
     def _never_submitted(self, withdrawn: set[str]) -> None:
         """An endless ``--rate`` job's stop is its end: the tasks taken back and not
-        answered during the drain never ran, and count as never submitted."""
-        gone = [task_id for task_id in withdrawn if self.collector.is_waiting(task_id)]
+        answered during the drain never ran, and count as never submitted. Not one whose
+        retry was taken back: it ran an attempt that failed, and counts as missing."""
+        gone = [
+            task_id
+            for task_id in withdrawn
+            if self.collector.is_waiting(task_id) and task_id not in self.retried
+        ]
         if not gone:
             return
         for task_id in gone:
@@ -712,10 +712,37 @@ class _Run(Generic[E]):
                 try:
                     self._collect(min(0.5, deadline - time.perf_counter()))
                 except TransportError:
-                    break  # no reconnecting on the way out
+                    break  # no reconnecting on the way out, nor the look after the drain
+            else:
+                withdrawn |= self._retried_in_drain(withdrawn)
         finally:  # a setting refused mid-drain too
             if self.spec.tasks is None:
                 self._never_submitted(withdrawn)
+
+    def _retried_in_drain(self, withdrawn: set[str]) -> set[str]:
+        """After the drain, the retries of the tasks still unanswered that its first look
+        did not take back (a worker held them), taken back: a worker that failed one
+        meanwhile sent its retry after that look, and it ran after the stop, or was
+        dead-lettered, its master gone. Within :data:`RETRY_LOOK_SECONDS`; none when the
+        broker failed its last call, or after a second signal."""
+        if not (self.producer.takes_back and self.answering) or self.hurry.is_set():
+            return set()
+        left = self.ledger.waiting(
+            lambda task_id: self.collector.is_waiting(task_id) and task_id not in withdrawn
+        )
+        taken: set[str] = set()
+        copies: Counter[str] = Counter()
+        deadline = time.perf_counter() + RETRY_LOOK_SECONDS
+        for attempt in retries_by_attempt(self.master.codec, left, taken.__contains__):
+            why = self._take_back(iter(attempt), deadline, taken, copies, RETRY_LOOK_SECONDS)
+            if why is not None:
+                self.console.error(
+                    f"did not look for all the retries of the {len(left)} tasks in flight "
+                    f"at the stop ({why}): one a worker sent stays queued"
+                )
+                break
+        self.retried |= taken
+        return taken
 
     def _status(self, elapsed: float) -> None:
         r = self.report

@@ -33,10 +33,13 @@ import distq.executor as executing
 import jobs
 from conftest import REPO, Target
 from distq.config import Settings
+from distq.ending import Endings
 from distq.errors import BrokenExecutor, MessageTooLarge, RemoteError, TaskTimeout
 from distq.futures import DistqFuture
+from distq.transport import Settlement
 from launch import LocalRedis
 from procs import Distq
+from seam import fetch_n
 
 pytestmark = pytest.mark.integration
 
@@ -1198,6 +1201,57 @@ def test_shutdown_cancel_futures_met_by_a_broker_failure_still_cancels_once_back
     assert not pending, f"{len(pending)} futures still wait for their results"
     assert all(f.cancelled() for f in queued)
     ex.shutdown(wait=True)
+
+
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("way", ["cancel", "shutdown", "close", "task_timeout"])
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_cancel_takes_back_a_retry_queued_or_waiting_out_its_delay(
+    target: Target, executor: Open, way: str
+) -> None:
+    """Two tasks failed on a worker, each retried as a worker sends a retry: one queued
+    again at once, one waiting out a 30 s delay. ``cancel()``, ``shutdown(cancel_futures=
+    True)`` and ``close()`` (Ctrl-C in ``distq submit --wait``) took neither back: the
+    futures stayed pending (cancel() False) and both retries were left for a worker to
+    run (or, nobody waiting, dead-letter) after the user cancelled them; ``task_timeout``
+    left them too ("a worker has it")."""
+    ex = executor(task_timeout=10.0 if way == "task_timeout" else None)
+    futures = [ex.submit(jobs.add, i, i) for i in range(2)]
+    with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as worker:
+        consumer = worker.consumer("stop34-worker")
+        try:
+            taken = fetch_n(consumer, 2)
+            assert len(taken) == 2
+            endings = Endings("stop34-worker", target.settings.queue, None)
+            settlements = []
+            for delivery, delay in zip(taken, (0.0, 30.0), strict=True):
+                task = endings.codec.open_task(delivery.body)
+                failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
+                assert failed.outcome == "retried"
+                retry = failed.settlement.retry
+                settlements.append(Settlement(delivery, retry=retry, retry_delay=delay))
+            consumer.settle(settlements)
+        finally:
+            consumer.close()
+        assert ex.stats().ready == 2  # both retries on the broker, none leased
+        if way == "cancel":
+            assert [future.cancel() for future in futures] == [True, True]
+            assert ex.stats().ready == 0
+        elif way == "shutdown":
+            ex.shutdown(wait=False, cancel_futures=True)
+            concurrent.futures.wait(futures, timeout=10)
+        elif way == "close":
+            ex.close()
+        else:
+            concurrent.futures.wait(futures, timeout=30)
+            for future in futures:
+                with pytest.raises(TaskTimeout, match="it was withdrawn from the queue"):
+                    future.result(0)
+            assert ex.stats().ready == 0
+            return
+        assert all(future.cancelled() for future in futures), futures
+        if target.name == "redis":  # on manager the queues closed with the executor
+            assert worker.stats().ready == 0
 
 
 def test_cancelling_a_wrapped_future_does_not_hold_up_the_event_loop_while_the_broker_hangs(

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import Target
 from distq.codec import Codec
+from distq.config import Settings
 from distq.console import Console
 from distq.ending import Endings
 from distq.master import JobReport, JobSpec, Master
 from distq.squares import Squares
-from distq.transport import Settlement, Transport
+from distq.transport import Settlement, Transport, open_transport
+from distq.transport.rabbitmq_link import CLOSE_SECONDS
+from launch import LocalRedis
 from procs import Spawn
+from relay import SilentRelay
 from seam import fetch_n
 
 pytestmark = pytest.mark.integration
@@ -104,6 +110,110 @@ def test_a_stopped_master_takes_back_its_retries_queued_or_waiting_out_their_del
 
 # RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
 @pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_stop_takes_back_the_retries_its_tasks_in_flight_made_during_the_drain(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """Two tasks in a worker's hands as the master stops; during the drain both fail,
+    one retried at once, one after a 30 s delay. The stop looked for retries once, at
+    its start: both were left for a worker to run (or, its master gone, dead-letter)
+    after the stop, 2 ready where none should be. It looks again after the drain."""
+    stop = threading.Event()
+    out = io.StringIO()
+    spec = JobSpec(tasks=2, drain_seconds=3)
+    master = Master(hosted, Console(out=out, err=out))
+    reports: list[JobReport] = []
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+    run.start()
+    consumer = remote.consumer("stop34-worker")
+    try:
+        taken = fetch_n(consumer, 2)
+        assert len(taken) == 2, out.getvalue()
+        stop.set()
+        time.sleep(1.0)  # the stop's first look is over: nothing queued, both in hand
+        endings = Endings("stop34-worker", target.settings.queue, None)
+        settlements = []
+        for delivery, delay in zip(taken, (0.0, 30.0), strict=True):
+            task = endings.codec.open_task(delivery.body)
+            failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
+            settlements.append(
+                Settlement(delivery, retry=failed.settlement.retry, retry_delay=delay)
+            )
+        consumer.settle(settlements)
+        run.join(30)
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()
+    assert reports and reports[0].missing == 2, out.getvalue()
+    assert hosted.stats().ready == 0, out.getvalue()
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_look_for_retries_after_the_drain_that_runs_out_says_its_own_time(
+    target: Target, hosted: Transport, remote: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look after the drain has RETRY_LOOK_SECONDS, not the drain's time: run out, its
+    line named the drain's ("its 3 s to do so ran out")."""
+    monkeypatch.setattr("distq.master.RETRY_LOOK_SECONDS", 0.0)
+    stop = threading.Event()
+    out = io.StringIO()
+    master = Master(hosted, Console(out=out, err=out))
+    run = threading.Thread(
+        target=lambda: master.run(JobSpec(tasks=1, drain_seconds=3), Squares(), stop)
+    )
+    run.start()
+    consumer = remote.consumer("stop34-worker")
+    try:
+        assert len(fetch_n(consumer, 1)) == 1, out.getvalue()  # in hand: not taken back
+        stop.set()
+        run.join(30)
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()
+    assert (
+        "did not look for all the retries of the 1 tasks in flight at the stop (its 0 s to do "
+        "so ran out)" in out.getvalue()
+    ), out.getvalue()
+
+
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_an_endless_jobs_task_whose_retry_was_taken_back_counts_as_missing(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """An endless ``--rate`` job stopped as one of its tasks, failed once on a worker,
+    waits out its retry delay: the stop took the retry back and counted the task as
+    never submitted, as if it had never run, and its failed attempt was nowhere in the
+    summary. It ran: it counts as submitted, and missing (no result came)."""
+    stop = threading.Event()
+    out = io.StringIO()
+    spec = JobSpec(tasks=None, rate=4, drain_seconds=1, status_every=60)
+    master = Master(hosted, Console(out=out, err=out))
+    reports: list[JobReport] = []
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+    run.start()
+    consumer = remote.consumer("stop34-worker")
+    try:
+        [delivery] = fetch_n(consumer, 1)
+        endings = Endings("stop34-worker", target.settings.queue, None)
+        task = endings.codec.open_task(delivery.body)
+        failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
+        consumer.settle([Settlement(delivery, retry=failed.settlement.retry, retry_delay=30.0)])
+        stop.set()
+        run.join(30)
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()
+    said = out.getvalue()
+    assert reports and reports[0].missing == 1, said
+    assert f"missing 1 results: square({task.args[0]}) [{task.id}]" in said, said
+    assert hosted.stats().ready == 0, said
+
+
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
 def test_a_master_past_its_timeout_takes_back_its_queued_tasks(
     target: Target, hosted: Transport
 ) -> None:
@@ -116,3 +226,83 @@ def test_a_master_past_its_timeout_takes_back_its_queued_tasks(
     assert report.missing == 4 and not report.succeeded, out.getvalue()
     assert "job timed out" in out.getvalue(), out.getvalue()
     assert hosted.stats().ready == 0, out.getvalue()
+
+
+def test_a_stop_cuts_short_a_call_under_way_to_a_paused_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM as the master waits on a Redis that stopped answering (SIGSTOP), in a
+    reconcile or a wait for results: the call ran out its socket timeout (a block slice
+    + 5 s: 10 s with a 30 s lease) before the stop went on. It waits a second past the
+    stop at most now, and the stop says it took nothing back."""
+    monkeypatch.setattr("distq.master.RECONCILE_SECONDS", 0.2)
+    out = io.StringIO()
+    stop = threading.Event()
+    reports: list[JobReport] = []
+    with LocalRedis(tmp_path).start() as server:
+        settings = Settings(
+            transport="redis", redis_url=server.url, lease_seconds=30.0, queue="paused"
+        )
+        transport = open_transport(settings, "master")
+        master = Master(transport, Console(out=out, err=out))
+        spec = JobSpec(tasks=4, drain_seconds=3)
+        run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+        run.start()
+        try:
+            deadline = time.monotonic() + 10
+            while transport.stats().ready < 4:  # submitted, no worker: it waits for results
+                assert time.monotonic() < deadline, out.getvalue()
+                time.sleep(0.05)
+            server.pause()
+            time.sleep(1.0)  # in a call now: a reconcile, or a wait for results
+            stopped = time.monotonic()
+            stop.set()
+            run.join(30)
+            took = time.monotonic() - stopped
+        finally:
+            stop.set()
+            server.resume()
+            run.join(30)
+            transport.close()
+    said = out.getvalue()
+    assert reports and reports[0].missing == 4, said
+    assert took < 3.0, f"the stop waited {took:.1f} s on the paused Redis: {said}"
+    assert "did not take back the 4 tasks not answered (the broker failed its last call" in said
+
+
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+def test_a_stop_on_a_rabbitmq_cut_off_waits_for_one_close_not_for_each(target: Target) -> None:
+    """A stop as RabbitMQ is cut off (nothing passes, no reset), before any call failed:
+    after the drain, the producer's close waited CLOSE_SECONDS for the delete of its
+    reply queue, then the transport's close as long again for its admin link (11.1 s
+    from the signal to the exit, with the 5 s drain). Once one close got no answer, the
+    next does not wait for the broker."""
+    relay = SilentRelay.to_url(target.settings.amqp_url)
+    settings = dataclasses.replace(target.settings, amqp_url=relay.url)
+    out = io.StringIO()
+    stop = threading.Event()
+    reports: list[JobReport] = []
+    transport = open_transport(settings, "master")
+    try:
+        master = Master(transport, Console(out=out, err=out))
+        spec = JobSpec(tasks=4, drain_seconds=1)
+        run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+        run.start()
+        deadline = time.monotonic() + 20
+        while transport.stats().ready < 4:  # published, no worker: it waits for results
+            assert time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.05)
+        relay.silence()
+        stopped = time.monotonic()
+        stop.set()
+        run.join(30)
+        transport.close()
+        took = time.monotonic() - stopped
+    finally:
+        stop.set()
+        transport.close()
+        relay.close()
+    said = out.getvalue()
+    assert reports and reports[0].missing == 4, said
+    # the drain, then one close's wait: not a second one
+    assert took < spec.drain_seconds + CLOSE_SECONDS + 1.5, f"the stop took {took:.1f} s: {said}"

@@ -38,6 +38,7 @@ class BrokerGoneAtWithdraw:
     """A producer whose broker answers nothing, then fails when a task is taken back."""
 
     lapsed = False  # what its reconcile found: no lapse
+    takes_back = True  # a Redis's or a manager's: it withdraws
 
     def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
         return []
@@ -140,6 +141,7 @@ class AnswersAtOnce:
     """A producer whose worker answers every task in the same round trip."""
 
     lapsed = False  # what its reconcile found: no lapse
+    takes_back = True  # a Redis's or a manager's: it withdraws
 
     def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
         return [answer(body) for body in bodies]
@@ -192,6 +194,7 @@ class DroppedWhileIdle:
     reconnected, the broker holds none of what was sent (``reconcile`` says 0)."""
 
     lapsed = False  # what its reconcile found: no lapse
+    takes_back = True  # a Redis's or a manager's: it withdraws
 
     reply_to = "r"
 
@@ -278,6 +281,7 @@ class BrokerAway:
     """A producer whose broker never answers again."""
 
     lapsed = False  # what its reconcile found: no lapse
+    takes_back = True  # a Redis's or a manager's: it withdraws
 
     def __init__(self) -> None:
         self.calls = 0
@@ -351,6 +355,7 @@ class Hangs:
     """A producer whose broker never answers a results read until ``release`` is set."""
 
     lapsed = False  # what its reconcile found: no lapse
+    takes_back = True  # a Redis's or a manager's: it withdraws
 
     def __init__(self) -> None:
         import threading
@@ -631,6 +636,7 @@ class RefusedWithResultsWaiting:
     no task is leased: the last results come with the last lease's end)."""
 
     lapsed = False  # what its reconcile found: no lapse
+    takes_back = True  # a Redis's or a manager's: it withdraws
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
@@ -680,6 +686,7 @@ class FailsOnceAtWithdraw:
     withdraw fails (the connection dropped just then), and it answers again after."""
 
     lapsed = False  # what its reconcile found: no lapse
+    takes_back = True  # a Redis's or a manager's: it withdraws
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
@@ -725,6 +732,38 @@ def test_close_stops_at_once_when_the_broker_fails_as_it_takes_the_tasks_back() 
         error = entry.future.exception(0)
         assert isinstance(error, BrokenExecutor), error
         assert "the executor was closed" in str(error)
+    finally:
+        dispatcher.put(Stop(False, abandon="the test is over"))
+        dispatcher.join(10)
+
+
+class FailsAtTheRetries(FailsOnceAtWithdraw):
+    """A producer whose first withdraw takes back the first of the tasks sent, the
+    second not queued (it failed once: its retry waits out its delay), and whose next
+    withdraw, of that retry, fails (the connection dropped just then)."""
+
+    def withdraw(self, bodies: Any) -> list[bool]:
+        if self.failed:
+            raise TransportError("Redis at 127.0.0.1:1: Connection closed by server.")
+        self.failed = True
+        return [body == self.sent[0] for body in bodies]
+
+
+def test_a_cancel_whose_look_for_the_retries_fails_cancels_the_tasks_taken_back_before() -> None:
+    """cancel() of two tasks sent: the first taken back off the queue, then the look for
+    the second's retry fails. Neither future was cancelled: the first waited for a
+    result that never comes, its task gone, until an outage's reconcile sent it again."""
+    callbacks = Callbacks()
+    producer = FailsAtTheRetries()
+    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    queued, retrying = _entry(dispatcher, callbacks), _entry(dispatcher, callbacks)
+    dispatcher.start()
+    try:
+        assert dispatcher.put(Submit([queued, retrying]))
+        _until(lambda: len(producer.sent) == 2)  # sent: cancel() has to withdraw them
+        answers = dispatcher.cancel([queued.future, retrying.future])
+        assert answers == [True, False]
+        assert queued.future.cancelled() and not retrying.future.done()
     finally:
         dispatcher.put(Stop(False, abandon="the test is over"))
         dispatcher.join(10)

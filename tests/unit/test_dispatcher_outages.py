@@ -148,6 +148,7 @@ class HangsThenFails:
 
     lapsed = False
     reply_to = "r"
+    takes_back = True  # a Redis's: it withdraws
 
     def __init__(self, hang: float) -> None:
         self.hang = hang

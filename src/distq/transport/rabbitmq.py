@@ -280,6 +280,9 @@ class RabbitMQTransport(Transport):
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
         self._admin: Link | None = None
+        # a producer's close got no answer (a broker paused or cut off): the closes after
+        # it do not wait for the broker (a stopping master waited CLOSE_SECONDS twice)
+        self.unanswered = False
         # tasks done on a lost link by any of this process's consumers (see
         # results_only): whichever slot gets a copy acks it
         self.done_copies = BodySet(_DONE_LOST_KEPT)
@@ -580,17 +583,20 @@ class RabbitMQTransport(Transport):
     def close(self) -> None:
         """Close every producer and consumer still open, then the admin connection.
 
-        Call it after the threads using them are done: pika is not thread-safe.
+        Call it after the threads using them are done: pika is not thread-safe. Within
+        :data:`CLOSE_SECONDS` for the admin link, at once after a producer's close got no
+        answer (:attr:`unanswered`).
         """
         for child in list(self._children):
             child.close()
+        seconds = 0.01 if self.unanswered else CLOSE_SECONDS
         # a sampler thread may be stuck in an admin call to a hung broker (no heartbeats
         # there), holding the lock: then the admin link is left to the ending process
-        if not self._lock.acquire(timeout=CLOSE_SECONDS):
+        if not self._lock.acquire(timeout=seconds):
             return
         try:
             if self._admin is not None:
-                self._admin.close()
+                self._admin.close(seconds)
                 self._admin = None
         finally:
             self._lock.release()
@@ -769,10 +775,13 @@ class RabbitMQProducer(Producer):
         (paused, cut off) is not waited for again to close (6 s, twice the bound)."""
         self._transport.forget(self)
         by = time.monotonic() + CLOSE_SECONDS
+        answered = True
         if self._link.is_open:
             with contextlib.suppress(*PikaError):
-                self._link.fast.queue_delete(self.reply_to, CLOSE_SECONDS)
+                answered = self._link.fast.queue_delete(self.reply_to, CLOSE_SECONDS)
         self._link.close(max(0.01, by - time.monotonic()))
+        if not answered:  # nor will the transport's admin link be: not waited for again
+            self._transport.unanswered = True
 
     def stop_waiting_on(self, stop: threading.Event) -> None:
         """:meth:`reconcile`'s wait for confirms ends (TransportError) once ``stop`` is set."""

@@ -98,6 +98,7 @@ import inspect
 import logging
 import secrets
 import shlex
+import threading
 import time
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -934,6 +935,11 @@ class RedisProducer(Producer):
         # no script: the registration lapses master_ttl after its last renewal, the
         # result list a minute after that (see the key table)
         self._w.close()
+
+    def stop_waiting_on(self, stop: threading.Event) -> None:
+        """A call under way when ``stop`` is set gives up a second past its own wait
+        (:meth:`Wire.stop_waiting_on`): on a Redis gone silent, not the socket timeout."""
+        self._w.stop_waiting_on(stop)
 
 
 class RedisConsumer(Consumer):

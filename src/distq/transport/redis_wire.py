@@ -13,6 +13,7 @@ What is sent, and why: :mod:`distq.transport.redis`.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -28,6 +29,11 @@ CHECK_ANSWER_SECONDS = 1.0
 #: The commands that wait on the server (for ``block``), whose answer a wire's
 #: ``answer_within`` does not bound: the connection's socket timeout does.
 BLOCKING = frozenset({"BLMOVE"})
+#: How long past its own wait (a BLMOVE's block) a call under way when a stop came still
+#: waits for the start of its answer (:meth:`Wire.stop_waiting_on`), and how often it
+#: looks whether the stop came.
+STOPPED_ANSWER_SECONDS = 1.0
+STOP_LOOK_SECONDS = 0.1
 
 
 class Commands(Protocol):
@@ -119,6 +125,15 @@ class Wire:
         self._conn: Any = None
         self._links = 0  # connections taken from the pool so far
         self._used = time.monotonic()  # the last call's end
+        self._stop: threading.Event | None = None  # see stop_waiting_on
+
+    def stop_waiting_on(self, stop: threading.Event) -> None:
+        """A call under way when ``stop`` is set waits for the start of each answer
+        :data:`STOPPED_ANSWER_SECONDS` past its own wait at most, then fails (a
+        :class:`redis.TimeoutError`) and drops the connection: a stopping master waited
+        out the whole socket timeout (a block slice + 5 s) on a Redis gone silent. The
+        calls made once it is set wait as before (a stop's own, on a Redis that answers)."""
+        self._stop = stop
 
     @property
     def link(self) -> int | None:
@@ -131,9 +146,10 @@ class Wire:
     def execute_command(self, *args: Arg, **options: Any) -> Any:
         """One command; its reply as redis-py parses it, an error reply raised."""
         conn = self._connection()
+        stop = self._stop_to_watch()
         try:
             conn.send_command(*args)
-            return self._answer(conn, self.answer_within, self._why)
+            return self._answer(conn, self.answer_within, self._why, stop, args)
         except ResponseError:
             raise  # a whole reply was read: the connection is fine
         except BaseException:
@@ -177,6 +193,7 @@ class Wire:
         exception (not raised: see :func:`raise_first`). Each reply is added to
         ``replies`` as it is read, so a caller whose call fails has those read before."""
         conn = self._connection()
+        stop = self._stop_to_watch()
         try:
             conn.send_packed_command(conn.pack_commands(commands))
             if replies is None:
@@ -184,7 +201,7 @@ class Wire:
             for command in commands:
                 within = None if command[0] in BLOCKING else self.answer_within
                 try:
-                    replies.append(self._answer(conn, within, self._why))
+                    replies.append(self._answer(conn, within, self._why, stop, command))
                 except ResponseError as exc:
                     replies.append(exc)
             return replies
@@ -194,14 +211,30 @@ class Wire:
         finally:
             self._used = time.monotonic()
 
+    def _stop_to_watch(self) -> threading.Event | None:
+        """The stop a call made now watches for: none once it is set."""
+        stop = self._stop
+        return None if stop is None or stop.is_set() else stop
+
     @staticmethod
-    def _answer(conn: Any, within: float | None, why: str = "") -> Any:
+    def _answer(
+        conn: Any,
+        within: float | None,
+        why: str = "",
+        stop: threading.Event | None = None,
+        command: Sequence[Arg] = (),
+    ) -> Any:
         """The next reply on ``conn``, its start waited for ``within`` s at most (None: the
-        socket timeout); once it starts, the rest within the socket timeout."""
+        socket timeout); once it starts, the rest within the socket timeout. With
+        ``stop``, set meanwhile: not past ``command``'s own wait (a BLMOVE's) +
+        :data:`STOPPED_ANSWER_SECONDS`."""
         if within is not None and not conn.can_read(timeout=within):
             raise redis.TimeoutError(
                 f"Timeout reading from socket (no answer in {within:.1f} s{why})"
             )
+        if within is None and stop is not None:
+            block = float(command[-1]) if command[0] in BLOCKING else 0.0
+            _await_unless_stopped(conn, stop, block)
         return conn.read_response()
 
     def _connection(self) -> Any:
@@ -236,6 +269,22 @@ class Wire:
         if conn is not None:
             conn.deregister_connect_callback(self._reconnected)
             self._pool.release(conn)
+
+
+def _await_unless_stopped(conn: Any, stop: threading.Event, block: float) -> None:
+    """Wait for the start of ``conn``'s next reply (up to its socket timeout, as a read
+    does), unless ``stop`` is set and ``block`` + :data:`STOPPED_ANSWER_SECONDS` passed."""
+    started = time.monotonic()
+    limit = conn.socket_timeout
+    while not conn.can_read(timeout=STOP_LOOK_SECONDS):
+        waited = time.monotonic() - started
+        if stop.is_set() and waited >= block + STOPPED_ANSWER_SECONDS:
+            raise redis.TimeoutError(
+                f"Timeout reading from socket (no answer in {waited:.1f} s, and stopping: "
+                "not waiting longer)"
+            )
+        if limit is not None and waited >= limit:
+            raise redis.TimeoutError(f"Timeout reading from socket (no answer in {waited:.1f} s)")
 
 
 def raise_first(replies: Any) -> None:
