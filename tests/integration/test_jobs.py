@@ -357,11 +357,13 @@ def test_rate_mode_runs_until_stopped(spawn: Spawn, tmp_path: Path) -> None:
     args = ("--rate", "40", "--status-every", "0.5", "--report", str(report), "-q")
     master = start_master(spawn, *args)
     spawn("worker", "-q")
-    status = r"^submitted (\d+), results \d+ \(ok \d+, failed 0, wrong 0\), in flight \d+, "
-    forty = status.replace(r"(\d+)", r"([4-9]\d|\d{3,})", 1)  # 40 submitted or more
-    # two lines, the last with 40 or more: a master stopped for over a second resumes its
-    # pace without a burst, and a SIGTERM at its second line left 23 to 27 tasks in all
-    master.wait_for(status + r"(?:.*\n)+" + forty, timeout=20)
+    status = r"^submitted \d+, results (\d+) \(ok \d+, failed 0, wrong 0\), in flight \d+, "
+    forty = status.replace(r"(\d+)", r"([4-9]\d|\d{3,})", 1)  # 40 results in or more
+    # two lines, the last with 40 results or more: a master stopped for over a second
+    # resumes its pace without a burst, and a SIGTERM at its second line left 23 to 27
+    # tasks in all. 40 results, not 40 submitted: a worker starved for 2 s (the CI of
+    # 0b8af73) had taken none by then, the stop withdrew them all, and the report said 0
+    master.wait_for(status + r"(?:.*\n)+" + forty, timeout=30)
     master.signal(signal.SIGTERM)
     assert master.wait(30) == 0, master.output()
     data = json.loads(report.read_text())
