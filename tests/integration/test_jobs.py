@@ -36,7 +36,8 @@ def test_job_completes_with_every_result_once(spawn: Spawn, tmp_path: Path) -> N
     master = start_master(
         spawn, "--tasks", "200", "--task-delay", "0.02", "--timeout", "60", "--report", str(report)
     )
-    workers = [spawn("worker", "--exit-when-idle", "3", "-q") for _ in range(2)]
+    # stopped once the master is done: --exit-when-idle 3 had each test wait out 3 s
+    workers = [spawn("worker", "-q") for _ in range(2)]
     assert master.wait(90) == 0, master.output()
     out = master.output()
     lines = RESULT_LINE.findall(out)
@@ -47,6 +48,7 @@ def test_job_completes_with_every_result_once(spawn: Spawn, tmp_path: Path) -> N
     data = json.loads(report.read_text())
     assert (data["ok"], data["failed"], data["missing"], data["duplicates"]) == (200, 0, 0, 0)
     for worker in workers:
+        worker.signal(signal.SIGTERM)
         assert worker.wait(30) == 0, worker.output()
     done = [re.search(r"worker exit\. (\d+) ok", w.output()) for w in workers]
     assert sum(int(m.group(1)) for m in done if m) >= 200
@@ -94,12 +96,14 @@ def test_a_task_longer_than_its_lease_runs_once(
     master.wait_for(r"^master .* transport")
     # a third worker, idle, takes any task whose lease lapses while it runs: with two,
     # a keeper renewing every 3.3 s against a 1 s lease went unnoticed (both were busy
-    # until the job ended)
-    workers = [spawn("worker", "--exit-when-idle", "2", env=env) for _ in range(3)]
+    # until the job ended). No --exit-when-idle: idle for 2 s, it left before a lease
+    # could lapse (2 s after the claim), and each test waited out those 2 s at its end
+    workers = [spawn("worker", env=env) for _ in range(3)]
     assert master.wait(60) == 0, master.output()
     data = json.loads(report.read_text())
     assert (data["ok"], data["missing"], data["duplicates"]) == (2, 0, 0)
     for worker in workers:
+        worker.signal(signal.SIGTERM)
         assert worker.wait(30) == 0, worker.output()
     runs = [re.findall(r"Get task (\d+) from", w.output()) for w in workers]
     # two leases long each, yet no lease lapsed: no task was handed to a second worker
