@@ -281,6 +281,8 @@ def test_a_certificate_refused_mid_run_stops_worker_and_master_with_exit_3(
             "DISTQ_REDIS_URL": f"rediss://127.0.0.1:{port}/0",
             "DISTQ_TLS_CA_FILE": str(pki.ca.cert),
             "DISTQ_QUEUE": f"tls{secrets.token_hex(4)}",
+            # the worker stops warm, its 30 s task in hand: 2 s for it, not the 20 s default
+            "DISTQ_DRAIN_SECONDS": "2",
         }
     )
     report = tmp_path / "report.json"
