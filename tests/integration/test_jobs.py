@@ -36,7 +36,8 @@ def test_job_completes_with_every_result_once(spawn: Spawn, tmp_path: Path) -> N
     master = start_master(
         spawn, "--tasks", "200", "--task-delay", "0.02", "--timeout", "60", "--report", str(report)
     )
-    workers = [spawn("worker", "--exit-when-idle", "3", "-q") for _ in range(2)]
+    # stopped once the master is done: --exit-when-idle 3 had each test wait out 3 s
+    workers = [spawn("worker", "-q") for _ in range(2)]
     assert master.wait(90) == 0, master.output()
     out = master.output()
     lines = RESULT_LINE.findall(out)
@@ -47,6 +48,7 @@ def test_job_completes_with_every_result_once(spawn: Spawn, tmp_path: Path) -> N
     data = json.loads(report.read_text())
     assert (data["ok"], data["failed"], data["missing"], data["duplicates"]) == (200, 0, 0, 0)
     for worker in workers:
+        worker.signal(signal.SIGTERM)
         assert worker.wait(30) == 0, worker.output()
     done = [re.search(r"worker exit\. (\d+) ok", w.output()) for w in workers]
     assert sum(int(m.group(1)) for m in done if m) >= 200
@@ -94,12 +96,14 @@ def test_a_task_longer_than_its_lease_runs_once(
     master.wait_for(r"^master .* transport")
     # a third worker, idle, takes any task whose lease lapses while it runs: with two,
     # a keeper renewing every 3.3 s against a 1 s lease went unnoticed (both were busy
-    # until the job ended)
-    workers = [spawn("worker", "--exit-when-idle", "2", env=env) for _ in range(3)]
+    # until the job ended). No --exit-when-idle: idle for 2 s, it left before a lease
+    # could lapse (2 s after the claim), and each test waited out those 2 s at its end
+    workers = [spawn("worker", env=env) for _ in range(3)]
     assert master.wait(60) == 0, master.output()
     data = json.loads(report.read_text())
     assert (data["ok"], data["missing"], data["duplicates"]) == (2, 0, 0)
     for worker in workers:
+        worker.signal(signal.SIGTERM)
         assert worker.wait(30) == 0, worker.output()
     runs = [re.findall(r"Get task (\d+) from", w.output()) for w in workers]
     # two leases long each, yet no lease lapsed: no task was handed to a second worker
@@ -247,10 +251,14 @@ def test_two_masters_on_one_broker_get_their_own_results(spawn: Spawn, tmp_path:
         "--report",
         str(tmp_path / "two.json"),
     )
-    for _ in range(2):
-        spawn("worker", "--exit-when-idle", "3", "-q")
+    # No --exit-when-idle: the workers start beside the masters, and idle for 3 s while
+    # both masters were held up 4 s (a loaded machine) they left 270 tasks no one ran
+    workers = [spawn("worker", "-q") for _ in range(2)]
     assert one.wait(90) == 0, one.output()
     assert two.wait(90) == 0, two.output()
+    for worker in workers:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.output()
     assert len(RESULT_LINE.findall(one.output())) == 150
     assert len(RESULT_LINE.findall(two.output())) == 120
     for name, count in (("one", 150), ("two", 120)):

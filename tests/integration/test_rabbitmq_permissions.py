@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -67,7 +68,9 @@ def _distq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_readmes_permissions_run_every_role(server: LocalRabbitMQ) -> None:
     queue = f"t{secrets.token_hex(4)}"
     env = _env(_user(server, queue), queue)
-    worker = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "3"], env)
+    # No --exit-when-idle: a command that took 3.5 s to start (a loaded machine) found
+    # the worker gone, idle for 3 s, and `submit --wait` waited its 30 s for no one
+    worker = Distq(["worker", "--tasks", "jobs"], env)
     try:
         job = _distq(env, "master", "--tasks", "20", "--timeout", "60", "--quiet")
         assert job.returncode == 0, job.stdout + job.stderr
@@ -86,6 +89,7 @@ def test_the_readmes_permissions_run_every_role(server: LocalRabbitMQ) -> None:
         for args in (["status"], ["dead-letters"], ["requeue-dead"]):
             done = _distq(env, *args)
             assert done.returncode == 0, (args, done.stdout, done.stderr)
+        worker.signal(signal.SIGTERM)
         assert worker.wait(60) == 0, worker.output()
     finally:
         worker.stop()

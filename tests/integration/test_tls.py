@@ -12,6 +12,7 @@ import contextlib
 import json
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -139,10 +140,13 @@ def process_env(distq: dict[str, str]) -> dict[str, str]:
 def test_a_job_runs_over_tls(broker: TlsBroker, pki: Pki, tmp_path: Path) -> None:
     env = environment(broker, pki, tmp_path)
     master = Distq(["master", "--tasks", "20", "--timeout", "60"], env)
-    worker = Distq(["worker", "--exit-when-idle", "2", "--concurrency", "2"], env)
+    # No --exit-when-idle: it starts beside the master, and idle for 2 s while the master
+    # was held up 4 s (a loaded machine) it left the 20 tasks to no one (60 s, exit 1)
+    worker = Distq(["worker", "--concurrency", "2"], env)
     try:
         assert master.wait(90) == 0, master.output() + worker.output()
         assert "all 20 results in and correct" in master.output()
+        worker.signal(signal.SIGTERM)
         assert worker.wait(30) == 0, worker.output()
     finally:
         master.stop()
@@ -277,6 +281,8 @@ def test_a_certificate_refused_mid_run_stops_worker_and_master_with_exit_3(
             "DISTQ_REDIS_URL": f"rediss://127.0.0.1:{port}/0",
             "DISTQ_TLS_CA_FILE": str(pki.ca.cert),
             "DISTQ_QUEUE": f"tls{secrets.token_hex(4)}",
+            # the worker stops warm, its 30 s task in hand: 2 s for it, not the 20 s default
+            "DISTQ_DRAIN_SECONDS": "2",
         }
     )
     report = tmp_path / "report.json"
