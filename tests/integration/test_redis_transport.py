@@ -35,9 +35,10 @@ from brokers import Broker
 from conftest import Target
 from distq import commands
 from distq.codec import Codec
+from distq.collector import Collector
 from distq.config import MESSAGE_BATCH, Settings
 from distq.console import Console
-from distq.envelope import NO_REPLY, DeadLetter, Task
+from distq.envelope import NO_REPLY, DeadLetter, Result, Task
 from distq.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -1767,6 +1768,29 @@ def test_a_wait_for_one_result_reads_it_in_the_wait_s_own_reply(
     assert producer.results(1, timeout=0.2) == []
     assert producer.results(5, timeout=0) == []
     assert raw.llen(producer.reply_to) == 0  # each acknowledged once read
+
+
+def test_a_collect_waiting_for_one_task_reads_its_result_in_the_wait_s_own_reply(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collect while one task waits asks for one result, as the master's submit does:
+    a master's collect after its submit's wait ran out, an executor's every wait for a
+    lone future (issue 16). Asked for a batch, the BLMOVE's reply held the result and an
+    LRANGE read it again. A second result there waits for the next collect, not lost."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    codec = Codec()
+    collector: Collector[str] = Collector(lambda *_: None, codec=codec)
+    collector.expect([("a", "a"), ("b", "b")])
+    answers = [codec.seal_result(Result(i, "ok", "w", 1, 0.0, 0.0, 1)) for i in "ab"]
+    raw.lpush(producer.reply_to, answers[0])
+    assert collector.collect(producer, 2.0) == 1  # two wait: a batch, as before
+    sent = _pipelined(producer, monkeypatch)
+    raw.lpush(producer.reply_to, answers[1], answers[0])  # b, and a second copy of a
+    assert collector.collect(producer, 2.0) == 1 and collector.outstanding == 0
+    assert sent == [["EVALSHA", "BLMOVE"]]
+    assert collector.duplicates == 0  # the copy of a waits for the next take
+    assert collector.collect(producer, 0) == 0 and collector.duplicates == 1
 
 
 def test_a_lone_submit_refused_or_without_its_script_pushes_and_counts_it_once(
