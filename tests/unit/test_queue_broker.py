@@ -621,3 +621,12 @@ def test_settled_tokens_kept_as_runs_answer_as_a_set_would() -> None:
     assert list(tokens.starts) == [0, 20, 28] and list(tokens.ends) == [12, 20, 31]
     assert [t for t in range(-2, 40) if t in tokens] == sorted(added)
     assert -1 not in manager_broker._Tokens() and 0 not in manager_broker._Tokens()
+    clock = Clock()  # a peer's token of any value: settled as before, remembered as none
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.heartbeat("c", 5.0)  # a lease, that remembers what it settles
+    odd: list[object] = [1.0, 1 << 64, "1", None, -5, 7]
+    items = [(t, "r", b"result", None, 0.0, None) for t in odd]
+    broker.settle("q", "c", items)  # type: ignore[arg-type]
+    assert broker.get("r", 10, 0) == [b"result"] * len(odd)
+    assert remembered(broker, "c") == {7}

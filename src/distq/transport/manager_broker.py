@@ -69,6 +69,8 @@ class _Tokens:
         return self.count
 
     def __contains__(self, token: int) -> bool:
+        if type(token) is not int:  # a peer's any value: never a token the master issued
+            return False
         at = bisect_right(self.starts, token) - 1
         return at >= 0 and token <= self.ends[at]
 
@@ -77,6 +79,8 @@ class _Tokens:
             yield from range(start, end + 1)
 
     def add(self, token: int) -> None:
+        if type(token) is not int or not 0 <= token < 1 << 63:  # none the master issued
+            return
         starts, ends = self.starts, self.ends
         if not ends or token > ends[-1] + 1:  # past the last run: in order, mostly
             starts.append(token)
