@@ -216,7 +216,7 @@ def test_a_late_retry_sent_again_is_late_again_a_late_result_goes_once() -> None
 def remembered(broker: QueueBroker, consumer: str) -> set[int]:
     """The tokens ``consumer`` settled that the master remembers."""
     lease = broker._leases[consumer]
-    return lease.settled | lease.settled_before
+    return set(lease.settled) | set(lease.settled_before)
 
 
 def test_a_consumers_settled_tokens_are_remembered_a_lease_or_a_batch(
@@ -607,3 +607,26 @@ def test_a_reply_holds_batch_bytes_of_bodies_before_its_last() -> None:
     broker.put("r", [body] * 10)
     assert len(broker.get("r", 10, 0.0)) == 5
     assert len(broker.fetch("q", "c", 1, 0.0, 60.0)) == 1  # what is asked for, at most
+
+
+def test_settled_tokens_kept_as_runs_answer_as_a_set_would() -> None:
+    """The settled tokens are kept as runs of consecutive ones (_Tokens): a token added
+    twice, before, after, between and joining two runs, out of order, and one never
+    added answer as a set of them does."""
+    tokens, added = manager_broker._Tokens(), set[int]()
+    for token in [5, 5, 7, 6, 1, 3, 2, 10, 9, 12, 11, 20, 4, 8, 0, 30, 29, 31, 28]:
+        tokens.add(token)
+        added.add(token)
+        assert len(tokens) == len(added) and set(tokens) == added
+    assert list(tokens.starts) == [0, 20, 28] and list(tokens.ends) == [12, 20, 31]
+    assert [t for t in range(-2, 40) if t in tokens] == sorted(added)
+    assert -1 not in manager_broker._Tokens() and 0 not in manager_broker._Tokens()
+    clock = Clock()  # a peer's token of any value: settled as before, remembered as none
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.heartbeat("c", 5.0)  # a lease, that remembers what it settles
+    odd: list[object] = [1.0, 1 << 64, "1", None, -5, 7]
+    items = [(t, "r", b"result", None, 0.0, None) for t in odd]
+    broker.settle("q", "c", items)  # type: ignore[arg-type]
+    assert broker.get("r", 10, 0) == [b"result"] * len(odd)
+    assert remembered(broker, "c") == {7}

@@ -1132,6 +1132,17 @@ def _settle_size(settlement: Settlement) -> int:
     )
 
 
+def _whole_characters(kept: bytes) -> bytes:
+    """``kept``, the start of a body, without a UTF-8 character cut at its end: cut in
+    the middle of one, a text task's letter kept it in base64, no longer text."""
+    try:
+        kept.decode()
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data":  # a character cut, not bytes never text
+            return kept[: exc.start]
+    return kept
+
+
 def _largest(settlement: Settlement) -> int:
     """The bytes of a settlement's larger body the master reads: its result or its dead
     letter (a retry is its task again, which the master took)."""
@@ -1177,7 +1188,7 @@ class _TooLargeForMaster:
         settle, and the task ran again, each time, unanswered."""
         encoded = settlement.dead_letter or b""
         letter = DeadLetter.decode(encoded)
-        kept = letter.body[:OVERSIZED_KEPT_BYTES]
+        kept = _whole_characters(letter.body[:OVERSIZED_KEPT_BYTES])
         why = (
             f"the dead letter keeps the first {len(kept):,} bytes of the task: whole, it was "
             f"{len(encoded):,} bytes, too large for the master to read (its "
