@@ -140,6 +140,15 @@ def spawn(target: Target) -> Iterator[Spawn]:
 
 
 @pytest.fixture
+def workers() -> Iterator[list[Distq]]:
+    """The distq processes a test starts itself and adds here; each stopped at teardown."""
+    started: list[Distq] = []
+    yield started
+    for proc in started:
+        proc.stop(grace=3.0)
+
+
+@pytest.fixture
 def full_pipe() -> Iterator[tuple[io.TextIOWrapper, int]]:
     """A text stream on a pipe whose writing end is O_NONBLOCK and fills up, and the
     pipe's reading end (:func:`nonblocking.full_pipe`)."""

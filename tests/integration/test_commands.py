@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,14 +60,6 @@ def status(target: Target) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     found: dict[str, Any] = json.loads(done.stdout)
     return found
-
-
-@pytest.fixture
-def workers(target: Target) -> Iterator[list[Distq]]:
-    started: list[Distq] = []
-    yield started
-    for proc in started:
-        proc.stop(grace=3.0)
 
 
 def start_worker(target: Target, started: list[Distq], *extra: str) -> Distq:

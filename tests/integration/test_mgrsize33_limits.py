@@ -156,14 +156,6 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_even_if_its_answer_fails(
         consumer.close()
 
 
-@pytest.fixture
-def workers() -> Iterator[list[Distq]]:
-    started: list[Distq] = []
-    yield started
-    for proc in started:
-        proc.stop(grace=3.0)
-
-
 @pytest.mark.timeout(240)
 def test_a_task_far_over_a_workers_limit_is_dead_lettered_answered_on_every_transport(
     target: Target, hosted: Transport, workers: list[Distq]

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -27,14 +26,6 @@ SAID = {
     "redis": "a worker on Redis takes one task per message",
     "manager": "a worker on the manager takes one task per message",
 }
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Distq]]:
-    started: list[Distq] = []
-    yield started
-    for proc in started:
-        proc.stop(grace=3.0)
 
 
 def _letters(target: Target) -> list[dict[str, object]]:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from conftest import Target
@@ -16,14 +14,6 @@ from seam import results_of
 pytestmark = pytest.mark.integration
 
 KEY = "0123456789abcdef0123456789abcdef"
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Distq]]:
-    started: list[Distq] = []
-    yield started
-    for proc in started:
-        proc.stop(grace=3.0)
 
 
 def test_an_unsigned_task_over_a_signing_workers_limit_is_answered(

@@ -5,7 +5,6 @@ worker are named, not a line and a task its master waits for until its timeout."
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,14 +15,6 @@ from distq.transport import Transport
 from procs import Distq
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Distq]]:
-    started: list[Distq] = []
-    yield started
-    for proc in started:
-        proc.stop(grace=3.0)
 
 
 @pytest.mark.timeout(180)
