@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from distq.codec import Codec
+from distq.ending import Endings
 from distq.envelope import DeadLetter, Result, Task, new_id
 from distq.transport import Consumer, Delivery, Producer, Settlement, Transport
 
@@ -70,3 +72,17 @@ def dead_letter(
         time.sleep(0.05)
     consumer.close()
     producer.close()
+
+
+def retried(
+    endings: Endings, taken: Sequence[Delivery], delays: Sequence[float]
+) -> list[Settlement]:
+    """Each delivery failed once, retryably, as a worker's ``endings`` settle it: its
+    retry, queued after its delay in ``delays``."""
+    settlements = []
+    for delivery, delay in zip(taken, delays, strict=True):
+        task = endings.codec.open_task(delivery.body)
+        failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
+        assert failed.outcome == "retried" and failed.settlement.retry is not None
+        settlements.append(Settlement(delivery, retry=failed.settlement.retry, retry_delay=delay))
+    return settlements

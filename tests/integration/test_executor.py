@@ -36,10 +36,9 @@ from distq.config import Settings
 from distq.ending import Endings
 from distq.errors import BrokenExecutor, MessageTooLarge, RemoteError, TaskTimeout
 from distq.futures import DistqFuture
-from distq.transport import Settlement
 from launch import LocalRedis
 from procs import Distq
-from seam import fetch_n
+from seam import fetch_n, retried
 
 pytestmark = pytest.mark.integration
 
@@ -1223,14 +1222,7 @@ def test_a_cancel_takes_back_a_retry_queued_or_waiting_out_its_delay(
             taken = fetch_n(consumer, 2)
             assert len(taken) == 2
             endings = Endings("stop34-worker", target.settings.queue, None)
-            settlements = []
-            for delivery, delay in zip(taken, (0.0, 30.0), strict=True):
-                task = endings.codec.open_task(delivery.body)
-                failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
-                assert failed.outcome == "retried"
-                retry = failed.settlement.retry
-                settlements.append(Settlement(delivery, retry=retry, retry_delay=delay))
-            consumer.settle(settlements)
+            consumer.settle(retried(endings, taken, (0.0, 30.0)))
         finally:
             consumer.close()
         assert ex.stats().ready == 2  # both retries on the broker, none leased

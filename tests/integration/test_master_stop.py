@@ -19,12 +19,12 @@ from distq.console import Console
 from distq.ending import Endings
 from distq.master import JobReport, JobSpec, Master
 from distq.squares import Squares
-from distq.transport import Settlement, Transport, open_transport
+from distq.transport import Transport, open_transport
 from distq.transport.rabbitmq_link import CLOSE_SECONDS
 from launch import LocalRedis
 from procs import Spawn
 from relay import SilentRelay
-from seam import fetch_n
+from seam import fetch_n, retried
 
 pytestmark = pytest.mark.integration
 
@@ -90,14 +90,7 @@ def test_a_stopped_master_takes_back_its_retries_queued_or_waiting_out_their_del
         assert len(taken) == 2, out.getvalue()
         codec = Codec([new, old], queue=queue) if signing else None
         endings = Endings("stop33-worker", queue, codec)
-        settlements = []
-        for delivery, delay in zip(taken, (0.0, 30.0), strict=True):
-            task = endings.codec.open_task(delivery.body)
-            failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
-            assert failed.outcome == "retried"
-            retry = failed.settlement.retry
-            settlements.append(Settlement(delivery, retry=retry, retry_delay=delay))
-        consumer.settle(settlements)
+        consumer.settle(retried(endings, taken, (0.0, 30.0)))
         stop.set()
         run.join(30)
     finally:
@@ -131,14 +124,7 @@ def test_a_stop_takes_back_the_retries_its_tasks_in_flight_made_during_the_drain
         stop.set()
         time.sleep(1.0)  # the stop's first look is over: nothing queued, both in hand
         endings = Endings("stop34-worker", target.settings.queue, None)
-        settlements = []
-        for delivery, delay in zip(taken, (0.0, 30.0), strict=True):
-            task = endings.codec.open_task(delivery.body)
-            failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
-            settlements.append(
-                Settlement(delivery, retry=failed.settlement.retry, retry_delay=delay)
-            )
-        consumer.settle(settlements)
+        consumer.settle(retried(endings, taken, (0.0, 30.0)))
         run.join(30)
     finally:
         stop.set()
@@ -198,8 +184,7 @@ def test_an_endless_jobs_task_whose_retry_was_taken_back_counts_as_missing(
         [delivery] = fetch_n(consumer, 1)
         endings = Endings("stop34-worker", target.settings.queue, None)
         task = endings.codec.open_task(delivery.body)
-        failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
-        consumer.settle([Settlement(delivery, retry=failed.settlement.retry, retry_delay=30.0)])
+        consumer.settle(retried(endings, [delivery], [30.0]))
         stop.set()
         run.join(30)
     finally:

@@ -16,9 +16,9 @@ from distq.errors import TransportError
 from distq.master import JobReport, JobSpec, Master
 from distq.retries import retry_bodies
 from distq.squares import Squares
-from distq.transport import Delivery, Settlement, Transport
+from distq.transport import Delivery, Transport
 from distq.transport.manager import ManagerProducer, ManagerTransport
-from seam import fetch_n
+from seam import fetch_n, retried
 
 
 def test_a_stop_as_a_call_fails_makes_no_call_to_take_back_and_says_what_it_left(
@@ -267,12 +267,7 @@ def test_a_stop_looks_for_every_tasks_next_attempt_before_any_later_one(
         taken = fetch_n(consumer, tasks)
         assert len(taken) == tasks, out.getvalue()
         endings = Endings("stop33-worker", "distq")  # the fixture's queue: the default
-        settlements = []
-        for delivery in taken:
-            task = endings.codec.open_task(delivery.body)
-            failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
-            settlements.append(Settlement(delivery, retry=failed.settlement.retry, retry_delay=30))
-        consumer.settle(settlements)
+        consumer.settle(retried(endings, taken, [30.0] * len(taken)))
         stop.set()
         run.join(30)
     finally:
