@@ -22,7 +22,7 @@ from distq.batch import Batch, Running
 from distq.console import Console
 from distq.ending import Ending
 from distq.envelope import Task, shown
-from distq.errors import TransportError
+from distq.errors import CertificateRejected, ConfigError, TransportError
 from distq.errortext import describe
 from distq.health import WorkerHealth
 from distq.slots import Slot
@@ -136,20 +136,22 @@ class Keeper:
         cannot_start: Callable[[str, RuntimeError], None],
         lost: Callable[[Exception], None],
         back: Callable[[], None],
+        refused: Callable[[ConfigError | CertificateRejected], None],
     ) -> None:
         """``interval``: the heartbeat interval; ``stopping``: set on a warm stop. The
         callables are the worker's: ``settle`` a slot's endings and hand back its
         deliveries not started, ``count`` those handed back, ``drop_consumer`` after a
         failed call, ``timed_out`` makes a timed-out attempt's ending, ``start_slot`` a
         slot's new thread or ``cannot_start`` says why not (the worker stops), and
-        ``lost`` / ``back`` say an outage begins or ends (:class:`~distq.backoff.Outage`)."""
+        ``lost`` / ``back`` say an outage begins or ends (:class:`~distq.backoff.Outage`),
+        ``refused`` stops the worker on a setting or certificate the broker refused."""
         self.transport, self.health, self.outage, self.console = transport, health, outage, console
         self.interval, self.limits = interval, limits
         self._stopping = stopping
         self._settle, self._count, self._drop_consumer = settle, count, drop_consumer
         self._timed_out = timed_out
         self._start_slot, self._cannot_start = start_slot, cannot_start
-        self._lost, self._back = lost, back
+        self._lost, self._back, self._refused = lost, back, refused
         self.left_behind: list[threading.Thread] = []  # threads still in timed-out tasks
         self._said_late = False  # a renewal past the lease: said once
         self._renewal_took = 0.0  # how long the last batched renewal waited for its answer
@@ -196,9 +198,18 @@ class Keeper:
     @contextlib.contextmanager
     def _keeping(self, slots: list[Slot]) -> Iterator[None]:
         """The keeper's work on ``slots``, its failures said: a broker away, one line per
-        outage; anything else (the slot meets it again when it settles), once an interval."""
+        outage; a setting or certificate it refused stops the worker, as in a slot (said
+        at its exit; tried again an interval later, in silence, while it drains); anything
+        else (the slot meets it again when it settles), once an interval."""
         try:
             yield
+        except (ConfigError, CertificateRejected) as exc:
+            # a slot in a long task left it to the keeper, which called it a bug in distq
+            # once an interval (a certificate: an outage) and went on: the worker stopped
+            # only once the task had ended
+            self._refused(exc)
+            for slot in slots:
+                slot.renewed = time.monotonic()
         except TransportError as exc:
             self._renew_failed(slots, exc)
         except Exception as exc:  # not the broker's: distq's own

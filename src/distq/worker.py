@@ -203,6 +203,7 @@ class Worker:
             cannot_start=self._cannot_start,
             lost=self._lost,
             back=self._back,
+            refused=self._refused,
         )
 
     # -- lifecycle -------------------------------------------------------------

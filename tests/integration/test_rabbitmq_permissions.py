@@ -110,17 +110,23 @@ def test_permissions_taken_away_mid_job_stop_the_master_and_worker_exit_2(
     server: LocalRabbitMQ,
 ) -> None:
     """Before: both retried for ever without a word (the master until its --timeout,
-    exit 1, naming no reason)."""
+    exit 1, naming no reason). Then the worker's one slot, in its 30 s task, left the
+    refusal to its keeper, which said it 16 times as "a bug in distq" and went on: the
+    worker exited 2 only once the task had ended, its 2 s drain of no use."""
     queue = f"t{secrets.token_hex(4)}"
     url = _user(server, queue)
     env = _env(url, queue)
     user = url.split("//")[1].split(":")[0]
-    worker = Distq(["worker", "--tasks", "jobs"], env)
+    worker = Distq(["worker", "--tasks", "jobs"], {**env, "DISTQ_DRAIN_SECONDS": "2"})
     master = Distq(["master", "--tasks", "3", "--task-delay", "30", "--timeout", "150"], env)
     try:
         worker.wait_for("^Get task", timeout=60)
         server.ctl("set_permissions", "-p", "/", user, "^$", "^$", "^$")
         server.ctl("close_all_connections", "permissions taken away")
+        # the task has 25 s and more to run: the drain's 2 s, then the keeper's next tick
+        assert worker.wait(15) == 2, worker.output()
+        assert "bug in distq" not in worker.output(), worker.output()
+        assert worker.output().count(f"refused user '{user}'") == 1, worker.output()
         for proc in (master, worker):
             assert proc.wait(90) == 2, proc.output()
             assert f"refused user '{user}'" in proc.output(), proc.output()

@@ -1112,6 +1112,29 @@ def test_a_worker_refused_mid_run_exits_2_though_a_task_left_a_thread_running(
         assert "the worker exits 2 now, without waiting any longer" in out, out
 
 
+def test_a_worker_refused_while_its_one_slot_runs_a_long_task_stops_at_the_keepers_renewal(
+    redis_url: str, raw: redis.Redis[bytes]
+) -> None:
+    """Only the keeper calls Redis while the slot's 30 s task runs: it took the refusal
+    for "a bug in distq", said it once an interval, and the worker went on until the task
+    had ended, its 2 s drain of no use. Now it stops as a slot refused does."""
+    port = urlsplit(redis_url).port
+    with _acl_user(raw, "~*", "+@all") as user:
+        target = _redis_target(f"redis://{user}:pw@127.0.0.1:{port}/0")
+        queue = target.settings.queue
+        raw.lpush(queue, Task(name="jobs:sleep_then", args=[30, 1], reply_to=NO_REPLY).encode())
+        worker = Distq(["worker", "--tasks", "jobs"], target.process_env(DISTQ_DRAIN_SECONDS="2"))
+
+        def refuse() -> None:
+            raw.execute_command("ACL", "SETUSER", user, "resetkeys", "~distq:*")
+
+        started = time.monotonic()
+        out = _exits_2_after(worker, r"Get task jobs:sleep_then", refuse, raw, queue)
+        assert time.monotonic() - started < 15, out  # the task had 30 s to run
+        assert "bug in distq" not in out, out
+        assert out.count(f"refused user '{user}' access to a key") == 1, out
+
+
 def test_submit_wait_interrupted_twice_on_a_frozen_redis_exits_1_with_lines(
     tmp_path: Path,
 ) -> None:

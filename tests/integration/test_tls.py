@@ -267,13 +267,16 @@ def test_a_worker_gives_up_at_once_on_a_refused_certificate(
         worker.stop()
 
 
+@pytest.mark.parametrize("slots", [1, 2])
 def test_a_certificate_refused_mid_run_stops_worker_and_master_with_exit_3(
-    pki: Pki, tmp_path: Path
+    pki: Pki, tmp_path: Path, slots: int
 ) -> None:
     """Redis restarted with a certificate for another host name: worker and master went
     on reconnecting, saying "Connection closed by server; reconnecting" (the master until
     its timeout, exit 1), where a refused certificate at start is one line and exit 3
-    (sec16). Now the same mid-run, the master with its report."""
+    (sec16). Now the same mid-run, the master with its report. A worker of one slot, in
+    its 30 s task, left the refusal to its keeper, which took it for an outage: it
+    stopped only once the task had ended."""
     port = free_port()
     env = process_env(
         {
@@ -291,7 +294,7 @@ def test_a_certificate_refused_mid_run_stops_worker_and_master_with_exit_3(
     with redis_with(pki.server, pki.ca.cert, tmp_path / "good", port):
         master = Distq(["master", "--tasks", "5", "--task-delay", "30", "--timeout", "120",
                         "--report", str(report)], env)  # fmt: skip
-        worker = Distq(["worker", "--concurrency", "2"], env)
+        worker = Distq(["worker", "--concurrency", str(slots)], env)
         try:
             deadline = time.monotonic() + 30
             while "Get task" not in worker.output():
@@ -303,12 +306,14 @@ def test_a_certificate_refused_mid_run_stops_worker_and_master_with_exit_3(
             raise
     try:
         with redis_with(pki.elsewhere, pki.ca.cert, tmp_path / "bad", port):
-            assert worker.wait(60) == EXIT_UNREACHABLE, worker.output()
+            # the task has 25 s and more to run: the drain's 2 s, then the exit's
+            assert worker.wait(15) == EXIT_UNREACHABLE, worker.output()
             assert master.wait(60) == EXIT_UNREACHABLE, master.output()
         outputs = worker.output(), master.output()
     finally:
         master.stop()
         worker.stop()
+    assert outputs[0].count("certificate was refused") == 1, outputs[0]  # at the exit
     for out in outputs:
         assert "certificate was refused" in out and "Traceback" not in out, out
     assert "certificate was refused" in " ".join(json.loads(report.read_text())["problems"])

@@ -60,6 +60,7 @@ def _keeper(transport: Transport, interval: float, stopping: threading.Event) ->
         cannot_start=lambda which, exc: None,
         lost=lambda exc: None,
         back=lambda: None,
+        refused=lambda exc: None,
     )
 
 
