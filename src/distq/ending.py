@@ -46,7 +46,7 @@ from typing import Any, Literal, NamedTuple
 
 from distq.chunks import CHUNK_TASK
 from distq.codec import Codec
-from distq.envelope import NO_REPLY, DeadLetter, Result, Task, shown, wire_bytes
+from distq.envelope import NO_REPLY, DeadLetter, Result, Task, first_bytes, shown, wire_bytes
 from distq.errors import (
     BadSignature,
     EnvelopeError,
@@ -359,7 +359,7 @@ class Endings:
                     "give the workers at least the DISTQ_MAX_MESSAGE_BYTES of the process "
                     "that submits tasks",
                 )
-            body = body[:OVERSIZED_KEPT_BYTES]
+            body = first_bytes(body, OVERSIZED_KEPT_BYTES)
             reason += f"; the dead letter keeps its first {len(body):,} bytes"
         dead = self._dead(body, reason)
         kind = "" if reason.startswith("malformed") else "message, "
@@ -492,7 +492,7 @@ class Endings:
         room = min(len(body), OVERSIZED_KEPT_BYTES, limit // 4)
         while len(encoded) > limit and room > 0:
             # halved until it fits: JSON writes a control byte in 6 (diff17)
-            kept, room = body[:room], room // 2
+            kept, room = first_bytes(body, room), room // 2
             said = reason[: max(200, room)] + (
                 f"; the dead letter keeps the first {len(kept):,} bytes of the task (the "
                 f"broker takes no message over {limit:,})"

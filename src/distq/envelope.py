@@ -259,6 +259,21 @@ def wire_bytes(message: object) -> bytes:
     return safe_repr(message).encode("utf-8", "backslashreplace")
 
 
+def first_bytes(body: bytes, most: int) -> bytes:
+    """The first ``most`` bytes of ``body`` (a task, for its dead letter), without a UTF-8
+    character cut at their end: cut in the middle of one, a text task's letter kept it in
+    base64 (``body_b64``), no longer text. Bytes never text are cut where they fall."""
+    kept = body[:most]
+    if len(kept) == len(body):
+        return kept
+    try:
+        kept.decode()
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data":  # a character cut, not bytes never text
+            return kept[: exc.start]
+    return kept
+
+
 def _field(obj: dict[str, Any], name: str, kind: str, typ: type | tuple[type, ...]) -> Any:
     if name not in obj:
         raise EnvelopeError(f"{kind} lacks the field {name!r}")

@@ -1,7 +1,8 @@
 """A framed pack of tasks reaching a worker the CLI started: its dead letter names what
 the transport it came on does with packs (only RabbitMQ's messages have a type), and
 says it is a pack when it is over the size limit; a task of another envelope version
-over the limit is answered, as a version-1 one is."""
+over the limit is answered, as a version-1 one is, and its letter keeps whole characters.
+"""
 
 from __future__ import annotations
 
@@ -98,3 +99,37 @@ def test_a_pack_or_a_newer_task_over_the_limit_is_said_so_and_answered(
     assert reasons[0].startswith("malformed message: a pack of 3 task(s)"), reasons[0]
     assert f"refused whole: it is {len(body):,} bytes, over the limit of 2,048" in reasons[0]
     assert reasons[1].startswith("refused: task is "), reasons[1]
+
+
+def test_a_task_over_the_limit_cut_in_a_character_keeps_its_letter_text(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """At a worker of DISTQ_MAX_MESSAGE_BYTES=65536: a task of 100 KB whose 'é' spans
+    bytes 65,535-65,536. Its dead letter kept the first 64 KiB, half of that 'é': the
+    task in base64, no longer text (no 'body' in `distq dead-letters --json`)."""
+    reply = hosted.reply_queue(new_id())
+    producer = hosted.producer(reply)
+    head = Task("jobs.square", [""], reply).encode()
+    pad = (64 << 10) - 1 - head.index(b'[""]') - 2  # the 'é' from byte 65,535
+    sent = Task("jobs.square", ["x" * pad + "é" + "y" * 40_000], reply)
+    body = sent.encode()
+    assert body[(64 << 10) - 1 :].startswith("é".encode()), body.index("é".encode())
+    producer.submit([body])
+    env = target.process_env(DISTQ_MAX_MESSAGE_BYTES=str(64 << 10))
+    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], env)
+    workers.append(proc)
+    assert proc.wait(90) == 0, proc.output()
+    answers = results_of(producer, 1, within=30)
+    producer.close()
+    assert [(r.task_id, r.error_type) for r in answers] == [(sent.id, "MessageTooLarge")]
+    letters: list[dict[str, object]] = []
+    deadline = time.monotonic() + 30
+    while not letters and time.monotonic() < deadline:
+        letters = _letters(target)
+        if not letters:
+            time.sleep(0.2)
+    [letter] = letters
+    assert "body_b64" not in letter, str(letter["reason"])
+    kept = str(letter["body"]).encode()
+    assert kept == body[: (64 << 10) - 1], len(kept)  # cut before the 'é', not in it
+    assert "the dead letter keeps its first 65,535 bytes" in str(letter["reason"]), letter

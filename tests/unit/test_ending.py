@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -487,6 +488,20 @@ def test_a_dead_letter_is_held_to_the_limit_the_broker_refused_over(byte: bytes)
     kept = DeadLetter.decode(letter)
     assert body.startswith(kept.body) and len(kept.body) > 1000
     assert "the dead letter keeps the first" in kept.reason
+
+
+def test_a_dead_letter_held_to_the_brokers_limit_keeps_whole_characters() -> None:
+    """Held to a broker's 65,536 (a quarter of it: 16,384 bytes, then halved), a task
+    of an 'x' and then 'é's was cut in the middle of one: its letter kept it in base64
+    ('body_b64'), no longer text. It is cut before that 'é'."""
+    codec = Codec()
+    codec.hold_to(65536)
+    body = b"x" + "é".encode() * 60_000
+    ending = Endings("w1", "q", codec).malformed(Delivery(body, 1), EnvelopeError("not valid JSON"))
+    letter = json.loads(ending.settlement.dead_letter or b"")
+    assert "body_b64" not in letter, letter["reason"]
+    assert body.startswith(letter["body"].encode()) and len(letter["body"]) == 8192
+    assert "the dead letter keeps the first 16,383 bytes" in letter["reason"], letter["reason"]
 
 
 def test_a_chunks_lines_name_the_function_it_calls_as_its_metrics_do() -> None:

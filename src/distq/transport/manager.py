@@ -72,7 +72,7 @@ from distq.config import (
     Settings,
 )
 from distq.ending import Endings
-from distq.envelope import DeadLetter
+from distq.envelope import DeadLetter, first_bytes
 from distq.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -1132,17 +1132,6 @@ def _settle_size(settlement: Settlement) -> int:
     )
 
 
-def _whole_characters(kept: bytes) -> bytes:
-    """``kept``, the start of a body, without a UTF-8 character cut at its end: cut in
-    the middle of one, a text task's letter kept it in base64, no longer text."""
-    try:
-        kept.decode()
-    except UnicodeDecodeError as exc:
-        if exc.reason == "unexpected end of data":  # a character cut, not bytes never text
-            return kept[: exc.start]
-    return kept
-
-
 def _largest(settlement: Settlement) -> int:
     """The bytes of a settlement's larger body the master reads: its result or its dead
     letter (a retry is its task again, which the master took)."""
@@ -1188,7 +1177,7 @@ class _TooLargeForMaster:
         settle, and the task ran again, each time, unanswered."""
         encoded = settlement.dead_letter or b""
         letter = DeadLetter.decode(encoded)
-        kept = _whole_characters(letter.body[:OVERSIZED_KEPT_BYTES])
+        kept = first_bytes(letter.body, OVERSIZED_KEPT_BYTES)
         why = (
             f"the dead letter keeps the first {len(kept):,} bytes of the task: whole, it was "
             f"{len(encoded):,} bytes, too large for the master to read (its "
@@ -1255,7 +1244,9 @@ class _Oversized:
         except Exception:  # a bug: the task is dead-lettered all the same, unanswered
             log.exception("master at %s: cannot answer a task too large", self._address)
             reason = f"refused: {error}; not answered: the master failed to (see its log)"
-            letter = DeadLetter(body[:OVERSIZED_KEPT_BYTES], reason, queue, endings.worker_id)
+            letter = DeadLetter(
+                first_bytes(body, OVERSIZED_KEPT_BYTES), reason, queue, endings.worker_id
+            )
             return None, None, letter.encode()
         log.error("master at %s: %s", self._address, ending.note)
         result, dead = settlement.result, settlement.dead_letter
