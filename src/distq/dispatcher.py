@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,6 +143,9 @@ class Dispatcher(threading.Thread):
         self._unsent_order: deque[Entry] = deque()  # the same, oldest first (and cancelled)
         self._deadlines: list[tuple[float, str]] = []
         self.ledger = Ledger()  # what was sent, for the tasks a broker loses
+        # how many times each task still waited for was sent again after a reconcile: so
+        # many copies more of it may be queued, each taken back by a cancel
+        self._resubmitted: Counter[str] = Counter()
         self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
         self._offline = False  # waiting out an outage: nothing is asked of the broker
         self._answered = 0.0  # when the broker last answered a reconcile (monotonic)
@@ -355,6 +358,9 @@ class Dispatcher(threading.Thread):
             self.collector.read_waiting(self.producer)
         waiting = self.collector.waiting_ids().__contains__
         again = self.ledger.reconcile(held, waiting, self.collector.outstanding)
+        resubmitted = self._resubmitted
+        self._resubmitted = Counter({tid: n for tid, n in resubmitted.items() if waiting(tid)})
+        self._resubmitted.update(task_id for task_id, _ in again)
         if again:
             if not self._said_lost:  # a broker refusing them: once a recovery, not each try
                 self._said_lost = self._recovering
@@ -595,18 +601,35 @@ class Dispatcher(threading.Thread):
         """The producer's withdraw of ``entries``, where there is anything to ask and a
         broker to ask; for those not queued, of their retry, queued again or waiting out
         its delay (:func:`~distq.retries.retries_by_attempt`): a cancelled task that had
-        failed once ran again after it, its retry left. The ids taken back go into
-        ``taken`` call by call: those before a call that fails are gone all the same."""
+        failed once ran again after it, its retry left. Every copy of a task sent again
+        after a reconcile is taken, then the retries of one found fewer times than it was
+        sent (a worker may have failed a copy), as a stopped master does. The ids taken
+        back go into ``taken`` call by call: those before a call that fails are gone all
+        the same."""
         if not entries or self._offline or not self.producer.takes_back:
             return
-        gone = self.producer.withdraw([entry.body for entry in entries])
-        taken.update(entry.task.id for entry, out in zip(entries, gone, strict=True) if out)
-        rest = [(entry.task.id, entry.body) for entry in entries if entry.task.id not in taken]
-        for attempt in retries_by_attempt(self.codec, rest, taken.__contains__):
+        sent = [(entry.task.id, entry.body) for entry in entries]
+        copies: Counter[str] = Counter()  # of each id taken back
+        self._take_back(sent, taken, copies)
+
+        def every_copy_found(task_id: str) -> bool:
+            return copies[task_id] > self._resubmitted[task_id]
+
+        for attempt in retries_by_attempt(self.codec, sent, every_copy_found):
             for start in range(0, len(attempt), MESSAGE_BATCH):
-                batch = attempt[start : start + MESSAGE_BATCH]
-                gone = self.producer.withdraw([body for _, body in batch])
-                taken.update(task_id for (task_id, _), out in zip(batch, gone, strict=True) if out)
+                self._take_back(attempt[start : start + MESSAGE_BATCH], taken, copies)
+
+    def _take_back(
+        self, batch: list[tuple[str, bytes]], taken: set[str], copies: Counter[str]
+    ) -> None:
+        """Withdraw ``batch``'s bodies, into ``taken`` and ``copies``; those found of a
+        task sent again, again until no copy is found: one withdraw takes one copy."""
+        while batch:
+            gone = self.producer.withdraw([body for _, body in batch])
+            found = [entry for entry, out in zip(batch, gone, strict=True) if out]
+            taken.update(task_id for task_id, _ in found)
+            copies.update(task_id for task_id, _ in found)
+            batch = [entry for entry in found if entry[0] in self._resubmitted]
 
     def _prune_deadlines(self) -> None:
         """Drop the deadlines of tasks answered, cancelled or withdrawn before them.

@@ -1246,6 +1246,39 @@ def test_a_cancel_takes_back_a_retry_queued_or_waiting_out_its_delay(
             assert worker.stats().ready == 0
 
 
+@pytest.mark.parametrize("way", ["cancel", "shutdown", "task_timeout"])
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_cancel_takes_back_every_copy_of_a_task_submitted_again(
+    target: Target, executor: Open, way: str
+) -> None:
+    """Two tasks queued, then the broker's count of them lost (as a Redis restored from
+    an older snapshot: ``submitted`` 0), so the reconcile sent both again: each queued
+    twice. ``cancel()``, ``shutdown(cancel_futures=True)`` and ``task_timeout`` took one
+    copy of each back (cancel() True) and left the other for a worker to run after the
+    user cancelled it."""
+    ex = executor(task_timeout=6.0 if way == "task_timeout" else None)
+    futures = [ex.submit(jobs.add, i, i) for i in range(2)]
+    with redis.Redis.from_url(target.settings.redis_url) as client:
+        client.hset(f"{ex.reply_to}:state", "submitted", 0)
+    deadline = time.monotonic() + 20  # reconciled every 2 s
+    while ex.stats().ready < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ex.stats().ready == 4  # each task queued twice
+    if way == "cancel":
+        assert [future.cancel() for future in futures] == [True, True]
+    elif way == "shutdown":
+        ex.shutdown(wait=False, cancel_futures=True)
+        concurrent.futures.wait(futures, timeout=10)
+        assert all(future.cancelled() for future in futures), futures
+    else:
+        concurrent.futures.wait(futures, timeout=30)
+        for future in futures:
+            with pytest.raises(TaskTimeout, match="it was withdrawn from the queue"):
+                future.result(0)
+    with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as seen:
+        assert seen.stats().ready == 0  # no copy left to run
+
+
 def test_cancelling_a_wrapped_future_does_not_hold_up_the_event_loop_while_the_broker_hangs(
     tmp_path: Path,
 ) -> None:
