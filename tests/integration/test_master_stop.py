@@ -291,3 +291,28 @@ def test_a_stop_on_a_rabbitmq_cut_off_waits_for_one_close_not_for_each(target: T
     assert reports and reports[0].missing == 4, said
     # the drain, then one close's wait: not a second one
     assert took < spec.drain_seconds + CLOSE_SECONDS + 1.5, f"the stop took {took:.1f} s: {said}"
+
+
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+def test_a_rabbitmq_transport_whose_broker_came_back_waits_for_its_closes_again(
+    target: Target,
+) -> None:
+    """A producer's close that got no answer (the broker cut off) marked its transport
+    unanswered for good: a transport that lived on (an Executor's, after the cut healed)
+    closed its admin link at once later, on a broker that answered again (and left it
+    open to a sampler's call holding its lock). A close answered since clears the mark."""
+    relay = SilentRelay.to_url(target.settings.amqp_url)
+    settings = dataclasses.replace(target.settings, amqp_url=relay.url)
+    transport = open_transport(settings, "master")
+    try:
+        cut = transport.producer(transport.reply_queue("cut"))
+        relay.silence()  # this link's: the ones made after pass, as once the cut heals
+        cut.close()
+        assert transport.unanswered  # type: ignore[attr-defined]
+        healed = transport.producer(transport.reply_queue("healed"))
+        healed.submit([b"t1"])
+        healed.close()
+        assert not transport.unanswered  # type: ignore[attr-defined]
+    finally:
+        transport.close()
+        relay.close()
