@@ -711,8 +711,10 @@ class _Run(Generic[E]):
             ):
                 try:
                     self._collect(min(0.5, deadline - time.perf_counter()))
-                except TransportError:
-                    break  # no reconnecting on the way out, nor the look after the drain
+                except TransportError as exc:  # no reconnecting on the way out, nor the
+                    # look after the drain, nor a close that would wait on it again
+                    self.answering, self.failed_with = False, exc
+                    break
             else:
                 withdrawn |= self._retried_in_drain(withdrawn)
         finally:  # a setting refused mid-drain too

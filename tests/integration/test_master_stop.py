@@ -291,3 +291,76 @@ def test_a_stop_on_a_rabbitmq_cut_off_waits_for_one_close_not_for_each(target: T
     assert reports and reports[0].missing == 4, said
     # the drain, then one close's wait: not a second one
     assert took < spec.drain_seconds + CLOSE_SECONDS + 1.5, f"the stop took {took:.1f} s: {said}"
+
+
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+def test_a_rabbitmq_transport_whose_broker_came_back_waits_for_its_closes_again(
+    target: Target,
+) -> None:
+    """A producer's close that got no answer (the broker cut off) marked its transport
+    unanswered for good: a transport that lived on (an Executor's, after the cut healed)
+    closed its admin link at once later, on a broker that answered again (and left it
+    open to a sampler's call holding its lock). A close answered since clears the mark."""
+    relay = SilentRelay.to_url(target.settings.amqp_url)
+    settings = dataclasses.replace(target.settings, amqp_url=relay.url)
+    transport = open_transport(settings, "master")
+    try:
+        cut = transport.producer(transport.reply_queue("cut"))
+        relay.silence()  # this link's: the ones made after pass, as once the cut heals
+        cut.close()
+        assert transport.unanswered  # type: ignore[attr-defined]
+        healed = transport.producer(transport.reply_queue("healed"))
+        healed.submit([b"t1"])
+        healed.close()
+        assert not transport.unanswered  # type: ignore[attr-defined]
+    finally:
+        transport.close()
+        relay.close()
+
+
+def test_a_stop_cuts_short_its_own_call_to_a_redis_paused_after_it_began(
+    tmp_path: Path,
+) -> None:
+    """A Redis that stops answering (SIGSTOP) only once the stop began, as the drain
+    waits for the results of tasks a worker holds: the drain's call, made after the stop,
+    ran out its socket timeout (a block slice + 5 s), past the drain's time. It gives up
+    a second past its own wait now, and the tasks count as missing."""
+    out = io.StringIO()
+    stop = threading.Event()
+    reports: list[JobReport] = []
+    with LocalRedis(tmp_path).start() as server:
+        settings = Settings(
+            transport="redis", redis_url=server.url, lease_seconds=30.0, queue="pausedlate"
+        )
+        transport = open_transport(settings, "master")
+        worker = open_transport(settings, "worker")
+        master = Master(transport, Console(out=out, err=out))
+        spec = JobSpec(tasks=4, drain_seconds=3)
+        run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+        run.start()
+        consumer = worker.consumer("pausedlate-worker")
+        try:
+            assert len(fetch_n(consumer, 4)) == 4, out.getvalue()  # held: the drain waits
+            stopped = time.monotonic()
+            stop.set()
+            # the loop's wait under way at the stop (0.5 s at most) is over: the drain's
+            # withdraw done, its wait for results is a call made after the stop
+            time.sleep(1.0)
+            server.pause()
+            run.join(30)
+            took = time.monotonic() - stopped
+        finally:
+            stop.set()
+            server.resume()
+            run.join(30)
+            consumer.close()
+            worker.close()
+            transport.close()
+    said = out.getvalue()
+    assert reports and reports[0].missing == 4, said
+    # the drain's wait for results, 0.5 s, cut short a second past it: not the socket
+    # timeout (a block slice + 5 s), past the drain's 3 s
+    assert took < spec.drain_seconds + 1.0, (
+        f"the stop waited {took:.1f} s on the paused Redis: {said}"
+    )
+    assert "did not take back" not in said, said  # its withdraw was answered

@@ -6,12 +6,16 @@ already is left alone, and a task whose result arrives late runs no more."""
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 
 import pytest
 
 from distq.config import Settings
+from distq.errors import TransportError
 from distq.transport import Settlement, open_transport
+from distq.transport.manager_broker import QueueBroker
 from launch import free_port
 from seam import fetch_n, results_n
 
@@ -77,6 +81,63 @@ def test_a_settle_sent_again_after_its_consumer_closed_is_settled_already() -> N
         consumer.settle(settled)
         assert consumer.late == frozenset()
         assert results_n(producer, 2, within=1) == [b"ran a"]
+    finally:
+        remote.close()
+        hosted.close()
+
+
+def _waiting_in(method: object, within: float = 10.0) -> bool:
+    """Whether a thread of this process comes to be in ``method`` (the master's server
+    thread running a request) within ``within`` seconds."""
+    code = method.__code__  # type: ignore[attr-defined]
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for frame in sys._current_frames().values():
+            while frame is not None:
+                if frame.f_code is code:
+                    return True
+                frame = frame.f_back  # type: ignore[assignment]
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("then_fetch", [False, True], ids=["settle", "settle-then-fetch"])
+def test_a_settle_the_master_ran_as_it_stopped_is_answered(then_fetch: bool) -> None:
+    # the master's stop flag set while a settle waited on a busy master: the settle ran,
+    # its result went out, but its reply was withheld, and the worker counted the batch
+    # handed back (its exit line, health, metrics)
+    settings = _settings()
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    try:
+        reply_to = hosted.reply_queue("stopping")
+        producer = hosted.producer(reply_to)
+        producer.submit([b"a", b"b"])
+        consumer = remote.consumer("c1")
+        [delivery] = fetch_n(consumer, 1)
+        settled = [Settlement(delivery, reply_to=reply_to, result=b"ran a")]
+        got: list[object] = []
+
+        def settle() -> None:
+            try:
+                if then_fetch:
+                    got.append(consumer.settle_then_fetch(settled, 5))
+                else:
+                    consumer.settle(settled)
+                    got.append(None)
+            except TransportError as exc:
+                got.append(exc)
+
+        with hosted._broker._lock:  # type: ignore[attr-defined]  # a busy master
+            settling = threading.Thread(target=settle)
+            settling.start()
+            assert _waiting_in(QueueBroker.settle)
+            hosted._server.stop_event.set()  # type: ignore[attr-defined]  # close()'s stop
+        settling.join(10)
+        assert results_n(producer, 2, within=1) == [b"ran a"]
+        # answered; a fetch of a master that stopped leases nothing
+        assert got[0] in ([], None), got
     finally:
         remote.close()
         hosted.close()

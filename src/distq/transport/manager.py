@@ -278,8 +278,9 @@ class ManagerTransport(Transport):
                 )
             return
         wire.serving(conn)
-        conn.recv = _served_until(server.stop_event, conn.recv)  # type: ignore[method-assign]
-        conn.send = _sent_until(server.stop_event, conn.send)  # type: ignore[method-assign,assignment]
+        until = _ServedUntil(server.stop_event, conn)
+        conn.recv = until.recv  # type: ignore[method-assign]
+        conn.send = until.send  # type: ignore[method-assign]
         try:
             msg: tuple[str, Any] = ("#RETURN", getattr(server, name)(conn, *args, **kwds))
         except SystemExit:  # serve_client()'s end on EOF: the peer closed, or we stopped
@@ -534,34 +535,54 @@ class ManagerTransport(Transport):
         self._acceptor.join(timeout=1)
 
 
-def _served_until(stopped: threading.Event, recv: Callable[[], Any]) -> Callable[[], Any]:
-    """``recv``, ending the connection (``EOFError``, as a peer's close would) with a
-    request that comes once ``stopped`` is set: ``serve_client`` looks at it only before
-    it waits for the next request, so a connection idle when the master closed served
-    one more (a worker's fetch leased it a task of the master that had left)."""
+class _ServedUntil:
+    """A served connection's ``recv`` and ``send`` once its master's ``stopped`` is set.
 
-    def served() -> Any:
-        request = recv()
-        if stopped.is_set():
+    ``recv`` ends the connection (``EOFError``, as a peer's close would) with a request
+    that comes after: ``serve_client`` looks at the flag only before it waits for the
+    next request, so a connection idle when the master closed served one more (a
+    worker's fetch leased it a task of the master that had left).
+
+    ``send`` ends it instead of a reply, too: a call that came before the master closed,
+    a fetch waiting for tasks, was answered after it (an empty batch), and a worker took
+    the master for back ("reconnected to master ... after 0.0 s" after the master's
+    "master exit"). Except a settle's (:data:`_SETTLES`), which ran: its results went
+    out, and a worker not told counted its batch handed back (its exit line, health,
+    metrics); a settle-then-fetch's is sent with no tasks (those end with the master)."""
+
+    def __init__(self, stopped: threading.Event, conn: wire.ServedConnection) -> None:
+        self._stopped, self._recv, self._send = stopped, conn.recv, conn.send
+        self._method: object = None  # the request being served's
+
+    def recv(self) -> Any:
+        request = self._recv()
+        if self._stopped.is_set():
             raise EOFError("the master stopped")
+        self._method = request[1] if isinstance(request, tuple) and len(request) == 4 else None
         return request
 
-    return served
+    def send(self, obj: Any) -> None:
+        if self._stopped.is_set():
+            obj = _ran_before_the_stop(self._method, obj)
+            if obj is None:
+                raise EOFError("the master stopped")
+        self._send(obj)
 
 
-def _sent_until(stopped: threading.Event, send: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``send``, ending the connection (``EOFError``) instead of a reply once ``stopped``
-    is set: a call that came before the master closed, a fetch waiting for tasks, was
-    answered after it (an empty batch), and a worker took the master for back: it said
-    "reconnected to master ... after 0.0 s" after the master's "master exit". Its
-    queues end with it: what a call did there is gone with them."""
+#: The calls whose reply goes out once the master stopped: each ran, its results out.
+_SETTLES = frozenset({"settle", "settle_fetch", "settle_fetch_late"})
 
-    def sent(obj: Any) -> None:
-        if stopped.is_set():
-            raise EOFError("the master stopped")
-        send(obj)
 
-    return sent
+def _ran_before_the_stop(method: object, reply: Any) -> Any:
+    """``reply`` to ``method`` to send once the master stopped, without the tasks a
+    settle-then-fetch leased; None: none to send."""
+    if method not in _SETTLES or not isinstance(reply, tuple) or reply[:1] != ("#RETURN",):
+        return None
+    if method == "settle_fetch":
+        return ("#RETURN", [])
+    if method == "settle_fetch_late" and isinstance(reply[1], tuple):
+        return ("#RETURN", (reply[1][0], []))
+    return reply
 
 
 def _listen_error(exc: OSError) -> str:

@@ -280,8 +280,9 @@ class RabbitMQTransport(Transport):
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
         self._admin: Link | None = None
-        # a producer's close got no answer (a broker paused or cut off): the closes after
-        # it do not wait for the broker (a stopping master waited CLOSE_SECONDS twice)
+        # the last producer's close that asked got no answer (a broker paused or cut off):
+        # the closes after it do not wait for the broker (a stopping master waited
+        # CLOSE_SECONDS twice); one answered since clears it
         self.unanswered = False
         # tasks done on a lost link by any of this process's consumers (see
         # results_only): whichever slot gets a copy acks it
@@ -775,13 +776,14 @@ class RabbitMQProducer(Producer):
         (paused, cut off) is not waited for again to close (6 s, twice the bound)."""
         self._transport.forget(self)
         by = time.monotonic() + CLOSE_SECONDS
-        answered = True
+        answered: bool | None = None  # not asked: the link was lost, or refused the delete
         if self._link.is_open:
             with contextlib.suppress(*PikaError):
                 answered = self._link.fast.queue_delete(self.reply_to, CLOSE_SECONDS)
         self._link.close(max(0.01, by - time.monotonic()))
-        if not answered:  # nor will the transport's admin link be: not waited for again
-            self._transport.unanswered = True
+        if answered is not None:  # unanswered: nor will the transport's admin link be;
+            # answered: the broker is back (a cut healed), its closes waited for again
+            self._transport.unanswered = not answered
 
     def stop_waiting_on(self, stop: threading.Event) -> None:
         """:meth:`reconcile`'s wait for confirms ends (TransportError) once ``stop`` is set."""

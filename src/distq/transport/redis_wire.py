@@ -29,9 +29,9 @@ CHECK_ANSWER_SECONDS = 1.0
 #: The commands that wait on the server (for ``block``), whose answer a wire's
 #: ``answer_within`` does not bound: the connection's socket timeout does.
 BLOCKING = frozenset({"BLMOVE"})
-#: How long past its own wait (a BLMOVE's block) a call under way when a stop came still
-#: waits for the start of its answer (:meth:`Wire.stop_waiting_on`), and how often it
-#: looks whether the stop came.
+#: How long past its own wait (a BLMOVE's block) a call under way when a stop came, or
+#: made after it, still waits for the start of its answer (:meth:`Wire.stop_waiting_on`),
+#: and how often it looks whether the stop came.
 STOPPED_ANSWER_SECONDS = 1.0
 STOP_LOOK_SECONDS = 0.1
 
@@ -128,11 +128,12 @@ class Wire:
         self._stop: threading.Event | None = None  # see stop_waiting_on
 
     def stop_waiting_on(self, stop: threading.Event) -> None:
-        """A call under way when ``stop`` is set waits for the start of each answer
+        """A call under way when ``stop`` is set, or made after (the stop's own: the
+        drain's withdraw and result reads), waits for the start of each answer
         :data:`STOPPED_ANSWER_SECONDS` past its own wait at most, then fails (a
         :class:`redis.TimeoutError`) and drops the connection: a stopping master waited
-        out the whole socket timeout (a block slice + 5 s) on a Redis gone silent. The
-        calls made once it is set wait as before (a stop's own, on a Redis that answers)."""
+        out the whole socket timeout (a block slice + 5 s) on a Redis gone silent, before
+        the stop or once it began."""
         self._stop = stop
 
     @property
@@ -146,7 +147,7 @@ class Wire:
     def execute_command(self, *args: Arg, **options: Any) -> Any:
         """One command; its reply as redis-py parses it, an error reply raised."""
         conn = self._connection()
-        stop = self._stop_to_watch()
+        stop = self._stop
         try:
             conn.send_command(*args)
             return self._answer(conn, self.answer_within, self._why, stop, args)
@@ -193,7 +194,7 @@ class Wire:
         exception (not raised: see :func:`raise_first`). Each reply is added to
         ``replies`` as it is read, so a caller whose call fails has those read before."""
         conn = self._connection()
-        stop = self._stop_to_watch()
+        stop = self._stop
         try:
             conn.send_packed_command(conn.pack_commands(commands))
             if replies is None:
@@ -210,11 +211,6 @@ class Wire:
             raise
         finally:
             self._used = time.monotonic()
-
-    def _stop_to_watch(self) -> threading.Event | None:
-        """The stop a call made now watches for: none once it is set."""
-        stop = self._stop
-        return None if stop is None or stop.is_set() else stop
 
     @staticmethod
     def _answer(
