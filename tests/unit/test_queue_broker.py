@@ -630,3 +630,24 @@ def test_settled_tokens_kept_as_runs_answer_as_a_set_would() -> None:
     broker.settle("q", "c", items)  # type: ignore[arg-type]
     assert broker.get("r", 10, 0) == [b"result"] * len(odd)
     assert remembered(broker, "c") == {7}
+
+
+def test_settled_tokens_added_a_batch_at_a_time_answer_as_a_set_would() -> None:
+    """A settle adds its tokens at once (_Tokens.extend): a batch in a row as one run
+    (joining the last one when it follows it), any other batch token by token."""
+    tokens, added = manager_broker._Tokens(), set[int]()
+    batches = [[0, 1, 2], [3, 4], [10, 11], [5, 5], [9, 8], [12], [1 << 63], [20, 21, 22]]
+    for batch in batches:
+        tokens.extend(batch)
+        added.update(t for t in batch if 0 <= t < 1 << 63)
+        assert len(tokens) == len(added) and set(tokens) == added
+    assert list(tokens.starts) == [0, 8, 20] and list(tokens.ends) == [5, 12, 22]
+    clock = Clock()  # a batch settled twice in one call: published once
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.put("q", [b"a", b"b"])
+    leased = broker.fetch("q", "c", 2, 0, 5.0)
+    items = [(w[0], "r", b"result", None, 0.0, None) for w in leased]
+    broker.settle("q", "c", items + items)
+    assert broker.get("r", 10, 0) == [b"result"] * 2
+    assert remembered(broker, "c") == {w[0] for w in leased}

@@ -78,6 +78,28 @@ class _Tokens:
         for start, end in zip(self.starts, self.ends, strict=True):
             yield from range(start, end + 1)
 
+    def extend(self, tokens: list[int]) -> None:
+        """Add each of ``tokens``: a batch issued in a row and settled in order (the usual
+        settle) as one run, without a call a token."""
+        first, ends = tokens[0], self.ends
+        if (
+            type(first) is int
+            and first >= 0
+            and first + len(tokens) <= 1 << 63
+            and (not ends or first > ends[-1])
+            and tokens == list(range(first, first + len(tokens)))
+        ):
+            last = first + len(tokens) - 1
+            if ends and first == ends[-1] + 1:
+                ends[-1] = last
+            else:
+                self.starts.append(first)
+                ends.append(last)
+            self.count += len(tokens)
+            return
+        for token in tokens:
+            self.add(token)
+
     def add(self, token: int) -> None:
         if type(token) is not int or not 0 <= token < 1 << 63:  # none the master issued
             return
@@ -483,7 +505,7 @@ class QueueBroker:
         lease ended (:meth:`_end`): a settle that ran after its consumer's close (a
         keeper's, waiting on a busy master while the worker stopped), or sent again
         after it, is taken as one past a lapse is."""
-        now, late = self._clock(), list[int]()
+        now, late, fresh = self._clock(), list[int](), list[int]()
         with self._lock:
             owner = self._leases.get(consumer)
             if owner is None:
@@ -501,14 +523,14 @@ class QueueBroker:
                 if (
                     not held
                     and owner is not None
-                    and (token in owner.settled or token in owner.settled_before)
+                    and (token in owner.settled or token in owner.settled_before or token in fresh)
                 ):
                     continue
                 if not held and (retry is not None or dead is not None):
                     late.append(token)  # not remembered: late again if sent again
                     continue
                 if owner is not None:
-                    owner.settled.add(token)
+                    fresh.append(token)  # remembered after the loop, as runs
                 if reply_to is not None and result is not None and reply_to in self._replies:
                     self._push(reply_to, [result])
                 if not held:
@@ -520,6 +542,8 @@ class QueueBroker:
                         self._push(queue, [retry])
                 if dead is not None:
                     self._push(f"{queue}.dead", [dead])
+            if owner is not None and fresh:
+                owner.settled.extend(fresh)
         return late
 
     def _done_elsewhere(self, token: int, now: float) -> None:
