@@ -46,7 +46,7 @@ from distq.errors import (
     UnverifiedRefusal,
 )
 from distq.futures import Callbacks, DistqFuture
-from distq.ledger import Ledger, forget_orphans, submit_again
+from distq.ledger import Ledger, forget_orphans, submit_again, withdraw_once
 from distq.overdue import DEADLINES_KEPT, Overdue, time_out
 from distq.retries import retries_by_attempt
 from distq.transport import Producer, Transport
@@ -625,11 +625,7 @@ class Dispatcher(threading.Thread):
         """Withdraw ``batch``'s bodies, into ``taken`` and ``copies``; those found of a
         task sent again, again until no copy is found: one withdraw takes one copy."""
         while batch:
-            gone = self.producer.withdraw([body for _, body in batch])
-            found = [entry for entry, out in zip(batch, gone, strict=True) if out]
-            taken.update(task_id for task_id, _ in found)
-            copies.update(task_id for task_id, _ in found)
-            batch = [entry for entry in found if entry[0] in self._resubmitted]
+            batch = withdraw_once(self.producer, batch, taken, copies, self._resubmitted)
 
     def _prune_deadlines(self) -> None:
         """Drop the deadlines of tasks answered, cancelled or withdrawn before them.

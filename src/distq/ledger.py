@@ -19,15 +19,15 @@ keep one each.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 from distq.config import MESSAGE_BATCH
 from distq.errors import DistqError
 
 if TYPE_CHECKING:
-    from distq.transport.base import Transport
+    from distq.transport.base import Producer, Transport
 
 #: (task id, encoded task) as submitted.
 Entry = tuple[str, bytes]
@@ -92,6 +92,24 @@ class Ledger:
         self._total = held
         self.record(again)
         return again
+
+
+def withdraw_once(
+    producer: Producer,
+    batch: list[Entry],
+    taken: set[str],
+    copies: Counter[str],
+    resubmitted: Collection[str],
+) -> list[Entry]:
+    """One withdraw of ``batch``'s bodies, the ids found added to ``taken`` and counted
+    in ``copies``; those found of a task submitted again (``resubmitted``), to withdraw
+    again: one withdraw takes one copy. What a stopping master and a cancelling
+    executor do, each with its own bounds around it."""
+    gone = producer.withdraw([body for _, body in batch])
+    found = [entry for entry, out in zip(batch, gone, strict=True) if out]
+    taken.update(task_id for task_id, _ in found)
+    copies.update(task_id for task_id, _ in found)
+    return [entry for entry in found if entry[0] in resubmitted]
 
 
 def submit_again(submit: Callable[[list[bytes]], None], entries: list[Entry]) -> None:

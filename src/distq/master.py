@@ -46,7 +46,7 @@ from distq.envelope import Result, Task, new_id, shown
 from distq.errors import CertificateRejected, ConfigError, DistqError, TransportError
 from distq.errortext import MAX_MESSAGE_CHARS, cut
 from distq.health import ProcessHealth
-from distq.ledger import Entry, Ledger, forget_orphans, submit_again
+from distq.ledger import Entry, Ledger, forget_orphans, submit_again, withdraw_once
 from distq.retries import retries_by_attempt
 from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, Transport
@@ -665,11 +665,7 @@ class _Run(Generic[E]):
                         had = self.spec.drain_seconds if seconds is None else seconds
                         return f"its {had:g} s to do so ran out"
                     with self.link.call(), self.health.liveness.waiting("job"):
-                        gone = self.producer.withdraw([body for _, body in batch])
-                    found = [entry for entry, out in zip(batch, gone, strict=True) if out]
-                    taken.update(task_id for task_id, _ in found)
-                    copies.update(task_id for task_id, _ in found)
-                    batch = [entry for entry in found if entry[0] in self.resubmitted]
+                        batch = withdraw_once(self.producer, batch, taken, copies, self.resubmitted)
             except DistqError as exc:
                 return f"the broker failed: {exc}"  # no reconnecting on the way out
         return None
