@@ -132,13 +132,16 @@ class Collector(Generic[E]):
         self._pending.clear()
         return count
 
+    def wanted(self, max_count: int = MESSAGE_BATCH) -> int:
+        """How many results a read asks for: up to ``max_count``, at most as many as it
+        waits for (one for a lone task: Redis reads it in the wait's own reply, issue 16;
+        a copy waits for the next read), one at least."""
+        return max(1, min(max_count, self.outstanding))
+
     def collect(self, producer: Producer, timeout: float, max_count: int = MESSAGE_BATCH) -> int:
-        """Read up to ``max_count`` results (waiting up to ``timeout`` s for the first), at
-        most as many as it waits for (one for a lone task: Redis reads it in the wait's own
-        reply, issue 16; a copy waits for the next read), and hand them on; return how many
-        were first results."""
-        most = max(1, min(max_count, self.outstanding))
-        return self.accept(producer.results(most, timeout))
+        """Read the results it wants (:meth:`wanted`, waiting up to ``timeout`` s for the
+        first) and hand them on; return how many were first results."""
+        return self.accept(producer.results(self.wanted(max_count), timeout))
 
     def read_waiting(self, producer: Producer) -> None:
         """Read the results already in the reply queue, without waiting (bounded), before

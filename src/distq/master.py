@@ -558,9 +558,7 @@ class _Run(Generic[E]):
             if then_wait <= 0:
                 self.producer.submit(bodies)
                 return
-            # at most the results it waits for: one for a lone task, which Redis then
-            # reads in the wait's own reply (issue 16); a later copy waits for the next
-            most = max(1, min(MESSAGE_BATCH, self.collector.outstanding))
+            most = self.collector.wanted()
             self.collector.accept(self.producer.submit_then_results(bodies, most, then_wait))
         self._print_results()
 
