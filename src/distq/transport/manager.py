@@ -692,6 +692,17 @@ def _closed(address: str) -> TransportError:
     )
 
 
+def _master_limit(address: str, broker: wire.Broker) -> int | None:
+    """The master's DISTQ_MAX_MESSAGE_BYTES, as its ``message_limit`` tells it; None
+    from a master before getlim33, which has no such call (sent to as before)."""
+    try:
+        return _call(address, broker.message_limit)
+    except FailedRequest as exc:
+        if _OLDER_MASTER_LIMIT not in exc.traceback:
+            raise
+        return None
+
+
 def _call_list(
     address: str, method: Callable[..., list[_T] | None], *args: Any, **named: Any
 ) -> list[_T]:
@@ -755,11 +766,7 @@ class ManagerProducer(Producer):
         reconnected and sent it again, without end. The master's limit is asked once (a
         master before getlim33 tells none: sent as before)."""
         if self._master_most is None:
-            try:
-                self._master_most = _call(self._address, self._broker.message_limit)
-            except FailedRequest as exc:
-                if _OLDER_MASTER_LIMIT not in exc.traceback:
-                    raise
+            self._master_most = _master_limit(self._address, self._broker)
             if self._master_most is None:
                 return
         room, most = _sendable(self._master_most), self._master_most
@@ -881,11 +888,7 @@ class ManagerConsumer(Consumer):
         if self._too_large is None or all(_largest(s) <= _LEAST_ROOM for s in settlements):
             return settlements
         if not self._asked:
-            try:
-                self._master_most = _call(self._address, self._broker.message_limit)
-            except FailedRequest as exc:  # a master before getlim33: sent as before
-                if _OLDER_MASTER_LIMIT not in exc.traceback:
-                    raise
+            self._master_most = _master_limit(self._address, self._broker)
             self._asked = True
         if self._master_most is None:
             return settlements
