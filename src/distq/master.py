@@ -717,14 +717,18 @@ class _Run(Generic[E]):
 
     def _retried_in_drain(self, withdrawn: set[str]) -> set[str]:
         """After the drain, the retries of the tasks still unanswered that its first look
-        did not take back (a worker held them), taken back: a worker that failed one
+        did not take back (a worker held them), or took back fewer copies of than were
+        submitted (a worker may hold one), taken back: a worker that failed one
         meanwhile sent its retry after that look, and it ran after the stop, or was
         dead-lettered, its master gone. Within :data:`RETRY_LOOK_SECONDS`; none when the
         broker failed its last call, or after a second signal."""
         if not (self.producer.takes_back and self.answering) or self.hurry.is_set():
             return set()
         left = self.ledger.waiting(
-            lambda task_id: self.collector.is_waiting(task_id) and task_id not in withdrawn
+            lambda task_id: (
+                self.collector.is_waiting(task_id)
+                and (task_id not in withdrawn or task_id in self.unsure)
+            )
         )
         taken: set[str] = set()
         copies: Counter[str] = Counter()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from conftest import Target
 from distq.codec import Codec
@@ -194,6 +195,52 @@ def test_an_endless_jobs_task_whose_retry_was_taken_back_counts_as_missing(
     said = out.getvalue()
     assert reports and reports[0].missing == 1, said
     assert f"missing 1 results: square({task.args[0]}) [{task.id}]" in said, said
+    assert hosted.stats().ready == 0, said
+
+
+@pytest.mark.parametrize("tasks", [1, None], ids=["tasks", "endless"])
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
+    target: Target, hosted: Transport, tasks: int | None
+) -> None:
+    """A task in a worker's hands, then the broker's count of the job's tasks lost (as a
+    Redis restored from an older snapshot: ``submitted`` 0), so the reconcile submitted it
+    again: a copy queued. The stop took that copy back and waited for the one in hand,
+    which failed during the drain: the look for retries after the drain passed over the
+    task (taken back once already) and left its retry queued, for a worker to run after
+    the stop (1 ready where 0); an endless job counted it as never submitted, though it
+    ran an attempt that failed (0 missing where 1)."""
+    stop = threading.Event()
+    out = io.StringIO()
+    spec = JobSpec(tasks=tasks, rate=None if tasks else 0.1, drain_seconds=2, status_every=60)
+    master = Master(hosted, Console(out=out, err=out))
+    reports: list[JobReport] = []
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+    run.start()
+    # a lease that does not lapse meanwhile: the copy is the reconcile's, not the sweep's
+    worker = open_transport(dataclasses.replace(target.settings, lease_seconds=30.0), "worker")
+    consumer = worker.consumer("look35-worker")
+    try:
+        [delivery] = fetch_n(consumer, 1)
+        with redis.Redis.from_url(target.settings.redis_url) as client:
+            client.hset(f"{master.reply_to}:state", "submitted", 0)
+        deadline = time.monotonic() + 20  # reconciled every 2 s
+        while hosted.stats().ready < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hosted.stats().ready == 1, out.getvalue()  # the copy submitted again
+        stop.set()
+        time.sleep(1.0)  # the stop's first look took the copy; the drain waits for the other
+        endings = Endings("look35-worker", target.settings.queue, None)
+        consumer.settle(retried(endings, [delivery], [0.0]))
+        run.join(30)
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()
+        worker.close()
+    said = out.getvalue()
+    assert "submitting the 1 tasks among the others that wait for a result again" in said, said
+    assert reports and reports[0].missing == 1, said
     assert hosted.stats().ready == 0, said
 
 
