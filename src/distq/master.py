@@ -621,18 +621,20 @@ class _Run(Generic[E]):
             why = f"the broker failed its last call: {self.failed_with}"
         else:
             why = self._take_back(iter(entries), deadline, taken, copies)
-            queued = set(taken)
 
             def every_copy_found(task_id: str) -> bool:
                 return copies[task_id] > self.resubmitted[task_id]
 
             codec = self.master.codec
             retries = retries_by_attempt(codec, entries, every_copy_found)
+            # whose retry was found: they ran, a copy of them queued or not (submitted again)
+            retried: set[str] = set()
             for attempt in retries if why is None else ():
-                why = self._take_back(iter(attempt), deadline, taken, copies)
+                why = self._take_back(iter(attempt), deadline, retried, copies)
                 if why is not None:
                     break
-            self.retried |= taken - queued
+            taken |= retried
+            self.retried |= retried
         if why is not None:
             left = sum(1 for task_id in self.collector.waiting_ids() if task_id not in taken)
             if left:

@@ -198,10 +198,11 @@ def test_an_endless_jobs_task_whose_retry_was_taken_back_counts_as_missing(
     assert hosted.stats().ready == 0, said
 
 
+@pytest.mark.parametrize("failed", ["in-the-drain", "before-the-stop"])
 @pytest.mark.parametrize("tasks", [1, None], ids=["tasks", "endless"])
 @pytest.mark.parametrize("target", ["redis"], indirect=True)
 def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
-    target: Target, hosted: Transport, tasks: int | None
+    target: Target, hosted: Transport, tasks: int | None, failed: str
 ) -> None:
     """A task in a worker's hands, then the broker's count of the job's tasks lost (as a
     Redis restored from an older snapshot: ``submitted`` 0), so the reconcile submitted it
@@ -209,7 +210,9 @@ def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
     which failed during the drain: the look for retries after the drain passed over the
     task (taken back once already) and left its retry queued, for a worker to run after
     the stop (1 ready where 0); an endless job counted it as never submitted, though it
-    ran an attempt that failed (0 missing where 1)."""
+    ran an attempt that failed (0 missing where 1). Failed before the stop, its retry was
+    taken back with the copy, and an endless job counted it as never submitted all the
+    same: only a task of which no copy was queued counted as retried."""
     stop = threading.Event()
     out = io.StringIO()
     spec = JobSpec(tasks=tasks, rate=None if tasks else 0.1, drain_seconds=2, status_every=60)
@@ -220,6 +223,7 @@ def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
     # a lease that does not lapse meanwhile: the copy is the reconcile's, not the sweep's
     worker = open_transport(dataclasses.replace(target.settings, lease_seconds=30.0), "worker")
     consumer = worker.consumer("look35-worker")
+    endings = Endings("look35-worker", target.settings.queue, None)
     try:
         [delivery] = fetch_n(consumer, 1)
         with redis.Redis.from_url(target.settings.redis_url) as client:
@@ -228,10 +232,13 @@ def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
         while hosted.stats().ready < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert hosted.stats().ready == 1, out.getvalue()  # the copy submitted again
+        if failed == "before-the-stop":
+            consumer.settle(retried(endings, [delivery], [0.0]))
+            assert hosted.stats().ready == 2, out.getvalue()  # the copy and the retry
         stop.set()
-        time.sleep(1.0)  # the stop's first look took the copy; the drain waits for the other
-        endings = Endings("look35-worker", target.settings.queue, None)
-        consumer.settle(retried(endings, [delivery], [0.0]))
+        if failed == "in-the-drain":
+            time.sleep(1.0)  # the stop's first look took the copy; the drain waits for the other
+            consumer.settle(retried(endings, [delivery], [0.0]))
         run.join(30)
     finally:
         stop.set()
