@@ -20,12 +20,12 @@ from distq.console import Console
 from distq.ending import Endings
 from distq.master import JobReport, JobSpec, Master
 from distq.squares import Squares
-from distq.transport import Transport, open_transport
-from distq.transport.rabbitmq_link import CLOSE_SECONDS
+from distq.transport import Settlement, Transport, open_transport
+from distq.transport.rabbitmq_link import CLOSE_SECONDS, Link
 from launch import LocalRedis
 from procs import Spawn
 from relay import SilentRelay
-from seam import fetch_n, retried
+from seam import fetch_n, ok_result, retried
 
 pytestmark = pytest.mark.integration
 
@@ -418,3 +418,47 @@ def test_a_stop_cuts_short_its_own_call_to_a_redis_paused_after_it_began(
         f"the stop waited {took:.1f} s on the paused Redis: {said}"
     )
     assert "did not take back" not in said, said  # its withdraw was answered
+
+
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+def test_a_stop_during_a_wait_for_rabbitmqs_confirms_still_waits_for_the_results_in_flight(
+    target: Target, hosted: Transport, remote: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop came as a reconcile waited for the confirms of tasks just published, on a
+    RabbitMQ that answers: the wait ended at once, and the master took it for a broker
+    that failed its last call, so it skipped the wait for the results in flight (README:
+    "waits 5 s for the results in flight"): a task a worker finished a second later
+    counted as missing. The stop cuts the wait short; the drain still runs."""
+    monkeypatch.setattr("distq.master.RECONCILE_SECONDS", 0.0)  # a reconcile each turn
+    stop = threading.Event()
+    armed = threading.Event()
+    waited = Link.wait_for_confirms
+
+    def stopped_meanwhile(link: Link, until: threading.Event | None = None) -> bool:
+        if until is stop and armed.is_set() and link.unconfirmed:  # as the signal lands
+            stop.set()
+        return waited(link, until)
+
+    monkeypatch.setattr(Link, "wait_for_confirms", stopped_meanwhile)
+    out = io.StringIO()
+    spec = JobSpec(tasks=None, rate=400, drain_seconds=3, status_every=60)
+    master = Master(hosted, Console(out=out, err=out))
+    reports: list[JobReport] = []
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+    run.start()
+    consumer = remote.consumer("look35-worker")
+    try:
+        [delivery] = fetch_n(consumer, 1)
+        task = Codec().open_task(delivery.body)
+        armed.set()
+        assert stop.wait(20), out.getvalue()  # a reconcile met unconfirmed tasks
+        time.sleep(0.5)  # the task ends during the drain
+        value = task.args[0] ** 2
+        consumer.settle([Settlement(delivery, task.reply_to, ok_result(task, value))])
+        run.join(30)
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()
+    said = out.getvalue()
+    assert reports and reports[0].ok == 1, said

@@ -53,6 +53,10 @@ _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.va
 # a close (or a stopping master's last call) waits this long for a hung broker, then
 # aborts the socket: the process is ending, and leases bring back what it held
 CLOSE_SECONDS = 3.0
+#: How long a wait for confirms a stop came in still waits for them (Link.wait_for_confirms):
+#: cut at once, a stop that came in a reconcile on a broker that answered was taken for a
+#: failed call, and the master skipped its wait for the results in flight.
+STOPPED_CONFIRM_SECONDS = 1.0
 _BLOCKED_TIMEOUT = 60.0  # give up on a connection the broker blocks (memory/disk alarm)
 # what a nack most likely means: RabbitMQ gives no reason
 _REFUSED_WHY = (
@@ -478,12 +482,15 @@ class Link:
     def wait_for_confirms(self, stop: threading.Event | None = None) -> bool:
         """Block until every publish is confirmed (or refused), raising nothing for a
         refused or returned one: :attr:`failed` and :attr:`confirmed` say. False if
-        ``stop`` was set first (noticed within 5 s: pika's I/O loop wakes that often)."""
+        ``stop`` was set first (noticed within 5 s: pika's I/O loop wakes that often) and
+        the confirms did not come :data:`STOPPED_CONFIRM_SECONDS` after that."""
         if stop is None:
             self._wait_for_confirms(0)
             return True
         if self._unconfirmed:
             self.fast.wait(lambda: not self._unconfirmed or stop.is_set())
+        if self._unconfirmed:  # stopped as they were due: a broker that answers sends them
+            self.fast.wait(lambda: not self._unconfirmed, STOPPED_CONFIRM_SECONDS)
         if self._unconfirmed and stop.is_set():
             return False
         self._wait_for_confirms(0)
