@@ -506,6 +506,7 @@ class QueueBroker:
         keeper's, waiting on a busy master while the worker stopped), or sent again
         after it, is taken as one past a lapse is."""
         now, late, fresh = self._clock(), list[int](), list[int]()
+        seen: set[int] | None = None  # fresh's tokens, once a token not held comes
         with self._lock:
             owner = self._leases.get(consumer)
             if owner is None:
@@ -520,17 +521,18 @@ class QueueBroker:
                 if dead is not None:
                     dead = _as_body(dead)
                 held = owner is not None and owner.held.pop(token, None) is not None
-                if (
-                    not held
-                    and owner is not None
-                    and (token in owner.settled or token in owner.settled_before or token in fresh)
-                ):
-                    continue
+                if not held and owner is not None:
+                    if seen is None:  # a late settle: looked up in a set, not the list
+                        seen = set(fresh)
+                    if token in owner.settled or token in owner.settled_before or token in seen:
+                        continue
                 if not held and (retry is not None or dead is not None):
                     late.append(token)  # not remembered: late again if sent again
                     continue
                 if owner is not None:
                     fresh.append(token)  # remembered after the loop, as runs
+                    if seen is not None:
+                        seen.add(token)
                 if reply_to is not None and result is not None and reply_to in self._replies:
                     self._push(reply_to, [result])
                 if not held:
