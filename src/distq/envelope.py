@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from distq.errors import EnvelopeError, VersionMismatch
-from distq.limits import check_nesting
+from distq.limits import OVERSIZED_KEPT_BYTES, check_nesting
 
 VERSION = 1
 MAX_ATTEMPTS = 3  # attempts a task gets unless its master says otherwise (distq master's default)
@@ -620,3 +620,19 @@ class DeadLetter:
     def unreadable(self) -> bool:
         """Whether :meth:`read` found this entry unreadable (its body is the raw entry)."""
         return self.at == 0.0 and not self.worker and self.reason.startswith(UNREADABLE)
+
+
+def cut_letter(encoded: bytes, too_large: str) -> tuple[bytes, str]:
+    """A dead letter (``encoded``) too large for where it goes, keeping the first
+    :data:`~distq.limits.OVERSIZED_KEPT_BYTES` of its task (:func:`first_bytes`), and why,
+    which its reason ends with: how large it was, ``too_large`` saying for what. Sent
+    whole, it was refused and its task ran again, each time (a letter writes each quote
+    of a task's text in 4 bytes: four times a task that a broker took)."""
+    letter = DeadLetter.decode(encoded)
+    kept = first_bytes(letter.body, OVERSIZED_KEPT_BYTES)
+    why = (
+        f"the dead letter keeps the first {len(kept):,} bytes of the task: whole, it was "
+        f"{len(encoded):,} bytes, {too_large}"
+    )
+    cut = DeadLetter(kept, f"{letter.reason}; {why}", letter.queue, letter.worker, letter.at)
+    return cut.encode(), why

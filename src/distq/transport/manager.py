@@ -72,7 +72,7 @@ from distq.config import (
     Settings,
 )
 from distq.ending import Endings
-from distq.envelope import DeadLetter, first_bytes
+from distq.envelope import DeadLetter, cut_letter, first_bytes
 from distq.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -1199,19 +1199,14 @@ class _TooLargeForMaster:
         """The dead letter, its task's body cut to its first :data:`OVERSIZED_KEPT_BYTES`:
         whole (JSON writes a quote of the task's in 4 bytes), the master refused the
         settle, and the task ran again, each time, unanswered."""
-        encoded = settlement.dead_letter or b""
-        letter = DeadLetter.decode(encoded)
-        kept = first_bytes(letter.body, OVERSIZED_KEPT_BYTES)
-        why = (
-            f"the dead letter keeps the first {len(kept):,} bytes of the task: whole, it was "
-            f"{len(encoded):,} bytes, too large for the master to read (its "
-            f"DISTQ_MAX_MESSAGE_BYTES is {most:,}, this worker's "
-            f"{self._settings.max_message_bytes:,}): give the master at least this worker's "
-            "DISTQ_MAX_MESSAGE_BYTES"
+        cut, why = cut_letter(
+            settlement.dead_letter or b"",
+            f"too large for the master to read (its DISTQ_MAX_MESSAGE_BYTES is {most:,}, this "
+            f"worker's {self._settings.max_message_bytes:,}): give the master at least this "
+            "worker's DISTQ_MAX_MESSAGE_BYTES",
         )
         log.error("a dead letter too large for the master: %s", why)
-        cut = DeadLetter(kept, f"{letter.reason}; {why}", letter.queue, letter.worker, letter.at)
-        return msgspec.structs.replace(settlement, dead_letter=cut.encode())
+        return msgspec.structs.replace(settlement, dead_letter=cut)
 
     def _result(self, settlement: Settlement, most: int) -> Settlement:
         settings, result = self._settings, settlement.result or b""
