@@ -278,7 +278,7 @@ class ManagerTransport(Transport):
                 )
             return
         wire.serving(conn)
-        until = _ServedUntil(server.stop_event, conn)
+        until = _ServedUntil(server.stop_event, conn, self._broker)
         conn.recv = until.recv  # type: ignore[method-assign]
         conn.send = until.send  # type: ignore[method-assign]
         try:
@@ -548,17 +548,26 @@ class _ServedUntil:
     the master for back ("reconnected to master ... after 0.0 s" after the master's
     "master exit"). Except a settle's (:data:`_SETTLES`), which ran: its results went
     out, and a worker not told counted its batch handed back (its exit line, health,
-    metrics); a settle-then-fetch's is sent with no tasks (those end with the master)."""
+    metrics); a settle-then-fetch's is sent with no tasks (those end with the master).
 
-    def __init__(self, stopped: threading.Event, conn: wire.ServedConnection) -> None:
+    A reply that leases tasks to a worker that left meanwhile (its fetch waited for
+    them) hands them back instead (:meth:`QueueBroker.release`): sent, it reached nobody,
+    and the tasks waited out the lease while the other workers fetched nothing."""
+
+    def __init__(
+        self, stopped: threading.Event, conn: wire.ServedConnection, broker: QueueBroker | None
+    ) -> None:
         self._stopped, self._recv, self._send = stopped, conn.recv, conn.send
+        self._conn, self._broker = conn, broker
         self._method: object = None  # the request being served's
+        self._args: Any = ()
 
     def recv(self) -> Any:
         request = self._recv()
         if self._stopped.is_set():
             raise EOFError("the master stopped")
         self._method = request[1] if isinstance(request, tuple) and len(request) == 4 else None
+        self._args = request[2] if self._method is not None else ()
         return request
 
     def send(self, obj: Any) -> None:
@@ -566,7 +575,34 @@ class _ServedUntil:
             obj = _ran_before_the_stop(self._method, obj)
             if obj is None:
                 raise EOFError("the master stopped")
-        self._send(obj)
+        tokens = _leased(self._method, obj)
+        if tokens and wire.peer_left(self._conn):
+            self._hand_back(tokens)
+            raise EOFError("the worker left")
+        try:
+            self._send(obj)
+        except OSError:
+            self._hand_back(tokens)
+            raise
+
+    def _hand_back(self, tokens: list[int]) -> None:
+        consumer = self._args[1] if len(self._args) > 1 else None
+        if tokens and self._broker is not None and isinstance(consumer, str):
+            self._broker.release(consumer, tokens)
+
+
+#: The calls whose reply leases tasks: (token, body, redelivered) each, in a list.
+_LEASES = frozenset({"fetch", "settle_fetch", "settle_fetch_late"})
+
+
+def _leased(method: object, reply: Any) -> list[int]:
+    """The tokens of the tasks ``reply`` to ``method`` leases (none but a fetch's)."""
+    if method not in _LEASES or not isinstance(reply, tuple) or reply[:1] != ("#RETURN",):
+        return []
+    wires = reply[1]
+    if method == "settle_fetch_late":  # (late, leased)
+        wires = wires[1] if isinstance(wires, tuple) and len(wires) == 2 else None
+    return [w[0] for w in wires] if isinstance(wires, list) else []
 
 
 #: The calls whose reply goes out once the master stopped: each ran, its results out.
