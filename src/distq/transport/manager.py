@@ -77,6 +77,7 @@ from distq.errors import (
     AuthenticationFailed,
     ConfigError,
     ConnectionFailed,
+    MasterStopped,
     MessageRefused,
     MessageTooLarge,
     TransportError,
@@ -278,7 +279,7 @@ class ManagerTransport(Transport):
                 )
             return
         wire.serving(conn)
-        until = _ServedUntil(server.stop_event, conn, self._broker)
+        until = _ServedUntil(server.stop_event, conn, self._broker, self.address)
         conn.recv = until.recv  # type: ignore[method-assign]
         conn.send = until.send  # type: ignore[method-assign]
         try:
@@ -555,24 +556,33 @@ class _ServedUntil:
     and the tasks waited out the lease while the other workers fetched nothing."""
 
     def __init__(
-        self, stopped: threading.Event, conn: wire.ServedConnection, broker: QueueBroker | None
+        self,
+        stopped: threading.Event,
+        conn: wire.ServedConnection,
+        broker: QueueBroker | None,
+        address: str,
     ) -> None:
         self._stopped, self._recv, self._send = stopped, conn.recv, conn.send
-        self._conn, self._broker = conn, broker
+        self._conn, self._broker, self._address = conn, broker, address
         self._method: object = None  # the request being served's
         self._args: Any = ()
 
     def recv(self) -> Any:
         request = self._recv()
-        if self._stopped.is_set():
-            raise EOFError("the master stopped")
         self._method = request[1] if isinstance(request, tuple) and len(request) == 4 else None
         self._args = request[2] if self._method is not None else ()
+        if self._stopped.is_set():
+            if self._method == "put":  # told, not only cut: "may be queued or not" it read
+                self._send(self._put_stopped(taken=False))
+            raise EOFError("the master stopped")
         return request
 
     def send(self, obj: Any) -> None:
         if self._stopped.is_set():
-            obj = _ran_before_the_stop(self._method, obj)
+            if self._method == "put":  # ran: taken, unless it failed
+                obj = self._put_stopped(taken=isinstance(obj, tuple) and obj[:1] == ("#RETURN",))
+            else:
+                obj = _ran_before_the_stop(self._method, obj)
             if obj is None:
                 raise EOFError("the master stopped")
         tokens = _leased(self._method, obj)
@@ -584,6 +594,20 @@ class _ServedUntil:
         except OSError:
             self._hand_back(tokens)
             raise
+
+    def _put_stopped(self, taken: bool) -> tuple[str, str]:
+        """The reply to a put the master stopped as it served: whether it took the tasks
+        (:class:`~distq.errors.MasterStopped` to a producer of this distq's; an older
+        one's "failed a request" line shows the text)."""
+        bodies = self._args[1] if len(self._args) > 1 else ()
+        count = len(bodies) if isinstance(bodies, list | tuple) else 0
+        took = (
+            f"it took its {count:,} task(s), which end with it unrun"
+            if taken
+            else f"it did not take its {count:,} task(s)"
+        )
+        why = f"the master at {self._address} stopped as it served this put: {took}"
+        return ("#TRACEBACK", f"{_STOPPED_MARK}{taken:d} {why}")
 
     def _hand_back(self, tokens: list[int]) -> None:
         consumer = self._args[1] if len(self._args) > 1 else None
@@ -606,7 +630,10 @@ def _leased(method: object, reply: Any) -> list[int]:
 
 
 #: The calls whose reply goes out once the master stopped: each ran, its results out.
+#: (A put's says the master stopped: :meth:`_ServedUntil._put_stopped`.)
 _SETTLES = frozenset({"settle", "settle_fetch", "settle_fetch_late"})
+#: How a put's reply starts when the master stopped as it served it, then 1 or 0: taken.
+_STOPPED_MARK = "distq-master-stopped:"
 
 
 def _ran_before_the_stop(method: object, reply: Any) -> Any:
@@ -687,6 +714,11 @@ def _call(address: str, method: Callable[..., _T], *args: Any, **named: Any) -> 
         _close_proxy(proxy, lost=True)
         raise TransportError(f"lost the connection to the master at {address}: {exc!r}") from None
     except RemoteError as exc:
+        text = str(exc.args[0]) if exc.args else ""
+        if text.startswith(_STOPPED_MARK):  # the master stopped as it served a put
+            _close_proxy(proxy, lost=True)
+            said = text.removeprefix(_STOPPED_MARK)
+            raise MasterStopped(wire.shown(said[2:]), taken=said[:1] == "1") from None
         if _unknown_to(proxy, exc):  # made before the master restarted: its leases are gone
             raise TransportError(
                 f"the master at {address} no longer knows this consumer: it restarted "
