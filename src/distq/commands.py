@@ -38,6 +38,7 @@ from distq.errors import (
     ConfigError,
     EnvelopeError,
     KeyMissing,
+    MasterStopped,
     MessageRefused,
     MessageTooLarge,
     OldSignature,
@@ -268,6 +269,9 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
         except TransportError as exc:  # sent, unanswered: it read as nothing queued
             if not sent or isinstance(exc, MessageRefused):  # refused: not queued
                 raise
+            if isinstance(exc, MasterStopped):  # a manager master: the tasks end with it
+                console.error(f"{exc}; submit task {task.id} again once a master runs")
+                return EXIT_UNREACHABLE
             console.error(
                 f"{exc}; task {task.id} may be queued or not (`distq status` counts the "
                 "ready tasks)"

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from distq.errors import EnvelopeError, VersionMismatch
-from distq.limits import check_nesting
+from distq.limits import MAX_NAME_BYTES, OVERSIZED_KEPT_BYTES, check_nesting
 
 VERSION = 1
 MAX_ATTEMPTS = 3  # attempts a task gets unless its master says otherwise (distq master's default)
@@ -304,6 +304,17 @@ def _reply_to(obj: dict[str, Any], kind: str) -> str:
     return value
 
 
+def _task_id(obj: dict[str, Any], kind: str) -> str:
+    value: str = _field(obj, "id", kind, str)
+    size = len(value.encode(errors="replace"))
+    if size > MAX_NAME_BYTES:  # a result too large for its master could not name it
+        raise EnvelopeError(
+            f"{kind} field 'id' is {size:,} bytes, over the {MAX_NAME_BYTES:,} a task id may "
+            "be: give the task a shorter id"
+        )
+    return value
+
+
 class Task(msgspec.Struct, frozen=True, gc=False):
     """One unit of work: call the registered function ``name`` with ``args``/``kwargs``.
 
@@ -367,7 +378,11 @@ class Task(msgspec.Struct, frozen=True, gc=False):
             w = _task_wire(data)
         except _FAST_ERRORS:
             return cls._decode_json(data)  # the reference decoder: accepts, or says why
-        if not fits_reply_to(w.reply_to) or not math.isfinite(w.created_at):
+        if (
+            not fits_reply_to(w.reply_to)
+            or not math.isfinite(w.created_at)
+            or len(w.id) > MAX_NAME_BYTES // 4  # within the limit, however encoded
+        ):
             return cls._decode_json(data)
         return cls(
             w.name, w.args, w.reply_to, w.kwargs, w.id, w.attempt, w.max_attempts, w.created_at
@@ -386,7 +401,7 @@ class Task(msgspec.Struct, frozen=True, gc=False):
             )
         try:
             return cls(
-                id=_field(obj, "id", kind, str),
+                id=_task_id(obj, kind),
                 name=_field(obj, "name", kind, str),
                 args=_field(obj, "args", kind, list),
                 kwargs=_field(obj, "kwargs", kind, dict),
@@ -620,3 +635,19 @@ class DeadLetter:
     def unreadable(self) -> bool:
         """Whether :meth:`read` found this entry unreadable (its body is the raw entry)."""
         return self.at == 0.0 and not self.worker and self.reason.startswith(UNREADABLE)
+
+
+def cut_letter(encoded: bytes, too_large: str) -> tuple[bytes, str]:
+    """A dead letter (``encoded``) too large for where it goes, keeping the first
+    :data:`~distq.limits.OVERSIZED_KEPT_BYTES` of its task (:func:`first_bytes`), and why,
+    which its reason ends with: how large it was, ``too_large`` saying for what. Sent
+    whole, it was refused and its task ran again, each time (a letter writes each quote
+    of a task's text in 4 bytes: four times a task that a broker took)."""
+    letter = DeadLetter.decode(encoded)
+    kept = first_bytes(letter.body, OVERSIZED_KEPT_BYTES)
+    why = (
+        f"the dead letter keeps the first {len(kept):,} bytes of the task: whole, it was "
+        f"{len(encoded):,} bytes, {too_large}"
+    )
+    cut = DeadLetter(kept, f"{letter.reason}; {why}", letter.queue, letter.worker, letter.at)
+    return cut.encode(), why

@@ -32,6 +32,15 @@ class MessageRefused(TransportError):
         self.fix = fix
 
 
+class MasterStopped(TransportError):
+    """The manager's master stopped as it served a put: ``taken`` says whether it took
+    the put's tasks (they end with it, unrun) or not."""
+
+    def __init__(self, message: str, taken: bool) -> None:
+        super().__init__(message)
+        self.taken = taken
+
+
 class SettledThenFailed(TransportError):
     """A settle went through and the fetch after it, in the same call, failed (the
     connection is gone): the batch is settled; only the next one was not leased."""

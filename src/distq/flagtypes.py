@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Callable
 
 from distq.addresses import host_problem, unusable_as_a_host
+from distq.limits import MAX_NAME_BYTES
 
 #: Longest time a flag may give, in seconds (about 31 years): below every platform's
 #: limit for ``time.sleep``, a socket timeout and a lock's wait.
@@ -107,5 +108,11 @@ def name(text: str) -> str:
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text):  # "": the default
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a name: use text on one line, without control characters"
+        )
+    size = len(text.encode())
+    if size > MAX_NAME_BYTES:  # it rides in each result, found by its head (limits)
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r}... is {size:,} bytes, over the {MAX_NAME_BYTES:,} a worker name "
+            "may be: give a shorter name"
         )
     return text

@@ -23,6 +23,11 @@ MAX_NESTING = 64
 MAX_PREFETCH = 10_000
 #: A dead letter of an oversized message keeps this much of its body.
 OVERSIZED_KEPT_BYTES = 64 << 10
+#: Most bytes (UTF-8) of a task's id and of a worker's name. A result over its reader's
+#: DISTQ_MAX_MESSAGE_BYTES is answered by its head (both names), looked for in its first
+#: OVERSIZED_KEPT_BYTES only: longer, it was dropped, its master waiting to its timeout.
+MAX_NAME_BYTES = 4096
+assert 2 * 6 * MAX_NAME_BYTES + 256 < OVERSIZED_KEPT_BYTES  # each JSON-escaped, 6 a byte
 
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)  # linear: no backtracking, unlike a string regex
 _STRING = re.compile(rb'"[^"]*"')  # once escapes are gone, a string is quote, non-quotes, quote

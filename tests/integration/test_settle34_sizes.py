@@ -96,3 +96,34 @@ def test_a_dead_letter_over_the_masters_frames_is_kept_cut_and_its_task_answered
     assert len(letter.body.decode()) >= (64 << 10) - 4, letter.body[-8:]  # text, as it came
     assert "1,048,576" in letter.reason and "DISTQ_MAX_MESSAGE_BYTES" in letter.reason, letter
     assert "1 failed for good" in output, output
+
+
+@pytest.mark.timeout(120)
+def test_a_task_whose_id_is_over_the_limit_is_answered_at_once_not_dropped(
+    target: Target, hosted: Transport, workers: list[Distq]
+) -> None:
+    """A hand-made task whose id is 65 KiB, with 2 MiB of result from a worker at 8 MiB,
+    read by a master at the default 1 MiB: the master looks for a too-large result's task
+    id in its first 64 KiB only, found none, dropped the result with a line and waited for
+    it to its timeout. A task id over 4,096 bytes is refused by the worker as malformed,
+    unrun, and its submitter answered at once, saying the limit."""
+    reply = hosted.reply_queue(new_id())
+    producer = hosted.producer(reply)
+    long_id = Task("jobs:repeat", ["x", 2 << 20], reply, id="i" * (65 << 10))
+    small = Task("jobs:add", [1, 1], reply)
+    producer.submit([long_id.encode(), small.encode()])
+    env = target.process_env(DISTQ_MAX_MESSAGE_BYTES=str(8 << 20))
+    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], env)
+    workers.append(proc)
+    got: dict[str, Result] = {}
+    collector = Collector[None](lambda result, _, __: got.__setitem__(result.task_id, result))
+    collector.expect((t.id, None) for t in [long_id, small])
+    deadline = time.monotonic() + 30
+    while collector.outstanding and time.monotonic() < deadline:
+        collector.collect(producer, 0.5)
+    producer.close()
+    output = "\n".join(line[:300] for line in proc.output().splitlines())
+    assert sorted(got) == sorted(t.id for t in [long_id, small]), output
+    assert got[small.id].value == 2
+    result = got[long_id.id]
+    assert result.status == "error" and "4,096" in (result.error_message or ""), result

@@ -128,12 +128,14 @@ def test_a_number_flag_out_of_range_exits_2_naming_it(args: list[str], flag: str
     [
         ("w\udcf6rker", "holds bytes that are not UTF-8 (at 1)"),  # a Latin-1 byte in argv
         ("two\nlines", "is not a name: use text on one line"),
+        ("w" * (65 << 10), "is 66,560 bytes, over the 4,096 a worker name may be"),
     ],
 )
 def test_a_worker_id_no_broker_can_carry_exits_2(worker_id: str, expected: str) -> None:
     """A byte that is not UTF-8 (`--worker-id wörker` under a Latin-1 locale) became a
     lone surrogate: the worker connected, failed to send its name, and went on
-    reconnecting, its job never run (env11)."""
+    reconnecting, its job never run (env11). A name of 65 KiB rides in every result: a
+    master finds a too-large result's worker in its first 64 KiB only, and dropped it."""
     done = distq("worker", "--worker-id", worker_id, DISTQ_AUTHKEY="k")
     assert done.returncode == 2, done.stderr
     assert "argument --worker-id: " in done.stderr and expected in done.stderr, done.stderr

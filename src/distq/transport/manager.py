@@ -72,11 +72,12 @@ from distq.config import (
     Settings,
 )
 from distq.ending import Endings
-from distq.envelope import DeadLetter, first_bytes
+from distq.envelope import DeadLetter, cut_letter, first_bytes
 from distq.errors import (
     AuthenticationFailed,
     ConfigError,
     ConnectionFailed,
+    MasterStopped,
     MessageRefused,
     MessageTooLarge,
     TransportError,
@@ -278,7 +279,7 @@ class ManagerTransport(Transport):
                 )
             return
         wire.serving(conn)
-        until = _ServedUntil(server.stop_event, conn)
+        until = _ServedUntil(server.stop_event, conn, self._broker, self.address)
         conn.recv = until.recv  # type: ignore[method-assign]
         conn.send = until.send  # type: ignore[method-assign]
         try:
@@ -548,29 +549,91 @@ class _ServedUntil:
     the master for back ("reconnected to master ... after 0.0 s" after the master's
     "master exit"). Except a settle's (:data:`_SETTLES`), which ran: its results went
     out, and a worker not told counted its batch handed back (its exit line, health,
-    metrics); a settle-then-fetch's is sent with no tasks (those end with the master)."""
+    metrics); a settle-then-fetch's is sent with no tasks (those end with the master).
 
-    def __init__(self, stopped: threading.Event, conn: wire.ServedConnection) -> None:
+    A reply that leases tasks to a worker that left meanwhile (its fetch waited for
+    them) hands them back instead (:meth:`QueueBroker.release`): sent, it reached nobody,
+    and the tasks waited out the lease while the other workers fetched nothing."""
+
+    def __init__(
+        self,
+        stopped: threading.Event,
+        conn: wire.ServedConnection,
+        broker: QueueBroker | None,
+        address: str,
+    ) -> None:
         self._stopped, self._recv, self._send = stopped, conn.recv, conn.send
+        self._conn, self._broker, self._address = conn, broker, address
         self._method: object = None  # the request being served's
+        self._args: Any = ()
 
     def recv(self) -> Any:
         request = self._recv()
-        if self._stopped.is_set():
-            raise EOFError("the master stopped")
         self._method = request[1] if isinstance(request, tuple) and len(request) == 4 else None
+        self._args = request[2] if self._method is not None else ()
+        if self._stopped.is_set():
+            if self._method == "put":  # told, not only cut: "may be queued or not" it read
+                self._send(self._put_stopped(taken=False))
+            raise EOFError("the master stopped")
         return request
 
     def send(self, obj: Any) -> None:
         if self._stopped.is_set():
-            obj = _ran_before_the_stop(self._method, obj)
+            if self._method == "put":  # ran: taken, unless it failed
+                obj = self._put_stopped(taken=isinstance(obj, tuple) and obj[:1] == ("#RETURN",))
+            else:
+                obj = _ran_before_the_stop(self._method, obj)
             if obj is None:
                 raise EOFError("the master stopped")
-        self._send(obj)
+        tokens = _leased(self._method, obj)
+        if tokens and wire.peer_left(self._conn):
+            self._hand_back(tokens)
+            raise EOFError("the worker left")
+        try:
+            self._send(obj)
+        except OSError:
+            self._hand_back(tokens)
+            raise
+
+    def _put_stopped(self, taken: bool) -> tuple[str, str]:
+        """The reply to a put the master stopped as it served: whether it took the tasks
+        (:class:`~distq.errors.MasterStopped` to a producer of this distq's; an older
+        one's "failed a request" line shows the text)."""
+        bodies = self._args[1] if len(self._args) > 1 else ()
+        count = len(bodies) if isinstance(bodies, list | tuple) else 0
+        took = (
+            f"it took its {count:,} task(s), which end with it unrun"
+            if taken
+            else f"it did not take its {count:,} task(s)"
+        )
+        why = f"the master at {self._address} stopped as it served this put: {took}"
+        return ("#TRACEBACK", f"{_STOPPED_MARK}{taken:d} {why}")
+
+    def _hand_back(self, tokens: list[int]) -> None:
+        consumer = self._args[1] if len(self._args) > 1 else None
+        if tokens and self._broker is not None and isinstance(consumer, str):
+            self._broker.release(consumer, tokens)
+
+
+#: The calls whose reply leases tasks: (token, body, redelivered) each, in a list.
+_LEASES = frozenset({"fetch", "settle_fetch", "settle_fetch_late"})
+
+
+def _leased(method: object, reply: Any) -> list[int]:
+    """The tokens of the tasks ``reply`` to ``method`` leases (none but a fetch's)."""
+    if method not in _LEASES or not isinstance(reply, tuple) or reply[:1] != ("#RETURN",):
+        return []
+    wires = reply[1]
+    if method == "settle_fetch_late":  # (late, leased)
+        wires = wires[1] if isinstance(wires, tuple) and len(wires) == 2 else None
+    return [w[0] for w in wires] if isinstance(wires, list) else []
 
 
 #: The calls whose reply goes out once the master stopped: each ran, its results out.
+#: (A put's says the master stopped: :meth:`_ServedUntil._put_stopped`.)
 _SETTLES = frozenset({"settle", "settle_fetch", "settle_fetch_late"})
+#: How a put's reply starts when the master stopped as it served it, then 1 or 0: taken.
+_STOPPED_MARK = "distq-master-stopped:"
 
 
 def _ran_before_the_stop(method: object, reply: Any) -> Any:
@@ -651,6 +714,11 @@ def _call(address: str, method: Callable[..., _T], *args: Any, **named: Any) -> 
         _close_proxy(proxy, lost=True)
         raise TransportError(f"lost the connection to the master at {address}: {exc!r}") from None
     except RemoteError as exc:
+        text = str(exc.args[0]) if exc.args else ""
+        if text.startswith(_STOPPED_MARK):  # the master stopped as it served a put
+            _close_proxy(proxy, lost=True)
+            said = text.removeprefix(_STOPPED_MARK)
+            raise MasterStopped(wire.shown(said[2:]), taken=said[:1] == "1") from None
         if _unknown_to(proxy, exc):  # made before the master restarted: its leases are gone
             raise TransportError(
                 f"the master at {address} no longer knows this consumer: it restarted "
@@ -1199,19 +1267,14 @@ class _TooLargeForMaster:
         """The dead letter, its task's body cut to its first :data:`OVERSIZED_KEPT_BYTES`:
         whole (JSON writes a quote of the task's in 4 bytes), the master refused the
         settle, and the task ran again, each time, unanswered."""
-        encoded = settlement.dead_letter or b""
-        letter = DeadLetter.decode(encoded)
-        kept = first_bytes(letter.body, OVERSIZED_KEPT_BYTES)
-        why = (
-            f"the dead letter keeps the first {len(kept):,} bytes of the task: whole, it was "
-            f"{len(encoded):,} bytes, too large for the master to read (its "
-            f"DISTQ_MAX_MESSAGE_BYTES is {most:,}, this worker's "
-            f"{self._settings.max_message_bytes:,}): give the master at least this worker's "
-            "DISTQ_MAX_MESSAGE_BYTES"
+        cut, why = cut_letter(
+            settlement.dead_letter or b"",
+            f"too large for the master to read (its DISTQ_MAX_MESSAGE_BYTES is {most:,}, this "
+            f"worker's {self._settings.max_message_bytes:,}): give the master at least this "
+            "worker's DISTQ_MAX_MESSAGE_BYTES",
         )
         log.error("a dead letter too large for the master: %s", why)
-        cut = DeadLetter(kept, f"{letter.reason}; {why}", letter.queue, letter.worker, letter.at)
-        return msgspec.structs.replace(settlement, dead_letter=cut.encode())
+        return msgspec.structs.replace(settlement, dead_letter=cut)
 
     def _result(self, settlement: Settlement, most: int) -> Settlement:
         settings, result = self._settings, settlement.result or b""

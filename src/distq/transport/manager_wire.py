@@ -29,6 +29,7 @@ import io
 import os
 import pickle
 import platform
+import select
 import socket
 import struct
 import threading
@@ -269,6 +270,23 @@ def serving(conn: Connection) -> None:
     """An authenticated connection: reads wait for as long as the peer is idle (its next
     call may come at any time), a reply the peer does not take ends it."""
     _timeouts(conn, 0, SERVING_SEND_TIMEOUT)
+
+
+def peer_left(conn: Connection) -> bool:
+    """Whether the peer of a served connection closed it (or reset it) while its call
+    was served: it sends nothing while it waits for the reply, so readable means gone.
+    A reply to it then reaches nobody, and written into the socket it raises nothing."""
+    poll = select.poll()  # not select(): a master's descriptors may pass 1,023
+    poll.register(conn.fileno(), select.POLLIN)
+    if not poll.poll(0):
+        return False
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:  # reset
+            return True
 
 
 class Deadlines:

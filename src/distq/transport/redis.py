@@ -119,7 +119,7 @@ from redis.retry import Retry
 from distq import descriptors, tls
 from distq.config import MESSAGE_BATCH, Settings
 from distq.credentials import mask_url
-from distq.envelope import DeadLetter
+from distq.envelope import DeadLetter, cut_letter
 from distq.errors import (
     AuthenticationFailed,
     CertificateRejected,
@@ -176,6 +176,12 @@ FULL_SECONDS = 2.0
 FULL_POLL_SECONDS = 0.05
 #: About how many bytes of dead letters one call of a look for orphans reads.
 ORPHANS_CHUNK_BYTES = 4 << 20
+#: The least ``proto-max-bulk-len`` (largest argument) Redis takes: a dead letter up to
+#: this size fits any server, without asking its own.
+LEAST_BULK_BYTES = 1 << 20
+#: Redis's default ``proto-max-bulk-len``: assumed where CONFIG is refused or renamed, as
+#: managed Redis services do.
+DEFAULT_BULK_BYTES = 512 << 20
 
 
 def _is_unix(url: str) -> bool:
@@ -281,6 +287,7 @@ class RedisTransport(Transport):
             self.block_slice + 5.0, max(CHECK_ANSWER_SECONDS, settings.lease_seconds / 3)
         )
         self._full_until = 0.0  # see full()
+        self._most_bulk: int | None = None  # see most_bulk()
         # TCP keepalive is a TCP option: redis-py's unix socket connection refuses it
         tcp: dict[str, Any] = {} if _is_unix(settings.redis_url) else {"socket_keepalive": True}
         url = _lower_scheme(settings.redis_url)
@@ -392,6 +399,22 @@ class RedisTransport(Transport):
         except RedisError as exc:
             raise self._unreachable(exc) from None
         return True
+
+    def most_bulk(self, client: Commands) -> int:
+        """The largest argument this Redis takes (its ``proto-max-bulk-len``), asked once:
+        Redis drops the connection on a larger one (redis-py sees only a reset), so a dead
+        letter over it failed its settle and its task ran again at each lease, for ever.
+        :data:`DEFAULT_BULK_BYTES` when CONFIG is refused (an ACL) or renamed."""
+        if self._most_bulk is None:
+            with self.errors():
+                try:
+                    reply = client.execute_command("CONFIG", "GET", "proto-max-bulk-len")
+                except ResponseError as exc:  # refused (an ACL) or renamed: Redis's default
+                    log.info("Redis at %s: no CONFIG GET (%s): 512 MiB assumed", self.address, exc)
+                    reply = []
+            values = list(reply.values()) if isinstance(reply, dict) else list(reply)[1:]
+            self._most_bulk = int(values[0]) if values else DEFAULT_BULK_BYTES
+        return self._most_bulk
 
     def full(self) -> bool:
         """Whether Redis refused a call for its ``maxmemory`` lately: then waits poll (a
@@ -1264,8 +1287,22 @@ class RedisConsumer(Consumer):
             if s.retry is not None:
                 runs.add("t", max(0, round(s.retry_delay * 1000)), s.retry)
             if s.dead_letter is not None:
-                runs.add("d", 0, s.dead_letter)
+                runs.add("d", 0, self._fitted(s.dead_letter))
         return keys, runs.args()
+
+    def _fitted(self, letter: bytes) -> bytes:
+        """``letter``, or, over the largest argument Redis takes (:meth:`most_bulk`), the
+        letter keeping the start of its task, saying why (:func:`cut_letter`)."""
+        if len(letter) <= LEAST_BULK_BYTES or len(letter) <= self._t.most_bulk(self._w):
+            return letter
+        most = self._t.most_bulk(self._w)
+        cut, why = cut_letter(
+            letter,
+            f"over the {most:,} bytes Redis at {self._t.address} takes in one argument (its "
+            "proto-max-bulk-len)",
+        )
+        log.error("a dead letter too large for Redis: %s", why)
+        return cut
 
     def _forget(self, tags: Sequence[bytes]) -> None:
         """Forget one delivery per tag, the oldest: a body claimed again after its lease

@@ -1,0 +1,146 @@
+"""Manager calls under way when their other end goes: a fetch whose worker left while it
+waited for tasks, and a put whose master stopped while it was served."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import distq
+from distq.config import Settings
+from distq.envelope import NO_REPLY, Task, new_id
+from distq.transport import manager_wire, open_transport
+from distq.transport.manager_broker import QueueBroker
+from launch import free_port
+from procs import Distq
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+_SRC = str(Path(distq.__file__).resolve().parents[1])
+
+
+def _settings() -> Settings:
+    return Settings(
+        transport="manager",
+        authkey=secrets.token_hex(16).encode(),
+        manager_address=("127.0.0.1", free_port()),
+        queue=f"q{secrets.token_hex(3)}",
+        lease_seconds=60.0,
+    )
+
+
+def test_a_fetch_of_a_worker_that_left_hands_its_tasks_to_the_others_at_once() -> None:
+    """A worker killed while its fetch waited for tasks: the master's thread serving it
+    leased it the next task, and its reply went to a connection closed; the task waited
+    out the 60 s lease while another worker fetched nothing. It goes back at once."""
+    settings = _settings()
+    hosted = open_transport(settings, "master")
+    broker = hosted._broker  # type: ignore[attr-defined]
+    assert isinstance(broker, QueueBroker)
+    host, port = settings.manager_address
+    script = textwrap.dedent(
+        f"""
+        from distq.config import Settings
+        from distq.transport import manager_wire, open_transport
+        settings = Settings(transport="manager", authkey={settings.authkey!r},
+                            manager_address=({host!r}, {port}), queue={settings.queue!r},
+                            lease_seconds=60.0)
+        open_transport(settings, "worker").consumer("gone").fetch(1, 60)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=_SRC)
+    leaving = subprocess.Popen([sys.executable, "-c", script], env=env)
+    remote = None
+    try:
+        deadline = time.monotonic() + 30
+        while not broker._leases:  # its fetch is waiting
+            assert leaving.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        leaving.kill()
+        leaving.wait(10)
+        time.sleep(0.5)  # its close reaches the master
+        task = Task("jobs:add", [1, 2], NO_REPLY)
+        hosted.producer(hosted.reply_queue(new_id())).submit([task.encode()])
+        remote = open_transport(settings, "worker")
+        got = remote.consumer("stays").fetch(1, 10)
+        assert [d.body for d in got] == [task.encode()], broker.stats(settings.queue)
+    finally:
+        if leaving.poll() is None:
+            leaving.kill()
+            leaving.wait(10)
+        if remote is not None:
+            remote.close()
+        hosted.close()
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_a_submit_under_way_as_the_master_stops_says_whether_its_task_was_taken(
+    taken: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`distq submit` whose put the master served as it stopped: the master cut the reply
+    (a put that ran: its task taken, to end with the master unrun) or the call (one that
+    came after the stop: not taken), and either way the submitter read "closed the
+    connection ...; task T may be queued or not (`distq status` counts the ready tasks)",
+    a status no master answers. The master now answers the put that it stopped, and
+    whether it took the task."""
+    settings = _settings()
+    hosted = open_transport(settings, "master")
+    broker = hosted._broker  # type: ignore[attr-defined]
+    assert isinstance(broker, QueueBroker)
+    entered, go = threading.Event(), threading.Event()
+    put = broker.put
+
+    def held_put(queue: str, bodies: list[bytes]) -> None:
+        entered.set()
+        assert go.wait(30)
+        put(queue, bodies)
+
+    host, port = settings.manager_address
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(
+        PYTHONPATH=_SRC,
+        DISTQ_TRANSPORT="manager",
+        DISTQ_MANAGER_ADDRESS=f"{host}:{port}",
+        DISTQ_AUTHKEY=(settings.authkey or b"").decode(),
+        DISTQ_QUEUE=settings.queue,
+    )
+    closing = threading.Thread(target=hosted.close)
+    if taken:  # served before the stop, answered after it
+        broker.put = held_put  # type: ignore[method-assign,assignment]
+        submit = Distq(["submit", "jobs:add", "1", "2"], env)
+        assert entered.wait(30), submit.output()
+        closing.start()
+        closing.join(30)
+        go.set()
+    else:  # the master stops as it receives the put: not served
+        recv = manager_wire.ServedConnection.recv
+        stopped = hosted._server.stop_event  # type: ignore[attr-defined]
+
+        def stop_at_put(conn: manager_wire.ServedConnection) -> Any:
+            request = recv(conn)
+            if isinstance(request, tuple) and request[1:2] == ("put",):
+                stopped.set()
+            return request
+
+        monkeypatch.setattr(manager_wire.ServedConnection, "recv", stop_at_put)
+        submit = Distq(["submit", "jobs:add", "1", "2"], env)
+    try:
+        code = submit.wait(30)
+        output = submit.output()
+    finally:
+        submit.stop(grace=3.0)
+        if not taken:
+            hosted.close()
+    assert code == 3, output
+    said = "it took its 1 task(s)" if taken else "it did not take its 1 task(s)"
+    assert f"the master at {host}:{port} stopped" in output and said in output, output
+    assert "distq status" not in output, output
