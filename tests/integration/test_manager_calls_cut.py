@@ -82,6 +82,50 @@ def test_a_fetch_of_a_worker_that_left_hands_its_tasks_to_the_others_at_once() -
         hosted.close()
 
 
+def test_a_results_read_of_a_producer_that_left_puts_its_results_back_at_once() -> None:
+    """A remote producer killed while its read of results waited: the master's thread
+    serving it took the next result off its reply queue and sent it to a connection
+    closed. The result goes back to the front of the reply queue, where the producer,
+    connecting again (as an Executor does), reads it."""
+    settings = _settings()
+    hosted = open_transport(settings, "master")
+    broker = hosted._broker  # type: ignore[attr-defined]
+    assert isinstance(broker, QueueBroker)
+    reply_to = hosted.reply_queue(new_id())
+    host, port = settings.manager_address
+    script = textwrap.dedent(
+        f"""
+        from distq.config import Settings
+        from distq.transport import open_transport
+        settings = Settings(transport="manager", authkey={settings.authkey!r},
+                            manager_address=({host!r}, {port}), queue={settings.queue!r})
+        open_transport(settings, "producer").producer({reply_to!r}).results(1, 60)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=_SRC)
+    leaving = subprocess.Popen([sys.executable, "-c", script], env=env)
+    remote = None
+    try:
+        deadline = time.monotonic() + 30
+        while not getattr(broker._ready.get(reply_to), "_waiters", None):  # its read waits
+            assert leaving.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        leaving.kill()
+        leaving.wait(10)
+        time.sleep(0.5)  # its close reaches the master
+        broker.put(reply_to, [b"the result"])
+        time.sleep(0.5)  # the thread serving the producer that left takes it
+        remote = open_transport(settings, "producer")
+        assert remote.producer(reply_to).results(1, 10) == [b"the result"]
+    finally:
+        if leaving.poll() is None:
+            leaving.kill()
+            leaving.wait(10)
+        if remote is not None:
+            remote.close()
+        hosted.close()
+
+
 @pytest.mark.parametrize("taken", [True, False])
 def test_a_submit_under_way_as_the_master_stops_says_whether_its_task_was_taken(
     taken: bool, monkeypatch: pytest.MonkeyPatch

@@ -585,14 +585,14 @@ class _ServedUntil:
                 obj = _ran_before_the_stop(self._method, obj)
             if obj is None:
                 raise EOFError("the master stopped")
-        tokens = _leased(self._method, obj)
-        if tokens and wire.peer_left(self._conn):
-            self._hand_back(tokens)
-            raise EOFError("the worker left")
+        tokens, results = _leased(self._method, obj), _got(self._method, obj)
+        if (tokens or results) and wire.peer_left(self._conn):
+            self._hand_back(tokens, results)
+            raise EOFError("its peer left")
         try:
             self._send(obj)
         except OSError:
-            self._hand_back(tokens)
+            self._hand_back(tokens, results)
             raise
 
     def _put_stopped(self, taken: bool) -> tuple[str, str]:
@@ -609,10 +609,25 @@ class _ServedUntil:
         why = f"the master at {self._address} stopped as it served this put: {took}"
         return ("#TRACEBACK", f"{_STOPPED_MARK}{taken:d} {why}")
 
-    def _hand_back(self, tokens: list[int]) -> None:
+    def _hand_back(self, tokens: list[int], results: list[bytes]) -> None:
+        """What a reply to a peer that left would have taken with it: a worker's leased
+        tasks go back to the queue, a producer's results back to the front of its reply
+        queue (a producer reconnecting, as an Executor does, reads them there)."""
+        if self._broker is None or not self._args or not isinstance(self._args[0], str):
+            return
         consumer = self._args[1] if len(self._args) > 1 else None
-        if tokens and self._broker is not None and isinstance(consumer, str):
+        if tokens and isinstance(consumer, str):
             self._broker.release(consumer, tokens)
+        if results:
+            self._broker.unget(self._args[0], results)
+
+
+def _got(method: object, reply: Any) -> list[bytes]:
+    """The results a reply to a producer's ``get`` takes off its reply queue."""
+    if method != "get" or not isinstance(reply, tuple) or reply[:1] != ("#RETURN",):
+        return []
+    bodies = reply[1]
+    return bodies if isinstance(bodies, list) and all(type(b) is bytes for b in bodies) else []
 
 
 #: The calls whose reply leases tasks: (token, body, redelivered) each, in a list.

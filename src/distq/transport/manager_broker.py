@@ -595,6 +595,13 @@ class QueueBroker:
         late = self.settle(queue, consumer, items)
         return late, self.fetch(queue, consumer, max_count, 0.0, lease, most)
 
+    def unget(self, queue: str, bodies: Sequence[bytes]) -> None:
+        """Put ``bodies``, taken by a :meth:`get` whose producer left before its reply,
+        back at the front of ``queue`` in their order."""
+        with self._lock:
+            self._queue(queue).extendleft((body, False) for body in reversed(bodies))
+            self._ready[queue].notify(len(bodies))
+
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
         with self._lock:
             owner = self._leases.get(consumer)
