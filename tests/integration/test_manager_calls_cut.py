@@ -99,7 +99,7 @@ def test_a_results_read_of_a_producer_that_left_puts_its_results_back_at_once() 
         from distq.transport import open_transport
         settings = Settings(transport="manager", authkey={settings.authkey!r},
                             manager_address=({host!r}, {port}), queue={settings.queue!r})
-        open_transport(settings, "producer").producer({reply_to!r}).results(1, 60)
+        open_transport(settings, "client").producer({reply_to!r}).results(1, 60)
         """
     )
     env = dict(os.environ, PYTHONPATH=_SRC)
@@ -115,7 +115,7 @@ def test_a_results_read_of_a_producer_that_left_puts_its_results_back_at_once() 
         time.sleep(0.5)  # its close reaches the master
         broker.put(reply_to, [b"the result"])
         time.sleep(0.5)  # the thread serving the producer that left takes it
-        remote = open_transport(settings, "producer")
+        remote = open_transport(settings, "client")
         assert remote.producer(reply_to).results(1, 10) == [b"the result"]
     finally:
         if leaving.poll() is None:
