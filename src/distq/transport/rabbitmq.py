@@ -814,6 +814,8 @@ class RabbitMQConsumer(Consumer):
         self._per_message = TASKS_PER_MESSAGE
         self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
         self._split_after = 0.0  # no splitting a pack before (see fetch)
+        self._short = False  # the last fetch wanted fewer tasks than a pack holds
+        self._took_packs = False  # a fetch wanted a pack's worth or more
         self._said_letters_refused = False
         self._lost = LostTasks(transport.running_lost)  # tasks of a lost link (_linked)
         self._relink_after = 0.0  # no new link tried before (see _linked)
@@ -965,7 +967,14 @@ class RabbitMQConsumer(Consumer):
                 got = self._drop_done(got)
             if got and (self._transport.running_lost or self._again or self._transport.deferred):
                 got = self._defer_running(got)
-            if self._buffer and want < self._per_message and time.monotonic() >= self._split_after:
+            short, was_short = want < self._per_message, self._short
+            self._short = short
+            self._took_packs |= not short
+            # one short fetch after whole packs is one slow batch of fast tasks (a process
+            # preempted for 40 ms), no sign of slow ones: its split sent a 4,096-task
+            # buffer back one task per message. A second in a row splits
+            split = short and (was_short or not self._took_packs)
+            if self._buffer and split and time.monotonic() >= self._split_after:
                 # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
                 # the pack goes back one task per message, for idle workers to take. What
                 # the broker refuses (a full queue) stays here, and runs in this slot

@@ -30,7 +30,9 @@ message only when every task in it is settled or released:
 
 A slot that asks for fewer tasks than a pack holds is running slow ones (its batch is
 sized to a few milliseconds of work): the rest of the pack goes back at once, one task
-per message, so idle workers take them instead of waiting behind it. A task whose
+per message, so idle workers take them instead of waiting behind it. Once it took packs
+whole, only the second such fetch in a row does: one slow batch of fast tasks (a
+preempted process) is no sign of slow ones. A task whose
 publish the broker refuses (a queue at a length limit with overflow ``reject-publish``)
 stays held, in its message (:meth:`HeldMessages.keep`), and the slot runs it itself.
 
