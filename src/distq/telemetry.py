@@ -175,9 +175,12 @@ def _tally_each(known: frozenset[str], endings: Sequence[Ending]) -> Tally:
 
 def micros(seconds: float) -> float:
     """``seconds`` to the microsecond, for a log line: ``round(seconds, 6)`` at about half
-    of its cost, and the same number but where the 7th digit is a 5 (a half rounds up)."""
+    of its cost, and the same number but where the 7th digit is a 5 (a half rounds up).
+
+    Floored as a float (``// 1``), the number ``int()`` gives, exactly below 2**53, at
+    about half the instructions of an int made and divided: 400 a time."""
     if 0.0 <= seconds < 1e9:  # not NaN, not negative nor huge (a worker's clock is not ours)
-        return int(seconds * 1e6 + 0.5) / 1e6
+        return (seconds * 1e6 + 0.5) // 1 / 1e6
     return round(seconds, 6)
 
 
@@ -270,8 +273,10 @@ class WorkerTelemetry:
                     name,
                     task.attempt,
                     # as the metric counts it: 0 outside (0, LONGEST_WAIT], else micros()
-                    int(wait * 1e6 + 0.5) / 1e6 if 0 < wait <= LONGEST_WAIT else 0.0,
-                    int(duration * 1e6 + 0.5) / 1e6 if 0.0 <= duration < 1e9 else micros(duration),
+                    (wait * 1e6 + 0.5) // 1 / 1e6 if 0 < wait <= LONGEST_WAIT else 0.0,
+                    (duration * 1e6 + 0.5) // 1 / 1e6
+                    if 0.0 <= duration < 1e9
+                    else micros(duration),
                 )
             )
         if released:
@@ -342,9 +347,9 @@ class MasterTelemetry:
                         r.task_id,
                         name(r.task_id, ""),
                         r.attempt,
-                        int(run * 1e6 + 0.5) / 1e6 if 0.0 <= run < 1e9 else micros(run),
+                        (run * 1e6 + 0.5) // 1 / 1e6 if 0.0 <= run < 1e9 else micros(run),
                         status,
-                        int(trip * 1e6 + 0.5) / 1e6 if 0.0 <= trip < 1e9 else micros(trip),
+                        (trip * 1e6 + 0.5) // 1 / 1e6 if 0.0 <= trip < 1e9 else micros(trip),
                         r.worker,
                     )
                 )

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -363,6 +364,16 @@ def test_a_failed_tasks_result_line_says_its_outcome_is_error() -> None:
 )
 def test_times_in_events_are_to_the_microsecond(seconds: float, shown: float) -> None:
     assert micros(seconds) == shown
+
+
+def test_times_in_events_are_rounded_half_up_as_int_rounds_them_at_every_magnitude() -> None:
+    """micros() floors as a float (``// 1``), not through an int: the same number for
+    every time a line rounds, from nanoseconds to 1e9 s, halves included."""
+    drawn = random.Random(16)
+    times = [drawn.uniform(0, 10.0**exponent) for exponent in range(-9, 10) for _ in range(500)]
+    times += [(n + 0.5) / 1e6 for n in range(0, 10**6, 997)]  # a 7th digit of 5
+    times += [math.nextafter(t, 0.0) for t in times[-1000:]] + [0.0, -0.0, 999_999_999.9999999]
+    assert [micros(t) for t in times] == [int(t * 1e6 + 0.5) / 1e6 for t in times]
 
 
 def test_times_no_clock_would_give_are_written_as_they_are() -> None:
