@@ -11,20 +11,20 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
+from itertools import repeat
 from operator import attrgetter, sub
 
 from distq.chunks import CHUNK_TASK
 from distq.ending import Ending, Outcome
 from distq.envelope import Result, Task
-from distq.logs import JsonConsole, Line, WorkerLine
+from distq.logs import JsonConsole, Line
 from distq.metrics import UNKNOWN, UNREGISTERED, MasterMetrics, WorkerMetrics
 from distq.transport.base import Delivery
 
 
-# The per-task events of JSON logs, their keys in the order they are written: a line's
-# head (timestamp, level, role, and a worker's name), then the event's own.
-class TaskSettled(WorkerLine):
-    event: str
+# The per-task events of JSON logs, their keys in the order they are written after a
+# line's head (timestamp, level, role, a worker's name, event: logs.Line).
+class TaskSettled(Line):
     outcome: str
     task_id: str
     task: str
@@ -33,26 +33,22 @@ class TaskSettled(WorkerLine):
     duration: float
 
 
-class UndecodedSettled(WorkerLine):
-    event: str
+class UndecodedSettled(Line):
     outcome: str
     task: str
 
 
-class TasksReleased(WorkerLine):
-    event: str
+class TasksReleased(Line):
     count: int
 
 
 class TaskSubmitted(Line):
-    event: str
     task_id: str
     task: str
     attempt: int
 
 
 class ResultReceived(Line):
-    event: str
     task_id: str
     task: str
     attempt: int
@@ -63,12 +59,12 @@ class ResultReceived(Line):
 
 
 class DuplicateResult(Line):
-    event: str
     task_id: str
     worker: str
 
 
 _name, _created_at = attrgetter("name"), attrgetter("created_at")
+_id, _attempt = attrgetter("id"), attrgetter("attempt")
 _status, _redelivered = attrgetter("status"), attrgetter("redelivered")
 
 #: A master's result as telemetry takes it: with its round trip, or None for a duplicate.
@@ -247,15 +243,17 @@ class WorkerTelemetry:
     def _log(
         log: JsonConsole, endings: Sequence[Ending], released: int, sent: float | None
     ) -> None:
-        at, role, worker = log.stamp(sent), log.role, log.worker
+        worker = log.worker
+        info = log.head("info", "task settled", worker, sent)
+        error = log.head("error", "task settled", worker, sent)
         lines: list[Line] = []
         add = lines.append
         # an Ending unpacked as the tuple it is, and micros() written out: a named field
         # read and a call cost more per task than the rest of its line but its encoding
         for _, outcome, task, started_at, duration, _ in endings:
-            level = _LEVELS.get(outcome, "error")
+            head = info if outcome in _INFO else error
             if task is None:
-                add(UndecodedSettled(at, level, role, worker, "task settled", outcome, UNKNOWN))
+                add(UndecodedSettled(head, outcome, UNKNOWN))
                 continue
             wait = started_at - task.created_at
             name = task.name
@@ -263,11 +261,7 @@ class WorkerTelemetry:
                 name = called(task)
             add(
                 TaskSettled(
-                    at,
-                    level,
-                    role,
-                    worker,
-                    "task settled",
+                    head,
                     outcome,
                     task.id,
                     name,
@@ -280,13 +274,13 @@ class WorkerTelemetry:
                 )
             )
         if released:
-            add(TasksReleased(at, "info", role, worker, "tasks released", released))
+            add(TasksReleased(log.head("info", "tasks released", worker, sent), released))
         log.write_lines(lines)
 
 
-#: A settled task's line's level by its outcome: "error" for the others (failed,
-#: orphaned, malformed). Released: back in the queue to run again, as a retry (out22).
-_LEVELS = {"ok": "info", "retried": "info", "released": "info"}
+#: The outcomes of a settled task's line at level "info"; the others (failed, orphaned,
+#: malformed) are at "error". Released: back in the queue to run again, as a retry (out22).
+_INFO = frozenset({"ok", "retried", "released"})
 
 
 class MasterTelemetry:
@@ -307,14 +301,10 @@ class MasterTelemetry:
                 metrics.outstanding.set(metrics.base, outstanding)
         log = self.log
         if log is not None:
-            self._names.update([(t.id, t.name) for t in tasks])
-            at, role = log.stamp(), log.role
-            log.write_lines(
-                [
-                    TaskSubmitted(at, "info", role, "task submitted", t.id, t.name, t.attempt)
-                    for t in tasks
-                ]
-            )
+            ids, names = list(map(_id, tasks)), list(map(_name, tasks))
+            self._names.update(zip(ids, names, strict=True))
+            head = repeat(log.head("info", "task submitted"))
+            log.write_lines(list(map(TaskSubmitted, head, ids, names, map(_attempt, tasks))))
 
     def collected(self, outstanding: int, received: Sequence[Received] = ()) -> None:
         """A batch of results is handled: ``received`` holds them in the order they came,
@@ -330,20 +320,21 @@ class MasterTelemetry:
                     metrics.outstanding.set(metrics.base, outstanding)
         log = self.log
         if log is not None and received:
-            at, role, name = log.stamp(), log.role, self._names.pop
+            name, ok = self._names.pop, log.head("info", "result received")
+            error, duplicate = (
+                log.head("error", "result received"),
+                log.head("info", "duplicate result"),
+            )
             lines: list[Line] = []
             add = lines.append
             for r, trip in received:  # micros() written out, as in a worker's lines
                 if trip is None:
-                    add(DuplicateResult(at, "info", role, "duplicate result", r.task_id, r.worker))
+                    add(DuplicateResult(duplicate, r.task_id, r.worker))
                     continue
                 run, status = r.duration, r.status
                 add(
                     ResultReceived(
-                        at,
-                        "info" if status == "ok" else "error",
-                        role,
-                        "result received",
+                        ok if status == "ok" else error,
                         r.task_id,
                         name(r.task_id, ""),
                         r.attempt,
