@@ -8,6 +8,7 @@ would count twice.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
@@ -241,15 +242,14 @@ class WorkerTelemetry:
     def _log(
         log: JsonConsole, endings: Sequence[Ending], released: int, sent: float | None
     ) -> None:
-        worker = log.worker
-        info = log.head("info", "task settled", worker, sent)
-        error = log.head("error", "task settled", worker, sent)
+        worker, at = log.worker, time.time() if sent is None else sent  # one for the batch
+        info = log.head("info", "task settled", worker, at)  # the others' as they come
         lines: list[Line] = []
         add = lines.append
         # an Ending unpacked as the tuple it is, and micros() written out: a named field
         # read and a call cost more per task than the rest of its line but its encoding
         for _, outcome, task, started_at, duration, _ in endings:
-            head = info if outcome in _INFO else error
+            head = info if outcome in _INFO else log.head("error", "task settled", worker, at)
             if task is None:
                 add(UndecodedSettled(head, outcome, UNKNOWN))
                 continue
@@ -272,7 +272,7 @@ class WorkerTelemetry:
                 )
             )
         if released:
-            add(TasksReleased(log.head("info", "tasks released", worker, sent), released))
+            add(TasksReleased(log.head("info", "tasks released", worker, at), released))
         log.write_lines(lines)
 
 
@@ -319,21 +319,20 @@ class MasterTelemetry:
                     metrics.outstanding.set(metrics.base, outstanding)
         log = self.log
         if log is not None and received:
-            name, ok = self._names.pop, log.head("info", "result received")
-            error, duplicate = (
-                log.head("error", "result received"),
-                log.head("info", "duplicate result"),
-            )
+            # the heads of the rarer lines as they come: each made once a millisecond
+            at = time.time()  # one for the batch
+            name, ok = self._names.pop, log.head("info", "result received", at=at)
             lines: list[Line] = []
             add = lines.append
             for r, trip in received:  # micros() written out, as in a worker's lines
                 if trip is None:
+                    duplicate = log.head("info", "duplicate result", at=at)
                     add(DuplicateResult(duplicate, r.task_id, r.worker))
                     continue
                 run, status = r.duration, r.status
                 add(
                     ResultReceived(
-                        ok if status == "ok" else error,
+                        ok if status == "ok" else log.head("error", "result received", at=at),
                         r.task_id,
                         name(r.task_id, ""),
                         r.attempt,

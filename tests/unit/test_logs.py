@@ -532,6 +532,32 @@ def test_every_event_line_is_written_byte_for_byte_as_the_readme_shows_it(
     ]
 
 
+def test_a_batchs_lines_have_one_timestamp_though_the_clock_ticks_while_they_are_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Was (ffc8e42): each head of a batch (ok, error, duplicate) read the clock, so a
+    batch's error line could say a millisecond later than its ok lines. The clock here
+    moves 5 ms at every read."""
+    clock = iter(range(10**6))
+    monkeypatch.setattr(time, "time", lambda: 1000.0 + next(clock) * 0.005)
+    out = io.StringIO()
+    worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))
+    master = MasterTelemetry(log=JsonConsole("master", out=out))
+    task = Task(name="square", args=[1], reply_to="r", id="id0", created_at=999.0)
+    outcomes: list[Outcome] = ["ok", "failed", "orphaned", "ok"]
+    endings = [
+        Ending(Settlement(Delivery(b"", n)), outcome, task, 999.5, 0.001)
+        for n, outcome in enumerate(outcomes)
+    ]
+    worker.settled([*endings, Ending(Settlement(Delivery(b"", 9)), "malformed")], released=1)
+    master.submitted([task], 1)
+    results = [Result("id0", status, "w1", 1, 0.0, 0.001) for status in ("ok", "error")]
+    master.collected(0, [(results[0], 0.5), (results[1], 0.5), (results[0], None)])
+    batches = [out.getvalue().splitlines()[:6], out.getvalue().splitlines()[7:]]
+    for lines in batches:
+        assert len({json.loads(line)["timestamp"] for line in lines}) == 1, lines
+
+
 def test_random_batches_lines_hold_their_events_fields_in_order_encoded_as_msgspec_does() -> None:
     """A batch's lines share their head (encoded once: logs.Line): whatever the batch
     holds, each line is its event's keys in order, its values as the inputs say, written
