@@ -73,12 +73,20 @@ def _escaped(value: Any) -> str:
 _HEAD_KEY = b'{"timestamp":'
 
 
-def _escaped_line(line: Line) -> str:
-    """``line`` as :func:`_escaped` writes it, with a line end: its head (ASCII as
-    :func:`_ascii` writes it) then its other fields."""
-    fields = {name: getattr(line, name) for name in line.__struct_fields__[1:]}
-    head = _ascii(_HEAD_KEY + bytes(line.timestamp)).decode()
-    return f"{head},{_escaped(fields)[1:]}\n"
+def _escaped_line(line: Line) -> bytes:
+    """``line`` as msgspec writes it, with a line end, a text of it that msgspec refuses
+    (a lone surrogate: a non-UTF-8 byte in a task's name) as json escapes it: its
+    numbers as on every other line (``2e-6``, null for an infinite time)."""
+    try:
+        return _encode(line) + b"\n"
+    except UnicodeEncodeError:
+        names = line.__struct_fields__
+        escaped = {
+            name: msgspec.Raw(_escaped(value).encode())
+            for name, value in zip(names, msgspec.structs.astuple(line), strict=True)
+            if type(value) is str and not value.isascii()
+        }
+        return _encode(msgspec.structs.replace(line, **escaped)) + b"\n"
 
 
 class TextConsole(Console):
@@ -195,9 +203,8 @@ class JsonConsole(Console):
             return
         try:
             text = _encode_lines(lines)
-        except UnicodeEncodeError:  # msgspec refuses it: json escapes it
-            self.write(self.out, "".join(map(_escaped_line, lines)))
-            return
+        except UnicodeEncodeError:  # msgspec refuses a text of one: json escapes it
+            text = b"".join(map(_escaped_line, lines))
         self.write(self.out, text if text.isascii() else _ascii(text))
 
     def _write(self, stream: TextIO, records: list[dict[str, Any]]) -> None:

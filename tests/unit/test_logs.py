@@ -276,6 +276,27 @@ def test_a_worker_named_with_a_non_utf8_byte_writes_its_numbers_as_every_other_w
     assert lines["w\udcff"].replace('"w\\udcff"', '"w1"') == lines["w1"]
 
 
+def test_a_batch_with_a_name_of_a_non_utf8_byte_writes_its_numbers_and_other_lines_as_any() -> None:
+    """Was: a batch holding a task named with a non-UTF-8 byte went whole through
+    json.dumps: its every line's times in Python's form ("duration":2e-06, where any
+    other batch says 2e-6), an infinite one as Infinity, which is no JSON (msgspec: null).
+    Now only that name is escaped as json escapes it; the lines are msgspec's."""
+    lines = {}
+    for name in ("t\udcfe", "t"):
+        out = io.StringIO()
+        worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))
+        tasks = [Task(n, [1], "r", id=f"id{n}", created_at=100.0) for n in ("square", name)]
+        worker.settled(
+            [
+                Ending(Settlement(Delivery(b"", 0)), "ok", tasks[0], 100.000002, math.inf),
+                Ending(Settlement(Delivery(b"", 1)), "ok", tasks[1], 100.5, 0.000002),
+            ]
+        )
+        lines[name] = re.sub(r'"timestamp":"[^"]*"', '"timestamp":"T"', out.getvalue())
+    assert lines["t"].splitlines()[0].endswith('"queue_wait":2e-6,"duration":null}')
+    assert lines["t\udcfe"] == lines["t"].replace('"t"', '"t\\udcfe"').replace("idt", "idt\\udcfe")
+
+
 def test_events_of_a_batch_are_one_object_per_line_in_order_whatever_they_hold() -> None:
     out = io.StringIO()
     worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))
