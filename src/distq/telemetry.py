@@ -300,8 +300,8 @@ class MasterTelemetry:
                 metrics.outstanding.set(metrics.base, outstanding)
         log = self.log
         if log is not None:
-            # comprehensions, not map() of attrgetter(): 3.11 reads a struct's field
-            # faster in bytecode (700 instructions a task less)
+            # comprehensions: 3.11 reads a struct's field in bytecode for less than
+            # map() of attrgetter() (700 instructions a task), a dict than pairs (340)
             self._names.update({t.id: t.name for t in tasks})
             head = log.head("info", "task submitted")
             log.write_lines([TaskSubmitted(head, t.id, t.name, t.attempt) for t in tasks])
