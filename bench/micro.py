@@ -141,6 +141,20 @@ def steps() -> dict[str, Step]:
     def json_worker() -> None:
         WorkerTelemetry(None, JsonConsole("worker", out=out, worker="w")).settled(endings)
 
+    # one batch's lines as a worker writes them, bytes: what the write alone costs
+    batch_out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    WorkerTelemetry(None, JsonConsole("worker", out=batch_out, worker="w")).settled(endings)
+    batch_out.flush()
+    batch_lines = batch_out.buffer.getvalue()
+    writer = Console(out=out)
+
+    # the text console's per-task line, "Get task ...", one write each
+    text_runner = TaskRunner(Registry(), Endings("host-1-0", "distq", plain), Console(out=out))
+
+    def text_worker_batch() -> None:
+        for delivery in deliveries:
+            text_runner(delivery)
+
     master_log = MasterTelemetry(None, JsonConsole("master", out=out))
 
     def json_master() -> None:
@@ -198,6 +212,12 @@ def steps() -> dict[str, Step]:
         "JSON logs: worker, per task": (json_worker, BATCH, 50),
         "JSON logs: worker, run a task (batch of 128)": (json_worker_batch, BATCH, 20),
         "JSON logs: master, per task": (json_master, BATCH, 50),
+        "JSON logs: write a worker's batch of lines (128), per task": (
+            lambda: writer.write(out, batch_lines),
+            BATCH,
+            500,
+        ),
+        "text lines: worker, run a task (batch of 128)": (text_worker_batch, BATCH, 20),
     }
 
 

@@ -69,6 +69,26 @@ def _escaped(value: Any) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
+#: How every JSON line starts: the key its head's value follows (:meth:`JsonConsole.head`).
+_HEAD_KEY = b'{"timestamp":'
+
+
+def _escaped_line(line: Line) -> bytes:
+    """``line`` as msgspec writes it, with a line end, a text of it that msgspec refuses
+    (a lone surrogate: a non-UTF-8 byte in a task's name) as json escapes it: its
+    numbers as on every other line (``2e-6``, null for an infinite time)."""
+    try:
+        return _encode(line) + b"\n"
+    except UnicodeEncodeError:
+        names = line.__struct_fields__
+        escaped = {
+            name: msgspec.Raw(_escaped(value).encode())
+            for name, value in zip(names, msgspec.structs.astuple(line), strict=True)
+            if type(value) is str and not value.isascii()
+        }
+        return _encode(msgspec.structs.replace(line, **escaped)) + b"\n"
+
+
 class TextConsole(Console):
     """The default console, with any password in its start, summary and error lines masked."""
 
@@ -83,19 +103,14 @@ class TextConsole(Console):
 
 
 class Line(msgspec.Struct):
-    """The head of a per-task JSON line (:meth:`JsonConsole.write_lines`), the keys
-    :meth:`JsonConsole.record` starts other lines with: an event's struct extends it with
-    its own fields (``distq.telemetry``)."""
+    """A per-task JSON line (:meth:`JsonConsole.write_lines`): an event's struct extends
+    it with its own fields. Its ``timestamp`` carries the line's whole head, the values
+    of ``timestamp``, ``level``, ``role``, a worker's ``worker`` and ``event`` with the
+    keys between them (:meth:`JsonConsole.head`): the same for a batch's lines of one
+    level and event, encoded once for them all, not once a line (670 instructions of a
+    worker's line, 680 of a master's two)."""
 
-    timestamp: str
-    level: str
-    role: str
-
-
-class WorkerLine(Line):
-    """The head of a worker's per-task line: its name too (``JsonConsole(worker=...)``)."""
-
-    worker: str
+    timestamp: msgspec.Raw
 
 
 class JsonConsole(Console):
@@ -116,9 +131,11 @@ class JsonConsole(Console):
     ) -> None:
         super().__init__(quiet=quiet, out=out, err=err)
         self.fields: dict[str, Any] = {"role": role, **fields}
-        # the head of per-task lines (Line, WorkerLine): a worker's name, "" in other roles
+        # in the head of per-task lines (:meth:`head`): a worker's name, "" in other roles
         self.role, self.worker = role, str(fields.get("worker", ""))
         self._stamp: tuple[int, str] = (0, "")  # (ms, its timestamp): one per millisecond
+        # (the timestamp, the heads of lines made with it by level, event and worker)
+        self._heads: tuple[str, dict[tuple[str, str, str | None], msgspec.Raw]] = ("", {})
 
     @property
     def task_lines(self) -> bool:
@@ -150,22 +167,44 @@ class JsonConsole(Console):
             stamp = self._stamp = (int(now * 1000), timestamp(now))
         return stamp[1]
 
+    def head(
+        self, level: str, event: str, worker: str | None = None, at: float | None = None
+    ) -> msgspec.Raw:
+        """The head of a per-task :class:`Line` at this moment (or ``at``): its
+        ``timestamp``'s value, the ``level``, this console's ``role``, ``worker`` unless
+        None, and the ``event``, keys and values as encoded, made once per millisecond."""
+        stamp = self.stamp(at)
+        heads = self._heads
+        if heads[0] is not stamp:  # another thread's heads, of another millisecond, stay its own
+            heads = self._heads = (stamp, {})
+        made = heads[1].get((level, event, worker))
+        if made is None:
+            fields = {"timestamp": stamp, "level": level, "role": self.role}
+            if worker is not None:
+                fields["worker"] = worker
+            fields["event"] = event
+            try:
+                encoded = _encode(fields)
+            except UnicodeEncodeError:  # a lone surrogate (a worker's name): json escapes it
+                encoded = _escaped(fields).encode()
+            made = heads[1][level, event, worker] = msgspec.Raw(encoded[len(_HEAD_KEY) : -1])
+        return made
+
     def record(self, level: str, **fields: Any) -> dict[str, Any]:
         """One log object: timestamp, level, this process's fields, then ``fields``."""
         return {"timestamp": self.stamp(), "level": level, **self.fields, **fields}
 
     def write_lines(self, lines: Sequence[Line]) -> None:
-        """Per-task events, each a :class:`Line` with its head filled in from
-        :meth:`stamp`, ``role`` and ``worker``: one JSON line each, all encoded
-        in one call and written in one; skipped when quiet. A lone surrogate in one (a
-        worker's name with a non-UTF-8 byte) is escaped as :meth:`_write` does."""
+        """Per-task events, each a :class:`Line` with its :meth:`head`: one JSON line
+        each, all encoded in one call and written in one; skipped when quiet. A lone
+        surrogate in one (a task's name with a non-UTF-8 byte) is escaped as
+        :meth:`_write` does."""
         if not lines or self.quiet:
             return
         try:
             text = _encode_lines(lines)
-        except UnicodeEncodeError:  # msgspec refuses it: json escapes it
-            self.write(self.out, "".join(_escaped(msgspec.to_builtins(x)) + "\n" for x in lines))
-            return
+        except UnicodeEncodeError:  # msgspec refuses a text of one: json escapes it
+            text = b"".join(map(_escaped_line, lines))
         self.write(self.out, text if text.isascii() else _ascii(text))
 
     def _write(self, stream: TextIO, records: list[dict[str, Any]]) -> None:

@@ -7,11 +7,13 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import subprocess
 import sys
 import time
 
+import msgspec
 import pytest
 
 from conftest import REPO
@@ -26,6 +28,7 @@ from distq.logs import (
     JsonFormatter,
     MaskingFormatter,
     TextConsole,
+    _ascii,
     mask_secrets,
 )
 from distq.telemetry import LONGEST_WAIT, MasterTelemetry, WorkerTelemetry, micros
@@ -258,6 +261,42 @@ def test_a_worker_named_with_a_non_utf8_byte_writes_its_task_lines_escaped() -> 
     assert [json.loads(line).get("task") for line in lines] == ["square", "t\udcfe", None]
 
 
+def test_a_worker_named_with_a_non_utf8_byte_writes_its_numbers_as_every_other_worker() -> None:
+    """Was: every per-task line of a worker named "w\udcff" went through json.dumps, its
+    times in Python's form ("duration":2e-06) where any other worker's lines say 2e-6.
+    Only its head is escaped so now; the rest of its lines are written as any other's."""
+    lines = {}
+    for name in ("w\udcff", "w1"):
+        out = io.StringIO()
+        worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker=name))
+        task = Task(name="square", args=[1], reply_to="r", id="id0", created_at=100.0)
+        worker.settled([Ending(Settlement(Delivery(b"", 0)), "ok", task, 100.000002, 0.000002)])
+        lines[name] = re.sub(r'"timestamp":"[^"]*"', '"timestamp":"T"', out.getvalue())
+    assert lines["w\udcff"].endswith('"queue_wait":2e-6,"duration":2e-6}\n')
+    assert lines["w\udcff"].replace('"w\\udcff"', '"w1"') == lines["w1"]
+
+
+def test_a_batch_with_a_name_of_a_non_utf8_byte_writes_its_numbers_and_other_lines_as_any() -> None:
+    """Was: a batch holding a task named with a non-UTF-8 byte went whole through
+    json.dumps: its every line's times in Python's form ("duration":2e-06, where any
+    other batch says 2e-6), an infinite one as Infinity, which is no JSON (msgspec: null).
+    Now only that name is escaped as json escapes it; the lines are msgspec's."""
+    lines = {}
+    for name in ("t\udcfe", "t"):
+        out = io.StringIO()
+        worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))
+        tasks = [Task(n, [1], "r", id=f"id{n}", created_at=100.0) for n in ("square", name)]
+        worker.settled(
+            [
+                Ending(Settlement(Delivery(b"", 0)), "ok", tasks[0], 100.000002, math.inf),
+                Ending(Settlement(Delivery(b"", 1)), "ok", tasks[1], 100.5, 0.000002),
+            ]
+        )
+        lines[name] = re.sub(r'"timestamp":"[^"]*"', '"timestamp":"T"', out.getvalue())
+    assert lines["t"].splitlines()[0].endswith('"queue_wait":2e-6,"duration":null}')
+    assert lines["t\udcfe"] == lines["t"].replace('"t"', '"t\\udcfe"').replace("idt", "idt\\udcfe")
+
+
 def test_events_of_a_batch_are_one_object_per_line_in_order_whatever_they_hold() -> None:
     out = io.StringIO()
     worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))
@@ -363,6 +402,16 @@ def test_a_failed_tasks_result_line_says_its_outcome_is_error() -> None:
 )
 def test_times_in_events_are_to_the_microsecond(seconds: float, shown: float) -> None:
     assert micros(seconds) == shown
+
+
+def test_times_in_events_are_rounded_half_up_as_int_rounds_them_at_every_magnitude() -> None:
+    """micros() floors as a float (``// 1``), not through an int: the same number for
+    every time a line rounds, from nanoseconds to 1e9 s, halves included."""
+    drawn = random.Random(16)
+    times = [drawn.uniform(0, 10.0**exponent) for exponent in range(-9, 10) for _ in range(500)]
+    times += [(n + 0.5) / 1e6 for n in range(0, 10**6, 997)]  # a 7th digit of 5
+    times += [math.nextafter(t, 0.0) for t in times[-1000:]] + [0.0, -0.0, 999_999_999.9999999]
+    assert [micros(t) for t in times] == [int(t * 1e6 + 0.5) / 1e6 for t in times]
 
 
 def test_times_no_clock_would_give_are_written_as_they_are() -> None:
@@ -502,6 +551,100 @@ def test_every_event_line_is_written_byte_for_byte_as_the_readme_shows_it(
         f'{error}"result received","task_id":"id2","task":"na\\u00efve\\ud83d\\ude00","attempt":3,'
         '"duration":3000000000.25,"outcome":"error","round_trip":1e-6,"worker":"w\\u2713"}',
     ]
+
+
+def test_a_batchs_lines_have_one_timestamp_though_the_clock_ticks_while_they_are_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Was (ffc8e42): each head of a batch (ok, error, duplicate) read the clock, so a
+    batch's error line could say a millisecond later than its ok lines. The clock here
+    moves 5 ms at every read."""
+    clock = iter(range(10**6))
+    monkeypatch.setattr(time, "time", lambda: 1000.0 + next(clock) * 0.005)
+    out = io.StringIO()
+    worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w1"))
+    master = MasterTelemetry(log=JsonConsole("master", out=out))
+    task = Task(name="square", args=[1], reply_to="r", id="id0", created_at=999.0)
+    outcomes: list[Outcome] = ["ok", "failed", "orphaned", "ok"]
+    endings = [
+        Ending(Settlement(Delivery(b"", n)), outcome, task, 999.5, 0.001)
+        for n, outcome in enumerate(outcomes)
+    ]
+    worker.settled([*endings, Ending(Settlement(Delivery(b"", 9)), "malformed")], released=1)
+    master.submitted([task], 1)
+    results = [Result("id0", status, "w1", 1, 0.0, 0.001) for status in ("ok", "error")]
+    master.collected(0, [(results[0], 0.5), (results[1], 0.5), (results[0], None)])
+    batches = [out.getvalue().splitlines()[:6], out.getvalue().splitlines()[7:]]
+    for lines in batches:
+        assert len({json.loads(line)["timestamp"] for line in lines}) == 1, lines
+
+
+def test_random_batches_lines_hold_their_events_fields_in_order_encoded_as_msgspec_does() -> None:
+    """A batch's lines share their head (encoded once: logs.Line): whatever the batch
+    holds, each line is its event's keys in order, its values as the inputs say, written
+    byte for byte as msgspec writes that object (escapes as json's)."""
+    drawn = random.Random(35)
+    names = ["square", "naïve😀", 'odd\n{"x"}', "a},{b", "w✓"]
+    odd = [0.0, 1.5e-6, -2.1e-6, 999_999_999.9999996, 3e9 + 0.25, 0.5, 5e-7]
+    outcomes: list[Outcome] = ["ok", "ok", "retried", "failed"]
+    out = io.StringIO()
+    worker = WorkerTelemetry(log=JsonConsole("worker", out=out, worker="w✓"))
+    master = MasterTelemetry(log=JsonConsole("master", out=out))
+    expected: list[dict[str, object]] = []
+
+    def time_() -> float:
+        return drawn.choice(odd) if drawn.random() < 0.3 else drawn.uniform(0, 2.0)
+
+    for batch in range(40):
+        tasks = [
+            Task(drawn.choice(names), [1], "r", id=f"id{batch}.{n}", attempt=n % 3 + 1)
+            for n in range(drawn.randint(1, 12))
+        ]
+        settled = [(drawn.choice(outcomes), time_(), time_()) for _ in tasks]
+        worker.settled(
+            [
+                Ending(Settlement(Delivery(b"", 0)), outcome, task, task.created_at + wait, run)
+                for task, (outcome, wait, run) in zip(tasks, settled, strict=True)
+            ]
+        )
+        master.submitted(tasks, len(tasks))
+        results = [
+            (Result(t.id, drawn.choice(["ok", "error"]), "w✓", t.attempt, 0.0, time_()), time_())
+            for t in tasks
+        ]
+        master.collected(0, [*results, (results[0][0], None)])
+        for task, (outcome, wait, run) in zip(tasks, settled, strict=True):
+            wait = (task.created_at + wait) - task.created_at
+            expected.append(
+                {
+                    "level": "info" if outcome in ("ok", "retried") else "error",
+                    "role": "worker", "worker": "w✓", "event": "task settled", "outcome": outcome,
+                    "task_id": task.id, "task": task.name, "attempt": task.attempt,
+                    "queue_wait": micros(wait) if 0 < wait <= LONGEST_WAIT else 0.0,
+                    "duration": micros(run),
+                }
+            )  # fmt: skip
+        for task in tasks:
+            expected.append(
+                {"level": "info", "role": "master", "event": "task submitted",
+                 "task_id": task.id, "task": task.name, "attempt": task.attempt}
+            )  # fmt: skip
+        for (result, trip), task in zip(results, tasks, strict=True):
+            expected.append(
+                {
+                    "level": "info" if result.status == "ok" else "error", "role": "master",
+                    "event": "result received", "task_id": task.id, "task": task.name,
+                    "attempt": task.attempt, "duration": micros(result.duration),
+                    "outcome": result.status, "round_trip": micros(trip), "worker": "w✓",
+                }
+            )  # fmt: skip
+        expected.append(
+            {"level": "info", "role": "master", "event": "duplicate result",
+             "task_id": tasks[0].id, "worker": "w✓"}
+        )  # fmt: skip
+    lines = _written(out)
+    assert [_ascii(msgspec.json.encode(json.loads(line))).decode() for line in lines] == lines
+    assert [json.loads(line) for line in lines] == [{"timestamp": "T", **e} for e in expected]
 
 
 class _InterruptedOnce(io.StringIO):
