@@ -714,3 +714,23 @@ def test_a_format_newer_than_this_distq_is_refused_saying_to_upgrade_it(magic: b
     assert f"format {magic.decode()}" in said and "newer distq" in said, said
     assert "upgrade every master and worker of queue 'distq'" in said, said
     assert "DQSIG2 and DQSIG3" in said, said
+
+
+@pytest.mark.parametrize("kind", ["task", "result"])
+def test_an_envelope_over_512_bytes_is_signed_dqsig2_which_hashes_long_ones_faster(
+    kind: str,
+) -> None:
+    """Where SHA-256 runs on the CPU's SHA extensions, hashlib's BLAKE2b costs more per
+    byte: a result pack of 19 KB was sealed in 32 µs, not 22, and a signed 8 KB task
+    checked in 9.3 µs, not 5.9 (sig35). Up to 512 bytes, DQSIG3; longer, DQSIG2."""
+    signer = Signer([NEW, OLD])
+    short, long = b"x" * 512, b"x" * 513
+    assert signer.sign(short, kind) == dqsig3(NEW, short, kind)
+    assert signer.sign(long, kind) == dqsig2(NEW, long, kind)
+    assert signer.signed_by_each(long, kind) == [dqsig2(key, long, kind) for key in (NEW, OLD)]
+    assert signer.signed_by_each(short, kind) == [dqsig3(key, short, kind) for key in (NEW, OLD)]
+    for envelope in (short, long):
+        assert signer.verify(signer.sign(envelope, kind), kind) == envelope
+    results = [Result(f"t{n}", "ok", "w", 1, 1.0, 0.5, value=n).encode() for n in range(50)]
+    (pack,) = Codec([NEW]).seal_results(results)
+    assert pack.startswith(b"DQSIG2 ") and Codec([NEW]).open_results(pack) == results
