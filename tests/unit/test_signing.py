@@ -34,6 +34,7 @@ from distq.signing import (
     HEADER_BYTES,
     MAGIC,
     MIN_KEY_LENGTH,
+    SIGNED,
     Signer,
     context,
     key_id,
@@ -372,7 +373,7 @@ def test_a_task_refused_for_its_signature_is_answered_unsigned(
     settlement, outcome = w.process(Delivery(body(sent), 1))
     assert outcome == "malformed" and settlement.reply_to == "replies"
     assert type(settlement.result) is bytes  # plain bytes on the wire, not the marker
-    assert not settlement.result.startswith(MAGIC)
+    assert not settlement.result.startswith(SIGNED)  # in no format
     answer = Codec().open_result(settlement.result)
     assert (answer.status, answer.error_type) == ("error", "SignatureError")
     message = answer.error_message or ""
