@@ -12,7 +12,7 @@ ROLES = ("master", "workers", "broker", "total")
 #: distq variants that switch one optional feature on, and what it is.
 FEATURES = {
     "distq-metrics": "metrics on (every task recorded; endpoints read once a second)",
-    "distq-signed": "signing on (HMAC-SHA256 on every task and result)",
+    "distq-signed": "signing on (a MAC on every task and result pack)",
     "distq-jsonlogs": "JSON logs on (per-task events, no --quiet)",
     "distq-textlogs": "text logs with per-task lines (no --quiet), for comparison",
 }
@@ -66,8 +66,9 @@ CONFIGS = """\
   runs with `--wait-workers 2`: its clock starts once both workers are attached (on
   manager the workers start once and reconnect to each new master, which hosts the
   queues, on the same address).
-- **distq-signed**: the same with `DISTQ_SIGNING_KEYS` set on master and workers: an
-  HMAC-SHA256 over every task and result, checked before decoding. Its ratio column is
+- **distq-signed**: the same with `DISTQ_SIGNING_KEYS` set on master and workers: a
+  MAC over every task (keyed BLAKE2b) and result pack (HMAC-SHA256, over 512 bytes),
+  checked before decoding. Its ratio column is
   what signing costs.
 - **distq-metrics**: `DISTQ_METRICS_PORT` on the master and every worker, each
   endpoint's `/metrics` and `/readyz` read once a second. A counted round lasts well

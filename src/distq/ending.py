@@ -52,6 +52,7 @@ from distq.errors import (
     EnvelopeError,
     MessageTooLarge,
     NestedTooDeep,
+    NewerSignature,
     OldSignature,
     SignatureError,
     TimeLimitExceeded,
@@ -398,8 +399,8 @@ class Endings:
     ) -> tuple[Task, bytes] | None:
         """The task in ``body``, refused for its signature (``error``), and its error
         result, with ``advice`` and, unless the keys are alike (a bad signature by a key
-        the worker holds, an older distq's format), to give both sides the same keys:
-        unsigned and left unsealed (:class:`Unsealed`), since the task that names its
+        the worker holds, an older or a newer distq's format), to give both sides the
+        same keys: unsigned and left unsealed (:class:`Unsealed`), since the task that names its
         master could not be trusted. A submitter without keys (the keys set on one side
         only) gets it at once, where it waited in vain; one with keys refuses it as
         unsigned and says so, as it refuses any unsigned result: no forged task makes a
@@ -408,8 +409,10 @@ class Endings:
         if task is None or task.reply_to == NO_REPLY:
             return None
         fixes = [advice] if advice else []
-        # BadSignature, OldSignature say their own fix; the reason may have said this one
-        if not isinstance(error, BadSignature | OldSignature) and _SAME_KEYS not in reason:
+        # BadSignature, OldSignature, NewerSignature say their own fix; the reason may
+        # have said this one
+        alike = BadSignature | OldSignature | NewerSignature
+        if not isinstance(error, alike) and _SAME_KEYS not in reason:
             fixes.append(_SAME_KEYS)
         why = f"{reason}; not run" + (f": {', and '.join(fixes)}" if fixes else "")
         try:  # the envelope, unsigned: sealing signs, and this one stays Unsealed

@@ -95,6 +95,11 @@ class OldSignature(SignatureError):
     """A message signed as distq before the queue was bound (``DQSIG1``): refused."""
 
 
+class NewerSignature(SignatureError):
+    """A message signed in a format newer than this distq reads (``DQSIG4`` on): a newer
+    distq sent it; upgrading this process reads it."""
+
+
 class KeyMissing(SignatureError):
     """A message is signed with a key this process does not have (or it has none): not
     a forgery, a setting to fix."""

@@ -28,8 +28,9 @@ log = logging.getLogger("distq.executor")
 Cancel = Callable[[list["DistqFuture[Any]"], bool], list[bool]]
 _T = TypeVar("_T")
 #: What a worker's refusal of a task for its signature says when both sides' keys are
-#: alike (errors.BadSignature, errors.OldSignature): no keys to give, another fix.
-_KEYS_ALIKE = ("has a bad signature for key id", "signed by an older distq")
+#: alike (errors.BadSignature, errors.OldSignature, errors.NewerSignature): no keys to
+#: give, another fix.
+_KEYS_ALIKE = ("has a bad signature for key id", "signed by an older distq", "a newer distq writes")
 #: The states in which ``done()`` is true.
 _DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
 
@@ -276,7 +277,7 @@ class DistqFuture(concurrent.futures.Future[_T]):
     def refused_with_keys_alike(self) -> bool:
         """The answer that refused it says the keys are not what differs: its signature
         was bad for a key the worker holds (signed for another queue, altered, forged)
-        or of an older distq. False when no answer refused it."""
+        or of an older or a newer distq. False when no answer refused it."""
         return self.refused is not None and any(said in self.refused for said in _KEYS_ALIKE)
 
     def waiting(self, timeout: float | None) -> str:

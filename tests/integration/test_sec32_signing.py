@@ -12,7 +12,7 @@ import pytest
 from conftest import Target
 from distq.codec import Codec
 from distq.envelope import Result, Task
-from distq.signing import MAGIC, Signer
+from distq.signing import SIGNED, Signer
 from distq.transport import Transport
 from procs import Distq
 
@@ -49,7 +49,7 @@ def test_refused_tasks_are_dead_lettered_with_their_reason_and_answered(
         deadline = time.monotonic() + 60
         while len(answers) < 4 and time.monotonic() < deadline:
             for body in producer.results(4, 0.2):
-                codec = signed if body.startswith(MAGIC) else Codec()
+                codec = signed if body.startswith(SIGNED) else Codec()  # a pack: DQSIG2
                 for envelope in codec.open_results(body):
                     result = Result.decode(envelope)
                     answers[result.task_id] = result

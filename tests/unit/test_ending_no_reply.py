@@ -44,24 +44,25 @@ def test_a_task_nobody_waits_for_refused_for_its_signature_gets_no_result() -> N
 
 
 @pytest.mark.parametrize("reply_to", [NO_REPLY, "replies"])
-def test_an_oversized_signed_task_costs_one_hmac_over_it(
+def test_an_oversized_signed_task_costs_one_mac_over_it(
     reply_to: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Refused for its size, a signed task nobody waits for had its signature checked
     twice, each an HMAC over all of it (up to 128 MiB): once to read its head, once more
-    to say whether its signature was refused too (sec33)."""
+    to say whether its signature was refused too (sec33). Counted as verifications of it:
+    each hashes a message once at most, in any format or refusal."""
     sender, worker = Codec([KEY], max_message_bytes=1 << 20), Codec([KEY], max_message_bytes=4096)
     body = sender.seal_task(Task(name="square", args=["x" * 10_000], reply_to=reply_to))
     with pytest.raises(MessageTooLarge) as caught:
         worker.open_task(body)
     hashed: list[int] = []
-    keyed = signing._Keyed.hexdigest
+    verify = signing.Signer.verify
 
-    def counted(self: signing._Keyed, data: bytes) -> bytes:
-        hashed.append(len(data))
-        return keyed(self, data)
+    def counted(self: signing.Signer, message: bytes, kind: str) -> bytes:
+        hashed.append(len(message))
+        return verify(self, message, kind)
 
-    monkeypatch.setattr(signing._Keyed, "hexdigest", counted)
+    monkeypatch.setattr(signing.Signer, "verify", counted)
     ending = Endings("w1", "q", worker).malformed(Delivery(body, 1), caught.value)
     assert ending.settlement.dead_letter is not None
     assert (ending.settlement.reply_to is None) == (reply_to == NO_REPLY)

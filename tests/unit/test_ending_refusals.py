@@ -256,17 +256,20 @@ def _old_format(body: bytes) -> bytes:
     return b"DQSIG1 " + header.split(b" ")[1] + b" " + mac + b"\n" + envelope
 
 
-@pytest.mark.parametrize("sent_as", ["another queue", "DQSIG1"])
+@pytest.mark.parametrize("sent_as", ["another queue", "DQSIG1", "DQSIG4"])
 def test_a_task_refused_with_the_workers_own_key_is_not_answered_to_give_the_same_keys(
     sent_as: str,
 ) -> None:
     """Signed with a key the worker holds, for queue 'a' and moved onto 'b' (or in the
-    format of an older distq), its answer ended "give the workers and the process that
-    submits tasks the same DISTQ_SIGNING_KEYS": the keys were the same already. It now
-    says what would run it: submitting it to 'b' itself (or upgrading)."""
+    format of an older distq, or of a newer one), its answer ended "give the workers and
+    the process that submits tasks the same DISTQ_SIGNING_KEYS": the keys were the same
+    already. It now says what would run it: submitting it to 'b' itself (or upgrading)."""
     sent = Task(name="jobs:add", args=[1, 2], reply_to="replies")
     body = Codec((KEY,), queue="a").seal_task(sent)
-    body = body if sent_as == "another queue" else _old_format(body)
+    if sent_as == "DQSIG1":
+        body = _old_format(body)
+    elif sent_as == "DQSIG4":  # a newer distq's format, whatever its signature
+        body = b"DQSIG4" + body[len(b"DQSIG3") :]
     endings = Endings("w1", "b", Codec((KEY,), queue="b"))
     error, letter = _refused(endings, body)
     [s] = endings.settlements([endings.malformed(Delivery(body, 1), error)])
@@ -282,19 +285,24 @@ def _kept(futures: list[DistqFuture[Any]], wait: bool = True) -> list[bool]:
     return [False for _ in futures]
 
 
-@pytest.mark.parametrize("keys_alike", [True, False])
+@pytest.mark.parametrize("sent_as", ["keys alike", "other keys", "a newer format"])
 def test_a_wait_for_a_task_refused_with_the_workers_own_key_does_not_advise_keys(
-    keys_alike: bool,
+    sent_as: str,
 ) -> None:
     """Signed with the worker's key for queue 'a', moved onto 'b' and refused there: the
     Executor's (and `submit --wait`'s) wait ended "give the workers and this process the
     same DISTQ_SIGNING_KEYS", and `submit --wait` "once the keys match, `distq
-    requeue-dead` runs it": the keys were the same. With other keys, both still say so."""
+    requeue-dead` runs it": the keys were the same. With other keys, both still say so.
+    Nor for a format newer than the worker reads (DQSIG4): upgrading it is the fix."""
+    keys_alike = sent_as != "other keys"
     sent = Task(name="jobs:add", args=[1, 2], reply_to="replies")
     submitter = Codec((KEY if keys_alike else b"another-key-0123456789",), queue="a")
     endings = Endings("w1", "b", Codec((KEY,), queue="b"))
-    error, _ = _refused(endings, submitter.seal_task(sent))
-    [s] = endings.settlements([endings.malformed(Delivery(submitter.seal_task(sent), 1), error)])
+    body = submitter.seal_task(sent)
+    if sent_as == "a newer format":
+        body = b"DQSIG4" + body[len(b"DQSIG3") :]
+    error, _ = _refused(endings, body)
+    [s] = endings.settlements([endings.malformed(Delivery(body, 1), error)])
     answer = bytes(s.result or b"")
     with pytest.raises(SignatureError) as caught:
         submitter.open_results(answer)

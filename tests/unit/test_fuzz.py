@@ -26,7 +26,7 @@ from distq.ending import Endings
 from distq.envelope import DeadLetter, Result, Task
 from distq.errors import EnvelopeError
 from distq.runner import TaskRunner
-from distq.signing import MAGIC
+from distq.signing import SIGNED
 from distq.tasks import Registry
 from distq.transport import Delivery
 
@@ -148,7 +148,7 @@ def settle_checked(name: str, body: bytes) -> None:
     refusal = (  # a task refused for its signature is answered unsigned, by any worker
         settlement.result is not None
         and codec.signer is not None
-        and not settlement.result.startswith(MAGIC)
+        and not settlement.result.startswith(SIGNED)
     )
     if settlement.result is not None:
         assert settlement.reply_to

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import itertools
 import json
 import secrets
 import threading
@@ -19,13 +20,21 @@ from distq.config import Settings
 from distq.console import Console
 from distq.ending import Ending, Endings
 from distq.envelope import SHALLOW_NESTING, DeadLetter, Result, Task
-from distq.errors import EnvelopeError, MessageTooLarge, SignatureError, UnverifiedRefusal
+from distq.errors import (
+    EnvelopeError,
+    MessageTooLarge,
+    NewerSignature,
+    SignatureError,
+    UnverifiedRefusal,
+)
 from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES, check_nesting
 from distq.master import JobSpec, Master
 from distq.runner import TaskRunner
 from distq.signing import (
+    HEADER_BYTES,
     MAGIC,
     MIN_KEY_LENGTH,
+    SIGNED,
     Signer,
     context,
     key_id,
@@ -364,7 +373,7 @@ def test_a_task_refused_for_its_signature_is_answered_unsigned(
     settlement, outcome = w.process(Delivery(body(sent), 1))
     assert outcome == "malformed" and settlement.reply_to == "replies"
     assert type(settlement.result) is bytes  # plain bytes on the wire, not the marker
-    assert not settlement.result.startswith(MAGIC)
+    assert not settlement.result.startswith(SIGNED)  # in no format
     answer = Codec().open_result(settlement.result)
     assert (answer.status, answer.error_type) == ("error", "SignatureError")
     message = answer.error_message or ""
@@ -467,9 +476,9 @@ def test_the_master_drops_results_that_are_not_signed_right() -> None:
     assert text.count("dropped a result: unsigned result") == 2
 
 
-def test_the_signature_is_hmac_sha256_of_the_context_and_the_exact_envelope_bytes() -> None:
-    """The wire format, checked against the standard library's one-shot HMAC, from several
-    threads at once (the signer reuses one keyed state per key)."""
+def test_the_signature_is_keyed_blake2b_of_the_exact_envelope_bytes() -> None:
+    """The wire format, checked against the standard library's one-shot hashes, from
+    several threads at once (the signer reuses one keyed state per key)."""
     signer = Signer([NEW, OLD])
     envelopes = [task(n).encode() for n in range(200)]
     seen: list[bytes] = []
@@ -484,9 +493,8 @@ def test_the_signature_is_hmac_sha256_of_the_context_and_the_exact_envelope_byte
         thread.join()
     assert len(seen) == 4 * len(envelopes)
     for message in seen:
-        header, _, envelope = message.partition(b"\n")
-        mac = hmac.new(NEW, context("task", "distq") + envelope, hashlib.sha256).hexdigest()
-        assert header == MAGIC + key_id(NEW).encode() + b" " + mac.encode()
+        envelope = message.partition(b"\n")[2]
+        assert message == dqsig3(NEW, envelope)
         assert signer.verify(message, "task") == envelope
     assert key_id(NEW) == hmac.new(NEW, b"distq key id", hashlib.sha256).hexdigest()[:8]
     old = Signer([OLD]).sign(envelopes[0], "task")
@@ -495,11 +503,13 @@ def test_the_signature_is_hmac_sha256_of_the_context_and_the_exact_envelope_byte
 
 @pytest.mark.parametrize("length", [16, 63, 64, 65, 200])
 def test_keys_of_any_length_sign_as_the_standard_library_does(length: int) -> None:
+    """BLAKE2b takes keys of up to 64 bytes: a longer one signs through its derived key,
+    and an older process's DQSIG2 (an HMAC, of any key's length) verifies."""
     key = bytes(range(256))[:length] if length <= 256 else b"k" * length
     envelope = task(7).encode()
-    header, _, _ = Signer([key], "q").sign(envelope, "task").partition(b"\n")
-    mac = hmac.new(key, context("task", "q") + envelope, hashlib.sha256).hexdigest()
-    assert header.endswith(b" " + mac.encode())
+    signer = Signer([key], "q")
+    assert signer.sign(envelope, "task") == dqsig3(key, envelope, "task", "q")
+    assert signer.verify(dqsig2(key, envelope, "task", "q"), "task") == envelope
 
 
 def test_a_key_of_exactly_the_minimum_length_is_accepted() -> None:
@@ -623,3 +633,105 @@ def test_the_context_counts_a_queue_in_bytes_so_no_two_queues_share_one() -> Non
     for queue in ("distq", "t-1.a_b", "q" * 100):  # an ASCII name: a byte per character
         text = f"distq task {len(queue)}:{queue}".encode()
         assert context("task", queue) == text.ljust(-(-len(text) // 64) * 64, b"\0")
+
+
+# --- the format: DQSIG3, and DQSIG2 during a rolling upgrade (sig35) ---------------------
+
+
+def dqsig3(key: bytes, envelope: bytes, kind: str = "task", queue: str = "distq") -> bytes:
+    """``envelope`` signed as the README says DQSIG3, with the standard library alone."""
+    derived = hmac.new(key, b"distq DQSIG3 " + context(kind, queue), hashlib.sha256).digest()
+    mac = hashlib.blake2b(envelope, key=derived, digest_size=32).hexdigest()
+    return b"DQSIG3 " + key_id(key).encode() + b" " + mac.encode() + b"\n" + envelope
+
+
+def dqsig2(key: bytes, envelope: bytes, kind: str = "task", queue: str = "distq") -> bytes:
+    """``envelope`` as distq before DQSIG3 signed it (an older process mid-upgrade)."""
+    mac = hmac.new(key, context(kind, queue) + envelope, hashlib.sha256).hexdigest()
+    return b"DQSIG2 " + key_id(key).encode() + b" " + mac.encode() + b"\n" + envelope
+
+
+@pytest.mark.parametrize("queue", ["distq", "q" * 300, "\u00e9\0"])
+@pytest.mark.parametrize("kind", ["task", "result"])
+def test_this_distq_signs_keyed_blake2b_as_dqsig3(kind: str, queue: str) -> None:
+    envelope = task(7).encode()
+    assert Signer([NEW], queue).sign(envelope, kind) == dqsig3(NEW, envelope, kind, queue)
+    assert Signer([NEW], queue).verify(dqsig3(NEW, envelope, kind, queue), kind) == envelope
+    assert len(dqsig3(NEW, envelope)) - len(envelope) == HEADER_BYTES  # as DQSIG2's
+
+
+def test_a_dqsig2_message_of_an_older_process_still_verifies() -> None:
+    """A rolling upgrade: masters and workers not yet upgraded sign DQSIG2."""
+    rotating = Codec([NEW, OLD])
+    for key in (NEW, OLD):
+        assert rotating.open_task(dqsig2(key, task(3).encode())).args == [3]
+    ok = Result("t1", "ok", "w", 1, 1.0, 0.5, value=9).encode()
+    assert rotating.open_result(dqsig2(OLD, ok, "result")).value == 9
+    assert Codec([NEW]).open_results(dqsig2(NEW, b"[" + ok + b"," + ok + b"]", "result"))
+
+
+@pytest.mark.parametrize("sign", [dqsig3, dqsig2])
+@pytest.mark.parametrize(
+    ("made", "reason"),
+    [
+        (lambda sign: sign(NEW, task(3).encode(), "task", "a"), "bad signature .* than 'distq'"),
+        (lambda sign: sign(NEW, task(3).encode(), "result"), "bad signature"),
+        (lambda sign: sign(NEW, task(3).encode()).replace(b"[3]", b"[4]"), "bad signature"),
+        (lambda sign: (lambda m: m[:20] + bytes([m[20] ^ 1]) + m[21:])(sign(NEW, b"{}")), "bad"),
+        (lambda sign: sign(OTHER, task(3).encode()), "signed with another key"),
+        (lambda sign: sign(NEW, task(3).encode()).replace(b"\n", b" ", 1), "malformed"),
+    ],
+)
+def test_a_message_signed_for_another_queue_or_kind_or_altered_is_refused_in_either_format(
+    sign: Callable[..., bytes], made: Callable[[Callable[..., bytes]], bytes], reason: str
+) -> None:
+    with pytest.raises(SignatureError, match=reason):
+        Codec([NEW]).open_task(made(sign))
+
+
+def test_a_key_rotation_works_across_the_formats() -> None:
+    """Add the new key at the end, move it first, drop the old one: each step's processes
+    read the others', in DQSIG3 and from a process still on DQSIG2."""
+    envelope = task(5).encode()
+    steps = [Codec([OLD]), Codec([OLD, NEW]), Codec([NEW, OLD]), Codec([NEW])]
+    for before, after in itertools.pairwise(steps):
+        for sender, reader in ((before, after), (after, before)):
+            assert reader.open_task(sender.seal_task(task(5))).args == [5]
+    assert steps[2].seal_task(task(5)).startswith(b"DQSIG3 " + key_id(NEW).encode())
+    for message in (dqsig2(OLD, envelope), dqsig3(OLD, envelope)):
+        assert steps[2].open_task(message).args == [5]
+        with pytest.raises(SignatureError, match="signed with another key"):
+            steps[3].open_task(message)
+
+
+@pytest.mark.parametrize("magic", [b"DQSIG4", b"DQSIG12"])
+def test_a_format_newer_than_this_distq_is_refused_saying_to_upgrade_it(magic: bytes) -> None:
+    """Was: a future format read as "unsigned task: this process requires signatures",
+    as if the sender had no keys; it is signed, by a newer distq."""
+    message = dqsig3(NEW, task(3).encode()).replace(b"DQSIG3", magic, 1)
+    with pytest.raises(NewerSignature) as caught:
+        Codec([NEW]).open_task(message)
+    said = str(caught.value)
+    assert f"format {magic.decode()}" in said and "newer distq" in said, said
+    assert "upgrade every master and worker of queue 'distq'" in said, said
+    assert "DQSIG2 and DQSIG3" in said, said
+
+
+@pytest.mark.parametrize("kind", ["task", "result"])
+def test_an_envelope_over_512_bytes_is_signed_dqsig2_which_hashes_long_ones_faster(
+    kind: str,
+) -> None:
+    """Where SHA-256 runs on the CPU's SHA extensions, hashlib's BLAKE2b costs more per
+    byte: a result pack of 19 KB was sealed in 32 µs, not 22, and a signed 8 KB task
+    checked in 9.3 µs, not 5.9 (sig35). Up to 512 bytes, DQSIG3; longer, DQSIG2."""
+    signer = Signer([NEW, OLD])
+    short, long = b"x" * 512, b"x" * 513
+    assert signer.sign(short, kind) == dqsig3(NEW, short, kind)
+    assert signer.sign(long, kind) == dqsig2(NEW, long, kind)
+    assert signer.signed_by_each(long, kind) == [dqsig2(key, long, kind) for key in (NEW, OLD)]
+    assert signer.signed_by_each(short, kind) == [dqsig3(key, short, kind) for key in (NEW, OLD)]
+    for envelope in (short, long):
+        assert signer.verify(signer.sign(envelope, kind), kind) == envelope
+    results = [Result(f"t{n}", "ok", "w", 1, 1.0, 0.5, value=n).encode() for n in range(50)]
+    (pack,) = Codec([NEW]).seal_results(results)
+    assert pack.startswith(b"DQSIG2 ") and Codec([NEW]).open_results(pack) == results
