@@ -651,13 +651,33 @@ def dqsig2(key: bytes, envelope: bytes, kind: str = "task", queue: str = "distq"
     return b"DQSIG2 " + key_id(key).encode() + b" " + mac.encode() + b"\n" + envelope
 
 
+def answering(signer: Signer) -> Signer:
+    """``signer`` once it has read a DQSIG3 task: it signs its results DQSIG3 too."""
+    signer.verify(dqsig3(NEW, task(1).encode(), "task", signer.queue), "task")
+    return signer
+
+
 @pytest.mark.parametrize("queue", ["distq", "q" * 300, "\u00e9\0"])
 @pytest.mark.parametrize("kind", ["task", "result"])
 def test_this_distq_signs_keyed_blake2b_as_dqsig3(kind: str, queue: str) -> None:
     envelope = task(7).encode()
-    assert Signer([NEW], queue).sign(envelope, kind) == dqsig3(NEW, envelope, kind, queue)
+    signer = answering(Signer([NEW], queue))
+    assert signer.sign(envelope, kind) == dqsig3(NEW, envelope, kind, queue)
     assert Signer([NEW], queue).verify(dqsig3(NEW, envelope, kind, queue), kind) == envelope
     assert len(dqsig3(NEW, envelope)) - len(envelope) == HEADER_BYTES  # as DQSIG2's
+
+
+def test_a_worker_answers_dqsig2_until_it_reads_a_dqsig3_task() -> None:
+    """Workers upgraded first, beside masters not yet upgraded: a master before DQSIG3
+    reads only DQSIG2, so a worker's results stay DQSIG2 (as its tasks come) until a
+    task in DQSIG3 says its master reads it (it dropped them: sig35's first form)."""
+    worker, envelope = Signer([NEW]), task(5).encode()
+    assert worker.sign(envelope, "result") == dqsig2(NEW, envelope, "result")
+    worker.verify(dqsig2(NEW, task(2).encode()), "task")  # an older master's task
+    assert worker.sign(envelope, "result") == dqsig2(NEW, envelope, "result")
+    worker.verify(dqsig3(NEW, task(2).encode()), "task")  # an upgraded master's
+    assert worker.sign(envelope, "result") == dqsig3(NEW, envelope, "result")
+    assert worker.sign(envelope, "task") == dqsig3(NEW, envelope, "task")  # tasks: DQSIG3
 
 
 def test_a_dqsig2_message_of_an_older_process_still_verifies() -> None:
@@ -724,7 +744,7 @@ def test_an_envelope_over_512_bytes_is_signed_dqsig2_which_hashes_long_ones_fast
     """Where SHA-256 runs on the CPU's SHA extensions, hashlib's BLAKE2b costs more per
     byte: a result pack of 19 KB was sealed in 32 µs, not 22, and a signed 8 KB task
     checked in 9.3 µs, not 5.9 (sig35). Up to 512 bytes, DQSIG3; longer, DQSIG2."""
-    signer = Signer([NEW, OLD])
+    signer = answering(Signer([NEW, OLD]))
     short, long = b"x" * 512, b"x" * 513
     assert signer.sign(short, kind) == dqsig3(NEW, short, kind)
     assert signer.sign(long, kind) == dqsig2(NEW, long, kind)
