@@ -430,6 +430,7 @@ def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signatur
         "hold",
         "dead_counts",
         "task_counts",
+        "unget",
     }  # the master's own
 
 
