@@ -168,7 +168,11 @@ def test_a_task_far_over_a_workers_limit_is_dead_lettered_answered_on_every_tran
     big = Task("jobs:echo", ["x" * (70 << 20)], reply)
     small = [Task("jobs:add", [n, n], reply) for n in range(3)]
     producer.submit([small[0].encode(), big.encode(), *(t.encode() for t in small[1:])])
-    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], target.process_env())
+    # a lease of 10 s, not the tests' 1: a Redis reply of 70 MiB read on a loaded machine
+    # (a clean-clone CI beside other work) took over 1 s, the wait a lease allows, and the
+    # worker timed out and read it again for 84 s, still reconnecting at its idle exit
+    env = target.process_env(DISTQ_LEASE_SECONDS="10")
+    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], env)
     workers.append(proc)
     # results first: their reading keeps this master alive (a master that makes no call
     # for 10 s is gone, its results dropped: a worker slow with 70 MiB on a loaded machine)
