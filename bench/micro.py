@@ -4,8 +4,8 @@
 the master and in a worker, the CPU microseconds it takes (``time.process_time``, best
 of 5 rounds, or of ``--rounds``), so that a change to one step can be measured on its
 own, A/B, where the end-to-end rows of ``make bench`` move with the machine's load.
-Only public APIs are used, so the same file measures an older checkout too: alternate
-it on both, e.g.
+Only public APIs are used (but for a lone task's step, which runs a worker slot's own
+loop), so the same file measures an older checkout too: alternate it on both, e.g.
 ``PYTHONPATH=<old checkout>/src bench/.venv/bin/python bench/micro.py --rounds 30``.
 
 CPU time moves with the machine's other load; ``--instructions NAME`` counts instead,
@@ -26,7 +26,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 
 from distq import signing
 from distq.codec import Codec
@@ -36,9 +36,11 @@ from distq.envelope import Result, Task
 from distq.logs import JsonConsole
 from distq.metrics import MasterMetrics, WorkerMetrics
 from distq.runner import TaskRunner
+from distq.slots import Slot
 from distq.tasks import Registry
 from distq.telemetry import MasterTelemetry, WorkerTelemetry
-from distq.transport.base import Delivery
+from distq.transport.base import Consumer, Delivery, Settlement
+from distq.worker import Worker, WorkerOptions
 
 KEY = b"0123456789abcdef0123456789abcdef"
 REPLY_TO = "distq:distq:results:" + "a" * 32
@@ -99,6 +101,66 @@ def _mac() -> Callable[[bytes], bytes]:
     return mac
 
 
+class LoneTasks(Consumer):
+    """A consumer that hands a slot its tasks one at a time, as a job of lone tasks
+    does (``--max-in-flight 1``): each settle brings the next task, and the last one's
+    settle none, which stops the worker's slot loop. No broker: what is counted is the
+    worker's own Python from a task in hand to its settle's call, and the bookkeeping
+    around it, not the transport's."""
+
+    def __init__(self, worker: Worker, bodies: list[bytes]) -> None:
+        self.worker, self.bodies, self.next = worker, bodies, 0
+
+    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+        return self._next()
+
+    def settle_then_fetch(
+        self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
+    ) -> list[Delivery]:
+        return self._next()
+
+    def _next(self) -> list[Delivery]:
+        if self.next == len(self.bodies):
+            self.worker._stopping.set()  # the slot loop ends after this settle
+            return []
+        body = self.bodies[self.next]
+        self.next += 1
+        return [Delivery(body, body)]
+
+    def heartbeat(self) -> None:
+        pass
+
+    def gone(self, reply_to: Collection[str]) -> set[str]:
+        return set()
+
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        pass
+
+    def release(self, deliveries: Sequence[Delivery]) -> int:
+        return len(deliveries)
+
+    def close(self) -> None:
+        pass
+
+
+def lone_tasks(bodies: list[bytes]) -> Callable[[], None]:
+    """A worker's slot loop over ``bodies``, each fetched alone (:class:`LoneTasks`)."""
+    worker = Worker(
+        None,  # type: ignore[arg-type]  # the slot loop asks its consumer only
+        Registry(),
+        WorkerOptions(worker_id="host-1-0"),
+        Console(quiet=True, out=io.StringIO()),
+    )
+
+    def step() -> None:
+        worker._stopping.clear()
+        slot = Slot(0)
+        slot.consumer = LoneTasks(worker, bodies)
+        worker._work_on(slot, 0)
+
+    return step
+
+
 #: A step: what one call does, how many tasks one call handles, and how many calls a round makes.
 Step = tuple[Callable[[], object], int, int]
 
@@ -112,7 +174,9 @@ def steps() -> dict[str, Step]:
         started_at=time.time(), duration=2.1e-06, value=537289,
     )  # fmt: skip
     task_body, result_body = plain.seal_task(task), result.encode()
-    signed_task, signed_result = signed.seal_task(task), signed.seal(result.encode(), "result")
+    signed_task = signed.seal_task(task)
+    signed.open_task(signed_task)  # a worker that has read a DQSIG3 task answers DQSIG3
+    signed_result = signed.seal(result.encode(), "result")
     bodies = [plain.seal_task(Task("square", [n], REPLY_TO)) for n in range(BATCH)]
     deliveries = [Delivery(body, body) for body in bodies]
     quiet = Console(quiet=True, out=io.StringIO())
@@ -193,6 +257,11 @@ def steps() -> dict[str, Step]:
         "master: open a result": (lambda: plain.open_result(result_body), 1, 2000),
         "worker: open a task": (lambda: plain.open_task(task_body), 1, 2000),
         "worker: run a task, its result sealed (batch of 128)": (worker_batch, BATCH, 20),
+        "worker: a lone task in a slot, fetched to settled (128 one by one)": (
+            lone_tasks(bodies),
+            BATCH,
+            20,
+        ),
         "worker: seal a batch's results (128), per task": (
             lambda: seal_batch(plain, results),
             BATCH,

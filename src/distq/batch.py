@@ -121,12 +121,14 @@ class Batch:
     def take_rest(self) -> list[Delivery]:
         """Take every delivery not started yet, in order (either thread)."""
         rest: list[Delivery] = []
-        while True:
+        waiting = self.waiting
+        while waiting:  # the usual batch ran whole: no IndexError raised to end the loop
             try:
-                rest.append(self.waiting.pop())
-            except IndexError:
-                rest.reverse()
-                return rest
+                rest.append(waiting.pop())
+            except IndexError:  # the other thread took the last one meanwhile
+                break
+        rest.reverse()
+        return rest
 
     def put_back(self, rest: Sequence[Delivery] = (), endings: Sequence[Ending] = ()) -> None:
         """Undo :meth:`take_rest` and :meth:`take_endings` (the keeper could not hand them
@@ -184,14 +186,15 @@ def run_batch(
     """
     endings = batch.endings
     started = time.perf_counter()
-    while True:
+    waiting = batch.waiting
+    while waiting:  # emptied: the usual end, with no IndexError raised (1 µs a batch)
         if abort.is_set() or stopping.is_set() or batch.rest_in_doubt:
             break
         if endings and time.perf_counter() - started > budget:
             break
         try:
-            delivery = batch.waiting.popleft()
-        except IndexError:
+            delivery = waiting.popleft()
+        except IndexError:  # the keeper took the last one since
             break
         claim = batch.claim = [delivery]
         ending = run(delivery, batch)
@@ -202,7 +205,7 @@ def run_batch(
             batch.abandoned = True
             break
         if ending is None:
-            batch.waiting.appendleft(delivery)
+            waiting.appendleft(delivery)
             break
         if running is not None and late is not None:
             took = time.monotonic() - running.started

@@ -451,6 +451,14 @@ class Endings:
         lapsed first (the copy decides), and the batch's other results rode on it and
         were lost, their tasks counted done and their copies dropped (late21).
         """
+        if len(endings) == 1:  # a lone task's: its result sealed alone, no grouping
+            s = endings[0].settlement
+            result = s.result
+            if isinstance(result, Unsealed):
+                return [_settlement(s, s.reply_to, bytes(result))]
+            if result is None or s.reply_to is None:
+                return [s]
+            return [_settlement(s, s.reply_to, self.codec.seal_results([result])[0])]
         settlements = [ending.settlement for ending in endings]
         groups: dict[str | int, list[int]] = {}  # a master's, or one dead letter's
         for i, s in enumerate(settlements):

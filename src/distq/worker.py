@@ -766,6 +766,11 @@ class Worker:
         ending's note is printed here, once it is true ("dead-lettered", "retrying")."""
         slot.in_hand -= len(endings) + released
         released -= kept
+        if len(endings) == 1 and endings[0].outcome == "ok" and endings[0].note is None:
+            # a lone task's: no table of outcomes to build and spread as keywords
+            self.health.finished(ok=1, released=released, kept=kept, since=since)
+            self.telemetry.settled(endings, released, at)
+            return
         counts: dict[str, int] = dict.fromkeys(_OUTCOMES, 0)
         for ending in endings:
             counts[ending.outcome] += 1

@@ -521,3 +521,35 @@ def test_a_chunks_lines_name_the_function_it_calls_as_its_metrics_do() -> None:
     odd = Task(name=CHUNK_TASK, args=["x"], reply_to="r")  # its arguments name no function
     note = ENDINGS.orphaned(delivery(odd), odd).note or ""
     assert note.startswith(f"task {CHUNK_TASK} {odd.id} ")
+
+
+def test_a_lone_endings_settlement_is_what_it_would_be_in_a_batch() -> None:
+    """A batch of one takes a shorter way to its settlement (no grouping by master): each
+    kind of ending, alone, settles as it does among others, its result sealed (signed)
+    alone, sent as it is (unsigned, a refusal), or not at all (nobody waits)."""
+    key = b"0123456789abcdef-key"
+    codec = Codec([key])
+    endings = Endings("w", "q", codec)
+    unsigned = Task(name="square", args=[3], reply_to="R").encode()
+    lone = [
+        endings.ok(Delivery(codec.seal_task(t), tag=1), t, 9, 1000.0, 0.1)
+        for t in (Task("square", [3], reply_to="A"), Task("square", [3], reply_to=NO_REPLY))
+    ]
+    failed = Task("square", [3], reply_to="A", attempt=3, max_attempts=3)
+    lone.append(
+        endings.failed(Delivery(b"x", 2), failed, ValueError("no"), 0.0, 0.1, retryable=True)
+    )
+    lone.append(endings.malformed(Delivery(unsigned, 3), codec_refusal(codec, unsigned)))
+    other = endings.ok(Delivery(b"o", 9), Task("square", [2], reply_to="B"), 4, 0.0, 0.1)
+    for ending in lone:
+        alone = endings.settlements([ending])
+        assert alone == endings.settlements([ending, other])[:1], ending
+        assert type(alone[0].result) in (bytes, type(None)), ending  # no Unsealed left
+    assert [s.result is None for s in endings.settlements(lone)] == [False, True, False, False]
+
+
+def codec_refusal(codec: Codec, body: bytes) -> EnvelopeError:
+    """The error ``codec`` refuses ``body`` with."""
+    with pytest.raises(EnvelopeError) as refused:
+        codec.open_task(body)
+    return refused.value

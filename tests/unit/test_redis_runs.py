@@ -100,6 +100,26 @@ def test_any_other_batch_makes_the_same_runs(odd: Settlement) -> None:
     assert keys[7:] == (["a", "b"] if odd.reply_to == "b" else ["a"])
 
 
+@pytest.mark.parametrize(
+    "lone",
+    [
+        Settlement(D[0], "a", b"rt0"),  # a lone task's result: made on a shorter way
+        Settlement(D[0], "a", b""),  # an empty result is still one
+        Settlement(D[0], "a", b"rt0", dead_letter=b"dead"),
+        Settlement(D[0], retry=b"again", retry_delay=0.5),
+        Settlement(D[0], "a", b"rt0", retry=b"again", retry_delay=0.5),
+        Settlement(D[0], dead_letter=b"dead"),
+        Settlement(D[0], "a"),  # a reply queue but no result
+        Settlement(D[0], None, b"rt0"),  # a result but nobody to send it to
+        Settlement(D[0]),
+    ],
+)
+def test_a_settlement_alone_makes_the_runs_and_keys_of_any_batch(lone: Settlement) -> None:
+    keys, args = _publish([lone])
+    assert args == _general([lone])
+    assert keys[7:] == (["a"] if lone.reply_to == "a" and lone.result is not None else [])
+
+
 @pytest.mark.parametrize(("db", "where"), [("0", "127.0.0.1:6379"), ("3", "127.0.0.1:6379 (db 3)")])
 def test_start_lines_name_a_redis_database_other_than_0(db: str, where: str) -> None:
     """Master and workers on different databases waited in silence, and their start

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import io
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 import distq.worker as worker_module
 from distq.batch import BatchSizer, run_batch
 from distq.console import Console
+from distq.ending import Ending
 from distq.envelope import Task
 from distq.errors import TransportError
 from distq.slots import Slot
@@ -241,3 +243,36 @@ def test_a_failed_check_of_a_master_between_tasks_keeps_the_tasks_that_ran(
     assert runs == {name: 1 for name in runs} and len(runs) == 8, (runs, out.getvalue())
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize(("released", "kept", "since"), [(0, 0, None), (2, 1, 5.0)])
+def test_a_lone_tasks_ending_counts_as_one_of_a_batch_does(
+    released: int, kept: int, since: float | None
+) -> None:
+    """A batch of one ok ending takes a shorter way through Worker._count: it counts one
+    ok, takes it and the released ones out of the hand (not those kept), sets the idle
+    clock as a batch does and tells the telemetry the same."""
+    worker = Worker(None, Registry(), WorkerOptions(worker_id="w"), Console())  # type: ignore[arg-type]
+    heard: list[tuple[int, int, float | None]] = []
+
+    def settled(endings: Sequence[Ending], count: int = 0, at: float | None = None) -> None:
+        heard.append((len(endings), count, at))
+
+    worker.telemetry.settled = settled  # type: ignore[method-assign,assignment]
+    task = Task(name="square", args=[3], reply_to="r")
+    body = worker.runner.codec.seal_task(task)
+    ending = worker.runner(Delivery(body, body))
+    assert ending.outcome == "ok"
+    slot = Slot(0)
+    worker.health.took(1 + released)
+    slot.in_hand = 1 + released
+    health = worker.health
+    before = health._last_activity
+    worker._count(slot, [ending], released, at=1.5, kept=kept, since=since)
+    assert (health.tasks_ok, health.tasks_failed, health.dead_lettered) == (1, 0, 0)
+    assert (slot.in_hand, health.in_hand) == (0, 0)  # kept ones: in again when fetched
+    assert heard == [(1, released - kept, 1.5)]
+    if since is None:  # idle from now
+        assert health._last_activity >= before
+    else:
+        assert health._last_activity == max(before, since)

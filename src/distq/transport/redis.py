@@ -999,6 +999,8 @@ class RedisConsumer(Consumer):
         # for Redis to check (``claimed`` in redis_lua/prelude.lua); None: not known
         self._claims: int | None = None
         self._settles_key = f"{transport.consumers_key}:{self.consumer_id}"  # settles_of
+        # the claim script's commands by (count, moved): made once each (see _claim)
+        self._claim_commands: dict[tuple[int, int], tuple[Arg, ...]] = {}
         with transport.errors():  # reachable now, so "reconnected" means it
             transport.check_types(self._w)  # and its keys are distq's: one round trip
         self._link = self._w.link  # the connection its in-flight list is known on
@@ -1045,7 +1047,7 @@ class RedisConsumer(Consumer):
             reply = self._t.claim_script(self._w, self._keys, [*self._args, max_count, 0])
             return self._claimed(reply, max_count)
         claim = self._t.claim_script
-        command = claim.command(self._keys, [*self._args, max_count - 1, 1])
+        command = self._claim(max_count - 1, 1)
         first, reply = self._w.pipeline([self._blmove(block), command])
         if self._t.refused_for_memory(first):  # full: the claim ran all the same; poll on
             first = None
@@ -1053,6 +1055,19 @@ class RedisConsumer(Consumer):
             reply = claim.evaluate(self._w, command)
         raise_first([first, reply])
         return self._claimed(reply, max_count, first)
+
+    def _claim(self, count: int, moved: int) -> tuple[Arg, ...]:
+        """The claim script's command, for a pipeline, leasing up to ``count`` tasks and
+        the ``moved`` (0 or 1) a BLMOVE before it took: made once for each, its keys and
+        the consumer's arguments being the same for its life (a lone task's round trip
+        made it afresh each time)."""
+        command = self._claim_commands.get((count, moved))
+        if command is None:
+            args = [*self._args, count, moved]
+            command = self._claim_commands[count, moved] = self._t.claim_script.command(
+                self._keys, args
+            )
+        return command
 
     def _blmove(self, block: float) -> tuple[Arg, ...]:
         """Wait up to ``block`` s for a task and move it into the in-flight list: the claim
@@ -1131,10 +1146,10 @@ class RedisConsumer(Consumer):
         keys, publish = self._publish(settlements)
         block = self._block_for(timeout, settlements)
         if block > 0:  # wait for the first task, then claim the rest (as _block_then_claim)
-            claim = self._t.claim_script.command(self._keys, [*self._args, max_count - 1, 1])
+            claim = self._claim(max_count - 1, 1)
             commands: list[Sequence[Arg]] = [self._blmove(block), claim]
         else:
-            claim = self._t.claim_script.command(self._keys, [*self._args, max_count, 0])
+            claim = self._claim(max_count, 0)
             commands = [claim]
         with self._t.errors():
             self._relink()  # first: a tidy counts a claim (the settle sends the count)
@@ -1270,6 +1285,12 @@ class RedisConsumer(Consumer):
         (a worker's batch has one message of results per master: see
         :meth:`distq.ending.Endings.settlements`). ``gated`` (acks by body): a retry or
         dead letter, and its result, after a ``('g', runs, 1, body)`` of its delivery."""
+        if len(settlements) == 1:  # a lone task's result: one run, made at once
+            s = settlements[0]
+            reply_to, result = s.reply_to, s.result
+            if s.retry is None and s.dead_letter is None and reply_to and result is not None:
+                one = [*self._keys, reply_to]
+                return one, ["r", len(one), 1, result]
         keys = list(self._keys)
         index: dict[str, int] = {}  # reply_to -> its position in KEYS (1-based, for Lua)
         runs = Runs()
