@@ -2571,3 +2571,24 @@ def test_tasks_a_snapshot_restores_under_a_live_consumer_it_no_longer_holds_come
         finally:
             worker.close()
             master.close()
+
+
+def test_errors_translates_redis_errors_and_passes_the_rest(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """``errors()`` (a class since every call of a lone task's round trip made a generator
+    of it) says what redis-py raised in distq's terms, and leaves any other error as it is."""
+    t = open_transport()
+    raw.set(queue, "not a list")
+    with pytest.raises(ConfigError, match=f"Redis key '{queue}'"), t.errors():
+        raw.lpush(queue, b"x")  # WRONGTYPE: the key was made another type
+    raw.delete(queue)
+    with pytest.raises(ConfigError, match="does not know a command distq uses"), t.errors():
+        raw.execute_command("NOSUCHCOMMAND")
+    with pytest.raises(TransportError, match=f"^Redis at {t.address}: lost") as caught, t.errors():
+        raise redis.ConnectionError("lost")
+    assert type(caught.value) is TransportError and caught.value.__suppress_context__
+    with pytest.raises(KeyError), t.errors():
+        raise KeyError("not redis's")
+    with t.errors():
+        assert raw.ping()  # nothing raised: nothing said

@@ -101,8 +101,9 @@ import shlex
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from types import TracebackType
+from typing import Any, NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 import redis
@@ -545,11 +546,16 @@ class RedisTransport(Transport):
             f"(or DISTQ_REDIS_PASSWORD[_FILE]): {exc}; check the password"
         )
 
-    @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        """Translate redis-py errors raised mid-operation into distq's error tree."""
+    def errors(self) -> _Errors:
+        """Translate redis-py errors raised mid-operation into distq's error tree: a
+        context manager (a class, not a generator's: each call of a lone task's round
+        trip makes one)."""
+        return _Errors(self)
+
+    def translate(self, error: RedisError) -> NoReturn:
+        """Raise ``error`` as distq's error tree has it (see :meth:`errors`)."""
         try:
-            yield
+            raise error
         except AuthenticationError as exc:
             raise self._refused(exc) from None
         except NoPermissionError as exc:  # the user's ACL: not an outage to wait out
@@ -731,6 +737,24 @@ class RedisTransport(Transport):
         if self._keeper is not None:
             self._keeper.close()
         self.client.close()
+
+
+class _Errors:
+    """:meth:`RedisTransport.errors`: redis-py's errors raised in its block, translated."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: RedisTransport) -> None:
+        self._transport = transport
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, RedisError):
+            self._transport.translate(exc)
 
 
 class RedisProducer(Producer):
