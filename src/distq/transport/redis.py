@@ -773,6 +773,11 @@ class RedisProducer(Producer):
             f"{reply_to}:state",
         ]
         self._args: list[Arg] = [reply_to, transport.master_ttl_ms]
+        # the take's script commands up to their count, made once (see _take_commands)
+        self._acked = transport.ack_script.command(self._keys, self._args)
+        self._submitted_by = transport.submit_script.command(self._keys, self._args)
+        # a wait for one result (a block slice at most): its command, but for the seconds
+        self._wait_for = ("BLMOVE", reply_to, reply_to, "RIGHT", "RIGHT")
         self._received = 0  # results taken and returned so far: the acknowledgement
         # the wire's connection that counted them (see _take_commands); None: none yet
         self._counted_on: int | None = None
@@ -927,17 +932,15 @@ class RedisProducer(Producer):
         received = self._received
         if self._counted_on is None or self._w.link != self._counted_on:
             received = -1
-        args = [*self._args, received]
         if body is None:
-            first = self._t.ack_script.command(self._keys, args)
+            first: tuple[Arg, ...] = (*self._acked, received)
         else:
-            first = self._t.submit_script.command(self._keys, [*args, body])
+            first = (*self._submitted_by, received, body)
             if received == -1:  # by EVAL: a restarted Redis lost it, and the task would
                 first = ("EVAL", self._t.submit_script.source, *first[2:])  # wait out a BLMOVE
         commands: list[Sequence[Arg]] = [first]
         if block is not None and not self._t.full():  # full, BLMOVE is refused: results() polls
-            blmove = ("BLMOVE", self.reply_to, self.reply_to, "RIGHT", "RIGHT", _seconds(block))
-            commands.append(blmove)
+            commands.append((*self._wait_for, _seconds(block)))
             if max_count == 1:  # its reply is the oldest result, as LRANGE -1 -1 would read
                 return commands
         commands.append(("LRANGE", self.reply_to, -max_count, -1))
