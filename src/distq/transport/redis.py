@@ -951,9 +951,8 @@ class RedisProducer(Producer):
     ) -> list[bytes]:
         """The results of a take (:meth:`_take_commands`) from its replies; ``submitted``:
         the bodies its script pushes (and counts) first, if it succeeded."""
-        read = commands[-1]
-        if read[0] == "BLMOVE":  # a take of one result: the wait's reply is the read
-            read = ("LRANGE", self.reply_to, -1, -1)
+        waited = commands[-1][0] == "BLMOVE"
+        if waited:  # a take of one result: the wait's reply is the read
             if self._t.refused_for_memory(replies[-1]):  # full: read at the next take
                 replies[-1] = []
             elif not isinstance(replies[-1], Exception):
@@ -964,10 +963,13 @@ class RedisProducer(Producer):
         if isinstance(taken, NoScriptError):  # Redis lost its scripts: the read ran first
             script = self._t.submit_script if submitted else self._t.ack_script
             taken = script.evaluate(self._w, commands[0])
+            read = ("LRANGE", self.reply_to, -1, -1) if waited else commands[-1]
             bodies = self._w.execute_command(*read)
         if not isinstance(taken, Exception):
             self._count += submitted
-        raise_first([reply for reply in replies if not isinstance(reply, NoScriptError)])
+        for reply in replies:  # the first error, but a lost script's (read again above)
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                raise reply
         got: list[bytes] = bodies
         self._received = int(taken) + len(got)
         self._counted_on = self._w.link
