@@ -349,7 +349,8 @@ class _Run(Generic[E]):
                     if count == more and spec.max_in_flight is not None and spec.rate is None:
                         then_wait = self._wait(now, paced, 0)
                     self._submit(count, then_wait)
-                    more = self._allowance(paced)
+                    if then_wait <= 0:  # else collected with the submit: ``more`` unused
+                        more = self._allowance(paced)
                 if total is not None and self.submitted >= total and not announced:
                     announced = True
                     line = self.workload.waiting_line()

@@ -9,6 +9,7 @@ result_queue.``).
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,7 @@ def show(task: Task) -> str:
 
 
 _NUMBERS = range(1, 1001)
+_HOW_MANY = float(len(_NUMBERS))  # as random.choices() counts them
 
 
 class Squares(Workload[int]):
@@ -51,6 +53,9 @@ class Squares(Workload[int]):
 
     def tasks(self, count: int, reply_to: str) -> list[tuple[Task, int]]:
         kwargs, attempts = self._kwargs, self.max_attempts
+        if count == 1:  # a lone task (--max-in-flight 1): the number choices() would draw
+            n = _NUMBERS[math.floor(self._rng.random() * _HOW_MANY)]
+            return [(Task("square", [n], reply_to, kwargs, max_attempts=attempts), n)]
         return [
             (Task("square", [n], reply_to, kwargs, max_attempts=attempts), n)
             for n in self._rng.choices(_NUMBERS, k=count)  # one call per batch, not per task

@@ -1767,6 +1767,44 @@ def test_a_submit_and_the_wait_for_its_result_are_one_round_trip(
     assert raw.hget(state, "submitted") == b"4" and t.stats().ready == 3
 
 
+def test_a_lone_task_s_take_sends_its_script_s_keys_count_and_body_and_a_wait_of_a_slice(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commands of a lone task's take, made from parts built once per producer: the
+    submit script's keys, the master's reply queue and time to live, the count received
+    (-1 on a new connection, by EVAL; then the count, by EVALSHA), the body; the wait's
+    BLMOVE of the reply list onto itself, for a block slice at most; an ack alone."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    reply, ttl = producer.reply_to, t.master_ttl_ms
+    keys = [t.ready_key, t.masters_key, reply, f"{reply}:state"]
+    sent: list[list[tuple[Any, ...]]] = []
+    pipeline = producer._w.pipeline
+
+    def spy(commands: Sequence[Sequence[Any]], replies: list[Any] | None = None) -> list[Any]:
+        sent.append([tuple(command) for command in commands])
+        return pipeline(commands, replies)
+
+    monkeypatch.setattr(producer._w, "pipeline", spy)
+    with _later(0.3, _answer, producer, 1):
+        assert producer.submit_then_results([b"task"], 1, 60.0) == [b"r:task"]
+    with _later(0.05, _answer, producer, 1):
+        assert producer.submit_then_results([b"next"], 1, 1.0) == [b"r:next"]
+    assert producer.results(5, 0) == []
+    submit, ack = t.submit_script, t.ack_script
+    assert sent == [
+        [
+            ("EVAL", submit.source, 4, *keys, reply, ttl, -1, b"task"),
+            ("BLMOVE", reply, reply, "RIGHT", "RIGHT", round(t.block_slice, 3)),
+        ],
+        [
+            ("EVALSHA", submit.sha, 4, *keys, reply, ttl, 1, b"next"),
+            ("BLMOVE", reply, reply, "RIGHT", "RIGHT", 1.0),
+        ],
+        [("EVALSHA", ack.sha, 4, *keys, reply, ttl, 2), ("LRANGE", reply, -5, -1)],
+    ]
+
+
 def test_a_wait_for_one_result_reads_it_in_the_wait_s_own_reply(
     open_transport: OpenTransport, raw: redis.Redis[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -2571,3 +2609,24 @@ def test_tasks_a_snapshot_restores_under_a_live_consumer_it_no_longer_holds_come
         finally:
             worker.close()
             master.close()
+
+
+def test_errors_translates_redis_errors_and_passes_the_rest(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """``errors()`` (a class since every call of a lone task's round trip made a generator
+    of it) says what redis-py raised in distq's terms, and leaves any other error as it is."""
+    t = open_transport()
+    raw.set(queue, "not a list")
+    with pytest.raises(ConfigError, match=f"Redis key '{queue}'"), t.errors():
+        raw.lpush(queue, b"x")  # WRONGTYPE: the key was made another type
+    raw.delete(queue)
+    with pytest.raises(ConfigError, match="does not know a command distq uses"), t.errors():
+        raw.execute_command("NOSUCHCOMMAND")
+    with pytest.raises(TransportError, match=f"^Redis at {t.address}: lost") as caught, t.errors():
+        raise redis.ConnectionError("lost")
+    assert type(caught.value) is TransportError and caught.value.__suppress_context__
+    with pytest.raises(KeyError), t.errors():
+        raise KeyError("not redis's")
+    with t.errors():
+        assert raw.ping()  # nothing raised: nothing said

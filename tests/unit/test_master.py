@@ -685,3 +685,25 @@ def test_an_endless_jobs_stop_leaves_no_task_outstanding_on_its_metrics(
         "distq_master_tasks_outstanding", {"transport": "manager", "queue": "q"}
     )
     assert outstanding == 0, out.getvalue()
+
+
+def test_a_seeded_squares_job_draws_the_same_numbers_one_task_at_a_time_as_in_batches() -> None:
+    """``--seed`` fixes a job's numbers whatever its batches: a lone task's (``--max-in-flight
+    1``) is drawn without random.choices' list, and must be the number choices() draws."""
+    import random
+
+    drawn = random.Random(7).choices(range(1, 1001), k=300)
+    lone = Squares(seed=7)
+    numbers = [n for _ in range(100) for _, n in lone.tasks(1, "r")]
+    numbers += [n for _, n in lone.tasks(150, "r")] + [
+        n for _ in range(50) for _, n in lone.tasks(1, "r")
+    ]
+    assert numbers == drawn
+    task, n = Squares(seed=7, max_attempts=5, task_delay=0.5).tasks(1, "r")[0]
+    assert (task.name, task.args, task.kwargs, task.max_attempts, task.reply_to) == (
+        "square",
+        [n],
+        {"delay": 0.5},
+        5,
+        "r",
+    )

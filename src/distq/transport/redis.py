@@ -101,8 +101,9 @@ import shlex
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from types import TracebackType
+from typing import Any, NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 import redis
@@ -545,11 +546,16 @@ class RedisTransport(Transport):
             f"(or DISTQ_REDIS_PASSWORD[_FILE]): {exc}; check the password"
         )
 
-    @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        """Translate redis-py errors raised mid-operation into distq's error tree."""
+    def errors(self) -> _Errors:
+        """Translate redis-py errors raised mid-operation into distq's error tree: a
+        context manager (a class, not a generator's: each call of a lone task's round
+        trip makes one)."""
+        return _Errors(self)
+
+    def translate(self, error: RedisError) -> NoReturn:
+        """Raise ``error`` as distq's error tree has it (see :meth:`errors`)."""
         try:
-            yield
+            raise error
         except AuthenticationError as exc:
             raise self._refused(exc) from None
         except NoPermissionError as exc:  # the user's ACL: not an outage to wait out
@@ -733,6 +739,24 @@ class RedisTransport(Transport):
         self.client.close()
 
 
+class _Errors:
+    """:meth:`RedisTransport.errors`: redis-py's errors raised in its block, translated."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: RedisTransport) -> None:
+        self._transport = transport
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, RedisError):
+            self._transport.translate(exc)
+
+
 class RedisProducer(Producer):
     """LPUSHes tasks onto ``<queue>``; takes results from ``reply_to`` (see the key table)."""
 
@@ -749,6 +773,11 @@ class RedisProducer(Producer):
             f"{reply_to}:state",
         ]
         self._args: list[Arg] = [reply_to, transport.master_ttl_ms]
+        # the take's script commands up to their count, made once (see _take_commands)
+        self._acked = transport.ack_script.command(self._keys, self._args)
+        self._submitted_by = transport.submit_script.command(self._keys, self._args)
+        # a wait for one result (a block slice at most): its command, but for the seconds
+        self._wait_for = ("BLMOVE", reply_to, reply_to, "RIGHT", "RIGHT")
         self._received = 0  # results taken and returned so far: the acknowledgement
         # the wire's connection that counted them (see _take_commands); None: none yet
         self._counted_on: int | None = None
@@ -903,17 +932,15 @@ class RedisProducer(Producer):
         received = self._received
         if self._counted_on is None or self._w.link != self._counted_on:
             received = -1
-        args = [*self._args, received]
         if body is None:
-            first = self._t.ack_script.command(self._keys, args)
+            first: tuple[Arg, ...] = (*self._acked, received)
         else:
-            first = self._t.submit_script.command(self._keys, [*args, body])
+            first = (*self._submitted_by, received, body)
             if received == -1:  # by EVAL: a restarted Redis lost it, and the task would
                 first = ("EVAL", self._t.submit_script.source, *first[2:])  # wait out a BLMOVE
         commands: list[Sequence[Arg]] = [first]
         if block is not None and not self._t.full():  # full, BLMOVE is refused: results() polls
-            blmove = ("BLMOVE", self.reply_to, self.reply_to, "RIGHT", "RIGHT", _seconds(block))
-            commands.append(blmove)
+            commands.append((*self._wait_for, _seconds(block)))
             if max_count == 1:  # its reply is the oldest result, as LRANGE -1 -1 would read
                 return commands
         commands.append(("LRANGE", self.reply_to, -max_count, -1))
@@ -924,9 +951,8 @@ class RedisProducer(Producer):
     ) -> list[bytes]:
         """The results of a take (:meth:`_take_commands`) from its replies; ``submitted``:
         the bodies its script pushes (and counts) first, if it succeeded."""
-        read = commands[-1]
-        if read[0] == "BLMOVE":  # a take of one result: the wait's reply is the read
-            read = ("LRANGE", self.reply_to, -1, -1)
+        waited = commands[-1][0] == "BLMOVE"
+        if waited:  # a take of one result: the wait's reply is the read
             if self._t.refused_for_memory(replies[-1]):  # full: read at the next take
                 replies[-1] = []
             elif not isinstance(replies[-1], Exception):
@@ -937,10 +963,13 @@ class RedisProducer(Producer):
         if isinstance(taken, NoScriptError):  # Redis lost its scripts: the read ran first
             script = self._t.submit_script if submitted else self._t.ack_script
             taken = script.evaluate(self._w, commands[0])
+            read = ("LRANGE", self.reply_to, -1, -1) if waited else commands[-1]
             bodies = self._w.execute_command(*read)
         if not isinstance(taken, Exception):
             self._count += submitted
-        raise_first([reply for reply in replies if not isinstance(reply, NoScriptError)])
+        for reply in replies:  # the first error, but a lost script's (read again above)
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                raise reply
         got: list[bytes] = bodies
         self._received = int(taken) + len(got)
         self._counted_on = self._w.link
