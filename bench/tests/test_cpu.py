@@ -166,7 +166,7 @@ def test_the_report_shows_cpu_by_role_feature_costs_and_scaling() -> None:
     assert "| manager | distq | 0.015 | 0.015 | in master | 0.030 | 30.0 |" in text
     # signing: 900 vs 1,000 tasks/s, 56 vs 39 µs per task
     assert (
-        "| redis | signing on (HMAC-SHA256 on every task and result) | -10.0 % | +43.6 % | — |"
+        "| redis | signing on (a MAC on every task and result pack) | -10.0 % | +43.6 % | — |"
         in text
     )
     # JSON logs against plain distq, and against text logs with the same lines (60 vs 48 µs)
