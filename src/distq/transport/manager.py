@@ -564,6 +564,7 @@ class _ServedUntil:
     ) -> None:
         self._stopped, self._recv, self._send = stopped, conn.recv, conn.send
         self._conn, self._broker, self._address = conn, broker, address
+        self._peer = wire.PeerWatch(conn)
         self._method: object = None  # the request being served's
         self._args: Any = ()
 
@@ -586,7 +587,7 @@ class _ServedUntil:
             if obj is None:
                 raise EOFError("the master stopped")
         tokens, results = _leased(self._method, obj), _got(self._method, obj)
-        if (tokens or results) and wire.peer_left(self._conn):
+        if (tokens or results) and self._peer.left():
             self._hand_back(tokens, results)
             raise EOFError("its peer left")
         try:

@@ -272,14 +272,28 @@ def serving(conn: Connection) -> None:
     _timeouts(conn, 0, SERVING_SEND_TIMEOUT)
 
 
-def peer_left(conn: Connection) -> bool:
+class PeerWatch:
     """Whether the peer of a served connection closed it (or reset it) while its call
     was served: it sends nothing while it waits for the reply, so readable means gone.
-    A reply to it then reaches nobody, and written into the socket it raises nothing."""
-    poll = select.poll()  # not select(): a master's descriptors may pass 1,023
-    poll.register(conn.fileno(), select.POLLIN)
-    if not poll.poll(0):
-        return False
+    A reply to it then reaches nobody, and written into the socket it raises nothing.
+    The poll is registered once per connection: :meth:`left` runs before each reply
+    that hands tasks or results over."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._poll: select.poll | None = None
+
+    def left(self) -> bool:
+        if self._poll is None:
+            self._poll = select.poll()  # not select(): a master's descriptors may pass 1,023
+            self._poll.register(self._conn.fileno(), select.POLLIN)
+        if not self._poll.poll(0):
+            return False
+        return _closed(self._conn)
+
+
+def _closed(conn: Connection) -> bool:
+    """Whether readable ``conn`` was closed or reset by its peer (not merely sent to)."""
     with socket.socket(fileno=os.dup(conn.fileno())) as sock:
         try:
             return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
