@@ -32,6 +32,17 @@ pytestmark = pytest.mark.integration
 TAKEN = re.compile(r"Get task (\d+) from task_queue")
 
 
+def running(
+    master: Master, spec: JobSpec, stop: threading.Event
+) -> tuple[threading.Thread, list[JobReport]]:
+    """``master``'s squares job of ``spec`` run in a thread, started, until ``stop``: the
+    thread, and the list its report is put in once the job ends."""
+    reports: list[JobReport] = []
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+    run.start()
+    return run, reports
+
+
 # RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
 @pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
 def test_a_stopped_master_takes_back_its_queued_tasks(target: Target, spawn: Spawn) -> None:
@@ -82,9 +93,7 @@ def test_a_stopped_master_takes_back_its_retries_queued_or_waiting_out_their_del
         Console(out=out, err=out),
         codec=Codec([old, new], queue=queue) if signing else None,
     )
-    reports: list[JobReport] = []
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
-    run.start()
+    run, reports = running(master, spec, stop)
     consumer = remote.consumer("stop33-worker")
     try:
         taken = fetch_n(consumer, 2)
@@ -115,9 +124,7 @@ def test_a_stop_takes_back_the_retries_its_tasks_in_flight_made_during_the_drain
     out = io.StringIO()
     spec = JobSpec(tasks=2, drain_seconds=3)
     master = Master(hosted, Console(out=out, err=out))
-    reports: list[JobReport] = []
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
-    run.start()
+    run, reports = running(master, spec, stop)
     consumer = remote.consumer("stop34-worker")
     try:
         taken = fetch_n(consumer, 2)
@@ -177,9 +184,7 @@ def test_an_endless_jobs_task_whose_retry_was_taken_back_counts_as_missing(
     out = io.StringIO()
     spec = JobSpec(tasks=None, rate=4, drain_seconds=1, status_every=60)
     master = Master(hosted, Console(out=out, err=out))
-    reports: list[JobReport] = []
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
-    run.start()
+    run, reports = running(master, spec, stop)
     consumer = remote.consumer("stop34-worker")
     try:
         [delivery] = fetch_n(consumer, 1)
@@ -217,9 +222,7 @@ def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
     out = io.StringIO()
     spec = JobSpec(tasks=tasks, rate=None if tasks else 0.1, drain_seconds=2, status_every=60)
     master = Master(hosted, Console(out=out, err=out))
-    reports: list[JobReport] = []
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
-    run.start()
+    run, reports = running(master, spec, stop)
     # a lease that does not lapse meanwhile: the copy is the reconcile's, not the sweep's
     worker = open_transport(dataclasses.replace(target.settings, lease_seconds=30.0), "worker")
     consumer = worker.consumer("look35-worker")
@@ -443,9 +446,7 @@ def test_a_stop_during_a_wait_for_rabbitmqs_confirms_still_waits_for_the_results
     out = io.StringIO()
     spec = JobSpec(tasks=None, rate=400, drain_seconds=3, status_every=60)
     master = Master(hosted, Console(out=out, err=out))
-    reports: list[JobReport] = []
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
-    run.start()
+    run, reports = running(master, spec, stop)
     consumer = remote.consumer("look35-worker")
     try:
         [delivery] = fetch_n(consumer, 1)
