@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,35 @@ def _settings() -> Settings:
     )
 
 
+def _killed_while(settings: Settings, role: str, call: str, waiting: Callable[[], bool]) -> None:
+    """A process that opens a transport of ``role`` to ``settings``'s master and makes
+    ``call`` on it, SIGKILLed once ``waiting()`` says that call waits in the master;
+    back once its close has reached the master."""
+    host, port = settings.manager_address
+    script = textwrap.dedent(
+        f"""
+        from distq.config import Settings
+        from distq.transport import open_transport
+        settings = Settings(transport="manager", authkey={settings.authkey!r},
+                            manager_address=({host!r}, {port}), queue={settings.queue!r},
+                            lease_seconds={settings.lease_seconds!r})
+        open_transport(settings, {role!r}).{call}
+        """
+    )
+    leaving = subprocess.Popen(
+        [sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=_SRC)
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not waiting():
+            assert leaving.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        leaving.kill()
+        leaving.wait(10)
+    time.sleep(0.5)  # its close reaches the master
+
+
 def test_a_fetch_of_a_worker_that_left_hands_its_tasks_to_the_others_at_once() -> None:
     """A worker killed while its fetch waited for tasks: the master's thread serving it
     leased it the next task, and its reply went to a connection closed; the task waited
@@ -46,37 +76,17 @@ def test_a_fetch_of_a_worker_that_left_hands_its_tasks_to_the_others_at_once() -
     hosted = open_transport(settings, "master")
     broker = hosted._broker  # type: ignore[attr-defined]
     assert isinstance(broker, QueueBroker)
-    host, port = settings.manager_address
-    script = textwrap.dedent(
-        f"""
-        from distq.config import Settings
-        from distq.transport import manager_wire, open_transport
-        settings = Settings(transport="manager", authkey={settings.authkey!r},
-                            manager_address=({host!r}, {port}), queue={settings.queue!r},
-                            lease_seconds=60.0)
-        open_transport(settings, "worker").consumer("gone").fetch(1, 60)
-        """
-    )
-    env = dict(os.environ, PYTHONPATH=_SRC)
-    leaving = subprocess.Popen([sys.executable, "-c", script], env=env)
     remote = None
     try:
-        deadline = time.monotonic() + 30
-        while not broker._leases:  # its fetch is waiting
-            assert leaving.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        leaving.kill()
-        leaving.wait(10)
-        time.sleep(0.5)  # its close reaches the master
+        _killed_while(
+            settings, "worker", 'consumer("gone").fetch(1, 60)', lambda: bool(broker._leases)
+        )
         task = Task("jobs:add", [1, 2], NO_REPLY)
         hosted.producer(hosted.reply_queue(new_id())).submit([task.encode()])
         remote = open_transport(settings, "worker")
         got = remote.consumer("stays").fetch(1, 10)
         assert [d.body for d in got] == [task.encode()], broker.stats(settings.queue)
     finally:
-        if leaving.poll() is None:
-            leaving.kill()
-            leaving.wait(10)
         if remote is not None:
             remote.close()
         hosted.close()
@@ -92,35 +102,19 @@ def test_a_results_read_of_a_producer_that_left_puts_its_results_back_at_once() 
     broker = hosted._broker  # type: ignore[attr-defined]
     assert isinstance(broker, QueueBroker)
     reply_to = hosted.reply_queue(new_id())
-    host, port = settings.manager_address
-    script = textwrap.dedent(
-        f"""
-        from distq.config import Settings
-        from distq.transport import open_transport
-        settings = Settings(transport="manager", authkey={settings.authkey!r},
-                            manager_address=({host!r}, {port}), queue={settings.queue!r})
-        open_transport(settings, "client").producer({reply_to!r}).results(1, 60)
-        """
-    )
-    env = dict(os.environ, PYTHONPATH=_SRC)
-    leaving = subprocess.Popen([sys.executable, "-c", script], env=env)
     remote = None
     try:
-        deadline = time.monotonic() + 30
-        while not getattr(broker._ready.get(reply_to), "_waiters", None):  # its read waits
-            assert leaving.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        leaving.kill()
-        leaving.wait(10)
-        time.sleep(0.5)  # its close reaches the master
+        _killed_while(
+            settings,
+            "client",
+            f"producer({reply_to!r}).results(1, 60)",
+            lambda: bool(getattr(broker._ready.get(reply_to), "_waiters", None)),
+        )
         broker.put(reply_to, [b"the result"])
         time.sleep(0.5)  # the thread serving the producer that left takes it
         remote = open_transport(settings, "client")
         assert remote.producer(reply_to).results(1, 10) == [b"the result"]
     finally:
-        if leaving.poll() is None:
-            leaving.kill()
-            leaving.wait(10)
         if remote is not None:
             remote.close()
         hosted.close()
