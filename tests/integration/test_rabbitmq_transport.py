@@ -1032,7 +1032,9 @@ def test_one_short_fetch_after_full_ones_splits_nothing_two_in_a_row_do(
             assert len(consumer._buffer) == 24  # of the second one's two packs
         elif want == 8 and len(ran) == 112:  # one slow batch's outlier
             time.sleep(0.3)
-            assert _ready(raw, queue) == queued  # no task published again
+            # no task published again (a split sends its buffer back, 24 messages); the
+            # consumer's prefetch may take a pack meanwhile (11 where 12: the CI of 0650533)
+            assert _ready(raw, queue) <= queued
     assert _ready(raw, queue) > queued  # slow again: slow tasks, spread them
     consumer.close()
     rest = fetch_n(t.consumer("idle"), 512 - len(ran), within=15)
