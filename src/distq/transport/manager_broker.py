@@ -20,7 +20,7 @@ import time
 from array import array
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -608,6 +608,15 @@ class QueueBroker:
             if owner is not None:
                 self._requeue(owner, tokens)
 
+    def unsent(self, consumer: str, leased: Sequence[Wire]) -> None:
+        """Put back the tasks a fetch's reply leased to a worker that left before it was
+        sent, each flagged redelivered only if it was before: it reached no worker."""
+        with self._lock:
+            owner = self._leases.get(consumer)
+            if owner is not None:
+                fresh = {token for token, _, again in leased if not again}
+                self._requeue(owner, [token for token, _, _ in leased], fresh)
+
     def disconnect(self, consumer: str) -> None:
         """The consumer is leaving: everything it holds goes back to the front, as when
         its lease lapses (:meth:`_end`)."""
@@ -694,12 +703,13 @@ class QueueBroker:
         owner.window_ends = now + max(owner.length, SETTLED_SECONDS)
         self._ended[consumer] = owner
 
-    def _requeue(self, owner: _Lease, tokens: Sequence[int]) -> None:
+    def _requeue(self, owner: _Lease, tokens: Sequence[int], fresh: Collection[int] = ()) -> None:
+        """Put ``tokens`` back, flagged redelivered but those in ``fresh`` (sent nowhere)."""
         for token in reversed(tokens):
             entry = owner.held.pop(token, None)
             if entry is not None:
                 queue, body = entry
-                self._queue(queue).appendleft((body, True))
+                self._queue(queue).appendleft((body, token not in fresh))
                 self._ready[queue].notify()
 
     def reap(self) -> None:
