@@ -100,12 +100,14 @@ def withdraw_once(
     taken: set[str],
     copies: Counter[str],
     resubmitted: Collection[str],
+    redelivered: bool = True,
 ) -> list[Entry]:
     """One withdraw of ``batch``'s bodies, the ids found added to ``taken`` and counted
     in ``copies``; those found of a task submitted again (``resubmitted``), to withdraw
     again: one withdraw takes one copy. What a stopping master and a cancelling
-    executor do, each with its own bounds around it."""
-    gone = producer.withdraw([body for _, body in batch])
+    executor do, each with its own bounds around it (``redelivered``: see
+    :meth:`~distq.transport.base.Producer.withdraw`)."""
+    gone = producer.withdraw([body for _, body in batch], redelivered)
     found = [entry for entry, out in zip(batch, gone, strict=True) if out]
     taken.update(task_id for task_id, _ in found)
     copies.update(task_id for task_id, _ in found)

@@ -912,10 +912,17 @@ class ManagerProducer(Producer):
                 self.most = None
         return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
 
-    def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
+    def withdraw(self, bodies: Sequence[bytes], redelivered: bool = True) -> list[bool]:
         found: list[bool] = []
         for chunk in _batches(bodies):
-            found += _call(self._address, self._broker.withdraw, self._queue, chunk)
+            try:
+                found += _call(
+                    self._address, self._broker.withdraw, self._queue, chunk, redelivered
+                )
+            except TransportError as exc:  # a master before left36: it takes every copy
+                if _OLDER_WITHDRAW not in str(exc):
+                    raise
+                found += _call(self._address, self._broker.withdraw, self._queue, chunk)
         return found
 
     def close(self) -> None:
@@ -1188,6 +1195,8 @@ _OLDER_MASTER = "'settle_fetch_late' of"  # in the refusal of a method not expos
 _OLDER_MASTER_LIMIT = "'message_limit' of"  # the same: a master before getlim33
 #: In the refusal of a fetch's limit by a master of a distq before limits33 (a get's: getlim33)
 _OLDER_LIMITS = "unexpected keyword argument 'most'"
+#: In the refusal of a withdraw's ``redelivered`` by a master of a distq before left36
+_OLDER_WITHDRAW = "unexpected keyword argument 'redelivered'"
 
 
 def _may_be_late(settlements: Sequence[Settlement]) -> bool:

@@ -360,12 +360,17 @@ class QueueBroker:
         with self._lock:
             return [name for name in reply_to if name not in self._replies]
 
-    def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
+    def withdraw(self, queue: str, bodies: Sequence[bytes], redelivered: bool = True) -> list[bool]:
         """Remove these bodies from the ready queue or, not found there, from the retries
-        waiting out their delay, one each; True for each one removed."""
+        waiting out their delay, one each; True for each one removed. ``redelivered=
+        False``: each copy of a body queued redelivered is left (a worker had it)."""
         with self._lock:
             wanted = Counter(bodies)
             items = self._queues.get(queue)  # not made: a read of any name keeps nothing
+            for body, again in items if items and not redelivered else ():
+                if again and wanted[body]:  # the copy its worker had may still run
+                    wanted[body] = 0
+            takeable = +wanted
             if items:
                 kept = [item for item in items if not _take(wanted, item[0])]
                 if len(kept) < len(items):
@@ -376,7 +381,7 @@ class QueueBroker:
                 if len(waits) < len(self._delayed):
                     heapq.heapify(waits)
                     self._delayed[:] = waits
-            removed = Counter(bodies)
+            removed = takeable
             removed.subtract(wanted)  # what was found, per body
             return [_take(removed, body) for body in bodies]
 
