@@ -107,7 +107,9 @@ def withdraw_once(
     again: one withdraw takes one copy. What a stopping master and a cancelling
     executor do, each with its own bounds around it (``redelivered``: see
     :meth:`~distq.transport.base.Producer.withdraw`)."""
-    gone = producer.withdraw([body for _, body in batch], redelivered)
+    bodies = [body for _, body in batch]
+    # the keyword only when it says something: a stopping master's call is as it was
+    gone = producer.withdraw(bodies) if redelivered else producer.withdraw(bodies, False)
     found = [entry for entry, out in zip(batch, gone, strict=True) if out]
     taken.update(task_id for task_id, _ in found)
     copies.update(task_id for task_id, _ in found)
