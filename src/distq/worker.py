@@ -435,6 +435,7 @@ class Worker:
             self._stop_warm()
         else:
             self._hurried_at = time.monotonic()
+            self.transport.hurry()  # the closes to come: no wait on a broker that is away
             announce(self.console, f"{name} again: handing back every task in hand and exiting")
             if self._catches_shutdown:
                 raise Shutdown

@@ -387,6 +387,11 @@ class Transport(abc.ABC):
         for consumer in consumers:
             consumer.heartbeat()
 
+    def hurry(self) -> None:  # noqa: B027 - optional
+        """A second signal: "stop at once". The closes from then on wait for the broker
+        a moment at most (RabbitMQ's: each its ``CLOSE_SECONDS``, on a paused node too);
+        where no close waits for it (Redis, manager), nothing."""
+
     @abc.abstractmethod
     def describe(self) -> str:
         """How the start line names this connection.
