@@ -537,7 +537,7 @@ class Dispatcher(threading.Thread):
                     answers[id(future)] = False
             taken: set[str] = set()
             try:
-                self._withdraw(withdraw, taken)
+                self._withdraw(withdraw, taken, redelivered=False)
             finally:  # those taken back before a call failed too: they never run
                 for entry in withdraw:
                     gone = entry.task.id in taken
@@ -597,7 +597,7 @@ class Dispatcher(threading.Thread):
             self.collector.discard(entry.task.id)
             _time_out(entry, withdrawn if entry.task.id in taken else kept)
 
-    def _withdraw(self, entries: list[Entry], taken: set[str]) -> None:
+    def _withdraw(self, entries: list[Entry], taken: set[str], redelivered: bool = True) -> None:
         """The producer's withdraw of ``entries``, where there is anything to ask and a
         broker to ask; for those not queued, of their retry, queued again or waiting out
         its delay (:func:`~distq.retries.retries_by_attempt`): a cancelled task that had
@@ -605,27 +605,34 @@ class Dispatcher(threading.Thread):
         after a reconcile is taken, then the retries of one found fewer times than it was
         sent (a worker may have failed a copy), as a stopped master does. The ids taken
         back go into ``taken`` call by call: those before a call that fails are gone all
-        the same."""
+        the same. ``redelivered=False`` (a cancel) leaves a task queued again after a
+        worker had it: that copy may still run (:meth:`Producer.withdraw`)."""
         if not entries or self._offline or not self.producer.takes_back:
             return
         sent = [(entry.task.id, entry.body) for entry in entries]
         copies: Counter[str] = Counter()  # of each id taken back
-        self._take_back(sent, taken, copies)
+        self._take_back(sent, taken, copies, redelivered)
 
         def every_copy_found(task_id: str) -> bool:
             return copies[task_id] > self._resubmitted[task_id]
 
         for attempt in retries_by_attempt(self.codec, sent, every_copy_found):
             for start in range(0, len(attempt), MESSAGE_BATCH):
-                self._take_back(attempt[start : start + MESSAGE_BATCH], taken, copies)
+                self._take_back(attempt[start : start + MESSAGE_BATCH], taken, copies, redelivered)
 
     def _take_back(
-        self, batch: list[tuple[str, bytes]], taken: set[str], copies: Counter[str]
+        self,
+        batch: list[tuple[str, bytes]],
+        taken: set[str],
+        copies: Counter[str],
+        redelivered: bool,
     ) -> None:
         """Withdraw ``batch``'s bodies, into ``taken`` and ``copies``; those found of a
         task sent again, again until no copy is found: one withdraw takes one copy."""
         while batch:
-            batch = withdraw_once(self.producer, batch, taken, copies, self._resubmitted)
+            batch = withdraw_once(
+                self.producer, batch, taken, copies, self._resubmitted, redelivered
+            )
 
     def _prune_deadlines(self) -> None:
         """Drop the deadlines of tasks answered, cancelled or withdrawn before them.

@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Callable
 
 from distq.addresses import host_problem, unusable_as_a_host
-from distq.limits import MAX_NAME_BYTES
+from distq.limits import long_worker_name
 
 #: Longest time a flag may give, in seconds (about 31 years): below every platform's
 #: limit for ``time.sleep``, a socket timeout and a lock's wait.
@@ -109,10 +109,7 @@ def name(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a name: use text on one line, without control characters"
         )
-    size = len(text.encode())
-    if size > MAX_NAME_BYTES:  # it rides in each result, found by its head (limits)
-        raise argparse.ArgumentTypeError(
-            f"{text[:40]!r}... is {size:,} bytes, over the {MAX_NAME_BYTES:,} a worker name "
-            "may be: give a shorter name"
-        )
+    too_long = long_worker_name(text)  # it rides in each result, found by its head (limits)
+    if too_long:
+        raise argparse.ArgumentTypeError(too_long)
     return text

@@ -242,7 +242,8 @@ class DistqFuture(concurrent.futures.Future[_T]):
 
         Manager and Redis take the task back out of the ready queue, or its retry after a
         failed attempt, queued again or waiting out its delay: True means it will never
-        run (again); False means a worker has it already.
+        run (again); False means a worker has it already, or had it (queued again after
+        its worker stalled past the lease, or handed it back: that copy may still run).
         RabbitMQ cannot take a message back out of a queue, so there cancel() returns
         False unless the task was not sent yet. A task not yet sent is never sent.
 

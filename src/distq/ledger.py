@@ -100,12 +100,16 @@ def withdraw_once(
     taken: set[str],
     copies: Counter[str],
     resubmitted: Collection[str],
+    redelivered: bool = True,
 ) -> list[Entry]:
     """One withdraw of ``batch``'s bodies, the ids found added to ``taken`` and counted
     in ``copies``; those found of a task submitted again (``resubmitted``), to withdraw
     again: one withdraw takes one copy. What a stopping master and a cancelling
-    executor do, each with its own bounds around it."""
-    gone = producer.withdraw([body for _, body in batch])
+    executor do, each with its own bounds around it (``redelivered``: see
+    :meth:`~distq.transport.base.Producer.withdraw`)."""
+    bodies = [body for _, body in batch]
+    # the keyword only when it says something: a stopping master's call is as it was
+    gone = producer.withdraw(bodies) if redelivered else producer.withdraw(bodies, False)
     found = [entry for entry, out in zip(batch, gone, strict=True) if out]
     taken.update(task_id for task_id, _ in found)
     copies.update(task_id for task_id, _ in found)

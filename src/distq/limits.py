@@ -29,6 +29,19 @@ OVERSIZED_KEPT_BYTES = 64 << 10
 MAX_NAME_BYTES = 4096
 assert 2 * 6 * MAX_NAME_BYTES + 256 < OVERSIZED_KEPT_BYTES  # each JSON-escaped, 6 a byte
 
+
+def long_worker_name(name: str) -> str | None:
+    """What is wrong with worker name ``name`` for being too long (None: nothing): the one
+    check of ``--worker-id`` and of :class:`~distq.worker.WorkerOptions`' ``worker_id``."""
+    size = len(name.encode(errors="replace"))
+    if size <= MAX_NAME_BYTES:
+        return None
+    return (
+        f"{name[:40]!r}... is {size:,} bytes, over the {MAX_NAME_BYTES:,} a worker name may "
+        "be: give a shorter name"
+    )
+
+
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)  # linear: no backtracking, unlike a string regex
 _STRING = re.compile(rb'"[^"]*"')  # once escapes are gone, a string is quote, non-quotes, quote
 _STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # as signed bytes: +1, +1, -1, -1

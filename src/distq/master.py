@@ -211,6 +211,8 @@ class Master:
             return run.run()
         finally:
             self.refused = run.refused
+            if run.hurry.is_set():  # a second signal: no close waits on the broker
+                self.transport.hurry()
             if run.answering:
                 producer.close()
             else:  # no call that would wait on a broker that just failed

@@ -72,6 +72,7 @@ from distq.errors import (
 from distq.errortext import describe
 from distq.health import WorkerHealth
 from distq.keeper import Keeper
+from distq.limits import long_worker_name
 from distq.masters import MasterWatch
 from distq.runner import TaskRunner
 from distq.signals import stop_signals
@@ -114,6 +115,11 @@ class WorkerOptions:
     queue: str = DEFAULTS.queue
     drain_seconds: float = DEFAULTS.drain_seconds
     time_limits: TimeLimits = field(default_factory=TimeLimits)
+
+    def __post_init__(self) -> None:
+        too_long = long_worker_name(self.worker_id)  # as --worker-id: one check, both doors
+        if too_long:
+            raise ConfigError(f"worker_id {too_long}")
 
     @classmethod
     def from_settings(
@@ -429,6 +435,7 @@ class Worker:
             self._stop_warm()
         else:
             self._hurried_at = time.monotonic()
+            self.transport.hurry()  # the closes to come: no wait on a broker that is away
             announce(self.console, f"{name} again: handing back every task in hand and exiting")
             if self._catches_shutdown:
                 raise Shutdown

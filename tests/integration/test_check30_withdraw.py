@@ -28,10 +28,15 @@ def raw(redis_broker: Broker) -> Iterator[redis.Redis[bytes]]:
     client.close()
 
 
-def _model(ready: list[bytes], again: set[bytes], bodies: list[bytes]) -> Outcome:
+def _model(
+    ready: list[bytes], again: set[bytes], bodies: list[bytes], leave: bool = False
+) -> Outcome:
+    """``leave``: a body queued redelivered (in ``again``) stays, each copy, answered -1."""
     ready, again, out = list(ready), set(again), list[int]()
     for body in bodies:
-        if body in ready:
+        if leave and body in again:
+            out.append(-1)
+        elif body in ready:
             ready.remove(body)  # the first from the head, as LREM 1
             again.discard(body)
             out.append(1)
@@ -46,6 +51,7 @@ def _run(
     ready: list[bytes],
     again: set[bytes],
     bodies: list[bytes],
+    leave: bool = False,
 ) -> Outcome:
     key = f"c30-{uuid.uuid4().hex[:8]}"
     keys = [f"{key}:ready", f"{key}:again", f"{key}:delayed"]
@@ -54,7 +60,7 @@ def _run(
         raw.rpush(keys[0], *ready[start : start + 1000])  # head first
     if again:
         raw.sadd(keys[1], *again)
-    out = script(raw, keys, bodies)
+    out = script(raw, keys, [b"1" if leave else b"0", *bodies])
     left = raw.lrange(keys[0], 0, -1)
     kept = set(raw.smembers(keys[1]))
     raw.delete(*keys)
@@ -84,8 +90,10 @@ def test_withdraw_matches_the_model_on_random_cases(raw: redis.Redis[bytes]) -> 
     rng = random.Random(30)
     for i in range(150):
         ready, again, bodies = _case(rng)
-        want = _model(ready, again, bodies)
-        assert _run(raw, new, ready, again, bodies) == want, (i, len(ready), len(bodies))
+        for leave in (False, True):
+            want = _model(ready, again, bodies, leave)
+            got = _run(raw, new, ready, again, bodies, leave)
+            assert got == want, (i, leave, len(ready), len(bodies))
 
 
 @pytest.mark.parametrize("n", [16, 17, 1001])
@@ -99,7 +107,9 @@ def test_withdraw_edges(raw: redis.Redis[bytes], n: int) -> None:
         ([b"a", b"b"] * 1000, set(), [b"b"] * n + [b"a"]),
     ]
     for ready, again, bodies in cases:
-        assert _run(raw, new, ready, again, bodies) == _model(ready, again, bodies)
+        for leave in (False, True):
+            got = _run(raw, new, ready, again, bodies, leave)
+            assert got == _model(ready, again, bodies, leave)
 
 
 def test_withdraw_of_many_on_a_full_redis_without_the_allow_oom_flag(tmp_path: Path) -> None:
@@ -120,7 +130,7 @@ def test_withdraw_of_many_on_a_full_redis_without_the_allow_oom_flag(tmp_path: P
             raw.config_set("maxmemory-policy", "noeviction")
             raw.config_set("maxmemory", raw.info("memory")["used_memory"] - 1000)
             bodies = [b"b%d" % i for i in range(17)]
-            assert script(raw, ["ready", "again", "delayed"], bodies) == [1] * 17
+            assert script(raw, ["ready", "again", "delayed"], [b"0", *bodies]) == [1] * 17
             raw.config_set("maxmemory", 0)
             assert raw.lrange("ready", 0, -1) == ready[17:]
             assert raw.smembers("again") == {b"b50"}
@@ -142,7 +152,7 @@ def test_withdraw_takes_what_the_list_lacks_from_the_delayed_retries(
     raw.zadd(keys[2], {b"d1": 1, b"d2": 2, b"both": 3, b"kept": 4})
     bodies = [*ready[: n // 2], b"d1", b"both", b"both", b"both", b"absent", b"d2"]
     try:
-        out = script(raw, keys, bodies)
+        out = script(raw, keys, [b"0", *bodies])
         assert list(out) == [1] * (n // 2) + [1, 1, 1, 0, 0, 1]
         assert raw.lrange(keys[0], 0, -1) == ready[n // 2 :]
         assert raw.zrange(keys[2], 0, -1) == [b"kept"]

@@ -34,11 +34,18 @@ import jobs
 from conftest import REPO, Target
 from distq.config import Settings
 from distq.ending import Endings
-from distq.errors import BrokenExecutor, MessageTooLarge, RemoteError, TaskTimeout
+from distq.errors import (
+    BrokenExecutor,
+    MessageTooLarge,
+    RemoteError,
+    SettledThenFailed,
+    TaskTimeout,
+)
 from distq.futures import DistqFuture
+from distq.transport import Settlement
 from launch import LocalRedis
 from procs import Distq
-from seam import fetch_n, retried
+from seam import fetch_n, ok_result, retried
 
 pytestmark = pytest.mark.integration
 
@@ -1193,11 +1200,11 @@ def test_shutdown_cancel_futures_met_by_a_broker_failure_still_cancels_once_back
     withdraw = producer.withdraw
     failed: list[int] = []
 
-    def fails_once(bodies: Any) -> list[bool]:
+    def fails_once(bodies: Any, redelivered: bool = True) -> list[bool]:
         if not failed:
             failed.append(len(bodies))
             raise distq.errors.TransportError("the broker went away (injected)")
-        return withdraw(bodies)
+        return withdraw(bodies, redelivered)
 
     producer.withdraw = fails_once  # type: ignore[method-assign]
     ex.shutdown(wait=False, cancel_futures=True)
@@ -1288,6 +1295,35 @@ def test_a_cancel_takes_back_every_copy_of_a_task_submitted_again(
                 future.result(0)
     with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as seen:
         assert seen.stats().ready == 0  # no copy left to run
+
+
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_cancel_of_a_task_whose_earlier_copy_a_stalled_worker_holds_says_it_may_run(
+    target: Target, executor: Open
+) -> None:
+    """A worker stalled past its 1 s lease holding a task, which went back to the queue:
+    cancel() took the queued copy back and answered True, though the stalled worker's
+    copy ran and delivered its result, which the executor dropped (the future cancelled).
+    The copy queued again is left: cancel() answers False, and the future gets the
+    result of whichever copy ends first."""
+    ex = executor()
+    future = ex.submit(jobs.add, 1, 2)
+    with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as worker:
+        stalled = worker.consumer("stalled")
+        try:
+            [held] = fetch_n(stalled, 1)
+            deadline = time.monotonic() + 20  # lapsed, swept, queued again
+            while ex.stats().ready < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert ex.stats().ready == 1
+            assert future.cancel() is False
+            task = distq.envelope.Task.decode(held.body)
+            late = Settlement(held, task.reply_to, ok_result(task, 3))
+            with contextlib.suppress(SettledThenFailed):  # its lease lapsed
+                stalled.settle([late])
+        finally:
+            stalled.close()
+    assert future.result(10) == 3
 
 
 def test_cancelling_a_wrapped_future_does_not_hold_up_the_event_loop_while_the_broker_hangs(

@@ -71,7 +71,9 @@ def _killed_while(settings: Settings, role: str, call: str, waiting: Callable[[]
 def test_a_fetch_of_a_worker_that_left_hands_its_tasks_to_the_others_at_once() -> None:
     """A worker killed while its fetch waited for tasks: the master's thread serving it
     leased it the next task, and its reply went to a connection closed; the task waited
-    out the 60 s lease while another worker fetched nothing. It goes back at once."""
+    out the 60 s lease while another worker fetched nothing. It goes back at once, and
+    as it was: it came back flagged redelivered, though it had reached no worker, and the
+    worker that got it counted one in distq_worker_redeliveries_total."""
     settings = _settings()
     hosted = open_transport(settings, "master")
     broker = hosted._broker  # type: ignore[attr-defined]
@@ -86,6 +88,7 @@ def test_a_fetch_of_a_worker_that_left_hands_its_tasks_to_the_others_at_once() -
         remote = open_transport(settings, "worker")
         got = remote.consumer("stays").fetch(1, 10)
         assert [d.body for d in got] == [task.encode()], broker.stats(settings.queue)
+        assert [d.redelivered for d in got] == [False]
     finally:
         if remote is not None:
             remote.close()

@@ -47,7 +47,7 @@ class BrokerGoneAtWithdraw:
         time.sleep(timeout)
         return []
 
-    def withdraw(self, bodies: Any) -> list[bool]:
+    def withdraw(self, bodies: Any, redelivered: bool = True) -> list[bool]:
         raise TransportError("Redis at 127.0.0.1:1 went away")
 
     def reconcile(self) -> int:
@@ -371,7 +371,7 @@ class Hangs:
         self.release.wait(30)
         raise TransportError("Redis at 127.0.0.1:1: Timeout reading")
 
-    def withdraw(self, bodies: Any) -> list[bool]:
+    def withdraw(self, bodies: Any, redelivered: bool = True) -> list[bool]:
         return [False for _ in bodies]
 
     def reconcile(self) -> int:
@@ -700,7 +700,7 @@ class FailsOnceAtWithdraw:
         time.sleep(timeout)
         return []
 
-    def withdraw(self, bodies: Any) -> list[bool]:
+    def withdraw(self, bodies: Any, redelivered: bool = True) -> list[bool]:
         if not self.failed:
             self.failed = True
             raise TransportError("Redis at 127.0.0.1:1: Connection closed by server.")
@@ -742,7 +742,7 @@ class FailsAtTheRetries(FailsOnceAtWithdraw):
     second not queued (it failed once: its retry waits out its delay), and whose next
     withdraw, of that retry, fails (the connection dropped just then)."""
 
-    def withdraw(self, bodies: Any) -> list[bool]:
+    def withdraw(self, bodies: Any, redelivered: bool = True) -> list[bool]:
         if self.failed:
             raise TransportError("Redis at 127.0.0.1:1: Connection closed by server.")
         self.failed = True

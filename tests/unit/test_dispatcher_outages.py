@@ -61,7 +61,7 @@ class RefusesEachSend:
     def reconcile(self) -> int:
         return 0
 
-    def withdraw(self, bodies: Any) -> list[bool]:
+    def withdraw(self, bodies: Any, redelivered: bool = True) -> list[bool]:
         return [False] * len(bodies)
 
     def close(self) -> None:
@@ -168,7 +168,7 @@ class HangsThenFails:
     def reconcile(self) -> int:
         return self._hang()  # type: ignore[no-any-return]
 
-    def withdraw(self, bodies: Any) -> list[bool]:
+    def withdraw(self, bodies: Any, redelivered: bool = True) -> list[bool]:
         return self._hang()  # type: ignore[no-any-return]
 
     def close(self) -> None:

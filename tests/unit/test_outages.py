@@ -217,7 +217,7 @@ class Withdraws(Flaky):
     takes_back = True
     withdrawals = 0
 
-    def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
+    def withdraw(self, bodies: Sequence[bytes], redelivered: bool = True) -> list[bool]:
         self.withdrawals += 1
         self._maybe_fail()
         return [True] * len(bodies)

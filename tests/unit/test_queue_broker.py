@@ -431,6 +431,7 @@ def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signatur
         "dead_counts",
         "task_counts",
         "unget",
+        "unsent",
     }  # the master's own
 
 

@@ -1255,3 +1255,15 @@ def test_a_worker_made_in_python_says_a_pack_as_its_own_transport_does(
     assert "a worker on the manager takes one task per message" in letter.reason, letter.reason
     assert "RabbitMQ;" not in letter.reason, letter.reason
     producer.close()
+
+
+def test_a_worker_name_over_the_limit_is_refused_by_worker_options() -> None:
+    """A 65 KiB ``worker_id`` through the Python API (the CLI's --worker-id was checked):
+    the worker ran, and its 2 MiB result to a master at 1 MiB, known by its head, was
+    dropped unnamed, its master waiting for it to its timeout. Now refused as --worker-id
+    is, with the same words."""
+    with pytest.raises(ConfigError) as refused:
+        WorkerOptions(worker_id="w" * (65 << 10))
+    assert "worker_id 'wwww" in str(refused.value)
+    assert "is 66,560 bytes, over the 4,096 a worker name may be" in str(refused.value)
+    assert WorkerOptions(worker_id="w" * 4096).worker_id == "w" * 4096

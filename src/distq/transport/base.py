@@ -246,14 +246,17 @@ class Producer(abc.ABC):
         :class:`~distq.errors.TransportError` while the broker cannot be reached.
         """
 
-    def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
+    def withdraw(self, bodies: Sequence[bytes], redelivered: bool = True) -> list[bool]:
         """Take tasks submitted earlier back out of the ready queue, before any worker does.
 
         One answer per body: True when it was still waiting, queued or as a retry waiting
-        out its delay, and is gone now (it will never run), False when a consumer has it
-        (leased, running, settled) or the transport cannot take a message back
+        out its delay, and is gone now (this copy will never run), False when a consumer
+        has it (leased, running, settled) or the transport cannot take a message back
         (:attr:`takes_back`). Manager and Redis withdraw; RabbitMQ cannot (AMQP has no way
         to remove one message from a queue), so this default answers False for every body.
+        ``redelivered=False`` leaves (False) each copy of a body queued redelivered: a
+        worker had it (its lease lapsed while it stalled, or it handed it back), and the
+        copy it had may still run: what an executor's ``cancel()`` may not answer True to.
         """
         return [False] * len(bodies)
 
@@ -383,6 +386,11 @@ class Transport(abc.ABC):
         """
         for consumer in consumers:
             consumer.heartbeat()
+
+    def hurry(self) -> None:  # noqa: B027 - optional
+        """A second signal: "stop at once". The closes from then on wait for the broker
+        a moment at most (RabbitMQ's: each its ``CLOSE_SECONDS``, on a paused node too);
+        where no close waits for it (Redis, manager), nothing."""
 
     @abc.abstractmethod
     def describe(self) -> str:

@@ -552,8 +552,9 @@ class _ServedUntil:
     metrics); a settle-then-fetch's is sent with no tasks (those end with the master).
 
     A reply that leases tasks to a worker that left meanwhile (its fetch waited for
-    them) hands them back instead (:meth:`QueueBroker.release`): sent, it reached nobody,
-    and the tasks waited out the lease while the other workers fetched nothing."""
+    them) hands them back instead, as they were (:meth:`QueueBroker.unsent`): sent, it
+    reached nobody, and the tasks waited out the lease while the other workers fetched
+    nothing."""
 
     def __init__(
         self,
@@ -586,14 +587,14 @@ class _ServedUntil:
                 obj = _ran_before_the_stop(self._method, obj)
             if obj is None:
                 raise EOFError("the master stopped")
-        tokens, results = _leased(self._method, obj), _got(self._method, obj)
-        if (tokens or results) and self._peer.left():
-            self._hand_back(tokens, results)
+        leased, results = _leased(self._method, obj), _got(self._method, obj)
+        if (leased or results) and self._peer.left():
+            self._hand_back(leased, results)
             raise EOFError("its peer left")
         try:
             self._send(obj)
         except OSError:
-            self._hand_back(tokens, results)
+            self._hand_back(leased, results)
             raise
 
     def _put_stopped(self, taken: bool) -> tuple[str, str]:
@@ -610,15 +611,15 @@ class _ServedUntil:
         why = f"the master at {self._address} stopped as it served this put: {took}"
         return ("#TRACEBACK", f"{_STOPPED_MARK}{taken:d} {why}")
 
-    def _hand_back(self, tokens: list[int], results: list[bytes]) -> None:
+    def _hand_back(self, leased: list[Wire], results: list[bytes]) -> None:
         """What a reply to a peer that left would have taken with it: a worker's leased
         tasks go back to the queue, a producer's results back to the front of its reply
         queue (a producer reconnecting, as an Executor does, reads them there)."""
         if self._broker is None or not self._args or not isinstance(self._args[0], str):
             return
         consumer = self._args[1] if len(self._args) > 1 else None
-        if tokens and isinstance(consumer, str):
-            self._broker.release(consumer, tokens)
+        if leased and isinstance(consumer, str):
+            self._broker.unsent(consumer, leased)
         if results:
             self._broker.unget(self._args[0], results)
 
@@ -635,14 +636,14 @@ def _got(method: object, reply: Any) -> list[bytes]:
 _LEASES = frozenset({"fetch", "settle_fetch", "settle_fetch_late"})
 
 
-def _leased(method: object, reply: Any) -> list[int]:
-    """The tokens of the tasks ``reply`` to ``method`` leases (none but a fetch's)."""
+def _leased(method: object, reply: Any) -> list[Wire]:
+    """The tasks ``reply`` to ``method`` leases (none but a fetch's)."""
     if method not in _LEASES or not isinstance(reply, tuple) or reply[:1] != ("#RETURN",):
         return []
     wires = reply[1]
     if method == "settle_fetch_late":  # (late, leased)
         wires = wires[1] if isinstance(wires, tuple) and len(wires) == 2 else None
-    return [w[0] for w in wires] if isinstance(wires, list) else []
+    return wires if isinstance(wires, list) else []
 
 
 #: The calls whose reply goes out once the master stopped: each ran, its results out.
@@ -911,10 +912,17 @@ class ManagerProducer(Producer):
                 self.most = None
         return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
 
-    def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
+    def withdraw(self, bodies: Sequence[bytes], redelivered: bool = True) -> list[bool]:
         found: list[bool] = []
         for chunk in _batches(bodies):
-            found += _call(self._address, self._broker.withdraw, self._queue, chunk)
+            try:
+                found += _call(
+                    self._address, self._broker.withdraw, self._queue, chunk, redelivered
+                )
+            except TransportError as exc:  # a master before left36: it takes every copy
+                if _OLDER_WITHDRAW not in str(exc):
+                    raise
+                found += _call(self._address, self._broker.withdraw, self._queue, chunk)
         return found
 
     def close(self) -> None:
@@ -1187,6 +1195,8 @@ _OLDER_MASTER = "'settle_fetch_late' of"  # in the refusal of a method not expos
 _OLDER_MASTER_LIMIT = "'message_limit' of"  # the same: a master before getlim33
 #: In the refusal of a fetch's limit by a master of a distq before limits33 (a get's: getlim33)
 _OLDER_LIMITS = "unexpected keyword argument 'most'"
+#: In the refusal of a withdraw's ``redelivered`` by a master of a distq before left36
+_OLDER_WITHDRAW = "unexpected keyword argument 'redelivered'"
 
 
 def _may_be_late(settlements: Sequence[Settlement]) -> bool:

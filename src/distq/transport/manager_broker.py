@@ -20,7 +20,7 @@ import time
 from array import array
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -360,12 +360,17 @@ class QueueBroker:
         with self._lock:
             return [name for name in reply_to if name not in self._replies]
 
-    def withdraw(self, queue: str, bodies: Sequence[bytes]) -> list[bool]:
+    def withdraw(self, queue: str, bodies: Sequence[bytes], redelivered: bool = True) -> list[bool]:
         """Remove these bodies from the ready queue or, not found there, from the retries
-        waiting out their delay, one each; True for each one removed."""
+        waiting out their delay, one each; True for each one removed. ``redelivered=
+        False``: each copy of a body queued redelivered is left (a worker had it)."""
         with self._lock:
             wanted = Counter(bodies)
             items = self._queues.get(queue)  # not made: a read of any name keeps nothing
+            for body, again in items if items and not redelivered else ():
+                if again and wanted[body]:  # the copy its worker had may still run
+                    wanted[body] = 0
+            takeable = +wanted
             if items:
                 kept = [item for item in items if not _take(wanted, item[0])]
                 if len(kept) < len(items):
@@ -376,7 +381,7 @@ class QueueBroker:
                 if len(waits) < len(self._delayed):
                     heapq.heapify(waits)
                     self._delayed[:] = waits
-            removed = Counter(bodies)
+            removed = takeable
             removed.subtract(wanted)  # what was found, per body
             return [_take(removed, body) for body in bodies]
 
@@ -608,6 +613,15 @@ class QueueBroker:
             if owner is not None:
                 self._requeue(owner, tokens)
 
+    def unsent(self, consumer: str, leased: Sequence[Wire]) -> None:
+        """Put back the tasks a fetch's reply leased to a worker that left before it was
+        sent, each flagged redelivered only if it was before: it reached no worker."""
+        with self._lock:
+            owner = self._leases.get(consumer)
+            if owner is not None:
+                fresh = {token for token, _, again in leased if not again}
+                self._requeue(owner, [token for token, _, _ in leased], fresh)
+
     def disconnect(self, consumer: str) -> None:
         """The consumer is leaving: everything it holds goes back to the front, as when
         its lease lapses (:meth:`_end`)."""
@@ -694,12 +708,13 @@ class QueueBroker:
         owner.window_ends = now + max(owner.length, SETTLED_SECONDS)
         self._ended[consumer] = owner
 
-    def _requeue(self, owner: _Lease, tokens: Sequence[int]) -> None:
+    def _requeue(self, owner: _Lease, tokens: Sequence[int], fresh: Collection[int] = ()) -> None:
+        """Put ``tokens`` back, flagged redelivered but those in ``fresh`` (sent nowhere)."""
         for token in reversed(tokens):
             entry = owner.held.pop(token, None)
             if entry is not None:
                 queue, body = entry
-                self._queue(queue).appendleft((body, True))
+                self._queue(queue).appendleft((body, token not in fresh))
                 self._ready[queue].notify()
 
     def reap(self) -> None:

@@ -169,6 +169,7 @@ from distq.transport.rabbitmq_dead import counts_deliveries, peek, remove_orphan
 from distq.transport.rabbitmq_holds import LeaseRecords, from_a_record, record_queue
 from distq.transport.rabbitmq_link import (
     CLOSE_SECONDS,
+    HURRIED_CLOSE_SECONDS,
     REFUSALS,
     Broker,
     Link,
@@ -284,6 +285,7 @@ class RabbitMQTransport(Transport):
         # the closes after it do not wait for the broker (a stopping master waited
         # CLOSE_SECONDS twice); one answered since clears it
         self.unanswered = False
+        self.close_seconds = CLOSE_SECONDS  # each close's wait for the broker (hurry)
         # tasks done on a lost link by any of this process's consumers (see
         # results_only): whichever slot gets a copy acks it
         self.done_copies = BodySet(_DONE_LOST_KEPT)
@@ -419,6 +421,9 @@ class RabbitMQTransport(Transport):
                 link = self._admin_link(fresh=True)
                 with AnswerWithin(link.connection, ADMIN_ANSWER_SECONDS, blocked):
                     return call(link)
+
+    def hurry(self) -> None:
+        self.close_seconds = HURRIED_CLOSE_SECONDS
 
     def describe(self) -> str:
         tls = " over TLS" if self._broker.url.startswith("amqps:") else ""
@@ -590,7 +595,7 @@ class RabbitMQTransport(Transport):
         """
         for child in list(self._children):
             child.close()
-        seconds = 0.01 if self.unanswered else CLOSE_SECONDS
+        seconds = 0.01 if self.unanswered else self.close_seconds
         # a sampler thread may be stuck in an admin call to a hung broker (no heartbeats
         # there), holding the lock: then the admin link is left to the ending process
         if not self._lock.acquire(timeout=seconds):
@@ -775,11 +780,12 @@ class RabbitMQProducer(Producer):
         within :data:`CLOSE_SECONDS` in all: a broker that did not answer the delete
         (paused, cut off) is not waited for again to close (6 s, twice the bound)."""
         self._transport.forget(self)
-        by = time.monotonic() + CLOSE_SECONDS
+        seconds = self._transport.close_seconds
+        by = time.monotonic() + seconds
         answered: bool | None = None  # not asked: the link was lost, or refused the delete
         if self._link.is_open:
             with contextlib.suppress(*PikaError):
-                answered = self._link.fast.queue_delete(self.reply_to, CLOSE_SECONDS)
+                answered = self._link.fast.queue_delete(self.reply_to, seconds)
         self._link.close(max(0.01, by - time.monotonic()))
         if answered is not None:  # unanswered: nor will the transport's admin link be;
             # answered: the broker is back (a cut healed), its closes waited for again
@@ -1464,7 +1470,7 @@ class RabbitMQConsumer(Consumer):
             tags = self._held.tags() if partly else []
             with contextlib.suppress(*PikaError, TransportError):
                 self._give_back(sorted({*tags, *records}))
-        self._link.close()
+        self._link.close(self._transport.close_seconds)
         self._held.clear()  # the broker requeued them when the connection closed
         self._current.clear()
         self._buffer.clear()

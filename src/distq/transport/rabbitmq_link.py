@@ -53,6 +53,9 @@ _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.va
 # a close (or a stopping master's last call) waits this long for a hung broker, then
 # aborts the socket: the process is ending, and leases bring back what it held
 CLOSE_SECONDS = 3.0
+#: The same wait after a second signal (Transport.hurry): a broker that answers does in
+#: far less; one paused or cut off held each close CLOSE_SECONDS after "stop at once".
+HURRIED_CLOSE_SECONDS = 0.2
 #: How long a wait for confirms a stop came in still waits for them (Link.wait_for_confirms):
 #: cut at once, a stop that came in a reconcile on a broker that answered was taken for a
 #: failed call, and the master skipped its wait for the results in flight.

@@ -834,13 +834,14 @@ class RedisProducer(Producer):
         commands.append(("EXEC",))
         return commands
 
-    def withdraw(self, bodies: Sequence[bytes]) -> list[bool]:
+    def withdraw(self, bodies: Sequence[bytes], redelivered: bool = True) -> list[bool]:
         if not bodies:
             return []
         keys = [self._t.ready_key, self._t.redelivered_key, self._t.delayed_key]
+        leave = b"0" if redelivered else b"1"
         with self._t.errors():
-            found = self._t.withdraw_script(self._w, keys, list(bodies))
-        return [bool(n) for n in found]
+            found = self._t.withdraw_script(self._w, keys, [leave, *bodies])
+        return [n == 1 for n in found]  # -1: queued redelivered, left
 
     def reconcile(self) -> int:
         """See :meth:`Producer.reconcile`. After a lapse that a call's own renewal found
