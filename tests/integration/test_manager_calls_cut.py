@@ -19,7 +19,7 @@ import pytest
 import distq
 from distq.config import Settings
 from distq.envelope import NO_REPLY, Task, new_id
-from distq.transport import manager_wire, open_transport
+from distq.transport import Settlement, manager_wire, open_transport
 from distq.transport.manager_broker import QueueBroker
 from launch import free_port
 from procs import Distq
@@ -185,3 +185,82 @@ def test_a_submit_under_way_as_the_master_stops_says_whether_its_task_was_taken(
     said = "it took its 1 task(s)" if taken else "it did not take its 1 task(s)"
     assert f"the master at {host}:{port} stopped" in output and said in output, output
     assert "distq status" not in output, output
+
+
+def _task_waiters(broker: QueueBroker, queue: str) -> bool:
+    """Whether a call waits in the master for a task of ``queue``."""
+    return bool(getattr(broker._ready.get(queue), "_waiters", None))
+
+
+def test_a_settle_then_fetch_of_a_worker_that_left_as_it_waited_settled_and_holds_nothing() -> None:
+    """A worker killed while its settle-then-fetch waited in the master for the next
+    task (manlat36: one call where a lone task's worker made two): its settle ran before
+    the wait (its result is out), and the task that came next goes to another worker
+    at once, not after the 60 s lease of the one that left."""
+    settings = _settings()
+    hosted = open_transport(settings, "master")
+    broker = hosted._broker  # type: ignore[attr-defined]
+    assert isinstance(broker, QueueBroker)
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    settle = (
+        '__import__("distq.transport").transport.Settlement('
+        '__import__("distq.transport").transport.Delivery(body=b"t", tag=1), '
+        f'reply_to={producer.reply_to!r}, result=b"r:gone")'
+    )
+    remote = None
+    try:
+        _killed_while(
+            settings,
+            "worker",
+            f'consumer("gone").settle_then_fetch([{settle}], 1, 60)',
+            lambda: _task_waiters(broker, settings.queue),
+        )
+        assert producer.results(1, 5) == [b"r:gone"]
+        task = Task("jobs:add", [1, 2], NO_REPLY)
+        producer.submit([task.encode()])
+        remote = open_transport(settings, "worker")
+        got = remote.consumer("stays").fetch(1, 10)
+        assert [d.body for d in got] == [task.encode()], broker.stats(settings.queue)
+    finally:
+        if remote is not None:
+            remote.close()
+        hosted.close()
+
+
+def test_a_settle_then_fetch_waiting_as_its_master_stops_is_told_its_batch_settled() -> None:
+    """A master that stops while a worker's settle-then-fetch waits in it for the next
+    task (its job done: the last result came in that settle) answers it, with no tasks:
+    the settle ran. A connection closed instead told the worker nothing, and it counted
+    its batch handed back, whose results had gone out."""
+    settings = _settings()
+    hosted = open_transport(settings, "master")
+    broker = hosted._broker  # type: ignore[attr-defined]
+    assert isinstance(broker, QueueBroker)
+    producer = hosted.producer(hosted.reply_queue(new_id()))
+    producer.submit([b"last"])
+    remote = open_transport(settings, "worker")
+    consumer = remote.consumer("w1")
+    answers: list[object] = []
+    try:
+        (last,) = consumer.fetch(1, 10)
+        done = [Settlement(last, reply_to=producer.reply_to, result=b"r:last")]
+
+        def settle() -> None:
+            try:
+                answers.append(consumer.settle_then_fetch(done, 1, 20.0))
+            except Exception as exc:
+                answers.append(exc)
+
+        waiting = threading.Thread(target=settle)
+        waiting.start()
+        assert producer.results(1, 10) == [b"r:last"]  # settled before the wait
+        deadline = time.monotonic() + 10
+        while not _task_waiters(broker, settings.queue):
+            assert waiting.is_alive() and time.monotonic() < deadline, answers
+            time.sleep(0.02)
+        hosted.close()
+        waiting.join(10)
+        assert answers == [[]]
+    finally:
+        remote.close()
+        hosted.close()

@@ -142,6 +142,7 @@ class ManagerTransport(Transport):
         self._logged: dict[str, float] = {}  # accept problem -> when last logged
         # the connections being served: a child made by fork() closes its copies
         self._served: set[wire.ServedConnection] = set()
+        self._waits = _SettleWaits()
         self._inspector: wire.Broker | None = None  # a worker's proxy for stats(), kept
         self._keeper_thread: int | None = None  # the thread that calls heartbeat()
         self._inspector_lock = threading.Lock()
@@ -279,7 +280,7 @@ class ManagerTransport(Transport):
                 )
             return
         wire.serving(conn)
-        until = _ServedUntil(server.stop_event, conn, self._broker, self.address)
+        until = _ServedUntil(server.stop_event, conn, self._broker, self.address, self._waits)
         conn.recv = until.recv  # type: ignore[method-assign]
         conn.send = until.send  # type: ignore[method-assign]
         try:
@@ -507,6 +508,7 @@ class ManagerTransport(Transport):
         if self._server is not None:
             self._deadlines.stop()
             self._server.stop_event.set()
+            self._waits.answered(_SETTLE_WAITS_ANSWERED)
             self._wake_acceptor()
             self._server.listener.close()
 
@@ -562,12 +564,14 @@ class _ServedUntil:
         conn: wire.ServedConnection,
         broker: QueueBroker | None,
         address: str,
+        waits: _SettleWaits | None = None,
     ) -> None:
         self._stopped, self._recv, self._send = stopped, conn.recv, conn.send
         self._conn, self._broker, self._address = conn, broker, address
         self._peer = wire.PeerWatch(conn)
         self._method: object = None  # the request being served's
         self._args: Any = ()
+        self._waits, self._waiting = waits, False
 
     def recv(self) -> Any:
         request = self._recv()
@@ -577,9 +581,21 @@ class _ServedUntil:
             if self._method == "put":  # told, not only cut: "may be queued or not" it read
                 self._send(self._put_stopped(taken=False))
             raise EOFError("the master stopped")
+        named = request[3] if self._method == "settle_fetch" else None
+        if isinstance(named, dict) and named.get("wait") and self._waits is not None:
+            self._waiting = True  # it may wait: counted until answered
+            self._waits.begin()
         return request
 
     def send(self, obj: Any) -> None:
+        try:
+            self._send_until(obj)
+        finally:
+            if self._waiting and self._waits is not None:
+                self._waiting = False
+                self._waits.end()
+
+    def _send_until(self, obj: Any) -> None:
         if self._stopped.is_set():
             if self._method == "put":  # ran: taken, unless it failed
                 obj = self._put_stopped(taken=isinstance(obj, tuple) and obj[:1] == ("#RETURN",))
@@ -622,6 +638,36 @@ class _ServedUntil:
             self._broker.unsent(consumer, leased)
         if results:
             self._broker.unget(self._args[0], results)
+
+
+class _SettleWaits:
+    """The served settle-then-fetches that may wait for tasks (``wait`` named), until
+    answered: a master that stops wakes them (:meth:`QueueBroker.stop`) and lets them
+    answer before it exits. Their settles ran; a worker that saw the connection close
+    instead counted its batch handed back, whose results had gone out."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._none = threading.Condition()
+
+    def begin(self) -> None:
+        with self._none:
+            self._count += 1
+
+    def end(self) -> None:
+        with self._none:
+            self._count -= 1
+            if not self._count:
+                self._none.notify_all()
+
+    def answered(self, seconds: float) -> bool:
+        """Whether every one was answered within ``seconds``."""
+        with self._none:
+            return self._none.wait_for(lambda: not self._count, seconds)
+
+
+#: How long a stopping master waits for its settle-then-fetches to answer (each woke up)
+_SETTLE_WAITS_ANSWERED = 1.0
 
 
 def _got(method: object, reply: Any) -> list[bytes]:
@@ -963,6 +1009,7 @@ class ManagerConsumer(Consumer):
         self._broker, self._queue = broker, queue
         self._lease, self._address = lease, address
         self._older_master = False  # it has no settle_fetch_late: settle, then fetch
+        self._no_wait = False  # its settle_fetch takes no wait (before manlat36)
         self._keepers = keepers
         #: None against a master of a distq before limits33, which refuses a limit named
         self.most = most
@@ -1001,19 +1048,21 @@ class ManagerConsumer(Consumer):
         )
         return _deliveries(wire)
 
-    def _claim(self, call: Callable[..., _T], method: Callable[..., Any], *args: Any) -> _T:
-        """``call(address, method, *args)``, naming :attr:`most`; without it from then on
-        against a master that refuses it (a distq before limits33: its method takes no
-        ``most``, and its TypeError closes the connection), which then sends a task over
-        it, as before."""
+    def _claim(
+        self, call: Callable[..., _T], method: Callable[..., Any], *args: Any, **named: Any
+    ) -> _T:
+        """``call(address, method, *args, **named)``, naming :attr:`most`; without it from
+        then on against a master that refuses it (a distq before limits33: its method
+        takes no ``most``, and its TypeError closes the connection), which then sends a
+        task over it, as before."""
         if self.most is not None:
             try:
-                return call(self._address, method, *args, most=self.most)
+                return call(self._address, method, *args, most=self.most, **named)
             except TransportError as exc:  # refused as "an error raised in the master"
                 if _OLDER_LIMITS not in str(exc):
                     raise
                 self.most = None
-        return call(self._address, method, *args)
+        return call(self._address, method, *args, **named)
 
     @property
     def consumer_id(self) -> str:
@@ -1065,10 +1114,11 @@ class ManagerConsumer(Consumer):
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
     ) -> list[Delivery]:
-        """Settled and the next batch claimed (without waiting) in one call to the master.
-        A batch with retries or dead letters, where the settle may find some
-        :attr:`late`, asks which (``settle_fetch_late``); a master of a distq before
-        that call, in two calls (settle, then fetch)."""
+        """Settled and the next batch claimed in one call to the master, which waits up to
+        ``timeout`` for the first task when none is ready. A batch with retries or dead
+        letters, where the settle may find some :attr:`late`, asks which
+        (``settle_fetch_late``, without waiting); a master of a distq before that call,
+        in two calls (settle, then fetch)."""
         if not settlements or max_count <= 0:
             self.settle(settlements)
             return []
@@ -1077,25 +1127,30 @@ class ManagerConsumer(Consumer):
             *before, settlements = _settle_batches(self._fitted(settlements))  # large results
             for batch in before:
                 self._settle(batch)
-            return self._settle_last_then_fetch(settlements, max_count)
+            return self._settle_last_then_fetch(settlements, max_count, timeout)
 
     def _settle_last_then_fetch(
-        self, settlements: Sequence[Settlement], max_count: int
+        self, settlements: Sequence[Settlement], max_count: int, timeout: float
     ) -> list[Delivery]:
-        """:meth:`settle_then_fetch`'s last call."""
+        """:meth:`settle_then_fetch`'s last call: one that settles results only waits up
+        to ``timeout`` for the first task in the master (a master before manlat36 takes
+        no wait: it answers at once, and the worker fetches again, as before)."""
         if _may_be_late(settlements):
             with self._bounded():
                 return self._settle_then_fetch_late(settlements, max_count)
+        args = (self._queue, self._id, _wire(settlements), max_count, self._lease)
         with self._bounded():
-            wire: list[Wire] = self._claim(
-                _call_list,
-                self._broker.settle_fetch,
-                self._queue,
-                self._id,
-                _wire(settlements),
-                max_count,
-                self._lease,
-            )
+            if timeout > 0 and not self._no_wait:
+                try:
+                    wire: list[Wire] = self._claim(
+                        _call_list, self._broker.settle_fetch, *args, wait=timeout
+                    )
+                    return _deliveries(wire)
+                except TransportError as exc:  # refused unread: nothing was settled
+                    if _OLDER_WAIT not in str(exc):
+                        raise
+                    self._no_wait = True
+            wire = self._claim(_call_list, self._broker.settle_fetch, *args)
         return _deliveries(wire)
 
     def _settle_then_fetch_late(
@@ -1195,8 +1250,10 @@ _OLDER_MASTER = "'settle_fetch_late' of"  # in the refusal of a method not expos
 _OLDER_MASTER_LIMIT = "'message_limit' of"  # the same: a master before getlim33
 #: In the refusal of a fetch's limit by a master of a distq before limits33 (a get's: getlim33)
 _OLDER_LIMITS = "unexpected keyword argument 'most'"
-#: In the refusal of a withdraw's ``redelivered`` by a master of a distq before left36
+#: In the refusal of a withdraw's ``redelivered`` by a master older than that keyword
 _OLDER_WITHDRAW = "unexpected keyword argument 'redelivered'"
+#: In the refusal of a settle-then-fetch's ``wait`` by a master older than that keyword
+_OLDER_WAIT = "unexpected keyword argument 'wait'"
 
 
 def _may_be_late(settlements: Sequence[Settlement]) -> bool:

@@ -157,6 +157,7 @@ class Broker(Protocol):
         max_count: int,
         lease: float,
         most: int | None = None,
+        wait: float = 0.0,
     ) -> list[Wire] | None: ...
     def settle_fetch_late(
         self,
@@ -750,8 +751,16 @@ class BrokerProxy(BaseProxy):
         max_count: int,
         lease: float,
         most: int | None = None,
+        wait: float = 0.0,
     ) -> list[Wire] | None:
-        reply = self._call("settle_fetch", queue, consumer, items, max_count, lease, most=most)
+        """``wait``: named only when above 0 (a master before manlat36 refuses it)."""
+        args = (queue, consumer, items, max_count, lease)
+        if wait <= 0:
+            reply = self._call("settle_fetch", *args, most=most)
+        else:
+            named: dict[str, Any] = {"wait": wait} if most is None else {"most": most, "wait": wait}
+            call: Callable[..., Any] = self._callmethod
+            reply = call("settle_fetch", args, named)
         return None if reply is None else _deliveries(reply, "settle_fetch")
 
     def settle_fetch_late(

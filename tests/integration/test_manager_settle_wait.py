@@ -1,0 +1,104 @@
+"""A manager worker's settle-then-fetch that waits in the master for the next task
+(manlat36): a lone task's worker settled, was answered "none yet" and fetched again, a
+second request, which the master's next task waited for."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from typing import Any
+
+import pytest
+
+from distq.config import Settings
+from distq.envelope import new_id
+from distq.transport import Settlement, open_transport
+from distq.transport.manager_broker import QueueBroker, Wire, WireSettlement
+from launch import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def _settings() -> Settings:
+    return Settings(
+        transport="manager",
+        authkey=secrets.token_hex(16).encode(),
+        manager_address=("127.0.0.1", free_port()),
+        queue=f"q{secrets.token_hex(3)}",
+    )
+
+
+def test_a_settle_then_fetch_that_may_wait_leases_the_next_task_in_the_same_call() -> None:
+    """Its result goes out before the wait (the producer reads it while the call waits),
+    and the task submitted then comes back in the call's own reply."""
+    settings = _settings()
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    try:
+        producer = hosted.producer(hosted.reply_queue(new_id()))
+        producer.submit([b"first"])
+        consumer = remote.consumer("c1")
+        (first,) = consumer.fetch(1, 10)
+        read: list[bytes] = []
+
+        def answer_then_submit() -> None:
+            read.extend(producer.results(1, 10))
+            producer.submit([b"second"])
+
+        other = threading.Thread(target=answer_then_submit)
+        other.start()
+        try:
+            done = [Settlement(first, reply_to=producer.reply_to, result=b"r:first")]
+            got = consumer.settle_then_fetch(done, 3, 10.0)
+        finally:
+            other.join(20)
+        assert read == [b"r:first"]
+        assert [d.body for d in got] == [b"second"]
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+def test_a_master_whose_settle_fetch_takes_no_wait_settles_once_and_is_not_asked_again() -> None:
+    """A master of a distq before manlat36 refuses the wait (a TypeError, read unsettled):
+    the worker settles and claims without it, once, and names no wait from then on."""
+    settings = _settings()
+    hosted = open_transport(settings, "master")
+    broker = hosted._broker  # type: ignore[attr-defined]
+    assert isinstance(broker, QueueBroker)
+    named: list[dict[str, Any]] = []
+
+    def older(
+        queue: str,
+        consumer: str,
+        items: list[WireSettlement],
+        max_count: int,
+        lease: float,
+        most: int | None = None,
+        **wait: Any,
+    ) -> list[Wire]:
+        named.append(wait)
+        if wait:
+            raise TypeError("settle_fetch() got an unexpected keyword argument 'wait'")
+        return QueueBroker.settle_fetch(broker, queue, consumer, items, max_count, lease, most)
+
+    broker.settle_fetch = older  # type: ignore[method-assign,assignment]
+    remote = open_transport(settings, "worker")
+    try:
+        producer = hosted.producer(hosted.reply_queue(new_id()))
+        producer.submit([b"one", b"two"])
+        consumer = remote.consumer("c1")
+        (one,) = consumer.fetch(1, 10)
+        got = consumer.settle_then_fetch([Settlement(one, producer.reply_to, b"r:one")], 1, 5.0)
+        assert [d.body for d in got] == [b"two"]
+        assert (
+            consumer.settle_then_fetch([Settlement(got[0], producer.reply_to, b"r:two")], 1, 5.0)
+            == []
+        )
+        assert named == [{"wait": 5.0}, {}, {}]
+        assert sorted(producer.results(2, 10)) == [b"r:one", b"r:two"]
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
