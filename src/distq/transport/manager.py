@@ -965,7 +965,7 @@ class ManagerProducer(Producer):
                 found += _call(
                     self._address, self._broker.withdraw, self._queue, chunk, redelivered
                 )
-            except TransportError as exc:  # a master before left36: it takes every copy
+            except TransportError as exc:  # a master older than the keyword: it takes every copy
                 if _OLDER_WITHDRAW not in str(exc):
                     raise
                 found += _call(self._address, self._broker.withdraw, self._queue, chunk)
@@ -1009,7 +1009,7 @@ class ManagerConsumer(Consumer):
         self._broker, self._queue = broker, queue
         self._lease, self._address = lease, address
         self._older_master = False  # it has no settle_fetch_late: settle, then fetch
-        self._no_wait = False  # its settle_fetch takes no wait (before manlat36)
+        self._no_wait = False  # its settle_fetch takes no wait (an older master)
         self._keepers = keepers
         #: None against a master of a distq before limits33, which refuses a limit named
         self.most = most
@@ -1133,7 +1133,7 @@ class ManagerConsumer(Consumer):
         self, settlements: Sequence[Settlement], max_count: int, timeout: float
     ) -> list[Delivery]:
         """:meth:`settle_then_fetch`'s last call: one that settles results only waits up
-        to ``timeout`` for the first task in the master (a master before manlat36 takes
+        to ``timeout`` for the first task in the master (an older master takes
         no wait: it answers at once, and the worker fetches again, as before)."""
         if _may_be_late(settlements):
             with self._bounded():

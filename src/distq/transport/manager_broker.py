@@ -605,7 +605,7 @@ class QueueBroker:
         wait: float = 0.0,
     ) -> list[Wire]:
         """:meth:`settle`, then :meth:`fetch` up to ``max_count``, waiting up to ``wait``
-        s for the first (a worker before manlat36 names none: no wait), or until
+        s for the first (an older worker names none: no wait), or until
         :meth:`stop`: a worker's batch settled and its next one claimed in one call. A
         lone task's worker settled, was answered "none yet", and fetched again: the
         master's next task waited for that fetch (45 µs of a 190 µs round trip)."""

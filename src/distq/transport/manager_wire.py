@@ -705,7 +705,7 @@ class BrokerProxy(BaseProxy):
 
     def withdraw(self, queue: str, bodies: Sequence[bytes], redelivered: bool = True) -> list[bool]:
         call: Callable[..., Any] = self._callmethod
-        # the keyword only when it says something: a master before left36 knows none
+        # the keyword only when it says something: an older master knows none
         named = {} if redelivered else {"redelivered": False}
         found = _list_of(call("withdraw", (queue, bodies), named), bool, "withdraw", "yes or no")
         if len(found) != len(bodies):
@@ -753,7 +753,7 @@ class BrokerProxy(BaseProxy):
         most: int | None = None,
         wait: float = 0.0,
     ) -> list[Wire] | None:
-        """``wait``: named only when above 0 (a master before manlat36 refuses it)."""
+        """``wait``: named only when above 0 (an older master refuses it)."""
         args = (queue, consumer, items, max_count, lease)
         if wait <= 0:
             reply = self._call("settle_fetch", *args, most=most)
