@@ -23,12 +23,13 @@ An envelope over ``BLAKE2B_MOST`` (512) bytes, such as a pack of results, is sig
 whole SHA-256 blocks (and hashed once per process), as distq before DQSIG3 signed every
 message; where SHA-256 runs on the CPU's SHA extensions it hashes long messages faster.
 Formats read: ``DQSIG3`` and ``DQSIG2``, so messages of processes not yet upgraded
-verify during an upgrade. A worker signs its results ``DQSIG2`` until it has read a
-``DQSIG3`` task (:attr:`Signer.results_v3`): a master that signs DQSIG3 reads it; an
-older one reads only DQSIG2. So upgrading the workers of a queue first, then its
-masters, never leaves a message unread. ``DQSIG1`` (before the queue was bound:
-the HMAC of the envelope alone) is refused, saying so; a format newer than these (a
-future ``DQSIG4``) is refused saying to upgrade every process of the queue to it.
+verify during an upgrade. A worker signs a result, or a retry, in the format of the
+task it answers (``answering`` in :meth:`Signer.sign`): a master that signs DQSIG3 reads
+it; an older one, and an older worker, reads only DQSIG2. So upgrading the workers of a
+queue first, then its masters, never leaves a message unread. ``DQSIG1`` (before the
+queue was bound: the HMAC of the envelope alone) is refused, saying so; a format newer
+than these (a future ``DQSIG4``) is refused saying to upgrade every process of the queue
+to it.
 
 Rotation: the first key signs, every key verifies. Add the new key at the end
 everywhere, then move it first everywhere, then drop the old one.
@@ -172,14 +173,15 @@ class Signer:
         self._prefix, self._hmac_prefix = MAGIC + first + b" ", HMAC_MAGIC + first + b" "
         self._signing = {kind: states[self._prefix] for kind, states in self._states.items()}
         self._hmac_signing = {kind: by[self._hmac_prefix] for kind, by in self._hmacs.items()}
-        #: Whether results go out DQSIG3: once this process has read a DQSIG3 task, whose
-        #: master reads DQSIG3; till then DQSIG2, which a master of any distq since the
-        #: queue was bound reads (so workers upgraded first answer older masters).
-        self.results_v3 = False
 
-    def sign(self, envelope: bytes, kind: str) -> bytes:
-        """``envelope``, a ``kind`` (task or result), with its signature header in front."""
-        if len(envelope) > BLAKE2B_MOST or (kind == "result" and not self.results_v3):
+    def sign(self, envelope: bytes, kind: str, answering: bytes | None = None) -> bytes:
+        """``envelope``, a ``kind`` (task or result), with its signature header in front;
+        in the format of ``answering``, the message of the task it answers (its result or
+        retry), when that came DQSIG2: an older master, and an older worker, reads only
+        DQSIG2 (workers are upgraded first, beside older masters)."""
+        if len(envelope) > BLAKE2B_MOST or (
+            answering is not None and not answering.startswith(MAGIC)
+        ):
             mac = self._hmac_signing[kind].hexdigest(envelope)
             return b"".join((self._hmac_prefix, mac, b"\n", envelope))
         state = self._signing[kind].copy()
@@ -218,8 +220,6 @@ class Signer:
             envelope = message[_HEADER_LENGTH:]
             mac.update(envelope)
             if hmac.compare_digest(mac.hexdigest().encode(), message[_SIG_AT : _HEADER_LENGTH - 1]):
-                if kind == "task":
-                    self.results_v3 = True
                 return envelope
             raise self._bad(kind, header[_ID_AT:_ID_END])
         keyed = self._hmacs[kind].get(header)
