@@ -82,6 +82,7 @@ class Codec:
     ) -> None:
         #: signs and checks the tasks of task queue ``queue`` and their results
         self.signer = Signer(signing_keys, queue) if signing_keys else None
+        self.queue = queue
         #: the transport the messages travel on, when known (DISTQ_TRANSPORT): how a
         #: worker's dead letter says a pack of tasks (:func:`distq.framing.pack_problem`)
         self.transport = transport

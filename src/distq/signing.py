@@ -241,14 +241,10 @@ class Signer:
             return SignatureError(
                 f"unsigned {kind}: this process requires signatures (DISTQ_SIGNING_KEYS is set)"
             )
+        newer = newer_format(message, kind, self.queue)
+        if newer is not None:
+            return newer
         known = message.startswith(MAGIC) or message.startswith(HMAC_MAGIC)
-        newer = _FORMAT.match(message)
-        if not known and newer is not None:
-            return NewerSignature(
-                f"{kind} signed in format DQSIG{newer[1].decode()}, which a newer distq "
-                "writes and this one does not read (it reads DQSIG2 and DQSIG3): upgrade "
-                f"every master and worker of queue {self.queue!r} to the distq that sent it"
-            )
         header = message[:_HEADER_LENGTH]
         if (
             not known
@@ -306,6 +302,19 @@ def _old_format(kind: str) -> str:
         f"{kind} signed by an older distq (format DQSIG1, whose signature does not bind "
         "its queue), which this one refuses: upgrade every master and worker that "
         "signs (the README's upgrade notes)"
+    )
+
+
+def newer_format(message: bytes, kind: str, queue: str) -> NewerSignature | None:
+    """Why ``message``, a ``kind`` of task queue ``queue``, is refused when a newer distq
+    signed it (``DQSIG4`` on), whatever keys a process holds; None for any other."""
+    newer = _FORMAT.match(message)
+    if newer is None:
+        return None
+    return NewerSignature(
+        f"{kind} signed in format DQSIG{newer[1].decode()}, which a newer distq writes and "
+        "this one does not read (it reads DQSIG2 and DQSIG3): upgrade every master and "
+        f"worker of queue {queue!r} to the distq that sent it"
     )
 
 
