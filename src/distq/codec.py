@@ -152,6 +152,23 @@ class Codec:
                 f"task {task.name} [{task.id}] cannot be submitted: {exc}; {advice}"
             ) from None
 
+    def seal_tasks(self, tasks: Sequence[Task]) -> list[bytes]:
+        """The tasks as sent, in order: each as :meth:`seal_task` makes it, in one frame
+        (a master's batch), where two more calls a task were made; a task it cannot seal
+        so (nested, or too large) goes through :meth:`seal_task`, which names it."""
+        sign = None if self.signer is None else self.signer.sign
+        most = self.max_message_bytes
+        bodies = []
+        for task in tasks:
+            envelope = task.encode_shallow()  # no nesting to count
+            if envelope is not None:
+                body = envelope if sign is None else sign(envelope, "task")
+                if len(body) <= most:
+                    bodies.append(body)
+                    continue
+            bodies.append(self.seal_task(task))  # counts its nesting, or raises naming it
+        return bodies
+
     def seal_result(self, result: Result, answering: bytes | None = None) -> bytes:
         """The result alone as sent: what :meth:`seal_results` makes of one envelope."""
         return self._sign(self.encode_result(result), "result", answering)

@@ -779,3 +779,16 @@ def test_an_envelope_over_512_bytes_is_signed_dqsig2_which_hashes_long_ones_fast
     results = [Result(f"t{n}", "ok", "w", 1, 1.0, 0.5, value=n).encode() for n in range(50)]
     (pack,) = Codec([NEW]).seal_results(results)
     assert pack.startswith(b"DQSIG2 ") and Codec([NEW]).open_results(pack) == results
+
+
+@pytest.mark.parametrize("keys", [[NEW], []])
+def test_a_batch_of_tasks_is_sealed_as_each_alone(keys: list[bytes]) -> None:
+    """A master seals a batch's tasks in one call (Codec.seal_tasks), where two more calls
+    a task were made: each as seal_task makes it, one nested past the shallow encoding
+    too, and one too large refused as seal_task refuses it, naming the task."""
+    codec = Codec(keys, max_message_bytes=1024)
+    tasks = [task(n) for n in range(3)] + [task([[[[[[1]]]]]]), task("é" * 40)]
+    assert codec.seal_tasks(tasks) == [codec.seal_task(t) for t in tasks]
+    large = task("x" * 1024)
+    with pytest.raises(MessageTooLarge, match=rf"^task square \[{large.id}\] cannot be submitted"):
+        codec.seal_tasks([*tasks, large])
