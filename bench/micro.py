@@ -274,7 +274,7 @@ def steps() -> dict[str, Step]:
     )  # fmt: skip
     task_body, result_body = plain.seal_task(task), result.encode()
     signed_task = signed.seal_task(task)
-    signed.open_task(signed_task)  # a worker that has read a DQSIG3 task answers DQSIG3
+    signed.open_task(signed_task)  # before sig36 a worker answered DQSIG3 once it read one
     signed_result = signed.seal(result.encode(), "result")
     bodies = [plain.seal_task(Task("square", [n], REPLY_TO)) for n in range(BATCH)]
     deliveries = [Delivery(body, body) for body in bodies]
@@ -333,6 +333,12 @@ def steps() -> dict[str, Step]:
         for delivery in deliveries:
             text_runner(delivery)
 
+    def seal_tasks(codec: Codec) -> list[bytes]:
+        """A master's batch of tasks sealed, in one call where the code measured has it."""
+        if hasattr(codec, "seal_tasks"):
+            return codec.seal_tasks(tasks)
+        return [codec.seal_task(task) for task in tasks]
+
     master_log = MasterTelemetry(None, JsonConsole("master", out=out))
 
     def json_master() -> None:
@@ -376,7 +382,9 @@ def steps() -> dict[str, Step]:
             BATCH,
             50,
         ),
+        "master: seal a batch's tasks (128), per task": (lambda: seal_tasks(plain), BATCH, 50),
         "signing: seal a task": (lambda: signed.seal_task(task), 1, 2000),
+        "signing: seal a batch's tasks (128), per task": (lambda: seal_tasks(signed), BATCH, 50),
         "signing: open a task": (lambda: signed.open_task(signed_task), 1, 2000),
         "signing: open a result": (lambda: signed.open_result(signed_result), 1, 2000),
         "signing: seal a result": (lambda: signed.seal_result(result), 1, 2000),

@@ -82,6 +82,7 @@ class Codec:
     ) -> None:
         #: signs and checks the tasks of task queue ``queue`` and their results
         self.signer = Signer(signing_keys, queue) if signing_keys else None
+        self.queue = queue
         #: the transport the messages travel on, when known (DISTQ_TRANSPORT): how a
         #: worker's dead letter says a pack of tasks (:func:`distq.framing.pack_problem`)
         self.transport = transport
@@ -151,9 +152,26 @@ class Codec:
                 f"task {task.name} [{task.id}] cannot be submitted: {exc}; {advice}"
             ) from None
 
-    def seal_result(self, result: Result) -> bytes:
+    def seal_tasks(self, tasks: Sequence[Task]) -> list[bytes]:
+        """The tasks as sent, in order: each as :meth:`seal_task` makes it, in one frame
+        (a master's batch), where two more calls a task were made; a task it cannot seal
+        so (nested, or too large) goes through :meth:`seal_task`, which names it."""
+        sign = None if self.signer is None else self.signer.sign
+        most = self.max_message_bytes
+        bodies = []
+        for task in tasks:
+            envelope = task.encode_shallow()  # no nesting to count
+            if envelope is not None:
+                body = envelope if sign is None else sign(envelope, "task")
+                if len(body) <= most:
+                    bodies.append(body)
+                    continue
+            bodies.append(self.seal_task(task))  # counts its nesting, or raises naming it
+        return bodies
+
+    def seal_result(self, result: Result, answering: bytes | None = None) -> bytes:
         """The result alone as sent: what :meth:`seal_results` makes of one envelope."""
-        return self._sign(self.encode_result(result), "result")
+        return self._sign(self.encode_result(result), "result", answering)
 
     def encode_result(self, result: Result) -> bytes:
         """The result's envelope, unsigned, refused as :meth:`seal_result` would refuse it
@@ -166,34 +184,38 @@ class Codec:
             self._sign(envelope, "result")  # raises, saying by how much
         return envelope
 
-    def seal_results(self, envelopes: Sequence[bytes]) -> list[bytes]:
+    def seal_results(
+        self, envelopes: Sequence[bytes], answering: bytes | None = None
+    ) -> list[bytes]:
         """Envelopes from :meth:`encode_result`, all for one master, as the messages to
         send: one envelope alone as itself (:meth:`seal_result`'s message); several as
         JSON arrays of them, each signed once and within the size limit (so as few
-        messages as the limit allows, and never more than envelopes)."""
+        messages as the limit allows, and never more than envelopes). Signed in the
+        format of ``answering``, the message of one of their tasks (:meth:`Signer.sign`)."""
         messages: list[bytes] = []
         room = self._pack_room
         pack: list[bytes] = []
         size = -1  # no comma before the first
         for envelope in envelopes:
             if size + 1 + len(envelope) > room and pack:
-                messages.append(self._pack(pack))
+                messages.append(self._pack(pack, answering))
                 pack, size = [], -1
             pack.append(envelope)
             size += 1 + len(envelope)
-        messages.append(self._pack(pack))
+        messages.append(self._pack(pack, answering))
         return messages
 
-    def _pack(self, envelopes: list[bytes]) -> bytes:
+    def _pack(self, envelopes: list[bytes], answering: bytes | None) -> bytes:
         if len(envelopes) == 1:
-            return self._sign(envelopes[0], "result")
+            return self._sign(envelopes[0], "result", answering)
         envelope = b"".join((b"[", b",".join(envelopes), b"]"))
-        return envelope if self.signer is None else self.signer.sign(envelope, "result")
+        return envelope if self.signer is None else self.signer.sign(envelope, "result", answering)
 
-    def seal(self, envelope: bytes, kind: str) -> bytes:
-        """``envelope`` signed (when keys are set) and checked against the limits."""
+    def seal(self, envelope: bytes, kind: str, answering: bytes | None = None) -> bytes:
+        """``envelope`` signed (when keys are set; in the format of ``answering``, the
+        message it answers: :meth:`Signer.sign`) and checked against the limits."""
         check_nesting(envelope, kind)
-        return self._sign(envelope, kind)
+        return self._sign(envelope, kind, answering)
 
     def seal_each(self, envelope: bytes, kind: str) -> list[bytes]:
         """``envelope`` as :meth:`seal` makes it, and as it would with each other key it
@@ -204,9 +226,9 @@ class Codec:
             return [first]
         return [first, *(m for m in self.signer.signed_by_each(envelope, kind) if m != first)]
 
-    def _sign(self, envelope: bytes, kind: str) -> bytes:
+    def _sign(self, envelope: bytes, kind: str, answering: bytes | None = None) -> bytes:
         """``envelope``, known to nest within the limit, signed and checked for size."""
-        message = envelope if self.signer is None else self.signer.sign(envelope, kind)
+        message = envelope if self.signer is None else self.signer.sign(envelope, kind, answering)
         if len(message) > self.max_message_bytes:
             which = (
                 "the broker's max_message_size" if self._broker_held else "DISTQ_MAX_MESSAGE_BYTES"

@@ -51,6 +51,7 @@ from distq.executor import Executor
 from distq.futures import DistqFuture
 from distq.jsonvalue import MAX_DEPTH, check_arguments, quoted_ends
 from distq.management import ManagementApi, ManagementError
+from distq.signing import newer_format
 from distq.transport import QueueStats, Revive, Transport, open_transport
 
 COMMANDS = ("submit", "status", "dead-letters", "requeue-dead")
@@ -606,6 +607,12 @@ def _unopened(exc: EnvelopeError, body: bytes, codec: Codec) -> str | None:
     back unchanged (its old master, its old attempt) and, its master long gone, is
     dead-lettered again at once: the command says so and exits 1; so for one unsigned or
     forged, which workers that sign refuse again. None for a malformed task."""
+    newer = newer_format(body, "task", codec.queue)  # whatever keys: a newer distq's
+    if newer is not None and isinstance(exc, SignatureError):
+        return (
+            f"{newer}; it goes back as it was, and workers of this distq refuse it again, at "
+            "once: `distq requeue-dead` of that distq starts it over"
+        )
     if isinstance(exc, KeyMissing):
         return f"{exc}; set the workers' DISTQ_SIGNING_KEYS for this command"
     if isinstance(exc, OldSignature):  # this command is upgraded: no upgrade helps it

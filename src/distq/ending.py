@@ -216,7 +216,7 @@ class Endings:
         if retryable and task.attempt < task.max_attempts:
             try:  # a retry over the limit (its attempt one digit longer) fails for good
                 retry = self.codec.seal(
-                    self._as_sent(delivery, task).next_attempt().encode(), "task"
+                    self._as_sent(delivery, task).next_attempt().encode(), "task", delivery.body
                 )
             except EnvelopeError as exc:
                 unsent = f"; its retry cannot be sent ({exc}), so it is not retried"
@@ -458,7 +458,8 @@ class Endings:
                 return [_settlement(s, s.reply_to, bytes(result))]
             if result is None or s.reply_to is None:
                 return [s]
-            return [_settlement(s, s.reply_to, self.codec.seal_results([result])[0])]
+            sealed = self.codec.seal_results([result], s.delivery.body)[0]
+            return [_settlement(s, s.reply_to, sealed)]
         settlements = [ending.settlement for ending in endings]
         groups: dict[str | int, list[int]] = {}  # a master's, or one dead letter's
         for i, s in enumerate(settlements):
@@ -475,7 +476,11 @@ class Endings:
                     group.append(i)
         seal = self.codec.seal_results
         for at in groups.values():
-            messages = seal([settlements[i].result for i in at])  # type: ignore[misc]
+            # in the format of the first one's task (DQSIG2, which every master reads, if so)
+            messages = seal(
+                [settlements[i].result for i in at],  # type: ignore[misc]
+                settlements[at[0]].delivery.body,
+            )
             for n, i in enumerate(at):
                 s = settlements[i]
                 if n < len(messages):

@@ -543,8 +543,7 @@ class _Run(Generic[E]):
         made = [task for task, _ in tasks]
         ids = [task.id for task in made]
         self.collector.expect(zip(ids, [entry for _, entry in tasks], strict=True), made_at)
-        seal = self.master.codec.seal_task
-        bodies = [seal(task) for task in made]
+        bodies = self.master.codec.seal_tasks(made)
         # counted as submitted before the call: one that fails is an outage, and the
         # reconcile after it says whether the broker got them; the answered ones before
         # them forgotten now, not at the next reconcile: 2 s of a fast job's bodies were

@@ -23,12 +23,13 @@ An envelope over ``BLAKE2B_MOST`` (512) bytes, such as a pack of results, is sig
 whole SHA-256 blocks (and hashed once per process), as distq before DQSIG3 signed every
 message; where SHA-256 runs on the CPU's SHA extensions it hashes long messages faster.
 Formats read: ``DQSIG3`` and ``DQSIG2``, so messages of processes not yet upgraded
-verify during an upgrade. A worker signs its results ``DQSIG2`` until it has read a
-``DQSIG3`` task (:attr:`Signer.results_v3`): a master that signs DQSIG3 reads it; an
-older one reads only DQSIG2. So upgrading the workers of a queue first, then its
-masters, never leaves a message unread. ``DQSIG1`` (before the queue was bound:
-the HMAC of the envelope alone) is refused, saying so; a format newer than these (a
-future ``DQSIG4``) is refused saying to upgrade every process of the queue to it.
+verify during an upgrade. A worker signs a result, or a retry, in the format of the
+task it answers (``answering`` in :meth:`Signer.sign`): a master that signs DQSIG3 reads
+it; an older one, and an older worker, reads only DQSIG2. So upgrading the workers of a
+queue first, then its masters, never leaves a message unread. ``DQSIG1`` (before the
+queue was bound: the HMAC of the envelope alone) is refused, saying so; a format newer
+than these (a future ``DQSIG4``) is refused saying to upgrade every process of the queue
+to it.
 
 Rotation: the first key signs, every key verifies. Add the new key at the end
 everywhere, then move it first everywhere, then drop the old one.
@@ -39,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from distq.errors import BadSignature, KeyMissing, NewerSignature, OldSignature, SignatureError
 
@@ -60,6 +61,9 @@ _HEADER_LENGTH = len(MAGIC) + _ID_LENGTH + 1 + _SIG_LENGTH + 1
 HEADER_BYTES = _HEADER_LENGTH
 _ID_AT, _ID_END = len(MAGIC), len(MAGIC) + _ID_LENGTH
 _SIG_AT = _ID_END + 1
+_NEWLINE_AT = _HEADER_LENGTH - 1
+#: Compares a signature with the one made, in a time that does not say where they differ.
+_same = hmac.compare_digest
 #: The longest envelope signed DQSIG3: BLAKE2b's fixed cost per message is less than
 #: HMAC-SHA256's, its cost per byte more where SHA-256 runs on the CPU's SHA extensions
 #: (most x86 and ARM servers): a longer envelope (a pack of results) is signed DQSIG2.
@@ -135,6 +139,19 @@ def context(kind: str, queue: str) -> bytes:
     return text.ljust(-(-len(text) // _BLOCK) * _BLOCK, b"\0")
 
 
+def _blake2b(key: bytes, kind: str, queue: str) -> Callable[[bytes], bytes]:
+    """DQSIG3's MAC under ``key`` for messages of ``kind`` on ``queue`` (:func:`_keyed`),
+    in lowercase hex, as bytes: its hash state copied per message."""
+    copy = _keyed(key, kind, queue).copy
+
+    def mac(data: bytes) -> bytes:
+        state = copy()
+        state.update(data)
+        return state.hexdigest().encode()
+
+    return mac
+
+
 def _keyed(key: bytes, kind: str, queue: str) -> hashlib.blake2b:
     """The DQSIG3 hash state of ``key`` for messages of ``kind`` on ``queue``, copied per
     message: keyed BLAKE2b-256 under HMAC-SHA256(key, b"distq DQSIG3 " + context), a
@@ -156,50 +173,47 @@ class Signer:
         self.queue = queue
         named = {key_id(key).encode(): key for key in keys}  # one given twice counts once
         first = key_id(keys[0]).encode()
-        # per kind, each key's hash state by its header up to the signature (magic, key
-        # id, space: one lookup), hashed once per process, copied per message
-        self._states = {
-            kind: {MAGIC + kid + b" ": _keyed(key, kind, queue) for kid, key in named.items()}
-            for kind in KINDS
-        }
-        self._hmacs = {
+        # per kind, the MAC of each key in each format by its header up to the signature
+        # (magic, key id, space: one lookup), its key hashed once per process
+        self._macs: dict[str, dict[bytes, Callable[[bytes], bytes]]] = {
             kind: {
-                HMAC_MAGIC + kid + b" ": _Keyed(key, context(kind, queue))
-                for kid, key in named.items()
+                **{MAGIC + kid + b" ": _blake2b(key, kind, queue) for kid, key in named.items()},
+                **{
+                    HMAC_MAGIC + kid + b" ": _Keyed(key, context(kind, queue)).hexdigest
+                    for kid, key in named.items()
+                },
             }
             for kind in KINDS
         }
-        self._prefix, self._hmac_prefix = MAGIC + first + b" ", HMAC_MAGIC + first + b" "
-        self._signing = {kind: states[self._prefix] for kind, states in self._states.items()}
-        self._hmac_signing = {kind: by[self._hmac_prefix] for kind, by in self._hmacs.items()}
-        #: Whether results go out DQSIG3: once this process has read a DQSIG3 task, whose
-        #: master reads DQSIG3; till then DQSIG2, which a master of any distq since the
-        #: queue was bound reads (so workers upgraded first answer older masters).
-        self.results_v3 = False
+        # per kind, the first key's header and MAC: what signs, in each format
+        self._signing, self._hmac_signing = (
+            {
+                kind: (magic + first + b" ", macs[magic + first + b" "])
+                for kind, macs in self._macs.items()
+            }
+            for magic in (MAGIC, HMAC_MAGIC)
+        )
 
-    def sign(self, envelope: bytes, kind: str) -> bytes:
-        """``envelope``, a ``kind`` (task or result), with its signature header in front."""
-        if len(envelope) > BLAKE2B_MOST or (kind == "result" and not self.results_v3):
-            mac = self._hmac_signing[kind].hexdigest(envelope)
-            return b"".join((self._hmac_prefix, mac, b"\n", envelope))
-        state = self._signing[kind].copy()
-        state.update(envelope)
-        return b"".join((self._prefix, state.hexdigest().encode(), b"\n", envelope))
+    def sign(self, envelope: bytes, kind: str, answering: bytes | None = None) -> bytes:
+        """``envelope``, a ``kind`` (task or result), with its signature header in front;
+        in the format of ``answering``, the message of the task it answers (its result or
+        retry), when that came DQSIG2: an older master, and an older worker, reads only
+        DQSIG2 (workers are upgraded first, beside older masters)."""
+        if len(envelope) <= BLAKE2B_MOST and (answering is None or answering.startswith(MAGIC)):
+            header, mac = self._signing[kind]
+        else:
+            header, mac = self._hmac_signing[kind]
+        return b"".join((header, mac(envelope), b"\n", envelope))
 
     def signed_by_each(self, envelope: bytes, kind: str) -> list[bytes]:
         """``envelope`` as :meth:`sign` makes it with each key accepted, the first key's
         first: what a process signing with any of them sends (a key rotation's middle)."""
-        if len(envelope) > BLAKE2B_MOST:
-            return [
-                b"".join((header, keyed.hexdigest(envelope), b"\n", envelope))
-                for header, keyed in self._hmacs[kind].items()
-            ]
-        signed = []
-        for header, state in self._states[kind].items():
-            mac = state.copy()
-            mac.update(envelope)
-            signed.append(b"".join((header, mac.hexdigest().encode(), b"\n", envelope)))
-        return signed
+        magic = MAGIC if len(envelope) <= BLAKE2B_MOST else HMAC_MAGIC
+        return [
+            b"".join((header, mac(envelope), b"\n", envelope))
+            for header, mac in self._macs[kind].items()
+            if header.startswith(magic)
+        ]
 
     def verify(self, message: bytes, kind: str) -> bytes:
         """The envelope inside ``message`` once its signature checks out as a ``kind``.
@@ -209,28 +223,18 @@ class Signer:
         altered, or forged), or in a format this distq does not read. One MAC at most
         per call, however it ends: a message may be 128 MiB.
         """
-        # the common case, in few steps: the header up to the signature names a key of
-        # ours (magic, key id and space in one lookup); slices, so a short message fails
-        header = message[:_SIG_AT]
-        state = self._states[kind].get(header)
-        if state is not None and message[_HEADER_LENGTH - 1 : _HEADER_LENGTH] == b"\n":
-            mac = state.copy()
-            envelope = message[_HEADER_LENGTH:]
-            mac.update(envelope)
-            if hmac.compare_digest(mac.hexdigest().encode(), message[_SIG_AT : _HEADER_LENGTH - 1]):
-                if kind == "task":
-                    self.results_v3 = True
-                return envelope
-            raise self._bad(kind, header[_ID_AT:_ID_END])
-        keyed = self._hmacs[kind].get(header)
-        if keyed is not None and message[_HEADER_LENGTH - 1 : _HEADER_LENGTH] == b"\n":
-            envelope = message[_HEADER_LENGTH:]
-            if hmac.compare_digest(
-                keyed.hexdigest(envelope), message[_SIG_AT : _HEADER_LENGTH - 1]
-            ):
-                return envelope
-            raise self._bad(kind, header[_ID_AT:_ID_END])
-        raise self._refusal(message, kind)
+        # the header up to the signature names a key of ours in a format this distq
+        # reads (magic, key id and space in one lookup); slices, so a short message fails
+        try:
+            mac = self._macs[kind][message[:_SIG_AT]]
+        except KeyError:
+            raise self._refusal(message, kind) from None
+        if message[_NEWLINE_AT:_HEADER_LENGTH] != b"\n":  # one byte: no copy made
+            raise self._refusal(message, kind)
+        envelope = message[_HEADER_LENGTH:]
+        if _same(mac(envelope), message[_SIG_AT:_NEWLINE_AT]):
+            return envelope
+        raise self._bad(kind, message[_ID_AT:_ID_END])
 
     def _refusal(self, message: bytes, kind: str) -> SignatureError:
         """Why :meth:`verify` refuses ``message``, which is not a well-formed message of
@@ -241,14 +245,10 @@ class Signer:
             return SignatureError(
                 f"unsigned {kind}: this process requires signatures (DISTQ_SIGNING_KEYS is set)"
             )
+        newer = newer_format(message, kind, self.queue)
+        if newer is not None:
+            return newer
         known = message.startswith(MAGIC) or message.startswith(HMAC_MAGIC)
-        newer = _FORMAT.match(message)
-        if not known and newer is not None:
-            return NewerSignature(
-                f"{kind} signed in format DQSIG{newer[1].decode()}, which a newer distq "
-                "writes and this one does not read (it reads DQSIG2 and DQSIG3): upgrade "
-                f"every master and worker of queue {self.queue!r} to the distq that sent it"
-            )
         header = message[:_HEADER_LENGTH]
         if (
             not known
@@ -306,6 +306,19 @@ def _old_format(kind: str) -> str:
         f"{kind} signed by an older distq (format DQSIG1, whose signature does not bind "
         "its queue), which this one refuses: upgrade every master and worker that "
         "signs (the README's upgrade notes)"
+    )
+
+
+def newer_format(message: bytes, kind: str, queue: str) -> NewerSignature | None:
+    """Why ``message``, a ``kind`` of task queue ``queue``, is refused when a newer distq
+    signed it (``DQSIG4`` on), whatever keys a process holds; None for any other."""
+    newer = _FORMAT.match(message)
+    if newer is None:
+        return None
+    return NewerSignature(
+        f"{kind} signed in format DQSIG{newer[1].decode()}, which a newer distq writes and "
+        "this one does not read (it reads DQSIG2 and DQSIG3): upgrade every master and "
+        f"worker of queue {queue!r} to the distq that sent it"
     )
 
 

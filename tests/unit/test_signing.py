@@ -651,33 +651,57 @@ def dqsig2(key: bytes, envelope: bytes, kind: str = "task", queue: str = "distq"
     return b"DQSIG2 " + key_id(key).encode() + b" " + mac.encode() + b"\n" + envelope
 
 
-def answering(signer: Signer) -> Signer:
-    """``signer`` once it has read a DQSIG3 task: it signs its results DQSIG3 too."""
-    signer.verify(dqsig3(NEW, task(1).encode(), "task", signer.queue), "task")
-    return signer
-
-
 @pytest.mark.parametrize("queue", ["distq", "q" * 300, "\u00e9\0"])
 @pytest.mark.parametrize("kind", ["task", "result"])
 def test_this_distq_signs_keyed_blake2b_as_dqsig3(kind: str, queue: str) -> None:
     envelope = task(7).encode()
-    signer = answering(Signer([NEW], queue))
+    signer = Signer([NEW], queue)
     assert signer.sign(envelope, kind) == dqsig3(NEW, envelope, kind, queue)
     assert Signer([NEW], queue).verify(dqsig3(NEW, envelope, kind, queue), kind) == envelope
     assert len(dqsig3(NEW, envelope)) - len(envelope) == HEADER_BYTES  # as DQSIG2's
 
 
-def test_a_worker_answers_dqsig2_until_it_reads_a_dqsig3_task() -> None:
-    """Workers upgraded first, beside masters not yet upgraded: a master before DQSIG3
-    reads only DQSIG2, so a worker's results stay DQSIG2 (as its tasks come) until a
-    task in DQSIG3 says its master reads it (it dropped them: sig35's first form)."""
-    worker, envelope = Signer([NEW]), task(5).encode()
-    assert worker.sign(envelope, "result") == dqsig2(NEW, envelope, "result")
-    worker.verify(dqsig2(NEW, task(2).encode()), "task")  # an older master's task
-    assert worker.sign(envelope, "result") == dqsig2(NEW, envelope, "result")
-    worker.verify(dqsig3(NEW, task(2).encode()), "task")  # an upgraded master's
-    assert worker.sign(envelope, "result") == dqsig3(NEW, envelope, "result")
-    assert worker.sign(envelope, "task") == dqsig3(NEW, envelope, "task")  # tasks: DQSIG3
+def old_master_reads(message: bytes, kind: str = "result") -> bytes:
+    """The envelope of ``message`` as a master before DQSIG3 reads it: DQSIG2 alone (it
+    refuses DQSIG3 as unsigned), with the standard library alone."""
+    header, _, envelope = message.partition(b"\n")
+    magic, kid, mac = header.split(b" ")
+    assert (magic, kid) == (b"DQSIG2", key_id(NEW).encode()), f"an older master drops {header!r}"
+    signed = hmac.new(NEW, context(kind, "distq") + envelope, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(mac, signed.encode()), "an older master drops a bad signature"
+    return envelope
+
+
+def test_a_worker_answers_each_master_in_the_format_its_own_tasks_came_in() -> None:
+    """Workers upgraded first, masters after: an older master reads only DQSIG2. A
+    worker signed its results DQSIG3 once it had read any DQSIG3 task, so an older
+    master beside an upgraded one on the same queue dropped its lone results (sig36);
+    each result now goes out in the format of the task it answers, lone or in a batch."""
+    w = Runner(Codec([NEW]))
+    newer = Delivery(dqsig3(NEW, Task("echo", [1], "new").encode()), 1)
+    older = Delivery(dqsig2(NEW, Task("echo", [2], "old").encode()), 2)
+    for deliveries in ([newer, older], [older, newer]):
+        lone = [w.process(delivery)[0] for delivery in deliveries]  # each alone
+        batch = w.runner.endings.settlements([w.runner(d) for d in deliveries])
+        for settlements in (lone, batch):
+            sent = {s.reply_to: s.result or b"" for s in settlements}
+            assert Result.decode(old_master_reads(sent["old"])).value == 2
+            assert sent["new"].startswith(MAGIC)
+            assert Codec([NEW]).open_result(sent["new"]).value == 1
+    assert Signer([NEW]).sign(b"{}", "task") == dqsig3(NEW, b"{}", "task")  # tasks: DQSIG3
+
+
+def test_a_retry_goes_out_in_the_format_its_task_came_in() -> None:
+    """Mid-upgrade, workers not yet upgraded read only DQSIG2: an upgraded worker's retry
+    of an older master's task, signed DQSIG3, was dead-lettered by each of them."""
+    w = Runner(Codec([NEW]))
+    older = Delivery(dqsig2(NEW, task(3, name="boom", max_attempts=2).encode()), 1)
+    settlement, outcome = w.process(older)
+    assert outcome == "retried"
+    assert Task.decode(old_master_reads(settlement.retry or b"", "task")).attempt == 2
+    newer = Delivery(dqsig3(NEW, task(3, name="boom", max_attempts=2).encode()), 2)
+    retry = w.process(newer)[0].retry or b""
+    assert retry.startswith(MAGIC) and Codec([NEW]).open_task(retry).attempt == 2
 
 
 def test_a_dqsig2_message_of_an_older_process_still_verifies() -> None:
@@ -744,7 +768,7 @@ def test_an_envelope_over_512_bytes_is_signed_dqsig2_which_hashes_long_ones_fast
     """Where SHA-256 runs on the CPU's SHA extensions, hashlib's BLAKE2b costs more per
     byte: a result pack of 19 KB was sealed in 32 µs, not 22, and a signed 8 KB task
     checked in 9.3 µs, not 5.9 (sig35). Up to 512 bytes, DQSIG3; longer, DQSIG2."""
-    signer = answering(Signer([NEW, OLD]))
+    signer = Signer([NEW, OLD])
     short, long = b"x" * 512, b"x" * 513
     assert signer.sign(short, kind) == dqsig3(NEW, short, kind)
     assert signer.sign(long, kind) == dqsig2(NEW, long, kind)
@@ -755,3 +779,16 @@ def test_an_envelope_over_512_bytes_is_signed_dqsig2_which_hashes_long_ones_fast
     results = [Result(f"t{n}", "ok", "w", 1, 1.0, 0.5, value=n).encode() for n in range(50)]
     (pack,) = Codec([NEW]).seal_results(results)
     assert pack.startswith(b"DQSIG2 ") and Codec([NEW]).open_results(pack) == results
+
+
+@pytest.mark.parametrize("keys", [[NEW], []])
+def test_a_batch_of_tasks_is_sealed_as_each_alone(keys: list[bytes]) -> None:
+    """A master seals a batch's tasks in one call (Codec.seal_tasks), where two more calls
+    a task were made: each as seal_task makes it, one nested past the shallow encoding
+    too, and one too large refused as seal_task refuses it, naming the task."""
+    codec = Codec(keys, max_message_bytes=1024)
+    tasks = [task(n) for n in range(3)] + [task([[[[[[1]]]]]]), task("é" * 40)]
+    assert codec.seal_tasks(tasks) == [codec.seal_task(t) for t in tasks]
+    large = task("x" * 1024)
+    with pytest.raises(MessageTooLarge, match=rf"^task square \[{large.id}\] cannot be submitted"):
+        codec.seal_tasks([*tasks, large])

@@ -384,3 +384,27 @@ def test_a_letter_signed_before_the_upgrade_is_not_said_to_need_one() -> None:
     [said] = told
     assert "DQSIG1" in said and "upgrade every" not in said, said
     assert "submit it anew" in said and "distq dead-letters --json" in said, said
+
+
+@pytest.mark.parametrize("keys", [[KEY], []])
+def test_a_letter_signed_in_a_newer_format_is_said_to_need_the_newer_distq(
+    keys: list[bytes],
+) -> None:
+    """A DQSIG4 letter (a newer distq's) was said as any refused signature: "workers with
+    signing keys refuse it again" (its workers run it), or, without keys, to set
+    DISTQ_SIGNING_KEYS (no key reads it here). Said as a worker says it, and what to do."""
+    task = Task(name="jobs:add", args=[1, 2], reply_to="r", attempt=3)
+    newer = Codec([KEY]).seal_task(task).replace(b"DQSIG3", b"DQSIG4", 1)
+    letter = DeadLetter(body=newer, reason="x", queue="q", worker="w")
+    told: list[str] = []
+    assert reviver(Codec(keys), told.append, told.append)(letter) == newer
+    [said] = told
+    assert said.startswith(
+        "task signed in format DQSIG4, which a newer distq writes and this one does not "
+        "read (it reads DQSIG2 and DQSIG3): upgrade every master and worker of queue "
+        "'distq' to the distq that sent it"
+    ), said
+    assert said.endswith(
+        "workers of this distq refuse it again, at once: `distq requeue-dead` of that "
+        "distq starts it over"
+    ), said

@@ -1380,7 +1380,9 @@ class _TooLargeForMaster:
             return msgspec.structs.replace(settlement, result=None)
         [stand_in] = stand_ins
         log.error("task %s: %s", stand_in.task_id, stand_in.error_message)
-        return msgspec.structs.replace(settlement, result=codec.seal_result(stand_in))
+        # in the format of its task's message, as the result it stands in for
+        sealed = codec.seal_result(stand_in, settlement.delivery.body)
+        return msgspec.structs.replace(settlement, result=sealed)
 
 
 class _Oversized:
@@ -1433,7 +1435,7 @@ class _Oversized:
             "master did not send it"
         )
         try:
-            made = [codec.seal_result(r) for r in codec.oversized_results(body, reader)]
+            made = [codec.seal_result(r, body) for r in codec.oversized_results(body, reader)]
         except Exception:  # a bug: the result is dropped all the same, not sent
             log.exception("master at %s: cannot answer a result too large", self._address)
             return []
