@@ -6,11 +6,12 @@ fixtures (tests/brokers.py) are requested only by the transports that need them.
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import secrets
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,10 @@ from typing import Any
 import pytest
 
 import nonblocking
+from distq import commands
 from distq.config import Settings
+from distq.console import Console
+from distq.envelope import DeadLetter
 from distq.transport import Transport, open_transport
 from launch import free_port
 from procs import Distq, Spawn
@@ -154,3 +158,29 @@ def full_pipe() -> Iterator[tuple[io.TextIOWrapper, int]]:
     pipe's reading end (:func:`nonblocking.full_pipe`)."""
     with nonblocking.full_pipe() as pipe:
         yield pipe
+
+
+def requeue_dead_stopped_at(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, letter: int, stop: Callable[[], None]
+) -> str:
+    """``distq requeue-dead`` on ``settings``, calling ``stop`` (the broker or master
+    going away) as its ``letter``-th dead letter is revived: asserts it exits 3, and
+    returns what it said on stderr."""
+    made = commands.reviver
+
+    def stopping(*args: Any, **kwargs: Any) -> Any:
+        revive, calls = made(*args, **kwargs), [0]
+
+        def revive_then_stop(dead: DeadLetter) -> bytes:
+            calls[0] += 1
+            if calls[0] == letter:
+                stop()
+            return revive(dead)
+
+        return revive_then_stop
+
+    monkeypatch.setattr(commands, "reviver", stopping)
+    err = io.StringIO()
+    args = argparse.Namespace(role="requeue-dead", limit=None)
+    assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+    return err.getvalue()

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import distq
-from conftest import REPO
+from conftest import REPO, requeue_dead_stopped_at
 from distq import commands
 from distq.config import CONNECT_TIMEOUT, Settings
 from distq.console import Console
@@ -581,26 +581,10 @@ def test_requeue_dead_cut_off_part_way_counts_the_letters_moved(
     try:
         broker = hosted._broker  # type: ignore[attr-defined]
         broker.put(f"{settings.queue}.dead", [b"raw %d" % n for n in range(7)])
-        made = commands.reviver
-
-        def stopping(*args: Any, **kwargs: Any) -> Any:
-            revive, calls = made(*args, **kwargs), [0]
-
-            def revive_then_stop(letter: DeadLetter) -> bytes:
-                calls[0] += 1
-                if calls[0] == 4:  # 3 moved: the master closes as the 4th goes
-                    hosted.close()
-                return revive(letter)
-
-            return revive_then_stop
-
-        monkeypatch.setattr(commands, "reviver", stopping)
-        err = io.StringIO()
-        args = argparse.Namespace(role="requeue-dead", limit=None)
-        assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+        # 3 moved: the master closes as the 4th goes
+        said = requeue_dead_stopped_at(monkeypatch, settings, 4, hosted.close)
     finally:
         hosted.close()
-    said = err.getvalue()
     assert "closed the connection" in said, said
     assert "; 3 dead letters were requeued before that, the rest stay dead letters" in said, said
 
@@ -618,26 +602,11 @@ def test_requeue_dead_cut_off_part_way_says_what_the_letters_moved_were(
         malformed = DeadLetter(body=b"garbage", reason="why", queue="q", worker="w").encode()
         letters = [malformed, b"raw", malformed, *[malformed] * 4]
         broker.put(f"{settings.queue}.dead", letters)
-        made = commands.reviver
-
-        def stopping(*args: Any, **kwargs: Any) -> Any:
-            revive, calls = made(*args, **kwargs), [0]
-
-            def revive_then_stop(letter: DeadLetter) -> bytes:
-                calls[0] += 1
-                if calls[0] == 4:  # 3 moved: the master closes as the 4th goes
-                    hosted.close()
-                return revive(letter)
-
-            return revive_then_stop
-
-        monkeypatch.setattr(commands, "reviver", stopping)
-        err = io.StringIO()
-        args = argparse.Namespace(role="requeue-dead", limit=None)
-        assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+        # 3 moved: the master closes as the 4th goes
+        said = requeue_dead_stopped_at(monkeypatch, settings, 4, hosted.close)
     finally:
         hosted.close()
-    assert "; 3 dead letters were requeued before that" in err.getvalue(), err.getvalue()
+    assert "; 3 dead letters were requeued before that" in said, said
     said = capsys.readouterr().out
     assert "2 of them are not tasks any worker can run: they went back as they" in said, said
     assert "1 of them unreadable (not a distq dead letter)" in said, said
