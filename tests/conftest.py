@@ -11,6 +11,7 @@ import io
 import os
 import secrets
 import signal
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,10 +21,12 @@ import pytest
 
 import nonblocking
 from distq import commands
+from distq.codec import Codec
 from distq.config import Settings
 from distq.console import Console
-from distq.envelope import DeadLetter
-from distq.transport import Transport, open_transport
+from distq.envelope import DeadLetter, Result
+from distq.signing import SIGNED
+from distq.transport import Producer, Transport, open_transport
 from launch import free_port
 from procs import Distq, Spawn
 
@@ -184,3 +187,29 @@ def requeue_dead_stopped_at(
     args = argparse.Namespace(role="requeue-dead", limit=None)
     assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
     return err.getvalue()
+
+
+def answers_of_a_signing_worker(
+    target: Target, producer: Producer, key: bytes, signed: Codec, count: int
+) -> tuple[dict[str, Result], str]:
+    """The answers to the ``count`` tasks queued for ``producer`` that a worker holding
+    ``key`` as its signing key (``--exit-when-idle 3``) runs or refuses, by task id (a
+    signed body opened with ``signed``, an unsigned one, a refusal's, as it is), and the
+    worker's output: asserts it exits 0."""
+    worker = Distq(
+        ["worker", "--exit-when-idle", "3"],
+        target.process_env(DISTQ_SIGNING_KEYS=key.decode()),
+    )
+    try:
+        answers: dict[str, Result] = {}
+        deadline = time.monotonic() + 60
+        while len(answers) < count and time.monotonic() < deadline:
+            for body in producer.results(count, 0.2):
+                codec = signed if body.startswith(SIGNED) else Codec()  # a pack: DQSIG2
+                for envelope in codec.open_results(body):
+                    result = Result.decode(envelope)
+                    answers[result.task_id] = result
+        assert worker.wait(60) == 0, worker.output()
+        return answers, worker.output()
+    finally:
+        worker.stop()
