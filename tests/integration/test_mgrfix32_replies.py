@@ -24,7 +24,7 @@ from distq.errors import ConnectionFailed, TransportError
 from distq.transport import open_transport
 from distq.transport.base import Delivery, Producer, Settlement
 from distq.transport.manager import ManagerConsumer
-from fake_master import fake_master, fake_settings
+from fake_master import fake_master, fake_settings, fetch_refused
 
 pytestmark = pytest.mark.integration
 
@@ -73,16 +73,7 @@ def test_a_wrong_shaped_reply_to_create_is_a_refused_connection(what: str) -> No
 
 @pytest.mark.parametrize("what", WRONG_SHAPES)
 def test_a_wrong_shaped_reply_to_a_call_is_a_refused_reply(what: str) -> None:
-    settings = _settings()
-    with _fake_master(settings, "fetch", WRONG_SHAPES[what]):
-        remote = open_transport(settings, "worker")
-        try:
-            consumer = remote.consumer("c1")
-            with pytest.raises(TransportError, match=r"refused a reply of the master"):
-                consumer.fetch(5, 0.1)
-            consumer.close()
-        finally:
-            remote.close()
+    fetch_refused(_settings(), pickle.dumps(WRONG_SHAPES[what], protocol=4))
 
 
 @pytest.mark.parametrize("what", WRONG_SHAPES)
