@@ -7,6 +7,7 @@ fixtures (tests/brokers.py) are requested only by the transports that need them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import secrets
@@ -113,6 +114,19 @@ def transport() -> Iterator[Transport]:
     hosted = open_transport(settings, "master")
     yield hosted
     hosted.close()
+
+
+@contextlib.contextmanager
+def hosted_and_remote(settings: Settings) -> Iterator[tuple[Transport, Transport]]:
+    """A master's transport on ``settings`` hosted in this process (a manager's master)
+    and a worker's connected to it, closed after."""
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    try:
+        yield hosted, remote
+    finally:
+        remote.close()
+        hosted.close()
 
 
 @pytest.fixture

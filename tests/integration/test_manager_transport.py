@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import distq
-from conftest import REPO, requeue_dead_stopped_at
+from conftest import REPO, hosted_and_remote, requeue_dead_stopped_at
 from distq import commands
 from distq.config import CONNECT_TIMEOUT, Settings
 from distq.console import Console
@@ -64,18 +64,12 @@ def _no_delay(conn: Any) -> bool:
         return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
-@contextlib.contextmanager
-def _master_and_worker(queue: str | Settings) -> Iterator[tuple[Transport, Transport]]:
+def _master_and_worker(
+    queue: str | Settings,
+) -> contextlib.AbstractContextManager[tuple[Transport, Transport]]:
     """A master's transport hosting ``queue`` (or on these settings) and a worker's
     connected to it, closed after."""
-    settings = _settings(queue) if isinstance(queue, str) else queue
-    hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "worker")
-    try:
-        yield hosted, remote
-    finally:
-        remote.close()
-        hosted.close()
+    return hosted_and_remote(_settings(queue) if isinstance(queue, str) else queue)
 
 
 def test_worker_connections_send_large_batches_without_nagle_delay() -> None:
