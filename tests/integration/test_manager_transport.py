@@ -1350,17 +1350,13 @@ def test_the_masters_own_reply_queue_and_a_remote_one_of_a_longer_lease_stay_ope
 
 
 # -- where the master listens -----------------------------------------------------------
-def test_a_master_on_ipv6_serves_workers_over_ipv6() -> None:
-    # the master could not listen on an IPv6 address ("Address family for hostname not
-    # supported; pick a free port"), while workers connected over IPv6
-    with socket.socket(socket.AF_INET6) as probe:
-        probe.bind(("::1", 0))
-        port = probe.getsockname()[1]
-    settings = replace(_settings("six"), manager_address=("::1", port))
+def _serves_a_worker(settings: Settings, listening: str) -> None:
+    """A ``distq master`` of 2 tasks on ``settings``, whose start line matches
+    ``listening``, and a worker that runs them: asserts both exit 0."""
     env = _env(settings)
     master = Distq(["master", "--tasks", "2", "--timeout", "60"], env)
     try:
-        master.wait_for(rf"^master .* transport on \[::1\]:{port}")
+        master.wait_for(listening)
         worker = Distq(["worker", "--exit-when-idle", "1"], env)
         try:
             assert worker.wait(60) == 0, worker.output()
@@ -1369,6 +1365,16 @@ def test_a_master_on_ipv6_serves_workers_over_ipv6() -> None:
         assert master.wait(60) == 0, master.output()
     finally:
         master.stop(grace=0)
+
+
+def test_a_master_on_ipv6_serves_workers_over_ipv6() -> None:
+    # the master could not listen on an IPv6 address ("Address family for hostname not
+    # supported; pick a free port"), while workers connected over IPv6
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    settings = replace(_settings("six"), manager_address=("::1", port))
+    _serves_a_worker(settings, rf"^master .* transport on \[::1\]:{port}")
 
 
 def test_a_master_on_a_scoped_ipv6_address_serves_workers_there() -> None:
@@ -1377,18 +1383,7 @@ def test_a_master_on_a_scoped_ipv6_address_serves_workers_there() -> None:
     # given to bind()
     address, interface = link_local_or_skip()
     settings = replace(_settings("zone"), manager_address=(f"{address}%{interface}", free_port()))
-    env = _env(settings)
-    master = Distq(["master", "--tasks", "2", "--timeout", "60"], env)
-    try:
-        master.wait_for(r"^master .* transport on \[fe80:")
-        worker = Distq(["worker", "--exit-when-idle", "1"], env)
-        try:
-            assert worker.wait(60) == 0, worker.output()
-        finally:
-            worker.stop()
-        assert master.wait(60) == 0, master.output()
-    finally:
-        master.stop(grace=0)
+    _serves_a_worker(settings, r"^master .* transport on \[fe80:")
 
 
 def test_a_master_that_cannot_listen_says_why() -> None:
