@@ -51,6 +51,19 @@ def _fake_master(
     return fake_master(settings, odd_on, pickle.dumps(reply, protocol=4), stall_on)
 
 
+def _create_refused(reply: Any) -> None:
+    """A worker's first consumer, whose ``create`` the fake master answers with a pickle
+    of ``reply``: asserts the worker refuses it as a connection refused."""
+    settings = _settings()
+    with _fake_master(settings, "create", reply):
+        remote = open_transport(settings, "worker")
+        try:
+            with pytest.raises(ConnectionFailed, match=r"refused the reply of the master"):
+                remote.consumer("c1")
+        finally:
+            remote.close()
+
+
 @pytest.mark.parametrize("what", WRONG_SHAPES)
 def test_a_wrong_shaped_reply_as_a_worker_connects_is_a_refused_connection(what: str) -> None:
     settings = _settings()
@@ -61,14 +74,7 @@ def test_a_wrong_shaped_reply_as_a_worker_connects_is_a_refused_connection(what:
 
 @pytest.mark.parametrize("what", WRONG_SHAPES)
 def test_a_wrong_shaped_reply_to_create_is_a_refused_connection(what: str) -> None:
-    settings = _settings()
-    with _fake_master(settings, "create", WRONG_SHAPES[what]):
-        remote = open_transport(settings, "worker")
-        try:
-            with pytest.raises(ConnectionFailed, match=r"refused the reply of the master"):
-                remote.consumer("c1")
-        finally:
-            remote.close()
+    _create_refused(WRONG_SHAPES[what])
 
 
 @pytest.mark.parametrize("what", WRONG_SHAPES)
@@ -209,14 +215,7 @@ def test_a_call_that_connects_afresh_to_another_service_is_refused_in_one_line()
 
 @pytest.mark.parametrize("result", [5, None, ("1",), "ab"], ids=["a number", "none", "one", "text"])
 def test_a_create_result_of_the_wrong_shape_is_a_refused_connection(result: Any) -> None:
-    settings = _settings()
-    with _fake_master(settings, "create", ("#RETURN", result)):
-        remote = open_transport(settings, "worker")
-        try:
-            with pytest.raises(ConnectionFailed, match=r"refused the reply of the master"):
-                remote.consumer("c1")
-        finally:
-            remote.close()
+    _create_refused(("#RETURN", result))
 
 
 @pytest.mark.timeout(60)
