@@ -3,9 +3,11 @@ it waits after a SIGTERM, and the exit code it ends with."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -112,6 +114,24 @@ def _refused_mid_task(
     return code, out
 
 
+@contextlib.contextmanager
+def _outlasting(
+    target: Target, hosted: Transport, tmp_path: Path, reply: str, **env: str
+) -> Iterator[Distq]:
+    """A worker (with ``env``) half a second into ``leavers:outlast``, a task that leaves a
+    thread running for good and runs 600 s itself; killed after."""
+    producer = hosted.producer(hosted.reply_queue(reply))
+    producer.submit([Task(name="leavers:outlast", args=[600], reply_to=NO_REPLY).encode()])
+    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path, **env))
+    try:
+        worker.wait_for(r"Get task leavers:outlast")
+        time.sleep(0.5)
+        yield worker
+    finally:
+        worker.stop(grace=0)
+        producer.close()
+
+
 @pytest.mark.parametrize("target", ["redis"], indirect=True)
 def test_a_sigterm_whose_drain_is_spent_waits_no_more_for_a_tasks_threads(
     target: Target, hosted: Transport, tmp_path: Path
@@ -122,21 +142,14 @@ def test_a_sigterm_whose_drain_is_spent_waits_no_more_for_a_tasks_threads(
     the handed-back task still running on its slot's thread meanwhile. The wait is
     what is left of the drain."""
     drain = 8.0
-    producer = hosted.producer(hosted.reply_queue("outlast"))
-    producer.submit([Task(name="leavers:outlast", args=[600], reply_to=NO_REPLY).encode()])
-    env = _env(target, tmp_path, DISTQ_DRAIN_SECONDS=f"{drain:g}")
-    worker = Distq(["worker", "--tasks", "leavers"], env)
-    try:
-        worker.wait_for(r"Get task leavers:outlast")
-        time.sleep(0.5)
+    with _outlasting(
+        target, hosted, tmp_path, "outlast", DISTQ_DRAIN_SECONDS=f"{drain:g}"
+    ) as worker:
         started = time.monotonic()
         worker.signal(signal.SIGTERM)
         code = worker.wait(60)
         took = time.monotonic() - started
         out = worker.output()
-    finally:
-        worker.stop(grace=0)
-        producer.close()
     assert code == 0, out
     assert "the worker exits 0 now, without waiting any longer" in out, out
     assert took < 2 * drain - 1, f"{took:.1f} s from the SIGTERM to the exit:\n{out}"
@@ -191,12 +204,7 @@ def test_a_second_sigterm_waits_no_more_for_a_tasks_threads(
     """A second signal hands back everything at once (README), the running task too,
     which runs again elsewhere: the exit then waited what was left of the drain (20 s)
     for a thread the task left, the handed-back task running on meanwhile."""
-    producer = hosted.producer(hosted.reply_queue("outlast2"))
-    producer.submit([Task(name="leavers:outlast", args=[600], reply_to=NO_REPLY).encode()])
-    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path))
-    try:
-        worker.wait_for(r"Get task leavers:outlast")
-        time.sleep(0.5)
+    with _outlasting(target, hosted, tmp_path, "outlast2") as worker:
         worker.signal(signal.SIGTERM)
         worker.wait_for(r"SIGTERM: finishing the tasks that run")
         time.sleep(1.0)
@@ -205,9 +213,6 @@ def test_a_second_sigterm_waits_no_more_for_a_tasks_threads(
         code = worker.wait(60)
         took = time.monotonic() - started
         out = worker.output()
-    finally:
-        worker.stop(grace=0)
-        producer.close()
     assert "SIGTERM again: handing back every task in hand and exiting" in out, out
     assert code == 0, out
     assert took < 10, f"{took:.1f} s from the second SIGTERM to the exit:\n{out}"
