@@ -74,6 +74,21 @@ class CertificateAuthority:
         pair = self.issue(name, hosts=(), client=True)
         return pair.cert, pair.key
 
+    def encrypted_client(self, directory: Path) -> tuple[Path, Path]:
+        """A client certificate and its key, encrypted with a pass phrase
+        (``DIRECTORY/encrypted-key.pem``): a key no one should be asked to unlock."""
+        client = self.issue("client", client=True)
+        key = serialization.load_pem_private_key(client.key.read_bytes(), password=None)
+        encrypted = directory / "encrypted-key.pem"
+        encrypted.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"a pass phrase"),
+            )
+        )
+        return client.cert, encrypted
+
     def issue(
         self,
         name: str,

@@ -6,11 +6,14 @@ fixtures (tests/brokers.py) are requested only by the transports that need them.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import io
 import os
 import secrets
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,13 @@ from typing import Any
 import pytest
 
 import nonblocking
+from distq import commands
+from distq.codec import Codec
 from distq.config import Settings
-from distq.transport import Transport, open_transport
+from distq.console import Console
+from distq.envelope import DeadLetter, Result
+from distq.signing import SIGNED
+from distq.transport import Producer, Transport, open_transport
 from launch import free_port
 from procs import Distq, Spawn
 
@@ -108,6 +116,19 @@ def transport() -> Iterator[Transport]:
     hosted.close()
 
 
+@contextlib.contextmanager
+def hosted_and_remote(settings: Settings) -> Iterator[tuple[Transport, Transport]]:
+    """A master's transport on ``settings`` hosted in this process (a manager's master)
+    and a worker's connected to it, closed after."""
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    try:
+        yield hosted, remote
+    finally:
+        remote.close()
+        hosted.close()
+
+
 @pytest.fixture
 def hosted(target: Target) -> Iterator[Transport]:
     """The master's side of ``target``: for manager this process hosts the queues."""
@@ -154,3 +175,55 @@ def full_pipe() -> Iterator[tuple[io.TextIOWrapper, int]]:
     pipe's reading end (:func:`nonblocking.full_pipe`)."""
     with nonblocking.full_pipe() as pipe:
         yield pipe
+
+
+def requeue_dead_stopped_at(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, letter: int, stop: Callable[[], None]
+) -> str:
+    """``distq requeue-dead`` on ``settings``, calling ``stop`` (the broker or master
+    going away) as its ``letter``-th dead letter is revived: asserts it exits 3, and
+    returns what it said on stderr."""
+    made = commands.reviver
+
+    def stopping(*args: Any, **kwargs: Any) -> Any:
+        revive, calls = made(*args, **kwargs), [0]
+
+        def revive_then_stop(dead: DeadLetter) -> bytes:
+            calls[0] += 1
+            if calls[0] == letter:
+                stop()
+            return revive(dead)
+
+        return revive_then_stop
+
+    monkeypatch.setattr(commands, "reviver", stopping)
+    err = io.StringIO()
+    args = argparse.Namespace(role="requeue-dead", limit=None)
+    assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+    return err.getvalue()
+
+
+def answers_of_a_signing_worker(
+    target: Target, producer: Producer, key: bytes, signed: Codec, count: int
+) -> tuple[dict[str, Result], str]:
+    """The answers to the ``count`` tasks queued for ``producer`` that a worker holding
+    ``key`` as its signing key (``--exit-when-idle 3``) runs or refuses, by task id (a
+    signed body opened with ``signed``, an unsigned one, a refusal's, as it is), and the
+    worker's output: asserts it exits 0."""
+    worker = Distq(
+        ["worker", "--exit-when-idle", "3"],
+        target.process_env(DISTQ_SIGNING_KEYS=key.decode()),
+    )
+    try:
+        answers: dict[str, Result] = {}
+        deadline = time.monotonic() + 60
+        while len(answers) < count and time.monotonic() < deadline:
+            for body in producer.results(count, 0.2):
+                codec = signed if body.startswith(SIGNED) else Codec()  # a pack: DQSIG2
+                for envelope in codec.open_results(body):
+                    result = Result.decode(envelope)
+                    answers[result.task_id] = result
+        assert worker.wait(60) == 0, worker.output()
+        return answers, worker.output()
+    finally:
+        worker.stop()

@@ -12,8 +12,11 @@ from collections.abc import Iterator
 from multiprocessing import connection
 from multiprocessing.connection import Connection
 
+import pytest
+
 from distq.config import Settings
-from distq.transport import manager_wire
+from distq.errors import TransportError
+from distq.transport import manager_wire, open_transport
 from launch import free_port
 
 
@@ -80,3 +83,17 @@ def fake_master(
         server.shutdown(socket.SHUT_RDWR)
         server.close()
         thread.join(5)
+
+
+def fetch_refused(settings: Settings, reply: bytes) -> None:
+    """A worker's fetch from a :func:`fake_master` that answers it with ``reply``: asserts
+    the worker refuses the reply (a :class:`TransportError`), then closes its consumer."""
+    with fake_master(settings, "fetch", reply):
+        remote = open_transport(settings, "worker")
+        try:
+            consumer = remote.consumer("c1")
+            with pytest.raises(TransportError, match=r"refused a reply of the master"):
+                consumer.fetch(5, 0.1)
+            consumer.close()
+        finally:
+            remote.close()

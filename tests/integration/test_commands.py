@@ -7,8 +7,6 @@ as a running master would, and every command connects to it as a worker does.
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import os
 import re
@@ -26,11 +24,10 @@ import pika.exceptions
 import pytest
 
 import jobs
-from conftest import REPO, Target
-from distq import Executor, RemoteError, commands
+from conftest import REPO, Target, requeue_dead_stopped_at
+from distq import Executor, RemoteError
 from distq.codec import Codec
 from distq.config import MESSAGE_BATCH, Settings
-from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task, new_id
 from distq.framing import pack
 from distq.transport import Settlement, Transport, open_transport
@@ -891,24 +888,8 @@ def test_requeue_dead_cut_off_half_way_says_what_became_of_the_letters(
         server.client().rpush(
             f"distq:{settings.queue}:dead", *[b"raw %d" % n for n in range(MESSAGE_BATCH * 3 // 2)]
         )
-        made = commands.reviver
-
-        def stopping(*args: Any, **kwargs: Any) -> Any:
-            revive, calls = made(*args, **kwargs), [0]
-
-            def revive_then_stop(letter: DeadLetter) -> bytes:
-                calls[0] += 1
-                if calls[0] == MESSAGE_BATCH + 100:  # in the second batch
-                    server.stop()
-                return revive(letter)
-
-            return revive_then_stop
-
-        monkeypatch.setattr(commands, "reviver", stopping)
-        err = io.StringIO()
-        args = argparse.Namespace(role="requeue-dead", limit=None)
-        assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
-    said = err.getvalue()
+        # in the second batch
+        said = requeue_dead_stopped_at(monkeypatch, settings, MESSAGE_BATCH + 100, server.stop)
     assert "cannot reach Redis" in said or "Connection refused" in said, said
     assert f"; {MESSAGE_BATCH} dead letters were requeued before that" in said, said
     assert "the rest stay dead letters" in said, said

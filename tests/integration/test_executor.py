@@ -650,6 +650,17 @@ def run_program(source: str, env: dict[str, str], timeout: float = 30) -> tuple[
     return out, time.monotonic() - started
 
 
+def killed_its_paused_redis(out: str) -> list[str]:
+    """The lines of ``out``, a program's that printed ``server pid N`` of a Redis it
+    paused (SIGSTOP): that Redis killed, as stopped it never took its SIGTERM (the one its
+    parent's death sent) and would be left behind."""
+    lines = out.splitlines()
+    (pid,) = [int(line.split()[-1]) for line in lines if line.startswith("server pid ")]
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return lines
+
+
 def test_executors_opened_one_after_another_on_a_master_do_not_break_each_other() -> None:
     """Executor(host=False) after Executor(host=False) in one process: the garbage
     collector ran an earlier executor's proxy finalizer in the live one's thread, which
@@ -915,10 +926,7 @@ def test_an_executor_left_open_fails_its_futures_at_exit_even_with_its_broker_hu
     """The exit waited 5 s for the executor's thread, stuck in a read of a stopped
     Redis, then left: the future never failed and its done-callback never ran (exec12)."""
     out, took = run_program(LEAVES_WITH_ITS_BROKER_STOPPED, manager_env(), timeout=60)
-    lines = out.splitlines()
-    (pid,) = [int(line.split()[-1]) for line in lines if line.startswith("server pid ")]
-    with contextlib.suppress(ProcessLookupError):  # stopped, it never took its SIGTERM
-        os.kill(pid, signal.SIGKILL)  # (the one its parent's death sent): it was left behind
+    lines = killed_its_paused_redis(out)
     assert "callback: BrokenExecutor" in lines, out
     assert "unanswered futures failed without it" in out, out
     assert took < 30, out
@@ -947,10 +955,7 @@ def test_the_exit_does_not_wait_for_an_executor_closed_after_shutdown_without_wa
     futures after 2 s, and then the exit waited for the executor's thread (told to
     finish by the shutdown), still retrying the broker: about 45 s."""
     out, took = run_program(CLOSES_AFTER_SHUTDOWN_WITHOUT_WAIT, manager_env(), timeout=90)
-    lines = out.splitlines()
-    (pid,) = [int(line.split()[-1]) for line in lines if line.startswith("server pid ")]
-    with contextlib.suppress(ProcessLookupError):  # stopped, it never took its SIGTERM
-        os.kill(pid, signal.SIGKILL)
+    lines = killed_its_paused_redis(out)
     assert "closed: BrokenExecutor" in lines, out
     assert took < 15, out  # before: about 48 s
 
@@ -1441,10 +1446,7 @@ def test_the_exit_after_shutdown_without_wait_is_bounded_by_task_timeout_with_th
     out, took = run_program(
         EXITS_AFTER_SHUTDOWN_WITHOUT_WAIT_WITH_TASK_TIMEOUT, manager_env(), timeout=60
     )
-    lines = out.splitlines()
-    (pid,) = [int(line.split()[-1]) for line in lines if line.startswith("server pid ")]
-    with contextlib.suppress(ProcessLookupError):  # stopped, it never took its SIGTERM
-        os.kill(pid, signal.SIGKILL)
+    lines = killed_its_paused_redis(out)
     assert "callback: TaskTimeout" in lines, out
     assert took < 10, out  # before: about 20 s
 

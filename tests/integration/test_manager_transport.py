@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import distq
-from conftest import REPO
+from conftest import REPO, hosted_and_remote, requeue_dead_stopped_at
 from distq import commands
 from distq.config import CONNECT_TIMEOUT, Settings
 from distq.console import Console
@@ -64,18 +64,12 @@ def _no_delay(conn: Any) -> bool:
         return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
-@contextlib.contextmanager
-def _master_and_worker(queue: str | Settings) -> Iterator[tuple[Transport, Transport]]:
+def _master_and_worker(
+    queue: str | Settings,
+) -> contextlib.AbstractContextManager[tuple[Transport, Transport]]:
     """A master's transport hosting ``queue`` (or on these settings) and a worker's
     connected to it, closed after."""
-    settings = _settings(queue) if isinstance(queue, str) else queue
-    hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "worker")
-    try:
-        yield hosted, remote
-    finally:
-        remote.close()
-        hosted.close()
+    return hosted_and_remote(_settings(queue) if isinstance(queue, str) else queue)
 
 
 def test_worker_connections_send_large_batches_without_nagle_delay() -> None:
@@ -581,26 +575,10 @@ def test_requeue_dead_cut_off_part_way_counts_the_letters_moved(
     try:
         broker = hosted._broker  # type: ignore[attr-defined]
         broker.put(f"{settings.queue}.dead", [b"raw %d" % n for n in range(7)])
-        made = commands.reviver
-
-        def stopping(*args: Any, **kwargs: Any) -> Any:
-            revive, calls = made(*args, **kwargs), [0]
-
-            def revive_then_stop(letter: DeadLetter) -> bytes:
-                calls[0] += 1
-                if calls[0] == 4:  # 3 moved: the master closes as the 4th goes
-                    hosted.close()
-                return revive(letter)
-
-            return revive_then_stop
-
-        monkeypatch.setattr(commands, "reviver", stopping)
-        err = io.StringIO()
-        args = argparse.Namespace(role="requeue-dead", limit=None)
-        assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+        # 3 moved: the master closes as the 4th goes
+        said = requeue_dead_stopped_at(monkeypatch, settings, 4, hosted.close)
     finally:
         hosted.close()
-    said = err.getvalue()
     assert "closed the connection" in said, said
     assert "; 3 dead letters were requeued before that, the rest stay dead letters" in said, said
 
@@ -618,26 +596,11 @@ def test_requeue_dead_cut_off_part_way_says_what_the_letters_moved_were(
         malformed = DeadLetter(body=b"garbage", reason="why", queue="q", worker="w").encode()
         letters = [malformed, b"raw", malformed, *[malformed] * 4]
         broker.put(f"{settings.queue}.dead", letters)
-        made = commands.reviver
-
-        def stopping(*args: Any, **kwargs: Any) -> Any:
-            revive, calls = made(*args, **kwargs), [0]
-
-            def revive_then_stop(letter: DeadLetter) -> bytes:
-                calls[0] += 1
-                if calls[0] == 4:  # 3 moved: the master closes as the 4th goes
-                    hosted.close()
-                return revive(letter)
-
-            return revive_then_stop
-
-        monkeypatch.setattr(commands, "reviver", stopping)
-        err = io.StringIO()
-        args = argparse.Namespace(role="requeue-dead", limit=None)
-        assert commands.run(args, settings, Console(out=io.StringIO(), err=err)) == 3
+        # 3 moved: the master closes as the 4th goes
+        said = requeue_dead_stopped_at(monkeypatch, settings, 4, hosted.close)
     finally:
         hosted.close()
-    assert "; 3 dead letters were requeued before that" in err.getvalue(), err.getvalue()
+    assert "; 3 dead letters were requeued before that" in said, said
     said = capsys.readouterr().out
     assert "2 of them are not tasks any worker can run: they went back as they" in said, said
     assert "1 of them unreadable (not a distq dead letter)" in said, said
@@ -1387,17 +1350,13 @@ def test_the_masters_own_reply_queue_and_a_remote_one_of_a_longer_lease_stay_ope
 
 
 # -- where the master listens -----------------------------------------------------------
-def test_a_master_on_ipv6_serves_workers_over_ipv6() -> None:
-    # the master could not listen on an IPv6 address ("Address family for hostname not
-    # supported; pick a free port"), while workers connected over IPv6
-    with socket.socket(socket.AF_INET6) as probe:
-        probe.bind(("::1", 0))
-        port = probe.getsockname()[1]
-    settings = replace(_settings("six"), manager_address=("::1", port))
+def _serves_a_worker(settings: Settings, listening: str) -> None:
+    """A ``distq master`` of 2 tasks on ``settings``, whose start line matches
+    ``listening``, and a worker that runs them: asserts both exit 0."""
     env = _env(settings)
     master = Distq(["master", "--tasks", "2", "--timeout", "60"], env)
     try:
-        master.wait_for(rf"^master .* transport on \[::1\]:{port}")
+        master.wait_for(listening)
         worker = Distq(["worker", "--exit-when-idle", "1"], env)
         try:
             assert worker.wait(60) == 0, worker.output()
@@ -1406,6 +1365,16 @@ def test_a_master_on_ipv6_serves_workers_over_ipv6() -> None:
         assert master.wait(60) == 0, master.output()
     finally:
         master.stop(grace=0)
+
+
+def test_a_master_on_ipv6_serves_workers_over_ipv6() -> None:
+    # the master could not listen on an IPv6 address ("Address family for hostname not
+    # supported; pick a free port"), while workers connected over IPv6
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    settings = replace(_settings("six"), manager_address=("::1", port))
+    _serves_a_worker(settings, rf"^master .* transport on \[::1\]:{port}")
 
 
 def test_a_master_on_a_scoped_ipv6_address_serves_workers_there() -> None:
@@ -1414,18 +1383,7 @@ def test_a_master_on_a_scoped_ipv6_address_serves_workers_there() -> None:
     # given to bind()
     address, interface = link_local_or_skip()
     settings = replace(_settings("zone"), manager_address=(f"{address}%{interface}", free_port()))
-    env = _env(settings)
-    master = Distq(["master", "--tasks", "2", "--timeout", "60"], env)
-    try:
-        master.wait_for(r"^master .* transport on \[fe80:")
-        worker = Distq(["worker", "--exit-when-idle", "1"], env)
-        try:
-            assert worker.wait(60) == 0, worker.output()
-        finally:
-            worker.stop()
-        assert master.wait(60) == 0, master.output()
-    finally:
-        master.stop(grace=0)
+    _serves_a_worker(settings, r"^master .* transport on \[fe80:")
 
 
 def test_a_master_that_cannot_listen_says_why() -> None:

@@ -280,7 +280,6 @@ def test_a_stop_cuts_short_a_call_under_way_to_a_paused_redis(
     monkeypatch.setattr("distq.master.RECONCILE_SECONDS", 0.2)
     out = io.StringIO()
     stop = threading.Event()
-    reports: list[JobReport] = []
     with LocalRedis(tmp_path).start() as server:
         settings = Settings(
             transport="redis", redis_url=server.url, lease_seconds=30.0, queue="paused"
@@ -288,8 +287,7 @@ def test_a_stop_cuts_short_a_call_under_way_to_a_paused_redis(
         transport = open_transport(settings, "master")
         master = Master(transport, Console(out=out, err=out))
         spec = JobSpec(tasks=4, drain_seconds=3)
-        run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
-        run.start()
+        run, reports = running(master, spec, stop)
         try:
             deadline = time.monotonic() + 10
             while transport.stats().ready < 4:  # submitted, no worker: it waits for results
@@ -323,13 +321,11 @@ def test_a_stop_on_a_rabbitmq_cut_off_waits_for_one_close_not_for_each(target: T
     settings = dataclasses.replace(target.settings, amqp_url=relay.url)
     out = io.StringIO()
     stop = threading.Event()
-    reports: list[JobReport] = []
     transport = open_transport(settings, "master")
     try:
         master = Master(transport, Console(out=out, err=out))
         spec = JobSpec(tasks=4, drain_seconds=1)
-        run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
-        run.start()
+        run, reports = running(master, spec, stop)
         deadline = time.monotonic() + 20
         while transport.stats().ready < 4:  # published, no worker: it waits for results
             assert time.monotonic() < deadline, out.getvalue()
@@ -384,7 +380,6 @@ def test_a_stop_cuts_short_its_own_call_to_a_redis_paused_after_it_began(
     a second past its own wait now, and the tasks count as missing."""
     out = io.StringIO()
     stop = threading.Event()
-    reports: list[JobReport] = []
     with LocalRedis(tmp_path).start() as server:
         settings = Settings(
             transport="redis", redis_url=server.url, lease_seconds=30.0, queue="pausedlate"
@@ -393,8 +388,7 @@ def test_a_stop_cuts_short_its_own_call_to_a_redis_paused_after_it_began(
         worker = open_transport(settings, "worker")
         master = Master(transport, Console(out=out, err=out))
         spec = JobSpec(tasks=4, drain_seconds=3)
-        run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
-        run.start()
+        run, reports = running(master, spec, stop)
         consumer = worker.consumer("pausedlate-worker")
         try:
             assert len(fetch_n(consumer, 4)) == 4, out.getvalue()  # held: the drain waits

@@ -13,7 +13,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,9 +22,9 @@ import pytest
 from distq.config import Settings
 from distq.errors import ConnectionFailed, TransportError
 from distq.transport import open_transport
-from distq.transport.base import Delivery, Settlement
+from distq.transport.base import Delivery, Producer, Settlement
 from distq.transport.manager import ManagerConsumer
-from fake_master import fake_master, fake_settings
+from fake_master import fake_master, fake_settings, fetch_refused
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +51,19 @@ def _fake_master(
     return fake_master(settings, odd_on, pickle.dumps(reply, protocol=4), stall_on)
 
 
+def _create_refused(reply: Any) -> None:
+    """A worker's first consumer, whose ``create`` the fake master answers with a pickle
+    of ``reply``: asserts the worker refuses it as a connection refused."""
+    settings = _settings()
+    with _fake_master(settings, "create", reply):
+        remote = open_transport(settings, "worker")
+        try:
+            with pytest.raises(ConnectionFailed, match=r"refused the reply of the master"):
+                remote.consumer("c1")
+        finally:
+            remote.close()
+
+
 @pytest.mark.parametrize("what", WRONG_SHAPES)
 def test_a_wrong_shaped_reply_as_a_worker_connects_is_a_refused_connection(what: str) -> None:
     settings = _settings()
@@ -61,28 +74,12 @@ def test_a_wrong_shaped_reply_as_a_worker_connects_is_a_refused_connection(what:
 
 @pytest.mark.parametrize("what", WRONG_SHAPES)
 def test_a_wrong_shaped_reply_to_create_is_a_refused_connection(what: str) -> None:
-    settings = _settings()
-    with _fake_master(settings, "create", WRONG_SHAPES[what]):
-        remote = open_transport(settings, "worker")
-        try:
-            with pytest.raises(ConnectionFailed, match=r"refused the reply of the master"):
-                remote.consumer("c1")
-        finally:
-            remote.close()
+    _create_refused(WRONG_SHAPES[what])
 
 
 @pytest.mark.parametrize("what", WRONG_SHAPES)
 def test_a_wrong_shaped_reply_to_a_call_is_a_refused_reply(what: str) -> None:
-    settings = _settings()
-    with _fake_master(settings, "fetch", WRONG_SHAPES[what]):
-        remote = open_transport(settings, "worker")
-        try:
-            consumer = remote.consumer("c1")
-            with pytest.raises(TransportError, match=r"refused a reply of the master"):
-                consumer.fetch(5, 0.1)
-            consumer.close()
-        finally:
-            remote.close()
+    fetch_refused(_settings(), pickle.dumps(WRONG_SHAPES[what], protocol=4))
 
 
 @pytest.mark.parametrize("what", WRONG_SHAPES)
@@ -160,13 +157,10 @@ def test_a_result_of_the_wrong_shape_is_a_refused_reply(what: str) -> None:
             remote.close()
 
 
-@pytest.mark.timeout(60)
-def test_a_call_that_connects_afresh_to_a_master_of_another_key_is_refused_in_one_line() -> None:
-    # a proxy whose connection failed connects afresh at its next call (an executor's
-    # producer, the keeper's hand-backs through a slot's consumer): a master started
-    # since with another DISTQ_AUTHKEY failed that handshake with multiprocessing's
-    # AuthenticationError, which _call let through (the keeper: "a bug in distq")
-    settings = _settings()
+@contextlib.contextmanager
+def _master_gone(settings: Settings) -> Iterator[Producer]:
+    """A worker's producer whose master closed: its call since failed (the master is
+    gone, its connection with it), and its next connects afresh."""
     first = open_transport(settings, "master")
     remote = open_transport(settings, "worker")
     try:
@@ -174,6 +168,20 @@ def test_a_call_that_connects_afresh_to_a_master_of_another_key_is_refused_in_on
         first.close()
         with pytest.raises(TransportError):  # the master is gone: its connection with it
             producer.results(5, 0)
+        yield producer
+    finally:
+        remote.close()
+        first.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_call_that_connects_afresh_to_a_master_of_another_key_is_refused_in_one_line() -> None:
+    # a proxy whose connection failed connects afresh at its next call (an executor's
+    # producer, the keeper's hand-backs through a slot's consumer): a master started
+    # since with another DISTQ_AUTHKEY failed that handshake with multiprocessing's
+    # AuthenticationError, which _call let through (the keeper: "a bug in distq")
+    settings = _settings()
+    with _master_gone(settings) as producer:
         other = dataclasses.replace(settings, authkey=secrets.token_hex(16).encode())
         second = open_transport(other, "master")
         try:
@@ -181,50 +189,33 @@ def test_a_call_that_connects_afresh_to_a_master_of_another_key_is_refused_in_on
                 producer.results(5, 0)
         finally:
             second.close()
-    finally:
-        remote.close()
-        first.close()
 
 
 @pytest.mark.timeout(60)
 def test_a_call_that_connects_afresh_to_another_service_is_refused_in_one_line() -> None:
     settings = _settings()
-    first = open_transport(settings, "master")
-    remote = open_transport(settings, "worker")
-    try:
-        producer = remote.producer("r")
-        first.close()
-        with pytest.raises(TransportError):
+    with (
+        _master_gone(settings) as producer,
+        socket.create_server(settings.manager_address) as server,
+    ):
+
+        def greet() -> None:  # a service that speaks multiprocessing's framing, not distq
+            with contextlib.suppress(OSError):
+                sock = server.accept()[0]
+                with Connection(sock.detach()) as conn:
+                    conn.send_bytes(b"hello")
+                    conn.poll(5)
+
+        thread = threading.Thread(target=greet, daemon=True)
+        thread.start()
+        with pytest.raises(TransportError, match=r"other than a distq master's handshake"):
             producer.results(5, 0)
-        with socket.create_server(settings.manager_address) as server:
-
-            def greet() -> None:  # a service that speaks multiprocessing's framing, not distq
-                with contextlib.suppress(OSError):
-                    sock = server.accept()[0]
-                    with Connection(sock.detach()) as conn:
-                        conn.send_bytes(b"hello")
-                        conn.poll(5)
-
-            thread = threading.Thread(target=greet, daemon=True)
-            thread.start()
-            with pytest.raises(TransportError, match=r"other than a distq master's handshake"):
-                producer.results(5, 0)
-            thread.join(10)
-    finally:
-        remote.close()
-        first.close()
+        thread.join(10)
 
 
 @pytest.mark.parametrize("result", [5, None, ("1",), "ab"], ids=["a number", "none", "one", "text"])
 def test_a_create_result_of_the_wrong_shape_is_a_refused_connection(result: Any) -> None:
-    settings = _settings()
-    with _fake_master(settings, "create", ("#RETURN", result)):
-        remote = open_transport(settings, "worker")
-        try:
-            with pytest.raises(ConnectionFailed, match=r"refused the reply of the master"):
-                remote.consumer("c1")
-        finally:
-            remote.close()
+    _create_refused(("#RETURN", result))
 
 
 @pytest.mark.timeout(60)

@@ -12,9 +12,10 @@ import time
 
 import pytest
 
+from conftest import hosted_and_remote
 from distq.config import Settings
 from distq.errors import TransportError
-from distq.transport import Settlement, open_transport
+from distq.transport import Settlement
 from distq.transport.manager_broker import QueueBroker
 from launch import free_port
 from seam import fetch_n, results_n
@@ -39,10 +40,7 @@ def test_a_settle_run_after_its_consumer_closed_sends_its_result_once() -> None:
     # a keeper's settle waiting on a busy master while the worker stopped: the close ran
     # first, put the task back, and the settle then published its result; the copy ran
     # again and its result reached the master twice
-    settings = _settings()
-    hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "worker")
-    try:
+    with hosted_and_remote(_settings()) as (hosted, remote):
         reply_to = hosted.reply_queue("late")
         producer = hosted.producer(reply_to)
         producer.submit([b"a", b"b"])
@@ -56,9 +54,6 @@ def test_a_settle_run_after_its_consumer_closed_sends_its_result_once() -> None:
         other.settle([Settlement(d, reply_to=reply_to, result=b"ran " + d.body) for d in again])
         assert sorted(results_n(producer, 3, within=1)) == [b"ran a", b"ran b"]
         other.close()
-    finally:
-        remote.close()
-        hosted.close()
 
 
 @pytest.mark.timeout(60)
@@ -66,10 +61,7 @@ def test_a_settle_sent_again_after_its_consumer_closed_is_settled_already() -> N
     # the first settle answered (or a split settle's earlier calls), the consumer closed
     # since, and the same settle sent again (a keeper's late, or a stopping worker's retry
     # of a settle that failed part-way): its result went out a second time
-    settings = _settings()
-    hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "worker")
-    try:
+    with hosted_and_remote(_settings()) as (hosted, remote):
         reply_to = hosted.reply_queue("again")
         producer = hosted.producer(reply_to)
         producer.submit([b"a"])
@@ -81,9 +73,6 @@ def test_a_settle_sent_again_after_its_consumer_closed_is_settled_already() -> N
         consumer.settle(settled)
         assert consumer.late == frozenset()
         assert results_n(producer, 2, within=1) == [b"ran a"]
-    finally:
-        remote.close()
-        hosted.close()
 
 
 def _waiting_in(method: object, within: float = 10.0) -> bool:
@@ -107,10 +96,7 @@ def test_a_settle_the_master_ran_as_it_stopped_is_answered(then_fetch: bool) -> 
     # the master's stop flag set while a settle waited on a busy master: the settle ran,
     # its result went out, but its reply was withheld, and the worker counted the batch
     # handed back (its exit line, health, metrics)
-    settings = _settings()
-    hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "worker")
-    try:
+    with hosted_and_remote(_settings()) as (hosted, remote):
         reply_to = hosted.reply_queue("stopping")
         producer = hosted.producer(reply_to)
         producer.submit([b"a", b"b"])
@@ -138,6 +124,3 @@ def test_a_settle_the_master_ran_as_it_stopped_is_answered(then_fetch: bool) -> 
         assert results_n(producer, 2, within=1) == [b"ran a"]
         # answered; a fetch of a master that stopped leases nothing
         assert got[0] in ([], None), got
-    finally:
-        remote.close()
-        hosted.close()

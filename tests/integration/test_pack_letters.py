@@ -43,6 +43,25 @@ def _letters(target: Target) -> list[dict[str, object]]:
     return found
 
 
+def _letters_within(target: Target, count: int) -> list[dict[str, object]]:
+    """The queue's dead letters once ``count`` are there, or as they are after 30 s."""
+    letters: list[dict[str, object]] = []
+    deadline = time.monotonic() + 30
+    while len(letters) < count and time.monotonic() < deadline:
+        letters = _letters(target)
+        if len(letters) < count:
+            time.sleep(0.2)
+    return letters
+
+
+def _worker_until_idle(target: Target, workers: list[Distq], **env: str) -> None:
+    """A worker of the CLI (``--tasks jobs``, with ``env``) run until idle 2 s: asserts it
+    exits 0."""
+    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], target.process_env(**env))
+    workers.append(proc)
+    assert proc.wait(90) == 0, proc.output()
+
+
 def test_a_pack_of_tasks_is_dead_lettered_saying_what_its_transport_does_with_one(
     target: Target, hosted: Transport, workers: list[Distq]
 ) -> None:
@@ -51,16 +70,9 @@ def test_a_pack_of_tasks_is_dead_lettered_saying_what_its_transport_does_with_on
     body = pack([Task("jobs.square", [n], NO_REPLY).encode() for n in range(2)])
     producer = hosted.producer(hosted.reply_queue(new_id()))
     producer.submit([body])  # one body, as a message of its own: no type on RabbitMQ
-    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], target.process_env())
-    workers.append(proc)
-    assert proc.wait(90) == 0, proc.output()
+    _worker_until_idle(target, workers)
     producer.close()
-    letters: list[dict[str, object]] = []
-    deadline = time.monotonic() + 30
-    while not letters and time.monotonic() < deadline:
-        letters = _letters(target)
-        if not letters:
-            time.sleep(0.2)
+    letters = _letters_within(target, 1)
     assert len(letters) == 1, letters
     reason = str(letters[0]["reason"])
     assert reason.startswith("malformed message: a pack of 2 task(s)"), reason
@@ -81,19 +93,11 @@ def test_a_pack_or_a_newer_task_over_the_limit_is_said_so_and_answered(
     body = pack([Task("jobs.square", ["x" * 700], NO_REPLY).encode() for _ in range(3)])
     newer = Task("jobs.square", ["x" * 5000], reply)
     producer.submit([body, newer.encode().replace(b'{"v":1,', b'{"v":2,', 1)])
-    env = target.process_env(DISTQ_MAX_MESSAGE_BYTES="2048")
-    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], env)
-    workers.append(proc)
-    assert proc.wait(90) == 0, proc.output()
+    _worker_until_idle(target, workers, DISTQ_MAX_MESSAGE_BYTES="2048")
     answers = results_of(producer, 1, within=30)
     producer.close()
     assert [(r.task_id, r.error_type) for r in answers] == [(newer.id, "MessageTooLarge")]
-    letters: list[dict[str, object]] = []
-    deadline = time.monotonic() + 30
-    while len(letters) < 2 and time.monotonic() < deadline:
-        letters = _letters(target)
-        if len(letters) < 2:
-            time.sleep(0.2)
+    letters = _letters_within(target, 2)
     reasons = sorted(str(letter["reason"]) for letter in letters)
     assert len(reasons) == 2, reasons
     assert reasons[0].startswith("malformed message: a pack of 3 task(s)"), reasons[0]
@@ -115,19 +119,11 @@ def test_a_task_over_the_limit_cut_in_a_character_keeps_its_letter_text(
     body = sent.encode()
     assert body[(64 << 10) - 1 :].startswith("é".encode()), body.index("é".encode())
     producer.submit([body])
-    env = target.process_env(DISTQ_MAX_MESSAGE_BYTES=str(64 << 10))
-    proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], env)
-    workers.append(proc)
-    assert proc.wait(90) == 0, proc.output()
+    _worker_until_idle(target, workers, DISTQ_MAX_MESSAGE_BYTES=str(64 << 10))
     answers = results_of(producer, 1, within=30)
     producer.close()
     assert [(r.task_id, r.error_type) for r in answers] == [(sent.id, "MessageTooLarge")]
-    letters: list[dict[str, object]] = []
-    deadline = time.monotonic() + 30
-    while not letters and time.monotonic() < deadline:
-        letters = _letters(target)
-        if not letters:
-            time.sleep(0.2)
+    letters = _letters_within(target, 1)
     [letter] = letters
     assert "body_b64" not in letter, str(letter["reason"])
     kept = str(letter["body"]).encode()

@@ -336,6 +336,21 @@ def _healthz_while(server: LocalRedis | LocalRabbitMQ, port: int, seconds: float
     return [body for status, body in answers if status != 200]
 
 
+def _healthy_through_a_pause(
+    server: LocalRedis | LocalRabbitMQ, env: dict[str, str], lease: str, task: int
+) -> None:
+    """A worker of one slot with a ``lease`` s lease, ``server`` paused 6 s once it got
+    task ``task``: asserts its /healthz answered 200 throughout."""
+    port = free_port()
+    process = worker(env, port, "--concurrency", "1", lease=lease)
+    try:
+        process.wait_for(rf"Get task {task} ", timeout=60)
+        stalled = _healthz_while(server, port, 6)
+        assert not stalled, stalled[0]
+    finally:
+        stop(process)
+
+
 def test_a_keeper_handing_back_tasks_is_not_stalled_by_a_paused_broker(
     redis_server: LocalRedis,
 ) -> None:
@@ -350,15 +365,8 @@ def test_a_keeper_handing_back_tasks_is_not_stalled_by_a_paused_broker(
     for number, delay in ((1, 0), (2, 0), (3, 8), (4, 0), (5, 0)):
         submit = Distq(["submit", "square", str(number), "--kwargs", f'{{"delay": {delay}}}'], env)
         assert submit.proc.wait(30) == 0, submit.output()
-    port = free_port()
     # a 6 s lease: the hand-back comes 2 s after the fetch, with the broker paused by then
-    process = worker(env, port, "--concurrency", "1", lease="6")
-    try:
-        process.wait_for(r"Get task 3 ", timeout=60)
-        stalled = _healthz_while(server, port, 6)
-        assert not stalled, stalled[0]
-    finally:
-        stop(process)
+    _healthy_through_a_pause(server, env, "6", task=3)
 
 
 @pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
@@ -372,15 +380,8 @@ def test_a_keeper_giving_up_on_a_task_is_not_stalled_by_a_paused_broker(
     env = environment(kind, server.url, DISTQ_STALL_SECONDS="2", DISTQ_TASK_TIME_LIMIT="2")
     submit = Distq(["submit", "square", "1", "--kwargs", '{"delay": 30}'], env)
     assert submit.proc.wait(30) == 0, submit.output()
-    port = free_port()
     # a 30 s lease: no renewal before the give-up, 2 s into the task, with the broker paused
-    process = worker(env, port, "--concurrency", "1", lease="30")
-    try:
-        process.wait_for(r"Get task 1 ", timeout=60)
-        stalled = _healthz_while(server, port, 6)
-        assert not stalled, stalled[0]
-    finally:
-        stop(process)
+    _healthy_through_a_pause(server, env, "30", task=1)
 
 
 def test_a_master_asking_for_workers_at_its_end_is_not_stalled_by_a_paused_broker(

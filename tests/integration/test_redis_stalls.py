@@ -75,6 +75,36 @@ def _stalled(server: LocalRedis, seconds: float) -> Iterator[None]:
         client.close()
 
 
+@contextlib.contextmanager
+def _worker_behind_a_relay(
+    url: str, raw: redis.Redis[bytes]
+) -> Iterator[tuple[SilentRelay, RedisTransport, str]]:
+    """A worker's transport on a queue of its own that reaches the Redis at ``url``
+    through a relay, and a reply queue whose master lives; the relay closed after (the
+    transport is the test's to close: its close is part of what the tests check)."""
+    relay = SilentRelay.to_url(url)
+    try:
+        queue = f"t-{uuid.uuid4().hex[:10]}"
+        settings = Settings(
+            transport="redis", redis_url=relay.url, queue=queue, lease_seconds=LEASE
+        )
+        t = RedisTransport(settings, "worker")
+        reply_to = t.reply_queue("j")
+        raw.zadd(t.masters_key, {reply_to: int(time.time() * 1000) + 60_000})  # its master lives
+        yield relay, t, reply_to
+    finally:
+        relay.close()
+
+
+@contextlib.contextmanager
+def _cut_off(relay: SilentRelay) -> Iterator[None]:
+    """The relay's links go silent (a partition): the call in the block fails."""
+    relay.silence()
+    time.sleep(0.3)  # the relay's links wait silent
+    with pytest.raises(TransportError):
+        yield
+
+
 def test_a_settle_that_timed_out_runs_once_redis_goes_on_and_the_close_leaves_no_lease(
     server: LocalRedis, raw: redis.Redis[bytes], transport: RedisTransport
 ) -> None:
@@ -330,23 +360,13 @@ def test_a_settle_by_count_that_runs_late_acks_none_of_the_tasks_claimed_since(
     two again, the two just claimed, and it acked them. Neither had run, and the close
     handed back nothing: both were lost (their results came twice too). The settle by
     count now acks only the list it was sent for: one claimed since, it does nothing."""
-    relay = SilentRelay.to_url(server.url)
-    try:
-        queue = f"t-{uuid.uuid4().hex[:10]}"
-        settings = Settings(
-            transport="redis", redis_url=relay.url, queue=queue, lease_seconds=LEASE
-        )
-        t = RedisTransport(settings, "worker")
-        reply_to = t.reply_queue("j")
-        raw.zadd(t.masters_key, {reply_to: int(time.time() * 1000) + 60_000})  # its master lives
+    with _worker_behind_a_relay(server.url, raw) as (relay, t, reply_to):
         raw.lpush(t.ready_key, b"a", b"b", b"c", b"d")  # a claimed first
         consumer = t.consumer("c")
         ran = consumer.fetch(2, timeout=1)
         assert [d.body for d in ran] == [b"a", b"b"]
         settled = [Settlement(d, reply_to=reply_to, result=b"r-" + d.body) for d in ran]
-        relay.silence()
-        time.sleep(0.3)  # the relay's links wait silent
-        with pytest.raises(TransportError):
+        with _cut_off(relay):
             consumer.settle(settled)
         consumer.settle(settled)  # on a new connection
         assert [d.body for d in consumer.fetch(2, timeout=1)] == [b"c", b"d"]
@@ -356,8 +376,6 @@ def test_a_settle_by_count_that_runs_late_acks_none_of_the_tasks_claimed_since(
         consumer.close()
         assert sorted(raw.lrange(t.ready_key, 0, -1)) == [b"c", b"d"]  # handed back
         t.close()
-    finally:
-        relay.close()
 
 
 @pytest.mark.parametrize("block", [0.0, 0.5], ids=["claim", "blmove-then-claim"])
@@ -372,24 +390,14 @@ def test_a_settle_then_fetch_that_runs_late_acks_none_and_its_claim_loses_none(
     came twice); its claim leases two more the consumer never heard of, which its
     settles then skip (by body) and its close hands back: each task's result once, or
     the task back in the queue."""
-    relay = SilentRelay.to_url(server.url)
-    try:
-        queue = f"t-{uuid.uuid4().hex[:10]}"
-        settings = Settings(
-            transport="redis", redis_url=relay.url, queue=queue, lease_seconds=LEASE
-        )
-        t = RedisTransport(settings, "worker")
-        reply_to = t.reply_queue("j")
-        raw.zadd(t.masters_key, {reply_to: int(time.time() * 1000) + 60_000})  # its master lives
+    with _worker_behind_a_relay(server.url, raw) as (relay, t, reply_to):
         raw.lpush(t.ready_key, b"a", b"b", b"c", b"d", b"e", b"f")  # a claimed first
         consumer = t.consumer("c")
 
         ran = consumer.fetch(2, timeout=1)
         assert [d.body for d in ran] == [b"a", b"b"]
         first = [Settlement(d, reply_to=reply_to, result=b"r-" + d.body) for d in ran]
-        relay.silence()
-        time.sleep(0.3)  # the relay's links wait silent
-        with pytest.raises(TransportError):
+        with _cut_off(relay):
             consumer.settle_then_fetch(first, 2, block)
         then = consumer.settle_then_fetch(first, 2, block)  # on a new connection
         assert [d.body for d in then] == [b"c", b"d"]
@@ -401,8 +409,6 @@ def test_a_settle_then_fetch_that_runs_late_acks_none_and_its_claim_loses_none(
         consumer.close()
         assert sorted(raw.lrange(t.ready_key, 0, -1)) == [b"e", b"f"]  # handed back
         t.close()
-    finally:
-        relay.close()
 
 
 def _resp(*words: bytes) -> bytes:
@@ -423,23 +429,13 @@ def test_a_settle_by_count_that_runs_late_between_a_blmove_and_its_claim_acks_no
     connection's tidy made (``tidy.lua``) stops it from acking c, which had not run (the
     slot would run c unleased: a retry of it not sent, lost with a worker killed
     meanwhile); without it, this test fails ('assert [] == [b'c']')."""
-    relay = SilentRelay.to_url(server.url)
-    try:
-        queue = f"t-{uuid.uuid4().hex[:10]}"
-        settings = Settings(
-            transport="redis", redis_url=relay.url, queue=queue, lease_seconds=LEASE
-        )
-        t = RedisTransport(settings, "worker")
-        reply_to = t.reply_queue("j")
-        raw.zadd(t.masters_key, {reply_to: int(time.time() * 1000) + 60_000})  # its master lives
+    with _worker_behind_a_relay(server.url, raw) as (relay, t, reply_to):
         raw.lpush(t.ready_key, b"a")
         consumer = t.consumer("c")
         ran = consumer.fetch(2, timeout=1)  # the queue emptied: the next settle may wait
         assert [d.body for d in ran] == [b"a"]
         settled = [Settlement(ran[0], reply_to=reply_to, result=b"r-a")]
-        relay.silence()
-        time.sleep(0.3)  # the relay's links wait silent
-        with pytest.raises(TransportError):
+        with _cut_off(relay):
             consumer.settle(settled)
         got: list[Any] = []
         waits = threading.Thread(
@@ -459,8 +455,6 @@ def test_a_settle_by_count_that_runs_late_between_a_blmove_and_its_claim_acks_no
         consumer.close()
         assert raw.lrange(t.ready_key, 0, -1) == [b"c"]  # handed back
         t.close()
-    finally:
-        relay.close()
 
 
 def test_a_settle_found_to_have_run_late_counts_as_settled_when_the_next_settle_fails(
@@ -508,41 +502,35 @@ def test_a_settle_by_count_that_runs_late_acks_none_when_a_claim_could_not_count
     clears the count, so that no settle by count sent before it runs after it."""
     user = f"u{uuid.uuid4().hex[:8]}"
     raw.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all")
-    relay = SilentRelay.to_url(server.url.replace("redis://", f"redis://{user}:pw@", 1))
     try:
-        queue = f"t-{uuid.uuid4().hex[:10]}"
-        settings = Settings(
-            transport="redis", redis_url=relay.url, queue=queue, lease_seconds=LEASE
-        )
-        t = RedisTransport(settings, "worker")
-        reply_to = t.reply_queue("j")
-        raw.zadd(t.masters_key, {reply_to: int(time.time() * 1000) + 60_000})  # its master lives
-        raw.lpush(t.ready_key, b"a", b"b", b"c", b"d")  # a claimed first
-        consumer = t.consumer("c")
-        ran = consumer.fetch(2, timeout=1)
-        assert [d.body for d in ran] == [b"a", b"b"] and consumer._claims is not None
-        raw.execute_command("ACL", "SETUSER", user, "-incr")  # counts refused from now on
-        settled = [Settlement(d, reply_to=reply_to, result=b"r-" + d.body) for d in ran]
-        relay.silence()
-        time.sleep(0.3)  # the relay's links wait silent
-        with pytest.raises(TransportError):
-            consumer.settle(settled)
-        consumer.settle(settled)  # on a new connection: its tidy could not count, by body
-        claimed = consumer.fetch(2, timeout=1)
-        assert [d.body for d in claimed] == [b"c", b"d"]
-        assert consumer._claims is None  # not counted: it settles by body
-        assert relay.deliver_held() == 1  # the first settle, late
-        assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"c", b"d"]
-        assert raw.lrange(reply_to, 0, -1) == [b"r-b", b"r-a"]  # once each
-        raw.execute_command("ACL", "SETUSER", user, "+incr")  # room again: counted claims
-        assert consumer.fetch(2, timeout=0) == [] and consumer._claims is not None
-        by_count = consumer._ran
-        consumer.settle([Settlement(d, reply_to=reply_to, result=b"r-" + d.body) for d in claimed])
-        assert consumer._ran == by_count + 1  # by count again, from its next claim on
-        assert raw.lrange(reply_to, 0, -1) == [b"r-d", b"r-c", b"r-b", b"r-a"]
-        assert raw.llen(consumer.inflight_key) == 0 and raw.llen(t.ready_key) == 0
-        consumer.close()
-        t.close()
+        with _worker_behind_a_relay(
+            server.url.replace("redis://", f"redis://{user}:pw@", 1), raw
+        ) as (relay, t, reply_to):
+            raw.lpush(t.ready_key, b"a", b"b", b"c", b"d")  # a claimed first
+            consumer = t.consumer("c")
+            ran = consumer.fetch(2, timeout=1)
+            assert [d.body for d in ran] == [b"a", b"b"] and consumer._claims is not None
+            raw.execute_command("ACL", "SETUSER", user, "-incr")  # counts refused from now on
+            settled = [Settlement(d, reply_to=reply_to, result=b"r-" + d.body) for d in ran]
+            with _cut_off(relay):
+                consumer.settle(settled)
+            consumer.settle(settled)  # on a new connection: its tidy could not count, by body
+            claimed = consumer.fetch(2, timeout=1)
+            assert [d.body for d in claimed] == [b"c", b"d"]
+            assert consumer._claims is None  # not counted: it settles by body
+            assert relay.deliver_held() == 1  # the first settle, late
+            assert sorted(raw.lrange(consumer.inflight_key, 0, -1)) == [b"c", b"d"]
+            assert raw.lrange(reply_to, 0, -1) == [b"r-b", b"r-a"]  # once each
+            raw.execute_command("ACL", "SETUSER", user, "+incr")  # room again: counted claims
+            assert consumer.fetch(2, timeout=0) == [] and consumer._claims is not None
+            by_count = consumer._ran
+            consumer.settle(
+                [Settlement(d, reply_to=reply_to, result=b"r-" + d.body) for d in claimed]
+            )
+            assert consumer._ran == by_count + 1  # by count again, from its next claim on
+            assert raw.lrange(reply_to, 0, -1) == [b"r-d", b"r-c", b"r-b", b"r-a"]
+            assert raw.llen(consumer.inflight_key) == 0 and raw.llen(t.ready_key) == 0
+            consumer.close()
+            t.close()
     finally:
-        relay.close()
         raw.execute_command("ACL", "DELUSER", user)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from distq.errors import ConnectionFailed, TransportError
+from distq.errors import ConnectionFailed
 from distq.transport import open_transport
-from fake_master import fake_master, fake_settings
+from fake_master import fake_master, fake_settings, fetch_refused
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +30,4 @@ def test_a_malformed_reply_as_a_worker_connects_is_a_refused_connection(what: st
 
 @pytest.mark.parametrize("what", MALFORMED)
 def test_a_malformed_reply_to_a_call_is_a_lost_connection(what: str) -> None:
-    settings = fake_settings("sec32")
-    with fake_master(settings, "fetch", MALFORMED[what]):
-        remote = open_transport(settings, "worker")
-        try:
-            consumer = remote.consumer("c1")
-            with pytest.raises(TransportError, match=r"refused a reply of the master"):
-                consumer.fetch(5, 0.1)
-            consumer.close()
-        finally:
-            remote.close()
+    fetch_refused(fake_settings("sec32"), MALFORMED[what])

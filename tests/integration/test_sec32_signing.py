@@ -5,16 +5,13 @@ that reason, and whoever waits for it gets an unsigned error result saying so.""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from conftest import Target
+from conftest import Target, answers_of_a_signing_worker
 from distq.codec import Codec
-from distq.envelope import Result, Task
-from distq.signing import SIGNED, Signer
+from distq.envelope import Task
+from distq.signing import Signer
 from distq.transport import Transport
-from procs import Distq
 
 pytestmark = pytest.mark.integration
 
@@ -40,23 +37,7 @@ def test_refused_tasks_are_dead_lettered_with_their_reason_and_answered(
         forged,
     ]
     producer.submit(bodies)
-    worker = Distq(
-        ["worker", "--exit-when-idle", "3"],
-        target.process_env(DISTQ_SIGNING_KEYS=KEY.decode()),
-    )
-    try:
-        answers: dict[str, Result] = {}
-        deadline = time.monotonic() + 60
-        while len(answers) < 4 and time.monotonic() < deadline:
-            for body in producer.results(4, 0.2):
-                codec = signed if body.startswith(SIGNED) else Codec()  # a pack: DQSIG2
-                for envelope in codec.open_results(body):
-                    result = Result.decode(envelope)
-                    answers[result.task_id] = result
-        assert worker.wait(60) == 0, worker.output()
-        output = worker.output()
-    finally:
-        worker.stop()
+    answers, output = answers_of_a_signing_worker(target, producer, KEY, signed, 4)
     assert answers[good.id].value == 4, (answers, output)
     reasons = {
         unsigned.id: "refused: unsigned task",

@@ -17,9 +17,9 @@ import pytest
 
 import distq
 import jobs
-from conftest import Target
+from conftest import Target, answers_of_a_signing_worker
 from distq.codec import Codec
-from distq.envelope import NO_REPLY, Result, Task
+from distq.envelope import NO_REPLY, Task
 from distq.transport import Transport
 from procs import Distq
 
@@ -38,23 +38,7 @@ def test_a_signed_task_replayed_onto_another_queue_is_refused_there(
     )
     meant, replayed = (Task("square", [n], producer.reply_to) for n in (2, 3))
     producer.submit([here.seal_task(meant), elsewhere.seal_task(replayed)])
-    worker = Distq(
-        ["worker", "--exit-when-idle", "3"],
-        target.process_env(DISTQ_SIGNING_KEYS=KEY.decode()),
-    )
-    try:
-        answers: dict[str, Result] = {}
-        deadline = time.monotonic() + 60
-        while len(answers) < 2 and time.monotonic() < deadline:
-            for body in producer.results(2, 0.2):
-                codec = here if here.signing and body.startswith(b"DQSIG") else Codec()
-                for envelope in codec.open_results(body):
-                    result = Result.decode(envelope)
-                    answers[result.task_id] = result
-        assert worker.wait(60) == 0, worker.output()
-        output = worker.output()
-    finally:
-        worker.stop()
+    answers, output = answers_of_a_signing_worker(target, producer, KEY, here, 2)
     assert answers[meant.id].value == 4, (answers, output)
     assert replayed.id in answers and answers[replayed.id].status == "error", (answers, output)
     said = str(answers[replayed.id].error_message)

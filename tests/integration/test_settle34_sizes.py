@@ -11,10 +11,22 @@ import pytest
 from conftest import Target
 from distq.collector import Collector
 from distq.envelope import Result, Task, new_id
-from distq.transport import Transport
+from distq.transport import Producer, Transport
 from procs import Distq
 
 pytestmark = pytest.mark.integration
+
+
+def _answers(producer: Producer, tasks: list[Task], within: float) -> dict[str, Result]:
+    """The results of ``tasks`` by task id, read as a master does until each came or
+    ``within`` seconds passed."""
+    got: dict[str, Result] = {}
+    collector = Collector[None](lambda result, _, __: got.__setitem__(result.task_id, result))
+    collector.expect((t.id, None) for t in tasks)
+    deadline = time.monotonic() + within
+    while collector.outstanding and time.monotonic() < deadline:
+        collector.collect(producer, 0.5)
+    return got
 
 
 @pytest.mark.timeout(180)
@@ -37,12 +49,7 @@ def test_a_result_over_the_masters_limit_is_an_error_result_whatever_its_names(
     args = ["worker", "--tasks", "jobs", "--worker-id", worker_id, "--exit-when-idle", "2"]
     proc = Distq(args, env)
     workers.append(proc)
-    got: dict[str, Result] = {}
-    collector = Collector[None](lambda result, _, __: got.__setitem__(result.task_id, result))
-    collector.expect((t.id, None) for t in [plain, named, small])
-    deadline = time.monotonic() + 60
-    while collector.outstanding and time.monotonic() < deadline:
-        collector.collect(producer, 0.5)
+    got = _answers(producer, [plain, named, small], within=60)
     assert proc.wait(60) == 0, proc.output()
     producer.close()
     assert sorted(got) == sorted(t.id for t in [plain, named, small]), (got, proc.output())
@@ -79,12 +86,7 @@ def test_a_dead_letter_over_the_masters_frames_is_kept_cut_and_its_task_answered
     env = target.process_env(DISTQ_MAX_MESSAGE_BYTES=str(100 << 20), DISTQ_LEASE_SECONDS="10")
     proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "3"], env)
     workers.append(proc)
-    got: dict[str, Result] = {}
-    collector = Collector[None](lambda result, _, __: got.__setitem__(result.task_id, result))
-    collector.expect((t.id, None) for t in [big, small])
-    deadline = time.monotonic() + 60
-    while collector.outstanding and time.monotonic() < deadline:
-        collector.collect(producer, 0.5)
+    got = _answers(producer, [big, small], within=60)
     assert proc.wait(60) == 0
     producer.close()
     output = "\n".join(line[:300] for line in proc.output().splitlines())  # not 20 Mi quotes
@@ -115,12 +117,7 @@ def test_a_task_whose_id_is_over_the_limit_is_answered_at_once_not_dropped(
     env = target.process_env(DISTQ_MAX_MESSAGE_BYTES=str(8 << 20))
     proc = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "2"], env)
     workers.append(proc)
-    got: dict[str, Result] = {}
-    collector = Collector[None](lambda result, _, __: got.__setitem__(result.task_id, result))
-    collector.expect((t.id, None) for t in [long_id, small])
-    deadline = time.monotonic() + 30
-    while collector.outstanding and time.monotonic() < deadline:
-        collector.collect(producer, 0.5)
+    got = _answers(producer, [long_id, small], within=30)
     producer.close()
     output = "\n".join(line[:300] for line in proc.output().splitlines())
     assert sorted(got) == sorted(t.id for t in [long_id, small]), output

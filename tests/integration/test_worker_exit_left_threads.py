@@ -3,9 +3,11 @@ it waits after a SIGTERM, and the exit code it ends with."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,48 @@ def _env(target: Target, tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def _refused_mid_task(
+    target: Target, hosted: Transport, tmp_path: Path, reply: str, task: Task
+) -> tuple[int, str]:
+    """A worker running ``task`` (of ``LEAVERS``) when its queue turns into a string, which
+    Redis refuses from the next fetch on (the worker exits 2): its exit code and output."""
+    producer = hosted.producer(hosted.reply_queue(reply))
+    producer.submit([task.encode()])
+    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path))
+    raw = redis.Redis.from_url(target.settings.redis_url)
+    try:
+        worker.wait_for(rf"Get task {task.name}")
+        time.sleep(0.5)
+        raw.delete(target.settings.queue)
+        raw.set(target.settings.queue, "hello")  # refused from the next fetch: exit 2
+        code = worker.wait(60)
+        out = worker.output()
+    finally:
+        worker.stop(grace=0)
+        raw.delete(target.settings.queue)
+        raw.close()
+        producer.close()
+    return code, out
+
+
+@contextlib.contextmanager
+def _outlasting(
+    target: Target, hosted: Transport, tmp_path: Path, reply: str, **env: str
+) -> Iterator[Distq]:
+    """A worker (with ``env``) half a second into ``leavers:outlast``, a task that leaves a
+    thread running for good and runs 600 s itself; killed after."""
+    producer = hosted.producer(hosted.reply_queue(reply))
+    producer.submit([Task(name="leavers:outlast", args=[600], reply_to=NO_REPLY).encode()])
+    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path, **env))
+    try:
+        worker.wait_for(r"Get task leavers:outlast")
+        time.sleep(0.5)
+        yield worker
+    finally:
+        worker.stop(grace=0)
+        producer.close()
+
+
 @pytest.mark.parametrize("target", ["redis"], indirect=True)
 def test_a_sigterm_whose_drain_is_spent_waits_no_more_for_a_tasks_threads(
     target: Target, hosted: Transport, tmp_path: Path
@@ -98,21 +142,14 @@ def test_a_sigterm_whose_drain_is_spent_waits_no_more_for_a_tasks_threads(
     the handed-back task still running on its slot's thread meanwhile. The wait is
     what is left of the drain."""
     drain = 8.0
-    producer = hosted.producer(hosted.reply_queue("outlast"))
-    producer.submit([Task(name="leavers:outlast", args=[600], reply_to=NO_REPLY).encode()])
-    env = _env(target, tmp_path, DISTQ_DRAIN_SECONDS=f"{drain:g}")
-    worker = Distq(["worker", "--tasks", "leavers"], env)
-    try:
-        worker.wait_for(r"Get task leavers:outlast")
-        time.sleep(0.5)
+    with _outlasting(
+        target, hosted, tmp_path, "outlast", DISTQ_DRAIN_SECONDS=f"{drain:g}"
+    ) as worker:
         started = time.monotonic()
         worker.signal(signal.SIGTERM)
         code = worker.wait(60)
         took = time.monotonic() - started
         out = worker.output()
-    finally:
-        worker.stop(grace=0)
-        producer.close()
     assert code == 0, out
     assert "the worker exits 0 now, without waiting any longer" in out, out
     assert took < 2 * drain - 1, f"{took:.1f} s from the SIGTERM to the exit:\n{out}"
@@ -126,22 +163,8 @@ def test_a_tasks_thread_that_calls_os_exit_0_keeps_a_refused_workers_exit_2(
     """A thread a task left called ``os._exit(0)`` during the exit's wait, while the
     worker meant to exit 2 (the broker refused a setting mid-run): the process exited
     0, which a supervisor takes for a clean stop."""
-    producer = hosted.producer(hosted.reply_queue("exit0"))
-    producer.submit([Task(name="leavers:exit_0_later", args=[], reply_to=NO_REPLY).encode()])
-    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path))
-    raw = redis.Redis.from_url(target.settings.redis_url)
-    try:
-        worker.wait_for(r"Get task leavers:exit_0_later")
-        time.sleep(0.5)
-        raw.delete(target.settings.queue)
-        raw.set(target.settings.queue, "hello")  # refused from the next fetch: exit 2
-        code = worker.wait(60)
-        out = worker.output()
-    finally:
-        worker.stop(grace=0)
-        raw.delete(target.settings.queue)
-        raw.close()
-        producer.close()
+    task = Task(name="leavers:exit_0_later", args=[], reply_to=NO_REPLY)
+    code, out = _refused_mid_task(target, hosted, tmp_path, "exit0", task)
     assert "thread(s) that tasks started are alive (exits-0)" in out, out
     assert code == 2, out
 
@@ -155,23 +178,8 @@ def test_a_thread_the_exit_does_not_wait_for_that_calls_os_exit_0_keeps_exit_2(
     during a slow ``atexit`` while the worker meant to exit 2: the exit kept 2 only when a
     thread the exit waits for was left too, and here exited 0, a clean stop to a
     supervisor."""
-    producer = hosted.producer(hosted.reply_queue("exit0atexit"))
     task = Task(name="leavers:exit_0_in_a_slow_atexit", args=[name, daemon], reply_to=NO_REPLY)
-    producer.submit([task.encode()])
-    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path))
-    raw = redis.Redis.from_url(target.settings.redis_url)
-    try:
-        worker.wait_for(r"Get task leavers:exit_0_in_a_slow_atexit")
-        time.sleep(0.5)
-        raw.delete(target.settings.queue)
-        raw.set(target.settings.queue, "hello")  # refused from the next fetch: exit 2
-        code = worker.wait(60)
-        out = worker.output()
-    finally:
-        worker.stop(grace=0)
-        raw.delete(target.settings.queue)
-        raw.close()
-        producer.close()
+    code, out = _refused_mid_task(target, hosted, tmp_path, "exit0atexit", task)
     assert "thread(s) that tasks started are alive" not in out, out
     assert code == 2, out
 
@@ -183,23 +191,8 @@ def test_a_tasks_thread_that_calls_os_exit_0_while_the_transport_closes_keeps_ex
     """A thread a task left called ``os._exit(0)`` after ``Worker.run()`` ended and before
     the exit's wait took over (the transport closing, 2 s here), while the worker meant to
     exit 2: ``os._exit`` was Python's own there, and the worker exited 0."""
-    producer = hosted.producer(hosted.reply_queue("exit0close"))
     task = Task(name="leavers:exit_0_in_the_close", args=[], reply_to=NO_REPLY)
-    producer.submit([task.encode()])
-    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path))
-    raw = redis.Redis.from_url(target.settings.redis_url)
-    try:
-        worker.wait_for(r"Get task leavers:exit_0_in_the_close")
-        time.sleep(0.5)
-        raw.delete(target.settings.queue)
-        raw.set(target.settings.queue, "hello")  # refused from the next fetch: exit 2
-        code = worker.wait(60)
-        out = worker.output()
-    finally:
-        worker.stop(grace=0)
-        raw.delete(target.settings.queue)
-        raw.close()
-        producer.close()
+    code, out = _refused_mid_task(target, hosted, tmp_path, "exit0close", task)
     assert "worker exit." in out, out
     assert code == 2, out
 
@@ -211,12 +204,7 @@ def test_a_second_sigterm_waits_no_more_for_a_tasks_threads(
     """A second signal hands back everything at once (README), the running task too,
     which runs again elsewhere: the exit then waited what was left of the drain (20 s)
     for a thread the task left, the handed-back task running on meanwhile."""
-    producer = hosted.producer(hosted.reply_queue("outlast2"))
-    producer.submit([Task(name="leavers:outlast", args=[600], reply_to=NO_REPLY).encode()])
-    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path))
-    try:
-        worker.wait_for(r"Get task leavers:outlast")
-        time.sleep(0.5)
+    with _outlasting(target, hosted, tmp_path, "outlast2") as worker:
         worker.signal(signal.SIGTERM)
         worker.wait_for(r"SIGTERM: finishing the tasks that run")
         time.sleep(1.0)
@@ -225,9 +213,6 @@ def test_a_second_sigterm_waits_no_more_for_a_tasks_threads(
         code = worker.wait(60)
         took = time.monotonic() - started
         out = worker.output()
-    finally:
-        worker.stop(grace=0)
-        producer.close()
     assert "SIGTERM again: handing back every task in hand and exiting" in out, out
     assert code == 0, out
     assert took < 10, f"{took:.1f} s from the second SIGTERM to the exit:\n{out}"

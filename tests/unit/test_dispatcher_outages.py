@@ -74,30 +74,6 @@ def _entry(dispatcher: Dispatcher, callbacks: Callbacks) -> Entry:
     return Entry(task, task.encode(), future, deadline=None)
 
 
-def test_a_broker_that_keeps_refusing_the_tasks_is_retried_with_growing_backoff(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Each reconcile that went through ended the recovery, and the next refusal began a
-    new one with a new Backoff, its first attempt at once: the executor sent its task
-    again as fast as the calls failed, for as long as the broker refused it. The
-    outage's backoff grows now until the thread's calls go through again."""
-    monkeypatch.setattr(dispatching, "Backoff", lambda: Backoff(rng=lambda: 1.0))
-    callbacks = Callbacks()
-    producer = RefusesEachSend()
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
-    entry = _entry(dispatcher, callbacks)
-    dispatcher.start()
-    try:
-        assert dispatcher.put(Submit([entry]))
-        time.sleep(3.0)
-        # delays of 0.1, 0.2, 0.4, 0.8, 1.6 s within the 3 s: the first send and 6 again
-        assert len(producer.sent) <= 8, len(producer.sent)
-    finally:
-        dispatcher.put(Stop(False, abandon="the executor was closed"))
-        dispatcher.join(10)
-    assert not dispatcher.is_alive()
-
-
 class RefusesEachSendLater(RefusesEachSend):
     """The same broker, its refusal coming a result read later: pika reads the nack of a
     publish with a later call, not always the first one after it."""
@@ -118,17 +94,27 @@ class RefusesEachSendLater(RefusesEachSend):
         return super().results(max_count, timeout)
 
 
-def test_a_refusal_read_a_turn_later_still_grows_the_backoff(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    "broker",
+    [RefusesEachSend, RefusesEachSendLater],
+    ids=["refused-at-once", "refused-a-read-later"],
+)
+def test_a_broker_that_keeps_refusing_the_tasks_is_retried_with_growing_backoff(
+    monkeypatch: pytest.MonkeyPatch, broker: type[RefusesEachSend]
 ) -> None:
-    """The backoff was reset by any turn that went through after a reconnect: with the
-    nack read one result read later, each recovery began again at no delay, and the
-    executor sent its task again about 100 times a second (290 in 3 s) for as long as the broker
-    refused it (rev31 item 2). It is reset once the calls have gone through for
-    longer than the longest delay."""
+    """Each reconcile that went through ended the recovery, and the next refusal began a
+    new one with a new Backoff, its first attempt at once: the executor sent its task
+    again as fast as the calls failed, for as long as the broker refused it. The
+    outage's backoff grows now until the thread's calls go through again.
+
+    With the nack read one result read later, the backoff was reset by any turn that went
+    through after a reconnect: each recovery began again at no delay, and the executor
+    sent its task again about 100 times a second (290 in 3 s) for as long as the broker
+    refused it (rev31 item 2). It is reset once the calls have gone through for longer
+    than the longest delay."""
     monkeypatch.setattr(dispatching, "Backoff", lambda: Backoff(rng=lambda: 1.0))
     callbacks = Callbacks()
-    producer = RefusesEachSendLater()
+    producer = broker()
     dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
     entry = _entry(dispatcher, callbacks)
     dispatcher.start()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from conftest import hosted_and_remote
 from distq.backoff import Outage
 from distq.batch import Batch
 from distq.config import Settings
@@ -20,7 +21,7 @@ from distq.health import WorkerHealth
 from distq.keeper import Keeper
 from distq.slots import Slot
 from distq.timelimits import TimeLimits
-from distq.transport import Transport, open_transport
+from distq.transport import Transport
 from launch import free_port
 
 
@@ -33,13 +34,8 @@ def master_and_worker() -> Iterator[tuple[Transport, Transport]]:
         queue="keeper",
         lease_seconds=6.0,
     )
-    hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "worker")
-    try:
-        yield hosted, remote
-    finally:
-        remote.close()
-        hosted.close()
+    with hosted_and_remote(settings) as pair:
+        yield pair
 
 
 def _keeper(transport: Transport, interval: float, stopping: threading.Event) -> Keeper:

@@ -21,6 +21,24 @@ from distq.transport.manager import ManagerProducer, ManagerTransport
 from seam import fetch_n, retried
 
 
+def _third_submit_fails(
+    monkeypatch: pytest.MonkeyPatch, stop: threading.Event, calls: dict[str, int]
+) -> None:
+    """``ManagerProducer.submit`` counted in ``calls["submit"]``: two go through and are
+    queued (no worker here), the third sets ``stop`` (SIGTERM as the broker goes away)
+    and fails."""
+    submit = ManagerProducer.submit
+
+    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        calls["submit"] += 1
+        if calls["submit"] == 3:
+            stop.set()
+            raise TransportError("the broker is away")
+        submit(self, bodies)
+
+    monkeypatch.setattr(ManagerProducer, "submit", failing)
+
+
 def test_a_stop_as_a_call_fails_makes_no_call_to_take_back_and_says_what_it_left(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -28,21 +46,13 @@ def test_a_stop_as_a_call_fails_makes_no_call_to_take_back_and_says_what_it_left
     withdraw called the broker that had just failed (a paused one: a whole connect
     timeout's wait), and said nothing of the tasks it left queued."""
     stop = threading.Event()
-    original_submit = ManagerProducer.submit
     calls = {"submit": 0, "withdraw": 0}
-
-    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
-        calls["submit"] += 1
-        if calls["submit"] == 3:  # two went through and were queued (no worker here)
-            stop.set()  # SIGTERM as the broker goes away
-            raise TransportError("the broker is away")
-        original_submit(self, bodies)
 
     def counted(self: ManagerProducer, bodies: Sequence[bytes]) -> list[bool]:
         calls["withdraw"] += 1
         return [False] * len(bodies)
 
-    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    _third_submit_fails(monkeypatch, stop, calls)
     monkeypatch.setattr(ManagerProducer, "withdraw", counted)
     out = io.StringIO()
     spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=0.5)
@@ -92,15 +102,8 @@ def test_a_stop_as_a_call_fails_after_a_lapse_makes_no_last_look_for_orphans(
     as a call to the broker failed, that last look called the broker that had just
     failed (a paused one: a whole connect timeout's wait past the drain)."""
     stop = threading.Event()
-    original_submit, original_reconcile = ManagerProducer.submit, ManagerProducer.reconcile
+    original_reconcile = ManagerProducer.reconcile
     calls = {"submit": 0, "forget": 0, "forget stopped": 0}
-
-    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
-        calls["submit"] += 1
-        if calls["submit"] == 3:
-            stop.set()  # SIGTERM as the broker goes away
-            raise TransportError("the broker is away")
-        original_submit(self, bodies)
 
     def lapsed(self: ManagerProducer) -> int:
         held = original_reconcile(self)
@@ -112,7 +115,7 @@ def test_a_stop_as_a_call_fails_after_a_lapse_makes_no_last_look_for_orphans(
         return 0
 
     monkeypatch.setattr("distq.master.RECONCILE_SECONDS", 0.01)
-    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    _third_submit_fails(monkeypatch, stop, calls)
     monkeypatch.setattr(ManagerProducer, "reconcile", lapsed)
     monkeypatch.setattr(ManagerTransport, "forget_orphans", counted)
     out = io.StringIO()
@@ -131,22 +134,15 @@ def test_a_stop_as_a_call_fails_waits_for_no_result_on_the_broker_that_just_fail
     call: on a paused Redis each waited out the socket's timeout (a stop took 13.3 s, its
     5 s drain and the close each a 6.4 s timeout), past the drain."""
     stop = threading.Event()
-    original_submit, original_results = ManagerProducer.submit, ManagerProducer.results
+    original_results = ManagerProducer.results
     calls = {"submit": 0, "results stopped": 0}
-
-    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
-        calls["submit"] += 1
-        if calls["submit"] == 3:
-            stop.set()  # SIGTERM as the broker goes away
-            raise TransportError("the broker is away")
-        original_submit(self, bodies)
 
     def results(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
         if stop.is_set():
             calls["results stopped"] += 1
         return original_results(self, max_count, timeout)
 
-    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    _third_submit_fails(monkeypatch, stop, calls)
     monkeypatch.setattr(ManagerProducer, "results", results)
     out = io.StringIO()
     spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=1)
@@ -163,15 +159,7 @@ def test_a_stop_as_a_call_fails_closes_its_producer_without_a_call_to_the_broker
     failed, which on a paused one waited out the socket's timeout (6.4 s) after the job.
     It abandons the producer now (Producer.abandon: no call; the registration lapses)."""
     stop = threading.Event()
-    original_submit = ManagerProducer.submit
     calls = {"submit": 0, "close": 0, "abandon": 0}
-
-    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
-        calls["submit"] += 1
-        if calls["submit"] == 3:
-            stop.set()  # SIGTERM as the broker goes away
-            raise TransportError("the broker is away")
-        original_submit(self, bodies)
 
     def counted(name: str) -> Callable[[ManagerProducer], None]:
         def call(self: ManagerProducer) -> None:
@@ -179,7 +167,7 @@ def test_a_stop_as_a_call_fails_closes_its_producer_without_a_call_to_the_broker
 
         return call
 
-    monkeypatch.setattr(ManagerProducer, "submit", failing)
+    _third_submit_fails(monkeypatch, stop, calls)
     monkeypatch.setattr(ManagerProducer, "close", counted("close"))
     monkeypatch.setattr(ManagerProducer, "abandon", counted("abandon"), raising=False)
     out = io.StringIO()

@@ -12,7 +12,6 @@ from urllib.parse import quote
 
 import pytest
 import redis
-from cryptography.hazmat.primitives import serialization
 
 from certs import CertificateAuthority
 from conftest import REPO
@@ -453,21 +452,12 @@ def test_an_encrypted_client_key_is_refused_without_prompting(
 ) -> None:
     """OpenSSL's own callback asked "Enter PEM pass phrase:" on the terminal, twice, and
     waited for good; with none, it said the files were "not a PEM certificate"."""
-    client = ca.issue("client", client=True)
-    key = serialization.load_pem_private_key(client.key.read_bytes(), password=None)
-    encrypted = tmp_path / "encrypted-key.pem"
-    encrypted.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"a pass phrase"),
-        )
-    )
+    cert, encrypted = ca.encrypted_client(tmp_path)
     env = {
         "DISTQ_TRANSPORT": "redis",
         "DISTQ_REDIS_URL": "rediss://127.0.0.1:6380/0",
         "DISTQ_TLS_CA_FILE": str(ca.cert),
-        "DISTQ_TLS_CERT_FILE": str(client.cert),
+        "DISTQ_TLS_CERT_FILE": str(cert),
         "DISTQ_TLS_KEY_FILE": str(encrypted),
     }
     done = subprocess.run(  # a process of its own: a prompt would read its stdin

@@ -22,6 +22,31 @@ TASK_LINES = 400
 PAD = "y" * 1000
 
 
+def _every_line_whole(
+    console: JsonConsole, read: int, got: list[bytes], tasks: int, once: str
+) -> None:
+    """With ``console``'s last line written and what is left read from ``read`` into
+    ``got``: asserts the stream ends at a line's end, every line is whole (a task's, with
+    ``once`` in it once, or the worker's JSON), ``tasks`` of them the task's, and the
+    last line last."""
+    console.info("the last line")
+    got.append(drain(read))
+    lines = b"".join(got).decode().split("\n")
+    assert lines[-1] == ""  # ends at a line's end
+    count, broken = 0, []
+    for line in lines[:-1]:
+        if line.startswith("task line ") and line.endswith(f" {PAD}") and line.count(once) == 1:
+            count += 1
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            broken.append(line)
+    assert not broken, f"{len(broken)} broken lines, e.g. {broken[0][:80]!r}...{broken[0][-80:]!r}"
+    assert count == tasks
+    assert json.loads(lines[-2])["message"] == "the last line"
+
+
 @pytest.mark.parametrize("unbuffered", [False, True])
 def test_a_tasks_print_on_a_full_non_blocking_stdout_waits_and_is_never_cut(
     full_pipe: tuple[io.TextIOWrapper, int], unbuffered: bool
@@ -75,22 +100,7 @@ def test_a_tasks_print_on_a_full_non_blocking_stdout_waits_and_is_never_cut(
             draining.join(10)
         sys.setswitchinterval(interval)
     assert not raised, repr(raised[0])
-    console.info("the last line")
-    got.append(drain(read))
-    lines = b"".join(got).decode().split("\n")
-    assert lines[-1] == ""  # ends at a line's end
-    tasks, broken = 0, []
-    for line in lines[:-1]:
-        if line.startswith("task line ") and line.endswith(f" {PAD}") and line.count("task") == 1:
-            tasks += 1
-            continue
-        try:
-            json.loads(line)
-        except ValueError:
-            broken.append(line)
-    assert not broken, f"{len(broken)} broken lines, e.g. {broken[0][:80]!r}...{broken[0][-80:]!r}"
-    assert tasks == TASK_LINES
-    assert json.loads(lines[-2])["message"] == "the last line"
+    _every_line_whole(console, read, got, TASK_LINES, once="task")
 
 
 def test_a_tasks_print_after_a_worker_line_the_full_stream_cut_keeps_both_whole(
@@ -131,22 +141,7 @@ def test_a_tasks_print_after_a_worker_line_the_full_stream_cut_keeps_both_whole(
         done.set()
         draining.join(10)
     assert not raised, repr(raised[0])
-    console.info("the last line")
-    got.append(drain(read))
-    lines = b"".join(got).decode().split("\n")
-    assert lines[-1] == ""
-    tasks, broken = 0, []
-    for line in lines[:-1]:
-        if line.startswith("task line ") and line.endswith(f" {PAD}") and line.count("line") == 1:
-            tasks += 1
-            continue
-        try:
-            json.loads(line)
-        except ValueError:
-            broken.append(line)
-    assert not broken, f"{len(broken)} broken lines, e.g. {broken[0][:80]!r}...{broken[0][-80:]!r}"
-    assert tasks == 50
-    assert json.loads(lines[-2])["message"] == "the last line"
+    _every_line_whole(console, read, got, 50, once="line")
 
 
 def test_a_child_forked_while_another_thread_prints_prints_on_a_non_blocking_stdout(

@@ -18,7 +18,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from certs import CertificateAuthority
 from conftest import REPO
@@ -28,20 +27,6 @@ from launch import free_port
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
     return CertificateAuthority(tmp_path_factory.mktemp("ca"))
-
-
-def _encrypted_client(ca: CertificateAuthority, directory: Path) -> tuple[Path, Path]:
-    client = ca.issue("client", client=True)
-    key = serialization.load_pem_private_key(client.key.read_bytes(), password=None)
-    encrypted = directory / "encrypted-key.pem"
-    encrypted.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"a pass phrase"),
-        )
-    )
-    return client.cert, encrypted
 
 
 def _on_a_terminal(env: dict[str, str], seconds: float = 20.0) -> tuple[int | None, str]:
@@ -97,7 +82,7 @@ def listener() -> Iterator[socket.socket]:
 def test_an_encrypted_client_key_in_a_redis_url_is_refused_without_prompting(
     ca: CertificateAuthority, tmp_path: Path, listener: socket.socket
 ) -> None:
-    cert, key = _encrypted_client(ca, tmp_path)
+    cert, key = ca.encrypted_client(tmp_path)
     port = listener.getsockname()[1]
     query = f"ssl_ca_certs={quote(str(ca.cert))}&ssl_certfile={quote(str(cert))}"
     url = f"rediss://127.0.0.1:{port}/0?{query}&ssl_keyfile={quote(str(key))}"
@@ -111,7 +96,7 @@ def test_an_encrypted_client_key_in_a_redis_url_is_refused_without_prompting(
 def test_an_encrypted_client_key_in_an_amqp_url_is_refused_without_prompting(
     ca: CertificateAuthority, tmp_path: Path, listener: socket.socket
 ) -> None:
-    cert, key = _encrypted_client(ca, tmp_path)
+    cert, key = ca.encrypted_client(tmp_path)
     port = listener.getsockname()[1]
     options = {"ca_certs": str(ca.cert), "certfile": str(cert), "keyfile": str(key)}
     url = f"amqps://u:p@127.0.0.1:{port}/%2F?ssl_options={quote(repr(options))}"
@@ -127,7 +112,7 @@ def test_a_url_that_gives_the_pass_phrase_is_not_refused(
 ) -> None:
     from distq.config import Settings
 
-    cert, key = _encrypted_client(ca, tmp_path)
+    cert, key = ca.encrypted_client(tmp_path)
     query = f"ssl_certfile={quote(str(cert))}&ssl_keyfile={quote(str(key))}"
     url = f"rediss://127.0.0.1:6380/0?{query}&ssl_password={quote('a pass phrase')}"
     Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
@@ -143,7 +128,7 @@ def test_an_encrypted_client_key_in_a_hand_built_settings_is_refused_as_from_the
     from distq.config import Settings
     from distq.errors import ConfigError
 
-    cert, key = _encrypted_client(ca, tmp_path)
+    cert, key = ca.encrypted_client(tmp_path)
     base = f"rediss://127.0.0.1:{free_port()}/0"
     settings = (
         Settings(transport="redis", redis_url=base, tls_cert_file=str(cert), tls_key_file=str(key))
