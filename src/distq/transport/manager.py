@@ -465,7 +465,17 @@ class ManagerTransport(Transport):
         getlim33 refuses it: an answer too). :meth:`stats` counted every task in flight
         under the lock every serving thread takes, 1 ms at 10,000 held, for a worker's
         readiness, every heartbeat of every worker with ``DISTQ_METRICS_PORT``."""
-        self._inspect(lambda broker: _master_limit(self.address, broker))
+        self._inspect(self._answers)
+
+    def _answers(self, broker: wire.Broker) -> None:
+        try:
+            limit = _call(self.address, broker.message_limit)
+        except FailedRequest as exc:
+            if _OLDER_MASTER_LIMIT not in exc.traceback:
+                raise
+            return
+        if limit is None:  # a master tells its limit: this is a stopping one's stray reply
+            raise _closed(self.address)
 
     def _inspect(self, ask: Callable[[wire.Broker], _T]) -> _T:
         """``ask`` the broker. In a worker one proxy serves every call (a worker's
