@@ -71,7 +71,8 @@ CONFIGS = """\
   checked before decoding. Its ratio column is
   what signing costs.
 - **distq-metrics**: `DISTQ_METRICS_PORT` on the master and every worker, each
-  endpoint's `/metrics` and `/readyz` read once a second. A counted round lasts well
+  endpoint's `/metrics` and `/readyz` read once a second, on one kept-alive connection
+  per endpoint (as Prometheus reads). A counted round lasts well
   under a second at these rates, so a worker's endpoint is read at most once in it and
   a master's (a new process each round) seldom: the row measures what grows with the
   work, every task recorded in the counters and histograms, not a scrape.

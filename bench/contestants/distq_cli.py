@@ -24,13 +24,13 @@ workers are attached, on every broker.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -252,8 +252,9 @@ def _stop(spies: Sequence[subprocess.Popen[bytes]]) -> None:
 
 class DistqCliMetrics(DistqCli):
     """distq with its metrics on (``DISTQ_METRICS_PORT`` on every worker and master), each
-    endpoint's ``/metrics`` and ``/readyz`` read once per ``SCRAPE_SECONDS``: what
-    Prometheus and a readiness probe cost, next to the plain ``distq`` row."""
+    endpoint's ``/metrics`` and ``/readyz`` read once per ``SCRAPE_SECONDS``, on one
+    kept-alive connection per endpoint: what Prometheus and a readiness probe cost, next
+    to the plain ``distq`` row."""
 
     name = "distq-metrics"
     SCRAPE_SECONDS = 1.0
@@ -284,20 +285,41 @@ class DistqCliMetrics(DistqCli):
             self.env = saved
 
     def _scrape(self) -> None:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
-        while not self._stop_scraping.wait(self.SCRAPE_SECONDS):
-            for port in list(self.ports):
-                for path in ("/metrics", "/readyz"):
-                    try:
-                        url = f"http://127.0.0.1:{port}{path}"
-                        with opener.open(url, timeout=2) as response:
-                            response.read()
-                    except OSError:
-                        pass  # not listening yet, or gone: the next round tries again
+        # one kept-alive connection per endpoint, as Prometheus keeps its: a new one per
+        # read cost a worker's endpoint twice what the read itself did (an accept, a thread)
+        connections: dict[int, http.client.HTTPConnection] = {}
+        try:
+            while not self._stop_scraping.wait(self.SCRAPE_SECONDS):
+                ports = list(self.ports)
+                for port in set(connections) - set(ports):  # a master that has gone
+                    connections.pop(port).close()
+                for port in ports:
+                    _read_endpoint(connections, port)
+        finally:
+            for connection in connections.values():
+                connection.close()
 
     def stop_workers(self) -> None:
         self._stop_scraping.set()
         super().stop_workers()
+
+
+def _read_endpoint(connections: dict[int, http.client.HTTPConnection], port: int) -> None:
+    """GET ``/metrics`` and ``/readyz`` from 127.0.0.1:``port`` on its connection in
+    ``connections`` (made if none); a connection that failed is dropped, and the next
+    round connects afresh (the endpoint was not listening yet, or has gone)."""
+    for path in ("/metrics", "/readyz"):
+        connection = connections.get(port)
+        if connection is None:
+            connection = connections[port] = http.client.HTTPConnection(
+                "127.0.0.1", port, timeout=2
+            )
+        try:
+            connection.request("GET", path)
+            connection.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            connections.pop(port).close()
+            return
 
 
 class DistqSigned(DistqCli):

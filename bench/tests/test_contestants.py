@@ -7,9 +7,11 @@ stand-in contestant (``sleep`` processes as workers): no broker needed.
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -222,3 +224,54 @@ def test_a_worker_that_dies_in_a_counted_round_fails_the_trial(
     out = trial.run_trial(args)
     assert out["status"] == "failed", out
     assert out["error"].startswith(f"{round_}: RuntimeError: worker 0 exited with code -9")
+
+
+class _Counted(http.server.BaseHTTPRequestHandler):
+    """An endpoint that answers every GET on a kept-alive connection and counts both."""
+
+    protocol_version = "HTTP/1.1"
+    connections = 0
+    requests = 0
+
+    def setup(self) -> None:
+        type(self).connections += 1
+        super().setup()
+
+    def do_GET(self) -> None:
+        type(self).requests += 1
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent."""
+
+
+def test_the_metrics_row_reads_each_endpoint_on_one_kept_alive_connection(
+    tmp_path: Path,
+) -> None:
+    # Prometheus keeps its connections: a new one per read cost a worker's endpoint twice
+    # the CPU of the read itself (a thread, an accept), more than what the row measures
+    handler: type[_Counted] = type("Handler", (_Counted,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ctx = Context("manager", "", "q", 2, tmp_path, time.monotonic() + 60)
+    contestant = distq_cli.DistqCliMetrics(ctx)
+    contestant.SCRAPE_SECONDS = 0.01
+    contestant.ports = [server.server_address[1]]
+    contestant._stop_scraping = threading.Event()
+    scraper = threading.Thread(target=contestant._scrape, daemon=True)
+    scraper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while handler.requests < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        contestant._stop_scraping.set()
+        scraper.join(5)
+        server.shutdown()
+        server.server_close()
+    assert handler.requests >= 6  # three reads of /metrics and /readyz, at least
+    assert handler.connections == 1

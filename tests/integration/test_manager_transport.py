@@ -1421,6 +1421,41 @@ def test_a_workers_stats_calls_reuse_one_connection_to_the_master() -> None:
         assert len(accepted) == before, len(accepted) - before
 
 
+def test_a_workers_ping_does_not_wait_on_the_masters_queues() -> None:
+    # a worker's readiness pings every heartbeat (with DISTQ_METRICS_PORT): a ping was
+    # stats(), which counted every task in flight under the lock every serving thread
+    # takes, 1 ms at 10,000 held, per worker per heartbeat; a ping needs only an answer
+    with _master_and_worker("pinged") as (hosted, remote):
+        remote.ping()  # connected
+        broker = hosted._broker  # type: ignore[attr-defined]
+        pinged = threading.Event()
+
+        def ping() -> None:
+            remote.ping()
+            pinged.set()
+
+        pinger = threading.Thread(target=ping, daemon=True)
+        with broker._lock:  # a serving thread's hold, as long as the ping may take
+            pinger.start()
+            answered = pinged.wait(10)
+        pinger.join(10)
+        assert answered, "the ping waited for the broker's lock"
+        hosted.close()
+        with pytest.raises(TransportError):  # and a master gone is still no answer
+            remote.ping()
+
+
+def test_a_workers_ping_is_answered_by_a_master_without_message_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a master before getlim33 refuses message_limit: a refusal is its answer
+    older = tuple(name for name in manager_wire.EXPOSED if name != "message_limit")
+    monkeypatch.setattr(manager_wire, "EXPOSED", older)
+    with _master_and_worker("older") as (_hosted, remote):
+        remote.ping()
+        remote.ping()
+
+
 def test_a_remote_executor_reconnects_to_a_master_started_again() -> None:
     """``Executor(host=False)`` (and ``distq submit --wait``) outlives its master's
     restart on the same address: before, it kept calling over the dead connection until
