@@ -14,9 +14,12 @@ import sys
 from collections.abc import Iterator
 from urllib.parse import quote
 
+import pika.exceptions
 import pytest
 
 from conftest import REPO
+from distq.config import Settings
+from distq.transport.rabbitmq import RabbitMQTransport
 from launch import LocalRabbitMQ
 from procs import Distq
 
@@ -154,3 +157,36 @@ def test_a_vhost_queue_limit_is_named_as_it_is_not_as_a_queue_declared_otherwise
         assert "other arguments" not in done.stderr
     finally:
         server.ctl("delete_vhost", vhost)
+
+
+def test_a_master_that_may_not_declare_the_retry_queues_still_counts_them(
+    server: LocalRabbitMQ,
+) -> None:
+    """A master's sample declares the retry queues it counts (no 404 a queue not there):
+    a user with configure on the task and dead-letter queues only is refused (403) and
+    asks them passively, each sample, its count the same."""
+    queue = f"t{secrets.token_hex(4)}"
+    name, password = f"u{secrets.token_hex(4)}", secrets.token_hex(8)
+    server.ctl("add_user", name, password)
+    mine = f"^{queue}(\\..*)?$"
+    write = f"^({queue}(\\..*)?|amq\\.default)$"
+    server.ctl("set_permissions", "-p", "/", name, f"^{queue}(\\.dead)?$", write, mine)
+    url = f"amqp://{name}:{password}@{server.url.rpartition('@')[2]}"
+    transport = RabbitMQTransport(
+        Settings(transport="rabbitmq", amqp_url=url, queue=queue), "master"
+    )
+    with server.connect() as admin:
+        channel = admin.channel()
+        waiting = f"{queue}.retry.4000"
+        channel.queue_declare(
+            waiting, durable=True, arguments=transport.retry_queue_arguments(4000)
+        )
+        channel.basic_publish("", waiting, b"t")
+        try:
+            assert transport.stats().ready == 1
+            assert transport.stats().ready == 1
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+                admin.channel().queue_declare(f"{queue}.retry.500", passive=True)
+        finally:
+            transport.close()
+            channel.queue_delete(waiting)

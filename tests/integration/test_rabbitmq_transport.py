@@ -37,10 +37,11 @@ from distq.envelope import DeadLetter
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.framing import TASKS_PER_MESSAGE, pack, unpack
 from distq.transport import rabbitmq, rabbitmq_dead, rabbitmq_link
-from distq.transport.base import Delivery, Settlement, orphaned_reason
+from distq.transport.base import Delivery, Role, Settlement, orphaned_reason
 from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
 from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
 from distq.transport.rabbitmq_packs import TASKS_TYPE, task_bodies
+from distq.transport.rabbitmq_retries import RETRY_DELAYS_MS
 from faults.proxy import Partition
 from procs import Distq
 from seam import fetch_n, results_n
@@ -79,7 +80,8 @@ def raw(amqp_url: str, queue: str) -> Iterator[Any]:
     connection.close()
 
 
-_RETRY_DELAYS_MS = (1, 300, 3000)  # every delay the tests use, for clean-up
+# every delay the tests use, and those a master's stats declares, for clean-up
+_RETRY_DELAYS_MS = (1, 300, 3000, 5000, *RETRY_DELAYS_MS)
 
 
 def _through(amqp_url: str, partition: Partition) -> str:
@@ -121,7 +123,11 @@ def open_transport(amqp_url: str, queue: str, raw: Any) -> Iterator[OpenTranspor
     opened: list[RabbitMQTransport] = []
 
     def _open(
-        url: str = amqp_url, lease: float = 1.0, prefetch: int = 8, **more: Any
+        url: str = amqp_url,
+        lease: float = 1.0,
+        prefetch: int = 8,
+        role: Role = "worker",
+        **more: Any,
     ) -> RabbitMQTransport:
         settings = Settings(
             transport="rabbitmq",
@@ -131,7 +137,7 @@ def open_transport(amqp_url: str, queue: str, raw: Any) -> Iterator[OpenTranspor
             prefetch=prefetch,
             **more,
         )
-        transport = RabbitMQTransport(settings, "worker")
+        transport = RabbitMQTransport(settings, role)
         opened.append(transport)
         return transport
 
@@ -2278,6 +2284,37 @@ def test_a_producer_closes_within_the_close_bound_while_the_broker_hangs(
         took = time.monotonic() - started
         partition.heal()
         assert took < 2 * rabbitmq_link.CLOSE_SECONDS - 1.0, took  # before: two waits
+
+
+def test_a_masters_stats_asks_every_retry_queue_on_one_channel_and_counts_each(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A master's sample (``distq_queue_depth``, every DISTQ_STATS_SECONDS) asked the 8
+    retry queues it counts passively: each not there closed its channel (a 404) and a
+    new one was opened, 4 ms of the master's CPU and 5 ms of the broker's a sample. It
+    declares them as a worker would: one channel, and still every queue counted, one a
+    worker makes again later (deleted meanwhile) or declared with other arguments too."""
+    t = open_transport(role="master")
+    opened: list[int] = []
+    channel = pika.BlockingConnection.channel
+
+    def counted(connection: pika.BlockingConnection, *args: Any, **kwargs: Any) -> Any:
+        opened.append(1)
+        return channel(connection, *args, **kwargs)
+
+    monkeypatch.setattr(pika.BlockingConnection, "channel", counted)
+    assert t.stats().ready == 0
+    assert len(opened) == 1, f"{len(opened)} channels for one sample"
+    monkeypatch.undo()
+    worker = t.retry_queue_arguments
+    raw.queue_delete(f"{queue}.retry.500")  # an operator's; a worker's retry makes it again
+    raw.queue_declare(f"{queue}.retry.500", durable=True, arguments=worker(500))
+    raw.queue_delete(f"{queue}.retry.2000")  # made again with other arguments: used as is
+    raw.queue_declare(f"{queue}.retry.2000", durable=True)
+    for name in (f"{queue}.retry.500", f"{queue}.retry.2000", f"{queue}.retry.30000"):
+        raw.basic_publish("", name, b"t")
+    assert t.stats().ready == 3
+    assert t.stats().ready == 3  # the queue declared otherwise is asked again as it is
 
 
 def test_stats_counts_a_copy_waiting_out_a_lease_as_ready(

@@ -533,25 +533,42 @@ def exists(connection: Any, queue: str) -> bool:
     return declared(connection, queue)[0] is not None
 
 
-def declared(connection: Any, *queues: str) -> list[Any | None]:
+def declared(
+    connection: Any, *queues: str, making: dict[str, dict[str, Any]] | None = None
+) -> list[Any | None]:
     """Each queue's counts (a passive declare's ``Queue.DeclareOk``), None for one that
     does not exist (a client declared none; a retry queue expired).
 
     Asked on channels of their own: a queue that does not exist closes the channel that
     asked, with a 404. A passive declare counts as using a queue, so one that exists
-    stays while its counts are read.
+    stays while its counts are read. A queue in ``making`` is declared (durable, with
+    its arguments there), made if it is not there, as its users make it: no 404, no
+    channel closed. One there with other arguments (406), or that this user may not
+    declare (403), is asked passively instead, and taken out of ``making``.
     """
     found: list[Any | None] = []
+    making = {} if making is None else making
     channel = connection.channel()
     try:
         for queue in queues:
+            arguments = making.get(queue)
             try:
-                found.append(channel.queue_declare(queue, passive=True).method)
+                if arguments is None:
+                    counts = channel.queue_declare(queue, passive=True)
+                else:
+                    counts = channel.queue_declare(queue, durable=True, arguments=arguments)
+                found.append(counts.method)
+                continue
             except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code != 404:
+                refused = arguments is not None and exc.reply_code in (403, 406)
+                if exc.reply_code != 404 and not refused:
                     raise
-                found.append(None)
                 channel = connection.channel()
+                if not refused:
+                    found.append(None)
+                    continue
+            del making[queue]
+            found.append(declared(connection, queue)[0])
     finally:
         with contextlib.suppress(*PikaError):
             if channel.is_open:

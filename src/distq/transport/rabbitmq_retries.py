@@ -7,7 +7,7 @@ away an hour after its last use (``x-expires``). A worker's consumer declares on
 it publishes into it, and again at most once a minute, which renews that hour
 (:class:`RetryQueues`). ``stats`` counts the messages in the retry queues of distq's own
 backoff schedule (:data:`RETRY_DELAYS_MS`), and of a copy's wait for its original (a
-lease, a second at least), as ready.
+lease, a second at least), as ready; a master's declares them, with the same arguments.
 """
 
 from __future__ import annotations
