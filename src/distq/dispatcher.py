@@ -582,14 +582,21 @@ class Dispatcher(threading.Thread):
         # withdrawn first: if the broker fails meanwhile, they are still waited for, and
         # time out again once it is back (or fail with BrokenExecutor if it stays away)
         withdrawn = "no worker took it; it was withdrawn from the queue and will not run"
+        again = (
+            "a worker had it before it was queued again (stalled past its lease, or handed "
+            "back): the queued copy was withdrawn, but that worker's may still run; its "
+            "result will be ignored"
+        )
         taken: set[str] = set()
+        held: set[str] = set()  # queued again after a worker had it: that copy may run
         try:
-            self._withdraw(sent, taken)
+            self._withdraw(sent, taken, redelivered=False)
+            self._withdraw([entry for entry in sent if entry.task.id not in taken], held)
         except TransportError:
             for entry in sent:
-                if entry.task.id in taken:  # before the call that failed
+                if entry.task.id in taken or entry.task.id in held:  # before the failure
                     self.collector.discard(entry.task.id)
-                    _time_out(entry, withdrawn)
+                    _time_out(entry, withdrawn if entry.task.id in taken else again)
                 else:
                     heapq.heappush(self._deadlines, (now, entry.task.id))
             raise
@@ -601,7 +608,8 @@ class Dispatcher(threading.Thread):
         )
         for entry in sent:
             self.collector.discard(entry.task.id)
-            _time_out(entry, withdrawn if entry.task.id in taken else kept)
+            task_id = entry.task.id
+            _time_out(entry, withdrawn if task_id in taken else again if task_id in held else kept)
 
     def _withdraw(self, entries: list[Entry], taken: set[str], redelivered: bool = True) -> None:
         """The producer's withdraw of ``entries``, where there is anything to ask and a

@@ -1564,3 +1564,30 @@ def test_a_close_takes_back_the_copy_queued_again_of_a_task_a_stalled_worker_hol
     assert not future.cancelled()
     with pytest.raises(distq.errors.BrokenExecutor, match="closed"):
         future.result(0)
+
+
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_task_timeout_of_a_task_a_stalled_worker_holds_says_it_may_still_run(
+    target: Target, executor: Open
+) -> None:
+    """A worker stalled past its 1 s lease holding a task, which went back to the queue,
+    then the task's ``task_timeout``: the queued copy is taken back, and its TaskTimeout
+    said "no worker took it; it was withdrawn from the queue and will not run", though
+    the stalled worker's copy may still run (a user resubmitting it had it run twice)."""
+    ex = executor(task_timeout=12.0)
+    future = ex.submit(jobs.add, 1, 2)
+    with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as worker:
+        stalled = worker.consumer("stalled")
+        try:
+            fetch_n(stalled, 1)
+            deadline = time.monotonic() + 11  # lapsed, swept, queued again
+            while ex.stats().ready < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert ex.stats().ready == 1
+            with pytest.raises(TaskTimeout) as timed_out:
+                future.result(30)
+            assert worker.stats().ready == 0  # the queued copy taken back
+        finally:
+            stalled.close()
+    said = str(timed_out.value)
+    assert "will not run" not in said and "may still run" in said, said
