@@ -473,8 +473,8 @@ class Dispatcher(threading.Thread):
                 self._stopping = True
                 if command.cancel_futures:
                     self._cancel_all = True
-                    try:
-                        self._cancel_every_future()
+                    try:  # close(): every copy, as a stopping master (nobody waits)
+                        self._cancel_every_future(every_copy=command.abandon is not None)
                     except TransportError:
                         if command.abandon is None:
                             raise
@@ -509,19 +509,23 @@ class Dispatcher(threading.Thread):
         self.ledger.record((entry.task.id, entry.body) for entry in batch)
         return self.producer.submit_then_results(bodies, MESSAGE_BATCH, 0.0)
 
-    def _cancel_every_future(self) -> None:
+    def _cancel_every_future(self, every_copy: bool = False) -> None:
         """shutdown(cancel_futures=True)'s cancel; to be done again, once the broker
-        answers, when it could not withdraw (offline, or the broker failed meanwhile)."""
+        answers, when it could not withdraw (offline, or the broker failed meanwhile).
+        ``every_copy`` (close()): see :meth:`_cancel`."""
         offline = self._offline
-        self._cancel(CancelCommand(self._every_future()))
+        self._cancel(CancelCommand(self._every_future()), every_copy)
         self._cancel_all = offline
 
     def _every_future(self) -> list[DistqFuture[Any]]:
         sent = [entry.future for _, entry in self.collector.waiting()]
         return sent + [entry.future for entry in self._unsent.values()]
 
-    def _cancel(self, command: CancelCommand) -> None:
-        """Cancel what was not sent; withdraw what was, where the transport can."""
+    def _cancel(self, command: CancelCommand, every_copy: bool = False) -> None:
+        """Cancel what was not sent; withdraw what was, where the transport can.
+        ``every_copy`` (close(): nobody waits for a result after it) then takes back the
+        copies a cancel leaves, queued again after a worker had them, their futures not
+        cancelled (that worker's copy may still run), as a stopping master does."""
         try:
             answers: dict[int, bool] = {}
             withdraw: list[Entry] = []
@@ -545,6 +549,8 @@ class Dispatcher(threading.Thread):
                         self.collector.discard(entry.task.id)
                     answers[id(entry.future)] = gone and _cancelled(entry.future)
             command.answers = [answers[id(future)] for future in command.futures]
+            if every_copy:
+                self._withdraw([entry for entry in withdraw if entry.task.id not in taken], set())
         finally:
             if len(command.answers) != len(command.futures):  # the broker failed meanwhile
                 command.answers = [future.cancelled() for future in command.futures]
@@ -576,14 +582,21 @@ class Dispatcher(threading.Thread):
         # withdrawn first: if the broker fails meanwhile, they are still waited for, and
         # time out again once it is back (or fail with BrokenExecutor if it stays away)
         withdrawn = "no worker took it; it was withdrawn from the queue and will not run"
+        again = (
+            "a worker had it before it was queued again (stalled past its lease, or handed "
+            "back): the queued copy was withdrawn, but that worker's may still run; its "
+            "result will be ignored"
+        )
         taken: set[str] = set()
+        held: set[str] = set()  # queued again after a worker had it: that copy may run
         try:
-            self._withdraw(sent, taken)
+            self._withdraw(sent, taken, redelivered=False)
+            self._withdraw([entry for entry in sent if entry.task.id not in taken], held)
         except TransportError:
             for entry in sent:
-                if entry.task.id in taken:  # before the call that failed
+                if entry.task.id in taken or entry.task.id in held:  # before the failure
                     self.collector.discard(entry.task.id)
-                    _time_out(entry, withdrawn)
+                    _time_out(entry, withdrawn if entry.task.id in taken else again)
                 else:
                     heapq.heappush(self._deadlines, (now, entry.task.id))
             raise
@@ -595,7 +608,8 @@ class Dispatcher(threading.Thread):
         )
         for entry in sent:
             self.collector.discard(entry.task.id)
-            _time_out(entry, withdrawn if entry.task.id in taken else kept)
+            task_id = entry.task.id
+            _time_out(entry, withdrawn if task_id in taken else again if task_id in held else kept)
 
     def _withdraw(self, entries: list[Entry], taken: set[str], redelivered: bool = True) -> None:
         """The producer's withdraw of ``entries``, where there is anything to ask and a

@@ -1538,3 +1538,58 @@ def test_close_from_a_signal_handler_interrupting_a_submit_does_not_hang(
             "late submit: RuntimeError" if lock == "callbacks" else "late submit: BrokenExecutor"
         )
         assert refused in out or "late future: BrokenExecutor" in out, out
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_close_takes_back_the_copy_queued_again_of_a_task_a_stalled_worker_holds(
+    target: Target, executor: Open
+) -> None:
+    """A worker stalled past its 1 s lease holding a task, which went back to the queue,
+    then the executor closed (``close()``: Ctrl-C in ``distq submit --wait``). As a
+    cancel, the close left the queued copy, for a worker to run or dead-letter with
+    nobody waiting for it; a stopping master takes every copy. Now close() takes it too,
+    and its future fails (the stalled worker's copy may still run): not cancelled."""
+    ex = executor()
+    future = ex.submit(jobs.add, 1, 2)
+    with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as worker:
+        stalled = worker.consumer("stalled")
+        try:
+            fetch_n(stalled, 1)
+            deadline = time.monotonic() + 20  # lapsed, swept, queued again
+            while ex.stats().ready < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert ex.stats().ready == 1
+            ex.close()
+            assert worker.stats().ready == 0  # no copy left to run
+        finally:
+            stalled.close()
+    assert not future.cancelled()
+    with pytest.raises(distq.errors.BrokenExecutor, match="closed"):
+        future.result(0)
+
+
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_task_timeout_of_a_task_a_stalled_worker_holds_says_it_may_still_run(
+    target: Target, executor: Open
+) -> None:
+    """A worker stalled past its 1 s lease holding a task, which went back to the queue,
+    then the task's ``task_timeout``: the queued copy is taken back, and its TaskTimeout
+    said "no worker took it; it was withdrawn from the queue and will not run", though
+    the stalled worker's copy may still run (a user resubmitting it had it run twice)."""
+    ex = executor(task_timeout=12.0)
+    future = ex.submit(jobs.add, 1, 2)
+    with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as worker:
+        stalled = worker.consumer("stalled")
+        try:
+            fetch_n(stalled, 1)
+            deadline = time.monotonic() + 11  # lapsed, swept, queued again
+            while ex.stats().ready < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert ex.stats().ready == 1
+            with pytest.raises(TaskTimeout) as timed_out:
+                future.result(30)
+            assert worker.stats().ready == 0  # the queued copy taken back
+        finally:
+            stalled.close()
+    said = str(timed_out.value)
+    assert "will not run" not in said and "may still run" in said, said

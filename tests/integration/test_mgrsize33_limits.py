@@ -411,3 +411,28 @@ def test_a_settle_in_calls_whose_last_fails_tells_which_were_settled(
         ]
         assert hosted.stats().in_flight == 5
         consumer.close()
+
+
+def test_a_cancels_withdraw_on_a_master_that_takes_no_redelivered_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A master before left36 refuses withdraw's ``redelivered``: a cancel's withdraw
+    (``redelivered=False``) falls back to the call without it, which takes every copy,
+    as that master did."""
+    settings = _settings(1 << 20)
+    with _pair(settings, "client") as (hosted, remote):
+        broker = hosted._broker  # type: ignore[attr-defined]
+        before = broker.withdraw
+        calls: list[int] = []
+
+        def withdraw(queue: str, bodies: list[bytes]) -> object:
+            calls.append(len(bodies))
+            return before(queue, bodies)  # a distq before left36
+
+        monkeypatch.setattr(broker, "withdraw", withdraw)
+        producer = remote.producer(remote.reply_queue("old"))
+        producer.submit([b"a", b"b"])
+        assert producer.withdraw([b"b", b"c"], False) == [True, False]
+        assert producer.withdraw([b"a"]) == [True]
+        assert calls == [2, 1]
+        assert hosted.stats().ready == 0
