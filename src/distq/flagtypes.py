@@ -10,11 +10,10 @@ overflows a socket timeout or a sleep.
 from __future__ import annotations
 
 import argparse
-import unicodedata
 from collections.abc import Callable
 
 from distq.addresses import host_problem, unusable_as_a_host
-from distq.limits import long_worker_name
+from distq.limits import worker_name_problem
 
 #: Longest time a flag may give, in seconds (about 31 years): below every platform's
 #: limit for ``time.sleep``, a socket timeout and a lock's wait.
@@ -92,24 +91,9 @@ def host(text: str) -> str:
 
 
 def name(text: str) -> str:
-    """A name other processes see and print (``--worker-id``): UTF-8 text on one line.
-
-    A byte that is not UTF-8 in a command line becomes a lone surrogate in Python, which
-    no broker protocol can send: a worker so named connected, failed to say its name,
-    and went on reconnecting, its job never run.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} holds bytes that are not UTF-8 (at {exc.start}); give it in UTF-8, "
-            "or set a UTF-8 locale"
-        ) from None
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text):  # "": the default
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a name: use text on one line, without control characters"
-        )
-    too_long = long_worker_name(text)  # it rides in each result, found by its head (limits)
-    if too_long:
-        raise argparse.ArgumentTypeError(too_long)
+    """A name other processes see and print (``--worker-id``): UTF-8 text on one line,
+    not too long (:func:`~distq.limits.worker_name_problem`, which WorkerOptions runs too)."""
+    problem = worker_name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text

@@ -8,6 +8,7 @@ before the JSON parser runs, so no message can drive the parser's recursion to i
 from __future__ import annotations
 
 import re
+import unicodedata
 from array import array
 from itertools import accumulate
 
@@ -30,10 +31,23 @@ MAX_NAME_BYTES = 4096
 assert 2 * 6 * MAX_NAME_BYTES + 256 < OVERSIZED_KEPT_BYTES  # each JSON-escaped, 6 a byte
 
 
-def long_worker_name(name: str) -> str | None:
-    """What is wrong with worker name ``name`` for being too long (None: nothing): the one
-    check of ``--worker-id`` and of :class:`~distq.worker.WorkerOptions`' ``worker_id``."""
-    size = len(name.encode(errors="replace"))
+def worker_name_problem(name: object) -> str | None:
+    """What is wrong with ``name`` as a worker's name (None: nothing), the one check of
+    ``--worker-id`` and of :class:`~distq.worker.WorkerOptions`' ``worker_id``: text, in
+    UTF-8 (a byte that is not becomes a lone surrogate, which no broker protocol sends:
+    a worker so named reconnected, its job never run), on one line, and at most
+    ``MAX_NAME_BYTES`` (it rides in each result, found by its head)."""
+    if not isinstance(name, str):
+        return f"must be text, not {type(name).__name__}"
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError as exc:
+        return (
+            f"{name[:40]!r} holds bytes that are not UTF-8 (at {exc.start}); give it in "
+            "UTF-8, or set a UTF-8 locale"
+        )
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+        return f"{name[:40]!r} is not a name: use text on one line, without control characters"
     if size <= MAX_NAME_BYTES:
         return None
     return (

@@ -72,7 +72,7 @@ from distq.errors import (
 from distq.errortext import describe
 from distq.health import WorkerHealth
 from distq.keeper import Keeper
-from distq.limits import long_worker_name
+from distq.limits import worker_name_problem
 from distq.masters import MasterWatch
 from distq.runner import TaskRunner
 from distq.signals import stop_signals
@@ -117,9 +117,9 @@ class WorkerOptions:
     time_limits: TimeLimits = field(default_factory=TimeLimits)
 
     def __post_init__(self) -> None:
-        too_long = long_worker_name(self.worker_id)  # as --worker-id: one check, both doors
-        if too_long:
-            raise ConfigError(f"worker_id {too_long}")
+        problem = worker_name_problem(self.worker_id)  # as --worker-id's: one check
+        if problem:
+            raise ConfigError(f"worker_id {problem}")
 
     @classmethod
     def from_settings(

@@ -1267,3 +1267,23 @@ def test_a_worker_name_over_the_limit_is_refused_by_worker_options() -> None:
     assert "worker_id 'wwww" in str(refused.value)
     assert "is 66,560 bytes, over the 4,096 a worker name may be" in str(refused.value)
     assert WorkerOptions(worker_id="w" * 4096).worker_id == "w" * 4096
+
+
+@pytest.mark.parametrize(
+    ("worker_id", "said"),
+    [
+        ("w1\nw2", "is not a name: use text on one line, without control characters"),
+        ("w\udcff", "holds bytes that are not UTF-8 (at 1)"),
+        (None, "worker_id must be text, not NoneType"),
+    ],
+)
+def test_a_worker_name_the_cli_refuses_is_refused_by_worker_options(
+    worker_id: object, said: str
+) -> None:
+    """--worker-id refuses a name on two lines or not UTF-8 (which no broker protocol
+    sends: the worker reconnected, its job never run); WorkerOptions took them, and
+    worker_id=None raised an AttributeError from inside the length check. Now each is a
+    ConfigError with the CLI's words."""
+    with pytest.raises(ConfigError) as refused:
+        WorkerOptions(worker_id=worker_id)  # type: ignore[arg-type]
+    assert said in str(refused.value)
