@@ -668,8 +668,10 @@ class _Run(Generic[E]):
                         return f"its {had:g} s to do so ran out"
                     with self.link.call(), self.health.liveness.waiting("job"):
                         batch = withdraw_once(self.producer, batch, taken, copies, self.resubmitted)
-            except DistqError as exc:
-                return f"the broker failed: {exc}"  # no reconnecting on the way out
+            except DistqError as exc:  # no reconnecting on the way out, nor the drain's
+                if isinstance(exc, TransportError):  # calls that would wait on it again
+                    self.answering, self.failed_with = False, exc
+                return f"the broker failed: {exc}"
         return None
 
     def _never_submitted(self, withdrawn: set[str]) -> None:

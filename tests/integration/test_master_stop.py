@@ -446,6 +446,53 @@ def test_a_stop_cuts_short_its_own_call_to_a_redis_paused_after_it_began(
     assert "did not take back" not in said, said  # its withdraw was answered
 
 
+def test_a_stop_whose_first_look_meets_a_paused_redis_makes_no_call_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that stops answering (SIGSTOP) as the stop's first look begins, the loop's
+    last call answered: the look's withdraw gave up a second on, and the drain then
+    called the paused Redis again for the results, out to its socket timeout (a block
+    slice + 5 s): 13.1 s from the stop with a 3 s drain. As a call fails, the stop makes
+    no call that would wait on the broker (README)."""
+    out = io.StringIO()
+    stop = threading.Event()
+    withdraw = _Run._withdraw
+    with LocalRedis(tmp_path).start() as server:
+
+        def paused_first(run: _Run[Any], deadline: float) -> set[str]:
+            server.pause()
+            return withdraw(run, deadline)
+
+        monkeypatch.setattr(_Run, "_withdraw", paused_first)
+        settings = Settings(
+            transport="redis", redis_url=server.url, lease_seconds=30.0, queue="pausedlook"
+        )
+        transport = open_transport(settings, "master")
+        worker = open_transport(settings, "worker")
+        master = Master(transport, Console(out=out, err=out))
+        spec = JobSpec(tasks=4, drain_seconds=3)
+        run, reports = running(master, spec, stop)
+        consumer = worker.consumer("pausedlook-worker")
+        try:
+            assert len(fetch_n(consumer, 4)) == 4, out.getvalue()  # held: the drain waits
+            stopped = time.monotonic()
+            stop.set()
+            run.join(30)
+            took = time.monotonic() - stopped
+        finally:
+            stop.set()
+            server.resume()
+            run.join(30)
+            consumer.close()
+            worker.close()
+            transport.close()
+    said = out.getvalue()
+    assert reports and reports[0].missing == 4, said
+    # the loop's wait under way (0.5 s at most), the withdraw's second: no drain after it
+    assert took < spec.drain_seconds, f"the stop waited {took:.1f} s on the paused Redis: {said}"
+    assert "did not take back the 4 tasks not answered (the broker failed: " in said, said
+
+
 @pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
 def test_a_stop_during_a_wait_for_rabbitmqs_confirms_still_waits_for_the_results_in_flight(
     target: Target, hosted: Transport, remote: Transport, monkeypatch: pytest.MonkeyPatch
