@@ -164,6 +164,41 @@ def test_a_stop_takes_back_the_retries_its_tasks_in_flight_made_during_the_drain
     assert hosted.stats().ready == 0, out.getvalue()
 
 
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_stop_takes_back_the_tasks_put_back_during_the_drain_as_their_leases_lapsed(
+    target: Target, hosted: Transport, remote: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks in the hands of a worker that stalls as the master stops (its 1 s lease
+    not renewed): after the stop's first look the lease lapses during the drain and the
+    two go back on the queue. The look after the drain looked for retries only: both
+    stayed queued, for a worker to run (or, its master gone, dead-letter) after the
+    stop, 2 ready where none should be."""
+    looked = first_look_over(monkeypatch)
+    stop = threading.Event()
+    out = io.StringIO()
+    spec = JobSpec(tasks=2, drain_seconds=5)
+    master = Master(hosted, Console(out=out, err=out))
+    run, reports = running(master, spec, stop)
+    consumer = remote.consumer("stalled-worker")
+    try:
+        assert len(fetch_n(consumer, 2)) == 2, out.getvalue()
+        stop.set()
+        assert looked.wait(20), out.getvalue()  # nothing queued, both in hand
+        deadline = time.monotonic() + 20  # a lease of 1 s, then a sweep
+        while hosted.stats().ready < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run.is_alive(), out.getvalue()  # put back during the drain
+        assert hosted.stats().ready == 2, out.getvalue()
+        run.join(30)
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()
+    assert reports and reports[0].missing == 2, out.getvalue()
+    assert hosted.stats().ready == 0, out.getvalue()
+
+
 @pytest.mark.parametrize("target", ["redis"], indirect=True)
 def test_a_look_for_retries_after_the_drain_that_runs_out_says_its_own_time(
     target: Target, hosted: Transport, remote: Transport, monkeypatch: pytest.MonkeyPatch
