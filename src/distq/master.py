@@ -668,8 +668,10 @@ class _Run(Generic[E]):
                         return f"its {had:g} s to do so ran out"
                     with self.link.call(), self.health.liveness.waiting("job"):
                         batch = withdraw_once(self.producer, batch, taken, copies, self.resubmitted)
-            except DistqError as exc:
-                return f"the broker failed: {exc}"  # no reconnecting on the way out
+            except DistqError as exc:  # no reconnecting on the way out, nor the drain's
+                if isinstance(exc, TransportError):  # calls that would wait on it again
+                    self.answering, self.failed_with = False, exc
+                return f"the broker failed: {exc}"
         return None
 
     def _never_submitted(self, withdrawn: set[str]) -> None:
@@ -724,8 +726,11 @@ class _Run(Generic[E]):
         did not take back (a worker held them), or took back fewer copies of than were
         submitted (a worker may hold one), taken back: a worker that failed one
         meanwhile sent its retry after that look, and it ran after the stop, or was
-        dead-lettered, its master gone. Within :data:`RETRY_LOOK_SECONDS`; none when the
-        broker failed its last call, or after a second signal."""
+        dead-lettered, its master gone. The tasks themselves first: a worker that stalled
+        or went away meanwhile held them, and its lapsed lease put them back on the queue
+        (they ran an attempt: missing, not never submitted). Within
+        :data:`RETRY_LOOK_SECONDS`; none when the broker failed its last call, or after a
+        second signal."""
         if not (self.producer.takes_back and self.answering) or self.hurry.is_set():
             return set()
         left = self.ledger.waiting(
@@ -737,14 +742,19 @@ class _Run(Generic[E]):
         taken: set[str] = set()
         copies: Counter[str] = Counter()
         deadline = time.perf_counter() + RETRY_LOOK_SECONDS
-        for attempt in retries_by_attempt(self.master.codec, left, taken.__contains__):
+        # the tasks themselves first: put back on the queue as their worker's lease lapsed
+        why = self._take_back(iter(left), deadline, taken, copies, RETRY_LOOK_SECONDS)
+        retries = retries_by_attempt(self.master.codec, left, taken.__contains__)
+        for attempt in retries if why is None else ():
             why = self._take_back(iter(attempt), deadline, taken, copies, RETRY_LOOK_SECONDS)
             if why is not None:
-                self.console.error(
-                    f"did not look for all the retries of the {len(left)} tasks in flight "
-                    f"at the stop ({why}): one a worker sent stays queued"
-                )
                 break
+        if why is not None:
+            self.console.error(
+                f"did not look for all the retries of the {len(left)} tasks in flight "
+                f"at the stop ({why}): one a worker sent, or a lapsed lease put back, "
+                "stays queued"
+            )
         self.retried |= taken
         return taken
 

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -18,7 +19,7 @@ from distq.codec import Codec
 from distq.config import Settings
 from distq.console import Console
 from distq.ending import Endings
-from distq.master import JobReport, JobSpec, Master
+from distq.master import JobReport, JobSpec, Master, _Run
 from distq.squares import Squares
 from distq.transport import Settlement, Transport, open_transport
 from distq.transport.rabbitmq_link import CLOSE_SECONDS, Link
@@ -41,6 +42,22 @@ def running(
     run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
     run.start()
     return run, reports
+
+
+def first_look_over(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once a stop's first look (its withdraw of the tasks queued and their retries,
+    before the drain's wait) is over: what a test waits for, not a guess of its time."""
+    over = threading.Event()
+    withdraw = _Run._withdraw
+
+    def withdraw_then_say(run: _Run[Any], deadline: float) -> set[str]:
+        try:
+            return withdraw(run, deadline)
+        finally:
+            over.set()
+
+    monkeypatch.setattr(_Run, "_withdraw", withdraw_then_say)
+    return over
 
 
 # RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
@@ -114,25 +131,65 @@ def test_a_stopped_master_takes_back_its_retries_queued_or_waiting_out_their_del
 # RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
 @pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
 def test_a_stop_takes_back_the_retries_its_tasks_in_flight_made_during_the_drain(
-    target: Target, hosted: Transport, remote: Transport
+    target: Target, hosted: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two tasks in a worker's hands as the master stops; during the drain both fail,
     one retried at once, one after a 30 s delay. The stop looked for retries once, at
     its start: both were left for a worker to run (or, its master gone, dead-letter)
     after the stop, 2 ready where none should be. It looks again after the drain."""
+    looked = first_look_over(monkeypatch)
     stop = threading.Event()
     out = io.StringIO()
     spec = JobSpec(tasks=2, drain_seconds=3)
     master = Master(hosted, Console(out=out, err=out))
     run, reports = running(master, spec, stop)
-    consumer = remote.consumer("stop34-worker")
+    # a lease that does not lapse meanwhile (1 s, never renewed here, lapsed as a loaded
+    # host settled late: a sweep put both tasks back, and the worker's retries were dropped)
+    worker = open_transport(dataclasses.replace(target.settings, lease_seconds=30.0), "worker")
+    consumer = worker.consumer("stop34-worker")
     try:
         taken = fetch_n(consumer, 2)
         assert len(taken) == 2, out.getvalue()
         stop.set()
-        time.sleep(1.0)  # the stop's first look is over: nothing queued, both in hand
+        assert looked.wait(20), out.getvalue()  # nothing queued, both in hand
         endings = Endings("stop34-worker", target.settings.queue, None)
         consumer.settle(retried(endings, taken, (0.0, 30.0)))
+        run.join(30)
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()
+        worker.close()
+    assert reports and reports[0].missing == 2, out.getvalue()
+    assert hosted.stats().ready == 0, out.getvalue()
+
+
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_stop_takes_back_the_tasks_put_back_during_the_drain_as_their_leases_lapsed(
+    target: Target, hosted: Transport, remote: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks in the hands of a worker that stalls as the master stops (its 1 s lease
+    not renewed): after the stop's first look the lease lapses during the drain and the
+    two go back on the queue. The look after the drain looked for retries only: both
+    stayed queued, for a worker to run (or, its master gone, dead-letter) after the
+    stop, 2 ready where none should be."""
+    looked = first_look_over(monkeypatch)
+    stop = threading.Event()
+    out = io.StringIO()
+    spec = JobSpec(tasks=2, drain_seconds=5)
+    master = Master(hosted, Console(out=out, err=out))
+    run, reports = running(master, spec, stop)
+    consumer = remote.consumer("stalled-worker")
+    try:
+        assert len(fetch_n(consumer, 2)) == 2, out.getvalue()
+        stop.set()
+        assert looked.wait(20), out.getvalue()  # nothing queued, both in hand
+        deadline = time.monotonic() + 20  # a lease of 1 s, then a sweep
+        while hosted.stats().ready < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run.is_alive(), out.getvalue()  # put back during the drain
+        assert hosted.stats().ready == 2, out.getvalue()
         run.join(30)
     finally:
         stop.set()
@@ -207,7 +264,11 @@ def test_an_endless_jobs_task_whose_retry_was_taken_back_counts_as_missing(
 @pytest.mark.parametrize("tasks", [1, None], ids=["tasks", "endless"])
 @pytest.mark.parametrize("target", ["redis"], indirect=True)
 def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
-    target: Target, hosted: Transport, tasks: int | None, failed: str
+    target: Target,
+    hosted: Transport,
+    tasks: int | None,
+    failed: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A task in a worker's hands, then the broker's count of the job's tasks lost (as a
     Redis restored from an older snapshot: ``submitted`` 0), so the reconcile submitted it
@@ -218,6 +279,7 @@ def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
     ran an attempt that failed (0 missing where 1). Failed before the stop, its retry was
     taken back with the copy, and an endless job counted it as never submitted all the
     same: only a task of which no copy was queued counted as retried."""
+    looked = first_look_over(monkeypatch)
     stop = threading.Event()
     out = io.StringIO()
     spec = JobSpec(tasks=tasks, rate=None if tasks else 0.1, drain_seconds=2, status_every=60)
@@ -240,7 +302,8 @@ def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
             assert hosted.stats().ready == 2, out.getvalue()  # the copy and the retry
         stop.set()
         if failed == "in-the-drain":
-            time.sleep(1.0)  # the stop's first look took the copy; the drain waits for the other
+            # the first look took the copy; the drain waits for the other
+            assert looked.wait(20), out.getvalue()
             consumer.settle(retried(endings, [delivery], [0.0]))
         run.join(30)
     finally:
@@ -372,12 +435,13 @@ def test_a_rabbitmq_transport_whose_broker_came_back_waits_for_its_closes_again(
 
 
 def test_a_stop_cuts_short_its_own_call_to_a_redis_paused_after_it_began(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Redis that stops answering (SIGSTOP) only once the stop began, as the drain
     waits for the results of tasks a worker holds: the drain's call, made after the stop,
     ran out its socket timeout (a block slice + 5 s), past the drain's time. It gives up
     a second past its own wait now, and the tasks count as missing."""
+    looked = first_look_over(monkeypatch)
     out = io.StringIO()
     stop = threading.Event()
     with LocalRedis(tmp_path).start() as server:
@@ -394,9 +458,9 @@ def test_a_stop_cuts_short_its_own_call_to_a_redis_paused_after_it_began(
             assert len(fetch_n(consumer, 4)) == 4, out.getvalue()  # held: the drain waits
             stopped = time.monotonic()
             stop.set()
-            # the loop's wait under way at the stop (0.5 s at most) is over: the drain's
-            # withdraw done, its wait for results is a call made after the stop
-            time.sleep(1.0)
+            # the drain's withdraw done (a guessed second was not, on a loaded host): its
+            # wait for results is a call made after the stop
+            assert looked.wait(20), out.getvalue()
             server.pause()
             run.join(30)
             took = time.monotonic() - stopped
@@ -415,6 +479,53 @@ def test_a_stop_cuts_short_its_own_call_to_a_redis_paused_after_it_began(
         f"the stop waited {took:.1f} s on the paused Redis: {said}"
     )
     assert "did not take back" not in said, said  # its withdraw was answered
+
+
+def test_a_stop_whose_first_look_meets_a_paused_redis_makes_no_call_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that stops answering (SIGSTOP) as the stop's first look begins, the loop's
+    last call answered: the look's withdraw gave up a second on, and the drain then
+    called the paused Redis again for the results, out to its socket timeout (a block
+    slice + 5 s): 13.1 s from the stop with a 3 s drain. As a call fails, the stop makes
+    no call that would wait on the broker (README)."""
+    out = io.StringIO()
+    stop = threading.Event()
+    withdraw = _Run._withdraw
+    with LocalRedis(tmp_path).start() as server:
+
+        def paused_first(run: _Run[Any], deadline: float) -> set[str]:
+            server.pause()
+            return withdraw(run, deadline)
+
+        monkeypatch.setattr(_Run, "_withdraw", paused_first)
+        settings = Settings(
+            transport="redis", redis_url=server.url, lease_seconds=30.0, queue="pausedlook"
+        )
+        transport = open_transport(settings, "master")
+        worker = open_transport(settings, "worker")
+        master = Master(transport, Console(out=out, err=out))
+        spec = JobSpec(tasks=4, drain_seconds=3)
+        run, reports = running(master, spec, stop)
+        consumer = worker.consumer("pausedlook-worker")
+        try:
+            assert len(fetch_n(consumer, 4)) == 4, out.getvalue()  # held: the drain waits
+            stopped = time.monotonic()
+            stop.set()
+            run.join(30)
+            took = time.monotonic() - stopped
+        finally:
+            stop.set()
+            server.resume()
+            run.join(30)
+            consumer.close()
+            worker.close()
+            transport.close()
+    said = out.getvalue()
+    assert reports and reports[0].missing == 4, said
+    # the loop's wait under way (0.5 s at most), the withdraw's second: no drain after it
+    assert took < spec.drain_seconds, f"the stop waited {took:.1f} s on the paused Redis: {said}"
+    assert "did not take back the 4 tasks not answered (the broker failed: " in said, said
 
 
 @pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
