@@ -1302,6 +1302,26 @@ def test_a_cancel_takes_back_every_copy_of_a_task_submitted_again(
         assert seen.stats().ready == 0  # no copy left to run
 
 
+@contextlib.contextmanager
+def _held_by_a_stalled_worker(
+    ex: distq.Executor, target: Target, within: float
+) -> Iterator[tuple[Any, Any, Any]]:
+    """A worker's consumer that took the executor's one task and stalls past its 1 s
+    lease: (the consumer, the delivery it holds, its transport) once the task is queued
+    again (the lease lapsed and swept, ``within`` seconds at most); closed after."""
+    with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as worker:
+        stalled = worker.consumer("stalled")
+        try:
+            [held] = fetch_n(stalled, 1)
+            deadline = time.monotonic() + within
+            while ex.stats().ready < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert ex.stats().ready == 1
+            yield stalled, held, worker
+        finally:
+            stalled.close()
+
+
 @pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
 def test_a_cancel_of_a_task_whose_earlier_copy_a_stalled_worker_holds_says_it_may_run(
     target: Target, executor: Open
@@ -1313,21 +1333,12 @@ def test_a_cancel_of_a_task_whose_earlier_copy_a_stalled_worker_holds_says_it_ma
     result of whichever copy ends first."""
     ex = executor()
     future = ex.submit(jobs.add, 1, 2)
-    with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as worker:
-        stalled = worker.consumer("stalled")
-        try:
-            [held] = fetch_n(stalled, 1)
-            deadline = time.monotonic() + 20  # lapsed, swept, queued again
-            while ex.stats().ready < 1 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert ex.stats().ready == 1
-            assert future.cancel() is False
-            task = distq.envelope.Task.decode(held.body)
-            late = Settlement(held, task.reply_to, ok_result(task, 3))
-            with contextlib.suppress(SettledThenFailed):  # its lease lapsed
-                stalled.settle([late])
-        finally:
-            stalled.close()
+    with _held_by_a_stalled_worker(ex, target, 20) as (stalled, held, _):
+        assert future.cancel() is False
+        task = distq.envelope.Task.decode(held.body)
+        late = Settlement(held, task.reply_to, ok_result(task, 3))
+        with contextlib.suppress(SettledThenFailed):  # its lease lapsed
+            stalled.settle([late])
     assert future.result(10) == 3
 
 
@@ -1551,18 +1562,9 @@ def test_a_close_takes_back_the_copy_queued_again_of_a_task_a_stalled_worker_hol
     and its future fails (the stalled worker's copy may still run): not cancelled."""
     ex = executor()
     future = ex.submit(jobs.add, 1, 2)
-    with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as worker:
-        stalled = worker.consumer("stalled")
-        try:
-            fetch_n(stalled, 1)
-            deadline = time.monotonic() + 20  # lapsed, swept, queued again
-            while ex.stats().ready < 1 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert ex.stats().ready == 1
-            ex.close()
-            assert worker.stats().ready == 0  # no copy left to run
-        finally:
-            stalled.close()
+    with _held_by_a_stalled_worker(ex, target, 20) as (_, _, worker):
+        ex.close()
+        assert worker.stats().ready == 0  # no copy left to run
     assert not future.cancelled()
     with pytest.raises(distq.errors.BrokenExecutor, match="closed"):
         future.result(0)
@@ -1578,18 +1580,9 @@ def test_a_task_timeout_of_a_task_a_stalled_worker_holds_says_it_may_still_run(
     the stalled worker's copy may still run (a user resubmitting it had it run twice)."""
     ex = executor(task_timeout=12.0)
     future = ex.submit(jobs.add, 1, 2)
-    with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as worker:
-        stalled = worker.consumer("stalled")
-        try:
-            fetch_n(stalled, 1)
-            deadline = time.monotonic() + 11  # lapsed, swept, queued again
-            while ex.stats().ready < 1 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert ex.stats().ready == 1
-            with pytest.raises(TaskTimeout) as timed_out:
-                future.result(30)
-            assert worker.stats().ready == 0  # the queued copy taken back
-        finally:
-            stalled.close()
+    with _held_by_a_stalled_worker(ex, target, 11) as (_, _, worker):
+        with pytest.raises(TaskTimeout) as timed_out:
+            future.result(30)
+        assert worker.stats().ready == 0  # the queued copy taken back
     said = str(timed_out.value)
     assert "will not run" not in said and "may still run" in said, said

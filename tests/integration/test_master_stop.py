@@ -8,6 +8,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -434,34 +435,33 @@ def test_a_rabbitmq_transport_whose_broker_came_back_waits_for_its_closes_again(
         relay.close()
 
 
-def test_a_stop_cuts_short_its_own_call_to_a_redis_paused_after_it_began(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A Redis that stops answering (SIGSTOP) only once the stop began, as the drain
-    waits for the results of tasks a worker holds: the drain's call, made after the stop,
-    ran out its socket timeout (a block slice + 5 s), past the drain's time. It gives up
-    a second past its own wait now, and the tasks count as missing."""
-    looked = first_look_over(monkeypatch)
+def _stopped_holding_four(
+    tmp_path: Path,
+    queue: str,
+    started: Callable[[LocalRedis], None],
+    stopping: Callable[[LocalRedis], None],
+) -> tuple[float, list[Any], str]:
+    """A master's job of 4 tasks (3 s drain) on a Redis of its own, every task held by a
+    worker on a 30 s lease (the drain waits for them), then stopped: ``started(server)``
+    once the server runs, ``stopping(server)`` right after the stop is set. The seconds
+    from the stop to the job's end, its reports and its console; the server resumed."""
     out = io.StringIO()
     stop = threading.Event()
     with LocalRedis(tmp_path).start() as server:
+        started(server)
         settings = Settings(
-            transport="redis", redis_url=server.url, lease_seconds=30.0, queue="pausedlate"
+            transport="redis", redis_url=server.url, lease_seconds=30.0, queue=queue
         )
         transport = open_transport(settings, "master")
         worker = open_transport(settings, "worker")
         master = Master(transport, Console(out=out, err=out))
-        spec = JobSpec(tasks=4, drain_seconds=3)
-        run, reports = running(master, spec, stop)
-        consumer = worker.consumer("pausedlate-worker")
+        run, reports = running(master, JobSpec(tasks=4, drain_seconds=3), stop)
+        consumer = worker.consumer(f"{queue}-worker")
         try:
             assert len(fetch_n(consumer, 4)) == 4, out.getvalue()  # held: the drain waits
             stopped = time.monotonic()
             stop.set()
-            # the drain's withdraw done (a guessed second was not, on a loaded host): its
-            # wait for results is a call made after the stop
-            assert looked.wait(20), out.getvalue()
-            server.pause()
+            stopping(server)
             run.join(30)
             took = time.monotonic() - stopped
         finally:
@@ -471,13 +471,31 @@ def test_a_stop_cuts_short_its_own_call_to_a_redis_paused_after_it_began(
             consumer.close()
             worker.close()
             transport.close()
-    said = out.getvalue()
+    return took, reports, out.getvalue()
+
+
+def test_a_stop_cuts_short_its_own_call_to_a_redis_paused_after_it_began(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that stops answering (SIGSTOP) only once the stop began, as the drain
+    waits for the results of tasks a worker holds: the drain's call, made after the stop,
+    ran out its socket timeout (a block slice + 5 s), past the drain's time. It gives up
+    a second past its own wait now, and the tasks count as missing."""
+    looked = first_look_over(monkeypatch)
+
+    def paused_after_the_look(server: LocalRedis) -> None:
+        # the drain's withdraw done (a guessed second was not, on a loaded host): its
+        # wait for results is a call made after the stop
+        assert looked.wait(20)
+        server.pause()
+
+    took, reports, said = _stopped_holding_four(
+        tmp_path, "pausedlate", lambda server: None, paused_after_the_look
+    )
     assert reports and reports[0].missing == 4, said
     # the drain's wait for results, 0.5 s, cut short a second past it: not the socket
     # timeout (a block slice + 5 s), past the drain's 3 s
-    assert took < spec.drain_seconds + 1.0, (
-        f"the stop waited {took:.1f} s on the paused Redis: {said}"
-    )
+    assert took < 3 + 1.0, f"the stop waited {took:.1f} s on the paused Redis: {said}"
     assert "did not take back" not in said, said  # its withdraw was answered
 
 
@@ -489,42 +507,21 @@ def test_a_stop_whose_first_look_meets_a_paused_redis_makes_no_call_after_it(
     called the paused Redis again for the results, out to its socket timeout (a block
     slice + 5 s): 13.1 s from the stop with a 3 s drain. As a call fails, the stop makes
     no call that would wait on the broker (README)."""
-    out = io.StringIO()
-    stop = threading.Event()
     withdraw = _Run._withdraw
-    with LocalRedis(tmp_path).start() as server:
 
+    def paused_at_the_first_look(server: LocalRedis) -> None:
         def paused_first(run: _Run[Any], deadline: float) -> set[str]:
             server.pause()
             return withdraw(run, deadline)
 
         monkeypatch.setattr(_Run, "_withdraw", paused_first)
-        settings = Settings(
-            transport="redis", redis_url=server.url, lease_seconds=30.0, queue="pausedlook"
-        )
-        transport = open_transport(settings, "master")
-        worker = open_transport(settings, "worker")
-        master = Master(transport, Console(out=out, err=out))
-        spec = JobSpec(tasks=4, drain_seconds=3)
-        run, reports = running(master, spec, stop)
-        consumer = worker.consumer("pausedlook-worker")
-        try:
-            assert len(fetch_n(consumer, 4)) == 4, out.getvalue()  # held: the drain waits
-            stopped = time.monotonic()
-            stop.set()
-            run.join(30)
-            took = time.monotonic() - stopped
-        finally:
-            stop.set()
-            server.resume()
-            run.join(30)
-            consumer.close()
-            worker.close()
-            transport.close()
-    said = out.getvalue()
+
+    took, reports, said = _stopped_holding_four(
+        tmp_path, "pausedlook", paused_at_the_first_look, lambda server: None
+    )
     assert reports and reports[0].missing == 4, said
     # the loop's wait under way (0.5 s at most), the withdraw's second: no drain after it
-    assert took < spec.drain_seconds, f"the stop waited {took:.1f} s on the paused Redis: {said}"
+    assert took < 3, f"the stop waited {took:.1f} s on the paused Redis: {said}"
     assert "did not take back the 4 tasks not answered (the broker failed: " in said, said
 
 
