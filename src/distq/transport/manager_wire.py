@@ -677,11 +677,14 @@ class BrokerProxy(BaseProxy):
         if close is not None:  # None: owned by the manager, no finalizer
             close.cancel()
 
-    def _call(self, method: str, *args: Any, most: int | None = None) -> Any:
-        """``most``: a fetch's or a get's limit, named (a master before limits33, or
-        getlim33 for a get, refuses it: see ``ManagerConsumer.most``, ``ManagerProducer.most``)."""
+    def _call(self, method: str, *args: Any, **named: Any) -> Any:
+        """A keyword is named only when it is not None, as a master older than it refuses
+        it: ``most``, a fetch's or a get's limit (limits33, or getlim33 for a get: see
+        ``ManagerConsumer.most``, ``ManagerProducer.most``); a withdraw's ``redelivered``
+        (False only); a settle-then-fetch's ``wait``."""
         call: Callable[..., Any] = self._callmethod  # typeshed types its reply as None
-        return call(method, args) if most is None else call(method, args, {"most": most})
+        said = {key: value for key, value in named.items() if value is not None}
+        return call(method, args, said) if said else call(method, args)
 
     def put(self, queue: str, bodies: Sequence[bytes]) -> None:
         self._call("put", queue, bodies)
@@ -704,10 +707,8 @@ class BrokerProxy(BaseProxy):
         return _list_of(self._call("gone", reply_to), str, "gone", "queue names")
 
     def withdraw(self, queue: str, bodies: Sequence[bytes], redelivered: bool = True) -> list[bool]:
-        call: Callable[..., Any] = self._callmethod
-        # the keyword only when it says something: an older master knows none
-        named = {} if redelivered else {"redelivered": False}
-        found = _list_of(call("withdraw", (queue, bodies), named), bool, "withdraw", "yes or no")
+        taken = self._call("withdraw", queue, bodies, redelivered=None if redelivered else False)
+        found = _list_of(taken, bool, "withdraw", "yes or no")
         if len(found) != len(bodies):
             raise Refused(f"withdraw's result: {len(found)} answers for {len(bodies)} bodies")
         return found
@@ -754,13 +755,16 @@ class BrokerProxy(BaseProxy):
         wait: float = 0.0,
     ) -> list[Wire] | None:
         """``wait``: named only when above 0 (an older master refuses it)."""
-        args = (queue, consumer, items, max_count, lease)
-        if wait <= 0:
-            reply = self._call("settle_fetch", *args, most=most)
-        else:
-            named: dict[str, Any] = {"wait": wait} if most is None else {"most": most, "wait": wait}
-            call: Callable[..., Any] = self._callmethod
-            reply = call("settle_fetch", args, named)
+        reply = self._call(
+            "settle_fetch",
+            queue,
+            consumer,
+            items,
+            max_count,
+            lease,
+            most=most,
+            wait=wait if wait > 0 else None,
+        )
         return None if reply is None else _deliveries(reply, "settle_fetch")
 
     def settle_fetch_late(
