@@ -558,17 +558,16 @@ def declared(
                 else:
                     counts = channel.queue_declare(queue, durable=True, arguments=arguments)
                 found.append(counts.method)
-                continue
             except pika.exceptions.ChannelClosedByBroker as exc:
                 refused = arguments is not None and exc.reply_code in (403, 406)
                 if exc.reply_code != 404 and not refused:
                     raise
                 channel = connection.channel()
-                if not refused:
+                if refused:  # asked passively, now and from now on
+                    del making[queue]
+                    found.append(declared(connection, queue)[0])
+                else:
                     found.append(None)
-                    continue
-            del making[queue]
-            found.append(declared(connection, queue)[0])
     finally:
         with contextlib.suppress(*PikaError):
             if channel.is_open:
