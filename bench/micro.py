@@ -274,7 +274,6 @@ def steps() -> dict[str, Step]:
     )  # fmt: skip
     task_body, result_body = plain.seal_task(task), result.encode()
     signed_task = signed.seal_task(task)
-    signed.open_task(signed_task)  # before sig36 a worker answered DQSIG3 once it read one
     signed_result = signed.seal(result.encode(), "result")
     bodies = [plain.seal_task(Task("square", [n], REPLY_TO)) for n in range(BATCH)]
     deliveries = [Delivery(body, body) for body in bodies]

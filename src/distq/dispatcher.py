@@ -607,8 +607,8 @@ class Dispatcher(threading.Thread):
             else "a worker has it, or the transport cannot withdraw it; its result will be ignored"
         )
         for entry in sent:
-            self.collector.discard(entry.task.id)
             task_id = entry.task.id
+            self.collector.discard(task_id)
             _time_out(entry, withdrawn if task_id in taken else again if task_id in held else kept)
 
     def _withdraw(self, entries: list[Entry], taken: set[str], redelivered: bool = True) -> None:
