@@ -268,3 +268,23 @@ def test_every_link_to_a_section_finds_its_heading() -> None:
     links = set(re.findall(r"\]\(#([^)]+)\)", README))
     assert {"layout", "run-it-in-containers"} <= links
     assert links <= headings, sorted(links - headings)
+
+
+def headings_of(path: Path) -> set[str]:
+    prose = "".join(path.read_text().split("```")[::2])
+    return {anchor(h) for h in re.findall(r"^#+ (.+)$", prose, re.M)}
+
+
+@pytest.mark.parametrize("document", ["README.md", "bench/results/HISTORY.md"])
+def test_every_link_between_the_documents_finds_its_file_and_heading(document: str) -> None:
+    """A relative link, from where its document is, to a file and (given) a heading of it:
+    the README's Performance section links into the history it moved out."""
+    source = REPO / document
+    broken = []
+    for target, _, heading in re.findall(r"\]\(([^)#:\s]*)(#([^)\s]+))?\)", source.read_text()):
+        path = (source.parent / target) if target else source
+        if not path.exists():
+            broken.append(target)
+        elif heading and (path.suffix != ".md" or heading not in headings_of(path)):
+            broken.append(f"{target}#{heading}")
+    assert not broken, f"{document}: {broken}"
