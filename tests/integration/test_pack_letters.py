@@ -87,7 +87,7 @@ def test_a_pack_or_a_newer_task_over_the_limit_is_said_so_and_answered(
     """At a worker of DISTQ_MAX_MESSAGE_BYTES=2048: a pack of 3 small tasks was
     dead-lettered as "task is 2,6xx bytes, over the limit", one task too large; a task
     of envelope version 2 and 5 KB was dead-lettered unanswered, its master waiting
-    until its timeout (codec31)."""
+    until its timeout."""
     reply = hosted.reply_queue(new_id())
     producer = hosted.producer(reply)
     body = pack([Task("jobs.square", ["x" * 700], NO_REPLY).encode() for _ in range(3)])

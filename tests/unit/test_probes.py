@@ -420,7 +420,7 @@ def test_distq_probe_reaches_an_endpoint_on_every_ipv6_interface(
 ) -> None:
     """DISTQ_METRICS_HOST=:: listens on IPv6 only where the machine's bindv6only is 1 (as
     if every socket had IPV6_V6ONLY), and distq probe asked 127.0.0.1 for any wildcard:
-    "no answer", exit 1, from a healthy process (rev31 item 3). Where :: takes IPv4 too
+    "no answer", exit 1, from a healthy process. Where :: takes IPv4 too
     (bindv6only 0, or a container without an IPv6 loopback) 127.0.0.1 still answers."""
     bind = distq_http._Server6.server_bind
 
