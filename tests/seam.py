@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from distq.codec import Codec
 from distq.ending import Endings
@@ -86,3 +88,18 @@ def retried(
         assert failed.outcome == "retried" and failed.settlement.retry is not None
         settlements.append(Settlement(delivery, retry=failed.settlement.retry, retry_delay=delay))
     return settlements
+
+
+@contextmanager
+def held_until_stopped(
+    consumer: Consumer, stop: threading.Event, run: threading.Thread
+) -> Iterator[Consumer]:
+    """A worker's ``consumer`` for the block, holding what it took until the master's job
+    in ``run`` is over: after the block, however it ended, ``stop`` set, ``run`` joined
+    (30 s at most), and only then ``consumer`` closed."""
+    try:
+        yield consumer
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()

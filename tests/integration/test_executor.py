@@ -1235,14 +1235,11 @@ def test_a_cancel_takes_back_a_retry_queued_or_waiting_out_its_delay(
     ex = executor(task_timeout=10.0 if way == "task_timeout" else None)
     futures = [ex.submit(jobs.add, i, i) for i in range(2)]
     with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as worker:
-        consumer = worker.consumer("stop34-worker")
-        try:
+        with contextlib.closing(worker.consumer("failing-worker")) as consumer:
             taken = fetch_n(consumer, 2)
             assert len(taken) == 2
-            endings = Endings("stop34-worker", target.settings.queue, None)
+            endings = Endings("failing-worker", target.settings.queue, None)
             consumer.settle(retried(endings, taken, (0.0, 30.0)))
-        finally:
-            consumer.close()
         assert ex.stats().ready == 2  # both retries on the broker, none leased
         if way == "cancel":
             assert [future.cancel() for future in futures] == [True, True]

@@ -20,7 +20,7 @@ from distq.retries import retry_bodies
 from distq.squares import Squares
 from distq.transport import Delivery, Settlement, Transport
 from distq.transport.manager import ManagerProducer, ManagerTransport
-from seam import fetch_n, ok_result, retried
+from seam import fetch_n, held_until_stopped, ok_result, retried
 
 
 def _third_submit_fails(
@@ -252,18 +252,11 @@ def test_a_stop_looks_for_every_tasks_next_attempt_before_any_later_one(
     work = Squares(max_attempts=100)
     run = threading.Thread(target=lambda: reports.append(master.run(spec, work, stop)))
     run.start()
-    consumer = transport.consumer("a-worker")
-    try:
+    with held_until_stopped(transport.consumer("failing-worker"), stop, run) as consumer:
         taken = fetch_n(consumer, tasks)
         assert len(taken) == tasks, out.getvalue()
-        endings = Endings("a-worker", "distq")  # the fixture's queue: the default
+        endings = Endings("failing-worker", "distq")  # the fixture's queue: the default
         consumer.settle(retried(endings, taken, [30.0] * len(taken)))
-        stop.set()
-        run.join(30)
-    finally:
-        stop.set()
-        run.join(30)
-        consumer.close()
     assert reports and reports[0].missing == tasks, out.getvalue()
     assert transport.stats().ready == 0, out.getvalue()
     assert sum(asked) == 2 * tasks, asked  # each task's body, then its second attempt's
