@@ -502,6 +502,32 @@ def test_a_setting_refused_mid_job_still_collects_the_results_waiting(
     assert "stopped: the queue's key holds a string" in out, out
 
 
+def _each_send_refused(monkeypatch: pytest.MonkeyPatch, calls_later: int) -> list[float]:
+    """A broker that answers but refuses each send (RabbitMQ: a length limit with
+    overflow reject-publish): ``ManagerProducer.submit`` keeps nothing, and the
+    ``calls_later``-th ``results`` call after it raises the refusal (a nack read with the
+    next call, or later). The times of the sends, appended as they happen."""
+    sent: list[float] = []
+    pending: list[int] = []  # calls left before the refusal is said, one a send unsaid
+    original = ManagerProducer.results
+
+    def dropped(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        sent.append(time.monotonic())
+        pending.append(calls_later)
+
+    def results(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
+        if pending:
+            pending[0] -= 1
+            if pending[0] == 0:
+                pending.clear()  # one refusal says every send so far
+                raise TransportError("the broker refused 1 message(s)")
+        return original(self, max_count, timeout)
+
+    monkeypatch.setattr(ManagerProducer, "submit", dropped)
+    monkeypatch.setattr(ManagerProducer, "results", results)
+    return sent
+
+
 def test_a_broker_that_keeps_refusing_the_job_is_retried_with_growing_backoff(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -511,23 +537,8 @@ def test_a_broker_that_keeps_refusing_the_job_is_retried_with_growing_backoff(
     started a new backoff at 0.1 s, and the master sent its lost tasks again about 20
     times a second for as long as the broker refused them (323 publishes in 12 s of 40
     tasks against a full RabbitMQ queue)."""
-    refused = threading.Event()
-    sent: list[float] = []
-    original = ManagerProducer.results
     monkeypatch.setattr("distq.master.Backoff", lambda: Backoff(rng=lambda: 1.0))
-
-    def dropped(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
-        sent.append(time.monotonic())
-        refused.set()  # not kept; the refusal comes with the next call, as a nack does
-
-    def results(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
-        if refused.is_set():
-            refused.clear()
-            raise TransportError("the broker refused 1 message(s)")
-        return original(self, max_count, timeout)
-
-    monkeypatch.setattr(ManagerProducer, "submit", dropped)
-    monkeypatch.setattr(ManagerProducer, "results", results)
+    sent = _each_send_refused(monkeypatch, 1)  # with the next call, as a nack does
     out, report = run(transport, JobSpec(tasks=5, timeout=3.0), right)
     assert report.missing == 5, out
     assert out.count("reconnecting") == 1, out
@@ -543,7 +554,6 @@ def test_a_refusal_read_a_call_later_still_grows_the_backoff(
     master ended the outage and started its backoff again at 0.1 s each time (delays
     0.1, 0.1, 0.1, ... between sends). The backoff now resets only once the calls have
     gone through for its longest delay since the reconnect."""
-    pending: list[int] = []
     delays: list[float] = []
 
     class Recorded(Backoff):
@@ -551,22 +561,8 @@ def test_a_refusal_read_a_call_later_still_grows_the_backoff(
             delays.append(super().next())
             return delays[-1]
 
-    original = ManagerProducer.results
     monkeypatch.setattr("distq.master.Backoff", lambda: Recorded(rng=lambda: 1.0))
-
-    def dropped(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
-        pending.append(2)  # refused, said at the second call after this one
-
-    def results(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
-        if pending:
-            pending[0] -= 1
-            if pending[0] == 0:
-                pending.clear()
-                raise TransportError("the broker refused 1 message(s)")
-        return original(self, max_count, timeout)
-
-    monkeypatch.setattr(ManagerProducer, "submit", dropped)
-    monkeypatch.setattr(ManagerProducer, "results", results)
+    _each_send_refused(monkeypatch, 2)  # said at the second call after the send
     out, report = run(transport, JobSpec(tasks=5, timeout=3.0), right)
     assert report.missing == 5, out
     assert len(delays) >= 3, out
