@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -30,7 +29,7 @@ from distq.codec import Codec
 from distq.envelope import NO_REPLY, DeadLetter, Task, new_id
 from distq.signing import MAGIC, Signer, key_id
 from distq.transport import Settlement, Transport
-from procs import Distq
+from procs import Distq, run_distq
 from seam import fetch_n
 
 pytestmark = pytest.mark.integration
@@ -65,14 +64,7 @@ def test_a_signed_task_replayed_onto_another_queue_is_refused_there(
 def _distq(target: Target, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """``distq *args`` run to its end, with ``env`` over the target's environment
     (DISTQ_SIGNING_KEYS: KEY unless given)."""
-    return subprocess.run(
-        [sys.executable, "-m", "distq", *args],
-        env=target.process_env(**{"DISTQ_SIGNING_KEYS": KEY.decode(), **env}),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    return run_distq(args, target.process_env(**{"DISTQ_SIGNING_KEYS": KEY.decode(), **env}))
 
 
 def _quiet_letters(target: Target, count: int, after: float) -> list[dict[str, Any]]:

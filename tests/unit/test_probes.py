@@ -30,6 +30,7 @@ from distq.http import Endpoint
 from distq.observe import BROKER_LINK, MasterObservability, WorkerObservability
 from endpoints import link_local_or_skip
 from launch import free_port
+from procs import checkout_env, run_distq
 
 
 class Clock:
@@ -348,16 +349,7 @@ def test_a_busy_port_on_an_ipv6_host_names_it_in_brackets(host: str) -> None:
 
 
 def probe(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
-    clean["PYTHONPATH"] = str(REPO / "src")
-    return subprocess.run(
-        [sys.executable, "-m", "distq", "probe", *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_distq(["probe", *args], checkout_env(**env), timeout=60)
 
 
 def test_a_stdout_that_cannot_be_written_is_said_and_the_output_goes_to_stderr(
