@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from distq.codec import Codec
 from distq.ending import Endings
@@ -15,14 +16,20 @@ from distq.transport import Consumer, Delivery, Producer, Settlement, Transport
 
 def ok_result(task: Task, value: object) -> bytes:
     """``task``'s result, ok with ``value``, as a worker "w" sends it."""
+    return _result(task, "w", status="ok", value=value)
+
+
+def error_result(task: Task, error_type: str, message: str, worker: str = "w") -> bytes:
+    """``task``'s result, failed for good with ``error_type``: ``message``, as ``worker``
+    sends it."""
+    return _result(task, worker, status="error", error_type=error_type, error_message=message)
+
+
+def _result(task: Task, worker: str, **outcome: Any) -> bytes:
+    """``task``'s result of its first attempt as ``worker`` sends it: ``outcome`` its
+    status, and its value or error."""
     return Result(
-        task_id=task.id,
-        status="ok",
-        worker="w",
-        attempt=1,
-        started_at=0.0,
-        duration=0.0,
-        value=value,
+        task_id=task.id, worker=worker, attempt=1, started_at=0.0, duration=0.0, **outcome
     ).encode()
 
 

@@ -13,7 +13,7 @@ import pytest
 from distq import master as master_module
 from distq.backoff import Backoff
 from distq.console import Console
-from distq.envelope import Result, Task
+from distq.envelope import Task
 from distq.errors import ConfigError, TransportError
 from distq.health import ProcessHealth
 from distq.ledger import Entry, Ledger
@@ -34,7 +34,7 @@ from distq.telemetry import MasterTelemetry
 from distq.transport import Settlement, Transport
 from distq.transport.base import Producer
 from distq.transport.manager import ManagerConsumer, ManagerProducer
-from seam import ok_result
+from seam import error_result, ok_result
 
 
 def serve(
@@ -344,18 +344,7 @@ def test_any_workload_runs_and_failures_are_named_by_it(transport: Transport) ->
 
     def answer(task: Task) -> list[bytes]:
         if task.args[0] in messages:
-            return [
-                Result(
-                    task_id=task.id,
-                    status="error",
-                    worker="w",
-                    attempt=1,
-                    started_at=0.0,
-                    duration=0.0,
-                    error_type="ValueError",
-                    error_message=messages[task.args[0]],
-                ).encode()
-            ]
+            return [error_result(task, "ValueError", messages[task.args[0]])]
         return [result(task, "anything")]
 
     out, report = run(transport, JobSpec(tasks=4, timeout=20), answer, Echoes())
@@ -590,17 +579,7 @@ def test_a_huge_error_message_is_cut_in_the_problems(transport: Transport) -> No
     where the README says each problem is cut to about 4,000 characters."""
 
     def huge(task: Task) -> list[bytes]:
-        failed = Result(
-            task_id=task.id,
-            status="error",
-            worker="other",
-            attempt=1,
-            started_at=0.0,
-            duration=0.0,
-            error_type="E" * 20_000,
-            error_message="m" * 1_000_000,
-        )
-        return [failed.encode()]
+        return [error_result(task, "E" * 20_000, "m" * 1_000_000, worker="other")]
 
     out, report = run(transport, JobSpec(tasks=2, timeout=20), huge)
     assert report.failed == 2 and len(report.problems) == 2, out[-2000:]
