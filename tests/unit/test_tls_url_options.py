@@ -90,32 +90,25 @@ def listener() -> Iterator[socket.socket]:
     server.close()
 
 
-def test_an_encrypted_client_key_in_a_redis_url_is_refused_without_prompting(
-    ca: CertificateAuthority, tmp_path: Path, listener: socket.socket
+@pytest.mark.parametrize("transport", ["redis", "rabbitmq"])
+def test_an_encrypted_client_key_in_the_url_is_refused_without_prompting(
+    ca: CertificateAuthority, tmp_path: Path, listener: socket.socket, transport: str
 ) -> None:
     cert, key = ca.encrypted_client(tmp_path)
     port = listener.getsockname()[1]
-    query = f"ssl_ca_certs={quote(str(ca.cert))}&ssl_certfile={quote(str(cert))}"
-    url = f"rediss://127.0.0.1:{port}/0?{query}&ssl_keyfile={quote(str(key))}"
-    code, written = _on_a_terminal({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url})
+    if transport == "redis":
+        query = f"ssl_ca_certs={quote(str(ca.cert))}&ssl_certfile={quote(str(cert))}"
+        url = f"rediss://127.0.0.1:{port}/0?{query}&ssl_keyfile={quote(str(key))}"
+        env, named, instead = {"DISTQ_REDIS_URL": url}, "ssl_keyfile", "ssl_password="
+    else:
+        options = {"ca_certs": str(ca.cert), "certfile": str(cert), "keyfile": str(key)}
+        url = f"amqps://u:p@127.0.0.1:{port}/%2F?ssl_options={quote(repr(options))}"
+        env, named, instead = {"DISTQ_AMQP_URL": url}, "keyfile", "'password'"
+    code, written = _on_a_terminal({"DISTQ_TRANSPORT": transport, **env})
     assert "pass phrase:" not in written, written
     assert code == 2, written
-    assert f"ssl_keyfile {str(key)!r}" in written and "encrypted with a pass phrase" in written
-    assert "ssl_password=" in written, written
-
-
-def test_an_encrypted_client_key_in_an_amqp_url_is_refused_without_prompting(
-    ca: CertificateAuthority, tmp_path: Path, listener: socket.socket
-) -> None:
-    cert, key = ca.encrypted_client(tmp_path)
-    port = listener.getsockname()[1]
-    options = {"ca_certs": str(ca.cert), "certfile": str(cert), "keyfile": str(key)}
-    url = f"amqps://u:p@127.0.0.1:{port}/%2F?ssl_options={quote(repr(options))}"
-    code, written = _on_a_terminal({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": url})
-    assert "pass phrase:" not in written, written
-    assert code == 2, written
-    assert f"keyfile {str(key)!r}" in written and "encrypted with a pass phrase" in written
-    assert "'password'" in written, written
+    assert f"{named} {str(key)!r}" in written and "encrypted with a pass phrase" in written
+    assert instead in written, written
 
 
 def test_a_url_that_gives_the_pass_phrase_is_not_refused(
