@@ -15,7 +15,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +28,7 @@ from distq.envelope import DeadLetter, Result
 from distq.signing import SIGNED
 from distq.transport import Producer, Transport, open_transport
 from launch import free_port
+from procs import REPO as REPO  # re-exported: tests import it from here
 from procs import Distq, Spawn
 
 pytest_plugins = ["brokers"]
@@ -42,7 +42,6 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-REPO = Path(__file__).resolve().parent.parent
 TRANSPORTS = ("manager", "redis", "rabbitmq")
 
 

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+#: This checkout: its ``src`` is the distq a subprocess runs, its ``tests`` the tasks.
+REPO = Path(__file__).resolve().parent.parent
+
+
+def checkout_env(**env: str) -> dict[str, str]:
+    """This environment without its DISTQ_ variables, running this checkout, with ``env``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    return {**clean, "PYTHONPATH": str(REPO / "src"), **env}
+
+
+def run_distq(
+    args: Sequence[str], env: dict[str, str], timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    """``python -m distq *args`` with ``env``, run to its end: its exit code, stdout and
+    stderr apart (still running after ``timeout`` s: killed, and ``TimeoutExpired``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "distq", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 class Distq:

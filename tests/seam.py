@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from distq.codec import Codec
 from distq.ending import Endings
@@ -13,14 +16,20 @@ from distq.transport import Consumer, Delivery, Producer, Settlement, Transport
 
 def ok_result(task: Task, value: object) -> bytes:
     """``task``'s result, ok with ``value``, as a worker "w" sends it."""
+    return _result(task, "w", status="ok", value=value)
+
+
+def error_result(task: Task, error_type: str, message: str, worker: str = "w") -> bytes:
+    """``task``'s result, failed for good with ``error_type``: ``message``, as ``worker``
+    sends it."""
+    return _result(task, worker, status="error", error_type=error_type, error_message=message)
+
+
+def _result(task: Task, worker: str, **outcome: Any) -> bytes:
+    """``task``'s result of its first attempt as ``worker`` sends it: ``outcome`` its
+    status, and its value or error."""
     return Result(
-        task_id=task.id,
-        status="ok",
-        worker="w",
-        attempt=1,
-        started_at=0.0,
-        duration=0.0,
-        value=value,
+        task_id=task.id, worker=worker, attempt=1, started_at=0.0, duration=0.0, **outcome
     ).encode()
 
 
@@ -86,3 +95,18 @@ def retried(
         assert failed.outcome == "retried" and failed.settlement.retry is not None
         settlements.append(Settlement(delivery, retry=failed.settlement.retry, retry_delay=delay))
     return settlements
+
+
+@contextmanager
+def held_until_stopped(
+    consumer: Consumer, stop: threading.Event, run: threading.Thread
+) -> Iterator[Consumer]:
+    """A worker's ``consumer`` for the block, holding what it took until the master's job
+    in ``run`` is over: after the block, however it ended, ``stop`` set, ``run`` joined
+    (30 s at most), and only then ``consumer`` closed."""
+    try:
+        yield consumer
+    finally:
+        stop.set()
+        run.join(30)
+        consumer.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reports import made_up_report
 
 import run
 from cpu import TICK, CpuMeter, clock_seconds, own_seconds, per_thousand, tree_seconds
@@ -95,42 +96,6 @@ def _ok(cpu: dict[str, float | None], throughput: float = 1000.0) -> dict[str, A
     return {"status": "ok", "tasks": 1000, "throughput": throughput, "cpu_seconds": cpu}
 
 
-def _report(rows: list[dict[str, Any]], scaling: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "date": "d",
-        "finished": "f",
-        "command": "bench/run.sh",
-        "interrupted": None,
-        "machine": {
-            "nproc": 2,
-            "cpu": "cpu",
-            "ram_gib": 1.0,
-            "os": "os",
-            "kernel": "k",
-            "python": "3.11",
-            "packages": {},
-            "distq_commit": "abc",
-        },
-        "settings": {
-            "tasks": 1000,
-            "repeat": 2,
-            "latency_tasks": 10,
-            "workers": 2,
-            "timeout": 300.0,
-            "memory_tasks": None,
-            "scaling": [1, 2],
-            "scaling_repeat": 2,
-        },
-        "brokers": {},
-        "load_average_start": (1.0, 1.0, 1.0),
-        "load_average_end": (1.0, 1.0, 1.0),
-        "rows": rows,
-        "memory": [],
-        "scaling": scaling,
-        "logs": "/tmp/x",
-    }
-
-
 def test_the_report_shows_cpu_by_role_feature_costs_and_scaling() -> None:
     distq = run.summarize(
         [
@@ -147,7 +112,7 @@ def test_the_report_shows_cpu_by_role_feature_costs_and_scaling() -> None:
     text_logs = run.summarize([_ok({"master": 0.02, "workers": 0.02, "broker": 0.008}, 900.0)])
     one = run.summarize([_ok({"master": 0.01, "workers": 0.02, "broker": 0.005}, 500.0)])
     text = write_markdown(
-        _report(
+        made_up_report(
             [
                 {"broker": "redis", "contestant": "distq", **distq},
                 {"broker": "redis", "contestant": "distq-signed", **signed},
@@ -193,7 +158,7 @@ def _with_metrics(plain: list[dict[str, Any]], metrics: list[dict[str, Any]]) ->
 def test_a_pair_by_pair_range_never_reads_minus_zero() -> None:
     plain = [_ok({"master": 0.010, "workers": 0.010}) for _ in range(2)]
     metrics = [_ok({"master": 0.00999, "workers": 0.010}), _ok({"master": 0.011, "workers": 0.01})]
-    text = write_markdown(_report(_with_metrics(plain, metrics), []))
+    text = write_markdown(made_up_report(_with_metrics(plain, metrics), []))
     assert "(+0 to +5) |" in text and "-0 " not in text, text
 
 
@@ -208,14 +173,16 @@ def test_the_feature_table_pairs_each_trial_with_its_bases_trial_of_the_same_rou
         {"status": "failed", "error": "x"},  # no pair
     ]
     rows = _with_metrics(plain, metrics)
-    text = write_markdown(_report(rows, []))
+    text = write_markdown(made_up_report(rows, []))
     # by medians, the slow round makes metrics look +62.5 %; pair by pair it is +5 and +10
     assert (
         "| redis | metrics on (every task recorded; endpoints read once a second) | +0.0 % "
         "| +62.5 % | +7.5 % (+5 to +10) |" in text
     ), text
     one = [{**rows[1], "trials_detail": metrics[:1]}, rows[0]]
-    assert "| +62.5 % | — |" in write_markdown(_report(one, []))  # one pair: no spread to show
+    assert "| +62.5 % | — |" in write_markdown(
+        made_up_report(one, [])
+    )  # one pair: no spread to show
 
 
 def test_scaling_options_are_checked() -> None:
@@ -281,7 +248,7 @@ def test_the_report_shows_cpu_per_task_one_at_a_time() -> None:
     older = run.summarize([_ok({"master": 0.01, "workers": 0.02, "broker": None})])
     assert "latency_cpu_per_1000" not in older
     text = write_markdown(
-        _report(
+        made_up_report(
             [
                 {"broker": "redis", "contestant": "distq", **distq},
                 {"broker": "manager", "contestant": "distq", **older},
@@ -376,7 +343,7 @@ def test_the_report_names_where_manager_queues_are_counted() -> None:
     distq = run.summarize([_ok({"master": 0.015, "workers": 0.015, "broker": None})])
     raw = run.summarize([_ok({"master": 0.01, "workers": 0.01, "broker": 0.02})])
     text = write_markdown(
-        _report(
+        made_up_report(
             [
                 {"broker": "manager", "contestant": "distq", **distq},
                 {"broker": "manager", "contestant": "raw", **raw},
@@ -389,5 +356,5 @@ def test_the_report_names_where_manager_queues_are_counted() -> None:
     assert "On manager the queues live in the master" not in text
     assert "the server process `BaseManager.start()` forks, counted as its broker" in text
     older = run.summarize([_ok({"master": 0.01, "workers": 0.01, "broker": None})])
-    text = write_markdown(_report([{"broker": "manager", "contestant": "raw", **older}], []))
+    text = write_markdown(made_up_report([{"broker": "manager", "contestant": "raw", **older}], []))
     assert "| manager | raw | 0.010 | 0.010 | not counted | 0.020 | 20.0 |" in text

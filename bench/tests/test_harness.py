@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from reports import made_up_report
 
 import run
 from contestants import REGISTRY, load
@@ -85,40 +86,13 @@ def test_summary_and_markdown_show_ranges_ratios_and_failures() -> None:
     peer = run.summarize([_trial("ok", 50.0), _trial("timeout")])
     assert peer["ok"] == 1 and peer["statuses"] == ["ok", "timeout"]
     broken = run.summarize([_trial("failed")])
-    report = {
-        "date": "d",
-        "finished": "f",
-        "command": "bench/run.sh",
-        "interrupted": None,
-        "machine": {
-            "nproc": 2,
-            "cpu": "cpu",
-            "ram_gib": 1.0,
-            "os": "os",
-            "kernel": "k",
-            "python": "3.11",
-            "packages": {"distq": "0"},
-            "distq_commit": "abc",
-        },
-        "settings": {
-            "tasks": 100,
-            "repeat": 3,
-            "latency_tasks": 10,
-            "workers": 2,
-            "timeout": 300.0,
-            "memory_tasks": None,
-        },
-        "brokers": {"redis": {"version": "7"}},
-        "load_average_start": (1.0, 1.0, 1.0),
-        "load_average_end": (1.0, 1.0, 1.0),
-        "rows": [
-            {"broker": "redis", "contestant": "celery", **peer},
-            {"broker": "redis", "contestant": "rq", **broken},
-            {"broker": "redis", "contestant": "distq", **distq},
-        ],
-        "memory": [],
-        "logs": "/tmp/x",
-    }
+    rows = [
+        {"broker": "redis", "contestant": "celery", **peer},
+        {"broker": "redis", "contestant": "rq", **broken},
+        {"broker": "redis", "contestant": "distq", **distq},
+    ]
+    brokers = {"redis": {"version": "7"}}
+    report = made_up_report(rows, [], tasks=100, repeat=3, packages={"distq": "0"}, brokers=brokers)
     text = write_markdown(report)
     assert "| redis | distq | 100 | 200 (100-300) |" in text
     assert "| 4.00x |" in text  # distq 200 / celery 50

@@ -319,7 +319,7 @@ def delivery_limit_warning(
     them returned to another going down with it, before it has seen that one go. A worker
     has a connection per slot, so its crash (or a network cut) counts a task it ran up to
     ``concurrency`` times: a limit below that dead-lettered such tasks, though each ran
-    once and its result came (rmqdead32), and one of that does if a consumer's cancel
+    once and its result came, and one of that does if a consumer's cancel
     counted the task once before (see the README). None when the limit is above, or unknown
     (no ``DISTQ_RABBITMQ_MANAGEMENT_URL``, which AMQP cannot replace: it has no way to read
     a policy). ``version``: RabbitMQ's, whose default applies where nothing sets a limit."""

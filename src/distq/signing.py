@@ -68,7 +68,7 @@ _same = hmac.compare_digest
 #: HMAC-SHA256's, its cost per byte more where SHA-256 runs on the CPU's SHA extensions
 #: (most x86 and ARM servers): a longer envelope (a pack of results) is signed DQSIG2.
 #: Verify by envelope size on such a host, µs: 100 bytes 1.08 HMAC, 0.77 BLAKE2b; 400
-#: 1.25, 1.18; 700 1.46, 1.46; 2,000 2.23, 2.87; 8,000 5.92, 9.31 (sig35).
+#: 1.25, 1.18; 700 1.46, 1.46; 2,000 2.23, 2.87; 8,000 5.92, 9.31.
 BLAKE2B_MOST = 512
 #: The header of a format newer than this distq reads: "DQSIG" and a number from 4.
 _FORMAT = re.compile(rb"DQSIG([4-9]|[1-9][0-9]{1,5}) ")

@@ -295,7 +295,7 @@ class MasterTelemetry:
     def submitted(self, tasks: Sequence[Task], outstanding: int) -> None:
         metrics = self.metrics
         if metrics is not None:
-            with metrics.lock:  # with the count, as one scrape reads them (obs31)
+            with metrics.lock:  # with the count, as one scrape reads them
                 metrics.submitted.add(metrics.base, len(tasks))
                 metrics.outstanding.set(metrics.base, outstanding)
         log = self.log

@@ -3,28 +3,18 @@ did to a command before it was refused (exit 2 with one line, before anything co
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 
 from brokers import Broker
-from conftest import REPO
+from procs import checkout_env, run_distq
 
 pytestmark = pytest.mark.integration
 
 
 def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
-    return subprocess.run(
-        [sys.executable, "-m", "distq", *args],
-        env={**clean, "PYTHONPATH": str(REPO / "src"), **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_distq(args, checkout_env(**env), timeout=60)
 
 
 @pytest.mark.parametrize("channel_max", ["1", "2"])

@@ -33,7 +33,7 @@ from distq.framing import pack
 from distq.transport import Settlement, Transport, open_transport
 from distq.transport.rabbitmq_packs import TASKS_TYPE
 from launch import LocalRedis
-from procs import Distq
+from procs import Distq, run_distq
 from seam import fetch_n
 
 pytestmark = pytest.mark.integration
@@ -42,14 +42,7 @@ pytestmark = pytest.mark.integration
 def distq(
     target: Target, *args: str, timeout: float = 90, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "distq", *args],
-        env=target.process_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_distq(args, target.process_env(**env), timeout)
 
 
 def status(target: Target) -> dict[str, Any]:
@@ -263,14 +256,7 @@ def test_requeue_dead_without_the_signing_key_says_so_and_exits_1(
     assert "signed task, but this process has no signing key" in why
     assert why.endswith("set the workers' DISTQ_SIGNING_KEYS for this command")
 
-    keyed = subprocess.run(
-        [sys.executable, "-m", "distq", "requeue-dead"],
-        env=target.process_env(DISTQ_SIGNING_KEYS=key),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    keyed = distq(target, "requeue-dead", DISTQ_SIGNING_KEYS=key)
     assert keyed.returncode == 0, keyed.stderr
     assert keyed.stdout.strip() == (
         f"requeued 1 dead letters onto queue {target.settings.queue!r}"
@@ -290,14 +276,7 @@ def test_requeue_dead_with_signing_on_says_so_of_letters_from_before_it(
         worker="w",
     ).encode()
     _dead_letter(target, hosted, remote, [unsigned])
-    done = subprocess.run(
-        [sys.executable, "-m", "distq", "requeue-dead"],
-        env=target.process_env(DISTQ_SIGNING_KEYS="requeue-key-0123456789abcdef"),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    done = distq(target, "requeue-dead", DISTQ_SIGNING_KEYS="requeue-key-0123456789abcdef")
     assert done.returncode == 1, (done.stdout, done.stderr)
     moved, why = done.stdout.strip().splitlines()
     assert moved.startswith("requeued 1 dead letters")
@@ -512,14 +491,7 @@ def test_commands_name_an_unreachable_broker(target: Target) -> None:
         bad = dict(target.process_env())
         bad["DISTQ_REDIS_URL"] = "redis://127.0.0.1:1/0"
         bad["DISTQ_AMQP_URL"] = "amqp://guest:guest@127.0.0.1:1/%2F"
-        done = subprocess.run(
-            [sys.executable, "-m", "distq", "status"],
-            env=bad,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_distq(["status"], bad, timeout=60)
     assert done.returncode == 3, done.stderr
     assert "cannot reach" in done.stderr and "Traceback" not in done.stderr
     assert ".;" not in done.stderr, done.stderr  # the broker's sentence, then the hint
@@ -785,9 +757,7 @@ def test_a_worker_and_dead_letters_under_an_ascii_locale_escape_what_it_lacks(
     assert "cannot be written" not in said and "Traceback" not in said, said
     assert "caf\\xe9\n" in printed and "plain\n" in printed, printed  # the task's own print()
     assert "worker exit." in printed, printed
-    listed = subprocess.run(
-        [sys.executable, "-m", "distq", "dead-letters"], env=env, capture_output=True, text=True
-    )
+    listed = run_distq(["dead-letters"], env)
     assert listed.returncode == 0, listed.stderr
     assert "w\\xf6rker" in listed.stdout and "gr\\xfc\\xdfe" in listed.stdout, listed.stdout
 

@@ -38,32 +38,36 @@ def corpus(folder: Path) -> None:
     (folder / "ignored.md").write_text("not counted: not a .txt file")
 
 
+def wordcount(
+    target: Target, folder: Path, args: list[str], workers: int, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``wordcount.py folder *args`` on ``target`` as a user runs it, beside ``workers``
+    workers of its tasks, stopped once it ended (or ran out of ``timeout`` seconds)."""
+    env = target.process_env()
+    env["PYTHONPATH"] = f"{EXAMPLE}:{env['PYTHONPATH']}"
+    argv = ["worker", "--tasks", "wordcount_tasks", "-q", "--connect-timeout", "30"]
+    running = [Distq(argv, env) for _ in range(workers)]
+    try:
+        return subprocess.run(
+            [sys.executable, str(EXAMPLE / "wordcount.py"), str(folder), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    finally:
+        for worker in running:
+            worker.stop(grace=3.0)
+
+
 def test_word_counts_equal_a_single_process_count(target: Target, tmp_path: Path) -> None:
     folder = tmp_path / "texts"
     folder.mkdir()
     corpus(folder)
-    env = target.process_env()
-    env["PYTHONPATH"] = f"{EXAMPLE}:{env['PYTHONPATH']}"
-    workers = [
-        Distq(["worker", "--tasks", "wordcount_tasks", "-q", "--connect-timeout", "30"], env)
-        for _ in range(2)
-    ]
     output = tmp_path / "counts.json"
-    try:
-        done = subprocess.run(
-            [
-                *(sys.executable, str(EXAMPLE / "wordcount.py"), str(folder)),
-                *("--piece-bytes", "2000", "--check", "--output", str(output), "--timeout", "120"),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-    finally:
-        for worker in workers:
-            worker.stop(grace=3.0)
+    args = ["--piece-bytes", "2000", "--check", "--output", str(output), "--timeout", "120"]
+    done = wordcount(target, folder, args, workers=2, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     found = re.search(r"wordcount: 8 files, (\d+) tasks", done.stdout)
     assert found is not None and int(found.group(1)) > 50, done.stdout  # the big file: pieces
@@ -89,7 +93,7 @@ def test_word_counts_equal_a_single_process_count(target: Target, tmp_path: Path
 def test_a_wrong_setting_or_no_broker_is_one_line_not_a_traceback(
     env: dict[str, str], code: int, line: str, tmp_path: Path
 ) -> None:
-    """The example printed a 15-line traceback where distq says one line (new16)."""
+    """The example printed a 15-line traceback where distq says one line."""
     corpus(tmp_path)
     done = subprocess.run(
         [sys.executable, str(EXAMPLE / "wordcount.py"), str(tmp_path)],
@@ -113,24 +117,8 @@ def test_an_output_file_it_cannot_write_is_refused_before_the_job(
     folder = tmp_path / "texts"
     folder.mkdir()
     corpus(folder)
-    env = target.process_env()
-    env["PYTHONPATH"] = f"{EXAMPLE}:{env['PYTHONPATH']}"
-    worker = Distq(["worker", "--tasks", "wordcount_tasks", "-q", "--connect-timeout", "30"], env)
     missing = tmp_path / "no-such-folder" / "counts.json"
-    try:
-        done = subprocess.run(
-            [
-                *(sys.executable, str(EXAMPLE / "wordcount.py"), str(folder)),
-                *("--output", str(missing), "--timeout", "60"),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    finally:
-        worker.stop(grace=3.0)
+    done = wordcount(target, folder, ["--output", str(missing), "--timeout", "60"], workers=1)
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith(f"wordcount: --output '{missing}'"), done.stderr

@@ -375,22 +375,7 @@ def test_a_program_that_exits_after_shutdown_without_wait_waits_for_its_futures(
 ) -> None:
     """As concurrent.futures: whatever ``wait`` was, the program exits once every
     pending future is done (before, the tasks not sent yet were dropped at exit)."""
-    env = target.process_env()
-    program = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(EXITS_AFTER_SHUTDOWN)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        workers()
-        out, _ = program.communicate(timeout=90)
-    finally:
-        if program.poll() is None:
-            program.kill()
-            program.wait()
-    assert program.returncode == 0, out
+    out, _ = run_program(EXITS_AFTER_SHUTDOWN, target.process_env(), 90, meanwhile=workers)
     assert out.splitlines()[-2:] == ["shut down, exiting", "answered 300"], out
 
 
@@ -628,9 +613,15 @@ def manager_env(**extra: str) -> dict[str, str]:
     )
 
 
-def run_program(source: str, env: dict[str, str], timeout: float = 30) -> tuple[str, float]:
-    """Run ``source`` in a fresh interpreter; its output, and how long it took (a program
-    that does not end within ``timeout`` s fails the test)."""
+def run_program(
+    source: str,
+    env: dict[str, str],
+    timeout: float = 30,
+    meanwhile: Callable[[], object] = lambda: None,
+) -> tuple[str, float]:
+    """Run ``source`` in a fresh interpreter, and ``meanwhile()`` once it started (workers
+    for it, say); its output, and how long it took (a program that does not end within
+    ``timeout`` s, or exits other than 0, fails the test)."""
     started = time.monotonic()
     program = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(source)],
@@ -641,11 +632,16 @@ def run_program(source: str, env: dict[str, str], timeout: float = 30) -> tuple[
         start_new_session=True,  # its children too are killed if it hangs
     )
     try:
+        meanwhile()
         out, _ = program.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(program.pid, signal.SIGKILL)
         out, _ = program.communicate()
         pytest.fail(f"the program did not end within {timeout} s; its output:\n{out}")
+    finally:
+        if program.poll() is None:  # meanwhile() failed
+            os.killpg(program.pid, signal.SIGKILL)
+            program.wait()
     assert program.returncode == 0, out
     return out, time.monotonic() - started
 
@@ -1235,14 +1231,11 @@ def test_a_cancel_takes_back_a_retry_queued_or_waiting_out_its_delay(
     ex = executor(task_timeout=10.0 if way == "task_timeout" else None)
     futures = [ex.submit(jobs.add, i, i) for i in range(2)]
     with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as worker:
-        consumer = worker.consumer("stop34-worker")
-        try:
+        with contextlib.closing(worker.consumer("failing-worker")) as consumer:
             taken = fetch_n(consumer, 2)
             assert len(taken) == 2
-            endings = Endings("stop34-worker", target.settings.queue, None)
+            endings = Endings("failing-worker", target.settings.queue, None)
             consumer.settle(retried(endings, taken, (0.0, 30.0)))
-        finally:
-            consumer.close()
         assert ex.stats().ready == 2  # both retries on the broker, none leased
         if way == "cancel":
             assert [future.cancel() for future in futures] == [True, True]

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from distq.transport.rabbitmq_link import CLOSE_SECONDS, Link
 from launch import LocalRedis
 from procs import Spawn
 from relay import SilentRelay
-from seam import fetch_n, ok_result, retried
+from seam import fetch_n, held_until_stopped, ok_result, retried
 
 pytestmark = pytest.mark.integration
 
@@ -112,19 +113,12 @@ def test_a_stopped_master_takes_back_its_retries_queued_or_waiting_out_their_del
         codec=Codec([old, new], queue=queue) if signing else None,
     )
     run, reports = running(master, spec, stop)
-    consumer = remote.consumer("stop33-worker")
-    try:
+    with held_until_stopped(remote.consumer("failing-worker"), stop, run) as consumer:
         taken = fetch_n(consumer, 2)
         assert len(taken) == 2, out.getvalue()
         codec = Codec([new, old], queue=queue) if signing else None
-        endings = Endings("stop33-worker", queue, codec)
+        endings = Endings("failing-worker", queue, codec)
         consumer.settle(retried(endings, taken, (0.0, 30.0)))
-        stop.set()
-        run.join(30)
-    finally:
-        stop.set()
-        run.join(30)
-        consumer.close()
     assert reports and reports[0].missing == 4, out.getvalue()
     assert hosted.stats().ready == 0, out.getvalue()
 
@@ -147,20 +141,16 @@ def test_a_stop_takes_back_the_retries_its_tasks_in_flight_made_during_the_drain
     # a lease that does not lapse meanwhile (1 s, never renewed here, lapsed as a loaded
     # host settled late: a sweep put both tasks back, and the worker's retries were dropped)
     worker = open_transport(dataclasses.replace(target.settings, lease_seconds=30.0), "worker")
-    consumer = worker.consumer("stop34-worker")
-    try:
+    with (
+        closing(worker),
+        held_until_stopped(worker.consumer("failing-worker"), stop, run) as consumer,
+    ):
         taken = fetch_n(consumer, 2)
         assert len(taken) == 2, out.getvalue()
         stop.set()
         assert looked.wait(20), out.getvalue()  # nothing queued, both in hand
-        endings = Endings("stop34-worker", target.settings.queue, None)
+        endings = Endings("failing-worker", target.settings.queue, None)
         consumer.settle(retried(endings, taken, (0.0, 30.0)))
-        run.join(30)
-    finally:
-        stop.set()
-        run.join(30)
-        consumer.close()
-        worker.close()
     assert reports and reports[0].missing == 2, out.getvalue()
     assert hosted.stats().ready == 0, out.getvalue()
 
@@ -181,8 +171,7 @@ def test_a_stop_takes_back_the_tasks_put_back_during_the_drain_as_their_leases_l
     spec = JobSpec(tasks=2, drain_seconds=5)
     master = Master(hosted, Console(out=out, err=out))
     run, reports = running(master, spec, stop)
-    consumer = remote.consumer("stalled-worker")
-    try:
+    with held_until_stopped(remote.consumer("stalled-worker"), stop, run) as consumer:
         assert len(fetch_n(consumer, 2)) == 2, out.getvalue()
         stop.set()
         assert looked.wait(20), out.getvalue()  # nothing queued, both in hand
@@ -191,11 +180,6 @@ def test_a_stop_takes_back_the_tasks_put_back_during_the_drain_as_their_leases_l
             time.sleep(0.05)
         assert run.is_alive(), out.getvalue()  # put back during the drain
         assert hosted.stats().ready == 2, out.getvalue()
-        run.join(30)
-    finally:
-        stop.set()
-        run.join(30)
-        consumer.close()
     assert reports and reports[0].missing == 2, out.getvalue()
     assert hosted.stats().ready == 0, out.getvalue()
 
@@ -214,15 +198,8 @@ def test_a_look_for_retries_after_the_drain_that_runs_out_says_its_own_time(
         target=lambda: master.run(JobSpec(tasks=1, drain_seconds=3), Squares(), stop)
     )
     run.start()
-    consumer = remote.consumer("stop34-worker")
-    try:
+    with held_until_stopped(remote.consumer("holding-worker"), stop, run) as consumer:
         assert len(fetch_n(consumer, 1)) == 1, out.getvalue()  # in hand: not taken back
-        stop.set()
-        run.join(30)
-    finally:
-        stop.set()
-        run.join(30)
-        consumer.close()
     assert (
         "did not look for all the retries of the 1 tasks in flight at the stop (its 0 s to do "
         "so ran out)" in out.getvalue()
@@ -243,18 +220,11 @@ def test_an_endless_jobs_task_whose_retry_was_taken_back_counts_as_missing(
     spec = JobSpec(tasks=None, rate=4, drain_seconds=1, status_every=60)
     master = Master(hosted, Console(out=out, err=out))
     run, reports = running(master, spec, stop)
-    consumer = remote.consumer("stop34-worker")
-    try:
+    with held_until_stopped(remote.consumer("failing-worker"), stop, run) as consumer:
         [delivery] = fetch_n(consumer, 1)
-        endings = Endings("stop34-worker", target.settings.queue, None)
+        endings = Endings("failing-worker", target.settings.queue, None)
         task = endings.codec.open_task(delivery.body)
         consumer.settle(retried(endings, [delivery], [30.0]))
-        stop.set()
-        run.join(30)
-    finally:
-        stop.set()
-        run.join(30)
-        consumer.close()
     said = out.getvalue()
     assert reports and reports[0].missing == 1, said
     assert f"missing 1 results: square({task.args[0]}) [{task.id}]" in said, said
@@ -288,9 +258,11 @@ def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
     run, reports = running(master, spec, stop)
     # a lease that does not lapse meanwhile: the copy is the reconcile's, not the sweep's
     worker = open_transport(dataclasses.replace(target.settings, lease_seconds=30.0), "worker")
-    consumer = worker.consumer("look35-worker")
-    endings = Endings("look35-worker", target.settings.queue, None)
-    try:
+    endings = Endings("failing-worker", target.settings.queue, None)
+    with (
+        closing(worker),
+        held_until_stopped(worker.consumer("failing-worker"), stop, run) as consumer,
+    ):
         [delivery] = fetch_n(consumer, 1)
         with redis.Redis.from_url(target.settings.redis_url) as client:
             client.hset(f"{master.reply_to}:state", "submitted", 0)
@@ -306,12 +278,6 @@ def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
             # the first look took the copy; the drain waits for the other
             assert looked.wait(20), out.getvalue()
             consumer.settle(retried(endings, [delivery], [0.0]))
-        run.join(30)
-    finally:
-        stop.set()
-        run.join(30)
-        consumer.close()
-        worker.close()
     said = out.getvalue()
     assert "submitting the 1 tasks among the others that wait for a result again" in said, said
     assert reports and reports[0].missing == 1, said
@@ -549,8 +515,7 @@ def test_a_stop_during_a_wait_for_rabbitmqs_confirms_still_waits_for_the_results
     spec = JobSpec(tasks=None, rate=400, drain_seconds=3, status_every=60)
     master = Master(hosted, Console(out=out, err=out))
     run, reports = running(master, spec, stop)
-    consumer = remote.consumer("look35-worker")
-    try:
+    with held_until_stopped(remote.consumer("late-worker"), stop, run) as consumer:
         [delivery] = fetch_n(consumer, 1)
         task = Codec().open_task(delivery.body)
         armed.set()
@@ -558,10 +523,5 @@ def test_a_stop_during_a_wait_for_rabbitmqs_confirms_still_waits_for_the_results
         time.sleep(0.5)  # the task ends during the drain
         value = task.args[0] ** 2
         consumer.settle([Settlement(delivery, task.reply_to, ok_result(task, value))])
-        run.join(30)
-    finally:
-        stop.set()
-        run.join(30)
-        consumer.close()
     said = out.getvalue()
     assert reports and reports[0].ok == 1, said

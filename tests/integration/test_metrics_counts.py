@@ -180,7 +180,7 @@ def test_a_masters_counters_add_up_during_its_job(target: Target) -> None:
         worker.stop()
     assert seen and max(s[1] for s in seen) > 0, seen
     # A scrape reads the master's counters and its outstanding gauge in one hold of
-    # their lock (obs31): each scrape adds up, none falls between a batch's counters
+    # their lock: each scrape adds up, none falls between a batch's counters
     adds_up = [s - ok == out and ok == trips for s, ok, out, trips in seen]
     assert all(adds_up), [s for s, fine in zip(seen, adds_up, strict=True) if not fine]
 

@@ -7,8 +7,6 @@ over the limit is answered, as a version-1 one is, and its letter keeps whole ch
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -17,7 +15,7 @@ from conftest import Target
 from distq.envelope import NO_REPLY, Task, new_id
 from distq.framing import pack
 from distq.transport import Transport
-from procs import Distq
+from procs import Distq, run_distq
 from seam import results_of
 
 pytestmark = pytest.mark.integration
@@ -30,14 +28,7 @@ SAID = {
 
 
 def _letters(target: Target) -> list[dict[str, object]]:
-    done = subprocess.run(
-        [sys.executable, "-m", "distq", "dead-letters", "--json"],
-        env=target.process_env(),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    done = run_distq(["dead-letters", "--json"], target.process_env())
     assert done.returncode == 0, done.stderr
     found: list[dict[str, object]] = json.loads(done.stdout)
     return found
@@ -87,7 +78,7 @@ def test_a_pack_or_a_newer_task_over_the_limit_is_said_so_and_answered(
     """At a worker of DISTQ_MAX_MESSAGE_BYTES=2048: a pack of 3 small tasks was
     dead-lettered as "task is 2,6xx bytes, over the limit", one task too large; a task
     of envelope version 2 and 5 KB was dead-lettered unanswered, its master waiting
-    until its timeout (codec31)."""
+    until its timeout."""
     reply = hosted.reply_queue(new_id())
     producer = hosted.producer(reply)
     body = pack([Task("jobs.square", ["x" * 700], NO_REPLY).encode() for _ in range(3)])

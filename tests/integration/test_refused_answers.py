@@ -1,5 +1,5 @@
-"""A task a worker the CLI started refuses unread is answered on every transport
-(codec32): one over its DISTQ_MAX_MESSAGE_BYTES whose signature it refuses too."""
+"""A task a worker the CLI started refuses unread is answered on every transport:
+one over its DISTQ_MAX_MESSAGE_BYTES whose signature it refuses too."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_a_task_with_a_field_it_cannot_run_with_is_answered(
     target: Target, hosted: Transport, workers: list[Distq]
 ) -> None:
     """A version-1 task whose head reads (attempt 0, args not a list): dead-lettered,
-    and answered on every transport with why (stop32), where its master waited until
+    and answered on every transport with why, where its master waited until
     its timeout."""
     reply = hosted.reply_queue(new_id())
     producer = hosted.producer(reply)

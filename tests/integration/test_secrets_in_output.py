@@ -18,6 +18,8 @@ from procs import Distq
 pytestmark = pytest.mark.integration
 
 SECRET_NAMES = r"(AUTHKEY|PASSWORD|SIGNING_KEYS?)"
+SIGNING_KEY = "secret-signing-key-0123456789abcdef"
+OTHER_SIGNING_KEY = "other-signing-key-9876543210fedcba"
 
 
 def run(args: list[str], env: dict[str, str], timeout: float = 90) -> tuple[int, str]:
@@ -185,3 +187,44 @@ def test_no_dockerfile_bakes_a_secret_into_an_image() -> None:
     dockerfiles = [p for p in REPO.rglob("Dockerfile*") if ".venv" not in p.parts]
     found = {str(p.relative_to(REPO)): baked_secrets(p.read_text()) for p in dockerfiles}
     assert not {path: lines for path, lines in found.items() if lines}
+
+
+@pytest.mark.parametrize("target", ["redis", "rabbitmq"], indirect=True)
+def test_no_password_nor_key_in_what_the_queue_commands_print(target: Target) -> None:
+    """No secret in what the queue commands print (submit, dead-letters, requeue-dead, status)
+    given a broker URL that holds its password, the right one or a wrong one, in text and
+    JSON lines, on Redis and RabbitMQ, with signing keys set and a dead letter to show."""
+    var = "DISTQ_REDIS_URL" if target.name == "redis" else "DISTQ_AMQP_URL"
+    password = unquote(urlsplit(target.env[var]).password or "")
+    wrong = unquote(urlsplit(target.bad_credentials_env[var]).password or "")
+    assert password and wrong
+    outputs = []
+    for log_format in ("text", "json"):
+        env = target.process_env(DISTQ_SIGNING_KEYS=SIGNING_KEY, DISTQ_LOG_FORMAT=log_format)
+        # a task signed with another key, refused by a worker: a dead letter to show
+        other = {**env, "DISTQ_SIGNING_KEYS": OTHER_SIGNING_KEY}
+        code, out = run(["submit", "square", "3"], other)
+        assert code == 0, out
+        outputs.append(out)
+        code, out = run(["worker", "--exit-when-idle", "1"], env)
+        assert code == 0, out
+        outputs.append(out)
+        for args in (["status"], ["dead-letters"], ["requeue-dead"], ["dead-letters"]):
+            code, out = run(args, env)
+            outputs.append(out)
+        code, out = run(["submit", "--wait", "--timeout", "1", "square", "3"], env)
+        outputs.append(out)
+        bad = target.process_env(
+            **target.bad_credentials_env,
+            DISTQ_SIGNING_KEYS=SIGNING_KEY,
+            DISTQ_LOG_FORMAT=log_format,
+        )
+        for args in (["status"], ["dead-letters"], ["requeue-dead"], ["submit", "square", "3"]):
+            code, out = run(args, bad)
+            assert code == 3, out
+            outputs.append(out)
+    everything = "\n".join(outputs)
+    assert "signed with another key" in everything, everything
+    assert "Traceback" not in everything, everything
+    for secret in (password, wrong, SIGNING_KEY, OTHER_SIGNING_KEY):
+        assert secret not in everything, (secret, everything)

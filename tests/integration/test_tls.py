@@ -430,3 +430,29 @@ def test_an_expired_server_certificate_is_refused_by_rabbitmq_clients(
     with tls_listener(pki.expired) as port:
         broker = TlsBroker("rabbitmq", f"amqps://distq@127.0.0.1:{port}/%2F", "pw", port, "")
         refused(environment(broker, pki, tmp_path), "certificate has expired")
+
+
+def test_ssl_options_in_the_amqp_url_with_the_password_from_its_file(
+    rabbitmq_tls: TlsBroker, pki: Pki, tmp_path: Path
+) -> None:
+    """TLS files given the URL's own way (pika's ``ssl_options``, DISTQ_TLS_* unset) with the
+    broker password from its file, as the README advises: a job's status over ``amqps://``."""
+    options = {
+        "ca_certs": str(pki.ca.cert),
+        "certfile": str(pki.client.cert),
+        "keyfile": str(pki.client.key),
+    }
+    url = f"{rabbitmq_tls.url}?ssl_options={options!r}"
+    env = environment(
+        rabbitmq_tls,
+        pki,
+        tmp_path,
+        DISTQ_AMQP_URL=url,
+        DISTQ_TLS_CA_FILE="",
+        DISTQ_TLS_CERT_FILE="",
+        DISTQ_TLS_KEY_FILE="",
+    )
+    assert "DISTQ_AMQP_PASSWORD_FILE" in env and "DISTQ_TLS_CA_FILE" not in env
+    code, out = status(env)
+    assert code == 0, out
+    assert "over TLS" in out and rabbitmq_tls.password not in out, out

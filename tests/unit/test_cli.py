@@ -20,23 +20,11 @@ import pytest
 
 from conftest import REPO
 from launch import free_port
-
-
-def _env(**env: str) -> dict[str, str]:
-    """This environment without its DISTQ_ variables, running this checkout, with ``env``."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
-    return {**clean, "PYTHONPATH": str(REPO / "src"), **env}
+from procs import checkout_env, run_distq
 
 
 def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "distq", *args],
-        env=_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_distq(args, checkout_env(**env), timeout=60)
 
 
 def sigterm_after(proc: subprocess.Popen[str], seconds: float, within: float) -> str:
@@ -55,7 +43,7 @@ def started(*args: str, **env: str) -> subprocess.Popen[str]:
     """``distq ARGS`` running, its stderr on its stdout (``proc.stdout``)."""
     return subprocess.Popen(
         [sys.executable, "-m", "distq", *args],
-        env=_env(**env),
+        env=checkout_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -354,7 +342,9 @@ def test_sigterm_while_a_worker_is_still_connecting_exits_at_once() -> None:
 def test_sighup_stops_a_worker_unless_nohup_ignores_it() -> None:
     """A closed terminal's SIGHUP ended a worker at once, without a line (its tasks back
     only when their leases lapsed); under ``nohup`` it must keep running."""
-    env = _env(DISTQ_TRANSPORT="redis", DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    env = checkout_env(
+        DISTQ_TRANSPORT="redis", DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"
+    )
     worker = [sys.executable, "-m", "distq", "worker", "--connect-timeout", "60"]
     run = {"env": env, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
     plain = subprocess.Popen(worker, **run)  # type: ignore[call-overload]
@@ -780,7 +770,7 @@ def test_a_command_started_with_stderr_closed_keeps_its_exit_code() -> None:
         f"{sys.executable} -m distq worker 2>&-",
         shell=True,
         executable="/bin/bash",
-        env=_env(DISTQ_TRANSPORT="kafka"),
+        env=checkout_env(DISTQ_TRANSPORT="kafka"),
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,4 +1,4 @@
-"""A result of another envelope version over the master's size limit (codec32): a v1
+"""A result of another envelope version over the master's size limit: a v1
 one over it, and a v2 one within it, each stand in for their task with an error
 result; a v2 one over it was refused unsaid, and its task waited until its timeout."""
 

@@ -23,6 +23,20 @@ from distq.logs import JsonConsole, TextConsole, make_console
 from nonblocking import drain
 
 
+def _not_json(written: bytes) -> list[str]:
+    """The lines of ``written``, which ends at a line's end, that are not JSON (a line cut
+    or run into another)."""
+    lines = written.decode().split("\n")
+    assert lines[-1] == ""  # ends at a line's end
+    broken = []
+    for line in lines[:-1]:
+        try:
+            json.loads(line)
+        except ValueError:
+            broken.append(line)
+    return broken
+
+
 @pytest.mark.parametrize("as_bytes", [False, True])  # as text; as JSON lines' bytes
 @pytest.mark.parametrize("batch", [1, 150])  # a line at a time; a worker's batch of lines
 def test_a_full_non_blocking_stdout_never_gets_half_a_json_line(
@@ -49,16 +63,9 @@ def test_a_full_non_blocking_stdout_never_gets_half_a_json_line(
     console.info("the last line")  # the pipe is empty now: it goes whole
     got += drain(read)
     assert time.monotonic() - started < 120  # never blocked
-    lines = got.decode().split("\n")
-    assert lines[-1] == ""  # ends at a line's end
-    broken = []
-    for line in lines[:-1]:
-        try:
-            json.loads(line)
-        except ValueError:
-            broken.append(line)
+    broken = _not_json(got)
     assert not broken, f"{len(broken)} broken lines, e.g. {broken[0][:80]!r}...{broken[0][-80:]!r}"
-    assert json.loads(lines[-2])["message"] == "the last line"
+    assert json.loads(got.decode().split("\n")[-2])["message"] == "the last line"
 
 
 @pytest.mark.parametrize("as_bytes", [False, True])  # as text; as JSON lines' bytes
@@ -102,14 +109,7 @@ def test_slots_writing_at_once_to_a_full_non_blocking_stdout_never_cut_a_line(
         sys.setswitchinterval(interval)
     console.info("the last line")
     got.append(drain(read))
-    lines = b"".join(got).decode().split("\n")
-    assert lines[-1] == ""
-    broken = []
-    for line in lines[:-1]:
-        try:
-            json.loads(line)
-        except ValueError:
-            broken.append(line)
+    broken = _not_json(b"".join(got))
     assert not broken, f"{len(broken)} broken lines, e.g. {broken[0][:160]!r}"
 
 

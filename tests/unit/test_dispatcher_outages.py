@@ -110,7 +110,7 @@ def test_a_broker_that_keeps_refusing_the_tasks_is_retried_with_growing_backoff(
     With the nack read one result read later, the backoff was reset by any turn that went
     through after a reconnect: each recovery began again at no delay, and the executor
     sent its task again about 100 times a second (290 in 3 s) for as long as the broker
-    refused it (rev31 item 2). It is reset once the calls have gone through for longer
+    refused it. It is reset once the calls have gone through for longer
     than the longest delay."""
     monkeypatch.setattr(dispatching, "Backoff", lambda: Backoff(rng=lambda: 1.0))
     callbacks = Callbacks()

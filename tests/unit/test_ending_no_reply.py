@@ -49,7 +49,7 @@ def test_an_oversized_signed_task_costs_one_mac_over_it(
 ) -> None:
     """Refused for its size, a signed task nobody waits for had its signature checked
     twice, each an HMAC over all of it (up to 128 MiB): once to read its head, once more
-    to say whether its signature was refused too (sec33). Counted as verifications of it:
+    to say whether its signature was refused too. Counted as verifications of it:
     each hashes a message once at most, in any format or refusal."""
     sender, worker = Codec([KEY], max_message_bytes=1 << 20), Codec([KEY], max_message_bytes=4096)
     body = sender.seal_task(Task(name="square", args=["x" * 10_000], reply_to=reply_to))

@@ -1,4 +1,4 @@
-"""Refused tasks and what their dead letters and answers say (codec32): a framed pack
+"""Refused tasks and what their dead letters and answers say: a framed pack
 over the size limit, a task of another envelope version over the limit or refused for
 its signature."""
 
@@ -34,7 +34,7 @@ def _refused(endings: Endings, body: bytes) -> tuple[EnvelopeError, DeadLetter]:
 @pytest.mark.parametrize("transport", [None, "rabbitmq", "redis", "manager"])
 def test_a_pack_over_the_limit_is_dead_lettered_saying_it_is_a_pack(transport: str | None) -> None:
     """Refused for its size first, its letter said "task is 2,4xx bytes, over the limit":
-    one task too large, where 3 small ones came packed in one message (codec31)."""
+    one task too large, where 3 small ones came packed in one message."""
     body = pack([Task("jobs.square", ["x" * 700], "replies").encode() for _ in range(3)])
     assert len(body) > LIMIT
     endings = Endings("w1", "q", Codec(max_message_bytes=LIMIT, transport=transport))
@@ -56,7 +56,7 @@ def test_a_task_of_another_version_over_the_limit_answers_its_submitter(
 ) -> None:
     """Refused for its size before its version was read, it got no answer where a v1
     task over the limit, or a v2 task within it, does: its master waited until its
-    timeout (codec31)."""
+    timeout."""
     sent = Task(name="jobs:thumb", args=["x" * 5000], reply_to="replies")
     envelope = _v2(sent)
     body = envelope if not keys else Codec(keys).signer.sign(envelope, "task")  # type: ignore[union-attr]
@@ -99,7 +99,7 @@ def test_a_pack_at_a_worker_of_no_known_transport_is_not_said_as_rabbitmqs_alone
 ) -> None:
     """A Worker made in Python gets a Codec without settings, so its transport is not
     known: its letter for a pack on Redis or the manager said "sent without the message
-    type distq.tasks", which only RabbitMQ's messages have (codec31)."""
+    type distq.tasks", which only RabbitMQ's messages have."""
     body = pack([Task("jobs.square", [n], "replies").encode() for n in range(tasks)])
     _, letter = _refused(Endings("w1", "q"), body)
     assert letter.reason.startswith(f"malformed message: a pack of {tasks} task"), letter.reason

@@ -1,4 +1,4 @@
-"""What the metrics endpoint costs a process between scrapes, and per scrape (perf34).
+"""What the metrics endpoint costs a process between scrapes, and per scrape.
 
 Counted, not timed: a thread's wake-ups (``voluntary_ctxt_switches``) and the reads a
 client needs for one answer, which do not move with the machine's other load.

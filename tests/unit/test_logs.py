@@ -36,6 +36,7 @@ from distq.logs import (
 from distq.telemetry import LONGEST_WAIT, MasterTelemetry, WorkerTelemetry, micros
 from distq.transport import Delivery, Settlement
 from launch import free_port
+from procs import checkout_env, run_distq
 
 
 @pytest.mark.parametrize(
@@ -157,21 +158,12 @@ def test_an_unreachable_broker_is_named_without_its_password(
     variable: str, url: str, log_format: str
 ) -> None:
     transport = "redis" if variable == "DISTQ_REDIS_URL" else "rabbitmq"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
-    env.update(
-        PYTHONPATH=str(REPO / "src"),
+    env = checkout_env(
         DISTQ_TRANSPORT=transport,
         DISTQ_LOG_FORMAT=log_format,
         **{variable: url.format(port=free_port())},
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "distq", "worker", "--connect-timeout", "0.5"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_distq(["worker", "--connect-timeout", "0.5"], env, timeout=60)
     assert done.returncode == 3, done.stderr
     assert "s3cret-pw" not in done.stdout + done.stderr
     assert "cannot reach" in done.stderr

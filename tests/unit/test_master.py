@@ -13,7 +13,7 @@ import pytest
 from distq import master as master_module
 from distq.backoff import Backoff
 from distq.console import Console
-from distq.envelope import Result, Task
+from distq.envelope import Task
 from distq.errors import ConfigError, TransportError
 from distq.health import ProcessHealth
 from distq.ledger import Entry, Ledger
@@ -34,7 +34,7 @@ from distq.telemetry import MasterTelemetry
 from distq.transport import Settlement, Transport
 from distq.transport.base import Producer
 from distq.transport.manager import ManagerConsumer, ManagerProducer
-from seam import ok_result
+from seam import error_result, ok_result
 
 
 def serve(
@@ -344,18 +344,7 @@ def test_any_workload_runs_and_failures_are_named_by_it(transport: Transport) ->
 
     def answer(task: Task) -> list[bytes]:
         if task.args[0] in messages:
-            return [
-                Result(
-                    task_id=task.id,
-                    status="error",
-                    worker="w",
-                    attempt=1,
-                    started_at=0.0,
-                    duration=0.0,
-                    error_type="ValueError",
-                    error_message=messages[task.args[0]],
-                ).encode()
-            ]
+            return [error_result(task, "ValueError", messages[task.args[0]])]
         return [result(task, "anything")]
 
     out, report = run(transport, JobSpec(tasks=4, timeout=20), answer, Echoes())
@@ -502,6 +491,32 @@ def test_a_setting_refused_mid_job_still_collects_the_results_waiting(
     assert "stopped: the queue's key holds a string" in out, out
 
 
+def _each_send_refused(monkeypatch: pytest.MonkeyPatch, calls_later: int) -> list[float]:
+    """A broker that answers but refuses each send (RabbitMQ: a length limit with
+    overflow reject-publish): ``ManagerProducer.submit`` keeps nothing, and the
+    ``calls_later``-th ``results`` call after it raises the refusal (a nack read with the
+    next call, or later). The times of the sends, appended as they happen."""
+    sent: list[float] = []
+    pending: list[int] = []  # calls left before the refusal is said, one a send unsaid
+    original = ManagerProducer.results
+
+    def dropped(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
+        sent.append(time.monotonic())
+        pending.append(calls_later)
+
+    def results(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
+        if pending:
+            pending[0] -= 1
+            if pending[0] == 0:
+                pending.clear()  # one refusal says every send so far
+                raise TransportError("the broker refused 1 message(s)")
+        return original(self, max_count, timeout)
+
+    monkeypatch.setattr(ManagerProducer, "submit", dropped)
+    monkeypatch.setattr(ManagerProducer, "results", results)
+    return sent
+
+
 def test_a_broker_that_keeps_refusing_the_job_is_retried_with_growing_backoff(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -511,23 +526,8 @@ def test_a_broker_that_keeps_refusing_the_job_is_retried_with_growing_backoff(
     started a new backoff at 0.1 s, and the master sent its lost tasks again about 20
     times a second for as long as the broker refused them (323 publishes in 12 s of 40
     tasks against a full RabbitMQ queue)."""
-    refused = threading.Event()
-    sent: list[float] = []
-    original = ManagerProducer.results
     monkeypatch.setattr("distq.master.Backoff", lambda: Backoff(rng=lambda: 1.0))
-
-    def dropped(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
-        sent.append(time.monotonic())
-        refused.set()  # not kept; the refusal comes with the next call, as a nack does
-
-    def results(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
-        if refused.is_set():
-            refused.clear()
-            raise TransportError("the broker refused 1 message(s)")
-        return original(self, max_count, timeout)
-
-    monkeypatch.setattr(ManagerProducer, "submit", dropped)
-    monkeypatch.setattr(ManagerProducer, "results", results)
+    sent = _each_send_refused(monkeypatch, 1)  # with the next call, as a nack does
     out, report = run(transport, JobSpec(tasks=5, timeout=3.0), right)
     assert report.missing == 5, out
     assert out.count("reconnecting") == 1, out
@@ -543,7 +543,6 @@ def test_a_refusal_read_a_call_later_still_grows_the_backoff(
     master ended the outage and started its backoff again at 0.1 s each time (delays
     0.1, 0.1, 0.1, ... between sends). The backoff now resets only once the calls have
     gone through for its longest delay since the reconnect."""
-    pending: list[int] = []
     delays: list[float] = []
 
     class Recorded(Backoff):
@@ -551,22 +550,8 @@ def test_a_refusal_read_a_call_later_still_grows_the_backoff(
             delays.append(super().next())
             return delays[-1]
 
-    original = ManagerProducer.results
     monkeypatch.setattr("distq.master.Backoff", lambda: Recorded(rng=lambda: 1.0))
-
-    def dropped(self: ManagerProducer, bodies: Sequence[bytes]) -> None:
-        pending.append(2)  # refused, said at the second call after this one
-
-    def results(self: ManagerProducer, max_count: int, timeout: float) -> list[bytes]:
-        if pending:
-            pending[0] -= 1
-            if pending[0] == 0:
-                pending.clear()
-                raise TransportError("the broker refused 1 message(s)")
-        return original(self, max_count, timeout)
-
-    monkeypatch.setattr(ManagerProducer, "submit", dropped)
-    monkeypatch.setattr(ManagerProducer, "results", results)
+    _each_send_refused(monkeypatch, 2)  # said at the second call after the send
     out, report = run(transport, JobSpec(tasks=5, timeout=3.0), right)
     assert report.missing == 5, out
     assert len(delays) >= 3, out
@@ -594,17 +579,7 @@ def test_a_huge_error_message_is_cut_in_the_problems(transport: Transport) -> No
     where the README says each problem is cut to about 4,000 characters."""
 
     def huge(task: Task) -> list[bytes]:
-        failed = Result(
-            task_id=task.id,
-            status="error",
-            worker="other",
-            attempt=1,
-            started_at=0.0,
-            duration=0.0,
-            error_type="E" * 20_000,
-            error_message="m" * 1_000_000,
-        )
-        return [failed.encode()]
+        return [error_result(task, "E" * 20_000, "m" * 1_000_000, worker="other")]
 
     out, report = run(transport, JobSpec(tasks=2, timeout=20), huge)
     assert report.failed == 2 and len(report.problems) == 2, out[-2000:]

@@ -457,7 +457,7 @@ def test_a_histogram_takes_a_batch_of_any_size_as_prometheus_client_would(
     size: int, ordered: bool
 ) -> None:
     # a few values are bisected one by one, more are sorted first: both as the reference;
-    # a batch its caller sorted (a worker's, perf34) is taken as it is, with the same counts
+    # a batch its caller sorted (a worker's) is taken as it is, with the same counts
     rng = random.Random(size)
     values = [
         rng.choice([*BUCKETS, rng.uniform(0, 400), rng.uniform(0, 0.01)]) for _ in range(size)

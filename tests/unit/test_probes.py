@@ -30,6 +30,7 @@ from distq.http import Endpoint
 from distq.observe import BROKER_LINK, MasterObservability, WorkerObservability
 from endpoints import link_local_or_skip
 from launch import free_port
+from procs import checkout_env, run_distq
 
 
 class Clock:
@@ -348,16 +349,7 @@ def test_a_busy_port_on_an_ipv6_host_names_it_in_brackets(host: str) -> None:
 
 
 def probe(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
-    clean["PYTHONPATH"] = str(REPO / "src")
-    return subprocess.run(
-        [sys.executable, "-m", "distq", "probe", *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_distq(["probe", *args], checkout_env(**env), timeout=60)
 
 
 def test_a_stdout_that_cannot_be_written_is_said_and_the_output_goes_to_stderr(
@@ -420,7 +412,7 @@ def test_distq_probe_reaches_an_endpoint_on_every_ipv6_interface(
 ) -> None:
     """DISTQ_METRICS_HOST=:: listens on IPv6 only where the machine's bindv6only is 1 (as
     if every socket had IPV6_V6ONLY), and distq probe asked 127.0.0.1 for any wildcard:
-    "no answer", exit 1, from a healthy process (rev31 item 3). Where :: takes IPv4 too
+    "no answer", exit 1, from a healthy process. Where :: takes IPv4 too
     (bindv6only 0, or a container without an IPv6 loopback) 127.0.0.1 still answers."""
     bind = distq_http._Server6.server_bind
 

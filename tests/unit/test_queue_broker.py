@@ -176,7 +176,7 @@ def test_a_late_result_is_published_and_the_requeued_copy_dropped(taken: bool) -
 def test_a_settle_sent_again_after_the_master_ran_it_is_settled_already(fetch: bool) -> None:
     """A keeper's settle the master ran after its worker stopped waiting for the answer,
     which the slot sends again: its result went twice, and its retry was found late, the
-    worker saying "not retried" of a retry sent (settle33, test_keeper_settle_manager_busy)."""
+    worker saying "not retried" of a retry sent (test_keeper_settle_manager_busy)."""
     clock = Clock()
     broker = QueueBroker(clock)
     broker.open("r")

@@ -20,7 +20,6 @@ from distq.config import SETTINGS, Settings
 from distq.credentials import SECRETS, mask_url
 from distq.errors import ConfigError
 from distq.logs import mask_secrets
-from distq.security import notices
 from distq.transport.rabbitmq_link import Broker
 
 KEY = {"DISTQ_AUTHKEY": "secret-authkey-value"}
@@ -544,29 +543,6 @@ def test_tls_files_in_the_redis_url_and_a_tls_setting_are_refused(
         assert client.connection_pool.connection_kwargs["ssl_ca_certs"] == "/etc/other.pem"
     # without DISTQ_TLS_*, the URL's own TLS options are the user's to set
     assert load({"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": url}).redis_url == url
-
-
-# --- what is said at start ----------------------------------------------------------
-
-
-def test_the_manager_transport_says_it_is_not_encrypted() -> None:
-    local = load(KEY)
-    [(level, line)] = notices(local, "master")
-    assert level == "info" and "not encrypted" in line
-    everywhere = load({**KEY, "DISTQ_MANAGER_ADDRESS": "0.0.0.0:9000"})
-    [(level, line)] = notices(everywhere, "master")
-    assert level == "warning" and "0.0.0.0:9000" in line and "not encrypted" in line
-    assert notices(everywhere, "worker")[0][0] == "info"
-    short = load({"DISTQ_AUTHKEY": "q7"})  # guessed in 0.9 s, nothing said (sec14)
-    assert [level for level, _ in notices(short, "master")] == ["info", "warning"]
-    assert notices(short, "master")[1][1].startswith("DISTQ_AUTHKEY is 2 bytes long: a peer")
-    assert len(notices(short, "worker")) == 1  # the master's to say
-    v6 = load({**KEY, "DISTQ_MANAGER_ADDRESS": "[::]:9000"})  # was "listening on :::9000"
-    assert "listening on [::]:9000, beyond" in notices(v6, "master")[0][1]
-    signed = load({**KEY, "DISTQ_SIGNING_KEYS": f"{SIGNING}1,{SIGNING}2"})
-    line = notices(signed, "worker")[0][1]
-    assert re.search(r"signed with key id [0-9a-f]{8}; 2 keys accepted", line)
-    assert notices(load({"DISTQ_TRANSPORT": "redis"}), "master") == []
 
 
 # --- TLS failures as one line ---------------------------------------------------------

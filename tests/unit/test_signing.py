@@ -568,7 +568,7 @@ def test_a_byte_order_mark_in_front_of_the_keys_is_not_part_of_the_first_key(
 ) -> None:
     """A keys file saved by an editor that writes a UTF-8 BOM (Notepad) kept U+FEFF in
     the first key: a master whose file had it and workers whose file did not signed with
-    different keys and refused each other's messages (rev31 item 1)."""
+    different keys and refused each other's messages."""
     key = "k" * MIN_KEY_LENGTH + "-first"
     assert parse_keys("\ufeff" + key + "\nsecond-key-0123456789") == (
         key.encode(),
@@ -583,7 +583,7 @@ def test_a_byte_order_mark_in_front_of_the_keys_is_not_part_of_the_first_key(
         assert loaded.signing_keys == Settings.load({**redis, variable: key}).signing_keys
 
 
-# --- what a signature binds (sec33) ---------------------------------------------------
+# --- what a signature binds ---------------------------------------------------------
 
 
 def test_a_task_signed_for_one_queue_is_refused_on_another_with_the_same_keys() -> None:
@@ -635,7 +635,7 @@ def test_the_context_counts_a_queue_in_bytes_so_no_two_queues_share_one() -> Non
         assert context("task", queue) == text.ljust(-(-len(text) // 64) * 64, b"\0")
 
 
-# --- the format: DQSIG3, and DQSIG2 during a rolling upgrade (sig35) ---------------------
+# --- the format: DQSIG3, and DQSIG2 during a rolling upgrade ---------------------------
 
 
 def dqsig3(key: bytes, envelope: bytes, kind: str = "task", queue: str = "distq") -> bytes:
@@ -675,7 +675,7 @@ def old_master_reads(message: bytes, kind: str = "result") -> bytes:
 def test_a_worker_answers_each_master_in_the_format_its_own_tasks_came_in() -> None:
     """Workers upgraded first, masters after: an older master reads only DQSIG2. A
     worker signed its results DQSIG3 once it had read any DQSIG3 task, so an older
-    master beside an upgraded one on the same queue dropped its lone results (sig36);
+    master beside an upgraded one on the same queue dropped its lone results;
     each result now goes out in the format of the task it answers, lone or in a batch."""
     w = Runner(Codec([NEW]))
     newer = Delivery(dqsig3(NEW, Task("echo", [1], "new").encode()), 1)
@@ -767,7 +767,7 @@ def test_an_envelope_over_512_bytes_is_signed_dqsig2_which_hashes_long_ones_fast
 ) -> None:
     """Where SHA-256 runs on the CPU's SHA extensions, hashlib's BLAKE2b costs more per
     byte: a result pack of 19 KB was sealed in 32 µs, not 22, and a signed 8 KB task
-    checked in 9.3 µs, not 5.9 (sig35). Up to 512 bytes, DQSIG3; longer, DQSIG2."""
+    checked in 9.3 µs, not 5.9. Up to 512 bytes, DQSIG3; longer, DQSIG2."""
     signer = Signer([NEW, OLD])
     short, long = b"x" * 512, b"x" * 513
     assert signer.sign(short, kind) == dqsig3(NEW, short, kind)

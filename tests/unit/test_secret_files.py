@@ -1,5 +1,10 @@
-"""Secrets of whitespace alone, and a UTF-8 byte order mark in front of a secret file
-(what editors on Windows write), as the README's Settings section says them (sec33)."""
+"""What a secret's value or file holds, as the README's Settings section says it.
+
+A secret's file holds the secret and one trailing newline, as the README and
+``read_secret`` say: a key whose own last byte is a line end keeps it. A keys file
+written with old Mac line ends (a bare CR) holds one key per line all the same.
+Secrets of whitespace alone are refused as such, and a UTF-8 byte order mark in front of
+a secret file (what editors on Windows write) is not part of the secret."""
 
 from __future__ import annotations
 
@@ -9,11 +14,13 @@ from typing import Any
 import pytest
 
 from distq.config import Settings
+from distq.credentials import read_secret
 from distq.errors import ConfigError
 from distq.executor_settings import load_settings
 
 MANAGER = {"DISTQ_TRANSPORT": "manager"}
 BOM = b"\xef\xbb\xbf"
+SIGNING = "k" * 16 + "-signing"
 
 
 @pytest.mark.parametrize("value", ["   ", "\t", " \n "])
@@ -88,3 +95,38 @@ def test_a_file_holding_only_a_byte_order_mark_is_refused(tmp_path: Path) -> Non
     path.write_bytes(BOM + b"\n")
     with pytest.raises(ConfigError, match="empty but for whitespace and a byte order mark"):
         Settings.load({**MANAGER, "DISTQ_AUTHKEY_FILE": str(path)})
+
+
+def _file(tmp_path: Path, data: bytes) -> str:
+    path = tmp_path / "secret"
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize("key", [b"0123456789abcdef\n", b"0123456789abcdef\r\n", b"k\xff\n\n"])
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_an_authkey_file_drops_its_trailing_newline_and_nothing_of_the_key(
+    tmp_path: Path, key: bytes, newline: bytes
+) -> None:
+    path = _file(tmp_path, key + newline)
+    assert Settings.load({"DISTQ_AUTHKEY_FILE": path}).authkey == key
+    # the same key as a program that passes its bytes
+    given = load_settings(None, {"transport": "manager", "authkey": key}, {})
+    assert Settings.load({"DISTQ_AUTHKEY_FILE": path}).authkey == given.authkey
+
+
+def test_a_password_file_drops_one_trailing_newline(tmp_path: Path) -> None:
+    assert read_secret(_file(tmp_path, b"pw\r\n\r\n"), "DISTQ_REDIS_PASSWORD_FILE") == "pw\r\n"
+    assert read_secret(_file(tmp_path, b"pw\n"), "DISTQ_REDIS_PASSWORD_FILE") == "pw"
+
+
+@pytest.mark.parametrize("ending", [b"\r", b"\r\n", b"\n"])
+def test_a_signing_keys_file_holds_one_key_per_line_whatever_its_line_ends(
+    tmp_path: Path, ending: bytes
+) -> None:
+    keys = (f"{SIGNING}1".encode(), f"{SIGNING}2".encode())
+    path = _file(tmp_path, ending.join(keys) + ending)
+    env = {"DISTQ_TRANSPORT": "redis", "DISTQ_SIGNING_KEYS_FILE": path}
+    assert Settings.load(env).signing_keys == keys
+    over = load_settings(None, {"transport": "redis", "signing_keys_file": path}, {})
+    assert over.signing_keys == keys
