@@ -15,6 +15,7 @@ from distq.transport.rabbitmq_packs import (
     chunks,
     fill,
     pack_bytes,
+    regroup,
     task_bodies,
 )
 
@@ -226,3 +227,25 @@ def test_tasks_the_broker_refused_to_take_back_are_held_again_in_their_message()
     assert plan.ack == [] and 11 in held.messages and _t(c) in held
     assert held.partly_settled()  # never requeued whole: "b" is in the queue again
     assert held.release([_t(c)]).nack == []
+
+
+def test_tasks_handed_back_go_in_messages_of_the_slots_batch_flag_by_flag() -> None:
+    """A split's rest (:func:`regroup`): in order, at most ``per_message`` and the byte
+    budget to a message, tasks flagged redelivered never beside ones not."""
+    tasks = [Delivery(bytes([97 + i]) * (1 + i), i, False) for i in range(7)]
+    assert [[d.tag for d in m] for m in regroup(tasks, set(), 3, 1 << 20)] == [
+        [0, 1, 2],
+        [3, 4, 5],
+        [6],
+    ]
+    assert [[d.tag for d in m] for m in regroup(tasks, {2, 3}, 3, 1 << 20)] == [
+        [0, 1],
+        [2, 3],
+        [4, 5, 6],
+    ]
+    assert [[d.tag for d in m] for m in regroup(tasks, set(), 1, 1 << 20)] == [
+        [i] for i in range(7)
+    ]
+    # bytes: bodies of 5 and 6, each after its 4-byte length, fit in 20; a third does not
+    assert [[d.tag for d in m] for m in regroup(tasks[4:], set(), 3, 20)] == [[4, 5], [6]]
+    assert regroup([], set(), 3, 20) == []

@@ -187,6 +187,7 @@ from distq.transport.rabbitmq_packs import (
     chunks,
     pack_bytes,
     packed,
+    regroup,
     task_bodies,
 )
 from distq.transport.rabbitmq_retries import (
@@ -207,6 +208,9 @@ _PACKED_TASKS = pika.BasicProperties(
 _HANDED_BACK = "distq-handed-back"
 _AGAIN = pika.BasicProperties(
     delivery_mode=pika.DeliveryMode.Persistent.value, headers={_HANDED_BACK: 1}
+)
+_PACKED_AGAIN = pika.BasicProperties(
+    delivery_mode=pika.DeliveryMode.Persistent.value, type=TASKS_TYPE, headers={_HANDED_BACK: 1}
 )
 _PROBE_TYPE = "distq.probe"  # a worker asking whether a reply queue exists; see gone()
 # transient, and dropped at once unless a consumer takes it (expiration 0): it never piles up
@@ -999,11 +1003,11 @@ class RabbitMQConsumer(Consumer):
             split = short and (was_short or not self._took_packs)
             if self._buffer and split and time.monotonic() >= self._split_after:
                 # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
-                # the pack goes back one task per message, for idle workers to take. What
+                # the pack goes back in messages of what it takes, for idle workers. What
                 # the broker refuses (a full queue) stays here, and runs in this slot
                 rest = sorted(tags_of(self._buffer, int, "rabbitmq"))
                 self._buffer.clear()
-                kept = self._give_back(rest, whole=False)
+                kept = self._give_back(rest, whole=False, per_message=want)
                 if kept:
                     self._buffer.extend(kept)
                     self._split_after = time.monotonic() + _SPLIT_PAUSE_S
@@ -1365,10 +1369,12 @@ class RabbitMQConsumer(Consumer):
             }
         )
 
-    def _give_back(self, tags: list[int], whole: bool = True) -> list[Delivery]:
+    def _give_back(
+        self, tags: list[int], whole: bool = True, per_message: int = 1
+    ) -> list[Delivery]:
         """Put these tasks back in the queue: a message none of whose tasks was settled
         is nacked whole (if ``whole``); other tasks, and recorded ones, are published
-        again.
+        again, up to ``per_message`` of a message's to a message (recorded ones alone).
 
         Returns the tasks whose publish the broker refused (a queue at a length limit
         with overflow ``reject-publish``): still held, as before, for this consumer to
@@ -1387,26 +1393,31 @@ class RabbitMQConsumer(Consumer):
         link, queue = self._link, self._transport.queue
         records = self._records.bodies if self._records is not None else {}
         plan = self._held.release(tags, whole, requeue=not self._counting)
-        sent: dict[int, Delivery] = {}  # publish number -> its task
+        sent: dict[int, list[Delivery]] = {}  # publish number -> its tasks
         for tag in tags:
             if tag in records:  # acked long ago
                 link.publish(queue, records[tag], mandatory=True)
-                sent[link.sequence] = Delivery(records[tag], tag, True)
-        for task, body in zip(plan.tasks, plan.republish, strict=True):
-            if task.tag in plan.again:  # as a requeue would: back flagged redelivered
-                link.publish(queue, body, mandatory=True, properties=_AGAIN)
+                sent[link.sequence] = [Delivery(records[tag], tag, True)]
+        for message in regroup(plan.tasks, plan.again, per_message, self._transport.pack_bytes):
+            again = message[0].tag in plan.again  # as a requeue would: flagged redelivered
+            if len(message) > 1:
+                properties = _PACKED_AGAIN if again else _PACKED_TASKS
+                link.publish(
+                    queue, pack([d.body for d in message]), mandatory=True, properties=properties
+                )
+            elif again:
+                link.publish(queue, message[0].body, mandatory=True, properties=_AGAIN)
             else:
-                link.publish(queue, body, mandatory=True)
-            sent[link.sequence] = task
+                link.publish(queue, message[0].body, mandatory=True)
+            sent[link.sequence] = message
         kept: list[Delivery] = []
         if sent:  # confirmed before any ack
-            refused = sorted(link.refused(sent))
+            refused = [task for number in sorted(link.refused(sent)) for task in sent[number]]
             link.check()  # returned (the queue deleted), or an older publish refused
             if refused:
                 REFUSALS.refused(f"RabbitMQ at {self._broker.address}", queue, len(refused))
-                ours = {sent[number].tag for number in refused}
-                kept = self._held.keep(plan, ours)
-                kept += [sent[number] for number in refused if sent[number].tag in records]
+                kept = self._held.keep(plan, {task.tag for task in refused})
+                kept += [task for task in refused if task.tag in records]
         if plan.ack:  # not cumulatively over the older ones being requeued
             self._finish(plan.ack, link.channel.basic_ack, also_held=plan.nack)
         if plan.nack:

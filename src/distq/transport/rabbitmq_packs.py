@@ -29,8 +29,11 @@ message only when every task in it is settled or released:
   were published again is never requeued whole after that: they would run twice.
 
 A slot that asks for fewer tasks than a pack holds is running slow ones (its batch is
-sized to a few milliseconds of work): the rest of the pack goes back at once, one task
-per message, so idle workers take them instead of waiting behind it. Once it took packs
+sized to a few milliseconds of work): the rest of the pack goes back at once, in
+messages of as many tasks as the slot takes (one each for a slot taking one), so idle
+workers take them instead of waiting behind it (:func:`regroup`). One task per message
+cost the broker a message per task: a slot splitting a 412-task buffer in a slow moment
+of fast tasks added 412 messages to a 625-message job. Once it took packs
 whole, only the second such fetch in a row does: one slow batch of fast tasks (a
 preempted process) is no sign of slow ones. A task whose
 publish the broker refuses (a queue at a length limit with overflow ``reject-publish``)
@@ -43,7 +46,7 @@ whose ack was lost; the master keeps the first result of each task.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from distq.framing import LENGTH_BYTES, TASKS_PER_MESSAGE, unpack
@@ -121,6 +124,26 @@ def fill(bodies: Sequence[bytes], per_message: int, max_bytes: int) -> list[Sequ
             start, size = i, 0
         size += cost
     out.append(bodies[start:])
+    return out
+
+
+def regroup(
+    tasks: Sequence[Delivery], again: Collection[object], per_message: int, max_bytes: int
+) -> list[list[Delivery]]:
+    """``tasks`` in order, as the messages that put them back in the queue: at most
+    ``per_message`` to a message and ``max_bytes`` to a pack (:func:`fill`), the tasks
+    of a message all in ``again`` (published flagged redelivered: :class:`Release`) or
+    all not."""
+    out: list[list[Delivery]] = []
+    start = 0
+    for end in range(1, len(tasks) + 1):
+        if end < len(tasks) and (tasks[end].tag in again) == (tasks[start].tag in again):
+            continue
+        run = tasks[start:end]
+        for message in fill([task.body for task in run], per_message, max_bytes):
+            out.append(list(run[: len(message)]))
+            run = run[len(message) :]
+        start = end
     return out
 
 
@@ -204,8 +227,8 @@ class HeldMessages:
 
     def release(self, tags: Iterable[int], whole: bool = True, requeue: bool = True) -> Release:
         """Hand these tasks back: see :class:`Release` for what that takes. With
-        ``whole=False`` no message is requeued whole: its tasks are published again,
-        one by one (splitting a pack for workers that take few tasks at a time). With
+        ``whole=False`` no message is requeued whole: its tasks are published again
+        (splitting a pack for workers that take few tasks at a time: :func:`regroup`). With
         ``requeue=False`` neither, but the tasks of a message that would have been are
         in ``again``."""
         touched: dict[int, list[Delivery]] = {}
