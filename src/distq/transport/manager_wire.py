@@ -448,6 +448,12 @@ class BoundedConnection(Connection):
     frame_limit = frame_limit(DEFAULT_MAX_MESSAGE_BYTES)
     _declared = 0  # the length of the last message refused
 
+    def send(self, obj: Any) -> None:
+        """The stdlib's, pickled by ``pickle.dumps``: both ends send plain data (see
+        :class:`Unpickler`), for which ``ForkingPickler`` (a pickler class made, and its
+        dispatch table copied, per message) took 2.5 µs a message, this 0.5."""
+        self.send_bytes(pickle.dumps(obj))
+
     def _recv_bytes(self, maxsize: int | None = None) -> io.BytesIO | None:
         """The stdlib's, remembering the length of a message it refuses."""
         recv: Callable[[int], io.BytesIO] = getattr(self, "_recv")  # noqa: B009
