@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from multiprocessing import reduction
+from multiprocessing import connection, reduction
 
 import pytest
 
@@ -45,3 +45,30 @@ def test_a_manager_message_is_pickled_without_the_forking_pickler(
     reply = ("#RETURN", [(2, b"task", False)])
     served.send(reply)
     assert client.recv() == reply
+
+
+def test_a_manager_message_is_read_without_the_stdlib_s_buffers(
+    pair: tuple[wire.ClientConnection, wire.ServedConnection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Connection.recv_bytes`` read a message's length and body each into a
+    ``BytesIO`` of its own, through three calls: 4 µs of a served request's 9. The
+    message is read as it framed it, a frame over the limit still refused unread, and
+    a close before a message still the peer's ``EOFError``."""
+
+    def buffered(self: object, size: int) -> object:
+        raise AssertionError("read through Connection._recv")
+
+    monkeypatch.setattr(connection.Connection, "_recv", buffered)
+    client, served = pair
+    for body in (b"", b"x" * 70_000):
+        client.send_bytes(body)
+        assert served.message() == body
+    served.frame_limit = 10
+    client.send_bytes(b"y" * 11)
+    with pytest.raises(wire.FrameTooLarge, match="a message of 11 bytes"):
+        served.message()
+    other, theirs = socket.socketpair()
+    with wire.ServedConnection(other.detach(), "127.0.0.1:2") as read:
+        theirs.close()
+        with pytest.raises(EOFError):
+            read.message()
