@@ -6,10 +6,13 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from multiprocessing import connection, reduction
+from typing import Any
 
 import pytest
 
+from distq.transport import manager_broker
 from distq.transport import manager_wire as wire
+from distq.transport.manager_broker import QueueBroker
 
 
 @pytest.fixture
@@ -72,3 +75,23 @@ def test_a_manager_message_is_read_without_the_stdlib_s_buffers(
         theirs.close()
         with pytest.raises(EOFError):
             read.message()
+
+
+class _NoAlias(list):  # type: ignore[type-arg]
+    """``list`` in :mod:`manager_broker`, whose generic alias fails the test."""
+
+    def __class_getitem__(cls, item: object) -> Any:
+        raise AssertionError(f"list[{item}] made on the broker's path")
+
+
+def test_a_settle_makes_its_lists_without_a_generic_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``list[int]()`` calls a generic alias, which sets ``__orig_class__`` on the new
+    list, fails and clears an ``AttributeError`` in C: 0.4 µs each, two a settle, on the
+    served thread before the result's waiter is woken."""
+    broker = QueueBroker()
+    broker.hold("r")
+    broker.put("q", [b"task"])
+    ((token, _, _),) = broker.fetch("q", "c1", 1, 0.0, 30.0)
+    monkeypatch.setattr(manager_broker, "list", _NoAlias, raising=False)
+    assert broker.settle("q", "c1", [(token, "r", b"result", None, 0.0, None)]) == []
+    assert broker.get("r", 1, 0.0) == [b"result"]
