@@ -532,7 +532,9 @@ class QueueBroker:
         lease ended (:meth:`_end`): a settle that ran after its consumer's close (a
         keeper's, waiting on a busy master while the worker stopped), or sent again
         after it, is taken as one past a lapse is."""
-        now, late, fresh = self._clock(), list[int](), list[int]()
+        now = self._clock()
+        late: list[int] = []  # not list[int](): see test_manager_lone_task
+        fresh: list[int] = []
         seen: set[int] | None = None  # fresh's tokens, once a token not held comes
         with self._lock:
             owner = self._leases.get(consumer)
