@@ -144,6 +144,8 @@ class ManagerTransport(Transport):
         self._served: set[wire.ServedConnection] = set()
         self._waits = _SettleWaits()
         self._inspector: wire.Broker | None = None  # a worker's proxy for stats(), kept
+        #: a worker's latest proxy of its master's broker: the inspector is made of it
+        self._made: wire.BrokerProxy | None = None
         self._keeper_thread: int | None = None  # the thread that calls heartbeat()
         self._inspector_lock = threading.Lock()
         self._frame_limit = wire.frame_limit(settings.max_message_bytes)
@@ -357,7 +359,8 @@ class ManagerTransport(Transport):
         if self._broker is not None:
             return self._broker
         assert self._manager is not None
-        return self._connect(self._manager.distq_broker)
+        self._made = self._connect(self._manager.distq_broker)
+        return self._made
 
     def producer(self, reply_to: str) -> Producer:
         broker = self._endpoint()
@@ -481,11 +484,18 @@ class ManagerTransport(Transport):
     def _inspect(self, ask: Callable[[wire.Broker], _T]) -> _T:
         """``ask`` the broker. In a worker one proxy serves every call (a worker's
         readiness asks every heartbeat): a fresh one costs the master two connections,
-        each with its handshake and thread. Dropped when a call fails, so the next call
-        connects afresh (to a restarted master, say)."""
+        each with its handshake and thread. It is made of the worker's latest proxy of
+        the broker (a slot's), with no ``create``: one connection a master, not two.
+        Dropped when a call fails, so the next call connects afresh (to a restarted
+        master, say): a ``create`` then, as the latest may be of the master before."""
         with self._inspector_lock:
             if self._inspector is None:
-                self._inspector = self._endpoint()
+                made, self._made = self._made, None
+                self._inspector = (
+                    self._endpoint()
+                    if made is None or self._manager is None
+                    else self._manager.same_broker(made)
+                )
             broker = self._inspector
         try:
             return ask(broker)
@@ -505,7 +515,8 @@ class ManagerTransport(Transport):
         return QueueStats(ready=ready, in_flight=in_flight, dead=dead, consumers=consumers)
 
     def close(self) -> None:
-        self._inspector = self._keeper = None  # a worker's: their connections go with it
+        # a worker's: their connections go with it
+        self._inspector = self._keeper = self._made = None
         broker, self._broker = self._broker, None
         if broker is not None:
             for queue, count in broker.dead_counts().items():
