@@ -35,7 +35,7 @@ def _sampler() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="distq-stats")
 
 
-def test_a_workers_pings_cost_its_master_one_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_workers_pings_cost_its_master_one_connection() -> None:
     # each new master (one a job: the bench's, a user's) cost a pinging worker two
     # connections, each a handshake and a thread there: one for the proxy's `create`,
     # closed at once, one kept for the pings; the worker's slots had made that proxy's
@@ -51,15 +51,19 @@ def test_a_workers_pings_cost_its_master_one_connection(monkeypatch: pytest.Monk
         consumer.close()
 
 
-def test_a_workers_ping_after_its_master_restarted_connects_to_the_new_one() -> None:
+@pytest.mark.parametrize("first", ["slot", "ping"])
+def test_a_workers_ping_after_its_master_restarted_connects_to_the_new_one(first: str) -> None:
     # the kept broker of the master before is not the new master's: the ping that finds
-    # it gone fails (readiness down), the next one is the new master's answer
+    # it gone fails (readiness down), the next one is the new master's answer, whether a
+    # slot's proxy or the ping's own came first
     settings = fake_settings("pingagain")
     hosted = open_transport(settings, "master")
     remote = open_transport(settings, "worker")
     try:
-        remote.consumer("slot-1").fetch(1, 0.0)
         with _sampler() as sampler:
+            if first == "ping":
+                sampler.submit(remote.ping).result(30)
+            remote.consumer("slot-1").fetch(1, 0.0)
             sampler.submit(remote.ping).result(30)
             hosted.close()
             hosted = open_transport(settings, "master")

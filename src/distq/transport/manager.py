@@ -488,7 +488,7 @@ class ManagerTransport(Transport):
         each with its handshake and thread. It is made of the worker's latest proxy of
         the broker (a slot's), with no ``create``: one connection a master, not two.
         Dropped when a call fails, so the next call connects afresh (to a restarted
-        master, say): a ``create`` then, as the latest may be of the master before."""
+        master, say): a ``create`` then, as the latest proxy may be of the master before."""
         with self._inspector_lock:
             if self._inspector is None:
                 made, self._made = self._made, None
@@ -504,8 +504,8 @@ class ManagerTransport(Transport):
             if broker is not self._broker:
                 _close_proxy(broker)  # this thread's connection, shared by its proxies
                 with self._inspector_lock:
-                    if self._inspector is broker:
-                        self._inspector = None
+                    if self._inspector is broker:  # a slot's kept since: of the same master
+                        self._inspector = self._made = None
             raise
 
     def stats(self) -> QueueStats:
