@@ -76,6 +76,33 @@ def test_a_workers_ping_after_its_master_restarted_connects_to_the_new_one(first
         hosted.close()
 
 
+def test_a_workers_pings_cost_a_master_started_again_one_connection() -> None:
+    # a master started per job on the address: the worker's slots connect to the new one
+    # before its ping finds the one before gone; the ping after used a create again, two
+    # connections, where a slot's proxy of the new master was there to be made of
+    settings = fake_settings("pingnew")
+    hosted = open_transport(settings, "master")
+    remote = open_transport(settings, "worker")
+    try:
+        with _sampler() as sampler:
+            slot = remote.consumer("slot-1")
+            slot.fetch(1, 0.0)
+            sampler.submit(remote.ping).result(30)
+            hosted.close()
+            hosted = open_transport(settings, "master")
+            slot.close()  # as a slot that lost its master: then it connects again
+            remote.consumer("slot-1").fetch(1, 0.0)
+            with pytest.raises(TransportError):
+                sampler.submit(remote.ping).result(30)  # the master before: gone
+            accepted = _counting_accepts(hosted)
+            for _ in range(3):
+                sampler.submit(remote.ping).result(30)
+        assert len(accepted) == 1, len(accepted)
+    finally:
+        remote.close()
+        hosted.close()
+
+
 def test_a_workers_ping_reads_a_stray_none_as_its_master_closing() -> None:
     # a stopping master ends a connection with one stray None reply; the ping read it as
     # message_limit's answer (3a2f9ea), readiness up a heartbeat after the master left

@@ -504,8 +504,10 @@ class ManagerTransport(Transport):
             if broker is not self._broker:
                 _close_proxy(broker)  # this thread's connection, shared by its proxies
                 with self._inspector_lock:
-                    if self._inspector is broker:  # a slot's kept since: of the same master
-                        self._inspector = self._made = None
+                    if self._inspector is broker:
+                        self._inspector = None
+                    if _id_of(self._made) == _id_of(broker):  # a slot's of the same master
+                        self._made = None
             raise
 
     def stats(self) -> QueueStats:
@@ -1519,6 +1521,12 @@ def _close_proxy(broker: object, lost: bool = False) -> None:
                 del local.connection
         if local is not None and (lost or conn is not None):
             local.lost = lost
+
+
+def _id_of(proxy: object) -> object:
+    """The id of ``proxy``'s object in its master (every proxy of a master shares its
+    broker's), None for none: a proxy of a master started since has another."""
+    return getattr(proxy, "_id", None)
 
 
 def _lost(broker: object) -> bool:
