@@ -126,13 +126,16 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout",
         type=flagtypes.seconds,
         metavar="S",
-        help="give up after S seconds and name what is missing",
+        help="give up S seconds after reaching the broker: take back the tasks still queued "
+        "(Redis, manager), name those missing (exit 1)",
     )
     master.add_argument(
         "--rate",
         type=flagtypes.rate,
         metavar="R",
-        help="submit R tasks per second until stopped (or --tasks reached)",
+        help="submit R tasks per second until SIGTERM/SIGINT, the job's end (exit 0 when every "
+        "task submitted came back; Redis and manager take back those still queued), or --tasks "
+        "reached",
     )
     master.add_argument(
         "--max-in-flight",

@@ -157,6 +157,7 @@ class Dispatcher(threading.Thread):
         self._unconfirmed = False  # reconnected, and the calls not through a while since
         self._said_lost = False
         self._stopping = False
+        self._answering = True  # False once close()'s take-back met a failing broker
         # shutdown(cancel_futures=True) not yet done with a broker (its withdraw failed,
         # or came during an outage): done again once the broker answers
         self._cancel_all = False
@@ -268,11 +269,19 @@ class Dispatcher(threading.Thread):
             with self._lock:
                 self._ended = True
                 self._overdue.end()
-            # each step whatever the one before did: no future may hang, nothing stay open
+            # each step whatever the one before did: no future may hang, nothing stay open;
+            # after a broker's failure, no call that would wait on it again
+            answering = self._answering and not isinstance(self.broken_by, TransportError)
             steps: list[tuple[Callable[[], None], str]] = [
                 (lambda: self._fail_all(self.broken or "the executor has stopped"), "fail"),
-                (self._forget_orphans if self._lapsed else lambda: None, "tidy the letters of"),
-                (self.producer.close, "close the producer of"),
+                (
+                    self._forget_orphans if self._lapsed and answering else lambda: None,
+                    "tidy the letters of",
+                ),
+                (
+                    self.producer.close if answering else self.producer.abandon,
+                    "close the producer of",
+                ),
                 (self.transport.close, "close the connection of"),
             ]
             for step, what in steps:
@@ -478,6 +487,7 @@ class Dispatcher(threading.Thread):
                     except TransportError:
                         if command.abandon is None:
                             raise
+                        self._answering = False  # as a stopping master: no call after it
                         # close(): it stops now all the same, failing what was not taken
                         # back (the failure ended the Stop here, and the thread reconnected
                         # and waited for every result, as after shutdown())

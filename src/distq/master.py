@@ -272,6 +272,9 @@ class _Run(Generic[E]):
         self.unsure: set[str] = set()
         # taken back as a retry: it ran an attempt, so it was submitted (_never_submitted)
         self.retried: set[str] = set()
+        # taken back by a stop or --timeout (a task, or its retry): it does not run after
+        self.taken_back: set[str] = set()
+        self.never_ran = 0  # of those, an endless --rate job's counted as never submitted
         # no call failed since the broker last answered (at start, or a reconnect): a
         # stop may take its tasks back; one that failed would wait on the broker again
         self.answering = True
@@ -645,6 +648,7 @@ class _Run(Generic[E]):
                     "them still queued stays queued"
                 )
         self.unsure = {tid for tid in taken if copies[tid] <= self.resubmitted[tid]}
+        self.taken_back |= taken
         return taken
 
     def _take_back(
@@ -688,6 +692,7 @@ class _Run(Generic[E]):
         for task_id in gone:
             self.collector.discard(task_id)
         self.submitted -= len(gone)
+        self.never_ran += len(gone)
         self.report.tasks = self.submitted
         self.telemetry.collected(self.collector.outstanding)  # not outstanding any more
 
@@ -756,6 +761,7 @@ class _Run(Generic[E]):
                 "stays queued"
             )
         self.retried |= taken
+        self.taken_back |= taken
         return taken
 
     def _status(self, elapsed: float) -> None:
@@ -840,7 +846,29 @@ class _Run(Generic[E]):
             )
             for problem in r.problems[-10:]:
                 self.console.error(problem)
+        if r.started and (self.stop.is_set() or timed_out):
+            self._say_left([tid for tid, _ in waiting], timed_out)
         return r
+
+    def _say_left(self, waiting: list[str], timed_out: bool) -> None:
+        """The end of a job stopped or past its --timeout, in one line: how many of the
+        tasks not answered it took back (they do not run after it), how many it did not
+        (a worker's may run on, its result read by nobody); past --timeout, what to do."""
+        taken = self.never_ran + sum(1 for task_id in waiting if task_id in self.taken_back)
+        left = len(waiting) - (taken - self.never_ran)
+        said = []
+        if taken:
+            never = f", {self.never_ran} of them not counted as submitted" if self.never_ran else ""
+            said.append(
+                f"took back the {taken} tasks still queued (or their retries): they do not "
+                f"run{never}"
+            )
+        if left:
+            said.append(f"the {left} not taken back may still run, their results read by nobody")
+        if said and timed_out:
+            said.append("for every result, give the job a longer --timeout, or more workers")
+        if said:
+            self.console.info(f"{'--timeout' if timed_out else 'the stop'}: {'; '.join(said)}")
 
 
 def _bounded(text: str) -> str:

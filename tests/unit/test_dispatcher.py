@@ -56,6 +56,9 @@ class BrokerGoneAtWithdraw:
     def close(self) -> None:
         pass
 
+    def abandon(self) -> None:  # after a failed call: closed with no call
+        self.close()
+
 
 class Closed:
     """The executor's transport, as the dispatcher uses it."""
@@ -301,6 +304,9 @@ class BrokerAway:
 
     def close(self) -> None:
         pass
+
+    def abandon(self) -> None:  # after a failed call: closed with no call
+        self.close()
 
 
 def test_a_collected_executors_stop_during_an_outage_waits_it_out_without_spinning(
@@ -711,6 +717,9 @@ class FailsOnceAtWithdraw:
 
     def close(self) -> None:
         pass
+
+    def abandon(self) -> None:  # after a failed call: closed with no call
+        self.close()
 
 
 def test_close_stops_at_once_when_the_broker_fails_as_it_takes_the_tasks_back() -> None:

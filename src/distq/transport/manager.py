@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import pickle
 import secrets
@@ -144,6 +145,8 @@ class ManagerTransport(Transport):
         self._served: set[wire.ServedConnection] = set()
         self._waits = _SettleWaits()
         self._inspector: wire.Broker | None = None  # a worker's proxy for stats(), kept
+        #: a worker's latest proxy of its master's broker: the inspector is made of it
+        self._made: wire.BrokerProxy | None = None
         self._keeper_thread: int | None = None  # the thread that calls heartbeat()
         self._inspector_lock = threading.Lock()
         self._frame_limit = wire.frame_limit(settings.max_message_bytes)
@@ -357,7 +360,8 @@ class ManagerTransport(Transport):
         if self._broker is not None:
             return self._broker
         assert self._manager is not None
-        return self._connect(self._manager.distq_broker)
+        self._made = self._connect(self._manager.distq_broker)
+        return self._made
 
     def producer(self, reply_to: str) -> Producer:
         broker = self._endpoint()
@@ -481,11 +485,18 @@ class ManagerTransport(Transport):
     def _inspect(self, ask: Callable[[wire.Broker], _T]) -> _T:
         """``ask`` the broker. In a worker one proxy serves every call (a worker's
         readiness asks every heartbeat): a fresh one costs the master two connections,
-        each with its handshake and thread. Dropped when a call fails, so the next call
-        connects afresh (to a restarted master, say)."""
+        each with its handshake and thread. It is made of the worker's latest proxy of
+        the broker (a slot's), with no ``create``: one connection a master, not two.
+        Dropped when a call fails, so the next call connects afresh (to a restarted
+        master, say): a ``create`` then, as the latest proxy may be of the master before."""
         with self._inspector_lock:
             if self._inspector is None:
-                self._inspector = self._endpoint()
+                made, self._made = self._made, None
+                self._inspector = (
+                    self._endpoint()
+                    if made is None or self._manager is None
+                    else self._manager.same_broker(made)
+                )
             broker = self._inspector
         try:
             return ask(broker)
@@ -495,6 +506,8 @@ class ManagerTransport(Transport):
                 with self._inspector_lock:
                     if self._inspector is broker:
                         self._inspector = None
+                    if _id_of(self._made) == _id_of(broker):  # a slot's of the same master
+                        self._made = None
             raise
 
     def stats(self) -> QueueStats:
@@ -505,7 +518,8 @@ class ManagerTransport(Transport):
         return QueueStats(ready=ready, in_flight=in_flight, dead=dead, consumers=consumers)
 
     def close(self) -> None:
-        self._inspector = self._keeper = None  # a worker's: their connections go with it
+        # a worker's: their connections go with it
+        self._inspector = self._keeper = self._made = None
         broker, self._broker = self._broker, None
         if broker is not None:
             for queue, count in broker.dead_counts().items():
@@ -846,15 +860,41 @@ def _closed(address: str) -> TransportError:
     )
 
 
-def _master_limit(address: str, broker: wire.Broker) -> int | None:
+class _Refusals:
+    """What a master older than this distq refused (a keyword, a call: one of the
+    ``_OLDER_*`` texts), learnt at its first refusal and asked of it no more: each refusal
+    is a round trip, and a keyword's (read as a refused reply) the connection too. A
+    client connected afresh (to a master restarted in place, maybe newer) :meth:`forget` it."""
+
+    def __init__(self) -> None:
+        self._refused: set[str] = set()
+
+    def __contains__(self, refusal: str) -> bool:
+        return refusal in self._refused
+
+    def first(self, refusal: str, newer: Callable[[], _T], older: Callable[[], _T]) -> _T:
+        """``newer()``; ``older()`` at its refusal by ``refusal`` (refused unread: nothing
+        was done), and from then on in its place."""
+        if refusal not in self._refused:
+            try:
+                return newer()
+            except TransportError as exc:
+                said = exc.traceback if isinstance(exc, FailedRequest) else str(exc)
+                if refusal not in said:
+                    raise
+                self._refused.add(refusal)
+        return older()
+
+    def forget(self) -> None:
+        self._refused.clear()
+
+
+def _master_limit(address: str, broker: wire.Broker, refusals: _Refusals) -> int | None:
     """The master's DISTQ_MAX_MESSAGE_BYTES, as its ``message_limit`` tells it; None
     from a master before getlim33, which has no such call (sent to as before)."""
-    try:
-        return _call(address, broker.message_limit)
-    except FailedRequest as exc:
-        if _OLDER_MASTER_LIMIT not in exc.traceback:
-            raise
-        return None
+    return refusals.first(
+        _OLDER_MASTER_LIMIT, lambda: _call(address, broker.message_limit), lambda: None
+    )
 
 
 def _call_list(
@@ -895,14 +935,19 @@ class ManagerProducer(Producer):
         """``most``: a remote one's DISTQ_MAX_MESSAGE_BYTES, named in each get: the master
         sends an error result for a result over it (:meth:`QueueBroker.get`)."""
         self._broker, self._queue, self.reply_to, self._address = broker, queue, reply_to, address
-        #: None against a master of a distq before getlim33, which refuses a limit named
-        self.most = self._own_most = most
+        self._own_most = most
+        self._refusals = _Refusals()  # what this connection's master refused
         self._reconnect = reconnect
         self._submitted = 0
         self._lapsed = False  # seen lapsed by a renewal since the last reconcile
         self._renew_every = renew_every
         self._renew_at = time.monotonic() + renew_every  # opened by ManagerTransport.producer
         self._master_most: int | None = None  # asked once, when a task is large
+
+    @property
+    def most(self) -> int | None:
+        """None against a master of a distq before getlim33, which refuses a limit named."""
+        return None if _OLDER_LIMITS in self._refusals else self._own_most
 
     def submit(self, bodies: Sequence[bytes]) -> None:
         if time.monotonic() >= self._renew_at:
@@ -920,7 +965,7 @@ class ManagerProducer(Producer):
         reconnected and sent it again, without end. The master's limit is asked once (a
         master before getlim33 tells none: sent as before)."""
         if self._master_most is None:
-            self._master_most = _master_limit(self._address, self._broker)
+            self._master_most = _master_limit(self._address, self._broker, self._refusals)
             if self._master_most is None:
                 return
         room, most = _sendable(self._master_most), self._master_most
@@ -950,7 +995,8 @@ class ManagerProducer(Producer):
             self._broker = self._reconnect()  # raises while the master is away
             # named again: a master restarted in place may be newer than the one that
             # refused it (sent any result, and one over this producer's frames refused)
-            self.most, self._master_most = self._own_most, None  # its limit: asked again
+            self._refusals.forget()
+            self._master_most = None  # its limit: asked again
             self._renew()
         self.lapsed = self._lapsed
         if self._lapsed:
@@ -965,33 +1011,22 @@ class ManagerProducer(Producer):
     def results(self, max_count: int, timeout: float) -> list[bytes]:
         if time.monotonic() >= self._renew_at:
             self._renew()
-        if self.most is not None:
-            try:
-                return _call_list(
-                    self._address,
-                    self._broker.get,
-                    self.reply_to,
-                    max_count,
-                    timeout,
-                    most=self.most,
-                )
-            except TransportError as exc:  # refused as "an error raised in the master"
-                if _OLDER_LIMITS not in str(exc):
-                    raise
-                self.most = None
-        return _call_list(self._address, self._broker.get, self.reply_to, max_count, timeout)
+        get, reply_to = self._broker.get, self.reply_to
+        return self._refusals.first(
+            _OLDER_LIMITS,
+            lambda: _call_list(self._address, get, reply_to, max_count, timeout, most=self.most),
+            lambda: _call_list(self._address, get, reply_to, max_count, timeout),
+        )
 
     def withdraw(self, bodies: Sequence[bytes], redelivered: bool = True) -> list[bool]:
         found: list[bool] = []
+        withdraw, queue = self._broker.withdraw, self._queue
         for chunk in _batches(bodies):
-            try:
-                found += _call(
-                    self._address, self._broker.withdraw, self._queue, chunk, redelivered
-                )
-            except TransportError as exc:  # a master older than the keyword: it takes every copy
-                if _OLDER_WITHDRAW not in str(exc):
-                    raise
-                found += _call(self._address, self._broker.withdraw, self._queue, chunk)
+            found += self._refusals.first(  # a master older than the flag takes every copy
+                _OLDER_WITHDRAW,
+                functools.partial(_call, self._address, withdraw, queue, chunk, redelivered),
+                functools.partial(_call, self._address, withdraw, queue, chunk),
+            )
         return found
 
     def close(self) -> None:
@@ -1031,15 +1066,17 @@ class ManagerConsumer(Consumer):
         self._id = f"{consumer_id}.{secrets.token_hex(3)}"
         self._broker, self._queue = broker, queue
         self._lease, self._address = lease, address
-        self._older_master = False  # it has no settle_fetch_late: settle, then fetch
-        self._no_wait = False  # its settle_fetch takes no wait (an older master)
+        self._refusals = _Refusals()  # what the master refused (an older distq's)
         self._keepers = keepers
-        #: None against a master of a distq before limits33, which refuses a limit named
-        self.most = most
+        self._own_most = most
         self._too_large = too_large
         self._answered: list[object] = []  # the tags of a settle's calls answered so far
         self._master_most: int | None = None  # asked once, when a result is large
-        self._asked = False
+
+    @property
+    def most(self) -> int | None:
+        """None against a master of a distq before limits33, which refuses a limit named."""
+        return None if _OLDER_LIMITS in self._refusals else self._own_most
 
     def _fitted(self, settlements: Sequence[Settlement]) -> Sequence[Settlement]:
         """``settlements``, a result too large for the master to read (over its frames,
@@ -1049,9 +1086,8 @@ class ManagerConsumer(Consumer):
         large for some master's frames asks this one's limit (once)."""
         if self._too_large is None or all(_largest(s) <= _LEAST_ROOM for s in settlements):
             return settlements
-        if not self._asked:
-            self._master_most = _master_limit(self._address, self._broker)
-            self._asked = True
+        if self._master_most is None:  # asked once: an older master's refusal is kept
+            self._master_most = _master_limit(self._address, self._broker, self._refusals)
         if self._master_most is None:
             return settlements
         room, most = _sendable(self._master_most), self._master_most
@@ -1078,14 +1114,11 @@ class ManagerConsumer(Consumer):
         then on against a master that refuses it (a distq before limits33: its method
         takes no ``most``, and its TypeError closes the connection), which then sends a
         task over it, as before."""
-        if self.most is not None:
-            try:
-                return call(self._address, method, *args, most=self.most, **named)
-            except TransportError as exc:  # refused as "an error raised in the master"
-                if _OLDER_LIMITS not in str(exc):
-                    raise
-                self.most = None
-        return call(self._address, method, *args, **named)
+        return self._refusals.first(
+            _OLDER_LIMITS,
+            lambda: call(self._address, method, *args, most=self.most, **named),
+            lambda: call(self._address, method, *args, **named),
+        )
 
     @property
     def consumer_id(self) -> str:
@@ -1163,17 +1196,12 @@ class ManagerConsumer(Consumer):
                 return self._settle_then_fetch_late(settlements, max_count)
         args = (self._queue, self._id, _wire(settlements), max_count, self._lease)
         with self._bounded():
-            if timeout > 0 and not self._no_wait:
-                try:
-                    wire: list[Wire] = self._claim(
-                        _call_list, self._broker.settle_fetch, *args, wait=timeout
-                    )
-                    return _deliveries(wire)
-                except TransportError as exc:  # refused unread: nothing was settled
-                    if _OLDER_WAIT not in str(exc):
-                        raise
-                    self._no_wait = True
-            wire = self._claim(_call_list, self._broker.settle_fetch, *args)
+            settle_fetch = self._broker.settle_fetch
+            wire: list[Wire] = self._refusals.first(
+                _OLDER_WAIT,
+                lambda: self._claim(_call_list, settle_fetch, *args, wait=timeout),
+                lambda: self._claim(_call_list, settle_fetch, *args),
+            )
         return _deliveries(wire)
 
     def _settle_then_fetch_late(
@@ -1181,28 +1209,34 @@ class ManagerConsumer(Consumer):
     ) -> list[Delivery]:
         """:meth:`settle_then_fetch` of a batch with retries or dead letters: its
         :attr:`late` said too, in one call (two to a master without that call)."""
-        if not self._older_master:
-            try:
-                reply = self._claim(
-                    _call,
-                    self._broker.settle_fetch_late,
-                    self._queue,
-                    self._id,
-                    _wire(settlements),
-                    max_count,
-                    self._lease,
-                )
-            except TransportError as exc:
-                older = isinstance(exc, FailedRequest) and _OLDER_MASTER in exc.traceback
-                if not older:  # refused unread: nothing was settled
-                    raise
-                self._older_master = True
-            else:
-                if reply is None:  # see _call_list
-                    raise _closed(self._address)
-                late, wire = reply
-                self.late = frozenset(self.late) | frozenset(late)
-                return _deliveries(wire)
+        return self._refusals.first(
+            _OLDER_MASTER,
+            lambda: self._settle_and_fetch_late(settlements, max_count),
+            lambda: self._settle_and_fetch(settlements, max_count),
+        )
+
+    def _settle_and_fetch_late(
+        self, settlements: Sequence[Settlement], max_count: int
+    ) -> list[Delivery]:
+        reply = self._claim(
+            _call,
+            self._broker.settle_fetch_late,
+            self._queue,
+            self._id,
+            _wire(settlements),
+            max_count,
+            self._lease,
+        )
+        if reply is None:  # see _call_list
+            raise _closed(self._address)
+        late, wire = reply
+        self.late = frozenset(self.late) | frozenset(late)
+        return _deliveries(wire)
+
+    def _settle_and_fetch(
+        self, settlements: Sequence[Settlement], max_count: int
+    ) -> list[Delivery]:
+        """In two calls, to a master without ``settle_fetch_late``."""
         self._settle(settlements)
         with settled_already():
             return self.fetch(max_count, 0.0)
@@ -1487,6 +1521,12 @@ def _close_proxy(broker: object, lost: bool = False) -> None:
                 del local.connection
         if local is not None and (lost or conn is not None):
             local.lost = lost
+
+
+def _id_of(proxy: object) -> object:
+    """The id of ``proxy``'s object in its master (every proxy of a master shares its
+    broker's), None for none: a proxy of a master started since has another."""
+    return getattr(proxy, "_id", None)
 
 
 def _lost(broker: object) -> bool:

@@ -875,6 +875,14 @@ class ClientManager(BaseManager):
             raise Refused("create's result is not an (id, exposed methods) pair")
         return BrokerProxy(token, manager._serializer, manager=self, exposed=exposed, incref=False)
 
+    def same_broker(self, proxy: BrokerProxy) -> BrokerProxy:
+        """A proxy of ``proxy``'s broker, made with no call to the master: every proxy of
+        a master is of its one broker, and :meth:`distq_broker`'s ``create`` costs it a
+        connection of its own, with its handshake and thread."""
+        manager: Any = self
+        token: Any = getattr(proxy, "_token")  # noqa: B009 (typeshed declares none)
+        return BrokerProxy(token, manager._serializer, manager=self, exposed=EXPOSED, incref=False)
+
 
 ClientManager.register("distq_broker", proxytype=BrokerProxy, create_method=False)
 

@@ -1,0 +1,80 @@
+"""What a master's lines tell of the tasks not answered when its job ends on --timeout,
+or on a stop of an endless --rate job: which it took back, which may still run, and
+what to do."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+
+import pytest
+
+from conftest import Target
+from distq.console import Console
+from distq.master import JobReport, JobSpec, Master
+from distq.squares import Squares
+from distq.transport import Transport
+from seam import fetch_n
+
+pytestmark = pytest.mark.integration
+
+
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_job_past_its_timeout_says_what_it_took_back_and_what_may_still_run(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    # three tasks, one in a worker's hands at --timeout: the master said "job timed out
+    # ...: 3 missing" and named them, not that it took two back off the queue (they never
+    # run), that the third may still run with nobody to read its result, nor what to do
+    out = io.StringIO()
+    reports: list[JobReport] = []
+    master = Master(hosted, Console(out=out, err=out))
+    spec = JobSpec(tasks=3, timeout=2)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares())))
+    run.start()
+    consumer = remote.consumer("held")
+    try:
+        assert len(fetch_n(consumer, 1)) == 1, out.getvalue()
+        deadline = time.monotonic() + 30
+        while run.is_alive() and time.monotonic() < deadline:
+            consumer.heartbeat()  # held past the 1 s lease: not put back meanwhile
+            run.join(0.2)
+    finally:
+        run.join(30)
+        consumer.close()
+    said = out.getvalue()
+    assert reports and reports[0].missing == 3, said
+    assert "took back the 2 tasks still queued" in said, said
+    assert "the 1 not taken back may still run" in said, said
+    assert "a longer --timeout" in said, said
+
+
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_stopped_endless_rate_job_says_how_many_tasks_it_took_back(
+    target: Target, hosted: Transport
+) -> None:
+    # its status lines said "submitted 9", and its end "all 0 results in and correct":
+    # the 9 taken back at the stop (never run, so never submitted) went unsaid
+    out = io.StringIO()
+    stop = threading.Event()
+    reports: list[JobReport] = []
+    master = Master(hosted, Console(out=out, err=out))
+    spec = JobSpec(tasks=None, rate=20, drain_seconds=1)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
+    run.start()
+    try:
+        deadline = time.monotonic() + 20
+        while hosted.stats().ready < 3:  # no worker: they stay queued
+            assert time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        run.join(30)
+    said = out.getvalue()
+    assert reports and reports[0].succeeded, said
+    taken = re.search(r"took back the (\d+) tasks still queued", said)
+    assert taken is not None and int(taken[1]) >= 3, said
+    assert hosted.stats().ready == 0, said
