@@ -92,8 +92,9 @@ _TEXTS = {name: _read(name) for name in SCRIPTS}
 COUNT_SUBMITTED = _read("count_submitted")
 
 #: A lone task's submit and a take's acknowledgement in one script, run by EVALSHA
-#: (``submit.lua``, then ``ack.lua``): never flagged allow-oom, so a full Redis refuses it.
-SUBMIT_AND_ACK = _read("submit") + _TEXTS["ack"]
+#: (``submit.lua``, which acknowledges as ``ack.lua``): never flagged allow-oom, so a full
+#: Redis refuses it.
+SUBMIT_AND_ACK = _read("submit")
 
 
 def source(name: str, allow_oom: bool) -> str:
