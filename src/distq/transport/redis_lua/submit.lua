@@ -18,7 +18,7 @@ local received = tonumber(ARGV[3])
 if taken < 0 then
   taken = math.max(received, 0)
 elseif received > taken then
-  redis.call('LTRIM', KEYS[3], 0, taken - received - 1)
+  redis.call('LTRIM', KEYS[3], '0', taken - received - 1)
   taken = received
 end
 redis.call('HSET', KEYS[4], 'submitted', tonumber(counts[1] or '0') + 1, 'taken', taken)
