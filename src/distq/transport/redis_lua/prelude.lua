@@ -1,6 +1,7 @@
--- The prelude: the constants and functions the scripts share, put before each script
--- that uses them by distq.transport.redis_scripts, which fills each name in braces below
--- with the Python constant of that name.
+-- The prelude: the constants and functions the scripts share, each put before a script
+-- that uses it by distq.transport.redis_scripts, which fills each name in braces below
+-- with the Python constant of that name. A definition starts a line with ``local`` (a
+-- function ends at an ``end`` that starts a line), after the comment lines it goes with.
 -- Every consumer script gets KEYS = ready, consumers, delayed, redelivered, inflight, dead,
 -- masters, clock and ARGV = consumer id, lease ms, in-flight key prefix, then its own arguments.
 -- A constant goes to redis.call as a string ('0', '-1'), and the claim's times as
