@@ -1767,6 +1767,46 @@ def test_a_submit_and_the_wait_for_its_result_are_one_round_trip(
     assert raw.hget(state, "submitted") == b"4" and t.stats().ready == 3
 
 
+def _ran_inside(raw: redis.Redis[bytes], call: Callable[[], object]) -> dict[str, int]:
+    """The commands Redis ran for ``call`` but the calls sent themselves (EVALSHA, the
+    reads): those run by its scripts, by name, with how many times (commandstats)."""
+
+    def counts() -> dict[str, int]:
+        stats = raw.info("commandstats")
+        return {name[8:]: int(stat["calls"]) for name, stat in stats.items()}
+
+    before = counts()
+    call()
+    sent = {"evalsha", "eval", "lrange", "blmove", "info"}
+    after = counts()
+    ran = {name: n - before.get(name, 0) for name, n in after.items() if name not in sent}
+    return {name: n for name, n in ran.items() if n}
+
+
+def test_a_lone_submit_runs_four_commands_in_redis_and_keeps_its_state_s_time_to_live(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """submit.lua, once a lone task's state is there (its master registered it), pushes the
+    body, reads both counts in one HMGET and writes both in one HSET, and trims the
+    results received: 4 commands, where its HINCRBY, PEXPIRE, HGET, LTRIM and HSET made 6
+    (issue 16: 20 µs of Lua per lone task). The state's time to live is the renewal's,
+    set again only where the submit found no state (made afresh, it expires)."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    state = f"{producer.reply_to}:state"
+    assert producer.submit_then_results([b"a"], 5, 0.0) == []  # by EVAL: its connection
+    raw.lpush(producer.reply_to, b"r:a")
+    assert producer.results(5, 0) == [b"r:a"]
+    ran = _ran_inside(raw, lambda: producer.submit_then_results([b"b"], 5, 0.0))
+    assert ran == {"lpush": 1, "hmget": 1, "ltrim": 1, "hset": 1}
+    assert raw.hmget(state, "submitted", "taken") == [b"2", b"1"]
+    assert raw.llen(producer.reply_to) == 0 and raw.pttl(state) > t.master_ttl_ms
+    raw.delete(state)  # lapsed (or lost by a restart): made again, with a time to live
+    assert producer.submit_then_results([b"c"], 5, 0.0) == []
+    assert raw.hmget(state, "submitted", "taken") == [b"1", b"1"]
+    assert t.master_ttl_ms < raw.pttl(state) <= t.master_ttl_ms + REPLY_GRACE_MS
+
+
 def test_a_lone_task_s_take_sends_its_script_s_keys_count_and_body_and_a_wait_of_a_slice(
     open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:

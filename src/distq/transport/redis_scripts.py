@@ -3,10 +3,10 @@
 Each script is a file of ``redis_lua/`` (package data), which starts with a comment that
 says what KEYS and ARGV it takes and what it returns; that comment stays here, and Redis
 gets the rest of the file, from the blank line after it. ``prelude.lua`` holds what the
-scripts share (the time, pushes in chunks, the sweep): :func:`source` puts it before each
-script that uses it, with the constants below filled in where it names them in braces,
-and puts :data:`ALLOW_OOM` first if this Redis takes it. The files are read once, when
-this module is imported: one missing fails the import.
+scripts share (the time, pushes in chunks, the sweep): :func:`source` puts before each
+script that takes it the definitions it uses, with the constants below filled in where it
+names them in braces, and puts :data:`ALLOW_OOM` first if this Redis takes it. The files
+are read once, when this module is imported: one missing fails the import.
 
 How the transport uses the scripts, and the keys they touch: :mod:`distq.transport.redis`.
 """
@@ -85,19 +85,59 @@ def _read(name: str) -> str:
     return _PLACEHOLDER.sub(lambda m: str(CONSTANTS[m[1]]), "".join(lines[header:]))
 
 
-_PRELUDE = _read("prelude")
+def _definitions(prelude: str) -> list[tuple[str, str]]:
+    """The prelude's definitions in order, each as (its name, its text with the comment
+    lines before it): a ``local NAME = ...`` line, or a ``local function NAME`` to its
+    ``end`` at the line's start."""
+    out: list[tuple[str, str]] = []
+    lines = prelude.splitlines(keepends=True)
+    start = at = 0
+    while at < len(lines):
+        found = _DEFINED.match(lines[at])
+        if found is None:
+            at += 1
+            continue
+        if lines[at].startswith("local function "):
+            while lines[at] != "end\n":
+                at += 1
+        at += 1
+        out.append((found[1], "".join(lines[start:at])))
+        start = at
+    return out
+
+
+def _prelude_for(text: str) -> str:
+    """The prelude's definitions that ``text`` uses, and those they use in turn, in the
+    prelude's order: Redis runs them all at each call (each function a closure made anew)."""
+    wanted: set[str] = set()
+    code = [_COMMENT.sub("", text)]
+    while code:
+        body = code.pop()
+        for name, definition in _PRELUDE:
+            if name not in wanted and re.search(rf"\b{name}\b", body):
+                wanted.add(name)
+                code.append(_COMMENT.sub("", definition))
+    return "".join(definition for name, definition in _PRELUDE if name in wanted)
+
+
+_DEFINED = re.compile(r"local (?:function )?([A-Za-z_]\w*)")
+_COMMENT = re.compile(r"--[^\n]*")
+_PRELUDE = _definitions(_read("prelude"))
 _TEXTS = {name: _read(name) for name in SCRIPTS}
+_PRELUDES = {name: _prelude_for(_TEXTS[name]) if SCRIPTS[name] else "" for name in SCRIPTS}
 
 #: Submit's count, sent by EVAL as it is, in the submit's transaction (``count_submitted.lua``).
 COUNT_SUBMITTED = _read("count_submitted")
 
 #: A lone task's submit and a take's acknowledgement in one script, run by EVALSHA
-#: (``submit.lua``, then ``ack.lua``): never flagged allow-oom, so a full Redis refuses it.
-SUBMIT_AND_ACK = _read("submit") + _TEXTS["ack"]
+#: (``submit.lua``, which acknowledges as ``ack.lua``): never flagged allow-oom, so a full
+#: Redis refuses it.
+SUBMIT_AND_ACK = _read("submit")
 
 
 def source(name: str, allow_oom: bool) -> str:
     """The source of script ``name`` (a key of :data:`SCRIPTS`) as Redis gets it: the
-    prelude first if it uses it, and :data:`ALLOW_OOM` before all if ``allow_oom``."""
+    prelude's definitions it uses first if it takes the prelude, and :data:`ALLOW_OOM`
+    before all if ``allow_oom``."""
     head = ALLOW_OOM if allow_oom else ""
-    return head + (_PRELUDE if SCRIPTS[name] else "") + _TEXTS[name]
+    return head + _PRELUDES[name] + _TEXTS[name]

@@ -19,7 +19,7 @@ if taken < 0 then
   redis.call('HSET', KEYS[4], 'taken', received)
   taken = received
 elseif received > taken then
-  redis.call('LTRIM', KEYS[3], 0, taken - received - 1)
+  redis.call('LTRIM', KEYS[3], '0', taken - received - 1)
   redis.call('HSET', KEYS[4], 'taken', received)
   taken = received
 end

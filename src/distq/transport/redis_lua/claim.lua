@@ -8,7 +8,7 @@
 -- ``claimed``), counted by a claim that may lease tasks (false for a renewal: ARGV[4] = 0).
 
 local now = now_ms()
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZADD', KEYS[2], string.format('%d', now + tonumber(ARGV[2])), ARGV[1])
 local first = sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], now, KEYS[8], ARGV[2])
 -- read before any task moves: a redelivered set of another type fails the claim here,
 -- not after it moved them into the in-flight list (an error undoes no write)
@@ -20,7 +20,7 @@ while got < want and bytes < CLAIM_BYTES do
   -- as many as fit CLAIM_BYTES if all were the size of the next one (tasks of a job are
   -- alike): large tasks are claimed a few at a time, small ones all at once; those past
   -- CLAIM_BYTES (sizes that differ) go back to the claim end, in their order
-  local next = redis.call('LINDEX', KEYS[1], -1)
+  local next = redis.call('LINDEX', KEYS[1], '-1')
   if not next then break end
   local fit = math.floor((CLAIM_BYTES - bytes) / math.max(#next, 1))
   local bodies = redis.call('RPOP', KEYS[1], math.max(1, math.min(want - got, 1000, fit)))

@@ -1,8 +1,11 @@
--- The prelude: the constants and functions the scripts share, put before each script
--- that uses them by distq.transport.redis_scripts, which fills each name in braces below
--- with the Python constant of that name.
+-- The prelude: the constants and functions the scripts share, each put before a script
+-- that uses it by distq.transport.redis_scripts, which fills each name in braces below
+-- with the Python constant of that name. A definition starts a line with ``local`` (a
+-- function ends at an ``end`` that starts a line), after the comment lines it goes with.
 -- Every consumer script gets KEYS = ready, consumers, delayed, redelivered, inflight, dead,
 -- masters, clock and ARGV = consumer id, lease ms, in-flight key prefix, then its own arguments.
+-- A constant goes to redis.call as a string ('0', '-1'), and the claim's times as
+-- string.format('%d', ms): Redis 7.0 writes each Lua number out with %.17g (issue 16).
 
 local REPLY_GRACE_MS = {REPLY_GRACE_MS}
 local CLOCK_KEPT_MS = {CLOCK_KEPT_MS}
@@ -27,7 +30,7 @@ end
 local function sift(key, bodies, first)
   local want, found, keep = {}, {}, {}
   for i = first, #bodies do want[bodies[i]] = (want[bodies[i]] or 0) + 1 end
-  for _, body in ipairs(redis.call('LRANGE', key, 0, -1)) do
+  for _, body in ipairs(redis.call('LRANGE', key, '0', '-1')) do
     if (want[body] or 0) > 0 then
       want[body] = want[body] - 1
       found[body] = (found[body] or 0) + 1
@@ -73,7 +76,7 @@ local function claimed(consumers, id)
 end
 -- LRANGE lists the newest claim first, so the oldest claim ends at the tail: runs next
 local function requeue_all(src, ready, again)
-  local held = redis.call('LRANGE', src, 0, -1)
+  local held = redis.call('LRANGE', src, '0', '-1')
   if #held > 0 then
     writable(ready, again)
     redis.call('DEL', src)
@@ -125,17 +128,17 @@ end
 -- delayed retry left, {body, deadline} ({} if none), for a claim to say when it is due.
 local function sweep(ready, consumers, delayed, again, prefix, now, clock, lease)
   resume(consumers, clock, tonumber(lease), now)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', now, 'LIMIT', 0, 100)) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', string.format('%d', now), 'LIMIT', '0', '100')) do
     requeue_all(prefix .. id, ready, again)
     redis.call('DEL', settles_of(consumers, id), settles_of(consumers, id) .. ':claims')
     redis.call('ZREM', consumers, id)
   end
-  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGE', delayed, '0', '0', 'WITHSCORES')
   if first[2] and tonumber(first[2]) <= now then
-    local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+    local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', '0', '1000')
     redis.call('LPUSH', ready, unpack(due))
     redis.call('ZREM', delayed, unpack(due))
-    first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+    first = redis.call('ZRANGE', delayed, '0', '0', 'WITHSCORES')
   end
   return first
 end

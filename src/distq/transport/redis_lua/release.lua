@@ -7,7 +7,7 @@ local held = redis.call('LLEN', KEYS[5])
 writable(KEYS[1], KEYS[4])
 if (#ARGV - 3) * 2 < held then
   for i = 4, #ARGV do
-    if redis.call('LREM', KEYS[5], -1, ARGV[i]) > 0 then
+    if redis.call('LREM', KEYS[5], '-1', ARGV[i]) > 0 then
       redis.call('RPUSH', KEYS[1], ARGV[i])
       redis.call('SADD', KEYS[4], ARGV[i])
     end

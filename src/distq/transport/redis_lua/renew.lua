@@ -12,7 +12,7 @@ local held = 0
 if deadline and deadline >= now then
   held = tonumber(redis.call('HGET', KEYS[4], 'submitted') or '0')
 else
-  redis.call('HSET', KEYS[4], 'submitted', 0)
+  redis.call('HSET', KEYS[4], 'submitted', '0')
   redis.call('HDEL', KEYS[4], 'taken')  -- its results list may have lapsed: see _ACK
 end
 for i = 3, 4 do redis.call('PEXPIRE', KEYS[i], ttl + REPLY_GRACE_MS) end

@@ -6,7 +6,7 @@
 
 local moved = 0
 for i = 1, #ARGV, 2 do
-  if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[i] then break end
+  if redis.call('LINDEX', KEYS[1], '0') ~= ARGV[i] then break end
   redis.call('LPUSH', KEYS[2], ARGV[i + 1])
   redis.call('LPOP', KEYS[1])
   moved = moved + 1

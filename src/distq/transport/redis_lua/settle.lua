@@ -67,13 +67,13 @@ while i <= #ARGV do
   i = last + 1
 end
 for k, deadline in pairs(live) do
-  if deadline then redis.call('PEXPIREAT', KEYS[k], deadline + REPLY_GRACE_MS) end
+  if deadline then redis.call('PEXPIREAT', KEYS[k], string.format('%d', deadline + REPLY_GRACE_MS)) end
 end
 if expect >= 0 then
   if count >= expect then
     redis.call('DEL', KEYS[5])
   else
-    redis.call('LTRIM', KEYS[5], 0, -count - 1)
+    redis.call('LTRIM', KEYS[5], '0', -count - 1)
   end
   redis.pcall('INCR', settles_of(KEYS[2], ARGV[1]))  -- refused (full, Redis 6): as if not run
   return 1
@@ -83,15 +83,15 @@ end
 local function done(body)
   if late[body] then return end
   late[body] = true
-  if redis.call('LPOS', KEYS[1], body, 'RANK', -1, 'MAXLEN', COPY_LOOK) then
-    redis.call('LREM', KEYS[1], -1, body)
+  if redis.call('LPOS', KEYS[1], body, 'RANK', '-1', 'MAXLEN', COPY_LOOK) then
+    redis.call('LREM', KEYS[1], '-1', body)
     redis.call('SREM', KEYS[4], body)
   end
 end
 local held = redis.call('LLEN', KEYS[5])
 if #acks * 2 < held then
   for _, body in ipairs(acks) do
-    if redis.call('LREM', KEYS[5], -1, body) == 0 then done(body) end
+    if redis.call('LREM', KEYS[5], '-1', body) == 0 then done(body) end
   end
 else
   local _, keep, missed = sift(KEYS[5], acks, 1)

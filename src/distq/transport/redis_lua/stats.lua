@@ -3,7 +3,7 @@
 -- letters, consumers whose lease is live}.
 
 local inflight = 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], '0', '-1')) do
   inflight = inflight + redis.call('LLEN', ARGV[3] .. id)
 end
 return {redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3]), inflight,

@@ -12,7 +12,7 @@
 
 local mine, back, want = {}, {}, {}
 for i = 4, #ARGV do want[ARGV[i]] = (want[ARGV[i]] or 0) + 1 end
-for _, body in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
+for _, body in ipairs(redis.call('LRANGE', KEYS[5], '0', '-1')) do
   if (want[body] or 0) > 0 then
     want[body] = want[body] - 1
     mine[#mine + 1] = body

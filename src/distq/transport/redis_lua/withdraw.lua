@@ -31,7 +31,7 @@ end
 if #bodies <= FEW then
   for i = 1, #bodies do
     if not held[bodies[i]] then
-      out[i] = redis.call('LREM', KEYS[1], 1, bodies[i])
+      out[i] = redis.call('LREM', KEYS[1], '1', bodies[i])
       if out[i] > 0 then redis.call('SREM', KEYS[2], bodies[i]) end
     end
   end
