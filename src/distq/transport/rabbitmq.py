@@ -1268,7 +1268,8 @@ class RabbitMQConsumer(Consumer):
         """:meth:`settle` on the current link: publish, confirm, then ack."""
         self._check_records()
         transport, link = self._transport, self._link
-        lost, done = self._lost.among(tags), list[bytes]()
+        done: list[bytes] = []
+        lost = self._lost.among(tags)
         self.late, self.bounced = frozenset(), {}
         if lost:  # their messages went back with a lost link: see results_only
             settlements, done, self.late = results_only(settlements, lost)

@@ -1291,7 +1291,7 @@ class RedisConsumer(Consumer):
         no retry nor dead letter) is acked in that new delivery, which is forgotten too:
         those bodies are returned, for the caller to drop from what it hands out. Those
         whose retry or dead letter was not published are :attr:`late`."""
-        acked, done, dropped = tags, set[bytes](), list[bytes]()
+        acked, done, dropped = tags, set(), []
         if reclaimed:
             pairs = list(zip(settlements, tags, strict=True))
             done = {
