@@ -1074,6 +1074,34 @@ def test_a_split_goes_back_in_messages_of_what_the_slot_takes(
     producer.close()
 
 
+def test_an_empty_message_a_split_sends_back_goes_alone(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A queue writer's empty message in a splitting slot's buffer: a pack holding an
+    empty body is none a master writes, and a worker takes it whole, as one malformed
+    task. Sent back beside a good task (a split of a slot taking 2: [b"", b"p-0"]), that
+    task reached the next worker as part of one body, for a dead letter, never run."""
+    t = open_transport(prefetch=128)
+    slow = t.consumer("slow")
+    assert slow.fetch(96, 0.2) == []  # a window of 3 messages, and packs taken whole
+    typed = pika.BasicProperties(type=TASKS_TYPE)
+    first = [f"a-{i}".encode() for i in range(4)]
+    packed = [f"p-{i}".encode() for i in range(TASKS_PER_MESSAGE)]
+    raw.basic_publish("", queue, pack(first), properties=typed)
+    raw.basic_publish("", queue, b"")  # a queue writer's
+    raw.basic_publish("", queue, pack(packed), properties=typed)
+    assert _ready_within(raw, queue, 0)  # all 3 pushed to the slot
+    time.sleep(0.2)  # and read with its first fetch
+    mine = fetch_n(slow, 2)
+    assert len(slow._buffer) == 2 + 1 + TASKS_PER_MESSAGE
+    mine += fetch_n(slow, 2)  # two short fetches in a row: a split
+    assert [d.body for d in mine] == first and not slow._buffer
+    slow.settle([Settlement(d) for d in mine])
+    slow.close()
+    rest = fetch_n(t.consumer("idle"), 1 + TASKS_PER_MESSAGE, within=5)
+    assert sorted(d.body for d in rest) == sorted([b"", *packed])
+
+
 def test_a_split_pack_whose_last_task_is_handed_back_is_not_requeued_whole(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:
