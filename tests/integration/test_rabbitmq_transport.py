@@ -1102,6 +1102,33 @@ def test_an_empty_message_a_split_sends_back_goes_alone(
     assert sorted(d.body for d in rest) == sorted([b"", *packed])
 
 
+def test_a_split_sends_back_flagged_what_came_redelivered(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A pack back from a worker whose connection went (a SIGKILL: its tasks may have
+    run there) reaches a slot that splits it. The rest went back unflagged, read by the
+    next worker as never delivered: not in its redeliveries, and no suspect of being a
+    copy of a task another of its slots runs on a lost link. Now flagged, as it came."""
+    t = open_transport(prefetch=64)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(256))  # 8 packs of 32
+    producer.flush()
+    gone = open_transport(prefetch=64).consumer("gone")
+    held = {d.body for d in fetch_n(gone, TASKS_PER_MESSAGE)}  # a window of one pack
+    gone._link.connection.close()  # the broker requeues its pack, flagged redelivered
+    assert _ready_within(raw, queue, 8)
+    slow = t.consumer("slow")
+    mine = fetch_n(slow, 4)  # its first fetch, short: it splits at once
+    assert {d.body for d in mine} <= held and all(d.redelivered for d in mine)
+    # slow's window is full (its pack held): nothing more is pushed to it
+    rest = fetch_n(t.consumer("idle"), 252, within=15)
+    assert sorted(d.body for d in mine + rest) == sorted(_bodies(256))
+    flagged = {d.body for d in rest if d.redelivered}
+    assert held - {d.body for d in mine} <= flagged
+    slow.settle([Settlement(d) for d in mine])
+    producer.close()
+
+
 def test_a_split_pack_whose_last_task_is_handed_back_is_not_requeued_whole(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -257,3 +257,11 @@ def test_an_empty_task_handed_back_goes_alone() -> None:
     tasks = [Delivery(body, i, False) for i, body in enumerate([b"a", b"", b"b", b"c", b""])]
     messages = regroup(tasks, set(), 3, 1 << 20)
     assert [[d.tag for d in m] for m in messages] == [[0], [1], [2, 3], [4]]
+
+
+def test_tasks_handed_back_that_came_redelivered_go_flagged_apart() -> None:
+    """A task delivered redelivered (it may have run on a worker that lost it) goes back
+    flagged, never in a message with tasks that did not."""
+    tasks = [Delivery(b"t", i, again) for i, again in enumerate([False, True, True, False])]
+    messages = regroup(tasks, set(), 3, 1 << 20)
+    assert [[d.tag for d in m] for m in messages] == [[0], [1, 2], [3]]

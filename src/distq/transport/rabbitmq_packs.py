@@ -133,13 +133,14 @@ def regroup(
 ) -> list[list[Delivery]]:
     """``tasks`` in order, as the messages that put them back in the queue: at most
     ``per_message`` to a message and ``max_bytes`` to a pack (:func:`fill`), the tasks
-    of a message all in ``again`` (published flagged redelivered: :class:`Release`) or
-    all not. An empty task (a queue writer's message) goes alone: a pack holding one is
-    none a master writes, and a worker takes it whole, as one malformed task
-    (:func:`packed`), the tasks beside it in its dead letter, never run."""
+    of a message all flagged redelivered or all not: those in ``again`` (:class:`Release`)
+    and those delivered so (they may have run on a worker that lost them). An empty
+    task (a queue writer's message) goes alone: a pack holding one is none a master
+    writes, and a worker takes it whole, as one malformed task (:func:`packed`), the
+    tasks beside it in its dead letter, never run."""
 
     def run_of(task: Delivery) -> tuple[bool, object]:
-        return task.tag in again, None if task.body else task.tag
+        return task.redelivered or task.tag in again, None if task.body else task.tag
 
     out: list[list[Delivery]] = []
     for _, same in groupby(tasks, run_of):
