@@ -1091,7 +1091,9 @@ def test_an_empty_message_a_split_sends_back_goes_alone(
     raw.basic_publish("", queue, b"")  # a queue writer's
     raw.basic_publish("", queue, pack(packed), properties=typed)
     assert _ready_within(raw, queue, 0)  # all 3 pushed to the slot
-    time.sleep(0.2)  # and read with its first fetch
+    deadline = time.monotonic() + 5
+    while len(slow._buffer) < 4 + 1 + TASKS_PER_MESSAGE and time.monotonic() < deadline:
+        slow._link.connection.process_data_events(time_limit=0.05)  # read by the slot
     mine = fetch_n(slow, 2)
     assert len(slow._buffer) == 2 + 1 + TASKS_PER_MESSAGE
     mine += fetch_n(slow, 2)  # two short fetches in a row: a split
