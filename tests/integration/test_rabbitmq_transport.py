@@ -1074,6 +1074,63 @@ def test_a_split_goes_back_in_messages_of_what_the_slot_takes(
     producer.close()
 
 
+def test_an_empty_message_a_split_sends_back_goes_alone(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A queue writer's empty message in a splitting slot's buffer: a pack holding an
+    empty body is none a master writes, and a worker takes it whole, as one malformed
+    task. Sent back beside a good task (a split of a slot taking 2: [b"", b"p-0"]), that
+    task reached the next worker as part of one body, for a dead letter, never run."""
+    t = open_transport(prefetch=128)
+    slow = t.consumer("slow")
+    assert slow.fetch(96, 0.2) == []  # a window of 3 messages, and packs taken whole
+    typed = pika.BasicProperties(type=TASKS_TYPE)
+    first = [f"a-{i}".encode() for i in range(4)]
+    packed = [f"p-{i}".encode() for i in range(TASKS_PER_MESSAGE)]
+    raw.basic_publish("", queue, pack(first), properties=typed)
+    raw.basic_publish("", queue, b"")  # a queue writer's
+    raw.basic_publish("", queue, pack(packed), properties=typed)
+    assert _ready_within(raw, queue, 0)  # all 3 pushed to the slot
+    deadline = time.monotonic() + 5
+    while len(slow._buffer) < 4 + 1 + TASKS_PER_MESSAGE and time.monotonic() < deadline:
+        slow._link.connection.process_data_events(time_limit=0.05)  # read by the slot
+    mine = fetch_n(slow, 2)
+    assert len(slow._buffer) == 2 + 1 + TASKS_PER_MESSAGE
+    mine += fetch_n(slow, 2)  # two short fetches in a row: a split
+    assert [d.body for d in mine] == first and not slow._buffer
+    slow.settle([Settlement(d) for d in mine])
+    slow.close()
+    rest = fetch_n(t.consumer("idle"), 1 + TASKS_PER_MESSAGE, within=5)
+    assert sorted(d.body for d in rest) == sorted([b"", *packed])
+
+
+def test_a_split_sends_back_flagged_what_came_redelivered(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A pack back from a worker whose connection went (a SIGKILL: its tasks may have
+    run there) reaches a slot that splits it. The rest went back unflagged, read by the
+    next worker as never delivered: not in its redeliveries, and no suspect of being a
+    copy of a task another of its slots runs on a lost link. Now flagged, as it came."""
+    t = open_transport(prefetch=64)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(256))  # 8 packs of 32
+    producer.flush()
+    gone = open_transport(prefetch=64).consumer("gone")
+    held = {d.body for d in fetch_n(gone, TASKS_PER_MESSAGE)}  # a window of one pack
+    gone._link.connection.close()  # the broker requeues its pack, flagged redelivered
+    assert _ready_within(raw, queue, 8)
+    slow = t.consumer("slow")
+    mine = fetch_n(slow, 4)  # its first fetch, short: it splits at once
+    assert {d.body for d in mine} <= held and all(d.redelivered for d in mine)
+    # slow's window is full (its pack held): nothing more is pushed to it
+    rest = fetch_n(t.consumer("idle"), 252, within=15)
+    assert sorted(d.body for d in mine + rest) == sorted(_bodies(256))
+    flagged = {d.body for d in rest if d.redelivered}
+    assert held - {d.body for d in mine} <= flagged
+    slow.settle([Settlement(d) for d in mine])
+    producer.close()
+
+
 def test_a_split_pack_whose_last_task_is_handed_back_is_not_requeued_whole(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -249,3 +249,19 @@ def test_tasks_handed_back_go_in_messages_of_the_slots_batch_flag_by_flag() -> N
     # bytes: bodies of 5 and 6, each after its 4-byte length, fit in 20; a third does not
     assert [[d.tag for d in m] for m in regroup(tasks[4:], set(), 3, 20)] == [[4, 5], [6]]
     assert regroup([], set(), 3, 20) == []
+
+
+def test_an_empty_task_handed_back_goes_alone() -> None:
+    """A pack holding an empty body is read whole, as one malformed task: an empty one
+    (a queue writer's message) never shares a message with others."""
+    tasks = [Delivery(body, i, False) for i, body in enumerate([b"a", b"", b"b", b"c", b""])]
+    messages = regroup(tasks, set(), 3, 1 << 20)
+    assert [[d.tag for d in m] for m in messages] == [[0], [1], [2, 3], [4]]
+
+
+def test_tasks_handed_back_that_came_redelivered_go_flagged_apart() -> None:
+    """A task delivered redelivered (it may have run on a worker that lost it) goes back
+    flagged, never in a message with tasks that did not."""
+    tasks = [Delivery(b"t", i, again) for i, again in enumerate([False, True, True, False])]
+    messages = regroup(tasks, set(), 3, 1 << 20)
+    assert [[d.tag for d in m] for m in messages] == [[0], [1, 2], [3]]

@@ -1388,7 +1388,8 @@ class RabbitMQConsumer(Consumer):
         is 20) the broker dead-letters the message, its master never answered. A few
         hand-backs of a task by stopping or busy workers dropped it so, unrun (rmq31).
         Published again, a task starts its count afresh; one that a requeue would have
-        brought back carries the header ``distq-handed-back``, read as redelivered.
+        brought back, or that came redelivered, carries the header
+        ``distq-handed-back``, read as redelivered.
         """
         self._check_records()
         link, queue = self._link, self._transport.queue
@@ -1400,7 +1401,8 @@ class RabbitMQConsumer(Consumer):
                 link.publish(queue, records[tag], mandatory=True)
                 sent[link.sequence] = [Delivery(records[tag], tag, True)]
         for message in regroup(plan.tasks, plan.again, per_message, self._transport.pack_bytes):
-            again = message[0].tag in plan.again  # as a requeue would: flagged redelivered
+            # as a requeue would, and as it came (it may have run): flagged redelivered
+            again = message[0].redelivered or message[0].tag in plan.again
             if len(message) > 1:
                 properties = _PACKED_AGAIN if again else _PACKED_TASKS
                 link.publish(

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 
 from distq.framing import LENGTH_BYTES, TASKS_PER_MESSAGE, unpack
 from distq.transport.base import Delivery
@@ -132,18 +133,21 @@ def regroup(
 ) -> list[list[Delivery]]:
     """``tasks`` in order, as the messages that put them back in the queue: at most
     ``per_message`` to a message and ``max_bytes`` to a pack (:func:`fill`), the tasks
-    of a message all in ``again`` (published flagged redelivered: :class:`Release`) or
-    all not."""
+    of a message all flagged redelivered or all not: those in ``again`` (:class:`Release`)
+    and those delivered so (they may have run on a worker that lost them). An empty
+    task (a queue writer's message) goes alone: a pack holding one is none a master
+    writes, and a worker takes it whole, as one malformed task (:func:`packed`), the
+    tasks beside it in its dead letter, never run."""
+
+    def run_of(task: Delivery) -> tuple[bool, object]:
+        return task.redelivered or task.tag in again, None if task.body else task.tag
+
     out: list[list[Delivery]] = []
-    start = 0
-    for end in range(1, len(tasks) + 1):
-        if end < len(tasks) and (tasks[end].tag in again) == (tasks[start].tag in again):
-            continue
-        run = tasks[start:end]
+    for _, same in groupby(tasks, run_of):
+        run = list(same)
         for message in fill([task.body for task in run], per_message, max_bytes):
-            out.append(list(run[: len(message)]))
+            out.append(run[: len(message)])
             run = run[len(message) :]
-        start = end
     return out
 
 
