@@ -157,7 +157,8 @@ class Dispatcher(threading.Thread):
         self._unconfirmed = False  # reconnected, and the calls not through a while since
         self._said_lost = False
         self._stopping = False
-        self._answering = True  # False once close()'s take-back met a failing broker
+        # the error close()'s take-back met: as a stopping master, no call after it
+        self._failed_with: TransportError | None = None
         # shutdown(cancel_futures=True) not yet done with a broker (its withdraw failed,
         # or came during an outage): done again once the broker answers
         self._cancel_all = False
@@ -271,15 +272,14 @@ class Dispatcher(threading.Thread):
                 self._overdue.end()
             # each step whatever the one before did: no future may hang, nothing stay open;
             # after a broker's failure, no call that would wait on it again
-            answering = self._answering and not isinstance(self.broken_by, TransportError)
+            failed = self._failed_with
+            if failed is None and isinstance(self.broken_by, TransportError):
+                failed = self.broken_by
             steps: list[tuple[Callable[[], None], str]] = [
                 (lambda: self._fail_all(self.broken or "the executor has stopped"), "fail"),
+                (lambda: self._look_again_for_orphans(failed), "tidy the letters of"),
                 (
-                    self._forget_orphans if self._lapsed and answering else lambda: None,
-                    "tidy the letters of",
-                ),
-                (
-                    self.producer.close if answering else self.producer.abandon,
+                    self.producer.close if failed is None else self.producer.abandon,
                     "close the producer of",
                 ),
                 (self.transport.close, "close the connection of"),
@@ -391,6 +391,22 @@ class Dispatcher(threading.Thread):
         if line is not None:
             log.warning("%s", line)
 
+    def _look_again_for_orphans(self, failed: TransportError | None) -> None:
+        """As it closes after a lapse, :meth:`_forget_orphans` once more (a letter made
+        after the last look); after ``failed``, a broker's failure, no call that would
+        wait on it: said instead, as a stopping master says it."""
+        if not self._lapsed:
+            return
+        if failed is None:
+            self._forget_orphans()
+            return
+        log.warning(
+            "did not look again for dead letters workers made of the executor's tasks while "
+            "it seemed gone (the broker failed its last call: %s); `distq dead-letters` "
+            "lists them",
+            failed,
+        )
+
     def _recover(self, exc: TransportError) -> bool:
         """Reconnect (at once, then with backoff) and submit again what the broker lost,
         as a master does; True once back, False when close() came meanwhile (or a shutdown
@@ -484,10 +500,10 @@ class Dispatcher(threading.Thread):
                     self._cancel_all = True
                     try:  # close(): every copy, as a stopping master (nobody waits)
                         self._cancel_every_future(every_copy=command.abandon is not None)
-                    except TransportError:
+                    except TransportError as exc:
                         if command.abandon is None:
                             raise
-                        self._answering = False  # as a stopping master: no call after it
+                        self._failed_with = exc  # as a stopping master: no call after it
                         # close(): it stops now all the same, failing what was not taken
                         # back (the failure ended the Stop here, and the thread reconnected
                         # and waited for every result, as after shutdown())

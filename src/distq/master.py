@@ -784,9 +784,16 @@ class _Run(Generic[E]):
         except (DistqError, OSError):
             return  # the broker is away, or refuses: the job's own lines said so
         if attached == 0:
+            # RabbitMQ counts consumers: a slot that held a task past its lease stopped
+            # consuming (README), and was said absent while it ran one of the job's tasks
+            busy = (
+                " (RabbitMQ: a slot running a task past its lease is not counted)"
+                if transport.name == "rabbitmq"
+                else ""
+            )
             self.report.problems.append(
-                f"no worker slot is attached to the job's queue at {transport.describe()}: "
-                "are the workers running, with this DISTQ_QUEUE, "
+                f"no worker slot is attached to the job's queue at {transport.describe()}"
+                f"{busy}: are the workers running, with this DISTQ_QUEUE, "
                 "DISTQ_TRANSPORT and broker (the database of DISTQ_REDIS_URL, the vhost of "
                 "DISTQ_AMQP_URL, DISTQ_MANAGER_ADDRESS)?"
             )
@@ -857,6 +864,15 @@ class _Run(Generic[E]):
         taken = self.never_ran + sum(1 for task_id in waiting if task_id in self.taken_back)
         left = len(waiting) - (taken - self.never_ran)
         said = []
+        if left and not self.producer.takes_back:  # RabbitMQ: "may still run" hid why, and
+            # that a worker dead-letters those queued once the master is gone (its queue)
+            said.append(
+                f"took back none of the {left} tasks not answered (the {self.report.transport} "
+                "transport cannot take a task back off its queue): a worker that reaches one "
+                "still queued dead-letters it unrun, its master gone (`distq dead-letters` "
+                "lists them), and one a worker holds may still run, its result read by nobody"
+            )
+            left = 0
         if taken:
             never = f", {self.never_ran} of them not counted as submitted" if self.never_ran else ""
             said.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import pickle
+import threading
 from typing import Any
 
 import pytest
@@ -98,6 +99,44 @@ def test_a_workers_pings_cost_a_master_started_again_one_connection() -> None:
             for _ in range(3):
                 sampler.submit(remote.ping).result(30)
         assert len(accepted) == 1, len(accepted)
+    finally:
+        remote.close()
+        hosted.close()
+
+
+@pytest.mark.parametrize("first", ["slot", "ping"])
+def test_a_workers_first_ping_costs_its_master_one_connection_before_its_slots_too(
+    first: str,
+) -> None:
+    # a worker's sampler pings as the transport opens, before its slots made a proxy: the
+    # ping made its own with a create, two connections at the first master where one does
+    # once a slot's proxy is there (the ping now waits for that, as readiness does: no
+    # slot connected, no worker ready). Either order costs the master the same
+    settings = fake_settings("pingfirst")
+    hosted = open_transport(settings, "master")
+    accepted = _counting_accepts(hosted)
+    remote = open_transport(settings, "worker")
+    entered = threading.Event()
+
+    def ping() -> None:
+        entered.set()
+        remote.ping()
+
+    try:
+        with _sampler() as sampler:
+            if first == "ping":
+                pinged = sampler.submit(ping)
+                assert entered.wait(30)
+            consumer = remote.consumer("slot-1")
+            consumer.fetch(1, 0.0)
+            if first == "slot":
+                pinged = sampler.submit(ping)
+            pinged.result(30)
+            for _ in range(3):
+                sampler.submit(remote.ping).result(30)
+        # the worker's open (1), the slot's create and its own (2), the sampler's own (1)
+        assert len(accepted) == 4, [(conn.peer, conn.refused) for conn in accepted]  # type: ignore[attr-defined]
+        consumer.close()
     finally:
         remote.close()
         hosted.close()

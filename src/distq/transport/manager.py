@@ -119,6 +119,10 @@ _SILENT_SECONDS = 2.0
 _KEEPER_WAIT_MIN = 1.0
 #: Seconds between two log lines about the same accept problem.
 _LOG_EVERY = 60.0
+#: The longest a worker's first readiness ping waits for a slot's proxy of the master
+#: to be made of (a create of its own costs the master a connection more); under the
+#: 2 s a call may take before readiness reads it as a broker that does not answer.
+_SLOT_PROXY_WAIT = 1.5
 
 
 class ManagerTransport(Transport):
@@ -147,6 +151,7 @@ class ManagerTransport(Transport):
         self._inspector: wire.Broker | None = None  # a worker's proxy for stats(), kept
         #: a worker's latest proxy of its master's broker: the inspector is made of it
         self._made: wire.BrokerProxy | None = None
+        self._made_once = threading.Event()  # set once a proxy of the master was made
         self._keeper_thread: int | None = None  # the thread that calls heartbeat()
         self._inspector_lock = threading.Lock()
         self._frame_limit = wire.frame_limit(settings.max_message_bytes)
@@ -360,8 +365,9 @@ class ManagerTransport(Transport):
         if self._broker is not None:
             return self._broker
         assert self._manager is not None
-        self._made = self._connect(self._manager.distq_broker)
-        return self._made
+        self._made = made = self._connect(self._manager.distq_broker)
+        self._made_once.set()
+        return made
 
     def producer(self, reply_to: str) -> Producer:
         broker = self._endpoint()
@@ -469,7 +475,14 @@ class ManagerTransport(Transport):
         """The master answers its ``message_limit``, one field read (a master before
         getlim33 refuses it: an answer too). :meth:`stats` counted every task in flight
         under the lock every serving thread takes, 1 ms at 10,000 held, for a worker's
-        readiness, every heartbeat of every worker with ``DISTQ_METRICS_PORT``."""
+        readiness, every heartbeat of every worker with ``DISTQ_METRICS_PORT``.
+
+        The first waits up to :data:`_SLOT_PROXY_WAIT` for a slot's proxy of the master
+        (a worker's sampler starts as the transport opens, before its slots connect):
+        made of it, it costs the master one connection, not two. No later readiness: a
+        worker is ready once every slot is connected, its ping answered after the first."""
+        if self._broker is None and not self._made_once.is_set():
+            self._made_once.wait(_SLOT_PROXY_WAIT)  # else a create, as before
         self._inspect(self._answers)
 
     def _answers(self, broker: wire.Broker) -> None:
