@@ -1202,6 +1202,29 @@ def test_a_growing_batch_doubles_the_prefetch_window(
     assert windows == [1, 2, 4, 8, 16, 32, 64]  # not one per step
 
 
+def test_a_growing_batch_sends_no_task_back_as_its_window_resizes(
+    open_transport: OpenTransport, queue: str
+) -> None:
+    """A resize cancels the consumer; what the broker pushed on its way until the
+    Cancel-ok (here: what each settle's acks freed in the window, pushed while the next
+    fetch resizes) went back to the queue, pika's reject with requeue: flagged
+    redelivered, and on a classic queue 0 to 28 messages in a 20,000-task job of two
+    workers (rpre37). The resize now keeps them, buffered for the slot."""
+    t = open_transport(prefetch=64)
+    _submit_one_by_one(t, queue, 127)
+    consumer = t.consumer("c1")
+    seen: list[Delivery] = []
+    for want in (1, 2, 4, 8, 16, 32, 64):
+        got = fetch_n(consumer, want)
+        assert len(got) == want, f"want={want}: {len(got)}"
+        seen += got
+        consumer.settle([Settlement(d) for d in got])  # the acks free the window
+    assert consumer._window.size == 64  # it did resize
+    assert sorted(d.body for d in seen) == sorted(_bodies(127))  # each task once
+    assert [d.body for d in seen if d.redelivered] == []
+    consumer.close()
+
+
 def test_a_killed_worker_hands_its_deliveries_back_at_once(
     open_transport: OpenTransport, amqp_url: str, queue: str
 ) -> None:
