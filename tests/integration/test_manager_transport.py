@@ -427,6 +427,30 @@ def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None
             again.close()
 
 
+def test_a_transport_opened_after_one_closed_on_a_master_gone_answers_its_first_call() -> None:
+    """A worker-side transport closed after its master was SIGKILLed, a consumer of it
+    never closed: the calling thread's connection to that address stayed open, shared by
+    every proxy of the address, and the first call of the next transport this thread
+    opened to a master started again there (another key, another job) failed on it:
+    "closed the connection", where that master was up (a test starting masters on a port
+    an earlier one used failed so, under load)."""
+    first_settings = _settings("gone")
+    with _master_process(_env(first_settings)) as first:
+        remote = open_transport(first_settings, "worker")
+        assert len(fetch_n(remote.consumer("c0"), 1)) == 1
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+        remote.close()  # its consumer left as it was
+    settings = replace(_settings("again"), manager_address=first_settings.manager_address)
+    with (
+        _master_process(_env(settings)),
+        contextlib.closing(open_transport(settings, "worker")) as again,
+    ):
+        consumer = again.consumer("c0")
+        assert len(fetch_n(consumer, 1)) == 1
+        consumer.close()
+
+
 def test_a_producer_and_a_consumer_close_quietly_once_their_master_restarted() -> None:
     # closed after a call failed as their master went, with another master up by then
     # (an executor closed, `distq submit --wait` interrupted, in its reconnect's backoff):

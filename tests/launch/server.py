@@ -174,19 +174,26 @@ class LocalServer:
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing uses right now, below the kernel's ephemeral
     range: no outgoing connection takes it as its source port while a server restarts on it
-    (with a port from that range, a killed broker's restart failed with EADDRINUSE)."""
+    (with a port from that range, a killed broker's restart failed with EADDRINUSE).
+    Never one it returned before in this process: what a test left of a server on it
+    (a client's cached connection to that address) must not meet the next test's."""
     low = _ephemeral_low()
     for _ in range(100):
         port = random.randrange(_LOWEST_PORT, low) if low > _LOWEST_PORT + 1000 else 0
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind((HOST, port))
             except OSError:
                 continue
-            return int(sock.getsockname()[1])
+            port = int(sock.getsockname()[1])
+        _HANDED_OUT.add(port)
+        return port
     raise ServerError(f"no free port on {HOST} from {_LOWEST_PORT} to {low - 1}")
 
 
+_HANDED_OUT: set[int] = set()  # the ports free_port() returned in this process
 _LOWEST_PORT = 20_000  # above the well-known and the usual service ports
 
 

@@ -531,8 +531,13 @@ class ManagerTransport(Transport):
         return QueueStats(ready=ready, in_flight=in_flight, dead=dead, consumers=consumers)
 
     def close(self) -> None:
-        # a worker's: their connections go with it
+        # a worker's: their connections go with it, the calling thread's too: every proxy
+        # of an address shares its thread's connection, so one left open here (a
+        # consumer not closed, its master gone) failed the first call of the next
+        # transport this thread opened to a master started again at that address
+        made = self._made or self._keeper or self._inspector
         self._inspector = self._keeper = self._made = None
+        _close_proxy(made)
         broker, self._broker = self._broker, None
         if broker is not None:
             for queue, count in broker.dead_counts().items():
