@@ -551,14 +551,16 @@ class _Run(Generic[E]):
         # reconcile after it says whether the broker got them; the answered ones before
         # them forgotten now, not at the next reconcile: 2 s of a fast job's bodies were
         # 150,000 of them, whatever --max-in-flight said
-        self.ledger.compact(self.collector.waiting_ids().__contains__, self.collector.outstanding)
+        outstanding = self.collector.outstanding
+        self.ledger.compact(self.collector.waiting_ids().__contains__, outstanding)
         self.ledger.record(zip(ids, bodies, strict=True))
         self.submitted += len(tasks)
         self.report.tasks = self.submitted
-        self.telemetry.submitted(made, self.collector.outstanding)
+        self.telemetry.submitted(made, outstanding)
         if self.console.bar is None and self.submitted == len(tasks) and self.spec.tasks:
             self.console.start_progress(self.spec.tasks)
-        self.console.lines(self.workload.submitted_lines(tasks), count=0)
+        if self.console.task_lines:  # at --quiet, no lines made to be dropped
+            self.console.lines(self.workload.submitted_lines(tasks), count=0)
         with self.link.call(then_wait), self.health.liveness.waiting("job"):
             if then_wait <= 0:
                 self.producer.submit(bodies)

@@ -65,12 +65,13 @@ def run(
     answer: Callable[[Task], list[bytes]],
     workload: Workload[int] | None = None,
     stop: threading.Event | None = None,
+    quiet: bool = False,
 ) -> tuple[str, JobReport]:
     out = io.StringIO()
     done = threading.Event()
     thread = threading.Thread(target=serve, args=(transport, answer, done), daemon=True)
     thread.start()
-    master = Master(transport, Console(out=out, err=out))
+    master = Master(transport, Console(quiet=quiet, out=out, err=out))
     try:
         report = master.run(spec, workload or Squares(seed=1), stop)
     finally:
@@ -292,6 +293,25 @@ def test_max_in_flight_one_measures_round_trips(
     out, report = run(transport, JobSpec(tasks=20, max_in_flight=1, timeout=20), right)
     assert report.ok == 20 and report.latency_p50_seconds is not None
     assert calls == [(1, 1)] * 20 and out.count("Get result") == 20
+
+
+def test_a_quiet_lone_task_job_asks_its_workload_for_no_submitted_lines(
+    transport: Transport,
+) -> None:
+    """At --quiet no "put task ..." line is printed: a lone task's submit does not ask
+    the workload for its lines (a generator made per task, then dropped: issue 16)."""
+    asked: list[int] = []
+
+    class Counted(Squares):
+        def submitted_lines(self, tasks: Sequence[tuple[Task, int]]) -> Iterable[str]:
+            asked.append(len(tasks))
+            return super().submitted_lines(tasks)
+
+    spec = JobSpec(tasks=5, max_in_flight=1, timeout=20)
+    out, report = run(transport, spec, right, Counted(seed=1), quiet=True)
+    assert report.ok == 5 and asked == [] and "put task" not in out
+    out, report = run(transport, spec, right, Counted(seed=1))
+    assert report.ok == 5 and asked == [1] * 5 and out.count("put task") == 5
 
 
 def test_max_in_flight_bounds_the_bodies_the_master_holds_not_only_its_results(
