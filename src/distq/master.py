@@ -391,8 +391,11 @@ class _Run(Generic[E]):
         to 0.5 s, and not past the rate's next submit nor the deadline."""
         spec, total = self.spec, self.spec.tasks
         wait = 0.0 if more > 0 else 0.5
-        full = self.collector.outstanding >= spec.in_flight
-        if spec.rate is not None and (total is None or self.submitted < total) and not full:
+        if (
+            spec.rate is not None
+            and (total is None or self.submitted < total)
+            and self.collector.outstanding < spec.in_flight  # else full: asked under --rate only
+        ):
             # the next task is due when allowance() lets it go: submitted / rate s in
             # (with --max-in-flight full, a result must come first: no busy poll)
             wait = min(wait, max(0.0, self.submitted / spec.rate - elapsed))
