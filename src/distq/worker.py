@@ -498,7 +498,8 @@ class Worker:
                     slot.batch = None
                     if slot.handed_back or slot.consumer is None:
                         break  # a cold stop handed the whole batch back already
-                    claimed = self._settle(slot, batch.endings, batch.take_rest(), sizer.size, poll)
+                    rest = batch.take_rest() if batch.waiting else ()  # ran whole: none left
+                    claimed = self._settle(slot, batch.endings, rest, sizer.size, poll)
                     if slot.failing.attempts:  # a batch failed before: start afresh
                         slot.failing.reset()
                     if claimed:

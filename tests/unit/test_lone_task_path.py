@@ -11,6 +11,7 @@ from collections.abc import Collection, Sequence
 import pytest
 
 from distq.backoff import Backoff
+from distq.batch import Batch
 from distq.console import Console
 from distq.envelope import Task
 from distq.slots import Slot
@@ -135,3 +136,21 @@ def test_a_slot_resets_its_backoff_after_a_batch_that_follows_a_failure() -> Non
     worker.masters.learn(["r"], set())
     worker._work_on(slot, 0)
     assert slot.failing.attempts == 0
+
+
+def test_a_batch_that_ran_whole_has_no_rest_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone task's batch ran its one task: nothing is left to hand back, and no list
+    of the rest is made to say so (``Batch.take_rest``, a Python call, per task)."""
+    taken: list[int] = []
+    take_rest = Batch.take_rest
+
+    def counted(self: Batch) -> list[Delivery]:
+        rest = take_rest(self)
+        taken.append(len(rest))
+        return rest
+
+    monkeypatch.setattr(Batch, "take_rest", counted)
+    worker = lone_worker()
+    consumer = run_lone_tasks(worker)
+    assert len(consumer.settled) == LONE_TASKS and worker.health.tasks_ok == LONE_TASKS
+    assert taken == []
