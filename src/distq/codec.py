@@ -192,6 +192,8 @@ class Codec:
         JSON arrays of them, each signed once and within the size limit (so as few
         messages as the limit allows, and never more than envelopes). Signed in the
         format of ``answering``, the message of one of their tasks (:meth:`Signer.sign`)."""
+        if len(envelopes) == 1:  # a lone task's: its own message, no pack to make
+            return [self._sign(envelopes[0], "result", answering)]
         messages: list[bytes] = []
         room = self._pack_room
         pack: list[bytes] = []

@@ -391,8 +391,11 @@ class _Run(Generic[E]):
         to 0.5 s, and not past the rate's next submit nor the deadline."""
         spec, total = self.spec, self.spec.tasks
         wait = 0.0 if more > 0 else 0.5
-        full = self.collector.outstanding >= spec.in_flight
-        if spec.rate is not None and (total is None or self.submitted < total) and not full:
+        if (
+            spec.rate is not None
+            and (total is None or self.submitted < total)
+            and self.collector.outstanding < spec.in_flight  # else full: asked under --rate only
+        ):
             # the next task is due when allowance() lets it go: submitted / rate s in
             # (with --max-in-flight full, a result must come first: no busy poll)
             wait = min(wait, max(0.0, self.submitted / spec.rate - elapsed))
@@ -551,14 +554,16 @@ class _Run(Generic[E]):
         # reconcile after it says whether the broker got them; the answered ones before
         # them forgotten now, not at the next reconcile: 2 s of a fast job's bodies were
         # 150,000 of them, whatever --max-in-flight said
-        self.ledger.compact(self.collector.waiting_ids().__contains__, self.collector.outstanding)
+        outstanding = self.collector.outstanding
+        self.ledger.compact(self.collector.waiting_ids().__contains__, outstanding)
         self.ledger.record(zip(ids, bodies, strict=True))
         self.submitted += len(tasks)
         self.report.tasks = self.submitted
-        self.telemetry.submitted(made, self.collector.outstanding)
+        self.telemetry.submitted(made, outstanding)
         if self.console.bar is None and self.submitted == len(tasks) and self.spec.tasks:
             self.console.start_progress(self.spec.tasks)
-        self.console.lines(self.workload.submitted_lines(tasks), count=0)
+        if self.console.task_lines:  # at --quiet, no lines made to be dropped
+            self.console.lines(self.workload.submitted_lines(tasks), count=0)
         with self.link.call(then_wait), self.health.liveness.waiting("job"):
             if then_wait <= 0:
                 self.producer.submit(bodies)

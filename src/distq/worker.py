@@ -179,6 +179,7 @@ class Worker:
         codec = codec or Codec(transport=getattr(transport, "name", None))
         self.runner = TaskRunner(registry, Endings(self.id, options.queue, codec), console)
         self.limits = options.time_limits.with_registered(registry.time_limits())
+        self._batch_limits = self.limits or None  # asked once, not of each batch
         self.masters = MasterWatch()
         self.outage = Outage()
         self._stopping = threading.Event()  # warm: finish what runs, take nothing new
@@ -484,10 +485,11 @@ class Worker:
                 if not deliveries:
                     continue
                 self.telemetry.fetched(deliveries)
-                self.health.took(len(deliveries))
-                slot.in_hand += len(deliveries)
+                count = len(deliveries)
+                self.health.took(count)
+                slot.in_hand += count
                 started = time.perf_counter()
-                batch = slot.batch = Batch(deliveries, self.masters, self.limits)
+                batch = slot.batch = Batch(deliveries, self.masters, self._batch_limits)
                 self._run(slot, batch)
                 if slot.generation != generation:
                     return  # the keeper settled this batch: a task ran out of time
@@ -496,8 +498,10 @@ class Worker:
                     slot.batch = None
                     if slot.handed_back or slot.consumer is None:
                         break  # a cold stop handed the whole batch back already
-                    claimed = self._settle(slot, batch.endings, batch.take_rest(), sizer.size, poll)
-                    slot.failing.reset()
+                    rest = batch.take_rest() if batch.waiting else ()  # ran whole: none left
+                    claimed = self._settle(slot, batch.endings, rest, sizer.size, poll)
+                    if slot.failing.attempts:  # a batch failed before: start afresh
+                        slot.failing.reset()
                     if claimed:
                         slot.renewed = time.monotonic()
             except Exception as exc:  # a transport bug must not kill the slot either

@@ -12,6 +12,7 @@ import pytest
 
 from distq import master as master_module
 from distq.backoff import Backoff
+from distq.collector import Collector
 from distq.console import Console
 from distq.envelope import Task
 from distq.errors import ConfigError, TransportError
@@ -65,12 +66,13 @@ def run(
     answer: Callable[[Task], list[bytes]],
     workload: Workload[int] | None = None,
     stop: threading.Event | None = None,
+    quiet: bool = False,
 ) -> tuple[str, JobReport]:
     out = io.StringIO()
     done = threading.Event()
     thread = threading.Thread(target=serve, args=(transport, answer, done), daemon=True)
     thread.start()
-    master = Master(transport, Console(out=out, err=out))
+    master = Master(transport, Console(quiet=quiet, out=out, err=out))
     try:
         report = master.run(spec, workload or Squares(seed=1), stop)
     finally:
@@ -292,6 +294,51 @@ def test_max_in_flight_one_measures_round_trips(
     out, report = run(transport, JobSpec(tasks=20, max_in_flight=1, timeout=20), right)
     assert report.ok == 20 and report.latency_p50_seconds is not None
     assert calls == [(1, 1)] * 20 and out.count("Get result") == 20
+
+
+def test_a_quiet_lone_task_job_asks_its_workload_for_no_submitted_lines(
+    transport: Transport,
+) -> None:
+    """At --quiet no "put task ..." line is printed: a lone task's submit does not ask
+    the workload for its lines (a generator made per task, then dropped: issue 16)."""
+    asked: list[int] = []
+
+    class Counted(Squares):
+        def submitted_lines(self, tasks: Sequence[tuple[Task, int]]) -> Iterable[str]:
+            asked.append(len(tasks))
+            return super().submitted_lines(tasks)
+
+    spec = JobSpec(tasks=5, max_in_flight=1, timeout=20)
+    out, report = run(transport, spec, right, Counted(seed=1), quiet=True)
+    assert report.ok == 5 and asked == [] and "put task" not in out
+    out, report = run(transport, spec, right, Counted(seed=1))
+    assert report.ok == 5 and asked == [1] * 5 and out.count("put task") == 5
+
+
+def test_a_lone_task_job_asks_its_limits_once_a_task(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone task's turn of the job loop asks how many may be in flight once (its
+    allowance), and how many are outstanding only where it needs the number: the wait
+    asks neither without --rate (issue 16)."""
+    asked = {"in_flight": 0, "outstanding": 0}
+    in_flight: property = vars(JobSpec)["in_flight"]
+    outstanding: property = vars(Collector)["outstanding"]
+
+    def counted_in_flight(spec: JobSpec) -> int:
+        asked["in_flight"] += 1
+        return in_flight.__get__(spec)  # type: ignore[no-any-return]
+
+    def counted_outstanding(collector: Collector[int]) -> int:
+        asked["outstanding"] += 1
+        return outstanding.__get__(collector)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(JobSpec, "in_flight", property(counted_in_flight))
+    monkeypatch.setattr(Collector, "outstanding", property(counted_outstanding))
+    _, report = run(transport, JobSpec(tasks=20, max_in_flight=1, timeout=20), right, quiet=True)
+    assert report.ok == 20
+    assert asked["in_flight"] <= 20 + 2, asked  # the allowance; the job's start and end
+    assert asked["outstanding"] <= 3 * 20 + 4, asked  # allowance, wanted, the ledger's
 
 
 def test_max_in_flight_bounds_the_bodies_the_master_holds_not_only_its_results(

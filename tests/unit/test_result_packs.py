@@ -228,3 +228,30 @@ def test_a_pack_at_the_size_limit_to_the_byte_stays_within_it(
     assert len(messages) == (1 if slack <= 0 else 2)
     opened = [e for m in messages for e in codec.open_results(m)]
     assert opened == [first, second]
+
+
+@pytest.mark.parametrize("name", CODECS)
+def test_a_lone_tasks_result_is_sealed_without_a_pack(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of one's result is its own message: sealed as it is, no pack loop nor
+    pack made around it (issue 16); the message is seal_result's, signed in the format
+    of the task it answers."""
+    codec = CODECS[name]
+    packed: list[int] = []
+    pack = Codec._pack
+
+    def counted(self: Codec, envelopes: list[bytes], answering: bytes | None) -> bytes:
+        packed.append(len(envelopes))
+        return pack(self, envelopes, answering)
+
+    monkeypatch.setattr(Codec, "_pack", counted)
+    task = Task("square", [7], "r")
+    body = codec.seal_task(task)
+    endings = Endings("w", "distq", codec)
+    ending = endings.ok(Delivery(body, 1), task, 49, 1000.0, 0.5)
+    (settlement,) = endings.settlements([ending])
+    envelope = ending.settlement.result
+    assert packed == [] and envelope is not None
+    assert settlement.result == codec.seal_result(Result.decode(envelope), body)
+    assert codec.open_result(settlement.result).value == 49
