@@ -464,13 +464,16 @@ class BoundedConnection(Connection):
         self.send_bytes(pickle.dumps(obj))
 
     def message(self) -> bytes:
-        """The next message; :class:`FrameTooLarge` for one over ``frame_limit``, unread.
+        """The next message; :class:`FrameTooLarge` for one over ``frame_limit``, unread,
+        :class:`Refused` for a negative length.
         The peer's close, or the network's failure: its ``EOFError`` or ``OSError``.
         Read as ``recv_bytes`` reads it, without its checks and buffers a message: 4.0
         µs of a served request's 9 (its calls, two ``BytesIO``, the length's copy)."""
         (size,) = _LENGTH.unpack(self._read(4))
         if size == -1:
             (size,) = _LONG_LENGTH.unpack(self._read(8))
+        elif size < 0:  # read as no bytes, it was refused as "not a pickle", unnamed
+            raise Refused(f"a message of {size:,} bytes, a length no message has")
         if size > self.frame_limit:
             setting = (self.frame_limit - FRAME_ROOM) // 2
             raise FrameTooLarge(
@@ -520,7 +523,7 @@ class ServedConnection(BoundedConnection):
     def recv(self) -> Any:
         try:
             data = self.message()  # its EOFError or OSError: the peer closed, or the network
-        except FrameTooLarge as exc:
+        except Refused as exc:  # over frame_limit, or a negative length: unread
             self.refused = str(exc)
             raise EOFError(self.refused) from None
         try:
