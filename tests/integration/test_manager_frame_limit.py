@@ -142,3 +142,42 @@ def test_a_batch_of_large_tasks_and_results_crosses_within_the_limit() -> None:
     finally:
         remote.close()
         hosted.close()
+
+
+#: a length no message has: the 4-byte form's negatives other than -1 (the long form's mark)
+NEGATIVE_FRAME = struct.pack("!i", -2)
+
+
+def test_a_reply_of_a_negative_length_is_refused_as_such() -> None:
+    # read as no bytes, it was refused as "not a pickle: EOFError", the length unnamed
+    settings = fake_settings("mgrneg")
+    with fake_master(settings, "fetch", NEGATIVE_FRAME, framed=False):
+        remote = open_transport(settings, "worker")
+        try:
+            consumer = remote.consumer("c1")
+            with pytest.raises(TransportError, match="a message of -2 bytes"):
+                consumer.fetch(5, 0.1)
+            consumer.close()
+        finally:
+            remote.close()
+
+
+def test_a_request_of_a_negative_length_is_refused_logged_and_its_connection_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = _settings()
+    assert settings.authkey is not None
+    hosted = open_transport(settings, "master")
+    try:
+        conn = connection.Client(settings.manager_address, authkey=settings.authkey)
+        with conn, socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            sock.sendall(NEGATIVE_FRAME)
+            sock.settimeout(30)
+            assert sock.recv(1) == b"", "the master kept the connection open"
+        deadline = time.monotonic() + 30
+        while "dropped the connection" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+        assert "it sent a message of -2 bytes" in caplog.text, caplog.text
+    finally:
+        hosted.close()

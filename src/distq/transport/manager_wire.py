@@ -195,6 +195,19 @@ EXPOSED = (
 )
 
 
+@contextlib.contextmanager
+def _socket_of(conn: Connection) -> Iterator[socket.socket]:
+    """A socket on a copy of ``conn``'s descriptor, to set options or peek through. One
+    made under a default timeout (``socket.setdefaulttimeout``: a task's, a library's, a
+    program's around its Executor) turns the descriptor non-blocking, for ``conn`` too
+    (one open file): its next ``os.read`` then raised EAGAIN where it would have waited.
+    Made blocking again at once: every manager connection's reads block, bounded by
+    ``SO_RCVTIMEO`` (:func:`bounded`)."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.setblocking(True)
+        yield sock
+
+
 def no_delay(conn: Connection) -> Connection:
     """Turn off Nagle's algorithm on a manager connection.
 
@@ -202,7 +215,7 @@ def no_delay(conn: Connection) -> Connection:
     (length, then payload); with Nagle on, the second waits for the peer's delayed ACK,
     40 ms on Linux. A batch of 128 tasks crosses that size.
     """
-    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+    with contextlib.suppress(OSError), _socket_of(conn) as sock:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return conn
@@ -211,7 +224,7 @@ def no_delay(conn: Connection) -> Connection:
 def _timeouts(conn: Connection, read: float, write: float) -> Connection:
     """Make a blocking read on ``conn`` fail after ``read`` seconds and a write after
     ``write`` (``SO_RCVTIMEO``, ``SO_SNDTIMEO``; 0: never)."""
-    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+    with contextlib.suppress(OSError), _socket_of(conn) as sock:
         for option, seconds in ((socket.SO_RCVTIMEO, read), (socket.SO_SNDTIMEO, write)):
             timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
             sock.setsockopt(socket.SOL_SOCKET, option, timeval)
@@ -257,7 +270,7 @@ def accepted(conn: Connection) -> None:
     """A connection the master just accepted: no-delay, TCP keepalive, and reads and
     writes that fail after ``HANDSHAKE_TIMEOUT`` until :func:`serving` lifts them."""
     no_delay(conn)
-    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+    with contextlib.suppress(OSError), _socket_of(conn) as sock:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             for name, value in KEEPALIVE:
@@ -294,7 +307,7 @@ class PeerWatch:
 
 def _closed(conn: Connection) -> bool:
     """Whether readable ``conn`` was closed or reset by its peer (not merely sent to)."""
-    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+    with _socket_of(conn) as sock:
         try:
             return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
@@ -361,7 +374,7 @@ class Deadlines:
     def _cut(self, conn: Connection) -> None:
         """Shut ``conn`` down (its thread's read ends at once); under the lock."""
         del self._due[conn]
-        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        with contextlib.suppress(OSError), _socket_of(conn) as sock:
             sock.shutdown(socket.SHUT_RDWR)
 
 
@@ -451,13 +464,16 @@ class BoundedConnection(Connection):
         self.send_bytes(pickle.dumps(obj))
 
     def message(self) -> bytes:
-        """The next message; :class:`FrameTooLarge` for one over ``frame_limit``, unread.
+        """The next message; :class:`FrameTooLarge` for one over ``frame_limit``, unread,
+        :class:`Refused` for a negative length.
         The peer's close, or the network's failure: its ``EOFError`` or ``OSError``.
         Read as ``recv_bytes`` reads it, without its checks and buffers a message: 4.0
         µs of a served request's 9 (its calls, two ``BytesIO``, the length's copy)."""
         (size,) = _LENGTH.unpack(self._read(4))
         if size == -1:
             (size,) = _LONG_LENGTH.unpack(self._read(8))
+        elif size < 0:  # read as no bytes, it was refused as "not a pickle", unnamed
+            raise Refused(f"a message of {size:,} bytes, a length no message has")
         if size > self.frame_limit:
             setting = (self.frame_limit - FRAME_ROOM) // 2
             raise FrameTooLarge(
@@ -507,7 +523,7 @@ class ServedConnection(BoundedConnection):
     def recv(self) -> Any:
         try:
             data = self.message()  # its EOFError or OSError: the peer closed, or the network
-        except FrameTooLarge as exc:
+        except Refused as exc:  # over frame_limit, or a negative length: unread
             self.refused = str(exc)
             raise EOFError(self.refused) from None
         try:
