@@ -1807,6 +1807,24 @@ def test_a_lone_submit_runs_four_commands_in_redis_and_keeps_its_state_s_time_to
     assert t.master_ttl_ms < raw.pttl(state) <= t.master_ttl_ms + REPLY_GRACE_MS
 
 
+def test_a_take_that_finds_no_state_makes_it_with_a_time_to_live(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """Redis restarted empty (no persistence) while a master waited for its results, every
+    task submitted: its next take (ack.lua) made the state afresh with its count and no
+    time to live, and a master killed before its next renewal left that key for good.
+    Now a take that makes the state gives it the renewal's time to live."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    state = f"{producer.reply_to}:state"
+    raw.delete(state, producer.reply_to)  # Redis restarted empty: its keys are gone
+    raw.zrem(t.masters_key, producer.reply_to)
+    assert producer.results(5, 0) == []
+    assert raw.hget(state, "taken") == b"0"
+    producer.abandon()  # killed before its next renewal
+    assert t.master_ttl_ms < raw.pttl(state) <= t.master_ttl_ms + REPLY_GRACE_MS
+
+
 def test_a_lone_task_s_take_sends_its_script_s_keys_count_and_body_and_a_wait_of_a_slice(
     open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
