@@ -899,6 +899,20 @@ def test_a_full_redis_poll_past_a_retry_already_due_does_not_fail(
     assert consumer._block_then_claim(-0.5, 5) == []
 
 
+def test_a_wait_past_a_retry_due_a_second_ago_claims_its_task(
+    open_transport: OpenTransport,
+) -> None:
+    """A consumer keeps its BLMOVE for the last wait it made, and started as if its last
+    wait had been -1.0 s with no command: a first wait of exactly -1.0 s (a delayed retry
+    due a second before it) sent an empty command, not a BLMOVE. Each wait that changes,
+    as when a retry is due sooner, has its own BLMOVE."""
+    transport = open_transport()
+    transport.producer(transport.reply_queue("j")).submit([b"a", b"b", b"c"])
+    consumer = transport.consumer("w")
+    for block, body in ((-1.0, b"a"), (0.5, b"b"), (-1.0, b"c")):
+        assert [d.body for d in consumer._block_then_claim(block, 1)] == [body]
+
+
 def test_a_redis_kept_full_by_other_data_still_runs_the_job(tmp_path: Path) -> None:
     """Full for good (another application's keys): the scripts ran, but the BLMOVE of a
     worker's and the master's waits was refused, an outage each time; the results sat
