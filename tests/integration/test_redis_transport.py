@@ -899,6 +899,20 @@ def test_a_full_redis_poll_past_a_retry_already_due_does_not_fail(
     assert consumer._block_then_claim(-0.5, 5) == []
 
 
+def test_a_wait_past_a_retry_due_a_second_ago_claims_its_task(
+    open_transport: OpenTransport,
+) -> None:
+    """A consumer keeps its BLMOVE for the last wait it made, and started as if its last
+    wait had been -1.0 s with no command: a first wait of exactly -1.0 s (a delayed retry
+    due a second before it) sent an empty command, not a BLMOVE. Each wait that changes,
+    as when a retry is due sooner, has its own BLMOVE."""
+    transport = open_transport()
+    transport.producer(transport.reply_queue("j")).submit([b"a", b"b", b"c"])
+    consumer = transport.consumer("w")
+    for block, body in ((-1.0, b"a"), (0.5, b"b"), (-1.0, b"c")):
+        assert [d.body for d in consumer._block_then_claim(block, 1)] == [body]
+
+
 def test_a_redis_kept_full_by_other_data_still_runs_the_job(tmp_path: Path) -> None:
     """Full for good (another application's keys): the scripts ran, but the BLMOVE of a
     worker's and the master's waits was refused, an outage each time; the results sat
@@ -1804,6 +1818,24 @@ def test_a_lone_submit_runs_four_commands_in_redis_and_keeps_its_state_s_time_to
     raw.delete(state)  # lapsed (or lost by a restart): made again, with a time to live
     assert producer.submit_then_results([b"c"], 5, 0.0) == []
     assert raw.hmget(state, "submitted", "taken") == [b"1", b"1"]
+    assert t.master_ttl_ms < raw.pttl(state) <= t.master_ttl_ms + REPLY_GRACE_MS
+
+
+def test_a_take_that_finds_no_state_makes_it_with_a_time_to_live(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """Redis restarted empty (no persistence) while a master waited for its results, every
+    task submitted: its next take (ack.lua) made the state afresh with its count and no
+    time to live, and a master killed before its next renewal left that key for good.
+    Now a take that makes the state gives it the renewal's time to live."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    state = f"{producer.reply_to}:state"
+    raw.delete(state, producer.reply_to)  # Redis restarted empty: its keys are gone
+    raw.zrem(t.masters_key, producer.reply_to)
+    assert producer.results(5, 0) == []
+    assert raw.hget(state, "taken") == b"0"
+    producer.abandon()  # killed before its next renewal
     assert t.master_ttl_ms < raw.pttl(state) <= t.master_ttl_ms + REPLY_GRACE_MS
 
 

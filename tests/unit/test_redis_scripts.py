@@ -95,6 +95,39 @@ def test_a_script_gets_the_prelude_s_definitions_it_uses_and_no_other(name: str)
         assert uses > 1, f"{name}.lua gets {definition} from the prelude, and never uses it"
 
 
+#: The names a script may use that it does not define: Lua's words, Redis's and Lua's own.
+LUA_NAMES = {"redis", "KEYS", "ARGV", "math", "string", "tonumber", "type", "pairs", "ipairs"}
+LUA_NAMES |= {"unpack", "and", "break", "do", "else", "elseif", "end", "false", "for", "if"}
+LUA_NAMES |= {"function", "in", "local", "nil", "not", "or", "return", "then", "true", "while"}
+
+
+def _undefined(text: str) -> set[str]:
+    """The names ``text`` uses that neither it defines (``local``, a function's parameters,
+    a ``for``'s variables) nor Lua or Redis does: each would fail only once the branch
+    that names it runs (Redis 7 refuses a global it does not know)."""
+    code = re.sub(r"'(?:\\.|[^'\\])*'", "''", _code(text.removeprefix(ALLOW_OOM)))
+    defined = set(LUA_NAMES)
+    for names in re.findall(r"\b(?:local(?: function)?|for)\s+([\w\s,]+?)\s*(?:=|\bin\b|\()", code):
+        defined |= {n.strip() for n in names.split(",")}
+    for params in re.findall(r"\bfunction\b[\w\s]*\(([^)]*)\)", code):
+        defined |= {n.strip() for n in params.split(",") if n.strip()}
+    used = set(re.findall(r"(?<![\w.:])([A-Za-z_]\w*)", code))
+    return used - defined
+
+
+@pytest.mark.parametrize("name", sorted(_sources()))
+def test_a_script_defines_every_name_it_uses_in_every_branch(name: str) -> None:
+    """Each script gets the prelude's definitions its text names, and those they name: one
+    a rare branch calls (a sweep's requeue, a dead letter, a full Redis) is sent too."""
+    assert _undefined(_sources()[name]) == set()
+
+
+def test_a_script_without_the_prelude_would_use_names_it_does_not_define() -> None:
+    """The check above can fail: the scripts' own texts name the prelude's functions."""
+    assert {"sweep", "claimed", "now_ms"} <= _undefined(redis_scripts._TEXTS["claim"])
+    assert {"requeue_all", "settles_of"} <= _undefined(redis_scripts._TEXTS["close"])
+
+
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_the_flags_line_comes_first_and_the_file_comment_is_not_sent(name: str) -> None:
     flagged, plain = source(name, allow_oom=True), source(name, allow_oom=False)

@@ -1031,7 +1031,7 @@ class RedisConsumer(Consumer):
         self._settles_key = f"{transport.consumers_key}:{self.consumer_id}"  # settles_of
         # the claim script's commands by (count, moved): made once each (see _claim)
         self._claim_commands: dict[tuple[int, int], tuple[Arg, ...]] = {}
-        self._blmove_for: tuple[float, tuple[Arg, ...]] = (-1.0, ())  # see _blmove
+        self._blmove_for: tuple[float, tuple[Arg, ...]] | None = None  # see _blmove
         with transport.errors():  # reachable now, so "reconnected" means it
             transport.check_types(self._w)  # and its keys are distq's: one round trip
         self._link = self._w.link  # the connection its in-flight list is known on
@@ -1104,7 +1104,7 @@ class RedisConsumer(Consumer):
         """Wait up to ``block`` s for a task and move it into the in-flight list: the claim
         script that follows it (its ARGV[5] = 1) leases it with the rest. Made again only
         for another ``block`` (a lone task's settle waits a block slice each time)."""
-        if block != self._blmove_for[0]:
+        if self._blmove_for is None or block != self._blmove_for[0]:
             command = ("BLMOVE", self._t.ready_key, self.inflight_key, "RIGHT", "LEFT")
             self._blmove_for = (block, (*command, _seconds(block)))
         return self._blmove_for[1]

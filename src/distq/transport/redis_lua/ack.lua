@@ -11,12 +11,15 @@
 -- (a take on a new connection: Redis may have restarted from an older snapshot since the
 -- count was made, and the list's tail then holds results pushed since, never read) drops
 -- nothing either, and returns the server's count for the caller to read on from.
+-- Without ``taken`` the state may be gone too (Redis restarted empty): made again here,
+-- it gets the renewal's time to live, so a master killed before renewing leaves no key.
 
 local taken = tonumber(redis.call('HGET', KEYS[4], 'taken') or '-1')
 local received = tonumber(ARGV[3])
 if taken < 0 then
   received = math.max(received, 0)
   redis.call('HSET', KEYS[4], 'taken', received)
+  redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[2]) + {REPLY_GRACE_MS})
   taken = received
 elseif received > taken then
   redis.call('LTRIM', KEYS[3], '0', taken - received - 1)
