@@ -11,9 +11,11 @@ import threading
 from collections.abc import Iterator
 from multiprocessing import connection
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import pytest
 
+import distq
 from distq.config import Settings
 from distq.errors import TransportError
 from distq.transport import manager_wire, open_transport
@@ -29,6 +31,22 @@ def fake_settings(queue: str, **more: object) -> Settings:
         queue=queue,
         **more,  # type: ignore[arg-type]
     )
+
+
+def manager_env(settings: Settings) -> dict[str, str]:
+    """The environment of a distq subprocess on ``settings``' master: no other DISTQ_*
+    variable, this checkout's sources first."""
+    assert settings.authkey is not None
+    host, port = settings.manager_address
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(
+        DISTQ_TRANSPORT="manager",
+        DISTQ_AUTHKEY=settings.authkey.decode(),
+        DISTQ_MANAGER_ADDRESS=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        DISTQ_QUEUE=settings.queue,
+        PYTHONPATH=str(Path(distq.__file__).resolve().parents[1]),
+    )
+    return env
 
 
 @contextlib.contextmanager

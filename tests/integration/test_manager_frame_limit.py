@@ -12,15 +12,13 @@ import struct
 import time
 from dataclasses import replace
 from multiprocessing import connection
-from pathlib import Path
 
 import pytest
 
-import distq
 from distq.config import Settings
 from distq.errors import TransportError
 from distq.transport import Settlement, open_transport
-from fake_master import fake_master, fake_settings
+from fake_master import fake_master, fake_settings, manager_env
 from launch import free_port
 from procs import Distq
 from seam import fetch_n, results_n
@@ -55,16 +53,7 @@ def test_a_reply_over_the_limit_is_refused_before_it_is_read(most: int) -> None:
 @pytest.mark.timeout(120)
 def test_a_worker_that_refuses_a_reply_for_its_size_says_so_and_goes_on() -> None:
     settings = fake_settings("mgrsize33")
-    assert settings.authkey is not None
-    host, port = settings.manager_address
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
-    env.update(
-        DISTQ_TRANSPORT="manager",
-        DISTQ_AUTHKEY=settings.authkey.decode(),
-        DISTQ_MANAGER_ADDRESS=f"{host}:{port}",
-        DISTQ_QUEUE=settings.queue,
-        PYTHONPATH=str(Path(distq.__file__).resolve().parents[1]),
-    )
+    env = manager_env(settings)
     with fake_master(settings, "fetch", HUGE_FRAME, framed=False):
         worker = Distq(["worker", "--concurrency", "2"], env)
         try:

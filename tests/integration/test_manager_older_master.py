@@ -4,28 +4,17 @@ keyword's the connection too), and asked again of a master that listens next."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from conftest import hosted_and_remote
-from distq.config import Settings
 from distq.transport import manager, manager_wire, open_transport
 from distq.transport.manager_broker import QueueBroker
-from launch import free_port
+from fake_master import fake_settings
 
 pytestmark = pytest.mark.integration
-
-
-def _settings(queue: str) -> Settings:
-    return Settings(
-        transport="manager",
-        authkey=secrets.token_hex(16).encode(),
-        manager_address=("127.0.0.1", free_port()),
-        queue=queue,
-    )
 
 
 @pytest.fixture
@@ -58,7 +47,7 @@ def test_a_cancels_withdraw_asks_an_older_master_for_its_flag_once(
     # each cancel's withdraw (redelivered=False) was sent with the flag, refused (the
     # connection with it), then sent again without: two calls, and a connection, a chunk,
     # for the producer's life; every other fallback learnt from the first refusal
-    with hosted_and_remote(_settings("olderwd")) as (hosted, remote):
+    with hosted_and_remote(fake_settings("olderwd")) as (hosted, remote):
         _without_redelivered(monkeypatch, hosted._broker)  # type: ignore[attr-defined]
         producer = remote.producer(remote.reply_queue("old"))
         producer.submit([b"a", b"b", b"c"])
@@ -76,7 +65,7 @@ def test_a_producer_asks_a_master_started_again_for_the_flag_again(
 ) -> None:
     # the master upgraded in place (a new one on the address) takes the flag: a cancel's
     # withdraw then leaves a task's copy the worker ran
-    settings = _settings("olderagain")
+    settings = fake_settings("olderagain")
     older = open_transport(settings, "master")
     remote = open_transport(settings, "client")
     try:
@@ -107,7 +96,7 @@ def test_a_producer_asks_an_older_master_for_its_limit_once(
     # asked once
     older = tuple(name for name in manager_wire.EXPOSED if name != "message_limit")
     monkeypatch.setattr(manager_wire, "EXPOSED", older)
-    with hosted_and_remote(_settings("olderlimit")) as (_hosted, remote):
+    with hosted_and_remote(fake_settings("olderlimit")) as (_hosted, remote):
         producer = remote.producer(remote.reply_queue("old"))
         large = [b"x" * (manager._LEAST_ROOM + 1)]  # over what some master reads: asked
         asked.clear()

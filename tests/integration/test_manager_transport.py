@@ -38,6 +38,7 @@ from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.transport import Settlement, Transport, manager, manager_wire, open_transport
 from endpoints import link_local_or_skip
+from fake_master import fake_settings, manager_env
 from launch import free_port
 from procs import Distq
 from relay import SilentRelay
@@ -51,12 +52,7 @@ _SRC = str(Path(distq.__file__).resolve().parents[1])
 
 
 def _settings(queue: str) -> Settings:
-    return Settings(
-        transport="manager",
-        authkey=secrets.token_hex(16).encode(),
-        manager_address=("127.0.0.1", free_port()),
-        queue=queue,
-    )
+    return fake_settings(queue)
 
 
 def _no_delay(conn: Any) -> bool:
@@ -377,19 +373,7 @@ def test_a_keepers_hand_back_on_a_connection_gone_silent_gives_up_within_the_lea
         hosted.close()
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    """The environment of a distq subprocess on ``settings``' master."""
-    assert settings.authkey is not None
-    host, port = settings.manager_address
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
-    env.update(
-        DISTQ_TRANSPORT="manager",
-        DISTQ_AUTHKEY=settings.authkey.decode(),
-        DISTQ_MANAGER_ADDRESS=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-        DISTQ_QUEUE=settings.queue,
-        PYTHONPATH=_SRC,
-    )
-    return env
+_env = manager_env
 
 
 @contextlib.contextmanager

@@ -111,7 +111,7 @@ def test_worker_counters_count_what_the_job_did(target: Target, tmp_path: Path) 
             assert total == sum(expected.values()), samples(port, name)
             redelivered = value(port, "distq_worker_redeliveries_total")
             # nothing handed back: a RabbitMQ worker resizing its prefetch window keeps
-            # what the broker pushed meanwhile (pika's reject sent it back, rpre37)
+            # what the broker pushed meanwhile (pika's reject sent it back)
             assert redelivered == 0, redelivered
             runs = value(port, "distq_worker_task_duration_seconds_count")
             assert runs == sum(expected.values())

@@ -1209,7 +1209,7 @@ def test_a_growing_batch_sends_no_task_back_as_its_window_resizes(
     Cancel-ok (here: what each settle's acks freed in the window, pushed while the next
     fetch resizes) went back to the queue, pika's reject with requeue: flagged
     redelivered, and on a classic queue 0 to 28 messages in a 20,000-task job of two
-    workers (rpre37). The resize now keeps them, buffered for the slot."""
+    workers. The resize now keeps them, buffered for the slot."""
     t = open_transport(prefetch=64)
     _submit_one_by_one(t, queue, 127)
     consumer = t.consumer("c1")

@@ -1,4 +1,4 @@
-"""What a lone task's round trip on manager costs, in what it runs (manlat37): each
+"""What a lone task's round trip on manager costs, in what it runs: each
 check fails on a path that runs a step no task needs."""
 
 from __future__ import annotations

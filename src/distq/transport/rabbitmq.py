@@ -1097,7 +1097,7 @@ class RabbitMQConsumer(Consumer):
         window counts messages: ``want`` tasks are as many messages as the last one's
         size says. What the broker pushed the old consumer until its Cancel-ok is kept,
         buffered for the slot (:meth:`_cancel`): pika's reject sent it back to the queue,
-        flagged redelivered, 12 to 21 messages a 20,000-task job of two workers (rpre37).
+        flagged redelivered, 12 to 21 messages a 20,000-task job of two workers.
 
         On a queue that counts deliveries (a quorum queue) the cancel waits up to
         :data:`_FILL_SECONDS` for the window to fill: what the broker had sent on its way
