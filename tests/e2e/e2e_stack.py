@@ -76,6 +76,11 @@ class Stack:
         # No DISTQ_IMAGE_TAG: `make up` tags the images by the project, as for a user.
         self.image_tag = self.project
         self.up_output = ""  # what `make up` printed (the fixture sets it)
+        self.new_ports()
+
+    def new_ports(self) -> None:
+        """Free host ports for the stack's published ones, each chosen afresh: free when
+        chosen, which another test's server may take before `make up` binds it."""
         for var in (
             "PROMETHEUS_PORT",
             "REDIS_PORT",
