@@ -1131,6 +1131,51 @@ def test_a_split_sends_back_flagged_what_came_redelivered(
     producer.close()
 
 
+def test_a_split_sends_back_as_a_suspect_what_came_from_an_expired_lease_record(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A lease record renewed too late expires into the task queue (``x-death`` names
+    its ``.held.`` queue) while its task still runs in a slot of the worker; a splitting
+    slot of that worker sent the copy back in a plain pack of 2, without the header, and
+    the next slot ran it beside its original: twice. Sent back flagged, it waits."""
+    t = open_transport(prefetch=128)
+    running = t.consumer("running")
+    raw.basic_publish("", queue, b"long")
+    (original,) = fetch_n(running, 1)  # still running in this slot, its window full
+    slow = t.consumer("slow")
+    assert slow.fetch(96, 0.2) == []  # a window of 3 messages, and packs taken whole
+    typed = pika.BasicProperties(type=TASKS_TYPE)
+    first = [f"a-{i}".encode() for i in range(4)]
+    packed = [f"p-{i}".encode() for i in range(TASKS_PER_MESSAGE)]
+    raw.basic_publish("", queue, pack(first), properties=typed)
+    held = f"{queue}.held.gone"  # a record queue whose record expires into the queue
+    dead_letter_to_queue = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue}
+    raw.queue_declare(held, arguments={"x-message-ttl": 1, **dead_letter_to_queue})
+    try:
+        raw.basic_publish("", held, b"long")
+        assert _ready_within(raw, held, 0)
+        raw.basic_publish("", queue, pack(packed), properties=typed)
+        assert _ready_within(raw, queue, 0)  # all 3 pushed to the slot
+        for filler in range(2):  # what the split frees of its window takes instead
+            raw.basic_publish("", queue, pack([b"f%d" % filler] * 2), properties=typed)
+        deadline = time.monotonic() + 5
+        while len(slow._buffer) < 4 + 1 + TASKS_PER_MESSAGE and time.monotonic() < deadline:
+            slow._link.connection.process_data_events(time_limit=0.05)  # read by the slot
+        assert [d.body for d in list(slow._buffer)[4:6]] == [b"long", b"p-0"]
+        mine = fetch_n(slow, 2)
+        mine += fetch_n(slow, 2)  # two short fetches in a row: a split
+        assert [d.body for d in mine] == first
+        idle = t.consumer("idle")  # another slot of the worker
+        rest = fetch_n(idle, TASKS_PER_MESSAGE + 5, within=3)
+        ran = [d.body for d in rest if not d.body.startswith(b"f")]
+        assert sorted(ran) == sorted(packed)  # the copy waits
+        assert b"long" in t.deferred
+        idle.settle([Settlement(d) for d in rest])
+        running.settle([Settlement(original)])
+    finally:
+        raw.queue_delete(held)
+
+
 def test_a_split_pack_whose_last_task_is_handed_back_is_not_requeued_whole(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -1403,9 +1403,12 @@ class RabbitMQConsumer(Consumer):
             if tag in records:  # acked long ago
                 link.publish(queue, records[tag], mandatory=True)
                 sent[link.sequence] = [Delivery(records[tag], tag, True)]
-        for message in regroup(plan.tasks, plan.again, per_message, self._transport.pack_bytes):
+        # a copy from an expired lease record (its x-death is not published again) is
+        # flagged as a redelivered one is: its original may still run in another slot
+        suspects = plan.again | (self._again & set(tags))
+        for message in regroup(plan.tasks, suspects, per_message, self._transport.pack_bytes):
             # as a requeue would, and as it came (it may have run): flagged redelivered
-            again = message[0].redelivered or message[0].tag in plan.again
+            again = message[0].redelivered or message[0].tag in suspects
             if len(message) > 1:
                 properties = _PACKED_AGAIN if again else _PACKED_TASKS
                 link.publish(

@@ -133,8 +133,9 @@ def regroup(
 ) -> list[list[Delivery]]:
     """``tasks`` in order, as the messages that put them back in the queue: at most
     ``per_message`` to a message and ``max_bytes`` to a pack (:func:`fill`), the tasks
-    of a message all flagged redelivered or all not: those in ``again`` (:class:`Release`)
-    and those delivered so (they may have run on a worker that lost them). An empty
+    of a message all flagged redelivered or all not: those in ``again`` (:class:`Release`'s,
+    and copies from an expired lease record: their original may still run) and those
+    delivered so (they may have run on a worker that lost them). An empty
     task (a queue writer's message) goes alone: a pack holding one is none a master
     writes, and a worker takes it whole, as one malformed task (:func:`packed`), the
     tasks beside it in its dead letter, never run."""
