@@ -789,16 +789,9 @@ class _Run(Generic[E]):
         except (DistqError, OSError):
             return  # the broker is away, or refuses: the job's own lines said so
         if attached == 0:
-            # RabbitMQ counts consumers: a slot that held a task past its lease stopped
-            # consuming (README), and was said absent while it ran one of the job's tasks
-            busy = (
-                " (RabbitMQ: a slot running a task past its lease is not counted)"
-                if transport.name == "rabbitmq"
-                else ""
-            )
             self.report.problems.append(
                 f"no worker slot is attached to the job's queue at {transport.describe()}"
-                f"{busy}: are the workers running, with this DISTQ_QUEUE, "
+                f"{transport.unattached_note}: are the workers running, with this DISTQ_QUEUE, "
                 "DISTQ_TRANSPORT and broker (the database of DISTQ_REDIS_URL, the vhost of "
                 "DISTQ_AMQP_URL, DISTQ_MANAGER_ADDRESS)?"
             )

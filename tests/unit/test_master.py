@@ -238,6 +238,21 @@ def test_a_job_no_worker_ever_answered_says_whether_any_is_attached(
     )
 
 
+def test_the_no_slot_line_carries_the_transports_own_note_on_counting_slots(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How a broker counts worker slots is the transport's to say: the master keyed
+    RabbitMQ's note on the name "rabbitmq", so a transport counting slots its own way
+    (a new one, or one named otherwise) could not add its note to the line."""
+    note = " (this broker: a slot past its lease is not counted)"
+    monkeypatch.setattr(transport, "unattached_note", note)
+    out = io.StringIO()
+    report = Master(transport, Console(out=out, err=out)).run(
+        JobSpec(tasks=1, timeout=0.5), Squares(seed=1)
+    )
+    assert f"queue at {transport.describe()}{note}: are the workers" in report.problems[-1]
+
+
 def test_a_timeout_says_it_counted_the_wait_for_workers(transport: Transport) -> None:
     """--timeout bounds the whole run; the job's own clock starts once workers attach,
     so the summary says where the rest of the timeout went."""

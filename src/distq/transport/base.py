@@ -369,6 +369,9 @@ class Transport(abc.ABC):
     #: keeper need not wait for the consumers' threads (Redis, manager); otherwise it
     #: uses each consumer's connection, which the caller must hold (RabbitMQ).
     renews_apart = False
+    #: What the master's "no worker slot is attached" line adds about how this broker
+    #: counts slots (RabbitMQ's misses some that run a task): "" for nothing.
+    unattached_note = ""
 
     @property
     def broker_version(self) -> str | None:

@@ -274,6 +274,9 @@ class RabbitMQTransport(Transport):
     #: RabbitMQ puts 20,000 back over a minute or more, while ``requeue-dead`` and other
     #: readers of the dead-letter queue wait and ``status`` counts fewer letters.
     most_peeked = MESSAGE_BATCH
+    # the broker counts consumers: a slot that held a task past its lease stopped
+    # consuming (README), and was said absent while it ran one of the job's tasks
+    unattached_note = " (RabbitMQ: a slot running a task past its lease is not counted)"
 
     def __init__(self, settings: Settings, role: Role) -> None:
         self.settings = settings
