@@ -869,6 +869,7 @@ class _Run(Generic[E]):
                 "transport cannot take a task back off its queue): a worker that reaches one "
                 "still queued dead-letters it unrun, its master gone (`distq dead-letters` "
                 "lists them), and one a worker holds may still run, its result read by nobody"
+                + (_NOT_TAKEN_BACK_END if self.spec.tasks is None and not timed_out else "")
             )
             left = 0
         if taken:
@@ -883,6 +884,14 @@ class _Run(Generic[E]):
             said.append("for every result, give the job a longer --timeout, or more workers")
         if said:
             self.console.info(f"{'--timeout' if timed_out else 'the stop'}: {'; '.join(said)}")
+
+
+#: What the stop of an endless ``--rate`` job on a transport that takes nothing back
+#: (RabbitMQ) adds to its line: why it exits 1 (README), and how such a job ends with 0.
+_NOT_TAKEN_BACK_END = (
+    "; they count as missing (exit 1), where an endless --rate job's tasks taken back do "
+    "not: stop it once its workers have caught up, or give it --tasks"
+)
 
 
 def _bounded(text: str) -> str:

@@ -525,3 +525,30 @@ def test_a_stop_during_a_wait_for_rabbitmqs_confirms_still_waits_for_the_results
         consumer.settle([Settlement(delivery, task.reply_to, ok_result(task, value))])
     said = out.getvalue()
     assert reports and reports[0].ok == 1, said
+
+
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_endless_rate_job_on_rabbitmq_says_why_it_exits_1(
+    target: Target, spawn: Spawn, sig: int
+) -> None:
+    """README: a stop ends an endless ``--rate`` job, the tasks taken back count as never
+    submitted, so it exits 0 when every task it submitted came back; RabbitMQ takes
+    nothing back. With tasks still queued at the stop (no worker here) it exited 1, its
+    stop line naming none of that: the same job on Redis exits 0. Now the line says they
+    count as missing, and how such a job ends with exit 0 on RabbitMQ."""
+    master = spawn("master", "--rate", "200", "--status-every", "60")
+    master.wait_for(r"put task", timeout=30)
+    master.signal(sig)
+    assert master.wait(30) == 1, master.output()
+    said = master.output()
+    found = re.search(r"job stopped after .*: 0 of (\d+) results in, .*, (\d+) missing", said)
+    assert found and found[1] == found[2], said  # none taken back: all missing
+    assert (
+        f"the stop: took back none of the {found[1]} tasks not answered (the rabbitmq "
+        "transport cannot take a task back off its queue)" in said
+    ), said
+    assert (
+        "they count as missing (exit 1), where an endless --rate job's tasks taken back do "
+        "not: stop it once its workers have caught up, or give it --tasks" in said
+    ), said
