@@ -287,7 +287,9 @@ class RabbitMQTransport(Transport):
         self.quorum = settings.rabbitmq_queue_type == "quorum"
         self.lease_ms = max(1, round(settings.lease_seconds * 1000))
         self._pack_bytes = pack_bytes(settings.max_message_bytes)
-        self._broker = Broker.from_url(settings.amqp_url, settings.tls_files, settings.queue)
+        self._broker = Broker.from_url(
+            settings.amqp_url, settings.tls_files, settings.queue, settings.max_message_bytes
+        )
         self._lock = threading.Lock()
         self._children: list[RabbitMQProducer | RabbitMQConsumer] = []
         self._admin: Link | None = None

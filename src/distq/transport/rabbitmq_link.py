@@ -180,12 +180,18 @@ class Broker:
     vhost: str
     tls_files: tls.TlsFiles = field(default_factory=tls.TlsFiles)
     queue: str = "distq"  # DISTQ_QUEUE: what a refused permission's hint names
+    #: DISTQ_MAX_MESSAGE_BYTES: what a refusal for size names beside the broker's limit
+    max_message_bytes: int | None = None
     #: the max_message_size it refused a message over, each time (see translated)
     refused_over: list[int] = field(default_factory=list, compare=False)
 
     @classmethod
     def from_url(
-        cls, url: str, tls_files: tls.TlsFiles | None = None, queue: str = "distq"
+        cls,
+        url: str,
+        tls_files: tls.TlsFiles | None = None,
+        queue: str = "distq",
+        max_message_bytes: int | None = None,
     ) -> Broker:
         try:
             params = pika.URLParameters(url)
@@ -223,6 +229,7 @@ class Broker:
             params.virtual_host,
             tls_files or tls.TlsFiles(),
             queue,
+            max_message_bytes,
         )
 
     @property
@@ -295,13 +302,17 @@ class Broker:
             if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 406:
                 sizes = _TOO_LARGE.search(str(exc.reply_text))
                 if sizes is not None:  # PRECONDITION_FAILED - message size N is larger ...
-                    self.refused_over.append(int(sizes[2]))
+                    limit, mine = int(sizes[2]), self.max_message_bytes
+                    self.refused_over.append(limit)
+                    # ours above it let the message grow so large (a pack): both named
+                    here = f"; DISTQ_MAX_MESSAGE_BYTES is {mine:,} here" if mine else ""
                     raise MessageRefused(
                         f"RabbitMQ at {self.address}: {what} failed: it refused a message "
                         f"of {int(sizes[1]):,} bytes, over its max_message_size of "
-                        f"{int(sizes[2]):,}; set DISTQ_MAX_MESSAGE_BYTES to at most that "
-                        "on every process (or raise the broker's max_message_size)",
-                        int(sizes[2]),
+                        f"{limit:,}{here}: set DISTQ_MAX_MESSAGE_BYTES to at most {limit:,} "
+                        "on every process (or raise the broker's max_message_size"
+                        + (f" to {mine:,})" if mine and mine > limit else ")"),
+                        limit,
                     ) from None
             raise TransportError(
                 f"RabbitMQ at {self.address}: {what} failed: {_describe(exc)}"
