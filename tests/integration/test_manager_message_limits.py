@@ -20,7 +20,7 @@ from distq.config import Settings
 from distq.ending import Endings
 from distq.envelope import Result, Task, new_id
 from distq.errors import TransportError
-from distq.transport import Settlement, Transport, open_transport
+from distq.transport import Consumer, Producer, Settlement, Transport, open_transport
 from distq.transport import manager_wire as wire
 from launch import free_port
 from procs import Distq
@@ -186,8 +186,46 @@ def test_a_task_far_over_a_workers_limit_is_dead_lettered_answered_on_every_tran
     assert "over the limit of 1,048,576 (DISTQ_MAX_MESSAGE_BYTES" in letter.reason, letter.reason
 
 
-def _ok(task_id: str, value: object) -> Result:
-    return Result(task_id, "ok", "w1", 1, 0.0, 0.0, value=value)
+def _settled_with_a_large_result(
+    consumer: Consumer,
+    producer: Producer,
+    reply_to: str,
+    count: int,
+    then_fetch: bool = False,
+    codec: Codec | None = None,
+) -> str:
+    """``count`` tasks fetched by ``consumer`` and settled with their results, the second's
+    of 70 MiB, the others' their position (1, 3, 4, ...), through a settle or, if
+    ``then_fetch``, a settle_then_fetch that fetches nothing: each result read once by
+    ``producer`` (with ``codec``), the small ones as sent, the large one an error result
+    ``MessageTooLarge`` that names its size, both ends' limits (1 MiB and 100 MiB) and
+    DISTQ_MAX_MESSAGE_BYTES. Its message."""
+    got = fetch_n(consumer, count, within=10)
+    ids = [new_id() for _ in got]
+    values: list[object] = [1, "x" * (70 << 20), *range(3, count + 1)]
+    results = [
+        Result(i, "ok", "w1", 1, 0.0, 0.0, value=v).encode()
+        for i, v in zip(ids, values, strict=True)
+    ]
+    settled = [
+        Settlement(d, reply_to=reply_to, result=r) for d, r in zip(got, results, strict=True)
+    ]
+    if then_fetch:
+        assert consumer.settle_then_fetch(settled, 5) == []
+    else:
+        consumer.settle(settled)
+    answers = results_of(producer, count, within=20, codec=codec)
+    by_id = {r.task_id: r for r in answers}
+    assert sorted(by_id) == sorted(ids), [r.task_id for r in answers]
+    small = [i for n, i in enumerate(ids) if n != 1]
+    assert [by_id[i].value for i in small] == [v for n, v in enumerate(values) if n != 1]
+    big = by_id[ids[1]]
+    assert big.status == "error" and big.error_type == "MessageTooLarge", big
+    said = big.error_message or ""
+    assert f"{len(results[1]):,} bytes" in said, said
+    assert "1,048,576" in said and "104,857,600" in said, said
+    assert "DISTQ_MAX_MESSAGE_BYTES" in said, said
+    return said
 
 
 @pytest.mark.timeout(120)
@@ -200,23 +238,9 @@ def test_a_result_over_a_producers_frames_is_an_error_result_and_the_rest_arrive
         producer = remote.producer(reply_to)
         producer.submit([b"a", b"b", b"c", b"d"])
         consumer = hosted.consumer("c1")
-        got = fetch_n(consumer, 4, within=10)
-        ids = [new_id() for _ in got]
-        values: list[object] = [1, "x" * (70 << 20), 3, 4]
-        results = [_ok(i, v).encode() for i, v in zip(ids, values, strict=True)]
-        consumer.settle(
-            [Settlement(d, reply_to=reply_to, result=r) for d, r in zip(got, results, strict=True)]
+        _settled_with_a_large_result(
+            consumer, producer, reply_to, 4, codec=Codec(max_message_bytes=1 << 20)
         )
-        answers = results_of(producer, 4, within=20, codec=Codec(max_message_bytes=1 << 20))
-        by_id = {r.task_id: r for r in answers}
-        assert sorted(by_id) == sorted(ids), [r.task_id for r in answers]
-        assert [by_id[i].value for i in ids[::2]] == [1, 3]
-        big = by_id[ids[1]]
-        assert big.status == "error" and big.error_type == "MessageTooLarge", big
-        said = big.error_message or ""
-        assert f"{len(results[1]):,} bytes" in said, said
-        assert "1,048,576" in said and "104,857,600" in said, said
-        assert "DISTQ_MAX_MESSAGE_BYTES" in said, said
         consumer.close()
         producer.close()
 
@@ -250,24 +274,7 @@ def test_a_result_over_the_masters_frames_is_settled_as_an_error_result() -> Non
         producer = hosted.producer(reply_to)
         producer.submit([b"a", b"b", b"c"])
         consumer = remote.consumer("c1")
-        got = fetch_n(consumer, 3, within=10)
-        ids = [new_id() for _ in got]
-        values: list[object] = [1, "x" * (70 << 20), 3]
-        results = [_ok(i, v).encode() for i, v in zip(ids, values, strict=True)]
-        settled = [
-            Settlement(d, reply_to=reply_to, result=r) for d, r in zip(got, results, strict=True)
-        ]
-        assert consumer.settle_then_fetch(settled, 5) == []
-        answers = results_of(producer, 3, within=20)
-        by_id = {r.task_id: r for r in answers}
-        assert sorted(by_id) == sorted(ids), [r.task_id for r in answers]
-        assert [by_id[ids[0]].value, by_id[ids[2]].value] == [1, 3]
-        big = by_id[ids[1]]
-        assert big.status == "error" and big.error_type == "MessageTooLarge", big
-        said = big.error_message or ""
-        assert f"{len(results[1]):,} bytes" in said, said
-        assert "1,048,576" in said and "104,857,600" in said, said
-        assert "DISTQ_MAX_MESSAGE_BYTES" in said, said
+        said = _settled_with_a_large_result(consumer, producer, reply_to, 3, then_fetch=True)
         # the master's limit is the small one: the fix is the master's, not the submitter's
         assert "give the master at least" in said and "submits" not in said, said
         assert hosted.stats().in_flight == 0 and hosted.stats().ready == 0
