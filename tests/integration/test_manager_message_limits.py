@@ -22,17 +22,11 @@ from distq.envelope import Result, Task, new_id
 from distq.errors import TransportError
 from distq.transport import Consumer, Producer, Settlement, Transport, open_transport
 from distq.transport import manager_wire as wire
-from launch import free_port
+from fake_master import fake_settings
 from procs import Distq
 from seam import fetch_n, results_n, results_of
 
 pytestmark = pytest.mark.integration
-
-
-def _settings(most: int) -> Settings:
-    return Settings(
-        authkey=b"k" * 32, manager_address=("127.0.0.1", free_port()), max_message_bytes=most
-    )
 
 
 @contextlib.contextmanager
@@ -60,7 +54,7 @@ def _pair(
 def test_a_task_within_a_workers_frames_goes_to_it_one_over_them_is_dead_lettered() -> None:
     # at the worker's 1 MiB, what it reads past 4 MiB of others is 61 MiB: one of 61 MiB is
     # its own to dead-letter (as on Redis and RabbitMQ: with its keys, its reason)
-    settings = _settings(100 << 20)
+    settings = fake_settings(max_message_bytes=100 << 20)
     with _pair(settings, "worker", 1 << 20) as (hosted, remote):
         most = 61 << 20  # 2 * 1 MiB + 64 MiB, less 4 MiB of others and 1 MiB to spare
         bodies = [b"x" * (4 << 20), b"y" * most, b"z" * (most + 1)]
@@ -78,7 +72,7 @@ def test_a_task_within_a_workers_frames_goes_to_it_one_over_them_is_dead_lettere
 def test_a_task_over_a_workers_limit_is_dead_lettered_answered_and_the_rest_run() -> None:
     # the master at 100 MiB, the worker at the default 1 MiB: its frames stop at 66 MiB,
     # and a fetch reply holding a task of 70 MiB was refused at every redelivery
-    settings = _settings(100 << 20)
+    settings = fake_settings(max_message_bytes=100 << 20)
     with _pair(settings, "worker", 1 << 20) as (hosted, remote):
         reply_to = hosted.reply_queue("big")
         producer = hosted.producer(reply_to)
@@ -105,7 +99,7 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_answered_and_the_rest_run(
 def test_a_settle_of_large_results_goes_in_calls_within_the_masters_limit() -> None:
     # 80 results of 1 MiB are one settle of 80 MiB, over the master's 66 MiB: the master
     # dropped the connection and the tasks ran again
-    settings = _settings(1 << 20)
+    settings = fake_settings(max_message_bytes=1 << 20)
     with _pair(settings, "client") as (hosted, remote):
         reply_to = remote.reply_queue("big")
         producer = remote.producer(reply_to)
@@ -123,7 +117,7 @@ def test_a_settle_of_large_results_goes_in_calls_within_the_masters_limit() -> N
 def test_a_worker_fetches_from_a_master_that_takes_no_limit(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = _settings(1 << 20)
+    settings = fake_settings(max_message_bytes=1 << 20)
     with _pair(settings, "worker") as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         before = broker.fetch
@@ -146,7 +140,7 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_even_if_its_answer_fails(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(Endings, "malformed", failing)
-    settings = _settings(100 << 20)
+    settings = fake_settings(max_message_bytes=100 << 20)
     with _pair(settings, "worker", 1 << 20) as (hosted, remote):
         hosted.producer(hosted.reply_queue("j")).submit([b"x" * (62 << 20), b"small"])
         consumer = remote.consumer("c1")
@@ -232,7 +226,7 @@ def _settled_with_a_large_result(
 def test_a_result_over_a_producers_frames_is_an_error_result_and_the_rest_arrive() -> None:
     # the master at 100 MiB, a remote producer at the default 1 MiB: its frames stop at
     # 66 MiB, and a get reply holding a result of 70 MiB was refused at every call
-    settings = _settings(100 << 20)
+    settings = fake_settings(max_message_bytes=100 << 20)
     with _pair(settings, "client", 1 << 20) as (hosted, remote):
         reply_to = remote.reply_queue("big")
         producer = remote.producer(reply_to)
@@ -246,7 +240,7 @@ def test_a_result_over_a_producers_frames_is_an_error_result_and_the_rest_arrive
 
 
 def test_a_producer_gets_from_a_master_that_takes_no_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = _settings(1 << 20)
+    settings = fake_settings(max_message_bytes=1 << 20)
     with _pair(settings, "client") as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         before = broker.get
@@ -268,7 +262,7 @@ def test_a_producer_gets_from_a_master_that_takes_no_limit(monkeypatch: pytest.M
 def test_a_result_over_the_masters_frames_is_settled_as_an_error_result() -> None:
     # the master at the default 1 MiB (frames to 66 MiB), a worker at 100 MiB: its settle
     # of a 70 MiB result was refused whole, the connection dropped, the task ran again
-    settings = _settings(1 << 20)
+    settings = fake_settings(max_message_bytes=1 << 20)
     with _pair(settings, "worker", 100 << 20) as (hosted, remote):
         reply_to = hosted.reply_queue("big")
         producer = hosted.producer(reply_to)
@@ -317,7 +311,7 @@ def test_a_worker_settles_to_a_master_that_tells_no_limit(monkeypatch: pytest.Mo
     # a master before getlim33 exposes no message_limit: a large result is sent as before
     older = tuple(name for name in wire.EXPOSED if name != "message_limit")
     monkeypatch.setattr(wire, "EXPOSED", older)
-    settings = _settings(1 << 20)
+    settings = fake_settings(max_message_bytes=1 << 20)
     with _pair(settings, "worker", 100 << 20) as (hosted, remote):
         reply_to = hosted.reply_queue("old")
         producer = hosted.producer(reply_to)
@@ -337,7 +331,7 @@ def test_a_producer_names_its_limit_again_to_a_master_restarted_in_place(
     # an older master refused the limit, and the producer dropped it; the master upgraded
     # in place (a new one at the same address) is sent results over the producer's frames
     # unless named it again, each reply holding one refused, as before getlim33
-    settings = _settings(1 << 20)
+    settings = fake_settings(max_message_bytes=1 << 20)
     older = open_transport(settings, "master")
     remote = open_transport(settings, "client")
     try:
@@ -380,7 +374,7 @@ def test_a_settle_in_calls_whose_last_fails_tells_which_were_settled(
     # 10 results of 1 MiB go in two calls; the first answered, the second failed: the
     # worker counted all 10 handed back, though 5 results had gone and their tasks were
     # done (not back with the lease: no run of them again would count them)
-    settings = _settings(1 << 20)
+    settings = fake_settings(max_message_bytes=1 << 20)
     with _pair(settings, "worker") as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         last = "settle_fetch" if then_fetch else "settle"
@@ -426,7 +420,7 @@ def test_a_cancels_withdraw_on_a_master_that_takes_no_redelivered_flag(
     """A master before left36 refuses withdraw's ``redelivered``: a cancel's withdraw
     (``redelivered=False``) falls back to the call without it, which takes every copy,
     as that master did."""
-    settings = _settings(1 << 20)
+    settings = fake_settings(max_message_bytes=1 << 20)
     with _pair(settings, "client") as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         before = broker.withdraw
