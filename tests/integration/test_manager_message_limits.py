@@ -5,18 +5,13 @@ good); and a worker's settle of large results goes in calls within the master's 
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
-from dataclasses import replace
-from typing import Literal
 
 import pytest
 
-from conftest import Target
+from conftest import Target, hosted_and_remote
 from distq.codec import Codec
 from distq.collector import Collector
-from distq.config import Settings
 from distq.ending import Endings
 from distq.envelope import Result, Task, new_id
 from distq.errors import TransportError
@@ -29,33 +24,12 @@ from seam import fetch_n, results_n, results_of
 pytestmark = pytest.mark.integration
 
 
-@contextlib.contextmanager
-def _pair(
-    settings: Settings, role: Literal["worker", "client"], most: int | None = None
-) -> Iterator[tuple[Transport, Transport]]:
-    """A master hosting the queues at ``settings``, and a ``role`` connected to it, at
-    ``most`` bytes of DISTQ_MAX_MESSAGE_BYTES if given (else the master's): both closed
-    after."""
-    hosted = open_transport(settings, "master")
-    try:
-        theirs = settings if most is None else replace(settings, max_message_bytes=most)
-        remote = open_transport(theirs, role)
-    except BaseException:
-        hosted.close()
-        raise
-    try:
-        yield hosted, remote
-    finally:
-        remote.close()
-        hosted.close()
-
-
 @pytest.mark.timeout(120)
 def test_a_task_within_a_workers_frames_goes_to_it_one_over_them_is_dead_lettered() -> None:
     # at the worker's 1 MiB, what it reads past 4 MiB of others is 61 MiB: one of 61 MiB is
     # its own to dead-letter (as on Redis and RabbitMQ: with its keys, its reason)
     settings = fake_settings(max_message_bytes=100 << 20)
-    with _pair(settings, "worker", 1 << 20) as (hosted, remote):
+    with hosted_and_remote(settings, "worker", 1 << 20) as (hosted, remote):
         most = 61 << 20  # 2 * 1 MiB + 64 MiB, less 4 MiB of others and 1 MiB to spare
         bodies = [b"x" * (4 << 20), b"y" * most, b"z" * (most + 1)]
         hosted.producer(hosted.reply_queue("edge")).submit(bodies)
@@ -73,7 +47,7 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_answered_and_the_rest_run(
     # the master at 100 MiB, the worker at the default 1 MiB: its frames stop at 66 MiB,
     # and a fetch reply holding a task of 70 MiB was refused at every redelivery
     settings = fake_settings(max_message_bytes=100 << 20)
-    with _pair(settings, "worker", 1 << 20) as (hosted, remote):
+    with hosted_and_remote(settings, "worker", 1 << 20) as (hosted, remote):
         reply_to = hosted.reply_queue("big")
         producer = hosted.producer(reply_to)
         codec = Codec(max_message_bytes=100 << 20)
@@ -100,7 +74,7 @@ def test_a_settle_of_large_results_goes_in_calls_within_the_masters_limit() -> N
     # 80 results of 1 MiB are one settle of 80 MiB, over the master's 66 MiB: the master
     # dropped the connection and the tasks ran again
     settings = fake_settings(max_message_bytes=1 << 20)
-    with _pair(settings, "client") as (hosted, remote):
+    with hosted_and_remote(settings, "client") as (hosted, remote):
         reply_to = remote.reply_queue("big")
         producer = remote.producer(reply_to)
         producer.submit([bytes([n]) for n in range(80)])
@@ -118,7 +92,7 @@ def test_a_worker_fetches_from_a_master_that_takes_no_limit(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = fake_settings(max_message_bytes=1 << 20)
-    with _pair(settings, "worker") as (hosted, remote):
+    with hosted_and_remote(settings) as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         before = broker.fetch
 
@@ -141,7 +115,7 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_even_if_its_answer_fails(
 
     monkeypatch.setattr(Endings, "malformed", failing)
     settings = fake_settings(max_message_bytes=100 << 20)
-    with _pair(settings, "worker", 1 << 20) as (hosted, remote):
+    with hosted_and_remote(settings, "worker", 1 << 20) as (hosted, remote):
         hosted.producer(hosted.reply_queue("j")).submit([b"x" * (62 << 20), b"small"])
         consumer = remote.consumer("c1")
         assert [d.body for d in fetch_n(consumer, 1)] == [b"small"]
@@ -227,7 +201,7 @@ def test_a_result_over_a_producers_frames_is_an_error_result_and_the_rest_arrive
     # the master at 100 MiB, a remote producer at the default 1 MiB: its frames stop at
     # 66 MiB, and a get reply holding a result of 70 MiB was refused at every call
     settings = fake_settings(max_message_bytes=100 << 20)
-    with _pair(settings, "client", 1 << 20) as (hosted, remote):
+    with hosted_and_remote(settings, "client", 1 << 20) as (hosted, remote):
         reply_to = remote.reply_queue("big")
         producer = remote.producer(reply_to)
         producer.submit([b"a", b"b", b"c", b"d"])
@@ -241,7 +215,7 @@ def test_a_result_over_a_producers_frames_is_an_error_result_and_the_rest_arrive
 
 def test_a_producer_gets_from_a_master_that_takes_no_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = fake_settings(max_message_bytes=1 << 20)
-    with _pair(settings, "client") as (hosted, remote):
+    with hosted_and_remote(settings, "client") as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         before = broker.get
 
@@ -263,7 +237,7 @@ def test_a_result_over_the_masters_frames_is_settled_as_an_error_result() -> Non
     # the master at the default 1 MiB (frames to 66 MiB), a worker at 100 MiB: its settle
     # of a 70 MiB result was refused whole, the connection dropped, the task ran again
     settings = fake_settings(max_message_bytes=1 << 20)
-    with _pair(settings, "worker", 100 << 20) as (hosted, remote):
+    with hosted_and_remote(settings, "worker", 100 << 20) as (hosted, remote):
         reply_to = hosted.reply_queue("big")
         producer = hosted.producer(reply_to)
         producer.submit([b"a", b"b", b"c"])
@@ -312,7 +286,7 @@ def test_a_worker_settles_to_a_master_that_tells_no_limit(monkeypatch: pytest.Mo
     older = tuple(name for name in wire.EXPOSED if name != "message_limit")
     monkeypatch.setattr(wire, "EXPOSED", older)
     settings = fake_settings(max_message_bytes=1 << 20)
-    with _pair(settings, "worker", 100 << 20) as (hosted, remote):
+    with hosted_and_remote(settings, "worker", 100 << 20) as (hosted, remote):
         reply_to = hosted.reply_queue("old")
         producer = hosted.producer(reply_to)
         producer.submit([b"a", b"b"])
@@ -375,7 +349,7 @@ def test_a_settle_in_calls_whose_last_fails_tells_which_were_settled(
     # worker counted all 10 handed back, though 5 results had gone and their tasks were
     # done (not back with the lease: no run of them again would count them)
     settings = fake_settings(max_message_bytes=1 << 20)
-    with _pair(settings, "worker") as (hosted, remote):
+    with hosted_and_remote(settings) as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         last = "settle_fetch" if then_fetch else "settle"
         calls = {"settle": 0}
@@ -421,7 +395,7 @@ def test_a_cancels_withdraw_on_a_master_that_takes_no_redelivered_flag(
     (``redelivered=False``) falls back to the call without it, which takes every copy,
     as that master did."""
     settings = fake_settings(max_message_bytes=1 << 20)
-    with _pair(settings, "client") as (hosted, remote):
+    with hosted_and_remote(settings, "client") as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         before = broker.withdraw
         calls: list[int] = []
