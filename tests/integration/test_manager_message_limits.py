@@ -155,19 +155,14 @@ def test_a_task_far_over_a_workers_limit_is_dead_lettered_answered_on_every_tran
 
 
 def _settled_with_a_large_result(
-    consumer: Consumer,
-    producer: Producer,
-    reply_to: str,
-    count: int,
-    then_fetch: bool = False,
-    codec: Codec | None = None,
+    consumer: Consumer, producer: Producer, reply_to: str, count: int, then_fetch: bool = False
 ) -> str:
     """``count`` tasks fetched by ``consumer`` and settled with their results, the second's
     of 70 MiB, the others' their position (1, 3, 4, ...), through a settle or, if
     ``then_fetch``, a settle_then_fetch that fetches nothing: each result read once by
-    ``producer`` (with ``codec``), the small ones as sent, the large one an error result
-    ``MessageTooLarge`` that names its size, both ends' limits (1 MiB and 100 MiB) and
-    DISTQ_MAX_MESSAGE_BYTES. Its message."""
+    ``producer`` (at the default 1 MiB of DISTQ_MAX_MESSAGE_BYTES), the small ones as
+    sent, the large one an error result ``MessageTooLarge`` that names its size, both
+    ends' limits (1 MiB and 100 MiB) and DISTQ_MAX_MESSAGE_BYTES. Its message."""
     got = fetch_n(consumer, count, within=10)
     ids = [new_id() for _ in got]
     values: list[object] = [1, "x" * (70 << 20), *range(3, count + 1)]
@@ -182,7 +177,7 @@ def _settled_with_a_large_result(
         assert consumer.settle_then_fetch(settled, 5) == []
     else:
         consumer.settle(settled)
-    answers = results_of(producer, count, within=20, codec=codec)
+    answers = results_of(producer, count, within=20)
     by_id = {r.task_id: r for r in answers}
     assert sorted(by_id) == sorted(ids), [r.task_id for r in answers]
     small = [i for n, i in enumerate(ids) if n != 1]
@@ -206,9 +201,7 @@ def test_a_result_over_a_producers_frames_is_an_error_result_and_the_rest_arrive
         producer = remote.producer(reply_to)
         producer.submit([b"a", b"b", b"c", b"d"])
         consumer = hosted.consumer("c1")
-        _settled_with_a_large_result(
-            consumer, producer, reply_to, 4, codec=Codec(max_message_bytes=1 << 20)
-        )
+        _settled_with_a_large_result(consumer, producer, reply_to, 4)
         consumer.close()
         producer.close()
 
