@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -116,11 +116,19 @@ def transport() -> Iterator[Transport]:
 
 
 @contextlib.contextmanager
-def hosted_and_remote(settings: Settings) -> Iterator[tuple[Transport, Transport]]:
+def hosted_and_remote(
+    settings: Settings, role: Literal["worker", "client"] = "worker", most: int | None = None
+) -> Iterator[tuple[Transport, Transport]]:
     """A master's transport on ``settings`` hosted in this process (a manager's master)
-    and a worker's connected to it, closed after."""
+    and a ``role``'s connected to it, at ``most`` bytes of DISTQ_MAX_MESSAGE_BYTES if
+    given (else the master's): both closed after."""
     hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "worker")
+    try:
+        theirs = settings if most is None else replace(settings, max_message_bytes=most)
+        remote = open_transport(theirs, role)
+    except BaseException:
+        hosted.close()
+        raise
     try:
         yield hosted, remote
     finally:

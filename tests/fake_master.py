@@ -22,8 +22,9 @@ from distq.transport import manager_wire, open_transport
 from launch import free_port
 
 
-def fake_settings(queue: str, **more: object) -> Settings:
-    """Settings of a manager worker for a :func:`fake_master` on a free local port."""
+def fake_settings(queue: str = "distq", **more: object) -> Settings:
+    """Settings of a manager master on a free local port, with a fresh DISTQ_AUTHKEY, and
+    of its workers and clients: a master this process hosts, or a :func:`fake_master`."""
     return Settings(
         transport="manager",
         authkey=secrets.token_hex(16).encode(),

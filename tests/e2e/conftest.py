@@ -28,15 +28,7 @@ def stack(
     transport: str = request.param
     stack = Stack(transport, tmp_path_factory.mktemp(f"stack-{transport}"), _TOKEN)
     try:
-        result = stack.make("up", timeout=420)
-        stack.up_output = result.stdout
-        if result.returncode != 0 and "address already in use" in result.stdout:
-            # a port chosen free was taken (by another test's server) while `make up`
-            # built the images: once more, on other ports
-            stack.make("down", timeout=180)
-            stack.new_ports()
-            result = stack.make("up", timeout=420)
-            stack.up_output += result.stdout
+        result = stack.up()
         if result.returncode != 0:
             pytest.fail(f"make up failed ({result.returncode}):\n{result.stdout}\n{stack.logs()}")
         yield stack

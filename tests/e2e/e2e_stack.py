@@ -53,6 +53,17 @@ def wait_for(what: str, check: Callable[[], _T | None], timeout: float, every: f
     raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
 
 
+#: what a `make up` prints that found a host port it publishes taken: docker's bind error,
+#: and scripts/compose-stack.sh's check before it builds the images
+PORT_TAKEN = ("address already in use", "is in use by another program")
+
+
+def port_taken(result: subprocess.CompletedProcess[str]) -> bool:
+    """Whether ``make up`` failed on a host port taken, found by docker or by the stack's
+    own check before it."""
+    return result.returncode != 0 and any(said in result.stdout for said in PORT_TAKEN)
+
+
 @dataclass
 class Container:
     name: str
@@ -75,7 +86,7 @@ class Stack:
         self.env_file = self.workdir / "stack.env"
         # No DISTQ_IMAGE_TAG: `make up` tags the images by the project, as for a user.
         self.image_tag = self.project
-        self.up_output = ""  # what `make up` printed (the fixture sets it)
+        self.up_output = ""  # what `make up` printed (up() sets it)
         self.new_ports()
 
     def new_ports(self) -> None:
@@ -91,6 +102,19 @@ class Stack:
             self.ports[var] = free_port()
 
     # -- make, as a user runs it ------------------------------------------------
+    def up(self, timeout: float = 420) -> subprocess.CompletedProcess[str]:
+        """`make up`; once more, after `make down`, on ports chosen afresh if a port chosen
+        free was taken (by another test's server) before the stack bound it: all it printed
+        kept in ``up_output``."""
+        result = self.make("up", timeout=timeout)
+        self.up_output = result.stdout
+        if port_taken(result):
+            self.make("down", timeout=180)
+            self.new_ports()
+            result = self.make("up", timeout=timeout)
+            self.up_output += result.stdout
+        return result
+
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _STACK_VARIABLES}
         env.pop("MAKEFLAGS", None)

@@ -823,6 +823,22 @@ def test_cancel_takes_back_a_task_not_sent_at_once_while_the_broker_hangs(
             ex.close()
 
 
+def _pending_on_a_paused_redis(ex: distq.Executor, server: LocalRedis) -> list[DistqFuture[Any]]:
+    """Three tasks ``ex`` submitted, no worker to run them, then its Redis paused."""
+    futures = [ex.submit("jobs:add", n, 1) for n in range(3)]
+    time.sleep(0.5)
+    server.pause()
+    return futures
+
+
+def _failed_by_close(futures: list[DistqFuture[Any]], took: float, before: float = 0.0) -> None:
+    """Each of ``futures`` failed (BrokenExecutor) by a close() given up after its
+    CLOSE_WAIT_SECONDS, ``took`` seconds after a start ``before`` seconds ahead of it."""
+    assert took < before + executing.CLOSE_WAIT_SECONDS + 3, took  # a stall may add some
+    for future in futures:
+        assert isinstance(future.exception(0), BrokenExecutor), future
+
+
 def test_close_returns_soon_and_fails_the_futures_while_the_broker_hangs(
     tmp_path: Path,
 ) -> None:
@@ -832,17 +848,13 @@ def test_close_returns_soon_and_fails_the_futures_while_the_broker_hangs(
     pending; it returns after CLOSE_WAIT_SECONDS now, each future failed."""
     with LocalRedis(tmp_path).start() as server:
         ex = distq.Executor(transport="redis", redis_url=server.url, queue="hung")
-        futures = [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
-        time.sleep(0.5)
-        server.pause()
+        futures = _pending_on_a_paused_redis(ex, server)
         try:
             time.sleep(1.0)  # the thread is in a read now
             started = time.monotonic()
             ex.close()
-            took = time.monotonic() - started
-            assert took < executing.CLOSE_WAIT_SECONDS + 3, took  # a stall may add some
+            _failed_by_close(futures, time.monotonic() - started)
             for future in futures:
-                assert isinstance(future.exception(0), BrokenExecutor), future
                 assert "closed" in str(future.exception(0))
         finally:
             server.resume()
@@ -858,16 +870,11 @@ def test_the_end_of_a_with_block_after_close_does_not_wait_for_a_hung_broker(
     with LocalRedis(tmp_path).start() as server:
         try:
             with distq.Executor(transport="redis", redis_url=server.url, queue="hung") as ex:
-                futures = [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
-                time.sleep(0.5)
-                server.pause()
+                futures = _pending_on_a_paused_redis(ex, server)
                 time.sleep(1.0)  # the thread is in a read now
                 started = time.monotonic()
                 ex.close()
-            took = time.monotonic() - started
-            assert took < executing.CLOSE_WAIT_SECONDS + 3, took  # a stall may add some
-            for future in futures:
-                assert isinstance(future.exception(0), BrokenExecutor), future
+            _failed_by_close(futures, time.monotonic() - started)
             ex.shutdown()  # again: as soon
             assert time.monotonic() - started < executing.CLOSE_WAIT_SECONDS + 3
         finally:
@@ -884,18 +891,14 @@ def test_a_shutdown_waiting_on_a_hung_broker_returns_once_close_gives_up(
     with LocalRedis(tmp_path).start() as server:
         try:
             ex = distq.Executor(transport="redis", redis_url=server.url, queue="hung")
-            futures = [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
-            time.sleep(0.5)
-            server.pause()
+            futures = _pending_on_a_paused_redis(ex, server)
             timer = threading.Timer(1.0, ex.close)
             timer.start()
             started = time.monotonic()
             ex.shutdown(wait=True)
             took = time.monotonic() - started
             timer.join()
-            assert took < 1.0 + executing.CLOSE_WAIT_SECONDS + 3, took  # a stall may add some
-            for future in futures:
-                assert isinstance(future.exception(0), BrokenExecutor), future
+            _failed_by_close(futures, took, before=1.0)
         finally:
             server.resume()
 

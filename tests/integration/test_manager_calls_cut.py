@@ -4,7 +4,6 @@ waited for tasks, and a put whose master stopped while it was served."""
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,7 @@ from distq.config import Settings
 from distq.envelope import NO_REPLY, Task, new_id
 from distq.transport import Settlement, manager_wire, open_transport
 from distq.transport.manager_broker import QueueBroker
-from launch import free_port
+from fake_master import fake_settings
 from procs import Distq
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -30,13 +29,7 @@ _SRC = str(Path(distq.__file__).resolve().parents[1])
 
 
 def _settings() -> Settings:
-    return Settings(
-        transport="manager",
-        authkey=secrets.token_hex(16).encode(),
-        manager_address=("127.0.0.1", free_port()),
-        queue=f"q{secrets.token_hex(3)}",
-        lease_seconds=60.0,
-    )
+    return fake_settings(lease_seconds=60.0)
 
 
 def _killed_while(settings: Settings, role: str, call: str, waiting: Callable[[], bool]) -> None:

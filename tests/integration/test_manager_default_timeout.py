@@ -4,17 +4,15 @@ reads its connection's descriptor with ``os.read``, which must keep blocking."""
 
 from __future__ import annotations
 
-import secrets
 import socket
 from collections.abc import Iterator
 
 import pytest
 
 from conftest import hosted_and_remote
-from distq.config import Settings
 from distq.envelope import new_id
 from distq.transport import Settlement
-from launch import free_port
+from fake_master import fake_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -35,12 +33,7 @@ def test_calls_that_wait_in_the_master_are_answered_under_a_default_socket_timeo
     # timeouts, keepalive) set O_NONBLOCK on it under a default timeout, shared with the
     # connection: its next os.read found nothing yet and raised EAGAIN, read as "did not
     # answer within 30 s" (or the handshake's "no answer") at once
-    settings = Settings(
-        transport="manager",
-        authkey=secrets.token_hex(16).encode(),
-        manager_address=("127.0.0.1", free_port()),
-        queue=f"q{secrets.token_hex(3)}",
-    )
+    settings = fake_settings()
     with hosted_and_remote(settings) as (_hosted, remote):
         producer = remote.producer(remote.reply_queue(new_id()))
         consumer = remote.consumer("c1")

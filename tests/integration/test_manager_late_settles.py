@@ -13,18 +13,13 @@ import time
 import pytest
 
 from conftest import hosted_and_remote
-from distq.config import Settings
 from distq.errors import TransportError
 from distq.transport import Settlement
 from distq.transport.manager_broker import QueueBroker
-from launch import free_port
+from fake_master import fake_settings
 from seam import fetch_n, results_n
 
 pytestmark = pytest.mark.integration
-
-
-def _settings() -> Settings:
-    return Settings(authkey=b"k" * 32, manager_address=("127.0.0.1", free_port()))
 
 
 def _closed_elsewhere(consumer: object) -> None:
@@ -40,7 +35,7 @@ def test_a_settle_run_after_its_consumer_closed_sends_its_result_once() -> None:
     # a keeper's settle waiting on a busy master while the worker stopped: the close ran
     # first, put the task back, and the settle then published its result; the copy ran
     # again and its result reached the master twice
-    with hosted_and_remote(_settings()) as (hosted, remote):
+    with hosted_and_remote(fake_settings()) as (hosted, remote):
         reply_to = hosted.reply_queue("late")
         producer = hosted.producer(reply_to)
         producer.submit([b"a", b"b"])
@@ -61,7 +56,7 @@ def test_a_settle_sent_again_after_its_consumer_closed_is_settled_already() -> N
     # the first settle answered (or a split settle's earlier calls), the consumer closed
     # since, and the same settle sent again (a keeper's late, or a stopping worker's retry
     # of a settle that failed part-way): its result went out a second time
-    with hosted_and_remote(_settings()) as (hosted, remote):
+    with hosted_and_remote(fake_settings()) as (hosted, remote):
         reply_to = hosted.reply_queue("again")
         producer = hosted.producer(reply_to)
         producer.submit([b"a"])
@@ -96,7 +91,7 @@ def test_a_settle_the_master_ran_as_it_stopped_is_answered(then_fetch: bool) -> 
     # the master's stop flag set while a settle waited on a busy master: the settle ran,
     # its result went out, but its reply was withheld, and the worker counted the batch
     # handed back (its exit line, health, metrics)
-    with hosted_and_remote(_settings()) as (hosted, remote):
+    with hosted_and_remote(fake_settings()) as (hosted, remote):
         reply_to = hosted.reply_queue("stopping")
         producer = hosted.producer(reply_to)
         producer.submit([b"a", b"b"])

@@ -5,63 +5,31 @@ good); and a worker's settle of large results goes in calls within the master's 
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
-from dataclasses import replace
-from typing import Literal
 
 import pytest
 
-from conftest import Target
+from conftest import Target, hosted_and_remote
 from distq.codec import Codec
 from distq.collector import Collector
-from distq.config import Settings
 from distq.ending import Endings
 from distq.envelope import Result, Task, new_id
 from distq.errors import TransportError
-from distq.transport import Settlement, Transport, open_transport
+from distq.transport import Consumer, Producer, Settlement, Transport, open_transport
 from distq.transport import manager_wire as wire
-from launch import free_port
+from fake_master import fake_settings
 from procs import Distq
 from seam import fetch_n, results_n, results_of
 
 pytestmark = pytest.mark.integration
 
 
-def _settings(most: int) -> Settings:
-    return Settings(
-        authkey=b"k" * 32, manager_address=("127.0.0.1", free_port()), max_message_bytes=most
-    )
-
-
-@contextlib.contextmanager
-def _pair(
-    settings: Settings, role: Literal["worker", "client"], most: int | None = None
-) -> Iterator[tuple[Transport, Transport]]:
-    """A master hosting the queues at ``settings``, and a ``role`` connected to it, at
-    ``most`` bytes of DISTQ_MAX_MESSAGE_BYTES if given (else the master's): both closed
-    after."""
-    hosted = open_transport(settings, "master")
-    try:
-        theirs = settings if most is None else replace(settings, max_message_bytes=most)
-        remote = open_transport(theirs, role)
-    except BaseException:
-        hosted.close()
-        raise
-    try:
-        yield hosted, remote
-    finally:
-        remote.close()
-        hosted.close()
-
-
 @pytest.mark.timeout(120)
 def test_a_task_within_a_workers_frames_goes_to_it_one_over_them_is_dead_lettered() -> None:
     # at the worker's 1 MiB, what it reads past 4 MiB of others is 61 MiB: one of 61 MiB is
     # its own to dead-letter (as on Redis and RabbitMQ: with its keys, its reason)
-    settings = _settings(100 << 20)
-    with _pair(settings, "worker", 1 << 20) as (hosted, remote):
+    settings = fake_settings(max_message_bytes=100 << 20)
+    with hosted_and_remote(settings, "worker", 1 << 20) as (hosted, remote):
         most = 61 << 20  # 2 * 1 MiB + 64 MiB, less 4 MiB of others and 1 MiB to spare
         bodies = [b"x" * (4 << 20), b"y" * most, b"z" * (most + 1)]
         hosted.producer(hosted.reply_queue("edge")).submit(bodies)
@@ -78,8 +46,8 @@ def test_a_task_within_a_workers_frames_goes_to_it_one_over_them_is_dead_lettere
 def test_a_task_over_a_workers_limit_is_dead_lettered_answered_and_the_rest_run() -> None:
     # the master at 100 MiB, the worker at the default 1 MiB: its frames stop at 66 MiB,
     # and a fetch reply holding a task of 70 MiB was refused at every redelivery
-    settings = _settings(100 << 20)
-    with _pair(settings, "worker", 1 << 20) as (hosted, remote):
+    settings = fake_settings(max_message_bytes=100 << 20)
+    with hosted_and_remote(settings, "worker", 1 << 20) as (hosted, remote):
         reply_to = hosted.reply_queue("big")
         producer = hosted.producer(reply_to)
         codec = Codec(max_message_bytes=100 << 20)
@@ -105,8 +73,8 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_answered_and_the_rest_run(
 def test_a_settle_of_large_results_goes_in_calls_within_the_masters_limit() -> None:
     # 80 results of 1 MiB are one settle of 80 MiB, over the master's 66 MiB: the master
     # dropped the connection and the tasks ran again
-    settings = _settings(1 << 20)
-    with _pair(settings, "client") as (hosted, remote):
+    settings = fake_settings(max_message_bytes=1 << 20)
+    with hosted_and_remote(settings, "client") as (hosted, remote):
         reply_to = remote.reply_queue("big")
         producer = remote.producer(reply_to)
         producer.submit([bytes([n]) for n in range(80)])
@@ -123,8 +91,8 @@ def test_a_settle_of_large_results_goes_in_calls_within_the_masters_limit() -> N
 def test_a_worker_fetches_from_a_master_that_takes_no_limit(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = _settings(1 << 20)
-    with _pair(settings, "worker") as (hosted, remote):
+    settings = fake_settings(max_message_bytes=1 << 20)
+    with hosted_and_remote(settings) as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         before = broker.fetch
 
@@ -146,8 +114,8 @@ def test_a_task_over_a_workers_limit_is_dead_lettered_even_if_its_answer_fails(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(Endings, "malformed", failing)
-    settings = _settings(100 << 20)
-    with _pair(settings, "worker", 1 << 20) as (hosted, remote):
+    settings = fake_settings(max_message_bytes=100 << 20)
+    with hosted_and_remote(settings, "worker", 1 << 20) as (hosted, remote):
         hosted.producer(hosted.reply_queue("j")).submit([b"x" * (62 << 20), b"small"])
         consumer = remote.consumer("c1")
         assert [d.body for d in fetch_n(consumer, 1)] == [b"small"]
@@ -186,44 +154,61 @@ def test_a_task_far_over_a_workers_limit_is_dead_lettered_answered_on_every_tran
     assert "over the limit of 1,048,576 (DISTQ_MAX_MESSAGE_BYTES" in letter.reason, letter.reason
 
 
-def _ok(task_id: str, value: object) -> Result:
-    return Result(task_id, "ok", "w1", 1, 0.0, 0.0, value=value)
+def _settled_with_a_large_result(
+    consumer: Consumer, producer: Producer, reply_to: str, count: int, then_fetch: bool = False
+) -> str:
+    """``count`` tasks fetched by ``consumer`` and settled with their results, the second's
+    of 70 MiB, the others' their position (1, 3, 4, ...), through a settle or, if
+    ``then_fetch``, a settle_then_fetch that fetches nothing: each result read once by
+    ``producer`` (at the default 1 MiB of DISTQ_MAX_MESSAGE_BYTES), the small ones as
+    sent, the large one an error result ``MessageTooLarge`` that names its size, both
+    ends' limits (1 MiB and 100 MiB) and DISTQ_MAX_MESSAGE_BYTES. Its message."""
+    got = fetch_n(consumer, count, within=10)
+    ids = [new_id() for _ in got]
+    values: list[object] = [1, "x" * (70 << 20), *range(3, count + 1)]
+    results = [
+        Result(i, "ok", "w1", 1, 0.0, 0.0, value=v).encode()
+        for i, v in zip(ids, values, strict=True)
+    ]
+    settled = [
+        Settlement(d, reply_to=reply_to, result=r) for d, r in zip(got, results, strict=True)
+    ]
+    if then_fetch:
+        assert consumer.settle_then_fetch(settled, 5) == []
+    else:
+        consumer.settle(settled)
+    answers = results_of(producer, count, within=20)
+    by_id = {r.task_id: r for r in answers}
+    assert sorted(by_id) == sorted(ids), [r.task_id for r in answers]
+    small = [i for n, i in enumerate(ids) if n != 1]
+    assert [by_id[i].value for i in small] == [v for n, v in enumerate(values) if n != 1]
+    big = by_id[ids[1]]
+    assert big.status == "error" and big.error_type == "MessageTooLarge", big
+    said = big.error_message or ""
+    assert f"{len(results[1]):,} bytes" in said, said
+    assert "1,048,576" in said and "104,857,600" in said, said
+    assert "DISTQ_MAX_MESSAGE_BYTES" in said, said
+    return said
 
 
 @pytest.mark.timeout(120)
 def test_a_result_over_a_producers_frames_is_an_error_result_and_the_rest_arrive() -> None:
     # the master at 100 MiB, a remote producer at the default 1 MiB: its frames stop at
     # 66 MiB, and a get reply holding a result of 70 MiB was refused at every call
-    settings = _settings(100 << 20)
-    with _pair(settings, "client", 1 << 20) as (hosted, remote):
+    settings = fake_settings(max_message_bytes=100 << 20)
+    with hosted_and_remote(settings, "client", 1 << 20) as (hosted, remote):
         reply_to = remote.reply_queue("big")
         producer = remote.producer(reply_to)
         producer.submit([b"a", b"b", b"c", b"d"])
         consumer = hosted.consumer("c1")
-        got = fetch_n(consumer, 4, within=10)
-        ids = [new_id() for _ in got]
-        values: list[object] = [1, "x" * (70 << 20), 3, 4]
-        results = [_ok(i, v).encode() for i, v in zip(ids, values, strict=True)]
-        consumer.settle(
-            [Settlement(d, reply_to=reply_to, result=r) for d, r in zip(got, results, strict=True)]
-        )
-        answers = results_of(producer, 4, within=20, codec=Codec(max_message_bytes=1 << 20))
-        by_id = {r.task_id: r for r in answers}
-        assert sorted(by_id) == sorted(ids), [r.task_id for r in answers]
-        assert [by_id[i].value for i in ids[::2]] == [1, 3]
-        big = by_id[ids[1]]
-        assert big.status == "error" and big.error_type == "MessageTooLarge", big
-        said = big.error_message or ""
-        assert f"{len(results[1]):,} bytes" in said, said
-        assert "1,048,576" in said and "104,857,600" in said, said
-        assert "DISTQ_MAX_MESSAGE_BYTES" in said, said
+        _settled_with_a_large_result(consumer, producer, reply_to, 4)
         consumer.close()
         producer.close()
 
 
 def test_a_producer_gets_from_a_master_that_takes_no_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = _settings(1 << 20)
-    with _pair(settings, "client") as (hosted, remote):
+    settings = fake_settings(max_message_bytes=1 << 20)
+    with hosted_and_remote(settings, "client") as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         before = broker.get
 
@@ -244,30 +229,13 @@ def test_a_producer_gets_from_a_master_that_takes_no_limit(monkeypatch: pytest.M
 def test_a_result_over_the_masters_frames_is_settled_as_an_error_result() -> None:
     # the master at the default 1 MiB (frames to 66 MiB), a worker at 100 MiB: its settle
     # of a 70 MiB result was refused whole, the connection dropped, the task ran again
-    settings = _settings(1 << 20)
-    with _pair(settings, "worker", 100 << 20) as (hosted, remote):
+    settings = fake_settings(max_message_bytes=1 << 20)
+    with hosted_and_remote(settings, "worker", 100 << 20) as (hosted, remote):
         reply_to = hosted.reply_queue("big")
         producer = hosted.producer(reply_to)
         producer.submit([b"a", b"b", b"c"])
         consumer = remote.consumer("c1")
-        got = fetch_n(consumer, 3, within=10)
-        ids = [new_id() for _ in got]
-        values: list[object] = [1, "x" * (70 << 20), 3]
-        results = [_ok(i, v).encode() for i, v in zip(ids, values, strict=True)]
-        settled = [
-            Settlement(d, reply_to=reply_to, result=r) for d, r in zip(got, results, strict=True)
-        ]
-        assert consumer.settle_then_fetch(settled, 5) == []
-        answers = results_of(producer, 3, within=20)
-        by_id = {r.task_id: r for r in answers}
-        assert sorted(by_id) == sorted(ids), [r.task_id for r in answers]
-        assert [by_id[ids[0]].value, by_id[ids[2]].value] == [1, 3]
-        big = by_id[ids[1]]
-        assert big.status == "error" and big.error_type == "MessageTooLarge", big
-        said = big.error_message or ""
-        assert f"{len(results[1]):,} bytes" in said, said
-        assert "1,048,576" in said and "104,857,600" in said, said
-        assert "DISTQ_MAX_MESSAGE_BYTES" in said, said
+        said = _settled_with_a_large_result(consumer, producer, reply_to, 3, then_fetch=True)
         # the master's limit is the small one: the fix is the master's, not the submitter's
         assert "give the master at least" in said and "submits" not in said, said
         assert hosted.stats().in_flight == 0 and hosted.stats().ready == 0
@@ -310,8 +278,8 @@ def test_a_worker_settles_to_a_master_that_tells_no_limit(monkeypatch: pytest.Mo
     # a master before getlim33 exposes no message_limit: a large result is sent as before
     older = tuple(name for name in wire.EXPOSED if name != "message_limit")
     monkeypatch.setattr(wire, "EXPOSED", older)
-    settings = _settings(1 << 20)
-    with _pair(settings, "worker", 100 << 20) as (hosted, remote):
+    settings = fake_settings(max_message_bytes=1 << 20)
+    with hosted_and_remote(settings, "worker", 100 << 20) as (hosted, remote):
         reply_to = hosted.reply_queue("old")
         producer = hosted.producer(reply_to)
         producer.submit([b"a", b"b"])
@@ -330,7 +298,7 @@ def test_a_producer_names_its_limit_again_to_a_master_restarted_in_place(
     # an older master refused the limit, and the producer dropped it; the master upgraded
     # in place (a new one at the same address) is sent results over the producer's frames
     # unless named it again, each reply holding one refused, as before getlim33
-    settings = _settings(1 << 20)
+    settings = fake_settings(max_message_bytes=1 << 20)
     older = open_transport(settings, "master")
     remote = open_transport(settings, "client")
     try:
@@ -373,8 +341,8 @@ def test_a_settle_in_calls_whose_last_fails_tells_which_were_settled(
     # 10 results of 1 MiB go in two calls; the first answered, the second failed: the
     # worker counted all 10 handed back, though 5 results had gone and their tasks were
     # done (not back with the lease: no run of them again would count them)
-    settings = _settings(1 << 20)
-    with _pair(settings, "worker") as (hosted, remote):
+    settings = fake_settings(max_message_bytes=1 << 20)
+    with hosted_and_remote(settings) as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         last = "settle_fetch" if then_fetch else "settle"
         calls = {"settle": 0}
@@ -419,8 +387,8 @@ def test_a_cancels_withdraw_on_a_master_that_takes_no_redelivered_flag(
     """A master before left36 refuses withdraw's ``redelivered``: a cancel's withdraw
     (``redelivered=False``) falls back to the call without it, which takes every copy,
     as that master did."""
-    settings = _settings(1 << 20)
-    with _pair(settings, "client") as (hosted, remote):
+    settings = fake_settings(max_message_bytes=1 << 20)
+    with hosted_and_remote(settings, "client") as (hosted, remote):
         broker = hosted._broker  # type: ignore[attr-defined]
         before = broker.withdraw
         calls: list[int] = []

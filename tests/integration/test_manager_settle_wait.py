@@ -4,34 +4,23 @@ second request, which the master's next task waited for."""
 
 from __future__ import annotations
 
-import secrets
 import threading
 from typing import Any
 
 import pytest
 
-from distq.config import Settings
 from distq.envelope import new_id
 from distq.transport import Settlement, open_transport
 from distq.transport.manager_broker import QueueBroker, Wire, WireSettlement
-from launch import free_port
+from fake_master import fake_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-def _settings() -> Settings:
-    return Settings(
-        transport="manager",
-        authkey=secrets.token_hex(16).encode(),
-        manager_address=("127.0.0.1", free_port()),
-        queue=f"q{secrets.token_hex(3)}",
-    )
 
 
 def test_a_settle_then_fetch_that_may_wait_leases_the_next_task_in_the_same_call() -> None:
     """Its result goes out before the wait (the producer reads it while the call waits),
     and the task submitted then comes back in the call's own reply."""
-    settings = _settings()
+    settings = fake_settings()
     hosted = open_transport(settings, "master")
     remote = open_transport(settings, "worker")
     try:
@@ -63,7 +52,7 @@ def test_a_settle_then_fetch_that_may_wait_leases_the_next_task_in_the_same_call
 def test_a_master_whose_settle_fetch_takes_no_wait_settles_once_and_is_not_asked_again() -> None:
     """A master of a distq before manlat36 refuses the wait (a TypeError, read unsettled):
     the worker settles and claims without it, once, and names no wait from then on."""
-    settings = _settings()
+    settings = fake_settings()
     hosted = open_transport(settings, "master")
     broker = hosted._broker  # type: ignore[attr-defined]
     assert isinstance(broker, QueueBroker)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import redis
@@ -35,15 +35,31 @@ pytestmark = pytest.mark.integration
 TAKEN = re.compile(r"Get task (\d+) from task_queue")
 
 
+class Job(NamedTuple):
+    """A master's squares job run in a thread (:func:`running`)."""
+
+    run: threading.Thread
+    reports: list[JobReport]  # its report, once the job ended
+    stop: threading.Event
+    out: io.StringIO  # the master's console
+    master: Master
+
+
 def running(
-    master: Master, spec: JobSpec, stop: threading.Event
-) -> tuple[threading.Thread, list[JobReport]]:
-    """``master``'s squares job of ``spec`` run in a thread, started, until ``stop``: the
-    thread, and the list its report is put in once the job ends."""
+    transport: Transport,
+    spec: JobSpec,
+    stop: threading.Event | None = None,
+    codec: Codec | None = None,
+) -> Job:
+    """A master on ``transport`` (with ``codec``, if given) running the squares job of
+    ``spec`` in a thread, started, until ``stop`` (a new event if none) is set."""
+    stop = threading.Event() if stop is None else stop
+    out = io.StringIO()
+    master = Master(transport, Console(out=out, err=out), codec=codec)
     reports: list[JobReport] = []
     run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
     run.start()
-    return run, reports
+    return Job(run, reports, stop, out, master)
 
 
 def first_look_over(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
@@ -101,18 +117,11 @@ def test_a_stopped_master_takes_back_its_retries_queued_or_waiting_out_their_del
     gone, dead-letter) after the stop: 2 ready where none should be. Mid-rotation too,
     the worker signing with the key the master accepts second (transports sign nothing
     themselves: the codecs do, as Codec.from_settings makes them)."""
-    stop = threading.Event()
-    out = io.StringIO()
-    spec = JobSpec(tasks=4, drain_seconds=3)
     old, new = b"o" * 32, b"n" * 32
     signing = keys == "rotated"
     queue = target.settings.queue
-    master = Master(
-        hosted,
-        Console(out=out, err=out),
-        codec=Codec([old, new], queue=queue) if signing else None,
-    )
-    run, reports = running(master, spec, stop)
+    accepting = Codec([old, new], queue=queue) if signing else None
+    run, reports, stop, out, _ = running(hosted, JobSpec(tasks=4, drain_seconds=3), codec=accepting)
     with held_until_stopped(remote.consumer("failing-worker"), stop, run) as consumer:
         taken = fetch_n(consumer, 2)
         assert len(taken) == 2, out.getvalue()
@@ -133,11 +142,7 @@ def test_a_stop_takes_back_the_retries_its_tasks_in_flight_made_during_the_drain
     its start: both were left for a worker to run (or, its master gone, dead-letter)
     after the stop, 2 ready where none should be. It looks again after the drain."""
     looked = first_look_over(monkeypatch)
-    stop = threading.Event()
-    out = io.StringIO()
-    spec = JobSpec(tasks=2, drain_seconds=3)
-    master = Master(hosted, Console(out=out, err=out))
-    run, reports = running(master, spec, stop)
+    run, reports, stop, out, _ = running(hosted, JobSpec(tasks=2, drain_seconds=3))
     # a lease that does not lapse meanwhile (1 s, never renewed here, lapsed as a loaded
     # host settled late: a sweep put both tasks back, and the worker's retries were dropped)
     worker = open_transport(dataclasses.replace(target.settings, lease_seconds=30.0), "worker")
@@ -166,11 +171,7 @@ def test_a_stop_takes_back_the_tasks_put_back_during_the_drain_as_their_leases_l
     stayed queued, for a worker to run (or, its master gone, dead-letter) after the
     stop, 2 ready where none should be."""
     looked = first_look_over(monkeypatch)
-    stop = threading.Event()
-    out = io.StringIO()
-    spec = JobSpec(tasks=2, drain_seconds=5)
-    master = Master(hosted, Console(out=out, err=out))
-    run, reports = running(master, spec, stop)
+    run, reports, stop, out, _ = running(hosted, JobSpec(tasks=2, drain_seconds=5))
     with held_until_stopped(remote.consumer("stalled-worker"), stop, run) as consumer:
         assert len(fetch_n(consumer, 2)) == 2, out.getvalue()
         stop.set()
@@ -215,11 +216,8 @@ def test_an_endless_jobs_task_whose_retry_was_taken_back_counts_as_missing(
     waits out its retry delay: the stop took the retry back and counted the task as
     never submitted, as if it had never run, and its failed attempt was nowhere in the
     summary. It ran: it counts as submitted, and missing (no result came)."""
-    stop = threading.Event()
-    out = io.StringIO()
     spec = JobSpec(tasks=None, rate=4, drain_seconds=1, status_every=60)
-    master = Master(hosted, Console(out=out, err=out))
-    run, reports = running(master, spec, stop)
+    run, reports, stop, out, _ = running(hosted, spec)
     with held_until_stopped(remote.consumer("failing-worker"), stop, run) as consumer:
         [delivery] = fetch_n(consumer, 1)
         endings = Endings("failing-worker", target.settings.queue, None)
@@ -251,11 +249,8 @@ def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
     taken back with the copy, and an endless job counted it as never submitted all the
     same: only a task of which no copy was queued counted as retried."""
     looked = first_look_over(monkeypatch)
-    stop = threading.Event()
-    out = io.StringIO()
     spec = JobSpec(tasks=tasks, rate=None if tasks else 0.1, drain_seconds=2, status_every=60)
-    master = Master(hosted, Console(out=out, err=out))
-    run, reports = running(master, spec, stop)
+    run, reports, stop, out, master = running(hosted, spec)
     # a lease that does not lapse meanwhile: the copy is the reconcile's, not the sweep's
     worker = open_transport(dataclasses.replace(target.settings, lease_seconds=30.0), "worker")
     endings = Endings("failing-worker", target.settings.queue, None)
@@ -308,16 +303,12 @@ def test_a_stop_cuts_short_a_call_under_way_to_a_paused_redis(
     + 5 s: 10 s with a 30 s lease) before the stop went on. It waits a second past the
     stop at most now, and the stop says it took nothing back."""
     monkeypatch.setattr("distq.master.RECONCILE_SECONDS", 0.2)
-    out = io.StringIO()
-    stop = threading.Event()
     with LocalRedis(tmp_path).start() as server:
         settings = Settings(
             transport="redis", redis_url=server.url, lease_seconds=30.0, queue="paused"
         )
         transport = open_transport(settings, "master")
-        master = Master(transport, Console(out=out, err=out))
-        spec = JobSpec(tasks=4, drain_seconds=3)
-        run, reports = running(master, spec, stop)
+        run, reports, stop, out, _ = running(transport, JobSpec(tasks=4, drain_seconds=3))
         try:
             deadline = time.monotonic() + 10
             while transport.stats().ready < 4:  # submitted, no worker: it waits for results
@@ -349,13 +340,11 @@ def test_a_stop_on_a_rabbitmq_cut_off_waits_for_one_close_not_for_each(target: T
     next does not wait for the broker."""
     relay = SilentRelay.to_url(target.settings.amqp_url)
     settings = dataclasses.replace(target.settings, amqp_url=relay.url)
-    out = io.StringIO()
     stop = threading.Event()
     transport = open_transport(settings, "master")
     try:
-        master = Master(transport, Console(out=out, err=out))
         spec = JobSpec(tasks=4, drain_seconds=1)
-        run, reports = running(master, spec, stop)
+        run, reports, _, out, _ = running(transport, spec, stop)
         deadline = time.monotonic() + 20
         while transport.stats().ready < 4:  # published, no worker: it waits for results
             assert time.monotonic() < deadline, out.getvalue()
@@ -411,8 +400,6 @@ def _stopped_holding_four(
     worker on a 30 s lease (the drain waits for them), then stopped: ``started(server)``
     once the server runs, ``stopping(server)`` right after the stop is set. The seconds
     from the stop to the job's end, its reports and its console; the server resumed."""
-    out = io.StringIO()
-    stop = threading.Event()
     with LocalRedis(tmp_path).start() as server:
         started(server)
         settings = Settings(
@@ -420,8 +407,7 @@ def _stopped_holding_four(
         )
         transport = open_transport(settings, "master")
         worker = open_transport(settings, "worker")
-        master = Master(transport, Console(out=out, err=out))
-        run, reports = running(master, JobSpec(tasks=4, drain_seconds=3), stop)
+        run, reports, stop, out, _ = running(transport, JobSpec(tasks=4, drain_seconds=3))
         consumer = worker.consumer(f"{queue}-worker")
         try:
             assert len(fetch_n(consumer, 4)) == 4, out.getvalue()  # held: the drain waits
@@ -511,10 +497,8 @@ def test_a_stop_during_a_wait_for_rabbitmqs_confirms_still_waits_for_the_results
         return waited(link, until)
 
     monkeypatch.setattr(Link, "wait_for_confirms", stopped_meanwhile)
-    out = io.StringIO()
     spec = JobSpec(tasks=None, rate=400, drain_seconds=3, status_every=60)
-    master = Master(hosted, Console(out=out, err=out))
-    run, reports = running(master, spec, stop)
+    run, reports, _, out, _ = running(hosted, spec, stop)
     with held_until_stopped(remote.consumer("late-worker"), stop, run) as consumer:
         [delivery] = fetch_n(consumer, 1)
         task = Codec().open_task(delivery.body)

@@ -4,7 +4,6 @@ the keeper's calls going to it over TCP as a worker's do."""
 from __future__ import annotations
 
 import io
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -15,26 +14,18 @@ import pytest
 from conftest import hosted_and_remote
 from distq.backoff import Outage
 from distq.batch import Batch
-from distq.config import Settings
 from distq.console import Console
 from distq.health import WorkerHealth
 from distq.keeper import Keeper
 from distq.slots import Slot
 from distq.timelimits import TimeLimits
 from distq.transport import Transport
-from launch import free_port
+from fake_master import fake_settings
 
 
 @pytest.fixture
 def master_and_worker() -> Iterator[tuple[Transport, Transport]]:
-    settings = Settings(
-        transport="manager",
-        authkey=secrets.token_hex(16).encode(),
-        manager_address=("127.0.0.1", free_port()),
-        queue="keeper",
-        lease_seconds=6.0,
-    )
-    with hosted_and_remote(settings) as pair:
+    with hosted_and_remote(fake_settings("keeper", lease_seconds=6.0)) as pair:
         yield pair
 
 

@@ -6,10 +6,11 @@ task when it is not (issue 16)."""
 from __future__ import annotations
 
 import io
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
 import pytest
 
+import micro
 from distq.backoff import Backoff
 from distq.batch import Batch
 from distq.console import Console
@@ -17,50 +18,28 @@ from distq.envelope import Task
 from distq.slots import Slot
 from distq.tasks import Registry
 from distq.timelimits import TimeLimits
-from distq.transport.base import Consumer, Delivery, Settlement
+from distq.transport.base import Delivery, Settlement
 from distq.worker import Worker, WorkerOptions
 
 LONE_TASKS = 20
 
 
-class LoneTasks(Consumer):
-    """Hands a slot one task at a time, each settle bringing the next (no broker); the
-    last settle stops the worker."""
+class LoneTasks(micro.LoneTasks):
+    """``bench/micro.py``'s consumer of lone tasks (each settle brings the next, the last
+    stops the worker), keeping what was settled."""
 
     def __init__(self, worker: Worker, bodies: list[bytes]) -> None:
-        self.worker, self.bodies = worker, bodies
+        super().__init__(worker, bodies)
         self.settled: list[Settlement] = []
-
-    def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
-        return self._next()
 
     def settle_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float = 0.0
     ) -> list[Delivery]:
         self.settled.extend(settlements)
-        return self._next()
-
-    def _next(self) -> list[Delivery]:
-        if not self.bodies:
-            self.worker._stopping.set()
-            return []
-        body = self.bodies.pop(0)
-        return [Delivery(body, body)]
-
-    def heartbeat(self) -> None:
-        pass
-
-    def gone(self, reply_to: Collection[str]) -> set[str]:
-        return set()
+        return super().settle_then_fetch(settlements, max_count, timeout)
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
         self.settled.extend(settlements)
-
-    def release(self, deliveries: Sequence[Delivery]) -> int:
-        return len(deliveries)
-
-    def close(self) -> None:
-        pass
 
 
 def run_lone_tasks(worker: Worker) -> LoneTasks:
