@@ -262,6 +262,15 @@ class ManagerTransport(Transport):
                     conn.peer,
                     conn.refused,
                 )
+            elif conn.cut is not None:
+                log.error(
+                    "master at %s: the connection from %s was closed mid-message, %s "
+                    "arrived: that call was not served (its worker or producer stopped as it "
+                    "sent, or the network cut)",
+                    self.address,
+                    conn.peer,
+                    conn.cut,
+                )
 
     def _serve_requests(self, conn: wire.ServedConnection) -> None:
         """``multiprocessing``'s ``Server.handle_request``, with the handshake and first

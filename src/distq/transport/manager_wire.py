@@ -466,10 +466,11 @@ class BoundedConnection(Connection):
     def message(self) -> bytes:
         """The next message; :class:`FrameTooLarge` for one over ``frame_limit``, unread,
         :class:`Refused` for a negative length.
-        The peer's close, or the network's failure: its ``EOFError`` or ``OSError``.
+        The peer's close before a message: ``EOFError``; within one: :class:`MessageCut`;
+        the network's failure: its ``OSError``.
         Read as ``recv_bytes`` reads it, without its checks and buffers a message: 4.0
         µs of a served request's 9 (its calls, two ``BytesIO``, the length's copy)."""
-        (size,) = _LENGTH.unpack(self._read(4))
+        (size,) = _LENGTH.unpack(self._read(4, first=True))
         if size == -1:
             (size,) = _LONG_LENGTH.unpack(self._read(8))
         elif size < 0:  # read as no bytes, it was refused as "not a pickle", unnamed
@@ -484,22 +485,35 @@ class BoundedConnection(Connection):
             )
         return self._read(size)
 
-    def _read(self, size: int) -> bytes:
-        """``size`` bytes: ``EOFError`` if the peer closed before the first of them, as
-        ``Connection._recv`` says it, ``OSError`` after."""
+    def _read(self, size: int, first: bool = False) -> bytes:
+        """``size`` bytes: ``EOFError`` if the peer closed before the ``first`` of a
+        message's, as ``Connection._recv`` says it, :class:`MessageCut` after."""
         handle, remaining = self.fileno(), size
         chunks: list[bytes] = []
         while remaining > 0:
             chunk = os.read(handle, remaining)
             if not chunk:
-                if remaining == size:
+                if first and remaining == size:
                     raise EOFError
-                raise OSError("got end of file during message")
+                raise MessageCut(size - remaining, size, "its length's" if first else "")
             if remaining == size == len(chunk):  # the usual: all of it at once
                 return chunk
             chunks.append(chunk)
             remaining -= len(chunk)
         return b"".join(chunks)
+
+
+class MessageCut(OSError):
+    """The peer closed the connection within a message: ``arrived`` of its ``size`` bytes
+    (of the ``part`` named: its length's, or else its body)."""
+
+    def __init__(self, arrived: int, size: int, part: str = "") -> None:
+        self.arrived = f"{arrived:,} of {part} {size:,} bytes".replace("  ", " ")
+        super().__init__(f"the connection was closed mid-message: {self.arrived} arrived")
+
+
+#: What a message of no bytes is: nothing multiprocessing's or distq's connections send.
+EMPTY = "an empty message (0 bytes), which no distq master, worker or producer sends"
 
 
 _LENGTH, _LONG_LENGTH = struct.Struct("!i"), struct.Struct("!Q")
@@ -519,6 +533,7 @@ class ServedConnection(BoundedConnection):
         super().__init__(handle)
         self.peer, self.host = peer, host  # host:port, and the host alone
         self.refused: str | None = None
+        self.cut: str | None = None  # how much of a message came before the peer's close
 
     def recv(self) -> Any:
         try:
@@ -526,6 +541,15 @@ class ServedConnection(BoundedConnection):
         except Refused as exc:  # over frame_limit, or a negative length: unread
             self.refused = str(exc)
             raise EOFError(self.refused) from None
+        except MessageCut as exc:  # ended as a close would, logged (a killed peer's)
+            self.cut = exc.arrived
+            raise EOFError(str(exc)) from None
+        if not data:
+            self.refused = (
+                f"{EMPTY}: another program that holds DISTQ_AUTHKEY writes to the master; "
+                "find it by that address, and give it its own key"
+            )
+            raise EOFError(self.refused)
         try:
             return RequestUnpickler(io.BytesIO(data)).load()
         except Refused as exc:
@@ -546,6 +570,11 @@ class ClientConnection(BoundedConnection):
 
     def recv(self) -> Any:
         data = self.message()  # its EOFError or OSError: the peer closed, or the network
+        if not data:
+            raise Refused(
+                f"{EMPTY}: is DISTQ_MANAGER_ADDRESS a running `distq master` (not another "
+                "program that holds DISTQ_AUTHKEY)?"
+            )
         try:
             reply = ReplyUnpickler(io.BytesIO(data)).load()
         except pickle.UnpicklingError:
