@@ -3,6 +3,7 @@ check fails on a path that runs a step no task needs."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from multiprocessing import connection, reduction
@@ -95,3 +96,37 @@ def test_a_settle_makes_its_lists_without_a_generic_alias(monkeypatch: pytest.Mo
     monkeypatch.setattr(manager_broker, "list", _NoAlias, raising=False)
     assert broker.settle("q", "c1", [(token, "r", b"result", None, 0.0, None)]) == []
     assert broker.get("r", 1, 0.0) == [b"result"]
+
+
+def test_a_small_manager_message_is_read_in_one_read_call(
+    pair: tuple[wire.ClientConnection, wire.ServedConnection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its length, then its body, were two ``read()`` calls: a lone task's request and
+    reply cost four where two do. Whatever a read takes past a message is the next
+    one's; a large message is still read whole, one over the limit still refused."""
+    client, served = pair
+    reads: list[int] = []
+    read = os.read
+
+    def counted(handle: int, size: int) -> bytes:
+        reads.append(size)
+        return read(handle, size)
+
+    monkeypatch.setattr(os, "read", counted)
+    request: tuple[object, ...] = (
+        "id",
+        "settle_fetch",
+        ("q", "c1", [(1, "r", b"result", None, 0.0, None)], 1),
+        {},
+    )
+    client.send(request)
+    assert served.recv() == request
+    assert len(reads) == 1, reads
+    large = b"z" * 90_000  # over one read
+    for body in (b"a", large, b"", b"b" * 20_000):  # sent at once: read as they were framed
+        client.send_bytes(body)
+    assert [served.message() for _ in range(4)] == [b"a", large, b"", b"b" * 20_000]
+    served.frame_limit = 10
+    client.send_bytes(b"y" * 11)
+    with pytest.raises(wire.FrameTooLarge, match="a message of 11 bytes"):
+        served.message()
