@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from multiprocessing import connection, reduction
 from typing import Any
 
 import pytest
 
-from distq.transport import manager_broker
+from distq.transport import manager, manager_broker
 from distq.transport import manager_wire as wire
 from distq.transport.manager_broker import QueueBroker
 
@@ -130,3 +132,34 @@ def test_a_small_manager_message_is_read_in_one_read_call(
     client.send_bytes(b"y" * 11)
     with pytest.raises(wire.FrameTooLarge, match="a message of 11 bytes"):
         served.message()
+
+
+def test_a_settle_wait_counted_notifies_only_a_stop_that_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each lone task's served settle-then-fetch is counted in and out (``_SettleWaits``):
+    its end notified a condition on an ``RLock`` that only a stopping master waits on:
+    4,800 instructions a task on the served thread. A stopping master still hears the last
+    one end."""
+    waits = manager._SettleWaits()
+
+    def notified(self: threading.Condition, n: int = 1) -> None:
+        raise AssertionError("notified with no one waiting")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Condition, "notify_all", notified)
+        patched.setattr(threading.Condition, "notify", notified)
+        waits.begin()
+        waits.end()
+    waits.begin()
+    answered: list[bool] = []
+    stop = threading.Thread(target=lambda: answered.append(waits.answered(30)))
+    stop.start()
+    deadline = time.monotonic() + 10
+    while not waits._asked:  # the stop waits
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    waits.end()
+    stop.join(30)
+    assert answered == [True]
+    assert waits.answered(0)
