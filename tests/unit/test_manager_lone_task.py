@@ -163,3 +163,23 @@ def test_a_settle_wait_counted_notifies_only_a_stop_that_waits(
     stop.join(30)
     assert answered == [True]
     assert waits.answered(0)
+
+
+def test_a_manager_message_is_written_without_the_stdlib_s_calls(
+    pair: tuple[wire.ClientConnection, wire.ServedConnection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Connection.send_bytes`` checked, framed and wrote a message through five calls
+    of Python (``_check_closed``, ``_check_writable``, ``_send_bytes``, ``_send``), each
+    message of a lone task's two. Its framing kept: the stdlib's reader reads it."""
+
+    def stdlib(self: object, buf: object) -> None:
+        raise AssertionError("written through Connection._send_bytes")
+
+    monkeypatch.setattr(connection.Connection, "_send_bytes", stdlib)
+    client, served = pair
+    for reply in (("#RETURN", [(2, b"task", False)]), ("#RETURN", [(3, b"t" * 70_000, True)])):
+        served.send(reply)
+        assert connection.Connection.recv(client) == reply  # the stdlib's framing, read
+    served.close()
+    with pytest.raises(OSError, match="handle is closed"):
+        served.send(("#RETURN", None))

@@ -460,8 +460,20 @@ class BoundedConnection(Connection):
     def send(self, obj: Any) -> None:
         """The stdlib's, pickled by ``pickle.dumps``: both ends send plain data (see
         :class:`Unpickler`), for which ``ForkingPickler`` (a pickler class made, and its
-        dispatch table copied, per message) took 2.5 µs a message, this 0.5."""
-        self.send_bytes(pickle.dumps(obj))
+        dispatch table copied, per message) took 2.5 µs a message, this 0.5. Framed and
+        written as ``send_bytes`` does, without its five calls of Python: a message up to
+        16 KiB in one ``write()``, a larger one's length, then its body, not copied."""
+        body = pickle.dumps(obj)
+        handle, size = self.fileno(), len(body)  # fileno(): OSError once closed
+        if size > 0x7FFFFFFF:
+            head = _LENGTH.pack(-1) + _LONG_LENGTH.pack(size)
+        else:
+            head = _LENGTH.pack(size)
+        if size <= _ONE_WRITE:
+            _write_all(handle, head + body)
+        else:
+            _write_all(handle, head)
+            _write_all(handle, body)
 
     #: Bytes read past the last message (a peer waits for the reply to each: seldom any).
     _rest = b""
@@ -476,7 +488,8 @@ class BoundedConnection(Connection):
         length and a body up to :data:`_ONE_READ` in one ``read()``, where
         ``recv_bytes`` makes two."""
         data, self._rest = self._rest or self._first(), b""
-        data = self._at_least(data, 4, "its length's 4 bytes")
+        if len(data) < 4:
+            data = self._at_least(data, 4, "its length's 4 bytes")
         (size,) = _LENGTH.unpack_from(data)
         start = 4
         if size == -1:
@@ -529,6 +542,18 @@ class BoundedConnection(Connection):
             remaining -= len(chunk)
         return b"".join(chunks)
 
+
+def _write_all(handle: int, data: bytes) -> None:
+    written = os.write(handle, data)
+    if written < len(data):  # a full socket buffer: the rest as it drains
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(handle, view) :]
+
+
+#: A message up to this long goes in one ``write()`` with its length, as ``send_bytes``
+#: sends it (a larger one's body is not copied to join them).
+_ONE_WRITE = 16384
 
 #: What a message's first read asks for: its length and a body up to this size less
 #: those bytes, the usual request's and reply's, in one call.
