@@ -170,3 +170,77 @@ def test_a_request_of_a_negative_length_is_refused_logged_and_its_connection_clo
         assert "it sent a message of -2 bytes" in caplog.text, caplog.text
     finally:
         hosted.close()
+
+
+def test_an_empty_reply_is_refused_as_such() -> None:
+    # a message of 0 bytes was refused as "not a pickle: EOFError", which said neither
+    # what came nor what to do
+    settings = fake_settings("mgrempty")
+    with fake_master(settings, "fetch", b""):
+        remote = open_transport(settings, "worker")
+        try:
+            consumer = remote.consumer("c1")
+            with pytest.raises(TransportError) as caught:
+                consumer.fetch(5, 0.1)
+            message = str(caught.value)
+            assert "an empty message (0 bytes)" in message, message
+            assert f"master at 127.0.0.1:{settings.manager_address[1]}" in message, message
+            assert "EOFError" not in message and "DISTQ_MANAGER_ADDRESS" in message, message
+            consumer.close()
+        finally:
+            remote.close()
+
+
+def _sent_then_closed(caplog: pytest.LogCaptureFixture, sent: bytes, logged: str) -> str:
+    """The master's log line after an authenticated peer sent ``sent`` and closed its
+    side (or was dropped: ``logged`` a drop's): the
+    one that holds ``logged``; the master serves the others still."""
+    settings = _settings()
+    assert settings.authkey is not None
+    hosted = open_transport(settings, "master")
+    try:
+        conn = connection.Client(settings.manager_address, authkey=settings.authkey)
+        with conn, socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            sock.sendall(sent)
+            if not logged.startswith("dropped"):  # a close mid-message: the peer's
+                sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(30)
+            assert sock.recv(1) == b"", "the master kept the connection open"
+        deadline = time.monotonic() + 30
+        while logged not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+        [line] = [r.getMessage() for r in caplog.records if logged in r.getMessage()]
+        assert "from 127.0.0.1:" in line, line
+        worker = open_transport(settings, "worker")
+        try:
+            assert worker.stats().ready == 0
+        finally:
+            worker.close()
+        return line
+    finally:
+        hosted.close()
+
+
+def test_an_empty_request_is_refused_logged_and_its_connection_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    line = _sent_then_closed(caplog, struct.pack("!i", 0), "dropped the connection")
+    assert "it sent an empty message (0 bytes)" in line and "EOFError" not in line, line
+    assert "DISTQ_AUTHKEY" in line, line  # what to do: who holds the key and sends this
+
+
+@pytest.mark.parametrize(
+    ("sent", "arrived"),
+    [
+        (struct.pack("!i", 1000) + b"x" * 10, "10 of 1,000 bytes"),
+        (struct.pack("!i", 1000)[:2], "2 of its length's 4 bytes"),
+    ],
+    ids=["body", "length"],
+)
+def test_a_peer_that_closes_mid_request_is_logged(
+    caplog: pytest.LogCaptureFixture, sent: bytes, arrived: str
+) -> None:
+    # it ended the connection without a word in the master's log
+    line = _sent_then_closed(caplog, sent, "closed mid-message")
+    assert arrived in line, line

@@ -3,14 +3,17 @@ check fails on a path that runs a step no task needs."""
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from multiprocessing import connection, reduction
 from typing import Any
 
 import pytest
 
-from distq.transport import manager_broker
+from distq.transport import manager, manager_broker
 from distq.transport import manager_wire as wire
 from distq.transport.manager_broker import QueueBroker
 
@@ -95,3 +98,88 @@ def test_a_settle_makes_its_lists_without_a_generic_alias(monkeypatch: pytest.Mo
     monkeypatch.setattr(manager_broker, "list", _NoAlias, raising=False)
     assert broker.settle("q", "c1", [(token, "r", b"result", None, 0.0, None)]) == []
     assert broker.get("r", 1, 0.0) == [b"result"]
+
+
+def test_a_small_manager_message_is_read_in_one_read_call(
+    pair: tuple[wire.ClientConnection, wire.ServedConnection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its length, then its body, were two ``read()`` calls: a lone task's request and
+    reply cost four where two do. Whatever a read takes past a message is the next
+    one's; a large message is still read whole, one over the limit still refused."""
+    client, served = pair
+    reads: list[int] = []
+    read = os.read
+
+    def counted(handle: int, size: int) -> bytes:
+        reads.append(size)
+        return read(handle, size)
+
+    monkeypatch.setattr(os, "read", counted)
+    request: tuple[object, ...] = (
+        "id",
+        "settle_fetch",
+        ("q", "c1", [(1, "r", b"result", None, 0.0, None)], 1),
+        {},
+    )
+    client.send(request)
+    assert served.recv() == request
+    assert len(reads) == 1, reads
+    large = b"z" * 90_000  # over one read
+    for body in (b"a", large, b"", b"b" * 20_000):  # sent at once: read as they were framed
+        client.send_bytes(body)
+    assert [served.message() for _ in range(4)] == [b"a", large, b"", b"b" * 20_000]
+    served.frame_limit = 10
+    client.send_bytes(b"y" * 11)
+    with pytest.raises(wire.FrameTooLarge, match="a message of 11 bytes"):
+        served.message()
+
+
+def test_a_settle_wait_counted_notifies_only_a_stop_that_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each lone task's served settle-then-fetch is counted in and out (``_SettleWaits``):
+    its end notified a condition on an ``RLock`` that only a stopping master waits on:
+    4,800 instructions a task on the served thread. A stopping master still hears the last
+    one end."""
+    waits = manager._SettleWaits()
+
+    def notified(self: threading.Condition, n: int = 1) -> None:
+        raise AssertionError("notified with no one waiting")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Condition, "notify_all", notified)
+        patched.setattr(threading.Condition, "notify", notified)
+        waits.begin()
+        waits.end()
+    waits.begin()
+    answered: list[bool] = []
+    stop = threading.Thread(target=lambda: answered.append(waits.answered(30)))
+    stop.start()
+    deadline = time.monotonic() + 10
+    while not waits._asked:  # the stop waits
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    waits.end()
+    stop.join(30)
+    assert answered == [True]
+    assert waits.answered(0)
+
+
+def test_a_manager_message_is_written_without_the_stdlib_s_calls(
+    pair: tuple[wire.ClientConnection, wire.ServedConnection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Connection.send_bytes`` checked, framed and wrote a message through five calls
+    of Python (``_check_closed``, ``_check_writable``, ``_send_bytes``, ``_send``), each
+    message of a lone task's two. Its framing kept: the stdlib's reader reads it."""
+
+    def stdlib(self: object, buf: object) -> None:
+        raise AssertionError("written through Connection._send_bytes")
+
+    monkeypatch.setattr(connection.Connection, "_send_bytes", stdlib)
+    client, served = pair
+    for reply in (("#RETURN", [(2, b"task", False)]), ("#RETURN", [(3, b"t" * 70_000, True)])):
+        served.send(reply)
+        assert connection.Connection.recv(client) == reply  # the stdlib's framing, read
+    served.close()
+    with pytest.raises(OSError, match="handle is closed"):
+        served.send(("#RETURN", None))
