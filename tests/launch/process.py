@@ -88,6 +88,14 @@ def live_members(pgid: int) -> list[int]:
     return members
 
 
+def every_thread_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (SIGSTOP, or traced): the kernel
+    stops them one by one, and on a loaded machine one may still answer a request sent
+    right after the signal. A thread that just ended counts as stopped."""
+    states = [_stat(thread)[0] for thread in Path(f"/proc/{pid}/task").glob("*/stat")]
+    return all(state in ("T", "t", "") for state in states)
+
+
 def _stat(path: Path) -> tuple[str, int]:
     """(state, process group) from a ``/proc/.../stat`` file; ("", -1) when it is gone."""
     try:
