@@ -462,10 +462,10 @@ def _dead_letters(
     # RabbitMQ counts messages, and a pack it dead-lettered whole is a letter per task:
     # where it dead-letters (no worker's letter), "1 of 2" could be 1 of 5 letters
     by_broker = any(not letter.worker and not letter.unreadable for letter in letters)
-    if len(letters) > total or (by_broker and transport.name == "rabbitmq"):
+    if len(letters) > total or (by_broker and transport.dead_counts_messages):
         say(
             f"{len(letters)} dead letters in the oldest of the {total} messages of the "
-            "dead-letter queue (a pack of tasks RabbitMQ dead-lettered whole is a letter per "
+            "dead-letter queue (a pack of tasks the broker dead-lettered whole is a letter per "
             "task), oldest first"
         )
     else:

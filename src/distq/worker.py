@@ -178,6 +178,8 @@ class Worker:
         # made in Python, without a codec: its letters still say its own transport's words
         codec = codec or Codec(transport=getattr(transport, "name", None))
         self.runner = TaskRunner(registry, Endings(self.id, options.queue, codec), console)
+        # DISTQ_MAX_MESSAGE_BYTES, before a refusal holds the codec below it (_hold_to)
+        self._max_message_bytes = codec.max_message_bytes
         self.limits = options.time_limits.with_registered(registry.time_limits())
         self._batch_limits = self.limits or None  # asked once, not of each batch
         self.masters = MasterWatch()
@@ -366,8 +368,9 @@ class Worker:
         codec = self.runner.codec
         if codec.letter_limit is None or limit < codec.letter_limit:
             self.console.error(
-                f"the broker takes no message over {limit:,} bytes (its max_message_size): "
-                "this worker holds its results and dead letters to that from now on; set "
+                f"the broker takes no message over {limit:,} bytes (its max_message_size); "
+                f"DISTQ_MAX_MESSAGE_BYTES is {self._max_message_bytes:,} here: this worker "
+                "holds its results and dead letters to the broker's limit from now on; set "
                 f"DISTQ_MAX_MESSAGE_BYTES to at most {limit:,} on every process"
             )
         codec.hold_to(limit)

@@ -105,13 +105,17 @@ class Stack:
     def up(self, timeout: float = 420) -> subprocess.CompletedProcess[str]:
         """`make up`; once more, after `make down`, on ports chosen afresh if a port chosen
         free was taken (by another test's server) before the stack bound it: all it printed
-        kept in ``up_output``."""
+        kept in ``up_output``. A failed `make down` is said, with its output, ahead of the
+        second `make up`'s in ``up_output`` and in the result's, which a failure shows."""
         result = self.make("up", timeout=timeout)
         self.up_output = result.stdout
         if port_taken(result):
-            self.make("down", timeout=180)
+            down = self.make("down", timeout=180)
+            failed = f"make down failed (exit {down.returncode}):\n{down.stdout}"
+            said = failed if down.returncode != 0 else ""
             self.new_ports()
             result = self.make("up", timeout=timeout)
+            result.stdout = said + result.stdout
             self.up_output += result.stdout
         return result
 

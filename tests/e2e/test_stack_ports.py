@@ -74,3 +74,19 @@ def test_up_that_fails_otherwise_or_succeeds_is_not_run_again(tmp_path: Path) ->
     # the words in a successful run's output (a container's log line) ask for nothing
     fine = ScriptedStack(tmp_path, [(0, "redis_1 | bind: address already in use (retrying)\n")])
     assert fine.up().returncode == 0 and [t for t, _ in fine.calls] == ["up"]
+
+
+def test_a_failed_make_down_between_the_two_ups_is_said_with_their_output(
+    tmp_path: Path,
+) -> None:
+    """`make down` failing (a container it could not remove) was not looked at: the
+    second `make up` ran beside what it left, and when that failed the fixture's message
+    (the result's output) had nothing of the failed `make down`."""
+    down = "compose-stack: could not remove distqe2e0a1b2credis-redis-1: device busy\n"
+    stack = ScriptedStack(tmp_path, [(2, DOCKER_BIND), (1, down), (2, "port is allocated\n")])
+    result = stack.up()
+    assert [target for target, _ in stack.calls] == ["up", "down", "up"]
+    assert result.returncode == 2
+    for said in (result.stdout, stack.up_output):
+        assert f"make down failed (exit 1):\n{down}" in said, said
+        assert said.endswith("port is allocated\n"), said

@@ -39,7 +39,7 @@ from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, Tr
 from distq.transport import Settlement, Transport, manager, manager_wire, open_transport
 from endpoints import link_local_or_skip
 from fake_master import fake_settings, manager_env
-from launch import free_port
+from launch import every_thread_stopped, free_port
 from procs import Distq
 from relay import SilentRelay
 from seam import fetch_n, results_n
@@ -661,20 +661,12 @@ def _stopped(master: Distq) -> Iterator[None]:
     master.signal(signal.SIGSTOP)
     try:
         deadline = time.monotonic() + 10
-        while not _every_thread_stopped(master.proc.pid):
+        while not every_thread_stopped(master.proc.pid):
             assert time.monotonic() < deadline, "the master did not stop within 10 s"
             time.sleep(0.01)
         yield
     finally:
         master.signal(signal.SIGCONT)
-
-
-def _every_thread_stopped(pid: int) -> bool:
-    states = []
-    for thread in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-            states.append((thread / "stat").read_text().rsplit(")", 1)[1].split()[0])
-    return all(state in ("T", "t") for state in states)
 
 
 #: Each command's arguments, and how long it may take to give up (generous: CI is loaded).

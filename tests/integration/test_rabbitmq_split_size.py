@@ -6,6 +6,7 @@ its ``max_message_size`` set in its ``rabbitmq.conf``.
 
 from __future__ import annotations
 
+import io
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,11 +14,16 @@ from collections.abc import Iterator
 import pika
 import pytest
 
+from distq.codec import Codec
 from distq.config import Settings
+from distq.console import Console
+from distq.envelope import Task
 from distq.errors import MessageRefused
 from distq.framing import pack
+from distq.tasks import Registry
 from distq.transport.rabbitmq import RabbitMQTransport
 from distq.transport.rabbitmq_packs import TASKS_TYPE
+from distq.worker import Worker, WorkerOptions
 from launch import LocalRabbitMQ
 from seam import fetch_n
 
@@ -75,4 +81,34 @@ def test_a_split_over_the_brokers_limit_loses_no_task_and_names_both_limits(
         assert sorted(d.body for d in back) == sorted(small + large + packed)
     finally:
         connection.close()
+        t.close()
+
+
+def test_a_worker_refused_a_result_names_its_own_limit_beside_the_brokers(
+    node: LocalRabbitMQ,
+) -> None:
+    """A result of 100,000 bytes, within DISTQ_MAX_MESSAGE_BYTES (1 MiB) and over the
+    broker's 64 KiB: the worker's line said only the broker's limit and "set
+    DISTQ_MAX_MESSAGE_BYTES to at most 65,536", not that it was 1,048,576 here, as the
+    transport's own refusal does."""
+    queue = f"t-{uuid.uuid4().hex[:10]}"
+    settings = Settings(transport="rabbitmq", amqp_url=node.url, queue=queue)
+    t = RabbitMQTransport(settings, "worker")
+    producer = t.producer(t.reply_queue("large"))
+    try:
+        registry = Registry()
+        registry.register("large", lambda: "x" * 100_000)
+        producer.submit([Task(name="large", args=[], reply_to=producer.reply_to).encode()])
+        out = io.StringIO()
+        options = WorkerOptions(worker_id="w", heartbeat_interval=0.3, exit_when_idle=2.0)
+        codec = Codec.from_settings(settings)
+        Worker(t, registry, options, Console(out=out, err=out), codec=codec).run()
+        said = out.getvalue()  # the line of its own, beside the transport's refusal
+        held = [line for line in said.splitlines() if "the broker takes no message" in line]
+        assert len(held) == 1, said
+        assert "over 65,536 bytes (its max_message_size)" in held[0]
+        assert "DISTQ_MAX_MESSAGE_BYTES is 1,048,576 here" in held[0], held
+        assert "set DISTQ_MAX_MESSAGE_BYTES to at most 65,536 on every process" in held[0]
+    finally:
+        producer.close()
         t.close()

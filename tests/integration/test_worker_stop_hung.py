@@ -14,20 +14,12 @@ import pytest
 
 from conftest import Target
 from distq.config import Settings
-from launch import LocalRedis, free_port
+from launch import LocalRedis, every_thread_stopped, free_port
 from procs import Distq
 
 pytestmark = pytest.mark.integration
 
 DRAIN = 2.0
-
-
-def _every_thread_stopped(pid: int) -> bool:
-    states = []
-    for thread in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-            states.append((thread / "stat").read_text().rsplit(")", 1)[1].split()[0])
-    return all(state in ("T", "t") for state in states)
 
 
 @pytest.mark.timeout(180)
@@ -69,7 +61,7 @@ def test_a_worker_stopped_while_its_broker_hangs_exits_within_the_drain_plus_10_
             master.signal(signal.SIGSTOP)
             stack.callback(master.signal, signal.SIGCONT)
         deadline = time.monotonic() + 10
-        while not _every_thread_stopped(frozen):
+        while not every_thread_stopped(frozen):
             assert time.monotonic() < deadline, "the broker did not stop within 10 s"
             time.sleep(0.01)
         worker.signal(signal.SIGTERM)

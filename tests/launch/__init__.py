@@ -16,6 +16,7 @@ ones). Start servers from a thread that outlives them: with ``die_with_parent=Tr
 the kernel ends a server when the thread that started it ends.
 """
 
+from launch.process import every_thread_stopped
 from launch.prometheus_server import LocalPrometheus
 from launch.rabbitmq_server import LocalRabbitMQ
 from launch.redis_server import LocalRedis
@@ -29,5 +30,6 @@ __all__ = [
     "LocalServer",
     "ServerError",
     "TlsFiles",
+    "every_thread_stopped",
     "free_port",
 ]

@@ -88,6 +88,15 @@ def live_members(pgid: int) -> list[int]:
     return members
 
 
+def every_thread_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (SIGSTOP, or traced): the kernel
+    stops them one by one, and on a loaded machine one may still answer a request sent
+    right after the signal. A thread that just ended counts as stopped; a process gone
+    raises FileNotFoundError."""
+    threads = Path(f"/proc/{pid}/task").iterdir()
+    return all(_stat(thread / "stat")[0] in ("T", "t", "") for thread in threads)
+
+
 def _stat(path: Path) -> tuple[str, int]:
     """(state, process group) from a ``/proc/.../stat`` file; ("", -1) when it is gone."""
     try:

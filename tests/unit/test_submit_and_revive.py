@@ -194,7 +194,7 @@ class PacksDeadLettered:
     """A RabbitMQ whose dead-letter queue holds 2 messages: a letter, and a pack of 4
     tasks the broker dead-lettered whole (a letter per task)."""
 
-    name, most_peeked = "rabbitmq", 1000
+    name, most_peeked, dead_counts_messages = "rabbitmq", 1000, True
 
     def dead_letters(self, limit: int) -> list[DeadLetter]:
         letters = [DeadLetter(b"t%d" % i, "why", "q", "w", at=1.0) for i in range(5)]
@@ -218,6 +218,30 @@ def test_the_dead_letters_header_never_says_more_of_fewer(
     args = argparse.Namespace(limit=limit, json=False)
     console = Console(out=io.StringIO(), err=io.StringIO())
     assert _dead_letters(args, PacksDeadLettered(), Settings(), console) == 0  # type: ignore[arg-type]
+    assert capsys.readouterr().out.splitlines()[0].startswith(header)
+
+
+class PacksDeadLetteredByAnotherName(PacksDeadLettered):
+    """A broker that dead-letters packs whole as RabbitMQ does, named otherwise; its
+    letters are the broker's (no worker's)."""
+
+    name = "other"
+
+    def dead_letters(self, limit: int) -> list[DeadLetter]:
+        return [DeadLetter(b"t%d" % i, "why", "q", "", at=1.0) for i in range(5)][:limit]
+
+
+def test_the_dead_letters_header_of_a_broker_counting_messages_is_its_transports_to_say(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ "1 of 2" could be 1 of 5 letters where the broker dead-letters packs whole: that
+    was keyed on the name "rabbitmq", so a transport counting messages its own way (a
+    new one, or one named otherwise) said "1 of 2 dead letters"."""
+    args = argparse.Namespace(limit=1, json=False)
+    console = Console(out=io.StringIO(), err=io.StringIO())
+    transport = PacksDeadLetteredByAnotherName()
+    assert _dead_letters(args, transport, Settings(), console) == 0  # type: ignore[arg-type]
+    header = "1 dead letters in the oldest of the 2 messages of the dead-letter queue"
     assert capsys.readouterr().out.splitlines()[0].startswith(header)
 
 

@@ -372,6 +372,10 @@ class Transport(abc.ABC):
     #: What the master's "no worker slot is attached" line adds about how this broker
     #: counts slots (RabbitMQ's misses some that run a task): "" for nothing.
     unattached_note = ""
+    #: Whether :meth:`stats`' ``dead`` counts the dead-letter queue's messages, and the
+    #: broker dead-letters a pack of tasks whole, a letter per task (RabbitMQ): a count
+    #: of letters read is then no part of it ("1 of 2" could be 1 of 5).
+    dead_counts_messages = False
 
     @property
     def broker_version(self) -> str | None:

@@ -277,6 +277,8 @@ class RabbitMQTransport(Transport):
     # the broker counts consumers: a slot that held a task past its lease stopped
     # consuming (README), and was said absent while it ran one of the job's tasks
     unattached_note = " (RabbitMQ: a slot running a task past its lease is not counted)"
+    # a pack it dead-letters whole (a client's reject, a policy's TTL or length limit)
+    dead_counts_messages = True
 
     def __init__(self, settings: Settings, role: Role) -> None:
         self.settings = settings
