@@ -306,15 +306,25 @@ class MasterTelemetry:
             head = log.head("info", "task submitted")
             log.write_lines([TaskSubmitted(head, t.id, t.name, t.attempt) for t in tasks])
 
-    def collected(self, outstanding: int, received: Sequence[Received] = ()) -> None:
-        """A batch of results is handled: ``received`` holds them in the order they came,
-        each with its round trip, or None for a duplicate (a task's result came before);
-        ``outstanding`` tasks still have none. Counted, and written with one timestamp,
+    def collected(
+        self,
+        outstanding: int,
+        received: Sequence[Received] = (),
+        firsts: Sequence[Result] = (),
+        round_trips: Sequence[float] = (),
+        duplicates: int = 0,
+    ) -> None:
+        """A batch of results is handled; ``outstanding`` tasks still have none. For the
+        log lines, ``received`` holds them in the order they came, each with its round
+        trip, or None for a duplicate (a task's result came before); for the metrics,
+        ``firsts`` the first results among them, ``round_trips`` theirs (in that order),
+        and ``duplicates`` how many were not first: as the collector has them, with no
+        pair made per result for the metrics. Counted, and written with one timestamp,
         a batch at a time, as a worker's are: a call per result costs more than the rest."""
         metrics = self.metrics
         if metrics is not None:
-            if received:
-                self._count(metrics, received, outstanding)
+            if firsts or duplicates:
+                self._count(metrics, firsts, round_trips, duplicates, outstanding)
             else:
                 with metrics.lock:
                     metrics.outstanding.set(metrics.base, outstanding)
@@ -346,18 +356,17 @@ class MasterTelemetry:
             log.write_lines(lines)
 
     @staticmethod
-    def _count(metrics: MasterMetrics, received: Sequence[Received], outstanding: int) -> None:
+    def _count(
+        metrics: MasterMetrics,
+        firsts: Sequence[Result],
+        round_trips: Sequence[float],
+        duplicates: int,
+        outstanding: int,
+    ) -> None:
         """A batch's results by status, their round trips and its duplicates, in C when
-        it has no duplicate and one status (the common batch); ``outstanding`` under the
-        same lock, so that a scrape sees it with them."""
-        results, trips = zip(*received, strict=True)
-        duplicates = trips.count(None)
-        round_trips: Sequence[float]
-        if duplicates:
-            pairs = [(r.status, trip) for r, trip in received if trip is not None]
-            statuses, round_trips = [s for s, _ in pairs], [trip for _, trip in pairs]
-        else:
-            statuses, round_trips = list(map(_status, results)), trips
+        it has one status (the common batch); ``outstanding`` under the same lock, so that
+        a scrape sees it with them."""
+        statuses = list(map(_status, firsts))
         counts: dict[str, int]
         if statuses and statuses.count(statuses[0]) == len(statuses):
             counts = {statuses[0]: len(statuses)}
