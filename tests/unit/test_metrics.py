@@ -800,3 +800,41 @@ def test_a_masters_batch_given_as_the_collector_has_it_pins_every_bucket() -> No
     assert value(registry, "distq_master_results_total", status="ok") == len(trips) - errors
     assert value(registry, "distq_master_duplicate_results_total") == 2
     assert value(registry, "distq_master_tasks_outstanding") == 5
+
+
+def test_a_workers_batch_of_one_name_pins_every_bucket_at_the_bounds() -> None:
+    """A batch of one name (the column-wise path) whose run times and queue waits fall on,
+    just below and just above bucket bounds, in no order: each bucket, the sum and the
+    count of both histograms as prometheus-client's own, and the tasks counted once."""
+    runs = [b * f for b in RUN_BUCKETS[:12] for f in (1.0, 1 - 1e-12, 1 + 1e-12)]
+    waits = [b * f for b in BUCKETS[:12] for f in (1.0, 1 - 1e-12, 1 + 1e-12)]
+    random.Random(3).shuffle(runs)
+    # started at twice the wait after a creation at the wait: exactly the wait (Sterbenz)
+    endings = [
+        ending(task(created_at=wait), "ok", 2 * wait, run)
+        for run, wait in zip(runs, waits, strict=True)
+    ]
+    assert len(endings) >= 16  # by columns
+    metrics = WorkerMetrics("redis", "q")
+    WorkerTelemetry(metrics).settled(endings)
+    ours = samples(metrics.registry)
+    for name, values, buckets in (
+        ("distq_worker_task_duration_seconds", runs, RUN_BUCKETS),
+        ("distq_worker_queue_wait_seconds", waits, BUCKETS),
+    ):
+        reference = Histogram(name, "", buckets=buckets, registry=CollectorRegistry())
+        for seconds in values:
+            reference.observe(seconds)
+        theirs = {
+            (s.name, s.labels.get("le")): s.value
+            for s in next(iter(reference.collect())).samples
+            if not s.name.endswith("_created")
+        }
+        mine = {
+            (key[0], dict(key[1]).get("le")): seconds
+            for key, seconds in ours.items()
+            if key[0].startswith(name)
+        }
+        assert mine == pytest.approx(theirs, rel=1e-12)
+        assert mine[(f"{name}_bucket", "0.0005")] == sum(v <= 0.0005 for v in values)
+    assert value(metrics.registry, "distq_worker_tasks_total", task="square", outcome="ok") == 36
