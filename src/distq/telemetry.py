@@ -64,7 +64,7 @@ class DuplicateResult(Line):
     worker: str
 
 
-_status, _redelivered = attrgetter("status"), attrgetter("redelivered")
+_redelivered = attrgetter("redelivered")
 
 #: A master's result as telemetry takes it: with its round trip, or None for a duplicate.
 Received = tuple[Result, float | None]
@@ -366,7 +366,7 @@ class MasterTelemetry:
         """A batch's results by status, their round trips and its duplicates, in C when
         it has one status (the common batch); ``outstanding`` under the same lock, so that
         a scrape sees it with them."""
-        statuses = list(map(_status, firsts))
+        statuses = [result.status for result in firsts]  # in bytecode: less than map()
         counts: dict[str, int]
         if statuses and statuses.count(statuses[0]) == len(statuses):
             counts = {statuses[0]: len(statuses)}
