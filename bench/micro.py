@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import inspect
 import io
 import json
 import os
@@ -85,15 +86,25 @@ def open_batch(codec: Codec, messages: list[bytes]) -> list[Result]:
     return [codec.open_result(m) for m in messages]
 
 
+#: Whether the code measured hands a master's telemetry its first results and round trips.
+COLLECTED_FIRSTS = "firsts" in inspect.signature(MasterTelemetry.collected).parameters
+
+
 def collected(telemetry: MasterTelemetry, results: list[Result]) -> None:
-    """A master's telemetry of a batch of results, as the collector hands it over: the
-    batch at once where the code measured takes it so, else a call per result."""
+    """A master's telemetry of a batch of results, as the collector hands it over: its
+    first results and their round trips where the code measured takes them so (a pair
+    per result only for the JSON lines), the batch in pairs where it takes those, else a
+    call per result."""
     if hasattr(telemetry, "result"):  # an older checkout: one call per result
         for r in results:
             telemetry.result(r, 0.001)
         telemetry.collected(0)
         return
-    telemetry.collected(0, [(r, 0.001) for r in results])
+    if not COLLECTED_FIRSTS:
+        telemetry.collected(0, [(r, 0.001) for r in results])
+        return
+    received = [(r, 0.001) for r in results] if telemetry.log is not None else []
+    telemetry.collected(0, received, results, [0.001] * len(results))
 
 
 def _mac() -> Callable[[bytes], bytes]:

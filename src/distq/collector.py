@@ -170,8 +170,12 @@ class Collector(Generic[E]):
         now = time.perf_counter()
         firsts = 0
         telemetry = self._telemetry
-        tracked = telemetry.metrics is not None or telemetry.log is not None  # else a no-op
-        received: list[Received] = []  # for telemetry, when tracked: in the order they came
+        logged = telemetry.log is not None  # JSON lines: each result with its round trip
+        received: list[Received] = []  # for those lines, in the order they came
+        # for the metrics, the first results (their round trips are ``round_trips``)
+        counted: list[Result] = []
+        count = counted.append if telemetry.metrics is not None else None
+        duplicates_before = self.duplicates
         # once per result: looked up once per call
         pop, finish = self._pending.pop, self._finished.add
         on_result = self._on_result
@@ -182,15 +186,17 @@ class Collector(Generic[E]):
             if pending is None:
                 if result.task_id in self._finished or result.task_id in self._finished_before:
                     self.duplicates += 1
-                    if tracked:
+                    if logged:
                         received.append((result, None))
                 continue
             finish(result.task_id)
             entry, submitted = pending
             round_trip = now - submitted
             latency(round_trip)
-            if tracked:
+            if logged:
                 received.append((result, round_trip))
+            if count is not None:
+                count(result)
             firsts += 1
             on_result(result, entry, round_trip)
         self.finished += firsts
@@ -198,7 +204,8 @@ class Collector(Generic[E]):
             self.latencies.extend(round_trips)
         if len(self._finished) >= self._remember:  # a new generation; the oldest goes
             self._finished_before, self._finished = self._finished, set()
-        telemetry.collected(len(self._pending), received)
+        duplicates = self.duplicates - duplicates_before
+        telemetry.collected(len(self._pending), received, counted, round_trips, duplicates)
         return firsts
 
     def _refused(self, error: EnvelopeError, count: int = 1) -> None:

@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from math import floor
-from operator import attrgetter, sub
+from operator import attrgetter
 
 from distq.chunks import CHUNK_TASK
 from distq.ending import Ending, Outcome
@@ -64,8 +64,7 @@ class DuplicateResult(Line):
     worker: str
 
 
-_name, _created_at = attrgetter("name"), attrgetter("created_at")
-_status, _redelivered = attrgetter("status"), attrgetter("redelivered")
+_redelivered = attrgetter("redelivered")
 
 #: A master's result as telemetry takes it: with its round trip, or None for a duplicate.
 Received = tuple[Result, float | None]
@@ -84,7 +83,7 @@ def _one_name(endings: Sequence[Ending]) -> Columns | None:
         return None
     _, outcomes, tasks, starts, durations, _ = zip(*endings, strict=True)
     try:  # rather than ``None in tasks``, which compares every task with None
-        names = set(map(_name, tasks))
+        names = {task.name for task in tasks}  # a field read in bytecode: less than map()
     except AttributeError:  # an undecoded task (None) has no name
         return None
     if len(names) != 1 or CHUNK_TASK in names:  # a chunk's label is its function's
@@ -124,10 +123,11 @@ Tally = tuple[list[float], dict[str, list[float]], dict[tuple[str, str], int]]
 
 
 def _tally_columns(known: frozenset[str], columns: Columns) -> Tally:
-    """The tally of a batch of one name (:func:`_one_name`), in C."""
+    """The tally of a batch of one name (:func:`_one_name`), in C but for its waits: a
+    struct's field is read in bytecode for less than by ``map()`` of ``attrgetter()``."""
     name, outcomes, tasks, starts, durations = columns
     label = name if name in known else UNREGISTERED
-    waits = list(map(sub, starts, map(_created_at, tasks)))
+    waits = [start - task.created_at for start, task in zip(starts, tasks, strict=True)]
     # both sorted here, where their least and greatest are then read without a pass of
     # min() or max() each, and the histograms (HistogramTable.observe) take them as they
     # are, without a sorted copy
@@ -306,15 +306,25 @@ class MasterTelemetry:
             head = log.head("info", "task submitted")
             log.write_lines([TaskSubmitted(head, t.id, t.name, t.attempt) for t in tasks])
 
-    def collected(self, outstanding: int, received: Sequence[Received] = ()) -> None:
-        """A batch of results is handled: ``received`` holds them in the order they came,
-        each with its round trip, or None for a duplicate (a task's result came before);
-        ``outstanding`` tasks still have none. Counted, and written with one timestamp,
+    def collected(
+        self,
+        outstanding: int,
+        received: Sequence[Received] = (),
+        firsts: Sequence[Result] = (),
+        round_trips: Sequence[float] = (),
+        duplicates: int = 0,
+    ) -> None:
+        """A batch of results is handled; ``outstanding`` tasks still have none. For the
+        log lines, ``received`` holds them in the order they came, each with its round
+        trip, or None for a duplicate (a task's result came before); for the metrics,
+        ``firsts`` the first results among them, ``round_trips`` theirs (in that order),
+        and ``duplicates`` how many were not first: as the collector has them, with no
+        pair made per result for the metrics. Counted, and written with one timestamp,
         a batch at a time, as a worker's are: a call per result costs more than the rest."""
         metrics = self.metrics
         if metrics is not None:
-            if received:
-                self._count(metrics, received, outstanding)
+            if firsts or duplicates:
+                self._count(metrics, firsts, round_trips, duplicates, outstanding)
             else:
                 with metrics.lock:
                     metrics.outstanding.set(metrics.base, outstanding)
@@ -346,18 +356,17 @@ class MasterTelemetry:
             log.write_lines(lines)
 
     @staticmethod
-    def _count(metrics: MasterMetrics, received: Sequence[Received], outstanding: int) -> None:
+    def _count(
+        metrics: MasterMetrics,
+        firsts: Sequence[Result],
+        round_trips: Sequence[float],
+        duplicates: int,
+        outstanding: int,
+    ) -> None:
         """A batch's results by status, their round trips and its duplicates, in C when
-        it has no duplicate and one status (the common batch); ``outstanding`` under the
-        same lock, so that a scrape sees it with them."""
-        results, trips = zip(*received, strict=True)
-        duplicates = trips.count(None)
-        round_trips: Sequence[float]
-        if duplicates:
-            pairs = [(r.status, trip) for r, trip in received if trip is not None]
-            statuses, round_trips = [s for s, _ in pairs], [trip for _, trip in pairs]
-        else:
-            statuses, round_trips = list(map(_status, results)), trips
+        it has one status (the common batch); ``outstanding`` under the same lock, so that
+        a scrape sees it with them."""
+        statuses = [result.status for result in firsts]  # in bytecode: less than map()
         counts: dict[str, int]
         if statuses and statuses.count(statuses[0]) == len(statuses):
             counts = {statuses[0]: len(statuses)}

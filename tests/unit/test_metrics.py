@@ -558,8 +558,8 @@ def test_master_counts_results_round_trips_and_outstanding_tasks() -> None:
         Result(task_id=t.id, status=status, worker="w", attempt=1, started_at=0, duration=0.1)
         for t, status in zip(tasks[:2], statuses, strict=True)
     ]
-    telemetry.collected(outstanding=1, received=[(r, 0.004) for r in results])
-    telemetry.collected(outstanding=1, received=[(results[1], None)])  # a duplicate
+    telemetry.collected(outstanding=1, firsts=results, round_trips=[0.004] * 2)
+    telemetry.collected(outstanding=1, duplicates=1)  # results[1] again
     registry = metrics.registry
     assert value(registry, "distq_master_tasks_submitted_total") == 3
     assert value(registry, "distq_master_results_total", status="ok") == 1
@@ -581,17 +581,18 @@ def test_master_counts_results_round_trips_and_outstanding_tasks() -> None:
 )
 def test_a_masters_batch_counts_as_its_results_one_by_one(kinds: list[str]) -> None:
     metrics = MasterMetrics("redis", "q")
-    received: list[tuple[Result, float | None]] = []
+    firsts, trips = [], []
     for n, kind in enumerate(kinds):
-        status: Status = "error" if kind == "error" else "ok"
-        result = Result(f"t{n}", status, "w", 1, 0.0, 0.1)
-        received.append((result, None if kind == "dup" else 0.001 * (n + 1)))
-    MasterTelemetry(metrics).collected(outstanding=5, received=received)
+        if kind != "dup":
+            status: Status = "error" if kind == "error" else "ok"
+            firsts.append(Result(f"t{n}", status, "w", 1, 0.0, 0.1))
+            trips.append(0.001 * (n + 1))
+    telemetry = MasterTelemetry(metrics)
+    telemetry.collected(5, firsts=firsts, round_trips=trips, duplicates=kinds.count("dup"))
     registry = metrics.registry
     for status in ("ok", "error"):
         assert value(registry, "distq_master_results_total", status=status) == kinds.count(status)
     assert value(registry, "distq_master_duplicate_results_total") == kinds.count("dup")
-    trips = [trip for _, trip in received if trip is not None]
     assert value(registry, "distq_master_task_round_trip_seconds_count") == len(trips)
     assert value(registry, "distq_master_task_round_trip_seconds_sum") == pytest.approx(sum(trips))
     assert value(registry, "distq_master_tasks_outstanding") == 5
@@ -762,3 +763,78 @@ def test_the_sampler_feeds_the_gauges_and_the_brokers_readiness() -> None:
     assert readiness.check().ok
     assert get("distq_queue_depth", {**labels, "state": "ready"}) == 5
     assert get("distq_queue_depth", {**labels, "state": "in_flight"}) is None
+
+
+def test_a_masters_batch_given_as_the_collector_has_it_pins_every_bucket() -> None:
+    """The collector hands the metrics its batch as it has it: the first results, their
+    round trips in a list of their own (its latencies), and how many were duplicates, with
+    no (result, round trip) pair made per result. Round trips on and either side of bucket
+    bounds, in no order: each bucket, the sum and the count as prometheus-client's own."""
+    metrics = MasterMetrics("redis", "q")
+    trips = [0.0005, 0.00051, 0.0001, 1.0, 0.001, 3600.0, 3600.5, 0.0005, 0.1, 2.5, 1e-9]
+    trips += [0.05 * n for n in range(1, 10)]  # 20 in all: sorted and bisected per bound
+    firsts = [
+        Result(f"t{n}", "error" if n % 7 == 3 else "ok", "w", 1, 0.0, 0.1)
+        for n in range(len(trips))
+    ]
+    reference = Histogram("ref", "ref", buckets=BUCKETS, registry=CollectorRegistry())
+    for trip in trips:
+        reference.observe(trip)
+    MasterTelemetry(metrics).collected(5, firsts=firsts, round_trips=trips, duplicates=2)
+    registry = metrics.registry
+    name = "distq_master_task_round_trip_seconds"
+    ours = {
+        s.labels["le"]: s.value
+        for f in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in f.samples
+        if s.name == f"{name}_bucket"
+    }
+    samples = next(iter(reference.collect())).samples
+    theirs = {s.labels["le"]: s.value for s in samples if "le" in s.labels}
+    assert ours == theirs
+    assert (ours["0.0005"], ours["0.001"], ours["3600.0"], ours["+Inf"]) == (4, 6, 19, 20)
+    assert value(registry, f"{name}_count") == len(trips)
+    assert value(registry, f"{name}_sum") == pytest.approx(sum(trips))
+    errors = sum(r.status == "error" for r in firsts)
+    assert value(registry, "distq_master_results_total", status="error") == errors == 3
+    assert value(registry, "distq_master_results_total", status="ok") == len(trips) - errors
+    assert value(registry, "distq_master_duplicate_results_total") == 2
+    assert value(registry, "distq_master_tasks_outstanding") == 5
+
+
+def test_a_workers_batch_of_one_name_pins_every_bucket_at_the_bounds() -> None:
+    """A batch of one name (the column-wise path) whose run times and queue waits fall on,
+    just below and just above bucket bounds, in no order: each bucket, the sum and the
+    count of both histograms as prometheus-client's own, and the tasks counted once."""
+    runs = [b * f for b in RUN_BUCKETS[:12] for f in (1.0, 1 - 1e-12, 1 + 1e-12)]
+    waits = [b * f for b in BUCKETS[:12] for f in (1.0, 1 - 1e-12, 1 + 1e-12)]
+    random.Random(3).shuffle(runs)
+    # started at twice the wait after a creation at the wait: exactly the wait (Sterbenz)
+    endings = [
+        ending(task(created_at=wait), "ok", 2 * wait, run)
+        for run, wait in zip(runs, waits, strict=True)
+    ]
+    assert len(endings) >= 16  # by columns
+    metrics = WorkerMetrics("redis", "q")
+    WorkerTelemetry(metrics).settled(endings)
+    ours = samples(metrics.registry)
+    for name, values, buckets in (
+        ("distq_worker_task_duration_seconds", runs, RUN_BUCKETS),
+        ("distq_worker_queue_wait_seconds", waits, BUCKETS),
+    ):
+        reference = Histogram(name, "", buckets=buckets, registry=CollectorRegistry())
+        for seconds in values:
+            reference.observe(seconds)
+        theirs = {
+            (s.name, s.labels.get("le")): s.value
+            for s in next(iter(reference.collect())).samples
+            if not s.name.endswith("_created")
+        }
+        mine = {
+            (key[0], dict(key[1]).get("le")): seconds
+            for key, seconds in ours.items()
+            if key[0].startswith(name)
+        }
+        assert mine == pytest.approx(theirs, rel=1e-12)
+        assert mine[(f"{name}_bucket", "0.0005")] == sum(v <= 0.0005 for v in values)
+    assert value(metrics.registry, "distq_worker_tasks_total", task="square", outcome="ok") == 36

@@ -39,7 +39,8 @@ def test_one_scrape_sees_the_counters_and_the_outstanding_gauge_of_one_moment() 
     metrics = MasterMetrics("redis", "q")
     telemetry = MasterTelemetry(metrics)
     tasks = [Task(name="square", args=[n], reply_to="r") for n in range(BATCH)]
-    received = [(Result(t.id, "ok", "w", 1, 0.0, 0.001), 0.002) for t in tasks]
+    results = [Result(t.id, "ok", "w", 1, 0.0, 0.001) for t in tasks]
+    round_trips = [0.002] * len(results)
     stop = threading.Event()
 
     def job() -> None:  # the master's loop: a batch submitted, then its results
@@ -47,7 +48,7 @@ def test_one_scrape_sees_the_counters_and_the_outstanding_gauge_of_one_moment() 
             if stop.is_set():
                 return
             telemetry.submitted(tasks, outstanding=BATCH)
-            telemetry.collected(outstanding=0, received=received)
+            telemetry.collected(0, firsts=results, round_trips=round_trips)
 
     seen: list[tuple[float, float, float]] = []
     interval = sys.getswitchinterval()
