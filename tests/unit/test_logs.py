@@ -564,14 +564,12 @@ def test_a_batch_of_one_task_name_is_written_byte_for_byte_whatever_its_ids_and_
         for n, task_id in enumerate(ids)
     ]
     outcomes: list[Outcome] = ["ok", "ok", "retried", "failed", "ok", "orphaned", "ok"]
-    worker.settled(
-        [
-            Ending(Settlement(Delivery(b"", n)), outcome, task, 100.0 + wait, run)
-            for n, (task, outcome, (wait, run)) in enumerate(
-                zip(tasks, outcomes, times, strict=True)
-            )
-        ]
-    )
+    endings = [
+        Ending(Settlement(Delivery(b"", n)), outcome, task, 100.0 + wait, run)
+        for n, (task, outcome, (wait, run)) in enumerate(zip(tasks, outcomes, times, strict=True))
+    ]
+    worker.settled(endings)
+    worker.settled(endings[:1] + endings[2:])  # no wait of 0 (1e-9 s) among them
     master.submitted(tasks, len(tasks))
     master.collected(
         0,
@@ -590,11 +588,12 @@ def test_a_batch_of_one_task_name_is_written_byte_for_byte_whatever_its_ids_and_
         ("ok", 5, "0.5", "2e-6"), ("orphaned", 6, "0.0", "0.0"),
         ("ok", 7, "1234.567892", "3.000001"),
     ]  # fmt: skip
-    assert _written(worker_out) == [
+    settled_lines = [
         f'{ok if outcome in ("ok", "retried") else error}"outcome":"{outcome}","task_id":{task_id},'
         f'"task":"square","attempt":{attempt},"queue_wait":{wait},"duration":{run}}}'
         for task_id, (outcome, attempt, wait, run) in zip(escaped, settled, strict=True)
     ]
+    assert _written(worker_out) == settled_lines + settled_lines[:1] + settled_lines[2:]
     head = '{"timestamp":"T","level":"%s","role":"master","event":'
     received = [
         ("0.0", "0.25"), ("3e-6", "0.0"), ("1000000000.0", "31622400.0"), ("1.5", "0.001235"),
