@@ -32,6 +32,7 @@ from distq.logs import (
     TextConsole,
     _ascii,
     mask_secrets,
+    timestamp,
 )
 from distq.telemetry import LONGEST_WAIT, MasterTelemetry, WorkerTelemetry, micros
 from distq.transport import Delivery, Settlement
@@ -608,6 +609,24 @@ def test_a_batch_of_one_task_name_is_written_byte_for_byte_whatever_its_ids_and_
         f'"outcome":"{"error" if n == 3 else "ok"}","round_trip":{trip},"worker":"w1"}}'
         for n, (task_id, (run, trip)) in enumerate(zip(escaped, received, strict=True))
     ]
+
+
+def test_a_lines_timestamp_is_what_datetime_makes_of_its_time_at_every_edge() -> None:
+    """A line's timestamp (:meth:`JsonConsole.stamp`, its second formatted once) is
+    byte for byte what datetime's isoformat makes of the time: times drawn over years,
+    and at the edges of a millisecond and of a second (a time that rounds up to the next
+    microsecond, and so the next millisecond or second), negative ones too."""
+    drawn = random.Random(38)
+    times = [drawn.uniform(0, 4e9) for _ in range(3000)] + [-1.5, -0.0004, 0.0, 1e-7]
+    for second in (1_700_000_000, 1_767_225_599, 951_868_799, 0, 86_399):
+        for fraction in (0.0, 0.0004995, 0.0005, 0.9994999, 0.9995, 0.9999994, 0.9999995):
+            times += [second + fraction, math.nextafter(second + fraction, math.inf)]
+            times += [math.nextafter(second + fraction, -math.inf)]
+    console = JsonConsole("worker", out=io.StringIO())
+    assert [JsonConsole("worker", out=io.StringIO()).stamp(at) for at in times] == [
+        timestamp(at) for at in times
+    ]
+    assert [console.stamp(at) for at in sorted(times)] == [timestamp(at) for at in sorted(times)]
 
 
 def test_a_batchs_lines_have_one_timestamp_though_the_clock_ticks_while_they_are_made(
