@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -43,6 +44,32 @@ def timestamp(at: float) -> str:
     """ISO 8601 in UTC with milliseconds, e.g. ``2026-11-29T10:15:02.123Z``."""
     stamp = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
+
+
+def _rounded(at: float) -> tuple[float, int]:
+    """``at`` in whole seconds and microseconds, rounded half to even as datetime rounds
+    a timestamp (``datetime.fromtimestamp``)."""
+    fraction, whole = math.modf(at)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        return whole + 1.0, micro - 1_000_000
+    if micro < 0:
+        return whole - 1.0, micro + 1_000_000
+    return whole, micro
+
+
+#: The second last formatted, by any console, and its timestamp's start (``...T10:15:02.``)
+_second: tuple[float, str] = (math.nan, "")
+
+
+def _stamp_of(whole: float, micro: int) -> str:
+    """:func:`timestamp` of ``whole`` seconds and ``micro`` microseconds (:func:`_rounded`),
+    datetime's formatting of its second (12,800 instructions) done once a second."""
+    global _second  # a tuple replaced whole: each thread sees one second's
+    second = _second
+    if second[0] != whole:
+        second = _second = (whole, timestamp(whole)[:-4])  # without ".000Z"
+    return f"{second[1]}{micro // 1000:03}Z"
 
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
@@ -135,7 +162,8 @@ class JsonConsole(Console):
         self.fields: dict[str, Any] = {"role": role, **fields}
         # in the head of per-task lines (:meth:`head`): a worker's name, "" in other roles
         self.role, self.worker = role, str(fields.get("worker", ""))
-        self._stamp: tuple[int, str] = (0, "")  # (ms, its timestamp): one per millisecond
+        # (ms, its timestamp): one per millisecond; NaN, no millisecond, till the first
+        self._stamp: tuple[float, str] = (math.nan, "")
         # (the timestamp, the heads of lines made with it by level, event and worker)
         self._heads: tuple[str, dict[tuple[str, str, str | None], msgspec.Raw]] = ("", {})
 
@@ -162,11 +190,14 @@ class JsonConsole(Console):
 
     def stamp(self, at: float | None = None) -> str:
         """This moment (or ``at``, a ``time.time()``) as a line's ``timestamp``,
-        formatted once per millisecond."""
+        formatted once per millisecond: :func:`timestamp`'s, its millisecond as datetime
+        rounds it (``int(at * 1000)`` gave a fresh console's first time of [0, 0.001) the
+        timestamp "", and a time within 0.5 µs of the next millisecond the one before)."""
         now = time.time() if at is None else at
+        whole, micro = _rounded(now)
         stamp = self._stamp
-        if stamp[0] != int(now * 1000):  # formatting a time costs more than the rest
-            stamp = self._stamp = (int(now * 1000), timestamp(now))
+        if stamp[0] != whole * 1000 + micro // 1000:
+            stamp = self._stamp = (whole * 1000 + micro // 1000, _stamp_of(whole, micro))
         return stamp[1]
 
     def head(

@@ -32,6 +32,7 @@ from distq.logs import (
     TextConsole,
     _ascii,
     mask_secrets,
+    timestamp,
 )
 from distq.telemetry import LONGEST_WAIT, MasterTelemetry, WorkerTelemetry, micros
 from distq.transport import Delivery, Settlement
@@ -545,6 +546,87 @@ def test_every_event_line_is_written_byte_for_byte_as_the_readme_shows_it(
         f'{error}"result received","task_id":"id2","task":"na\\u00efve\\ud83d\\ude00","attempt":3,'
         '"duration":3000000000.25,"outcome":"error","round_trip":1e-6,"worker":"w\\u2713"}',
     ]
+
+
+def test_a_batch_of_one_task_name_is_written_byte_for_byte_whatever_its_ids_and_times() -> None:
+    """The common batch, every task of one name (what a worker's or master's batch
+    holds), pinned byte for byte: ids that need escapes, levels by outcome, times at
+    the edges of their rounding (a half, LONGEST_WAIT, just under 1e9, below 0.5 µs)."""
+    worker_out, master_out = io.StringIO(), io.StringIO()
+    worker = WorkerTelemetry(log=JsonConsole("worker", out=worker_out, worker="w1"))
+    master = MasterTelemetry(log=JsonConsole("master", out=master_out))
+    ids = ["id0", 'q"uo\\te', "tab\tnl\n", "café", "ctl\x01", "id5", "id6"]
+    times = [
+        (0.25, 0.0), (1e-9, 0.0000025), (LONGEST_WAIT, 999_999_999.9999996),
+        (0.0012345, 1.5), (0.5, 2e-6), (0.0000005, 0.0000004999), (1234.5678915, 3.0000005),
+    ]  # fmt: skip
+    tasks = [
+        Task("square", [1], "r", id=task_id, attempt=n + 1, created_at=100.0)
+        for n, task_id in enumerate(ids)
+    ]
+    outcomes: list[Outcome] = ["ok", "ok", "retried", "failed", "ok", "orphaned", "ok"]
+    endings = [
+        Ending(Settlement(Delivery(b"", n)), outcome, task, 100.0 + wait, run)
+        for n, (task, outcome, (wait, run)) in enumerate(zip(tasks, outcomes, times, strict=True))
+    ]
+    worker.settled(endings)
+    worker.settled(endings[:1] + endings[2:])  # no wait of 0 (1e-9 s) among them
+    master.submitted(tasks, len(tasks))
+    master.collected(
+        0,
+        [
+            (Result(t.id, "error" if n == 3 else "ok", "w1", t.attempt, 0.0, run), wait)
+            for n, (t, (wait, run)) in enumerate(zip(tasks, times, strict=True))
+        ],
+    )
+    head = '{"timestamp":"T","level":"%s","role":"worker","worker":"w1","event":"task settled",'
+    ok, error = head % "info", head % "error"
+    escaped = ['"id0"', '"q\\"uo\\\\te"', '"tab\\tnl\\n"', '"caf\\u00e9"', '"ctl\\u0001"']
+    escaped += ['"id5"', '"id6"']
+    settled = [
+        ("ok", 1, "0.25", "0.0"), ("ok", 2, "0.0", "3e-6"),
+        ("retried", 3, "31622400.0", "1000000000.0"), ("failed", 4, "0.001234", "1.5"),
+        ("ok", 5, "0.5", "2e-6"), ("orphaned", 6, "0.0", "0.0"),
+        ("ok", 7, "1234.567892", "3.000001"),
+    ]  # fmt: skip
+    settled_lines = [
+        f'{ok if outcome in ("ok", "retried") else error}"outcome":"{outcome}","task_id":{task_id},'
+        f'"task":"square","attempt":{attempt},"queue_wait":{wait},"duration":{run}}}'
+        for task_id, (outcome, attempt, wait, run) in zip(escaped, settled, strict=True)
+    ]
+    assert _written(worker_out) == settled_lines + settled_lines[:1] + settled_lines[2:]
+    head = '{"timestamp":"T","level":"%s","role":"master","event":'
+    received = [
+        ("0.0", "0.25"), ("3e-6", "0.0"), ("1000000000.0", "31622400.0"), ("1.5", "0.001235"),
+        ("2e-6", "0.5"), ("0.0", "1e-6"), ("3.000001", "1234.567892"),
+    ]  # fmt: skip
+    assert _written(master_out) == [
+        f'{head % "info"}"task submitted","task_id":{task_id},"task":"square","attempt":{n + 1}}}'
+        for n, task_id in enumerate(escaped)
+    ] + [
+        f'{head % ("error" if n == 3 else "info")}"result received","task_id":{task_id},'
+        f'"task":"square","attempt":{n + 1},"duration":{run},'
+        f'"outcome":"{"error" if n == 3 else "ok"}","round_trip":{trip},"worker":"w1"}}'
+        for n, (task_id, (run, trip)) in enumerate(zip(escaped, received, strict=True))
+    ]
+
+
+def test_a_lines_timestamp_is_what_datetime_makes_of_its_time_at_every_edge() -> None:
+    """A line's timestamp (:meth:`JsonConsole.stamp`, its second formatted once) is
+    byte for byte what datetime's isoformat makes of the time: times drawn over years,
+    and at the edges of a millisecond and of a second (a time that rounds up to the next
+    microsecond, and so the next millisecond or second), negative ones too."""
+    drawn = random.Random(38)
+    times = [drawn.uniform(0, 4e9) for _ in range(3000)] + [-1.5, -0.0004, 0.0, 1e-7]
+    for second in (1_700_000_000, 1_767_225_599, 951_868_799, 0, 86_399):
+        for fraction in (0.0, 0.0004995, 0.0005, 0.9994999, 0.9995, 0.9999994, 0.9999995):
+            times += [second + fraction, math.nextafter(second + fraction, math.inf)]
+            times += [math.nextafter(second + fraction, -math.inf)]
+    console = JsonConsole("worker", out=io.StringIO())
+    assert [JsonConsole("worker", out=io.StringIO()).stamp(at) for at in times] == [
+        timestamp(at) for at in times
+    ]
+    assert [console.stamp(at) for at in sorted(times)] == [timestamp(at) for at in sorted(times)]
 
 
 def test_a_batchs_lines_have_one_timestamp_though_the_clock_ticks_while_they_are_made(
