@@ -183,3 +183,17 @@ def test_a_manager_message_is_written_without_the_stdlib_s_calls(
     served.close()
     with pytest.raises(OSError, match="handle is closed"):
         served.send(("#RETURN", None))
+
+
+def test_a_message_kept_past_the_last_is_not_read_once_its_connection_is_closed(
+    pair: tuple[wire.ClientConnection, wire.ServedConnection],
+) -> None:
+    """Two requests in one segment: the first read takes both, the second kept for the
+    next call. Once the connection was closed, that call read the kept one as if it were
+    open, where ``recv_bytes`` (and this one, with none kept) says the handle is closed."""
+    client, served = pair
+    os.write(client.fileno(), b"".join(len(b).to_bytes(4, "big") + b for b in (b"a", b"b")))
+    assert served.message() == b"a"
+    served.close()
+    with pytest.raises(OSError, match="handle is closed"):
+        served.message()
