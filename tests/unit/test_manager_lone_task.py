@@ -183,3 +183,50 @@ def test_a_manager_message_is_written_without_the_stdlib_s_calls(
     served.close()
     with pytest.raises(OSError, match="handle is closed"):
         served.send(("#RETURN", None))
+
+
+def test_a_message_kept_past_the_last_is_not_read_once_its_connection_is_closed(
+    pair: tuple[wire.ClientConnection, wire.ServedConnection],
+) -> None:
+    """Two requests in one segment: the first read takes both, the second kept for the
+    next call. Once the connection was closed, that call read the kept one as if it were
+    open, where ``recv_bytes`` (and this one, with none kept) says the handle is closed."""
+    client, served = pair
+    os.write(client.fileno(), b"".join(len(b).to_bytes(4, "big") + b for b in (b"a", b"b")))
+    assert served.message() == b"a"
+    served.close()
+    with pytest.raises(OSError, match="handle is closed"):
+        served.message()
+
+
+def test_a_stop_just_after_a_settle_wait_is_read_waits_for_its_answer(
+    pair: tuple[wire.ClientConnection, wire.ServedConnection],
+) -> None:
+    """A settle-then-fetch that may wait was counted (``_SettleWaits.begin``) only after
+    the master's stop flag was read unset: a stop between the two found none to wait
+    for and let the master exit before that call's reply, its settles run; its worker,
+    seeing the close, counted the batch handed back. Counted first, it is waited for."""
+    client, served = pair
+    waits = manager._SettleWaits()
+    answered: list[bool] = []
+
+    class StopsAfterItsCheck(threading.Event):
+        def is_set(self) -> bool:
+            was = super().is_set()
+            if not answered:  # the master stops as this request's check returns
+                self.set()
+                answered.append(waits.answered(0.05))
+            return was
+
+    until = manager._ServedUntil(StopsAfterItsCheck(), served, None, "127.0.0.1:1", waits)
+    request: tuple[object, ...] = ("id", "settle_fetch", ("q", "c1", [], 1), {"wait": 1.0})
+    client.send(request)
+    assert until.recv() == request
+    assert answered == [False]  # the stop waited for it
+    until.send(("#RETURN", []))
+    assert client.recv() == ("#RETURN", [])
+    assert waits.answered(0)
+    client.send(request)  # once the master stopped: not served, and not waited for
+    with pytest.raises(EOFError, match="the master stopped"):
+        until.recv()
+    assert waits.answered(0)

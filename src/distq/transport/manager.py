@@ -641,14 +641,17 @@ class _ServedUntil:
         request = self._recv()
         self._method = request[1] if isinstance(request, tuple) and len(request) == 4 else None
         self._args = request[2] if self._method is not None else ()
+        named = request[3] if self._method == "settle_fetch" else None
+        if isinstance(named, dict) and named.get("wait") and self._waits is not None:
+            self._waiting = True  # it may wait: counted until answered, before the stop's
+            self._waits.begin()  # check (a stop just after it found none to wait for)
         if self._stopped.is_set():
+            if self._waiting and self._waits is not None:
+                self._waiting = False
+                self._waits.end()
             if self._method == "put":  # told, not only cut: "may be queued or not" it read
                 self._send(self._put_stopped(taken=False))
             raise EOFError("the master stopped")
-        named = request[3] if self._method == "settle_fetch" else None
-        if isinstance(named, dict) and named.get("wait") and self._waits is not None:
-            self._waiting = True  # it may wait: counted until answered
-            self._waits.begin()
         return request
 
     def send(self, obj: Any) -> None:

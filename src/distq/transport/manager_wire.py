@@ -478,6 +478,10 @@ class BoundedConnection(Connection):
     #: Bytes read past the last message (a peer waits for the reply to each: seldom any).
     _rest = b""
 
+    def close(self) -> None:
+        self._rest = b""  # none read once closed: "handle is closed", as recv_bytes says
+        super().close()
+
     def message(self) -> bytes:
         """The next message; :class:`FrameTooLarge` for one over ``frame_limit``, not
         read (but for what came with its length), :class:`Refused` for a negative length.
