@@ -2157,6 +2157,29 @@ def test_a_lapse_found_by_a_calls_own_renewal_makes_the_next_reconcile_hold_none
     producer.close()
 
 
+def test_a_reconcile_after_a_lapse_makes_a_lost_state_with_a_time_to_live(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """A call's own renewal found the registration lapsed, and the state then went (a
+    maxmemory volatile-* policy evicts it: it has a time to live) before the next
+    reconcile, whose reset of the count (HSET) made the state afresh without one: a
+    master killed before its next renewal left that key for good. Now it gets ack.lua's
+    time to live."""
+    transport = open_transport()
+    producer = transport.producer(transport.reply_queue("lapsing"))
+    state = f"{producer.reply_to}:state"
+    producer.submit(_bodies(3))
+    raw.zrem(transport.masters_key, producer.reply_to)  # the registration lapses
+    producer._renew_at = 0.0  # the next call renews it first, as when one is due
+    producer.submit(_bodies(2, "after"))
+    raw.delete(state)  # evicted
+    assert producer.reconcile() == 0
+    producer.abandon()  # killed before its next renewal
+    assert raw.hget(state, "submitted") == b"0"
+    ttl = transport.master_ttl_ms
+    assert ttl < raw.pttl(state) <= ttl + REPLY_GRACE_MS, raw.pttl(state)
+
+
 def test_a_redis_url_at_an_amqp_port_says_so_not_tls() -> None:
     """An AMQP broker answers anything with its protocol header: "Protocol error, got "A""
     came with a hint to use rediss:// (drift10)."""

@@ -868,9 +868,10 @@ class RedisProducer(Producer):
         # the registration gone (the renew script counts none held then), found by this
         # renewal or by a call's own since the last reconcile
         self.lapsed = self._lapsed or (held == 0 < self._count)
-        if self._lapsed:
+        if self._lapsed:  # the state may be gone since (evicted): made again, it expires
+            state, ttl = self._keys[3], self._t.master_ttl_ms + REPLY_GRACE_MS
             with self._t.errors():
-                self._w.pipeline([("HSET", self._keys[3], "submitted", 0)])
+                self._w.pipeline([("HSET", state, "submitted", 0), ("PEXPIRE", state, ttl)])
             held, self._lapsed = 0, False
         self._count = held
         return held
