@@ -1193,8 +1193,9 @@ class RedisConsumer(Consumer):
             settle = self._t.settle_script.command(keys, args)
             commands.insert(0, settle)
             replies: list[Any] = []
+            said = self._said_settled if block > 0 and self.on_settled is not None else None
             try:
-                self._w.pipeline(commands, replies)
+                self._w.pipeline(commands, replies, said)
             except RedisError as exc:  # the connection is gone: did the settle go through?
                 if replies and replies[0] == 1:  # its reply came in before the wait failed
                     self._ran += 1
@@ -1225,6 +1226,12 @@ class RedisConsumer(Consumer):
                     out = [d for d in out if d.body not in done]
             self._found_nothing = settled == 1 and not out
         return out
+
+    def _said_settled(self, replies: list[Any]) -> None:
+        """A settle then a wait for tasks (settle_then_fetch): the settle's answer is read,
+        and the BLMOVE waits; if the settle went through by count, say so now."""
+        if replies[0] == 1 and self.on_settled is not None:
+            self.on_settled()
 
     def _unsettled(self, settlements: Sequence[Settlement]) -> Sequence[Settlement]:
         """``settlements`` but those a settle that had no answer settled all the same

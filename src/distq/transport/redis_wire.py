@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import redis
@@ -188,11 +188,16 @@ class Wire:
             self._used = time.monotonic()
 
     def pipeline(
-        self, commands: Sequence[Sequence[Arg]], replies: list[Any] | None = None
+        self,
+        commands: Sequence[Sequence[Arg]],
+        replies: list[Any] | None = None,
+        waiting: Callable[[list[Any]], None] | None = None,
     ) -> list[Any]:
         """Send ``commands`` at once; their replies in order, an error reply as its
         exception (not raised: see :func:`raise_first`). Each reply is added to
-        ``replies`` as it is read, so a caller whose call fails has those read before."""
+        ``replies`` as it is read, so a caller whose call fails has those read before.
+        ``waiting`` is called with those read so far before a :data:`BLOCKING`
+        command's reply is waited for: work done while Redis waits."""
         conn = self._connection()
         stop = self._stop
         try:
@@ -200,7 +205,12 @@ class Wire:
             if replies is None:
                 replies = []
             for command in commands:
-                within = None if command[0] in BLOCKING else self.answer_within
+                if command[0] not in BLOCKING:
+                    within = self.answer_within
+                else:
+                    within = None
+                    if waiting is not None:
+                        waiting(replies)
                 try:
                     replies.append(self._answer(conn, within, self._why, stop, command))
                 except ResponseError as exc:
