@@ -158,6 +158,7 @@ from distq.transport.redis_wire import (
     CHECK_ANSWER_SECONDS,
     Arg,
     Commands,
+    Fixed,
     Runs,
     Script,
     Wire,
@@ -778,6 +779,7 @@ class RedisProducer(Producer):
         self._submitted_by = transport.submit_script.command(self._keys, self._args)
         # a wait for one result (a block slice at most): its command, but for the seconds
         self._wait_for = ("BLMOVE", reply_to, reply_to, "RIGHT", "RIGHT")
+        self._waits: tuple[float, Fixed] | None = None  # the last wait's block and command
         self._received = 0  # results taken and returned so far: the acknowledgement
         # the wire's connection that counted them (see _take_commands); None: none yet
         self._counted_on: int | None = None
@@ -942,7 +944,9 @@ class RedisProducer(Producer):
                 first = ("EVAL", self._t.submit_script.source, *first[2:])  # wait out a BLMOVE
         commands: list[Sequence[Arg]] = [first]
         if block is not None and not self._t.full():  # full, BLMOVE is refused: results() polls
-            commands.append((*self._wait_for, _seconds(block)))
+            if self._waits is None or self._waits[0] != block:  # a block slice each time
+                self._waits = (block, Fixed((*self._wait_for, _seconds(block))))
+            commands.append(self._waits[1])
             if max_count == 1:  # its reply is the oldest result, as LRANGE -1 -1 would read
                 return commands
         commands.append(("LRANGE", self.reply_to, -max_count, -1))
@@ -1096,8 +1100,8 @@ class RedisConsumer(Consumer):
         command = self._claim_commands.get((count, moved))
         if command is None:
             args = [*self._args, count, moved]
-            command = self._claim_commands[count, moved] = self._t.claim_script.command(
-                self._keys, args
+            command = self._claim_commands[count, moved] = Fixed(
+                self._t.claim_script.command(self._keys, args)
             )
         return command
 
@@ -1107,7 +1111,7 @@ class RedisConsumer(Consumer):
         for another ``block`` (a lone task's settle waits a block slice each time)."""
         if self._blmove_for is None or block != self._blmove_for[0]:
             command = ("BLMOVE", self._t.ready_key, self.inflight_key, "RIGHT", "LEFT")
-            self._blmove_for = (block, (*command, _seconds(block)))
+            self._blmove_for = (block, Fixed((*command, _seconds(block))))
         return self._blmove_for[1]
 
     def heartbeat(self) -> None:
