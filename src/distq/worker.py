@@ -679,13 +679,27 @@ class Worker:
             try:
                 if fetch > 0 and not unstarted and not self._stopping.is_set():
                     began = self.health.now()
+                    consumer, counted = slot.consumer, False
+
+                    def settled() -> None:  # counted while the fetch waits for tasks
+                        nonlocal counted
+                        slot.unconfirmed, counted = [], True
+                        done = self._not_late(consumer, endings)
+                        self._count(slot, done, 0, sent, since=self.health.now())
+
+                    consumer.on_settled = settled
                     try:
-                        claimed = slot.consumer.settle_then_fetch(settlements, fetch, wait)
+                        claimed = consumer.settle_then_fetch(settlements, fetch, wait)
                     except (SettledThenFailed, SettledThenRefused):
                         slot.unconfirmed = []
-                        endings = self._not_late(slot.consumer, endings)
-                        self._count(slot, endings, 0, sent)  # settled, not handed back
+                        if not counted:
+                            endings = self._not_late(consumer, endings)
+                            self._count(slot, endings, 0, sent)  # settled, not handed back
                         raise
+                    finally:
+                        consumer.on_settled = None
+                    if counted:
+                        return claimed
                     # up to ``wait`` of the call was a wait for tasks (Redis): idle since
                     # its start at the latest; the settle itself (a broker that blocks it)
                     # is not

@@ -302,6 +302,13 @@ class Consumer(abc.ABC):
     #: Set by :meth:`close` of a transport that can tell (Redis); empty elsewhere.
     settled_late: Collection[object] = frozenset()
 
+    #: Called, on the caller's thread, by a :meth:`settle_then_fetch` whose settle went
+    #: through while it still waits for tasks (Redis: once the settle's answer is read,
+    #: the BLMOVE behind it waiting), so the caller counts the batch in that wait, not
+    #: on its way to the next task (issue 16). None, or a transport that never calls it:
+    #: the caller counts once the call returns.
+    on_settled: Callable[[], None] | None = None
+
     @abc.abstractmethod
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         """Lease up to ``max_count`` deliveries; blocks up to ``timeout`` s for the first.

@@ -158,6 +158,7 @@ from distq.transport.redis_wire import (
     CHECK_ANSWER_SECONDS,
     Arg,
     Commands,
+    Fixed,
     Runs,
     Script,
     Wire,
@@ -778,6 +779,7 @@ class RedisProducer(Producer):
         self._submitted_by = transport.submit_script.command(self._keys, self._args)
         # a wait for one result (a block slice at most): its command, but for the seconds
         self._wait_for = ("BLMOVE", reply_to, reply_to, "RIGHT", "RIGHT")
+        self._waits: tuple[float, Fixed] | None = None  # the last wait's block and command
         self._received = 0  # results taken and returned so far: the acknowledgement
         # the wire's connection that counted them (see _take_commands); None: none yet
         self._counted_on: int | None = None
@@ -868,9 +870,10 @@ class RedisProducer(Producer):
         # the registration gone (the renew script counts none held then), found by this
         # renewal or by a call's own since the last reconcile
         self.lapsed = self._lapsed or (held == 0 < self._count)
-        if self._lapsed:
+        if self._lapsed:  # the state may be gone since (evicted): made again, it expires
+            state, ttl = self._keys[3], self._t.master_ttl_ms + REPLY_GRACE_MS
             with self._t.errors():
-                self._w.pipeline([("HSET", self._keys[3], "submitted", 0)])
+                self._w.pipeline([("HSET", state, "submitted", 0), ("PEXPIRE", state, ttl)])
             held, self._lapsed = 0, False
         self._count = held
         return held
@@ -941,7 +944,9 @@ class RedisProducer(Producer):
                 first = ("EVAL", self._t.submit_script.source, *first[2:])  # wait out a BLMOVE
         commands: list[Sequence[Arg]] = [first]
         if block is not None and not self._t.full():  # full, BLMOVE is refused: results() polls
-            commands.append((*self._wait_for, _seconds(block)))
+            if self._waits is None or self._waits[0] != block:  # a block slice each time
+                self._waits = (block, Fixed((*self._wait_for, _seconds(block))))
+            commands.append(self._waits[1])
             if max_count == 1:  # its reply is the oldest result, as LRANGE -1 -1 would read
                 return commands
         commands.append(("LRANGE", self.reply_to, -max_count, -1))
@@ -1095,8 +1100,8 @@ class RedisConsumer(Consumer):
         command = self._claim_commands.get((count, moved))
         if command is None:
             args = [*self._args, count, moved]
-            command = self._claim_commands[count, moved] = self._t.claim_script.command(
-                self._keys, args
+            command = self._claim_commands[count, moved] = Fixed(
+                self._t.claim_script.command(self._keys, args)
             )
         return command
 
@@ -1106,7 +1111,7 @@ class RedisConsumer(Consumer):
         for another ``block`` (a lone task's settle waits a block slice each time)."""
         if self._blmove_for is None or block != self._blmove_for[0]:
             command = ("BLMOVE", self._t.ready_key, self.inflight_key, "RIGHT", "LEFT")
-            self._blmove_for = (block, (*command, _seconds(block)))
+            self._blmove_for = (block, Fixed((*command, _seconds(block))))
         return self._blmove_for[1]
 
     def heartbeat(self) -> None:
@@ -1192,8 +1197,9 @@ class RedisConsumer(Consumer):
             settle = self._t.settle_script.command(keys, args)
             commands.insert(0, settle)
             replies: list[Any] = []
+            said = self._said_settled if block > 0 and self.on_settled is not None else None
             try:
-                self._w.pipeline(commands, replies)
+                self._w.pipeline(commands, replies, said)
             except RedisError as exc:  # the connection is gone: did the settle go through?
                 if replies and replies[0] == 1:  # its reply came in before the wait failed
                     self._ran += 1
@@ -1224,6 +1230,12 @@ class RedisConsumer(Consumer):
                     out = [d for d in out if d.body not in done]
             self._found_nothing = settled == 1 and not out
         return out
+
+    def _said_settled(self, replies: list[Any]) -> None:
+        """A settle then a wait for tasks (settle_then_fetch): the settle's answer is read,
+        and the BLMOVE waits; if the settle went through by count, say so now."""
+        if replies[0] == 1 and self.on_settled is not None:
+            self.on_settled()
 
     def _unsettled(self, settlements: Sequence[Settlement]) -> Sequence[Settlement]:
         """``settlements`` but those a settle that had no answer settled all the same
