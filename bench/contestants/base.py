@@ -247,6 +247,29 @@ class Contestant(abc.ABC):
         return []
 
 
+class RawContestant(Contestant):
+    """A raw client library as the master, its tasks ``"<index>:<n>"`` or alike: the
+    latency round is one :meth:`send` and one :meth:`collect` a task, as in
+    :meth:`throughput` (which each writes out, its sends inline)."""
+
+    @abc.abstractmethod
+    def send(self, index: int, n: int) -> None:
+        """Put task ``n``, numbered ``index``, on the task queue with the raw client."""
+
+    @abc.abstractmethod
+    def collect(self, collector: Collector, want: int) -> None:
+        """Add results to ``collector`` until it holds ``want`` of them."""
+
+    def latency(self, tasks: Sequence[int]) -> Latency:
+        return timed_sequential(tasks, self._round_trip)
+
+    def _round_trip(self, n: int) -> int | None:
+        collector = Collector([n])
+        self.send(0, n)
+        self.collect(collector, 1)
+        return collector.values[0]
+
+
 def timed_sequential(tasks: Sequence[int], one: Callable[[int], object]) -> Latency:
     """Call ``one(n) -> n*n`` for every task; time each call; verify each result."""
     samples: list[float] = []

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from multiprocessing.managers import BaseManager
 from typing import Any
 
-from contestants.base import Collector, Contestant, Latency, python, timed_sequential
+from contestants.base import Collector, RawContestant, python
 from launch import free_port
 
 _task_queue: queue.Queue[Any] = queue.Queue()
@@ -42,7 +42,7 @@ class QueueManager(BaseManager):
     pass
 
 
-class RawManager(Contestant):
+class RawManager(RawContestant):
     name = "raw"
 
     def start_workers(self) -> None:
@@ -61,7 +61,7 @@ class RawManager(Contestant):
             )
         self.workers.wait_ready("ready", limit=min(30.0, self.ctx.remaining()))
 
-    def _collect(self, collector: Collector, want: int) -> None:
+    def collect(self, collector: Collector, want: int) -> None:
         while collector.count < want:
             self.ctx.check_deadline("raw manager results")
             try:
@@ -76,17 +76,11 @@ class RawManager(Contestant):
         start = time.perf_counter()
         for i, n in enumerate(tasks):
             self.task_queue.put((i, n))
-        self._collect(collector, len(tasks))
+        self.collect(collector, len(tasks))
         return time.perf_counter() - start
 
-    def latency(self, tasks: Sequence[int]) -> Latency:
-        return timed_sequential(tasks, self._round_trip)
-
-    def _round_trip(self, n: int) -> int | None:
-        collector = Collector([n])
-        self.task_queue.put((0, n))
-        self._collect(collector, 1)
-        return collector.values[0]
+    def send(self, index: int, n: int) -> None:
+        self.task_queue.put((index, n))
 
     def broker_pids(self) -> list[int]:
         """The queue server ``BaseManager.start()`` forked (the manager keeps its

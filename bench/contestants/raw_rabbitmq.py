@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from contestants.base import Collector, Contestant, Latency, python, timed_sequential
+from contestants.base import Collector, RawContestant, python
 
 PREFETCH = 32
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
@@ -40,7 +40,7 @@ def _declare(channel: BlockingChannel, queue: str) -> tuple[str, str]:
     return tasks, results
 
 
-class RawRabbitmq(Contestant):
+class RawRabbitmq(RawContestant):
     name = "raw"
     confirms = False
     acks = False  # the master acks each result (else it consumes them with auto-ack)
@@ -67,7 +67,7 @@ class RawRabbitmq(Contestant):
             self.results_queue, auto_ack=not self.acks, inactivity_timeout=1.0
         )
 
-    def _collect(self, collector: Collector, want: int) -> None:
+    def collect(self, collector: Collector, want: int) -> None:
         while collector.count < want:
             self.ctx.check_deadline("raw rabbitmq results")
             method, _props, body = next(self.results)
@@ -83,17 +83,11 @@ class RawRabbitmq(Contestant):
         start = time.perf_counter()
         for i, n in enumerate(tasks):
             self.channel.basic_publish("", self.tasks_queue, f"{i}:{n}".encode(), PERSISTENT)
-        self._collect(collector, len(tasks))
+        self.collect(collector, len(tasks))
         return time.perf_counter() - start
 
-    def latency(self, tasks: Sequence[int]) -> Latency:
-        return timed_sequential(tasks, self._round_trip)
-
-    def _round_trip(self, n: int) -> int | None:
-        collector = Collector([n])
-        self.channel.basic_publish("", self.tasks_queue, f"0:{n}".encode(), PERSISTENT)
-        self._collect(collector, 1)
-        return collector.values[0]
+    def send(self, index: int, n: int) -> None:
+        self.channel.basic_publish("", self.tasks_queue, f"{index}:{n}".encode(), PERSISTENT)
 
     def stop_workers(self) -> None:
         super().stop_workers()

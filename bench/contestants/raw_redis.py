@@ -24,7 +24,7 @@ from typing import cast
 
 import redis
 
-from contestants.base import Collector, Contestant, Latency, python, timed_sequential
+from contestants.base import Collector, RawContestant, python
 
 BATCH = 500
 
@@ -43,7 +43,7 @@ def pop_batch(client: redis.Redis[bytes], key: str) -> list[bytes]:
     return [popped[1]] if popped else []
 
 
-class RawRedis(Contestant):
+class RawRedis(RawContestant):
     name = "raw"
     worker_mode = "batch"
 
@@ -65,7 +65,7 @@ class RawRedis(Contestant):
             )
         self.workers.wait_ready("ready", limit=min(30.0, self.ctx.remaining()))
 
-    def _collect(self, collector: Collector, want: int) -> None:
+    def collect(self, collector: Collector, want: int) -> None:
         while collector.count < want:
             self.ctx.check_deadline("raw redis results")
             items = pop_batch(self.client, self.results_key)
@@ -82,17 +82,11 @@ class RawRedis(Contestant):
             chunk = tasks[first : first + BATCH]
             pipe.lpush(self.tasks_key, *(f"{first + i}:{n}" for i, n in enumerate(chunk)))
         pipe.execute()
-        self._collect(collector, len(tasks))
+        self.collect(collector, len(tasks))
         return time.perf_counter() - start
 
-    def latency(self, tasks: Sequence[int]) -> Latency:
-        return timed_sequential(tasks, self._round_trip)
-
-    def _round_trip(self, n: int) -> int | None:
-        collector = Collector([n])
-        self.client.lpush(self.tasks_key, f"0:{n}")
-        self._collect(collector, 1)
-        return collector.values[0]
+    def send(self, index: int, n: int) -> None:
+        self.client.lpush(self.tasks_key, f"{index}:{n}")
 
     def stop_workers(self) -> None:
         super().stop_workers()

@@ -238,25 +238,12 @@ class Endings:
         else:
             reason = f"cannot run: {message}"
         error_type = type(error).__name__
+        traceback = traceback_text(error) if retryable else None
         try:
-            result = self._result(
-                task,
-                started_at,
-                duration,
-                status="error",
-                error_type=error_type,
-                error_message=reason,
-                error_traceback=traceback_text(error) if retryable else None,
-            )
+            result = self._error(task, started_at, duration, error_type, reason, traceback)
         except EnvelopeError:  # the reason made it too large: the dead letter keeps it
-            result = self._result(
-                task,
-                started_at,
-                duration,
-                status="error",
-                error_type=error_type,
-                error_message="(too large to send; the dead letter has the reason)",
-            )
+            too_large = "(too large to send; the dead letter has the reason)"
+            result = self._error(task, started_at, duration, error_type, too_large)
         nobody = task.reply_to == NO_REPLY
         settlement = Settlement(
             delivery,
@@ -276,9 +263,7 @@ class Endings:
         result: bytes | None = None
         if task.reply_to != NO_REPLY:
             with contextlib.suppress(Exception):
-                result = self._result(
-                    task, 0.0, 0.0, status="error", error_type="WorkerError", error_message=reason
-                )
+                result = self._error(task, 0.0, 0.0, "WorkerError", reason)
         settlement = Settlement(
             delivery,
             reply_to=None if result is None else task.reply_to,
@@ -386,10 +371,7 @@ class Endings:
         if task is None or task.reply_to == NO_REPLY:
             return None
         try:
-            now = time.time()
-            result = self._result(
-                task, now, 0.0, status="error", error_type=error_type, error_message=why
-            )
+            result = self._error(task, time.time(), 0.0, error_type, why)
         except EnvelopeError:  # a worker limit below a result's size: the dead letter says it
             return None
         return task, result
@@ -416,26 +398,31 @@ class Endings:
             fixes.append(_SAME_KEYS)
         why = f"{reason}; not run" + (f": {', and '.join(fixes)}" if fixes else "")
         try:  # the envelope, unsigned: sealing signs, and this one stays Unsealed
-            result = self._result(
-                task,
-                time.time(),
-                0.0,
-                status="error",
-                error_type="SignatureError",
-                error_message=why,
-            )
+            result = self._error(task, time.time(), 0.0, "SignatureError", why)
         except EnvelopeError:  # a worker limit below the result's size: the letter says it
             return None
         return task, Unsealed(result)
 
-    def _result(self, task: Task, started_at: float, duration: float, **fields: Any) -> bytes:
+    def _error(
+        self,
+        task: Task,
+        started_at: float,
+        duration: float,
+        error_type: str,
+        message: str,
+        traceback: str | None = None,
+    ) -> bytes:
+        """``task``'s error result, encoded; raises EnvelopeError when it is too large."""
         result = Result(
             task_id=task.id,
+            status="error",
             worker=self.worker_id,
             attempt=task.attempt,
             started_at=started_at,
             duration=duration,
-            **fields,
+            error_type=error_type,
+            error_message=message,
+            error_traceback=traceback,
         )
         return self.codec.encode_result(result)
 
