@@ -185,14 +185,22 @@ class Signer:
             }
             for kind in KINDS
         }
-        # per kind, the first key's header and MAC: what signs, in each format
-        self._signing, self._hmac_signing = (
-            {
-                kind: (magic + first + b" ", macs[magic + first + b" "])
-                for kind, macs in self._macs.items()
-            }
-            for magic in (MAGIC, HMAC_MAGIC)
-        )
+        # per kind, the DQSIG3 hash state's copy of each key by its header: the MAC made
+        # inline, without a call (most messages)
+        self._copies = {
+            kind: {MAGIC + kid + b" ": _keyed(key, kind, queue).copy for kid, key in named.items()}
+            for kind in KINDS
+        }
+        #: per kind, the first key's DQSIG3 header and its hash state's copy: what signs
+        #: an envelope up to ``BLAKE2B_MOST`` bytes (a caller may make the MAC inline)
+        self.signing = {
+            kind: (MAGIC + first + b" ", self._copies[kind][MAGIC + first + b" "]) for kind in KINDS
+        }
+        # per kind, the first key's DQSIG2 header and MAC: what signs a longer envelope
+        self._hmac_signing = {
+            kind: (HMAC_MAGIC + first + b" ", macs[HMAC_MAGIC + first + b" "])
+            for kind, macs in self._macs.items()
+        }
 
     def sign(self, envelope: bytes, kind: str, answering: bytes | None = None) -> bytes:
         """``envelope``, a ``kind`` (task or result), with its signature header in front;
@@ -200,9 +208,11 @@ class Signer:
         retry), when that came DQSIG2: an older master, and an older worker, reads only
         DQSIG2 (workers are upgraded first, beside older masters)."""
         if len(envelope) <= BLAKE2B_MOST and (answering is None or answering.startswith(MAGIC)):
-            header, mac = self._signing[kind]
-        else:
-            header, mac = self._hmac_signing[kind]
+            header, copy = self.signing[kind]
+            state = copy()
+            state.update(envelope)
+            return b"".join((header, state.hexdigest().encode(), b"\n", envelope))
+        header, mac = self._hmac_signing[kind]
         return b"".join((header, mac(envelope), b"\n", envelope))
 
     def signed_by_each(self, envelope: bytes, kind: str) -> list[bytes]:
@@ -223,9 +233,28 @@ class Signer:
         altered, or forged), or in a format this distq does not read. One MAC at most
         per call, however it ends: a message may be 128 MiB.
         """
-        # the header up to the signature names a key of ours in a format this distq
-        # reads (magic, key id and space in one lookup); slices, so a short message fails
+        # the header up to the signature names a key of ours in DQSIG3 (magic, key id and
+        # space in one lookup), and a newline ends it; else DQSIG2, or refused
         try:
+            copy = self._copies[kind][message[:_SIG_AT]]
+            newline = message[_NEWLINE_AT]
+        except KeyError:
+            return self._verify_hmac(message, kind)
+        except IndexError:  # shorter than a header
+            raise self._refusal(message, kind) from None
+        if newline != 0x0A:
+            raise self._refusal(message, kind)
+        envelope = message[_HEADER_LENGTH:]
+        state = copy()
+        state.update(envelope)
+        if _same(state.hexdigest().encode(), message[_SIG_AT:_NEWLINE_AT]):
+            return envelope
+        raise self._bad(kind, message[_ID_AT:_ID_END])
+
+    def _verify_hmac(self, message: bytes, kind: str) -> bytes:
+        """:meth:`verify` of a message not signed DQSIG3 with a key of ours: DQSIG2, or
+        refused saying why."""
+        try:  # slices, so a short message fails
             mac = self._macs[kind][message[:_SIG_AT]]
         except KeyError:
             raise self._refusal(message, kind) from None

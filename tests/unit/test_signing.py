@@ -792,3 +792,29 @@ def test_a_batch_of_tasks_is_sealed_as_each_alone(keys: list[bytes]) -> None:
     large = task("x" * 1024)
     with pytest.raises(MessageTooLarge, match=rf"^task square \[{large.id}\] cannot be submitted"):
         codec.seal_tasks([*tasks, large])
+
+
+PINNED_KEY = b"pinned-key-0123456789abcdef"
+
+
+def test_signed_tasks_and_packs_keep_their_exact_bytes_for_a_fixed_key() -> None:
+    """The wire format byte for byte, as literals: a change to how signing is computed
+    (its speed-ups) must not change one byte a process of another version reads."""
+    codec = Codec([PINNED_KEY], queue="q1")
+    made = Task("square", [7], "replies", {}, "t-1", 1, 3, 1700000000.5)
+    envelope = (
+        b'{"v":1,"id":"t-1","name":"square","args":[7],"kwargs":{},"reply_to":"replies",'
+        b'"attempt":1,"max_attempts":3,"created_at":1700000000.5}'
+    )
+    header = b"DQSIG3 69f9c6ee ba2961322f47f2a2bc30819cab1f21c3c4f2ee05f39c06248be1e48945fb1559\n"
+    assert codec.seal_tasks([made]) == [codec.seal_task(made)] == [header + envelope]
+    assert codec.open_task(header + envelope) == made
+    results = [
+        Result(f"t-{n}", "ok", "w", 1, 1700000000.25, 0.5, value=n).encode() for n in range(6)
+    ]
+    short = b"DQSIG3 69f9c6ee 42768a4ff3aba47467234584ecbd28f8dc8996b4aa8cd27f82fa088c90406b6f\n"
+    long = b"DQSIG2 69f9c6ee 3ae845ad699c8979398e68812b6946fd479e11ca49cd41fc9f2d43224925b993\n"
+    for pack, signed in ((results[:2], short), (results, long)):
+        sealed = b"".join((signed, b"[", b",".join(pack), b"]"))
+        assert codec.seal_results(pack) == [sealed]
+        assert codec.open_results(sealed) == pack
