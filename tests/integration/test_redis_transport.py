@@ -2043,6 +2043,35 @@ def test_a_fixed_command_is_packed_once_and_answered_as_any(
     wire.close()
 
 
+def test_a_large_settle_goes_out_in_the_sends_redis_py_makes(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settle of a 7 KB result then the wait for tasks and the claim: sent as redis-py's
+    pack_commands cuts them (the settle alone, the wait and claim joined), not each
+    command in a send of its own once the three pass 6,000 bytes."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    consumer = t.consumer("c")
+    producer.submit([b"first"])
+    (delivery,) = consumer.fetch(5, timeout=1)  # the ready list is empty now: a wait
+    conn = consumer._w._connection()
+    sends: list[list[int]] = []
+    send = conn.send_packed_command
+
+    def spy(chunks: Any, check_health: bool = True) -> None:
+        sends.append([len(chunk) for chunk in chunks])
+        send(chunks, check_health)
+
+    monkeypatch.setattr(conn, "send_packed_command", spy)
+    sent = _pipelined(consumer, monkeypatch)
+    settled = Settlement(delivery, reply_to=producer.reply_to, result=b"r" * 7000)
+    assert consumer.settle_then_fetch([settled], 5, timeout=0.2) == []
+    assert sent == [["EVALSHA", "BLMOVE", "EVALSHA"]]
+    assert producer.results(5, timeout=1) == [b"r" * 7000]
+    (lengths,) = sends
+    assert len(lengths) == 2 and lengths[0] > 7000 and lengths[1] < 6000, lengths
+
+
 def test_a_settle_after_the_queue_ran_dry_waits_for_the_next_task_in_its_round_trip(
     open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -96,8 +96,30 @@ def _packed(conn: Any, commands: Sequence[Sequence[Arg]]) -> list[bytes]:
             out.append(command.packed(conn))
         else:
             out += conn.pack_command(*command)
-    if len(out) > 1 and sum(map(len, out)) <= JOIN_BYTES:
-        return [b"".join(out)]
+    if len(out) > 1:
+        return [b"".join(out)] if sum(map(len, out)) <= JOIN_BYTES else _joined(out)
+    return out
+
+
+def _joined(chunks: list[bytes]) -> list[bytes]:
+    """``chunks`` cut into sends as redis-py's ``pack_commands`` cuts them: small ones
+    joined until past :data:`JOIN_BYTES`, a larger one sent as it is (a settle of a
+    large result, then the wait and the claim: two sends, not three)."""
+    out: list[bytes] = []
+    pieces: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        if size > JOIN_BYTES or len(chunk) > JOIN_BYTES:
+            if pieces:
+                out.append(b"".join(pieces))
+            pieces, size = [], 0
+        if len(chunk) > JOIN_BYTES:
+            out.append(chunk)
+        else:
+            pieces.append(chunk)
+            size += len(chunk)
+    if pieces:
+        out.append(b"".join(pieces))
     return out
 
 
