@@ -907,6 +907,10 @@ class _Refusals:
     def __contains__(self, refusal: str) -> bool:
         return refusal in self._refused
 
+    def __bool__(self) -> bool:
+        """Whether this master refused anything yet."""
+        return bool(self._refused)
+
     def first(self, refusal: str, newer: Callable[[], _T], older: Callable[[], _T]) -> _T:
         """``newer()``; ``older()`` at its refusal by ``refusal`` (refused unread: nothing
         was done), and from then on in its place."""
@@ -914,11 +918,18 @@ class _Refusals:
             try:
                 return newer()
             except TransportError as exc:
-                said = exc.traceback if isinstance(exc, FailedRequest) else str(exc)
-                if refusal not in said:
+                if not self.learnt(exc, refusal):
                     raise
-                self._refused.add(refusal)
         return older()
+
+    def learnt(self, exc: TransportError, *refusals: str) -> bool:
+        """Whether ``exc`` is the refusal of one of ``refusals``, kept if so."""
+        said = exc.traceback if isinstance(exc, FailedRequest) else str(exc)
+        for refusal in refusals:
+            if refusal in said:
+                self._refused.add(refusal)
+                return True
+        return False
 
     def forget(self) -> None:
         self._refused.clear()
@@ -1214,8 +1225,11 @@ class ManagerConsumer(Consumer):
             self.settle(settlements)
             return []
         self._begin()
+        settlements = self._fitted(settlements)
+        if len(settlements) == 1:  # one call, whatever its size: no earlier call to tell of
+            return self._settle_last_then_fetch(settlements, max_count, timeout)
         with self._telling_settled():
-            *before, settlements = _settle_batches(self._fitted(settlements))  # large results
+            *before, settlements = _settle_batches(settlements)  # large results
             for batch in before:
                 self._settle(batch)
             return self._settle_last_then_fetch(settlements, max_count, timeout)
@@ -1230,8 +1244,18 @@ class ManagerConsumer(Consumer):
             with self._bounded():
                 return self._settle_then_fetch_late(settlements, max_count)
         args = (self._queue, self._id, _wire(settlements), max_count, self._lease)
+        settle_fetch = self._broker.settle_fetch
         with self._bounded():
-            settle_fetch = self._broker.settle_fetch
+            if not self._refusals:  # a master that took every keyword so far: no closures
+                try:
+                    return _deliveries(
+                        _call_list(
+                            self._address, settle_fetch, *args, most=self._own_most, wait=timeout
+                        )
+                    )
+                except TransportError as exc:
+                    if not self._refusals.learnt(exc, _OLDER_WAIT, _OLDER_LIMITS):
+                        raise
             wire: list[Wire] = self._refusals.first(
                 _OLDER_WAIT,
                 lambda: self._claim(_call_list, settle_fetch, *args, wait=timeout),
