@@ -670,7 +670,9 @@ class _ServedUntil:
                 obj = _ran_before_the_stop(self._method, obj)
             if obj is None:
                 raise EOFError("the master stopped")
-        leased, results = _leased(self._method, obj), _got(self._method, obj)
+        method = self._method
+        leased = _leased(method, obj) if method in _LEASES else []
+        results = _got(method, obj) if method == "get" else []
         if (leased or results) and self._peer.left():
             self._hand_back(leased, results)
             raise EOFError("its peer left")
