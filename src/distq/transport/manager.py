@@ -1132,7 +1132,7 @@ class ManagerConsumer(Consumer):
         letter so large by one that keeps the start of its task: sent, the master refused
         the whole settle and the task ran again, each time. Only a result or letter too
         large for some master's frames asks this one's limit (once)."""
-        if self._too_large is None or all(_largest(s) <= _LEAST_ROOM for s in settlements):
+        if self._too_large is None or max(map(_largest, settlements), default=0) <= _LEAST_ROOM:
             return settlements
         if self._master_most is None:  # asked once: an older master's refusal is kept
             self._master_most = _master_limit(self._address, self._broker, self._refusals)
@@ -1247,17 +1247,19 @@ class ManagerConsumer(Consumer):
                 return self._settle_then_fetch_late(settlements, max_count)
         args = (self._queue, self._id, _wire(settlements), max_count, self._lease)
         settle_fetch = self._broker.settle_fetch
-        with self._bounded():
-            if not self._refusals:  # a master that took every keyword so far: no closures
-                try:
-                    return _deliveries(
-                        _call_list(
-                            self._address, settle_fetch, *args, most=self._own_most, wait=timeout
-                        )
+        # a slot's call (unbounded: not the keeper's) to a master that took every keyword
+        # so far: no closures, no context
+        if not self._refusals and self._keepers() is None:
+            try:
+                return _deliveries(
+                    _call_list(
+                        self._address, settle_fetch, *args, most=self._own_most, wait=timeout
                     )
-                except TransportError as exc:
-                    if not self._refusals.learnt(exc, _OLDER_WAIT, _OLDER_LIMITS):
-                        raise
+                )
+            except TransportError as exc:
+                if not self._refusals.learnt(exc, _OLDER_WAIT, _OLDER_LIMITS):
+                    raise
+        with self._bounded():
             wire: list[Wire] = self._refusals.first(
                 _OLDER_WAIT,
                 lambda: self._claim(_call_list, settle_fetch, *args, wait=timeout),
@@ -1377,11 +1379,14 @@ _OLDER_WAIT = "unexpected keyword argument 'wait'"
 def _may_be_late(settlements: Sequence[Settlement]) -> bool:
     """Whether any of ``settlements`` publishes a retry or a dead letter, which a master
     refuses from a lease that lapsed."""
-    return any(s.retry is not None or s.dead_letter is not None for s in settlements)
+    for s in settlements:  # noqa: SIM110  # any() made a generator for a lone task
+        if s.retry is not None or s.dead_letter is not None:
+            return True
+    return False
 
 
 def _wire(settlements: Sequence[Settlement]) -> list[WireSettlement]:
-    tokens = tags_of((s.delivery for s in settlements), int, "manager")
+    tokens = tags_of([s.delivery for s in settlements], int, "manager")
     return [
         (token, s.reply_to, s.result, s.retry, s.retry_delay, s.dead_letter)
         for token, s in zip(tokens, settlements, strict=True)
