@@ -16,6 +16,7 @@ with valgrind's callgrind, the instructions per task of the steps whose name hol
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import gc
 import inspect
@@ -24,6 +25,7 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -180,6 +182,55 @@ def lone_tasks(bodies: list[bytes]) -> Callable[[], None]:
         worker._work_on(slot, 0)
 
     return step
+
+
+class ManagerLoneTask:
+    """A lone task on manager, both ends in this process: the master's transport hosted
+    here, a worker's connected to it over 127.0.0.1. Each call submits one task, settles
+    the one before with its result in the same call that fetches this one
+    (``settle_then_fetch``, as a worker's slot does) and reads that result back: the
+    worker's transport and the master's served side of one request, no slot, no run.
+    Opened at the first call, so that both counts of ``--instructions`` pay it once."""
+
+    def __init__(self) -> None:
+        self.pending: Settlement | None = None
+
+    def _open(self) -> None:
+        from distq.config import Settings
+        from distq.transport import open_transport
+
+        with socket.socket() as probe:  # a free port on 127.0.0.1
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        settings = Settings(
+            transport="manager", authkey=KEY, manager_address=("127.0.0.1", port), lease_seconds=60
+        )
+        master = open_transport(settings, "master")
+        worker = open_transport(settings, "worker")
+        atexit.register(master.close)
+        atexit.register(worker.close)
+        self.reply_to = master.reply_queue("0" * 32)
+        self.producer = master.producer(self.reply_to)
+        self.consumer = worker.consumer("host-1-0")
+        self.body = Codec().seal_task(Task("square", [733], self.reply_to))
+        self.result = Result(
+            task_id="0" * 32, status="ok", worker="host-1-0", attempt=1,
+            started_at=time.time(), duration=2.1e-06, value=537289,
+        ).encode()  # fmt: skip
+
+    def __call__(self) -> None:
+        if self.pending is None:
+            self._open()
+            self.producer.submit([self.body])
+            got = self.consumer.fetch(1, 5.0)
+        else:
+            self.producer.submit([self.body])
+            got = self.consumer.settle_then_fetch([self.pending], 1, 5.0)
+            if len(self.producer.results(1, 5.0)) != 1:
+                raise RuntimeError("the lone task's result did not come back")
+        if len(got) != 1:
+            raise RuntimeError(f"a lone task fetched {len(got)} tasks, not 1")
+        self.pending = Settlement(got[0], self.reply_to, self.result)
 
 
 #: A step: what one call does, how many tasks one call handles, and how many calls a round makes.
@@ -381,6 +432,11 @@ def steps() -> dict[str, Step]:
             lone_tasks(bodies),
             BATCH,
             20,
+        ),
+        "manager: a lone task, submitted, settled with the next fetch, its result read": (
+            ManagerLoneTask(),
+            1,
+            2000,
         ),
         "worker: seal a batch's results (128), per task": (
             lambda: seal_batch(plain, results),

@@ -670,7 +670,9 @@ class _ServedUntil:
                 obj = _ran_before_the_stop(self._method, obj)
             if obj is None:
                 raise EOFError("the master stopped")
-        leased, results = _leased(self._method, obj), _got(self._method, obj)
+        method = self._method
+        leased = _leased(method, obj) if method in _LEASES else []
+        results = _got(method, obj) if method == "get" else []
         if (leased or results) and self._peer.left():
             self._hand_back(leased, results)
             raise EOFError("its peer left")
@@ -907,6 +909,10 @@ class _Refusals:
     def __contains__(self, refusal: str) -> bool:
         return refusal in self._refused
 
+    def __bool__(self) -> bool:
+        """Whether this master refused anything yet."""
+        return bool(self._refused)
+
     def first(self, refusal: str, newer: Callable[[], _T], older: Callable[[], _T]) -> _T:
         """``newer()``; ``older()`` at its refusal by ``refusal`` (refused unread: nothing
         was done), and from then on in its place."""
@@ -914,11 +920,18 @@ class _Refusals:
             try:
                 return newer()
             except TransportError as exc:
-                said = exc.traceback if isinstance(exc, FailedRequest) else str(exc)
-                if refusal not in said:
+                if not self.learnt(exc, refusal):
                     raise
-                self._refused.add(refusal)
         return older()
+
+    def learnt(self, exc: TransportError, *refusals: str) -> bool:
+        """Whether ``exc`` is the refusal of one of ``refusals``, kept if so."""
+        said = exc.traceback if isinstance(exc, FailedRequest) else str(exc)
+        for refusal in refusals:
+            if refusal in said:
+                self._refused.add(refusal)
+                return True
+        return False
 
     def forget(self) -> None:
         self._refused.clear()
@@ -1119,7 +1132,7 @@ class ManagerConsumer(Consumer):
         letter so large by one that keeps the start of its task: sent, the master refused
         the whole settle and the task ran again, each time. Only a result or letter too
         large for some master's frames asks this one's limit (once)."""
-        if self._too_large is None or all(_largest(s) <= _LEAST_ROOM for s in settlements):
+        if self._too_large is None or max(map(_largest, settlements), default=0) <= _LEAST_ROOM:
             return settlements
         if self._master_most is None:  # asked once: an older master's refusal is kept
             self._master_most = _master_limit(self._address, self._broker, self._refusals)
@@ -1214,8 +1227,11 @@ class ManagerConsumer(Consumer):
             self.settle(settlements)
             return []
         self._begin()
+        settlements = self._fitted(settlements)
+        if len(settlements) == 1:  # one call, whatever its size: no earlier call to tell of
+            return self._settle_last_then_fetch(settlements, max_count, timeout)
         with self._telling_settled():
-            *before, settlements = _settle_batches(self._fitted(settlements))  # large results
+            *before, settlements = _settle_batches(settlements)  # large results
             for batch in before:
                 self._settle(batch)
             return self._settle_last_then_fetch(settlements, max_count, timeout)
@@ -1230,8 +1246,20 @@ class ManagerConsumer(Consumer):
             with self._bounded():
                 return self._settle_then_fetch_late(settlements, max_count)
         args = (self._queue, self._id, _wire(settlements), max_count, self._lease)
+        settle_fetch = self._broker.settle_fetch
+        # a slot's call (unbounded: not the keeper's) to a master that took every keyword
+        # so far: no closures, no context
+        if not self._refusals and self._keepers() is None:
+            try:
+                return _deliveries(
+                    _call_list(
+                        self._address, settle_fetch, *args, most=self._own_most, wait=timeout
+                    )
+                )
+            except TransportError as exc:
+                if not self._refusals.learnt(exc, _OLDER_WAIT, _OLDER_LIMITS):
+                    raise
         with self._bounded():
-            settle_fetch = self._broker.settle_fetch
             wire: list[Wire] = self._refusals.first(
                 _OLDER_WAIT,
                 lambda: self._claim(_call_list, settle_fetch, *args, wait=timeout),
@@ -1351,11 +1379,14 @@ _OLDER_WAIT = "unexpected keyword argument 'wait'"
 def _may_be_late(settlements: Sequence[Settlement]) -> bool:
     """Whether any of ``settlements`` publishes a retry or a dead letter, which a master
     refuses from a lease that lapsed."""
-    return any(s.retry is not None or s.dead_letter is not None for s in settlements)
+    for s in settlements:  # noqa: SIM110  # any() made a generator for a lone task
+        if s.retry is not None or s.dead_letter is not None:
+            return True
+    return False
 
 
 def _wire(settlements: Sequence[Settlement]) -> list[WireSettlement]:
-    tokens = tags_of((s.delivery for s in settlements), int, "manager")
+    tokens = tags_of([s.delivery for s in settlements], int, "manager")
     return [
         (token, s.reply_to, s.result, s.retry, s.retry_delay, s.dead_letter)
         for token, s in zip(tokens, settlements, strict=True)

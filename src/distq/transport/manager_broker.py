@@ -38,7 +38,8 @@ class Oversized(Protocol):
 
     def sendable(self, most: int) -> int:
         """The largest body a fetch reply carries to a worker of DISTQ_MAX_MESSAGE_BYTES
-        ``most``: what its frame limit reads besides the rest of the reply."""
+        ``most``: what its frame limit reads besides the rest of the reply. The same for the
+        same ``most``: the broker keeps the last one asked."""
         ...
 
     def __call__(
@@ -222,6 +223,8 @@ class QueueBroker:
         self._clock = clock
         self._oversized = oversized
         self._most = most
+        # (most, sendable): the last worker's limit, asked at each of its fetches
+        self._last_sendable: tuple[int, int] | None = None
         self._reply_ttl = reply_ttl
         self._stood_still = stood_still
         self._reaped: float | None = None  # when the last reap ran
@@ -335,7 +338,12 @@ class QueueBroker:
             return None
         if type(most) is not int:  # before any body is taken
             raise TypeError(f"a limit of {type(most).__name__}, not an int")
-        return self._oversized.sendable(most)
+        last = self._last_sendable
+        if last is not None and last[0] == most:
+            return last[1]
+        sendable = self._oversized.sendable(most)
+        self._last_sendable = (most, sendable)
+        return sendable
 
     def open(self, reply_to: str) -> bool:
         """Open or renew a producer's reply queue: results addressed to it are kept for
@@ -698,6 +706,10 @@ class QueueBroker:
         return items
 
     def _push(self, queue: str, bodies: Sequence[bytes]) -> None:
+        if len(bodies) == 1:  # a lone task's, a result's: no generator
+            self._queue(queue).append((bodies[0], False))
+            self._ready[queue].notify(1)
+            return
         self._queue(queue).extend((body, False) for body in bodies)
         self._ready[queue].notify(len(bodies))
 
