@@ -5,6 +5,7 @@ second request, which the master's next task waited for."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -87,6 +88,69 @@ def test_a_master_whose_settle_fetch_takes_no_wait_settles_once_and_is_not_asked
         )
         assert named == [{"wait": 5.0}, {}, {}]
         assert sorted(producer.results(2, 10)) == [b"r:one", b"r:two"]
+        consumer.close()
+    finally:
+        remote.close()
+        hosted.close()
+
+
+@pytest.mark.parametrize("takes", [{"most"}, {"wait"}, set()], ids=["no-wait", "no-most", "none"])
+def test_a_lone_settle_to_a_master_refusing_most_or_wait_settles_once_and_learns_both(
+    takes: set[str],
+) -> None:
+    """A lone task's settle goes straight to its call, naming ``most`` and ``wait``: a
+    master that takes either not (Python's own refusal, naming one at a time) is asked
+    again without each it refused, its task settled once, and not asked of them again."""
+    settings = fake_settings()
+    hosted = open_transport(settings, "master")
+    broker = hosted._broker  # type: ignore[attr-defined]
+    assert isinstance(broker, QueueBroker)
+    named: list[list[str]] = []
+
+    def older(
+        queue: str, consumer: str, items: list[WireSettlement], count: int, lease: float
+    ) -> list[Wire]:
+        return QueueBroker.settle_fetch(broker, queue, consumer, items, count, lease)
+
+    def with_most(
+        queue: str, consumer: str, items: list[WireSettlement], count: int, lease: float, most: Any
+    ) -> list[Wire]:
+        return QueueBroker.settle_fetch(broker, queue, consumer, items, count, lease, most)
+
+    def with_wait(
+        queue: str, consumer: str, items: list[WireSettlement], count: int, lease: float, wait: Any
+    ) -> list[Wire]:
+        return QueueBroker.settle_fetch(broker, queue, consumer, items, count, lease, wait=wait)
+
+    served: dict[frozenset[str], Callable[..., list[Wire]]] = {
+        frozenset(): older,
+        frozenset({"most"}): with_most,
+        frozenset({"wait"}): with_wait,
+    }
+    own = served[frozenset(takes)]
+
+    def asked(*args: Any, **kwargs: Any) -> list[Wire]:
+        named.append(sorted(kwargs))
+        return own(*args, **kwargs)
+
+    broker.settle_fetch = asked  # type: ignore[method-assign]
+    remote = open_transport(settings, "worker")
+    try:
+        producer = hosted.producer(hosted.reply_queue(new_id()))
+        producer.submit([b"one", b"two"])
+        consumer = remote.consumer("c1")
+        (one,) = consumer.fetch(1, 10)
+        got = consumer.settle_then_fetch([Settlement(one, producer.reply_to, b"r:one")], 1, 0.5)
+        assert [d.body for d in got] == [b"two"]
+        first = len(named)
+        assert (
+            consumer.settle_then_fetch([Settlement(got[0], producer.reply_to, b"r:two")], 1, 0.5)
+            == []
+        )
+        assert named[0] == ["most", "wait"]
+        assert named[first:] == [sorted(takes)]  # learnt: asked as it takes at once
+        assert sorted(producer.results(2, 10)) == [b"r:one", b"r:two"]
+        assert hosted.stats().in_flight == 0
         consumer.close()
     finally:
         remote.close()
