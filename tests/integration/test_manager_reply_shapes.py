@@ -271,3 +271,23 @@ def test_a_masters_traceback_is_said_in_one_short_line(kind: str) -> None:
                 assert "\n" not in message and len(message) < 400, message[:400]
             finally:
                 remote.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_keepers_lone_settle_then_fetch_waits_for_the_master_within_its_bound() -> None:
+    # a lone settle goes straight to its call, with no context for a slot's (unbounded as
+    # before: REPLY_TIMEOUT); the keeper's stays within a third of the lease (1 s here)
+    settings = _settings()
+    with _fake_master(settings, "", None, stall_on="settle_fetch"):
+        remote = open_transport(settings, "worker")
+        try:
+            remote.heartbeat([])  # this thread is the worker's keeper
+            consumer = remote.consumer("c1")
+            lone = Settlement(Delivery(body=b"b", tag=1), reply_to="r", result=b"x")
+            started = time.monotonic()
+            with pytest.raises(TransportError, match=r"did not answer within 1 s"):
+                consumer.settle_then_fetch([lone], 1, 0.5)
+            took = time.monotonic() - started
+            assert took < 15, f"the keeper waited {took:.1f} s for a settle"
+        finally:
+            remote.close()
