@@ -849,7 +849,6 @@ class RabbitMQConsumer(Consumer):
         self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
         self._split_after = 0.0  # no splitting a pack before (see fetch)
         self._short = False  # the last fetch wanted fewer tasks than a pack holds
-        self._took_packs = False  # a fetch wanted a pack's worth or more
         self._said_letters_refused = False
         self._lost = LostTasks(transport.running_lost)  # tasks of a lost link (_linked)
         self._relink_after = 0.0  # no new link tried before (see _linked)
@@ -1003,11 +1002,13 @@ class RabbitMQConsumer(Consumer):
                 got = self._defer_running(got)
             short, was_short = want < self._per_message, self._short
             self._short = short
-            self._took_packs |= not short
-            # one short fetch after whole packs is one slow batch of fast tasks (a process
-            # preempted for 40 ms), no sign of slow ones: its split sent a 4,096-task
-            # buffer back one task per message. A second in a row splits
-            split = short and (was_short or not self._took_packs)
+            # one short fetch is no sign of slow tasks: after whole packs, one slow batch
+            # of fast tasks (a process preempted for 40 ms; its split sent a 4,096-task
+            # buffer back one task per message); as a slot's first, one task before any
+            # ran (31 of its pack sent back one per message, that the next fetch of fast
+            # tasks takes whole). A second in a row splits; until then a slow task's
+            # neighbours wait for it at most a heartbeat, whose hand-back sends them back
+            split = short and was_short
             if self._buffer and split and time.monotonic() >= self._split_after:
                 # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
                 # the pack goes back in messages of what it takes, for idle workers. What
