@@ -846,6 +846,8 @@ class RabbitMQConsumer(Consumer):
         self._seen: dict[int, float] = {}  # held message -> when a heartbeat first saw it
         # tasks in the last message received; until one came, assume packs (no hoarding)
         self._per_message = TASKS_PER_MESSAGE
+        # tasks a message holds, as the window counts them: see _received
+        self._message_tasks = float(TASKS_PER_MESSAGE)
         self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
         self._split_after = 0.0  # no splitting a pack before (see fetch)
         self._short = False  # the last fetch wanted fewer tasks than a pack holds
@@ -982,8 +984,18 @@ class RabbitMQConsumer(Consumer):
         if redelivered or (props.headers and from_a_record(props.headers)):
             self._again.update(d.tag for d in delivered)  # maybe a copy: see _defer_running
         self._per_message = len(bodies)
+        self._received(len(bodies))
         if method.consumer_tag == self._tag:
             self._current.add(tag)
+
+    def _received(self, tasks: int) -> None:
+        """Count a message of ``tasks`` in the estimate that sizes the window: up at once
+        (a window too large hoards), down by a quarter of the difference. The last
+        message's count swung it: packs of 32 with a split's message of 8 among them
+        resized a 128-task batch's window 4 -> 16 -> 4 messages, 8 to 15 times a
+        20,000-task job of two workers."""
+        estimate = self._message_tasks
+        self._message_tasks = max(float(tasks), estimate - (estimate - tasks) / 4)
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         """Tasks pushed by the broker, at most ``min(max_count, prefetch)`` at a time."""
@@ -1102,10 +1114,11 @@ class RabbitMQConsumer(Consumer):
         A consumer's prefetch is fixed when it starts (global QoS, which could change it,
         is refused by RabbitMQ 4.3), so resizing means cancel, ``basic_qos``, consume:
         three round trips. :class:`PrefetchWindow` decides when that is worth it. The
-        window counts messages: ``want`` tasks are as many messages as the last one's
-        size says. What the broker pushed the old consumer until its Cancel-ok is kept,
-        buffered for the slot (:meth:`_cancel`): pika's reject sent it back to the queue,
-        flagged redelivered, 12 to 21 messages a 20,000-task job of two workers.
+        window counts messages: ``want`` tasks are as many messages as the estimate of
+        the tasks one holds says (:meth:`_received`). What the broker pushed the old
+        consumer until its Cancel-ok is kept, buffered for the slot (:meth:`_cancel`):
+        pika's reject sent it back to the queue, flagged redelivered, 12 to 21 messages a
+        20,000-task job of two workers.
 
         On a queue that counts deliveries (a quorum queue) the cancel waits up to
         :data:`_FILL_SECONDS` for the window to fill: what the broker had sent on its way
@@ -1114,7 +1127,7 @@ class RabbitMQConsumer(Consumer):
         growing batch dead-lettered tasks unrun at a delivery limit (rmq32). A full
         window has nothing on its way.
         """
-        per = self._per_message
+        per = max(1, round(self._message_tasks))
         free = self._window.size - len(self._current)  # the broker may still push this many
         consuming = self._tag is not None
         supply = -(-len(self._buffer) // per) + free if consuming else 0
