@@ -846,10 +846,11 @@ class RabbitMQConsumer(Consumer):
         self._seen: dict[int, float] = {}  # held message -> when a heartbeat first saw it
         # tasks in the last message received; until one came, assume packs (no hoarding)
         self._per_message = TASKS_PER_MESSAGE
+        # tasks a message holds, as the window counts them: see _received
+        self._message_tasks = float(TASKS_PER_MESSAGE)
         self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
         self._split_after = 0.0  # no splitting a pack before (see fetch)
         self._short = False  # the last fetch wanted fewer tasks than a pack holds
-        self._took_packs = False  # a fetch wanted a pack's worth or more
         self._said_letters_refused = False
         self._lost = LostTasks(transport.running_lost)  # tasks of a lost link (_linked)
         self._relink_after = 0.0  # no new link tried before (see _linked)
@@ -983,8 +984,18 @@ class RabbitMQConsumer(Consumer):
         if redelivered or (props.headers and from_a_record(props.headers)):
             self._again.update(d.tag for d in delivered)  # maybe a copy: see _defer_running
         self._per_message = len(bodies)
+        self._received(len(bodies))
         if method.consumer_tag == self._tag:
             self._current.add(tag)
+
+    def _received(self, tasks: int) -> None:
+        """Count a message of ``tasks`` in the estimate that sizes the window: up at once
+        (a window too large hoards), down by a quarter of the difference. The last
+        message's count swung it: packs of 32 with a split's message of 8 among them
+        resized a 128-task batch's window 4 -> 16 -> 4 messages, 8 to 15 times a
+        20,000-task job of two workers."""
+        estimate = self._message_tasks
+        self._message_tasks = max(float(tasks), estimate - (estimate - tasks) / 4)
 
     def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
         """Tasks pushed by the broker, at most ``min(max_count, prefetch)`` at a time."""
@@ -1003,11 +1014,13 @@ class RabbitMQConsumer(Consumer):
                 got = self._defer_running(got)
             short, was_short = want < self._per_message, self._short
             self._short = short
-            self._took_packs |= not short
-            # one short fetch after whole packs is one slow batch of fast tasks (a process
-            # preempted for 40 ms), no sign of slow ones: its split sent a 4,096-task
-            # buffer back one task per message. A second in a row splits
-            split = short and (was_short or not self._took_packs)
+            # one short fetch is no sign of slow tasks: after whole packs, one slow batch
+            # of fast tasks (a process preempted for 40 ms; its split sent a 4,096-task
+            # buffer back one task per message); as a slot's first, one task before any
+            # ran (31 of its pack sent back one per message, that the next fetch of fast
+            # tasks takes whole). A second in a row splits; until then a slow task's
+            # neighbours wait for it at most a heartbeat, whose hand-back sends them back
+            split = short and was_short
             if self._buffer and split and time.monotonic() >= self._split_after:
                 # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
                 # the pack goes back in messages of what it takes, for idle workers. What
@@ -1101,10 +1114,11 @@ class RabbitMQConsumer(Consumer):
         A consumer's prefetch is fixed when it starts (global QoS, which could change it,
         is refused by RabbitMQ 4.3), so resizing means cancel, ``basic_qos``, consume:
         three round trips. :class:`PrefetchWindow` decides when that is worth it. The
-        window counts messages: ``want`` tasks are as many messages as the last one's
-        size says. What the broker pushed the old consumer until its Cancel-ok is kept,
-        buffered for the slot (:meth:`_cancel`): pika's reject sent it back to the queue,
-        flagged redelivered, 12 to 21 messages a 20,000-task job of two workers.
+        window counts messages: ``want`` tasks are as many messages as the estimate of
+        the tasks one holds says (:meth:`_received`). What the broker pushed the old
+        consumer until its Cancel-ok is kept, buffered for the slot (:meth:`_cancel`):
+        pika's reject sent it back to the queue, flagged redelivered, 12 to 21 messages a
+        20,000-task job of two workers.
 
         On a queue that counts deliveries (a quorum queue) the cancel waits up to
         :data:`_FILL_SECONDS` for the window to fill: what the broker had sent on its way
@@ -1113,7 +1127,7 @@ class RabbitMQConsumer(Consumer):
         growing batch dead-lettered tasks unrun at a delivery limit (rmq32). A full
         window has nothing on its way.
         """
-        per = self._per_message
+        per = max(1, round(self._message_tasks))
         free = self._window.size - len(self._current)  # the broker may still push this many
         consuming = self._tag is not None
         supply = -(-len(self._buffer) // per) + free if consuming else 0
