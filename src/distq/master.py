@@ -548,7 +548,9 @@ class _Run(Generic[E]):
         tasks = self.workload.tasks(count, self.master.reply_to)
         made = [task for task, _ in tasks]
         ids = [task.id for task in made]
-        self.collector.expect(zip(ids, [entry for _, entry in tasks], strict=True), made_at)
+        # each task's name kept with it, for its JSON "result received" line
+        named = [(task.id, entry, task.name) for task, entry in tasks]
+        self.collector.expect_named(named, made_at)
         bodies = self.master.codec.seal_tasks(made)
         # counted as submitted before the call: one that fails is an outage, and the
         # reconcile after it says whether the broker got them; the answered ones before
