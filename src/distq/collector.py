@@ -212,8 +212,9 @@ class Collector(Generic[E]):
             self.latencies.extend(round_trips)
         if len(self._finished) >= self._remember:  # a new generation; the oldest goes
             self._finished_before, self._finished = self._finished, set()
-        duplicates = self.duplicates - duplicates_before
-        telemetry.collected(len(self._pending), received, counted, round_trips, duplicates)
+        if count is not None or logged:  # else the call does nothing
+            duplicates = self.duplicates - duplicates_before
+            telemetry.collected(len(self._pending), received, counted, round_trips, duplicates)
         return firsts
 
     def _refused(self, error: EnvelopeError, count: int = 1) -> None:
