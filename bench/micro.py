@@ -29,8 +29,11 @@ import socket
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
+import distq.telemetry
 from distq import signing
 from distq.codec import Codec
 from distq.console import Console
@@ -90,6 +93,8 @@ def open_batch(codec: Codec, messages: list[bytes]) -> list[Result]:
 
 #: Whether the code measured hands a master's telemetry its first results and round trips.
 COLLECTED_FIRSTS = "firsts" in inspect.signature(MasterTelemetry.collected).parameters
+#: Whether it takes each result's task name with it (kept by the collector), not by id
+NAMED = len(typing.get_args(getattr(distq.telemetry, "Received", tuple[Any, Any]))) == 3
 
 
 def collected(telemetry: MasterTelemetry, results: list[Result]) -> None:
@@ -102,10 +107,17 @@ def collected(telemetry: MasterTelemetry, results: list[Result]) -> None:
             telemetry.result(r, 0.001)
         telemetry.collected(0)
         return
+    received: list[Any]
     if not COLLECTED_FIRSTS:
-        telemetry.collected(0, [(r, 0.001) for r in results])
+        received = [(r, 0.001) for r in results]
+        telemetry.collected(0, received)
         return
-    received = [(r, 0.001) for r in results] if telemetry.log is not None else []
+    if telemetry.log is None:
+        received = []
+    elif NAMED:  # each with its task's name, as the collector keeps it with the task
+        received = [(r, 0.001, "square") for r in results]
+    else:
+        received = [(r, 0.001) for r in results]
     telemetry.collected(0, received, results, [0.001] * len(results))
 
 
@@ -316,12 +328,12 @@ class _EchoTransport(Transport):
         pass
 
 
-def lone_tasks_job() -> None:
+def lone_tasks_job(telemetry: MasterTelemetry | None = None) -> None:
     """``distq master --max-in-flight 1 --quiet``'s job of :data:`LONE_TASKS` squares over
     :class:`_Echo`: each task made, sealed, recorded and sent, its result read and judged."""
     quiet = Console(quiet=True, out=io.StringIO(), err=io.StringIO())
     spec = JobSpec(tasks=LONE_TASKS, max_in_flight=1, timeout=600)
-    report = Master(_EchoTransport(), quiet).run(spec, Squares(seed=1))
+    report = Master(_EchoTransport(), quiet, telemetry).run(spec, Squares(seed=1))
     if report.ok != LONE_TASKS:
         raise RuntimeError(f"the lone-task job went wrong: {report.problems[-3:]}")
 
@@ -423,6 +435,11 @@ def steps() -> dict[str, Step]:
         "master: open a result": (lambda: plain.open_result(result_body), 1, 2000),
         "master: a lone task (--max-in-flight 1), made to its result judged": (
             lone_tasks_job,
+            LONE_TASKS,
+            4,
+        ),
+        "JSON logs: master, a lone task (--max-in-flight 1), made to its result judged": (
+            lambda: lone_tasks_job(MasterTelemetry(None, JsonConsole("master", out=out))),
             LONE_TASKS,
             4,
         ),

@@ -43,9 +43,9 @@ SAMPLE = 100_000
 #: Bad results of one pack said one by one; the rest of them are said in one line.
 REFUSALS_SAID = 3
 
-#: A task submitted and not answered yet: (entry, time.perf_counter() at submit); a
-#: tuple, the cheapest record to make once per task.
-Pending = tuple[E, float]
+#: A task submitted and not answered yet: (entry, time.perf_counter() at submit, its
+#: task's name for the JSON lines, or ""); a tuple, the cheapest record to make once per task.
+Pending = tuple[E, float, str]
 
 
 class Collector(Generic[E]):
@@ -103,7 +103,7 @@ class Collector(Generic[E]):
 
     def waiting(self) -> list[tuple[str, E]]:
         """(task id, entry) of every task not answered yet, oldest first."""
-        return [(task_id, entry) for task_id, (entry, _) in self._pending.items()]
+        return [(task_id, entry) for task_id, (entry, _, _) in self._pending.items()]
 
     def expect(self, tasks: Iterable[tuple[str, E]], since: float | None = None) -> None:
         """Wait for these (task id, entry) pairs, submitted now; their round trips count
@@ -111,7 +111,15 @@ class Collector(Generic[E]):
         now = time.perf_counter() if since is None else since
         pending = self._pending
         for task_id, entry in tasks:
-            pending[task_id] = (entry, now)
+            pending[task_id] = (entry, now, "")
+
+    def expect_named(self, tasks: Iterable[tuple[str, E, str]], since: float) -> None:
+        """:meth:`expect` these (task id, entry, task name): the name is what the task's
+        JSON ``result received`` line says, kept with the task while it waits (no table
+        of names of its own, per task, to fill and empty)."""
+        pending = self._pending
+        for task_id, entry, name in tasks:
+            pending[task_id] = (entry, since, name)
 
     def entry(self, task_id: str) -> E | None:
         """The entry of a task expected and not answered yet, else None."""
@@ -187,14 +195,14 @@ class Collector(Generic[E]):
                 if result.task_id in self._finished or result.task_id in self._finished_before:
                     self.duplicates += 1
                     if logged:
-                        received.append((result, None))
+                        received.append((result, None, ""))
                 continue
             finish(result.task_id)
-            entry, submitted = pending
+            entry, submitted, name = pending
             round_trip = now - submitted
             latency(round_trip)
             if logged:
-                received.append((result, round_trip))
+                received.append((result, round_trip, name))
             if count is not None:
                 count(result)
             firsts += 1
@@ -204,8 +212,9 @@ class Collector(Generic[E]):
             self.latencies.extend(round_trips)
         if len(self._finished) >= self._remember:  # a new generation; the oldest goes
             self._finished_before, self._finished = self._finished, set()
-        duplicates = self.duplicates - duplicates_before
-        telemetry.collected(len(self._pending), received, counted, round_trips, duplicates)
+        if count is not None or logged:  # else the call does nothing
+            duplicates = self.duplicates - duplicates_before
+            telemetry.collected(len(self._pending), received, counted, round_trips, duplicates)
         return firsts
 
     def _refused(self, error: EnvelopeError, count: int = 1) -> None:

@@ -244,6 +244,9 @@ class _Run(Generic[E]):
         self.health, self.telemetry = master.health, master.telemetry
         self.link = master.health.readiness.link("producer")
         self.link.up()  # the producer is open: it reached the broker
+        # around each of the job's broker calls: liveness counts no stall meanwhile (one
+        # object for every call, not one made per call)
+        self.waiting_job = master.health.liveness.waiting("job")
         self.lines: list[str] = []  # per-result lines of the current collect
         self.submitted = 0
         self.cpu_start = time.process_time()
@@ -334,8 +337,9 @@ class _Run(Generic[E]):
         next_status = start + spec.status_every
         announced = False
         last = time.perf_counter()
+        beat = self.health.liveness.beat
         while not self.stop.is_set():
-            self.health.beat("job")
+            beat("job")
             now = time.perf_counter()
             if spec.rate is not None and now - last > STOOD_STILL_SECONDS:
                 self._resume_pace(spec.rate)  # this process stood still (stopped, paused)
@@ -343,7 +347,8 @@ class _Run(Generic[E]):
             if self.deadline is not None and now >= self.deadline:
                 break
             try:
-                self._reconcile_when_due(now)
+                if now >= self.next_reconcile:  # a call only when due
+                    self._reconcile_when_due(now)
                 paced = now - self.paced_from
                 more = self._allowance(paced)
                 then_wait = 0.0
@@ -546,34 +551,44 @@ class _Run(Generic[E]):
         # each task's created_at): it is never the shorter of the two
         made_at = time.perf_counter()
         tasks = self.workload.tasks(count, self.master.reply_to)
-        made = [task for task, _ in tasks]
-        ids = [task.id for task in made]
-        self.collector.expect(zip(ids, [entry for _, entry in tasks], strict=True), made_at)
+        collector, telemetry = self.collector, self.telemetry
+        # each task's name kept with it, for its JSON "result received" line
+        if len(tasks) == 1:  # a lone task (--max-in-flight 1): no lists nor zips of one
+            ((task, entry),) = tasks
+            made, ids = [task], [task.id]
+            collector.expect_named(((task.id, entry, task.name),), made_at)
+        else:
+            made = [task for task, _ in tasks]
+            ids = [task.id for task in made]
+            named = [(task.id, entry, task.name) for task, entry in tasks]
+            collector.expect_named(named, made_at)
         bodies = self.master.codec.seal_tasks(made)
         # counted as submitted before the call: one that fails is an outage, and the
         # reconcile after it says whether the broker got them; the answered ones before
         # them forgotten now, not at the next reconcile: 2 s of a fast job's bodies were
         # 150,000 of them, whatever --max-in-flight said
-        outstanding = self.collector.outstanding
-        self.ledger.compact(self.collector.waiting_ids().__contains__, outstanding)
+        outstanding = collector.outstanding
+        self.ledger.compact(collector.waiting_ids().__contains__, outstanding)
         self.ledger.record(zip(ids, bodies, strict=True))
         self.submitted += len(tasks)
         self.report.tasks = self.submitted
-        self.telemetry.submitted(made, outstanding)
+        if telemetry.metrics is not None or telemetry.log is not None:  # else a call of nothing
+            telemetry.submitted(made, outstanding)
         if self.console.bar is None and self.submitted == len(tasks) and self.spec.tasks:
             self.console.start_progress(self.spec.tasks)
         if self.console.task_lines:  # at --quiet, no lines made to be dropped
             self.console.lines(self.workload.submitted_lines(tasks), count=0)
-        with self.link.call(then_wait), self.health.liveness.waiting("job"):
+        with self.link.call(then_wait), self.waiting_job:
             if then_wait <= 0:
                 self.producer.submit(bodies)
                 return
-            most = self.collector.wanted()
-            self.collector.accept(self.producer.submit_then_results(bodies, most, then_wait))
-        self._print_results()
+            most = collector.wanted()
+            collector.accept(self.producer.submit_then_results(bodies, most, then_wait))
+        if self.lines:  # else no call: a quiet job's have none
+            self._print_results()
 
     def _collect(self, wait: float) -> None:
-        with self.link.call(wait), self.health.liveness.waiting("job"):
+        with self.link.call(wait), self.waiting_job:
             self.collector.collect(self.producer, wait)
         self._print_results()
 

@@ -66,8 +66,9 @@ class DuplicateResult(Line):
 
 _redelivered = attrgetter("redelivered")
 
-#: A master's result as telemetry takes it: with its round trip, or None for a duplicate.
-Received = tuple[Result, float | None]
+#: A master's result as telemetry takes it: with its round trip, or None for a duplicate,
+#: and its task's name (as the collector kept it with the task; "" for a duplicate).
+Received = tuple[Result, float | None, str]
 
 #: The fewest endings a worker counts by columns: each column and histogram costs about a
 #: microsecond to set up, more than counting a few tasks one by one (even at about 12).
@@ -288,9 +289,6 @@ class MasterTelemetry:
     def __init__(self, metrics: MasterMetrics | None = None, log: JsonConsole | None = None):
         self.metrics = metrics
         self.log = log if log is not None and not log.quiet else None
-        # with JSON logs: the name of each task submitted and not answered, for its
-        # "result received" line (a result names only its task's id)
-        self._names: dict[str, str] = {}
 
     def submitted(self, tasks: Sequence[Task], outstanding: int) -> None:
         metrics = self.metrics
@@ -300,9 +298,6 @@ class MasterTelemetry:
                 metrics.outstanding.set(metrics.base, outstanding)
         log = self.log
         if log is not None:
-            # comprehensions: 3.11 reads a struct's field in bytecode for less than
-            # map() of attrgetter() (700 instructions a task), a dict than pairs (340)
-            self._names.update({t.id: t.name for t in tasks})
             head = log.head("info", "task submitted")
             log.write_lines([TaskSubmitted(head, t.id, t.name, t.attempt) for t in tasks])
 
@@ -316,7 +311,8 @@ class MasterTelemetry:
     ) -> None:
         """A batch of results is handled; ``outstanding`` tasks still have none. For the
         log lines, ``received`` holds them in the order they came, each with its round
-        trip, or None for a duplicate (a task's result came before); for the metrics,
+        trip, or None for a duplicate (a task's result came before), and its task's name
+        (the collector keeps it with the task: no table here); for the metrics,
         ``firsts`` the first results among them, ``round_trips`` theirs (in that order),
         and ``duplicates`` how many were not first: as the collector has them, with no
         pair made per result for the metrics. Counted, and written with one timestamp,
@@ -332,10 +328,10 @@ class MasterTelemetry:
         if log is not None and received:
             # the heads of the rarer lines as they come: each made once a millisecond
             at = time.time()  # one for the batch
-            name, ok = self._names.pop, log.head("info", "result received", at=at)
+            ok = log.head("info", "result received", at=at)
             lines: list[Line] = []
             add = lines.append
-            for r, trip in received:  # micros() written out, as in a worker's lines
+            for r, trip, name in received:  # micros() written out, as in a worker's lines
                 if trip is None:
                     duplicate = log.head("info", "duplicate result", at=at)
                     add(DuplicateResult(duplicate, r.task_id, r.worker))
@@ -345,7 +341,7 @@ class MasterTelemetry:
                     ResultReceived(
                         ok if status == "ok" else log.head("error", "result received", at=at),
                         r.task_id,
-                        name(r.task_id, ""),
+                        name,
                         r.attempt,
                         floor(run * 1e6 + 0.5) / 1e6 if 0.0 <= run < 1e9 else micros(run),
                         status,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 from functools import partial
 from typing import Any
 
@@ -12,6 +14,7 @@ from distq.collector import Collector, Sample
 from distq.envelope import Result, Status
 from distq.errors import EnvelopeError
 from distq.limits import DEFAULT_MAX_MESSAGE_BYTES
+from distq.logs import JsonConsole
 from distq.metrics import MasterMetrics
 from distq.telemetry import MasterTelemetry
 
@@ -262,3 +265,23 @@ def test_a_result_of_another_envelope_version_fails_its_task_saying_so() -> None
     )
     assert len(errors) == 1 and "version 2" in str(errors[0])
     assert collector.waiting() == [("b", "entry-b")]
+
+
+def test_a_result_line_names_its_task_as_expect_was_told_and_forgets_it_when_discarded() -> None:
+    """A master's JSON ``result received`` line names its task from what the collector
+    keeps with the task (given at ``expect``), not from a table of its own the telemetry
+    kept per task: that table grew by every task discarded unanswered (a --timeout's)."""
+    out = io.StringIO()
+    collector: Collector[int] = Collector(
+        lambda r, entry, rtt: None, telemetry=MasterTelemetry(log=JsonConsole("master", out=out))
+    )
+    collector.expect_named([("a", 1, "square"), ("b", 2, "jobs:add"), ("c", 3, "gone")], 0.0)
+    assert collector.discard("c") == 3
+    assert collector.accept([result("b"), result("a"), result("a"), result("c")]) == 2
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["event"], line["task_id"], line.get("task")) for line in lines] == [
+        ("result received", "b", "jobs:add"),
+        ("result received", "a", "square"),
+        ("duplicate result", "a", None),
+    ]
+    assert collector.waiting() == []

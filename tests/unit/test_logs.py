@@ -89,7 +89,7 @@ def test_a_task_can_be_followed_from_submit_to_settle_to_result() -> None:
     result = Result(
         task_id=task.id, status="ok", worker="w1", attempt=1, started_at=0, duration=0.002
     )
-    master.collected(outstanding=0, received=[(result, 0.015)])
+    master.collected(outstanding=0, received=[(result, 0.015, task.name)])
     submitted, received = (json.loads(line) for line in master_out.getvalue().splitlines())
     settled, released = (json.loads(line) for line in worker_out.getvalue().splitlines())
     assert submitted["event"] == "task submitted" and submitted["task_id"] == task.id
@@ -354,9 +354,9 @@ def test_a_masters_batch_of_results_and_duplicates_is_written_in_the_order_it_ca
     master.collected(
         outstanding=0,
         received=[
-            (result("t1", "ok", "w1"), 0.0123456),
-            (result("t1", "ok", "w2"), None),  # a duplicate
-            (result("t2", "error", "w2"), 0.02),
+            (result("t1", "ok", "w1"), 0.0123456, "square"),
+            (result("t1", "ok", "w2"), None, ""),  # a duplicate
+            (result("t2", "error", "w2"), 0.02, "square"),
         ],
     )
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -383,7 +383,7 @@ def test_a_failed_tasks_result_line_says_its_outcome_is_error() -> None:
     failed = Result(
         task.id, "error", "w1", 3, 0.0, 0.25, error_type="ValueError", error_message="x"
     )
-    master.collected(outstanding=0, received=[(failed, 0.5)])
+    master.collected(outstanding=0, received=[(failed, 0.5, task.name)])
     _, received = (json.loads(line) for line in out.getvalue().splitlines())
     assert received["event"] == "result received" and received["task_id"] == task.id
     assert (received["level"], received["outcome"]) == ("error", "error")
@@ -441,7 +441,7 @@ def test_every_time_in_a_line_is_micros_of_it_whatever_the_clock_said() -> None:
     master.collected(
         0,
         [
-            (Result("t", "ok", "w1", 1, 0.0, run), trip)
+            (Result("t", "ok", "w1", 1, 0.0, run), trip, "")
             for run, trip in zip(ODD_TIMES, ODD_TIMES[::-1], strict=True)
         ],
     )
@@ -508,9 +508,9 @@ def test_every_event_line_is_written_byte_for_byte_as_the_readme_shows_it(
     master.collected(
         0,
         [
-            (Result("id0", "ok", "w1", 1, 0.0, 0.5), 1.25),
-            (Result("id0", "ok", "w2", 1, 0.0, 0.5), None),
-            (Result("id2", "error", "w✓", 3, 0.0, 3e9 + 0.25), 0.000001),
+            (Result("id0", "ok", "w1", 1, 0.0, 0.5), 1.25, tasks[0].name),
+            (Result("id0", "ok", "w2", 1, 0.0, 0.5), None, ""),
+            (Result("id2", "error", "w✓", 3, 0.0, 3e9 + 0.25), 0.000001, tasks[2].name),
         ],
     )
     head = '{"timestamp":"T","level":"%s","role":"worker","worker":"w1","event":'
@@ -575,7 +575,7 @@ def test_a_batch_of_one_task_name_is_written_byte_for_byte_whatever_its_ids_and_
     master.collected(
         0,
         [
-            (Result(t.id, "error" if n == 3 else "ok", "w1", t.attempt, 0.0, run), wait)
+            (Result(t.id, "error" if n == 3 else "ok", "w1", t.attempt, 0.0, run), wait, t.name)
             for n, (t, (wait, run)) in enumerate(zip(tasks, times, strict=True))
         ],
     )
@@ -649,7 +649,9 @@ def test_a_batchs_lines_have_one_timestamp_though_the_clock_ticks_while_they_are
     worker.settled([*endings, Ending(Settlement(Delivery(b"", 9)), "malformed")], released=1)
     master.submitted([task], 1)
     results = [Result("id0", status, "w1", 1, 0.0, 0.001) for status in ("ok", "error")]
-    master.collected(0, [(results[0], 0.5), (results[1], 0.5), (results[0], None)])
+    master.collected(
+        0, [(results[0], 0.5, "square"), (results[1], 0.5, ""), (results[0], None, "")]
+    )
     batches = [out.getvalue().splitlines()[:6], out.getvalue().splitlines()[7:]]
     for lines in batches:
         assert len({json.loads(line)["timestamp"] for line in lines}) == 1, lines
@@ -685,10 +687,14 @@ def test_random_batches_lines_hold_their_events_fields_in_order_encoded_as_msgsp
         )
         master.submitted(tasks, len(tasks))
         results = [
-            (Result(t.id, drawn.choice(["ok", "error"]), "w✓", t.attempt, 0.0, time_()), time_())
+            (
+                Result(t.id, drawn.choice(["ok", "error"]), "w✓", t.attempt, 0.0, time_()),
+                time_(),
+                t.name,
+            )
             for t in tasks
         ]
-        master.collected(0, [*results, (results[0][0], None)])
+        master.collected(0, [*results, (results[0][0], None, "")])
         for task, (outcome, wait, run) in zip(tasks, settled, strict=True):
             wait = (task.created_at + wait) - task.created_at
             expected.append(
@@ -705,7 +711,7 @@ def test_random_batches_lines_hold_their_events_fields_in_order_encoded_as_msgsp
                 {"level": "info", "role": "master", "event": "task submitted",
                  "task_id": task.id, "task": task.name, "attempt": task.attempt}
             )  # fmt: skip
-        for (result, trip), task in zip(results, tasks, strict=True):
+        for (result, trip, _), task in zip(results, tasks, strict=True):
             expected.append(
                 {
                     "level": "info" if result.status == "ok" else "error", "role": "master",
@@ -750,7 +756,7 @@ def test_no_per_task_line_carries_what_the_garbage_collector_needs() -> None:
     master = MasterTelemetry(log=master_log)
     master.submitted([task], 1)
     result = Result("id0", "ok", "w1", 1, 0.0, 0.25)
-    master.collected(0, [(result, 0.5), (result, None)])
+    master.collected(0, [(result, 0.5, "square"), (result, None, "")])
     kinds = {type(line) for line in worker_log.kept + master_log.kept}
     assert kinds == set(Line.__subclasses__()), kinds
     assert {kind.__name__: kind.__struct_config__.gc for kind in kinds} == {
