@@ -241,9 +241,8 @@ class Endings:
         traceback = traceback_text(error) if retryable else None
         try:
             result = self._error(task, started_at, duration, error_type, reason, traceback)
-        except EnvelopeError:  # the reason made it too large: the dead letter keeps it
-            too_large = "(too large to send; the dead letter has the reason)"
-            result = self._error(task, started_at, duration, error_type, too_large)
+        except EnvelopeError:  # too large: the reason alone, else the dead letter keeps it
+            result = self._too_large(task, started_at, duration, error_type, reason, traceback)
         nobody = task.reply_to == NO_REPLY
         settlement = Settlement(
             delivery,
@@ -402,6 +401,29 @@ class Endings:
         except EnvelopeError:  # a worker limit below the result's size: the letter says it
             return None
         return task, Unsealed(result)
+
+    def _too_large(
+        self,
+        task: Task,
+        started_at: float,
+        duration: float,
+        error_type: str,
+        reason: str,
+        traceback: str | None,
+    ) -> bytes:
+        """``task``'s error result once it was too large to send: the reason without its
+        traceback (up to 8,000 characters, where a reason is most often a line), said
+        so, where there was one and that fits; else that the dead letter has the reason."""
+        if traceback is not None:
+            most = self.codec.max_message_bytes
+            note = (
+                "; its traceback was too large to send (this worker sends no message over "
+                f"{most:,} bytes)"
+            )
+            with contextlib.suppress(EnvelopeError):
+                return self._error(task, started_at, duration, error_type, reason + note)
+        too_large = "(too large to send; the dead letter has the reason)"
+        return self._error(task, started_at, duration, error_type, too_large)
 
     def _error(
         self,
