@@ -629,6 +629,19 @@ def test_a_lines_timestamp_is_what_datetime_makes_of_its_time_at_every_edge() ->
     assert [console.stamp(at) for at in sorted(times)] == [timestamp(at) for at in sorted(times)]
 
 
+def test_a_consoles_timestamp_follows_its_clock_stepped_back() -> None:
+    """One console's stamps as its clock is stepped back (NTP: a second, a millisecond,
+    half of one, across a second and a day) and on again: each is what datetime makes
+    of the time, none the one cached for the later time it saw before (the cache is of
+    a millisecond and a second, not of the latest time)."""
+    day = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    times = [day + 0.0012, day + 0.0002, day + 0.0015, day - 0.9994, day + 0.0016]
+    times += [day + 1.25, day + 0.25, day + 0.2504, day - 86_400.5, day + 1.25, day + 1.2495]
+    console = JsonConsole("master", out=io.StringIO())
+    assert [console.stamp(at) for at in times] == [timestamp(at) for at in times]
+    assert [console.stamp(at) for at in times[::-1]] == [timestamp(at) for at in times[::-1]]
+
+
 def test_a_batchs_lines_have_one_timestamp_though_the_clock_ticks_while_they_are_made(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
