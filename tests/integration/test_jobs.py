@@ -423,3 +423,29 @@ def test_a_job_cut_short_counts_the_tasks_it_never_submitted_as_missing(
     assert data["missing"] == 200 - data["ok"] - data["failed"], data
     assert re.search(r"job timed out after .*: \d+ of 200 results in", master.output())
     assert re.search(r"\d+ of 200 tasks never submitted", master.output())
+
+
+def test_a_slow_first_tasks_neighbours_reach_an_idle_worker_within_a_heartbeat(
+    target: Target, hosted: Transport, spawn: Spawn
+) -> None:
+    """A slot's first fetch takes one task: on RabbitMQ the rest of its pack stays with it
+    (no split on a first fetch, rmq39). A slow first task's neighbours go back at its
+    heartbeat (a third of the lease) for the idle worker beside it, not after it ends."""
+    env = target.process_env(DISTQ_LEASE_SECONDS="3")  # a heartbeat a second
+    producer = hosted.producer(f"{target.settings.queue}.results.first")
+    reply = producer.reply_to
+    for name in ("a", "b"):
+        spawn("worker", "--worker-id", name, "-q", env=env)
+    deadline = time.monotonic() + 30
+    while hosted.stats().consumers < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    slow = Task(name="square", args=[0], kwargs={"delay": 8.0}, reply_to=reply)
+    fast = [Task(name="square", args=[i], reply_to=reply) for i in range(1, 32)]
+    producer.submit([t.encode() for t in [slow, *fast]])  # one pack on RabbitMQ, slow first
+    results = results_of(producer, 32, within=30)
+    assert len(results) == 32, [r.task_id for r in results]
+    # the fast ones all came before the slow one ended, from the worker not running it
+    assert results[-1].task_id == slow.id, [r.worker for r in results]
+    idle = {"a": "b", "b": "a"}[results[-1].worker]
+    assert Counter(r.worker for r in results[:-1]) == {idle: 31}
+    producer.close()
