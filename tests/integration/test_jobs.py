@@ -423,3 +423,48 @@ def test_a_job_cut_short_counts_the_tasks_it_never_submitted_as_missing(
     assert data["missing"] == 200 - data["ok"] - data["failed"], data
     assert re.search(r"job timed out after .*: \d+ of 200 results in", master.output())
     assert re.search(r"\d+ of 200 tasks never submitted", master.output())
+
+
+def _slow_first_then_fast(
+    target: Target, hosted: Transport, spawn: Spawn, env: dict[str, str]
+) -> None:
+    """Two workers and one pack of 32 tasks on RabbitMQ whose first sleeps 8 s: the 31
+    others must all come from the worker not running it, before its result."""
+    producer = hosted.producer(f"{target.settings.queue}.results.first")
+    reply = producer.reply_to
+    for name in ("a", "b"):
+        spawn("worker", "--worker-id", name, "-q", env=env)
+    deadline = time.monotonic() + 30
+    while hosted.stats().consumers < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    slow = Task(name="square", args=[0], kwargs={"delay": 8.0}, reply_to=reply)
+    fast = [Task(name="square", args=[i], reply_to=reply) for i in range(1, 32)]
+    producer.submit([t.encode() for t in [slow, *fast]])  # one pack on RabbitMQ, slow first
+    results = results_of(producer, 32, within=30)
+    assert len(results) == 32, [r.task_id for r in results]
+    # the fast ones all came before the slow one ended, from the worker not running it
+    assert results[-1].task_id == slow.id, [r.worker for r in results]
+    idle = {"a": "b", "b": "a"}[results[-1].worker]
+    assert Counter(r.worker for r in results[:-1]) == {idle: 31}
+    producer.close()
+
+
+def test_a_slow_first_tasks_neighbours_reach_an_idle_worker_within_a_heartbeat(
+    target: Target, hosted: Transport, spawn: Spawn
+) -> None:
+    """A slot's first fetch takes one task: on RabbitMQ the rest of its pack stays with it
+    (no split on a first fetch, rmq39). A slow first task's neighbours go back at its
+    heartbeat (a third of the lease) for the idle worker beside it, not after it ends."""
+    _slow_first_then_fast(target, hosted, spawn, target.process_env(DISTQ_LEASE_SECONDS="3"))
+
+
+def test_a_slot_whose_prefetch_is_under_a_pack_hands_its_first_packs_rest_on_at_once(
+    target: Target, hosted: Transport, spawn: Spawn
+) -> None:
+    """DISTQ_PREFETCH=1: a slot takes one task at a time, never a pack of 32 whole. Its
+    first fetch kept the other 31 of its pack (rmq39: a first fetch splits nothing, for
+    the next fetch of fast tasks to take whole, which it never can), held from the idle
+    worker until the first task ended: 8 s here (the heartbeat's hand-back comes at 10 s
+    of a 30 s lease). They go back at once, as a second short fetch's split does."""
+    env = target.process_env(DISTQ_LEASE_SECONDS="30", DISTQ_PREFETCH="1")
+    _slow_first_then_fast(target, hosted, spawn, env)

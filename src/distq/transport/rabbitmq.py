@@ -1019,8 +1019,11 @@ class RabbitMQConsumer(Consumer):
             # buffer back one task per message); as a slot's first, one task before any
             # ran (31 of its pack sent back one per message, that the next fetch of fast
             # tasks takes whole). A second in a row splits; until then a slow task's
-            # neighbours wait for it at most a heartbeat, whose hand-back sends them back
-            split = short and was_short
+            # neighbours wait for it at most a heartbeat, whose hand-back sends them back.
+            # A slot whose prefetch is under a pack's never takes one whole: no waiting
+            # for that (DISTQ_PREFETCH=1 held 31 tasks from idle workers a task long)
+            whole = self._transport.settings.prefetch >= self._per_message
+            split = short and (was_short or not whole)
             if self._buffer and split and time.monotonic() >= self._split_after:
                 # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
                 # the pack goes back in messages of what it takes, for idle workers. What
