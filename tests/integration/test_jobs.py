@@ -453,7 +453,7 @@ def test_a_slow_first_tasks_neighbours_reach_an_idle_worker_within_a_heartbeat(
     target: Target, hosted: Transport, spawn: Spawn
 ) -> None:
     """A slot's first fetch takes one task: on RabbitMQ the rest of its pack stays with it
-    (no split on a first fetch, rmq39). A slow first task's neighbours go back at its
+    (no split on a first fetch). A slow first task's neighbours go back at its
     heartbeat (a third of the lease) for the idle worker beside it, not after it ends."""
     _slow_first_then_fast(target, hosted, spawn, target.process_env(DISTQ_LEASE_SECONDS="3"))
 
@@ -462,7 +462,7 @@ def test_a_slot_whose_prefetch_is_under_a_pack_hands_its_first_packs_rest_on_at_
     target: Target, hosted: Transport, spawn: Spawn
 ) -> None:
     """DISTQ_PREFETCH=1: a slot takes one task at a time, never a pack of 32 whole. Its
-    first fetch kept the other 31 of its pack (rmq39: a first fetch splits nothing, for
+    first fetch kept the other 31 of its pack (a first fetch splits nothing, for
     the next fetch of fast tasks to take whole, which it never can), held from the idle
     worker until the first task ended: 8 s here (the heartbeat's hand-back comes at 10 s
     of a 30 s lease). They go back at once, as a second short fetch's split does."""
