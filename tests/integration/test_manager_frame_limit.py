@@ -154,22 +154,8 @@ def test_a_reply_of_a_negative_length_is_refused_as_such() -> None:
 def test_a_request_of_a_negative_length_is_refused_logged_and_its_connection_closed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = _settings()
-    assert settings.authkey is not None
-    hosted = open_transport(settings, "master")
-    try:
-        conn = connection.Client(settings.manager_address, authkey=settings.authkey)
-        with conn, socket.socket(fileno=os.dup(conn.fileno())) as sock:
-            sock.sendall(NEGATIVE_FRAME)
-            sock.settimeout(30)
-            assert sock.recv(1) == b"", "the master kept the connection open"
-        deadline = time.monotonic() + 30
-        while "dropped the connection" not in caplog.text:
-            assert time.monotonic() < deadline, caplog.text
-            time.sleep(0.05)
-        assert "it sent a message of -2 bytes" in caplog.text, caplog.text
-    finally:
-        hosted.close()
+    line = _sent_then_closed(caplog, NEGATIVE_FRAME, "dropped the connection")
+    assert "it sent a message of -2 bytes" in line, line
 
 
 def test_an_empty_reply_is_refused_as_such() -> None:
