@@ -34,18 +34,23 @@ HUGE_FRAME = struct.pack("!i", -1) + struct.pack("!Q", HUGE)
 def test_a_reply_over_the_limit_is_refused_before_it_is_read(most: int) -> None:
     # multiprocessing's Connection read the length and then asked for that much memory
     # (a MemoryError out of the worker's slot), or waited for a gigabyte to arrive
-    settings = fake_settings("mgrsize33", max_message_bytes=most)
-    with fake_master(settings, "fetch", HUGE_FRAME, framed=False):
+    message = _fetch_refused(fake_settings("mgrsize33", max_message_bytes=most), HUGE_FRAME)
+    assert f"{HUGE:,} bytes" in message, message
+    assert f"over the limit of {2 * most + (64 << 20):,}" in message, message
+    assert f"DISTQ_MAX_MESSAGE_BYTES, {most:,}" in message, message
+
+
+def _fetch_refused(settings: Settings, reply: bytes, framed: bool = False) -> str:
+    """What a worker's fetch raises when a master answers it ``reply`` (raw bytes on the
+    wire unless ``framed``): a TransportError, its text returned."""
+    with fake_master(settings, "fetch", reply, framed=framed):
         remote = open_transport(settings, "worker")
         try:
             consumer = remote.consumer("c1")
             with pytest.raises(TransportError) as caught:
                 consumer.fetch(5, 0.1)
-            message = str(caught.value)
-            assert f"{HUGE:,} bytes" in message, message
-            assert f"over the limit of {2 * most + (64 << 20):,}" in message, message
-            assert f"DISTQ_MAX_MESSAGE_BYTES, {most:,}" in message, message
             consumer.close()
+            return str(caught.value)
         finally:
             remote.close()
 
@@ -162,19 +167,10 @@ def test_an_empty_reply_is_refused_as_such() -> None:
     # a message of 0 bytes was refused as "not a pickle: EOFError", which said neither
     # what came nor what to do
     settings = fake_settings("mgrempty")
-    with fake_master(settings, "fetch", b""):
-        remote = open_transport(settings, "worker")
-        try:
-            consumer = remote.consumer("c1")
-            with pytest.raises(TransportError) as caught:
-                consumer.fetch(5, 0.1)
-            message = str(caught.value)
-            assert "an empty message (0 bytes)" in message, message
-            assert f"master at 127.0.0.1:{settings.manager_address[1]}" in message, message
-            assert "EOFError" not in message and "DISTQ_MANAGER_ADDRESS" in message, message
-            consumer.close()
-        finally:
-            remote.close()
+    message = _fetch_refused(settings, b"", framed=True)
+    assert "an empty message (0 bytes)" in message, message
+    assert f"master at 127.0.0.1:{settings.manager_address[1]}" in message, message
+    assert "EOFError" not in message and "DISTQ_MANAGER_ADDRESS" in message, message
 
 
 def _sent_then_closed(caplog: pytest.LogCaptureFixture, sent: bytes, logged: str) -> str:
