@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from distq.config import Settings
 from distq.envelope import new_id
-from distq.transport import Settlement, open_transport
+from distq.transport import Settlement, Transport, open_transport
 from distq.transport.manager_broker import QueueBroker, Wire, WireSettlement
 from fake_master import fake_settings
 
@@ -74,21 +75,31 @@ def test_a_master_whose_settle_fetch_takes_no_wait_settles_once_and_is_not_asked
         return QueueBroker.settle_fetch(broker, queue, consumer, items, max_count, lease, most)
 
     broker.settle_fetch = older  # type: ignore[method-assign,assignment]
+    _settled_one_by_one(settings, hosted, 5.0, named)
+    assert named == [{"wait": 5.0}, {}, {}]
+
+
+def _settled_one_by_one(
+    settings: Settings, hosted: Transport, wait: float, named: list[Any]
+) -> int:
+    """Two tasks through a worker's consumer one at a time (a fetch, then two lone
+    settle-then-fetches waiting up to ``wait``), each settled once; closes ``hosted``.
+    Returns how many calls ``named`` had recorded by the first settle's end."""
     remote = open_transport(settings, "worker")
     try:
         producer = hosted.producer(hosted.reply_queue(new_id()))
         producer.submit([b"one", b"two"])
         consumer = remote.consumer("c1")
         (one,) = consumer.fetch(1, 10)
-        got = consumer.settle_then_fetch([Settlement(one, producer.reply_to, b"r:one")], 1, 5.0)
+        got = consumer.settle_then_fetch([Settlement(one, producer.reply_to, b"r:one")], 1, wait)
         assert [d.body for d in got] == [b"two"]
-        assert (
-            consumer.settle_then_fetch([Settlement(got[0], producer.reply_to, b"r:two")], 1, 5.0)
-            == []
-        )
-        assert named == [{"wait": 5.0}, {}, {}]
+        first = len(named)
+        second = Settlement(got[0], producer.reply_to, b"r:two")
+        assert consumer.settle_then_fetch([second], 1, wait) == []
         assert sorted(producer.results(2, 10)) == [b"r:one", b"r:two"]
+        assert hosted.stats().in_flight == 0
         consumer.close()
+        return first
     finally:
         remote.close()
         hosted.close()
@@ -134,24 +145,6 @@ def test_a_lone_settle_to_a_master_refusing_most_or_wait_settles_once_and_learns
         return own(*args, **kwargs)
 
     broker.settle_fetch = asked  # type: ignore[method-assign]
-    remote = open_transport(settings, "worker")
-    try:
-        producer = hosted.producer(hosted.reply_queue(new_id()))
-        producer.submit([b"one", b"two"])
-        consumer = remote.consumer("c1")
-        (one,) = consumer.fetch(1, 10)
-        got = consumer.settle_then_fetch([Settlement(one, producer.reply_to, b"r:one")], 1, 0.5)
-        assert [d.body for d in got] == [b"two"]
-        first = len(named)
-        assert (
-            consumer.settle_then_fetch([Settlement(got[0], producer.reply_to, b"r:two")], 1, 0.5)
-            == []
-        )
-        assert named[0] == ["most", "wait"]
-        assert named[first:] == [sorted(takes)]  # learnt: asked as it takes at once
-        assert sorted(producer.results(2, 10)) == [b"r:one", b"r:two"]
-        assert hosted.stats().in_flight == 0
-        consumer.close()
-    finally:
-        remote.close()
-        hosted.close()
+    first = _settled_one_by_one(settings, hosted, 0.5, named)
+    assert named[0] == ["most", "wait"]
+    assert named[first:] == [sorted(takes)]  # learnt: asked as it takes at once
