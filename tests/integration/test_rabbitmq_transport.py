@@ -2149,6 +2149,35 @@ def test_a_task_held_by_its_lease_record_goes_back_at_close(
         raw.queue_delete(records)
 
 
+def test_a_task_its_lease_record_gives_back_comes_back_flagged_redelivered(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A task run past a lease (its delivery acked, a lease record holding it) that the
+    worker hands back: it came redelivered, and may have run. It went back as a plain
+    message, so the worker that took it next read it as never delivered: not in its
+    distq_worker_redeliveries_total, and no suspect of being a copy. Now flagged."""
+    t = open_transport(lease=1.0)
+    t.producer(f"{queue}.reply").submit([b"long"])
+    first = t.consumer("first")
+    (delivery,) = fetch_n(first, 1)
+    first.release([delivery])  # handed back unrun: requeued, flagged redelivered
+    first.close()
+    consumer = t.consumer("c")
+    (again,) = fetch_n(consumer, 1)
+    assert again.redelivered
+    records = record_queue(queue, consumer.consumer_id)
+    try:
+        _heartbeats(consumer, 1.5, every=0.3)  # held past its lease: the record holds it now
+        assert _ready(raw, records) == 1 and _ready(raw, queue) == 0
+        consumer.release([again])
+        assert _ready(raw, records) == 0
+        back = fetch_n(consumer, 1, within=1.5)  # given back, not expired
+        assert [(d.body, d.redelivered) for d in back] == [(b"long", True)]
+        consumer.settle([Settlement(d) for d in back])
+    finally:
+        raw.queue_delete(records)
+
+
 @pytest.mark.parametrize("lease_ms", [300, 60_000, 80_000, 3_600_000])
 def test_a_record_queue_outlives_its_records_whatever_the_lease(lease_ms: int) -> None:
     """Records live two leases; their queue expired a lease and 60 s after its last use:

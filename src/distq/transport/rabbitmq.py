@@ -1415,7 +1415,7 @@ class RabbitMQConsumer(Consumer):
         is 20) the broker dead-letters the message, its master never answered. A few
         hand-backs of a task by stopping or busy workers dropped it so, unrun (rmq31).
         Published again, a task starts its count afresh; one that a requeue would have
-        brought back, or that came redelivered, carries the header
+        brought back, that came redelivered, or a recorded one, carries the header
         ``distq-handed-back``, read as redelivered.
         """
         self._check_records()
@@ -1424,8 +1424,8 @@ class RabbitMQConsumer(Consumer):
         plan = self._held.release(tags, whole, requeue=not self._counting)
         sent: dict[int, list[Delivery]] = {}  # publish number -> its tasks
         for tag in tags:
-            if tag in records:  # acked long ago
-                link.publish(queue, records[tag], mandatory=True)
+            if tag in records:  # acked long ago; handed out (it may have run): flagged
+                link.publish(queue, records[tag], mandatory=True, properties=_AGAIN)
                 sent[link.sequence] = [Delivery(records[tag], tag, True)]
         # a copy from an expired lease record (its x-death is not published again) is
         # flagged as a redelivered one is: its original may still run in another slot
