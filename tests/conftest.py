@@ -132,8 +132,20 @@ def hosted_and_remote(
     try:
         yield hosted, remote
     finally:
-        remote.close()
-        hosted.close()
+        _close_each(remote, hosted)
+
+
+def _close_each(*transports: Transport) -> None:
+    """Close every one of ``transports``, though one's close raises; then raise the first
+    error: a remote's raising left the hosted master (its port, its threads) open."""
+    errors: list[Exception] = []
+    for transport in transports:
+        try:
+            transport.close()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture
