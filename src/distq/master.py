@@ -884,7 +884,7 @@ class _Run(Generic[E]):
                 "transport cannot take a task back off its queue): a worker that reaches one "
                 "still queued dead-letters it unrun, its master gone (`distq dead-letters` "
                 "lists them), and one a worker holds may still run, its result read by nobody"
-                + (_NOT_TAKEN_BACK_END if self.spec.tasks is None and not timed_out else "")
+                + (_NOT_TAKEN_BACK_END if self._endless_stop_exits_1(timed_out) else "")
             )
             left = 0
         if taken:
@@ -899,6 +899,12 @@ class _Run(Generic[E]):
             said.append("for every result, give the job a longer --timeout, or more workers")
         if said:
             self.console.info(f"{'--timeout' if timed_out else 'the stop'}: {'; '.join(said)}")
+
+    def _endless_stop_exits_1(self, timed_out: bool) -> bool:
+        """Whether this is an endless ``--rate`` job's stop, whose tasks not answered
+        decide its exit (1): not past --timeout, nor with a setting the broker refused
+        (exit 2) or its certificate (3), which the stop line called exit 1 all the same."""
+        return self.spec.tasks is None and not timed_out and self.refused is None
 
 
 #: What the stop of an endless ``--rate`` job on a transport that takes nothing back

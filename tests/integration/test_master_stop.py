@@ -21,9 +21,11 @@ from distq.codec import Codec
 from distq.config import Settings
 from distq.console import Console
 from distq.ending import Endings
+from distq.errors import ConfigError
 from distq.master import JobReport, JobSpec, Master, _Run
 from distq.squares import Squares
 from distq.transport import Settlement, Transport, open_transport
+from distq.transport.rabbitmq import RabbitMQProducer
 from distq.transport.rabbitmq_link import CLOSE_SECONDS, Link
 from launch import LocalRedis
 from procs import Spawn
@@ -536,3 +538,30 @@ def test_a_stopped_endless_rate_job_on_rabbitmq_says_why_it_exits_1(
         "they count as missing (exit 1), where an endless --rate job's tasks taken back do "
         "not: stop it once its workers have caught up, or give it --tasks" in said
     ), said
+
+
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+def test_a_stopped_endless_rate_job_the_broker_also_refused_says_no_exit_1(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped endless ``--rate`` job on RabbitMQ whose broker refused a setting as it
+    stopped (an ACL taken away: ConfigError) exits 2, the refusal said; its stop line
+    said its queued tasks "count as missing (exit 1)" all the same. Now that note, and its
+    advice, are said only when the refusal does not decide the exit."""
+    with closing(open_transport(target.settings, "master")) as transport:
+        job = running(transport, JobSpec(tasks=None, rate=50.0, drain_seconds=2.0))
+        deadline = time.monotonic() + 20
+        while job.out.getvalue().count("put task") < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)  # no worker: they stay queued
+
+        def refused(*_args: Any) -> list[bytes]:
+            raise ConfigError("RabbitMQ refused user 'u': access to queue denied")
+
+        monkeypatch.setattr(RabbitMQProducer, "results", refused)
+        job.stop.set()
+        job.run.join(30)
+        said = job.out.getvalue()
+    assert job.master.refused is not None, said  # the CLI exits 2 (EXIT_CONFIG)
+    assert "stopped: RabbitMQ refused user 'u'" in said, said
+    assert "the stop: took back none of the" in said, said
+    assert "(exit 1)" not in said, said
