@@ -1569,6 +1569,44 @@ def test_an_authkey_holder_sending_garbage_is_dropped_and_logged(
     assert "(not a pickle: " in dropped[0], dropped
 
 
+def test_a_dropped_connection_is_logged_before_it_is_closed(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master closed a refused connection, then logged why: a peer (or a test) that
+    looked in the master's log as soon as it saw the close could find no line."""
+    settings = _settings("dropped-order")
+    order: list[str] = []
+    closing = manager_wire.ServedConnection.close
+
+    def close(conn: manager_wire.ServedConnection) -> None:
+        if conn.refused is not None and not conn.closed:
+            order.append("close")
+        closing(conn)
+
+    class Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "dropped the connection" in record.getMessage():
+                order.append("log")
+
+    monkeypatch.setattr(manager_wire.ServedConnection, "close", close)
+    said = Said()
+    logging.getLogger("distq.transport.manager").addHandler(said)
+    try:
+        with _master_and_worker(settings) as (_, remote):
+            with _authenticated(settings) as peer:
+                peer.send_bytes(b"\x80\x05garbage, not a pickle")
+                with pytest.raises((EOFError, ConnectionResetError)):
+                    peer.recv()
+                deadline = time.monotonic() + 30
+                while len(order) < 2:
+                    assert time.monotonic() < deadline, order
+                    time.sleep(0.01)
+            assert remote.stats().ready == 0
+    finally:
+        logging.getLogger("distq.transport.manager").removeHandler(said)
+    assert order == ["log", "close"], order
+
+
 def test_sixty_slots_connecting_at_once_all_get_in() -> None:
     # the listen backlog was the stdlib server's 16: with 60 slots at once (a worker of
     # --concurrency 60, or every slot after a master's restart) 17 failed their

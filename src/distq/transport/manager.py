@@ -248,29 +248,36 @@ class ManagerTransport(Transport):
             log.error("master at %s: %s", self.address, message)
 
     def _serve(self, conn: wire.ServedConnection) -> None:
-        """Serve ``conn`` (:meth:`_serve_requests`); a connection dropped for a message
-        the master does not unpickle, or does not read for its size, is logged, once,
-        with the peer's address."""
+        """Serve ``conn`` (:meth:`_serve_requests`), then :meth:`_drop` it."""
         try:
             self._serve_requests(conn)
         finally:
             self._served.discard(conn)
-            if conn.refused is not None:
-                log.error(
-                    "master at %s: dropped the connection from %s: it sent %s",
-                    self.address,
-                    conn.peer,
-                    conn.refused,
-                )
-            elif conn.cut is not None:
-                log.error(
-                    "master at %s: the connection from %s was closed mid-message, %s "
-                    "arrived: that call was not served (its worker or producer stopped as it "
-                    "sent, or the network cut)",
-                    self.address,
-                    conn.peer,
-                    conn.cut,
-                )
+            self._drop(conn)
+
+    def _drop(self, conn: wire.ServedConnection) -> None:
+        """Close ``conn``; one dropped for a message the master does not unpickle, or does
+        not read for its size, or cut mid-message, is logged first, once, with the peer's
+        address: the line is in the log by the time the peer sees the close."""
+        if conn.closed:
+            return
+        if conn.refused is not None:
+            log.error(
+                "master at %s: dropped the connection from %s: it sent %s",
+                self.address,
+                conn.peer,
+                conn.refused,
+            )
+        elif conn.cut is not None:
+            log.error(
+                "master at %s: the connection from %s was closed mid-message, %s "
+                "arrived: that call was not served (its worker or producer stopped as it "
+                "sent, or the network cut)",
+                self.address,
+                conn.peer,
+                conn.cut,
+            )
+        conn.close()
 
     def _serve_requests(self, conn: wire.ServedConnection) -> None:
         """``multiprocessing``'s ``Server.handle_request``, with the handshake and first
@@ -288,7 +295,7 @@ class ManagerTransport(Transport):
             if name not in wire.FIRST_REQUESTS:  # not shutdown: any key holder could stop us
                 raise ValueError(f"{name!r} unrecognized")
         except Exception as exc:  # no key, a wrong one, a silent peer, a port scan: dropped
-            conn.close()
+            self._drop(conn)
             if isinstance(exc, AuthenticationError):
                 self._log_accept_problem(
                     "key",
@@ -303,21 +310,21 @@ class ManagerTransport(Transport):
         try:
             msg: tuple[str, Any] = ("#RETURN", getattr(server, name)(conn, *args, **kwds))
         except SystemExit:  # serve_client()'s end on EOF: the peer closed, or we stopped
-            conn.close()
+            self._drop(conn)
             return
         except Exception:
             msg = ("#TRACEBACK", traceback.format_exc())
         if name == "accept_connection":  # serve_client() returned: the master stopped
             # no reply: the peer's next call would take this stray one for its own (a
             # settle read it as done); the close tells it the master stopped
-            conn.close()
+            self._drop(conn)
             return
         try:
             conn.send(msg)
         except Exception:  # the peer is gone: nothing to tell it
             pass
         finally:
-            conn.close()
+            self._drop(conn)
 
     def _connect(self, call: Callable[[], _T]) -> _T:
         try:
