@@ -483,6 +483,35 @@ def test_a_histogram_takes_a_batch_of_any_size_as_prometheus_client_would(
     assert samples(together) == pytest.approx(samples(reference))
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        [2.0 + n / 100 for n in range(12)],  # one bucket, far above the least ones
+        [BUCKETS[3]] * 9 + [BUCKETS[4]],  # at the bounds, two buckets next to each other
+        [BUCKETS[-1] + n for n in range(10)],  # all beyond the last bound: +Inf
+        [0.0] * 8 + [BUCKETS[-1] * 2],  # the first bucket and +Inf, none between
+    ],
+)
+def test_a_batch_above_the_least_buckets_counts_as_prometheus_client_would(
+    values: list[float],
+) -> None:
+    # the buckets below a sorted batch's least value and above its largest's are not
+    # visited (a worker's batch of a few waits of seconds): its counts stay the reference's
+    ours = HistogramTable("h", "h", [], BUCKETS, threading.Lock())
+    with ours.lock:
+        ours.observe(ours.series(()), values, ordered=True)
+    reference = Histogram("h", "h", buckets=BUCKETS, registry=CollectorRegistry())
+    for seconds in values:
+        reference.observe(seconds)
+    got = Together(ours.lock, [ours], CollectorRegistry()).collect()
+    assert [(s.name, s.labels, s.value) for f in got for s in f.samples] == [
+        (s.name, s.labels, s.value)
+        for f in reference.collect()
+        for s in f.samples
+        if s.name != "h_created"
+    ]
+
+
 def test_buckets_reach_an_hour_so_a_long_wait_is_not_read_as_five_minutes() -> None:
     """Past the last bound ``histogram_quantile`` answers that bound: with 300 s the
     last, a backlog whose tasks all waited 30 minutes showed p50 = p99 = 300 s."""
