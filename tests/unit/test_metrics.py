@@ -162,6 +162,22 @@ def test_a_chunk_counts_once_under_the_function_it_calls(count: int) -> None:
     assert value(registry, "distq_worker_tasks_total", task=CHUNK_TASK, outcome="ok") is None
 
 
+def test_chunks_of_two_functions_in_one_small_batch_count_each_under_its_own() -> None:
+    # task by task, a label is looked up once per name in a batch: not a chunk's, whose
+    # name is the same for every function
+    metrics, telemetry = worker_metrics()
+    registry = metrics.registry
+    now = time.time()
+    chunks = [
+        Task(name=CHUNK_TASK, args=[name, [[1]]], reply_to="r", created_at=now)
+        for name in ("resize", "nope:fn", "resize")
+    ]
+    telemetry.settled([ending(t, "ok", now, 0.01) for t in [*chunks, task(created_at=now)]])
+    assert value(registry, "distq_worker_tasks_total", task="resize", outcome="ok") == 2
+    assert value(registry, "distq_worker_tasks_total", task="(unregistered)", outcome="ok") == 1
+    assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 1
+
+
 @pytest.mark.parametrize("count", [3, 20])  # task by task, and a batch of one name (16+)
 def test_a_task_whose_master_is_gone_is_orphaned_not_a_failed_run_nor_a_zero_wait(
     count: int,
