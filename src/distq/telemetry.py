@@ -153,12 +153,18 @@ def _tally_each(known: frozenset[str], endings: Sequence[Ending]) -> Tally:
     waits: list[float] = []
     runs: dict[str, list[float]] = {}
     counts: dict[tuple[str, str], int] = {}
+    labels: dict[str, str] = {}  # by name: two calls per task cost more than its tally
     for ending in endings:
         task = ending.task
         if task is None:
             label = UNKNOWN
         else:
-            label = label_of(task, known)
+            name = task.name
+            label = labels.get(name, "")
+            if not label:
+                label = label_of(task, known)
+                if name != CHUNK_TASK:  # a chunk's label is its function's: each its own
+                    labels[name] = label
             # 0: the function never ran (orphaned, unknown name, bad arguments): no run
             # time, and no queue wait, which ends when a run starts (obs16)
             if ending.duration > 0:

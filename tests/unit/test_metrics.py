@@ -162,6 +162,22 @@ def test_a_chunk_counts_once_under_the_function_it_calls(count: int) -> None:
     assert value(registry, "distq_worker_tasks_total", task=CHUNK_TASK, outcome="ok") is None
 
 
+def test_chunks_of_two_functions_in_one_small_batch_count_each_under_its_own() -> None:
+    # task by task, a label is looked up once per name in a batch: not a chunk's, whose
+    # name is the same for every function
+    metrics, telemetry = worker_metrics()
+    registry = metrics.registry
+    now = time.time()
+    chunks = [
+        Task(name=CHUNK_TASK, args=[name, [[1]]], reply_to="r", created_at=now)
+        for name in ("resize", "nope:fn", "resize")
+    ]
+    telemetry.settled([ending(t, "ok", now, 0.01) for t in [*chunks, task(created_at=now)]])
+    assert value(registry, "distq_worker_tasks_total", task="resize", outcome="ok") == 2
+    assert value(registry, "distq_worker_tasks_total", task="(unregistered)", outcome="ok") == 1
+    assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 1
+
+
 @pytest.mark.parametrize("count", [3, 20])  # task by task, and a batch of one name (16+)
 def test_a_task_whose_master_is_gone_is_orphaned_not_a_failed_run_nor_a_zero_wait(
     count: int,
@@ -481,6 +497,35 @@ def test_a_histogram_takes_a_batch_of_any_size_as_prometheus_client_would(
         }
 
     assert samples(together) == pytest.approx(samples(reference))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [2.0 + n / 100 for n in range(12)],  # one bucket, far above the least ones
+        [BUCKETS[3]] * 9 + [BUCKETS[4]],  # at the bounds, two buckets next to each other
+        [BUCKETS[-1] + n for n in range(10)],  # all beyond the last bound: +Inf
+        [0.0] * 8 + [BUCKETS[-1] * 2],  # the first bucket and +Inf, none between
+    ],
+)
+def test_a_batch_above_the_least_buckets_counts_as_prometheus_client_would(
+    values: list[float],
+) -> None:
+    # the buckets below a sorted batch's least value and above its largest's are not
+    # visited (a worker's batch of a few waits of seconds): its counts stay the reference's
+    ours = HistogramTable("h", "h", [], BUCKETS, threading.Lock())
+    with ours.lock:
+        ours.observe(ours.series(()), values, ordered=True)
+    reference = Histogram("h", "h", buckets=BUCKETS, registry=CollectorRegistry())
+    for seconds in values:
+        reference.observe(seconds)
+    got = Together(ours.lock, [ours], CollectorRegistry()).collect()
+    assert [(s.name, s.labels, s.value) for f in got for s in f.samples] == [
+        (s.name, s.labels, s.value)
+        for f in reference.collect()
+        for s in f.samples
+        if s.name != "h_created"
+    ]
 
 
 def test_buckets_reach_an_hour_so_a_long_wait_is_not_read_as_five_minutes() -> None:
