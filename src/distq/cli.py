@@ -11,9 +11,7 @@ refused our credentials.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import logging
 import math
 import os
 import signal
@@ -56,7 +54,7 @@ from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
 from distq.probe import add_probe_parser, run_probe
 from distq.security import notices
-from distq.signals import stop_signals
+from distq.signals import exit_now, leave_surely, leave_under_way, stop_signals
 from distq.squares import Squares
 from distq.taskoutput import whole_lines
 from distq.tasks import Registry
@@ -293,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.error(str(exc))
         code = _exit_code(exc)
     except SignalExit as exc:  # a signal while connecting: said; a task module's threads
-        if args.role != "worker":  # may run already (started at its import)
+        leave_under_way()  # may run already (started at its import): no alarm cuts their wait
+        if args.role != "worker":
             raise
         code = _exit_code(exc)
     if args.role == "worker":  # every way out of a worker that ran tasks (exit 2 too)
@@ -393,6 +392,7 @@ def _leave_on_signal(console: Console, role: str, code: int) -> None:
 
     def leave(signum: int, _frame: object) -> None:
         announce(console, f"{signal.Signals(signum).name} while connecting: {role} exit")
+        leave_surely(code)  # where Python swallows it (a finalizer's), it ends all the same
         raise SignalExit(code)
 
     for sig in stop_signals():
@@ -538,11 +538,7 @@ def _bound_exit(
 
     def leave(*_: object) -> None:
         console.error(f"the worker exits {code} now, without waiting any longer")
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):  # a reader gone: the exit code still says it
-                stream.flush()
-        os._exit(code)
+        exit_now(code)
 
     def expire() -> None:
         if any(thread.is_alive() for thread in left):  # ended: atexit may run on, as asked

@@ -1,8 +1,22 @@
-"""The signals that stop a master or a worker."""
+"""The signals that stop a master or a worker, and the exit a stop signal raises while it
+starts up, made sure of."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import signal
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from distq.errors import SignalExit
+
+#: How long the :class:`SignalExit` a stop signal raised while starting up may take to end
+#: the process; past it, the exception was swallowed (code that catches everything) and
+#: the process exits at once.
+LEAVE_WITHIN = 2.0
 
 
 def stop_signals() -> tuple[signal.Signals, ...]:
@@ -16,3 +30,45 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
         return (signal.SIGTERM, signal.SIGINT)
     return (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit ``code`` at once, the lines said so far flushed: nothing else runs."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a reader gone: the exit code still says it
+            stream.flush()
+    os._exit(code)
+
+
+def leave_surely(code: int) -> None:
+    """Called by a stop signal's handler just before it raises ``SignalExit(code)``. The
+    handler runs wherever the main thread is, and there Python may swallow the exception:
+    in a finalizer (a ``__del__``, a weakref callback: "Exception ignored in", a traceback,
+    and the process went on connecting until its --connect-timeout), or in code that
+    catches everything. Such an exit is taken at once (a finalizer's) or after
+    :data:`LEAVE_WITHIN` s (an alarm), unless :func:`leave_under_way` says it is under way."""
+    if not isinstance(sys.unraisablehook, _SwallowedExit):
+        sys.unraisablehook = _SwallowedExit(sys.unraisablehook)
+    signal.signal(signal.SIGALRM, lambda _signum, _frame: exit_now(code))
+    signal.setitimer(signal.ITIMER_REAL, LEAVE_WITHIN)
+
+
+def leave_under_way() -> None:
+    """The ``SignalExit`` reached the code that ends the process: no alarm to cut it."""
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+class _SwallowedExit:
+    """``sys.unraisablehook`` that takes a swallowed ``SignalExit`` (quietly: its line is
+    said) and hands every other exception to the hook it found."""
+
+    def __init__(self, found: Callable[[Any], object]) -> None:
+        self.found = found
+
+    def __call__(self, unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, SignalExit):
+            exit_now(exc.code if isinstance(exc.code, int) else 1)
+        self.found(unraisable)

@@ -415,6 +415,44 @@ def test_sigterm_while_a_slow_task_module_imports_is_the_workers_stop(tmp_path: 
     assert "fix the module" not in output, output
 
 
+#: A task module whose import signals its own worker while Python swallows the exception
+#: the worker's handler raises: in a finalizer (Python prints "Exception ignored in" and goes
+#: on, as in redis-py's ``__del__`` of a connection a failed attempt dropped), and in code
+#: that catches everything. Then the worker connects, to nothing, for its --connect-timeout.
+SWALLOWING = {
+    "finalizer": "class Garbage:\n    def __del__(self):\n        {signal}\n\n\nGarbage()\n",
+    "catch-all": "try:\n    {signal}\nexcept BaseException:\n    pass\n",
+}
+
+
+@pytest.mark.parametrize("where", sorted(SWALLOWING))
+def test_sigterm_that_python_swallows_while_connecting_still_ends_the_worker(
+    tmp_path: Path, where: str
+) -> None:
+    """A CI run under load: a worker SIGTERM'd while it waited for its broker said its stop
+    line, printed the traceback of ``SignalExit: 0`` ("Exception ignored in ..."), and ran
+    on until its --connect-timeout (exit 3), past the 5 s its stop was given."""
+    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
+    body = SWALLOWING[where].replace("{signal}", raised)
+    (tmp_path / "swallowing.py").write_text(
+        f"import os, signal\n\nimport distq\n\n{body}\n\n@distq.task\ndef noop() -> None:\n"
+        "    pass\n"
+    )
+    proc = started(
+        *("worker", "--tasks", "swallowing", "--connect-timeout", "60"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+    )
+    try:
+        output = proc.communicate(timeout=15)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "SIGTERM while connecting: worker exit" in output
+    assert "Traceback" not in output, output
+
+
 @pytest.mark.parametrize(("extra", "code"), [([], 1), (["--rate", "5"], 0)])
 def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], code: int) -> None:
     """The master's handler came only once it had connected: as PID 1 a SIGTERM while it
