@@ -10,7 +10,7 @@ from typing import Any
 
 from distq.codec import Codec
 from distq.dispatcher import Dispatcher, Entry
-from distq.ending import Endings
+from distq.ending import Ending, Endings
 from distq.envelope import DeadLetter, Result, Task, new_id
 from distq.futures import Callbacks, DistqFuture
 from distq.transport import Consumer, Delivery, Producer, Settlement, Transport
@@ -83,6 +83,12 @@ def dead_letter(
         time.sleep(0.05)
     consumer.close()
     producer.close()
+
+
+def dead_letter_reason(ending: Ending) -> str:
+    """The reason of the dead letter ``ending`` settles its task with (it must make one)."""
+    assert ending.settlement.dead_letter is not None, ending
+    return DeadLetter.decode(ending.settlement.dead_letter).reason
 
 
 def retried(
