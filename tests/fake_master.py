@@ -8,7 +8,7 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing import connection
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -51,6 +51,31 @@ def manager_env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def accepting(
+    address: tuple[str, int], handle: Callable[[socket.socket], object]
+) -> Iterator[threading.Event]:
+    """A TCP server on ``address`` that hands each connection to ``handle`` (in its
+    accepting thread) until the block ends; yields the event set then."""
+    server = socket.create_server(address)
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                handle(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(5)
+
+
+@contextlib.contextmanager
 def fake_master(
     settings: Settings,
     odd_on: str,
@@ -64,7 +89,6 @@ def fake_master(
     choosing first), never answers ``stall_on``, and answers the rest like a real one."""
     assert settings.authkey is not None
     authkey = settings.authkey
-    server = socket.create_server(settings.manager_address)
     stop = threading.Event()
 
     def serve(conn: Connection) -> None:
@@ -85,23 +109,15 @@ def fake_master(
                 answer = {"create": ("1", manager_wire.EXPOSED), "fetch": []}.get(method)
                 conn.send(("#RETURN", answer))
 
-    def accept() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                sock = server.accept()[0]
-                sock.setblocking(True)
-                conn = Connection(sock.detach())
-                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    def start(sock: socket.socket) -> None:
+        sock.setblocking(True)
+        threading.Thread(target=serve, args=(Connection(sock.detach()),), daemon=True).start()
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
     try:
-        yield
+        with accepting(settings.manager_address, start):
+            yield
     finally:
         stop.set()
-        server.shutdown(socket.SHUT_RDWR)
-        server.close()
-        thread.join(5)
 
 
 def fetch_refused(settings: Settings, reply: bytes) -> None:

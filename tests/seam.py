@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from distq.codec import Codec
-from distq.ending import Endings
+from distq.dispatcher import Dispatcher, Entry
+from distq.ending import Ending, Endings
 from distq.envelope import DeadLetter, Result, Task, new_id
+from distq.futures import Callbacks, DistqFuture
 from distq.transport import Consumer, Delivery, Producer, Settlement, Transport
 
 
@@ -83,6 +85,12 @@ def dead_letter(
     producer.close()
 
 
+def dead_letter_reason(ending: Ending) -> str:
+    """The reason of the dead letter ``ending`` settles its task with (it must make one)."""
+    assert ending.settlement.dead_letter is not None, ending
+    return DeadLetter.decode(ending.settlement.dead_letter).reason
+
+
 def retried(
     endings: Endings, taken: Sequence[Delivery], delays: Sequence[float]
 ) -> list[Settlement]:
@@ -110,3 +118,21 @@ def held_until_stopped(
         stop.set()
         run.join(30)
         consumer.close()
+
+
+class DispatcherTransport:
+    """An executor's transport as its dispatcher uses it (no orphans, nothing to close),
+    for a dispatcher driven with a producer of the test's own."""
+
+    def close(self) -> None:
+        pass
+
+    def forget_orphans(self, reply_to: str) -> int:
+        return 0
+
+
+def square_entry(dispatcher: Dispatcher, callbacks: Callbacks) -> Entry:
+    """An executor's entry for ``dispatcher``: a task ``square(3)``, its future, no deadline."""
+    task = Task(name="square", args=[3], reply_to="r")
+    future = DistqFuture[Any](dispatcher.cancel, task.id, "square", callbacks)
+    return Entry(task, task.encode(), future, deadline=None)

@@ -16,6 +16,7 @@ import select
 import socket
 import threading
 from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
 
 _HOST = "127.0.0.1"
 _CHUNK = 65536
@@ -43,6 +44,22 @@ class Partition:
     def heal(self) -> None:
         """Relay again everything that waited."""
         self._open.set()
+
+    def through(self, url: str) -> str:
+        """``url`` (its broker's) with this proxy's address in place of the broker's."""
+        parts = urlsplit(url)
+        user = parts.netloc.rpartition("@")[0]
+        return urlunsplit(parts._replace(netloc=f"{user}@{_HOST}:{self.port}".lstrip("@")))
+
+    def reset(self) -> None:
+        """Cut every connection open through it (both ends see it closed); connections
+        made after pass."""
+        with self._lock:
+            opened = list(self._sockets)
+            self._sockets.clear()
+        for sock in opened:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         """Close every connection and the listener; the relay threads end."""

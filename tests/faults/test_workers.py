@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -90,9 +90,7 @@ def _through(partition: Partition, target: Target) -> dict[str, str]:
         env["DISTQ_MANAGER_ADDRESS"] = f"127.0.0.1:{partition.port}"
     else:
         var = "DISTQ_REDIS_URL" if target.name == "redis" else "DISTQ_AMQP_URL"
-        parts = urlsplit(target.env[var])
-        netloc = f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{partition.port}"
-        env[var] = urlunsplit(parts._replace(netloc=netloc.lstrip("@")))
+        env[var] = partition.through(target.env[var])
     return env
 
 

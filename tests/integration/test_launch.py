@@ -23,7 +23,7 @@ from pika.exceptions import AMQPConnectionError
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from certs import CertificateAuthority
-from launch import LocalPrometheus, LocalRabbitMQ, LocalRedis, ServerError, free_port
+from launch import LocalPrometheus, LocalRabbitMQ, LocalRedis, LocalServer, ServerError, free_port
 from launch.redis_server import NO_RETRY
 
 pytestmark = pytest.mark.integration
@@ -37,6 +37,15 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
 def assert_gone(pid: int) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def killed(server: LocalServer) -> None:
+    """SIGKILL ``server``, as a crash would: its process is gone, and it knows it."""
+    pid = server.pid
+    assert pid is not None
+    server.kill()
+    assert server.pid is None
+    assert_gone(pid)
 
 
 def listening(port: int) -> bool:
@@ -59,12 +68,8 @@ def test_redis_restart_after_a_crash_keeps_only_what_was_saved(tmp_path: Path) -
         client.set("saved", "1")
         client.save()
         client.set("unsaved", "1")
-        pid = server.pid
-        assert pid is not None
 
-        server.kill()
-        assert server.pid is None
-        assert_gone(pid)
+        killed(server)
         with pytest.raises(redis.ConnectionError):
             client.ping()
 
@@ -239,11 +244,7 @@ def test_rabbitmq_restart_after_a_crash_keeps_durable_queues(rabbitmq: LocalRabb
     # it (RabbitMQ's window, not the launcher's). Flush the log: then a loss is ours.
     rabbitmq.ctl("eval", "mnesia:sync_log().")
 
-    pid = rabbitmq.pid
-    assert pid is not None
-    rabbitmq.kill()
-    assert rabbitmq.pid is None
-    assert_gone(pid)
+    killed(rabbitmq)
     assert not listening(rabbitmq.tcp_port)
 
     rabbitmq.restart()

@@ -38,7 +38,7 @@ from distq.envelope import NO_REPLY, DeadLetter, Task
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.transport import Settlement, Transport, manager, manager_wire, open_transport
 from endpoints import link_local_or_skip
-from fake_master import fake_settings, manager_env
+from fake_master import accepting, fake_master, fake_settings, manager_env
 from launch import every_thread_stopped, free_port
 from procs import Distq
 from relay import SilentRelay
@@ -377,15 +377,26 @@ _env = manager_env
 
 
 @contextlib.contextmanager
-def _master_process(env: dict[str, str]) -> Iterator[Distq]:
-    """A ``distq master`` process of one task, serving on ``env``'s address; stopped after
-    (it need not wait for its task)."""
-    master = Distq(["master", "--tasks", "1", "--timeout", "60"], env)
+def _killed_after(process: Distq) -> Iterator[Distq]:
+    """``process`` for the block, killed after (it need not finish its work)."""
     try:
+        yield process
+    finally:
+        process.stop(grace=0)
+
+
+@contextlib.contextmanager
+def _master_process(env: dict[str, str], *args: str) -> Iterator[Distq]:
+    """A ``distq master`` process serving on ``env``'s address, with ``args`` (by default
+    one task and a 60 s timeout), once it says its transport; killed after."""
+    with _killed_after(Distq(["master", *(args or _ONE_TASK)], env)) as master:
         master.wait_for(r"^master .* transport")
         yield master
-    finally:
-        master.stop(grace=0)
+
+
+_ONE_TASK = ("--tasks", "1", "--timeout", "60")
+#: A master that waits for workers that never come: its tasks stay queued.
+_WAITING = ("--tasks", "1", "--wait-workers", "99", "--timeout", "170")
 
 
 def test_a_worker_reconnects_to_a_master_restarted_at_the_same_address() -> None:
@@ -615,37 +626,12 @@ def test_requeue_dead_cut_off_part_way_says_what_the_letters_moved_were(
 
 
 @contextlib.contextmanager
-def _accepting(
-    address: tuple[str, int], handle: Callable[[socket.socket], object]
-) -> Iterator[threading.Event]:
-    """A TCP server on ``address`` that hands each connection to ``handle`` (in its
-    accepting thread) until the block ends; yields the event set then."""
-    server = socket.create_server(address)
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                handle(server.accept()[0])
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield stop
-    finally:
-        stop.set()
-        server.shutdown(socket.SHUT_RDWR)
-        server.close()
-        thread.join(5)
-
-
-@contextlib.contextmanager
 def _silent_listener(address: tuple[str, int]) -> Iterator[None]:
     """A TCP server on ``address`` that accepts every connection and never sends a byte:
     what a frozen master, or another service on the port (e.g. Redis), looks like."""
     held: list[socket.socket] = []
     try:
-        with _accepting(address, held.append):
+        with accepting(address, held.append):
             yield
     finally:
         for conn in held:
@@ -727,13 +713,8 @@ def test_commands_and_workers_give_up_on_a_port_that_accepts_and_never_answers()
 def test_commands_and_workers_give_up_on_a_stopped_master() -> None:
     settings = _settings("frozen")
     env = _env(settings)
-    master = Distq(["master", "--tasks", "1", "--timeout", "120"], env)
-    try:
-        master.wait_for(r"^master .* transport")
-        with _stopped(master):
-            _give_up_on(env, ["status", "submit", "worker"])
-    finally:
-        master.stop(grace=0)
+    with _master_process(env, "--tasks", "1", "--timeout", "120") as master, _stopped(master):
+        _give_up_on(env, ["status", "submit", "worker"])
 
 
 @pytest.mark.timeout(120)
@@ -743,28 +724,23 @@ def test_a_connected_worker_detects_a_stopped_master_then_reconnects(
     # every call is bounded: a frozen master is an error a slot recovers from, not a hang
     monkeypatch.setattr(manager_wire, "REPLY_TIMEOUT", 2.0)  # 30 s in production
     settings = _settings("frozenmidjob")
-    master = Distq(["master", "--tasks", "3", "--timeout", "120"], _env(settings))
-    try:
-        master.wait_for(r"^master .* transport")
-        remote = open_transport(settings, "worker")
-        try:
-            consumer = remote.consumer("c1")
-            assert len(fetch_n(consumer, 1)) == 1
-            with _stopped(master):
-                started = time.monotonic()
-                with pytest.raises(TransportError, match="did not answer within 2 s"):
-                    consumer.fetch(1, 0.1)
-                consumer.close()  # what a slot does after an error; its connection is gone
-                with pytest.raises(ConnectionFailed, match="no answer to the authentication"):
-                    remote.consumer("c1")  # the slot's reconnect, while the master is stopped
-                assert time.monotonic() - started < 4 * (2.0 + 2 * manager_wire.CONNECT_TIMEOUT)
-            again = remote.consumer("c1")  # resumed: the next reconnect works
-            assert len(fetch_n(again, 1)) == 1
-            again.close()
-        finally:
-            remote.close()
-    finally:
-        master.stop(grace=0)
+    with (
+        _master_process(_env(settings), "--tasks", "3", "--timeout", "120") as master,
+        contextlib.closing(open_transport(settings, "worker")) as remote,
+    ):
+        consumer = remote.consumer("c1")
+        assert len(fetch_n(consumer, 1)) == 1
+        with _stopped(master):
+            started = time.monotonic()
+            with pytest.raises(TransportError, match="did not answer within 2 s"):
+                consumer.fetch(1, 0.1)
+            consumer.close()  # what a slot does after an error; its connection is gone
+            with pytest.raises(ConnectionFailed, match="no answer to the authentication"):
+                remote.consumer("c1")  # the slot's reconnect, while the master is stopped
+            assert time.monotonic() - started < 4 * (2.0 + 2 * manager_wire.CONNECT_TIMEOUT)
+        again = remote.consumer("c1")  # resumed: the next reconnect works
+        assert len(fetch_n(again, 1)) == 1
+        again.close()
 
 
 @pytest.mark.timeout(120)
@@ -811,20 +787,17 @@ def test_a_worker_stopped_while_its_master_is_frozen_exits_within_its_drain() ->
     settings = _settings("frozenstop")
     drain = 2.0
     env = dict(_env(settings), DISTQ_DRAIN_SECONDS=f"{drain:g}")
-    master = Distq(["master", "--tasks", "8", "--task-delay", "120", "--timeout", "170"], env)
-    worker: Distq | None = None
-    try:
-        master.wait_for(r"^master .* transport")
-        worker = Distq(["worker", "--concurrency", "4", "--connect-timeout", "30"], env)
+    with (
+        _master_process(env, "--tasks", "8", "--task-delay", "120", "--timeout", "170") as master,
+        _killed_after(
+            Distq(["worker", "--concurrency", "4", "--connect-timeout", "30"], env)
+        ) as worker,
+    ):
         deadline = time.monotonic() + 60
         while worker.output().count("Get task") < 4:  # every slot in a task
             assert time.monotonic() < deadline and worker.proc.poll() is None, worker.output()
             time.sleep(0.05)
         _stops_within_its_grace(worker, master, drain)
-    finally:
-        if worker is not None:
-            worker.stop(grace=0)
-        master.stop(grace=0)
 
 
 @pytest.mark.timeout(180)
@@ -836,11 +809,12 @@ def test_an_idle_worker_stopped_while_its_master_is_frozen_exits_within_its_drai
     settings = _settings("frozenidle")
     drain = 2.0
     env = dict(_env(settings), DISTQ_DRAIN_SECONDS=f"{drain:g}")
-    master = Distq(["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], env)
-    worker: Distq | None = None
-    try:
-        master.wait_for(r"^master .* transport")
-        worker = Distq(["worker", "--concurrency", "2", "--connect-timeout", "30"], env)
+    with (
+        _master_process(env, *_WAITING) as master,
+        _killed_after(
+            Distq(["worker", "--concurrency", "2", "--connect-timeout", "30"], env)
+        ) as worker,
+    ):
         worker.wait_for(r"^Connect to master")
         remote = open_transport(settings, "worker")
         try:  # both slots attached, each in a fetch
@@ -851,10 +825,6 @@ def test_an_idle_worker_stopped_while_its_master_is_frozen_exits_within_its_drai
         finally:
             remote.close()
         _stops_within_its_grace(worker, master, drain)
-    finally:
-        if worker is not None:
-            worker.stop(grace=0)
-        master.stop(grace=0)
 
 
 def test_a_proxy_dropped_while_its_master_is_frozen_holds_no_thread() -> None:
@@ -863,24 +833,17 @@ def test_a_proxy_dropped_while_its_master_is_frozen_holds_no_thread() -> None:
     # its keeper or readiness (their proxy dropped after a failure) waited out
     # CONNECT_TIMEOUT (5 s) there against a master that does not answer
     settings = _settings("frozendrop")
-    master = Distq(
-        ["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], _env(settings)
-    )
-    try:
-        master.wait_for(r"^master .* transport")
-        remote = open_transport(settings, "worker")
-        try:
-            consumer = remote.consumer("c1")
-            with _stopped(master):
-                started = time.monotonic()
-                del consumer  # what a slot's reconnect does with the consumer it closed
-                gc.collect()
-                took = time.monotonic() - started
-            assert took < 1.0, f"{took:.1f} s"
-        finally:
-            remote.close()
-    finally:
-        master.stop(grace=0)
+    with (
+        _master_process(_env(settings), *_WAITING) as master,
+        contextlib.closing(open_transport(settings, "worker")) as remote,
+    ):
+        consumer = remote.consumer("c1")
+        with _stopped(master):
+            started = time.monotonic()
+            del consumer  # what a slot's reconnect does with the consumer it closed
+            gc.collect()
+            took = time.monotonic() - started
+        assert took < 1.0, f"{took:.1f} s"
 
 
 def test_a_new_proxy_waits_for_no_decref_of_its_master(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -919,9 +882,7 @@ def test_a_remote_producers_reply_queue_outlives_its_master_being_frozen() -> No
     settings = replace(_settings("frozenreply"), lease_seconds=1.0)
     ttl = settings.master_ttl  # 10 s, the shortest there is
     env = dict(_env(settings), DISTQ_LEASE_SECONDS="1")
-    master = Distq(["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], env)
-    try:
-        master.wait_for(r"^master .* transport")
+    with _master_process(env, *_WAITING) as master:
         client = open_transport(settings, "client")
         remote = open_transport(settings, "worker")
         try:
@@ -942,8 +903,6 @@ def test_a_remote_producers_reply_queue_outlives_its_master_being_frozen() -> No
         finally:
             remote.close()
             client.close()
-    finally:
-        master.stop(grace=0)
 
 
 @pytest.mark.timeout(120)
@@ -955,12 +914,8 @@ def test_submit_whose_master_stops_answering_as_it_queues_names_the_task(
     # master, resumed, ran the task, which the user had no id of (and submitted again)
     monkeypatch.setattr(manager_wire, "REPLY_TIMEOUT", 2.0)  # 30 s in production
     settings = _settings("frozenput")
-    master = Distq(
-        ["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], _env(settings)
-    )
     frozen = contextlib.ExitStack()
-    try:
-        master.wait_for(r"^master .* transport")
+    with _master_process(_env(settings), *_WAITING) as master, frozen:
         submit = manager.ManagerProducer.submit
 
         def stopped_as_it_queues(self: manager.ManagerProducer, bodies: list[bytes]) -> None:
@@ -989,9 +944,6 @@ def test_submit_whose_master_stops_answering_as_it_queues_names_the_task(
             client.close()
         assert capsys.readouterr().out == ""
         assert f"task {letter.id} may be queued or not" in err.getvalue(), err.getvalue()
-    finally:
-        frozen.close()
-        master.stop(grace=0)
 
 
 # -- a master under limits: silent peers, no threads, no file descriptors ----------------
@@ -1075,9 +1027,7 @@ def _connects_within(settings: Settings, seconds: float) -> bool:
 def test_the_master_drops_a_connection_that_never_authenticates() -> None:
     # each silent peer held a master thread and file descriptor for good
     settings = _settings("silentpeers")
-    master = Distq(["master", "--tasks", "1", "--timeout", "60"], _env(settings))
-    try:
-        master.wait_for(r"^master .* transport")
+    with _master_process(_env(settings)) as master:
         before = len(list(Path(f"/proc/{master.proc.pid}/task").iterdir()))
         peers = _silent_peers(settings.manager_address, 20)
         assert len(peers) == 20
@@ -1100,8 +1050,6 @@ def test_the_master_drops_a_connection_that_never_authenticates() -> None:
             time.sleep(0.1)
         assert after <= before + 2, (before, after)
         assert _connects_within(settings, 10)
-    finally:
-        master.stop(grace=0)
 
 
 def test_silent_peers_that_reconnect_do_not_keep_workers_out() -> None:
@@ -1112,7 +1060,6 @@ def test_silent_peers_that_reconnect_do_not_keep_workers_out() -> None:
     worker (here from the same host, the harder case) gets in while the flood goes on;
     the master says so, once."""
     settings = _settings("flooded")
-    master = Distq(["master", "--tasks", "1", "--timeout", "60"], _env(settings))
     stop = threading.Event()
     opened = [0]
 
@@ -1136,8 +1083,7 @@ def test_silent_peers_that_reconnect_do_not_keep_workers_out() -> None:
         for peer in peers:
             peer.close()
 
-    try:
-        master.wait_for(r"^master .* transport")
+    with _master_process(_env(settings)) as master:
         flooder = threading.Thread(target=flood)
         flooder.start()
         try:
@@ -1150,8 +1096,6 @@ def test_silent_peers_that_reconnect_do_not_keep_workers_out() -> None:
         master.wait_for("connections were authenticating at once; cut the oldest of 127.0.0.1")
         said = master.output()
         assert said.count("were authenticating at once") == 1, said  # once a minute
-    finally:
-        master.stop(grace=0)
 
 
 def test_only_handshakes_unfinished_for_a_while_are_cut_to_make_room() -> None:
@@ -1186,9 +1130,7 @@ def test_the_master_says_a_peer_failed_the_handshake_once_a_minute() -> None:
     """A worker with another DISTQ_AUTHKEY (a master restarted with a new key, a guess
     at a short one) was dropped without a word on the master's side (restart14, sec14)."""
     settings = _settings("wrongkey")
-    master = Distq(["master", "--tasks", "1", "--timeout", "60"], _env(settings))
-    try:
-        master.wait_for(r"^master .* transport")
+    with _master_process(_env(settings)) as master:
         wrong = dataclasses.replace(settings, authkey=b"not-the-masters-key")
         for _ in range(3):
             with pytest.raises(AuthenticationFailed):
@@ -1197,8 +1139,6 @@ def test_the_master_says_a_peer_failed_the_handshake_once_a_minute() -> None:
         master.wait_for(line + "DISTQ_AUTHKEY is not this master's")
         said = master.output()
         assert said.count("failed the authentication handshake") == 1, said
-    finally:
-        master.stop(grace=0)
 
 
 def test_the_master_drops_a_peer_that_trickles_its_handshake() -> None:
@@ -1354,8 +1294,7 @@ def _serves_a_worker(settings: Settings, listening: str) -> None:
     """A ``distq master`` of 2 tasks on ``settings``, whose start line matches
     ``listening``, and a worker that runs them: asserts both exit 0."""
     env = _env(settings)
-    master = Distq(["master", "--tasks", "2", "--timeout", "60"], env)
-    try:
+    with _killed_after(Distq(["master", "--tasks", "2", "--timeout", "60"], env)) as master:
         master.wait_for(listening)
         worker = Distq(["worker", "--exit-when-idle", "1"], env)
         try:
@@ -1363,8 +1302,6 @@ def _serves_a_worker(settings: Settings, listening: str) -> None:
         finally:
             worker.stop()
         assert master.wait(60) == 0, master.output()
-    finally:
-        master.stop(grace=0)
 
 
 def test_a_master_on_ipv6_serves_workers_over_ipv6() -> None:
@@ -1500,6 +1437,12 @@ class _MakesDir:
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return os.mkdir, (str(self.path),)
+
+
+def _makes_dir_reply(marker: Path) -> bytes:
+    """A master's reply (for a :func:`fake_master`) holding a pickle that creates
+    ``marker`` when loaded."""
+    return pickle.dumps(("#RETURN", _MakesDir(marker)))
 
 
 def _authenticated(settings: Settings) -> Connection:
@@ -1646,7 +1589,7 @@ def test_a_service_with_a_short_framed_greeting_is_named_not_a_traceback() -> No
             time.sleep(0.2)
 
     with (
-        _accepting(settings.manager_address, greet),
+        accepting(settings.manager_address, greet),
         pytest.raises(ConnectionFailed, match="something other than a distq master"),
     ):
         open_transport(settings, "worker").stats()
@@ -1672,45 +1615,11 @@ def test_an_authkey_holder_cannot_stop_the_master_serving() -> None:
             later.close()
 
 
-@contextlib.contextmanager
-def _fake_master(settings: Settings, evil_on: str, marker: Path) -> Iterator[None]:
-    """A master holding DISTQ_AUTHKEY that answers like a real one, except ``evil_on``
-    (a method name), answered with a pickle that creates ``marker`` when loaded."""
-    assert settings.authkey is not None
-    authkey = settings.authkey
-    done = threading.Event()
-
-    def serve(conn: Connection) -> None:
-        with conn, contextlib.suppress(EOFError, OSError):
-            connection.deliver_challenge(conn, authkey)
-            connection.answer_challenge(conn, authkey)
-            while not done.is_set():
-                _, method, _, _ = conn.recv()
-                reply: Any = None
-                if method == evil_on:
-                    reply = _MakesDir(marker)
-                elif method == "create":
-                    reply = ("1", manager_wire.EXPOSED)
-                elif method == "fetch":
-                    reply = []
-                conn.send(("#RETURN", reply))
-
-    def start(sock: socket.socket) -> None:
-        sock.setblocking(True)
-        threading.Thread(target=serve, args=(Connection(sock.detach()),), daemon=True).start()
-
-    try:
-        with _accepting(settings.manager_address, start):
-            yield
-    finally:
-        done.set()
-
-
 def test_a_fake_master_cannot_run_code_in_a_worker_as_it_connects(tmp_path: Path) -> None:
     # a worker unpickled the master's replies: whoever holds DISTQ_AUTHKEY and answers on
     # the master's address (or in its place) ran code in every worker that connected
     settings, marker = _settings("fakemaster"), tmp_path / "ran"
-    with _fake_master(settings, "dummy", marker):
+    with fake_master(settings, "dummy", _makes_dir_reply(marker)):
         try:
             open_transport(settings, "worker").close()
             failed = ""
@@ -1722,7 +1631,7 @@ def test_a_fake_master_cannot_run_code_in_a_worker_as_it_connects(tmp_path: Path
 
 def test_a_fake_master_cannot_run_code_in_a_worker_with_a_reply(tmp_path: Path) -> None:
     settings, marker = _settings("fakereply"), tmp_path / "ran"
-    with _fake_master(settings, "fetch", marker):
+    with fake_master(settings, "fetch", _makes_dir_reply(marker)):
         remote = open_transport(settings, "worker")
         try:
             consumer = remote.consumer("c1")
@@ -1779,11 +1688,10 @@ def test_submit_wait_stopped_while_its_master_is_frozen_exits_within_seconds() -
     # master it was gone as the process exited, waiting out CONNECT_TIMEOUT: 7 s in all
     settings = _settings("frozensubmit")
     env = _env(settings)
-    master = Distq(["master", "--tasks", "1", "--wait-workers", "99", "--timeout", "170"], env)
-    submit: Distq | None = None
-    try:
-        master.wait_for(r"^master .* transport")
-        submit = Distq(["submit", "--wait", "square", "3"], env)
+    with (
+        _master_process(env, *_WAITING) as master,
+        _killed_after(Distq(["submit", "--wait", "square", "3"], env)) as submit,
+    ):
         submit.wait_for(r"^[0-9a-f]{32}$")
         time.sleep(0.5)  # in its wait for the result
         with _stopped(master):
@@ -1794,7 +1702,3 @@ def test_submit_wait_stopped_while_its_master_is_frozen_exits_within_seconds() -
         assert code == 1, submit.output()
         assert "interrupted" in submit.output() and "Traceback" not in submit.output()
         assert took < 5, f"{took:.1f} s:\n{submit.output()}"
-    finally:
-        if submit is not None:
-            submit.stop(grace=0)
-        master.stop(grace=0)

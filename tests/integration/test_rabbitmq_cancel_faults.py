@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -107,22 +106,6 @@ def _letters(node: LocalRabbitMQ, queue: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _through(url: str, port: int) -> str:
-    head, _, tail = url.rpartition(":")
-    return f"{head}:{port}/{tail.partition('/')[2]}"
-
-
-def _reset(partition: Partition) -> None:
-    """Cut every connection open through ``partition`` (both ends see it closed);
-    connections made after pass."""
-    with partition._lock:
-        opened = list(partition._sockets)
-        partition._sockets.clear()
-    for sock in opened:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
 def _run(
     node: LocalRabbitMQ, queue: str, kind: str, fault: str, tmp_path: Path
 ) -> tuple[str, str, int]:
@@ -130,7 +113,7 @@ def _run(
     env = _env(node.url, queue, kind)
     with contextlib.ExitStack() as stack:
         partition = stack.enter_context(Partition(int(node.url.rpartition(":")[2].split("/")[0])))
-        worker_env = {**env, "DISTQ_AMQP_URL": _through(node.url, partition.port)}
+        worker_env = {**env, "DISTQ_AMQP_URL": partition.through(node.url)}
         workers = [
             Distq(["worker", "--concurrency", str(SLOTS), "--connect-timeout", "60"], worker_env)
             for _ in range(WORKERS)
@@ -150,7 +133,7 @@ def _run(
         if fault == "restart":
             node.restart(120)
         elif fault == "cut":  # once: each cut counts a held task up to once per slot lost
-            _reset(partition)
+            partition.reset()
         elif fault == "sigkill":
             workers[0].signal(signal.SIGKILL)
         code = master.wait(120)  # a job takes 6 s, 20 with a restart: 90 s is a task lost
@@ -187,7 +170,7 @@ def test_counting_with_the_link_lost_at_the_question_says_so_then_asks_again(
     try:
         node.ctl("set_permissions", "-p", vhost, node.user, ".*", ".*", ".*")
         with Partition(int(node.url.rpartition(":")[2].split("/")[0])) as partition:
-            url = _through(node.url, partition.port).replace("/%2F", f"/{vhost}")
+            url = partition.through(node.url).replace("/%2F", f"/{vhost}")
             settings = Settings(transport="rabbitmq", amqp_url=url, queue=queue, lease_seconds=1.0)
             transport = RabbitMQTransport(settings, "worker")
             asked = rabbitmq_dead.counts_deliveries
@@ -196,7 +179,7 @@ def test_counting_with_the_link_lost_at_the_question_says_so_then_asks_again(
             def cut_first(connection: Any, *args: Any) -> bool:
                 calls[0] += 1
                 if calls[0] == 1:
-                    _reset(partition)
+                    partition.reset()
                     time.sleep(0.5)
                 return asked(connection, *args)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -64,21 +63,6 @@ def _limited(node: LocalRabbitMQ, queue: str, limit: int) -> Iterator[None]:
             node.ctl("clear_policy", policy)
 
 
-def _through(url: str, port: int) -> str:
-    head, _, tail = url.rpartition(":")
-    return f"{head}:{port}/{tail.partition('/')[2]}"
-
-
-def _reset(partition: Partition) -> None:
-    """Cut every connection open through ``partition`` (both ends see it closed)."""
-    with partition._lock:
-        opened = list(partition._sockets)
-        partition._sockets.clear()
-    for sock in opened:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
 def _count(channel: Any, queue: str) -> int:
     return int(channel.queue_declare(queue, passive=True).method.message_count)
 
@@ -112,7 +96,7 @@ def test_a_cut_counts_a_message_at_most_once_per_connection_lost_with_it(
             for i in range(CONNECTIONS):
                 channel.basic_publish("", queue, f"m{i}".encode())
             with Partition(port) as partition:
-                url = _through(node.url, partition.port)
+                url = partition.through(node.url)
                 connections = [
                     pika.BlockingConnection(pika.URLParameters(url)) for _ in range(CONNECTIONS)
                 ]
@@ -125,7 +109,7 @@ def test_a_cut_counts_a_message_at_most_once_per_connection_lost_with_it(
                     for connection in connections:
                         connection.process_data_events(time_limit=0.02)
                 assert sorted(got) == [f"m{i}".encode() for i in range(CONNECTIONS)], got
-                _reset(partition)
+                partition.reset()
             deadline = time.monotonic() + 10
             while _count(channel, queue) + _count(channel, f"{queue}.dead") < CONNECTIONS:
                 assert time.monotonic() < deadline, "the cut's messages did not come back"

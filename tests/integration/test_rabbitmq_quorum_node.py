@@ -7,6 +7,7 @@ The node is a plain ``rabbitmq-server`` process (``tests/launch``) on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -79,6 +80,19 @@ def _delivery_limit(node: LocalRabbitMQ, pattern: str, limit: int) -> None:
     node.ctl("set_policy", name, pattern, definition, "--apply-to", "queues")
 
 
+@contextlib.contextmanager
+def _quorum_vhost(node: LocalRabbitMQ) -> Iterator[tuple[str, str]]:
+    """A vhost of ``node`` whose default queue type is quorum, open to its user: its name
+    and the node's URL on it; deleted after."""
+    vhost = f"v-{uuid.uuid4().hex[:6]}"
+    node.ctl("add_vhost", vhost, "--default-queue-type", "quorum")
+    try:
+        node.ctl("set_permissions", "-p", vhost, node.user, ".*", ".*", ".*")
+        yield vhost, node.url.replace("/%2F", f"/{vhost}")
+    finally:
+        node.ctl("delete_vhost", vhost)
+
+
 def _ready(raw: Any, name: str) -> int:
     return int(raw.queue_declare(name, passive=True).method.message_count)
 
@@ -90,11 +104,8 @@ def test_reply_and_record_queues_are_classic_where_the_vhost_defaults_to_quorum(
     are always classic (a quorum queue younger than about 3 minutes does not come back
     from a crash on 3.10). Declared with no type, a vhost whose default queue type is
     quorum made them quorum queues (rmq31)."""
-    vhost = f"v-{uuid.uuid4().hex[:6]}"
-    node.ctl("add_vhost", vhost, "--default-queue-type", "quorum")
-    try:
-        node.ctl("set_permissions", "-p", vhost, node.user, ".*", ".*", ".*")
-        t = open_transport(node.url.replace("/%2F", f"/{vhost}"))
+    with _quorum_vhost(node) as (vhost, url):
+        t = open_transport(url)
         producer = t.producer(t.reply_queue("p"))
         consumer = t.consumer("c")
         producer.submit([b"t1"])
@@ -109,8 +120,6 @@ def test_reply_and_record_queues_are_classic_where_the_vhost_defaults_to_quorum(
         assert types[record_queue(queue, consumer.consumer_id)] == "classic"
         consumer.close()
         producer.close()
-    finally:
-        node.ctl("delete_vhost", vhost)
 
 
 def test_a_task_handed_back_past_a_delivery_limit_is_not_dropped_unanswered(
@@ -149,13 +158,9 @@ def test_forget_orphans_leaves_alone_a_dead_letter_queue_the_vhost_made_quorum(
     makes no look there (diff16). It went by DISTQ_RABBITMQ_QUEUE_TYPE only: where the
     vhost's default queue type is quorum the dead-letter queue is quorum all the same,
     and a delivery limit dropped a letter that was no orphan after a few looks (rmq31)."""
-    vhost = f"v-{uuid.uuid4().hex[:6]}"
-    node.ctl("add_vhost", vhost, "--default-queue-type", "quorum")
-    try:
-        node.ctl("set_permissions", "-p", vhost, node.user, ".*", ".*", ".*")
+    with _quorum_vhost(node) as (vhost, url):
         definition = json.dumps({"delivery-limit": 2})
         node.ctl("set_policy", "-p", vhost, "limit", ".*", definition, "--apply-to", "queues")
-        url = node.url.replace("/%2F", f"/{vhost}")
         t = open_transport(url)  # classic, as the settings say: declares the queues
         dead = f"{queue}.dead"
         with pika.BlockingConnection(pika.URLParameters(url)) as connection:
@@ -166,8 +171,6 @@ def test_forget_orphans_leaves_alone_a_dead_letter_queue_the_vhost_made_quorum(
                 assert t.forget_orphans(t.reply_queue("gone")) == 0
             time.sleep(0.5)
             assert _ready(channel, dead) == 1
-    finally:
-        node.ctl("delete_vhost", vhost)
 
 
 def test_peeking_at_quorum_dead_letters_past_a_delivery_limit_loses_none(
@@ -322,13 +325,10 @@ def test_a_task_handed_back_where_the_vhost_defaults_to_quorum_is_not_dropped(
     delivery carried ``x-delivery-count`` (RabbitMQ 3.10: from a message's first
     redelivery): until then its hand-backs requeued (nack), each counted as a delivery,
     and at a delivery limit the task was dead-lettered unrun (rmq32)."""
-    vhost = f"v-{uuid.uuid4().hex[:6]}"
-    node.ctl("add_vhost", vhost, "--default-queue-type", "quorum")
-    try:
-        node.ctl("set_permissions", "-p", vhost, node.user, ".*", ".*", ".*")
+    with _quorum_vhost(node) as (vhost, url):
         definition = json.dumps({"delivery-limit": 0})  # dead-lettered at its first requeue
         node.ctl("set_policy", "-p", vhost, "limit", f"^{queue}$", definition)
-        t = open_transport(node.url.replace("/%2F", f"/{vhost}"))  # classic, it says
+        t = open_transport(url)  # classic, it says
         producer = t.producer(t.reply_queue("p"))
         producer.submit([b"t1"])
         producer.flush()
@@ -340,8 +340,6 @@ def test_a_task_handed_back_where_the_vhost_defaults_to_quorum_is_not_dropped(
         consumer.settle([Settlement(d, reply_to=producer.reply_to, result=b"r") for d in again])
         consumer.close()
         producer.close()
-    finally:
-        node.ctl("delete_vhost", vhost)
 
 
 def test_heartbeats_on_a_quorum_queue_drop_no_task_at_a_delivery_limit(

@@ -44,7 +44,7 @@ from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
 from distq.transport.rabbitmq_packs import TASKS_TYPE, task_bodies
 from distq.transport.rabbitmq_retries import RETRY_DELAYS_MS
 from faults.proxy import Partition
-from procs import Distq
+from procs import Distq, checkout_env
 from seam import fetch_n, results_n
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -85,11 +85,17 @@ def raw(amqp_url: str, queue: str) -> Iterator[Any]:
 _RETRY_DELAYS_MS = (1, 300, 3000, 5000, *RETRY_DELAYS_MS)
 
 
-def _through(amqp_url: str, partition: Partition) -> str:
-    """``amqp_url`` with the port of ``partition``'s proxy in front of the broker."""
-    address = urlsplit(amqp_url)
-    host = address.netloc.rpartition(":")[0]
-    return amqp_url.replace(address.netloc, f"{host}:{partition.port}")
+def _partition(amqp_url: str) -> Partition:
+    """A :class:`Partition` in front of the broker at ``amqp_url``."""
+    return Partition(urlsplit(amqp_url).port or 5672)
+
+
+def _process_env(amqp_url: str, queue: str, **more: str) -> dict[str, str]:
+    """The environment of a distq subprocess on RabbitMQ at ``amqp_url``, on ``queue``,
+    with ``more``."""
+    return checkout_env(
+        DISTQ_TRANSPORT="rabbitmq", DISTQ_AMQP_URL=amqp_url, DISTQ_QUEUE=queue, **more
+    )
 
 
 def _while_cut(partition: Partition, call: Callable[[], object]) -> tuple[object, float]:
@@ -231,16 +237,9 @@ def test_a_worker_stops_exit_2_when_its_queue_is_declared_otherwise_mid_run(
     worker's connection is down: the worker's declare on reconnecting is refused. Before,
     it said "reconnecting" and retried for ever, silent, taking no task again; and a
     worker started on such a queue exited 3, "cannot be reached"."""
-    address = urlsplit(amqp_url)
-    with Partition(address.port or 5672) as partition:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(SRC),
-            "DISTQ_TRANSPORT": "rabbitmq",
-            "DISTQ_AMQP_URL": _through(amqp_url, partition),
-            "DISTQ_QUEUE": queue,
-            "DISTQ_LEASE_SECONDS": "1",  # heartbeats every second: a cut is seen soon
-        }
+    with _partition(amqp_url) as partition:
+        # heartbeats every second: a cut is seen soon
+        env = _process_env(partition.through(amqp_url), queue, DISTQ_LEASE_SECONDS="1")
         worker = Distq(["worker", "--connect-timeout", "20"], env)
         try:
             worker.wait_for(r"^Connect to rabbitmq")
@@ -529,11 +528,8 @@ def test_requeue_dead_cut_off_part_way_says_what_became_of_the_letters(
     raw.queue_declare(f"{queue}.dead", durable=True)
     for n in range(15):
         raw.basic_publish("", f"{queue}.dead", b"raw %d" % n)
-    address = urlsplit(amqp_url)
-    with Partition(address.port or 5672) as partition:
-        settings = Settings(
-            transport="rabbitmq", amqp_url=_through(amqp_url, partition), queue=queue
-        )
+    with _partition(amqp_url) as partition:
+        settings = Settings(transport="rabbitmq", amqp_url=partition.through(amqp_url), queue=queue)
         made = commands.reviver
 
         def stopping(*args: Any, **kwargs: Any) -> Any:
@@ -1867,9 +1863,8 @@ def test_the_keeper_never_waits_for_a_reconnect_and_takes_it_once_made(
     long batch's finished tasks (the hand-back): pika waits 15 s a try, and a try of
     3 s a slot held it up in a frozen broker's outage (rmq18). One try at a time runs
     in a thread of its own; once the broker answers, the keeper takes its link."""
-    address = urlsplit(amqp_url)
-    with Partition(address.port or 5672) as partition:
-        url = _through(amqp_url, partition)
+    with _partition(amqp_url) as partition:
+        url = partition.through(amqp_url)
         t = open_transport(url=url, lease=30.0)
         producer = t.producer(t.reply_queue("p"))
         producer.submit([b"t1"])
@@ -1914,9 +1909,8 @@ def test_the_keeper_waits_once_for_all_slots_of_a_broker_that_does_not_answer(
     """The keeper's wait for a reconnect try it starts (0.5 s) was paid slot after slot
     against a broker that takes connections and never answers: 16 slots held it 8 s a
     pass, and time limits fired late (diff18c). One wait a pause, for all the slots."""
-    address = urlsplit(amqp_url)
-    with Partition(address.port or 5672) as partition:
-        url = _through(amqp_url, partition)
+    with _partition(amqp_url) as partition:
+        url = partition.through(amqp_url)
         t = open_transport(url=url, lease=30.0)
         t.producer(t.reply_queue("p")).submit([b"t1", b"t2", b"t3", b"t4", b"t5", b"t6"])
         consumers = [t.consumer(f"c{i}") for i in range(6)]
@@ -2430,9 +2424,8 @@ def test_a_call_on_the_transports_own_connection_gives_up_on_a_broker_that_hangs
     answered for :data:`~distq.transport.rabbitmq.ADMIN_ANSWER_SECONDS`, a
     TransportError, as a Redis read does after its timeout; and the next call, once the
     broker answers, works."""
-    address = urlsplit(amqp_url)
-    with Partition(address.port or 5672) as partition:
-        url = _through(amqp_url, partition)
+    with _partition(amqp_url) as partition:
+        url = partition.through(amqp_url)
         t = open_transport(url=url)
         assert t.stats().ready == 0  # connected
         outcome, took = _while_cut(partition, t.stats)
@@ -2459,15 +2452,8 @@ def test_a_master_waiting_for_workers_ends_at_its_timeout_while_the_broker_hangs
     that hung (here: cut off, no reset) held the master there until it answered again
     (before: still running 40 s into the cut, with ``--timeout 3``). It now gives up
     on the broker's answer after ADMIN_ANSWER_SECONDS and ends at its timeout."""
-    address = urlsplit(amqp_url)
-    with Partition(address.port or 5672) as partition:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(SRC),
-            "DISTQ_TRANSPORT": "rabbitmq",
-            "DISTQ_AMQP_URL": _through(amqp_url, partition),
-            "DISTQ_QUEUE": queue,
-        }
+    with _partition(amqp_url) as partition:
+        env = _process_env(partition.through(amqp_url), queue)
         master = Distq(["master", "--tasks", "3", "--wait-workers", "1", "--timeout", "3"], env)
         try:
             master.wait_for("waiting for 1 worker slots to attach")
@@ -2492,9 +2478,8 @@ def test_requeue_dead_gives_up_on_a_broker_that_hangs(
     which has no heartbeats: against a broker that hung (cut off, no reset) it waited
     for ever. It gives up as the other calls on that connection do, and its letters
     stay dead letters (a failure before the ack hands them back)."""
-    address = urlsplit(amqp_url)
-    with Partition(address.port or 5672) as partition:
-        url = _through(amqp_url, partition)
+    with _partition(amqp_url) as partition:
+        url = partition.through(amqp_url)
         t = open_transport(url=url)
         raw.basic_publish("", f"{queue}.dead", b"not a letter")
         assert t.requeue_dead(0) == 0  # connected
@@ -2517,9 +2502,8 @@ def test_a_producer_closes_within_the_close_bound_while_the_broker_hangs(
     The close takes the bound (the delete is waited for); the check leaves a second
     between it and twice the bound for a stall of this process (one of 1 s after the
     close failed a margin of 1 s)."""
-    address = urlsplit(amqp_url)
-    with Partition(address.port or 5672) as partition:
-        t = open_transport(url=_through(amqp_url, partition))
+    with _partition(amqp_url) as partition:
+        t = open_transport(url=partition.through(amqp_url))
         producer = t.producer(t.reply_queue("p"))
         producer.submit([b"t1"])
         producer.flush()

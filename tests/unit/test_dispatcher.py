@@ -31,7 +31,7 @@ from distq.futures import Callbacks, DistqFuture
 from distq.overdue import DEADLINES_KEPT
 from distq.transport import Settlement, open_transport
 from launch import free_port
-from seam import fetch_n, ok_result
+from seam import DispatcherTransport, fetch_n, ok_result, square_entry
 
 
 class BrokerGoneAtWithdraw:
@@ -60,16 +60,6 @@ class BrokerGoneAtWithdraw:
         self.close()
 
 
-class Closed:
-    """The executor's transport, as the dispatcher uses it."""
-
-    def close(self) -> None:
-        pass
-
-    def forget_orphans(self, reply_to: str) -> int:
-        return 0
-
-
 def test_a_task_timing_out_as_the_broker_fails_is_failed_not_left_pending(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -83,7 +73,7 @@ def test_a_task_timing_out_as_the_broker_fails_is_failed_not_left_pending(
     # "could not withdraw it in time"
     monkeypatch.setattr(overdue_module, "OVERDUE_GRACE", 3.0)
     callbacks = Callbacks()
-    dispatcher = Dispatcher(Closed(), BrokerGoneAtWithdraw(), Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(DispatcherTransport(), BrokerGoneAtWithdraw(), Codec(), callbacks)  # type: ignore[arg-type]
     task = Task(name="square", args=[3], reply_to="r")
     future = DistqFuture[Any](dispatcher.cancel, task.id, "square", callbacks)
     entry = Entry(task, task.encode(), future, deadline=time.monotonic() + 0.2)
@@ -110,7 +100,7 @@ def test_cancel_and_task_timeout_work_while_an_outage_is_waited_out(
     monkeypatch.setattr(dispatching, "OUTAGE_SECONDS", 5.0)
     callbacks = Callbacks()
     producer = BrokerAway()
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
 
     def entry(deadline: float | None) -> Entry:
         task = Task(name="square", args=[3], reply_to="r")
@@ -173,7 +163,7 @@ def test_answered_tasks_leave_no_deadline_behind(monkeypatch: pytest.MonkeyPatch
     the dispatcher's thread)."""
     monkeypatch.setattr(dispatching, "RECONCILE_SECONDS", 0.0)
     callbacks = Callbacks()
-    dispatcher = Dispatcher(Closed(), AnswersAtOnce(), Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(DispatcherTransport(), AnswersAtOnce(), Codec(), callbacks)  # type: ignore[arg-type]
     dispatcher.start()
     futures = []
     for round_ in range(3):
@@ -239,7 +229,7 @@ def test_an_idle_executor_reconnects_when_its_connection_was_dropped() -> None:
     that future and every later submit failed with BrokenExecutor, broker up or not."""
     callbacks = Callbacks()
     producer = DroppedWhileIdle()
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
     dispatcher.start()
 
     def submit(n: int) -> DistqFuture[Any]:
@@ -263,7 +253,7 @@ def test_an_idle_executor_asks_the_broker_every_reconcile_period() -> None:
     reconnected) before the next submit needs it."""
     callbacks = Callbacks()
     producer = DroppedWhileIdle()
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
     dispatcher.start()
     time.sleep(2 * RECONCILE_SECONDS + 1.5)
     assert producer.reconciles >= 2
@@ -317,7 +307,7 @@ def test_a_collected_executors_stop_during_an_outage_waits_it_out_without_spinni
     monkeypatch.setattr(dispatching, "OUTAGE_SECONDS", 1.5)
     callbacks = Callbacks()
     producer = BrokerAway()
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
     task = Task(name="square", args=[3], reply_to="r")
     future = DistqFuture[Any](dispatcher.cancel, task.id, "square", callbacks)
     dispatcher.start()
@@ -343,7 +333,7 @@ def test_a_flood_of_submits_does_not_hold_up_the_first_sends() -> None:
                 waiting_at_first_send.append(dispatcher._commands.qsize())
             return super().submit_then_results(bodies, max_count, timeout)
 
-    dispatcher = Dispatcher(Closed(), Recording(), Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(DispatcherTransport(), Recording(), Codec(), callbacks)  # type: ignore[arg-type]
     futures = []
     for n in range(3 * dispatching.COMMANDS_PER_TURN):  # queued before the thread starts
         task = Task(name="ident", args=[n], reply_to="r")
@@ -387,12 +377,6 @@ class Hangs:
         pass
 
 
-def _entry(dispatcher: Dispatcher, callbacks: Callbacks) -> Entry:
-    task = Task(name="square", args=[3], reply_to="r")
-    future = DistqFuture[Any](dispatcher.cancel, task.id, "square", callbacks)
-    return Entry(task, task.encode(), future, None)
-
-
 def test_a_cancel_resolving_a_future_as_the_thread_fails_it_leaves_none_pending(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -401,8 +385,8 @@ def test_a_cancel_resolving_a_future_as_the_thread_fails_it_leaves_none_pending(
     later future stayed pending for ever (diff12b). One is cancelled at that very
     moment here; the others still fail, and the callbacks' thread ends."""
     callbacks = Callbacks()
-    dispatcher = Dispatcher(Closed(), BrokerGoneAtWithdraw(), Codec(), callbacks)  # type: ignore[arg-type]
-    entries = [_entry(dispatcher, callbacks) for _ in range(3)]
+    dispatcher = Dispatcher(DispatcherTransport(), BrokerGoneAtWithdraw(), Codec(), callbacks)  # type: ignore[arg-type]
+    entries = [square_entry(dispatcher, callbacks) for _ in range(3)]
     real = BrokenExecutor
 
     class CancelledMeanwhile(real):  # type: ignore[misc,valid-type]
@@ -430,9 +414,9 @@ def test_at_exit_a_thread_stuck_on_a_hung_broker_fails_its_futures_and_sends_no_
     thread nobody had told to end (diff12b)."""
     callbacks = Callbacks()
     producer = Hangs()
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
     monkeypatch.setattr(executor_threads, "running", {dispatcher})
-    entry = _entry(dispatcher, callbacks)
+    entry = square_entry(dispatcher, callbacks)
     seen: list[BaseException | None] = []
     entry.future.add_done_callback(lambda f: seen.append(f.exception()))
     dispatcher.start()
@@ -455,7 +439,7 @@ def test_task_timeout_fails_at_its_deadline_while_the_thread_waits_on_a_hung_bro
     withdrawn; one not sent yet, taken back so that the thread never sends it."""
     callbacks = Callbacks()
     producer = Hangs()
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
 
     def entry(deadline: float) -> Entry:
         task = Task(name="square", args=[3], reply_to="r")
@@ -677,7 +661,7 @@ def test_a_setting_refused_still_answers_the_futures_whose_results_wait(
     monkeypatch.setattr(dispatching, "RECONCILE_SECONDS", 0.05)
     callbacks = Callbacks()
     producer = RefusedWithResultsWaiting()
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
     dispatcher.start()
     task = Task(name="ident", args=[7], reply_to="r")
     future = DistqFuture[Any](dispatcher.cancel, task.id, "ident", callbacks)
@@ -729,8 +713,8 @@ def test_close_stops_at_once_when_the_broker_fails_as_it_takes_the_tasks_back() 
     worker); with a broker gone for good, only after the 30 s outage."""
     callbacks = Callbacks()
     producer = FailsOnceAtWithdraw()
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
-    entry = _entry(dispatcher, callbacks)
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    entry = square_entry(dispatcher, callbacks)
     dispatcher.start()
     try:
         assert dispatcher.put(Submit([entry]))
@@ -764,8 +748,8 @@ def test_a_cancel_whose_look_for_the_retries_fails_cancels_the_tasks_taken_back_
     result that never comes, its task gone, until an outage's reconcile sent it again."""
     callbacks = Callbacks()
     producer = FailsAtTheRetries()
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
-    queued, retrying = _entry(dispatcher, callbacks), _entry(dispatcher, callbacks)
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    queued, retrying = square_entry(dispatcher, callbacks), square_entry(dispatcher, callbacks)
     dispatcher.start()
     try:
         assert dispatcher.put(Submit([queued, retrying]))
@@ -788,7 +772,7 @@ def test_a_shutdown_with_nothing_to_wait_for_does_not_wait_out_an_outage(
     monkeypatch.setattr(dispatching, "OUTAGE_SECONDS", 20.0)
     callbacks = Callbacks()
     producer = BrokerAway()
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
     dispatcher.start()
     try:
         _until(lambda: producer.calls >= 2)  # the reconcile failed, and its retry: offline

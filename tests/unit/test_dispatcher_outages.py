@@ -12,20 +12,10 @@ import distq.dispatcher as dispatching
 from distq import executor_threads
 from distq.backoff import Backoff
 from distq.codec import Codec
-from distq.dispatcher import Dispatcher, Entry, Stop, Submit
-from distq.envelope import Task
+from distq.dispatcher import Dispatcher, Stop, Submit
 from distq.errors import BrokenExecutor, TransportError
-from distq.futures import Callbacks, DistqFuture
-
-
-class Closed:
-    """The executor's transport, as the dispatcher uses it."""
-
-    def close(self) -> None:
-        pass
-
-    def forget_orphans(self, reply_to: str) -> int:
-        return 0
+from distq.futures import Callbacks
+from seam import DispatcherTransport, square_entry
 
 
 class RefusesEachSend:
@@ -66,12 +56,6 @@ class RefusesEachSend:
 
     def close(self) -> None:
         pass
-
-
-def _entry(dispatcher: Dispatcher, callbacks: Callbacks) -> Entry:
-    task = Task(name="square", args=[3], reply_to="r")
-    future = DistqFuture[Any](dispatcher.cancel, task.id, "square", callbacks)
-    return Entry(task, task.encode(), future, deadline=None)
 
 
 class RefusesEachSendLater(RefusesEachSend):
@@ -115,8 +99,8 @@ def test_a_broker_that_keeps_refusing_the_tasks_is_retried_with_growing_backoff(
     monkeypatch.setattr(dispatching, "Backoff", lambda: Backoff(rng=lambda: 1.0))
     callbacks = Callbacks()
     producer = broker()
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
-    entry = _entry(dispatcher, callbacks)
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    entry = square_entry(dispatcher, callbacks)
     dispatcher.start()
     try:
         assert dispatcher.put(Submit([entry]))
@@ -172,8 +156,8 @@ def test_the_thread_ends_once_its_call_fails_after_close_gave_up_on_it(
     monkeypatch.setattr(dispatching, "Backoff", lambda: Backoff(rng=lambda: 0.0))
     callbacks = Callbacks()
     producer = HangsThenFails(hang=0.5)
-    dispatcher = Dispatcher(Closed(), producer, Codec(), callbacks)  # type: ignore[arg-type]
-    entry = _entry(dispatcher, callbacks)
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    entry = square_entry(dispatcher, callbacks)
     dispatcher.start()
     assert dispatcher.put(Submit([entry]))
     time.sleep(0.7)  # in its read, or reconnecting: always in a call

@@ -16,6 +16,7 @@ from distq.errortext import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS, describe, tr
 from distq.framing import TASKS_PER_MESSAGE, pack, pack_problem
 from distq.retries import retry_delay
 from distq.transport import Delivery, Settlement
+from seam import dead_letter_reason
 
 ENDINGS = Endings("w1", "q")
 
@@ -119,8 +120,7 @@ def test_what_no_retry_can_fix_fails_at_the_first_attempt() -> None:
     t = task("square", 1, 2, max_attempts=5)
     ending = ENDINGS.failed(delivery(t), t, TypeError("too many"), 0.0, 0.0, retryable=False)
     assert ending.outcome == "failed" and ending.settlement.retry is None
-    assert ending.settlement.dead_letter is not None
-    reason = DeadLetter.decode(ending.settlement.dead_letter).reason
+    reason = dead_letter_reason(ending)
     assert reason == "cannot run: TypeError: too many"
 
 
@@ -170,8 +170,8 @@ def test_an_error_that_cannot_be_printed_is_retried_and_fails_like_any_other() -
         assert ending.outcome == "retried" and ending.note is not None
         last = t.next_attempt()
         ending = ENDINGS.failed(delivery(last), last, error, 0.0, 0.1, retryable=True)
-        assert ending.outcome == "failed" and ending.settlement.dead_letter is not None
-        reason = DeadLetter.decode(ending.settlement.dead_letter).reason
+        assert ending.outcome == "failed"
+        reason = dead_letter_reason(ending)
         assert reason.startswith("failed 2 of 2 attempts; last error: ")
     assert reason.endswith("ValueError: x\\ud800y")  # escaped: UTF-8 cannot carry it
     ending = ENDINGS.failed(delivery(t), t, Unprintable(), 0.0, 0.1)
@@ -236,8 +236,7 @@ def test_a_pack_no_worker_takes_is_dead_lettered_saying_why(body: bytes, said: s
     with pytest.raises(EnvelopeError) as caught:
         ENDINGS.codec.open_task(body)
     ending = ENDINGS.malformed(Delivery(body, 1), caught.value)
-    assert ending.settlement.dead_letter is not None
-    reason = DeadLetter.decode(ending.settlement.dead_letter).reason
+    reason = dead_letter_reason(ending)
     assert reason.startswith(f"malformed message: {said}"), reason
 
 
@@ -252,8 +251,8 @@ def test_a_chunks_result_too_large_says_a_smaller_chunksize_sends_fewer_values()
     endings = Endings("w1", "q", Codec(max_message_bytes=4096))
     chunk = Task(name=CHUNK_TASK, args=["echo", [["x"], ["y"], ["z"]]], reply_to="r")
     ending = endings.ok(delivery(chunk), chunk, ["v" * 2000] * 3, 0.0, 0.1)
-    assert ending.outcome == "failed" and ending.settlement.dead_letter is not None
-    reason = DeadLetter.decode(ending.settlement.dead_letter).reason
+    assert ending.outcome == "failed"
+    reason = dead_letter_reason(ending)
     assert reason.startswith("ran, but its value cannot be sent back: MessageTooLarge: ")
     assert reason.endswith(
         "; a chunk's result holds the values of all its calls: a smaller map() chunksize "

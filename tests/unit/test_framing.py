@@ -17,6 +17,7 @@ from distq.framing import pack, pack_problem, unpack
 from distq.limits import MAX_PREFETCH
 from distq.transport import Delivery
 from distq.transport.rabbitmq_packs import TASKS_TYPE, packed, task_bodies
+from seam import dead_letter_reason
 
 
 @pytest.mark.parametrize("encoding", ["utf-32-be", "utf-16-be"])
@@ -183,8 +184,8 @@ def test_a_pack_reaching_a_worker_with_keys_is_said_to_be_a_pack_not_unsigned(
     with pytest.raises(EnvelopeError) as caught:
         codec.open_task(body)
     ending = endings.malformed(Delivery(body, 1), caught.value)
-    assert ending.settlement.dead_letter is not None and ending.settlement.result is None
-    reason = DeadLetter.decode(ending.settlement.dead_letter).reason
+    assert ending.settlement.result is None
+    reason = dead_letter_reason(ending)
     assert reason == (
         "malformed message: a pack of 2 task(s) sent without the message type distq.tasks "
         "that says it is one"

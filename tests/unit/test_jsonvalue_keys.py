@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from distq.ending import Endings
-from distq.envelope import DeadLetter, Task
+from distq.envelope import Task
 from distq.jsonvalue import check_arguments
 from distq.transport import Delivery
+from seam import dead_letter_reason
 
 
 class Detached:
@@ -33,8 +34,8 @@ def test_a_value_holding_such_a_key_fails_its_task_as_not_json_not_as_the_worker
     raised in the worker's check: here, a value that is not JSON, said so."""
     task = Task("jobs:echo", [1], "replies")
     ending = Endings("w1", "q").ok(Delivery(task.encode(), 1), task, {Detached(): 1}, 0.0, 0.1)
-    assert ending.outcome == "failed" and ending.settlement.dead_letter is not None
-    reason = DeadLetter.decode(ending.settlement.dead_letter).reason
+    assert ending.outcome == "failed"
+    reason = dead_letter_reason(ending)
     assert reason.startswith(
         "ran, but its value cannot be sent back: TypeError: its value has the key <Detached>; "
         "JSON object keys are strings"

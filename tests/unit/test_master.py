@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pytest
 
@@ -105,13 +106,22 @@ def test_wrong_results_count_as_results_in(transport: Transport) -> None:
     assert "finished with errors" in out and "3 of 3 results in, 0 ok, 0 failed, 3 wrong" in out
 
 
-def test_rate_mode_status_lines_count_wrong_results(transport: Transport) -> None:
+@contextlib.contextmanager
+def _stop_after(seconds: float) -> Iterator[threading.Event]:
+    """A job's stop, set ``seconds`` s into the block; its timer joined after."""
     stop = threading.Event()
-    timer = threading.Timer(1.0, stop.set)
+    timer = threading.Timer(seconds, stop.set)
     timer.start()
+    try:
+        yield stop
+    finally:
+        timer.join()
+
+
+def test_rate_mode_status_lines_count_wrong_results(transport: Transport) -> None:
     spec = JobSpec(tasks=None, rate=50, status_every=0.2)
-    out, _ = run(transport, spec, lambda t: [result(t, -1)], stop=stop)
-    timer.join()
+    with _stop_after(1.0) as stop:
+        out, _ = run(transport, spec, lambda t: [result(t, -1)], stop=stop)
     status = re.findall(r"^submitted \d+, results (\d+) \(ok 0, failed 0, wrong (\d+)\)", out, re.M)
     assert status and all(results == wrong for results, wrong in status)
     assert int(status[-1][0]) > 0, out
@@ -143,11 +153,8 @@ def rate_batches(
         original(self, bodies)
 
     monkeypatch.setattr(ManagerProducer, "submit", counted)
-    stop = threading.Event()
-    timer = threading.Timer(seconds, stop.set)
-    timer.start()
-    run(transport, JobSpec(tasks=None, rate=rate, status_every=10), right, stop=stop)
-    timer.join()
+    with _stop_after(seconds) as stop:
+        run(transport, JobSpec(tasks=None, rate=rate, status_every=10), right, stop=stop)
     return sizes
 
 
@@ -376,12 +383,9 @@ def test_max_in_flight_bounds_the_bodies_the_master_holds_not_only_its_results(
 
 
 def test_rate_mode_prints_a_status_line_every_status_every_seconds(transport: Transport) -> None:
-    stop = threading.Event()
-    timer = threading.Timer(1.0, stop.set)
-    timer.start()
     spec = JobSpec(tasks=None, rate=50, status_every=0.2)
-    out, report = run(transport, spec, right, stop=stop)
-    timer.join()
+    with _stop_after(1.0) as stop:
+        out, report = run(transport, spec, right, stop=stop)
     status = re.findall(r"^submitted (\d+), results \d+ \(ok \d+, failed 0, wrong 0\)", out, re.M)
     assert 2 <= len(status) <= 6  # about 1 s / 0.2 s; never one per loop
     assert report.succeeded and 25 <= report.tasks <= 50 * report.elapsed_seconds + 1
@@ -465,11 +469,8 @@ def test_a_rate_job_resumes_its_pace_after_an_outage_without_a_burst(
         original(self, bodies)
 
     monkeypatch.setattr(ManagerProducer, "submit", failing)
-    stop = threading.Event()
-    timer = threading.Timer(4.5, stop.set)
-    timer.start()
-    out, _ = run(transport, JobSpec(tasks=None, rate=10, status_every=10), right, stop=stop)
-    timer.join()
+    with _stop_after(4.5) as stop:
+        out, _ = run(transport, JobSpec(tasks=None, rate=10, status_every=10), right, stop=stop)
     assert "the broker is away; reconnecting" in out, out
     assert sizes and max(size for _, size in sizes) <= _MOST_AT_ONCE, sizes  # before: 27
 
@@ -660,15 +661,10 @@ def test_a_stopped_job_takes_back_the_tasks_no_worker_took(
     their results dropped. With --tasks they count as missing (not waited for); an
     endless --rate job's stop is its end, and those never ran: not submitted, so it
     succeeds when every task a worker took came back (here none)."""
-    stop = threading.Event()
-    timer = threading.Timer(1.0, stop.set)
-    timer.start()
     out = io.StringIO()
     spec = JobSpec(tasks=tasks, rate=20, status_every=10)
-    try:
+    with _stop_after(1.0) as stop:
         report = Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
-    finally:
-        timer.join()
     assert transport.stats().ready == 0, out.getvalue()
     if tasks is None:
         assert report.succeeded and report.tasks == 0, out.getvalue()
@@ -707,16 +703,11 @@ def test_an_endless_jobs_stop_leaves_no_task_outstanding_on_its_metrics(
     distq_master_tasks_outstanding still said all of them (20 at 20/s for 1 s), to
     the last scrape before the master exited: nothing set it after they went."""
     metrics = MasterMetrics("manager", "q")
-    stop = threading.Event()
-    timer = threading.Timer(1.0, stop.set)
-    timer.start()
     out = io.StringIO()
     spec = JobSpec(tasks=None, rate=20, status_every=10)
-    try:
+    with _stop_after(1.0) as stop:
         master = Master(transport, Console(out=out, err=out), MasterTelemetry(metrics))
         report = master.run(spec, Squares(seed=1), stop)
-    finally:
-        timer.join()
     assert report.succeeded and report.tasks == 0, out.getvalue()
     outstanding = metrics.registry.get_sample_value(
         "distq_master_tasks_outstanding", {"transport": "manager", "queue": "q"}
