@@ -290,11 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, TransportError) as exc:
         console.error(str(exc))
         code = _exit_code(exc)
-    except SignalExit as exc:  # a signal while connecting: said; a task module's threads
-        leave_under_way()  # may run already (started at its import): no alarm cuts their wait
+    except SignalExit as exc:  # a signal while connecting: said
         if args.role != "worker":
             raise
         code = _exit_code(exc)
+    finally:  # a task module's threads may run already (started at its import), its import
+        leave_under_way()  # may turn a stop into its error: no alarm cuts their wait
     if args.role == "worker":  # every way out of a worker that ran tasks (exit 2 too)
         said = "DISTQ_DRAIN_SECONDS"
         if deadline:  # stopped by a signal: what is left of its drain, not a new one

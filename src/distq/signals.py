@@ -50,14 +50,22 @@ def leave_surely(code: int) -> None:
     :data:`LEAVE_WITHIN` s (an alarm), unless :func:`leave_under_way` says it is under way."""
     if not isinstance(sys.unraisablehook, _SwallowedExit):
         sys.unraisablehook = _SwallowedExit(sys.unraisablehook)
-    signal.signal(signal.SIGALRM, lambda _signum, _frame: exit_now(code))
+    previous = signal.signal(signal.SIGALRM, lambda _signum, _frame: exit_now(code))
+    if not _ARMED:  # a second signal's: the handler found is still the first one's
+        _ARMED.append(signal.SIG_DFL if previous is None else previous)
     signal.setitimer(signal.ITIMER_REAL, LEAVE_WITHIN)
 
 
 def leave_under_way() -> None:
-    """The ``SignalExit`` reached the code that ends the process: no alarm to cut it."""
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    """The process is on its way out (the ``SignalExit``, or an error it was turned into,
+    reached the code that ends it): no alarm to cut its wait, SIGALRM's handler as it was."""
+    if _ARMED:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, _ARMED.pop())
+
+
+#: The SIGALRM handler :func:`leave_surely` replaced, while its alarm is armed.
+_ARMED: list[Any] = []
 
 
 class _SwallowedExit:

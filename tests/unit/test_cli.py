@@ -458,6 +458,34 @@ def test_sigterm_that_python_swallows_while_connecting_still_ends_the_worker(
     assert "Traceback" not in output, output
 
 
+def test_a_sigterm_a_task_module_turns_into_its_error_leaves_no_alarm_behind(
+    tmp_path: Path,
+) -> None:
+    """A module that catches the stop's exception and raises its own error: the worker says
+    the import failed (exit 2) and waits its drain for the thread the module started. The
+    alarm the stop armed (2 s) stayed armed and ended it at 2 s with exit 0, no line."""
+    (tmp_path / "converting.py").write_text(
+        "import os, signal, threading\n\n"
+        "threading.Thread(target=threading.Event().wait, name='held').start()\n"
+        "try:\n    os.kill(os.getpid(), signal.SIGTERM); sum(range(100))\n"
+        "except BaseException as exc:\n    raise RuntimeError('not ready') from exc\n"
+    )
+    proc = started(
+        *("worker", "--tasks", "converting"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        DISTQ_DRAIN_SECONDS="4",  # the alarm's 2 s come first, however slow the machine
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, output
+    assert "importing 'converting' raised RuntimeError: not ready" in output
+    assert "the worker exits 2 now, without waiting any longer" in output
+
+
 @pytest.mark.parametrize(("extra", "code"), [([], 1), (["--rate", "5"], 0)])
 def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], code: int) -> None:
     """The master's handler came only once it had connected: as PID 1 a SIGTERM while it
