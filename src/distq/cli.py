@@ -54,7 +54,13 @@ from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
 from distq.probe import add_probe_parser, run_probe
 from distq.security import notices
-from distq.signals import exit_now, leave_surely, leave_under_way, stop_signals
+from distq.signals import (
+    exit_now,
+    leave_if_asked,
+    leave_surely,
+    leave_under_way,
+    stop_signals,
+)
 from distq.squares import Squares
 from distq.taskoutput import whole_lines
 from distq.tasks import Registry
@@ -607,7 +613,7 @@ def _connect(
     said = False
     while True:
         try:
-            return open_transport(settings, role)
+            transport = open_transport(settings, role)
         except AuthenticationFailed:
             raise
         except ConnectionFailed as exc:
@@ -624,6 +630,13 @@ def _connect(
                     f"to {patience:g} s (--connect-timeout)"
                 )
             time.sleep(0.2)
+            continue
+        try:  # a stop swallowed while this attempt ran: no work starts
+            leave_if_asked()
+        except SignalExit:
+            transport.close()
+            raise
+        return transport
 
 
 if __name__ == "__main__":  # pragma: no cover

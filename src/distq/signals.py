@@ -53,12 +53,22 @@ def leave_surely(code: int) -> None:
     previous = signal.signal(signal.SIGALRM, lambda _signum, _frame: exit_now(code))
     if not _ARMED:  # a second signal's: the handler found is still the first one's
         _ARMED.append(signal.SIG_DFL if previous is None else previous)
+    _ASKED[:] = [code]
     signal.setitimer(signal.ITIMER_REAL, LEAVE_WITHIN)
+
+
+def leave_if_asked() -> None:
+    """Raise the ``SignalExit`` of a stop asked while starting up whose exception was
+    swallowed, if any: called where the process would start its work, it ends there
+    rather than at the alarm, in the middle of that work."""
+    if _ASKED:
+        raise SignalExit(_ASKED[0])
 
 
 def leave_under_way() -> None:
     """The process is on its way out (the ``SignalExit``, or an error it was turned into,
     reached the code that ends it): no alarm to cut its wait, SIGALRM's handler as it was."""
+    _ASKED.clear()
     if _ARMED:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, _ARMED.pop())
@@ -66,6 +76,8 @@ def leave_under_way() -> None:
 
 #: The SIGALRM handler :func:`leave_surely` replaced, while its alarm is armed.
 _ARMED: list[Any] = []
+#: The exit code a stop asked for while starting up, until the process is on its way out.
+_ASKED: list[int] = []
 
 
 class _SwallowedExit:

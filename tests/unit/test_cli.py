@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from brokers import Broker
 from conftest import REPO
 from launch import free_port
 from procs import checkout_env, run_distq
@@ -484,6 +485,50 @@ def test_a_sigterm_a_task_module_turns_into_its_error_leaves_no_alarm_behind(
     assert proc.returncode == 2, output
     assert "importing 'converting' raised RuntimeError: not ready" in output
     assert "the worker exits 2 now, without waiting any longer" in output
+
+
+#: Where a task module swallows its worker's stop (code that catches everything): as it is
+#: imported, and as the worker's attempt to reach its broker begins (a profile hook).
+CATCHING = {
+    "import": "try:\n    {signal}\nexcept BaseException:\n    pass\n",
+    "attempt": (
+        "import sys\n\n\ndef at_open(frame, event, _arg):\n"
+        "    if event == 'call' and frame.f_code.co_name == 'open_transport':\n"
+        "        sys.setprofile(None)\n        try:\n            {signal}\n"
+        "        except BaseException:\n            pass\n\n\nsys.setprofile(at_open)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("where", sorted(CATCHING))
+def test_a_sigterm_swallowed_before_the_broker_answers_starts_no_work(
+    tmp_path: Path, redis_broker: Broker, where: str
+) -> None:
+    """The stop said "worker exit", its exception swallowed (code that catches everything),
+    and the broker answered within the alarm's 2 s: the worker connected and started its
+    task loop ("Connect to ..."), fetching tasks, until the alarm ended it at once, mid-task,
+    its leases held, with exit 1. A stop asked while connecting now ends it, exit 0, before
+    any work starts."""
+    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
+    body = CATCHING[where].replace("{signal}", raised)
+    (tmp_path / "catching.py").write_text(
+        f"import os, signal\n\nimport distq\n\n{body}\n\n@distq.task\ndef noop() -> None:\n"
+        "    pass\n"
+    )
+    proc = started(
+        *("worker", "--tasks", "catching"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=redis_broker.url,
+        DISTQ_QUEUE=f"swallowed-{os.getpid()}",
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "SIGTERM while connecting: worker exit" in output
+    assert "Connect to" not in output, output
 
 
 @pytest.mark.parametrize(("extra", "code"), [([], 1), (["--rate", "5"], 0)])
