@@ -612,6 +612,7 @@ def _connect(
     deadline = started + patience
     said = False
     while True:
+        leave_if_asked()  # a stop swallowed (the alarm would cut what a stop waits for)
         try:
             transport = open_transport(settings, role)
         except AuthenticationFailed:
