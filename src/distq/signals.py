@@ -46,8 +46,9 @@ def leave_surely(code: int) -> None:
     handler runs wherever the main thread is, and there Python may swallow the exception:
     in a finalizer (a ``__del__``, a weakref callback: "Exception ignored in", a traceback,
     and the process went on connecting until its --connect-timeout), or in code that
-    catches everything. Such an exit is taken at once (a finalizer's) or after
-    :data:`LEAVE_WITHIN` s (an alarm), unless :func:`leave_under_way` says it is under way."""
+    catches everything. Such an exit is taken where :func:`leave_if_asked` is called (the
+    attempts to reach the broker), as a stop's, or after :data:`LEAVE_WITHIN` s (an alarm),
+    unless :func:`leave_under_way` says it is under way; a finalizer's prints nothing."""
     if not isinstance(sys.unraisablehook, _SwallowedExit):
         sys.unraisablehook = _SwallowedExit(sys.unraisablehook)
     previous = signal.signal(signal.SIGALRM, lambda _signum, _frame: exit_now(code))
@@ -81,14 +82,14 @@ _ASKED: list[int] = []
 
 
 class _SwallowedExit:
-    """``sys.unraisablehook`` that takes a swallowed ``SignalExit`` (quietly: its line is
-    said) and hands every other exception to the hook it found."""
+    """``sys.unraisablehook`` that keeps quiet about a swallowed ``SignalExit`` (its line
+    is said, its exit taken by :func:`leave_if_asked` or the alarm) and hands every other
+    exception to the hook it found."""
 
     def __init__(self, found: Callable[[Any], object]) -> None:
         self.found = found
 
     def __call__(self, unraisable: Any) -> None:
         exc = unraisable.exc_value
-        if isinstance(exc, SignalExit):
-            exit_now(exc.code if isinstance(exc.code, int) else 1)
-        self.found(unraisable)
+        if not isinstance(exc, SignalExit):
+            self.found(unraisable)

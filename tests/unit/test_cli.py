@@ -487,16 +487,19 @@ def test_a_sigterm_a_task_module_turns_into_its_error_leaves_no_alarm_behind(
     assert "the worker exits 2 now, without waiting any longer" in output
 
 
-def test_a_sigterm_swallowed_while_the_broker_is_away_ends_as_a_stop_does(tmp_path: Path) -> None:
-    """Swallowed by code that catches everything, with no broker to answer: the alarm ended
-    the worker 2 s on with os._exit, the thread its task module started cut without a
-    word. It now leaves at its next attempt as a stop does: it says the thread is alive
-    and waits its drain for it."""
+@pytest.mark.parametrize("where", ["catch-all", "finalizer"])
+def test_a_sigterm_swallowed_while_the_broker_is_away_ends_as_a_stop_does(
+    tmp_path: Path, where: str
+) -> None:
+    """Swallowed, with no broker to answer: the alarm (code that catches everything) or
+    the unraisable hook (a finalizer) ended the worker with os._exit, the thread its task
+    module started cut without a word. It now leaves at its next attempt as a stop does:
+    it says the thread is alive and waits its drain for it."""
     raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
     (tmp_path / "holding.py").write_text(
         "import os, signal, threading\n\nimport distq\n\n"
         "threading.Thread(target=threading.Event().wait, name='held').start()\n"
-        + SWALLOWING["catch-all"].replace("{signal}", raised)
+        + SWALLOWING[where].replace("{signal}", raised)
         + "\n\n@distq.task\ndef noop() -> None:\n    pass\n"
     )
     proc = started(
