@@ -423,6 +423,10 @@ def test_sigterm_while_a_slow_task_module_imports_is_the_workers_stop(tmp_path: 
 SWALLOWING = {
     "finalizer": "class Garbage:\n    def __del__(self):\n        {signal}\n\n\nGarbage()\n",
     "catch-all": "try:\n    {signal}\nexcept BaseException:\n    pass\n",
+    "catch-all, then a wait": (  # no attempt comes: only the alarm ends it
+        "import threading\n\ntry:\n    {signal}\nexcept BaseException:\n    pass\n"
+        "threading.Event().wait()\n"
+    ),
     "redis-finalizer": (  # the connect loop's own: a failed attempt's client, collected
         "import sys\n\n\ndef at_del(frame, event, _arg):\n"
         "    if event == 'call' and frame.f_code.co_qualname == 'Redis.__del__':\n"
