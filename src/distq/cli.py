@@ -474,6 +474,7 @@ def _worker(
     _say_time_limits(console, options.time_limits, registry)
     worker: Worker | None = None
     try:
+        leave_if_asked()  # a stop swallowed since the connect: no task loop to start
         worker = Worker(
             transport,
             registry,

@@ -566,6 +566,36 @@ def test_a_sigterm_swallowed_before_the_broker_answers_starts_no_work(
     assert "Connect to" not in output, output
 
 
+def test_a_sigterm_swallowed_once_connected_ends_the_worker_before_its_task_loop(
+    tmp_path: Path, redis_broker: Broker
+) -> None:
+    """Connected, its task loop's handlers not yet in place ("while connecting" still), a
+    stop swallowed (code that catches everything, as the worker says its time limits): the
+    worker started its task loop, and the alarm ended it mid-loop 2 s on, exit 1 (the
+    loop's), its leases held. It now ends before the loop, exit 0."""
+    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
+    body = CATCHING["attempt"].replace("open_transport", "_say_time_limits")
+    (tmp_path / "catching.py").write_text(
+        "import os, signal\n\nimport distq\n\n"
+        + body.replace("{signal}", raised)
+        + "\n\n@distq.task\ndef noop() -> None:\n    pass\n"
+    )
+    proc = started(
+        *("worker", "--tasks", "catching"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=redis_broker.url,
+        DISTQ_QUEUE=f"swallowed-{os.getpid()}",
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "SIGTERM while connecting: worker exit" in output
+    assert "worker exit." not in output, output  # the task loop's summary
+
+
 @pytest.mark.parametrize(("extra", "code"), [([], 1), (["--rate", "5"], 0)])
 def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], code: int) -> None:
     """The master's handler came only once it had connected: as PID 1 a SIGTERM while it
