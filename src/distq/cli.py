@@ -54,7 +54,13 @@ from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
 from distq.probe import add_probe_parser, run_probe
 from distq.security import notices
-from distq.signals import exit_now, leave_surely, leave_under_way, stop_signals
+from distq.signals import (
+    exit_now,
+    leave_if_asked,
+    leave_surely,
+    leave_under_way,
+    stop_signals,
+)
 from distq.squares import Squares
 from distq.taskoutput import whole_lines
 from distq.tasks import Registry
@@ -290,11 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, TransportError) as exc:
         console.error(str(exc))
         code = _exit_code(exc)
-    except SignalExit as exc:  # a signal while connecting: said; a task module's threads
-        leave_under_way()  # may run already (started at its import): no alarm cuts their wait
+    except SignalExit as exc:  # a signal while connecting: said
         if args.role != "worker":
             raise
         code = _exit_code(exc)
+    finally:  # a task module's threads may run already (started at its import), its import
+        leave_under_way()  # may turn a stop into its error: no alarm cuts their wait
     if args.role == "worker":  # every way out of a worker that ran tasks (exit 2 too)
         said = "DISTQ_DRAIN_SECONDS"
         if deadline:  # stopped by a signal: what is left of its drain, not a new one
@@ -467,6 +474,7 @@ def _worker(
     _say_time_limits(console, options.time_limits, registry)
     worker: Worker | None = None
     try:
+        leave_if_asked()  # a stop swallowed since the connect: no task loop to start
         worker = Worker(
             transport,
             registry,
@@ -605,8 +613,9 @@ def _connect(
     deadline = started + patience
     said = False
     while True:
+        leave_if_asked()  # a stop swallowed (the alarm would cut what a stop waits for)
         try:
-            return open_transport(settings, role)
+            transport = open_transport(settings, role)
         except AuthenticationFailed:
             raise
         except ConnectionFailed as exc:
@@ -623,6 +632,13 @@ def _connect(
                     f"to {patience:g} s (--connect-timeout)"
                 )
             time.sleep(0.2)
+            continue
+        try:  # a stop swallowed while this attempt ran: no work starts
+            leave_if_asked()
+        except SignalExit:
+            transport.close()
+            raise
+        return transport
 
 
 if __name__ == "__main__":  # pragma: no cover

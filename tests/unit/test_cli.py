@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from brokers import Broker
 from conftest import REPO
 from launch import free_port
 from procs import checkout_env, run_distq
@@ -422,6 +423,10 @@ def test_sigterm_while_a_slow_task_module_imports_is_the_workers_stop(tmp_path: 
 SWALLOWING = {
     "finalizer": "class Garbage:\n    def __del__(self):\n        {signal}\n\n\nGarbage()\n",
     "catch-all": "try:\n    {signal}\nexcept BaseException:\n    pass\n",
+    "catch-all, then a wait": (  # no attempt comes: only the alarm ends it
+        "import threading\n\ntry:\n    {signal}\nexcept BaseException:\n    pass\n"
+        "threading.Event().wait()\n"
+    ),
     "redis-finalizer": (  # the connect loop's own: a failed attempt's client, collected
         "import sys\n\n\ndef at_del(frame, event, _arg):\n"
         "    if event == 'call' and frame.f_code.co_qualname == 'Redis.__del__':\n"
@@ -456,6 +461,139 @@ def test_sigterm_that_python_swallows_while_connecting_still_ends_the_worker(
     assert proc.returncode == 0, output
     assert "SIGTERM while connecting: worker exit" in output
     assert "Traceback" not in output, output
+
+
+def test_a_sigterm_a_task_module_turns_into_its_error_leaves_no_alarm_behind(
+    tmp_path: Path,
+) -> None:
+    """A module that catches the stop's exception and raises its own error: the worker says
+    the import failed (exit 2) and waits its drain for the thread the module started. The
+    alarm the stop armed (2 s) stayed armed and ended it at 2 s with exit 0, no line."""
+    (tmp_path / "converting.py").write_text(
+        "import os, signal, threading\n\n"
+        "threading.Thread(target=threading.Event().wait, name='held').start()\n"
+        "try:\n    os.kill(os.getpid(), signal.SIGTERM); sum(range(100))\n"
+        "except BaseException as exc:\n    raise RuntimeError('not ready') from exc\n"
+    )
+    proc = started(
+        *("worker", "--tasks", "converting"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        DISTQ_DRAIN_SECONDS="4",  # the alarm's 2 s come first, however slow the machine
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, output
+    assert "importing 'converting' raised RuntimeError: not ready" in output
+    assert "the worker exits 2 now, without waiting any longer" in output
+
+
+@pytest.mark.parametrize("where", ["catch-all", "finalizer"])
+def test_a_sigterm_swallowed_while_the_broker_is_away_ends_as_a_stop_does(
+    tmp_path: Path, where: str
+) -> None:
+    """Swallowed, with no broker to answer: the alarm (code that catches everything) or
+    the unraisable hook (a finalizer) ended the worker with os._exit, the thread its task
+    module started cut without a word. It now leaves at its next attempt as a stop does:
+    it says the thread is alive and waits its drain for it."""
+    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
+    (tmp_path / "holding.py").write_text(
+        "import os, signal, threading\n\nimport distq\n\n"
+        "threading.Thread(target=threading.Event().wait, name='held').start()\n"
+        + SWALLOWING[where].replace("{signal}", raised)
+        + "\n\n@distq.task\ndef noop() -> None:\n    pass\n"
+    )
+    proc = started(
+        *("worker", "--tasks", "holding", "--connect-timeout", "60"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+        DISTQ_DRAIN_SECONDS="1",
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "1 thread(s) that tasks started are alive (held)" in output
+    assert "the worker exits 0 now, without waiting any longer" in output
+
+
+#: Where a task module swallows its worker's stop (code that catches everything): as it is
+#: imported, and as the worker's attempt to reach its broker begins (a profile hook).
+CATCHING = {
+    "import": "try:\n    {signal}\nexcept BaseException:\n    pass\n",
+    "attempt": (
+        "import sys\n\n\ndef at_open(frame, event, _arg):\n"
+        "    if event == 'call' and frame.f_code.co_name == 'open_transport':\n"
+        "        sys.setprofile(None)\n        try:\n            {signal}\n"
+        "        except BaseException:\n            pass\n\n\nsys.setprofile(at_open)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("where", sorted(CATCHING))
+def test_a_sigterm_swallowed_before_the_broker_answers_starts_no_work(
+    tmp_path: Path, redis_broker: Broker, where: str
+) -> None:
+    """The stop said "worker exit", its exception swallowed (code that catches everything),
+    and the broker answered within the alarm's 2 s: the worker connected and started its
+    task loop ("Connect to ..."), fetching tasks, until the alarm ended it at once, mid-task,
+    its leases held, with exit 1. A stop asked while connecting now ends it, exit 0, before
+    any work starts."""
+    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
+    body = CATCHING[where].replace("{signal}", raised)
+    (tmp_path / "catching.py").write_text(
+        f"import os, signal\n\nimport distq\n\n{body}\n\n@distq.task\ndef noop() -> None:\n"
+        "    pass\n"
+    )
+    proc = started(
+        *("worker", "--tasks", "catching"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=redis_broker.url,
+        DISTQ_QUEUE=f"swallowed-{os.getpid()}",
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "SIGTERM while connecting: worker exit" in output
+    assert "Connect to" not in output, output
+
+
+def test_a_sigterm_swallowed_once_connected_ends_the_worker_before_its_task_loop(
+    tmp_path: Path, redis_broker: Broker
+) -> None:
+    """Connected, its task loop's handlers not yet in place ("while connecting" still), a
+    stop swallowed (code that catches everything, as the worker says its time limits): the
+    worker started its task loop, and the alarm ended it mid-loop 2 s on, exit 1 (the
+    loop's), its leases held. It now ends before the loop, exit 0."""
+    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
+    body = CATCHING["attempt"].replace("open_transport", "_say_time_limits")
+    (tmp_path / "catching.py").write_text(
+        "import os, signal\n\nimport distq\n\n"
+        + body.replace("{signal}", raised)
+        + "\n\n@distq.task\ndef noop() -> None:\n    pass\n"
+    )
+    proc = started(
+        *("worker", "--tasks", "catching"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=redis_broker.url,
+        DISTQ_QUEUE=f"swallowed-{os.getpid()}",
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "SIGTERM while connecting: worker exit" in output
+    assert "worker exit." not in output, output  # the task loop's summary
 
 
 @pytest.mark.parametrize(("extra", "code"), [([], 1), (["--rate", "5"], 0)])
