@@ -2095,6 +2095,29 @@ def test_a_settle_after_the_queue_ran_dry_waits_for_the_next_task_in_its_round_t
     assert t.stats().in_flight == 0
 
 
+def test_a_slot_fetching_one_at_a_time_waits_for_the_next_task_in_its_settle(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot whose batches are one task (tasks of 5 ms or more, ``--prefetch 1``) that
+    waited for its task: its settle waits for the next in the same round trip. It sent a
+    settle and a claim that found nothing (the claim run before the master's result went
+    out), then a wait and a claim: two round trips and two claims per lone task."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    consumer = t.consumer("c")
+    with _later(0.3, producer.submit, [b"first"]):
+        (delivery,) = consumer.fetch(1, timeout=5)  # the ready list ran dry: it waited
+    sent = _pipelined(consumer, monkeypatch)
+    for body in (b"second", b"third"):
+        settled = Settlement(delivery, reply_to=producer.reply_to, result=b"r")
+        with _later(0.3, producer.submit, [body]):
+            got = consumer.settle_then_fetch([settled], 1, timeout=5)
+        assert [d.body for d in got] == [body]
+        (delivery,) = got
+    assert sent == [["EVALSHA", "BLMOVE", "EVALSHA"]] * 2  # each one round trip
+    assert producer.results(5, timeout=1) == [b"r", b"r"]
+
+
 def _kill_once_blocked(raw: redis.Redis[bytes], client_id: int) -> None:
     """Close the server side of connection ``client_id`` once it waits in a blocking
     command (``b`` in its CLIENT LIST flags). A kill 0.3 s after the call began came

@@ -1019,8 +1019,9 @@ class RedisConsumer(Consumer):
         self._keys = transport.keys(self.inflight_key)
         self._args: list[Arg] = [self.consumer_id, transport.lease_ms, transport.inflight_prefix]
         self._held: list[bytes] = []  # oldest first, as the in-flight list from its tail
-        # whether the last claim emptied the ready list, and then when the next delayed
-        # retry is due (time.monotonic(); None: none is), as its reply says
+        # whether the last claim emptied the ready list (or was a wait's claim of none),
+        # and then when the next delayed retry is due (time.monotonic(); None: none is),
+        # as its reply says
         self._drained, self._retry_due = False, None
         # the last claim found nothing, and nothing was settled or released since: the next
         # fetch blocks at once instead of claiming again first (one round trip less a wait)
@@ -1265,7 +1266,8 @@ class RedisConsumer(Consumer):
     def _block_for(self, timeout: float, settlements: Sequence[Settlement]) -> float:
         """How long a settle may wait for the next task: up to ``timeout``, a block slice
         and the next delayed retry; 0 (no wait) after a batch with retries, or when the last
-        claim filled (the ready list may hold more, and its reply says nothing of retries)."""
+        claim filled (the ready list may hold more, and its reply says nothing of retries)
+        but for a wait's claim of none (one asked), whose reply says (see claim.lua)."""
         if timeout <= 0 or not self._drained or any(s.retry is not None for s in settlements):
             return 0.0
         if self._t.full():  # no BLMOVE: the fetch after polls
@@ -1283,7 +1285,9 @@ class RedisConsumer(Consumer):
         self._claims = reply[3]
         if first is not None:
             out.insert(0, Delivery(body=first, tag=first, redelivered=reply[1] == 1))
-        self._drained = len(out) < asked
+        # a claim of none after the wait (one asked) says when the next retry is due too:
+        # a slot fetching one at a time that waited waits in its next settle again
+        self._drained = len(out) < asked or (first is not None and asked == 1)
         self._retry_due = None if reply[0] < 0 else time.monotonic() + reply[0] / 1000
         return out
 
