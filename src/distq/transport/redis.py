@@ -159,6 +159,7 @@ from distq.transport.redis_wire import (
     Arg,
     Commands,
     Fixed,
+    Headed,
     Runs,
     Script,
     Wire,
@@ -775,8 +776,8 @@ class RedisProducer(Producer):
         ]
         self._args: list[Arg] = [reply_to, transport.master_ttl_ms]
         # the take's script commands up to their count, made once (see _take_commands)
-        self._acked = transport.ack_script.command(self._keys, self._args)
-        self._submitted_by = transport.submit_script.command(self._keys, self._args)
+        self._acked = Fixed(transport.ack_script.command(self._keys, self._args))
+        self._submitted_by = Fixed(transport.submit_script.command(self._keys, self._args))
         # a wait for one result (a block slice at most): its command, but for the seconds
         self._wait_for = ("BLMOVE", reply_to, reply_to, "RIGHT", "RIGHT")
         self._waits: tuple[float, Fixed] | None = None  # the last wait's block and command
@@ -937,9 +938,9 @@ class RedisProducer(Producer):
         if self._counted_on is None or self._w.link != self._counted_on:
             received = -1
         if body is None:
-            first: tuple[Arg, ...] = (*self._acked, received)
+            first: tuple[Arg, ...] = Headed.of(self._acked, (received,))
         else:
-            first = (*self._submitted_by, received, body)
+            first = Headed.of(self._submitted_by, (received, body))
             if received == -1:  # by EVAL: a restarted Redis lost it, and the task would
                 first = ("EVAL", self._t.submit_script.source, *first[2:])  # wait out a BLMOVE
         commands: list[Sequence[Arg]] = [first]
@@ -1038,6 +1039,9 @@ class RedisConsumer(Consumer):
         # the claim script's commands by (count, moved): made once each (see _claim)
         self._claim_commands: dict[tuple[int, int], tuple[Arg, ...]] = {}
         self._blmove_for: tuple[float, tuple[Arg, ...]] | None = None  # see _blmove
+        # the settle script's command up to its counts, for the result lists' keys after
+        # the consumer's own (see _settle_command)
+        self._settle_head: tuple[list[str], Fixed] | None = None
         with transport.errors():  # reachable now, so "reconnected" means it
             transport.check_types(self._w)  # and its keys are distq's: one round trip
         self._link = self._w.link  # the connection its in-flight list is known on
@@ -1194,8 +1198,7 @@ class RedisConsumer(Consumer):
             commands = [claim]
         with self._t.errors():
             self._relink()  # first: a tidy counts a claim (the settle sends the count)
-            args = [*self._args, len(held), count, self._claims or "", *publish]
-            settle = self._t.settle_script.command(keys, args)
+            settle = self._settle_command(keys, [len(held), count, self._claims or "", *publish])
             commands.insert(0, settle)
             replies: list[Any] = []
             said = self._said_settled if block > 0 and self.on_settled is not None else None
@@ -1231,6 +1234,16 @@ class RedisConsumer(Consumer):
                     out = [d for d in out if d.body not in done]
             self._found_nothing = settled == 1 and not out
         return out
+
+    def _settle_command(self, keys: list[str], tail: Sequence[Arg]) -> Headed:
+        """The settle script's command, for a pipeline: its keys and the consumer's
+        arguments packed once for the same result lists (a lone task's master's), the
+        counts and the runs (``tail``) at each call."""
+        head, extra = self._settle_head, keys[len(self._keys) :]
+        if head is None or head[0] != extra:
+            fixed = Fixed(self._t.settle_script.command(keys, self._args))
+            head = self._settle_head = (extra, fixed)
+        return Headed.of(head[1], tail)
 
     def _said_settled(self, replies: list[Any]) -> None:
         """A settle then a wait for tasks (settle_then_fetch): the settle's answer is read,
