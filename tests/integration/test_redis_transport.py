@@ -2043,6 +2043,75 @@ def test_a_fixed_command_is_packed_once_and_answered_as_any(
     wire.close()
 
 
+def test_a_lone_tasks_submit_and_settle_are_packed_by_their_changing_arguments_only(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone task's submit (its body, the count received) and its settle (its result,
+    the counts) repeat all their other arguments, packed once: hiredis packed all of
+    them each time (~57,000 instructions of a lone task's ~313,000 in both ends'
+    transport, issue 16). The bytes sent are redis-py's all the same."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    consumer = t.consumer("c")
+    sent: list[bytes] = []
+    packed: list[str] = []
+    pack = redis.connection.AbstractConnection.pack_command
+
+    def spy(conn: Any, *args: Any) -> Any:
+        packed.append(str(args[0]))
+        return pack(conn, *args)
+
+    for end in (producer, consumer):
+        conn = end._w._connection()
+        send = conn.send_packed_command
+
+        def sends(chunks: Any, check_health: bool = True, send: Any = send) -> None:
+            sent.extend(chunks)
+            send(chunks, check_health)
+
+        monkeypatch.setattr(conn, "send_packed_command", sends)
+    taken: list[bytes] = []
+
+    def submit_then_take(body: bytes) -> None:
+        taken.extend(producer.submit_then_results([body], 1, 5))
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "pack_command", spy)
+    with _later(0.2, producer.submit, [b"task-0"]):
+        (delivery,) = consumer.fetch(1, timeout=5)  # it waited: its settles wait too
+    for i in range(1, 5):
+        if i == 3:  # the heads are packed (the first submit is an EVAL): nothing more
+            packed.clear()
+        settled = Settlement(delivery, reply_to=producer.reply_to, result=f"r{i - 1}".encode())
+        with _later(0.2, submit_then_take, f"task-{i}".encode()):
+            (delivery,) = consumer.settle_then_fetch([settled], 1, timeout=5)
+        assert delivery.body == f"task-{i}".encode()
+    assert taken == [b"r0", b"r1", b"r2", b"r3"]  # each taken with the next task's submit
+    monkeypatch.undo()
+    assert packed == []  # hiredis packed each submit and settle: ["EVALSHA"] * 4
+    with redis.Redis.from_url(t.settings.redis_url) as client:
+        conn = client.connection_pool.get_connection()
+        try:
+            for data in sent:  # each send: commands as redis-py packs them
+                assert data == b"".join(b"".join(conn.pack_command(*c)) for c in _commands(data))
+        finally:
+            client.connection_pool.release(conn)
+
+
+def _commands(data: bytes) -> list[list[bytes]]:
+    """The commands of a send's bytes (RESP arrays of bulk strings), for packing again."""
+    out, at = [], 0
+    while at < len(data):
+        end = data.index(b"\r\n", at)
+        count, at, args = int(data[at + 1 : end]), end + 2, []
+        for _ in range(count):
+            end = data.index(b"\r\n", at)
+            size = int(data[at + 1 : end])
+            args.append(data[end + 2 : end + 2 + size])
+            at = end + 4 + size
+        out.append(args)
+    return out
+
+
 def test_a_large_settle_goes_out_in_the_sends_redis_py_makes(
     open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -2093,6 +2162,29 @@ def test_a_settle_after_the_queue_ran_dry_waits_for_the_next_task_in_its_round_t
     assert consumer.settle_then_fetch([done], 5, timeout=0.2) == []  # nothing came
     assert producer.results(5, timeout=1) == [b"r2"]
     assert t.stats().in_flight == 0
+
+
+def test_a_slot_fetching_one_at_a_time_waits_for_the_next_task_in_its_settle(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot whose batches are one task (tasks of 5 ms or more, ``--prefetch 1``) that
+    waited for its task: its settle waits for the next in the same round trip. It sent a
+    settle and a claim that found nothing (the claim run before the master's result went
+    out), then a wait and a claim: two round trips and two claims per lone task."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    consumer = t.consumer("c")
+    with _later(0.3, producer.submit, [b"first"]):
+        (delivery,) = consumer.fetch(1, timeout=5)  # the ready list ran dry: it waited
+    sent = _pipelined(consumer, monkeypatch)
+    for body in (b"second", b"third"):
+        settled = Settlement(delivery, reply_to=producer.reply_to, result=b"r")
+        with _later(0.3, producer.submit, [body]):
+            got = consumer.settle_then_fetch([settled], 1, timeout=5)
+        assert [d.body for d in got] == [body]
+        (delivery,) = got
+    assert sent == [["EVALSHA", "BLMOVE", "EVALSHA"]] * 2  # each one round trip
+    assert producer.results(5, timeout=1) == [b"r", b"r"]
 
 
 def _kill_once_blocked(raw: redis.Redis[bytes], client_id: int) -> None:

@@ -159,6 +159,7 @@ from distq.transport.redis_wire import (
     Arg,
     Commands,
     Fixed,
+    Headed,
     Runs,
     Script,
     Wire,
@@ -775,8 +776,8 @@ class RedisProducer(Producer):
         ]
         self._args: list[Arg] = [reply_to, transport.master_ttl_ms]
         # the take's script commands up to their count, made once (see _take_commands)
-        self._acked = transport.ack_script.command(self._keys, self._args)
-        self._submitted_by = transport.submit_script.command(self._keys, self._args)
+        self._acked = Fixed(transport.ack_script.command(self._keys, self._args))
+        self._submitted_by = Fixed(transport.submit_script.command(self._keys, self._args))
         # a wait for one result (a block slice at most): its command, but for the seconds
         self._wait_for = ("BLMOVE", reply_to, reply_to, "RIGHT", "RIGHT")
         self._waits: tuple[float, Fixed] | None = None  # the last wait's block and command
@@ -937,9 +938,9 @@ class RedisProducer(Producer):
         if self._counted_on is None or self._w.link != self._counted_on:
             received = -1
         if body is None:
-            first: tuple[Arg, ...] = (*self._acked, received)
+            first: tuple[Arg, ...] = Headed.of(self._acked, (received,))
         else:
-            first = (*self._submitted_by, received, body)
+            first = Headed.of(self._submitted_by, (received, body))
             if received == -1:  # by EVAL: a restarted Redis lost it, and the task would
                 first = ("EVAL", self._t.submit_script.source, *first[2:])  # wait out a BLMOVE
         commands: list[Sequence[Arg]] = [first]
@@ -1019,8 +1020,9 @@ class RedisConsumer(Consumer):
         self._keys = transport.keys(self.inflight_key)
         self._args: list[Arg] = [self.consumer_id, transport.lease_ms, transport.inflight_prefix]
         self._held: list[bytes] = []  # oldest first, as the in-flight list from its tail
-        # whether the last claim emptied the ready list, and then when the next delayed
-        # retry is due (time.monotonic(); None: none is), as its reply says
+        # whether the last claim emptied the ready list (or was a wait's claim of none),
+        # and then when the next delayed retry is due (time.monotonic(); None: none is),
+        # as its reply says
         self._drained, self._retry_due = False, None
         # the last claim found nothing, and nothing was settled or released since: the next
         # fetch blocks at once instead of claiming again first (one round trip less a wait)
@@ -1037,6 +1039,9 @@ class RedisConsumer(Consumer):
         # the claim script's commands by (count, moved): made once each (see _claim)
         self._claim_commands: dict[tuple[int, int], tuple[Arg, ...]] = {}
         self._blmove_for: tuple[float, tuple[Arg, ...]] | None = None  # see _blmove
+        # the settle script's command up to its counts, for the result lists' keys after
+        # the consumer's own (see _settle_command)
+        self._settle_head: tuple[list[str], Fixed] | None = None
         with transport.errors():  # reachable now, so "reconnected" means it
             transport.check_types(self._w)  # and its keys are distq's: one round trip
         self._link = self._w.link  # the connection its in-flight list is known on
@@ -1193,8 +1198,7 @@ class RedisConsumer(Consumer):
             commands = [claim]
         with self._t.errors():
             self._relink()  # first: a tidy counts a claim (the settle sends the count)
-            args = [*self._args, len(held), count, self._claims or "", *publish]
-            settle = self._t.settle_script.command(keys, args)
+            settle = self._settle_command(keys, [len(held), count, self._claims or "", *publish])
             commands.insert(0, settle)
             replies: list[Any] = []
             said = self._said_settled if block > 0 and self.on_settled is not None else None
@@ -1231,6 +1235,16 @@ class RedisConsumer(Consumer):
             self._found_nothing = settled == 1 and not out
         return out
 
+    def _settle_command(self, keys: list[str], tail: Sequence[Arg]) -> Headed:
+        """The settle script's command, for a pipeline: its keys and the consumer's
+        arguments packed once for the same result lists (a lone task's master's), the
+        counts and the runs (``tail``) at each call."""
+        head, extra = self._settle_head, keys[len(self._keys) :]
+        if head is None or head[0] != extra:
+            fixed = Fixed(self._t.settle_script.command(keys, self._args))
+            head = self._settle_head = (extra, fixed)
+        return Headed.of(head[1], tail)
+
     def _said_settled(self, replies: list[Any]) -> None:
         """A settle then a wait for tasks (settle_then_fetch): the settle's answer is read,
         and the BLMOVE waits; if the settle went through by count, say so now."""
@@ -1265,7 +1279,8 @@ class RedisConsumer(Consumer):
     def _block_for(self, timeout: float, settlements: Sequence[Settlement]) -> float:
         """How long a settle may wait for the next task: up to ``timeout``, a block slice
         and the next delayed retry; 0 (no wait) after a batch with retries, or when the last
-        claim filled (the ready list may hold more, and its reply says nothing of retries)."""
+        claim filled (the ready list may hold more, and its reply says nothing of retries)
+        but for a wait's claim of none (one asked), whose reply says (see claim.lua)."""
         if timeout <= 0 or not self._drained or any(s.retry is not None for s in settlements):
             return 0.0
         if self._t.full():  # no BLMOVE: the fetch after polls
@@ -1283,7 +1298,9 @@ class RedisConsumer(Consumer):
         self._claims = reply[3]
         if first is not None:
             out.insert(0, Delivery(body=first, tag=first, redelivered=reply[1] == 1))
-        self._drained = len(out) < asked
+        # a claim of none after the wait (one asked) says when the next retry is due too:
+        # a slot fetching one at a time that waited waits in its next settle again
+        self._drained = len(out) < asked or (first is not None and asked == 1)
         self._retry_due = None if reply[0] < 0 else time.monotonic() + reply[0] / 1000
         return out
 
