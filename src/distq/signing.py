@@ -40,10 +40,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from distq.errors import BadSignature, KeyMissing, NewerSignature, OldSignature, SignatureError
 
+_Item = TypeVar("_Item")
 #: The header of the format this distq signs (keyed BLAKE2b).
 MAGIC = b"DQSIG3 "
 #: The header of the format before it (HMAC-SHA256), still read: a rolling upgrade.
@@ -191,9 +193,9 @@ class Signer:
             kind: {MAGIC + kid + b" ": _keyed(key, kind, queue).copy for kid, key in named.items()}
             for kind in KINDS
         }
-        #: per kind, the first key's DQSIG3 header and its hash state's copy: what signs
-        #: an envelope up to ``BLAKE2B_MOST`` bytes (a caller may make the MAC inline)
-        self.signing = {
+        # per kind, the first key's DQSIG3 header and its hash state's copy: what signs
+        # an envelope up to ``BLAKE2B_MOST`` bytes
+        self._signing = {
             kind: (MAGIC + first + b" ", self._copies[kind][MAGIC + first + b" "]) for kind in KINDS
         }
         # per kind, the first key's DQSIG2 header and MAC: what signs a longer envelope
@@ -208,12 +210,38 @@ class Signer:
         retry), when that came DQSIG2: an older master, and an older worker, reads only
         DQSIG2 (workers are upgraded first, beside older masters)."""
         if len(envelope) <= BLAKE2B_MOST and (answering is None or answering.startswith(MAGIC)):
-            header, copy = self.signing[kind]
+            header, copy = self._signing[kind]
             state = copy()
             state.update(envelope)
             return b"".join((header, state.hexdigest().encode(), b"\n", envelope))
         header, mac = self._hmac_signing[kind]
         return b"".join((header, mac(envelope), b"\n", envelope))
+
+    def seal_tasks(
+        self, tasks: Iterable[_Item], envelope_of: Callable[[_Item], bytes | None], most: int
+    ) -> list[bytes] | None:
+        """The envelope of each of ``tasks`` (``envelope_of``, called here: one call less
+        a task than through ``map``), as :meth:`sign` makes it (a master's batch): the
+        header and hash state bound once per batch, each DQSIG3 MAC made inline. None
+        when an envelope is None (not made) or would be over ``most`` bytes once signed:
+        the caller seals the tasks one by one, saying which."""
+        header, copy = self._signing["task"]
+        sign, join = self.sign, b"".join
+        sealed = []
+        for task in tasks:
+            envelope = envelope_of(task)
+            if envelope is None:
+                return None
+            if len(envelope) <= BLAKE2B_MOST:
+                state = copy()
+                state.update(envelope)
+                body = join((header, state.hexdigest().encode(), b"\n", envelope))
+            else:
+                body = sign(envelope, "task")
+            if len(body) > most:
+                return None
+            sealed.append(body)
+        return sealed
 
     def signed_by_each(self, envelope: bytes, kind: str) -> list[bytes]:
         """``envelope`` as :meth:`sign` makes it with each key accepted, the first key's

@@ -794,6 +794,19 @@ def test_a_batch_of_tasks_is_sealed_as_each_alone(keys: list[bytes]) -> None:
         codec.seal_tasks([*tasks, large])
 
 
+def test_a_signers_batch_of_tasks_is_each_signed_as_alone_or_none() -> None:
+    """Signer.seal_tasks, the batch's MACs made where the format is: each envelope as
+    sign makes it (DQSIG3 up to 512 bytes, DQSIG2 longer); None for a batch with an
+    envelope not made or over the size limit once signed, which the caller seals alone."""
+    signer = Signer([NEW, OLD])
+    envelopes = [b"x" * 100, b"y" * 512, b"z" * 513]
+    assert signer.seal_tasks(envelopes, bytes, 1024) == [dqsig3(NEW, e) for e in envelopes[:2]] + [
+        dqsig2(NEW, envelopes[2])
+    ]
+    assert signer.seal_tasks([b"x", None], lambda e: e, 1024) is None
+    assert signer.seal_tasks(envelopes, bytes, 512 + HEADER_BYTES) is None
+
+
 PINNED_KEY = b"pinned-key-0123456789abcdef"
 
 
