@@ -41,7 +41,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from distq.errors import BadSignature, KeyMissing, NewerSignature, OldSignature, SignatureError
 
@@ -189,14 +189,26 @@ class Signer:
         }
         # per kind, the DQSIG3 hash state's copy of each key by its header: the MAC made
         # inline, without a call (most messages)
-        self._copies = {
+        copies = {
             kind: {MAGIC + kid + b" ": _keyed(key, kind, queue).copy for kid, key in named.items()}
             for kind in KINDS
+        }
+        # and a DQSIG2 state of each key by its header, made and read alike: a DQSIG2
+        # message (a pack of results) verified without a KeyError raised and caught first
+        self._states: dict[str, dict[bytes, Callable[[], _State]]] = {
+            kind: {
+                **by_header,
+                **{
+                    HMAC_MAGIC + kid + b" ": _Keyed(key, context(kind, queue)).state
+                    for kid, key in named.items()
+                },
+            }
+            for kind, by_header in copies.items()
         }
         # per kind, the first key's DQSIG3 header and its hash state's copy: what signs
         # an envelope up to ``BLAKE2B_MOST`` bytes
         self._signing = {
-            kind: (MAGIC + first + b" ", self._copies[kind][MAGIC + first + b" "]) for kind in KINDS
+            kind: (MAGIC + first + b" ", copies[kind][MAGIC + first + b" "]) for kind in KINDS
         }
         # per kind, the first key's DQSIG2 header and MAC: what signs a longer envelope
         self._hmac_signing = {
@@ -261,35 +273,19 @@ class Signer:
         altered, or forged), or in a format this distq does not read. One MAC at most
         per call, however it ends: a message may be 128 MiB.
         """
-        # the header up to the signature names a key of ours in DQSIG3 (magic, key id and
-        # space in one lookup), and a newline ends it; else DQSIG2, or refused
+        # the header up to the signature names a key of ours in DQSIG3 or DQSIG2 (magic,
+        # key id and space in one lookup), and a newline ends it; else refused
         try:
-            copy = self._copies[kind][message[:_SIG_AT]]
+            new = self._states[kind][message[:_SIG_AT]]
             newline = message[_NEWLINE_AT]
-        except KeyError:
-            return self._verify_hmac(message, kind)
-        except IndexError:  # shorter than a header
+        except (KeyError, IndexError):  # IndexError: shorter than a header
             raise self._refusal(message, kind) from None
         if newline != 0x0A:
             raise self._refusal(message, kind)
         envelope = message[_HEADER_LENGTH:]
-        state = copy()
+        state = new()
         state.update(envelope)
         if _same(state.hexdigest().encode(), message[_SIG_AT:_NEWLINE_AT]):
-            return envelope
-        raise self._bad(kind, message[_ID_AT:_ID_END])
-
-    def _verify_hmac(self, message: bytes, kind: str) -> bytes:
-        """:meth:`verify` of a message not signed DQSIG3 with a key of ours: DQSIG2, or
-        refused saying why."""
-        try:  # slices, so a short message fails
-            mac = self._macs[kind][message[:_SIG_AT]]
-        except KeyError:
-            raise self._refusal(message, kind) from None
-        if message[_NEWLINE_AT:_HEADER_LENGTH] != b"\n":  # one byte: no copy made
-            raise self._refusal(message, kind)
-        envelope = message[_HEADER_LENGTH:]
-        if _same(mac(envelope), message[_SIG_AT:_NEWLINE_AT]):
             return envelope
         raise self._bad(kind, message[_ID_AT:_ID_END])
 
@@ -344,6 +340,10 @@ class _Keyed:
         self._inner.update(context)  # whole blocks: nothing left buffered to copy
         self._outer = hashlib.sha256(key.translate(_OPAD))
 
+    def state(self) -> _KeyedState:
+        """A state to feed a message and read its HMAC from, as a ``hashlib`` one's."""
+        return _KeyedState(self._inner.copy(), self._outer)
+
     def hexdigest(self, data: bytes) -> bytes:
         """The HMAC of ``data`` in lowercase hex, as bytes."""
         inner = self._inner.copy()
@@ -351,6 +351,32 @@ class _Keyed:
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.hexdigest().encode()
+
+
+class _State(Protocol):
+    """A hash state a message is fed to and its MAC read from, of either format."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+class _KeyedState:
+    """:class:`_Keyed`'s HMAC of one message, as a ``hashlib`` state is read: fed, then
+    read once."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, inner: hashlib._Hash, outer: hashlib._Hash) -> None:
+        self._inner, self._outer = inner, outer
+
+    def update(self, data: bytes) -> None:
+        self._inner.update(data)
+
+    def hexdigest(self) -> str:
+        outer = self._outer.copy()
+        outer.update(self._inner.digest())
+        return outer.hexdigest()
 
 
 _BLOCK = hashlib.sha256().block_size
