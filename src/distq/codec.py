@@ -41,7 +41,7 @@ from distq.limits import (
     check_nesting,
     check_size,
 )
-from distq.signing import BLAKE2B_MOST, HEADER_BYTES, SIGNED, Signer, unsigned
+from distq.signing import HEADER_BYTES, SIGNED, Signer, unsigned
 
 if TYPE_CHECKING:
     from distq.config import Settings
@@ -169,25 +169,14 @@ class Codec:
         return bodies
 
     def _seal_signed_tasks(self, tasks: Sequence[Task], signer: Signer) -> list[bytes]:
-        """:meth:`seal_tasks` with keys: the header and hash state bound once per batch,
-        each task's DQSIG3 MAC made inline (a longer envelope: :meth:`Signer.sign`)."""
-        header, copy = signer.signing["task"]
-        sign, join, most = signer.sign, b"".join, self.max_message_bytes
-        bodies = []
-        for task in tasks:
-            envelope = task.encode_shallow()  # no nesting to count
-            if envelope is not None:
-                if len(envelope) <= BLAKE2B_MOST:
-                    state = copy()
-                    state.update(envelope)
-                    body = join((header, state.hexdigest().encode(), b"\n", envelope))
-                else:
-                    body = sign(envelope, "task")
-                if len(body) <= most:
-                    bodies.append(body)
-                    continue
-            bodies.append(self.seal_task(task))  # counts its nesting, or raises naming it
-        return bodies
+        """:meth:`seal_tasks` with keys: their envelopes signed in one call
+        (:meth:`Signer.seal_tasks`); a batch with a task nested past the shallow encoding,
+        or one too large once signed, goes task by task through :meth:`seal_task`, which
+        counts its nesting or raises naming it."""
+        bodies = signer.seal_tasks(tasks, Task.encode_shallow, self.max_message_bytes)
+        if bodies is not None:
+            return bodies
+        return [self.seal_task(task) for task in tasks]
 
     def seal_result(self, result: Result, answering: bytes | None = None) -> bytes:
         """The result alone as sent: what :meth:`seal_results` makes of one envelope."""

@@ -40,10 +40,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, TypeVar
 
 from distq.errors import BadSignature, KeyMissing, NewerSignature, OldSignature, SignatureError
 
+_Item = TypeVar("_Item")
 #: The header of the format this distq signs (keyed BLAKE2b).
 MAGIC = b"DQSIG3 "
 #: The header of the format before it (HMAC-SHA256), still read: a rolling upgrade.
@@ -187,14 +189,26 @@ class Signer:
         }
         # per kind, the DQSIG3 hash state's copy of each key by its header: the MAC made
         # inline, without a call (most messages)
-        self._copies = {
+        copies = {
             kind: {MAGIC + kid + b" ": _keyed(key, kind, queue).copy for kid, key in named.items()}
             for kind in KINDS
         }
-        #: per kind, the first key's DQSIG3 header and its hash state's copy: what signs
-        #: an envelope up to ``BLAKE2B_MOST`` bytes (a caller may make the MAC inline)
-        self.signing = {
-            kind: (MAGIC + first + b" ", self._copies[kind][MAGIC + first + b" "]) for kind in KINDS
+        # and a DQSIG2 state of each key by its header, made and read alike: a DQSIG2
+        # message (a pack of results) verified without a KeyError raised and caught first
+        self._states: dict[str, dict[bytes, Callable[[], _State]]] = {
+            kind: {
+                **by_header,
+                **{
+                    HMAC_MAGIC + kid + b" ": _Keyed(key, context(kind, queue)).state
+                    for kid, key in named.items()
+                },
+            }
+            for kind, by_header in copies.items()
+        }
+        # per kind, the first key's DQSIG3 header and its hash state's copy: what signs
+        # an envelope up to ``BLAKE2B_MOST`` bytes
+        self._signing = {
+            kind: (MAGIC + first + b" ", copies[kind][MAGIC + first + b" "]) for kind in KINDS
         }
         # per kind, the first key's DQSIG2 header and MAC: what signs a longer envelope
         self._hmac_signing = {
@@ -208,12 +222,38 @@ class Signer:
         retry), when that came DQSIG2: an older master, and an older worker, reads only
         DQSIG2 (workers are upgraded first, beside older masters)."""
         if len(envelope) <= BLAKE2B_MOST and (answering is None or answering.startswith(MAGIC)):
-            header, copy = self.signing[kind]
+            header, copy = self._signing[kind]
             state = copy()
             state.update(envelope)
             return b"".join((header, state.hexdigest().encode(), b"\n", envelope))
         header, mac = self._hmac_signing[kind]
         return b"".join((header, mac(envelope), b"\n", envelope))
+
+    def seal_tasks(
+        self, tasks: Iterable[_Item], envelope_of: Callable[[_Item], bytes | None], most: int
+    ) -> list[bytes] | None:
+        """The envelope of each of ``tasks`` (``envelope_of``, called here: one call less
+        a task than through ``map``), as :meth:`sign` makes it (a master's batch): the
+        header and hash state bound once per batch, each DQSIG3 MAC made inline. None
+        when an envelope is None (not made) or would be over ``most`` bytes once signed:
+        the caller seals the tasks one by one, saying which."""
+        header, copy = self._signing["task"]
+        sign, join = self.sign, b"".join
+        sealed = []
+        for task in tasks:
+            envelope = envelope_of(task)
+            if envelope is None:
+                return None
+            if len(envelope) <= BLAKE2B_MOST:
+                state = copy()
+                state.update(envelope)
+                body = join((header, state.hexdigest().encode(), b"\n", envelope))
+            else:
+                body = sign(envelope, "task")
+            if len(body) > most:
+                return None
+            sealed.append(body)
+        return sealed
 
     def signed_by_each(self, envelope: bytes, kind: str) -> list[bytes]:
         """``envelope`` as :meth:`sign` makes it with each key accepted, the first key's
@@ -233,35 +273,19 @@ class Signer:
         altered, or forged), or in a format this distq does not read. One MAC at most
         per call, however it ends: a message may be 128 MiB.
         """
-        # the header up to the signature names a key of ours in DQSIG3 (magic, key id and
-        # space in one lookup), and a newline ends it; else DQSIG2, or refused
+        # the header up to the signature names a key of ours in DQSIG3 or DQSIG2 (magic,
+        # key id and space in one lookup), and a newline ends it; else refused
         try:
-            copy = self._copies[kind][message[:_SIG_AT]]
+            new = self._states[kind][message[:_SIG_AT]]
             newline = message[_NEWLINE_AT]
-        except KeyError:
-            return self._verify_hmac(message, kind)
-        except IndexError:  # shorter than a header
+        except (KeyError, IndexError):  # IndexError: shorter than a header
             raise self._refusal(message, kind) from None
         if newline != 0x0A:
             raise self._refusal(message, kind)
         envelope = message[_HEADER_LENGTH:]
-        state = copy()
+        state = new()
         state.update(envelope)
         if _same(state.hexdigest().encode(), message[_SIG_AT:_NEWLINE_AT]):
-            return envelope
-        raise self._bad(kind, message[_ID_AT:_ID_END])
-
-    def _verify_hmac(self, message: bytes, kind: str) -> bytes:
-        """:meth:`verify` of a message not signed DQSIG3 with a key of ours: DQSIG2, or
-        refused saying why."""
-        try:  # slices, so a short message fails
-            mac = self._macs[kind][message[:_SIG_AT]]
-        except KeyError:
-            raise self._refusal(message, kind) from None
-        if message[_NEWLINE_AT:_HEADER_LENGTH] != b"\n":  # one byte: no copy made
-            raise self._refusal(message, kind)
-        envelope = message[_HEADER_LENGTH:]
-        if _same(mac(envelope), message[_SIG_AT:_NEWLINE_AT]):
             return envelope
         raise self._bad(kind, message[_ID_AT:_ID_END])
 
@@ -316,6 +340,10 @@ class _Keyed:
         self._inner.update(context)  # whole blocks: nothing left buffered to copy
         self._outer = hashlib.sha256(key.translate(_OPAD))
 
+    def state(self) -> _KeyedState:
+        """A state to feed a message and read its HMAC from, as a ``hashlib`` one's."""
+        return _KeyedState(self._inner.copy(), self._outer)
+
     def hexdigest(self, data: bytes) -> bytes:
         """The HMAC of ``data`` in lowercase hex, as bytes."""
         inner = self._inner.copy()
@@ -323,6 +351,32 @@ class _Keyed:
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.hexdigest().encode()
+
+
+class _State(Protocol):
+    """A hash state a message is fed to and its MAC read from, of either format."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+class _KeyedState:
+    """:class:`_Keyed`'s HMAC of one message, as a ``hashlib`` state is read: fed, then
+    read once."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, inner: hashlib._Hash, outer: hashlib._Hash) -> None:
+        self._inner, self._outer = inner, outer
+
+    def update(self, data: bytes) -> None:
+        self._inner.update(data)
+
+    def hexdigest(self) -> str:
+        outer = self._outer.copy()
+        outer.update(self._inner.digest())
+        return outer.hexdigest()
 
 
 _BLOCK = hashlib.sha256().block_size

@@ -794,6 +794,42 @@ def test_a_batch_of_tasks_is_sealed_as_each_alone(keys: list[bytes]) -> None:
         codec.seal_tasks([*tasks, large])
 
 
+def test_a_signers_batch_of_tasks_is_each_signed_as_alone_or_none() -> None:
+    """Signer.seal_tasks, the batch's MACs made where the format is: each envelope as
+    sign makes it (DQSIG3 up to 512 bytes, DQSIG2 longer); None for a batch with an
+    envelope not made or over the size limit once signed, which the caller seals alone."""
+    signer = Signer([NEW, OLD])
+    envelopes = [b"x" * 100, b"y" * 512, b"z" * 513]
+    assert signer.seal_tasks(envelopes, bytes, 1024) == [dqsig3(NEW, e) for e in envelopes[:2]] + [
+        dqsig2(NEW, envelopes[2])
+    ]
+    assert signer.seal_tasks([b"x", None], lambda e: e, 1024) is None
+    assert signer.seal_tasks(envelopes, bytes, 512 + HEADER_BYTES) is None
+
+
+def refused(signer: Signer, message: bytes) -> tuple[str, str]:
+    with pytest.raises(SignatureError) as caught:
+        signer.verify(message, "result")
+    return type(caught.value).__name__, str(caught.value)
+
+
+@pytest.mark.parametrize("sign", [dqsig3, dqsig2])
+def test_a_dqsig2_message_is_refused_as_a_dqsig3_one_is(sign: Callable[..., bytes]) -> None:
+    """Both formats read by one lookup of the header: each refusal of either said alike
+    (altered, cut inside or right after its header, no newline, another key's)."""
+    signer = Signer([NEW])
+    message = sign(NEW, b'{"v":1}', "result")
+    altered = message[:-1] + b"]"
+    no_newline = message[: HEADER_BYTES - 1] + b" " + message[HEADER_BYTES:]
+    said = [
+        refused(signer, m) for m in (altered, message[:40], message[: HEADER_BYTES - 1], no_newline)
+    ]
+    assert said[0][0] == "BadSignature" and "altered after signing" in said[0][1]
+    assert said[1:] == [("SignatureError", "result has a malformed signature header")] * 3
+    assert refused(signer, sign(OTHER, b'{"v":1}', "result"))[0] == "KeyMissing"
+    assert signer.verify(message, "result") == b'{"v":1}'
+
+
 PINNED_KEY = b"pinned-key-0123456789abcdef"
 
 
