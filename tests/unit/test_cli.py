@@ -566,15 +566,17 @@ def test_a_sigterm_swallowed_before_the_broker_answers_starts_no_work(
     assert "Connect to" not in output, output
 
 
+@pytest.mark.parametrize("where", ["_say_time_limits", "Keeper.__init__"])
 def test_a_sigterm_swallowed_once_connected_ends_the_worker_before_its_task_loop(
-    tmp_path: Path, redis_broker: Broker
+    tmp_path: Path, redis_broker: Broker, where: str
 ) -> None:
     """Connected, its task loop's handlers not yet in place ("while connecting" still), a
-    stop swallowed (code that catches everything, as the worker says its time limits): the
-    worker started its task loop, and the alarm ended it mid-loop 2 s on, exit 1 (the
-    loop's), its leases held. It now ends before the loop, exit 0."""
+    stop swallowed (code that catches everything, as the worker says its time limits, or
+    as its Worker is made): the worker started its task loop, and the alarm ended it
+    mid-loop 2 s on, exit 1 (the loop's), its leases held. It now ends before the loop,
+    exit 0."""
     raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
-    body = CATCHING["attempt"].replace("open_transport", "_say_time_limits")
+    body = CATCHING["attempt"].replace("co_name == 'open_transport'", f"co_qualname == {where!r}")
     (tmp_path / "catching.py").write_text(
         "import os, signal\n\nimport distq\n\n"
         + body.replace("{signal}", raised)
