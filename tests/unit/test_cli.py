@@ -598,6 +598,36 @@ def test_a_sigterm_swallowed_once_connected_ends_the_worker_before_its_task_loop
     assert "worker exit." not in output, output  # the task loop's summary
 
 
+def test_a_sigterm_swallowed_once_connected_starts_no_job(
+    tmp_path: Path, redis_broker: Broker
+) -> None:
+    """Connected, its job's handlers not yet in place ("while connecting" still), a stop
+    swallowed (a finalizer's or code's that catches everything; here a profile hook's,
+    from the sitecustomize of the master's Python): the master started its job ("master
+    ...: redis at ...", its tasks sent to the queue) until the alarm ended it 2 s on. It
+    now ends before the job, as a stop while connecting does."""
+    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
+    hook = CATCHING["attempt"].replace("event == 'call'", "event == 'return'")
+    hook = hook.replace("co_name == 'open_transport'", "co_qualname == '_connect'")  # cli's
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal\n\n" + hook.replace("{signal}", raised)
+    )
+    proc = started(
+        *("master", "--tasks", "3"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=redis_broker.url,
+        DISTQ_QUEUE=f"swallowed-{os.getpid()}",
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, output  # a job not started is not done
+    assert "SIGTERM while connecting: master exit" in output
+    assert "put task" not in output, output  # its job's tasks, sent
+
+
 @pytest.mark.parametrize(("extra", "code"), [([], 1), (["--rate", "5"], 0)])
 def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], code: int) -> None:
     """The master's handler came only once it had connected: as PID 1 a SIGTERM while it
