@@ -341,6 +341,7 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
     for sig in stop_signals():
         signal.signal(sig, partial(_stop_job, console, stop, hurry, spec.drain_seconds))
     try:
+        leave_if_asked()  # a stop swallowed before these handlers were in place: no job
         observe.attach(transport)
         console.info(f"master {__version__}: {transport.describe()}, queue {settings.queue!r}")
         _notify(console, settings, "master")

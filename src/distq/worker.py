@@ -67,6 +67,7 @@ from distq.errors import (
     SettledThenFailed,
     SettledThenRefused,
     Shutdown,
+    SignalExit,
     TransportError,
 )
 from distq.errortext import describe
@@ -75,7 +76,7 @@ from distq.keeper import Keeper
 from distq.limits import worker_name_problem
 from distq.masters import MasterWatch
 from distq.runner import TaskRunner
-from distq.signals import stop_signals
+from distq.signals import leave_if_asked, stop_signals
 from distq.slots import FAILURES_FORGOTTEN_S, Slot
 from distq.tasks import Registry
 from distq.telemetry import WorkerTelemetry, called
@@ -225,6 +226,11 @@ class Worker:
         slots = [Slot(i) for i in range(self.options.concurrency)]
         done = threading.Event()
         previous = self._install_signal_handlers()
+        try:  # a stop swallowed before these handlers were in place: no loop to start
+            leave_if_asked()
+        except SignalExit:
+            self._restore_signal_handlers(previous)
+            raise
         _exits_fail_while_running(self, True)
         switching = sys.getswitchinterval()
         if self.options.concurrency > 1:  # slots running Python code: see KEEPER_SWITCH

@@ -109,11 +109,14 @@ def test_a_cut_counts_a_message_at_most_once_per_connection_lost_with_it(
                     for connection in connections:
                         connection.process_data_events(time_limit=0.02)
                 assert sorted(got) == [f"m{i}".encode() for i in range(CONNECTIONS)], got
-                partition.reset()
-            deadline = time.monotonic() + 10
-            while _count(channel, queue) + _count(channel, f"{queue}.dead") < CONNECTIONS:
-                assert time.monotonic() < deadline, "the cut's messages did not come back"
-                time.sleep(0.05)
+                partition.reset()  # the cut, the proxy still running: its own close is not it
+                deadline = time.monotonic() + 10
+                while _count(channel, queue) + _count(channel, f"{queue}.dead") < CONNECTIONS:
+                    assert time.monotonic() < deadline, "the cut's messages did not come back"
+                    time.sleep(0.05)
+                for connection in connections:  # each consumer's end saw it too
+                    with pytest.raises(pika.exceptions.AMQPConnectionError):
+                        connection.process_data_events(time_limit=1)
             assert _count(channel, f"{queue}.dead") == 0
             counts = []
             for _ in range(CONNECTIONS):

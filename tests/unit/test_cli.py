@@ -566,15 +566,17 @@ def test_a_sigterm_swallowed_before_the_broker_answers_starts_no_work(
     assert "Connect to" not in output, output
 
 
+@pytest.mark.parametrize("where", ["_say_time_limits", "Keeper.__init__"])
 def test_a_sigterm_swallowed_once_connected_ends_the_worker_before_its_task_loop(
-    tmp_path: Path, redis_broker: Broker
+    tmp_path: Path, redis_broker: Broker, where: str
 ) -> None:
     """Connected, its task loop's handlers not yet in place ("while connecting" still), a
-    stop swallowed (code that catches everything, as the worker says its time limits): the
-    worker started its task loop, and the alarm ended it mid-loop 2 s on, exit 1 (the
-    loop's), its leases held. It now ends before the loop, exit 0."""
+    stop swallowed (code that catches everything, as the worker says its time limits, or
+    as its Worker is made): the worker started its task loop, and the alarm ended it
+    mid-loop 2 s on, exit 1 (the loop's), its leases held. It now ends before the loop,
+    exit 0."""
     raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
-    body = CATCHING["attempt"].replace("open_transport", "_say_time_limits")
+    body = CATCHING["attempt"].replace("co_name == 'open_transport'", f"co_qualname == {where!r}")
     (tmp_path / "catching.py").write_text(
         "import os, signal\n\nimport distq\n\n"
         + body.replace("{signal}", raised)
@@ -594,6 +596,36 @@ def test_a_sigterm_swallowed_once_connected_ends_the_worker_before_its_task_loop
     assert proc.returncode == 0, output
     assert "SIGTERM while connecting: worker exit" in output
     assert "worker exit." not in output, output  # the task loop's summary
+
+
+def test_a_sigterm_swallowed_once_connected_starts_no_job(
+    tmp_path: Path, redis_broker: Broker
+) -> None:
+    """Connected, its job's handlers not yet in place ("while connecting" still), a stop
+    swallowed (a finalizer's or code's that catches everything; here a profile hook's,
+    from the sitecustomize of the master's Python): the master started its job ("master
+    ...: redis at ...", its tasks sent to the queue) until the alarm ended it 2 s on. It
+    now ends before the job, as a stop while connecting does."""
+    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
+    hook = CATCHING["attempt"].replace("event == 'call'", "event == 'return'")
+    hook = hook.replace("co_name == 'open_transport'", "co_qualname == '_connect'")  # cli's
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal\n\n" + hook.replace("{signal}", raised)
+    )
+    proc = started(
+        *("master", "--tasks", "3"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=redis_broker.url,
+        DISTQ_QUEUE=f"swallowed-{os.getpid()}",
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, output  # a job not started is not done
+    assert "SIGTERM while connecting: master exit" in output
+    assert "put task" not in output, output  # its job's tasks, sent
 
 
 @pytest.mark.parametrize(("extra", "code"), [([], 1), (["--rate", "5"], 0)])
