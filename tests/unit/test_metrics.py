@@ -178,7 +178,7 @@ def test_chunks_of_two_functions_in_one_small_batch_count_each_under_its_own() -
     assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 1
 
 
-@pytest.mark.parametrize("count", [3, 20])  # task by task, and a batch of one name (16+)
+@pytest.mark.parametrize("count", [3, 20])  # task by task, and a batch of one name (8+)
 def test_a_task_whose_master_is_gone_is_orphaned_not_a_failed_run_nor_a_zero_wait(
     count: int,
 ) -> None:
