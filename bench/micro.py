@@ -338,6 +338,34 @@ def lone_tasks_job(telemetry: MasterTelemetry | None = None) -> None:
         raise RuntimeError(f"the lone-task job went wrong: {report.problems[-3:]}")
 
 
+#: The batch sizes of the small-batch metrics steps: a worker's batch is 1 to 8 tasks when
+#: tasks are short and its window half empty, a RabbitMQ worker's is one delivery's.
+SMALL_BATCHES = (1, 2, 8, 32)
+
+
+def small_batches(
+    worker: WorkerTelemetry, master: MasterTelemetry, endings: list[Any], results: list[Result]
+) -> dict[str, Step]:
+    """The metrics of a worker's settled batch and of a master's collected batch of each
+    of :data:`SMALL_BATCHES` tasks: what a batch costs whatever its size shows at 1. A
+    master's is handed its first results and their round trips (the waits of
+    ``endings``: 0.1 to 3 ms) as the collector hands them, with nothing around the call."""
+    made: dict[str, Step] = {}
+    trips = [ending.started_at - ending.task.created_at for ending in endings]
+    for size in SMALL_BATCHES:
+        calls = 2000 // size
+        made[f"metrics: worker, a batch of {size}, per task"] = (
+            functools.partial(worker.settled, endings[:size]),
+            size,
+            calls,
+        )
+        collect: Callable[[], object] = functools.partial(collected, master, results[:size])
+        if COLLECTED_FIRSTS:
+            collect = functools.partial(master.collected, 0, [], results[:size], trips[:size])
+        made[f"metrics: master, a collection of {size}, per task"] = (collect, size, calls)
+    return made
+
+
 def steps() -> dict[str, Step]:
     """Every step measured, by name, its fixtures built."""
     plain, signed = Codec(), Codec([KEY])
@@ -425,6 +453,8 @@ def steps() -> dict[str, Step]:
         master_metrics.submitted(tasks, BATCH)
         collected(master_metrics, results)
 
+    small = small_batches(worker_metrics, master_metrics, endings, results)
+
     return {
         "master: make a task": (
             lambda: Task(name="square", args=[733], reply_to=REPLY_TO),
@@ -488,6 +518,7 @@ def steps() -> dict[str, Step]:
         ),
         "metrics: worker, per task": (lambda: worker_metrics.settled(endings), BATCH, 50),
         "metrics: master, per task": (metrics_master, BATCH, 50),
+        **small,
         "JSON logs: worker, per task": (json_worker, BATCH, 50),
         "JSON logs: worker, run a task (batch of 128)": (json_worker_batch, BATCH, 20),
         "JSON logs: master, per task": (json_master, BATCH, 50),

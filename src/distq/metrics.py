@@ -32,6 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from distq.chunks import CHUNK_TASK
 from distq.transport.base import QueueStats
 
 #: Seconds, from a fast task's half millisecond to an hour: a backlog's queue waits run
@@ -82,15 +83,23 @@ class CounterTable:
     ) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
         self.lock = lock
-        self.values: dict[Labels, float] = {}
+        self.values: dict[Labels, list[float]] = {}  # a series' value in a list of one
+
+    def cell(self, labels: Labels) -> list[float]:
+        """The running value of ``labels`` (created at 0), ``[value]``: a caller that
+        keeps it adds to ``cell[0]`` with no labels hashed again; caller holds ``lock``."""
+        cell = self.values.get(labels)
+        if cell is None:
+            cell = self.values[labels] = [0.0]
+        return cell
 
     def add(self, labels: Labels, amount: float) -> None:
         """Count ``amount`` more for ``labels`` (caller holds ``lock``)."""
-        self.values[labels] = self.values.get(labels, 0.0) + amount
+        self.cell(labels)[0] += amount
 
     def snapshot(self) -> list[tuple[Labels, float]]:
         """The values as they are (caller holds ``lock``)."""
-        return list(self.values.items())
+        return [(labels, cell[0]) for labels, cell in self.values.items()]
 
     def family(self, values: list[tuple[Labels, float]]) -> Metric:
         """The family of a :meth:`snapshot`."""
@@ -108,7 +117,7 @@ class GaugeTable(CounterTable):
 
     def set(self, labels: Labels, value: float) -> None:
         """``labels`` is ``value`` now (caller holds ``lock``)."""
-        self.values[labels] = value
+        self.cell(labels)[0] = value
 
     def family(self, values: list[tuple[Labels, float]]) -> Metric:
         family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -276,15 +285,20 @@ class WorkerMetrics:
         ).labels(*base)
         self.ready = ready_gauge(base, self.registry)
         self.known = frozenset(task_names)
+        #: a registered name's counter and run times by (name, outcome), kept so that a
+        #: batch finds both in one lookup (a chunk's, whose label is its function's, not)
+        self.by_name: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         with self.lock:  # the series that can happen exist from the start, at 0
             for name in self.known:
+                runs = self.task_seconds.series((*base, name))
                 for outcome in ("ok", "failed", "retried", "orphaned", "released"):
-                    self.tasks.add((*base, name, outcome), 0)
-                self.task_seconds.series((*base, name))
+                    counted = self.tasks.cell((*base, name, outcome))
+                    if name != CHUNK_TASK:
+                        self.by_name[name, outcome] = (counted, runs)
             self.tasks.add((*base, UNREGISTERED, "failed"), 0)
             self.tasks.add((*base, UNKNOWN, "malformed"), 0)
-            self.tasks.add((*base, UNKNOWN, "released"), 0)
-            self.queue_wait.series(base)
+            self.released = self.tasks.cell((*base, UNKNOWN, "released"))
+            self.waits = self.queue_wait.series(base)
             self.redeliveries.add(base, 0)
 
 
@@ -328,13 +342,14 @@ class MasterMetrics:
             BASE,
             self.lock,
         )
-        with self.lock:
-            for status in ("ok", "error"):
-                self.results.add((*base, status), 0)
-            self.submitted.add(base, 0)
-            self.duplicates.add(base, 0)
-            self.round_trip.series(base)
-            self.outstanding.set(base, 0)
+        with self.lock:  # each series kept, added to with no labels hashed
+            self.by_status = {
+                status: self.results.cell((*base, status)) for status in ("ok", "error")
+            }
+            self.submitted_now = self.submitted.cell(base)
+            self.duplicates_now = self.duplicates.cell(base)
+            self.round_trips = self.round_trip.series(base)
+            self.outstanding_now = self.outstanding.cell(base)
         tables: list[Table] = [self.submitted, self.results, self.duplicates, self.round_trip]
         Together(self.lock, [*tables, self.outstanding], self.registry)
         self.ready = ready_gauge(base, self.registry)

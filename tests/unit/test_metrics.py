@@ -178,7 +178,7 @@ def test_chunks_of_two_functions_in_one_small_batch_count_each_under_its_own() -
     assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == 1
 
 
-@pytest.mark.parametrize("count", [3, 20])  # task by task, and a batch of one name (16+)
+@pytest.mark.parametrize("count", [3, 20])  # task by task, and a batch of one name (8+)
 def test_a_task_whose_master_is_gone_is_orphaned_not_a_failed_run_nor_a_zero_wait(
     count: int,
 ) -> None:
@@ -438,6 +438,83 @@ def test_a_batch_of_one_task_name_counts_as_it_does_task_by_task(
     started = sum(1 for e in endings if e.duration > 0)  # an orphan (0) never started
     assert ours[("distq_worker_queue_wait_seconds_count", tuple(sorted(BASE.items())))] == started
     assert any(key[0] == "distq_worker_task_duration_seconds_sum" for key in ours)
+
+
+def mixed_endings(count: int, one_name: bool) -> list[Ending]:
+    """``count`` endings drawn from one seed: of one name, all ok (the common batch), or
+    of every kind a worker settles (names known and not, chunks, undecoded, never ran,
+    waits from a clock ahead or an absurd ``created_at``, run times on bucket bounds)."""
+    rng = random.Random(count)
+    now = time.time()
+    chunk = Task(name=CHUNK_TASK, args=["resize", [[1]]], reply_to="r", created_at=now - 0.2)
+    stray = Task(name=CHUNK_TASK, args=["nope:fn", [[1]]], reply_to="r", created_at=now - 0.2)
+    made = []
+    for _ in range(count):
+        run = rng.choice([*RUN_BUCKETS[:8], rng.uniform(1e-7, 3e-3)])
+        wait = rng.choice([*BUCKETS[:6], rng.uniform(1e-4, 2.0)])
+        if one_name:  # some from a clock ahead, or made at an absurd time
+            made_at = rng.choice([now - wait, now - wait, now + 0.01, 0.0])
+            made.append(ending(task(created_at=made_at), "ok", now, run))
+            continue
+        made.append(
+            rng.choice(
+                [
+                    ending(task(created_at=now - wait), "ok", now, run),
+                    ending(task("resize", created_at=now - wait), "retried", now, run),
+                    ending(task(created_at=now + 0.01), "ok", now, run),  # a clock ahead
+                    ending(task(created_at=0.0), "failed", now, run),  # an absurd time
+                    ending(task("rm -rf /", created_at=now - wait), "failed", now, 0.0),
+                    ending(task(created_at=now - wait), "orphaned", now, 0.0),
+                    ending(chunk, "ok", now, run),
+                    ending(stray, "failed", now, 0.0),
+                    ending(None, "malformed"),
+                ]
+            )
+        )
+    return made
+
+
+@pytest.mark.parametrize("one_name", [True, False])
+@pytest.mark.parametrize("size", [1, 2, 8, 16, 32])
+def test_a_workers_tasks_scrape_the_same_in_batches_of_any_size(size: int, one_name: bool) -> None:
+    # a worker's batches are of one task when its tasks are short and its window half
+    # empty: the same tasks settled in batches of ``size`` read as settled in one batch
+    endings = mixed_endings(96, one_name)
+    whole, batched = worker_metrics()[0], worker_metrics()[0]
+    WorkerTelemetry(whole).settled(endings, released=len(endings) // size)
+    for start in range(0, len(endings), size):
+        WorkerTelemetry(batched).settled(endings[start : start + size], released=1)
+    ours, reference = samples(batched.registry), samples(whole.registry)
+    assert ours == pytest.approx(reference, rel=1e-12)
+    registry = batched.registry
+    assert value(registry, "distq_worker_tasks_total", task="square", outcome="ok") == sum(
+        e.outcome == "ok" and e.task is not None and e.task.name == "square" for e in endings
+    )
+    released = value(registry, "distq_worker_tasks_total", task=UNKNOWN, outcome="released")
+    assert released == len(endings) // size
+
+
+@pytest.mark.parametrize("size", [1, 2, 8, 16, 32])
+def test_a_masters_results_scrape_the_same_in_collections_of_any_size(size: int) -> None:
+    rng = random.Random(size)
+    trips = [rng.choice([*BUCKETS[:8], rng.uniform(1e-5, 2.0)]) for _ in range(96)]
+    firsts = [
+        Result(f"t{n}", rng.choice(["ok", "ok", "error"]), "w", 1, 0.0, 0.1)
+        for n in range(len(trips))
+    ]
+    whole, batched = MasterMetrics("redis", "q"), MasterMetrics("redis", "q")
+    MasterTelemetry(whole).collected(
+        0, firsts=firsts, round_trips=trips, duplicates=len(trips) // size
+    )
+    for start in range(0, len(trips), size):
+        part = slice(start, start + size)
+        MasterTelemetry(batched).collected(
+            0, firsts=firsts[part], round_trips=trips[part], duplicates=1
+        )
+    ours, reference = samples(batched.registry), samples(whole.registry)
+    assert ours == pytest.approx(reference, rel=1e-12)
+    base = tuple(sorted(BASE.items()))
+    assert ours[("distq_master_task_round_trip_seconds_count", base)] == len(trips)
 
 
 @pytest.mark.parametrize("size", [1, 40])  # one by one, and a batch of one name (in C)
