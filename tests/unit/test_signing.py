@@ -805,6 +805,10 @@ def test_a_signers_batch_of_tasks_is_each_signed_as_alone_or_none() -> None:
     ]
     assert signer.seal_tasks([b"x", None], lambda e: e, 1024) is None
     assert signer.seal_tasks(envelopes, bytes, 512 + HEADER_BYTES) is None
+    # the longest exactly at the limit is within it: each signed here, none sealed again
+    assert signer.seal_tasks(envelopes, bytes, 513 + HEADER_BYTES) == [
+        signer.sign(e, "task") for e in envelopes
+    ]
 
 
 def refused(signer: Signer, message: bytes) -> tuple[str, str]:
