@@ -805,6 +805,10 @@ def test_a_signers_batch_of_tasks_is_each_signed_as_alone_or_none() -> None:
     ]
     assert signer.seal_tasks([b"x", None], lambda e: e, 1024) is None
     assert signer.seal_tasks(envelopes, bytes, 512 + HEADER_BYTES) is None
+    # the longest exactly at the limit is within it: each signed here, none sealed again
+    assert signer.seal_tasks(envelopes, bytes, 513 + HEADER_BYTES) == [
+        signer.sign(e, "task") for e in envelopes
+    ]
 
 
 def refused(signer: Signer, message: bytes) -> tuple[str, str]:
@@ -828,6 +832,26 @@ def test_a_dqsig2_message_is_refused_as_a_dqsig3_one_is(sign: Callable[..., byte
     assert said[1:] == [("SignatureError", "result has a malformed signature header")] * 3
     assert refused(signer, sign(OTHER, b'{"v":1}', "result"))[0] == "KeyMissing"
     assert signer.verify(message, "result") == b'{"v":1}'
+
+
+@pytest.mark.parametrize("envelope", [b'{"v":1}', b"x" * 600])
+def test_a_signature_verifies_only_under_its_own_format_and_in_lowercase(envelope: bytes) -> None:
+    """One lookup finds either format's key by the header: a MAC of one format under the
+    other's header, the same MAC in uppercase hex, or a byte more before the newline is
+    refused as altered or malformed, never read; a key's rotation partner verifies."""
+    signer = Signer([NEW, OLD])
+    for sign, other in ((dqsig3, b"DQSIG2 "), (dqsig2, b"DQSIG3 ")):
+        message = sign(OLD, envelope, "result")
+        head, sig = message[:16], message[16:80]
+        assert signer.verify(message, "result") == envelope  # the second key's too
+        swapped = other + message[7:]
+        upper = head + sig.upper() + message[80:]
+        longer = head + sig + b"0" + message[80:]
+        assert [refused(signer, m)[0] for m in (swapped, upper)] == ["BadSignature"] * 2
+        assert refused(signer, longer) == (
+            "SignatureError",
+            "result has a malformed signature header",
+        )
 
 
 PINNED_KEY = b"pinned-key-0123456789abcdef"
