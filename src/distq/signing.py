@@ -40,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from distq.errors import BadSignature, KeyMissing, NewerSignature, OldSignature, SignatureError
@@ -230,13 +230,14 @@ class Signer:
         return b"".join((header, mac(envelope), b"\n", envelope))
 
     def seal_tasks(
-        self, tasks: Iterable[_Item], envelope_of: Callable[[_Item], bytes | None], most: int
+        self, tasks: Sequence[_Item], envelope_of: Callable[[_Item], bytes | None], most: int
     ) -> list[bytes] | None:
         """The envelope of each of ``tasks`` (``envelope_of``, called here: one call less
         a task than through ``map``), as :meth:`sign` makes it (a master's batch): the
         header and hash state bound once per batch, each DQSIG3 MAC made inline. None
         when an envelope is None (not made) or would be over ``most`` bytes once signed:
-        the caller seals the tasks one by one, saying which."""
+        the caller seals the tasks one by one, saying which: a sequence, since that
+        retry reads ``tasks`` again from its start."""
         header, copy = self._signing["task"]
         sign, join = self.sign, b"".join
         sealed = []
