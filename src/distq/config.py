@@ -626,6 +626,16 @@ def secured(settings: Settings) -> Settings:
                     f"least {signing.MIN_KEY_LENGTH} random characters, e.g. "
                     "secrets.token_hex(32).encode()"
                 )
+        ids = [signing.key_id(key) for key in keys]
+        for number, (kid, key) in enumerate(zip(ids, keys, strict=True), 1):
+            earlier = ids.index(kid) + 1
+            if earlier < number and keys[earlier - 1] != key:  # the same key twice is one
+                raise ConfigError(
+                    f"{name} (DISTQ_{name.upper()}) has keys {earlier} and {number} of "
+                    f"{len(keys)} that share the key id {kid} (a signature names its key by "
+                    "it; about one pair in 2**32); replace one of them with a new key, e.g. "
+                    "secrets.token_hex(32)"
+                )
     for name, entry in _entries(type(settings)):  # a program's numbers, as the text's
         try:
             entry.check(getattr(settings, name))

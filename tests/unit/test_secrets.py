@@ -20,6 +20,7 @@ from distq.config import SETTINGS, Settings
 from distq.credentials import SECRETS, mask_url
 from distq.errors import ConfigError
 from distq.logs import mask_secrets
+from distq.signing import key_id
 from distq.transport.rabbitmq_link import Broker
 
 KEY = {"DISTQ_AUTHKEY": "secret-authkey-value"}
@@ -226,6 +227,18 @@ def test_signing_key_settings() -> None:
     assert "both set" in both
     short = error({**KEY, "DISTQ_SIGNING_KEYS": f"{SIGNING},tooshort"})
     assert "key 2 of 2 8 characters long" in short and "tooshort" not in short
+
+
+def test_two_keys_sharing_a_key_id_are_refused() -> None:
+    """Was: taken, and the later key's entry replaced the first's under their shared id
+    (8 hex digits: about one pair in 2**32), so the process signed with the second key
+    where the README says the first signs. These two share the id efdd3fc0."""
+    first, second = "distq-collide-00050871", "distq-collide-00095698"
+    assert key_id(first.encode()) == key_id(second.encode())
+    message = error({**KEY, "DISTQ_SIGNING_KEYS": f"{first},{second}"})
+    assert "DISTQ_SIGNING_KEYS) has keys 1 and 2 of 2 that share the key id efdd3fc0" in message
+    assert first not in message and second not in message
+    assert load({**KEY, "DISTQ_SIGNING_KEYS": f"{first},{first}"}).signing_keys  # the same twice
 
 
 def test_the_one_key_setting_takes_its_value_whole() -> None:
