@@ -1210,6 +1210,30 @@ def test_a_split_sends_back_as_a_suspect_what_came_from_an_expired_lease_record(
         raw.queue_delete(held)
 
 
+def test_a_copy_from_an_expired_lease_record_comes_flagged_redelivered(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A lease record that expired into the task queue (``x-death`` names its ``.held.``
+    queue) brings back a task whose lease lapsed: a new message, not flagged by the
+    broker. It came unflagged, so ``distq_worker_redeliveries_total`` ("back after a
+    lease expired") missed it, and only a split or hand-back of it flagged it. It comes
+    flagged redelivered now, as a requeued message does."""
+    t = open_transport()
+    held = f"{queue}.held.gone"  # a record queue whose record expires into the queue
+    dead_letter_to_queue = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue}
+    raw.queue_declare(held, arguments={"x-message-ttl": 1, **dead_letter_to_queue})
+    try:
+        raw.basic_publish("", held, b"long")
+        assert _ready_within(raw, queue, 1)
+        consumer = t.consumer("c")
+        (copy,) = fetch_n(consumer, 1)
+        assert (copy.body, copy.redelivered) == (b"long", True)
+        consumer.settle([Settlement(copy)])
+        consumer.close()
+    finally:
+        raw.queue_delete(held)
+
+
 def test_a_split_pack_whose_last_task_is_handed_back_is_not_requeued_whole(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

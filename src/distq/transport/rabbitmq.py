@@ -974,14 +974,17 @@ class RabbitMQConsumer(Consumer):
         # a master's packs are up to its own budget: not this worker's, which may be less
         bodies = task_bodies(props.type, body)
         tag = method.delivery_tag
+        headers = props.headers
+        # a copy from an expired lease record is a new message, but back after a lease
+        # lapsed: flagged as a requeued one is (the worker's redeliveries count it)
         redelivered = bool(method.redelivered) or bool(
-            props.headers and props.headers.get(_HANDED_BACK)
+            headers and (headers.get(_HANDED_BACK) or from_a_record(headers))
         )
-        if props.headers and "x-delivery-count" in props.headers:
+        if headers and "x-delivery-count" in headers:
             self._counting = True  # a quorum queue (the vhost's default type, say)
         delivered = self._held.receive(tag, bodies, redelivered)
         self._buffer += delivered
-        if redelivered or (props.headers and from_a_record(props.headers)):
+        if redelivered:
             self._again.update(d.tag for d in delivered)  # maybe a copy: see _defer_running
         self._per_message = len(bodies)
         self._received(len(bodies))
