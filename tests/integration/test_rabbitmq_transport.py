@@ -1081,6 +1081,40 @@ def test_a_fresh_slots_first_fetch_sends_nothing_back_for_a_queue_of_fast_tasks(
     producer.close()
 
 
+def test_a_slot_taking_few_tasks_splits_a_pack_though_a_single_task_came_after_it(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A mixed job: packs of 32 and messages of one task (a master's small submits, a
+    split's). The split rule read the last message's count only: a slot of slow tasks
+    whose pack was followed by a single task took one task at a time and kept the 30
+    others of its pack from idle workers until a heartbeat's hand-back. Now a pack still
+    buffered counts: the second short fetch in a row splits it."""
+    t = open_transport(prefetch=128)
+    slow = t.consumer("slow")
+    assert slow.fetch(96, 0.2) == []  # a window of 3 messages
+    typed = pika.BasicProperties(type=TASKS_TYPE)
+    packed = [f"p-{i}".encode() for i in range(TASKS_PER_MESSAGE)]
+    raw.basic_publish("", queue, pack(packed), properties=typed)
+    raw.basic_publish("", queue, b"single")
+    assert _ready_within(raw, queue, 0)  # both pushed to the slot
+    deadline = time.monotonic() + 5
+    while len(slow._buffer) < TASKS_PER_MESSAGE + 1 and time.monotonic() < deadline:
+        slow._link.connection.process_data_events(time_limit=0.05)  # read by the slot
+    mine = fetch_n(slow, 1)
+    mine += fetch_n(slow, 1)  # two short fetches in a row: a split
+    assert [d.body for d in mine] == packed[:2]
+    assert not slow._buffer
+    deadline = time.monotonic() + 5
+    # 31 messages of one task back in the queue; the slot's window of 3 may take some
+    while _ready(raw, queue) < TASKS_PER_MESSAGE - 2 + 1 - 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    slow.settle([Settlement(d) for d in mine])
+    slow.close()
+    rest = fetch_n(t.consumer("idle"), TASKS_PER_MESSAGE - 1, within=5)
+    assert sorted(d.body for d in rest) == sorted([*packed[2:], b"single"])
+
+
 def test_a_split_goes_back_in_messages_of_what_the_slot_takes(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

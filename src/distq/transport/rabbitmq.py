@@ -1015,7 +1015,12 @@ class RabbitMQConsumer(Consumer):
                 got = self._drop_done(got)
             if got and (self._transport.running_lost or self._again or self._transport.deferred):
                 got = self._defer_running(got)
+            # a mixed job: a pack still buffered counts though a smaller message came
+            # after it (the last message's count alone kept 30 tasks from idle workers)
+            buffered = self._buffer
             short, was_short = want < self._per_message, self._short
+            if not short and len(buffered) > want:
+                short = want < self._held.most_of_one_message(buffered)
             self._short = short
             # one short fetch is no sign of slow tasks: after whole packs, one slow batch
             # of fast tasks (a process preempted for 40 ms; its split sent a 4,096-task
