@@ -1487,6 +1487,32 @@ def test_a_heartbeat_after_a_lost_connection_connects_again_and_the_lost_tasks_r
     producer.close()
 
 
+def test_the_tasks_per_message_estimate_outlives_a_lost_link(
+    open_transport: OpenTransport, queue: str
+) -> None:
+    """The window counts messages, sized by an estimate of the tasks one holds. A link
+    lost and made again keeps it: the queue holds the same messages (the old link's went
+    back whole). Started afresh at a pack's 32, a slot taking 32 one-task messages had a
+    window of one message on the new link, and grew it again resize by resize."""
+    t = open_transport(lease=30.0, prefetch=64)
+    _submit_one_by_one(t, queue, 120)  # a message per task
+    consumer = t.consumer("c")
+    for want in (8, 16, 32):
+        got = fetch_n(consumer, want)
+        consumer.settle([Settlement(d) for d in got])
+    assert round(consumer._message_tasks) == 1
+    old = consumer._link
+    old.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)  # pika reads EOF
+    with pytest.raises(TransportError, match=r"heartbeat failed"):
+        consumer.heartbeat()
+    consumer.heartbeat()  # connects again
+    assert consumer._link is not old and consumer._window.size == 0  # no consumer yet
+    got = fetch_n(consumer, 32)
+    assert consumer._window.size == 32  # 32 messages, not one
+    consumer.settle([Settlement(d) for d in got])
+    consumer.close()
+
+
 def test_a_settle_on_a_link_lost_unnoticed_is_made_again_on_a_new_one(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:
