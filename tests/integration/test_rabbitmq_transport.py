@@ -1081,6 +1081,34 @@ def test_a_fresh_slots_first_fetch_sends_nothing_back_for_a_queue_of_fast_tasks(
     producer.close()
 
 
+def test_a_slots_batch_growing_from_its_first_sends_nothing_back(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A worker's first task is slow (1.3 ms: its first run's costs), so its batch grows
+    from 1 by doublings of the sizer's average: 7, 14, 29, 56 tasks in a 20,000-task job.
+    Each of 7, 14 and 29 was a second short fetch in a row, and split its pack: 3 or 4
+    give-backs a worker start, 50 to 100 tasks of a 500-task job sent back in messages
+    of 7 to 29, 91 messages where its master sent about 20. A slot whose batch grows
+    takes its buffer whole soon: only a short fetch no larger than the last splits."""
+    t = open_transport(prefetch=128)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(512))  # 16 packs of 32
+    producer.flush()
+    fresh = t.consumer("fresh")
+    ran: list[Delivery] = []
+    for want in (1, 7, 14):
+        got = fetch_n(fresh, want)
+        assert len(got) == want
+        fresh.settle([Settlement(d) for d in got])
+        ran += got
+    assert len(fresh._buffer) == TASKS_PER_MESSAGE - 1 - 7 - 14  # nothing sent back
+    ran += fetch_n(fresh, 512 - len(ran), within=15)
+    assert sorted(d.body for d in ran) == sorted(_bodies(512))  # each task once
+    assert [d.body for d in ran if d.redelivered] == []
+    fresh.close()
+    producer.close()
+
+
 def test_a_slot_taking_few_tasks_splits_a_pack_though_a_single_task_came_after_it(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:
