@@ -1081,6 +1081,30 @@ def test_a_fresh_slots_first_fetch_sends_nothing_back_for_a_queue_of_fast_tasks(
     producer.close()
 
 
+def test_a_slots_first_tasks_after_an_idle_fetch_send_nothing_back(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A worker started before its job fetches one task and finds none. That empty fetch
+    counted as a short one, so the fetch of its first task split the pack: 31 tasks back
+    one per message, at each worker start of a 20,000-task job of two workers; the other
+    worker's estimate of tasks per message fell to 1 on them, its window grew to 64 or
+    128 messages, and the packs behind filled it: 2,000 to 4,100 tasks held by one
+    worker. An empty fetch is no sign of slow tasks."""
+    t = open_transport(prefetch=128)
+    fresh = t.consumer("fresh")
+    assert fresh.fetch(1, 0.2) == []  # before the job: idle
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(512))  # 16 packs of 32
+    producer.flush()
+    ran = fetch_n(fresh, 1)
+    assert len(fresh._buffer) == TASKS_PER_MESSAGE - 1  # nothing sent back
+    fresh.settle([Settlement(d) for d in ran])
+    ran += fetch_n(fresh, 512 - len(ran), within=15)
+    assert sorted(d.body for d in ran) == sorted(_bodies(512))  # each task once
+    fresh.close()
+    producer.close()
+
+
 def test_a_slots_batch_growing_from_its_first_sends_nothing_back(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -1022,7 +1022,9 @@ class RabbitMQConsumer(Consumer):
             short, was_short = want < self._per_message, self._short
             if not short and len(buffered) > want:
                 short = want < self._held.most_of_one_message(buffered)
-            self._short = short
+            # an empty fetch (idle before a job) is no sign of slow tasks: it made the
+            # first task's fetch split its pack, 31 tasks back one per message a worker
+            self._short = short and bool(got)
             # one short fetch is no sign of slow tasks: after whole packs, one slow batch
             # of fast tasks (a process preempted for 40 ms; its split sent a 4,096-task
             # buffer back one task per message); as a slot's first, one task before any
