@@ -1077,6 +1077,92 @@ def test_a_fresh_slots_first_fetch_sends_nothing_back_for_a_queue_of_fast_tasks(
     producer.close()
 
 
+def test_a_slots_first_tasks_after_an_idle_fetch_send_nothing_back(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A worker started before its job fetches one task and finds none. That empty fetch
+    counted as a short one, so the fetch of its first task split the pack: 31 tasks back
+    one per message, at each worker start of a 20,000-task job of two workers; the other
+    worker's estimate of tasks per message fell to 1 on them, its window grew to 64 or
+    128 messages, and the packs behind filled it: 2,000 to 4,100 tasks held by one
+    worker. An empty fetch is no sign of slow tasks."""
+    t = open_transport(prefetch=128)
+    fresh = t.consumer("fresh")
+    assert fresh.fetch(1, 0.2) == []  # before the job: idle
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(512))  # 16 packs of 32
+    producer.flush()
+    ran = fetch_n(fresh, 1)
+    assert len(fresh._buffer) == TASKS_PER_MESSAGE - 1  # nothing sent back
+    fresh.settle([Settlement(d) for d in ran])
+    ran += fetch_n(fresh, 512 - len(ran), within=15)
+    assert sorted(d.body for d in ran) == sorted(_bodies(512))  # each task once
+    fresh.close()
+    producer.close()
+
+
+def test_a_slots_batch_growing_from_its_first_sends_nothing_back(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A worker's first task is slow (1.3 ms: its first run's costs), so its batch grows
+    from 1 by doublings of the sizer's average: 7, 14, 29, 56 tasks in a 20,000-task job.
+    Each of 7, 14 and 29 was a second short fetch in a row, and split its pack: 3 or 4
+    give-backs a worker start, 50 to 100 tasks of a 500-task job sent back in messages
+    of 7 to 29, 91 messages where its master sent about 20. A slot whose batch grows
+    takes its buffer whole soon: only a short fetch no larger than the last splits."""
+    t = open_transport(prefetch=128)
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit(_bodies(512))  # 16 packs of 32
+    producer.flush()
+    fresh = t.consumer("fresh")
+    ran: list[Delivery] = []
+    for want in (1, 7, 14):
+        got = fetch_n(fresh, want)
+        assert len(got) == want
+        fresh.settle([Settlement(d) for d in got])
+        ran += got
+    assert len(fresh._buffer) == TASKS_PER_MESSAGE - 1 - 7 - 14  # nothing sent back
+    ran += fetch_n(fresh, 512 - len(ran), within=15)
+    assert sorted(d.body for d in ran) == sorted(_bodies(512))  # each task once
+    assert [d.body for d in ran if d.redelivered] == []
+    fresh.close()
+    producer.close()
+
+
+def test_a_slot_taking_few_tasks_splits_a_pack_though_a_single_task_came_after_it(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A mixed job: packs of 32 and messages of one task (a master's small submits, a
+    split's). The split rule read the last message's count only: a slot of slow tasks
+    whose pack was followed by a single task took one task at a time and kept the 30
+    others of its pack from idle workers until a heartbeat's hand-back. Now a pack still
+    buffered counts: the second short fetch in a row splits it."""
+    t = open_transport(prefetch=128)
+    slow = t.consumer("slow")
+    assert slow.fetch(96, 0.2) == []  # a window of 3 messages
+    typed = pika.BasicProperties(type=TASKS_TYPE)
+    packed = [f"p-{i}".encode() for i in range(TASKS_PER_MESSAGE)]
+    raw.basic_publish("", queue, pack(packed), properties=typed)
+    raw.basic_publish("", queue, b"single")
+    assert _ready_within(raw, queue, 0)  # both pushed to the slot
+    deadline = time.monotonic() + 5
+    while len(slow._buffer) < TASKS_PER_MESSAGE + 1 and time.monotonic() < deadline:
+        slow._link.connection.process_data_events(time_limit=0.05)  # read by the slot
+    mine = fetch_n(slow, 1)
+    mine += fetch_n(slow, 1)  # two short fetches in a row: a split
+    assert [d.body for d in mine] == packed[:2]
+    assert not slow._buffer
+    deadline = time.monotonic() + 5
+    # 31 messages of one task back in the queue; the slot's window of 3 may take some
+    while _ready(raw, queue) < TASKS_PER_MESSAGE - 2 + 1 - 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    slow.settle([Settlement(d) for d in mine])
+    slow.close()
+    rest = fetch_n(t.consumer("idle"), TASKS_PER_MESSAGE - 1, within=5)
+    assert sorted(d.body for d in rest) == sorted([*packed[2:], b"single"])
+
+
 def test_a_split_goes_back_in_messages_of_what_the_slot_takes(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:
@@ -1202,6 +1288,30 @@ def test_a_split_sends_back_as_a_suspect_what_came_from_an_expired_lease_record(
         assert b"long" in t.deferred
         idle.settle([Settlement(d) for d in rest])
         running.settle([Settlement(original)])
+    finally:
+        raw.queue_delete(held)
+
+
+def test_a_copy_from_an_expired_lease_record_comes_flagged_redelivered(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A lease record that expired into the task queue (``x-death`` names its ``.held.``
+    queue) brings back a task whose lease lapsed: a new message, not flagged by the
+    broker. It came unflagged, so ``distq_worker_redeliveries_total`` ("back after a
+    lease expired") missed it, and only a split or hand-back of it flagged it. It comes
+    flagged redelivered now, as a requeued message does."""
+    t = open_transport()
+    held = f"{queue}.held.gone"  # a record queue whose record expires into the queue
+    dead_letter_to_queue = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue}
+    raw.queue_declare(held, arguments={"x-message-ttl": 1, **dead_letter_to_queue})
+    try:
+        raw.basic_publish("", held, b"long")
+        assert _ready_within(raw, queue, 1)
+        consumer = t.consumer("c")
+        (copy,) = fetch_n(consumer, 1)
+        assert (copy.body, copy.redelivered) == (b"long", True)
+        consumer.settle([Settlement(copy)])
+        consumer.close()
     finally:
         raw.queue_delete(held)
 
@@ -1423,6 +1533,32 @@ def test_a_heartbeat_after_a_lost_connection_connects_again_and_the_lost_tasks_r
     consumer.close()
     assert _ready(raw, queue) == 0
     producer.close()
+
+
+def test_the_tasks_per_message_estimate_outlives_a_lost_link(
+    open_transport: OpenTransport, queue: str
+) -> None:
+    """The window counts messages, sized by an estimate of the tasks one holds. A link
+    lost and made again keeps it: the queue holds the same messages (the old link's went
+    back whole). Started afresh at a pack's 32, a slot taking 32 one-task messages had a
+    window of one message on the new link, and grew it again resize by resize."""
+    t = open_transport(lease=30.0, prefetch=64)
+    _submit_one_by_one(t, queue, 120)  # a message per task
+    consumer = t.consumer("c")
+    for want in (8, 16, 32):
+        got = fetch_n(consumer, want)
+        consumer.settle([Settlement(d) for d in got])
+    assert round(consumer._message_tasks) == 1
+    old = consumer._link
+    old.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)  # pika reads EOF
+    with pytest.raises(TransportError, match=r"heartbeat failed"):
+        consumer.heartbeat()
+    consumer.heartbeat()  # connects again
+    assert consumer._link is not old and consumer._window.size == 0  # no consumer yet
+    got = fetch_n(consumer, 32)
+    assert consumer._window.size == 32  # 32 messages, not one
+    consumer.settle([Settlement(d) for d in got])
+    consumer.close()
 
 
 def test_a_settle_on_a_link_lost_unnoticed_is_made_again_on_a_new_one(

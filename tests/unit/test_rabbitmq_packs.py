@@ -149,6 +149,17 @@ def test_taking_messages_hands_over_their_open_tasks() -> None:
     assert list(held.messages) == [3] and len(held) == 1 and _t(c) in held
 
 
+def test_the_most_tasks_of_one_message_counts_those_still_held() -> None:
+    held = HeldMessages()
+    pack_of_four = held.receive(2, [b"a", b"b", b"c", b"d"], redelivered=False)
+    (single,) = held.receive(3, [b"e"], redelivered=False)
+    assert held.most_of_one_message([*pack_of_four, single]) == 4
+    held.settle([_t(pack_of_four[0])])
+    assert held.most_of_one_message([*pack_of_four[1:], single]) == 3
+    assert held.most_of_one_message([*pack_of_four, single]) == 3  # a settled one: not held
+    assert held.most_of_one_message([]) == 0
+
+
 def test_a_message_counts_as_partly_settled_until_it_is_done() -> None:
     held = HeldMessages()
     a, b = held.receive(6, [b"a", b"b"], redelivered=False)

@@ -851,6 +851,7 @@ class RabbitMQConsumer(Consumer):
         self._records: LeaseRecords | None = None  # long tasks' leases, off the channel
         self._split_after = 0.0  # no splitting a pack before (see fetch)
         self._short = False  # the last fetch wanted fewer tasks than a pack holds
+        self._last_want = 0  # the tasks the last fetch asked for
         self._said_letters_refused = False
         self._lost = LostTasks(transport.running_lost)  # tasks of a lost link (_linked)
         self._relink_after = 0.0  # no new link tried before (see _linked)
@@ -974,14 +975,17 @@ class RabbitMQConsumer(Consumer):
         # a master's packs are up to its own budget: not this worker's, which may be less
         bodies = task_bodies(props.type, body)
         tag = method.delivery_tag
+        headers = props.headers
+        # a copy from an expired lease record is a new message, but back after a lease
+        # lapsed: flagged as a requeued one is (the worker's redeliveries count it)
         redelivered = bool(method.redelivered) or bool(
-            props.headers and props.headers.get(_HANDED_BACK)
+            headers and (headers.get(_HANDED_BACK) or from_a_record(headers))
         )
-        if props.headers and "x-delivery-count" in props.headers:
+        if headers and "x-delivery-count" in headers:
             self._counting = True  # a quorum queue (the vhost's default type, say)
         delivered = self._held.receive(tag, bodies, redelivered)
         self._buffer += delivered
-        if redelivered or (props.headers and from_a_record(props.headers)):
+        if redelivered:
             self._again.update(d.tag for d in delivered)  # maybe a copy: see _defer_running
         self._per_message = len(bodies)
         self._received(len(bodies))
@@ -1012,8 +1016,15 @@ class RabbitMQConsumer(Consumer):
                 got = self._drop_done(got)
             if got and (self._transport.running_lost or self._again or self._transport.deferred):
                 got = self._defer_running(got)
+            # a mixed job: a pack still buffered counts though a smaller message came
+            # after it (the last message's count alone kept 30 tasks from idle workers)
+            buffered = self._buffer
             short, was_short = want < self._per_message, self._short
-            self._short = short
+            if not short and len(buffered) > want:
+                short = want < self._held.most_of_one_message(buffered)
+            # an empty fetch (idle before a job) is no sign of slow tasks: it made the
+            # first task's fetch split its pack, 31 tasks back one per message a worker
+            self._short = short and bool(got)
             # one short fetch is no sign of slow tasks: after whole packs, one slow batch
             # of fast tasks (a process preempted for 40 ms; its split sent a 4,096-task
             # buffer back one task per message); as a slot's first, one task before any
@@ -1022,8 +1033,13 @@ class RabbitMQConsumer(Consumer):
             # neighbours wait for it at most a heartbeat, whose hand-back sends them back.
             # A slot whose prefetch is under a pack's never takes one whole: no waiting
             # for that (DISTQ_PREFETCH=1 held 31 tasks from idle workers a task long)
+            # A slot whose batch grows (a worker's start: 1, 7, 14, 29 tasks after a slow
+            # first task) takes its buffer whole soon: each of those split its pack, 50 to
+            # 100 tasks of a 500-task job sent back. Only a fetch no larger than the last
+            # splits
             whole = self._transport.settings.prefetch >= self._per_message
-            split = short and (was_short or not whole)
+            growing, self._last_want = want > self._last_want, want
+            split = short and ((was_short and not growing) or not whole)
             if self._buffer and split and time.monotonic() >= self._split_after:
                 # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
                 # the pack goes back in messages of what it takes, for idle workers. What

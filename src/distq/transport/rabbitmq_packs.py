@@ -46,6 +46,7 @@ whose ack was lost; the master keeps the first result of each task.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -197,6 +198,12 @@ class HeldMessages:
 
     def __contains__(self, tag: object) -> bool:
         return tag in self._tasks
+
+    def most_of_one_message(self, deliveries: Iterable[Delivery]) -> int:
+        """The most of ``deliveries`` (held ones) that share one message."""
+        tasks = self._tasks
+        counts = Counter(tasks[d.tag][0].tag for d in deliveries if d.tag in tasks)
+        return max(counts.values(), default=0)
 
     def receive(
         self, delivery_tag: int, bodies: Sequence[bytes], redelivered: bool
