@@ -689,6 +689,7 @@ class Worker:
 
                     def settled() -> None:  # counted while the fetch waits for tasks
                         nonlocal counted
+                        slot.fetching = time.monotonic()  # a wait for tasks, as a fetch's
                         slot.unconfirmed, counted = [], True
                         done = self._not_late(consumer, endings)
                         self._count(slot, done, 0, sent, since=self.health.now())
@@ -704,6 +705,9 @@ class Worker:
                         raise
                     finally:
                         consumer.on_settled = None
+                        waited, slot.fetching = slot.fetching, None
+                    if waited is not None and time.monotonic() - waited > wait + FETCH_OVERDUE_S:
+                        self.health.took(0)  # the broker answers again: idle from now (_fetch)
                     if counted:
                         return claimed
                     # up to ``wait`` of the call was a wait for tasks (Redis): idle since

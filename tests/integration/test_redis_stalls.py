@@ -534,3 +534,57 @@ def test_a_settle_by_count_that_runs_late_acks_none_when_a_claim_could_not_count
             t.close()
     finally:
         raw.execute_command("ACL", "DELUSER", user)
+
+
+def test_a_redis_paused_while_a_lone_slots_settle_waits_is_no_idle_time(
+    server: LocalRedis,
+    raw: redis.Redis[bytes],
+    transport: RedisTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slot that fetches one task at a time waits for the next in its settle (its
+    round trip: the settle's answer, then a BLMOVE). Redis paused (SIGSTOP) right after
+    the settle's answer: the wait ran on the socket timeout, and as it was no fetch, the
+    worker with --exit-when-idle 3 counted the pause as idle time, said "task_queue is
+    empty" 3 s into it, and the 3 tasks submitted meanwhile never ran. The wait counts
+    as a fetch: overdue, it is no idleness, and the idle time counts from its answer."""
+    t = transport
+    producer, later = t.producer(t.reply_queue("j")), t.producer(t.reply_queue("k"))
+    tasks = [Task(name="square", args=[n], reply_to=producer.reply_to).encode() for n in range(4)]
+    paused: list[float] = []
+    kind = type(t.consumer("probe"))
+    said = kind._said_settled
+
+    def pause_after(self: Any, replies: list[Any]) -> None:
+        said(self, replies)
+        if not paused:  # the settle answered; its BLMOVE waits on a paused Redis
+            server.pause()
+            paused.append(time.monotonic())
+            threading.Timer(3.5, later.submit, [tasks[1:]]).start()  # in at the resume
+
+    monkeypatch.setattr(kind, "_said_settled", pause_after)
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=1, worker_id="w", exit_when_idle=3.0, heartbeat_interval=1)
+    worker = Worker(t, Registry(), options, Console(out=out, err=out))
+    run = threading.Thread(target=worker.run)
+    run.start()
+    try:
+        deadline = time.monotonic() + 10
+        while b"cmd=blmove" not in raw.execute_command("CLIENT", "LIST", "TYPE", "normal"):
+            assert time.monotonic() < deadline, out.getvalue()  # its fetch waits: a BLMOVE
+            time.sleep(0.05)
+        producer.submit(tasks[:1])  # taken by the wait: the settle after it waits too
+        while not paused:
+            assert time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.05)
+        time.sleep(max(0.0, paused[0] + 4.5 - time.monotonic()))
+    finally:
+        server.resume()
+    try:
+        results = results_of(producer, 4, within=10)
+    finally:
+        run.join(30)
+    assert sorted(r.value for r in results) == [0, 1, 4, 9], out.getvalue()
+    assert out.getvalue().count("task_queue is empty") == 1, out.getvalue()
+    producer.close()
+    later.close()

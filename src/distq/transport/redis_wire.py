@@ -116,12 +116,14 @@ class Headed(tuple[Arg, ...]):
 
 
 def _hiredis_packer() -> Callable[[tuple[Arg, ...]], bytes] | None:
-    """hiredis's ``pack_command``, which redis-py packs with when hiredis is installed."""
+    """hiredis's ``pack_command``, which redis-py packs with when hiredis is installed
+    and has one (redis-py 5 parses with hiredis from 1.0 on, and packs in Python with a
+    hiredis that has no ``pack_command``)."""
     if not HIREDIS_AVAILABLE:
         return None
-    from hiredis import pack_command
+    import hiredis
 
-    return cast("Callable[[tuple[Arg, ...]], bytes]", pack_command)
+    return cast("Callable[[tuple[Arg, ...]], bytes] | None", getattr(hiredis, "pack_command", None))
 
 
 _pack_tail = _hiredis_packer()
