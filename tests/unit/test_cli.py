@@ -691,6 +691,38 @@ def test_a_sigterm_swallowed_once_connected_starts_no_job(
     assert "put task" not in output, output  # its job's tasks, sent
 
 
+def test_a_sigterm_once_a_job_timed_out_keeps_its_timeout_lines(
+    tmp_path: Path, redis_broker: Broker
+) -> None:
+    """Its --timeout past, no worker attached, the job's loop over: a SIGTERM as the master
+    summed up its job (a profile hook's, at _Run._finish) turned "job timed out" into "job
+    stopped", and lost the line that no worker slot is attached and the --timeout advice."""
+    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
+    hook = CATCHING["attempt"].replace(
+        "co_name == 'open_transport'", "co_qualname == '_Run._finish'"
+    )
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal\n\n" + hook.replace("{signal}", raised)
+    )
+    proc = started(
+        *("master", "--tasks", "3", "--timeout", "1"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=redis_broker.url,
+        DISTQ_QUEUE=f"timed-out-{os.getpid()}",
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, output
+    assert "SIGTERM: stopping the job" in output  # the signal, come and said
+    assert "job timed out after" in output, output
+    assert "no worker slot is attached to the job's queue" in output, output
+    assert "give the job a longer --timeout" in output, output
+    assert "master exit" in output, output
+
+
 @pytest.mark.parametrize(("extra", "code"), [([], 1), (["--rate", "5"], 0)])
 def test_a_master_still_connecting_ends_at_once_on_sigterm(extra: list[str], code: int) -> None:
     """The master's handler came only once it had connected: as PID 1 a SIGTERM while it
