@@ -18,9 +18,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from types import FrameType
 from typing import Literal, NoReturn
 
 from distq import __version__, commands, descriptors, flagtypes
@@ -434,12 +435,17 @@ def _stop_job(
 def _note_signals(console: Console, role: str) -> None:
     """From here on a SIGTERM or SIGINT only says the stop is under way: the process is
     closing its connections, each bounded, and exits with the code it has."""
+    for sig in stop_signals():
+        signal.signal(sig, _noted(console, role))
 
-    def noted(signum: int, _frame: object) -> None:
+
+def _noted(console: Console, role: str) -> Callable[[int, FrameType | None], None]:
+    """The handler of :func:`_note_signals`."""
+
+    def noted(signum: int, _frame: FrameType | None) -> None:
         announce(console, f"{signal.Signals(signum).name}: the {role} is stopping already")
 
-    for sig in stop_signals():
-        signal.signal(sig, noted)
+    return noted
 
 
 def _worker(
@@ -486,7 +492,7 @@ def _worker(
             codec=Codec.from_settings(settings),
         )
         _exit_keeps(EXIT_FAILED)  # a task's os._exit(0) as the run ends: 1 until it is known
-        code = worker.run()
+        code = worker.run(ended=_noted(console, "worker"))  # its summary, said whatever comes
         _exit_keeps(code)  # from here on, as the transport closes
         return code
     except BaseException as exc:
@@ -495,8 +501,8 @@ def _worker(
     finally:
         if deadline is not None and worker is not None and worker.signal_deadline is not None:
             deadline.append(worker.signal_deadline)
-        # the Worker put back the handler it found (leave(): "while connecting"): a
-        # signal now would say so, exit 0 and skip the closes, losing an exit code of 2
+        # a Worker that ended before its loop put back the handler it found (leave():
+        # "while connecting"): a signal now would say so, exit 0 and skip the closes
         _note_signals(console, "worker")
         observe.close()
         transport.close()

@@ -267,6 +267,9 @@ class _Run(Generic[E]):
         # a setting the broker refused mid-job, or its certificate as it connected again
         self.refused: ConfigError | CertificateRejected | None = None
         self.lapsed = False  # its reply queue lapsed: look for orphans again at the end
+        # a stop ended the job's loop: read as it ends, so a signal during the summary (a
+        # job past its --timeout) does not make it "stopped", its own lines lost
+        self.stopped = False
         # ids submitted again after a reconcile: the broker may hold two copies of each
         # (an unconfirmed publish that did arrive); a stop takes back every copy queued.
         # Each id: how many times it was submitted again
@@ -301,17 +304,20 @@ class _Run(Generic[E]):
             self._refused(exc)
             attached = False
         if not attached:
+            self.stopped = self.stop.is_set()
             self.report.started = False
             return self._finish(0.0)
         start, self.cpu_start = time.perf_counter(), time.process_time()
         self.paced_from = start
         try:
             self._loop(start)
-            if self.stop.is_set() and self.collector.outstanding:
+            self.stopped = self.stop.is_set()
+            if self.stopped and self.collector.outstanding:
                 self._drain()
             elif self.collector.outstanding and self.refused is None:  # past its --timeout
                 self._withdraw(time.perf_counter() + self.spec.drain_seconds)  # no wait
         except ConfigError as exc:  # the broker refused a setting mid-job: a report all the same
+            self.stopped |= self.stop.is_set()  # refused in its loop: read as it ends
             if self.collector.outstanding:  # the results in, before it stops
                 self.collector.read_left(self.producer)
                 self._print_results()
@@ -836,7 +842,7 @@ class _Run(Generic[E]):
             )
         if unsent:
             r.problems.append(f"{unsent} of {r.tasks} tasks never submitted")
-        timed_out = not (self.stop.is_set() or self.refused or self.outage.ongoing)
+        timed_out = not (self.stopped or self.refused or self.outage.ongoing)
         if waiting and not r.answered and r.started and timed_out:
             self._nobody_attached()
         done = r.answered
@@ -848,7 +854,7 @@ class _Run(Generic[E]):
             if self.refused is not None:  # all in before it stopped: why it exits 2 all the same
                 self.console.error(f"stopped: {self.refused}")
         else:
-            reason = "stopped" if self.stop.is_set() or self.refused else "timed out"
+            reason = "stopped" if self.stopped or self.refused else "timed out"
             if not r.started:  # no job clock: the time since the master's start
                 reason, elapsed = "never started", time.perf_counter() - self.began
             elif r.missing == 0:
@@ -866,7 +872,7 @@ class _Run(Generic[E]):
             )
             for problem in r.problems[-10:]:
                 self.console.error(problem)
-        if r.started and (self.stop.is_set() or timed_out):
+        if r.started and (self.stopped or timed_out):
             self._say_left([tid for tid, _ in waiting], timed_out)
         return r
 

@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NoReturn, get_args
@@ -217,9 +217,14 @@ class Worker:
         )
 
     # -- lifecycle -------------------------------------------------------------
-    def run(self) -> int:
+    def run(self, ended: Callable[[int, FrameType | None], object] | None = None) -> int:
         """Work until a signal or ``exit_when_idle``; return the exit code: 0, or 1 when
-        a slot's thread ended on an error (a bug in distq: the others stop too)."""
+        a slot's thread ended on an error (a bug in distq: the others stop too).
+
+        ``ended`` handles the stop signals once the task loop is over, in place of the
+        handlers found, which are otherwise put back: ``distq worker``'s found one ends
+        it "while connecting", and a signal before its own took over lost the summary
+        line and the run's exit code (exit 0)."""
         started = time.monotonic()
         # --exit-when-idle counts from here: not the wait for the broker before the start
         self.health.took(0)
@@ -246,7 +251,9 @@ class Worker:
             done.set()  # the keeper ends
             _exits_fail_while_running(self, False)
             sys.setswitchinterval(switching)
-            self._restore_signal_handlers(previous)
+            self._restore_signal_handlers(
+                previous if ended is None else dict.fromkeys(previous, ended)
+            )
         # the slots have ended: the last beat, growing old while the process stops
         # (waiting for threads its tasks left), read as "stalled" on /healthz
         self.health.liveness.end("main")

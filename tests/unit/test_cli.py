@@ -598,6 +598,69 @@ def test_a_sigterm_swallowed_once_connected_ends_the_worker_before_its_task_loop
     assert "worker exit." not in output, output  # the task loop's summary
 
 
+#: How a worker's task loop ends, given by the ``sitecustomize`` of its Python (code that
+#: runs beside it): its queue empty (exit 0); a slot's thread ended on an error, a bug
+#: (exit 1); its queue's key made another type, a setting the broker refuses (exit 2).
+LOOP_ENDINGS = {
+    "idle": ("", 0, "task_queue is empty"),
+    "slot": (
+        "def in_a_slot(frame, event, _arg):\n"
+        "    if not threading.current_thread().name.startswith('distq-slot-'):\n"
+        "        sys.setprofile(None)\n"
+        "    elif event == 'call' and frame.f_code.co_qualname == 'Worker._work_on':\n"
+        "        sys.setprofile(None)\n        raise RuntimeError('a bug')\n\n\n"
+        "threading.setprofile(in_a_slot)\n",
+        1,
+        "slot 0 stopped: RuntimeError: a bug",
+    ),
+    "refused": (
+        "def refuse():\n    import redis\n\n"
+        "    broker = redis.Redis.from_url(os.environ['DISTQ_REDIS_URL'])\n"
+        "    broker.set(os.environ['DISTQ_QUEUE'], 'hello')\n    broker.close()\n",
+        2,
+        "Redis key 'loop-ends-refused-",
+    ),
+}
+
+
+@pytest.mark.parametrize("ending", sorted(LOOP_ENDINGS))
+def test_a_sigterm_as_the_task_loop_ends_keeps_the_workers_summary_and_exit_code(
+    tmp_path: Path, redis_broker: Broker, ending: str
+) -> None:
+    """The task loop over, Worker.run put back the handler it found ("while connecting")
+    before _worker put in its own: a SIGTERM as the worker summed up its run (a profile
+    hook's, at WorkerHealth.snapshot) said "SIGTERM while connecting: worker exit", lost
+    the "worker exit. N ok ..." line, and exited 0 where the run meant 1 or 2."""
+    body, code, said = LOOP_ENDINGS[ending]
+    start = "refuse()" if ending == "refused" else "pass"  # as the slots start
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal, sys, threading\n\n" + body + "\n\ndef at_the_end(frame, event, _arg):\n"
+        "    if event != 'call':\n        return\n"
+        "    if frame.f_code.co_qualname == 'Worker._start':\n"
+        f"        {start}\n"
+        "    elif frame.f_code.co_qualname == 'WorkerHealth.snapshot':\n"
+        "        sys.setprofile(None)\n"
+        "        os.kill(os.getpid(), signal.SIGTERM); sum(range(100))\n\n\n"
+        "sys.setprofile(at_the_end)\n"
+    )
+    proc = started(
+        *("worker", "--exit-when-idle", "1"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=redis_broker.url,
+        DISTQ_QUEUE=f"loop-ends-{ending}-{os.getpid()}",
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == code, output
+    assert "SIGTERM: the worker is stopping already" in output  # the signal, come and said
+    assert "worker exit. 0 ok, 0 failed for good" in output, output
+    assert "while connecting" not in output, output
+    assert said in output, output  # the loop ended as meant
+
+
 def test_a_sigterm_swallowed_once_connected_starts_no_job(
     tmp_path: Path, redis_broker: Broker
 ) -> None:
@@ -626,6 +689,38 @@ def test_a_sigterm_swallowed_once_connected_starts_no_job(
     assert proc.returncode == 1, output  # a job not started is not done
     assert "SIGTERM while connecting: master exit" in output
     assert "put task" not in output, output  # its job's tasks, sent
+
+
+def test_a_sigterm_once_a_job_timed_out_keeps_its_timeout_lines(
+    tmp_path: Path, redis_broker: Broker
+) -> None:
+    """Its --timeout past, no worker attached, the job's loop over: a SIGTERM as the master
+    summed up its job (a profile hook's, at _Run._finish) turned "job timed out" into "job
+    stopped", and lost the line that no worker slot is attached and the --timeout advice."""
+    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
+    hook = CATCHING["attempt"].replace(
+        "co_name == 'open_transport'", "co_qualname == '_Run._finish'"
+    )
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal\n\n" + hook.replace("{signal}", raised)
+    )
+    proc = started(
+        *("master", "--tasks", "3", "--timeout", "1"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=redis_broker.url,
+        DISTQ_QUEUE=f"timed-out-{os.getpid()}",
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, output
+    assert "SIGTERM: stopping the job" in output  # the signal, come and said
+    assert "job timed out after" in output, output
+    assert "no worker slot is attached to the job's queue" in output, output
+    assert "give the job a longer --timeout" in output, output
+    assert "master exit" in output, output
 
 
 @pytest.mark.parametrize(("extra", "code"), [([], 1), (["--rate", "5"], 0)])
@@ -953,7 +1048,7 @@ def test_a_signal_while_a_stopping_worker_closes_keeps_its_exit_code(
     class Refused:
         def __init__(self, *_args: object, **_kwargs: object) -> None: ...
 
-        def run(self) -> int:
+        def run(self, ended: object = None) -> int:
             return 2
 
     monkeypatch.setattr(cli, "WorkerObservability", lambda *_a, **_k: Observed())
