@@ -127,12 +127,13 @@ local function resume(consumers, clock, lease, now)
 end
 -- two range reads when nothing is due: cheap enough for every claim. Returns the first
 -- delayed retry left, {body, deadline} ({} if none), for a claim to say when it is due.
+-- ``lease``: the caller's, in ms (a number).
 -- ``spaced`` (a claim): the lapsed leases are read only when the clock is written (a tenth
 -- of a second, or an eighth of the shortest lease, since the last), so each lapse is
 -- swept that much later at most: a claim every 0.3 ms (a lone task's) read them each time,
 -- ~6,000 of the ~102,000 instructions of Redis's in its claim (issue 16).
 local function sweep(ready, consumers, delayed, again, prefix, now, clock, lease, spaced)
-  local due = resume(consumers, clock, tonumber(lease), now)
+  local due = resume(consumers, clock, lease, now)
   for _, id in ipairs((due or not spaced) and redis.call('ZRANGEBYSCORE', consumers, '-inf', string.format('%d', now), 'LIMIT', '0', '100') or {}) do
     requeue_all(prefix .. id, ready, again)
     redis.call('DEL', settles_of(consumers, id), settles_of(consumers, id) .. ':claims')
