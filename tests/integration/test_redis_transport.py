@@ -421,7 +421,7 @@ def test_a_claim_reads_the_delayed_retries_once_when_none_is_due(
     assert consumer._retry_due is not None and 50 < consumer._retry_due - time.monotonic() < 61
     before = reads()
     assert consumer.fetch(5, timeout=0) == []
-    assert reads() - before == 2
+    assert reads() - before in (1, 2)  # the leases' only when the clock is due
     assert consumer._retry_due is not None and 50 < consumer._retry_due - time.monotonic() < 61
     assert raw.zrange(delayed, 0, -1) == [b"later"]
 
@@ -1850,6 +1850,32 @@ def test_a_lone_submit_runs_four_commands_in_redis_and_keeps_its_state_s_time_to
     assert producer.submit_then_results([b"c"], 5, 0.0) == []
     assert raw.hmget(state, "submitted", "taken") == [b"1", b"1"]
     assert t.master_ttl_ms < raw.pttl(state) <= t.master_ttl_ms + REPLY_GRACE_MS
+
+
+def test_claims_in_a_row_read_the_lapsed_leases_only_when_the_clock_is_due(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """A claim read the leases that lapsed (ZRANGEBYSCORE) every time: a lone task's worker
+    claims every 0.3 ms or so, ~6,000 of Redis's ~102,000 instructions in its claim
+    (issue 16). Now only a claim that writes the clock (a tenth of a second since the
+    last, at most) reads them: ten claims in a row read them once or twice, not ten
+    times; a lease that lapsed meanwhile is swept by the next claim that is due."""
+    t = open_transport()
+    t.producer(t.reply_queue("job")).submit(_bodies(11))
+    consumer = t.consumer("c1")
+    assert [d.body for d in consumer.fetch(1, 1)] == _bodies(1)  # writes the clock
+    got: list[bytes] = []
+    ran = _ran_inside(
+        raw, lambda: got.extend(d.body for _ in range(10) for d in consumer.fetch(1, 1))
+    )
+    assert got == _bodies(11)[1:]
+    assert ran.get("zrangebyscore", 0) < 5, ran
+    lapsed = t.consumer("c2")
+    assert lapsed.fetch(5, 1) == []
+    raw.lpush(f"distq:{queue}:inflight:{lapsed.consumer_id}", b"held")
+    raw.zadd(t.consumers_key, {lapsed.consumer_id: 1})  # its lease ran out long ago
+    _outlive_lease(raw, t, 0.0)  # the clock is due at the next claim
+    assert [d.body for d in consumer.fetch(1, 1)] == [b"held"]
 
 
 def test_a_take_that_finds_no_state_makes_it_with_a_time_to_live(

@@ -6,4 +6,4 @@
 
 local now = now_ms()
 for i = 3, #ARGV do redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], now, KEYS[8], ARGV[1])
+sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], now, KEYS[8], tonumber(ARGV[1]))

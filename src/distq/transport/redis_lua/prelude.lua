@@ -94,7 +94,7 @@ end
 -- shortest lease a caller had in the last minute (``lease``, since ``lease_at``): by the
 -- caller's own, a sweep with a long lease swept a short one at once (stood20). The clock
 -- is written a tenth of a second (or an eighth of that lease) apart at most, and not at
--- all where Redis refuses it (full, on Redis 6).
+-- all where Redis refuses it (full, on Redis 6). Returns whether it was due (written).
 local function resume(consumers, clock, lease, now)
   local got = redis.call('HMGET', clock, 'at', 'lease', 'lease_at')
   local at, shortest, since = tonumber(got[1] or ''), tonumber(got[2] or ''), tonumber(got[3] or '')
@@ -114,7 +114,7 @@ local function resume(consumers, clock, lease, now)
     redis.pcall('PEXPIRE', clock, CLOCK_KEPT_MS)
   end
   if at == nil or now - at <= shortest / 2 then
-    return
+    return write
   end
   local lapsed = redis.call('ZRANGEBYSCORE', consumers, '(' .. at, now, 'WITHSCORES')
   for i = 1, #lapsed, 2 do
@@ -123,12 +123,18 @@ local function resume(consumers, clock, lease, now)
       redis.call('ZADD', consumers, now + deadline - at + 0.5, lapsed[i])
     end
   end
+  return write
 end
 -- two range reads when nothing is due: cheap enough for every claim. Returns the first
 -- delayed retry left, {body, deadline} ({} if none), for a claim to say when it is due.
-local function sweep(ready, consumers, delayed, again, prefix, now, clock, lease)
-  resume(consumers, clock, tonumber(lease), now)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', string.format('%d', now), 'LIMIT', '0', '100')) do
+-- ``lease``: the caller's, in ms (a number).
+-- ``spaced`` (a claim): the lapsed leases are read only when the clock is written (a tenth
+-- of a second, or an eighth of the shortest lease, since the last), so each lapse is
+-- swept that much later at most: a claim every 0.3 ms (a lone task's) read them each time,
+-- ~6,000 of the ~102,000 instructions of Redis's in its claim (issue 16).
+local function sweep(ready, consumers, delayed, again, prefix, now, clock, lease, spaced)
+  local due = resume(consumers, clock, lease, now)
+  for _, id in ipairs((due or not spaced) and redis.call('ZRANGEBYSCORE', consumers, '-inf', string.format('%d', now), 'LIMIT', '0', '100') or {}) do
     requeue_all(prefix .. id, ready, again)
     redis.call('DEL', settles_of(consumers, id), settles_of(consumers, id) .. ':claims')
     redis.call('ZREM', consumers, id)
