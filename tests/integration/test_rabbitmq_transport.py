@@ -1163,6 +1163,38 @@ def test_a_slot_taking_few_tasks_splits_a_pack_though_a_single_task_came_after_i
     assert sorted(d.body for d in rest) == sorted([*packed[2:], b"single"])
 
 
+def test_a_slot_whose_prefetch_is_under_a_pack_splits_it_at_once_though_a_single_came_after(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """DISTQ_PREFETCH=8: a slot never takes a pack of 32 whole, so its first short fetch
+    splits (no waiting for a second). Whether a pack is more than the prefetch was read
+    from the last message's count: in a mixed job, a pack followed by a single task (the
+    window of 8 messages a slot of one-task messages has) was taken for a message the
+    slot takes whole, and 31 tasks waited a slow task long for a second short fetch."""
+    t = open_transport(prefetch=8)
+    slow = t.consumer("slow")
+    for i in range(16):
+        raw.basic_publish("", queue, f"s-{i}".encode())
+    singles = fetch_n(slow, 16)  # one task a message: an estimate of 1, a window of 8
+    slow.settle([Settlement(d) for d in singles])
+    assert slow.fetch(8, 0.2) == [] and slow._window.size == 8
+    typed = pika.BasicProperties(type=TASKS_TYPE)
+    packed = [f"p-{i}".encode() for i in range(TASKS_PER_MESSAGE)]
+    raw.basic_publish("", queue, pack(packed), properties=typed)
+    raw.basic_publish("", queue, b"single")
+    assert _ready_within(raw, queue, 0)  # both pushed to the slot
+    deadline = time.monotonic() + 5
+    while len(slow._buffer) < TASKS_PER_MESSAGE + 1 and time.monotonic() < deadline:
+        slow._link.connection.process_data_events(time_limit=0.05)  # read by the slot
+    mine = fetch_n(slow, 1)
+    assert [d.body for d in mine] == packed[:1]
+    assert len(slow._buffer) < TASKS_PER_MESSAGE  # split at once, not held for a slow task
+    slow.settle([Settlement(d) for d in mine])
+    slow.close()
+    rest = fetch_n(t.consumer("idle"), TASKS_PER_MESSAGE, within=5)
+    assert sorted(d.body for d in rest) == sorted([*packed[1:], b"single"])
+
+
 def test_a_split_goes_back_in_messages_of_what_the_slot_takes(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -1018,10 +1018,10 @@ class RabbitMQConsumer(Consumer):
                 got = self._defer_running(got)
             # a mixed job: a pack still buffered counts though a smaller message came
             # after it (the last message's count alone kept 30 tasks from idle workers)
-            buffered = self._buffer
-            short, was_short = want < self._per_message, self._short
-            if not short and len(buffered) > want:
-                short = want < self._held.most_of_one_message(buffered)
+            buffered, packed = self._buffer, self._per_message
+            if want >= packed and len(buffered) > want:
+                packed = max(packed, self._held.most_of_one_message(buffered))
+            short, was_short = want < packed, self._short
             # an empty fetch (idle before a job) is no sign of slow tasks: it made the
             # first task's fetch split its pack, 31 tasks back one per message a worker
             self._short = short and bool(got)
@@ -1037,7 +1037,8 @@ class RabbitMQConsumer(Consumer):
             # first task) takes its buffer whole soon: each of those split its pack, 50 to
             # 100 tasks of a 500-task job sent back. Only a fetch no larger than the last
             # splits
-            whole = self._transport.settings.prefetch >= self._per_message
+            # (of that pack: a single after it, DISTQ_PREFETCH=8 held 31 a slow task long)
+            whole = self._transport.settings.prefetch >= packed
             growing, self._last_want = want > self._last_want, want
             split = short and ((was_short and not growing) or not whole)
             if self._buffer and split and time.monotonic() >= self._split_after:
