@@ -419,9 +419,15 @@ def test_a_claim_reads_the_delayed_retries_once_when_none_is_due(
     raw.zadd(delayed, {b"later": now_ms + 60_000, b"due": now_ms - 1})
     assert [d.body for d in consumer.fetch(5, timeout=0)] == [b"due"]
     assert consumer._retry_due is not None and 50 < consumer._retry_due - time.monotonic() < 61
+    before, clock = reads(), raw.hget(t.clock_key, "at")
+    assert consumer.fetch(5, timeout=0) == []
+    # the leases' only when the claim wrote the clock: "1 or 2" let two reads of the
+    # retries pass whenever it did not
+    assert reads() - before == 1 + (raw.hget(t.clock_key, "at") != clock)
+    _outlive_lease(raw, t, 0.0)  # the clock is due at the next claim
     before = reads()
     assert consumer.fetch(5, timeout=0) == []
-    assert reads() - before in (1, 2)  # the leases' only when the clock is due
+    assert reads() - before == 2  # the leases' and the retries'
     assert consumer._retry_due is not None and 50 < consumer._retry_due - time.monotonic() < 61
     assert raw.zrange(delayed, 0, -1) == [b"later"]
 
