@@ -184,21 +184,24 @@ class WorkerTelemetry:
 
         ``at`` (a ``time.time()``) is when the settle was sent, the lines' timestamp: the
         call that settles may also wait for the next tasks before it returns."""
-        if self.metrics is not None:
-            self._count(self.metrics, endings, released)
+        metrics = self.metrics
+        if metrics is not None:
+            if len(endings) < COLUMNS_FROM:  # a small batch: straight in, a frame less
+                self._count_each(metrics, endings, released)
+            else:
+                self._count(metrics, endings, released)
         if self.log is not None:
             self._log(self.log, endings, released, at)
 
     @staticmethod
     def _count(metrics: WorkerMetrics, endings: Sequence[Ending], released: int) -> None:
-        """The batch's tasks into the counter and both histograms: tallied by columns, in
-        C, when there are many, all decoded and of one name (the common case)."""
-        if len(endings) >= COLUMNS_FROM:
-            columns = _one_name(endings)
-            if columns is not None:
-                tally = _tally_columns(metrics.known, columns)
-                WorkerTelemetry._record(metrics, tally, released, ordered=True)
-                return
+        """A batch of :data:`COLUMNS_FROM` or more into the counter and both histograms:
+        tallied by columns, in C, when all are decoded and of one name (the common case)."""
+        columns = _one_name(endings)
+        if columns is not None:
+            tally = _tally_columns(metrics.known, columns)
+            WorkerTelemetry._record(metrics, tally, released, ordered=True)
+            return
         WorkerTelemetry._count_each(metrics, endings, released)
 
     @staticmethod
