@@ -416,6 +416,30 @@ def test_sigterm_while_a_slow_task_module_imports_is_the_workers_stop(tmp_path: 
     assert "fix the module" not in output, output
 
 
+#: A line that signals the process it runs in; the signal lands at the next line.
+RAISED = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"
+
+
+def _run_hooked(
+    tmp_path: Path, *args: str, url: str = "", timeout: float = 30, **env: str
+) -> tuple[int, str]:
+    """``distq *args`` on Redis at ``url`` (else a port nothing listens on), with the
+    modules in ``tmp_path`` (a task module, a ``sitecustomize``) on its Python path: its
+    exit code and output, within ``timeout`` s."""
+    proc = started(
+        *args,
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=url or f"redis://127.0.0.1:{free_port()}/0",
+        **env,
+    )
+    try:
+        output = proc.communicate(timeout=timeout)[0]
+    finally:
+        proc.kill()
+    return proc.returncode, output
+
+
 #: A task module whose import signals its own worker while Python swallows the exception
 #: the worker's handler raises: in a finalizer (Python prints "Exception ignored in" and goes
 #: on, as in redis-py's ``__del__`` of a connection a failed attempt dropped), and in code
@@ -442,23 +466,17 @@ def test_sigterm_that_python_swallows_while_connecting_still_ends_the_worker(
     """A CI run under load: a worker SIGTERM'd while it waited for its broker said its stop
     line, printed the traceback of ``SignalExit: 0`` ("Exception ignored in ..."), and ran
     on until its --connect-timeout (exit 3), past the 5 s its stop was given."""
-    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
-    body = SWALLOWING[where].replace("{signal}", raised)
+    body = SWALLOWING[where].replace("{signal}", RAISED)
     (tmp_path / "swallowing.py").write_text(
         f"import os, signal\n\nimport distq\n\n{body}\n\n@distq.task\ndef noop() -> None:\n"
         "    pass\n"
     )
-    proc = started(
+    returncode, output = _run_hooked(
+        tmp_path,
         *("worker", "--tasks", "swallowing", "--connect-timeout", "60"),
-        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
-        DISTQ_TRANSPORT="redis",
-        DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+        timeout=15,
     )
-    try:
-        output = proc.communicate(timeout=15)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, output
+    assert returncode == 0, output
     assert "SIGTERM while connecting: worker exit" in output
     assert "Traceback" not in output, output
 
@@ -475,18 +493,12 @@ def test_a_sigterm_a_task_module_turns_into_its_error_leaves_no_alarm_behind(
         "try:\n    os.kill(os.getpid(), signal.SIGTERM); sum(range(100))\n"
         "except BaseException as exc:\n    raise RuntimeError('not ready') from exc\n"
     )
-    proc = started(
+    returncode, output = _run_hooked(
+        tmp_path,
         *("worker", "--tasks", "converting"),
-        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
-        DISTQ_TRANSPORT="redis",
-        DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
         DISTQ_DRAIN_SECONDS="4",  # the alarm's 2 s come first, however slow the machine
     )
-    try:
-        output = proc.communicate(timeout=30)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 2, output
+    assert returncode == 2, output
     assert "importing 'converting' raised RuntimeError: not ready" in output
     assert "the worker exits 2 now, without waiting any longer" in output
 
@@ -499,25 +511,18 @@ def test_a_sigterm_swallowed_while_the_broker_is_away_ends_as_a_stop_does(
     the unraisable hook (a finalizer) ended the worker with os._exit, the thread its task
     module started cut without a word. It now leaves at its next attempt as a stop does:
     it says the thread is alive and waits its drain for it."""
-    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
     (tmp_path / "holding.py").write_text(
         "import os, signal, threading\n\nimport distq\n\n"
         "threading.Thread(target=threading.Event().wait, name='held').start()\n"
-        + SWALLOWING[where].replace("{signal}", raised)
+        + SWALLOWING[where].replace("{signal}", RAISED)
         + "\n\n@distq.task\ndef noop() -> None:\n    pass\n"
     )
-    proc = started(
+    returncode, output = _run_hooked(
+        tmp_path,
         *("worker", "--tasks", "holding", "--connect-timeout", "60"),
-        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
-        DISTQ_TRANSPORT="redis",
-        DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
         DISTQ_DRAIN_SECONDS="1",
     )
-    try:
-        output = proc.communicate(timeout=30)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, output
+    assert returncode == 0, output
     assert "1 thread(s) that tasks started are alive (held)" in output
     assert "the worker exits 0 now, without waiting any longer" in output
 
@@ -544,24 +549,18 @@ def test_a_sigterm_swallowed_before_the_broker_answers_starts_no_work(
     task loop ("Connect to ..."), fetching tasks, until the alarm ended it at once, mid-task,
     its leases held, with exit 1. A stop asked while connecting now ends it, exit 0, before
     any work starts."""
-    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
-    body = CATCHING[where].replace("{signal}", raised)
+    body = CATCHING[where].replace("{signal}", RAISED)
     (tmp_path / "catching.py").write_text(
         f"import os, signal\n\nimport distq\n\n{body}\n\n@distq.task\ndef noop() -> None:\n"
         "    pass\n"
     )
-    proc = started(
+    returncode, output = _run_hooked(
+        tmp_path,
         *("worker", "--tasks", "catching"),
-        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
-        DISTQ_TRANSPORT="redis",
-        DISTQ_REDIS_URL=redis_broker.url,
+        url=redis_broker.url,
         DISTQ_QUEUE=f"swallowed-{os.getpid()}",
     )
-    try:
-        output = proc.communicate(timeout=30)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, output
+    assert returncode == 0, output
     assert "SIGTERM while connecting: worker exit" in output
     assert "Connect to" not in output, output
 
@@ -575,25 +574,19 @@ def test_a_sigterm_swallowed_once_connected_ends_the_worker_before_its_task_loop
     as its Worker is made): the worker started its task loop, and the alarm ended it
     mid-loop 2 s on, exit 1 (the loop's), its leases held. It now ends before the loop,
     exit 0."""
-    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
     body = CATCHING["attempt"].replace("co_name == 'open_transport'", f"co_qualname == {where!r}")
     (tmp_path / "catching.py").write_text(
         "import os, signal\n\nimport distq\n\n"
-        + body.replace("{signal}", raised)
+        + body.replace("{signal}", RAISED)
         + "\n\n@distq.task\ndef noop() -> None:\n    pass\n"
     )
-    proc = started(
+    returncode, output = _run_hooked(
+        tmp_path,
         *("worker", "--tasks", "catching"),
-        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
-        DISTQ_TRANSPORT="redis",
-        DISTQ_REDIS_URL=redis_broker.url,
+        url=redis_broker.url,
         DISTQ_QUEUE=f"swallowed-{os.getpid()}",
     )
-    try:
-        output = proc.communicate(timeout=30)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, output
+    assert returncode == 0, output
     assert "SIGTERM while connecting: worker exit" in output
     assert "worker exit." not in output, output  # the task loop's summary
 
@@ -643,18 +636,13 @@ def test_a_sigterm_as_the_task_loop_ends_keeps_the_workers_summary_and_exit_code
         "        os.kill(os.getpid(), signal.SIGTERM); sum(range(100))\n\n\n"
         "sys.setprofile(at_the_end)\n"
     )
-    proc = started(
+    returncode, output = _run_hooked(
+        tmp_path,
         *("worker", "--exit-when-idle", "1"),
-        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
-        DISTQ_TRANSPORT="redis",
-        DISTQ_REDIS_URL=redis_broker.url,
+        url=redis_broker.url,
         DISTQ_QUEUE=f"loop-ends-{ending}-{os.getpid()}",
     )
-    try:
-        output = proc.communicate(timeout=30)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == code, output
+    assert returncode == code, output
     assert "SIGTERM: the worker is stopping already" in output  # the signal, come and said
     assert "worker exit. 0 ok, 0 failed for good" in output, output
     assert "while connecting" not in output, output
@@ -669,24 +657,18 @@ def test_a_sigterm_swallowed_once_connected_starts_no_job(
     from the sitecustomize of the master's Python): the master started its job ("master
     ...: redis at ...", its tasks sent to the queue) until the alarm ended it 2 s on. It
     now ends before the job, as a stop while connecting does."""
-    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
     hook = CATCHING["attempt"].replace("event == 'call'", "event == 'return'")
     hook = hook.replace("co_name == 'open_transport'", "co_qualname == '_connect'")  # cli's
     (tmp_path / "sitecustomize.py").write_text(
-        "import os, signal\n\n" + hook.replace("{signal}", raised)
+        "import os, signal\n\n" + hook.replace("{signal}", RAISED)
     )
-    proc = started(
+    returncode, output = _run_hooked(
+        tmp_path,
         *("master", "--tasks", "3"),
-        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
-        DISTQ_TRANSPORT="redis",
-        DISTQ_REDIS_URL=redis_broker.url,
+        url=redis_broker.url,
         DISTQ_QUEUE=f"swallowed-{os.getpid()}",
     )
-    try:
-        output = proc.communicate(timeout=30)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 1, output  # a job not started is not done
+    assert returncode == 1, output  # a job not started is not done
     assert "SIGTERM while connecting: master exit" in output
     assert "put task" not in output, output  # its job's tasks, sent
 
@@ -697,25 +679,19 @@ def test_a_sigterm_once_a_job_timed_out_keeps_its_timeout_lines(
     """Its --timeout past, no worker attached, the job's loop over: a SIGTERM as the master
     summed up its job (a profile hook's, at _Run._finish) turned "job timed out" into "job
     stopped", and lost the line that no worker slot is attached and the --timeout advice."""
-    raised = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"  # lands at the next line
     hook = CATCHING["attempt"].replace(
         "co_name == 'open_transport'", "co_qualname == '_Run._finish'"
     )
     (tmp_path / "sitecustomize.py").write_text(
-        "import os, signal\n\n" + hook.replace("{signal}", raised)
+        "import os, signal\n\n" + hook.replace("{signal}", RAISED)
     )
-    proc = started(
+    returncode, output = _run_hooked(
+        tmp_path,
         *("master", "--tasks", "3", "--timeout", "1"),
-        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
-        DISTQ_TRANSPORT="redis",
-        DISTQ_REDIS_URL=redis_broker.url,
+        url=redis_broker.url,
         DISTQ_QUEUE=f"timed-out-{os.getpid()}",
     )
-    try:
-        output = proc.communicate(timeout=30)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 1, output
+    assert returncode == 1, output
     assert "SIGTERM: stopping the job" in output  # the signal, come and said
     assert "job timed out after" in output, output
     assert "no worker slot is attached to the job's queue" in output, output
