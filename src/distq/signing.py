@@ -141,10 +141,10 @@ def context(kind: str, queue: str) -> bytes:
     return text.ljust(-(-len(text) // _BLOCK) * _BLOCK, b"\0")
 
 
-def _blake2b(key: bytes, kind: str, queue: str) -> Callable[[bytes], bytes]:
-    """DQSIG3's MAC under ``key`` for messages of ``kind`` on ``queue`` (:func:`_keyed`),
-    in lowercase hex, as bytes: its hash state copied per message."""
-    copy = _keyed(key, kind, queue).copy
+def _blake2b(keyed: hashlib.blake2b) -> Callable[[bytes], bytes]:
+    """DQSIG3's MAC of a key's :func:`_keyed` state, in lowercase hex, as bytes: the
+    state copied per message."""
+    copy = keyed.copy
 
     def mac(data: bytes) -> bytes:
         state = copy()
@@ -175,45 +175,47 @@ class Signer:
         self.queue = queue
         named = {key_id(key).encode(): key for key in keys}  # one given twice counts once
         first = key_id(keys[0]).encode()
-        # per kind, the MAC of each key in each format by its header up to the signature
-        # (magic, key id, space: one lookup), its key hashed once per process
+        # per kind, each key's two states, its key hashed once per process: DQSIG3's
+        # (keyed BLAKE2b) and DQSIG2's (HMAC-SHA256), by their headers up to the signature
+        # (magic, key id, space: one lookup)
+        blake2b = {
+            kind: {MAGIC + kid + b" ": _keyed(key, kind, queue) for kid, key in named.items()}
+            for kind in KINDS
+        }
+        hmacs = {
+            kind: {
+                HMAC_MAGIC + kid + b" ": _Keyed(key, context(kind, queue))
+                for kid, key in named.items()
+            }
+            for kind in KINDS
+        }
+        # per kind, the MAC of each key in each format by its header
         self._macs: dict[str, dict[bytes, Callable[[bytes], bytes]]] = {
             kind: {
-                **{MAGIC + kid + b" ": _blake2b(key, kind, queue) for kid, key in named.items()},
-                **{
-                    HMAC_MAGIC + kid + b" ": _Keyed(key, context(kind, queue)).hexdigest
-                    for kid, key in named.items()
-                },
+                **{header: _blake2b(keyed) for header, keyed in blake2b[kind].items()},
+                **{header: keyed.hexdigest for header, keyed in hmacs[kind].items()},
             }
             for kind in KINDS
         }
-        # per kind, the DQSIG3 hash state's copy of each key by its header: the MAC made
-        # inline, without a call (most messages)
-        copies = {
-            kind: {MAGIC + kid + b" ": _keyed(key, kind, queue).copy for kid, key in named.items()}
-            for kind in KINDS
-        }
-        # and a DQSIG2 state of each key by its header, made and read alike: a DQSIG2
-        # message (a pack of results) verified without a KeyError raised and caught first
+        # per kind, a state of each key by its header, made and read alike in both formats:
+        # the MAC made inline, without a call (most messages), and a DQSIG2 message (a pack
+        # of results) verified without a KeyError raised and caught first
         self._states: dict[str, dict[bytes, Callable[[], _State]]] = {
             kind: {
-                **by_header,
-                **{
-                    HMAC_MAGIC + kid + b" ": _Keyed(key, context(kind, queue)).state
-                    for kid, key in named.items()
-                },
+                **{header: keyed.copy for header, keyed in blake2b[kind].items()},
+                **{header: keyed.state for header, keyed in hmacs[kind].items()},
             }
-            for kind, by_header in copies.items()
+            for kind in KINDS
         }
         # per kind, the first key's DQSIG3 header and its hash state's copy: what signs
         # an envelope up to ``BLAKE2B_MOST`` bytes
         self._signing = {
-            kind: (MAGIC + first + b" ", copies[kind][MAGIC + first + b" "]) for kind in KINDS
+            kind: (MAGIC + first + b" ", blake2b[kind][MAGIC + first + b" "].copy) for kind in KINDS
         }
         # per kind, the first key's DQSIG2 header and MAC: what signs a longer envelope
         self._hmac_signing = {
-            kind: (HMAC_MAGIC + first + b" ", macs[HMAC_MAGIC + first + b" "])
-            for kind, macs in self._macs.items()
+            kind: (HMAC_MAGIC + first + b" ", hmacs[kind][HMAC_MAGIC + first + b" "].hexdigest)
+            for kind in KINDS
         }
 
     def sign(self, envelope: bytes, kind: str, answering: bytes | None = None) -> bytes:
