@@ -147,13 +147,19 @@ def _poll(options: WorkerOptions) -> float:
     return min(options.heartbeat_interval, 1.0)
 
 
+def _past_its_wait(since: float, wait: float, now: float) -> bool:
+    """Whether a call begun at ``since`` that waits up to ``wait`` s for tasks is
+    :data:`FETCH_OVERDUE_S` past that wait at ``now``: its broker did not answer meanwhile."""
+    return now - since > wait + FETCH_OVERDUE_S
+
+
 def _fetch_overdue(slots: list[Slot], poll: float) -> bool:
     """Whether a slot's fetch has run :data:`FETCH_OVERDUE_S` past its wait of ``poll``
     s, or a question it asked the broker (which waits for nothing but the answer) has
     gone unanswered that long: its broker does not answer."""
     now = time.monotonic()
     return any(
-        (slot.fetching is not None and now - slot.fetching > poll + FETCH_OVERDUE_S)
+        (slot.fetching is not None and _past_its_wait(slot.fetching, poll, now))
         or (slot.unanswered is not None and now - slot.unanswered > FETCH_OVERDUE_S)
         for slot in slots
     )
@@ -553,7 +559,7 @@ class Worker:
             slot.fetching = None
         slot.renewed = now = time.monotonic()
         was, slot.unanswered = slot.unanswered, asked
-        late = now - started > poll + FETCH_OVERDUE_S  # the fetch's answer
+        late = _past_its_wait(started, poll, now)  # the fetch's answer
         if late or (was is not None and asked is None and now - was > FETCH_OVERDUE_S):
             self.health.took(0)  # the broker answers again: idle from now, as on a reconnect
         return deliveries
@@ -713,7 +719,7 @@ class Worker:
                     finally:
                         consumer.on_settled = None
                         waited, slot.fetching = slot.fetching, None
-                    if waited is not None and time.monotonic() - waited > wait + FETCH_OVERDUE_S:
+                    if waited is not None and _past_its_wait(waited, wait, time.monotonic()):
                         self.health.took(0)  # the broker answers again: idle from now (_fetch)
                     if counted:
                         return claimed
