@@ -1036,8 +1036,8 @@ class RabbitMQConsumer(Consumer):
             # A slot whose batch grows (a worker's start: 1, 7, 14, 29 tasks after a slow
             # first task) takes its buffer whole soon: each of those split its pack, 50 to
             # 100 tasks of a 500-task job sent back. Only a fetch no larger than the last
-            # splits
-            # (of that pack: a single after it, DISTQ_PREFETCH=8 held 31 a slow task long)
+            # splits. ``whole`` is judged by the buffered pack (``packed``): by the last
+            # message's count, a single after it, DISTQ_PREFETCH=8 held 31 a slow task long
             whole = self._transport.settings.prefetch >= packed
             growing, self._last_want = want > self._last_want, want
             split = short and ((was_short and not growing) or not whole)
