@@ -440,6 +440,15 @@ def _run_hooked(
     return proc.returncode, output
 
 
+def _task_module(tmp_path: Path, name: str, body: str, imports: str = "os, signal") -> None:
+    """A task module ``name`` in ``tmp_path``: ``body`` (where ``{signal}`` is
+    :data:`RAISED`) run as it is imported, then one task, ``noop``."""
+    (tmp_path / f"{name}.py").write_text(
+        f"import {imports}\n\nimport distq\n\n{body.replace('{signal}', RAISED)}\n\n"
+        "@distq.task\ndef noop() -> None:\n    pass\n"
+    )
+
+
 #: A task module whose import signals its own worker while Python swallows the exception
 #: the worker's handler raises: in a finalizer (Python prints "Exception ignored in" and goes
 #: on, as in redis-py's ``__del__`` of a connection a failed attempt dropped), and in code
@@ -466,11 +475,7 @@ def test_sigterm_that_python_swallows_while_connecting_still_ends_the_worker(
     """A CI run under load: a worker SIGTERM'd while it waited for its broker said its stop
     line, printed the traceback of ``SignalExit: 0`` ("Exception ignored in ..."), and ran
     on until its --connect-timeout (exit 3), past the 5 s its stop was given."""
-    body = SWALLOWING[where].replace("{signal}", RAISED)
-    (tmp_path / "swallowing.py").write_text(
-        f"import os, signal\n\nimport distq\n\n{body}\n\n@distq.task\ndef noop() -> None:\n"
-        "    pass\n"
-    )
+    _task_module(tmp_path, "swallowing", SWALLOWING[where])
     returncode, output = _run_hooked(
         tmp_path,
         *("worker", "--tasks", "swallowing", "--connect-timeout", "60"),
@@ -511,12 +516,8 @@ def test_a_sigterm_swallowed_while_the_broker_is_away_ends_as_a_stop_does(
     the unraisable hook (a finalizer) ended the worker with os._exit, the thread its task
     module started cut without a word. It now leaves at its next attempt as a stop does:
     it says the thread is alive and waits its drain for it."""
-    (tmp_path / "holding.py").write_text(
-        "import os, signal, threading\n\nimport distq\n\n"
-        "threading.Thread(target=threading.Event().wait, name='held').start()\n"
-        + SWALLOWING[where].replace("{signal}", RAISED)
-        + "\n\n@distq.task\ndef noop() -> None:\n    pass\n"
-    )
+    held = "threading.Thread(target=threading.Event().wait, name='held').start()\n"
+    _task_module(tmp_path, "holding", held + SWALLOWING[where], "os, signal, threading")
     returncode, output = _run_hooked(
         tmp_path,
         *("worker", "--tasks", "holding", "--connect-timeout", "60"),
@@ -549,11 +550,7 @@ def test_a_sigterm_swallowed_before_the_broker_answers_starts_no_work(
     task loop ("Connect to ..."), fetching tasks, until the alarm ended it at once, mid-task,
     its leases held, with exit 1. A stop asked while connecting now ends it, exit 0, before
     any work starts."""
-    body = CATCHING[where].replace("{signal}", RAISED)
-    (tmp_path / "catching.py").write_text(
-        f"import os, signal\n\nimport distq\n\n{body}\n\n@distq.task\ndef noop() -> None:\n"
-        "    pass\n"
-    )
+    _task_module(tmp_path, "catching", CATCHING[where])
     returncode, output = _run_hooked(
         tmp_path,
         *("worker", "--tasks", "catching"),
@@ -575,11 +572,7 @@ def test_a_sigterm_swallowed_once_connected_ends_the_worker_before_its_task_loop
     mid-loop 2 s on, exit 1 (the loop's), its leases held. It now ends before the loop,
     exit 0."""
     body = CATCHING["attempt"].replace("co_name == 'open_transport'", f"co_qualname == {where!r}")
-    (tmp_path / "catching.py").write_text(
-        "import os, signal\n\nimport distq\n\n"
-        + body.replace("{signal}", RAISED)
-        + "\n\n@distq.task\ndef noop() -> None:\n    pass\n"
-    )
+    _task_module(tmp_path, "catching", body)
     returncode, output = _run_hooked(
         tmp_path,
         *("worker", "--tasks", "catching"),
