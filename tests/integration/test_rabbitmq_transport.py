@@ -188,6 +188,29 @@ def _bodies(n: int) -> list[bytes]:
     return [f"task-{i}".encode() for i in range(n)]
 
 
+def _each_of_512_once(fresh: RabbitMQConsumer, ran: list[Delivery]) -> list[Delivery]:
+    """``ran`` and the rest of :func:`_bodies` (512) that ``fresh`` fetches: each once, as
+    it was first delivered (nothing a split or give-back sent back as a possible copy)."""
+    ran = ran + fetch_n(fresh, 512 - len(ran), within=15)
+    assert sorted(d.body for d in ran) == sorted(_bodies(512))  # each task once
+    assert [d.body for d in ran if d.redelivered] == []
+    return ran
+
+
+def _a_pack_then_a_single(raw: Any, queue: str, slot: RabbitMQConsumer) -> list[bytes]:
+    """A pack of 32 tasks, then a message of one (b"single"), both pushed to ``slot`` and
+    read into its buffer: the pack's bodies."""
+    typed = pika.BasicProperties(type=TASKS_TYPE)
+    packed = [f"p-{i}".encode() for i in range(TASKS_PER_MESSAGE)]
+    raw.basic_publish("", queue, pack(packed), properties=typed)
+    raw.basic_publish("", queue, b"single")
+    assert _ready_within(raw, queue, 0)  # both pushed to the slot
+    deadline = time.monotonic() + 5
+    while len(slot._buffer) < TASKS_PER_MESSAGE + 1 and time.monotonic() < deadline:
+        slot._link.connection.process_data_events(time_limit=0.05)  # read by the slot
+    return packed
+
+
 def _submit_one_by_one(t: RabbitMQTransport, queue: str, n: int) -> None:
     """``n`` tasks, one message each (a submit of many packs them)."""
     producer = t.producer(f"{queue}.reply")
@@ -1070,9 +1093,7 @@ def test_a_fresh_slots_first_fetch_sends_nothing_back_for_a_queue_of_fast_tasks(
     ran += fetch_n(fresh, 64)  # fast: the next batch is large
     assert _ready(raw, queue) <= 15 - 1  # nothing published back, a pack more taken
     fresh.settle([Settlement(d) for d in ran[1:]])
-    ran += fetch_n(fresh, 512 - len(ran), within=15)
-    assert sorted(d.body for d in ran) == sorted(_bodies(512))  # each task once
-    assert [d.body for d in ran if d.redelivered] == []
+    _each_of_512_once(fresh, ran)
     fresh.close()
     producer.close()
 
@@ -1122,9 +1143,7 @@ def test_a_slots_batch_growing_from_its_first_sends_nothing_back(
         fresh.settle([Settlement(d) for d in got])
         ran += got
     assert len(fresh._buffer) == TASKS_PER_MESSAGE - 1 - 7 - 14  # nothing sent back
-    ran += fetch_n(fresh, 512 - len(ran), within=15)
-    assert sorted(d.body for d in ran) == sorted(_bodies(512))  # each task once
-    assert [d.body for d in ran if d.redelivered] == []
+    _each_of_512_once(fresh, ran)
     fresh.close()
     producer.close()
 
@@ -1140,14 +1159,7 @@ def test_a_slot_taking_few_tasks_splits_a_pack_though_a_single_task_came_after_i
     t = open_transport(prefetch=128)
     slow = t.consumer("slow")
     assert slow.fetch(96, 0.2) == []  # a window of 3 messages
-    typed = pika.BasicProperties(type=TASKS_TYPE)
-    packed = [f"p-{i}".encode() for i in range(TASKS_PER_MESSAGE)]
-    raw.basic_publish("", queue, pack(packed), properties=typed)
-    raw.basic_publish("", queue, b"single")
-    assert _ready_within(raw, queue, 0)  # both pushed to the slot
-    deadline = time.monotonic() + 5
-    while len(slow._buffer) < TASKS_PER_MESSAGE + 1 and time.monotonic() < deadline:
-        slow._link.connection.process_data_events(time_limit=0.05)  # read by the slot
+    packed = _a_pack_then_a_single(raw, queue, slow)
     mine = fetch_n(slow, 1)
     mine += fetch_n(slow, 1)  # two short fetches in a row: a split
     assert [d.body for d in mine] == packed[:2]
@@ -1178,14 +1190,7 @@ def test_a_slot_whose_prefetch_is_under_a_pack_splits_it_at_once_though_a_single
     singles = fetch_n(slow, 16)  # one task a message: an estimate of 1, a window of 8
     slow.settle([Settlement(d) for d in singles])
     assert slow.fetch(8, 0.2) == [] and slow._window.size == 8
-    typed = pika.BasicProperties(type=TASKS_TYPE)
-    packed = [f"p-{i}".encode() for i in range(TASKS_PER_MESSAGE)]
-    raw.basic_publish("", queue, pack(packed), properties=typed)
-    raw.basic_publish("", queue, b"single")
-    assert _ready_within(raw, queue, 0)  # both pushed to the slot
-    deadline = time.monotonic() + 5
-    while len(slow._buffer) < TASKS_PER_MESSAGE + 1 and time.monotonic() < deadline:
-        slow._link.connection.process_data_events(time_limit=0.05)  # read by the slot
+    packed = _a_pack_then_a_single(raw, queue, slow)
     mine = fetch_n(slow, 1)
     assert [d.body for d in mine] == packed[:1]
     assert len(slow._buffer) < TASKS_PER_MESSAGE  # split at once, not held for a slow task
