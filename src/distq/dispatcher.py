@@ -275,13 +275,11 @@ class Dispatcher(threading.Thread):
             failed = self._failed_with
             if failed is None and isinstance(self.broken_by, TransportError):
                 failed = self.broken_by
+            answered = self.collector.finished > 0 and not self.collector.outstanding
             steps: list[tuple[Callable[[], None], str]] = [
                 (lambda: self._fail_all(self.broken or "the executor has stopped"), "fail"),
                 (lambda: self._look_again_for_orphans(failed), "tidy the letters of"),
-                (
-                    self.producer.close if failed is None else self.producer.abandon,
-                    "close the producer of",
-                ),
+                (lambda: self._close_producer(failed, answered), "close the producer of"),
                 (self.transport.close, "close the connection of"),
             ]
             for step, what in steps:
@@ -291,6 +289,17 @@ class Dispatcher(threading.Thread):
                     log.warning("could not %s the executor: %s", what, exc)
             self.callbacks.close()  # after the last future was resolved
             executor_threads.ended(self)
+
+    def _close_producer(self, failed: TransportError | None, answered: bool) -> None:
+        """After a broker's failure, no call that would wait on it again; with every
+        future answered, a copy of a task still queued may run: see
+        :meth:`~distq.transport.base.Producer.close_answered`."""
+        if failed is not None:
+            self.producer.abandon()
+        elif answered:
+            self.producer.close_answered()
+        else:
+            self.producer.close()
 
     def _loop(self) -> None:
         while not self._given_up:

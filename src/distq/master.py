@@ -213,7 +213,9 @@ class Master:
             self.refused = run.refused
             if run.hurry.is_set():  # a second signal: no close waits on the broker
                 self.transport.hurry()
-            if run.answering:
+            if run.answering and run.answered_all():
+                producer.close_answered()  # copies of its tasks may still be queued
+            elif run.answering:
                 producer.close()
             else:  # no call that would wait on a broker that just failed
                 producer.abandon()
@@ -905,6 +907,11 @@ class _Run(Generic[E]):
             said.append("for every result, give the job a longer --timeout, or more workers")
         if said:
             self.console.info(f"{'--timeout' if timed_out else 'the stop'}: {'; '.join(said)}")
+
+    def answered_all(self) -> bool:
+        """Whether the job submitted tasks and every one has its result: a copy of one
+        still queued need not be dead-lettered (:meth:`Producer.close_answered`)."""
+        return self.collector.finished > 0 and not self.collector.outstanding
 
     def _endless_stop_exits_1(self, timed_out: bool) -> bool:
         """Whether this is an endless ``--rate`` job's stop, whose tasks not answered

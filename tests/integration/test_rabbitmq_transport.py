@@ -2405,6 +2405,28 @@ def test_reply_queues_expire_and_are_deleted_at_close(
         raw.connection.channel().queue_declare(reply, passive=True)
 
 
+def test_a_master_with_every_result_in_leaves_its_reply_queue_to_expire(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """close_answered (every task answered) leaves the reply queue to its x-expires: a
+    copy of a task that a worker reaches meanwhile (handed back before a broker restart,
+    its original's ack lost) finds its master's queue and runs, not dead-lettered "its
+    master is gone". Its result goes to the queue, which lapses with it."""
+    t = open_transport()
+    reply = t.reply_queue("done")
+    producer = t.producer(reply)
+    producer.submit([b"copy"])
+    producer.flush()
+    producer.close_answered()
+    consumer = t.consumer("c1")
+    assert consumer.gone([reply]) == set()
+    raw.connection.channel().queue_declare(reply, passive=True)  # still there: no raise
+    gone = t.reply_queue("gone")
+    t.producer(gone).close()
+    assert consumer.gone([reply, gone]) == {gone}
+    consumer.close()
+
+
 def test_wrong_password_is_refused_without_echoing_it(
     open_transport: OpenTransport, rabbitmq_broker: Broker
 ) -> None:

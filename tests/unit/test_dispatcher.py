@@ -149,6 +149,8 @@ class AnswersAtOnce:
     def close(self) -> None:
         pass
 
+    close_answered = close  # every future answered: the same here
+
 
 def answer(body: bytes) -> bytes:
     task = Task.decode(body)
@@ -222,6 +224,8 @@ class DroppedWhileIdle:
 
     def close(self) -> None:
         pass
+
+    close_answered = close  # every future answered: the same here
 
 
 def test_an_idle_executor_reconnects_when_its_connection_was_dropped() -> None:
@@ -317,6 +321,41 @@ def test_a_collected_executors_stop_during_an_outage_waits_it_out_without_spinni
     assert isinstance(error, BrokenExecutor) and "still unreachable after" in str(error)
     assert producer.calls < 30, producer.calls  # backoff: before, a busy loop
     dispatcher.join(10)
+
+
+@pytest.mark.parametrize("answered", [True, False])
+def test_an_executor_with_every_future_answered_closes_its_producer_as_answered(
+    answered: bool,
+) -> None:
+    """Every future answered, the executor closes its producer with close_answered (on
+    RabbitMQ its reply queue left to expire: a copy of a task still queued runs, not
+    dead-lettered "its master is gone"); with a future unanswered, with close."""
+    closed: list[str] = []
+
+    class Closing(AnswersAtOnce):
+        def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
+            return super().submit_then_results(bodies, max_count, timeout) if answered else []
+
+        def withdraw(self, bodies: Any, redelivered: bool = True) -> list[bool]:
+            return [True] * len(bodies)
+
+        def close(self) -> None:
+            closed.append("close")
+
+        def close_answered(self) -> None:
+            closed.append("answered")
+
+    callbacks = Callbacks()
+    dispatcher = Dispatcher(DispatcherTransport(), Closing(), Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher.start()
+    task = Task(name="ident", args=[7], reply_to="r")
+    future = DistqFuture[Any](dispatcher.cancel, task.id, "ident", callbacks)
+    assert dispatcher.put(Submit([Entry(task, task.encode(), future, deadline=None)]))
+    if answered:
+        assert future.result(timeout=10) == 7
+    assert dispatcher.put(Stop(False))
+    dispatcher.join(10)
+    assert closed == ["answered" if answered else "close"]
 
 
 def test_a_flood_of_submits_does_not_hold_up_the_first_sends() -> None:
@@ -651,6 +690,8 @@ class RefusedWithResultsWaiting:
 
     def close(self) -> None:
         pass
+
+    close_answered = close  # every future answered: the same here
 
 
 def test_a_setting_refused_still_answers_the_futures_whose_results_wait(

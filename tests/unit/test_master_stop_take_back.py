@@ -194,13 +194,46 @@ def test_a_stop_with_the_broker_answering_closes_its_producer(
     def abandon(self: ManagerProducer) -> None:
         calls["abandon"] += 1
 
+    def close_answered(self: ManagerProducer) -> None:
+        calls["answered"] = calls.get("answered", 0) + 1
+        original_close(self)
+
     monkeypatch.setattr(ManagerProducer, "close", close)
     monkeypatch.setattr(ManagerProducer, "abandon", abandon, raising=False)
+    monkeypatch.setattr(ManagerProducer, "close_answered", close_answered, raising=False)
     threading.Timer(0.3, stop.set).start()
     out = io.StringIO()
     spec = JobSpec(tasks=10, rate=20, status_every=10, drain_seconds=0.5)
     Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
-    assert (calls["close"], calls["abandon"]) == (1, 0), out.getvalue()
+    assert calls == {"close": 1, "abandon": 0}, out.getvalue()  # tasks unanswered
+
+
+def test_a_job_with_every_result_in_closes_its_producer_as_answered(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every task answered: the master closes with close_answered, which on RabbitMQ
+    leaves its reply queue to expire, so that a copy of a task still queued runs rather
+    than being dead-lettered "its master is gone" (after a broker restart, one was)."""
+    calls: list[str] = []
+    monkeypatch.setattr(ManagerProducer, "close", lambda self: calls.append("close"))
+    monkeypatch.setattr(
+        ManagerProducer, "close_answered", lambda self: calls.append("answered"), raising=False
+    )
+    stop = threading.Event()
+
+    def answer() -> None:
+        for delivery in fetch_n(consumer, 4, within=10):
+            task = Task.decode(delivery.body)
+            result = ok_result(task, task.args[0] ** 2)
+            consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=result)])
+
+    run = threading.Thread(target=answer)
+    with held_until_stopped(transport.consumer("w"), stop, run) as consumer:
+        run.start()
+        out = io.StringIO()
+        spec = JobSpec(tasks=4, timeout=20, status_every=10)
+        report = Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1))
+    assert report.ok == 4 and calls == ["answered"], out.getvalue()
 
 
 def test_retry_bodies_hold_a_retry_signed_by_any_key_the_master_accepts() -> None:

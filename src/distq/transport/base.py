@@ -264,6 +264,16 @@ class Producer(abc.ABC):
     def close(self) -> None:
         """Release the connection and this producer's result queue."""
 
+    def close_answered(self) -> None:
+        """:meth:`close` once every task submitted has its result. Copies of its tasks
+        may still be queued (at least once: a task handed back or redelivered across a
+        lost link can be queued twice), and a worker that reaches one after a close
+        dead-letters it unrun, "its master is gone", although its result is in.
+        RabbitMQ, which cannot take them back (:meth:`withdraw`), leaves its reply queue
+        to its ``x-expires`` (``master_ttl``) instead of deleting it: a copy that a worker
+        reaches meanwhile runs, its result dropped with the queue. Elsewhere :meth:`close`."""
+        self.close()
+
     def abandon(self) -> None:
         """Close after the broker failed a call, with no call that would wait on it
         again: Redis makes none (its registration lapses instead); elsewhere

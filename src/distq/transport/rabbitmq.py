@@ -807,11 +807,21 @@ class RabbitMQProducer(Producer):
         """Delete the reply queue (best effort: x-expires is the fallback) and disconnect,
         within :data:`CLOSE_SECONDS` in all: a broker that did not answer the delete
         (paused, cut off) is not waited for again to close (6 s, twice the bound)."""
+        self._close(delete=True)
+
+    def close_answered(self) -> None:
+        """Disconnect, the reply queue left to its x-expires: see the base class. After a
+        broker restart, copies of a job's last tasks that a worker had handed back (the
+        ack of their original lost with its link) were dead-lettered "its master is
+        gone" as the job ended, every result in (test_rabbitmq_cancel_faults)."""
+        self._close(delete=False)
+
+    def _close(self, delete: bool) -> None:
         self._transport.forget(self)
         seconds = self._transport.close_seconds
         by = time.monotonic() + seconds
         answered: bool | None = None  # not asked: the link was lost, or refused the delete
-        if self._link.is_open:
+        if delete and self._link.is_open:
             with contextlib.suppress(*PikaError):
                 answered = self._link.fast.queue_delete(self.reply_to, seconds)
         self._link.close(max(0.01, by - time.monotonic()))
