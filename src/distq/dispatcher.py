@@ -164,6 +164,10 @@ class Dispatcher(threading.Thread):
         self._cancel_all = False
         self._poll = POLL_SECONDS[0]
         self._lapsed = False  # its reply queue lapsed: look for orphans again as it closes
+        # a task failed past its task_timeout that was not taken back (RabbitMQ): it may
+        # still be queued, unanswered, so its close does not leave the reply queue for it
+        # to run after (Producer.close_answered)
+        self._kept_unanswered = False
         self._overdue = Overdue(self._lock, self._not_sent)
 
     # -- any thread ------------------------------------------------------------
@@ -275,7 +279,11 @@ class Dispatcher(threading.Thread):
             failed = self._failed_with
             if failed is None and isinstance(self.broken_by, TransportError):
                 failed = self.broken_by
-            answered = self.collector.finished > 0 and not self.collector.outstanding
+            answered = (
+                self.collector.finished > 0
+                and not self.collector.outstanding
+                and not self._kept_unanswered
+            )
             steps: list[tuple[Callable[[], None], str]] = [
                 (lambda: self._fail_all(self.broken or "the executor has stopped"), "fail"),
                 (lambda: self._look_again_for_orphans(failed), "tidy the letters of"),
@@ -292,8 +300,9 @@ class Dispatcher(threading.Thread):
 
     def _close_producer(self, failed: TransportError | None, answered: bool) -> None:
         """After a broker's failure, no call that would wait on it again; with every
-        future answered, a copy of a task still queued may run: see
-        :meth:`~distq.transport.base.Producer.close_answered`."""
+        future answered by its result, a copy of a task still queued may run: see
+        :meth:`~distq.transport.base.Producer.close_answered` (not after a task_timeout
+        that left its task queued: that task is a gone master's, dead-lettered unrun)."""
         if failed is not None:
             self.producer.abandon()
         elif answered:
@@ -644,6 +653,8 @@ class Dispatcher(threading.Thread):
         for entry in sent:
             task_id = entry.task.id
             self.collector.discard(task_id)
+            if task_id not in taken and task_id not in held:
+                self._kept_unanswered = True
             _time_out(entry, withdrawn if task_id in taken else again if task_id in held else kept)
 
     def _withdraw(self, entries: list[Entry], taken: set[str], redelivered: bool = True) -> None:

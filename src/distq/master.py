@@ -910,8 +910,13 @@ class _Run(Generic[E]):
 
     def answered_all(self) -> bool:
         """Whether the job submitted tasks and every one has its result: a copy of one
-        still queued need not be dead-lettered (:meth:`Producer.close_answered`)."""
-        return self.collector.finished > 0 and not self.collector.outstanding
+        still queued need not be dead-lettered (:meth:`Producer.close_answered`). Not
+        after a stop or --timeout took tasks back: an endless job's, counted as never
+        submitted, are not outstanding, and a copy of one taken back fewer times than it
+        was submitted would run after it, where its stop line says they do not run."""
+        return (
+            self.collector.finished > 0 and not self.collector.outstanding and not self.taken_back
+        )
 
     def _endless_stop_exits_1(self, timed_out: bool) -> bool:
         """Whether this is an endless ``--rate`` job's stop, whose tasks not answered

@@ -276,6 +276,35 @@ def test_task_timeout_fails_a_late_task_and_withdraws_it_where_it_can(
     assert ex.submit(jobs.add, 2, 2).result(60) == 4  # a fresh task has its own deadline
 
 
+@pytest.mark.parametrize("target", ["rabbitmq"], indirect=True)
+def test_a_task_past_its_task_timeout_that_rabbitmq_keeps_does_not_run_after_the_executor(
+    target: Target, executor: Open, workers: Workers
+) -> None:
+    """RabbitMQ cannot take a task past its ``task_timeout`` back: it stays queued, its
+    future failed. With every other future answered, the executor's close took that for
+    "every future answered" and left its reply queue to expire (ef4821b's
+    close_answered): a worker that came within ``master_ttl`` ran the task, a gone
+    master's, its result dropped, where it is dead-lettered unrun (README)."""
+    ex = executor(task_timeout=1.0)
+    first = workers()
+    attached(ex)
+    assert ex.submit(jobs.add, 1, 1).result(60) == 2  # a result in: finished > 0
+    first.stop()
+    deadline = time.monotonic() + 30
+    while ex.stats().consumers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    late = ex.submit(jobs.sleep_then, 0, "after the executor")
+    with pytest.raises(TaskTimeout, match="the transport cannot withdraw it"):
+        late.result(30)
+    ex.shutdown(wait=True)
+    again = workers("--exit-when-idle", "2")
+    assert again.wait(60) == 0, again.output()
+    assert "after the executor" not in again.output()  # not run: its master is gone
+    with contextlib.closing(distq.transport.open_transport(target.settings, "master")) as seen:
+        letters = seen.dead_letters(10)
+    assert [x.reason.startswith("its master is gone") for x in letters] == [True], letters
+
+
 def test_cancel_of_a_task_not_started_keeps_it_from_running_where_the_transport_can(
     target: Target, executor: Open, workers: Workers
 ) -> None:

@@ -54,9 +54,9 @@ from distq.transport.redis_scripts import ALLOW_OOM, CLAIM_BYTES, REPLY_GRACE_MS
 from distq.transport.redis_wire import Fixed, Script
 from distq.worker import Worker, WorkerOptions
 from launch import LocalRedis
-from procs import Distq
+from procs import REPO, Distq, checkout_env
 from relay import SilentRelay
-from seam import results_n, results_of
+from seam import ok_result, results_n, results_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -1408,6 +1408,63 @@ def test_leases_restored_from_a_snapshot_come_back_within_two_leases(tmp_path: P
         finally:
             after.close()
             before.close()
+
+
+def test_a_copy_a_snapshot_restores_after_a_job_with_every_result_in_runs_not_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    """Redis restarts from a snapshot taken while a slot held a task it settled since: the
+    restored in-flight list puts a copy of it back once its lease lapses. Its master had
+    the result, reconnected, and ended, every result in (``close_answered``, as
+    Master.run and the executor's close call it): its close deleted the registration,
+    so a worker that reached the copy dead-lettered it unrun, "its master is gone",
+    though its result was in (as RabbitMQ did after a restart, ef4821b). The
+    registration is left to lapse now, as RabbitMQ leaves its reply queue: the copy runs,
+    its result pushed to a list that expires with it."""
+    with LocalRedis(tmp_path) as server:
+        server.start()
+        settings = Settings(transport="redis", redis_url=server.url, queue="q", lease_seconds=1.0)
+        master = RedisTransport(settings, "master")
+        worker = RedisTransport(settings, "worker")
+        try:
+            producer = master.producer(master.reply_queue("j"))
+            task = Task(name="jobs:add", args=[1, 2], reply_to=producer.reply_to)
+            producer.submit([Codec().seal_task(task)])
+            consumer = worker.consumer("w-0")
+            (held,) = consumer.fetch(1, timeout=1)
+            with server.client() as client:
+                client.save()  # the snapshot: the task in the slot's in-flight list
+            result = ok_result(task, 3)
+            consumer.settle([Settlement(held, reply_to=producer.reply_to, result=result)])
+            assert len(results_n(producer, 1)) == 1  # every result in
+            consumer.close()
+            server.kill()
+            server.restart()  # from the snapshot: a copy of the task, leased to nobody
+            for _ in range(5):  # the master reconnects, as Master._recover does
+                with contextlib.suppress(TransportError):
+                    assert producer.reconcile() == 1  # the snapshot holds it: none again
+                    break
+            producer.close_answered()
+        finally:
+            worker.close()
+            master.close()
+        env = checkout_env(
+            PYTHONPATH=f"{REPO / 'tests'}:{REPO / 'src'}",
+            DISTQ_TRANSPORT="redis",
+            DISTQ_REDIS_URL=server.url,
+            DISTQ_QUEUE="q",
+            DISTQ_LEASE_SECONDS="1",
+        )
+        late = Distq(["worker", "--tasks", "jobs", "--exit-when-idle", "4"], env)
+        try:
+            code, out = late.proc.wait(30), late.output()
+        finally:
+            late.stop(grace=0)
+        assert code == 0, out
+        with contextlib.closing(RedisTransport(settings, "master")) as seen:
+            letters = seen.dead_letters(10)
+        assert [x.reason for x in letters] == [], out
+        assert "Get task jobs:add[1, 2]" in out and "1 ok" in out, out
 
 
 def test_results_pushed_after_a_restore_from_a_snapshot_are_not_dropped_unread(

@@ -236,6 +236,41 @@ def test_a_job_with_every_result_in_closes_its_producer_as_answered(
     assert report.ok == 4 and calls == ["answered"], out.getvalue()
 
 
+def test_an_endless_job_stopped_with_its_queued_tasks_taken_back_closes_as_not_answered(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endless --rate job's stop takes its queued tasks back and counts them never
+    submitted: nothing outstanding, results in, so the master took it for "every result
+    in" and closed with close_answered (ef4821b), which on RabbitMQ and Redis leaves its
+    reply queue or registration to lapse: a copy of one it took back fewer times than it
+    submitted (submitted again after a reconcile) would run after it, where its stop
+    line says the tasks taken back do not run."""
+    calls: list[str] = []
+    monkeypatch.setattr(ManagerProducer, "close", lambda self: calls.append("close"))
+    monkeypatch.setattr(
+        ManagerProducer, "close_answered", lambda self: calls.append("answered"), raising=False
+    )
+    stop = threading.Event()
+
+    def answer() -> None:
+        for delivery in fetch_n(consumer, 2, within=10):
+            task = Task.decode(delivery.body)
+            result = ok_result(task, task.args[0] ** 2)
+            consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=result)])
+        threading.Timer(0.5, stop.set).start()  # more queued meanwhile, none taken
+
+    run = threading.Thread(target=answer)
+    with held_until_stopped(transport.consumer("w"), stop, run) as consumer:
+        run.start()
+        out = io.StringIO()
+        spec = JobSpec(tasks=None, rate=20, status_every=10, drain_seconds=0.5)
+        report = Master(transport, Console(out=out, err=out)).run(spec, Squares(seed=1), stop)
+    said = out.getvalue()
+    assert report.ok == 2 and report.missing == 0, said
+    assert "not counted as submitted" in said, said  # taken back: none outstanding
+    assert calls == ["close"], said
+
+
 def test_retry_bodies_hold_a_retry_signed_by_any_key_the_master_accepts() -> None:
     """Mid-rotation (the new key moved first on the workers, not yet on the master, or
     the other way) a worker signs its retries with a key the master accepts but does not

@@ -271,7 +271,12 @@ class Producer(abc.ABC):
         dead-letters it unrun, "its master is gone", although its result is in.
         RabbitMQ, which cannot take them back (:meth:`withdraw`), leaves its reply queue
         to its ``x-expires`` (``master_ttl``) instead of deleting it: a copy that a worker
-        reaches meanwhile runs, its result dropped with the queue. Elsewhere :meth:`close`."""
+        reaches meanwhile runs, its result dropped with the queue. Redis leaves its
+        registration to lapse (``master_ttl`` after its last renewal) likewise: a copy
+        comes back there after the job, with no worker to take it back from, when a
+        restore from a snapshot puts back an in-flight list whose lease then lapses.
+        Elsewhere (manager: a copy is put back only as a lease lapses, and the original's
+        settle drops it) :meth:`close`."""
         self.close()
 
     def abandon(self) -> None:
