@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal, NoReturn
 
-from distq import __version__, commands, descriptors, flagtypes
+from distq import __version__, commands, descriptors, flagtypes, startup
 from distq.codec import Codec
 from distq.config import (
     CONCURRENCY,
@@ -250,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.role == "probe":  # no settings but this one: its errors as the others' lines
+        startup.hand_back()  # its signals as Python's defaults take them
         wanted = os.environ.get("DISTQ_LOG_FORMAT", "").strip()
         return run_probe(args, os.environ, make_console(wanted, "probe", args.quiet))
     flags = {e.variable: getattr(args, e.variable) for e in SETTINGS}
@@ -397,7 +398,8 @@ def _leave_on_signal(console: Console, role: str, code: int) -> None:
     """Until the master or worker installs its own handlers (once connected), SIGTERM and
     SIGINT end it at once (exit ``code``), with a line: nothing is in hand yet; and as
     PID 1 in a container an unhandled SIGTERM is ignored, so `docker stop` would wait out
-    its whole grace period."""
+    its whole grace period. A signal the entry point held (:mod:`distq.startup`) ends it
+    here, the same way."""
 
     def leave(signum: int, _frame: object) -> None:
         announce(console, f"{signal.Signals(signum).name} while connecting: {role} exit")
@@ -406,6 +408,9 @@ def _leave_on_signal(console: Console, role: str, code: int) -> None:
 
     for sig in stop_signals():
         signal.signal(sig, leave)
+    early = startup.taken()  # held by the entry point while it imported: as if it came now
+    if early is not None:
+        leave(early, None)
 
 
 def _stop_job(
