@@ -340,8 +340,9 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
         observe.close()
         raise
     stop, hurry = threading.Event(), threading.Event()
+    over: list[str] = []  # the job's end, decided once (Master.run)
     for sig in stop_signals():
-        signal.signal(sig, partial(_stop_job, console, stop, hurry, spec.drain_seconds))
+        signal.signal(sig, partial(_stop_job, console, stop, hurry, over, spec.drain_seconds))
     try:
         leave_if_asked()  # a stop swallowed before these handlers were in place: no job
         observe.attach(transport)
@@ -354,7 +355,7 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
             Codec.from_settings(settings),
             health=observe.health,
         )
-        report = master.run(spec, squares, stop, hurry)
+        report = master.run(spec, squares, stop, hurry, over)
     finally:
         _note_signals(console, "master")
         observe.close()
@@ -373,7 +374,8 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
         return EXIT_CONFIG  # said, with the job's report: a setting the broker refused
     # an endless --rate stopped is its end, before its workers came as after (as while
     # connecting: exit 0): a rollout or scale-down before they attach is no failure
-    endless_stopped = spec.tasks is None and stop.is_set() and not report.problems
+    stopped = stop.is_set() and not (over and over[0])  # not a stop past its --timeout
+    endless_stopped = spec.tasks is None and stopped and not report.problems
     return 0 if (report.succeeded or endless_stopped) and written else EXIT_FAILED
 
 
@@ -417,16 +419,26 @@ def _stop_job(
     console: Console,
     stop: threading.Event,
     hurry: threading.Event,
+    over: list[str],
     drain: float,
     signum: int,
     _frame: object,
 ) -> None:
     """The master's first SIGTERM or SIGINT stops the job, giving the results in flight
     ``drain`` s; a second stops it at once. Each says so (they were silent for the
-    drain's 5 s, and the second did nothing)."""
+    drain's 5 s, and the second did nothing). A job past its --timeout ends as timed
+    out, without the drain: the first says that instead (``over``, Master.run)."""
     name = signal.Signals(signum).name
     if not stop.is_set():
+        over.append("")  # the job's end: a stop, unless the job said it was over first
         stop.set()
+        if over[0]:
+            announce(
+                console,
+                f"{name}: the job is over ({over[0]}), ending already "
+                f"(send {name} again to stop at once)",
+            )
+            return
         announce(
             console,
             f"{name}: stopping the job; results in flight get up to {drain:g} s "

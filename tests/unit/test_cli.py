@@ -786,26 +786,32 @@ def test_a_sigterm_swallowed_once_connected_starts_no_job(
     assert "put task" not in output, output  # its job's tasks, sent
 
 
+@pytest.mark.parametrize("extra", [["--tasks", "3"], ["--rate", "5"]])
+@pytest.mark.parametrize("where", ["_Run._withdraw", "_Run._finish"])
 def test_a_sigterm_once_a_job_timed_out_keeps_its_timeout_lines(
-    tmp_path: Path, redis_broker: Broker
+    tmp_path: Path, redis_broker: Broker, extra: list[str], where: str
 ) -> None:
     """Its --timeout past, no worker attached, the job's loop over: a SIGTERM as the master
-    summed up its job (a profile hook's, at _Run._finish) turned "job timed out" into "job
-    stopped", and lost the line that no worker slot is attached and the --timeout advice."""
-    hook = CATCHING["attempt"].replace(
-        "co_name == 'open_transport'", "co_qualname == '_Run._finish'"
-    )
+    took back its tasks or summed up its job (a profile hook's) turned "job timed out" into
+    "job stopped", and lost the line that no worker slot is attached and the --timeout
+    advice. Then it said "stopping the job; results in flight get up to 5 s", which no
+    longer happens: the job ends as timed out, its exit 1 (an endless --rate job's too)."""
+    hook = CATCHING["attempt"].replace("co_name == 'open_transport'", f"co_qualname == {where!r}")
     (tmp_path / "sitecustomize.py").write_text(
         "import os, signal\n\n" + hook.replace("{signal}", RAISED)
     )
     returncode, output = _run_hooked(
         tmp_path,
-        *("master", "--tasks", "3", "--timeout", "1"),
+        *("master", *extra, "--timeout", "1"),
         url=redis_broker.url,
         DISTQ_QUEUE=f"timed-out-{os.getpid()}",
     )
     assert returncode == 1, output
-    assert "SIGTERM: stopping the job" in output  # the signal, come and said
+    assert (  # the signal, come and said
+        "SIGTERM: the job is over (past its --timeout), ending already "
+        "(send SIGTERM again to stop at once)\n"
+    ) in output, output
+    assert "results in flight" not in output, output
     assert "job timed out after" in output, output
     assert "no worker slot is attached to the job's queue" in output, output
     assert "give the job a longer --timeout" in output, output
