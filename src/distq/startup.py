@@ -15,13 +15,14 @@ in a program) leaves the program's handlers alone.
 
 from __future__ import annotations
 
-import signal
-
 TYPE_CHECKING = False  # typing's own: its import is 0.02 s of the window held here
 if TYPE_CHECKING:
+    import signal  # the same functions, typed: _signal has no stubs
     from collections.abc import Sequence
     from types import FrameType
     from typing import Any
+else:  # signal's C half: signal.py's enums import 0.01 s more (enum, functools, collections)
+    import _signal as signal
 
 #: The first stop signal that came while held, until it is taken or handed back.
 _HELD: list[int] = []
