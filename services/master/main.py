@@ -6,7 +6,7 @@ package.
 
 import sys
 
-from distq.cli import main
+from distq.startup import main  # its stop signals held from here on, as it imports
 
 if __name__ == "__main__":
     sys.exit(main(["master", *sys.argv[1:]]))

@@ -2,6 +2,6 @@
 
 import sys
 
-from distq.cli import main
+from distq.startup import main
 
 sys.exit(main())

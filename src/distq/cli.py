@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal, NoReturn
 
-from distq import __version__, commands, descriptors, flagtypes
+from distq import __version__, commands, descriptors, flagtypes, startup
 from distq.codec import Codec
 from distq.config import (
     CONCURRENCY,
@@ -250,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.role == "probe":  # no settings but this one: its errors as the others' lines
+        startup.hand_back()  # its signals as Python's defaults take them
         wanted = os.environ.get("DISTQ_LOG_FORMAT", "").strip()
         return run_probe(args, os.environ, make_console(wanted, "probe", args.quiet))
     flags = {e.variable: getattr(args, e.variable) for e in SETTINGS}
@@ -339,8 +340,9 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
         observe.close()
         raise
     stop, hurry = threading.Event(), threading.Event()
+    over: list[str] = []  # the job's end, decided once (Master.run)
     for sig in stop_signals():
-        signal.signal(sig, partial(_stop_job, console, stop, hurry, spec.drain_seconds))
+        signal.signal(sig, partial(_stop_job, console, stop, hurry, over, spec.drain_seconds))
     try:
         leave_if_asked()  # a stop swallowed before these handlers were in place: no job
         observe.attach(transport)
@@ -353,7 +355,7 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
             Codec.from_settings(settings),
             health=observe.health,
         )
-        report = master.run(spec, squares, stop, hurry)
+        report = master.run(spec, squares, stop, hurry, over)
     finally:
         _note_signals(console, "master")
         observe.close()
@@ -372,7 +374,8 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
         return EXIT_CONFIG  # said, with the job's report: a setting the broker refused
     # an endless --rate stopped is its end, before its workers came as after (as while
     # connecting: exit 0): a rollout or scale-down before they attach is no failure
-    endless_stopped = spec.tasks is None and stop.is_set() and not report.problems
+    stopped = stop.is_set() and not (over and over[0])  # not a stop past its --timeout
+    endless_stopped = spec.tasks is None and stopped and not report.problems
     return 0 if (report.succeeded or endless_stopped) and written else EXIT_FAILED
 
 
@@ -397,7 +400,8 @@ def _leave_on_signal(console: Console, role: str, code: int) -> None:
     """Until the master or worker installs its own handlers (once connected), SIGTERM and
     SIGINT end it at once (exit ``code``), with a line: nothing is in hand yet; and as
     PID 1 in a container an unhandled SIGTERM is ignored, so `docker stop` would wait out
-    its whole grace period."""
+    its whole grace period. A signal the entry point held (:mod:`distq.startup`) ends it
+    here, the same way."""
 
     def leave(signum: int, _frame: object) -> None:
         announce(console, f"{signal.Signals(signum).name} while connecting: {role} exit")
@@ -406,22 +410,35 @@ def _leave_on_signal(console: Console, role: str, code: int) -> None:
 
     for sig in stop_signals():
         signal.signal(sig, leave)
+    early = startup.taken()  # held by the entry point while it imported: as if it came now
+    if early is not None:
+        leave(early, None)
 
 
 def _stop_job(
     console: Console,
     stop: threading.Event,
     hurry: threading.Event,
+    over: list[str],
     drain: float,
     signum: int,
     _frame: object,
 ) -> None:
     """The master's first SIGTERM or SIGINT stops the job, giving the results in flight
     ``drain`` s; a second stops it at once. Each says so (they were silent for the
-    drain's 5 s, and the second did nothing)."""
+    drain's 5 s, and the second did nothing). A job past its --timeout ends as timed
+    out, without the drain: the first says that instead (``over``, Master.run)."""
     name = signal.Signals(signum).name
     if not stop.is_set():
+        over.append("")  # the job's end: a stop, unless the job said it was over first
         stop.set()
+        if over[0]:
+            announce(
+                console,
+                f"{name}: the job is over ({over[0]}), ending already "
+                f"(send {name} again to stop at once)",
+            )
+            return
         announce(
             console,
             f"{name}: stopping the job; results in flight get up to {drain:g} s "

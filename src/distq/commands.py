@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from distq import flagtypes
+from distq import flagtypes, startup
 from distq.codec import Codec
 from distq.config import MAX_ATTEMPTS, Settings
 from distq.console import Console, say
@@ -123,7 +123,8 @@ def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     """Run the command ``args.role``; ConfigError and ConnectionFailed reach the caller."""
     try:
         if args.role == "submit":
-            return _submit(args, settings, console)
+            return _submit(args, settings, console)  # it hands back the signals held
+        startup.hand_back()  # a Ctrl-C held while distq imported: "interrupted", as later
         with _client(settings) as transport:
             if args.role == "status":
                 return _status(args, transport, settings, console)
@@ -250,6 +251,7 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
     if not args.wait:
         sent = False
         try:
+            startup.hand_back()  # a Ctrl-C held while distq imported: said as one now
             with _client(settings) as transport:
                 producer = transport.producer(transport.reply_queue(new_id()))
                 try:
@@ -314,6 +316,7 @@ def _submit_and_wait(
 ) -> int:
     """``submit --wait``: the task through an executor, and its result printed."""
     try:
+        startup.hand_back()  # a signal held while distq imported: as one now (SIGTERM too)
         executor = Executor(settings, host=False, max_attempts=args.max_attempts)
     except KeyboardInterrupt:
         console.error("interrupted before the task was queued")

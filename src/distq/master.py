@@ -200,13 +200,20 @@ class Master:
         workload: Workload[E],
         stop: threading.Event | None = None,
         hurry: threading.Event | None = None,
+        over: list[str] | None = None,
     ) -> JobReport:
         """Submit and collect until every task is in, ``timeout`` passes, or ``stop`` is
-        set; then give results in flight ``drain_seconds``, unless ``hurry`` is set."""
+        set; then give results in flight ``drain_seconds``, unless ``hurry`` is set.
+
+        ``over``: the job's end, decided once: whoever appends first, the job (why it
+        ended on its own: "past its --timeout") or the one that sets ``stop`` (""), says
+        how it ends; a stop that comes after the job's end changes nothing of it. Without
+        it, ``stop`` set as the loop ends is a stop."""
         producer = self.transport.producer(self.reply_to)
         stop = stop or threading.Event()
         producer.stop_waiting_on(stop)
         run = _Run(self, producer, spec, workload, stop, hurry or threading.Event())
+        run.over = over
         try:
             return run.run()
         finally:
@@ -272,6 +279,7 @@ class _Run(Generic[E]):
         # a stop ended the job's loop: read as it ends, so a signal during the summary (a
         # job past its --timeout) does not make it "stopped", its own lines lost
         self.stopped = False
+        self.over: list[str] | None = None  # its end, decided once (Master.run)
         # ids submitted again after a reconcile: the broker may hold two copies of each
         # (an unconfirmed publish that did arrive); a stop takes back every copy queued.
         # Each id: how many times it was submitted again
@@ -306,14 +314,14 @@ class _Run(Generic[E]):
             self._refused(exc)
             attached = False
         if not attached:
-            self.stopped = self.stop.is_set()
+            self.stopped = self._stopped()
             self.report.started = False
             return self._finish(0.0)
         start, self.cpu_start = time.perf_counter(), time.process_time()
         self.paced_from = start
         try:
             self._loop(start)
-            self.stopped = self.stop.is_set()
+            self.stopped = self._stopped()
             if self.stopped and self.collector.outstanding:
                 self._drain()
             elif self.collector.outstanding and self.refused is None:  # past its --timeout
@@ -333,6 +341,18 @@ class _Run(Generic[E]):
                 "`distq dead-letters` lists them"
             )
         return self._finish(time.perf_counter() - start)
+
+    def _stopped(self) -> bool:
+        """Whether a stop ended the job, read as its loop ends. A job past its --timeout
+        says so first (:attr:`over`): a signal from then on finds it ending (the
+        master's line says so, not "results in flight get up to 5 s"), and it ends as
+        timed out; one that came first stops it, whatever the clock says."""
+        over = self.over
+        if over is None:  # a caller that sets ``stop`` itself: set, it stopped the job
+            return self.stop.is_set()
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            over.append("past its --timeout")
+        return self.stop.is_set() and not (over and over[0])
 
     def _refused(self, exc: ConfigError | CertificateRejected) -> None:
         """Say why the job stops here (an ACL taken away, the queue's key made another

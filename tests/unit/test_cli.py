@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -416,6 +417,125 @@ def test_sigterm_while_a_slow_task_module_imports_is_the_workers_stop(tmp_path: 
     assert "fix the module" not in output, output
 
 
+#: A ``sitecustomize`` that signals its process (``EARLY``, SIGTERM by default) as the first
+#: of distq's modules is imported that the entry point does not name (``ENTRY``): where the
+#: imports of distq.cli run, before any ``main()``; the signal lands as the import goes on.
+EARLY_SIGNAL = """import os, signal, sys
+
+ENTRY = {"distq", "distq.__main__", os.environ["ENTRY"]}
+
+
+class Early:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith("distq.") and name not in ENTRY:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.Signals[os.environ.get("EARLY", "SIGTERM")])
+            sum(range(100))
+        return None
+
+
+sys.meta_path.insert(0, Early())
+"""
+
+
+def _entry_point() -> tuple[str, str]:
+    """The module and function that pyproject.toml's ``distq`` console script runs."""
+    with (REPO / "pyproject.toml").open("rb") as project:
+        module, function = tomllib.load(project)["project"]["scripts"]["distq"].split(":")
+    return module, function
+
+
+def _signalled_early(
+    tmp_path: Path, entry: str, *args: str, early: str = "SIGTERM"
+) -> tuple[int, str]:
+    """``distq *args`` run by ``entry`` (``python -m distq``, the console script's, or a
+    container's ``main.py``), nothing listening at its broker, signalled with ``early`` as
+    distq imports: its exit code and output."""
+    module, function = _entry_point()
+    (tmp_path / "sitecustomize.py").write_text(EARLY_SIGNAL)
+    command = {
+        "python -m distq": ["-m", "distq", *args],
+        "console script": [
+            *("-c", f"import sys; from {module} import {function}; sys.exit({function}())"),
+            *args,
+        ],
+        "container": [str(REPO / "services" / args[0] / "main.py"), *args[1:]],
+    }[entry]
+    proc = subprocess.Popen(
+        [sys.executable, *command],
+        env=checkout_env(
+            PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
+            ENTRY=module,
+            EARLY=early,
+            DISTQ_TRANSPORT="redis",
+            DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    return proc.returncode, output
+
+
+@pytest.mark.parametrize("entry", ["python -m distq", "console script", "container"])
+@pytest.mark.parametrize(("role", "code"), [("worker", 0), ("master", 1)])
+def test_a_sigterm_while_distq_imports_is_a_stop_while_connecting(
+    tmp_path: Path, entry: str, role: str, code: int
+) -> None:
+    """The stop handlers came only once ``main()`` ran, after the imports of distq.cli
+    (0.2 s, more on a loaded machine): a SIGTERM then (a scale-in right after a scale-out,
+    `make down` right after `up`) ended a worker with Python's default, exit 143 and no
+    line, where the README promises "SIGTERM while connecting: worker exit", exit 0. The
+    containers' entrypoints (services/*/main.py) run ``main`` with the role first."""
+    returncode, output = _signalled_early(tmp_path, entry, role, "--connect-timeout", "60")
+    assert (returncode, output) == (code, f"SIGTERM while connecting: {role} exit\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "early", "said"),
+    [
+        (["status"], "SIGINT", "distq: interrupted\n"),
+        (["submit", "square", "3"], "SIGINT", "distq: interrupted before the task was queued\n"),
+        (["submit", "square", "3", "--wait"], "SIGTERM", "distq: interrupted before the task"),
+    ],
+)
+def test_a_command_interrupted_while_distq_imports_says_so(
+    tmp_path: Path, args: list[str], early: str, said: str
+) -> None:
+    """Ctrl-C as distq imported: a KeyboardInterrupt traceback, where later it says
+    "interrupted", exit 1 (submit --wait takes SIGTERM as Ctrl-C, README)."""
+    returncode, output = _signalled_early(tmp_path, "python -m distq", *args, early=early)
+    assert returncode == 1, output
+    assert output.startswith(said), output
+
+
+def test_importing_distq_in_a_program_leaves_its_signal_handlers_alone() -> None:
+    """Only the command's entry points hold the stop signals (README): an Executor's
+    program keeps its own handlers, whatever of distq it imports."""
+    program = (
+        "import signal\n"
+        "stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)\n"
+        "found = [signal.getsignal(s) for s in stops]\n"
+        "import distq, distq.startup\n"
+        "from distq import Executor, task\n"
+        "assert [signal.getsignal(s) for s in stops] == found, found\n"
+        "print(Executor.__name__, task.__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env=checkout_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "Executor task\n"), done.stderr
+
+
 #: A line that signals the process it runs in; the signal lands at the next line.
 RAISED = "os.kill(os.getpid(), signal.SIGTERM); sum(range(100))"
 
@@ -666,26 +786,32 @@ def test_a_sigterm_swallowed_once_connected_starts_no_job(
     assert "put task" not in output, output  # its job's tasks, sent
 
 
+@pytest.mark.parametrize("extra", [["--tasks", "3"], ["--rate", "5"]])
+@pytest.mark.parametrize("where", ["_Run._withdraw", "_Run._finish"])
 def test_a_sigterm_once_a_job_timed_out_keeps_its_timeout_lines(
-    tmp_path: Path, redis_broker: Broker
+    tmp_path: Path, redis_broker: Broker, extra: list[str], where: str
 ) -> None:
     """Its --timeout past, no worker attached, the job's loop over: a SIGTERM as the master
-    summed up its job (a profile hook's, at _Run._finish) turned "job timed out" into "job
-    stopped", and lost the line that no worker slot is attached and the --timeout advice."""
-    hook = CATCHING["attempt"].replace(
-        "co_name == 'open_transport'", "co_qualname == '_Run._finish'"
-    )
+    took back its tasks or summed up its job (a profile hook's) turned "job timed out" into
+    "job stopped", and lost the line that no worker slot is attached and the --timeout
+    advice. Then it said "stopping the job; results in flight get up to 5 s", which no
+    longer happens: the job ends as timed out, its exit 1 (an endless --rate job's too)."""
+    hook = CATCHING["attempt"].replace("co_name == 'open_transport'", f"co_qualname == {where!r}")
     (tmp_path / "sitecustomize.py").write_text(
         "import os, signal\n\n" + hook.replace("{signal}", RAISED)
     )
     returncode, output = _run_hooked(
         tmp_path,
-        *("master", "--tasks", "3", "--timeout", "1"),
+        *("master", *extra, "--timeout", "1"),
         url=redis_broker.url,
         DISTQ_QUEUE=f"timed-out-{os.getpid()}",
     )
     assert returncode == 1, output
-    assert "SIGTERM: stopping the job" in output  # the signal, come and said
+    assert (  # the signal, come and said
+        "SIGTERM: the job is over (past its --timeout), ending already "
+        "(send SIGTERM again to stop at once)\n"
+    ) in output, output
+    assert "results in flight" not in output, output
     assert "job timed out after" in output, output
     assert "no worker slot is attached to the job's queue" in output, output
     assert "give the job a longer --timeout" in output, output
@@ -723,7 +849,20 @@ def test_a_master_stopped_while_waiting_for_workers_is_stopped_not_out_of_time(
     saying "only 0 of 1 worker slots attached in time" with no --timeout (signals10)."""
     env = {"DISTQ_AUTHKEY": "k" * 16, "DISTQ_MANAGER_ADDRESS": f"127.0.0.1:{free_port()}"}
     proc = started("master", "--wait-workers", "1", *extra, **env)
-    output = sigterm_after(proc, 2.0, within=10)
+    # its wait said, however long the start took (2 s of sleep did not do, at load 40:
+    # "SIGTERM while connecting"); killed if it never comes
+    killer = threading.Timer(60, proc.kill)
+    killer.start()
+    try:
+        assert proc.stdout is not None
+        said = ""
+        for line in proc.stdout:
+            said += line
+            if "waiting for 1 worker slots to attach" in line:
+                break
+    finally:
+        killer.cancel()
+    output = said + sigterm_after(proc, 0, within=10)
     assert proc.returncode == code, output
     assert "waiting for 1 worker slots to attach" in output
     assert "in time" not in output and "job never started after" in output
