@@ -6,6 +6,11 @@ in Prometheus); every Prometheus target up; a queue-depth sample of each state; 
 master of `make job` scraped; a worker SIGKILLed mid-job loses nothing; `docker stop` of
 a busy worker is a warm shutdown (exit 0 in seconds); a worker cut off its network past
 its lease has its tasks run elsewhere and rejoins; `make down` leaves nothing of the project behind.
+
+Collected by a module per transport (test_stack_manager.py, test_stack_redis.py,
+test_stack_rabbitmq.py), each naming its TRANSPORT: `make test` (pytest-xdist, --dist
+loadscope) keeps a module's tests in one process, and one module for the three stacks
+made them one serial chain of about 800 s, the run's last to end.
 """
 
 from __future__ import annotations
