@@ -53,7 +53,7 @@ faults:
 	@scripts/ensure-test-env.sh
 	rm -rf $(FAULTS_RESULTS)
 	DISTQ_FAULTS_FULL=1 DISTQ_FAULTS_RESULTS=$(FAULTS_RESULTS) $(VENV)/bin/pytest -m faults tests/faults $(PYTEST_ARGS)
-	DISTQ_FAULTS_FULL=1 $(VENV)/bin/pytest tests/e2e/test_stack_e2e.py -k "cut_off_its_network or batch_job or make_down" $(PYTEST_ARGS)
+	DISTQ_FAULTS_FULL=1 $(VENV)/bin/pytest tests/e2e/test_stack_{manager,redis,rabbitmq}.py -k "cut_off_its_network or batch_job or make_down" $(PYTEST_ARGS)
 	DISTQ_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -m fuzz $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: no fuzz tests here
 	$(VENV)/bin/python tests/faults/render.py $(FAULTS_RESULTS) tests/faults/results.md README.md
 

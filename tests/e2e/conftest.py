@@ -14,18 +14,24 @@ import pytest
 
 from e2e.e2e_stack import Stack, docker_answers
 
+# The stack's tests live in e2e/stack_cases.py, which is no test module: its asserts
+# are rewritten as a test module's are, for their messages.
+pytest.register_assert_rewrite("e2e.stack_cases")
+
 TRANSPORTS = ("manager", "redis", "rabbitmq")
 _TOKEN = secrets.token_hex(3)  # one per test run: project names, env files, image tags
 
 
-@pytest.fixture(scope="module", params=TRANSPORTS)
+@pytest.fixture(scope="module")
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    """`make up` on one transport; whatever the tests leave is removed afterwards."""
+    """`make up` on the transport its module names (TRANSPORT); whatever the tests leave
+    is removed afterwards."""
     if not docker_answers():
         pytest.skip("no Docker engine answers `docker info` (make test starts one on Debian)")
-    transport: str = request.param
+    transport: str = request.module.TRANSPORT
+    assert transport in TRANSPORTS, f"TRANSPORT = {transport!r}: one of {TRANSPORTS}"
     stack = Stack(transport, tmp_path_factory.mktemp(f"stack-{transport}"), _TOKEN)
     try:
         result = stack.up()
