@@ -343,15 +343,18 @@ class _Run(Generic[E]):
         return self._finish(time.perf_counter() - start)
 
     def _stopped(self) -> bool:
-        """Whether a stop ended the job, read as its loop ends. A job past its --timeout
-        says so first (:attr:`over`): a signal from then on finds it ending (the
-        master's line says so, not "results in flight get up to 5 s"), and it ends as
-        timed out; one that came first stops it, whatever the clock says."""
+        """Whether a stop ended the job, read as its loop ends. A job past its --timeout,
+        or with every result in, says so first (:attr:`over`): a signal from then on
+        finds it ending (the master's line says so, not "results in flight get up to 5
+        s"), and it ends as timed out or done; one that came first stops it, whatever
+        the clock says."""
         over = self.over
         if over is None:  # a caller that sets ``stop`` itself: set, it stopped the job
             return self.stop.is_set()
         if self.deadline is not None and time.perf_counter() >= self.deadline:
             over.append("past its --timeout")
+        elif self.spec.tasks is not None and self.collector.finished >= self.spec.tasks:
+            over.append("every result in")  # nothing in flight to give time to
         return self.stop.is_set() and not (over and over[0])
 
     def _refused(self, exc: ConfigError | CertificateRejected) -> None:

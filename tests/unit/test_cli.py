@@ -786,6 +786,44 @@ def test_a_sigterm_swallowed_once_connected_starts_no_job(
     assert "put task" not in output, output  # its job's tasks, sent
 
 
+def test_a_sigterm_once_every_result_is_in_says_the_job_is_over(
+    tmp_path: Path, redis_broker: Broker
+) -> None:
+    """A SIGTERM as the master sums up a job with every result in (a profile hook's, at
+    _Run._finish) said "stopping the job; results in flight get up to 5 s": nothing was
+    in flight, and the job ends done, exit 0. It says the job is over now."""
+    hook = CATCHING["attempt"].replace(
+        "co_name == 'open_transport'", "co_qualname == '_Run._finish'"
+    )
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal\n\n" + hook.replace("{signal}", RAISED)
+    )
+    queue = f"all-in-{os.getpid()}"
+    worker = started(
+        *("worker", "--exit-when-idle", "20"),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=redis_broker.url,
+        DISTQ_QUEUE=queue,
+    )
+    try:
+        returncode, output = _run_hooked(
+            tmp_path,
+            *("master", "--tasks", "3", "--timeout", "20"),
+            url=redis_broker.url,
+            DISTQ_QUEUE=queue,
+        )
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=30)
+    assert returncode == 0, output
+    assert "all 3 results in and correct" in output, output
+    assert (  # the signal, come and said
+        "SIGTERM: the job is over (every result in), ending already "
+        "(send SIGTERM again to stop at once)\n"
+    ) in output, output
+    assert "results in flight" not in output, output
+
+
 @pytest.mark.parametrize("extra", [["--tasks", "3"], ["--rate", "5"]])
 @pytest.mark.parametrize("where", ["_Run._withdraw", "_Run._finish"])
 def test_a_sigterm_once_a_job_timed_out_keeps_its_timeout_lines(
