@@ -1410,6 +1410,23 @@ def test_leases_restored_from_a_snapshot_come_back_within_two_leases(tmp_path: P
             before.close()
 
 
+@contextlib.contextmanager
+def _master_and_worker(
+    server: LocalRedis,
+) -> Iterator[tuple[Settings, RedisTransport, RedisTransport]]:
+    """``server`` started, its settings (queue "q", leases of 1 s), and a master's and a
+    worker's transport on it, closed after the block."""
+    server.start()
+    settings = Settings(transport="redis", redis_url=server.url, queue="q", lease_seconds=1.0)
+    master = RedisTransport(settings, "master")
+    worker = RedisTransport(settings, "worker")
+    try:
+        yield settings, master, worker
+    finally:
+        worker.close()
+        master.close()
+
+
 def test_a_copy_a_snapshot_restores_after_a_job_with_every_result_in_runs_not_dead_lettered(
     tmp_path: Path,
 ) -> None:
@@ -1422,11 +1439,7 @@ def test_a_copy_a_snapshot_restores_after_a_job_with_every_result_in_runs_not_de
     registration is left to lapse now, as RabbitMQ leaves its reply queue: the copy runs,
     its result pushed to a list that expires with it."""
     with LocalRedis(tmp_path) as server:
-        server.start()
-        settings = Settings(transport="redis", redis_url=server.url, queue="q", lease_seconds=1.0)
-        master = RedisTransport(settings, "master")
-        worker = RedisTransport(settings, "worker")
-        try:
+        with _master_and_worker(server) as (settings, master, worker):
             producer = master.producer(master.reply_queue("j"))
             task = Task(name="jobs:add", args=[1, 2], reply_to=producer.reply_to)
             producer.submit([Codec().seal_task(task)])
@@ -1445,9 +1458,6 @@ def test_a_copy_a_snapshot_restores_after_a_job_with_every_result_in_runs_not_de
                     assert producer.reconcile() == 1  # the snapshot holds it: none again
                     break
             producer.close_answered()
-        finally:
-            worker.close()
-            master.close()
         env = checkout_env(
             PYTHONPATH=f"{REPO / 'tests'}:{REPO / 'src'}",
             DISTQ_TRANSPORT="redis",
@@ -2941,38 +2951,30 @@ def test_tasks_a_snapshot_restores_under_a_live_consumer_it_no_longer_holds_come
     again: its master waited until --timeout); of the same length: acked by count in place
     of the batch it held, which ran again. A call on a new connection now first puts back
     what the consumer does not hold."""
-    with LocalRedis(tmp_path) as server:
-        server.start()
-        settings = Settings(transport="redis", redis_url=server.url, queue="q", lease_seconds=1.0)
-        master = RedisTransport(settings, "master")
-        worker = RedisTransport(settings, "worker")
-        try:
-            producer = master.producer(master.reply_queue("j"))
-            producer.submit([b"a1", b"a2", b"b1", b"b2"])
-            consumer = worker.consumer("w-0")
-            first = consumer.fetch(2, timeout=1)
-            assert [d.body for d in first] == [b"a1", b"a2"]
-            with server.client() as client:
-                client.save()  # the snapshot: a1, a2 in the consumer's in-flight list
-            consumer.settle(
-                [Settlement(d, reply_to=producer.reply_to, result=d.body + b"!") for d in first]
-            )
-            then = consumer.fetch(batch, timeout=1)  # a long task: the slot's link idles
-            server.kill()
-            server.restart()  # from the snapshot: the results of a1, a2 never read
-            time.sleep(1.1)  # idle past the check: the settle goes out on a new connection
-            consumer.settle(
-                [Settlement(d, reply_to=producer.reply_to, result=d.body + b"!") for d in then]
-            )
-            got: list[bytes] = []
-            deadline = time.monotonic() + 4 * settings.lease_seconds
-            while time.monotonic() < deadline and not {b"a1", b"a2"} <= set(got):
-                got += [d.body for d in consumer.fetch(4, timeout=0.2)]
+    with LocalRedis(tmp_path) as server, _master_and_worker(server) as (settings, master, worker):
+        producer = master.producer(master.reply_queue("j"))
+        producer.submit([b"a1", b"a2", b"b1", b"b2"])
+        consumer = worker.consumer("w-0")
+        first = consumer.fetch(2, timeout=1)
+        assert [d.body for d in first] == [b"a1", b"a2"]
+        with server.client() as client:
+            client.save()  # the snapshot: a1, a2 in the consumer's in-flight list
+        consumer.settle(
+            [Settlement(d, reply_to=producer.reply_to, result=d.body + b"!") for d in first]
+        )
+        then = consumer.fetch(batch, timeout=1)  # a long task: the slot's link idles
+        server.kill()
+        server.restart()  # from the snapshot: the results of a1, a2 never read
+        time.sleep(1.1)  # idle past the check: the settle goes out on a new connection
+        consumer.settle(
+            [Settlement(d, reply_to=producer.reply_to, result=d.body + b"!") for d in then]
+        )
+        got: list[bytes] = []
+        deadline = time.monotonic() + 4 * settings.lease_seconds
+        while time.monotonic() < deadline and not {b"a1", b"a2"} <= set(got):
             got += [d.body for d in consumer.fetch(4, timeout=0.2)]
-            assert sorted(got) == [b"a1", b"a2", *([b"b2"] if batch == 1 else [])]
-        finally:
-            worker.close()
-            master.close()
+        got += [d.body for d in consumer.fetch(4, timeout=0.2)]
+        assert sorted(got) == [b"a1", b"a2", *([b"b2"] if batch == 1 else [])]
 
 
 def test_errors_translates_redis_errors_and_passes_the_rest(

@@ -18,7 +18,7 @@ from distq.errors import TransportError
 from distq.master import JobReport, JobSpec, Master
 from distq.retries import retry_bodies
 from distq.squares import Squares
-from distq.transport import Delivery, Settlement, Transport
+from distq.transport import Consumer, Delivery, Settlement, Transport
 from distq.transport.manager import ManagerProducer, ManagerTransport
 from seam import fetch_n, held_until_stopped, ok_result, retried
 
@@ -208,26 +208,34 @@ def test_a_stop_with_the_broker_answering_closes_its_producer(
     assert calls == {"close": 1, "abandon": 0}, out.getvalue()  # tasks unanswered
 
 
+def _counted_closes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each call of a manager producer's close ("close") and close_answered ("answered"),
+    in order, in the list returned (neither closes anything)."""
+    calls: list[str] = []
+    monkeypatch.setattr(ManagerProducer, "close", lambda self: calls.append("close"))
+    monkeypatch.setattr(
+        ManagerProducer, "close_answered", lambda self: calls.append("answered"), raising=False
+    )
+    return calls
+
+
+def _answer(consumer: Consumer, count: int) -> None:
+    """A worker's part: ``count`` tasks fetched and answered, each with its square."""
+    for delivery in fetch_n(consumer, count, within=10):
+        task = Task.decode(delivery.body)
+        result = ok_result(task, task.args[0] ** 2)
+        consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=result)])
+
+
 def test_a_job_with_every_result_in_closes_its_producer_as_answered(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every task answered: the master closes with close_answered, which on RabbitMQ
     leaves its reply queue to expire, so that a copy of a task still queued runs rather
     than being dead-lettered "its master is gone" (after a broker restart, one was)."""
-    calls: list[str] = []
-    monkeypatch.setattr(ManagerProducer, "close", lambda self: calls.append("close"))
-    monkeypatch.setattr(
-        ManagerProducer, "close_answered", lambda self: calls.append("answered"), raising=False
-    )
+    calls = _counted_closes(monkeypatch)
     stop = threading.Event()
-
-    def answer() -> None:
-        for delivery in fetch_n(consumer, 4, within=10):
-            task = Task.decode(delivery.body)
-            result = ok_result(task, task.args[0] ** 2)
-            consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=result)])
-
-    run = threading.Thread(target=answer)
+    run = threading.Thread(target=lambda: _answer(consumer, 4))
     with held_until_stopped(transport.consumer("w"), stop, run) as consumer:
         run.start()
         out = io.StringIO()
@@ -245,18 +253,11 @@ def test_an_endless_job_stopped_with_its_queued_tasks_taken_back_closes_as_not_a
     reply queue or registration to lapse: a copy of one it took back fewer times than it
     submitted (submitted again after a reconcile) would run after it, where its stop
     line says the tasks taken back do not run."""
-    calls: list[str] = []
-    monkeypatch.setattr(ManagerProducer, "close", lambda self: calls.append("close"))
-    monkeypatch.setattr(
-        ManagerProducer, "close_answered", lambda self: calls.append("answered"), raising=False
-    )
+    calls = _counted_closes(monkeypatch)
     stop = threading.Event()
 
     def answer() -> None:
-        for delivery in fetch_n(consumer, 2, within=10):
-            task = Task.decode(delivery.body)
-            result = ok_result(task, task.args[0] ** 2)
-            consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=result)])
+        _answer(consumer, 2)
         threading.Timer(0.5, stop.set).start()  # more queued meanwhile, none taken
 
     run = threading.Thread(target=answer)
