@@ -381,7 +381,9 @@ def test_prometheus_alerts_when_every_worker_has_exited(stack: Stack, tmp_path: 
     target instead of seeing it down, and DistqTargetDown (up == 0) never fired for it.
 
     The stack's Prometheus runs the stack's rules with DistqTargetDown's `for:`
-    shortened (rules_firing_sooner), then as `make up` made it again."""
+    shortened (rules_firing_sooner) from here on: no test after this one reads
+    Prometheus (the image tags, `make down`), and one that does must first call
+    ``stack.recreate_prometheus()``, which made it as `make up` had, for 5-10 s."""
     workers = stack.containers("worker")
     running = {f"{c.ip}:9100" for c in stack.running("worker")}
     # the job's own alert (absent(), no instance label): a target seen down (up == 0) for
@@ -405,7 +407,6 @@ def test_prometheus_alerts_when_every_worker_has_exited(stack: Stack, tmp_path: 
     finally:
         for worker in workers:
             docker("start", worker.name)
-        stack.recreate_prometheus()
     wait_for("the workers running again", lambda: len(stack.running("worker")) == len(workers), 60)
 
 
