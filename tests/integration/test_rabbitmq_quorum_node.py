@@ -74,7 +74,10 @@ def open_transport(node: LocalRabbitMQ, queue: str) -> Iterator[Open]:
 
 
 def _delivery_limit(node: LocalRabbitMQ, pattern: str, limit: int) -> None:
-    """A policy giving the queues named by ``pattern`` a delivery limit of ``limit``."""
+    """A policy giving the queues named by ``pattern`` a delivery limit of ``limit``. Set
+    before a test opens its links: rabbitmqctl is an Erlang VM of its own (tens of seconds
+    on a loaded host), and a master's link left idle that long misses its heartbeats (15
+    s; the broker closes it after two): "Connection reset by peer" at its next submit."""
     definition = json.dumps({"delivery-limit": limit})
     name = f"limit-{uuid.uuid4().hex[:6]}"
     node.ctl("set_policy", name, pattern, definition, "--apply-to", "queues")
@@ -129,9 +132,9 @@ def test_a_task_handed_back_past_a_delivery_limit_is_not_dropped_unanswered(
     4's default is 20) gets no error result: its master waits until its --timeout.
     Hand-backs count as deliveries there: three stopping workers, each handing the task
     back unrun, and a limit of 2 dropped it (rmq31)."""
+    _delivery_limit(node, f"^{queue}$", 2)
     t = open_transport(rabbitmq_queue_type="quorum")
     producer = t.producer(t.reply_queue("p"))
-    _delivery_limit(node, f"^{queue}$", 2)
     producer.submit([b"t1"])
     producer.flush()
     for hand_back in range(1, 5):
@@ -202,9 +205,9 @@ def test_a_task_pushed_to_closing_consumers_past_a_delivery_limit_is_not_dropped
     the connection's close: a requeue, a delivery counted on a quorum queue each time,
     and at a delivery limit the task was dead-lettered unrun, its master never answered
     (rmq31): a hand-back publishes them again, as a release does."""
+    _delivery_limit(node, f"^{queue}$", 2)
     t = open_transport(rabbitmq_queue_type="quorum")
     producer = t.producer(t.reply_queue("p"))
-    _delivery_limit(node, f"^{queue}$", 2)
     producer.submit([b"t1"])
     producer.flush()
     for _ in range(4):
@@ -298,9 +301,9 @@ def test_prefetch_resizes_on_a_quorum_queue_drop_no_task_at_a_delivery_limit(
     had sent on its way when the cancel came went back to the queue (RabbitMQ returned
     it, or pika rejected it): a delivery counted on a quorum queue for a task no slot
     took, and at a delivery limit the task was dead-lettered unrun (rmq32)."""
+    _delivery_limit(node, f"^{queue}$", 0)  # dead-lettered at its first requeue
     t = open_transport(rabbitmq_queue_type="quorum")
     producer = t.producer(t.reply_queue("p"))
-    _delivery_limit(node, f"^{queue}$", 0)  # dead-lettered at its first requeue
     done: list[bytes] = []
     for batch in range(5):
         consumer = t.consumer("c")
@@ -350,9 +353,9 @@ def test_heartbeats_on_a_quorum_queue_drop_no_task_at_a_delivery_limit(
     until the broker's Cancel-ok: a delivery counted on a quorum queue for a task no slot
     took, and at a delivery limit the task was dead-lettered unrun (3 to 8 of 80 here, rmq32).
     Such deliveries are taken in now, and handed back as the buffered ones are."""
+    _delivery_limit(node, f"^{queue}$", 0)  # dead-lettered at its first requeue
     t = open_transport(rabbitmq_queue_type="quorum")
     producer = t.producer(t.reply_queue("p"))
-    _delivery_limit(node, f"^{queue}$", 0)  # dead-lettered at its first requeue
     consumer = t.consumer("c")
     producer.submit([b"long"])
     producer.flush()

@@ -46,6 +46,7 @@ class LocalRabbitMQ(LocalServer):
 
     name = "rabbitmq"
     grace = 30.0
+    port_taken_says = (b"dist_port_already_used", b"eaddrinuse")
     #: Erlang VM flags: no busy-waiting schedulers (on 2 cores their spinning takes CPU
     #: from everything else); distribution on loopback; epmd is ours.
     ERL_ARGS = (
@@ -72,15 +73,19 @@ class LocalRabbitMQ(LocalServer):
         self.advanced_config = advanced_config
         self.plugins = tuple(plugins)
         self.tls = tls
+        self._epmd: subprocess.Popen[bytes] | None = None
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        """Free ports for each listener, and a node name of its own (Mnesia's directory)."""
         self.node = f"distq-{secrets.token_hex(4)}@localhost"
         self.tcp_port = free_port()
-        self.tls_port = free_port() if tls else None
+        self.tls_port = free_port() if self.tls else None
         self.port = self.tls_port or self.tcp_port
         self.management_port = free_port() if "rabbitmq_management" in self.plugins else None
         self.prometheus_port = free_port() if "rabbitmq_prometheus" in self.plugins else None
         self._epmd_port = free_port()
         self._dist_port = free_port()
-        self._epmd: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> Self:
         """Start the node (and its epmd); return once AMQP (and management) answer."""

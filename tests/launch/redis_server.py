@@ -26,6 +26,7 @@ class LocalRedis(LocalServer):
     """
 
     name = "redis"
+    port_taken_says = (b"Address already in use",)
 
     def __init__(
         self,

@@ -54,6 +54,8 @@ class LocalServer:
     name: ClassVar[str]
     #: Seconds between SIGTERM and SIGKILL in :meth:`stop`.
     grace: ClassVar[float] = 10.0
+    #: What the server's log says when a port of its was in use (see :meth:`start`).
+    port_taken_says: ClassVar[tuple[bytes, ...]] = ()
     port: int
 
     def __init__(self, workdir: Path, *, die_with_parent: bool = False) -> None:
@@ -61,6 +63,7 @@ class LocalServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started = False  # once: its ports are the server's from then on
 
     @property
     def pid(self) -> int | None:
@@ -75,17 +78,36 @@ class LocalServer:
         return self.workdir / f"{self.name}.log"
 
     def start(self, timeout: float = 30) -> Self:
-        """Start the server and return once it answers; on failure nothing is left running."""
+        """Start the server and return once it answers; on failure nothing is left running.
+
+        free_port() saw each port free, but with several test runs on one host another
+        process may take one before the server does: a first start whose log says so
+        (:attr:`port_taken_says`) goes again on new ports (:meth:`_pick_ports`), up to
+        :data:`PORT_TRIES` times. A restart keeps its ports (its clients' URLs name them).
+        """
         if self.pid is not None:
             raise ServerError(f"{self.name} already runs (pid {self.pid})")
-        try:
-            self._prepare()
-            self._proc = self.spawn(self._command(), self.log_path)
-            self._wait_until_answers(self._proc, timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        tries = 1
+        while True:
+            logged = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                self._prepare()
+                self._proc = self.spawn(self._command(), self.log_path)
+                self._wait_until_answers(self._proc, timeout)
+            except BaseException as exc:
+                self.stop()
+                if (
+                    not isinstance(exc, ServerError)
+                    or self._started
+                    or tries >= PORT_TRIES
+                    or not self._port_taken(logged)
+                ):
+                    raise
+                tries += 1
+                self._pick_ports()
+            else:
+                self._started = True
+                return self
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL to its process group after ``grace`` seconds; idempotent."""
@@ -139,6 +161,17 @@ class LocalServer:
     def _prepare(self) -> None:
         """Write configuration, start helpers: before each start."""
 
+    def _pick_ports(self) -> None:
+        """New free ports for a first start again (:meth:`start`)."""
+        self.port = free_port()
+
+    def _port_taken(self, logged: int) -> bool:
+        """Whether the start whose log began at byte ``logged`` failed on a port in use."""
+        with self.log_path.open("rb") as log:
+            log.seek(logged)
+            said = log.read()
+        return any(words in said for words in self.port_taken_says)
+
     def _stop_helpers(self) -> None:
         """End what :meth:`_prepare` started: on stop."""
 
@@ -169,6 +202,10 @@ class LocalServer:
                     f"{tail(self.log_path)}"
                 )
             time.sleep(0.1)
+
+
+#: How many sets of ports a server's first start tries (see :meth:`LocalServer.start`).
+PORT_TRIES = 3
 
 
 def free_port() -> int:

@@ -781,8 +781,10 @@ def test_a_renewal_that_came_past_the_lease_is_said_once(
     assert said.count("warning: renewing the leases of running tasks came ") == 1, said
     assert "run fewer slots (--concurrency)" in said and len(calls) >= 3, said
     # the time went in the renewal before, not in this process: said so, not only "this
-    # process was held up" (a paused manager master blocked the call: obs16)
-    assert "the renewal before it took 1.2 s to return (a broker that did not answer" in said
+    # process was held up" (a paused manager master blocked the call: obs16). Its 1.2 s
+    # and the call's own time: "took 1.2 s" failed once at load 16 ("came 0.5 s past")
+    took = re.search(r"the renewal before it took (\d+\.\d) s to return \(a broker that", said)
+    assert took is not None and float(took[1]) >= 1.2, said
     assert "this process was held up" not in said, said
     producer.close()
 
