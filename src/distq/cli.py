@@ -374,7 +374,7 @@ def _master(args: argparse.Namespace, settings: Settings, console: Console) -> i
         return EXIT_CONFIG  # said, with the job's report: a setting the broker refused
     # an endless --rate stopped is its end, before its workers came as after (as while
     # connecting: exit 0): a rollout or scale-down before they attach is no failure
-    stopped = stop.is_set() and not (over and over[0])  # not a stop past its --timeout
+    stopped = stop.is_set() and not (over and over[0])  # not a stop once the job was over
     endless_stopped = spec.tasks is None and stopped and not report.problems
     return 0 if (report.succeeded or endless_stopped) and written else EXIT_FAILED
 
@@ -426,8 +426,9 @@ def _stop_job(
 ) -> None:
     """The master's first SIGTERM or SIGINT stops the job, giving the results in flight
     ``drain`` s; a second stops it at once. Each says so (they were silent for the
-    drain's 5 s, and the second did nothing). A job past its --timeout ends as timed
-    out, without the drain: the first says that instead (``over``, Master.run)."""
+    drain's 5 s, and the second did nothing). A job already over (past its --timeout,
+    or every result in) ends as it was ending, without the drain: the first says that
+    instead (``over``, Master.run)."""
     name = signal.Signals(signum).name
     if not stop.is_set():
         over.append("")  # the job's end: a stop, unless the job said it was over first

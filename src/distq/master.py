@@ -206,9 +206,9 @@ class Master:
         set; then give results in flight ``drain_seconds``, unless ``hurry`` is set.
 
         ``over``: the job's end, decided once: whoever appends first, the job (why it
-        ended on its own: "past its --timeout") or the one that sets ``stop`` (""), says
-        how it ends; a stop that comes after the job's end changes nothing of it. Without
-        it, ``stop`` set as the loop ends is a stop."""
+        ended on its own: "past its --timeout", "every result in") or the one that sets
+        ``stop`` (""), says how it ends; a stop that comes after the job's end changes
+        nothing of it. Without it, ``stop`` set as the loop ends is a stop."""
         producer = self.transport.producer(self.reply_to)
         stop = stop or threading.Event()
         producer.stop_waiting_on(stop)

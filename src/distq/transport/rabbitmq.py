@@ -811,8 +811,8 @@ class RabbitMQProducer(Producer):
 
     def close_answered(self) -> None:
         """Disconnect, the reply queue left to its x-expires: see the base class. After a
-        broker restart, copies of a job's last tasks that a worker had handed back (the
-        ack of their original lost with its link) were dead-lettered "its master is
+        broker restart, copies of a job's last tasks (most likely handed back by a worker,
+        the ack of their original lost with its link) were dead-lettered "its master is
         gone" as the job ended, every result in (test_rabbitmq_cancel_faults)."""
         self._close(delete=False)
 
