@@ -692,6 +692,21 @@ CATCHING = {
 }
 
 
+def _catching_at(qualname: str, event: str = "call") -> str:
+    """The "attempt" hook of :data:`CATCHING`, at ``qualname``'s ``event`` in place of
+    open_transport's call: its signal sent and swallowed there."""
+    hook = CATCHING["attempt"].replace("event == 'call'", f"event == {event!r}")
+    return hook.replace("co_name == 'open_transport'", f"co_qualname == {qualname!r}")
+
+
+def _sitecustomize(tmp_path: Path, hook: str) -> None:
+    """``hook`` (where ``{signal}`` is :data:`RAISED`) as the ``sitecustomize`` of the
+    Python that runs from ``tmp_path``: it runs as that Python starts."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal\n\n" + hook.replace("{signal}", RAISED)
+    )
+
+
 @pytest.mark.parametrize("where", sorted(CATCHING))
 def test_a_sigterm_swallowed_before_the_broker_answers_starts_no_work(
     tmp_path: Path, redis_broker: Broker, where: str
@@ -722,8 +737,7 @@ def test_a_sigterm_swallowed_once_connected_ends_the_worker_before_its_task_loop
     as its Worker is made): the worker started its task loop, and the alarm ended it
     mid-loop 2 s on, exit 1 (the loop's), its leases held. It now ends before the loop,
     exit 0."""
-    body = CATCHING["attempt"].replace("co_name == 'open_transport'", f"co_qualname == {where!r}")
-    _task_module(tmp_path, "catching", body)
+    _task_module(tmp_path, "catching", _catching_at(where))
     returncode, output = _run_hooked(
         tmp_path,
         *("worker", "--tasks", "catching"),
@@ -801,11 +815,7 @@ def test_a_sigterm_swallowed_once_connected_starts_no_job(
     from the sitecustomize of the master's Python): the master started its job ("master
     ...: redis at ...", its tasks sent to the queue) until the alarm ended it 2 s on. It
     now ends before the job, as a stop while connecting does."""
-    hook = CATCHING["attempt"].replace("event == 'call'", "event == 'return'")
-    hook = hook.replace("co_name == 'open_transport'", "co_qualname == '_connect'")  # cli's
-    (tmp_path / "sitecustomize.py").write_text(
-        "import os, signal\n\n" + hook.replace("{signal}", RAISED)
-    )
+    _sitecustomize(tmp_path, _catching_at("_connect", "return"))  # cli's
     returncode, output = _run_hooked(
         tmp_path,
         *("master", "--tasks", "3"),
@@ -823,12 +833,7 @@ def test_a_sigterm_once_every_result_is_in_says_the_job_is_over(
     """A SIGTERM as the master sums up a job with every result in (a profile hook's, at
     _Run._finish) said "stopping the job; results in flight get up to 5 s": nothing was
     in flight, and the job ends done, exit 0. It says the job is over now."""
-    hook = CATCHING["attempt"].replace(
-        "co_name == 'open_transport'", "co_qualname == '_Run._finish'"
-    )
-    (tmp_path / "sitecustomize.py").write_text(
-        "import os, signal\n\n" + hook.replace("{signal}", RAISED)
-    )
+    _sitecustomize(tmp_path, _catching_at("_Run._finish"))
     queue = f"all-in-{os.getpid()}"
     worker = started(
         *("worker", "--exit-when-idle", "20"),
@@ -865,10 +870,7 @@ def test_a_sigterm_once_a_job_timed_out_keeps_its_timeout_lines(
     "job stopped", and lost the line that no worker slot is attached and the --timeout
     advice. Then it said "stopping the job; results in flight get up to 5 s", which no
     longer happens: the job ends as timed out, its exit 1 (an endless --rate job's too)."""
-    hook = CATCHING["attempt"].replace("co_name == 'open_transport'", f"co_qualname == {where!r}")
-    (tmp_path / "sitecustomize.py").write_text(
-        "import os, signal\n\n" + hook.replace("{signal}", RAISED)
-    )
+    _sitecustomize(tmp_path, _catching_at(where))
     returncode, output = _run_hooked(
         tmp_path,
         *("master", *extra, "--timeout", "1"),
