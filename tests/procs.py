@@ -83,6 +83,30 @@ class Distq:
                 f"distq {' '.join(self.args)} still running after {timeout} s:\n{out}"
             ) from None
 
+    def connected_to(self, port: int) -> bool:
+        """Whether the process holds an established TCP connection to ``port`` (Linux
+        /proc; False elsewhere): its start-up is done and it waits on that server's
+        answer. The kernel completes the connect for a server paused by SIGSTOP too."""
+        pid = self.proc.pid
+        try:
+            inodes = {
+                link.removeprefix("socket:[").removesuffix("]")
+                for fd in Path(f"/proc/{pid}/fd").iterdir()
+                if (link := os.readlink(fd)).startswith("socket:[")
+            }
+            rows = [
+                row.split()
+                for table in ("tcp", "tcp6")
+                for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            ]
+        except OSError:  # no /proc, the process gone, an fd closed while listed
+            return False
+        # columns: sl local_address rem_address st ... inode; st 01 is ESTABLISHED
+        return any(
+            int(r[2].rpartition(":")[2], 16) == port and r[3] == "01" and r[9] in inodes
+            for r in rows
+        )
+
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -12,6 +12,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -206,31 +207,51 @@ def test_a_paused_broker_is_no_idle_time_for_exit_when_idle(
     "task_queue is empty" during the pause and exited as the broker came back, leaving
     the job submitted then unrun (docs23 M1; on RabbitMQ, whose wait for deliveries asks
     the broker nothing, until the heartbeats time out). Its idle time counts from the
-    broker's answer: the job a master submits as the broker comes back runs."""
+    broker's answer: the job a master submits as the broker comes back runs.
+
+    The broker comes back once the master waits on it: a master still starting then
+    (6-7 s on a loaded machine, 2.5 s of it in the pause) came past the worker's idle
+    time, which rightly ran out first (flaky61). JSON lines: each says when."""
     broker: LocalRedis | LocalRabbitMQ = request.getfixturevalue(f"private_{kind}")
     s = scenario(
         target_on(kind, broker.url),
         "broker paused, the worker idle",
         f"SIGSTOP for {PAUSE_SECONDS:g} s, a worker with --exit-when-idle {IDLE_SECONDS:g}",
     )
-    worker = s.worker("--exit-when-idle", f"{IDLE_SECONDS:g}")
-    worker.wait_for(r"^Connect to ")
+    env = s.env(DISTQ_LOG_FORMAT="json")
+    worker = s.worker("--exit-when-idle", f"{IDLE_SECONDS:g}", env=env)
+    worker.wait_for(r"Connect to ")
     time.sleep(0.5)  # its slots connected: idle from here on
     broker.pause()
+    said = [f"paused at {_utc()}"]
     try:
         time.sleep(PAUSE_SECONDS - 2.5)
         # it connects as the broker comes back (pika waits 15 s, redis-py 5 s for an answer)
-        master = Distq(["master", "--tasks", "20", "--timeout", "30"], s.env())
+        master = Distq(["master", "--tasks", "20", "--timeout", "30"], env)
         time.sleep(2.5)
+        deadline = time.monotonic() + 60
+        while not (door := master.connected_to(broker.port)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        said.append(f"the master {'at' if door else 'NOT at'} the broker's door at {_utc()}")
     finally:
         broker.resume()
+        said.append(f"resumed at {_utc()}")
     try:
-        assert master.wait(60) == 0, f"{master.output()}\n{s.outputs()}"
-        assert "all 20 results in and correct" in master.output(), master.output()
-        assert worker.wait(30) == 0, s.outputs()
-        assert worker.output().count("task_queue is empty") == 1, s.outputs()
+
+        def told() -> str:
+            return f"{said}\n--- master\n{master.output()}\n{s.outputs()}"
+
+        assert master.wait(60) == 0, told()
+        assert "all 20 results in and correct" in master.output(), told()
+        assert worker.wait(30) == 0, told()
+        assert worker.output().count("task_queue is empty") == 1, told()
     finally:
         master.stop()
+
+
+def _utc() -> str:
+    """Now as the JSON lines' timestamps say it, to read beside them."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @pytest.mark.parametrize("signals", [1, 2], ids=["warm", "cold"])
