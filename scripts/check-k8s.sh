@@ -14,7 +14,8 @@
 #   tests/k8s/crd/node_modules   `npm ci` of tests/k8s/crd/package-lock.json: the KEDA and
 #                         Prometheus Operator models and TypeScript. Needs Node.js 18 or newer
 #                         with npm; as root on Debian they are installed when missing.
-# Each part is reinstalled only when its pin file changed (a hash is kept beside it).
+# Each part is reinstalled only when its pin file changed (a hash is kept beside it); one
+# caller at a time installs (.build/k8s-tools.lock), the others wait for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -78,8 +79,21 @@ provision_node_tools() {
 }
 
 mkdir -p .build
+# One provisioning at a time: tests/k8s calls --provision from each pytest-xdist process
+# (`make test` runs its modules side by side), and on a fresh clone the four found no
+# stamp: four venvs, pip installs and two npm ci into the same directories, their output
+# interleaved in one pip-install.log. A caller that waited finds the stamps the first one
+# wrote. Without flock (macOS): unlocked, as before.
+if command -v flock >/dev/null 2>&1; then
+    exec 9>.build/k8s-tools.lock
+    if ! flock -n 9; then
+        log "waiting for another check-k8s.sh to finish installing the tools"
+        flock 9
+    fi
+fi
 provision_python_tools
 provision_node_tools
+exec 9>&- # unlocked: the tests below need not hold it
 
 if [ "${1:-}" = --provision ]; then
     exit 0
