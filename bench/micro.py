@@ -136,6 +136,37 @@ def _mac() -> Callable[[bytes], bytes]:
     return mac
 
 
+def both_ends(codec: Codec) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A batch of ``BATCH`` tasks through ``codec`` at each end, per task all that signing
+    touches there: the worker's (each task opened and run, the results packed and sealed
+    as its settle sends them) and the master's (the tasks sealed, the results' pack
+    opened and each result read). The same with and without keys: the difference is
+    what signing costs a task on a broker where a task is a message of its own (Redis,
+    manager), the MACs and all around them."""
+    tasks = [Task("square", [n], REPLY_TO) for n in range(BATCH)]
+    deliveries = [Delivery(body, body) for body in seal_tasks_of(codec, tasks)]
+    endings = Endings("host-1-0", "distq", codec)
+    runner = TaskRunner(Registry(), endings, Console(quiet=True, out=io.StringIO()))
+    settled = endings.settlements([runner(d) for d in deliveries])
+    packs = [s.result for s in settled if s.result is not None]
+
+    def worker() -> None:
+        endings.settlements([runner(d) for d in deliveries])
+
+    def master() -> None:
+        seal_tasks_of(codec, tasks)
+        open_batch(codec, packs)
+
+    return worker, master
+
+
+def seal_tasks_of(codec: Codec, tasks: list[Task]) -> list[bytes]:
+    """A master's batch of tasks sealed, in one call where the code measured has it."""
+    if hasattr(codec, "seal_tasks"):
+        return codec.seal_tasks(tasks)
+    return [codec.seal_task(task) for task in tasks]
+
+
 class LoneTasks(Consumer):
     """A consumer that hands a slot its tasks one at a time, as a job of lone tasks
     does (``--max-in-flight 1``): each settle brings the next task, and the last one's
@@ -434,12 +465,6 @@ def steps() -> dict[str, Step]:
         for delivery in deliveries:
             text_runner(delivery)
 
-    def seal_tasks(codec: Codec) -> list[bytes]:
-        """A master's batch of tasks sealed, in one call where the code measured has it."""
-        if hasattr(codec, "seal_tasks"):
-            return codec.seal_tasks(tasks)
-        return [codec.seal_task(task) for task in tasks]
-
     master_log = MasterTelemetry(None, JsonConsole("master", out=out))
 
     def json_master() -> None:
@@ -454,6 +479,7 @@ def steps() -> dict[str, Step]:
         collected(master_metrics, results)
 
     small = small_batches(worker_metrics, master_metrics, endings, results)
+    plain_ends, signed_ends = both_ends(plain), both_ends(signed)
 
     return {
         "master: make a task": (
@@ -495,9 +521,17 @@ def steps() -> dict[str, Step]:
             BATCH,
             50,
         ),
-        "master: seal a batch's tasks (128), per task": (lambda: seal_tasks(plain), BATCH, 50),
+        "master: seal a batch's tasks (128), per task": (
+            lambda: seal_tasks_of(plain, tasks),
+            BATCH,
+            50,
+        ),
         "signing: seal a task": (lambda: signed.seal_task(task), 1, 2000),
-        "signing: seal a batch's tasks (128), per task": (lambda: seal_tasks(signed), BATCH, 50),
+        "signing: seal a batch's tasks (128), per task": (
+            lambda: seal_tasks_of(signed, tasks),
+            BATCH,
+            50,
+        ),
         "signing: open a task": (lambda: signed.open_task(signed_task), 1, 2000),
         "signing: open a result": (lambda: signed.open_result(signed_result), 1, 2000),
         "signing: seal a result": (lambda: signed.seal_result(result), 1, 2000),
@@ -515,6 +549,26 @@ def steps() -> dict[str, Step]:
             functools.partial(_mac(), task_body),
             1,
             2000,
+        ),
+        "signing off: worker, 128 tasks opened, run, their results packed, per task": (
+            plain_ends[0],
+            BATCH,
+            20,
+        ),
+        "signing: worker, 128 tasks opened, run, their results packed, per task": (
+            signed_ends[0],
+            BATCH,
+            20,
+        ),
+        "signing off: master, 128 tasks sealed, their results' pack opened, per task": (
+            plain_ends[1],
+            BATCH,
+            50,
+        ),
+        "signing: master, 128 tasks sealed, their results' pack opened, per task": (
+            signed_ends[1],
+            BATCH,
+            50,
         ),
         "metrics: worker, per task": (lambda: worker_metrics.settled(endings), BATCH, 50),
         "metrics: master, per task": (metrics_master, BATCH, 50),

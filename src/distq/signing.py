@@ -242,17 +242,20 @@ class Signer:
         retry reads ``tasks`` again from its start."""
         header, copy = self._signing["task"]
         sign, join = self.sign, b"".join
+        # an envelope up to this long is signed DQSIG3 and within ``most`` once signed:
+        # one length checked a task, not the envelope's and then the message's
+        inline = min(BLAKE2B_MOST, most - _HEADER_LENGTH)
         sealed = []
         for task in tasks:
             envelope = envelope_of(task)
             if envelope is None:
                 return None
-            if len(envelope) <= BLAKE2B_MOST:
+            if len(envelope) <= inline:
                 state = copy()
                 state.update(envelope)
-                body = join((header, state.hexdigest().encode(), b"\n", envelope))
-            else:
-                body = sign(envelope, "task")
+                sealed.append(join((header, state.hexdigest().encode(), b"\n", envelope)))
+                continue
+            body = sign(envelope, "task")
             if len(body) > most:
                 return None
             sealed.append(body)

@@ -809,6 +809,11 @@ def test_a_signers_batch_of_tasks_is_each_signed_as_alone_or_none() -> None:
     assert signer.seal_tasks(envelopes, bytes, 513 + HEADER_BYTES) == [
         signer.sign(e, "task") for e in envelopes
     ]
+    # a short envelope over a limit below 512 bytes once signed: that batch too
+    short = [b"x" * 100]
+    assert signer.seal_tasks(short, bytes, 99 + HEADER_BYTES) is None
+    assert signer.seal_tasks(short, bytes, 100 + HEADER_BYTES) == [dqsig3(NEW, short[0])]
+    assert signer.seal_tasks(short, bytes, HEADER_BYTES - 1) is None
 
 
 def refused(signer: Signer, message: bytes) -> tuple[str, str]:
