@@ -353,7 +353,12 @@ class Task(msgspec.Struct, frozen=True, gc=False):
     def encode_shallow(self) -> bytes | None:
         """:meth:`encode` by the fast path, whose JSON nests at most :data:`SHALLOW_NESTING`
         levels (so no need to count them); None when the task takes the stdlib's."""
-        if _plain(self.args) and _plain(self.kwargs) and math.isfinite(self.created_at):
+        kwargs = self.kwargs  # most often none: an empty dict needs no look inside
+        if (
+            _plain(self.args)
+            and ((type(kwargs) is dict and not kwargs) or _plain(kwargs))
+            and math.isfinite(self.created_at)
+        ):
             wire = _TaskWire(
                 1,
                 self.id,

@@ -298,6 +298,16 @@ class WorkerHealth(ProcessHealth):
             self.dead_lettered += failed + malformed + orphaned
             self.in_hand -= ok + failed + retried + malformed + released + orphaned + kept
 
+    def finished_ok(self, since: float | None = None) -> None:
+        """:meth:`finished` of one task that ended ok, nothing else settled nor handed
+        back: a lone task's settle (``--max-in-flight 1``), with no keywords spread nor
+        outcomes of none added up (82 opcodes, 25 here)."""
+        with self._lock:
+            now = self._now()
+            self._last_activity = max(self._last_activity, now if since is None else since)
+            self.tasks_ok += 1
+            self.in_hand -= 1
+
     def now(self) -> float:
         """This health's clock (monotonic seconds), for :meth:`finished`'s ``since``."""
         return self._now()

@@ -819,7 +819,10 @@ class Worker:
         released -= kept
         if len(endings) == 1 and endings[0].outcome == "ok" and endings[0].note is None:
             # a lone task's: no table of outcomes to build and spread as keywords
-            self.health.finished(ok=1, released=released, kept=kept, since=since)
+            if released or kept:
+                self.health.finished(ok=1, released=released, kept=kept, since=since)
+            else:
+                self.health.finished_ok(since)
             self.telemetry.settled(endings, released, at)
             return
         counts: dict[str, int] = dict.fromkeys(_OUTCOMES, 0)

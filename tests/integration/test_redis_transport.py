@@ -48,6 +48,8 @@ from distq.errors import (
     TransportError,
 )
 from distq.tasks import Registry
+from distq.transport import redis as redis_transport
+from distq.transport import redis_wire
 from distq.transport.base import Delivery, Settlement, orphaned_reason
 from distq.transport.redis import RedisConsumer, RedisProducer, RedisTransport
 from distq.transport.redis_scripts import ALLOW_OOM, CLAIM_BYTES, REPLY_GRACE_MS
@@ -971,6 +973,37 @@ def test_a_settle_that_went_through_is_said_while_the_wait_for_tasks_goes_on(
         waiting.join(10)
     assert got == [[b"b"]]
     assert producer.results(5, 1) == [b"r"]
+
+
+def test_a_lone_round_trip_checks_its_replies_in_line(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone task's round trip, both ends: the worker's settle and claim, and the
+    master's submit and wait for its result, check their replies where they read them,
+    with no list made for ``raise_first`` nor a call asking whether Redis is full of a
+    reply that is no error (issue 16); the tasks and results are the same."""
+    asked = {"raise_first": 0, "refused_for_memory": 0}
+    raise_first, refused = redis_wire.raise_first, RedisTransport.refused_for_memory
+
+    def counted_raise_first(replies: Any) -> None:
+        asked["raise_first"] += 1
+        raise_first(replies)
+
+    def counted_refused(self: RedisTransport, reply: object) -> bool:
+        asked["refused_for_memory"] += 1
+        return refused(self, reply)
+
+    transport = open_transport()
+    producer = transport.producer(transport.reply_queue("j"))
+    consumer = transport.consumer("w")
+    producer.submit([b"a", b"b"])
+    (task,) = consumer.fetch(1, timeout=1)
+    monkeypatch.setattr(redis_transport, "raise_first", counted_raise_first)
+    monkeypatch.setattr(RedisTransport, "refused_for_memory", counted_refused)
+    done = Settlement(task, reply_to=producer.reply_to, result=b"ra")
+    assert [d.body for d in consumer.settle_then_fetch([done], 1, 5)] == [b"b"]
+    assert producer.submit_then_results([b"c"], 1, 1) == [b"ra"]
+    assert asked == {"raise_first": 0, "refused_for_memory": 0}
 
 
 def test_a_redis_kept_full_by_other_data_still_runs_the_job(tmp_path: Path) -> None:

@@ -218,3 +218,29 @@ def test_nan_results_are_written_as_json_writes_them() -> None:
     assert b"[NaN,Infinity]" in result.encode()
     decoded = Result.decode(result.encode()).value
     assert math.isnan(decoded[0]) and decoded[1] == float("inf")
+
+
+def test_a_task_without_keywords_is_encoded_without_a_look_into_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A master's usual task has no keywords: its empty dict is written as it is, with
+    no call of ``_plain`` to look into it (a lone task's, issue 16); its arguments are
+    still looked at, and an empty mapping of another type still takes the reference."""
+    looked: list[object] = []
+    plain = envelope._plain
+
+    def counted(value: Any, depth: int = 0) -> bool:
+        looked.append(value)
+        return plain(value, depth)
+
+    monkeypatch.setattr(envelope, "_plain", counted)
+    task = Task("square", [3], "r")
+    body = task.encode_shallow()
+    assert body is not None and Task.decode(body) == task
+    assert body == json.dumps(json.loads(body), separators=(",", ":")).encode()
+    assert looked == [[3]]
+
+    class Keywords(dict[str, Any]):
+        pass
+
+    assert Task("square", [3], "r", Keywords()).encode_shallow() is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from distq.backoff import Backoff
 from distq.batch import Batch
 from distq.console import Console
 from distq.envelope import Task
+from distq.health import HealthSnapshot, WorkerHealth
 from distq.slots import Slot
 from distq.tasks import Registry
 from distq.timelimits import TimeLimits
@@ -133,3 +135,25 @@ def test_a_batch_that_ran_whole_has_no_rest_taken(monkeypatch: pytest.MonkeyPatc
     consumer = run_lone_tasks(worker)
     assert len(consumer.settled) == LONE_TASKS and worker.health.tasks_ok == LONE_TASKS
     assert taken == []
+
+
+def test_a_lone_task_that_ended_ok_is_counted_without_the_table_of_outcomes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A settle of one task that ended ok counts it as ok, out of the hand, with no
+    keywords spread into ``WorkerHealth.finished`` (its sums of six outcomes, most of
+    them 0): the counts are the same."""
+    spread: list[dict[str, object]] = []
+    finished = WorkerHealth.finished
+
+    def counted(self: WorkerHealth, **counts: Any) -> None:
+        spread.append(counts)
+        finished(self, **counts)
+
+    monkeypatch.setattr(WorkerHealth, "finished", counted)
+    worker = lone_worker()
+    consumer = run_lone_tasks(worker)
+    assert len(consumer.settled) == LONE_TASKS
+    assert (worker.health.tasks_ok, worker.health.in_hand) == (LONE_TASKS, 0)
+    assert worker.health.snapshot() == HealthSnapshot(LONE_TASKS, 0, 0, 0)
+    assert spread == []

@@ -959,11 +959,12 @@ class RedisProducer(Producer):
         """The results of a take (:meth:`_take_commands`) from its replies; ``submitted``:
         the bodies its script pushes (and counts) first, if it succeeded."""
         waited = commands[-1][0] == "BLMOVE"
+        last = replies[-1]
         if waited:  # a take of one result: the wait's reply is the read
-            if self._t.refused_for_memory(replies[-1]):  # full: read at the next take
+            if not isinstance(last, Exception):
+                replies[-1] = [] if last is None else [last]
+            elif self._t.refused_for_memory(last):  # full: read at the next take
                 replies[-1] = []
-            elif not isinstance(replies[-1], Exception):
-                replies[-1] = [] if replies[-1] is None else [replies[-1]]
         if len(replies) == 3 and self._t.refused_for_memory(replies[1]):  # full: no wait
             replies = [replies[0], replies[2]]
         taken, bodies = replies[0], replies[-1]
@@ -1190,7 +1191,7 @@ class RedisConsumer(Consumer):
             return []
         self.late = frozenset()
         self._w.check(IDLE_CHECK_SECONDS)
-        tags = tags_of((s.delivery for s in settlements), bytes, "redis")
+        tags = tags_of([s.delivery for s in settlements], bytes, "redis")
         held, count = self._held, len(tags)
         if tags != held[:count]:  # not the oldest, in order: acks by body, then a fetch
             self.settle(settlements)
@@ -1221,21 +1222,26 @@ class RedisConsumer(Consumer):
                     self._unanswered.append(tags)
                 raise
             settled, first, reply = replies[0], replies[1] if block > 0 else None, replies[-1]
-            if self._t.refused_for_memory(first):  # full: the claim ran all the same
+            if isinstance(first, ResponseError) and self._t.refused_for_memory(first):
+                # full: the claim ran all the same
                 first = None
             if isinstance(settled, NoScriptError):  # it runs after the claim: by body, below
                 settled = self._t.settle_script.evaluate(self._w, settle)
             if isinstance(reply, NoScriptError):
                 reply = self._t.claim_script.evaluate(self._w, claim)
-            raise_first([settled])
+            if isinstance(settled, Exception):  # as raise_first, without its lists
+                raise settled
+            failed = isinstance(first, Exception) or isinstance(reply, Exception)
             if settled == 1:
                 self._ran += 1
                 del held[:count]
-                if isinstance(first, Exception) or isinstance(reply, Exception):
+                if failed:
                     _settled_then_raise_first(self._t, [first, reply])  # not on the way
-            raise_first([first, reply])
+            if failed:
+                raise_first([first, reply])
             out = self._claimed(reply, max_count, first)
-            held += [d.body for d in out]
+            for delivery in out:
+                held.append(delivery.body)
             if settled != 1:  # the in-flight list was not what it holds: ack by body
                 done = self._settle_by_body(settlements, tags, {d.body for d in out})
                 if done:  # done: not run again (see the docstring)
@@ -1289,8 +1295,11 @@ class RedisConsumer(Consumer):
         and the next delayed retry; 0 (no wait) after a batch with retries, or when the last
         claim filled (the ready list may hold more, and its reply says nothing of retries)
         but for a wait's claim of none (one asked), whose reply says (see claim.lua)."""
-        if timeout <= 0 or not self._drained or any(s.retry is not None for s in settlements):
+        if timeout <= 0 or not self._drained:
             return 0.0
+        for s in settlements:  # a loop, not any() of a generator: a frame less per settle
+            if s.retry is not None:
+                return 0.0
         if self._t.full():  # no BLMOVE: the fetch after polls
             return 0.0
         block = min(timeout, self._t.block_slice)
