@@ -159,6 +159,7 @@ class JsonConsole(Console):
         **fields: Any,
     ) -> None:
         super().__init__(quiet=quiet, out=out, err=err)
+        self.task_lines = False  # the text lines are dropped (see above): none is formatted
         self.fields: dict[str, Any] = {"role": role, **fields}
         # in the head of per-task lines (:meth:`head`): a worker's name, "" in other roles
         self.role, self.worker = role, str(fields.get("worker", ""))
@@ -166,11 +167,6 @@ class JsonConsole(Console):
         self._stamp: tuple[float, str] = (math.nan, "")
         # (the timestamp, the heads of lines made with it by level, event and worker)
         self._heads: tuple[str, dict[tuple[str, str, str | None], msgspec.Raw]] = ("", {})
-
-    @property
-    def task_lines(self) -> bool:
-        """False: the text lines are dropped (see the class docstring), so none is formatted."""
-        return False
 
     def start_progress(self, total: int) -> None:
         """No progress bar: a log pipeline reads lines, not a redrawn terminal line."""
