@@ -174,6 +174,9 @@ class JsonConsole(Console):
     def lines(self, lines: Iterable[str], count: int | None = None) -> None:
         """Dropped: see the class docstring."""
 
+    def task_line(self, line: str) -> None:
+        """Dropped: see the class docstring."""
+
     def info(self, line: str) -> None:
         self._write(self.out, [self.record("info", message=mask_secrets(line))])
 
