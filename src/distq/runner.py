@@ -19,7 +19,7 @@ from distq.console import Console
 from distq.ending import Ending, Endings
 from distq.envelope import Task, not_bytes
 from distq.errors import EnvelopeError, Shutdown, UnknownTask
-from distq.errortext import cut
+from distq.errortext import MAX_MESSAGE_CHARS, cut
 from distq.tasks import Registry
 from distq.transport.base import Delivery
 
@@ -65,7 +65,10 @@ class TaskRunner:
                 return self.endings.orphaned(delivery, task)
         try:
             if self.console.task_lines:  # skips formatting the line, on the hot path
-                self.console.lines([f"Get task {cut(self.registry.show(task))} from task_queue."])
+                named = self.registry.show(task)
+                if len(named) > MAX_MESSAGE_CHARS:  # cut(): its call only when it cuts
+                    named = cut(named)
+                self.console.task_line(f"Get task {named} from task_queue.")
             started_at, started = time.time(), time.perf_counter()
             try:
                 function = self.registry.resolve(task.name, task.args, task.kwargs)

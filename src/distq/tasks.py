@@ -297,7 +297,10 @@ class Registry:
     def show(self, task: Task) -> str:
         """How the worker's ``Get task ...`` line names ``task``, registered or not."""
         show = self._shows.get(task.name)  # its text escaped: it may quote the wire
-        return shown(show(task)) if show is not None else f"{shown(task.name)}{task.args}"
+        if show is None:
+            return f"{shown(task.name)}{task.args}"
+        text = show(task)  # shown()'s call only for a text it escapes: one a task less
+        return text if text.isprintable() else shown(text)
 
     def register_path(self, path: str) -> str:
         """Import ``module:function`` and register it under ``path``; return the name."""

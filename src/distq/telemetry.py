@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from math import floor
 from operator import attrgetter
 
+from msgspec import Raw
+
 from distq.chunks import CHUNK_TASK
 from distq.ending import Ending, Outcome
 from distq.envelope import Result, Task
@@ -275,13 +277,19 @@ class WorkerTelemetry:
         log: JsonConsole, endings: Sequence[Ending], released: int, sent: float | None
     ) -> None:
         worker, at = log.worker, time.time() if sent is None else sent  # one for the batch
-        info = log.head("info", "task settled", worker, at)  # the others' as they come
+        info = log.head("info", "task settled", worker, at)
+        error: Raw | None = None  # made at the batch's first error: a head() call a batch
         lines: list[Line] = []
         add = lines.append
         # an Ending unpacked as the tuple it is, and micros() written out: a named field
         # read and a call cost more per task than the rest of its line but its encoding
         for _, outcome, task, started_at, duration, _ in endings:
-            head = info if outcome in _INFO else log.head("error", "task settled", worker, at)
+            if outcome in _INFO:
+                head = info
+            else:
+                if error is None:
+                    error = log.head("error", "task settled", worker, at)
+                head = error
             if task is None:
                 add(UndecodedSettled(head, outcome, UNKNOWN))
                 continue
@@ -355,20 +363,29 @@ class MasterTelemetry:
                 self._count(metrics, firsts, round_trips, duplicates, outstanding)
         log = self.log
         if log is not None and received:
-            # the heads of the rarer lines as they come: each made once a millisecond
             at = time.time()  # one for the batch
             ok = log.head("info", "result received", at=at)
+            # the heads of the rarer lines made at the first of each: a head() call a batch
+            error: Raw | None = None
+            duplicate: Raw | None = None
             lines: list[Line] = []
             add = lines.append
             for r, trip, name in received:  # micros() written out, as in a worker's lines
                 if trip is None:
-                    duplicate = log.head("info", "duplicate result", at=at)
+                    if duplicate is None:
+                        duplicate = log.head("info", "duplicate result", at=at)
                     add(DuplicateResult(duplicate, r.task_id, r.worker))
                     continue
                 run, status = r.duration, r.status
+                if status == "ok":
+                    head = ok
+                else:
+                    if error is None:
+                        error = log.head("error", "result received", at=at)
+                    head = error
                 add(
                     ResultReceived(
-                        ok if status == "ok" else log.head("error", "result received", at=at),
+                        head,
                         r.task_id,
                         name,
                         r.attempt,

@@ -808,3 +808,25 @@ def test_a_record_dropped_for_a_reentrant_write_is_said_so_not_as_a_full_stderr(
     assert "from the signal handler" not in said and "the next one" in said, said
     assert "stderr was full" not in said, said
     assert "signal handler" in said and "said once" in said, said
+
+
+@pytest.mark.parametrize("worker", [None, "w1", "naïve✓", "w\udcff"])
+def test_a_head_is_its_whole_object_encoded_at_every_millisecond(worker: str | None) -> None:
+    """A head (:meth:`JsonConsole.head`) is its timestamp quoted before bytes encoded
+    once per level, event and worker: byte for byte the head of the whole object encoded
+    as a line is (msgspec's, or json's escapes for a lone surrogate), each millisecond,
+    second and level, a worker's name outside ASCII too."""
+    console = JsonConsole("worker" if worker else "master", out=io.StringIO())
+    for at in (1_767_225_599.9994, 1_767_225_599.9996, 1_767_225_600.0012, 5.0, 5.0004):
+        for level, event in [("info", "task settled"), ("error", "task settled"),
+                             ("info", "tasks released"), ("info", "task settled")]:  # fmt: skip
+            fields = {"timestamp": timestamp(at), "level": level, "role": console.role}
+            if worker is not None:
+                fields["worker"] = worker
+            fields["event"] = event
+            try:
+                whole = msgspec.json.encode(fields)
+            except UnicodeEncodeError:
+                whole = json.dumps(fields, separators=(",", ":")).encode()
+            head = console.head(level, event, worker, at)
+            assert b'{"timestamp":' + bytes(head) + b"}" == whole

@@ -183,3 +183,40 @@ def test_a_get_task_line_of_large_arguments_is_cut_as_error_lines_are(
     assert len(line) < MAX_MESSAGE_CHARS + 100
     shown = len("echo['']") + 100_000
     assert f"... ({shown - MAX_MESSAGE_CHARS:,} characters cut) from task_queue." in line
+
+
+def test_each_get_task_line_is_out_whole_before_its_task_runs() -> None:
+    """The last ``Get task`` line of a worker a task killed names that task (README): each
+    line reaches the file, whole and in order, before its task is called, not held with
+    its batch's."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8")  # holds text till flushed, as stdout
+    seen: list[str] = []
+
+    def look(n: int) -> int:
+        seen.append(raw.getvalue().decode())
+        return n
+
+    registry = Registry()
+    registry.register("look", look)
+    runner = TaskRunner(registry, Endings("w1", "q"), Console(out=stream, err=stream))
+    for n in range(3):
+        assert run(runner, "look", n)[0] == "ok"
+    assert run(runner, "square", 733)[0] == "ok"
+    lines = [f"Get task look[{n}] from task_queue.\n" for n in range(3)]
+    assert seen == ["".join(lines[: n + 1]) for n in range(3)]
+    assert raw.getvalue().decode() == "".join(lines) + "Get task 733 from task_queue.\n"
+
+
+def test_a_per_task_line_counts_on_the_bar_and_json_logs_drop_it() -> None:
+    from distq.console import Progress
+    from distq.logs import JsonConsole
+
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(out=out, err=err)
+    console.bar = Progress(10, err)
+    console.task_line("Get task 1 from task_queue.")
+    assert console.bar.done == 1 and out.getvalue() == ""
+    json = JsonConsole("worker", out=out, err=out)
+    json.task_line("Get task 1 from task_queue.")
+    assert out.getvalue() == ""
