@@ -448,8 +448,12 @@ def steps() -> dict[str, Step]:
         for delivery in deliveries:
             json_runner(delivery)
 
+    # one console for every call, as a running worker keeps one: a console made per call
+    # charged each batch its first-use costs (its head's fields encoded, its caches)
+    json_log = WorkerTelemetry(None, JsonConsole("worker", out=out, worker="w"))
+
     def json_worker() -> None:
-        WorkerTelemetry(None, JsonConsole("worker", out=out, worker="w")).settled(endings)
+        json_log.settled(endings)
 
     # one batch's lines as a worker writes them, bytes: what the write alone costs
     batch_out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
