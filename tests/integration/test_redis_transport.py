@@ -1006,6 +1006,43 @@ def test_a_lone_round_trip_checks_its_replies_in_line(
     assert asked == {"raise_first": 0, "refused_for_memory": 0}
 
 
+def test_a_lone_submit_reads_its_result_without_the_takes_general_checks(
+    open_transport: OpenTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A master's lone task (its wire told of its stop, as a job's is): its submit's
+    replies, the script's count and the wait's result, neither an error, are read in
+    line, not through _taken's questions for every kind of take (a lost script, a full
+    Redis, a wait or a read), and each answer that comes within the first look for it
+    is read with no loop of looks set up (issue 16). The results and their acks are the
+    same, each read once: the next take acks it."""
+    asked = {"_taken": 0, "_await_unless_stopped": 0}
+    taken, await_unless_stopped = RedisProducer._taken, redis_wire._await_unless_stopped
+
+    def counted_taken(self: RedisProducer, *args: Any, **kwargs: Any) -> list[bytes]:
+        asked["_taken"] += 1
+        return taken(self, *args, **kwargs)
+
+    def counted_await(*args: Any) -> None:
+        asked["_await_unless_stopped"] += 1
+        await_unless_stopped(*args)
+
+    transport = open_transport()
+    producer = transport.producer(transport.reply_queue("j"))
+    producer.stop_waiting_on(threading.Event())
+    consumer = transport.consumer("w")
+    monkeypatch.setattr(RedisProducer, "_taken", counted_taken)
+    monkeypatch.setattr(redis_wire, "_await_unless_stopped", counted_await)
+    producer.submit([b"a"])
+    (task,) = consumer.fetch(1, timeout=1)
+    for body, result in ((b"b", b"ra"), (b"c", b"rb")):  # each result before the submit
+        consumer.settle([Settlement(task, reply_to=producer.reply_to, result=result)])
+        assert producer.submit_then_results([body], 1, 1) == [result]
+        (task,) = consumer.fetch(1, timeout=1)
+        assert task.body == body
+    assert asked == {"_taken": 0, "_await_unless_stopped": 0}
+    assert producer.results(5, 0) == []  # both results acked: none read twice
+
+
 def test_a_redis_kept_full_by_other_data_still_runs_the_job(tmp_path: Path) -> None:
     """Full for good (another application's keys): the scripts ran, but the BLMOVE of a
     worker's and the master's waits was refused, an outage each time; the results sat

@@ -818,7 +818,21 @@ class RedisProducer(Producer):
         if len(bodies) == 1:
             take = self._take_commands(block, max_count, bodies[0])
             with self._t.errors():
-                return self._taken(take, self._w.pipeline(take), submitted=1)
+                replies = self._w.pipeline(take)
+                taken, last = replies[0], replies[-1]
+                if (
+                    len(take) == 2
+                    and take[1][0] == "BLMOVE"
+                    and not isinstance(taken, Exception)
+                    and not isinstance(last, Exception)
+                ):  # the usual (issue 16): pushed and counted, and the wait's reply is
+                    # the result, or none: what _taken makes of it, without its questions
+                    got = [] if last is None else [last]
+                    self._count += 1
+                    self._received = int(taken) + len(got)
+                    self._counted_on = self._w.link
+                    return got
+                return self._taken(take, replies, submitted=1)
         submit = self._submit_commands(bodies)
         take = self._take_commands(block, max_count)
         with self._t.errors():

@@ -333,13 +333,18 @@ class Wire:
         socket timeout); once it starts, the rest within the socket timeout. With
         ``stop``, set meanwhile: not past ``command``'s own wait (a BLMOVE's) +
         :data:`STOPPED_ANSWER_SECONDS`."""
-        if within is not None and not conn.can_read(timeout=within):
-            raise redis.TimeoutError(
-                f"Timeout reading from socket (no answer in {within:.1f} s{why})"
-            )
-        if within is None and stop is not None:
-            block = float(command[-1]) if command[0] in BLOCKING else 0.0
-            _await_unless_stopped(conn, stop, block)
+        if within is not None:
+            if not conn.can_read(timeout=within):
+                raise redis.TimeoutError(
+                    f"Timeout reading from socket (no answer in {within:.1f} s{why})"
+                )
+        elif stop is not None:
+            # the first look here: an answer within it (a lone task's, issue 16) needs
+            # no loop, nor the wait's block worked out
+            started = time.monotonic()
+            if not conn.can_read(timeout=STOP_LOOK_SECONDS):
+                block = float(command[-1]) if command[0] in BLOCKING else 0.0
+                _await_unless_stopped(conn, stop, block, started)
         return conn.read_response()
 
     def _connection(self) -> Any:
@@ -376,12 +381,12 @@ class Wire:
             self._pool.release(conn)
 
 
-def _await_unless_stopped(conn: Any, stop: threading.Event, block: float) -> None:
-    """Wait for the start of ``conn``'s next reply (up to its socket timeout, as a read
-    does), unless ``stop`` is set and ``block`` + :data:`STOPPED_ANSWER_SECONDS` passed."""
-    started = time.monotonic()
+def _await_unless_stopped(conn: Any, stop: threading.Event, block: float, started: float) -> None:
+    """Wait on for the start of ``conn``'s next reply, a first look since ``started``
+    (``time.monotonic()``) having found none: up to its socket timeout, as a read does,
+    unless ``stop`` is set and ``block`` + :data:`STOPPED_ANSWER_SECONDS` passed."""
     limit = conn.socket_timeout
-    while not conn.can_read(timeout=STOP_LOOK_SECONDS):
+    while True:
         waited = time.monotonic() - started
         if stop.is_set() and waited >= block + STOPPED_ANSWER_SECONDS:
             raise redis.TimeoutError(
@@ -390,6 +395,8 @@ def _await_unless_stopped(conn: Any, stop: threading.Event, block: float) -> Non
             )
         if limit is not None and waited >= limit:
             raise redis.TimeoutError(f"Timeout reading from socket (no answer in {waited:.1f} s)")
+        if conn.can_read(timeout=STOP_LOOK_SECONDS):
+            return
 
 
 def raise_first(replies: Any) -> None:
