@@ -103,6 +103,8 @@ def _escaped(value: Any) -> str:
 
 #: How every JSON line starts: the key its head's value follows (:meth:`JsonConsole.head`).
 _HEAD_KEY = b'{"timestamp":'
+#: What a head is made of but its time: level, event, worker, outcome (:meth:`JsonConsole.head`).
+_HeadKey = tuple[str, str, str | None, str | None]
 
 
 def _escaped_line(line: Line) -> bytes:
@@ -137,12 +139,12 @@ class TextConsole(Console):
 class Line(msgspec.Struct, gc=False):
     """A per-task JSON line (:meth:`JsonConsole.write_lines`): an event's struct extends
     it with its own fields. Its ``timestamp`` carries the line's whole head, the values
-    of ``timestamp``, ``level``, ``role``, a worker's ``worker`` and ``event`` with the
-    keys between them (:meth:`JsonConsole.head`): the same for a batch's lines of one
-    level and event, encoded once for them all, not once a line (670 instructions of a
-    worker's line, 680 of a master's two). Its fields (an event's too) are texts and
-    numbers, in no cycle: no garbage collector's header (``gc=False``), about 210
-    instructions less a line to make and free."""
+    of ``timestamp``, ``level``, ``role``, a worker's ``worker``, ``event`` and a settled
+    task's ``outcome`` with the keys between them (:meth:`JsonConsole.head`): the same
+    for a batch's lines of one level and event, encoded once for them all, not once a
+    line (670 instructions of a worker's line, 680 of a master's two). Its fields (an
+    event's too) are texts and numbers, in no cycle: no garbage collector's header
+    (``gc=False``), about 210 instructions less a line to make and free."""
 
     timestamp: msgspec.Raw
 
@@ -170,11 +172,11 @@ class JsonConsole(Console):
         self.role, self.worker = role, str(fields.get("worker", ""))
         # (ms, its timestamp): one per millisecond; NaN, no millisecond, till the first
         self._stamp: tuple[float, str] = (math.nan, "")
-        # (the timestamp, the heads of lines made with it by level, event and worker)
-        self._heads: tuple[str, dict[tuple[str, str, str | None], msgspec.Raw]] = ("", {})
-        # a head's bytes after its timestamp's value, by level, event and worker: the same
-        # every millisecond, encoded once (:meth:`head`)
-        self._tails: dict[tuple[str, str, str | None], bytes] = {}
+        # (the timestamp, the heads of lines made with it by level, event, worker, outcome)
+        self._heads: tuple[str, dict[_HeadKey, msgspec.Raw]] = ("", {})
+        # a head's bytes after its timestamp's value, by level, event, worker and outcome:
+        # the same every millisecond, encoded once (:meth:`head`)
+        self._tails: dict[_HeadKey, bytes] = {}
 
     def start_progress(self, total: int) -> None:
         """No progress bar: a log pipeline reads lines, not a redrawn terminal line."""
@@ -212,25 +214,34 @@ class JsonConsole(Console):
         return stamp[1]
 
     def head(
-        self, level: str, event: str, worker: str | None = None, at: float | None = None
+        self,
+        level: str,
+        event: str,
+        worker: str | None = None,
+        at: float | None = None,
+        outcome: str | None = None,
     ) -> msgspec.Raw:
         """The head of a per-task :class:`Line` at this moment (or ``at``): its
         ``timestamp``'s value, the ``level``, this console's ``role``, ``worker`` unless
-        None, and the ``event``, keys and values as encoded, made once per millisecond."""
+        None, the ``event`` and ``outcome`` unless None, keys and values as encoded, made
+        once per millisecond. A worker's ``task settled`` lines carry their outcome in
+        their head (:class:`distq.telemetry.TaskSettled`): a field less to make and encode
+        per line, about 120 instructions (callgrind)."""
         stamp = self.stamp(at)
         heads = self._heads
         if heads[0] is not stamp:  # another thread's heads, of another millisecond, stay its own
             heads = self._heads = (stamp, {})
-        made = heads[1].get((level, event, worker))
+        key = (level, event, worker, outcome)
+        made = heads[1].get(key)
         if made is None:
-            tail = self._tails.get((level, event, worker))
+            tail = self._tails.get(key)
             if tail is None:
-                tail = self._tails[level, event, worker] = self._tail(level, event, worker)
+                tail = self._tails[key] = self._tail(level, event, worker, outcome)
             # a timestamp is ASCII that JSON does not escape: its value is itself, quoted
-            made = heads[1][level, event, worker] = msgspec.Raw(f'"{stamp}"'.encode() + tail)
+            made = heads[1][key] = msgspec.Raw(f'"{stamp}"'.encode() + tail)
         return made
 
-    def _tail(self, level: str, event: str, worker: str | None) -> bytes:
+    def _tail(self, level: str, event: str, worker: str | None, outcome: str | None) -> bytes:
         """A head's bytes after its timestamp's value (``,"level":"info",...,"event":...``),
         as encoding the whole head writes them: a dict built and encoded each millisecond
         was about 4,000 instructions of a batch's line (callgrind)."""
@@ -238,6 +249,8 @@ class JsonConsole(Console):
         if worker is not None:
             fields["worker"] = worker
         fields["event"] = event
+        if outcome is not None:
+            fields["outcome"] = outcome
         try:
             encoded = _encode(fields)
         except UnicodeEncodeError:  # a lone surrogate (a worker's name): json escapes it

@@ -28,7 +28,9 @@ from distq.transport.base import Delivery
 # The per-task events of JSON logs, their keys in the order they are written after a
 # line's head (timestamp, level, role, a worker's name, event: logs.Line).
 class TaskSettled(Line):
-    outcome: str
+    """A decoded task's ``task settled`` line; its ``outcome`` comes right after the
+    event, in its head (:meth:`JsonConsole.head`)."""
+
     task_id: str
     task: str
     attempt: int
@@ -277,43 +279,68 @@ class WorkerTelemetry:
         log: JsonConsole, endings: Sequence[Ending], released: int, sent: float | None
     ) -> None:
         worker, at = log.worker, time.time() if sent is None else sent  # one for the batch
-        info = log.head("info", "task settled", worker, at)
-        error: Raw | None = None  # made at the batch's first error: a head() call a batch
+        # a head by outcome, the outcome in it (TaskSettled); the rarer ones made at the
+        # first of each: a head() call a batch for each
+        heads = {"ok": log.head("info", "task settled", worker, at, "ok")}
         lines: list[Line] = []
-        add = lines.append
-        # an Ending unpacked as the tuple it is, and micros() written out: a named field
-        # read and a call cost more per task than the rest of its line but its encoding
+        # an Ending unpacked as the tuple it is, micros() written out, the names the loop
+        # calls in locals: a named field read, a call or a global's lookup cost more per
+        # task than the rest of its line but its encoding
+        add, settled, chunk, longest, fl = (
+            lines.append,
+            TaskSettled,
+            CHUNK_TASK,
+            LONGEST_WAIT,
+            floor,
+        )
         for _, outcome, task, started_at, duration, _ in endings:
-            if outcome in _INFO:
-                head = info
-            else:
-                if error is None:
-                    error = log.head("error", "task settled", worker, at)
-                head = error
             if task is None:
-                add(UndecodedSettled(head, outcome, UNKNOWN))
+                add(
+                    UndecodedSettled(_head(log, heads, outcome, worker, at, None), outcome, UNKNOWN)
+                )
                 continue
+            try:
+                head = heads[outcome]
+            except KeyError:
+                head = _head(log, heads, outcome, worker, at, outcome)
             wait = started_at - task.created_at
             name = task.name
-            if name == CHUNK_TASK:  # its function's, as its metrics and alerts name it
+            if name == chunk:  # its function's, as its metrics and alerts name it
                 name = called(task)
             add(
-                TaskSettled(
+                settled(
                     head,
-                    outcome,
                     task.id,
                     name,
                     task.attempt,
                     # as the metric counts it: 0 outside (0, LONGEST_WAIT], else micros()
-                    floor(wait * 1e6 + 0.5) / 1e6 if 0 < wait <= LONGEST_WAIT else 0.0,
-                    floor(duration * 1e6 + 0.5) / 1e6
-                    if 0.0 <= duration < 1e9
-                    else micros(duration),
+                    fl(wait * 1e6 + 0.5) / 1e6 if 0.0 < wait <= longest else 0.0,
+                    fl(duration * 1e6 + 0.5) / 1e6 if 0.0 <= duration < 1e9 else micros(duration),
                 )
             )
         if released:
             add(TasksReleased(log.head("info", "tasks released", worker, at), released))
         log.write_lines(lines)
+
+
+def _head(
+    log: JsonConsole,
+    heads: dict[str, Raw],
+    outcome: str,
+    worker: str,
+    at: float,
+    carried: str | None,
+) -> Raw:
+    """The head of a batch's ``task settled`` line of ``outcome`` at ``at``, made at its
+    first line and kept in ``heads`` for the rest: with the outcome in it (``carried``,
+    :class:`TaskSettled`), or without (None: an undecoded message's line, which has the
+    outcome as a field of its own, :class:`UndecodedSettled`)."""
+    key = outcome if carried is not None else f"undecoded {outcome}"
+    head = heads.get(key)
+    if head is None:
+        level = "info" if outcome in _INFO else "error"
+        head = heads[key] = log.head(level, "task settled", worker, at, carried)
+    return head
 
 
 #: The outcomes of a settled task's line at level "info"; the others (failed, orphaned,
