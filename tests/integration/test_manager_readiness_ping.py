@@ -36,6 +36,21 @@ def _sampler() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="distq-stats")
 
 
+def _ping_started(
+    sampler: concurrent.futures.ThreadPoolExecutor, remote: Transport
+) -> concurrent.futures.Future[None]:
+    """``remote.ping()`` on ``sampler``'s thread, returned once that thread is in the call."""
+    entered = threading.Event()
+
+    def ping() -> None:
+        entered.set()
+        remote.ping()
+
+    pinged = sampler.submit(ping)
+    assert entered.wait(30)
+    return pinged
+
+
 def test_a_workers_pings_cost_its_master_one_connection() -> None:
     # each new master (one a job: the bench's, a user's) cost a pinging worker two
     # connections, each a handshake and a thread there: one for the proxy's `create`,
@@ -112,12 +127,6 @@ def test_a_ping_before_the_slots_reconnect_costs_a_master_started_again_one_conn
     settings = fake_settings("pingbefore")
     hosted = open_transport(settings, "master")
     remote = open_transport(settings, "worker")
-    entered = threading.Event()
-
-    def ping() -> None:
-        entered.set()
-        remote.ping()
-
     try:
         with _sampler() as sampler:
             slot = remote.consumer("slot-1")
@@ -129,8 +138,7 @@ def test_a_ping_before_the_slots_reconnect_costs_a_master_started_again_one_conn
                 sampler.submit(remote.ping).result(30)  # the master before: gone
             hosted = open_transport(settings, "master")
             accepted = _counting_accepts(hosted)
-            pinged = sampler.submit(ping)  # the sampler first, then the slot reconnects
-            assert entered.wait(30)
+            pinged = _ping_started(sampler, remote)  # the sampler first, then the slot reconnects
             consumer = remote.consumer("slot-1")
             consumer.fetch(1, 0.0)
             pinged.result(30)
@@ -156,21 +164,14 @@ def test_a_workers_first_ping_costs_its_master_one_connection_before_its_slots_t
     hosted = open_transport(settings, "master")
     accepted = _counting_accepts(hosted)
     remote = open_transport(settings, "worker")
-    entered = threading.Event()
-
-    def ping() -> None:
-        entered.set()
-        remote.ping()
-
     try:
         with _sampler() as sampler:
             if first == "ping":
-                pinged = sampler.submit(ping)
-                assert entered.wait(30)
+                pinged = _ping_started(sampler, remote)
             consumer = remote.consumer("slot-1")
             consumer.fetch(1, 0.0)
             if first == "slot":
-                pinged = sampler.submit(ping)
+                pinged = sampler.submit(remote.ping)
             pinged.result(30)
             for _ in range(3):
                 sampler.submit(remote.ping).result(30)
