@@ -36,21 +36,6 @@ def _sampler() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="distq-stats")
 
 
-def _ping_started(
-    sampler: concurrent.futures.ThreadPoolExecutor, remote: Transport
-) -> concurrent.futures.Future[None]:
-    """``remote.ping()`` on ``sampler``'s thread, returned once that thread is in the call."""
-    entered = threading.Event()
-
-    def ping() -> None:
-        entered.set()
-        remote.ping()
-
-    pinged = sampler.submit(ping)
-    assert entered.wait(30)
-    return pinged
-
-
 def test_a_workers_pings_cost_its_master_one_connection() -> None:
     # each new master (one a job: the bench's, a user's) cost a pinging worker two
     # connections, each a handshake and a thread there: one for the proxy's `create`,
@@ -119,39 +104,6 @@ def test_a_workers_pings_cost_a_master_started_again_one_connection() -> None:
         hosted.close()
 
 
-def test_a_ping_before_the_slots_reconnect_costs_a_master_started_again_one_connection() -> None:
-    # a master a job on the address (the bench's rounds): the ping after the one that
-    # found the master before gone came before the worker's slots had reconnected, and
-    # made its own proxy with a create, two connections at each new master (with a
-    # handshake and a thread each) where one does once a slot's proxy is there
-    settings = fake_settings("pingbefore")
-    hosted = open_transport(settings, "master")
-    remote = open_transport(settings, "worker")
-    try:
-        with _sampler() as sampler:
-            slot = remote.consumer("slot-1")
-            slot.fetch(1, 0.0)
-            sampler.submit(remote.ping).result(30)
-            hosted.close()
-            slot.close()  # as a slot that lost its master
-            with pytest.raises(TransportError):
-                sampler.submit(remote.ping).result(30)  # the master before: gone
-            hosted = open_transport(settings, "master")
-            accepted = _counting_accepts(hosted)
-            pinged = _ping_started(sampler, remote)  # the sampler first, then the slot reconnects
-            consumer = remote.consumer("slot-1")
-            consumer.fetch(1, 0.0)
-            pinged.result(30)
-            for _ in range(3):
-                sampler.submit(remote.ping).result(30)
-        # the slot's create and its own (2), the sampler's own (1)
-        assert len(accepted) == 3, [(conn.peer, conn.refused) for conn in accepted]  # type: ignore[attr-defined]
-        consumer.close()
-    finally:
-        remote.close()
-        hosted.close()
-
-
 @pytest.mark.parametrize("first", ["slot", "ping"])
 def test_a_workers_first_ping_costs_its_master_one_connection_before_its_slots_too(
     first: str,
@@ -164,14 +116,21 @@ def test_a_workers_first_ping_costs_its_master_one_connection_before_its_slots_t
     hosted = open_transport(settings, "master")
     accepted = _counting_accepts(hosted)
     remote = open_transport(settings, "worker")
+    entered = threading.Event()
+
+    def ping() -> None:
+        entered.set()
+        remote.ping()
+
     try:
         with _sampler() as sampler:
             if first == "ping":
-                pinged = _ping_started(sampler, remote)
+                pinged = sampler.submit(ping)
+                assert entered.wait(30)
             consumer = remote.consumer("slot-1")
             consumer.fetch(1, 0.0)
             if first == "slot":
-                pinged = sampler.submit(remote.ping)
+                pinged = sampler.submit(ping)
             pinged.result(30)
             for _ in range(3):
                 sampler.submit(remote.ping).result(30)

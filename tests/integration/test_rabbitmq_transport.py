@@ -2752,33 +2752,6 @@ def test_a_masters_stats_asks_every_retry_queue_on_one_channel_and_counts_each(
     assert t.stats().ready == 3  # the queue declared otherwise is asked again as it is
 
 
-def test_a_masters_sampler_and_its_wait_for_workers_ask_the_broker_once_as_its_job_starts(
-    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With metrics, a master's sampler reads the counts as its job starts, and its
-    ``--wait-workers`` a few ms later read them again: 10 declares and a channel more
-    in every job. Counts another thread read just before answer it; a thread's own
-    calls still each ask (what it did in between is in the counts)."""
-    monkeypatch.setattr(rabbitmq, "STATS_SHARED_SECONDS", 3600.0)  # "just before": any
-    t = open_transport(role="master")
-    asked: list[int] = []
-    read = rabbitmq_link.declared  # as the transport imported it
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        asked.append(1)
-        return read(*args, **kwargs)
-
-    monkeypatch.setattr(rabbitmq, "declared", counted)
-    sampler = threading.Thread(target=t.stats, name="distq-stats")
-    sampler.start()
-    sampler.join(30)
-    assert t.stats().ready == 0  # the wait for workers
-    assert len(asked) == 1, f"the broker asked {len(asked)} times as the job started"
-    raw.basic_publish("", queue, b"t")
-    assert t.stats().ready == 1  # this thread's own call after its publish: asked again
-    assert len(asked) == 2
-
-
 def test_stats_counts_a_copy_waiting_out_a_lease_as_ready(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -119,9 +119,9 @@ _SILENT_SECONDS = 2.0
 _KEEPER_WAIT_MIN = 1.0
 #: Seconds between two log lines about the same accept problem.
 _LOG_EVERY = 60.0
-#: The longest a worker's readiness ping with no proxy of its own waits for a slot's proxy of
-#: the master to be made of (a create of its own costs the master a connection more);
-#: under the 2 s a call may take before readiness reads it as a broker that does not answer.
+#: The longest a worker's first readiness ping waits for a slot's proxy of the master
+#: to be made of (a create of its own costs the master a connection more); under the
+#: 2 s a call may take before readiness reads it as a broker that does not answer.
 _SLOT_PROXY_WAIT = 1.5
 
 
@@ -151,7 +151,7 @@ class ManagerTransport(Transport):
         self._inspector: wire.Broker | None = None  # a worker's proxy for stats(), kept
         #: a worker's latest proxy of its master's broker: the inspector is made of it
         self._made: wire.BrokerProxy | None = None
-        self._made_there = threading.Event()  # set while ``_made`` holds a proxy
+        self._made_once = threading.Event()  # set once a proxy of the master was made
         self._keeper_thread: int | None = None  # the thread that calls heartbeat()
         self._inspector_lock = threading.Lock()
         self._frame_limit = wire.frame_limit(settings.max_message_bytes)
@@ -382,7 +382,7 @@ class ManagerTransport(Transport):
             return self._broker
         assert self._manager is not None
         self._made = made = self._connect(self._manager.distq_broker)
-        self._made_there.set()
+        self._made_once.set()
         return made
 
     def producer(self, reply_to: str) -> Producer:
@@ -493,15 +493,12 @@ class ManagerTransport(Transport):
         under the lock every serving thread takes, 1 ms at 10,000 held, for a worker's
         readiness, every heartbeat of every worker with ``DISTQ_METRICS_PORT``.
 
-        One with no proxy of its own (the first; the one after a ping found its master
-        gone) waits up to :data:`_SLOT_PROXY_WAIT` for a slot's proxy of the master (a
-        worker's sampler starts as the transport opens, before its slots connect; a
-        master started again is pinged before or after they reconnect, a master a job
-        in every bench round): made of it, it costs the master one connection, not two.
-        No later readiness: a worker is ready once every slot is connected, its ping
-        answered after the first."""
-        if self._broker is None and self._inspector is None:
-            self._made_there.wait(_SLOT_PROXY_WAIT)  # else a create, as before
+        The first waits up to :data:`_SLOT_PROXY_WAIT` for a slot's proxy of the master
+        (a worker's sampler starts as the transport opens, before its slots connect):
+        made of it, it costs the master one connection, not two. No later readiness: a
+        worker is ready once every slot is connected, its ping answered after the first."""
+        if self._broker is None and not self._made_once.is_set():
+            self._made_once.wait(_SLOT_PROXY_WAIT)  # else a create, as before
         self._inspect(self._answers)
 
     def _answers(self, broker: wire.Broker) -> None:
@@ -524,7 +521,6 @@ class ManagerTransport(Transport):
         with self._inspector_lock:
             if self._inspector is None:
                 made, self._made = self._made, None
-                self._made_there.clear()  # taken: the next slot's proxy sets it again
                 self._inspector = (
                     self._endpoint()
                     if made is None or self._manager is None
@@ -541,7 +537,6 @@ class ManagerTransport(Transport):
                         self._inspector = None
                     if _id_of(self._made) == _id_of(broker):  # a slot's of the same master
                         self._made = None
-                        self._made_there.clear()
             raise
 
     def stats(self) -> QueueStats:

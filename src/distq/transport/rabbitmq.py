@@ -239,10 +239,6 @@ _SPLIT_PAUSE_S = 10.0
 #: again (:meth:`RabbitMQConsumer._letters_refused`).
 LETTER_REFUSED_DELAY = 30.0
 
-#: How recent counts another thread's :meth:`RabbitMQTransport.stats` read must be to
-#: answer a call too (a master's sampler and its wait for workers, as its job starts).
-STATS_SHARED_SECONDS = 0.05
-
 #: How long a call on the transport's own connection (no heartbeats: it idles between
 #: calls) waits for a broker that does not answer, then fails
 #: (:meth:`RabbitMQTransport._with_admin`).
@@ -313,9 +309,6 @@ class RabbitMQTransport(Transport):
         self.deferred = BodySet(_DONE_LOST_KEPT)
         self._keeper_waited_out = -_RELINK_PAUSE  # when a keeper's wait last ran out
         self._counts: bool | None = None  # see counting(); None: not asked yet
-        # the last counts stats() read: when they came, the thread that read them, them
-        self._counted: tuple[float, int, tuple[int, int, int]] | None = None
-        self._answered = threading.local()  # when a thread's last stats() returned
         # the retry queues a master's stats() declares (with their arguments), not asks
         self._made_retry_queues: dict[str, dict[str, Any]] = (
             {
@@ -604,35 +597,18 @@ class RabbitMQTransport(Transport):
         the retry queues as its workers do: asked passively, each not there closed a
         channel (8 a sample, 4 ms of the master's CPU and 5 of the broker's); one made
         otherwise, or that its user may not declare, is asked passively (see ``declared``).
-
-        Counts another thread read less than :data:`STATS_SHARED_SECONDS` ago, or
-        while this call waited for it, answer this call too: a master's sampler and its
-        wait for workers both ask as its job starts, and each asked the broker (10
-        declares and a channel: 1.5 ms of the master's CPU and 1.0 of the broker's, in
-        every job). Never counts read before the thread's own last call returned: what
-        it did since is in the counts it gets.
         """
-        began, thread = time.monotonic(), threading.get_ident()
-        since: float = getattr(self._answered, "at", 0.0)
 
         def counts(channel: Any) -> tuple[int, int, int]:
-            counted = self._counted  # read under the transport's lock, as it is written
-            if counted is not None and counted[1] != thread and counted[0] > since:
-                came = counted[0]
-                if came > began or time.monotonic() - came < STATS_SHARED_SECONDS:
-                    return counted[2]
             waits = retry_queues(self.queue, delay_ms(self.defer_seconds))
             queues = (self.queue, self.dead_queue, *waits)
             made = self._made_retry_queues
             tasks, dead, *retries = declared(channel.connection, *queues, making=made)
             ready = sum(int(q.message_count) for q in (tasks, *retries) if q is not None)
             consumers = int(tasks.consumer_count) if tasks is not None else 0
-            read = ready, int(dead.message_count) if dead is not None else 0, consumers
-            self._counted = time.monotonic(), thread, read
-            return read
+            return ready, int(dead.message_count) if dead is not None else 0, consumers
 
         ready, dead, consumers = self._with_admin("reading queue counts", counts)
-        self._answered.at = time.monotonic()
         held = sum(c.held for c in list(self._children) if isinstance(c, RabbitMQConsumer))
         return QueueStats(
             ready=ready, in_flight=held, dead=dead, consumers=consumers, in_flight_known=False
