@@ -211,14 +211,21 @@ class LoneTasks(Consumer):
         pass
 
 
-def lone_tasks(bodies: list[bytes]) -> Callable[[], None]:
-    """A worker's slot loop over ``bodies``, each fetched alone (:class:`LoneTasks`)."""
-    worker = Worker(
-        None,  # type: ignore[arg-type]  # the slot loop asks its consumer only
+def slot_worker(codec: Codec | None = None) -> Worker:
+    """A worker with no transport, for a slot loop whose consumer is a stand-in
+    (:class:`LoneTasks`, :class:`SlotBatch`): the loop asks its consumer only."""
+    return Worker(
+        None,  # type: ignore[arg-type]
         Registry(),
         WorkerOptions(worker_id="host-1-0"),
         Console(quiet=True, out=io.StringIO()),
+        codec=codec,
     )
+
+
+def lone_tasks(bodies: list[bytes]) -> Callable[[], None]:
+    """A worker's slot loop over ``bodies``, each fetched alone (:class:`LoneTasks`)."""
+    worker = slot_worker()
 
     def step() -> None:
         worker._stopping.clear()
@@ -246,13 +253,7 @@ def slot_batch(codec: Codec) -> Callable[[], None]:
     """A worker's slot loop over one batch of ``BATCH`` tasks sealed by ``codec``
     (:class:`SlotBatch`), its master known alive: where a worker opens a batch's tasks."""
     bodies = seal_tasks_of(codec, [Task("square", [n], REPLY_TO) for n in range(BATCH)])
-    worker = Worker(
-        None,  # type: ignore[arg-type]  # the slot loop asks its consumer only
-        Registry(),
-        WorkerOptions(worker_id="host-1-0"),
-        Console(quiet=True, out=io.StringIO()),
-        codec=codec,
-    )
+    worker = slot_worker(codec)
 
     # the whole batch run, as a batch of fast tasks runs outside valgrind: under it, 50
     # times as long, it ran past the 50 ms after which a worker hands back the rest
