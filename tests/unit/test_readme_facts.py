@@ -30,6 +30,7 @@ NOT_SETTINGS = {
     "DISTQ_TEST_BROKERS": "tests/brokers.py",
     "DISTQ_FUZZ_EXAMPLES": "tests/unit/test_fuzz.py",
     "DISTQ_IMAGE_TAG": "scripts/compose-images.sh",
+    "DISTQ_TOOLS_CACHE": "scripts/check-k8s.sh",
 }
 #: Names the README shows being warned about: a misspelling, and a flag's own name.
 WARNED_ABOUT = {"DISTQ_TRANSPRT", "DISTQ_CONCURRENCY"}
