@@ -63,6 +63,7 @@ from distq.framing import pack_problem
 from distq.jsonvalue import problem
 from distq.limits import MAX_NESTING, OVERSIZED_KEPT_BYTES
 from distq.retries import retry_delay
+from distq.timelimits import said
 from distq.transport.base import Delivery, Settlement, orphaned_reason
 
 #: ``released``: back in the queue, unsettled by this worker: a task that ended after its
@@ -276,7 +277,7 @@ class Endings:
         self, delivery: Delivery, task: Task, limit: float, started_at: float, duration: float
     ) -> Ending:
         """The task ran past its ``limit`` (seconds): a failed attempt, retried per policy."""
-        error = TimeLimitExceeded(f"ran past its time limit of {limit:g} s")
+        error = TimeLimitExceeded(f"ran past its time limit of {said(limit)} s")
         return self.failed(delivery, task, error, started_at, duration, retryable=True)
 
     def orphaned(self, delivery: Delivery, task: Task) -> Ending:

@@ -26,7 +26,7 @@ from distq.errors import CertificateRejected, ConfigError, TransportError
 from distq.errortext import describe
 from distq.health import WorkerHealth
 from distq.slots import Slot
-from distq.timelimits import TimeLimits
+from distq.timelimits import TimeLimits, said
 from distq.transport.base import Delivery, Transport
 
 #: How often the keeper checks running tasks against their time limits.
@@ -381,7 +381,7 @@ class Keeper:
                 task = running.task
                 self.console.error(
                     f"task {shown(task.name)} {shown(task.id)} attempt {task.attempt}/"
-                    f"{task.max_attempts} ran past its time limit of {running.limit:g} s; "
+                    f"{task.max_attempts} ran past its time limit of {said(running.limit)} s; "
                     f"{goes_on}; that attempt was not settled ({describe(exc)}): the task "
                     "runs again"
                 )

@@ -29,6 +29,13 @@ MIN_SECONDS = 0.1
 MAX_SECONDS = 7 * 24 * 3600.0
 
 
+def said(seconds: float) -> str:
+    """A limit as a line says it: as it was set (``{:g}`` kept 6 digits, and said
+    123456.7 s as 123457 and 604799.9 as 604800), without a float's noise (a chunk's
+    7 x 0.3 s is 2.1 s, not 2.0999999999999996)."""
+    return f"{seconds:.15g}"
+
+
 @dataclass(frozen=True)
 class TimeLimits:
     """Time limits in seconds: ``default`` for any task, ``per_name`` for named ones."""
@@ -62,8 +69,8 @@ class TimeLimits:
 
     def describe(self) -> str:
         """As the setting is written (``30,square=2``), or ``off``."""
-        parts = [] if self.default is None else [f"{self.default:g}"]
-        parts += [f"{name}={seconds:g}" for name, seconds in self.per_name]
+        parts = [] if self.default is None else [said(self.default)]
+        parts += [f"{name}={said(seconds)}" for name, seconds in self.per_name]
         return ",".join(parts) or "off"
 
     @classmethod
