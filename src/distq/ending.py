@@ -240,11 +240,18 @@ class Endings:
             reason = f"cannot run: {message}"
         error_type = type(error).__name__
         traceback = traceback_text(error) if retryable else None
+        result: bytes | None
         try:
             result = self._error(task, started_at, duration, error_type, reason, traceback)
         except EnvelopeError:  # too large: the reason alone, else the dead letter keeps it
-            result = self._too_large(task, started_at, duration, error_type, reason, traceback)
-        nobody = task.reply_to == NO_REPLY
+            try:
+                result = self._too_large(task, started_at, duration, error_type, reason, traceback)
+            except EnvelopeError:
+                # not even that: a task id or worker name near DISTQ_MAX_MESSAGE_BYTES.
+                # Raised, it left the keeper's time limit a slot without a thread: the
+                # dead letter alone, as a worker whose limit is below a result's does
+                result = None
+        nobody = task.reply_to == NO_REPLY or result is None
         settlement = Settlement(
             delivery,
             reply_to=None if nobody else task.reply_to,

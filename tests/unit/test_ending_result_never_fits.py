@@ -1,0 +1,80 @@
+"""A failure whose error result cannot fit even cut down is still an ending: a dead
+letter with the reason, and no result, not an exception out of :class:`Endings`."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+from distq.codec import Codec
+from distq.console import Console
+from distq.ending import Endings
+from distq.envelope import DeadLetter, Task
+from distq.tasks import Registry
+from distq.timelimits import TimeLimits
+from distq.transport import Delivery, Transport
+from distq.worker import Worker, WorkerOptions
+
+#: The smallest DISTQ_MAX_MESSAGE_BYTES, and a task id that fits a task under it, not
+#: the error result that names the task and its worker.
+SMALLEST = 1024
+LONG_ID = "t" * 850
+
+
+def test_a_failure_whose_result_cannot_fit_is_dead_lettered_without_a_result() -> None:
+    """Endings.failed raised MessageTooLarge out of _too_large: the runner turned it into
+    "the worker could not handle it", but the keeper's time limit (Endings.timed_out)
+    and the slot's late ending called it unguarded."""
+    endings = Endings("w1", "q", Codec(max_message_bytes=SMALLEST))
+    task = Task("sleepy", [1.0], "replies", id=LONG_ID, max_attempts=1)
+    body = task.encode()
+    assert len(body) < SMALLEST
+    for ending in (
+        endings.timed_out(Delivery(body, 1), task, 0.5, 0.0, 0.6),
+        endings.failed(Delivery(body, 1), task, ValueError("x"), 0.0, 0.1, retryable=True),
+    ):
+        s = ending.settlement
+        assert ending.outcome == "failed", ending
+        assert (s.result, s.reply_to) == (None, None)
+        assert s.dead_letter is not None
+        letter = DeadLetter.decode(s.dead_letter)
+        assert letter.body == body and "failed 1 of 1 attempts" in letter.reason
+
+
+def test_a_time_limit_whose_result_cannot_fit_does_not_lose_the_slot(
+    transport: Transport,
+) -> None:
+    """The keeper's give-up made the ending after it had moved the slot's generation on:
+    the MessageTooLarge left the slot without a thread ("keeping a long batch failed"),
+    its task unsettled, and the worker never exited."""
+    producer = transport.producer("replies")
+    task = Task("sleepy", [1.0], "replies", id=LONG_ID, max_attempts=1)
+    producer.submit([task.encode()])
+    registry = Registry()
+    registry.register("sleepy", time.sleep)
+    out = io.StringIO()
+    options = WorkerOptions(
+        worker_id="w",
+        exit_when_idle=1.5,
+        prefetch=1,
+        heartbeat_interval=0.2,
+        time_limits=TimeLimits.parse("sleepy=0.3"),
+    )
+    worker = Worker(
+        transport,
+        registry,
+        options,
+        Console(out=out, err=out),
+        codec=Codec(max_message_bytes=SMALLEST),
+    )
+    codes: list[int] = []
+    runs = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
+    runs.start()
+    runs.join(20)
+    said = out.getvalue()
+    assert codes == [0], said
+    assert "keeping a long batch failed" not in said, said
+    assert "ran past its time limit of 0.3 s" in said, said
+    assert "0 ok, 1 failed for good, 0 retried, 1 dead-lettered" in said, said
+    producer.close()
