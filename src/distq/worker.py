@@ -59,7 +59,7 @@ from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console, announce
 from distq.ending import Ending, Endings, Outcome
-from distq.envelope import shown
+from distq.envelope import Task, shown
 from distq.errors import (
     CertificateRejected,
     ConfigError,
@@ -214,7 +214,7 @@ class Worker:
             settle=self._settle,
             count=self._count,
             drop_consumer=self._drop_consumer,
-            timed_out=self.runner.endings.timed_out,
+            timed_out=self._timed_out,
             start_slot=self._start_slot,
             cannot_start=self._cannot_start,
             lost=self._lost,
@@ -609,12 +609,24 @@ class Worker:
         """A task that returned past its time limit before the keeper ended it (the keeper
         was held up: the function held the GIL, or the process was starved): that attempt
         fails all the same, and its value is dropped."""
-        ending = self.runner.endings.timed_out(
-            delivery, running.task, running.limit, time.time() - took, took
-        )
+        ending = self._timed_out(delivery, running.task, running.limit, time.time() - took, took)
         return ending._replace(
             note=f"{ending.note}; it returned after {took:.2f} s, its value dropped"
         )
+
+    def _timed_out(
+        self, delivery: Delivery, task: Task, limit: float, started_at: float, duration: float
+    ) -> Ending:
+        """The ending of an attempt past its time limit; one that distq's own handling
+        failed to make is dead-lettered with the reason (:meth:`Endings.unhandled`), as
+        the runner does with any task's: raised in the keeper, after it had moved the
+        slot's generation on, it left the slot without a thread, and the worker never
+        exited."""
+        endings = self.runner.endings
+        try:
+            return endings.timed_out(delivery, task, limit, started_at, duration)
+        except Exception as exc:
+            return endings.unhandled(delivery, task, exc)
 
     def _connect(self, slot: Slot) -> Consumer | None:
         """A new consumer for the slot; None (after a backoff wait) while the broker is away."""

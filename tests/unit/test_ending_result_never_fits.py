@@ -6,15 +6,19 @@ from __future__ import annotations
 import io
 import threading
 import time
+from typing import Any
+
+import pytest
 
 from distq.codec import Codec
 from distq.console import Console
-from distq.ending import Endings
+from distq.ending import Ending, Endings
 from distq.envelope import DeadLetter, Task
 from distq.tasks import Registry
 from distq.timelimits import TimeLimits
 from distq.transport import Delivery, Transport
 from distq.worker import Worker, WorkerOptions
+from seam import results_of
 
 #: The smallest DISTQ_MAX_MESSAGE_BYTES, and a task id that fits a task under it, not
 #: the error result that names the task and its worker.
@@ -77,4 +81,46 @@ def test_a_time_limit_whose_result_cannot_fit_does_not_lose_the_slot(
     assert "keeping a long batch failed" not in said, said
     assert "ran past its time limit of 0.3 s" in said, said
     assert "0 ok, 1 failed for good, 0 retried, 1 dead-lettered" in said, said
+    producer.close()
+
+
+def test_a_time_limit_whose_ending_fails_is_dead_lettered_and_the_slot_goes_on(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any error of distq's own in making a timed-out attempt's ending (the keeper's, or
+    the slot's for one that returned late) is what the runner makes of such an error in
+    any task: a dead letter with the reason (Endings.unhandled). Raised in the keeper,
+    after the slot's generation had moved on, it left the slot without a thread."""
+
+    def boom(*args: Any, **kwargs: Any) -> Ending:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Endings, "timed_out", boom)
+    producer = transport.producer("replies")
+    task = Task("sleepy", [1.0], "replies", id="t-boom", max_attempts=3)
+    producer.submit([task.encode()])
+    registry = Registry()
+    registry.register("sleepy", time.sleep)
+    out = io.StringIO()
+    options = WorkerOptions(
+        worker_id="w",
+        exit_when_idle=1.5,
+        prefetch=1,
+        heartbeat_interval=0.2,
+        time_limits=TimeLimits.parse("sleepy=0.3"),
+    )
+    worker = Worker(transport, registry, options, Console(out=out, err=out))
+    codes: list[int] = []
+    runs = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
+    runs.start()
+    runs.join(20)
+    said = out.getvalue()
+    assert codes == [0], said
+    assert "keeping a long batch failed" not in said, said
+    assert (
+        "task sleepy t-boom dead-lettered: the worker could not handle it: RuntimeError: boom"
+    ) in said, said
+    assert "0 ok, 1 failed for good, 0 retried, 1 dead-lettered" in said, said
+    (result,) = results_of(producer, 1, within=5)
+    assert (result.status, result.error_type) == ("error", "WorkerError"), result
     producer.close()
