@@ -44,6 +44,13 @@ def load_settings(
     _check_names(overrides, entries)
     if settings is None:
         return _from_environment(overrides, environ, entries)
+    if not isinstance(settings, Settings):  # a URL, say: dataclasses.replace() said only
+        # "replace() should be called on dataclass instances"
+        raise TypeError(
+            f"Executor() settings must be a distq.config.Settings or None, not a "
+            f"{type(settings).__name__} (not shown: a URL may hold a password); give "
+            "settings by keyword: Executor(redis_url=..., queue=...), or Settings.load(...)"
+        )
     return _over(settings, overrides, entries)
 
 

@@ -396,3 +396,19 @@ def test_a_numeric_setting_out_of_range_is_refused_in_every_way_it_can_be_given(
     with pytest.raises(ConfigError, match=rf"^{name} \({variable}\) {said}"):
         load_settings(dataclasses.replace(base, **{name: value}), {}, {})
     assert getattr(load_settings(base, {}, {}), name) == getattr(base, name)  # in range: kept
+
+
+@pytest.mark.parametrize("given", ["redis://:hunter2@127.0.0.1:6379/0", {"transport": "redis"}, 5])
+def test_settings_that_are_not_a_settings_object_are_refused_saying_what_to_pass(
+    given: Any,
+) -> None:
+    """``Executor("redis://...")`` (a URL where a ``Settings`` goes) raised "replace()
+    should be called on dataclass instances", from deep inside: it says nothing of the
+    argument or of what to give instead."""
+    with pytest.raises(TypeError, match=r"Executor\(\) settings must be a distq.config.Settings"):
+        load_settings(given, {}, {})
+    with pytest.raises(TypeError, match=r"give settings by keyword: Executor\(redis_url="):
+        Executor(given)
+    with pytest.raises(TypeError) as refused:
+        Executor(given)
+    assert "hunter2" not in str(refused.value)
