@@ -46,15 +46,12 @@ def test_a_failure_whose_result_cannot_fit_is_dead_lettered_without_a_result() -
         assert letter.body == body and "failed 1 of 1 attempts" in letter.reason
 
 
-def test_a_time_limit_whose_result_cannot_fit_does_not_lose_the_slot(
-    transport: Transport,
-) -> None:
-    """The keeper's give-up made the ending after it had moved the slot's generation on:
-    the MessageTooLarge left the slot without a thread ("keeping a long batch failed"),
-    its task unsettled, and the worker never exited."""
-    producer = transport.producer("replies")
-    task = Task("sleepy", [1.0], "replies", id=LONG_ID, max_attempts=1)
-    producer.submit([task.encode()])
+def _sleepy_worker(
+    transport: Transport, task: Task, codec: Codec | None = None
+) -> tuple[list[int], str]:
+    """``task`` (a ``sleepy`` of 1 s under a 0.3 s limit) run by a one-slot worker that
+    exits once idle 1.5 s: its exit codes (none if it was still running after 20 s) and
+    its lines."""
     registry = Registry()
     registry.register("sleepy", time.sleep)
     out = io.StringIO()
@@ -65,18 +62,24 @@ def test_a_time_limit_whose_result_cannot_fit_does_not_lose_the_slot(
         heartbeat_interval=0.2,
         time_limits=TimeLimits.parse("sleepy=0.3"),
     )
-    worker = Worker(
-        transport,
-        registry,
-        options,
-        Console(out=out, err=out),
-        codec=Codec(max_message_bytes=SMALLEST),
-    )
+    worker = Worker(transport, registry, options, Console(out=out, err=out), codec=codec)
     codes: list[int] = []
     runs = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
     runs.start()
     runs.join(20)
-    said = out.getvalue()
+    return codes, out.getvalue()
+
+
+def test_a_time_limit_whose_result_cannot_fit_does_not_lose_the_slot(
+    transport: Transport,
+) -> None:
+    """The keeper's give-up made the ending after it had moved the slot's generation on:
+    the MessageTooLarge left the slot without a thread ("keeping a long batch failed"),
+    its task unsettled, and the worker never exited."""
+    producer = transport.producer("replies")
+    task = Task("sleepy", [1.0], "replies", id=LONG_ID, max_attempts=1)
+    producer.submit([task.encode()])
+    codes, said = _sleepy_worker(transport, task, Codec(max_message_bytes=SMALLEST))
     assert codes == [0], said
     assert "keeping a long batch failed" not in said, said
     assert "ran past its time limit of 0.3 s" in said, said
@@ -99,22 +102,7 @@ def test_a_time_limit_whose_ending_fails_is_dead_lettered_and_the_slot_goes_on(
     producer = transport.producer("replies")
     task = Task("sleepy", [1.0], "replies", id="t-boom", max_attempts=3)
     producer.submit([task.encode()])
-    registry = Registry()
-    registry.register("sleepy", time.sleep)
-    out = io.StringIO()
-    options = WorkerOptions(
-        worker_id="w",
-        exit_when_idle=1.5,
-        prefetch=1,
-        heartbeat_interval=0.2,
-        time_limits=TimeLimits.parse("sleepy=0.3"),
-    )
-    worker = Worker(transport, registry, options, Console(out=out, err=out))
-    codes: list[int] = []
-    runs = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
-    runs.start()
-    runs.join(20)
-    said = out.getvalue()
+    codes, said = _sleepy_worker(transport, task)
     assert codes == [0], said
     assert "keeping a long batch failed" not in said, said
     assert (
