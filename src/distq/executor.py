@@ -235,7 +235,8 @@ class Executor(concurrent.futures.Executor):
         call. ``chunksize`` > 1 sends that many calls as one task (a chunk): fewer
         messages, but a failing call fails (and retries) its whole chunk, and its calls
         take no keywords (``TypeError`` for a ``functools.partial`` that binds some).
-        Leaving the iterator early cancels the tasks not answered yet.
+        Leaving the iterator early cancels the tasks not answered yet; one never
+        advanced (closed or dropped before its first ``next()``) cancels nothing.
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, not {chunksize!r:.40}; use a whole number")
