@@ -16,7 +16,7 @@ from distq.ending import Ending, Endings
 from distq.envelope import DeadLetter, Task
 from distq.tasks import Registry
 from distq.timelimits import TimeLimits
-from distq.transport import Delivery, Transport
+from distq.transport import Delivery, Producer, Transport
 from distq.worker import Worker, WorkerOptions
 from seam import results_of
 
@@ -47,11 +47,12 @@ def test_a_failure_whose_result_cannot_fit_is_dead_lettered_without_a_result() -
 
 
 def _sleepy_worker(
-    transport: Transport, task: Task, codec: Codec | None = None
+    transport: Transport, producer: Producer, task: Task, codec: Codec | None = None
 ) -> tuple[list[int], str]:
-    """``task`` (a ``sleepy`` of 1 s under a 0.3 s limit) run by a one-slot worker that
-    exits once idle 1.5 s: its exit codes (none if it was still running after 20 s) and
-    its lines."""
+    """``task`` (a ``sleepy`` of 1 s under a 0.3 s limit), submitted by ``producer``, run
+    by a one-slot worker that exits once idle 1.5 s: its exit codes (none if it was still
+    running after 20 s) and its lines."""
+    producer.submit([task.encode()])
     registry = Registry()
     registry.register("sleepy", time.sleep)
     out = io.StringIO()
@@ -78,8 +79,7 @@ def test_a_time_limit_whose_result_cannot_fit_does_not_lose_the_slot(
     its task unsettled, and the worker never exited."""
     producer = transport.producer("replies")
     task = Task("sleepy", [1.0], "replies", id=LONG_ID, max_attempts=1)
-    producer.submit([task.encode()])
-    codes, said = _sleepy_worker(transport, task, Codec(max_message_bytes=SMALLEST))
+    codes, said = _sleepy_worker(transport, producer, task, Codec(max_message_bytes=SMALLEST))
     assert codes == [0], said
     assert "keeping a long batch failed" not in said, said
     assert "ran past its time limit of 0.3 s" in said, said
@@ -101,8 +101,7 @@ def test_a_time_limit_whose_ending_fails_is_dead_lettered_and_the_slot_goes_on(
     monkeypatch.setattr(Endings, "timed_out", boom)
     producer = transport.producer("replies")
     task = Task("sleepy", [1.0], "replies", id="t-boom", max_attempts=3)
-    producer.submit([task.encode()])
-    codes, said = _sleepy_worker(transport, task)
+    codes, said = _sleepy_worker(transport, producer, task)
     assert codes == [0], said
     assert "keeping a long batch failed" not in said, said
     assert (
