@@ -569,9 +569,11 @@ class _Run(Generic[E]):
             if seen >= count:
                 return True
             if self.deadline is not None and time.perf_counter() >= self.deadline:
-                break
+                # out of time before any stop: a signal read after this does not hide it
+                self.report.problems.append(f"only {seen} of {count} worker slots attached in time")
+                return False
             time.sleep(0.05)  # before the job starts: a short poll costs nothing measured
-        if not self.stop.is_set():  # stopped: no problem of the job's, nor "in time"
+        if not self.stop.is_set():  # the broker lost past the timeout; stopped: no problem
             self.report.problems.append(f"only {seen} of {count} worker slots attached in time")
         return False
 

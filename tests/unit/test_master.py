@@ -735,3 +735,26 @@ def test_a_seeded_squares_job_draws_the_same_numbers_one_task_at_a_time_as_in_ba
         5,
         "r",
     )
+
+
+def test_a_signal_just_after_the_wait_for_workers_ran_out_still_says_they_did_not_attach(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait read its stop after its deadline: a signal landing between the two (here
+    inside the last count of slots, past the deadline) hid "attached in time", though
+    the time had run out first."""
+    stop = threading.Event()
+    counted = transport.stats
+
+    def late_signal() -> object:
+        time.sleep(0.4)  # past the deadline of 0.2 s
+        stop.set()
+        return counted()
+
+    monkeypatch.setattr(transport, "stats", late_signal)
+    out = io.StringIO()
+    report = Master(transport, Console(out=out, err=out)).run(
+        JobSpec(tasks=1, timeout=0.2, wait_workers=1), Squares(seed=1), stop
+    )
+    assert not report.started
+    assert "only 0 of 1 worker slots attached in time" in report.problems, report.problems
