@@ -117,6 +117,11 @@ class UnknownTask(DistqError):
     """A task names a function this worker has not registered."""
 
 
+class NoAttemptsLeft(DistqError):
+    """A task arrived past its last attempt (``attempt`` over ``max_attempts``): made or
+    moved so by hand, since no retry distq sends is. It is exhausted, so it is not run."""
+
+
 class RemoteError(DistqError):
     """A task failed for good on a worker; the message carries the remote exception's type,
     message and traceback text.

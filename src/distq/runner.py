@@ -18,7 +18,7 @@ from typing import Protocol
 from distq.console import Console
 from distq.ending import Ending, Endings
 from distq.envelope import Task, not_bytes
-from distq.errors import EnvelopeError, Shutdown, UnknownTask
+from distq.errors import EnvelopeError, NoAttemptsLeft, Shutdown, UnknownTask
 from distq.errortext import MAX_MESSAGE_CHARS, cut
 from distq.tasks import Registry
 from distq.transport.base import Delivery
@@ -70,6 +70,8 @@ class TaskRunner:
                     named = cut(named)
                 self.console.task_line(f"Get task {named} from task_queue.")
             started_at, started = time.time(), time.perf_counter()
+            if task.attempt > task.max_attempts:  # exhausted: fails for good, as on its last
+                return self.endings.failed(delivery, task, _no_attempts_left(task), started_at, 0.0)
             try:
                 function = self.registry.resolve(task.name, task.args, task.kwargs)
             except (UnknownTask, TypeError) as exc:
@@ -91,3 +93,13 @@ class TaskRunner:
             raise
         except BaseException as exc:  # distq's own handling failed: never hand it back
             return self.endings.unhandled(delivery, task, exc)  # to loop (nor end the slot)
+
+
+def _no_attempts_left(task: Task) -> NoAttemptsLeft:
+    """Why ``task``, past its last attempt, is not run: run, it failed as "failed 5 of
+    3 attempts" of an attempt that was no failure, or returned a result it had no attempt
+    for."""
+    return NoAttemptsLeft(
+        f"attempt {task.attempt} is past its last ({task.max_attempts}, its max_attempts), "
+        "so it has no attempt left; `distq requeue-dead` starts it over at attempt 1"
+    )

@@ -220,3 +220,40 @@ def test_a_per_task_line_counts_on_the_bar_and_json_logs_drop_it() -> None:
     json = JsonConsole("worker", out=out, err=out)
     json.task_line("Get task 1 from task_queue.")
     assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize(("name", "attempt"), [("echo", 5), ("boom", 4)])
+def test_a_task_past_its_last_attempt_is_not_run_and_fails_for_good_at_once(
+    name: str, attempt: int
+) -> None:
+    """A task whose attempt is already past ``max_attempts`` (hand-made, or moved back
+    by hand from a retry queue) is exhausted: it ended as one that failed its last
+    attempt does, an error result and a dead letter, but only after it had run once
+    more, saying "failed 5 of 3 attempts" of an attempt that was no failure."""
+    calls: list[int] = []
+
+    def echo(value: int) -> int:
+        calls.append(value)
+        return value
+
+    def raises(value: int) -> int:
+        calls.append(value)
+        return boom(value)
+
+    registry = Registry()
+    registry.register("echo", echo)
+    registry.register("boom", raises)
+    out = io.StringIO()
+    runner = TaskRunner(registry, Endings("w1", "q"), Console(out=out, err=out))
+    task = Task(name=name, args=[1], reply_to="replies", attempt=attempt, max_attempts=3)
+    ending = runner(Delivery(body=task.encode(), tag=1))
+    assert calls == []
+    assert ending.outcome == "failed" and ending.settlement.retry is None
+    reason = f"cannot run: NoAttemptsLeft: attempt {attempt} is past its last (3, its max_"
+    assert ending.settlement.dead_letter is not None
+    assert DeadLetter.decode(ending.settlement.dead_letter).reason.startswith(reason)
+    assert ending.settlement.result is not None
+    result = Result.decode(ending.settlement.result)
+    assert result.status == "error" and result.error_message is not None
+    assert result.error_message.startswith(reason) and result.error_type == "NoAttemptsLeft"
+    assert ending.note is not None and reason in ending.note
