@@ -533,9 +533,9 @@ def _say_time_limits(console: Console, limits: TimeLimits, registry: Registry) -
     if not limits:
         return
     console.info(f"time limits: {limits.describe()}")
-    runs = registry.names()
+    runs, chunks = registry.names(), registry.runnable()  # the limit of chunks too
     for name, _ in limits.per_name:
-        if name not in runs:
+        if name not in chunks:
             console.error(
                 f"warning: DISTQ_TASK_TIME_LIMIT names {shown(name)!r}, which this worker "
                 f"does not run (it runs {', '.join(shown(n) for n in runs)})"

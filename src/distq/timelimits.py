@@ -4,9 +4,10 @@
 seconds per task name (``square=2,mypkg.jobs:resize=600``), or both (``30,square=2``:
 square gets 2 s, every other task 30 s); an item with two ``=`` is refused (a name
 with ``=`` in it, which only :meth:`~distq.tasks.Registry.register` can give, takes its
-limit there); a chunk of N calls (``Executor.map(chunksize=N)``)
-gets N times the limit of the function it calls. A program that registers its own functions can
-also give one when it registers it (:meth:`distq.tasks.Registry.register`): the
+limit there); a chunk of N calls (``Executor.map(chunksize=N)``) gets the limit named
+``distq:chunk`` (``distq:chunk=60``: 60 s a chunk, whatever it calls) when one is, else
+N times the limit of the function it calls. A program that registers its own functions
+can also give one when it registers it (:meth:`distq.tasks.Registry.register`): the
 setting's ``NAME=SECONDS`` wins over that, and that over the setting's default.
 
 The worker's keeper enforces a limit (:mod:`distq.keeper`): a task past it fails that
@@ -48,9 +49,14 @@ class TimeLimits:
 
     def of(self, task: Task) -> float | None:
         """The limit of one run of ``task``: a chunk's (``Executor.map(chunksize=N)``) is
-        its function's limit once per call it holds."""
+        the limit named ``distq:chunk`` when one is (a chunk is a task of that name: its
+        name's limit wins, as any task's does; ignored, it warned that the worker "does
+        not run" chunks), else its function's limit once per call it holds."""
         name, args = task.name, task.args
         if name == CHUNK_TASK and len(args) == 2 and isinstance(args[1], list):
+            for known, seconds in self.per_name:
+                if known == CHUNK_TASK:
+                    return seconds
             limit = self.for_task(args[0]) if isinstance(args[0], str) else self.default
             return None if limit is None else limit * max(1, len(args[1]))
         return self.for_task(name)

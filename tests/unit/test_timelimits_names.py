@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
+from distq import cli
+from distq.chunks import CHUNK_TASK
 from distq.config import Settings
+from distq.console import Console
+from distq.envelope import Task
 from distq.errors import ConfigError
+from distq.tasks import Registry
 from distq.timelimits import TimeLimits
 
 
@@ -26,3 +33,22 @@ def test_one_equals_sign_per_item_still_reads_as_before() -> None:
     assert TimeLimits.parse("30, square=2,mod.jobs:fn=0.5") == TimeLimits(
         30.0, (("mod.jobs:fn", 0.5), ("square", 2.0))
     )
+
+
+def test_a_limit_named_for_chunks_is_each_chunks_limit() -> None:
+    """``distq:chunk=60`` (a limit for ``Executor.map(chunksize=N)``'s chunks) was
+    ignored for every well-formed chunk, which took N times its function's limit, or
+    none; the worker warned that it "does not run" ``distq:chunk``, which it does. A
+    chunk is a task named ``distq:chunk``: as for any task, its name's limit wins."""
+    chunk = Task(CHUNK_TASK, ["square", [[1], [2], [3]]], "r")
+    assert TimeLimits.parse("distq:chunk=60").of(chunk) == 60.0
+    assert TimeLimits.parse("5,square=2,distq:chunk=60").of(chunk) == 60.0
+    assert TimeLimits.parse("5,square=2").of(chunk) == 6.0  # unset: 3 calls x square's 2 s
+    assert TimeLimits.parse("distq:chunk=60").of(Task("square", [1], "r")) is None
+    assert TimeLimits.parse("distq:chunk=60").with_registered({"square": 2}).of(chunk) == 60.0
+
+
+def test_a_worker_does_not_warn_that_it_does_not_run_chunks() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    cli._say_time_limits(Console(out=out, err=err), TimeLimits.parse("distq:chunk=60"), Registry())
+    assert out.getvalue() == "time limits: distq:chunk=60\n" and err.getvalue() == ""
