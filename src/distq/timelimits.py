@@ -2,11 +2,12 @@
 
 ``DISTQ_TASK_TIME_LIMIT`` is off by default. It takes seconds for every task (``30``),
 seconds per task name (``square=2,mypkg.jobs:resize=600``), or both (``30,square=2``:
-square gets 2 s, every other task 30 s); an item with two ``=`` is refused (a name
-with ``=`` in it, which only :meth:`~distq.tasks.Registry.register` can give, takes its
-limit there); a chunk of N calls (``Executor.map(chunksize=N)``) gets the limit named
-``distq:chunk`` (``distq:chunk=60``: 60 s a chunk, whatever it calls) when one is, else
-N times the limit of the function it calls. A program that registers its own functions
+square gets 2 s, every other task 30 s); an item with two ``=`` is refused: a name
+with ``,`` or ``=`` in it (which only :meth:`~distq.tasks.Registry.register` can give)
+is written in double quotes, as a JSON string (``"a=b"=2``), as the worker's ``time
+limits:`` line writes it; a chunk of N calls (``Executor.map(chunksize=N)``) gets the
+limit named ``distq:chunk`` (``distq:chunk=60``: 60 s a chunk, whatever it calls) when
+one is, else N times the limit of the function it calls. A program that registers its own functions
 can also give one when it registers it (:meth:`distq.tasks.Registry.register`): the
 setting's ``NAME=SECONDS`` wins over that, and that over the setting's default.
 
@@ -19,7 +20,8 @@ docstring.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from distq.chunks import CHUNK_TASK
@@ -74,14 +76,17 @@ class TimeLimits:
         return TimeLimits(self.default, tuple(sorted(merged.items())))
 
     def describe(self) -> str:
-        """As the setting is written (``30,square=2``), or ``off``."""
+        """As the setting is written (``30,square=2``), or ``off``: it reads back as these
+        limits, a name given at registration with ``,`` or ``=`` in it too (quoted)."""
         parts = [] if self.default is None else [said(self.default)]
-        parts += [f"{name}={said(seconds)}" for name, seconds in self.per_name]
+        parts += [f"{_written(name)}={said(seconds)}" for name, seconds in self.per_name]
         return ",".join(parts) or "off"
 
     @classmethod
     def parse(cls, text: str) -> TimeLimits:
         """Read ``SECONDS``, ``NAME=SECONDS`` items, comma-separated; empty or ``off`` is off.
+        A name in double quotes is a JSON string (``"a=b"=2``), as :meth:`describe`
+        writes a name the setting could not read otherwise.
 
         Raises ``ValueError`` phrased to follow the variable's name ("is ...; use ...").
         """
@@ -89,18 +94,7 @@ class TimeLimits:
             return cls()
         default: float | None = None
         per_name: dict[str, float] = {}
-        for item in (part.strip() for part in text.split(",")):
-            name, sep, value = item.rpartition("=")
-            name = name.strip()
-            if not item or (sep and not name):
-                raise ValueError(
-                    f"is {text!r}; use SECONDS or NAME=SECONDS items, e.g. 30,square=2"
-                )
-            if "=" in name:  # "square=1=2" named a task "square=1": no name has "="
-                raise ValueError(
-                    f"is {text!r}: {item!r} has more than one '='; use one '=' per item "
-                    "(NAME=SECONDS), e.g. 30,square=2"
-                )
+        for name, sep, value in _items(text):
             seconds = _seconds(value.strip(), text)
             if not sep:
                 if default is not None:
@@ -111,6 +105,65 @@ class TimeLimits:
             else:
                 per_name[name] = seconds
         return cls(default, tuple(sorted(per_name.items())))
+
+
+def _written(name: str) -> str:
+    """``name`` as the setting reads it: as it is, or in double quotes as a JSON string
+    (ASCII, so a line break or an escape in it prints as such) when it could not be
+    read as it is: with ``,``, ``=`` or ``"`` in it (``Registry.register`` takes any
+    name; ``a=b=5`` was refused, ``x,y=5`` read as a default of ``x`` and a name ``y``),
+    space at either end (stripped), a character that does not print, or none at all."""
+    if name and name == name.strip() and name.isprintable() and not any(c in name for c in ',="'):
+        return name
+    return json.dumps(name)
+
+
+def _items(text: str) -> Iterator[tuple[str, str, str]]:
+    """The comma-separated items of the setting ``text``: (name, ``=`` or ``""``,
+    seconds as written); a name in double quotes is read as a JSON string, and ends at
+    its closing quote (a ``,`` or ``=`` inside is part of it)."""
+    at = 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if text.startswith('"', at):
+            try:
+                name, end = _JSON.raw_decode(text, at)
+            except ValueError:
+                raise ValueError(
+                    f"is {text!r}: the quoted name at character {at + 1} does not end; "
+                    'quote it as a JSON string, e.g. "a=b"=2'
+                ) from None
+            comma = text.find(",", end)
+            before, sep, value = text[end : len(text) if comma < 0 else comma].partition("=")
+            if before.strip() or not sep:
+                raise ValueError(
+                    f"is {text!r}: the quoted name {name!r} is not followed by =SECONDS; "
+                    'e.g. "a=b"=2'
+                )
+            yield name, sep, value
+        else:
+            comma = text.find(",", at)
+            item = text[at : len(text) if comma < 0 else comma].strip()
+            name, sep, value = item.rpartition("=")
+            name = name.strip()
+            if not item or (sep and not name):
+                raise ValueError(
+                    f"is {text!r}; use SECONDS or NAME=SECONDS items, e.g. 30,square=2"
+                )
+            if "=" in name:  # "square=1=2" named a task "square=1"
+                raise ValueError(
+                    f"is {text!r}: {item!r} has more than one '='; use one '=' per item "
+                    '(NAME=SECONDS), e.g. 30,square=2, and quote a name with "=" or "," '
+                    'in it: "a=b"=2'
+                )
+            yield name, sep, value
+        if comma < 0:
+            return
+        at = comma + 1
+
+
+_JSON = json.JSONDecoder()
 
 
 def _seconds(value: str, text: str) -> float:

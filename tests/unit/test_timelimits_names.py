@@ -52,3 +52,29 @@ def test_a_worker_does_not_warn_that_it_does_not_run_chunks() -> None:
     out, err = io.StringIO(), io.StringIO()
     cli._say_time_limits(Console(out=out, err=err), TimeLimits.parse("distq:chunk=60"), Registry())
     assert out.getvalue() == "time limits: distq:chunk=60\n" and err.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    "name", ["a=b", "x,y", "a,b=c", ' "quoted"', "tab\tand\nline", "trailing ", "ünï"]
+)
+def test_the_time_limits_line_reads_back_as_the_setting_whatever_the_names(name: str) -> None:
+    """The worker's ``time limits:`` line is the setting as it would be written; a name
+    given at registration with ``,`` or ``=`` in it (``Registry.register`` takes any
+    name) wrote ``a=b=5`` or ``x,y=5``, which the setting refuses or reads as other
+    names. Such a name is written in double quotes, as a JSON string, which the
+    setting reads."""
+    limits = TimeLimits.parse("30,square=2").with_registered({name: 5.0})
+    line = limits.describe()
+    assert TimeLimits.parse(line) == limits, line
+    assert line.isprintable()
+    assert TimeLimits.parse(line).for_task(name) == 5.0
+
+
+def test_a_quoted_name_in_the_setting_is_the_name_it_quotes() -> None:
+    assert TimeLimits.parse('"a=b"=2, "x,y" = 3,square=1') == TimeLimits(
+        None, (("a=b", 2.0), ("square", 1.0), ("x,y", 3.0))
+    )
+    assert TimeLimits.parse('"square"=2') == TimeLimits.parse("square=2")
+    for text in ('"a=b=2', '"a"b=2', '"a"', '"a"=2=3'):
+        with pytest.raises(ValueError, match="is '"):
+            TimeLimits.parse(text)
