@@ -11,13 +11,31 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from distq.codec import Codec
+from distq.envelope import quoted
 from distq.errors import EnvelopeError
 from distq.ledger import Entry
+
+#: The longest retry delay a master takes from a worker (a manager master's, which
+#: holds retries itself): far past any a worker sends (:func:`retry_delay`: 30 s at
+#: most), short of one that never comes due (inf, 1e300: its task lost, counted ready).
+MAX_RETRY_DELAY = 24 * 3600.0
 
 
 def retry_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     """Exponential backoff before attempt ``attempt + 1``: 0.5 s, 1 s, 2 s, ... capped."""
     return float(min(cap, base * 2 ** min(attempt - 1, 64)))  # the wire may say 10**30
+
+
+def delay_problem(delay: object) -> str | None:
+    """Why ``delay``, a retry's delay as a worker sent it, is not seconds a master can
+    wait out; None when it is. Redis and RabbitMQ never read one: a worker turns its
+    own into milliseconds (a key or a queue name); a manager master gets it as the
+    worker's peer sent it, any plain value the unpickler builds."""
+    if type(delay) is bool or not isinstance(delay, int | float):
+        return f"a retry delay of {type(delay).__name__}, not seconds"
+    if not 0 <= delay <= MAX_RETRY_DELAY:  # NaN is in no range; an int of 400 digits compares
+        return f"a retry delay of {quoted(delay)} s, not 0 to {MAX_RETRY_DELAY:g}"
+    return None
 
 
 def retry_bodies(codec: Codec, body: bytes) -> Iterator[list[bytes]]:

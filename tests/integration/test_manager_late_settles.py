@@ -119,3 +119,26 @@ def test_a_settle_the_master_ran_as_it_stopped_is_answered(then_fetch: bool) -> 
         assert results_n(producer, 2, within=1) == [b"ran a"]
         # answered; a fetch of a master that stopped leases nothing
         assert got[0] in ([], None), got
+
+
+@pytest.mark.timeout(60)
+def test_a_retry_delay_that_is_not_seconds_fails_the_settle_clearly_and_loses_no_task() -> None:
+    # a peer holding the key sent a str as a retry's delay: the master raised mid-settle,
+    # after the task's lease was dropped and before its retry was queued: the task was lost
+    with hosted_and_remote(fake_settings(lease_seconds=1.0)) as (hosted, remote):
+        reply_to = hosted.reply_queue("delay")
+        producer = hosted.producer(reply_to)
+        producer.submit([b"a", b"b"])
+        consumer = remote.consumer("c1")
+        a, b = fetch_n(consumer, 2)
+        bad = Settlement(b, retry=b"b retried", retry_delay="0.5")  # type: ignore[arg-type]
+        with pytest.raises(TransportError, match=r"retry delay of str, not seconds") as caught:
+            consumer.settle([Settlement(a, reply_to=reply_to, result=b"ran a"), bad])
+        assert "\n" not in str(caught.value) and "not queued" in str(caught.value)
+        assert results_n(producer, 1, within=1) == [b"ran a"]
+        other = remote.consumer("c2")
+        again = fetch_n(other, 1, within=5)  # b, its lease lapsed: it runs again
+        assert [d.body for d in again] == [b"b"], again
+        other.settle([Settlement(again[0], reply_to=reply_to, result=b"ran b")])
+        assert results_n(producer, 1, within=1) == [b"ran b"]
+        other.close()

@@ -653,3 +653,56 @@ def test_settled_tokens_added_a_batch_at_a_time_answer_as_a_set_would() -> None:
     broker.settle("q", "c", items + items)
     assert broker.get("r", 10, 0) == [b"result"] * 2
     assert remembered(broker, "c") == {w[0] for w in leased}
+
+
+@pytest.mark.parametrize(
+    "delay",
+    ["0.5", None, [1], b"1", True, float("nan"), float("inf"), -1.0, 1e300, 10**400],
+    ids=["str", "None", "list", "bytes", "bool", "nan", "inf", "negative", "1e300", "huge-int"],
+)
+def test_a_retry_delay_that_is_not_seconds_is_refused_and_its_task_not_lost(
+    delay: object,
+) -> None:
+    """A worker (any peer holding the key) sends each retry's delay; the master took it
+    as it came: a str raised mid-settle, after the task's lease was dropped and before
+    its retry was queued (the task lost, the settle's later tasks left to lapse and run
+    again); an infinite or huge delay queued a retry that never came due. Redis and
+    RabbitMQ never see such a delay: a worker turns its own into milliseconds. The
+    settle goes on without that retry, its task left leased to run again when the
+    lease lapses, and the call then fails saying what was refused."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.put("q", [b"a", b"b", b"c"])
+    (ta, _, _), (tb, _, _), (tc, _, _) = broker.fetch("q", "c1", 3, 0.1, 5.0)
+    items = [
+        (ta, "r", b"ran a", None, 0.0, None),
+        (tb, None, None, b"b retried", delay, None),
+        (tc, None, None, b"c retried", 0.0, None),
+    ]
+    with pytest.raises((TypeError, ValueError), match=r"retry delay .* not queued"):
+        broker.settle("q", "c1", items)  # type: ignore[arg-type]
+    assert broker.get("r", 10, 0) == [b"ran a"]
+    clock.now += 5.1  # b's lease lapses: it runs again
+    broker.reap()
+    got = broker.fetch("q", "c2", 10, 0, 5.0)
+    assert sorted((body, again) for _, body, again in got) == [(b"b", True), (b"c retried", False)]
+    broker.settle("q", "c2", [(token, None, None, None, 0.0, None) for token, _, _ in got])
+    with pytest.raises((TypeError, ValueError), match=r"retry delay .* not queued"):
+        broker.settle("q", "c1", items)  # type: ignore[arg-type]  # sent again
+    assert broker.get("r", 10, 0) == []  # the rest was settled already: left alone
+    clock.now += 10**6  # no retry of b waits, come due or not
+    broker.reap()
+    assert broker.fetch("q", "c3", 10, 0, 5.0) == []
+
+
+@pytest.mark.parametrize("delay", [0, 2, 0.5, 30.0])
+def test_a_retry_delay_of_int_or_float_seconds_is_taken(delay: float) -> None:
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.put("q", [b"a"])
+    ((token, _, _),) = broker.fetch("q", "c1", 1, 0.1, 5.0)
+    broker.settle("q", "c1", [(token, None, None, b"a2", delay, None)])
+    clock.now += delay + 0.01
+    broker.reap()
+    assert [body for _, body, _ in broker.fetch("q", "c1", 1, 0, 5.0)] == [b"a2"]

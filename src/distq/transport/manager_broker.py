@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from distq.envelope import DeadLetter, quoted
+from distq.retries import MAX_RETRY_DELAY, delay_problem
 from distq.transport.base import is_orphan_of
 
 # (token, body, redelivered) as handed to a consumer
@@ -165,6 +166,18 @@ def _as_body(value: object) -> bytes:
         return value
     what = f"(not bytes: a {type(value).__name__}: {quoted(value)})"
     return what.encode("utf-8", "backslashreplace")
+
+
+def _refused_retries(why: Sequence[str]) -> str:
+    """The error of a settle whose retries named delays that are not seconds (``why``
+    each): a peer's bug, said to that peer (which drops its connection on an error a
+    master raises); their tasks stay leased, to run again."""
+    some = "1 retry" if len(why) == 1 else f"{len(why)} retries"
+    # short: a worker shows the first 200 characters of a master's error
+    return (
+        f"{why[0]}: {some} not queued, run again as leases lapse (distq sends 0 to 30 s: "
+        "another program?)"
+    )
 
 
 def _reply_to(body: object) -> str | None:
@@ -542,6 +555,7 @@ class QueueBroker:
         after it, is taken as one past a lapse is."""
         now = self._clock()
         late: list[int] = []  # not list[int](): see test_manager_lone_task
+        refused: list[str] = []  # why retries were not queued: their delays
         fresh: list[int] = []
         seen: set[int] | None = None  # fresh's tokens, once a token not held comes
         with self._lock:
@@ -555,6 +569,12 @@ class QueueBroker:
                     result = _as_body(result)
                 if retry is not None:
                     retry = _as_body(retry)
+                    if type(delay) is not float or not 0.0 <= delay <= MAX_RETRY_DELAY:
+                        why = delay_problem(delay)
+                        if why is not None:  # before its lease goes: it runs again
+                            refused.append(why)
+                            continue
+                        delay = float(delay)  # an int's: a heap of floats
                 if dead is not None:
                     dead = _as_body(dead)
                 held = owner is not None and owner.held.pop(token, None) is not None
@@ -583,6 +603,8 @@ class QueueBroker:
                     self._push(f"{queue}.dead", [dead])
             if owner is not None and fresh:
                 owner.settled.extend(fresh)
+        if refused:  # the rest is settled: a settle sent again leaves it alone
+            raise ValueError(_refused_retries(refused))
         return late
 
     def _done_elsewhere(self, token: int, now: float) -> None:
