@@ -169,6 +169,7 @@ class Dispatcher(threading.Thread):
         # to run after (Producer.close_answered)
         self._kept_unanswered = False
         self._overdue = Overdue(self._lock, self._not_sent)
+        self._finished = threading.Event()  # set as run() ends: see join()
 
     # -- any thread ------------------------------------------------------------
     def put(self, command: Command) -> bool:
@@ -197,6 +198,8 @@ class Dispatcher(threading.Thread):
         their done-callbacks: they are the parent's) and close a listening socket
         inherited. Nothing is sent: the connections are the parent's."""
         self._lock = threading.RLock()  # another thread may have held it at the fork
+        self._finished = threading.Event()  # a new one, set: its lock too
+        self._finished.set()
         self._ended, self.broken = True, FORKED
         # every future submitted (fail_inherited skips those answered), those a parent
         # thread had in hand between the executor's structures at the fork too (a batch
@@ -261,8 +264,26 @@ class Dispatcher(threading.Thread):
             self._not_sent.discard(entry.task.id)
             return True
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end, at most ``timeout`` s, on an event of its own:
+        ``Thread.join`` interrupted (Ctrl-C in a shutdown's wait) marks a thread still
+        running as stopped (CPython releases the lock the running thread holds), and
+        ``is_alive()`` then said False: a close() after it returned with every future
+        pending, and the exit took the thread for ended."""
+        self._finished.wait(timeout)
+
+    def is_alive(self) -> bool:
+        """Started and not yet ended (see :meth:`join`)."""
+        return self.ident is not None and not self._finished.is_set()
+
     # -- the thread ------------------------------------------------------------
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._finished.set()
+
+    def _run(self) -> None:
         try:
             self._loop()
         except BaseException as exc:  # a lost broker, or a bug: no future may hang

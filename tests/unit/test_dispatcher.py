@@ -894,3 +894,27 @@ def test_an_executor_collected_in_a_thread_holding_its_lock_does_not_hang() -> N
         pytest.fail("the executor's finalizer waited for the lock its own thread held")
     dispatcher.join(10)
     assert not dispatcher.is_alive()  # stopped: nothing to answer
+
+
+def test_close_after_a_ctrl_c_in_shutdown_resolves_every_future_before_it_returns() -> None:
+    """Ctrl-C in ``shutdown(wait=True)`` (the end of a ``with`` block, no worker) lands
+    in the wait for the executor's thread. Python's ``Thread.join`` interrupted there
+    marks a thread still running as stopped (it releases the lock that thread holds):
+    ``is_alive()`` said False from then on, so a close() after it returned at once with
+    every future still pending (cancelled later, behind the caller's back), and the exit
+    took the thread for ended."""
+    import _thread
+    import threading
+
+    settings = Settings(authkey=secrets.token_bytes(16), manager_address=("127.0.0.1", free_port()))
+    executor = Executor(settings)
+    try:
+        futures = [executor.submit("square", n) for n in range(3)]
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        with pytest.raises(KeyboardInterrupt):
+            executor.shutdown(wait=True)  # no worker: it waits until the Ctrl-C
+        executor.close()
+        assert [future._state for future in futures] == ["CANCELLED_AND_NOTIFIED"] * 3
+        assert not executor._dispatcher.is_alive()
+    finally:
+        executor.close()
