@@ -200,6 +200,7 @@ class Dispatcher(threading.Thread):
         self._lock = threading.RLock()  # another thread may have held it at the fork
         self._finished = threading.Event()  # a new one, set: its lock too
         self._finished.set()
+        self.callbacks.forked()
         self._ended, self.broken = True, FORKED
         # every future submitted (fail_inherited skips those answered), those a parent
         # thread had in hand between the executor's structures at the fork too (a batch

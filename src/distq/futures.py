@@ -80,6 +80,8 @@ class Callbacks:
         self._queue: queue.SimpleQueue[DistqFuture[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        # set as the thread ends: busy() and join() read it, not the thread (see join)
+        self._finished = threading.Event()
 
     def put(self, future: DistqFuture[Any]) -> None:
         """Run ``future``'s callbacks on the thread (here, after :meth:`close`)."""
@@ -103,18 +105,31 @@ class Callbacks:
 
     def busy(self) -> bool:
         """Whether its thread still runs (callbacks to run, or :meth:`close` not called)."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+        return self._thread is not None and not self._finished.is_set()
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait for the callbacks handed over so far (from another thread than theirs)."""
+        """Wait for the callbacks handed over so far (from another thread than theirs).
+
+        On an event the thread sets as it ends, not ``Thread.join``: interrupted (Ctrl-C
+        in a shutdown's wait), that marks a thread still running as stopped (CPython
+        releases the lock the running thread holds), and the exit, which waits for busy
+        callback threads only, cut off the callbacks still to run."""
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        mine = thread is threading.current_thread()
+        if thread is not None and not mine and self._finished.wait(timeout):
+            thread.join()  # past its last callback: it ends at once
+
+    def forked(self) -> None:
+        """In a child made by fork(), where its thread does not exist: not busy."""
+        self._finished = threading.Event()  # a new one: a parent's thread may hold its lock
+        self._finished.set()
 
     def _run(self) -> None:
-        while (future := self._queue.get()) is not None:
-            future.run_callbacks()
+        try:
+            while (future := self._queue.get()) is not None:
+                future.run_callbacks()
+        finally:
+            self._finished.set()
 
 
 class DistqFuture(concurrent.futures.Future[_T]):

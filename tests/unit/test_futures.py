@@ -284,3 +284,30 @@ def test_a_callback_added_before_the_answer_runs_once_it_comes() -> None:
     later.set_result(16)
     later.add_done_callback(lambda f: ran.append(f.result()))  # runs at once
     assert ran == [9, 16]
+
+
+def test_a_ctrl_c_in_the_wait_for_the_callbacks_leaves_them_running_and_waited_for() -> None:
+    """Ctrl-C in ``shutdown()``'s wait for the done-callbacks lands in ``Thread.join``,
+    which, interrupted, marks a thread still running as stopped (CPython releases the
+    lock the running thread holds): ``busy()`` said False while a callback still ran,
+    and the exit, which waits only for busy callback threads, cut it off."""
+    import signal
+
+    callbacks = Callbacks()
+    release = threading.Event()
+    future = DistqFuture[Any](_never, "t1", "square", callbacks)
+    future.add_done_callback(lambda _f: release.wait(10))
+    future.set_result(1)
+    callbacks.close()
+    main = threading.main_thread().ident
+    assert main is not None
+    # a SIGINT to the main thread, as Ctrl-C: _thread.interrupt_main() wakes no wait
+    threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            callbacks.join()  # the callback runs until released: waits until the Ctrl-C
+        assert callbacks.busy()  # still running: the exit waits for it
+    finally:
+        release.set()
+        callbacks.join(5)
+    assert not callbacks.busy()
