@@ -114,7 +114,9 @@ def _after_fork_in_child() -> None:
     work and its inherited futures fail (:meth:`Dispatcher.fork_in_child`)."""
     global ENDED_LOCK
     ENDED_LOCK = threading.Lock()  # a parent thread may have held it at the fork
-    ended_callbacks.clear()  # the parent's
+    for callbacks in ended_callbacks:  # the parent's: their thread does not exist here
+        callbacks.forked()  # not busy: a close() here waited for it for good
+    ended_callbacks.clear()
     for dispatcher in list(running):
         dispatcher.fork_in_child()
     running.clear()

@@ -918,3 +918,39 @@ def test_close_after_a_ctrl_c_in_shutdown_resolves_every_future_before_it_return
         assert not executor._dispatcher.is_alive()
     finally:
         executor.close()
+
+
+def test_a_child_forked_while_an_ended_executors_callback_runs_does_not_wait_for_it() -> None:
+    """An executor whose thread has ended (shut down without waiting) still runs a
+    done-callback when the process forks: in the child that thread does not exist. Its
+    close() there waited for the callbacks on an event only that thread sets, for good
+    (``Thread.join`` returned at once: fork marks the parent's threads stopped)."""
+    import os
+    import threading
+
+    settings = Settings(authkey=secrets.token_bytes(16), manager_address=("127.0.0.1", free_port()))
+    executor = Executor(settings)
+    running, release = threading.Event(), threading.Event()
+    try:
+
+        def slow(_future: Any) -> None:
+            running.set()
+            release.wait(30)
+
+        future = executor.submit("square", 2)
+        future.add_done_callback(slow)
+        executor.shutdown(wait=False, cancel_futures=True)  # no worker: cancelled at once
+        assert running.wait(10)
+        executor._dispatcher.join(10)
+        assert not executor._dispatcher.is_alive()  # ended: its callback still runs
+        pid = os.fork()
+        if pid == 0:  # the child: close() returns, or it is reported stuck
+            closing = threading.Thread(target=executor.close, daemon=True)
+            closing.start()
+            closing.join(5)
+            os._exit(1 if closing.is_alive() else 0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "close() in the child never returned"
+    finally:
+        release.set()
+        executor.close()
