@@ -345,14 +345,23 @@ class Executor(concurrent.futures.Executor):
         """Wait for the executor's thread to end, then for the callbacks it handed on
         (not from one of those threads: a callback may shut its executor down). Not for
         a thread close() gave up on, before this wait or during it (a close() on another
-        thread, bounding it): each waited for it, retrying a hung broker, about 45 s."""
-        # every future resolved, the thread in a call to a broker that does not answer:
-        # left as close() leaves it (20 s with a hung Redis, task_timeout=1)
-        if threading.current_thread() is not self._dispatcher and (
-            executor_threads.join_finishing(self._dispatcher, lambda: self._left)
-        ):
-            self._left = True
-        self._callbacks.join()
+        thread, bounding it): each waited for it, retrying a hung broker, about 45 s.
+
+        Ctrl-C here (the end of a ``with`` block, no worker) ends the wait, and the exit
+        no longer waits for the results either: it fails the unanswered futures as for
+        an executor left open. The exit waited for them as for a shutdown(wait=False),
+        for good, until a second Ctrl-C, the futures still pending."""
+        try:
+            # every future resolved, the thread in a call to a broker that does not
+            # answer: left as close() leaves it (20 s with a hung Redis, task_timeout=1)
+            if threading.current_thread() is not self._dispatcher and (
+                executor_threads.join_finishing(self._dispatcher, lambda: self._left)
+            ):
+                self._left = True
+            self._callbacks.join()
+        except KeyboardInterrupt:
+            self._dispatcher.finishing = False  # until then, it answers what it can
+            raise
 
     def _submit(
         self,

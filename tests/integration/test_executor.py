@@ -1014,6 +1014,63 @@ def test_an_executor_collected_without_shutdown_does_not_hold_up_the_exit() -> N
     assert took < 15, out
 
 
+INTERRUPTED_AT_THE_END_OF_A_WITH = """
+    import atexit
+    futures = []
+    # registered before distq is imported, so it runs after distq's own exit hook
+    atexit.register(lambda: print("at exit:", [
+        type(f.exception()).__name__ if f.done() and not f.cancelled() else f._state
+        for f in futures
+    ], flush=True))
+    import threading, time
+    import distq
+
+    def say_when_waiting(ex):  # the end of the block has told the executor to finish
+        while not ex._dispatcher.finishing:
+            time.sleep(0.01)
+        print("waiting", flush=True)
+
+    with distq.Executor() as ex:
+        futures += [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
+        threading.Thread(target=say_when_waiting, args=(ex,), daemon=True).start()
+"""
+
+
+def test_one_ctrl_c_at_the_end_of_a_with_block_ends_the_program_every_future_resolved() -> None:
+    """Ctrl-C in the wait at the end of a ``with`` block (no worker: results that never
+    come) raised KeyboardInterrupt, and then the exit waited for the same results, for
+    good, until a second Ctrl-C ("Exception ignored in atexit callback"), the futures
+    still pending. One is enough now: the exit fails the unanswered futures, as for an
+    executor left open, and the program ends as a KeyboardInterrupt ends it."""
+    program = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(INTERRUPTED_AT_THE_END_OF_A_WITH)],
+        env=manager_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # killed as a group if it hangs
+    )
+    try:
+        assert program.stdout is not None
+        assert program.stdout.readline() == "waiting\n"
+        time.sleep(0.2)  # from the end of the block into its wait
+        program.send_signal(signal.SIGINT)
+        try:
+            out, _ = program.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(program.pid, signal.SIGKILL)
+            out, _ = program.communicate()
+            pytest.fail(f"one Ctrl-C did not end the program; its output:\n{out}")
+    finally:
+        if program.poll() is None:
+            os.killpg(program.pid, signal.SIGKILL)
+            program.wait()
+    assert "KeyboardInterrupt" in out and "Exception ignored" not in out, out
+    states = out.splitlines()[-1]
+    assert states == f"at exit: {['BrokenExecutor'] * 3}", out
+    assert program.returncode == -signal.SIGINT, out
+
+
 def test_a_submit_racing_shutdown_is_either_refused_or_waited_for() -> None:
     """The shutdown check and the hand-over to the executor's thread are one step: a
     submit that the shutdown overtakes raises RuntimeError, not BrokenExecutor."""
