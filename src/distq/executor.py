@@ -230,13 +230,15 @@ class Executor(concurrent.futures.Executor):
         """``fn`` over the arguments from ``iterables``, results in order.
 
         Every call is checked and submitted now (``TypeError`` before anything is sent if
-        an argument is not a JSON value); the iterator raises the first remote error in
-        order, and ``TimeoutError`` when a result is not in ``timeout`` seconds after this
-        call. ``chunksize`` > 1 sends that many calls as one task (a chunk): fewer
-        messages, but a failing call fails (and retries) its whole chunk, and its calls
-        take no keywords (``TypeError`` for a ``functools.partial`` that binds some).
-        Leaving the iterator early cancels the tasks not answered yet; one never
-        advanced (closed or dropped before its first ``next()``) cancels nothing.
+        an argument is not a JSON value; ``RuntimeError`` after :meth:`shutdown`, unless
+        there is no call: then, as the standard library's, an empty iterator); the
+        iterator raises the first remote error in order, and ``TimeoutError`` when a
+        result is not in ``timeout`` seconds after this call. ``chunksize`` > 1 sends
+        that many calls as one task (a chunk): fewer messages, but a failing call fails
+        (and retries) its whole chunk, and its calls take no keywords (``TypeError`` for
+        a ``functools.partial`` that binds some). Leaving the iterator early cancels the
+        tasks not answered yet; one never advanced (closed or dropped before its first
+        ``next()``) cancels nothing.
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, not {chunksize!r:.40}; use a whole number")
@@ -374,7 +376,9 @@ class Executor(concurrent.futures.Executor):
         if self._dispatcher.forked():
             raise BrokenExecutor(FORKED)
         with self._lock:
-            if self._shutdown:
+            # none to schedule, none refused: a map() of nothing after shutdown() is empty,
+            # as concurrent.futures' is (its map submits nothing)
+            if self._shutdown and calls:
                 raise RuntimeError("cannot schedule new futures after shutdown")
         now = time.monotonic()
         deadline = None if self.task_timeout is None else now + self.task_timeout
@@ -403,7 +407,7 @@ class Executor(concurrent.futures.Executor):
         # checked again and handed on under the lock: a shutdown() either comes first
         # (RuntimeError) or after, and then its Stop is queued behind these tasks
         with self._lock:
-            if self._shutdown:
+            if self._shutdown and entries:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if entries and not self._dispatcher.put(Submit(entries)):
                 error = BrokenExecutor(self._dispatcher.broken or "the executor has stopped")

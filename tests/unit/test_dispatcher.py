@@ -954,3 +954,29 @@ def test_a_child_forked_while_an_ended_executors_callback_runs_does_not_wait_for
     finally:
         release.set()
         executor.close()
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_a_map_of_nothing_after_shutdown_is_empty_and_one_of_calls_is_refused(
+    chunksize: int,
+) -> None:
+    """As concurrent.futures' map(), which submits nothing for an empty iterable: after
+    shutdown() it returns an empty iterator (ours raised RuntimeError), and one with
+    calls still raises RuntimeError at the call, not at its first next()."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pass
+    assert list(pool.map(abs, [])) == []
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.map(abs, [1])
+
+    settings = Settings(authkey=secrets.token_bytes(16), manager_address=("127.0.0.1", free_port()))
+    executor = Executor(settings)
+    try:
+        executor.shutdown()
+        assert list(executor.map("square", [], chunksize=chunksize)) == []
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            executor.map("square", [1], chunksize=chunksize)
+    finally:
+        executor.close()
