@@ -433,8 +433,11 @@ class Executor(concurrent.futures.Executor):
                 else:
                     try:
                         value = future.result(max(0.0, end - time.monotonic()))
-                    except TimeoutError:
-                        if future.done():  # the task's own error, a TaskTimeout
+                    except TimeoutError as exc:
+                        # the task's own error, a TaskTimeout; not the wait's, though a
+                        # result came in as it ended (it lacked "map(): ")
+                        done = future.done() and not future.cancelled()
+                        if done and future.exception(0) is exc:
                             raise
                         raise TimeoutError(f"map(): {future.waiting(timeout)}") from None
                 futures.pop()

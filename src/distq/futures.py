@@ -276,18 +276,18 @@ class DistqFuture(concurrent.futures.Future[_T]):
             return self._result  # type: ignore[return-value]
         try:
             return super().result(_wait_limit(timeout))
-        except TimeoutError:
-            if not self.done():
+        except TimeoutError as exc:
+            # the wait's, not the task's own (a TaskTimeout): named, though its result
+            # came in as the wait ended (the standard library's bare one named nothing)
+            if exc is not self._exception:
                 raise TimeoutError(self.waiting(timeout)) from None
             raise
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         try:
             return super().exception(_wait_limit(timeout))
-        except TimeoutError:
-            if not self.done():
-                raise TimeoutError(self.waiting(timeout)) from None
-            raise
+        except TimeoutError:  # only the wait's: the task's own error is returned
+            raise TimeoutError(self.waiting(timeout)) from None
 
     @property
     def refused_with_keys_alike(self) -> bool:

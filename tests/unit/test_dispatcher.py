@@ -31,7 +31,13 @@ from distq.futures import Callbacks, DistqFuture
 from distq.overdue import DEADLINES_KEPT
 from distq.transport import Settlement, open_transport
 from launch import free_port
-from seam import DispatcherTransport, fetch_n, ok_result, square_entry
+from seam import (
+    DispatcherTransport,
+    answered_as_the_wait_ends,
+    fetch_n,
+    ok_result,
+    square_entry,
+)
 
 
 class BrokerGoneAtWithdraw:
@@ -978,5 +984,20 @@ def test_a_map_of_nothing_after_shutdown_is_empty_and_one_of_calls_is_refused(
         assert list(executor.map("square", [], chunksize=chunksize)) == []
         with pytest.raises(RuntimeError, match="after shutdown"):
             executor.map("square", [1], chunksize=chunksize)
+    finally:
+        executor.close()
+
+
+def test_a_map_deadline_met_by_a_result_says_map_as_its_other_deadline_errors() -> None:
+    """A result in at the moment map()'s deadline ended the wait: the TimeoutError
+    lacked the "map(): " its other deadline errors carry (it was the standard
+    library's bare one, naming nothing)."""
+    settings = Settings(authkey=secrets.token_bytes(16), manager_address=("127.0.0.1", free_port()))
+    executor = Executor(settings)
+    try:
+        results = executor.map("square", [3], timeout=0.05)  # no worker
+        with answered_as_the_wait_ends(9), pytest.raises(TimeoutError) as raised:
+            next(results)
+        assert str(raised.value).startswith("map(): no result for task square ["), raised.value
     finally:
         executor.close()

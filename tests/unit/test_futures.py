@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from distq import futures as futures_module
+from distq.errors import TaskTimeout
 from distq.futures import Callbacks, DistqFuture
+from seam import answered_as_the_wait_ends
 
 
 def _never(futures: list[DistqFuture[Any]], wait: bool = True) -> list[bool]:
@@ -43,6 +45,22 @@ def test_a_wait_that_ends_without_a_result_names_the_task() -> None:
     for wait in (future.result, future.exception):
         with pytest.raises(TimeoutError, match=r"no result for task jobs:resize \[t1\] after"):
             wait(0.01)
+
+
+def test_a_wait_whose_result_comes_as_it_ends_names_the_task_as_any_other() -> None:
+    """A result in at the moment the wait timed out: ``result()`` raised the standard
+    library's bare ``TimeoutError()``, naming nothing. A task's own TimeoutError (its
+    TaskTimeout) is still raised as it is."""
+    future = DistqFuture[Any](_never, "t1", "jobs:resize")
+    with answered_as_the_wait_ends(4), pytest.raises(TimeoutError) as raised:
+        future.result(0.01)
+    assert str(raised.value).startswith("no result for task jobs:resize [t1] after ")
+    late = DistqFuture[Any](_never, "t2", "jobs:resize")
+    own = TaskTimeout("jobs:resize [t2] is past its task_timeout")
+    threading.Timer(0.05, late.set_exception, (own,)).start()
+    with pytest.raises(TaskTimeout) as raised_own:
+        late.result(10)
+    assert raised_own.value is own
 
 
 @pytest.mark.parametrize("timeout", [1e300, float("inf"), 10**400])
