@@ -9,7 +9,8 @@ Collector`), retries and dead letters on the workers, leases on the broker.
 One background thread owns the transport's producer (pika is not thread-safe):
 ``submit``, ``map`` and ``cancel`` hand it commands through a queue, and it resolves
 the futures. Their done-callbacks run on a second thread, one at a time in the order
-the futures resolved, so a slow callback delays only the callbacks after it. With the
+the futures resolved, so a slow callback delays only the callbacks after it (one added
+to a future already resolved runs at once, in the adding thread). With the
 manager transport the executor hosts the queues, like ``distq master``: workers connect
 to its ``DISTQ_MANAGER_ADDRESS`` while it is open.
 

@@ -304,6 +304,22 @@ def test_a_callback_added_before_the_answer_runs_once_it_comes() -> None:
     assert ran == [9, 16]
 
 
+def test_a_callback_added_to_a_resolved_future_runs_at_once_in_the_adding_thread() -> None:
+    """As README says, and as concurrent.futures does: not on the callback thread, where
+    the callbacks of futures resolved later run."""
+    callbacks = Callbacks()
+    ran: list[str] = []
+    pending = DistqFuture[Any](_never, "t1", "square", callbacks)
+    pending.add_done_callback(lambda _f: ran.append(threading.current_thread().name))
+    pending.set_result(9)
+    callbacks.close()
+    callbacks.join(10)
+    resolved = DistqFuture[Any](_never, "t2", "square", Callbacks())
+    resolved.set_result(16)
+    resolved.add_done_callback(lambda _f: ran.append(threading.current_thread().name))
+    assert ran == ["distq-executor-callbacks", threading.current_thread().name]
+
+
 def test_a_ctrl_c_in_the_wait_for_the_callbacks_leaves_them_running_and_waited_for() -> None:
     """Ctrl-C in ``shutdown()``'s wait for the done-callbacks lands in ``Thread.join``,
     which, interrupted, marks a thread still running as stopped (CPython releases the
