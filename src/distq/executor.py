@@ -46,6 +46,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
 from distq import executor_threads
@@ -305,6 +306,23 @@ class Executor(concurrent.futures.Executor):
             self._dispatcher.put(Stop(cancel_futures))
         if wait:
             self._join()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        """The end of a ``with`` block: :meth:`shutdown`, waiting, as
+        ``concurrent.futures`` does; after a Ctrl-C in the block, no wait: the program is
+        on its way out, and the exit fails the futures still unanswered, as for an
+        executor left open. It waited for results no worker might ever give, until a
+        second Ctrl-C."""
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.shutdown(wait=False)
+            self._dispatcher.finishing = False  # nor the exit: it stops the thread
+            return
+        self.shutdown(wait=True)
 
     def close(self, *, cancel_futures: bool = True) -> None:
         """Stop now: cancel what can be cancelled, fail every other unanswered future with

@@ -1042,8 +1042,39 @@ def test_one_ctrl_c_at_the_end_of_a_with_block_ends_the_program_every_future_res
     good, until a second Ctrl-C ("Exception ignored in atexit callback"), the futures
     still pending. One is enough now: the exit fails the unanswered futures, as for an
     executor left open, and the program ends as a KeyboardInterrupt ends it."""
+    _one_ctrl_c_ends(INTERRUPTED_AT_THE_END_OF_A_WITH, settle=0.2)
+
+
+INTERRUPTED_IN_A_WITH = """
+    import atexit
+    futures = []
+    atexit.register(lambda: print("at exit:", [  # runs after distq's own exit hook
+        type(f.exception()).__name__ if f.done() and not f.cancelled() else f._state
+        for f in futures
+    ], flush=True))
+    import distq
+
+    with distq.Executor() as ex:
+        futures += [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
+        print("waiting", flush=True)
+        futures[0].result()  # Ctrl-C here
+"""
+
+
+def test_one_ctrl_c_inside_a_with_block_ends_the_program_every_future_resolved() -> None:
+    """Ctrl-C in the block's body (a wait for a result no worker will give) sent the
+    block's end into shutdown(wait=True), waiting for those results for good: a second
+    Ctrl-C was needed. The end of the block no longer waits after a Ctrl-C; the exit
+    fails the unanswered futures, as for an executor left open."""
+    _one_ctrl_c_ends(INTERRUPTED_IN_A_WITH, settle=0.3)
+
+
+def _one_ctrl_c_ends(program_text: str, settle: float) -> None:
+    """Run ``program_text`` (manager, no worker), send it one SIGINT ``settle`` s after
+    it prints "waiting": it ends within 20 s as a KeyboardInterrupt ends a program, its
+    3 futures failed with BrokenExecutor (its exit hook prints their states)."""
     program = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(INTERRUPTED_AT_THE_END_OF_A_WITH)],
+        [sys.executable, "-c", textwrap.dedent(program_text)],
         env=manager_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -1053,7 +1084,7 @@ def test_one_ctrl_c_at_the_end_of_a_with_block_ends_the_program_every_future_res
     try:
         assert program.stdout is not None
         assert program.stdout.readline() == "waiting\n"
-        time.sleep(0.2)  # from the end of the block into its wait
+        time.sleep(settle)
         program.send_signal(signal.SIGINT)
         try:
             out, _ = program.communicate(timeout=20)
@@ -1066,8 +1097,7 @@ def test_one_ctrl_c_at_the_end_of_a_with_block_ends_the_program_every_future_res
             os.killpg(program.pid, signal.SIGKILL)
             program.wait()
     assert "KeyboardInterrupt" in out and "Exception ignored" not in out, out
-    states = out.splitlines()[-1]
-    assert states == f"at exit: {['BrokenExecutor'] * 3}", out
+    assert out.splitlines()[-1] == f"at exit: {['BrokenExecutor'] * 3}", out
     assert program.returncode == -signal.SIGINT, out
 
 
