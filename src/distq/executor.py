@@ -302,10 +302,21 @@ class Executor(concurrent.futures.Executor):
             return  # the parent's: nothing to stop here (see close)
         with self._lock:
             first, self._shutdown = not self._shutdown, True
-        if first or cancel_futures:
-            self._dispatcher.put(Stop(cancel_futures))
-        if wait:
-            self._join()
+        try:
+            if first or cancel_futures:
+                self._dispatcher.put(Stop(cancel_futures))  # marks it finishing
+            if wait:
+                self._join()
+        except KeyboardInterrupt:
+            # Ctrl-C (the end of a ``with`` block, no worker): the exit no longer waits
+            # for the results either, and fails the unanswered futures as for an
+            # executor left open; until then it answers what it can. The exit waited
+            # for them as after a shutdown(wait=False), for good, until a second Ctrl-C,
+            # the futures still pending; caught in the wait only, a Ctrl-C as the Stop
+            # was handed over (before the wait) still left it so
+            if wait:
+                self._dispatcher.finishing = False
+            raise
 
     def __exit__(
         self,
@@ -367,22 +378,14 @@ class Executor(concurrent.futures.Executor):
         (not from one of those threads: a callback may shut its executor down). Not for
         a thread close() gave up on, before this wait or during it (a close() on another
         thread, bounding it): each waited for it, retrying a hung broker, about 45 s.
-
-        Ctrl-C here (the end of a ``with`` block, no worker) ends the wait, and the exit
-        no longer waits for the results either: it fails the unanswered futures as for
-        an executor left open. The exit waited for them as for a shutdown(wait=False),
-        for good, until a second Ctrl-C, the futures still pending."""
-        try:
-            # every future resolved, the thread in a call to a broker that does not
-            # answer: left as close() leaves it (20 s with a hung Redis, task_timeout=1)
-            if threading.current_thread() is not self._dispatcher and (
-                executor_threads.join_finishing(self._dispatcher, lambda: self._left)
-            ):
-                self._left = True
-            self._callbacks.join()
-        except KeyboardInterrupt:
-            self._dispatcher.finishing = False  # until then, it answers what it can
-            raise
+        A Ctrl-C here: see :meth:`shutdown`."""
+        # every future resolved, the thread in a call to a broker that does not answer:
+        # left as close() leaves it (20 s with a hung Redis, task_timeout=1)
+        if threading.current_thread() is not self._dispatcher and (
+            executor_threads.join_finishing(self._dispatcher, lambda: self._left)
+        ):
+            self._left = True
+        self._callbacks.join()
 
     def _submit(
         self,

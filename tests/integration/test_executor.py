@@ -1101,6 +1101,45 @@ def _one_ctrl_c_ends(program_text: str, settle: float) -> None:
     assert program.returncode == -signal.SIGINT, out
 
 
+INTERRUPTED_AS_SHUTDOWN_HANDS_OVER = """
+    import atexit
+    futures = []
+    atexit.register(lambda: print("at exit:", [  # runs after distq's own exit hook
+        type(f.exception()).__name__ if f.done() and not f.cancelled() else f._state
+        for f in futures
+    ], flush=True))
+    import distq
+    from distq.dispatcher import Stop
+
+    try:
+        with distq.Executor() as ex:
+            futures += [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
+            put = ex._dispatcher.put
+
+            def put_then_ctrl_c(command):  # Ctrl-C as the end's Stop is handed over
+                handed = put(command)
+                if isinstance(command, Stop):
+                    del ex._dispatcher.put  # once: the exit's Stop goes through
+                    raise KeyboardInterrupt
+                return handed
+
+            ex._dispatcher.put = put_then_ctrl_c
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+
+def test_a_ctrl_c_as_the_end_of_a_with_block_hands_over_its_stop_does_not_hold_up_the_exit() -> (
+    None
+):
+    """A Ctrl-C between shutdown()'s hand-over of its Stop (which marks the executor as
+    finishing: the exit waits for its results) and its wait for them: only the wait
+    undid that mark, so the exit waited for results no worker gives, for good (the
+    Ctrl-C tests above send theirs 0.2 s after the hand-over, in the wait)."""
+    out, _ = run_program(INTERRUPTED_AS_SHUTDOWN_HANDS_OVER, manager_env(), timeout=20)
+    assert out.splitlines()[-2:] == ["interrupted", f"at exit: {['BrokenExecutor'] * 3}"], out
+
+
 def test_a_submit_racing_shutdown_is_either_refused_or_waited_for() -> None:
     """The shutdown check and the hand-over to the executor's thread are one step: a
     submit that the shutdown overtakes raises RuntimeError, not BrokenExecutor."""
