@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -141,20 +141,27 @@ def square_entry(dispatcher: Dispatcher, callbacks: Callbacks) -> Entry:
 
 @contextmanager
 def answered_as_the_wait_ends(value: object) -> Iterator[None]:
-    """A future's wait that times out finds it answered with ``value`` a moment later,
-    as when its result comes in at the deadline: what ``result()`` looks at next."""
-    plain = concurrent.futures.Future.result
+    """A future's wait that times out (``result()``'s or ``exception()``'s) finds it
+    answered with ``value`` a moment later, as when its result comes in at the deadline:
+    what ``result()`` or ``exception()`` looks at next."""
+    plain_result = concurrent.futures.Future.result
+    plain_exception = concurrent.futures.Future.exception
 
-    def result(self: concurrent.futures.Future[Any], timeout: float | None = None) -> Any:
-        try:
-            return plain(self, timeout)
-        except TimeoutError:
-            if not self.done():
-                self.set_result(value)
-            raise
+    def answered(wait: Callable[[concurrent.futures.Future[Any], float | None], Any]) -> Any:
+        def waiting(self: concurrent.futures.Future[Any], timeout: float | None = None) -> Any:
+            try:
+                return wait(self, timeout)
+            except TimeoutError:
+                if not self.done():
+                    self.set_result(value)
+                raise
 
-    concurrent.futures.Future.result = result  # type: ignore[method-assign]
+        return waiting
+
+    concurrent.futures.Future.result = answered(plain_result)  # type: ignore[method-assign]
+    concurrent.futures.Future.exception = answered(plain_exception)  # type: ignore[method-assign]
     try:
         yield
     finally:
-        concurrent.futures.Future.result = plain  # type: ignore[method-assign]
+        concurrent.futures.Future.result = plain_result  # type: ignore[method-assign]
+        concurrent.futures.Future.exception = plain_exception  # type: ignore[method-assign]

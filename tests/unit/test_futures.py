@@ -63,6 +63,20 @@ def test_a_wait_whose_result_comes_as_it_ends_names_the_task_as_any_other() -> N
     assert raised_own.value is own
 
 
+def test_an_exception_wait_whose_result_comes_as_it_ends_names_the_task() -> None:
+    """As for result(): exception(timeout) whose wait timed out as the result came in
+    raised the standard library's bare ``TimeoutError()``, naming nothing (44d7928
+    changed it with no test that could fail). A task's own TaskTimeout is returned."""
+    future = DistqFuture[Any](_never, "t1", "jobs:resize")
+    with answered_as_the_wait_ends(4), pytest.raises(TimeoutError) as raised:
+        future.exception(0.01)
+    assert str(raised.value).startswith("no result for task jobs:resize [t1] after ")
+    late = DistqFuture[Any](_never, "t2", "jobs:resize")
+    own = TaskTimeout("jobs:resize [t2] is past its task_timeout")
+    threading.Timer(0.05, late.set_exception, (own,)).start()
+    assert late.exception(10) is own
+
+
 @pytest.mark.parametrize("timeout", [1e300, float("inf"), 10**400])
 def test_a_wait_longer_than_a_lock_can_hold_waits_until_the_answer(timeout: float) -> None:
     """Was: result(timeout=1e300) (or inf, 10**400) raised OverflowError from the
