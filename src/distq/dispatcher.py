@@ -282,7 +282,12 @@ class Dispatcher(threading.Thread):
         try:
             self._run()
         finally:
+            # set while still among the running executors: a fork() meanwhile makes the
+            # child's ended. Set after leaving them, in a child forked between the two
+            # nothing set it: is_alive() said True there, stats() used the closed
+            # connection and shutdown() waited 3 s for a thread the child lacks
             self._finished.set()
+            executor_threads.ended(self)
 
     def _run(self) -> None:
         try:
@@ -318,7 +323,6 @@ class Dispatcher(threading.Thread):
                 except Exception as exc:  # closing must not hide why the loop ended
                     log.warning("could not %s the executor: %s", what, exc)
             self.callbacks.close()  # after the last future was resolved
-            executor_threads.ended(self)
 
     def _close_producer(self, failed: TransportError | None, answered: bool) -> None:
         """After a broker's failure, no call that would wait on it again; with every

@@ -962,6 +962,47 @@ def test_a_child_forked_while_an_ended_executors_callback_runs_does_not_wait_for
         executor.close()
 
 
+def test_a_child_forked_as_an_executors_thread_ends_takes_it_for_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fork just after the executor's thread left the running ones (the fork handler
+    makes those of the child ended) but before it set its "ended" event: in the child,
+    where that thread does not exist, nothing sets it. is_alive() said True there, so
+    stats() used the closed connection (a bare AssertionError from the manager) and
+    shutdown() waited 3 s for the thread to end."""
+    import os
+    import threading
+
+    settings = Settings(authkey=secrets.token_bytes(16), manager_address=("127.0.0.1", free_port()))
+    executor = Executor(settings)
+    ending, forked = threading.Event(), threading.Event()
+    plain = executor_threads.ended
+
+    def ended_then_held(dispatcher: Dispatcher) -> None:  # the thread, held there
+        plain(dispatcher)
+        ending.set()
+        forked.wait(10)
+
+    monkeypatch.setattr(executor_threads, "ended", ended_then_held)
+    try:
+        executor.shutdown(wait=False)  # nothing to answer: its thread ends
+        assert ending.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 when it takes the thread for ended
+            try:
+                with pytest.raises(RuntimeError, match="make a new Executor"):
+                    executor.stats()
+                os._exit(1 if executor._dispatcher.is_alive() else 0)
+            except BaseException:
+                os._exit(1)
+        forked.set()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child took the thread for running"
+    finally:
+        forked.set()
+        executor.close()
+
+
 @pytest.mark.parametrize("chunksize", [1, 2])
 def test_a_map_of_nothing_after_shutdown_is_empty_and_one_of_calls_is_refused(
     chunksize: int,
