@@ -1042,3 +1042,19 @@ def test_a_map_deadline_met_by_a_result_says_map_as_its_other_deadline_errors() 
         assert str(raised.value).startswith("map(): no result for task square ["), raised.value
     finally:
         executor.close()
+
+
+def test_a_map_with_a_deadline_raises_a_tasks_own_task_timeout_as_it_is() -> None:
+    """A task failed by its task_timeout within map()'s deadline: its iterator raises
+    that TaskTimeout (a TimeoutError too), not the "map(): no result" of the map's own
+    deadline. 44d7928 changed which TimeoutError map() takes for the task's own, and no
+    test failed with map() raising its own error for both."""
+    settings = Settings(authkey=secrets.token_bytes(16), manager_address=("127.0.0.1", free_port()))
+    executor = Executor(settings, task_timeout=0.05)
+    try:
+        results = executor.map("square", [3], timeout=60)  # no worker
+        with pytest.raises(TaskTimeout) as raised:
+            next(results)
+        assert not str(raised.value).startswith("map(): "), raised.value
+    finally:
+        executor.close()
