@@ -325,15 +325,20 @@ class Executor(concurrent.futures.Executor):
         exc_tb: TracebackType | None,
     ) -> None:
         """The end of a ``with`` block: :meth:`shutdown`, waiting, as
-        ``concurrent.futures`` does; after a Ctrl-C in the block, no wait: the program is
-        on its way out, and the exit fails the futures still unanswered, as for an
-        executor left open. It waited for results no worker might ever give, until a
-        second Ctrl-C."""
+        ``concurrent.futures`` does; after a Ctrl-C in the block or in that wait,
+        :meth:`close`: the user stopped it, so what can be is withdrawn and the rest fails
+        with :class:`~distq.errors.BrokenExecutor` now, as ``distq submit --wait`` does on
+        a Ctrl-C. It waited for results no worker might ever give, until a second
+        Ctrl-C; and a program that caught the first (a REPL, a notebook) kept it open,
+        its futures pending and, on manager, its address taken."""
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            self.shutdown(wait=False)
-            self._dispatcher.finishing = False  # nor the exit: it stops the thread
+            self.close()
             return
-        self.shutdown(wait=True)
+        try:
+            self.shutdown(wait=True)
+        except KeyboardInterrupt:
+            self.close()
+            raise
 
     def close(self, *, cancel_futures: bool = True) -> None:
         """Stop now: cancel what can be cancelled, fail every other unanswered future with

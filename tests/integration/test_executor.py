@@ -1072,7 +1072,7 @@ def test_one_ctrl_c_inside_a_with_block_ends_the_program_every_future_resolved()
 def _one_ctrl_c_ends(program_text: str, settle: float) -> None:
     """Run ``program_text`` (manager, no worker), send it one SIGINT ``settle`` s after
     it prints "waiting": it ends within 20 s as a KeyboardInterrupt ends a program, its
-    3 futures failed with BrokenExecutor (its exit hook prints their states)."""
+    3 futures withdrawn, cancelled (its exit hook prints their states)."""
     program = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(program_text)],
         env=manager_env(),
@@ -1097,8 +1097,11 @@ def _one_ctrl_c_ends(program_text: str, settle: float) -> None:
             os.killpg(program.pid, signal.SIGKILL)
             program.wait()
     assert "KeyboardInterrupt" in out and "Exception ignored" not in out, out
-    assert out.splitlines()[-1] == f"at exit: {['BrokenExecutor'] * 3}", out
+    assert out.splitlines()[-1] == f"at exit: {[CANCELLED] * 3}", out
     assert program.returncode == -signal.SIGINT, out
+
+
+CANCELLED = "CANCELLED_AND_NOTIFIED"  # a future's state once cancelled and its waiters told
 
 
 INTERRUPTED_AS_SHUTDOWN_HANDS_OVER = """
@@ -1137,7 +1140,31 @@ def test_a_ctrl_c_as_the_end_of_a_with_block_hands_over_its_stop_does_not_hold_u
     undid that mark, so the exit waited for results no worker gives, for good (the
     Ctrl-C tests above send theirs 0.2 s after the hand-over, in the wait)."""
     out, _ = run_program(INTERRUPTED_AS_SHUTDOWN_HANDS_OVER, manager_env(), timeout=20)
-    assert out.splitlines()[-2:] == ["interrupted", f"at exit: {['BrokenExecutor'] * 3}"], out
+    assert out.splitlines()[-2:] == ["interrupted", f"at exit: {[CANCELLED] * 3}"], out
+
+
+CAUGHT_IN_A_WITH = """
+    import distq
+
+    futures = []
+    try:
+        with distq.Executor() as ex:
+            futures += [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
+            raise KeyboardInterrupt  # a Ctrl-C in the block
+    except KeyboardInterrupt:
+        print("caught:", [f._state for f in futures], flush=True)
+    with distq.Executor():  # the same address, as a notebook's next cell
+        print("open again", flush=True)
+"""
+
+
+def test_a_program_that_catches_a_ctrl_c_in_a_with_block_finds_the_executor_closed() -> None:
+    """A REPL or a notebook goes on after a Ctrl-C: the executor stayed open, its
+    futures pending and, on manager, its address taken ("Address already in use" for
+    the next Executor); the end of the block now closes it, as a Ctrl-C to ``distq
+    submit --wait`` does."""
+    out, _ = run_program(CAUGHT_IN_A_WITH, manager_env(), timeout=20)
+    assert out.splitlines()[-2:] == [f"caught: {[CANCELLED] * 3}", "open again"], out
 
 
 def test_a_submit_racing_shutdown_is_either_refused_or_waited_for() -> None:
