@@ -10,6 +10,7 @@ import inspect
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -623,14 +624,15 @@ def test_settled_tokens_kept_as_runs_answer_as_a_set_would() -> None:
     assert list(tokens.starts) == [0, 20, 28] and list(tokens.ends) == [12, 20, 31]
     assert [t for t in range(-2, 40) if t in tokens] == sorted(added)
     assert -1 not in manager_broker._Tokens() and 0 not in manager_broker._Tokens()
-    clock = Clock()  # a peer's token of any value: settled as before, remembered as none
+    clock = Clock()  # a peer's int token of any value: settled as before, remembered as none
     broker = QueueBroker(clock)
     broker.open("r")
     broker.heartbeat("c", 5.0)  # a lease, that remembers what it settles
-    odd: list[object] = [1.0, 1 << 64, "1", None, -5, 7]
+    odd: list[object] = [1.0, 1 << 64, "1", None, -5, 7]  # not an int: refused
     items = [(t, "r", b"result", None, 0.0, None) for t in odd]
-    broker.settle("q", "c", items)  # type: ignore[arg-type]
-    assert broker.get("r", 10, 0) == [b"result"] * len(odd)
+    with pytest.raises(ValueError, match="a token of float, not an int: 3 tasks not settled"):
+        broker.settle("q", "c", items)  # type: ignore[arg-type]
+    assert broker.get("r", 10, 0) == [b"result"] * 3
     assert remembered(broker, "c") == {7}
 
 
@@ -680,7 +682,7 @@ def test_a_retry_delay_that_is_not_seconds_is_refused_and_its_task_not_lost(
         (tb, None, None, b"b retried", delay, None),
         (tc, None, None, b"c retried", 0.0, None),
     ]
-    with pytest.raises((TypeError, ValueError), match=r"retry delay .* not queued"):
+    with pytest.raises((TypeError, ValueError), match=r"retry delay .* not settled"):
         broker.settle("q", "c1", items)  # type: ignore[arg-type]
     assert broker.get("r", 10, 0) == [b"ran a"]
     clock.now += 5.1  # b's lease lapses: it runs again
@@ -688,7 +690,7 @@ def test_a_retry_delay_that_is_not_seconds_is_refused_and_its_task_not_lost(
     got = broker.fetch("q", "c2", 10, 0, 5.0)
     assert sorted((body, again) for _, body, again in got) == [(b"b", True), (b"c retried", False)]
     broker.settle("q", "c2", [(token, None, None, None, 0.0, None) for token, _, _ in got])
-    with pytest.raises((TypeError, ValueError), match=r"retry delay .* not queued"):
+    with pytest.raises((TypeError, ValueError), match=r"retry delay .* not settled"):
         broker.settle("q", "c1", items)  # type: ignore[arg-type]  # sent again
     assert broker.get("r", 10, 0) == []  # the rest was settled already: left alone
     clock.now += 10**6  # no retry of b waits, come due or not
@@ -706,3 +708,119 @@ def test_a_retry_delay_of_int_or_float_seconds_is_taken(delay: float) -> None:
     clock.now += delay + 0.01
     broker.reap()
     assert [body for _, body, _ in broker.fetch("q", "c1", 1, 0, 5.0)] == [b"a2"]
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("token", lambda token: [token]),  # unhashable: raised at the lease, mid-settle
+        ("token", lambda token: str(token)),  # a late settle's result published, each time
+        ("token", lambda token: None),
+        ("token", lambda token: frozenset([token])),
+        ("reply_to", lambda token: ["r"]),  # unhashable: raised after the lease went
+        ("reply_to", lambda token: {"r": 1}),
+        ("reply_to", lambda token: b"r"),  # no queue of that name: the result dropped
+        ("reply_to", lambda token: 5),
+        ("settlement", lambda token: (token, "r", b"ran b", None, 0.0)),  # 5 fields
+        ("settlement", lambda token: None),
+    ],
+    ids=[
+        "token-list",
+        "token-str",
+        "token-None",
+        "token-frozenset",
+        "reply_to-list",
+        "reply_to-dict",
+        "reply_to-bytes",
+        "reply_to-int",
+        "five-fields",
+        "None",
+    ],
+)
+def test_a_settlement_field_the_master_cannot_use_is_refused_and_its_task_not_lost(
+    field: str, bad: Callable[[int], object]
+) -> None:
+    """A worker (any peer holding the key) sends each settlement's token and reply_to
+    as it chose: the master took them as they came. One that cannot be hashed raised
+    mid-settle (a reply_to's after its task's lease was dropped: the task lost), and so
+    did a settlement that is not 6 fields: the settle's earlier tasks were not
+    remembered as settled (a settle sent again published their results twice), its
+    later ones left to lapse. A token of another type was taken as a late settle's, its
+    result published each time it was sent; a reply_to of bytes dropped the result as
+    one of a queue gone. The settlement is refused before its lease is touched, the
+    rest of the settle goes on, and the call then fails naming the field and its type."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.put("q", [b"a", b"b", b"c"])
+    (ta, _, _), (tb, _, _), (tc, _, _) = broker.fetch("q", "c1", 3, 0.1, 5.0)
+    wrong = bad(tb)
+    if field == "token":
+        middle: object = (wrong, "r", b"ran b", b"b retried", 0.5, None)
+    elif field == "reply_to":
+        middle = (tb, wrong, b"ran b", None, 0.0, None)
+    else:
+        middle = wrong
+    items = [
+        (ta, "r", b"ran a", None, 0.0, None),
+        middle,
+        (tc, "r", b"c failed", b"c retried", 0.5, None),
+    ]
+    named = rf"a {field} of {type(wrong).__name__}, not .*: 1 task not settled"
+    with pytest.raises(ValueError, match=named):
+        broker.settle("q", "c1", items)  # type: ignore[arg-type]
+    assert broker.get("r", 10, 0) == [b"ran a", b"c failed"]
+    clock.now += 5.1  # b's lease lapses: it runs again; c's retry is due
+    broker.reap()
+    got = broker.fetch("q", "c2", 10, 0, 5.0)
+    assert sorted((body, again) for _, body, again in got) == [(b"b", True), (b"c retried", False)]
+    with pytest.raises(ValueError, match=named):
+        broker.settle("q", "c1", items)  # type: ignore[arg-type]  # sent again
+    assert broker.get("r", 10, 0) == []  # the rest was settled already: left alone
+    assert broker.stats("q") == (0, 2, 0, 1)
+
+
+def test_a_token_equal_to_one_leased_settles_it_once() -> None:
+    """A float equal to a token the master issued (2.0) names that token: its task is
+    settled, and a settle sent again is refused rather than published twice (its
+    result went out a second time: the float was never remembered as settled)."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.put("q", [b"a", b"b"])
+    (ta, _, _), (tb, _, _) = broker.fetch("q", "c1", 2, 0.1, 5.0)
+    items = [(ta, "r", b"ran a", None, 0.0, None), (float(tb), "r", b"ran b", None, 0.0, None)]
+    broker.settle("q", "c1", items)  # type: ignore[arg-type]
+    assert broker.get("r", 10, 0) == [b"ran a", b"ran b"]
+    with pytest.raises(ValueError, match="a token of float, not an int: 1 task not settled"):
+        broker.settle("q", "c1", items)  # type: ignore[arg-type]  # sent again
+    assert broker.get("r", 10, 0) == []
+    clock.now += 5.1
+    broker.reap()
+    assert broker.fetch("q", "c2", 10, 0, 5.0) == []  # both settled: none runs again
+
+
+@pytest.mark.parametrize("queue", [["q"], 5, None], ids=["list", "int", "None"])
+def test_a_settle_naming_a_queue_that_is_not_text_settles_nothing(queue: object) -> None:
+    """Each retry and dead letter of a settle goes to the queue it names: a list raised
+    there (a retry of no delay: after its lease was dropped, the task lost) or in the
+    reaper, as the retry came due (the reaper thread ended: no lease lapsed, no retry
+    came due again); an int made a queue no worker serves, and the master's close,
+    which counts queues by name, failed on it. Refused before anything is settled."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.put("q", [b"a", b"b"])
+    (ta, _, _), (tb, _, _) = broker.fetch("q", "c1", 2, 0.1, 5.0)
+    items = [
+        (ta, "r", b"a failed", b"a retried", 0.0, None),
+        (tb, "r", b"b failed", b"b retried", 0.5, b"dead b"),
+    ]
+    with pytest.raises(TypeError, match=rf"a queue name of {type(queue).__name__}, not text"):
+        broker.settle(queue, "c1", items)  # type: ignore[arg-type]
+    assert broker.get("r", 10, 0) == []
+    clock.now += 5.1
+    broker.reap()
+    got = broker.fetch("q", "c2", 10, 0, 5.0)
+    assert sorted((body, again) for _, body, again in got) == [(b"a", True), (b"b", True)]
+    assert broker.dead_counts() == {} and broker.task_counts() == {"q": 2}

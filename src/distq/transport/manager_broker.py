@@ -20,7 +20,7 @@ import time
 from array import array
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -168,16 +168,41 @@ def _as_body(value: object) -> bytes:
     return what.encode("utf-8", "backslashreplace")
 
 
-def _refused_retries(why: Sequence[str]) -> str:
-    """The error of a settle whose retries named delays that are not seconds (``why``
-    each): a peer's bug, said to that peer (which drops its connection on an error a
-    master raises); their tasks stay leased, to run again."""
-    some = "1 retry" if len(why) == 1 else f"{len(why)} retries"
+def _refused(why: Sequence[str]) -> str:
+    """The error of a settle whose settlements named what the master cannot use (``why``
+    each: a retry's delay that is not seconds, a token not an int, a reply_to not text):
+    a peer's bug, said to that peer (which drops its connection on an error a master
+    raises); their tasks stay leased, to run again."""
+    some = "1 task" if len(why) == 1 else f"{len(why)} tasks"
     # short: a worker shows the first 200 characters of a master's error
-    return (
-        f"{why[0]}: {some} not queued, run again as leases lapse (distq sends 0 to 30 s: "
-        "another program?)"
-    )
+    return f"{why[0]}: {some} not settled, run again as leases lapse (another program?)"
+
+
+def _unusable(field: str, value: object) -> str:
+    """Why a settlement's ``field`` (its token, its reply_to), as a worker's peer sent it
+    (any plain value the unpickler builds), is refused. Kept as they came, a list raised
+    mid-settle (a reply_to's after its task's lease was dropped: the task lost), and a
+    token of another type was settled but never remembered (a settle sent again
+    published its result twice)."""
+    wanted = "an int" if field == "token" else "text or None"
+    return f"a {field} of {type(value).__name__}, not {wanted}"
+
+
+def _misshapen(items: Iterable[object]) -> str | None:
+    """Why a settle raised on one of ``items`` (a peer's: any plain value the unpickler
+    builds), before that one's lease was touched: the first that is not 6 fields, or
+    whose token (looked up as a lease's) or reply_to (for its result) is not hashable;
+    None if none is such, the error no peer's to be told of."""
+    for item in items:
+        if not isinstance(item, tuple | list) or len(item) != 6:
+            return f"a settlement of {type(item).__name__}, not 6 fields"
+        named = [("token", item[0])] + ([("reply_to", item[1])] if item[2] is not None else [])
+        for name, value in named:
+            try:
+                hash(value)
+            except TypeError:
+                return _unusable(name, value)
+    return None
 
 
 def _reply_to(body: object) -> str | None:
@@ -553,9 +578,14 @@ class QueueBroker:
         lease ended (:meth:`_end`): a settle that ran after its consumer's close (a
         keeper's, waiting on a busy master while the worker stopped), or sent again
         after it, is taken as one past a lapse is."""
+        if type(queue) is not str:  # each retry and dead letter goes there: none can
+            raise TypeError(
+                f"a queue name of {type(queue).__name__}, not text: nothing settled, run "
+                "again as leases lapse (another program?)"
+            )
         now = self._clock()
         late: list[int] = []  # not list[int](): see test_manager_lone_task
-        refused: list[str] = []  # why retries were not queued: their delays
+        refused: list[str] = []  # why settlements were not taken, their tasks left leased
         fresh: list[int] = []
         seen: set[int] | None = None  # fresh's tokens, once a token not held comes
         with self._lock:
@@ -564,47 +594,74 @@ class QueueBroker:
                 owner = self._ended.get(consumer)  # its window_ends: when it is forgotten
             elif now >= owner.window_ends or len(owner.settled) >= SETTLED_KEPT:
                 owner.turn(now)
-            for token, reply_to, result, retry, delay, dead in items:
-                if type(result) is not bytes and result is not None:
-                    result = _as_body(result)
-                if retry is not None:
-                    retry = _as_body(retry)
-                    if type(delay) is not float or not 0.0 <= delay <= MAX_RETRY_DELAY:
-                        why = delay_problem(delay)
-                        if why is not None:  # before its lease goes: it runs again
-                            refused.append(why)
-                            continue
-                        delay = float(delay)  # an int's: a heap of floats
-                if dead is not None:
-                    dead = _as_body(dead)
-                held = owner is not None and owner.held.pop(token, None) is not None
-                if not held and owner is not None:
-                    if seen is None:  # a late settle: looked up in a set, not the list
-                        seen = set(fresh)
-                    if token in owner.settled or token in owner.settled_before or token in seen:
-                        continue
-                if not held and (retry is not None or dead is not None):
-                    late.append(token)  # not remembered: late again if sent again
+            rest = iter(items)  # past a settlement that is not 6 fields, the loop goes on
+            while True:
+                try:
+                    for token, reply_to, result, retry, delay, dead in rest:
+                        if type(result) is not bytes and result is not None:
+                            result = _as_body(result)
+                        if retry is not None:
+                            retry = _as_body(retry)
+                            if type(delay) is not float or not 0.0 <= delay <= MAX_RETRY_DELAY:
+                                why = delay_problem(delay)
+                                if why is not None:  # before its lease goes: it runs again
+                                    refused.append(f"{why} (distq sends 0 to 30 s)")
+                                    continue
+                                delay = float(delay)  # an int's: a heap of floats
+                        if dead is not None:
+                            dead = _as_body(dead)
+                        if result is not None and reply_to is not None:
+                            # before the lease goes: a list raises here (refused below)
+                            reply = reply_to in self._replies
+                            if not reply and type(reply_to) is not str:  # bytes, an int
+                                refused.append(_unusable("reply_to", reply_to))
+                                continue
+                        else:
+                            reply = False
+                        # a token that is a list raises here, its lease untouched
+                        held = owner is not None and owner.held.pop(token, None) is not None
+                        if not held:  # an int's type is checked here only: 2.0 is token 2
+                            if type(token) is not int:
+                                refused.append(_unusable("token", token))
+                                continue
+                            if owner is not None:
+                                if seen is None:  # a late settle: looked up in a set
+                                    seen = set(fresh)
+                                if (
+                                    token in owner.settled
+                                    or token in owner.settled_before
+                                    or token in seen
+                                ):
+                                    continue
+                            if retry is not None or dead is not None:
+                                late.append(token)  # not remembered: late again if sent again
+                                continue
+                        if owner is not None:
+                            fresh.append(token)  # remembered after the loop, as runs
+                            if seen is not None:
+                                seen.add(token)
+                        if reply:  # both not None: no cast called per item
+                            self._push(reply_to, [result])  # type: ignore[arg-type, list-item]
+                        if not held:
+                            self._done_elsewhere(token, now)
+                        if retry is not None:
+                            if delay > 0:
+                                heapq.heappush(self._delayed, (now + delay, token, queue, retry))
+                            else:
+                                self._push(queue, [retry])
+                        if dead is not None:
+                            self._push(f"{queue}.dead", [dead])
+                except (TypeError, ValueError):  # a peer's settlement, before its lease goes
+                    why = _misshapen(items)
+                    if why is None:  # no peer's mistake: said as it is
+                        raise
+                    refused.append(why)  # its lease untouched: it runs again
                     continue
-                if owner is not None:
-                    fresh.append(token)  # remembered after the loop, as runs
-                    if seen is not None:
-                        seen.add(token)
-                if reply_to is not None and result is not None and reply_to in self._replies:
-                    self._push(reply_to, [result])
-                if not held:
-                    self._done_elsewhere(token, now)
-                if retry is not None:
-                    if delay > 0:
-                        heapq.heappush(self._delayed, (now + delay, token, queue, retry))
-                    else:
-                        self._push(queue, [retry])
-                if dead is not None:
-                    self._push(f"{queue}.dead", [dead])
+                break
             if owner is not None and fresh:
                 owner.settled.extend(fresh)
         if refused:  # the rest is settled: a settle sent again leaves it alone
-            raise ValueError(_refused_retries(refused))
+            raise ValueError(_refused(refused))
         return late
 
     def _done_elsewhere(self, token: int, now: float) -> None:

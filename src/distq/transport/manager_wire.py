@@ -666,7 +666,7 @@ def _misshapen(reply: object) -> str | None:
     if kind in _TEXT_REPLIES:
         return None if isinstance(result, str) else f"{kind} of {type(result).__name__}, not text"
     if kind == "#ERROR":  # a broker method raised (at a peer's bad input: a retry's delay
-        # that is not seconds, a limit not an int), or a peer chose what we raise
+        # that is not seconds, a token or limit not an int), or a peer chose what we raise
         if isinstance(result, BaseException):
             return f"an error raised in the master: {shown(repr(result))}"
         return f"an error of {type(result).__name__}, not an exception"
