@@ -14,7 +14,7 @@ import pytest
 
 from conftest import hosted_and_remote
 from distq.errors import TransportError
-from distq.transport import Settlement
+from distq.transport import Settlement, manager
 from distq.transport.manager_broker import QueueBroker
 from fake_master import fake_settings
 from seam import fetch_n, results_n
@@ -169,3 +169,30 @@ def test_a_reply_to_that_is_not_text_fails_the_settle_clearly_and_loses_no_task(
         other.settle([Settlement(again[0], reply_to=reply_to, result=b"ran b")])
         assert results_n(producer, 1, within=1) == [b"ran b"]
         other.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_lease_that_never_ends_is_refused_and_leases_nothing() -> None:
+    # a peer holding the key fetched with a lease of inf: the master leased the task till
+    # a deadline that never passes, and had that worker died it was never put back
+    with hosted_and_remote(fake_settings(lease_seconds=1.0)) as (hosted, remote):
+        producer = hosted.producer(hosted.reply_queue("lease"))
+        producer.submit([b"a"])
+        consumer = remote.consumer("c1")
+        consumer._lease = float("inf")  # type: ignore[attr-defined]  # distq: the setting's
+        with pytest.raises(TransportError, match=r"a lease of inf s, not seconds"):
+            consumer.fetch(1, 0.2)
+        other = remote.consumer("c2")
+        assert [d.body for d in fetch_n(other, 1)] == [b"a"]
+        other.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_queue_named_by_an_int_is_refused_and_the_master_closes() -> None:
+    # a peer holding the key put a task in queue 5: the master made that queue, and its
+    # close, which counts the dead letters and tasks it holds by name, failed on it
+    # ("'int' object has no attribute 'endswith'") before it stopped serving
+    with hosted_and_remote(fake_settings()) as (_, remote):
+        broker = remote._endpoint()  # type: ignore[attr-defined]
+        with pytest.raises(TransportError, match=r"a queue name of int, not text"):
+            manager._call(remote.address, broker.put, 5, [b"a"])  # type: ignore[attr-defined]

@@ -231,7 +231,7 @@ def test_a_consumers_settled_tokens_are_remembered_a_lease_or_a_batch(
     broker = QueueBroker(clock)
     broker.put("q", [b"t"] * 400)
     windows: list[list[int]] = []
-    for lease in (10.0, 1e9):  # by time, then (a lease too long) by count
+    for lease in (10.0, 86400.0):  # by time, then (a lease too long: a day) by count
         for _ in range(20):
             tokens = [token for token, _, _ in broker.fetch("q", "c", 10, 0.1, lease)]
             broker.settle("q", "c", [(t, None, None, None, 0.0, None) for t in tokens])
@@ -328,7 +328,7 @@ def test_a_late_settle_keeps_at_most_lapsed_bytes_of_lapsed_tasks(
     broker = QueueBroker(clock)
     for n in range(50):
         lapsed(clock, broker, bytes([n]) * 1000)
-        broker.fetch("q", "other", 1, 0.1, 1e9)  # the copy runs elsewhere
+        broker.fetch("q", "other", 1, 0.1, 86400.0)  # the copy runs elsewhere
     assert broker._lapsed_bytes <= 10_000 and len(broker._lapsed) <= 10
 
 
@@ -824,3 +824,73 @@ def test_a_settle_naming_a_queue_that_is_not_text_settles_nothing(queue: object)
     got = broker.fetch("q", "c2", 10, 0, 5.0)
     assert sorted((body, again) for _, body, again in got) == [(b"a", True), (b"b", True)]
     assert broker.dead_counts() == {} and broker.task_counts() == {"q": 2}
+
+
+@pytest.mark.parametrize(
+    "lease",
+    [float("inf"), float("nan"), 1e300, 0.0, "5", None, True, 10**400],
+    ids=["inf", "nan", "1e300", "zero", "str", "None", "bool", "huge-int"],
+)
+@pytest.mark.parametrize("call", ["fetch", "heartbeat", "heartbeats", "settle_fetch"])
+def test_a_lease_that_is_not_seconds_is_refused_and_its_tasks_not_held_for_ever(
+    lease: object, call: str
+) -> None:
+    """A worker names the lease its fetches and heartbeats take; the master took it as
+    it came: inf, NaN or 1e300 made a deadline that never passes, so the tasks of a
+    worker that then died were never put back (lost, counted in flight for ever); an
+    int of 400 digits raised OverflowError. Refused before anything is leased or renewed."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.put("q", [b"a", b"b"])
+    broker.fetch("q", "c1", 1, 0, 5.0)  # a, leased for 5 s
+    with pytest.raises((TypeError, ValueError), match=r"a lease of .*not seconds"):
+        if call == "fetch":
+            broker.fetch("q", "c1", 1, 0, lease)  # type: ignore[arg-type]
+        elif call == "heartbeat":
+            broker.heartbeat("c1", lease)  # type: ignore[arg-type]
+        elif call == "heartbeats":
+            broker.heartbeats(["c1"], lease)  # type: ignore[arg-type]
+        else:
+            broker.settle_fetch("q", "c1", [], 1, lease)  # type: ignore[arg-type]
+    clock.now += 5.1  # the lease it had lapses: a comes back, and b was never taken
+    broker.reap()
+    got = broker.fetch("q", "c2", 10, 0, 5.0)
+    assert sorted((body, again) for _, body, again in got) == [(b"a", True), (b"b", False)]
+
+
+@pytest.mark.parametrize("lease", [0.3, 5, 3600.0, 86400.0])
+def test_a_lease_of_int_or_float_seconds_is_taken(lease: float) -> None:
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.put("q", [b"a"])
+    assert len(broker.fetch("q", "c1", 1, 0, lease)) == 1
+    broker.heartbeats(["c1"], lease)
+    clock.now += lease + 0.01
+    broker.reap()
+    assert [body for _, body, _ in broker.fetch("q", "c2", 1, 0, 5.0)] == [b"a"]
+
+
+@pytest.mark.parametrize("call", ["put", "open", "get", "fetch", "requeue_dead"])
+@pytest.mark.parametrize("queue", [5, None, b"q"], ids=["int", "None", "bytes"])
+def test_a_queue_name_that_is_not_text_is_refused(queue: object, call: str) -> None:
+    """A worker or producer names the queues it calls on; the master made a queue of any
+    hashable name it was given: a master's close, which counts the dead letters and
+    tasks it holds by name, then failed on it (`'int' object has no attribute
+    'endswith'`) before it stopped serving; and requeue_dead took a dead letter of
+    queue "5" off for a task put in queue 5, which no worker serves (the task lost)."""
+    broker = QueueBroker()
+    broker.put(f"{queue}.dead", [b"letter"])
+    with pytest.raises(TypeError, match=rf"a queue name of {type(queue).__name__}, not text"):
+        if call == "put":
+            broker.put(queue, [b"a"])  # type: ignore[arg-type]
+        elif call == "open":
+            broker.open(queue)  # type: ignore[arg-type]
+        elif call == "get":
+            broker.get(queue, 1, 0)  # type: ignore[arg-type]
+        elif call == "fetch":
+            broker.fetch(queue, "c1", 1, 0, 5.0)  # type: ignore[arg-type]
+        else:
+            broker.requeue_dead(queue, b"letter", b"task")  # type: ignore[arg-type]
+    assert broker.dead_counts() == {str(queue): 1}  # the letter is still there
+    assert broker.task_counts() == {}
+    assert broker.gone([queue]) == [queue]  # type: ignore[list-item]

@@ -205,6 +205,35 @@ def _misshapen(items: Iterable[object]) -> str | None:
     return None
 
 
+#: The longest lease a master takes from a worker: far past any distq sends
+#: (DISTQ_LEASE_SECONDS: 0.3 to 3600 s), short of one that never ends (inf, NaN, 1e300:
+#: the tasks of a worker that died never put back).
+MAX_LEASE = 24 * 3600.0
+
+
+def _lease_seconds(lease: object) -> float:
+    """``lease``, as a worker's peer named it (any plain value the unpickler builds), as
+    seconds; ValueError or TypeError when it is none from 0 (not in) to :data:`MAX_LEASE`."""
+    if type(lease) is float and 0.0 < lease <= MAX_LEASE:  # every lease distq sends
+        return lease
+    if type(lease) is bool or not isinstance(lease, int | float):
+        raise TypeError(f"a lease of {type(lease).__name__}, not seconds (another program?)")
+    if not 0 < lease <= MAX_LEASE:  # NaN is in no range; an int of 400 digits compares
+        raise ValueError(
+            f"a lease of {quoted(lease)} s, not seconds from 0 to {MAX_LEASE:g}: nothing "
+            "leased or renewed (distq sends 0.3 to 3600 s: another program?)"
+        )
+    return float(lease)
+
+
+def _queue_name(name: object) -> None:
+    """Refuse ``name``, a queue a peer named (any plain value the unpickler builds), if it
+    is not text: a master's close counts its queues by name (``endswith``), and failed on
+    an int's before it stopped serving."""
+    if type(name) is not str:
+        raise TypeError(f"a queue name of {type(name).__name__}, not text (another program?)")
+
+
 def _reply_to(body: object) -> str | None:
     """The reply queue a task body names, read without decoding it: the envelope's
     ``reply_to`` is its last string field, so its last match (an argument may hold one)."""
@@ -388,10 +417,10 @@ class QueueBroker:
         ``reply_ttl`` seconds from now. Whether it was open already (False: new, or it
         had lapsed, its results dropped and its queued tasks left to be dead-lettered)."""
         with self._lock:
+            self._queue(reply_to)  # a name that is not text: refused before it is held
             live = reply_to in self._replies
             if self._replies.get(reply_to) != math.inf:  # one hold() made stays so
                 self._replies[reply_to] = self._clock()
-            self._queue(reply_to)
             return live
 
     def hold(self, reply_to: str) -> None:
@@ -439,6 +468,7 @@ class QueueBroker:
     def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool:
         """If ``letter`` is the oldest dead letter of ``queue``, replace it by the task
         ``body`` at the end of ``queue``; False when someone else took it first."""
+        _queue_name(queue)  # "5.dead"'s letter taken off for a task put in queue 5: lost
         with self._lock:
             dead = self._queues.get(f"{queue}.dead")
             if not dead or dead[0][0] != letter:
@@ -505,9 +535,9 @@ class QueueBroker:
         sendable = self._sendable(most)
         over: list[bytes] = []
         with self._lock:
+            items = self._queue(queue)  # a name that is not text: refused before a renewal
             owner = self._renew(consumer, lease)
             owner.queue = queue
-            items = self._queue(queue)
             if not items and timeout > 0:
                 stop = self._stop if until_stop else None
                 self._ready[queue].wait_for(
@@ -551,7 +581,7 @@ class QueueBroker:
     def heartbeats(self, consumers: Sequence[str], lease: float) -> None:
         """Renew the leases of a worker's slots at once (its keeper's one round trip); a
         consumer gone meanwhile (disconnected, or reaped past its deadline) stays gone."""
-        deadline = self._clock() + lease
+        deadline = self._clock() + _lease_seconds(lease)
         with self._lock:
             for consumer in consumers:
                 owner = self._leases.get(consumer)
@@ -698,6 +728,7 @@ class QueueBroker:
         :meth:`stop`: a worker's batch settled and its next one claimed in one call. A
         lone task's worker settled, was answered "none yet", and fetched again: the
         master's next task waited for that fetch (45 µs of a 190 µs round trip)."""
+        _lease_seconds(lease)  # refused before the settle runs, as the fetch would be
         self.settle(queue, consumer, items)
         return self._lease(queue, consumer, max_count, wait, lease, most, until_stop=True)
 
@@ -712,6 +743,7 @@ class QueueBroker:
     ) -> tuple[list[int], list[Wire]]:
         """:meth:`settle_fetch`, with the tokens :meth:`settle` found late: a batch with
         retries or dead letters, whose worker says which were not published."""
+        _lease_seconds(lease)  # refused before the settle runs, as the fetch would be
         late = self.settle(queue, consumer, items)
         return late, self.fetch(queue, consumer, max_count, 0.0, lease, most)
 
@@ -780,6 +812,7 @@ class QueueBroker:
     def _queue(self, name: str) -> deque[tuple[bytes, bool]]:
         items = self._queues.get(name)
         if items is None:
+            _queue_name(name)  # before it is made
             items = self._queues[name] = deque()
             self._ready[name] = threading.Condition(self._lock)
         return items
@@ -798,6 +831,7 @@ class QueueBroker:
         self._ready.pop(queue, None)
 
     def _renew(self, consumer: str, lease: float) -> _Lease:
+        lease = _lease_seconds(lease)  # before anything is leased or renewed
         owner = self._leases.get(consumer)
         if owner is None:  # an ended one leased anew keeps what it settled
             owner = self._ended.pop(consumer, None) or _Lease(deadline=0.0)
