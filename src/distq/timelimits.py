@@ -129,10 +129,11 @@ def _items(text: str) -> Iterator[tuple[str, str, str]]:
         if text.startswith('"', at):
             try:
                 name, end = _JSON.raw_decode(text, at)
-            except ValueError:
+            except json.JSONDecodeError as exc:  # its own words: not all "does not end"
                 raise ValueError(
-                    f"is {text!r}: the quoted name at character {at + 1} does not end; "
-                    'quote it as a JSON string, e.g. "a=b"=2'
+                    f"is {text!r}: the quoted name at character {at + 1} is no JSON string "
+                    f"({exc.msg.removesuffix(' at')} at character {exc.pos + 1}); quote it "
+                    'as a JSON string, e.g. "a=b"=2'
                 ) from None
             comma = text.find(",", end)
             before, sep, value = text[end : len(text) if comma < 0 else comma].partition("=")

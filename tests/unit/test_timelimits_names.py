@@ -78,3 +78,19 @@ def test_a_quoted_name_in_the_setting_is_the_name_it_quotes() -> None:
     for text in ('"a=b=2', '"a"b=2', '"a"', '"a"=2=3'):
         with pytest.raises(ValueError, match="is '"):
             TimeLimits.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('"mod\\jobs"=2', r"Invalid \\escape at character 5"),
+        ('"a\tb"=2', "Invalid control character at character 3"),
+        ('30, "x"=2,"abc=2', "Unterminated string starting at character 11"),
+    ],
+)
+def test_a_quoted_name_that_is_no_json_string_says_why(text: str, why: str) -> None:
+    """A quoted name that ends but is no JSON string (a backslash that starts no escape,
+    as in a path; a tab typed in it) was refused as one that "does not end", which sent
+    its writer looking for a missing quote: the refusal says what JSON found, and where."""
+    with pytest.raises(ValueError, match=why):
+        TimeLimits.parse(text)
