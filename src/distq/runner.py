@@ -70,12 +70,14 @@ class TaskRunner:
                     named = cut(named)
                 self.console.task_line(f"Get task {named} from task_queue.")
             started_at, started = time.time(), time.perf_counter()
-            if task.attempt > task.max_attempts:  # exhausted: fails for good, as on its last
-                return self.endings.failed(delivery, task, _no_attempts_left(task), started_at, 0.0)
             try:
                 function = self.registry.resolve(task.name, task.args, task.kwargs)
             except (UnknownTask, TypeError) as exc:
                 return self.endings.failed(delivery, task, exc, started_at, 0.0)
+            # exhausted: fails for good unrun, as on its last; after resolve, so a task that
+            # could run at no attempt says why, not to requeue it (then it failed for that)
+            if task.attempt > task.max_attempts:
+                return self.endings.failed(delivery, task, _no_attempts_left(task), started_at, 0.0)
             try:  # without keywords, no dict is built for the call
                 value = function(*task.args, **task.kwargs) if task.kwargs else function(*task.args)
             except Shutdown:

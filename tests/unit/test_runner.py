@@ -257,3 +257,25 @@ def test_a_task_past_its_last_attempt_is_not_run_and_fails_for_good_at_once(
     assert result.status == "error" and result.error_message is not None
     assert result.error_message.startswith(reason) and result.error_type == "NoAttemptsLeft"
     assert ending.note is not None and reason in ending.note
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "error_type"), [("nope", [1], "UnknownTask"), ("echo", [1, 2], "TypeError")]
+)
+def test_a_task_past_its_last_attempt_that_could_never_run_says_why_it_cannot(
+    name: str, args: list[Any], error_type: str
+) -> None:
+    """A task past its last attempt that could not run at any attempt (an unknown name,
+    arguments that do not fit) was refused as NoAttemptsLeft, saying "`distq
+    requeue-dead` starts it over at attempt 1": requeued so, it failed at once for the
+    reason it was not told. It says that reason, as at any attempt."""
+    registry = Registry()
+    registry.register("echo", lambda value: value)
+    out = io.StringIO()
+    runner = TaskRunner(registry, Endings("w1", "q"), Console(out=out, err=out))
+    task = Task(name=name, args=args, reply_to="replies", attempt=5, max_attempts=3)
+    ending = runner(Delivery(body=task.encode(), tag=1))
+    assert ending.outcome == "failed" and ending.settlement.result is not None
+    result = Result.decode(ending.settlement.result)
+    assert (result.status, result.error_type) == ("error", error_type), result.error_message
+    assert "requeue-dead" not in (result.error_message or "")
