@@ -118,8 +118,9 @@ class UnknownTask(DistqError):
 
 
 class NoAttemptsLeft(DistqError):
-    """A task arrived past its last attempt (``attempt`` over ``max_attempts``): made or
-    moved so by hand, since no retry distq sends is. It is exhausted, so it is not run."""
+    """A task arrived past its last attempt (``attempt`` over ``max_attempts``): a message
+    made so by hand, since no task distq sends is one (a retry is at most the last, a
+    requeued dead letter starts at 1). It is exhausted, so it is not run."""
 
 
 class RemoteError(DistqError):
