@@ -509,6 +509,7 @@ def steps() -> dict[str, Step]:
     batch_out.flush()
     batch_lines = batch_out.buffer.getvalue()
     writer = Console(out=out)
+    lone_line = batch_lines[: batch_lines.index(b"\n") + 1]  # a lone task's: one a write
 
     # the text console's per-task line, "Get task ...", one write each
     text_runner = TaskRunner(Registry(), Endings("host-1-0", "distq", plain), Console(out=out))
@@ -642,6 +643,11 @@ def steps() -> dict[str, Step]:
             lambda: writer.write(out, batch_lines),
             BATCH,
             500,
+        ),
+        "JSON logs: write a lone task's line, one a write": (
+            lambda: writer.write(out, lone_line),
+            1,
+            2000,
         ),
         "text lines: worker, run a task (batch of 128)": (text_worker_batch, BATCH, 20),
     }

@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -289,3 +291,96 @@ def test_a_master_started_with_stderr_closed_runs_a_long_job() -> None:
         check=False,
     )
     assert f"0 of {PROGRESS_THRESHOLD} results in" in done.stdout, done.stdout
+
+
+# JSON lines are bytes, put straight into the stream's binary layer, remembered per stream
+# (Console._binary): each test below writes more than once, so that the later lines take
+# the remembered layer, and holds what the first line alone did not show.
+
+
+def _json_console(out: io.TextIOWrapper) -> Console:
+    from distq.logs import JsonConsole
+
+    return JsonConsole("worker", out=out, err=io.StringIO(), worker="w1")
+
+
+def test_json_lines_go_after_what_a_print_left_in_the_text_layer_each_time() -> None:
+    """A task's print() waits in the text layer of the stream, unflushed; a JSON line,
+    bytes into its binary layer, goes after it, at every line, not only the first."""
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    console = _json_console(out)
+    for n in range(3):
+        print(f"a task's print {n}", file=out)  # held in the text layer
+        console.info(f"line {n}")
+    out.flush()
+    lines = out.buffer.getvalue().decode().splitlines()
+    shown = [line if line.startswith("a task") else json.loads(line)["message"] for line in lines]
+    assert shown == [
+        "a task's print 0", "line 0", "a task's print 1", "line 1", "a task's print 2", "line 2",
+    ]  # fmt: skip
+
+
+def test_json_lines_follow_a_streams_encoding_reconfigured_after_its_first_line() -> None:
+    """A stream whose encoding changed (``reconfigure()``, a task's) after the console
+    remembered that its binary layer takes ASCII as it is: its next line is written in
+    the new encoding, as a text write would be, not as UTF-8 bytes in a UTF-16 stream."""
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    console = _json_console(out)
+    console.info("in UTF-8")
+    out.reconfigure(encoding="utf-16")
+    console.info("in UTF-16")
+    out.flush()
+    first, rest = out.buffer.getvalue().split(b"\n", 1)
+    assert json.loads(first)["message"] == "in UTF-8"
+    assert json.loads(rest.decode("utf-16"))["message"] == "in UTF-16"
+
+
+def test_a_stream_written_after_another_went_away_gets_its_own_lines() -> None:
+    """Streams made and dropped one after another often take the same ``id()``: each
+    one's lines go into its own binary layer, never one a console remembered of a stream
+    gone at the same ``id()``."""
+    console = _json_console(io.TextIOWrapper(io.BytesIO()))
+    for n in range(20):
+        stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+        console.write(stream, b'{"n":%d}\n' % n)
+        stream.flush()
+        assert stream.buffer.getvalue() == b'{"n":%d}\n' % n
+        del stream
+
+
+class _SignalInWrite(io.RawIOBase):
+    """A stream's descriptor whose write runs ``handler`` first, once: as a signal that
+    lands in a write to a pipe runs its Python handler inside the binary layer's write."""
+
+    def __init__(self) -> None:
+        self.taken = bytearray()
+        self.handler: Callable[[], None] | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            handler()
+        self.taken += bytes(data)
+        return len(data)
+
+
+def test_a_signal_handlers_line_amid_a_json_lines_write_leaves_both_whole(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A signal handler's line (:func:`announce`) that lands while a JSON line goes into
+    the stream's binary layer finds it mid-write (``RuntimeError: reentrant call``): it
+    goes straight to stderr as a whole JSON line, and the line being written goes on."""
+    raw = _SignalInWrite()
+    out = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
+    console = _json_console(out)
+    console.info("first")
+    raw.handler = lambda: announce(console, "SIGTERM: the worker is stopping")
+    console.info("second")
+    assert raw.handler is None  # it ran
+    lines = [json.loads(line)["message"] for line in raw.taken.decode().splitlines()]
+    assert lines == ["first", "second"]
+    said = capfd.readouterr().err.splitlines()
+    assert [json.loads(line)["message"] for line in said] == ["SIGTERM: the worker is stopping"]

@@ -69,6 +69,44 @@ def test_a_full_non_blocking_stdout_never_gets_half_a_json_line(
 
 
 @pytest.mark.parametrize("as_bytes", [False, True])  # as text; as JSON lines' bytes
+def test_an_unbuffered_full_non_blocking_stdout_never_gets_half_a_json_line(
+    full_pipe: tuple[io.TextIOWrapper, int], as_bytes: bool
+) -> None:
+    """Under PYTHONUNBUFFERED=1 (the images set it) stdout's binary layer is its
+    descriptor's own FileIO: a write there takes part of the bytes, or none (None), and
+    raises nothing. The rest of a line it cut is owed, and a write that said all of its
+    text was on its way (True) put it all out, at every line a console writes through
+    the binary layer it remembered, not only the first."""
+    pipe, read = full_pipe
+    stream = io.TextIOWrapper(
+        io.FileIO(pipe.fileno(), "w", closefd=False), encoding="utf-8", write_through=True
+    )
+    console = JsonConsole("worker", out=stream, err=io.StringIO(), worker="w1")
+    got, promised = b"", set[tuple[int, int]]()
+    try:
+        for round_ in range(5):
+            for n in range(0, 3000, 10):  # some 300 kB a round: far more than a pipe holds
+                text = "".join(
+                    json.dumps({"round": round_, "line": m, "pad": "x" * (50 + m % 97)}) + "\n"
+                    for m in range(n, n + 10)
+                )
+                if console.write(stream, text.encode() if as_bytes else text):
+                    promised.update((round_, m) for m in range(n, n + 10))
+            got += drain(read)
+        console.info("the last line")  # the pipe is empty now: it goes whole
+        got += drain(read)
+    finally:
+        console_module._OWED.pop(id(stream), None)  # a next test's stream at its id()
+    broken = _not_json(got)
+    assert not broken, f"{len(broken)} broken lines, e.g. {broken[0][:80]!r}...{broken[0][-80:]!r}"
+    records = [json.loads(line) for line in got.decode().split("\n")[:-1]]
+    assert records[-1]["message"] == "the last line"
+    assert promised and 0 < len(promised) < 5 * 3000  # the pipe was full, and not always
+    missing = promised - {(r["round"], r["line"]) for r in records[:-1]}
+    assert not missing, f"{len(missing)} lines said to be on their way never came out"
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])  # as text; as JSON lines' bytes
 def test_slots_writing_at_once_to_a_full_non_blocking_stdout_never_cut_a_line(
     full_pipe: tuple[io.TextIOWrapper, int], as_bytes: bool
 ) -> None:
