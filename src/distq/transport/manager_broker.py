@@ -20,7 +20,7 @@ import time
 from array import array
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -188,20 +188,21 @@ def _unusable(field: str, value: object) -> str:
     return f"a {field} of {type(value).__name__}, not {wanted}"
 
 
-def _misshapen(items: Iterable[object]) -> str | None:
-    """Why a settle raised on one of ``items`` (a peer's: any plain value the unpickler
-    builds), before that one's lease was touched: the first that is not 6 fields, or
-    whose token (looked up as a lease's) or reply_to (for its result) is not hashable;
-    None if none is such, the error no peer's to be told of."""
-    for item in items:
-        if not isinstance(item, tuple | list) or len(item) != 6:
-            return f"a settlement of {type(item).__name__}, not 6 fields"
-        named = [("token", item[0])] + ([("reply_to", item[1])] if item[2] is not None else [])
-        for name, value in named:
-            try:
-                hash(value)
-            except TypeError:
-                return _unusable(name, value)
+def _misshapen(item: object) -> str | None:
+    """Why a settle raised on ``item`` (a peer's settlement: any plain value the unpickler
+    builds), before its lease was touched: it is not 6 fields, or its token (looked up
+    as a lease's) or reply_to (for its result) is not hashable; None if it is none such,
+    the error no peer's to be told of. Only the settlement the error struck is judged: a
+    look at the whole call found another's mistake, took an error of the master's own
+    for it, and took n * n looks at a call of n misshapen settlements."""
+    if not isinstance(item, tuple | list) or len(item) != 6:
+        return f"a settlement of {type(item).__name__}, not 6 fields"
+    named = [("token", item[0])] + ([("reply_to", item[1])] if item[2] is not None else [])
+    for name, value in named:
+        try:
+            hash(value)
+        except TypeError:
+            return _unusable(name, value)
     return None
 
 
@@ -627,7 +628,8 @@ class QueueBroker:
             rest = iter(items)  # past a settlement that is not 6 fields, the loop goes on
             while True:
                 try:
-                    for token, reply_to, result, retry, delay, dead in rest:
+                    for item in rest:
+                        token, reply_to, result, retry, delay, dead = item
                         if type(result) is not bytes and result is not None:
                             result = _as_body(result)
                         if retry is not None:
@@ -682,7 +684,7 @@ class QueueBroker:
                         if dead is not None:
                             self._push(f"{queue}.dead", [dead])
                 except (TypeError, ValueError):  # a peer's settlement, before its lease goes
-                    why = _misshapen(items)
+                    why = _misshapen(item)  # the one it struck, not another's
                     if why is None:  # no peer's mistake: said as it is
                         raise
                     refused.append(why)  # its lease untouched: it runs again
