@@ -920,6 +920,30 @@ def test_an_error_no_peer_made_is_raised_as_it_is_not_blamed_on_a_misshapen_sett
         broker.settle("q", "c1", items)  # type: ignore[arg-type]
 
 
+def test_a_settle_an_error_of_the_masters_own_ended_remembers_what_it_settled() -> None:
+    """The tasks a settle had settled before an error of the master's own ended it were
+    not remembered as settled (that came after the loop): the worker's settle sent
+    again published their results a second time."""
+    broker = QueueBroker(Clock())
+    broker.open("r")
+    broker.put("q", [b"a", b"b"])
+    (ta, _, _), (tb, _, _) = broker.fetch("q", "c1", 2, 0.1, 5.0)
+    push = broker._push
+
+    def failing(queue: str, bodies: Sequence[bytes]) -> None:
+        if queue == "q":
+            raise TypeError("a push that failed")
+        push(queue, bodies)
+
+    broker._push = failing  # type: ignore[method-assign]
+    items = [(ta, "r", b"ran a", None, 0.0, None), (tb, "r", None, b"b again", 0.0, None)]
+    with pytest.raises(TypeError, match="a push that failed"):
+        broker.settle("q", "c1", items)
+    broker._push = push  # type: ignore[method-assign]
+    broker.settle("q", "c1", items[:1])  # sent again
+    assert broker.get("r", 10, 0) == [b"ran a"]
+
+
 def test_many_misshapen_settlements_are_each_judged_once() -> None:
     """Each misshapen settlement made the settle judge the call's settlements from its
     first: a peer's call of n well-formed then n misshapen ones took n * n looks, under
