@@ -1014,14 +1014,20 @@ def test_an_executor_collected_without_shutdown_does_not_hold_up_the_exit() -> N
     assert took < 15, out
 
 
-INTERRUPTED_AT_THE_END_OF_A_WITH = """
+#: A program's start that prints its futures' states at its exit: registered before
+#: distq is imported, so it runs after distq's own exit hook.
+STATES_AT_EXIT = """
     import atexit
     futures = []
-    # registered before distq is imported, so it runs after distq's own exit hook
     atexit.register(lambda: print("at exit:", [
         type(f.exception()).__name__ if f.done() and not f.cancelled() else f._state
         for f in futures
     ], flush=True))
+"""
+
+INTERRUPTED_AT_THE_END_OF_A_WITH = (
+    STATES_AT_EXIT
+    + """
     import threading, time
     import distq
 
@@ -1034,6 +1040,7 @@ INTERRUPTED_AT_THE_END_OF_A_WITH = """
         futures += [ex.submit("jobs:add", n, 1) for n in range(3)]  # no worker
         threading.Thread(target=say_when_waiting, args=(ex,), daemon=True).start()
 """
+)
 
 
 def test_one_ctrl_c_at_the_end_of_a_with_block_ends_the_program_every_future_resolved() -> None:
@@ -1045,13 +1052,9 @@ def test_one_ctrl_c_at_the_end_of_a_with_block_ends_the_program_every_future_res
     _one_ctrl_c_ends(INTERRUPTED_AT_THE_END_OF_A_WITH, settle=0.2)
 
 
-INTERRUPTED_IN_A_WITH = """
-    import atexit
-    futures = []
-    atexit.register(lambda: print("at exit:", [  # runs after distq's own exit hook
-        type(f.exception()).__name__ if f.done() and not f.cancelled() else f._state
-        for f in futures
-    ], flush=True))
+INTERRUPTED_IN_A_WITH = (
+    STATES_AT_EXIT
+    + """
     import distq
 
     with distq.Executor() as ex:
@@ -1059,6 +1062,7 @@ INTERRUPTED_IN_A_WITH = """
         print("waiting", flush=True)
         futures[0].result()  # Ctrl-C here
 """
+)
 
 
 def test_one_ctrl_c_inside_a_with_block_ends_the_program_every_future_resolved() -> None:
@@ -1104,13 +1108,9 @@ def _one_ctrl_c_ends(program_text: str, settle: float) -> None:
 CANCELLED = "CANCELLED_AND_NOTIFIED"  # a future's state once cancelled and its waiters told
 
 
-INTERRUPTED_AS_SHUTDOWN_HANDS_OVER = """
-    import atexit
-    futures = []
-    atexit.register(lambda: print("at exit:", [  # runs after distq's own exit hook
-        type(f.exception()).__name__ if f.done() and not f.cancelled() else f._state
-        for f in futures
-    ], flush=True))
+INTERRUPTED_AS_SHUTDOWN_HANDS_OVER = (
+    STATES_AT_EXIT
+    + """
     import distq
     from distq.dispatcher import Stop
 
@@ -1130,6 +1130,7 @@ INTERRUPTED_AS_SHUTDOWN_HANDS_OVER = """
     except KeyboardInterrupt:
         print("interrupted", flush=True)
 """
+)
 
 
 def test_a_ctrl_c_as_the_end_of_a_with_block_hands_over_its_stop_does_not_hold_up_the_exit() -> (

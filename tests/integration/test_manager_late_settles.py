@@ -122,45 +122,36 @@ def test_a_settle_the_master_ran_as_it_stopped_is_answered(then_fetch: bool) -> 
 
 
 @pytest.mark.timeout(60)
-def test_a_retry_delay_that_is_not_seconds_fails_the_settle_clearly_and_loses_no_task() -> None:
-    # a peer holding the key sent a str as a retry's delay: the master raised mid-settle,
-    # after the task's lease was dropped and before its retry was queued: the task was lost
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        # a str as a retry's delay: the master raised mid-settle, after the task's lease
+        # was dropped and before its retry was queued: the task was lost
+        ({"retry": b"b retried", "retry_delay": "0.5"}, "a retry delay of str, not seconds"),
+        # a list as a result's reply queue: the master raised looking it up, after the
+        # task's lease was dropped and before anything was sent: the task lost, and the
+        # settle's earlier result not remembered (sent again, sent twice)
+        ({"reply_to": ["delay"], "result": b"ran b"}, "a reply_to of list, not text"),
+    ],
+    ids=["retry-delay", "reply-to"],
+)
+def test_a_settlement_field_that_is_not_what_distq_sends_fails_the_settle_clearly_and_loses_no_task(
+    bad: dict[str, object], said: str
+) -> None:
+    """A peer holding the key sent a settlement the master cannot use: the settle fails
+    saying which field, the rest of it is settled once (sent again, nothing twice), and
+    the bad one's task runs again once its lease lapses."""
     with hosted_and_remote(fake_settings(lease_seconds=1.0)) as (hosted, remote):
         reply_to = hosted.reply_queue("delay")
         producer = hosted.producer(reply_to)
         producer.submit([b"a", b"b"])
         consumer = remote.consumer("c1")
         a, b = fetch_n(consumer, 2)
-        bad = Settlement(b, retry=b"b retried", retry_delay="0.5")  # type: ignore[arg-type]
-        with pytest.raises(TransportError, match=r"retry delay of str, not seconds") as caught:
-            consumer.settle([Settlement(a, reply_to=reply_to, result=b"ran a"), bad])
-        assert "\n" not in str(caught.value) and "not settled" in str(caught.value)
-        assert results_n(producer, 1, within=1) == [b"ran a"]
-        other = remote.consumer("c2")
-        again = fetch_n(other, 1, within=5)  # b, its lease lapsed: it runs again
-        assert [d.body for d in again] == [b"b"], again
-        other.settle([Settlement(again[0], reply_to=reply_to, result=b"ran b")])
-        assert results_n(producer, 1, within=1) == [b"ran b"]
-        other.close()
-
-
-@pytest.mark.timeout(60)
-def test_a_reply_to_that_is_not_text_fails_the_settle_clearly_and_loses_no_task() -> None:
-    # a peer holding the key named a list as a result's reply queue: the master raised
-    # looking it up, after the task's lease was dropped and before anything was sent: the
-    # task lost, and the settle's earlier result not remembered (sent again, sent twice)
-    with hosted_and_remote(fake_settings(lease_seconds=1.0)) as (hosted, remote):
-        reply_to = hosted.reply_queue("reply")
-        producer = hosted.producer(reply_to)
-        producer.submit([b"a", b"b"])
-        consumer = remote.consumer("c1")
-        a, b = fetch_n(consumer, 2)
-        bad = Settlement(b, reply_to=[reply_to], result=b"ran b")  # type: ignore[arg-type]
-        settled = [Settlement(a, reply_to=reply_to, result=b"ran a"), bad]
-        with pytest.raises(TransportError, match=r"a reply_to of list, not text") as caught:
+        settled = [Settlement(a, reply_to=reply_to, result=b"ran a"), Settlement(b, **bad)]  # type: ignore[arg-type]
+        with pytest.raises(TransportError, match=said) as caught:
             consumer.settle(settled)
         assert "\n" not in str(caught.value) and "not settled" in str(caught.value)
-        with pytest.raises(TransportError, match=r"a reply_to of list, not text"):
+        with pytest.raises(TransportError, match=said):
             consumer.settle(settled)  # sent again
         assert results_n(producer, 2, within=1) == [b"ran a"]
         other = remote.consumer("c2")

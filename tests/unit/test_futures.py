@@ -47,34 +47,24 @@ def test_a_wait_that_ends_without_a_result_names_the_task() -> None:
             wait(0.01)
 
 
-def test_a_wait_whose_result_comes_as_it_ends_names_the_task_as_any_other() -> None:
-    """A result in at the moment the wait timed out: ``result()`` raised the standard
-    library's bare ``TimeoutError()``, naming nothing. A task's own TimeoutError (its
-    TaskTimeout) is still raised as it is."""
+@pytest.mark.parametrize("wait", ["result", "exception"])
+def test_a_wait_whose_result_comes_as_it_ends_names_the_task_as_any_other(wait: str) -> None:
+    """A result in at the moment the wait timed out: ``result()`` and ``exception()``
+    raised the standard library's bare ``TimeoutError()``, naming nothing. A task's own
+    TimeoutError (its TaskTimeout) is still raised (or returned) as it is."""
     future = DistqFuture[Any](_never, "t1", "jobs:resize")
     with answered_as_the_wait_ends(4), pytest.raises(TimeoutError) as raised:
-        future.result(0.01)
+        getattr(future, wait)(0.01)
     assert str(raised.value).startswith("no result for task jobs:resize [t1] after ")
     late = DistqFuture[Any](_never, "t2", "jobs:resize")
     own = TaskTimeout("jobs:resize [t2] is past its task_timeout")
     threading.Timer(0.05, late.set_exception, (own,)).start()
+    if wait == "exception":
+        assert late.exception(10) is own
+        return
     with pytest.raises(TaskTimeout) as raised_own:
         late.result(10)
     assert raised_own.value is own
-
-
-def test_an_exception_wait_whose_result_comes_as_it_ends_names_the_task() -> None:
-    """As for result(): exception(timeout) whose wait timed out as the result came in
-    raised the standard library's bare ``TimeoutError()``, naming nothing (44d7928
-    changed it with no test that could fail). A task's own TaskTimeout is returned."""
-    future = DistqFuture[Any](_never, "t1", "jobs:resize")
-    with answered_as_the_wait_ends(4), pytest.raises(TimeoutError) as raised:
-        future.exception(0.01)
-    assert str(raised.value).startswith("no result for task jobs:resize [t1] after ")
-    late = DistqFuture[Any](_never, "t2", "jobs:resize")
-    own = TaskTimeout("jobs:resize [t2] is past its task_timeout")
-    threading.Timer(0.05, late.set_exception, (own,)).start()
-    assert late.exception(10) is own
 
 
 @pytest.mark.parametrize("timeout", [1e300, float("inf"), 10**400])

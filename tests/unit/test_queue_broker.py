@@ -896,34 +896,9 @@ def test_a_queue_name_that_is_not_text_is_refused(queue: object, call: str) -> N
     assert broker.gone([queue]) == [queue]  # type: ignore[list-item]
 
 
-def test_an_error_no_peer_made_is_raised_as_it_is_not_blamed_on_a_misshapen_settlement() -> None:
-    """A settle caught a TypeError or ValueError anywhere in its loop and asked whether
-    any settlement of the call was misshapen: one later in the call was, so an error of
-    the master's own (here a push failing, after the task's lease was dropped) was
-    taken for that peer's mistake, said as "2 tasks not settled ... run again" while
-    the task it struck, its lease gone, would never run again. Only the settlement the
-    error struck is judged: an error it did not cause is raised as it is."""
-    broker = QueueBroker(Clock())
-    broker.open("r")
-    broker.put("q", [b"a", b"b"])
-    (ta, _, _), _ = broker.fetch("q", "c1", 2, 0.1, 5.0)
-    push = broker._push
-
-    def failing(queue: str, bodies: Sequence[bytes]) -> None:
-        if queue == "q":
-            raise TypeError("a push that failed")
-        push(queue, bodies)
-
-    broker._push = failing  # type: ignore[method-assign]
-    items = [(ta, "r", b"ran a", b"a again", 0.0, None), None]
-    with pytest.raises(TypeError, match="a push that failed"):
-        broker.settle("q", "c1", items)  # type: ignore[arg-type]
-
-
-def test_a_settle_an_error_of_the_masters_own_ended_remembers_what_it_settled() -> None:
-    """The tasks a settle had settled before an error of the master's own ended it were
-    not remembered as settled (that came after the loop): the worker's settle sent
-    again published their results a second time."""
+def _pushes_to_q_failing() -> tuple[QueueBroker, tuple[int, int]]:
+    """A broker whose pushes to queue "q" fail (an error of the master's own, no peer's),
+    reply queue "r" open, and the tokens of tasks a and b that consumer c1 leased."""
     broker = QueueBroker(Clock())
     broker.open("r")
     broker.put("q", [b"a", b"b"])
@@ -936,10 +911,31 @@ def test_a_settle_an_error_of_the_masters_own_ended_remembers_what_it_settled() 
         push(queue, bodies)
 
     broker._push = failing  # type: ignore[method-assign]
+    return broker, (ta, tb)
+
+
+def test_an_error_no_peer_made_is_raised_as_it_is_not_blamed_on_a_misshapen_settlement() -> None:
+    """A settle caught a TypeError or ValueError anywhere in its loop and asked whether
+    any settlement of the call was misshapen: one later in the call was, so an error of
+    the master's own (here a push failing, after the task's lease was dropped) was
+    taken for that peer's mistake, said as "2 tasks not settled ... run again" while
+    the task it struck, its lease gone, would never run again. Only the settlement the
+    error struck is judged: an error it did not cause is raised as it is."""
+    broker, (ta, _) = _pushes_to_q_failing()
+    items = [(ta, "r", b"ran a", b"a again", 0.0, None), None]
+    with pytest.raises(TypeError, match="a push that failed"):
+        broker.settle("q", "c1", items)  # type: ignore[arg-type]
+
+
+def test_a_settle_an_error_of_the_masters_own_ended_remembers_what_it_settled() -> None:
+    """The tasks a settle had settled before an error of the master's own ended it were
+    not remembered as settled (that came after the loop): the worker's settle sent
+    again published their results a second time."""
+    broker, (ta, tb) = _pushes_to_q_failing()
     items = [(ta, "r", b"ran a", None, 0.0, None), (tb, "r", None, b"b again", 0.0, None)]
     with pytest.raises(TypeError, match="a push that failed"):
         broker.settle("q", "c1", items)
-    broker._push = push  # type: ignore[method-assign]
+    del broker._push  # the class's again
     broker.settle("q", "c1", items[:1])  # sent again
     assert broker.get("r", 10, 0) == [b"ran a"]
 
