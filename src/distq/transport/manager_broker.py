@@ -626,72 +626,67 @@ class QueueBroker:
             elif now >= owner.window_ends or len(owner.settled) >= SETTLED_KEPT:
                 owner.turn(now)
             try:
-                rest = iter(items)  # past a settlement that is not 6 fields, the loop goes on
-                while True:
-                    try:
-                        for item in rest:
-                            token, reply_to, result, retry, delay, dead = item
-                            if type(result) is not bytes and result is not None:
-                                result = _as_body(result)
-                            if retry is not None:
-                                retry = _as_body(retry)
-                                if type(delay) is not float or not 0.0 <= delay <= MAX_RETRY_DELAY:
-                                    why = delay_problem(delay)
-                                    if why is not None:  # before its lease goes: it runs again
-                                        refused.append(f"{why} (distq sends 0 to 30 s)")
-                                        continue
-                                    delay = float(delay)  # an int's: a heap of floats
-                            if dead is not None:
-                                dead = _as_body(dead)
-                            if result is not None and reply_to is not None:
-                                # before the lease goes: a list raises here (refused below)
-                                reply = reply_to in self._replies
-                                if not reply and type(reply_to) is not str:  # bytes, an int
-                                    refused.append(_unusable("reply_to", reply_to))
+                for item in items:
+                    try:  # a peer's settlement that raises: judged before its lease goes
+                        token, reply_to, result, retry, delay, dead = item
+                        if type(result) is not bytes and result is not None:
+                            result = _as_body(result)
+                        if retry is not None:
+                            retry = _as_body(retry)
+                            if type(delay) is not float or not 0.0 <= delay <= MAX_RETRY_DELAY:
+                                why = delay_problem(delay)
+                                if why is not None:  # before its lease goes: it runs again
+                                    refused.append(f"{why} (distq sends 0 to 30 s)")
                                     continue
-                            else:
-                                reply = False
-                            # a token that is a list raises here, its lease untouched
-                            held = owner is not None and owner.held.pop(token, None) is not None
-                            if not held:  # an int's type is checked here only: 2.0 is token 2
-                                if type(token) is not int:
-                                    refused.append(_unusable("token", token))
-                                    continue
-                                if owner is not None:
-                                    if seen is None:  # a late settle: looked up in a set
-                                        seen = set(fresh)
-                                    if (
-                                        token in owner.settled
-                                        or token in owner.settled_before
-                                        or token in seen
-                                    ):
-                                        continue
-                                if retry is not None or dead is not None:
-                                    late.append(token)  # not remembered: late again if sent again
-                                    continue
+                                delay = float(delay)  # an int's: a heap of floats
+                        if dead is not None:
+                            dead = _as_body(dead)
+                        if result is not None and reply_to is not None:
+                            # before the lease goes: a list raises here (refused below)
+                            reply = reply_to in self._replies
+                            if not reply and type(reply_to) is not str:  # bytes, an int
+                                refused.append(_unusable("reply_to", reply_to))
+                                continue
+                        else:
+                            reply = False
+                        # a token that is a list raises here, its lease untouched
+                        held = owner is not None and owner.held.pop(token, None) is not None
+                        if not held:  # an int's type is checked here only: 2.0 is token 2
+                            if type(token) is not int:
+                                refused.append(_unusable("token", token))
+                                continue
                             if owner is not None:
-                                fresh.append(token)  # remembered after the loop, as runs
-                                if seen is not None:
-                                    seen.add(token)
-                            if reply:  # both not None: no cast called per item
-                                self._push(reply_to, [result])  # type: ignore[arg-type, list-item]
-                            if not held:
-                                self._done_elsewhere(token, now)
-                            if retry is not None:
-                                if delay > 0:
-                                    due = (now + delay, token, queue, retry)
-                                    heapq.heappush(self._delayed, due)
-                                else:
-                                    self._push(queue, [retry])
-                            if dead is not None:
-                                self._push(f"{queue}.dead", [dead])
-                    except (TypeError, ValueError):  # a peer's settlement, before its lease goes
+                                if seen is None:  # a late settle: looked up in a set
+                                    seen = set(fresh)
+                                if (
+                                    token in owner.settled
+                                    or token in owner.settled_before
+                                    or token in seen
+                                ):
+                                    continue
+                            if retry is not None or dead is not None:
+                                late.append(token)  # not remembered: late again if sent again
+                                continue
+                        if owner is not None:
+                            fresh.append(token)  # remembered after the loop, as runs
+                            if seen is not None:
+                                seen.add(token)
+                        if reply:  # both not None: no cast called per item
+                            self._push(reply_to, [result])  # type: ignore[arg-type, list-item]
+                        if not held:
+                            self._done_elsewhere(token, now)
+                        if retry is not None:
+                            if delay > 0:
+                                heapq.heappush(self._delayed, (now + delay, token, queue, retry))
+                            else:
+                                self._push(queue, [retry])
+                        if dead is not None:
+                            self._push(f"{queue}.dead", [dead])
+                    except (TypeError, ValueError):
                         why = _misshapen(item)  # the one it struck, not another's
                         if why is None:  # no peer's mistake: said as it is
                             raise
                         refused.append(why)  # its lease untouched: it runs again
-                        continue
-                    break
             finally:  # remembered though an error of the master's own ended the loop: a
                 # settle sent again published the results already out a second time
                 if owner is not None and fresh:
