@@ -227,12 +227,12 @@ def _lease_seconds(lease: object) -> float:
     return float(lease)
 
 
-def _queue_name(name: object) -> None:
+def _queue_name(name: object, then: str = "") -> None:
     """Refuse ``name``, a queue a peer named (any plain value the unpickler builds), if it
     is not text: a master's close counts its queues by name (``endswith``), and failed on
-    an int's before it stopped serving."""
+    an int's before it stopped serving. ``then``: what that leaves undone, said after."""
     if type(name) is not str:
-        raise TypeError(f"a queue name of {type(name).__name__}, not text (another program?)")
+        raise TypeError(f"a queue name of {type(name).__name__}, not text{then} (another program?)")
 
 
 def _reply_to(body: object) -> str | None:
@@ -609,11 +609,8 @@ class QueueBroker:
         lease ended (:meth:`_end`): a settle that ran after its consumer's close (a
         keeper's, waiting on a busy master while the worker stopped), or sent again
         after it, is taken as one past a lapse is."""
-        if type(queue) is not str:  # each retry and dead letter goes there: none can
-            raise TypeError(
-                f"a queue name of {type(queue).__name__}, not text: nothing settled, run "
-                "again as leases lapse (another program?)"
-            )
+        # each retry and dead letter goes there: none can
+        _queue_name(queue, ": nothing settled, run again as leases lapse")
         now = self._clock()
         late: list[int] = []  # not list[int](): see test_manager_lone_task
         refused: list[str] = []  # why settlements were not taken, their tasks left leased
