@@ -609,7 +609,7 @@ class QueueBroker:
         lease ended (:meth:`_end`): a settle that ran after its consumer's close (a
         keeper's, waiting on a busy master while the worker stopped), or sent again
         after it, is taken as one past a lapse is."""
-        # each retry and dead letter goes there: none can
+        # its retries and dead letters go there: to a name that is not text, none can
         _queue_name(queue, ": nothing settled, run again as leases lapse")
         now = self._clock()
         late: list[int] = []  # not list[int](): see test_manager_lone_task
