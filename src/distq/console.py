@@ -500,19 +500,8 @@ class Console:
                 binary = self._binaries.get(id(stream))
                 if binary is None or (binary[2] is not None and binary[1] != stream.encoding):
                     binary = self._binary(stream)  # new, or its encoding reconfigured since
-                buffer = binary[2]
-                if buffer is not None:  # :meth:`_put_bytes` written out, the same steps: its
-                    try:  # call cost about 470 instructions a JSON line (callgrind)
-                        taken = buffer.write(text)
-                    except BlockingIOError as exc:
-                        taken = max(getattr(exc, "characters_written", 0), 0)
-                    if taken is None or taken < len(text):
-                        return self._blocked(stream, text, taken or 0)
-                    try:  # noqa: SIM105
-                        buffer.flush()
-                    except BlockingIOError:
-                        pass
-                    return True
+                if binary[2] is not None:
+                    return self._put_bytes(stream, binary[2], text)
                 text = text.decode("ascii")
             precise = self._precise.get(id(stream))
             if precise is None:  # unbuffered (PYTHONUNBUFFERED=1): see below
@@ -573,8 +562,7 @@ class Console:
         """``data``, ``stream``'s text as bytes, into its binary layer ``buffer`` (:meth:`write`
         handles what it raises), so that what a full non-blocking descriptor took of it is
         known: a text stream's write says nothing of it (unbuffered, it drops the rest
-        without a word). The bytes of JSON lines go the same way, its steps written out in
-        :meth:`write`: a change here is one there."""
+        without a word). The bytes of JSON lines go the same way."""
         try:  # all of it, into a buffer; unbuffered, what the descriptor took (None: none)
             taken = buffer.write(data)
         except BlockingIOError as exc:  # a full buffer took part of it, or none
