@@ -56,9 +56,9 @@ class TimeLimits:
         not run" chunks), else its function's limit once per call it holds."""
         name, args = task.name, task.args
         if name == CHUNK_TASK and len(args) == 2 and isinstance(args[1], list):
-            for known, seconds in self.per_name:
-                if known == CHUNK_TASK:
-                    return seconds
+            named = dict(self.per_name).get(CHUNK_TASK)  # for_task's, without the default
+            if named is not None:
+                return named
             limit = self.for_task(args[0]) if isinstance(args[0], str) else self.default
             return None if limit is None else limit * max(1, len(args[1]))
         return self.for_task(name)
