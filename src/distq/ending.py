@@ -281,10 +281,18 @@ class Endings:
         return Ending(settlement, "failed", task, 0.0, 0.0, note)
 
     def timed_out(
-        self, delivery: Delivery, task: Task, limit: float, started_at: float, duration: float
+        self,
+        delivery: Delivery,
+        task: Task,
+        limit: float,
+        started_at: float,
+        duration: float,
+        which: str = "",
     ) -> Ending:
-        """The task ran past its ``limit`` (seconds): a failed attempt, retried per policy."""
-        error = TimeLimitExceeded(f"ran past its time limit of {said(limit)} s")
+        """The task ran past its ``limit`` (seconds): a failed attempt, retried per policy.
+        ``which`` says which limit that was (:meth:`~distq.timelimits.TimeLimits.which`)."""
+        why = f" ({which})" if which else ""
+        error = TimeLimitExceeded(f"ran past its time limit of {said(limit)} s{why}")
         return self.failed(delivery, task, error, started_at, duration, retryable=True)
 
     def orphaned(self, delivery: Delivery, task: Task) -> Ending:

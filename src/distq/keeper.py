@@ -381,7 +381,8 @@ class Keeper:
                 task = running.task
                 self.console.error(
                     f"task {shown(task.name)} {shown(task.id)} attempt {task.attempt}/"
-                    f"{task.max_attempts} ran past its time limit of {said(running.limit)} s; "
+                    f"{task.max_attempts} ran past its time limit of {said(running.limit)} s "
+                    f"({self.limits.which(task)}); "
                     f"{goes_on}; that attempt was not settled ({describe(exc)}): the task "
                     "runs again"
                 )

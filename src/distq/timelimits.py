@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from distq.chunks import CHUNK_TASK
 from distq.envelope import Task
@@ -45,6 +45,9 @@ class TimeLimits:
 
     default: float | None = None
     per_name: tuple[tuple[str, float], ...] = ()
+    #: The names in ``per_name`` whose limit was given at registration, not by the
+    #: setting: only for :meth:`which` to say so (the same limits either way).
+    registered: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def __bool__(self) -> bool:
         return self.default is not None or bool(self.per_name)
@@ -73,7 +76,39 @@ class TimeLimits:
     def with_registered(self, registered: Mapping[str, float]) -> TimeLimits:
         """These limits with limits given at registration, under this one's named ones."""
         merged = {**registered, **dict(self.per_name)}
-        return TimeLimits(self.default, tuple(sorted(merged.items())))
+        theirs = self.registered | (registered.keys() - dict(self.per_name).keys())
+        return TimeLimits(self.default, tuple(sorted(merged.items())), frozenset(theirs))
+
+    def which(self, task: Task) -> str:
+        """Which limit :meth:`of` gives ``task``, as it was set (``DISTQ_TASK_TIME_LIMIT
+        square=2``): the error of a task past its limit said only how long it was, and a
+        user with several set could not tell which to raise. Asked only once a task has
+        run past its limit: :meth:`of` stays the one look-up of a task that did not."""
+        name, args = task.name, task.args
+        if name == CHUNK_TASK and len(args) == 2 and isinstance(args[1], list):
+            named = dict(self.per_name).get(CHUNK_TASK)
+            if named is not None:
+                return self._which(CHUNK_TASK)
+            its = self._which(args[0]) if isinstance(args[0], str) else self._which(None)
+            return (
+                f"{max(1, len(args[1]))} calls x {its}; or give every chunk its own: "
+                f"{CHUNK_TASK}=SECONDS"
+            )
+        return self._which(name)
+
+    def _which(self, name: str | None) -> str:
+        """Where the limit of tasks named ``name`` (None: the default) was set."""
+        seconds = None if name is None else dict(self.per_name).get(name)
+        if name is not None and seconds is not None and name in self.registered:
+            return f"time_limit={said(seconds)} given to Registry.register for {name!r}"
+        if name is not None and seconds is not None:
+            return f"DISTQ_TASK_TIME_LIMIT {_written(name)}={said(seconds)}"
+        if self.default is not None:
+            return (
+                f"DISTQ_TASK_TIME_LIMIT {said(self.default)}: the default, for a task "
+                "with no limit of its own"
+            )
+        return "no limit set"  # of() gave None: no task runs past it
 
     def describe(self) -> str:
         """As the setting is written (``30,square=2``), or ``off``: it reads back as these

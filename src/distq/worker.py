@@ -624,7 +624,8 @@ class Worker:
         exited."""
         endings = self.runner.endings
         try:
-            return endings.timed_out(delivery, task, limit, started_at, duration)
+            which = self.limits.which(task)  # here, not on the path of each task
+            return endings.timed_out(delivery, task, limit, started_at, duration, which)
         except Exception as exc:
             return endings.unhandled(delivery, task, exc)
 

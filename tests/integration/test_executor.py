@@ -169,6 +169,36 @@ def test_a_chunk_runs_under_its_functions_time_limit(executor: Open, workers: Wo
     assert time.monotonic() - started < 5
 
 
+def test_a_task_past_its_time_limit_says_which_limit_it_ran_past(
+    executor: Open, workers: Workers
+) -> None:
+    """With several limits set, the error said only "ran past its time limit of 1 s":
+    not whether the default, the task's own or ``distq:chunk``'s had fired (for a chunk,
+    its function's times its calls), so not which one to raise."""
+    ex = executor(max_attempts=1)
+
+    def error_of(future: concurrent.futures.Future[Any]) -> str:
+        with pytest.raises(RemoteError) as raised:
+            future.result(timeout=30)
+        return str(raised.value)
+
+    named = workers(DISTQ_TASK_TIME_LIMIT="30,jobs:sleep_then=0.5,distq:chunk=0.7")
+    chunk = ex.map(jobs.sleep_then, [3, 3], ["a", "b"], chunksize=2)
+    with pytest.raises(RemoteError) as raised:
+        next(chunk)
+    assert "time limit of 0.7 s (DISTQ_TASK_TIME_LIMIT distq:chunk=0.7)" in str(raised.value)
+    error = error_of(ex.submit(jobs.sleep_then, 3, "a"))
+    assert "time limit of 0.5 s (DISTQ_TASK_TIME_LIMIT jobs:sleep_then=0.5)" in error
+    named.stop(grace=1.0)
+    workers(DISTQ_TASK_TIME_LIMIT="0.4,jobs:add=30")
+    error = error_of(ex.submit(jobs.sleep_then, 3, "a"))
+    assert "time limit of 0.4 s (DISTQ_TASK_TIME_LIMIT 0.4: the default" in error
+    chunk = ex.map(jobs.sleep_then, [3, 3], ["a", "b"], chunksize=2)
+    with pytest.raises(RemoteError) as raised:
+        next(chunk)
+    assert "time limit of 0.8 s (2 calls x DISTQ_TASK_TIME_LIMIT 0.4" in str(raised.value)
+
+
 def test_each_send_reads_the_results_there_in_the_same_call(
     executor: Open, workers: Workers, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -77,7 +77,10 @@ def test_a_task_past_its_time_limit_fails_that_attempt_and_the_slot_goes_on(
     assert "ran past its time limit of 0.5 s" in (napped.error_message or "")
     assert time.monotonic() - started < 3.0 + 2.0  # the slot did not wait for the sleeps
     text = out.getvalue()
-    assert "attempt 1/2 failed (TimeLimitExceeded: ran past its time limit of 0.5 s)" in text
+    assert (
+        "attempt 1/2 failed (TimeLimitExceeded: ran past its time limit of 0.5 s "
+        "(time_limit=0.5 given to Registry.register for 'nap'))"
+    ) in text
     assert re.search(r"slot 0 goes on in a new thread, leaving the old thread in the task", text)
     producer.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from distq.chunks import CHUNK_TASK
 from distq.ending import Endings
 from distq.envelope import Task
 from distq.timelimits import TimeLimits
@@ -27,3 +28,30 @@ def test_a_timed_out_attempt_names_the_limit_it_ran_past() -> None:
     # a chunk's limit, its function's times its calls, is no longer said with float noise
     ending = Endings("w1", "q").timed_out(Delivery(task.encode(), 1), task, 7 * 0.3, 0.0, 1.0)
     assert ending.note is not None and "time limit of 2.1 s" in ending.note
+
+
+def test_each_limit_says_where_it_was_set() -> None:
+    """The limit a task ran past is named as it was set, for a user with several set to
+    know which to raise: the setting's own for the name, the registration's unless the
+    setting overrides it, the default, ``distq:chunk``'s, or a chunk's function's."""
+    limits = TimeLimits.parse('30,square=2,"a=b"=1').with_registered({"square": 9.0, "nap": 0.5})
+    assert limits.which(Task("square", [1], "r")) == "DISTQ_TASK_TIME_LIMIT square=2"
+    assert limits.which(Task("a=b", [], "r")) == 'DISTQ_TASK_TIME_LIMIT "a=b"=1'
+    assert limits.which(Task("nap", [1], "r")) == (
+        "time_limit=0.5 given to Registry.register for 'nap'"
+    )
+    assert limits.which(Task("other", [], "r")) == (
+        "DISTQ_TASK_TIME_LIMIT 30: the default, for a task with no limit of its own"
+    )
+    chunk = Task(CHUNK_TASK, ["nap", [[1], [2], [3]]], "r")
+    assert limits.which(chunk) == (
+        "3 calls x time_limit=0.5 given to Registry.register for 'nap'; or give every "
+        "chunk its own: distq:chunk=SECONDS"
+    )
+    assert limits.of(chunk) == 1.5
+    chunked = TimeLimits.parse("30,distq:chunk=60")
+    assert chunked.which(chunk) == "DISTQ_TASK_TIME_LIMIT distq:chunk=60"
+    # a chunk is a task whose name has a limit in the setting: not the registration's
+    assert chunked.with_registered({"nap": 1.0}).which(chunk) == (
+        "DISTQ_TASK_TIME_LIMIT distq:chunk=60"
+    )
