@@ -33,10 +33,19 @@ MAX_SECONDS = 7 * 24 * 3600.0
 
 
 def said(seconds: float) -> str:
-    """A limit as a line says it: as it was set (``{:g}`` kept 6 digits, and said
-    123456.7 s as 123457 and 604799.9 as 604800), without a float's noise (a chunk's
-    7 x 0.3 s is 2.1 s, not 2.0999999999999996)."""
+    """A limit as a sentence says how long it is: as it was set (``{:g}`` kept 6 digits,
+    and said 123456.7 s as 123457 and 604799.9 as 604800), without a float's noise (a
+    chunk's 7 x 0.3 s is 2.1 s, not 2.0999999999999996). Not to be read back as the
+    setting: :func:`written` is."""
     return f"{seconds:.15g}"
+
+
+def written(seconds: float) -> str:
+    """A limit as the setting is written, to read back as the very float it is: every
+    digit (``repr``: 1/3 given to ``Registry.register`` is ``0.3333333333333333``;
+    :func:`said`'s 15 digits read back as another limit), ``30`` for ``30.0``. A limit
+    is 0.1 to a week, so ``repr`` writes no exponent."""
+    return repr(float(seconds)).removesuffix(".0")
 
 
 @dataclass(frozen=True)
@@ -100,12 +109,12 @@ class TimeLimits:
         """Where the limit of tasks named ``name`` (None: the default) was set."""
         seconds = None if name is None else dict(self.per_name).get(name)
         if name is not None and seconds is not None and name in self.registered:
-            return f"time_limit={said(seconds)} given to Registry.register for {name!r}"
+            return f"time_limit={written(seconds)} given to Registry.register for {name!r}"
         if name is not None and seconds is not None:
-            return f"DISTQ_TASK_TIME_LIMIT {_written(name)}={said(seconds)}"
+            return f"DISTQ_TASK_TIME_LIMIT {_written(name)}={written(seconds)}"
         if self.default is not None:
             return (
-                f"DISTQ_TASK_TIME_LIMIT {said(self.default)}: the default, for a task "
+                f"DISTQ_TASK_TIME_LIMIT {written(self.default)}: the default, for a task "
                 "with no limit of its own"
             )
         return "no limit set"  # of() gave None: no task runs past it
@@ -113,8 +122,8 @@ class TimeLimits:
     def describe(self) -> str:
         """As the setting is written (``30,square=2``), or ``off``: it reads back as these
         limits, a name given at registration with ``,`` or ``=`` in it too (quoted)."""
-        parts = [] if self.default is None else [said(self.default)]
-        parts += [f"{_written(name)}={said(seconds)}" for name, seconds in self.per_name]
+        parts = [] if self.default is None else [written(self.default)]
+        parts += [f"{_written(name)}={written(seconds)}" for name, seconds in self.per_name]
         return ",".join(parts) or "off"
 
     @classmethod

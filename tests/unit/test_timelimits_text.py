@@ -3,11 +3,16 @@ line of a task past its limit."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
+from distq import cli
 from distq.chunks import CHUNK_TASK
+from distq.console import Console
 from distq.ending import Endings
 from distq.envelope import Task
+from distq.tasks import Registry
 from distq.timelimits import TimeLimits
 from distq.transport import Delivery
 
@@ -55,3 +60,26 @@ def test_each_limit_says_where_it_was_set() -> None:
     assert chunked.with_registered({"nap": 1.0}).which(chunk) == (
         "DISTQ_TASK_TIME_LIMIT distq:chunk=60"
     )
+
+
+def test_a_limit_with_many_digits_reads_back_from_the_time_limits_line_as_set() -> None:
+    """A limit given in a program (``Registry.register(time_limit=1/3)``, a ``TimeLimits``
+    it builds for ``Settings``) was said to 15 digits: the worker's line read back as
+    0.333333333333333, another limit than the one it enforces. The line says each
+    limit's every digit (``repr``), as do the words naming a limit past which a task
+    ran; how long that was stays said without a float's noise."""
+    registry = Registry()
+    registry.register("nap", abs, time_limit=1 / 3)
+    limits = TimeLimits(2 / 3, (("square", 0.1 + 0.2),)).with_registered(registry.time_limits())
+    out, err = io.StringIO(), io.StringIO()
+    cli._say_time_limits(Console(out=out, err=err), limits, registry)
+    line = out.getvalue().removeprefix("time limits: ").removesuffix("\n")
+    assert TimeLimits.parse(line) == limits, line
+    assert TimeLimits.parse(line).for_task("nap") == 1 / 3, line
+    assert line == "0.6666666666666666,nap=0.3333333333333333,square=0.30000000000000004"
+    assert limits.which(Task("nap", [], "r")) == (
+        "time_limit=0.3333333333333333 given to Registry.register for 'nap'"
+    )
+    task = Task("nap", [1], "r", max_attempts=1)
+    ending = Endings("w1", "q").timed_out(Delivery(task.encode(), 1), task, 1 / 3, 0.0, 1.0)
+    assert ending.note is not None and "time limit of 0.333333333333333 s" in ending.note
