@@ -119,6 +119,12 @@ class Setting(Generic[_T]):
                     "('127.0.0.1', 9000)"
                 )
             address(host_port(value[0].strip("[]"), value[1]))  # the host, as its text's
+        elif self.parse == TimeLimits.parse and not isinstance(value, TimeLimits):
+            # taken, a str broke the worker: "'str' object has no attribute ..."
+            raise ValueError(
+                f"is {value!r:.60}, not TimeLimits; use TimeLimits.parse('30,square=2'), "
+                "or Settings.load(...) to read the variable's text"
+            )
 
 
 def setting(

@@ -21,6 +21,7 @@ docstring.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -57,6 +58,34 @@ class TimeLimits:
     #: The names in ``per_name`` whose limit was given at registration, not by the
     #: setting: only for :meth:`which` to say so (the same limits either way).
     registered: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Refuse what the keeper cannot enforce as given, as the setting and
+        ``Registry.register`` do: limits a program builds (``Settings(task_time_limit=
+        ...)``, ``WorkerOptions``) went unchecked: 0 failed every task at once, NaN
+        enforced none, a name given twice took its second limit. Built once, at start."""
+        if self.default is not None:
+            _enforceable("default", self.default)
+        if not isinstance(self.per_name, tuple):
+            raise ValueError(
+                f"TimeLimits per_name is a {type(self.per_name).__name__}; give a tuple of "
+                "(name, seconds) pairs, e.g. (('square', 2.0),)"
+            )
+        seen: dict[str, float] = {}
+        for pair in self.per_name:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
+                raise ValueError(
+                    f"TimeLimits per_name holds {pair!r:.60}; give (name, seconds) pairs, "
+                    "e.g. (('square', 2.0),)"
+                )
+            name, seconds = pair
+            _enforceable(repr(name), seconds)
+            if name in seen:
+                raise ValueError(
+                    f"TimeLimits names {name!r} twice ({written(seen[name])} and "
+                    f"{written(seconds)}); give each name one limit"
+                )
+            seen[name] = seconds
 
     def __bool__(self) -> bool:
         return self.default is not None or bool(self.per_name)
@@ -145,10 +174,35 @@ class TimeLimits:
                     raise ValueError(f"is {text!r}; give one limit without a name, not two")
                 default = seconds
             elif name in per_name:
-                raise ValueError(f"is {text!r}; {name!r} has two limits")
+                raise ValueError(f"is {text!r}; {name!r} has two limits; give each name one")
             else:
                 per_name[name] = seconds
         return cls(default, tuple(sorted(per_name.items())))
+
+
+def _enforceable(what: str, seconds: object) -> None:
+    """Refuse ``seconds`` for the limit ``what`` unless it is a number the keeper can
+    enforce: in the setting's range (NaN is in none), not a bool."""
+    if (
+        isinstance(seconds, int | float)
+        and not isinstance(seconds, bool)
+        and MIN_SECONDS <= seconds <= MAX_SECONDS
+    ):
+        return
+    off = " (None for none)" if what == "default" else ""
+    raise ValueError(
+        f"TimeLimits {what}={shown_limit(seconds)} cannot be enforced; give seconds from "
+        f"{MIN_SECONDS:g} to {MAX_SECONDS:g}{off}, or read the setting's text: "
+        "TimeLimits.parse('30,square=2')"
+    )
+
+
+def shown_limit(seconds: object) -> str:
+    """A limit refused as given, shown in its refusal: an int too long to show (``repr``
+    raises past 4,300 digits) by its order of magnitude, anything else cut short."""
+    if isinstance(seconds, int) and abs(seconds) >= 10**30:
+        return f"about 10**{math.floor(math.log10(abs(seconds)))}"
+    return f"{seconds!r:.40}"
 
 
 def _written(name: str) -> str:

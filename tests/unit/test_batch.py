@@ -147,8 +147,8 @@ def test_a_task_that_returns_past_its_limit_unseen_by_the_keeper_ends_late() -> 
     ends a task that returned past its limit as ``late`` says; a task within its limit,
     or one without a limit, ends as it returned."""
     never = threading.Event()
-    limits = TimeLimits(per_name=(("nap", 0.05),))
-    names, seconds = {0: "nap", 1: "nap", 2: "square"}, {0: 0.0, 1: 0.15, 2: 0.15}
+    limits = TimeLimits(per_name=(("nap", 0.1),))  # the shortest a limit can be
+    names, seconds = {0: "nap", 1: "nap", 2: "square"}, {0: 0.0, 1: 0.2, 2: 0.2}
     lates: list[tuple[object, float, float]] = []
 
     def run(delivery: Delivery, gate: Batch) -> Ending:
@@ -167,7 +167,7 @@ def test_a_task_that_returns_past_its_limit_unseen_by_the_keeper_ends_late() -> 
         (1, "retried"),
         (2, "ok"),
     ]
-    assert [(tag, limit) for tag, limit, _ in lates] == [(1, 0.05)] and lates[0][2] >= 0.15
+    assert [(tag, limit) for tag, limit, _ in lates] == [(1, 0.1)] and lates[0][2] >= 0.2
     assert batch.running is None and not batch.abandoned
 
 

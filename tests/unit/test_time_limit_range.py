@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from distq.config import Settings, secured
+from distq.errors import ConfigError
 from distq.timelimits import MAX_SECONDS, MIN_SECONDS, TimeLimits
 
 
@@ -15,3 +17,55 @@ def test_the_shortest_and_longest_limits_are_accepted_and_no_further() -> None:
     for outside in ("0.09", "604800.5"):
         with pytest.raises(ValueError, match=r"out of range; use 0\.1 to 604800"):
             TimeLimits.parse(outside)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("default", "per_name", "says"),
+    [
+        (0.0, (), r"default=0\.0 cannot be enforced; give seconds from 0\.1 to 604800"),
+        (-1, (), r"default=-1 cannot be enforced"),
+        (NAN, (), r"default=nan cannot be enforced"),
+        (INF, (), r"default=inf cannot be enforced"),
+        (10**400, (), r"default=about 10\*\*400 cannot be enforced"),
+        (None, (("a", -(10**5000)),), r"'a'=about 10\*\*5000 cannot be enforced"),
+        (True, (), r"default=True cannot be enforced"),
+        ("30", (), r"default='30' cannot be enforced.*TimeLimits\.parse\('30,square=2'\)"),
+        (None, (("a", 0.05),), r"'a'=0\.05 cannot be enforced"),
+        (None, (("a", NAN),), r"'a'=nan cannot be enforced"),
+        (None, (("a", "1"),), r"'a'='1' cannot be enforced"),
+        (None, (("a", 1.0), ("a", 2.0)), r"names 'a' twice \(1 and 2\); give each name one"),
+        (None, (("a", 1.0, 2.0),), r"per_name holds \('a', 1\.0, 2\.0\); give \(name, sec"),
+        (None, ((1, 1.0),), r"per_name holds \(1, 1\.0\); give \(name, seconds\) pairs"),
+        (None, [("a", 1.0)], r"per_name is a list; give a tuple of \(name, seconds\) pairs"),
+    ],
+)
+def test_limits_a_program_builds_are_held_to_the_settings_range(
+    default: object, per_name: object, says: str
+) -> None:
+    """``TimeLimits`` built in a program (for ``Settings(task_time_limit=...)`` or a
+    ``WorkerOptions``) went unchecked, though ``Registry.register`` and the setting refuse
+    the same values: 0 or less failed every task at its keeper's first tick, NaN
+    enforced no limit while the worker's line said ``time limits: nan``, a name given
+    twice was enforced at its second limit and said as ``a=1,a=2`` (which the setting
+    refuses), a str broke the line with "Unknown format code 'g'"."""
+    with pytest.raises(ValueError, match=says):
+        TimeLimits(default, per_name)  # type: ignore[arg-type]
+
+
+def test_a_settings_time_limit_that_is_not_time_limits_is_refused() -> None:
+    """``Settings(task_time_limit="30")`` was taken (the numbers alone are checked): the
+    worker then failed with "'str' object has no attribute 'with_registered'"."""
+    with pytest.raises(ConfigError, match=r"task_time_limit \(DISTQ_TASK_TIME_LIMIT\) is '30'"):
+        secured(Settings(task_time_limit="30"))  # type: ignore[arg-type]
+    limits = TimeLimits.parse("30,square=2")
+    assert secured(Settings(task_time_limit=limits)).task_time_limit == limits
+
+
+def test_a_name_given_twice_in_the_setting_is_refused_saying_what_to_do() -> None:
+    """It said only "'a' has two limits", not what to do about it."""
+    for text in ("a=1,a=2", 'a=1,"a"=2'):
+        with pytest.raises(ValueError, match=r"'a' has two limits; give each name one"):
+            TimeLimits.parse(text)
