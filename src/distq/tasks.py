@@ -25,7 +25,7 @@ from distq.chunks import CHUNK_TASK, chunk_function, show_chunk
 from distq.envelope import Task, shown
 from distq.errors import ConfigError, SignalExit, UnknownTask
 from distq.errortext import describe, message
-from distq.timelimits import MAX_SECONDS, MIN_SECONDS
+from distq.timelimits import MAX_SECONDS, MIN_SECONDS, shown_limit
 
 TaskFunction = Callable[..., Any]
 #: How a worker's ``Get task ... from task_queue.`` line names a task.
@@ -377,6 +377,6 @@ def _check_limit(name: str, time_limit: object) -> None:
     ):
         return
     raise ValueError(
-        f"task {name}: time_limit={time_limit!r} cannot be enforced; give seconds from "
-        f"{MIN_SECONDS:g} to {MAX_SECONDS:g}, or None for no limit"
+        f"task {name}: time_limit={shown_limit(time_limit)} cannot be enforced; give "
+        f"seconds from {MIN_SECONDS:g} to {MAX_SECONDS:g}, or None for no limit"
     )

@@ -6,6 +6,7 @@ import pytest
 
 from distq.config import Settings, secured
 from distq.errors import ConfigError
+from distq.tasks import Registry
 from distq.timelimits import MAX_SECONDS, MIN_SECONDS, TimeLimits
 
 
@@ -62,6 +63,14 @@ def test_a_settings_time_limit_that_is_not_time_limits_is_refused() -> None:
         secured(Settings(task_time_limit="30"))  # type: ignore[arg-type]
     limits = TimeLimits.parse("30,square=2")
     assert secured(Settings(task_time_limit=limits)).task_time_limit == limits
+
+
+def test_a_registered_limit_too_long_to_show_is_refused_for_what_it_is() -> None:
+    """``Registry.register(time_limit=10**5000)`` raised Python's "Exceeds the limit
+    (4300 digits) for integer string conversion" as the refusal showed the value: not
+    a word of the time limit, nor of what to give instead."""
+    with pytest.raises(ValueError, match=r"time_limit=about 10\*\*5000 cannot be enforced"):
+        Registry().register("nap", abs, time_limit=10**5000)
 
 
 def test_a_name_given_twice_in_the_setting_is_refused_saying_what_to_do() -> None:
