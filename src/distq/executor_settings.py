@@ -21,6 +21,7 @@ from distq import credentials
 from distq.addresses import host_port
 from distq.config import WORKERS_ONLY, Setting, Settings, misspelled, secured
 from distq.errors import ConfigError
+from distq.timelimits import TimeLimits
 
 log = logging.getLogger("distq.executor")
 
@@ -135,6 +136,11 @@ def _over(
         elif isinstance(value, str):
             shown = name if entry.secret else f"{name}={value!r}"  # a secret never shown
             values[name] = _parsed(shown, entry, value)
+        elif entry.parse == TimeLimits.parse and isinstance(value, int | float):
+            # seconds for every task, read as their text as without a Settings object:
+            # checked as a TimeLimits, a number raised "is 30, not TimeLimits"
+            text = _as_text(name, entry.variable, value)
+            values[name] = _parsed(f"{name}={value!r}", entry, text)
         else:
             try:  # a number as its text would be: nan, inf, 10**400 or True are not
                 entry.check(value)

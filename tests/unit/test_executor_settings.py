@@ -14,11 +14,13 @@ from distq.envelope import Task
 from distq.errors import ConfigError
 from distq.executor import Executor, load_settings
 from distq.signing import MAGIC
+from distq.timelimits import TimeLimits
 from distq.transport import open_transport
 from launch import free_port
 
 KEY = "k" * 32
 REDIS = {"DISTQ_TRANSPORT": "redis"}
+REDIS_KEYWORD = {"transport": "redis"}
 
 
 def test_the_environment_with_keyword_overrides_by_field_name() -> None:
@@ -288,6 +290,25 @@ def test_a_workers_setting_given_to_an_executor_is_said_to_do_nothing(
         "Executor keyword task_time_limit is a worker's setting: an Executor does not read "
         "it; give it to `distq worker` (--task-time-limit)"
     ]
+
+
+def test_a_number_of_seconds_for_task_time_limit_is_taken_over_a_settings_object_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``Executor(task_time_limit=30)`` reads the number as the variable's text, but
+    ``Executor(settings, task_time_limit=30)`` raised "is 30, not TimeLimits" once a
+    Settings' task_time_limit had to be a TimeLimits: a warning before, an error now for
+    a setting the executor does not read. Over a Settings object it is read as its text
+    too, and held to the same range."""
+    settings = Settings(transport="redis", queue="q")
+    with caplog.at_level("WARNING", logger="distq"):
+        for seconds in (30, 0.5):
+            without = load_settings(None, {"transport": "redis", "task_time_limit": seconds}, {})
+            over = load_settings(settings, {"task_time_limit": seconds}, {})
+            assert over.task_time_limit == without.task_time_limit == TimeLimits(seconds)
+        for settings_or_none, keywords in ((None, REDIS_KEYWORD), (settings, {})):
+            with pytest.raises(ConfigError, match=r"0\.05 s is out of range; use 0\.1 to 604800"):
+                load_settings(settings_or_none, {**keywords, "task_time_limit": 0.05}, {})
 
 
 def test_a_setting_the_codec_refuses_leaves_no_listener_behind() -> None:
