@@ -136,9 +136,9 @@ def _over(
         elif isinstance(value, str):
             shown = name if entry.secret else f"{name}={value!r}"  # a secret never shown
             values[name] = _parsed(shown, entry, value)
-        elif entry.parse == TimeLimits.parse and isinstance(value, int | float):
-            # seconds for every task, read as their text as without a Settings object:
-            # checked as a TimeLimits, a number raised "is 30, not TimeLimits"
+        elif entry.parse == TimeLimits.parse and isinstance(value, int | float | None):
+            # seconds for every task, or None (off), read as their text as without a
+            # Settings object: checked as a TimeLimits, they raised "is 30, not TimeLimits"
             text = _as_text(name, entry.variable, value)
             values[name] = _parsed(f"{name}={value!r}", entry, text)
         else:

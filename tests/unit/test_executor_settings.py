@@ -311,6 +311,19 @@ def test_a_number_of_seconds_for_task_time_limit_is_taken_over_a_settings_object
                 load_settings(settings_or_none, {**keywords, "task_time_limit": 0.05}, {})
 
 
+def test_no_task_time_limit_over_a_settings_object_is_off_as_without_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``Executor(task_time_limit=None)`` is off (the variable's empty text), but over a
+    Settings object it raised "is None, not TimeLimits" since a Settings' task_time_limit
+    must be a TimeLimits (taken before: the executor does not read it)."""
+    settings = Settings(transport="redis", queue="q", task_time_limit=TimeLimits.parse("30"))
+    with caplog.at_level("WARNING", logger="distq"):
+        without = load_settings(None, {"transport": "redis", "task_time_limit": None}, {})
+        over = load_settings(settings, {"task_time_limit": None}, {})
+    assert over.task_time_limit == without.task_time_limit == TimeLimits()
+
+
 def test_a_setting_the_codec_refuses_leaves_no_listener_behind() -> None:
     """A Settings object built by hand (taken as given) with a max_message_bytes that is
     no number failed Executor() with a TypeError once its transport was open, and left it
