@@ -21,7 +21,7 @@ from distq import credentials
 from distq.addresses import host_port
 from distq.config import WORKERS_ONLY, Setting, Settings, misspelled, secured
 from distq.errors import ConfigError
-from distq.timelimits import TimeLimits
+from distq.timelimits import MAX_SECONDS, MIN_SECONDS, TimeLimits, shown_limit
 
 log = logging.getLogger("distq.executor")
 
@@ -137,10 +137,9 @@ def _over(
             shown = name if entry.secret else f"{name}={value!r}"  # a secret never shown
             values[name] = _parsed(shown, entry, value)
         elif entry.parse == TimeLimits.parse and isinstance(value, int | float | None):
-            # seconds for every task, or None (off), read as their text as without a
-            # Settings object: checked as a TimeLimits, they raised "is 30, not TimeLimits"
-            text = _as_text(name, entry.variable, value)
-            values[name] = _parsed(f"{name}={value!r}", entry, text)
+            # seconds for every task, or None (off), as without a Settings object:
+            # checked as a TimeLimits, they raised "is 30, not TimeLimits"
+            values[name] = _every_task(name, entry.variable, value)
         else:
             try:  # a number as its text would be: nan, inf, 10**400 or True are not
                 entry.check(value)
@@ -162,6 +161,20 @@ def _over(
             "the manager transport needs a shared secret: set authkey (DISTQ_AUTHKEY)"
         )
     return merged
+
+
+def _every_task(name: str, variable: str, seconds: float | None) -> TimeLimits:
+    """``seconds`` for every task (None: off), refused as the other numbers are (read as
+    its text, 10**400 was said with all its digits, and 10**5000 raised "Exceeds the
+    limit (4300 digits) for integer string conversion")."""
+    try:
+        return TimeLimits(seconds)
+    except ValueError:
+        raise ConfigError(
+            f"Executor keyword {name} ({variable}) is {shown_limit(seconds)}; use a number "
+            f"from {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds, or the variable's text: "
+            "'30,square=2'"
+        ) from None
 
 
 def _parsed(shown: str, entry: Setting[Any], text: str, *, secret_file: bool = False) -> Any:

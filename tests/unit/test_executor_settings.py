@@ -307,7 +307,7 @@ def test_a_number_of_seconds_for_task_time_limit_is_taken_over_a_settings_object
             over = load_settings(settings, {"task_time_limit": seconds}, {})
             assert over.task_time_limit == without.task_time_limit == TimeLimits(seconds)
         for settings_or_none, keywords in ((None, REDIS_KEYWORD), (settings, {})):
-            with pytest.raises(ConfigError, match=r"0\.05 s is out of range; use 0\.1 to 604800"):
+            with pytest.raises(ConfigError, match=r"is '?0\.05\b.* 0\.1 to 604800"):
                 load_settings(settings_or_none, {**keywords, "task_time_limit": 0.05}, {})
 
 
@@ -322,6 +322,31 @@ def test_no_task_time_limit_over_a_settings_object_is_off_as_without_one(
         without = load_settings(None, {"transport": "redis", "task_time_limit": None}, {})
         over = load_settings(settings, {"task_time_limit": None}, {})
     assert over.task_time_limit == without.task_time_limit == TimeLimits()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (10**400, r"about 10\*\*400"),
+        (10**5000, r"about 10\*\*5000"),
+        (0.05, r"0\.05"),
+        (True, "True"),
+    ],
+    ids=["10**400", "10**5000", "0.05", "True"],
+)
+def test_seconds_for_task_time_limit_out_of_range_over_a_settings_object_are_said_short(
+    seconds: object, shown: str
+) -> None:
+    """Read as their text over a Settings object, 10**400 was said three times with all
+    its 401 digits, and 10**5000 raised Python's "Exceeds the limit (4300 digits) for
+    integer string conversion": refused as the other numbers are, "is about 10**400"."""
+    settings = Settings(transport="redis", queue="q")
+    with pytest.raises(
+        ConfigError,
+        match=rf"^Executor keyword task_time_limit \(DISTQ_TASK_TIME_LIMIT\) is {shown}; use "
+        r"a number from 0\.1 to 604800 seconds, or the variable's text: '30,square=2'$",
+    ):
+        load_settings(settings, {"task_time_limit": seconds}, {})
 
 
 def test_a_setting_the_codec_refuses_leaves_no_listener_behind() -> None:
