@@ -7,6 +7,7 @@ called directly: no test sleeps, so none depends on how busy the machine is.
 from __future__ import annotations
 
 import inspect
+import re
 import socket
 import threading
 import time
@@ -868,6 +869,68 @@ def test_a_lease_of_int_or_float_seconds_is_taken(lease: float) -> None:
     clock.now += lease + 0.01
     broker.reap()
     assert [body for _, body, _ in broker.fetch("q", "c2", 1, 0, 5.0)] == [b"a"]
+
+
+@pytest.mark.parametrize(
+    "wait",
+    [float("inf"), float("nan"), 1e300, "1", None, True],
+    ids=["inf", "nan", "1e300", "str", "None", "bool"],
+)
+@pytest.mark.parametrize("call", ["get", "fetch", "settle_fetch"])
+def test_a_wait_that_is_not_seconds_is_refused_before_anything_is_taken(
+    wait: object, call: str
+) -> None:
+    """A producer's get and a worker's fetch name how long the master waits for a first
+    body (distq: 1 s at most). It took any value: inf (or 1e300) raised OverflowError in
+    the lock's wait, a settle-then-fetch's after its settle ran; a get's NaN waited until
+    a body came, for ever on a queue none comes to (the connection's thread held).
+    Refused, naming it, before anything is taken or settled."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.put("q", [b"a"])
+    ((token, _, _),) = broker.fetch("q", "c1", 1, 0, 5.0)
+    raised: list[BaseException] = []
+
+    def ask() -> None:  # on an empty queue, where a wait waits
+        try:
+            if call == "get":
+                broker.get("empty", 1, wait)  # type: ignore[arg-type]
+            elif call == "fetch":
+                broker.fetch("empty", "c2", 1, wait, 5.0)  # type: ignore[arg-type]
+            else:
+                items = [(token, "r", b"ran a", None, 0.0, None)]
+                broker.settle_fetch("empty", "c1", items, 1, 5.0, None, wait)  # type: ignore[arg-type]
+        except Exception as exc:
+            raised.append(exc)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(10)
+    held = asking.is_alive()
+    broker.put("empty", [b"ends a wait"])  # a thread still waiting takes it and ends
+    assert not held, "the call still waits"
+    assert len(raised) == 1
+    assert isinstance(raised[0], TypeError | ValueError)
+    assert re.match(r"a (timeout|wait) of .*not seconds up to 86400", str(raised[0]))
+    assert broker.get("r", 10, 0) == []  # a settle-then-fetch's settle did not run
+    clock.now += 5.1  # a's lease lapses: it runs again
+    broker.reap()
+    assert [(body, again) for _, body, again in broker.fetch("q", "c3", 10, 0, 5.0)] == [
+        (b"a", True)
+    ]
+
+
+@pytest.mark.parametrize("wait", [0, 0.0, 1.0, 30, 86400.0, -0.01, -float("inf")])
+def test_a_wait_of_int_or_float_seconds_is_taken(wait: float) -> None:
+    """Up to a day; one below 0 waits not at all (a master's last read past its deadline)."""
+    broker = QueueBroker(Clock())
+    broker.open("r")
+    broker.put("q", [b"a", b"b"])
+    broker.put("r", [b"result"])
+    assert broker.get("r", 1, wait) == [b"result"]
+    assert len(broker.fetch("q", "c1", 1, wait, 5.0)) == 1
+    assert len(broker.settle_fetch("q", "c1", [], 1, 5.0, None, wait)) == 1
 
 
 @pytest.mark.parametrize("call", ["put", "open", "get", "fetch", "requeue_dead"])

@@ -227,6 +227,30 @@ def _lease_seconds(lease: object) -> float:
     return float(lease)
 
 
+#: The longest a fetch or a get waits for its first body: far past any distq asks (a
+#: worker's fetch: 1 s at most; a producer's get: 0.5 s), short of a wait the lock cannot
+#: make (inf, 1e300: OverflowError) or one that never ends (NaN, None: a get's thread
+#: held until a body comes).
+MAX_WAIT = MAX_LEASE
+
+
+def _wait_seconds(wait: object, field: str) -> None:
+    """Refuse ``wait`` (a call's ``field``: its timeout or wait), as a peer named it (any
+    plain value the unpickler builds), when it is not seconds up to :data:`MAX_WAIT`. One
+    below 0 waits not at all: a distq master's last read of results past its deadline
+    asks one (``deadline - now``), this process's or a remote one's."""
+    error: type[Exception] = TypeError  # None (a get's: no end), a str, a bool
+    what = type(wait).__name__
+    if type(wait) is float or type(wait) is int:
+        if wait <= MAX_WAIT:  # NaN is in no range; an int of 400 digits compares
+            return
+        error, what = ValueError, f"{quoted(wait)} s"
+    raise error(
+        f"a {field} of {what}, not seconds up to {MAX_WAIT:g}: nothing taken or settled "
+        "(distq waits 1 s at most: another program?)"
+    )
+
+
 def _queue_name(name: object, then: str = "") -> None:
     """Refuse ``name``, a queue a peer named (any plain value the unpickler builds), if it
     is not text: a master's close counts its queues by name (``endswith``), and failed on
@@ -375,6 +399,7 @@ class QueueBroker:
         large for it to read in a reply is not sent, but error results for its tasks are
         (``oversized.results``). Sent, the producer refused every reply holding it, the
         results behind it waiting for good."""
+        _wait_seconds(timeout, "timeout")  # before anything is taken
         sendable = self._sendable(most)
         over: dict[int, bytes] = {}  # by place in the reply
         with self._lock:
@@ -513,6 +538,7 @@ class QueueBroker:
         most: int | None = None,
     ) -> list[Wire]:
         """:meth:`_lease`, waiting up to ``timeout`` s for the first body."""
+        _wait_seconds(timeout, "timeout")  # before anything is leased or renewed
         return self._lease(queue, consumer, max_count, timeout, lease, most)
 
     def _lease(
@@ -727,6 +753,7 @@ class QueueBroker:
         lone task's worker settled, was answered "none yet", and fetched again: the
         master's next task waited for that fetch (45 µs of a 190 µs round trip)."""
         _lease_seconds(lease)  # refused before the settle runs, as the fetch would be
+        _wait_seconds(wait, "wait")
         self.settle(queue, consumer, items)
         return self._lease(queue, consumer, max_count, wait, lease, most, until_stop=True)
 
