@@ -648,6 +648,8 @@ class QueueBroker:
                 owner = self._ended.get(consumer)  # its window_ends: when it is forgotten
             elif now >= owner.window_ends or len(owner.settled) >= SETTLED_KEPT:
                 owner.turn(now)
+            # the owner's held deliveries looked up once a call, not once a settlement
+            held_by: dict[int, tuple[str, bytes]] = owner.held if owner is not None else {}
             try:
                 for item in items:
                     try:  # a peer's settlement that raises: judged before its lease goes
@@ -673,7 +675,7 @@ class QueueBroker:
                         else:
                             reply = False
                         # a token that is a list raises here, its lease untouched
-                        held = owner is not None and owner.held.pop(token, None) is not None
+                        held = held_by.pop(token, None) is not None
                         if not held:  # an int's type is checked here only: 2.0 is token 2
                             if type(token) is not int:
                                 refused.append(_unusable("token", token))
@@ -690,10 +692,9 @@ class QueueBroker:
                             if retry is not None or dead is not None:
                                 late.append(token)  # not remembered: late again if sent again
                                 continue
-                        if owner is not None:
-                            fresh.append(token)  # remembered after the loop, as runs
-                            if seen is not None:
-                                seen.add(token)
+                        fresh.append(token)  # remembered by its owner after the loop, as runs
+                        if seen is not None:
+                            seen.add(token)
                         if reply:  # both not None: no cast called per item
                             self._push(reply_to, [result])  # type: ignore[arg-type, list-item]
                         if not held:
