@@ -724,6 +724,9 @@ def test_a_retry_delay_of_int_or_float_seconds_is_taken(delay: float) -> None:
         ("reply_to", lambda token: 5),
         ("settlement", lambda token: (token, "r", b"ran b", None, 0.0)),  # 5 fields
         ("settlement", lambda token: None),
+        # 6 items that unpack, refused for a field (a retry's delay of "e", a reply_to of 0)
+        ("settlement", lambda token: "abcdef"),
+        ("settlement", lambda token: bytes([token, 0, 0, 0, 0, 0])),
     ],
     ids=[
         "token-list",
@@ -736,6 +739,8 @@ def test_a_retry_delay_of_int_or_float_seconds_is_taken(delay: float) -> None:
         "reply_to-int",
         "five-fields",
         "None",
+        "str",
+        "bytes",
     ],
 )
 def test_a_settlement_field_the_master_cannot_use_is_refused_and_its_task_not_lost(
@@ -977,15 +982,20 @@ def _pushes_to_q_failing() -> tuple[QueueBroker, tuple[int, int]]:
     return broker, (ta, tb)
 
 
-def test_an_error_no_peer_made_is_raised_as_it_is_not_blamed_on_a_misshapen_settlement() -> None:
+@pytest.mark.parametrize("kind", [tuple, dict.fromkeys], ids=["later-None", "dict"])
+def test_an_error_no_peer_made_is_raised_as_it_is_not_blamed_on_a_misshapen_settlement(
+    kind: Callable[[tuple[object, ...]], object],
+) -> None:
     """A settle caught a TypeError or ValueError anywhere in its loop and asked whether
     any settlement of the call was misshapen: one later in the call was, so an error of
     the master's own (here a push failing, after the task's lease was dropped) was
     taken for that peer's mistake, said as "2 tasks not settled ... run again" while
     the task it struck, its lease gone, would never run again. Only the settlement the
-    error struck is judged: an error it did not cause is raised as it is."""
+    error struck is judged: an error it did not cause is raised as it is. So too for a
+    settlement of 6 fields that is not a tuple (a dict of 6 keys unpacks as its keys):
+    it reached the lease as the tuple does, and was then judged "not 6 fields"."""
     broker, (ta, _) = _pushes_to_q_failing()
-    items = [(ta, "r", b"ran a", b"a again", 0.0, None), None]
+    items = [kind((ta, "r", b"ran a", b"a again", 0.0, None)), None]
     with pytest.raises(TypeError, match="a push that failed"):
         broker.settle("q", "c1", items)  # type: ignore[arg-type]
 
@@ -1022,6 +1032,7 @@ def test_many_misshapen_settlements_are_each_judged_once() -> None:
 
     n = 50
     items = Counted([(token + 1, None, None, None, 0.0, None)] * n + [None] * n)
-    with pytest.raises(ValueError, match=f"a settlement of NoneType, not 6 fields: {n} tasks"):
+    named = f"a settlement of NoneType, not a tuple of 6 fields: {n} tasks"
+    with pytest.raises(ValueError, match=named):
         broker.settle("q", "c1", items)  # type: ignore[arg-type]
     assert looked <= 2 * len(items)
