@@ -168,14 +168,15 @@ def _as_body(value: object) -> bytes:
     return what.encode("utf-8", "backslashreplace")
 
 
-def _refused(why: Sequence[str]) -> str:
-    """The error of a settle whose settlements named what the master cannot use (``why``
-    each: a retry's delay that is not seconds, a token not an int, a reply_to not text):
-    a peer's bug, said to that peer (which drops its connection on an error a master
-    raises); their tasks stay leased, to run again."""
-    some = "1 task" if len(why) == 1 else f"{len(why)} tasks"
+def _refused(why: str, count: int) -> str:
+    """The error of a settle whose settlement named what the master cannot use (``why``:
+    a retry's delay that is not seconds, a token not an int, a reply_to not text), and
+    so of ``count`` not settled, it and those after it: a peer's bug, said to that peer
+    (which drops its connection on an error a master raises); their tasks stay leased,
+    to run again."""
+    some = "1 task" if count == 1 else f"{count} tasks"
     # short: a worker shows the first 200 characters of a master's error
-    return f"{why[0]}: {some} not settled, run again as leases lapse (another program?)"
+    return f"{why}: {some} not settled, run again as leases lapse (another program?)"
 
 
 def _unusable(field: str, value: object) -> str:
@@ -663,7 +664,8 @@ class QueueBroker:
         _queue_name(queue, ": nothing settled, run again as leases lapse")
         now = self._clock()
         late: list[int] = []  # not list[int](): see test_manager_lone_task
-        refused: list[str] = []  # why settlements were not taken, their tasks left leased
+        refused: str | None = None  # why a settlement was not taken, nor those after it
+        not_taken = 0  # those settlements: their tasks left leased, to run again
         fresh: list[int] = []
         seen: set[int] | None = None  # fresh's tokens, once a token not held comes
         with self._lock:
@@ -674,8 +676,9 @@ class QueueBroker:
                 owner.turn(now)
             # the owner's held deliveries looked up once a call, not once a settlement
             held_by: dict[int, tuple[str, bytes]] = owner.held if owner is not None else {}
+            rest = iter(items)  # what is left of it once a settlement is refused
             try:
-                for item in items:
+                for item in rest:
                     try:  # a peer's settlement that raises: judged before its lease goes
                         token, reply_to, result, retry, delay, dead = item
                         if type(result) is not bytes and result is not None:
@@ -685,8 +688,8 @@ class QueueBroker:
                             if type(delay) is not float or not 0.0 <= delay <= MAX_RETRY_DELAY:
                                 why = delay_problem(delay)
                                 if why is not None:  # before its lease goes: it runs again
-                                    refused.append(_refusal(item, f"{why} (distq sends 0 to 30 s)"))
-                                    continue
+                                    refused = _refusal(item, f"{why} (distq sends 0 to 30 s)")
+                                    break
                                 delay = float(delay)  # an int's: a heap of floats
                         if dead is not None:
                             dead = _as_body(dead)
@@ -694,16 +697,16 @@ class QueueBroker:
                             # before the lease goes: a list raises here (refused below)
                             reply = reply_to in self._replies
                             if not reply and type(reply_to) is not str:  # bytes, an int
-                                refused.append(_refusal(item, _unusable("reply_to", reply_to)))
-                                continue
+                                refused = _refusal(item, _unusable("reply_to", reply_to))
+                                break
                         else:
                             reply = False
                         # a token that is a list raises here, its lease untouched
                         held = held_by.pop(token, None) is not None
                         if not held:  # an int's type is checked here only: 2.0 is token 2
                             if type(token) is not int:
-                                refused.append(_refusal(item, _unusable("token", token)))
-                                continue
+                                refused = _refusal(item, _unusable("token", token))
+                                break
                             if owner is not None:
                                 if seen is None:  # a late settle: looked up in a set
                                     seen = set(fresh)
@@ -734,13 +737,19 @@ class QueueBroker:
                         why = _misshapen(item)  # the one it struck, not another's
                         if why is None:  # no peer's mistake: said as it is
                             raise
-                        refused.append(why)  # its lease untouched: it runs again
+                        refused = why  # its lease untouched: it runs again
+                        break
+                # those after a refused settlement are not taken: their results may ride on
+                # it (a batch's, packed in one message by its earliest settlement), and
+                # settled with none, their tasks never ran again, their producers waiting
+                if refused is not None:
+                    not_taken = 1 + sum(1 for _ in rest)
             finally:  # remembered though an error of the master's own ended the loop: a
                 # settle sent again published the results already out a second time
                 if owner is not None and fresh:
                     owner.settled.extend(fresh)
-        if refused:  # the rest is settled: a settle sent again leaves it alone
-            raise ValueError(_refused(refused))
+        if refused is not None:  # those before it settled: a settle sent again leaves them
+            raise ValueError(_refused(refused, not_taken))
         return late
 
     def _done_elsewhere(self, token: int, now: float) -> None:
