@@ -957,6 +957,60 @@ def test_a_wait_that_is_not_seconds_is_refused_before_anything_is_taken(
     ]
 
 
+class _Limits:
+    """An ``Oversized`` that never finds a body too large: the master's own looks at the
+    limit a worker names (``most``) only when it has one."""
+
+    def sendable(self, most: int) -> int:
+        return most
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_count", 2.5),
+        ("max_count", "1"),
+        ("max_count", None),
+        ("max_count", True),
+        ("most", 2.5),
+        ("most", "1 MiB"),
+    ],
+    ids=["count-float", "count-str", "count-None", "count-bool", "most-float", "most-str"],
+)
+@pytest.mark.parametrize("call", ["get", "fetch", "settle_fetch", "settle_fetch_late"])
+def test_a_count_or_limit_a_fetch_cannot_use_is_refused_before_anything_is_settled(
+    field: str, value: object, call: str
+) -> None:
+    """A fetch's or get's max_count and most (the caller's DISTQ_MAX_MESSAGE_BYTES) were
+    taken as they came: a max_count of a float raised in range() after the wait, a
+    settle-then-fetch's after its settle ran (the worker, told its call failed, counted
+    the tasks it settled as handed back); a most of a str raised after it too. Refused,
+    naming it, before anything is taken, leased or settled."""
+    clock = Clock()
+    broker = QueueBroker(clock, oversized=_Limits())  # type: ignore[arg-type]
+    broker.open("r")
+    broker.put("q", [b"a", b"b"])
+    broker.put("r", [b"result"])
+    ((token, _, _),) = broker.fetch("q", "c1", 1, 0, 5.0)
+    count, most = (value, None) if field == "max_count" else (1, value)
+    items = [(token, "r", b"ran a", None, 0.0, None)]
+    named = "limit" if field == "most" else field
+    with pytest.raises(TypeError, match=rf"a {named} of {type(value).__name__}, not an int"):
+        if call == "get":
+            broker.get("r", count, 0, most)  # type: ignore[arg-type]
+        elif call == "fetch":
+            broker.fetch("q", "c2", count, 0, 5.0, most)  # type: ignore[arg-type]
+        elif call == "settle_fetch":
+            broker.settle_fetch("q", "c1", items, count, 5.0, most)  # type: ignore[arg-type]
+        else:
+            broker.settle_fetch_late("q", "c1", items, count, 5.0, most)  # type: ignore[arg-type]
+    assert broker.get("r", 10, 0) == [b"result"]  # nothing taken; the settle did not run
+    clock.now += 5.1  # a's lease lapses: it runs again, and b was never taken
+    broker.reap()
+    got = broker.fetch("q", "c3", 10, 0, 5.0)
+    assert sorted((body, again) for _, body, again in got) == [(b"a", True), (b"b", False)]
+
+
 @pytest.mark.parametrize("wait", [0, 0.0, 1.0, 30, 86400.0, -0.01, -float("inf")])
 def test_a_wait_of_int_or_float_seconds_is_taken(wait: float) -> None:
     """Up to a day; one below 0 waits not at all (a master's last read past its deadline)."""

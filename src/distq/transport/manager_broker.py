@@ -259,11 +259,18 @@ def _lease_seconds(lease: object) -> float:
 MAX_WAIT = MAX_LEASE
 
 
-def _wait_seconds(wait: object, field: str) -> None:
-    """Refuse ``wait`` (a call's ``field``: its timeout or wait), as a peer named it (any
-    plain value the unpickler builds), when it is not seconds up to :data:`MAX_WAIT`. One
-    below 0 waits not at all: a distq master's last read of results past its deadline
-    asks one (``deadline - now``), this process's or a remote one's."""
+def _asked(max_count: object, wait: object, field: str) -> None:
+    """Refuse a get's or fetch's ``max_count`` that is not an int (a float raised in
+    ``range`` after the wait, a settle-then-fetch's after its settle ran), and its
+    ``wait`` (its ``field``: timeout or wait) that is not seconds up to :data:`MAX_WAIT`,
+    as a peer named them (any plain value the unpickler builds). A wait below 0 waits not
+    at all: a distq master's last read of results past its deadline asks one
+    (``deadline - now``), this process's or a remote one's."""
+    if type(max_count) is not int:  # bool refused: True is no count distq asks
+        raise TypeError(
+            f"a max_count of {type(max_count).__name__}, not an int: nothing taken or "
+            "settled (another program?)"
+        )
     error: type[Exception] = TypeError  # None (a get's: no end), a str, a bool
     what = type(wait).__name__
     if type(wait) is float or type(wait) is int:
@@ -424,7 +431,7 @@ class QueueBroker:
         large for it to read in a reply is not sent, but error results for its tasks are
         (``oversized.results``). Sent, the producer refused every reply holding it, the
         results behind it waiting for good."""
-        _wait_seconds(timeout, "timeout")  # before anything is taken
+        _asked(max_count, timeout, "timeout")  # before anything is taken
         sendable = self._sendable(most)
         over: dict[int, bytes] = {}  # by place in the reply
         with self._lock:
@@ -563,7 +570,7 @@ class QueueBroker:
         most: int | None = None,
     ) -> list[Wire]:
         """:meth:`_lease`, waiting up to ``timeout`` s for the first body."""
-        _wait_seconds(timeout, "timeout")  # before anything is leased or renewed
+        _asked(max_count, timeout, "timeout")  # before anything is leased or renewed
         return self._lease(queue, consumer, max_count, timeout, lease, most)
 
     def _lease(
@@ -787,7 +794,8 @@ class QueueBroker:
         lone task's worker settled, was answered "none yet", and fetched again: the
         master's next task waited for that fetch (45 µs of a 190 µs round trip)."""
         _lease_seconds(lease)  # refused before the settle runs, as the fetch would be
-        _wait_seconds(wait, "wait")
+        _asked(max_count, wait, "wait")
+        self._sendable(most)
         self.settle(queue, consumer, items)
         return self._lease(queue, consumer, max_count, wait, lease, most, until_stop=True)
 
@@ -803,6 +811,8 @@ class QueueBroker:
         """:meth:`settle_fetch`, with the tokens :meth:`settle` found late: a batch with
         retries or dead letters, whose worker says which were not published."""
         _lease_seconds(lease)  # refused before the settle runs, as the fetch would be
+        _asked(max_count, 0.0, "wait")
+        self._sendable(most)
         late = self.settle(queue, consumer, items)
         return late, self.fetch(queue, consumer, max_count, 0.0, lease, most)
 
