@@ -1023,6 +1023,23 @@ def test_a_wait_of_int_or_float_seconds_is_taken(wait: float) -> None:
     assert len(broker.settle_fetch("q", "c1", [], 1, 5.0, None, wait)) == 1
 
 
+@pytest.mark.parametrize(
+    "wait", [0, -0.01, -float("inf"), -(10**400)], ids=["0", "below-0", "-inf", "int-past-float"]
+)
+@pytest.mark.parametrize("call", ["get", "fetch", "settle_fetch"])
+def test_a_wait_below_0_on_an_empty_queue_answers_at_once(wait: float, call: str) -> None:
+    """One below 0 waits not at all, as :meth:`QueueBroker._asked` says: a get took it to
+    the lock's wait, which made an int past a float's range a deadline, and raised
+    OverflowError ("int too large to convert to float"); a fetch skips the wait."""
+    broker = QueueBroker(Clock())
+    if call == "get":
+        assert broker.get("empty", 1, wait) == []
+    elif call == "fetch":
+        assert broker.fetch("empty", "c1", 1, wait, 5.0) == []
+    else:
+        assert broker.settle_fetch("empty", "c1", [], 1, 5.0, None, wait) == []
+
+
 @pytest.mark.parametrize("call", ["put", "open", "get", "fetch", "requeue_dead"])
 @pytest.mark.parametrize("queue", [5, None, b"q"], ids=["int", "None", "bytes"])
 def test_a_queue_name_that_is_not_text_is_refused(queue: object, call: str) -> None:

@@ -436,7 +436,8 @@ class QueueBroker:
         over: dict[int, bytes] = {}  # by place in the reply
         with self._lock:
             items = self._queue(queue)
-            if not items:
+            if not items and timeout > 0:  # below 0 no wait, as a fetch's: an int past a
+                # float's range, made a deadline by the lock's wait, raised OverflowError
                 self._ready[queue].wait_for(lambda: bool(items), timeout)
             out: list[bytes] = []
             room = BATCH_BYTES
