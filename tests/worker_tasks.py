@@ -39,3 +39,11 @@ def fork_and_end(how: str) -> object:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return "the child ran on"
+
+
+def exit_always(runs: str) -> None:
+    """Ends its whole process every time it runs, as a task that crashes its worker in C
+    code would (a segfault, the OOM killer): a line in the file ``runs`` for each run."""
+    with open(runs, "a") as out:
+        out.write("ran\n")
+    os._exit(1)
