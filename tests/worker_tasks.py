@@ -47,3 +47,14 @@ def exit_always(runs: str) -> None:
     with open(runs, "a") as out:
         out.write("ran\n")
     os._exit(1)
+
+
+def exit_after(seconds: float, code: int, marker: str) -> str:
+    """As :func:`exit_once`, ``seconds`` into its run: a slot beside it runs other tasks
+    meanwhile, whose ``Get task`` lines come after its own."""
+    try:
+        Path(marker).touch(exist_ok=False)
+    except FileExistsError:
+        return "ran"
+    time.sleep(seconds)
+    os._exit(code)

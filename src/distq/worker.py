@@ -203,6 +203,7 @@ class Worker:
         self._fatal: ConfigError | CertificateRejected | None = None
         self._slot_error: str | None = None  # why a slot's thread ended, until said
         self._slot_failed = False  # a slot's thread ended on an error: exit 1
+        self._slots: list[Slot] = []  # run()'s, for a task's os._exit to be named
         self.keeper = Keeper(
             transport,
             self.health,
@@ -242,6 +243,7 @@ class Worker:
         except SignalExit:
             self._restore_signal_handlers(previous)
             raise
+        self._slots = slots
         _exits_fail_while_running(self, True)
         switching = sys.getswitchinterval()
         if self.options.concurrency > 1:  # slots running Python code: see KEEPER_SWITCH
@@ -360,6 +362,27 @@ class Worker:
                         # fetches held for REPLY_TIMEOUT, past its grace period)
                         self._abort.set()
                 return
+
+    def _exit_called(self, status: int, thread: threading.Thread) -> None:
+        """Say which task ends the process with ``os._exit(status)``, called on
+        ``thread``, just before the exit: no line said why the worker ended, and the last
+        ``Get task`` line, which README had name the task, named another with more than
+        one slot (a task a slot beside it started since; JSON logs have no such line)."""
+        if thread is threading.main_thread():  # distq's own exit (a signal's), no task's
+            return
+        slot = next((slot for slot in self._slots if slot.thread is thread), None)
+        batch = slot.batch if slot is not None else None
+        claim = batch.claim[:1] if batch is not None else []  # the task it runs, if any
+        named = "a task"
+        if claim:
+            with contextlib.suppress(Exception):  # it ran, so it opens; never stop the exit
+                task = self.runner.codec.open_task(claim[0].body)
+                named = f"task {shown(called(task))} {shown(task.id)}"
+        where = f"slot {slot.index}" if slot is not None else f"thread {shown(thread.name)}"
+        self.console.error(
+            f"{named} called os._exit({status}) in {where}: the worker ends with it (exit "
+            f"{status}), and the tasks it holds go back to the queue to run again"
+        )
 
     def _slot_stopped(self) -> None:
         """Say once that a slot's thread ended on an error, and stop the others."""
@@ -940,6 +963,8 @@ def _threads_it_starts_are_not_daemons() -> None:
     thread._daemonic = False
 
 
+#: How long a task's ``os._exit`` waits for its line (:meth:`Worker._exit_called`).
+EXIT_LINE_WAIT = 1.0
 #: ``os._exit`` as Python has it, which :func:`_exit_in_a_running_worker` calls.
 _os_exit = os._exit
 #: Workers running in this process, each with its pid then (a forked child's is another).
@@ -953,9 +978,23 @@ def _exit_in_a_running_worker(status: int) -> NoReturn:
     """``os._exit`` while a worker runs in this process: only a task calls it then (distq
     never does), and ends the process with its tasks in hand. ``os._exit(0)`` exited 0,
     which a supervisor (a Kubernetes Job, ``restart: on-failure``) took for a clean stop:
-    in the worker's own process it exits 1 instead (a forked child's exit is its own)."""
-    if status == 0 and any(pid == os.getpid() for pid, _ in _running):
+    in the worker's own process it exits 1 instead (a forked child's exit is its own),
+    after a line naming the task (:meth:`Worker._exit_called`)."""
+    mine = [worker for pid, worker in _running if pid == os.getpid()]
+    if status == 0 and mine:
         status = 1
+    for worker in mine[:1]:
+        # said from a thread of its own, waited for EXIT_LINE_WAIT at most: a write held
+        # up (a stdout whose reader stalls) must not hold up the exit
+        with contextlib.suppress(Exception):  # a line, never a reason not to exit
+            saying = threading.Thread(
+                target=worker._exit_called,
+                args=(status, threading.current_thread()),
+                name="distq-exit-line",
+                daemon=True,
+            )
+            saying.start()
+            saying.join(EXIT_LINE_WAIT)
     _os_exit(status)
 
 

@@ -54,6 +54,39 @@ def test_a_task_that_calls_os_exit_0_ends_its_worker_with_a_failing_exit_code(
     producer.close()
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_worker_a_task_ends_with_os_exit_says_which_task_ended_it(
+    target: Target, hosted: Transport, tmp_path: Path, log_format: str
+) -> None:
+    """A task's ``os._exit()`` ended its worker's process without a line saying why.
+    README had the last ``Get task`` line name the task; with more than one slot it named
+    another task, one that a slot beside it started after it (and JSON logs write a
+    task's line only when it ends, never for this one). Its last lines now name the task,
+    its status and its slot."""
+    producer = hosted.producer(hosted.reply_queue("exits"))
+    marker = str(tmp_path / "exited")
+    ending = Task(name="worker_tasks:exit_after", args=[1.0, 7, marker], reply_to=producer.reply_to)
+    others = [Task(name="square", args=[i], reply_to=producer.reply_to) for i in range(40)]
+    producer.submit([t.encode() for t in [ending, *others]])
+    args = ["worker", "--task", "worker_tasks:exit_after", "--concurrency", "2"]
+    env = target.process_env(DISTQ_LOG_FORMAT=log_format)
+    worker = Distq([*args, "--exit-when-idle", "5"], env)
+    try:
+        code = worker.wait(30)
+        out = worker.output()
+    finally:
+        worker.stop(grace=0)
+    assert code == 7 and Path(marker).exists(), out
+    last = out.strip().splitlines()[-1]
+    assert ending.id in last and "os._exit(7)" in last and "worker_tasks:exit_after" in last, out
+    again = Distq([*args, "--exit-when-idle", "2"], target.process_env())
+    try:  # its tasks went back: the next worker runs them
+        assert again.wait(30) == 0, again.output()
+    finally:
+        again.stop(grace=0)
+    producer.close()
+
+
 def test_a_task_that_ends_its_worker_every_time_holds_back_no_other_task(
     target: Target, hosted: Transport, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
