@@ -58,3 +58,10 @@ def exit_after(seconds: float, code: int, marker: str) -> str:
         return "ran"
     time.sleep(seconds)
     os._exit(code)
+
+
+def segfault() -> None:
+    """Ends its whole process with a segmentation fault, as a crash in C code does."""
+    import ctypes
+
+    ctypes.string_at(0)

@@ -11,6 +11,8 @@ refused our credentials.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import gc
 import math
 import os
@@ -475,6 +477,7 @@ def _worker(
 ) -> int:
     """Run the worker; ``deadline`` gets the end of the drain of a stop by signal."""
     fewer_collections()
+    _crashes_said()
     short = descriptors.room_for(args.concurrency, settings.transport)
     if short is not None:  # its slots past the limit would retry for ever, its probes starve
         raise ConfigError(short)
@@ -524,6 +527,17 @@ def _worker(
         _note_signals(console, "worker")
         observe.close()
         transport.close()
+
+
+def _crashes_said() -> None:
+    """A task that crashed in C code (a segfault through ``ctypes`` or an extension, an
+    abort) ended its worker with no line but its ``Get task`` line, which with more than
+    one slot may be another task's: Python's fault handler writes the fatal error and
+    where each thread was to stderr, the task's function in the thread that crashed."""
+    if faulthandler.is_enabled():  # PYTHONFAULTHANDLER, -X faulthandler: as asked
+        return
+    with contextlib.suppress(Exception):  # no stderr to write to (closed, not a file)
+        faulthandler.enable(all_threads=True)
 
 
 def _say_time_limits(console: Console, limits: TimeLimits, registry: Registry) -> None:

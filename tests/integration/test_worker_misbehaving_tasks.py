@@ -4,6 +4,8 @@ so, and no task is lost."""
 from __future__ import annotations
 
 import io
+import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,27 @@ def test_a_worker_a_task_ends_with_os_exit_says_which_task_ended_it(
         assert again.wait(30) == 0, again.output()
     finally:
         again.stop(grace=0)
+    producer.close()
+
+
+def test_a_worker_a_task_crashes_in_c_code_says_where(target: Target, hosted: Transport) -> None:
+    """A task that crashes in C code (a segfault, here through ``ctypes``) ended its
+    worker with no line but its ``Get task`` line, which with more than one slot may be
+    another task's: the worker's stderr now has Python's fatal error and the stack of
+    each thread, the task's function in the one that crashed. Its task goes back."""
+    producer = hosted.producer(hosted.reply_queue("crashes"))
+    crashing = Task(name="worker_tasks:segfault", args=[], reply_to=producer.reply_to)
+    producer.submit([crashing.encode()])
+    args = ["worker", "--task", "worker_tasks:segfault", "--concurrency", "2"]
+    worker = Distq([*args, "--exit-when-idle", "5"], target.process_env())
+    try:
+        code = worker.wait(30)
+        out = worker.output()
+    finally:
+        worker.stop(grace=0)
+    assert code == -signal.SIGSEGV, out
+    assert "Fatal Python error: Segmentation fault" in out, out
+    assert re.search(r"worker_tasks\.py\", line \d+ in segfault", out), out
     producer.close()
 
 
