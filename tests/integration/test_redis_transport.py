@@ -3070,6 +3070,35 @@ def test_tasks_a_snapshot_restores_under_a_live_consumer_it_no_longer_holds_come
         assert sorted(got) == [b"a1", b"a2", *([b"b2"] if batch == 1 else [])]
 
 
+def test_a_settle_redis_lost_the_script_of_runs_after_its_wait_by_body(tmp_path: Path) -> None:
+    """Redis restarts from a snapshot taken before a slot's last claim (the task queued
+    there, the slot's in-flight list empty) and loses its scripts. The slot's settle rides
+    with a wait for the next task (settle_then_fetch): it met NOSCRIPT and ran again after
+    the wait, whose BLMOVE had taken the task's restored copy into that list. The list was
+    then as long as the batch settled, and the count of claims the same (the claim after
+    the wait met NOSCRIPT too): the settle acked by count the copy the wait had just
+    taken, and the slot was handed that copy to run again, in no in-flight list (a retry
+    of it was found late, not sent; a worker killed meanwhile lost it; a task other than
+    the copy, there, was lost so). A settle Redis did not run acks by body, as after any
+    claim: the copy is the task done, acked, and not handed out."""
+    with LocalRedis(tmp_path) as server, _master_and_worker(server) as (_, master, worker):
+        producer = master.producer(master.reply_queue("j"))
+        producer.submit([b"task"])
+        consumer = worker.consumer("w-0")
+        consumer.heartbeat()  # leased, holding nothing
+        with server.client() as client:
+            client.save()  # the snapshot: the task queued
+        (delivery,) = consumer.fetch(2, timeout=1)  # fewer than asked: its settle waits
+        server.kill()
+        server.restart()  # from the snapshot, without the scripts
+        time.sleep(1.1)  # idle past the check: the settle goes out on a new connection
+        done = Settlement(delivery, reply_to=producer.reply_to, result=b"ok")
+        assert consumer.settle_then_fetch([done], 2, timeout=0.5) == []
+        with server.client() as client:
+            assert client.llen(consumer.inflight_key) == 0 and client.llen("q") == 0
+            assert client.lrange(producer.reply_to, 0, -1) == [b"ok"]
+
+
 def test_errors_translates_redis_errors_and_passes_the_rest(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:
