@@ -363,11 +363,13 @@ class Worker:
                         self._abort.set()
                 return
 
-    def _exit_called(self, status: int, thread: threading.Thread) -> None:
-        """Say which task ends the process with ``os._exit(status)``, called on
-        ``thread``, just before the exit: no line said why the worker ended, and the last
-        ``Get task`` line, which README had name the task, named another with more than
-        one slot (a task a slot beside it started since; JSON logs have no such line)."""
+    def _exit_called(self, given: int, status: int, thread: threading.Thread) -> None:
+        """Say which task ends the process with ``os._exit(given)``, called on
+        ``thread``, just before the exit with ``status``: no line said why the worker
+        ended, and the last ``Get task`` line, which README had name the task, named
+        another with more than one slot (a task a slot beside it started since; JSON logs
+        have no such line). ``given`` as the task gave it: its ``os._exit(0)`` exits 1,
+        and a line that said "called os._exit(1)" sent the operator to look for that."""
         if thread is threading.main_thread():  # distq's own exit (a signal's), no task's
             return
         slot = next((slot for slot in self._slots if slot.thread is thread), None)
@@ -380,7 +382,7 @@ class Worker:
                 named = f"task {shown(called(task))} {shown(task.id)}"
         where = f"slot {slot.index}" if slot is not None else f"thread {shown(thread.name)}"
         self.console.error(
-            f"{named} called os._exit({status}) in {where}: the worker ends with it (exit "
+            f"{named} called os._exit({given}) in {where}: the worker ends with it (exit "
             f"{status}), and the tasks it holds go back to the queue to run again"
         )
 
@@ -981,6 +983,7 @@ def _exit_in_a_running_worker(status: int) -> NoReturn:
     in the worker's own process it exits 1 instead (a forked child's exit is its own),
     after a line naming the task (:meth:`Worker._exit_called`)."""
     mine = [worker for pid, worker in _running if pid == os.getpid()]
+    given = status
     if status == 0 and mine:
         status = 1
     for worker in mine[:1]:
@@ -989,7 +992,7 @@ def _exit_in_a_running_worker(status: int) -> NoReturn:
         with contextlib.suppress(Exception):  # a line, never a reason not to exit
             saying = threading.Thread(
                 target=worker._exit_called,
-                args=(status, threading.current_thread()),
+                args=(given, status, threading.current_thread()),
                 name="distq-exit-line",
                 daemon=True,
             )

@@ -89,6 +89,29 @@ def test_a_worker_a_task_ends_with_os_exit_says_which_task_ended_it(
     producer.close()
 
 
+def test_a_worker_a_task_ends_with_os_exit_0_names_the_status_the_task_gave(
+    target: Target, hosted: Transport, tmp_path: Path
+) -> None:
+    """A task's ``os._exit(0)`` exits 1, and its line said the task "called os._exit(1)":
+    the status the worker exits with, not the one in the task's code, which an operator
+    searched for and did not find. The line names the task's status, then the exit."""
+    producer = hosted.producer(hosted.reply_queue("exits0"))
+    marker = str(tmp_path / "exited")
+    ending = Task(name="worker_tasks:exit_after", args=[0.0, 0, marker], reply_to=producer.reply_to)
+    producer.submit([ending.encode()])
+    args = ["worker", "--task", "worker_tasks:exit_after", "--exit-when-idle", "5"]
+    worker = Distq(args, target.process_env())
+    try:
+        code = worker.wait(30)
+        out = worker.output()
+    finally:
+        worker.stop(grace=0)
+    assert code == 1 and Path(marker).exists(), out
+    last = out.strip().splitlines()[-1]
+    assert ending.id in last and "called os._exit(0)" in last and "(exit 1)" in last, out
+    producer.close()
+
+
 def test_a_worker_a_task_crashes_in_c_code_says_where(target: Target, hosted: Transport) -> None:
     """A task that crashes in C code (a segfault, here through ``ctypes``) ended its
     worker with no line but its ``Get task`` line, which with more than one slot may be
