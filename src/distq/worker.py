@@ -986,13 +986,17 @@ def _exit_in_a_running_worker(status: int) -> NoReturn:
     given = status
     if status == 0 and mine:
         status = 1
-    for worker in mine[:1]:
+    caller = threading.current_thread()
+    # the worker whose slot called it: the first, which a program running two has first,
+    # found no slot on the second's thread and left the task unnamed
+    theirs = [w for w in mine if any(slot.thread is caller for slot in w._slots)]
+    for worker in (theirs or mine)[:1]:
         # said from a thread of its own, waited for EXIT_LINE_WAIT at most: a write held
         # up (a stdout whose reader stalls) must not hold up the exit
         with contextlib.suppress(Exception):  # a line, never a reason not to exit
             saying = threading.Thread(
                 target=worker._exit_called,
-                args=(given, status, threading.current_thread()),
+                args=(given, status, caller),
                 name="distq-exit-line",
                 daemon=True,
             )

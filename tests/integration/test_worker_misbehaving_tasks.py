@@ -4,8 +4,11 @@ so, and no task is lost."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from distq.envelope import Task
 from distq.tasks import Registry
 from distq.transport import Transport
 from distq.worker import Worker, WorkerOptions
-from procs import Distq
+from procs import REPO, Distq, checkout_env
 from seam import results_of
 from worker_tasks import fork_and_end
 
@@ -110,6 +113,63 @@ def test_a_worker_a_task_ends_with_os_exit_0_names_the_status_the_task_gave(
     last = out.strip().splitlines()[-1]
     assert ending.id in last and "called os._exit(0)" in last and "(exit 1)" in last, out
     producer.close()
+
+
+#: A program running two workers of its own in one process (a master hosted in it too):
+#: the first idle on a queue of its own, the second running a task that calls os._exit(7).
+TWO_WORKERS = """
+import dataclasses, secrets, sys, threading, time
+from distq.config import Settings
+from distq.console import Console
+from distq.envelope import Task
+from distq.tasks import Registry
+from distq.transport import open_transport
+from distq.worker import Worker, WorkerOptions, _running
+from launch import free_port
+from worker_tasks import exit_after
+
+settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+producer = open_transport(settings, "master").producer("two.results")
+registry = Registry()
+registry.register("exit_after", exit_after)
+
+def worker(name, settings):
+    options = WorkerOptions(worker_id=name, exit_when_idle=30.0)
+    console = Console(out=sys.stdout, err=sys.stdout)
+    return Worker(open_transport(settings, "worker"), registry, options, console)
+
+idle = worker("idle", dataclasses.replace(settings, queue="other"))
+threading.Thread(target=idle.run, daemon=True).start()
+while not _running:
+    time.sleep(0.05)
+task = Task(name="exit_after", args=[0.0, 7, sys.argv[1]], reply_to=producer.reply_to)
+producer.submit([task.encode()])
+print("task id", task.id, flush=True)
+worker("ending", settings).run()
+"""
+
+
+def test_a_task_s_os_exit_is_named_by_its_worker_of_two_in_one_process(tmp_path: Path) -> None:
+    """A program that runs two workers in one process: a task's ``os._exit()`` in the
+    second was said by the first, which has no slot on that thread: "a task called
+    os._exit(7) in thread distq-slot-0", the task unnamed. The worker whose slot called
+    it says it."""
+    marker = str(tmp_path / "exited")
+    env = checkout_env(PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO / "src")]))
+    done = subprocess.run(
+        [sys.executable, "-c", TWO_WORKERS, marker],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 7 and Path(marker).exists(), out
+    task_id = re.search(r"task id (\w+)", out)
+    assert task_id is not None, out
+    last = out.strip().splitlines()[-1]
+    assert f"task exit_after {task_id[1]} called os._exit(7) in slot 0" in last, out
 
 
 def test_a_worker_a_task_crashes_in_c_code_says_where(target: Target, hosted: Transport) -> None:
