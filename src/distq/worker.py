@@ -39,6 +39,7 @@ will run again).
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import signal
 import socket
@@ -982,6 +983,12 @@ def _exit_in_a_running_worker(status: int) -> NoReturn:
     which a supervisor (a Kubernetes Job, ``restart: on-failure``) took for a clean stop:
     in the worker's own process it exits 1 instead (a forked child's exit is its own),
     after a line naming the task (:meth:`Worker._exit_called`)."""
+    with contextlib.suppress(TypeError):
+        status = operator.index(status)  # as os._exit reads it (True, a numpy int)
+    if not isinstance(status, int) or not -(2**31) <= status < 2**31:
+        # os._exit raises for what it cannot take (1.5, None, past a C int) and ends
+        # nothing: the task fails. The line said first that the worker ended with it.
+        _os_exit(status)
     mine = [worker for pid, worker in _running if pid == os.getpid()]
     given = status
     if status == 0 and mine:

@@ -115,6 +115,29 @@ def test_a_worker_a_task_ends_with_os_exit_0_names_the_status_the_task_gave(
     producer.close()
 
 
+def test_a_task_s_os_exit_that_raises_is_not_said_to_end_the_worker(
+    target: Target, hosted: Transport, tmp_path: Path
+) -> None:
+    """``os._exit(1.5)`` raises TypeError (as for None, a str, an int past a C int) and
+    ends nothing: the task fails, and is retried. The worker said first "task ... called
+    os._exit(1.5) ...: the worker ends with it", and ran on."""
+    producer = hosted.producer(hosted.reply_queue("exitbad"))
+    marker = str(tmp_path / "exited")
+    task = Task(name="worker_tasks:exit_after", args=[0.0, 1.5, marker], reply_to=producer.reply_to)
+    producer.submit([task.encode()])
+    args = ["worker", "--task", "worker_tasks:exit_after", "--exit-when-idle", "2"]
+    worker = Distq(args, target.process_env())
+    try:
+        code = worker.wait(30)
+        out = worker.output()
+    finally:
+        worker.stop(grace=0)
+    assert code == 0 and Path(marker).exists(), out
+    assert "os._exit(1.5)" not in out and "the worker ends with it" not in out, out
+    assert [r.value for r in results_of(producer, 1, within=10)] == ["ran"], out
+    producer.close()
+
+
 #: A program running two workers of its own in one process (a master hosted in it too):
 #: the first idle on a queue of its own, the second running a task that calls os._exit(7).
 TWO_WORKERS = """
