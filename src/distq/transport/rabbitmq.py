@@ -307,6 +307,10 @@ class RabbitMQTransport(Transport):
         self.running_lost = RunningLost()
         # copies deferred while their originals ran: acked unrun once those are done
         self.deferred = BodySet(_DONE_LOST_KEPT)
+        # tasks this process handed back (a release, a heartbeat's), on a queue that takes
+        # them back by a requeue: not sent behind when one of its slots gets them (see
+        # RabbitMQConsumer._move_behind)
+        self.handed_back = BodySet(_DONE_LOST_KEPT)
         self._keeper_waited_out = -_RELINK_PAUSE  # when a keeper's wait last ran out
         self._counts: bool | None = None  # see counting(); None: not asked yet
         # the retry queues a master's stats() declares (with their arguments), not asks
@@ -868,6 +872,9 @@ class RabbitMQConsumer(Consumer):
         self._opener = threading.get_ident()  # the slot's thread (see fetch); not the keeper's
         self._try: Try | None = None  # a try to connect afresh, under way or not taken yet
         self._again: set[object] = set()  # redelivered tasks not handed out yet
+        # tasks of messages the broker requeued (flagged redelivered), not handed out yet:
+        # they go behind the queue's other tasks (see _move_behind)
+        self._requeued: set[object] = set()
         # whether the queue counts deliveries (a quorum queue's x-delivery-count): see
         # _give_back
         self._counting = transport.quorum
@@ -929,6 +936,7 @@ class RabbitMQConsumer(Consumer):
         self._held.clear()
         self._buffer.clear()
         self._again.clear()
+        self._requeued.clear()
         self._current.clear()
         self._seen.clear()
         self._tag = None
@@ -997,6 +1005,8 @@ class RabbitMQConsumer(Consumer):
         self._buffer += delivered
         if redelivered:
             self._again.update(d.tag for d in delivered)  # maybe a copy: see _defer_running
+            if method.redelivered:  # the broker's requeue: maybe it ended its worker
+                self._requeued.update(d.tag for d in delivered)
         self._per_message = len(bodies)
         self._received(len(bodies))
         if method.consumer_tag == self._tag:
@@ -1026,6 +1036,10 @@ class RabbitMQConsumer(Consumer):
                 got = self._drop_done(got)
             if got and (self._transport.running_lost or self._again or self._transport.deferred):
                 got = self._defer_running(got)
+                if self._requeued:  # in _again too: no look on a fetch of none redelivered
+                    got = self._move_behind(got, want)
+                    if not got:  # all went behind: wait on for others, as for an empty queue
+                        got = self._after_move(want, time.monotonic() + timeout)
             # a mixed job: a pack still buffered counts though a smaller message came
             # after it (the last message's count alone kept 30 tasks from idle workers)
             buffered, packed = self._buffer, self._per_message
@@ -1123,6 +1137,65 @@ class RabbitMQConsumer(Consumer):
         self._link.confirm()
         transport.deferred.add(d.body for d in copies)
         return self._acked_out(got, copies)
+
+    def _move_behind(self, got: list[Delivery], want: int) -> list[Delivery]:
+        """``got`` but the tasks of messages the broker requeued (and those of them still
+        buffered), which are published again to the queue's tail in messages of at most
+        ``want`` tasks (a pack's most), confirmed before their messages are acked
+        (:meth:`_give_back`): the queue's other tasks run first.
+
+        The broker puts a message back at the head of the queue, at once, when the
+        connection that held it drops: a task that ends its worker's process each time it
+        runs (``os._exit()``, a crash in C code, the OOM killer) came back first to each
+        worker that started, which took it and ended, and no other task ran (8 restarts
+        of a worker ran none of 6 tasks queued after it). In messages of what the slot
+        takes, as a split does (see :meth:`fetch`): a worker that starts takes one task,
+        and a pack whose first task ended its worker comes back apart, that task alone
+        at its head; a busy worker's hand-back (a nack: requeued, flagged redelivered)
+        that a slot taking whole packs gets stays a pack.
+        Published again, each is flagged as handed back, read as redelivered (its
+        original may still run in a slot that lost its link: see :meth:`_defer_running`),
+        and runs when it comes back, unless the broker requeues it again. Those the
+        broker refuses (a full queue) run here, as before. Not a task a slot of this
+        process handed back by a requeue (a release, a heartbeat's hand-back: never run):
+        it stays at the head, as a release puts it (another worker's slot sends it
+        behind)."""
+        requeued, self._requeued = self._requeued, set()
+        held, ours = self._held, self._transport.handed_back
+        moving = [
+            d
+            for d in (*got, *self._buffer)
+            if d.tag in requeued and d.tag in held and not (ours and ours.take(d.body))
+        ]
+        if not moving:
+            return got
+        tags = sorted(tags_of(moving, int, "rabbitmq"))
+        moved = set(tags)
+        buffered = [d for d in self._buffer if d.tag not in moved]
+        self._buffer.clear()
+        self._buffer.extend(buffered)
+        # no pack over what a worker takes as one (more is one malformed body)
+        kept = self._give_back(tags, whole=False, per_message=min(want, TASKS_PER_MESSAGE))
+        self._buffer.extendleft(reversed(kept))
+        return [d for d in got if d.tag not in moved]
+
+    def _after_move(self, want: int, until: float) -> list[Delivery]:
+        """What :meth:`fetch` takes after it sent all it got behind (:meth:`_move_behind`):
+        the tasks that come until ``until``. Returned empty, the fetch of a slot waiting
+        for a task another slot or worker handed back (a close requeues it) ended before
+        its timeout, with the task published again for it to take."""
+        transport = self._transport
+        while (left := until - time.monotonic()) > 0:
+            got = _receive_until(self._link.connection, self._buffer, want, left)
+            if transport.done_copies and got:
+                got = self._drop_done(got)
+            if got and (transport.running_lost or self._again or transport.deferred):
+                got = self._defer_running(got)
+                if self._requeued:
+                    got = self._move_behind(got, want)
+            if got:
+                return got
+        return []
 
     def handed_out(self) -> set[bytes] | None:
         """The bodies this consumer has handed out to its slot (held and not buffered, or
@@ -1233,6 +1306,8 @@ class RabbitMQConsumer(Consumer):
                 self._tag, self._current = None, set()
             if self._buffer:
                 rest = sorted(tags_of(self._buffer, int, "rabbitmq"))
+                if not self._counting:  # requeued, maybe: see _move_behind
+                    self._transport.handed_back.add(d.body for d in self._buffer)
                 self._buffer.clear()
                 self._buffer.extend(self._give_back(rest))  # what a full queue refused
             self._hold_long_ones()
@@ -1397,6 +1472,8 @@ class RabbitMQConsumer(Consumer):
         if not deliveries:
             return 0
         tags = self._tags_of(deliveries)
+        if not self._counting:  # requeued, maybe: see _move_behind
+            self._transport.handed_back.add(d.body for d in deliveries)
         with self._broker.translated("releasing tasks"):
             self._linked()
             try:  # what a full queue refused stays held: this consumer hands it out again
