@@ -18,7 +18,7 @@ from conftest import Target
 from distq.console import Console
 from distq.envelope import Task
 from distq.tasks import Registry
-from distq.transport import Transport, open_transport
+from distq.transport import Producer, Transport, open_transport
 from distq.worker import Worker, WorkerOptions
 from procs import REPO, Distq, checkout_env
 from seam import results_of
@@ -60,6 +60,15 @@ def test_a_task_that_calls_os_exit_0_ends_its_worker_with_a_failing_exit_code(
     producer.close()
 
 
+def _ran(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """A ``distq`` worker run to its end (30 s at most): its exit status and output."""
+    worker = Distq(args, env)
+    try:
+        return worker.wait(30), worker.output()
+    finally:
+        worker.stop(grace=0)
+
+
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_a_worker_a_task_ends_with_os_exit_says_which_task_ended_it(
     target: Target, hosted: Transport, tmp_path: Path, log_format: str
@@ -76,12 +85,7 @@ def test_a_worker_a_task_ends_with_os_exit_says_which_task_ended_it(
     producer.submit([t.encode() for t in [ending, *others]])
     args = ["worker", "--task", "worker_tasks:exit_after", "--concurrency", "2"]
     env = target.process_env(DISTQ_LOG_FORMAT=log_format)
-    worker = Distq([*args, "--exit-when-idle", "5"], env)
-    try:
-        code = worker.wait(30)
-        out = worker.output()
-    finally:
-        worker.stop(grace=0)
+    code, out = _ran([*args, "--exit-when-idle", "5"], env)
     assert code == 7 and Path(marker).exists(), out
     last = out.strip().splitlines()[-1]
     assert ending.id in last and "os._exit(7)" in last and "worker_tasks:exit_after" in last, out
@@ -93,24 +97,31 @@ def test_a_worker_a_task_ends_with_os_exit_says_which_task_ended_it(
     producer.close()
 
 
+def _one_exit(
+    target: Target, hosted: Transport, tmp_path: Path, status: float, idle: str
+) -> tuple[Producer, Task, int, str]:
+    """A worker run to its end on one task that calls ``os._exit(status)`` at once: the
+    producer that sent it, the task, the worker's exit status and output (the task ran)."""
+    producer = hosted.producer(hosted.reply_queue("exits"))
+    marker = tmp_path / "exited"
+    task = Task(
+        name="worker_tasks:exit_after", args=[0.0, status, str(marker)], reply_to=producer.reply_to
+    )
+    producer.submit([task.encode()])
+    args = ["worker", "--task", "worker_tasks:exit_after", "--exit-when-idle", idle]
+    code, out = _ran(args, target.process_env())
+    assert marker.exists(), out
+    return producer, task, code, out
+
+
 def test_a_worker_a_task_ends_with_os_exit_0_names_the_status_the_task_gave(
     target: Target, hosted: Transport, tmp_path: Path
 ) -> None:
     """A task's ``os._exit(0)`` exits 1, and its line said the task "called os._exit(1)":
     the status the worker exits with, not the one in the task's code, which an operator
     searched for and did not find. The line names the task's status, then the exit."""
-    producer = hosted.producer(hosted.reply_queue("exits0"))
-    marker = str(tmp_path / "exited")
-    ending = Task(name="worker_tasks:exit_after", args=[0.0, 0, marker], reply_to=producer.reply_to)
-    producer.submit([ending.encode()])
-    args = ["worker", "--task", "worker_tasks:exit_after", "--exit-when-idle", "5"]
-    worker = Distq(args, target.process_env())
-    try:
-        code = worker.wait(30)
-        out = worker.output()
-    finally:
-        worker.stop(grace=0)
-    assert code == 1 and Path(marker).exists(), out
+    producer, ending, code, out = _one_exit(target, hosted, tmp_path, 0, idle="5")
+    assert code == 1, out
     last = out.strip().splitlines()[-1]
     assert ending.id in last and "called os._exit(0)" in last and "(exit 1)" in last, out
     producer.close()
@@ -122,18 +133,8 @@ def test_a_task_s_os_exit_that_raises_is_not_said_to_end_the_worker(
     """``os._exit(1.5)`` raises TypeError (as for None, a str, an int past a C int) and
     ends nothing: the task fails, and is retried. The worker said first "task ... called
     os._exit(1.5) ...: the worker ends with it", and ran on."""
-    producer = hosted.producer(hosted.reply_queue("exitbad"))
-    marker = str(tmp_path / "exited")
-    task = Task(name="worker_tasks:exit_after", args=[0.0, 1.5, marker], reply_to=producer.reply_to)
-    producer.submit([task.encode()])
-    args = ["worker", "--task", "worker_tasks:exit_after", "--exit-when-idle", "2"]
-    worker = Distq(args, target.process_env())
-    try:
-        code = worker.wait(30)
-        out = worker.output()
-    finally:
-        worker.stop(grace=0)
-    assert code == 0 and Path(marker).exists(), out
+    producer, _, code, out = _one_exit(target, hosted, tmp_path, 1.5, idle="2")
+    assert code == 0, out
     assert "os._exit(1.5)" not in out and "the worker ends with it" not in out, out
     assert [r.value for r in results_of(producer, 1, within=10)] == ["ran"], out
     producer.close()
@@ -205,12 +206,7 @@ def test_a_worker_a_task_crashes_in_c_code_says_where(target: Target, hosted: Tr
     crashing = Task(name="worker_tasks:segfault", args=[], reply_to=producer.reply_to)
     producer.submit([crashing.encode()])
     args = ["worker", "--task", "worker_tasks:segfault", "--concurrency", "2"]
-    worker = Distq([*args, "--exit-when-idle", "5"], target.process_env())
-    try:
-        code = worker.wait(30)
-        out = worker.output()
-    finally:
-        worker.stop(grace=0)
+    code, out = _ran([*args, "--exit-when-idle", "5"], target.process_env())
     assert code == -signal.SIGSEGV, out
     assert "Fatal Python error: Segmentation fault" in out, out
     assert re.search(r"worker_tasks\.py\", line \d+ in segfault", out), out
