@@ -1857,6 +1857,52 @@ def test_a_copy_fetched_before_its_originals_slot_connected_again_waits_too(
         )
 
 
+def test_a_copy_buffered_behind_a_requeued_task_is_not_sent_behind_for_others_to_run(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot's fetch got a task the broker requeued (another worker's link went) with,
+    buffered behind it, the copy of a task another slot of this worker still runs on a
+    lost link. Sending the requeued ones behind the queue's other tasks published that
+    copy to the queue's tail too, unchecked (only what the fetch got is checked): any
+    worker took it and ran it beside its original. It stays here, and waits."""
+    t = open_transport(lease=1.0, prefetch=64)  # a window of 2 messages for other
+    producer = t.producer(t.reply_queue("p"))
+    producer.submit([b"t0"])
+    elsewhere = open_transport(lease=1.0, prefetch=1).consumer("w2")  # another worker
+    fetch_n(elsewhere, 1)
+    producer.submit([b"t1"])
+    consumer = t.consumer("c")
+    (delivery,) = fetch_n(consumer, 1)
+    other = t.consumer("c2")  # another slot of the same worker, idle: its window open
+    assert other.fetch(64, 0.2) == []
+    for lost, left in ((elsewhere, 2), (consumer, 1)):  # t0's link, then t1's
+        lost._link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + 10  # closed, its task requeued: pushed to other
+        while raw.queue_declare(queue, passive=True).method.consumer_count > left:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    with pytest.raises(TransportError):
+        consumer.heartbeat()
+    consumer.heartbeat()  # a new link: t1 still runs, lost with the old one
+    published: list[bytes] = []
+    publish = rabbitmq_link.Link.publish
+
+    def watched(link: Any, routing_key: str, body: bytes, **kwargs: Any) -> None:
+        if routing_key == queue:
+            published.append(body)
+        publish(link, routing_key, body, **kwargs)
+
+    monkeypatch.setattr(rabbitmq_link.Link, "publish", watched)
+    with _closed_after(other, consumer, producer):
+        got = other.fetch(1, 2.0)
+        assert [d.body for d in got] == [b"t0"]
+        assert other.fetch(1, 1.0) == []  # t1's copy: deferred, not handed out
+        assert not [b for b in published if b"t1" in b], published
+        _the_original_ends_and_its_copy_is_acked_unrun(
+            raw, queue, producer, consumer, other, delivery
+        )
+
+
 def test_a_copy_from_a_record_that_expired_waits_for_its_original_and_is_not_run(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

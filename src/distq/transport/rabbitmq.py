@@ -1139,8 +1139,8 @@ class RabbitMQConsumer(Consumer):
         return self._acked_out(got, copies)
 
     def _move_behind(self, got: list[Delivery], want: int) -> list[Delivery]:
-        """``got`` but the tasks of messages the broker requeued (and those of them still
-        buffered), which are published again to the queue's tail in messages of at most
+        """``got`` but the tasks of messages the broker requeued, which are published
+        again to the queue's tail in messages of at most
         ``want`` tasks (a pack's most), confirmed before their messages are acked
         (:meth:`_give_back`): the queue's other tasks run first.
 
@@ -1160,20 +1160,21 @@ class RabbitMQConsumer(Consumer):
         process handed back by a requeue (a release, a heartbeat's hand-back: never run):
         it stays at the head, as a release puts it (another worker's slot sends it
         behind)."""
-        requeued, self._requeued = self._requeued, set()
         held, ours = self._held, self._transport.handed_back
+        # only what the fetch got, whose copies of tasks done or still running here were
+        # taken out: a buffered copy of one went to the tail unchecked, and another worker
+        # ran it beside its original. The buffered ones go with the fetches that get them
+        requeued, got_tags = self._requeued, {d.tag for d in got}
+        self._requeued = {tag for tag in requeued if tag in held and tag not in got_tags}
         moving = [
             d
-            for d in (*got, *self._buffer)
+            for d in got
             if d.tag in requeued and d.tag in held and not (ours and ours.take(d.body))
         ]
         if not moving:
             return got
         tags = sorted(tags_of(moving, int, "rabbitmq"))
         moved = set(tags)
-        buffered = [d for d in self._buffer if d.tag not in moved]
-        self._buffer.clear()
-        self._buffer.extend(buffered)
         # no pack over what a worker takes as one (more is one malformed body)
         kept = self._give_back(tags, whole=False, per_message=min(want, TASKS_PER_MESSAGE))
         self._buffer.extendleft(reversed(kept))
