@@ -1836,6 +1836,37 @@ def test_a_copy_of_a_task_still_running_in_the_worker_waits_for_its_original(
         producer.close()
 
 
+def test_a_fetch_of_only_a_deferred_copy_returns_without_waiting_it_out(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch whose tasks were all copies of tasks still running here (deferred) sent
+    none behind the queue's tasks, yet waited out its timeout as one that sent all it
+    got behind (296999b): the copy came back from its retry queue to that same fetch and
+    was deferred again each lease, and a test that counted it in its queues after a
+    1 s fetch of a 1 s lease failed 2 runs of 4. It returns empty at once, as before."""
+    t = open_transport(lease=1.0)
+    producer, consumer, delivery = _one_task_on_a_lost_link(t)
+    with pytest.raises(TransportError):
+        consumer.heartbeat()
+    consumer.heartbeat()  # a new link: t1 is lost with the old one, its copy queued
+    retried: list[bytes] = []
+    publish = rabbitmq_link.Link.publish
+
+    def watched(link: Any, routing_key: str, body: bytes, **kwargs: Any) -> None:
+        if routing_key.startswith(f"{queue}.retry"):
+            retried.append(body)
+        publish(link, routing_key, body, **kwargs)
+
+    monkeypatch.setattr(rabbitmq_link.Link, "publish", watched)
+    other = t.consumer("c2")  # another slot of the same worker
+    with _closed_after(other, consumer, producer):
+        assert other.fetch(1, 4.0) == []  # the copy: deferred, not handed out
+        assert retried == [b"t1"]  # deferred once, not once a lease for 4 s
+        _the_original_ends_and_its_copy_is_acked_unrun(
+            raw, queue, producer, consumer, other, delivery
+        )
+
+
 def test_a_copy_fetched_before_its_originals_slot_connected_again_waits_too(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

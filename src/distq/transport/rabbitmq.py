@@ -1036,7 +1036,10 @@ class RabbitMQConsumer(Consumer):
                 got = self._drop_done(got)
             if got and (self._transport.running_lost or self._again or self._transport.deferred):
                 got = self._defer_running(got)
-                if self._requeued:  # in _again too: no look on a fetch of none redelivered
+                # in _again too: no look on a fetch of none redelivered. None left (all
+                # copies, deferred): nothing went behind, no wait (it waited out the
+                # fetch, each lease deferring again the copy back from its retry queue)
+                if self._requeued and got:
                     got = self._move_behind(got, want)
                     if not got:  # all went behind: wait on for others, as for an empty queue
                         got = self._after_move(want, time.monotonic() + timeout)
@@ -1192,7 +1195,7 @@ class RabbitMQConsumer(Consumer):
                 got = self._drop_done(got)
             if got and (transport.running_lost or self._again or transport.deferred):
                 got = self._defer_running(got)
-                if self._requeued:
+                if self._requeued and got:
                     got = self._move_behind(got, want)
             if got:
                 return got
