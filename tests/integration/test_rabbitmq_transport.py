@@ -1377,6 +1377,30 @@ def test_a_split_pack_whose_last_task_is_handed_back_is_not_requeued_whole(
     producer.close()
 
 
+def test_a_worker_keeps_no_copy_of_the_large_tasks_it_hands_back(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A task handed back on a classic queue (a release, a close) is remembered, so that
+    a slot of the same worker that gets it back does not send it behind the queue: by
+    its whole body, the newest 10,000 of them (10 GiB for tasks of 1 MiB). A digest
+    of each does as well."""
+    t = open_transport(prefetch=4)
+    producer = t.producer(t.reply_queue("p"))
+    large = [bytes([n]) * 1_000_000 for n in range(3)]
+    producer.submit(large)
+    producer.flush()
+    consumer = t.consumer("c1")
+    got = fetch_n(consumer, 3)
+    consumer.release(got)  # back to the front, as a release puts it
+    consumer.close()
+    kept = sum(map(len, t.handed_back._bodies))
+    assert kept <= 3 * 64, f"{kept} bytes kept for 3 tasks handed back"
+    again = fetch_n(t.consumer("c2"), 3, within=15)  # this worker's own: not sent behind
+    assert sorted(d.body for d in again) == large
+    assert _ready(raw, queue) == 0
+    producer.close()
+
+
 def test_one_release_that_acks_a_message_and_requeues_older_ones(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

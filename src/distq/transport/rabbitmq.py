@@ -160,6 +160,7 @@ from distq.transport.pika_internals import (
 )
 from distq.transport.rabbitmq_copies import (
     BodySet,
+    DigestSet,
     LostTasks,
     RunningLost,
     deferred_done,
@@ -310,7 +311,7 @@ class RabbitMQTransport(Transport):
         # tasks this process handed back (a release, a heartbeat's), on a queue that takes
         # them back by a requeue: not sent behind when one of its slots gets them (see
         # RabbitMQConsumer._move_behind)
-        self.handed_back = BodySet(_DONE_LOST_KEPT)
+        self.handed_back = DigestSet(_DONE_LOST_KEPT)  # by digest: added as it runs
         self._keeper_waited_out = -_RELINK_PAUSE  # when a keeper's wait last ran out
         self._counts: bool | None = None  # see counting(); None: not asked yet
         # the retry queues a master's stats() declares (with their arguments), not asks

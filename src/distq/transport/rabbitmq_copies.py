@@ -21,6 +21,7 @@ settle lets go unrun (:func:`deferred_done`), are decided here.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -93,6 +94,29 @@ class BodySet:
     def discard(self, body: bytes) -> None:
         with self._lock:
             self._bodies.pop(body, None)
+
+
+class DigestSet(BodySet):
+    """A :class:`BodySet` of the bodies' digests (16 bytes of BLAKE2b each), not the
+    bodies: for one filled as a worker runs (every task it hands back), where the newest
+    ``keep`` bodies held whole could be gigabytes (10,000 tasks of 1 MiB). Task bodies
+    differ (each holds its own id), so a digest stands for its body."""
+
+    def add(self, bodies: Iterable[bytes]) -> None:
+        super().add(map(_digest, bodies))
+
+    def take(self, body: bytes) -> bool:
+        return super().take(_digest(body))
+
+    def __contains__(self, body: object) -> bool:
+        return isinstance(body, bytes) and super().__contains__(_digest(body))
+
+    def discard(self, body: bytes) -> None:
+        super().discard(_digest(body))
+
+
+def _digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=16).digest()
 
 
 class RunningLost:
