@@ -1033,17 +1033,9 @@ class RabbitMQConsumer(Consumer):
             if len(self._buffer) < want:
                 self._size_window(want)
             got = _receive_until(self._link.connection, self._buffer, want, timeout)
-            if self._transport.done_copies and got:
-                got = self._drop_done(got)
-            if got and (self._transport.running_lost or self._again or self._transport.deferred):
-                got = self._defer_running(got)
-                # in _again too: no look on a fetch of none redelivered. None left (all
-                # copies, deferred): nothing went behind, no wait (it waited out the
-                # fetch, each lease deferring again the copy back from its retry queue)
-                if self._requeued and got:
-                    got = self._move_behind(got, want)
-                    if not got:  # all went behind: wait on for others, as for an empty queue
-                        got = self._after_move(want, time.monotonic() + timeout)
+            got, behind = self._checked(got, want)
+            if behind:  # all went behind: wait on for others, as for an empty queue
+                got = self._after_move(want, time.monotonic() + timeout)
             # a mixed job: a pack still buffered counts though a smaller message came
             # after it (the last message's count alone kept 30 tasks from idle workers)
             buffered, packed = self._buffer, self._per_message
@@ -1189,18 +1181,29 @@ class RabbitMQConsumer(Consumer):
         the tasks that come until ``until``. Returned empty, the fetch of a slot waiting
         for a task another slot or worker handed back (a close requeues it) ended before
         its timeout, with the task published again for it to take."""
-        transport = self._transport
         while (left := until - time.monotonic()) > 0:
             got = _receive_until(self._link.connection, self._buffer, want, left)
-            if transport.done_copies and got:
-                got = self._drop_done(got)
-            if got and (transport.running_lost or self._again or transport.deferred):
-                got = self._defer_running(got)
-                if self._requeued and got:
-                    got = self._move_behind(got, want)
+            got, _ = self._checked(got, want)
             if got:
                 return got
         return []
+
+    def _checked(self, got: list[Delivery], want: int) -> tuple[list[Delivery], bool]:
+        """``got`` but the copies of tasks done or still running in this process
+        (:meth:`_drop_done`, :meth:`_defer_running`) and the tasks the broker requeued
+        (:meth:`_move_behind`), and whether ``got`` went behind whole: a fetch then waits
+        on for others. None left of ``got`` as copies (deferred) is no such case: no wait
+        (one waited out its fetch, each lease deferring again the copy back from its retry
+        queue). Requeued tasks are looked for only among redelivered ones (in ``_again``)."""
+        transport = self._transport
+        if transport.done_copies and got:
+            got = self._drop_done(got)
+        if got and (transport.running_lost or self._again or transport.deferred):
+            got = self._defer_running(got)
+            if self._requeued and got:
+                got = self._move_behind(got, want)
+                return got, not got
+        return got, False
 
     def handed_out(self) -> set[bytes] | None:
         """The bodies this consumer has handed out to its slot (held and not buffered, or
