@@ -25,7 +25,7 @@ from distq.chunks import CHUNK_TASK, chunk_function, show_chunk
 from distq.envelope import Task, shown
 from distq.errors import ConfigError, SignalExit, UnknownTask
 from distq.errortext import describe, message
-from distq.timelimits import MAX_SECONDS, MIN_SECONDS, shown_limit
+from distq.timelimits import MAX_SECONDS, MIN_SECONDS, enforceable, shown_limit
 
 TaskFunction = Callable[..., Any]
 #: How a worker's ``Get task ... from task_queue.`` line names a task.
@@ -370,11 +370,7 @@ def _check_limit(name: str, time_limit: object) -> None:
     """Refuse a registered limit the keeper cannot enforce as given: NaN was no limit at
     all (no run is past it), 0 or less failed every run at once, a str broke the
     keeper's comparison; the range is ``DISTQ_TASK_TIME_LIMIT``'s."""
-    if (
-        isinstance(time_limit, int | float)
-        and not isinstance(time_limit, bool)
-        and MIN_SECONDS <= time_limit <= MAX_SECONDS  # NaN is in no range
-    ):
+    if enforceable(time_limit):
         return
     raise ValueError(
         f"task {name}: time_limit={shown_limit(time_limit)} cannot be enforced; give "

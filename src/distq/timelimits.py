@@ -180,14 +180,20 @@ class TimeLimits:
         return cls(default, tuple(sorted(per_name.items())))
 
 
-def _enforceable(what: str, seconds: object) -> None:
-    """Refuse ``seconds`` for the limit ``what`` unless it is a number the keeper can
-    enforce: in the setting's range (NaN is in none), not a bool."""
-    if (
+def enforceable(seconds: object) -> bool:
+    """Whether ``seconds`` is a limit the keeper can enforce as given: a number, not a
+    bool, in ``DISTQ_TASK_TIME_LIMIT``'s range (NaN is in none). One check for the
+    setting's limits built in a program and those given to ``Registry.register``."""
+    return (
         isinstance(seconds, int | float)
         and not isinstance(seconds, bool)
         and MIN_SECONDS <= seconds <= MAX_SECONDS
-    ):
+    )
+
+
+def _enforceable(what: str, seconds: object) -> None:
+    """Refuse ``seconds`` for the limit ``what`` unless :func:`enforceable`."""
+    if enforceable(seconds):
         return
     off = " (None for none)" if what == "default" else ""
     raise ValueError(
