@@ -204,6 +204,7 @@ class Worker:
         self._fatal: ConfigError | CertificateRejected | None = None
         self._slot_error: str | None = None  # why a slot's thread ended, until said
         self._slot_failed = False  # a slot's thread ended on an error: exit 1
+        self._keeper_error: str | None = None  # why the keeper's thread ended, until said
         self._slots: list[Slot] = []  # run()'s, for a task's os._exit to be named
         self.keeper = Keeper(
             transport,
@@ -290,7 +291,7 @@ class Worker:
         """The keeper's thread and a thread per slot; a thread that cannot start (a limit
         on threads or memory) stops the worker warm, exit 2 naming it, not a traceback."""
         keeper = threading.Thread(
-            target=self.keeper.keep, args=(slots, done), name="distq-keeper", daemon=True
+            target=self._keep, args=(slots, done), name="distq-keeper", daemon=True
         )
         which = "its keeper"
         try:
@@ -300,6 +301,17 @@ class Worker:
                 self._start_slot(slot)
         except RuntimeError as exc:  # "can't start new thread"
             self._cannot_start(which, exc)
+
+    def _keep(self, slots: list[Slot], done: threading.Event) -> None:
+        """The keeper's thread: an error that ends it (one outside its work on a slot, or
+        no :class:`Exception`) is kept for the main loop to say (:meth:`_keeper_stopped`).
+        It ended in silence: the worker ran on, its long tasks' leases lapsed (each ran
+        again on another slot) and their time limits went unenforced, and it exited 0."""
+        try:
+            self.keeper.keep(slots, done)
+        except BaseException as exc:
+            self._keeper_error = describe(exc)
+            raise
 
     def _cannot_start(self, which: str, exc: RuntimeError) -> None:
         """A thread the worker needs did not start: stop warm, exit 2 naming the limits."""
@@ -334,7 +346,7 @@ class Worker:
             threads = [slot.thread for slot in slots if slot.thread is not None]
             alive = any(slot.alive() for slot in slots)
             self._slot_stopped()  # after that check: a slot says why before its thread ends
-            if not alive:
+            if self._keeper_stopped(slots) or not alive:
                 return
             for thread in threads:
                 thread.join(beat / len(threads))
@@ -394,6 +406,24 @@ class Worker:
             self._slot_failed = True
             self.console.error(f"{error}; the worker stops (exit 1)")
             self._stop_warm()
+
+    def _keeper_stopped(self, slots: list[Slot]) -> bool:
+        """Whether the keeper's thread ended on an error: if so, say it and stop cold, exit
+        1. Cold, not warm: with no keeper, the leases of the tasks in hand lapse (they run
+        again elsewhere meanwhile) and no time limit ends a task that hangs; handed back
+        now, they run once, elsewhere. A keeper that went on past such an error would
+        renew nothing each tick the error came back, saying so while leases lapsed."""
+        error, self._keeper_error = self._keeper_error, None
+        if error is None:
+            return False
+        self._slot_failed = True
+        self.console.error(
+            f"the keeper stopped: {error} (a bug in distq: please report this line); without "
+            "it no lease is renewed and no time limit enforced: the worker stops at once, "
+            "handing back the tasks it holds (exit 1)"
+        )
+        self._stop_cold(slots)
+        return True
 
     def _refused(self, exc: ConfigError | CertificateRejected) -> None:
         """The broker refused a setting mid-run (a key of another type, an ACL without

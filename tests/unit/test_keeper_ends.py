@@ -1,0 +1,100 @@
+"""The worker's keeper thread ending: never in silence, on the real manager transport
+hosted in this process."""
+
+from __future__ import annotations
+
+import io
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from distq.config import Settings
+from distq.console import Console
+from distq.envelope import Task
+from distq.keeper import Keeper
+from distq.tasks import Registry
+from distq.transport import Transport, open_transport
+from distq.worker import Worker, WorkerOptions
+from launch import free_port
+
+LEASE = 1.2
+
+
+@pytest.fixture
+def short_lease() -> Iterator[Transport]:
+    """A manager master hosted in this process, on a lease of 1.2 s."""
+    settings = Settings(
+        authkey=secrets.token_bytes(8),
+        manager_address=("127.0.0.1", free_port()),
+        lease_seconds=LEASE,
+    )
+    hosted = open_transport(settings, "master")
+    yield hosted
+    hosted.close()
+
+
+RAN: list[str] = []  # the tasks ``runs`` ran, in order
+
+
+def runs(task_id: str, *, seconds: float) -> None:
+    RAN.append(task_id)
+    time.sleep(seconds)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("where", "error", "said_as"),
+    [
+        ("_renew_after", ValueError("boom"), "ValueError: boom"),  # outside _keeping
+        ("_hand_back", SystemExit(3), "SystemExit: 3"),  # in it, but no Exception
+    ],
+)
+def test_a_keeper_that_ends_on_an_error_stops_the_worker_handing_its_tasks_back(
+    short_lease: Transport,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    error: BaseException,
+    said_as: str,
+) -> None:
+    """An error in the keeper's loop outside its work on a slot (_renew_after), or one
+    that is no Exception, ended its thread in silence: the worker ran on, the long task's
+    lease lapsed and the other slot ran it again, and the worker exited 0."""
+    RAN.clear()
+    producer = short_lease.producer("replies")
+    long = Task(name="runs", args=["t-long"], kwargs={"seconds": 3.0}, reply_to="replies")
+    producer.submit([long.encode()])
+    registry = Registry()
+    registry.register("runs", runs)
+    original = getattr(Keeper, where)
+
+    def broken(self: Keeper, *args: Any) -> Any:
+        slots = args[0] if isinstance(args[0], list) else [args[0]]
+        if any(slot.batch is not None for slot in slots):
+            raise error
+        return original(self, *args)
+
+    monkeypatch.setattr(Keeper, where, broken)
+    caught: list[BaseException | None] = []
+    monkeypatch.setattr("threading.excepthook", lambda args: caught.append(args.exc_value))
+    out = io.StringIO()
+    options = WorkerOptions(
+        worker_id="w", concurrency=2, prefetch=1, heartbeat_interval=LEASE / 3, exit_when_idle=6
+    )
+    worker = Worker(short_lease, registry, options, Console(quiet=True, out=out, err=out))
+    code = worker.run()
+    said = out.getvalue()
+    assert code == 1, said
+    assert RAN == ["t-long"], said  # not again on the other slot, once its lease lapsed
+    assert (
+        f"the keeper stopped: {said_as} (a bug in distq: please report this line); "
+        "without it no lease is renewed and no time limit enforced: the worker stops at "
+        "once, handing back the tasks it holds (exit 1)"
+    ) in said, said
+    assert caught == [error]  # its traceback, on stderr
+    back = short_lease.consumer("after")  # handed back: queued again at once
+    assert [Task.decode(d.body).id for d in back.fetch(1, 0.5)] == [long.id], said
+    back.close()
+    producer.close()
