@@ -133,7 +133,7 @@ class Keeper:
         drop_consumer: Callable[[Slot, str], int],
         timed_out: Callable[[Delivery, Task, float, float, float], Ending],
         start_slot: Callable[[Slot], None],
-        cannot_start: Callable[[str, RuntimeError], None],
+        cannot_start: Callable[[str, RuntimeError | MemoryError], None],
         lost: Callable[[Exception], None],
         back: Callable[[], None],
         refused: Callable[[ConfigError | CertificateRejected], None],
@@ -390,7 +390,9 @@ class Keeper:
             finally:
                 try:
                     self._start_slot(slot)
-                except RuntimeError as exc:  # the tasks left behind hold the threads
+                # the tasks left behind hold the threads, or the memory (ulimit -v): a
+                # MemoryError went to _keeping, said as a bug, and the slot was gone for good
+                except (RuntimeError, MemoryError) as exc:
                     self._cannot_start(f"slot {slot.index} again after its time limit", exc)
                 finally:  # a thread that cannot start must not keep the worker alive
                     slot.replacing = False

@@ -299,7 +299,7 @@ class Worker:
             for slot in slots:
                 which = f"slot {slot.index + 1} of {len(slots)}"
                 self._start_slot(slot)
-        except RuntimeError as exc:  # "can't start new thread"
+        except (RuntimeError, MemoryError) as exc:  # "can't start new thread", ulimit -v
             self._cannot_start(which, exc)
 
     def _keep(self, slots: list[Slot], done: threading.Event) -> None:
@@ -313,13 +313,13 @@ class Worker:
             self._keeper_error = describe(exc)
             raise
 
-    def _cannot_start(self, which: str, exc: RuntimeError) -> None:
+    def _cannot_start(self, which: str, exc: RuntimeError | MemoryError) -> None:
         """A thread the worker needs did not start: stop warm, exit 2 naming the limits."""
         self._refused(
             ConfigError(
-                f"could not start {which} ({exc}): the process is at a limit on threads or "
-                "memory (ulimit -u or -v, a container's pids or memory limit); lower "
-                "--concurrency, or raise the limit"
+                f"could not start {which} ({str(exc) or type(exc).__name__}): the process "
+                "is at a limit on threads or memory (ulimit -u or -v, a container's pids or "
+                "memory limit); lower --concurrency, or raise the limit"
             )
         )
 
