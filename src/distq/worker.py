@@ -422,6 +422,7 @@ class Worker:
             "it no lease is renewed and no time limit enforced: the worker stops at once, "
             "handing back the tasks it holds (exit 1)"
         )
+        self._stop_warm()  # first: /readyz says "stopping" meanwhile (the cold stop does not)
         self._stop_cold(slots)
         return True
 

@@ -97,6 +97,8 @@ def test_a_keeper_that_ends_on_an_error_stops_the_worker_handing_its_tasks_back(
         "once, handing back the tasks it holds (exit 1)"
     ) in said, said
     assert caught == [error]  # its traceback, on stderr
+    ready = worker.health.readiness.check()  # not ready from the keeper's end: stopping
+    assert (ready.ok, ready.body.get("reason")) == (False, "process: stopping"), ready
     back = short_lease.consumer("after")  # handed back: queued again at once
     assert [Task.decode(d.body).id for d in back.fetch(1, 0.5)] == [long.id], said
     back.close()
