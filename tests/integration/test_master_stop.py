@@ -565,3 +565,64 @@ def test_a_stopped_endless_rate_job_the_broker_also_refused_says_no_exit_1(
     assert "stopped: RabbitMQ refused user 'u'" in said, said
     assert "the stop: took back none of the" in said, said
     assert "(exit 1)" not in said, said
+
+
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("job", [("--tasks", "1"), ("--rate", "2")], ids=["tasks", "endless"])
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_stop_says_a_task_its_stalled_worker_may_still_finish_may_have_run(
+    target: Target, spawn: Spawn, job: tuple[str, str]
+) -> None:
+    """A worker stopped (SIGSTOP) while it runs a task: its 1 s lease lapses and the task
+    goes back on the queue; then the master is stopped. The stop took that copy back and
+    said "took back the 1 tasks still queued (or their retries): they do not run" (an
+    endless --rate job counted it as never submitted, and exited 0), but the worker,
+    continued, finishes it: it ran, its result read by nobody."""
+    env = target.process_env(DISTQ_LEASE_SECONDS="1", DISTQ_PREFETCH="1")
+    master = spawn("master", *job, "--task-delay", "3", "--timeout", "90", env=env)
+    master.wait_for(r"^master .* transport")
+    worker = spawn("worker", "--worker-id", "stalled", env=env)
+    worker.wait_for(TAKEN.pattern)
+    worker.signal(signal.SIGSTOP)
+    try:
+        look = open_transport(target.settings, "worker")
+        with closing(look):
+            deadline = time.monotonic() + 30  # a lease of 1 s, then a sweep
+            while look.stats().in_flight and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stats = look.stats()  # back on the queue, before the stop's first look
+            assert stats.in_flight == 0 < stats.ready, master.output()
+        master.signal(signal.SIGTERM)
+        assert master.wait(30) == 1, master.output()  # missing: it may have run
+    finally:
+        worker.signal(signal.SIGCONT)
+    said = master.output()
+    assert re.search(r"job stopped after .*, 1 missing", said), said
+    had = r"took back the 1 tasks queued again after a worker had them .*: they may have run"
+    assert re.search(rf"^the stop: .*{had}", said, re.MULTILINE), said
+
+
+# RabbitMQ cannot take a message back out of a queue (Producer.withdraw answers False)
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_stop_waits_for_a_task_taken_back_after_its_stalled_worker_had_it(
+    target: Target, hosted: Transport, remote: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that stalled past its 1 s lease (the task back on the queue) before the
+    stop, and comes back during the drain with the task's result: the stop took the
+    queued copy back and did not wait for that worker's (the drain ended at once), so
+    the result that came counted for nothing: 1 missing where the task was done."""
+    looked = first_look_over(monkeypatch)
+    run, reports, stop, out, _ = running(hosted, JobSpec(tasks=1, drain_seconds=5))
+    with held_until_stopped(remote.consumer("stalled-worker"), stop, run) as consumer:
+        [delivery] = fetch_n(consumer, 1)
+        task = Codec().open_task(delivery.body)
+        deadline = time.monotonic() + 20  # a lease of 1 s, then a sweep
+        while hosted.stats().ready < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hosted.stats().ready == 1, out.getvalue()  # back on the queue
+        stop.set()
+        assert looked.wait(20), out.getvalue()  # the queued copy taken back
+        assert run.is_alive(), out.getvalue()  # still in the drain
+        value = task.args[0] ** 2
+        consumer.settle([Settlement(delivery, task.reply_to, ok_result(task, value))])
+    assert reports and (reports[0].ok, reports[0].missing) == (1, 0), out.getvalue()
