@@ -104,6 +104,11 @@ class Link:
     def down(self, reason: str) -> None:
         self._up, self._reason = False, reason
 
+    @property
+    def is_up(self) -> bool:
+        """Whether the last call answered (or :meth:`up` said so) since the last failure."""
+        return self._up
+
     def call(self, timeout: float = 0.0) -> _Call:
         """Context manager around one broker call that may block up to ``timeout`` s.
 

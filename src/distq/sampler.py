@@ -18,6 +18,11 @@ from distq.management import ManagementApi, ManagementError
 from distq.metrics import MasterMetrics
 from distq.transport.base import QueueStats, Transport
 
+#: Seconds before a failed sample is tried again (at most ``interval``): the link turns
+#: up once the broker answers, as the slots reconnect, not an interval later (a worker's
+#: is a third of the lease: 40 s of 503 after the broker was back, at a 2-minute lease).
+RETRY_SECONDS = 1.0
+
 
 class StatsSampler:
     """Samples the broker every ``interval`` seconds, on a daemon thread: ``stats()`` in
@@ -58,7 +63,8 @@ class StatsSampler:
                         f"sampling the broker failed: {type(exc).__name__}: {exc} (a bug in "
                         "distq: please report this line; sampling goes on)"
                     )
-            if self._stop.wait(self.interval):
+            wait = self.interval if self.link.is_up else min(self.interval, RETRY_SECONDS)
+            if self._stop.wait(wait):
                 return
 
     def sample(self) -> QueueStats | None:

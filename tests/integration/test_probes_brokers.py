@@ -7,6 +7,7 @@ and restart it, which the shared brokers must never see.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -143,6 +144,34 @@ def test_a_workers_readiness_is_503_while_the_broker_is_stopped(
         finally:
             server.restart(timeout=120)
         wait_for([port], "/readyz", 200, timeout=RECOVER, alive=[port])
+    finally:
+        stop(process)
+
+
+def test_a_workers_readiness_is_200_again_soon_after_the_broker_is_back_whatever_its_lease(
+    redis_server: LocalRedis,
+) -> None:
+    """A worker asks the broker once a heartbeat interval (a third of the lease), and
+    asked no sooner after a sample had failed: with a 2-minute lease its /readyz stayed
+    503 for up to 40 s after Redis was back, its slots connected and working meanwhile
+    (``distq_ready`` 0, compose's healthcheck "unhealthy"). A failed sample is now tried
+    again within a second, as the slots reconnect."""
+    port = free_port()
+    process = worker(environment("redis", redis_server.url), port, lease="120")
+    try:
+        wait_for([port], "/readyz", 200, timeout=60)
+        redis_server.stop()
+        try:  # the broker link down: a sample failed (within a heartbeat interval, 40 s)
+            deadline = time.monotonic() + 60
+            while True:
+                status, body = get(port, "/readyz")
+                if status == 503 and json.loads(body)["links"].get("broker") != "up":
+                    break
+                assert time.monotonic() < deadline, body
+                time.sleep(0.2)
+        finally:
+            redis_server.restart(timeout=120)
+        wait_for([port], "/readyz", 200, timeout=15, alive=[port])  # not 40 s later
     finally:
         stop(process)
 
