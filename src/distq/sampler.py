@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 from distq.console import Console
 from distq.health import Link
@@ -22,6 +23,10 @@ from distq.transport.base import QueueStats, Transport
 #: up once the broker answers, as the slots reconnect, not an interval later (a worker's
 #: is a third of the lease: 40 s of 503 after the broker was back, at a 2-minute lease).
 RETRY_SECONDS = 1.0
+#: Most seconds a sample may take, as the last one that answered did, before it counts
+#: as hanging (HANG_SECONDS later): a broker that answered that slowly once is not let
+#: off longer than this.
+MOST_ALLOWED_SECONDS = 10.0
 
 
 class StatsSampler:
@@ -42,6 +47,10 @@ class StatsSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="distq-stats", daemon=True)
         self._management_failing = False
+        # how long the last sample that answered took: a RabbitMQ master's is a dozen
+        # round trips, 2.3 s in all to a broker 0.2 s away, each answered; counted as one
+        # call expected at once, it was "no answer from the broker" after 2 s
+        self._took = 0.0
 
     def start(self) -> StatsSampler:
         self._thread.start()
@@ -74,14 +83,19 @@ class StatsSampler:
         (:meth:`~distq.transport.base.Transport.ping`), and returns None.
         """
         try:
-            with self.link.call():
+            with self.link.call(self._took):
+                started = time.monotonic()
                 if self.metrics is None and self.management is None:
                     self.transport.ping()
-                    return None
-                stats = self.transport.stats()
+                    stats = None
+                else:
+                    stats = self.transport.stats()
+                self._took = min(time.monotonic() - started, MOST_ALLOWED_SECONDS)
         except Exception:
             if self.metrics is not None:
                 self.metrics.sampled(None)
+            return None
+        if stats is None:
             return None
         if not stats.in_flight_known and self.management is not None:  # RabbitMQ over AMQP
             stats = self._with_management(stats)

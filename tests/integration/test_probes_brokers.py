@@ -484,6 +484,33 @@ class _Latency:
                 sock.close()
 
 
+def test_a_master_on_a_far_rabbitmq_is_ready_while_each_sample_answers(
+    rabbitmq_server: LocalRabbitMQ,
+) -> None:
+    """A master's sample of a RabbitMQ queue is a dozen round trips (a channel, the task,
+    dead and retry queues' declares): with the broker 0.2 s a round trip away it took
+    2.3 s, all answered, and counted as hanging after 2 s: /readyz said "no answer from
+    the broker" on about one answer in ten. A sample may now take as long as the last
+    one that answered before it counts as hanging."""
+    proxy = _Latency(rabbitmq_server.port, 0.1)
+    url = rabbitmq_server.url.replace(f":{rabbitmq_server.port}/", f":{proxy.port}/")
+    env = environment("rabbitmq", url)
+    port = free_port()
+    process = master(env, port)
+    try:
+        wait_for([port], "/readyz", 200, timeout=90)
+        answers = []
+        deadline = time.monotonic() + 12  # a sample every 0.5 s (DISTQ_STATS_SECONDS)
+        while time.monotonic() < deadline:
+            answers.append(get(port, "/readyz"))
+            time.sleep(0.1)
+        hung = [body for status, body in answers if "no answer from the broker" in body]
+        assert not hung, f"{len(hung)} of {len(answers)}: {hung[0]}"
+    finally:
+        stop(process)
+        proxy.close()
+
+
 def test_a_master_submitting_lost_tasks_again_is_ready_while_each_call_answers(
     redis_server: LocalRedis,
 ) -> None:
