@@ -156,7 +156,10 @@ class Endpoint:
         return {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}
 
     def _metrics(self, accept: str) -> tuple[int, str, bytes]:
-        encoder, content_type = choose_encoder(accept)
+        try:
+            encoder, content_type = choose_encoder(accept)
+        except (TypeError, ValueError):  # a version it cannot compare ("version=zz"): a 500
+            encoder, content_type = choose_encoder("")  # the text format, as with no Accept
         return 200, content_type, encoder(self.registry)
 
     def _healthz(self, accept: str) -> tuple[int, str, bytes]:

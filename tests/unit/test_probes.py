@@ -231,6 +231,32 @@ def test_probes_answer_json_and_metrics_answer_the_exposition(
         assert "distq_example" not in body
 
 
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/openmetrics-text; version=zz",
+        "application/openmetrics-text; version=1.x",
+    ],
+)
+def test_metrics_answer_an_accept_header_they_cannot_read_in_the_text_format(
+    served: tuple[Endpoint, ProcessHealth], accept: str
+) -> None:
+    """prometheus-client's choice of format raised TypeError on a version it could not
+    compare, and /metrics answered 500: a scrape still gets the text format."""
+    endpoint, _ = served
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{endpoint.port}/metrics", headers={"Accept": accept}
+    )
+    try:
+        with opener.open(request, timeout=5) as response:
+            status, kind, body = response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as exc:
+        status, kind, body = exc.code, exc.headers["Content-Type"], exc.read()
+    assert (status, kind.split(";")[0]) == (200, "text/plain"), body
+    assert b"distq_example_total 3.0" in body
+
+
 def ready_samples(port: int) -> list[tuple[dict[str, str], float]]:
     """The ``distq_ready`` samples on the endpoint's /metrics."""
     status, _, text = get(port, "/metrics")
