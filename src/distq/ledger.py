@@ -101,31 +101,15 @@ def withdraw_once(
     copies: Counter[str],
     resubmitted: Collection[str],
     redelivered: bool = True,
-    had: set[str] | None = None,
 ) -> list[Entry]:
     """One withdraw of ``batch``'s bodies, the ids found added to ``taken`` and counted
     in ``copies``; those found of a task submitted again (``resubmitted``), to withdraw
     again: one withdraw takes one copy. What a stopping master and a cancelling
     executor do, each with its own bounds around it (``redelivered``: see
-    :meth:`~distq.transport.base.Producer.withdraw`). With ``had`` (a stopping master's)
-    the copies queued redelivered are taken too, in a second call for the bodies the
-    first did not find, their ids added to ``had``: a worker had them (its lease lapsed
-    while it stalled, or it handed them back), and the copy it had may still run, so
-    the master cannot say they did not run."""
+    :meth:`~distq.transport.base.Producer.withdraw`)."""
     bodies = [body for _, body in batch]
-    if had is not None:
-        gone = producer.withdraw(bodies, False)
-        rest = [at for at, out in enumerate(gone) if not out]
-        again = producer.withdraw([bodies[at] for at in rest]) if rest else []
-        for at, out in zip(rest, again, strict=True):
-            if out:
-                gone[at] = True
-                had.add(batch[at][0])
     # the keyword only when it says something: a stopping master's call is as it was
-    elif redelivered:
-        gone = producer.withdraw(bodies)
-    else:
-        gone = producer.withdraw(bodies, False)
+    gone = producer.withdraw(bodies) if redelivered else producer.withdraw(bodies, False)
     found = [entry for entry, out in zip(batch, gone, strict=True) if out]
     taken.update(task_id for task_id, _ in found)
     copies.update(task_id for task_id, _ in found)

@@ -284,17 +284,13 @@ class _Run(Generic[E]):
         # (an unconfirmed publish that did arrive); a stop takes back every copy queued.
         # Each id: how many times it was submitted again
         self.resubmitted: Counter[str] = Counter()
-        # taken back fewer times than submitted, or after a worker had it (had): a copy
-        # may be with a worker (_drain)
+        # taken back fewer times than submitted: a copy may be with a worker (_drain)
         self.unsure: set[str] = set()
         # taken back as a retry: it ran an attempt, so it was submitted (_never_submitted)
         self.retried: set[str] = set()
         # taken back by a stop or --timeout (a task, or its retry): it does not run after
         self.taken_back: set[str] = set()
         self.never_ran = 0  # of those, an endless --rate job's counted as never submitted
-        # of those, the ones taken back as a copy queued again after a worker had it (its
-        # lease lapsed as it stalled, or it handed it back): that worker's may still run
-        self.had: set[str] = set()
         # no call failed since the broker last answered (at start, or a reconnect): a
         # stop may take its tasks back; one that failed would wait on the broker again
         self.answering = True
@@ -704,10 +700,7 @@ class _Run(Generic[E]):
                     f"did not take back the {left} tasks not answered ({why}): any of "
                     "them still queued stays queued"
                 )
-        # a worker may hold a copy: waited for in the drain, its retries looked for after
-        self.unsure = {
-            tid for tid in taken if copies[tid] <= self.resubmitted[tid] or tid in self.had
-        }
+        self.unsure = {tid for tid in taken if copies[tid] <= self.resubmitted[tid]}
         self.taken_back |= taken
         return taken
 
@@ -731,9 +724,7 @@ class _Run(Generic[E]):
                         had = self.spec.drain_seconds if seconds is None else seconds
                         return f"its {had:g} s to do so ran out"
                     with self.link.call(), self.health.liveness.waiting("job"):
-                        batch = withdraw_once(
-                            self.producer, batch, taken, copies, self.resubmitted, had=self.had
-                        )
+                        batch = withdraw_once(self.producer, batch, taken, copies, self.resubmitted)
             except DistqError as exc:  # no reconnecting on the way out, nor the drain's
                 if isinstance(exc, TransportError):  # calls that would wait on it again
                     self.answering, self.failed_with = False, exc
@@ -743,14 +734,11 @@ class _Run(Generic[E]):
     def _never_submitted(self, withdrawn: set[str]) -> None:
         """An endless ``--rate`` job's stop is its end: the tasks taken back and not
         answered during the drain never ran, and count as never submitted. Not one whose
-        retry was taken back: it ran an attempt that failed, and counts as missing; nor
-        one taken back after a worker had it (:attr:`had`): that worker's may still run."""
+        retry was taken back: it ran an attempt that failed, and counts as missing."""
         gone = [
             task_id
             for task_id in withdrawn
-            if self.collector.is_waiting(task_id)
-            and task_id not in self.retried
-            and task_id not in self.had  # may have run: missing, as a retried one
+            if self.collector.is_waiting(task_id) and task_id not in self.retried
         ]
         if not gone:
             return
@@ -765,8 +753,7 @@ class _Run(Generic[E]):
         """Stopping: take back the tasks still queued (:meth:`_withdraw`), and give those
         in flight ``drain_seconds`` (the two together) to come back (they count as missing
         after that: a job stopped before its end failed); one submitted again and taken
-        back fewer times than it was submitted too, and one taken back as a copy queued
-        again after a worker had it (:attr:`had`): a worker may hold a copy. None when
+        back fewer times than it was submitted too: a worker may hold a copy. None when
         the broker failed its last call: each call would wait on it again."""
         deadline = time.perf_counter() + self.spec.drain_seconds
         withdrawn = self._withdraw(deadline)
@@ -918,13 +905,10 @@ class _Run(Generic[E]):
 
     def _say_left(self, waiting: list[str], timed_out: bool) -> None:
         """The end of a job stopped or past its --timeout, in one line: how many of the
-        tasks not answered it took back (they do not run after it), how many of those a
-        worker had before (its copy may still run), how many it did not take back (a
-        worker's may run on, its result read by nobody); past --timeout, what to do."""
+        tasks not answered it took back (they do not run after it), how many it did not
+        (a worker's may run on, its result read by nobody); past --timeout, what to do."""
         taken = self.never_ran + sum(1 for task_id in waiting if task_id in self.taken_back)
         left = len(waiting) - (taken - self.never_ran)
-        had = sum(1 for task_id in waiting if task_id in self.had and task_id in self.taken_back)
-        taken -= had
         said = []
         if left and not self.producer.takes_back:  # RabbitMQ: "may still run" hid why, and
             # that a worker dead-letters those queued once the master is gone (its queue)
@@ -941,12 +925,6 @@ class _Run(Generic[E]):
             said.append(
                 f"took back the {taken} tasks still queued (or their retries): they do not "
                 f"run{never}"
-            )
-        if had:  # it said "they do not run" of them, and the worker that had one ran it
-            said.append(
-                f"took back the {had} tasks queued again after a worker had them (its lease "
-                "lapsed as it stalled or went away, or it handed them back): they may have "
-                "run, as that worker may still finish them, their results read by nobody"
             )
         if left:
             said.append(f"the {left} not taken back may still run, their results read by nobody")
