@@ -256,6 +256,9 @@ class Worker:
             self._wait(slots)
         except Shutdown:
             self._stop_cold(slots)
+            # a keeper that ended as the second signal came: the main loop that says it was
+            # left, and the worker exited 0 with no line (only the thread's traceback)
+            self._keeper_ended()
         finally:
             self._catches_shutdown = False  # first: no call before it, where a signal lands
             done.set()  # the keeper ends
@@ -413,17 +416,24 @@ class Worker:
         again elsewhere meanwhile) and no time limit ends a task that hangs; handed back
         now, they run once, elsewhere. A keeper that went on past such an error would
         renew nothing each tick the error came back, saying so while leases lapsed."""
-        error, self._keeper_error = self._keeper_error, None
-        if error is None:
+        if not self._keeper_ended():
             return False
-        self._slot_failed = True
+        self._stop_warm()  # first: /readyz says "stopping" meanwhile (the cold stop does not)
+        self._stop_cold(slots)
+        return True
+
+    def _keeper_ended(self) -> bool:
+        """Whether the keeper's thread ended on an error: if so, say it once, exit 1 (the
+        stop is the caller's)."""
+        if self._keeper_error is None:
+            return False
+        self._slot_failed = True  # first: a signal's Shutdown may land in the line below
+        error, self._keeper_error = self._keeper_error, None
         self.console.error(
             f"the keeper stopped: {error} (a bug in distq: please report this line); without "
             "it no lease is renewed and no time limit enforced: the worker stops at once, "
             "handing back the tasks it holds (exit 1)"
         )
-        self._stop_warm()  # first: /readyz says "stopping" meanwhile (the cold stop does not)
-        self._stop_cold(slots)
         return True
 
     def _refused(self, exc: ConfigError | CertificateRejected) -> None:

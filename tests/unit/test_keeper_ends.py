@@ -4,7 +4,9 @@ in silence, on the real manager transport hosted in this process."""
 from __future__ import annotations
 
 import io
+import os
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -102,6 +104,43 @@ def test_a_keeper_that_ends_on_an_error_stops_the_worker_handing_its_tasks_back(
     back = short_lease.consumer("after")  # handed back: queued again at once
     assert [Task.decode(d.body).id for d in back.fetch(1, 0.5)] == [long.id], said
     back.close()
+    producer.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_keeper_that_ends_as_a_second_signal_stops_the_worker_is_said_exit_1(
+    short_lease: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper's end is said by the main loop, which a second SIGTERM's stop at once
+    leaves (Shutdown): a keeper that ended as it came went unsaid, and the worker exited
+    0 with a bug in distq behind it (only the thread's traceback, on stderr)."""
+    producer = short_lease.producer("replies")
+    long = Task(name="runs", args=["t-long"], kwargs={"seconds": 3.0}, reply_to="replies")
+    producer.submit([long.encode()])
+    registry = Registry()
+    registry.register("runs", runs)
+    original = Keeper._renew_after
+
+    def broken(self: Keeper, slots: Any) -> float:
+        if any(slot.batch is not None for slot in slots):
+            os.kill(os.getpid(), signal.SIGTERM)  # stop warm
+            time.sleep(0.2)  # handled apart: two at once are one
+            os.kill(os.getpid(), signal.SIGTERM)  # stop at once: Shutdown in the main loop
+            raise ValueError("boom")
+        return original(self, slots)
+
+    monkeypatch.setattr(Keeper, "_renew_after", broken)
+    monkeypatch.setattr("threading.excepthook", lambda args: None)  # the thread's traceback
+    out = io.StringIO()
+    options = WorkerOptions(
+        worker_id="w", concurrency=2, prefetch=1, heartbeat_interval=LEASE / 3, exit_when_idle=6
+    )
+    worker = Worker(short_lease, registry, options, Console(quiet=True, out=out, err=out))
+    code = worker.run()
+    said = out.getvalue()
+    assert "SIGTERM again: handing back every task in hand and exiting" in said, said
+    assert "the keeper stopped: ValueError: boom (a bug in distq: " in said, said
+    assert code == 1, said
     producer.close()
 
 
