@@ -256,8 +256,9 @@ class Worker:
             self._wait(slots)
         except Shutdown:
             self._stop_cold(slots)
-            # a keeper that ended as the second signal came: the main loop that says it was
-            # left, and the worker exited 0 with no line (only the thread's traceback)
+            # a slot or the keeper that ended as the second signal came: the main loop that
+            # says it was left, and the worker exited 0 with no line (only a traceback)
+            self._slot_stopped()
             self._keeper_ended()
         finally:
             self._catches_shutdown = False  # first: no call before it, where a signal lands

@@ -119,3 +119,37 @@ def test_a_second_signal_during_the_cold_stop_the_drain_began_does_not_restart_i
     assert took < 3.0, (took, said)
     assert "SIGTERM again: already handing back every task and exiting" in said, said
     producer.close()
+
+
+class _Bug(BaseException):
+    """No Exception: it ends a slot's thread (a slot goes on past an Exception)."""
+
+
+def test_a_slot_that_ends_as_a_second_signal_stops_the_worker_is_said_exit_1(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot's end is said by the main loop, which a second SIGTERM's stop at once leaves
+    (Shutdown): a slot that ended on a bug as it came went unsaid, and the worker exited
+    0 (only the thread's traceback, on stderr)."""
+    producer = transport.producer("replies")
+    producer.submit([Task(name="square", args=[3], reply_to="replies").encode()])
+    registry = Registry()
+    registry.register("square", lambda x: x * x)
+
+    def broken(self: Worker, slot: Slot, batch: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # stop warm
+        time.sleep(0.2)  # handled apart: two at once are one
+        os.kill(os.getpid(), signal.SIGTERM)  # stop at once: Shutdown in the main loop
+        raise _Bug("a bug in distq")
+
+    monkeypatch.setattr(Worker, "_run", broken)
+    monkeypatch.setattr("threading.excepthook", lambda args: None)  # the thread's traceback
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=2, prefetch=1, exit_when_idle=6, worker_id="w")
+    worker = Worker(transport, registry, options, Console(quiet=True, out=out, err=out))
+    code = worker.run()
+    said = out.getvalue()
+    assert "SIGTERM again: handing back every task in hand and exiting" in said, said
+    assert "stopped: _Bug: a bug in distq; the worker stops (exit 1)" in said, said
+    assert code == 1, said
+    producer.close()
