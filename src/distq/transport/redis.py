@@ -721,8 +721,10 @@ class RedisTransport(Transport):
         return removed
 
     def stats(self) -> QueueStats:
-        """``ready`` counts ``<queue>`` plus delayed retries; ``in_flight`` every lease;
-        ``consumers`` the slots whose lease is live."""
+        """``ready`` counts ``<queue>`` plus delayed retries and the tasks of lapsed leases
+        (a worker killed: they wait to run again, until a sweep moves them back);
+        ``in_flight`` the tasks of live leases; ``consumers`` the slots whose lease is live
+        (see ``redis_lua/stats.lua``)."""
         with self.errors():
             ready, in_flight, dead, consumers = self.stats_script(
                 self.client, self.keys(), ["", 0, self.inflight_prefix]
