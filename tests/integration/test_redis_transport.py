@@ -3141,3 +3141,31 @@ def test_stats_counts_a_lapsed_lease_as_ready_not_in_flight(
     after = t.stats()
     assert (after.ready, after.in_flight, after.consumers) == (2, 1, 1)
     assert raw.llen(dead.inflight_key) == 0
+
+
+def test_two_deliveries_of_one_lapsed_task_settled_by_body_publish_one_retry(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """A consumer held a task whose lease lapsed, then claimed its copy: two deliveries of
+    one task, one of them in its in-flight list. Settled with a retry each, by body, both
+    retries went out (the gate found the body held for each): one task queued twice. Two
+    tasks of equal bodies both held are two tasks, and both retry."""
+    t = open_transport(lease=0.5)
+    t.producer(t.reply_queue("j")).submit([b"task"])
+    consumer = t.consumer("c")
+    (first,) = consumer.fetch(1, timeout=1)
+    _outlive_lease(raw, t)
+    t.sweep(t.client)  # the lapsed lease goes back
+    (copy,) = consumer.fetch(1, timeout=1)
+    assert copy.body == b"task" and raw.lrange(consumer.inflight_key, 0, -1) == [b"task"]
+    consumer.settle([Settlement(d, retry=b"retry") for d in (first, copy)])
+    assert raw.lrange(t.ready_key, 0, -1) == [b"retry"]
+    assert raw.llen(consumer.inflight_key) == 0 and consumer.late == {b"task"}
+    # two tasks of one body, both held: both retry
+    raw.delete(t.ready_key)
+    t.producer(t.reply_queue("j")).submit([b"twin", b"twin"])
+    twins = consumer.fetch(2, timeout=1)
+    assert [d.body for d in twins] == [b"twin", b"twin"]
+    consumer.settle([Settlement(d, retry=b"again") for d in reversed(twins)])
+    assert raw.lrange(t.ready_key, 0, -1) == [b"again", b"again"]
+    assert raw.llen(consumer.inflight_key) == 0 and not consumer.late

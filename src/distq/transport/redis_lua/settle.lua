@@ -5,12 +5,13 @@
 -- ARGV[7..]: runs (op, arg, n, body 1, ..., body n), n bodies with the same op and arg:
 -- 'r' results for KEYS[arg], 't' retries after arg ms, 'd' dead letters, 'a' acks (arg 0),
 -- and, acking by body, 'g' (arg k, one delivery): the k runs after it are published only
--- if the in-flight list still holds that delivery. A delivery whose lease lapsed went
--- back to the queue (its worker stalled: stopped, paused, a task holding the GIL): its
--- retry or dead letter would start the task again after its result, or fail a task that
--- succeeded; the copy decides. Its result goes, and the copy is dropped if it still waits
--- near the claim end of the ready list, where the lapse put it (a bounded look: a copy
--- claimed again runs again; a scan of a long list blocked Redis for seconds).
+-- if the in-flight list still holds that delivery (the n-th 'g' of a body: n of it). A
+-- delivery whose lease lapsed went back to the queue (its worker stalled: stopped, paused,
+-- a task holding the GIL): its retry or dead letter would start the task again after its
+-- result, or fail a task that succeeded; the copy decides. Its result goes, and the copy
+-- is dropped if it still waits near the claim end of the ready list, where the lapse put
+-- it (a bounded look: a copy claimed again runs again; a scan of a long list blocked Redis
+-- for seconds).
 -- Everything is published before any ack: a failure repeats.
 -- A result goes only to a list whose master is registered and live (KEYS[7]), and the
 -- list expires a grace period after that master's deadline.
@@ -30,14 +31,19 @@ if expect >= 0 then
   if redis.call('GET', settles_of(KEYS[2], ARGV[1]) .. ':claims') ~= ARGV[6] then return 0 end
 end
 local now = now_ms()
-local live, acks, skip, late, unsent = {}, {}, 0, {}, {}
+local live, acks, skip, late, unsent, gated = {}, {}, 0, {}, {}, {}
 local i = 7
 while i <= #ARGV do
   local op, arg, first, last = ARGV[i], tonumber(ARGV[i + 1]), i + 3, i + 2 + tonumber(ARGV[i + 2])
   if skip > 0 then
     skip = skip - 1
   elseif op == 'g' then
-    if not redis.call('LPOS', KEYS[5], ARGV[first]) then
+    -- the n-th gate of a body needs n of it held: two deliveries of one task (its lease
+    -- lapsed, the consumer claimed the copy) held once published two retries
+    local n = (gated[ARGV[first]] or 0) + 1
+    if redis.call('LPOS', KEYS[5], ARGV[first], 'RANK', n) then
+      gated[ARGV[first]] = n
+    else
       skip, late[ARGV[first]] = arg, true
       unsent[#unsent + 1] = ARGV[first]
     end
