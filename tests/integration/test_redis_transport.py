@@ -3169,3 +3169,24 @@ def test_two_deliveries_of_one_lapsed_task_settled_by_body_publish_one_retry(
     consumer.settle([Settlement(d, retry=b"again") for d in reversed(twins)])
     assert raw.lrange(t.ready_key, 0, -1) == [b"again", b"again"]
     assert raw.llen(consumer.inflight_key) == 0 and not consumer.late
+
+
+def test_a_master_stops_on_a_wrong_typed_key_though_a_dead_worker_held_tasks(
+    open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
+) -> None:
+    """A queue key made another type stops a master once no task is leased: the workers
+    finish theirs. A worker SIGKILLed before it, holding tasks, left an in-flight list
+    that no sweep can move back (the ready list is of another type), and the master
+    counted it leased: it waited for those tasks for ever. A lapsed lease is no worker's."""
+    t = open_transport(lease=0.5)
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit(_bodies(2))
+    dead = t.consumer("dead")
+    assert len(dead.fetch(2, timeout=1)) == 2  # then SIGKILLed: never settled nor closed
+    raw.delete(queue)
+    raw.set(queue, "hello")
+    assert producer.reconcile() == 2  # its lease is live: the master waits for them
+    _outlive_lease(raw, t)
+    with pytest.raises(ConfigError, match=queue):
+        producer.reconcile()
+    raw.delete(queue)

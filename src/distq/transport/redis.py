@@ -451,13 +451,22 @@ class RedisTransport(Transport):
                 raise self._wrong_type(key, kind, want, what)
 
     def leased(self, wire: Wire) -> int:
-        """Tasks of the queue leased to workers now (each worker's in-flight list): two
-        round trips, without the ready list, which may be of another type."""
-        (consumers,) = wire.pipeline([("ZRANGE", self.consumers_key, 0, -1)])
-        if isinstance(consumers, Exception) or not consumers:
+        """Tasks of the queue leased to workers now (the in-flight lists of live leases):
+        two round trips, without the ready list, which may be of another type. A lapsed
+        lease's list is no worker's (one SIGKILLed): with the ready list of another type
+        no sweep moves it back, and a master that waited for it waited for ever."""
+        now, leases = wire.pipeline(
+            [("TIME",), ("ZRANGE", self.consumers_key, 0, -1, "WITHSCORES")]
+        )
+        if isinstance(leases, Exception) or not leases:
+            return 0
+        # as now_ms() in prelude.lua; TIME refused (an ACL of commands): every lease counts
+        now_ms = -1 if isinstance(now, Exception) else int(now[0]) * 1000 + int(now[1]) // 1000
+        live = [leases[i] for i in range(0, len(leases), 2) if float(leases[i + 1]) > now_ms]
+        if not live:
             return 0
         prefix = self.inflight_prefix.encode()
-        lengths = wire.pipeline([("LLEN", prefix + consumer) for consumer in consumers])
+        lengths = wire.pipeline([("LLEN", prefix + consumer) for consumer in live])
         return sum(n for n in lengths if isinstance(n, int))
 
     def _typed_keys(self) -> list[tuple[str, str, str]]:
