@@ -9,6 +9,7 @@ fails, hanging when it does not answer.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import time
@@ -23,10 +24,14 @@ from distq.transport.base import QueueStats, Transport
 #: up once the broker answers, as the slots reconnect, not an interval later (a worker's
 #: is a third of the lease: 40 s of 503 after the broker was back, at a 2-minute lease).
 RETRY_SECONDS = 1.0
-#: Most seconds a sample may take, as the last one that answered did, before it counts
-#: as hanging (HANG_SECONDS later): a broker that answered that slowly once is not let
-#: off longer than this.
+#: Most seconds a sample may take, as recent ones that answered did, before it counts
+#: as hanging (HANG_SECONDS later): a broker that answered that slowly is not let off
+#: longer than this.
 MOST_ALLOWED_SECONDS = 10.0
+#: How many answered samples' times a sample's allowance is the least of: one that
+#: answered only after a paused broker resumed (8 s) does not let the next pause go
+#: unseen that long; a far broker's samples, all slow, still allow what each took.
+TIMED_SAMPLES = 3
 
 
 class StatsSampler:
@@ -47,10 +52,10 @@ class StatsSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="distq-stats", daemon=True)
         self._management_failing = False
-        # how long the last sample that answered took: a RabbitMQ master's is a dozen
+        # how long the last samples that answered took: a RabbitMQ master's is a dozen
         # round trips, 2.3 s in all to a broker 0.2 s away, each answered; counted as one
         # call expected at once, it was "no answer from the broker" after 2 s
-        self._took = 0.0
+        self._took: collections.deque[float] = collections.deque(maxlen=TIMED_SAMPLES)
 
     def start(self) -> StatsSampler:
         self._thread.start()
@@ -83,14 +88,14 @@ class StatsSampler:
         (:meth:`~distq.transport.base.Transport.ping`), and returns None.
         """
         try:
-            with self.link.call(self._took):
+            with self.link.call(min(self._took, default=0.0)):
                 started = time.monotonic()
                 if self.metrics is None and self.management is None:
                     self.transport.ping()
                     stats = None
                 else:
                     stats = self.transport.stats()
-                self._took = min(time.monotonic() - started, MOST_ALLOWED_SECONDS)
+                self._took.append(min(time.monotonic() - started, MOST_ALLOWED_SECONDS))
         except Exception:
             if self.metrics is not None:
                 self.metrics.sampled(None)

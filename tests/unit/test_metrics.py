@@ -976,3 +976,34 @@ def test_a_workers_batch_of_one_name_pins_every_bucket_at_the_bounds() -> None:
         assert mine == pytest.approx(theirs, rel=1e-12)
         assert mine[(f"{name}_bucket", "0.0005")] == sum(v <= 0.0005 for v in values)
     assert value(metrics.registry, "distq_worker_tasks_total", task="square", outcome="ok") == 36
+
+
+def test_a_pause_the_broker_answered_after_does_not_let_the_next_sample_hang_longer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sample may take as long as recent ones that answered before it counts as hanging
+    (a RabbitMQ master's is a dozen round trips). One that answered only once a paused
+    broker resumed (8 s) is no measure of the broker's latency: taken as one, the next
+    pause said "no answer" 10 s in, not 2 s, and /readyz stayed 200 meanwhile."""
+    now = [100.0]
+    monkeypatch.setattr("distq.sampler.time.monotonic", lambda: now[0])
+    seen: list[tuple[bool, str]] = []
+
+    class Paused(Counts):
+        takes = 0.01
+
+        def ping(self) -> None:
+            now[0] += self.takes
+            verdict = readiness.check()
+            seen.append((verdict.ok, verdict.body.get("reason", "")))
+
+    transport, readiness = Paused(), Readiness(clock=lambda: now[0])
+    sampler = StatsSampler(transport, 60, readiness.link("broker"))
+    for takes in (0.01, 0.01, 8.0):  # answered at once, twice; then after an 8 s pause
+        transport.takes = takes
+        sampler.sample()
+    assert readiness.check().ok
+    transport.takes = 3.0  # paused again: 3 s without an answer
+    sampler.sample()
+    ok, reason = seen[-1]
+    assert not ok and "no answer from the broker for 3.0 s" in reason, seen
