@@ -1891,6 +1891,77 @@ def test_a_fetch_of_only_a_deferred_copy_returns_without_waiting_it_out(
         )
 
 
+def _relinked(consumer: RabbitMQConsumer) -> None:
+    """``consumer``'s heartbeats until one connects it again (the first may only see its
+    link gone), as the worker's keeper reuses a slot's consumer after a lost link."""
+    for _ in range(3):
+        with contextlib.suppress(TransportError):
+            consumer.heartbeat()
+            return
+    raise AssertionError("the consumer did not connect again")
+
+
+def test_a_fetch_whose_copy_deferral_died_with_its_link_defers_no_copy_for_good(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch got the copy of a task another slot still runs on a lost link, and its link
+    died under the deferral's confirm: the copy was out of the buffer, not handed out,
+    still held. Connected again, the consumer counted it among the tasks it ran on the
+    lost link (``running_lost``) for as long as it lived: once the original failed, every
+    copy of the task was deferred again and again, never run. Put back in the buffer, the
+    reconnect drops it with the buffer (the broker requeued it), and the copy runs."""
+    t = open_transport(lease=1.0)
+    producer, consumer, delivery = _one_task_on_a_lost_link(t)
+    with pytest.raises(TransportError):
+        consumer.heartbeat()
+    consumer.heartbeat()  # a new link: t1 is lost with the old one, its copy queued
+    other = t.consumer("c2")  # another slot of the same worker
+    link = other._link
+
+    def cut(keep: int = 0) -> None:  # the link dies just as the deferral is confirmed
+        link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+        rabbitmq_link.Link.confirm(link, keep)
+
+    monkeypatch.setattr(link, "confirm", cut)
+    with _closed_after(other, consumer, producer):
+        with pytest.raises(TransportError):
+            other.fetch(1, 2.0)
+        monkeypatch.undo()
+        _relinked(other)  # reused after the failed fetch, as an Executor may
+        consumer.settle([Settlement(delivery, retry=b"t1-retried")])  # failed: the copy runs
+        assert not t.running_lost, "a task no slot ran still counts as running here"
+        again = fetch_n(other, 1, within=5)
+        assert [d.body for d in again] == [b"t1"]
+
+
+def test_a_fetch_whose_copy_deferral_was_refused_hands_the_copy_out_later(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch's deferral of a copy failed on a link that lives on (the broker returned
+    the publish: its retry queue was gone): the copy stayed held but out of the buffer,
+    so no later fetch handed it out, and the consumer held it, unsettled, until it
+    closed (the heartbeat then kept it in a lease record for good). Back in the buffer,
+    the next fetch takes it, and once its original failed it runs."""
+    t = open_transport(lease=1.0)
+    producer, consumer, delivery = _one_task_on_a_lost_link(t)
+    with pytest.raises(TransportError):
+        consumer.heartbeat()
+    consumer.heartbeat()  # a new link: t1 is lost with the old one, its copy queued
+    other = t.consumer("c2")
+    # the retry queue not declared: the broker returns the deferral's mandatory publish
+    monkeypatch.setattr(other._retries, "declare", lambda link, ms: None)
+    with _closed_after(other, consumer, producer):
+        with pytest.raises(TransportError, match="no queue"):
+            other.fetch(1, 2.0)
+        monkeypatch.undo()
+        assert other._link.is_open
+        consumer.settle([Settlement(delivery, retry=b"t1-retried")])  # failed: the copy runs
+        again = fetch_n(other, 1, within=3)
+        assert [d.body for d in again] == [b"t1"], "the copy is held, never handed out"
+        other.settle([Settlement(again[0])])
+        assert other.held == 0
+
+
 def test_a_copy_fetched_before_its_originals_slot_connected_again_waits_too(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

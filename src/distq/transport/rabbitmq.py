@@ -1032,46 +1032,51 @@ class RabbitMQConsumer(Consumer):
             self._link.check_open()  # not pika's bare ValueError on a closed connection
             if len(self._buffer) < want:
                 self._size_window(want)
-            got = _receive_until(self._link.connection, self._buffer, want, timeout)
-            got, behind = self._checked(got, want)
-            if behind:  # all went behind: wait on for others, as for an empty queue
-                got = self._after_move(want, time.monotonic() + timeout)
-            # a mixed job: a pack still buffered counts though a smaller message came
-            # after it (the last message's count alone kept 30 tasks from idle workers)
-            buffered, packed = self._buffer, self._per_message
-            if want >= packed and len(buffered) > want:
-                packed = max(packed, self._held.most_of_one_message(buffered))
-            short, was_short = want < packed, self._short
-            # an empty fetch (idle before a job) is no sign of slow tasks: it made the
-            # first task's fetch split its pack, 31 tasks back one per message a worker
-            self._short = short and bool(got)
-            # one short fetch is no sign of slow tasks: after whole packs, one slow batch
-            # of fast tasks (a process preempted for 40 ms; its split sent a 4,096-task
-            # buffer back one task per message); as a slot's first, one task before any
-            # ran (31 of its pack sent back one per message, that the next fetch of fast
-            # tasks takes whole). A second in a row splits; until then a slow task's
-            # neighbours wait for it at most a heartbeat, whose hand-back sends them back.
-            # A slot whose prefetch is under a pack's never takes one whole: no waiting
-            # for that (DISTQ_PREFETCH=1 held 31 tasks from idle workers a task long)
-            # A slot whose batch grows (a worker's start: 1, 7, 14, 29 tasks after a slow
-            # first task) takes its buffer whole soon: each of those split its pack, 50 to
-            # 100 tasks of a 500-task job sent back. Only a fetch no larger than the last
-            # splits. ``whole`` is judged by the buffered pack (``packed``): by the last
-            # message's count, a single after it, DISTQ_PREFETCH=8 held 31 a slow task long
-            whole = self._transport.settings.prefetch >= packed
-            growing, self._last_want = want > self._last_want, want
-            split = short and ((was_short and not growing) or not whole)
-            if self._buffer and split and time.monotonic() >= self._split_after:
-                # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
-                # the pack goes back in messages of what it takes, for idle workers. What
-                # the broker refuses (a full queue) stays here, and runs in this slot
-                rest = sorted(tags_of(self._buffer, int, "rabbitmq"))
-                self._buffer.clear()
-                kept = self._give_back(rest, whole=False, per_message=want)
-                if kept:
-                    self._buffer.extend(kept)
-                    self._split_after = time.monotonic() + _SPLIT_PAUSE_S
-            return got
+            taken = _receive_until(self._link.connection, self._buffer, want, timeout)
+            again, requeued = self._again, self._requeued  # as they were: see _put_back
+            try:
+                got, behind = self._checked(taken, want)
+                if behind:  # all went behind: wait on for others, as for an empty queue
+                    got = self._after_move(want, time.monotonic() + timeout)
+                # a mixed job: a pack still buffered counts though a smaller message came
+                # after it (the last message's count alone kept 30 tasks from idle workers)
+                buffered, packed = self._buffer, self._per_message
+                if want >= packed and len(buffered) > want:
+                    packed = max(packed, self._held.most_of_one_message(buffered))
+                short, was_short = want < packed, self._short
+                # an empty fetch (idle before a job) is no sign of slow tasks: it made the
+                # first task's fetch split its pack, 31 tasks back one per message a worker
+                self._short = short and bool(got)
+                # one short fetch is no sign of slow tasks: after whole packs, one slow batch
+                # of fast tasks (a process preempted for 40 ms; its split sent a 4,096-task
+                # buffer back one task per message); as a slot's first, one task before any
+                # ran (31 of its pack sent back one per message, that the next fetch of fast
+                # tasks takes whole). A second in a row splits; until then a slow task's
+                # neighbours wait for it at most a heartbeat, whose hand-back sends them back.
+                # A slot whose prefetch is under a pack's never takes one whole: no waiting
+                # for that (DISTQ_PREFETCH=1 held 31 tasks from idle workers a task long)
+                # A slot whose batch grows (a worker's start: 1, 7, 14, 29 tasks after a slow
+                # first task) takes its buffer whole soon: each of those split its pack, 50 to
+                # 100 tasks of a 500-task job sent back. Only a fetch no larger than the last
+                # splits. ``whole`` is judged by the buffered pack (``packed``): by the last
+                # message's count, a single after it, DISTQ_PREFETCH=8 held 31 a slow task long
+                whole = self._transport.settings.prefetch >= packed
+                growing, self._last_want = want > self._last_want, want
+                split = short and ((was_short and not growing) or not whole)
+                if self._buffer and split and time.monotonic() >= self._split_after:
+                    # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
+                    # the pack goes back in messages of what it takes, for idle workers. What
+                    # the broker refuses (a full queue) stays here, and runs in this slot
+                    rest = sorted(tags_of(self._buffer, int, "rabbitmq"))
+                    kept = self._give_back(rest, whole=False, per_message=want)
+                    self._buffer.clear()  # after: a failure leaves them to _put_back
+                    if kept:
+                        self._buffer.extend(kept)
+                        self._split_after = time.monotonic() + _SPLIT_PAUSE_S
+                return got
+            except BaseException:
+                self._put_back(taken, again, requeued)
+                raise
 
     def answers(self, timeout: float) -> float | None:
         """A ``basic_qos`` round trip: :meth:`fetch` only waits for what the broker
@@ -1182,11 +1187,37 @@ class RabbitMQConsumer(Consumer):
         for a task another slot or worker handed back (a close requeues it) ended before
         its timeout, with the task published again for it to take."""
         while (left := until - time.monotonic()) > 0:
-            got = _receive_until(self._link.connection, self._buffer, want, left)
-            got, _ = self._checked(got, want)
+            taken = _receive_until(self._link.connection, self._buffer, want, left)
+            again, requeued = self._again, self._requeued
+            try:
+                got, _ = self._checked(taken, want)
+            except BaseException:
+                self._put_back(taken, again, requeued)
+                raise
             if got:
                 return got
         return []
+
+    def _put_back(self, taken: list[Delivery], again: set[object], requeued: set[object]) -> None:
+        """A fetch failed after it took ``taken`` from the buffer (a copy's ack, a
+        deferral's or a split's publish or confirm, on a link that died or a broker that
+        returned it): those still held go back to the buffer's front, as they came, with
+        the marks they had (``again``, ``requeued``: the sets before the fetch), and
+        tasks a failed split released leave it. Left out, they were held, never handed
+        out nor settled: on a link that lived on, no fetch handed them out, the heartbeat
+        kept them in lease records, until the consumer closed; after a reconnect they
+        counted among the tasks that still ran on the lost link, and every copy of them
+        was deferred for as long as the consumer lived."""
+        held, buffer = self._held, self._buffer
+        buffered = [d for d in buffer if d.tag in held]
+        tags = {d.tag for d in buffered}
+        back = [d for d in taken if d.tag in held and d.tag not in tags]
+        buffer.clear()
+        buffer += back
+        buffer += buffered
+        marked = {d.tag for d in back}
+        self._again |= marked & again
+        self._requeued |= marked & requeued
 
     def _checked(self, got: list[Delivery], want: int) -> tuple[list[Delivery], bool]:
         """``got`` but the copies of tasks done or still running in this process
