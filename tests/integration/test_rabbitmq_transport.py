@@ -1962,6 +1962,39 @@ def test_a_fetch_whose_copy_deferral_was_refused_hands_the_copy_out_later(
         assert other.held == 0
 
 
+def test_a_heartbeat_whose_hand_back_failed_before_any_release_defers_no_copy_for_good(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat hands back what its slot has not taken (the buffer), cleared first:
+    its link died before any was released (the lease records' check after a reconnect
+    went first), and the buffered tasks stayed held, out of the buffer. The next
+    heartbeat, connected again, counted them among the tasks still running on the lost
+    link: another slot of the worker deferred each copy of them, for as long as the
+    consumer lived. Left in the buffer, they go with the lost link, and their copies run."""
+    t = open_transport(lease=30.0)
+    producer = t.producer(t.reply_queue("p"))
+    typed = pika.BasicProperties(type=TASKS_TYPE)
+    raw.basic_publish("", queue, pack([b"t0", b"t1"]), properties=typed)  # one message
+    consumer = t.consumer("c")
+    assert [d.body for d in fetch_n(consumer, 1)] == [b"t0"]  # handed out, running
+    assert [d.body for d in consumer._buffer] == [b"t1"]
+    link = consumer._link
+
+    def cut() -> None:  # the link dies before the hand-back releases anything
+        link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+        raise pika.exceptions.ConnectionWrongStateError("the connection was closed")
+
+    monkeypatch.setattr(consumer, "_check_records", cut)
+    other = t.consumer("c2")  # another slot of the same worker
+    with _closed_after(other, consumer, producer):
+        with pytest.raises(TransportError):
+            consumer.heartbeat()
+        monkeypatch.undo()
+        _relinked(consumer)
+        again = fetch_n(other, 2, within=3)  # t0's copy waits for its original; t1 runs
+        assert [d.body for d in again] == [b"t1"], "t1, never handed out, counts as running"
+
+
 def test_a_copy_fetched_before_its_originals_slot_connected_again_waits_too(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -1347,8 +1347,16 @@ class RabbitMQConsumer(Consumer):
                 rest = sorted(tags_of(self._buffer, int, "rabbitmq"))
                 if not self._counting:  # requeued, maybe: see _move_behind
                     self._transport.handed_back.add(d.body for d in self._buffer)
+                try:
+                    kept = self._give_back(rest)  # what a full queue refused
+                except BaseException:
+                    # those still held stay buffered: cleared before, they were held,
+                    # never handed out, and a reconnect counted them as running (their
+                    # copies deferred for good)
+                    self._put_back([], self._again, self._requeued)
+                    raise
                 self._buffer.clear()
-                self._buffer.extend(self._give_back(rest))  # what a full queue refused
+                self._buffer.extend(kept)
             self._hold_long_ones()
 
     def _hold_long_ones(self) -> None:
