@@ -1995,6 +1995,37 @@ def test_a_heartbeat_whose_hand_back_failed_before_any_release_defers_no_copy_fo
         assert [d.body for d in again] == [b"t1"], "t1, never handed out, counts as running"
 
 
+def test_a_done_copy_whose_ack_died_with_its_link_is_still_not_run(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch met the copy of a task done here on a lost link and took it out of the
+    copies to ack unrun, then its link died under the ack: the broker gave the copy back,
+    and the next fetch handed it out to run a second time, its result already sent. It is
+    remembered until its ack goes: acked unrun again."""
+    t = open_transport(lease=30.0)
+    producer, consumer, delivery = _one_task_on_a_lost_link(t)
+    with pytest.raises(TransportError):
+        consumer.heartbeat()
+    consumer.heartbeat()  # a new link: t1 is lost with the old one, its copy queued
+    consumer.settle([Settlement(delivery, reply_to=producer.reply_to, result=b"r1")])
+    assert producer.results(10, 5.0) == [b"r1"]
+    other = t.consumer("c2")
+    link = other._link
+
+    def cut(*args: Any, **kwargs: Any) -> None:  # the link dies under the copy's ack
+        link.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+        raise pika.exceptions.ConnectionWrongStateError("the connection was closed")
+
+    monkeypatch.setattr(link.channel, "basic_ack", cut)
+    with _closed_after(other, consumer, producer):
+        with pytest.raises(TransportError):
+            fetch_n(other, 1)
+        monkeypatch.undo()
+        _relinked(other)
+        assert fetch_n(other, 1, within=2) == [], "the copy of a task done runs again"
+        assert _ready(raw, queue) == 0
+
+
 def test_a_copy_fetched_before_its_originals_slot_connected_again_waits_too(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -1108,7 +1108,15 @@ class RabbitMQConsumer(Consumer):
         copies = self._transport.done_copies
         # redelivered, or not (a lease record expired into the queue is a new message)
         done = [d for d in got if copies.take(d.body)]
-        return self._acked_out(got, done) if done else got
+        if not done:
+            return got
+        try:
+            return self._acked_out(got, done)
+        except BaseException:
+            # not acked: the broker gives them back with the link, still done (forgotten,
+            # the copy given back ran a second time, its result sent already)
+            copies.add(d.body for d in done)
+            raise
 
     def _acked_out(self, got: list[Delivery], taken: list[Delivery]) -> list[Delivery]:
         """``got`` but ``taken``, settled here (their messages acked once all their tasks
