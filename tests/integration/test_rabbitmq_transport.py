@@ -2026,6 +2026,60 @@ def test_a_done_copy_whose_ack_died_with_its_link_is_still_not_run(
         assert _ready(raw, queue) == 0
 
 
+def test_a_copy_whose_deferral_was_refused_is_checked_again_by_the_next_fetch(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy is checked because it came redelivered (its original's slot has not
+    connected again: nothing counts it as running yet). Its deferral failed; put back in
+    the buffer without that mark, the next fetch handed it out unchecked, to run beside
+    its original. It keeps the mark, and waits."""
+    t = open_transport(lease=1.0)
+    producer, consumer, delivery = _one_task_on_a_lost_link(t)
+    with pytest.raises(TransportError):
+        consumer.heartbeat()  # the keeper sees the loss; no new link yet
+    other = t.consumer("c2")
+    # the retry queue not declared: the broker returns the deferral's mandatory publish
+    monkeypatch.setattr(other._retries, "declare", lambda link, ms: None)
+    with _closed_after(other, consumer, producer):
+        with pytest.raises(TransportError, match="no queue"):
+            other.fetch(1, 2.0)
+        monkeypatch.undo()
+        assert other.fetch(1, 1.0) == [], "the copy ran beside its original"
+        _the_original_ends_and_its_copy_is_acked_unrun(
+            raw, queue, producer, consumer, other, delivery
+        )
+
+
+def test_a_fetch_whose_split_failed_hands_out_its_task_next_time(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot's short fetch split its pack (DISTQ_PREFETCH=8: at once) and the broker
+    failed the give-back on a link that lived on: the fetch had cleared its buffer first,
+    so the task it took was held, never handed out, nor settled until the consumer
+    closed. It comes with the next fetch; the rest of the pack, published again, runs
+    elsewhere, each task once."""
+    t = open_transport(prefetch=8)
+    packed = [f"p-{i}".encode() for i in range(TASKS_PER_MESSAGE)]
+    raw.basic_publish("", queue, pack(packed), properties=pika.BasicProperties(type=TASKS_TYPE))
+    slot = t.consumer("slot")
+    link = slot._link
+
+    def returned() -> None:  # as the broker's return of a publish is raised
+        raise TransportError(f"RabbitMQ at {t.describe()} has no queue to route to")
+
+    monkeypatch.setattr(link, "check", returned)
+    with _closed_after(slot):
+        with pytest.raises(TransportError, match="no queue"):
+            slot.fetch(1, 5.0)
+        monkeypatch.undo()
+        mine = slot.fetch(1, 1.0)
+        assert [d.body for d in mine] == [b"p-0"], "the task the failed fetch took is lost"
+        slot.settle([Settlement(d) for d in mine])
+        assert slot.held == 0
+    rest = fetch_n(t.consumer("idle"), TASKS_PER_MESSAGE - 1, within=5)
+    assert sorted(d.body for d in rest) == sorted(packed[1:])
+
+
 def test_a_copy_fetched_before_its_originals_slot_connected_again_waits_too(
     open_transport: OpenTransport, raw: Any, queue: str
 ) -> None:

@@ -1032,51 +1032,50 @@ class RabbitMQConsumer(Consumer):
             self._link.check_open()  # not pika's bare ValueError on a closed connection
             if len(self._buffer) < want:
                 self._size_window(want)
-            taken = _receive_until(self._link.connection, self._buffer, want, timeout)
-            again, requeued = self._again, self._requeued  # as they were: see _put_back
-            try:
-                got, behind = self._checked(taken, want)
-                if behind:  # all went behind: wait on for others, as for an empty queue
-                    got = self._after_move(want, time.monotonic() + timeout)
-                # a mixed job: a pack still buffered counts though a smaller message came
-                # after it (the last message's count alone kept 30 tasks from idle workers)
-                buffered, packed = self._buffer, self._per_message
-                if want >= packed and len(buffered) > want:
-                    packed = max(packed, self._held.most_of_one_message(buffered))
-                short, was_short = want < packed, self._short
-                # an empty fetch (idle before a job) is no sign of slow tasks: it made the
-                # first task's fetch split its pack, 31 tasks back one per message a worker
-                self._short = short and bool(got)
-                # one short fetch is no sign of slow tasks: after whole packs, one slow batch
-                # of fast tasks (a process preempted for 40 ms; its split sent a 4,096-task
-                # buffer back one task per message); as a slot's first, one task before any
-                # ran (31 of its pack sent back one per message, that the next fetch of fast
-                # tasks takes whole). A second in a row splits; until then a slow task's
-                # neighbours wait for it at most a heartbeat, whose hand-back sends them back.
-                # A slot whose prefetch is under a pack's never takes one whole: no waiting
-                # for that (DISTQ_PREFETCH=1 held 31 tasks from idle workers a task long)
-                # A slot whose batch grows (a worker's start: 1, 7, 14, 29 tasks after a slow
-                # first task) takes its buffer whole soon: each of those split its pack, 50 to
-                # 100 tasks of a 500-task job sent back. Only a fetch no larger than the last
-                # splits. ``whole`` is judged by the buffered pack (``packed``): by the last
-                # message's count, a single after it, DISTQ_PREFETCH=8 held 31 a slow task long
-                whole = self._transport.settings.prefetch >= packed
-                growing, self._last_want = want > self._last_want, want
-                split = short and ((was_short and not growing) or not whole)
-                if self._buffer and split and time.monotonic() >= self._split_after:
-                    # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
-                    # the pack goes back in messages of what it takes, for idle workers. What
-                    # the broker refuses (a full queue) stays here, and runs in this slot
-                    rest = sorted(tags_of(self._buffer, int, "rabbitmq"))
+            got = _receive_until(self._link.connection, self._buffer, want, timeout)
+            got, behind = self._checked(got, want)
+            if behind:  # all went behind: wait on for others, as for an empty queue
+                got = self._after_move(want, time.monotonic() + timeout)
+            # a mixed job: a pack still buffered counts though a smaller message came
+            # after it (the last message's count alone kept 30 tasks from idle workers)
+            buffered, packed = self._buffer, self._per_message
+            if want >= packed and len(buffered) > want:
+                packed = max(packed, self._held.most_of_one_message(buffered))
+            short, was_short = want < packed, self._short
+            # an empty fetch (idle before a job) is no sign of slow tasks: it made the
+            # first task's fetch split its pack, 31 tasks back one per message a worker
+            self._short = short and bool(got)
+            # one short fetch is no sign of slow tasks: after whole packs, one slow batch
+            # of fast tasks (a process preempted for 40 ms; its split sent a 4,096-task
+            # buffer back one task per message); as a slot's first, one task before any
+            # ran (31 of its pack sent back one per message, that the next fetch of fast
+            # tasks takes whole). A second in a row splits; until then a slow task's
+            # neighbours wait for it at most a heartbeat, whose hand-back sends them back.
+            # A slot whose prefetch is under a pack's never takes one whole: no waiting
+            # for that (DISTQ_PREFETCH=1 held 31 tasks from idle workers a task long)
+            # A slot whose batch grows (a worker's start: 1, 7, 14, 29 tasks after a slow
+            # first task) takes its buffer whole soon: each of those split its pack, 50 to
+            # 100 tasks of a 500-task job sent back. Only a fetch no larger than the last
+            # splits. ``whole`` is judged by the buffered pack (``packed``): by the last
+            # message's count, a single after it, DISTQ_PREFETCH=8 held 31 a slow task long
+            whole = self._transport.settings.prefetch >= packed
+            growing, self._last_want = want > self._last_want, want
+            split = short and ((was_short and not growing) or not whole)
+            if self._buffer and split and time.monotonic() >= self._split_after:
+                # a slot taking fewer tasks than a pack holds runs slow ones: the rest of
+                # the pack goes back in messages of what it takes, for idle workers. What
+                # the broker refuses (a full queue) stays here, and runs in this slot
+                rest = sorted(tags_of(self._buffer, int, "rabbitmq"))
+                try:
                     kept = self._give_back(rest, whole=False, per_message=want)
-                    self._buffer.clear()  # after: a failure leaves them to _put_back
-                    if kept:
-                        self._buffer.extend(kept)
-                        self._split_after = time.monotonic() + _SPLIT_PAUSE_S
-                return got
-            except BaseException:
-                self._put_back(taken, again, requeued)
-                raise
+                except BaseException:
+                    self._put_back(got)  # the fetch fails: none of them is handed out
+                    raise
+                self._buffer.clear()
+                if kept:
+                    self._buffer.extend(kept)
+                    self._split_after = time.monotonic() + _SPLIT_PAUSE_S
+            return got
 
     def answers(self, timeout: float) -> float | None:
         """A ``basic_qos`` round trip: :meth:`fetch` only waits for what the broker
@@ -1195,27 +1194,28 @@ class RabbitMQConsumer(Consumer):
         for a task another slot or worker handed back (a close requeues it) ended before
         its timeout, with the task published again for it to take."""
         while (left := until - time.monotonic()) > 0:
-            taken = _receive_until(self._link.connection, self._buffer, want, left)
-            again, requeued = self._again, self._requeued
-            try:
-                got, _ = self._checked(taken, want)
-            except BaseException:
-                self._put_back(taken, again, requeued)
-                raise
+            got = _receive_until(self._link.connection, self._buffer, want, left)
+            got, _ = self._checked(got, want)
             if got:
                 return got
         return []
 
-    def _put_back(self, taken: list[Delivery], again: set[object], requeued: set[object]) -> None:
+    def _put_back(
+        self,
+        taken: list[Delivery],
+        again: Collection[object] = (),
+        requeued: Collection[object] = (),
+    ) -> None:
         """A fetch failed after it took ``taken`` from the buffer (a copy's ack, a
         deferral's or a split's publish or confirm, on a link that died or a broker that
         returned it): those still held go back to the buffer's front, as they came, with
-        the marks they had (``again``, ``requeued``: the sets before the fetch), and
-        tasks a failed split released leave it. Left out, they were held, never handed
-        out nor settled: on a link that lived on, no fetch handed them out, the heartbeat
-        kept them in lease records, until the consumer closed; after a reconnect they
-        counted among the tasks that still ran on the lost link, and every copy of them
-        was deferred for as long as the consumer lived."""
+        the marks they had (among ``again``, ``requeued``, the sets before the fetch
+        changed them), and tasks a failed split released leave it.
+        Left out, they were held, never handed out nor settled: on a link that lived on,
+        no fetch handed them out, the heartbeat kept them in lease records, until the
+        consumer closed; after a reconnect they counted among the tasks that still ran on
+        the lost link, and every copy of them was deferred for as long as the consumer
+        lived."""
         held, buffer = self._held, self._buffer
         buffered = [d for d in buffer if d.tag in held]
         tags = {d.tag for d in buffered}
@@ -1223,9 +1223,8 @@ class RabbitMQConsumer(Consumer):
         buffer.clear()
         buffer += back
         buffer += buffered
-        marked = {d.tag for d in back}
-        self._again |= marked & again
-        self._requeued |= marked & requeued
+        self._again.update(d.tag for d in back if d.tag in again)
+        self._requeued.update(d.tag for d in back if d.tag in requeued)
 
     def _checked(self, got: list[Delivery], want: int) -> tuple[list[Delivery], bool]:
         """``got`` but the copies of tasks done or still running in this process
@@ -1233,15 +1232,30 @@ class RabbitMQConsumer(Consumer):
         (:meth:`_move_behind`), and whether ``got`` went behind whole: a fetch then waits
         on for others. None left of ``got`` as copies (deferred) is no such case: no wait
         (one waited out its fetch, each lease deferring again the copy back from its retry
-        queue). Requeued tasks are looked for only among redelivered ones (in ``_again``)."""
+        queue). Requeued tasks are looked for only among redelivered ones (in ``_again``).
+
+        Failing, it puts those of ``got`` still held back in the buffer
+        (:meth:`_put_back`), with the marks they had (redelivered, requeued), for the next
+        fetch to look at again. Caught in the branches that can fail, not around every
+        fetch (a try there cost a fetch of a buffered task 60 to 90 instructions more),
+        and no closure here (one over ``self`` cost 250 more: a cell for it each call)."""
         transport = self._transport
         if transport.done_copies and got:
-            got = self._drop_done(got)
+            try:
+                got = self._drop_done(got)
+            except BaseException:
+                self._put_back(got)
+                raise
         if got and (transport.running_lost or self._again or transport.deferred):
-            got = self._defer_running(got)
-            if self._requeued and got:
-                got = self._move_behind(got, want)
-                return got, not got
+            checked, again, requeued = got, self._again, self._requeued
+            try:
+                got = self._defer_running(got)
+                if self._requeued and got:
+                    got = self._move_behind(got, want)
+                    return got, not got
+            except BaseException:
+                self._put_back(checked, again, requeued)
+                raise
         return got, False
 
     def handed_out(self) -> set[bytes] | None:
@@ -1361,7 +1375,7 @@ class RabbitMQConsumer(Consumer):
                     # those still held stay buffered: cleared before, they were held,
                     # never handed out, and a reconnect counted them as running (their
                     # copies deferred for good)
-                    self._put_back([], self._again, self._requeued)
+                    self._put_back([])
                     raise
                 self._buffer.clear()
                 self._buffer.extend(kept)
