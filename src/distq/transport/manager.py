@@ -51,6 +51,7 @@ import errno
 import functools
 import logging
 import pickle
+import re
 import secrets
 import socket
 import threading
@@ -876,9 +877,37 @@ def _call(address: str, method: Callable[..., _T], *args: Any, **named: Any) -> 
         raise FailedRequest(f"the master at {address} failed a request: {shown}", text) from None
     except pickle.UnpicklingError as exc:  # wire.Refused: a reply naming a global; or garbage
         _close_proxy(proxy, lost=True)  # not a master to keep talking to
-        raise TransportError(
-            f"refused a reply of the master at {address} and dropped the connection: {exc}"
+        raise RefusedReply(
+            f"refused a reply of the master at {address} and dropped the connection: {exc}",
+            getattr(exc, "raised", None),
         ) from None
+
+
+class RefusedReply(TransportError):
+    """A reply the worker refused (:class:`wire.Refused`); ``raised``: the error it
+    carried, if the master's broker method raised one."""
+
+    def __init__(self, message: str, raised: BaseException | None) -> None:
+        super().__init__(message)
+        self.raised = raised
+
+
+#: The end of a master's error for a settle it refused in part (``manager_broker._refused``,
+#: since ba95904): how many of the call's settlements, the refused one and those after
+#: it, it did not take; it took those before.
+_NOT_SETTLED = re.compile(
+    r": (\d+) tasks? not settled, run again as leases lapse \(another program\?\)\Z"
+)
+
+
+def _taken(exc: TransportError, count: int) -> int:
+    """How many of a settle call's ``count`` settlements its master took though it failed
+    ``exc``: those before the one it refused (:meth:`QueueBroker.settle` takes none
+    after it); 0 for any other failure (none known taken)."""
+    raised = exc.raised if isinstance(exc, RefusedReply) else None
+    text = raised.args[0] if isinstance(raised, ValueError) and raised.args else None
+    found = _NOT_SETTLED.search(text) if isinstance(text, str) else None
+    return 0 if found is None else max(0, count - int(found.group(1)))
 
 
 class FailedRequest(TransportError):
@@ -1210,9 +1239,21 @@ class ManagerConsumer(Consumer):
             self.settled_late = frozenset(self._answered) - frozenset(self.late)
             raise
 
+    @contextlib.contextmanager
+    def _taking_refused(self, settlements: Sequence[Settlement]) -> Iterator[None]:
+        """One settle call's: those of its ``settlements`` the master took though it
+        refused one (:func:`_taken`) are answered (:meth:`_telling_settled`): their
+        results went out, and the worker counted the whole call handed back."""
+        try:
+            yield
+        except TransportError as exc:
+            if taken := _taken(exc, len(settlements)):
+                self._answered += (s.delivery.tag for s in settlements[:taken])
+            raise
+
     def _settle(self, settlements: Sequence[Settlement]) -> None:
         """One call of :meth:`settle`'s, its late tokens added to :attr:`late`."""
-        with self._bounded():
+        with self._bounded(), self._taking_refused(settlements):
             late = _call(
                 self._address, self._broker.settle, self._queue, self._id, _wire(settlements)
             )
@@ -1235,13 +1276,14 @@ class ManagerConsumer(Consumer):
             return []
         self._begin()
         settlements = self._fitted(settlements)
-        if len(settlements) == 1:  # one call, whatever its size: no earlier call to tell of
+        if len(settlements) == 1:  # one call, whatever its size: none taken if refused
             return self._settle_last_then_fetch(settlements, max_count, timeout)
         with self._telling_settled():
             *before, settlements = _settle_batches(settlements)  # large results
             for batch in before:
                 self._settle(batch)
-            return self._settle_last_then_fetch(settlements, max_count, timeout)
+            with self._taking_refused(settlements):
+                return self._settle_last_then_fetch(settlements, max_count, timeout)
 
     def _settle_last_then_fetch(
         self, settlements: Sequence[Settlement], max_count: int, timeout: float

@@ -411,7 +411,12 @@ _SHOWN_NAME = 200
 
 
 class Refused(pickle.UnpicklingError):
-    """A message that names a global its receiver does not unpickle: not loaded."""
+    """A message that names a global its receiver does not unpickle: not loaded. Or a
+    reply that is no distq master's answer; ``raised``: the error it carried, if the
+    master's broker method raised one (a settle it refused in part says how many of its
+    settlements it did not take)."""
+
+    raised: BaseException | None = None
 
 
 class Unpickler(pickle.Unpickler):
@@ -643,7 +648,11 @@ class ClientConnection(BoundedConnection):
         except Exception as exc:
             raise Refused(f"not a pickle: {type(exc).__name__}") from None
         if problem := _misshapen(reply):
-            raise Refused(problem)
+            refused = Refused(problem)
+            raised = reply[1] if isinstance(reply, tuple) and len(reply) == 2 else None
+            if isinstance(raised, BaseException) and reply[0] == "#ERROR":
+                refused.raised = raised
+            raise refused
         return reply
 
 
