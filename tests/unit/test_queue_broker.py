@@ -1011,6 +1011,55 @@ def test_a_count_or_limit_a_fetch_cannot_use_is_refused_before_anything_is_settl
     assert sorted((body, again) for _, body, again in got) == [(b"a", True), (b"b", False)]
 
 
+class _Refusing:
+    """The master's ``Oversized`` as it makes a limit's largest sendable body (manager's
+    ``_sendable``: twice the limit and 64 MiB, less a batch and 1 MiB), dead-lettering a
+    body over it and answering no one."""
+
+    def sendable(self, most: int) -> int:
+        return 2 * most + (64 << 20) - BATCH_BYTES - (1 << 20)
+
+    def __call__(self, queue: str, body: bytes, most: int) -> tuple[None, None, bytes]:
+        return None, None, b"too large: " + body
+
+    def results(self, body: bytes, most: int) -> list[bytes]:
+        return [b"too large"]
+
+
+@pytest.mark.parametrize("most", [-(10**9), -1, 0, 1023], ids=str)
+@pytest.mark.parametrize("call", ["get", "fetch", "settle_fetch", "settle_fetch_late"])
+def test_a_limit_below_any_worker_s_is_refused_before_anything_is_taken(
+    most: int, call: str
+) -> None:
+    """A fetch's most (the worker's DISTQ_MAX_MESSAGE_BYTES, 1024 at least) was taken as
+    it came: one of -1e9 made every body too large for that worker, and each task the
+    fetch took dead-lettered (a get's results replaced by errors), a settle-then-fetch's
+    after its settle ran. Refused, naming it, before anything is taken or settled."""
+    clock = Clock()
+    broker = QueueBroker(clock, oversized=_Refusing())
+    broker.open("r")
+    broker.put("q", [b"a", b"b"])
+    broker.put("r", [b"result"])
+    ((token, _, _),) = broker.fetch("q", "c1", 1, 0, 5.0)
+    items = [(token, "r", b"ran a", None, 0.0, None)]
+    wanted = rf"a limit of {most} bytes, not 1,024 or more \(DISTQ_MAX_MESSAGE_BYTES\)"
+    with pytest.raises(ValueError, match=wanted):
+        if call == "get":
+            broker.get("r", 1, 0, most)
+        elif call == "fetch":
+            broker.fetch("q", "c2", 1, 0, 5.0, most)
+        elif call == "settle_fetch":
+            broker.settle_fetch("q", "c1", items, 1, 5.0, most)
+        else:
+            broker.settle_fetch_late("q", "c1", items, 1, 5.0, most)
+    assert broker.dead_counts() == {}
+    assert broker.get("r", 10, 0) == [b"result"]  # nothing taken; the settle did not run
+    clock.now += 5.1  # a's lease lapses: it runs again, and b was never taken
+    broker.reap()
+    got = broker.fetch("q", "c3", 10, 0, 5.0, 1024)
+    assert sorted((body, again) for _, body, again in got) == [(b"a", True), (b"b", False)]
+
+
 @pytest.mark.parametrize("wait", [0, 0.0, 1.0, 30, 86400.0, -0.01, -float("inf")])
 def test_a_wait_of_int_or_float_seconds_is_taken(wait: float) -> None:
     """Up to a day; one below 0 waits not at all (a master's last read past its deadline)."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from distq.envelope import DeadLetter, quoted
+from distq.limits import MIN_MESSAGE_BYTES
 from distq.retries import MAX_RETRY_DELAY, delay_problem
 from distq.transport.base import is_orphan_of
 
@@ -283,6 +284,21 @@ def _asked(max_count: object, wait: object, field: str) -> None:
     )
 
 
+def _no_limit(most: object) -> Exception:
+    """The error for a fetch's or get's ``most`` (its caller's DISTQ_MAX_MESSAGE_BYTES, as
+    a peer named it: any plain value the unpickler builds) that is no limit of a distq's."""
+    wanted = f"{MIN_MESSAGE_BYTES:,} or more (DISTQ_MAX_MESSAGE_BYTES)"
+    if type(most) is int:
+        return ValueError(
+            f"a limit of {quoted(most)} bytes, not {wanted}: nothing taken or settled "
+            "(another program?)"
+        )
+    return TypeError(
+        f"a limit of {type(most).__name__}, not an int of {wanted}: nothing taken or "
+        "settled (another program?)"
+    )
+
+
 def _queue_name(name: object, then: str = "") -> None:
     """Refuse ``name``, a queue a peer named (any plain value the unpickler builds), if it
     is not text: a master's close counts its queues by name (``endswith``), and failed on
@@ -459,11 +475,14 @@ class QueueBroker:
 
     def _sendable(self, most: int | None) -> int | None:
         """The largest body a reply carries to a peer of DISTQ_MAX_MESSAGE_BYTES ``most``
-        (None: any, the peer named no limit)."""
+        (None: any, the peer named no limit). Refused before any body is taken when it
+        is no limit a distq peer has (an int of :data:`MIN_MESSAGE_BYTES` or more): one of
+        -1e9 made every body too large for the peer, each task a fetch took dead-lettered
+        (a get's results replaced by errors)."""
         if most is None or self._oversized is None:
             return None
-        if type(most) is not int:  # before any body is taken
-            raise TypeError(f"a limit of {type(most).__name__}, not an int")
+        if type(most) is not int or most < MIN_MESSAGE_BYTES:  # a bool, a float too
+            raise _no_limit(most)
         last = self._last_sendable
         if last is not None and last[0] == most:
             return last[1]
