@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -1187,3 +1188,102 @@ def test_many_misshapen_settlements_are_each_judged_once() -> None:
     with pytest.raises(ValueError, match=named):
         broker.settle("q", "c1", items)  # type: ignore[arg-type]
     assert looked <= 2 * len(items)
+
+
+@pytest.mark.parametrize("reply_to", [5, None, b"r", ["r"]], ids=["int", "None", "bytes", "list"])
+def test_a_reply_to_that_is_not_text_is_refused_by_forget_orphans(reply_to: object) -> None:
+    """forget_orphans raised from inside ("'int' object has no attribute 'encode'"), its
+    reply_to not text; said, naming it, with the dead letters left."""
+    broker = QueueBroker(Clock())
+    broker.put("q.dead", [b"a letter"])
+    with pytest.raises(ValueError, match=rf"a reply_to of {type(reply_to).__name__}, not text"):
+        broker.forget_orphans("q", reply_to)  # type: ignore[arg-type]
+    assert broker.dead_counts() == {"q": 1}
+
+
+def _consumer_calls(
+    broker: QueueBroker, consumer: object, token: int
+) -> dict[str, Callable[[], object]]:
+    """Each exposed call that names a consumer, naming ``consumer``: none of them should
+    lease, renew, settle or put back anything."""
+    them: Any = consumer
+    items = [(token, "r", b"ran a", None, 0.0, None)]
+    return {
+        "fetch": lambda: broker.fetch("q", them, 1, 0, 5.0),
+        "heartbeat": lambda: broker.heartbeat(them, 5.0),
+        "heartbeats": lambda: broker.heartbeats(["c1", them], 5.0),
+        "settle": lambda: broker.settle("q", them, items),
+        "settle_fetch": lambda: broker.settle_fetch("q", them, items, 1, 5.0),
+        "settle_fetch_late": lambda: broker.settle_fetch_late("q", them, items, 1, 5.0),
+        "release": lambda: broker.release(them, [token]),
+        "disconnect": lambda: broker.disconnect(them),
+    }
+
+
+@pytest.mark.parametrize(
+    "consumer", [["c1"], {"c1": 1}, 5, None], ids=["list", "dict", "int", "None"]
+)
+@pytest.mark.parametrize("call", list(_consumer_calls(QueueBroker(), "c", 1)))
+def test_a_consumer_id_that_is_not_text_is_refused_before_anything_is_touched(
+    consumer: object, call: str
+) -> None:
+    """A consumer id a peer sent that is not text: a list raised from inside ("unhashable
+    type: 'list'"), in heartbeats after the consumers before it were renewed; an int
+    was a consumer of its own, whose fetch's tasks a peer that left never handed back.
+    Refused, naming it, before any lease is touched (distq's ids are text)."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.put("q", [b"a", b"b"])
+    ((token, _, _),) = broker.fetch("q", "c1", 1, 0, 5.0)
+    clock.now += 4.0  # c1's lease: 1 s left
+    with pytest.raises(ValueError, match=rf"a consumer id of {type(consumer).__name__}, not text"):
+        _consumer_calls(broker, consumer, token)[call]()
+    assert broker.get("r", 10, 0) == []  # nothing settled
+    assert broker.stats("q") == (1, 1, 0, 1)  # b ready, a leased: nothing else leased
+    clock.now += 1.1  # c1's lease was not renewed: a runs again
+    broker.reap()
+    assert broker.stats("q") == (2, 0, 0, 0)
+
+
+@pytest.mark.parametrize("limit", [2.5, -1, True, "2", None], ids=str)
+def test_a_peek_limit_that_is_no_count_is_refused(limit: object) -> None:
+    """peek's limit went to islice as it came: a float or -1 raised from inside ("Stop
+    argument for islice() must be None or an integer"), True read one body."""
+    broker = QueueBroker(Clock())
+    broker.put("q", [b"a", b"b"])
+    with pytest.raises(ValueError, match=rf"a limit of {type(limit).__name__}.*, not a count"):
+        broker.peek("q", limit)  # type: ignore[arg-type]
+
+
+def test_a_peek_limit_past_the_queue_reads_it_all() -> None:
+    broker = QueueBroker(Clock())
+    broker.put("q", [b"a", b"b"])
+    assert broker.peek("q", 10**30) == [b"a", b"b"]  # islice: "must be <= sys.maxsize"
+    assert broker.peek("q", 0) == []
+
+
+@pytest.mark.parametrize("bad", [["t"], {"t": 1}, {1}], ids=["list", "dict", "set"])
+def test_a_release_with_a_token_that_is_not_hashable_puts_none_back(bad: object) -> None:
+    """release put back the tokens after a list (from the end) before it raised
+    "unhashable type: 'list'". Refused whole, naming it: every task stays leased to its
+    consumer, back as the lease lapses."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.put("q", [b"a", b"b", b"c"])
+    tokens = [token for token, _, _ in broker.fetch("q", "c1", 3, 0, 5.0)]
+    with pytest.raises(ValueError, match=rf"a token of {type(bad).__name__}, not an int"):
+        broker.release("c1", [tokens[0], bad, tokens[2]])  # type: ignore[list-item]
+    assert broker.stats("q")[:2] == (0, 3)  # none put back
+    broker.release("c1", tokens)
+    assert [body for _, body, _ in broker.fetch("q", "c2", 3, 0, 5.0)] == [b"a", b"b", b"c"]
+
+
+@pytest.mark.parametrize("tokens", [5, None, {"t": 1}], ids=["int", "None", "dict"])
+def test_a_release_of_tokens_that_are_no_list_is_refused(tokens: object) -> None:
+    broker = QueueBroker(Clock())
+    broker.put("q", [b"a"])
+    broker.fetch("q", "c1", 1, 0, 5.0)
+    with pytest.raises(ValueError, match=rf"tokens of {type(tokens).__name__}, not a list"):
+        broker.release("c1", tokens)  # type: ignore[arg-type]
+    assert broker.stats("q")[:2] == (0, 1)

@@ -299,6 +299,18 @@ def _no_limit(most: object) -> Exception:
     )
 
 
+def _consumer_id(consumer: object, then: str) -> None:
+    """Refuse ``consumer``, a consumer a peer named (any plain value the unpickler builds),
+    if it is not text, as distq's ids are: a list raised from inside ("unhashable type"),
+    in heartbeats after the consumers before it were renewed; an int was a consumer of
+    its own, whose fetch's tasks were not handed back when its peer left before the
+    reply. ``then``: what that leaves undone."""
+    if type(consumer) is not str:
+        raise ValueError(
+            f"a consumer id of {type(consumer).__name__}, not text: {then} (another program?)"
+        )
+
+
 def _queue_name(name: object, then: str = "") -> None:
     """Refuse ``name``, a queue a peer named (any plain value the unpickler builds), if it
     is not text: a master's close counts its queues by name (``endswith``), and failed on
@@ -559,6 +571,12 @@ class QueueBroker:
         """Remove the dead letters of ``queue`` that workers made of ``reply_to``'s tasks
         while its master seemed gone (:func:`~distq.transport.base.is_orphan_of`); how
         many. Every letter is looked at: they are in this process's memory."""
+        _queue_name(queue, ": no dead letter removed")
+        if type(reply_to) is not str:  # encode() raised from inside
+            raise ValueError(
+                f"a reply_to of {type(reply_to).__name__}, not text (a producer's reply "
+                "queue): no dead letter removed (another program?)"
+            )
         needle = reply_to.encode()
         with self._lock:
             dead = self._queues.get(f"{queue}.dead")
@@ -591,6 +609,7 @@ class QueueBroker:
     ) -> list[Wire]:
         """:meth:`_lease`, waiting up to ``timeout`` s for the first body."""
         _asked(max_count, timeout, "timeout")  # before anything is leased or renewed
+        _consumer_id(consumer, "nothing leased or renewed")
         return self._lease(queue, consumer, max_count, timeout, lease, most)
 
     def _lease(
@@ -654,6 +673,7 @@ class QueueBroker:
                 self._push(f"{queue}.dead", [dead])
 
     def heartbeat(self, consumer: str, lease: float) -> None:
+        _consumer_id(consumer, "no lease renewed")
         with self._lock:
             self._renew(consumer, lease)
 
@@ -661,6 +681,13 @@ class QueueBroker:
         """Renew the leases of a worker's slots at once (its keeper's one round trip); a
         consumer gone meanwhile (disconnected, or reaped past its deadline) stays gone."""
         deadline = self._clock() + _lease_seconds(lease)
+        if type(consumers) is not list and type(consumers) is not tuple:
+            raise ValueError(
+                f"consumers of {type(consumers).__name__}, not a list: no lease renewed "
+                "(another program?)"
+            )
+        for consumer in consumers:  # each before any is renewed
+            _consumer_id(consumer, "no lease renewed")
         with self._lock:
             for consumer in consumers:
                 owner = self._leases.get(consumer)
@@ -689,6 +716,7 @@ class QueueBroker:
         after it, is taken as one past a lapse is."""
         # its retries and dead letters go there: to a name that is not text, none can
         _queue_name(queue, ": nothing settled, run again as leases lapse")
+        _consumer_id(consumer, "nothing settled, run again as leases lapse")
         now = self._clock()
         late: list[int] = []  # not list[int](): see test_manager_lone_task
         refused: str | None = None  # why a settlement was not taken, nor those after it
@@ -844,6 +872,15 @@ class QueueBroker:
             self._ready[queue].notify(len(bodies))
 
     def release(self, consumer: str, tokens: Sequence[int]) -> None:
+        """Put back the tasks of ``tokens``, leased to ``consumer`` and not started (a
+        worker's hand-back), in their order at the front; refused whole at a token that
+        is not hashable (:meth:`_requeue`)."""
+        _consumer_id(consumer, "nothing handed back: it goes back as its lease lapses")
+        if type(tokens) is not list and type(tokens) is not tuple:
+            raise ValueError(
+                f"tokens of {type(tokens).__name__}, not a list of ints: nothing handed "
+                "back: it goes back as its lease lapses (another program?)"
+            )
         with self._lock:
             owner = self._leases.get(consumer)
             if owner is not None:
@@ -861,6 +898,7 @@ class QueueBroker:
     def disconnect(self, consumer: str) -> None:
         """The consumer is leaving: everything it holds goes back to the front, as when
         its lease lapses (:meth:`_end`)."""
+        _consumer_id(consumer, "nothing put back: it goes back as its lease lapses")
         with self._lock:
             if consumer in self._leases:
                 self._end(consumer, self._clock())
@@ -868,12 +906,17 @@ class QueueBroker:
     # -- inspection ----------------------------------------------------------
     def peek(self, queue: str, limit: int) -> list[bytes]:
         """The first ``limit`` bodies of ``queue`` at most, :data:`BATCH_BYTES` of them
-        before the last."""
+        before the last. A ``limit`` that is no count is refused: islice raised from
+        inside at a float or -1, and read one body at True."""
+        if type(limit) is not int or limit < 0:
+            what = type(limit).__name__ if type(limit) is not int else f"int {quoted(limit)}"
+            raise ValueError(f"a limit of {what}, not a count of 0 or more (another program?)")
+        _queue_name(queue)
         with self._lock:
             items = self._queues.get(queue, ())  # a read of any name keeps nothing
             out: list[bytes] = []
             room = BATCH_BYTES
-            for body, _ in itertools.islice(items, limit):
+            for body, _ in itertools.islice(items, min(limit, len(items))):
                 out.append(body)
                 room -= len(body)
                 if room < 0:
@@ -951,9 +994,25 @@ class QueueBroker:
         self._ended[consumer] = owner
 
     def _requeue(self, owner: _Lease, tokens: Sequence[int], fresh: Collection[int] = ()) -> None:
-        """Put ``tokens`` back, flagged redelivered but those in ``fresh`` (sent nowhere)."""
-        for token in reversed(tokens):
-            entry = owner.held.pop(token, None)
+        """Put ``tokens`` back, flagged redelivered but those in ``fresh`` (sent nowhere).
+        All are taken off the lease first: one a peer sent that is not hashable (a list)
+        raised with those after it put back; now none is (ValueError). In C, a call a
+        token (a worker's hand-back: a hot path): a check of each token's type cost
+        about 90 instructions a token."""
+        held = owner.held
+        entries: list[tuple[str, bytes] | None] = []
+        try:  # list.extend keeps what it took before the error
+            entries.extend(map(held.pop, tokens, itertools.repeat(None)))
+        except TypeError:
+            for token, entry in zip(tokens, entries, strict=False):
+                if entry is not None:
+                    held[token] = entry
+            bad = tokens[len(entries)]
+            raise ValueError(
+                f"a token of {type(bad).__name__}, not an int: nothing handed back: it goes "
+                "back as its lease lapses (another program?)"
+            ) from None
+        for token, entry in zip(reversed(tokens), reversed(entries), strict=True):
             if entry is not None:
                 queue, body = entry
                 self._queue(queue).appendleft((body, token not in fresh))
