@@ -1287,3 +1287,44 @@ def test_a_release_of_tokens_that_are_no_list_is_refused(tokens: object) -> None
     with pytest.raises(ValueError, match=rf"tokens of {type(tokens).__name__}, not a list"):
         broker.release("c1", tokens)  # type: ignore[arg-type]
     assert broker.stats("q")[:2] == (0, 1)
+
+
+@pytest.mark.parametrize("batch", [b"task", "task", 5, None], ids=["bytes", "str", "int", "None"])
+@pytest.mark.parametrize("call", ["put", "settle", "settle_fetch", "gone", "withdraw"])
+def test_a_batch_that_is_not_a_list_is_refused_naming_it(batch: object, call: str) -> None:
+    """A call's batch a peer sent not as a list: a put of one body's bytes queued a task
+    a byte (4 for b"task", each dead-lettered by a worker, "not bytes: a int: 116"), of
+    a str a task a character; gone and withdraw answered a name or body a character or
+    byte; an int or None raised "'int' object is not iterable". Refused, naming it,
+    with nothing queued, settled or removed."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.open("r")
+    broker.put("q", [b"a"])
+    ((token, _, _),) = broker.fetch("q", "c1", 1, 0, 5.0)
+    them: Any = batch
+    calls: dict[str, Callable[[], object]] = {
+        "put": lambda: broker.put("q", them),
+        "settle": lambda: broker.settle("q", "c1", them),
+        "settle_fetch": lambda: broker.settle_fetch("q", "c1", them, 1, 5.0),
+        "gone": lambda: broker.gone(them),
+        "withdraw": lambda: broker.withdraw("q", them),
+    }
+    with pytest.raises(ValueError, match=rf" of {type(batch).__name__}, not a list"):
+        calls[call]()
+    assert broker.stats("q") == (0, 1, 0, 1)  # nothing queued; a still leased to c1
+    assert broker.settle("q", "c1", [(token, "r", b"ran a", None, 0.0, None)]) == []
+
+
+@pytest.mark.parametrize("call", ["stats", "delete", "peek"])
+def test_a_queue_name_that_is_not_text_is_refused_naming_it(call: str) -> None:
+    """stats and delete raised "unhashable type: 'list'" at a list."""
+    broker = QueueBroker(Clock())
+    them: Any = ["q"]
+    with pytest.raises(TypeError, match="a queue name of list, not text"):
+        if call == "stats":
+            broker.stats(them)
+        elif call == "delete":
+            broker.delete(them)
+        else:
+            broker.peek(them, 1)

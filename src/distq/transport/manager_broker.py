@@ -299,6 +299,20 @@ def _no_limit(most: object) -> Exception:
     )
 
 
+#: What a call's batch is: a list, or a tuple (a caller of this process's may pass one).
+_LISTS = (list, tuple)
+
+
+def _listed(batch: object, what: str, then: str) -> None:
+    """Refuse ``batch``, a call's ``what`` as a peer sent it (any plain value the unpickler
+    builds), if it is not a list (or a tuple): a put of one body's bytes queued a task a
+    byte, each dead-lettered by a worker ("not bytes: a int: 116"), of a str a task a
+    character; an int raised "'int' object is not iterable". ``then``: what that leaves
+    undone."""
+    if not isinstance(batch, _LISTS):  # a peer's: plain data, no subclass
+        raise ValueError(f"{what} of {type(batch).__name__}, not a list: {then} (another program?)")
+
+
 def _consumer_id(consumer: object, then: str) -> None:
     """Refuse ``consumer``, a consumer a peer named (any plain value the unpickler builds),
     if it is not text, as distq's ids are: a list raised from inside ("unhashable type"),
@@ -445,6 +459,7 @@ class QueueBroker:
 
     # -- producer side -------------------------------------------------------
     def put(self, queue: str, bodies: Sequence[bytes]) -> None:
+        _listed(bodies, "bodies", "nothing queued")
         if not set(map(type, bodies)) <= {bytes}:  # in C: one look at a batch's types
             bodies = [_as_body(body) for body in bodies]
         with self._lock:
@@ -522,11 +537,13 @@ class QueueBroker:
             self._own.add(reply_to)
 
     def delete(self, queue: str) -> None:
+        _queue_name(queue)
         with self._lock:
             self._drop(queue)
 
     def gone(self, reply_to: Sequence[str]) -> list[str]:
         """Those of ``reply_to`` that no producer holds."""
+        _listed(reply_to, "reply queue names", "none looked up")
         with self._lock:
             return [name for name in reply_to if name not in self._replies]
 
@@ -534,6 +551,7 @@ class QueueBroker:
         """Remove these bodies from the ready queue or, not found there, from the retries
         waiting out their delay, one each; True for each one removed. ``redelivered=
         False``: each copy of a body queued redelivered is left (a worker had it)."""
+        _listed(bodies, "bodies", "nothing removed")
         with self._lock:
             wanted = Counter(bodies)
             items = self._queues.get(queue)  # not made: a read of any name keeps nothing
@@ -681,11 +699,7 @@ class QueueBroker:
         """Renew the leases of a worker's slots at once (its keeper's one round trip); a
         consumer gone meanwhile (disconnected, or reaped past its deadline) stays gone."""
         deadline = self._clock() + _lease_seconds(lease)
-        if type(consumers) is not list and type(consumers) is not tuple:
-            raise ValueError(
-                f"consumers of {type(consumers).__name__}, not a list: no lease renewed "
-                "(another program?)"
-            )
+        _listed(consumers, "consumers", "no lease renewed")
         for consumer in consumers:  # each before any is renewed
             _consumer_id(consumer, "no lease renewed")
         with self._lock:
@@ -717,6 +731,7 @@ class QueueBroker:
         # its retries and dead letters go there: to a name that is not text, none can
         _queue_name(queue, ": nothing settled, run again as leases lapse")
         _consumer_id(consumer, "nothing settled, run again as leases lapse")
+        _listed(items, "settlements", "nothing settled, run again as leases lapse")
         now = self._clock()
         late: list[int] = []  # not list[int](): see test_manager_lone_task
         refused: str | None = None  # why a settlement was not taken, nor those after it
@@ -876,11 +891,7 @@ class QueueBroker:
         worker's hand-back), in their order at the front; refused whole at a token that
         is not hashable (:meth:`_requeue`)."""
         _consumer_id(consumer, "nothing handed back: it goes back as its lease lapses")
-        if type(tokens) is not list and type(tokens) is not tuple:
-            raise ValueError(
-                f"tokens of {type(tokens).__name__}, not a list of ints: nothing handed "
-                "back: it goes back as its lease lapses (another program?)"
-            )
+        _listed(tokens, "tokens", "nothing handed back: it goes back as its lease lapses")
         with self._lock:
             owner = self._leases.get(consumer)
             if owner is not None:
@@ -929,6 +940,7 @@ class QueueBroker:
         return self._most
 
     def stats(self, queue: str) -> tuple[int, int, int, int]:
+        _queue_name(queue)
         with self._lock:
             # not made: `distq status --queue <any name>` kept a queue for each (4 KB)
             ready = len(self._queues.get(queue, ())) + sum(
