@@ -31,7 +31,8 @@ if expect >= 0 then
   if redis.call('GET', settles_of(KEYS[2], ARGV[1]) .. ':claims') ~= ARGV[6] then return 0 end
 end
 local now = now_ms()
-local live, acks, skip, late, unsent, gated = {}, {}, 0, {}, {}, {}
+local live, acks, skip, late, unsent = {}, {}, 0, {}, {}
+local gated = nil  -- made at the first 'g': a settle by count (the task path) makes none
 local i = 7
 while i <= #ARGV do
   local op, arg, first, last = ARGV[i], tonumber(ARGV[i + 1]), i + 3, i + 2 + tonumber(ARGV[i + 2])
@@ -40,6 +41,7 @@ while i <= #ARGV do
   elseif op == 'g' then
     -- the n-th gate of a body needs n of it held: two deliveries of one task (its lease
     -- lapsed, the consumer claimed the copy) held once published two retries
+    gated = gated or {}
     local n = (gated[ARGV[first]] or 0) + 1
     if redis.call('LPOS', KEYS[5], ARGV[first], 'RANK', n) then
       gated[ARGV[first]] = n
