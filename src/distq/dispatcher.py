@@ -617,8 +617,7 @@ class Dispatcher(threading.Thread):
                 except TransportError:  # a copy found before, of fewer than were sent,
                     self._put_back(withdraw, taken, copies, send=False)  # may run too
                     raise
-                # close() takes every copy next: none sent to be taken back at once
-                self._put_back(withdraw, taken, copies, send=not every_copy)
+                self._put_back(withdraw, taken, copies)
             finally:  # those taken back before a call failed too: they never run
                 for entry in withdraw:
                     gone = entry.task.id in taken
@@ -700,9 +699,8 @@ class Dispatcher(threading.Thread):
         the future waits for the first result, and one copy is queued, as before the
         cancel, lest nothing runs where the broker did lose the copy. A send that fails
         is recorded first: the next reconcile sends it again. Not ``send`` (the broker
-        failed the cancel's withdraw: no call that would wait on it again; or close(),
-        which takes every copy back after it), only recorded: the reconcile after the
-        reconnect sends it, and counts it sent again."""
+        failed the cancel's withdraw: no call that would wait on it again), only
+        recorded: the reconcile after the reconnect sends it, and counts it sent again."""
         back = [
             entry
             for entry in entries

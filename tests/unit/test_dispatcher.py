@@ -867,43 +867,6 @@ def test_a_cancel_of_a_task_sent_again_whose_second_look_fails_says_it_may_run(
         dispatcher.join(10)
 
 
-class LostCount(LostCountThenFailsAtWithdraw):
-    """As :class:`LostCountThenFailsAtWithdraw`, the second withdraw finding nothing
-    (a worker holds the first copy) rather than failing."""
-
-    def withdraw(self, bodies: Any, redelivered: bool = True) -> list[bool]:
-        found, self.failed = not self.failed, True
-        return [found for _ in bodies]
-
-
-def test_close_sends_no_copy_of_a_task_sent_again_to_take_it_back_at_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """close() of an executor with a task sent again after the broker lost count of it,
-    one copy found (a worker may hold the other): its cancel sent the task once more,
-    as cancel() does lest nothing runs, then took that copy back (close() takes every
-    copy): a send for nothing, and one that failed as the broker went could leave the
-    copy queued after the close, to be dead-lettered, its executor gone."""
-    monkeypatch.setattr(dispatching, "RECONCILE_SECONDS", 0.2)
-    callbacks = Callbacks()
-    producer = LostCount()
-    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
-    entry = square_entry(dispatcher, callbacks)
-    dispatcher.start()
-    try:
-        assert dispatcher.put(Submit([entry]))
-        _until(lambda: len(producer.sent) == 2)  # sent, then sent again by the reconcile
-        assert dispatcher.put(Stop(True, abandon="the executor was closed"))  # close()
-        dispatcher.join(10)
-        assert not dispatcher.is_alive()
-        assert len(producer.sent) == 2, "close() sent the task again"
-        error = entry.future.exception(0)  # its first copy may run: failed, not cancelled
-        assert isinstance(error, BrokenExecutor), error
-    finally:
-        dispatcher.put(Stop(False, abandon="the test is over"))
-        dispatcher.join(10)
-
-
 def test_a_shutdown_with_nothing_to_wait_for_does_not_wait_out_an_outage(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
