@@ -612,11 +612,7 @@ class Dispatcher(threading.Thread):
             taken: set[str] = set()
             copies: Counter[str] = Counter()  # of each id taken back
             try:
-                try:
-                    self._withdraw(withdraw, taken, redelivered=False, copies=copies)
-                except TransportError:  # a copy found before, of fewer than were sent,
-                    self._put_back(withdraw, taken, copies, send=False)  # may run too
-                    raise
+                self._withdraw(withdraw, taken, redelivered=False, copies=copies)
                 self._put_back(withdraw, taken, copies)
             finally:  # those taken back before a call failed too: they never run
                 for entry in withdraw:
@@ -689,18 +685,14 @@ class Dispatcher(threading.Thread):
                 self._kept_unanswered = True
             _time_out(entry, withdrawn if task_id in taken else again if task_id in held else kept)
 
-    def _put_back(
-        self, entries: list[Entry], taken: set[str], copies: Counter[str], send: bool = True
-    ) -> None:
+    def _put_back(self, entries: list[Entry], taken: set[str], copies: Counter[str]) -> None:
         """A cancel's tasks sent again after a reconcile (the broker lost count of them)
         that it took back fewer copies of than were sent, sent once more and out of
         ``taken``: a worker may hold the copy not found (its first, taken before the
         count was lost), so the call may still run, and cancel() may not answer True;
         the future waits for the first result, and one copy is queued, as before the
         cancel, lest nothing runs where the broker did lose the copy. A send that fails
-        is recorded first: the next reconcile sends it again. Not ``send`` (the broker
-        failed the cancel's withdraw: no call that would wait on it again), only
-        recorded: the reconcile after the reconnect sends it, and counts it sent again."""
+        is recorded first: the next reconcile sends it again."""
         back = [
             entry
             for entry in entries
@@ -711,11 +703,9 @@ class Dispatcher(threading.Thread):
         for entry in back:
             task_id = entry.task.id
             taken.discard(task_id)
-            # copies out beside the first (the reconcile counts its own send)
-            self._resubmitted[task_id] += int(send) - copies[task_id]
+            self._resubmitted[task_id] += 1 - copies[task_id]  # copies out beside the first
         self.ledger.record((entry.task.id, entry.body) for entry in back)
-        if send:
-            submit_again(self.producer.submit, [(entry.task.id, entry.body) for entry in back])
+        submit_again(self.producer.submit, [(entry.task.id, entry.body) for entry in back])
 
     def _withdraw(
         self,

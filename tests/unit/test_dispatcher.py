@@ -809,64 +809,6 @@ def test_a_cancel_whose_look_for_the_retries_fails_cancels_the_tasks_taken_back_
         dispatcher.join(10)
 
 
-class LostCountThenFailsAtWithdraw(FailsOnceAtWithdraw):
-    """A producer whose broker lost count of the first task (its first reconcile holds
-    none: a Redis restored from an older snapshot), so the executor sends it again; a
-    withdraw then finds one copy, and the next, for the other copy, fails."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counted = 0  # what the broker counts as submitted
-        self.reconciled = 0
-
-    def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
-        self.counted += len(bodies)
-        return super().submit_then_results(bodies, max_count, timeout)
-
-    def submit(self, bodies: Any) -> None:
-        self.counted += len(bodies)
-        self.sent.extend(bodies)
-
-    def reconcile(self) -> int:
-        self.reconciled += 1
-        if self.reconciled == 1:
-            self.counted = 0
-        return self.counted
-
-    def withdraw(self, bodies: Any, redelivered: bool = True) -> list[bool]:
-        if self.failed:
-            raise TransportError("Redis at 127.0.0.1:1: Connection closed by server.")
-        self.failed = True
-        return [True for _ in bodies]
-
-
-def test_a_cancel_of_a_task_sent_again_whose_second_look_fails_says_it_may_run(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A task sent again after the broker lost count of it (a worker may hold its first
-    copy): cancel() took one copy back, then the withdraw for the other failed. It
-    answered True, the future cancelled, though it found fewer copies than were sent
-    (what answers False when the broker answers). Now False, and the copy taken back is
-    sent once more after the reconnect, lest nothing runs where the broker did lose the
-    first."""
-    monkeypatch.setattr(dispatching, "RECONCILE_SECONDS", 0.2)
-    callbacks = Callbacks()
-    producer = LostCountThenFailsAtWithdraw()
-    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
-    entry = square_entry(dispatcher, callbacks)
-    dispatcher.start()
-    try:
-        assert dispatcher.put(Submit([entry]))
-        _until(lambda: len(producer.sent) == 2)  # sent, then sent again by the reconcile
-        assert dispatcher.cancel([entry.future]) == [False]
-        assert not entry.future.done()
-        _until(lambda: len(producer.sent) == 3)  # sent once more after the reconnect
-        assert producer.sent == [entry.body] * 3
-    finally:
-        dispatcher.put(Stop(False, abandon="the test is over"))
-        dispatcher.join(10)
-
-
 def test_a_shutdown_with_nothing_to_wait_for_does_not_wait_out_an_outage(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
