@@ -610,10 +610,8 @@ class Dispatcher(threading.Thread):
                 else:
                     answers[id(future)] = False
             taken: set[str] = set()
-            copies: Counter[str] = Counter()  # of each id taken back
             try:
-                self._withdraw(withdraw, taken, redelivered=False, copies=copies)
-                self._put_back(withdraw, taken, copies)
+                self._withdraw(withdraw, taken, redelivered=False)
             finally:  # those taken back before a call failed too: they never run
                 for entry in withdraw:
                     gone = entry.task.id in taken
@@ -685,35 +683,7 @@ class Dispatcher(threading.Thread):
                 self._kept_unanswered = True
             _time_out(entry, withdrawn if task_id in taken else again if task_id in held else kept)
 
-    def _put_back(self, entries: list[Entry], taken: set[str], copies: Counter[str]) -> None:
-        """A cancel's tasks sent again after a reconcile (the broker lost count of them)
-        that it took back fewer copies of than were sent, sent once more and out of
-        ``taken``: a worker may hold the copy not found (its first, taken before the
-        count was lost), so the call may still run, and cancel() may not answer True;
-        the future waits for the first result, and one copy is queued, as before the
-        cancel, lest nothing runs where the broker did lose the copy. A send that fails
-        is recorded first: the next reconcile sends it again."""
-        back = [
-            entry
-            for entry in entries
-            if entry.task.id in taken and copies[entry.task.id] <= self._resubmitted[entry.task.id]
-        ]
-        if not back:
-            return
-        for entry in back:
-            task_id = entry.task.id
-            taken.discard(task_id)
-            self._resubmitted[task_id] += 1 - copies[task_id]  # copies out beside the first
-        self.ledger.record((entry.task.id, entry.body) for entry in back)
-        submit_again(self.producer.submit, [(entry.task.id, entry.body) for entry in back])
-
-    def _withdraw(
-        self,
-        entries: list[Entry],
-        taken: set[str],
-        redelivered: bool = True,
-        copies: Counter[str] | None = None,
-    ) -> None:
+    def _withdraw(self, entries: list[Entry], taken: set[str], redelivered: bool = True) -> None:
         """The producer's withdraw of ``entries``, where there is anything to ask and a
         broker to ask; for those not queued, of their retry, queued again or waiting out
         its delay (:func:`~distq.retries.retries_by_attempt`): a cancelled task that had
@@ -722,12 +692,11 @@ class Dispatcher(threading.Thread):
         sent (a worker may have failed a copy), as a stopped master does. The ids taken
         back go into ``taken`` call by call: those before a call that fails are gone all
         the same. ``redelivered=False`` (a cancel) leaves a task queued again after a
-        worker had it: that copy may still run (:meth:`Producer.withdraw`). ``copies``, if
-        given, counts the copies of each id taken back."""
+        worker had it: that copy may still run (:meth:`Producer.withdraw`)."""
         if not entries or self._offline or not self.producer.takes_back:
             return
         sent = [(entry.task.id, entry.body) for entry in entries]
-        copies = Counter() if copies is None else copies  # of each id taken back
+        copies: Counter[str] = Counter()  # of each id taken back
         self._take_back(sent, taken, copies, redelivered)
 
         def every_copy_found(task_id: str) -> bool:
