@@ -99,3 +99,44 @@ def test_a_settle_call_refused_in_part_tells_which_were_settled(how: str) -> Non
         assert set(consumer.settled_late) == {d.tag for d in got[:2]}, consumer.settled_late
         assert sorted(results_n(producer, 3, within=1)) == [bytes([0]), bytes([1])]
         consumer.close()
+
+
+#: The end of a master's error for a settle it refused in part, as it says it.
+_SAID = "tasks not settled, run again as leases lapse (another program?)"
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        # a master of 94c73d7 (before ba95904): the same words, but it settled the
+        # others, before and after the one it refused, and counted only that one
+        f"a token of list, not an int: 1 task {_SAID[6:]}",
+        f"a token of list, not an int: 0 {_SAID}",  # a count of none not taken
+        f"a token of list, not an int: {'9' * 5000} {_SAID}",  # past int()'s digits
+    ],
+    ids=["older-master", "zero", "5000-digits"],
+)
+def test_a_settle_refused_is_not_counted_taken_from_its_words(said: str) -> None:
+    # how many of a call's settlements a master took is no number read from its error's
+    # text: what that text counted changed between versions (an older master settled
+    # the first and third and counted the second), and an odd one was read as all three
+    # taken, or raised ValueError out of the settle (int() of 5,000 digits)
+    with hosted_and_remote(fake_settings()) as (hosted, remote):
+        broker: Any = hosted._broker  # type: ignore[attr-defined]
+        before = broker.settle
+
+        def settle(queue: str, consumer: str, items: list[Any]) -> object:
+            before(queue, consumer, [items[0], *items[2:]])  # all but the second
+            raise ValueError(said)
+
+        broker.settle = settle
+        reply_to = hosted.reply_queue("refused")
+        producer = hosted.producer(reply_to)
+        producer.submit([bytes([n]) for n in range(3)])
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 3, within=10)
+        settled = [Settlement(d, reply_to=reply_to, result=d.body) for d in got]
+        with pytest.raises(TransportError, match="a token of list, not an int: "):
+            consumer.settle(settled)
+        assert got[1].tag not in consumer.settled_late, consumer.settled_late
+        consumer.close()

@@ -180,6 +180,22 @@ def _refused(why: str, count: int) -> str:
     return f"{why}: {some} not settled, run again as leases lapse (another program?)"
 
 
+#: The attribute of a settle's :func:`_refused` ``ValueError`` that says how many of its
+#: settlements, from the first, the master took: plain data in the pickled error, which a
+#: worker reads (``manager._taken``) and one before it leaves alone.
+TAKEN = "taken"
+
+
+def _refused_error(why: str, count: int, taken: int) -> ValueError:
+    """A settle's :func:`_refused` error, saying as :data:`TAKEN` that it took ``taken``
+    settlements: its text had been read for that, a number a master of 94c73d7 meant
+    otherwise (it settled those after the refused one too), and one of 5,000 digits
+    raised ValueError out of the worker's settle."""
+    error = ValueError(_refused(why, count))
+    setattr(error, TAKEN, taken)
+    return error
+
+
 def _unusable(field: str, value: object) -> str:
     """Why a settlement's ``field`` (its token, its reply_to), as a worker's peer sent it
     (any plain value the unpickler builds), is refused. Kept as they came, a list raised
@@ -819,7 +835,7 @@ class QueueBroker:
                 if owner is not None and fresh:
                     owner.settled.extend(fresh)
         if refused is not None:  # those before it settled: a settle sent again leaves them
-            raise ValueError(_refused(refused, not_taken))
+            raise _refused_error(refused, not_taken, len(items) - not_taken)
         return late
 
     def _done_elsewhere(self, token: int, now: float) -> None:

@@ -414,7 +414,7 @@ class Refused(pickle.UnpicklingError):
     """A message that names a global its receiver does not unpickle: not loaded. Or a
     reply that is no distq master's answer; ``raised``: the error it carried, if the
     master's broker method raised one (a settle it refused in part says how many of its
-    settlements it did not take)."""
+    settlements it took: ``manager_broker.TAKEN``)."""
 
     raised: BaseException | None = None
 
