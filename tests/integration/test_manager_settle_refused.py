@@ -140,3 +140,33 @@ def test_a_settle_refused_is_not_counted_taken_from_its_words(said: str) -> None
             consumer.settle(settled)
         assert got[1].tag not in consumer.settled_late, consumer.settled_late
         consumer.close()
+
+
+def test_a_settle_refused_in_part_tells_which_it_took_were_late() -> None:
+    # the first of three settlements a retry whose lease lapsed (late: its retry not
+    # sent, its copy runs), the second taken, the third refused: the worker counted the
+    # late one settled too, as if its retry had gone, and its copy ran as well
+    with hosted_and_remote(fake_settings()) as (hosted, remote):
+        broker: Any = hosted._broker  # type: ignore[attr-defined]
+        before = broker.settle
+
+        def settle(queue: str, consumer: str, items: list[Any]) -> object:
+            broker._leases[consumer].held.pop(items[0][0])  # its lease lapsed: late
+            items = [*items[:2], ([items[2][0]], *items[2][1:])]
+            return before(queue, consumer, items)
+
+        broker.settle = settle
+        reply_to = hosted.reply_queue("refused")
+        producer = hosted.producer(reply_to)
+        producer.submit([bytes([n]) for n in range(3)])
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 3, within=10)
+        settled = [
+            Settlement(got[0], retry=b"again"),
+            *(Settlement(d, reply_to=reply_to, result=d.body) for d in got[1:]),
+        ]
+        with pytest.raises(TransportError, match="1 task not settled"):
+            consumer.settle(settled)
+        assert consumer.settled_late == {got[1].tag}, consumer.settled_late
+        assert consumer.late == {got[0].tag}, consumer.late
+        consumer.close()

@@ -101,6 +101,7 @@ from distq.transport.base import (
 )
 from distq.transport.manager_broker import (
     BATCH_BYTES,
+    LATE,
     TAKEN,
     QueueBroker,
     Wire,
@@ -897,16 +898,24 @@ class RefusedReply(TransportError):
         self.raised = raised
 
 
-def _taken(exc: TransportError, count: int) -> int:
+def _taken(exc: TransportError, count: int) -> tuple[int, list[int]]:
     """How many of a settle call's ``count`` settlements its master took though it failed
     ``exc``: those before the one it refused (:meth:`QueueBroker.settle` takes none
-    after it), as its error says (:data:`~distq.transport.manager_broker.TAKEN`); 0 for
-    any other failure, and from a master that does not say it (none known taken). Not
-    read from the error's text: a master of 94c73d7 counted in the same words only the
-    one it refused, having settled those after it; a count of 5,000 digits raised."""
+    after it), as its error says (:data:`~distq.transport.manager_broker.TAKEN`), and
+    the tokens of those it found late (``LATE``: their retries and dead letters not
+    sent). 0 for any other failure, and from a master that does not say it (none known
+    taken). Not read from the error's text: a master of 94c73d7 counted in the same
+    words only the one it refused, having settled those after it; a count of 5,000
+    digits raised."""
     raised = exc.raised if isinstance(exc, RefusedReply) else None
-    taken = getattr(raised, TAKEN, None) if isinstance(raised, ValueError) else None
-    return taken if type(taken) is int and 0 < taken < count else 0
+    if not isinstance(raised, ValueError):
+        return 0, []
+    taken, late = getattr(raised, TAKEN, None), getattr(raised, LATE, None)
+    if type(taken) is not int or not 0 < taken < count:
+        return 0, []
+    if type(late) is not list or not all(type(token) is int for token in late):
+        return 0, []  # which were late unknown: none known settled
+    return taken, late
 
 
 class FailedRequest(TransportError):
@@ -1241,12 +1250,15 @@ class ManagerConsumer(Consumer):
     @contextlib.contextmanager
     def _taking_refused(self, settlements: Sequence[Settlement]) -> Iterator[None]:
         """One settle call's: those of its ``settlements`` the master took though it
-        refused one (:func:`_taken`) are answered (:meth:`_telling_settled`): their
-        results went out, and the worker counted the whole call handed back."""
+        refused one (:func:`_taken`) are answered (:meth:`_telling_settled`), those it
+        found late :attr:`late`: their results went out, and the worker counted the
+        whole call handed back."""
         try:
             yield
         except TransportError as exc:
-            if taken := _taken(exc, len(settlements)):
+            taken, late = _taken(exc, len(settlements))
+            if taken:
+                self.late = frozenset(self.late) | frozenset(late)
                 self._answered += (s.delivery.tag for s in settlements[:taken])
             raise
 

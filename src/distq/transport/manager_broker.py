@@ -180,19 +180,22 @@ def _refused(why: str, count: int) -> str:
     return f"{why}: {some} not settled, run again as leases lapse (another program?)"
 
 
-#: The attribute of a settle's :func:`_refused` ``ValueError`` that says how many of its
-#: settlements, from the first, the master took: plain data in the pickled error, which a
-#: worker reads (``manager._taken``) and one before it leaves alone.
-TAKEN = "taken"
+#: The attributes of a settle's :func:`_refused` ``ValueError`` that say how many of its
+#: settlements, from the first, the master took, and the tokens of those it found late
+#: (as settle returns them): plain data in the pickled error, which a worker reads
+#: (``manager._taken``) and one before it leaves alone.
+TAKEN, LATE = "taken", "late"
 
 
-def _refused_error(why: str, count: int, taken: int) -> ValueError:
+def _refused_error(why: str, count: int, taken: int, late: list[int]) -> ValueError:
     """A settle's :func:`_refused` error, saying as :data:`TAKEN` that it took ``taken``
-    settlements: its text had been read for that, a number a master of 94c73d7 meant
-    otherwise (it settled those after the refused one too), and one of 5,000 digits
-    raised ValueError out of the worker's settle."""
+    settlements and as :data:`LATE` which of them were late: its text had been read for
+    that, a number a master of 94c73d7 meant otherwise (it settled those after the
+    refused one too), one of 5,000 digits raised ValueError out of the worker's settle,
+    and a late one was counted settled, as if its retry had gone."""
     error = ValueError(_refused(why, count))
     setattr(error, TAKEN, taken)
+    setattr(error, LATE, late)
     return error
 
 
@@ -835,7 +838,7 @@ class QueueBroker:
                 if owner is not None and fresh:
                     owner.settled.extend(fresh)
         if refused is not None:  # those before it settled: a settle sent again leaves them
-            raise _refused_error(refused, not_taken, len(items) - not_taken)
+            raise _refused_error(refused, not_taken, len(items) - not_taken, late)
         return late
 
     def _done_elsewhere(self, token: int, now: float) -> None:
