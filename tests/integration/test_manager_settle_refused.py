@@ -16,7 +16,7 @@ from distq.console import Console
 from distq.envelope import Task
 from distq.errors import TransportError
 from distq.tasks import Registry
-from distq.transport import Settlement, Transport, open_transport
+from distq.transport import Settlement, Transport, manager_wire, open_transport
 from distq.worker import Worker, WorkerOptions
 from fake_master import fake_settings
 from seam import fetch_n, results_n, results_of
@@ -169,4 +169,31 @@ def test_a_settle_refused_in_part_tells_which_it_took_were_late() -> None:
             consumer.settle(settled)
         assert consumer.settled_late == {got[1].tag}, consumer.settled_late
         assert consumer.late == {got[0].tag}, consumer.late
+        consumer.close()
+
+
+def test_a_lone_settle_an_older_master_took_before_its_fetch_failed_counts_settled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a master before settle_fetch_late is asked a retry's settle-then-fetch in two calls:
+    # the settle ran (its retry out, the task done), then the fetch failed. Of a lone
+    # settlement the worker was told none settled (settled_late), and counted the task
+    # handed back; a batch of two was told, its calls in _telling_settled
+    exposed = tuple(name for name in manager_wire.EXPOSED if name != "settle_fetch_late")
+    monkeypatch.setattr(manager_wire, "EXPOSED", exposed)
+    with hosted_and_remote(fake_settings()) as (hosted, remote):
+        broker: Any = hosted._broker  # type: ignore[attr-defined]
+        producer = hosted.producer(hosted.reply_queue("older"))
+        producer.submit([b"a"])
+        consumer = remote.consumer("c1")
+        (got,) = fetch_n(consumer, 1, within=10)
+
+        def fetch(*args: Any, **named: Any) -> object:
+            raise ValueError("the fetch failed")
+
+        broker.fetch = fetch
+        with pytest.raises(TransportError, match="the fetch failed"):
+            consumer.settle_then_fetch([Settlement(got, retry=b"again")], 1)
+        assert consumer.settled_late == {got.tag}, consumer.settled_late
+        assert hosted.stats().ready == 1  # its retry, the task itself done
         consumer.close()

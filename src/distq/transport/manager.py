@@ -1359,9 +1359,11 @@ class ManagerConsumer(Consumer):
     def _settle_and_fetch(
         self, settlements: Sequence[Settlement], max_count: int
     ) -> list[Delivery]:
-        """In two calls, to a master without ``settle_fetch_late``."""
+        """In two calls, to a master without ``settle_fetch_late``: a fetch that fails
+        after the settle ran tells it (:attr:`settled_late`), a lone settlement's too
+        (:meth:`settle_then_fetch` tells only a batch's), which was counted handed back."""
         self._settle(settlements)
-        with settled_already():
+        with settled_already(), self._telling_settled():
             return self.fetch(max_count, 0.0)
 
     def release(self, deliveries: Sequence[Delivery]) -> int:
