@@ -2023,6 +2023,7 @@ def test_a_done_copy_whose_ack_died_with_its_link_is_still_not_run(
         monkeypatch.undo()
         _relinked(other)
         assert fetch_n(other, 1, within=2) == [], "the copy of a task done runs again"
+        assert other.held == 0, "the copy is held for good, neither handed out nor acked"
         assert _ready(raw, queue) == 0
 
 
