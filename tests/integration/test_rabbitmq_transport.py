@@ -2046,6 +2046,7 @@ def test_a_copy_whose_deferral_was_refused_is_checked_again_by_the_next_fetch(
             other.fetch(1, 2.0)
         monkeypatch.undo()
         assert other.fetch(1, 1.0) == [], "the copy ran beside its original"
+        assert other.held == 0, "the copy is held, neither handed out nor deferred"
         _the_original_ends_and_its_copy_is_acked_unrun(
             raw, queue, producer, consumer, other, delivery
         )
