@@ -20,7 +20,6 @@ from distq.envelope import Task
 from distq.errors import ConfigError
 from distq.keeper import Keeper
 from distq.tasks import Registry
-from distq.timelimits import TimeLimits
 from distq.transport import Transport, open_transport
 from distq.worker import Worker, WorkerOptions
 from launch import free_port
@@ -141,48 +140,6 @@ def test_a_keeper_that_ends_as_a_second_signal_stops_the_worker_is_said_exit_1(
     assert "SIGTERM again: handing back every task in hand and exiting" in said, said
     assert "the keeper stopped: ValueError: boom (a bug in distq: " in said, said
     assert code == 1, said
-    producer.close()
-
-
-def test_a_slot_that_cannot_start_again_for_want_of_memory_stops_the_worker_naming_it(
-    transport: Transport, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past a time limit a slot goes on in a new thread; when starting it ran out of
-    memory (``ulimit -v``) rather than threads, the keeper said "keeping a long batch
-    failed: MemoryError (a bug in distq ... tries again in an interval)" and tried
-    nothing again: the slot was gone for good, and the worker exited 0 with the task
-    after it still queued."""
-    producer = transport.producer("replies")
-    tasks = [Task(name="sleepy", args=[s], reply_to="replies", max_attempts=1) for s in (2, 0)]
-    producer.submit([task.encode() for task in tasks])
-    registry = Registry()
-    registry.register("sleepy", time.sleep)
-    original, slots = threading.Thread.start, list[str]()
-
-    def start(self: threading.Thread) -> None:
-        if self.name.startswith("distq-slot-"):
-            slots.append(self.name)
-            if len(slots) > 1:  # the slot's second thread, after the time limit
-                raise MemoryError
-        original(self)
-
-    monkeypatch.setattr(threading.Thread, "start", start)
-    out = io.StringIO()
-    options = WorkerOptions(
-        worker_id="w",
-        prefetch=1,
-        heartbeat_interval=0.2,
-        exit_when_idle=3,
-        time_limits=TimeLimits.parse("sleepy=0.5"),
-    )
-    worker = Worker(transport, registry, options, Console(quiet=True, out=out, err=out))
-    with pytest.raises(ConfigError) as caught:
-        worker.run()
-    assert str(caught.value).startswith(
-        "could not start slot 0 again after its time limit (MemoryError): the process is at "
-        "a limit on threads or memory"
-    ), out.getvalue()
-    assert "keeping a long batch" not in out.getvalue(), out.getvalue()
     producer.close()
 
 
