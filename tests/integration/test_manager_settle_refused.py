@@ -6,7 +6,9 @@ took as settled, and only the rest as handed back."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from distq.envelope import Task
 from distq.errors import TransportError
 from distq.tasks import Registry
 from distq.transport import Settlement, Transport, manager_wire, open_transport
+from distq.transport.base import Consumer, Delivery, Producer
 from distq.worker import Worker, WorkerOptions
 from fake_master import fake_settings
 from seam import fetch_n, results_n, results_of
@@ -71,24 +74,42 @@ def test_a_settle_the_master_refused_in_part_counts_what_it_took_as_settled(
     assert transport.stats().in_flight == refused[0] - 2  # the rest: leased, to run again
 
 
+#: A master's settle wrapped by a test: (its broker, the settle it wraps, the queue, the
+#: consumer's id, the settlements sent) to what the master answers.
+Wrap = Callable[[Any, Callable[..., object], str, str, list[Any]], object]
+
+
+@contextlib.contextmanager
+def settling_through(
+    wrap: Wrap, tasks: int
+) -> Iterator[tuple[Producer, Consumer, list[Delivery], str]]:
+    """A hosted master whose settle goes through ``wrap``, ``tasks`` tasks (bodies 0, 1,
+    ...) submitted and fetched by a remote consumer: (the producer, the consumer, its
+    deliveries, the reply queue)."""
+    with hosted_and_remote(fake_settings()) as (hosted, remote):
+        broker: Any = hosted._broker  # type: ignore[attr-defined]
+        before = broker.settle
+        broker.settle = lambda queue, consumer, items: wrap(broker, before, queue, consumer, items)
+        reply_to = hosted.reply_queue("refused")
+        producer = hosted.producer(reply_to)
+        producer.submit([bytes([n]) for n in range(tasks)])
+        consumer = remote.consumer("c1")
+        yield producer, consumer, fetch_n(consumer, tasks, within=10), reply_to
+        consumer.close()
+
+
 @pytest.mark.parametrize("how", ["settle", "settle_then_fetch", "settle_then_fetch_late"], ids=str)
 def test_a_settle_call_refused_in_part_tells_which_were_settled(how: str) -> None:
     # each of a consumer's settle calls: those before the refused settlement are
     # settled_late (their results out, not back with the lease), none after it
-    with hosted_and_remote(fake_settings()) as (hosted, remote):
-        broker: Any = hosted._broker  # type: ignore[attr-defined]
-        before = broker.settle
 
-        def settle(queue: str, consumer: str, items: list[Any]) -> object:
-            items = [*items[:2], ([items[2][0]], *items[2][1:]), *items[3:]]
-            return before(queue, consumer, items)
+    def settle(
+        broker: Any, before: Callable[..., object], queue: str, consumer: str, items: list[Any]
+    ) -> object:
+        items = [*items[:2], ([items[2][0]], *items[2][1:]), *items[3:]]
+        return before(queue, consumer, items)
 
-        broker.settle = settle
-        reply_to = hosted.reply_queue("refused")
-        producer = hosted.producer(reply_to)
-        producer.submit([bytes([n]) for n in range(5)])
-        consumer = remote.consumer("c1")
-        got = fetch_n(consumer, 5, within=10)
+    with settling_through(settle, 5) as (producer, consumer, got, reply_to):
         retry = b"again" if how == "settle_then_fetch_late" else None  # asks which were late
         settled = [Settlement(d, reply_to=reply_to, result=d.body, retry=retry) for d in got]
         with pytest.raises(TransportError, match="3 tasks not settled"):
@@ -98,7 +119,6 @@ def test_a_settle_call_refused_in_part_tells_which_were_settled(how: str) -> Non
                 consumer.settle_then_fetch(settled, 5)
         assert set(consumer.settled_late) == {d.tag for d in got[:2]}, consumer.settled_late
         assert sorted(results_n(producer, 3, within=1)) == [bytes([0]), bytes([1])]
-        consumer.close()
 
 
 #: The end of a master's error for a settle it refused in part, as it says it.
@@ -121,46 +141,33 @@ def test_a_settle_refused_is_not_counted_taken_from_its_words(said: str) -> None
     # text: what that text counted changed between versions (an older master settled
     # the first and third and counted the second), and an odd one was read as all three
     # taken, or raised ValueError out of the settle (int() of 5,000 digits)
-    with hosted_and_remote(fake_settings()) as (hosted, remote):
-        broker: Any = hosted._broker  # type: ignore[attr-defined]
-        before = broker.settle
 
-        def settle(queue: str, consumer: str, items: list[Any]) -> object:
-            before(queue, consumer, [items[0], *items[2:]])  # all but the second
-            raise ValueError(said)
+    def settle(
+        broker: Any, before: Callable[..., object], queue: str, consumer: str, items: list[Any]
+    ) -> object:
+        before(queue, consumer, [items[0], *items[2:]])  # all but the second
+        raise ValueError(said)
 
-        broker.settle = settle
-        reply_to = hosted.reply_queue("refused")
-        producer = hosted.producer(reply_to)
-        producer.submit([bytes([n]) for n in range(3)])
-        consumer = remote.consumer("c1")
-        got = fetch_n(consumer, 3, within=10)
+    with settling_through(settle, 3) as (_, consumer, got, reply_to):
         settled = [Settlement(d, reply_to=reply_to, result=d.body) for d in got]
         with pytest.raises(TransportError, match="a token of list, not an int: "):
             consumer.settle(settled)
         assert got[1].tag not in consumer.settled_late, consumer.settled_late
-        consumer.close()
 
 
 def test_a_settle_refused_in_part_tells_which_it_took_were_late() -> None:
     # the first of three settlements a retry whose lease lapsed (late: its retry not
     # sent, its copy runs), the second taken, the third refused: the worker counted the
     # late one settled too, as if its retry had gone, and its copy ran as well
-    with hosted_and_remote(fake_settings()) as (hosted, remote):
-        broker: Any = hosted._broker  # type: ignore[attr-defined]
-        before = broker.settle
 
-        def settle(queue: str, consumer: str, items: list[Any]) -> object:
-            broker._leases[consumer].held.pop(items[0][0])  # its lease lapsed: late
-            items = [*items[:2], ([items[2][0]], *items[2][1:])]
-            return before(queue, consumer, items)
+    def settle(
+        broker: Any, before: Callable[..., object], queue: str, consumer: str, items: list[Any]
+    ) -> object:
+        broker._leases[consumer].held.pop(items[0][0])  # its lease lapsed: late
+        items = [*items[:2], ([items[2][0]], *items[2][1:])]
+        return before(queue, consumer, items)
 
-        broker.settle = settle
-        reply_to = hosted.reply_queue("refused")
-        producer = hosted.producer(reply_to)
-        producer.submit([bytes([n]) for n in range(3)])
-        consumer = remote.consumer("c1")
-        got = fetch_n(consumer, 3, within=10)
+    with settling_through(settle, 3) as (_, consumer, got, reply_to):
         settled = [
             Settlement(got[0], retry=b"again"),
             *(Settlement(d, reply_to=reply_to, result=d.body) for d in got[1:]),
@@ -169,7 +176,6 @@ def test_a_settle_refused_in_part_tells_which_it_took_were_late() -> None:
             consumer.settle(settled)
         assert consumer.settled_late == {got[1].tag}, consumer.settled_late
         assert consumer.late == {got[0].tag}, consumer.late
-        consumer.close()
 
 
 def test_a_lone_settle_an_older_master_took_before_its_fetch_failed_counts_settled(
