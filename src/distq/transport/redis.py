@@ -460,7 +460,8 @@ class RedisTransport(Transport):
         )
         if isinstance(leases, Exception) or not leases:
             return 0
-        # as now_ms() in prelude.lua; TIME refused (an ACL of commands): every lease counts
+        # as now_ms() in prelude.lua. TIME refused (an ACL of commands): every lease counts,
+        # as before; no user without TIME runs distq's scripts, each of which calls it
         now_ms = -1 if isinstance(now, Exception) else int(now[0]) * 1000 + int(now[1]) // 1000
         live = [leases[i] for i in range(0, len(leases), 2) if float(leases[i + 1]) > now_ms]
         if not live:
