@@ -53,6 +53,7 @@ class TlsFiles:
 
         Raises :class:`ConfigError` naming the file that cannot be used.
         """
+        self._readable()
         try:
             context = ssl.create_default_context(cafile=self.ca_file)
         except (OSError, ssl.SSLError) as exc:
@@ -77,6 +78,26 @@ class TlsFiles:
                     f"{self.key_file!r} are not a PEM certificate and its key ({_reason(exc)})"
                 ) from None
         return context
+
+    def _readable(self) -> None:
+        """Each file given opens: OpenSSL's error for a missing one named no file (the
+        CA's "holds no usable PEM certificates", or the client's two files together),
+        so the user was not told which to mount."""
+        for var, path in (
+            ("DISTQ_TLS_CA_FILE", self.ca_file),
+            ("DISTQ_TLS_CERT_FILE", self.cert_file),
+            ("DISTQ_TLS_KEY_FILE", self.key_file),
+        ):
+            if not path:
+                continue
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(
+                    f"{var} names {path!r}, which cannot be read ({exc.strerror or exc}); "
+                    f"mount the file there or unset {var}"
+                ) from None
 
 
 class _PassPhrase(Exception):

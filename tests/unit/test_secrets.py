@@ -459,6 +459,33 @@ def test_tls_files_are_checked_up_front(ca: CertificateAuthority, tmp_path: Path
     assert load({**amqp, "DISTQ_TLS_CA_FILE": str(ca.cert)}).tls_files.ca_file == str(ca.cert)
 
 
+@pytest.mark.parametrize(
+    "missing", ["DISTQ_TLS_CA_FILE", "DISTQ_TLS_CERT_FILE", "DISTQ_TLS_KEY_FILE"]
+)
+def test_a_tls_file_that_cannot_be_read_is_named_alone(
+    ca: CertificateAuthority, tmp_path: Path, missing: str
+) -> None:
+    """A path that does not exist was said to hold "no usable PEM certificates (No such
+    file or directory)", or, for the client's two files, both were named as "not a PEM
+    certificate and its key": the user was not told which file to mount."""
+    client = ca.issue("client", client=True)
+    env = {
+        "DISTQ_TRANSPORT": "redis",
+        "DISTQ_REDIS_URL": "rediss://127.0.0.1:6380/0",
+        "DISTQ_TLS_CA_FILE": str(ca.cert),
+        "DISTQ_TLS_CERT_FILE": str(client.cert),
+        "DISTQ_TLS_KEY_FILE": str(client.key),
+        missing: str(tmp_path / "absent.pem"),
+    }
+    message = error(env)
+    assert message.startswith(
+        f"{missing} names {str(tmp_path / 'absent.pem')!r}, which cannot "
+        "be read (No such file or directory); "
+    ), message
+    assert f"or unset {missing}" in message
+    assert "PEM" not in message
+
+
 def test_an_encrypted_client_key_is_refused_without_prompting(
     ca: CertificateAuthority, tmp_path: Path
 ) -> None:
