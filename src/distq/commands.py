@@ -121,6 +121,11 @@ def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     """Run the command ``args.role``; ConfigError and ConnectionFailed reach the caller."""
+    # SIGTERM (timeout(1), kill, a CI cancel, a container stop) as Ctrl-C, from before
+    # the held signals are handed back: it ended a command with exit 143 and no word, a
+    # requeue-dead without saying what became of the letters, a submit without saying
+    # its task may be queued
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if args.role == "submit":
             return _submit(args, settings, console)  # it hands back the signals held
@@ -149,6 +154,8 @@ def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
         else:
             console.error("interrupted")
         return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -282,14 +289,9 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
             return EXIT_UNREACHABLE
         say(task.id)
         return 0
-    # SIGTERM (timeout(1), kill, a CI cancel, a container stop) as Ctrl-C: it ended the
-    # wait with exit 143, no word, and the task left queued for a worker to dead-letter;
-    # from before the executor connects, which may take seconds
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        return _submit_and_wait(args, settings, console, values, kwargs)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # SIGTERM is Ctrl-C here (run): it ended the wait with exit 143, no word, and the
+    # task left queued for a worker to dead-letter
+    return _submit_and_wait(args, settings, console, values, kwargs)
 
 
 def _refused_then(future: DistqFuture[Any]) -> str:

@@ -532,13 +532,20 @@ def test_a_sigterm_while_distq_imports_is_a_stop_while_connecting(
         (["status"], "SIGINT", "distq: interrupted\n"),
         (["submit", "square", "3"], "SIGINT", "distq: interrupted before the task was queued\n"),
         (["submit", "square", "3", "--wait"], "SIGTERM", "distq: interrupted before the task"),
+        (["submit", "square", "3"], "SIGTERM", "distq: interrupted before the task was queued\n"),
+        (["status", "--json"], "SIGTERM", "distq: interrupted\n"),
+        (["dead-letters"], "SIGTERM", "distq: interrupted\n"),
+        (["requeue-dead"], "SIGTERM", "distq: interrupted: the letters moved so far"),
     ],
 )
 def test_a_command_interrupted_while_distq_imports_says_so(
     tmp_path: Path, args: list[str], early: str, said: str
 ) -> None:
     """Ctrl-C as distq imported: a KeyboardInterrupt traceback, where later it says
-    "interrupted", exit 1 (submit --wait takes SIGTERM as Ctrl-C, README)."""
+    "interrupted", exit 1. Each command takes SIGTERM as Ctrl-C (README): only
+    ``submit --wait`` did, and the others ended with exit 143 and no line, a
+    ``requeue-dead`` cut off without its line saying what became of the letters, a
+    ``submit`` without saying that its task may be queued."""
     returncode, output = _signalled_early(tmp_path, "python -m distq", *args, early=early)
     assert returncode == 1, output
     assert output.startswith(said), output
