@@ -161,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-attempts",
         type=flagtypes.count,
         default=MAX_ATTEMPTS,
+        metavar="N",
         help=f"attempts per task before it fails for good (default {MAX_ATTEMPTS})",
     )
     master.add_argument(

@@ -91,8 +91,9 @@ def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
     )
     submit.add_argument(
         "--max-attempts",
-        type=int,
+        type=flagtypes.count,
         default=MAX_ATTEMPTS,
+        metavar="N",
         help=f"attempts before the task fails for good (default {MAX_ATTEMPTS})",
     )
     status = roles.add_parser(
@@ -233,8 +234,6 @@ def _submit(args: argparse.Namespace, settings: Settings, console: Console) -> i
         )
     values = [parse_argument(text) for text in args.args]
     kwargs = _kwargs(args.kwargs)
-    if args.max_attempts < 1:
-        raise ConfigError(f"--max-attempts {args.max_attempts}: use 1 or more")
     if args.timeout is not None and not args.wait:
         raise ConfigError(
             "--timeout is how long --wait waits for the result; without --wait, submit "

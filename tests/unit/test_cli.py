@@ -1353,3 +1353,21 @@ def test_a_negative_amqp_retry_delay_exits_2_with_one_line() -> None:
     assert done.stderr.startswith("distq: DISTQ_AMQP_URL (amqp://guest:***@127.0.0.1:")
     assert "has retry_delay='-5'; use a number of seconds from 0" in done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("role", ["submit", "master"])
+def test_max_attempts_reads_as_the_readme_says_and_refuses_as_the_other_counts(
+    role: str,
+) -> None:
+    """`--help` showed `--max-attempts MAX_ATTEMPTS` where README shows `--max-attempts N`,
+    and submit read it with a bare ``int``: "invalid int value: 'abc'", where every other
+    count says what it wants (flagtypes.count)."""
+    from distq.cli import _parser
+
+    words = ["submit", "jobs:add"] if role == "submit" else ["master"]
+    usage = io.StringIO()
+    with pytest.raises(SystemExit) as stopped, contextlib.redirect_stderr(usage):
+        _parser().parse_args([*words, "--max-attempts", "abc"])
+    assert stopped.value.code == 2
+    assert "--max-attempts N" in usage.getvalue()
+    assert "argument --max-attempts: 'abc' is not a whole number" in usage.getvalue()
