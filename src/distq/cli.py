@@ -120,7 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     master = roles.add_parser("master", parents=[common], help="submit the squares job")
-    master.add_argument("--tasks", type=flagtypes.count, help=f"number of tasks (default {TASKS})")
+    master.add_argument(
+        "--tasks", type=flagtypes.count, metavar="N", help=f"number of tasks (default {TASKS})"
+    )
     master.add_argument(
         "--task-delay",
         type=flagtypes.seconds_or_zero,
@@ -128,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="each task sleeps S seconds first (the tutorial's worker: 1)",
     )
-    master.add_argument("--seed", type=int, help="random seed for the task numbers")
+    master.add_argument("--seed", type=int, metavar="X", help="random seed for the task numbers")
     master.add_argument(
         "--timeout",
         type=flagtypes.seconds,
@@ -188,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
         "-c",
         type=flagtypes.count_up_to(MAX_CONCURRENCY),
         default=CONCURRENCY,
+        metavar="C",
         help=f"tasks run at once, one thread each, 1 to {MAX_CONCURRENCY} (default {CONCURRENCY})",
     )
     worker.add_argument(
@@ -220,7 +223,10 @@ def _parser() -> argparse.ArgumentParser:
         f"({CONNECT_TIMEOUT:g})",
     )
     worker.add_argument(
-        "--worker-id", type=flagtypes.name, help="name in results and dead letters (host-pid)"
+        "--worker-id",
+        type=flagtypes.name,
+        metavar="NAME",
+        help="name in results and dead letters (host-pid)",
     )
     add_probe_parser(roles)
     commands.add_parsers(roles, common)

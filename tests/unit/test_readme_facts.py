@@ -107,6 +107,28 @@ def test_the_flag_tables_list_each_flag_of_the_command_that_is_no_setting(comman
     assert flag_table(f"### `distq {command}`") == own
 
 
+
+@pytest.mark.parametrize("command", ["master", "worker"])
+def test_the_flag_tables_name_each_value_as_help_does(command: str) -> None:
+    """`--tasks N` in the table, `--tasks TASKS` in `distq master --help` (and `--seed X`
+    / `SEED`, `--concurrency C` / `CONCURRENCY`, `--worker-id NAME` / `WORKER_ID`): a
+    reader of both met two names for one value."""
+    actions = subcommands()[command]._option_string_actions
+    table = README.split(f"\n### `distq {command}`\n", 1)[1].split("| flag | meaning |", 1)[1]
+    rows = table.split("\n\n", 1)[0].splitlines()[2:]
+    shown = {
+        flag: value
+        for row in rows
+        for flag, value in re.findall(r"`(--?[a-z][a-z-]*) ([A-Z][A-Z:_]*)`", row.split(" | ")[0])
+    }
+    assert shown, f"no `--flag VALUE` in the table of distq {command}"
+    helped = {
+        flag: actions[flag].metavar or actions[flag].dest.upper()
+        for flag in shown
+        if flag in actions
+    }
+    assert helped == shown
+
 def test_the_shell_commands_table_names_the_flags_of_each_command() -> None:
     commands = subcommands()
     table = README.split("| command | does |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
