@@ -107,7 +107,6 @@ def test_the_flag_tables_list_each_flag_of_the_command_that_is_no_setting(comman
     assert flag_table(f"### `distq {command}`") == own
 
 
-
 @pytest.mark.parametrize("command", ["master", "worker"])
 def test_the_flag_tables_name_each_value_as_help_does(command: str) -> None:
     """`--tasks N` in the table, `--tasks TASKS` in `distq master --help` (and `--seed X`
@@ -128,6 +127,7 @@ def test_the_flag_tables_name_each_value_as_help_does(command: str) -> None:
         if flag in actions
     }
     assert helped == shown
+
 
 def test_the_shell_commands_table_names_the_flags_of_each_command() -> None:
     commands = subcommands()
