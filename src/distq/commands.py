@@ -125,8 +125,10 @@ def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     # SIGTERM (timeout(1), kill, a CI cancel, a container stop) as Ctrl-C, from before
     # the held signals are handed back: it ended a command with exit 143 and no word, a
     # requeue-dead without saying what became of the letters, a submit without saying
-    # its task may be queued
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # its task may be queued. Put back after: the handler found before the entry point
+    # held SIGTERM, not its holding one (a SIGTERM after would be held for good)
+    previous = startup.found(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if args.role == "submit":
             return _submit(args, settings, console)  # it hands back the signals held

@@ -53,6 +53,13 @@ def taken() -> int | None:
     return _HELD.pop() if _HELD else None
 
 
+def found(sig: int) -> Any:
+    """The handler ``sig`` had before it was held (its handler now if it is not): the one
+    to put back after replacing a held signal's, not the holding one, which would hold
+    for good what comes after."""
+    return _FOUND.get(sig, signal.getsignal(sig))
+
+
 def hand_back() -> None:
     """Put back the handlers found where the signals are still held, then raise the
     signal held, if any: the command goes on (or ends) as if it came now."""

@@ -551,6 +551,32 @@ def test_a_command_interrupted_while_distq_imports_says_so(
     assert output.startswith(said), output
 
 
+@pytest.mark.parametrize("args", [["status"], ["submit", "square", "3"]])
+def test_a_sigterm_after_a_command_returned_is_not_swallowed(args: list[str]) -> None:
+    """``run`` took SIGTERM's handler while the entry point still held it, and put that
+    holding handler back as it returned: the handlers found were back for no signal
+    after (README: a command that puts in none gets them back), and a SIGTERM as the
+    process ended (atexit, a thread joined) was held for good, the process left running."""
+    program = (
+        "import os, signal, time\n"
+        "from distq.startup import main\n"
+        f"main({args!r})\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(5)\n"
+        "print('still running', signal.getsignal(signal.SIGTERM))\n"
+    )
+    refused = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: exit 3 at once
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env=checkout_env(DISTQ_TRANSPORT="redis", DISTQ_REDIS_URL=refused),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (-signal.SIGTERM, ""), done.stderr
+
+
 def test_importing_distq_in_a_program_leaves_its_signal_handlers_alone() -> None:
     """Only the command's entry points hold the stop signals (README): an Executor's
     program keeps its own handlers, whatever of distq it imports."""
