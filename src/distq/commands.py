@@ -128,8 +128,8 @@ def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     # its task may be queued. Put back after: the handler found before the entry point
     # held SIGTERM, not its holding one (a SIGTERM after would be held for good)
     previous = startup.found(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
+    try:  # from the set on: a SIGTERM as it returns is "interrupted" too, not a traceback
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         if args.role == "submit":
             return _submit(args, settings, console)  # it hands back the signals held
         startup.hand_back()  # a Ctrl-C held while distq imported: "interrupted", as later

@@ -740,6 +740,33 @@ def _sitecustomize(tmp_path: Path, hook: str) -> None:
     )
 
 
+#: A SIGTERM just as ``commands.run`` put in its handler (as signal.signal returns to it).
+AS_RUN_TAKES_SIGTERM = (
+    "import sys\n\n\ndef at_set(frame, event, _arg):\n"
+    "    caller = frame.f_back\n"
+    "    if event == 'return' and frame.f_code.co_name == 'signal' and caller is not None \\\n"
+    "            and caller.f_code.co_qualname == 'run' \\\n"
+    "            and caller.f_globals.get('__name__') == 'distq.commands':\n"
+    "        sys.setprofile(None)\n        {signal}\n\n\nsys.setprofile(at_set)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [(["status"], "distq: interrupted\n"), (["submit", "square", "3"], "distq: interrupted")],
+)
+def test_a_sigterm_as_a_command_takes_it_says_interrupted(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    """``run`` put in its SIGTERM handler before its ``try``: a SIGTERM that landed there
+    (one the entry point held and had not yet acted on, run by the new handler) ended the
+    command with a KeyboardInterrupt traceback, not "interrupted", exit 1 (README)."""
+    _sitecustomize(tmp_path, AS_RUN_TAKES_SIGTERM)
+    returncode, output = _run_hooked(tmp_path, *args)
+    assert (returncode, "Traceback" in output) == (1, False), output
+    assert output.startswith(said), output
+
+
 @pytest.mark.parametrize("where", sorted(CATCHING))
 def test_a_sigterm_swallowed_before_the_broker_answers_starts_no_work(
     tmp_path: Path, redis_broker: Broker, where: str
