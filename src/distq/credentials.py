@@ -97,6 +97,15 @@ def _set(values: Mapping[str, str], name: str) -> bool:
     return bool((values.get(name) or "").strip())
 
 
+def unreadable(named: str, path: str, exc: OSError, what: str, undo: str) -> ConfigError:
+    """The error for a file a setting ``named`` names (``path``) that cannot be opened
+    (``exc``): the path, the system's reason, and to mount ``what`` there or ``undo``."""
+    return ConfigError(
+        f"{named} names {path!r}, which cannot be read ({exc.strerror or exc}); "
+        f"mount {what} there or {undo}"
+    )
+
+
 def read_secret(path: str, var: str, named: str | None = None, undo: str | None = None) -> str:
     """The content of the file at ``path`` with its trailing newline (``\\n`` or
     ``\\r\\n``) stripped and nothing else: a space or tab around a password is part of
@@ -111,10 +120,7 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(
-            f"{named} names {path!r}, which cannot be read ({exc.strerror or exc}); "
-            f"mount the secret there or {undo}"
-        ) from None
+        raise unreadable(named, path, exc, "the secret", undo) from None
     if var.removesuffix(FILE_SUFFIX) in KEYS:  # its bytes, as the variable's are kept
         text = data.decode(errors="surrogateescape")
     else:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from distq.credentials import unreadable
 from distq.errors import ConfigError
 
 TLS_SCHEMES = {"redis": ("rediss",), "rabbitmq": ("amqps",)}
@@ -94,10 +95,7 @@ class TlsFiles:
                 with open(path, "rb"):
                     pass
             except OSError as exc:
-                raise ConfigError(
-                    f"{var} names {path!r}, which cannot be read ({exc.strerror or exc}); "
-                    f"mount the file there or unset {var}"
-                ) from None
+                raise unreadable(var, path, exc, "the file", f"unset {var}") from None
 
 
 class _PassPhrase(Exception):
