@@ -436,17 +436,23 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
     return CertificateAuthority(tmp_path_factory.mktemp("ca"))
 
 
-def test_tls_files_are_checked_up_front(ca: CertificateAuthority, tmp_path: Path) -> None:
+def tls_redis(ca: CertificateAuthority) -> dict[str, str]:
+    """A Redis over TLS with a CA file and a client's certificate and key, all readable."""
     client = ca.issue("client", client=True)
-    env = {
+    return {
         "DISTQ_TRANSPORT": "redis",
         "DISTQ_REDIS_URL": "rediss://127.0.0.1:6380/0",
         "DISTQ_TLS_CA_FILE": str(ca.cert),
         "DISTQ_TLS_CERT_FILE": str(client.cert),
         "DISTQ_TLS_KEY_FILE": str(client.key),
     }
+
+
+def test_tls_files_are_checked_up_front(ca: CertificateAuthority, tmp_path: Path) -> None:
+    env = tls_redis(ca)
+    client_cert, client_key = env["DISTQ_TLS_CERT_FILE"], env["DISTQ_TLS_KEY_FILE"]
     settings = load(env)
-    assert settings.tls_files == tls.TlsFiles(str(ca.cert), str(client.cert), str(client.key))
+    assert settings.tls_files == tls.TlsFiles(str(ca.cert), client_cert, client_key)
     assert "(plain TCP); use rediss://" in error({**env, "DISTQ_REDIS_URL": "redis://h:6379/0"})
     assert "without DISTQ_TLS_KEY_FILE" in error({**env, "DISTQ_TLS_KEY_FILE": ""})
     assert "manager transport has no TLS" in error({**env, **KEY, "DISTQ_TRANSPORT": "manager"})
@@ -468,16 +474,7 @@ def test_a_tls_file_that_cannot_be_read_is_named_alone(
     """A path that does not exist was said to hold "no usable PEM certificates (No such
     file or directory)", or, for the client's two files, both were named as "not a PEM
     certificate and its key": the user was not told which file to mount."""
-    client = ca.issue("client", client=True)
-    env = {
-        "DISTQ_TRANSPORT": "redis",
-        "DISTQ_REDIS_URL": "rediss://127.0.0.1:6380/0",
-        "DISTQ_TLS_CA_FILE": str(ca.cert),
-        "DISTQ_TLS_CERT_FILE": str(client.cert),
-        "DISTQ_TLS_KEY_FILE": str(client.key),
-        missing: str(tmp_path / "absent.pem"),
-    }
-    message = error(env)
+    message = error({**tls_redis(ca), missing: str(tmp_path / "absent.pem")})
     assert message.startswith(
         f"{missing} names {str(tmp_path / 'absent.pem')!r}, which cannot "
         "be read (No such file or directory); "
