@@ -9,7 +9,7 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -48,6 +48,42 @@ def runs(task_id: str, *, seconds: float) -> None:
     time.sleep(seconds)
 
 
+def run_with_a_broken_keeper(
+    transport: Transport,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    fail: Callable[[], None],
+) -> tuple[Worker, int, str, Task, list[BaseException | None]]:
+    """A 2-slot worker on ``transport`` running one 3 s task, its keeper's ``where``
+    calling ``fail`` (which raises) once a batch runs: the worker, its exit code, its
+    output, the task, and the errors that ended threads (their tracebacks kept off)."""
+    RAN.clear()
+    producer = transport.producer("replies")
+    long = Task(name="runs", args=["t-long"], kwargs={"seconds": 3.0}, reply_to="replies")
+    producer.submit([long.encode()])
+    registry = Registry()
+    registry.register("runs", runs)
+    original = getattr(Keeper, where)
+
+    def broken(self: Keeper, *args: Any) -> Any:
+        slots = args[0] if isinstance(args[0], list) else [args[0]]
+        if any(slot.batch is not None for slot in slots):
+            fail()
+        return original(self, *args)
+
+    monkeypatch.setattr(Keeper, where, broken)
+    caught: list[BaseException | None] = []
+    monkeypatch.setattr("threading.excepthook", lambda args: caught.append(args.exc_value))
+    out = io.StringIO()
+    options = WorkerOptions(
+        worker_id="w", concurrency=2, prefetch=1, heartbeat_interval=LEASE / 3, exit_when_idle=6
+    )
+    worker = Worker(transport, registry, options, Console(quiet=True, out=out, err=out))
+    code = worker.run()
+    producer.close()
+    return worker, code, out.getvalue(), long, caught
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("where", "error", "said_as"),
@@ -66,30 +102,13 @@ def test_a_keeper_that_ends_on_an_error_stops_the_worker_handing_its_tasks_back(
     """An error in the keeper's loop outside its work on a slot (_renew_after), or one
     that is no Exception, ended its thread in silence: the worker ran on, the long task's
     lease lapsed and the other slot ran it again, and the worker exited 0."""
-    RAN.clear()
-    producer = short_lease.producer("replies")
-    long = Task(name="runs", args=["t-long"], kwargs={"seconds": 3.0}, reply_to="replies")
-    producer.submit([long.encode()])
-    registry = Registry()
-    registry.register("runs", runs)
-    original = getattr(Keeper, where)
 
-    def broken(self: Keeper, *args: Any) -> Any:
-        slots = args[0] if isinstance(args[0], list) else [args[0]]
-        if any(slot.batch is not None for slot in slots):
-            raise error
-        return original(self, *args)
+    def fail() -> None:
+        raise error
 
-    monkeypatch.setattr(Keeper, where, broken)
-    caught: list[BaseException | None] = []
-    monkeypatch.setattr("threading.excepthook", lambda args: caught.append(args.exc_value))
-    out = io.StringIO()
-    options = WorkerOptions(
-        worker_id="w", concurrency=2, prefetch=1, heartbeat_interval=LEASE / 3, exit_when_idle=6
+    worker, code, said, long, caught = run_with_a_broken_keeper(
+        short_lease, monkeypatch, where, fail
     )
-    worker = Worker(short_lease, registry, options, Console(quiet=True, out=out, err=out))
-    code = worker.run()
-    said = out.getvalue()
     assert code == 1, said
     assert RAN == ["t-long"], said  # not again on the other slot, once its lease lapsed
     assert (
@@ -103,7 +122,6 @@ def test_a_keeper_that_ends_on_an_error_stops_the_worker_handing_its_tasks_back(
     back = short_lease.consumer("after")  # handed back: queued again at once
     assert [Task.decode(d.body).id for d in back.fetch(1, 0.5)] == [long.id], said
     back.close()
-    producer.close()
 
 
 @pytest.mark.timeout(60)
@@ -113,34 +131,17 @@ def test_a_keeper_that_ends_as_a_second_signal_stops_the_worker_is_said_exit_1(
     """The keeper's end is said by the main loop, which a second SIGTERM's stop at once
     leaves (Shutdown): a keeper that ended as it came went unsaid, and the worker exited
     0 with a bug in distq behind it (only the thread's traceback, on stderr)."""
-    producer = short_lease.producer("replies")
-    long = Task(name="runs", args=["t-long"], kwargs={"seconds": 3.0}, reply_to="replies")
-    producer.submit([long.encode()])
-    registry = Registry()
-    registry.register("runs", runs)
-    original = Keeper._renew_after
 
-    def broken(self: Keeper, slots: Any) -> float:
-        if any(slot.batch is not None for slot in slots):
-            os.kill(os.getpid(), signal.SIGTERM)  # stop warm
-            time.sleep(0.2)  # handled apart: two at once are one
-            os.kill(os.getpid(), signal.SIGTERM)  # stop at once: Shutdown in the main loop
-            raise ValueError("boom")
-        return original(self, slots)
+    def fail() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # stop warm
+        time.sleep(0.2)  # handled apart: two at once are one
+        os.kill(os.getpid(), signal.SIGTERM)  # stop at once: Shutdown in the main loop
+        raise ValueError("boom")
 
-    monkeypatch.setattr(Keeper, "_renew_after", broken)
-    monkeypatch.setattr("threading.excepthook", lambda args: None)  # the thread's traceback
-    out = io.StringIO()
-    options = WorkerOptions(
-        worker_id="w", concurrency=2, prefetch=1, heartbeat_interval=LEASE / 3, exit_when_idle=6
-    )
-    worker = Worker(short_lease, registry, options, Console(quiet=True, out=out, err=out))
-    code = worker.run()
-    said = out.getvalue()
+    _, code, said, _, _ = run_with_a_broken_keeper(short_lease, monkeypatch, "_renew_after", fail)
     assert "SIGTERM again: handing back every task in hand and exiting" in said, said
     assert "the keeper stopped: ValueError: boom (a bug in distq: " in said, said
     assert code == 1, said
-    producer.close()
 
 
 @pytest.mark.parametrize(
