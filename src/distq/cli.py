@@ -34,6 +34,7 @@ from distq.config import (
     DEFAULTS,
     MAX_ATTEMPTS,
     MAX_CONCURRENCY,
+    MOST_ATTEMPTS,
     PREFIX,
     SETTINGS,
     STATUS_EVERY,
@@ -161,10 +162,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     master.add_argument(
         "--max-attempts",
-        type=flagtypes.count,
+        type=flagtypes.count_up_to(MOST_ATTEMPTS),
         default=MAX_ATTEMPTS,
         metavar="N",
-        help=f"attempts per task before it fails for good (default {MAX_ATTEMPTS})",
+        help=f"attempts per task before it fails for good (default {MAX_ATTEMPTS}, at most "
+        f"{MOST_ATTEMPTS:,})",
     )
     master.add_argument(
         "--wait-workers",

@@ -30,7 +30,7 @@ import msgspec
 
 from distq import flagtypes, startup
 from distq.codec import Codec
-from distq.config import MAX_ATTEMPTS, Settings
+from distq.config import MAX_ATTEMPTS, MOST_ATTEMPTS, Settings
 from distq.console import Console, say
 from distq.envelope import NO_REPLY, DeadLetter, Task, new_id, shown
 from distq.errors import (
@@ -91,10 +91,11 @@ def add_parsers(roles: Any, common: argparse.ArgumentParser) -> None:
     )
     submit.add_argument(
         "--max-attempts",
-        type=flagtypes.count,
+        type=flagtypes.count_up_to(MOST_ATTEMPTS),
         default=MAX_ATTEMPTS,
         metavar="N",
-        help=f"attempts before the task fails for good (default {MAX_ATTEMPTS})",
+        help=f"attempts before the task fails for good (default {MAX_ATTEMPTS}, at most "
+        f"{MOST_ATTEMPTS:,})",
     )
     status = roles.add_parser(
         "status", parents=[common], help="ready and in-flight tasks, dead letters, workers"

@@ -31,6 +31,7 @@ from distq.addresses import (
     utf8,
 )
 from distq.envelope import MAX_ATTEMPTS as MAX_ATTEMPTS
+from distq.envelope import MOST_ATTEMPTS as MOST_ATTEMPTS
 from distq.errors import ConfigError
 from distq.limits import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -48,7 +49,8 @@ PREFIX = "DISTQ_"
 
 # -- defaults of the role flags (the settings' defaults are in their entries below) ------
 TASKS = 6  # distq master --tasks
-# MAX_ATTEMPTS (distq master --max-attempts) is a task's own default, from distq.envelope
+# MAX_ATTEMPTS (distq master --max-attempts) is a task's own default, from distq.envelope,
+# as is its ceiling, MOST_ATTEMPTS
 STATUS_EVERY = 10.0  # distq master --status-every; seconds between status lines in --rate mode
 MASTER_DRAIN_SECONDS = 5.0  # how long a stopping master waits for results in flight
 CONCURRENCY = 1  # distq worker --concurrency

@@ -54,7 +54,7 @@ from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.codec import Codec
 from distq.config import Settings, shown_number
 from distq.dispatcher import FORKED, Dispatcher, Entry, Stop, Submit
-from distq.envelope import MAX_ATTEMPTS, Task, new_id
+from distq.envelope import MAX_ATTEMPTS, MOST_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, EnvelopeError, MessageTooLarge
 from distq.executor_settings import load_settings
 from distq.flagtypes import MAX_SECONDS
@@ -94,6 +94,15 @@ def _seconds(name: str, value: float | None, *, zero: bool = False) -> float | N
     return value
 
 
+def _check_attempts(max_attempts: int) -> None:
+    """Raise ``ValueError`` unless ``max_attempts`` is a whole number from 1 to
+    :data:`~distq.envelope.MOST_ATTEMPTS`, as ``--max-attempts`` is: 10**23 was taken."""
+    whole = isinstance(max_attempts, int) and not isinstance(max_attempts, bool)
+    if not (whole and 1 <= max_attempts <= MOST_ATTEMPTS):
+        shown = shown_number(max_attempts) if whole else f"{max_attempts!r:.40}"
+        raise ValueError(f"max_attempts is {shown}; use a whole number from 1 to {MOST_ATTEMPTS}")
+
+
 class Executor(concurrent.futures.Executor):
     """Runs registered tasks on distq workers, over the transport the settings name.
 
@@ -121,8 +130,7 @@ class Executor(concurrent.futures.Executor):
         host: bool = True,
         **overrides: Any,
     ) -> None:
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValueError(f"max_attempts is {max_attempts!r}; use a whole number >= 1")
+        _check_attempts(max_attempts)
         task_timeout = _seconds("task_timeout", task_timeout)
         self.settings = load_settings(settings, overrides, os.environ)
         self.max_attempts, self.task_timeout = max_attempts, task_timeout

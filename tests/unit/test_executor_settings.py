@@ -405,8 +405,8 @@ def _short(value: object) -> str | None:
         ("task_timeout", float("nan"), r"task_timeout is nan; use seconds > 0"),
         ("task_timeout", -1, r"task_timeout is -1; use seconds > 0"),
         ("task_timeout", True, r"task_timeout is True; use seconds > 0"),
-        ("max_attempts", True, r"max_attempts is True; use a whole number >= 1"),
-        ("max_attempts", 2.0, r"max_attempts is 2.0; use a whole number >= 1"),
+        ("max_attempts", True, r"max_attempts is True; use a whole number from 1 to 10000$"),
+        ("max_attempts", 2.0, r"max_attempts is 2.0; use a whole number from 1 to 10000$"),
     ],
     ids=_short,
 )
