@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 from distq.errors import ConfigError
@@ -30,6 +29,10 @@ SECRETS: tuple[str, ...] = (
 #: split at commas and line ends (a random byte may be one): those must be UTF-8 text.
 KEYS: tuple[str, ...] = ("DISTQ_AUTHKEY", "DISTQ_SIGNING_KEY")
 FILE_SUFFIX = "_FILE"
+#: Most bytes a secret's file may hold: a key or a password is tens of bytes, a keys
+#: file of a hundred keys some 7 KiB. A file past it is no secret's (``/dev/zero``, a
+#: log): read whole, it took the memory of a master or worker until the kernel killed it.
+MAX_SECRET_BYTES = 64 << 10
 #: A UTF-8 byte order mark as text: dropped from the front of a secret file.
 _BOM = "\ufeff"
 MASK = "***"
@@ -106,6 +109,26 @@ def unreadable(named: str, path: str, exc: OSError, what: str, undo: str) -> Con
     )
 
 
+def too_large(named: str, path: str, most: int, what: str, undo: str) -> ConfigError:
+    """The error for a file a setting ``named`` names (``path``) that holds more than
+    ``most`` bytes, more than ``what`` can be: the path, the limit, and to mount ``what``
+    there or ``undo``."""
+    size = f"{most >> 20} MiB" if most >= 1 << 20 else f"{most >> 10} KiB"
+    return ConfigError(
+        f"{named} names {path!r}, which holds more than {most:,} bytes ({size}), the most "
+        f"{what} may be (a device, or another file?); mount {what} there or {undo}"
+    )
+
+
+def read_at_most(path: str, most: int) -> bytes | None:
+    """The content of the file at ``path``; None when it holds more than ``most`` bytes,
+    read no further than that (an endless source, such as ``/dev/zero``, ends there).
+    Raises ``OSError`` as ``open`` does."""
+    with open(path, "rb") as file:
+        data = file.read(most + 1)
+    return None if len(data) > most else data
+
+
 def read_secret(path: str, var: str, named: str | None = None, undo: str | None = None) -> str:
     """The content of the file at ``path`` with its trailing newline (``\\n`` or
     ``\\r\\n``) stripped and nothing else: a space or tab around a password is part of
@@ -115,12 +138,15 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
     as the variable keeps them; a password's must be UTF-8. A keys file's lines may end
     in a bare ``\\r`` (old Mac) too. A UTF-8 byte order mark in front (what editors on
     Windows write) is not part of the secret: dropped, as the signing keys' parsers drop
-    it from a variable."""
+    it from a variable. At most :data:`MAX_SECRET_BYTES` are read: a larger file is
+    refused, naming the limit."""
     named, undo = named or var, undo or f"unset {var}"
     try:
-        data = Path(path).read_bytes()
+        data = read_at_most(path, MAX_SECRET_BYTES)
     except OSError as exc:
         raise unreadable(named, path, exc, "the secret", undo) from None
+    if data is None:
+        raise too_large(named, path, MAX_SECRET_BYTES, "the secret", undo)
     if var.removesuffix(FILE_SUFFIX) in KEYS:  # its bytes, as the variable's are kept
         text = data.decode(errors="surrogateescape")
     else:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from distq.credentials import unreadable
+from distq.credentials import read_at_most, too_large, unreadable
 from distq.errors import ConfigError
 
 TLS_SCHEMES = {"redis": ("rediss",), "rabbitmq": ("amqps",)}
@@ -36,6 +36,10 @@ URL_FILE_OPTIONS = {
 #: ``ssl_cert_reqs`` values with which redis-py does not verify the certificate (a
 #: client's ``optional`` verifies it as ``required`` does: Python's ``CERT_OPTIONAL``).
 _UNVERIFIED = ("none",)
+#: Most bytes a TLS file may hold: every public CA in one bundle is some 200 KiB.
+#: OpenSSL gives up on ``/dev/zero`` or a log at once, but holds a PEM block whole: one
+#: of 320 MB (a file written wrong, or on purpose) took a worker to 680 MB.
+MAX_TLS_FILE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ class TlsFiles:
     def _readable(self) -> None:
         """Each file given opens: OpenSSL's error for a missing one named no file (the
         CA's "holds no usable PEM certificates", or the client's two files together),
-        so the user was not told which to mount."""
+        so the user was not told which to mount. And each holds at most
+        :data:`MAX_TLS_FILE_BYTES`, read no further."""
         for var, path in (
             ("DISTQ_TLS_CA_FILE", self.ca_file),
             ("DISTQ_TLS_CERT_FILE", self.cert_file),
@@ -92,10 +97,11 @@ class TlsFiles:
             if not path:
                 continue
             try:
-                with open(path, "rb"):
-                    pass
+                data = read_at_most(path, MAX_TLS_FILE_BYTES)
             except OSError as exc:
                 raise unreadable(var, path, exc, "the file", f"unset {var}") from None
+            if data is None:
+                raise too_large(var, path, MAX_TLS_FILE_BYTES, "a PEM file", f"unset {var}")
 
 
 class _PassPhrase(Exception):

@@ -1,0 +1,98 @@
+"""A secret's file, or a TLS file, is read up to a limit: one pointed at an endless source
+(``/dev/zero``) or at a large file is refused, naming the setting, the path and the limit,
+where it was read whole, the process's memory growing until the kernel killed it."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distq.credentials import MAX_SECRET_BYTES, read_secret
+from distq.errors import ConfigError
+from distq.tls import MAX_TLS_FILE_BYTES, TlsFiles
+from procs import checkout_env
+
+#: Address space a distq process under test may have: a few times what its imports take,
+#: far less than a read without end takes.
+_ADDRESS_SPACE = 1 << 30
+
+REDIS_TLS = {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": "rediss://127.0.0.1:1/0"}
+
+
+def _limited() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (_ADDRESS_SPACE, _ADDRESS_SPACE))
+
+
+@pytest.mark.parametrize(
+    ("variable", "env"),
+    [
+        ("DISTQ_AUTHKEY_FILE", {}),
+        ("DISTQ_SIGNING_KEYS_FILE", {"DISTQ_AUTHKEY": "k"}),
+        ("DISTQ_SIGNING_KEY_FILE", {"DISTQ_AUTHKEY": "k"}),
+        ("DISTQ_REDIS_PASSWORD_FILE", {"DISTQ_TRANSPORT": "redis"}),
+        ("DISTQ_AMQP_PASSWORD_FILE", {"DISTQ_TRANSPORT": "rabbitmq"}),
+        ("DISTQ_TLS_CA_FILE", REDIS_TLS),
+        ("DISTQ_TLS_CERT_FILE", {**REDIS_TLS, "DISTQ_TLS_KEY_FILE": "/dev/null"}),
+        ("DISTQ_TLS_KEY_FILE", {**REDIS_TLS, "DISTQ_TLS_CERT_FILE": "/dev/null"}),
+    ],
+)
+def test_a_file_setting_pointed_at_dev_zero_exits_2_naming_it_and_the_limit(
+    variable: str, env: dict[str, str]
+) -> None:
+    """Was: a worker (or any command) read a secret's /dev/zero until its memory ran out:
+    here, under a 1 GiB address space, MemoryError and a traceback (exit 1). OpenSSL gave
+    up on a TLS file's /dev/zero itself ("holds no usable PEM certificates"); it is
+    refused as too large now, as a secret's is. Exit 2 at once, with one line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "distq", "worker"],
+        env=checkout_env(**env, **{variable: "/dev/zero"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=_limited,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    most = MAX_TLS_FILE_BYTES if "_TLS_" in variable else MAX_SECRET_BYTES
+    assert done.stderr.startswith(
+        f"distq: {variable} names '/dev/zero', which holds more than {most:,} bytes "
+    ), done.stderr[-2000:]
+    assert len(done.stderr.splitlines()) == 1, done.stderr[-2000:]
+
+
+def _sparse(path: Path, size: int) -> str:
+    with path.open("wb") as file:
+        file.truncate(size)
+    return str(path)
+
+
+def test_a_secret_file_of_the_most_bytes_is_read_and_one_more_is_refused(tmp_path: Path) -> None:
+    """The limit itself is a secret's (a key of any bytes, a keys file of many keys)."""
+    whole = tmp_path / "key"
+    whole.write_bytes(b"k" * MAX_SECRET_BYTES)
+    assert read_secret(str(whole), "DISTQ_AUTHKEY_FILE") == "k" * MAX_SECRET_BYTES
+    big = _sparse(tmp_path / "big", 64 << 20)  # sparse: read whole, 64 MiB of memory
+    with pytest.raises(ConfigError) as caught:
+        read_secret(big, "DISTQ_SIGNING_KEYS_FILE")
+    assert str(caught.value) == (
+        f"DISTQ_SIGNING_KEYS_FILE names {big!r}, which holds more than 65,536 bytes (64 KiB), "
+        "the most the secret may be (a device, or another file?); mount the secret there or "
+        "unset DISTQ_SIGNING_KEYS_FILE"
+    )
+
+
+def test_a_tls_file_past_the_limit_is_refused_before_openssl_reads_it(tmp_path: Path) -> None:
+    """OpenSSL holds a PEM block whole: a CA file of one 320 MB block took a worker to
+    680 MB before it was refused as "no usable PEM certificates"."""
+    big = _sparse(tmp_path / "ca.pem", MAX_TLS_FILE_BYTES + 1)
+    with pytest.raises(ConfigError) as caught:
+        TlsFiles(ca_file=big).context()
+    assert str(caught.value) == (
+        f"DISTQ_TLS_CA_FILE names {big!r}, which holds more than 16,777,216 bytes (16 MiB), "
+        "the most a PEM file may be (a device, or another file?); mount a PEM file there or "
+        "unset DISTQ_TLS_CA_FILE"
+    )
