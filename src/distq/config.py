@@ -100,6 +100,12 @@ class Setting(Generic[_T]):
             )
         return self.parse(text.strip())
 
+    @property
+    def numeric(self) -> bool:
+        """Whether the setting is a number (or None, where empty means off)."""
+        number = self.parse.parse if isinstance(self.parse, _Optional) else self.parse
+        return isinstance(number, _Number)
+
     def check(self, value: object) -> None:
         """Raise ``ValueError`` ("is ...; use ...") unless ``value``, given as it is rather
         than as text, is what ``parse`` could give: for a number, one of its kind in its
@@ -212,14 +218,19 @@ class _Number(Generic[_N]):
         return "a whole number" if self.kind is int else "a number"
 
     def __call__(self, text: str) -> _N:
+        # whole numbers in ASCII digits only, as `distq probe` reads the metrics port:
+        # int() also takes "+9_100" and other scripts' digits
+        whole = re.fullmatch(r"-?[0-9]+", text) is not None
         try:
-            # whole numbers in ASCII digits only, as `distq probe` reads the metrics port:
-            # int() also takes "+9_100" and other scripts' digits
-            if self.kind is int and not re.fullmatch(r"-?[0-9]+", text):
+            if self.kind is int and not whole:
                 raise ValueError
             value = self.kind(text)
         except ValueError:
+            if whole:  # past int()'s 4300 digits: no other whole number fails
+                raise ValueError(f"is {_magnitude(text)}; use {self._span()}") from None
             raise ValueError(f"is {text!r}, not {self.word}") from None
+        if whole and self.kind is float and math.isinf(value):  # 400 digits: "is inf"
+            raise ValueError(f"is {_magnitude(text)}; use {self._span()}")
         return self._in_range(value)
 
     def check(self, value: object) -> None:
@@ -242,6 +253,13 @@ class _Number(Generic[_N]):
         return span
 
 
+def _magnitude(digits: str) -> str:
+    """A whole number written in ``digits`` (``-?[0-9]+``), too long to read, by its order
+    of magnitude, as :func:`shown_number` says an int: ``about 10**5000``."""
+    sign, significant = "-" * digits.startswith("-"), digits.lstrip("-").lstrip("0")
+    return f"about {sign}10**{len(significant) - 1}" if significant else "0"
+
+
 def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> _Number[_N]:
     return _Number(kind, low, high, unit)
 
@@ -253,8 +271,10 @@ def shown_number(value: float) -> str:
     """A number as a user would write it, every digit kept: ``134217729``, ``0.3``,
     ``3600`` (``:g`` rounds to 6 digits, ``134217729`` to ``1.34218e+08``); an int too
     long to read (``10**400``) by its order of magnitude."""
-    if isinstance(value, int) and abs(value) >= 10**30:
-        return f"about 10**{math.floor(math.log10(abs(value)))}"  # str() stops at 4300 digits
+    if isinstance(value, int) and abs(value) >= 10**30:  # str() stops at 4300 digits
+        power = math.floor(math.log10(abs(value)))
+        power -= 10**power > abs(value)  # log10 rounds 10**4301 - 1 up to 4301.0
+        return f"about {'-' * (value < 0)}10**{power}"
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         return str(int(value))
     return str(value)

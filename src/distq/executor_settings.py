@@ -100,6 +100,8 @@ def _from_environment(
             "Executor keywords signing_key and signing_keys are both given; give "
             "signing_keys (a list whose first key signs) or signing_key (one key), not both"
         )
+    for n, v in overrides.items():  # before their text: 10**5000 has none
+        _checked_number(n, entries[n], v)
     texts = {
         entries[n].variable: _as_text(n, entries[n].variable, v)
         for n, v in overrides.items()
@@ -163,6 +165,22 @@ def _over(
     return merged
 
 
+def _checked_number(name: str, entry: Setting[Any], value: object) -> None:
+    """Refuse a number ``value`` out of the range of the number setting ``entry``, as over
+    a Settings object (:meth:`Setting.check`) and as its variable does: as its text,
+    10**5000 raised Python's "Exceeds the limit (4300 digits) for integer string
+    conversion"."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if entry.parse == TimeLimits.parse:
+        _every_task(name, entry.variable, value)
+    elif entry.numeric:
+        try:
+            entry.check(value)
+        except ValueError as exc:
+            raise ConfigError(f"Executor keyword {name} ({entry.variable}) {exc}") from None
+
+
 def _every_task(name: str, variable: str, seconds: float | None) -> TimeLimits:
     """``seconds`` for every task (None: off), refused as the other numbers are (read as
     its text, 10**400 was said with all its digits, and 10**5000 raised "Exceeds the
@@ -195,11 +213,17 @@ def _as_text(name: str, variable: str, value: Any) -> str:
         return ""
     if isinstance(value, bytes):  # an authkey of random bytes too, as os.environb holds it
         return value.decode(errors="surrogateescape")
-    if name == "manager_address" and isinstance(value, (tuple, list)) and len(value) == 2:
-        # an IPv6 address in brackets, as the variable holds it
-        return host_port(str(value[0]).strip("[]"), value[1])
-    if isinstance(value, (bool, int, float, os.PathLike)):
-        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    try:
+        if name == "manager_address" and isinstance(value, (tuple, list)) and len(value) == 2:
+            # an IPv6 address in brackets, as the variable holds it
+            return host_port(str(value[0]).strip("[]"), value[1])
+        if isinstance(value, (bool, int, float, os.PathLike)):
+            return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    except ValueError:  # an int past str()'s 4300 digits: Python's words said nothing of us
+        raise ConfigError(
+            f"Executor keyword {name} ({variable}) holds a number of more than 4300 digits, "
+            f"which is no value {variable} takes; give the text it takes"
+        ) from None
     raise ConfigError(
         f"Executor keyword {name} ({variable}) is a {type(value).__name__}; give it as a "
         f"string, as {variable} takes"

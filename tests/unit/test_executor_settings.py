@@ -471,3 +471,64 @@ def test_settings_that_are_not_a_settings_object_are_refused_saying_what_to_pass
     with pytest.raises(TypeError) as refused:
         Executor(given)
     assert "hunter2" not in str(refused.value)
+
+
+def _whole(digits: str) -> int:
+    """The int ``digits`` writes, however many (int() refuses more than 4300)."""
+    body = digits.lstrip("-")
+    head, tail = body[:4000], body[4000:]
+    scale: int = 10 ** len(tail)
+    value = int(head) * scale + int(tail or "0")
+    return -value if digits.startswith("-") else value
+
+
+@pytest.mark.parametrize(
+    ("name", "digits", "span"),
+    [
+        ("lease_seconds", "1" + "0" * 5000, "a number from 0.3 to 3600 seconds"),
+        ("prefetch", "1" + "0" * 5000, "a whole number from 1 to 10000"),
+        ("metrics_port", "-1" + "0" * 5000, "a whole number from 1 to 65535"),
+        ("max_message_bytes", "9" * 4301, "a whole number from 1024 to 134217728 bytes (128 MiB)"),
+        ("stall_seconds", "1" + "0" * 400, "a number from 0.1 to 86400 seconds"),
+    ],
+    ids=["lease_seconds", "prefetch", "metrics_port", "max_message_bytes", "stall_seconds"],
+)
+def test_a_number_keyword_past_pythons_digit_limit_is_refused_as_its_variable_is(
+    name: str, digits: str, span: str
+) -> None:
+    """Without a Settings object, a number went in as its variable's text: 10**5000 raised
+    Python's "Exceeds the limit (4300 digits) for integer string conversion", and 10**400
+    for a float setting read as inf ("is inf"). The keyword and the variable now say the
+    same: the number by its order of magnitude (the variable said 10**5000 "is '1000...'
+    (all 5001 digits), not a whole number"), and the range."""
+    entry = next(f.metadata["setting"] for f in dataclasses.fields(Settings) if f.name == name)
+    shown = f"about {'-' * digits.startswith('-')}10**{len(digits.lstrip('-')) - 1}"
+    value = _whole(digits)
+    with pytest.raises(ConfigError) as by_variable:
+        Settings.load({"DISTQ_TRANSPORT": "redis", entry.variable: digits})
+    assert str(by_variable.value) == f"{entry.variable} is {shown}; use {span}"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {"transport": "redis", name: value}, {})
+    assert str(caught.value) == f"Executor keyword {name} ({entry.variable}) is {shown}; use {span}"
+
+
+def test_a_number_past_pythons_digit_limit_for_a_text_setting_is_refused_saying_so() -> None:
+    for name, value in (("queue", 10**5000), ("manager_address", ("127.0.0.1", 10**5000))):
+        with pytest.raises(ConfigError, match=rf"^Executor keyword {name} \(DISTQ_") as caught:
+            load_settings(None, {"transport": "manager", "authkey": b"k", name: value}, {})
+        assert "holds a number of more than 4300 digits" in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(10**5000, "10**5000"), (10**400, "10**400")], ids=["5000", "400"]
+)
+def test_a_task_time_limit_keyword_past_pythons_digit_limit_is_refused_as_over_settings(
+    value: int, shown: str
+) -> None:
+    """The same number over a Settings object was refused so already (see above)."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {"transport": "redis", "task_time_limit": value}, {})
+    assert str(caught.value) == (
+        f"Executor keyword task_time_limit (DISTQ_TASK_TIME_LIMIT) is about {shown}; "
+        "use a number from 0.1 to 604800 seconds, or the variable's text: '30,square=2'"
+    )
