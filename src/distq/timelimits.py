@@ -58,6 +58,9 @@ class TimeLimits:
     #: The names in ``per_name`` whose limit was given at registration, not by the
     #: setting: only for :meth:`which` to say so (the same limits either way).
     registered: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    #: Whether these limits were read from the setting's text (:meth:`parse`), not built
+    #: by a program: only for :meth:`which` to name where a limit was set.
+    from_setting: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """Refuse what the keeper cannot enforce as given, as the setting and
@@ -115,13 +118,16 @@ class TimeLimits:
         """These limits with limits given at registration, under this one's named ones."""
         merged = {**registered, **dict(self.per_name)}
         theirs = self.registered | (registered.keys() - dict(self.per_name).keys())
-        return TimeLimits(self.default, tuple(sorted(merged.items())), frozenset(theirs))
+        named = tuple(sorted(merged.items()))
+        return TimeLimits(self.default, named, frozenset(theirs), self.from_setting)
 
     def which(self, task: Task) -> str:
         """Which limit :meth:`of` gives ``task``, as it was set (``DISTQ_TASK_TIME_LIMIT
-        square=2``): the error of a task past its limit said only how long it was, and a
-        user with several set could not tell which to raise. Asked only once a task has
-        run past its limit: :meth:`of` stays the one look-up of a task that did not."""
+        square=2``; built in a program, as it was given: ``TimeLimits(default=30)``, which
+        was named as the variable, never set): the error of a task past its limit said
+        only how long it was, and a user with several set could not tell which to raise.
+        Asked only once a task has run past its limit: :meth:`of` stays the one look-up
+        of a task that did not."""
         name, args = task.name, task.args
         if name == CHUNK_TASK and len(args) == 2 and isinstance(args[1], list):
             named = dict(self.per_name).get(CHUNK_TASK)
@@ -140,12 +146,16 @@ class TimeLimits:
         if name is not None and seconds is not None and name in self.registered:
             return f"time_limit={written(seconds)} given to Registry.register for {name!r}"
         if name is not None and seconds is not None:
+            if not self.from_setting:  # a program's: the variable may not even be set
+                return f"({name!r}, {written(seconds)}) in TimeLimits(per_name=...)"
             return f"DISTQ_TASK_TIME_LIMIT {_written(name)}={written(seconds)}"
         if self.default is not None:
-            return (
-                f"DISTQ_TASK_TIME_LIMIT {written(self.default)}: the default, for a task "
-                "with no limit of its own"
+            where = (
+                f"DISTQ_TASK_TIME_LIMIT {written(self.default)}"
+                if self.from_setting
+                else f"TimeLimits(default={written(self.default)})"
             )
+            return f"{where}: the default, for a task with no limit of its own"
         return "no limit set"  # of() gave None: no task runs past it
 
     def describe(self) -> str:
@@ -177,7 +187,7 @@ class TimeLimits:
                 raise ValueError(f"is {text!r}; {name!r} has two limits; give each name one")
             else:
                 per_name[name] = seconds
-        return cls(default, tuple(sorted(per_name.items())))
+        return cls(default, tuple(sorted(per_name.items())), from_setting=True)
 
 
 def enforceable(seconds: object) -> bool:

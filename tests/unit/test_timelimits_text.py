@@ -4,6 +4,7 @@ line of a task past its limit."""
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 
@@ -14,7 +15,9 @@ from distq.ending import Endings
 from distq.envelope import Task
 from distq.tasks import Registry
 from distq.timelimits import TimeLimits
-from distq.transport import Delivery
+from distq.transport import Delivery, Transport
+from distq.worker import Worker, WorkerOptions
+from seam import results_of
 
 
 @pytest.mark.parametrize("text", ["123456.7", "30,square=100000.5", "0.1,mod.jobs:fn=604799.9"])
@@ -83,3 +86,53 @@ def test_a_limit_with_many_digits_reads_back_from_the_time_limits_line_as_set() 
     task = Task("nap", [1], "r", max_attempts=1)
     ending = Endings("w1", "q").timed_out(Delivery(task.encode(), 1), task, 1 / 3, 0.0, 1.0)
     assert ending.note is not None and "time limit of 0.333333333333333 s" in ending.note
+
+
+def test_limits_a_program_built_are_named_as_it_gave_them_not_as_the_variable() -> None:
+    """A worker given ``TimeLimits(30, ...)`` (``WorkerOptions``, ``Settings``) named a
+    limit "DISTQ_TASK_TIME_LIMIT 30", a variable nobody set; the variable's own limits
+    still name it, and both are the same limits."""
+    built = TimeLimits(30, (("square", 2),))
+    assert built.which(Task("square", [1], "r")) == "('square', 2) in TimeLimits(per_name=...)"
+    assert built.which(Task("other", [], "r")) == (
+        "TimeLimits(default=30): the default, for a task with no limit of its own"
+    )
+    registered = built.with_registered({"nap": 0.5})
+    assert registered.which(Task("nap", [], "r")) == (
+        "time_limit=0.5 given to Registry.register for 'nap'"
+    )
+    assert registered.which(Task("square", [1], "r")) == built.which(Task("square", [1], "r"))
+    chunk = Task(CHUNK_TASK, ["square", [[1], [2]]], "r")
+    assert built.which(chunk) == (
+        "2 calls x ('square', 2) in TimeLimits(per_name=...); or give every chunk its own: "
+        "distq:chunk=SECONDS"
+    )
+    parsed = TimeLimits.parse("30,square=2")
+    assert parsed == built
+    assert parsed.which(Task("square", [1], "r")) == "DISTQ_TASK_TIME_LIMIT square=2"
+    assert parsed.with_registered({"nap": 0.5}).which(Task("other", [], "r")) == (
+        "DISTQ_TASK_TIME_LIMIT 30: the default, for a task with no limit of its own"
+    )
+
+
+def test_a_worker_given_built_limits_names_them_in_the_error_of_a_late_task(
+    transport: Transport,
+) -> None:
+    """The error result of a task past a limit a program gave its worker
+    (``WorkerOptions(time_limits=TimeLimits(0.3))``) said "(DISTQ_TASK_TIME_LIMIT 0.3:
+    the default, ...)", a variable nobody had set."""
+    producer = transport.producer("replies")
+    late = Task(name="sleepy", args=[1.0], reply_to="replies", id="t-late", max_attempts=1)
+    producer.submit([late.encode()])
+    registry = Registry()
+    registry.register("sleepy", time.sleep)
+    out = io.StringIO()
+    options = WorkerOptions(worker_id="w", exit_when_idle=2.0, time_limits=TimeLimits(0.3))
+    assert Worker(transport, registry, options, Console(out=out, err=out)).run() == 0
+    (result,) = results_of(producer, 1, within=5)
+    assert (result.status, result.error_type) == ("error", "TimeLimitExceeded"), result
+    assert result.error_message == (
+        "failed 1 of 1 attempts; last error: TimeLimitExceeded: ran past its time limit of "
+        "0.3 s (TimeLimits(default=0.3): the default, for a task with no limit of its own)"
+    ), out.getvalue()
+    producer.close()
