@@ -272,8 +272,9 @@ def shown_number(value: float) -> str:
     ``3600`` (``:g`` rounds to 6 digits, ``134217729`` to ``1.34218e+08``); an int too
     long to read (``10**400``) by its order of magnitude."""
     if isinstance(value, int) and abs(value) >= 10**30:  # str() stops at 4300 digits
-        power = math.floor(math.log10(abs(value)))
-        power -= 10**power > abs(value)  # log10 rounds 10**4301 - 1 up to 4301.0
+        power = math.floor(math.log10(abs(value)))  # a float's: off by one either way
+        power -= 10**power > abs(value)  # 10**4301 - 1 read as 4301.0
+        power += 10 ** (power + 1) <= abs(value)  # 10**512 read as 511.99...
         return f"about {'-' * (value < 0)}10**{power}"
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         return str(int(value))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from distq.codec import Codec
-from distq.config import Settings
+from distq.config import Settings, shown_number
 from distq.envelope import Task
 from distq.errors import ConfigError
 from distq.executor import Executor, load_settings
@@ -532,3 +532,15 @@ def test_a_task_time_limit_keyword_past_pythons_digit_limit_is_refused_as_over_s
         f"Executor keyword task_time_limit (DISTQ_TASK_TIME_LIMIT) is about {shown}; "
         "use a number from 0.1 to 604800 seconds, or the variable's text: '30,square=2'"
     )
+
+
+@pytest.mark.parametrize("power", [31, 511, 512, 1024, 2048, 4300, 4301, 9000])
+def test_a_large_int_is_said_by_its_own_order_of_magnitude(power: int) -> None:
+    """log10 of 10**512, 10**1024 and 10**2048 rounds down: they were said as "about
+    10**511" (and so on), as 10**4301 - 1 was said "about 10**4301" when it rounded up.
+    An Executor's max_attempts=10**512 read "max_attempts is about 10**511"."""
+    for value, said in ((10**power, power), (10**power - 1, power - 1), (-(10**power), power)):
+        sign = "-" * (value < 0)
+        assert shown_number(value) == f"about {sign}10**{said}", (power, value < 0)
+    with pytest.raises(ValueError, match=rf"^max_attempts is about 10\*\*{power}; "):
+        Executor(Settings(transport="redis"), max_attempts=10**power)
