@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from distq import credentials, signing, tls
 from distq.addresses import (
@@ -89,7 +89,8 @@ class Setting(Generic[_T]):
     def read(self, text: str) -> _T:
         """``parse`` the stripped ``text``; signing keys unstripped: a value of blanks
         only is someone's missing key (refused), stripped it read as "signing off". So
-        is an authkey of blanks: not "not set", and no key of any bytes."""
+        is an authkey of blanks: not "not set", and no key of any bytes. Time limits read
+        so name the setting when a task runs past one; a program's own do not."""
         if self.parse in (signing.parse_keys, signing.parse_key):
             return self.parse(text)
         if self.parse is _authkey and text and not text.strip():
@@ -98,6 +99,8 @@ class Setting(Generic[_T]):
                 "same random value for master and workers, e.g. "
                 "$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
             )
+        if self.parse == TimeLimits.parse:  # the setting's text: its limits name it
+            return cast(_T, _setting_limits(text.strip()))
         return self.parse(text.strip())
 
     @property
@@ -133,6 +136,11 @@ class Setting(Generic[_T]):
                 f"is {value!r:.60}, not TimeLimits; use TimeLimits.parse('30,square=2'), "
                 "or Settings.load(...) to read the variable's text"
             )
+
+
+def _setting_limits(text: str) -> TimeLimits:
+    """``DISTQ_TASK_TIME_LIMIT``'s limits, which name it when a task runs past one."""
+    return replace(TimeLimits.parse(text), from_setting=True)
 
 
 def setting(

@@ -58,8 +58,10 @@ class TimeLimits:
     #: The names in ``per_name`` whose limit was given at registration, not by the
     #: setting: only for :meth:`which` to say so (the same limits either way).
     registered: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
-    #: Whether these limits were read from the setting's text (:meth:`parse`), not built
-    #: by a program: only for :meth:`which` to name where a limit was set.
+    #: Whether these limits were read from the setting (``DISTQ_TASK_TIME_LIMIT`` or its
+    #: flag, by ``Settings.load``), not built by a program (``TimeLimits(30)``, or
+    #: :meth:`parse` as distq's errors tell it): only for :meth:`which` to name where a
+    #: limit was set.
     from_setting: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -187,7 +189,7 @@ class TimeLimits:
                 raise ValueError(f"is {text!r}; {name!r} has two limits; give each name one")
             else:
                 per_name[name] = seconds
-        return cls(default, tuple(sorted(per_name.items())), from_setting=True)
+        return cls(default, tuple(sorted(per_name.items())))
 
 
 def enforceable(seconds: object) -> bool:

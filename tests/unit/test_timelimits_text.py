@@ -10,6 +10,7 @@ import pytest
 
 from distq import cli
 from distq.chunks import CHUNK_TASK
+from distq.config import Settings
 from distq.console import Console
 from distq.ending import Endings
 from distq.envelope import Task
@@ -38,11 +39,18 @@ def test_a_timed_out_attempt_names_the_limit_it_ran_past() -> None:
     assert ending.note is not None and "time limit of 2.1 s" in ending.note
 
 
+def _setting(text: str) -> TimeLimits:
+    """The limits of ``DISTQ_TASK_TIME_LIMIT=text``, as a worker reads the variable."""
+    return Settings.load(
+        {"DISTQ_TRANSPORT": "redis", "DISTQ_TASK_TIME_LIMIT": text}
+    ).task_time_limit
+
+
 def test_each_limit_says_where_it_was_set() -> None:
     """The limit a task ran past is named as it was set, for a user with several set to
     know which to raise: the setting's own for the name, the registration's unless the
     setting overrides it, the default, ``distq:chunk``'s, or a chunk's function's."""
-    limits = TimeLimits.parse('30,square=2,"a=b"=1').with_registered({"square": 9.0, "nap": 0.5})
+    limits = _setting('30,square=2,"a=b"=1').with_registered({"square": 9.0, "nap": 0.5})
     assert limits.which(Task("square", [1], "r")) == "DISTQ_TASK_TIME_LIMIT square=2"
     assert limits.which(Task("a=b", [], "r")) == 'DISTQ_TASK_TIME_LIMIT "a=b"=1'
     assert limits.which(Task("nap", [1], "r")) == (
@@ -57,7 +65,7 @@ def test_each_limit_says_where_it_was_set() -> None:
         "chunk its own: distq:chunk=SECONDS"
     )
     assert limits.of(chunk) == 1.5
-    chunked = TimeLimits.parse("30,distq:chunk=60")
+    chunked = _setting("30,distq:chunk=60")
     assert chunked.which(chunk) == "DISTQ_TASK_TIME_LIMIT distq:chunk=60"
     # a chunk is a task whose name has a limit in the setting: not the registration's
     assert chunked.with_registered({"nap": 1.0}).which(chunk) == (
@@ -107,7 +115,7 @@ def test_limits_a_program_built_are_named_as_it_gave_them_not_as_the_variable() 
         "2 calls x ('square', 2) in TimeLimits(per_name=...); or give every chunk its own: "
         "distq:chunk=SECONDS"
     )
-    parsed = TimeLimits.parse("30,square=2")
+    parsed = _setting("30,square=2")
     assert parsed == built
     assert parsed.which(Task("square", [1], "r")) == "DISTQ_TASK_TIME_LIMIT square=2"
     assert parsed.with_registered({"nap": 0.5}).which(Task("other", [], "r")) == (
@@ -136,3 +144,24 @@ def test_a_worker_given_built_limits_names_them_in_the_error_of_a_late_task(
         "0.3 s (TimeLimits(default=0.3): the default, for a task with no limit of its own)"
     ), out.getvalue()
     producer.close()
+
+
+def test_limits_a_program_reads_from_text_are_its_own_not_the_variables() -> None:
+    """distq's own errors tell a program to build its limits with
+    ``TimeLimits.parse('30,square=2')`` (a Settings field, TimeLimits's own refusals);
+    a worker given those named them "DISTQ_TASK_TIME_LIMIT square=2", the variable
+    nobody set. The variable's text (and the flag's), read by Settings.load, still
+    names the variable."""
+    parsed = TimeLimits.parse("30,square=2")
+    assert parsed.which(Task("square", [1], "r")) == "('square', 2) in TimeLimits(per_name=...)"
+    assert parsed.with_registered({"nap": 0.5}).which(Task("other", [], "r")) == (
+        "TimeLimits(default=30): the default, for a task with no limit of its own"
+    )
+    read = Settings.load({"DISTQ_TRANSPORT": "redis", "DISTQ_TASK_TIME_LIMIT": "30,square=2"})
+    flag = Settings.load({"DISTQ_TRANSPORT": "redis"}, {"DISTQ_TASK_TIME_LIMIT": "30,square=2"})
+    for limits in (read.task_time_limit, flag.task_time_limit):
+        assert limits == parsed
+        assert limits.which(Task("square", [1], "r")) == "DISTQ_TASK_TIME_LIMIT square=2"
+        assert limits.with_registered({"nap": 0.5}).which(Task("other", [], "r")) == (
+            "DISTQ_TASK_TIME_LIMIT 30: the default, for a task with no limit of its own"
+        )

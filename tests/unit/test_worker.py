@@ -1142,7 +1142,7 @@ def test_a_time_limit_whose_settle_fails_says_the_attempt_failed(
     assert failed == [1], said
     assert (
         "task sleepy t-late attempt 1/2 ran past its time limit of 0.5 s "
-        "(DISTQ_TASK_TIME_LIMIT sleepy=0.5); slot 0 goes "
+        "(('sleepy', 0.5) in TimeLimits(per_name=...)); slot 0 goes "
         "on in a new thread; that attempt was not settled (TransportError: the broker went "
         "away a moment): the task runs again"
     ) in said, said
