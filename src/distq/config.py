@@ -234,7 +234,7 @@ class _Number(Generic[_N]):
                 raise ValueError
             value = self.kind(text)
         except ValueError:
-            if whole:  # past int()'s 4300 digits: no other whole number fails
+            if whole:  # past int()'s digits (4300 unless set): no other whole number fails
                 raise ValueError(f"is {_magnitude(text)}; use {self._span()}") from None
             raise ValueError(f"is {text!r}, not {self.word}") from None
         if whole and self.kind is float and math.isinf(value):  # 400 digits: "is inf"

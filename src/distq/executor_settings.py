@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -219,10 +220,16 @@ def _as_text(name: str, variable: str, value: Any) -> str:
             return host_port(str(value[0]).strip("[]"), value[1])
         if isinstance(value, (bool, int, float, os.PathLike)):
             return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-    except ValueError:  # an int past str()'s 4300 digits: Python's words said nothing of us
+    except ValueError:  # an int past str()'s digits: Python's words said nothing of us
+        use = (
+            "use (host, port) with a port from 1 to 65535, e.g. ('127.0.0.1', 9000)"
+            if name == "manager_address"
+            else f"give it as a string, as {variable} takes"
+        )
         raise ConfigError(
-            f"Executor keyword {name} ({variable}) holds a number of more than 4300 digits, "
-            f"which is no value {variable} takes; give the text it takes"
+            f"Executor keyword {name} ({variable}) holds a number of more than "
+            f"{sys.get_int_max_str_digits()} digits (Python's limit for its text), which is "
+            f"no value {variable} takes; {use}"
         ) from None
     raise ConfigError(
         f"Executor keyword {name} ({variable}) is a {type(value).__name__}; give it as a "

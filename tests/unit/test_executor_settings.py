@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -513,10 +514,18 @@ def test_a_number_keyword_past_pythons_digit_limit_is_refused_as_its_variable_is
 
 
 def test_a_number_past_pythons_digit_limit_for_a_text_setting_is_refused_saying_so() -> None:
-    for name, value in (("queue", 10**5000), ("manager_address", ("127.0.0.1", 10**5000))):
+    for name, value, use in (
+        ("queue", 10**5000, "give it as a string, as DISTQ_QUEUE takes"),
+        (
+            "manager_address",
+            ("127.0.0.1", 10**5000),
+            "use (host, port) with a port from 1 to 65535, e.g. ('127.0.0.1', 9000)",
+        ),
+    ):
         with pytest.raises(ConfigError, match=rf"^Executor keyword {name} \(DISTQ_") as caught:
             load_settings(None, {"transport": "manager", "authkey": b"k", name: value}, {})
         assert "holds a number of more than 4300 digits" in str(caught.value), caught.value
+        assert str(caught.value).endswith(f"; {use}"), caught.value  # was "give the text it takes"
 
 
 @pytest.mark.parametrize(
@@ -544,3 +553,21 @@ def test_a_large_int_is_said_by_its_own_order_of_magnitude(power: int) -> None:
         assert shown_number(value) == f"about {sign}10**{said}", (power, value < 0)
     with pytest.raises(ValueError, match=rf"^max_attempts is about 10\*\*{power}; "):
         Executor(Settings(transport="redis"), max_attempts=10**power)
+
+
+@pytest.mark.parametrize("most", [640, 1000])
+def test_a_number_too_long_for_its_text_is_said_with_pythons_limit_as_it_is_set(
+    most: int,
+) -> None:
+    """A program may lower Python's limit on an int's digits (sys.set_int_max_str_digits,
+    PYTHONINTMAXSTRDIGITS): queue=10**2000 was said to hold "more than 4300 digits"."""
+    was = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(most)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(None, {"transport": "redis", "queue": 10**2000}, {})
+    finally:
+        sys.set_int_max_str_digits(was)
+    assert str(caught.value).startswith(
+        f"Executor keyword queue (DISTQ_QUEUE) holds a number of more than {most} digits"
+    ), caught.value
