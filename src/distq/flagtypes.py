@@ -22,25 +22,37 @@ MAX_SECONDS = 1_000_000_000.0
 
 def count(text: str) -> int:
     """A whole number, 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
+    return _whole(text, "1 or more")
 
 
 def count_up_to(high: int) -> Callable[[str], int]:
     """A whole number from 1 to ``high``."""
 
     def parse(text: str) -> int:
-        value = count(text)
+        value = _whole(text, f"1 to {high}")
         if value > high:
             raise argparse.ArgumentTypeError(f"{text!r} is out of range; use 1 to {high}")
         return value
 
     return parse
+
+
+def _whole(text: str, wanted: str) -> int:
+    """``text`` as a whole number of 1 or more; ``wanted`` says the range of one too long
+    for ``int()`` (past ``sys.get_int_max_str_digits()``, 4300 unless set), by its size:
+    it was "not a whole number", all its digits on the line."""
+    try:
+        value = int(text)
+    except ValueError:
+        digits = text.strip().lstrip("+-")
+        if digits.isascii() and digits.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"a number of {len(digits):,} digits is out of range; use {wanted}"
+            ) from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
 
 
 def number(low: float, high: float, *, zero: bool = False) -> Callable[[str], float]:

@@ -71,3 +71,18 @@ def test_a_worker_name_may_be_any_text_on_one_line(text: str) -> None:
 def test_a_worker_name_with_control_characters_or_no_utf_8_is_refused(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         flagtypes.name(text)
+
+
+def test_a_count_of_more_digits_than_python_reads_is_said_by_its_size_not_shown() -> None:
+    """``--max-attempts`` (or ``--tasks``, ``--limit``) of 5,000 digits was refused as
+    "'99999...' is not a whole number", all 5,000 digits on the line, and not saying the
+    range as a 5-digit one does (6044735f says such a variable "is about 10**5000")."""
+    text = "9" * 5000
+    with pytest.raises(argparse.ArgumentTypeError) as bounded:
+        flagtypes.count_up_to(10_000)(text)
+    assert str(bounded.value) == "a number of 5,000 digits is out of range; use 1 to 10000"
+    with pytest.raises(argparse.ArgumentTypeError) as unbounded:
+        flagtypes.count("-" + text)
+    assert str(unbounded.value) == "a number of 5,000 digits is out of range; use 1 or more"
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^'9x' is not a whole number$"):
+        flagtypes.count("9x")
