@@ -101,6 +101,16 @@ FETCH_OVERDUE_S = 1.0
 KEEPER_SWITCH = 0.001
 
 
+#: The statuses a worker's lines state as it stops on an error (``distq worker``'s alike):
+#: a slot's or the keeper's end, a setting the broker refused, a certificate refused.
+EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
+
+
+def _refusal_status(exc: ConfigError | CertificateRejected) -> int:
+    """The exit status of a worker a refusal stops (``distq worker``'s ``_exit_code``)."""
+    return EXIT_UNREACHABLE if isinstance(exc, TransportError) else EXIT_CONFIG
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -204,6 +214,9 @@ class Worker:
         self._fatal: ConfigError | CertificateRejected | None = None
         self._slot_error: str | None = None  # why a slot's thread ended, until said
         self._slot_failed = False  # a slot's thread ended on an error: exit 1
+        # the exit status a line has stated (a slot's or the keeper's end): it holds, a
+        # setting refused after it or a task's os._exit notwithstanding (_exit_status)
+        self._exit_said: int | None = None
         self._keeper_error: str | None = None  # why the keeper's thread ended, until said
         self._slots: list[Slot] = []  # run()'s, for a task's os._exit to be named
         self.keeper = Keeper(
@@ -228,7 +241,10 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------
     def run(self, ended: Callable[[int, FrameType | None], object] | None = None) -> int:
         """Work until a signal or ``exit_when_idle``; return the exit code: 0, or 1 when
-        a slot's thread ended on an error (a bug in distq: the others stop too).
+        a slot's thread ended on an error (a bug in distq: the others stop too). A
+        setting or certificate the broker refused is raised (exit 2 or 3), unless a line
+        stated another exit status before it (:meth:`_exit_status`): said, and that
+        status returned.
 
         ``ended`` handles the stop signals once the task loop is over, in place of the
         handlers found, which are otherwise put back: ``distq worker``'s found one ends
@@ -277,9 +293,48 @@ class Worker:
             f"{snap.tasks_retried} retried, {snap.dead_lettered} dead-lettered "
             f"in {time.monotonic() - started:.1f} s"
         )
+        status, fatal = self._exit_status(), self._fatal
+        if fatal is not None and status == _refusal_status(fatal):
+            raise fatal  # said by the caller (``distq worker``: its last line)
+        if fatal is not None:  # refused after a line said the exit status, which holds
+            self.console.error(str(fatal))
+        return status
+
+    def _exit_status(self) -> int:
+        """The status the worker exits with, as known now: the one a line has stated
+        (:attr:`_exit_said`); else a setting the broker refused (2, its certificate 3,
+        :func:`_refusal_status`); else 1 once a slot's or the keeper's thread ended on an
+        error; else 0. A line that said "(exit 1)" of a slot's end while a refusal was
+        under way was followed by exit 2 (the refusal's, raised at the end)."""
+        if self._exit_said is not None:
+            return self._exit_said
         if self._fatal is not None:
-            raise self._fatal
-        return 1 if self._slot_failed else 0
+            return _refusal_status(self._fatal)
+        return EXIT_FAILED if self._slot_failed else 0
+
+    def _stating_exit(self) -> str:
+        """A line's "(exit N...)" as the worker stops on an error: N its exit status
+        (:meth:`_exit_status`), kept from now on; with a refusal's, what it is for (said
+        as the worker's last line, ``distq worker``'s)."""
+        self._slot_failed = True
+        status = self._exit_said = self._exit_status()
+        if self._fatal is None or status == EXIT_FAILED:
+            return f"(exit {status})"
+        what = (
+            "certificate TLS"
+            if isinstance(self._fatal, CertificateRejected)
+            else "setting the broker"
+        )
+        return f"(exit {status}, for the {what} refused: see the last line)"
+
+    def _ending_status(self, given: int) -> int:
+        """The status a task's ``os._exit(given)`` ends the worker with: one a line has
+        stated holds; else the status the process's parent reads (the low 8 bits: an
+        ``os._exit(256)`` exited 0, which a supervisor takes for a clean stop, its line
+        saying "exit 256"), and for 0 the worker's own, 1 at least."""
+        if self._exit_said is not None:
+            return self._exit_said
+        return given % 256 or self._exit_status() or EXIT_FAILED
 
     @property
     def signal_deadline(self) -> float | None:
@@ -407,8 +462,7 @@ class Worker:
         """Say once that a slot's thread ended on an error, and stop the others."""
         error, self._slot_error = self._slot_error, None
         if error is not None:
-            self._slot_failed = True
-            self.console.error(f"{error}; the worker stops (exit 1)")
+            self.console.error(f"{error}; the worker stops {self._stating_exit()}")
             self._stop_warm()
 
     def _keeper_stopped(self, slots: list[Slot]) -> bool:
@@ -424,16 +478,16 @@ class Worker:
         return True
 
     def _keeper_ended(self) -> bool:
-        """Whether the keeper's thread ended on an error: if so, say it once, exit 1 (the
-        stop is the caller's)."""
+        """Whether the keeper's thread ended on an error: if so, say it once, exit 1 (or
+        the refusal's under way: :meth:`_stating_exit`; the stop is the caller's)."""
         if self._keeper_error is None:
             return False
-        self._slot_failed = True  # first: a signal's Shutdown may land in the line below
+        stated = self._stating_exit()  # first: a signal's Shutdown may land in the line below
         error, self._keeper_error = self._keeper_error, None
         self.console.error(
             f"the keeper stopped: {error} (a bug in distq: please report this line); without "
             "it no lease is renewed and no time limit enforced: the worker stops at once, "
-            "handing back the tasks it holds (exit 1)"
+            f"handing back the tasks it holds {stated}"
         )
         return True
 
@@ -1024,7 +1078,8 @@ def _exit_in_a_running_worker(status: int) -> NoReturn:
     never does), and ends the process with its tasks in hand. ``os._exit(0)`` exited 0,
     which a supervisor (a Kubernetes Job, ``restart: on-failure``) took for a clean stop:
     in the worker's own process it exits 1 instead (a forked child's exit is its own),
-    after a line naming the task (:meth:`Worker._exit_called`)."""
+    after a line naming the task (:meth:`Worker._exit_called`), which states the status
+    the process exits with (:meth:`Worker._ending_status`)."""
     with contextlib.suppress(TypeError):
         status = operator.index(status)  # as os._exit reads it (True, a numpy int)
     if not isinstance(status, int) or not -(2**31) <= status < 2**31:
@@ -1033,13 +1088,12 @@ def _exit_in_a_running_worker(status: int) -> NoReturn:
         _os_exit(status)
     mine = [worker for pid, worker in _running if pid == os.getpid()]
     given = status
-    if status == 0 and mine:
-        status = 1
     caller = threading.current_thread()
     # the worker whose slot called it: the first, which a program running two has first,
     # found no slot on the second's thread and left the task unnamed
     theirs = [w for w in mine if any(slot.thread is caller for slot in w._slots)]
     for worker in (theirs or mine)[:1]:
+        status = worker._ending_status(given)
         # said from a thread of its own, waited for EXIT_LINE_WAIT at most: a write held
         # up (a stdout whose reader stalls) must not hold up the exit
         with contextlib.suppress(Exception):  # a line, never a reason not to exit

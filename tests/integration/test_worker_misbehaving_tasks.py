@@ -114,16 +114,20 @@ def _one_exit(
     return producer, task, code, out
 
 
+@pytest.mark.parametrize(("given", "exits"), [(0, 1), (256, 1), (-1, 255)])
 def test_a_worker_a_task_ends_with_os_exit_0_names_the_status_the_task_gave(
-    target: Target, hosted: Transport, tmp_path: Path
+    target: Target, hosted: Transport, tmp_path: Path, given: int, exits: int
 ) -> None:
     """A task's ``os._exit(0)`` exits 1, and its line said the task "called os._exit(1)":
     the status the worker exits with, not the one in the task's code, which an operator
-    searched for and did not find. The line names the task's status, then the exit."""
-    producer, ending, code, out = _one_exit(target, hosted, tmp_path, 0, idle="5")
-    assert code == 1, out
+    searched for and did not find. The line names the task's status, then the exit: the
+    one the system reads, its low 8 bits (``os._exit(256)`` said "(exit 256)" and exited
+    0, a clean stop to a supervisor; ``os._exit(-1)`` said "(exit -1)" and exited 255)."""
+    producer, ending, code, out = _one_exit(target, hosted, tmp_path, given, idle="5")
+    assert code == exits, out
     last = out.strip().splitlines()[-1]
-    assert ending.id in last and "called os._exit(0)" in last and "(exit 1)" in last, out
+    assert ending.id in last and f"called os._exit({given})" in last, out
+    assert f"(exit {exits})" in last, out
     producer.close()
 
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from distq.cli import _exit_code
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import Task
-from distq.errors import ConfigError
+from distq.errors import CertificateRejected, ConfigError
 from distq.keeper import Keeper
 from distq.tasks import Registry
 from distq.transport import Transport, open_transport
@@ -52,11 +53,12 @@ def run_with_a_broken_keeper(
     transport: Transport,
     monkeypatch: pytest.MonkeyPatch,
     where: str,
-    fail: Callable[[], None],
+    fail: Callable[[Keeper], None],
 ) -> tuple[Worker, int, str, Task, list[BaseException | None]]:
     """A 2-slot worker on ``transport`` running one 3 s task, its keeper's ``where``
-    calling ``fail`` (which raises) once a batch runs: the worker, its exit code, its
-    output, the task, and the errors that ended threads (their tracebacks kept off)."""
+    calling ``fail`` (which raises) once a batch runs: the worker, its exit code (a
+    refusal's as ``distq worker`` has it, its line last), its output, the task, and the
+    errors that ended threads (their tracebacks kept off)."""
     RAN.clear()
     producer = transport.producer("replies")
     long = Task(name="runs", args=["t-long"], kwargs={"seconds": 3.0}, reply_to="replies")
@@ -68,7 +70,7 @@ def run_with_a_broken_keeper(
     def broken(self: Keeper, *args: Any) -> Any:
         slots = args[0] if isinstance(args[0], list) else [args[0]]
         if any(slot.batch is not None for slot in slots):
-            fail()
+            fail(self)
         return original(self, *args)
 
     monkeypatch.setattr(Keeper, where, broken)
@@ -79,7 +81,11 @@ def run_with_a_broken_keeper(
         worker_id="w", concurrency=2, prefetch=1, heartbeat_interval=LEASE / 3, exit_when_idle=6
     )
     worker = Worker(transport, registry, options, Console(quiet=True, out=out, err=out))
-    code = worker.run()
+    try:
+        code = worker.run()
+    except (ConfigError, CertificateRejected) as exc:  # as `distq worker` ends on it
+        out.write(f"{exc}\n")
+        code = _exit_code(exc)
     producer.close()
     return worker, code, out.getvalue(), long, caught
 
@@ -103,7 +109,7 @@ def test_a_keeper_that_ends_on_an_error_stops_the_worker_handing_its_tasks_back(
     that is no Exception, ended its thread in silence: the worker ran on, the long task's
     lease lapsed and the other slot ran it again, and the worker exited 0."""
 
-    def fail() -> None:
+    def fail(_: Keeper) -> None:
         raise error
 
     worker, code, said, long, caught = run_with_a_broken_keeper(
@@ -132,7 +138,7 @@ def test_a_keeper_that_ends_as_a_second_signal_stops_the_worker_is_said_exit_1(
     leaves (Shutdown): a keeper that ended as it came went unsaid, and the worker exited
     0 with a bug in distq behind it (only the thread's traceback, on stderr)."""
 
-    def fail() -> None:
+    def fail(_: Keeper) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # stop warm
         time.sleep(0.2)  # handled apart: two at once are one
         os.kill(os.getpid(), signal.SIGTERM)  # stop at once: Shutdown in the main loop
@@ -141,6 +147,77 @@ def test_a_keeper_that_ends_as_a_second_signal_stops_the_worker_is_said_exit_1(
     _, code, said, _, _ = run_with_a_broken_keeper(short_lease, monkeypatch, "_renew_after", fail)
     assert "SIGTERM again: handing back every task in hand and exiting" in said, said
     assert "the keeper stopped: ValueError: boom (a bug in distq: " in said, said
+    assert code == 1, said
+
+
+#: A refusal as the keeper meets one (a Redis queue key of another type): its text.
+REFUSED = "the broker refused a setting (a test's)"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("refusal", "code", "stated"),
+    [
+        (
+            ConfigError(REFUSED),
+            2,
+            "(exit 2, for the setting the broker refused: see the last line)",
+        ),
+        (
+            CertificateRejected(REFUSED),
+            3,
+            "(exit 3, for the certificate TLS refused: see the last line)",
+        ),
+    ],
+)
+def test_a_keeper_that_ends_while_a_setting_is_refused_says_the_refusal_s_exit(
+    short_lease: Transport,
+    monkeypatch: pytest.MonkeyPatch,
+    refusal: ConfigError | CertificateRejected,
+    code: int,
+    stated: str,
+) -> None:
+    """A keeper that ended while a refusal stopped the worker said "(exit 1)", and the
+    worker exited 2 (the refusal's, raised at the end): a line stated a status the
+    process did not exit with. It states the refusal's now, and the refusal is said last."""
+
+    def fail(keeper: Keeper) -> None:
+        keeper._refused(refusal)  # as its renewal met it: the worker stops warm
+        raise ValueError("boom")
+
+    _, exit_code, said, _, _ = run_with_a_broken_keeper(
+        short_lease, monkeypatch, "_renew_after", fail
+    )
+    assert "the keeper stopped: ValueError: boom" in said, said
+    assert f"handing back the tasks it holds {stated}" in said, said
+    assert "(exit 1)" not in said, said
+    assert said.strip().splitlines()[-1].endswith(REFUSED), said
+    assert exit_code == code, said
+
+
+@pytest.mark.timeout(60)
+def test_a_setting_refused_after_the_keeper_s_end_was_said_leaves_its_exit_1(
+    short_lease: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper's end said "(exit 1)"; a refusal a slot met after it (in its broker
+    call as the worker stopped) made the worker exit 2 all the same. The status a line
+    stated holds; the refusal is said, last."""
+    ended = Worker._keeper_ended
+
+    def then_refused(self: Worker) -> bool:
+        said = ended(self)
+        if said:
+            self._refused(ConfigError(REFUSED))  # a slot's, just after the line
+        return said
+
+    monkeypatch.setattr(Worker, "_keeper_ended", then_refused)
+
+    def fail(_: Keeper) -> None:
+        raise ValueError("boom")
+
+    _, code, said, _, _ = run_with_a_broken_keeper(short_lease, monkeypatch, "_renew_after", fail)
+    assert "handing back the tasks it holds (exit 1)" in said, said
+    assert said.strip().splitlines()[-1].endswith(REFUSED), said
     assert code == 1, said
 
 

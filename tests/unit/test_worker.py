@@ -477,6 +477,33 @@ def test_a_slot_that_ends_on_a_bug_stops_the_worker_with_exit_1(
     assert "worker exit." in lines
 
 
+def test_a_slot_that_ends_on_a_bug_while_a_setting_is_refused_says_the_exit_that_follows(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot that ended on a bug while a setting the broker refused stopped the worker
+    said "the worker stops (exit 1)", and the worker exited 2: the refusal, raised at the
+    end, decides. The line states 2 now, and what for."""
+    workers: list[Worker] = []
+
+    def broken(prefetch: int) -> None:
+        workers[0]._refused(ConfigError("the broker refused a setting (a test's)"))
+        raise RuntimeError("a bug in distq")
+
+    monkeypatch.setattr("distq.worker.BatchSizer", broken)
+    monkeypatch.setattr("threading.excepthook", lambda args: None)  # the thread's traceback
+    out = io.StringIO()
+    options = WorkerOptions(concurrency=1, worker_id="w")
+    workers.append(Worker(transport, Registry(), options, Console(out=out, err=out)))
+    with pytest.raises(ConfigError):  # `distq worker`: its line, then exit 2
+        workers[0].run()
+    lines = out.getvalue()
+    assert (
+        "slot 0 stopped: RuntimeError: a bug in distq; the worker stops (exit 2, for the "
+        "setting the broker refused: see the last line)"
+    ) in lines, lines
+    assert "(exit 1)" not in lines, lines
+
+
 def test_a_broker_that_connects_but_refuses_the_work_is_one_outage_said_once(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
