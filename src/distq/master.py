@@ -43,7 +43,13 @@ from distq.config import (
 )
 from distq.console import Console
 from distq.envelope import Result, Task, new_id, shown
-from distq.errors import CertificateRejected, ConfigError, DistqError, TransportError
+from distq.errors import (
+    CertificateRejected,
+    ConfigError,
+    DistqError,
+    EnvelopeError,
+    TransportError,
+)
 from distq.errortext import MAX_MESSAGE_CHARS, cut
 from distq.health import ProcessHealth
 from distq.ledger import Entry, Ledger, forget_orphans, submit_again, withdraw_once
@@ -245,7 +251,7 @@ class _Run(Generic[E]):
         self.workload, self.console = workload, master.console
         self.collector: Collector[E] = Collector(
             self._on_result,
-            on_malformed=lambda exc: self.console.error(f"dropped a result: {exc}"),
+            on_malformed=self._dropped,
             telemetry=master.telemetry,
             codec=master.codec,
         )
@@ -295,6 +301,7 @@ class _Run(Generic[E]):
         # stop may take its tasks back; one that failed would wait on the broker again
         self.answering = True
         self.failed_with: TransportError | None = None  # the last call that failed
+        self.first_dropped: str | None = None  # why the first result it dropped was
 
     def run(self) -> JobReport:
         try:
@@ -826,10 +833,35 @@ class _Run(Generic[E]):
             f"{r.answered / max(elapsed, 1e-9):,.1f} tasks/s"
         )
 
+    def _dropped(self, exc: EnvelopeError) -> None:
+        """A result (or a message of them) the collector refused: said, the first kept."""
+        if self.first_dropped is None:
+            self.first_dropped = str(exc)
+        self.console.error(f"dropped a result: {exc}")
+
+    def _why_no_result(self) -> None:
+        """A job past its --timeout that got no result at all: why. Results that came
+        back and were dropped (unreadable, signed with another key, too large) say the
+        workers took its tasks: the first one's reason, which the lines before may have
+        said long before. The job ended with "no worker slot is attached to the job's
+        queue" once its workers had gone (--exit-when-idle), after their results were
+        dropped, sending the user to look for a queue or broker set wrong. Without any,
+        whether any worker slot is attached to its queue (:meth:`_nobody_attached`)."""
+        dropped = self.collector.malformed
+        if not dropped:
+            self._nobody_attached()
+            return
+        some = "the one result" if dropped == 1 else f"all {dropped:,} results"
+        self.report.problems.append(
+            f"no result was read: {some} that came back {'was' if dropped == 1 else 'were'} "
+            f"dropped (workers took the job's tasks, and answered), the first one for: "
+            f"{self.first_dropped}"
+        )
+
     def _nobody_attached(self) -> None:
-        """A job that got no result at all: whether any worker slot is attached to its
-        queue. Workers on another queue, database, vhost or transport wait as silently
-        as the master does, and the lines of both sides read alike."""
+        """A job that got no result at all, nor dropped any: whether any worker slot is
+        attached to its queue. Workers on another queue, database, vhost or transport
+        wait as silently as the master does, and the lines of both sides read alike."""
         transport = self.master.transport
         try:
             with self.health.liveness.waiting("job"):  # a silent broker is no stall
@@ -871,7 +903,7 @@ class _Run(Generic[E]):
             r.problems.append(f"{unsent} of {r.tasks} tasks never submitted")
         timed_out = not (self.stopped or self.refused or self.outage.ongoing)
         if waiting and not r.answered and r.started and timed_out:
-            self._nobody_attached()
+            self._why_no_result()
         done = r.answered
         if r.succeeded:
             self.console.info(

@@ -8,14 +8,17 @@ import io
 import re
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from conftest import Target
+from distq.codec import Codec
 from distq.console import Console
 from distq.master import JobReport, JobSpec, Master
 from distq.squares import Squares
 from distq.transport import Transport
+from procs import Spawn
 from seam import fetch_n
 
 pytestmark = pytest.mark.integration
@@ -93,3 +96,38 @@ def test_a_stopped_endless_rate_job_says_how_many_tasks_it_took_back(
     taken = re.search(r"took back the (\d+) tasks still queued", said)
     assert taken is not None and int(taken[1]) >= 3, said
     assert hosted.stats().ready == 0, said
+
+
+def test_a_job_whose_results_were_all_dropped_says_why_not_that_no_worker_is_attached(
+    target: Target, hosted: Transport, spawn: Spawn
+) -> None:
+    """A worker with another signing key took the job's tasks, refused them, and left
+    (--exit-when-idle); the master dropped each answer ("dropped a result: ..."), then
+    ended past its --timeout with "no worker slot is attached to the job's queue ...: are
+    the workers running, with this DISTQ_QUEUE, DISTQ_TRANSPORT and broker?", all of them
+    right. It names the results it dropped instead, with the first one's reason."""
+    out = io.StringIO()
+    keyed = replace(target.settings, signing_keys=(b"the-master-s-key-0123456789abcdef",))
+    master = Master(hosted, Console(out=out, err=out), codec=Codec.from_settings(keyed))
+    reports: list[JobReport] = []
+    spec = JobSpec(tasks=3, timeout=8)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares())))
+    run.start()
+    env = target.process_env(DISTQ_SIGNING_KEYS="a-worker-s-other-key-fedcba98765")
+    worker = spawn("worker", "--exit-when-idle", "1", env=env)
+    try:
+        assert worker.wait(30) == 0, worker.output()
+    finally:
+        run.join(30)
+    said = out.getvalue()
+    assert reports and reports[0].missing == 3, said
+    assert "dropped a result: " in said, said
+    assert "no worker slot is attached" not in said, said
+    dropped = re.search(
+        r"^distq: no result was read: all 3 results that came back were dropped \(workers took "
+        r"the job's tasks, and answered\), the first one for: (.+)$",
+        said,
+        re.M,
+    )
+    assert dropped is not None, said
+    assert f"dropped a result: {dropped[1]}" in said, said  # the reason said above
