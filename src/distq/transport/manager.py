@@ -882,10 +882,15 @@ def _call(address: str, method: Callable[..., _T], *args: Any, **named: Any) -> 
         shown = wire.shown(lines[-1] if lines else "no reason given")
         raise FailedRequest(f"the master at {address} failed a request: {shown}", text) from None
     except pickle.UnpicklingError as exc:  # wire.Refused: a reply naming a global; or garbage
-        _close_proxy(proxy, lost=True)  # not a master to keep talking to
+        raised = getattr(exc, "raised", None)
+        # not a master to keep talking to on this connection; but one whose broker method
+        # raised (a settle it refused in part) answered: a close tells it, on one of its
+        # own, and what the consumer held goes back at once. Marked lost, the close told
+        # it nothing, and the tasks the settle left leased waited out their lease
+        _close_proxy(proxy, lost=raised is None)
         raise RefusedReply(
             f"refused a reply of the master at {address} and dropped the connection: {exc}",
-            getattr(exc, "raised", None),
+            raised,
         ) from None
 
 
