@@ -629,7 +629,9 @@ class _KeptExit:
         self._real, self._pid = os._exit, os.getpid()
 
     def __call__(self, status: int) -> NoReturn:
-        self._real(self.code if status == 0 and os.getpid() == self._pid else status)
+        # its status as the system reads it (the low 8 bits): os._exit(256) exited 0
+        ends_0 = type(status) is int and -(2**31) <= status < 2**31 and status % 256 == 0
+        self._real(self.code if ends_0 and os.getpid() == self._pid else status)
 
 
 def _exit_keeps(code: int) -> None:

@@ -37,18 +37,20 @@ def outlast(seconds):
     return "done"
 
 
-def _exit_0_in_the_exit():
+def _exit_0_in_the_exit(status=0):
     for _ in range(2400):  # until the main thread has ended: the process's exit is on
         if not threading.main_thread().is_alive():
             break
         time.sleep(0.05)
     time.sleep(0.5)
-    os._exit(0)
+    os._exit(status)
 
 
 @distq.task
-def exit_0_later():
-    threading.Thread(target=_exit_0_in_the_exit, name="exits-0", daemon=False).start()
+def exit_0_later(status=0):
+    threading.Thread(
+        target=_exit_0_in_the_exit, args=(status,), name="exits-0", daemon=False
+    ).start()
     return "started"
 
 
@@ -157,13 +159,15 @@ def test_a_sigterm_whose_drain_is_spent_waits_no_more_for_a_tasks_threads(
 
 
 @pytest.mark.parametrize("target", ["redis"], indirect=True)
+@pytest.mark.parametrize("status", [0, 256])
 def test_a_tasks_thread_that_calls_os_exit_0_keeps_a_refused_workers_exit_2(
-    target: Target, hosted: Transport, tmp_path: Path
+    target: Target, hosted: Transport, tmp_path: Path, status: int
 ) -> None:
     """A thread a task left called ``os._exit(0)`` during the exit's wait, while the
     worker meant to exit 2 (the broker refused a setting mid-run): the process exited
-    0, which a supervisor takes for a clean stop."""
-    task = Task(name="leavers:exit_0_later", args=[], reply_to=NO_REPLY)
+    0, which a supervisor takes for a clean stop. So did ``os._exit(256)``, whose low 8
+    bits, all the system reads, are 0."""
+    task = Task(name="leavers:exit_0_later", args=[status], reply_to=NO_REPLY)
     code, out = _refused_mid_task(target, hosted, tmp_path, "exit0", task)
     assert "thread(s) that tasks started are alive (exits-0)" in out, out
     assert code == 2, out
