@@ -314,18 +314,14 @@ class Worker:
 
     def _stating_exit(self) -> str:
         """A line's "(exit N...)" as the worker stops on an error: N its exit status
-        (:meth:`_exit_status`), kept from now on; with a refusal's, what it is for (said
-        as the worker's last line, ``distq worker``'s)."""
+        (:meth:`_exit_status`), kept from now on; with a refusal's (a setting or
+        certificate the broker refused, a thread that could not start), that its error
+        is said last (``distq worker``'s last line)."""
         self._slot_failed = True
         status = self._exit_said = self._exit_status()
         if self._fatal is None or status == EXIT_FAILED:
             return f"(exit {status})"
-        what = (
-            "certificate TLS"
-            if isinstance(self._fatal, CertificateRejected)
-            else "setting the broker"
-        )
-        return f"(exit {status}, for the {what} refused: see the last line)"
+        return f"(exit {status}, for the error said last)"
 
     def _ending_status(self, given: int) -> int:
         """The status a task's ``os._exit(given)`` ends the worker with: one a line has

@@ -161,12 +161,12 @@ REFUSED = "the broker refused a setting (a test's)"
         (
             ConfigError(REFUSED),
             2,
-            "(exit 2, for the setting the broker refused: see the last line)",
+            "(exit 2, for the error said last)",
         ),
         (
             CertificateRejected(REFUSED),
             3,
-            "(exit 3, for the certificate TLS refused: see the last line)",
+            "(exit 3, for the error said last)",
         ),
     ],
 )

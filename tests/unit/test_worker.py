@@ -499,7 +499,7 @@ def test_a_slot_that_ends_on_a_bug_while_a_setting_is_refused_says_the_exit_that
     lines = out.getvalue()
     assert (
         "slot 0 stopped: RuntimeError: a bug in distq; the worker stops (exit 2, for the "
-        "setting the broker refused: see the last line)"
+        "error said last)"
     ) in lines, lines
     assert "(exit 1)" not in lines, lines
 
