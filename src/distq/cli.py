@@ -15,6 +15,7 @@ import contextlib
 import faulthandler
 import gc
 import math
+import operator
 import os
 import signal
 import sys
@@ -629,9 +630,20 @@ class _KeptExit:
         self._real, self._pid = os._exit, os.getpid()
 
     def __call__(self, status: int) -> NoReturn:
-        # its status as the system reads it (the low 8 bits): os._exit(256) exited 0
-        ends_0 = type(status) is int and -(2**31) <= status < 2**31 and status % 256 == 0
-        self._real(self.code if ends_0 and os.getpid() == self._pid else status)
+        self._real(self.code if _exits_0(status) and os.getpid() == self._pid else status)
+
+
+def _exits_0(status: int) -> bool:
+    """Whether ``os._exit(status)`` ends the process with 0 as the system reads it: the
+    low 8 bits (``os._exit(256)`` exited 0) of what os._exit takes, ``False`` and a
+    numpy int too, as it reads them (judged by ``type(status) is int``, ``os._exit(False)``
+    went through and exited 0). What it refuses (1.5, None, past a C int) goes to it, to
+    raise there."""
+    try:
+        value = operator.index(status)
+    except TypeError:
+        return False
+    return -(2**31) <= value < 2**31 and value % 256 == 0
 
 
 def _exit_keeps(code: int) -> None:

@@ -159,14 +159,15 @@ def test_a_sigterm_whose_drain_is_spent_waits_no_more_for_a_tasks_threads(
 
 
 @pytest.mark.parametrize("target", ["redis"], indirect=True)
-@pytest.mark.parametrize("status", [0, 256])
+@pytest.mark.parametrize("status", [0, 256, False])
 def test_a_tasks_thread_that_calls_os_exit_0_keeps_a_refused_workers_exit_2(
     target: Target, hosted: Transport, tmp_path: Path, status: int
 ) -> None:
     """A thread a task left called ``os._exit(0)`` during the exit's wait, while the
     worker meant to exit 2 (the broker refused a setting mid-run): the process exited
     0, which a supervisor takes for a clean stop. So did ``os._exit(256)``, whose low 8
-    bits, all the system reads, are 0."""
+    bits, all the system reads, are 0; and ``os._exit(False)``, which os._exit reads as
+    0 (an int's subclass), once 256 was judged by its type."""
     task = Task(name="leavers:exit_0_later", args=[status], reply_to=NO_REPLY)
     code, out = _refused_mid_task(target, hosted, tmp_path, "exit0", task)
     assert "thread(s) that tasks started are alive (exits-0)" in out, out
