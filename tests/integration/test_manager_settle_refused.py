@@ -68,6 +68,10 @@ def test_a_settle_the_master_refused_in_part_counts_what_it_took_as_settled(
     producer.close()
     assert refused, out.getvalue()  # the master refused one
     assert "a token of list" in out.getvalue(), out.getvalue()
+    # the master's error, which the worker says, tells when they run again: it said "run
+    # again as leases lapse", and they went back at once, with the worker's disconnect
+    said = "6 tasks not settled, back in the queue once the worker disconnects, or as"
+    assert said in out.getvalue(), out.getvalue()
     assert {r.task_id for r in results} == {t.id for t in tasks}, results
     # those the master took, and the rest, run again (their results rode on the first
     # settlement's pack: a second copy now, as after a lapse)

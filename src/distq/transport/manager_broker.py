@@ -174,10 +174,15 @@ def _refused(why: str, count: int) -> str:
     a retry's delay that is not seconds, a token not an int, a reply_to not text), and
     so of ``count`` not settled, it and those after it: a peer's bug, said to that peer
     (which drops its connection on an error a master raises); their tasks stay leased,
-    to run again."""
+    to run again: back in the queue once that peer disconnects (a distq worker's close
+    does, dae9e74e), else as their leases lapse. It said "run again as leases lapse",
+    while a distq worker ran them at once."""
     some = "1 task" if count == 1 else f"{count} tasks"
     # short: a worker shows the first 200 characters of a master's error
-    return f"{why}: {some} not settled, run again as leases lapse (another program?)"
+    return (
+        f"{why}: {some} not settled, back in the queue once the worker disconnects, or as "
+        "leases lapse (another program?)"
+    )
 
 
 #: The attributes of a settle's :func:`_refused` ``ValueError`` that say how many of its
