@@ -938,7 +938,17 @@ class _Run(Generic[E]):
     def _say_left(self, waiting: list[str], timed_out: bool) -> None:
         """The end of a job stopped or past its --timeout, in one line: how many of the
         tasks not answered it took back (they do not run after it), how many it did not
-        (a worker's may run on, its result read by nobody); past --timeout, what to do."""
+        (a worker's may run on, its result read by nobody); past --timeout, what to do. A
+        job whose every task not answered came back with a result it dropped says that."""
+        if self._answered_unread(waiting):
+            some = "task" if len(waiting) == 1 else f"{len(waiting):,} tasks"
+            results, them = ("its result", "it") if len(waiting) == 1 else ("their results", "them")
+            longer = f"a longer --timeout reads {them} no better; " if timed_out else ""
+            self.console.info(
+                f"{'--timeout' if timed_out else 'the stop'}: the {some} not answered came "
+                f"back, {results} dropped (above): {longer}fix what the first one's reason names"
+            )
+            return
         taken = self.never_ran + sum(1 for task_id in waiting if task_id in self.taken_back)
         left = len(waiting) - (taken - self.never_ran)
         said = []
@@ -964,6 +974,18 @@ class _Run(Generic[E]):
             said.append("for every result, give the job a longer --timeout, or more workers")
         if said:
             self.console.info(f"{'--timeout' if timed_out else 'the stop'}: {'; '.join(said)}")
+
+    def _answered_unread(self, waiting: list[str]) -> bool:
+        """Whether every task not answered came back with a result the job dropped, as far
+        as counts tell (:meth:`_why_no_result`'s case, none read): its end said "the 3 not
+        taken back may still run, their results read by nobody; for every result, give the
+        job a longer --timeout, or more workers", none of which held."""
+        return (
+            not self.report.answered
+            and 0 < len(waiting) <= self.collector.malformed
+            and not self.never_ran
+            and not self.taken_back.intersection(waiting)
+        )
 
     def answered_all(self) -> bool:
         """Whether the job submitted tasks and every one has its result: a copy of one

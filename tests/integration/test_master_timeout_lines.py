@@ -131,3 +131,13 @@ def test_a_job_whose_results_were_all_dropped_says_why_not_that_no_worker_is_att
     )
     assert dropped is not None, said
     assert f"dropped a result: {dropped[1]}" in said, said  # the reason said above
+    # its last line said "the 3 not taken back may still run, their results read by
+    # nobody; for every result, give the job a longer --timeout, or more workers" (on
+    # RabbitMQ: "one a worker holds may still run"): all 3 had come back, and no longer
+    # wait reads them
+    assert "may still run" not in said, said
+    assert "give the job a longer --timeout" not in said, said
+    assert (
+        "--timeout: the 3 tasks not answered came back, their results dropped (above): a "
+        "longer --timeout reads them no better; fix what the first one's reason names"
+    ) in said, said
