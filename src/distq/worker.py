@@ -449,10 +449,24 @@ class Worker:
                 task = self.runner.codec.open_task(claim[0].body)
                 named = f"task {shown(called(task))} {shown(task.id)}"
         where = f"slot {slot.index}" if slot is not None else f"thread {shown(thread.name)}"
+        refusal = self._refusal_unsaid(given, status)
         self.console.error(
             f"{named} called os._exit({given}) in {where}: the worker ends with it (exit "
-            f"{status}), and the tasks it holds go back to the queue to run again"
+            f"{status}{'' if refusal is None else ', for the error said last'}), and the "
+            "tasks it holds go back to the queue to run again"
         )
+        if refusal is not None:
+            self.console.error(str(refusal))
+
+    def _refusal_unsaid(self, given: int, status: int) -> ConfigError | CertificateRejected | None:
+        """The refusal whose status (2, 3) a task's ``os._exit(given)`` ends the worker with,
+        ``given`` being 0 to the system (:meth:`_ending_status`), and which no line said:
+        ``distq worker`` says it as it ends, which an ``os._exit`` skips. It exited 2 with
+        no line naming the setting. None if there is none such."""
+        fatal = self._fatal
+        if fatal is None or self._exit_said is not None or given % 256:
+            return None
+        return fatal if status == _refusal_status(fatal) else None
 
     def _slot_stopped(self) -> None:
         """Say once that a slot's thread ended on an error, and stop the others."""

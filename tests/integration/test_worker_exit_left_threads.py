@@ -55,6 +55,13 @@ def exit_0_later(status=0):
 
 
 @distq.task
+def exit_0_after(seconds):
+    # in the task itself, once the worker has stopped for a setting the broker refused
+    time.sleep(seconds)
+    os._exit(0)
+
+
+@distq.task
 def exit_0_in_a_slow_atexit(name, daemon):
     # a thread the exit does not wait for: it calls os._exit(0) while atexit runs
     atexit.register(time.sleep, 3)
@@ -93,13 +100,14 @@ def _env(target: Target, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _refused_mid_task(
-    target: Target, hosted: Transport, tmp_path: Path, reply: str, task: Task
+    target: Target, hosted: Transport, tmp_path: Path, reply: str, task: Task, *flags: str
 ) -> tuple[int, str]:
-    """A worker running ``task`` (of ``LEAVERS``) when its queue turns into a string, which
-    Redis refuses from the next fetch on (the worker exits 2): its exit code and output."""
+    """A worker (with ``flags``) running ``task`` (of ``LEAVERS``) when its queue turns into
+    a string, which Redis refuses from the next fetch on (the worker exits 2): its exit
+    code and output."""
     producer = hosted.producer(hosted.reply_queue(reply))
     producer.submit([task.encode()])
-    worker = Distq(["worker", "--tasks", "leavers"], _env(target, tmp_path))
+    worker = Distq(["worker", "--tasks", "leavers", *flags], _env(target, tmp_path))
     raw = redis.Redis.from_url(target.settings.redis_url)
     try:
         worker.wait_for(rf"Get task {task.name}")
@@ -221,3 +229,22 @@ def test_a_second_sigterm_waits_no_more_for_a_tasks_threads(
     assert "SIGTERM again: handing back every task in hand and exiting" in out, out
     assert code == 0, out
     assert took < 10, f"{took:.1f} s from the second SIGTERM to the exit:\n{out}"
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_task_that_calls_os_exit_0_while_a_refusal_stops_the_worker_says_the_refusal(
+    target: Target, hosted: Transport, tmp_path: Path
+) -> None:
+    """A task's ``os._exit(0)`` while a setting the broker refused stopped the worker (its
+    other slot's fetch): the worker exited 2, its line "called os._exit(0) ... (exit 2)",
+    and the refusal, which ``distq worker`` says as it ends, was never said: exit 2, bad
+    configuration, with no line naming it."""
+    task = Task(name="leavers:exit_0_after", args=[3], reply_to=NO_REPLY)
+    code, out = _refused_mid_task(
+        target, hosted, tmp_path, "exit0refused", task, "--concurrency", "2"
+    )
+    assert "called os._exit(0)" in out, out
+    assert code == 2, out
+    assert "(exit 2, for the error said last)" in out, out
+    last = out.strip().splitlines()[-1]
+    assert "holds a string, not the list of ready tasks" in last, out  # the refusal, last
