@@ -80,6 +80,38 @@ def test_make_demo_runs_the_squares_job_and_prints_what_the_readme_shows() -> No
         )
 
 
+def readme_example_lines() -> list[str]:
+    """The lines of the README's ``make example`` sample output, without its ``...``."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### The example: word counts over a folder of text files", 1)[1]
+    block = section.split("```\n", 3)[2]  # the block after the ``make example`` command
+    return [line for line in block.splitlines() if line.strip() and line.strip() != "..."]
+
+
+def loose_shape(line: str) -> re.Pattern[str]:
+    """``line`` with every number, grouped by commas or not, free to be another."""
+    number = r"\d[\d,]*(?:\.\d+)*"
+    return re.compile(number.join(re.escape(part) for part in re.split(number, line)))
+
+
+def test_make_example_prints_no_kind_of_line_the_readme_does_not_show() -> None:
+    """Over the default folder, as the README runs it: each line printed has its like in
+    the README's sample (the word counts past its first two excepted: it elides them)."""
+    done = make("example", 120)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    shown = [loose_shape(line) for line in readme_example_lines()]
+    count = re.compile(r"\s+[\d,]+  \S+")  # one word's count
+    told = re.compile(r"    \[worker-\d\] SIGTERM while connecting: worker exit")  # its prose
+    unshown = [
+        line
+        for line in out.splitlines()
+        if not (count.fullmatch(line) or told.fullmatch(line))
+        and not any(pattern.fullmatch(line) for pattern in shown)
+    ]
+    assert not unshown, f"make example printed lines the README does not show: {unshown}"
+
+
 def test_make_example_counts_a_folder_as_one_process_does(tmp_path: Path) -> None:
     texts = tmp_path / "texts"
     texts.mkdir()
