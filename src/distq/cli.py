@@ -397,15 +397,15 @@ def _check_report(path: Path) -> None:
     where = path.parent  # Path(".") for a bare file name
     why = None
     if path.is_dir():
-        why = "is a directory"
+        why = "a directory, not a file"
     elif not where.is_dir():
         why = f"its directory {str(where)!r} does not exist"
     elif path.exists() and not os.access(path, os.W_OK):
-        why = "is not writable by this user"
+        why = "not writable by this user"
     elif not path.exists() and not os.access(where, os.W_OK | os.X_OK):
         why = f"its directory {str(where)!r} is not writable by this user"
     if why is not None:
-        raise ConfigError(f"--report {str(path)!r} {why}; name a file the master can write")
+        raise ConfigError(f"--report {str(path)!r}: {why}; name a file the master can write")
 
 
 def _leave_on_signal(console: Console, role: str, code: int) -> None:

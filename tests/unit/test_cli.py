@@ -210,7 +210,7 @@ def test_a_report_file_that_cannot_be_written_is_refused_before_the_job(
         DISTQ_MANAGER_ADDRESS=f"127.0.0.1:{free_port()}",
     )
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith(f"distq: --report {str(report)!r} ")
+    assert done.stderr.startswith(f"distq: --report {str(report)!r}: ")  # then why
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
     assert time.monotonic() - started < 15  # not after the job
 
