@@ -76,7 +76,7 @@ def test_a_worker_name_with_control_characters_or_no_utf_8_is_refused(text: str)
 def test_a_count_of_more_digits_than_python_reads_is_said_by_its_size_not_shown() -> None:
     """``--max-attempts`` (or ``--tasks``, ``--limit``) of 5,000 digits was refused as
     "'99999...' is not a whole number", all 5,000 digits on the line, and not saying the
-    range as a 5-digit one does (6044735f says such a variable "is about 10**5000")."""
+    range as a 5-digit one does (a setting's variable says "is about 10**5000")."""
     text = "9" * 5000
     with pytest.raises(argparse.ArgumentTypeError) as bounded:
         flagtypes.count_up_to(10_000)(text)

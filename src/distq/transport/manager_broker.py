@@ -175,8 +175,8 @@ def _refused(why: str, count: int) -> str:
     so of ``count`` not settled, it and those after it: a peer's bug, said to that peer
     (which drops its connection on an error a master raises); their tasks stay leased,
     to run again: back in the queue once that peer disconnects (a distq worker's close
-    does, dae9e74e), else as their leases lapse. It said "run again as leases lapse",
-    while a distq worker ran them at once."""
+    does), else as their leases lapse. It said "run again as leases lapse", while a
+    distq worker ran them at once."""
     some = "1 task" if count == 1 else f"{count} tasks"
     # short: a worker shows the first 200 characters of a master's error
     return (
