@@ -1510,6 +1510,99 @@ def test_a_growing_batch_sends_no_task_back_as_its_window_resizes(
     consumer.close()
 
 
+def _fails_after_it_went(monkeypatch: pytest.MonkeyPatch, channel: Any, name: str) -> list[int]:
+    """``channel.<name>`` (a blocking call) goes to the broker and is answered, then
+    raises, the link left open: as pika's wait does when an error comes up in it after
+    the answer. Its first call only; how many calls failed so."""
+    call, flush = getattr(channel, name), channel._flush_output
+    failed: list[int] = []
+
+    def answered_then_failed(*waiters: Callable[[], bool]) -> None:
+        flush(*waiters)
+        raise pika.exceptions.AMQPChannelError(f"{name} failed after the broker answered")
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if failed:
+            return call(*args, **kwargs)
+        failed.append(1)
+        channel._flush_output = answered_then_failed
+        try:
+            return call(*args, **kwargs)
+        finally:
+            del channel._flush_output  # pika's own again
+
+    monkeypatch.setattr(channel, name, failing)
+    return failed
+
+
+def test_a_resize_whose_basic_qos_failed_consumes_again_at_the_next_fetch(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resize cancels the consumer, then ``basic_qos``, then consumes. Its ``basic_qos``
+    failed on a link that stayed open: the consumer kept the cancelled consumer's tag,
+    and once its task was settled the next fetch took it for a consumer with room in
+    its window: it consumed nothing, and returned nothing for good, two tasks ready in
+    the queue (rmq48). Now it consumes again, with the window it meant."""
+    t = open_transport(prefetch=8)
+    _submit_one_by_one(t, queue, 3)
+    consumer = t.consumer("c1")
+    try:
+        first = fetch_n(consumer, 1)  # a window of one message, full with it
+        assert [d.body for d in first] == [b"task-0"]
+        channel = consumer._link.channel
+
+        def refused(*_args: Any, **_kwargs: Any) -> None:
+            raise pika.exceptions.AMQPChannelError("basic_qos failed")
+
+        monkeypatch.setattr(channel, "basic_qos", refused)
+        with pytest.raises(TransportError, match="basic_qos failed"):
+            consumer.fetch(1, 0.5)  # a new consumer for a new window: cancel, qos...
+        monkeypatch.undo()
+        assert consumer._link.is_open
+        consumer.settle([Settlement(d) for d in first])
+        rest = fetch_n(consumer, 2, within=5.0)
+        assert sorted(d.body for d in rest) == [b"task-1", b"task-2"], "no consumer ran"
+        assert [d.body for d in rest if d.redelivered] == []
+        consumer.settle([Settlement(d) for d in rest])
+        assert _ready(raw, queue) == 0
+        assert raw.queue_declare(queue, passive=True).method.consumer_count == 1
+    finally:
+        consumer.close()
+
+
+def test_a_heartbeat_whose_cancel_failed_once_it_went_leaves_the_slot_consuming(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat stops the consumer of a busy slot. Its cancel went out, and failed
+    after, the link open: the keeper says so and goes on, the slot keeps its consumer,
+    which kept the cancelled consumer's tag, and once the batch was settled every fetch
+    took it for a consumer with room in its window and consumed nothing: the slot sat
+    idle for good beside tasks ready in the queue (rmq48)."""
+    t = open_transport(lease=30.0)
+    producer = t.producer(t.reply_queue("p"))
+    consumer = t.consumer("c1")
+    try:
+        raw.basic_publish("", queue, pack([b"a", b"b"]), pika.BasicProperties(type=TASKS_TYPE))
+        got = fetch_n(consumer, 1)  # "a"; "b" buffered
+        failed = _fails_after_it_went(monkeypatch, consumer._link.channel, "basic_cancel")
+        with pytest.raises(TransportError):
+            consumer.heartbeat()  # as the keeper's, which goes on
+        assert failed and consumer._link.is_open
+        monkeypatch.undo()
+        got += fetch_n(consumer, 1)  # "b", buffered still
+        consumer.settle([Settlement(d) for d in got])
+        assert sorted(d.body for d in got) == [b"a", b"b"]
+        producer.submit([b"c"])
+        producer.flush()
+        later = fetch_n(consumer, 1, within=5.0)
+        assert [d.body for d in later] == [b"c"], "the slot consumed nothing"
+        consumer.settle([Settlement(d) for d in later])
+        assert raw.queue_declare(queue, passive=True).method.consumer_count == 1
+    finally:
+        consumer.close()
+        producer.close()
+
+
 def test_a_killed_worker_hands_its_deliveries_back_at_once(
     open_transport: OpenTransport, amqp_url: str, queue: str
 ) -> None:

@@ -1337,12 +1337,26 @@ class RabbitMQConsumer(Consumer):
         broker pushed before the cancel took effect; with ``keep`` (a resize: the slot
         takes them next), or on a queue that counts deliveries, they are taken in instead
         (buffered, held), for the caller to hand out or give back: each reject counted as
-        a delivery there, for a task no slot took (rmq32)."""
-        assert self._tag is not None
-        if keep or self._counting:
-            cancel_keeping(self._link.channel, self._tag, self._on_task)
-        else:
-            self._link.channel.basic_cancel(self._tag)  # pika requeues those in flight
+        a delivery there, for a task no slot took (rmq32).
+
+        :attr:`_tag` is None afterwards once pika has forgotten the consumer: also after a
+        cancel that failed once it went out, on a link that stays open. Kept, the
+        cancelled consumer's tag was taken for a consumer with room in its window (a
+        resize whose ``basic_qos`` failed after its cancel, a heartbeat's cancel that
+        failed): no fetch consumed again, and the slot waited for good beside the
+        queue's tasks (rmq48). A cancel that failed before it went out leaves the
+        consumer running, and its tag.
+        """
+        tag, channel = self._tag, self._link.channel
+        assert tag is not None
+        try:
+            if keep or self._counting:
+                cancel_keeping(channel, tag, self._on_task)
+            else:
+                channel.basic_cancel(tag)  # pika requeues those in flight
+        finally:
+            if tag not in channel.consumer_tags:
+                self._tag, self._current = None, set()
 
     def heartbeat(self) -> None:
         """Service AMQP heartbeats while the slot is busy; keep no delivery for too long.
@@ -1364,7 +1378,6 @@ class RabbitMQConsumer(Consumer):
             full = self._window.size - len(self._current) <= 0
             if self._tag is not None and (self._buffer or not full):
                 self._cancel()
-                self._tag, self._current = None, set()
             if self._buffer:
                 rest = sorted(tags_of(self._buffer, int, "rabbitmq"))
                 if not self._counting:  # requeued, maybe: see _move_behind
@@ -1697,7 +1710,6 @@ class RabbitMQConsumer(Consumer):
             with contextlib.suppress(*PikaError):
                 self._link.connection.process_data_events(time_limit=0)  # held: given back
                 self._cancel()
-                self._tag = None
         partly = self._held.partly_settled() or (self._counting and len(self._held) > 0)
         records = list(self._records.bodies) if self._records is not None else []
         if (partly or records) and self._link.is_open:
