@@ -1603,6 +1603,38 @@ def test_a_heartbeat_whose_cancel_failed_once_it_went_leaves_the_slot_consuming(
         producer.close()
 
 
+def test_a_consume_that_failed_once_it_went_leaves_no_consumer_behind(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch's ``basic_consume`` reached the broker and failed after (the link open):
+    pika forgot the consumer, the broker did not. The next fetch consumed again beside
+    it, and each task the broker pushed the first raised a ``KeyError`` in pika, not a
+    TransportError, held unacked until the connection closed (rmq48). Now the first
+    is cancelled as the fetch fails, what it was pushed kept for the slot: each task
+    comes once, and one consumer is left."""
+    t = open_transport(prefetch=8)
+    _submit_one_by_one(t, queue, 4)
+    consumer = t.consumer("c1")
+    try:
+        failed = _fails_after_it_went(monkeypatch, consumer._link.channel, "basic_consume")
+        with pytest.raises(TransportError):
+            consumer.fetch(1, 0.5)
+        assert failed and consumer._link.is_open
+        monkeypatch.undo()
+        got: list[Delivery] = []
+        deadline = time.monotonic() + 5
+        while len(got) < 4 and time.monotonic() < deadline:
+            batch = consumer.fetch(1, 0.2)
+            consumer.settle([Settlement(d) for d in batch])
+            got += batch
+        assert sorted(d.body for d in got) == sorted(_bodies(4))
+        assert [d.body for d in got if d.redelivered] == []
+        assert _ready(raw, queue) == 0
+        assert raw.queue_declare(queue, passive=True).method.consumer_count == 1
+    finally:
+        consumer.close()
+
+
 def test_a_killed_worker_hands_its_deliveries_back_at_once(
     open_transport: OpenTransport, amqp_url: str, queue: str
 ) -> None:

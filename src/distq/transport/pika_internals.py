@@ -34,8 +34,9 @@ internal                                                 used to
                                                          heartbeats still hears its broker
                                                          (:class:`AnswerWithin`)
 ``Channel._on_deliver(method_frame, header_frame,        cancel a consumer keeping what it
-body)`` (looked up on the instance for each delivery),   was pushed (:func:`cancel_keeping`)
-``BlockingChannel._remove_pending_deliveries``
+body)`` (looked up on the instance for each delivery),   was pushed (:func:`cancel_keeping`),
+``BlockingChannel._remove_pending_deliveries``           and one that ``BlockingChannel``
+                                                         forgot (:func:`cancel_forgotten`)
 =======================================================  ==================================
 
 :func:`check_classes` runs when this module is imported, and :class:`FastChannel`
@@ -106,6 +107,10 @@ def check_classes() -> None:
     _parameters(
         "Channel._on_deliver", channel._on_deliver, ("method_frame", "header_frame", "body")
     )
+    _parameters("Channel.basic_cancel", channel.basic_cancel, ("consumer_tag", "callback"))
+    tags = getattr(channel, "consumer_tags", None)
+    if not isinstance(tags, property):
+        raise changed("Channel.consumer_tags", type(tags).__name__, "a property")
     _parameters(
         "BlockingChannel._remove_pending_deliveries",
         blocking_connection.BlockingChannel._remove_pending_deliveries,
@@ -190,6 +195,43 @@ def cancel_keeping(
         channel.basic_cancel(consumer_tag)
     finally:
         del impl._on_deliver  # pika's own again
+
+
+def cancel_forgotten(
+    channel: Any, consumer_tag: str, deliver: Callable[[Any, Any, Any, bytes], None]
+) -> None:
+    """Cancel the consumer ``consumer_tag`` of ``channel`` (a ``BlockingChannel``) whose
+    ``basic_consume`` raised after it went out (an error while it waited for the
+    Consume-ok, the link still open): ``BlockingChannel`` forgot it, its
+    ``pika.channel.Channel`` did not, and the broker may have it and push it tasks,
+    each of which then raised a ``KeyError`` in pika's dispatch and stayed unacked
+    until the connection closed. The deliveries it was pushed (waiting in the channel,
+    or arriving until the broker's Cancel-ok) go to ``deliver``, as in
+    :func:`cancel_keeping`. Nothing is sent for a consumer the channel does not know (the
+    Consume never went out, or the channel closed)."""
+    impl = check_channel(channel)
+    for event in channel._remove_pending_deliveries(consumer_tag):
+        deliver(channel, event.method, event.properties, event.body)
+    if consumer_tag not in impl.consumer_tags:
+        return
+    pikas = impl._on_deliver
+
+    def on_deliver(method_frame: Any, header_frame: Any, body: bytes) -> None:
+        if method_frame.method.consumer_tag == consumer_tag:
+            deliver(channel, method_frame.method, header_frame.properties, body)
+        else:
+            pikas(method_frame, header_frame, body)
+
+    impl._on_deliver = on_deliver
+    try:
+        impl.basic_cancel(consumer_tag, callback=_ignored)
+        channel._flush_output(lambda: consumer_tag not in impl.consumer_tags)
+    finally:
+        del impl._on_deliver  # pika's own again
+
+
+def _ignored(_frame: object) -> None:
+    """A Cancel-ok waited for through the channel's consumers, not this callback."""
 
 
 def check_transport(transport: object) -> deque[bytes]:

@@ -153,6 +153,7 @@ from distq.transport.base import (
 )
 from distq.transport.pika_internals import (
     AnswerWithin,
+    cancel_forgotten,
     cancel_keeping,
     check_channel,
     closed_by_broker,
@@ -1299,15 +1300,32 @@ class RabbitMQConsumer(Consumer):
         size = self._window.resize(-(-want // per), supply)
         if size is None:
             return
-        channel = self._link.channel
         if consuming:
             self._link.connection.process_data_events(time_limit=0)  # buffer what arrived
             if self._counting:
                 self._filled(window, time.monotonic() + _FILL_SECONDS)
             self._cancel(keep=True)
+        self._consume(size)
+
+    def _consume(self, size: int) -> None:
+        """Start consuming with a ``basic_qos`` prefetch of ``size`` (no consumer runs).
+
+        One that fails leaves none running, and :attr:`_tag` None: the next fetch
+        consumes again. A ``basic_consume`` that failed after it went out, on a link that
+        stays open, may have reached the broker: it is cancelled, what it was pushed
+        buffered (:func:`~distq.transport.pika_internals.cancel_forgotten`). Left, it took
+        tasks beside the next consumer, and each of them raised in pika (``KeyError``)."""
+        channel = self._link.channel
         channel.basic_qos(prefetch_count=size)
-        self._tag = channel.basic_consume(self._transport.queue, self._on_task)
-        self._current = set()
+        tag = f"ctag{channel.channel_number}.{secrets.token_hex(16)}"  # as pika names one
+        try:
+            channel.basic_consume(self._transport.queue, self._on_task, consumer_tag=tag)
+        except BaseException:
+            if self._link.is_open:
+                with contextlib.suppress(*PikaError):  # the link went: the consumer with it
+                    cancel_forgotten(channel, tag, self._on_task)
+            raise
+        self._tag, self._current = tag, set()
 
     def _filled(self, window: int, deadline: float) -> None:
         """Take in deliveries until the consumer's ``window`` is full, or ``deadline``; at
