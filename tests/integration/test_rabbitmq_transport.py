@@ -31,18 +31,23 @@ from urllib.parse import quote, urlsplit
 import pika
 import pika.exceptions
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 
 from brokers import Broker
+from distq.codec import Codec
 from distq.config import Settings
-from distq.envelope import DeadLetter
+from distq.console import Console
+from distq.envelope import DeadLetter, Task
 from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, TransportError
 from distq.framing import TASKS_PER_MESSAGE, pack, unpack
+from distq.tasks import Registry
 from distq.transport import rabbitmq, rabbitmq_dead, rabbitmq_link
 from distq.transport.base import Delivery, Role, Settlement, orphaned_reason
 from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
 from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
 from distq.transport.rabbitmq_packs import TASKS_TYPE, task_bodies
 from distq.transport.rabbitmq_retries import RETRY_DELAYS_MS
+from distq.worker import Worker, WorkerOptions
 from faults.proxy import Partition
 from procs import Distq, checkout_env
 from seam import fetch_n, results_n
@@ -1601,6 +1606,72 @@ def test_a_heartbeat_whose_cancel_failed_once_it_went_leaves_the_slot_consuming(
     finally:
         consumer.close()
         producer.close()
+
+
+def test_a_worker_whose_heartbeat_cancel_failed_as_its_batch_ended_runs_the_tasks_after(
+    open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a user saw of a heartbeat's cancel that failed once it went out: the keeper
+    said "heartbeat failed ... reconnecting", the slot's batch ended meanwhile (no
+    heartbeat after it to clear the tag), and the worker ran nothing more: "task_queue
+    is empty", and --exit-when-idle ended it with two tasks ready, 2 of 4 results in
+    (rmq48)."""
+    t = open_transport(lease=1.0)
+    master = open_transport(role="master")
+    producer = master.producer(master.reply_queue("p"))
+    in_heartbeat, failed = threading.local(), list[str]()
+    heartbeat, cancel = RabbitMQConsumer.heartbeat, BlockingChannel.basic_cancel
+
+    def keepers(consumer: RabbitMQConsumer) -> None:
+        in_heartbeat.on = True
+        try:
+            heartbeat(consumer)
+        finally:
+            in_heartbeat.on = False
+
+    def failing(channel: Any, tag: str) -> Any:
+        out = cancel(channel, tag)
+        if getattr(in_heartbeat, "on", False) and not failed:
+            failed.append(tag)
+            time.sleep(0.6)  # slow to fail: the slot's task ends meanwhile
+            raise pika.exceptions.AMQPChannelError("the cancel failed after it went out")
+        return out
+
+    monkeypatch.setattr(RabbitMQConsumer, "heartbeat", keepers)
+    monkeypatch.setattr(BlockingChannel, "basic_cancel", failing)
+    registry = Registry()
+
+    def slow() -> str:
+        time.sleep(0.45)  # ends before the heartbeat's failed cancel returns
+        return "slow"
+
+    registry.register("slow", slow)
+    registry.register("fast", lambda: "fast")
+
+    def task(name: str) -> bytes:
+        return Task(name=name, args=[], reply_to=producer.reply_to).encode()
+
+    raw.basic_publish(
+        "", queue, pack([task("slow"), task("fast")]), pika.BasicProperties(type=TASKS_TYPE)
+    )
+    later = threading.Timer(
+        2.0, lambda: [raw.basic_publish("", queue, task("fast")) for _ in range(2)]
+    )
+    out = io.StringIO()
+    options = WorkerOptions(
+        worker_id="w", concurrency=1, heartbeat_interval=0.3, exit_when_idle=3.0
+    )
+    later.start()
+    try:
+        Worker(
+            t, registry, options, Console(out=out, err=out), codec=Codec.from_settings(t.settings)
+        ).run()
+    finally:
+        later.join()
+    said = out.getvalue()
+    assert failed and "heartbeat failed" in said, said
+    assert len(results_n(producer, 4, within=3.0)) == 4, said
+    assert "worker exit. 4 ok" in said, said
 
 
 def test_a_consume_that_failed_once_it_went_leaves_no_consumer_behind(
