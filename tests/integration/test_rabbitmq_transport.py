@@ -1733,6 +1733,49 @@ def test_a_consume_that_failed_once_it_went_leaves_no_consumer_behind(
         consumer.close()
 
 
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_the_tasks_a_failed_resizes_consume_was_pushed_are_each_acked_once(
+    open_transport: OpenTransport,
+    raw: Any,
+    queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+    queue_type: str,
+) -> None:
+    """A growing batch's resize consumes with a window of several messages, and that
+    ``basic_consume`` fails once the broker pushed it tasks, the link open: each of them
+    is kept for the slot (not rejected: no redelivery, no delivery counted on a quorum
+    queue), handed out and acked once (a second ack of a delivery tag closes the
+    channel: 406 PRECONDITION_FAILED), and every task of the queue comes once (rmq48)."""
+    t = open_transport(prefetch=8, rabbitmq_queue_type=queue_type)
+    _submit_one_by_one(t, queue, 40)
+    consumer = t.consumer("c1")
+    try:
+        got: list[Delivery] = []
+        for _ in range(12):  # one task at a time: a window of one message
+            batch = fetch_n(consumer, 1)
+            consumer.settle([Settlement(d) for d in batch])
+            got += batch
+        failed = _fails_after_it_went(monkeypatch, consumer._link.channel, "basic_consume")
+        with pytest.raises(TransportError):
+            consumer.fetch(8, 0.5)  # a resize: cancel, qos, consume (pushed, then failed)
+        assert failed and consumer._link.is_open
+        monkeypatch.undo()
+        assert len(consumer._buffer) > 2, "the failed consume was pushed a window's tasks"
+        deadline = time.monotonic() + 5
+        while len(got) < 40 and time.monotonic() < deadline:
+            batch = consumer.fetch(8, 0.2)
+            consumer.settle([Settlement(d) for d in batch])
+            got += batch
+        assert sorted(d.body for d in got) == sorted(_bodies(40))
+        assert [d.body for d in got if d.redelivered] == []
+        assert consumer._link.is_open, "the channel closed"
+        assert consumer.fetch(1, 0.2) == []  # a call on the channel after the acks
+        assert _ready(raw, queue) == 0
+        assert _consumers_within(raw, queue, 1) == 1
+    finally:
+        consumer.close()
+
+
 def test_a_killed_worker_hands_its_deliveries_back_at_once(
     open_transport: OpenTransport, amqp_url: str, queue: str
 ) -> None:
