@@ -47,10 +47,11 @@ them fails with a :class:`~distq.errors.ConfigError` naming it, never quietly.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import types
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika
@@ -170,15 +171,14 @@ def server_version(connection: object) -> str | None:
     return version if isinstance(version, str) else None
 
 
-def cancel_keeping(
+@contextlib.contextmanager
+def _delivering(
     channel: Any, consumer_tag: str, deliver: Callable[[Any, Any, Any, bytes], None]
-) -> None:
-    """``channel.basic_cancel(consumer_tag)`` (a ``BlockingChannel``'s consumer, manual
-    acks), handing each delivery pushed to that consumer and not yet dispatched (waiting
-    in the channel, or arriving until the broker's Cancel-ok) to ``deliver(channel,
-    method, properties, body)``, the consumer's callback, instead of pika's reject with
-    requeue: a quorum queue counts such a requeue as a delivery (a delivery limit then
-    dead-letters the task unrun), and flags the message redelivered."""
+) -> Iterator[Any]:
+    """Within: each delivery pushed to the consumer ``consumer_tag`` of ``channel`` (a
+    ``BlockingChannel``) and not yet dispatched, waiting in the channel or arriving
+    meanwhile, goes to ``deliver(channel, method, properties, body)``; the others to
+    pika's dispatch. Yields the channel's ``pika.channel.Channel``."""
     impl = check_channel(channel)
     for event in channel._remove_pending_deliveries(consumer_tag):
         deliver(channel, event.method, event.properties, event.body)
@@ -192,9 +192,22 @@ def cancel_keeping(
 
     impl._on_deliver = on_deliver
     try:
-        channel.basic_cancel(consumer_tag)
+        yield impl
     finally:
         del impl._on_deliver  # pika's own again
+
+
+def cancel_keeping(
+    channel: Any, consumer_tag: str, deliver: Callable[[Any, Any, Any, bytes], None]
+) -> None:
+    """``channel.basic_cancel(consumer_tag)`` (a ``BlockingChannel``'s consumer, manual
+    acks), handing each delivery pushed to that consumer and not yet dispatched (waiting
+    in the channel, or arriving until the broker's Cancel-ok) to ``deliver(channel,
+    method, properties, body)``, the consumer's callback, instead of pika's reject with
+    requeue: a quorum queue counts such a requeue as a delivery (a delivery limit then
+    dead-letters the task unrun), and flags the message redelivered."""
+    with _delivering(channel, consumer_tag, deliver):
+        channel.basic_cancel(consumer_tag)
 
 
 def cancel_forgotten(
@@ -209,25 +222,11 @@ def cancel_forgotten(
     or arriving until the broker's Cancel-ok) go to ``deliver``, as in
     :func:`cancel_keeping`. Nothing is sent for a consumer the channel does not know (the
     Consume never went out, or the channel closed)."""
-    impl = check_channel(channel)
-    for event in channel._remove_pending_deliveries(consumer_tag):
-        deliver(channel, event.method, event.properties, event.body)
-    if consumer_tag not in impl.consumer_tags:
-        return
-    pikas = impl._on_deliver
-
-    def on_deliver(method_frame: Any, header_frame: Any, body: bytes) -> None:
-        if method_frame.method.consumer_tag == consumer_tag:
-            deliver(channel, method_frame.method, header_frame.properties, body)
-        else:
-            pikas(method_frame, header_frame, body)
-
-    impl._on_deliver = on_deliver
-    try:
+    with _delivering(channel, consumer_tag, deliver) as impl:
+        if consumer_tag not in impl.consumer_tags:
+            return
         impl.basic_cancel(consumer_tag, callback=_ignored)
         channel._flush_output(lambda: consumer_tag not in impl.consumer_tags)
-    finally:
-        del impl._on_deliver  # pika's own again
 
 
 def _ignored(_frame: object) -> None:
