@@ -15,7 +15,6 @@ import contextlib
 import faulthandler
 import gc
 import math
-import operator
 import os
 import signal
 import sys
@@ -71,7 +70,7 @@ from distq.taskoutput import whole_lines
 from distq.tasks import Registry
 from distq.timelimits import TimeLimits
 from distq.transport import Transport, open_transport
-from distq.worker import Worker, WorkerOptions, default_worker_id
+from distq.worker import Worker, WorkerOptions, default_worker_id, exit_status
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -639,11 +638,8 @@ def _exits_0(status: int) -> bool:
     numpy int too, as it reads them (judged by ``type(status) is int``, ``os._exit(False)``
     went through and exited 0). What it refuses (1.5, None, past a C int) goes to it, to
     raise there."""
-    try:
-        value = operator.index(status)
-    except TypeError:
-        return False
-    return -(2**31) <= value < 2**31 and value % 256 == 0
+    value = exit_status(status)
+    return value is not None and value % 256 == 0
 
 
 def _exit_keeps(code: int) -> None:

@@ -1083,6 +1083,17 @@ _before_running = [_os_exit]
 _running_lock = threading.Lock()
 
 
+def exit_status(status: Any) -> int | None:
+    """``status`` as ``os._exit`` reads it (``True``, a numpy int: :func:`operator.index`);
+    None for what it refuses (1.5, None, past a C int), which it raises for, ending
+    nothing. The system reads the low 8 bits of it: ``os._exit(256)`` exits 0."""
+    try:
+        value = operator.index(status)
+    except TypeError:
+        return None
+    return value if -(2**31) <= value < 2**31 else None
+
+
 def _exit_in_a_running_worker(status: int) -> NoReturn:
     """``os._exit`` while a worker runs in this process: only a task calls it then (distq
     never does), and ends the process with its tasks in hand. ``os._exit(0)`` exited 0,
@@ -1090,14 +1101,13 @@ def _exit_in_a_running_worker(status: int) -> NoReturn:
     in the worker's own process it exits 1 instead (a forked child's exit is its own),
     after a line naming the task (:meth:`Worker._exit_called`), which states the status
     the process exits with (:meth:`Worker._ending_status`)."""
-    with contextlib.suppress(TypeError):
-        status = operator.index(status)  # as os._exit reads it (True, a numpy int)
-    if not isinstance(status, int) or not -(2**31) <= status < 2**31:
+    given = exit_status(status)
+    if given is None:
         # os._exit raises for what it cannot take (1.5, None, past a C int) and ends
         # nothing: the task fails. The line said first that the worker ended with it.
         _os_exit(status)
     mine = [worker for pid, worker in _running if pid == os.getpid()]
-    given = status
+    status = given
     caller = threading.current_thread()
     # the worker whose slot called it: the first, which a program running two has first,
     # found no slot on the second's thread and left the task unnamed
