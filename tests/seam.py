@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -10,11 +11,21 @@ from contextlib import contextmanager
 from typing import Any
 
 from distq.codec import Codec
+from distq.console import Console
 from distq.dispatcher import Dispatcher, Entry
 from distq.ending import Ending, Endings
 from distq.envelope import DeadLetter, Result, Task, new_id
 from distq.futures import Callbacks, DistqFuture
-from distq.transport import Consumer, Delivery, Producer, Settlement, Transport
+from distq.tasks import Registry
+from distq.transport import (
+    Consumer,
+    Delivery,
+    Producer,
+    Settlement,
+    Transport,
+    open_transport,
+)
+from distq.worker import Worker, WorkerOptions
 
 
 def ok_result(task: Task, value: object) -> bytes:
@@ -165,3 +176,19 @@ def answered_as_the_wait_ends(value: object) -> Iterator[None]:
     finally:
         concurrent.futures.Future.result = plain_result  # type: ignore[method-assign]
         concurrent.futures.Future.exception = plain_exception  # type: ignore[method-assign]
+
+
+def run_remote_worker(
+    transport: Transport, registry: Registry, options: WorkerOptions
+) -> tuple[Worker, str]:
+    """A worker of ``options`` over a transport of its own to ``transport``'s broker (a
+    manager master's: a peer over the wire, not this process's queues), run to its end,
+    which must be exit 0; the worker and all it said."""
+    out = io.StringIO()
+    remote = open_transport(transport._settings, "worker")  # type: ignore[attr-defined]
+    worker = Worker(remote, registry, options, Console(out=out, err=out))
+    try:
+        assert worker.run() == 0, out.getvalue()
+    finally:
+        remote.close()
+    return worker, out.getvalue()

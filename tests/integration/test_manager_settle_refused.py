@@ -7,22 +7,20 @@ took as settled, and only the rest as handed back."""
 from __future__ import annotations
 
 import contextlib
-import io
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from conftest import hosted_and_remote
-from distq.console import Console
 from distq.envelope import Task
 from distq.errors import TransportError
 from distq.tasks import Registry
-from distq.transport import Settlement, Transport, manager_wire, open_transport
+from distq.transport import Settlement, Transport, manager_wire
 from distq.transport.base import Consumer, Delivery, Producer
-from distq.worker import Worker, WorkerOptions
+from distq.worker import WorkerOptions
 from fake_master import fake_settings
-from seam import fetch_n, results_n, results_of
+from seam import fetch_n, results_n, results_of, run_remote_worker
 
 pytestmark = pytest.mark.integration
 
@@ -56,30 +54,24 @@ def test_a_settle_the_master_refused_in_part_counts_what_it_took_as_settled(
     producer = transport.producer("w.results.job")
     tasks = [Task(name="echo", args=[n], reply_to="w.results.job") for n in range(TASKS)]
     producer.submit([task.encode() for task in tasks])
-    out = io.StringIO()
     options = WorkerOptions(concurrency=1, prefetch=8, worker_id="w", exit_when_idle=1.0)
-    remote = open_transport(transport._settings, "worker")  # type: ignore[attr-defined]
-    worker = Worker(remote, registry, options, Console(out=out, err=out))
-    try:
-        assert worker.run() == 0
-    finally:
-        remote.close()
+    worker, output = run_remote_worker(transport, registry, options)
     results = results_of(producer, 2 * TASKS, within=2)
     producer.close()
-    assert refused, out.getvalue()  # the master refused one
-    assert "a token of list" in out.getvalue(), out.getvalue()
+    assert refused, output  # the master refused one
+    assert "a token of list" in output, output
     # the master's error, which the worker says, tells when they run again: it said "run
     # again as leases lapse", and they went back at once, with the worker's disconnect
     said = "6 tasks not settled, back in the queue once the worker disconnects, or as"
-    assert said in out.getvalue(), out.getvalue()
+    assert said in output, output
     assert {r.task_id for r in results} == {t.id for t in tasks}, results
     # those the master took, and the rest, run again (their results rode on the first
     # settlement's pack: a second copy now, as after a lapse)
     counts = worker.health.snapshot()
-    assert counts.tasks_ok == TASKS, (counts, out.getvalue())
-    assert f"worker exit. {TASKS} ok," in out.getvalue(), out.getvalue()
+    assert counts.tasks_ok == TASKS, (counts, output)
+    assert f"worker exit. {TASKS} ok," in output, output
     stats = transport.stats()
-    assert (stats.ready, stats.in_flight) == (0, 0), out.getvalue()  # none left leased
+    assert (stats.ready, stats.in_flight) == (0, 0), output  # none left leased
 
 
 #: A master's settle wrapped by a test: (its broker, the settle it wraps, the queue, the

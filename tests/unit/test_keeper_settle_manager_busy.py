@@ -8,7 +8,6 @@ batch, and the master, once free, runs the first and takes the second as settled
 from __future__ import annotations
 
 import functools
-import io
 import threading
 import time
 from typing import Any, NamedTuple
@@ -17,13 +16,12 @@ import pytest
 
 import distq.worker as worker_module
 from distq.batch import BatchSizer, run_batch
-from distq.console import Console
 from distq.envelope import Task
 from distq.health import HealthSnapshot
 from distq.tasks import Registry
-from distq.transport import Transport, open_transport
-from distq.worker import Worker, WorkerOptions
-from seam import results_of
+from distq.transport import Transport
+from distq.worker import WorkerOptions
+from seam import results_of, run_remote_worker
 
 #: Characters of each large result: near the 1 MiB a message may hold by default.
 LARGE = 900_000
@@ -70,22 +68,18 @@ def _run(transport: Transport, monkeypatch: pytest.MonkeyPatch, early: str) -> R
     tasks += [Task(name=early, args=[LARGE, n == 2], reply_to="w.results.job") for n in range(3)]
     tasks.append(Task(name="nap", args=[3.0], reply_to="w.results.job"))
     producer.submit([task.encode() for task in tasks])
-    out = io.StringIO()
     options = WorkerOptions(
         concurrency=1, prefetch=8, worker_id="w", exit_when_idle=1.0, heartbeat_interval=0.3
     )
-    remote = open_transport(transport._settings, "worker")  # type: ignore[attr-defined]
-    worker = Worker(remote, registry, options, Console(out=out, err=out))
     try:
-        assert worker.run() == 0
+        worker, said = run_remote_worker(transport, registry, options)
     finally:
-        remote.close()
         for thread in busy_for:
             thread.join()
     results = [r.task_id for r in results_of(producer, 20, within=2)]
     producer.close()
-    assert "did not answer within 1.66667 s" in out.getvalue(), out.getvalue()  # it failed
-    return Ran(results, len(calls), worker.health.snapshot(), out.getvalue())
+    assert "did not answer within 1.66667 s" in said, said  # it failed
+    return Ran(results, len(calls), worker.health.snapshot(), said)
 
 
 def test_a_keeper_settle_a_busy_master_ran_late_loses_nothing_and_runs_nothing_twice(
