@@ -42,7 +42,7 @@ from distq.errors import AuthenticationFailed, ConfigError, ConnectionFailed, Tr
 from distq.framing import TASKS_PER_MESSAGE, pack, unpack
 from distq.tasks import Registry
 from distq.transport import rabbitmq, rabbitmq_dead, rabbitmq_link
-from distq.transport.base import Delivery, Role, Settlement, orphaned_reason
+from distq.transport.base import Consumer, Delivery, Role, Settlement, orphaned_reason
 from distq.transport.rabbitmq import RabbitMQConsumer, RabbitMQProducer, RabbitMQTransport
 from distq.transport.rabbitmq_holds import LeaseRecords, record_queue
 from distq.transport.rabbitmq_packs import TASKS_TYPE, task_bodies
@@ -1696,6 +1696,28 @@ def test_a_worker_whose_heartbeat_cancel_failed_as_its_batch_ended_runs_the_task
     assert "worker exit. 4 ok" in said, said
 
 
+def _fetched_settling(
+    consumer: Consumer, got: list[Delivery], count: int, most: int, within: float = 5.0
+) -> list[Delivery]:
+    """``got`` and what ``consumer`` fetches after it, ``most`` at a time, each batch
+    settled, until ``count`` in all or ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while len(got) < count and time.monotonic() < deadline:
+        batch = consumer.fetch(most, 0.2)
+        consumer.settle([Settlement(d) for d in batch])
+        got = got + batch
+    return got
+
+
+def _each_once_and_consuming(raw: Any, queue: str, got: list[Delivery], count: int) -> None:
+    """Each of the ``count`` tasks of ``queue`` came once in ``got``, none redelivered,
+    none left ready, and one consumer is left on the queue."""
+    assert sorted(d.body for d in got) == sorted(_bodies(count))
+    assert [d.body for d in got if d.redelivered] == []
+    assert _ready(raw, queue) == 0
+    assert _consumers_within(raw, queue, 1) == 1
+
+
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_a_consume_that_failed_once_it_went_leaves_no_consumer_behind(
     open_transport: OpenTransport,
@@ -1719,16 +1741,8 @@ def test_a_consume_that_failed_once_it_went_leaves_no_consumer_behind(
             consumer.fetch(1, 0.5)
         assert failed and consumer._link.is_open
         monkeypatch.undo()
-        got: list[Delivery] = []
-        deadline = time.monotonic() + 5
-        while len(got) < 4 and time.monotonic() < deadline:
-            batch = consumer.fetch(1, 0.2)
-            consumer.settle([Settlement(d) for d in batch])
-            got += batch
-        assert sorted(d.body for d in got) == sorted(_bodies(4))
-        assert [d.body for d in got if d.redelivered] == []
-        assert _ready(raw, queue) == 0
-        assert _consumers_within(raw, queue, 1) == 1
+        got = _fetched_settling(consumer, [], 4, most=1)
+        _each_once_and_consuming(raw, queue, got, 4)
     finally:
         consumer.close()
 
@@ -1761,17 +1775,10 @@ def test_the_tasks_a_failed_resizes_consume_was_pushed_are_each_acked_once(
         assert failed and consumer._link.is_open
         monkeypatch.undo()
         assert len(consumer._buffer) > 2, "the failed consume was pushed a window's tasks"
-        deadline = time.monotonic() + 5
-        while len(got) < 40 and time.monotonic() < deadline:
-            batch = consumer.fetch(8, 0.2)
-            consumer.settle([Settlement(d) for d in batch])
-            got += batch
-        assert sorted(d.body for d in got) == sorted(_bodies(40))
-        assert [d.body for d in got if d.redelivered] == []
+        got = _fetched_settling(consumer, got, 40, most=8)
         assert consumer._link.is_open, "the channel closed"
         assert consumer.fetch(1, 0.2) == []  # a call on the channel after the acks
-        assert _ready(raw, queue) == 0
-        assert _consumers_within(raw, queue, 1) == 1
+        _each_once_and_consuming(raw, queue, got, 40)
     finally:
         consumer.close()
 
@@ -2167,6 +2174,17 @@ def _relinked(consumer: RabbitMQConsumer) -> None:
     raise AssertionError("the consumer did not connect again")
 
 
+def _a_fetch_whose_deferral_failed(
+    other: RabbitMQConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch of ``other``'s that fails deferring a copy: the retry queue not declared,
+    the broker returns the deferral's mandatory publish ("no queue")."""
+    monkeypatch.setattr(other._retries, "declare", lambda link, ms: None)
+    with pytest.raises(TransportError, match="no queue"):
+        other.fetch(1, 2.0)
+    monkeypatch.undo()
+
+
 def test_a_fetch_whose_copy_deferral_died_with_its_link_defers_no_copy_for_good(
     open_transport: OpenTransport, raw: Any, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -2214,12 +2232,8 @@ def test_a_fetch_whose_copy_deferral_was_refused_hands_the_copy_out_later(
         consumer.heartbeat()
     consumer.heartbeat()  # a new link: t1 is lost with the old one, its copy queued
     other = t.consumer("c2")
-    # the retry queue not declared: the broker returns the deferral's mandatory publish
-    monkeypatch.setattr(other._retries, "declare", lambda link, ms: None)
     with _closed_after(other, consumer, producer):
-        with pytest.raises(TransportError, match="no queue"):
-            other.fetch(1, 2.0)
-        monkeypatch.undo()
+        _a_fetch_whose_deferral_failed(other, monkeypatch)
         assert other._link.is_open
         consumer.settle([Settlement(delivery, retry=b"t1-retried")])  # failed: the copy runs
         again = fetch_n(other, 1, within=3)
@@ -2305,12 +2319,8 @@ def test_a_copy_whose_deferral_was_refused_is_checked_again_by_the_next_fetch(
     with pytest.raises(TransportError):
         consumer.heartbeat()  # the keeper sees the loss; no new link yet
     other = t.consumer("c2")
-    # the retry queue not declared: the broker returns the deferral's mandatory publish
-    monkeypatch.setattr(other._retries, "declare", lambda link, ms: None)
     with _closed_after(other, consumer, producer):
-        with pytest.raises(TransportError, match="no queue"):
-            other.fetch(1, 2.0)
-        monkeypatch.undo()
+        _a_fetch_whose_deferral_failed(other, monkeypatch)
         assert other.fetch(1, 1.0) == [], "the copy ran beside its original"
         assert other.held == 0, "the copy is held, neither handed out nor deferred"
         _the_original_ends_and_its_copy_is_acked_unrun(
