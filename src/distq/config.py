@@ -235,10 +235,10 @@ class _Number(Generic[_N]):
             value = self.kind(text)
         except ValueError:
             if whole:  # past int()'s digits (4300 unless set): no other whole number fails
-                raise ValueError(f"is {_magnitude(text)}; use {self._span()}") from None
+                raise ValueError(too_long(text, self._span())) from None
             raise ValueError(f"is {text!r}, not {self.word}") from None
         if whole and self.kind is float and math.isinf(value):  # 400 digits: "is inf"
-            raise ValueError(f"is {_magnitude(text)}; use {self._span()}")
+            raise ValueError(too_long(text, self._span()))
         return self._in_range(value)
 
     def check(self, value: object) -> None:
@@ -251,21 +251,46 @@ class _Number(Generic[_N]):
 
     def _in_range(self, value: Any) -> _N:
         if not self.low <= value <= self.high:  # NaN is in no range
-            raise ValueError(f"is {shown_number(value)}; use {self._span()}")
+            raise ValueError(out_of_range(shown_number(value), self._span()))
         return value  # type: ignore[no-any-return]
 
     def _span(self) -> str:
-        span = f"{self.word} from {shown_number(self.low)} to {shown_number(self.high)}{self.unit}"
-        if self.unit == " bytes" and self.high % _MIB == 0:
-            span += f" ({int(self.high) // _MIB} MiB)"
-        return span
+        if self.kind is int:
+            return whole_numbers(int(self.low), int(self.high)) + self.unit + self._mib()
+        return f"{self.word} from {shown_number(self.low)} to {shown_number(self.high)}{self.unit}"
+
+    def _mib(self) -> str:
+        return (
+            f" ({int(self.high) // _MIB} MiB)"
+            if self.unit == " bytes" and self.high % _MIB == 0
+            else ""
+        )
 
 
-def _magnitude(digits: str) -> str:
-    """A whole number written in ``digits`` (``-?[0-9]+``), too long to read, by its order
-    of magnitude, as :func:`shown_number` says an int: ``about 10**5000``."""
-    sign, significant = "-" * digits.startswith("-"), digits.lstrip("-").lstrip("0")
-    return f"about {sign}10**{len(significant) - 1}" if significant else "0"
+def whole_numbers(low: int, high: int | None = None) -> str:
+    """A range of whole numbers as every refusal says it, a variable's and a flag's
+    (:mod:`distq.flagtypes`): ``a whole number from 1 to 10000``, or with no ``high``
+    ``a whole number, 1 or more``."""
+    if high is None:
+        return f"a whole number, {shown_number(low)} or more"
+    return f"a whole number from {shown_number(low)} to {shown_number(high)}"
+
+
+def out_of_range(shown: str, span: str) -> str:
+    """The refusal of a number (``shown`` as :func:`shown_number` says it) outside
+    ``span``, to follow the name of its variable or flag: ``is 0; use a whole number from
+    1 to 10000``. A variable, a flag and an Executor keyword say it so."""
+    return f"is {shown}; use {span}"
+
+
+def too_long(digits: str, span: str) -> str:
+    """:func:`out_of_range` for a number written in ``digits`` (``[+-]?[0-9]+``) too long
+    to read (past ``int()``'s 4300 digits, or a float's inf): by its order of magnitude,
+    as :func:`shown_number` says an int, ``is about 10**4999; use ...``, not its digits."""
+    sign = "-" * digits.startswith("-")
+    significant = digits.lstrip("+-").lstrip("0")
+    shown = f"about {sign}10**{len(significant) - 1}" if significant else "0"
+    return out_of_range(shown, span)
 
 
 def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> _Number[_N]:

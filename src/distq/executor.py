@@ -52,7 +52,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from distq import executor_threads
 from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.codec import Codec
-from distq.config import Settings, shown_number
+from distq.config import Settings, out_of_range, shown_number, whole_numbers
 from distq.dispatcher import FORKED, Dispatcher, Entry, Stop, Submit
 from distq.envelope import MAX_ATTEMPTS, MOST_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, EnvelopeError, MessageTooLarge
@@ -100,7 +100,7 @@ def _check_attempts(max_attempts: int) -> None:
     whole = isinstance(max_attempts, int) and not isinstance(max_attempts, bool)
     if not (whole and 1 <= max_attempts <= MOST_ATTEMPTS):
         shown = shown_number(max_attempts) if whole else f"{max_attempts!r:.40}"
-        raise ValueError(f"max_attempts is {shown}; use a whole number from 1 to {MOST_ATTEMPTS}")
+        raise ValueError(f"max_attempts {out_of_range(shown, whole_numbers(1, MOST_ATTEMPTS))}")
 
 
 class Executor(concurrent.futures.Executor):

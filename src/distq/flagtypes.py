@@ -10,48 +10,51 @@ overflows a socket timeout or a sleep.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from collections.abc import Callable
 
 from distq.addresses import host_problem, unusable_as_a_host
+from distq.config import out_of_range, shown_number, too_long, whole_numbers
 from distq.limits import worker_name_problem
 
 #: Longest time a flag may give, in seconds (about 31 years): below every platform's
 #: limit for ``time.sleep``, a socket timeout and a lock's wait.
 MAX_SECONDS = 1_000_000_000.0
+#: A whole number's text, which ``int()`` refuses only past its digits.
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_PORTS = "a port from 1 to 65535"
 
 
 def count(text: str) -> int:
     """A whole number, 1 or more."""
-    return _whole(text, "1 or more")
+    return _whole(text, None)
 
 
 def count_up_to(high: int) -> Callable[[str], int]:
     """A whole number from 1 to ``high``."""
 
     def parse(text: str) -> int:
-        value = _whole(text, f"1 to {high}")
-        if value > high:
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range; use 1 to {high}")
-        return value
+        return _whole(text, high)
 
     return parse
 
 
-def _whole(text: str, wanted: str) -> int:
-    """``text`` as a whole number of 1 or more; ``wanted`` says the range of one too long
-    for ``int()`` (past ``sys.get_int_max_str_digits()``, 4300 unless set), by its size:
-    it was "not a whole number", all its digits on the line."""
+def _whole(text: str, high: int | None) -> int:
+    """``text`` as a whole number from 1 to ``high`` (no ceiling: None), refused in the
+    words a setting's variable uses (:func:`~distq.config.out_of_range`): "is 0; use a
+    whole number from 1 to 10000". One too long for ``int()`` (past
+    ``sys.get_int_max_str_digits()``, 4300 unless set) is said by its size
+    (:func:`~distq.config.too_long`), not all its digits on the line."""
+    wanted = whole_numbers(1, high)
     try:
         value = int(text)
     except ValueError:
-        digits = text.strip().lstrip("+-")
-        if digits.isascii() and digits.isdigit():
-            raise argparse.ArgumentTypeError(
-                f"a number of {len(digits):,} digits is out of range; use {wanted}"
-            ) from None
+        if _WHOLE.fullmatch(text.strip()):
+            raise argparse.ArgumentTypeError(too_long(text.strip(), wanted)) from None
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    if value < 1 or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(out_of_range(shown_number(value), wanted))
     return value
 
 
@@ -65,6 +68,8 @@ def number(low: float, high: float, *, zero: bool = False) -> Callable[[str], fl
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         above = low <= value if zero else low < value
+        if math.isinf(value) and _WHOLE.fullmatch(text.strip()):  # 400 digits: not "inf"
+            raise argparse.ArgumentTypeError(too_long(text.strip(), f"a number {wanted}"))
         if not (above and value <= high):  # NaN fails both
             raise argparse.ArgumentTypeError(f"{text!r} is out of range; use a number {wanted}")
         return value
@@ -84,9 +89,11 @@ def port(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
+        if _WHOLE.fullmatch(text.strip()):  # past int()'s digits: not all of them shown
+            raise argparse.ArgumentTypeError(too_long(text.strip(), _PORTS)) from None
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
     if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is out of range; use a port from 1 to 65535")
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; use {_PORTS}")
     return value
 
 

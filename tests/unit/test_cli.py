@@ -94,7 +94,11 @@ def started(*args: str, **env: str) -> subprocess.Popen[str]:
             "DISTQ_LEASE_SECONDS --lease-seconds",
         ),
         (["worker", "--task", "nomodule_xyz:f"], {"DISTQ_AUTHKEY": "k"}, "cannot import"),
-        (["master", "--tasks", "0"], {"DISTQ_AUTHKEY": "k"}, "'0' must be 1 or more"),
+        (
+            ["master", "--tasks", "0"],
+            {"DISTQ_AUTHKEY": "k"},
+            "--tasks: is 0; use a whole number, 1 or more",
+        ),
         (
             ["worker"],  # a setting only the transport can judge, before anything connects
             {
@@ -1192,7 +1196,9 @@ def test_a_worker_concurrency_above_its_bound_exits_2_before_connecting(value: s
     """Each slot is a thread and a lock: a huge value used memory until the OOM killer."""
     done = distq("worker", "--concurrency", value, DISTQ_AUTHKEY="k")
     assert done.returncode == 2, done.stderr
-    assert f"argument --concurrency/-c: '{value}' is out of range; use 1 to 1024" in done.stderr
+    assert (
+        f"argument --concurrency/-c: is {value}; use a whole number from 1 to 1024" in done.stderr
+    )
     assert "Traceback" not in done.stderr
 
 

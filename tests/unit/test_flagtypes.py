@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import pytest
 
 from distq import flagtypes
+from distq.config import Settings
+from distq.errors import ConfigError
+from distq.limits import MAX_PREFETCH
 
 
 @pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "Infinity", "0", "-1", "1e10"])
@@ -45,7 +49,7 @@ def test_a_host_with_spaces_or_separators_is_refused(text: str) -> None:
 @pytest.mark.parametrize("text", ["1025", "1000000", "99999999999999999999999"])
 def test_a_count_up_to_a_bound_refuses_more(text: str) -> None:
     with pytest.raises(
-        argparse.ArgumentTypeError, match=f"'{text}' is out of range; use 1 to 1024"
+        argparse.ArgumentTypeError, match=f"^is {text}; use a whole number from 1 to 1024$"
     ):
         flagtypes.count_up_to(1024)(text)
 
@@ -53,7 +57,9 @@ def test_a_count_up_to_a_bound_refuses_more(text: str) -> None:
 def test_a_count_up_to_a_bound_takes_1_to_it_and_refuses_0() -> None:
     assert flagtypes.count_up_to(1024)("1") == 1
     assert flagtypes.count_up_to(1024)("1024") == 1024
-    with pytest.raises(argparse.ArgumentTypeError, match="must be 1 or more"):
+    with pytest.raises(
+        argparse.ArgumentTypeError, match=r"^is 0; use a whole number from 1 to 1024$"
+    ):
         flagtypes.count_up_to(1024)("0")
 
 
@@ -76,13 +82,53 @@ def test_a_worker_name_with_control_characters_or_no_utf_8_is_refused(text: str)
 def test_a_count_of_more_digits_than_python_reads_is_said_by_its_size_not_shown() -> None:
     """``--max-attempts`` (or ``--tasks``, ``--limit``) of 5,000 digits was refused as
     "'99999...' is not a whole number", all 5,000 digits on the line, and not saying the
-    range as a 5-digit one does (a setting's variable says "is about 10**5000")."""
+    range as a 5-digit one does (a setting's variable says "is about 10**4999"); then
+    "a number of 5,000 digits is out of range; use 1 to 10000", in other words than the
+    variable's "is about 10**4999; use a whole number from 1 to 10000"."""
     text = "9" * 5000
     with pytest.raises(argparse.ArgumentTypeError) as bounded:
         flagtypes.count_up_to(10_000)(text)
-    assert str(bounded.value) == "a number of 5,000 digits is out of range; use 1 to 10000"
+    assert str(bounded.value) == "is about 10**4999; use a whole number from 1 to 10000"
     with pytest.raises(argparse.ArgumentTypeError) as unbounded:
         flagtypes.count("-" + text)
-    assert str(unbounded.value) == "a number of 5,000 digits is out of range; use 1 or more"
+    assert str(unbounded.value) == "is about -10**4999; use a whole number, 1 or more"
     with pytest.raises(argparse.ArgumentTypeError, match=r"^'9x' is not a whole number$"):
         flagtypes.count("9x")
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "10001", "9" * 40, "9" * 5000])
+def test_a_count_flag_out_of_range_is_refused_in_its_variables_words(text: str) -> None:
+    """``--max-attempts 0`` (``-c 0``, ``--limit 0``) said "'0' must be 1 or more" while
+    10001 said "'10001' is out of range; use 1 to 10000", and DISTQ_PREFETCH, a count of
+    the same range, "is 0; use a whole number from 1 to 10000": now every one says the
+    whole range, as the variable does, by one function (config.out_of_range)."""
+    with pytest.raises(ConfigError) as by_variable:
+        Settings.load({"DISTQ_AUTHKEY": "k", "DISTQ_PREFETCH": text})
+    said = str(by_variable.value).removeprefix("DISTQ_PREFETCH ")
+    assert said.endswith("; use a whole number from 1 to 10000"), said
+    with pytest.raises(argparse.ArgumentTypeError) as by_flag:
+        flagtypes.count_up_to(MAX_PREFETCH)(text)
+    assert str(by_flag.value) == said
+    with pytest.raises(argparse.ArgumentTypeError) as unbounded:
+        flagtypes.count("0")
+    assert str(unbounded.value) == "is 0; use a whole number, 1 or more"
+
+
+@pytest.mark.parametrize(
+    ("parse", "span"),
+    [
+        (flagtypes.rate, "a number greater than 0, at most 1000000000000"),
+        (flagtypes.seconds_or_zero, "a number from 0 to 1000000000"),
+        (flagtypes.port, "a port from 1 to 65535"),
+    ],
+    ids=["rate", "delay", "port"],
+)
+def test_a_number_flag_too_long_to_read_is_said_by_its_size_and_range(
+    parse: Callable[[str], float], span: str
+) -> None:
+    """``--rate`` or ``--task-delay`` of 5,000 digits (a float's inf) and ``--port`` of
+    as many (past int()'s digits) put all 5,000 on the line ("'999...' is out of range",
+    "'999...' is not a port number"), where a variable says "is about 10**4999"."""
+    with pytest.raises(argparse.ArgumentTypeError) as refused:
+        parse("9" * 5000)
+    assert str(refused.value) == f"is about 10**4999; use {span}"

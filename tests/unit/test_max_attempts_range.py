@@ -34,7 +34,7 @@ def test_max_attempts_past_the_most_exits_2_saying_the_range(words: list[str], t
         _parser().parse_args([*words, "--max-attempts", text])
     assert stopped.value.code == 2
     assert (
-        f"argument --max-attempts: '{text}' is out of range; use 1 to {MOST_ATTEMPTS}"
+        f"argument --max-attempts: is {text}; use a whole number from 1 to {MOST_ATTEMPTS}"
     ) in usage.getvalue()
     assert _parser().parse_args([*words, "--max-attempts", str(MOST_ATTEMPTS)]).max_attempts == (
         MOST_ATTEMPTS
