@@ -90,7 +90,10 @@ class Setting(Generic[_T]):
         """``parse`` the stripped ``text``; signing keys unstripped: a value of blanks
         only is someone's missing key (refused), stripped it read as "signing off". So
         is an authkey of blanks: not "not set", and no key of any bytes. Time limits read
-        so name the setting when a task runs past one; a program's own do not."""
+        so name the setting when a task runs past one; a program's own do not. A secret
+        over :data:`~distq.credentials.MAX_SECRET_BYTES` is refused, as its file is."""
+        if self.variable in credentials.SECRETS:  # as its file is: one limit for both
+            credentials.check_secret_size(self.variable, text)
         if self.parse in (signing.parse_keys, signing.parse_key):
             return self.parse(text)
         if self.parse is _authkey and text and not text.strip():

@@ -113,11 +113,43 @@ def too_large(named: str, path: str, most: int, what: str, undo: str) -> ConfigE
     """The error for a file a setting ``named`` names (``path``) that holds more than
     ``most`` bytes, more than ``what`` can be: the path, the limit, and to mount ``what``
     there or ``undo``."""
-    size = f"{most >> 20} MiB" if most >= 1 << 20 else f"{most >> 10} KiB"
     return ConfigError(
-        f"{named} names {path!r}, which holds more than {most:,} bytes ({size}), the most "
+        f"{named} names {path!r}, which holds more than {_bytes(most)}, the most "
         f"{what} may be (a device, or another file?); mount {what} there or {undo}"
     )
+
+
+def _bytes(most: int) -> str:
+    """A limit in bytes as an error says it: ``65,536 bytes (64 KiB)``."""
+    size = f"{most >> 20} MiB" if most >= 1 << 20 else f"{most >> 10} KiB"
+    return f"{most:,} bytes ({size})"
+
+
+#: What to do with a secret's value over :data:`MAX_SECRET_BYTES`, by its variable.
+_SMALLER = {
+    "DISTQ_SIGNING_KEYS": "keep only the keys in use, the signing one first (a key of 64 "
+    "hex characters is 65 bytes with its comma: a thousand fit)",
+    "DISTQ_REDIS_PASSWORD": "set the password alone (the broker's own, not a file's content)",
+    "DISTQ_AMQP_PASSWORD": "set the password alone (the broker's own, not a file's content)",
+}
+_NEW_KEY = (
+    "set a random key of tens of bytes, e.g. "
+    "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+)
+
+
+def check_secret_size(var: str, text: str) -> None:
+    """Raise ``ValueError`` (to follow the name of the variable, flag or keyword that
+    gave it) when the secret ``var`` (one of :data:`SECRETS`), given as ``text`` rather
+    than as its file, holds more than :data:`MAX_SECRET_BYTES`, the most its file may:
+    DISTQ_SIGNING_KEYS of 97 KiB was taken as a variable and refused as a file."""
+    size = len(text.encode(errors="surrogateescape"))  # as os.environb holds it
+    if size > MAX_SECRET_BYTES:
+        raise ValueError(
+            f"holds {size:,} bytes, more than {_bytes(MAX_SECRET_BYTES)}, the most a secret "
+            f"may be, as its file {var}{FILE_SUFFIX} may hold (another value, pasted in by "
+            f"mistake?); {_SMALLER.get(var, _NEW_KEY)}"
+        )
 
 
 def read_at_most(path: str, most: int) -> bytes | None:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from distq.credentials import MAX_SECRET_BYTES, read_secret
+from distq.config import Settings
+from distq.credentials import MAX_SECRET_BYTES, SECRETS, read_secret
 from distq.errors import ConfigError
+from distq.executor_settings import load_settings
 from distq.tls import MAX_TLS_FILE_BYTES, TlsFiles
 from procs import checkout_env
 
@@ -96,3 +98,41 @@ def test_a_tls_file_past_the_limit_is_refused_before_openssl_reads_it(tmp_path: 
         "the most a PEM file may be (a device, or another file?); mount a PEM file there or "
         "unset DISTQ_TLS_CA_FILE"
     )
+
+
+_SECRET_ENVS = {
+    "DISTQ_AUTHKEY": {},
+    "DISTQ_SIGNING_KEYS": {"DISTQ_AUTHKEY": "k"},
+    "DISTQ_SIGNING_KEY": {"DISTQ_AUTHKEY": "k"},
+    "DISTQ_REDIS_PASSWORD": {"DISTQ_TRANSPORT": "redis"},
+    "DISTQ_AMQP_PASSWORD": {"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": "amqp://u@h:5672/"},
+}
+
+
+@pytest.mark.parametrize("variable", SECRETS)
+def test_a_secret_variable_holds_at_most_what_its_file_may(variable: str) -> None:
+    """DISTQ_SIGNING_KEYS of 97 KiB of keys (about all a variable can hold, 128 KiB) was
+    taken, while its file was refused over 64 KiB; so was every other secret's variable
+    (and flag, and Executor keyword). Now one limit for both, said as the file's is: what,
+    how big, the limit, what to do; the secret itself never shown."""
+    env = _SECRET_ENVS[variable]
+    most = "k" * MAX_SECRET_BYTES  # one key, or one password, of the most bytes
+    Settings.load({**env, variable: most})  # taken, as a file of as many bytes is
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({**env, variable: most + "é"})  # 2 bytes more, 1 character
+    said = str(caught.value)
+    assert said.startswith(
+        f"{variable} holds {MAX_SECRET_BYTES + 2:,} bytes, more than {MAX_SECRET_BYTES:,} "
+        f"bytes (64 KiB), the most a secret may be, as its file {variable}_FILE may hold"
+    ), said
+    assert "kkkk" not in said and len(said.splitlines()) == 1, said[:300]
+    name = variable.removeprefix("DISTQ_").lower()
+    with pytest.raises(ConfigError, match=rf"^Executor keyword {name} \({variable}\) holds "):
+        load_settings(None, {**_keywords(env), name: most + "é"}, {})
+
+
+def _keywords(env: dict[str, str]) -> dict[str, object]:
+    return {
+        k.removeprefix("DISTQ_").lower(): v.encode() if k == "DISTQ_AUTHKEY" else v
+        for k, v in {"DISTQ_TRANSPORT": "manager", "DISTQ_AUTHKEY": "k", **env}.items()
+    }
