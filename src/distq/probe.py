@@ -2,7 +2,8 @@
 
 GETs ``/healthz`` or ``/readyz`` from the endpoint on ``DISTQ_METRICS_PORT`` (images
 and compose healthchecks run it: no curl needed), prints the JSON body and exits 0 on
-200, 1 on anything else or no answer, 2 when no port is known.
+200, 1 on anything else, no answer, or one of more than
+:data:`~distq.http.MAX_ANSWER_BYTES` (another server's), 2 when no port is known.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from distq import flagtypes
 from distq.addresses import url_host_port
 from distq.console import Console, say
-from distq.http import probe
+from distq.http import MAX_ANSWER_BYTES, AnswerTooLarge, probe
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
 _WILDCARDS = ("", "0.0.0.0", "::", "[::]")
@@ -94,6 +95,14 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str], console: Con
                         asked = host.strip("[]")  # no one there either, or no IPv6
                         raise refused from None  # loopback: the first refusal says it
                     raise
+    except AnswerTooLarge:  # the wrong port: a large file, a stream without end
+        url = f"http://{url_host_port(asked, port)}/{args.check}"
+        console.error(
+            f"{url} answered more than {MAX_ANSWER_BYTES:,} bytes (1 MiB), read no further: "
+            f"is {url} a distq endpoint? distq's answers with a line of JSON; pass --port "
+            "(or set DISTQ_METRICS_PORT to) the port the process serves /healthz and /readyz on"
+        )
+        return EXIT_UNHEALTHY
     except (OSError, http.client.HTTPException) as exc:  # no answer, or not HTTP's
         said = str(exc)  # a peer that is not HTTP: its first line, raw (escapes, a CR)
         console.error(

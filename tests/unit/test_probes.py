@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from distq.config import Settings
 from distq.console import Console
 from distq.errors import ConfigError, TransportError
 from distq.health import HANG_SECONDS, Liveness, ProcessHealth, Readiness, WorkerHealth
-from distq.http import Endpoint
+from distq.http import MAX_ANSWER_BYTES, Endpoint
 from distq.observe import BROKER_LINK, MasterObservability, WorkerObservability
 from endpoints import link_local_or_skip
 from launch import free_port
@@ -790,3 +791,62 @@ def test_distq_probe_names_a_scoped_host_as_a_url_does_when_it_gets_no_answer() 
     assert done.stderr.startswith(f"distq: no answer from http://[fe80::1%25lo]:{port}/healthz"), (
         done.stderr
     )
+
+
+@contextlib.contextmanager
+def _answering(size: int) -> Iterator[int]:
+    """A real HTTP server on 127.0.0.1 (its port) that answers any GET with 200 and
+    ``size`` bytes in 64 KiB writes, with no Content-Length (to its close, as a stream
+    or a file served so is read); then stops by itself, or when its client hangs up."""
+
+    class Streaming(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            left = size
+            with contextlib.suppress(OSError):  # the probe hung up past its limit
+                while left > 0:
+                    self.wfile.write(b"x" * min(left, 64 << 10))
+                    left -= 64 << 10
+
+        def log_message(self, *args: object) -> None:
+            """Silent."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Streaming)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_distq_probe_of_an_endpoint_answering_past_its_limit_exits_1_saying_so() -> None:
+    """The probe read an answer whole, however long: pointed at the wrong port (a stream
+    without end, a multi-GB file) it held all of it in memory, and printed it. Here 16
+    MiB (bounded) was printed, exit 0. Now it reads 1 MiB and one byte, no further."""
+    with _answering(16 << 20) as port:
+        started = time.monotonic()
+        done = probe("healthz", "--port", str(port), "--timeout", "20")
+    url = f"http://127.0.0.1:{port}/healthz"
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-500:]
+    assert done.stdout == "", len(done.stdout)
+    assert done.stderr == (
+        f"distq: {url} answered more than {MAX_ANSWER_BYTES:,} bytes (1 MiB), read no "
+        f"further: is {url} a distq endpoint? distq's answers with a line of JSON; pass "
+        "--port (or set DISTQ_METRICS_PORT to) the port the process serves /healthz and "
+        "/readyz on\n"
+    )
+    assert time.monotonic() - started < 15
+
+
+def test_a_probes_answer_of_the_most_bytes_is_read_whole() -> None:
+    """The limit is far above distq's own answers: one of 1 MiB is still read."""
+    with _answering(MAX_ANSWER_BYTES) as port:
+        status, body = distq_http.probe("/healthz", "127.0.0.1", port, 20)
+    assert (status, len(body)) == (200, MAX_ANSWER_BYTES)
+    with _answering(MAX_ANSWER_BYTES + 1) as port, pytest.raises(distq_http.AnswerTooLarge):
+        distq_http.probe("/healthz", "127.0.0.1", port, 20)
