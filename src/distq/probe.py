@@ -18,10 +18,13 @@ from typing import Any
 
 from distq import flagtypes
 from distq.addresses import url_host_port
+from distq.config import SETTINGS
 from distq.console import Console, say
 from distq.http import MAX_ANSWER_BYTES, AnswerTooLarge, probe
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
+#: The setting of the endpoint's port, read as the process reads it.
+_METRICS_PORT = next(entry for entry in SETTINGS if entry.variable == "DISTQ_METRICS_PORT")
 _WILDCARDS = ("", "0.0.0.0", "::", "[::]")
 _WILDCARDS_V6 = ("::", "[::]")
 #: What a connect to ::1 raises on a machine without an IPv6 loopback.
@@ -59,15 +62,18 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str], console: Con
     JSON line each under ``DISTQ_LOG_FORMAT=json``); the answer is printed as it came."""
     port = args.port
     if port is None:
-        raw = environ.get("DISTQ_METRICS_PORT", "").strip()
-        if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
-            what = f"is {raw!r}" if raw else "is not set"
+        try:  # as the process read it: its 5,000 digits were a ValueError traceback
+            port = _METRICS_PORT.read(environ.get(_METRICS_PORT.variable, ""))
+        except ValueError as exc:  # "is 70000; use a whole number from 1 to 65535"
+            port, problem = None, str(exc)
+        else:
+            problem = "is not set"
+        if port is None:
             console.error(
-                f"DISTQ_METRICS_PORT {what}; pass --port or set it to the port the "
+                f"DISTQ_METRICS_PORT {problem}; pass --port or set it to the port the "
                 "process serves /healthz and /readyz on"
             )
             return EXIT_CONFIG
-        port = int(raw)
     host = args.host or environ.get("DISTQ_METRICS_HOST", "").strip()
     # an endpoint on :: takes IPv4 too, unless the machine's bindv6only is 1: then only
     # ::1 reaches it (127.0.0.1 was refused: "no answer" from a healthy process)

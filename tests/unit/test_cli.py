@@ -173,8 +173,21 @@ def test_a_worker_id_no_broker_can_carry_exits_2(worker_id: str, expected: str) 
         (["--host", "bad host"], {}, "argument --host: 'bad host' is not a host"),
         (["--port", "70000"], {}, "argument --port: '70000' is out of range"),
         (["--port", "0"], {}, "argument --port: '0' is out of range"),
-        ([], {"DISTQ_METRICS_PORT": "70000"}, "DISTQ_METRICS_PORT is '70000'; pass --port"),
-        ([], {"DISTQ_METRICS_PORT": "\u00b2"}, "DISTQ_METRICS_PORT is '\u00b2'; pass --port"),
+        (
+            [],
+            {"DISTQ_METRICS_PORT": "70000"},
+            "DISTQ_METRICS_PORT is 70000; use a whole number from 1 to 65535; pass --port",
+        ),
+        (
+            [],
+            {"DISTQ_METRICS_PORT": "\u00b2"},
+            "DISTQ_METRICS_PORT is '\u00b2', not a whole number; pass --port",
+        ),
+        (  # a ValueError traceback (int() of 5,000 digits), exit 1
+            [],
+            {"DISTQ_METRICS_PORT": "9" * 5000},
+            "DISTQ_METRICS_PORT is about 10**4999; use a whole number from 1 to 65535; pass --port",
+        ),
         (
             ["--port", "1"],
             {"DISTQ_METRICS_HOST": "bad host"},
