@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from distq import credentials
+from distq.ranges import shown_digits
 
 
 def address(text: str) -> tuple[str, int]:
@@ -38,7 +39,7 @@ def address(text: str) -> tuple[str, int]:
         )
     if not sep or not host or "[" in host or "]" in host:
         port = ""  # refused below
-    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+    if not port.isascii() or not port.isdigit() or not 0 < _digits(port) < 65536:
         raise ValueError(
             f"is {text!r}; use host:port, e.g. 127.0.0.1:9000 "
             "(the master listens there, workers connect there)"
@@ -146,7 +147,7 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
                     "brackets, then its port, e.g. [::1]:PORT"
                 ) from None
             digits = _port_text(text)
-            if digits.isdigit() and 0 < int(digits) < 65536:  # fe80::1:6379, h:1:2
+            if digits.isdigit() and 0 < _digits(digits) < 65536:  # fe80::1:6379, h:1:2
                 raise ValueError(
                     f"({credentials.mask_url(text)}) is not a valid URL: its host and port "
                     "hold more than one ':'; write an IPv6 host in brackets, then its port, "
@@ -154,8 +155,8 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
                 ) from None
             if digits.isdigit():
                 raise ValueError(
-                    f"({credentials.mask_url(text)}) has port {int(digits)}; use 1 to 65535, "
-                    f"e.g. {example}"
+                    f"({credentials.mask_url(text)}) has port {shown_digits(digits)}; use 1 to "
+                    f"65535, e.g. {example}"
                 ) from None
             raise ValueError(
                 f"({credentials.mask_url(text)}) is not a valid URL: its port is not a "
@@ -283,7 +284,7 @@ def _options(url: str, query: str) -> None:
         )
     amqp = url.lower().startswith("amqp")
     for value in options.get("channel_max", []) if amqp else []:
-        if value.isascii() and value.isdigit() and int(value) < _FEWEST_CHANNELS:
+        if value.isascii() and value.isdigit() and _digits(value) < _FEWEST_CHANNELS:
             raise ValueError(  # NoFreeChannels at the first command that needs one more
                 f"({credentials.mask_url(url)}) has channel_max={value!r}; use "
                 f"{_FEWEST_CHANNELS} or more (distq opens several channels on a "
@@ -345,6 +346,15 @@ def _netloc(url: str) -> str:
     for stop in "/?#":
         netloc = netloc.partition(stop)[0]
     return netloc if netloc.count("@") == url.count("@") else ""
+
+
+def _digits(digits: str) -> int:
+    """ASCII ``digits`` as their number; past 30 significant digits, 10**30 (above every
+    port, channel count and database here): int() of more than 4300 raised Python's
+    "Exceeds the limit (4300 digits) for integer string conversion", the setting's
+    refusal then in Python's words."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= 30 else 10**30
 
 
 def _port_text(url: str) -> str:

@@ -39,6 +39,8 @@ from distq.limits import (
     MAX_PREFETCH,
     MIN_MESSAGE_BYTES,
 )
+from distq.ranges import out_of_range, too_long, whole_numbers
+from distq.ranges import shown_number as shown_number
 from distq.timelimits import TimeLimits
 from distq.transport import TRANSPORTS
 
@@ -270,51 +272,11 @@ class _Number(Generic[_N]):
         )
 
 
-def whole_numbers(low: int, high: int | None = None) -> str:
-    """A range of whole numbers as every refusal says it, a variable's and a flag's
-    (:mod:`distq.flagtypes`): ``a whole number from 1 to 10000``, or with no ``high``
-    ``a whole number, 1 or more``."""
-    if high is None:
-        return f"a whole number, {shown_number(low)} or more"
-    return f"a whole number from {shown_number(low)} to {shown_number(high)}"
-
-
-def out_of_range(shown: str, span: str) -> str:
-    """The refusal of a number (``shown`` as :func:`shown_number` says it) outside
-    ``span``, to follow the name of its variable or flag: ``is 0; use a whole number from
-    1 to 10000``. A variable, a flag and an Executor keyword say it so."""
-    return f"is {shown}; use {span}"
-
-
-def too_long(digits: str, span: str) -> str:
-    """:func:`out_of_range` for a number written in ``digits`` (``[+-]?[0-9]+``) too long
-    to read (past ``int()``'s 4300 digits, or a float's inf): by its order of magnitude,
-    as :func:`shown_number` says an int, ``is about 10**4999; use ...``, not its digits."""
-    sign = "-" * digits.startswith("-")
-    significant = digits.lstrip("+-").lstrip("0")
-    shown = f"about {sign}10**{len(significant) - 1}" if significant else "0"
-    return out_of_range(shown, span)
-
-
 def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> _Number[_N]:
     return _Number(kind, low, high, unit)
 
 
 _MIB = 1 << 20
-
-
-def shown_number(value: float) -> str:
-    """A number as a user would write it, every digit kept: ``134217729``, ``0.3``,
-    ``3600`` (``:g`` rounds to 6 digits, ``134217729`` to ``1.34218e+08``); an int too
-    long to read (``10**400``) by its order of magnitude."""
-    if isinstance(value, int) and abs(value) >= 10**30:  # str() stops at 4300 digits
-        power = math.floor(math.log10(abs(value)))  # a float's: off by one either way
-        power -= 10**power > abs(value)  # 10**4301 - 1 read as 4301.0
-        power += 10 ** (power + 1) <= abs(value)  # 10**512 read as 511.99...
-        return f"about {'-' * (value < 0)}10**{power}"
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
-        return str(int(value))
-    return str(value)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from distq import executor_threads
 from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.codec import Codec
-from distq.config import Settings, out_of_range, shown_number, whole_numbers
+from distq.config import Settings
 from distq.dispatcher import FORKED, Dispatcher, Entry, Stop, Submit
 from distq.envelope import MAX_ATTEMPTS, MOST_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, EnvelopeError, MessageTooLarge
@@ -60,6 +60,7 @@ from distq.executor_settings import load_settings
 from distq.flagtypes import MAX_SECONDS
 from distq.futures import Callbacks, DistqFuture
 from distq.jsonvalue import MAX_CHUNK_DEPTH, MAX_DEPTH, check_arguments
+from distq.ranges import out_of_range, shown_number, whole_numbers
 from distq.security import notices
 from distq.tasks import bound, task_name
 from distq.transport import QueueStats, open_transport

@@ -15,8 +15,8 @@ import re
 from collections.abc import Callable
 
 from distq.addresses import host_problem, unusable_as_a_host
-from distq.config import out_of_range, shown_number, too_long, whole_numbers
 from distq.limits import worker_name_problem
+from distq.ranges import out_of_range, shown_number, too_long, whole_numbers
 
 #: Longest time a flag may give, in seconds (about 31 years): below every platform's
 #: limit for ``time.sleep``, a socket timeout and a lock's wait.
@@ -42,10 +42,10 @@ def count_up_to(high: int) -> Callable[[str], int]:
 
 def _whole(text: str, high: int | None) -> int:
     """``text`` as a whole number from 1 to ``high`` (no ceiling: None), refused in the
-    words a setting's variable uses (:func:`~distq.config.out_of_range`): "is 0; use a
+    words a setting's variable uses (:func:`~distq.ranges.out_of_range`): "is 0; use a
     whole number from 1 to 10000". One too long for ``int()`` (past
     ``sys.get_int_max_str_digits()``, 4300 unless set) is said by its size
-    (:func:`~distq.config.too_long`), not all its digits on the line."""
+    (:func:`~distq.ranges.too_long`), not all its digits on the line."""
     wanted = whole_numbers(1, high)
     try:
         value = int(text)

@@ -665,3 +665,29 @@ def test_an_amqp_channel_max_below_what_distq_opens_is_refused() -> None:
     for value in ("3", "2047"):
         url = f"amqp://u:p@h:5672/%2F?channel_max={value}"
         assert Settings.load({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": url}).amqp_url == url
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"DISTQ_MANAGER_ADDRESS": "127.0.0.1:" + "9" * 5000}, "is '127.0.0.1:9999"),
+        (
+            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": f"redis://h:{'9' * 5000}/0"},
+            "has port about 10**4999; use 1 to 65535, e.g. redis://",
+        ),
+        (
+            {"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": f"amqp://h:{'9' * 5000}/"},
+            "has port about 10**4999; use 1 to 65535, e.g. amqp://",
+        ),
+    ],
+    ids=["manager", "redis", "amqp"],
+)
+def test_a_port_of_thousands_of_digits_is_refused_in_distqs_words(
+    env: dict[str, str], said: str
+) -> None:
+    """int() of a port past its 4300 digits raised Python's "Exceeds the limit (4300
+    digits) for integer string conversion", which the refusal said instead of distq's
+    words, as the same port of 5 digits is refused."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_AUTHKEY": "k", **env})
+    assert said in str(caught.value) and "Exceeds the limit" not in str(caught.value)

@@ -101,7 +101,7 @@ def test_a_count_flag_out_of_range_is_refused_in_its_variables_words(text: str) 
     """``--max-attempts 0`` (``-c 0``, ``--limit 0``) said "'0' must be 1 or more" while
     10001 said "'10001' is out of range; use 1 to 10000", and DISTQ_PREFETCH, a count of
     the same range, "is 0; use a whole number from 1 to 10000": now every one says the
-    whole range, as the variable does, by one function (config.out_of_range)."""
+    whole range, as the variable does, by one function (ranges.out_of_range)."""
     with pytest.raises(ConfigError) as by_variable:
         Settings.load({"DISTQ_AUTHKEY": "k", "DISTQ_PREFETCH": text})
     said = str(by_variable.value).removeprefix("DISTQ_PREFETCH ")

@@ -1,0 +1,57 @@
+"""How a number out of its range is said, in one wording wherever it was given: a
+setting's variable or flag (:mod:`distq.config`), a role flag (:mod:`distq.flagtypes`),
+an address's or a URL's port (:mod:`distq.addresses`), an Executor keyword. Each says
+what follows the name of what gave it: ``is 0; use a whole number from 1 to 10000``.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def shown_number(value: float) -> str:
+    """A number as a user would write it, every digit kept: ``134217729``, ``0.3``,
+    ``3600`` (``:g`` rounds to 6 digits, ``134217729`` to ``1.34218e+08``); an int too
+    long to read (``10**400``) by its order of magnitude."""
+    if isinstance(value, int) and abs(value) >= 10**30:  # str() stops at 4300 digits
+        power = math.floor(math.log10(abs(value)))  # a float's: off by one either way
+        power -= 10**power > abs(value)  # 10**4301 - 1 read as 4301.0
+        power += 10 ** (power + 1) <= abs(value)  # 10**512 read as 511.99...
+        return f"about {'-' * (value < 0)}10**{power}"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return str(value)
+
+
+def whole_numbers(low: int, high: int | None = None) -> str:
+    """A range of whole numbers as every refusal says it, a variable's and a flag's
+    (:mod:`distq.flagtypes`): ``a whole number from 1 to 10000``, or with no ``high``
+    ``a whole number, 1 or more``."""
+    if high is None:
+        return f"a whole number, {shown_number(low)} or more"
+    return f"a whole number from {shown_number(low)} to {shown_number(high)}"
+
+
+def out_of_range(shown: str, span: str) -> str:
+    """The refusal of a number (``shown`` as :func:`shown_number` says it) outside
+    ``span``, to follow the name of its variable or flag: ``is 0; use a whole number from
+    1 to 10000``. A variable, a flag and an Executor keyword say it so."""
+    return f"is {shown}; use {span}"
+
+
+def too_long(digits: str, span: str) -> str:
+    """:func:`out_of_range` for a number written in ``digits`` (``[+-]?[0-9]+``) too long
+    to read (past ``int()``'s 4300 digits, or a float's inf): by its order of magnitude,
+    as :func:`shown_number` says an int, ``is about 10**4999; use ...``, not its digits."""
+    return out_of_range(shown_digits(digits), span)
+
+
+def shown_digits(digits: str) -> str:
+    """A whole number written in ``digits`` (``[+-]?[0-9]+``) as :func:`shown_number`
+    says its int, without reading more than 30 of them (``int()`` refuses past 4300):
+    ``70000``, ``about 10**4999``."""
+    sign = "-" * digits.startswith("-")
+    significant = digits.lstrip("+-").lstrip("0")
+    if len(significant) > 30:
+        return f"about {sign}10**{len(significant) - 1}"
+    return shown_number(int(sign + (significant or "0")))
