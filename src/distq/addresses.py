@@ -147,13 +147,14 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
                     "brackets, then its port, e.g. [::1]:PORT"
                 ) from None
             digits = _port_text(text)
-            if digits.isdigit() and 0 < _digits(digits) < 65536:  # fe80::1:6379, h:1:2
+            number = digits.isascii() and digits.isdigit()  # '²' is isdigit(), no int()
+            if number and 0 < _digits(digits) < 65536:  # fe80::1:6379, h:1:2
                 raise ValueError(
                     f"({credentials.mask_url(text)}) is not a valid URL: its host and port "
                     "hold more than one ':'; write an IPv6 host in brackets, then its port, "
                     "e.g. [::1]:PORT"
                 ) from None
-            if digits.isdigit():
+            if number:
                 raise ValueError(
                     f"({credentials.mask_url(text)}) has port {shown_digits(digits)}; use 1 to "
                     f"65535, e.g. {example}"

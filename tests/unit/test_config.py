@@ -691,3 +691,21 @@ def test_a_port_of_thousands_of_digits_is_refused_in_distqs_words(
     with pytest.raises(ConfigError) as caught:
         Settings.load({"DISTQ_AUTHKEY": "k", **env})
     assert said in str(caught.value) and "Exceeds the limit" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": "redis://h:\u00b2/0"},
+        {"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": "amqp://h:\u00b9\u00b2/"},
+    ],
+    ids=["redis", "amqp"],
+)
+def test_a_url_port_of_non_ascii_digits_is_refused_in_distqs_words(env: dict[str, str]) -> None:
+    """A port of superscript digits passes str.isdigit() but not int(): the refusal was
+    Python's "invalid literal for int() with base 10: '²'", not distq's words."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(env)
+    said = str(caught.value)
+    assert "is not a valid URL: its port is not a number; percent-encode" in said, said
+    assert "int()" not in said, said
