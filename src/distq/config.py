@@ -117,7 +117,12 @@ class Setting(Generic[_T]):
     def check(self, value: object) -> None:
         """Raise ``ValueError`` ("is ...; use ...") unless ``value``, given as it is rather
         than as text, is what ``parse`` could give: for a number, one of its kind in its
-        range (None too, where empty means off). Other settings are checked elsewhere."""
+        range (None too, where empty means off); for a secret, its bytes, a tuple of keys
+        as its variable would hold them, at most as many as its file may (a tuple of keys,
+        signing_keys=(key.encode(),), was taken past them). Other settings are checked
+        elsewhere."""
+        if self.variable in credentials.SECRETS:
+            credentials.check_secret_size(self.variable, value)
         optional = isinstance(self.parse, _Optional)
         number = self.parse.parse if isinstance(self.parse, _Optional) else self.parse
         if isinstance(number, _Number) and not (optional and value is None):

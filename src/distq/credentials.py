@@ -138,18 +138,33 @@ _NEW_KEY = (
 )
 
 
-def check_secret_size(var: str, text: str) -> None:
+def check_secret_size(var: str, value: object) -> None:
     """Raise ``ValueError`` (to follow the name of the variable, flag or keyword that
-    gave it) when the secret ``var`` (one of :data:`SECRETS`), given as ``text`` rather
+    gave it) when the secret ``var`` (one of :data:`SECRETS`), given as ``value`` rather
     than as its file, holds more than :data:`MAX_SECRET_BYTES`, the most its file may:
-    DISTQ_SIGNING_KEYS of 97 KiB was taken as a variable and refused as a file."""
-    size = len(text.encode(errors="surrogateescape"))  # as os.environb holds it
+    DISTQ_SIGNING_KEYS of 97 KiB was taken as a variable and refused as a file. The
+    ``value`` is its text, or a program's bytes or tuple of keys (:func:`secret_size`)."""
+    size = secret_size(value)
     if size > MAX_SECRET_BYTES:
         raise ValueError(
             f"holds {size:,} bytes, more than {_bytes(MAX_SECRET_BYTES)}, the most a secret "
             f"may be, as its file {var}{FILE_SUFFIX} may hold (another value, pasted in by "
             f"mistake?); {_SMALLER.get(var, _NEW_KEY)}"
         )
+
+
+def secret_size(value: object) -> int:
+    """The bytes of a secret's ``value`` as its variable holds them (``os.environb``): a
+    text's, a key's bytes, a tuple of keys with a comma between each (as
+    ``DISTQ_SIGNING_KEYS`` lists them); 0 for a value of no secret's kind (refused
+    elsewhere: :func:`distq.config.secured`)."""
+    if isinstance(value, str):
+        return len(value.encode(errors="surrogateescape"))
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, tuple) and all(isinstance(key, bytes) for key in value):
+        return sum(len(key) for key in value) + max(len(value) - 1, 0)
+    return 0
 
 
 def read_at_most(path: str, most: int) -> bytes | None:

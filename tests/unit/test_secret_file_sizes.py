@@ -136,3 +136,41 @@ def _keywords(env: dict[str, str]) -> dict[str, object]:
         k.removeprefix("DISTQ_").lower(): v.encode() if k == "DISTQ_AUTHKEY" else v
         for k, v in {"DISTQ_TRANSPORT": "manager", "DISTQ_AUTHKEY": "k", **env}.items()
     }
+
+
+_TWO_KEYS = (b"k" * (MAX_SECRET_BYTES - 65), b"j" * 64)  # with a comma: the most, as text
+_ONE_BYTE_MORE = (b"k" * (MAX_SECRET_BYTES - 64), b"j" * 64)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "over_settings"),
+    [
+        ({"signing_keys": _ONE_BYTE_MORE}, False),
+        ({"signing_keys": _ONE_BYTE_MORE}, True),
+        ({"signing_key": (b"k" * MAX_SECRET_BYTES + b"k",)}, True),
+        ({"authkey": b"k" * MAX_SECRET_BYTES + b"k"}, True),
+    ],
+    ids=["signing_keys", "signing_keys-over-settings", "signing_key", "authkey"],
+)
+def test_a_secret_keyword_as_bytes_holds_at_most_what_its_variable_may(
+    keywords: dict[str, object], over_settings: bool
+) -> None:
+    """Keys as the tuple of bytes distq asks for (``signing_keys=(key.encode(),)``), or an
+    authkey's bytes over a Settings object, were taken past 64 KiB, while the same keys
+    as a string keyword (or the variable) were refused: one limit for every form, its
+    keys counted as the variable holds them, a comma between each."""
+    settings = Settings.load({"DISTQ_AUTHKEY": "k"}) if over_settings else None
+    name = next(iter(keywords))
+    variable = f"DISTQ_{name.upper()}"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(settings, {"authkey": b"k", **keywords}, {})
+    said = str(caught.value)
+    assert said.startswith(
+        f"Executor keyword {name} ({variable}) holds {MAX_SECRET_BYTES + 1:,} bytes, more "
+        f"than {MAX_SECRET_BYTES:,} bytes (64 KiB)"
+    ), said[:300]
+    assert "kkkk" not in said, said[:300]
+    if name == "signing_keys":  # as many bytes as the variable may hold: taken
+        assert load_settings(settings, {"authkey": b"k", name: _TWO_KEYS}, {}).signing_keys == (
+            _TWO_KEYS
+        )
