@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from distq.chunks import CHUNK_TASK
 from distq.envelope import Task
+from distq.ranges import shown_digits
 
 #: Shortest limit accepted: the worker checks about every tenth of a second.
 MIN_SECONDS = 0.1
@@ -291,9 +292,12 @@ def _seconds(value: str, text: str) -> float:
             f"is {text!r}: {value!r} is not a number of seconds; e.g. 30,square=2"
         ) from None
     if not MIN_SECONDS <= seconds <= MAX_SECONDS:
+        written = value.strip()
+        if math.isinf(seconds) and written.isascii() and written.lstrip("+-").isdigit():
+            # a whole number of 400 digits or more: by its size, not every digit twice
+            text, written = text.replace(written, "..."), shown_digits(written)
         raise ValueError(
             # as written: :g showed 604800.4 as 604800, "out of range; use 0.1 to 604800"
-            f"is {text!r}: {value.strip()} s is out of range; use {MIN_SECONDS:g} to "
-            f"{MAX_SECONDS:g}"
+            f"is {text!r}: {written} s is out of range; use {MIN_SECONDS:g} to {MAX_SECONDS:g}"
         )
     return seconds

@@ -78,3 +78,23 @@ def test_a_name_given_twice_in_the_setting_is_refused_saying_what_to_do() -> Non
     for text in ("a=1,a=2", 'a=1,"a"=2'):
         with pytest.raises(ValueError, match=r"'a' has two limits; give each name one"):
             TimeLimits.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("9" * 5000, "is '...': about 10**4999 s is out of range; use 0.1 to 604800"),
+        (
+            f"30,x=-{'9' * 400}",
+            "is '30,x=...': about -10**399 s is out of range; use 0.1 to 604800",
+        ),
+    ],
+    ids=["5000-digits", "named-400-digits"],
+)
+def test_a_limit_of_hundreds_of_digits_is_said_by_its_size_not_twice(text: str, said: str) -> None:
+    """DISTQ_TASK_TIME_LIMIT of 5,000 digits (a float's inf) put all of them on the line
+    twice, the setting's text and its item's ("is '999...': 999... s is out of range"),
+    where every other number is said "about 10**4999" (distq.ranges)."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_AUTHKEY": "k", "DISTQ_TASK_TIME_LIMIT": text})
+    assert str(caught.value) == f"DISTQ_TASK_TIME_LIMIT {said}"
