@@ -105,7 +105,7 @@ def run_probe(args: argparse.Namespace, environ: Mapping[str, str], console: Con
         url = f"http://{url_host_port(asked, port)}/{args.check}"
         console.error(
             f"{url} answered more than {MAX_ANSWER_BYTES:,} bytes (1 MiB), read no further: "
-            f"is {url} a distq endpoint? distq's answers with a line of JSON; pass --port "
+            f"is {url} a distq endpoint? one answers with a line of JSON; pass --port "
             "(or set DISTQ_METRICS_PORT to) the port the process serves /healthz and /readyz on"
         )
         return EXIT_UNHEALTHY

@@ -836,7 +836,7 @@ def test_distq_probe_of_an_endpoint_answering_past_its_limit_exits_1_saying_so()
     assert done.stdout == "", len(done.stdout)
     assert done.stderr == (
         f"distq: {url} answered more than {MAX_ANSWER_BYTES:,} bytes (1 MiB), read no "
-        f"further: is {url} a distq endpoint? distq's answers with a line of JSON; pass "
+        f"further: is {url} a distq endpoint? one answers with a line of JSON; pass "
         "--port (or set DISTQ_METRICS_PORT to) the port the process serves /healthz and "
         "/readyz on\n"
     )
