@@ -11,13 +11,14 @@ reuses: the squares job (:class:`distq.master.Master`) and an executor alike.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, KeysView
 from typing import Generic, TypeVar
 
 from distq.codec import Codec
 from distq.config import MESSAGE_BATCH
-from distq.envelope import Result, not_bytes
+from distq.envelope import Result, Task, not_bytes
 from distq.errors import (
     DistqError,
     EnvelopeError,
@@ -125,6 +126,17 @@ class Collector(Generic[E]):
         """The entry of a task expected and not answered yet, else None."""
         pending = self._pending.get(task_id)
         return pending[0] if pending is not None else None
+
+    def sent_ago(self, task_id: str, task: Task) -> float:
+        """Seconds since ``task_id``, sent as ``task``, was first submitted, at least: the
+        longer of its age by :meth:`expect`'s clock (``time.perf_counter()``, which stands
+        still while the host sleeps) and by its ``created_at`` (``time.time()``, which a
+        clock step can set back); inf for a task not waited for. How far a take-back
+        looks for its retries (:func:`distq.retries.retry_bodies`)."""
+        pending = self._pending.get(task_id)
+        if pending is None:
+            return math.inf
+        return max(time.perf_counter() - pending[1], time.time() - task.created_at)
 
     def discard(self, task_id: str) -> E | None:
         """Stop waiting for one task (cancelled, timed out); return its entry, if expected.

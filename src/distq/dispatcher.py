@@ -702,7 +702,8 @@ class Dispatcher(threading.Thread):
         def every_copy_found(task_id: str) -> bool:
             return copies[task_id] > self._resubmitted[task_id]
 
-        for attempt in retries_by_attempt(self.codec, sent, every_copy_found):
+        retries = retries_by_attempt(self.codec, sent, every_copy_found, self.collector.sent_ago)
+        for attempt in retries:
             for start in range(0, len(attempt), MESSAGE_BATCH):
                 self._take_back(attempt[start : start + MESSAGE_BATCH], taken, copies, redelivered)
 

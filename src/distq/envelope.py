@@ -38,8 +38,11 @@ MAX_ATTEMPTS = 3  # attempts a task gets unless its master says otherwise (distq
 #: Most attempts a task may be given (``--max-attempts``, ``Executor(max_attempts=)``):
 #: some 3.5 days of retries 30 s apart, far inside what every reader of a task takes (a
 #: result head's attempt of 9 digits). Taking back a task not found (a cancel, a
-#: timeout, a stop) looks for its retries attempt by attempt (:mod:`distq.retries`):
-#: 10,000 of them took a cancel() 1 s on Redis; given 10**23 (a typo), it never returned.
+#: timeout, a stop) looks for its retries attempt by attempt, up to the last that can
+#: exist by the task's age (:func:`distq.retries.retry_bodies`): 4 bodies for a task
+#: sent a second ago, 126 an hour after, all 9,999 only some 3.5 days after. A cancel()
+#: of one a worker held looked for all of them whatever its age: 0.5 s on Redis; given
+#: 10**23 (a typo), it never returned.
 MOST_ATTEMPTS = 10_000
 #: A task's ``reply_to`` when nobody waits for its result (``distq submit`` without
 #: ``--wait``, a requeued dead letter): the worker runs it and publishes no result.

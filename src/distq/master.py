@@ -691,7 +691,8 @@ class _Run(Generic[E]):
                 return copies[task_id] > self.resubmitted[task_id]
 
             codec = self.master.codec
-            retries = retries_by_attempt(codec, entries, every_copy_found)
+            sent_ago = self.collector.sent_ago
+            retries = retries_by_attempt(codec, entries, every_copy_found, sent_ago)
             # whose retry was found: they ran, a copy of them queued or not (submitted again)
             retried: set[str] = set()
             for attempt in retries if why is None else ():
@@ -809,7 +810,9 @@ class _Run(Generic[E]):
         deadline = time.perf_counter() + RETRY_LOOK_SECONDS
         # the tasks themselves first: put back on the queue as their worker's lease lapsed
         why = self._take_back(iter(left), deadline, taken, copies, RETRY_LOOK_SECONDS)
-        retries = retries_by_attempt(self.master.codec, left, taken.__contains__)
+        retries = retries_by_attempt(
+            self.master.codec, left, taken.__contains__, self.collector.sent_ago
+        )
         for attempt in retries if why is None else ():
             why = self._take_back(iter(attempt), deadline, taken, copies, RETRY_LOOK_SECONDS)
             if why is not None:

@@ -34,6 +34,7 @@ import jobs
 from conftest import REPO, Target
 from distq.config import Settings
 from distq.ending import Endings
+from distq.envelope import MOST_ATTEMPTS
 from distq.errors import (
     BrokenExecutor,
     MessageTooLarge,
@@ -42,6 +43,7 @@ from distq.errors import (
     TaskTimeout,
 )
 from distq.futures import DistqFuture
+from distq.retries import retry_delay
 from distq.transport import Settlement
 from launch import LocalRedis
 from procs import Distq
@@ -1471,6 +1473,46 @@ def test_a_cancel_takes_back_a_retry_queued_or_waiting_out_its_delay(
         assert all(future.cancelled() for future in futures), futures
         if target.name == "redis":  # on manager the queues closed with the executor
             assert worker.stats().ready == 0
+
+
+def _fail_each(consumer: Any, endings: Endings, deliveries: list[Any]) -> None:
+    """Settle each of ``deliveries`` as a worker settles a task that raised: its retry
+    sent with its own delay (0.5 s after a first attempt, 1 s after a second)."""
+    settlements = []
+    for delivery in deliveries:
+        task = endings.codec.open_task(delivery.body)
+        failed = endings.failed(delivery, task, ValueError("no"), 0.0, 0.0, retryable=True)
+        assert failed.settlement.retry_delay == retry_delay(task.attempt)
+        settlements.append(failed.settlement)
+    consumer.settle(settlements)
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_cancel_of_tasks_of_the_most_attempts_takes_back_the_retries_they_made(
+    target: Target, executor: Open
+) -> None:
+    """A take-back looks for a task's retries only up to the attempt that can exist by
+    now, from the task's age and the delays before each attempt (10,000 attempts of a
+    task a worker held took a cancel() 0.5 s on Redis): two tasks of
+    ``max_attempts=10_000`` failed twice as a worker fails them, their third attempts
+    waiting out their 1 s delay, and one failed once, its second waiting out its 0.5 s,
+    are all still taken back by cancel()."""
+    ex = executor(max_attempts=MOST_ATTEMPTS)
+    twice = [ex.submit(jobs.add, i, i) for i in range(2)]
+    with contextlib.closing(distq.transport.open_transport(target.settings, "worker")) as worker:
+        with contextlib.closing(worker.consumer("failing-worker")) as consumer:
+            endings = Endings("failing-worker", target.settings.queue, None)
+            for attempt in (1, 2):  # the second attempts, once their 0.5 s is out
+                taken = fetch_n(consumer, 2)
+                assert [endings.codec.open_task(d.body).attempt for d in taken] == [attempt] * 2
+                _fail_each(consumer, endings, taken)
+            once = ex.submit(jobs.add, 2, 2)
+            taken = fetch_n(consumer, 1)
+            assert [endings.codec.open_task(d.body).attempt for d in taken] == [1]
+            _fail_each(consumer, endings, taken)
+        assert ex.stats().ready == 3  # the three retries, none leased
+        assert [future.cancel() for future in [*twice, once]] == [True, True, True]
+        assert worker.stats().ready == 0  # none left to run
 
 
 @pytest.mark.parametrize("way", ["cancel", "shutdown", "task_timeout"])
