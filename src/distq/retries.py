@@ -8,6 +8,7 @@ of this schedule, and counts the tasks in them as ready
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -68,18 +69,20 @@ def retry_bodies(
         task = codec.open_task(body)
     except EnvelopeError:
         return
-    due, spare = 0.0, SPARE_ATTEMPTS  # the next attempt's: made once the one before failed
+    # when each of the next attempt and the SPARE_ATTEMPTS before it can be made, the
+    # next's last: each once the one before failed, its own delay waited out
+    dues = collections.deque([0.0], maxlen=SPARE_ATTEMPTS + 1)
     while task.attempt < task.max_attempts:
-        if not can_exist(due, sent_ago(task)):
-            if not spare:
-                return
-            spare -= 1
+        # looked for while the attempt SPARE_ATTEMPTS before it can exist by the age now:
+        # the spare counted from the last that fits at each ask, not once for the search
+        if not can_exist(dues[0], sent_ago(task)):
+            return
         task = task.next_attempt()
         try:
             yield codec.seal_each(task.encode(), "task")
         except EnvelopeError:
             return
-        due += retry_delay(task.attempt - 1)  # its own run waited that out
+        dues.append(dues[-1] + retry_delay(task.attempt - 1))  # its own run waited that out
 
 
 def can_exist(due: float, sent_ago: float) -> bool:
