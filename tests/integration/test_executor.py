@@ -1515,6 +1515,33 @@ def test_a_cancel_of_tasks_of_the_most_attempts_takes_back_the_retries_they_made
         assert worker.stats().ready == 0  # none left to run
 
 
+@pytest.mark.parametrize("target", ["redis", "manager"], indirect=True)
+def test_a_cancel_of_a_task_a_worker_holds_looks_only_for_the_retries_its_age_allows(
+    target: Target, executor: Open
+) -> None:
+    """A cancel() of a task of ``max_attempts=10_000`` that a worker holds (not on the
+    queue: its retries are looked for) asks the broker for the few retries that can
+    exist a moment after the send, attempts 2 to 4, not all 9,999 (0.5 s a cancel on
+    Redis). The unit tests of the search (test_retries_by_age) pass whatever age the
+    executor gives it: this is the executor's, through its collector."""
+    ex = executor(max_attempts=MOST_ATTEMPTS)
+    future = ex.submit(jobs.add, 1, 1)
+    producer = ex._dispatcher.producer
+    withdraw = producer.withdraw
+    asked: list[int] = []
+
+    def counted(bodies: Any, redelivered: bool = True) -> list[bool]:
+        asked.append(len(bodies))
+        return withdraw(bodies, redelivered)
+
+    worker = distq.transport.open_transport(target.settings, "worker")
+    with contextlib.closing(worker), contextlib.closing(worker.consumer("holding")) as consumer:
+        assert len(fetch_n(consumer, 1)) == 1  # held: a cancel looks for its retries
+        producer.withdraw = counted  # type: ignore[method-assign]
+        assert future.cancel() is False  # the worker's copy may still run
+    assert sum(asked) <= 1 + 4, asked  # itself, attempts 2 to 4 (5 once a second old)
+
+
 @pytest.mark.parametrize("way", ["cancel", "shutdown", "task_timeout"])
 @pytest.mark.parametrize("target", ["redis"], indirect=True)
 def test_a_cancel_takes_back_every_copy_of_a_task_submitted_again(
