@@ -13,7 +13,7 @@ from distq.backoff import Backoff
 from distq.codec import Codec
 from distq.console import Console
 from distq.ending import Endings
-from distq.envelope import Task
+from distq.envelope import MOST_ATTEMPTS, Task
 from distq.errors import TransportError
 from distq.master import JobReport, JobSpec, Master
 from distq.retries import retry_bodies
@@ -329,6 +329,36 @@ def test_a_stop_looks_for_every_tasks_next_attempt_before_any_later_one(
     assert reports and reports[0].missing == tasks, out.getvalue()
     assert transport.stats().ready == 0, out.getvalue()
     assert sum(asked) == 2 * tasks, asked  # each task's body, then its second attempt's
+
+
+def test_a_stop_looks_only_for_the_retries_its_tasks_age_allows(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks of --max-attempts 10,000 a worker holds at the stop: the stop's take-back and
+    its look after the drain ask for the few retries that can exist a moment after the
+    send (attempts 2 to 4 or 5, each look), not all 9,999 of each task. The unit tests of
+    the search give it an age by hand: this is the master's, through its collector."""
+    tasks = 5
+    asked: list[int] = []
+    original = ManagerProducer.withdraw
+
+    def counted(self: ManagerProducer, bodies: Sequence[bytes]) -> list[bool]:
+        asked.append(len(bodies))
+        return original(self, bodies)
+
+    monkeypatch.setattr(ManagerProducer, "withdraw", counted)
+    stop = threading.Event()
+    out = io.StringIO()
+    master = Master(transport, Console(out=out, err=out))
+    reports: list[JobReport] = []
+    spec = JobSpec(tasks=tasks, drain_seconds=0.2)
+    work = Squares(max_attempts=MOST_ATTEMPTS)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, work, stop)))
+    run.start()
+    with held_until_stopped(transport.consumer("holding-worker"), stop, run) as consumer:
+        assert len(fetch_n(consumer, tasks)) == tasks, out.getvalue()
+    assert reports and reports[0].missing == tasks, out.getvalue()
+    assert 0 < sum(asked) <= 2 * tasks * (1 + 4), asked  # each look: a task, 4 retries
 
 
 @pytest.mark.parametrize("tasks", [None, 10])
