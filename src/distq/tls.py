@@ -10,15 +10,22 @@ transport has no TLS.
 
 This module checks the files up front (a configuration error, exit 2), gives each
 transport its options, and turns the ``ssl`` module's failures into one line that says
-which certificate was refused and why.
+which certificate was refused and why. OpenSSL reads a regular file by its path at each
+context (a reconnect takes up a rotated certificate); a file that is not one (a pipe,
+bash's ``<(...)``, a FIFO, ``/dev/stdin``) it could read once only, so distq reads it
+once and keeps its bytes for every later context of the process (:func:`_openssl_path`).
 """
 
 from __future__ import annotations
 
 import ast
+import fcntl
+import os
 import re
 import ssl
-from dataclasses import dataclass
+import stat
+import threading
+from dataclasses import astuple, dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -58,9 +65,9 @@ class TlsFiles:
 
         Raises :class:`ConfigError` naming the file that cannot be used.
         """
-        self._readable()
+        files = self.for_openssl()
         try:
-            context = ssl.create_default_context(cafile=self.ca_file)
+            context = ssl.create_default_context(cafile=files.ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(
                 f"DISTQ_TLS_CA_FILE {self.ca_file!r} holds no usable PEM certificates "
@@ -68,9 +75,9 @@ class TlsFiles:
             ) from None
         context.check_hostname = True
         context.verify_mode = ssl.CERT_REQUIRED
-        if self.cert_file:
+        if files.cert_file:
             try:  # never OpenSSL's own prompt: it waited on a terminal, for good
-                context.load_cert_chain(self.cert_file, self.key_file, password=_no_pass_phrase)
+                context.load_cert_chain(files.cert_file, files.key_file, _no_pass_phrase)
             except _PassPhrase:
                 raise ConfigError(
                     f"DISTQ_TLS_KEY_FILE {self.key_file or self.cert_file!r} is encrypted with "
@@ -84,24 +91,93 @@ class TlsFiles:
                 ) from None
         return context
 
-    def _readable(self) -> None:
-        """Each file given opens: OpenSSL's error for a missing one named no file (the
-        CA's "holds no usable PEM certificates", or the client's two files together),
-        so the user was not told which to mount. And each holds at most
-        :data:`MAX_TLS_FILE_BYTES`, read no further."""
-        for var, path in (
-            ("DISTQ_TLS_CA_FILE", self.ca_file),
-            ("DISTQ_TLS_CERT_FILE", self.cert_file),
-            ("DISTQ_TLS_KEY_FILE", self.key_file),
-        ):
-            if not path:
-                continue
-            try:
-                data = read_at_most(path, MAX_TLS_FILE_BYTES)
-            except OSError as exc:
-                raise unreadable(var, path, exc, "the file", f"unset {var}") from None
-            if data is None:
-                raise too_large(var, path, MAX_TLS_FILE_BYTES, "a PEM file", f"unset {var}")
+    def named(self) -> tuple[tuple[str, str | None], ...]:
+        """Each file with the variable that names it."""
+        return tuple(zip(_VARIABLES, astuple(self), strict=True))
+
+    def for_openssl(self) -> TlsFiles:
+        """These files as OpenSSL is to read them (:func:`_openssl_path`), each checked
+        first: OpenSSL's error for a missing one named no file (the CA's "holds no usable
+        PEM certificates", or the client's two files together), so the user was not told
+        which to mount. Raises :class:`ConfigError` naming the file."""
+        return TlsFiles(*(_openssl_path(var, path) if path else None for var, path in self.named()))
+
+
+_VARIABLES = ("DISTQ_TLS_CA_FILE", "DISTQ_TLS_CERT_FILE", "DISTQ_TLS_KEY_FILE")
+#: Each TLS file that is not a regular file, by its path and identity (device, inode):
+#: the path OpenSSL reads its bytes from (:func:`_kept`), for the process's lifetime.
+_KEPT: dict[tuple[str, int, int], str] = {}
+_KEPT_LOCK = threading.Lock()
+
+
+def _openssl_path(var: str, path: str) -> str:
+    """The path OpenSSL is to read the file ``var`` names (``path``) at: a regular file's
+    own, checked to open and to hold at most :data:`MAX_TLS_FILE_BYTES` by its size,
+    unread (OpenSSL reads it, once a context); any other file's bytes, read once (no more
+    than the limit: ``/dev/zero`` ends there) and kept (:func:`_kept`). Was: each file
+    was read whole to check it, then OpenSSL opened it again, and a pipe or a FIFO read
+    then held nothing: "holds no usable PEM certificates", or OpenSSL waited on the FIFO
+    for a writer, for good."""
+    try:
+        status = os.stat(path)  # not open: a FIFO read before would wait for a writer
+    except OSError as exc:
+        raise unreadable(var, path, exc, "the file", f"unset {var}") from None
+    if not stat.S_ISREG(status.st_mode):
+        identity = (path, status.st_dev, status.st_ino)
+        with _KEPT_LOCK:
+            if identity not in _KEPT:
+                _KEPT[identity] = _kept(var, path, _read(var, path))
+            return _KEPT[identity]
+    try:
+        with open(path, "rb") as file:  # readable by us: opened, not read
+            size = os.fstat(file.fileno()).st_size
+    except OSError as exc:
+        raise unreadable(var, path, exc, "the file", f"unset {var}") from None
+    if size > MAX_TLS_FILE_BYTES:
+        raise too_large(var, path, MAX_TLS_FILE_BYTES, "a PEM file", f"unset {var}")
+    return path
+
+
+def _read(var: str, path: str) -> bytes:
+    """The bytes of the file ``var`` names, no more than :data:`MAX_TLS_FILE_BYTES`."""
+    try:
+        data = read_at_most(path, MAX_TLS_FILE_BYTES)
+    except OSError as exc:
+        raise unreadable(var, path, exc, "the file", f"unset {var}") from None
+    if data is None:
+        raise too_large(var, path, MAX_TLS_FILE_BYTES, "a PEM file", f"unset {var}")
+    return data
+
+
+def _kept(var: str, path: str, data: bytes) -> str:
+    """A path OpenSSL reads ``data`` at, as often as it opens it: an anonymous file in
+    memory (``memfd_create``), sealed against changes, only its owner may read, open
+    until the process ends, named ``/proc/self/fd/N`` (forked children inherit it)."""
+    try:
+        fd = os.memfd_create("distq-tls", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except (AttributeError, OSError) as exc:  # not Linux, or no memfd in this sandbox
+        raise _cannot_keep(var, path, exc) from None
+    kept = f"/proc/self/fd/{fd}"
+    try:
+        with open(fd, "wb", closefd=False) as file:
+            file.write(data)
+        os.fchmod(fd, 0o400)
+        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        if os.stat(kept).st_size != len(data):  # /proc/self/fd names it: /proc is mounted
+            raise OSError(f"{kept} does not hold it")
+    except OSError as exc:
+        os.close(fd)
+        raise _cannot_keep(var, path, exc) from None
+    return kept
+
+
+def _cannot_keep(var: str, path: str, exc: OSError | AttributeError) -> ConfigError:
+    return ConfigError(
+        f"{var} names {path!r}, which is not a regular file (a pipe, or a device?), and "
+        f"distq cannot keep its content here for reconnects ({_reason(exc)}); copy it "
+        f"into a file and name that file in {var}"
+    )
 
 
 class _PassPhrase(Exception):
@@ -118,15 +194,7 @@ def check(transport: str, url: str, files: TlsFiles, management_url: str | None 
     if not files:
         _check_url_key(transport, url)  # with files set, a URL naming a key is refused
         return
-    named = [
-        var
-        for var, value in (
-            ("DISTQ_TLS_CA_FILE", files.ca_file),
-            ("DISTQ_TLS_CERT_FILE", files.cert_file),
-            ("DISTQ_TLS_KEY_FILE", files.key_file),
-        )
-        if value
-    ]
+    named = [var for var, value in files.named() if value]
     if transport not in TLS_SCHEMES:
         raise ConfigError(
             f"{named[0]} is set, but the {transport} transport has no TLS (it is not "
@@ -212,6 +280,7 @@ def redis_options(url: str, files: TlsFiles) -> dict[str, Any]:
     if "ssl_check_hostname" not in query and cert_reqs not in _UNVERIFIED:
         # redis-py 5 defaults to False, even with ?ssl_cert_reqs=required
         options["ssl_check_hostname"] = True
+    files = files.for_openssl()  # redis-py's own context, at each connect: as context()'s
     if files.ca_file:
         options["ssl_ca_certs"] = files.ca_file
     if files.cert_file:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -130,8 +131,6 @@ def environment(broker: TlsBroker, pki: Pki, tmp_path: Path, **changes: str) -> 
 
 
 def process_env(distq: dict[str, str]) -> dict[str, str]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
     env.update(distq, PYTHONPATH=f"{REPO / 'tests'}:{REPO / 'src'}", PYTHONUNBUFFERED="1")
     return env
@@ -250,6 +249,52 @@ def test_an_upper_case_rediss_scheme_is_tls(redis_tls: TlsBroker, pki: Pki, tmp_
     code, out = status(env)
     assert code == 0, out
     assert out.startswith(f"redis at 127.0.0.1:{redis_tls.tls_port} over TLS, queue"), out
+
+
+@contextlib.contextmanager
+def fifos(directory: Path, **files: Path) -> Iterator[dict[str, str]]:
+    """A FIFO for each of ``files`` (by name), each fed its file's bytes once, to its
+    first reader only (as bash's ``<(cat file)``); a writer no one read is let go."""
+    paths, writers = {}, []
+    for name, source in files.items():
+        path = directory / f"{name}.fifo"
+        os.mkfifo(path)
+
+        def write(path: Path = path, data: bytes = source.read_bytes()) -> None:
+            with path.open("wb") as fifo:
+                fifo.write(data)
+
+        writers.append((path, threading.Thread(target=write, daemon=True)))
+        writers[-1][1].start()
+        paths[name] = str(path)
+    try:
+        yield paths
+    finally:
+        for path, writer in writers:
+            if writer.is_alive():  # open for reading, to let its open for writing return
+                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            writer.join(10)
+
+
+def test_tls_files_given_as_fifos_serve_the_check_and_the_connection(
+    broker: TlsBroker, pki: Pki, tmp_path: Path
+) -> None:
+    """Was: the start-up check read each FIFO, then OpenSSL opened it again for the
+    check's context and waited for a second writer, for good. Read once now, each file's
+    bytes serve the check's context and the connection's (redis-py's own, each connect)."""
+    files = {"ca": pki.ca.cert, "cert": pki.client.cert, "key": pki.client.key}
+    with fifos(tmp_path, **files) as paths:
+        env = environment(
+            broker,
+            pki,
+            tmp_path,
+            DISTQ_TLS_CA_FILE=paths["ca"],
+            DISTQ_TLS_CERT_FILE=paths["cert"],
+            DISTQ_TLS_KEY_FILE=paths["key"],
+        )
+        code, out = status(env)
+    assert code == 0, out
+    assert " over TLS" in out.splitlines()[0], out
 
 
 def test_a_worker_gives_up_at_once_on_a_refused_certificate(

@@ -528,11 +528,11 @@ def test_an_ssl_check_hostname_other_than_true_or_false_is_refused(value: str) -
     assert f"has ssl_check_hostname={value!r}; use true or false, in lower case" in message
 
 
-def test_redis_options_check_host_names() -> None:
-    files = tls.TlsFiles("ca.pem")
+def test_redis_options_check_host_names(ca: CertificateAuthority) -> None:
+    files = tls.TlsFiles(str(ca.cert))  # a regular file: handed on by its own path
     assert tls.redis_options("redis://h/0", files) == {}
     options = tls.redis_options("rediss://h/0", files)
-    assert options == {"ssl_check_hostname": True, "ssl_ca_certs": "ca.pem"}
+    assert options == {"ssl_check_hostname": True, "ssl_ca_certs": str(ca.cert)}
     assert "ssl_check_hostname" not in tls.redis_options("rediss://h/0?ssl_cert_reqs=none", files)
 
 
