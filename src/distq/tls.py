@@ -121,7 +121,10 @@ def _openssl_path(var: str, path: str) -> str:
     try:
         status = os.stat(path)  # not open: a FIFO read before would wait for a writer
     except OSError as exc:
-        raise unreadable(var, path, exc, "the file", f"unset {var}") from None
+        kept = _kept_at(path)  # a FIFO removed once read: its bytes serve on
+        if kept is None:
+            raise unreadable(var, path, exc, "the file", f"unset {var}") from None
+        return kept
     if not stat.S_ISREG(status.st_mode):
         identity = (path, status.st_dev, status.st_ino)
         with _KEPT_LOCK:
@@ -136,6 +139,12 @@ def _openssl_path(var: str, path: str) -> str:
     if size > MAX_TLS_FILE_BYTES:
         raise too_large(var, path, MAX_TLS_FILE_BYTES, "a PEM file", f"unset {var}")
     return path
+
+
+def _kept_at(path: str) -> str | None:
+    """The path OpenSSL reads the bytes last kept of the file at ``path`` at, if any."""
+    with _KEPT_LOCK:
+        return next((kept for (at, *_), kept in reversed(_KEPT.items()) if at == path), None)
 
 
 def _read(var: str, path: str) -> bytes:

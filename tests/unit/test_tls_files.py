@@ -195,3 +195,20 @@ def test_a_pipe_that_cannot_be_kept_is_refused_saying_to_copy_it_into_a_file(
         assert str(caught.value).endswith(
             "; copy it into a file and name that file in DISTQ_TLS_CERT_FILE"
         )
+
+
+def test_a_fifo_removed_after_start_still_serves_every_context(
+    ca: CertificateAuthority,
+    tmp_path: Path,
+    fifos: list[tuple[Path, threading.Thread]],
+    bounded: None,
+) -> None:
+    """Was: a FIFO read at start, then removed (a wrapper that writes a secret into a
+    FIFO once and deletes it), made the next context (a RabbitMQ reconnect) a
+    configuration error: "DISTQ_TLS_CA_FILE names '.../ca.fifo', which cannot be read (No
+    such file or directory)", though its bytes were kept for every later connection."""
+    path = _fifo(fifos, tmp_path / "ca.fifo", ca.cert.read_bytes())
+    files = TlsFiles(ca_file=path)
+    assert _trusted(files.context()) == ["CN=distq test CA"]
+    os.unlink(path)
+    assert _trusted(files.context()) == ["CN=distq test CA"]  # a reconnect's
