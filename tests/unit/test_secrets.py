@@ -428,6 +428,22 @@ def test_an_amqp_option_other_than_ssl_options_that_cannot_be_used_is_named(
     assert "ssl_options" not in str(caught.value)
 
 
+@pytest.mark.parametrize("scheme", ["amqp", "amqps"])
+def test_an_amqp_url_with_a_user_and_no_password_says_so(scheme: str) -> None:
+    """Was: "an option cannot be used (TypeError: argument of type 'NoneType' is not
+    iterable); correct it or remove it", for a URL with no option: pika unquoted the
+    missing password."""
+    url = f"{scheme}://u@127.0.0.1:5672/%2F"
+    with pytest.raises(ConfigError) as caught:
+        Broker.from_url(url)
+    assert str(caught.value) == (
+        f"DISTQ_AMQP_URL ({url}) names the user 'u' and no password; give the password "
+        "in DISTQ_AMQP_PASSWORD or DISTQ_AMQP_PASSWORD_FILE, or in the URL after the user "
+        "and a colon (u:<password>@)"
+    )
+    assert Broker.from_url(f"{scheme}://u:@127.0.0.1:5672/%2F").user == "u"  # empty: one
+
+
 # --- TLS settings ------------------------------------------------------------------
 
 

@@ -200,6 +200,14 @@ class Broker:
                 f"DISTQ_AMQP_URL ({mask_url(url)}) is not a valid AMQP URL ({exc})"
             ) from None
         except Exception as exc:  # SyntaxError, TypeError, AttributeError, ssl.SSLError...
+            parts = urlsplit(url)  # pika split it: a user and no password, its TypeError
+            if parts.username is not None and parts.password is None:
+                raise ConfigError(
+                    f"DISTQ_AMQP_URL ({mask_url(url)}) names the user "
+                    f"{unquote(parts.username)!r} and no password; give the password in "
+                    "DISTQ_AMQP_PASSWORD or DISTQ_AMQP_PASSWORD_FILE, or in the URL after the "
+                    f"user and a colon ({parts.username}:<password>@)"
+                ) from None
             # pika reads ?ssl_options= with ast.literal_eval and builds its SSL context at
             # once; a SyntaxError's text would quote the value, and a key's password in it
             why = exc.msg if isinstance(exc, SyntaxError) else str(exc)
