@@ -110,6 +110,15 @@ _KEPT: dict[tuple[str, int, int], str] = {}
 _KEPT_LOCK = threading.Lock()
 
 
+def _new_kept_lock() -> None:
+    """In a child made by fork(): a lock of its own, not one another thread held then."""
+    global _KEPT_LOCK
+    _KEPT_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_kept_lock)
+
+
 def _openssl_path(var: str, path: str) -> str:
     """The path OpenSSL is to read the file ``var`` names (``path``) at: a regular file's
     own, checked to open and to hold at most :data:`MAX_TLS_FILE_BYTES` by its size,

@@ -212,3 +212,26 @@ def test_a_fifo_removed_after_start_still_serves_every_context(
     assert _trusted(files.context()) == ["CN=distq test CA"]
     os.unlink(path)
     assert _trusted(files.context()) == ["CN=distq test CA"]  # a reconnect's
+
+
+def test_a_process_forked_while_the_kept_files_were_looked_up_makes_contexts(
+    ca: CertificateAuthority,
+) -> None:
+    """A task's fork() while another thread (a reconnect) held the kept files' lock gave
+    the child that lock held, by no thread of its own: its first context (an Executor's
+    connect, say) waited for good. Here: killed by its alarm, exit -14."""
+    with _pipe(ca.cert.read_bytes()) as path:
+        files = TlsFiles(ca_file=path)
+        files.context()
+        with tls._KEPT_LOCK:  # as a reconnect's thread holds it
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                    signal.alarm(5)
+                    code = 0 if files.context().cert_store_stats()["x509_ca"] == 1 else 3
+                finally:
+                    os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
