@@ -55,7 +55,7 @@ from distq.health import ProcessHealth
 from distq.ledger import Entry, Ledger, forget_orphans, submit_again, withdraw_once
 from distq.retries import retries_by_attempt
 from distq.telemetry import MasterTelemetry
-from distq.transport.base import Producer, Transport
+from distq.transport.base import Producer, QueueStats, Transport
 
 E = TypeVar("E")
 
@@ -302,6 +302,11 @@ class _Run(Generic[E]):
         self.answering = True
         self.failed_with: TransportError | None = None  # the last call that failed
         self.first_dropped: str | None = None  # why the first result it dropped was
+        # the broker's counts as a job that read no result passed its --timeout, before
+        # it took its tasks back (which ends the sign that a worker had them): None when
+        # it did not look (:meth:`_look_at_timeout`), or the broker did not answer
+        self.at_timeout: QueueStats | None = None
+        self.looked_at_timeout = False
 
     def run(self) -> JobReport:
         try:
@@ -332,6 +337,7 @@ class _Run(Generic[E]):
             if self.stopped and self.collector.outstanding:
                 self._drain()
             elif self.collector.outstanding and self.refused is None:  # past its --timeout
+                self._look_at_timeout()
                 self._withdraw(time.perf_counter() + self.spec.drain_seconds)  # no wait
         except ConfigError as exc:  # the broker refused a setting mid-job: a report all the same
             self.stopped |= self.stop.is_set()  # refused in its loop: read as it ends
@@ -861,23 +867,77 @@ class _Run(Generic[E]):
             f"{self.first_dropped}"
         )
 
+    def _look_at_timeout(self) -> None:
+        """Past its --timeout with no result read (nor dropped): the broker's counts,
+        before :meth:`_withdraw` takes back the tasks a worker had and gave up (queued
+        again as its lease lapsed), which :meth:`_nobody_attached` reads."""
+        if self.report.answered or self.collector.malformed or not self.answering:
+            return
+        self.looked_at_timeout = True
+        self.at_timeout = self._queue_stats()
+
+    def _queue_stats(self) -> QueueStats | None:
+        """The broker's counts of the job's queue; None when it is away, or refuses (the
+        job's own lines said so)."""
+        try:
+            with self.health.liveness.waiting("job"):  # a silent broker is no stall
+                return self.master.transport.stats()
+        except (DistqError, OSError):
+            return None
+
     def _nobody_attached(self) -> None:
         """A job that got no result at all, nor dropped any: whether any worker slot is
         attached to its queue. Workers on another queue, database, vhost or transport
-        wait as silently as the master does, and the lines of both sides read alike."""
+        wait as silently as the master does, and the lines of both sides read alike. So
+        did workers that took the job's tasks and died on them (a task's ``os._exit``, a
+        segfault, the OOM killer), which the broker tells apart where it can
+        (:meth:`_taken_and_dropped`): that was sent to check its queue names."""
         transport = self.master.transport
-        try:
-            with self.health.liveness.waiting("job"):  # a silent broker is no stall
-                attached = transport.stats().consumers
-        except (DistqError, OSError):
-            return  # the broker is away, or refuses: the job's own lines said so
-        if attached == 0:
+        stats = self.at_timeout if self.looked_at_timeout else self._queue_stats()
+        if stats is None or stats.consumers:
+            return
+        took = self._taken_and_dropped(stats)
+        if took:
             self.report.problems.append(
-                f"no worker slot is attached to the job's queue at {transport.describe()}"
-                f"{transport.unattached_note}: are the workers running, with this DISTQ_QUEUE, "
-                "DISTQ_TRANSPORT and broker (the database of DISTQ_REDIS_URL, the vhost of "
-                "DISTQ_AMQP_URL, DISTQ_MANAGER_ADDRESS)?"
+                f"no result came back, yet workers took tasks off the job's queue at "
+                f"{transport.describe()} ({took}), and no worker slot is attached to it now: "
+                "they may have crashed on a task (its os._exit, a segfault, the OOM killer) "
+                "or been stopped; see the workers' logs and exit statuses, and start them again"
             )
+            return
+        unsure = (
+            ""
+            if stats.redelivered is not None
+            else " Or did they take the job's tasks and crash on one? This broker does not "
+            "say whether a worker had a task: see the workers' logs"
+        )
+        self.report.problems.append(
+            f"no worker slot is attached to the job's queue at {transport.describe()}"
+            f"{transport.unattached_note}: are the workers running, with this DISTQ_QUEUE, "
+            "DISTQ_TRANSPORT and broker (the database of DISTQ_REDIS_URL, the vhost of "
+            f"DISTQ_AMQP_URL, DISTQ_MANAGER_ADDRESS)?{unsure}"
+        )
+
+    def _taken_and_dropped(self, stats: QueueStats) -> str:
+        """What the broker's counts say workers took of the job's tasks and gave up on
+        without a result, "" when nothing: the queue's tasks queued again after a worker
+        had them (its lease lapsed: the queue's, which may hold other jobs' too), and the
+        job's tasks not answered that the queue no longer holds (dead-lettered, say). Not
+        where the broker does not count every lease (RabbitMQ): there a slot running a task
+        past its lease holds it, alive, and is not counted as attached."""
+        outstanding = self.collector.outstanding
+        counted = stats.ready + stats.in_flight if stats.in_flight_known else outstanding
+        gone = outstanding - min(outstanding, counted)
+        said = []
+        if stats.redelivered:
+            said.append(
+                f"the queue holds {stats.redelivered} a worker had and gave up unanswered, "
+                "its lease lapsed"
+            )
+        if gone:
+            dead = ": `distq dead-letters` lists those dead-lettered" if stats.dead else ""
+            said.append(f"{gone} of the {outstanding} not answered are no longer queued{dead}")
+        return "; ".join(said)
 
     def _finish(self, elapsed: float) -> JobReport:
         self.console.end_progress()  # the bar's last state stays, above the summary

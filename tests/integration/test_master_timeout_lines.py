@@ -9,13 +9,15 @@ import re
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from conftest import Target
 from distq.codec import Codec
 from distq.console import Console
-from distq.master import JobReport, JobSpec, Master
+from distq.envelope import Task
+from distq.master import JobReport, JobSpec, Master, Workload
 from distq.squares import Squares
 from distq.transport import Transport
 from procs import Spawn
@@ -141,3 +143,56 @@ def test_a_job_whose_results_were_all_dropped_says_why_not_that_no_worker_is_att
         "--timeout: the 3 tasks not answered came back, their results dropped (above): a "
         "longer --timeout reads them no better; fix what the first one's reason names"
     ) in said, said
+
+
+class _EndsItsWorker(Workload[int]):
+    """Tasks that end their worker's process each time they run (``os._exit``, as a
+    segfault or the OOM killer would): ``worker_tasks:exit_always``."""
+
+    def __init__(self, runs: Path) -> None:
+        self.runs = runs
+
+    def tasks(self, count: int, reply_to: str) -> list[tuple[Task, int]]:
+        return [
+            (Task(name="worker_tasks:exit_always", args=[str(self.runs)], reply_to=reply_to), 0)
+            for _ in range(count)
+        ]
+
+    def name(self, entry: int) -> str:
+        return "exit_always"
+
+
+def test_a_job_whose_worker_crashed_on_its_tasks_says_so_not_to_check_the_queue_names(
+    target: Target, hosted: Transport, spawn: Spawn, tmp_path: Path
+) -> None:
+    """A worker took the job's tasks and its process died on one (a task's os._exit); the
+    master, past its --timeout with no result, said "no worker slot is attached to the
+    job's queue ...: are the workers running, with this DISTQ_QUEUE, DISTQ_TRANSPORT and
+    broker ...?", sending the user to check queue names that were right. The broker
+    knows a worker had them (queued again as its lease lapsed): the line says so."""
+    out = io.StringIO()
+    runs = tmp_path / "runs"
+    reports: list[JobReport] = []
+    master = Master(hosted, Console(out=out, err=out))
+    spec = JobSpec(tasks=2, timeout=6)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, _EndsItsWorker(runs))))
+    run.start()
+    worker = spawn("worker", "--task", "worker_tasks:exit_always")
+    try:
+        assert worker.wait(30) != 0, worker.output()  # the task ended it
+    finally:
+        run.join(30)
+    said = out.getvalue()
+    assert runs.exists() and reports and reports[0].missing == 2, said
+    if target.name == "rabbitmq":  # its counts do not say a worker had them: both asked
+        assert "no worker slot is attached to the job's queue" in said, said
+        assert "? Or did they take the job's tasks and crash on one? This broker" in said, said
+        return
+    assert "no worker slot is attached to the job's queue" not in said, said
+    assert re.search(
+        r"^distq: no result came back, yet workers took tasks off the job's queue at .+ \(the "
+        r"queue holds [12] a worker had and gave up unanswered, its lease lapsed\), and no "
+        r"worker slot is attached to it now: they may have crashed on a task",
+        said,
+        re.M,
+    ), said

@@ -36,7 +36,7 @@ from distq.telemetry import MasterTelemetry
 from distq.transport import Settlement, Transport
 from distq.transport.base import Producer
 from distq.transport.manager import ManagerConsumer, ManagerProducer
-from seam import error_result, ok_result
+from seam import error_result, fetch_n, ok_result
 
 
 def serve(
@@ -758,3 +758,37 @@ def test_a_signal_just_after_the_wait_for_workers_ran_out_still_says_they_did_no
     )
     assert not report.started
     assert "only 0 of 1 worker slots attached in time" in report.problems, report.problems
+
+
+def test_a_job_whose_tasks_a_gone_worker_took_off_the_queue_says_so(
+    transport: Transport,
+) -> None:
+    """A worker took the job's tasks, dead-lettered them without a result, and left: the
+    job's end said "no worker slot is attached ...: are the workers running, with this
+    DISTQ_QUEUE ...?", queue names that were right. Its tasks are no longer queued: the
+    line says workers took them, and where the dead-lettered ones are listed."""
+    out = io.StringIO()
+    reports: list[JobReport] = []
+    master = Master(transport, Console(out=out, err=out))
+    job = threading.Thread(
+        target=lambda: reports.append(master.run(JobSpec(tasks=2, timeout=2), Squares(seed=1)))
+    )
+    job.start()
+    consumer = transport.consumer("leaves")
+    try:
+        taken = fetch_n(consumer, 2)
+        consumer.settle([Settlement(d, dead_letter=b"dead") for d in taken])
+    finally:
+        consumer.close()
+        job.join(30)
+    said = out.getvalue()
+    assert len(taken) == 2 and reports and reports[0].missing == 2, said
+    assert "no worker slot is attached to the job's queue" not in said, said
+    assert (
+        "no result came back, yet workers took tasks off the job's queue at manager transport "
+        "on 127.0.0.1:"
+    ) in said, said
+    assert (
+        "(2 of the 2 not answered are no longer queued: `distq dead-letters` lists those "
+        "dead-lettered), and no worker slot is attached to it now"
+    ) in said, said

@@ -169,7 +169,10 @@ class QueueStats:
     ``consumers`` is the number of worker slots attached to the queue (a worker with
     ``--concurrency C`` has C), as far as the broker can tell. ``in_flight_known`` is
     False where the broker's protocol cannot count every lease (then ``in_flight``
-    counts only this process's own).
+    counts only this process's own). ``redelivered`` counts the tasks a worker had and
+    gave up without settling (its lease lapsed: it crashed, or stalled; or it handed them
+    back), waiting to run again: None where the broker cannot tell (RabbitMQ, a manager
+    queue asked from another process).
     """
 
     ready: int
@@ -177,6 +180,7 @@ class QueueStats:
     dead: int
     consumers: int
     in_flight_known: bool = True
+    redelivered: int | None = None
 
 
 class Producer(abc.ABC):

@@ -547,11 +547,20 @@ class ManagerTransport(Transport):
             raise
 
     def stats(self) -> QueueStats:
-        """The counts, from the master, on the worker's :meth:`_inspect` proxy."""
+        """The counts, from the master, on the worker's :meth:`_inspect` proxy; the
+        tasks queued again after a worker had them in the master only (its own broker:
+        the wire's ``stats`` answers four counts, as a master of any version does)."""
         ready, in_flight, dead, consumers = self._inspect(
             lambda broker: _call(self.address, broker.stats, self._queue)
         )
-        return QueueStats(ready=ready, in_flight=in_flight, dead=dead, consumers=consumers)
+        broker = self._broker
+        return QueueStats(
+            ready=ready,
+            in_flight=in_flight,
+            dead=dead,
+            consumers=consumers,
+            redelivered=None if broker is None else broker.redelivered(self._queue),
+        )
 
     def close(self) -> None:
         # a worker's: their connections go with it, the calling thread's too: every proxy

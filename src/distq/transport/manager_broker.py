@@ -976,6 +976,13 @@ class QueueBroker:
             consumers = sum(1 for lease in self._leases.values() if lease.queue == queue)
             return ready, in_flight, len(self._queues.get(f"{queue}.dead", ())), consumers
 
+    def redelivered(self, queue: str) -> int:
+        """How many of ``queue``'s tasks are queued again after a worker had them (its
+        lease lapsed, or it handed them back): in the hosting process only, as its
+        transport's :meth:`~distq.transport.base.Transport.stats` asks; not on the wire."""
+        with self._lock:
+            return sum(1 for _, again in self._queues.get(queue, ()) if again)
+
     # -- internals (lock held) ------------------------------------------------
     def _queue(self, name: str) -> deque[tuple[bytes, bool]]:
         items = self._queues.get(name)

@@ -734,13 +734,18 @@ class RedisTransport(Transport):
         """``ready`` counts ``<queue>`` plus delayed retries and the tasks of lapsed leases
         (a worker killed: they wait to run again, until a sweep moves them back);
         ``in_flight`` the tasks of live leases; ``consumers`` the slots whose lease is live
-        (see ``redis_lua/stats.lua``)."""
+        (see ``redis_lua/stats.lua``); ``redelivered`` the tasks queued again after a
+        worker had them, and those of lapsed leases."""
         with self.errors():
-            ready, in_flight, dead, consumers = self.stats_script(
+            ready, in_flight, dead, consumers, again = self.stats_script(
                 self.client, self.keys(), ["", 0, self.inflight_prefix]
             )
         return QueueStats(
-            ready=int(ready), in_flight=int(in_flight), dead=int(dead), consumers=int(consumers)
+            ready=int(ready),
+            in_flight=int(in_flight),
+            dead=int(dead),
+            consumers=int(consumers),
+            redelivered=int(again),
         )
 
     def sweep(self, client: Commands) -> None:
