@@ -24,21 +24,7 @@ def notices(settings: Settings, role: Literal["master", "worker"]) -> list[Notic
         out.append(("info", f"tasks and results signed with key id {key_id(keys[0])}{accepted}"))
     if settings.transport != "manager":
         return out
-    host, port = settings.manager_address
-    plain = (
-        "the manager transport is not encrypted: tasks and results cross the network as "
-        "plain text (DISTQ_AUTHKEY only authenticates)"
-    )
-    if role == "master" and not is_loopback(host):
-        out.append(
-            (
-                "warning",
-                f"listening on {host_port(host, port)}, beyond this machine, and {plain}; "
-                "keep that network private, or use redis or rabbitmq over TLS",
-            )
-        )
-    else:
-        out.append(("info", plain))
+    out.append(_not_encrypted(*settings.manager_address, role))
     key = settings.authkey or b""
     if role == "master" and len(key) < MIN_KEY_LENGTH:
         out.append(
@@ -51,6 +37,30 @@ def notices(settings: Settings, role: Literal["master", "worker"]) -> list[Notic
             )
         )
     return out
+
+
+def _not_encrypted(host: str, port: int, role: Literal["master", "worker"]) -> Notice:
+    """What the manager transport does not protect, at the address a master listens on
+    or a worker reaches its master at. On loopback (127.0.0.1, ::1, localhost) nothing
+    crosses a network: it said "tasks and results cross the network as plain text" all
+    the same. Beyond it, a master's is a warning, and a worker's names its master."""
+    where = host_port(host, port)
+    if is_loopback(host):
+        return (
+            "info",
+            "the manager transport is not encrypted (DISTQ_AUTHKEY only authenticates): on "
+            f"the loopback address {where} tasks and results stay on this machine, unless "
+            "something forwards that port",
+        )
+    plain = "the manager transport is not encrypted: tasks and results cross the network"
+    authenticates = "as plain text (DISTQ_AUTHKEY only authenticates)"
+    if role == "worker":
+        return ("info", f"{plain} to and from the master at {where} {authenticates}")
+    return (
+        "warning",
+        f"listening on {where}, beyond this machine, and {plain} {authenticates}; keep "
+        "that network private, or use redis or rabbitmq over TLS",
+    )
 
 
 def is_loopback(host: str) -> bool:

@@ -6,6 +6,9 @@ line counts the keys a process accepts, not the entries of its list: a key given
 from __future__ import annotations
 
 import re
+from typing import Literal
+
+import pytest
 
 from distq.config import Settings
 from distq.security import notices
@@ -50,3 +53,51 @@ def test_the_manager_transport_says_it_is_not_encrypted() -> None:
     line = notices(signed, "worker")[0][1]
     assert re.search(r"signed with key id [0-9a-f]{8}; 2 keys accepted", line)
     assert notices(Settings.load({"DISTQ_TRANSPORT": "redis"}), "master") == []
+
+
+@pytest.mark.parametrize("role", ["master", "worker"])
+@pytest.mark.parametrize(
+    ("address", "shown"),
+    [
+        ("127.0.0.1:9000", "127.0.0.1:9000"),
+        ("[::1]:9000", "[::1]:9000"),
+        ("localhost:9000", "localhost:9000"),
+    ],
+)
+def test_on_loopback_the_manager_transport_says_nothing_crosses_a_network(
+    role: Literal["master", "worker"], address: str, shown: str
+) -> None:
+    """On a loopback address the line said "tasks and results cross the network as plain
+    text", where nothing crosses a network: it says they stay on this machine, and still
+    that the transport is not encrypted and the authkey only authenticates."""
+    settings = Settings.load({**KEY, "DISTQ_MANAGER_ADDRESS": address})
+    [(level, line)] = notices(settings, role)
+    assert level == "info", line
+    assert "cross the network" not in line, line
+    assert line == (
+        "the manager transport is not encrypted (DISTQ_AUTHKEY only authenticates): on the "
+        f"loopback address {shown} tasks and results stay on this machine, unless something "
+        "forwards that port"
+    )
+
+
+def test_beyond_loopback_a_master_warns_and_a_worker_names_its_master() -> None:
+    """Beyond loopback a master warns, as before; a worker says its tasks and results
+    cross the network as plain text, to and from the master at the address it reaches."""
+    settings = Settings.load({**KEY, "DISTQ_MANAGER_ADDRESS": "10.1.2.3:9000"})
+    assert notices(settings, "master") == [
+        (
+            "warning",
+            "listening on 10.1.2.3:9000, beyond this machine, and the manager transport is not "
+            "encrypted: tasks and results cross the network as plain text (DISTQ_AUTHKEY only "
+            "authenticates); keep that network private, or use redis or rabbitmq over TLS",
+        )
+    ]
+    assert notices(settings, "worker") == [
+        (
+            "info",
+            "the manager transport is not encrypted: tasks and results cross the network to "
+            "and from the master at 10.1.2.3:9000 as plain text (DISTQ_AUTHKEY only "
+            "authenticates)",
+        )
+    ]
