@@ -3126,20 +3126,23 @@ def test_stats_counts_a_lapsed_lease_as_ready_not_in_flight(
     """A worker SIGKILLed with tasks leased: ``distq status`` (and the master's queue depth
     by state) showed them in flight until a claim or sweep moved them back, though their
     lease had lapsed and they wait to run again. The slot that holds a live lease still
-    counts its tasks in flight, and stats moves nothing (a sweep does)."""
+    counts its tasks in flight, and stats moves nothing (a sweep does). The lapsed lease's
+    tasks count as redelivered (a worker had them) before the sweep as after it: a master
+    past its --timeout reads that a worker took its tasks, not to check its queue names."""
     t = open_transport(lease=0.5)
     t.producer(t.reply_queue("j")).submit(_bodies(3))
     dead, live = t.consumer("dead"), open_transport(lease=30).consumer("live")
     assert len(dead.fetch(2, timeout=1)) == 2  # then dropped, never settled nor closed
     assert len(live.fetch(1, timeout=1)) == 1
+    assert t.stats().redelivered == 0
     _outlive_lease(raw, t)
     assert raw.llen(dead.inflight_key) == 2  # not swept yet
     stats = t.stats()
-    assert (stats.ready, stats.in_flight, stats.consumers) == (2, 1, 1)
+    assert (stats.ready, stats.in_flight, stats.consumers, stats.redelivered) == (2, 1, 1, 2)
     assert raw.llen(dead.inflight_key) == 2  # stats swept nothing
     t.sweep(t.client)
     after = t.stats()
-    assert (after.ready, after.in_flight, after.consumers) == (2, 1, 1)
+    assert (after.ready, after.in_flight, after.consumers, after.redelivered) == (2, 1, 1, 2)
     assert raw.llen(dead.inflight_key) == 0
 
 
