@@ -921,18 +921,20 @@ class _Run(Generic[E]):
     def _taken_and_dropped(self, stats: QueueStats) -> str:
         """What the broker's counts say workers took of the job's tasks and gave up on
         without a result, "" when nothing: the queue's tasks queued again after a worker
-        had them (its lease lapsed: the queue's, which may hold other jobs' too), and the
-        job's tasks not answered that the queue no longer holds (dead-lettered, say). Not
-        where the broker does not count every lease (RabbitMQ): there a slot running a task
-        past its lease holds it, alive, and is not counted as attached."""
+        had them (it handed them back, as a stop does, or its lease lapsed: the queue's,
+        which may hold other jobs' too), and the job's tasks not answered that the queue
+        no longer holds (dead-lettered, say). Not where the broker does not count every
+        lease (RabbitMQ): there a slot running a task past its lease holds it, alive, and
+        is not counted as attached."""
         outstanding = self.collector.outstanding
         counted = stats.ready + stats.in_flight if stats.in_flight_known else outstanding
         gone = outstanding - min(outstanding, counted)
         said = []
-        if stats.redelivered:
+        if stats.redelivered:  # on Redis and manager alike, handed back or lapsed
+            tasks = "task" if stats.redelivered == 1 else "tasks"
             said.append(
-                f"the queue holds {stats.redelivered} a worker had and gave up unanswered, "
-                "its lease lapsed"
+                f"the queue holds {stats.redelivered} {tasks} a worker had and gave up "
+                "unanswered: it handed them back, or its lease lapsed"
             )
         if gone:
             dead = ": `distq dead-letters` lists those dead-lettered" if stats.dead else ""

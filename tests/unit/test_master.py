@@ -792,3 +792,31 @@ def test_a_job_whose_tasks_a_gone_worker_took_off_the_queue_says_so(
         "(2 of the 2 not answered are no longer queued: `distq dead-letters` lists those "
         "dead-lettered), and no worker slot is attached to it now"
     ) in said, said
+
+
+def test_a_job_whose_tasks_a_gone_worker_handed_back_says_so_not_that_its_lease_lapsed(
+    transport: Transport,
+) -> None:
+    """A worker took the job's tasks and handed them back unrun as it stopped (a second
+    SIGTERM): the job's end said "the queue holds 2 a worker had and gave up unanswered,
+    its lease lapsed", a lease that never lapsed. It says the worker handed them back or
+    its lease lapsed, and counts them as tasks."""
+    out = io.StringIO()
+    reports: list[JobReport] = []
+    master = Master(transport, Console(out=out, err=out))
+    job = threading.Thread(
+        target=lambda: reports.append(master.run(JobSpec(tasks=2, timeout=2), Squares(seed=1)))
+    )
+    job.start()
+    consumer = transport.consumer("stops")
+    try:
+        taken = fetch_n(consumer, 2)
+    finally:
+        consumer.close()  # unsettled: handed back
+        job.join(30)
+    said = out.getvalue()
+    assert len(taken) == 2 and reports and reports[0].missing == 2, said
+    assert (
+        "(the queue holds 2 tasks a worker had and gave up unanswered: it handed them back, "
+        "or its lease lapsed), and no worker slot is attached to it now"
+    ) in said, said
