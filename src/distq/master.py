@@ -938,7 +938,8 @@ class _Run(Generic[E]):
             )
         if gone:
             dead = ": `distq dead-letters` lists those dead-lettered" if stats.dead else ""
-            said.append(f"{gone} of the {outstanding} not answered are no longer queued{dead}")
+            are = "is" if gone == 1 else "are"
+            said.append(f"{gone} of the {outstanding} not answered {are} no longer queued{dead}")
         return "; ".join(said)
 
     def _finish(self, elapsed: float) -> JobReport:

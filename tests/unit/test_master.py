@@ -820,3 +820,27 @@ def test_a_job_whose_tasks_a_gone_worker_handed_back_says_so_not_that_its_lease_
         "(the queue holds 2 tasks a worker had and gave up unanswered: it handed them back, "
         "or its lease lapsed), and no worker slot is attached to it now"
     ) in said, said
+
+
+def test_a_job_one_of_whose_tasks_a_gone_worker_took_says_one_is_no_longer_queued(
+    transport: Transport,
+) -> None:
+    """A worker took one of the job's two tasks, dead-lettered it and left: the job's end
+    said "1 of the 2 not answered are no longer queued". One is."""
+    out = io.StringIO()
+    reports: list[JobReport] = []
+    master = Master(transport, Console(out=out, err=out))
+    job = threading.Thread(
+        target=lambda: reports.append(master.run(JobSpec(tasks=2, timeout=2), Squares(seed=1)))
+    )
+    job.start()
+    consumer = transport.consumer("leaves")
+    try:
+        taken = fetch_n(consumer, 1)
+        consumer.settle([Settlement(d, dead_letter=b"dead") for d in taken])
+    finally:
+        consumer.close()
+        job.join(30)
+    said = out.getvalue()
+    assert len(taken) == 1 and reports and reports[0].missing == 2, said
+    assert "(1 of the 2 not answered is no longer queued: `distq dead-letters` lists" in said, said
