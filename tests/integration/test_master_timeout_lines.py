@@ -19,7 +19,7 @@ from distq.console import Console
 from distq.envelope import Task
 from distq.master import JobReport, JobSpec, Master, Workload
 from distq.squares import Squares
-from distq.transport import Transport
+from distq.transport import Settlement, Transport
 from procs import Spawn
 from seam import fetch_n
 
@@ -194,6 +194,42 @@ def test_a_job_whose_worker_crashed_on_its_tasks_says_so_not_to_check_the_queue_
         r"queue holds (1 task|2 tasks) a worker had and gave up unanswered: it handed them "
         r"back, or its lease lapsed\), and no "
         r"worker slot is attached to it now: they may have crashed on a task",
+        said,
+        re.M,
+    ), said
+
+
+def test_a_job_whose_tasks_a_worker_dead_lettered_and_left_says_so_on_every_transport(
+    target: Target, hosted: Transport, remote: Transport
+) -> None:
+    """A worker took the job's two tasks, dead-lettered them without a result, and left.
+    Only a manager queue was tested: on Redis too the tasks are no longer queued, and the
+    line says workers took them and where the dead letters are listed; RabbitMQ, whose
+    counts do not say, asks both."""
+    out = io.StringIO()
+    reports: list[JobReport] = []
+    master = Master(hosted, Console(out=out, err=out))
+    run = threading.Thread(
+        target=lambda: reports.append(master.run(JobSpec(tasks=2, timeout=3), Squares(seed=1)))
+    )
+    run.start()
+    consumer = remote.consumer("leaves")
+    try:
+        taken = fetch_n(consumer, 2)
+        consumer.settle([Settlement(d, dead_letter=b"dead") for d in taken])
+    finally:
+        consumer.close()
+        run.join(30)
+    said = out.getvalue()
+    assert len(taken) == 2 and reports and reports[0].missing == 2, said
+    if target.name == "rabbitmq":
+        assert "? Or did they take the job's tasks and crash on one? This broker" in said, said
+        return
+    assert "no worker slot is attached to the job's queue" not in said, said
+    assert re.search(
+        r"^distq: no result came back, yet workers took tasks off the job's queue at .+ \(2 of "
+        r"the 2 not answered are no longer queued: `distq dead-letters` lists those "
+        r"dead-lettered\), and no worker slot is attached to it now",
         said,
         re.M,
     ), said
