@@ -16,6 +16,8 @@ from distq.dispatcher import Dispatcher, Entry
 from distq.ending import Ending, Endings
 from distq.envelope import DeadLetter, Result, Task, new_id
 from distq.futures import Callbacks, DistqFuture
+from distq.master import JobReport, JobSpec, Master
+from distq.squares import Squares
 from distq.tasks import Registry
 from distq.transport import (
     Consumer,
@@ -192,3 +194,32 @@ def run_remote_worker(
     finally:
         remote.close()
     return worker, out.getvalue()
+
+
+def job_a_worker_left(
+    master_side: Transport,
+    worker_side: Transport,
+    take: int,
+    dead_letter: bool,
+    timeout: float = 2.0,
+) -> tuple[str, int]:
+    """A squares job of 2 tasks run on ``master_side`` to its ``timeout``, while a consumer
+    on ``worker_side`` takes ``take`` of them, dead-letters them (else hands them back
+    unsettled) and leaves, with no worker slot after it: what the master said (its
+    report missing both), and how many tasks the consumer took."""
+    out = io.StringIO()
+    reports: list[JobReport] = []
+    master = Master(master_side, Console(out=out, err=out))
+    spec = JobSpec(tasks=2, timeout=timeout)
+    job = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(seed=1))))
+    job.start()
+    consumer = worker_side.consumer("leaves")
+    try:
+        taken = fetch_n(consumer, take)
+        if dead_letter:
+            consumer.settle([Settlement(d, dead_letter=b"dead") for d in taken])
+    finally:
+        consumer.close()
+        job.join(30)
+    assert reports and reports[0].missing == 2, out.getvalue()
+    return out.getvalue(), len(taken)

@@ -19,9 +19,9 @@ from distq.console import Console
 from distq.envelope import Task
 from distq.master import JobReport, JobSpec, Master, Workload
 from distq.squares import Squares
-from distq.transport import Settlement, Transport
+from distq.transport import Transport
 from procs import Spawn
-from seam import fetch_n
+from seam import fetch_n, job_a_worker_left
 
 pytestmark = pytest.mark.integration
 
@@ -206,22 +206,8 @@ def test_a_job_whose_tasks_a_worker_dead_lettered_and_left_says_so_on_every_tran
     Only a manager queue was tested: on Redis too the tasks are no longer queued, and the
     line says workers took them and where the dead letters are listed; RabbitMQ, whose
     counts do not say, asks both."""
-    out = io.StringIO()
-    reports: list[JobReport] = []
-    master = Master(hosted, Console(out=out, err=out))
-    run = threading.Thread(
-        target=lambda: reports.append(master.run(JobSpec(tasks=2, timeout=3), Squares(seed=1)))
-    )
-    run.start()
-    consumer = remote.consumer("leaves")
-    try:
-        taken = fetch_n(consumer, 2)
-        consumer.settle([Settlement(d, dead_letter=b"dead") for d in taken])
-    finally:
-        consumer.close()
-        run.join(30)
-    said = out.getvalue()
-    assert len(taken) == 2 and reports and reports[0].missing == 2, said
+    said, taken = job_a_worker_left(hosted, remote, take=2, dead_letter=True, timeout=3)
+    assert taken == 2, said
     if target.name == "rabbitmq":
         assert "? Or did they take the job's tasks and crash on one? This broker" in said, said
         return

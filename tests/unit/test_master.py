@@ -36,7 +36,7 @@ from distq.telemetry import MasterTelemetry
 from distq.transport import Settlement, Transport
 from distq.transport.base import Producer
 from distq.transport.manager import ManagerConsumer, ManagerProducer
-from seam import error_result, fetch_n, ok_result
+from seam import error_result, job_a_worker_left, ok_result
 
 
 def serve(
@@ -767,22 +767,8 @@ def test_a_job_whose_tasks_a_gone_worker_took_off_the_queue_says_so(
     job's end said "no worker slot is attached ...: are the workers running, with this
     DISTQ_QUEUE ...?", queue names that were right. Its tasks are no longer queued: the
     line says workers took them, and where the dead-lettered ones are listed."""
-    out = io.StringIO()
-    reports: list[JobReport] = []
-    master = Master(transport, Console(out=out, err=out))
-    job = threading.Thread(
-        target=lambda: reports.append(master.run(JobSpec(tasks=2, timeout=2), Squares(seed=1)))
-    )
-    job.start()
-    consumer = transport.consumer("leaves")
-    try:
-        taken = fetch_n(consumer, 2)
-        consumer.settle([Settlement(d, dead_letter=b"dead") for d in taken])
-    finally:
-        consumer.close()
-        job.join(30)
-    said = out.getvalue()
-    assert len(taken) == 2 and reports and reports[0].missing == 2, said
+    said, taken = job_a_worker_left(transport, transport, take=2, dead_letter=True)
+    assert taken == 2, said
     assert "no worker slot is attached to the job's queue" not in said, said
     assert (
         "no result came back, yet workers took tasks off the job's queue at manager transport "
@@ -801,21 +787,8 @@ def test_a_job_whose_tasks_a_gone_worker_handed_back_says_so_not_that_its_lease_
     SIGTERM): the job's end said "the queue holds 2 a worker had and gave up unanswered,
     its lease lapsed", a lease that never lapsed. It says the worker handed them back or
     its lease lapsed, and counts them as tasks."""
-    out = io.StringIO()
-    reports: list[JobReport] = []
-    master = Master(transport, Console(out=out, err=out))
-    job = threading.Thread(
-        target=lambda: reports.append(master.run(JobSpec(tasks=2, timeout=2), Squares(seed=1)))
-    )
-    job.start()
-    consumer = transport.consumer("stops")
-    try:
-        taken = fetch_n(consumer, 2)
-    finally:
-        consumer.close()  # unsettled: handed back
-        job.join(30)
-    said = out.getvalue()
-    assert len(taken) == 2 and reports and reports[0].missing == 2, said
+    said, taken = job_a_worker_left(transport, transport, take=2, dead_letter=False)
+    assert taken == 2, said
     assert (
         "(the queue holds 2 tasks a worker had and gave up unanswered: it handed them back, "
         "or its lease lapsed), and no worker slot is attached to it now"
@@ -827,20 +800,6 @@ def test_a_job_one_of_whose_tasks_a_gone_worker_took_says_one_is_no_longer_queue
 ) -> None:
     """A worker took one of the job's two tasks, dead-lettered it and left: the job's end
     said "1 of the 2 not answered are no longer queued". One is."""
-    out = io.StringIO()
-    reports: list[JobReport] = []
-    master = Master(transport, Console(out=out, err=out))
-    job = threading.Thread(
-        target=lambda: reports.append(master.run(JobSpec(tasks=2, timeout=2), Squares(seed=1)))
-    )
-    job.start()
-    consumer = transport.consumer("leaves")
-    try:
-        taken = fetch_n(consumer, 1)
-        consumer.settle([Settlement(d, dead_letter=b"dead") for d in taken])
-    finally:
-        consumer.close()
-        job.join(30)
-    said = out.getvalue()
-    assert len(taken) == 1 and reports and reports[0].missing == 2, said
+    said, taken = job_a_worker_left(transport, transport, take=1, dead_letter=True)
+    assert taken == 1, said
     assert "(1 of the 2 not answered is no longer queued: `distq dead-letters` lists" in said, said

@@ -296,6 +296,35 @@ def test_retry_bodies_hold_a_retry_signed_by_any_key_the_master_accepts() -> Non
     ]
 
 
+def withdraws_asked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many bodies each of the manager producer's withdraws asks for, from now on
+    (each still withdraws them)."""
+    asked: list[int] = []
+    original = ManagerProducer.withdraw
+
+    def counted(self: ManagerProducer, bodies: Sequence[bytes]) -> list[bool]:
+        asked.append(len(bodies))
+        return original(self, bodies)
+
+    monkeypatch.setattr(ManagerProducer, "withdraw", counted)
+    return asked
+
+
+def started_job(
+    transport: Transport, spec: JobSpec, work: Squares
+) -> tuple[threading.Event, threading.Thread, io.StringIO, list[JobReport]]:
+    """A master's job of ``spec`` and ``work`` on ``transport``, started in a thread: the
+    event that stops it, the thread, what the master says, and the list its report goes
+    in as it ends."""
+    stop = threading.Event()
+    out = io.StringIO()
+    master = Master(transport, Console(out=out, err=out))
+    reports: list[JobReport] = []
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, work, stop)))
+    run.start()
+    return stop, run, out, reports
+
+
 def test_a_stop_looks_for_every_tasks_next_attempt_before_any_later_one(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -305,22 +334,9 @@ def test_a_stop_looks_for_every_tasks_next_attempt_before_any_later_one(
     (Redis) and 11,070 (manager) of their retries left queued. Every task's second
     attempt is now looked for before any third: one body a task here."""
     tasks = 50
-    asked: list[int] = []
-    original = ManagerProducer.withdraw
-
-    def counted(self: ManagerProducer, bodies: Sequence[bytes]) -> list[bool]:
-        asked.append(len(bodies))
-        return original(self, bodies)
-
-    monkeypatch.setattr(ManagerProducer, "withdraw", counted)
-    stop = threading.Event()
-    out = io.StringIO()
-    master = Master(transport, Console(out=out, err=out))
-    reports: list[JobReport] = []
+    asked = withdraws_asked(monkeypatch)
     spec = JobSpec(tasks=tasks, drain_seconds=0.5)
-    work = Squares(max_attempts=100)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, work, stop)))
-    run.start()
+    stop, run, out, reports = started_job(transport, spec, Squares(max_attempts=100))
     with held_until_stopped(transport.consumer("failing-worker"), stop, run) as consumer:
         taken = fetch_n(consumer, tasks)
         assert len(taken) == tasks, out.getvalue()
@@ -339,22 +355,9 @@ def test_a_stop_looks_only_for_the_retries_its_tasks_age_allows(
     send (attempts 2 to 4 or 5, each look), not all 9,999 of each task. The unit tests of
     the search give it an age by hand: this is the master's, through its collector."""
     tasks = 5
-    asked: list[int] = []
-    original = ManagerProducer.withdraw
-
-    def counted(self: ManagerProducer, bodies: Sequence[bytes]) -> list[bool]:
-        asked.append(len(bodies))
-        return original(self, bodies)
-
-    monkeypatch.setattr(ManagerProducer, "withdraw", counted)
-    stop = threading.Event()
-    out = io.StringIO()
-    master = Master(transport, Console(out=out, err=out))
-    reports: list[JobReport] = []
+    asked = withdraws_asked(monkeypatch)
     spec = JobSpec(tasks=tasks, drain_seconds=0.2)
-    work = Squares(max_attempts=MOST_ATTEMPTS)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, work, stop)))
-    run.start()
+    stop, run, out, reports = started_job(transport, spec, Squares(max_attempts=MOST_ATTEMPTS))
     with held_until_stopped(transport.consumer("holding-worker"), stop, run) as consumer:
         assert len(fetch_n(consumer, tasks)) == tasks, out.getvalue()
     assert reports and reports[0].missing == tasks, out.getvalue()
