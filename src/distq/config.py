@@ -15,7 +15,6 @@ the master's ``--connect-timeout`` and ``--task-delay``, nor ``distq probe``'s
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -39,7 +38,8 @@ from distq.limits import (
     MAX_PREFETCH,
     MIN_MESSAGE_BYTES,
 )
-from distq.ranges import out_of_range, too_long, whole_numbers
+from distq.ranges import PORT
+from distq.ranges import Number as _Number
 from distq.ranges import shown_number as shown_number
 from distq.timelimits import TimeLimits
 from distq.transport import TRANSPORTS
@@ -221,67 +221,8 @@ def _queue(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class _Number(Generic[_N]):
-    """A number setting's parser (text -> value) and its range, which :meth:`check` also
-    applies to a value given as a number (a program's ``Settings``, an Executor keyword)."""
-
-    kind: type[_N]
-    low: _N
-    high: _N
-    unit: str = ""
-
-    @property
-    def word(self) -> str:
-        return "a whole number" if self.kind is int else "a number"
-
-    def __call__(self, text: str) -> _N:
-        # whole numbers in ASCII digits only, as `distq probe` reads the metrics port:
-        # int() also takes "+9_100" and other scripts' digits
-        whole = re.fullmatch(r"-?[0-9]+", text) is not None
-        try:
-            if self.kind is int and not whole:
-                raise ValueError
-            value = self.kind(text)
-        except ValueError:
-            if whole:  # past int()'s digits (4300 unless set): no other whole number fails
-                raise ValueError(too_long(text, self._span())) from None
-            raise ValueError(f"is {text!r}, not {self.word}") from None
-        if whole and self.kind is float and math.isinf(value):  # 400 digits: "is inf"
-            raise ValueError(too_long(text, self._span()))
-        return self._in_range(value)
-
-    def check(self, value: object) -> None:
-        """Raise ``ValueError`` ("is ...; use ...") unless ``value`` is a number of this
-        kind in range: bool, nan, inf and an int past what a float holds are not."""
-        kinds = (int,) if self.kind is int else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            raise ValueError(f"is {value!r:.40}, not {self.word}; use {self._span()}")
-        self._in_range(value)
-
-    def _in_range(self, value: Any) -> _N:
-        if not self.low <= value <= self.high:  # NaN is in no range
-            raise ValueError(out_of_range(shown_number(value), self._span()))
-        return value  # type: ignore[no-any-return]
-
-    def _span(self) -> str:
-        if self.kind is int:
-            return whole_numbers(int(self.low), int(self.high)) + self.unit + self._mib()
-        return f"{self.word} from {shown_number(self.low)} to {shown_number(self.high)}{self.unit}"
-
-    def _mib(self) -> str:
-        return (
-            f" ({int(self.high) // _MIB} MiB)"
-            if self.unit == " bytes" and self.high % _MIB == 0
-            else ""
-        )
-
-
 def _number(kind: type[_N], low: _N, high: _N, unit: str = "") -> _Number[_N]:
     return _Number(kind, low, high, unit)
-
-
-_MIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -425,7 +366,7 @@ class Settings:
         "DISTQ_METRICS_PORT",
         "--metrics-port",
         None,
-        _optional(_number(int, 1, 65535)),  # 0 would be a port no probe can find
+        _optional(PORT),  # 0 would be a port no probe can find; `distq probe` reads it so
         "serve /metrics, /healthz and /readyz on this port",
         shown_default="(off)",
     )

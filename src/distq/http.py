@@ -10,7 +10,8 @@ anything else 404
 ============  ==========================================================================
 
 A request only reads state the process keeps (:mod:`distq.health`): no broker call,
-so probes cost the task path nothing. :func:`probe` is the client ``distq probe`` uses.
+so probes cost the task path nothing. ``distq probe`` is its client (:mod:`distq.probe`,
+which imports none of this module: a healthcheck's start stays short).
 
 Clients that are slow or never finish cannot pile up: a connection has
 ``REQUEST_TIMEOUT`` seconds from accept to send its whole request (request line and
@@ -23,7 +24,6 @@ once (one more is closed at once, unanswered). An IPv6 ``DISTQ_METRICS_HOST`` (`
 from __future__ import annotations
 
 import errno
-import http.client
 import io
 import ipaddress
 import json
@@ -239,40 +239,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: a scrape every few seconds is not news."""
-
-
-#: Most bytes of an answer :func:`probe` reads (1 MiB): distq's own ``/healthz`` and
-#: ``/readyz`` are a line of JSON, well under 1 KiB, and its ``/metrics`` some hundreds
-#: of KiB with thousands of series. More is another server's (a large file, a stream
-#: that never ends), which the probe held in memory whole.
-MAX_ANSWER_BYTES = 1 << 20
-_READ = 64 << 10
-
-
-class AnswerTooLarge(Exception):
-    """An endpoint answered a :func:`probe` with more than :data:`MAX_ANSWER_BYTES`."""
-
-
-def probe(path: str, host: str, port: int, timeout: float) -> tuple[int, str]:
-    """GET ``path`` from a local endpoint: (HTTP status, body). Raises OSError if none
-    answers, :class:`AnswerTooLarge` past :data:`MAX_ANSWER_BYTES`, read no further."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, _answer(response).decode(errors="replace")
-    finally:
-        connection.close()
-
-
-def _answer(response: http.client.HTTPResponse) -> bytes:
-    """The body of ``response``, read no further than one byte past the limit."""
-    parts: list[bytes] = []
-    size = 0
-    while size <= MAX_ANSWER_BYTES:
-        part = response.read(min(_READ, MAX_ANSWER_BYTES + 1 - size))
-        if not part:
-            return b"".join(parts)
-        parts.append(part)
-        size += len(part)
-    raise AnswerTooLarge(MAX_ANSWER_BYTES)

@@ -3,7 +3,7 @@
 GETs ``/healthz`` or ``/readyz`` from the endpoint on ``DISTQ_METRICS_PORT`` (images
 and compose healthchecks run it: no curl needed), prints the JSON body and exits 0 on
 200, 1 on anything else, no answer, or one of more than
-:data:`~distq.http.MAX_ANSWER_BYTES` (another server's), 2 when no port is known.
+:data:`MAX_ANSWER_BYTES` (another server's), 2 when no port is known.
 """
 
 from __future__ import annotations
@@ -12,23 +12,60 @@ import argparse
 import contextlib
 import errno
 import http.client
+import os
 import signal
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from distq import flagtypes
+from distq import flagtypes, startup
 from distq.addresses import url_host_port
-from distq.config import SETTINGS
-from distq.console import Console, say
-from distq.http import MAX_ANSWER_BYTES, AnswerTooLarge, probe
+from distq.console import Console, escaping, say
+from distq.logs import make_console
+from distq.ranges import PORT
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
-#: The setting of the endpoint's port, read as the process reads it.
-_METRICS_PORT = next(entry for entry in SETTINGS if entry.variable == "DISTQ_METRICS_PORT")
 _WILDCARDS = ("", "0.0.0.0", "::", "[::]")
 _WILDCARDS_V6 = ("::", "[::]")
 #: What a connect to ::1 raises on a machine without an IPv6 loopback.
 _UNREACHED = (errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EAFNOSUPPORT)
+
+
+#: Most bytes of an answer :func:`probe` reads (1 MiB): distq's own ``/healthz`` and
+#: ``/readyz`` are a line of JSON, well under 1 KiB, and its ``/metrics`` some hundreds
+#: of KiB with thousands of series. More is another server's (a large file, a stream
+#: that never ends), which the probe held in memory whole.
+MAX_ANSWER_BYTES = 1 << 20
+_READ = 64 << 10
+
+
+class AnswerTooLarge(Exception):
+    """An endpoint answered a :func:`probe` with more than :data:`MAX_ANSWER_BYTES`."""
+
+
+def probe(path: str, host: str, port: int, timeout: float) -> tuple[int, str]:
+    """GET ``path`` from a local endpoint: (HTTP status, body). Raises OSError if none
+    answers, :class:`AnswerTooLarge` past :data:`MAX_ANSWER_BYTES`, read no further."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, _answer(response).decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def _answer(response: http.client.HTTPResponse) -> bytes:
+    """The body of ``response``, read no further than one byte past the limit."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= MAX_ANSWER_BYTES:
+        part = response.read(min(_READ, MAX_ANSWER_BYTES + 1 - size))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+    raise AnswerTooLarge(MAX_ANSWER_BYTES)
 
 
 def add_probe_parser(roles: Any) -> None:
@@ -57,13 +94,26 @@ def add_probe_parser(roles: Any) -> None:
     )
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``distq probe ...`` on its own (:func:`distq.startup.main` sends it here): the
+    parser :func:`distq.cli.main` builds for it, without the other commands' imports."""
+    escaping(sys.stdout, sys.stderr)  # an ASCII locale: escaped, not a failure
+    parser = argparse.ArgumentParser(prog="distq")
+    add_probe_parser(parser.add_subparsers(dest="role", required=True))
+    args = parser.parse_args(argv)
+    startup.hand_back()  # its signals as Python's defaults take them
+    wanted = os.environ.get("DISTQ_LOG_FORMAT", "").strip()
+    return run_probe(args, os.environ, make_console(wanted, "probe", args.quiet))
+
+
 def run_probe(args: argparse.Namespace, environ: Mapping[str, str], console: Console) -> int:
     """Run ``distq probe``; return its exit code. Its errors go through ``console`` (a
     JSON line each under ``DISTQ_LOG_FORMAT=json``); the answer is printed as it came."""
     port = args.port
     if port is None:
         try:  # as the process read it: its 5,000 digits were a ValueError traceback
-            port = _METRICS_PORT.read(environ.get(_METRICS_PORT.variable, ""))
+            text = environ.get("DISTQ_METRICS_PORT", "").strip()  # as its setting reads it
+            port = PORT(text) if text else None
         except ValueError as exc:  # "is 70000; use a whole number from 1 to 65535"
             port, problem = None, str(exc)
         else:

@@ -7,6 +7,13 @@ what follows the name of what gave it: ``is 0; use a whole number from 1 to 1000
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+_N = TypeVar("_N", int, float)
+#: A mebibyte, which a range of bytes is said in too when it is whole ones.
+MIB = 1 << 20
 
 
 def shown_number(value: float) -> str:
@@ -55,3 +62,63 @@ def shown_digits(digits: str) -> str:
     if len(significant) > 30:
         return f"about {sign}10**{len(significant) - 1}"
     return shown_number(int(sign + (significant or "0")))
+
+
+@dataclass(frozen=True)
+class Number(Generic[_N]):
+    """A number setting's parser (text -> value) and its range, which :meth:`check` also
+    applies to a value given as a number (a program's ``Settings``, an Executor keyword)."""
+
+    kind: type[_N]
+    low: _N
+    high: _N
+    unit: str = ""
+
+    @property
+    def word(self) -> str:
+        return "a whole number" if self.kind is int else "a number"
+
+    def __call__(self, text: str) -> _N:
+        # whole numbers in ASCII digits only, as `distq probe` reads the metrics port:
+        # int() also takes "+9_100" and other scripts' digits
+        whole = re.fullmatch(r"-?[0-9]+", text) is not None
+        try:
+            if self.kind is int and not whole:
+                raise ValueError
+            value = self.kind(text)
+        except ValueError:
+            if whole:  # past int()'s digits (4300 unless set): no other whole number fails
+                raise ValueError(too_long(text, self._span())) from None
+            raise ValueError(f"is {text!r}, not {self.word}") from None
+        if whole and self.kind is float and math.isinf(value):  # 400 digits: "is inf"
+            raise ValueError(too_long(text, self._span()))
+        return self._in_range(value)
+
+    def check(self, value: object) -> None:
+        """Raise ``ValueError`` ("is ...; use ...") unless ``value`` is a number of this
+        kind in range: bool, nan, inf and an int past what a float holds are not."""
+        kinds = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"is {value!r:.40}, not {self.word}; use {self._span()}")
+        self._in_range(value)
+
+    def _in_range(self, value: Any) -> _N:
+        if not self.low <= value <= self.high:  # NaN is in no range
+            raise ValueError(out_of_range(shown_number(value), self._span()))
+        return value  # type: ignore[no-any-return]
+
+    def _span(self) -> str:
+        if self.kind is int:
+            return whole_numbers(int(self.low), int(self.high)) + self.unit + self._mib()
+        return f"{self.word} from {shown_number(self.low)} to {shown_number(self.high)}{self.unit}"
+
+    def _mib(self) -> str:
+        return (
+            f" ({int(self.high) // MIB} MiB)"
+            if self.unit == " bytes" and self.high % MIB == 0
+            else ""
+        )
+
+
+#: A TCP port, as the settings read one (``DISTQ_METRICS_PORT``) and ``distq probe`` too.
+PORT = Number(int, 1, 65535)

@@ -76,8 +76,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     (the containers' entrypoints too: a pod's SIGTERM may come as it starts)."""
     hold()
     try:
+        if _probe(argv):  # a healthcheck, run every few seconds: none of the rest imported
+            from distq.probe import main as probe_main
+
+            return probe_main(argv)
         from distq.cli import main as cli_main  # the imports held signals wait out
 
         return cli_main(argv)
     finally:
         hand_back()  # a command that put in no handlers: as it would have gone
+
+
+def _probe(argv: Sequence[str] | None) -> bool:
+    """Whether the command is ``distq probe``: what a compose healthcheck runs in each
+    container every 5 s, which took 0.25 s of CPU to import all of distq (a fifth of a
+    core for a master and three workers), 0.05 s with only what a probe uses."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    return bool(args) and args[0] == "probe"
