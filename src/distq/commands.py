@@ -24,7 +24,7 @@ import signal
 import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -47,12 +47,13 @@ from distq.errors import (
     TransportError,
     VersionMismatch,
 )
-from distq.executor import Executor
-from distq.futures import DistqFuture
 from distq.jsonvalue import MAX_DEPTH, check_arguments, quoted_ends
 from distq.management import ManagementApi, ManagementError
 from distq.signing import newer_format
 from distq.transport import QueueStats, Revive, Transport, open_transport
+
+if TYPE_CHECKING:
+    from distq.futures import DistqFuture
 
 COMMANDS = ("submit", "status", "dead-letters", "requeue-dead")
 EXIT_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3
@@ -319,6 +320,8 @@ def _submit_and_wait(
     kwargs: dict[str, Any],
 ) -> int:
     """``submit --wait``: the task through an executor, and its result printed."""
+    from distq.executor import Executor  # only here: 0.1 s of every other command's start
+
     try:
         startup.hand_back()  # a signal held while distq imported: as one now (SIGTERM too)
         executor = Executor(settings, host=False, max_attempts=args.max_attempts)

@@ -35,8 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
-import pika
-
 from distq.addresses import host_port
 from distq.config import Settings
 from distq.credentials import mask_url
@@ -138,6 +136,8 @@ class ManagementApi:
         self.shown = mask_url(url)
         netloc = host_port(parts.hostname or "", parts.port)
         base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        import pika  # here, not at import: every command imports this module, few use it
+
         vhost = pika.URLParameters(amqp_url).virtual_host
         self.queue = queue
         self.vhost = vhost
