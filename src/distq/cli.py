@@ -56,7 +56,7 @@ from distq.logs import make_console
 from distq.management import delivery_limit_warning
 from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
-from distq.probe import add_probe_parser, run_probe
+from distq.probe import add_probe_parser, command_parser, run_probe
 from distq.security import notices
 from distq.signals import (
     exit_now,
@@ -110,15 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         )
     common.add_argument("--quiet", "-q", action="store_true", help="print only summaries")
 
-    parser = argparse.ArgumentParser(
-        prog="distq", description="Distributed master/worker tasks with at-least-once delivery."
-    )
-    parser.add_argument("--version", action="version", version=f"distq {__version__}")
-    roles = parser.add_subparsers(
-        dest="role",
-        required=True,
-        metavar="{master,worker,probe,submit,status,dead-letters,requeue-dead}",
-    )
+    parser, roles = command_parser()
 
     master = roles.add_parser("master", parents=[common], help="submit the squares job")
     master.add_argument(

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from distq import flagtypes, startup
+from distq import __version__, flagtypes, startup
 from distq.addresses import url_host_port
 from distq.console import Console, escaping, say
 from distq.logs import make_console
@@ -68,6 +68,22 @@ def _answer(response: http.client.HTTPResponse) -> bytes:
     raise AnswerTooLarge(MAX_ANSWER_BYTES)
 
 
+def command_parser() -> tuple[argparse.ArgumentParser, Any]:
+    """The ``distq`` parser and its subparsers object, no command added yet: the one
+    :func:`distq.cli.main` adds every command to, and :func:`main` only ``probe``, so
+    their usage lines (said with an argument ``probe`` does not take) are the same."""
+    parser = argparse.ArgumentParser(
+        prog="distq", description="Distributed master/worker tasks with at-least-once delivery."
+    )
+    parser.add_argument("--version", action="version", version=f"distq {__version__}")
+    roles = parser.add_subparsers(
+        dest="role",
+        required=True,
+        metavar="{master,worker,probe,submit,status,dead-letters,requeue-dead}",
+    )
+    return parser, roles
+
+
 def add_probe_parser(roles: Any) -> None:
     """Add ``probe`` to the subcommands (``roles`` is argparse's subparsers object)."""
     parser = roles.add_parser(
@@ -98,8 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``distq probe ...`` on its own (:func:`distq.startup.main` sends it here): the
     parser :func:`distq.cli.main` builds for it, without the other commands' imports."""
     escaping(sys.stdout, sys.stderr)  # an ASCII locale: escaped, not a failure
-    parser = argparse.ArgumentParser(prog="distq")
-    add_probe_parser(parser.add_subparsers(dest="role", required=True))
+    parser, roles = command_parser()
+    add_probe_parser(roles)
     args = parser.parse_args(argv)
     startup.hand_back()  # its signals as Python's defaults take them
     wanted = os.environ.get("DISTQ_LOG_FORMAT", "").strip()

@@ -511,6 +511,39 @@ def test_distq_probe_imports_only_what_a_probe_uses() -> None:
     assert "no answer from http://127.0.0.1:" in done.stderr
 
 
+def _parsed_by(entry: str, args: list[str]) -> tuple[int, str, str]:
+    """``main(args)`` of ``entry`` (``distq.startup``: the command's own; ``distq.cli``:
+    the full parser) in a process of its own: its exit code, stdout and stderr."""
+    program = f"import sys\nfrom {entry} import main\nsys.exit(main({args!r}))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env=checkout_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["probe", "healthz", "extra"],
+        ["probe", "healthz", "--bogus"],
+        ["probe", "healthz", "--version"],
+        ["probe"],
+        ["probe", "healthz", "--port", "x"],
+        ["probe", "--help"],
+    ],
+)
+def test_distq_probe_on_its_own_parses_as_the_full_command_did(args: list[str]) -> None:
+    """The entry point sends `distq probe` to a parser of its own: an argument it does
+    not take (a typo in a healthcheck) printed `usage: distq [-h] {probe} ...`, where
+    the command's usage names --version and every command."""
+    assert _parsed_by("distq.startup", args) == _parsed_by("distq.cli", args)
+
+
 def test_distq_probe_writes_its_errors_as_json_lines_when_asked() -> None:
     """Every other command did; the probe's errors stayed text (docs12)."""
     for args, env in (
