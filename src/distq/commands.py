@@ -320,9 +320,9 @@ def _submit_and_wait(
     kwargs: dict[str, Any],
 ) -> int:
     """``submit --wait``: the task through an executor, and its result printed."""
-    from distq.executor import Executor  # only here: 0.1 s of every other command's start
+    try:  # SIGTERM is Ctrl-C already (run): one during this import is one before the task
+        from distq.executor import Executor  # only here: 0.1 s of every other command's start
 
-    try:
         startup.hand_back()  # a signal held while distq imported: as one now (SIGTERM too)
         executor = Executor(settings, host=False, max_attempts=args.max_attempts)
     except KeyboardInterrupt:

@@ -468,14 +468,16 @@ def test_sigterm_while_a_slow_task_module_imports_is_the_workers_stop(tmp_path: 
 #: A ``sitecustomize`` that signals its process (``EARLY``, SIGTERM by default) as the first
 #: of distq's modules is imported that the entry point does not name (``ENTRY``): where the
 #: imports of distq.cli run, before any ``main()``; the signal lands as the import goes on.
+#: With ``AT``, as that module is imported instead (one a command imports where used).
 EARLY_SIGNAL = """import os, signal, sys
 
 ENTRY = {"distq", "distq.__main__", os.environ["ENTRY"]}
+AT = os.environ.get("AT")
 
 
 class Early:
     def find_spec(self, name, path=None, target=None):
-        if name.startswith("distq.") and name not in ENTRY:
+        if name == AT if AT else name.startswith("distq.") and name not in ENTRY:
             sys.meta_path.remove(self)
             os.kill(os.getpid(), signal.Signals[os.environ.get("EARLY", "SIGTERM")])
             sum(range(100))
@@ -494,11 +496,11 @@ def _entry_point() -> tuple[str, str]:
 
 
 def _signalled_early(
-    tmp_path: Path, entry: str, *args: str, early: str = "SIGTERM"
+    tmp_path: Path, entry: str, *args: str, early: str = "SIGTERM", at: str = ""
 ) -> tuple[int, str]:
     """``distq *args`` run by ``entry`` (``python -m distq``, the console script's, or a
     container's ``main.py``), nothing listening at its broker, signalled with ``early`` as
-    distq imports: its exit code and output."""
+    distq imports (module ``at``, if given): its exit code and output."""
     module, function = _entry_point()
     (tmp_path / "sitecustomize.py").write_text(EARLY_SIGNAL)
     command = {
@@ -515,6 +517,7 @@ def _signalled_early(
             PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(tmp_path)]),
             ENTRY=module,
             EARLY=early,
+            AT=at,
             DISTQ_TRANSPORT="redis",
             DISTQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
         ),
@@ -566,6 +569,26 @@ def test_a_command_interrupted_while_distq_imports_says_so(
     returncode, output = _signalled_early(tmp_path, "python -m distq", *args, early=early)
     assert returncode == 1, output
     assert output.startswith(said), output
+
+
+@pytest.mark.parametrize("early", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_submit_wait_imports_the_executor_says_the_task_was_not_queued(
+    tmp_path: Path, early: str
+) -> None:
+    """`submit --wait` imports the Executor only once it runs, where SIGTERM is already
+    Ctrl-C (commands.run): one during that import said only "distq: interrupted", not
+    that the task was not queued, as one a moment earlier or later did."""
+    returncode, output = _signalled_early(
+        tmp_path,
+        "python -m distq",
+        "submit",
+        "square",
+        "3",
+        "--wait",
+        early=early,
+        at="distq.executor",
+    )
+    assert (returncode, output) == (1, "distq: interrupted before the task was queued\n")
 
 
 @pytest.mark.parametrize("args", [["status"], ["submit", "square", "3"]])
