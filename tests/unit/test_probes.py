@@ -489,14 +489,19 @@ PROBE_NEVER_IMPORTS = (
 )
 
 
-def test_distq_probe_imports_only_what_a_probe_uses() -> None:
+@pytest.mark.parametrize("given", ["as main's argv", "on the command line"])
+def test_distq_probe_imports_only_what_a_probe_uses(given: str) -> None:
     """A compose healthcheck runs `distq probe readyz` in each distq container every 5 s:
     it imported all of distq (0.25 s of CPU each, a fifth of a core for a master and
-    three workers), where a probe needs its flags, an HTTP client and its console."""
+    three workers), where a probe needs its flags, an HTTP client and its console. The
+    console script and `python -m distq` call ``main()``, which reads ``sys.argv``."""
+    args = ["probe", "healthz", "--port", str(free_port()), "--timeout", "2"]
+    call = f"main({args!r})" if given == "as main's argv" else "main()"
     program = (
         "import sys\n"
+        f"sys.argv[1:] = {args!r}\n"
         "from distq.startup import main\n"
-        f"code = main(['probe', 'healthz', '--port', '{free_port()}', '--timeout', '2'])\n"
+        f"code = {call}\n"
         f"print(code, [m for m in {PROBE_NEVER_IMPORTS!r} if m in sys.modules])\n"
     )
     done = subprocess.run(
