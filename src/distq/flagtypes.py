@@ -10,20 +10,18 @@ overflows a socket timeout or a sleep.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from collections.abc import Callable
 
 from distq.addresses import host_problem, unusable_as_a_host
 from distq.limits import worker_name_problem
-from distq.ranges import out_of_range, shown_number, too_long, whole_numbers
+from distq.ranges import PORT, Number, out_of_range, shown_number, too_long, whole_numbers
 
 #: Longest time a flag may give, in seconds (about 31 years): below every platform's
 #: limit for ``time.sleep``, a socket timeout and a lock's wait.
 MAX_SECONDS = 1_000_000_000.0
 #: A whole number's text, which ``int()`` refuses only past its digits.
 _WHOLE = re.compile(r"[+-]?[0-9]+")
-_PORTS = "a port from 1 to 65535"
 
 
 def count(text: str) -> int:
@@ -40,61 +38,56 @@ def count_up_to(high: int) -> Callable[[str], int]:
     return parse
 
 
-def _whole(text: str, high: int | None) -> int:
-    """``text`` as a whole number from 1 to ``high`` (no ceiling: None), refused in the
+def _whole(text: str, high: int | None, *, low: int = 1) -> int:
+    """``text`` as a whole number from ``low`` to ``high`` (no ceiling: None), refused in the
     words a setting's variable uses (:func:`~distq.ranges.out_of_range`): "is 0; use a
     whole number from 1 to 10000". One too long for ``int()`` (past
     ``sys.get_int_max_str_digits()``, 4300 unless set) is said by its size
     (:func:`~distq.ranges.too_long`), not all its digits on the line."""
-    wanted = whole_numbers(1, high)
+    wanted = whole_numbers(low, high)
     try:
         value = int(text)
     except ValueError:
         if _WHOLE.fullmatch(text.strip()):
             raise argparse.ArgumentTypeError(too_long(text.strip(), wanted)) from None
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1 or (high is not None and value > high):
+    if value < low or (high is not None and value > high):
         raise argparse.ArgumentTypeError(out_of_range(shown_number(value), wanted))
     return value
 
 
-def number(low: float, high: float, *, zero: bool = False) -> Callable[[str], float]:
-    """A finite number above ``low`` (or equal to it with ``zero``), at most ``high``."""
-    wanted = f"from {low:g} to {high:.0f}" if zero else f"greater than {low:g}, at most {high:.0f}"
+def number(
+    low: float, high: float, *, zero: bool = False, unit: str = ""
+) -> Callable[[str], float]:
+    """A finite number above ``low`` (or equal to it with ``zero``), at most ``high``,
+    refused out of range as a setting's variable is (:class:`~distq.ranges.Number`): "is
+    nan; use a number greater than 0, at most 1000000000 seconds"."""
+    checked = Number(float, low, high, unit, above=not zero)
 
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        above = low <= value if zero else low < value
-        if math.isinf(value) and _WHOLE.fullmatch(text.strip()):  # 400 digits: not "inf"
-            raise argparse.ArgumentTypeError(too_long(text.strip(), f"a number {wanted}"))
-        if not (above and value <= high):  # NaN fails both
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range; use a number {wanted}")
-        return value
+        try:
+            return checked(text.strip())
+        except ValueError as exc:  # "is 2000000000; use ...", "is about 10**4999; use ..."
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
 
 
 #: Seconds greater than 0 (a timeout, an interval); and 0 or more (a delay, a patience).
-seconds = number(0.0, MAX_SECONDS)
-seconds_or_zero = number(0.0, MAX_SECONDS, zero=True)
+seconds = number(0.0, MAX_SECONDS, unit=" seconds")
+seconds_or_zero = number(0.0, MAX_SECONDS, zero=True, unit=" seconds")
 #: A rate per second, greater than 0.
 rate = number(0.0, 1e12)
 
 
 def port(text: str) -> int:
-    """A TCP port to connect to, 1 to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        if _WHOLE.fullmatch(text.strip()):  # past int()'s digits: not all of them shown
-            raise argparse.ArgumentTypeError(too_long(text.strip(), _PORTS)) from None
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is out of range; use {_PORTS}")
-    return value
+    """A TCP port to connect to, 1 to 65535, refused as ``DISTQ_METRICS_PORT`` is (its
+    range, :data:`~distq.ranges.PORT`): "is 70000; use a whole number from 1 to 65535"."""
+    return _whole(text, PORT.high, low=PORT.low)
 
 
 def host(text: str) -> str:

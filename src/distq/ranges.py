@@ -14,6 +14,8 @@ from typing import Any, Generic, TypeVar
 _N = TypeVar("_N", int, float)
 #: A mebibyte, which a range of bytes is said in too when it is whole ones.
 MIB = 1 << 20
+#: A whole number's text, a sign allowed: what a float reads as inf only when too long.
+_SIGNED_WHOLE = re.compile(r"[+-]?[0-9]+")
 
 
 def shown_number(value: float) -> str:
@@ -67,12 +69,15 @@ def shown_digits(digits: str) -> str:
 @dataclass(frozen=True)
 class Number(Generic[_N]):
     """A number setting's parser (text -> value) and its range, which :meth:`check` also
-    applies to a value given as a number (a program's ``Settings``, an Executor keyword)."""
+    applies to a value given as a number (a program's ``Settings``, an Executor keyword).
+    With ``above``, ``low`` itself is out of range: ``a number greater than 0, at most
+    1000000000 seconds`` (a flag's timeout)."""
 
     kind: type[_N]
     low: _N
     high: _N
     unit: str = ""
+    above: bool = False
 
     @property
     def word(self) -> str:
@@ -88,10 +93,10 @@ class Number(Generic[_N]):
             value = self.kind(text)
         except ValueError:
             if whole:  # past int()'s digits (4300 unless set): no other whole number fails
-                raise ValueError(too_long(text, self._span())) from None
+                raise ValueError(too_long(text, self.span())) from None
             raise ValueError(f"is {text!r}, not {self.word}") from None
-        if whole and self.kind is float and math.isinf(value):  # 400 digits: "is inf"
-            raise ValueError(too_long(text, self._span()))
+        if self.kind is float and math.isinf(value) and _SIGNED_WHOLE.fullmatch(text):
+            raise ValueError(too_long(text, self.span()))  # 400 digits: not "is inf"
         return self._in_range(value)
 
     def check(self, value: object) -> None:
@@ -99,18 +104,24 @@ class Number(Generic[_N]):
         kind in range: bool, nan, inf and an int past what a float holds are not."""
         kinds = (int,) if self.kind is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds):
-            raise ValueError(f"is {value!r:.40}, not {self.word}; use {self._span()}")
+            raise ValueError(f"is {value!r:.40}, not {self.word}; use {self.span()}")
         self._in_range(value)
 
     def _in_range(self, value: Any) -> _N:
-        if not self.low <= value <= self.high:  # NaN is in no range
-            raise ValueError(out_of_range(shown_number(value), self._span()))
+        low = self.low < value if self.above else self.low <= value
+        if not (low and value <= self.high):  # NaN is in no range
+            raise ValueError(out_of_range(shown_number(value), self.span()))
         return value  # type: ignore[no-any-return]
 
-    def _span(self) -> str:
-        if self.kind is int:
+    def span(self) -> str:
+        """The range as a refusal says it after "use": ``a whole number from 1 to
+        65535``, ``a number from 0.3 to 3600 seconds``, ``a number greater than 0, at
+        most 1000000000000``."""
+        if self.kind is int and not self.above:
             return whole_numbers(int(self.low), int(self.high)) + self.unit + self._mib()
-        return f"{self.word} from {shown_number(self.low)} to {shown_number(self.high)}{self.unit}"
+        low, high = shown_number(self.low), shown_number(self.high)
+        within = f"greater than {low}, at most {high}" if self.above else f"from {low} to {high}"
+        return f"{self.word} {within}{self.unit}"
 
     def _mib(self) -> str:
         return (

@@ -21,6 +21,7 @@ import pytest
 
 from brokers import Broker
 from conftest import REPO
+from distq.ranges import shown_number
 from launch import free_port
 from procs import checkout_env, run_distq
 
@@ -141,10 +142,12 @@ def test_bad_configuration_exits_2_with_one_line(
 )
 def test_a_number_flag_out_of_range_exits_2_naming_it(args: list[str], flag: str) -> None:
     """NaN and infinity pass a ``value <= 0`` check: each must be refused, not crash the
-    master, never time out, or put NaN on the wire."""
+    master, never time out, or put NaN on the wire; in a variable's words, "is nan; use
+    a number ... seconds" (it said "'nan' is out of range; use a number ...")."""
     done = distq(*args, DISTQ_AUTHKEY="k")
     assert done.returncode == 2, done.stderr
-    assert f"argument {flag}: '{args[-1]}' is out of range; use a number " in done.stderr
+    said = f"argument {flag}: is {shown_number(float(args[-1]))}; use a number "
+    assert said in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -171,8 +174,12 @@ def test_a_worker_id_no_broker_can_carry_exits_2(worker_id: str, expected: str) 
     ("args", "env", "expected"),
     [
         (["--host", "bad host"], {}, "argument --host: 'bad host' is not a host"),
-        (["--port", "70000"], {}, "argument --port: '70000' is out of range"),
-        (["--port", "0"], {}, "argument --port: '0' is out of range"),
+        (
+            ["--port", "70000"],
+            {},
+            "argument --port: is 70000; use a whole number from 1 to 65535",  # as its variable
+        ),
+        (["--port", "0"], {}, "argument --port: is 0; use a whole number from 1 to 65535"),
         (
             [],
             {"DISTQ_METRICS_PORT": "70000"},

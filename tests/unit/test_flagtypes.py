@@ -15,7 +15,10 @@ from distq.limits import MAX_PREFETCH
 
 @pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "Infinity", "0", "-1", "1e10"])
 def test_seconds_refuse_what_is_not_a_finite_positive_wait(text: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError, match="is out of range"):
+    with pytest.raises(
+        argparse.ArgumentTypeError,
+        match=r"; use a number greater than 0, at most 1000000000 seconds$",
+    ):
         flagtypes.seconds(text)
 
 
@@ -118,8 +121,8 @@ def test_a_count_flag_out_of_range_is_refused_in_its_variables_words(text: str) 
     ("parse", "span"),
     [
         (flagtypes.rate, "a number greater than 0, at most 1000000000000"),
-        (flagtypes.seconds_or_zero, "a number from 0 to 1000000000"),
-        (flagtypes.port, "a port from 1 to 65535"),
+        (flagtypes.seconds_or_zero, "a number from 0 to 1000000000 seconds"),
+        (flagtypes.port, "a whole number from 1 to 65535"),
     ],
     ids=["rate", "delay", "port"],
 )
@@ -132,3 +135,69 @@ def test_a_number_flag_too_long_to_read_is_said_by_its_size_and_range(
     with pytest.raises(argparse.ArgumentTypeError) as refused:
         parse("9" * 5000)
     assert str(refused.value) == f"is about 10**4999; use {span}"
+
+
+def _variable_says(variable: str, text: str) -> str:
+    """What follows ``variable``'s name when it holds ``text``."""
+    with pytest.raises(ConfigError) as refused:
+        Settings.load({"DISTQ_AUTHKEY": "k", variable: text})
+    said = str(refused.value)
+    assert said.startswith(f"{variable} "), said
+    return said.removeprefix(f"{variable} ")
+
+
+_OUT_OF_RANGE = ["-1", "0", "2e13", "nan", "NaN", "inf", "-inf", "9" * 5000, "-" + "9" * 5000]
+
+
+@pytest.mark.parametrize("text", _OUT_OF_RANGE, ids=lambda text: text[:8])
+@pytest.mark.parametrize(
+    ("parse", "variable", "variable_span", "span"),
+    [
+        (
+            flagtypes.seconds,
+            "DISTQ_LEASE_SECONDS",
+            "a number from 0.3 to 3600 seconds",
+            "a number greater than 0, at most 1000000000 seconds",
+        ),
+        (
+            flagtypes.seconds_or_zero,
+            "DISTQ_DRAIN_SECONDS",
+            "a number from 0 to 3600 seconds",
+            "a number from 0 to 1000000000 seconds",
+        ),
+        (
+            flagtypes.rate,
+            "DISTQ_STATS_SECONDS",
+            "a number from 0.1 to 3600 seconds",
+            "a number greater than 0, at most 1000000000000",
+        ),
+    ],
+    ids=["seconds", "delay", "rate"],
+)
+def test_a_float_flag_out_of_range_is_refused_in_a_variables_words(
+    parse: Callable[[str], float], variable: str, variable_span: str, span: str, text: str
+) -> None:
+    """``--rate 1e13`` said "'1e13' is out of range; use a number greater than 0, at most
+    1000000000000" (``--timeout``, ``--task-delay`` alike) where a variable of seconds
+    says "is 10000000000000; use a number from 0.3 to 3600 seconds": now a flag says what
+    a variable would of the same text, only its own range after "use"."""
+    if text == "0" and parse is flagtypes.seconds_or_zero:
+        assert parse(text) == 0.0
+        return
+    said = _variable_says(variable, text)
+    assert said.endswith(f"; use {variable_span}"), said
+    with pytest.raises(argparse.ArgumentTypeError) as by_flag:
+        parse(text)
+    assert str(by_flag.value) == said.removesuffix(variable_span) + span
+
+
+@pytest.mark.parametrize(
+    "text", ["0", "-1", "70000", "99999999999999999999", "9" * 5000, "-" + "9" * 5000]
+)
+def test_a_port_flag_out_of_range_says_what_its_variable_does(text: str) -> None:
+    """``distq probe --port 70000`` said "'70000' is out of range; use a port from 1 to
+    65535", its variable DISTQ_METRICS_PORT "is 70000; use a whole number from 1 to
+    65535": one range, now said one way."""
+    with pytest.raises(argparse.ArgumentTypeError) as by_flag:
+        flagtypes.port(text)
+    assert str(by_flag.value) == _variable_says("DISTQ_METRICS_PORT", text)
