@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from distq import credentials
-from distq.ranges import shown_digits
+from distq.ranges import Number, shown_digits
 
 
 def address(text: str) -> tuple[str, int]:
@@ -235,6 +235,9 @@ _PAUSE_OPTIONS = ("retry_delay",)
 #: Fewest channels an AMQP connection must allow: with 2, ``dead-letters`` and
 #: ``requeue-dead`` failed (NoFreeChannels, exit 3); with 1, ``status`` and a master.
 _FEWEST_CHANNELS = 3
+#: An AMQP URL's channel_max: at least those, at most what pika (and AMQP's 16-bit
+#: channel numbers) allow, said as a variable's number out of range.
+_CHANNELS = Number(int, _FEWEST_CHANNELS, 65535)
 #: The longest of them: a socket's timeout of 1e10 s overflowed at the first connect.
 _MOST_SECONDS = 1_000_000
 
@@ -285,12 +288,15 @@ def _options(url: str, query: str) -> None:
         )
     amqp = url.lower().startswith("amqp")
     for value in options.get("channel_max", []) if amqp else []:
-        if value.isascii() and value.isdigit() and _digits(value) < _FEWEST_CHANNELS:
-            raise ValueError(  # NoFreeChannels at the first command that needs one more
-                f"({credentials.mask_url(url)}) has channel_max={value!r}; use "
-                f"{_FEWEST_CHANNELS} or more (distq opens several channels on a "
-                "connection), or leave the option out"
-            )
+        if value.isascii() and value.isdigit():  # other text pika refuses in its words
+            try:  # 5,000 digits: pika's int() raised Python's digit limit, every digit shown
+                _CHANNELS(value)
+            except ValueError as exc:  # fewer: NoFreeChannels at the first command short
+                raise ValueError(
+                    f"({credentials.mask_url(url)}): channel_max {exc} (distq opens "
+                    "several channels on a connection; AMQP numbers them in 16 bits), or "
+                    "leave the option out"
+                ) from None
     for name in _SECONDS_OPTIONS + _PAUSE_OPTIONS:
         for value in options.get(name, []):
             try:

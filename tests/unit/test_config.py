@@ -654,15 +654,38 @@ def test_a_bracket_out_of_place_in_a_broker_url_is_named(url: str, said: str) ->
     assert "p[w" not in message and "p]w" not in message, message
 
 
-def test_an_amqp_channel_max_below_what_distq_opens_is_refused() -> None:
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("0", "0"),
+        ("1", "1"),
+        ("2", "2"),
+        ("02", "2"),
+        ("65536", "65536"),
+        ("9" * 40, "about 10**39"),
+        ("9" * 5000, "about 10**4999"),
+    ],
+    ids=lambda value: value[:8],
+)
+def test_an_amqp_channel_max_out_of_range_is_refused_in_distqs_words(
+    value: str, shown: str
+) -> None:
     """channel_max=1 or 2 failed commands with NoFreeChannels, exit 3 (see
-    tests/integration/test_cli_settings.py); 0 and past 65535 pika refuses itself."""
-    for value in ("1", "2", "02"):
-        url = f"amqp://u:p@h:5672/%2F?channel_max={value}"
-        with pytest.raises(ConfigError) as caught:
-            Settings.load({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": url})
-        assert f"has channel_max={value!r}; use 3 or more" in str(caught.value)
-    for value in ("3", "2047"):
+    tests/integration/test_cli_settings.py). 0, 65536 and 5,000 digits went on to pika,
+    which refused them in its words inside distq's ("channel_max must be <= 65535 and >
+    0, but got 65536"; for 5,000 digits Python's "Exceeds the limit (4300 digits) for
+    integer string conversion", all of them on the line): now refused as a variable's
+    number out of range is, before pika reads the URL."""
+    url = f"amqp://u:p@h:5672/%2F?channel_max={value}"
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": url})
+    said = str(caught.value)
+    assert f"): channel_max is {shown}; use a whole number from 3 to 65535 (" in said, said
+    assert said.endswith(", or leave the option out"), said
+
+
+def test_an_amqp_channel_max_in_range_is_taken() -> None:
+    for value in ("3", "2047", "65535"):
         url = f"amqp://u:p@h:5672/%2F?channel_max={value}"
         assert Settings.load({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": url}).amqp_url == url
 
