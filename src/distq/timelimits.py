@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from distq.chunks import CHUNK_TASK
 from distq.envelope import Task
-from distq.ranges import shown_digits
+from distq.ranges import Number
 
 #: Shortest limit accepted: the worker checks about every tenth of a second.
 MIN_SECONDS = 0.1
@@ -181,7 +181,7 @@ class TimeLimits:
         default: float | None = None
         per_name: dict[str, float] = {}
         for name, sep, value in _items(text):
-            seconds = _seconds(value.strip(), text)
+            seconds = _seconds(value.strip(), text, name if sep else None)
             if not sep:
                 if default is not None:
                     raise ValueError(f"is {text!r}; give one limit without a name, not two")
@@ -284,20 +284,25 @@ def _items(text: str) -> Iterator[tuple[str, str, str]]:
 _JSON = json.JSONDecoder()
 
 
-def _seconds(value: str, text: str) -> float:
+def _seconds(value: str, text: str, name: str | None) -> float:
+    """The seconds ``value`` of the limit of ``name`` (None: the default) in the
+    setting's ``text``, refused out of range as a variable's number is
+    (:class:`~distq.ranges.Number`): "is '0': the default limit is 0; use a number from
+    0.1 to 604800 seconds"."""
     try:
         seconds = float(value)
     except ValueError:
         raise ValueError(
             f"is {text!r}: {value!r} is not a number of seconds; e.g. 30,square=2"
         ) from None
-    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
-        written = value.strip()
-        if math.isinf(seconds) and written.isascii() and written.lstrip("+-").isdigit():
-            # a whole number of 400 digits or more: by its size, not every digit twice
-            text, written = text.replace(written, "..."), shown_digits(written)
-        raise ValueError(
-            # as written: :g showed 604800.4 as 604800, "out of range; use 0.1 to 604800"
-            f"is {text!r}: {written} s is out of range; use {MIN_SECONDS:g} to {MAX_SECONDS:g}"
-        )
-    return seconds
+    try:
+        return _LIMIT(value)
+    except ValueError as exc:
+        if math.isinf(seconds) and value.isascii() and value.lstrip("+-").isdigit():
+            text = text.replace(value, "...")  # 400 digits or more: by its size, not twice
+        whose = "the default limit" if name is None else f"the limit of {name!r}"
+        raise ValueError(f"is {text!r}: {whose} {exc}") from None
+
+
+#: A limit of the setting's text: its range as a variable's number says it.
+_LIMIT = Number(float, MIN_SECONDS, MAX_SECONDS, " seconds")

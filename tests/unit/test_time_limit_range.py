@@ -16,7 +16,7 @@ def test_the_shortest_and_longest_limits_are_accepted_and_no_further() -> None:
     assert (MIN_SECONDS, MAX_SECONDS) == (0.1, 604800.0)
     assert TimeLimits.parse("0.1,square=604800") == TimeLimits(0.1, (("square", 604800.0),))
     for outside in ("0.09", "604800.5"):
-        with pytest.raises(ValueError, match=r"out of range; use 0\.1 to 604800"):
+        with pytest.raises(ValueError, match=r"; use a number from 0\.1 to 604800 seconds$"):
             TimeLimits.parse(outside)
 
 
@@ -83,10 +83,15 @@ def test_a_name_given_twice_in_the_setting_is_refused_saying_what_to_do() -> Non
 @pytest.mark.parametrize(
     ("text", "said"),
     [
-        ("9" * 5000, "is '...': about 10**4999 s is out of range; use 0.1 to 604800"),
+        (
+            "9" * 5000,
+            "is '...': the default limit is about 10**4999; use a number from 0.1 to 604800 "
+            "seconds",
+        ),
         (
             f"30,x=-{'9' * 400}",
-            "is '30,x=...': about -10**399 s is out of range; use 0.1 to 604800",
+            "is '30,x=...': the limit of 'x' is about -10**399; use a number from 0.1 to "
+            "604800 seconds",
         ),
     ],
     ids=["5000-digits", "named-400-digits"],
@@ -98,3 +103,24 @@ def test_a_limit_of_hundreds_of_digits_is_said_by_its_size_not_twice(text: str, 
     with pytest.raises(ConfigError) as caught:
         Settings.load({"DISTQ_AUTHKEY": "k", "DISTQ_TASK_TIME_LIMIT": text})
     assert str(caught.value) == f"DISTQ_TASK_TIME_LIMIT {said}"
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("0", "is '0': the default limit is 0"),
+        ("30,x=604800.5", "is '30,x=604800.5': the limit of 'x' is 604800.5"),
+        ("x=1e6", "is 'x=1e6': the limit of 'x' is 1000000"),
+        ("nan,x=1", "is 'nan,x=1': the default limit is nan"),
+        ("x=1,-inf", "is 'x=1,-inf': the default limit is -inf"),
+    ],
+)
+def test_a_limit_out_of_range_is_said_as_a_variables_number_is(text: str, said: str) -> None:
+    """DISTQ_TASK_TIME_LIMIT=0 (and its flag, ``--task-time-limit 0``) said "is '0': 0 s
+    is out of range; use 0.1 to 604800", where every other number out of range says "is
+    0; use a number from 0.3 to 3600 seconds" (distq.ranges): now its item says so too,
+    naming which limit."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_AUTHKEY": "k", "DISTQ_TASK_TIME_LIMIT": text})
+    expected = f"DISTQ_TASK_TIME_LIMIT {said}; use a number from 0.1 to 604800 seconds"
+    assert str(caught.value) == expected
