@@ -201,3 +201,29 @@ def test_a_port_flag_out_of_range_says_what_its_variable_does(text: str) -> None
     with pytest.raises(argparse.ArgumentTypeError) as by_flag:
         flagtypes.port(text)
     assert str(by_flag.value) == _variable_says("DISTQ_METRICS_PORT", text)
+
+
+@pytest.mark.parametrize(
+    ("parse", "variable", "span"),
+    [
+        (flagtypes.rate, None, "a number greater than 0, at most 1000000000000"),
+        (flagtypes.seconds, None, "a number greater than 0, at most 1000000000 seconds"),
+        (None, "DISTQ_LEASE_SECONDS", "a number from 0.3 to 3600 seconds"),
+    ],
+    ids=["rate", "seconds", "variable"],
+)
+def test_a_plus_before_thousands_of_digits_is_said_by_its_size_not_inf(
+    parse: Callable[[str], float] | None, variable: str | None, span: str
+) -> None:
+    """``--rate +999...`` (5,000 digits) was said "is about 10**4999" before the flags read
+    through ranges.Number, which took only a '-' for a whole number's sign: a '+' made it
+    a float's inf, "is inf; use ...", by a flag and a variable of seconds alike."""
+    text = "+" + "9" * 5000
+    if parse is not None:
+        with pytest.raises(argparse.ArgumentTypeError) as by_flag:
+            parse(text)
+        said = str(by_flag.value)
+    else:
+        assert variable is not None
+        said = _variable_says(variable, text)
+    assert said == f"is about 10**4999; use {span}", said
