@@ -16,6 +16,8 @@ _N = TypeVar("_N", int, float)
 MIB = 1 << 20
 #: A whole number's text, a sign allowed: what a float reads as inf only when too long.
 _SIGNED_WHOLE = re.compile(r"[+-]?[0-9]+")
+#: Most digits a number too long to read is shown in; past them, by its order of magnitude.
+_SHOWN_DIGITS = 30
 
 
 def shown_number(value: float) -> str:
@@ -51,7 +53,13 @@ def out_of_range(shown: str, span: str) -> str:
 def too_long(digits: str, span: str) -> str:
     """:func:`out_of_range` for a number written in ``digits`` (``[+-]?[0-9]+``) too long
     to read (past ``int()``'s 4300 digits, or a float's inf): by its order of magnitude,
-    as :func:`shown_number` says an int, ``is about 10**4999; use ...``, not its digits."""
+    as :func:`shown_number` says an int, ``is about 10**4999; use ...``, not its digits.
+    One long only by its leading zeros says so: ``is 5 written in 5,001 digits; use a
+    whole number from 1 to 10000, without leading zeros`` (not "is 5", in range)."""
+    unsigned = digits.lstrip("+-")
+    if unsigned.startswith("0") and len(unsigned.lstrip("0")) <= _SHOWN_DIGITS:
+        written = f"{shown_digits(digits)} written in {len(unsigned):,} digits"
+        return out_of_range(written, f"{span}, without leading zeros")
     return out_of_range(shown_digits(digits), span)
 
 
@@ -61,7 +69,7 @@ def shown_digits(digits: str) -> str:
     ``70000``, ``about 10**4999``."""
     sign = "-" * digits.startswith("-")
     significant = digits.lstrip("+-").lstrip("0")
-    if len(significant) > 30:
+    if len(significant) > _SHOWN_DIGITS:
         return f"about {sign}10**{len(significant) - 1}"
     return shown_number(int(sign + (significant or "0")))
 

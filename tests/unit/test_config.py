@@ -684,6 +684,21 @@ def test_an_amqp_channel_max_out_of_range_is_refused_in_distqs_words(
     assert said.endswith(", or leave the option out"), said
 
 
+def test_an_amqp_channel_max_in_range_behind_thousands_of_zeros_says_why_it_is_refused() -> None:
+    """channel_max=000...03 (5,000 zeros) is no number pika reads (Python's 4,300 digits):
+    refused, it said "channel_max is 3; use a whole number from 3 to 65535", a 3 out of a
+    range it is in. Now it says how many digits it was written in, and to drop the zeros."""
+    url = f"amqp://u:p@h:5672/%2F?channel_max={'0' * 5000}3"
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": url})
+    said = str(caught.value)
+    expected = (
+        "): channel_max is 3 written in 5,001 digits; use a whole number from 3 to 65535, "
+        "without leading zeros (distq opens"
+    )
+    assert expected in said, said
+
+
 def test_an_amqp_channel_max_in_range_is_taken() -> None:
     for value in ("3", "2047", "65535"):
         url = f"amqp://u:p@h:5672/%2F?channel_max={value}"

@@ -227,3 +227,50 @@ def test_a_plus_before_thousands_of_digits_is_said_by_its_size_not_inf(
         assert variable is not None
         said = _variable_says(variable, text)
     assert said == f"is about 10**4999; use {span}", said
+
+
+_ZEROS = "0" * 5000
+
+
+@pytest.mark.parametrize(
+    ("refuse", "text", "said"),
+    [
+        (
+            lambda text: _variable_says("DISTQ_PREFETCH", text),
+            _ZEROS + "5",
+            "is 5 written in 5,001 digits; use a whole number from 1 to 10000, without "
+            "leading zeros",
+        ),
+        (
+            flagtypes.count_up_to(MAX_PREFETCH),
+            _ZEROS + "5",
+            "is 5 written in 5,001 digits; use a whole number from 1 to 10000, without "
+            "leading zeros",
+        ),
+        (
+            flagtypes.port,
+            _ZEROS + "9100",
+            "is 9100 written in 5,004 digits; use a whole number from 1 to 65535, without "
+            "leading zeros",
+        ),
+        (
+            flagtypes.count,
+            "-" + _ZEROS + "70000",
+            "is -70000 written in 5,005 digits; use a whole number, 1 or more, without "
+            "leading zeros",
+        ),
+    ],
+    ids=["variable", "count", "port", "unbounded"],
+)
+def test_a_number_in_range_behind_thousands_of_zeros_is_not_said_in_range(
+    refuse: Callable[[str], object], text: str, said: str
+) -> None:
+    """DISTQ_PREFETCH=000...05 (5,000 zeros; int() reads no more than 4,300 digits) was
+    refused as "is 5; use a whole number from 1 to 10000": a 5 said out of a range it is
+    in (--prefetch, --port, and an AMQP URL's channel_max=000...03 alike). Now the
+    refusal says why: how many digits it was written in, and to drop the zeros."""
+    try:
+        refused = refuse(text)
+    except argparse.ArgumentTypeError as exc:
+        refused = str(exc)
+    assert refused == said
