@@ -300,8 +300,14 @@ def _seconds(value: str, text: str, name: str | None) -> float:
     except ValueError as exc:
         if math.isinf(seconds) and value.isascii() and value.lstrip("+-").isdigit():
             text = text.replace(value, "...")  # 400 digits or more: by its size, not twice
-        whose = "the default limit" if name is None else f"the limit of {name!r}"
+        whose = "the default limit" if name is None else f"the limit of {_named(name)}"
         raise ValueError(f"is {text!r}: {whose} {exc}") from None
+
+
+def _named(name: str) -> str:
+    """``name`` as a refusal says it after the setting's text, which holds it already: a
+    long one by its first 40 characters (a name of 3,000 put 6,000 on the line)."""
+    return repr(name) if len(name) <= 40 else f"{name[:40]!r}..."
 
 
 #: A limit of the setting's text: its range as a variable's number says it.
