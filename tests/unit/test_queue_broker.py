@@ -435,6 +435,7 @@ def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signatur
         "task_counts",
         "unget",
         "unsent",
+        "redelivered",
     }  # the master's own
 
 
