@@ -436,6 +436,7 @@ def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signatur
         "unget",
         "unsent",
         "redelivered",
+        "serve",
     }  # the master's own
 
 
@@ -470,6 +471,20 @@ def test_a_reply_queue_not_renewed_for_its_ttl_lapses_with_the_results_it_holds(
     broker.reap()
     assert broker.gone(["mine"]) == ["mine"]  # its tasks are dead-lettered unrun
     broker.settle("q", "c1", [(b, "mine", b"late", None, 0.0, None)])  # dropped
+    assert broker.open("mine") is False  # lapsed: opened afresh, without what it held
+    assert broker.get("mine", 10, 0) == []
+
+
+def test_results_handed_back_to_a_reply_queue_that_lapsed_meanwhile_leave_it_unmade() -> None:
+    # a get's results, handed back as its producer left before the reply (unget), made
+    # the lapsed reply queue again as a queue no producer opened: its producer's next
+    # open was refused as one of tasks, and its read as well
+    clock = Clock()
+    broker = QueueBroker(clock, reply_ttl=10.0)
+    broker.open("mine")
+    clock.now += 11.0
+    broker.reap()
+    broker.unget("mine", [b"a result"])
     assert broker.open("mine") is False  # lapsed: opened afresh, without what it held
     assert broker.get("mine", 10, 0) == []
 

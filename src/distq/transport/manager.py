@@ -179,6 +179,7 @@ class ManagerTransport(Transport):
                 raise ConnectionFailed(
                     f"cannot listen on {self.address} (DISTQ_MANAGER_ADDRESS): {_listen_error(exc)}"
                 ) from None
+            broker.serve(settings.queue)  # no peer's reply queue, before any peer is served
             broker.start_reaper(reap_every)
             self._server.stop_event = threading.Event()  # serve_client() polls it
             self._broker = broker

@@ -452,6 +452,14 @@ class QueueBroker:
             for ready in self._ready.values():
                 ready.notify_all()
 
+    def serve(self, queue: str) -> None:
+        """Make the task queue ``queue`` and its dead-letter queue, empty: a peer's
+        :meth:`open` of either, as its reply queue, is refused from the start (not exposed
+        to remote callers)."""
+        with self._lock:
+            self._queue(queue)
+            self._queue(f"{queue}.dead")
+
     def dead_counts(self) -> dict[str, int]:
         """The dead letters held, by queue: they end with this process."""
         with self._lock:
@@ -501,28 +509,47 @@ class QueueBroker:
         _asked(max_count, timeout, "timeout")  # before anything is taken
         sendable = self._sendable(most)
         over: dict[int, bytes] = {}  # by place in the reply
+        _queue_name(queue)
         with self._lock:
-            items = self._queue(queue)
-            if not items and timeout > 0:  # below 0 no wait, as a fetch's: an int past a
-                # float's range, made a deadline by the lock's wait, raised OverflowError
-                self._ready[queue].wait_for(lambda: bool(items), timeout)
-            out: list[bytes] = []
-            room = BATCH_BYTES
-            for _ in range(min(max_count, len(items))):
-                body = items.popleft()[0]
-                if sendable is not None and len(body) > sendable:  # counted: fewer sent
-                    over[len(out)] = body
-                    out.append(b"")
-                    continue
-                out.append(body)
-                room -= len(body)
-                if room < 0:
-                    break
+            items = self._reply_queue(queue, "get", "read")
+            if items is not None:
+                if not items and timeout > 0:  # below 0 no wait, as a fetch's: an int past
+                    # a float's range, made a deadline by the lock's wait, raised OverflowError
+                    self._ready[queue].wait_for(lambda: bool(items), timeout)
+                out = self._take_results(items, max_count, sendable, over)
+        if items is None:  # a reply queue that lapsed: nothing, as before, and none made
+            if timeout > 0:
+                self._stop.wait(timeout)
+            return []
         if not over:
             return out
         assert most is not None and self._oversized is not None
         made = {at: self._oversized.results(body, most) for at, body in over.items()}
         return [sent for at, body in enumerate(out) for sent in made.get(at, [body])]
+
+    @staticmethod
+    def _take_results(
+        items: deque[tuple[bytes, bool]],
+        max_count: int,
+        sendable: int | None,
+        over: dict[int, bytes],
+    ) -> list[bytes]:
+        """Up to ``max_count`` bodies off a reply queue's ``items`` (and
+        :data:`BATCH_BYTES` of them before the last); one over ``sendable`` is put in
+        ``over`` by its place, an empty body in its place. Lock held."""
+        out: list[bytes] = []
+        room = BATCH_BYTES
+        for _ in range(min(max_count, len(items))):
+            body = items.popleft()[0]
+            if sendable is not None and len(body) > sendable:  # counted: fewer sent
+                over[len(out)] = body
+                out.append(b"")
+                continue
+            out.append(body)
+            room -= len(body)
+            if room < 0:
+                break
+        return out
 
     def _sendable(self, most: int | None) -> int | None:
         """The largest body a reply carries to a peer of DISTQ_MAX_MESSAGE_BYTES ``most``
@@ -545,9 +572,16 @@ class QueueBroker:
         """Open or renew a producer's reply queue: results addressed to it are kept for
         ``reply_ttl`` seconds from now. Whether it was open already (False: new, or it
         had lapsed, its results dropped and its queued tasks left to be dead-lettered)."""
+        _queue_name(reply_to, ": no reply queue opened")
         with self._lock:
-            self._queue(reply_to)  # a name that is not text: refused before it is held
             live = reply_to in self._replies
+            if not live and reply_to in self._queues:  # opened, its tasks read as results
+                raise ValueError(
+                    f"open of queue {quoted(reply_to)} refused: it holds tasks or dead "
+                    "letters, not results; a producer opens a reply queue of its own, "
+                    "'<queue>.results.<id>' (another program?)"
+                )
+            self._queue(reply_to)
             if self._replies.get(reply_to) != math.inf:  # one hold() made stays so
                 self._replies[reply_to] = self._clock()
             return live
@@ -561,9 +595,30 @@ class QueueBroker:
             self._own.add(reply_to)
 
     def delete(self, queue: str) -> None:
+        """Drop a producer's reply queue, with the results it holds (its producer closes).
+        A name that is no queue is left alone (a reply queue that lapsed); another queue
+        is refused (:meth:`_reply_queue`)."""
         _queue_name(queue)
         with self._lock:
-            self._drop(queue)
+            if self._reply_queue(queue, "delete", "deleted") is not None:
+                self._drop(queue)
+
+    def _reply_queue(self, queue: str, call: str, done: str) -> deque[tuple[bytes, bool]] | None:
+        """The reply queue ``queue`` (one :meth:`open` or :meth:`hold` made), for ``call``;
+        None if no queue is so named (a reply queue that lapsed: none made); refused if
+        another is, of tasks or dead letters (``done``: what the call does to it). A
+        peer's get took their tasks with no lease (lost if that peer died) and its delete
+        dropped them all: a name check was not enough, as a queue of any name can be
+        put to. Lock held."""
+        if queue in self._replies:
+            return self._queue(queue)
+        if queue in self._queues:
+            raise ValueError(
+                f"{call} of queue {quoted(queue)} refused: it holds tasks or dead letters, "
+                f"and only a producer's reply queue may be {done} so; a worker fetches "
+                "tasks under a lease (another program?)"
+            )
+        return None
 
     def gone(self, reply_to: Sequence[str]) -> list[str]:
         """Those of ``reply_to`` that no producer holds."""
@@ -905,8 +960,12 @@ class QueueBroker:
 
     def unget(self, queue: str, bodies: Sequence[bytes]) -> None:
         """Put ``bodies``, taken by a :meth:`get` whose producer left before its reply,
-        back at the front of ``queue`` in their order."""
+        back at the front of ``queue`` in their order; not if that reply queue lapsed
+        meanwhile (its results went with it): made again, a queue no producer opened, it
+        was refused as the producer opened it again (:meth:`open`)."""
         with self._lock:
+            if queue not in self._replies:  # it lapsed meanwhile: its results went with it
+                return
             self._queue(queue).extendleft((body, False) for body in reversed(bodies))
             self._ready[queue].notify(len(bodies))
 
