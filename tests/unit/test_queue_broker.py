@@ -489,6 +489,21 @@ def test_results_handed_back_to_a_reply_queue_that_lapsed_meanwhile_leave_it_unm
     assert broker.get("mine", 10, 0) == []
 
 
+def test_a_read_of_a_reply_queue_that_lapsed_waits_as_a_read_of_an_empty_one() -> None:
+    # a read of a name no producer opened (its reply queue lapsed) returned at once if
+    # it did not wait: a remote producer's results() loop asked the master without end
+    broker = QueueBroker(Clock(), reply_ttl=10.0)
+    got: list[list[bytes]] = []
+    reading = threading.Thread(target=lambda: got.append(broker.get("gone", 10, 30.0)))
+    reading.start()
+    reading.join(0.2)
+    assert reading.is_alive()  # it waits its timeout (30 s)
+    broker.stop()  # a master that stops ends the wait
+    reading.join(5)
+    assert not reading.is_alive()
+    assert got == [[]]
+
+
 def test_a_reply_queue_that_lapsed_while_the_master_stood_still_gets_its_time_back() -> None:
     """A master stopped past a remote producer's reply queue's ttl dropped it as it
     resumed, with the results it held: its producer found it lapsed and submitted its
