@@ -37,6 +37,21 @@ def run_distq(
     )
 
 
+def run_python(
+    program: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -c program`` running this checkout (``env``: :func:`checkout_env`'s by
+    default), run to its end: its exit code, stdout and stderr apart."""
+    return subprocess.run(
+        [sys.executable, "-c", program],
+        env=checkout_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class Distq:
     """A ``python -m distq ...`` subprocess whose output (stdout+stderr) goes to a file."""
 

@@ -23,7 +23,7 @@ from brokers import Broker
 from conftest import REPO
 from distq.ranges import shown_number
 from launch import free_port
-from procs import checkout_env, run_distq
+from procs import checkout_env, run_distq, run_python
 
 
 def distq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -613,14 +613,7 @@ def test_a_sigterm_after_a_command_returned_is_not_swallowed(args: list[str]) ->
         "print('still running', signal.getsignal(signal.SIGTERM))\n"
     )
     refused = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: exit 3 at once
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        env=checkout_env(DISTQ_TRANSPORT="redis", DISTQ_REDIS_URL=refused),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python(program, checkout_env(DISTQ_TRANSPORT="redis", DISTQ_REDIS_URL=refused))
     assert (done.returncode, done.stdout) == (-signal.SIGTERM, ""), done.stderr
 
 
@@ -633,14 +626,7 @@ def test_the_commands_import_the_executor_and_pika_only_where_they_use_them() ->
         "import distq.cli\n"
         "print([m for m in ('distq.executor', 'distq.dispatcher', 'pika') if m in sys.modules])\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        env=checkout_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python(program)
     assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
 
 
@@ -656,14 +642,7 @@ def test_importing_distq_in_a_program_leaves_its_signal_handlers_alone() -> None
         "assert [signal.getsignal(s) for s in stops] == found, found\n"
         "print(Executor.__name__, task.__name__)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        env=checkout_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python(program)
     assert (done.returncode, done.stdout) == (0, "Executor task\n"), done.stderr
 
 

@@ -33,7 +33,7 @@ from distq.observe import BROKER_LINK, MasterObservability, WorkerObservability
 from distq.probe import MAX_ANSWER_BYTES
 from endpoints import link_local_or_skip
 from launch import free_port
-from procs import checkout_env, run_distq
+from procs import checkout_env, run_distq, run_python
 
 
 class Clock:
@@ -504,14 +504,7 @@ def test_distq_probe_imports_only_what_a_probe_uses(given: str) -> None:
         f"code = {call}\n"
         f"print(code, [m for m in {PROBE_NEVER_IMPORTS!r} if m in sys.modules])\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        env=checkout_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python(program)
     assert done.stdout == "1 []\n", done.stdout + done.stderr
     assert "no answer from http://127.0.0.1:" in done.stderr
 
@@ -520,14 +513,7 @@ def _parsed_by(entry: str, args: list[str]) -> tuple[int, str, str]:
     """``main(args)`` of ``entry`` (``distq.startup``: the command's own; ``distq.cli``:
     the full parser) in a process of its own: its exit code, stdout and stderr."""
     program = f"import sys\nfrom {entry} import main\nsys.exit(main({args!r}))\n"
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        env=checkout_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python(program)
     return done.returncode, done.stdout, done.stderr
 
 
