@@ -123,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="each task sleeps S seconds first (the tutorial's worker: 1)",
     )
-    master.add_argument("--seed", type=int, metavar="X", help="random seed for the task numbers")
+    master.add_argument(
+        "--seed", type=flagtypes.seed, metavar="X", help="random seed for the task numbers"
+    )
     master.add_argument(
         "--timeout",
         type=flagtypes.seconds,

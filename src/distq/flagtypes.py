@@ -10,18 +10,16 @@ overflows a socket timeout or a sleep.
 from __future__ import annotations
 
 import argparse
-import re
+import sys
 from collections.abc import Callable
 
 from distq.addresses import host_problem, unusable_as_a_host
 from distq.limits import worker_name_problem
-from distq.ranges import PORT, Number, out_of_range, shown_number, too_long, whole_numbers
+from distq.ranges import PORT, Number, out_of_range, shown_number, whole, whole_numbers
 
 #: Longest time a flag may give, in seconds (about 31 years): below every platform's
 #: limit for ``time.sleep``, a socket timeout and a lock's wait.
 MAX_SECONDS = 1_000_000_000.0
-#: A whole number's text, which ``int()`` refuses only past its digits.
-_WHOLE = re.compile(r"[+-]?[0-9]+")
 
 
 def count(text: str) -> int:
@@ -39,21 +37,31 @@ def count_up_to(high: int) -> Callable[[str], int]:
 
 
 def _whole(text: str, high: int | None, *, low: int = 1) -> int:
-    """``text`` as a whole number from ``low`` to ``high`` (no ceiling: None), refused in the
-    words a setting's variable uses (:func:`~distq.ranges.out_of_range`): "is 0; use a
-    whole number from 1 to 10000". One too long for ``int()`` (past
-    ``sys.get_int_max_str_digits()``, 4300 unless set) is said by its size
-    (:func:`~distq.ranges.too_long`), not all its digits on the line."""
+    """``text`` as a whole number from ``low`` to ``high`` (no ceiling: None), read by the
+    rule a setting's variable reads one by (:func:`~distq.ranges.whole`: ASCII digits,
+    where ``int()`` took "+5", "9_100" and fullwidth digits) and refused in its words
+    (:func:`~distq.ranges.out_of_range`): "is 0; use a whole number from 1 to 10000",
+    "is '9_100', not a whole number"; one too long for ``int()`` by its size."""
     wanted = whole_numbers(low, high)
     try:
-        value = int(text)
-    except ValueError:
-        if _WHOLE.fullmatch(text.strip()):
-            raise argparse.ArgumentTypeError(too_long(text.strip(), wanted)) from None
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        value = whole(text.strip(), wanted)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if value < low or (high is not None and value > high):
         raise argparse.ArgumentTypeError(out_of_range(shown_number(value), wanted))
     return value
+
+
+def seed(text: str) -> int:
+    """Any whole number (``--seed``), read as :func:`_whole` reads a count: one past
+    ``int()``'s digits is said by its size, not as argparse's "invalid int value" with
+    every digit on the line."""
+    most = sys.get_int_max_str_digits()
+    wanted = f"a whole number of at most {most} digits (Python's limit for its text)"
+    try:
+        return whole(text.strip(), wanted)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def number(
@@ -65,13 +73,9 @@ def number(
     checked = Number(float, low, high, unit, above=not zero)
 
     def parse(text: str) -> float:
-        try:
-            float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        try:
+        try:  # as its variable reads it: "is 'x', not a number", "is about 10**4999; use"
             return checked(text.strip())
-        except ValueError as exc:  # "is 2000000000; use ...", "is about 10**4999; use ..."
+        except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse

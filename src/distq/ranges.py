@@ -16,6 +16,9 @@ _N = TypeVar("_N", int, float)
 MIB = 1 << 20
 #: A whole number's text, a sign allowed: what a float reads as inf only when too long.
 _SIGNED_WHOLE = re.compile(r"[+-]?[0-9]+")
+#: A whole number's text as every variable and flag takes it (once stripped): ASCII
+#: digits, a '-' allowed. int() also takes "+5", "9_100" and other scripts' digits.
+WHOLE_TEXT = re.compile(r"-?[0-9]+")
 #: Most digits a number too long to read is shown in; past them, by its order of magnitude.
 _SHOWN_DIGITS = 30
 
@@ -74,6 +77,29 @@ def shown_digits(digits: str) -> str:
     return shown_number(int(sign + (significant or "0")))
 
 
+def shown_text(text: str) -> str:
+    """A text refused as no number, to follow "is": ``'9_100'``; one of a sign and more
+    digits than :func:`shown_digits` shows (``+999...``), by its size as a number too long
+    to read is said, ``about 10**4999 written with a '+'``, not every digit."""
+    significant = text.lstrip("+-").lstrip("0")
+    if _SIGNED_WHOLE.fullmatch(text) and len(significant) > _SHOWN_DIGITS:
+        return f"{shown_digits(text.lstrip('+'))} written with a {text[0]!r}"
+    return repr(text)
+
+
+def whole(text: str, span: str) -> int:
+    """``text`` (stripped) read as a whole number by the one rule of every variable and
+    flag, :data:`WHOLE_TEXT`; else ``ValueError`` in the words that follow its name: "is
+    '9_100', not a whole number", or past ``int()``'s digits "is about 10**4999; use
+    ``span``" (:func:`too_long`)."""
+    if WHOLE_TEXT.fullmatch(text) is None:
+        raise ValueError(f"is {shown_text(text)}, not a whole number")
+    try:
+        return int(text)
+    except ValueError:  # past int()'s digits (4300 unless set): no other whole number fails
+        raise ValueError(too_long(text, span)) from None
+
+
 @dataclass(frozen=True)
 class Number(Generic[_N]):
     """A number setting's parser (text -> value) and its range, which :meth:`check` also
@@ -92,18 +118,13 @@ class Number(Generic[_N]):
         return "a whole number" if self.kind is int else "a number"
 
     def __call__(self, text: str) -> _N:
-        # whole numbers in ASCII digits only, as `distq probe` reads the metrics port:
-        # int() also takes "+9_100" and other scripts' digits
-        whole = re.fullmatch(r"-?[0-9]+", text) is not None
+        if self.kind is int:  # ASCII digits only (:func:`whole`), as a flag reads them
+            return self._in_range(whole(text, self.span()))
         try:
-            if self.kind is int and not whole:
-                raise ValueError
             value = self.kind(text)
         except ValueError:
-            if whole:  # past int()'s digits (4300 unless set): no other whole number fails
-                raise ValueError(too_long(text, self.span())) from None
-            raise ValueError(f"is {text!r}, not {self.word}") from None
-        if self.kind is float and math.isinf(value) and _SIGNED_WHOLE.fullmatch(text):
+            raise ValueError(f"is {shown_text(text)}, not {self.word}") from None
+        if math.isinf(value) and _SIGNED_WHOLE.fullmatch(text):
             raise ValueError(too_long(text, self.span()))  # 400 digits: not "is inf"
         return self._in_range(value)
 

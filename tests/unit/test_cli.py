@@ -152,6 +152,39 @@ def test_a_number_flag_out_of_range_exits_2_naming_it(args: list[str], flag: str
 
 
 @pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["probe", "healthz", "--port", "9_100"],
+            "argument --port: is '9_100', not a whole number",
+        ),
+        (["master", "--tasks", "\uff15"], "argument --tasks: is '\uff15', not a whole number"),
+        (
+            ["master", "--seed", "9" * 5000],
+            "argument --seed: is about 10**4999; use a whole number of at most "
+            f"{sys.get_int_max_str_digits()} digits",
+        ),
+    ],
+    ids=["port", "tasks", "seed"],
+)
+def test_a_whole_number_flag_refuses_what_its_variable_does_exiting_2(
+    args: list[str], said: str
+) -> None:
+    """``distq probe --port 9_100`` and ``distq master --tasks \uff15`` (fullwidth 5) were
+    taken, int() reading them, where DISTQ_METRICS_PORT=9_100 is refused; ``--seed`` of
+    5,000 digits printed argparse's "invalid int value: '999...'" with every digit."""
+    from distq.cli import _parser
+
+    usage = io.StringIO()
+    with pytest.raises(SystemExit) as stopped, contextlib.redirect_stderr(usage):
+        _parser().parse_args(args)
+    assert stopped.value.code == 2
+    error = usage.getvalue().splitlines()[-1]
+    assert said in error, error[:300]
+    assert len(error) < 200, error[:300]
+
+
+@pytest.mark.parametrize(
     ("worker_id", "expected"),
     [
         ("w\udcf6rker", "holds bytes that are not UTF-8 (at 1)"),  # a Latin-1 byte in argv
@@ -1471,4 +1504,4 @@ def test_max_attempts_reads_as_the_readme_says_and_refuses_as_the_other_counts(
         _parser().parse_args([*words, "--max-attempts", "abc"])
     assert stopped.value.code == 2
     assert "--max-attempts N" in usage.getvalue()
-    assert "argument --max-attempts: 'abc' is not a whole number" in usage.getvalue()
+    assert "argument --max-attempts: is 'abc', not a whole number" in usage.getvalue()

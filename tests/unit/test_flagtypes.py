@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +12,7 @@ from distq import flagtypes
 from distq.config import Settings
 from distq.errors import ConfigError
 from distq.limits import MAX_PREFETCH
+from distq.ranges import shown_number
 
 
 @pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "Infinity", "0", "-1", "1e10"])
@@ -95,7 +97,7 @@ def test_a_count_of_more_digits_than_python_reads_is_said_by_its_size_not_shown(
     with pytest.raises(argparse.ArgumentTypeError) as unbounded:
         flagtypes.count("-" + text)
     assert str(unbounded.value) == "is about -10**4999; use a whole number, 1 or more"
-    with pytest.raises(argparse.ArgumentTypeError, match=r"^'9x' is not a whole number$"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^is '9x', not a whole number$"):
         flagtypes.count("9x")
 
 
@@ -274,3 +276,139 @@ def test_a_number_in_range_behind_thousands_of_zeros_is_not_said_in_range(
     except argparse.ArgumentTypeError as exc:
         refused = str(exc)
     assert refused == said
+
+
+#: Texts a whole number or a number might be given as: ASCII digits, with blanks, with a
+#: sign, with '_' (int() and float() take it), in other scripts' digits (fullwidth,
+#: Arabic-Indic), a float's words, a hex, thousands of digits.
+_TEXTS = [
+    "5",
+    " 5 ",
+    "\t7\n",
+    "05",
+    "+5",
+    "-5",
+    "0",
+    "9_100",
+    "1_0",
+    "\uff15",
+    "\uff19\uff11\uff10\uff10",
+    "\u0665",
+    "\u0669\u0661\u0660\u0660",
+    "5.0",
+    "1e3",
+    "0x10",
+    "",
+    "x",
+    "nan",
+    "70000",
+    "9" * 5000,
+    "-" + "9" * 5000,
+    "+" + "9" * 5000,
+    "0" * 5000 + "5",
+]
+
+
+def _outcome(read: Callable[[str], object], text: str) -> object:
+    """What ``read`` makes of ``text``: its value, or its refusal's words."""
+    try:
+        return read(text)
+    except (argparse.ArgumentTypeError, ConfigError) as refused:
+        return str(refused)
+
+
+def _variable(variable: str) -> Callable[[str], object]:
+    def read(text: str) -> object:
+        settings = Settings.load({"DISTQ_AUTHKEY": "k", variable: text})
+        return getattr(settings, variable.removeprefix("DISTQ_").lower())
+
+    return read
+
+
+def _after_name(variable: str, said: object) -> object:
+    return said.removeprefix(f"{variable} ") if isinstance(said, str) else said
+
+
+def _read_as(said: object) -> str:
+    """An outcome without its range: a value taken as "is 9100", as a refusal of it
+    out of another range begins; a refusal up to "; use"."""
+    return (
+        f"is {shown_number(said)}" if isinstance(said, int | float) else str(said).split("; use")[0]
+    )
+
+
+@pytest.mark.parametrize("text", _TEXTS, ids=repr)
+@pytest.mark.parametrize(
+    ("parse", "variable"),
+    [
+        (flagtypes.port, "DISTQ_METRICS_PORT"),
+        (flagtypes.count_up_to(MAX_PREFETCH), "DISTQ_PREFETCH"),
+    ],
+    ids=["port", "count_up_to"],
+)
+def test_a_whole_number_flag_takes_the_texts_its_variable_takes(
+    parse: Callable[[str], int], variable: str, text: str
+) -> None:
+    """``distq probe --port 9_100`` and ``distq master --tasks \\uff15`` were taken (int()
+    reads '_', a '+' and other scripts' digits) where DISTQ_METRICS_PORT=9_100 is
+    refused "is '9_100', not a whole number": a flag of a variable's range now takes
+    what the variable takes, the same value, and refuses the rest in its words. (Empty,
+    DISTQ_METRICS_PORT is not set: the flag's "is '', not a whole number".)"""
+    if text == "" and variable == "DISTQ_METRICS_PORT":
+        assert _outcome(parse, text) == "is '', not a whole number"
+        return
+    by_variable = _after_name(variable, _outcome(_variable(variable), text))
+    assert _outcome(parse, text) == by_variable
+
+
+@pytest.mark.parametrize("text", _TEXTS, ids=repr)
+@pytest.mark.parametrize(
+    "parse",
+    [flagtypes.count, flagtypes.seed, flagtypes.count_up_to(10)],
+    ids=["count", "seed", "up_to"],
+)
+def test_a_whole_number_flag_of_its_own_range_reads_as_a_variable_does(
+    parse: Callable[[str], int], text: str
+) -> None:
+    """``--tasks``, ``--max-attempts``, ``--seed``: what DISTQ_PREFETCH takes as a whole
+    number they take as the same one; what it refuses as none they refuse in its words;
+    only what follows "; use" (their range) differs."""
+    by_variable = _after_name("DISTQ_PREFETCH", _outcome(_variable("DISTQ_PREFETCH"), text))
+    assert _read_as(_outcome(parse, text)) == _read_as(by_variable)
+
+
+@pytest.mark.parametrize("text", _TEXTS, ids=repr)
+@pytest.mark.parametrize(
+    ("parse", "variable"),
+    [
+        (flagtypes.seconds, "DISTQ_STALL_SECONDS"),
+        (flagtypes.seconds_or_zero, "DISTQ_DRAIN_SECONDS"),
+        (flagtypes.rate, "DISTQ_STATS_SECONDS"),
+    ],
+    ids=["seconds", "delay", "rate"],
+)
+def test_a_float_flag_takes_the_texts_its_variable_takes(
+    parse: Callable[[str], float], variable: str, text: str
+) -> None:
+    """``--rate x`` said "'x' is not a number" where a variable says "is 'x', not a
+    number": a float flag takes what a variable of seconds takes (the same value where
+    both ranges hold it), and refuses the rest in its words, its own range after "use"."""
+    by_variable = _after_name(variable, _outcome(_variable(variable), text))
+    assert _read_as(_outcome(parse, text)) == _read_as(by_variable)
+
+
+def test_a_plus_before_thousands_of_digits_is_said_by_its_size_by_a_count() -> None:
+    """DISTQ_PREFETCH=+999... (5,000 nines) put every digit on the line ("is '+999...',
+    not a whole number"), as ``--seed`` of 5,000 digits did in argparse's own "invalid
+    int value: '999...'": both are said by their size, as other numbers are."""
+    nines = "9" * 5000
+    assert _variable_says("DISTQ_PREFETCH", "+" + nines) == (
+        "is about 10**4999 written with a '+', not a whole number"
+    )
+    with pytest.raises(argparse.ArgumentTypeError) as seed:
+        flagtypes.seed(nines)
+    assert str(seed.value) == (
+        f"is about 10**4999; use a whole number of at most {sys.get_int_max_str_digits()} "
+        "digits (Python's limit for its text)"
+    )
+    assert flagtypes.seed("-" + "9" * 40) == -int("9" * 40)  # any int, as int() read it
