@@ -60,7 +60,7 @@ from distq.executor_settings import load_settings
 from distq.flagtypes import MAX_SECONDS
 from distq.futures import Callbacks, DistqFuture
 from distq.jsonvalue import MAX_CHUNK_DEPTH, MAX_DEPTH, check_arguments
-from distq.ranges import out_of_range, shown_number, whole_numbers
+from distq.ranges import Number, out_of_range, shown_number, whole_numbers
 from distq.security import notices
 from distq.tasks import bound, task_name
 from distq.transport import QueueStats, open_transport
@@ -78,20 +78,26 @@ log = logging.getLogger(__name__)
 CLOSE_WAIT_SECONDS = 2.0
 
 
+#: A wait an Executor argument gives, as a flag of seconds reads it (:mod:`distq.flagtypes`):
+#: greater than 0 (``task_timeout``), or 0 too (``map``'s ``timeout``).
+_WAIT = Number(float, 0.0, MAX_SECONDS, " seconds", above=True)
+_WAIT_OR_ZERO = Number(float, 0.0, MAX_SECONDS, " seconds")
+
+
 def _seconds(name: str, value: float | None, *, zero: bool = False) -> float | None:
     """A wait in seconds an Executor argument ``name`` gives (0 too with ``zero``): None
     (or inf) for no limit. Raises ``ValueError`` for one no deadline can hold (nan, a
     negative, a bool, past :data:`~distq.flagtypes.MAX_SECONDS`): 10**400 was taken,
-    then each submit raised OverflowError (``map()``: its iterator)."""
+    then each submit raised OverflowError (``map()``: its iterator). Refused as the
+    flags and variables of seconds are (:class:`~distq.ranges.Number`): "task_timeout is
+    1e+300; use a number greater than 0, at most 1000000000 seconds, or None for no
+    limit"."""
     if value is None or value == math.inf:  # no limit, as None says
         return None
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (number and (value >= 0 if zero else value > 0) and value <= MAX_SECONDS):
-        shown = shown_number(value) if number else f"{value!r:.40}"
-        raise ValueError(
-            f"{name} is {shown}; use seconds {'>=' if zero else '>'} 0 and at most "
-            f"{MAX_SECONDS:.0f} (about 31 years), or None for no limit"
-        )
+    try:
+        (_WAIT_OR_ZERO if zero else _WAIT).check(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} {exc}, or None for no limit") from None
     return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from distq import flagtypes
 from distq.codec import Codec
 from distq.config import Settings, shown_number
 from distq.envelope import Task
@@ -72,7 +74,7 @@ def test_bad_values_and_unknown_names_are_refused_before_anything_connects() -> 
         Executor(Settings(transport="redis"), max_attempts=0)
     with pytest.raises(ValueError, match="task_timeout is -1"):
         Executor(Settings(transport="redis"), task_timeout=-1)
-    with pytest.raises(ValueError, match="task_timeout is '5'; use seconds > 0"):  # TypeError
+    with pytest.raises(ValueError, match="task_timeout is '5', not a number; use a number"):
         Executor(Settings(transport="redis"), task_timeout="5")  # type: ignore[arg-type]
 
 
@@ -401,11 +403,11 @@ def _short(value: object) -> str | None:
 @pytest.mark.parametrize(
     ("keyword", "value", "said"),
     [
-        ("task_timeout", 10**400, r"task_timeout is about 10\*\*400; use seconds > 0 and at most "),
-        ("task_timeout", 1e300, r"task_timeout is 1e\+300; use seconds > 0 and at most 1000000000"),
-        ("task_timeout", float("nan"), r"task_timeout is nan; use seconds > 0"),
-        ("task_timeout", -1, r"task_timeout is -1; use seconds > 0"),
-        ("task_timeout", True, r"task_timeout is True; use seconds > 0"),
+        ("task_timeout", 10**400, r"task_timeout is about 10\*\*400; use a number greater than 0"),
+        ("task_timeout", 1e300, r"task_timeout is 1e\+300; use a number greater than 0, at most "),
+        ("task_timeout", float("nan"), r"task_timeout is nan; use a number greater than 0"),
+        ("task_timeout", -1, r"task_timeout is -1; use a number greater than 0"),
+        ("task_timeout", True, r"task_timeout is True, not a number; use a number greater"),
         ("max_attempts", True, r"max_attempts is True; use a whole number from 1 to 10000$"),
         ("max_attempts", 2.0, r"max_attempts is 2.0; use a whole number from 1 to 10000$"),
     ],
@@ -418,6 +420,23 @@ def test_an_executor_argument_out_of_range_is_refused_at_construction(
     OverflowError (a deadline past what a float or a lock's wait can hold)."""
     with pytest.raises(ValueError, match=f"^{said}"):
         Executor(Settings(transport="redis", redis_url="redis://127.0.0.1:1/0"), **{keyword: value})
+
+
+@pytest.mark.parametrize("value", [10**400, 1e300, float("nan"), -1, 0, "5"], ids=_short)
+def test_task_timeout_out_of_range_is_said_as_the_flag_of_seconds_says_it(value: Any) -> None:
+    """task_timeout=1e300 said "is 1e+300; use seconds > 0 and at most 1000000000 (about
+    31 years)" where ``--timeout 1e300`` (and a variable of seconds) says "is 1e+300; use
+    a number greater than 0, at most 1000000000 seconds", through ranges.Number: now the
+    keyword says it so, adding only that None means no limit."""
+    with pytest.raises(ValueError) as by_keyword:
+        Executor(Settings(transport="redis"), task_timeout=value)
+    if isinstance(value, str):  # a str, not a number, though --timeout would take its text
+        said = "is '5', not a number; use a number greater than 0, at most 1000000000 seconds"
+    else:
+        with pytest.raises(argparse.ArgumentTypeError) as by_flag:
+            flagtypes.seconds(str(value))
+        said = str(by_flag.value)
+    assert str(by_keyword.value) == f"task_timeout {said}, or None for no limit"
 
 
 @pytest.mark.parametrize(
