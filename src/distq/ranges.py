@@ -80,11 +80,15 @@ def shown_digits(digits: str) -> str:
 def shown_text(text: str) -> str:
     """A text refused as no number, to follow "is": ``'9_100'``; one of a sign and more
     digits than :func:`shown_digits` shows (``+999...``), by its size as a number too long
-    to read is said, ``about 10**4999 written with a '+'``, not every digit."""
-    significant = text.lstrip("+-").lstrip("0")
-    if _SIGNED_WHOLE.fullmatch(text) and len(significant) > _SHOWN_DIGITS:
-        return f"{shown_digits(text.lstrip('+'))} written with a {text[0]!r}"
-    return repr(text)
+    to read is said, ``about 10**4999 written with a '+'``, not every digit; one long by its
+    leading zeros as :func:`too_long` says it, ``5 written in 5,001 digits with a '+'``."""
+    unsigned = text.lstrip("+-")
+    if not (_SIGNED_WHOLE.fullmatch(text) and len(unsigned) > _SHOWN_DIGITS):
+        return repr(text)
+    shown, sign = shown_digits(text.lstrip("+")), text[0]
+    if len(unsigned.lstrip("0")) <= _SHOWN_DIGITS:  # long only by its leading zeros
+        return f"{shown} written in {len(unsigned):,} digits with a {sign!r}"
+    return f"{shown} written with a {sign!r}"
 
 
 def whole(text: str, span: str) -> int:

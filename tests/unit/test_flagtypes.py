@@ -412,3 +412,17 @@ def test_a_plus_before_thousands_of_digits_is_said_by_its_size_by_a_count() -> N
         "digits (Python's limit for its text)"
     )
     assert flagtypes.seed("-" + "9" * 40) == -int("9" * 40)  # any int, as int() read it
+
+
+def test_a_plus_before_thousands_of_leading_zeros_is_said_by_its_size() -> None:
+    """``--tasks +000...05`` (5,001 digits) was said "is 5 written in 5,001 digits; use
+    ..." before the flags read as the variables do; then the '+' made it "no number",
+    shown whole: a line of 5,000 zeros, by the flag and DISTQ_PREFETCH alike, since only
+    the digits past the leading zeros were counted against the 30 shown."""
+    text = "+" + _ZEROS + "5"
+    said = "is 5 written in 5,001 digits with a '+', not a whole number"
+    assert _variable_says("DISTQ_PREFETCH", text) == said
+    for parse in (flagtypes.count, flagtypes.seed):
+        with pytest.raises(argparse.ArgumentTypeError) as by_flag:
+            parse(text)
+        assert str(by_flag.value) == said
