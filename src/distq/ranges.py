@@ -94,14 +94,25 @@ def shown_text(text: str) -> str:
 def whole(text: str, span: str) -> int:
     """``text`` (stripped) read as a whole number by the one rule of every variable and
     flag, :data:`WHOLE_TEXT`; else ``ValueError`` in the words that follow its name: "is
-    '9_100', not a whole number", or past ``int()``'s digits "is about 10**4999; use
-    ``span``" (:func:`too_long`)."""
+    '9_100', not a whole number; use ``span``, in the digits 0-9 alone", or past
+    ``int()``'s digits "is about 10**4999; use ``span``" (:func:`too_long`)."""
     if WHOLE_TEXT.fullmatch(text) is None:
-        raise ValueError(f"is {shown_text(text)}, not a whole number")
+        digits = ", in the digits 0-9 alone" * _int_reads(text)
+        raise ValueError(f"is {shown_text(text)}, not a whole number; use {span}{digits}")
     try:
         return int(text)
     except ValueError:  # past int()'s digits (4300 unless set): no other whole number fails
         raise ValueError(too_long(text, span)) from None
+
+
+def _int_reads(text: str) -> bool:
+    """Whether ``int()`` reads ``text`` (or would, but for its 4300 digits): "+5", "9_100",
+    other scripts' digits, which :func:`whole` refuses for a user to write plainly."""
+    try:
+        int(text)
+    except ValueError:
+        return _SIGNED_WHOLE.fullmatch(text) is not None
+    return True
 
 
 @dataclass(frozen=True)

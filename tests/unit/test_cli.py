@@ -221,7 +221,8 @@ def test_a_worker_id_no_broker_can_carry_exits_2(worker_id: str, expected: str) 
         (
             [],
             {"DISTQ_METRICS_PORT": "\u00b2"},
-            "DISTQ_METRICS_PORT is '\u00b2', not a whole number; pass --port",
+            "DISTQ_METRICS_PORT is '\u00b2', not a whole number; use a whole number from 1 to "
+            "65535; pass --port",
         ),
         (  # a ValueError traceback (int() of 5,000 digits), exit 1
             [],
