@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 from distq.addresses import host_problem, unusable_as_a_host
 from distq.limits import worker_name_problem
@@ -22,46 +23,50 @@ from distq.ranges import PORT, Number, out_of_range, shown_number, whole, whole_
 MAX_SECONDS = 1_000_000_000.0
 
 
-def count(text: str) -> int:
-    """A whole number, 1 or more."""
-    return _whole(text, None)
+_T = TypeVar("_T")
 
 
-def count_up_to(high: int) -> Callable[[str], int]:
-    """A whole number from 1 to ``high``."""
+def _flag(read: Callable[[str], _T]) -> Callable[[str], _T]:
+    """``read`` as a flag's ``type=``: the text stripped, as a setting's variable is
+    (:meth:`~distq.config.Setting.read`), and its ``ValueError``, said in the variable's
+    words ("is 0; use a whole number from 1 to 10000"), argparse's one line (exit 2)."""
 
-    def parse(text: str) -> int:
-        return _whole(text, high)
+    def parse(text: str) -> _T:
+        try:
+            return read(text.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
 
 
-def _whole(text: str, high: int | None, *, low: int = 1) -> int:
-    """``text`` as a whole number from ``low`` to ``high`` (no ceiling: None), read by the
-    rule a setting's variable reads one by (:func:`~distq.ranges.whole`: ASCII digits,
-    where ``int()`` took "+5", "9_100" and fullwidth digits) and refused in its words
-    (:func:`~distq.ranges.out_of_range`): "is 0; use a whole number from 1 to 10000",
-    "is '9_100', not a whole number"; one too long for ``int()`` by its size."""
-    wanted = whole_numbers(low, high)
-    try:
-        value = whole(text.strip(), wanted)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value < low or (high is not None and value > high):
-        raise argparse.ArgumentTypeError(out_of_range(shown_number(value), wanted))
+def _one_or_more(text: str) -> int:
+    """A whole number with no ceiling, read by the one rule of every variable and flag
+    (:func:`~distq.ranges.whole`: ASCII digits, where ``int()`` took "+5", "9_100" and
+    fullwidth digits): "is 0; use a whole number, 1 or more"."""
+    wanted = whole_numbers(1)
+    value = whole(text, wanted)
+    if value < 1:
+        raise ValueError(out_of_range(shown_number(value), wanted))
     return value
 
 
-def seed(text: str) -> int:
-    """Any whole number (``--seed``), read as :func:`_whole` reads a count: one past
-    ``int()``'s digits is said by its size, not as argparse's "invalid int value" with
-    every digit on the line."""
+def _any_whole(text: str) -> int:
+    """Any whole number (``--seed``), read as a count is: one past ``int()``'s digits is
+    said by its size, not as argparse's "invalid int value" with every digit on the line."""
     most = sys.get_int_max_str_digits()
-    wanted = f"a whole number of at most {most} digits (Python's limit for its text)"
-    try:
-        return whole(text.strip(), wanted)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return whole(text, f"a whole number of at most {most} digits (Python's limit for its text)")
+
+
+#: A whole number, 1 or more.
+count = _flag(_one_or_more)
+#: Any whole number (``--seed``).
+seed = _flag(_any_whole)
+
+
+def count_up_to(high: int) -> Callable[[str], int]:
+    """A whole number from 1 to ``high``, refused as a variable of that range is."""
+    return _flag(Number(int, 1, high))
 
 
 def number(
@@ -70,15 +75,7 @@ def number(
     """A finite number above ``low`` (or equal to it with ``zero``), at most ``high``,
     refused out of range as a setting's variable is (:class:`~distq.ranges.Number`): "is
     nan; use a number greater than 0, at most 1000000000 seconds"."""
-    checked = Number(float, low, high, unit, above=not zero)
-
-    def parse(text: str) -> float:
-        try:  # as its variable reads it: "is 'x', not a number", "is about 10**4999; use"
-            return checked(text.strip())
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
+    return _flag(Number(float, low, high, unit, above=not zero))
 
 
 #: Seconds greater than 0 (a timeout, an interval); and 0 or more (a delay, a patience).
@@ -86,12 +83,9 @@ seconds = number(0.0, MAX_SECONDS, unit=" seconds")
 seconds_or_zero = number(0.0, MAX_SECONDS, zero=True, unit=" seconds")
 #: A rate per second, greater than 0.
 rate = number(0.0, 1e12)
-
-
-def port(text: str) -> int:
-    """A TCP port to connect to, 1 to 65535, refused as ``DISTQ_METRICS_PORT`` is (its
-    range, :data:`~distq.ranges.PORT`): "is 70000; use a whole number from 1 to 65535"."""
-    return _whole(text, PORT.high, low=PORT.low)
+#: A TCP port to connect to, 1 to 65535, refused as ``DISTQ_METRICS_PORT`` is (its range,
+#: :data:`~distq.ranges.PORT`): "is 70000; use a whole number from 1 to 65535".
+port = _flag(PORT)
 
 
 def host(text: str) -> str:
