@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal, NoReturn
 
-from distq import __version__, commands, descriptors, flagtypes, startup
+from distq import __version__, commands, descriptors, flagtypes, probe, startup
 from distq.codec import Codec
 from distq.config import (
     CONCURRENCY,
@@ -56,7 +56,7 @@ from distq.logs import make_console
 from distq.management import delivery_limit_warning
 from distq.master import JobSpec, Master
 from distq.observe import MasterObservability, WorkerObservability
-from distq.probe import add_probe_parser, command_parser, run_probe
+from distq.probe import add_probe_parser, command_parser
 from distq.security import notices
 from distq.signals import (
     exit_now,
@@ -254,10 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     escaping(sys.stdout, sys.stderr)  # an ASCII locale: escaped, not a failure
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.role == "probe":  # no settings but this one: its errors as the others' lines
-        startup.hand_back()  # its signals as Python's defaults take them
-        wanted = os.environ.get("DISTQ_LOG_FORMAT", "").strip()
-        return run_probe(args, os.environ, make_console(wanted, "probe", args.quiet))
+    if args.role == "probe":  # no settings but its own
+        return probe.run(args)
     flags = {e.variable: getattr(args, e.variable) for e in SETTINGS}
     fields = {}
     if args.role == "worker":  # named now: the JSON lines carry it from the first one

@@ -116,8 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     escaping(sys.stdout, sys.stderr)  # an ASCII locale: escaped, not a failure
     parser, roles = command_parser()
     add_probe_parser(roles)
-    args = parser.parse_args(argv)
-    startup.hand_back()  # its signals as Python's defaults take them
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``distq probe`` of the parsed ``args``, as :func:`main` and :func:`distq.cli.main`
+    run it: the signals held while distq imported handed back (Python's defaults take
+    them), no setting read but its own, its errors as the other commands' lines."""
+    startup.hand_back()
     wanted = os.environ.get("DISTQ_LOG_FORMAT", "").strip()
     return run_probe(args, os.environ, make_console(wanted, "probe", args.quiet))
 
