@@ -19,6 +19,14 @@ _SIGNED_WHOLE = re.compile(r"[+-]?[0-9]+")
 #: A whole number's text as every variable and flag takes it (once stripped): ASCII
 #: digits, a '-' allowed. int() also takes "+5", "9_100" and other scripts' digits.
 WHOLE_TEXT = re.compile(r"-?[0-9]+")
+#: A number's text as every variable and flag of seconds or a rate takes it (once
+#: stripped): :data:`WHOLE_TEXT`, then a fraction, an exponent or both (``0.5``, ``.5``,
+#: ``1e3``, ``2.5E-3``; the exponent's sign as Python writes one, ``1e+16``). float()
+#: also takes "+5", "9_100", "1_0.5" and other scripts' digits.
+DECIMAL_TEXT = re.compile(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
+#: The words float() reads as no finite number (``inf``, ``-Infinity``, ``NaN``): read
+#: as before, then refused out of range ("is nan; use ...").
+_NOT_FINITE = re.compile(r"[+-]?(inf|infinity|nan)", re.IGNORECASE)
 #: Most digits a number too long to read is shown in; past them, by its order of magnitude.
 _SHOWN_DIGITS = 30
 
@@ -115,6 +123,27 @@ def _int_reads(text: str) -> bool:
     return True
 
 
+def decimal(text: str, span: str) -> str:
+    """``text`` (stripped) if it is a number's text by the one rule of every variable and
+    flag of seconds or a rate, :data:`DECIMAL_TEXT`, or a word float() reads as inf or nan
+    (refused out of range once read, as before); else ``ValueError`` in the words of
+    :func:`whole`: "is '9_100', not a number; use ``span``, in the digits 0-9 alone"."""
+    if DECIMAL_TEXT.fullmatch(text) is None and _NOT_FINITE.fullmatch(text) is None:
+        digits = ", in the digits 0-9 alone" * _float_reads(text)
+        raise ValueError(f"is {shown_text(text)}, not a number; use {span}{digits}")
+    return text
+
+
+def _float_reads(text: str) -> bool:
+    """Whether ``float()`` reads ``text``: "+5", "9_100", "1_0.5", other scripts' digits,
+    which :func:`decimal` refuses for a user to write plainly."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Number(Generic[_N]):
     """A number setting's parser (text -> value) and its range, which :meth:`check` also
@@ -135,10 +164,7 @@ class Number(Generic[_N]):
     def __call__(self, text: str) -> _N:
         if self.kind is int:  # ASCII digits only (:func:`whole`), as a flag reads them
             return self._in_range(whole(text, self.span()))
-        try:
-            value = self.kind(text)
-        except ValueError:
-            raise ValueError(f"is {shown_text(text)}, not {self.word}") from None
+        value = self.kind(decimal(text, self.span()))
         if math.isinf(value) and _SIGNED_WHOLE.fullmatch(text):
             raise ValueError(too_long(text, self.span()))  # 400 digits: not "is inf"
         return self._in_range(value)

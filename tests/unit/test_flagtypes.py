@@ -222,7 +222,9 @@ def test_a_plus_before_thousands_of_digits_is_said_by_its_size_not_inf(
 ) -> None:
     """``--rate +999...`` (5,000 digits) was said "is about 10**4999" before the flags read
     through ranges.Number, which took only a '-' for a whole number's sign: a '+' made it
-    a float's inf, "is inf; use ...", by a flag and a variable of seconds alike."""
+    a float's inf, "is inf; use ...", by a flag and a variable of seconds alike. A number
+    with a fraction now takes a '-' alone too, as a whole number does: its size, then the
+    digits to write it in."""
     text = "+" + "9" * 5000
     if parse is not None:
         with pytest.raises(argparse.ArgumentTypeError) as by_flag:
@@ -231,7 +233,9 @@ def test_a_plus_before_thousands_of_digits_is_said_by_its_size_not_inf(
     else:
         assert variable is not None
         said = _variable_says(variable, text)
-    assert said == f"is about 10**4999; use {span}", said
+    assert said == (
+        f"is about 10**4999 written with a '+', not a number; use {span}, in the digits 0-9 alone"
+    ), said
 
 
 _ZEROS = "0" * 5000
@@ -453,3 +457,67 @@ def test_a_text_refused_as_no_whole_number_says_what_to_write(text: str, said: s
     assert str(by_flag.value) == by_variable
     assert by_variable.startswith(said), by_variable
     assert ("0-9 alone" in by_variable) == (text != "x"), by_variable
+
+
+#: Texts float() reads that no variable or flag of seconds or a rate takes: a '+', '_'
+#: between digits, other scripts' digits (Arabic-Indic, fullwidth), with a fraction too.
+_NOT_PLAIN = ["+5", "9_100", "1_0.5", "\u0663", "\uff10.5", "+0.5", "1e1_0"]
+
+
+@pytest.mark.parametrize("text", _NOT_PLAIN, ids=repr)
+@pytest.mark.parametrize(
+    ("parse", "variable", "span"),
+    [
+        (flagtypes.rate, None, "a number greater than 0, at most 1000000000000"),
+        (flagtypes.seconds, None, "a number greater than 0, at most 1000000000 seconds"),
+        (flagtypes.seconds_or_zero, None, "a number from 0 to 1000000000 seconds"),
+        (None, "DISTQ_LEASE_SECONDS", "a number from 0.3 to 3600 seconds"),
+        (None, "DISTQ_STALL_SECONDS", "a number from 0.1 to 86400 seconds"),
+    ],
+    ids=["rate", "timeout", "delay", "lease", "stall"],
+)
+def test_a_number_with_a_fraction_is_in_the_digits_0_9_alone(
+    parse: Callable[[str], float] | None, variable: str | None, span: str, text: str
+) -> None:
+    """DISTQ_LEASE_SECONDS=9_100 was read as 9100 and ``--rate \u0663`` as 3 (float()
+    takes '_', a '+' and other scripts' digits), where DISTQ_PREFETCH=9_100 is refused
+    "in the digits 0-9 alone": a number with a fraction now follows the same rule, in
+    the same words, by a flag and a variable alike."""
+    if parse is not None:
+        with pytest.raises(argparse.ArgumentTypeError) as by_flag:
+            parse(text)
+        said = str(by_flag.value)
+    else:
+        assert variable is not None
+        said = _variable_says(variable, text)
+    assert said == f"is {text!r}, not a number; use {span}, in the digits 0-9 alone", said
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0.5", 0.5), (".5", 0.5), ("5.", 5.0), ("1e3", 1000.0), ("2.5E+2", 250.0), ("3", 3.0)],
+)
+def test_a_number_with_a_fraction_is_read_as_before_in_plain_digits(
+    text: str, value: float
+) -> None:
+    """What the rule of plain digits keeps: a fraction (with no digit before or after
+    its point), an exponent (a sign in it as Python writes one, ``1e+16``), by a flag and
+    a variable of seconds alike."""
+    assert flagtypes.rate(text) == value
+    assert flagtypes.seconds(f" {text} ") == value
+    settings = Settings.load({"DISTQ_AUTHKEY": "k", "DISTQ_STATS_SECONDS": text})
+    assert settings.stats_seconds == value
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("inf", "inf"), ("-inf", "-inf"), ("+inf", "inf"), ("Infinity", "inf"), ("NaN", "nan")],
+)
+def test_inf_and_nan_stay_refused_by_their_range(text: str, shown: str) -> None:
+    """float()'s words for no finite number stay what they were: read, then refused out
+    of range as "is inf" or "is nan" (not "not a number ... in the digits 0-9 alone")."""
+    span = "a number from 0.3 to 3600 seconds"
+    assert _variable_says("DISTQ_LEASE_SECONDS", text) == f"is {shown}; use {span}"
+    with pytest.raises(argparse.ArgumentTypeError) as by_flag:
+        flagtypes.rate(text)
+    assert str(by_flag.value) == f"is {shown}; use a number greater than 0, at most 1000000000000"
