@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from distq import credentials
-from distq.ranges import Number, shown_digits
+from distq.ranges import SHOWN_LINE, Number, cut, shown_digits
 
 
 def address(text: str) -> tuple[str, int]:
@@ -29,29 +29,35 @@ def address(text: str) -> tuple[str, int]:
     bracketed = host.startswith("[") and host.endswith("]")
     host = host[1:-1] if bracketed else host
     if "://" in text:
-        raise ValueError(f"is {text!r}; use host:port without a scheme, e.g. 127.0.0.1:9000")
+        raise ValueError(f"is {_shown(text)}; use host:port without a scheme, e.g. 127.0.0.1:9000")
     bare_ipv6 = _is_ipv6(text)
     if bare_ipv6 or (":" in host and not bracketed):  # ::1 read as host ':', port 1
         example = f"[{text}]:PORT" if bare_ipv6 else "[ADDRESS]:PORT"
         raise ValueError(
-            f"is {text!r}, not host:port; write an IPv6 address in brackets, then its port: "
+            f"is {_shown(text)}, not host:port; write an IPv6 address in brackets, then its port: "
             f"{example}, e.g. [::1]:9000"
         )
     if not sep or not host or "[" in host or "]" in host:
         port = ""  # refused below
     if not port.isascii() or not port.isdigit() or not 0 < _digits(port) < 65536:
         raise ValueError(
-            f"is {text!r}; use host:port, e.g. 127.0.0.1:9000 "
+            f"is {_shown(text)}; use host:port, e.g. 127.0.0.1:9000 "
             "(the master listens there, workers connect there)"
         )
     if unusable_as_a_host(host):  # user@h, "a b": no lookup takes it (a worker waited)
         raise ValueError(
-            f"is {text!r}: {host!r} is not a host (it holds a blank, a control character, "
-            "'/' or '@'); use host:port, e.g. 127.0.0.1:9000"
+            f"is {_shown(text)}: {_shown(host)} is not a host (it holds a blank, a control "
+            "character, '/' or '@'); use host:port, e.g. 127.0.0.1:9000"
         )
     if problem := host_problem(host):
-        raise ValueError(f"is {text!r}: {host!r} is {problem}")
+        raise ValueError(f"is {_shown(text)}: {_shown(host)} is {problem}")
     return host, int(port)
+
+
+def _shown(text: str) -> str:
+    """An address (or its host) as its refusal quotes it: past 300 characters, which no
+    host:port reaches, its start and its length (:func:`~distq.ranges.cut`)."""
+    return cut(text, SHOWN_LINE)
 
 
 def host_problem(host: str) -> str | None:
@@ -171,7 +177,8 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
             )
         if parts.scheme not in schemes:
             raise ValueError(
-                f"has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in schemes)}"
+                f"has scheme {_shown(parts.scheme)}; use one of "
+                + ", ".join(s + "://" for s in schemes)
             )
         _options(text, parts.query)
         if parts.scheme == "unix":
@@ -185,12 +192,12 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
             raise ValueError(f"names no host; use e.g. {example}")
         if unusable_as_a_host(parts.hostname):  # "redis host": no lookup takes it
             raise ValueError(
-                f"({credentials.mask_url(text)}) has host {parts.hostname!r}: not a host (it "
+                f"({credentials.mask_url(text)}) has host {_shown(parts.hostname)}: not a host (it "
                 f"holds a blank or a control character); use e.g. {example}"
             )
         if problem := host_problem(parts.hostname):
             raise ValueError(
-                f"({credentials.mask_url(text)}) has host {parts.hostname!r}: {problem}"
+                f"({credentials.mask_url(text)}) has host {_shown(parts.hostname)}: {problem}"
             )
         if port is None:  # absent, or empty after the colon: never guess one
             raise ValueError(f"names no port after the host; use e.g. {example}")
@@ -199,7 +206,7 @@ def url(schemes: tuple[str, ...], example: str) -> Callable[[str], str]:
         if parts.scheme.startswith("amqp") and "/" in parts.path[1:].rstrip("/"):
             # pika takes the first segment as the vhost, without a word (input17)
             raise ValueError(
-                f"({credentials.mask_url(text)}) has path {parts.path!r}: a vhost is one "
+                f"({credentials.mask_url(text)}) has path {_shown(parts.path)}: a vhost is one "
                 "segment; percent-encode a '/' in its name (/a%2Fb for vhost 'a/b'; /%2F "
                 "for '/')"
             )
@@ -250,7 +257,7 @@ def _options(url: str, query: str) -> None:
     for value in options.get("ssl_cert_reqs", []) if url.lower().startswith("rediss") else []:
         if value not in ("none", "optional", "required"):
             raise ValueError(
-                f"({credentials.mask_url(url)}) has ssl_cert_reqs={value!r}; use required, "
+                f"({credentials.mask_url(url)}) has ssl_cert_reqs={cut(value)}; use required, "
                 "optional or none, in lower case"
             )
     # redis-py reads 0, no, f, n... as false too: a check turned off by a spelling the
@@ -258,7 +265,7 @@ def _options(url: str, query: str) -> None:
     for value in options.get("ssl_check_hostname", []) if url.lower().startswith("rediss") else []:
         if value not in ("true", "false"):
             raise ValueError(
-                f"({credentials.mask_url(url)}) has ssl_check_hostname={value!r}; use true or "
+                f"({credentials.mask_url(url)}) has ssl_check_hostname={cut(value)}; use true or "
                 "false, in lower case"
             )
     redis = url.lower().startswith(("redis", "unix"))
@@ -271,13 +278,13 @@ def _options(url: str, query: str) -> None:
     for value in options.get("protocol", []) if redis else []:
         if value not in ("2", "3"):
             raise ValueError(
-                f"({credentials.mask_url(url)}) has protocol={value!r}; use 2 or 3, or leave "
+                f"({credentials.mask_url(url)}) has protocol={cut(value)}; use 2 or 3, or leave "
                 "the option out"
             )
     for value in options.get("client_name", []) if redis else []:
         if any(c.isspace() or not c.isprintable() for c in value):  # Redis refuses them
             raise ValueError(
-                f"({credentials.mask_url(url)}) has client_name={value!r}; use a name "
+                f"({credentials.mask_url(url)}) has client_name={cut(value)}; use a name "
                 "without spaces or control characters, or leave the option out"
             )
     if redis and "socket_timeout" in options:
@@ -308,7 +315,7 @@ def _options(url: str, query: str) -> None:
             if not (math.isfinite(seconds) and above and seconds <= _MOST_SECONDS):
                 span = "from 0 to" if pause else "above 0 and at most"
                 raise ValueError(
-                    f"({credentials.mask_url(url)}) has {name}={value!r}; use a number of "
+                    f"({credentials.mask_url(url)}) has {name}={cut(value)}; use a number of "
                     f"seconds {span} {_MOST_SECONDS:,}, or leave the option out"
                 )
 
@@ -329,7 +336,7 @@ def redis_url(example: str) -> Callable[[str], str]:
         parts = urlsplit(checked)
         if parts.scheme != "unix" and not _DATABASE_PATH.fullmatch(parts.path):
             raise ValueError(
-                f"({credentials.mask_url(checked)}) has path {parts.path!r}, not a database "
+                f"({credentials.mask_url(checked)}) has path {_shown(parts.path)}, not a database "
                 f"number; end it with the database, e.g. {example} (or no path: database 0)"
             )
         path = parts.path.strip("/") if parts.scheme != "unix" else ""
@@ -383,7 +390,9 @@ def unusable_as_a_host(text: str) -> bool:
 def listen_host(text: str) -> str:
     """A host to listen on: a name or an address (brackets around IPv6 taken off)."""
     if unusable_as_a_host(text):
-        raise ValueError(f"is {text!r}; use an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
+        raise ValueError(
+            f"is {_shown(text)}; use an address to listen on, e.g. 0.0.0.0 or 127.0.0.1"
+        )
     if problem := host_problem(text.strip("[]")):
-        raise ValueError(f"is {text!r}, {problem}")
+        raise ValueError(f"is {_shown(text)}, {problem}")
     return text.strip("[]")

@@ -29,6 +29,12 @@ DECIMAL_TEXT = re.compile(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 _NOT_FINITE = re.compile(r"[+-]?(inf|infinity|nan)", re.IGNORECASE)
 #: Most digits a number too long to read is shown in; past them, by its order of magnitude.
 _SHOWN_DIGITS = 30
+#: Most characters of a text refused as no number that its refusal shows; past them, its
+#: start and its length (a text of 5,000 put 5,000 on the line).
+SHOWN_CHARACTERS = 40
+#: The same for a text a refusal quotes to say where in it the fault is (an address, a
+#: URL, a setting of several items): any a user means is shorter.
+SHOWN_LINE = 300
 
 
 def shown_number(value: float) -> str:
@@ -89,14 +95,23 @@ def shown_text(text: str) -> str:
     """A text refused as no number, to follow "is": ``'9_100'``; one of a sign and more
     digits than :func:`shown_digits` shows (``+999...``), by its size as a number too long
     to read is said, ``about 10**4999 written with a '+'``, not every digit; one long by its
-    leading zeros as :func:`too_long` says it, ``5 written in 5,001 digits with a '+'``."""
+    leading zeros as :func:`too_long` says it, ``5 written in 5,001 digits with a '+'``;
+    any other past :data:`SHOWN_CHARACTERS` by its start and its length (:func:`cut`)."""
     unsigned = text.lstrip("+-")
     if not (_SIGNED_WHOLE.fullmatch(text) and len(unsigned) > _SHOWN_DIGITS):
-        return repr(text)
+        return cut(text)
     shown, sign = shown_digits(text.lstrip("+")), text[0]
     if len(unsigned.lstrip("0")) <= _SHOWN_DIGITS:  # long only by its leading zeros
         return f"{shown} written in {len(unsigned):,} digits with a {sign!r}"
     return f"{shown} written with a {sign!r}"
+
+
+def cut(text: str, most: int = SHOWN_CHARACTERS) -> str:
+    """``text`` as a refusal quotes it: ``repr(text)``, or past ``most`` characters its
+    start and its length, ``'xxxxxxxx'... (5,000 characters)``."""
+    if len(text) <= most:
+        return repr(text)
+    return f"{text[:most]!r}... ({len(text):,} characters)"
 
 
 def whole(text: str, span: str) -> int:

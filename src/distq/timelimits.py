@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from distq.chunks import CHUNK_TASK
 from distq.envelope import Task
-from distq.ranges import Number
+from distq.ranges import SHOWN_LINE, Number, cut
 
 #: Shortest limit accepted: the worker checks about every tenth of a second.
 MIN_SECONDS = 0.1
@@ -184,10 +184,10 @@ class TimeLimits:
             seconds = _seconds(value.strip(), text, name if sep else None)
             if not sep:
                 if default is not None:
-                    raise ValueError(f"is {text!r}; give one limit without a name, not two")
+                    raise ValueError(f"is {_shown(text)}; give one limit without a name, not two")
                 default = seconds
             elif name in per_name:
-                raise ValueError(f"is {text!r}; {name!r} has two limits; give each name one")
+                raise ValueError(f"is {_shown(text)}; {name!r} has two limits; give each name one")
             else:
                 per_name[name] = seconds
         return cls(default, tuple(sorted(per_name.items())))
@@ -248,7 +248,7 @@ def _items(text: str) -> Iterator[tuple[str, str, str]]:
                 name, end = _JSON.raw_decode(text, at)
             except json.JSONDecodeError as exc:  # its own words: not all "does not end"
                 raise ValueError(
-                    f"is {text!r}: the quoted name at character {at + 1} is no JSON string "
+                    f"is {_shown(text)}: the quoted name at character {at + 1} is no JSON string "
                     f"({exc.msg.removesuffix(' at')} at character {exc.pos + 1}); quote it "
                     'as a JSON string, e.g. "a=b"=2'
                 ) from None
@@ -256,7 +256,7 @@ def _items(text: str) -> Iterator[tuple[str, str, str]]:
             before, sep, value = text[end : len(text) if comma < 0 else comma].partition("=")
             if before.strip() or not sep:
                 raise ValueError(
-                    f"is {text!r}: the quoted name {name!r} is not followed by =SECONDS; "
+                    f"is {_shown(text)}: the quoted name {name!r} is not followed by =SECONDS; "
                     'e.g. "a=b"=2'
                 )
             yield name, sep, value
@@ -267,11 +267,11 @@ def _items(text: str) -> Iterator[tuple[str, str, str]]:
             name = name.strip()
             if not item or (sep and not name):
                 raise ValueError(
-                    f"is {text!r}; use SECONDS or NAME=SECONDS items, e.g. 30,square=2"
+                    f"is {_shown(text)}; use SECONDS or NAME=SECONDS items, e.g. 30,square=2"
                 )
             if "=" in name:  # "square=1=2" named a task "square=1"
                 raise ValueError(
-                    f"is {text!r}: {item!r} has more than one '='; use one '=' per item "
+                    f"is {_shown(text)}: {cut(item)} has more than one '='; use one '=' per item "
                     '(NAME=SECONDS), e.g. 30,square=2, and quote a name with "=" or "," '
                     'in it: "a=b"=2'
                 )
@@ -293,7 +293,7 @@ def _seconds(value: str, text: str, name: str | None) -> float:
         seconds = float(value)
     except ValueError:
         raise ValueError(
-            f"is {text!r}: {value!r} is not a number of seconds; e.g. 30,square=2"
+            f"is {_shown(text)}: {cut(value)} is not a number of seconds; e.g. 30,square=2"
         ) from None
     try:
         return _LIMIT(value)
@@ -301,7 +301,14 @@ def _seconds(value: str, text: str, name: str | None) -> float:
         if math.isinf(seconds) and value.isascii() and value.lstrip("+-").isdigit():
             text = text.replace(value, "...")  # 400 digits or more: by its size, not twice
         whose = "the default limit" if name is None else f"the limit of {_named(name)}"
-        raise ValueError(f"is {text!r}: {whose} {exc}") from None
+        raise ValueError(f"is {_shown(text)}: {whose} {exc}") from None
+
+
+def _shown(text: str) -> str:
+    """The setting's text as its refusal quotes it, to say where in it the fault is:
+    past 300 characters, its start and its length (:func:`~distq.ranges.cut`); a text of
+    5,000 put 5,000 on the line, twice with its item."""
+    return cut(text, SHOWN_LINE)
 
 
 def _named(name: str) -> str:

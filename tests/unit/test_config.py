@@ -747,3 +747,63 @@ def test_a_url_port_of_non_ascii_digits_is_refused_in_distqs_words(env: dict[str
     said = str(caught.value)
     assert "is not a valid URL: its port is not a number; percent-encode" in said, said
     assert "int()" not in said, said
+
+
+_NINES = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        (
+            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": f"redis://:pw@h:{_NINES}/0"},
+            "DISTQ_REDIS_URL (redis://:***@h:999",
+        ),
+        (
+            {"DISTQ_TRANSPORT": "redis", "DISTQ_REDIS_URL": f"redis://:pw@h:6379/{_NINES}"},
+            "DISTQ_REDIS_URL (redis://:***@h:6379/999",
+        ),
+        (
+            {
+                "DISTQ_TRANSPORT": "redis",
+                "DISTQ_REDIS_URL": f"redis://:pw@h:6379/0?socket_connect_timeout={_NINES}",
+            },
+            "has socket_connect_timeout='9999999999999999999999999999999999999999'... (5,000 "
+            "characters); use a number of seconds",
+        ),
+        (
+            {"DISTQ_TRANSPORT": "rabbitmq", "DISTQ_AMQP_URL": f"amqp://u:pw@h:{_NINES}/%2F"},
+            "DISTQ_AMQP_URL (amqp://u:***@h:999",
+        ),
+        (
+            {
+                "DISTQ_TRANSPORT": "rabbitmq",
+                "DISTQ_AMQP_URL": f"amqp://u:pw@h:5672/%2F?channel_max={_NINES}",
+            },
+            "): channel_max is about 10**4999; use a whole number from 3 to 65535",
+        ),
+        ({"DISTQ_MANAGER_ADDRESS": f"127.0.0.1:{_NINES}"}, "is '127.0.0.1:999"),
+        ({"DISTQ_TASK_TIME_LIMIT": f"30,square={'x' * 5000}"}, "is '30,square=xxx"),
+    ],
+    ids=[
+        "redis-port",
+        "redis-database",
+        "redis-option",
+        "amqp-port",
+        "amqp-channels",
+        "manager",
+        "time-limit",
+    ],
+)
+def test_a_setting_of_thousands_of_characters_is_refused_by_its_start_and_length(
+    env: dict[str, str], said: str
+) -> None:
+    """A URL holding a port, a database or an option of 5,000 digits was refused with
+    every digit on the line (masked, but whole), as an address's port and a time limit of
+    5,000 characters were: each refusal now shows the start of the text and its length."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_AUTHKEY": "k", **env})
+    refused = str(caught.value)
+    assert said in refused, refused
+    assert re.search(r"\.\.\. \(5,0[0-9][0-9] characters\)", refused), refused
+    assert len(refused) < 800 and "pw" not in refused, refused

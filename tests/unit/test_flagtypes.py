@@ -521,3 +521,43 @@ def test_inf_and_nan_stay_refused_by_their_range(text: str, shown: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError) as by_flag:
         flagtypes.rate(text)
     assert str(by_flag.value) == f"is {shown}; use a number greater than 0, at most 1000000000000"
+
+
+_LONG = "x" * 5000
+
+
+@pytest.mark.parametrize(
+    ("parse", "variable", "said"),
+    [
+        (flagtypes.rate, None, "not a number; use a number greater than 0, at most 1000000000000"),
+        (None, "DISTQ_LEASE_SECONDS", "not a number; use a number from 0.3 to 3600 seconds"),
+        (
+            flagtypes.count_up_to(MAX_PREFETCH),
+            None,
+            "not a whole number; use a whole number from 1 to 10000",
+        ),
+        (None, "DISTQ_PREFETCH", "not a whole number; use a whole number from 1 to 10000"),
+        (flagtypes.count, None, "not a whole number; use a whole number, 1 or more"),
+        (None, "DISTQ_METRICS_PORT", "not a whole number; use a whole number from 1 to 65535"),
+    ],
+    ids=["rate", "lease", "prefetch-flag", "prefetch", "count", "port"],
+)
+def test_a_long_text_refused_as_no_number_is_shown_by_its_start_and_length(
+    parse: Callable[[str], object] | None, variable: str | None, said: str
+) -> None:
+    """DISTQ_LEASE_SECONDS (or ``--rate``) of 5,000 x's put all 5,000 on the refusal's
+    line: a flag and a variable alike now show its first 40 characters and its length."""
+    if parse is not None:
+        with pytest.raises(argparse.ArgumentTypeError) as by_flag:
+            parse(_LONG)
+        refused = str(by_flag.value)
+    else:
+        assert variable is not None
+        refused = _variable_says(variable, _LONG)
+    assert refused == f"is {'x' * 40!r}... (5,000 characters), {said}", refused
+
+
+def test_a_text_of_40_characters_is_shown_whole() -> None:
+    """Only a text past 40 characters is cut: one of 40 is shown as it is."""
+    assert _variable_says("DISTQ_LEASE_SECONDS", "y" * 40).startswith(f"is {'y' * 40!r}, not")
+    assert "(41 characters)" in _variable_says("DISTQ_LEASE_SECONDS", "y" * 41)

@@ -654,3 +654,25 @@ def test_a_signing_key_flag_wins_over_the_other_spelling_in_the_environment(
         "DISTQ_SIGNING_KEYS": f"{SIGNING}-b",
     }
     assert "are both set" in error(KEY, both)
+
+
+def test_an_amqp_url_pika_refuses_is_shown_by_its_start_and_length() -> None:
+    """heartbeat= of 5,000 digits: pika's refusal (Python's digit limit) quoted them all,
+    and so did the masked URL before it; both are now cut, with their length."""
+    url = f"amqp://u:S3cr3tPw@127.0.0.1:5672/%2F?heartbeat={'9' * 5000}"
+    with pytest.raises(ConfigError, match="is not a valid AMQP URL") as caught:
+        Broker.from_url(url)
+    said = str(caught.value)
+    assert len(said) < 800 and "S3cr3tPw" not in said, said
+    assert said.count(" characters)") == 2, said
+
+
+def test_a_long_url_is_masked_then_cut_to_its_start_and_length() -> None:
+    """mask_url shows a URL whole up to 300 characters, past them its start and the
+    masked text's length (not the password's)."""
+    short = "redis://:S3cr3tPw@h:6379/0"
+    assert mask_url(short) == "redis://:***@h:6379/0"
+    long = f"redis://:S3cr3tPw@h:6379/0?client_name={'n' * 5000}"
+    shown = mask_url(long)
+    masked = long.replace("S3cr3tPw", "***")
+    assert shown == f"{masked[:300]}... ({len(masked):,} characters)", shown

@@ -129,12 +129,14 @@ def test_a_limit_out_of_range_is_said_as_a_variables_number_is(text: str, said: 
 def test_a_long_name_is_not_said_twice_in_its_limits_refusal() -> None:
     """``NAME=0`` with a name of 3,000 characters put it on the line twice, in the
     setting's text and again in "the limit of 'nnn...'" (6,070 characters): now the
-    second time is its first 40 characters and "...", as a worker name too long is."""
+    second time is its first 40 characters and "...", as a worker name too long is (and
+    the setting's text, past 300 characters, its start and its length)."""
     name = "n" * 3000
     with pytest.raises(ValueError) as caught:
         TimeLimits.parse(f"30,{name}=0")
     said = str(caught.value)
-    assert said.count(name) == 1, len(said)
+    assert name not in said and len(said) < 500, len(said)
+    assert said.startswith(f"is {f'30,{name}'[:300]!r}... (3,005 characters): "), said
     assert f": the limit of {name[:40]!r}... is 0; use a number from 0.1 to 604800" in said
     with pytest.raises(ValueError, match=r": the limit of 'short' is 0; use "):
         TimeLimits.parse("30,short=0")  # a name of 40 characters or fewer: all of it

@@ -38,7 +38,7 @@ from pika.adapters.utils.connection_workflow import (
 )
 
 from distq import descriptors, tls
-from distq.credentials import mask_url
+from distq.credentials import mask_url, shortened
 from distq.errors import (
     AuthenticationFailed,
     CertificateRejected,
@@ -197,7 +197,7 @@ class Broker:
             params = pika.URLParameters(url)
         except ValueError as exc:
             raise ConfigError(
-                f"DISTQ_AMQP_URL ({mask_url(url)}) is not a valid AMQP URL ({exc})"
+                f"DISTQ_AMQP_URL ({mask_url(url)}) is not a valid AMQP URL ({shortened(str(exc))})"
             ) from None
         except Exception as exc:  # SyntaxError, TypeError, AttributeError, ssl.SSLError...
             parts = urlsplit(url)  # pika split it: a user and no password, its TypeError
