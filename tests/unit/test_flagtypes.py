@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
@@ -561,3 +562,13 @@ def test_a_text_of_40_characters_is_shown_whole() -> None:
     """Only a text past 40 characters is cut: one of 40 is shown as it is."""
     assert _variable_says("DISTQ_LEASE_SECONDS", "y" * 40).startswith(f"is {'y' * 40!r}, not")
     assert "(41 characters)" in _variable_says("DISTQ_LEASE_SECONDS", "y" * 41)
+
+
+def test_a_long_text_of_digits_is_refused_at_once() -> None:
+    """The rule of a number with a fraction is read in one pass: a pattern with two ways
+    to split a run of digits took 8 s to refuse 20,000 digits and an 'x'."""
+    text = "1" * 20_000 + "x"
+    started = time.monotonic()
+    said = _variable_says("DISTQ_LEASE_SECONDS", text)
+    assert time.monotonic() - started < 2, said
+    assert said.startswith(f"is {'1' * 40!r}... (20,001 characters), not a number; use ")
