@@ -38,7 +38,7 @@ from distq.limits import (
     MAX_PREFETCH,
     MIN_MESSAGE_BYTES,
 )
-from distq.ranges import PORT
+from distq.ranges import PORT, SHOWN_LINE, cut
 from distq.ranges import Number as _Number
 from distq.ranges import shown_number as shown_number
 from distq.timelimits import TimeLimits
@@ -180,7 +180,7 @@ def setting(
 def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
-            raise ValueError(f"is {text!r}; set it to one of: {', '.join(choices)}")
+            raise ValueError(f"is {cut(text)}; set it to one of: {', '.join(choices)}")
         return text
 
     return parse
@@ -208,7 +208,7 @@ _DERIVED = {".retry.": "delayed retries", ".results.": "results", ".held.": "hel
 def _queue(text: str) -> str:
     if not _QUEUE_NAME.match(text):
         raise ValueError(
-            f"is {text!r}; use 1-100 letters, digits, '_', '.' or '-', "
+            f"is {cut(text, SHOWN_LINE)}; use 1-100 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
         )
     part = ".dead" if text.endswith(".dead") else next((p for p in _DERIVED if p in text), None)

@@ -16,7 +16,16 @@ from typing import TypeVar
 
 from distq.addresses import host_problem, unusable_as_a_host
 from distq.limits import worker_name_problem
-from distq.ranges import PORT, Number, out_of_range, shown_number, whole, whole_numbers
+from distq.ranges import (
+    PORT,
+    SHOWN_LINE,
+    Number,
+    cut,
+    out_of_range,
+    shown_number,
+    whole,
+    whole_numbers,
+)
 
 #: Longest time a flag may give, in seconds (about 31 years): below every platform's
 #: limit for ``time.sleep``, a socket timeout and a lock's wait.
@@ -92,11 +101,12 @@ def host(text: str) -> str:
     """A host name or address to connect to: no spaces, control characters, '/' or '@'."""
     if unusable_as_a_host(text):  # the settings' own checks
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a host; use a name or an address, e.g. 127.0.0.1 or ::1"
+            f"{cut(text, SHOWN_LINE)} is not a host; use a name or an address, e.g. 127.0.0.1 "
+            "or ::1"
         )
 
     if problem := host_problem(text.strip("[]")):
-        raise argparse.ArgumentTypeError(f"{text!r} is {problem}")
+        raise argparse.ArgumentTypeError(f"{cut(text, SHOWN_LINE)} is {problem}")
     return text
 
 

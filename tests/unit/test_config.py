@@ -807,3 +807,31 @@ def test_a_setting_of_thousands_of_characters_is_refused_by_its_start_and_length
     assert said in refused, refused
     assert re.search(r"\.\.\. \(5,0[0-9][0-9] characters\)", refused), refused
     assert len(refused) < 800 and "pw" not in refused, refused
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "shown"),
+    [
+        ("DISTQ_TRANSPORT", "x" * 5000, f"is {'x' * 40!r}... (5,000 characters); set it to one"),
+        ("DISTQ_LOG_FORMAT", "x" * 5000, f"is {'x' * 40!r}... (5,000 characters); set it to one"),
+        (
+            "DISTQ_RABBITMQ_QUEUE_TYPE",
+            "x" * 5000,
+            f"is {'x' * 40!r}... (5,000 characters); set it to one",
+        ),
+        ("DISTQ_QUEUE", "q" * 5000, f"is {'q' * 300!r}... (5,000 characters); use 1-100 letters"),
+    ],
+    ids=["transport", "log-format", "queue-type", "queue"],
+)
+def test_a_word_or_a_queue_name_of_thousands_of_characters_is_shown_by_its_start(
+    variable: str, text: str, shown: str
+) -> None:
+    """DISTQ_TRANSPORT (a word of a few choices) and DISTQ_QUEUE of 5,000 characters put
+    all 5,000 on the refusal's line, where a number's, an address's or a URL's refusal
+    shows the text's start and its length: so do these now (a word past 40 characters,
+    a queue name, 100 at most, past 300)."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({**KEY, variable: text})
+    refused = str(caught.value)
+    assert refused.startswith(f"{variable} {shown}"), refused[:400]
+    assert len(refused) < 500, len(refused)

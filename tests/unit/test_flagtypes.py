@@ -572,3 +572,14 @@ def test_a_long_text_of_digits_is_refused_at_once() -> None:
     said = _variable_says("DISTQ_LEASE_SECONDS", text)
     assert time.monotonic() - started < 2, said
     assert said.startswith(f"is {'1' * 40!r}... (20,001 characters), not a number; use ")
+
+
+def test_a_host_flag_of_thousands_of_characters_is_shown_by_its_start() -> None:
+    """``distq probe --host`` of 5,000 characters and a blank put all of them on the
+    line; a host is shown as an address's is, past 300 characters by its start and its
+    length."""
+    with pytest.raises(argparse.ArgumentTypeError) as refused:
+        flagtypes.host("h" * 5000 + " x")
+    said = str(refused.value)
+    assert said.startswith(f"{'h' * 300!r}... (5,002 characters) is not a host; "), said[:400]
+    assert len(said) < 500, len(said)
