@@ -284,7 +284,7 @@ class ManagementApi:
             if 300 <= exc.code < 400:
                 target = exc.headers.get("Location") if exc.headers else None
                 shown = "".join(c if c.isprintable() else "?" for c in urljoin(url, target or ""))
-                to = f" to {mask_url(shown)[:300]}" if target else ""
+                to = f" to {mask_url(shown)}" if target else ""  # cut past 300 by mask_url
                 raise ManagementError(
                     f"{where} answered a redirect (HTTP {exc.code}){to}, which is not followed "
                     "(the password would go with it); point DISTQ_RABBITMQ_MANAGEMENT_URL at "

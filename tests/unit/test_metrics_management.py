@@ -247,6 +247,36 @@ def test_a_redirect_is_an_error_and_the_password_does_not_follow_it() -> None:
             server.server_close()
 
 
+def test_a_long_redirect_target_is_shown_by_its_start_and_length() -> None:
+    """A Location of 1,000 characters was cut at 300 with no word of it (mask_url, which
+    now cuts a URL past 300 and says its length, then cut again, its length dropped):
+    the refusal says the target's start and its length, as of every long URL."""
+    target = "http://elsewhere.invalid/" + "a" * 1000
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    redirect = _serve(Redirect)
+    try:
+        port = redirect.server_address[1]
+        api = ManagementApi(f"http://admin:s3cret@127.0.0.1:{port}", "amqp://h/%2F", "jobs")
+        with pytest.raises(ManagementError) as caught:
+            api.read()
+        message = str(caught.value)
+        shown = f"{target[:300]}... ({len(target):,} characters), which is not followed"
+        assert f"answered a redirect (HTTP 302) to {shown}" in message, message
+    finally:
+        redirect.shutdown()
+        redirect.server_close()
+
+
 def test_an_https_api_is_checked_with_the_tls_files_of_the_settings(tmp_path: Path) -> None:
     """A management listener with a certificate of the broker's private CA was refused
     (system CAs only): DISTQ_TLS_CA_FILE was not used, nor the client certificate, so
