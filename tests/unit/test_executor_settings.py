@@ -590,3 +590,28 @@ def test_a_number_too_long_for_its_text_is_said_with_pythons_limit_as_it_is_set(
     assert str(caught.value).startswith(
         f"Executor keyword queue (DISTQ_QUEUE) holds a number of more than {most} digits"
     ), caught.value
+
+
+@pytest.mark.parametrize("text", ["9_100", "+5", "\u0663"], ids=repr)
+def test_a_string_keyword_of_seconds_and_a_time_limit_are_in_the_digits_0_9_alone(
+    text: str,
+) -> None:
+    """A string Executor keyword of seconds and each limit of DISTQ_TASK_TIME_LIMIT are
+    read as the variables are (6399223b): lease_seconds='9_100' was refused as 9100 out
+    of range, '+5' and '\u0663' taken, with a Settings object or without one."""
+    span = "use a number from 0.3 to 3600 seconds, in the digits 0-9 alone"
+    for base in (None, Settings(transport="redis")):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(base, {**REDIS_KEYWORD, "lease_seconds": text}, {})
+        said = str(caught.value)
+        assert said.endswith(f"DISTQ_LEASE_SECONDS) is {text!r}, not a number; {span}") or (
+            said.endswith(f": DISTQ_LEASE_SECONDS is {text!r}, not a number; {span}")
+        ), said
+    with pytest.raises(ValueError) as limit:
+        TimeLimits.parse(f"30,square={text}")
+    assert str(limit.value) == (
+        f"is '30,square={text}': the limit of 'square' is {text!r}, not a number; use a "
+        "number from 0.1 to 604800 seconds, in the digits 0-9 alone"
+    )
+    # a float keyword given as a number goes in as its text, which the rule still reads
+    assert load_settings(None, {**REDIS_KEYWORD, "drain_seconds": 1e-05}, {}).drain_seconds == 1e-05
