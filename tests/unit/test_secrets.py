@@ -676,3 +676,23 @@ def test_a_long_url_is_masked_then_cut_to_its_start_and_length() -> None:
     shown = mask_url(long)
     masked = long.replace("S3cr3tPw", "***")
     assert shown == f"{masked[:300]}... ({len(masked):,} characters)", shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"amqp://{'u' * 5000}@127.0.0.1:5672/%2F",
+        "amqp://u:S3cr3tPw@127.0.0.1:5672/%2F?tcp_options={'TCP_KEEPIDLE':'" + "x" * 5000 + "'}",
+    ],
+    ids=["user-without-password", "tcp-options"],
+)
+def test_an_amqp_url_refused_after_pika_read_it_is_shown_by_its_start(url: str) -> None:
+    """A user of 5,000 characters with no password put it on the line twice (10,500
+    characters: the URL was cut, the user and the example of it were not), and a
+    tcp_options value of 5,000 once (5,450): each is now cut past 300 with its length,
+    as the URL and pika's own refusal are."""
+    with pytest.raises(ConfigError) as caught:
+        Broker.from_url(url)
+    said = str(caught.value)
+    assert len(said) < 1200 and "S3cr3tPw" not in said, said
+    assert re.search(r"\.\.\. \(5,0[0-9][0-9] characters\)", said.partition(") ")[2]), said

@@ -47,6 +47,7 @@ from distq.errors import (
     MessageRefused,
     TransportError,
 )
+from distq.ranges import SHOWN_LINE, cut
 from distq.transport.pika_internals import FastChannel, close_within, closed_by_broker, on_blocked
 
 _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value)
@@ -202,15 +203,17 @@ class Broker:
         except Exception as exc:  # SyntaxError, TypeError, AttributeError, ssl.SSLError...
             parts = urlsplit(url)  # pika split it: a user and no password, its TypeError
             if parts.username is not None and parts.password is None:
+                user = cut(unquote(parts.username), SHOWN_LINE)  # 5,000 of them: twice
+                written = parts.username if len(parts.username) <= SHOWN_LINE else "USER"
                 raise ConfigError(
-                    f"DISTQ_AMQP_URL ({mask_url(url)}) names the user "
-                    f"{unquote(parts.username)!r} and no password; give the password in "
-                    "DISTQ_AMQP_PASSWORD or DISTQ_AMQP_PASSWORD_FILE, or in the URL after the "
-                    f"user and a colon ({parts.username}:<password>@)"
+                    f"DISTQ_AMQP_URL ({mask_url(url)}) names the user {user} and no "
+                    "password; give the password in DISTQ_AMQP_PASSWORD or "
+                    "DISTQ_AMQP_PASSWORD_FILE, or in the URL after the user and a colon "
+                    f"({written}:<password>@)"
                 ) from None
             # pika reads ?ssl_options= with ast.literal_eval and builds its SSL context at
             # once; a SyntaxError's text would quote the value, and a key's password in it
-            why = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+            why = shortened(exc.msg if isinstance(exc, SyntaxError) else str(exc))
             if "ssl_options" not in parse_qs(urlsplit(url).query):  # another option's
                 raise ConfigError(
                     f"DISTQ_AMQP_URL ({mask_url(url)}): an option cannot be used "
@@ -225,8 +228,8 @@ class Broker:
         odd = {k: v for k, v in (params.tcp_options or {}).items() if type(v) is not int}
         if odd:  # a socket option of text failed at the first connect, with a traceback
             raise ConfigError(
-                f"DISTQ_AMQP_URL ({mask_url(url)}) has tcp_options {odd!r}: each value must "
-                "be a whole number, e.g. tcp_options={'TCP_KEEPIDLE': 60}"
+                f"DISTQ_AMQP_URL ({mask_url(url)}) has tcp_options {shortened(repr(odd))}: each "
+                "value must be a whole number, e.g. tcp_options={'TCP_KEEPIDLE': 60}"
             )
         user = unquote(urlsplit(url).username or params.credentials.username)
         return cls(
