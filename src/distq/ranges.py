@@ -180,7 +180,7 @@ class Number(Generic[_N]):
     def __call__(self, text: str) -> _N:
         if self.kind is int:  # ASCII digits only (:func:`whole`), as a flag reads them
             return self._in_range(whole(text, self.span()))
-        value = self.kind(decimal(text, self.span()))
+        value = self.kind(decimal(text, self.span())) + 0.0  # -0 read as 0, not -0.0
         if math.isinf(value) and _SIGNED_WHOLE.fullmatch(text):
             raise ValueError(too_long(text, self.span()))  # 400 digits: not "is inf"
         return self._in_range(value)

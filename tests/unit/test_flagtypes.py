@@ -583,3 +583,13 @@ def test_a_host_flag_of_thousands_of_characters_is_shown_by_its_start() -> None:
     said = str(refused.value)
     assert said.startswith(f"{'h' * 300!r}... (5,002 characters) is not a host; "), said[:400]
     assert len(said) < 500, len(said)
+
+
+@pytest.mark.parametrize("text", ["-0", "-0.0", "-.0e5", "-1e-999"])
+def test_a_negative_zero_is_read_as_zero(text: str) -> None:
+    """DISTQ_DRAIN_SECONDS=-0 (in range: 0 to 3600) was read as float's -0.0, which a
+    worker then said as "after -0 s (DISTQ_DRAIN_SECONDS)": a zero is read as 0, by a
+    flag and a variable alike."""
+    settings = Settings.load({"DISTQ_AUTHKEY": "k", "DISTQ_DRAIN_SECONDS": text})
+    read = (settings.drain_seconds, flagtypes.seconds_or_zero(text))
+    assert [f"{value:g}" for value in read] == ["0", "0"], read
