@@ -183,6 +183,9 @@ class Number(Generic[_N]):
         value = self.kind(decimal(text, self.span())) + 0.0  # -0 read as 0, not -0.0
         if math.isinf(value) and _SIGNED_WHOLE.fullmatch(text):
             raise ValueError(too_long(text, self.span()))  # 400 digits: not "is inf"
+        if math.isinf(value) and DECIMAL_TEXT.fullmatch(text):  # 1e999: as written
+            written = text if len(text) <= SHOWN_CHARACTERS else cut(text)
+            raise ValueError(out_of_range(written, self.span()))
         return self._in_range(value)
 
     def check(self, value: object) -> None:

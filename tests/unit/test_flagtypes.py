@@ -593,3 +593,25 @@ def test_a_negative_zero_is_read_as_zero(text: str) -> None:
     settings = Settings.load({"DISTQ_AUTHKEY": "k", "DISTQ_DRAIN_SECONDS": text})
     read = (settings.drain_seconds, flagtypes.seconds_or_zero(text))
     assert [f"{value:g}" for value in read] == ["0", "0"], read
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("1e999", "1e999"),
+        ("-1e999", "-1e999"),
+        ("1.5E+400", "1.5E+400"),
+        ("9" * 400 + ".5", f"{'9' * 40!r}... (402 characters)"),
+    ],
+)
+def test_a_number_past_a_floats_range_is_said_as_written_not_inf(text: str, shown: str) -> None:
+    """DISTQ_LEASE_SECONDS=1e999 (or ``--rate 1e999``) was refused as "is inf; use ...",
+    a word the user never wrote (float() reads it as inf); a whole number that long is
+    said by its size. It is now said as written: "is 1e999; use ...". The word inf
+    itself stays "is inf"."""
+    span = "a number from 0.3 to 3600 seconds"
+    assert _variable_says("DISTQ_LEASE_SECONDS", text) == f"is {shown}; use {span}"
+    with pytest.raises(argparse.ArgumentTypeError) as by_flag:
+        flagtypes.rate(text)
+    assert str(by_flag.value) == f"is {shown}; use a number greater than 0, at most 1000000000000"
+    assert _variable_says("DISTQ_LEASE_SECONDS", "inf") == f"is inf; use {span}"
