@@ -10,7 +10,11 @@ itself need not hold it. :func:`mask_url` is how a URL is shown anywhere.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import select
+import stat
 from collections.abc import Mapping
 from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
@@ -34,6 +38,11 @@ FILE_SUFFIX = "_FILE"
 #: file of a hundred keys some 7 KiB. A file past it is no secret's (``/dev/zero``, a
 #: log): read whole, it took the memory of a master or worker until the kernel killed it.
 MAX_SECRET_BYTES = 64 << 10
+#: How long a FIFO (``mkfifo``) may go without its writer's bytes or its end: for its
+#: first bytes (a FIFO no program writes to made start-up wait for good), then for each
+#: further bytes. A pipe (bash's ``<(...)``, ``/dev/stdin``) has its writer from the
+#: start, and is waited on as long as that writer takes (it may ask for a pass phrase).
+FIFO_WAIT_SECONDS = 5.0
 #: A UTF-8 byte order mark as text: dropped from the front of a secret file.
 _BOM = "\ufeff"
 MASK = "***"
@@ -168,13 +177,90 @@ def secret_size(value: object) -> int:
     return 0
 
 
+class FifoSilent(Exception):
+    """A FIFO's writer wrote nothing (``got`` bytes, then nothing) for
+    :data:`FIFO_WAIT_SECONDS` and kept it open, or never opened it."""
+
+    def __init__(self, got: int) -> None:
+        super().__init__(got)
+        self.got = got
+
+
+def unwritten(named: str, path: str, exc: FifoSilent, undo: str) -> ConfigError:
+    """The error for a FIFO a setting ``named`` names (``path``) that its writer left
+    without bytes (``exc``): what was and was not written, and what to do, or ``undo``."""
+    wait = f"{FIFO_WAIT_SECONDS:g} s"
+    if exc.got:
+        said = (
+            f"whose writer wrote {exc.got:,} bytes, then nothing more for {wait}, and kept it open"
+        )
+        do = "have the writer close the FIFO once it has written all"
+    else:
+        said = f"and nothing wrote to that FIFO within {wait}"
+        do = f"start what writes it (e.g. cat FILE > {path} &) before distq"
+    return ConfigError(
+        f"{named} names {path!r}, {said}; {do}, or write the content into a regular file "
+        f"and name that file, or {undo}"
+    )
+
+
 def read_at_most(path: str, most: int) -> bytes | None:
     """The content of the file at ``path``; None when it holds more than ``most`` bytes,
     read no further than that (an endless source, such as ``/dev/zero``, ends there).
-    Raises ``OSError`` as ``open`` does."""
-    with open(path, "rb") as file:
-        data = file.read(most + 1)
+    A FIFO is waited on for at most :data:`FIFO_WAIT_SECONDS` at a time (:func:`_read_fifo`).
+    Raises ``OSError`` as ``open`` does, :class:`FifoSilent` for a FIFO left unwritten."""
+    # never blocks: a FIFO's open waited for a writer, for good
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        data = _read_fifo(fd, most) if _is_fifo(os.fstat(fd)) else _read_all(fd, most)
+    finally:
+        os.close(fd)
     return None if len(data) > most else data
+
+
+def _read_all(fd: int, most: int) -> bytes:
+    """The first ``most`` bytes and one of the file open as ``fd``, waiting for each as
+    long as it takes (a pipe's writer is there from the start)."""
+    os.set_blocking(fd, True)
+    with open(fd, "rb", closefd=False) as file:
+        return file.read(most + 1)
+
+
+def _is_fifo(status: os.stat_result) -> bool:
+    """Whether ``status`` is a FIFO's (``mkfifo``): a pipe's device is Linux's pipefs."""
+    return stat.S_ISFIFO(status.st_mode) and status.st_dev != _pipes_device()
+
+
+@functools.cache
+def _pipes_device() -> int:
+    """The device of every pipe (Linux's pipefs); a FIFO is on its file system's."""
+    read, write = os.pipe()
+    try:
+        return os.fstat(read).st_dev
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def _read_fifo(fd: int, most: int) -> bytes:
+    """The first ``most`` bytes and one of the FIFO open (not blocking) as ``fd``, waiting
+    at most :data:`FIFO_WAIT_SECONDS` for each bytes or the end (a writer came and
+    closed it). Linux tells of no end before a writer has opened it: until then, the
+    wait is for one to. Raises :class:`FifoSilent` when the wait runs out."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    data = bytearray()
+    while len(data) <= most:
+        if not poller.poll(FIFO_WAIT_SECONDS * 1000):
+            raise FifoSilent(len(data))
+        try:
+            chunk = os.read(fd, min(1 << 16, most + 1 - len(data)))
+        except BlockingIOError:  # woken, nothing to read after all
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 def read_secret(path: str, var: str, named: str | None = None, undo: str | None = None) -> str:
@@ -193,6 +279,8 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
         data = read_at_most(path, MAX_SECRET_BYTES)
     except OSError as exc:
         raise unreadable(named, path, exc, "the secret", undo) from None
+    except FifoSilent as exc:
+        raise unwritten(named, path, exc, undo) from None
     if data is None:
         raise too_large(named, path, MAX_SECRET_BYTES, "the secret", undo)
     if var.removesuffix(FILE_SUFFIX) in KEYS:  # its bytes, as the variable's are kept

@@ -29,7 +29,7 @@ from dataclasses import astuple, dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from distq.credentials import read_at_most, too_large, unreadable
+from distq.credentials import FifoSilent, read_at_most, too_large, unreadable, unwritten
 from distq.errors import ConfigError
 
 TLS_SCHEMES = {"redis": ("rediss",), "rabbitmq": ("amqps",)}
@@ -162,6 +162,8 @@ def _read(var: str, path: str) -> bytes:
         data = read_at_most(path, MAX_TLS_FILE_BYTES)
     except OSError as exc:
         raise unreadable(var, path, exc, "the file", f"unset {var}") from None
+    except FifoSilent as exc:
+        raise unwritten(var, path, exc, f"unset {var}") from None
     if data is None:
         raise too_large(var, path, MAX_TLS_FILE_BYTES, "a PEM file", f"unset {var}")
     return data

@@ -1,0 +1,187 @@
+"""Secret and TLS files given as FIFOs or pipes: waited on for a bounded time.
+
+A FIFO nothing wrote to held start-up for good: ``open()`` waits for a writer. Now a
+FIFO is waited on for :data:`FIFO_WAIT_SECONDS` (its first bytes, then each further
+bytes), then refused, naming the setting and the path; a pipe (bash's ``<(...)``,
+``/dev/stdin``) has its writer from the start and is read as slowly as it writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from distq import credentials
+from distq.config import Settings
+from distq.credentials import read_secret
+from distq.errors import ConfigError
+from distq.tls import TlsFiles
+
+#: A test still waiting after this long (on a FIFO's open, before) fails.
+pytestmark = pytest.mark.timeout(30)
+
+MANAGER = {"DISTQ_TRANSPORT": "manager"}
+KEY = "k" * 24 + "-a-key-of-some-length"
+
+
+@pytest.fixture
+def short_wait(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A FIFO waited on for 0.3 s, not 5 s, to keep the tests short."""
+    monkeypatch.setattr(credentials, "FIFO_WAIT_SECONDS", 0.3, raising=False)
+    return 0.3
+
+
+@contextlib.contextmanager
+def _writer(path: Path, data: bytes, after: float = 0.0, hold: bool = False) -> Iterator[None]:
+    """A thread that opens the FIFO ``path`` ``after`` seconds, writes ``data`` and closes
+    it (``hold``: keeps it open until the block ends); let go at the end if no one read."""
+    done = threading.Event()
+
+    def write() -> None:
+        time.sleep(after)
+        with path.open("wb", buffering=0) as file:
+            file.write(data)
+            if hold:
+                done.wait(30)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        if thread.is_alive():  # still opening: a reader lets its open return
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        thread.join(10)
+
+
+@contextlib.contextmanager
+def _pipe(data: bytes, after: float = 0.0) -> Iterator[tuple[str, str]]:
+    """Two paths to one pipe (two descriptors of its read end, as ``/dev/stdin`` and
+    ``/proc/self/fd/0`` are), its writer writing ``data`` ``after`` seconds, then closing."""
+    read, write = os.pipe()
+    again = os.dup(read)
+
+    def fill() -> None:
+        time.sleep(after)
+        os.write(write, data)
+        os.close(write)
+
+    thread = threading.Thread(target=fill, daemon=True)
+    thread.start()
+    try:
+        yield f"/proc/self/fd/{read}", f"/proc/self/fd/{again}"
+    finally:
+        thread.join(10)
+        os.close(read)
+        os.close(again)
+
+
+@pytest.mark.timeout(10)
+def test_a_secret_file_naming_a_fifo_nothing_writes_to_is_refused_after_the_wait(
+    tmp_path: Path, short_wait: float
+) -> None:
+    """Was: Settings.load waited on the FIFO's open for good (here: the timeout mark)."""
+    fifo = tmp_path / "authkey"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({**MANAGER, "DISTQ_AUTHKEY_FILE": str(fifo)})
+    assert time.monotonic() - started < 5
+    assert str(caught.value) == (
+        f"DISTQ_AUTHKEY_FILE names {str(fifo)!r}, and nothing wrote to that FIFO within "
+        f"0.3 s; start what writes it (e.g. cat FILE > {fifo} &) before distq, or write the "
+        "content into a regular file and name that file, or unset DISTQ_AUTHKEY_FILE"
+    )
+
+
+@pytest.mark.timeout(10)
+def test_a_tls_file_naming_a_fifo_nothing_writes_to_is_refused_after_the_wait(
+    tmp_path: Path, short_wait: float
+) -> None:
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as caught:
+        TlsFiles(ca_file=str(fifo)).context()
+    assert str(caught.value).startswith(
+        f"DISTQ_TLS_CA_FILE names {str(fifo)!r}, and nothing wrote to that FIFO within 0.3 s; "
+    )
+    assert str(caught.value).endswith(", or unset DISTQ_TLS_CA_FILE")
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_whose_writer_stops_without_closing_it_is_refused_saying_so(
+    tmp_path: Path, short_wait: float
+) -> None:
+    fifo = tmp_path / "password"
+    os.mkfifo(fifo)
+    with _writer(fifo, b"half a pas", hold=True), pytest.raises(ConfigError) as caught:
+        read_secret(str(fifo), "DISTQ_REDIS_PASSWORD_FILE")
+    assert (
+        "whose writer wrote 10 bytes, then nothing more for 0.3 s, and kept it open; have "
+        "the writer close the FIFO once it has written all, or write the content into a "
+        "regular file"
+    ) in str(caught.value)
+
+
+def test_a_fifo_whose_writer_comes_within_the_wait_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(credentials, "FIFO_WAIT_SECONDS", 3.0, raising=False)
+    fifo = tmp_path / "authkey"
+    os.mkfifo(fifo)
+    with _writer(fifo, KEY.encode() + b"\n", after=0.5):
+        assert read_secret(str(fifo), "DISTQ_AUTHKEY_FILE") == KEY
+
+
+def test_a_pipe_whose_writer_is_slower_than_the_fifo_wait_is_read_all_the_same(
+    short_wait: float,
+) -> None:
+    """bash's ``<(...)`` has its writer at once, which may take a while (a pass phrase
+    asked for, a secret store's answer): no bound, as before."""
+    with _pipe(KEY.encode(), after=4 * short_wait) as (path, _):
+        assert read_secret(path, "DISTQ_AUTHKEY_FILE") == KEY
+
+
+@pytest.mark.parametrize(
+    "variable", ["DISTQ_TLS_CA_FILE", "DISTQ_REDIS_PASSWORD_FILE"], ids=["tls", "secret"]
+)
+def test_distq_worker_given_a_fifo_nothing_writes_to_exits_2_after_5_s(
+    tmp_path: Path, variable: str
+) -> None:
+    """The brief's reproduction, with the wait as shipped: ``mkfifo f;
+    DISTQ_TLS_CA_FILE=f distq worker`` waited for good."""
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    scheme = "rediss" if variable.startswith("DISTQ_TLS") else "redis"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(
+        PYTHONPATH=str(REPO / "src"),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL=f"{scheme}://127.0.0.1:1/0",
+        **{variable: str(fifo)},
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "distq", "worker", "--connect-timeout", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=25,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"{variable} names {str(fifo)!r}, and nothing wrote to that FIFO within 5 s" in (
+        done.stderr
+    )
+    assert 4.5 < time.monotonic() - started < 20
