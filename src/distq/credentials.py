@@ -15,7 +15,9 @@ import os
 import re
 import select
 import stat
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 from distq.errors import ConfigError
@@ -204,18 +206,66 @@ def unwritten(named: str, path: str, exc: FifoSilent, undo: str) -> ConfigError:
     )
 
 
+@dataclass(frozen=True)
+class _Pipe:
+    """What was read of a pipe or a FIFO: ``data``, all of it (``whole``) or the first
+    bytes past a limit; ``fd`` stays open, so no other FIFO takes its inode number."""
+
+    fd: int
+    data: bytes
+    whole: bool
+
+
+#: Each pipe or FIFO read, by its (device, inode): it can be read once only, so every
+#: setting that names it, by any path (``/dev/stdin`` and ``/proc/self/fd/0``), gets what
+#: was read. Was: the second one read it empty ("which is empty", "holds no usable PEM").
+_PIPES: dict[tuple[int, int], _Pipe] = {}
+_PIPES_LOCK = threading.Lock()
+
+
+def _new_pipes_lock() -> None:
+    """In a child made by fork(): a lock of its own, not one another thread held then."""
+    global _PIPES_LOCK
+    _PIPES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_pipes_lock)
+
+
 def read_at_most(path: str, most: int) -> bytes | None:
     """The content of the file at ``path``; None when it holds more than ``most`` bytes,
     read no further than that (an endless source, such as ``/dev/zero``, ends there).
-    A FIFO is waited on for at most :data:`FIFO_WAIT_SECONDS` at a time (:func:`_read_fifo`).
+    A pipe or a FIFO is read once in the process, whatever path names it (:data:`_PIPES`);
+    a FIFO is waited on for at most :data:`FIFO_WAIT_SECONDS` at a time (:func:`_read_fifo`).
     Raises ``OSError`` as ``open`` does, :class:`FifoSilent` for a FIFO left unwritten."""
-    # never blocks: a FIFO's open waited for a writer, for good
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with _PIPES_LOCK:
+        pipe = _read_before(path)
+        if pipe is None:
+            # never blocks: a FIFO's open waited for a writer, for good
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                status = os.fstat(fd)
+                if not stat.S_ISFIFO(status.st_mode):  # a regular file, or a device
+                    data = _read_all(fd, most)
+                    return None if len(data) > most else data
+                pipe = _PIPES.get((status.st_dev, status.st_ino))  # read by another path
+                if pipe is None:
+                    data = _read_fifo(fd, most) if _is_fifo(status) else _read_all(fd, most)
+                    pipe = _PIPES[status.st_dev, status.st_ino] = _Pipe(fd, data, len(data) <= most)
+                    fd = -1  # kept open: see _Pipe
+            finally:
+                if fd != -1:
+                    os.close(fd)
+    return pipe.data if pipe.whole and len(pipe.data) <= most else None
+
+
+def _read_before(path: str) -> _Pipe | None:
+    """The pipe or FIFO at ``path``, if read before (by this or another path)."""
     try:
-        data = _read_fifo(fd, most) if _is_fifo(os.fstat(fd)) else _read_all(fd, most)
-    finally:
-        os.close(fd)
-    return None if len(data) > most else data
+        status = os.stat(path)
+    except OSError:
+        return None  # open says why
+    return _PIPES.get((status.st_dev, status.st_ino)) if stat.S_ISFIFO(status.st_mode) else None
 
 
 def _read_all(fd: int, most: int) -> bytes:

@@ -1,9 +1,13 @@
-"""Secret and TLS files given as FIFOs or pipes: waited on for a bounded time.
+"""Secret and TLS files given as FIFOs or pipes: waited on for a bounded time, read once.
 
 A FIFO nothing wrote to held start-up for good: ``open()`` waits for a writer. Now a
 FIFO is waited on for :data:`FIFO_WAIT_SECONDS` (its first bytes, then each further
 bytes), then refused, naming the setting and the path; a pipe (bash's ``<(...)``,
-``/dev/stdin``) has its writer from the start and is read as slowly as it writes.
+``/dev/stdin``) has its writer from the start and is read as slowly as it writes. One
+pipe named by two settings, or by two paths (``/dev/stdin``, ``/proc/self/fd/0``), was
+read twice, the second time empty ("which is empty", "not a PEM certificate and its
+key"): now it is read once, and every setting that names it gets what was read, as a
+regular file named twice gives each its content.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from certs import CertificateAuthority
 from conftest import REPO
 from distq import credentials
 from distq.config import Settings
@@ -31,6 +36,11 @@ pytestmark = pytest.mark.timeout(30)
 
 MANAGER = {"DISTQ_TRANSPORT": "manager"}
 KEY = "k" * 24 + "-a-key-of-some-length"
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture
@@ -185,3 +195,71 @@ def test_distq_worker_given_a_fifo_nothing_writes_to_exits_2_after_5_s(
         done.stderr
     )
     assert 4.5 < time.monotonic() - started < 20
+
+
+def test_one_pipe_named_by_two_secret_files_gives_both_its_content() -> None:
+    """Was: "DISTQ_SIGNING_KEY_FILE names '/proc/self/fd/N', which is empty": the authkey
+    had read the pipe first."""
+    with _pipe(KEY.encode() + b"\n") as (path, again):
+        settings = Settings.load(
+            {**MANAGER, "DISTQ_AUTHKEY_FILE": path, "DISTQ_SIGNING_KEY_FILE": again}
+        )
+    assert settings.authkey == KEY.encode()
+    assert settings.signing_keys == (KEY.encode(),)
+
+
+def test_one_pipe_named_as_the_client_certificate_and_its_key_serves_both(
+    ca: CertificateAuthority,
+) -> None:
+    """Was: "DISTQ_TLS_CERT_FILE '/proc/self/fd/N' and DISTQ_TLS_KEY_FILE
+    '/proc/self/fd/M' are not a PEM certificate and its key ([SSL] PEM lib ...)"."""
+    cert, key = ca.client()
+    with _pipe(cert.read_bytes() + key.read_bytes()) as (path, again):
+        files = TlsFiles(cert_file=path, key_file=again)
+        files.context()
+        files.context()  # a reconnect's
+
+
+def test_one_pipe_named_as_a_secret_file_and_a_tls_file_serves_both(
+    ca: CertificateAuthority,
+) -> None:
+    """Was: "DISTQ_TLS_CA_FILE '/proc/self/fd/N' holds no usable PEM certificates": the
+    password's file had read the pipe first (a silly password; but as a regular file
+    named twice would give it)."""
+    pem = ca.cert.read_bytes()
+    with _pipe(pem) as (path, again):
+        settings = Settings.load(
+            {
+                "DISTQ_TRANSPORT": "redis",
+                "DISTQ_REDIS_URL": "rediss://127.0.0.1:1/0",
+                "DISTQ_REDIS_PASSWORD_FILE": path,
+                "DISTQ_TLS_CA_FILE": again,
+            }
+        )
+        assert settings.redis_password == pem.decode().removesuffix("\n")
+        assert settings.tls_files.context().cert_store_stats()["x509_ca"] == 1
+
+
+def test_dev_stdin_and_proc_self_fd_0_name_one_pipe_read_once(ca: CertificateAuthority) -> None:
+    """The brief's case: a worker given its certificate and key on stdin, by two names,
+    gets past its settings (exit 3: no broker on port 1), not "are not a PEM
+    certificate and its key" (exit 2)."""
+    cert, key = ca.client()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTQ_")}
+    env.update(
+        PYTHONPATH=str(REPO / "src"),
+        DISTQ_TRANSPORT="redis",
+        DISTQ_REDIS_URL="rediss://127.0.0.1:1/0",
+        DISTQ_TLS_CERT_FILE="/dev/stdin",
+        DISTQ_TLS_KEY_FILE="/proc/self/fd/0",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "distq", "worker", "--connect-timeout", "0"],
+        env=env,
+        input=cert.read_bytes() + key.read_bytes(),  # a pipe
+        capture_output=True,
+        timeout=25,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr
+    assert b"cannot reach Redis at 127.0.0.1:1" in done.stderr, done.stderr
