@@ -300,13 +300,43 @@ def redis_options(url: str, files: TlsFiles) -> dict[str, Any]:
     if "ssl_check_hostname" not in query and cert_reqs not in _UNVERIFIED:
         # redis-py 5 defaults to False, even with ?ssl_cert_reqs=required
         options["ssl_check_hostname"] = True
-    files = files.for_openssl()  # redis-py's own context, at each connect: as context()'s
-    if files.ca_file:
-        options["ssl_ca_certs"] = files.ca_file
-    if files.cert_file:
-        options["ssl_certfile"] = files.cert_file
-        options["ssl_keyfile"] = files.key_file
+    paths = files.for_openssl()  # redis-py's own context, at each connect: as context()'s
+    if paths.ca_file:
+        options["ssl_ca_certs"] = paths.ca_file
+    if paths.cert_file:
+        options["ssl_certfile"] = paths.cert_file
+        options["ssl_keyfile"] = paths.key_file
+    if files:
+        options["connection_class"] = _checked_connection(files, paths)
     return options
+
+
+def _checked_connection(files: TlsFiles, paths: TlsFiles) -> type:
+    """redis-py's TLS connection, checking before each connect that no file at ``paths``
+    (``files`` as OpenSSL reads them) holds more than :data:`MAX_TLS_FILE_BYTES`
+    (:func:`_check_sizes`): redis-py builds a context from those paths at each connect,
+    and a regular file rotated past the limit since start was read whole at the next."""
+    import redis  # here: the other transports go without it
+
+    class CheckedSSLConnection(redis.SSLConnection):
+        def _connect(self) -> Any:
+            _check_sizes(files, paths)
+            return super()._connect()  # type: ignore[misc]  # not in the stubs
+
+    return CheckedSSLConnection
+
+
+def _check_sizes(files: TlsFiles, paths: TlsFiles) -> None:
+    """Refuse, naming it, a file of ``files`` whose path for OpenSSL (in ``paths``) holds
+    more than :data:`MAX_TLS_FILE_BYTES` by its size, unread; one that is gone or cannot
+    be read is left to OpenSSL, as before (a pipe's kept bytes are within the limit)."""
+    for (var, path), (_, at) in zip(files.named(), paths.named(), strict=True):
+        try:
+            size = os.stat(at).st_size if at else 0
+        except OSError:
+            continue
+        if size > MAX_TLS_FILE_BYTES:
+            raise too_large(var, str(path), MAX_TLS_FILE_BYTES, "a PEM file", f"unset {var}")
 
 
 _SSL_TEXT = re.compile(r"\[SSL: \w+\] ([^(']+)")

@@ -548,6 +548,7 @@ def test_redis_options_check_host_names(ca: CertificateAuthority) -> None:
     files = tls.TlsFiles(str(ca.cert))  # a regular file: handed on by its own path
     assert tls.redis_options("redis://h/0", files) == {}
     options = tls.redis_options("rediss://h/0", files)
+    assert issubclass(options.pop("connection_class"), redis.SSLConnection)  # checks them
     assert options == {"ssl_check_hostname": True, "ssl_ca_certs": str(ca.cert)}
     assert "ssl_check_hostname" not in tls.redis_options("rediss://h/0?ssl_cert_reqs=none", files)
 

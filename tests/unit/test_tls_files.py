@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
+import redis
 from cryptography import x509
 
 from certs import CertificateAuthority
@@ -235,3 +237,26 @@ def test_a_process_forked_while_the_kept_files_were_looked_up_makes_contexts(
                     os._exit(code)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_regular_tls_file_rotated_past_the_limit_is_refused_at_the_next_redis_connect(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """redis-py builds a context from the paths :func:`tls.redis_options` gives at each
+    connect: a CA file rotated past the limit after start was read whole by OpenSSL at
+    the next (here: its 17 MiB, then the handshake's timeout on a listener that says
+    nothing). Now it is refused first, as at start and as RabbitMQ's connect does."""
+    path = tmp_path / "ca.pem"
+    path.write_bytes(ca.cert.read_bytes())
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # TCP only: never answers
+        url = f"rediss://127.0.0.1:{listener.getsockname()[1]}/0"
+        options = tls.redis_options(url, TlsFiles(ca_file=str(path)))  # at start: fine
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, **options)
+        line = b"# not PEM: OpenSSL reads past it to the end\n"
+        path.write_bytes(ca.cert.read_bytes() + line * (MAX_TLS_FILE_BYTES // len(line)))
+        assert path.stat().st_size > MAX_TLS_FILE_BYTES  # rotated since, past the limit
+        before = _bytes_read()
+        with pytest.raises(ConfigError, match=r"which holds more than 16,777,216 bytes"):
+            client.ping()
+        assert _bytes_read() - before < 1 << 20
+        client.close()
