@@ -209,7 +209,8 @@ def unwritten(named: str, path: str, exc: FifoSilent, undo: str) -> ConfigError:
 @dataclass(frozen=True)
 class _Pipe:
     """What was read of a pipe or a FIFO: ``data``, all of it (``whole``) or the first
-    bytes past a limit; ``fd`` stays open, so no other FIFO takes its inode number."""
+    bytes past a limit; ``fd`` (:func:`_pinned`) stays open, so no other FIFO takes its
+    inode number, or -1."""
 
     fd: int
     data: bytes
@@ -251,12 +252,23 @@ def read_at_most(path: str, most: int) -> bytes | None:
                 pipe = _PIPES.get((status.st_dev, status.st_ino))  # read by another path
                 if pipe is None:
                     data = _read_fifo(fd, most) if _is_fifo(status) else _read_all(fd, most)
-                    pipe = _PIPES[status.st_dev, status.st_ino] = _Pipe(fd, data, len(data) <= most)
-                    fd = -1  # kept open: see _Pipe
+                    whole = len(data) <= most
+                    pipe = _PIPES[status.st_dev, status.st_ino] = _Pipe(_pinned(fd), data, whole)
             finally:
-                if fd != -1:
-                    os.close(fd)
+                os.close(fd)
     return pipe.data if pipe.whole and len(pipe.data) <= most else None
+
+
+def _pinned(fd: int) -> int:
+    """A descriptor of the pipe or FIFO open as ``fd`` that is not one of its readers
+    (``O_PATH``): it keeps the inode, so no other FIFO takes its number. Was: ``fd``
+    itself, kept open for reading, so another program's writer of that FIFO wrote into
+    it (its open no longer waited for a reader) and the program it was for read nothing
+    it could end; a pipe's writer past the limit, blocked for good. -1 without /proc."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 def _read_before(path: str) -> _Pipe | None:

@@ -13,6 +13,7 @@ regular file named twice gives each its content.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 import sys
@@ -263,3 +264,38 @@ def test_dev_stdin_and_proc_self_fd_0_name_one_pipe_read_once(ca: CertificateAut
     )
     assert done.returncode == 3, done.stderr
     assert b"cannot reach Redis at 127.0.0.1:1" in done.stderr, done.stderr
+
+
+def test_a_fifo_read_is_let_go_so_the_next_program_reading_it_gets_its_own_writers_bytes(
+    tmp_path: Path,
+) -> None:
+    """Two workers on one host, each handed the key through one FIFO by a writer of its
+    own (``cat key > f &`` before each). Was: the first kept the FIFO open for reading,
+    for its life, so the second's writer wrote into that reader's buffer at once and
+    left; the second worker read those bytes, then waited 5 s for an end and was refused
+    ("whose writer wrote 46 bytes, then nothing more for 5 s, and kept it open"). Now
+    the first keeps the FIFO's inode (``O_PATH``), not a reader of it: a writer waits for
+    the next reader, as for any program that read a FIFO and closed it."""
+    fifo = tmp_path / "authkey"
+    os.mkfifo(fifo)
+    with _writer(fifo, KEY.encode() + b"\n"):
+        assert read_secret(str(fifo), "DISTQ_AUTHKEY_FILE") == KEY
+    with pytest.raises(OSError) as caught:  # as for a FIFO no program has open
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert caught.value.errno == errno.ENXIO  # "no reader": a writer's open would wait
+    second = "another-key-of-24-bytes-or-more"
+    with _writer(fifo, second.encode() + b"\n"):  # waits for the second worker's open
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from distq.credentials import read_secret as r; "
+                f"print(r({str(fifo)!r}, 'DISTQ_AUTHKEY_FILE'))",
+            ],
+            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    assert (done.returncode, done.stdout, done.stderr) == (0, second + "\n", "")
