@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -299,3 +300,26 @@ def test_a_fifo_read_is_let_go_so_the_next_program_reading_it_gets_its_own_write
             check=False,
         )
     assert (done.returncode, done.stdout, done.stderr) == (0, second + "\n", "")
+
+
+def test_a_process_forked_while_a_fifo_was_read_reads_its_own_secret_files(
+    tmp_path: Path,
+) -> None:
+    """A task's fork() while another thread read a FIFO (holding the lock of the pipes
+    read, for up to 5 s a stall) gave the child that lock held, by no thread of its own:
+    its first secret file (an Executor's settings, say) waited for good. Here: killed by
+    its alarm, exit -14."""
+    key = tmp_path / "authkey"
+    key.write_text(KEY + "\n")
+    with credentials._PIPES_LOCK:  # as a FIFO's reader holds it
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                signal.alarm(5)
+                code = 0 if read_secret(str(key), "DISTQ_AUTHKEY_FILE") == KEY else 3
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
