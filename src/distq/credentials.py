@@ -14,6 +14,7 @@ import functools
 import os
 import re
 import select
+import shlex
 import stat
 import threading
 from collections.abc import Mapping
@@ -199,7 +200,7 @@ def unwritten(named: str, path: str, exc: FifoSilent, undo: str) -> ConfigError:
         do = "have the writer close the FIFO once it has written all"
     else:
         said = f"and nothing wrote to that FIFO within {wait}"
-        do = f"start what writes it (e.g. cat FILE > {path} &) before distq"
+        do = f"start what writes it (e.g. cat FILE > {shlex.quote(path)} &) before distq"
     return ConfigError(
         f"{named} names {path!r}, {said}; {do}, or write the content into a regular file "
         f"and name that file, or {undo}"

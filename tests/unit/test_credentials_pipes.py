@@ -323,3 +323,17 @@ def test_a_process_forked_while_a_fifo_was_read_reads_its_own_secret_files(
                 os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.timeout(10)
+def test_the_command_a_fifos_refusal_suggests_quotes_a_path_with_a_space(
+    tmp_path: Path, short_wait: float
+) -> None:
+    """Was: "start what writes it (e.g. cat FILE > /.../my secrets/authkey &)": pasted
+    into a shell, that writes to a file named "my" and runs secrets/authkey."""
+    fifo = tmp_path / "my secrets" / "authkey"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as caught:
+        read_secret(str(fifo), "DISTQ_AUTHKEY_FILE")
+    assert f"start what writes it (e.g. cat FILE > '{fifo}' &) before distq" in str(caught.value)
