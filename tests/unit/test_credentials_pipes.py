@@ -337,3 +337,20 @@ def test_the_command_a_fifos_refusal_suggests_quotes_a_path_with_a_space(
     with pytest.raises(ConfigError) as caught:
         read_secret(str(fifo), "DISTQ_AUTHKEY_FILE")
     assert f"start what writes it (e.g. cat FILE > '{fifo}' &) before distq" in str(caught.value)
+
+
+def test_a_fifo_made_anew_where_one_was_read_is_read_not_served_the_old_ones_bytes(
+    tmp_path: Path,
+) -> None:
+    """A FIFO read, removed, and another made at its path (a wrapper's, for a second
+    Executor): ext4 gives the new one the old one's inode number at once, and the bytes
+    kept by (device, inode) were served for it, unread, unless the old inode is held."""
+    fifo = tmp_path / "authkey"
+    os.mkfifo(fifo)
+    with _writer(fifo, KEY.encode()):
+        assert read_secret(str(fifo), "DISTQ_AUTHKEY_FILE") == KEY
+    fifo.unlink()
+    os.mkfifo(fifo)  # on ext4, without the old inode held: its number
+    second = "another-key-of-24-bytes-or-more"
+    with _writer(fifo, second.encode()):
+        assert read_secret(str(fifo), "DISTQ_AUTHKEY_FILE") == second
