@@ -240,6 +240,10 @@ def read_at_most(path: str, most: int) -> bytes | None:
     A pipe or a FIFO is read once in the process, whatever path names it (:data:`_PIPES`);
     a FIFO is waited on for at most :data:`FIFO_WAIT_SECONDS` at a time (:func:`_read_fifo`).
     Raises ``OSError`` as ``open`` does, :class:`FifoSilent` for a FIFO left unwritten."""
+    if not _names_a_pipe(path):  # no lock: a pipe read in another thread holds it up
+        data = _read_unless_a_pipe(path, most)
+        if data is not None:
+            return None if len(data) > most else data
     with _PIPES_LOCK:
         pipe = _read_before(path)
         if pipe is None:
@@ -258,6 +262,24 @@ def read_at_most(path: str, most: int) -> bytes | None:
             finally:
                 os.close(fd)
     return pipe.data if pipe.whole and len(pipe.data) <= most else None
+
+
+def _names_a_pipe(path: str) -> bool:
+    """Whether ``path`` names a pipe or a FIFO (one that cannot be stat'ed: no)."""
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False  # open says why
+
+
+def _read_unless_a_pipe(path: str, most: int) -> bytes | None:
+    """The first ``most`` bytes and one of the file at ``path`` (:func:`_read_all`), or
+    None if it is a pipe or a FIFO after all (made at ``path`` since it was looked at)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO's: no wait
+    try:
+        return None if stat.S_ISFIFO(os.fstat(fd).st_mode) else _read_all(fd, most)
+    finally:
+        os.close(fd)
 
 
 def _pinned(fd: int) -> int:

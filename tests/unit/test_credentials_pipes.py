@@ -354,3 +354,23 @@ def test_a_fifo_made_anew_where_one_was_read_is_read_not_served_the_old_ones_byt
     second = "another-key-of-24-bytes-or-more"
     with _writer(fifo, second.encode()):
         assert read_secret(str(fifo), "DISTQ_AUTHKEY_FILE") == second
+
+
+def test_a_regular_secret_file_is_read_while_another_thread_waits_on_a_pipe(
+    tmp_path: Path,
+) -> None:
+    """An Executor made in one thread with a secret on a slow pipe (bash's ``<(vault
+    read ...)``, ``/dev/stdin`` on a terminal: as long as its writer takes) held up every
+    other thread's secret files, regular ones too, for all that time: the pipes' lock was
+    taken for every file. A regular file needs no lock: it is read at once."""
+    key = tmp_path / "authkey"
+    key.write_text(KEY + "\n")
+    with _pipe(KEY.encode(), after=3.0) as (path, _):
+        slow = threading.Thread(target=read_secret, args=(path, "DISTQ_AUTHKEY_FILE"))
+        slow.start()
+        time.sleep(0.5)  # it waits on the pipe's writer
+        started = time.monotonic()
+        assert read_secret(str(key), "DISTQ_SIGNING_KEY_FILE") == KEY
+        waited = time.monotonic() - started
+        slow.join(10)
+    assert waited < 1.0
