@@ -329,22 +329,29 @@ def _pipes_device() -> int:
 
 def _read_fifo(fd: int, most: int) -> bytes:
     """The first ``most`` bytes and one of the FIFO open (not blocking) as ``fd``, waiting
-    at most :data:`FIFO_WAIT_SECONDS` for each bytes or the end (a writer came and
-    closed it). Linux tells of no end before a writer has opened it: until then, the
-    wait is for one to. Raises :class:`FifoSilent` when the wait runs out."""
+    at most :data:`FIFO_WAIT_SECONDS` for each bytes or the end. The end is a read of
+    nothing with no writer left, once one has come: read before any writer has opened
+    it, a FIFO says nothing too, so until then the wait is for one to (poll). Was: the
+    end was poll's, which tells a reader that opened after the writer left of none (the
+    shell's ``< fifo``, read as ``/dev/stdin``). Raises :class:`FifoSilent` when the
+    wait runs out."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     data = bytearray()
+    woken = False  # poll said a writer came (bytes, or its close)
     while len(data) <= most:
-        if not poller.poll(FIFO_WAIT_SECONDS * 1000):
-            raise FifoSilent(len(data))
         try:
-            chunk = os.read(fd, min(1 << 16, most + 1 - len(data)))
-        except BlockingIOError:  # woken, nothing to read after all
-            continue
-        if not chunk:
+            chunk: bytes | None = os.read(fd, min(1 << 16, most + 1 - len(data)))
+        except BlockingIOError:  # a writer has it open, nothing written yet
+            chunk = None
+        if chunk:
+            data += chunk
+        elif chunk is not None and (data or woken):  # no writer now, and one came: the end
             break
-        data += chunk
+        elif poller.poll(FIFO_WAIT_SECONDS * 1000):
+            woken = True
+        else:
+            raise FifoSilent(len(data))
     return bytes(data)
 
 

@@ -374,3 +374,25 @@ def test_a_regular_secret_file_is_read_while_another_thread_waits_on_a_pipe(
         waited = time.monotonic() - started
         slow.join(10)
     assert waited < 1.0
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_whose_writer_closed_before_distq_opened_it_is_read_at_once(
+    tmp_path: Path, short_wait: float
+) -> None:
+    """``printf key > f & distq worker < f`` with DISTQ_AUTHKEY_FILE=/dev/stdin: the
+    shell opened the FIFO, printf wrote and closed it before distq opened /dev/stdin.
+    Linux tells a reader that opened after the writer left of no end (poll), though
+    read() says it (no writer): was refused after the wait, "whose writer wrote 46
+    bytes, then nothing more for 5 s, and kept it open"; on main it waited for good."""
+    fifo = tmp_path / "authkey"
+    os.mkfifo(fifo)
+    shell = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the shell's: distq's stdin
+    try:
+        with _writer(fifo, KEY.encode() + b"\n"):
+            pass  # written and closed
+        started = time.monotonic()
+        assert read_secret(f"/proc/self/fd/{shell}", "DISTQ_AUTHKEY_FILE") == KEY
+        assert time.monotonic() - started < short_wait
+    finally:
+        os.close(shell)
