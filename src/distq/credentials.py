@@ -182,11 +182,11 @@ def secret_size(value: object) -> int:
 
 class FifoSilent(Exception):
     """A FIFO's writer wrote nothing (``got`` bytes, then nothing) for
-    :data:`FIFO_WAIT_SECONDS` and kept it open, or never opened it."""
+    :data:`FIFO_WAIT_SECONDS` and kept it open (``held``), or none opened it."""
 
-    def __init__(self, got: int) -> None:
-        super().__init__(got)
-        self.got = got
+    def __init__(self, got: int, held: bool) -> None:
+        super().__init__(got, held)
+        self.got, self.held = got, held
 
 
 def unwritten(named: str, path: str, exc: FifoSilent, undo: str) -> ConfigError:
@@ -198,6 +198,9 @@ def unwritten(named: str, path: str, exc: FifoSilent, undo: str) -> ConfigError:
             f"whose writer wrote {exc.got:,} bytes, then nothing more for {wait}, and kept it open"
         )
         do = "have the writer close the FIFO once it has written all"
+    elif exc.held:  # started before distq, as below, and slow: a prompt, a store's answer
+        said = f"whose writer opened it, then wrote nothing for {wait}, and kept it open"
+        do = "have the writer write all within that time and close the FIFO"
     else:
         said = f"and nothing wrote to that FIFO within {wait}"
         do = f"start what writes it (e.g. cat FILE > {shlex.quote(path)} &) before distq"
@@ -339,6 +342,7 @@ def _read_fifo(fd: int, most: int) -> bytes:
     poller.register(fd, select.POLLIN)
     data = bytearray()
     woken = False  # poll said a writer came (bytes, or its close)
+    waited = False  # the last wait ran out: one more read says whether a writer holds it
     while len(data) <= most:
         try:
             chunk: bytes | None = os.read(fd, min(1 << 16, most + 1 - len(data)))
@@ -346,12 +350,15 @@ def _read_fifo(fd: int, most: int) -> bytes:
             chunk = None
         if chunk:
             data += chunk
+            waited = False
         elif chunk is not None and (data or woken):  # no writer now, and one came: the end
             break
+        elif waited:
+            raise FifoSilent(len(data), held=chunk is None)
         elif poller.poll(FIFO_WAIT_SECONDS * 1000):
             woken = True
         else:
-            raise FifoSilent(len(data))
+            waited = True
     return bytes(data)
 
 

@@ -396,3 +396,23 @@ def test_a_fifo_whose_writer_closed_before_distq_opened_it_is_read_at_once(
         assert time.monotonic() - started < short_wait
     finally:
         os.close(shell)
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_whose_writer_opened_it_and_wrote_nothing_is_refused_saying_so(
+    tmp_path: Path, short_wait: float
+) -> None:
+    """A writer started before distq, as the refusal said to, that opened the FIFO and
+    is slow to write (a prompt for a pass phrase, a secret store's answer). Was: "and
+    nothing wrote to that FIFO within 5 s; start what writes it (e.g. cat FILE > f &)
+    before distq", as if none had been started."""
+    fifo = tmp_path / "password"
+    os.mkfifo(fifo)
+    with _writer(fifo, b"", hold=True), pytest.raises(ConfigError) as caught:
+        read_secret(str(fifo), "DISTQ_REDIS_PASSWORD_FILE")
+    assert str(caught.value) == (
+        f"DISTQ_REDIS_PASSWORD_FILE names {str(fifo)!r}, whose writer opened it, then wrote "
+        "nothing for 0.3 s, and kept it open; have the writer write all within that time "
+        "and close the FIFO, or write the content into a regular file and name that file, "
+        "or unset DISTQ_REDIS_PASSWORD_FILE"
+    )
