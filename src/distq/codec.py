@@ -414,6 +414,7 @@ class Codec:
             f"{error}: an unsigned answer for task {shown(result.task_id)[:64]}, which "
             f"says (unverified) that worker {shown(result.worker)[:64]} refused it: {said}",
             result.task_id,
+            said,
         )
 
 

@@ -79,11 +79,12 @@ class SignatureError(EnvelopeError):
 class UnverifiedRefusal(SignatureError):
     """An unsigned result a process with keys drops, which says a worker refused its task
     for its signature (:meth:`distq.ending.Endings.malformed`): unverified, so its task
-    still waits, but the line names the task and what the answer says."""
+    still waits, but the line names the task and what the answer says (``said``: the
+    worker's reason, as quoted)."""
 
-    def __init__(self, message: str, task_id: str) -> None:
+    def __init__(self, message: str, task_id: str, said: str = "") -> None:
         super().__init__(message)
-        self.task_id = task_id
+        self.task_id, self.said = task_id, said
 
 
 class BadSignature(SignatureError):

@@ -49,6 +49,7 @@ from distq.errors import (
     DistqError,
     EnvelopeError,
     TransportError,
+    UnverifiedRefusal,
 )
 from distq.errortext import MAX_MESSAGE_CHARS, cut
 from distq.health import ProcessHealth
@@ -302,6 +303,7 @@ class _Run(Generic[E]):
         self.answering = True
         self.failed_with: TransportError | None = None  # the last call that failed
         self.first_dropped: str | None = None  # why the first result it dropped was
+        self.first_dropped_short = ""  # that in short, for the end's line
         # the broker's counts as a job that read no result passed its --timeout, before
         # it took its tasks back (which ends the sign that a worker had them): None when
         # it did not look (:meth:`_look_at_timeout`), or the broker did not answer
@@ -845,7 +847,7 @@ class _Run(Generic[E]):
     def _dropped(self, exc: EnvelopeError) -> None:
         """A result (or a message of them) the collector refused: said, the first kept."""
         if self.first_dropped is None:
-            self.first_dropped = str(exc)
+            self.first_dropped, self.first_dropped_short = str(exc), _short_reason(exc)
         self.console.error(f"dropped a result: {exc}")
 
     def _why_no_result(self) -> None:
@@ -864,6 +866,18 @@ class _Run(Generic[E]):
         self.report.problems.append(
             f"no result was read: {some} that came back {'was' if dropped == 1 else 'were'} "
             f"dropped (workers took the job's tasks, and answered), the first one for: "
+            f"{self.first_dropped}"
+        )
+
+    def _dropped_beside_read(self) -> None:
+        """A job past its --timeout that read results and dropped others (a worker with
+        another signing key beside those with the job's): how many it dropped, and the
+        first one's reason, which the lines before may have said long before. Its end
+        named only the results missing, and said they "may still run"."""
+        dropped = self.collector.malformed
+        results, were = ("result", "was") if dropped == 1 else ("results", "were")
+        self.report.problems.append(
+            f"{dropped:,} {results} that came back {were} dropped, the first one for: "
             f"{self.first_dropped}"
         )
 
@@ -970,6 +984,8 @@ class _Run(Generic[E]):
         timed_out = not (self.stopped or self.refused or self.outage.ongoing)
         if waiting and not r.answered and r.started and timed_out:
             self._why_no_result()
+        elif waiting and r.started and timed_out and collector.malformed:
+            self._dropped_beside_read()
         done = r.answered
         if r.succeeded:
             self.console.info(
@@ -1012,12 +1028,24 @@ class _Run(Generic[E]):
             longer = f"a longer --timeout reads {them} no better; " if timed_out else ""
             self.console.info(
                 f"{'--timeout' if timed_out else 'the stop'}: the {some} not answered came "
-                f"back, {results} dropped (above): {longer}fix what the first one's reason names"
+                f"back, {results} dropped ({self._first_dropped_said()}): {longer}fix what "
+                "the first one's reason names"
             )
             return
         taken = self.never_ran + sum(1 for task_id in waiting if task_id in self.taken_back)
         left = len(waiting) - (taken - self.never_ran)
         said = []
+        # of those not taken back, the ones whose results came back and were dropped, as
+        # counts tell: their line said they "may still run, their results read by nobody",
+        # and to give the job "a longer --timeout, or more workers", none of which held
+        dropped = min(self.collector.malformed, left)
+        if dropped:
+            said.append(
+                f"{dropped:,} of the {len(waiting):,} not answered came back, their results "
+                f"dropped ({self._first_dropped_said()}): "
+                + ("a longer --timeout reads those no better; " if timed_out else "")
+                + "fix what the first one's reason names"
+            )
         if left and not self.producer.takes_back:  # RabbitMQ: "may still run" hid why, and
             # that a worker dead-letters those queued once the master is gone (its queue)
             said.append(
@@ -1034,21 +1062,31 @@ class _Run(Generic[E]):
                 f"took back the {taken} tasks still queued (or their retries): they do not "
                 f"run{never}"
             )
-        if left:
-            said.append(f"the {left} not taken back may still run, their results read by nobody")
-        if said and timed_out:
-            said.append("for every result, give the job a longer --timeout, or more workers")
+        if left > dropped:
+            said.append(
+                f"the {left - dropped} not taken back may still run, their results read by nobody"
+            )
+        if said and timed_out and len(said) > bool(dropped):  # not for those dropped only
+            them = "the rest" if dropped else "every result"
+            said.append(f"for {them}, give the job a longer --timeout, or more workers")
         if said:
             self.console.info(f"{'--timeout' if timed_out else 'the stop'}: {'; '.join(said)}")
 
+    def _first_dropped_said(self) -> str:
+        """Where the end's line sends the user for the results dropped, and the first
+        one's reason in short (:func:`_short_reason`), in full in the warnings above and
+        the job's problems."""
+        short = self.first_dropped_short
+        return f"see the warnings above, the first one for: {short}" if short else "above"
+
     def _answered_unread(self, waiting: list[str]) -> bool:
         """Whether every task not answered came back with a result the job dropped, as far
-        as counts tell (:meth:`_why_no_result`'s case, none read): its end said "the 3 not
-        taken back may still run, their results read by nobody; for every result, give the
-        job a longer --timeout, or more workers", none of which held."""
+        as counts tell (:meth:`_why_no_result`'s case, none read; or beside results read,
+        a worker with another signing key among those with the job's): its end said "the
+        3 not taken back may still run, their results read by nobody; for every result,
+        give the job a longer --timeout, or more workers", none of which held."""
         return (
-            not self.report.answered
-            and 0 < len(waiting) <= self.collector.malformed
+            0 < len(waiting) <= self.collector.malformed
             and not self.never_ran
             and not self.taken_back.intersection(waiting)
         )
@@ -1076,6 +1114,18 @@ _NOT_TAKEN_BACK_END = (
     "; they count as missing (exit 1), where an endless --rate job's tasks taken back do "
     "not: stop it once its workers have caught up, or give it --tasks"
 )
+
+
+def _short_reason(exc: EnvelopeError) -> str:
+    """A dropped result's reason as the end's line names it: its text up to the first
+    colon ("unsigned result"), and for a worker's unverified refusal of its task what it
+    says, up to its first semicolon ("refused: task signed with another key (key id
+    'c6b40400'), not one of this process's DISTQ_SIGNING_KEYS"): the reason the job's
+    results stayed away, which "unsigned result" alone did not name."""
+    kind = str(exc).split(":", 1)[0].strip()
+    if isinstance(exc, UnverifiedRefusal) and exc.said:
+        return f'{kind}: a worker says (unverified) "{exc.said.split(";", 1)[0].strip()}"'
+    return kind
 
 
 def _bounded(text: str) -> str:

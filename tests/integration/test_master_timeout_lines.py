@@ -16,10 +16,10 @@ import pytest
 from conftest import Target
 from distq.codec import Codec
 from distq.console import Console
-from distq.envelope import Task
+from distq.envelope import Result, Task
 from distq.master import JobReport, JobSpec, Master, Workload
 from distq.squares import Squares
-from distq.transport import Transport
+from distq.transport import Settlement, Transport
 from procs import Spawn
 from seam import fetch_n, job_a_worker_left
 
@@ -140,8 +140,13 @@ def test_a_job_whose_results_were_all_dropped_says_why_not_that_no_worker_is_att
     assert "may still run" not in said, said
     assert "give the job a longer --timeout" not in said, said
     assert (
-        "--timeout: the 3 tasks not answered came back, their results dropped (above): a "
-        "longer --timeout reads them no better; fix what the first one's reason names"
+        "--timeout: the 3 tasks not answered came back, their results dropped (see the "
+        "warnings above, the first one for: unsigned result: a worker says (unverified) "
+        '"refused: task signed with another key (key id '
+    ) in said, said
+    assert (
+        'DISTQ_SIGNING_KEYS"): a longer --timeout reads them no better; fix what the first '
+        "one's reason names"
     ) in said, said
 
 
@@ -219,3 +224,61 @@ def test_a_job_whose_tasks_a_worker_dead_lettered_and_left_says_so_on_every_tran
         said,
         re.M,
     ), said
+
+
+def test_a_job_that_read_some_results_and_dropped_the_rest_names_why_at_its_end(
+    target: Target, hosted: Transport, remote: Transport, spawn: Spawn
+) -> None:
+    """A worker with the job's signing key answered one task; one with another key took
+    the other two, refused them, and left. The master dropped those two answers
+    ("dropped a result: ..."), then ended past its --timeout with "the 2 not taken back
+    may still run, their results read by nobody; for every result, give the job a longer
+    --timeout, or more workers", none of which held: both came back, and the reason was
+    in the warnings above. Its end names them, and the first one's reason."""
+    out = io.StringIO()
+    keyed = replace(target.settings, signing_keys=(b"the-master-s-key-0123456789abcdef",))
+    codec = Codec.from_settings(keyed)
+    master = Master(hosted, Console(out=out, err=out), codec=codec)
+    reports: list[JobReport] = []
+    spec = JobSpec(tasks=3, timeout=8)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares())))
+    run.start()
+    consumer = remote.consumer("keyed")
+    try:
+        (delivery,) = fetch_n(consumer, 1)
+        task = codec.open_task(delivery.body)
+        answer = Result(
+            task_id=task.id,
+            status="ok",
+            worker="keyed",
+            attempt=1,
+            started_at=0.0,
+            duration=0.0,
+            value=task.args[0] ** 2,
+        )
+        body = codec.seal_result(answer, delivery.body)
+        consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=body)])
+    finally:
+        consumer.close()
+    env = target.process_env(DISTQ_SIGNING_KEYS="a-worker-s-other-key-fedcba98765")
+    worker = spawn("worker", "--exit-when-idle", "1", env=env)
+    try:
+        assert worker.wait(30) == 0, worker.output()
+    finally:
+        run.join(30)
+    said = out.getvalue()
+    assert reports and reports[0].answered == 1 and reports[0].missing == 2, said
+    assert "may still run" not in said, said
+    assert "give the job a longer --timeout" not in said, said
+    assert "no worker slot is attached" not in said, said
+    dropped = re.search(
+        r"^distq: 2 results that came back were dropped, the first one for: (.+)$", said, re.M
+    )
+    assert dropped is not None, said
+    assert f"dropped a result: {dropped[1]}" in said, said  # the reason said above
+    assert (
+        "--timeout: the 2 tasks not answered came back, their results dropped (see the "
+        "warnings above, the first one for: unsigned result: a worker says (unverified) "
+        '"refused: task signed with another key'
+    ) in said, said
+    assert "a longer --timeout reads them no better; fix what the first one's reason" in said
