@@ -905,10 +905,15 @@ class _Run(Generic[E]):
         wait as silently as the master does, and the lines of both sides read alike. So
         did workers that took the job's tasks and died on them (a task's ``os._exit``, a
         segfault, the OOM killer), which the broker tells apart where it can
-        (:meth:`_taken_and_dropped`): that was sent to check its queue names."""
+        (:meth:`_taken_and_dropped`): that was sent to check its queue names. With a
+        slot attached, the tasks it may hold past a worker's death
+        (:meth:`_held_under_lease`)."""
         transport = self.master.transport
         stats = self.at_timeout if self.looked_at_timeout else self._queue_stats()
-        if stats is None or stats.consumers:
+        if stats is None:
+            return
+        if stats.consumers:
+            self._held_under_lease(stats)
             return
         took = self._taken_and_dropped(stats)
         if took:
@@ -930,6 +935,25 @@ class _Run(Generic[E]):
             f"{transport.unattached_note}: are the workers running, with this DISTQ_QUEUE, "
             "DISTQ_TRANSPORT and broker (the database of DISTQ_REDIS_URL, the vhost of "
             f"DISTQ_AMQP_URL, DISTQ_MANAGER_ADDRESS)?{unsure}"
+        )
+
+    def _held_under_lease(self, stats: QueueStats) -> None:
+        """A job that got no result, a worker slot attached to its queue: the tasks held
+        under a lease that has not lapsed, where the broker tells (Redis, manager). A
+        worker SIGKILLed holds its tasks, and its slot counts as attached, until its lease
+        lapses: a --timeout shorter than the lease ended with no word of it. RabbitMQ
+        puts a dead worker's tasks back at once, and tells no lease."""
+        left = stats.lease_left
+        if left is None or not stats.in_flight:
+            return
+        held = f"{stats.in_flight} task" + ("" if stats.in_flight == 1 else "s")
+        self.report.problems.append(
+            f"no result came back, and worker slots attached to the job's queue at "
+            f"{self.master.transport.describe()} hold {held} under leases not lapsed yet "
+            f"(the last ends in {left:.1f} s unless renewed): a worker may have died holding "
+            "tasks (SIGKILL, the OOM killer), its slot counted as attached until its lease "
+            "lapses, and only then do its tasks go to another worker; see the workers' logs, "
+            "and give the job a --timeout longer than the workers' DISTQ_LEASE_SECONDS"
         )
 
     def _taken_and_dropped(self, stats: QueueStats) -> str:

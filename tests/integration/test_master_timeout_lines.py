@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -282,3 +283,43 @@ def test_a_job_that_read_some_results_and_dropped_the_rest_names_why_at_its_end(
         '"refused: task signed with another key'
     ) in said, said
     assert "a longer --timeout reads them no better; fix what the first one's reason" in said
+
+
+def test_a_job_past_its_timeout_whose_worker_was_killed_holding_a_task_says_its_lease(
+    target: Target, hosted: Transport, spawn: Spawn
+) -> None:
+    """A worker took the job's task and was SIGKILLed, its lease (30 s) longer than the
+    job's --timeout: past it, the master found the dead worker's slot still attached (its
+    lease not lapsed) and said nothing of why no result came. Where the broker tells the
+    lease (Redis, manager), it says a worker may have died holding tasks, and when that
+    lease ends; RabbitMQ puts a dead worker's task back at once, its slot gone."""
+    out = io.StringIO()
+    reports: list[JobReport] = []
+    master = Master(hosted, Console(out=out, err=out))
+    spec = JobSpec(tasks=1, timeout=6)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(60.0))))
+    run.start()
+    env = target.process_env(DISTQ_LEASE_SECONDS="30", DISTQ_PREFETCH="1")
+    worker = spawn("worker", env=env)
+    try:
+        worker.wait_for(r"^Get task \d+ from task_queue")
+        worker.signal(signal.SIGKILL)
+        assert worker.wait(10) == -signal.SIGKILL, worker.output()
+    finally:
+        run.join(30)
+    said = out.getvalue()
+    assert reports and reports[0].missing == 1, said
+    if target.name == "rabbitmq":  # no lease to tell: the task went back with the slot
+        assert "leases not lapsed" not in said, said
+        assert "no worker slot is attached to the job's queue" in said, said
+        return
+    held = re.search(
+        r"^distq: no result came back, and worker slots attached to the job's queue at .+ "
+        r"hold 1 task under leases not lapsed yet \(the last ends in (\d+\.\d) s unless "
+        r"renewed\): a worker may have died holding tasks \(SIGKILL, the OOM killer\)",
+        said,
+        re.M,
+    )
+    assert held is not None, said
+    assert 15 < float(held[1]) <= 30, said
+    assert "no worker slot is attached" not in said, said

@@ -3146,6 +3146,30 @@ def test_stats_counts_a_lapsed_lease_as_ready_not_in_flight(
     assert raw.llen(dead.inflight_key) == 0
 
 
+def test_stats_tells_when_the_last_live_lease_holding_tasks_ends(
+    open_transport: OpenTransport, raw: redis.Redis[bytes]
+) -> None:
+    """A master past a --timeout shorter than a SIGKILLed worker's lease found its slot
+    attached (the lease live) and said nothing of it: stats tells, by the consumers'
+    deadlines, when the last live lease holding a task ends; a lapsed one's, or one that
+    holds nothing, does not count."""
+    t = open_transport(lease=0.5)
+    t.producer(t.reply_queue("j")).submit(_bodies(2))
+    assert t.stats().lease_left is None
+    dead = t.consumer("dead")
+    assert len(dead.fetch(1, timeout=1)) == 1  # then dropped, never settled nor closed
+    live = open_transport(lease=30).consumer("live")
+    assert len(live.fetch(1, timeout=1)) == 1
+    left = t.stats().lease_left
+    assert left is not None and 28 < left <= 30, left
+    assert len(open_transport(lease=100).consumer("empty").fetch(1, timeout=0.1)) == 0
+    left = t.stats().lease_left
+    assert left is not None and 28 < left <= 30, left
+    live.close()  # handed back: no live lease holds a task; the dead one lapses
+    _outlive_lease(raw, t)
+    assert t.stats().lease_left is None
+
+
 def test_two_deliveries_of_one_lapsed_task_settled_by_body_publish_one_retry(
     open_transport: OpenTransport, raw: redis.Redis[bytes]
 ) -> None:

@@ -58,6 +58,29 @@ def test_expired_lease_requeues_at_the_front_and_marks_redelivered() -> None:
     assert [(body, again) for _, body, again in got] == [(b"a", True), (b"b", True), (b"c", False)]
 
 
+def test_lease_left_is_the_time_until_the_last_lease_holding_tasks_lapses() -> None:
+    """A master past a --timeout shorter than a SIGKILLed worker's lease found its slot
+    attached and said nothing of it: the hosting process tells when the last lease that
+    holds a task of the queue ends (none: None; one that holds nothing, or another
+    queue's, does not count)."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.put("q", [b"a", b"b"])
+    broker.put("other", [b"x"])
+    assert broker.lease_left("q") is None
+    broker.fetch("q", "short", 1, 0.1, 5.0)
+    broker.fetch("q", "long", 1, 0.1, 30.0)
+    broker.fetch("other", "elsewhere", 1, 0.1, 60.0)
+    clock.now += 2.0
+    assert broker.lease_left("q") == pytest.approx(28.0)
+    broker.fetch("q", "empty", 1, 0.01, 100.0)  # a slot holding nothing: not its lease
+    assert broker.lease_left("q") == pytest.approx(28.0)
+    assert broker.lease_left("other") == pytest.approx(58.0)
+    clock.now += 28.5
+    broker.reap()
+    assert broker.lease_left("q") is None  # both lapsed: their tasks queued again
+
+
 def test_heartbeat_extends_the_lease() -> None:
     clock = Clock()
     broker = QueueBroker(clock)
@@ -436,6 +459,7 @@ def test_the_workers_proxy_offers_every_exposed_method_with_the_brokers_signatur
         "unget",
         "unsent",
         "redelivered",
+        "lease_left",
         "serve",
     }  # the master's own
 

@@ -172,7 +172,11 @@ class QueueStats:
     counts only this process's own). ``redelivered`` counts the tasks a worker had and
     gave up without settling (its lease lapsed: it crashed, or stalled; or it handed them
     back), waiting to run again: None where the broker cannot tell (RabbitMQ, a manager
-    queue asked from another process).
+    queue asked from another process). ``lease_left`` is the seconds until the last live
+    lease holding a task of the queue lapses unless its worker renews it (a worker
+    SIGKILLed holds its tasks that long): None where no live lease holds one, or the
+    broker cannot tell (RabbitMQ, whose broker puts a dead worker's tasks back at once;
+    a manager queue asked from another process).
     """
 
     ready: int
@@ -181,6 +185,7 @@ class QueueStats:
     consumers: int
     in_flight_known: bool = True
     redelivered: int | None = None
+    lease_left: float | None = None
 
 
 class Producer(abc.ABC):

@@ -549,8 +549,9 @@ class ManagerTransport(Transport):
 
     def stats(self) -> QueueStats:
         """The counts, from the master, on the worker's :meth:`_inspect` proxy; the
-        tasks queued again after a worker had them in the master only (its own broker:
-        the wire's ``stats`` answers four counts, as a master of any version does)."""
+        tasks queued again after a worker had them, and the time left of the leases
+        holding tasks, in the master only (its own broker: the wire's ``stats`` answers
+        four counts, as a master of any version does)."""
         ready, in_flight, dead, consumers = self._inspect(
             lambda broker: _call(self.address, broker.stats, self._queue)
         )
@@ -561,6 +562,7 @@ class ManagerTransport(Transport):
             dead=dead,
             consumers=consumers,
             redelivered=None if broker is None else broker.redelivered(self._queue),
+            lease_left=None if broker is None else broker.lease_left(self._queue),
         )
 
     def close(self) -> None:

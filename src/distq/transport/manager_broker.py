@@ -1042,6 +1042,18 @@ class QueueBroker:
         with self._lock:
             return sum(1 for _, again in self._queues.get(queue, ()) if again)
 
+    def lease_left(self, queue: str) -> float | None:
+        """Seconds until the last lease holding a task of ``queue`` lapses unless its
+        consumer renews it (a worker SIGKILLed holds its tasks that long), None when no
+        lease holds one: in the hosting process only, as :meth:`redelivered`."""
+        with self._lock:
+            ends = [
+                lease.deadline
+                for lease in self._leases.values()
+                if any(q == queue for q, _ in lease.held.values())
+            ]
+            return max(0.0, max(ends) - self._clock()) if ends else None
+
     # -- internals (lock held) ------------------------------------------------
     def _queue(self, name: str) -> deque[tuple[bytes, bool]]:
         items = self._queues.get(name)

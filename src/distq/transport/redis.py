@@ -735,9 +735,10 @@ class RedisTransport(Transport):
         (a worker killed: they wait to run again, until a sweep moves them back);
         ``in_flight`` the tasks of live leases; ``consumers`` the slots whose lease is live
         (see ``redis_lua/stats.lua``); ``redelivered`` the tasks queued again after a
-        worker had them, and those of lapsed leases."""
+        worker had them, and those of lapsed leases; ``lease_left`` by the consumers'
+        deadlines."""
         with self.errors():
-            ready, in_flight, dead, consumers, again = self.stats_script(
+            ready, in_flight, dead, consumers, again, left_ms = self.stats_script(
                 self.client, self.keys(), ["", 0, self.inflight_prefix]
             )
         return QueueStats(
@@ -746,6 +747,7 @@ class RedisTransport(Transport):
             dead=int(dead),
             consumers=int(consumers),
             redelivered=int(again),
+            lease_left=int(left_ms) / 1000 if int(left_ms) > 0 else None,
         )
 
     def sweep(self, client: Commands) -> None:
