@@ -1064,8 +1064,9 @@ class _Run(Generic[E]):
         # and to give the job "a longer --timeout, or more workers", none of which held
         dropped = min(self.collector.malformed, left)
         if dropped:
+            results = "its result" if dropped == 1 else "their results"
             said.append(
-                f"{dropped:,} of the {len(waiting):,} not answered came back, their results "
+                f"{dropped:,} of the {len(waiting):,} not answered came back, {results} "
                 f"dropped ({self._first_dropped_said()}): "
                 + ("a longer --timeout reads those no better; " if timed_out else "")
                 + "fix what the first one's reason names"

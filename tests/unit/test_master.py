@@ -803,3 +803,30 @@ def test_a_job_one_of_whose_tasks_a_gone_worker_took_says_one_is_no_longer_queue
     said, taken = job_a_worker_left(transport, transport, take=1, dead_letter=True)
     assert taken == 1, said
     assert "(1 of the 2 not answered is no longer queued: `distq dead-letters` lists" in said, said
+
+
+def test_a_timed_out_job_tells_the_tasks_whose_results_it_dropped_from_those_that_may_run(
+    transport: Transport,
+) -> None:
+    """Three tasks: one answered, one answered with a body the master drops, one taken
+    and never answered. Its end said "the 2 not taken back may still run, their results
+    read by nobody; for every result, give the job a longer --timeout, or more workers":
+    one of the two had come back, dropped, which no wait reads better."""
+    answers = iter([[b"not a result"], None, []])
+
+    def some_dropped(task: Task) -> list[bytes]:
+        answer = next(answers)
+        return right(task) if answer is None else answer
+
+    out, report = run(transport, JobSpec(tasks=3, timeout=1), some_dropped)
+    assert report.answered == 1 and report.missing == 2, out
+    assert "distq: 1 result that came back was dropped, the first one for: " in out, out
+    assert re.search(
+        r"^--timeout: 1 of the 2 not answered came back, its result dropped \(see the "
+        r"warnings above, the first one for: [^)]+\): a longer --timeout reads those no better; "
+        r"fix what the first one's reason names; the 1 not taken back may still run, their "
+        r"results read by nobody; for the rest, give the job a longer --timeout, or more "
+        r"workers$",
+        out,
+        re.M,
+    ), out
