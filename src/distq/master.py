@@ -941,19 +941,26 @@ class _Run(Generic[E]):
         """A job that got no result, a worker slot attached to its queue: the tasks held
         under a lease that has not lapsed, where the broker tells (Redis, manager). A
         worker SIGKILLed holds its tasks, and its slot counts as attached, until its lease
-        lapses: a --timeout shorter than the lease ended with no word of it. RabbitMQ
+        lapses: a --timeout shorter than the lease ended with no word of it. So does a
+        live worker running a task longer than the --timeout, renewing its lease. RabbitMQ
         puts a dead worker's tasks back at once, and tells no lease."""
         left = stats.lease_left
         if left is None or not stats.in_flight:
             return
-        held = f"{stats.in_flight} task" + ("" if stats.in_flight == 1 else "s")
+        # a live worker renews its lease as it runs a task longer than the --timeout: the
+        # broker tells it from a dead one's no better than by the lease's time left
+        held, it = (
+            ("1 task", "it") if stats.in_flight == 1 else (f"{stats.in_flight:,} tasks", "them")
+        )
         self.report.problems.append(
             f"no result came back, and worker slots attached to the job's queue at "
             f"{self.master.transport.describe()} hold {held} under leases not lapsed yet "
-            f"(the last ends in {left:.1f} s unless renewed): a worker may have died holding "
-            "tasks (SIGKILL, the OOM killer), its slot counted as attached until its lease "
-            "lapses, and only then do its tasks go to another worker; see the workers' logs, "
-            "and give the job a --timeout longer than the workers' DISTQ_LEASE_SECONDS"
+            f"(the last ends in {left:.1f} s unless its worker renews it, as a live one does): "
+            f"a worker may still be running {it} (a task longer than the --timeout), or have "
+            f"died holding {it} (SIGKILL, the OOM killer), its slot counted as attached until "
+            "its lease lapses, and only then do its tasks go to another worker; see the "
+            "workers' logs, and give the job a --timeout longer than its tasks take, and than "
+            "the workers' DISTQ_LEASE_SECONDS"
         )
 
     def _taken_and_dropped(self, stats: QueueStats) -> str:

@@ -315,11 +315,53 @@ def test_a_job_past_its_timeout_whose_worker_was_killed_holding_a_task_says_its_
         return
     held = re.search(
         r"^distq: no result came back, and worker slots attached to the job's queue at .+ "
-        r"hold 1 task under leases not lapsed yet \(the last ends in (\d+\.\d) s unless "
-        r"renewed\): a worker may have died holding tasks \(SIGKILL, the OOM killer\)",
+        r"hold 1 task under leases not lapsed yet \(the last ends in (\d+\.\d) s unless its "
+        r"worker renews it, as a live one does\): a worker may still be running it \(a task "
+        r"longer than the --timeout\), or have died holding it \(SIGKILL, the OOM killer\)",
         said,
         re.M,
     )
     assert held is not None, said
     assert 15 < float(held[1]) <= 30, said
     assert "no worker slot is attached" not in said, said
+
+
+def test_a_job_past_its_timeout_whose_live_worker_still_runs_its_task_says_it_may_run_on(
+    target: Target, hosted: Transport, spawn: Spawn
+) -> None:
+    """A live worker (its lease renewed every third of DISTQ_LEASE_SECONDS, 5 s) ran the
+    job's one task (60 s) past the job's --timeout (6 s): the master said only that "a
+    worker may have died holding tasks" and to "give the job a --timeout longer than the
+    workers' DISTQ_LEASE_SECONDS", which it was already; a lease not lapsed says a worker
+    renews it, alive and running its task, as likely as one that died since."""
+    out = io.StringIO()
+    reports: list[JobReport] = []
+    master = Master(hosted, Console(out=out, err=out))
+    spec = JobSpec(tasks=1, timeout=6)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(60.0))))
+    run.start()
+    worker = spawn("worker", env=target.process_env(DISTQ_PREFETCH="1"))
+    try:
+        worker.wait_for(r"^Get task \d+ from task_queue")
+        run.join(30)
+        assert worker.proc.poll() is None, worker.output()  # alive, its task running
+    finally:
+        worker.signal(signal.SIGKILL)
+        run.join(30)
+    said = out.getvalue()
+    assert reports and reports[0].missing == 1, said
+    if target.name == "rabbitmq":  # no lease to tell
+        assert "leases not lapsed" not in said, said
+        return
+    held = re.search(
+        r"^distq: no result came back, and worker slots attached to the job's queue at .+ "
+        r"hold 1 task under leases not lapsed yet \(the last ends in (\d+\.\d) s unless its "
+        r"worker renews it, as a live one does\): a worker may still be running it \(a task "
+        r"longer than the --timeout\), or have died holding it \(SIGKILL, the OOM killer\), .+"
+        r"give the job a --timeout longer than its tasks take, and than the workers' "
+        r"DISTQ_LEASE_SECONDS$",
+        said,
+        re.M,
+    )
+    assert held is not None, said
+    assert 0 < float(held[1]) <= 5, said
