@@ -1430,3 +1430,18 @@ def test_a_release_of_two_wakes_two_waiting_fetches() -> None:
     for thread in waiting:
         thread.join(10)
     assert sorted(got) == [[b"a"], [b"b"]]
+
+
+def test_lease_left_counts_no_lapsed_lease_the_reaper_has_not_reached_yet() -> None:
+    """A lease past its deadline that no reap has ended yet (the reaper runs between
+    leases' ends) told "the last ends in 0.0 s", under "leases not lapsed yet": it
+    lapsed, as Redis's stats counts it (its tasks ready, not in flight)."""
+    clock = Clock()
+    broker = QueueBroker(clock)
+    broker.put("q", [b"a", b"b"])
+    broker.fetch("q", "short", 1, 0.1, 5.0)
+    clock.now += 6.0  # lapsed, not reaped
+    assert broker.lease_left("q") is None
+    broker.fetch("q", "live", 1, 0.1, 30.0)
+    clock.now += 1.0
+    assert broker.lease_left("q") == pytest.approx(29.0)
