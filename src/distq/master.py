@@ -1071,7 +1071,7 @@ class _Run(Generic[E]):
         # and to give the job "a longer --timeout, or more workers", none of which held
         dropped = min(self.collector.malformed, left)
         if dropped:
-            results = "its result" if dropped == 1 else "their results"
+            results = _results_of(dropped)
             said.append(
                 f"{dropped:,} of the {len(waiting):,} not answered came back, {results} "
                 f"dropped ({self._first_dropped_said()}): "
@@ -1094,9 +1094,11 @@ class _Run(Generic[E]):
                 f"took back the {taken} tasks still queued (or their retries): they do not "
                 f"run{never}"
             )
-        if left > dropped:
+        if left > dropped:  # "the other": those dropped were not taken back either
+            other, results = "other " if dropped else "", _results_of(left - dropped)
             said.append(
-                f"the {left - dropped} not taken back may still run, their results read by nobody"
+                f"the {other}{left - dropped:,} not taken back may still run, {results} read "
+                "by nobody"
             )
         if said and timed_out and len(said) > bool(dropped):  # not for those dropped only
             them = "the rest" if dropped else "every result"
@@ -1146,6 +1148,11 @@ _NOT_TAKEN_BACK_END = (
     "; they count as missing (exit 1), where an endless --rate job's tasks taken back do "
     "not: stop it once its workers have caught up, or give it --tasks"
 )
+
+
+def _results_of(count: int) -> str:
+    """Whose results, of ``count`` tasks: "its result" of one."""
+    return "its result" if count == 1 else "their results"
 
 
 def _short_reason(exc: EnvelopeError) -> str:

@@ -824,8 +824,8 @@ def test_a_timed_out_job_tells_the_tasks_whose_results_it_dropped_from_those_tha
     assert re.search(
         r"^--timeout: 1 of the 2 not answered came back, its result dropped \(see the "
         r"warnings above, the first one for: [^)]+\): a longer --timeout reads those no better; "
-        r"fix what the first one's reason names; the 1 not taken back may still run, their "
-        r"results read by nobody; for the rest, give the job a longer --timeout, or more "
+        r"fix what the first one's reason names; the other 1 not taken back may still run, "
+        r"its result read by nobody; for the rest, give the job a longer --timeout, or more "
         r"workers$",
         out,
         re.M,
