@@ -164,6 +164,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
 #: 600 bytes), and ``--tasks 1000000000`` grew the master by 230 MB a second, unbounded.
 IN_FLIGHT = 100_000
 
+#: The most task ids of dropped refusals a job keeps (:meth:`_Run._came_back_dropped`):
+#: past them it counts no more as came back, and says they may still run, as it did.
+REFUSALS_KEPT = 100_000
 #: A turn of the job's loop this much later than the one before (it waits 0.5 s at
 #: most): the process stood still, and ``--rate`` resumes its pace without a burst.
 STOOD_STILL_SECONDS = 1.0
@@ -304,6 +307,10 @@ class _Run(Generic[E]):
         self.failed_with: TransportError | None = None  # the last call that failed
         self.first_dropped: str | None = None  # why the first result it dropped was
         self.first_dropped_short = ""  # that in short, for the end's line
+        # the tasks of the workers' refusals it dropped (UnverifiedRefusal), at most
+        # REFUSALS_KEPT: beside results read, the only dropped ones known to be a waiting
+        # task's (:meth:`_came_back_dropped`)
+        self.refusals: set[str] = set()
         # the broker's counts as a job that read no result passed its --timeout, before
         # it took its tasks back (which ends the sign that a worker had them): None when
         # it did not look (:meth:`_look_at_timeout`), or the broker did not answer
@@ -848,6 +855,8 @@ class _Run(Generic[E]):
         """A result (or a message of them) the collector refused: said, the first kept."""
         if self.first_dropped is None:
             self.first_dropped, self.first_dropped_short = str(exc), _short_reason(exc)
+        if isinstance(exc, UnverifiedRefusal) and len(self.refusals) < REFUSALS_KEPT:
+            self.refusals.add(exc.task_id)
         self.console.error(f"dropped a result: {exc}")
 
     def _why_no_result(self) -> None:
@@ -1069,7 +1078,7 @@ class _Run(Generic[E]):
         # of those not taken back, the ones whose results came back and were dropped, as
         # counts tell: their line said they "may still run, their results read by nobody",
         # and to give the job "a longer --timeout, or more workers", none of which held
-        dropped = min(self.collector.malformed, left)
+        dropped = min(self._came_back_dropped(waiting), left)
         if dropped:
             results = _results_of(dropped)
             said.append(
@@ -1113,6 +1122,18 @@ class _Run(Generic[E]):
         short = self.first_dropped_short
         return f"see the warnings above, the first one for: {short}" if short else "above"
 
+    def _came_back_dropped(self, waiting: list[str]) -> int:
+        """How many of the tasks ``waiting`` came back with a result the job dropped, as
+        far as it can tell: with none read, every result dropped (each a waiting task's,
+        or none's); beside results read, only the workers' refusals of waiting tasks. A
+        dropped result may be a copy of a task read (one run again after a lease lapsed):
+        counted, "the task not answered came back, its result dropped ... a longer
+        --timeout reads it no better" was said of a task never answered, its worker
+        running it still."""
+        if not self.report.answered:
+            return self.collector.malformed
+        return len(self.refusals.intersection(waiting))
+
     def _answered_unread(self, waiting: list[str]) -> bool:
         """Whether every task not answered came back with a result the job dropped, as far
         as counts tell (:meth:`_why_no_result`'s case, none read; or beside results read,
@@ -1120,7 +1141,7 @@ class _Run(Generic[E]):
         3 not taken back may still run, their results read by nobody; for every result,
         give the job a longer --timeout, or more workers", none of which held."""
         return (
-            0 < len(waiting) <= self.collector.malformed
+            0 < len(waiting) <= self._came_back_dropped(waiting)
             and not self.never_ran
             and not self.taken_back.intersection(waiting)
         )

@@ -13,9 +13,10 @@ import pytest
 
 from distq import master as master_module
 from distq.backoff import Backoff
+from distq.codec import Codec
 from distq.collector import Collector
 from distq.console import Console
-from distq.envelope import Task
+from distq.envelope import Result, Task
 from distq.errors import ConfigError, TransportError
 from distq.health import ProcessHealth
 from distq.ledger import Entry, Ledger
@@ -40,13 +41,17 @@ from seam import error_result, job_a_worker_left, ok_result
 
 
 def serve(
-    transport: Transport, answer: Callable[[Task], list[bytes]], stop: threading.Event
+    transport: Transport,
+    answer: Callable[[Task], list[bytes]],
+    stop: threading.Event,
+    codec: Codec | None = None,
 ) -> None:
-    """A stand-in worker loop on the real transport: settle each task with ``answer``."""
+    """A stand-in worker loop on the real transport: settle each task with ``answer``
+    (tasks opened with ``codec``, a master's with signing keys)."""
     consumer = transport.consumer("test-worker")
     while not stop.is_set():
         for delivery in consumer.fetch(50, 0.1):
-            task = Task.decode(delivery.body)
+            task = (codec or Codec()).open_task(delivery.body)
             consumer.settle(
                 [Settlement(delivery, reply_to=task.reply_to, result=body) for body in answer(task)]
                 or [Settlement(delivery)]
@@ -68,12 +73,13 @@ def run(
     workload: Workload[int] | None = None,
     stop: threading.Event | None = None,
     quiet: bool = False,
+    codec: Codec | None = None,
 ) -> tuple[str, JobReport]:
     out = io.StringIO()
     done = threading.Event()
-    thread = threading.Thread(target=serve, args=(transport, answer, done), daemon=True)
+    thread = threading.Thread(target=serve, args=(transport, answer, done, codec), daemon=True)
     thread.start()
-    master = Master(transport, Console(quiet=quiet, out=out, err=out))
+    master = Master(transport, Console(quiet=quiet, out=out, err=out), codec=codec)
     try:
         report = master.run(spec, workload or Squares(seed=1), stop)
     finally:
@@ -808,25 +814,58 @@ def test_a_job_one_of_whose_tasks_a_gone_worker_took_says_one_is_no_longer_queue
 def test_a_timed_out_job_tells_the_tasks_whose_results_it_dropped_from_those_that_may_run(
     transport: Transport,
 ) -> None:
-    """Three tasks: one answered, one answered with a body the master drops, one taken
-    and never answered. Its end said "the 2 not taken back may still run, their results
-    read by nobody; for every result, give the job a longer --timeout, or more workers":
-    one of the two had come back, dropped, which no wait reads better."""
-    answers = iter([[b"not a result"], None, []])
+    """Three tasks: one answered, one refused by a worker with another signing key (its
+    unsigned answer the master drops), one taken and never answered. Its end said "the 2
+    not taken back may still run, their results read by nobody; for every result, give
+    the job a longer --timeout, or more workers": one of the two had come back, dropped,
+    which no wait reads better."""
+    codec = Codec([b"the-master-s-key-0123456789abcdef"])
+    refused = "refused: task signed with another key, not one of DISTQ_SIGNING_KEYS"
+    answers = iter(["refused", "read", "held"])
 
     def some_dropped(task: Task) -> list[bytes]:
         answer = next(answers)
-        return right(task) if answer is None else answer
+        if answer == "refused":  # unsigned, as such a worker sends it
+            return [error_result(task, "SignatureError", refused)]
+        return [codec.seal_result(Result.decode(right(task)[0]))] if answer == "read" else []
 
-    out, report = run(transport, JobSpec(tasks=3, timeout=1), some_dropped)
+    out, report = run(transport, JobSpec(tasks=3, timeout=1), some_dropped, codec=codec)
     assert report.answered == 1 and report.missing == 2, out
     assert "distq: 1 result that came back was dropped, the first one for: " in out, out
     assert re.search(
         r"^--timeout: 1 of the 2 not answered came back, its result dropped \(see the "
-        r"warnings above, the first one for: [^)]+\): a longer --timeout reads those no better; "
+        r"warnings above, the first one for: unsigned result: a worker says \(unverified\) "
+        r'"refused: task signed with another key, not one of DISTQ_SIGNING_KEYS"\): a longer '
+        r"--timeout reads those no better; "
         r"fix what the first one's reason names; the other 1 not taken back may still run, "
         r"its result read by nobody; for the rest, give the job a longer --timeout, or more "
         r"workers$",
+        out,
+        re.M,
+    ), out
+
+
+def test_a_timed_out_job_that_dropped_a_copy_of_a_task_it_read_says_the_other_may_run(
+    transport: Transport,
+) -> None:
+    """Two tasks: the first answered twice (run again, say, after its lease lapsed),
+    once with a body the master drops and once read; the second never answered. Its end
+    said "the task not answered came back, its result dropped (...): a longer --timeout
+    reads it no better", of a task whose answer never came: the dropped one may be a
+    copy of a task read, beside which only a worker's refusal names its task."""
+    first: list[Task] = []
+
+    def answer(task: Task) -> list[bytes]:
+        first.append(task)  # the second's delivery carries the first's answer
+        return [b"not a result"] if len(first) == 1 else right(first[0])
+
+    out, report = run(transport, JobSpec(tasks=2, timeout=1), answer)
+    assert report.answered == 1 and report.missing == 1, out
+    assert "distq: 1 result that came back was dropped, the first one for: " in out, out
+    assert "came back, its result dropped" not in out, out
+    assert re.search(
+        r"^--timeout: the 1 not taken back may still run, its result read by nobody; for "
+        r"every result, give the job a longer --timeout, or more workers$",
         out,
         re.M,
     ), out
