@@ -307,9 +307,9 @@ class _Run(Generic[E]):
         self.failed_with: TransportError | None = None  # the last call that failed
         self.first_dropped: str | None = None  # why the first result it dropped was
         self.first_dropped_short = ""  # that in short, for the end's line
-        # the tasks of the workers' refusals it dropped (UnverifiedRefusal), at most
-        # REFUSALS_KEPT: beside results read, the only dropped ones known to be a waiting
-        # task's (:meth:`_came_back_dropped`)
+        # the tasks it waits for of the workers' refusals it dropped (UnverifiedRefusal),
+        # at most REFUSALS_KEPT: beside results read, the only dropped ones known to be a
+        # waiting task's (:meth:`_came_back_dropped`)
         self.refusals: set[str] = set()
         # the broker's counts as a job that read no result passed its --timeout, before
         # it took its tasks back (which ends the sign that a worker had them): None when
@@ -855,7 +855,11 @@ class _Run(Generic[E]):
         """A result (or a message of them) the collector refused: said, the first kept."""
         if self.first_dropped is None:
             self.first_dropped, self.first_dropped_short = str(exc), _short_reason(exc)
-        if isinstance(exc, UnverifiedRefusal) and len(self.refusals) < REFUSALS_KEPT:
+        if (  # unverified: the id of a task it waits for only, not any a message names
+            isinstance(exc, UnverifiedRefusal)
+            and len(self.refusals) < REFUSALS_KEPT
+            and self.collector.is_waiting(exc.task_id)
+        ):
             self.refusals.add(exc.task_id)
         self.console.error(f"dropped a result: {exc}")
 

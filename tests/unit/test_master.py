@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import msgspec
 import pytest
 
 from distq import master as master_module
@@ -869,3 +870,29 @@ def test_a_timed_out_job_that_dropped_a_copy_of_a_task_it_read_says_the_other_ma
         out,
         re.M,
     ), out
+
+
+def test_a_refusal_naming_no_task_the_job_waits_for_is_not_kept(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unsigned refusal, unverified, names any task id it likes, up to a message's
+    size: the job kept each one's (up to 100,000 of them, a megabyte each) to tell which
+    of its tasks came back dropped. It keeps only those of tasks it waits for."""
+    codec = Codec([b"the-master-s-key-0123456789abcdef"])
+    forged = "f" * 100_000
+    kept: list[set[str]] = []
+    finish = _Run._finish
+
+    def finishing(self: _Run[int], elapsed: float) -> JobReport:
+        kept.append(set(self.refusals))
+        return finish(self, elapsed)
+
+    monkeypatch.setattr(_Run, "_finish", finishing)
+
+    def refused(task: Task) -> list[bytes]:
+        other = msgspec.structs.replace(task, id=forged)
+        return [error_result(other, "SignatureError", "refused: task signed with another key")]
+
+    out, report = run(transport, JobSpec(tasks=1, timeout=1), refused, codec=codec)
+    assert "dropped a result: unsigned result" in out, out
+    assert report.missing == 1 and kept == [set()], out
