@@ -141,3 +141,20 @@ class Distq:
 
 #: The ``spawn`` fixture (conftest.py): starts a distq subprocess, stopped at teardown.
 Spawn = Callable[..., Distq]
+
+
+def forked_check(check: Callable[[], bool], alarm: int = 5) -> int:
+    """``check`` run in a child forked now (a test holds a lock as another thread would):
+    the child's exit code, 0 if it returned True, 3 if False, -14 if it still waited after
+    ``alarm`` s (its alarm killed it)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(alarm)
+            code = 0 if check() else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)

@@ -101,6 +101,33 @@ def test_a_stopped_endless_rate_job_says_how_many_tasks_it_took_back(
     assert hosted.stats().ready == 0, said
 
 
+def _keyed_job(
+    target: Target, hosted: Transport, reports: list[JobReport]
+) -> tuple[io.StringIO, Codec, threading.Thread]:
+    """A job of 3 squares with --timeout 8, its master signing with a key of its own,
+    running in a thread that appends its report to ``reports``: its lines, its codec and
+    the thread."""
+    out = io.StringIO()
+    keyed = replace(target.settings, signing_keys=(b"the-master-s-key-0123456789abcdef",))
+    codec = Codec.from_settings(keyed)
+    master = Master(hosted, Console(out=out, err=out), codec=codec)
+    spec = JobSpec(tasks=3, timeout=8)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares())))
+    run.start()
+    return out, codec, run
+
+
+def _other_key_worker_ends(target: Target, spawn: Spawn, run: threading.Thread) -> None:
+    """A worker signing with another key than the job's takes what it finds, refuses it,
+    and leaves when idle; then the job (``run``) ends."""
+    env = target.process_env(DISTQ_SIGNING_KEYS="a-worker-s-other-key-fedcba98765")
+    worker = spawn("worker", "--exit-when-idle", "1", env=env)
+    try:
+        assert worker.wait(30) == 0, worker.output()
+    finally:
+        run.join(30)
+
+
 def test_a_job_whose_results_were_all_dropped_says_why_not_that_no_worker_is_attached(
     target: Target, hosted: Transport, spawn: Spawn
 ) -> None:
@@ -109,19 +136,9 @@ def test_a_job_whose_results_were_all_dropped_says_why_not_that_no_worker_is_att
     ended past its --timeout with "no worker slot is attached to the job's queue ...: are
     the workers running, with this DISTQ_QUEUE, DISTQ_TRANSPORT and broker?", all of them
     right. It names the results it dropped instead, with the first one's reason."""
-    out = io.StringIO()
-    keyed = replace(target.settings, signing_keys=(b"the-master-s-key-0123456789abcdef",))
-    master = Master(hosted, Console(out=out, err=out), codec=Codec.from_settings(keyed))
     reports: list[JobReport] = []
-    spec = JobSpec(tasks=3, timeout=8)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares())))
-    run.start()
-    env = target.process_env(DISTQ_SIGNING_KEYS="a-worker-s-other-key-fedcba98765")
-    worker = spawn("worker", "--exit-when-idle", "1", env=env)
-    try:
-        assert worker.wait(30) == 0, worker.output()
-    finally:
-        run.join(30)
+    out, _, run = _keyed_job(target, hosted, reports)
+    _other_key_worker_ends(target, spawn, run)
     said = out.getvalue()
     assert reports and reports[0].missing == 3, said
     assert "dropped a result: " in said, said
@@ -236,14 +253,8 @@ def test_a_job_that_read_some_results_and_dropped_the_rest_names_why_at_its_end(
     may still run, their results read by nobody; for every result, give the job a longer
     --timeout, or more workers", none of which held: both came back, and the reason was
     in the warnings above. Its end names them, and the first one's reason."""
-    out = io.StringIO()
-    keyed = replace(target.settings, signing_keys=(b"the-master-s-key-0123456789abcdef",))
-    codec = Codec.from_settings(keyed)
-    master = Master(hosted, Console(out=out, err=out), codec=codec)
     reports: list[JobReport] = []
-    spec = JobSpec(tasks=3, timeout=8)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares())))
-    run.start()
+    out, codec, run = _keyed_job(target, hosted, reports)
     consumer = remote.consumer("keyed")
     try:
         (delivery,) = fetch_n(consumer, 1)
@@ -261,12 +272,7 @@ def test_a_job_that_read_some_results_and_dropped_the_rest_names_why_at_its_end(
         consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=body)])
     finally:
         consumer.close()
-    env = target.process_env(DISTQ_SIGNING_KEYS="a-worker-s-other-key-fedcba98765")
-    worker = spawn("worker", "--exit-when-idle", "1", env=env)
-    try:
-        assert worker.wait(30) == 0, worker.output()
-    finally:
-        run.join(30)
+    _other_key_worker_ends(target, spawn, run)
     said = out.getvalue()
     assert reports and reports[0].answered == 1 and reports[0].missing == 2, said
     assert "may still run" not in said, said

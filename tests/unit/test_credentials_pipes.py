@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from distq.config import Settings
 from distq.credentials import read_secret
 from distq.errors import ConfigError
 from distq.tls import TlsFiles
+from procs import forked_check
 
 #: A test still waiting after this long (on a FIFO's open, before) fails.
 pytestmark = pytest.mark.timeout(30)
@@ -312,17 +312,8 @@ def test_a_process_forked_while_a_fifo_was_read_reads_its_own_secret_files(
     key = tmp_path / "authkey"
     key.write_text(KEY + "\n")
     with credentials._PIPES_LOCK:  # as a FIFO's reader holds it
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                signal.signal(signal.SIGALRM, signal.SIG_DFL)
-                signal.alarm(5)
-                code = 0 if read_secret(str(key), "DISTQ_AUTHKEY_FILE") == KEY else 3
-            finally:
-                os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+        code = forked_check(lambda: read_secret(str(key), "DISTQ_AUTHKEY_FILE") == KEY)
+    assert code == 0
 
 
 @pytest.mark.timeout(10)

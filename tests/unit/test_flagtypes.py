@@ -143,6 +143,17 @@ def test_a_number_flag_too_long_to_read_is_said_by_its_size_and_range(
     assert str(refused.value) == f"is about 10**4999; use {span}"
 
 
+def _refused(parse: Callable[[str], object] | None, variable: str | None, text: str) -> str:
+    """What a flag's parser (``parse``) or else ``variable`` says of ``text`` it refuses,
+    after the flag's or the variable's name."""
+    if parse is not None:
+        with pytest.raises(argparse.ArgumentTypeError) as by_flag:
+            parse(text)
+        return str(by_flag.value)
+    assert variable is not None
+    return _variable_says(variable, text)
+
+
 def _variable_says(variable: str, text: str) -> str:
     """What follows ``variable``'s name when it holds ``text``."""
     with pytest.raises(ConfigError) as refused:
@@ -227,13 +238,7 @@ def test_a_plus_before_thousands_of_digits_is_said_by_its_size_not_inf(
     with a fraction now takes a '-' alone too, as a whole number does: its size, then the
     digits to write it in."""
     text = "+" + "9" * 5000
-    if parse is not None:
-        with pytest.raises(argparse.ArgumentTypeError) as by_flag:
-            parse(text)
-        said = str(by_flag.value)
-    else:
-        assert variable is not None
-        said = _variable_says(variable, text)
+    said = _refused(parse, variable, text)
     assert said == (
         f"is about 10**4999 written with a '+', not a number; use {span}, in the digits 0-9 alone"
     ), said
@@ -484,13 +489,7 @@ def test_a_number_with_a_fraction_is_in_the_digits_0_9_alone(
     takes '_', a '+' and other scripts' digits), where DISTQ_PREFETCH=9_100 is refused
     "in the digits 0-9 alone": a number with a fraction now follows the same rule, in
     the same words, by a flag and a variable alike."""
-    if parse is not None:
-        with pytest.raises(argparse.ArgumentTypeError) as by_flag:
-            parse(text)
-        said = str(by_flag.value)
-    else:
-        assert variable is not None
-        said = _variable_says(variable, text)
+    said = _refused(parse, variable, text)
     assert said == f"is {text!r}, not a number; use {span}, in the digits 0-9 alone", said
 
 
@@ -548,13 +547,7 @@ def test_a_long_text_refused_as_no_number_is_shown_by_its_start_and_length(
 ) -> None:
     """DISTQ_LEASE_SECONDS (or ``--rate``) of 5,000 x's put all 5,000 on the refusal's
     line: a flag and a variable alike now show its first 40 characters and its length."""
-    if parse is not None:
-        with pytest.raises(argparse.ArgumentTypeError) as by_flag:
-            parse(_LONG)
-        refused = str(by_flag.value)
-    else:
-        assert variable is not None
-        refused = _variable_says(variable, _LONG)
+    refused = _refused(parse, variable, _LONG)
     assert refused == f"is {'x' * 40!r}... (5,000 characters), {said}", refused
 
 

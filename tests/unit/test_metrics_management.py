@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
@@ -197,6 +197,22 @@ def _serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
     return server
 
 
+def _redirecting(location: Callable[[str], str]) -> ThreadingHTTPServer:
+    """A server on 127.0.0.1 answering every GET with a 302 to ``location(path)``."""
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", location(self.path))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return _serve(Redirect)
+
+
 def test_a_redirect_is_an_error_and_the_password_does_not_follow_it() -> None:
     """urllib followed a 3xx to any host with the Authorization header: a misconfigured
     or hostile proxy got the monitoring user's password (in clear if sent to http://)."""
@@ -217,17 +233,7 @@ def test_a_redirect_is_an_error_and_the_password_does_not_follow_it() -> None:
     elsewhere = _serve(Elsewhere)
     other = f"http://localhost:{elsewhere.server_address[1]}"
 
-    class Redirect(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(302)
-            self.send_header("Location", other + self.path)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    redirect = _serve(Redirect)
+    redirect = _redirecting(lambda path: other + path)
     try:
         port = redirect.server_address[1]
         api = ManagementApi(f"http://admin:s3cret@127.0.0.1:{port}", "amqp://h/%2F", "jobs")
@@ -253,17 +259,7 @@ def test_a_long_redirect_target_is_shown_by_its_start_and_length() -> None:
     the refusal says the target's start and its length, as of every long URL."""
     target = "http://elsewhere.invalid/" + "a" * 1000
 
-    class Redirect(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(302)
-            self.send_header("Location", target)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    redirect = _serve(Redirect)
+    redirect = _redirecting(lambda path: target)
     try:
         port = redirect.server_address[1]
         api = ManagementApi(f"http://admin:s3cret@127.0.0.1:{port}", "amqp://h/%2F", "jobs")

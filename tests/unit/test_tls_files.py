@@ -28,6 +28,7 @@ from certs import CertificateAuthority
 from distq import tls
 from distq.errors import ConfigError
 from distq.tls import MAX_TLS_FILE_BYTES, TlsFiles
+from procs import forked_check
 
 #: A FIFO read twice waited for a second writer for good: the test fails instead.
 _WAIT_SECONDS = 20
@@ -226,17 +227,8 @@ def test_a_process_forked_while_the_kept_files_were_looked_up_makes_contexts(
         files = TlsFiles(ca_file=path)
         files.context()
         with tls._KEPT_LOCK:  # as a reconnect's thread holds it
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child
-                code = 1
-                try:
-                    signal.signal(signal.SIGALRM, signal.SIG_DFL)
-                    signal.alarm(5)
-                    code = 0 if files.context().cert_store_stats()["x509_ca"] == 1 else 3
-                finally:
-                    os._exit(code)
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+            code = forked_check(lambda: files.context().cert_store_stats()["x509_ca"] == 1)
+    assert code == 0
 
 
 def test_a_regular_tls_file_rotated_past_the_limit_is_refused_at_the_next_redis_connect(
