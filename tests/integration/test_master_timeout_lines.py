@@ -101,6 +101,16 @@ def test_a_stopped_endless_rate_job_says_how_many_tasks_it_took_back(
     assert hosted.stats().ready == 0, said
 
 
+#: The line of a job past its --timeout whose one task a worker slot holds under a lease
+#: not lapsed (Redis, manager); its group: the seconds the lease has left.
+_HELD_ONE = (
+    r"^distq: no result came back, and worker slots attached to the job's queue at .+ "
+    r"hold 1 task under leases not lapsed yet \(the last ends in (\d+\.\d) s unless its "
+    r"worker renews it, as a live one does\): a worker may still be running it \(a task "
+    r"longer than the --timeout\), or have died holding it \(SIGKILL, the OOM killer\)"
+)
+
+
 def _keyed_job(
     target: Target, hosted: Transport, reports: list[JobReport]
 ) -> tuple[io.StringIO, Codec, threading.Thread]:
@@ -319,14 +329,7 @@ def test_a_job_past_its_timeout_whose_worker_was_killed_holding_a_task_says_its_
         assert "leases not lapsed" not in said, said
         assert "no worker slot is attached to the job's queue" in said, said
         return
-    held = re.search(
-        r"^distq: no result came back, and worker slots attached to the job's queue at .+ "
-        r"hold 1 task under leases not lapsed yet \(the last ends in (\d+\.\d) s unless its "
-        r"worker renews it, as a live one does\): a worker may still be running it \(a task "
-        r"longer than the --timeout\), or have died holding it \(SIGKILL, the OOM killer\)",
-        said,
-        re.M,
-    )
+    held = re.search(_HELD_ONE, said, re.M)
     assert held is not None, said
     assert 15 < float(held[1]) <= 30, said
     assert "no worker slot is attached" not in said, said
@@ -360,10 +363,7 @@ def test_a_job_past_its_timeout_whose_live_worker_still_runs_its_task_says_it_ma
         assert "leases not lapsed" not in said, said
         return
     held = re.search(
-        r"^distq: no result came back, and worker slots attached to the job's queue at .+ "
-        r"hold 1 task under leases not lapsed yet \(the last ends in (\d+\.\d) s unless its "
-        r"worker renews it, as a live one does\): a worker may still be running it \(a task "
-        r"longer than the --timeout\), or have died holding it \(SIGKILL, the OOM killer\), .+"
+        _HELD_ONE + r", .+"
         r"give the job a --timeout longer than its tasks take, and than the workers' "
         r"DISTQ_LEASE_SECONDS$",
         said,
