@@ -327,14 +327,17 @@ def _checked_connection(files: TlsFiles, paths: TlsFiles) -> type:
 
 
 def _check_sizes(files: TlsFiles, paths: TlsFiles) -> None:
-    """Refuse, naming it, a file of ``files`` whose path for OpenSSL (in ``paths``) holds
-    more than :data:`MAX_TLS_FILE_BYTES` by its size, unread; one that is gone or cannot
-    be read is left to OpenSSL, as before (a pipe's kept bytes are within the limit)."""
+    """Refuse, naming it, a file of ``files`` whose path for OpenSSL (in ``paths``) is
+    gone or holds more than :data:`MAX_TLS_FILE_BYTES` by its size, unread (a pipe's kept
+    bytes are within the limit), as RabbitMQ's connect does (:meth:`TlsFiles.for_openssl`).
+    Was: one deleted since start failed in OpenSSL at each reconnect, "Error 2 connecting
+    ... No such file or directory", naming no file, and was retried for good. A secret
+    rotated by swapping a symbolic link (Kubernetes' ``..data``) is never gone."""
     for (var, path), (_, at) in zip(files.named(), paths.named(), strict=True):
         try:
             size = os.stat(at).st_size if at else 0
-        except OSError:
-            continue
+        except OSError as exc:
+            raise unreadable(var, str(path), exc, "the file", f"unset {var}") from None
         if size > MAX_TLS_FILE_BYTES:
             raise too_large(var, str(path), MAX_TLS_FILE_BYTES, "a PEM file", f"unset {var}")
 

@@ -501,3 +501,81 @@ def test_ssl_options_in_the_amqp_url_with_the_password_from_its_file(
     code, out = status(env)
     assert code == 0, out
     assert "over TLS" in out and rabbitmq_tls.password not in out, out
+
+
+# --- a TLS file gone at a reconnect ---------------------------------------------------
+
+
+def _worker_on(port: int, ca_file: Path) -> Distq:
+    env = process_env(
+        {
+            "DISTQ_TRANSPORT": "redis",
+            "DISTQ_REDIS_URL": f"rediss://127.0.0.1:{port}/0",
+            "DISTQ_TLS_CA_FILE": str(ca_file),
+            "DISTQ_QUEUE": f"tls{secrets.token_hex(4)}",
+        }
+    )
+    return Distq(["worker", "--connect-timeout", "60"], env)
+
+
+def test_a_redis_ca_file_deleted_before_a_reconnect_stops_the_worker_naming_it(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """Was: redis-py's context at the reconnect failed in OpenSSL, "Error 2 connecting to
+    127.0.0.1:N. No such file or directory.", naming no file, retried for good; RabbitMQ's
+    connect exits 2 naming the setting and the path. Now Redis does the same."""
+    port = free_port()
+    ca_file = tmp_path / "ca.pem"
+    shutil.copy(pki.ca.cert, ca_file)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    with redis_with(pki.server, pki.ca.cert, tmp_path / "one", port):
+        worker = _worker_on(port, ca_file)
+        try:
+            worker.wait_for("over TLS", 30)
+        except BaseException:
+            worker.stop()
+            raise
+    try:
+        ca_file.unlink()
+        with redis_with(pki.server, pki.ca.cert, tmp_path / "two", port):
+            assert worker.wait(30) == 2, worker.output()
+        out = worker.output()
+    finally:
+        worker.stop()
+    assert f"DISTQ_TLS_CA_FILE names '{ca_file}', which cannot be read" in out, out
+    assert "Traceback" not in out, out
+
+
+def test_a_redis_ca_file_rotated_by_a_symlink_swap_serves_the_reconnect(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """Kubernetes rotates a mounted secret by swapping its ``..data`` link at once: the
+    path never goes missing, and the worker reconnects with the new file."""
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    for version in ("v1", "v2"):
+        (mount / version).mkdir()
+        shutil.copy(pki.ca.cert, mount / version / "ca.pem")
+    (mount / "..data").symlink_to("v1")
+    (mount / "ca.pem").symlink_to("..data/ca.pem")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    port = free_port()
+    with redis_with(pki.server, pki.ca.cert, tmp_path / "one", port):
+        worker = _worker_on(port, mount / "ca.pem")
+        try:
+            worker.wait_for("over TLS", 30)
+        except BaseException:
+            worker.stop()
+            raise
+    try:
+        (mount / "..data_tmp").symlink_to("v2")
+        os.replace(mount / "..data_tmp", mount / "..data")  # as kubelet does: one rename
+        shutil.rmtree(mount / "v1")
+        with redis_with(pki.server, pki.ca.cert, tmp_path / "two", port):
+            worker.wait_for(r"reconnected to redis at .* over TLS", 60)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.output()
+    finally:
+        worker.stop()

@@ -252,3 +252,21 @@ def test_a_regular_tls_file_rotated_past_the_limit_is_refused_at_the_next_redis_
             client.ping()
         assert _bytes_read() - before < 1 << 20
         client.close()
+
+
+def test_a_regular_tls_file_deleted_since_start_is_refused_at_the_next_redis_connect(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """Was: OpenSSL's "Error 2 connecting to 127.0.0.1:N. No such file or directory.",
+    a ConnectionError naming no file, retried for good; RabbitMQ's connect refuses it
+    naming the setting and the path (exit 2). Now Redis's does the same."""
+    path = tmp_path / "ca.pem"
+    path.write_bytes(ca.cert.read_bytes())
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # TCP only: never answers
+        url = f"rediss://127.0.0.1:{listener.getsockname()[1]}/0"
+        options = tls.redis_options(url, TlsFiles(ca_file=str(path)))  # at start: fine
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, **options)
+        path.unlink()
+        with pytest.raises(ConfigError, match=r"DISTQ_TLS_CA_FILE names '.*ca\.pem', which cannot"):
+            client.ping()
+        client.close()
