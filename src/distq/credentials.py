@@ -41,6 +41,11 @@ FILE_SUFFIX = "_FILE"
 #: file of a hundred keys some 7 KiB. A file past it is no secret's (``/dev/zero``, a
 #: log): read whole, it took the memory of a master or worker until the kernel killed it.
 MAX_SECRET_BYTES = 64 << 10
+#: Most bytes read of a pipe or a FIFO, whatever the setting that names it: the largest
+#: limit of any (a TLS file's, ``tls.MAX_TLS_FILE_BYTES``). A pipe is read once, and every
+#: setting naming it is refused by its own limit: read to a secret's 64 KiB first, a TLS
+#: file's setting naming it too was refused as "holds more than 16 MiB".
+MAX_PIPE_BYTES = 16 << 20
 #: How long a FIFO (``mkfifo``) may go without its writer's bytes or its end: for its
 #: first bytes (a FIFO no program writes to made start-up wait for good), then for each
 #: further bytes. A pipe (bash's ``<(...)``, ``/dev/stdin``) has its writer from the
@@ -212,13 +217,17 @@ def unwritten(named: str, path: str, exc: FifoSilent, undo: str) -> ConfigError:
 
 @dataclass(frozen=True)
 class _Pipe:
-    """What was read of a pipe or a FIFO: ``data``, all of it (``whole``) or the first
-    bytes past a limit; ``fd`` (:func:`_pinned`) stays open, so no other FIFO takes its
-    inode number, or -1."""
+    """What was read of a pipe or a FIFO: ``data``, all of it (``whole``), or nothing
+    for one past :data:`MAX_PIPE_BYTES`; ``fd`` (:func:`_pinned`) stays open, so no other
+    FIFO takes its inode number, or -1."""
 
     fd: int
     data: bytes
     whole: bool
+
+    def first(self, most: int) -> bytes | None:
+        """All the bytes, or None if there are more than ``most``."""
+        return self.data if self.whole and len(self.data) <= most else None
 
 
 #: Each pipe or FIFO read, by its (device, inode): it can be read once only, so every
@@ -240,9 +249,11 @@ os.register_at_fork(after_in_child=_new_pipes_lock)
 def read_at_most(path: str, most: int) -> bytes | None:
     """The content of the file at ``path``; None when it holds more than ``most`` bytes,
     read no further than that (an endless source, such as ``/dev/zero``, ends there).
-    A pipe or a FIFO is read once in the process, whatever path names it (:data:`_PIPES`);
+    A pipe or a FIFO is read once in the process, whatever path names it (:data:`_PIPES`),
+    to :data:`MAX_PIPE_BYTES` at most, so that each setting naming it has its own limit;
     a FIFO is waited on for at most :data:`FIFO_WAIT_SECONDS` at a time (:func:`_read_fifo`).
-    Raises ``OSError`` as ``open`` does, :class:`FifoSilent` for a FIFO left unwritten."""
+    Raises ``OSError`` as ``open`` does, :class:`FifoSilent` for a FIFO left unwritten
+    (one whose writer wrote more than ``most`` first: None)."""
     if not _names_a_pipe(path):  # no lock: a pipe read in another thread holds it up
         data = _read_unless_a_pipe(path, most)
         if data is not None:
@@ -259,12 +270,23 @@ def read_at_most(path: str, most: int) -> bytes | None:
                     return None if len(data) > most else data
                 pipe = _PIPES.get((status.st_dev, status.st_ino))  # read by another path
                 if pipe is None:
-                    data = _read_fifo(fd, most) if _is_fifo(status) else _read_all(fd, most)
-                    whole = len(data) <= most
-                    pipe = _PIPES[status.st_dev, status.st_ino] = _Pipe(_pinned(fd), data, whole)
+                    pipe = _PIPES[status.st_dev, status.st_ino] = _read_pipe(fd, status, most)
+            except FifoSilent as exc:
+                if exc.got > most:  # too large for this setting, whatever came next
+                    return None
+                raise
             finally:
                 os.close(fd)
-    return pipe.data if pipe.whole and len(pipe.data) <= most else None
+    return pipe.first(most)
+
+
+def _read_pipe(fd: int, status: os.stat_result, most: int) -> _Pipe:
+    """The pipe or FIFO open as ``fd``, read to :data:`MAX_PIPE_BYTES` (or ``most``, if
+    more): what was read, or nothing when that is past it, no setting's."""
+    most = max(most, MAX_PIPE_BYTES)
+    data = _read_fifo(fd, most) if _is_fifo(status) else _read_all(fd, most)
+    whole = len(data) <= most
+    return _Pipe(_pinned(fd), data if whole else b"", whole)
 
 
 def _names_a_pipe(path: str) -> bool:

@@ -26,7 +26,7 @@ import pytest
 
 from certs import CertificateAuthority
 from conftest import REPO
-from distq import credentials
+from distq import credentials, tls
 from distq.config import Settings
 from distq.credentials import read_secret
 from distq.errors import ConfigError
@@ -407,3 +407,52 @@ def test_a_fifo_whose_writer_opened_it_and_wrote_nothing_is_refused_saying_so(
         "and close the FIFO, or write the content into a regular file and name that file, "
         "or unset DISTQ_REDIS_PASSWORD_FILE"
     )
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("secret_first", [True, False])
+def test_one_pipe_past_a_secrets_limit_is_refused_by_it_and_read_by_a_tls_file(
+    ca: CertificateAuthority, secret_first: bool
+) -> None:
+    """Each setting naming one pipe has its own limit and words. Was: the secret's read
+    stopped past its 64 KiB, and the TLS file's setting naming the pipe too was refused
+    as "holds more than 16,777,216 bytes (16 MiB)", for 70 KB."""
+    pem = ca.cert.read_bytes() + b"# not PEM: OpenSSL reads past it\n" * 2200  # some 70 KB
+    assert credentials.MAX_SECRET_BYTES < len(pem) < tls.MAX_TLS_FILE_BYTES
+    with _pipe(pem) as (path, again):
+
+        def secret() -> None:
+            with pytest.raises(ConfigError) as refusal:
+                read_secret(path, "DISTQ_REDIS_PASSWORD_FILE")
+            assert "holds more than 65,536 bytes (64 KiB), the most the secret" in str(refusal)
+
+        def tls_file() -> None:
+            context = TlsFiles(ca_file=again).context()
+            assert context.cert_store_stats()["x509_ca"] == 1
+
+        for read in (secret, tls_file) if secret_first else (tls_file, secret):
+            read()
+
+
+@pytest.mark.timeout(20)
+def test_one_pipe_past_both_limits_is_refused_by_each_with_its_own() -> None:
+    """Past 16 MiB: the secret's setting says 64 KiB, the TLS file's 16 MiB."""
+    assert tls.MAX_TLS_FILE_BYTES <= credentials.MAX_PIPE_BYTES  # a pipe is read as far
+    with _pipe(b"x" * (tls.MAX_TLS_FILE_BYTES + 10)) as (path, again):
+        with pytest.raises(ConfigError, match=r"more than 65,536 bytes \(64 KiB\), the most the"):
+            read_secret(path, "DISTQ_REDIS_PASSWORD_FILE")
+        with pytest.raises(ConfigError, match=r"more than 16,777,216 bytes \(16 MiB\), the most a"):
+            TlsFiles(ca_file=again).context()
+
+
+def test_a_fifo_whose_writer_wrote_past_a_secrets_limit_and_held_it_is_refused_as_too_large(
+    tmp_path: Path, short_wait: float
+) -> None:
+    """A FIFO is read past a secret's limit (to the largest, a TLS file's): one whose
+    writer wrote more than 64 KiB and kept it open is still "holds more than 64 KiB",
+    not "wrote 70,000 bytes, then nothing more"."""
+    fifo = tmp_path / "password"
+    os.mkfifo(fifo)
+    with _writer(fifo, b"p" * 70_000, hold=True), pytest.raises(ConfigError) as caught:
+        read_secret(str(fifo), "DISTQ_REDIS_PASSWORD_FILE")
+    assert "which holds more than 65,536 bytes (64 KiB), the most the secret" in str(caught.value)
