@@ -219,15 +219,19 @@ def unwritten(named: str, path: str, exc: FifoSilent, undo: str) -> ConfigError:
 class _Pipe:
     """What was read of a pipe or a FIFO: ``data``, all of it (``whole``), or nothing
     for one past :data:`MAX_PIPE_BYTES`; ``fd`` (:func:`_pinned`) stays open, so no other
-    FIFO takes its inode number, or -1."""
+    FIFO takes its inode number, or -1. Once ``kept`` (:func:`keep_pipe`), the bytes are
+    read there, not held here too."""
 
     fd: int
     data: bytes
     whole: bool
+    kept: int = -1
 
     def first(self, most: int) -> bytes | None:
         """All the bytes, or None if there are more than ``most``."""
-        return self.data if self.whole and len(self.data) <= most else None
+        # a kept file is sealed: its bytes cannot change
+        data = os.pread(self.kept, most + 1, 0) if self.kept >= 0 else self.data
+        return data if self.whole and len(data) <= most else None
 
 
 #: Each pipe or FIFO read, by its (device, inode): it can be read once only, so every
@@ -287,6 +291,17 @@ def _read_pipe(fd: int, status: os.stat_result, most: int) -> _Pipe:
     data = _read_fifo(fd, most) if _is_fifo(status) else _read_all(fd, most)
     whole = len(data) <= most
     return _Pipe(_pinned(fd), data if whole else b"", whole)
+
+
+def keep_pipe(identity: tuple[int, int], kept: int) -> None:
+    """The pipe or FIFO ``identity`` (device, inode), read whole, is kept in the file open
+    as ``kept`` (sealed: its bytes never change; a TLS file's, which OpenSSL reads by
+    path): its bytes are read there from now on, not held here too (16 MiB twice, at
+    most). Was: both, for the process's lifetime."""
+    with _PIPES_LOCK:
+        pipe = _PIPES.get(identity)
+        if pipe is not None and pipe.whole and pipe.kept < 0:
+            _PIPES[identity] = _Pipe(pipe.fd, b"", True, kept)
 
 
 def _names_a_pipe(path: str) -> bool:

@@ -29,7 +29,14 @@ from dataclasses import astuple, dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from distq.credentials import FifoSilent, read_at_most, too_large, unreadable, unwritten
+from distq.credentials import (
+    FifoSilent,
+    keep_pipe,
+    read_at_most,
+    too_large,
+    unreadable,
+    unwritten,
+)
 from distq.errors import ConfigError
 
 TLS_SCHEMES = {"redis": ("rediss",), "rabbitmq": ("amqps",)}
@@ -138,7 +145,9 @@ def _openssl_path(var: str, path: str) -> str:
         identity = (path, status.st_dev, status.st_ino)
         with _KEPT_LOCK:
             if identity not in _KEPT:
-                _KEPT[identity] = _kept(var, path, _read(var, path))
+                fd = _kept(var, path, _read(var, path))
+                keep_pipe((status.st_dev, status.st_ino), fd)  # its bytes here only
+                _KEPT[identity] = f"/proc/self/fd/{fd}"
             return _KEPT[identity]
     try:
         with open(path, "rb") as file:  # readable by us: opened, not read
@@ -169,10 +178,11 @@ def _read(var: str, path: str) -> bytes:
     return data
 
 
-def _kept(var: str, path: str, data: bytes) -> str:
-    """A path OpenSSL reads ``data`` at, as often as it opens it: an anonymous file in
-    memory (``memfd_create``), sealed against changes, only its owner may read, open
-    until the process ends, named ``/proc/self/fd/N`` (forked children inherit it)."""
+def _kept(var: str, path: str, data: bytes) -> int:
+    """A file OpenSSL reads ``data`` at, as often as it opens it, by its descriptor ``N``:
+    an anonymous file in memory (``memfd_create``), sealed against changes, only its
+    owner may read, open until the process ends, named ``/proc/self/fd/N`` (forked
+    children inherit it)."""
     try:
         fd = os.memfd_create("distq-tls", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     except (AttributeError, OSError) as exc:  # not Linux, or no memfd in this sandbox
@@ -189,7 +199,7 @@ def _kept(var: str, path: str, data: bytes) -> str:
     except OSError as exc:
         os.close(fd)
         raise _cannot_keep(var, path, exc) from None
-    return kept
+    return fd
 
 
 def _cannot_keep(var: str, path: str, exc: OSError | AttributeError) -> ConfigError:

@@ -445,6 +445,22 @@ def test_one_pipe_past_both_limits_is_refused_by_each_with_its_own() -> None:
             TlsFiles(ca_file=again).context()
 
 
+def test_a_tls_files_pipe_is_held_once_in_its_kept_file_and_serves_a_secret_after(
+    ca: CertificateAuthority,
+) -> None:
+    """Was: a pipe's bytes held twice for the process's lifetime, read (up to 16 MiB)
+    and in the memfd OpenSSL reads; now in the memfd only, read back for a secret
+    file's setting naming the same pipe later (a program's Executor keyword)."""
+    pem = ca.cert.read_bytes()
+    with _pipe(pem) as (path, again):
+        assert TlsFiles(ca_file=path).context().cert_store_stats()["x509_ca"] == 1
+        status = os.stat(path)
+        pipe = credentials._PIPES[status.st_dev, status.st_ino]
+        assert pipe.data == b"" and pipe.kept >= 0  # the kept file's bytes only
+        assert read_secret(again, "DISTQ_REDIS_PASSWORD_FILE") == pem.decode().removesuffix("\n")
+        assert TlsFiles(ca_file=again).context().cert_store_stats()["x509_ca"] == 1
+
+
 def test_a_fifo_whose_writer_wrote_past_a_secrets_limit_and_held_it_is_refused_as_too_large(
     tmp_path: Path, short_wait: float
 ) -> None:
