@@ -41,11 +41,6 @@ FILE_SUFFIX = "_FILE"
 #: file of a hundred keys some 7 KiB. A file past it is no secret's (``/dev/zero``, a
 #: log): read whole, it took the memory of a master or worker until the kernel killed it.
 MAX_SECRET_BYTES = 64 << 10
-#: Most bytes read of a pipe or a FIFO, whatever the setting that names it: the largest
-#: limit of any (a TLS file's, ``tls.MAX_TLS_FILE_BYTES``). A pipe is read once, and every
-#: setting naming it is refused by its own limit: read to a secret's 64 KiB first, a TLS
-#: file's setting naming it too was refused as "holds more than 16 MiB".
-MAX_PIPE_BYTES = 16 << 20
 #: How long a FIFO (``mkfifo``) may go without its writer's bytes or its end: for its
 #: first bytes (a FIFO no program writes to made start-up wait for good), then for each
 #: further bytes. A pipe (bash's ``<(...)``, ``/dev/stdin``) has its writer from the
@@ -137,6 +132,17 @@ def too_large(named: str, path: str, most: int, what: str, undo: str) -> ConfigE
     )
 
 
+def cut(named: str, path: str, exc: PipeCut, undo: str) -> ConfigError:
+    """The error for a pipe or FIFO a setting ``named`` names (``path``) that another
+    setting named first and read no further than its own, lower, limit (``exc``)."""
+    return ConfigError(
+        f"{named} names {path!r}, a pipe that {exc.first} named first and that was read "
+        f"no further than that setting's limit of {_bytes(exc.most)}: the rest cannot be "
+        f"read again; write the content into a regular file and name that file in "
+        f"{named}, or {undo}"
+    )
+
+
 def _bytes(most: int) -> str:
     """A limit in bytes as an error says it: ``65,536 bytes (64 KiB)``."""
     size = f"{most >> 20} MiB" if most >= 1 << 20 else f"{most >> 10} KiB"
@@ -215,23 +221,41 @@ def unwritten(named: str, path: str, exc: FifoSilent, undo: str) -> ConfigError:
     )
 
 
+class PipeCut(Exception):
+    """A pipe or FIFO the setting ``first`` named first was read no further than that
+    setting's limit (``most`` bytes), past which it held more: a setting with a higher
+    limit cannot be given its content, nor told its size."""
+
+    def __init__(self, first: str, most: int) -> None:
+        super().__init__(first, most)
+        self.first, self.most = first, most
+
+
 @dataclass(frozen=True)
 class _Pipe:
     """What was read of a pipe or a FIFO: ``data``, all of it (``whole``), or nothing
-    for one past :data:`MAX_PIPE_BYTES`; ``fd`` (:func:`_pinned`) stays open, so no other
-    FIFO takes its inode number, or -1. Once ``kept`` (:func:`keep_pipe`), the bytes are
-    read there, not held here too."""
+    for one that held more than ``most`` bytes, the limit of the setting that named it
+    first (``by``), where its read stopped; ``fd`` (:func:`_pinned`) stays open, so no
+    other FIFO takes its inode number, or -1. Once ``kept`` (:func:`keep_pipe`), the
+    bytes are read there, not held here too."""
 
     fd: int
     data: bytes
     whole: bool
+    most: int
+    by: str
     kept: int = -1
 
     def first(self, most: int) -> bytes | None:
-        """All the bytes, or None if there are more than ``most``."""
+        """All the bytes, or None if there are more than ``most``. Raises
+        :class:`PipeCut` for a ``most`` past where the read of one cut short stopped."""
+        if not self.whole:
+            if most > self.most:
+                raise PipeCut(self.by, self.most)
+            return None
         # a kept file is sealed: its bytes cannot change
         data = os.pread(self.kept, most + 1, 0) if self.kept >= 0 else self.data
-        return data if self.whole and len(data) <= most else None
+        return data if len(data) <= most else None
 
 
 #: Each pipe or FIFO read, by its (device, inode): it can be read once only, so every
@@ -250,14 +274,16 @@ def _new_pipes_lock() -> None:
 os.register_at_fork(after_in_child=_new_pipes_lock)
 
 
-def read_at_most(path: str, most: int) -> bytes | None:
+def read_at_most(path: str, most: int, named: str) -> bytes | None:
     """The content of the file at ``path``; None when it holds more than ``most`` bytes,
     read no further than that (an endless source, such as ``/dev/zero``, ends there).
     A pipe or a FIFO is read once in the process, whatever path names it (:data:`_PIPES`),
-    to :data:`MAX_PIPE_BYTES` at most, so that each setting naming it has its own limit;
-    a FIFO is waited on for at most :data:`FIFO_WAIT_SECONDS` at a time (:func:`_read_fifo`).
-    Raises ``OSError`` as ``open`` does, :class:`FifoSilent` for a FIFO left unwritten
-    (one whose writer wrote more than ``most`` first: None)."""
+    to the limit of the setting that names it first (``named``), never further: a
+    secret's pipe past its 64 KiB was read on to 16 MiB, for a TLS file's setting that
+    might name it too, and its refusal waited on a writer that held it open, for good. A
+    FIFO is waited on for at most :data:`FIFO_WAIT_SECONDS` at a time (:func:`_read_fifo`).
+    Raises ``OSError`` as ``open`` does, :class:`FifoSilent` for a FIFO left unwritten,
+    :class:`PipeCut` for a pipe read before to a lower limit than ``most``, and past it."""
     if not _names_a_pipe(path):  # no lock: a pipe read in another thread holds it up
         data = _read_unless_a_pipe(path, most)
         if data is not None:
@@ -274,23 +300,19 @@ def read_at_most(path: str, most: int) -> bytes | None:
                     return None if len(data) > most else data
                 pipe = _PIPES.get((status.st_dev, status.st_ino))  # read by another path
                 if pipe is None:
-                    pipe = _PIPES[status.st_dev, status.st_ino] = _read_pipe(fd, status, most)
-            except FifoSilent as exc:
-                if exc.got > most:  # too large for this setting, whatever came next
-                    return None
-                raise
+                    pipe = _read_pipe(fd, status, most, named)
+                    _PIPES[status.st_dev, status.st_ino] = pipe
             finally:
                 os.close(fd)
     return pipe.first(most)
 
 
-def _read_pipe(fd: int, status: os.stat_result, most: int) -> _Pipe:
-    """The pipe or FIFO open as ``fd``, read to :data:`MAX_PIPE_BYTES` (or ``most``, if
-    more): what was read, or nothing when that is past it, no setting's."""
-    most = max(most, MAX_PIPE_BYTES)
+def _read_pipe(fd: int, status: os.stat_result, most: int, named: str) -> _Pipe:
+    """The pipe or FIFO open as ``fd``, read for the setting ``named`` to its limit,
+    ``most``: what was read, or nothing when that is past it (held by no setting)."""
     data = _read_fifo(fd, most) if _is_fifo(status) else _read_all(fd, most)
     whole = len(data) <= most
-    return _Pipe(_pinned(fd), data if whole else b"", whole)
+    return _Pipe(_pinned(fd), data if whole else b"", whole, most, named)
 
 
 def keep_pipe(identity: tuple[int, int], kept: int) -> None:
@@ -301,7 +323,7 @@ def keep_pipe(identity: tuple[int, int], kept: int) -> None:
     with _PIPES_LOCK:
         pipe = _PIPES.get(identity)
         if pipe is not None and pipe.whole and pipe.kept < 0:
-            _PIPES[identity] = _Pipe(pipe.fd, b"", True, kept)
+            _PIPES[identity] = _Pipe(pipe.fd, b"", True, pipe.most, pipe.by, kept)
 
 
 def _names_a_pipe(path: str) -> bool:
@@ -412,11 +434,13 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
     refused, naming the limit."""
     named, undo = named or var, undo or f"unset {var}"
     try:
-        data = read_at_most(path, MAX_SECRET_BYTES)
+        data = read_at_most(path, MAX_SECRET_BYTES, named)
     except OSError as exc:
         raise unreadable(named, path, exc, "the secret", undo) from None
     except FifoSilent as exc:
         raise unwritten(named, path, exc, undo) from None
+    except PipeCut as exc:  # no setting's limit is lower: only if one comes
+        raise cut(named, path, exc, undo) from None
     if data is None:
         raise too_large(named, path, MAX_SECRET_BYTES, "the secret", undo)
     if var.removesuffix(FILE_SUFFIX) in KEYS:  # its bytes, as the variable's are kept

@@ -31,6 +31,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from distq.credentials import (
     FifoSilent,
+    PipeCut,
+    cut,
     keep_pipe,
     read_at_most,
     too_large,
@@ -168,11 +170,13 @@ def _kept_at(path: str) -> str | None:
 def _read(var: str, path: str) -> bytes:
     """The bytes of the file ``var`` names, no more than :data:`MAX_TLS_FILE_BYTES`."""
     try:
-        data = read_at_most(path, MAX_TLS_FILE_BYTES)
+        data = read_at_most(path, MAX_TLS_FILE_BYTES, var)
     except OSError as exc:
         raise unreadable(var, path, exc, "the file", f"unset {var}") from None
     except FifoSilent as exc:
         raise unwritten(var, path, exc, f"unset {var}") from None
+    except PipeCut as exc:  # a secret's setting named it first: read to its 64 KiB only
+        raise cut(var, path, exc, f"unset {var}") from None
     if data is None:
         raise too_large(var, path, MAX_TLS_FILE_BYTES, "a PEM file", f"unset {var}")
     return data

@@ -409,40 +409,49 @@ def test_a_fifo_whose_writer_opened_it_and_wrote_nothing_is_refused_saying_so(
     )
 
 
+_CUT = (
+    "DISTQ_TLS_CA_FILE names '/proc/self/fd/{fd}', a pipe that DISTQ_REDIS_PASSWORD_FILE "
+    "named first and that was read no further than that setting's limit of 65,536 bytes "
+    "(64 KiB): the rest cannot be read again; write the content into a regular file and "
+    "name that file in DISTQ_TLS_CA_FILE, or unset DISTQ_TLS_CA_FILE"
+)
+
+
 @pytest.mark.timeout(20)
-@pytest.mark.parametrize("secret_first", [True, False])
-def test_one_pipe_past_a_secrets_limit_is_refused_by_it_and_read_by_a_tls_file(
-    ca: CertificateAuthority, secret_first: bool
+@pytest.mark.parametrize("size", [70_000, (16 << 20) + 10])
+def test_a_pipe_a_secret_read_to_its_limit_is_refused_to_a_tls_file_saying_where_it_stopped(
+    size: int,
 ) -> None:
-    """Each setting naming one pipe has its own limit and words. Was: the secret's read
-    stopped past its 64 KiB, and the TLS file's setting naming the pipe too was refused
-    as "holds more than 16,777,216 bytes (16 MiB)", for 70 KB."""
-    pem = ca.cert.read_bytes() + b"# not PEM: OpenSSL reads past it\n" * 2200  # some 70 KB
-    assert credentials.MAX_SECRET_BYTES < len(pem) < tls.MAX_TLS_FILE_BYTES
-    with _pipe(pem) as (path, again):
-
-        def secret() -> None:
-            with pytest.raises(ConfigError) as refusal:
-                read_secret(path, "DISTQ_REDIS_PASSWORD_FILE")
-            assert "holds more than 65,536 bytes (64 KiB), the most the secret" in str(refusal)
-
-        def tls_file() -> None:
-            context = TlsFiles(ca_file=again).context()
-            assert context.cert_store_stats()["x509_ca"] == 1
-
-        for read in (secret, tls_file) if secret_first else (tls_file, secret):
-            read()
-
-
-@pytest.mark.timeout(20)
-def test_one_pipe_past_both_limits_is_refused_by_each_with_its_own() -> None:
-    """Past 16 MiB: the secret's setting says 64 KiB, the TLS file's 16 MiB."""
-    assert tls.MAX_TLS_FILE_BYTES <= credentials.MAX_PIPE_BYTES  # a pipe is read as far
-    with _pipe(b"x" * (tls.MAX_TLS_FILE_BYTES + 10)) as (path, again):
+    """A pipe is read once, no further than the limit of the first setting naming it:
+    past a secret's 64 KiB, a TLS file's setting naming it after is told the read stopped
+    there, for which setting, and to give a regular file. Was: "holds more than
+    16,777,216 bytes (16 MiB)", for 70 KB (before 81034836, which read every pipe to 16
+    MiB instead, and so waited on a secret's writer that held it open)."""
+    with _pipe(b"x" * size) as (path, again):
         with pytest.raises(ConfigError, match=r"more than 65,536 bytes \(64 KiB\), the most the"):
             read_secret(path, "DISTQ_REDIS_PASSWORD_FILE")
-        with pytest.raises(ConfigError, match=r"more than 16,777,216 bytes \(16 MiB\), the most a"):
+        with pytest.raises(ConfigError) as refusal:
             TlsFiles(ca_file=again).context()
+        assert str(refusal.value) == _CUT.format(fd=again.rsplit("/", 1)[1])
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("size", [70_000, (16 << 20) + 10])
+def test_a_pipe_a_tls_file_read_first_is_refused_by_a_secret_with_its_own_limit(
+    ca: CertificateAuthority, size: int
+) -> None:
+    """Read to a TLS file's 16 MiB first: the secret's setting naming the pipe after is
+    refused by its own 64 KiB; the TLS file's gets a PEM within its limit, or its own
+    refusal past it."""
+    pem = ca.cert.read_bytes()
+    with _pipe(pem + b"# not PEM: OpenSSL reads past it\n" * (size // 33)) as (path, again):
+        if size < tls.MAX_TLS_FILE_BYTES:
+            assert TlsFiles(ca_file=again).context().cert_store_stats()["x509_ca"] == 1
+        else:
+            with pytest.raises(ConfigError, match=r"more than 16,777,216 bytes \(16 MiB\)"):
+                TlsFiles(ca_file=again).context()
+        with pytest.raises(ConfigError, match=r"more than 65,536 bytes \(64 KiB\), the most the"):
+            read_secret(path, "DISTQ_REDIS_PASSWORD_FILE")
 
 
 def test_a_tls_files_pipe_is_held_once_in_its_kept_file_and_serves_a_secret_after(
@@ -464,11 +473,47 @@ def test_a_tls_files_pipe_is_held_once_in_its_kept_file_and_serves_a_secret_afte
 def test_a_fifo_whose_writer_wrote_past_a_secrets_limit_and_held_it_is_refused_as_too_large(
     tmp_path: Path, short_wait: float
 ) -> None:
-    """A FIFO is read past a secret's limit (to the largest, a TLS file's): one whose
-    writer wrote more than 64 KiB and kept it open is still "holds more than 64 KiB",
-    not "wrote 70,000 bytes, then nothing more"."""
+    """A FIFO is read no further than a secret's limit and one byte: one whose writer
+    wrote more than 64 KiB and kept it open is "holds more than 64 KiB", not "wrote 70,000
+    bytes, then nothing more"."""
     fifo = tmp_path / "password"
     os.mkfifo(fifo)
     with _writer(fifo, b"p" * 70_000, hold=True), pytest.raises(ConfigError) as caught:
         read_secret(str(fifo), "DISTQ_REDIS_PASSWORD_FILE")
     assert "which holds more than 65,536 bytes (64 KiB), the most the secret" in str(caught.value)
+
+
+@pytest.mark.timeout(30)
+def test_a_secrets_pipe_past_its_limit_whose_writer_holds_it_open_is_refused_at_once() -> None:
+    """A secret's setting reads its pipe no further than its own limit (64 KiB and one
+    byte): one whose writer wrote 70,000 bytes and keeps it open is refused at once. Was
+    (read on to the 16 MiB of a TLS file's limit, for a TLS file naming it later): the
+    refusal waited on that writer for good."""
+    read, write = os.pipe()
+    done = threading.Event()
+    refused: list[ConfigError] = []
+
+    def writer() -> None:
+        with contextlib.suppress(BrokenPipeError):
+            os.write(write, b"p" * 70_000)
+        done.wait(30)
+        os.close(write)
+
+    def secret() -> None:
+        try:
+            read_secret(f"/proc/self/fd/{read}", "DISTQ_REDIS_PASSWORD_FILE")
+        except ConfigError as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=run, daemon=True) for run in (writer, secret)]
+    for thread in threads:
+        thread.start()
+    try:
+        threads[1].join(5)
+        assert refused, "the refusal waited on the pipe's writer"
+        assert "which holds more than 65,536 bytes (64 KiB), the most the secret" in str(refused[0])
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(10)
+        os.close(read)
