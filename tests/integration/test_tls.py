@@ -579,3 +579,51 @@ def test_a_redis_ca_file_rotated_by_a_symlink_swap_serves_the_reconnect(
         assert worker.wait(30) == 0, worker.output()
     finally:
         worker.stop()
+
+
+def test_a_redis_ca_file_deleted_mid_job_stops_worker_and_master_with_exit_2_and_a_report(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """The master too: its reconnect after Redis restarts meets the deleted CA file and
+    ends the job with exit 2, its report naming the file, as the worker's does."""
+    port = free_port()
+    ca_file = tmp_path / "ca.pem"
+    shutil.copy(pki.ca.cert, ca_file)
+    env = process_env(
+        {
+            "DISTQ_TRANSPORT": "redis",
+            "DISTQ_REDIS_URL": f"rediss://127.0.0.1:{port}/0",
+            "DISTQ_TLS_CA_FILE": str(ca_file),
+            "DISTQ_QUEUE": f"tls{secrets.token_hex(4)}",
+            "DISTQ_DRAIN_SECONDS": "2",
+        }
+    )
+    report = tmp_path / "report.json"
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    with redis_with(pki.server, pki.ca.cert, tmp_path / "one", port):
+        master = Distq(["master", "--tasks", "5", "--task-delay", "30", "--timeout", "120",
+                        "--report", str(report)], env)  # fmt: skip
+        worker = Distq(["worker"], env)
+        try:
+            deadline = time.monotonic() + 30
+            while "Get task" not in worker.output():
+                assert time.monotonic() < deadline, master.output() + worker.output()
+                time.sleep(0.1)
+        except BaseException:
+            master.stop()
+            worker.stop()
+            raise
+    try:
+        ca_file.unlink()
+        with redis_with(pki.server, pki.ca.cert, tmp_path / "two", port):
+            assert worker.wait(30) == 2, worker.output()
+            assert master.wait(60) == 2, master.output()
+        outputs = worker.output(), master.output()
+    finally:
+        master.stop()
+        worker.stop()
+    named = f"DISTQ_TLS_CA_FILE names '{ca_file}', which cannot be read"
+    for out in outputs:
+        assert named in out and "Traceback" not in out, out
+    assert named in " ".join(json.loads(report.read_text())["problems"])
