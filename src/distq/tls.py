@@ -147,9 +147,7 @@ def _openssl_path(var: str, path: str) -> str:
         identity = (path, status.st_dev, status.st_ino)
         with _KEPT_LOCK:
             if identity not in _KEPT:
-                fd = _kept(var, path, _read(var, path))
-                keep_pipe((status.st_dev, status.st_ino), fd)  # its bytes here only
-                _KEPT[identity] = f"/proc/self/fd/{fd}"
+                _KEPT[identity] = _kept_for(status) or _keep(var, path, status)
             return _KEPT[identity]
     try:
         with open(path, "rb") as file:  # readable by us: opened, not read
@@ -159,6 +157,25 @@ def _openssl_path(var: str, path: str) -> str:
     if size > MAX_TLS_FILE_BYTES:
         raise too_large(var, path, MAX_TLS_FILE_BYTES, "a PEM file", f"unset {var}")
     return path
+
+
+def _kept_for(status: os.stat_result) -> str | None:
+    """The path OpenSSL reads the bytes kept of the pipe or FIFO of ``status`` at, kept
+    for another path naming it (``/dev/stdin`` and ``/proc/self/fd/0``), if any: it is
+    read once (a device, read anew for each path, is none). Was: a second copy kept for
+    each path (16 MiB each, at most)."""
+    if not stat.S_ISFIFO(status.st_mode):
+        return None
+    same = (status.st_dev, status.st_ino)
+    return next((kept for (_, *at), kept in _KEPT.items() if tuple(at) == same), None)
+
+
+def _keep(var: str, path: str, status: os.stat_result) -> str:
+    """The path OpenSSL is to read the pipe or FIFO ``var`` names (``path``, of
+    ``status``) at: its bytes, read and kept (:func:`_kept`), there only."""
+    fd = _kept(var, path, _read(var, path))
+    keep_pipe((status.st_dev, status.st_ino), fd)  # its bytes here only
+    return f"/proc/self/fd/{fd}"
 
 
 def _kept_at(path: str) -> str | None:

@@ -517,3 +517,24 @@ def test_a_secrets_pipe_past_its_limit_whose_writer_holds_it_open_is_refused_at_
         for thread in threads:
             thread.join(10)
         os.close(read)
+
+
+def _kept_files() -> int:
+    """How many files distq keeps TLS files' bytes in (memfds) in this process."""
+    fds = Path("/proc/self/fd")
+    return sum(
+        os.readlink(fd).startswith("/memfd:distq-tls") for fd in fds.iterdir() if fd.exists()
+    )
+
+
+def test_one_pipe_named_as_a_tls_file_by_two_paths_is_kept_once(
+    ca: CertificateAuthority,
+) -> None:
+    """``/dev/stdin`` and ``/proc/self/fd/0`` (two paths, one pipe) as two TLS files'
+    settings: its bytes are kept in one file, which OpenSSL reads for both. Was: a
+    second copy, up to 16 MiB, kept for the second path, read back from the first."""
+    before = _kept_files()
+    with _pipe(ca.cert.read_bytes()) as (path, again):
+        assert TlsFiles(ca_file=path).context().cert_store_stats()["x509_ca"] == 1
+        assert TlsFiles(ca_file=again).context().cert_store_stats()["x509_ca"] == 1
+    assert _kept_files() - before == 1
