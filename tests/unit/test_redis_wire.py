@@ -16,7 +16,7 @@ from distq.transport.redis_wire import Fixed, Headed
 def test_a_hiredis_without_pack_command_leaves_the_packing_to_redis_py(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """redis-py 5 (``redis[hiredis]>=5.3`` here) parses with any hiredis from 1.0 on but
+    """redis-py (``redis[hiredis]>=5.3`` here) takes hiredis from 3.0 on (7.x: 3.2) and
     packs with it only if it has ``pack_command``; else in Python. ``from hiredis import
     pack_command`` then failed the import of the Redis transport (an ImportError): a
     :class:`Headed` command's tail is packed by hiredis only where redis-py would."""

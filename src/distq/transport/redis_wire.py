@@ -116,9 +116,10 @@ class Headed(tuple[Arg, ...]):
 
 
 def _hiredis_packer() -> Callable[[tuple[Arg, ...]], bytes] | None:
-    """hiredis's ``pack_command``, which redis-py packs with when hiredis is installed
-    and has one (redis-py 5 parses with hiredis from 1.0 on, and packs in Python with a
-    hiredis that has no ``pack_command``)."""
+    """hiredis's ``pack_command``, which redis-py packs with when it takes hiredis at all
+    (``HIREDIS_AVAILABLE``: hiredis 3.0 on for redis-py 5.3, 3.2 on for 7.x) and it has
+    one; else redis-py packs in Python (an older hiredis, installed without the extra,
+    is left unused), and so does :meth:`Headed.packed`."""
     if not HIREDIS_AVAILABLE:
         return None
     import hiredis
