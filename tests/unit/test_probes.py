@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import io
 import json
 import os
@@ -234,6 +235,14 @@ def test_probes_answer_json_and_metrics_answer_the_exposition(
         assert "distq_example" not in body
 
 
+#: prometheus-client 0.20 to 0.22 read no version in an Accept header, and answer
+#: OpenMetrics 1.0.0 to any that names it; from 0.23 on, a version they cannot compare
+#: raises TypeError, which distq answers in the text format.
+_READS_NO_VERSION = tuple(
+    int(part) for part in importlib.metadata.version("prometheus-client").split(".")[:2]
+) < (0, 23)
+
+
 @pytest.mark.parametrize(
     "accept",
     [
@@ -259,7 +268,8 @@ def test_metrics_answer_an_accept_header_they_cannot_read(
     except urllib.error.HTTPError as exc:
         status, kind, body = exc.code, exc.headers["Content-Type"], exc.read()
     assert status == 200, body
-    assert kind.split(";")[0] in ("text/plain", "application/openmetrics-text"), kind
+    answers = "application/openmetrics-text" if _READS_NO_VERSION else "text/plain"
+    assert kind.split(";")[0] == answers, kind
     assert b"distq_example_total 3.0" in body
 
 
