@@ -312,6 +312,25 @@ def test_a_worker_gives_up_at_once_on_a_refused_certificate(
         worker.stop()
 
 
+def _job_under_way(env: dict[str, str], report: Path, *worker_args: str) -> tuple[Distq, Distq]:
+    """A master of 5 tasks of 30 s (``--timeout 120``, its report to ``report``) and a
+    worker (``worker_args``) started with ``env``, once the worker has taken a task;
+    both stopped if it takes none within 30 s."""
+    master = Distq(["master", "--tasks", "5", "--task-delay", "30", "--timeout", "120",
+                    "--report", str(report)], env)  # fmt: skip
+    worker = Distq(["worker", *worker_args], env)
+    try:
+        deadline = time.monotonic() + 30
+        while "Get task" not in worker.output():
+            assert time.monotonic() < deadline, master.output() + worker.output()
+            time.sleep(0.1)
+    except BaseException:
+        master.stop()
+        worker.stop()
+        raise
+    return master, worker
+
+
 @pytest.mark.parametrize("slots", [1, 2])
 def test_a_certificate_refused_mid_run_stops_worker_and_master_with_exit_3(
     pki: Pki, tmp_path: Path, slots: int
@@ -337,18 +356,7 @@ def test_a_certificate_refused_mid_run_stops_worker_and_master_with_exit_3(
     (tmp_path / "good").mkdir()
     (tmp_path / "bad").mkdir()
     with redis_with(pki.server, pki.ca.cert, tmp_path / "good", port):
-        master = Distq(["master", "--tasks", "5", "--task-delay", "30", "--timeout", "120",
-                        "--report", str(report)], env)  # fmt: skip
-        worker = Distq(["worker", "--concurrency", str(slots)], env)
-        try:
-            deadline = time.monotonic() + 30
-            while "Get task" not in worker.output():
-                assert time.monotonic() < deadline, master.output() + worker.output()
-                time.sleep(0.1)
-        except BaseException:
-            master.stop()
-            worker.stop()
-            raise
+        master, worker = _job_under_way(env, report, "--concurrency", str(slots))
     try:
         with redis_with(pki.elsewhere, pki.ca.cert, tmp_path / "bad", port):
             # the task has 25 s and more to run: the drain's 2 s, then the exit's
@@ -602,18 +610,7 @@ def test_a_redis_ca_file_deleted_mid_job_stops_worker_and_master_with_exit_2_and
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     with redis_with(pki.server, pki.ca.cert, tmp_path / "one", port):
-        master = Distq(["master", "--tasks", "5", "--task-delay", "30", "--timeout", "120",
-                        "--report", str(report)], env)  # fmt: skip
-        worker = Distq(["worker"], env)
-        try:
-            deadline = time.monotonic() + 30
-            while "Get task" not in worker.output():
-                assert time.monotonic() < deadline, master.output() + worker.output()
-                time.sleep(0.1)
-        except BaseException:
-            master.stop()
-            worker.stop()
-            raise
+        master, worker = _job_under_way(env, report)
     try:
         ca_file.unlink()
         with redis_with(pki.server, pki.ca.cert, tmp_path / "two", port):
