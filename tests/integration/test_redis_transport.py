@@ -320,7 +320,10 @@ def test_settle_after_losing_the_lease_still_publishes(
     assert [d.body for d in again] == [b"slow"]
     slow.settle([Settlement(delivery, reply_to=reply, result=b"late")])
     assert producer.results(10, timeout=1) == [b"late"]
-    assert t.stats().in_flight == 1  # the redelivery, held by "other"
+    # the redelivery is still held by "other" (not acked by the late settle), or queued
+    # again where "other"'s own 0.5 s lease lapsed meanwhile (a loaded host: CI once)
+    stats = t.stats()
+    assert (stats.in_flight, stats.ready) == ((1, 0) if stats.consumers else (0, 1)), stats
 
 
 def test_releasing_a_task_twice_puts_it_back_once(open_transport: OpenTransport) -> None:
