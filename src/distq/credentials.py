@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 from distq.errors import ConfigError
-from distq.ranges import SHOWN_LINE
+from distq.ranges import shortened
 
 #: Settings that are secrets: each also has an ``_FILE`` variant.
 SECRETS: tuple[str, ...] = (
@@ -522,19 +522,11 @@ def mask_url(url: str) -> str:
     Works on malformed URLs too: whatever stands between the first ``:`` of the user
     part and the last ``@`` before the path is masked, and so is a password given as a
     query parameter (``?password=``), to the next ``&`` or ``#``. One longer than
-    :data:`~distq.ranges.SHOWN_LINE` once masked is cut (:func:`shortened`): a port or an
-    option of 5,000 digits put them all on the line.
+    :data:`~distq.ranges.SHOWN_LINE` once masked is cut (:func:`~distq.ranges.shortened`):
+    a port or an option of 5,000 digits put them all on the line.
     """
     text = _SECRET_PARAM_IN_URL.sub(lambda m: m.group(1) + MASK, _mask_userinfo(url))
     return shortened(_SSL_OPTIONS.sub(lambda m: m.group(1) + MASK, text))
-
-
-def shortened(text: str, most: int = SHOWN_LINE) -> str:
-    """``text`` whole, or past ``most`` characters its first ``most`` and its length,
-    ``redis://:***@127.0.0.1:9999... (5,036 characters)``."""
-    if len(text) <= most:
-        return text
-    return f"{text[:most]}... ({len(text):,} characters)"
 
 
 def _mask_userinfo(url: str) -> str:

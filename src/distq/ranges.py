@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -110,9 +111,16 @@ def shown_text(text: str) -> str:
 def cut(text: str, most: int = SHOWN_CHARACTERS) -> str:
     """``text`` as a refusal quotes it: ``repr(text)``, or past ``most`` characters its
     start and its length, ``'xxxxxxxx'... (5,000 characters)``."""
+    return shortened(text, most, repr)
+
+
+def shortened(text: str, most: int = SHOWN_LINE, shown: Callable[[str], str] = str) -> str:
+    """``text`` whole, or past ``most`` characters its first ``most`` and its length,
+    ``redis://:***@127.0.0.1:9999... (5,036 characters)``; each part as ``shown`` says it
+    (:func:`cut`: quoted)."""
     if len(text) <= most:
-        return repr(text)
-    return f"{text[:most]!r}... ({len(text):,} characters)"
+        return shown(text)
+    return f"{shown(text[:most])}... ({len(text):,} characters)"
 
 
 def whole(text: str, span: str) -> int:

@@ -38,7 +38,7 @@ from pika.adapters.utils.connection_workflow import (
 )
 
 from distq import descriptors, tls
-from distq.credentials import mask_url, shortened
+from distq.credentials import mask_url
 from distq.errors import (
     AuthenticationFailed,
     CertificateRejected,
@@ -47,7 +47,7 @@ from distq.errors import (
     MessageRefused,
     TransportError,
 )
-from distq.ranges import SHOWN_LINE, cut
+from distq.ranges import SHOWN_LINE, cut, shortened
 from distq.transport.pika_internals import FastChannel, close_within, closed_by_broker, on_blocked
 
 _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value)
