@@ -132,9 +132,11 @@ def too_large(named: str, path: str, most: int, what: str, undo: str) -> ConfigE
     )
 
 
-def cut(named: str, path: str, exc: PipeCut, undo: str) -> ConfigError:
+def pipe_cut_short(named: str, path: str, exc: PipeCut, undo: str) -> ConfigError:
     """The error for a pipe or FIFO a setting ``named`` names (``path``) that another
-    setting named first and read no further than its own, lower, limit (``exc``)."""
+    setting named first and read no further than its own, lower, limit (``exc``): where
+    the read stopped, and to give a regular file or ``undo``. (Not a text shortened:
+    that is :func:`distq.ranges.cut`.)"""
     return ConfigError(
         f"{named} names {path!r}, a pipe that {exc.first} named first and that was read "
         f"no further than that setting's limit of {_bytes(exc.most)}: the rest cannot be "
@@ -246,7 +248,7 @@ class _Pipe:
     by: str
     kept: int = -1
 
-    def first(self, most: int) -> bytes | None:
+    def within(self, most: int) -> bytes | None:
         """All the bytes, or None if there are more than ``most``. Raises
         :class:`PipeCut` for a ``most`` past where the read of one cut short stopped."""
         if not self.whole:
@@ -304,7 +306,7 @@ def read_at_most(path: str, most: int, named: str) -> bytes | None:
                     _PIPES[status.st_dev, status.st_ino] = pipe
             finally:
                 os.close(fd)
-    return pipe.first(most)
+    return pipe.within(most)
 
 
 def _read_pipe(fd: int, status: os.stat_result, most: int, named: str) -> _Pipe:
@@ -440,7 +442,7 @@ def read_secret(path: str, var: str, named: str | None = None, undo: str | None 
     except FifoSilent as exc:
         raise unwritten(named, path, exc, undo) from None
     except PipeCut as exc:  # no setting's limit is lower: only if one comes
-        raise cut(named, path, exc, undo) from None
+        raise pipe_cut_short(named, path, exc, undo) from None
     if data is None:
         raise too_large(named, path, MAX_SECRET_BYTES, "the secret", undo)
     if var.removesuffix(FILE_SUFFIX) in KEYS:  # its bytes, as the variable's are kept

@@ -32,8 +32,8 @@ from urllib.parse import parse_qs, urlsplit
 from distq.credentials import (
     FifoSilent,
     PipeCut,
-    cut,
     keep_pipe,
+    pipe_cut_short,
     read_at_most,
     too_large,
     unreadable,
@@ -193,7 +193,7 @@ def _read(var: str, path: str) -> bytes:
     except FifoSilent as exc:
         raise unwritten(var, path, exc, f"unset {var}") from None
     except PipeCut as exc:  # a secret's setting named it first: read to its 64 KiB only
-        raise cut(var, path, exc, f"unset {var}") from None
+        raise pipe_cut_short(var, path, exc, f"unset {var}") from None
     if data is None:
         raise too_large(var, path, MAX_TLS_FILE_BYTES, "a PEM file", f"unset {var}")
     return data
