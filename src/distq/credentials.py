@@ -328,6 +328,14 @@ def keep_pipe(identity: tuple[int, int], kept: int) -> None:
             _PIPES[identity] = _Pipe(pipe.fd, b"", True, pipe.most, pipe.by, kept)
 
 
+def pipe_kept_in(identity: tuple[int, int]) -> int | None:
+    """The descriptor of the file the pipe or FIFO ``identity`` (device, inode) is kept
+    in (:func:`keep_pipe`), if it is. No lock: one look-up of an entry that never changes
+    (a FIFO read in another thread holds the lock for seconds)."""
+    pipe = _PIPES.get(identity)
+    return pipe.kept if pipe is not None and pipe.kept >= 0 else None
+
+
 def _names_a_pipe(path: str) -> bool:
     """Whether ``path`` names a pipe or a FIFO (one that cannot be stat'ed: no)."""
     try:

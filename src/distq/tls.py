@@ -34,6 +34,7 @@ from distq.credentials import (
     PipeCut,
     keep_pipe,
     pipe_cut_short,
+    pipe_kept_in,
     read_at_most,
     too_large,
     unreadable,
@@ -115,6 +116,11 @@ class TlsFiles:
 _VARIABLES = ("DISTQ_TLS_CA_FILE", "DISTQ_TLS_CERT_FILE", "DISTQ_TLS_KEY_FILE")
 #: Each TLS file that is not a regular file, by its path and identity (device, inode):
 #: the path OpenSSL reads its bytes from (:func:`_kept`), for the process's lifetime.
+#: Not :data:`distq.credentials._PIPES`, which knows each pipe by identity alone (its
+#: memfd too: :func:`_kept_for`): OpenSSL is given a path, and two cases need it here.
+#: A FIFO removed since it was read can be found by its path only (:func:`_kept_at`),
+#: and a device (``/dev/stdin`` on a terminal) is no pipe, read anew by each setting
+#: naming it (two reads may differ): kept once per path, not shared by identity.
 _KEPT: dict[tuple[str, int, int], str] = {}
 _KEPT_LOCK = threading.Lock()
 
@@ -162,12 +168,13 @@ def _openssl_path(var: str, path: str) -> str:
 def _kept_for(status: os.stat_result) -> str | None:
     """The path OpenSSL reads the bytes kept of the pipe or FIFO of ``status`` at, kept
     for another path naming it (``/dev/stdin`` and ``/proc/self/fd/0``), if any: it is
-    read once (a device, read anew for each path, is none). Was: a second copy kept for
-    each path (16 MiB each, at most)."""
+    read once, and the pipes read know its memfd by its identity (:func:`keep_pipe`). A
+    device, read anew for each path, is none. Was: a second copy kept for each path (16
+    MiB each, at most)."""
     if not stat.S_ISFIFO(status.st_mode):
         return None
-    same = (status.st_dev, status.st_ino)
-    return next((kept for (_, *at), kept in _KEPT.items() if tuple(at) == same), None)
+    kept = pipe_kept_in((status.st_dev, status.st_ino))
+    return None if kept is None else f"/proc/self/fd/{kept}"
 
 
 def _keep(var: str, path: str, status: os.stat_result) -> str:
