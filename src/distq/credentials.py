@@ -286,12 +286,14 @@ def read_at_most(path: str, most: int, named: str) -> bytes | None:
     FIFO is waited on for at most :data:`FIFO_WAIT_SECONDS` at a time (:func:`_read_fifo`).
     Raises ``OSError`` as ``open`` does, :class:`FifoSilent` for a FIFO left unwritten,
     :class:`PipeCut` for a pipe read before to a lower limit than ``most``, and past it."""
-    if not _names_a_pipe(path):  # no lock: a pipe read in another thread holds it up
-        data = _read_unless_a_pipe(path, most)
+    status = _looked_at(path)  # not opened: a FIFO is opened once, under the lock
+    if status is None or not stat.S_ISFIFO(status.st_mode):
+        data = _read_unless_a_pipe(path, most)  # no lock: a pipe read elsewhere holds it
         if data is not None:
             return None if len(data) > most else data
+        status = None  # a pipe or FIFO after all, made at path since: looked at anew
     with _PIPES_LOCK:
-        pipe = _read_before(path)
+        pipe = _read_before(path, status)
         if pipe is None:
             # never blocks: a FIFO's open waited for a writer, for good
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -336,12 +338,13 @@ def pipe_kept_in(identity: tuple[int, int]) -> int | None:
     return pipe.kept if pipe is not None and pipe.kept >= 0 else None
 
 
-def _names_a_pipe(path: str) -> bool:
-    """Whether ``path`` names a pipe or a FIFO (one that cannot be stat'ed: no)."""
+def _looked_at(path: str) -> os.stat_result | None:
+    """The status of the file at ``path`` (a pipe's or a FIFO's too, not opened), or None
+    if it cannot be stat'ed: ``open`` says why."""
     try:
-        return stat.S_ISFIFO(os.stat(path).st_mode)
+        return os.stat(path)
     except OSError:
-        return False  # open says why
+        return None
 
 
 def _read_unless_a_pipe(path: str, most: int) -> bytes | None:
@@ -366,21 +369,27 @@ def _pinned(fd: int) -> int:
         return -1
 
 
-def _read_before(path: str) -> _Pipe | None:
-    """The pipe or FIFO at ``path``, if read before (by this or another path)."""
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None  # open says why
-    return _PIPES.get((status.st_dev, status.st_ino)) if stat.S_ISFIFO(status.st_mode) else None
+def _read_before(path: str, status: os.stat_result | None) -> _Pipe | None:
+    """The pipe or FIFO at ``path`` (of ``status``, or looked at now), if read before (by
+    this or another path). A ``status`` from before the lock was taken stands: a pipe
+    read is read once, whatever names it since, and what is opened is told by its own
+    ``fstat`` (:func:`read_at_most`). Was: ``path`` stated again, a third time a read."""
+    if status is None:
+        status = _looked_at(path)
+    if status is None or not stat.S_ISFIFO(status.st_mode):
+        return None
+    return _PIPES.get((status.st_dev, status.st_ino))
 
 
 def _read_all(fd: int, most: int) -> bytes:
     """The first ``most`` bytes and one of the file open as ``fd``, waiting for each as
-    long as it takes (a pipe's writer is there from the start)."""
+    long as it takes (a pipe's writer is there from the start). By ``os.read``: a file
+    object made of ``fd`` (``open(fd)``) stated it once more."""
     os.set_blocking(fd, True)
-    with open(fd, "rb", closefd=False) as file:
-        return file.read(most + 1)
+    data = bytearray()
+    while len(data) <= most and (chunk := os.read(fd, min(1 << 16, most + 1 - len(data)))):
+        data += chunk
+    return bytes(data)
 
 
 def _is_fifo(status: os.stat_result) -> bool:

@@ -15,12 +15,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -541,3 +544,87 @@ def test_one_pipe_named_as_a_tls_file_by_two_paths_is_kept_once(
         assert TlsFiles(ca_file=path).context().cert_store_stats()["x509_ca"] == 1
         assert TlsFiles(ca_file=again).context().cert_store_stats()["x509_ca"] == 1
     assert _kept_files() - before == 1
+
+
+#: The stat family as strace names it on Linux's architectures.
+_STATS = re.compile(r"^(?:\d+ +)?(?:l?stat|fstat|newfstatat|fstatat|statx)(?:64)?\(")
+
+
+def _stat_calls(kind: str, tmp: Path) -> list[str]:
+    """The stat system calls one ``read_secret`` of a ``kind`` file ("regular": a file of
+    the key; "pipe": a pipe holding it, its writer closed, as bash's ``<(...)``) makes in
+    a child python, as strace sees them: an ``os.stat``, an ``os.fstat`` and one that
+    python's own ``open`` of a descriptor makes alike."""
+    script = (
+        "import os, sys\n"
+        "from distq import credentials\n"
+        "credentials._pipes_device()  # once a process: not this read's\n"
+        f"key = {KEY!r}\n"
+        "if sys.argv[1] == 'regular':\n"
+        "    path = sys.argv[2]\n"
+        "    with open(path, 'w') as file: file.write(key + '\\n')\n"
+        "else:\n"
+        "    read, write = os.pipe()\n"
+        "    os.write(write, key.encode())\n"
+        "    os.close(write)\n"
+        "    path = f'/proc/self/fd/{read}'\n"
+        "os.access('/distq-stat-count-starts', os.F_OK)\n"
+        "got = credentials.read_secret(path, 'DISTQ_AUTHKEY_FILE')\n"
+        "os.access('/distq-stat-count-ends', os.F_OK)\n"
+        "assert got == key, got\n"
+    )
+    trace = tmp / "trace"
+    strace = ["strace", "-f", "-o", str(trace), "-e", "trace=%file,%stat,%fstat"]
+    done = subprocess.run(
+        [*strace, sys.executable, "-c", script, kind, str(tmp / "authkey")],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    if done.returncode != 0 and "ptrace" in done.stderr.lower():
+        pytest.skip(f"strace cannot trace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    lines = trace.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "/distq-stat-count-starts" in line)
+    end = next(i for i, line in enumerate(lines) if "/distq-stat-count-ends" in line)
+    return [line for line in lines[start + 1 : end] if _STATS.match(line)]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="counted by strace")
+@pytest.mark.parametrize("kind", ["regular", "pipe"])
+def test_a_secret_file_is_stated_once_by_its_path_and_once_opened(
+    kind: str, tmp_path: Path
+) -> None:
+    """Once by its path (a FIFO is not opened to be looked at: another program's writer
+    would be let in) and once open (what is read is what was opened, whatever the path
+    names by then); no more. Was: a regular file three times (python's ``open`` of the
+    descriptor stated it again), a pipe four (its path again under the pipes' lock)."""
+    calls = _stat_calls(kind, tmp_path)
+    assert len(calls) == 2, calls
+
+
+def test_a_fifo_is_stated_once_by_its_path_and_once_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO's path was stated twice, once to tell it is a pipe, again under the pipes'
+    lock to find it among those read; and once by that path when read again."""
+    credentials._pipes_device()  # once a process: not this read's
+    calls: list[str] = []
+    for name in ("stat", "fstat"):
+        real = getattr(os, name)
+
+        def counted(*args: object, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            calls.append(_name)
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(os, name, counted)
+    fifo = tmp_path / "authkey"
+    os.mkfifo(fifo)
+    with _writer(fifo, KEY.encode() + b"\n"):
+        assert read_secret(str(fifo), "DISTQ_AUTHKEY_FILE") == KEY
+    assert calls == ["stat", "fstat"]
+    calls.clear()
+    assert read_secret(str(fifo), "DISTQ_SIGNING_KEY_FILE") == KEY  # read once: as kept
+    assert calls == ["stat"]
