@@ -155,9 +155,12 @@ def _openssl_path(var: str, path: str) -> str:
             if identity not in _KEPT:
                 _KEPT[identity] = _kept_for(status) or _keep(var, path, status)
             return _KEPT[identity]
-    try:
-        with open(path, "rb") as file:  # readable by us: opened, not read
-            size = os.fstat(file.fileno()).st_size
+    try:  # readable by us: opened, not read (nor made a file object, which stats it again)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise unreadable(var, path, exc, "the file", f"unset {var}") from None
     if size > MAX_TLS_FILE_BYTES:

@@ -552,15 +552,16 @@ _STATS = re.compile(r"^(?:\d+ +)?(?:l?stat|fstat|newfstatat|fstatat|statx)(?:64)
 
 def _stat_calls(kind: str, tmp: Path) -> list[str]:
     """The stat system calls one ``read_secret`` of a ``kind`` file ("regular": a file of
-    the key; "pipe": a pipe holding it, its writer closed, as bash's ``<(...)``) makes in
-    a child python, as strace sees them: an ``os.stat``, an ``os.fstat`` and one that
-    python's own ``open`` of a descriptor makes alike."""
+    the key; "pipe": a pipe holding it, its writer closed, as bash's ``<(...)``; "tls": a
+    regular file as a CA file, checked for OpenSSL) makes in a child python, as strace
+    sees them: an ``os.stat``, an ``os.fstat`` and one that python's own ``open`` makes
+    alike."""
     script = (
         "import os, sys\n"
-        "from distq import credentials\n"
+        "from distq import credentials, tls\n"
         "credentials._pipes_device()  # once a process: not this read's\n"
         f"key = {KEY!r}\n"
-        "if sys.argv[1] == 'regular':\n"
+        "if sys.argv[1] in ('regular', 'tls'):\n"
         "    path = sys.argv[2]\n"
         "    with open(path, 'w') as file: file.write(key + '\\n')\n"
         "else:\n"
@@ -569,9 +570,12 @@ def _stat_calls(kind: str, tmp: Path) -> list[str]:
         "    os.close(write)\n"
         "    path = f'/proc/self/fd/{read}'\n"
         "os.access('/distq-stat-count-starts', os.F_OK)\n"
-        "got = credentials.read_secret(path, 'DISTQ_AUTHKEY_FILE')\n"
+        "if sys.argv[1] == 'tls':\n"
+        "    got = tls.TlsFiles(ca_file=path).for_openssl().ca_file\n"
+        "else:\n"
+        "    got = credentials.read_secret(path, 'DISTQ_AUTHKEY_FILE')\n"
         "os.access('/distq-stat-count-ends', os.F_OK)\n"
-        "assert got == key, got\n"
+        "assert got == (path if sys.argv[1] == 'tls' else key), got\n"
     )
     trace = tmp / "trace"
     strace = ["strace", "-f", "-o", str(trace), "-e", "trace=%file,%stat,%fstat"]
@@ -593,14 +597,15 @@ def _stat_calls(kind: str, tmp: Path) -> list[str]:
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="counted by strace")
-@pytest.mark.parametrize("kind", ["regular", "pipe"])
-def test_a_secret_file_is_stated_once_by_its_path_and_once_opened(
+@pytest.mark.parametrize("kind", ["regular", "pipe", "tls"])
+def test_a_secret_or_tls_file_is_stated_once_by_its_path_and_once_opened(
     kind: str, tmp_path: Path
 ) -> None:
     """Once by its path (a FIFO is not opened to be looked at: another program's writer
     would be let in) and once open (what is read is what was opened, whatever the path
     names by then); no more. Was: a regular file three times (python's ``open`` of the
-    descriptor stated it again), a pipe four (its path again under the pipes' lock)."""
+    descriptor stated it again), a pipe four (its path again under the pipes' lock), a
+    regular TLS file three (its file object's fstat, then distq's own)."""
     calls = _stat_calls(kind, tmp_path)
     assert len(calls) == 2, calls
 
