@@ -12,11 +12,11 @@ regular file named twice gives each its content.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
+import io
 import os
-import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -546,57 +546,63 @@ def test_one_pipe_named_as_a_tls_file_by_two_paths_is_kept_once(
     assert _kept_files() - before == 1
 
 
-#: The stat family as strace names it on Linux's architectures.
-_STATS = re.compile(r"^(?:\d+ +)?(?:l?stat|fstat|newfstatat|fstatat|statx)(?:64)?\(")
+@contextlib.contextmanager
+def _stats_counted() -> Iterator[list[str]]:
+    """Each stat of a file this thread makes in the block, by name: ``os.stat``,
+    ``os.lstat``, ``os.fstat``, and a file object made (``open``, ``io.open``,
+    ``os.fdopen``, ``io.FileIO``: "open"), whose making fstats what it opens, in C, where
+    a wrapped ``os.fstat`` does not see it. Was: strace in a child, and the test skipped
+    where strace is not installed (no script of the project installs it)."""
+    me = threading.get_ident()
+    calls: list[str] = []
+    inside = threading.local()  # os.fdopen's io.open: one file object made, one stat
+
+    def counted(name: str, real: Any) -> Any:
+        def call(*args: Any, **kw: Any) -> Any:
+            if threading.get_ident() != me or getattr(inside, "now", False):
+                return real(*args, **kw)
+            calls.append(name)
+            inside.now = True
+            try:
+                return real(*args, **kw)
+            finally:
+                inside.now = False
+
+        return call
+
+    class CountedFileIO(io.FileIO):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            if threading.get_ident() == me and not getattr(inside, "now", False):
+                calls.append("open")
+            super().__init__(*args, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("stat", "lstat", "fstat"):
+            patch.setattr(os, name, counted(name, getattr(os, name)))
+        patch.setattr(os, "fdopen", counted("open", os.fdopen))
+        patch.setattr(io, "open", counted("open", io.open))
+        patch.setattr(builtins, "open", counted("open", builtins.open))
+        patch.setattr(io, "FileIO", CountedFileIO)
+        yield calls
 
 
-def _stat_calls(kind: str, tmp: Path) -> list[str]:
-    """The stat system calls one ``read_secret`` of a ``kind`` file ("regular": a file of
-    the key; "pipe": a pipe holding it, its writer closed, as bash's ``<(...)``; "tls": a
-    regular file as a CA file, checked for OpenSSL) makes in a child python, as strace
-    sees them: an ``os.stat``, an ``os.fstat`` and one that python's own ``open`` makes
-    alike."""
-    script = (
-        "import os, sys\n"
-        "from distq import credentials, tls\n"
-        "credentials._pipes_device()  # once a process: not this read's\n"
-        f"key = {KEY!r}\n"
-        "if sys.argv[1] in ('regular', 'tls'):\n"
-        "    path = sys.argv[2]\n"
-        "    with open(path, 'w') as file: file.write(key + '\\n')\n"
-        "else:\n"
-        "    read, write = os.pipe()\n"
-        "    os.write(write, key.encode())\n"
-        "    os.close(write)\n"
-        "    path = f'/proc/self/fd/{read}'\n"
-        "os.access('/distq-stat-count-starts', os.F_OK)\n"
-        "if sys.argv[1] == 'tls':\n"
-        "    got = tls.TlsFiles(ca_file=path).for_openssl().ca_file\n"
-        "else:\n"
-        "    got = credentials.read_secret(path, 'DISTQ_AUTHKEY_FILE')\n"
-        "os.access('/distq-stat-count-ends', os.F_OK)\n"
-        "assert got == (path if sys.argv[1] == 'tls' else key), got\n"
-    )
-    trace = tmp / "trace"
-    strace = ["strace", "-f", "-o", str(trace), "-e", "trace=%file,%stat,%fstat"]
-    done = subprocess.run(
-        [*strace, sys.executable, "-c", script, kind, str(tmp / "authkey")],
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
-    if done.returncode != 0 and "ptrace" in done.stderr.lower():
-        pytest.skip(f"strace cannot trace here: {done.stderr.strip()}")
-    assert done.returncode == 0, done.stderr
-    lines = trace.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if "/distq-stat-count-starts" in line)
-    end = next(i for i, line in enumerate(lines) if "/distq-stat-count-ends" in line)
-    return [line for line in lines[start + 1 : end] if _STATS.match(line)]
+def test_a_file_object_made_is_counted_as_a_stat(tmp_path: Path) -> None:
+    """What :func:`_stats_counted` counts: each way of making a file object, once."""
+    path = tmp_path / "file"
+    path.write_bytes(b"x")
+    fd = os.open(path, os.O_RDONLY)
+    with _stats_counted() as calls:
+        os.stat(path)
+        os.fstat(fd)
+        open(fd, "rb", closefd=False).close()
+        io.open(fd, "rb", closefd=False).close()  # noqa: UP020 (the one patched too)
+        os.fdopen(fd, "rb", closefd=False).close()
+        io.FileIO(fd, closefd=False).close()
+        path.read_bytes()
+    os.close(fd)
+    assert calls == ["stat", "fstat", "open", "open", "open", "open", "open"]
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="counted by strace")
 @pytest.mark.parametrize("kind", ["regular", "pipe", "tls"])
 def test_a_secret_or_tls_file_is_stated_once_by_its_path_and_once_opened(
     kind: str, tmp_path: Path
@@ -606,30 +612,35 @@ def test_a_secret_or_tls_file_is_stated_once_by_its_path_and_once_opened(
     names by then); no more. Was: a regular file three times (python's ``open`` of the
     descriptor stated it again), a pipe four (its path again under the pipes' lock), a
     regular TLS file three (its file object's fstat, then distq's own)."""
-    calls = _stat_calls(kind, tmp_path)
-    assert len(calls) == 2, calls
+    credentials._pipes_device()  # once a process: not this read's
+    with contextlib.ExitStack() as stack:
+        if kind == "pipe":  # its writer closed, as bash's <(...)
+            read, write = os.pipe()
+            stack.callback(os.close, read)
+            os.write(write, KEY.encode())
+            os.close(write)
+            path = f"/proc/self/fd/{read}"
+        else:
+            path = str(tmp_path / "authkey")
+            Path(path).write_text(KEY + "\n")
+        with _stats_counted() as calls:
+            if kind == "tls":
+                got = TlsFiles(ca_file=path).for_openssl().ca_file
+            else:
+                got = read_secret(path, "DISTQ_AUTHKEY_FILE")
+    assert got == (path if kind == "tls" else KEY)
+    assert calls == ["stat", "fstat"]
 
 
-def test_a_fifo_is_stated_once_by_its_path_and_once_opened(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_fifo_is_stated_once_by_its_path_and_once_opened(tmp_path: Path) -> None:
     """A FIFO's path was stated twice, once to tell it is a pipe, again under the pipes'
     lock to find it among those read; and once by that path when read again."""
     credentials._pipes_device()  # once a process: not this read's
-    calls: list[str] = []
-    for name in ("stat", "fstat"):
-        real = getattr(os, name)
-
-        def counted(*args: object, _real: Any = real, _name: str = name, **kw: Any) -> Any:
-            calls.append(_name)
-            return _real(*args, **kw)
-
-        monkeypatch.setattr(os, name, counted)
     fifo = tmp_path / "authkey"
     os.mkfifo(fifo)
-    with _writer(fifo, KEY.encode() + b"\n"):
+    with _writer(fifo, KEY.encode() + b"\n"), _stats_counted() as calls:
         assert read_secret(str(fifo), "DISTQ_AUTHKEY_FILE") == KEY
     assert calls == ["stat", "fstat"]
-    calls.clear()
-    assert read_secret(str(fifo), "DISTQ_SIGNING_KEY_FILE") == KEY  # read once: as kept
+    with _stats_counted() as calls:
+        assert read_secret(str(fifo), "DISTQ_SIGNING_KEY_FILE") == KEY  # read once: as kept
     assert calls == ["stat"]
