@@ -332,8 +332,9 @@ def keep_pipe(identity: tuple[int, int], kept: int) -> None:
 
 def pipe_kept_in(identity: tuple[int, int]) -> int | None:
     """The descriptor of the file the pipe or FIFO ``identity`` (device, inode) is kept
-    in (:func:`keep_pipe`), if it is. No lock: one look-up of an entry that never changes
-    (a FIFO read in another thread holds the lock for seconds)."""
+    in (:func:`keep_pipe`), if it is. No lock (a FIFO read in another thread holds it for
+    seconds): one dict look-up, and an entry changes once only, when it is kept, by
+    :func:`distq.tls._keep`, under the TLS files' lock that this one's caller holds too."""
     pipe = _PIPES.get(identity)
     return pipe.kept if pipe is not None and pipe.kept >= 0 else None
 
