@@ -25,6 +25,7 @@ from typing import Any
 
 from contestants.base import Collector, RawContestant, python
 from launch import free_port
+from processes import die_with_parent
 
 _task_queue: queue.Queue[Any] = queue.Queue()
 _result_queue: queue.Queue[Any] = queue.Queue()
@@ -51,7 +52,10 @@ class RawManager(RawContestant):
         self.authkey = os.urandom(16)
         self.address = ("127.0.0.1", free_port())
         self.manager = QueueManager(address=self.address, authkey=self.authkey)
-        self.manager.start()
+        # the server dies with this process, as the workers do: forked, it holds every
+        # descriptor this process had (a pytest-xdist worker's pipes to its controller,
+        # whose wait for them then outlived a crash of that worker for good)
+        self.manager.start(initializer=die_with_parent)
         self.task_queue: Any = self.manager.get_task_queue()  # type: ignore[attr-defined]
         self.result_queue: Any = self.manager.get_result_queue()  # type: ignore[attr-defined]
         env = {"BENCH_MANAGER_AUTHKEY": self.authkey.hex()}
