@@ -311,9 +311,9 @@ class _Run(Generic[E]):
         # at most REFUSALS_KEPT: beside results read, the only dropped ones known to be a
         # waiting task's (:meth:`_came_back_dropped`)
         self.refusals: set[str] = set()
-        # the broker's counts as a job that read no result passed its --timeout, before
-        # it took its tasks back (which ends the sign that a worker had them): None when
-        # it did not look (:meth:`_look_at_timeout`), or the broker did not answer
+        # the broker's counts as a job passed its --timeout, before it took its tasks
+        # back (which ends the sign that a worker had them): None when it did not look
+        # (:meth:`_look_at_timeout`), or the broker did not answer
         self.at_timeout: QueueStats | None = None
         self.looked_at_timeout = False
 
@@ -895,10 +895,13 @@ class _Run(Generic[E]):
         )
 
     def _look_at_timeout(self) -> None:
-        """Past its --timeout with no result read (nor dropped): the broker's counts,
-        before :meth:`_withdraw` takes back the tasks a worker had and gave up (queued
-        again as its lease lapsed), which :meth:`_nobody_attached` reads."""
-        if self.report.answered or self.collector.malformed or not self.answering:
+        """Past its --timeout: the broker's counts, before :meth:`_withdraw` takes back
+        the tasks a worker had and gave up (queued again as its lease lapsed), which
+        :meth:`_nobody_attached` reads of a job with no result read, and
+        :meth:`_held_beside_read` of one with some. Not of one whose every result that
+        came back was dropped: its line says why (:meth:`_why_no_result`)."""
+        dropped_all = self.collector.malformed and not self.report.answered
+        if dropped_all or not self.answering:
             return
         self.looked_at_timeout = True
         self.at_timeout = self._queue_stats()
@@ -950,13 +953,24 @@ class _Run(Generic[E]):
             f"DISTQ_AMQP_URL, DISTQ_MANAGER_ADDRESS)?{unsure}"
         )
 
-    def _held_under_lease(self, stats: QueueStats) -> None:
-        """A job that got no result, a worker slot attached to its queue: the tasks held
+    def _held_beside_read(self) -> None:
+        """A job past its --timeout that read some results, not all: the tasks held under
+        a lease not lapsed (:meth:`_held_under_lease`), as the broker counted them at its
+        --timeout. A worker SIGKILLed holding tasks after others had answered ended the
+        job with "the 1 not taken back may still run, its result read by nobody", no word
+        that a worker that may be dead holds it, nor until when."""
+        stats = self.at_timeout
+        if stats is not None and stats.consumers:
+            self._held_under_lease(stats, read=True)
+
+    def _held_under_lease(self, stats: QueueStats, read: bool = False) -> None:
+        """A job past its --timeout, a worker slot attached to its queue: the tasks held
         under a lease that has not lapsed, where the broker tells (Redis, manager). A
         worker SIGKILLed holds its tasks, and its slot counts as attached, until its lease
         lapses: a --timeout shorter than the lease ended with no word of it. So does a
-        live worker running a task longer than the --timeout, renewing its lease. RabbitMQ
-        puts a dead worker's tasks back at once, and tells no lease."""
+        live worker running a task longer than the --timeout, renewing its lease (with no
+        result ``read``, the one reason a live worker holds it still). RabbitMQ puts a
+        dead worker's tasks back at once, and tells no lease."""
         left = stats.lease_left
         if left is None or not stats.in_flight:
             return
@@ -965,11 +979,13 @@ class _Run(Generic[E]):
         held, it = (
             ("1 task", "it") if stats.in_flight == 1 else (f"{stats.in_flight:,} tasks", "them")
         )
+        lead = "" if read else "no result came back, and "
+        longer = "" if read else " (a task longer than the --timeout)"
         self.report.problems.append(
-            f"no result came back, and worker slots attached to the job's queue at "
+            f"{lead}worker slots attached to the job's queue at "
             f"{self.master.transport.describe()} hold {held} under leases not lapsed yet "
             f"(the last ends in {left:.1f} s unless its worker renews it, as a live one does): "
-            f"a worker may still be running {it} (a task longer than the --timeout), or have "
+            f"a worker may still be running {it}{longer}, or have "
             f"died holding {it} (SIGKILL, the OOM killer), its slot counted as attached until "
             "its lease lapses, and only then do its tasks go to another worker; see the "
             "workers' logs, and give the job a --timeout longer than its tasks take, and than "
@@ -1030,6 +1046,8 @@ class _Run(Generic[E]):
             self._why_no_result()
         elif waiting and r.started and timed_out and collector.malformed:
             self._dropped_beside_read()
+        if waiting and r.answered and r.started and timed_out:
+            self._held_beside_read()
         done = r.answered
         if r.succeeded:
             self.console.info(

@@ -335,6 +335,66 @@ def test_a_job_past_its_timeout_whose_worker_was_killed_holding_a_task_says_its_
     assert "no worker slot is attached" not in said, said
 
 
+def test_a_job_that_read_a_result_and_whose_worker_was_killed_holding_a_task_says_its_lease(
+    target: Target, hosted: Transport, remote: Transport, spawn: Spawn
+) -> None:
+    """A job of two tasks read one result; a worker took the other and was SIGKILLed, its
+    lease (30 s) longer than what was left of the --timeout. The master said the lease's
+    line only with no result read: this one ended with "the 1 not taken back may still
+    run, its result read by nobody; for the rest, give the job a longer --timeout, or more
+    workers", not that a worker that may be dead holds it, nor until when. Where the
+    broker tells the lease (Redis, manager) it says so, once; RabbitMQ tells none."""
+    out = io.StringIO()
+    reports: list[JobReport] = []
+    master = Master(hosted, Console(out=out, err=out))
+    spec = JobSpec(tasks=2, timeout=8)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(60.0))))
+    run.start()
+    codec = Codec.from_settings(target.settings)
+    consumer = remote.consumer("answers-one")
+    try:
+        (delivery,) = fetch_n(consumer, 1)
+        task = codec.open_task(delivery.body)
+        answer = Result(
+            task_id=task.id,
+            status="ok",
+            worker="answers-one",
+            attempt=1,
+            started_at=0.0,
+            duration=0.0,
+            value=task.args[0] ** 2,
+        )
+        body = codec.seal_result(answer, delivery.body)
+        consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=body)])
+    finally:
+        consumer.close()
+    worker = spawn("worker", env=target.process_env(DISTQ_LEASE_SECONDS="30", DISTQ_PREFETCH="1"))
+    try:
+        worker.wait_for(r"^Get task \d+ from task_queue")
+        worker.signal(signal.SIGKILL)
+        assert worker.wait(10) == -signal.SIGKILL, worker.output()
+    finally:
+        run.join(30)
+    said = out.getvalue()
+    assert reports and reports[0].answered == 1 and reports[0].missing == 1, said
+    assert "no result came back" not in said, said
+    if target.name == "rabbitmq":  # no lease to tell: the task went back with the slot
+        assert "leases not lapsed" not in said, said
+        assert "one a worker holds may still run, its result read by nobody" in said, said
+        return
+    assert "the 1 not taken back may still run, its result read by nobody" in said, said
+    held = re.findall(
+        r"^distq: worker slots attached to the job's queue at .+ hold 1 task under leases "
+        r"not lapsed yet \(the last ends in (\d+\.\d) s unless its worker renews it, as a "
+        r"live one does\): a worker may still be running it, or have died holding it "
+        r"\(SIGKILL, the OOM killer\), .+ DISTQ_LEASE_SECONDS$",
+        said,
+        re.M,
+    )
+    assert len(held) == 1, said  # one line, said once
+    assert 15 < float(held[0]) <= 30, said
+
+
 def test_a_job_past_its_timeout_whose_live_worker_still_runs_its_task_says_it_may_run_on(
     target: Target, hosted: Transport, spawn: Spawn
 ) -> None:
