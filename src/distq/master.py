@@ -719,9 +719,11 @@ class _Run(Generic[E]):
         if why is not None:
             left = sum(1 for task_id in self.collector.waiting_ids() if task_id not in taken)
             if left:
+                still = (
+                    "if still queued, it stays" if left == 1 else "any of them still queued stays"
+                )
                 self.console.error(
-                    f"did not take back the {left} tasks not answered ({why}): any of "
-                    "them still queued stays queued"
+                    f"did not take back the {_tasks(left)} not answered ({why}): {still} queued"
                 )
         self.unsure = {tid for tid in taken if copies[tid] <= self.resubmitted[tid]}
         self.taken_back |= taken
@@ -1036,8 +1038,8 @@ class _Run(Generic[E]):
             shown = [f"{self.workload.name(entry)} [{tid}]" for tid, entry in waiting[:10]]
             more = len(waiting) - len(shown)
             r.problems.append(
-                f"missing {len(waiting)} results: {', '.join(shown)}"
-                + (f" and {more} more" if more else "")
+                f"missing {len(waiting)} result{'' if len(waiting) == 1 else 's'}: "
+                f"{', '.join(shown)}" + (f" and {more} more" if more else "")
             )
         if unsent:
             r.problems.append(f"{unsent} of {r.tasks} tasks never submitted")
@@ -1111,8 +1113,13 @@ class _Run(Generic[E]):
             )
         if left and not self.producer.takes_back:  # RabbitMQ: "may still run" hid why, and
             # that a worker dead-letters those queued once the master is gone (its queue)
+            none = (
+                "did not take back the 1 task"
+                if left == 1
+                else f"took back none of the {left} tasks"
+            )
             said.append(
-                f"took back none of the {left} tasks not answered (the {self.report.transport} "
+                f"{none} not answered (the {self.report.transport} "
                 "transport cannot take a task back off its queue): a worker that reaches one "
                 "still queued dead-letters it unrun, its master gone (`distq dead-letters` "
                 "lists them), and one a worker holds may still run, its result read by nobody"
@@ -1120,11 +1127,7 @@ class _Run(Generic[E]):
             )
             left = 0
         if taken:
-            never = f", {self.never_ran} of them not counted as submitted" if self.never_ran else ""
-            said.append(
-                f"took back the {taken} tasks still queued (or their retries): they do not "
-                f"run{never}"
-            )
+            said.append(self._taken_said(taken))
         if left > dropped:  # "the other": those dropped were not taken back either
             other, results = "other " if dropped else "", _results_of(left - dropped)
             said.append(
@@ -1136,6 +1139,17 @@ class _Run(Generic[E]):
             said.append(f"for {them}, give the job a longer --timeout, or more workers")
         if said:
             self.console.info(f"{'--timeout' if timed_out else 'the stop'}: {'; '.join(said)}")
+
+    def _taken_said(self, taken: int) -> str:
+        """What the end's line says of the ``taken`` tasks it took back: "took back the 1
+        tasks still queued (or their retries): they do not run" was said of one."""
+        if taken == 1:
+            never = ", not counted as submitted" if self.never_ran else ""
+            return f"took back the 1 task still queued (or its retry): it does not run{never}"
+        never = f", {self.never_ran} of them not counted as submitted" if self.never_ran else ""
+        return (
+            f"took back the {taken} tasks still queued (or their retries): they do not run{never}"
+        )
 
     def _first_dropped_said(self) -> str:
         """Where the end's line sends the user for the results dropped, and the first
@@ -1191,6 +1205,11 @@ _NOT_TAKEN_BACK_END = (
     "; they count as missing (exit 1), where an endless --rate job's tasks taken back do "
     "not: stop it once its workers have caught up, or give it --tasks"
 )
+
+
+def _tasks(count: int) -> str:
+    """``count`` tasks, as a line says them: "1 task"."""
+    return "1 task" if count == 1 else f"{count} tasks"
 
 
 def _results_of(count: int) -> str:

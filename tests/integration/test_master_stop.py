@@ -227,7 +227,7 @@ def test_an_endless_jobs_task_whose_retry_was_taken_back_counts_as_missing(
         consumer.settle(retried(endings, [delivery], [30.0]))
     said = out.getvalue()
     assert reports and reports[0].missing == 1, said
-    assert f"missing 1 results: square({task.args[0]}) [{task.id}]" in said, said
+    assert f"missing 1 result: square({task.args[0]}) [{task.id}]" in said, said
     assert hosted.stats().ready == 0, said
 
 

@@ -196,6 +196,59 @@ def test_timeout_names_what_is_missing(transport: Transport) -> None:
     assert "no worker slot is attached" not in out  # one is: it kept them
 
 
+def _one_task_past_its_timeout(transport: Transport) -> tuple[str, JobReport]:
+    """A job of one task, no worker: its lines and report past its --timeout (0.5 s)."""
+    out = io.StringIO()
+    master = Master(transport, Console(out=out, err=out))
+    report = master.run(JobSpec(tasks=1, timeout=0.5), Squares(seed=1))
+    return out.getvalue(), report
+
+
+def test_a_job_past_its_timeout_with_one_task_queued_says_it_took_back_one_task(
+    transport: Transport,
+) -> None:
+    # its lines said "missing 1 results" and "took back the 1 tasks still queued (or their
+    # retries): they do not run"
+    said, report = _one_task_past_its_timeout(transport)
+    assert report.missing == 1, said
+    assert re.search(r"^distq: missing 1 result: square\(\d+\) \[", said, re.M), said
+    assert (
+        "--timeout: took back the 1 task still queued (or its retry): it does not run; "
+        "for every result, give the job a longer --timeout, or more workers\n"
+    ) in said, said
+
+
+def test_a_job_past_its_timeout_that_took_back_none_of_one_task_says_one_task(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a transport that takes nothing back (RabbitMQ's case) said "took back none of the 1
+    # tasks not answered"
+    monkeypatch.setattr(ManagerProducer, "takes_back", False)
+    said, report = _one_task_past_its_timeout(transport)
+    assert report.missing == 1, said
+    assert (
+        "--timeout: did not take back the 1 task not answered (the manager transport "
+        "cannot take a task back off its queue)"
+    ) in said, said
+
+
+def test_a_job_past_its_timeout_whose_take_back_failed_says_one_task_it_left(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the broker failed the call to take it back: "did not take back the 1 tasks not
+    # answered (...): any of them still queued stays queued"
+    def failing(self: ManagerProducer, bodies: Sequence[bytes]) -> list[bool]:
+        raise TransportError("the broker is away")
+
+    monkeypatch.setattr(ManagerProducer, "withdraw", failing)
+    said, report = _one_task_past_its_timeout(transport)
+    assert report.missing == 1, said
+    assert (
+        "did not take back the 1 task not answered (the broker failed: the broker is away): "
+        "if still queued, it stays queued"
+    ) in said, said
+
+
 @pytest.mark.parametrize("hurried", [False, True])
 def test_a_stopped_job_waits_for_the_results_in_flight_unless_hurried(
     transport: Transport, hurried: bool
