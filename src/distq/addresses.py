@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from distq import credentials
-from distq.ranges import SHOWN_LINE, Number, cut, shown_digits
+from distq.ranges import SHOWN_LINE, Number, cut, decimal, float_reads, shown_digits
 
 
 def address(text: str) -> tuple[str, int]:
@@ -306,18 +306,31 @@ def _options(url: str, query: str) -> None:
                 ) from None
     for name in _SECONDS_OPTIONS + _PAUSE_OPTIONS:
         for value in options.get(name, []):
-            try:
-                seconds = float(value)
-            except ValueError:
-                seconds = math.nan
             pause = name in _PAUSE_OPTIONS  # 0: the next attempt at once
+            seconds, plainly = _seconds(value)
             above = seconds >= 0 if pause else seconds > 0
             if not (math.isfinite(seconds) and above and seconds <= _MOST_SECONDS):
                 span = "from 0 to" if pause else "above 0 and at most"
                 raise ValueError(
                     f"({credentials.mask_url(url)}) has {name}={cut(value)}; use a number of "
-                    f"seconds {span} {_MOST_SECONDS:,}, or leave the option out"
+                    f"seconds {span} {_MOST_SECONDS:,}{plainly}, or leave the option out"
                 )
+
+
+def _seconds(value: str) -> tuple[float, str]:
+    """A URL option's seconds, read as a flag's or a variable's are (:func:`decimal`, not
+    stripped), NaN (refused) for any other text; and what its refusal adds: for a text
+    float() reads, as redis-py and pika do (other scripts' digits, "1_0" as 10, a sign,
+    spaces around), to write it in the digits 0-9 alone, and for a space (what a '+' in
+    a URL's query reads as: ``=+5`` is " 5"), that too."""
+    try:
+        return float(decimal(value, "")), ""
+    except ValueError:
+        pass
+    if not float_reads(value):
+        return math.nan, ""
+    space = " (a URL's query reads a '+' as a space)" if value != value.strip() else ""
+    return math.nan, f"{space}, in the digits 0-9 alone"
 
 
 _DATABASE_PATH = re.compile(r"(/[0-9]*)?/?")

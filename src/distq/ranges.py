@@ -153,14 +153,15 @@ def decimal(text: str, span: str) -> str:
     (refused out of range once read, as before); else ``ValueError`` in the words of
     :func:`whole`: "is '9_100', not a number; use ``span``, in the digits 0-9 alone"."""
     if DECIMAL_TEXT.fullmatch(text) is None and _NOT_FINITE.fullmatch(text) is None:
-        digits = ", in the digits 0-9 alone" * _float_reads(text)
+        digits = ", in the digits 0-9 alone" * float_reads(text)
         raise ValueError(f"is {shown_text(text)}, not a number; use {span}{digits}")
     return text
 
 
-def _float_reads(text: str) -> bool:
+def float_reads(text: str) -> bool:
     """Whether ``float()`` reads ``text``: "+5", "9_100", "1_0.5", other scripts' digits,
-    which :func:`decimal` refuses for a user to write plainly."""
+    which :func:`decimal` refuses for a user to write plainly (so does a broker URL's
+    seconds option: :mod:`distq.addresses`)."""
     try:
         float(text)
     except ValueError:

@@ -540,6 +540,54 @@ def test_a_redis_database_past_what_select_takes_is_a_bad_setting(url: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("variable", "name"),
+    [
+        ("DISTQ_REDIS_URL", "socket_connect_timeout"),
+        ("DISTQ_AMQP_URL", "stack_timeout"),
+        ("DISTQ_AMQP_URL", "blocked_connection_timeout"),
+        ("DISTQ_AMQP_URL", "retry_delay"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("\u0663", "\u0663"),  # an Arabic-Indic 3
+        ("%D9%A3", "\u0663"),  # the same, as a URL escapes it
+        ("%EF%BC%95", "\uff15"),  # a fullwidth 5
+        ("1_0", "1_0"),  # 10 to float(): 1.0, or 10?
+        ("%2B5", "+5"),
+        ("+5", " 5"),  # a URL's query reads a '+' as a space
+        ("%205", " 5"),
+        ("5%20", "5 "),
+    ],
+)
+def test_broker_url_seconds_are_read_in_the_digits_0_9_alone(
+    variable: str, name: str, written: str, read: str
+) -> None:
+    """A URL's seconds were read by float(), which takes other scripts' digits, '_'
+    between digits, a sign and spaces around (redis-py and pika read them so too): every
+    other number of seconds distq reads, a flag's or a variable's, is refused unless in
+    the digits 0-9 alone (ranges.decimal)."""
+    base = "redis://h:6379/0" if variable == "DISTQ_REDIS_URL" else "amqp://u:p@h:5672/%2F"
+    transport = "redis" if variable == "DISTQ_REDIS_URL" else "rabbitmq"
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": transport, variable: f"{base}?{name}={written}"})
+    message = str(caught.value)
+    assert message.startswith(f"{variable} ("), message
+    assert f"has {name}={read!r}; use a number of seconds " in message, message
+    assert "in the digits 0-9 alone" in message, message
+    assert ("reads a '+' as a space" in message) == (read != read.strip()), message
+    out_of_range = f"{base}?{name}=-5"  # a number's text: nothing of its digits
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"DISTQ_TRANSPORT": transport, variable: out_of_range})
+    assert "has " in str(caught.value) and "digits" not in str(caught.value), caught.value
+    for ok in ("5", "0.5", ".5", "5.", "1e1", "2.5E-1"):
+        fine = f"{base}?{name}={ok}"
+        loaded = Settings.load({"DISTQ_TRANSPORT": transport, variable: fine})
+        assert (loaded.redis_url if transport == "redis" else loaded.amqp_url) == fine
+
+
+@pytest.mark.parametrize(
     "query",
     [
         "connection_attempts=2&retry_delay=nan",
