@@ -499,8 +499,8 @@ class _Run(Generic[E]):
                 self.said_lost = self.outage.ongoing
                 since = "it last lost tasks" if self.lost_before else "the job began"
                 self.console.error(
-                    f"the broker holds {held} of the {total} tasks sent since {since}; "
-                    f"submitting the {len(again)} tasks among the others that wait for a "
+                    f"the broker holds {held} of the {_tasks(total)} sent since {since}; "
+                    f"submitting the {_tasks(len(again))} among the others that wait for a "
                     "result again"
                 )
             self.lost_before = True
@@ -836,7 +836,7 @@ class _Run(Generic[E]):
                 break
         if why is not None:
             self.console.error(
-                f"did not look for all the retries of the {len(left)} tasks in flight "
+                f"did not look for all the retries of the {_tasks(len(left))} in flight "
                 f"at the stop ({why}): one a worker sent, or a lapsed lease put back, "
                 "stays queued"
             )

@@ -204,7 +204,7 @@ def test_a_look_for_retries_after_the_drain_that_runs_out_says_its_own_time(
     with held_until_stopped(remote.consumer("holding-worker"), stop, run) as consumer:
         assert len(fetch_n(consumer, 1)) == 1, out.getvalue()  # in hand: not taken back
     assert (
-        "did not look for all the retries of the 1 tasks in flight at the stop (its 0 s to do "
+        "did not look for all the retries of the 1 task in flight at the stop (its 0 s to do "
         "so ran out)" in out.getvalue()
     ), out.getvalue()
 
@@ -276,7 +276,10 @@ def test_a_stop_takes_back_the_retry_a_worker_made_of_a_task_submitted_again(
             assert looked.wait(20), out.getvalue()
             consumer.settle(retried(endings, [delivery], [0.0]))
     said = out.getvalue()
-    assert "submitting the 1 tasks among the others that wait for a result again" in said, said
+    assert (
+        "the broker holds 0 of the 1 task sent since the job began; submitting the 1 task "
+        "among the others that wait for a result again"
+    ) in said, said
     assert reports and reports[0].missing == 1, said
     assert hosted.stats().ready == 0, said
 
