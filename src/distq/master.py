@@ -566,7 +566,7 @@ class _Run(Generic[E]):
         if lasted is not None:
             self.console.info(
                 f"reconnected to the broker after {lasted:.1f} s; "
-                f"{self.collector.outstanding} tasks outstanding"
+                f"{_tasks(self.collector.outstanding)} outstanding"
             )
 
     def _allowance(self, elapsed: float) -> int:
@@ -1052,8 +1052,9 @@ class _Run(Generic[E]):
             self._held_beside_read()
         done = r.answered
         if r.succeeded:
+            every = "the 1 result" if done == 1 else f"all {done} results"
             self.console.info(
-                f"all {done} results in and correct in {elapsed:.2f} s "
+                f"{every} in and correct in {elapsed:.2f} s "
                 f"({_rate(r.throughput)} tasks/s); {r.duplicates} duplicate results ignored"
             )
             if self.refused is not None:  # all in before it stopped: why it exits 2 all the same

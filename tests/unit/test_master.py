@@ -100,6 +100,13 @@ def test_the_tutorial_lines_and_duplicates_counted_once(transport: Transport) ->
     assert "all 5 results in and correct" in out
 
 
+def test_a_job_of_one_task_says_its_1_result_is_in(transport: Transport) -> None:
+    # its end said "all 1 results in and correct in 0.01 s (...)"
+    out, report = run(transport, JobSpec(tasks=1, timeout=20), right)
+    assert report.succeeded, out
+    assert re.search(r"^the 1 result in and correct in [\d.]+ s \(", out, re.M), out
+
+
 def test_wrong_values_fail_the_job(transport: Transport) -> None:
     out, report = run(transport, JobSpec(tasks=3, timeout=20), lambda t: [result(t, -1)])
     assert not report.succeeded and report.incorrect == 3

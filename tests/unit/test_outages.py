@@ -4,6 +4,7 @@ reconnect-and-resubmit loop driven by a producer that fails on cue."""
 from __future__ import annotations
 
 import io
+import re
 import threading
 from collections.abc import Sequence
 
@@ -193,6 +194,36 @@ def test_the_master_reconnects_and_resubmits_what_the_broker_lost() -> None:
     assert out.count("reconnected to the broker after") == 1
     assert "the broker holds 0 of the 30 tasks sent since the job began" in out
     assert "submitting the 25 tasks among the others that wait for a result again" in out
+
+
+class FailsOnItsFirstRead(Flaky):
+    """A broker that fails the job's first read of results, its one task submitted, and
+    has no result yet for the read after the reconnect."""
+
+    def _maybe_fail(self) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            raise TransportError("broker at nowhere:1: connection lost")
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        if self.calls == 2:  # the first read back: no result yet
+            self.calls += 1
+            return []
+        return super().results(max_count, timeout)
+
+
+def test_a_reconnect_with_one_task_outstanding_says_1_task() -> None:
+    """A job of one task, its broker lost as it read results: "reconnected to the broker
+    after 0.1 s; 1 tasks outstanding"."""
+    producer = FailsOnItsFirstRead("r", outage=0, loses=False)
+    out = io.StringIO()
+    report = Master(Stub(producer), Console(out=out, err=out)).run(
+        JobSpec(tasks=1, timeout=30), Squares(seed=3)
+    )
+    assert report.succeeded, out
+    assert re.search(
+        r"^reconnected to the broker after [\d.]+ s; 1 task outstanding$", out.getvalue(), re.M
+    ), out.getvalue()
 
 
 def test_a_broker_that_kept_everything_gets_nothing_again() -> None:
