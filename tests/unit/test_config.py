@@ -544,6 +544,7 @@ def test_a_redis_database_past_what_select_takes_is_a_bad_setting(url: str) -> N
     [
         ("DISTQ_REDIS_URL", "socket_connect_timeout"),
         ("DISTQ_AMQP_URL", "stack_timeout"),
+        ("DISTQ_AMQP_URL", "socket_timeout"),  # distq sets Redis's from the lease, not AMQP's
         ("DISTQ_AMQP_URL", "blocked_connection_timeout"),
         ("DISTQ_AMQP_URL", "retry_delay"),
     ],
