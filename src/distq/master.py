@@ -901,12 +901,20 @@ class _Run(Generic[E]):
         the tasks a worker had and gave up (queued again as its lease lapsed), which
         :meth:`_nobody_attached` reads of a job with no result read, and
         :meth:`_held_beside_read` of one with some. Not of one whose every result that
-        came back was dropped: its line says why (:meth:`_why_no_result`)."""
+        came back was dropped: its line says why (:meth:`_why_no_result`). A broker that
+        fails the call gets none after it (:meth:`_withdraw`'s would wait on it again, a
+        Redis paused its socket timeout, 6.7 s by default, twice)."""
         dropped_all = self.collector.malformed and not self.report.answered
         if dropped_all or not self.answering:
             return
         self.looked_at_timeout = True
-        self.at_timeout = self._queue_stats()
+        try:
+            with self.health.liveness.waiting("job"):  # a silent broker is no stall
+                self.at_timeout = self.master.transport.stats()
+        except TransportError as exc:  # as a take-back that fails: no call after it
+            self.answering, self.failed_with = False, exc
+        except (DistqError, OSError):  # refused: the job's own lines said so
+            pass
 
     def _queue_stats(self) -> QueueStats | None:
         """The broker's counts of the job's queue; None when it is away, or refuses (the

@@ -36,8 +36,8 @@ from distq.metrics import MasterMetrics
 from distq.squares import Squares
 from distq.telemetry import MasterTelemetry
 from distq.transport import Settlement, Transport
-from distq.transport.base import Producer
-from distq.transport.manager import ManagerConsumer, ManagerProducer
+from distq.transport.base import Producer, QueueStats
+from distq.transport.manager import ManagerConsumer, ManagerProducer, ManagerTransport
 from seam import error_result, job_a_worker_left, ok_result
 
 
@@ -253,6 +253,40 @@ def test_a_job_past_its_timeout_whose_take_back_failed_says_one_task_it_left(
     assert (
         "did not take back the 1 task not answered (the broker failed: the broker is away): "
         "if still queued, it stays queued"
+    ) in said, said
+
+
+def test_a_job_past_its_timeout_whose_broker_failed_its_look_makes_no_call_after_it(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that read a result looks at the broker's counts at its --timeout (9afcef00):
+    a broker that failed that call (gone silent as the job ended: a Redis paused waits out
+    its socket timeout, 6.7 s) was called again to take the tasks back, the same wait
+    twice. As after a take-back that fails, no call follows one that failed."""
+    withdrawn: list[int] = []
+    real_withdraw = ManagerProducer.withdraw
+
+    def failing(self: ManagerTransport) -> QueueStats:
+        raise TransportError("the broker is away")
+
+    def withdraw(self: ManagerProducer, bodies: Sequence[bytes]) -> list[bool]:
+        withdrawn.append(len(bodies))
+        return real_withdraw(self, bodies)
+
+    monkeypatch.setattr(ManagerTransport, "stats", failing)
+    monkeypatch.setattr(ManagerProducer, "withdraw", withdraw)
+    answered: list[str] = []
+
+    def first_only(task: Task) -> list[bytes]:  # the others taken and kept unanswered
+        answered.append(task.id)
+        return right(task) if len(answered) == 1 else []
+
+    said, report = run(transport, JobSpec(tasks=3, timeout=1), first_only)
+    assert report.answered == 1 and report.missing == 2, said
+    assert withdrawn == [], said
+    assert (
+        "did not take back the 2 tasks not answered (the broker failed its last call: the "
+        "broker is away): any of them still queued stays queued"
     ) in said, said
 
 
