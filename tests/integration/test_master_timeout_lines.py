@@ -395,6 +395,70 @@ def test_a_job_that_read_a_result_and_whose_worker_was_killed_holding_a_task_say
     assert 15 < float(held[0]) <= 30, said
 
 
+def test_a_job_that_read_a_result_and_whose_live_worker_runs_on_says_its_lease_and_end(
+    target: Target, hosted: Transport, remote: Transport, spawn: Spawn
+) -> None:
+    """The ordinary case of 9afcef00's line: a --timeout too short for the job, some
+    results read, a live worker mid-task (60 s) renewing its lease (5 s). Its lines, read
+    whole: the lease's line once, its lease renewed (at most 5 s left), without "no result
+    came back", then the end's, which it does not contradict: the task may still run, its
+    result read by nobody."""
+    out = io.StringIO()
+    reports: list[JobReport] = []
+    master = Master(hosted, Console(out=out, err=out))
+    spec = JobSpec(tasks=2, timeout=8)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(60.0))))
+    run.start()
+    codec = Codec.from_settings(target.settings)
+    consumer = remote.consumer("answers-one")
+    try:
+        (delivery,) = fetch_n(consumer, 1)
+        task = codec.open_task(delivery.body)
+        answer = Result(
+            task_id=task.id,
+            status="ok",
+            worker="answers-one",
+            attempt=1,
+            started_at=0.0,
+            duration=0.0,
+            value=task.args[0] ** 2,
+        )
+        body = codec.seal_result(answer, delivery.body)
+        consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=body)])
+    finally:
+        consumer.close()
+    worker = spawn("worker", env=target.process_env(DISTQ_PREFETCH="1"))
+    try:
+        worker.wait_for(r"^Get task \d+ from task_queue")
+        run.join(30)
+        assert worker.proc.poll() is None, worker.output()  # alive, its task running
+    finally:
+        worker.signal(signal.SIGKILL)
+        run.join(30)
+    said = out.getvalue()
+    assert reports and reports[0].answered == 1 and reports[0].missing == 1, said
+    assert "no result came back" not in said and "no worker slot" not in said, said
+    if target.name == "rabbitmq":  # no lease to tell; nothing taken back
+        assert "leases not lapsed" not in said, said
+        assert "--timeout: did not take back the 1 task not answered" in said, said
+        return
+    held = re.findall(
+        r"^distq: worker slots attached to the job's queue at .+ hold 1 task under leases "
+        r"not lapsed yet \(the last ends in (\d+\.\d) s unless its worker renews it, as a "
+        r"live one does\): a worker may still be running it, or have died holding it "
+        r"\(SIGKILL, the OOM killer\), .+ give the job a --timeout longer than its tasks "
+        r"take, and than the workers' DISTQ_LEASE_SECONDS$",
+        said,
+        re.M,
+    )
+    assert len(held) == 1, said
+    assert 0 < float(held[0]) <= 5, said  # renewed: a live worker's
+    assert (
+        "--timeout: the 1 not taken back may still run, its result read by nobody; for "
+        "every result, give the job a longer --timeout, or more workers\n"
+    ) in said, said
+
+
 def test_a_job_past_its_timeout_whose_live_worker_still_runs_its_task_says_it_may_run_on(
     target: Target, hosted: Transport, spawn: Spawn
 ) -> None:
