@@ -901,11 +901,14 @@ class _Run(Generic[E]):
         the tasks a worker had and gave up (queued again as its lease lapsed), which
         :meth:`_nobody_attached` reads of a job with no result read, and
         :meth:`_held_beside_read` of one with some. Not of one whose every result that
-        came back was dropped: its line says why (:meth:`_why_no_result`). A broker that
-        fails the call gets none after it (:meth:`_withdraw`'s would wait on it again, a
-        Redis paused its socket timeout, 6.7 s by default, twice)."""
+        came back was dropped: its line says why (:meth:`_why_no_result`); nor, beside
+        results read, of a broker that tells no lease (RabbitMQ): a call for nothing,
+        which a broker paused held for up to 15 s. A broker that fails the call gets none
+        after it (:meth:`_withdraw`'s would wait on it again, a Redis paused its socket
+        timeout, 6.7 s by default, twice)."""
         dropped_all = self.collector.malformed and not self.report.answered
-        if dropped_all or not self.answering:
+        no_lease = self.report.answered and not self.master.transport.tells_leases
+        if dropped_all or no_lease or not self.answering:
             return
         self.looked_at_timeout = True
         try:

@@ -290,6 +290,34 @@ def test_a_job_past_its_timeout_whose_broker_failed_its_look_makes_no_call_after
     ) in said, said
 
 
+@pytest.mark.parametrize("tells_leases", [True, False])
+def test_a_job_that_read_a_result_asks_the_counts_at_its_timeout_only_of_a_broker_with_leases(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch, tells_leases: bool
+) -> None:
+    """Beside results read, the counts at the --timeout serve the line on tasks held under
+    a lease (9afcef00), which a broker that tells no lease (RabbitMQ) never gets: it was
+    asked all the same, a call at the job's end that a RabbitMQ paused then held for its
+    15 s (ADMIN_ANSWER_SECONDS), where a job that read results made none before."""
+    asked: list[int] = []
+    real_stats = ManagerTransport.stats
+
+    def stats(self: ManagerTransport) -> QueueStats:
+        asked.append(1)
+        return real_stats(self)
+
+    monkeypatch.setattr(ManagerTransport, "stats", stats)
+    monkeypatch.setattr(ManagerTransport, "tells_leases", tells_leases)
+    answered: list[str] = []
+
+    def first_only(task: Task) -> list[bytes]:
+        answered.append(task.id)
+        return right(task) if len(answered) == 1 else []
+
+    said, report = run(transport, JobSpec(tasks=3, timeout=1), first_only)
+    assert report.answered == 1 and report.missing == 2, said
+    assert len(asked) == (1 if tells_leases else 0), said
+
+
 @pytest.mark.parametrize("hurried", [False, True])
 def test_a_stopped_job_waits_for_the_results_in_flight_unless_hurried(
     transport: Transport, hurried: bool

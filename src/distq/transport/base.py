@@ -403,6 +403,10 @@ class Transport(abc.ABC):
     #: What the master's "no worker slot is attached" line adds about how this broker
     #: counts slots (RabbitMQ's misses some that run a task): "" for nothing.
     unattached_note = ""
+    #: Whether :meth:`stats` tells ``lease_left``, the seconds until the last live lease
+    #: lapses (Redis, manager): beside results read, a master past its --timeout asks the
+    #: counts for that alone (RabbitMQ tells none: no call).
+    tells_leases = False
     #: Whether :meth:`stats`' ``dead`` counts the dead-letter queue's messages, and the
     #: broker dead-letters a pack of tasks whole, a letter per task (RabbitMQ): a count
     #: of letters read is then no part of it ("1 of 2" could be 1 of 5).

@@ -136,6 +136,7 @@ class ManagerTransport(Transport):
     """``DISTQ_TRANSPORT=manager``: the master hosts the queues; workers connect to it."""
 
     name = "manager"
+    tells_leases = True
     queues_in_master = True
 
     def __init__(self, settings: Settings, role: Role) -> None:

@@ -267,6 +267,7 @@ class RedisTransport(Transport):
     """One connection pool to the Redis in ``settings.redis_url``, for one queue."""
 
     name = "redis"
+    tells_leases = True
 
     def __init__(self, settings: Settings, role: Role) -> None:
         self.settings, self.role = settings, role
