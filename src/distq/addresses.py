@@ -329,7 +329,7 @@ def _seconds(value: str) -> tuple[float, str]:
         pass
     if not float_reads(value):
         return math.nan, ""
-    space = " (a URL's query reads a '+' as a space)" if value != value.strip() else ""
+    space = " (a URL's query reads a '+' or %20 as a space)" if value != value.strip() else ""
     return math.nan, f"{space}, in the digits 0-9 alone"
 
 

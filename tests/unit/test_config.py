@@ -577,7 +577,7 @@ def test_broker_url_seconds_are_read_in_the_digits_0_9_alone(
     assert message.startswith(f"{variable} ("), message
     assert f"has {name}={read!r}; use a number of seconds " in message, message
     assert "in the digits 0-9 alone" in message, message
-    assert ("reads a '+' as a space" in message) == (read != read.strip()), message
+    assert ("reads a '+' or %20 as a space" in message) == (read != read.strip()), message
     out_of_range = f"{base}?{name}=-5"  # a number's text: nothing of its digits
     with pytest.raises(ConfigError) as caught:
         Settings.load({"DISTQ_TRANSPORT": transport, variable: out_of_range})
