@@ -648,6 +648,22 @@ def test_stats_count_ready_tasks(hosted: Transport, remote: Transport) -> None:
     assert hosted.stats().consumers == 0
 
 
+def test_a_transport_that_tells_leases_tells_the_lease_of_a_task_held(
+    hosted: Transport, remote: Transport
+) -> None:
+    """A master past its --timeout that read results asks the broker's counts only where
+    they tell a lease (``tells_leases``): a transport that says so and tells none (or
+    tells one and does not say so) would lose the master's line on tasks held under a
+    lease, or make a call for nothing at its end."""
+    producer = hosted.producer(hosted.reply_queue("leases"))
+    producer.submit([b"1"])
+    producer.flush()
+    assert hosted.stats().lease_left is None  # none held
+    consumer = remote.consumer("c1")
+    assert len(fetch_n(consumer, 1)) == 1
+    assert (hosted.stats().lease_left is not None) == hosted.tells_leases, hosted.name
+
+
 def test_wrong_credentials_are_refused(target: Target, hosted: Transport) -> None:
     settings = Settings.load(target.bad_credentials_env)
     with pytest.raises(AuthenticationFailed):
