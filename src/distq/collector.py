@@ -321,7 +321,8 @@ def _results(
                         continue
                 refuse(exc, 1)
     if more:
-        refused(EnvelopeError(f"and {more:,} more results refused in the same read"), more)
+        results = "result" if more == 1 else "results"
+        refused(EnvelopeError(f"and {more:,} more {results} refused in the same read"), more)
 
 
 def _within(

@@ -417,10 +417,14 @@ class Dispatcher(threading.Thread):
         if again:
             if not self._said_lost:  # a broker refusing them: once a recovery, not each try
                 self._said_lost = self._recovering
+                some, them = (
+                    ("1 task", "it") if len(again) == 1 else (f"{len(again)} tasks", "them")
+                )
                 log.warning(
-                    "the broker does not hold %d tasks the executor waits for (lost, or "
-                    "refused when sent): sending them again",
-                    len(again),
+                    "the broker does not hold %s the executor waits for (lost, or refused "
+                    "when sent): sending %s again",
+                    some,
+                    them,
                 )
             submit_again(self.producer.submit, again)
         if self.producer.lapsed:

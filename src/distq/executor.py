@@ -490,7 +490,7 @@ class Executor(concurrent.futures.Executor):
                 if not isinstance(value, list) or len(value) != size:
                     raise EnvelopeError(
                         f"{future.task_name} [{future.task_id}] returned {value!r:.200}, "
-                        f"not a list of {size} results"
+                        f"not a list of {size} result{'' if size == 1 else 's'}"
                     )
                 yield from value
         finally:

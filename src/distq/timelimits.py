@@ -137,9 +137,10 @@ class TimeLimits:
             if named is not None:
                 return self._which(CHUNK_TASK)
             its = self._which(args[0]) if isinstance(args[0], str) else self._which(None)
+            calls = max(1, len(args[1]))
             return (
-                f"{max(1, len(args[1]))} calls x {its}; or give every chunk its own: "
-                f"{CHUNK_TASK}=SECONDS"
+                f"{calls} call{'' if calls == 1 else 's'} x {its}; or give every chunk its "
+                f"own: {CHUNK_TASK}=SECONDS"
             )
         return self._which(name)
 

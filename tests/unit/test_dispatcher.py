@@ -1058,3 +1058,72 @@ def test_a_map_with_a_deadline_raises_a_tasks_own_task_timeout_as_it_is() -> Non
         assert not str(raised.value).startswith("map(): "), raised.value
     finally:
         executor.close()
+
+
+class LosesTheFirstSend(DroppedWhileIdle):
+    """A producer whose broker lost what was sent first (reconcile counts it not held),
+    and answers what is sent again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = False
+
+    def submit(self, bodies: Any) -> None:
+        if not self.lost:
+            self.lost = True
+            return
+        super().submit(bodies)
+
+    def submit_then_results(self, bodies: Any, max_count: int, timeout: float) -> list[bytes]:
+        self.submit(bodies)
+        return []
+
+    def results(self, max_count: int, timeout: float) -> list[bytes]:
+        time.sleep(min(timeout, 0.05))
+        return super().results(max_count, timeout)
+
+    def reconcile(self) -> int:
+        self.reconciles += 1
+        return 0 if self.lost and not self.held else len(self.held)
+
+
+def test_one_task_the_broker_lost_is_said_in_the_singular(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It said "the broker does not hold 1 tasks the executor waits for ...: sending
+    them again"."""
+    monkeypatch.setattr(dispatching, "RECONCILE_SECONDS", 0.2)
+    callbacks = Callbacks()
+    producer = LosesTheFirstSend()
+    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher.start()
+    task = Task(name="ident", args=[7], reply_to="r")
+    future = DistqFuture[Any](dispatcher.cancel, task.id, "ident", callbacks)
+    with caplog.at_level("WARNING", logger="distq.executor"):
+        assert dispatcher.put(Submit([Entry(task, task.encode(), future, deadline=None)]))
+        assert future.result(timeout=10) == 7  # sent again once a reconcile found it lost
+    said = [r.getMessage() for r in caplog.records if "does not hold" in r.getMessage()]
+    assert said == [
+        "the broker does not hold 1 task the executor waits for (lost, or refused when "
+        "sent): sending it again"
+    ], said
+    assert dispatcher.put(Stop(False))
+    dispatcher.join(10)
+
+
+def test_a_chunk_of_one_answered_with_a_list_of_another_size_says_1_result() -> None:
+    """It said "not a list of 1 results"."""
+    settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
+    with Executor(settings, task_timeout=20) as executor:
+        worker = open_transport(settings, "worker")
+        try:
+            results = executor.map("square", [1], chunksize=2)
+            consumer = worker.consumer("wrong-worker")
+            [delivery] = fetch_n(consumer, 1)
+            chunk = Task.decode(delivery.body)
+            assert chunk.name == CHUNK_TASK
+            consumer.settle([Settlement(delivery, chunk.reply_to, ok_result(chunk, [1, 4]))])
+            with pytest.raises(EnvelopeError, match=r"not a list of 1 result$"):
+                list(results)
+        finally:
+            worker.close()

@@ -255,3 +255,15 @@ def test_a_lone_tasks_result_is_sealed_without_a_pack(
     assert packed == [] and envelope is not None
     assert settlement.result == codec.seal_result(Result.decode(envelope), body)
     assert codec.open_result(settlement.result).value == 49
+
+
+def test_one_more_bad_result_than_are_said_is_said_as_1_more_result() -> None:
+    """A pack of 4 bad items: "and 1 more results refused in the same read"."""
+    errors: list[EnvelopeError] = []
+    collector: Collector[None] = Collector(
+        lambda r, entry, rtt: None, errors.append, MasterTelemetry(None)
+    )
+    collector.expect([("t0", None)])
+    assert collector.accept([b"[1,1,1,1]"]) == 0
+    assert len(errors) == 4, [str(e) for e in errors]
+    assert str(errors[-1]) == "and 1 more result refused in the same read"

@@ -165,3 +165,14 @@ def test_limits_a_program_reads_from_text_are_its_own_not_the_variables() -> Non
         assert limits.with_registered({"nap": 0.5}).which(Task("other", [], "r")) == (
             "DISTQ_TASK_TIME_LIMIT 30: the default, for a task with no limit of its own"
         )
+
+
+def test_the_limit_of_a_chunk_of_one_call_says_1_call() -> None:
+    """It said "1 calls x DISTQ_TASK_TIME_LIMIT square=2"."""
+    limits = _setting("30,square=2")
+    chunk = Task(CHUNK_TASK, ["square", [[3]]], "r")
+    assert limits.which(chunk) == (
+        "1 call x DISTQ_TASK_TIME_LIMIT square=2; or give every chunk its own: distq:chunk=SECONDS"
+    )
+    pair = Task(CHUNK_TASK, ["square", [[3], [4]]], "r")
+    assert limits.which(pair).startswith("2 calls x DISTQ_TASK_TIME_LIMIT square=2; ")
