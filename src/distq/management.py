@@ -344,10 +344,10 @@ def limit_warning(
     whose = f" (RabbitMQ {version}'s default where nothing sets one)" if limit == default else ""
     return (
         f"warning: RabbitMQ quorum queue {queue!r} has a delivery-limit of {limit}{whose}, "
-        f"and this worker {concurrency} slots (--concurrency {concurrency}), each on a "
-        "connection of its own: RabbitMQ before 4.3 counts a delivery for each connection "
-        "lost holding a task, so a crash of this worker or a network cut can dead-letter "
-        f"tasks it ran. Set the queue's delivery-limit (a policy) to at least "
-        f"{concurrency + 1}, and above the slots of all workers that can lose their "
-        "connections at once (README: Long tasks on RabbitMQ)"
+        f"and this worker {concurrency} slot{'' if concurrency == 1 else 's'} (--concurrency "
+        f"{concurrency}), each on a connection of its own: RabbitMQ before 4.3 counts a "
+        "delivery for each connection lost holding a task, so a crash of this worker or a "
+        "network cut can dead-letter tasks it ran. Set the queue's delivery-limit (a policy) "
+        f"to at least {concurrency + 1}, and above the slots of all workers that can lose "
+        "their connections at once (README: Long tasks on RabbitMQ)"
     )

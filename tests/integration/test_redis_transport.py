@@ -3201,6 +3201,27 @@ def test_two_deliveries_of_one_lapsed_task_settled_by_body_publish_one_retry(
     assert raw.llen(consumer.inflight_key) == 0 and not consumer.late
 
 
+def test_a_master_waiting_on_a_wrong_typed_key_for_one_leased_task_says_it_in_the_singular(
+    open_transport: OpenTransport,
+    raw: redis.Redis[bytes],
+    queue: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It said "waiting for the 1 tasks leased to workers"."""
+    t = open_transport()
+    producer = t.producer(t.reply_queue("j"))
+    producer.submit(_bodies(1))
+    worker = t.consumer("w")
+    assert len(worker.fetch(1, timeout=1)) == 1
+    raw.delete(queue)
+    raw.set(queue, "hello")
+    with caplog.at_level("WARNING"):
+        assert producer.reconcile() == 1  # its lease is live: the master waits for it
+    said = [r.getMessage() for r in caplog.records if "leased to" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("; waiting for the 1 task leased to a worker")
+    raw.delete(queue)
+
+
 def test_a_master_stops_on_a_wrong_typed_key_though_a_dead_worker_held_tasks(
     open_transport: OpenTransport, raw: redis.Redis[bytes], queue: str
 ) -> None:

@@ -72,3 +72,12 @@ def test_a_worker_of_more_slots_than_rabbitmq_4s_default_limit_is_warned() -> No
     assert "at least 26" in said, said
     assert limit_warning("jobs", None, 25, "3.10.8") is None
     assert limit_warning("jobs", 30, 25, "4.0.5") is None
+
+
+def test_a_worker_of_one_slot_is_said_to_have_1_slot() -> None:
+    """It said "this worker 1 slots (--concurrency 1)"."""
+    said = limit_warning("jobs", 1, 1, "4.0.5")
+    assert said is not None
+    assert "and this worker 1 slot (--concurrency 1), each on a connection" in said, said
+    said = limit_warning("jobs", 2, 3, "4.0.5")
+    assert said is not None and "and this worker 3 slots (--concurrency 3)" in said, said

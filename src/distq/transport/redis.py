@@ -900,7 +900,9 @@ class RedisProducer(Producer):
                     raise
                 if not self._refused_said:
                     self._refused_said = True
-                    log.warning("%s; waiting for the %d tasks leased to workers", wrong, leased)
+                    them = "the 1 task" if leased == 1 else f"the {leased} tasks"
+                    whom = "a worker" if leased == 1 else "workers"
+                    log.warning("%s; waiting for %s leased to %s", wrong, them, whom)
         held = self._register()
         # the registration gone (the renew script counts none held then), found by this
         # renewal or by a call's own since the last reconcile
