@@ -595,8 +595,8 @@ def secured(settings: Settings) -> Settings:
         for number, key in enumerate(keys, 1):
             if len(key) < signing.MIN_KEY_LENGTH:
                 raise ConfigError(
-                    f"{name} has key {number} of {len(keys)} {len(key)} bytes long; use at "
-                    f"least {signing.MIN_KEY_LENGTH} random characters, e.g. "
+                    f"{name} has key {number} of {len(keys)} {signing.long(len(key), 'byte')}; "
+                    f"use at least {signing.MIN_KEY_LENGTH} random characters, e.g. "
                     "secrets.token_hex(32).encode()"
                 )
         ids = [signing.key_id(key) for key in keys]

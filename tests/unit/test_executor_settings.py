@@ -204,6 +204,7 @@ def test_a_bad_secret_override_is_refused_without_its_value(
     ("overrides", "expected"),
     [
         ({"signing_keys": (b"short",)}, "signing_keys has key 1 of 1 5 bytes long"),
+        ({"signing_keys": (b"x" * 16, b"y")}, "signing_keys has key 2 of 2 1 byte long;"),
         ({"signing_key": (b"x" * 16, b"tiny")}, "signing_key has key 2 of 2 4 bytes long"),
         ({"signing_keys": b"a-long-enough-key-0123"}, "signing_keys is a bytes; give a tuple"),
         ({"signing_keys": ["a-long-enough-key-0123"]}, "signing_keys is a list; give a tuple"),

@@ -227,6 +227,8 @@ def test_signing_key_settings() -> None:
     assert "both set" in both
     short = error({**KEY, "DISTQ_SIGNING_KEYS": f"{SIGNING},tooshort"})
     assert "key 2 of 2 8 characters long" in short and "tooshort" not in short
+    one = error({**KEY, "DISTQ_SIGNING_KEYS": f"{SIGNING},x"})  # it said "1 characters long"
+    assert "key 2 of 2 1 character long;" in one, one
 
 
 def test_two_keys_sharing_a_key_id_are_refused() -> None:
@@ -252,7 +254,7 @@ def test_the_one_key_setting_takes_its_value_whole() -> None:
     short = error({**KEY, "DISTQ_SIGNING_KEY": "short,key"})
     assert "DISTQ_SIGNING_KEY has a key 9 characters long" in short and "short,key" not in short
     assert error({**KEY, "DISTQ_SIGNING_KEY": ","}).startswith(
-        "DISTQ_SIGNING_KEY has a key 1 characters long"
+        "DISTQ_SIGNING_KEY has a key 1 character long;"
     )
 
 

@@ -47,6 +47,8 @@ def test_the_manager_transport_says_it_is_not_encrypted() -> None:
     assert [level for level, _ in notices(short, "master")] == ["info", "warning"]
     assert notices(short, "master")[1][1].startswith("DISTQ_AUTHKEY is 2 bytes long: a peer")
     assert len(notices(short, "worker")) == 1  # the master's to say
+    one = Settings.load({"DISTQ_AUTHKEY": "q"})  # it said "1 bytes long"
+    assert notices(one, "master")[1][1].startswith("DISTQ_AUTHKEY is 1 byte long: a peer")
     v6 = Settings.load({**KEY, "DISTQ_MANAGER_ADDRESS": "[::]:9000"})  # was "listening on :::9000"
     assert "listening on [::]:9000, beyond" in notices(v6, "master")[0][1]
     signed = Settings.load({**KEY, "DISTQ_SIGNING_KEYS": f"{SIGNING}1,{SIGNING}2"})
