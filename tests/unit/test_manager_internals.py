@@ -65,3 +65,22 @@ def test_a_listener_without_its_socket_is_refused_and_closed(
     with pytest.raises(ConfigError, match=r"SocketListener\._socket \(found NoneType"):
         manager_wire.Listener(("127.0.0.1", 0))
     assert closed == [True]
+
+
+@pytest.mark.parametrize(
+    ("answers", "bodies", "said"),
+    [
+        ([True], [b"a", b"b"], "withdraw's result: 1 answer for 2 bodies"),
+        ([True, False], [b"a"], "withdraw's result: 2 answers for 1 body"),
+        ([True, False, True], [b"a", b"b"], "withdraw's result: 3 answers for 2 bodies"),
+    ],
+)
+def test_a_withdraw_answered_with_a_count_of_another_size_says_it_as_said(
+    answers: list[bool], bodies: list[bytes], said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "1 answers for 2 bodies" and "2 answers for 1 bodies"."""
+    monkeypatch.setattr(manager_wire.BrokerProxy, "_call", lambda *_, **__: answers)
+    proxy = object.__new__(manager_wire.BrokerProxy)
+    with pytest.raises(manager_wire.Refused) as refused:
+        proxy.withdraw("q", bodies)
+    assert str(refused.value) == said

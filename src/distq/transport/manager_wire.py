@@ -838,7 +838,9 @@ class BrokerProxy(BaseProxy):
         taken = self._call("withdraw", queue, bodies, redelivered=None if redelivered else False)
         found = _list_of(taken, bool, "withdraw", "yes or no")
         if len(found) != len(bodies):
-            raise Refused(f"withdraw's result: {len(found)} answers for {len(bodies)} bodies")
+            answers = "1 answer" if len(found) == 1 else f"{len(found)} answers"
+            bodies_sent = "1 body" if len(bodies) == 1 else f"{len(bodies)} bodies"
+            raise Refused(f"withdraw's result: {answers} for {bodies_sent}")
         return found
 
     def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool:
