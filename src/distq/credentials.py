@@ -208,7 +208,8 @@ def unwritten(named: str, path: str, exc: FifoSilent, undo: str) -> ConfigError:
     wait = f"{FIFO_WAIT_SECONDS:g} s"
     if exc.got:
         said = (
-            f"whose writer wrote {exc.got:,} bytes, then nothing more for {wait}, and kept it open"
+            f"whose writer wrote {exc.got:,} byte{'' if exc.got == 1 else 's'}, then nothing more "
+            f"for {wait}, and kept it open"
         )
         do = "have the writer close the FIFO once it has written all"
     elif exc.held:  # started before distq, as below, and slow: a prompt, a store's answer

@@ -30,7 +30,7 @@ def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> st
         text = printable(f"Traceback (most recent call last):\n{frames}{describe(error)}\n")
     if len(text) > limit:
         half = limit // 2
-        text = f"{text[:half]}\n... ({len(text) - 2 * half:,} characters cut)\n{text[-half:]}"
+        text = f"{text[:half]}\n... ({_cut_said(len(text) - 2 * half)})\n{text[-half:]}"
     return text
 
 
@@ -39,7 +39,12 @@ def cut(text: str) -> str:
     message, a wrong value and a ``Get task`` line are kept short."""
     if len(text) <= MAX_MESSAGE_CHARS:
         return text
-    return f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS:,} characters cut)"
+    return f"{text[:MAX_MESSAGE_CHARS]}... ({_cut_said(len(text) - MAX_MESSAGE_CHARS)})"
+
+
+def _cut_said(count: int) -> str:
+    """How much a cut left out: "1 character cut", "4,996,000 characters cut"."""
+    return "1 character cut" if count == 1 else f"{count:,} characters cut"
 
 
 def describe(error: BaseException) -> str:

@@ -644,3 +644,11 @@ def test_a_fifo_is_stated_once_by_its_path_and_once_opened(tmp_path: Path) -> No
     with _stats_counted() as calls:
         assert read_secret(str(fifo), "DISTQ_SIGNING_KEY_FILE") == KEY  # read once: as kept
     assert calls == ["stat"]
+
+
+def test_a_fifo_whose_writer_wrote_one_byte_says_1_byte() -> None:
+    """It said "whose writer wrote 1 bytes, then nothing more"."""
+    said = str(credentials.unwritten("DISTQ_X_FILE", "/p", credentials.FifoSilent(1, True), "u"))
+    assert "whose writer wrote 1 byte, then nothing more for " in said, said
+    said = str(credentials.unwritten("DISTQ_X_FILE", "/p", credentials.FifoSilent(2, True), "u"))
+    assert "whose writer wrote 2 bytes, then nothing more for " in said, said

@@ -552,3 +552,19 @@ def codec_refusal(codec: Codec, body: bytes) -> EnvelopeError:
     with pytest.raises(EnvelopeError) as refused:
         codec.open_task(body)
     return refused.value
+
+
+def test_a_text_one_character_too_long_says_1_character_cut() -> None:
+    """It said "(1 characters cut)"."""
+    assert describe(ValueError("x" * (MAX_MESSAGE_CHARS + 1))).endswith("(1 character cut)")
+    assert describe(ValueError("x" * (MAX_MESSAGE_CHARS + 2))).endswith("(2 characters cut)")
+
+    def raised(text: str) -> BaseException:
+        try:
+            raise ValueError(text)
+        except ValueError as exc:
+            return exc
+
+    plain = traceback_text(raised(""))  # "ValueError\n": one of text, "ValueError: x...\n"
+    odd = traceback_text(raised("x" * (MAX_TRACEBACK_CHARS // 2 * 2 + 1 - len(plain) - 2)))
+    assert "\n... (1 character cut)\n" in odd, odd[MAX_TRACEBACK_CHARS // 2 - 20 :][:80]
