@@ -473,10 +473,10 @@ def _dead_letters(
     # where it dead-letters (no worker's letter), "1 of 2" could be 1 of 5 letters
     by_broker = any(not letter.worker and not letter.unreadable for letter in letters)
     if len(letters) > total or (by_broker and transport.dead_counts_messages):
+        where = "the 1 message" if total == 1 else f"the oldest of the {total} messages"
         say(
-            f"{len(letters)} dead letters in the oldest of the {total} messages of the "
-            "dead-letter queue (a pack of tasks the broker dead-lettered whole is a letter per "
-            "task), oldest first"
+            f"{_letters_said(len(letters))} in {where} of the dead-letter queue (a pack of "
+            "tasks the broker dead-lettered whole is a letter per task), oldest first"
         )
     else:
         say(f"{len(letters)} of {total} dead letters, oldest first")
@@ -676,8 +676,13 @@ def _requeue_dead(
             opened, bad, raw = read[min(before, len(read)) - 1]
             _say_unmoved(before, unopened[:opened], malformed[:bad], raw)
         return EXIT_CONFIG if isinstance(exc, MessageRefused) else EXIT_UNREACHABLE
-    say(f"requeued {moved} dead letters onto queue {settings.queue!r}")
+    say(f"requeued {_letters_said(moved)} onto queue {settings.queue!r}")
     return 1 if _say_unmoved(moved, unopened, malformed, unreadable) else 0
+
+
+def _letters_said(count: int) -> str:
+    """``count`` dead letters as a line says them: "1 dead letter", not "1 dead letters"."""
+    return "1 dead letter" if count == 1 else f"{count} dead letters"
 
 
 def _say_unmoved(moved: int, unopened: list[str], malformed: list[str], unreadable: int) -> bool:

@@ -95,9 +95,7 @@ def test_submit_status_dead_letters_and_requeue(
 
     requeued = distq(target, "requeue-dead")
     assert requeued.returncode == 0, requeued.stderr
-    assert (
-        requeued.stdout.strip() == f"requeued 1 dead letters onto queue {target.settings.queue!r}"
-    )
+    assert requeued.stdout.strip() == f"requeued 1 dead letter onto queue {target.settings.queue!r}"
     again = status(target)
     assert (again["ready"], again["dead"]) == (1, 0)
     assert json.loads(distq(target, "dead-letters", "--json").stdout) == []
@@ -251,7 +249,7 @@ def test_requeue_dead_without_the_signing_key_says_so_and_exits_1(
     keyless = distq(target, "requeue-dead", "--limit", "1")
     assert keyless.returncode == 1, (keyless.stdout, keyless.stderr)
     moved, why = keyless.stdout.strip().splitlines()
-    assert moved.startswith("requeued 1 dead letters")
+    assert moved.startswith("requeued 1 dead letter onto ")
     assert why.startswith("1 of them could not be started over: they went back unchanged")
     assert "signed task, but this process has no signing key" in why
     assert why.endswith("set the workers' DISTQ_SIGNING_KEYS for this command")
@@ -259,7 +257,7 @@ def test_requeue_dead_without_the_signing_key_says_so_and_exits_1(
     keyed = distq(target, "requeue-dead", DISTQ_SIGNING_KEYS=key)
     assert keyed.returncode == 0, keyed.stderr
     assert keyed.stdout.strip() == (
-        f"requeued 1 dead letters onto queue {target.settings.queue!r}"
+        f"requeued 1 dead letter onto queue {target.settings.queue!r}"
     ), keyed.stdout
     assert (status(target)["ready"], status(target)["dead"]) == (2, 0)
 
@@ -279,7 +277,7 @@ def test_requeue_dead_with_signing_on_says_so_of_letters_from_before_it(
     done = distq(target, "requeue-dead", DISTQ_SIGNING_KEYS="requeue-key-0123456789abcdef")
     assert done.returncode == 1, (done.stdout, done.stderr)
     moved, why = done.stdout.strip().splitlines()
-    assert moved.startswith("requeued 1 dead letters")
+    assert moved.startswith("requeued 1 dead letter onto ")
     assert why.startswith("1 of them could not be started over") and "unsigned" in why, why
     assert why.endswith("workers with signing keys refuse it again, at once")
 

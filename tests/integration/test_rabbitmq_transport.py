@@ -555,6 +555,27 @@ def test_requeue_dead_refused_in_part_keeps_only_the_letters_whose_tasks_were_re
     assert [letter.body for letter in t.dead_letters()] == [b"t3", b"t4"]
 
 
+def test_requeue_dead_refused_after_one_letter_says_it_in_the_singular(
+    open_transport: OpenTransport, raw: Any, queue: str
+) -> None:
+    """A task queue that takes 1 more: it said "1 dead letters were requeued"."""
+    t = open_transport()
+    t.producer(t.reply_queue("p")).close()  # declares both queues
+    raw.queue_delete(queue)
+    limited = {"x-max-length": 1, "x-overflow": "reject-publish"}
+    raw.queue_declare(queue, durable=True, arguments=limited)
+    for i in range(2):
+        raw.basic_publish("", f"{queue}.dead", DeadLetter(b"t%d" % i, "why", queue, "w").encode())
+    deadline = time.monotonic() + 5
+    while _ready(raw, f"{queue}.dead") < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(TransportError) as raised:
+        t.requeue_dead(None)
+    said = str(raised.value)
+    assert said.endswith("; 1 dead letter was requeued before that, the rest stay dead letters")
+    assert _ready(raw, queue) == 1
+
+
 def test_requeue_dead_cut_off_part_way_says_what_became_of_the_letters(
     amqp_url: str,
     raw: Any,

@@ -21,6 +21,7 @@ import pytest
 from distq import dispatcher
 from distq.codec import Codec
 from distq.commands import (
+    EXIT_UNREACHABLE,
     _dead_letters,
     _describe_body,
     _kwargs,
@@ -36,9 +37,16 @@ from distq.commands import (
 from distq.config import Settings
 from distq.console import Console
 from distq.envelope import NO_REPLY, DeadLetter, Task
-from distq.errors import ConfigError, MessageTooLarge, RemoteError, SignatureError
+from distq.errors import (
+    ConfigError,
+    MessageTooLarge,
+    RemoteError,
+    SignatureError,
+    TransportError,
+)
 from distq.jsonvalue import check_arguments
 from distq.transport import QueueStats, open_transport
+from distq.transport.base import counting_moves
 from launch import free_port
 
 KEY = b"0123456789abcdef-key"
@@ -241,7 +249,7 @@ def test_the_dead_letters_header_of_a_broker_counting_messages_is_its_transports
     console = Console(out=io.StringIO(), err=io.StringIO())
     transport = PacksDeadLetteredByAnotherName()
     assert _dead_letters(args, transport, Settings(), console) == 0  # type: ignore[arg-type]
-    header = "1 dead letters in the oldest of the 2 messages of the dead-letter queue"
+    header = "1 dead letter in the oldest of the 2 messages of the dead-letter queue"
     assert capsys.readouterr().out.splitlines()[0].startswith(header)
 
 
@@ -301,6 +309,79 @@ class _Taken:
         for letter in self.letters:
             revive(letter)
         return 0
+
+
+class PackDeadLetteredAlone(PacksDeadLetteredByAnotherName):
+    """A dead-letter queue of 1 message: a pack of 3 tasks the broker dead-lettered whole."""
+
+    def dead_letters(self, limit: int) -> list[DeadLetter]:
+        return super().dead_letters(limit)[:3]
+
+    def stats(self) -> QueueStats:
+        return QueueStats(ready=0, in_flight=0, dead=1, consumers=0)
+
+
+@pytest.mark.parametrize(
+    ("limit", "header"),
+    [
+        (20, "3 dead letters in the 1 message of the dead-letter queue (a pack of tasks"),
+        (1, "1 dead letter in the 1 message of the dead-letter queue (a pack of tasks"),
+    ],
+)
+def test_the_dead_letters_header_of_one_message_or_one_letter_says_them_in_the_singular(
+    limit: int, header: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said "3 dead letters in the oldest of the 1 messages" and "1 dead letters"."""
+    args = argparse.Namespace(limit=limit, json=False)
+    console = Console(out=io.StringIO(), err=io.StringIO())
+    assert _dead_letters(args, PackDeadLetteredAlone(), Settings(), console) == 0  # type: ignore[arg-type]
+    assert capsys.readouterr().out.splitlines()[0].startswith(header)
+
+
+class _Moves(_Taken):
+    """A transport whose dead letters all move."""
+
+    def requeue_dead(self, limit: int | None, revive: Any) -> int:
+        super().requeue_dead(limit, revive)
+        return len(self.letters)
+
+
+def test_requeue_dead_of_one_letter_says_it_in_the_singular(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It said "requeued 1 dead letters onto queue 'distq'"."""
+    task = Task(name="square", args=[3], reply_to="r")
+    letters = [DeadLetter(body=task.encode(), reason="failed", queue="q", worker="w")]
+    args = argparse.Namespace(limit=None)
+    code = _requeue_dead(args, _Moves(letters), Settings(), Console())  # type: ignore[arg-type]
+    assert code == 0
+    assert capsys.readouterr().out == "requeued 1 dead letter onto queue 'distq'\n"
+
+
+class _CutOffAfterOne(_Taken):
+    """A transport whose broker went away once it had moved the first letter."""
+
+    def requeue_dead(self, limit: int | None, revive: Any) -> int:
+        moved = [0]
+        with counting_moves(moved):
+            revive(self.letters[0])
+            moved[0] += 1
+            raise TransportError("Redis at 127.0.0.1:1: Connection closed by server.")
+        return moved[0]  # pragma: no cover - raised above
+
+
+def test_requeue_dead_cut_off_after_one_letter_says_it_in_the_singular() -> None:
+    """It said "; 1 dead letters were requeued before that, the rest stay dead letters"."""
+    task = Task(name="square", args=[3], reply_to="r")
+    letters = [DeadLetter(body=task.encode(), reason="failed", queue="q", worker="w")] * 2
+    err = io.StringIO()
+    args = argparse.Namespace(limit=None)
+    code = _requeue_dead(args, _CutOffAfterOne(letters), Settings(), Console(err=err))  # type: ignore[arg-type]
+    assert code == EXIT_UNREACHABLE
+    assert err.getvalue().splitlines()[0] == (
+        "distq: Redis at 127.0.0.1:1: Connection closed by server; 1 dead letter was requeued "
+        "before that, the rest stay dead letters"
+    ), err.getvalue()
 
 
 def test_requeue_dead_that_moved_nothing_says_nothing_more_and_exits_0(

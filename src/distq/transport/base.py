@@ -521,6 +521,14 @@ class Transport(abc.ABC):
         socket) without sending anything: the connections are the parent's."""
 
 
+def requeued_before(moved: int) -> str:
+    """What a ``requeue_dead`` cut off part-way says it moved: "1 dead letter was requeued
+    before that", not "1 dead letters were"."""
+    if moved == 1:
+        return "1 dead letter was requeued before that"
+    return f"{moved} dead letters were requeued before that"
+
+
 @contextlib.contextmanager
 def counting_moves(moved: list[int]) -> Iterator[None]:
     """Around a transport's ``requeue_dead``, which counts in ``moved[0]`` the letters it
@@ -537,8 +545,7 @@ def counting_moves(moved: list[int]) -> Iterator[None]:
         unsure = moved[1] if len(moved) > 1 else 0
         cut = f" (the {unsure} of the call it cut off may have been too)" if unsure else ""
         raised = type(exc)(
-            f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued before "
-            f"that{cut}, the rest stay dead letters"
+            f"{str(exc).rstrip('.')}; {requeued_before(moved[0])}{cut}, the rest stay dead letters"
         )
         raised.moved = moved[0]  # type: ignore[attr-defined]  # the command says what they were
         raise raised from exc

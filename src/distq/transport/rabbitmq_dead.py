@@ -30,7 +30,7 @@ from distq.config import MESSAGE_BATCH
 from distq.envelope import DeadLetter
 from distq.errors import EnvelopeError, TransportError
 from distq.framing import pack
-from distq.transport.base import Revive, is_orphan_of
+from distq.transport.base import Revive, is_orphan_of, requeued_before
 from distq.transport.rabbitmq_link import Link, PikaError, declared, exists
 from distq.transport.rabbitmq_packs import TASKS_TYPE, task_bodies
 
@@ -222,8 +222,8 @@ def _move(
                 confirmed = link.confirmed - first  # of this batch
                 got = got[_ack_confirmed(link, queue, dead_queue, got, confirmed, moved) :]
                 refused = TransportError(
-                    f"{str(exc).rstrip('.')}; {moved[0]} dead letters were requeued "
-                    "before that, the rest stay dead letters"
+                    f"{str(exc).rstrip('.')}; {requeued_before(moved[0])}, the rest stay "
+                    "dead letters"
                 )
                 refused.moved = moved[0]  # type: ignore[attr-defined]  # as counting_moves's
                 raise refused from exc
