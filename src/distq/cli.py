@@ -579,9 +579,14 @@ def _bound_exit(
     if not left:
         return
     names = ", ".join(sorted(shown(t.name) for t in left)[:5]) + (", ..." if len(left) > 5 else "")
+    one = len(left) == 1
+    threads = (
+        "1 thread that tasks started is" if one else f"{len(left)} threads that tasks started are"
+    )
+    them = "it" if one else "them"
     console.info(
-        f"{len(left)} thread(s) that tasks started are alive ({names}): the worker waits at "
-        f"most {patience:g} s ({said}) for them to end, or a signal"
+        f"{threads} alive ({names}): the worker waits at most {patience:g} s ({said}) for "
+        f"{them} to end, or a signal"
     )
 
     def leave(*_: object) -> None:

@@ -1035,11 +1035,18 @@ def _drain_ran_out(slots: Sequence[Slot], drain_seconds: float) -> str:
     batches = [slot.batch for slot in slots if slot.batch is not None]
     running = sum(1 for batch in batches if batch.claim)
     waiting = len(batches) - running
-    parts = [f"{running} task(s) still run"] if running else []
+    parts: list[str] = []
+    if running:
+        parts.append("1 task still runs" if running == 1 else f"{running} tasks still run")
     if waiting:
+        held = (
+            "1 slot whose tasks have ended still waits"
+            if waiting == 1
+            else (f"{waiting} slots whose tasks have ended still wait")
+        )
         parts.append(
-            f"{waiting} slot(s) whose tasks have ended still wait on the broker (it does "
-            "not answer; their tasks run again once their leases lapse)"
+            f"{held} on the broker (it does not answer; their tasks run again once their "
+            "leases lapse)"
         )
     said = f", {' and '.join(parts)}" if parts else ""  # the batches may end meanwhile
     return f"after {drain_seconds:g} s (DISTQ_DRAIN_SECONDS){said}: handing back what is in hand"

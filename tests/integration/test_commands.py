@@ -513,8 +513,8 @@ def test_a_worker_exits_though_a_task_left_a_thread_running(
     out = worker.output()
     assert re.search(r"^worker exit\. 1 ok, ", out, re.M), out
     assert re.search(
-        r"^1 thread\(s\) that tasks started are alive \(left-behind\): the worker waits at "
-        r"most 2 s \(DISTQ_DRAIN_SECONDS\) for them to end, or a signal$",
+        r"^1 thread that tasks started is alive \(left-behind\): the worker waits at "
+        r"most 2 s \(DISTQ_DRAIN_SECONDS\) for it to end, or a signal$",
         out,
         re.M,
     ), out

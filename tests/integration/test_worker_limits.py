@@ -273,7 +273,7 @@ def test_sigterm_hands_back_a_task_that_outlasts_the_drain(target: Target) -> No
         assert time.monotonic() - stopped < 8  # the 1 s drain, not the 30 s task
         out = first.output()
         assert "for at most 1 s" in out, out
-        assert "after 1 s (DISTQ_DRAIN_SECONDS), 1 task(s) still run: handing" in out, out
+        assert "after 1 s (DISTQ_DRAIN_SECONDS), 1 task still runs: handing" in out, out
         second = Distq(["worker", "--worker-id", "second"], env)
         # handed back at once, not when its 20 s lease ran out
         second.wait_for(r"Get task \d+ from task_queue", timeout=10)

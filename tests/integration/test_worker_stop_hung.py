@@ -70,5 +70,5 @@ def test_a_worker_stopped_while_its_broker_hangs_exits_within_the_drain_plus_10_
         took = time.monotonic() - started
         out = worker.output()
     assert code == 0, out
-    assert "1 task(s) still run: handing back what is in hand" in out, out
+    assert "1 task still runs: handing back what is in hand" in out, out
     assert took < DRAIN + 10, f"{took:.1f} s:\n{out}"

@@ -987,12 +987,31 @@ def test_a_drain_that_runs_out_tells_tasks_running_from_slots_held_by_the_broker
     assert running.batch is not None
     running.batch.claim = [Delivery(b"t", 1)]  # as run_batch holds the task it runs
     said = _drain_ran_out([running, ended, idle], 20)
-    assert said.startswith("after 20 s (DISTQ_DRAIN_SECONDS), 1 task(s) still run and 1 slot(s)")
-    assert "whose tasks have ended still wait on the broker" in said
+    assert said.startswith("after 20 s (DISTQ_DRAIN_SECONDS), 1 task still runs and 1 slot ")
+    assert "1 slot whose tasks have ended still waits on the broker" in said
     assert _drain_ran_out([running], 5) == (
-        "after 5 s (DISTQ_DRAIN_SECONDS), 1 task(s) still run: handing back what is in hand"
+        "after 5 s (DISTQ_DRAIN_SECONDS), 1 task still runs: handing back what is in hand"
     )
-    assert "task(s) still run" not in _drain_ran_out([ended], 5)
+    assert "still run" not in _drain_ran_out([ended], 5)
+
+
+def test_a_drain_that_runs_out_says_one_task_and_one_slot_in_the_singular() -> None:
+    """It said "1 task(s) still run and 1 slot(s) whose tasks have ended still wait"; of
+    more, the plural."""
+    slots = [Slot(i) for i in range(4)]
+    for slot in slots:
+        slot.batch = Batch([Delivery(b"t", 1)])
+        slot.batch.claim = [Delivery(b"t", 1)] if slot.index < 2 else []
+    assert _drain_ran_out(slots, 5) == (
+        "after 5 s (DISTQ_DRAIN_SECONDS), 2 tasks still run and 2 slots whose tasks have "
+        "ended still wait on the broker (it does not answer; their tasks run again once "
+        "their leases lapse): handing back what is in hand"
+    )
+    assert _drain_ran_out(slots[1:3], 5) == (
+        "after 5 s (DISTQ_DRAIN_SECONDS), 1 task still runs and 1 slot whose tasks have "
+        "ended still waits on the broker (it does not answer; their tasks run again once "
+        "their leases lapse): handing back what is in hand"
+    )
 
 
 class _SlowClose:

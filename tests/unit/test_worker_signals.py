@@ -113,7 +113,7 @@ def test_a_second_signal_during_the_cold_stop_the_drain_began_does_not_restart_i
         timer.cancel()
     took = time.monotonic() - started
     said = out.getvalue()
-    assert "1 task(s) still run: handing back what is in hand" in said, said
+    assert "1 task still runs: handing back what is in hand" in said, said
     stats = transport.stats()
     assert (stats.ready, stats.in_flight) == (1, 0), (stats, said)
     assert took < 3.0, (took, said)

@@ -118,7 +118,7 @@ def test_a_task_still_running_when_the_drain_runs_out_is_back_in_the_queue_at_on
     assert _run_stopped_warm(worker, 0.3) == 0
     took = time.monotonic() - started  # the task naps 5 s: the stop waits for no task
     said = out.getvalue()
-    assert "1 task(s) still run: handing back what is in hand" in said, said
+    assert "1 task still runs: handing back what is in hand" in said, said
     stats = transport.stats()
     assert (stats.ready, stats.in_flight) == (1, 0), (stats, said)
     assert took < 3.0, (took, said)
