@@ -136,8 +136,11 @@ def forget_orphans(transport: Transport, reply_to: str, whose: str) -> str | Non
         )
     if not forgotten:
         return None
+    if forgotten == 1:
+        letters, those = "1 dead letter", "that task was"
+    else:
+        letters, those = f"{forgotten} dead letters", "those tasks were"
     return (
-        f"removed {forgotten} dead letter(s) that workers made of {whose} tasks, unrun, "
-        "while it seemed gone (stopped or cut off past its time to live): those tasks "
-        "were submitted again"
+        f"removed {letters} that workers made of {whose} tasks, unrun, while it seemed "
+        f"gone (stopped or cut off past its time to live): {those} submitted again"
     )

@@ -77,7 +77,18 @@ def test_forget_orphans_says_nothing_when_none_went() -> None:
     at each reconcile after a lapse would be noise (mut17)."""
     assert forget_orphans(_Orphans(0), "r", "the master's") is None  # type: ignore[arg-type]
     said = forget_orphans(_Orphans(2), "r", "the master's")  # type: ignore[arg-type]
-    assert said is not None and "removed 2 dead letter(s)" in said
+    assert said is not None and "removed 2 dead letters that workers made of" in said
+    assert said.endswith(": those tasks were submitted again"), said
+
+
+def test_forget_orphans_of_one_letter_says_it_in_the_singular() -> None:
+    """It said "removed 1 dead letter(s) ...: those tasks were submitted again"."""
+    said = forget_orphans(_Orphans(1), "r", "the master's")  # type: ignore[arg-type]
+    assert said == (
+        "removed 1 dead letter that workers made of the master's tasks, unrun, while it "
+        "seemed gone (stopped or cut off past its time to live): that task was submitted "
+        "again"
+    )
 
 
 def _result(task_id: str) -> bytes:
