@@ -342,12 +342,14 @@ def limit_warning(
         return None
     default = default_delivery_limit(version)
     whose = f" (RabbitMQ {version}'s default where nothing sets one)" if limit == default else ""
+    slots = "1 slot" if concurrency == 1 else f"{concurrency} slots"
+    each = "" if concurrency == 1 else "each "  # "1 slot (...), each on" spoke of several
     return (
         f"warning: RabbitMQ quorum queue {queue!r} has a delivery-limit of {limit}{whose}, "
-        f"and this worker {concurrency} slot{'' if concurrency == 1 else 's'} (--concurrency "
-        f"{concurrency}), each on a connection of its own: RabbitMQ before 4.3 counts a "
-        "delivery for each connection lost holding a task, so a crash of this worker or a "
-        "network cut can dead-letter tasks it ran. Set the queue's delivery-limit (a policy) "
+        f"and this worker {slots} (--concurrency {concurrency}), {each}on a connection of its "
+        "own: RabbitMQ before 4.3 counts a delivery for each connection lost holding a "
+        "task, so a crash of this worker or a network cut can dead-letter tasks it ran. "
+        "Set the queue's delivery-limit (a policy) "
         f"to at least {concurrency + 1}, and above the slots of all workers that can lose "
         "their connections at once (README: Long tasks on RabbitMQ)"
     )

@@ -75,9 +75,11 @@ def test_a_worker_of_more_slots_than_rabbitmq_4s_default_limit_is_warned() -> No
 
 
 def test_a_worker_of_one_slot_is_said_to_have_1_slot() -> None:
-    """It said "this worker 1 slots (--concurrency 1)"."""
+    """It said "this worker 1 slots (--concurrency 1)", then "1 slot (--concurrency 1),
+    each on a connection of its own": "each" of one slot."""
     said = limit_warning("jobs", 1, 1, "4.0.5")
     assert said is not None
-    assert "and this worker 1 slot (--concurrency 1), each on a connection" in said, said
+    assert "and this worker 1 slot (--concurrency 1), on a connection of its own: " in said, said
     said = limit_warning("jobs", 2, 3, "4.0.5")
-    assert said is not None and "and this worker 3 slots (--concurrency 3)" in said, said
+    assert said is not None
+    assert "and this worker 3 slots (--concurrency 3), each on a connection of its own: " in said
