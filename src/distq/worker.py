@@ -1038,15 +1038,15 @@ def _drain_ran_out(slots: Sequence[Slot], drain_seconds: float) -> str:
     parts: list[str] = []
     if running:
         parts.append("1 task still runs" if running == 1 else f"{running} tasks still run")
-    if waiting:
-        held = (
-            "1 slot whose tasks have ended still waits"
-            if waiting == 1
-            else (f"{waiting} slots whose tasks have ended still wait")
-        )
+    if waiting == 1:  # "their tasks" of one slot had nothing to speak of
         parts.append(
-            f"{held} on the broker (it does not answer; their tasks run again once their "
-            "leases lapse)"
+            "1 slot whose tasks have ended still waits on the broker (it does not answer; "
+            "the slot's tasks run again once their leases lapse)"
+        )
+    elif waiting:
+        parts.append(
+            f"{waiting} slots whose tasks have ended still wait on the broker (it does not "
+            "answer; their tasks run again once their leases lapse)"
         )
     said = f", {' and '.join(parts)}" if parts else ""  # the batches may end meanwhile
     return f"after {drain_seconds:g} s (DISTQ_DRAIN_SECONDS){said}: handing back what is in hand"

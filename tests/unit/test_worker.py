@@ -1007,10 +1007,10 @@ def test_a_drain_that_runs_out_says_one_task_and_one_slot_in_the_singular() -> N
         "ended still wait on the broker (it does not answer; their tasks run again once "
         "their leases lapse): handing back what is in hand"
     )
-    assert _drain_ran_out(slots[1:3], 5) == (
+    assert _drain_ran_out(slots[1:3], 5) == (  # "their tasks" of one slot: the slot's
         "after 5 s (DISTQ_DRAIN_SECONDS), 1 task still runs and 1 slot whose tasks have "
-        "ended still waits on the broker (it does not answer; their tasks run again once "
-        "their leases lapse): handing back what is in hand"
+        "ended still waits on the broker (it does not answer; the slot's tasks run again "
+        "once their leases lapse): handing back what is in hand"
     )
 
 
