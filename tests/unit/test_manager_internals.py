@@ -11,7 +11,7 @@ from multiprocessing import connection, managers
 import pytest
 
 from distq.errors import ConfigError
-from distq.transport import manager_wire
+from distq.transport import manager, manager_wire
 
 
 def test_this_python_has_every_part_the_manager_transport_uses() -> None:
@@ -84,3 +84,24 @@ def test_a_withdraw_answered_with_a_count_of_another_size_says_it_as_said(
     with pytest.raises(manager_wire.Refused) as refused:
         proxy.withdraw("q", bodies)
     assert str(refused.value) == said
+
+
+@pytest.mark.parametrize(
+    ("bodies", "taken", "said"),
+    [
+        ([b"a"], True, "it took its 1 task, which ends with it unrun"),
+        ([b"a"], False, "it did not take its 1 task"),
+        ([b"a", b"b"], True, "it took its 2 tasks, which end with it unrun"),
+        ([b"a", b"b"], False, "it did not take its 2 tasks"),
+    ],
+)
+def test_a_put_the_master_stopped_as_it_served_says_one_task_in_the_singular(
+    bodies: list[bytes], taken: bool, said: str
+) -> None:
+    """What ``distq submit`` printed of its one task: "it took its 1 task(s), which end
+    with it unrun"."""
+    served = manager._ServedUntil.__new__(manager._ServedUntil)
+    served._args, served._address = ("q", bodies), "127.0.0.1:5000"
+    kind, text = served._put_stopped(taken)
+    assert kind == "#TRACEBACK"
+    assert text.endswith(f"the master at 127.0.0.1:5000 stopped as it served this put: {said}")

@@ -715,10 +715,11 @@ class _ServedUntil:
         one's "failed a request" line shows the text)."""
         bodies = self._args[1] if len(self._args) > 1 else ()
         count = len(bodies) if isinstance(bodies, list | tuple) else 0
+        tasks, end = ("1 task", "ends") if count == 1 else (f"{count:,} tasks", "end")
         took = (
-            f"it took its {count:,} task(s), which end with it unrun"
+            f"it took its {tasks}, which {end} with it unrun"
             if taken
-            else f"it did not take its {count:,} task(s)"
+            else f"it did not take its {tasks}"
         )
         why = f"the master at {self._address} stopped as it served this put: {took}"
         return ("#TRACEBACK", f"{_STOPPED_MARK}{taken:d} {why}")
