@@ -105,8 +105,7 @@ def _on_rabbitmq(data: bytes) -> str:
             "a worker takes from one message: pack at most that many, or send one per message"
         )
     return (
-        f"a pack of {len(bodies)} task(s) sent without the message type distq.tasks "
-        "that says it is one"
+        f"{_a_pack_of(len(bodies))} sent without the message type distq.tasks that says it is one"
     )
 
 
@@ -118,7 +117,12 @@ def _held(data: bytes) -> str:
         return f"a pack of over {MAX_BODIES:,} tasks"
     except ValueError:
         return "a pack of tasks cut short"
-    return f"a pack of {len(bodies)} task(s)" + (", one of them empty" if b"" in bodies else "")
+    return _a_pack_of(len(bodies)) + (", one of them empty" if b"" in bodies else "")
+
+
+def _a_pack_of(count: int) -> str:
+    """A pack of ``count`` tasks as a dead letter's reason says it: "a pack of 1 task"."""
+    return "a pack of 1 task" if count == 1 else f"a pack of {count:,} tasks"
 
 
 def _utf32_text(data: bytes) -> bool:

@@ -66,7 +66,7 @@ def test_a_pack_of_tasks_is_dead_lettered_saying_what_its_transport_does_with_on
     letters = _letters_within(target, 1)
     assert len(letters) == 1, letters
     reason = str(letters[0]["reason"])
-    assert reason.startswith("malformed message: a pack of 2 task(s)"), reason
+    assert reason.startswith("malformed message: a pack of 2 tasks"), reason
     assert SAID[target.name] in reason, reason
     others = [said for name, said in SAID.items() if name != target.name]
     assert not any(said in reason for said in others), reason
@@ -91,7 +91,7 @@ def test_a_pack_or_a_newer_task_over_the_limit_is_said_so_and_answered(
     letters = _letters_within(target, 2)
     reasons = sorted(str(letter["reason"]) for letter in letters)
     assert len(reasons) == 2, reasons
-    assert reasons[0].startswith("malformed message: a pack of 3 task(s)"), reasons[0]
+    assert reasons[0].startswith("malformed message: a pack of 3 tasks"), reasons[0]
     assert f"refused whole: it is {len(body):,} bytes, over the limit of 2,048" in reasons[0]
     assert reasons[1].startswith("refused: task is "), reasons[1]
 

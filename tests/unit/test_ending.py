@@ -227,7 +227,7 @@ def test_a_malformed_message_is_dead_lettered_byte_for_byte_without_a_result() -
         (pack([b"{}"] * (TASKS_PER_MESSAGE + 1)), "a pack of 33 tasks (distq.tasks), over the 32"),
         (pack([b"{}"]) + b"\x00\x00\x10\x00abc", "a pack of tasks (distq.tasks) cut short"),
         (pack([b"{}", b""]), "a pack of tasks (distq.tasks) holding an empty one"),
-        (pack([b"{}", b"{}"]), "a pack of 2 task(s) sent without the message type distq.tasks"),
+        (pack([b"{}", b"{}"]), "a pack of 2 tasks sent without the message type distq.tasks"),
     ],
 )
 def test_a_pack_no_worker_takes_is_dead_lettered_saying_why(body: bytes, said: str) -> None:

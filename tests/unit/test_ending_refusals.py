@@ -40,7 +40,7 @@ def test_a_pack_over_the_limit_is_dead_lettered_saying_it_is_a_pack(transport: s
     endings = Endings("w1", "q", Codec(max_message_bytes=LIMIT, transport=transport))
     error, letter = _refused(endings, body)
     assert isinstance(error, MessageTooLarge)
-    assert "a pack of 3 task(s)" in letter.reason, letter.reason
+    assert "a pack of 3 tasks" in letter.reason, letter.reason
     assert f"{len(body):,} bytes, over the limit of {LIMIT:,}" in letter.reason, letter.reason
     assert "task is" not in letter.reason, letter.reason
     assert letter.body == body[:LIMIT] or letter.body == body  # its start, as any oversized
@@ -176,7 +176,7 @@ def test_a_pack_holding_a_task_nested_too_deeply_is_said_to_be_a_pack() -> None:
     body = pack(tasks)
     error, letter = _refused(Endings("w1", "q", Codec(transport="redis")), body)
     assert isinstance(error, MessageTooLarge)  # NestedTooDeep
-    assert letter.reason.startswith("malformed message: a pack of 2 task(s)"), letter.reason
+    assert letter.reason.startswith("malformed message: a pack of 2 tasks"), letter.reason
     assert "over the limit" not in letter.reason, letter.reason
 
 

@@ -68,14 +68,14 @@ def test_a_large_task_in_utf16_is_not_said_to_be_a_pack(before: str, size: int, 
     assert said in reason and "a pack of" not in reason, reason[:200]
     assert pack_problem(body) is None
     big = Task("square", ["x" * size], "replies").encode()  # a first task as long, in a pack
-    assert (pack_problem(pack([big, big])) or "").startswith("a pack of 2 task(s)")
+    assert (pack_problem(pack([big, big])) or "").startswith("a pack of 2 tasks")
 
 
 def test_packs_of_tasks_are_still_said_to_be_packs() -> None:
     tasks = [Task("square", [n], "replies").encode() for n in range(3)]
     assert unpack(pack(tasks)) == tasks
     assert pack_problem(pack(tasks), "rabbitmq") == (
-        "a pack of 3 task(s) sent without the message type distq.tasks that says it is one"
+        "a pack of 3 tasks sent without the message type distq.tasks that says it is one"
     )
     cut = pack(tasks)[:-5]
     assert pack_problem(cut, "rabbitmq") == (
@@ -155,7 +155,7 @@ def test_a_pack_on_rabbitmq_is_said_as_before() -> None:
     endings = Endings("w1", "q", Codec.from_settings(Settings(transport="rabbitmq")))
     said = [_reason(endings, body) for body in _packs()]
     assert said == [
-        "malformed message: a pack of 2 task(s) sent without the message type distq.tasks "
+        "malformed message: a pack of 2 tasks sent without the message type distq.tasks "
         "that says it is one",
         "malformed message: a pack of 33 tasks (distq.tasks), over the 32 a worker takes "
         "from one message: pack at most that many, or send one per message",
@@ -187,7 +187,7 @@ def test_a_pack_reaching_a_worker_with_keys_is_said_to_be_a_pack_not_unsigned(
     assert ending.settlement.result is None
     reason = dead_letter_reason(ending)
     assert reason == (
-        "malformed message: a pack of 2 task(s) sent without the message type distq.tasks "
+        "malformed message: a pack of 2 tasks sent without the message type distq.tasks "
         "that says it is one"
     ), reason
     assert ending.note == f"dead-lettered a {reason}"
@@ -196,3 +196,13 @@ def test_a_pack_reaching_a_worker_with_keys_is_said_to_be_a_pack_not_unsigned(
         codec.open_task(single)
     letter = endings.malformed(Delivery(single, 1), caught.value).settlement.dead_letter
     assert DeadLetter.decode(letter or b"").reason.startswith("refused: unsigned task")
+
+
+def test_a_pack_of_one_task_is_said_in_the_singular() -> None:
+    """It said "a pack of 1 task(s)" on every transport."""
+    one = pack([Task("square", [1], "replies").encode()])
+    assert pack_problem(one, "rabbitmq") == (
+        "a pack of 1 task sent without the message type distq.tasks that says it is one"
+    )
+    assert (pack_problem(one, "redis") or "").startswith("a pack of 1 task, framed as RabbitMQ's")
+    assert (pack_problem(one) or "").startswith("a pack of 1 task sent without the message type")
