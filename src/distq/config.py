@@ -595,7 +595,8 @@ def secured(settings: Settings) -> Settings:
         for number, key in enumerate(keys, 1):
             if len(key) < signing.MIN_KEY_LENGTH:
                 raise ConfigError(
-                    f"{name} has key {number} of {len(keys)} {signing.long(len(key), 'byte')}; "
+                    f"{name} has key {number} of {len(keys)} "
+                    f"{signing.length_said(len(key), 'byte')}; "
                     f"use at least {signing.MIN_KEY_LENGTH} random characters, e.g. "
                     "secrets.token_hex(32).encode()"
                 )

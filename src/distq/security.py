@@ -7,7 +7,7 @@ from typing import Literal
 
 from distq.addresses import host_port
 from distq.config import Settings
-from distq.signing import MIN_KEY_LENGTH, key_id, long
+from distq.signing import MIN_KEY_LENGTH, key_id, length_said
 
 Notice = tuple[Literal["info", "warning"], str]
 
@@ -30,7 +30,8 @@ def notices(settings: Settings, role: Literal["master", "worker"]) -> list[Notic
         out.append(
             (
                 "warning",
-                f"DISTQ_AUTHKEY is {long(len(key), 'byte')}: a peer that reaches the port can "
+                f"DISTQ_AUTHKEY is {length_said(len(key), 'byte')}: a peer that reaches the "
+                "port can "
                 f"guess a short key, hundreds of tries a second; use at least {MIN_KEY_LENGTH} "
                 "random characters, e.g. $(python3 -c 'import secrets; "
                 "print(secrets.token_hex(16))')",

@@ -94,7 +94,8 @@ def parse_keys(text: str) -> tuple[bytes, ...]:
     for number, key in enumerate(keys, 1):
         if len(key) < MIN_KEY_LENGTH:
             raise ValueError(
-                f"has key {number} of {len(keys)} {long(len(key), 'character')}; use at least "
+                f"has key {number} of {len(keys)} {length_said(len(key), 'character')}; "
+                "use at least "
                 f"{MIN_KEY_LENGTH} random characters, e.g. "
                 "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
             )
@@ -111,13 +112,13 @@ def parse_key(text: str) -> tuple[bytes, ...]:
         raise ValueError(_no_key("whitespace"))
     if key and len(key) < MIN_KEY_LENGTH:
         raise ValueError(
-            f"has a key {long(len(key), 'character')}; use at least {MIN_KEY_LENGTH} random "
+            f"has a key {length_said(len(key), 'character')}; use at least {MIN_KEY_LENGTH} random "
             "characters, e.g. $(python3 -c 'import secrets; print(secrets.token_hex(32))')"
         )
     return (key.encode(errors="surrogateescape"),) if key else ()
 
 
-def long(count: int, unit: str) -> str:
+def length_said(count: int, unit: str) -> str:
     """A short key's length as its error says it: "1 character long", "5 characters long"."""
     return f"{count} {unit}{'' if count == 1 else 's'} long"
 
