@@ -14,7 +14,9 @@ keeps its reply queue alive) and submits again what was lost (:mod:`distq.ledger
 
 What the tasks are, how a result is checked and the per-task lines belong to a
 :class:`Workload` (the tutorial's is :class:`distq.squares.Squares`); pacing, timeout,
-drain, status lines and the report are the same for every workload, here.
+drain, status lines and the report are the same for every workload, here. What a job
+that ends short says (stopped, past its --timeout, results dropped, workers gone or holding
+its tasks under leases) is worded in :mod:`distq.shortfall`, from the counts kept here.
 """
 
 from __future__ import annotations
@@ -55,6 +57,15 @@ from distq.errortext import MAX_MESSAGE_CHARS, cut
 from distq.health import ProcessHealth
 from distq.ledger import Entry, Ledger, forget_orphans, submit_again, withdraw_once
 from distq.retries import retries_by_attempt
+from distq.shortfall import (
+    all_came_back_dropped,
+    dropped_beside_read,
+    held_under_lease,
+    left_line,
+    no_result_read,
+    nobody_answered,
+    short_reason,
+)
 from distq.telemetry import MasterTelemetry
 from distq.transport.base import Producer, QueueStats, Transport
 
@@ -856,7 +867,7 @@ class _Run(Generic[E]):
     def _dropped(self, exc: EnvelopeError) -> None:
         """A result (or a message of them) the collector refused: said, the first kept."""
         if self.first_dropped is None:
-            self.first_dropped, self.first_dropped_short = str(exc), _short_reason(exc)
+            self.first_dropped, self.first_dropped_short = str(exc), short_reason(exc)
         if (  # unverified: the id of a task it waits for only, not any a message names
             isinstance(exc, UnverifiedRefusal)
             and len(self.refusals) < REFUSALS_KEPT
@@ -867,34 +878,14 @@ class _Run(Generic[E]):
 
     def _why_no_result(self) -> None:
         """A job past its --timeout that got no result at all: why. Results that came
-        back and were dropped (unreadable, signed with another key, too large) say the
-        workers took its tasks: the first one's reason, which the lines before may have
-        said long before. The job ended with "no worker slot is attached to the job's
-        queue" once its workers had gone (--exit-when-idle), after their results were
-        dropped, sending the user to look for a queue or broker set wrong. Without any,
-        whether any worker slot is attached to its queue (:meth:`_nobody_attached`)."""
+        back and were dropped say the workers took its tasks
+        (:func:`~distq.shortfall.no_result_read`); without any, whether any worker slot
+        is attached to its queue (:meth:`_nobody_attached`)."""
         dropped = self.collector.malformed
         if not dropped:
             self._nobody_attached()
             return
-        some = "the one result" if dropped == 1 else f"all {dropped:,} results"
-        self.report.problems.append(
-            f"no result was read: {some} that came back {'was' if dropped == 1 else 'were'} "
-            f"dropped (workers took the job's tasks, and answered), the first one for: "
-            f"{self.first_dropped}"
-        )
-
-    def _dropped_beside_read(self) -> None:
-        """A job past its --timeout that read results and dropped others (a worker with
-        another signing key beside those with the job's): how many it dropped, and the
-        first one's reason, which the lines before may have said long before. Its end
-        named only the results missing, and said they "may still run"."""
-        dropped = self.collector.malformed
-        results, were = ("result", "was") if dropped == 1 else ("results", "were")
-        self.report.problems.append(
-            f"{dropped:,} {results} that came back {were} dropped, the first one for: "
-            f"{self.first_dropped}"
-        )
+        self.report.problems.append(no_result_read(dropped, self.first_dropped))
 
     def _look_at_timeout(self) -> None:
         """Past its --timeout: the broker's counts, before :meth:`_withdraw` takes back
@@ -929,105 +920,29 @@ class _Run(Generic[E]):
             return None
 
     def _nobody_attached(self) -> None:
-        """A job that got no result at all, nor dropped any: whether any worker slot is
-        attached to its queue. Workers on another queue, database, vhost or transport
-        wait as silently as the master does, and the lines of both sides read alike. So
-        did workers that took the job's tasks and died on them (a task's ``os._exit``, a
-        segfault, the OOM killer), which the broker tells apart where it can
-        (:meth:`_taken_and_dropped`): that was sent to check its queue names. With a
-        slot attached, the tasks it may hold past a worker's death
-        (:meth:`_held_under_lease`)."""
+        """A job that got no result at all, nor dropped any: what the broker's counts of
+        its queue say (:func:`~distq.shortfall.nobody_answered`), as it counted them at
+        the job's --timeout, or now."""
         transport = self.master.transport
         stats = self.at_timeout if self.looked_at_timeout else self._queue_stats()
         if stats is None:
             return
-        if stats.consumers:
-            self._held_under_lease(stats)
-            return
-        took = self._taken_and_dropped(stats)
-        if took:
-            self.report.problems.append(
-                f"no result came back, yet workers took tasks off the job's queue at "
-                f"{transport.describe()} ({took}), and no worker slot is attached to it now: "
-                "they may have crashed on a task (its os._exit, a segfault, the OOM killer) "
-                "or been stopped; see the workers' logs and exit statuses, and start them again"
-            )
-            return
-        unsure = (
-            ""
-            if stats.redelivered is not None
-            else " Or did they take the job's tasks and crash on one? This broker does not "
-            "say whether a worker had a task: see the workers' logs"
-        )
-        self.report.problems.append(
-            f"no worker slot is attached to the job's queue at {transport.describe()}"
-            f"{transport.unattached_note}: are the workers running, with this DISTQ_QUEUE, "
-            "DISTQ_TRANSPORT and broker (the database of DISTQ_REDIS_URL, the vhost of "
-            f"DISTQ_AMQP_URL, DISTQ_MANAGER_ADDRESS)?{unsure}"
-        )
+        outstanding = self.collector.outstanding
+        line = nobody_answered(stats, outstanding, transport.describe(), transport.unattached_note)
+        if line is not None:
+            self.report.problems.append(line)
 
     def _held_beside_read(self) -> None:
         """A job past its --timeout that read some results, not all: the tasks held under
-        a lease not lapsed (:meth:`_held_under_lease`), as the broker counted them at its
-        --timeout. A worker SIGKILLed holding tasks after others had answered ended the
-        job with "the 1 not taken back may still run, its result read by nobody", no word
-        that a worker that may be dead holds it, nor until when."""
+        a lease not lapsed (:func:`~distq.shortfall.held_under_lease`), as the broker
+        counted them at its --timeout. A worker SIGKILLed holding tasks after others had
+        answered ended the job with "the 1 not taken back may still run, its result read
+        by nobody", no word that a worker that may be dead holds it, nor until when."""
         stats = self.at_timeout
         if stats is not None and stats.consumers:
-            self._held_under_lease(stats, read=True)
-
-    def _held_under_lease(self, stats: QueueStats, read: bool = False) -> None:
-        """A job past its --timeout, a worker slot attached to its queue: the tasks held
-        under a lease that has not lapsed, where the broker tells (Redis, manager). A
-        worker SIGKILLed holds its tasks, and its slot counts as attached, until its lease
-        lapses: a --timeout shorter than the lease ended with no word of it. So does a
-        live worker running a task longer than the --timeout, renewing its lease (with no
-        result ``read``, the one reason a live worker holds it still). RabbitMQ puts a
-        dead worker's tasks back at once, and tells no lease."""
-        left = stats.lease_left
-        if left is None or not stats.in_flight:
-            return
-        # a live worker renews its lease as it runs a task longer than the --timeout: the
-        # broker tells it from a dead one's no better than by the lease's time left
-        held, it = (
-            ("1 task", "it") if stats.in_flight == 1 else (f"{stats.in_flight:,} tasks", "them")
-        )
-        lead = "" if read else "no result came back, and "
-        longer = "" if read else " (a task longer than the --timeout)"
-        self.report.problems.append(
-            f"{lead}worker slots attached to the job's queue at "
-            f"{self.master.transport.describe()} hold {held} under leases not lapsed yet "
-            f"(the last ends in {left:.1f} s unless its worker renews it, as a live one does): "
-            f"a worker may still be running {it}{longer}, or have "
-            f"died holding {it} (SIGKILL, the OOM killer), its slot counted as attached until "
-            "its lease lapses, and only then do its tasks go to another worker; see the "
-            "workers' logs, and give the job a --timeout longer than its tasks take, and than "
-            "the workers' DISTQ_LEASE_SECONDS"
-        )
-
-    def _taken_and_dropped(self, stats: QueueStats) -> str:
-        """What the broker's counts say workers took of the job's tasks and gave up on
-        without a result, "" when nothing: the queue's tasks queued again after a worker
-        had them (it handed them back, as a stop does, or its lease lapsed: the queue's,
-        which may hold other jobs' too), and the job's tasks not answered that the queue
-        no longer holds (dead-lettered, say). Not where the broker does not count every
-        lease (RabbitMQ): there a slot running a task past its lease holds it, alive, and
-        is not counted as attached."""
-        outstanding = self.collector.outstanding
-        counted = stats.ready + stats.in_flight if stats.in_flight_known else outstanding
-        gone = outstanding - min(outstanding, counted)
-        said = []
-        if stats.redelivered:  # on Redis and manager alike, handed back or lapsed
-            tasks = "task" if stats.redelivered == 1 else "tasks"
-            said.append(
-                f"the queue holds {stats.redelivered} {tasks} a worker had and gave up "
-                "unanswered: it handed them back, or its lease lapsed"
-            )
-        if gone:
-            dead = ": `distq dead-letters` lists those dead-lettered" if stats.dead else ""
-            are = "is" if gone == 1 else "are"
-            said.append(f"{gone} of the {outstanding} not answered {are} no longer queued{dead}")
-        return "; ".join(said)
+            line = held_under_lease(stats, self.master.transport.describe(), read=True)
+            if line is not None:
+                self.report.problems.append(line)
 
     def _finish(self, elapsed: float) -> JobReport:
         self.console.end_progress()  # the bar's last state stays, above the summary
@@ -1058,7 +973,7 @@ class _Run(Generic[E]):
         if waiting and not r.answered and r.started and timed_out:
             self._why_no_result()
         elif waiting and r.started and timed_out and collector.malformed:
-            self._dropped_beside_read()
+            r.problems.append(dropped_beside_read(collector.malformed, self.first_dropped))
         if waiting and r.answered and r.started and timed_out:
             self._held_beside_read()
         done = r.answered
@@ -1094,81 +1009,28 @@ class _Run(Generic[E]):
         return r
 
     def _say_left(self, waiting: list[str], timed_out: bool) -> None:
-        """The end of a job stopped or past its --timeout, in one line: how many of the
-        tasks not answered it took back (they do not run after it), how many it did not
-        (a worker's may run on, its result read by nobody); past --timeout, what to do. A
-        job whose every task not answered came back with a result it dropped says that."""
+        """The end of a job stopped or past its --timeout, in one line
+        (:func:`~distq.shortfall.left_line`): how many of the tasks not answered it took
+        back, how many it did not; past --timeout, what to do. A job whose every task not
+        answered came back with a result it dropped says that
+        (:func:`~distq.shortfall.all_came_back_dropped`)."""
+        line: str | None
         if self._answered_unread(waiting):
-            some = "task" if len(waiting) == 1 else f"{len(waiting):,} tasks"
-            results, them = ("its result", "it") if len(waiting) == 1 else ("their results", "them")
-            longer = f"a longer --timeout reads {them} no better; " if timed_out else ""
-            self.console.info(
-                f"{'--timeout' if timed_out else 'the stop'}: the {some} not answered came "
-                f"back, {results} dropped ({self._first_dropped_said()}): {longer}fix what "
-                "the first one's reason names"
+            line = all_came_back_dropped(len(waiting), timed_out, self.first_dropped_short)
+        else:
+            line = left_line(
+                waiting=len(waiting),
+                taken=self.never_ran + sum(1 for tid in waiting if tid in self.taken_back),
+                never_ran=self.never_ran,
+                came_back_dropped=self._came_back_dropped(waiting),
+                takes_back=self.producer.takes_back,
+                transport=self.report.transport,
+                timed_out=timed_out,
+                exits_1=self._endless_stop_exits_1(timed_out),
+                first_short=self.first_dropped_short,
             )
-            return
-        taken = self.never_ran + sum(1 for task_id in waiting if task_id in self.taken_back)
-        left = len(waiting) - (taken - self.never_ran)
-        said = []
-        # of those not taken back, the ones whose results came back and were dropped, as
-        # counts tell: their line said they "may still run, their results read by nobody",
-        # and to give the job "a longer --timeout, or more workers", none of which held
-        dropped = min(self._came_back_dropped(waiting), left)
-        if dropped:
-            results = _results_of(dropped)
-            said.append(
-                f"{dropped:,} of the {len(waiting):,} not answered came back, {results} "
-                f"dropped ({self._first_dropped_said()}): "
-                + ("a longer --timeout reads those no better; " if timed_out else "")
-                + "fix what the first one's reason names"
-            )
-        if left and not self.producer.takes_back:  # RabbitMQ: "may still run" hid why, and
-            # that a worker dead-letters those queued once the master is gone (its queue)
-            none = (
-                "did not take back the 1 task"
-                if left == 1
-                else f"took back none of the {left} tasks"
-            )
-            said.append(
-                f"{none} not answered (the {self.report.transport} "
-                "transport cannot take a task back off its queue): a worker that reaches one "
-                "still queued dead-letters it unrun, its master gone (`distq dead-letters` "
-                "lists them), and one a worker holds may still run, its result read by nobody"
-                + (_NOT_TAKEN_BACK_END if self._endless_stop_exits_1(timed_out) else "")
-            )
-            left = 0
-        if taken:
-            said.append(self._taken_said(taken))
-        if left > dropped:  # "the other": those dropped were not taken back either
-            other, results = "other " if dropped else "", _results_of(left - dropped)
-            said.append(
-                f"the {other}{left - dropped:,} not taken back may still run, {results} read "
-                "by nobody"
-            )
-        if said and timed_out and len(said) > bool(dropped):  # not for those dropped only
-            them = "the rest" if dropped else "every result"
-            said.append(f"for {them}, give the job a longer --timeout, or more workers")
-        if said:
-            self.console.info(f"{'--timeout' if timed_out else 'the stop'}: {'; '.join(said)}")
-
-    def _taken_said(self, taken: int) -> str:
-        """What the end's line says of the ``taken`` tasks it took back: "took back the 1
-        tasks still queued (or their retries): they do not run" was said of one."""
-        if taken == 1:
-            never = ", not counted as submitted" if self.never_ran else ""
-            return f"took back the 1 task still queued (or its retry): it does not run{never}"
-        never = f", {self.never_ran} of them not counted as submitted" if self.never_ran else ""
-        return (
-            f"took back the {taken} tasks still queued (or their retries): they do not run{never}"
-        )
-
-    def _first_dropped_said(self) -> str:
-        """Where the end's line sends the user for the results dropped, and the first
-        one's reason in short (:func:`_short_reason`), in full in the warnings above and
-        the job's problems."""
-        short = self.first_dropped_short
-        return f"see the warnings above, the first one for: {short}" if short else "above"
+        if line is not None:
+            self.console.info(line)
 
     def _came_back_dropped(self, waiting: list[str]) -> int:
         """How many of the tasks ``waiting`` came back with a result the job dropped, as
@@ -1211,34 +1073,9 @@ class _Run(Generic[E]):
         return self.spec.tasks is None and not timed_out and self.refused is None
 
 
-#: What the stop of an endless ``--rate`` job on a transport that takes nothing back
-#: (RabbitMQ) adds to its line: why it exits 1 (README), and how such a job ends with 0.
-_NOT_TAKEN_BACK_END = (
-    "; they count as missing (exit 1), where an endless --rate job's tasks taken back do "
-    "not: stop it once its workers have caught up, or give it --tasks"
-)
-
-
 def _tasks(count: int) -> str:
     """``count`` tasks, as a line says them: "1 task"."""
     return "1 task" if count == 1 else f"{count} tasks"
-
-
-def _results_of(count: int) -> str:
-    """Whose results, of ``count`` tasks: "its result" of one."""
-    return "its result" if count == 1 else "their results"
-
-
-def _short_reason(exc: EnvelopeError) -> str:
-    """A dropped result's reason as the end's line names it: its text up to the first
-    colon ("unsigned result"), and for a worker's unverified refusal of its task what it
-    says, up to its first semicolon ("refused: task signed with another key (key id
-    'c6b40400'), not one of this process's DISTQ_SIGNING_KEYS"): the reason the job's
-    results stayed away, which "unsigned result" alone did not name."""
-    kind = str(exc).split(":", 1)[0].strip()
-    if isinstance(exc, UnverifiedRefusal) and exc.said:
-        return f'{kind}: a worker says (unverified) "{exc.said.split(";", 1)[0].strip()}"'
-    return kind
 
 
 def _bounded(text: str) -> str:
