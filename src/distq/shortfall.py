@@ -148,13 +148,13 @@ def taken_and_dropped(stats: QueueStats, outstanding: int) -> str:
     if stats.redelivered:  # on Redis and manager alike, handed back or lapsed
         tasks = "task" if stats.redelivered == 1 else "tasks"
         said.append(
-            f"the queue holds {stats.redelivered} {tasks} a worker had and gave up "
+            f"the queue holds {stats.redelivered:,} {tasks} a worker had and gave up "
             "unanswered: it handed them back, or its lease lapsed"
         )
     if gone:
         dead = ": `distq dead-letters` lists those dead-lettered" if stats.dead else ""
         are = "is" if gone == 1 else "are"
-        said.append(f"{gone} of the {outstanding} not answered {are} no longer queued{dead}")
+        said.append(f"{gone:,} of the {outstanding:,} not answered {are} no longer queued{dead}")
     return "; ".join(said)
 
 
@@ -181,8 +181,8 @@ def taken_said(taken: int, never_ran: int) -> str:
     if taken == 1:
         never = ", not counted as submitted" if never_ran else ""
         return f"took back the 1 task still queued (or its retry): it does not run{never}"
-    never = f", {never_ran} of them not counted as submitted" if never_ran else ""
-    return f"took back the {taken} tasks still queued (or their retries): they do not run{never}"
+    never = f", {never_ran:,} of them not counted as submitted" if never_ran else ""
+    return f"took back the {taken:,} tasks still queued (or their retries): they do not run{never}"
 
 
 def left_line(
@@ -222,7 +222,7 @@ def left_line(
     if left and not takes_back:  # RabbitMQ: "may still run" hid why, and that a worker
         # dead-letters those queued once the master is gone (its queue)
         none = (
-            "did not take back the 1 task" if left == 1 else f"took back none of the {left} tasks"
+            "did not take back the 1 task" if left == 1 else f"took back none of the {left:,} tasks"
         )
         said.append(
             f"{none} not answered (the {transport} "

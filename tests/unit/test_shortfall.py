@@ -331,3 +331,27 @@ def test_the_line_names_what_ended_the_job(timed_out: bool) -> None:
     line = left(waiting=2, taken=2, timed_out=timed_out)
     assert line is not None
     assert line.startswith("--timeout: " if timed_out else "the stop: ")
+
+
+def test_every_count_in_the_end_line_has_thousands_separators() -> None:
+    # each part of one line counts alike: "took back the 1200 tasks ...; the 1,300 not
+    # taken back may still run" was said of an endless job's stop
+    assert left(waiting=2500, taken=2200, never_ran=1000, timed_out=True) == (
+        "--timeout: took back the 2,200 tasks still queued (or their retries): they do not "
+        "run, 1,000 of them not counted as submitted; the 1,300 not taken back may still "
+        "run, their results read by nobody; for every result, give the job a longer "
+        "--timeout, or more workers"
+    )
+    assert left(waiting=2500, came_back_dropped=1, takes_back=False, transport="rabbitmq") == (
+        "the stop: 1 of the 2,500 not answered came back, its result dropped (above): fix "
+        "what the first one's reason names; took back none of the 2,500 tasks not answered "
+        f"{RABBITMQ_NOT_TAKEN}"
+    )
+
+
+def test_taken_and_dropped_counts_thousands_with_separators() -> None:
+    assert taken_and_dropped(stats(ready=1500, redelivered=1500, dead=1), 2500) == (
+        "the queue holds 1,500 tasks a worker had and gave up unanswered: it handed them "
+        "back, or its lease lapsed; 1,000 of the 2,500 not answered are no longer queued: "
+        "`distq dead-letters` lists those dead-lettered"
+    )
