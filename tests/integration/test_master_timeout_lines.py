@@ -344,30 +344,7 @@ def test_a_job_that_read_a_result_and_whose_worker_was_killed_holding_a_task_say
     run, its result read by nobody; for the rest, give the job a longer --timeout, or more
     workers", not that a worker that may be dead holds it, nor until when. Where the
     broker tells the lease (Redis, manager) it says so, once; RabbitMQ tells none."""
-    out = io.StringIO()
-    reports: list[JobReport] = []
-    master = Master(hosted, Console(out=out, err=out))
-    spec = JobSpec(tasks=2, timeout=8)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(60.0))))
-    run.start()
-    codec = Codec.from_settings(target.settings)
-    consumer = remote.consumer("answers-one")
-    try:
-        (delivery,) = fetch_n(consumer, 1)
-        task = codec.open_task(delivery.body)
-        answer = Result(
-            task_id=task.id,
-            status="ok",
-            worker="answers-one",
-            attempt=1,
-            started_at=0.0,
-            duration=0.0,
-            value=task.args[0] ** 2,
-        )
-        body = codec.seal_result(answer, delivery.body)
-        consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=body)])
-    finally:
-        consumer.close()
+    out, reports, run = _two_tasks_one_answered(target, hosted, remote)
     worker = spawn("worker", env=target.process_env(DISTQ_LEASE_SECONDS="30", DISTQ_PREFETCH="1"))
     try:
         worker.wait_for(r"^Get task \d+ from task_queue")
@@ -403,30 +380,7 @@ def test_a_job_that_read_a_result_and_whose_live_worker_runs_on_says_its_lease_a
     whole: the lease's line once, its lease renewed (at most 5 s left), without "no result
     came back", then the end's, which it does not contradict: the task may still run, its
     result read by nobody."""
-    out = io.StringIO()
-    reports: list[JobReport] = []
-    master = Master(hosted, Console(out=out, err=out))
-    spec = JobSpec(tasks=2, timeout=8)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(60.0))))
-    run.start()
-    codec = Codec.from_settings(target.settings)
-    consumer = remote.consumer("answers-one")
-    try:
-        (delivery,) = fetch_n(consumer, 1)
-        task = codec.open_task(delivery.body)
-        answer = Result(
-            task_id=task.id,
-            status="ok",
-            worker="answers-one",
-            attempt=1,
-            started_at=0.0,
-            duration=0.0,
-            value=task.args[0] ** 2,
-        )
-        body = codec.seal_result(answer, delivery.body)
-        consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=body)])
-    finally:
-        consumer.close()
+    out, reports, run = _two_tasks_one_answered(target, hosted, remote)
     worker = spawn("worker", env=target.process_env(DISTQ_PREFETCH="1"))
     try:
         worker.wait_for(r"^Get task \d+ from task_queue")
@@ -495,3 +449,36 @@ def test_a_job_past_its_timeout_whose_live_worker_still_runs_its_task_says_it_ma
     )
     assert held is not None, said
     assert 0 < float(held[1]) <= 5, said
+
+
+def _two_tasks_one_answered(
+    target: Target, hosted: Transport, remote: Transport
+) -> tuple[io.StringIO, list[JobReport], threading.Thread]:
+    """A job of two 60 s tasks with an 8 s --timeout, running in a thread, one of its
+    tasks answered by hand (a consumer of ``remote``): its output, its report once it
+    ends, and its thread."""
+    out = io.StringIO()
+    reports: list[JobReport] = []
+    master = Master(hosted, Console(out=out, err=out))
+    spec = JobSpec(tasks=2, timeout=8)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(60.0))))
+    run.start()
+    codec = Codec.from_settings(target.settings)
+    consumer = remote.consumer("answers-one")
+    try:
+        (delivery,) = fetch_n(consumer, 1)
+        task = codec.open_task(delivery.body)
+        answer = Result(
+            task_id=task.id,
+            status="ok",
+            worker="answers-one",
+            attempt=1,
+            started_at=0.0,
+            duration=0.0,
+            value=task.args[0] ** 2,
+        )
+        body = codec.seal_result(answer, delivery.body)
+        consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=body)])
+    finally:
+        consumer.close()
+    return out, reports, run
