@@ -265,23 +265,7 @@ def test_a_job_that_read_some_results_and_dropped_the_rest_names_why_at_its_end(
     in the warnings above. Its end names them, and the first one's reason."""
     reports: list[JobReport] = []
     out, codec, run = _keyed_job(target, hosted, reports)
-    consumer = remote.consumer("keyed")
-    try:
-        (delivery,) = fetch_n(consumer, 1)
-        task = codec.open_task(delivery.body)
-        answer = Result(
-            task_id=task.id,
-            status="ok",
-            worker="keyed",
-            attempt=1,
-            started_at=0.0,
-            duration=0.0,
-            value=task.args[0] ** 2,
-        )
-        body = codec.seal_result(answer, delivery.body)
-        consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=body)])
-    finally:
-        consumer.close()
+    _answer_one(remote, codec, "keyed")
     _other_key_worker_ends(target, spawn, run)
     said = out.getvalue()
     assert reports and reports[0].answered == 1 and reports[0].missing == 2, said
@@ -464,14 +448,20 @@ def _two_tasks_one_answered(
     run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(60.0))))
     run.start()
     codec = Codec.from_settings(target.settings)
-    consumer = remote.consumer("answers-one")
+    _answer_one(remote, codec, "answers-one")
+    return out, reports, run
+
+
+def _answer_one(remote: Transport, codec: Codec, worker: str) -> None:
+    """Take one of the job's tasks off ``remote`` and answer it right, as ``worker``."""
+    consumer = remote.consumer(worker)
     try:
         (delivery,) = fetch_n(consumer, 1)
         task = codec.open_task(delivery.body)
         answer = Result(
             task_id=task.id,
             status="ok",
-            worker="answers-one",
+            worker=worker,
             attempt=1,
             started_at=0.0,
             duration=0.0,
@@ -481,4 +471,3 @@ def _two_tasks_one_answered(
         consumer.settle([Settlement(delivery, reply_to=task.reply_to, result=body)])
     finally:
         consumer.close()
-    return out, reports, run
