@@ -359,7 +359,7 @@ def test_a_job_that_read_a_result_and_whose_worker_was_killed_holding_a_task_say
 def test_a_job_that_read_a_result_and_whose_live_worker_runs_on_says_its_lease_and_end(
     target: Target, hosted: Transport, remote: Transport, spawn: Spawn
 ) -> None:
-    """The ordinary case of 9afcef00's line: a --timeout too short for the job, some
+    """The ordinary case of 266e8530's line: a --timeout too short for the job, some
     results read, a live worker mid-task (60 s) renewing its lease (5 s). Its lines, read
     whole: the lease's line once, its lease renewed (at most 5 s left), without "no result
     came back", then the end's, which it does not contradict: the task may still run, its

@@ -259,7 +259,7 @@ def test_a_job_past_its_timeout_whose_take_back_failed_says_one_task_it_left(
 def test_a_job_past_its_timeout_whose_broker_failed_its_look_makes_no_call_after_it(
     transport: Transport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A job that read a result looks at the broker's counts at its --timeout (9afcef00):
+    """A job that read a result looks at the broker's counts at its --timeout (266e8530):
     a broker that failed that call (gone silent as the job ended: a Redis paused waits out
     its socket timeout, 6.7 s) was called again to take the tasks back, the same wait
     twice. As after a take-back that fails, no call follows one that failed."""
@@ -295,7 +295,7 @@ def test_a_job_that_read_a_result_asks_the_counts_at_its_timeout_only_of_a_broke
     transport: Transport, monkeypatch: pytest.MonkeyPatch, tells_leases: bool
 ) -> None:
     """Beside results read, the counts at the --timeout serve the line on tasks held under
-    a lease (9afcef00), which a broker that tells no lease (RabbitMQ) never gets: it was
+    a lease (266e8530), which a broker that tells no lease (RabbitMQ) never gets: it was
     asked all the same, a call at the job's end that a RabbitMQ paused then held for its
     15 s (ADMIN_ANSWER_SECONDS), where a job that read results made none before."""
     asked: list[int] = []
