@@ -388,7 +388,12 @@ def test_prometheus_alerts_when_every_worker_has_exited(stack: Stack, tmp_path: 
     The stack's Prometheus runs the stack's rules with DistqTargetDown's `for:`
     shortened (rules_firing_sooner) from here on: no test after this one reads
     Prometheus (the image tags, `make down`), and one that does must first call
-    ``stack.recreate_prometheus()``, which made it as `make up` had, for 5-10 s."""
+    ``stack.recreate_prometheus()``, which made it as `make up` had, for 5-10 s.
+
+    Prometheus, its rules and compose's DNS are the same whatever the transport: the
+    manager's stack shows it (35-40 s on each)."""
+    if stack.transport != "manager":
+        pytest.skip("the alert is Prometheus' and compose's: one stack shows it")
     workers = stack.containers("worker")
     running = {f"{c.ip}:9100" for c in stack.running("worker")}
     # the job's own alert (absent(), no instance label): a target seen down (up == 0) for
