@@ -38,9 +38,9 @@ example: install
 
 # The suite mostly waits (leases running out, brokers restarting, containers starting):
 # TEST_WORKERS processes run its modules side by side (a module's tests stay together,
-# so its brokers start once). TEST_WORKERS=0 runs it in one process. On 2 cores 4 took
-# 729 s, 3 took 938 s; 5 no less than 4 (730 s), the CPU then the limit.
-TEST_WORKERS ?= 4
+# so its brokers start once). TEST_WORKERS=0 runs it in one process. On 2 cores (4,266
+# tests at a901abb5) 6 took 831 s, the CPU 73 % busy on average; 4 took 1,167 s.
+TEST_WORKERS ?= 6
 test:
 	@scripts/ensure-test-env.sh
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope --durations=30 $(PYTEST_ARGS)
