@@ -32,6 +32,7 @@ from distq import flagtypes, startup
 from distq.codec import Codec
 from distq.config import MAX_ATTEMPTS, MOST_ATTEMPTS, Settings
 from distq.console import Console, say
+from distq.counts import counted
 from distq.envelope import NO_REPLY, DeadLetter, Task, new_id, shown
 from distq.errors import (
     BrokenExecutor,
@@ -473,10 +474,10 @@ def _dead_letters(
     # where it dead-letters (no worker's letter), "1 of 2" could be 1 of 5 letters
     by_broker = any(not letter.worker and not letter.unreadable for letter in letters)
     if len(letters) > total or (by_broker and transport.dead_counts_messages):
-        where = "the 1 message" if total == 1 else f"the oldest of the {total} messages"
+        where = "the 1 message" if total == 1 else f"the oldest of the {total:,} messages"
         say(
-            f"{_letters_said(len(letters))} in {where} of the dead-letter queue (a pack of "
-            "tasks the broker dead-lettered whole is a letter per task), oldest first"
+            f"{counted(len(letters), 'dead letter')} in {where} of the dead-letter queue "
+            "(a pack of tasks the broker dead-lettered whole is a letter per task), oldest first"
         )
     else:
         say(f"{len(letters)} of {total} dead letters, oldest first")
@@ -652,7 +653,7 @@ def _requeue_dead(
     unreadable = 0
     read: list[tuple[int, int, int]] = []  # after each letter read, in order: the counts
 
-    def counted(letter: DeadLetter) -> bytes:
+    def revive_counting(letter: DeadLetter) -> bytes:
         nonlocal unreadable
         unreadable += letter.unreadable
         body = revive(letter)
@@ -660,7 +661,7 @@ def _requeue_dead(
         return body
 
     try:
-        moved = transport.requeue_dead(limit, counted) if limit is None or limit > 0 else 0
+        moved = transport.requeue_dead(limit, revive_counting) if limit is None or limit > 0 else 0
     except TransportError as exc:  # cut off part-way: the error alone read as none moved
         console.error(str(exc))
         if "the rest stay dead letters" not in str(exc):  # else said, with a count (RabbitMQ)
@@ -676,13 +677,8 @@ def _requeue_dead(
             opened, bad, raw = read[min(before, len(read)) - 1]
             _say_unmoved(before, unopened[:opened], malformed[:bad], raw)
         return EXIT_CONFIG if isinstance(exc, MessageRefused) else EXIT_UNREACHABLE
-    say(f"requeued {_letters_said(moved)} onto queue {settings.queue!r}")
+    say(f"requeued {counted(moved, 'dead letter')} onto queue {settings.queue!r}")
     return 1 if _say_unmoved(moved, unopened, malformed, unreadable) else 0
-
-
-def _letters_said(count: int) -> str:
-    """``count`` dead letters as a line says them: "1 dead letter", not "1 dead letters"."""
-    return "1 dead letter" if count == 1 else f"{count} dead letters"
 
 
 def _say_unmoved(moved: int, unopened: list[str], malformed: list[str], unreadable: int) -> bool:
@@ -693,21 +689,28 @@ def _say_unmoved(moved: int, unopened: list[str], malformed: list[str], unreadab
     unreadable = min(unreadable, moved)
     unopened, malformed = unopened[:moved], malformed[:moved]
     if unopened:  # a wrong setting here, most likely: said, and exit 1, not "done"
+        they, their, them = ("it", "its", "it") if len(unopened) == 1 else ("they", "their", "them")
         say(
-            f"{len(unopened)} of them could not be started over: they went back "
-            "unchanged, with their old master and attempt, and a worker dead-letters them "
-            f"again unless it can run them; the first: {unopened[0]}"
+            f"{len(unopened):,} of them could not be started over: {they} went back "
+            f"unchanged, with {their} old master and attempt, and a worker dead-letters {them} "
+            f"again unless it can run {them}; the first: {unopened[0]}"
         )
     if malformed:  # no setting cures them: each dies again at once, now "malformed"
+        are, went, them = (
+            ("is not a task", "it went back as it was", "it")
+            if len(malformed) == 1
+            else ("are not tasks", "they went back as they were", "them")
+        )
         say(
-            f"{len(malformed)} of them are not tasks any worker can run: they "
-            "went back as they were, and a worker dead-letters them again at once (with "
-            f"that reason: see `distq dead-letters`); the first: {malformed[0]}"
+            f"{len(malformed):,} of them {are} any worker can run: {went}, and a worker "
+            f"dead-letters {them} again at once (with that reason: see `distq dead-letters`); "
+            f"the first: {malformed[0]}"
         )
     if unreadable:
+        their, tasks = ("its", "a task") if unreadable == 1 else ("their", "tasks")
         say(
-            f"{unreadable} of them unreadable (not a distq dead letter): their raw bytes went "
-            "back as tasks, which a worker dead-letters again as malformed, with the reason "
-            "and the bytes kept (see `distq dead-letters`)"
+            f"{unreadable:,} of them unreadable (not a distq dead letter): {their} raw bytes "
+            f"went back as {tasks}, which a worker dead-letters again as malformed, with the "
+            "reason and the bytes kept (see `distq dead-letters`)"
         )
     return bool(unopened or malformed)

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
+from distq.counts import counted
 from distq.errors import ConfigError
 from distq.ranges import shortened
 
@@ -208,7 +209,7 @@ def unwritten(named: str, path: str, exc: FifoSilent, undo: str) -> ConfigError:
     wait = f"{FIFO_WAIT_SECONDS:g} s"
     if exc.got:
         said = (
-            f"whose writer wrote {exc.got:,} byte{'' if exc.got == 1 else 's'}, then nothing more "
+            f"whose writer wrote {counted(exc.got, 'byte')}, then nothing more "
             f"for {wait}, and kept it open"
         )
         do = "have the writer close the FIFO once it has written all"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import traceback
 
+from distq.counts import counted
+
 #: Longest traceback text an error result carries; longer ones keep their start and end.
 MAX_TRACEBACK_CHARS = 8000
 #: Longest exception message a reason (log line, dead letter, error result) carries;
@@ -30,7 +32,8 @@ def traceback_text(error: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> st
         text = printable(f"Traceback (most recent call last):\n{frames}{describe(error)}\n")
     if len(text) > limit:
         half = limit // 2
-        text = f"{text[:half]}\n... ({_cut_said(len(text) - 2 * half)})\n{text[-half:]}"
+        said = counted(len(text) - 2 * half, "character")
+        text = f"{text[:half]}\n... ({said} cut)\n{text[-half:]}"
     return text
 
 
@@ -39,12 +42,8 @@ def cut(text: str) -> str:
     message, a wrong value and a ``Get task`` line are kept short."""
     if len(text) <= MAX_MESSAGE_CHARS:
         return text
-    return f"{text[:MAX_MESSAGE_CHARS]}... ({_cut_said(len(text) - MAX_MESSAGE_CHARS)})"
-
-
-def _cut_said(count: int) -> str:
-    """How much a cut left out: "1 character cut", "4,996,000 characters cut"."""
-    return "1 character cut" if count == 1 else f"{count:,} characters cut"
+    said = counted(len(text) - MAX_MESSAGE_CHARS, "character")
+    return f"{text[:MAX_MESSAGE_CHARS]}... ({said} cut)"
 
 
 def describe(error: BaseException) -> str:

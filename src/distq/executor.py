@@ -53,6 +53,7 @@ from distq import executor_threads
 from distq.chunks import CHUNK_TASK, chunk_arguments
 from distq.codec import Codec
 from distq.config import Settings
+from distq.counts import counted
 from distq.dispatcher import FORKED, Dispatcher, Entry, Stop, Submit
 from distq.envelope import MAX_ATTEMPTS, MOST_ATTEMPTS, Task, new_id
 from distq.errors import BrokenExecutor, EnvelopeError, MessageTooLarge
@@ -490,7 +491,7 @@ class Executor(concurrent.futures.Executor):
                 if not isinstance(value, list) or len(value) != size:
                     raise EnvelopeError(
                         f"{future.task_name} [{future.task_id}] returned {value!r:.200}, "
-                        f"not a list of {size} result{'' if size == 1 else 's'}"
+                        f"not a list of {counted(size, 'result')}"
                     )
                 yield from value
         finally:

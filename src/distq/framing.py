@@ -13,6 +13,7 @@ import codecs
 from collections.abc import Sequence
 from typing import TypeVar
 
+from distq.counts import counted
 from distq.limits import MAX_PREFETCH
 
 #: A master packs at most this many tasks into one message; a worker takes no
@@ -101,11 +102,12 @@ def _on_rabbitmq(data: bytes) -> str:
         return "a pack of tasks (distq.tasks) holding an empty one"
     if len(bodies) > TASKS_PER_MESSAGE:
         return (
-            f"a pack of {len(bodies)} tasks (distq.tasks), over the {TASKS_PER_MESSAGE} "
+            f"a pack of {counted(len(bodies), 'task')} (distq.tasks), over the {TASKS_PER_MESSAGE} "
             "a worker takes from one message: pack at most that many, or send one per message"
         )
     return (
-        f"{_a_pack_of(len(bodies))} sent without the message type distq.tasks that says it is one"
+        f"a pack of {counted(len(bodies), 'task')} sent without the message type distq.tasks "
+        "that says it is one"
     )
 
 
@@ -117,12 +119,9 @@ def _held(data: bytes) -> str:
         return f"a pack of over {MAX_BODIES:,} tasks"
     except ValueError:
         return "a pack of tasks cut short"
-    return _a_pack_of(len(bodies)) + (", one of them empty" if b"" in bodies else "")
-
-
-def _a_pack_of(count: int) -> str:
-    """A pack of ``count`` tasks as a dead letter's reason says it: "a pack of 1 task"."""
-    return "a pack of 1 task" if count == 1 else f"a pack of {count:,} tasks"
+    return f"a pack of {counted(len(bodies), 'task')}" + (
+        ", one of them empty" if b"" in bodies else ""
+    )
 
 
 def _utf32_text(data: bytes) -> bool:

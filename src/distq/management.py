@@ -37,6 +37,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 from distq.addresses import host_port
 from distq.config import Settings
+from distq.counts import counted
 from distq.credentials import mask_url
 from distq.errors import DistqError
 from distq.tls import TlsFiles, failure
@@ -342,7 +343,7 @@ def limit_warning(
         return None
     default = default_delivery_limit(version)
     whose = f" (RabbitMQ {version}'s default where nothing sets one)" if limit == default else ""
-    slots = "1 slot" if concurrency == 1 else f"{concurrency} slots"
+    slots = counted(concurrency, "slot")
     each = "" if concurrency == 1 else "each "  # "1 slot (...), each on" spoke of several
     return (
         f"warning: RabbitMQ quorum queue {queue!r} has a delivery-limit of {limit}{whose}, "

@@ -44,6 +44,7 @@ from distq.config import (
     TASKS,
 )
 from distq.console import Console
+from distq.counts import counted
 from distq.envelope import Result, Task, new_id, shown
 from distq.errors import (
     CertificateRejected,
@@ -510,9 +511,9 @@ class _Run(Generic[E]):
                 self.said_lost = self.outage.ongoing
                 since = "it last lost tasks" if self.lost_before else "the job began"
                 self.console.error(
-                    f"the broker holds {held} of the {_tasks(total)} sent since {since}; "
-                    f"submitting the {_tasks(len(again))} among the others that wait for a "
-                    "result again"
+                    f"the broker holds {held:,} of the {counted(total, 'task')} sent since "
+                    f"{since}; submitting the {counted(len(again), 'task')} among the others "
+                    "that wait for a result again"
                 )
             self.lost_before = True
             self.resubmitted = Counter(
@@ -577,7 +578,7 @@ class _Run(Generic[E]):
         if lasted is not None:
             self.console.info(
                 f"reconnected to the broker after {lasted:.1f} s; "
-                f"{_tasks(self.collector.outstanding)} outstanding"
+                f"{counted(self.collector.outstanding, 'task')} outstanding"
             )
 
     def _allowance(self, elapsed: float) -> int:
@@ -734,7 +735,8 @@ class _Run(Generic[E]):
                     "if still queued, it stays" if left == 1 else "any of them still queued stays"
                 )
                 self.console.error(
-                    f"did not take back the {_tasks(left)} not answered ({why}): {still} queued"
+                    f"did not take back the {counted(left, 'task')} not answered ({why}): "
+                    f"{still} queued"
                 )
         self.unsure = {tid for tid in taken if copies[tid] <= self.resubmitted[tid]}
         self.taken_back |= taken
@@ -847,7 +849,7 @@ class _Run(Generic[E]):
                 break
         if why is not None:
             self.console.error(
-                f"did not look for all the retries of the {_tasks(len(left))} in flight "
+                f"did not look for all the retries of the {counted(len(left), 'task')} in flight "
                 f"at the stop ({why}): one a worker sent, or a lapsed lease put back, "
                 "stays queued"
             )
@@ -964,11 +966,11 @@ class _Run(Generic[E]):
             shown = [f"{self.workload.name(entry)} [{tid}]" for tid, entry in waiting[:10]]
             more = len(waiting) - len(shown)
             r.problems.append(
-                f"missing {len(waiting)} result{'' if len(waiting) == 1 else 's'}: "
+                f"missing {counted(len(waiting), 'result')}: "
                 f"{', '.join(shown)}" + (f" and {more} more" if more else "")
             )
         if unsent:
-            r.problems.append(f"{unsent} of {r.tasks} tasks never submitted")
+            r.problems.append(f"{unsent:,} of {r.tasks:,} tasks never submitted")
         timed_out = not (self.stopped or self.refused or self.outage.ongoing)
         if waiting and not r.answered and r.started and timed_out:
             self._why_no_result()
@@ -978,10 +980,11 @@ class _Run(Generic[E]):
             self._held_beside_read()
         done = r.answered
         if r.succeeded:
-            every = "the 1 result" if done == 1 else f"all {done} results"
+            every = "the 1 result" if done == 1 else f"all {done:,} results"
             self.console.info(
                 f"{every} in and correct in {elapsed:.2f} s "
-                f"({_rate(r.throughput)} tasks/s); {r.duplicates} duplicate results ignored"
+                f"({_rate(r.throughput)} tasks/s); "
+                f"{counted(r.duplicates, 'duplicate result')} ignored"
             )
             if self.refused is not None:  # all in before it stopped: why it exits 2 all the same
                 self.console.error(f"stopped: {self.refused}")
@@ -999,8 +1002,9 @@ class _Run(Generic[E]):
                     "waiting for workers"
                 )
             self.console.info(
-                f"job {reason} after {elapsed:.1f} s: {done} of {r.tasks} results in, "
-                f"{r.ok} ok, {r.failed} failed, {r.incorrect} wrong, {r.missing} missing{waited}"
+                f"job {reason} after {elapsed:.1f} s: {done:,} of {r.tasks:,} results in, "
+                f"{r.ok:,} ok, {r.failed:,} failed, {r.incorrect:,} wrong, {r.missing:,} missing"
+                f"{waited}"
             )
             for problem in r.problems[-10:]:
                 self.console.error(problem)
@@ -1071,11 +1075,6 @@ class _Run(Generic[E]):
         decide its exit (1): not past --timeout, nor with a setting the broker refused
         (exit 2) or its certificate (3), which the stop line called exit 1 all the same."""
         return self.spec.tasks is None and not timed_out and self.refused is None
-
-
-def _tasks(count: int) -> str:
-    """``count`` tasks, as a line says them: "1 task"."""
-    return "1 task" if count == 1 else f"{count} tasks"
 
 
 def _bounded(text: str) -> str:

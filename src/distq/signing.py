@@ -43,6 +43,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from distq.counts import counted
 from distq.errors import BadSignature, KeyMissing, NewerSignature, OldSignature, SignatureError
 
 _Item = TypeVar("_Item")
@@ -120,7 +121,7 @@ def parse_key(text: str) -> tuple[bytes, ...]:
 
 def length_said(count: int, unit: str) -> str:
     """A short key's length as its error says it: "1 character long", "5 characters long"."""
-    return f"{count} {unit}{'' if count == 1 else 's'} long"
+    return f"{counted(count, unit)} long"
 
 
 def _no_key(only: str) -> str:

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from distq.chunks import CHUNK_TASK
+from distq.counts import counted
 from distq.envelope import Task
 from distq.ranges import SHOWN_LINE, Number, cut
 
@@ -139,7 +140,7 @@ class TimeLimits:
             its = self._which(args[0]) if isinstance(args[0], str) else self._which(None)
             calls = max(1, len(args[1]))
             return (
-                f"{calls} call{'' if calls == 1 else 's'} x {its}; or give every chunk its "
+                f"{counted(calls, 'call')} x {its}; or give every chunk its "
                 f"own: {CHUNK_TASK}=SECONDS"
             )
         return self._which(name)

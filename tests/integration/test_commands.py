@@ -170,12 +170,14 @@ def test_an_unreadable_dead_letter_is_listed_and_requeued_as_its_bytes(
     moved, malformed, why = requeued.stdout.strip().splitlines()
     assert moved == f"requeued 2 dead letters onto queue {target.settings.queue!r}"
     assert malformed == (
-        "1 of them are not tasks any worker can run: they went back as they were, and a "
-        "worker dead-letters them again at once (with that reason: see `distq "
+        "1 of them is not a task any worker can run: it went back as it was, and a "
+        "worker dead-letters it again at once (with that reason: see `distq "
         "dead-letters`); the first: task is not valid JSON: Expecting value: line 1 "
         "column 1 (char 0)"
     ), malformed
-    assert why.startswith("1 of them unreadable (not a distq dead letter): their raw bytes")
+    # it said "1 of them are not tasks ...: they went back", "their raw bytes went back as tasks"
+    assert why.startswith("1 of them unreadable (not a distq dead letter): its raw bytes went ")
+    assert "went back as a task, which a worker" in why, why
     assert (status(target)["ready"], status(target)["dead"]) == (2, 0)
 
     worker = start_worker(target, workers, "--exit-when-idle", "2")
@@ -250,7 +252,8 @@ def test_requeue_dead_without_the_signing_key_says_so_and_exits_1(
     assert keyless.returncode == 1, (keyless.stdout, keyless.stderr)
     moved, why = keyless.stdout.strip().splitlines()
     assert moved.startswith("requeued 1 dead letter onto ")
-    assert why.startswith("1 of them could not be started over: they went back unchanged")
+    assert why.startswith("1 of them could not be started over: it went back unchanged")
+    assert "with its old master and attempt, and a worker dead-letters it again unless" in why
     assert "signed task, but this process has no signing key" in why
     assert why.endswith("set the workers' DISTQ_SIGNING_KEYS for this command")
 
@@ -859,8 +862,8 @@ def test_requeue_dead_cut_off_half_way_says_what_became_of_the_letters(
         # in the second batch
         said = requeue_dead_stopped_at(monkeypatch, settings, MESSAGE_BATCH + 100, server.stop)
     assert "cannot reach Redis" in said or "Connection refused" in said, said
-    assert f"; {MESSAGE_BATCH} dead letters were requeued before that" in said, said
+    assert f"; {MESSAGE_BATCH:,} dead letters were requeued before that" in said, said
     assert "the rest stay dead letters" in said, said
     # what those moved were, as a run to its end says: raw bytes, not distq's letters
     out = capsys.readouterr().out
-    assert f"{MESSAGE_BATCH} of them unreadable (not a distq dead letter)" in out, out
+    assert f"{MESSAGE_BATCH:,} of them unreadable (not a distq dead letter)" in out, out

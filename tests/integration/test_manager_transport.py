@@ -106,11 +106,11 @@ def test_a_master_that_ends_holding_dead_letters_or_tasks_says_they_end_with_it(
         caplog.clear()
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == [
-        "2 dead letter(s) of queue 'ending' end with this process: on the manager transport "
+        "2 dead letters of queue 'ending' end with this process: on the manager transport "
         "they live in the memory of the master that hosts the queues. Read or requeue them "
         "while it runs (distq dead-letters, distq requeue-dead), or use Redis or RabbitMQ, "
         "which keep them",
-        "3 task(s) of queue 'ending', queued or running, end with this process: on the "
+        "3 tasks of queue 'ending', queued or running, end with this process: on the "
         "manager transport the queues live in the memory of the master that hosts them, so a "
         "task another client submits (distq submit, an executor) runs only while it runs (a "
         "--rate master, an open Executor); Redis and RabbitMQ keep them",
@@ -119,6 +119,19 @@ def test_a_master_that_ends_holding_dead_letters_or_tasks_says_they_end_with_it(
     with _master_and_worker("clean"):
         pass  # none held: nothing said
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    with _master_and_worker("one") as (hosted, remote):  # it said "1 dead letter(s) ... end"
+        producer = hosted.producer("one.results")
+        producer.submit([b"a", b"b"])
+        consumer = remote.consumer("c1")
+        got = fetch_n(consumer, 2)
+        consumer.settle([Settlement(got[0], dead_letter=b"letter")])  # got[1] stays leased
+        producer.close()
+        caplog.clear()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [line.split(": on the")[0] for line in warned] == [
+        "1 dead letter of queue 'one' ends with this process",
+        "1 task of queue 'one', queued or running, ends with this process",
+    ], warned
 
 
 def _calls_of(consumer: Any) -> list[str]:

@@ -1131,7 +1131,7 @@ def test_a_redis_full_to_its_maxmemory_drains_and_the_job_ends(tmp_path: Path) -
             for process in (master, *workers):
                 process.stop(grace=0)
     assert "command not allowed when used memory > 'maxmemory'; reconnecting" in out, out
-    assert "all 60000 results in and correct" in out, out
+    assert "all 60,000 results in and correct" in out, out
 
 
 def test_a_master_the_broker_refuses_mid_job_writes_its_report_and_exits_2(
@@ -2990,7 +2990,7 @@ def test_requeue_dead_on_a_redis_that_stops_answering_half_way_says_so_within_a_
             server.resume()
         said = err.getvalue()
         assert "Timeout reading" in said, said
-        assert f"; {MESSAGE_BATCH} dead letters were requeued before that" in said, said
+        assert f"; {MESSAGE_BATCH:,} dead letters were requeued before that" in said, said
         # Redis ran the call it had read once it answered again: those moved too
         cut = f"(the {MESSAGE_BATCH // 2} of the call it cut off may have been too)"
         assert cut in said, said

@@ -107,6 +107,15 @@ def test_a_job_of_one_task_says_its_1_result_is_in(transport: Transport) -> None
     assert re.search(r"^the 1 result in and correct in [\d.]+ s \(", out, re.M), out
 
 
+def test_counts_past_999_in_a_jobs_end_have_separators(transport: Transport) -> None:
+    """A job's end said "1000 of 1000 results in, ..., 1000 wrong", where its stop line
+    said "the 1,300 not taken back"."""
+    wrong = JobSpec(tasks=1000, timeout=60)
+    out, report = run(transport, wrong, lambda t: [result(t, -1)], quiet=True)
+    assert report.incorrect == 1000, out
+    assert "1,000 of 1,000 results in, 0 ok, 0 failed, 1,000 wrong, 0 missing" in out, out
+
+
 def test_wrong_values_fail_the_job(transport: Transport) -> None:
     out, report = run(transport, JobSpec(tasks=3, timeout=20), lambda t: [result(t, -1)])
     assert not report.succeeded and report.incorrect == 3

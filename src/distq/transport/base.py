@@ -54,6 +54,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
+from distq.counts import counted
 from distq.envelope import DeadLetter
 from distq.errors import (
     ConfigError,
@@ -524,9 +525,7 @@ class Transport(abc.ABC):
 def requeued_before(moved: int) -> str:
     """What a ``requeue_dead`` cut off part-way says it moved: "1 dead letter was requeued
     before that", not "1 dead letters were"."""
-    if moved == 1:
-        return "1 dead letter was requeued before that"
-    return f"{moved} dead letters were requeued before that"
+    return f"{counted(moved, 'dead letter')} {'was' if moved == 1 else 'were'} requeued before that"
 
 
 @contextlib.contextmanager

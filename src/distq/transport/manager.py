@@ -72,6 +72,7 @@ from distq.config import (
     MESSAGE_BATCH,
     Settings,
 )
+from distq.counts import counted
 from distq.ending import Endings
 from distq.envelope import DeadLetter, cut_letter, first_bytes
 from distq.errors import (
@@ -578,22 +579,24 @@ class ManagerTransport(Transport):
         if broker is not None:
             for queue, count in broker.dead_counts().items():
                 log.warning(
-                    "%d dead letter(s) of queue %r end with this process: on the manager "
+                    "%s of queue %r %s with this process: on the manager "
                     "transport they live in the memory of the master that hosts the queues. "
                     "Read or requeue them while it runs (distq dead-letters, distq "
                     "requeue-dead), or use Redis or RabbitMQ, which keep them",
-                    count,
+                    counted(count, "dead letter"),
                     queue,
+                    "ends" if count == 1 else "end",
                 )
             for queue, count in broker.task_counts().items():
                 log.warning(
-                    "%d task(s) of queue %r, queued or running, end with this process: on "
+                    "%s of queue %r, queued or running, %s with this process: on "
                     "the manager transport the queues live in the memory of the master "
                     "that hosts them, so a task another client submits (distq submit, an "
                     "executor) runs only while it runs (a --rate master, an open Executor); "
                     "Redis and RabbitMQ keep them",
-                    count,
+                    counted(count, "task"),
                     queue,
+                    "ends" if count == 1 else "end",
                 )
             broker.stop()
         if self._server is not None:
@@ -715,7 +718,7 @@ class _ServedUntil:
         one's "failed a request" line shows the text)."""
         bodies = self._args[1] if len(self._args) > 1 else ()
         count = len(bodies) if isinstance(bodies, list | tuple) else 0
-        tasks, end = ("1 task", "ends") if count == 1 else (f"{count:,} tasks", "end")
+        tasks, end = counted(count, "task"), "ends" if count == 1 else "end"
         took = (
             f"it took its {tasks}, which {end} with it unrun"
             if taken

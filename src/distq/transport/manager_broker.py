@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from distq.counts import counted
 from distq.envelope import DeadLetter, quoted
 from distq.limits import MIN_MESSAGE_BYTES
 from distq.retries import MAX_RETRY_DELAY, delay_problem
@@ -177,7 +178,7 @@ def _refused(why: str, count: int) -> str:
     to run again: back in the queue once that peer disconnects (a distq worker's close
     does), else as their leases lapse. It said "run again as leases lapse", while a
     distq worker ran them at once."""
-    some = "1 task" if count == 1 else f"{count} tasks"
+    some = counted(count, "task")
     # short: a worker shows the first 200 characters of a master's error
     return (
         f"{why}: {some} not settled, back in the queue once the worker disconnects, or as "

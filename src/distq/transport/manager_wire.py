@@ -44,6 +44,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from distq.addresses import host_port, ipv6_listen_address
 from distq.config import Settings
+from distq.counts import counted
 from distq.errors import ConfigError
 from distq.limits import DEFAULT_MAX_MESSAGE_BYTES
 from distq.transport.manager_broker import QueueBroker, Wire, WireSettlement
@@ -838,9 +839,8 @@ class BrokerProxy(BaseProxy):
         taken = self._call("withdraw", queue, bodies, redelivered=None if redelivered else False)
         found = _list_of(taken, bool, "withdraw", "yes or no")
         if len(found) != len(bodies):
-            answers = "1 answer" if len(found) == 1 else f"{len(found)} answers"
-            bodies_sent = "1 body" if len(bodies) == 1 else f"{len(bodies)} bodies"
-            raise Refused(f"withdraw's result: {answers} for {bodies_sent}")
+            answers, sent = counted(len(found), "answer"), counted(len(bodies), "body", "bodies")
+            raise Refused(f"withdraw's result: {answers} for {sent}")
         return found
 
     def requeue_dead(self, queue: str, letter: bytes, body: bytes) -> bool:

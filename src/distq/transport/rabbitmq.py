@@ -134,6 +134,7 @@ import pika
 import pika.exceptions
 
 from distq.config import MESSAGE_BATCH, Settings
+from distq.counts import counted
 from distq.envelope import DeadLetter
 from distq.errors import ConfigError, TransportError
 from distq.framing import TASKS_PER_MESSAGE, pack
@@ -710,7 +711,7 @@ class RabbitMQProducer(Producer):
                 if not confirmed:  # stopping, the broker silent: no reconnecting now
                     raise TransportError(
                         f"RabbitMQ at {self._broker.address}: stopped while "
-                        f"{self._link.unconfirmed} message(s) awaited the broker's confirm"
+                        f"{counted(self._link.unconfirmed, 'message')} awaited the broker's confirm"
                     )
                 if not self._link.failed:
                     self.lapsed = False
@@ -1556,12 +1557,12 @@ class RabbitMQConsumer(Consumer):
         if not self._said_letters_refused:
             self._said_letters_refused = True
             log.warning(
-                "RabbitMQ at %s: the queue %r refused %d dead letter(s) (full? a length "
-                "limit with overflow reject-publish: see `rabbitmqctl list_policies`); their "
+                "RabbitMQ at %s: the queue %r refused %s (full? a length "
+                "limit with overflow reject-publish: see `rabbitmqctl list_policies`); the "
                 "tasks go back to %r after %g s, to run again, until it takes them",
                 self._broker.address,
                 self._transport.dead_queue,
-                len(settlements),
+                counted(len(settlements), "dead letter"),
                 self._transport.queue,
                 LETTER_REFUSED_DELAY,
             )

@@ -38,6 +38,7 @@ from pika.adapters.utils.connection_workflow import (
 )
 
 from distq import descriptors, tls
+from distq.counts import counted
 from distq.credentials import mask_url
 from distq.errors import (
     AuthenticationFailed,
@@ -150,12 +151,12 @@ class _Refusals:
             first = queue not in self._said
             self._said.add(queue)
         (log.warning if first else log.debug)(
-            "%s refused %d task(s) handed back to queue %r (%s); this worker keeps them "
-            "and runs them itself",
+            "%s refused %s handed back to queue %r (%s); this worker keeps %s and runs %s itself",
             where,
-            count,
+            counted(count, "task"),
             queue,
             _REFUSED_WHY,
+            *(("it", "it") if count == 1 else ("them", "them")),
         )
 
 
@@ -533,7 +534,7 @@ class Link:
         self._refused, self._returned = set(), []
         if refused:
             raise TransportError(
-                f"RabbitMQ at {self.broker.address} refused {len(refused)} message(s) "
+                f"RabbitMQ at {self.broker.address} refused {counted(len(refused), 'message')} "
                 f"({_REFUSED_WHY})"
             )
         if returned:

@@ -119,6 +119,7 @@ from redis.retry import Retry
 
 from distq import descriptors, tls
 from distq.config import MESSAGE_BATCH, Settings
+from distq.counts import counted
 from distq.credentials import mask_url
 from distq.envelope import DeadLetter, cut_letter
 from distq.errors import (
@@ -900,7 +901,7 @@ class RedisProducer(Producer):
                     raise
                 if not self._refused_said:
                     self._refused_said = True
-                    them = "the 1 task" if leased == 1 else f"the {leased} tasks"
+                    them = f"the {counted(leased, 'task')}"
                     whom = "a worker" if leased == 1 else "workers"
                     log.warning("%s; waiting for %s leased to %s", wrong, them, whom)
         held = self._register()
