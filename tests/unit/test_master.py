@@ -116,6 +116,53 @@ def test_counts_past_999_in_a_jobs_end_have_separators(transport: Transport) -> 
     assert "1,000 of 1,000 results in, 0 ok, 0 failed, 1,000 wrong, 0 missing" in out, out
 
 
+def test_a_job_of_1000_says_all_its_results_are_in_with_separators(transport: Transport) -> None:
+    """A job's end said "all 1000 results in and correct" (the README's 1,000)."""
+    out, report = run(transport, JobSpec(tasks=1000, timeout=60), right, quiet=True)
+    assert report.succeeded, out
+    assert re.search(r"^all 1,000 results in and correct in [\d.]+ s \(", out, re.M), out
+
+
+def test_one_duplicate_result_is_said_in_the_singular(transport: Transport) -> None:
+    """The end said "1 duplicate results ignored". The stand-in answers the first task,
+    sends its body again and holds the other tasks' answers until it has answered that
+    copy: the duplicate is on the result queue before the job's last result."""
+    done = threading.Event()
+
+    def first_twice() -> None:
+        consumer = transport.consumer("test-worker")
+        again = transport.producer(transport.reply_queue("again"))
+        copied: bytes | None = None
+        held: list[Settlement] | None = []
+        while not done.is_set():
+            for delivery in consumer.fetch(50, 0.1):
+                task = Codec().open_task(delivery.body)
+                answer = Settlement(delivery, reply_to=task.reply_to, result=right(task)[0])
+                if copied is None:  # the first: answered, and its body sent again
+                    copied = delivery.body
+                    consumer.settle([answer])
+                    again.submit([copied])
+                elif held is not None and delivery.body != copied:
+                    held.append(answer)
+                else:  # the copy (then the rest as they come): its answer before theirs
+                    consumer.settle([answer, *(held or [])])
+                    held = None
+        again.close()
+
+    thread = threading.Thread(target=first_twice, daemon=True)
+    thread.start()
+    out = io.StringIO()
+    try:
+        report = Master(transport, Console(out=out, err=out)).run(
+            JobSpec(tasks=5, timeout=20), Squares(seed=1)
+        )
+    finally:
+        done.set()
+        thread.join(5)
+    assert report.succeeded and report.duplicates == 1, out.getvalue()
+    assert re.search(r"\); 1 duplicate result ignored$", out.getvalue(), re.M), out.getvalue()
+
+
 def test_wrong_values_fail_the_job(transport: Transport) -> None:
     out, report = run(transport, JobSpec(tasks=3, timeout=20), lambda t: [result(t, -1)])
     assert not report.succeeded and report.incorrect == 3
