@@ -480,7 +480,7 @@ def _dead_letters(
             "(a pack of tasks the broker dead-lettered whole is a letter per task), oldest first"
         )
     else:
-        say(f"{len(letters)} of {total} dead letters, oldest first")
+        say(f"{len(letters):,} of {total:,} dead letters, oldest first")
     for letter in letters:
         when = _when(letter.at)
         if letter.unreadable:  # no time: the raw entry is all there is

@@ -117,7 +117,7 @@ def test_dead_letters_past_what_rabbitmq_lists_at_once_says_so(
     connection.close()
     shown = distq(target, "dead-letters", "--limit", "5000")
     assert shown.returncode == 0, shown.stderr
-    assert "1000 of 1003 dead letters, oldest first" in shown.stdout
+    assert "1,000 of 1,003 dead letters, oldest first" in shown.stdout
     assert "rabbitmq lists at most 1,000 dead letters at a time" in shown.stderr
     assert status(target)["dead"] == 1_003  # all back
 

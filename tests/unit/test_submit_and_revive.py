@@ -513,3 +513,26 @@ def test_a_letter_signed_in_a_newer_format_is_said_to_need_the_newer_distq(
         "workers of this distq refuse it again, at once: `distq requeue-dead` of that "
         "distq starts it over"
     ), said
+
+
+class ManyDeadLetters:
+    """A Redis whose dead-letter queue holds 1,500 letters, each a worker's."""
+
+    name, most_peeked, dead_counts_messages = "redis", None, False
+
+    def dead_letters(self, limit: int) -> list[DeadLetter]:
+        return [DeadLetter(b"t%d" % i, "why", "q", "w", at=1.0) for i in range(min(limit, 1_500))]
+
+    def stats(self) -> QueueStats:
+        return QueueStats(ready=0, in_flight=0, dead=1_500, consumers=0)
+
+
+def test_the_dead_letters_header_says_counts_past_999_with_separators(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It said "1200 of 1500 dead letters", where its other header says "the oldest of the
+    1,500 messages" and the line on stderr "at most 1,000 dead letters"."""
+    args = argparse.Namespace(limit=1_200, json=False)
+    console = Console(out=io.StringIO(), err=io.StringIO())
+    assert _dead_letters(args, ManyDeadLetters(), Settings(), console) == 0  # type: ignore[arg-type]
+    assert capsys.readouterr().out.splitlines()[0] == "1,200 of 1,500 dead letters, oldest first"
