@@ -967,7 +967,7 @@ class _Run(Generic[E]):
             more = len(waiting) - len(shown)
             r.problems.append(
                 f"missing {counted(len(waiting), 'result')}: "
-                f"{', '.join(shown)}" + (f" and {more} more" if more else "")
+                f"{', '.join(shown)}" + (f" and {more:,} more" if more else "")
             )
         if unsent:
             r.problems.append(f"{unsent:,} of {r.tasks:,} tasks never submitted")

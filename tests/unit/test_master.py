@@ -116,6 +116,16 @@ def test_counts_past_999_in_a_jobs_end_have_separators(transport: Transport) -> 
     assert "1,000 of 1,000 results in, 0 ok, 0 failed, 1,000 wrong, 0 missing" in out, out
 
 
+def test_the_missing_results_past_those_named_are_counted_with_separators(
+    transport: Transport,
+) -> None:
+    """Past the 10 it names, it said "and 1001 more" after "missing 1,011 results"."""
+    unanswered = JobSpec(tasks=1011, timeout=1)
+    out, report = run(transport, unanswered, lambda t: [], quiet=True)
+    assert report.missing == 1011, out
+    assert re.search(r"^distq: missing 1,011 results: .* and 1,001 more$", out, re.M), out
+
+
 def test_a_job_of_1000_says_all_its_results_are_in_with_separators(transport: Transport) -> None:
     """A job's end said "all 1000 results in and correct" (the README's 1,000)."""
     out, report = run(transport, JobSpec(tasks=1000, timeout=60), right, quiet=True)
