@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pika.exceptions
@@ -10,8 +11,14 @@ import pytest
 from distq.config import Settings
 from distq.errors import ConfigError
 from distq.framing import pack, unpack
-from distq.transport import rabbitmq_dead
-from distq.transport.rabbitmq import PrefetchWindow, RabbitMQTransport
+from distq.transport import Settlement, rabbitmq_dead
+from distq.transport.base import Delivery
+from distq.transport.rabbitmq import (
+    LETTER_REFUSED_DELAY,
+    PrefetchWindow,
+    RabbitMQConsumer,
+    RabbitMQTransport,
+)
 from distq.transport.rabbitmq_copies import BodySet
 from distq.transport.rabbitmq_link import Broker
 
@@ -141,3 +148,36 @@ def test_done_copies_are_taken_once_each_and_only_the_newest_are_kept() -> None:
     copies.add([b"c", b"d"])  # b is the oldest: forgotten
     assert not copies.take(b"b") and copies.take(b"c") and copies.take(b"d")
     assert not copies
+
+
+@pytest.mark.parametrize(
+    ("refused", "said"),
+    [
+        (1, "refused 1 dead letter (full? "),
+        (1, "; its task goes back to 'q' after 30 s, to run again, until it takes the letter"),
+        (2, "refused 2 dead letters (full? "),
+        (2, "; their tasks go back to 'q' after 30 s, to run again, until it takes them"),
+    ],
+)
+def test_a_full_dead_letter_queue_is_said_in_the_number_it_refused(
+    refused: int, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One refused letter was said as "refused 1 dead letter (...); the tasks go back ...
+    until it takes them"."""
+    sent: list[tuple[float, list[bytes]]] = []
+    consumer = SimpleNamespace(
+        bounced={},
+        _said_letters_refused=False,
+        _broker=SimpleNamespace(address="127.0.0.1:5672"),
+        _transport=SimpleNamespace(dead_queue="q.dead", queue="q"),
+        _link=None,
+        _retries=SimpleNamespace(
+            publish=lambda link, delay, bodies: sent.append((delay, [*bodies]))
+        ),
+    )
+    settlements = [Settlement(Delivery(b"t%d" % i, i)) for i in range(refused)]
+    with caplog.at_level(logging.WARNING, logger="distq.transport.rabbitmq"):
+        RabbitMQConsumer._letters_refused(consumer, settlements)  # type: ignore[arg-type]
+    assert sent == [(LETTER_REFUSED_DELAY, [b"t%d" % i for i in range(refused)])]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert said in line, line

@@ -1556,15 +1556,18 @@ class RabbitMQConsumer(Consumer):
         self.bounced = dict.fromkeys((s.delivery.tag for s in settlements), LETTER_REFUSED_DELAY)
         if not self._said_letters_refused:
             self._said_letters_refused = True
+            one = len(settlements) == 1
             log.warning(
                 "RabbitMQ at %s: the queue %r refused %s (full? a length "
-                "limit with overflow reject-publish: see `rabbitmqctl list_policies`); the "
-                "tasks go back to %r after %g s, to run again, until it takes them",
+                "limit with overflow reject-publish: see `rabbitmqctl list_policies`); %s "
+                "back to %r after %g s, to run again, until it takes %s",
                 self._broker.address,
                 self._transport.dead_queue,
                 counted(len(settlements), "dead letter"),
+                "its task goes" if one else "their tasks go",
                 self._transport.queue,
                 LETTER_REFUSED_DELAY,
+                "the letter" if one else "them",
             )
         bodies = (s.delivery.body for s in settlements)
         self._retries.publish(self._link, LETTER_REFUSED_DELAY, bodies)
