@@ -33,6 +33,7 @@ from distq.backoff import Backoff
 from distq.codec import Codec
 from distq.collector import Collector
 from distq.config import MESSAGE_BATCH, RECONCILE_SECONDS
+from distq.counts import counted
 from distq.envelope import Result, Task
 from distq.errors import (
     BrokenExecutor,
@@ -417,9 +418,7 @@ class Dispatcher(threading.Thread):
         if again:
             if not self._said_lost:  # a broker refusing them: once a recovery, not each try
                 self._said_lost = self._recovering
-                some, them = (
-                    ("1 task", "it") if len(again) == 1 else (f"{len(again)} tasks", "them")
-                )
+                some, them = counted(len(again), "task"), "it" if len(again) == 1 else "them"
                 log.warning(
                     "the broker does not hold %s the executor waits for (lost, or refused "
                     "when sent): sending %s again",

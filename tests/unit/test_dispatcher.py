@@ -1111,6 +1111,29 @@ def test_one_task_the_broker_lost_is_said_in_the_singular(
     dispatcher.join(10)
 
 
+def test_a_thousand_tasks_the_broker_lost_are_counted_with_separators(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It said "the broker does not hold 1000 tasks", where the master says "1,000"."""
+    monkeypatch.setattr(dispatching, "RECONCILE_SECONDS", 0.2)
+    callbacks = Callbacks()
+    dispatcher = Dispatcher(DispatcherTransport(), LosesTheFirstSend(), Codec(), callbacks)  # type: ignore[arg-type]
+    dispatcher.start()
+    tasks = [Task(name="ident", args=[n], reply_to="r") for n in range(1000)]
+    futures = [DistqFuture[Any](dispatcher.cancel, t.id, "ident", callbacks) for t in tasks]
+    entries = [Entry(t, t.encode(), f, deadline=None) for t, f in zip(tasks, futures, strict=True)]
+    with caplog.at_level("WARNING", logger="distq.executor"):
+        assert dispatcher.put(Submit(entries))
+        assert [f.result(timeout=10) for f in futures] == list(range(1000))
+    said = [r.getMessage() for r in caplog.records if "does not hold" in r.getMessage()]
+    assert said == [
+        "the broker does not hold 1,000 tasks the executor waits for (lost, or refused when "
+        "sent): sending them again"
+    ], said
+    assert dispatcher.put(Stop(False))
+    dispatcher.join(10)
+
+
 def test_a_chunk_of_one_answered_with_a_list_of_another_size_says_1_result() -> None:
     """It said "not a list of 1 results"."""
     settings = Settings(authkey=secrets.token_bytes(8), manager_address=("127.0.0.1", free_port()))
