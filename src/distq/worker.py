@@ -59,6 +59,7 @@ from distq.batch import Batch, BatchSizer, Running, run_batch
 from distq.codec import Codec
 from distq.config import CONCURRENCY, DEFAULTS, Settings
 from distq.console import Console, announce
+from distq.counts import counted
 from distq.ending import Ending, Endings, Outcome
 from distq.envelope import Task, shown
 from distq.errors import (
@@ -1037,7 +1038,7 @@ def _drain_ran_out(slots: Sequence[Slot], drain_seconds: float) -> str:
     waiting = len(batches) - running
     parts: list[str] = []
     if running:
-        parts.append("1 task still runs" if running == 1 else f"{running} tasks still run")
+        parts.append(f"{counted(running, 'task')} still {'runs' if running == 1 else 'run'}")
     if waiting == 1:  # "their tasks" of one slot had nothing to speak of
         parts.append(
             "1 slot whose tasks have ended still waits on the broker (it does not answer; "
@@ -1045,7 +1046,7 @@ def _drain_ran_out(slots: Sequence[Slot], drain_seconds: float) -> str:
         )
     elif waiting:
         parts.append(
-            f"{waiting} slots whose tasks have ended still wait on the broker (it does not "
+            f"{waiting:,} slots whose tasks have ended still wait on the broker (it does not "
             "answer; their tasks run again once their leases lapse)"
         )
     said = f", {' and '.join(parts)}" if parts else ""  # the batches may end meanwhile

@@ -1014,6 +1014,24 @@ def test_a_drain_that_runs_out_says_one_task_and_one_slot_in_the_singular() -> N
     )
 
 
+def _slots_running(running: int, of: int) -> list[Slot]:
+    """``of`` slots each holding a batch, the first ``running`` running its task."""
+    slots = [Slot(i) for i in range(of)]
+    for slot in slots:
+        slot.batch = Batch([Delivery(b"t", 1)])
+        slot.batch.claim = [Delivery(b"t", 1)] if slot.index < running else []
+    return slots
+
+
+def test_a_drain_that_runs_out_counts_past_999_with_separators() -> None:
+    """Of a worker's 1,024 slots (DISTQ_CONCURRENCY's most) it said "1010 tasks still
+    run" and "1012 slots whose tasks have ended"."""
+    said = _drain_ran_out(_slots_running(1010, 1024), 5)
+    assert ", 1,010 tasks still run and 14 slots whose tasks have ended " in said, said
+    said = _drain_ran_out(_slots_running(12, 1024), 5)
+    assert ", 12 tasks still run and 1,012 slots whose tasks have ended " in said, said
+
+
 class _SlowClose:
     """A consumer whose close takes 1 s, as a hung broker's did (3 s each)."""
 
