@@ -11,7 +11,7 @@ import pytest
 from distq.config import Settings
 from distq.errors import ConfigError
 from distq.framing import pack, unpack
-from distq.transport import Settlement, rabbitmq_dead
+from distq.transport import Settlement, rabbitmq_dead, rabbitmq_link
 from distq.transport.base import Delivery
 from distq.transport.rabbitmq import (
     LETTER_REFUSED_DELAY,
@@ -179,5 +179,24 @@ def test_a_full_dead_letter_queue_is_said_in_the_number_it_refused(
     with caplog.at_level(logging.WARNING, logger="distq.transport.rabbitmq"):
         RabbitMQConsumer._letters_refused(consumer, settlements)  # type: ignore[arg-type]
     assert sent == [(LETTER_REFUSED_DELAY, [b"t%d" % i for i in range(refused)])]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert said in line, line
+
+
+@pytest.mark.parametrize(
+    ("count", "said"),
+    [
+        (1, "RabbitMQ at h refused 1 task handed back to queue 'q' ("),
+        (1, "); this worker keeps it and runs it itself"),
+        (1_000, "RabbitMQ at h refused 1,000 tasks handed back to queue 'q' ("),
+        (1_000, "); this worker keeps them and runs them itself"),
+    ],
+)
+def test_tasks_refused_as_a_worker_hands_them_back_are_said_in_their_number(
+    count: int, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It said "refused 1 task(s) handed back ...; this worker keeps them"."""
+    with caplog.at_level(logging.WARNING, logger="distq.transport.rabbitmq_link"):
+        rabbitmq_link._Refusals().refused("RabbitMQ at h", "q", count)
     (line,) = [r.getMessage() for r in caplog.records]
     assert said in line, line
