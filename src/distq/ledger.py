@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 from distq.config import MESSAGE_BATCH
+from distq.counts import counted
 from distq.errors import DistqError
 
 if TYPE_CHECKING:
@@ -136,10 +137,8 @@ def forget_orphans(transport: Transport, reply_to: str, whose: str) -> str | Non
         )
     if not forgotten:
         return None
-    if forgotten == 1:
-        letters, those = "1 dead letter", "that task was"
-    else:
-        letters, those = f"{forgotten} dead letters", "those tasks were"
+    letters = counted(forgotten, "dead letter")
+    those = "that task was" if forgotten == 1 else "those tasks were"
     return (
         f"removed {letters} that workers made of {whose} tasks, unrun, while it seemed "
         f"gone (stopped or cut off past its time to live): {those} submitted again"

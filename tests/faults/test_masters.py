@@ -130,7 +130,7 @@ def test_a_master_back_from_a_lapse_removes_the_letters_workers_made_meanwhile(
     # last look, when it closes)
     kept = [x for x in letters if "master is gone" in x.reason and x.at < ended - 1.5]
     assert kept == [], output
-    assert re.search(r"removed \d+ dead letters? that workers made of this job", output), output
+    assert re.search(r"removed [\d,]+ dead letters? that workers made of this job", output), output
 
 
 def _a_job_under_way(

@@ -91,6 +91,12 @@ def test_forget_orphans_of_one_letter_says_it_in_the_singular() -> None:
     )
 
 
+def test_forget_orphans_of_thousands_of_letters_says_their_count_with_separators() -> None:
+    """It said "removed 20000 dead letters", where the master's end says "20,000"."""
+    said = forget_orphans(_Orphans(20_000), "r", "the master's")  # type: ignore[arg-type]
+    assert said is not None and said.startswith("removed 20,000 dead letters that "), said
+
+
 def _result(task_id: str) -> bytes:
     return Result(
         task_id=task_id, status="ok", worker="w", attempt=1, started_at=0.0, duration=0.0, value=1
