@@ -1087,49 +1087,38 @@ class LosesTheFirstSend(DroppedWhileIdle):
         return 0 if self.lost and not self.held else len(self.held)
 
 
-def test_one_task_the_broker_lost_is_said_in_the_singular(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("count", "said"),
+    [
+        (
+            1,
+            "the broker does not hold 1 task the executor waits for (lost, or refused when "
+            "sent): sending it again",
+        ),
+        (
+            1000,
+            "the broker does not hold 1,000 tasks the executor waits for (lost, or refused "
+            "when sent): sending them again",
+        ),
+    ],
+)
+def test_tasks_the_broker_lost_are_counted_as_a_line_says_counts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, count: int, said: str
 ) -> None:
     """It said "the broker does not hold 1 tasks the executor waits for ...: sending
-    them again"."""
-    monkeypatch.setattr(dispatching, "RECONCILE_SECONDS", 0.2)
-    callbacks = Callbacks()
-    producer = LosesTheFirstSend()
-    dispatcher = Dispatcher(DispatcherTransport(), producer, Codec(), callbacks)  # type: ignore[arg-type]
-    dispatcher.start()
-    task = Task(name="ident", args=[7], reply_to="r")
-    future = DistqFuture[Any](dispatcher.cancel, task.id, "ident", callbacks)
-    with caplog.at_level("WARNING", logger="distq.executor"):
-        assert dispatcher.put(Submit([Entry(task, task.encode(), future, deadline=None)]))
-        assert future.result(timeout=10) == 7  # sent again once a reconcile found it lost
-    said = [r.getMessage() for r in caplog.records if "does not hold" in r.getMessage()]
-    assert said == [
-        "the broker does not hold 1 task the executor waits for (lost, or refused when "
-        "sent): sending it again"
-    ], said
-    assert dispatcher.put(Stop(False))
-    dispatcher.join(10)
-
-
-def test_a_thousand_tasks_the_broker_lost_are_counted_with_separators(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """It said "the broker does not hold 1000 tasks", where the master says "1,000"."""
+    them again", and "1000 tasks" where the master says "1,000"."""
     monkeypatch.setattr(dispatching, "RECONCILE_SECONDS", 0.2)
     callbacks = Callbacks()
     dispatcher = Dispatcher(DispatcherTransport(), LosesTheFirstSend(), Codec(), callbacks)  # type: ignore[arg-type]
     dispatcher.start()
-    tasks = [Task(name="ident", args=[n], reply_to="r") for n in range(1000)]
+    tasks = [Task(name="ident", args=[n], reply_to="r") for n in range(count)]
     futures = [DistqFuture[Any](dispatcher.cancel, t.id, "ident", callbacks) for t in tasks]
     entries = [Entry(t, t.encode(), f, deadline=None) for t, f in zip(tasks, futures, strict=True)]
     with caplog.at_level("WARNING", logger="distq.executor"):
-        assert dispatcher.put(Submit(entries))
-        assert [f.result(timeout=10) for f in futures] == list(range(1000))
-    said = [r.getMessage() for r in caplog.records if "does not hold" in r.getMessage()]
-    assert said == [
-        "the broker does not hold 1,000 tasks the executor waits for (lost, or refused when "
-        "sent): sending them again"
-    ], said
+        assert dispatcher.put(Submit(entries))  # sent again once a reconcile found them lost
+        assert [f.result(timeout=10) for f in futures] == list(range(count))
+    found = [r.getMessage() for r in caplog.records if "does not hold" in r.getMessage()]
+    assert found == [said], found
     assert dispatcher.put(Stop(False))
     dispatcher.join(10)
 
