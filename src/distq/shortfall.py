@@ -11,6 +11,7 @@ None (or "") when there is nothing to say.
 
 from __future__ import annotations
 
+from distq.counts import counted
 from distq.errors import EnvelopeError, UnverifiedRefusal
 from distq.transport.base import QueueStats
 
@@ -65,8 +66,8 @@ def dropped_beside_read(dropped: int, first: str | None) -> str:
     worker with another signing key beside those with the job's): how many, and ``first``,
     the first one's reason. Its end named only the results missing, and said they "may
     still run"."""
-    results, were = ("result", "was") if dropped == 1 else ("results", "were")
-    return f"{dropped:,} {results} that came back {were} dropped, the first one for: {first}"
+    were = "was" if dropped == 1 else "were"
+    return f"{counted(dropped, 'result')} that came back {were} dropped, the first one for: {first}"
 
 
 def nobody_answered(
@@ -119,7 +120,7 @@ def held_under_lease(stats: QueueStats, where: str, read: bool = False) -> str |
         return None
     # a live worker renews its lease as it runs a task longer than the --timeout: the
     # broker tells it from a dead one's no better than by the lease's time left
-    held, it = ("1 task", "it") if stats.in_flight == 1 else (f"{stats.in_flight:,} tasks", "them")
+    held, it = counted(stats.in_flight, "task"), "it" if stats.in_flight == 1 else "them"
     lead = "" if read else "no result came back, and "
     longer = "" if read else " (a task longer than the --timeout)"
     return (
@@ -142,13 +143,12 @@ def taken_and_dropped(stats: QueueStats, outstanding: int) -> str:
     queue no longer holds (dead-lettered, say). Not where the broker does not count every
     lease (RabbitMQ): there a slot running a task past its lease holds it, alive, and is
     not counted as attached."""
-    counted = stats.ready + stats.in_flight if stats.in_flight_known else outstanding
-    gone = outstanding - min(outstanding, counted)
+    queued = stats.ready + stats.in_flight if stats.in_flight_known else outstanding
+    gone = outstanding - min(outstanding, queued)
     said = []
     if stats.redelivered:  # on Redis and manager alike, handed back or lapsed
-        tasks = "task" if stats.redelivered == 1 else "tasks"
         said.append(
-            f"the queue holds {stats.redelivered:,} {tasks} a worker had and gave up "
+            f"the queue holds {counted(stats.redelivered, 'task')} a worker had and gave up "
             "unanswered: it handed them back, or its lease lapsed"
         )
     if gone:
