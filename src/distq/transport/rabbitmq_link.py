@@ -150,13 +150,15 @@ class _Refusals:
         with self._lock:
             first = queue not in self._said
             self._said.add(queue)
+        them = "it" if count == 1 else "them"
         (log.warning if first else log.debug)(
             "%s refused %s handed back to queue %r (%s); this worker keeps %s and runs %s itself",
             where,
             counted(count, "task"),
             queue,
             _REFUSED_WHY,
-            *(("it", "it") if count == 1 else ("them", "them")),
+            them,
+            them,
         )
 
 
