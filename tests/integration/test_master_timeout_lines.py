@@ -33,12 +33,7 @@ def test_a_job_past_its_timeout_says_what_it_took_back_and_what_may_still_run(
     # three tasks, one in a worker's hands at --timeout: the master said "job timed out
     # ...: 3 missing" and named them, not that it took two back off the queue (they never
     # run), that the third may still run with nobody to read its result, nor what to do
-    out = io.StringIO()
-    reports: list[JobReport] = []
-    master = Master(hosted, Console(out=out, err=out))
-    spec = JobSpec(tasks=3, timeout=2)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares())))
-    run.start()
+    master, out, reports, run = _started(hosted, JobSpec(tasks=3, timeout=2), Squares())
     consumer = remote.consumer("held")
     try:
         assert len(fetch_n(consumer, 1)) == 1, out.getvalue()
@@ -74,13 +69,9 @@ def test_a_stopped_endless_rate_job_says_how_many_tasks_it_took_back(
     # its status lines said "submitted 9", and its end "all 0 results in and correct":
     # the 9 taken back at the stop (never run, so never submitted) went unsaid. On
     # RabbitMQ, which takes nothing back, the stop said they "may still run"
-    out = io.StringIO()
     stop = threading.Event()
-    reports: list[JobReport] = []
-    master = Master(hosted, Console(out=out, err=out))
-    spec = JobSpec(tasks=None, rate=20, drain_seconds=1)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(), stop)))
-    run.start()
+    endless = JobSpec(tasks=None, rate=20, drain_seconds=1)
+    _, out, reports, run = _started(hosted, endless, Squares(), stop)
     try:
         deadline = time.monotonic() + 20
         while hosted.stats().ready < 3:  # no worker: they stay queued
@@ -111,20 +102,33 @@ _HELD_ONE = (
 )
 
 
-def _keyed_job(
-    target: Target, hosted: Transport, reports: list[JobReport]
-) -> tuple[io.StringIO, Codec, threading.Thread]:
-    """A job of 3 squares with --timeout 8, its master signing with a key of its own,
-    running in a thread that appends its report to ``reports``: its lines, its codec and
-    the thread."""
+def _started(
+    hosted: Transport,
+    spec: JobSpec,
+    workload: Workload[int],
+    stop: threading.Event | None = None,
+    codec: Codec | None = None,
+) -> tuple[Master, io.StringIO, list[JobReport], threading.Thread]:
+    """A master on ``hosted`` running the job ``spec`` of ``workload`` in a thread, started
+    (``stop`` stops it, ``codec`` signs its tasks): the master, its lines, its report once
+    it ends, and the thread."""
     out = io.StringIO()
+    reports: list[JobReport] = []
+    master = Master(hosted, Console(out=out, err=out), codec=codec)
+    run = threading.Thread(target=lambda: reports.append(master.run(spec, workload, stop)))
+    run.start()
+    return master, out, reports, run
+
+
+def _keyed_job(
+    target: Target, hosted: Transport
+) -> tuple[io.StringIO, list[JobReport], Codec, threading.Thread]:
+    """A job of 3 squares with --timeout 8, its master signing with a key of its own,
+    running in a thread: its lines, its report once it ends, its codec and the thread."""
     keyed = replace(target.settings, signing_keys=(b"the-master-s-key-0123456789abcdef",))
     codec = Codec.from_settings(keyed)
-    master = Master(hosted, Console(out=out, err=out), codec=codec)
-    spec = JobSpec(tasks=3, timeout=8)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares())))
-    run.start()
-    return out, codec, run
+    _, out, reports, run = _started(hosted, JobSpec(tasks=3, timeout=8), Squares(), codec=codec)
+    return out, reports, codec, run
 
 
 def _other_key_worker_ends(target: Target, spawn: Spawn, run: threading.Thread) -> None:
@@ -146,8 +150,7 @@ def test_a_job_whose_results_were_all_dropped_says_why_not_that_no_worker_is_att
     ended past its --timeout with "no worker slot is attached to the job's queue ...: are
     the workers running, with this DISTQ_QUEUE, DISTQ_TRANSPORT and broker?", all of them
     right. It names the results it dropped instead, with the first one's reason."""
-    reports: list[JobReport] = []
-    out, _, run = _keyed_job(target, hosted, reports)
+    out, reports, _, run = _keyed_job(target, hosted)
     _other_key_worker_ends(target, spawn, run)
     said = out.getvalue()
     assert reports and reports[0].missing == 3, said
@@ -203,13 +206,8 @@ def test_a_job_whose_worker_crashed_on_its_tasks_says_so_not_to_check_the_queue_
     job's queue ...: are the workers running, with this DISTQ_QUEUE, DISTQ_TRANSPORT and
     broker ...?", sending the user to check queue names that were right. The broker
     knows a worker had them (queued again as its lease lapsed): the line says so."""
-    out = io.StringIO()
     runs = tmp_path / "runs"
-    reports: list[JobReport] = []
-    master = Master(hosted, Console(out=out, err=out))
-    spec = JobSpec(tasks=2, timeout=6)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, _EndsItsWorker(runs))))
-    run.start()
+    _, out, reports, run = _started(hosted, JobSpec(tasks=2, timeout=6), _EndsItsWorker(runs))
     worker = spawn("worker", "--task", "worker_tasks:exit_always")
     try:
         assert worker.wait(30) != 0, worker.output()  # the task ended it
@@ -263,8 +261,7 @@ def test_a_job_that_read_some_results_and_dropped_the_rest_names_why_at_its_end(
     may still run, their results read by nobody; for every result, give the job a longer
     --timeout, or more workers", none of which held: both came back, and the reason was
     in the warnings above. Its end names them, and the first one's reason."""
-    reports: list[JobReport] = []
-    out, codec, run = _keyed_job(target, hosted, reports)
+    out, reports, codec, run = _keyed_job(target, hosted)
     _answer_one(remote, codec, "keyed")
     _other_key_worker_ends(target, spawn, run)
     said = out.getvalue()
@@ -293,12 +290,7 @@ def test_a_job_past_its_timeout_whose_worker_was_killed_holding_a_task_says_its_
     lease not lapsed) and said nothing of why no result came. Where the broker tells the
     lease (Redis, manager), it says a worker may have died holding tasks, and when that
     lease ends; RabbitMQ puts a dead worker's task back at once, its slot gone."""
-    out = io.StringIO()
-    reports: list[JobReport] = []
-    master = Master(hosted, Console(out=out, err=out))
-    spec = JobSpec(tasks=1, timeout=6)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(60.0))))
-    run.start()
+    _, out, reports, run = _started(hosted, JobSpec(tasks=1, timeout=6), Squares(60.0))
     env = target.process_env(DISTQ_LEASE_SECONDS="30", DISTQ_PREFETCH="1")
     worker = spawn("worker", env=env)
     try:
@@ -405,12 +397,7 @@ def test_a_job_past_its_timeout_whose_live_worker_still_runs_its_task_says_it_ma
     worker may have died holding tasks" and to "give the job a --timeout longer than the
     workers' DISTQ_LEASE_SECONDS", which it was already; a lease not lapsed says a worker
     renews it, alive and running its task, as likely as one that died since."""
-    out = io.StringIO()
-    reports: list[JobReport] = []
-    master = Master(hosted, Console(out=out, err=out))
-    spec = JobSpec(tasks=1, timeout=6)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(60.0))))
-    run.start()
+    _, out, reports, run = _started(hosted, JobSpec(tasks=1, timeout=6), Squares(60.0))
     worker = spawn("worker", env=target.process_env(DISTQ_PREFETCH="1"))
     try:
         worker.wait_for(r"^Get task \d+ from task_queue")
@@ -441,12 +428,7 @@ def _two_tasks_one_answered(
     """A job of two 60 s tasks with an 8 s --timeout, running in a thread, one of its
     tasks answered by hand (a consumer of ``remote``): its output, its report once it
     ends, and its thread."""
-    out = io.StringIO()
-    reports: list[JobReport] = []
-    master = Master(hosted, Console(out=out, err=out))
-    spec = JobSpec(tasks=2, timeout=8)
-    run = threading.Thread(target=lambda: reports.append(master.run(spec, Squares(60.0))))
-    run.start()
+    _, out, reports, run = _started(hosted, JobSpec(tasks=2, timeout=8), Squares(60.0))
     codec = Codec.from_settings(target.settings)
     _answer_one(remote, codec, "answers-one")
     return out, reports, run
